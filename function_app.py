@@ -1,0 +1,14 @@
+"""The Azure Functions app: registers the blueprints, nothing else.
+
+Importing this module must stay cheap (cold start): no I/O, no settings read, no
+heavy SDK import. Each blueprint module in ``functions/`` imports its logic lazily.
+"""
+
+import azure.functions as func
+
+from functions import BLUEPRINTS
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+for blueprint in BLUEPRINTS:
+    app.register_functions(blueprint)

@@ -1,0 +1,13 @@
+"""Thin Azure Functions blueprints: parse the trigger, call ``shared``, shape the reply.
+
+Every blueprint module appends itself to :data:`BLUEPRINTS`; ``function_app`` registers
+them all.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from functions import health
+
+BLUEPRINTS: list[func.Blueprint] = [health.bp]

@@ -1,0 +1,25 @@
+"""Names of the storage queues and tables the app uses.
+
+One place for every name, so the code, the dev host, the schemas and the Bicep in
+``infra/`` agree (``tests/test_infra.py`` checks the Bicep against this module).
+"""
+
+from __future__ import annotations
+
+#: Send commands (the public outbound contract, see ``schemas/``).
+OUTBOUND_QUEUE = "smartdialog-outbound"
+#: Inbound messages as CloudEvents, for Logic Apps and other consumers.
+INBOUND_QUEUE = "smartdialog-inbound"
+#: Lifecycle events (sent, failed, delivery) as CloudEvents.
+EVENTS_QUEUE = "smartdialog-events"
+
+#: Sliding-log quota entities, one per SmartDialog connection.
+QUOTA_TABLE = "SmartDialogQuota"
+
+QUEUES: tuple[str, ...] = (OUTBOUND_QUEUE, INBOUND_QUEUE, EVENTS_QUEUE)
+TABLES: tuple[str, ...] = (QUOTA_TABLE,)
+
+
+def poison_queue(queue: str) -> str:
+    """The queue where the Functions host moves messages that failed too often."""
+    return f"{queue}-poison"

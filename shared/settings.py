@@ -1,0 +1,95 @@
+"""The one place that reads settings.
+
+Settings come from the environment (app settings in Azure, ``local.settings.json``
+locally, or ``.env`` never: the host injects them). They are read and validated on
+first use through :func:`get_settings`, never at import time, so a missing setting
+fails the call that needs it with a clear message instead of the whole app.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_URL = "https://api.arena.fi/api-integrations/v1"
+DEFAULT_AUTHORITY = (
+    "https://arenafi.b2clogin.com/arenafi.onmicrosoft.com/B2C_1A_SmartDialog_Integrations"
+)
+_API = "https://arenafi.onmicrosoft.com/smartdialog-integrations-api"
+#: The scopes the certified connector asks for (minus ``offline_access``, which msal adds).
+DEFAULT_SCOPES = " ".join(
+    f"{_API}/{scope}"
+    for scope in (
+        "Gateway.Send",
+        "Customer.Services",
+        "User.Customers",
+        "TwoWay.Management",
+        "WhatsApp",
+        "Discussion.Reply",
+        "Group.Management",
+    )
+)
+
+
+class Settings(BaseSettings):
+    """Every setting the app reads. Field aliases are the app-setting names."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    base_url: str = Field(DEFAULT_BASE_URL, alias="SMARTDIALOG_BASE_URL")
+    authority: str = Field(DEFAULT_AUTHORITY, alias="SMARTDIALOG_AUTHORITY")
+    client_id: str | None = Field(None, alias="SMARTDIALOG_CLIENT_ID")
+    client_secret: SecretStr | None = Field(None, alias="SMARTDIALOG_CLIENT_SECRET")
+    scopes: str = Field(DEFAULT_SCOPES, alias="SMARTDIALOG_SCOPES")
+    refresh_token: SecretStr | None = Field(None, alias="SMARTDIALOG_REFRESH_TOKEN")
+    access_token: SecretStr | None = Field(None, alias="SMARTDIALOG_ACCESS_TOKEN")
+    customer_id: str | None = Field(None, alias="SMARTDIALOG_CUSTOMER_ID")
+    service_id: str | None = Field(None, alias="SMARTDIALOG_SERVICE_ID")
+    quota_calls: int = Field(100, alias="SMARTDIALOG_QUOTA_CALLS", gt=0)
+    quota_period_seconds: float = Field(60.0, alias="SMARTDIALOG_QUOTA_PERIOD_SECONDS", gt=0)
+    quota_safety_margin_seconds: float = Field(
+        0.25, alias="SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", ge=0
+    )
+    quota_wait_seconds: float = Field(5.0, alias="SMARTDIALOG_QUOTA_WAIT_SECONDS", ge=0)
+    public_base_url: str = Field("http://localhost:7071", alias="SMARTDIALOG_PUBLIC_BASE_URL")
+    callback_secrets: SecretStr | None = Field(None, alias="SMARTDIALOG_CALLBACK_SECRETS")
+    # Storage: a connection string locally; in Azure, identity-based settings
+    # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
+    # plus __clientId for a user-assigned managed identity).
+    storage: str | None = Field(None, alias="AzureWebJobsStorage")
+    storage_account_name: str | None = Field(None, alias="AzureWebJobsStorage__accountName")
+    storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")
+    storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
+    storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
+
+    @field_validator("base_url", "public_base_url", "authority")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def scope_list(self) -> list[str]:
+        """Scopes as msal wants them: a list, without the reserved OIDC scopes."""
+        reserved = {"offline_access", "openid", "profile"}
+        return [s for s in self.scopes.replace(",", " ").split() if s not in reserved]
+
+    @property
+    def callback_secret_list(self) -> list[str]:
+        """Callback secrets, newest first: the first signs, every one verifies."""
+        if self.callback_secrets is None:
+            return []
+        raw = self.callback_secrets.get_secret_value()
+        return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The validated settings, read from the environment once per process."""
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget the cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()

@@ -1,0 +1,5 @@
+"""Shared fixtures live in tests/fixtures/ as plugins, one module per real part."""
+
+pytest_plugins = [
+    "tests.fixtures.azurite",
+]

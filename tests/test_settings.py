@@ -1,0 +1,45 @@
+"""Settings are read from the environment on first use, with the documented defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import DEFAULT_AUTHORITY, DEFAULT_BASE_URL, Settings
+
+
+def test_defaults_match_the_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SMARTDIALOG_BASE_URL", "SMARTDIALOG_QUOTA_CALLS", "SMARTDIALOG_AUTHORITY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.base_url == DEFAULT_BASE_URL == "https://api.arena.fi/api-integrations/v1"
+    assert settings.authority == DEFAULT_AUTHORITY
+    assert "B2C_1A_SmartDialog_Integrations" in settings.authority
+    assert (settings.quota_calls, settings.quota_period_seconds) == (100, 60.0)
+
+
+def test_environment_overrides_and_trailing_slash_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SMARTDIALOG_BASE_URL", "http://127.0.0.1:9/api-integrations/v1/")
+    monkeypatch.setenv("SMARTDIALOG_QUOTA_CALLS", "20")
+    monkeypatch.setenv("SMARTDIALOG_CALLBACK_SECRETS", " new-secret , old-secret ,")
+    settings = Settings()
+    assert settings.base_url == "http://127.0.0.1:9/api-integrations/v1"
+    assert settings.quota_calls == 20
+    assert settings.callback_secret_list == ["new-secret", "old-secret"]
+
+
+def test_secrets_do_not_appear_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTDIALOG_CLIENT_SECRET", "very-secret-value")
+    assert "very-secret-value" not in repr(Settings())
+
+
+def test_invalid_quota_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTDIALOG_QUOTA_CALLS", "0")
+    with pytest.raises(ValueError, match="SMARTDIALOG_QUOTA_CALLS"):
+        Settings()
+
+
+def test_scope_list_drops_reserved_scopes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTDIALOG_SCOPES", "offline_access api://x/Send, api://x/Read")
+    assert Settings().scope_list == ["api://x/Send", "api://x/Read"]
