@@ -8,7 +8,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint format bench clean
+.PHONY: help setup run test lint format bench scan clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,11 +43,15 @@ format: $(STAMP_PY) ## Apply ruff's fixes and formatting
 	@$(PY) -m ruff format .
 
 test: setup lint ## Lint, then run the whole test suite (starts and stops Azurite and the sandbox itself)
+	@bash tools/checkov.sh --install
 	@echo "==> pytest (Azurite and the sandbox start on free ports and stop afterwards)"
 	@$(PY) -m pytest
 
 bench: setup ## Run the performance benchmarks and print one table with targets
 	@$(PY) -m bench
 
-clean: ## Remove the venv, node_modules and caches
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .run
+scan: ## Offline security scan of infra/ (checkov's Bicep framework, in its own .venv-checkov)
+	@bash tools/checkov.sh
+
+clean: ## Remove the venvs, node_modules and caches
+	rm -rf $(VENV) .venv-checkov node_modules .mypy_cache .ruff_cache .pytest_cache .run

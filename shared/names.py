@@ -16,8 +16,17 @@ EVENTS_QUEUE = "smartdialog-events"
 #: Sliding-log quota entities, one per SmartDialog connection.
 QUOTA_TABLE = "SmartDialogQuota"
 
-QUEUES: tuple[str, ...] = (OUTBOUND_QUEUE, INBOUND_QUEUE, EVENTS_QUEUE)
-TABLES: tuple[str, ...] = (QUOTA_TABLE,)
+#: Outbound messages that failed for good or were malformed, each wrapped with its reason
+#: (``schemas/outbound-dead-letter.json``). The host's own ``-poison`` queue is separate.
+OUTBOUND_DEAD_LETTER_QUEUE = "smartdialog-outbound-deadletter"
+
+#: One status record per outbound message plus one slot entity per recipient.
+MESSAGES_TABLE = "SmartDialogMessages"
+#: Idempotency keys of the send actions, each pointing at the message it created.
+IDEMPOTENCY_TABLE = "SmartDialogIdempotency"
+
+QUEUES: tuple[str, ...] = (OUTBOUND_QUEUE, INBOUND_QUEUE, EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE)
+TABLES: tuple[str, ...] = (QUOTA_TABLE, MESSAGES_TABLE, IDEMPOTENCY_TABLE)
 
 
 def poison_queue(queue: str) -> str:

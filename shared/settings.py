@@ -36,7 +36,10 @@ DEFAULT_SCOPES = " ".join(
 class Settings(BaseSettings):
     """Every setting the app reads. Field aliases are the app-setting names."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    # Empty app settings mean "use the default", as in local.settings.sample.json.
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=True, frozen=True, env_ignore_empty=True
+    )
 
     base_url: str = Field(DEFAULT_BASE_URL, alias="SMARTDIALOG_BASE_URL")
     authority: str = Field(DEFAULT_AUTHORITY, alias="SMARTDIALOG_AUTHORITY")
@@ -55,6 +58,22 @@ class Settings(BaseSettings):
     quota_wait_seconds: float = Field(5.0, alias="SMARTDIALOG_QUOTA_WAIT_SECONDS", ge=0)
     public_base_url: str = Field("http://localhost:7071", alias="SMARTDIALOG_PUBLIC_BASE_URL")
     callback_secrets: SecretStr | None = Field(None, alias="SMARTDIALOG_CALLBACK_SECRETS")
+    # Outbound sends (shared/outbound, docs/sending.md).
+    send_max_attempts: int = Field(8, alias="SMARTDIALOG_SEND_MAX_ATTEMPTS", ge=1)
+    send_validity_seconds: float = Field(86400.0, alias="SMARTDIALOG_SEND_VALIDITY_SECONDS", gt=0)
+    send_retry_base_seconds: float = Field(2.0, alias="SMARTDIALOG_SEND_RETRY_BASE_SECONDS", ge=0)
+    send_retry_max_seconds: float = Field(300.0, alias="SMARTDIALOG_SEND_RETRY_MAX_SECONDS", ge=0)
+    send_lease_seconds: float = Field(120.0, alias="SMARTDIALOG_SEND_LEASE_SECONDS", gt=0)
+    send_timeout_seconds: float = Field(30.0, alias="SMARTDIALOG_SEND_TIMEOUT_SECONDS", gt=0)
+    send_status_retry_after_seconds: int = Field(
+        5, alias="SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS", ge=1
+    )
+    status_token_ttl_seconds: float = Field(
+        2592000.0, alias="SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS", ge=0
+    )
+    idempotency_ttl_seconds: float = Field(
+        604800.0, alias="SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS", gt=0
+    )
     # Storage: a connection string locally; in Azure, identity-based settings
     # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
     # plus __clientId for a user-assigned managed identity).
@@ -63,6 +82,15 @@ class Settings(BaseSettings):
     storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")
     storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
     storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
+
+    @field_validator("client_secret", "refresh_token", "access_token", "callback_secrets")
+    @classmethod
+    def _refuse_unresolved_key_vault_reference(cls, value: SecretStr | None) -> SecretStr | None:
+        # An unresolvable reference reaches the app as its literal text; using that as a
+        # secret would turn a readable string into a credential.
+        if value is not None and value.get_secret_value().startswith("@Microsoft.KeyVault("):
+            raise ValueError("is an unresolved Key Vault reference: check the app's identity")
+        return value
 
     @field_validator("base_url", "public_base_url", "authority")
     @classmethod

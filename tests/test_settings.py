@@ -43,3 +43,19 @@ def test_invalid_quota_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_scope_list_drops_reserved_scopes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMARTDIALOG_SCOPES", "offline_access api://x/Send, api://x/Read")
     assert Settings().scope_list == ["api://x/Send", "api://x/Read"]
+
+
+def test_empty_settings_mean_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTDIALOG_QUOTA_CALLS", "")
+    monkeypatch.setenv("SMARTDIALOG_CUSTOMER_ID", "")
+    settings = Settings()
+    assert settings.quota_calls == 100
+    assert settings.customer_id is None
+
+
+def test_unresolved_key_vault_reference_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "SMARTDIALOG_CALLBACK_SECRETS", "@Microsoft.KeyVault(SecretUri=https://kv/secrets/x)"
+    )
+    with pytest.raises(ValueError, match="SMARTDIALOG_CALLBACK_SECRETS"):
+        Settings()

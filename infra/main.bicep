@@ -1,0 +1,242 @@
+// SmartDialog Functions in Azure: `azd up` deploys this template, then the code.
+//
+// One resource group holding a Flex Consumption function app (Python 3.11) that reaches
+// its storage account, Application Insights and Key Vault with one user-assigned
+// managed identity. No connection string, key or SmartDialog secret is an app setting:
+// storage and telemetry use Entra ID, and the secrets are Key Vault references.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; also seeds the unique suffix of every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every resource. It must offer the Flex Consumption plan (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Resource group name; empty means rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Upper bound of Flex Consumption instances (40 is the lowest the platform accepts). The SmartDialog quota, not CPU, limits throughput.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Memory of each instance in MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+// SmartDialog settings, one parameter per app setting, filled by azd from the environment
+// variable of the same name (infra/main.parameters.json). Empty means "not set": the
+// setting is left out and the app's default applies (shared/settings.py is the single
+// source of defaults; numbers are strings because Bicep has no floats).
+@description('SMARTDIALOG_BASE_URL: the SmartDialog API root. Empty: the production API.')
+param smartDialogBaseUrl string = ''
+
+@description('SMARTDIALOG_AUTHORITY: the Azure AD B2C authority that issues SmartDialog tokens.')
+param smartDialogAuthority string = ''
+
+@description('SMARTDIALOG_CLIENT_ID: the OAuth client (application) id given by SmartDialog.')
+param smartDialogClientId string = ''
+
+@description('SMARTDIALOG_SCOPES: space-separated OAuth scopes. Empty: the scopes of the certified connector.')
+param smartDialogScopes string = ''
+
+@description('SMARTDIALOG_CUSTOMER_ID: the default SmartDialog customer id.')
+param smartDialogCustomerId string = ''
+
+@description('SMARTDIALOG_SERVICE_ID: the default SmartDialog service id.')
+param smartDialogServiceId string = ''
+
+@description('SMARTDIALOG_PUBLIC_BASE_URL: the https root that SmartDialog calls back (webhooks, delivery reports). Empty: the function app\'s own https://<name>.azurewebsites.net.')
+param smartDialogPublicBaseUrl string = ''
+
+@description('SMARTDIALOG_QUOTA_CALLS: upstream calls allowed per quota window, per connection (app default 100).')
+param smartDialogQuotaCalls string = ''
+
+@description('SMARTDIALOG_QUOTA_PERIOD_SECONDS: length of the sliding quota window in seconds (app default 60).')
+param smartDialogQuotaPeriodSeconds string = ''
+
+@description('SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS: seconds added to the quota window against clock skew.')
+param smartDialogQuotaSafetyMarginSeconds string = ''
+
+@description('SMARTDIALOG_QUOTA_WAIT_SECONDS: how long a synchronous action waits for a quota token before answering 429.')
+param smartDialogQuotaWaitSeconds string = ''
+
+@description('SMARTDIALOG_SEND_MAX_ATTEMPTS: upstream attempts per queued send before it fails for good.')
+param smartDialogSendMaxAttempts string = ''
+
+@description('SMARTDIALOG_SEND_VALIDITY_SECONDS: how long a queued send may wait before it fails as expired.')
+param smartDialogSendValiditySeconds string = ''
+
+@description('SMARTDIALOG_SEND_RETRY_BASE_SECONDS: first retry delay of a queued send (doubles per attempt).')
+param smartDialogSendRetryBaseSeconds string = ''
+
+@description('SMARTDIALOG_SEND_RETRY_MAX_SECONDS: longest retry delay of a queued send.')
+param smartDialogSendRetryMaxSeconds string = ''
+
+@description('SMARTDIALOG_SEND_LEASE_SECONDS: how long a sender owns a message before another delivery may take it over.')
+param smartDialogSendLeaseSeconds string = ''
+
+@description('SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: Retry-After of a status URL while the send is pending.')
+param smartDialogSendStatusRetryAfterSeconds string = ''
+
+@description('SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: lifetime of the credential carried by a status URL.')
+param smartDialogStatusTokenTtlSeconds string = ''
+
+@description('SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: how long an Idempotency-Key answer is remembered.')
+param smartDialogIdempotencyTtlSeconds string = ''
+
+@description('SMARTDIALOG_SEND_TIMEOUT_SECONDS: read timeout of one upstream send attempt.')
+param smartDialogSendTimeoutSeconds string = ''
+
+// Secrets: written to Key Vault, never to app settings. Empty means "do not set".
+@secure()
+@description('SMARTDIALOG_CLIENT_SECRET: the OAuth client secret (client-credentials flow).')
+param smartDialogClientSecret string = ''
+
+@secure()
+@description('SMARTDIALOG_REFRESH_TOKEN: a delegated refresh token (instead of a client secret).')
+param smartDialogRefreshToken string = ''
+
+@secure()
+@description('SMARTDIALOG_CALLBACK_SECRETS: comma-separated HMAC secrets for callback URLs, newest first.')
+param smartDialogCallbackSecrets string = ''
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = 'func-smartdialog-${resourceToken}'
+var deploymentContainerName = 'app-package-${resourceToken}'
+
+// Plain SmartDialog settings; an empty parameter leaves its setting out of the app.
+var smartDialogSettings = union(
+  empty(smartDialogBaseUrl) ? {} : { SMARTDIALOG_BASE_URL: smartDialogBaseUrl },
+  empty(smartDialogAuthority) ? {} : { SMARTDIALOG_AUTHORITY: smartDialogAuthority },
+  empty(smartDialogClientId) ? {} : { SMARTDIALOG_CLIENT_ID: smartDialogClientId },
+  empty(smartDialogScopes) ? {} : { SMARTDIALOG_SCOPES: smartDialogScopes },
+  empty(smartDialogCustomerId) ? {} : { SMARTDIALOG_CUSTOMER_ID: smartDialogCustomerId },
+  empty(smartDialogServiceId) ? {} : { SMARTDIALOG_SERVICE_ID: smartDialogServiceId },
+  empty(smartDialogPublicBaseUrl) ? {} : { SMARTDIALOG_PUBLIC_BASE_URL: smartDialogPublicBaseUrl },
+  empty(smartDialogQuotaCalls) ? {} : { SMARTDIALOG_QUOTA_CALLS: smartDialogQuotaCalls },
+  empty(smartDialogQuotaPeriodSeconds) ? {} : { SMARTDIALOG_QUOTA_PERIOD_SECONDS: smartDialogQuotaPeriodSeconds },
+  empty(smartDialogQuotaSafetyMarginSeconds) ? {} : { SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS: smartDialogQuotaSafetyMarginSeconds },
+  empty(smartDialogQuotaWaitSeconds) ? {} : { SMARTDIALOG_QUOTA_WAIT_SECONDS: smartDialogQuotaWaitSeconds },
+  empty(smartDialogSendMaxAttempts) ? {} : { SMARTDIALOG_SEND_MAX_ATTEMPTS: smartDialogSendMaxAttempts },
+  empty(smartDialogSendValiditySeconds) ? {} : { SMARTDIALOG_SEND_VALIDITY_SECONDS: smartDialogSendValiditySeconds },
+  empty(smartDialogSendRetryBaseSeconds) ? {} : { SMARTDIALOG_SEND_RETRY_BASE_SECONDS: smartDialogSendRetryBaseSeconds },
+  empty(smartDialogSendRetryMaxSeconds) ? {} : { SMARTDIALOG_SEND_RETRY_MAX_SECONDS: smartDialogSendRetryMaxSeconds },
+  empty(smartDialogSendLeaseSeconds) ? {} : { SMARTDIALOG_SEND_LEASE_SECONDS: smartDialogSendLeaseSeconds },
+  empty(smartDialogSendStatusRetryAfterSeconds) ? {} : { SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: smartDialogSendStatusRetryAfterSeconds },
+  empty(smartDialogStatusTokenTtlSeconds) ? {} : { SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: smartDialogStatusTokenTtlSeconds },
+  empty(smartDialogIdempotencyTtlSeconds) ? {} : { SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: smartDialogIdempotencyTtlSeconds },
+  empty(smartDialogSendTimeoutSeconds) ? {} : { SMARTDIALOG_SEND_TIMEOUT_SECONDS: smartDialogSendTimeoutSeconds }
+)
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-smartdialog-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-${resourceToken}'
+    applicationInsightsName: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+  }
+}
+
+module keyVault 'app/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: 'kv-${resourceToken}'
+    location: location
+    tags: tags
+    clientSecret: smartDialogClientSecret
+    refreshToken: smartDialogRefreshToken
+    callbackSecrets: smartDialogCallbackSecrets
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    keyVaultName: keyVault.outputs.name
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  // The roles must exist before the host starts, or its first storage and Key Vault calls fail.
+  dependsOn: [
+    rbac
+  ]
+  params: {
+    name: functionAppName
+    planName: 'plan-${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    smartDialogSettings: smartDialogSettings
+    keyVaultReferences: keyVault.outputs.appSettingReferences
+  }
+}
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_NAME string = api.outputs.name
+output SERVICE_API_NAME string = api.outputs.name
+output SERVICE_API_URI string = api.outputs.uri
+output AZURE_FUNCTION_URL string = api.outputs.uri
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString

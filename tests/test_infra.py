@@ -1,0 +1,502 @@
+"""The Azure deployment (``azure.yaml``, ``infra/``) checked without Azure.
+
+The Bicep compiler cannot run here, so these tests hold the template to what the code
+needs: every setting the app reads is set in Azure (or listed below with the reason it is
+not), secrets reach the app only as Key Vault references, the storage account gets exactly
+the queues and tables of ``shared/names.py``, and the modules are wired consistently. The
+last test runs checkov's Bicep framework (``tools/checkov.sh``) and wants zero failed
+checks, each skip explained next to the resource it excuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+
+from shared import names
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+MAIN = INFRA / "main.bicep"
+PARAMETERS = INFRA / "main.parameters.json"
+
+#: Settings the code reads that the Bicep deliberately does not set, and why.
+NOT_SET_IN_AZURE: dict[str, str] = {
+    "SMARTDIALOG_ACCESS_TOKEN": "a static bearer token for the local sandbox only; Azure "
+    "authenticates with the client secret or the refresh token",
+    "AzureWebJobsStorage": "a connection string, for Azurite and local runs only; Azure uses "
+    "the identity-based AzureWebJobsStorage__* settings (shared keys are disabled there)",
+    "AzureWebJobsStorage__accountName": "an alternative to the service URIs, which the Bicep "
+    "sets (they also serve the host's blob, queue and table clients)",
+}
+
+
+# --- reading Bicep without the Bicep compiler -------------------------------------------
+
+
+@dataclass(frozen=True)
+class BicepSource:
+    """One .bicep file: its text without comments, and without comments or strings."""
+
+    path: Path
+    raw: str = field(repr=False)
+    no_comments: str = field(repr=False)
+    code: str = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.relative_to(INFRA).as_posix()
+
+
+def _scan(path: Path) -> BicepSource:
+    """Blank out comments (and, in ``code``, string literals), keeping every offset."""
+    text = path.read_text()
+    no_comments = list(text)
+    code = list(text)
+    i, n = 0, len(text)
+
+    def blank(buffer: list[str], start: int, end: int) -> None:
+        for k in range(start, end):
+            if buffer[k] != "\n":
+                buffer[k] = " "
+
+    def fail(what: str, at: int) -> typing.NoReturn:
+        line = text.count("\n", 0, at) + 1
+        raise AssertionError(f"{path.relative_to(ROOT)}:{line}: {what}")
+
+    while i < n:
+        if text.startswith("//", i):
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            blank(no_comments, i, end)
+            blank(code, i, end)
+            i = end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end < 0:
+                fail("unterminated /* comment", i)
+            blank(no_comments, i, end + 2)
+            blank(code, i, end + 2)
+            i = end + 2
+        elif text.startswith("'''", i):
+            end = text.find("'''", i + 3)
+            if end < 0:
+                fail("unterminated ''' string", i)
+            blank(code, i + 3, end)
+            i = end + 3
+        elif text[i] == "'":
+            j, depth = i + 1, 0
+            while True:
+                if j >= n or (text[j] == "\n" and depth == 0):
+                    fail("unterminated string", i)
+                if text[j] == "\\":
+                    j += 2
+                elif depth == 0 and text[j] == "'":
+                    break
+                elif text.startswith("${", j):
+                    depth, j = depth + 1, j + 2
+                elif depth and text[j] == "}":
+                    depth, j = depth - 1, j + 1
+                elif depth and text[j] == "'":  # a string inside an interpolation
+                    close = text.find("'", j + 1)
+                    if close < 0:
+                        fail("unterminated string", j)
+                    j = close + 1
+                else:
+                    j += 1
+            blank(code, i + 1, j)
+            i = j + 1
+        else:
+            i += 1
+    return BicepSource(path, text, "".join(no_comments), "".join(code))
+
+
+@cache
+def bicep_sources() -> tuple[BicepSource, ...]:
+    return tuple(_scan(path) for path in sorted(INFRA.rglob("*.bicep")))
+
+
+def source(name: str) -> BicepSource:
+    return next(s for s in bicep_sources() if s.name == name)
+
+
+def _block(code: str, open_at: int) -> tuple[int, int]:
+    """The span of the bracketed block whose opening bracket is at ``open_at``."""
+    pairs = {"{": "}", "[": "]", "(": ")"}
+    stack: list[str] = []
+    for k in range(open_at, len(code)):
+        if code[k] in pairs:
+            stack.append(pairs[code[k]])
+        elif code[k] in pairs.values():
+            stack.pop()
+            if not stack:
+                return open_at, k + 1
+    raise AssertionError("unbalanced block")
+
+
+def _top_level_keys(code: str, span: tuple[int, int]) -> list[str]:
+    """Keys of the object literal in ``span`` (one ``key: value`` per line, as Bicep wants)."""
+    keys, depth = [], 0
+    for line in code[span[0] : span[1]].splitlines():
+        match = re.match(r"\s*([A-Za-z_]\w*)\s*:", line)
+        if depth == 1 and match:
+            keys.append(match.group(1))
+        depth += sum(line.count(c) for c in "{[(") - sum(line.count(c) for c in "}])")
+    return keys
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    default: str | None
+    decorators: str
+
+
+def params(src: BicepSource) -> dict[str, Param]:
+    found = {}
+    for match in re.finditer(
+        r"^param\s+(\w+)\s+(\w+)(?:[ \t]*=[ \t]*(.+?))?[ \t]*$", src.no_comments, re.M
+    ):
+        # Decorators are the lines just above, up to the previous blank line or statement.
+        above = src.no_comments[: match.start()].rstrip("\n").split("\n")
+        decorators = []
+        for line in reversed(above):
+            if not line.strip() or re.match(r"\s*(param|var|resource|module|output)\b", line):
+                break
+            decorators.append(line)
+        found[match.group(1)] = Param(
+            match.group(1), match.group(2), match.group(3), "\n".join(decorators)
+        )
+    return found
+
+
+def outputs(src: BicepSource) -> set[str]:
+    return set(re.findall(r"^output\s+(\w+)\s", src.no_comments, re.M))
+
+
+@dataclass(frozen=True)
+class Module:
+    symbol: str
+    path: str
+    passed: list[str]
+
+
+def modules(src: BicepSource) -> list[Module]:
+    found = []
+    for match in re.finditer(r"^module\s+(\w+)\s+'([^']+)'\s*=[^{]*\{", src.no_comments, re.M):
+        body = _block(src.code, match.end() - 1)
+        params_at = re.search(r"^\s*params\s*:\s*\{", src.code[body[0] : body[1]], re.M)
+        passed = []
+        if params_at:
+            start = body[0] + params_at.end() - 1
+            passed = _top_level_keys(src.code, _block(src.code, start))
+        found.append(Module(match.group(1), match.group(2), passed))
+    return found
+
+
+def setting_keys(alias: str) -> list[tuple[BicepSource, str]]:
+    """Every place a Bicep object literal sets ``alias``, with the line that does it."""
+    pattern = re.compile(rf"(?:^|\{{)[ \t]*'?{re.escape(alias)}'?[ \t]*:[^\n]*", re.M)
+    return [(src, m.group(0)) for src in bicep_sources() for m in pattern.finditer(src.no_comments)]
+
+
+def settings_fields() -> dict[str, FieldInfo]:
+    return {field.alias or name: field for name, field in Settings.model_fields.items()}
+
+
+def is_secret(field: FieldInfo) -> bool:
+    annotation = field.annotation
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
+def parameter_values() -> dict[str, str]:
+    document = json.loads(PARAMETERS.read_text())
+    return {name: str(spec["value"]) for name, spec in document["parameters"].items()}
+
+
+def string_list(src: BicepSource, variable: str) -> list[str]:
+    match = re.search(rf"^var\s+{variable}\s*=\s*\[(.*?)\]", src.no_comments, re.M | re.S)
+    assert match, f"{src.name} declares no `var {variable} = [...]`"
+    return re.findall(r"'([^']*)'", match.group(1))
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def test_every_setting_the_code_reads_is_set_by_the_bicep_or_listed_as_not_for_azure() -> None:
+    missing = [
+        alias
+        for alias in settings_fields()
+        if alias not in NOT_SET_IN_AZURE and not setting_keys(alias)
+    ]
+
+    assert not missing, (
+        f"shared/settings.py reads {missing}, but nothing in infra/ sets them. Add a parameter "
+        "in infra/main.bicep (a Key Vault secret in infra/app/keyvault.bicep if it is a secret), "
+        "map it in infra/main.parameters.json and document it in docs/deploy.md; or, if Azure "
+        "must not set it, add it to NOT_SET_IN_AZURE in tests/test_infra.py with the reason."
+    )
+
+
+def test_the_not_for_azure_list_names_only_settings_the_code_reads_and_the_bicep_leaves_alone() -> (
+    None
+):
+    fields = settings_fields()
+    for alias, reason in NOT_SET_IN_AZURE.items():
+        assert alias in fields, f"{alias} is no longer a setting: drop it from NOT_SET_IN_AZURE"
+        assert not setting_keys(alias), f"{alias} is set in infra/ yet listed as not for Azure"
+        assert len(reason) > 20
+
+
+def test_every_smartdialog_setting_the_bicep_sets_is_one_the_code_reads() -> None:
+    fields = settings_fields()
+    for src in bicep_sources():
+        for key in re.findall(r"(?:^|\{)[ \t]*'?(SMARTDIALOG_\w+)'?[ \t]*:", src.no_comments, re.M):
+            assert key in fields, f"{src.name} sets {key}, which shared/settings.py never reads"
+
+
+def test_secrets_reach_the_app_only_as_key_vault_references() -> None:
+    secret_aliases = [
+        alias
+        for alias, field in settings_fields().items()
+        if is_secret(field) and alias not in NOT_SET_IN_AZURE
+    ]
+    assert secret_aliases, "Settings has no secret field: is SecretStr still used?"
+
+    for alias in secret_aliases:
+        for src, line in setting_keys(alias):
+            assert src.name == "app/keyvault.bicep", f"{alias} is set outside Key Vault: {line}"
+            assert "'@Microsoft.KeyVault(SecretUri=${" in line, line
+
+
+def test_secret_parameters_are_secure_and_have_no_default_value() -> None:
+    main_params = params(source("main.bicep"))
+    fields = settings_fields()
+    for param_name, value in parameter_values().items():
+        alias = re.fullmatch(r"\$\{(\w+)(?:=.*)?\}", value)
+        if alias and alias.group(1) in fields and is_secret(fields[alias.group(1)]):
+            param = main_params[param_name]
+            assert "@secure()" in param.decorators, f"param {param_name} must be @secure()"
+            assert param.default in (None, "''"), f"param {param_name} must not default a secret"
+
+
+def test_each_smartdialog_parameter_is_optional_and_feeds_the_setting_of_its_variable() -> None:
+    main = source("main.bicep")
+    declared = params(main)
+    fields = settings_fields()
+    for param_name, value in parameter_values().items():
+        alias = re.sub(r"[${}]|=.*", "", value)
+        if alias not in fields:
+            continue
+        # Empty means "leave the setting out": shared/settings.py stays the one source of
+        # defaults (a second default here would drift from it).
+        assert (declared[param_name].type, declared[param_name].default) == ("string", "''"), (
+            f"param {param_name} should be `string = ''`"
+        )
+        if not is_secret(fields[alias]):
+            assert re.search(rf"\{{\s*{alias}\s*:\s*{param_name}\s*\}}", main.no_comments), (
+                f"infra/main.bicep should set {{ {alias}: {param_name} }}"
+            )
+
+
+# --- queues and tables -------------------------------------------------------------------
+
+
+def test_the_storage_account_gets_exactly_the_queues_the_code_uses() -> None:
+    queues = string_list(source("app/storage.bicep"), "queueNames")
+
+    assert sorted(queues) == sorted(names.QUEUES), (
+        "infra/app/storage.bicep queueNames must equal shared/names.py QUEUES"
+    )
+    assert len(set(queues)) == len(queues)
+    for queue in queues:  # Azure queue names: 3-63 lower-case letters, digits, single hyphens
+        assert re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]", queue), queue
+        assert len(queue) + len("-poison") <= 63, f"{queue}-poison would be too long"
+
+
+def test_the_storage_account_gets_exactly_the_tables_the_code_uses() -> None:
+    tables = string_list(source("app/storage.bicep"), "tableNames")
+
+    assert sorted(tables) == sorted(names.TABLES), (
+        "infra/app/storage.bicep tableNames must equal shared/names.py TABLES"
+    )
+    assert len(set(tables)) == len(tables)
+    for table in tables:  # Azure table names: 3-63 letters and digits, not starting with a digit
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", table), table
+
+
+def test_queues_and_tables_are_declared_once_from_those_lists_and_nowhere_else() -> None:
+    declared = {
+        kind: [
+            (src.name, m.group(0))
+            for src in bicep_sources()
+            for m in re.finditer(
+                rf"'Microsoft\.Storage/storageAccounts/{kind}@[^']+'\s*=\s*[^\n]*", src.no_comments
+            )
+        ]
+        for kind in ("queueServices/queues", "tableServices/tables")
+    }
+
+    assert [line for _, line in declared["queueServices/queues"]] == [
+        "'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = "
+        "[for queueName in queueNames: {"
+    ]
+    assert [line for _, line in declared["tableServices/tables"]] == [
+        "'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = "
+        "[for tableName in tableNames: {"
+    ]
+
+
+# --- structure (what `bicep build` would catch first) ------------------------------------
+
+
+@pytest.mark.parametrize("src", bicep_sources(), ids=lambda s: s.name)
+def test_bicep_brackets_balance(src: BicepSource) -> None:
+    pairs = {"{": "}", "[": "]", "(": ")"}
+    stack: list[tuple[str, int]] = []
+    for offset, char in enumerate(src.code):
+        line = src.code.count("\n", 0, offset) + 1
+        if char in pairs:
+            stack.append((pairs[char], line))
+        elif char in pairs.values():
+            assert stack, f"{src.name}:{line}: unmatched {char!r}"
+            expected, opened = stack.pop()
+            assert char == expected, f"{src.name}:{line}: {char!r} closes line {opened}"
+    assert not stack, f"{src.name}: unclosed bracket from line {stack[-1][1]}"
+
+
+@pytest.mark.parametrize("src", bicep_sources(), ids=lambda s: s.name)
+def test_modules_are_local_files_given_exactly_the_params_they_declare(src: BicepSource) -> None:
+    for module in modules(src):
+        # Registry modules would hide their resources from the offline scan.
+        assert not re.match(r"(br|ts)[:/]", module.path), f"{src.name}: {module.path}"
+        target = (src.path.parent / module.path).resolve()
+        assert target.is_file(), f"{src.name}: module {module.symbol} -> missing {module.path}"
+
+        declared = params(_scan(target))
+        unknown = set(module.passed) - set(declared)
+        required = {p.name for p in declared.values() if p.default is None}
+        assert not unknown, f"{src.name}: module {module.symbol} passes unknown {unknown}"
+        assert required <= set(module.passed), (
+            f"{src.name}: module {module.symbol} misses {required - set(module.passed)}"
+        )
+
+
+@pytest.mark.parametrize("src", bicep_sources(), ids=lambda s: s.name)
+def test_module_outputs_that_are_used_exist(src: BicepSource) -> None:
+    targets = {m.symbol: (src.path.parent / m.path).resolve() for m in modules(src)}
+    for symbol, output in re.findall(r"\b(\w+)\.outputs\.(\w+)", src.code):
+        assert symbol in targets, f"{src.name}: {symbol} is not a module"
+        assert output in outputs(_scan(targets[symbol])), f"{src.name}: {symbol}.outputs.{output}"
+
+
+def test_parameters_file_maps_only_declared_params_and_every_required_one() -> None:
+    declared = params(source("main.bicep"))
+    mapped = parameter_values()
+
+    assert set(mapped) <= set(declared), set(mapped) - set(declared)
+    required = {p.name for p in declared.values() if p.default is None}
+    assert required <= set(mapped), f"azd would prompt for {required - set(mapped)}"
+    for value in mapped.values():
+        assert re.fullmatch(r"\$\{[A-Za-z_]\w*(?:=[^}]*)?\}", value), value
+
+
+def test_outputs_give_azd_the_app_and_never_feed_back_into_parameters() -> None:
+    main_outputs = outputs(source("main.bicep"))
+    env_names = {re.sub(r"[${}]|=.*", "", v) for v in parameter_values().values()}
+
+    assert {"AZURE_FUNCTION_NAME", "AZURE_FUNCTION_URL", "SERVICE_API_URI"} <= main_outputs
+    # azd stores outputs in the environment; one named like a parameter's variable would
+    # silently become that parameter's value on the next `azd provision`.
+    assert not (main_outputs & (env_names - {"AZURE_LOCATION", "AZURE_RESOURCE_GROUP"}))
+
+
+def test_azure_yaml_deploys_this_folder_as_the_python_function_service_api() -> None:
+    text = (ROOT / "azure.yaml").read_text()
+    service = re.search(r"^services:\n  api:\n((?:    .*\n)+)", text, re.M)
+
+    assert service, "azure.yaml must name one service, api"
+    body = service.group(1)
+    for line in ("project: .", "language: python", "host: function"):
+        assert f"    {line}\n" in body, line
+    assert "'azd-service-name': 'api'" in source("app/api.bicep").no_comments
+
+
+def test_the_azure_runtime_is_the_python_the_tests_run_on() -> None:
+    runtime = re.search(
+        r"runtime:\s*\{\s*name:\s*'(\w+)'\s*version:\s*'([\d.]+)'", source("app/api.bicep").raw
+    )
+
+    assert runtime, "infra/app/api.bicep declares no functionAppConfig.runtime"
+    assert runtime.groups() == ("python", f"{sys.version_info[0]}.{sys.version_info[1]}")
+
+
+# --- static scan -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_checkov_finds_no_failed_check_and_every_skip_is_explained_where_it_applies() -> None:
+    bash = shutil.which("bash")
+    assert bash, "tools/checkov.sh needs bash"
+    run = subprocess.run(
+        [bash, str(ROOT / "tools" / "checkov.sh"), "--output", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=880,
+        check=False,
+    )
+    if run.returncode == 3 and os.environ.get("CI") != "true":
+        pytest.skip(
+            "!!! CHECKOV DID NOT RUN: tools/checkov.sh could not install checkov into "
+            f".venv-checkov (offline?). In CI this fails instead.\n{run.stderr[-2000:]}"
+        )
+    try:
+        report = json.loads(run.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"checkov gave no JSON report (exit {run.returncode}):\n{run.stderr[-4000:]}")
+    report = report[0] if isinstance(report, list) else report
+    results, summary = report["results"], report["summary"]
+
+    assert not summary["parsing_errors"], (
+        f"checkov could not parse {results.get('parsing_errors')}: those resources went unscanned"
+    )
+    assert summary["resource_count"] > 0
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in results.get("failed_checks", [])
+    ]
+    assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+
+    skipped = {
+        (c["file_path"].lstrip("/"), c["check_id"]): c["check_result"].get("suppress_comment", "")
+        for c in results.get("skipped_checks", [])
+    }
+    for (path, check_id), reason in skipped.items():
+        why = f"infra/{path}: skip of {check_id} needs a reason (checkov:skip={check_id}:why)"
+        assert reason != "No comment provided", why
+        assert len(reason) >= 40, why
+    written = {
+        (src.name, check_id)
+        for src in bicep_sources()
+        for check_id in re.findall(r"checkov:skip=([A-Z0-9_]+)", src.raw)
+    }
+    assert written == set(skipped), (
+        f"skip comments that excuse nothing: {sorted(written - set(skipped))}; "
+        f"skips without a comment: {sorted(set(skipped) - written)}"
+    )
