@@ -1,0 +1,76 @@
+"""The real app loads and serves through the dev host; the CLI starts and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from devhost import DevHost, load_app
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_product_app_health_answers_through_the_host() -> None:
+    app = load_app("function_app:app", REPO)
+    with DevHost(app, REPO / "host.json", port=0, queues=False) as host:
+        response = httpx.get(f"{host.url}/api/health", timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_product_host_json_is_read_not_hard_coded() -> None:
+    app = load_app("function_app:app", REPO)
+    host = DevHost(app, REPO / "host.json", port=0, queues=False)
+    try:
+        queues = host.options.queues
+        assert (queues.batch_size, queues.new_batch_threshold) == (16, 8)
+        assert (queues.max_dequeue_count, queues.message_encoding) == (5, "none")
+        assert (queues.visibility_timeout, queues.max_polling_interval) == (10.0, 2.0)
+        assert host.options.route_prefix == "api"
+    finally:
+        host.stop()
+
+
+def _start_cli(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DEVHOST_PORT"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "devhost", "--no-queues", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_cli_serves_then_exits_zero_on_sigterm() -> None:
+    process = _start_cli("--port", "0")
+    assert process.stdout is not None
+    url = None
+    for line in process.stdout:
+        if match := re.search(r"Listening on (http://\S+?)\.? ", line):
+            url = match.group(1)
+            break
+    assert url, "the CLI never said where it listens"
+    assert httpx.get(f"{url}/api/health", timeout=5).status_code == 200
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0
+
+
+def test_cli_reports_a_busy_port_and_exits_non_zero() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = _start_cli("--port", str(port))
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert f"port {port}" in output
+    assert "already in use" in output
