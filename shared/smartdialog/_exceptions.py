@@ -1,0 +1,238 @@
+"""Errors raised by the SmartDialog client (the hierarchy is drawn in the package docstring)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+
+__all__ = [
+    "APIConnectionError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "CredentialsError",
+    "DuplicateRequestError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "SmartDialogError",
+    "mask_phone_numbers",
+]
+
+# Digit runs long enough to be a phone number; everything but the last four digits is hidden.
+_PHONE_LIKE = re.compile(r"\+?\d[\d ]{5,}(\d{4})")
+
+
+def mask_phone_numbers(text: str) -> str:
+    """``text`` with every phone-number-like digit run reduced to its last four digits."""
+    return _PHONE_LIKE.sub(lambda m: "***" + m.group(1), text)
+
+
+def display_path(path: str) -> str:
+    """A request path fit for logs and errors: percent-decoded, phone numbers masked."""
+    return mask_phone_numbers(unquote(path))
+
+
+class SmartDialogError(Exception):
+    """Base of every error this package raises."""
+
+
+class CredentialsError(SmartDialogError):
+    """No usable upstream credentials: none configured, or the identity provider refused them."""
+
+
+class APIError(SmartDialogError):
+    """A call to one SmartDialog operation failed.
+
+    ``operation_id``, ``method`` and ``path`` name the request (phone numbers in the path are
+    masked); the request itself is not kept, so the bearer token never travels with the error.
+    """
+
+    def __init__(self, message: str, *, operation_id: str, method: str, path: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.operation_id = operation_id
+        self.method = method
+        self.path = display_path(path)
+
+
+class APIConnectionError(APIError):
+    """No HTTP response was received (DNS failure, refused or reset connection, protocol error)."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out (connecting, writing, reading or waiting for a pooled connection)."""
+
+
+class APIResponseValidationError(APIError):
+    """A successful response whose body does not fit the documented shape."""
+
+    def __init__(
+        self, message: str, *, operation_id: str, method: str, path: str, body: object
+    ) -> None:
+        super().__init__(message, operation_id=operation_id, method=method, path=path)
+        self.body = body
+
+
+class APIStatusError(APIError):
+    """SmartDialog answered with a 4xx or 5xx status.
+
+    ``message`` is the upstream ``errorMessage`` when the body has one; ``body`` is the decoded
+    JSON body (or the raw text, or None when empty); ``headers`` are the response headers.
+    ``str(error)`` masks phone numbers quoted in the message; ``message`` and ``body`` do not.
+    """
+
+    status_code: int
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: object,
+        headers: httpx.Headers,
+        operation_id: str,
+        method: str,
+        path: str,
+    ) -> None:
+        super().__init__(message, operation_id=operation_id, method=method, path=path)
+        self.status_code = status_code
+        self.body = body
+        self.headers = headers
+
+    def __str__(self) -> str:
+        # Upstream messages may quote a recipient; str() is what ends up in logs.
+        where = f"{self.operation_id} ({self.method} {self.path})"
+        return f"{self.status_code} from {where}: {mask_phone_numbers(self.message)}"
+
+
+class BadRequestError(APIStatusError):
+    """400: the request broke the contract (missing field, bad value, unknown recipient format)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the token was refused, even after one refresh."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the credentials may not use this customer, service or operation."""
+
+
+class NotFoundError(APIStatusError):
+    """404: the customer, service, contact, template or pipeline action does not exist."""
+
+
+class ConflictError(APIStatusError):
+    """409: the request conflicts with the current state upstream."""
+
+
+class DuplicateRequestError(ConflictError):
+    """409 for a send whose ``RequestId`` was already used: the message was *not* sent again.
+
+    ``request_id`` is the duplicate id; ``original`` is the first send's result parsed into the
+    operation's response model when the body carries it (else None; ``body`` has the raw body).
+    A retried send that ends here means an earlier attempt of the same call went through.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None,
+        original: Any,
+        status_code: int,
+        body: object,
+        headers: httpx.Headers,
+        operation_id: str,
+        method: str,
+        path: str,
+    ) -> None:
+        super().__init__(
+            message,
+            status_code=status_code,
+            body=body,
+            headers=headers,
+            operation_id=operation_id,
+            method=method,
+            path=path,
+        )
+        self.request_id = request_id
+        self.original = original
+
+
+class RateLimitError(APIStatusError):
+    """429: over SmartDialog's quota. ``retry_after`` is the advised wait in seconds, if given."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        status_code: int,
+        body: object,
+        headers: httpx.Headers,
+        operation_id: str,
+        method: str,
+        path: str,
+    ) -> None:
+        super().__init__(
+            message,
+            status_code=status_code,
+            body=body,
+            headers=headers,
+            operation_id=operation_id,
+            method=method,
+            path=path,
+        )
+        self.retry_after = retry_after
+
+
+class InternalServerError(APIStatusError):
+    """5xx: SmartDialog failed; for sends, whether the message went out is unknown."""
+
+
+_BY_STATUS: Mapping[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+}
+
+
+def decode_body(response: httpx.Response) -> object:
+    """The response body as JSON when it parses, else the text, else None."""
+    if not response.content:
+        return None
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return response.text
+
+
+def error_message(response: httpx.Response, body: object) -> str:
+    """The upstream ``errorMessage`` (any casing) if present, else a short description."""
+    if isinstance(body, Mapping):
+        for key in ("errorMessage", "ErrorMessage", "message", "Message", "error"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:500]
+    return response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def status_error_class(status_code: int) -> type[APIStatusError]:
+    """The error class for a status without extra fields (not 429, not a duplicate 409)."""
+    if status_code >= 500:
+        return InternalServerError
+    return _BY_STATUS.get(status_code, APIStatusError)

@@ -1,0 +1,367 @@
+"""Request and response bodies of the SmartDialog API, with the upstream's exact field names.
+
+Field names are the wire names, casing included: PascalCase on ``/messages``, camelCase on the
+WhatsApp template look-ups and group contacts. Request models refuse unknown fields (a typo fails
+here, not upstream) and drop unset fields when serialised; response models keep unknown fields
+and make every field optional, so a new upstream field never breaks a call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ContactProperty",
+    "CustomerUser",
+    "DiscussionReply",
+    "DiscussionReplyResult",
+    "GroupContact",
+    "GroupContactUpdate",
+    "InboundAttachment",
+    "InboundMessage",
+    "Message",
+    "MessageResult",
+    "NewGroupContact",
+    "NewMessageResult",
+    "NewWhatsAppTemplate",
+    "PhoneNumberRegion",
+    "PipelineAction",
+    "Recipient",
+    "RecipientResult",
+    "Service",
+    "TemplateButton",
+    "TemplateExtensionParameters",
+    "TemplateMessageButton",
+    "TemplateMessageRecipientResult",
+    "TemplateMessageResult",
+    "TemplateRecipient",
+    "UserCustomers",
+    "WebhookAction",
+    "WebhookOptions",
+    "WhatsAppIdentity",
+    "WhatsAppInputSource",
+    "WhatsAppTemplate",
+    "WhatsAppTemplateMessage",
+    "to_wire",
+]
+
+Gender = Literal["Male", "Female", "Other"]
+ButtonType = Literal["Call", "QuickReply", "Url"]
+PersonalizationValue = str | int | float | bool
+
+
+class RequestBody(BaseModel):
+    """Base of request bodies: unknown fields are an error; unset fields are not sent."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseBody(BaseModel):
+    """Base of response bodies: unknown fields are kept (``model_extra``), every field optional."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+def to_wire(body: BaseModel) -> dict[str, Any]:
+    """The JSON object sent upstream: wire names, ISO date-times, no ``null`` fields."""
+    return body.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- shared -------------------------------------------------------------------------------------
+
+
+class ContactProperty(ResponseBody):
+    """A custom contact property (used in group-contact requests and responses)."""
+
+    name: str | None = None
+    value: str | None = None
+
+
+# --- /customers, /services, /phonenumberregions ------------------------------------------------
+
+
+class CustomerUser(ResponseBody):
+    customerId: str | None = None
+    customerName: str | None = None
+
+
+class UserCustomers(ResponseBody):
+    """GetUserCustomers: the customers the signed-in user may act for."""
+
+    customerUsers: list[CustomerUser] = Field(default_factory=list)
+
+
+class Service(ResponseBody):
+    """One service of a customer (GetCustomerServices)."""
+
+    id: str | None = None
+    name: str | None = None
+
+
+class PhoneNumberRegion(ResponseBody):
+    """A region used to parse phone numbers (``value`` is the country code, e.g. ``FI``)."""
+
+    value: str | None = None
+    name: str | None = None
+
+
+# --- /messages ----------------------------------------------------------------------------------
+
+
+class Recipient(RequestBody):
+    """A recipient of a sent message; ``Personalization`` fills ``$(name)`` placeholders."""
+
+    Address: str
+    Personalization: dict[str, PersonalizationValue] | None = None
+
+
+class Message(RequestBody):
+    """Body of SendMessage and SendReplyMessage.
+
+    ``RequestId`` makes the send safe to repeat: SmartDialog drops a second send with the same id
+    (best effort, for 7 days). Leave it None and the client generates one per call.
+    """
+
+    Sender: str
+    Content: str
+    Protocol: Literal["SMS", "WhatsApp"] = "SMS"
+    Recipients: list[Recipient]
+    SendDateTime: dt.datetime | None = None
+    AttachmentUri: str | None = None
+    CustomerData: str | None = Field(None, max_length=255)
+    AdMessage: bool | None = None
+    DlrUrl: str | None = None
+    RequestId: str | None = Field(None, max_length=1000)
+
+
+class RecipientResult(ResponseBody):
+    """A recipient as accepted upstream; ``Id`` identifies it in delivery reports."""
+
+    Address: str | None = None
+    Id: str | None = None
+
+
+class MessageResult(ResponseBody):
+    """Result of SendMessage and SendReplyMessage."""
+
+    MessageId: str | None = None
+    MessagePartCount: int | None = None
+    Recipients: list[RecipientResult] = Field(default_factory=list)
+
+
+class DiscussionReply(RequestBody):
+    """Body of SendDiscussionReplyMessage (a reply into an existing thread)."""
+
+    ThreadId: str
+    Content: str
+    CustomerData: str | None = Field(None, max_length=255)
+
+
+class DiscussionReplyResult(MessageResult):
+    """Result of SendDiscussionReplyMessage."""
+
+    ThreadId: str | None = None
+
+
+# --- /service/{Service}/pipelines/actions (the New Message trigger) ---------------------------
+
+DEFAULT_WEBHOOK_NAME = "SmartDialog Functions webhook"
+DEFAULT_WEBHOOK_DESCRIPTION = (
+    "Registered by SmartDialog Functions to forward inbound messages; "
+    "removed with its subscription."
+)
+
+
+class WebhookOptions(RequestBody):
+    endpointUrl: str
+    httpVerb: str = "POST"
+
+
+class WebhookAction(RequestBody):
+    """Body of NewMessage: a pipeline action that POSTs every inbound message to ``endpointUrl``."""
+
+    options: WebhookOptions
+    name: str = DEFAULT_WEBHOOK_NAME
+    actionType: str = "HttpRequest"
+    description: str = DEFAULT_WEBHOOK_DESCRIPTION
+
+
+class PipelineAction(ResponseBody):
+    """Body of NewMessage's 201: the action id (the sandbox also sends ``pipelineId``)."""
+
+    id: str | None = None
+    pipelineId: str | None = None
+
+
+class NewMessageResult(BaseModel):
+    """What NewMessage returns: the created action, and where it lives.
+
+    ``pipeline_id`` and ``action_id`` come from the body when present, else from the ``Location``
+    header (``.../pipelines/{pipeline_id}/actions/{action_id}``); DeleteTrigger needs both.
+    """
+
+    action: PipelineAction
+    location: str | None = None
+
+    def _location_segment(self, after: str) -> str | None:
+        if not self.location:
+            return None
+        parts = self.location.split("?", 1)[0].rstrip("/").split("/")
+        for index, part in enumerate(parts[:-1]):
+            if part == after:
+                return parts[index + 1]
+        return None
+
+    @property
+    def action_id(self) -> str | None:
+        return self.action.id or self._location_segment("actions")
+
+    @property
+    def pipeline_id(self) -> str | None:
+        return self.action.pipelineId or self._location_segment("pipelines")
+
+
+class InboundAttachment(ResponseBody):
+    name: str | None = None
+    mimeType: str | None = None
+    resourceLocation: str | None = None
+
+
+class InboundMessage(ResponseBody):
+    """The payload SmartDialog POSTs to a NewMessage webhook for each inbound message."""
+
+    sender: str | None = None
+    recipient: str | None = None
+    content: str | None = None
+    timestamp: dt.datetime | None = None
+    protocol: str | None = None
+    attachments: list[InboundAttachment] = Field(default_factory=list)
+    messageId: str | None = None
+
+
+# --- WhatsApp -------------------------------------------------------------------------------------
+
+
+class TemplateExtensionParameters(ResponseBody):
+    rawContent: str | None = None
+
+
+class WhatsAppTemplate(ResponseBody):
+    """A WhatsApp template (GetCustomerWhatsAppTemplates); ``id`` is the template name."""
+
+    id: str | None = None
+    displayName: str | None = None
+    extensionParameters: TemplateExtensionParameters | None = None
+
+
+class TemplateButton(RequestBody):
+    """A button of a new template; ``Data`` is a URL, phone number or reply text."""
+
+    Type: ButtonType
+    Label: str | None = None
+    Data: str | None = None
+
+
+class NewWhatsAppTemplate(RequestBody):
+    """Body of CreateWhatsappTemplate."""
+
+    DisplayName: str = Field(max_length=100)
+    RawContent: str
+    Category: str
+    Language: str
+    Buttons: list[TemplateButton] | None = None
+    AttachmentUrl: str | None = None
+
+
+class TemplateRecipient(RequestBody):
+    Address: str
+
+
+class TemplateMessageButton(RequestBody):
+    Type: ButtonType
+    Data: str | None = None
+
+
+class WhatsAppTemplateMessage(RequestBody):
+    """Body of SendWhatsappTemplateMessage (``RequestId`` as in :class:`Message`)."""
+
+    TemplateName: str
+    Recipients: list[TemplateRecipient]
+    BodyParameters: list[str] | None = None
+    HeaderParameters: list[str] | None = None
+    Buttons: list[TemplateMessageButton] | None = None
+    SendDateTime: dt.datetime | None = None
+    AttachmentUri: str | None = None
+    UseSmsFallback: bool | None = None
+    DlrUrl: str | None = None
+    CustomerData: str | None = Field(None, max_length=255)
+    RequestId: str | None = Field(None, max_length=1000)
+
+
+class TemplateMessageRecipientResult(ResponseBody):
+    address: str | None = None
+    id: str | None = None
+
+
+class TemplateMessageResult(ResponseBody):
+    """Result of SendWhatsappTemplateMessage (camelCase, unlike :class:`MessageResult`)."""
+
+    messageId: str | None = None
+    messagePartCount: int | None = None
+    recipients: list[TemplateMessageRecipientResult] = Field(default_factory=list)
+
+
+class WhatsAppInputSource(ResponseBody):
+    address: str | None = None
+
+
+class WhatsAppIdentity(ResponseBody):
+    """A WhatsApp sender identity; ``inputSource.address`` is its number."""
+
+    inputSource: WhatsAppInputSource | None = None
+
+
+# --- group contacts -------------------------------------------------------------------------------
+
+
+class GroupContactUpdate(RequestBody):
+    """Body of UpdateGroupContact (the phone number is in the path)."""
+
+    active: bool | None = None
+    email: str | None = None
+    firstName: str | None = None
+    lastName: str | None = None
+    gender: Gender | None = None
+    birthYear: int | None = None
+    streetAddress: str | None = None
+    zipCode: str | None = None
+    city: str | None = None
+    countryCode: str | None = None
+    customContactProperties: list[ContactProperty] | None = None
+    phoneNumberRegions: list[str] | None = None
+
+
+class NewGroupContact(GroupContactUpdate):
+    """Body of CreateGroupContact."""
+
+    phone: str
+
+
+class GroupContact(ResponseBody):
+    """A group contact (GetGroupContact)."""
+
+    phone: str | None = None
+    email: str | None = None
+    firstName: str | None = None
+    lastName: str | None = None
+    gender: str | None = None
+    birthYear: int | None = None
+    streetAddress: str | None = None
+    zipCode: str | None = None
+    city: str | None = None
+    countryCode: str | None = None
+    failedMessages: int | None = None
+    customContactProperties: list[ContactProperty] = Field(default_factory=list)

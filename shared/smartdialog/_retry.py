@@ -1,0 +1,110 @@
+"""When to retry a SmartDialog call and how long to wait first.
+
+A retry must never send a message twice, so the policy depends on whether the request may be
+*replayed*: GET, PUT and DELETE may; a send POST may because its ``RequestId`` is the same on every
+attempt (SmartDialog drops duplicates); any other POST may only be repeated when it certainly did
+not take effect (the connection was never made, or the answer was 429).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Callable, Mapping
+
+import httpx
+
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "INITIAL_RETRY_DELAY",
+    "MAX_RETRY_AFTER",
+    "MAX_RETRY_DELAY",
+    "parse_retry_after",
+    "retry_delay",
+    "should_retry",
+]
+
+DEFAULT_MAX_RETRIES = 2
+"""Retries after the first attempt (a 401 refresh-and-retry is not counted)."""
+INITIAL_RETRY_DELAY = 0.5
+"""Seconds before the first retry when the server gives no ``Retry-After``."""
+MAX_RETRY_DELAY = 8.0
+"""Cap of the exponential backoff, in seconds."""
+MAX_RETRY_AFTER = 60.0
+"""Cap of a server-advised wait, in seconds: longer advice is shortened to this."""
+
+RETRYABLE_STATUSES = frozenset({408, 429})
+"""Statuses retried besides 5xx (for a request that may be replayed)."""
+
+# Failures where the request certainly never reached SmartDialog.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def should_retry(outcome: httpx.Response | Exception, *, replayable: bool) -> bool:
+    """Whether an attempt that ended in ``outcome`` (a response or a transport error) is retried.
+
+    ``replayable`` says whether repeating the request is harmless even if it already took
+    effect. Requests that are not are retried only on a connect failure or a 429.
+    """
+    if isinstance(outcome, httpx.Response):
+        status = outcome.status_code
+        if status == 429:
+            return True
+        return replayable and (status in RETRYABLE_STATUSES or status >= 500)
+    if isinstance(outcome, _NOT_SENT):
+        return True
+    return replayable and isinstance(outcome, httpx.TransportError)
+
+
+def parse_retry_after(
+    headers: Mapping[str, str] | None, *, now: Callable[[], float] = time.time
+) -> float | None:
+    """The server-advised wait in seconds from ``retry-after-ms`` or ``Retry-After``, uncapped.
+
+    ``Retry-After`` may be delta-seconds or an HTTP date (compared with ``now()``, a Unix
+    timestamp). Missing, unparsable or negative advice gives None.
+    """
+    if not headers:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    millis = lowered.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000.0
+        except ValueError:
+            value = -1.0
+        if value >= 0:
+            return value
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = max(0.0, when.timestamp() - now())
+    return seconds if seconds >= 0 else None
+
+
+def retry_delay(
+    retries_taken: int,
+    headers: Mapping[str, str] | None = None,
+    *,
+    now: Callable[[], float] = time.time,
+    jitter: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before retry number ``retries_taken + 1``.
+
+    Server advice (``retry-after-ms``, then ``Retry-After``) wins, capped at ``MAX_RETRY_AFTER``;
+    otherwise ``INITIAL_RETRY_DELAY * 2**retries_taken`` capped at ``MAX_RETRY_DELAY``, minus up
+    to 25 % jitter so that many clients do not retry in step.
+    """
+    advised = parse_retry_after(headers, now=now)
+    if advised is not None:
+        return min(advised, MAX_RETRY_AFTER)
+    backoff = min(INITIAL_RETRY_DELAY * 2.0 ** min(retries_taken, 32), MAX_RETRY_DELAY)
+    return backoff * (1.0 - 0.25 * jitter())

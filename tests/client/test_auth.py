@@ -1,0 +1,262 @@
+"""Tokens: static, msal client credentials and refresh token, against the sandbox's B2C."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from sandbox.server import SandboxServer
+from shared.settings import Settings
+from shared.smartdialog import (
+    AuthenticationError,
+    ClientCredentialsAuth,
+    CredentialsError,
+    MsalHttpClient,
+    RefreshTokenAuth,
+    SmartDialogClient,
+    StaticTokenAuth,
+    auth_from_settings,
+)
+from tests.client.conftest import sandbox_requests
+
+CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
+SEED_REFRESH_TOKEN = "sandbox-refresh-token"
+SCOPES = ["https://arenafi.onmicrosoft.com/smartdialog-integrations-api/.default"]
+FAKE_HOST = "https://login.sandbox.test"
+
+
+def token_calls(server: SandboxServer) -> int:
+    return sum(r["path"].endswith("/oauth2/v2.0/token") for r in sandbox_requests(server))
+
+
+def api_statuses(server: SandboxServer, path: str) -> list[int]:
+    # By path: a request refused with 401 is logged before it is matched to an operation.
+    return [r["status"] for r in sandbox_requests(server) if r["path"] == server_path(path)]
+
+
+def server_path(path: str) -> str:
+    return "/api-integrations/v1" + path
+
+
+@pytest.fixture
+def msal_http(sd: SandboxServer) -> Iterator[MsalHttpClient]:
+    """msal's HTTP client: a fake https authority host rewritten to the sandbox."""
+    http = MsalHttpClient(rewrite={FAKE_HOST: sd.url})
+    yield http
+    http.close()
+
+
+def fake_authority(sd: SandboxServer) -> str:
+    return FAKE_HOST + sd.authority.removeprefix(sd.url)
+
+
+def test_client_credentials_through_an_injected_http_client(
+    sd: SandboxServer, msal_http: MsalHttpClient, make_client: Callable[..., SmartDialogClient]
+) -> None:
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        authority=fake_authority(sd),
+        scopes=SCOPES,
+        http_client=msal_http,
+    )
+    client = make_client(auth=auth)
+    assert client.get_user_customers().customerUsers
+    assert client.get_phone_number_regions()
+    assert token_calls(sd) == 1  # cached for the second call
+    assert auth.token().startswith("sbx_at_")
+
+
+def test_http_authority_is_presented_to_msal_as_https(sd: SandboxServer) -> None:
+    assert sd.authority.startswith("http://")
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, authority=sd.authority, scopes=SCOPES
+    )
+    try:
+        assert auth.token().startswith("sbx_at_")
+    finally:
+        auth.close()
+
+
+def test_refused_token_is_renewed_once_and_the_call_retried(
+    sd: SandboxServer, msal_http: MsalHttpClient, make_client: Callable[..., SmartDialogClient]
+) -> None:
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        authority=fake_authority(sd),
+        scopes=SCOPES,
+        http_client=msal_http,
+    )
+    hook_calls: list[int] = []
+    client = make_client(auth=auth, before_attempt=lambda: hook_calls.append(1))
+    client.get_user_customers()
+    httpx.post(sd.url + "/sandbox/revoke-tokens").raise_for_status()
+    assert client.get_user_customers().customerUsers
+    assert api_statuses(sd, "/customers") == [200, 401, 200]
+    assert token_calls(sd) == 2
+    assert len(hook_calls) == 3  # the renewed attempt takes a quota token too
+
+
+class CountingAuth:
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self.invalidated = 0
+
+    def token(self) -> str:
+        return self._token
+
+    def invalidate(self) -> None:
+        self.invalidated += 1
+
+
+def test_second_401_is_an_authentication_error(
+    sd: SandboxServer, make_client: Callable[..., SmartDialogClient], sleeps: list[float]
+) -> None:
+    auth = CountingAuth("revoked")
+    with pytest.raises(AuthenticationError):
+        make_client(auth=auth).get_user_customers()
+    assert auth.invalidated == 1
+    assert api_statuses(sd, "/customers") == [401, 401]
+    assert sleeps == []  # the renewal is not a backoff retry
+
+
+def test_refresh_token_flow_keeps_the_rotated_refresh_token(
+    sd: SandboxServer, msal_http: MsalHttpClient, make_client: Callable[..., SmartDialogClient]
+) -> None:
+    auth = RefreshTokenAuth(
+        client_id=CLIENT_ID,
+        refresh_token=SEED_REFRESH_TOKEN,
+        authority=fake_authority(sd),
+        scopes=SCOPES,
+        http_client=msal_http,
+    )
+    first = auth.token()
+    assert first.startswith("sbx_at_")
+    assert auth._refresh_token.startswith("sbx_rt_")  # rotated, kept in memory
+    rotated = auth._refresh_token
+    auth.invalidate()
+    second = auth.token()  # works only if the rotated (single-use) token was used
+    assert second != first
+    assert auth._refresh_token not in (rotated, SEED_REFRESH_TOKEN)
+    assert make_client(auth=auth).get_user_customers().customerUsers
+
+
+def test_refresh_token_flow_with_a_confidential_client(
+    sd: SandboxServer, msal_http: MsalHttpClient
+) -> None:
+    auth = RefreshTokenAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        refresh_token=SEED_REFRESH_TOKEN,
+        authority=fake_authority(sd),
+        scopes=SCOPES,
+        http_client=msal_http,
+    )
+    assert auth.token().startswith("sbx_at_")
+
+
+def test_tokens_are_renewed_shortly_before_they_expire(
+    sd: SandboxServer, msal_http: MsalHttpClient
+) -> None:
+    now = [1_000.0]
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        authority=fake_authority(sd),
+        scopes=SCOPES,
+        http_client=msal_http,
+        clock=lambda: now[0],
+    )
+    first = auth.token()
+    now[0] += 3600 - 30  # the sandbox's tokens live 3600 s; the margin is 60 s
+    second = auth.token()
+    assert token_calls(sd) == 2
+    assert first != second
+
+
+def test_wrong_client_secret_is_a_credentials_error(
+    sd: SandboxServer, msal_http: MsalHttpClient
+) -> None:
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret="wrong",
+        authority=fake_authority(sd),
+        scopes=SCOPES,
+        http_client=msal_http,
+    )
+    with pytest.raises(CredentialsError, match="invalid_client") as caught:
+        auth.token()
+    assert "wrong" not in str(caught.value)
+
+
+def test_static_token_auth_hides_its_token() -> None:
+    assert "sandbox-token" not in repr(StaticTokenAuth("sandbox-token"))
+
+
+# --- auth_from_settings and from_settings ------------------------------------------------------
+
+
+def settings(**values: str | None) -> Settings:
+    defaults: dict[str, str | None] = {
+        "SMARTDIALOG_ACCESS_TOKEN": None,
+        "SMARTDIALOG_REFRESH_TOKEN": None,
+        "SMARTDIALOG_CLIENT_ID": None,
+        "SMARTDIALOG_CLIENT_SECRET": None,
+    }
+    return Settings(**{**defaults, **values})  # type: ignore[arg-type]
+
+
+def test_static_token_wins_when_set() -> None:
+    chosen = auth_from_settings(
+        settings(SMARTDIALOG_ACCESS_TOKEN="t", SMARTDIALOG_REFRESH_TOKEN="r")
+    )
+    assert isinstance(chosen, StaticTokenAuth)
+    assert chosen.token() == "t"
+
+
+def test_refresh_token_comes_next() -> None:
+    chosen = auth_from_settings(
+        settings(
+            SMARTDIALOG_REFRESH_TOKEN="r", SMARTDIALOG_CLIENT_ID="c", SMARTDIALOG_CLIENT_SECRET="s"
+        )
+    )
+    assert isinstance(chosen, RefreshTokenAuth)
+
+
+def test_client_credentials_last() -> None:
+    chosen = auth_from_settings(settings(SMARTDIALOG_CLIENT_ID="c", SMARTDIALOG_CLIENT_SECRET="s"))
+    assert isinstance(chosen, ClientCredentialsAuth)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"SMARTDIALOG_CLIENT_ID": "c"}, {"SMARTDIALOG_REFRESH_TOKEN": "r"}],
+)
+def test_missing_credentials_are_a_clear_error(values: dict[str, str]) -> None:
+    with pytest.raises(CredentialsError, match="SMARTDIALOG_"):
+        auth_from_settings(settings(**values))
+
+
+def test_from_settings_talks_to_the_configured_base_url(sd: SandboxServer) -> None:
+    configured = settings(SMARTDIALOG_BASE_URL=sd.api_url, SMARTDIALOG_ACCESS_TOKEN=sd.token)
+    with SmartDialogClient.from_settings(configured) as client:
+        assert client.get_user_customers().customerUsers
+
+
+def test_from_settings_with_client_credentials_against_an_http_authority(
+    sd: SandboxServer,
+) -> None:
+    configured = settings(
+        SMARTDIALOG_BASE_URL=sd.api_url,
+        SMARTDIALOG_AUTHORITY=sd.authority,
+        SMARTDIALOG_CLIENT_ID=CLIENT_ID,
+        SMARTDIALOG_CLIENT_SECRET=CLIENT_SECRET,
+    )
+    assert isinstance(configured.client_secret, SecretStr)
+    with SmartDialogClient.from_settings(configured) as client:
+        assert client.get_phone_number_regions()
+    assert token_calls(sd) == 1

@@ -1,0 +1,197 @@
+"""Each failure reaches the caller as the error class that names its meaning."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from sandbox.server import SandboxServer
+from shared.smartdialog import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    DuplicateRequestError,
+    InternalServerError,
+    Message,
+    MessageResult,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    Recipient,
+    SmartDialogClient,
+    SmartDialogError,
+    StaticTokenAuth,
+    mask_phone_numbers,
+)
+
+CUSTOMER, ONE_WAY, GROUP = "1001", "s-1001-oneway", "s-1001-group"
+
+
+def sms(address: str, request_id: str | None = None) -> Message:
+    return Message(
+        Sender="Sandbox",
+        Content="Hi",
+        Recipients=[Recipient(Address=address)],
+        RequestId=request_id,
+    )
+
+
+def answering(response: httpx.Response | Exception) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if isinstance(response, Exception):
+            raise response
+        return response
+
+    return httpx.MockTransport(handle)
+
+
+def test_rejected_recipient_is_a_bad_request_with_the_upstream_message(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        make_client().send_message(sms("+358400000002"), customer_id=CUSTOMER, service_id=ONE_WAY)
+    error = caught.value
+    assert error.status_code == 400
+    assert error.message == "recipient rejected: +358400000002"
+    assert error.body == {"errorMessage": "recipient rejected: +358400000002"}
+    assert (error.operation_id, error.method, error.path) == ("SendMessage", "POST", "/messages")
+    assert "+358400000002" not in str(error)  # safe to log
+    assert str(error).startswith("400 from SendMessage (POST /messages): recipient rejected: ***")
+
+
+def test_contract_violation_is_a_bad_request(make_client: Callable[..., SmartDialogClient]) -> None:
+    with pytest.raises(BadRequestError, match="ServiceType"):
+        make_client().get_customer_services(customer_id=CUSTOMER, service_type="")
+
+
+def test_refused_token_is_an_authentication_error(
+    make_client: Callable[..., SmartDialogClient], sd: SandboxServer
+) -> None:
+    with pytest.raises(AuthenticationError) as caught:
+        make_client(auth=StaticTokenAuth("not-the-token")).get_user_customers()
+    assert "not-the-token" not in repr(vars(caught.value))
+    assert caught.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_forbidden_customer_is_permission_denied(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    with pytest.raises(PermissionDeniedError):
+        make_client().get_customer_services(customer_id="forbidden", service_type="OneWay")
+
+
+def test_unknown_contact_is_not_found_and_its_phone_is_masked(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        make_client().get_group_contact(
+            customer=CUSTOMER, group_service=GROUP, phone="+358409998877"
+        )
+    assert caught.value.path == "/groupcontact/1001/s-1001-group/***8877"
+    assert "409998877" not in str(caught.value)
+
+
+def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    client = make_client()
+    first = client.send_message(
+        sms("+358400000001", "order-1"), customer_id=CUSTOMER, service_id=ONE_WAY
+    )
+    with pytest.raises(DuplicateRequestError) as caught:
+        client.send_message(
+            sms("+358400000001", "order-1"), customer_id=CUSTOMER, service_id=ONE_WAY
+        )
+    error = caught.value
+    assert isinstance(error, ConflictError)
+    assert error.request_id == "order-1"
+    assert isinstance(error.original, MessageResult)
+    assert error.original.MessageId == first.MessageId
+
+
+def test_conflict_outside_a_send_is_a_plain_conflict(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    client = make_client(
+        transport=answering(httpx.Response(409, json={"errorMessage": "busy"})), max_retries=0
+    )
+    with pytest.raises(ConflictError) as caught:
+        client.delete_all_group_contacts(customer=CUSTOMER, group_service=GROUP)
+    assert type(caught.value) is ConflictError
+    assert caught.value.message == "busy"
+
+
+def test_throttling_is_a_rate_limit_error_with_retry_after(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    with pytest.raises(RateLimitError) as caught:
+        make_client(max_retries=0).send_message(
+            sms("+358400000005"), customer_id=CUSTOMER, service_id=ONE_WAY
+        )
+    assert caught.value.retry_after == 1.0
+
+
+@pytest.mark.parametrize("address", ["+358400000006", "+358400000004"])
+def test_server_failures_are_internal_server_errors(
+    make_client: Callable[..., SmartDialogClient], address: str
+) -> None:
+    with pytest.raises(InternalServerError) as caught:
+        make_client(max_retries=0).send_message(
+            sms(address), customer_id=CUSTOMER, service_id=ONE_WAY
+        )
+    assert caught.value.status_code in (500, 503)
+
+
+def test_other_client_errors_are_plain_status_errors(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    client = make_client(transport=answering(httpx.Response(418, text="teapot")))
+    with pytest.raises(APIStatusError) as caught:
+        client.get_user_customers()
+    assert type(caught.value) is APIStatusError
+    assert (caught.value.status_code, caught.value.message, caught.value.body) == (
+        418,
+        "teapot",
+        "teapot",
+    )
+
+
+def test_read_timeout_is_a_timeout_error(make_client: Callable[..., SmartDialogClient]) -> None:
+    client = make_client(transport=answering(httpx.ReadTimeout("slow")), max_retries=0)
+    with pytest.raises(APITimeoutError) as caught:
+        client.get_user_customers()
+    assert isinstance(caught.value, APIConnectionError)
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+
+
+def test_body_that_does_not_fit_is_a_validation_error(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    client = make_client(transport=answering(httpx.Response(200, json={"not": "a list"})))
+    with pytest.raises(APIResponseValidationError) as caught:
+        client.get_phone_number_regions()
+    assert caught.value.body == {"not": "a list"}
+
+
+def test_every_error_is_a_smartdialog_error() -> None:
+    for cls in (APIConnectionError, APIStatusError, DuplicateRequestError, RateLimitError):
+        assert issubclass(cls, SmartDialogError)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("+358401234567", "***4567"),
+        ("/groupcontact/1001/s/0401234567", "/groupcontact/1001/s/***4567"),
+        ("customer 1001", "customer 1001"),
+        ("+358 40 123 4567", "***4567"),
+    ],
+)
+def test_mask_phone_numbers(text: str, masked: str) -> None:
+    assert mask_phone_numbers(text) == masked

@@ -1,0 +1,76 @@
+"""The models speak the upstream's field names and tolerate what they don't know."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pydantic import ValidationError
+
+from shared.smartdialog import (
+    GroupContact,
+    Message,
+    MessageResult,
+    NewMessageResult,
+    PipelineAction,
+    Recipient,
+    TemplateMessageResult,
+    WebhookAction,
+    WebhookOptions,
+)
+from shared.smartdialog._models import to_wire
+
+
+def test_message_serialises_with_upstream_casing_and_without_unset_fields() -> None:
+    message = Message(
+        Sender="Shop",
+        Content="Hi $(name)",
+        Recipients=[Recipient(Address="+358401234567", Personalization={"name": "Aino"})],
+        SendDateTime=dt.datetime(2030, 1, 1, 9, 30, tzinfo=dt.UTC),
+    )
+    assert to_wire(message) == {
+        "Sender": "Shop",
+        "Content": "Hi $(name)",
+        "Protocol": "SMS",
+        "Recipients": [{"Address": "+358401234567", "Personalization": {"name": "Aino"}}],
+        "SendDateTime": "2030-01-01T09:30:00Z",
+    }
+
+
+def test_request_models_refuse_unknown_fields() -> None:
+    with pytest.raises(ValidationError, match="Adress"):
+        Recipient.model_validate({"Adress": "+358401234567"})
+
+
+def test_request_models_check_documented_limits() -> None:
+    with pytest.raises(ValidationError):
+        Message(Sender="s", Content="c", Recipients=[], CustomerData="x" * 256)
+
+
+def test_response_models_keep_unknown_fields() -> None:
+    result = MessageResult.model_validate(
+        {"MessageId": "m1", "MessagePartCount": 2, "Recipients": [], "Cost": 0.05}
+    )
+    assert result.MessageId == "m1"
+    assert result.model_extra == {"Cost": 0.05}
+
+
+def test_response_models_accept_missing_fields() -> None:
+    assert TemplateMessageResult.model_validate({}).recipients == []
+    assert GroupContact.model_validate({"phone": "+358401234567", "gender": "Unknown"}).gender
+
+
+def test_webhook_action_has_defaults_for_everything_but_the_endpoint() -> None:
+    wire = to_wire(WebhookAction(options=WebhookOptions(endpointUrl="https://x.test/hook")))
+    assert wire["actionType"] == "HttpRequest"
+    assert wire["options"] == {"endpointUrl": "https://x.test/hook", "httpVerb": "POST"}
+    assert wire["name"]
+    assert wire["description"]
+
+
+def test_new_message_result_reads_ids_from_the_location_when_the_body_lacks_them() -> None:
+    result = NewMessageResult(
+        action=PipelineAction(), location="/api-integrations/v1/pipelines/p-1/actions/a-2"
+    )
+    assert (result.pipeline_id, result.action_id) == ("p-1", "a-2")
+    assert NewMessageResult(action=PipelineAction(id="a-9")).pipeline_id is None

@@ -1,0 +1,100 @@
+"""The retry policy on its own: which outcomes are retried, and how long to wait."""
+
+from __future__ import annotations
+
+import email.utils
+
+import httpx
+import pytest
+
+from shared.smartdialog import (
+    INITIAL_RETRY_DELAY,
+    MAX_RETRY_AFTER,
+    MAX_RETRY_DELAY,
+    parse_retry_after,
+    retry_delay,
+    should_retry,
+)
+
+NOW = 1_900_000_000.0
+
+
+def response(status: int) -> httpx.Response:
+    return httpx.Response(status)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "replayable", "expected"),
+    [
+        (response(500), True, True),
+        (response(503), True, True),
+        (response(408), True, True),
+        (response(429), True, True),
+        (response(400), True, False),
+        (response(401), True, False),
+        (response(404), True, False),
+        (response(409), True, False),  # a duplicate RequestId: the first attempt went through
+        (response(500), False, False),
+        (response(503), False, False),
+        (response(408), False, False),
+        (response(429), False, True),  # refused before it took effect
+        (httpx.ConnectError("refused"), False, True),
+        (httpx.ConnectTimeout("slow connect"), False, True),
+        (httpx.PoolTimeout("pool"), False, True),
+        (httpx.ReadTimeout("read"), False, False),
+        (httpx.RemoteProtocolError("reset"), False, False),
+        (httpx.ReadTimeout("read"), True, True),
+        (httpx.RemoteProtocolError("reset"), True, True),
+        (ValueError("not transport"), True, False),
+    ],
+)
+def test_should_retry(
+    outcome: httpx.Response | Exception, replayable: bool, expected: bool
+) -> None:
+    assert should_retry(outcome, replayable=replayable) is expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"Retry-After": "3"}, 3.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),  # the precise one wins
+        ({"retry-after-ms": "soon", "Retry-After": "9"}, 9.0),
+        ({"Retry-After": email.utils.formatdate(NOW + 7, usegmt=True)}, 7.0),
+        ({"Retry-After": email.utils.formatdate(NOW - 7, usegmt=True)}, 0.0),  # already past
+        ({"Retry-After": "-1"}, None),
+        ({"Retry-After": "tomorrow-ish"}, None),
+    ],
+)
+def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    assert parse_retry_after(headers, now=lambda: NOW) == expected
+
+
+def test_retry_delay_honours_server_advice_without_jitter() -> None:
+    assert retry_delay(0, {"Retry-After": "2"}, jitter=lambda: 1.0) == 2.0
+
+
+def test_retry_delay_caps_server_advice() -> None:
+    assert retry_delay(0, {"Retry-After": "3600"}) == MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize(
+    ("retries_taken", "expected"),
+    [(0, INITIAL_RETRY_DELAY), (1, 2 * INITIAL_RETRY_DELAY), (2, 4 * INITIAL_RETRY_DELAY)],
+)
+def test_retry_delay_backs_off_exponentially(retries_taken: int, expected: float) -> None:
+    assert retry_delay(retries_taken, jitter=lambda: 0.0) == expected
+
+
+def test_retry_delay_backoff_is_capped_even_after_many_retries() -> None:
+    assert retry_delay(10_000, jitter=lambda: 0.0) == MAX_RETRY_DELAY
+
+
+def test_retry_delay_jitter_shortens_by_at_most_a_quarter() -> None:
+    assert retry_delay(0, jitter=lambda: 1.0) == pytest.approx(0.75 * INITIAL_RETRY_DELAY)
+    delays = {retry_delay(1) for _ in range(50)}
+    assert all(0.75 * 2 * INITIAL_RETRY_DELAY <= d <= 2 * INITIAL_RETRY_DELAY for d in delays)
+    assert len(delays) > 1
