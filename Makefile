@@ -8,7 +8,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint format bench scan clean
+.PHONY: help setup run test lint format bench scan connector clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test: setup lint ## Lint, then run the whole test suite (starts and stops Azurit
 	@bash tools/checkov.sh --install
 	@echo "==> pytest (Azurite and the sandbox start on free ports and stop afterwards)"
 	@$(PY) -m pytest
+
+connector: $(STAMP_PY) ## Regenerate connector/ (the Power Automate custom connector) from the action specs
+	@$(PY) -m tools.generate_connector
 
 bench: setup ## Run the performance benchmarks and print one table with targets
 	@$(PY) -m bench

@@ -1,0 +1,152 @@
+"""The connector's synchronous actions as HTTP functions (function-key auth).
+
+Each function is named after the certified connector's operationId and only hands the request
+to :func:`serve`, which converts it to the host-independent :class:`shared.actions.ActionRequest`,
+runs the shared pipeline and converts the answer back. Routes and methods here must match the
+specs in ``shared/actions`` (``tests/actions/test_function_metadata.py`` checks that); the
+pipeline and its dependencies load on the first request, not when the app is imported.
+
+Other blueprints with pipeline actions (the send actions) reuse :func:`serve` the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import azure.functions as func
+
+if TYPE_CHECKING:
+    from shared.actions import ActionRequest, ActionResponse
+
+__all__ = ["bp", "serve", "to_action_request", "to_http_response"]
+
+bp = func.Blueprint()
+FUNCTION = func.AuthLevel.FUNCTION
+
+
+def to_action_request(req: func.HttpRequest) -> ActionRequest:
+    """The pipeline's view of a Functions HTTP request."""
+    from shared.actions import ActionRequest
+
+    return ActionRequest(
+        method=req.method,
+        route_params=dict(req.route_params),
+        query=dict(req.params),
+        headers=dict(req.headers),
+        body=req.get_body() or b"",
+    )
+
+
+def to_http_response(response: ActionResponse) -> func.HttpResponse:
+    """A Functions HTTP response from the pipeline's answer."""
+    return func.HttpResponse(
+        body=response.body_bytes,
+        status_code=response.status,
+        headers=response.all_headers,
+    )
+
+
+def serve(operation_id: str, req: func.HttpRequest) -> func.HttpResponse:
+    """Run the pipeline action ``operation_id`` for ``req``; always answers, never raises."""
+    from shared.actions import handle
+
+    return to_http_response(handle(operation_id, to_action_request(req)))
+
+
+# --- group contacts ----------------------------------------------------------------------------
+
+
+@bp.function_name("GetGroupContact")
+@bp.route(route="groups/{GroupService}/contacts/{Phone}", methods=["GET"], auth_level=FUNCTION)
+def get_group_contact(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetGroupContact", req)
+
+
+@bp.function_name("CreateGroupContact")
+@bp.route(route="groups/{GroupService}/contacts", methods=["POST"], auth_level=FUNCTION)
+def create_group_contact(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("CreateGroupContact", req)
+
+
+@bp.function_name("UpdateGroupContact")
+@bp.route(route="groups/{GroupService}/contacts/{Phone}", methods=["PUT"], auth_level=FUNCTION)
+def update_group_contact(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("UpdateGroupContact", req)
+
+
+@bp.function_name("DeleteGroupContact")
+@bp.route(route="groups/{GroupService}/contacts/{Phone}", methods=["DELETE"], auth_level=FUNCTION)
+def delete_group_contact(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("DeleteGroupContact", req)
+
+
+@bp.function_name("DeleteAllGroupContacts")
+@bp.route(route="groups/{GroupService}/contacts", methods=["DELETE"], auth_level=FUNCTION)
+def delete_all_group_contacts(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("DeleteAllGroupContacts", req)
+
+
+# --- WhatsApp ----------------------------------------------------------------------------------
+
+
+@bp.function_name("CreateWhatsappTemplate")
+@bp.route(
+    route="whatsapp/identities/{IdentityNumber}/templates", methods=["POST"], auth_level=FUNCTION
+)
+def create_whatsapp_template(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("CreateWhatsappTemplate", req)
+
+
+@bp.function_name("WhatsAppOptIn")
+@bp.route(
+    route="whatsapp/senders/{Sender}/opt-ins/{Recipient}", methods=["PUT"], auth_level=FUNCTION
+)
+def whats_app_opt_in(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("WhatsAppOptIn", req)
+
+
+@bp.function_name("WhatsAppOptOut")
+@bp.route(
+    route="whatsapp/senders/{Sender}/opt-ins/{Recipient}", methods=["DELETE"], auth_level=FUNCTION
+)
+def whats_app_opt_out(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("WhatsAppOptOut", req)
+
+
+# --- look-ups (the connector's dropdowns) ------------------------------------------------------
+
+
+@bp.function_name("GetUserCustomers")
+@bp.route(route="customers", methods=["GET"], auth_level=FUNCTION)
+def get_user_customers(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetUserCustomers", req)
+
+
+@bp.function_name("GetCustomerServices")
+@bp.route(route="services", methods=["GET"], auth_level=FUNCTION)
+def get_customer_services(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetCustomerServices", req)
+
+
+@bp.function_name("GetCustomerWhatsAppTemplates")
+@bp.route(route="whatsapp/templates", methods=["GET"], auth_level=FUNCTION)
+def get_customer_whats_app_templates(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetCustomerWhatsAppTemplates", req)
+
+
+@bp.function_name("GetWhatsappTemplateCategories")
+@bp.route(route="whatsapp/template-categories", methods=["GET"], auth_level=FUNCTION)
+def get_whatsapp_template_categories(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetWhatsappTemplateCategories", req)
+
+
+@bp.function_name("GetCustomerWhatsappIdentities")
+@bp.route(route="whatsapp/identities", methods=["GET"], auth_level=FUNCTION)
+def get_customer_whatsapp_identities(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetCustomerWhatsappIdentities", req)
+
+
+@bp.function_name("GetPhoneNumberRegions")
+@bp.route(route="phone-number-regions", methods=["GET"], auth_level=FUNCTION)
+def get_phone_number_regions(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetPhoneNumberRegions", req)

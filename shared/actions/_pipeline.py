@@ -1,0 +1,421 @@
+"""The request pipeline every action runs through: parse, validate, call, map errors, log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from shared.actions._spec import (
+    ActionContext,
+    ActionInput,
+    ActionRequest,
+    ActionResponse,
+    ActionSpec,
+    Body,
+    Param,
+    SettingDefault,
+)
+from shared.actions.fields import PHONE_REGIONS_CONTEXT
+from shared.problems import (
+    FieldError,
+    Problem,
+    ProblemType,
+    internal_error,
+    rate_limited,
+    retry_after_header,
+    validation_problem,
+)
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+    from shared.smartdialog import SmartDialogClient, SmartDialogError
+
+__all__ = [
+    "ClientFactory",
+    "parse_input",
+    "run_action",
+    "shared_client",
+    "upstream_problem",
+]
+
+log = logging.getLogger("smartdialog.actions")
+
+ClientFactory = Callable[["Settings"], "SmartDialogClient"]
+#: Seconds we advise waiting when SmartDialog answers 429 without saying how long.
+DEFAULT_UPSTREAM_RETRY_AFTER = 5.0
+#: Retries of a failed upstream call within one action (the caller's retry policy does the rest).
+SYNC_MAX_RETRIES = 0
+#: Seconds we advise waiting when the quota store cannot be reached.
+QUOTA_STORE_RETRY_AFTER = 5.0
+_BEARER = re.compile(r"(?i)(bearer\s+|access_token=|refresh_token=|client_secret=|sig=)[^\s&\"']+")
+
+
+# --- the shared upstream client ------------------------------------------------------------------
+
+
+@lru_cache(maxsize=2)
+def shared_client(settings: Settings) -> SmartDialogClient:
+    """The process-wide client of the sync actions for ``settings``.
+
+    Every attempt takes a token from the cluster-wide quota store
+    (:func:`shared.quota.from_settings`), waiting at most ``SMARTDIALOG_QUOTA_WAIT_SECONDS``
+    before ``QuotaExceeded``. It makes :data:`SYNC_MAX_RETRIES` retries: a flow waiting on an
+    action is better served by a prompt 429/502 with ``Retry-After``, which Power Automate's and
+    Logic Apps' retry policies honour, than by a function that sleeps out SmartDialog's advice.
+    (A 401 still renews the token once and retries.)
+    """
+    from shared import quota
+    from shared.smartdialog import SmartDialogClient, auth_from_settings
+
+    store = quota.from_settings(settings)
+    return SmartDialogClient(
+        settings.base_url,
+        auth_from_settings(settings),
+        before_attempt=store.gate(settings.quota_wait_seconds),
+        max_retries=SYNC_MAX_RETRIES,
+    )
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def _marker(info: FieldInfo) -> Param | Body | None:
+    return next((m for m in info.metadata if isinstance(m, Param | Body)), None)
+
+
+def _setting_default(info: FieldInfo) -> SettingDefault | None:
+    return next((m for m in info.metadata if isinstance(m, SettingDefault)), None)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value != ""
+
+
+def _read_body(request: ActionRequest) -> tuple[Any, str | None]:
+    """The parsed JSON object, or an error message; ``(None, None)`` when there is no body."""
+    if not request.body.strip():
+        return None, None
+    try:
+        data = json.loads(request.body)
+    except UnicodeDecodeError:
+        return None, "The body is not UTF-8 encoded JSON."
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        return None, f"The body is not valid JSON ({exc.msg} at {where})."
+    if not isinstance(data, dict):
+        return None, f"The body must be a JSON object, not {_json_kind(data)}."
+    return data, None
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number"}
+    kinds[float] = "a number"
+    return "null" if value is None else kinds.get(type(value), "a value")
+
+
+def _body_defaults(model: Any, body: dict[str, Any], settings: Settings) -> None:
+    """Fill omitted top-level body fields that have a :class:`SettingDefault` from settings."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return
+    for name, info in model.model_fields.items():
+        default = _setting_default(info)
+        key = info.alias or name
+        if default is not None and not _present(body.get(key)):
+            value = getattr(settings, default.attribute, None)
+            if _present(value):
+                body[key] = value
+
+
+def _regions(value: Any) -> list[str]:
+    from shared.phone import is_region
+
+    listed = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return [r for r in listed if isinstance(r, str) and is_region(r)]
+
+
+def _error_field(loc: tuple[int | str, ...], names: Mapping[str, str], body: str | None) -> str:
+    head, rest = str(loc[0]), loc[1:]
+    if head == body:
+        if not rest:
+            return "body"
+        text = str(rest[0])
+        rest = rest[1:]
+    else:
+        text = names.get(head, head)
+    for part in rest:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def _error_message(error: Mapping[str, Any], setting: SettingDefault | None, name: str) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        if setting is not None:
+            return f"Required: send the {name} header or set the app setting {setting.env}."
+        return "Required."
+    if kind == "extra_forbidden":
+        return "Unknown field: check its name against the action's fields."
+    if kind in ("value_error", "assertion_error"):
+        cause = error.get("ctx", {}).get("error")
+        if cause is not None:
+            message = str(cause)
+            return message[:1].upper() + message[1:]
+    return str(error["msg"]).rstrip(".") + "."
+
+
+def parse_input(
+    model: type[ActionInput], request: ActionRequest, settings: Settings
+) -> ActionInput:
+    """The validated input, or :class:`Problem` 400 naming every offending field at once.
+
+    Parameters are read from where their :class:`Param` says (empty values count as absent;
+    omitted ones with a :class:`SettingDefault` come from settings); the :class:`Body` field
+    from the JSON body. Phone numbers are read in the regions named by the model's
+    ``phone_regions_from`` field (default FI).
+    """
+    raw: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    settings_hints: dict[str, SettingDefault] = {}
+    errors: list[FieldError] = []
+    body_field: str | None = None
+    body_broken = False
+    for name, info in model.model_fields.items():
+        marker = _marker(info)
+        if isinstance(marker, Body):
+            body_field = name
+            data, problem = _read_body(request)
+            if problem is not None:
+                errors.append(FieldError("body", problem))
+                body_broken = True
+            elif data is not None:
+                _body_defaults(info.annotation, data, settings)
+                raw[name] = data
+            continue
+        if marker is None:
+            continue
+        names[name] = marker.name
+        if marker.location == "path":
+            value: Any = request.route_params.get(marker.name)
+        elif marker.location == "query":
+            value = request.query.get(marker.name)
+        else:
+            value = request.header(marker.name)
+        if not _present(value) and marker.default is not None:
+            settings_hints[name] = marker.default
+            value = getattr(settings, marker.default.attribute, None)
+        if _present(value):
+            raw[name] = value
+
+    context = {PHONE_REGIONS_CONTEXT: _regions(_find(model, raw, names, body_field))}
+    try:
+        return model.model_validate(raw, context=context)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            loc = error["loc"]
+            if body_broken and loc and loc[0] == body_field:
+                continue
+            field = _error_field(loc, names, body_field)
+            hint = settings_hints.get(str(loc[0])) if len(loc) == 1 else None
+            errors.append(FieldError(field, _error_message(error, hint, field)))
+    raise validation_problem(errors)
+
+
+def _find(
+    model: type[ActionInput], raw: Mapping[str, Any], names: Mapping[str, str], body: str | None
+) -> Any:
+    """The raw value of the field named by ``model.phone_regions_from`` (param or body field)."""
+    wanted = model.phone_regions_from
+    if wanted is None:
+        return None
+    for name, wire in names.items():
+        if wire == wanted:
+            return raw.get(name)
+    if body is not None and isinstance(raw.get(body), dict):
+        return raw[body].get(wanted)
+    return None
+
+
+# --- error mapping -------------------------------------------------------------------------------
+
+_CREDENTIALS_HELP = (
+    "An administrator must check the app's SmartDialog credentials (SMARTDIALOG_CLIENT_ID and "
+    "SMARTDIALOG_CLIENT_SECRET, SMARTDIALOG_REFRESH_TOKEN or SMARTDIALOG_ACCESS_TOKEN); "
+    "retrying will not help until they are fixed."
+)
+
+
+def upstream_problem(exc: SmartDialogError) -> Problem:
+    """The answer for a failed SmartDialog call (see ``docs/actions.md``, "Errors").
+
+    400 -> 422 with SmartDialog's message; 404 -> 404; 409 -> 409; 429 -> 429 with
+    ``Retry-After``; 401/403 and missing credentials -> 502 explaining the credential problem;
+    5xx, other statuses, connection errors and unexpected bodies -> 502; timeouts -> 504.
+    """
+    from shared import smartdialog as sd
+
+    if isinstance(exc, sd.RateLimitError):
+        return rate_limited(
+            exc.retry_after if exc.retry_after is not None else DEFAULT_UPSTREAM_RETRY_AFTER,
+            "SmartDialog's rate limit was reached; try again after Retry-After seconds.",
+        )
+    if isinstance(exc, sd.BadRequestError):
+        return Problem(
+            422,
+            "SmartDialog rejected the request",
+            exc.message,
+            type=ProblemType.UPSTREAM_REJECTED,
+        )
+    if isinstance(exc, sd.NotFoundError):
+        return Problem(404, "Not found", exc.message, type=ProblemType.NOT_FOUND)
+    if isinstance(exc, sd.ConflictError):
+        return Problem(409, "Conflict", exc.message, type=ProblemType.CONFLICT)
+    if isinstance(exc, sd.AuthenticationError | sd.CredentialsError):
+        return Problem(
+            502,
+            "SmartDialog did not accept the app's credentials",
+            "The SmartDialog credentials configured for this app are missing, expired or "
+            "revoked. " + _CREDENTIALS_HELP,
+            type=ProblemType.UPSTREAM_CREDENTIALS,
+        )
+    if isinstance(exc, sd.PermissionDeniedError):
+        return Problem(
+            502,
+            "The app's SmartDialog account lacks a permission",
+            f"SmartDialog refused the call with 403 ({exc.message}). The account behind the "
+            "app's credentials may not use this customer, service or operation: choose another "
+            "customer or ask SmartDialog to grant access. " + _CREDENTIALS_HELP,
+            type=ProblemType.UPSTREAM_CREDENTIALS,
+        )
+    if isinstance(exc, sd.APITimeoutError):
+        return Problem(
+            504,
+            "SmartDialog did not answer in time",
+            "The call to SmartDialog timed out; it may or may not have taken effect. Check "
+            "before repeating a change.",
+            type=ProblemType.UPSTREAM_TIMEOUT,
+        )
+    if isinstance(exc, sd.APIConnectionError):
+        detail = "SmartDialog could not be reached; try again later."
+    elif isinstance(exc, sd.APIStatusError):
+        detail = f"SmartDialog failed with status {exc.status_code}; try again later."
+    elif isinstance(exc, sd.APIResponseValidationError):
+        detail = "SmartDialog answered with a body of an unexpected shape."
+    else:
+        detail = "The call to SmartDialog failed."
+    return Problem(502, "SmartDialog failed", detail, type=ProblemType.UPSTREAM_UNAVAILABLE)
+
+
+def _quota_problem(exc: Exception, settings: Settings) -> Problem | None:
+    from shared.quota import QuotaExceeded, QuotaStoreError
+    from shared.storage import StorageNotConfigured
+
+    if isinstance(exc, QuotaExceeded):
+        return rate_limited(
+            exc.retry_after,
+            f"The SmartDialog call quota ({settings.quota_calls} calls per "
+            f"{settings.quota_period_seconds:g} s) is used up; try again after Retry-After "
+            "seconds.",
+        )
+    if isinstance(exc, QuotaStoreError | StorageNotConfigured):
+        return Problem(
+            503,
+            "The call quota cannot be checked",
+            "The shared quota store is unavailable, so SmartDialog was not called; try again "
+            "later.",
+            type=ProblemType.QUOTA_UNAVAILABLE,
+            headers=retry_after_header(QUOTA_STORE_RETRY_AFTER),
+        )
+    return None
+
+
+def _redact(text: str) -> str:
+    from shared.smartdialog import mask_phone_numbers
+
+    return mask_phone_numbers(_BEARER.sub(r"\1***", text))
+
+
+# --- running an action ---------------------------------------------------------------------------
+
+
+def run_action(
+    spec: ActionSpec[Any],
+    request: ActionRequest,
+    *,
+    settings: Settings | None = None,
+    client_factory: ClientFactory | None = None,
+) -> ActionResponse:
+    """Run one action for one request; always returns an answer, never raises.
+
+    Order: parse and validate (400 problem, no upstream call, no quota token), run the handler
+    (its client takes a quota token per attempt), map failures to problem documents. Logs one
+    structured line per request with ``operationId``, ``status``, ``durationMs`` and
+    ``trackingId``; never a phone number, token or secret.
+    """
+    started = time.perf_counter()
+    tracking_id = request.tracking_id
+    extra: dict[str, Any] = {"operationId": spec.operation_id, "trackingId": tracking_id}
+    response: ActionResponse
+    outcome = "ok"
+    try:
+        if settings is None:
+            from shared.settings import get_settings
+
+            settings = get_settings()
+        parsed = parse_input(spec.input, request, settings)
+        context = ActionContext(settings, tracking_id, client_factory or shared_client)
+        response = spec.handler(context, parsed)
+    except Problem as problem:
+        if problem.errors:
+            outcome = "invalid fields: " + ", ".join(dict.fromkeys(e.field for e in problem.errors))
+        response = ActionResponse.problem(_with_instance(problem, tracking_id))
+    except Exception as exc:
+        mapped, outcome = _map_failure(exc, settings, spec.operation_id, extra)
+        response = ActionResponse.problem(_with_instance(mapped, tracking_id))
+    duration_ms = round((time.perf_counter() - started) * 1000)
+    extra.update(status=response.status, durationMs=duration_ms)
+    level = logging.INFO if response.status < 500 else logging.WARNING
+    log.log(
+        level,
+        "%s answered %d in %d ms (%s)",
+        spec.operation_id,
+        response.status,
+        duration_ms,
+        outcome,
+        extra=extra,
+    )
+    return response
+
+
+def _map_failure(
+    exc: Exception, settings: Settings | None, operation_id: str, extra: dict[str, Any]
+) -> tuple[Problem, str]:
+    from shared.smartdialog import APIStatusError, SmartDialogError
+
+    if settings is not None:
+        quota_problem = _quota_problem(exc, settings)
+        if quota_problem is not None:
+            return quota_problem, f"quota: {type(exc).__name__}"
+    if isinstance(exc, SmartDialogError):
+        status = exc.status_code if isinstance(exc, APIStatusError) else None
+        extra["upstreamStatus"] = status
+        return upstream_problem(exc), f"upstream {type(exc).__name__}: {_redact(str(exc))}"
+    log.error(
+        "%s failed unexpectedly: %s",
+        operation_id,
+        _redact("".join(traceback.format_exception(exc)).rstrip()),
+        extra=dict(extra),
+    )
+    return internal_error(), f"unexpected {type(exc).__name__}"
+
+
+def _with_instance(problem: Problem, tracking_id: str) -> Problem:
+    return problem.with_instance(f"urn:smartdialog-functions:request:{tracking_id}")

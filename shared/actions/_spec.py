@@ -1,0 +1,251 @@
+"""What an action is: its request and response envelopes, its input model and its spec."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.problems import PROBLEM_CONTENT_TYPE, Problem
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+    from shared.smartdialog import SmartDialogClient
+
+__all__ = [
+    "JSON_CONTENT_TYPE",
+    "ActionContext",
+    "ActionInput",
+    "ActionRequest",
+    "ActionResponse",
+    "ActionSpec",
+    "Body",
+    "Param",
+    "ResponseDoc",
+    "SettingDefault",
+]
+
+JSON_CONTENT_TYPE = "application/json"
+#: Headers whose value names the caller's own tracking id (Logic Apps, Power Automate, others).
+TRACKING_HEADERS = ("x-ms-client-tracking-id", "x-ms-workflow-run-id", "x-request-id")
+_SAFE_TRACKING_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+# --- envelopes ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """An HTTP request as the pipeline sees it, independent of the Functions host.
+
+    ``headers`` keys are matched case-insensitively (they are stored lower-cased);
+    ``route_params`` are the decoded route segments; ``query`` holds one value per name.
+    """
+
+    method: str
+    route_params: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", {k.lower(): v for k, v in self.headers.items()})
+
+    def header(self, name: str) -> str | None:
+        """One header's value, or None (case-insensitive)."""
+        return self.headers.get(name.lower())
+
+    @cached_property
+    def tracking_id(self) -> str:
+        """The caller's tracking id when it sent a usable one, else a fresh UUID."""
+        for name in TRACKING_HEADERS:
+            value = self.headers.get(name, "").strip()
+            if _SAFE_TRACKING_ID.match(value):
+                return value
+        return str(uuid.uuid4())
+
+
+@dataclass
+class ActionResponse:
+    """What an action answers: status, headers and a JSON body (or no body).
+
+    ``body`` is any JSON-serialisable value; ``None`` with :attr:`has_body` False means an empty
+    body (204). Build one with :meth:`json`, :meth:`empty` or :meth:`problem`.
+    """
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    has_body: bool = True
+    content_type: str = JSON_CONTENT_TYPE
+
+    @classmethod
+    def json(
+        cls, body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> ActionResponse:
+        """A JSON answer (``body`` may be a pydantic model: dumped with wire names, no nulls)."""
+        if isinstance(body, BaseModel):
+            body = body.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return cls(status, body, dict(headers or {}))
+
+    @classmethod
+    def empty(cls, status: int = 204, headers: Mapping[str, str] | None = None) -> ActionResponse:
+        """An answer without a body."""
+        return cls(status, None, dict(headers or {}), has_body=False)
+
+    @classmethod
+    def problem(cls, problem: Problem) -> ActionResponse:
+        """An ``application/problem+json`` answer carrying ``problem`` and its headers."""
+        return cls(
+            problem.status,
+            problem.to_dict(),
+            dict(problem.headers),
+            content_type=PROBLEM_CONTENT_TYPE,
+        )
+
+    @property
+    def body_bytes(self) -> bytes:
+        """The body as sent on the wire (UTF-8 JSON, or empty)."""
+        if not self.has_body:
+            return b""
+        return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
+
+    @property
+    def all_headers(self) -> dict[str, str]:
+        """:attr:`headers` plus ``Content-Type`` when there is a body."""
+        headers = dict(self.headers)
+        if self.has_body:
+            headers.setdefault("Content-Type", self.content_type)
+        return headers
+
+
+# --- where input fields come from ---------------------------------------------------------------
+
+Location = Literal["path", "query", "header"]
+
+
+@dataclass(frozen=True)
+class SettingDefault:
+    """A field that may be omitted: the app setting ``env`` (``Settings.<attribute>``) fills it."""
+
+    attribute: str
+    env: str
+
+
+@dataclass(frozen=True)
+class Param:
+    """Marks an :class:`ActionInput` field as a path, query or header parameter named ``name``.
+
+    ``default`` names the app setting used when the caller leaves it out (the connector then
+    lists the parameter as optional).
+    """
+
+    location: Location
+    name: str
+    default: SettingDefault | None = None
+
+
+@dataclass(frozen=True)
+class Body:
+    """Marks the :class:`ActionInput` field holding the JSON body (a pydantic model)."""
+
+
+class ActionInput(BaseModel):
+    """Base of every action's input model.
+
+    Each field is annotated with :class:`Param` or :class:`Body` (``Annotated[str, Param(...)]``),
+    which says where the pipeline reads it from. ``phone_regions_from`` names the parameter or
+    top-level body field whose region code(s) phone-number fields are read in (see
+    :mod:`shared.actions.fields`).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    phone_regions_from: ClassVar[str | None] = None
+
+
+InputT = TypeVar("InputT", bound=ActionInput)
+
+
+@dataclass(frozen=True)
+class ResponseDoc:
+    """One documented answer of an action (for the connector): status, text and schema.
+
+    ``model`` is a pydantic model or any type ``TypeAdapter`` understands (``list[X]``,
+    ``bool``, ``str``); None for an answer without a body. ``headers`` maps header names to
+    their descriptions (e.g. ``Location``).
+    """
+
+    status: int
+    description: str
+    model: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# --- the action ----------------------------------------------------------------------------------
+
+
+class ActionContext:
+    """What a handler may use besides its input: settings, the upstream client, the tracking id.
+
+    The client is created on first use (so validation failures never build one) and shared
+    per process; every upstream attempt it makes takes a quota token first.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        tracking_id: str,
+        client_factory: Callable[[Settings], SmartDialogClient],
+    ) -> None:
+        self.settings = settings
+        self.tracking_id = tracking_id
+        self._client_factory = client_factory
+        self._client: SmartDialogClient | None = None
+
+    @property
+    def client(self) -> SmartDialogClient:
+        """The SmartDialog client (quota-gated)."""
+        if self._client is None:
+            self._client = self._client_factory(self.settings)
+        return self._client
+
+
+@dataclass(frozen=True)
+class ActionSpec(Generic[InputT]):
+    """One HTTP action: how it is routed, what it accepts, what it does, how it is documented.
+
+    ``route`` is the Functions route below ``/api`` with ``{Name}`` segments for path
+    parameters; ``handler(context, input)`` returns the :class:`ActionResponse` for a valid
+    input and may raise :class:`~shared.problems.Problem` or the client's errors (the pipeline
+    maps them). ``summary``/``description``/``visibility``/``deprecated`` go to the connector,
+    as do ``responses`` (the first is the success answer) and ``connector_extensions`` (extra
+    members merged into the Swagger operation, e.g. ``x-ms-trigger``) and
+    ``path_extensions`` (merged into the Swagger path item, e.g.
+    ``x-ms-notification-content``).
+    """
+
+    operation_id: str
+    method: str
+    route: str
+    input: type[InputT]
+    handler: Callable[[ActionContext, InputT], ActionResponse]
+    summary: str
+    description: str
+    responses: tuple[ResponseDoc, ...]
+    visibility: Literal["important", "advanced", "internal"] | None = None
+    deprecated: bool = False
+    tags: tuple[str, ...] = ()
+    connector_extensions: Mapping[str, Any] = field(default_factory=dict)
+    path_extensions: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        """The names of the ``{Name}`` segments of :attr:`route`, in order."""
+        return tuple(re.findall(r"\{([^}:]+)", self.route))

@@ -1,0 +1,417 @@
+"""Group-contact actions: read, create, update and delete the contacts of a group service.
+
+Phone numbers are read in the caller's regions (``Region`` or ``phoneNumberRegions``, default
+FI) and passed to SmartDialog in E.164, so the contact SmartDialog stores is unambiguous.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from shared.actions._spec import (
+    ActionContext,
+    ActionInput,
+    ActionResponse,
+    ActionSpec,
+    Body,
+    Param,
+    ResponseDoc,
+)
+from shared.actions.fields import (
+    REGION_DROPDOWN,
+    CustomerIdHeader,
+    EmailAddress,
+    NonEmptyStr,
+    PhoneNumber,
+    RegionCode,
+    service_dropdown,
+    ui,
+)
+
+__all__ = ["SPECS", "GroupContactChanges", "NewGroupContactBody"]
+
+TAG = "Group contacts"
+EARLIEST_BIRTH_YEAR = 1900
+
+
+def _plausible_birth_year(year: int | None) -> int | None:
+    if year is not None and not EARLIEST_BIRTH_YEAR <= year <= dt.date.today().year:
+        raise ValueError(
+            f"Must be a year between {EARLIEST_BIRTH_YEAR} and {dt.date.today().year}."
+        )
+    return year
+
+
+# --- body fields (shared by create and update, declared once) -------------------------------
+
+Active = Annotated[
+    bool | None,
+    Field(
+        description="Whether the contact receives the group's messages.",
+        json_schema_extra=ui("Active"),
+    ),
+]
+Email = Annotated[
+    EmailAddress | None,
+    Field(description="The contact's e-mail address.", json_schema_extra=ui("E-mail")),
+]
+FirstName = Annotated[
+    str | None,
+    Field(
+        max_length=200, description="The contact's first name.", json_schema_extra=ui("First name")
+    ),
+]
+LastName = Annotated[
+    str | None,
+    Field(
+        max_length=200, description="The contact's last name.", json_schema_extra=ui("Last name")
+    ),
+]
+Gender = Annotated[
+    Literal["Male", "Female", "Other"] | None,
+    Field(description="The contact's gender.", json_schema_extra=ui("Gender")),
+]
+BirthYear = Annotated[
+    int | None,
+    AfterValidator(_plausible_birth_year),
+    Field(
+        description="The year the contact was born (four digits).",
+        json_schema_extra=ui("Birth year") | {"format": "int32", "minimum": EARLIEST_BIRTH_YEAR},
+    ),
+]
+StreetAddress = Annotated[
+    str | None,
+    Field(description="The contact's street address.", json_schema_extra=ui("Street address")),
+]
+ZipCode = Annotated[
+    str | None, Field(description="The contact's postal code.", json_schema_extra=ui("Postal code"))
+]
+City = Annotated[str | None, Field(description="The contact's city.", json_schema_extra=ui("City"))]
+
+
+def _country_code(value: str | None) -> str | None:
+    if value is not None and not (len(value) == 3 and value.isascii() and value.isalpha()):
+        raise ValueError("Must be a 3-letter ISO 3166 country code, e.g. FIN.")
+    return value.upper() if value is not None else None
+
+
+CountryCode = Annotated[
+    str | None,
+    AfterValidator(_country_code),
+    Field(
+        description="The contact's country as a 3-letter ISO 3166 code, e.g. FIN.",
+        json_schema_extra=ui("Country code") | {"pattern": "^[A-Za-z]{3}$"},
+    ),
+]
+
+
+class ContactProperty(BaseModel):
+    """A custom property of a contact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: NonEmptyStr = Field(
+        description="Name of the custom property.", json_schema_extra=ui("Name")
+    )
+    value: str | None = Field(
+        None, description="Value of the custom property.", json_schema_extra=ui("Value")
+    )
+
+
+CustomProperties = Annotated[
+    list[ContactProperty] | None,
+    Field(
+        description="Custom properties stored with the contact.",
+        json_schema_extra=ui("Custom properties"),
+    ),
+]
+_REGION_ITEM = ui("Region", dynamic_values=REGION_DROPDOWN)
+PhoneRegions = Annotated[
+    list[Annotated[RegionCode, Field(json_schema_extra=_REGION_ITEM)]] | None,
+    Field(
+        description=(
+            "Regions to read phone numbers without a country code in, tried in order. "
+            "Finland (FI) when empty."
+        ),
+        json_schema_extra=ui("Phone number regions"),
+    ),
+]
+
+
+class NewGroupContactBody(BaseModel):
+    """Body of CreateGroupContact (the certified connector's field names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    active: Active = True
+    phone: PhoneNumber = Field(
+        description="The contact's phone number; stored in international (E.164) form.",
+        json_schema_extra=ui("Phone", visibility="important"),
+    )
+    email: Email = None
+    firstName: FirstName = None
+    lastName: LastName = None
+    gender: Gender = None
+    birthYear: BirthYear = None
+    streetAddress: StreetAddress = None
+    zipCode: ZipCode = None
+    city: City = None
+    countryCode: CountryCode = None
+    customContactProperties: CustomProperties = None
+    phoneNumberRegions: PhoneRegions = None
+
+
+class GroupContactChanges(BaseModel):
+    """Body of UpdateGroupContact: the fields to change (the phone number is in the route)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    active: Active = None
+    email: Email = None
+    firstName: FirstName = None
+    lastName: LastName = None
+    gender: Gender = None
+    birthYear: BirthYear = None
+    streetAddress: StreetAddress = None
+    zipCode: ZipCode = None
+    city: City = None
+    countryCode: CountryCode = None
+    customContactProperties: CustomProperties = None
+    phoneNumberRegions: PhoneRegions = None
+
+
+class GroupContactDoc(BaseModel):
+    """A group contact as SmartDialog returns it (documentation of GetGroupContact's answer)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phone: str | None = Field(
+        None, description="The contact's phone number.", json_schema_extra=ui("Phone")
+    )
+    email: str | None = Field(
+        None, description="The contact's e-mail address.", json_schema_extra=ui("E-mail")
+    )
+    firstName: str | None = Field(
+        None, description="The contact's first name.", json_schema_extra=ui("First name")
+    )
+    lastName: str | None = Field(
+        None, description="The contact's last name.", json_schema_extra=ui("Last name")
+    )
+    gender: Literal["Male", "Female", "Other"] | None = Field(
+        None, description="The contact's gender.", json_schema_extra=ui("Gender")
+    )
+    birthYear: int | None = Field(
+        None,
+        description="The year the contact was born.",
+        json_schema_extra=ui("Birth year") | {"format": "int32"},
+    )
+    streetAddress: str | None = Field(
+        None, description="The contact's street address.", json_schema_extra=ui("Street address")
+    )
+    zipCode: str | None = Field(
+        None, description="The contact's postal code.", json_schema_extra=ui("Postal code")
+    )
+    city: str | None = Field(None, description="The contact's city.", json_schema_extra=ui("City"))
+    countryCode: str | None = Field(
+        None, description="The contact's country code.", json_schema_extra=ui("Country code")
+    )
+    failedMessages: int | None = Field(
+        None,
+        description="How many messages to the contact have failed.",
+        json_schema_extra=ui("Failed messages") | {"format": "int32"},
+    )
+    customContactProperties: list[ContactProperty] | None = Field(
+        None,
+        description="Custom properties stored with the contact.",
+        json_schema_extra=ui("Custom properties"),
+    )
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+GroupService = Annotated[
+    NonEmptyStr,
+    Param("path", "GroupService"),
+    Field(
+        description="The group service whose contacts to use.",
+        json_schema_extra=ui(
+            "Group service", visibility="important", dynamic_values=service_dropdown("Group")
+        ),
+    ),
+]
+ContactPhone = Annotated[
+    PhoneNumber,
+    Param("path", "Phone"),
+    Field(
+        description="The contact's phone number, in international form or local to the region.",
+        json_schema_extra=ui("Phone", visibility="important"),
+    ),
+]
+Region = Annotated[
+    RegionCode | None,
+    Param("query", "Region"),
+    Field(
+        description="Region to read a phone number without a country code in (default FI).",
+        json_schema_extra=ui("Region", visibility="advanced", dynamic_values=REGION_DROPDOWN),
+    ),
+]
+
+
+class GroupInput(ActionInput):
+    customer_id: CustomerIdHeader
+    group_service: GroupService
+
+
+class ContactInput(ActionInput):
+    phone_regions_from = "Region"
+
+    customer_id: CustomerIdHeader
+    group_service: GroupService
+    phone: ContactPhone
+    region: Region = None
+
+
+class CreateContactInput(ActionInput):
+    phone_regions_from = "phoneNumberRegions"
+
+    customer_id: CustomerIdHeader
+    group_service: GroupService
+    body: Annotated[NewGroupContactBody, Body()]
+
+
+class UpdateContactInput(ActionInput):
+    phone_regions_from = "phoneNumberRegions"
+
+    customer_id: CustomerIdHeader
+    group_service: GroupService
+    phone: ContactPhone
+    body: Annotated[GroupContactChanges, Body()]
+
+
+# --- handlers -------------------------------------------------------------------------------------
+
+
+def _wire(body: BaseModel) -> dict[str, Any]:
+    return body.model_dump(mode="json", exclude_none=True)
+
+
+def get_group_contact(ctx: ActionContext, inp: ContactInput) -> ActionResponse:
+    contact = ctx.client.get_group_contact(
+        customer=inp.customer_id,
+        group_service=inp.group_service,
+        phone=inp.phone,
+        region=inp.region,
+    )
+    return ActionResponse.json(contact)
+
+
+def create_group_contact(ctx: ActionContext, inp: CreateContactInput) -> ActionResponse:
+    from shared.smartdialog import NewGroupContact
+
+    contact_id = ctx.client.create_group_contact(
+        NewGroupContact.model_validate(_wire(inp.body)),
+        customer=inp.customer_id,
+        group_service=inp.group_service,
+    )
+    return ActionResponse.json(contact_id)
+
+
+def update_group_contact(ctx: ActionContext, inp: UpdateContactInput) -> ActionResponse:
+    from shared.smartdialog import GroupContactUpdate
+
+    updated = ctx.client.update_group_contact(
+        GroupContactUpdate.model_validate(_wire(inp.body)),
+        customer=inp.customer_id,
+        group_service=inp.group_service,
+        phone=inp.phone,
+    )
+    return ActionResponse.json(updated)
+
+
+def delete_group_contact(ctx: ActionContext, inp: ContactInput) -> ActionResponse:
+    deleted = ctx.client.delete_group_contact(
+        customer=inp.customer_id, group_service=inp.group_service, phone=inp.phone
+    )
+    return ActionResponse.json(deleted)
+
+
+def delete_all_group_contacts(ctx: ActionContext, inp: GroupInput) -> ActionResponse:
+    deleted = ctx.client.delete_all_group_contacts(
+        customer=inp.customer_id, group_service=inp.group_service
+    )
+    return ActionResponse.json(deleted)
+
+
+_CONTACT_ROUTE = "groups/{GroupService}/contacts/{Phone}"
+_GROUP_ROUTE = "groups/{GroupService}/contacts"
+
+SPECS: tuple[ActionSpec[Any], ...] = (
+    ActionSpec(
+        operation_id="GetGroupContact",
+        method="GET",
+        route=_CONTACT_ROUTE,
+        input=ContactInput,
+        handler=get_group_contact,
+        summary="Get a group contact",
+        description="Reads one contact of a group service by phone number.",
+        responses=(ResponseDoc(200, "The contact.", GroupContactDoc),),
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="CreateGroupContact",
+        method="POST",
+        route=_GROUP_ROUTE,
+        input=CreateContactInput,
+        handler=create_group_contact,
+        summary="Add a group contact",
+        description="Adds a contact to a group service and returns the new contact's ID.",
+        responses=(
+            ResponseDoc(
+                200,
+                "The contact was added.",
+                Annotated[
+                    uuid.UUID,
+                    Field(description="ID of the new contact.", json_schema_extra=ui("Contact ID")),
+                ],
+            ),
+        ),
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="UpdateGroupContact",
+        method="PUT",
+        route=_CONTACT_ROUTE,
+        input=UpdateContactInput,
+        handler=update_group_contact,
+        summary="Change a group contact",
+        description="Changes the given fields of a group contact; others stay as they are.",
+        responses=(ResponseDoc(200, "True when the contact changed.", bool),),
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="DeleteGroupContact",
+        method="DELETE",
+        route=_CONTACT_ROUTE,
+        input=ContactInput,
+        handler=delete_group_contact,
+        summary="Remove a group contact",
+        description="Removes one contact, found by phone number, from a group service.",
+        responses=(ResponseDoc(200, "True when the contact was removed.", bool),),
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="DeleteAllGroupContacts",
+        method="DELETE",
+        route=_GROUP_ROUTE,
+        input=GroupInput,
+        handler=delete_all_group_contacts,
+        summary="Remove all group contacts",
+        description="Removes every contact of a group service. This cannot be undone.",
+        responses=(ResponseDoc(200, "True when the group was emptied.", bool),),
+        tags=(TAG,),
+    ),
+)

@@ -1,0 +1,183 @@
+"""Reusable field types for action inputs, and the connector metadata they carry.
+
+Types (use them in :class:`~shared.actions.ActionInput` and body models)::
+
+    PhoneNumber       any phone number -> E.164 (regions: the input's phone_regions_from field)
+    RegionCode        a phone-number region, e.g. "FI" (upper-cased, checked)
+    HttpUrl           an absolute http(s) URL of at most 2000 characters
+    LanguageCode      a 2-letter language code (lower-cased)
+    CustomerDataText  free text of at most 255 characters (SmartDialog's limit; also CustomerData)
+    NonEmptyStr       a string with at least one non-blank character
+    CustomerIdHeader  the optional ``Customer-Id`` header, defaulting to SMARTDIALOG_CUSTOMER_ID
+
+Connector metadata goes into ``Field(json_schema_extra=ui(...))``: :func:`ui` writes
+``x-ms-summary``, ``x-ms-visibility`` and ``x-ms-dynamic-values``; the ``*_DROPDOWN`` constants
+and :func:`service_dropdown` / :func:`template_dropdown` wire a field to our look-up actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, ValidationInfo
+
+from shared.actions._spec import Param, SettingDefault
+from shared.phone import normalize_region, parse_phone_number
+
+__all__ = [
+    "CATEGORY_DROPDOWN",
+    "CUSTOMER_DROPDOWN",
+    "IDENTITY_DROPDOWN",
+    "MAX_URL_LENGTH",
+    "PHONE_REGIONS_CONTEXT",
+    "REGION_DROPDOWN",
+    "CustomerData",
+    "CustomerDataText",
+    "CustomerIdHeader",
+    "EmailAddress",
+    "HttpUrl",
+    "LanguageCode",
+    "NonEmptyStr",
+    "PhoneNumber",
+    "RegionCode",
+    "require_http_url",
+    "service_dropdown",
+    "template_dropdown",
+    "ui",
+]
+
+#: The validation-context key the pipeline puts the caller's phone regions under.
+PHONE_REGIONS_CONTEXT = "phone_regions"
+#: SmartDialog's limit for URL button data (and a sane one for any URL we accept).
+MAX_URL_LENGTH = 2000
+#: SmartDialog's limit for ``CustomerData``.
+MAX_CUSTOMER_DATA_LENGTH = 255
+
+Visibility = Literal["important", "advanced", "internal"]
+
+
+def ui(
+    summary: str,
+    *,
+    visibility: Visibility | None = None,
+    dynamic_values: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Connector metadata for one field: its label, visibility and dropdown source."""
+    extra: dict[str, Any] = {"x-ms-summary": summary}
+    if visibility is not None:
+        extra["x-ms-visibility"] = visibility
+    if dynamic_values is not None:
+        extra["x-ms-dynamic-values"] = dict(dynamic_values)
+    return extra
+
+
+CUSTOMER_DROPDOWN: Mapping[str, Any] = {
+    "operationId": "GetUserCustomers",
+    "value-collection": "customerUsers",
+    "value-path": "customerId",
+    "value-title": "customerName",
+}
+REGION_DROPDOWN: Mapping[str, Any] = {
+    "operationId": "GetPhoneNumberRegions",
+    "value-path": "value",
+    "value-title": "name",
+}
+CATEGORY_DROPDOWN: Mapping[str, Any] = {"operationId": "GetWhatsappTemplateCategories"}
+IDENTITY_DROPDOWN: Mapping[str, Any] = {
+    "operationId": "GetCustomerWhatsappIdentities",
+    "value-path": "inputSource/address",
+    "value-title": "inputSource/address",
+    "parameters": {"Customer-Id": {"parameter": "Customer-Id"}},
+}
+
+
+def service_dropdown(service_type: str, customer_param: str = "Customer-Id") -> dict[str, Any]:
+    """A dropdown of the customer's services of ``service_type`` (OneWay, TwoWay, Group, ...)."""
+    return {
+        "operationId": "GetCustomerServices",
+        "value-path": "id",
+        "value-title": "name",
+        "parameters": {
+            "Customer-Id": {"parameter": customer_param},
+            "ServiceType": service_type,
+        },
+    }
+
+
+def template_dropdown(customer_param: str = "Customer-Id") -> dict[str, Any]:
+    """A dropdown of the customer's WhatsApp templates (value: the template name)."""
+    return {
+        "operationId": "GetCustomerWhatsAppTemplates",
+        "value-path": "id",
+        "value-title": "displayName",
+        "parameters": {"Customer-Id": {"parameter": customer_param}},
+    }
+
+
+# --- validators -----------------------------------------------------------------------------------
+
+
+def _phone(value: str, info: ValidationInfo) -> str:
+    regions = (info.context or {}).get(PHONE_REGIONS_CONTEXT, ())
+    return parse_phone_number(value, regions)
+
+
+def _region(value: str) -> str:
+    return normalize_region(value)
+
+
+def require_http_url(value: str) -> str:
+    """``value`` stripped, if it is an absolute http(s) URL; else ``ValueError``."""
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("Must be an absolute http or https URL, e.g. https://example.com/page.")
+    return value.strip()
+
+
+def _email(value: str) -> str:
+    local, at, domain = value.strip().rpartition("@")
+    if not at or not local or "." not in domain or domain.startswith(".") or " " in value.strip():
+        raise ValueError("Must be an e-mail address, e.g. name@example.com.")
+    return value.strip()
+
+
+def _language(value: str) -> str:
+    if len(value) != 2 or not value.isascii() or not value.isalpha():
+        raise ValueError("Must be a 2-letter language code, e.g. en or fi.")
+    return value.lower()
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("Must not be empty.")
+    return value
+
+
+PhoneNumber = Annotated[str, AfterValidator(_phone)]
+RegionCode = Annotated[str, AfterValidator(_region)]
+HttpUrl = Annotated[str, Field(max_length=MAX_URL_LENGTH), AfterValidator(require_http_url)]
+LanguageCode = Annotated[
+    str,
+    AfterValidator(_language),
+    Field(json_schema_extra={"pattern": "^[A-Za-z]{2}$", "minLength": 2, "maxLength": 2}),
+]
+CustomerDataText = Annotated[str, Field(max_length=MAX_CUSTOMER_DATA_LENGTH)]
+#: Same as :data:`CustomerDataText`. In a model with a field named ``CustomerData`` use
+#: ``CustomerDataText``: the field name would shadow this alias when annotations are evaluated.
+CustomerData = CustomerDataText
+NonEmptyStr = Annotated[str, AfterValidator(_not_blank)]
+EmailAddress = Annotated[str, Field(max_length=254), AfterValidator(_email)]
+
+CustomerIdHeader = Annotated[
+    str,
+    Param("header", "Customer-Id", SettingDefault("customer_id", "SMARTDIALOG_CUSTOMER_ID")),
+    Field(
+        description=(
+            "The SmartDialog customer to act for. Leave empty to use the app setting "
+            "SMARTDIALOG_CUSTOMER_ID."
+        ),
+        json_schema_extra=ui("Customer", dynamic_values=CUSTOMER_DROPDOWN),
+    ),
+]

@@ -1,0 +1,79 @@
+"""The Functions host sees one function per action: named after the operationId, at the spec's
+route and method, behind a function key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.actions import all_specs
+from shared.actions.contacts import SPECS as CONTACT_SPECS
+from shared.actions.lookups import SPECS as LOOKUP_SPECS
+from shared.actions.whatsapp import SPECS as WHATSAPP_SPECS
+from tests.actions.conftest import registered_functions
+
+OURS = {spec.operation_id: spec for spec in (*CONTACT_SPECS, *WHATSAPP_SPECS, *LOOKUP_SPECS)}
+EXPECTED_ROUTES = {
+    "GetUserCustomers": ("GET", "customers"),
+    "GetCustomerServices": ("GET", "services"),
+    "GetCustomerWhatsAppTemplates": ("GET", "whatsapp/templates"),
+    "GetWhatsappTemplateCategories": ("GET", "whatsapp/template-categories"),
+    "GetCustomerWhatsappIdentities": ("GET", "whatsapp/identities"),
+    "CreateWhatsappTemplate": ("POST", "whatsapp/identities/{IdentityNumber}/templates"),
+    "GetPhoneNumberRegions": ("GET", "phone-number-regions"),
+    "GetGroupContact": ("GET", "groups/{GroupService}/contacts/{Phone}"),
+    "CreateGroupContact": ("POST", "groups/{GroupService}/contacts"),
+    "UpdateGroupContact": ("PUT", "groups/{GroupService}/contacts/{Phone}"),
+    "DeleteGroupContact": ("DELETE", "groups/{GroupService}/contacts/{Phone}"),
+    "DeleteAllGroupContacts": ("DELETE", "groups/{GroupService}/contacts"),
+    "WhatsAppOptIn": ("PUT", "whatsapp/senders/{Sender}/opt-ins/{Recipient}"),
+    "WhatsAppOptOut": ("DELETE", "whatsapp/senders/{Sender}/opt-ins/{Recipient}"),
+}
+
+
+def http_trigger(operation_id: str) -> Any:
+    for function in registered_functions():
+        if function.get_function_name() == operation_id:
+            [trigger] = [b for b in function.get_bindings() if b.type == "httpTrigger"]
+            return trigger
+    pytest.fail(f"no function named {operation_id}")
+
+
+def test_the_fourteen_actions_are_registered_with_the_routes_we_document() -> None:
+    assert {op: (s.method, s.route) for op, s in OURS.items()} == EXPECTED_ROUTES
+
+
+@pytest.mark.parametrize("operation_id", sorted(EXPECTED_ROUTES))
+def test_function_is_named_after_the_operation_with_route_method_and_function_key(
+    operation_id: str,
+) -> None:
+    trigger = http_trigger(operation_id)
+    method, route = EXPECTED_ROUTES[operation_id]
+    assert trigger.route == route
+    assert [str(m.value) for m in trigger.methods] == [method]
+    assert str(trigger.auth_level.value) == "function"
+
+
+def test_every_registered_spec_has_a_function_with_the_same_route() -> None:
+    functions = {f.get_function_name() for f in registered_functions()}
+    for spec in all_specs():
+        assert spec.operation_id in functions
+        trigger = http_trigger(spec.operation_id)
+        assert (trigger.route, [str(m.value) for m in trigger.methods]) == (
+            spec.route,
+            [spec.method],
+        )
+
+
+def test_importing_the_app_loads_no_heavy_module() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, function_app; "
+        "heavy = [m for m in ('pydantic', 'phonenumbers', 'msal', 'azure.data.tables', "
+        "'shared.actions') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

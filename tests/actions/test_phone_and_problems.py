@@ -1,0 +1,73 @@
+"""Phone parsing (E.164 out, regions in order, FI by default) and the problem document shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.phone import (
+    InvalidPhoneNumber,
+    InvalidRegion,
+    mask_phone_number,
+    parse_phone_number,
+)
+from shared.problems import FieldError, Problem, rate_limited, validation_problem
+
+
+@pytest.mark.parametrize(
+    ("text", "regions", "e164"),
+    [
+        ("040 123 4567", (), "+358401234567"),
+        ("+358 40 123 4567", (), "+358401234567"),
+        ("00358401234567", (), "+358401234567"),
+        ("070-123 45 67", ("SE",), "+46701234567"),
+        ("076 123 45 67", ("fi", "se"), "+46761234567"),  # not valid in FI, so SE wins
+        ("+46 70 123 45 67", ("FI",), "+46701234567"),  # international form ignores regions
+        ("09 1234567", (), "+35891234567"),
+    ],
+)
+def test_numbers_come_out_in_e164(text: str, regions: tuple[str, ...], e164: str) -> None:
+    assert parse_phone_number(text, regions) == e164
+
+
+@pytest.mark.parametrize("text", ["", "  ", "12", "abc", "+1", "040123", "9" * 41])
+def test_invalid_numbers_are_refused(text: str) -> None:
+    with pytest.raises(InvalidPhoneNumber):
+        parse_phone_number(text)
+
+
+def test_unknown_region_is_refused() -> None:
+    with pytest.raises(InvalidRegion, match="XX"):
+        parse_phone_number("0401234567", ["XX"])
+
+
+def test_masked_numbers_keep_only_prefix_and_last_two_digits() -> None:
+    assert mask_phone_number("+358401234567") == "+358*******67"
+    assert mask_phone_number("12345") == "*****"
+
+
+def test_validation_problem_lists_every_field_once_in_detail() -> None:
+    problem = validation_problem(
+        [FieldError("phone", "Bad."), FieldError("phone", "Worse."), FieldError("gender", "No.")]
+    )
+    document = json.loads(problem.with_instance("urn:x").to_json())
+    assert document["status"] == 400
+    assert document["instance"] == "urn:x"
+    assert document["detail"].endswith("phone, gender.")
+    assert [e["field"] for e in document["errors"]] == ["phone", "phone", "gender"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "header"), [(None, "1"), (0.2, "1"), (1.0, "1"), (59.01, "60")]
+)
+def test_retry_after_is_whole_seconds_rounded_up(seconds: float | None, header: str) -> None:
+    assert rate_limited(seconds, "wait").headers == {"Retry-After": header}
+
+
+def test_problem_without_optional_members_has_only_the_required_ones() -> None:
+    assert Problem(502, "SmartDialog failed").to_dict() == {
+        "type": "urn:smartdialog-functions:problem:internal",
+        "title": "SmartDialog failed",
+        "status": 502,
+    }

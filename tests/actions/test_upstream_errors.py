@@ -1,0 +1,236 @@
+"""SmartDialog's failures become meaningful answers: never a bare 500, a trace or a secret."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from sandbox.server import SandboxServer
+from shared.actions import ActionRequest, handle
+from shared.settings import get_settings
+from shared.smartdialog import SmartDialogClient, StaticTokenAuth
+from tests.actions.conftest import GROUP, App, call, wire
+
+CONTACT = {"GroupService": GROUP, "Phone": "+358401234567"}
+
+
+def problem_type(name: str) -> str:
+    return f"urn:smartdialog-functions:problem:{name}"
+
+
+def test_unknown_customer_is_404_with_upstreams_message(app: App) -> None:
+    reply = call("GetCustomerWhatsappIdentities", method="GET", headers={"Customer-Id": "9999"})
+    assert reply.status == 404
+    assert reply.headers["Content-Type"] == "application/problem+json"
+    assert reply.body["type"] == problem_type("not-found")
+    assert "9999" in reply.body["detail"]
+
+
+def test_unknown_contact_is_404(app: App) -> None:
+    reply = call("GetGroupContact", method="GET", route=CONTACT)
+    assert reply.status == 404
+    assert "not found" in reply.body["detail"]
+
+
+def test_forbidden_customer_is_502_explaining_the_credential_problem(app: App) -> None:
+    reply = call(
+        "GetCustomerWhatsappIdentities", method="GET", headers={"Customer-Id": "forbidden"}
+    )
+    assert reply.status == 502
+    assert reply.body["type"] == problem_type("upstream-credentials")
+    assert "403" in reply.body["detail"]
+    assert "SMARTDIALOG_CLIENT_ID" in reply.body["detail"]
+
+
+def test_refused_token_is_502_and_the_token_appears_nowhere(
+    app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    wire(monkeypatch, app.sandbox, SMARTDIALOG_ACCESS_TOKEN="not-the-sandbox-token-7f3a")
+    with caplog.at_level(logging.DEBUG):
+        reply = call("GetUserCustomers", method="GET")
+    assert reply.status == 502
+    assert reply.body["type"] == problem_type("upstream-credentials")
+    assert "not-the-sandbox-token-7f3a" not in reply.raw.decode()
+    assert "not-the-sandbox-token-7f3a" not in caplog.text
+
+
+def test_upstream_400_becomes_422_with_upstreams_message(app: App) -> None:
+    body = {
+        "DisplayName": "Hello",
+        "RawContent": "Hi",
+        "Category": "GOSSIP",
+        "Language": "en",
+    }
+    reply = call(
+        "CreateWhatsappTemplate",
+        method="POST",
+        route={"IdentityNumber": "+358501234567"},
+        body=body,
+    )
+    assert reply.status == 422
+    assert reply.body["type"] == problem_type("upstream-rejected")
+    assert reply.body["detail"] == "Unknown template Category 'GOSSIP'"
+
+
+def test_duplicate_contact_is_422(app: App) -> None:
+    route = {"GroupService": GROUP}
+    assert (
+        call("CreateGroupContact", method="POST", route=route, body={"phone": "0401234567"}).status
+        == 200
+    )
+    again = call("CreateGroupContact", method="POST", route=route, body={"phone": "+358401234567"})
+    assert again.status == 422
+    assert "already exists" in again.body["detail"]
+
+
+def test_upstream_429_is_429_with_retry_after(
+    storage_env: str,
+    sandbox_factory: Callable[..., SandboxServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = sandbox_factory(quota_calls=1, quota_period=30.0)
+    # Our own quota is generous here, so it is SmartDialog that says no.
+    wire(monkeypatch, server)
+    assert call("GetPhoneNumberRegions", method="GET").status == 200
+    reply = call("GetPhoneNumberRegions", method="GET")
+    assert reply.status == 429
+    assert reply.body["type"] == problem_type("rate-limited")
+    assert 1 <= int(reply.headers["Retry-After"]) <= 30
+
+
+def test_exhausted_quota_is_429_with_retry_after_and_nothing_sent(
+    storage_env: str,
+    sandbox_factory: Callable[..., SandboxServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = sandbox_factory()  # its own URL: a quota log of its own
+    wire(monkeypatch, server, SMARTDIALOG_QUOTA_CALLS="2", SMARTDIALOG_QUOTA_PERIOD_SECONDS="60")
+    assert call("GetPhoneNumberRegions", method="GET").status == 200
+    assert call("GetWhatsappTemplateCategories", method="GET").status == 200
+    reply = call("GetUserCustomers", method="GET")
+    assert reply.status == 429
+    assert reply.headers["Content-Type"] == "application/problem+json"
+    assert 55 <= int(reply.headers["Retry-After"]) <= 61
+    assert "2 calls per 60 s" in reply.body["detail"]
+    assert len(server.state.snapshot("requests")) == 2
+
+
+def test_unreachable_smartdialog_is_502(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("SMARTDIALOG_BASE_URL", f"http://127.0.0.1:{port}/api-integrations/v1")
+    from shared.actions import shared_client
+    from shared.settings import reset_settings_cache
+
+    reset_settings_cache()
+    shared_client.cache_clear()
+    reply = call("GetPhoneNumberRegions", method="GET")
+    assert reply.status == 502
+    assert reply.body["type"] == problem_type("upstream-unavailable")
+
+
+# Faults the sandbox cannot produce for these operations: a transport that fails on purpose.
+
+
+def mock_client(
+    handler: Callable[[httpx.Request], httpx.Response],
+) -> Callable[..., SmartDialogClient]:
+    def factory(_: object) -> SmartDialogClient:
+        return SmartDialogClient(
+            "https://smartdialog.invalid/api-integrations/v1",
+            StaticTokenAuth("secret-token-abc"),
+            http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+            max_retries=0,
+        )
+
+    return factory
+
+
+def run(
+    operation_id: str, factory: Callable[..., SmartDialogClient]
+) -> tuple[int, dict[str, object], dict[str, str]]:
+    response = handle(
+        operation_id,
+        ActionRequest("GET", headers={"Customer-Id": "1001"}),
+        settings=get_settings(),
+        client_factory=factory,
+    )
+    return response.status, response.body, response.all_headers
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_upstream_5xx_is_502(app: App, status: int) -> None:
+    code, body, _ = run(
+        "GetUserCustomers",
+        mock_client(lambda r: httpx.Response(status, json={"errorMessage": "boom"})),
+    )
+    assert code == 502
+    assert body["type"] == problem_type("upstream-unavailable")
+    assert str(status) in str(body["detail"])
+
+
+def test_upstream_timeout_is_504(app: App) -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    code, body, _ = run("GetUserCustomers", mock_client(slow))
+    assert code == 504
+    assert body["type"] == problem_type("upstream-timeout")
+
+
+def test_upstream_429_without_advice_still_answers_retry_after(app: App) -> None:
+    code, _, headers = run("GetUserCustomers", mock_client(lambda r: httpx.Response(429)))
+    assert code == 429
+    assert int(headers["Retry-After"]) >= 1
+
+
+def test_unexpected_upstream_body_is_502(app: App) -> None:
+    code, body, _ = run(
+        "GetPhoneNumberRegions", mock_client(lambda r: httpx.Response(200, json={"a": 1}))
+    )
+    assert code == 502
+    assert body["type"] == problem_type("upstream-unavailable")
+
+
+def test_a_bug_is_a_500_problem_without_trace_or_secret(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(_: object) -> SmartDialogClient:
+        raise RuntimeError("Bearer secret-token-abc for +358401234567")
+
+    with caplog.at_level(logging.INFO):
+        code, body, headers = run("GetUserCustomers", broken)
+    assert code == 500
+    assert headers["Content-Type"] == "application/problem+json"
+    assert body["type"] == problem_type("internal")
+    assert "secret" not in str(body)
+    assert "Traceback" not in str(body)
+    assert "RuntimeError" in caplog.text  # the log keeps the cause ...
+    assert "secret-token-abc" not in caplog.text  # ... without the secret
+    assert "+358401234567" not in caplog.text  # ... or the whole number
+
+
+def test_logs_carry_the_operation_id_and_no_whole_phone_number(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        call(
+            "CreateGroupContact",
+            method="POST",
+            route={"GroupService": GROUP},
+            body={"phone": "0401234567"},
+        )
+        call("GetGroupContact", method="GET", route={"GroupService": GROUP, "Phone": "0409999999"})
+    records = [r for r in caplog.records if r.name == "smartdialog.actions"]
+    assert [getattr(r, "operationId", None) for r in records] == [
+        "CreateGroupContact",
+        "GetGroupContact",
+    ]
+    assert [getattr(r, "status", None) for r in records] == [200, 404]
+    for number in ("401234567", "409999999"):
+        assert number not in caplog.text

@@ -1,0 +1,152 @@
+"""Bad input: 400 problem+json naming every offending field, no upstream call, no quota token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.actions.conftest import GROUP, IDENTITY, App, call
+
+CONTACT_ROUTE = {"GroupService": GROUP, "Phone": "+358401234567"}
+TEMPLATE = {
+    "DisplayName": "Order shipped",
+    "RawContent": "Your order {{1}} is on its way.",
+    "Category": "UTILITY",
+    "Language": "en",
+}
+
+
+def template(**changes: Any) -> dict[str, Any]:
+    return {**TEMPLATE, **changes}
+
+
+def button(kind: str, data: str | None) -> dict[str, Any]:
+    return {"Type": kind, "Label": "Go", **({"Data": data} if data is not None else {})}
+
+
+# (id, operationId, method, route params, query, headers, body, expected fields)
+Case = tuple[str, str, str, dict[str, str], dict[str, str], dict[str, str], Any, list[str]]
+CASES: list[Case] = [
+    ("invalid phone", "CreateGroupContact", "POST", {"GroupService": GROUP}, {}, {},
+     {"phone": "12"}, ["phone"]),
+    ("letters as phone", "CreateGroupContact", "POST", {"GroupService": GROUP}, {}, {},
+     {"phone": "call me"}, ["phone"]),
+    ("missing phone", "CreateGroupContact", "POST", {"GroupService": GROUP}, {}, {},
+     {"firstName": "Ada"}, ["phone"]),
+    ("every bad contact field at once", "CreateGroupContact", "POST", {"GroupService": GROUP},
+     {}, {},
+     {"phone": "0401234567", "gender": "Robot", "birthYear": 1850, "email": "nope",
+      "countryCode": "FI", "active": "sometimes", "customContactProperties": [{"value": "x"}],
+      "phoneNumberRegions": ["ZZ"], "nickname": "Ada"},
+     ["gender", "birthYear", "email", "countryCode", "active", "customContactProperties[0].name",
+      "phoneNumberRegions[0]", "nickname"]),
+    ("birth year in the future", "CreateGroupContact", "POST", {"GroupService": GROUP}, {}, {},
+     {"phone": "0401234567", "birthYear": 3000}, ["birthYear"]),
+    ("birth year as text", "UpdateGroupContact", "PUT", CONTACT_ROUTE, {}, {},
+     {"birthYear": "nineteen"}, ["birthYear"]),
+    ("body not JSON", "CreateGroupContact", "POST", {"GroupService": GROUP}, {}, {},
+     b"{phone: 040}", ["body"]),
+    ("body an array", "UpdateGroupContact", "PUT", CONTACT_ROUTE, {}, {}, [1, 2], ["body"]),
+    ("body missing", "CreateGroupContact", "POST", {"GroupService": GROUP}, {}, {}, None,
+     ["body"]),
+    ("body not UTF-8", "CreateGroupContact", "POST", {"GroupService": GROUP}, {}, {},
+     b"\xff\xfe{}", ["body"]),
+    ("bad body and bad path together", "UpdateGroupContact", "PUT",
+     {"GroupService": GROUP, "Phone": "x"}, {}, {}, b"nope", ["body", "Phone"]),
+    ("invalid path phone", "GetGroupContact", "GET", {"GroupService": GROUP, "Phone": "abc"},
+     {}, {}, None, ["Phone"]),
+    ("unknown region", "GetGroupContact", "GET", CONTACT_ROUTE, {"Region": "XX"}, {}, None,
+     ["Region"]),
+    ("number invalid in the given region", "DeleteGroupContact", "DELETE",
+     {"GroupService": GROUP, "Phone": "040123"}, {"Region": "SE"}, {}, None, ["Phone"]),
+    ("blank group service", "DeleteAllGroupContacts", "DELETE", {"GroupService": " "}, {}, {},
+     None, ["GroupService"]),
+    ("missing service type", "GetCustomerServices", "GET", {}, {}, {}, None, ["ServiceType"]),
+    ("reply filter not a boolean", "GetCustomerServices", "GET", {},
+     {"ServiceType": "OneWay", "AllowReplyMessage": "maybe"}, {}, None, ["AllowReplyMessage"]),
+    ("invalid identity number", "CreateWhatsappTemplate", "POST", {"IdentityNumber": "12"}, {},
+     {}, TEMPLATE, ["IdentityNumber"]),
+    ("template fields missing", "CreateWhatsappTemplate", "POST", {"IdentityNumber": IDENTITY},
+     {}, {}, {"Buttons": []}, ["DisplayName", "RawContent", "Category", "Language"]),
+    ("display name too long", "CreateWhatsappTemplate", "POST", {"IdentityNumber": IDENTITY},
+     {}, {}, template(DisplayName="x" * 101), ["DisplayName"]),
+    ("language not 2 letters", "CreateWhatsappTemplate", "POST", {"IdentityNumber": IDENTITY},
+     {}, {}, template(Language="eng"), ["Language"]),
+    ("language with digits", "CreateWhatsappTemplate", "POST", {"IdentityNumber": IDENTITY},
+     {}, {}, template(Language="e1"), ["Language"]),
+    ("every bad button at once", "CreateWhatsappTemplate", "POST",
+     {"IdentityNumber": IDENTITY}, {}, {},
+     template(Buttons=[
+         button("Url", "ftp://example.com"),
+         button("Url", "https://example.com/" + "a" * 1990),
+         button("Url", None),
+         button("Call", "+358 40 123 4567 890 1"),
+         button("Call", "12"),
+         button("Call", None),
+         button("QuickReply", "x" * 21),
+         button("Hangup", "x"),
+     ]),
+     ["Buttons[0].Data", "Buttons[1].Data", "Buttons[2].Data", "Buttons[3].Data",
+      "Buttons[4].Data", "Buttons[5].Data", "Buttons[6].Data", "Buttons[7].Type"]),
+    ("relative attachment URL", "CreateWhatsappTemplate", "POST", {"IdentityNumber": IDENTITY},
+     {}, {}, template(AttachmentUrl="/img.png"), ["AttachmentUrl"]),
+    ("both opt-in numbers invalid", "WhatsAppOptIn", "PUT",
+     {"Sender": "sender", "Recipient": "123"}, {}, {}, None, ["Sender", "Recipient"]),
+    ("opt-out recipient invalid", "WhatsAppOptOut", "DELETE",
+     {"Sender": IDENTITY, "Recipient": "+1"}, {}, {}, None, ["Recipient"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("operation_id", "method", "route", "params", "headers", "body", "fields"),
+    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+)
+def test_bad_input_is_400_naming_every_field_without_any_upstream_call(
+    app: App,
+    operation_id: str,
+    method: str,
+    route: dict[str, str],
+    params: dict[str, str],
+    headers: dict[str, str],
+    body: Any,
+    fields: list[str],
+) -> None:
+    used_before = app.quota_used()
+    reply = call(
+        operation_id, method=method, route=route, params=params, headers=headers, body=body
+    )
+    assert reply.status == 400, reply.body
+    assert reply.headers["Content-Type"] == "application/problem+json"
+    assert reply.body["type"] == "urn:smartdialog-functions:problem:validation"
+    assert reply.body["status"] == 400
+    assert sorted(set(reply.fields)) == sorted(fields)
+    assert all(e["message"] for e in reply.body["errors"])
+    assert app.upstream() == []
+    assert app.quota_used() <= used_before
+
+
+def test_missing_customer_names_the_header_and_the_setting(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.actions.conftest import wire
+
+    wire(monkeypatch, app.sandbox, SMARTDIALOG_CUSTOMER_ID="")
+    reply = call("GetCustomerWhatsappIdentities", method="GET")
+    assert reply.status == 400
+    [error] = reply.body["errors"]
+    assert error["field"] == "Customer-Id"
+    assert "SMARTDIALOG_CUSTOMER_ID" in error["message"]
+    assert app.upstream() == []
+
+
+def test_problem_detail_lists_the_fields_and_instance_carries_the_tracking_id(app: App) -> None:
+    reply = call(
+        "CreateGroupContact",
+        method="POST",
+        route={"GroupService": GROUP},
+        headers={"x-ms-client-tracking-id": "run-42"},
+        body={"phone": "1"},
+    )
+    assert reply.body["instance"] == "urn:smartdialog-functions:request:run-42"
+    assert "phone" in reply.body["detail"]
