@@ -21,9 +21,6 @@ from sandbox.contract import validate_request
 from sandbox.server import SandboxServer
 from shared.actions import shared_client
 from shared.settings import get_settings, reset_settings_cache
-from tests.fixtures.sandbox import sandbox, sandbox_factory, sandbox_server
-
-__all__ = ["sandbox", "sandbox_factory", "sandbox_server"]  # fixtures, re-exported for pytest
 
 CUSTOMER = "1001"
 GROUP = "s-1001-group"

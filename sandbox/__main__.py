@@ -1,0 +1,145 @@
+"""``python -m sandbox``: run the SmartDialog sandbox in the foreground until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import TypeVar
+
+from sandbox.server import SandboxServer
+
+T = TypeVar("T")
+
+
+def _env(name: str, default: T, kind: Callable[[str], T]) -> T:
+    value = os.environ.get(name)
+    return kind(value) if value not in (None, "") else default
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox",
+        description="Local stand-in for the SmartDialog API (/api-integrations/v1), its OAuth "
+        "endpoints and an inspection API under /sandbox/. Every flag has an environment "
+        "variable; the flag wins.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "--host",
+        default=_env("SANDBOX_HOST", "127.0.0.1", str),
+        help="interface to bind [SANDBOX_HOST]",
+    )
+    add(
+        "--port",
+        type=int,
+        default=_env("SANDBOX_PORT", 7072, int),
+        help="port, 0 for any free one [SANDBOX_PORT]",
+    )
+    add(
+        "--quota-calls",
+        type=int,
+        default=_env("SANDBOX_QUOTA_CALLS", 100, int),
+        help="API calls allowed per connection in any --quota-period window, 0 disables "
+        "[SANDBOX_QUOTA_CALLS]",
+    )
+    add(
+        "--quota-period",
+        type=float,
+        default=_env("SANDBOX_QUOTA_PERIOD", 60.0, float),
+        help="sliding window length in seconds [SANDBOX_QUOTA_PERIOD]",
+    )
+    add(
+        "--dlr-delay",
+        type=float,
+        default=_env("SANDBOX_DLR_DELAY", 0.2, float),
+        help="seconds between an accepted send and its DlrUrl callbacks [SANDBOX_DLR_DELAY]",
+    )
+    add(
+        "--slow-seconds",
+        type=float,
+        default=_env("SANDBOX_SLOW_SECONDS", 3.0, float),
+        help="how long sends to +358400000007 take to answer [SANDBOX_SLOW_SECONDS]",
+    )
+    add(
+        "--static-token",
+        default=_env("SANDBOX_STATIC_TOKEN", "sandbox-token", str),
+        help="bearer token always accepted; empty disables it [SANDBOX_STATIC_TOKEN]",
+    )
+    add(
+        "--token-ttl",
+        type=int,
+        default=_env("SANDBOX_TOKEN_TTL", 3600, int),
+        help="lifetime in seconds of issued access tokens [SANDBOX_TOKEN_TTL]",
+    )
+    add(
+        "--public-url",
+        default=_env("SANDBOX_PUBLIC_URL", None, str),
+        help="base URL advertised in the OpenID discovery document "
+        "(default: https://<Host header>) [SANDBOX_PUBLIC_URL]",
+    )
+    add(
+        "--seed",
+        default=_env("SANDBOX_SEED", None, str),
+        help="seed JSON file (default: sandbox/seed.json) [SANDBOX_SEED]",
+    )
+    add(
+        "--log-limit",
+        type=int,
+        default=_env("SANDBOX_LOG_LIMIT", 10_000, int),
+        help="entries kept in each inspection log [SANDBOX_LOG_LIMIT]",
+    )
+    add(
+        "--log-level",
+        default=_env("SANDBOX_LOG_LEVEL", "INFO", str),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level; DEBUG logs every request [SANDBOX_LOG_LEVEL]",
+    )
+    return parser.parse_args(argv)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    server = SandboxServer(
+        args.host,
+        args.port,
+        quota_calls=args.quota_calls,
+        quota_period=args.quota_period,
+        dlr_delay=args.dlr_delay,
+        slow_seconds=args.slow_seconds,
+        static_token=args.static_token or None,
+        token_ttl=args.token_ttl,
+        public_url=args.public_url,
+        seed_path=args.seed,
+        log_limit=args.log_limit,
+    )
+    try:
+        server.bind()
+    except OSError as exc:
+        print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _terminate)
+    print(f"SmartDialog sandbox listening on {server.url} (API {server.api_url})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
