@@ -14,7 +14,7 @@ Programmatic use (tests, benchmarks)::
 
 from devhost._host import DevHost, HttpEndpoint
 from devhost._hostjson import HostOptions, QueueOptions, load_host_json, parse_timespan
-from devhost._metadata import FunctionSpec, MetadataError, load_app, read_functions
+from devhost._metadata import FunctionSpec, MetadataError, app_functions, load_app, read_functions
 from devhost._queues import StorageNotConfiguredError
 from devhost._settings import apply_local_settings
 
@@ -26,6 +26,7 @@ __all__ = [
     "MetadataError",
     "QueueOptions",
     "StorageNotConfiguredError",
+    "app_functions",
     "apply_local_settings",
     "load_app",
     "load_host_json",

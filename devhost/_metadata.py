@@ -116,11 +116,21 @@ def _method_names(raw: Any) -> tuple[str, ...]:
     return tuple(str(m).upper() for m in raw)
 
 
-# The app indexes its functions once (a second get_functions() call fails name validation), as
-# the worker does; every DevHost on the same app shares that result.
+# An app can be indexed once: a second get_functions() call fails its own name validation. The
+# worker indexes once too; every DevHost, test and benchmark on the same app shares that result.
+_FUNCTIONS: weakref.WeakKeyDictionary[func.FunctionApp, tuple[func.Function, ...]] = (
+    weakref.WeakKeyDictionary()
+)
 _INDEXED: weakref.WeakKeyDictionary[func.FunctionApp, list[FunctionSpec]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def app_functions(app: func.FunctionApp) -> tuple[func.Function, ...]:
+    """``app.get_functions()``, called once per app object; use this instead of calling it."""
+    if app not in _FUNCTIONS:
+        _FUNCTIONS[app] = tuple(app.get_functions())
+    return _FUNCTIONS[app]
 
 
 def read_functions(app: func.FunctionApp) -> list[FunctionSpec]:
@@ -132,7 +142,7 @@ def read_functions(app: func.FunctionApp) -> list[FunctionSpec]:
 
 def _index(app: func.FunctionApp) -> list[FunctionSpec]:
     specs: list[FunctionSpec] = []
-    for function in app.get_functions():
+    for function in app_functions(app):
         name = function.get_function_name() or user_function_name(function)
         user_function = function.get_user_function()
         params = inspect.signature(user_function).parameters

@@ -51,9 +51,10 @@ class Reply:
 @functools.cache
 def registered_functions() -> tuple[Any, ...]:
     """The app's function metadata, indexed once (``get_functions()`` refuses a second call)."""
+    from devhost import app_functions
     from function_app import app
 
-    return tuple(app.get_functions())
+    return app_functions(app)
 
 
 def function(operation_id: str) -> Callable[[func.HttpRequest], func.HttpResponse]:
