@@ -1,0 +1,379 @@
+"""The quota algorithm, over any store of one sliding log that can compare-and-swap."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple, Protocol
+
+from shared.quota import _log
+from shared.quota._clock import Clock, SystemClock
+
+logger = logging.getLogger("shared.quota")
+
+#: Read-modify-write rounds one ``try_acquire`` may lose to other writers before it
+#: gives up and answers :class:`QuotaDenied` (reason CONTENDED).
+CAS_MAX_ATTEMPTS = 8
+#: Wait after a lost round: full jitter, doubling from the base up to the cap (seconds).
+CAS_BACKOFF_BASE = 0.005
+CAS_BACKOFF_MAX = 0.1
+#: ``retry_after`` range of a denial caused by contention rather than by the quota.
+CONTENDED_RETRY_AFTER = (0.05, 0.25)
+#: Extra random wait of a blocked ``acquire`` so waiters do not all wake at once.
+WAKE_JITTER = 0.02
+#: A grant that reaches its caller later than this share of the margin after it was
+#: decided is not used but withdrawn from the log: its delay alone has used up the
+#: margin, so the guarantee could no longer hold. Off when the margin is 0.
+LATE_GRANT_SHARE = 1.0
+#: ``retry_after`` of a denial for a grant that came back too late: try again soon.
+LATE_RETRY_AFTER = 0.01
+#: The largest quota one log holds: its single string property stays far below the
+#: 32K-character limit of a Table property.
+MAX_CALLS = 2000
+
+
+class QuotaError(Exception):
+    """Base of the quota's errors."""
+
+
+class QuotaExceeded(QuotaError):
+    """No slot became free within the time the caller was willing to wait."""
+
+    def __init__(self, retry_after: float, connection: str) -> None:
+        super().__init__(
+            f"SmartDialog call quota exhausted for connection {connection}; "
+            f"a slot frees in {retry_after:.3f} s"
+        )
+        #: Seconds until a slot is expected to be free (others may take it first).
+        self.retry_after = retry_after
+        self.connection = connection
+
+    @property
+    def retry_after_whole_seconds(self) -> int:
+        """``retry_after`` rounded up, at least 1: for ``Retry-After`` and queue visibility."""
+        return _whole_seconds(self.retry_after)
+
+
+class QuotaStoreError(QuotaError):
+    """The quota log could not be read or written; the upstream call must not be made."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaGrant:
+    """Permission for one upstream call, already recorded in the shared log.
+
+    Make the call right away: the safety margin must cover the time between
+    ``granted_at`` and the call reaching SmartDialog. A grant that is not used is
+    simply a wasted slot; it is never handed back.
+    """
+
+    connection: str
+    #: The time recorded in the log (seconds since the epoch, on this instance's clock).
+    granted_at: float
+    #: Grants in the window including this one.
+    in_window: int
+    #: Read-modify-write rounds it took (1 unless other writers got in between).
+    attempts: int
+
+
+class DenialReason(StrEnum):
+    """Why :class:`QuotaDenied` said no."""
+
+    #: The window holds the limit; ``retry_after`` is when the oldest grant leaves.
+    FULL = "full"
+    #: Lost too many compare-and-swap rounds to other writers; nothing was recorded.
+    CONTENDED = "contended"
+    #: A grant came back too late to use safely; it was taken out of the log again.
+    LATE = "late"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaDenied:
+    """No slot for this caller now; make no upstream call."""
+
+    connection: str
+    #: Seconds until a slot frees (someone else may take it first).
+    retry_after: float
+    #: Grants in the window as this instance saw them (-1 when unknown).
+    in_window: int
+    #: FULL, or a short-lived reason (CONTENDED, LATE) with a short ``retry_after``.
+    reason: DenialReason = DenialReason.FULL
+
+    @property
+    def retry_after_whole_seconds(self) -> int:
+        """``retry_after`` rounded up, at least 1: for ``Retry-After`` and queue visibility."""
+        return _whole_seconds(self.retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStats:
+    """What one store object did since it was made (for logs and the benchmark)."""
+
+    grants: int = 0
+    denials: int = 0
+    contended_denials: int = 0
+    late_grants: int = 0
+    cas_conflicts: int = 0
+
+
+class StoredLog(NamedTuple):
+    """The encoded log and the version tag it was read with."""
+
+    text: str
+    etag: str
+
+
+class LogBackend(Protocol):
+    """Where one connection's log lives: read it, and replace it only if unchanged."""
+
+    def read(self) -> StoredLog | None:
+        """The log and its version tag, or None when there is none yet."""
+        ...
+
+    def write(self, text: str, etag: str | None) -> bool:
+        """Store ``text`` if the log is still at ``etag`` (None: still absent).
+
+        False when another writer got there first; raises :class:`QuotaStoreError`
+        for any other failure.
+        """
+        ...
+
+
+class QuotaStore:
+    """The exact sliding-window quota of one SmartDialog connection.
+
+    Thread-safe; many stores (in many processes and instances) may share one log.
+    See the package docstring for why no window ever holds more than ``calls`` grants.
+    """
+
+    def __init__(
+        self,
+        backend: LogBackend,
+        *,
+        connection: str,
+        calls: int,
+        period: float,
+        margin: float = 0.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not 0 < calls <= MAX_CALLS:
+            raise ValueError(f"quota calls must be between 1 and {MAX_CALLS}, got {calls}")
+        if period <= 0 or margin < 0:
+            raise ValueError(f"quota period must be > 0 and margin >= 0, got {period}, {margin}")
+        self.connection = connection
+        self.calls = calls
+        self.period = period
+        self.margin = margin
+        self._backend = backend
+        self._clock: Clock = clock or SystemClock()
+        self._window = _log.window_ms(period + margin)
+        self._late_after = margin * LATE_GRANT_SHARE if margin > 0 else math.inf
+        self._stats_lock = threading.Lock()
+        self._stats = QuotaStats()
+
+    @property
+    def window_seconds(self) -> float:
+        """The window decisions are made on: period plus safety margin."""
+        return self._window / 1000
+
+    def try_acquire(self) -> QuotaGrant | QuotaDenied:
+        """Take a slot now if one is free; never waits for the quota.
+
+        May pause for a few tens of milliseconds when other instances are updating
+        the log at the same moment. A grant is never handed out later than the
+        safety margin after it was decided (it is withdrawn and denied as LATE).
+        Raises :class:`QuotaStoreError` when the log cannot be read or written.
+        """
+        for attempt in range(1, CAS_MAX_ATTEMPTS + 1):
+            stored = self._backend.read()
+            # Read the clock only after the log: the proof of exactness needs "now"
+            # to be later than every write this decision builds on.
+            now = self._clock.now()
+            live = _log.in_window(self._decode(stored), now, self._window)
+            if len(live) >= self.calls:
+                self._count(denials=1)
+                return QuotaDenied(
+                    connection=self.connection,
+                    retry_after=_log.seconds_until_slot(live, self.calls, now, self._window),
+                    in_window=len(live),
+                )
+            granted_ms = _log.stamp(now)
+            updated = _log.with_grant(live, granted_ms)
+            if self._backend.write(_log.encode(updated), stored.etag if stored else None):
+                return self._deliver(granted_ms, now, len(updated), attempt)
+            self._count(cas_conflicts=1)
+            if attempt < CAS_MAX_ATTEMPTS:
+                cap = min(CAS_BACKOFF_MAX, CAS_BACKOFF_BASE * 2 ** (attempt - 1))
+                self._clock.sleep(random.uniform(0, cap))
+        self._count(denials=1, contended_denials=1)
+        logger.info(
+            "quota log of connection %s too contended: gave up after %d rounds",
+            self.connection,
+            CAS_MAX_ATTEMPTS,
+        )
+        return QuotaDenied(
+            connection=self.connection,
+            retry_after=random.uniform(*CONTENDED_RETRY_AFTER),
+            in_window=-1,
+            reason=DenialReason.CONTENDED,
+        )
+
+    def acquire(self, timeout: float) -> QuotaGrant:
+        """Take a slot, waiting up to ``timeout`` seconds for one to free.
+
+        Raises :class:`QuotaExceeded` as soon as it is clear no slot frees within
+        ``timeout`` (it does not sleep out a wait that cannot succeed), with the
+        ``retry_after`` of the last denial. ``timeout=0`` is a single try.
+        """
+        deadline = self._clock.now() + timeout
+        while True:
+            result = self.try_acquire()
+            if isinstance(result, QuotaGrant):
+                return result
+            remaining = deadline - self._clock.now()
+            if result.retry_after > remaining:
+                raise QuotaExceeded(result.retry_after, self.connection)
+            self._clock.sleep(min(result.retry_after + random.uniform(0, WAKE_JITTER), remaining))
+
+    def gate(self, timeout: float) -> Callable[[], None]:
+        """A ``before_attempt`` hook: every call of it takes one slot via :meth:`acquire`."""
+
+        def before_attempt() -> None:
+            self.acquire(timeout)
+
+        return before_attempt
+
+    def used(self) -> int:
+        """Grants in the window right now (a read; for status pages and tests)."""
+        stored = self._backend.read()
+        return len(_log.in_window(self._decode(stored), self._clock.now(), self._window))
+
+    def stats(self) -> QuotaStats:
+        """Counters of this store object since it was made."""
+        with self._stats_lock:
+            return self._stats
+
+    def _deliver(
+        self, granted_ms: int, decided_at: float, in_window: int, attempts: int
+    ) -> QuotaGrant | QuotaDenied:
+        late_by = self._clock.now() - decided_at
+        if late_by <= self._late_after:
+            self._count(grants=1)
+            return QuotaGrant(self.connection, granted_ms / 1000, in_window, attempts)
+        withdrawn = self._withdraw(granted_ms)
+        self._count(denials=1, late_grants=1)
+        logger.warning(
+            "quota grant of connection %s took %.0f ms to record (margin %.3f s): not used, %s",
+            self.connection,
+            late_by * 1000,
+            self.margin,
+            "withdrawn" if withdrawn else "its slot is lost",
+        )
+        return QuotaDenied(self.connection, LATE_RETRY_AFTER, in_window, reason=DenialReason.LATE)
+
+    def _withdraw(self, granted_ms: int) -> bool:
+        """Take an unused grant out of the log so its slot is not wasted.
+
+        Safe: a grant that never becomes a call need not be counted. Gives up
+        (the slot stays spent until it leaves the window) after CAS_MAX_ATTEMPTS.
+        """
+        for attempt in range(1, CAS_MAX_ATTEMPTS + 1):
+            stored = self._backend.read()
+            grants = self._decode(stored)
+            if stored is None or granted_ms not in grants:
+                return True  # already pruned
+            grants.remove(granted_ms)  # equal times are interchangeable
+            if self._backend.write(_log.encode(grants), stored.etag):
+                return True
+            self._count(cas_conflicts=1)
+            cap = min(CAS_BACKOFF_MAX, CAS_BACKOFF_BASE * 2 ** (attempt - 1))
+            self._clock.sleep(random.uniform(0, cap))
+        return False
+
+    def _decode(self, stored: StoredLog | None) -> list[int]:
+        if stored is None:
+            return []
+        try:
+            return _log.decode(stored.text)
+        except ValueError as exc:
+            # Never guess: resetting a damaged log could admit twice the limit.
+            raise QuotaStoreError(
+                f"quota log of connection {self.connection} is not a valid log ({exc}); "
+                "delete the entity to start afresh"
+            ) from exc
+
+    def _count(
+        self,
+        *,
+        grants: int = 0,
+        denials: int = 0,
+        contended_denials: int = 0,
+        late_grants: int = 0,
+        cas_conflicts: int = 0,
+    ) -> None:
+        with self._stats_lock:
+            s = self._stats
+            self._stats = QuotaStats(
+                s.grants + grants,
+                s.denials + denials,
+                s.contended_denials + contended_denials,
+                s.late_grants + late_grants,
+                s.cas_conflicts + cas_conflicts,
+            )
+
+
+class _MemoryLog:
+    """A log in this process's memory, with a version counter as its etag."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._text: str | None = None
+        self._version = 0
+
+    def read(self) -> StoredLog | None:
+        with self._lock:
+            return None if self._text is None else StoredLog(self._text, str(self._version))
+
+    def write(self, text: str, etag: str | None) -> bool:
+        with self._lock:
+            current = None if self._text is None else str(self._version)
+            if etag != current:
+                return False
+            self._text = text
+            self._version += 1
+            return True
+
+
+class InMemoryQuotaStore(QuotaStore):
+    """The same quota, kept in this process only: for tests of other components.
+
+    Same semantics and thread safety as the Table store, but nothing is shared
+    between processes, so production never uses it.
+    """
+
+    def __init__(
+        self,
+        *,
+        calls: int,
+        period: float,
+        margin: float = 0.0,
+        clock: Clock | None = None,
+        connection: str = "in-memory",
+    ) -> None:
+        super().__init__(
+            _MemoryLog(),
+            connection=connection,
+            calls=calls,
+            period=period,
+            margin=margin,
+            clock=clock,
+        )
+
+
+def _whole_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))

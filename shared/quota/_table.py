@@ -1,0 +1,181 @@
+"""The production store: one Azure Table entity per connection, updated by ETag."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from functools import lru_cache
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from shared.names import QUOTA_TABLE
+from shared.quota._clock import Clock
+from shared.quota._store import QuotaStore, QuotaStoreError, StoredLog
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+#: The RowKey of the one entity per connection (the PartitionKey is the connection key).
+ROW_KEY = "sliding-log"
+#: The entity property holding the encoded log (see ``_log``).
+GRANTS_PROPERTY = "Grants"
+
+_tables_ready: set[str] = set()
+_tables_lock = threading.Lock()
+
+
+class TableLog:
+    """One connection's log as a Table entity; compare-and-swap through its ETag.
+
+    The table is created on first use, once per process (an existing one is fine).
+    """
+
+    def __init__(self, table: TableClient, partition_key: str) -> None:
+        self._table = table
+        self._key = partition_key
+        # ``TableClient.url`` is the account's endpoint; the table name makes it unique.
+        self._table_id = f"{table.url}/{table.table_name}"
+
+    def read(self) -> StoredLog | None:
+        """The stored log and its ETag, or None when the connection has none yet."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        self._ensure_table()
+        try:
+            entity = self._table.get_entity(self._key, ROW_KEY)
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "TableNotFound":
+                # Deleted behind our back: make it again on the next read.
+                with _tables_lock:
+                    _tables_ready.discard(self._table_id)
+            return None
+        except AzureError as exc:
+            raise self._error("read", exc) from exc
+        return StoredLog(str(entity.get(GRANTS_PROPERTY, "")), str(entity.metadata["etag"]))
+
+    def write(self, text: str, etag: str | None) -> bool:
+        """Create the entity (``etag`` None) or replace it if still at ``etag``.
+
+        False when another writer got in first (409 on create; 412, or 404 after a
+        delete, on replace).
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            AzureError,
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+        from azure.data.tables import UpdateMode
+
+        entity = {"PartitionKey": self._key, "RowKey": ROW_KEY, GRANTS_PROPERTY: text}
+        try:
+            if etag is None:
+                self._table.create_entity(entity)
+            else:
+                self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            return False
+        except AzureError as exc:
+            raise self._error("write", exc) from exc
+        return True
+
+    def _ensure_table(self) -> None:
+        table_id = self._table_id
+        if table_id in _tables_ready:
+            return
+        from azure.core.exceptions import AzureError, ResourceExistsError
+
+        with _tables_lock:
+            if table_id in _tables_ready:
+                return
+            try:
+                self._table.create_table()
+            except ResourceExistsError:
+                pass
+            except AzureError as exc:
+                raise self._error("create the table of", exc) from exc
+            _tables_ready.add(table_id)
+
+    def _error(self, action: str, exc: Exception) -> QuotaStoreError:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return QuotaStoreError(
+            f"could not {action} the quota log of connection {self._key} "
+            f"in table {self._table.table_name}: {type(exc).__name__}: {reason}"
+        )
+
+
+class TableQuotaStore(QuotaStore):
+    """The cluster-wide quota: every instance that shares the table shares the limit."""
+
+    def __init__(
+        self,
+        table: TableClient,
+        *,
+        connection: str,
+        calls: int,
+        period: float,
+        margin: float = 0.0,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(
+            TableLog(table, connection),
+            connection=connection,
+            calls=calls,
+            period=period,
+            margin=margin,
+            clock=clock,
+        )
+
+
+def connection_key(settings: Settings) -> str:
+    """The PartitionKey of a connection: upstream host plus a hash of URL and client.
+
+    Never contains a secret. Two configurations that reach the same upstream with
+    the same client share a key (and a quota); that may over-limit, never over-admit.
+    """
+    base_url = settings.base_url.lower()
+    identity = settings.client_id or ("static-token" if settings.access_token else "")
+    digest = hashlib.sha256(f"{base_url}\n{identity}".encode()).hexdigest()[:24]
+    host = "".join(c for c in urlsplit(base_url).netloc if c.isalnum() or c in ".-:") or "upstream"
+    return f"{host}~{digest}"
+
+
+@lru_cache(maxsize=8)
+def _quota_table(settings: Settings, table: str) -> TableClient:
+    from shared.storage import table_client
+
+    return table_client(table, settings)
+
+
+def from_settings(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    connection: str | None = None,
+    table: str = QUOTA_TABLE,
+) -> TableQuotaStore:
+    """The quota store of the configured connection (SMARTDIALOG_QUOTA_* settings).
+
+    Cheap to call per request: the table client is cached per process and the
+    table is created once, on first use. ``connection`` overrides the key derived
+    by :func:`connection_key`.
+    """
+    from shared.settings import get_settings
+
+    settings = settings or get_settings()
+    return TableQuotaStore(
+        _quota_table(settings, table),
+        connection=connection or connection_key(settings),
+        calls=settings.quota_calls,
+        period=settings.quota_period_seconds,
+        margin=settings.quota_safety_margin_seconds,
+        clock=clock,
+    )

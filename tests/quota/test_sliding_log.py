@@ -1,0 +1,72 @@
+"""The sliding log's encoding and arithmetic, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.quota._log import (
+    decode,
+    encode,
+    in_window,
+    seconds_until_slot,
+    stamp,
+    window_ms,
+    with_grant,
+)
+
+
+@pytest.mark.parametrize(
+    ("grants", "text"),
+    [
+        ([], ""),
+        ([1700000000000], "1700000000000"),
+        ([1700000000000, 1700000000000, 1700000000017], "1700000000000,0,17"),
+        ([1700000000000, 1700000000250, 1700000060000], "1700000000000,250,59750"),
+    ],
+)
+def test_log_round_trips_as_first_time_then_differences(grants: list[int], text: str) -> None:
+    assert encode(grants) == text
+    assert decode(text) == grants
+
+
+@pytest.mark.parametrize("text", ["x", "1,,2", "1700000000000,-5", "1.5", " "])
+def test_anything_else_is_not_a_log(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - int() and our own check both say ValueError
+        decode(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ms"), [(60.25, 60250), (2.25, 2250), (0.1, 100), (1e-4, 1), (60.0001, 60001)]
+)
+def test_window_is_whole_milliseconds_never_shorter(seconds: float, ms: int) -> None:
+    assert window_ms(seconds) == ms
+
+
+@pytest.mark.parametrize(
+    ("now", "ms"),
+    [
+        (1700000000.0, 1700000000000),
+        (1700000000.0004, 1700000000001),
+        (1700000000.5, 1700000000500),
+    ],
+)
+def test_a_grant_is_stamped_rounded_up(now: float, ms: int) -> None:
+    assert stamp(now) == ms
+
+
+def test_a_grant_counts_until_exactly_its_time_plus_the_window() -> None:
+    grants = [1000, 2000, 3000]
+    assert in_window(grants, 11.999, 10_000) == [2000, 3000]
+    assert in_window(grants, 12.0, 10_000) == [3000]
+    assert in_window(grants, 0.5, 10_000) == grants  # grants "from the future" still count
+
+
+def test_a_slot_frees_when_enough_grants_have_left() -> None:
+    live = [1000, 2000, 3000, 4000]  # four in the window, limit three: two must leave
+    assert seconds_until_slot(live, 3, 5.0, 10_000) == pytest.approx(7.0)
+    assert seconds_until_slot(live, 4, 5.0, 10_000) == pytest.approx(6.0)
+    assert seconds_until_slot([1000], 1, 11.0, 10_000) == pytest.approx(0.001)  # never zero
+
+
+def test_a_new_grant_keeps_the_log_sorted() -> None:
+    assert with_grant([1000, 3000], 2000) == [1000, 2000, 3000]
