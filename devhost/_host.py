@@ -21,6 +21,7 @@ from devhost._invoke import Invoker
 from devhost._metadata import FunctionSpec, HttpTriggerSpec, read_functions
 from devhost._queues import QueueListener, StorageQueues
 from devhost._routes import RouteTable
+from shared.smartdialog import mask_phone_numbers
 
 __all__ = ["DevHost", "HttpEndpoint"]
 
@@ -180,10 +181,12 @@ class DevHost:
         started = time.perf_counter()
         reply, name = self._route(request)
         if self._access_log:
+            # The path only: query strings carry function keys and URL tokens, and paths may
+            # carry phone numbers, which the log must never hold whole.
             access_log.info(
                 "%s %s -> %d (%s, %.1f ms)",
                 request.method,
-                request.target,
+                mask_phone_numbers(urlsplit(request.target).path),
                 reply.status,
                 name,
                 (time.perf_counter() - started) * 1000,

@@ -219,3 +219,19 @@ def test_describe_lists_methods_url_and_auth_level(host: DevHost) -> None:
     assert "authLevel function" in lines
     assert "Item: [GET]" in lines
     assert "authLevel anonymous" in lines
+
+
+def test_access_log_keeps_neither_keys_tokens_nor_whole_phone_numbers(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="devhost.http"):
+        response = client.get(
+            "/api/groups/1001/7/contacts/%2B358401234567",
+            params={"code": "function-key-value", "token": "url-token-value"},
+        )
+    assert response.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "devhost.http"]
+    assert any("/api/groups/1001/7/contacts/" in line for line in lines)
+    logged = "\n".join(lines)
+    for secret in ("function-key-value", "url-token-value", "358401234567"):
+        assert secret not in logged
