@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long sends to +358400000007 take to answer [SANDBOX_SLOW_SECONDS]",
     )
     add(
+        "--latency-ms",
+        type=float,
+        default=_env("SANDBOX_LATENCY_MS", 0.0, float),
+        help="milliseconds added to every API answer, modelling the network hop to the real "
+        "service [SANDBOX_LATENCY_MS]",
+    )
+    add(
         "--static-token",
         default=_env("SANDBOX_STATIC_TOKEN", "sandbox-token", str),
         help="bearer token always accepted; empty disables it [SANDBOX_STATIC_TOKEN]",
@@ -119,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         quota_period=args.quota_period,
         dlr_delay=args.dlr_delay,
         slow_seconds=args.slow_seconds,
+        latency_ms=args.latency_ms,
         static_token=args.static_token or None,
         token_ttl=args.token_ttl,
         public_url=args.public_url,

@@ -94,6 +94,8 @@ class SandboxConfig:
     quota_period: float = 60.0
     dlr_delay: float = 0.2
     slow_seconds: float = 3.0
+    #: Added to every API answer, to model the network hop to the real service (0: none).
+    latency_ms: float = 0.0
     static_token: str | None = "sandbox-token"  # noqa: S105 - public test token
     token_ttl: int = 3600
     public_url: str | None = None
@@ -302,6 +304,8 @@ class Sandbox:
         raise ApiError(404, f"Not found: {path}")
 
     def _api(self, request: Request) -> Response:
+        if self.config.latency_ms > 0:
+            self.stopping.wait(self.config.latency_ms / 1000)
         principal = self.tokens.authenticate(request.header("Authorization"))
         if principal is None:
             raise ApiError(

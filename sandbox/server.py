@@ -120,6 +120,7 @@ class SandboxServer:
         quota_period: float = 60.0,
         dlr_delay: float = 0.2,
         slow_seconds: float = 3.0,
+        latency_ms: float = 0.0,
         static_token: str | None = "sandbox-token",  # noqa: S107 - public test token
         token_ttl: int = 3600,
         public_url: str | None = None,
@@ -134,6 +135,7 @@ class SandboxServer:
             quota_period=quota_period,
             dlr_delay=dlr_delay,
             slow_seconds=slow_seconds,
+            latency_ms=latency_ms,
             static_token=static_token,
             token_ttl=token_ttl,
             public_url=public_url,

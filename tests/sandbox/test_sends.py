@@ -329,3 +329,14 @@ def test_a_slow_send_does_not_hold_up_other_requests(sandbox_server: SandboxServ
         assert api.get("/phonenumberregions").status_code == 200
         assert time.monotonic() - started < 0.25
         assert slow.result() == 200
+
+
+def test_latency_option_delays_every_api_answer(
+    sandbox_factory: Callable[..., SandboxServer],
+) -> None:
+    server = sandbox_factory(latency_ms=200)
+    headers = {"Authorization": f"Bearer {server.token}"}
+    with httpx.Client(base_url=server.api_url, headers=headers, timeout=5) as http:
+        started = time.monotonic()
+        assert http.get("/customers").status_code == 200
+        assert time.monotonic() - started >= 0.2
