@@ -11,6 +11,8 @@ Other blueprints with pipeline actions (the send actions) reuse :func:`serve` th
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import TYPE_CHECKING
 
 import azure.functions as func
@@ -47,10 +49,34 @@ def to_http_response(response: ActionResponse) -> func.HttpResponse:
 
 
 def serve(operation_id: str, req: func.HttpRequest) -> func.HttpResponse:
-    """Run the pipeline action ``operation_id`` for ``req``; always answers, never raises."""
-    from shared.actions import handle
+    """Run the pipeline action ``operation_id`` for ``req``; always answers, never raises.
 
-    return to_http_response(handle(operation_id, to_action_request(req)))
+    :func:`shared.actions.handle` answers every failure it sees with a problem document; what
+    is left (the pipeline failing to import, an answer that cannot be encoded) is a 500 problem
+    document built here from nothing but the standard library, never a bare host 500.
+    """
+    try:
+        from shared.actions import handle
+
+        return to_http_response(handle(operation_id, to_action_request(req)))
+    except Exception:
+        logging.getLogger("smartdialog.actions").exception(
+            "%s failed outside the action pipeline", operation_id
+        )
+        return func.HttpResponse(
+            body=json.dumps(_INTERNAL_ERROR).encode("utf-8"),
+            status_code=500,
+            headers={"Content-Type": "application/problem+json"},
+        )
+
+
+# The problem document of shared.problems.internal_error(), spelled out for when it cannot load.
+_INTERNAL_ERROR = {
+    "type": "urn:smartdialog-functions:problem:internal",
+    "title": "Internal error",
+    "status": 500,
+    "detail": "The request failed unexpectedly. Quote the instance when you report it.",
+}
 
 
 # --- group contacts ----------------------------------------------------------------------------

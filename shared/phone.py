@@ -11,7 +11,8 @@ international form (``+46 70 123 45 67``) are valid whatever the regions.
 The result is **E.164** (``+358401234567``): this is the form we pass upstream, in paths and in
 bodies, so SmartDialog never has to guess a region again.
 
-For logs use :func:`mask_phone_number`; whole numbers never appear in a log line.
+For logs use :func:`mask_phone_number` (the client's one masking style, ``***4567``); whole
+numbers never appear in a log line.
 ``phonenumbers`` is imported on first use (cold start).
 """
 
@@ -95,8 +96,11 @@ def parse_phone_number(text: str, regions: Iterable[str] = ()) -> str:
 
 
 def mask_phone_number(number: str) -> str:
-    """The number with all but the country-code prefix and last two digits hidden, for logs."""
-    digits = number.strip()
-    if len(digits) <= 6:
-        return "*" * len(digits)
-    return digits[:4] + "*" * (len(digits) - 6) + digits[-2:]
+    """The number masked for logs (``***4567``): :func:`shared.smartdialog.mask_phone_number`.
+
+    Kept here for callers that parse and mask side by side; there is one masking style, and it
+    lives with the client (imported on first use, so importing this module stays cheap).
+    """
+    from shared.smartdialog import mask_phone_number as mask
+
+    return mask(number)

@@ -82,6 +82,8 @@ PARAM_KEYS = (
     "x-ms-visibility",
     "x-ms-dynamic-values",
 )
+# Keys of a converted body schema also set on the body parameter itself.
+BODY_PARAM_KEYS = ("description", "x-ms-summary", "x-ms-visibility")
 # JSON Schema keys Swagger 2.0 schemas also have (others are dropped or converted).
 SCHEMA_KEYS = frozenset(
     {
@@ -191,14 +193,12 @@ def _parameters(spec: ActionSpec[Any]) -> list[dict[str, Any]]:
             continue
         converted = _convert(properties[name], defs)
         if isinstance(marker, Body):
-            params.append(
-                {
-                    "name": "body",
-                    "in": "body",
-                    "required": info.is_required(),
-                    "schema": converted,
-                }
-            )
+            # The body field's own texts (Field(description=..., json_schema_extra=ui(...)))
+            # label the parameter; the schema keeps them too.
+            body: dict[str, Any] = {"name": "body", "in": "body", "required": info.is_required()}
+            body.update({k: converted[k] for k in BODY_PARAM_KEYS if k in converted})
+            body["schema"] = converted
+            params.append(body)
             continue
         param: dict[str, Any] = {"name": marker.name, "in": marker.location}
         if marker.location == "path":

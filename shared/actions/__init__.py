@@ -51,6 +51,8 @@ from shared.actions._pipeline import (
     parse_input,
     run_action,
     shared_client,
+    unexpected_failure_response,
+    unknown_action_response,
     upstream_problem,
 )
 from shared.actions._spec import (
@@ -89,6 +91,8 @@ __all__ = [
     "parse_input",
     "run_action",
     "shared_client",
+    "unexpected_failure_response",
+    "unknown_action_response",
     "upstream_problem",
 ]
 
@@ -100,7 +104,15 @@ def handle(
     settings: Settings | None = None,
     client_factory: ClientFactory | None = None,
 ) -> ActionResponse:
-    """Run the action registered as ``operation_id`` (see :func:`run_action`)."""
-    return run_action(
-        get_spec(operation_id), request, settings=settings, client_factory=client_factory
-    )
+    """Run the action registered as ``operation_id`` (see :func:`run_action`); never raises.
+
+    An operationId no action is registered under answers 404; an action module that fails to
+    import (or any other failure to find the action) answers 500, logged with the redacted cause.
+    """
+    try:
+        spec = get_spec(operation_id)
+    except UnknownAction:
+        return unknown_action_response(operation_id, request)
+    except Exception as exc:
+        return unexpected_failure_response(operation_id, request, exc)
+    return run_action(spec, request, settings=settings, client_factory=client_factory)

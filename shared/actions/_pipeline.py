@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -44,6 +44,8 @@ __all__ = [
     "parse_input",
     "run_action",
     "shared_client",
+    "unexpected_failure_response",
+    "unknown_action_response",
     "upstream_problem",
 ]
 
@@ -62,8 +64,56 @@ _BEARER = re.compile(r"(?i)(bearer\s+|access_token=|refresh_token=|client_secret
 # --- the shared upstream client ------------------------------------------------------------------
 
 
-@lru_cache(maxsize=2)
-def shared_client(settings: Settings) -> SmartDialogClient:
+class _ClientCache:
+    """One client per settings object, for the life of the process; never evicts.
+
+    A process sees one settings object in practice (``get_settings`` is cached), so nothing is
+    bounded: an evicted client would leak its connection pool (and a bounded cache could close a
+    client another thread is still using). :meth:`cache_clear` closes every client it drops.
+    Settings objects are frozen, hence hashable. Thread-safe: one client per key, ever.
+    """
+
+    def __init__(self, factory: Callable[[Settings], SmartDialogClient]) -> None:
+        self._factory = factory
+        self._clients: dict[Settings, SmartDialogClient] = {}
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self.__doc__ = factory.__doc__
+
+    def __call__(self, settings: Settings) -> SmartDialogClient:
+        with self._lock:
+            client = self._clients.get(settings)
+            if client is None:
+                self._misses += 1
+                client = self._clients[settings] = self._factory(settings)
+            else:
+                self._hits += 1
+            return client
+
+    def cache_info(self) -> _CacheInfo:
+        """Hits, misses and size, like ``functools.lru_cache``'s (``maxsize`` is None)."""
+        with self._lock:
+            return _CacheInfo(self._hits, self._misses, None, len(self._clients))
+
+    def cache_clear(self) -> None:
+        """Forget every client and close its connections (tests, settings reloads)."""
+        with self._lock:
+            clients = list(self._clients.values())
+            self._clients.clear()
+            self._hits = self._misses = 0
+        for client in clients:
+            client.close()
+
+
+class _CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    maxsize: int | None
+    currsize: int
+
+
+def _new_shared_client(settings: Settings) -> SmartDialogClient:
     """The process-wide client of the sync actions for ``settings``.
 
     Every attempt takes a token from the cluster-wide quota store
@@ -71,7 +121,8 @@ def shared_client(settings: Settings) -> SmartDialogClient:
     before ``QuotaExceeded``. It makes :data:`SYNC_MAX_RETRIES` retries: a flow waiting on an
     action is better served by a prompt 429/502 with ``Retry-After``, which Power Automate's and
     Logic Apps' retry policies honour, than by a function that sleeps out SmartDialog's advice.
-    (A 401 still renews the token once and retries.)
+    (A 401 still renews the token once and retries.) Cached per settings object for the life of
+    the process; ``shared_client.cache_clear()`` closes the cached clients.
     """
     from shared import quota
     from shared.smartdialog import SmartDialogClient, auth_from_settings
@@ -83,6 +134,9 @@ def shared_client(settings: Settings) -> SmartDialogClient:
         before_attempt=store.gate(settings.quota_wait_seconds),
         max_retries=SYNC_MAX_RETRIES,
     )
+
+
+shared_client = _ClientCache(_new_shared_client)
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -98,6 +152,10 @@ def _setting_default(info: FieldInfo) -> SettingDefault | None:
 
 def _present(value: Any) -> bool:
     return value is not None and value != ""
+
+
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
 
 
 def _read_body(request: ActionRequest) -> tuple[Any, str | None]:
@@ -177,8 +235,10 @@ def parse_input(
 ) -> ActionInput:
     """The validated input, or :class:`Problem` 400 naming every offending field at once.
 
-    Parameters are read from where their :class:`Param` says (empty values count as absent;
-    omitted ones with a :class:`SettingDefault` come from settings); the :class:`Body` field
+    Parameters are read from where their :class:`Param` says and stripped of surrounding
+    blanks. An empty value counts as absent (omitted ones with a :class:`SettingDefault` come
+    from settings); a blank one (``"   "``) is passed on as ``""`` for the field's validation to
+    refuse, never replaced by a default. The :class:`Body` field
     from the JSON body. Phone numbers are read in the regions named by the model's
     ``phone_regions_from`` field (default FI).
     """
@@ -209,11 +269,16 @@ def parse_input(
             value = request.query.get(marker.name)
         else:
             value = request.header(marker.name)
-        if not _present(value) and marker.default is not None:
-            settings_hints[name] = marker.default
-            value = getattr(settings, marker.default.attribute, None)
         if _present(value):
-            raw[name] = value
+            # Given but blank ("   ") stays given, as "": the field's own validation refuses
+            # it. Falling back to a default here could act for the wrong customer.
+            raw[name] = _stripped(value)
+            continue
+        if marker.default is not None:
+            settings_hints[name] = marker.default
+            value = _stripped(getattr(settings, marker.default.attribute, None))
+            if _present(value):
+                raw[name] = value
 
     context = {PHONE_REGIONS_CONTEXT: _regions(_find(model, raw, names, body_field))}
     try:
@@ -419,3 +484,38 @@ def _map_failure(
 
 def _with_instance(problem: Problem, tracking_id: str) -> Problem:
     return problem.with_instance(f"urn:smartdialog-functions:request:{tracking_id}")
+
+
+def unknown_action_response(operation_id: str, request: ActionRequest) -> ActionResponse:
+    """404 problem for an operationId no action is registered under (a wiring mistake)."""
+    tracking_id = request.tracking_id
+    log.warning(
+        "no action is registered as %s",
+        operation_id,
+        extra={"operationId": operation_id, "trackingId": tracking_id, "status": 404},
+    )
+    problem = Problem(
+        404,
+        "Not found",
+        "This app has no such action.",
+        type=ProblemType.NOT_FOUND,
+    )
+    return ActionResponse.problem(_with_instance(problem, tracking_id))
+
+
+def unexpected_failure_response(
+    operation_id: str, request: ActionRequest, exc: BaseException
+) -> ActionResponse:
+    """500 problem without details for a failure outside an action (logged, redacted)."""
+    tracking_id = request.tracking_id
+    try:
+        cause = _redact("".join(traceback.format_exception(exc)).rstrip())
+    except Exception:  # the redaction's own import may be what failed: log the kind only
+        cause = type(exc).__name__
+    log.error(
+        "%s failed unexpectedly: %s",
+        operation_id,
+        cause,
+        extra={"operationId": operation_id, "trackingId": tracking_id, "status": 500},
+    )
+    return ActionResponse.problem(_with_instance(internal_error(), tracking_id))

@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared.actions._spec import (
     ActionContext,
@@ -57,19 +57,17 @@ Active = Annotated[
 ]
 Email = Annotated[
     EmailAddress | None,
-    Field(description="The contact's e-mail address.", json_schema_extra=ui("E-mail")),
+    Field(description="The contact's e-mail address.", json_schema_extra=ui("Email")),
 ]
 FirstName = Annotated[
     str | None,
     Field(
-        max_length=200, description="The contact's first name.", json_schema_extra=ui("First name")
+        max_length=200, description="The contact's first name.", json_schema_extra=ui("Firstname")
     ),
 ]
 LastName = Annotated[
     str | None,
-    Field(
-        max_length=200, description="The contact's last name.", json_schema_extra=ui("Last name")
-    ),
+    Field(max_length=200, description="The contact's last name.", json_schema_extra=ui("Lastname")),
 ]
 Gender = Annotated[
     Literal["Male", "Female", "Other"] | None,
@@ -80,15 +78,15 @@ BirthYear = Annotated[
     AfterValidator(_plausible_birth_year),
     Field(
         description="The year the contact was born (four digits).",
-        json_schema_extra=ui("Birth year") | {"format": "int32", "minimum": EARLIEST_BIRTH_YEAR},
+        json_schema_extra=ui("Birth Year") | {"format": "int32", "minimum": EARLIEST_BIRTH_YEAR},
     ),
 ]
 StreetAddress = Annotated[
     str | None,
-    Field(description="The contact's street address.", json_schema_extra=ui("Street address")),
+    Field(description="The contact's street address.", json_schema_extra=ui("Street Address")),
 ]
 ZipCode = Annotated[
-    str | None, Field(description="The contact's postal code.", json_schema_extra=ui("Postal code"))
+    str | None, Field(description="The contact's postal code.", json_schema_extra=ui("Zip Code"))
 ]
 City = Annotated[str | None, Field(description="The contact's city.", json_schema_extra=ui("City"))]
 
@@ -104,7 +102,7 @@ CountryCode = Annotated[
     AfterValidator(_country_code),
     Field(
         description="The contact's country as a 3-letter ISO 3166 code, e.g. FIN.",
-        json_schema_extra=ui("Country code") | {"pattern": "^[A-Za-z]{3}$"},
+        json_schema_extra=ui("Country Code") | {"pattern": "^[A-Za-z]{3}$"},
     ),
 ]
 
@@ -126,7 +124,7 @@ CustomProperties = Annotated[
     list[ContactProperty] | None,
     Field(
         description="Custom properties stored with the contact.",
-        json_schema_extra=ui("Custom properties"),
+        json_schema_extra=ui("Custom Properties"),
     ),
 ]
 _REGION_ITEM = ui("Region", dynamic_values=REGION_DROPDOWN)
@@ -137,7 +135,7 @@ PhoneRegions = Annotated[
             "Regions to read phone numbers without a country code in, tried in order. "
             "Finland (FI) when empty."
         ),
-        json_schema_extra=ui("Phone number regions"),
+        json_schema_extra=ui("Phonenumber Regions"),
     ),
 ]
 
@@ -166,7 +164,11 @@ class NewGroupContactBody(BaseModel):
 
 
 class GroupContactChanges(BaseModel):
-    """Body of UpdateGroupContact: the fields to change (the phone number is in the route)."""
+    """Body of UpdateGroupContact: the fields to change (the phone number is in the route).
+
+    At least one field other than ``phoneNumberRegions`` must be given: an update that changes
+    nothing is refused before SmartDialog is called.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -183,6 +185,15 @@ class GroupContactChanges(BaseModel):
     customContactProperties: CustomProperties = None
     phoneNumberRegions: PhoneRegions = None
 
+    @model_validator(mode="after")
+    def _changes_something(self) -> GroupContactChanges:
+        given = self.model_dump(exclude_none=True, exclude={"phoneNumberRegions"})
+        if not given:
+            raise ValueError(
+                "Give at least one field to change (phoneNumberRegions alone changes nothing)."
+            )
+        return self
+
 
 class GroupContactDoc(BaseModel):
     """A group contact as SmartDialog returns it (documentation of GetGroupContact's answer)."""
@@ -193,13 +204,13 @@ class GroupContactDoc(BaseModel):
         None, description="The contact's phone number.", json_schema_extra=ui("Phone")
     )
     email: str | None = Field(
-        None, description="The contact's e-mail address.", json_schema_extra=ui("E-mail")
+        None, description="The contact's e-mail address.", json_schema_extra=ui("Email")
     )
     firstName: str | None = Field(
-        None, description="The contact's first name.", json_schema_extra=ui("First name")
+        None, description="The contact's first name.", json_schema_extra=ui("Firstname")
     )
     lastName: str | None = Field(
-        None, description="The contact's last name.", json_schema_extra=ui("Last name")
+        None, description="The contact's last name.", json_schema_extra=ui("Lastname")
     )
     gender: Literal["Male", "Female", "Other"] | None = Field(
         None, description="The contact's gender.", json_schema_extra=ui("Gender")
@@ -207,17 +218,17 @@ class GroupContactDoc(BaseModel):
     birthYear: int | None = Field(
         None,
         description="The year the contact was born.",
-        json_schema_extra=ui("Birth year") | {"format": "int32"},
+        json_schema_extra=ui("Birth Year") | {"format": "int32"},
     )
     streetAddress: str | None = Field(
-        None, description="The contact's street address.", json_schema_extra=ui("Street address")
+        None, description="The contact's street address.", json_schema_extra=ui("Street Address")
     )
     zipCode: str | None = Field(
-        None, description="The contact's postal code.", json_schema_extra=ui("Postal code")
+        None, description="The contact's postal code.", json_schema_extra=ui("Zip Code")
     )
     city: str | None = Field(None, description="The contact's city.", json_schema_extra=ui("City"))
     countryCode: str | None = Field(
-        None, description="The contact's country code.", json_schema_extra=ui("Country code")
+        None, description="The contact's country code.", json_schema_extra=ui("Country Code")
     )
     failedMessages: int | None = Field(
         None,
@@ -227,7 +238,7 @@ class GroupContactDoc(BaseModel):
     customContactProperties: list[ContactProperty] | None = Field(
         None,
         description="Custom properties stored with the contact.",
-        json_schema_extra=ui("Custom properties"),
+        json_schema_extra=ui("Custom Properties"),
     )
 
 
@@ -239,7 +250,7 @@ GroupService = Annotated[
     Field(
         description="The group service whose contacts to use.",
         json_schema_extra=ui(
-            "Group service", visibility="important", dynamic_values=service_dropdown("Group")
+            "Group Service", visibility="important", dynamic_values=service_dropdown("Group")
         ),
     ),
 ]
@@ -280,7 +291,14 @@ class CreateContactInput(ActionInput):
 
     customer_id: CustomerIdHeader
     group_service: GroupService
-    body: Annotated[NewGroupContactBody, Body()]
+    body: Annotated[
+        NewGroupContactBody,
+        Body(),
+        Field(
+            description="The new contact: its phone number and any other details to store.",
+            json_schema_extra=ui("Contact", visibility="important"),
+        ),
+    ]
 
 
 class UpdateContactInput(ActionInput):
@@ -289,7 +307,14 @@ class UpdateContactInput(ActionInput):
     customer_id: CustomerIdHeader
     group_service: GroupService
     phone: ContactPhone
-    body: Annotated[GroupContactChanges, Body()]
+    body: Annotated[
+        GroupContactChanges,
+        Body(),
+        Field(
+            description="The contact's fields to change; fields left out stay as they are.",
+            json_schema_extra=ui("Changes", visibility="important"),
+        ),
+    ]
 
 
 # --- handlers -------------------------------------------------------------------------------------

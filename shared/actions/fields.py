@@ -151,7 +151,7 @@ def _language(value: str) -> str:
 
 def _not_blank(value: str) -> str:
     if not value.strip():
-        raise ValueError("Must not be empty.")
+        raise ValueError("Must not be empty or blank.")
     return value
 
 
@@ -171,12 +171,12 @@ NonEmptyStr = Annotated[str, AfterValidator(_not_blank)]
 EmailAddress = Annotated[str, Field(max_length=254), AfterValidator(_email)]
 
 CustomerIdHeader = Annotated[
-    str,
+    NonEmptyStr,
     Param("header", "Customer-Id", SettingDefault("customer_id", "SMARTDIALOG_CUSTOMER_ID")),
     Field(
         description=(
-            "The SmartDialog customer to act for. Leave empty to use the app setting "
-            "SMARTDIALOG_CUSTOMER_ID."
+            "The SmartDialog customer to act for (the certified connector's Customer). Leave "
+            "empty to use the app setting SMARTDIALOG_CUSTOMER_ID."
         ),
         json_schema_extra=ui("Customer", dynamic_values=CUSTOMER_DROPDOWN),
     ),

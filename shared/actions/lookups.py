@@ -18,7 +18,7 @@ from shared.actions._spec import (
     Param,
     ResponseDoc,
 )
-from shared.actions.fields import CustomerIdHeader, ui
+from shared.actions.fields import CustomerIdHeader, NonEmptyStr, ui
 
 __all__ = ["SPECS"]
 
@@ -119,12 +119,15 @@ class CustomerInput(ActionInput):
 class ServicesInput(ActionInput):
     customer_id: CustomerIdHeader
     service_type: Annotated[
-        str,
+        NonEmptyStr,
         Param("query", "ServiceType"),
         Field(
-            min_length=1,
-            description="The kind of service to list: OneWay, TwoWay, Group, ...",
-            json_schema_extra=ui("Service type", visibility="internal") | {"default": "OneWay"},
+            description=(
+                "The kind of service to list, as SmartDialog names it. The certified connector "
+                "uses OneWay, TwoWay and Group; SmartDialog does not publish the full set, so "
+                "other values are passed on and SmartDialog decides (422 if it refuses)."
+            ),
+            json_schema_extra=ui("Service Type", visibility="internal") | {"default": "OneWay"},
         ),
     ]
     allow_reply_message: Annotated[
@@ -132,7 +135,7 @@ class ServicesInput(ActionInput):
         Param("query", "AllowReplyMessage"),
         Field(
             description="Only services that can (true) or cannot (false) send reply messages.",
-            json_schema_extra=ui("Allows replies", visibility="internal"),
+            json_schema_extra=ui("Allow Reply Message", visibility="internal"),
         ),
     ] = None
 
@@ -140,7 +143,7 @@ class ServicesInput(ActionInput):
 class TemplatesInput(ActionInput):
     customer_id: CustomerIdHeader
     template_id: Annotated[
-        str | None,
+        NonEmptyStr | None,
         Param("query", "TemplateId"),
         Field(
             description="Return only the template with this name.",

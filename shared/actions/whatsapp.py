@@ -45,29 +45,26 @@ class TemplateButton(BaseModel):
 
     Type: Literal["Call", "QuickReply", "Url"] = Field(
         description="Call dials a number, Url opens a web page, QuickReply sends a reply.",
-        json_schema_extra=ui("Button type"),
+        json_schema_extra=ui("Button Type"),
     )
     Label: str | None = Field(
-        None, description="The text on the button.", json_schema_extra=ui("Button label")
+        None, description="The text on the button.", json_schema_extra=ui("Button Label")
     )
-    Data: str | None = Field(
-        None,
-        validate_default=True,
+    Data: str = Field(
         description=(
-            "For Url an absolute http(s) URL (at most 2000 characters); for Call a phone number "
-            "(at most 20 characters); for QuickReply the reply text (at most 20 characters)."
+            "Required. For Url an absolute http(s) URL (at most 2000 characters); for Call a "
+            "phone number (at most 20 characters); for QuickReply the reply text (at most 20 "
+            "characters)."
         ),
-        json_schema_extra=ui("Button data"),
+        json_schema_extra=ui("Button Data"),
     )
 
     @field_validator("Data")
     @classmethod
-    def _data_fits_type(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _data_fits_type(cls, value: str, info: ValidationInfo) -> str:
         kind = info.data.get("Type")  # absent when Type itself is invalid: reported there
-        if kind in ("Url", "Call") and not (value and value.strip()):
-            raise ValueError(f"Required for a {kind} button.")
-        if value is None:
-            return None
+        if not value.strip():
+            raise ValueError(f"Required for a {kind} button." if kind else "Must not be blank.")
         if kind == "Url":
             if len(value) > MAX_BUTTON_URL_LENGTH:
                 raise ValueError(f"A URL may have at most {MAX_BUTTON_URL_LENGTH} characters.")
@@ -93,7 +90,7 @@ class NewTemplateBody(BaseModel):
     DisplayName: NonEmptyStr = Field(
         max_length=MAX_DISPLAY_NAME_LENGTH,
         description="The template's display name; its name is derived from it.",
-        json_schema_extra=ui("Display name", visibility="important"),
+        json_schema_extra=ui("Displayname", visibility="important"),
     )
     RawContent: NonEmptyStr = Field(
         description="The template text; write placeholders as {{1}}, {{2}}, ...",
@@ -101,11 +98,13 @@ class NewTemplateBody(BaseModel):
     )
     Category: NonEmptyStr = Field(
         description="The WhatsApp category the template is filed under.",
-        json_schema_extra=ui("Category", visibility="important", dynamic_values=CATEGORY_DROPDOWN),
+        json_schema_extra=ui(
+            "Template Category", visibility="important", dynamic_values=CATEGORY_DROPDOWN
+        ),
     )
     Language: LanguageCode = Field(
         description="The template's language as a 2-letter code, e.g. en or fi.",
-        json_schema_extra=ui("Language", visibility="important"),
+        json_schema_extra=ui("Template Language", visibility="important"),
     )
     Buttons: list[TemplateButton] | None = Field(
         None, description="Buttons shown under the message.", json_schema_extra=ui("Buttons")
@@ -113,7 +112,7 @@ class NewTemplateBody(BaseModel):
     AttachmentUrl: HttpUrl | None = Field(
         None,
         description="Address of an example attachment (image, video or document).",
-        json_schema_extra=ui("Example attachment URL"),
+        json_schema_extra=ui("Attachment Url"),
     )
 
 
@@ -128,11 +127,18 @@ class CreateTemplateInput(ActionInput):
         Field(
             description="The customer's WhatsApp sender number the template is for.",
             json_schema_extra=ui(
-                "WhatsApp number", visibility="important", dynamic_values=IDENTITY_DROPDOWN
+                "IdentityNumber", visibility="important", dynamic_values=IDENTITY_DROPDOWN
             ),
         ),
     ]
-    body: Annotated[NewTemplateBody, Body()]
+    body: Annotated[
+        NewTemplateBody,
+        Body(),
+        Field(
+            description="The new template: its names, text, category, language and buttons.",
+            json_schema_extra=ui("Template", visibility="important"),
+        ),
+    ]
 
 
 class OptInInput(ActionInput):
@@ -141,7 +147,7 @@ class OptInInput(ActionInput):
         Param("path", "Sender"),
         Field(
             description="The registered WhatsApp sender number.",
-            json_schema_extra=ui("Sender number", visibility="important"),
+            json_schema_extra=ui("Sender address", visibility="important"),
         ),
     ]
     recipient: Annotated[
@@ -149,7 +155,7 @@ class OptInInput(ActionInput):
         Param("path", "Recipient"),
         Field(
             description="The recipient's phone number.",
-            json_schema_extra=ui("Recipient number", visibility="important"),
+            json_schema_extra=ui("Recipient address", visibility="important"),
         ),
     ]
 

@@ -16,6 +16,13 @@ named after the operationId in snake_case; bodies and results are the pydantic m
 the upstream's field names. Auth providers (:func:`auth_from_settings`) supply bearer tokens;
 the retry policy lives in :func:`should_retry` and :func:`retry_delay`.
 
+Retries: GET, PUT and DELETE, and sends (their ``RequestId`` is the same on every attempt), are
+retried after 408, 429, 5xx and transport errors. Deliberately, a POST *without* a stable
+``RequestId`` is also retried, but only after a 429 or a failure to connect, when it certainly did
+not take effect; never after a timeout or a 5xx. ``Retry-After`` advice above
+:data:`MAX_RETRY_AFTER` (60 s) is not waited out: the error is raised at once and
+``RateLimitError.retry_after`` carries the full advice, so callers can re-schedule.
+
 Errors (catch the meaning, not the status number)::
 
     SmartDialogError
@@ -65,6 +72,7 @@ from ._exceptions import (
     PermissionDeniedError,
     RateLimitError,
     SmartDialogError,
+    mask_phone_number,
     mask_phone_numbers,
 )
 from ._models import (
@@ -169,6 +177,7 @@ __all__ = [
     "WhatsAppTemplate",
     "WhatsAppTemplateMessage",
     "auth_from_settings",
+    "mask_phone_number",
     "mask_phone_numbers",
     "parse_retry_after",
     "retry_delay",

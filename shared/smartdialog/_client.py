@@ -170,7 +170,11 @@ class SmartDialogClient:
     token there; whatever it raises propagates unchanged and is not retried), then takes a bearer
     token from ``auth``. Transient failures are retried up to ``max_retries`` times, with
     ``sleep`` between attempts; a 401 renews the token once and retries once. Sends reuse one
-    ``RequestId`` on every attempt, so SmartDialog drops a repeat instead of sending twice.
+    ``RequestId`` on every attempt, so SmartDialog drops a repeat instead of sending twice; other
+    POSTs are retried only after a 429 or a failed connect, when they certainly did not take
+    effect (a deliberate refinement, see :mod:`shared.smartdialog._retry`). ``Retry-After``
+    advice longer than ``MAX_RETRY_AFTER`` is not slept out: the error is raised at once with
+    the full advice in ``RateLimitError.retry_after``.
 
     ``http_client`` (optional) is used as is and not closed by :meth:`close`; without one the
     client makes its own with ``timeout``. ``clock`` (Unix time) dates ``Retry-After`` HTTP dates.
@@ -547,6 +551,7 @@ class SmartDialogClient:
             elif retries_taken < self.max_retries and should_retry(
                 response, replayable=op.replayable
             ):
+                # None: the advised wait is longer than we sleep out; the error carries it.
                 delay = retry_delay(retries_taken, response.headers, now=self._clock)
                 retries_taken += 1
             else:

@@ -25,16 +25,41 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "SmartDialogError",
+    "mask_phone_number",
     "mask_phone_numbers",
 ]
 
-# Digit runs long enough to be a phone number; everything but the last four digits is hidden.
-_PHONE_LIKE = re.compile(r"\+?\d[\d ]{5,}(\d{4})")
+#: Fewest digits a run must have to be treated as a phone number (short national numbers).
+MIN_PHONE_DIGITS = 7
+#: From this many digits on, the last four are kept; shorter numbers keep only their last two.
+_KEEP_FOUR_FROM = 10
+# A run of >= 7 digits, optionally led by "+" (or its percent-encoding, as in httpx's URLs) and
+# separated by single spaces or dashes; not part of a longer word, id or dashed token.
+_PHONE_LIKE = re.compile(
+    r"(?<![\w-])(?:\+|%2[Bb])?\d(?:[ \-]?\d){" + str(MIN_PHONE_DIGITS - 1) + r",}(?!\w)"
+)
+
+
+def mask_phone_number(number: str) -> str:
+    """One phone number for logs: ``***`` and its last four digits (last two if it is short).
+
+    ``+358 40 123 4567`` gives ``***4567``, ``1234567`` gives ``***67``; fewer than
+    :data:`MIN_PHONE_DIGITS` digits give ``***``. The one masking style of the product
+    (``shared.phone.mask_phone_number`` is this function).
+    """
+    digits = "".join(c for c in number if c.isdigit())
+    if len(digits) < MIN_PHONE_DIGITS:
+        return "***"
+    return "***" + digits[-4 if len(digits) >= _KEEP_FOUR_FROM else -2 :]
 
 
 def mask_phone_numbers(text: str) -> str:
-    """``text`` with every phone-number-like digit run reduced to its last four digits."""
-    return _PHONE_LIKE.sub(lambda m: "***" + m.group(1), text)
+    """``text`` with every phone-number-like run masked as :func:`mask_phone_number` does.
+
+    A run is at least :data:`MIN_PHONE_DIGITS` digits, optionally after ``+`` (or ``%2B``), with
+    single spaces or dashes allowed between digits (``040-123 4567``).
+    """
+    return _PHONE_LIKE.sub(lambda m: mask_phone_number(m.group(0)), text)
 
 
 def display_path(path: str) -> str:

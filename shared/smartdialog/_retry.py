@@ -2,8 +2,19 @@
 
 A retry must never send a message twice, so the policy depends on whether the request may be
 *replayed*: GET, PUT and DELETE may; a send POST may because its ``RequestId`` is the same on every
-attempt (SmartDialog drops duplicates); any other POST may only be repeated when it certainly did
-not take effect (the connection was never made, or the answer was 429).
+attempt (SmartDialog drops duplicates).
+
+Deliberate refinement of "a POST is retried only when its RequestId is the same on every
+attempt": a POST without a stable ``RequestId`` (CreateGroupContact, CreateWhatsappTemplate,
+NewMessage, SendDiscussionReplyMessage) is *also* retried after a 429 or a failure to connect
+(``httpx.ConnectError``, ``ConnectTimeout``, ``PoolTimeout``). In both cases the request
+certainly did not take effect: SmartDialog refused it before acting, or it never left this
+process. After anything else (a read timeout, a reset connection, a 5xx) it is not retried,
+because it may already have taken effect.
+
+Server advice (``Retry-After``, ``retry-after-ms``) is honoured up to :data:`MAX_RETRY_AFTER`;
+advice beyond that ends the retries at once, and the error (``RateLimitError.retry_after``)
+carries the full advice so the caller can re-schedule instead of retrying early.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 """Cap of the exponential backoff, in seconds."""
 MAX_RETRY_AFTER = 60.0
-"""Cap of a server-advised wait, in seconds: longer advice is shortened to this."""
+"""Longest server-advised wait we sleep out, in seconds; longer advice ends the retries."""
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 """Statuses retried besides 5xx (for a request that may be replayed)."""
@@ -45,7 +56,8 @@ def should_retry(outcome: httpx.Response | Exception, *, replayable: bool) -> bo
     """Whether an attempt that ended in ``outcome`` (a response or a transport error) is retried.
 
     ``replayable`` says whether repeating the request is harmless even if it already took
-    effect. Requests that are not are retried only on a connect failure or a 429.
+    effect. Requests that are not are retried only on a connect failure or a 429 (the request
+    certainly did not take effect; see the module docstring).
     """
     if isinstance(outcome, httpx.Response):
         status = outcome.status_code
@@ -96,15 +108,17 @@ def retry_delay(
     *,
     now: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
-) -> float:
-    """Seconds to wait before retry number ``retries_taken + 1``.
+) -> float | None:
+    """Seconds to wait before retry number ``retries_taken + 1``, or None: do not retry.
 
-    Server advice (``retry-after-ms``, then ``Retry-After``) wins, capped at ``MAX_RETRY_AFTER``;
-    otherwise ``INITIAL_RETRY_DELAY * 2**retries_taken`` capped at ``MAX_RETRY_DELAY``, minus up
-    to 25 % jitter so that many clients do not retry in step.
+    Server advice (``retry-after-ms``, then ``Retry-After``) wins as given; advice longer than
+    ``MAX_RETRY_AFTER`` gives None (retrying earlier than asked would only be refused again, and
+    sleeping that long belongs to the caller's scheduler). Without advice:
+    ``INITIAL_RETRY_DELAY * 2**retries_taken`` capped at ``MAX_RETRY_DELAY``, minus up to 25 %
+    jitter so that many clients do not retry in step.
     """
     advised = parse_retry_after(headers, now=now)
     if advised is not None:
-        return min(advised, MAX_RETRY_AFTER)
+        return advised if advised <= MAX_RETRY_AFTER else None
     backoff = min(INITIAL_RETRY_DELAY * 2.0 ** min(retries_taken, 32), MAX_RETRY_DELAY)
     return backoff * (1.0 - 0.25 * jitter())

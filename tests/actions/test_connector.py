@@ -118,19 +118,87 @@ def test_customer_service_template_category_and_region_dropdowns_are_wired(
     assert customer["x-ms-dynamic-values"]["value-collection"] == "customerUsers"
 
 
+def schema_properties(node: Any, where: str) -> Any:
+    """Every (path, property schema) below ``node``, nested objects and array items included."""
+    if isinstance(node, dict):
+        for name, prop in node.get("properties", {}).items():
+            yield f"{where}.{name}", prop
+        for key, value in node.items():
+            yield from schema_properties(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from schema_properties(value, f"{where}[{index}]")
+
+
 def test_operations_and_fields_carry_texts_for_the_flow_designer(committed: dict[str, Any]) -> None:
     for operation_id, op in operations(committed).items():
         if operation_id not in IMPLEMENTED_HERE:
             continue  # the send actions have their own tests
         assert op["summary"], operation_id
         assert op["description"], operation_id
-        for param in op["parameters"]:
-            described = param.get("schema", param)
-            assert described.get("x-ms-summary") or param["in"] == "body", (operation_id, param)
-            assert param.get("description") or param["in"] == "body", (operation_id, param)
-            for prop in described.get("properties", {}).values():
-                assert prop.get("x-ms-summary"), (operation_id, prop)
-                assert prop.get("description"), (operation_id, prop)
+        for param in op["parameters"]:  # the body parameter too
+            assert param.get("x-ms-summary"), (operation_id, param["name"])
+            assert param.get("description"), (operation_id, param["name"])
+        for where, prop in schema_properties(
+            {"parameters": op["parameters"], "responses": op["responses"]}, operation_id
+        ):
+            assert prop.get("x-ms-summary"), where
+            assert prop.get("description"), where
+
+
+def reference_labels(op: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
+    """A certified operation's parameter labels (its name where it has none), and its body
+    properties' labels by path."""
+    params = {
+        p.get("x-ms-summary") or p["name"] for p in op.get("parameters", []) if p["in"] != "body"
+    }
+    body = next((p["schema"] for p in op.get("parameters", []) if p["in"] == "body"), {})
+    labels = {
+        where: prop.get("x-ms-summary") or prop["title"]
+        for where, prop in schema_properties(body, "body")
+        if prop.get("x-ms-summary") or prop.get("title")
+    }
+    return params, labels
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason="the certified definition is not beside us")
+def test_every_certified_field_label_is_found_on_ours(committed: dict[str, Any]) -> None:
+    # A flow author looks for the label they know; renamed parameters keep it as x-ms-summary.
+    upstream = operations(json.loads(REFERENCE.read_text("utf-8")))
+    ours = operations(committed)
+    for operation_id in sorted(IMPLEMENTED_HERE):
+        params, body = reference_labels(upstream[operation_id])
+        our_params = {p.get("x-ms-summary") for p in ours[operation_id]["parameters"]}
+        our_params |= {p["name"] for p in ours[operation_id]["parameters"]}
+        assert params <= our_params, (operation_id, params - our_params)
+        our_body = next(
+            (p["schema"] for p in ours[operation_id]["parameters"] if p["in"] == "body"), {}
+        )
+        our_labels = {w: p.get("x-ms-summary") for w, p in schema_properties(our_body, "body")}
+        for where, label in body.items():
+            assert our_labels.get(where) == label, (operation_id, where, our_labels.get(where))
+
+
+def test_renamed_parameters_carry_the_certified_display_names(committed: dict[str, Any]) -> None:
+    ours = operations(committed)
+
+    def label(operation_id: str, name: str) -> tuple[str, str]:
+        param = next(p for p in ours[operation_id]["parameters"] if p["name"] == name)
+        return param["in"], param["x-ms-summary"]
+
+    assert label("CreateGroupContact", "Customer-Id") == ("header", "Customer")  # path Customer
+    assert label("CreateGroupContact", "GroupService") == ("path", "Group Service")
+    assert label("GetCustomerServices", "ServiceType") == ("query", "Service Type")
+    assert label("GetCustomerServices", "AllowReplyMessage") == ("query", "Allow Reply Message")
+
+
+def test_button_data_is_required_in_the_connector(committed: dict[str, Any]) -> None:
+    template = next(
+        p
+        for p in operations(committed)["CreateWhatsappTemplate"]["parameters"]
+        if p["in"] == "body"
+    )["schema"]
+    assert set(template["properties"]["Buttons"]["items"]["required"]) == {"Type", "Data"}
 
 
 def test_opt_in_and_out_are_deprecated_like_upstream(committed: dict[str, Any]) -> None:

@@ -66,14 +66,37 @@ def test_every_registered_spec_has_a_function_with_the_same_route() -> None:
         )
 
 
-def test_importing_the_app_loads_no_heavy_module() -> None:
+HEAVY_MODULES = (
+    "pydantic",
+    "pydantic_settings",
+    "phonenumbers",
+    "msal",
+    "httpx",
+    "jsonschema",
+    "azure.data.tables",
+    "azure.storage.queue",
+    "shared.actions",
+)
+
+
+def test_importing_the_app_loads_no_heavy_module_and_registers_every_function() -> None:
+    import json
     import subprocess
     import sys
 
+    # One process: the heavy-module check means nothing unless the same import registered the
+    # functions (indexed once, as the host does; get_functions() must not be called twice).
     code = (
-        "import sys, function_app; "
-        "heavy = [m for m in ('pydantic', 'phonenumbers', 'msal', 'azure.data.tables', "
-        "'shared.actions') if m in sys.modules]; print(heavy)"
+        "import json, sys, function_app\n"
+        f"heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]\n"
+        "from devhost import app_functions\n"
+        "names = [f.get_function_name() for f in app_functions(function_app.app)]\n"
+        "print(json.dumps({'heavy': heavy, 'count': len(names), 'names': names}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["heavy"] == []
+    assert seen["count"] == len(registered_functions())
+    assert len(set(seen["names"])) == seen["count"]
+    assert set(seen["names"]) >= {spec.operation_id for spec in all_specs()}
+    assert set(seen["names"]) >= set(EXPECTED_ROUTES)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.actions.conftest import GROUP, IDENTITY, App, call
+from tests.actions.conftest import GROUP, IDENTITY, App, call, wire
 
 CONTACT_ROUTE = {"GroupService": GROUP, "Phone": "+358401234567"}
 TEMPLATE = {
@@ -91,6 +91,25 @@ CASES: list[Case] = [
       "Buttons[4].Data", "Buttons[5].Data", "Buttons[6].Data", "Buttons[7].Type"]),
     ("relative attachment URL", "CreateWhatsappTemplate", "POST", {"IdentityNumber": IDENTITY},
      {}, {}, template(AttachmentUrl="/img.png"), ["AttachmentUrl"]),
+    ("blank customer header, even with a default customer", "GetCustomerWhatsappIdentities",
+     "GET", {}, {}, {"Customer-Id": "   "}, None, ["Customer-Id"]),
+    ("blank customer header on a contact", "DeleteGroupContact", "DELETE", CONTACT_ROUTE, {},
+     {"Customer-Id": "\t "}, None, ["Customer-Id"]),
+    ("blank service type", "GetCustomerServices", "GET", {}, {"ServiceType": "   "}, {}, None,
+     ["ServiceType"]),
+    ("blank template id", "GetCustomerWhatsAppTemplates", "GET", {}, {"TemplateId": "  "}, {},
+     None, ["TemplateId"]),
+    ("blank button data", "CreateWhatsappTemplate", "POST", {"IdentityNumber": IDENTITY}, {},
+     {}, template(Buttons=[button("QuickReply", None), button("QuickReply", ""),
+                           button("QuickReply", "  "), button("Url", " "), button("Call", "")]),
+     ["Buttons[0].Data", "Buttons[1].Data", "Buttons[2].Data", "Buttons[3].Data",
+      "Buttons[4].Data"]),
+    ("update that changes nothing", "UpdateGroupContact", "PUT", CONTACT_ROUTE, {}, {}, {},
+     ["body"]),
+    ("update with only phone regions", "UpdateGroupContact", "PUT", CONTACT_ROUTE, {}, {},
+     {"phoneNumberRegions": ["FI"]}, ["body"]),
+    ("update with only nulls", "UpdateGroupContact", "PUT", CONTACT_ROUTE, {}, {},
+     {"active": None, "email": None}, ["body"]),
     ("both opt-in numbers invalid", "WhatsAppOptIn", "PUT",
      {"Sender": "sender", "Recipient": "123"}, {}, {}, None, ["Sender", "Recipient"]),
     ("opt-out recipient invalid", "WhatsAppOptOut", "DELETE",
@@ -111,7 +130,11 @@ def test_bad_input_is_400_naming_every_field_without_any_upstream_call(
     headers: dict[str, str],
     body: Any,
     fields: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A day-long quota period: no earlier grant leaves the window while the test runs, so the
+    # count can only stay equal (nothing taken) or grow (a token taken).
+    wire(monkeypatch, app.sandbox, SMARTDIALOG_QUOTA_PERIOD_SECONDS="86400")
     used_before = app.quota_used()
     reply = call(
         operation_id, method=method, route=route, params=params, headers=headers, body=body
@@ -123,16 +146,14 @@ def test_bad_input_is_400_naming_every_field_without_any_upstream_call(
     assert sorted(set(reply.fields)) == sorted(fields)
     assert all(e["message"] for e in reply.body["errors"])
     assert app.upstream() == []
-    assert app.quota_used() <= used_before
+    assert app.quota_used() == used_before
 
 
 def test_missing_customer_names_the_header_and_the_setting(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.actions.conftest import wire
-
     wire(monkeypatch, app.sandbox, SMARTDIALOG_CUSTOMER_ID="")
-    reply = call("GetCustomerWhatsappIdentities", method="GET")
+    reply = call("GetCustomerWhatsappIdentities", method="GET", headers={"Customer-Id": ""})
     assert reply.status == 400
     [error] = reply.body["errors"]
     assert error["field"] == "Customer-Id"
@@ -150,3 +171,23 @@ def test_problem_detail_lists_the_fields_and_instance_carries_the_tracking_id(ap
     )
     assert reply.body["instance"] == "urn:smartdialog-functions:request:run-42"
     assert "phone" in reply.body["detail"]
+
+
+def test_blank_customer_setting_counts_as_missing(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire(monkeypatch, app.sandbox, SMARTDIALOG_CUSTOMER_ID="   ")
+    reply = call("GetCustomerWhatsappIdentities", method="GET")
+    assert reply.status == 400
+    assert reply.fields == ["Customer-Id"]
+    assert app.upstream() == []
+
+
+def test_empty_customer_header_uses_the_app_setting_and_padding_is_stripped(app: App) -> None:
+    empty = call("GetCustomerWhatsappIdentities", method="GET", headers={"Customer-Id": ""})
+    assert empty.status == 200
+    assert (
+        call("GetCustomerWhatsappIdentities", method="GET", headers={"Customer-Id": " 1001 "})
+    ).status == 200
+    paths = [entry["path"] for entry in app.assert_upstream_valid()]
+    assert paths == ["/api-integrations/v1/whatsapp/identities/1001"] * 2

@@ -27,6 +27,7 @@ from shared.smartdialog import (
     SmartDialogClient,
     SmartDialogError,
     StaticTokenAuth,
+    mask_phone_number,
     mask_phone_numbers,
 )
 
@@ -179,9 +180,52 @@ def test_body_that_does_not_fit_is_a_validation_error(
     assert caught.value.body == {"not": "a list"}
 
 
-def test_every_error_is_a_smartdialog_error() -> None:
-    for cls in (APIConnectionError, APIStatusError, DuplicateRequestError, RateLimitError):
-        assert issubclass(cls, SmartDialogError)
+@pytest.mark.parametrize(
+    ("status", "expected", "headers"),
+    [
+        (400, BadRequestError, {}),
+        (401, AuthenticationError, {}),
+        (403, PermissionDeniedError, {}),
+        (404, NotFoundError, {}),
+        (409, ConflictError, {}),
+        (429, RateLimitError, {"Retry-After": "7"}),
+        (500, InternalServerError, {}),
+        (503, InternalServerError, {}),
+    ],
+)
+def test_each_status_reaches_a_caller_catching_smartdialog_error_as_its_class(
+    make_client: Callable[..., SmartDialogClient],
+    status: int,
+    expected: type[APIStatusError],
+    headers: dict[str, str],
+) -> None:
+    answer = httpx.Response(status, headers=headers, json={"errorMessage": f"said {status}"})
+    client = make_client(transport=answering(answer), max_retries=0)
+    try:
+        client.delete_group_contact(customer=CUSTOMER, group_service=GROUP, phone="+358401234567")
+    except SmartDialogError as caught:  # what a caller that only knows the base class writes
+        error = caught
+    else:
+        pytest.fail("no error raised")
+    assert type(error) is expected
+    assert isinstance(error, APIStatusError)
+    assert error.status_code == status
+    assert error.message == f"said {status}"
+    assert error.body == {"errorMessage": f"said {status}"}
+    assert (error.operation_id, error.method) == ("DeleteGroupContact", "DELETE")
+    assert error.path == "/groupcontact/1001/s-1001-group/***4567"
+    if isinstance(error, RateLimitError):
+        assert error.retry_after == 7.0
+
+
+def test_unreachable_server_reaches_a_caller_catching_smartdialog_error(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    client = make_client(transport=answering(httpx.ConnectError("refused")), max_retries=0)
+    with pytest.raises(SmartDialogError) as caught:
+        client.get_user_customers()
+    assert type(caught.value) is APIConnectionError
+    assert caught.value.operation_id == "GetUserCustomers"
 
 
 @pytest.mark.parametrize(
@@ -191,7 +235,40 @@ def test_every_error_is_a_smartdialog_error() -> None:
         ("/groupcontact/1001/s/0401234567", "/groupcontact/1001/s/***4567"),
         ("customer 1001", "customer 1001"),
         ("+358 40 123 4567", "***4567"),
+        ("040-123 4567", "***4567"),  # dashes and spaces between digits
+        ("call 040 1234567 now", "call ***4567 now"),
+        ("1234567", "***67"),  # 7 digits: a short national number, only two kept
+        ("+46 8 123 456", "***56"),
+        ("123456", "123456"),  # 6 digits: not treated as a phone number
+        # httpx's request log line carries the percent-encoded path
+        (
+            'GET http://h/x/%2B358401234567 "HTTP/1.1 200 OK"',
+            'GET http://h/x/***4567 "HTTP/1.1 200 OK"',
+        ),
+        ("to 0401234567, 0501234568", "to ***4567, ***4568"),
+        ("id 123e4567-e89b-12d3-a456-426614174000", "id 123e4567-e89b-12d3-a456-426614174000"),
+        ("s-1001-group", "s-1001-group"),
     ],
 )
 def test_mask_phone_numbers(text: str, masked: str) -> None:
     assert mask_phone_numbers(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("+358401234567", "***4567"),
+        ("+358 40 123 4567", "***4567"),
+        ("0401234567", "***4567"),
+        ("1234567", "***67"),
+        ("12345", "***"),
+        ("", "***"),
+    ],
+)
+def test_mask_phone_number_is_the_one_style_also_behind_shared_phone(
+    number: str, masked: str
+) -> None:
+    from shared.phone import mask_phone_number as phone_alias
+
+    assert mask_phone_number(number) == masked
+    assert phone_alias(number) == masked

@@ -199,6 +199,37 @@ def test_retry_after_as_http_date_is_measured_with_the_injected_clock(
     assert sleeps == [4.0]
 
 
+@pytest.mark.parametrize("advice", ["3600", "61"])
+def test_advice_beyond_the_cap_is_raised_at_once_with_the_full_wait(
+    make_client: Callable[..., SmartDialogClient],
+    captured: list[SentRequest],
+    sleeps: list[float],
+    advice: str,
+) -> None:
+    client = make_client(
+        transport=scripted(
+            httpx.Response(429, headers={"Retry-After": advice}), httpx.Response(200, json=[])
+        )
+    )
+    with pytest.raises(RateLimitError) as caught:
+        client.get_phone_number_regions()
+    assert caught.value.retry_after == float(advice)  # the caller re-schedules on this
+    assert sleeps == []
+    assert len(captured) == 1
+
+
+def test_advice_at_the_cap_is_still_waited_out(
+    make_client: Callable[..., SmartDialogClient], sleeps: list[float]
+) -> None:
+    client = make_client(
+        transport=scripted(
+            httpx.Response(429, headers={"Retry-After": "60"}), httpx.Response(200, json=[])
+        )
+    )
+    client.get_phone_number_regions()
+    assert sleeps == [60.0]
+
+
 def test_max_retries_zero_means_a_single_attempt(
     make_client: Callable[..., SmartDialogClient], captured: list[SentRequest]
 ) -> None:

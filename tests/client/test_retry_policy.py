@@ -77,8 +77,10 @@ def test_retry_delay_honours_server_advice_without_jitter() -> None:
     assert retry_delay(0, {"Retry-After": "2"}, jitter=lambda: 1.0) == 2.0
 
 
-def test_retry_delay_caps_server_advice() -> None:
-    assert retry_delay(0, {"Retry-After": "3600"}) == MAX_RETRY_AFTER
+def test_retry_delay_gives_up_when_server_advice_exceeds_the_cap() -> None:
+    assert retry_delay(0, {"Retry-After": str(MAX_RETRY_AFTER)}) == MAX_RETRY_AFTER
+    assert retry_delay(0, {"Retry-After": "3600"}) is None
+    assert retry_delay(0, {"retry-after-ms": str((MAX_RETRY_AFTER + 1) * 1000)}) is None
 
 
 @pytest.mark.parametrize(
