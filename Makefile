@@ -8,7 +8,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint format bench scan connector clean
+.PHONY: help setup run test lint format bench scan connector schemas clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test: setup lint ## Lint, then run the whole test suite (starts and stops Azurit
 
 connector: $(STAMP_PY) ## Regenerate connector/ (the Power Automate custom connector) from the action specs
 	@$(PY) -m tools.generate_connector
+
+schemas: $(STAMP_PY) ## Regenerate schemas/ (JSON Schemas of queue messages and events) from the models
+	@$(PY) -m tools.generate_schemas
 
 bench: setup ## Run the performance benchmarks and print one table with targets
 	@$(PY) -m bench

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import statistics
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import TypedDict
@@ -45,9 +43,9 @@ class FigureRow(_FigureRequired, total=False):
 #: (name shown if the figure cannot run, "module:function"). Order is the table's order.
 FIGURES: list[tuple[str, str]] = [
     ("cold start", "bench.cold_start:measure"),
-    ("action overhead", "bench.__main__:measure_action_overhead_placeholder"),
+    ("action overhead", "bench.action_overhead:measure"),
     ("webhook ingest", "bench.webhook_ingest:measure"),
-    ("quota", "bench.quota_store:measure"),
+    ("quota", "bench.quota_e2e:measure"),
 ]
 
 
@@ -61,85 +59,6 @@ def _verdict(ratio: float, target: str) -> bool:
     op, _, bound = target.partition(" ")
     limit = float(bound)
     return ratio <= limit if op == "<=" else ratio >= limit
-
-
-# --- action overhead: harness ready, route is a placeholder ---------------------------------------
-
-
-def measure_action_overhead_placeholder(requests: int = 300, warmup: int = 30) -> list[FigureRow]:
-    """Latency through the dev host vs straight to the sandbox, both over keep-alive httpx.
-
-    PLACEHOLDER: it times GET /api/health through the host against GET /sandbox/health direct.
-    When the group-contact action is benchmarked, move this to ``bench/action_overhead.py`` and
-    swap the two requests for the action (through the host) and the same upstream call made with
-    httpx against the sandbox (direct). The Azurite + sandbox + dev host start-up stays as is.
-    """
-    import os
-
-    import httpx
-
-    from devhost.azurite import start_azurite
-    from devhost.stack import REPO_ROOT, free_port, start_devhost, start_sandbox
-
-    azurite = start_azurite()
-    children = []
-    try:
-        sandbox = start_sandbox(
-            port=free_port(),
-            log_path=REPO_ROOT / ".run" / "bench-sandbox.log",
-            extra_args=("--quota-calls", "0", "--log-level", "WARNING"),
-        )
-        children.append(sandbox)
-        env = {
-            **os.environ,
-            "AzureWebJobsStorage": azurite.connection_string,
-            "SMARTDIALOG_BASE_URL": f"{sandbox.url}/api-integrations/v1",
-            "SMARTDIALOG_ACCESS_TOKEN": "sandbox-token",
-        }
-        devhost = start_devhost(
-            port=free_port(),
-            env=env,
-            log_path=REPO_ROOT / ".run" / "bench-devhost.log",
-            extra_args=("--no-queues",),
-        )
-        children.append(devhost)
-        through, direct = f"{devhost.url}/api/health", f"{sandbox.url}/sandbox/health"
-        with httpx.Client(timeout=10) as client:
-            for _ in range(warmup):
-                client.get(through).raise_for_status()
-                client.get(direct).raise_for_status()
-            host_ms: list[float] = []
-            direct_ms: list[float] = []
-            for _ in range(requests):  # alternate, so both see the same machine state
-                started = time.perf_counter()
-                client.get(through).raise_for_status()
-                host_ms.append((time.perf_counter() - started) * 1000)
-                started = time.perf_counter()
-                client.get(direct).raise_for_status()
-                direct_ms.append((time.perf_counter() - started) * 1000)
-    finally:
-        for child in reversed(children):
-            child.stop()
-        azurite.stop()
-    note = "PLACEHOLDER route: /api/health vs /sandbox/health"
-    return [
-        {
-            "figure": "action overhead (median)",
-            "value": statistics.median(host_ms),
-            "anchor": statistics.median(direct_ms),
-            "unit": "ms",
-            "target": "<= 1.3",
-            "note": note,
-        },
-        {
-            "figure": "action overhead (p95)",
-            "value": percentile(host_ms, 0.95),
-            "anchor": percentile(direct_ms, 0.95),
-            "unit": "ms",
-            "target": "<= 1.3",
-            "note": note,
-        },
-    ]
 
 
 # --- runner -------------------------------------------------------------------------------------

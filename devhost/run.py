@@ -54,24 +54,31 @@ class TryIt:
     route: str | None = None
 
 
-# Update these when the send and inbound functions land (route names are the app's to choose).
+# The sandbox's seed: customer 1001 with a one-way and a two-way service (docs/sandbox.md).
+# The headers are given explicitly because local.settings.sample.json leaves
+# SMARTDIALOG_CUSTOMER_ID and SMARTDIALOG_SERVICE_ID empty.
 TRY_IT: tuple[TryIt, ...] = (
     TryIt(
-        "Send an SMS, then follow its status URL (202 while pending, 200 with MessageId when sent)",
-        "loc=$(curl -s -o /dev/null -D - -X POST '{api}/messages/sms'"
-        " -H 'Content-Type: application/json'"
-        ' -d \'{{"recipients": ["{number}"], "content": "Hello from make run"}}\''
+        "Send an SMS, then follow its status URL (202 while pending, 200 with MessageId when sent;"
+        " recipients show delivered once the sandbox's delivery report is in)",
+        "loc=$(curl -s -o /dev/null -D - -X POST '{api}/messages'"
+        " -H 'Content-Type: application/json' -H 'Customer-Id: 1001'"
+        " -H 'Service-Id: s-1001-oneway'"
+        ' -d \'{{"Sender": "Sandbox", "Content": "Hello from make run",'
+        ' "Recipients": [{{"Address": "{number}"}}]}}\''
         " | tr -d '\\r' | sed -n 's/^[Ll]ocation: *//p'); echo \"status URL: $loc\";"
-        ' sleep 2; curl -s "$loc"; echo',
-        route="POST messages/sms",
+        " for i in 1 2 3; do sleep 1; curl -s -w ' [HTTP %{{http_code}}]\\n' \"$loc\"; done",
+        route="POST messages",
     ),
     TryIt(
-        "Simulate an inbound SMS in the sandbox, then read the smartdialog-inbound queue",
-        "curl -s -X POST '{sandbox}/sandbox/inbound' -H 'Content-Type: application/json'"
-        ' -d \'{{"sender": "{number}", "recipient": "SmartDialog",'
-        ' "content": "Hello back"}}\'; echo; sleep 2;'
+        "Register our webhook for the two-way service, simulate an inbound SMS in the sandbox,"
+        " then read the smartdialog-inbound queue",
+        "curl -s -X POST '{api}/inbound/webhooks/s-1001-twoway' -H 'Customer-Id: 1001'; echo;"
+        " curl -s -X POST '{sandbox}/sandbox/inbound' -H 'Content-Type: application/json'"
+        ' -d \'{{"sender": "{number}", "recipient": "SmartDialog", "content": "Hello back",'
+        ' "service": "s-1001-twoway"}}\'; echo; sleep 1;'
         " curl -s '{inbound_peek}' | sed 's/<QueueMessage>/\\n&/g'; echo",
-        route="POST inbound/{secret}",
+        route="POST inbound/webhooks/{Service}",
     ),
     TryIt(
         "See what the sandbox received (every SmartDialog API call the app made)",

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import health
+from functions import actions, dlr, health, sender, sends, subscriptions, webhooks
 
-BLUEPRINTS: list[func.Blueprint] = [health.bp]
+BLUEPRINTS: list[func.Blueprint] = [
+    health.bp,
+    sender.bp,
+    actions.bp,
+    sends.bp,
+    webhooks.bp,
+    subscriptions.bp,
+    dlr.bp,
+]

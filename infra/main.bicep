@@ -100,6 +100,21 @@ param smartDialogIdempotencyTtlSeconds string = ''
 @description('SMARTDIALOG_SEND_TIMEOUT_SECONDS: read timeout of one upstream send attempt.')
 param smartDialogSendTimeoutSeconds string = ''
 
+@description('SMARTDIALOG_STOP_KEYWORDS: comma-separated inbound texts that opt the sender out of a service (app default STOP and Finnish/Swedish equivalents).')
+param smartDialogStopKeywords string = ''
+
+@description('SMARTDIALOG_START_KEYWORDS: comma-separated inbound texts that opt the sender back in (app default START, ALOITA, STARTA).')
+param smartDialogStartKeywords string = ''
+
+@description('SMARTDIALOG_DISPATCH_MAX_ATTEMPTS: POSTs of one inbound event to a New Message subscriber before it is dead-lettered.')
+param smartDialogDispatchMaxAttempts string = ''
+
+@description('SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS: first retry delay of a failed subscriber POST (doubles per attempt).')
+param smartDialogDispatchRetryBaseSeconds string = ''
+
+@description('SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: how long a sender invocation waits for a quota slot before deferring the message.')
+param smartDialogSendQuotaWaitSeconds string = ''
+
 // Secrets: written to Key Vault, never to app settings. Empty means "do not set".
 @secure()
 @description('SMARTDIALOG_CLIENT_SECRET: the OAuth client secret (client-credentials flow).')
@@ -141,7 +156,12 @@ var smartDialogSettings = union(
   empty(smartDialogSendStatusRetryAfterSeconds) ? {} : { SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: smartDialogSendStatusRetryAfterSeconds },
   empty(smartDialogStatusTokenTtlSeconds) ? {} : { SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: smartDialogStatusTokenTtlSeconds },
   empty(smartDialogIdempotencyTtlSeconds) ? {} : { SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: smartDialogIdempotencyTtlSeconds },
-  empty(smartDialogSendTimeoutSeconds) ? {} : { SMARTDIALOG_SEND_TIMEOUT_SECONDS: smartDialogSendTimeoutSeconds }
+  empty(smartDialogSendTimeoutSeconds) ? {} : { SMARTDIALOG_SEND_TIMEOUT_SECONDS: smartDialogSendTimeoutSeconds },
+  empty(smartDialogStopKeywords) ? {} : { SMARTDIALOG_STOP_KEYWORDS: smartDialogStopKeywords },
+  empty(smartDialogStartKeywords) ? {} : { SMARTDIALOG_START_KEYWORDS: smartDialogStartKeywords },
+  empty(smartDialogDispatchMaxAttempts) ? {} : { SMARTDIALOG_DISPATCH_MAX_ATTEMPTS: smartDialogDispatchMaxAttempts },
+  empty(smartDialogDispatchRetryBaseSeconds) ? {} : { SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS: smartDialogDispatchRetryBaseSeconds },
+  empty(smartDialogSendQuotaWaitSeconds) ? {} : { SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: smartDialogSendQuotaWaitSeconds }
 )
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {

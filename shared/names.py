@@ -25,8 +25,46 @@ MESSAGES_TABLE = "SmartDialogMessages"
 #: Idempotency keys of the send actions, each pointing at the message it created.
 IDEMPOTENCY_TABLE = "SmartDialogIdempotency"
 
-QUEUES: tuple[str, ...] = (OUTBOUND_QUEUE, INBOUND_QUEUE, EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE)
-TABLES: tuple[str, ...] = (QUOTA_TABLE, MESSAGES_TABLE, IDEMPOTENCY_TABLE)
+#: Internal: each accepted webhook call as received (service, receipt time, validated payload).
+#: The webhook's only storage write; ``InboundProcessor`` de-duplicates, applies opt-out and
+#: publishes to ``smartdialog-inbound`` (model: ``shared.inbound.InboundIntake``).
+INBOUND_INTAKE_QUEUE = "smartdialog-inbound-intake"
+#: One message per (inbound event, New Message subscriber): what the dispatcher POSTs.
+INBOUND_DELIVERIES_QUEUE = "smartdialog-inbound-deliveries"
+#: Subscriber deliveries that failed for good, each wrapped with its reason
+#: (``schemas/inbound-dead-letter.json``).
+INBOUND_DEAD_LETTER_QUEUE = "smartdialog-inbound-deadletter"
+
+#: Inbound webhooks registered with SmartDialog (one per pipeline action).
+WEBHOOKS_TABLE = "SmartDialogWebhooks"
+#: New Message trigger subscriptions (Power Automate callback URLs), per service.
+SUBSCRIPTIONS_TABLE = "SmartDialogSubscriptions"
+#: Inbound message ids already published (de-duplication of upstream retries).
+INBOUND_SEEN_TABLE = "SmartDialogInboundSeen"
+#: Opted-out recipients (STOP), per service.
+SUPPRESSIONS_TABLE = "SmartDialogSuppressions"
+#: Delivery reports as received (raw query), one per message, recipient and status.
+DELIVERY_REPORTS_TABLE = "SmartDialogDeliveryReports"
+
+QUEUES: tuple[str, ...] = (
+    OUTBOUND_QUEUE,
+    INBOUND_QUEUE,
+    EVENTS_QUEUE,
+    OUTBOUND_DEAD_LETTER_QUEUE,
+    INBOUND_DELIVERIES_QUEUE,
+    INBOUND_DEAD_LETTER_QUEUE,
+    INBOUND_INTAKE_QUEUE,
+)
+TABLES: tuple[str, ...] = (
+    QUOTA_TABLE,
+    MESSAGES_TABLE,
+    IDEMPOTENCY_TABLE,
+    WEBHOOKS_TABLE,
+    SUBSCRIPTIONS_TABLE,
+    INBOUND_SEEN_TABLE,
+    SUPPRESSIONS_TABLE,
+    DELIVERY_REPORTS_TABLE,
+)
 
 
 def poison_queue(queue: str) -> str:

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     send_retry_max_seconds: float = Field(300.0, alias="SMARTDIALOG_SEND_RETRY_MAX_SECONDS", ge=0)
     send_lease_seconds: float = Field(120.0, alias="SMARTDIALOG_SEND_LEASE_SECONDS", gt=0)
     send_timeout_seconds: float = Field(30.0, alias="SMARTDIALOG_SEND_TIMEOUT_SECONDS", gt=0)
+    send_quota_wait_seconds: float = Field(
+        1.0, alias="SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS", ge=0, le=10
+    )
     send_status_retry_after_seconds: int = Field(
         5, alias="SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS", ge=1
     )
@@ -73,6 +76,15 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_seconds: float = Field(
         604800.0, alias="SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS", gt=0
+    )
+    # Inbound messages, subscriptions, opt-out (shared/inbound, docs/inbound.md).
+    stop_keywords: str = Field(
+        "STOP,LOPETA,SEIS,STOPPA,AVSLUTA,AVBRYT", alias="SMARTDIALOG_STOP_KEYWORDS"
+    )
+    start_keywords: str = Field("START,ALOITA,STARTA", alias="SMARTDIALOG_START_KEYWORDS")
+    dispatch_max_attempts: int = Field(8, alias="SMARTDIALOG_DISPATCH_MAX_ATTEMPTS", ge=1)
+    dispatch_retry_base_seconds: float = Field(
+        5.0, alias="SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS", ge=0
     )
     # Storage: a connection string locally; in Azure, identity-based settings
     # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
@@ -104,12 +116,26 @@ class Settings(BaseSettings):
         return [s for s in self.scopes.replace(",", " ").split() if s not in reserved]
 
     @property
+    def stop_keyword_set(self) -> frozenset[str]:
+        """Stop keywords, upper-cased (an inbound message that is exactly one opts out)."""
+        return _keywords(self.stop_keywords)
+
+    @property
+    def start_keyword_set(self) -> frozenset[str]:
+        """Start keywords, upper-cased (an inbound message that is exactly one opts back in)."""
+        return _keywords(self.start_keywords)
+
+    @property
     def callback_secret_list(self) -> list[str]:
         """Callback secrets, newest first: the first signs, every one verifies."""
         if self.callback_secrets is None:
             return []
         raw = self.callback_secrets.get_secret_value()
         return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def _keywords(raw: str) -> frozenset[str]:
+    return frozenset(word.strip().upper() for word in raw.split(",") if word.strip())
 
 
 @lru_cache(maxsize=1)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from shared.settings import DEFAULT_AUTHORITY, DEFAULT_BASE_URL, Settings
+from shared.settings import DEFAULT_BASE_URL, Settings
 
 
 def test_defaults_match_the_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -12,8 +15,10 @@ def test_defaults_match_the_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.base_url == DEFAULT_BASE_URL == "https://api.arena.fi/api-integrations/v1"
-    assert settings.authority == DEFAULT_AUTHORITY
-    assert "B2C_1A_SmartDialog_Integrations" in settings.authority
+    # The connector's tokenUrl is this authority + /oauth2/v2.0/token.
+    assert settings.authority == (
+        "https://arenafi.b2clogin.com/arenafi.onmicrosoft.com/B2C_1A_SmartDialog_Integrations"
+    )
     assert (settings.quota_calls, settings.quota_period_seconds) == (100, 60.0)
 
 
@@ -59,3 +64,14 @@ def test_unresolved_key_vault_reference_is_refused(monkeypatch: pytest.MonkeyPat
     )
     with pytest.raises(ValueError, match="SMARTDIALOG_CALLBACK_SECRETS"):
         Settings()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("alias", [f.alias for f in Settings.model_fields.values()])
+def test_every_setting_is_documented_and_in_the_sample(alias: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert f"`{alias}`" in readme, f"README.md's settings table lacks {alias}"
+    assert alias in sample, f"local.settings.sample.json lacks {alias}"

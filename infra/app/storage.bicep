@@ -13,6 +13,9 @@ var queueNames = [
   'smartdialog-inbound'
   'smartdialog-events'
   'smartdialog-outbound-deadletter'
+  'smartdialog-inbound-deliveries'
+  'smartdialog-inbound-deadletter'
+  'smartdialog-inbound-intake'
 ]
 
 // Exactly shared/names.py TABLES.
@@ -20,6 +23,11 @@ var tableNames = [
   'SmartDialogQuota'
   'SmartDialogMessages'
   'SmartDialogIdempotency'
+  'SmartDialogWebhooks'
+  'SmartDialogSubscriptions'
+  'SmartDialogInboundSeen'
+  'SmartDialogSuppressions'
+  'SmartDialogDeliveryReports'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

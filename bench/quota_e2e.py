@@ -1,0 +1,336 @@
+"""The outbound quota benchmark: a backlog drained by concurrent senders against the sandbox.
+
+``run_quota_benchmark()`` enqueues a backlog of sends on ``smartdialog-outbound`` (Azurite),
+starts ``workers`` threads that each play the Functions host (receive a batch, invoke the app's
+real ``OutboundSender`` queue-trigger function per message, delete it when it returned), against
+a sandbox whose own quota is the compressed one we configure, and measures against the
+sandbox's request log:
+
+- utilisation, two ways: ``rate_utilisation`` = the call rate after the first call over the
+  quota's rate (``calls / period``), and the stricter ``utilisation`` = calls made / the most a
+  bursting sender could make between the first and last call (``calls * (span / period + 1)``;
+  a sliding log in steady state spreads calls evenly, which caps this one near 0.93 for 300
+  calls at 20/2 s),
+- the most calls in any sliding window of ``period`` seconds (must be <= ``calls``),
+- upstream 429s (the sandbox enforces the same quota: any over-admission shows here),
+- duplicates (a RequestId accepted upstream twice) and lost messages (not sent when done).
+
+Run it alone with ``python -m bench.quota_e2e``; ``measure()`` gives the rows of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import datetime as dt
+import json
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.__main__ import FigureRow
+
+__all__ = ["max_in_window", "measure", "run_quota_benchmark"]
+
+DELIVERED = "+358400000001"
+
+
+def max_in_window(times: Sequence[float], window: float) -> int:
+    """The most of ``times`` (seconds) inside any half-open window ``[t, t + window)``."""
+    ordered = sorted(times)
+    best = 0
+    for i, start in enumerate(ordered):
+        best = max(best, bisect.bisect_left(ordered, start + window) - i)
+    return best
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    from shared.outbound import reset_sender_cache
+    from shared.settings import reset_settings_cache
+
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    reset_settings_cache()
+    reset_sender_cache()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_settings_cache()
+        reset_sender_cache()
+
+
+def _histogram(times: Sequence[float], width: float) -> list[int]:
+    """Calls in consecutive windows of ``width`` seconds from the first call (for diagnosis)."""
+    if not times:
+        return []
+    start = min(times)
+    counts = Counter(int((t - start) // width) for t in times)
+    return [counts.get(i, 0) for i in range(max(counts) + 1)]
+
+
+def _parse_time(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class _SandboxProcess:
+    """``python -m sandbox`` on a free port; its logs are read over its inspection API."""
+
+    def __init__(self, quota_calls: int, quota_period: float) -> None:
+        import socket
+        import subprocess
+        import sys
+
+        import httpx
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.api_url = self.url + "/api-integrations/v1"
+        self.token = "sandbox-token"
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "--port", str(port), "--log-level", "WARNING",
+             "--quota-calls", str(quota_calls), "--quota-period", str(quota_period),
+             "--dlr-delay", "3600"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._http = httpx.Client(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if self._http.get(self.url + "/sandbox/health").status_code == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the sandbox did not start")
+
+    def log(self, name: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self._http.get(f"{self.url}/sandbox/{name}").json()
+        return entries
+
+    def stop(self) -> None:
+        self._http.close()
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except Exception:
+            self._process.kill()
+
+
+class _SandboxInProcess:
+    """A :class:`SandboxServer` in this process (shares our GIL: a harsher test of the margin)."""
+
+    def __init__(self, quota_calls: int, quota_period: float) -> None:
+        from sandbox.server import SandboxServer
+
+        self._server = SandboxServer(
+            quota_calls=quota_calls, quota_period=quota_period, dlr_delay=3600
+        ).start()
+        self.api_url = self._server.api_url
+        self.token = self._server.token
+
+    def log(self, name: str) -> list[dict[str, Any]]:
+        return self._server.state.snapshot(name.replace("-", "_"))
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def run_quota_benchmark(
+    *,
+    messages: int = 300,
+    workers: int = 4,
+    quota_calls: int = 20,
+    quota_period: float = 2.0,
+    safety_margin: float = 0.05,
+    timeout: float = 180.0,
+    azurite_connection_string: str | None = None,
+    sandbox_in_process: bool = True,
+) -> dict[str, Any]:
+    """Drain a backlog of ``messages`` sends with ``workers`` concurrent senders; the figures.
+
+    Starts (and stops) its own sandbox, and its own Azurite unless a connection string is given.
+    """
+    import azure.functions as func  # noqa: F401 - the app imports it anyway
+    from azure.functions.queue import QueueMessage
+
+    from devhost.azurite import start_azurite
+    from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
+
+    azurite = None
+    if azurite_connection_string is None:
+        azurite = start_azurite()
+        azurite_connection_string = azurite.connection_string
+    sandbox: _SandboxProcess | _SandboxInProcess = (
+        _SandboxInProcess(quota_calls, quota_period)
+        if sandbox_in_process
+        else _SandboxProcess(quota_calls, quota_period)
+    )
+    run = uuid.uuid4().hex[:8]
+    env = {
+        "AzureWebJobsStorage": azurite_connection_string,
+        "SMARTDIALOG_BASE_URL": sandbox.api_url,
+        "SMARTDIALOG_ACCESS_TOKEN": sandbox.token,
+        "SMARTDIALOG_CUSTOMER_ID": "1001",
+        "SMARTDIALOG_SERVICE_ID": "s-1001-oneway",
+        "SMARTDIALOG_CALLBACK_SECRETS": "bench-secret",
+        "SMARTDIALOG_QUOTA_CALLS": str(quota_calls),
+        "SMARTDIALOG_QUOTA_PERIOD_SECONDS": str(quota_period),
+        "SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS": str(safety_margin),
+        "SMARTDIALOG_SEND_RETRY_BASE_SECONDS": "1",
+    }
+    try:
+        with _environment(env):
+            from function_app import app
+            from shared.storage import queue_client
+
+            sender = next(
+                f.get_user_function()
+                for f in app.get_functions()
+                if f.get_function_name() == "OutboundSender"
+            )
+            for name in (OUTBOUND_QUEUE, EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE):
+                queue = queue_client(name)
+                with contextlib.suppress(Exception):
+                    queue.create_queue()
+                queue.clear_messages()
+            outbound = queue_client(OUTBOUND_QUEUE)
+            ids = [f"bench-{run}-{i:05d}" for i in range(messages)]
+            for message_id in ids:
+                body = {
+                    "operation": "SendMessage",
+                    "messageId": message_id,
+                    "body": {
+                        "Sender": "Bench",
+                        "Content": "Quota benchmark $(n)",
+                        "Recipients": [{"Address": DELIVERED, "Personalization": {"n": 1}}],
+                    },
+                }
+                outbound.send_message(json.dumps(body))
+
+            stop = threading.Event()
+            errors: list[str] = []
+            invocations = Counter[str]()
+            lock = threading.Lock()
+
+            def worker() -> None:
+                queue = queue_client(OUTBOUND_QUEUE)
+                while not stop.is_set():
+                    # Small batches: a held message must be done before its visibility ends.
+                    batch = list(queue.receive_messages(messages_per_page=4, visibility_timeout=60))
+                    if not batch:
+                        time.sleep(0.05)
+                        continue
+                    for message in batch:
+                        try:
+                            sender(
+                                QueueMessage(  # type: ignore[no-untyped-call]
+                                    id=message.id,
+                                    body=message.content.encode(),
+                                    dequeue_count=message.dequeue_count,
+                                )
+                            )
+                        except Exception as exc:
+                            with lock:
+                                errors.append(f"{type(exc).__name__}: {exc}")
+                            continue
+                        try:
+                            queue.delete_message(message)
+                        except Exception as exc:
+                            with lock:
+                                errors.append(f"delete: {type(exc).__name__}")
+                        with lock:
+                            invocations["ok"] += 1
+
+            started = time.monotonic()
+            threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+            for thread in threads:
+                thread.start()
+            deadline = started + timeout
+            while time.monotonic() < deadline:
+                sent = len(sandbox.log("messages"))
+                if sent >= messages:
+                    break
+                time.sleep(0.5)
+            elapsed = time.monotonic() - started
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+
+            # Every POST /messages, including those the sandbox's quota refused before routing.
+            requests = [
+                r
+                for r in sandbox.log("requests")
+                if r.get("method") == "POST" and str(r.get("path", "")).endswith("/messages")
+            ]
+            times = [_parse_time(r["time"]) for r in requests]
+            ok = [r for r in requests if r.get("status") == 200]
+            per_request_id = Counter(str((r.get("body") or {}).get("RequestId")) for r in ok)
+            duplicates = sum(count - 1 for count in per_request_id.values() if count > 1)
+            lost = sum(1 for message_id in ids if per_request_id.get(message_id, 0) == 0)
+            span = (max(times) - min(times)) if times else 0.0
+            allowed = quota_calls * (span / quota_period + 1) if times else 1.0
+            # The same, as a rate: calls per second after the first over the quota's rate.
+            rate = (len(requests) - 1) / span / (quota_calls / quota_period) if span else 0.0
+            return {
+                "messages": messages,
+                "workers": workers,
+                "quota_calls": quota_calls,
+                "quota_period": quota_period,
+                "safety_margin": safety_margin,
+                "elapsed_seconds": round(elapsed, 2),
+                "upstream_calls": len(requests),
+                "sent": len(ok),
+                "utilisation": round(len(requests) / allowed, 4),
+                "rate_utilisation": round(rate, 4),
+                "max_in_window": max_in_window(times, quota_period),
+                "upstream_429": sum(1 for r in requests if r.get("status") == 429),
+                "duplicates": duplicates,
+                "lost": lost,
+                "invocations": invocations["ok"],
+                "worker_errors": len(errors),
+                "first_errors": errors[:3],
+                "calls_per_period": _histogram(times, quota_period + safety_margin),
+            }
+    finally:
+        sandbox.stop()
+        if azurite is not None:
+            azurite.stop()
+
+
+def measure() -> list[FigureRow]:
+    """The rows for ``python -m bench`` (targets of issue 4, item 7)."""
+    result = run_quota_benchmark()
+    note = (
+        f"{result['messages']} msgs, {result['workers']} workers, "
+        f"{result['quota_calls']}/{result['quota_period']}s, {result['elapsed_seconds']} s; "
+        f"burst-inclusive utilisation {result['utilisation']}"
+    )
+    return [
+        {"figure": "outbound quota utilisation (rate)", "value": result["rate_utilisation"],
+         "anchor": 1.0, "target": ">= 0.95", "note": note},
+        {"figure": "outbound max calls in a window", "value": result["max_in_window"],
+         "anchor": result["quota_calls"], "target": "<= 1.0", "unit": "calls"},
+        {"figure": "outbound upstream 429s", "value": result["upstream_429"], "anchor": 1.0,
+         "target": "<= 0", "unit": "calls"},
+        {"figure": "outbound duplicates", "value": result["duplicates"], "anchor": 1.0,
+         "target": "<= 0", "unit": "messages"},
+        {"figure": "outbound lost", "value": result["lost"], "anchor": 1.0, "target": "<= 0",
+         "unit": "messages"},
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_quota_benchmark(), indent=2))

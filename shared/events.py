@@ -1,0 +1,97 @@
+"""The one event envelope: CloudEvents 1.0 in JSON (structured mode), one event per queue message.
+
+Every event we put on a queue (``smartdialog-events``, ``smartdialog-inbound``) is a
+:class:`CloudEvent` whose ``data`` is a JSON object described by a model of the emitting
+component. ``id`` is deterministic where the event can be emitted twice (a re-delivered queue
+message re-emits the same ``id``), so consumers de-duplicate on ``source`` + ``id`` as the
+CloudEvents spec asks. ``subject`` is our message id (or the inbound message id); ``type`` is
+one of the ``fi.arena.smartdialog.*`` names below. JSON Schemas: ``schemas/events/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any, Generic, Literal, TypeVar, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "EVENT_SOURCE",
+    "MESSAGE_CANCELLED",
+    "MESSAGE_FAILED",
+    "MESSAGE_SENT",
+    "CloudEvent",
+    "make_event",
+    "parse_event",
+    "publish",
+]
+
+#: ``source`` of every event this app emits (a URI reference, as CloudEvents requires).
+EVENT_SOURCE = "urn:smartdialog-functions"
+
+#: A send was accepted by SmartDialog (data: ``shared.outbound.MessageSentData``).
+MESSAGE_SENT = "fi.arena.smartdialog.message.sent"
+#: A send failed for good (data: ``shared.outbound.MessageFailedData``).
+MESSAGE_FAILED = "fi.arena.smartdialog.message.failed"
+#: A send was cancelled before it was sent (data: ``shared.outbound.MessageCancelledData``).
+MESSAGE_CANCELLED = "fi.arena.smartdialog.message.cancelled"
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+class CloudEvent(BaseModel, Generic[DataT]):
+    """A CloudEvents 1.0 event in the JSON format, with a typed ``data`` object."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1, description="Unique per source; repeated on a re-emission.")
+    source: str = Field(EVENT_SOURCE, min_length=1)
+    type: str = Field(min_length=1, description="Reverse-DNS event type, fi.arena.smartdialog.*")
+    time: dt.datetime = Field(description="When the occurrence happened (RFC 3339, UTC).")
+    subject: str | None = Field(None, description="Our message id (or the inbound message id).")
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: DataT
+
+    def to_json(self) -> str:
+        """The event as the JSON text put on a queue (plain UTF-8, no base64)."""
+        return self.model_dump_json(exclude_none=True)
+
+
+def make_event(
+    event_type: str,
+    data: DataT,
+    *,
+    event_id: str,
+    subject: str | None = None,
+    time: dt.datetime | None = None,
+    source: str = EVENT_SOURCE,
+) -> CloudEvent[DataT]:
+    """A :class:`CloudEvent` with ``time`` defaulting to now (UTC)."""
+    # Parametrize with the data's own class so it serializes with all its fields.
+    model = cast("type[CloudEvent[DataT]]", CloudEvent[type(data)])  # type: ignore[misc]
+    return model(
+        id=event_id,
+        source=source,
+        type=event_type,
+        time=time or dt.datetime.now(dt.UTC),
+        subject=subject,
+        data=data,
+    )
+
+
+def publish(event: CloudEvent[Any], queue: str | None = None) -> None:
+    """Put ``event`` on ``queue`` (default: ``smartdialog-events``) as plain JSON text."""
+    from shared.names import EVENTS_QUEUE
+    from shared.storage import queue_client
+
+    queue_client(queue or EVENTS_QUEUE).send_message(event.to_json())
+
+
+def parse_event(text: str | bytes) -> dict[str, Any]:
+    """A queued event as a plain dict (for consumers and tests that don't need the models)."""
+    value = json.loads(text)
+    if not isinstance(value, dict) or value.get("specversion") != "1.0":
+        raise ValueError("not a CloudEvents 1.0 JSON event")
+    return value

@@ -1,0 +1,143 @@
+"""Inbound: SmartDialog's webhook to queue events, the New Message trigger, delivery reports
+and opt-out. ``docs/inbound.md`` explains the flows; the module docstrings the crash windows.
+
+::
+
+    SmartDialog --POST--> callbacks/inbound/{Service}?token  (InboundReceiver)
+        token -> payload -> one InboundIntake on smartdialog-inbound-intake -> 202
+    smartdialog-inbound-intake --> InboundProcessor (queue trigger)
+        de-dup (SmartDialogInboundSeen) -> STOP/START (SmartDialogSuppressions)
+        -> CloudEvent fi.arena.smartdialog.message.received on smartdialog-inbound (Logic Apps)
+        -> one SubscriberDelivery per subscriber on smartdialog-inbound-deliveries
+              -> SubscriberDispatcher POSTs it to the flow's callback, retries with backoff,
+                 dead-letters on smartdialog-inbound-deadletter
+    SmartDialog --GET---> callbacks/dlr/{MessageId}?token&...  (DeliveryReportService)
+        -> report row (SmartDialogDeliveryReports) -> recipient slot, forward only
+        -> fi.arena.smartdialog.message.delivery on smartdialog-events -> caller's own DlrUrl
+
+Actions (``shared.inbound.actions``): RegisterInboundWebhook, UnregisterInboundWebhook,
+NewMessage (trigger) and DeleteNewMessageTrigger, AddSuppression, RemoveSuppression,
+GetSuppression.
+
+Hooks for the send path: :func:`with_delivery_report_url` (the sender puts our DLR URL in each
+send) and :func:`refuse_suppressed` (the send actions refuse opted-out recipients).
+"""
+
+from shared.inbound._dispatch import (
+    DispatchOutcome,
+    DispatchResult,
+    SubscriberDispatcher,
+    reset_dispatcher_cache,
+)
+from shared.inbound._dlr import (
+    DeliveryReport,
+    DeliveryReportResult,
+    DeliveryReportService,
+    delivery_report_url,
+    parse_report,
+    with_delivery_report_url,
+)
+from shared.inbound._http import (
+    process_intake,
+    receive_delivery_report,
+    receive_inbound,
+    reset_caches,
+)
+from shared.inbound._models import (
+    DELIVERY_REPORTED,
+    MESSAGE_RECEIVED,
+    DeliveryReportData,
+    DeliveryState,
+    InboundAttachmentData,
+    InboundIntake,
+    InboundMessageData,
+    NewMessagePayload,
+    SubscriberDeadLetter,
+    SubscriberDelivery,
+)
+from shared.inbound._optout import (
+    ALL_SERVICES,
+    Suppression,
+    SuppressionStore,
+    classify_keyword,
+    recipient_key,
+    refuse_suppressed,
+)
+from shared.inbound._registry import (
+    Subscription,
+    SubscriptionStore,
+    WebhookRegistration,
+    WebhookRegistry,
+    subscription_url,
+    webhook_url,
+)
+from shared.inbound._webhook import (
+    CLAIM_LEASE,
+    Claim,
+    InboundProcessor,
+    InboundReceiver,
+    InboundResult,
+    MalformedIntake,
+    ProcessResult,
+    SeenStore,
+    inbound_message_key,
+)
+
+#: Schemas of the inbound package's queue messages and event data, for ``tools/generate_schemas``
+#: (file name under ``schemas/`` -> model).
+SCHEMA_MODELS = {
+    "events/message-received.data.json": InboundMessageData,
+    "events/message-delivery.data.json": DeliveryReportData,
+    "inbound-delivery.json": SubscriberDelivery,
+    "inbound-dead-letter.json": SubscriberDeadLetter,
+    "inbound-intake.json": InboundIntake,
+}
+
+__all__ = [
+    "ALL_SERVICES",
+    "CLAIM_LEASE",
+    "DELIVERY_REPORTED",
+    "MESSAGE_RECEIVED",
+    "SCHEMA_MODELS",
+    "Claim",
+    "DeliveryReport",
+    "DeliveryReportData",
+    "DeliveryReportResult",
+    "DeliveryReportService",
+    "DeliveryState",
+    "DispatchOutcome",
+    "DispatchResult",
+    "InboundAttachmentData",
+    "InboundIntake",
+    "InboundMessageData",
+    "InboundProcessor",
+    "InboundReceiver",
+    "InboundResult",
+    "MalformedIntake",
+    "NewMessagePayload",
+    "ProcessResult",
+    "SeenStore",
+    "SubscriberDeadLetter",
+    "SubscriberDelivery",
+    "SubscriberDispatcher",
+    "Subscription",
+    "SubscriptionStore",
+    "Suppression",
+    "SuppressionStore",
+    "WebhookRegistration",
+    "WebhookRegistry",
+    "classify_keyword",
+    "delivery_report_url",
+    "inbound_message_key",
+    "parse_report",
+    "process_intake",
+    "receive_delivery_report",
+    "receive_inbound",
+    "recipient_key",
+    "refuse_suppressed",
+    "reset_caches",
+    "reset_dispatcher_cache",
+    "subscription_url",
+    "webhook_url",
+    "with_delivery_report_url",
+]

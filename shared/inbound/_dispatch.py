@@ -1,0 +1,224 @@
+"""The New Message dispatcher: one queued delivery in, at most one POST to one subscriber out.
+
+The webhook fans each inbound event out to ``smartdialog-inbound-deliveries``, one message per
+subscriber, so a subscriber that fails never delays the others, and Logic Apps reading
+``smartdialog-inbound`` keep their own copy. Each delivery POSTs the event's ``data`` (the New
+Message fields, as the certified connector's trigger gives them) in CloudEvents' HTTP binary
+mode: ``ce-id``, ``ce-type``, ``ce-source``, ``ce-time``, ``ce-subject`` headers.
+
+Like the outbound sender it never sleeps: a failed POST that may succeed later (connection
+error, timeout, 408, 425, 429, 5xx) is re-enqueued with a visibility delay (doubling from
+``SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS``, at least the subscriber's ``Retry-After``); after
+``SMARTDIALOG_DISPATCH_MAX_ATTEMPTS`` POSTs, or at once for any other answer (a 4xx says
+"never"), the delivery goes to ``smartdialog-inbound-deadletter`` with its reason. Only our own
+storage failing raises (the host retries, then ``-poison``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import ValidationError
+
+from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
+from shared.inbound._registry import SubscriptionStore
+from shared.inbound._storage import QueueLike, ensured_queue, utcnow
+from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = [
+    "MAX_RETRY_DELAY_SECONDS",
+    "DispatchOutcome",
+    "DispatchResult",
+    "SubscriberDispatcher",
+    "reset_dispatcher_cache",
+]
+
+log = logging.getLogger("shared.inbound.dispatch")
+
+#: Longest wait between two POSTs to one subscriber.
+MAX_RETRY_DELAY_SECONDS = 900
+#: Seconds one POST may take.
+POST_TIMEOUT_SECONDS = 10.0
+_RETRYABLE_STATUSES = frozenset({408, 425, 429})
+
+
+class DispatchOutcome(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY_SCHEDULED = "retry-scheduled"
+    DEAD_LETTERED = "dead-lettered"
+    UNSUBSCRIBED = "unsubscribed"  # the subscription is gone: nothing to do
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    outcome: DispatchOutcome
+    status: int | None = None
+    delay_seconds: int | None = None
+    detail: str | None = None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None
+
+
+class SubscriberDispatcher:
+    """Processes ``smartdialog-inbound-deliveries`` messages. Build with :meth:`from_settings`."""
+
+    def __init__(
+        self,
+        *,
+        subscriptions: SubscriptionStore,
+        deliveries: QueueLike,
+        dead_letters: QueueLike,
+        http: httpx.Client,
+        max_attempts: int,
+        retry_base_seconds: float,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.subscriptions = subscriptions
+        self._deliveries = deliveries
+        self._dead_letters = dead_letters
+        self._http = http
+        self.max_attempts = max_attempts
+        self.retry_base_seconds = retry_base_seconds
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> SubscriberDispatcher:
+        from shared.settings import get_settings
+
+        return _dispatcher_for(settings or get_settings())
+
+    def process(self, text: str) -> DispatchResult:
+        """Deliver one queued event to one subscriber (see the module docstring)."""
+        try:
+            delivery = SubscriberDelivery.model_validate_json(text)
+        except ValidationError as exc:
+            return self._dead_letter(
+                "malformed", f"not a subscriber delivery: {exc.error_count()} problem(s)", text
+            )
+        subscription = self.subscriptions.get(delivery.service, delivery.subscriptionId)
+        if subscription is None:
+            log.info("subscription %s is gone; delivery dropped", delivery.subscriptionId)
+            return DispatchResult(DispatchOutcome.UNSUBSCRIBED)
+        attempt = delivery.attempts + 1
+        host = urlsplit(subscription.callback_url).hostname  # never the URL: it has a secret
+        try:
+            response = self._http.post(
+                subscription.callback_url,
+                json=delivery.event.get("data", {}),
+                headers=_binary_mode_headers(delivery.event),
+            )
+        except httpx.HTTPError as exc:
+            return self._retry(delivery, text, None, None, f"{type(exc).__name__} from {host}")
+        if response.is_success:
+            log.info("inbound event delivered to subscription %s", delivery.subscriptionId)
+            return DispatchResult(DispatchOutcome.DELIVERED, response.status_code)
+        status = response.status_code
+        if status in _RETRYABLE_STATUSES or status >= 500:
+            return self._retry(
+                delivery, text, status, _retry_after(response), f"{host} answered {status}"
+            )
+        return self._dead_letter(
+            "rejected",
+            f"{host} answered {status}: the subscriber refuses this delivery",
+            text,
+            delivery=delivery,
+            attempts=attempt,
+            status=status,
+        )
+
+    def _retry(
+        self,
+        delivery: SubscriberDelivery,
+        text: str,
+        status: int | None,
+        advised: float | None,
+        detail: str,
+    ) -> DispatchResult:
+        attempts = delivery.attempts + 1
+        if attempts >= self.max_attempts:
+            return self._dead_letter(
+                "attempts-exhausted",
+                f"gave up after {attempts} attempts; last: {detail}",
+                text,
+                delivery=delivery,
+                attempts=attempts,
+                status=status,
+            )
+        backoff = min(self.retry_base_seconds * 2 ** (attempts - 1), MAX_RETRY_DELAY_SECONDS)
+        delay = max(backoff * random.uniform(0.75, 1.0), advised or 0.0)
+        seconds = min(MAX_RETRY_DELAY_SECONDS, math.ceil(delay))
+        copy = delivery.model_copy(update={"attempts": attempts})
+        self._deliveries.send_message(copy.model_dump_json(), visibility_timeout=seconds)
+        log.warning(
+            "delivery to subscription %s failed (%s); attempt %d, retry in %d s",
+            delivery.subscriptionId, detail, attempts, seconds,
+        )  # fmt: skip
+        return DispatchResult(DispatchOutcome.RETRY_SCHEDULED, status, seconds, detail)
+
+    def _dead_letter(
+        self,
+        reason: Any,
+        detail: str,
+        text: str,
+        *,
+        delivery: SubscriberDelivery | None = None,
+        attempts: int = 0,
+        status: int | None = None,
+    ) -> DispatchResult:
+        letter = SubscriberDeadLetter(
+            reason=reason,
+            detail=detail,
+            service=delivery.service if delivery else None,
+            subscriptionId=delivery.subscriptionId if delivery else None,
+            attempts=attempts,
+            lastStatus=status,
+            deadLetteredAt=self._clock(),
+            original=text,
+        )
+        self._dead_letters.send_message(letter.model_dump_json(exclude_none=True))
+        log.warning("delivery dead-lettered (%s): %s", reason, detail)
+        return DispatchResult(DispatchOutcome.DEAD_LETTERED, status, detail=detail)
+
+
+def _binary_mode_headers(event: dict[str, Any]) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    for attribute in ("specversion", "id", "source", "type", "time", "subject"):
+        value = event.get(attribute)
+        if value is not None:
+            headers[f"ce-{attribute}"] = str(value)
+    return headers
+
+
+@lru_cache(maxsize=4)
+def _dispatcher_for(settings: Settings) -> SubscriberDispatcher:
+    return SubscriberDispatcher(
+        subscriptions=SubscriptionStore.from_settings(settings),
+        deliveries=ensured_queue(INBOUND_DELIVERIES_QUEUE, settings),
+        dead_letters=ensured_queue(INBOUND_DEAD_LETTER_QUEUE, settings),
+        http=httpx.Client(timeout=POST_TIMEOUT_SECONDS, follow_redirects=False),
+        max_attempts=settings.dispatch_max_attempts,
+        retry_base_seconds=settings.dispatch_retry_base_seconds,
+    )
+
+
+def reset_dispatcher_cache() -> None:
+    """Forget cached dispatchers (tests change settings between cases)."""
+    _dispatcher_for.cache_clear()

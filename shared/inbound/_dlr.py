@@ -1,0 +1,440 @@
+"""Delivery reports: our DLR URL, tolerant parsing, the per-recipient monotonic state machine.
+
+SmartDialog calls a send's ``DlrUrl`` with HTTP GET, keeping our query string and appending its
+own parameters, whose names and vocabulary it does not publish. So :func:`parse_report` reads
+the sandbox's names (``messageId``, ``recipientId``, ``recipient``, ``status``, ``statusCode``,
+``timestamp``) and common aliases (``to``/``msisdn``, ``stat``/``state``, Kannel's numeric
+``dlr`` codes, ...) case-insensitively, and every report keeps its raw query.
+
+State machine of one recipient (the slot entities of ``SmartDialogMessages``, ranks in
+``shared.outbound.RECIPIENT_STATUS_RANK``)::
+
+    pending(0) -> failed/cancelled(10) -> sent(20) -> undelivered(30) -> delivered(40)
+
+A report moves a slot only forward (ETag compare-and-swap on the slot, so a concurrent writer
+never makes it go back): a late ``sent`` after ``delivered`` changes nothing. Reports are
+de-duplicated on message + recipient + state (``SmartDialogDeliveryReports``), not on the
+message alone: each recipient's ``sent`` and ``delivered`` are distinct reports.
+
+Order of one report: token (401) -> record and slot (404 for an unknown message) -> report
+row inserted (a conflict with a processed row: duplicate, 200, nothing else) -> slot advanced
+-> ``fi.arena.smartdialog.message.delivery`` event if the slot is now in the reported state ->
+the caller's own ``DlrUrl`` called with the same parameters -> row marked processed. A crash
+anywhere before the mark repeats the later steps on SmartDialog's retry, with the same event id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, urlencode
+
+from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData, DeliveryState
+from shared.inbound._storage import QueueLike, ensured_queue, ensured_table, plain_datetime, utcnow
+from shared.names import DELIVERY_REPORTS_TABLE, EVENTS_QUEUE
+from shared.problems import Problem, ProblemType
+from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
+
+if TYPE_CHECKING:
+    import httpx
+    from azure.data.tables import TableClient
+
+    from shared.outbound import MessageRecord, MessageStore, OutboundMessage, RecipientSlot
+    from shared.settings import Settings
+
+__all__ = [
+    "DeliveryReport",
+    "DeliveryReportResult",
+    "DeliveryReportService",
+    "delivery_report_url",
+    "parse_report",
+    "with_delivery_report_url",
+]
+
+log = logging.getLogger("shared.inbound.dlr")
+
+#: Seconds we give a caller's own DlrUrl to answer.
+FORWARD_TIMEOUT_SECONDS = 5.0
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "upstream_message_id": ("messageid", "msgid", "message_id", "smsid"),
+    "recipient_id": ("recipientid", "recipient_id", "rid"),
+    "recipient": ("recipient", "to", "msisdn", "phone", "address", "destination", "receiver"),
+    "status": ("status", "stat", "state", "dlrstatus", "deliverystatus"),
+    "status_code": ("statuscode", "status_code", "dlr", "code", "errorcode", "err"),
+    "timestamp": ("timestamp", "time", "donedate", "done_date", "deliveredat", "date"),
+}
+_DELIVERED = frozenset({"delivered", "delivrd", "delivery_ok", "success", "succeeded", "read"})
+_UNDELIVERED = frozenset(
+    {
+        "failed", "failure", "undelivered", "undeliv", "undeliverable", "not_delivered",
+        "rejected", "rejectd", "expired", "deleted", "error", "dropped", "blocked",
+    }
+)  # fmt: skip
+_SENT = frozenset(
+    {"sent", "accepted", "acceptd", "buffered", "enroute", "submitted", "queued", "sending"}
+)
+# Kannel's DLR event numbers (the sandbox uses 1 and 2): 1 delivered to the phone, 2 not
+# delivered, 4 queued at the operator, 8 delivered to the operator, 16 rejected by it.
+_CODES = {
+    "1": DeliveryState.DELIVERED,
+    "2": DeliveryState.UNDELIVERED,
+    "4": DeliveryState.SENT,
+    "8": DeliveryState.SENT,
+    "16": DeliveryState.UNDELIVERED,
+}
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """One delivery report as we understood it, plus every parameter as received."""
+
+    state: DeliveryState
+    raw: dict[str, str]
+    upstream_message_id: str | None = None
+    recipient_id: str | None = None
+    recipient: str | None = None
+    status_text: str | None = None
+    status_code: str | None = None
+    reported_at: dt.datetime | None = None
+
+
+def _state(text: str | None, code: str | None) -> DeliveryState:
+    word = (text or "").strip().lower().replace(" ", "_").replace("-", "_")
+    if word in _DELIVERED:
+        return DeliveryState.DELIVERED
+    if word in _UNDELIVERED:
+        return DeliveryState.UNDELIVERED
+    if word in _SENT:
+        return DeliveryState.SENT
+    if word in _CODES:  # a numeric status
+        return _CODES[word]
+    return _CODES.get((code or "").strip(), DeliveryState.UNKNOWN)
+
+
+def _timestamp(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def parse_report(query: Mapping[str, str]) -> DeliveryReport:
+    """The report in a DLR request's query (our ``token`` excluded from ``raw``)."""
+    raw = {k: v for k, v in query.items() if k != TOKEN_QUERY_PARAMETER}
+    lowered = {k.lower(): v for k, v in raw.items()}
+
+    def pick(name: str) -> str | None:
+        for alias in _ALIASES[name]:
+            value = lowered.get(alias)
+            if value not in (None, ""):
+                return value
+        return None
+
+    status_text, status_code = pick("status"), pick("status_code")
+    return DeliveryReport(
+        state=_state(status_text, status_code),
+        raw=raw,
+        upstream_message_id=pick("upstream_message_id"),
+        recipient_id=pick("recipient_id"),
+        recipient=pick("recipient"),
+        status_text=status_text,
+        status_code=status_code,
+        reported_at=_timestamp(pick("timestamp")),
+    )
+
+
+# --- our DLR URL ---------------------------------------------------------------------------------
+
+
+def delivery_report_url(settings: Settings, message_id: str) -> str:
+    """The DLR URL of our message ``message_id``: token-bearing, no expiry (reports may come
+    days later; rotating the secrets revokes it). SmartDialog appends its parameters."""
+    token = sign(TokenPurpose.DLR, message_id, secrets=settings.callback_secret_list)
+    return (
+        f"{settings.public_base_url}/api/callbacks/dlr/{quote(message_id, safe='')}"
+        f"?{TOKEN_QUERY_PARAMETER}={token}"
+    )
+
+
+def with_delivery_report_url(command: OutboundMessage, settings: Settings) -> OutboundMessage:
+    """``command`` as it must be sent: its body's ``DlrUrl`` replaced by ours. The caller's own
+    ``DlrUrl`` stays in the stored command (the status record), and the DLR function calls it
+    after ours. Discussion replies have no ``DlrUrl`` and are returned unchanged.
+
+    The sender calls this on the normalized command right before the upstream call, never
+    before storing it (the stored command and its fingerprint keep the caller's URL).
+    """
+    body = command.body
+    if command.messageId is None or "DlrUrl" not in type(body).model_fields:
+        return command
+    ours = delivery_report_url(settings, command.messageId)
+    return command.model_copy(update={"body": body.model_copy(update={"DlrUrl": ours})})
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryReportResult:
+    outcome: Literal["recorded", "duplicate", "unmatched"]
+    status: str | None = None
+    advanced: bool = False
+
+    def body(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"status": self.outcome}
+        if self.status is not None:
+            doc["recipientStatus"] = self.status
+        return doc
+
+
+class DeliveryReportService:
+    """Handles one DLR callback (host-independent). Build with :meth:`from_settings`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        messages: MessageStore,
+        reports: TableClient,
+        events: QueueLike,
+        http: httpx.Client | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.messages = messages
+        self.reports = reports
+        self._events = events
+        self._http = http
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryReportService:
+        from shared.outbound import MessageStore
+
+        return cls(
+            settings,
+            messages=MessageStore.from_settings(settings),
+            reports=ensured_table(DELIVERY_REPORTS_TABLE, settings),
+            events=ensured_queue(EVENTS_QUEUE, settings),
+        )
+
+    def authenticate(self, message_id: str, token: str | None) -> None:
+        if not verify(
+            token, TokenPurpose.DLR, message_id, secrets=self.settings.callback_secret_list
+        ):
+            raise Problem(
+                401,
+                "Invalid or missing token",
+                "This delivery-report URL's token is not valid for this message.",
+                type=ProblemType.VALIDATION,
+                headers={"WWW-Authenticate": 'Bearer realm="smartdialog-dlr"'},
+            )
+
+    def handle(self, message_id: str, query: Mapping[str, str]) -> DeliveryReportResult:
+        """Verify, record, advance, announce, forward (see the module docstring)."""
+        self.authenticate(message_id, query.get(TOKEN_QUERY_PARAMETER))
+        report = parse_report(query)
+        record, slots = self.messages.get_with_slots(message_id)
+        if record is None:
+            raise Problem(
+                404,
+                "No such message",
+                f"There is no message {message_id}.",
+                type=ProblemType.NOT_FOUND,
+            )
+        now = self._clock()
+        slot = _match(report, slots)
+        if slot is None:
+            digest = hashlib.sha256(json.dumps(report.raw, sort_keys=True).encode()).hexdigest()
+            row = f"unmatched|{digest[:32]}"
+        else:
+            suffix = report.state if report.state is not DeliveryState.UNKNOWN else (
+                "unknown:" + hashlib.sha256((report.status_text or "").encode()).hexdigest()[:16]
+            )  # fmt: skip
+            row = f"{slot.index:05d}|{suffix}"
+        if self._claim(message_id, row, report, now) == "duplicate":
+            return DeliveryReportResult("duplicate", slot.status if slot else None)
+        if slot is None:
+            log.warning("delivery report for message %s matches no recipient", message_id)
+            self._forward(record, report)
+            self._mark(message_id, row)
+            return DeliveryReportResult("unmatched")
+        previous = slot.status
+        current, advanced = self._advance(slot, report, now)
+        if current == report.state:
+            self._announce(record, slot, report, current, previous if advanced else None, now)
+        self._forward(record, report)
+        self._mark(message_id, row)
+        return DeliveryReportResult("recorded", current, advanced)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _claim(
+        self, message_id: str, row: str, report: DeliveryReport, now: dt.datetime
+    ) -> Literal["new", "duplicate"]:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        try:
+            self.reports.create_entity(
+                {
+                    "PartitionKey": message_id,
+                    "RowKey": row,
+                    "State": str(report.state),
+                    "Raw": json.dumps(report.raw, ensure_ascii=False)[:30_000],
+                    "ReceivedAt": plain_datetime(now),
+                    "Processed": False,
+                }
+            )
+            return "new"
+        except ResourceExistsError:
+            pass
+        try:
+            found = self.reports.get_entity(message_id, row)
+        except ResourceNotFoundError:
+            return "new"
+        return "duplicate" if found.get("Processed") else "new"
+
+    def _mark(self, message_id: str, row: str) -> None:
+        from azure.data.tables import UpdateMode
+
+        self.reports.update_entity(
+            {"PartitionKey": message_id, "RowKey": row, "Processed": True}, mode=UpdateMode.MERGE
+        )
+
+    def _advance(
+        self, slot: RecipientSlot, report: DeliveryReport, now: dt.datetime
+    ) -> tuple[str, bool]:
+        """Move the slot to the report's state if that is forward; (its status now, moved?)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        from shared.outbound import RECIPIENT_STATUS_RANK, RecipientSlot
+
+        if report.state is DeliveryState.UNKNOWN:
+            return slot.status, False
+        target = str(report.state)
+        rank = RECIPIENT_STATUS_RANK[target]
+        table = self.messages.table
+        current = slot
+        for _ in range(8):
+            if RECIPIENT_STATUS_RANK.get(current.status, 0) >= rank:
+                return current.status, False
+            assert current.etag is not None
+            changes: dict[str, Any] = {
+                "PartitionKey": current.message_id,
+                "RowKey": current.row_key,
+                "Status": target,
+                "StatusRank": rank,
+                "UpdatedAt": plain_datetime(now),
+            }
+            if report.recipient_id and not current.upstream_recipient_id:
+                changes["UpstreamRecipientId"] = report.recipient_id
+            try:
+                table.update_entity(
+                    changes,
+                    mode=UpdateMode.MERGE,
+                    etag=current.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return target, True
+            except ResourceModifiedError:
+                current = RecipientSlot.from_entity(
+                    table.get_entity(current.message_id, current.row_key)
+                )
+        raise RuntimeError(f"recipient slot {slot.row_key} of {slot.message_id} kept changing")
+
+    def _announce(
+        self,
+        record: MessageRecord,
+        slot: RecipientSlot,
+        report: DeliveryReport,
+        status: str,
+        previous: str | None,
+        now: dt.datetime,
+    ) -> None:
+        from shared.events import make_event
+
+        data = DeliveryReportData(
+            messageId=record.message_id,
+            upstreamMessageId=record.upstream_message_id or report.upstream_message_id,
+            recipientIndex=slot.index,
+            recipient=slot.address or report.recipient,
+            recipientId=report.recipient_id or slot.upstream_recipient_id,
+            status=DeliveryState(status),
+            previousStatus=previous,
+            statusCode=report.status_code,
+            reportedAt=report.reported_at,
+            receivedAt=now,
+            raw=report.raw,
+        )
+        event = make_event(
+            DELIVERY_REPORTED,
+            data,
+            event_id=f"{record.message_id}:{slot.row_key}:{status}",
+            subject=record.message_id,
+            time=report.reported_at or now,
+        )
+        self._events.send_message(event.to_json())
+
+    def _forward(self, record: MessageRecord, report: DeliveryReport) -> None:
+        """Call the caller's own ``DlrUrl`` (if the send had one) with the same parameters.
+        Best effort: a failure is logged, not retried (as SmartDialog treats DLR URLs)."""
+        url = _own_dlr_url(record)
+        if not url:
+            return
+        target = url + ("&" if "?" in url else "?") + urlencode(report.raw)
+        try:
+            client = self._http
+            if client is None:
+                import httpx
+
+                with httpx.Client(timeout=FORWARD_TIMEOUT_SECONDS) as fresh:
+                    response = fresh.get(target)
+            else:
+                response = client.get(target, timeout=FORWARD_TIMEOUT_SECONDS)
+            if response.is_error:
+                log.warning(
+                    "message %s: the caller's DlrUrl answered %d",
+                    record.message_id, response.status_code,
+                )  # fmt: skip
+        except Exception as exc:  # never fail our report for theirs
+            log.warning("message %s: the caller's DlrUrl failed: %s", record.message_id, exc)
+
+
+def _own_dlr_url(record: MessageRecord) -> str | None:
+    try:
+        command = json.loads(record.command)
+    except ValueError:
+        return None
+    body = command.get("body") if isinstance(command, dict) else None
+    url = body.get("DlrUrl") if isinstance(body, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot | None:
+    """The recipient a report is about: by upstream recipient id, else by address, else the
+    only recipient of a single-recipient message."""
+    if report.recipient_id:
+        for slot in slots:
+            if slot.upstream_recipient_id == report.recipient_id:
+                return slot
+    if report.recipient:
+        from shared.inbound._optout import recipient_key
+
+        wanted = recipient_key(report.recipient)
+        for slot in slots:
+            if slot.address == wanted or slot.address == report.recipient:
+                return slot
+    if len(slots) == 1:
+        return slots[0]
+    return None

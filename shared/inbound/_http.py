@@ -1,0 +1,117 @@
+"""The two callback endpoints SmartDialog calls, host-independent: request in, answer out.
+
+They are not pipeline actions: their token must be checked before the body is even parsed
+(a forged call with a broken body is a 401, not a 400), and SmartDialog, not a flow, is the
+caller. They answer with the same envelopes and problem documents as the actions.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from shared.actions._spec import ActionRequest, ActionResponse
+from shared.problems import Problem, internal_error
+from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
+
+if TYPE_CHECKING:
+    from shared.inbound._dlr import DeliveryReportService
+    from shared.inbound._webhook import InboundProcessor, InboundReceiver, ProcessResult
+    from shared.settings import Settings
+
+__all__ = ["process_intake", "receive_delivery_report", "receive_inbound"]
+
+log = logging.getLogger("shared.inbound")
+
+
+@lru_cache(maxsize=4)
+def _receiver(settings: Settings) -> InboundReceiver:
+    from shared.inbound._webhook import InboundReceiver
+
+    return InboundReceiver.from_settings(settings)
+
+
+@lru_cache(maxsize=4)
+def _processor(settings: Settings) -> InboundProcessor:
+    from shared.inbound._webhook import InboundProcessor
+
+    return InboundProcessor.from_settings(settings)
+
+
+@lru_cache(maxsize=4)
+def _reports(settings: Settings) -> DeliveryReportService:
+    from shared.inbound._dlr import DeliveryReportService
+
+    return DeliveryReportService.from_settings(settings)
+
+
+def _answer(name: str, request: ActionRequest, run: Callable[[], ActionResponse]) -> ActionResponse:
+    instance = f"urn:smartdialog-functions:request:{request.tracking_id}"
+    try:
+        response = run()
+    except Problem as problem:
+        response = ActionResponse.problem(problem.with_instance(instance))
+    except SigningNotConfigured:
+        log.error("%s: SMARTDIALOG_CALLBACK_SECRETS is not set; refusing every callback", name)
+        response = ActionResponse.problem(
+            Problem(401, "Callbacks are not configured").with_instance(instance)
+        )
+    except Exception as exc:
+        log.error("%s failed: %s", name, "".join(traceback.format_exception(exc)).rstrip())
+        response = ActionResponse.problem(internal_error().with_instance(instance))
+    log.info("%s answered %d", name, response.status, extra={"trackingId": request.tracking_id})
+    return response
+
+
+def receive_inbound(request: ActionRequest, settings: Settings | None = None) -> ActionResponse:
+    """``POST /api/callbacks/inbound/{Service}?token=...``: SmartDialog's New Message webhook.
+    ``202 {"status": "accepted", "id"}`` once the call is on the intake queue (its one storage
+    call); 401 and 400 problems with nothing stored; 500 when our storage fails (SmartDialog
+    retries). De-duplication happens behind the queue (:func:`process_intake`), so a retried
+    message is answered 202 again and still published once."""
+
+    def run() -> ActionResponse:
+        from shared.settings import get_settings
+
+        receiver = _receiver(settings or get_settings())
+        service = request.route_params.get("Service", "")
+        result = receiver.receive(service, request.query.get(TOKEN_QUERY_PARAMETER), request.body)
+        return ActionResponse.json(result.body(), status=202)
+
+    return _answer("InboundWebhook", request, run)
+
+
+def process_intake(
+    text: str, *, queue_message_id: str = "", settings: Settings | None = None
+) -> ProcessResult:
+    """The ``InboundProcessor`` queue trigger: one intake message in, its event (once) out.
+    Raises when the host should retry the message (see ``shared.inbound._webhook``)."""
+    from shared.settings import get_settings
+
+    return _processor(settings or get_settings()).process(text, queue_message_id=queue_message_id)
+
+
+def receive_delivery_report(
+    request: ActionRequest, settings: Settings | None = None
+) -> ActionResponse:
+    """``GET /api/callbacks/dlr/{MessageId}?token=...&<SmartDialog's parameters>``.
+    200 ``{"status": "recorded"|"duplicate"|"unmatched", "recipientStatus"}``; 401; 404."""
+
+    def run() -> ActionResponse:
+        from shared.settings import get_settings
+
+        service = _reports(settings or get_settings())
+        result = service.handle(request.route_params.get("MessageId", ""), request.query)
+        return ActionResponse.json(result.body())
+
+    return _answer("DeliveryReport", request, run)
+
+
+def reset_caches() -> None:
+    """Forget cached services (tests change settings between cases)."""
+    _receiver.cache_clear()
+    _processor.cache_clear()
+    _reports.cache_clear()

@@ -1,0 +1,187 @@
+"""Inbound contracts: the webhook payload we accept, the event data we emit, the queue messages
+of the subscriber dispatcher and its dead letters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "DELIVERY_REPORTED",
+    "MESSAGE_RECEIVED",
+    "DeliveryReportData",
+    "DeliveryState",
+    "InboundAttachmentData",
+    "InboundIntake",
+    "InboundMessageData",
+    "NewMessagePayload",
+    "SubscriberDeadLetter",
+    "SubscriberDelivery",
+]
+
+#: An inbound message arrived (data: :class:`InboundMessageData`), on ``smartdialog-inbound``.
+MESSAGE_RECEIVED = "fi.arena.smartdialog.message.received"
+#: A delivery report moved a recipient's state (data: :class:`DeliveryReportData`), on
+#: ``smartdialog-events``.
+DELIVERY_REPORTED = "fi.arena.smartdialog.message.delivery"
+
+
+class InboundAttachmentData(BaseModel):
+    """One attachment of an inbound (WhatsApp) message, as SmartDialog describes it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = None
+    mimeType: str | None = None
+    resourceLocation: str | None = Field(None, description="Where SmartDialog keeps the file.")
+
+
+class NewMessagePayload(BaseModel):
+    """What SmartDialog POSTs to our webhook (the definition's New Message notification content).
+
+    Tolerant on purpose (unknown fields are ignored, ``content`` may be empty for an
+    attachment-only message); strict on what we need: ``sender`` and ``recipient``.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    sender: str = Field(min_length=1, max_length=64)
+    recipient: str = Field(min_length=1, max_length=64)
+    content: str = Field("", max_length=20_000)
+    timestamp: dt.datetime | None = None
+    protocol: str | None = Field(None, max_length=32)
+    attachments: list[InboundAttachmentData] = Field(default_factory=list, max_length=50)
+    messageId: str | None = Field(None, min_length=1, max_length=256)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _null_content_is_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @field_validator("attachments", mode="before")
+    @classmethod
+    def _null_attachments_are_none(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class InboundIntake(BaseModel):
+    """One message on the internal ``smartdialog-inbound-intake`` queue: a webhook call that
+    passed the token and payload checks, as the webhook received it. ``InboundProcessor`` turns
+    it into the event (de-duplication, opt-out, publication, fan-out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schemaVersion: Literal[1] = 1
+    service: str = Field(min_length=1, description="The 2-way service whose webhook was called.")
+    messageKey: str = Field(
+        min_length=1,
+        description="SmartDialog's messageId, or the payload hash when it sent none.",
+    )
+    receivedAt: dt.datetime = Field(description="When the webhook accepted this call (UTC).")
+    payload: NewMessagePayload
+
+
+class InboundMessageData(BaseModel):
+    """``data`` of ``fi.arena.smartdialog.message.received``, and the body a New Message
+    trigger subscriber receives.
+
+    The first seven fields are SmartDialog's New Message payload with its names, so a flow built
+    on the certified connector's trigger reads the same outputs; the rest are ours.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sender: str = Field(description="Who sent it (as SmartDialog gives it, usually E.164).")
+    recipient: str = Field(description="The number or short code it was sent to.")
+    content: str = Field(description="The text (empty for an attachment-only message).")
+    timestamp: dt.datetime | None = Field(None, description="When SmartDialog received it.")
+    protocol: str | None = Field(None, description="SMS or WhatsApp.")
+    attachments: list[InboundAttachmentData] = Field(default_factory=list)
+    messageId: str = Field(
+        description=(
+            "SmartDialog's message id; when SmartDialog sent none, a hash of the payload "
+            "(stable across its retries)."
+        )
+    )
+    service: str = Field(description="The 2-way service whose webhook received it.")
+    receivedAt: dt.datetime = Field(
+        description=(
+            "When our webhook accepted it (UTC); for a message SmartDialog delivered more than "
+            "once, the delivery that was published first."
+        )
+    )
+    optOut: Literal["stop", "start"] | None = Field(
+        None,
+        description=(
+            "stop: the content was a stop keyword and the sender is now suppressed for the "
+            "service; start: a start keyword lifted that. Absent otherwise."
+        ),
+    )
+
+
+class DeliveryState(enum.StrEnum):
+    """A recipient's delivery state as a delivery report says it (ranks: shared.outbound)."""
+
+    SENT = "sent"
+    """An intermediate report (accepted, buffered, submitted to the operator)."""
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    """Not delivered for good (failed, rejected, expired)."""
+    UNKNOWN = "unknown"
+    """A status we do not recognise: kept raw, no state change."""
+
+
+class DeliveryReportData(BaseModel):
+    """``data`` of ``fi.arena.smartdialog.message.delivery``: one recipient's state moved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messageId: str = Field(description="Our message id (the send's Id).")
+    upstreamMessageId: str | None = Field(None, description="SmartDialog's MessageId.")
+    recipientIndex: int = Field(description="The recipient's position in the send (from 0).")
+    recipient: str | None = Field(None, description="The recipient's address.")
+    recipientId: str | None = Field(None, description="SmartDialog's recipient id.")
+    status: DeliveryState = Field(description="The recipient's state after this report.")
+    previousStatus: str | None = Field(None, description="Its state before.")
+    statusCode: str | None = Field(None, description="The report's status code, as sent.")
+    reportedAt: dt.datetime | None = Field(None, description="The report's own timestamp.")
+    receivedAt: dt.datetime = Field(description="When our DLR endpoint received it.")
+    raw: dict[str, str] = Field(
+        default_factory=dict,
+        description="Every query parameter of the report (the upstream's names are unpublished).",
+    )
+
+
+class SubscriberDelivery(BaseModel):
+    """One message on ``smartdialog-inbound-deliveries``: deliver ``event`` to one subscriber.
+
+    The callback URL is not on the queue (it is a credential); the dispatcher reads it from the
+    subscription, so an unsubscribed flow receives nothing more.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str
+    subscriptionId: str
+    event: dict[str, Any] = Field(description="The CloudEvent as put on smartdialog-inbound.")
+    attempts: int = Field(0, ge=0, description="POSTs made so far.")
+    firstQueuedAt: dt.datetime
+
+
+class SubscriberDeadLetter(BaseModel):
+    """One message on ``smartdialog-inbound-deadletter``: a delivery that failed for good."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schemaVersion: Literal[1] = 1
+    reason: Literal["attempts-exhausted", "rejected", "malformed"]
+    detail: str
+    service: str | None = None
+    subscriptionId: str | None = None
+    attempts: int = 0
+    lastStatus: int | None = Field(None, description="HTTP status of the last POST, if any.")
+    deadLetteredAt: dt.datetime
+    original: str = Field(description="The queue message text as it was received.")

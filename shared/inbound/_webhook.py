@@ -1,0 +1,453 @@
+"""The inbound webhook (one storage call) and the intake processor behind it.
+
+The webhook answers fast: it checks, then makes exactly one storage call::
+
+    InboundWebhook:  token (401) -> JSON payload (400)
+                     -> one InboundIntake on smartdialog-inbound-intake -> 202 Accepted
+
+Everything else happens in the queue-triggered ``InboundProcessor``, once per intake message,
+each step only once the previous succeeded::
+
+    InboundProcessor: claim the message key in SmartDialogInboundSeen (pending, holder = the
+                      intake message's queue id)
+        -> opt-out keyword applied to SmartDialogSuppressions (idempotent, see below)
+        -> CloudEvent on smartdialog-inbound, one delivery per subscriber on
+           smartdialog-inbound-deliveries
+        -> claim marked "published" -> return (the host deletes the intake message)
+
+Nothing is stored before the token and the payload are checked, so forged, stale or malformed
+calls leave no trace, not even on the intake queue. ``202`` means "on our intake queue": the
+call is acknowledged only once the intake message is durably stored, and any failure to store
+it is a 500, so SmartDialog retries. SmartDialog may also retry after a 202 (a lost answer):
+that is a second intake message with the same key, and the processor de-duplicates it.
+
+Why the processor never loses a message and publishes it at most "once per crash":
+
+- The claim is an insert with state ``pending`` and the intake message's queue id as
+  ``Holder``. A claim found ``published`` means a duplicate: nothing is published, the intake
+  message is done.
+- A ``pending`` claim of the *same* intake message (``Holder`` matches) is its own earlier
+  attempt that died or raised: the redelivery takes it over at once and publishes.
+- A ``pending`` claim of *another* intake message (SmartDialog delivered the message twice and
+  the other copy is being processed) is left alone for :data:`CLAIM_LEASE`: this copy is put back
+  on the intake queue, invisible until the lease ends, and the invocation returns (no dequeue
+  count is burnt waiting). After the lease the claim is taken over (ETag compare-and-swap).
+- Any exception (our storage failing) propagates: the host makes the intake message visible
+  again and retries it; after ``maxDequeueCount`` (5, host.json) it moves it to
+  ``smartdialog-inbound-intake-poison``, where it is kept for inspection and replay.
+
+A crash (or failure) after the event is on ``smartdialog-inbound`` but before the claim is
+marked therefore yields, at worst, the same event twice, with the same CloudEvents ``id``
+(consumers de-duplicate on ``source`` + ``id``), and the subscriber deliveries twice with the same
+``ce-id``; it never yields none. ``receivedAt`` is the first claim's, kept on takeover, so a
+re-published event carries the same data.
+
+Opt-out ordering: intake messages are processed concurrently and not in arrival order, so a START
+only lifts a suppression that is not newer than itself (by ``receivedAt``): a STOP received after
+it, or a suppression added by the action meanwhile, stands. (A STOP processed after a later START
+suppresses the sender: the safe side; the sender can send START again.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
+
+from shared.events import CloudEvent, make_event
+from shared.inbound._models import (
+    MESSAGE_RECEIVED,
+    InboundIntake,
+    InboundMessageData,
+    NewMessagePayload,
+    SubscriberDelivery,
+)
+from shared.inbound._optout import SuppressionStore, classify_keyword
+from shared.inbound._registry import SubscriptionStore, verify_webhook_token
+from shared.inbound._storage import (
+    QueueLike,
+    ensured_queue,
+    ensured_table,
+    plain_datetime,
+    safe_key,
+    send_creating,
+    utc,
+)
+from shared.names import (
+    INBOUND_DELIVERIES_QUEUE,
+    INBOUND_INTAKE_QUEUE,
+    INBOUND_QUEUE,
+    INBOUND_SEEN_TABLE,
+)
+from shared.problems import FieldError, Problem, ProblemType
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = [
+    "CLAIM_LEASE",
+    "Claim",
+    "InboundProcessor",
+    "InboundReceiver",
+    "InboundResult",
+    "MalformedIntake",
+    "ProcessResult",
+    "SeenStore",
+    "inbound_message_key",
+]
+
+log = logging.getLogger("shared.inbound.webhook")
+
+#: How long a claimed-but-unpublished message belongs to the intake message that claimed it.
+CLAIM_LEASE = dt.timedelta(seconds=30)
+_PENDING = "pending"
+_PUBLISHED = "published"
+
+ClaimOutcome = Literal["new", "duplicate", "in-flight"]
+
+
+def inbound_message_key(payload: NewMessagePayload) -> str:
+    """SmartDialog's ``messageId``, or (without one) a hash of the payload that stays the same
+    across SmartDialog's retries of the same message."""
+    if payload.messageId:
+        return payload.messageId
+    material = payload.model_dump(mode="json", exclude={"messageId"})
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256-" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`SeenStore.claim` found: ``new`` (publish it), ``duplicate`` (published
+    already) or ``in-flight`` (another holder's live claim; ``retry_after`` seconds left)."""
+
+    outcome: ClaimOutcome
+    received_at: dt.datetime
+    retry_after: float = 0.0
+
+
+class SeenStore:
+    """``SmartDialogInboundSeen``: PartitionKey = service, RowKey = the message key, ``State``
+    pending/published, ``ClaimedAt``, ``Holder`` (the claiming intake message's queue id),
+    ``ReceivedAt`` (the first claim's, kept on takeover so a re-published event carries the same
+    data)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> SeenStore:
+        return cls(ensured_table(INBOUND_SEEN_TABLE, settings))
+
+    def claim(
+        self,
+        service: str,
+        key: str,
+        now: dt.datetime,
+        *,
+        holder: str = "",
+        received_at: dt.datetime | None = None,
+    ) -> Claim:
+        """Claim ``key`` for ``holder``: ``new`` when the caller must publish it (first time, a
+        takeover of its own earlier claim, or of another holder's expired one)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+        from azure.data.tables import UpdateMode
+
+        first = received_at or now
+        pk, rk = safe_key(service), safe_key(key)
+        for _ in range(5):
+            try:
+                self._table.create_entity(
+                    {
+                        "PartitionKey": pk,
+                        "RowKey": rk,
+                        "State": _PENDING,
+                        "ClaimedAt": plain_datetime(now),
+                        "ReceivedAt": plain_datetime(first),
+                        "Holder": holder,
+                    }
+                )
+                return Claim("new", first)
+            except ResourceExistsError:
+                pass
+            try:
+                found = self._table.get_entity(pk, rk)
+            except ResourceNotFoundError:
+                continue  # deleted meanwhile: claim again
+            received = utc(found.get("ReceivedAt")) or first
+            if found.get("State") == _PUBLISHED:
+                return Claim("duplicate", received)
+            claimed = utc(found.get("ClaimedAt")) or now
+            own = bool(holder) and found.get("Holder") == holder
+            if not own and now - claimed < CLAIM_LEASE:
+                left = (CLAIM_LEASE - (now - claimed)).total_seconds()
+                return Claim("in-flight", received, left)
+            try:
+                self._table.update_entity(
+                    {
+                        "PartitionKey": pk,
+                        "RowKey": rk,
+                        "ClaimedAt": plain_datetime(now),
+                        "Holder": holder,
+                    },
+                    mode=UpdateMode.MERGE,
+                    etag=found.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return Claim("new", received)
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        return Claim("in-flight", first, CLAIM_LEASE.total_seconds())
+
+    def mark_published(self, service: str, key: str) -> None:
+        from azure.data.tables import UpdateMode
+
+        self._table.update_entity(
+            {"PartitionKey": safe_key(service), "RowKey": safe_key(key), "State": _PUBLISHED},
+            mode=UpdateMode.MERGE,
+        )
+
+
+# --- the webhook: token, payload, one intake message ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    """What the webhook did: the call is on the intake queue; ``event_id`` is the id its event
+    has (or had, for a message SmartDialog delivered before) on ``smartdialog-inbound``."""
+
+    event_id: str
+    outcome: Literal["accepted"] = "accepted"
+
+    def body(self) -> dict[str, Any]:
+        return {"status": self.outcome, "id": self.event_id}
+
+
+class InboundReceiver:
+    """Handles one webhook POST (host-independent): one storage call per accepted request.
+    Build with :meth:`from_settings`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        intake: QueueLike,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._intake = intake
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InboundReceiver:
+        from shared.storage import queue_client
+
+        # Not ensured_queue: that would add a request; send_creating creates it on a 404 only.
+        return cls(settings, intake=queue_client(INBOUND_INTAKE_QUEUE, settings))
+
+    def authenticate(self, service: str, token: str | None) -> None:
+        """401 unless ``token`` opens the webhook of ``service`` under one of the secrets."""
+        if not verify_webhook_token(self.settings, service, token):
+            raise Problem(
+                401,
+                "Invalid or missing token",
+                "This webhook URL's token is not valid for this service (forged, or signed with "
+                "a secret that is no longer configured). Register the webhook again.",
+                type=ProblemType.VALIDATION,
+                headers={"WWW-Authenticate": 'Bearer realm="smartdialog-webhook"'},
+            )
+
+    @staticmethod
+    def parse(body: bytes) -> NewMessagePayload:
+        """The New Message payload in ``body``, or a 400 problem naming what is wrong."""
+        try:
+            return NewMessagePayload.model_validate_json(body or b"null")
+        except ValidationError as exc:
+            errors = [
+                FieldError(
+                    ".".join(str(p) for p in e["loc"]) or "body",
+                    str(e["msg"]).rstrip(".") + ".",
+                )
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            raise Problem(
+                400,
+                "Not a New Message payload",
+                "The body must be SmartDialog's New Message JSON object.",
+                type=ProblemType.VALIDATION,
+                errors=errors,
+            ) from None
+
+    def receive(self, service: str, token: str | None, body: bytes) -> InboundResult:
+        """Authenticate, parse, put one intake message. Raises :class:`Problem` (401, 400);
+        a storage error propagates (500, SmartDialog retries)."""
+        self.authenticate(service, token)
+        payload = self.parse(body)
+        key = inbound_message_key(payload)
+        intake = InboundIntake(
+            service=service, messageKey=key, receivedAt=self._clock(), payload=payload
+        )
+        send_creating(self._intake, intake.model_dump_json(exclude_none=True))
+        return InboundResult(f"{service}:{key}")
+
+
+# --- the processor: de-dup, opt-out, publication, fan-out ----------------------------------------
+
+
+class MalformedIntake(ValueError):
+    """An intake message that is not an :class:`InboundIntake` (only our webhook writes the
+    queue, so this is a bug or a stranger): raised, so the host retries it and then keeps it in
+    ``smartdialog-inbound-intake-poison``."""
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What the processor did with one intake message: ``published`` (event and deliveries
+    enqueued now), ``duplicate`` (published before) or ``deferred`` (another copy holds a live
+    claim; this one is back on the intake queue for ``retry_after`` seconds)."""
+
+    outcome: Literal["published", "duplicate", "deferred"]
+    event_id: str
+    subscribers: int = 0
+    retry_after: int = 0
+
+
+class InboundProcessor:
+    """Processes one intake message (host-independent). Build with :meth:`from_settings`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        seen: SeenStore,
+        subscriptions: SubscriptionStore,
+        suppressions: SuppressionStore,
+        intake: QueueLike,
+        inbound: QueueLike,
+        deliveries: QueueLike,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.seen = seen
+        self.subscriptions = subscriptions
+        self.suppressions = suppressions
+        self._intake = intake
+        self._inbound = inbound
+        self._deliveries = deliveries
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InboundProcessor:
+        return cls(
+            settings,
+            seen=SeenStore.from_settings(settings),
+            subscriptions=SubscriptionStore.from_settings(settings),
+            suppressions=SuppressionStore.from_settings(settings),
+            intake=ensured_queue(INBOUND_INTAKE_QUEUE, settings),
+            inbound=ensured_queue(INBOUND_QUEUE, settings),
+            deliveries=ensured_queue(INBOUND_DELIVERIES_QUEUE, settings),
+        )
+
+    def process(self, text: str, *, queue_message_id: str = "") -> ProcessResult:
+        """Turn one intake message into its event (see the module docstring). Returns normally
+        when the message is done with; raises when the host should retry it."""
+        try:
+            intake = InboundIntake.model_validate_json(text)
+        except ValidationError as exc:
+            raise MalformedIntake(
+                f"not an inbound intake message: {exc.error_count()} problem(s)"
+            ) from None
+        service, key = intake.service, intake.messageKey
+        event_id = f"{service}:{key}"
+        claim = self.seen.claim(
+            service, key, self._clock(), holder=queue_message_id, received_at=intake.receivedAt
+        )
+        if claim.outcome == "duplicate":
+            log.info("inbound %s for service %s: duplicate, ignored", key, service)
+            return ProcessResult("duplicate", event_id)
+        if claim.outcome == "in-flight":
+            # Another copy holds a live claim: come back when its lease ends, without burning
+            # this message's dequeue count (the host deletes this one when we return).
+            seconds = max(1, math.ceil(claim.retry_after))
+            self._intake.send_message(text, visibility_timeout=seconds)
+            log.info("inbound %s for service %s: in flight, deferred %d s", key, service, seconds)
+            return ProcessResult("deferred", event_id, retry_after=seconds)
+        count = self._publish(service, key, event_id, intake.payload, claim.received_at)
+        self.seen.mark_published(service, key)
+        log.info("inbound %s for service %s published to %d subscriber(s)", key, service, count)
+        return ProcessResult("published", event_id, count)
+
+    def _apply_opt_out(
+        self, service: str, key: str, payload: NewMessagePayload, received_at: dt.datetime
+    ) -> Literal["stop", "start"] | None:
+        keyword = classify_keyword(
+            payload.content, self.settings.stop_keyword_set, self.settings.start_keyword_set
+        )
+        if keyword == "stop":
+            self.suppressions.add(
+                service,
+                payload.sender,
+                keyword=" ".join(payload.content.split()).upper(),
+                source="inbound",
+                now=received_at,
+                message_id=key,
+            )
+        elif keyword == "start":
+            self.suppressions.remove_unless_newer(service, payload.sender, received_at)
+        return keyword
+
+    def _publish(
+        self,
+        service: str,
+        key: str,
+        event_id: str,
+        payload: NewMessagePayload,
+        received_at: dt.datetime,
+    ) -> int:
+        keyword = self._apply_opt_out(service, key, payload, received_at)
+        data = InboundMessageData(
+            sender=payload.sender,
+            recipient=payload.recipient,
+            content=payload.content,
+            timestamp=payload.timestamp,
+            protocol=payload.protocol,
+            attachments=payload.attachments,
+            messageId=key,
+            service=service,
+            receivedAt=received_at,
+            optOut=keyword,
+        )
+        event: CloudEvent[InboundMessageData] = make_event(
+            MESSAGE_RECEIVED,
+            data,
+            event_id=event_id,
+            subject=key,
+            time=payload.timestamp or received_at,
+        )
+        text = event.to_json()
+        self._inbound.send_message(text)
+        subscribers = self.subscriptions.list(service)
+        event_dict = json.loads(text)
+        for subscription in subscribers:
+            delivery = SubscriberDelivery(
+                service=service,
+                subscriptionId=subscription.subscription_id,
+                event=event_dict,
+                firstQueuedAt=self._clock(),
+            )
+            self._deliveries.send_message(delivery.model_dump_json())
+        return len(subscribers)

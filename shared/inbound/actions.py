@@ -1,0 +1,478 @@
+"""The inbound actions: webhook registration, the New Message trigger, suppressions.
+
+All run through the shared action pipeline. RegisterInboundWebhook, UnregisterInboundWebhook,
+NewMessage and the suppression actions need the function key; DeleteNewMessageTrigger (the
+``Location`` a flow DELETEs to unsubscribe) is anonymous at the Functions level and checks the
+token its URL carries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.actions._spec import (
+    ActionContext,
+    ActionInput,
+    ActionResponse,
+    ActionSpec,
+    Body,
+    Param,
+    ResponseDoc,
+)
+from shared.actions.fields import (
+    CustomerIdHeader,
+    HttpUrl,
+    NonEmptyStr,
+    PhoneNumber,
+    service_dropdown,
+    ui,
+)
+from shared.inbound._models import InboundMessageData
+from shared.inbound._optout import ALL_SERVICES, Suppression, SuppressionStore
+from shared.inbound._registry import (
+    Subscription,
+    SubscriptionStore,
+    WebhookRegistration,
+    WebhookRegistry,
+    subscription_url,
+    verify_subscription_token,
+    webhook_url,
+)
+from shared.inbound._storage import utcnow
+from shared.problems import Problem, ProblemType
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = ["ALL_SERVICES", "SPECS", "notification_schema", "register_webhook"]
+
+TAG = "Inbound"
+
+# --- parameters -----------------------------------------------------------------------------------
+
+TwoWayServicePath = Annotated[
+    NonEmptyStr,
+    Param("path", "Service"),
+    Field(
+        max_length=200,
+        description="The 2-way service whose inbound messages to receive.",
+        json_schema_extra=ui(
+            "Service", visibility="important", dynamic_values=service_dropdown("TwoWay")
+        ),
+    ),
+]
+ActionIdPath = Annotated[
+    NonEmptyStr,
+    Param("path", "ActionId"),
+    Field(
+        max_length=200,
+        description="The ActionId RegisterInboundWebhook answered.",
+        json_schema_extra=ui("Action Id", visibility="important"),
+    ),
+]
+SuppressionServicePath = Annotated[
+    NonEmptyStr,
+    Param("path", "Service"),
+    Field(
+        max_length=200,
+        description="The service the opt-out applies to; * for every service.",
+        json_schema_extra=ui("Service", visibility="important"),
+    ),
+]
+PhonePath = Annotated[
+    PhoneNumber,
+    Param("path", "Phone"),
+    Field(
+        description="The recipient's phone number (E.164, or national Finnish).",
+        json_schema_extra=ui("Phone", visibility="important"),
+    ),
+]
+
+# --- inputs and documents -------------------------------------------------------------------------
+
+
+class RegisterInput(ActionInput):
+    customer_id: CustomerIdHeader
+    service: TwoWayServicePath
+
+
+class UnregisterInput(ActionInput):
+    service: TwoWayServicePath
+    action_id: ActionIdPath
+    pipeline_id: Annotated[
+        str | None,
+        Param("query", "PipelineId"),
+        Field(
+            None,
+            max_length=200,
+            description="Only for a webhook this app did not record: its PipelineId.",
+            json_schema_extra=ui("Pipeline Id", visibility="advanced"),
+        ),
+    ] = None
+
+
+class WebhookRegistrationDoc(BaseModel):
+    Service: str = Field(description="The 2-way service.")
+    CustomerId: str = Field(description="The customer it belongs to.")
+    ActionId: str = Field(description="SmartDialog's pipeline action id: unregister with it.")
+    PipelineId: str | None = Field(None, description="SmartDialog's pipeline id.")
+    CreatedAt: str = Field(description="When it was registered.")
+
+
+class SubscribeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    callbackUrl: HttpUrl = Field(
+        description="Where to POST each new message (filled in by Power Automate).",
+        json_schema_extra={
+            **ui("Callback URL", visibility="internal"),
+            "x-ms-notification-url": True,
+        },
+    )
+
+
+class SubscribeInput(ActionInput):
+    customer_id: CustomerIdHeader
+    service: TwoWayServicePath
+    body: Annotated[SubscribeBody, Body()]
+
+
+class UnsubscribeInput(ActionInput):
+    service: TwoWayServicePath
+    subscription_id: Annotated[
+        NonEmptyStr,
+        Param("path", "SubscriptionId"),
+        Field(max_length=64, json_schema_extra=ui("Subscription Id", visibility="internal")),
+    ]
+    token: Annotated[
+        str | None,
+        Param("query", "token"),
+        Field(None, max_length=200, json_schema_extra=ui("Token", visibility="internal")),
+    ] = None
+
+
+class SubscriptionDoc(BaseModel):
+    id: str = Field(description="The subscription id.")
+    service: str
+
+
+class SuppressionInput(ActionInput):
+    service: SuppressionServicePath
+    phone: PhonePath
+
+
+class SuppressionDoc(BaseModel):
+    Service: str = Field(description="The service (* for every service).")
+    Phone: str = Field(description="The recipient, E.164.")
+    Suppressed: bool = Field(description="True while sends to this recipient are refused.")
+    Keyword: str | None = Field(None, description="The stop keyword the recipient sent.")
+    Source: str | None = Field(None, description="inbound (a stop keyword) or action.")
+    Since: str | None = Field(None, description="When the suppression began.")
+
+
+# --- handlers -------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _registry(settings: Settings) -> WebhookRegistry:
+    return WebhookRegistry.from_settings(settings)
+
+
+@lru_cache(maxsize=4)
+def _subscriptions(settings: Settings) -> SubscriptionStore:
+    return SubscriptionStore.from_settings(settings)
+
+
+@lru_cache(maxsize=4)
+def _suppressions(settings: Settings) -> SuppressionStore:
+    return SuppressionStore.from_settings(settings)
+
+
+def _registration_doc(registration: WebhookRegistration) -> dict[str, Any]:
+    return WebhookRegistrationDoc(
+        Service=registration.service,
+        CustomerId=registration.customer_id,
+        ActionId=registration.action_id,
+        PipelineId=registration.pipeline_id,
+        CreatedAt=registration.created_at.isoformat(),
+    ).model_dump(exclude_none=True)
+
+
+def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> WebhookRegistration:
+    """Register our webhook (URL signed with the newest secret) for ``service`` upstream and
+    record it. Each call registers a new pipeline action (that is how secrets rotate)."""
+    from shared.smartdialog import WebhookAction, WebhookOptions
+
+    result = ctx.client.new_message(
+        WebhookAction(options=WebhookOptions(endpointUrl=webhook_url(ctx.settings, service))),
+        customer=customer_id,
+        service=service,
+    )
+    if not result.action_id:
+        raise Problem(
+            502,
+            "SmartDialog did not say which action it created",
+            "The registration answer had no action id, so it could not be recorded; check the "
+            "service's pipelines in SmartDialog.",
+            type=ProblemType.UPSTREAM_UNAVAILABLE,
+        )
+    registration = WebhookRegistration(
+        service=service,
+        action_id=result.action_id,
+        pipeline_id=result.pipeline_id,
+        customer_id=customer_id,
+        created_at=utcnow(),
+    )
+    _registry(ctx.settings).add(registration)
+    return registration
+
+
+def register(ctx: ActionContext, inp: RegisterInput) -> ActionResponse:
+    registration = register_webhook(ctx, inp.customer_id, inp.service)
+    return ActionResponse.json(_registration_doc(registration), status=201)
+
+
+def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
+    from shared.smartdialog import NotFoundError
+
+    registry = _registry(ctx.settings)
+    known = registry.get(inp.service, inp.action_id)
+    pipeline_id = (known.pipeline_id if known else None) or inp.pipeline_id
+    if pipeline_id is None:
+        raise Problem(
+            404,
+            "No such webhook",
+            f"This app registered no action {inp.action_id} for service {inp.service}; pass "
+            "PipelineId to remove one registered elsewhere.",
+            type=ProblemType.NOT_FOUND,
+        )
+    try:
+        ctx.client.delete_trigger(pipeline_id=pipeline_id, action_id=inp.action_id)
+    except NotFoundError:
+        if known is None:
+            raise
+        # Already gone upstream (removed by hand): forget our record too.
+    if known is not None:
+        registry.remove(inp.service, inp.action_id)
+    return ActionResponse.empty(204)
+
+
+def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
+    if not _registry(ctx.settings).list(inp.service):
+        register_webhook(ctx, inp.customer_id, inp.service)
+    subscription = Subscription(
+        service=inp.service,
+        subscription_id=str(uuid.uuid4()),
+        callback_url=inp.body.callbackUrl,
+        customer_id=inp.customer_id,
+        created_at=utcnow(),
+    )
+    _subscriptions(ctx.settings).add(subscription)
+    location = subscription_url(ctx.settings, inp.service, subscription.subscription_id)
+    return ActionResponse.json(
+        {"id": subscription.subscription_id, "service": inp.service},
+        status=201,
+        headers={"Location": location},
+    )
+
+
+def unsubscribe(ctx: ActionContext, inp: UnsubscribeInput) -> ActionResponse:
+    if not verify_subscription_token(ctx.settings, inp.service, inp.subscription_id, inp.token):
+        raise Problem(
+            401,
+            "Invalid or missing token",
+            "Use the Location the subscription answered; it carries its token.",
+            type=ProblemType.VALIDATION,
+        )
+    # Unsubscribing twice is fine (Power Automate may repeat it).
+    _subscriptions(ctx.settings).remove(inp.service, inp.subscription_id)
+    return ActionResponse.empty(200)
+
+
+def _suppression_doc(service: str, phone: str, hit: Suppression | None) -> dict[str, Any]:
+    return SuppressionDoc(
+        Service=service,
+        Phone=phone,
+        Suppressed=hit is not None,
+        Keyword=hit.keyword if hit else None,
+        Source=hit.source if hit else None,
+        Since=hit.since.isoformat() if hit else None,
+    ).model_dump(exclude_none=True)
+
+
+def add_suppression(ctx: ActionContext, inp: SuppressionInput) -> ActionResponse:
+    hit = _suppressions(ctx.settings).add(
+        inp.service, inp.phone, keyword=None, source="action", now=utcnow()
+    )
+    return ActionResponse.json(_suppression_doc(inp.service, inp.phone, hit))
+
+
+def remove_suppression(ctx: ActionContext, inp: SuppressionInput) -> ActionResponse:
+    _suppressions(ctx.settings).remove(inp.service, inp.phone)
+    return ActionResponse.json(_suppression_doc(inp.service, inp.phone, None))
+
+
+def get_suppression(ctx: ActionContext, inp: SuppressionInput) -> ActionResponse:
+    hit = _suppressions(ctx.settings).get(inp.service, inp.phone)
+    return ActionResponse.json(_suppression_doc(inp.service, inp.phone, hit))
+
+
+# --- the trigger's notification content -----------------------------------------------------------
+
+_TITLES = {
+    "sender": "Message Sender",
+    "recipient": "Message Recipient",
+    "content": "Message Content",
+    "timestamp": "Message Timestamp",
+    "protocol": "Message Protocol",
+    "attachments": "Attachments",
+    "messageId": "Message Id",
+    "service": "Service",
+    "receivedAt": "Received at",
+    "optOut": "Opt-out keyword",
+}
+_ATTACHMENT = {
+    "name": ("Attachment Filename", "The filename of the attachment."),
+    "mimeType": ("Attachment Mime Type", "The mime type of the attachment."),
+    "resourceLocation": ("Attachment Resource Location", "Where SmartDialog keeps the file."),
+}
+
+
+def notification_schema() -> dict[str, Any]:
+    """The Swagger schema of what a New Message subscriber receives (:class:`InboundMessageData`,
+    with the certified connector's titles for its fields)."""
+    properties: dict[str, Any] = {}
+    for name, info in InboundMessageData.model_fields.items():
+        prop: dict[str, Any] = {
+            "type": "string",
+            "description": info.description or name,
+            "title": _TITLES[name],
+            "x-ms-visibility": "important" if name in ("sender", "content") else "advanced",
+        }
+        if name in ("timestamp", "receivedAt"):
+            prop["format"] = "date-time"
+        if name == "optOut":
+            prop["enum"] = ["stop", "start"]
+        if name == "attachments":
+            del prop["x-ms-visibility"]
+            prop["type"] = "array"
+            prop["items"] = {
+                "type": "object",
+                "properties": {
+                    key: {"type": "string", "title": title, "description": text}
+                    for key, (title, text) in _ATTACHMENT.items()
+                },
+            }
+        properties[name] = prop
+    return {"type": "object", "properties": properties}
+
+
+SPECS: tuple[ActionSpec[Any], ...] = (
+    ActionSpec(
+        operation_id="NewMessage",
+        method="POST",
+        route="inbound/subscriptions/{Service}",
+        input=SubscribeInput,
+        handler=subscribe,
+        summary="When a new message arrives",
+        description=(
+            "Triggers when a new message arrives to a 2-way service. Registers the app's webhook "
+            "with SmartDialog for the service if it has none."
+        ),
+        responses=(
+            ResponseDoc(
+                201,
+                "Subscribed; DELETE Location to unsubscribe.",
+                SubscriptionDoc,
+                {"Location": "The subscription's URL (carries its own token)."},
+            ),
+        ),
+        tags=(TAG,),
+        connector_extensions={"x-ms-trigger": "single"},
+        path_extensions={
+            "x-ms-notification-content": {
+                "description": "New message",
+                "schema": notification_schema(),
+            }
+        },
+    ),
+    ActionSpec(
+        operation_id="DeleteNewMessageTrigger",
+        method="DELETE",
+        route="inbound/subscriptions/{Service}/{SubscriptionId}",
+        input=UnsubscribeInput,
+        handler=unsubscribe,
+        summary="Remove a New Message subscription",
+        description="Called by Power Automate on the subscription's Location to unsubscribe.",
+        responses=(ResponseDoc(200, "Unsubscribed."),),
+        visibility="internal",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="RegisterInboundWebhook",
+        method="POST",
+        route="inbound/webhooks/{Service}",
+        input=RegisterInput,
+        handler=register,
+        summary="Register the inbound webhook",
+        description=(
+            "Asks SmartDialog to forward the 2-way service's inbound messages to this app, which "
+            "puts each on the smartdialog-inbound queue as a CloudEvent."
+        ),
+        responses=(ResponseDoc(201, "Registered.", WebhookRegistrationDoc),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="UnregisterInboundWebhook",
+        method="DELETE",
+        route="inbound/webhooks/{Service}/{ActionId}",
+        input=UnregisterInput,
+        handler=unregister,
+        summary="Unregister the inbound webhook",
+        description="Removes a webhook registration from SmartDialog and from the app's records.",
+        responses=(ResponseDoc(204, "Removed."),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="AddSuppression",
+        method="PUT",
+        route="suppressions/{Service}/{Phone}",
+        input=SuppressionInput,
+        handler=add_suppression,
+        summary="Suppress a recipient",
+        description=(
+            "Refuses further sends to the recipient through the service (* for all) unless a "
+            "send is marked transactional. Inbound stop keywords do the same."
+        ),
+        responses=(ResponseDoc(200, "Suppressed.", SuppressionDoc),),
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="RemoveSuppression",
+        method="DELETE",
+        route="suppressions/{Service}/{Phone}",
+        input=SuppressionInput,
+        handler=remove_suppression,
+        summary="Lift a suppression",
+        description="Allows sends to the recipient again (as an inbound start keyword does).",
+        responses=(ResponseDoc(200, "Not suppressed.", SuppressionDoc),),
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="GetSuppression",
+        method="GET",
+        route="suppressions/{Service}/{Phone}",
+        input=SuppressionInput,
+        handler=get_suppression,
+        summary="Check a suppression",
+        description="Whether sends to the recipient through the service are refused.",
+        responses=(ResponseDoc(200, "The recipient's state.", SuppressionDoc),),
+        tags=(TAG,),
+    ),
+)

@@ -1,0 +1,297 @@
+"""The outbound queue message (a public contract), message statuses, event data, dead letters.
+
+The queue message is what the send actions enqueue and what any other service may enqueue on
+``smartdialog-outbound`` without going through HTTP (schema: ``schemas/outbound-message.json``).
+Its envelope is camelCase; its ``body`` is exactly the upstream request body of the named
+operation, PascalCase, as the certified connector and our send actions take it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
+
+__all__ = [
+    "DEAD_LETTER_SCHEMA_VERSION",
+    "OUTBOUND_MESSAGE_ID_PATTERN",
+    "DeadLetter",
+    "DeadLetterReason",
+    "FailureInfo",
+    "MessageCancelledData",
+    "MessageFailedData",
+    "MessageSentData",
+    "MessageStatus",
+    "Operation",
+    "OutboundMessage",
+    "RecipientOutcome",
+    "SendDiscussionReplyMessageCommand",
+    "SendMessageCommand",
+    "SendReplyMessageCommand",
+    "SendWhatsappTemplateMessageCommand",
+    "derive_message_id",
+    "parse_outbound_message",
+    "request_fingerprint",
+]
+
+#: Our message ids: UUIDs as we make them, or any caller-chosen id of this shape.
+OUTBOUND_MESSAGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEAD_LETTER_SCHEMA_VERSION: Literal[1] = 1
+# Namespace of ids derived from a caller's key (uuid5), fixed forever: changing it changes ids.
+_ID_NAMESPACE = uuid.UUID("0b8a3c55-7c0e-4f0e-9a51-6a2f6f1f2d10")
+
+
+class Operation(enum.StrEnum):
+    """The upstream send operations, by the certified connector's operationIds."""
+
+    SEND_MESSAGE = "SendMessage"
+    SEND_REPLY_MESSAGE = "SendReplyMessage"
+    SEND_DISCUSSION_REPLY_MESSAGE = "SendDiscussionReplyMessage"
+    SEND_WHATSAPP_TEMPLATE_MESSAGE = "SendWhatsappTemplateMessage"
+
+    @property
+    def carries_request_id(self) -> bool:
+        """Whether upstream de-duplicates this operation on ``RequestId`` (all but discussion
+        replies), i.e. whether an attempt whose outcome is unknown may be repeated."""
+        return self is not Operation.SEND_DISCUSSION_REPLY_MESSAGE
+
+
+class MessageStatus(enum.StrEnum):
+    """A message's lifecycle (see the state machine in :mod:`shared.outbound`)."""
+
+    ACCEPTED = "accepted"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.CANCELLED)
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    messageId: str | None = Field(
+        None,
+        pattern=OUTBOUND_MESSAGE_ID_PATTERN,
+        description=(
+            "Our id for the message: poll and cancel by it. Omit it and one is derived from "
+            "body.RequestId (same RequestId, same message) or, failing that, from the queue "
+            "message's own id."
+        ),
+    )
+    customerId: str | None = Field(
+        None, min_length=1, description="SmartDialog customer; default SMARTDIALOG_CUSTOMER_ID."
+    )
+    validUntil: dt.datetime | None = Field(
+        None,
+        description=(
+            "Give up (status failed, reason expired) if not sent by then. Default: first seen "
+            "+ SMARTDIALOG_SEND_VALIDITY_SECONDS. Needs a time zone."
+        ),
+    )
+    attempts: int = Field(
+        0, ge=0, description="Set by the sender when it re-enqueues: upstream attempts so far."
+    )
+    deferrals: int = Field(
+        0, ge=0, description="Set by the sender when it re-enqueues: quota deferrals so far."
+    )
+
+    @model_validator(mode="after")
+    def _aware(self) -> _Envelope:
+        if self.validUntil is not None and self.validUntil.tzinfo is None:
+            raise ValueError("validUntil needs a time zone (e.g. a trailing Z)")
+        return self
+
+
+class _ServiceEnvelope(_Envelope):
+    serviceId: str | None = Field(
+        None, min_length=1, description="SmartDialog service; default SMARTDIALOG_SERVICE_ID."
+    )
+    transactional: bool = Field(
+        False,
+        description=(
+            "Our extension, never sent upstream: true sends even to recipients who opted out "
+            "of the service (STOP), for messages they must get regardless, e.g. a security "
+            "code. False (the default): a message to an opted-out recipient fails (code "
+            "suppressed) and is dead-lettered."
+        ),
+    )
+
+
+class SendMessageCommand(_ServiceEnvelope):
+    """SendMessage: an SMS (or a WhatsApp message, ``Protocol`` WhatsApp)."""
+
+    operation: Literal["SendMessage"]
+    body: Message
+
+
+class SendReplyMessageCommand(_ServiceEnvelope):
+    """SendReplyMessage: a reply to ``parentMessageId``."""
+
+    operation: Literal["SendReplyMessage"]
+    parentMessageId: str = Field(min_length=1)
+    body: Message
+
+
+class SendDiscussionReplyMessageCommand(_Envelope):
+    """SendDiscussionReplyMessage: a reply into a discussion thread (no service, no RequestId)."""
+
+    operation: Literal["SendDiscussionReplyMessage"]
+    body: DiscussionReply
+
+
+class SendWhatsappTemplateMessageCommand(_ServiceEnvelope):
+    """SendWhatsappTemplateMessage: a WhatsApp template message."""
+
+    operation: Literal["SendWhatsappTemplateMessage"]
+    body: WhatsAppTemplateMessage
+
+
+OutboundMessage = Annotated[
+    SendMessageCommand
+    | SendReplyMessageCommand
+    | SendDiscussionReplyMessageCommand
+    | SendWhatsappTemplateMessageCommand,
+    Field(discriminator="operation"),
+]
+"""One send command on ``smartdialog-outbound``, discriminated by ``operation``."""
+
+OutboundMessageAdapter: TypeAdapter[OutboundMessage] = TypeAdapter(OutboundMessage)
+__all__ += ["OutboundMessageAdapter"]
+
+
+def parse_outbound_message(text: str | bytes) -> OutboundMessage:
+    """The queue message in ``text``; raises ``pydantic.ValidationError`` or ``ValueError``."""
+    return OutboundMessageAdapter.validate_json(text)
+
+
+def derive_message_id(scope: str, key: str) -> str:
+    """A message id that is the same whenever the same ``key`` is used in the same ``scope``."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{scope}\n{key}"))
+
+
+def request_fingerprint(command: OutboundMessage) -> str:
+    """A hash of what is sent (operation, customer, service, parent, body): two requests with
+    the same idempotency key must have the same fingerprint."""
+    material = command.model_dump(
+        mode="json", by_alias=True, exclude_none=True, include={"operation", "body"}
+    )
+    for name in ("customerId", "serviceId", "parentMessageId"):
+        material[name] = getattr(command, name, None)
+    if getattr(command, "transactional", False):  # only when set: older fingerprints stay valid
+        material["transactional"] = True
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --- failure description, shared by the status record, events and dead letters ----------------
+
+
+class FailureInfo(BaseModel):
+    """Why a message failed for good."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(
+        description=(
+            "upstream-rejected | upstream-unavailable | rate-limited | attempts-exhausted | "
+            "expired | outcome-unknown | configuration | suppressed"
+        )
+    )
+    title: str
+    detail: str | None = None
+    upstreamStatus: int | None = Field(None, description="HTTP status of the last upstream answer.")
+    attempts: int = 0
+
+
+class RecipientOutcome(BaseModel):
+    """A recipient as upstream accepted it: ``id`` identifies it in delivery reports."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    id: str | None = None
+
+
+class MessageSentData(BaseModel):
+    """``data`` of ``fi.arena.smartdialog.message.sent``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messageId: str = Field(description="Our message id.")
+    operation: Operation
+    customerId: str | None = None
+    serviceId: str | None = None
+    requestId: str | None = Field(None, description="The RequestId sent upstream.")
+    upstreamMessageId: str | None = Field(None, description="SmartDialog's MessageId.")
+    messagePartCount: int | None = None
+    threadId: str | None = None
+    recipients: list[RecipientOutcome] = Field(default_factory=list)
+    attempts: int = 0
+    duplicate: bool = Field(
+        False, description="True when upstream reported an earlier attempt had already sent it."
+    )
+
+
+class MessageFailedData(BaseModel):
+    """``data`` of ``fi.arena.smartdialog.message.failed``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messageId: str
+    operation: Operation
+    customerId: str | None = None
+    serviceId: str | None = None
+    requestId: str | None = None
+    error: FailureInfo
+
+
+class MessageCancelledData(BaseModel):
+    """``data`` of ``fi.arena.smartdialog.message.cancelled``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messageId: str
+    operation: Operation
+    customerId: str | None = None
+    serviceId: str | None = None
+
+
+class DeadLetterReason(enum.StrEnum):
+    """Why a queue message ended up on ``smartdialog-outbound-deadletter``."""
+
+    MALFORMED = "malformed"
+    """Not a valid outbound message (bad JSON or schema violation): never processed."""
+    FAILED = "failed"
+    """Processed, and failed for good (``error`` says why)."""
+
+
+class DeadLetter(BaseModel):
+    """One message on ``smartdialog-outbound-deadletter``: the reason and the original text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schemaVersion: Literal[1] = DEAD_LETTER_SCHEMA_VERSION
+    reason: DeadLetterReason
+    detail: str = Field(description="Human-readable: what was wrong or why it failed.")
+    errors: list[dict[str, Any]] = Field(
+        default_factory=list, description="Schema violations ({field, message}) when malformed."
+    )
+    error: FailureInfo | None = None
+    messageId: str | None = None
+    queue: str
+    queueMessageId: str | None = None
+    dequeueCount: int | None = None
+    deadLetteredAt: dt.datetime
+    original: str = Field(description="The queue message text exactly as it was received.")

@@ -1,0 +1,122 @@
+"""From a send command to its status record: normalization, part estimates, recipient slots."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from shared.outbound._models import (
+    MessageStatus,
+    Operation,
+    OutboundMessage,
+    OutboundMessageAdapter,
+    SendDiscussionReplyMessageCommand,
+    SendMessageCommand,
+    SendReplyMessageCommand,
+    SendWhatsappTemplateMessageCommand,
+    request_fingerprint,
+)
+from shared.outbound._store import MessageRecord, RecipientSlot
+from shared.sms import estimate, personalize
+
+__all__ = ["command_text", "new_record", "normalize", "recipient_slots"]
+
+
+def normalize(
+    command: OutboundMessage,
+    *,
+    message_id: str,
+    customer_id: str | None,
+    service_id: str | None,
+) -> OutboundMessage:
+    """``command`` with every id and default filled in, so it is sent the same way every time:
+    ``messageId``, ``customerId``/``serviceId`` (from the given defaults when absent) and the
+    upstream ``RequestId`` (the caller's, else our message id). Raises ``ValueError`` when a
+    customer or service is neither in the command nor configured."""
+    update: dict[str, object] = {"messageId": message_id}
+    customer = command.customerId or customer_id
+    if not customer:
+        raise ValueError("customerId is missing and SMARTDIALOG_CUSTOMER_ID is not set")
+    update["customerId"] = customer
+    if not isinstance(command, SendDiscussionReplyMessageCommand):
+        service = command.serviceId or service_id
+        if not service:
+            raise ValueError("serviceId is missing and SMARTDIALOG_SERVICE_ID is not set")
+        update["serviceId"] = service
+        if not command.body.RequestId:
+            update["body"] = command.body.model_copy(update={"RequestId": message_id})
+    return command.model_copy(update=update)
+
+
+def command_text(command: OutboundMessage) -> str:
+    """The queue-message JSON of ``command`` (what goes on ``smartdialog-outbound``)."""
+    return OutboundMessageAdapter.dump_json(command, by_alias=True, exclude_none=True).decode()
+
+
+def _part_counts(command: OutboundMessage) -> list[int]:
+    """Estimated SMS parts per recipient (one entry per recipient, in order)."""
+    if isinstance(command, SendMessageCommand | SendReplyMessageCommand):
+        body = command.body
+        if body.Protocol != "SMS":
+            return [1 for _ in body.Recipients]
+        return [
+            estimate(personalize(body.Content, r.Personalization)).parts for r in body.Recipients
+        ]
+    if isinstance(command, SendWhatsappTemplateMessageCommand):
+        return [1 for _ in command.body.Recipients]
+    return []
+
+
+def _addresses(command: OutboundMessage) -> list[str]:
+    if isinstance(command, SendDiscussionReplyMessageCommand):
+        return []
+    return [r.Address for r in command.body.Recipients]
+
+
+def recipient_slots(command: OutboundMessage, *, now: dt.datetime) -> list[RecipientSlot]:
+    """One pending slot per recipient of a normalized command."""
+    assert command.messageId is not None
+    return [
+        RecipientSlot(command.messageId, index, address, parts, updated_at=now)
+        for index, (address, parts) in enumerate(
+            zip(_addresses(command), _part_counts(command), strict=True)
+        )
+    ]
+
+
+def new_record(
+    command: OutboundMessage,
+    *,
+    now: dt.datetime,
+    validity: dt.timedelta,
+    status: MessageStatus = MessageStatus.ACCEPTED,
+    idempotency_key_hash: str | None = None,
+) -> tuple[MessageRecord, list[RecipientSlot]]:
+    """The status record and recipient slots of a normalized command."""
+    assert command.messageId is not None
+    assert command.customerId is not None
+    slots = recipient_slots(command, now=now)
+    if isinstance(command, SendDiscussionReplyMessageCommand):
+        part_count = estimate(command.body.Content).parts
+        service_id = None
+        request_id = None
+    else:
+        part_count = max((s.part_count for s in slots), default=1)
+        service_id = command.serviceId
+        request_id = command.body.RequestId
+    record = MessageRecord(
+        message_id=command.messageId,
+        status=status,
+        operation=Operation(command.operation),
+        customer_id=command.customerId,
+        service_id=service_id,
+        request_id=request_id,
+        command=command_text(command),
+        fingerprint=request_fingerprint(command),
+        idempotency_key_hash=idempotency_key_hash,
+        created_at=now,
+        updated_at=now,
+        valid_until=command.validUntil or now + validity,
+        recipient_count=len(slots),
+        part_count=part_count,
+    )
+    return record, slots

@@ -1,0 +1,363 @@
+"""The send service behind the HTTP actions: accept (record, enqueue), status, cancel.
+
+Host-independent: the action specs in :mod:`shared.outbound.actions` call these and shape the
+HTTP answers. Every function raises :class:`~shared.problems.Problem` for caller errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from shared.events import MESSAGE_CANCELLED, make_event
+from shared.names import EVENTS_QUEUE, OUTBOUND_QUEUE
+from shared.outbound._models import (
+    MessageCancelledData,
+    MessageStatus,
+    Operation,
+    OutboundMessage,
+    request_fingerprint,
+)
+from shared.outbound._records import command_text, new_record, normalize
+from shared.outbound._store import (
+    IdempotencyStore,
+    MessageRecord,
+    MessageStore,
+    RecipientSlot,
+    effective_status,
+    idempotency_key_hash,
+)
+from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = [
+    "MAX_QUEUE_MESSAGE_BYTES",
+    "STUCK_ACCEPTED_AFTER",
+    "SendService",
+    "StatusView",
+]
+
+#: Largest queued send we accept: a Storage queue message holds 64 KiB; we keep headroom for
+#: the sender's retry metadata.
+MAX_QUEUE_MESSAGE_BYTES = 60_000
+#: A record still ``accepted`` this long after its last change lost its enqueue to a crash;
+#: the next status poll (or re-POST) enqueues it again.
+STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """What GetMessageStatus and the send actions answer: HTTP status, headers, JSON body."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+    problem: bool = False
+
+
+class SendService:
+    """Accepts sends, reports their status and cancels them (one per settings object)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: MessageStore | None = None,
+        idempotency: IdempotencyStore | None = None,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.settings = settings
+        self.store = store or MessageStore.from_settings(settings)
+        self.idempotency = idempotency or IdempotencyStore.from_settings(settings)
+        self._clock = clock
+
+    # --- accept --------------------------------------------------------------------------------
+
+    def accept(self, command: OutboundMessage, *, idempotency_key: str | None) -> StatusView:
+        """Record and enqueue ``command``; answer 202 with ``Location`` and ``Retry-After``.
+
+        A repeated request with the same ``Idempotency-Key`` (or, without one, the same body
+        ``RequestId``) for the same customer answers as the first did and enqueues nothing;
+        the same key with a different request is a 422 problem.
+        """
+        now = self._clock()
+        customer = command.customerId or self.settings.customer_id or ""
+        key = idempotency_key or getattr(command.body, "RequestId", None)
+        message_id = str(uuid.uuid4())
+        key_hash: str | None = None
+        replay = False
+        if key:
+            key_hash = idempotency_key_hash(customer, key)
+            fingerprint = request_fingerprint(command)
+            entry = self.idempotency.claim(
+                key_hash,
+                message_id,
+                fingerprint,
+                now=now,
+                ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
+            )
+            if entry.message_id != message_id:
+                if entry.fingerprint != fingerprint:
+                    raise Problem(
+                        422,
+                        "Idempotency key reused for a different request",
+                        "This Idempotency-Key (or RequestId) was already used for another "
+                        "message. Use a new key for a new message.",
+                        type=ProblemType.CONFLICT,
+                        errors=[FieldError("Idempotency-Key", "Already used for another request.")],
+                    )
+                message_id, replay = entry.message_id, True
+        try:
+            command = normalize(
+                command,
+                message_id=message_id,
+                customer_id=self.settings.customer_id,
+                service_id=self.settings.service_id,
+            )
+        except ValueError as exc:  # the pipeline fills defaults; this is a safety net
+            raise validation_problem([FieldError("Customer-Id", str(exc))]) from exc
+        text = command_text(command)
+        if len(text.encode("utf-8")) > MAX_QUEUE_MESSAGE_BYTES:
+            raise validation_problem(
+                [
+                    FieldError(
+                        "body",
+                        f"The message is too large to queue ({len(text.encode())} bytes, at most "
+                        f"{MAX_QUEUE_MESSAGE_BYTES}): send it in several parts.",
+                    )
+                ]
+            )
+        record = self.store.get(message_id) if replay else None
+        if record is None:
+            fresh, slots = new_record(
+                command,
+                now=now,
+                validity=dt.timedelta(seconds=self.settings.send_validity_seconds),
+                status=MessageStatus.ACCEPTED,
+                idempotency_key_hash=key_hash,
+            )
+            record = self.store.create(fresh, slots) or self.store.get(message_id)
+            assert record is not None
+        if record.status is MessageStatus.ACCEPTED:
+            record = self._enqueue(record)
+        return self._pending(record, status=202)
+
+    def _enqueue(self, record: MessageRecord) -> MessageRecord:
+        """Put the record's command on the queue, then mark it queued (a lost race is fine:
+        the sender may already have claimed it)."""
+        _queue(OUTBOUND_QUEUE, self.settings).send_message(record.command)
+        return self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock()) or (
+            self.store.get(record.message_id) or record
+        )
+
+    # --- status --------------------------------------------------------------------------------
+
+    def status_url(self, message_id: str) -> str:
+        """The self-authenticating status URL of a message (the ``Location`` of a send)."""
+        token = sign(
+            TokenPurpose.STATUS,
+            message_id,
+            ttl_seconds=self.settings.status_token_ttl_seconds,
+            secrets=self.settings.callback_secret_list,
+        )
+        base = self.settings.public_base_url
+        return f"{base}/api/messages/{quote(message_id, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
+
+    def check_token(self, message_id: str, token: str | None) -> None:
+        """401 without a token, 403 with one that does not open this message's status."""
+        if not token:
+            raise Problem(
+                401,
+                "Missing token",
+                "Use the status URL from the send's Location header; it carries its token.",
+                type=ProblemType.VALIDATION,
+                headers={"WWW-Authenticate": 'Bearer realm="smartdialog-status"'},
+            )
+        if not verify(
+            token, TokenPurpose.STATUS, message_id, secrets=self.settings.callback_secret_list
+        ):
+            raise Problem(
+                403,
+                "Invalid token",
+                "The token does not open this message's status (wrong, expired or revoked).",
+                type=ProblemType.VALIDATION,
+            )
+
+    def status(self, message_id: str, token: str | None) -> StatusView:
+        """GetMessageStatus: 202 pending, 200 sent (upstream-shaped), problem when failed or
+        cancelled, 404 unknown. The token is checked before anything is looked up."""
+        self.check_token(message_id, token)
+        record, slots = self.store.get_with_slots(message_id)
+        if record is None:
+            raise _not_found(message_id)
+        if record.status is MessageStatus.ACCEPTED and (
+            self._clock() - record.updated_at >= STUCK_ACCEPTED_AFTER
+        ):
+            record = self._enqueue(record)
+        return self.view(record, slots)
+
+    def view(self, record: MessageRecord, slots: list[RecipientSlot] | None = None) -> StatusView:
+        """The answer for ``record`` in its current state."""
+        if record.status is MessageStatus.SENT:
+            return StatusView(200, sent_document(record, slots or []), {})
+        if record.status is MessageStatus.FAILED:
+            return self._failed(record)
+        if record.status is MessageStatus.CANCELLED:
+            problem = Problem(
+                410,
+                "The message was cancelled",
+                f"Message {record.message_id} was cancelled before it was sent.",
+                type=ProblemType.CONFLICT,
+            )
+            return StatusView(410, {**problem.to_dict(), "id": record.message_id}, {}, True)
+        return self._pending(record, status=202)
+
+    def _pending(self, record: MessageRecord, *, status: int) -> StatusView:
+        if record.status.is_final:
+            return self.view(record)
+        body: dict[str, Any] = {
+            "Id": record.message_id,
+            "Status": str(record.status),
+            "RequestId": record.request_id,
+            "EstimatedPartCount": record.part_count,
+            "Attempts": record.attempts,
+            "CreatedAt": record.created_at.isoformat(),
+            "ValidUntil": record.valid_until.isoformat(),
+        }
+        if record.last_error is not None:
+            body["LastError"] = record.last_error.model_dump(exclude_none=True)
+        url = self.status_url(record.message_id)
+        body["StatusUrl"] = url
+        headers = {
+            "Location": url,
+            "Retry-After": str(self.settings.send_status_retry_after_seconds),
+        }
+        return StatusView(status, {k: v for k, v in body.items() if v is not None}, headers)
+
+    def _failed(self, record: MessageRecord) -> StatusView:
+        failure = record.failure
+        rejected = failure is not None and failure.code == "upstream-rejected"
+        problem = Problem(
+            422,
+            failure.title if failure else "The message could not be sent",
+            failure.detail if failure else None,
+            type=ProblemType.UPSTREAM_REJECTED if rejected else ProblemType.UPSTREAM_UNAVAILABLE,
+        )
+        doc = problem.to_dict()
+        doc["id"] = record.message_id
+        if failure is not None:
+            doc.update(code=failure.code, attempts=failure.attempts)
+            if failure.upstreamStatus is not None:
+                doc["upstreamStatus"] = failure.upstreamStatus
+        return StatusView(422, doc, {}, True)
+
+    # --- cancel --------------------------------------------------------------------------------
+
+    def cancel(self, message_id: str) -> StatusView:
+        """CancelMessage: a message not yet being sent is cancelled (200); one being sent or
+        already final answers 409 (cancelling twice is fine: 200); unknown 404."""
+        for _ in range(5):
+            record = self.store.get(message_id)
+            if record is None:
+                raise _not_found(message_id)
+            if record.status is MessageStatus.CANCELLED:
+                return StatusView(200, _cancelled_document(record), {})
+            if record.status not in (MessageStatus.ACCEPTED, MessageStatus.QUEUED):
+                raise Problem(
+                    409,
+                    "The message can no longer be cancelled",
+                    f"Message {message_id} is {record.status}.",
+                    type=ProblemType.CONFLICT,
+                )
+            now = self._clock()
+            done = self.store.swap(
+                record, status=MessageStatus.CANCELLED, finished_at=now, updated_at=now
+            )
+            if done is None:
+                continue  # the sender got there first (or another cancel): look again
+            self.store.advance_recipients(message_id, "cancelled", now=now)
+            data = MessageCancelledData(
+                messageId=message_id,
+                operation=Operation(done.operation),
+                customerId=done.customer_id,
+                serviceId=done.service_id,
+            )
+            event = make_event(
+                MESSAGE_CANCELLED,
+                data,
+                event_id=f"{message_id}:cancelled",
+                subject=message_id,
+                time=now,
+            )
+            _queue(EVENTS_QUEUE, self.settings).send_message(event.to_json())
+            self.store.swap(done, announced=True)
+            return StatusView(200, _cancelled_document(done), {})
+        raise Problem(409, "The message is changing; try again", type=ProblemType.CONFLICT)
+
+
+def _not_found(message_id: str) -> Problem:
+    return Problem(
+        404, "No such message", f"There is no message {message_id}.", type=ProblemType.NOT_FOUND
+    )
+
+
+def _cancelled_document(record: MessageRecord) -> dict[str, Any]:
+    return {"Id": record.message_id, "Status": str(MessageStatus.CANCELLED)}
+
+
+def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str, Any]:
+    """Upstream's answer as upstream shaped it (PascalCase; camelCase for WhatsApp templates),
+    with our fields added in the same casing and each recipient's status from its slot."""
+    result = record.result_json() or {}
+    camel = record.operation is Operation.SEND_WHATSAPP_TEMPLATE_MESSAGE
+
+    def name(pascal: str) -> str:
+        return pascal[:1].lower() + pascal[1:] if camel else pascal
+
+    doc = dict(result)
+    recipients = doc.get(name("Recipients"))
+    by_index = {slot.index: slot for slot in slots}
+    if isinstance(recipients, list):
+        shaped = []
+        for index, entry in enumerate(recipients):
+            item = dict(entry) if isinstance(entry, dict) else {}
+            slot = by_index.get(index)
+            if slot is not None:
+                item[name("Status")] = effective_status(slot, record.status)
+            shaped.append(item)
+        doc[name("Recipients")] = shaped
+    if not doc.get(name("MessagePartCount")):
+        doc[name("MessagePartCount")] = record.part_count
+    doc[name("Id")] = record.message_id
+    doc[name("Status")] = str(record.status)
+    doc[name("RequestId")] = record.request_id
+    doc[name("Attempts")] = record.attempts
+    if record.sent_at is not None:
+        doc[name("SentAt")] = record.sent_at.isoformat()
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+@lru_cache(maxsize=16)
+def _queue(name: str, settings: Settings) -> Any:
+    """A queue client whose queue exists (created once per process and settings)."""
+    from azure.core.exceptions import ResourceExistsError
+
+    from shared.storage import queue_client
+
+    client = queue_client(name, settings)
+    with contextlib.suppress(ResourceExistsError):
+        client.create_queue()
+    return client

@@ -1,0 +1,548 @@
+"""The status table and the idempotency table (Azure Table storage, ETag compare-and-swap).
+
+``SmartDialogMessages`` holds one partition per message (PartitionKey = our message id):
+
+- RowKey ``message``: the :class:`MessageRecord` (status, request, attempts, upstream result).
+  Every status change is a compare-and-swap on its ETag, so two workers never both claim it.
+- RowKey ``recipient-00000`` ...: one :class:`RecipientSlot` per recipient, in request order:
+  address, estimated parts, upstream recipient id and a per-recipient status that only moves
+  forward (:data:`RECIPIENT_STATUS_RANK`). Delivery reports update these slots, not the
+  record, so they never contend with the sender.
+
+``SmartDialogIdempotency`` holds one entity per idempotency key (PartitionKey = a hash of
+customer and key, RowKey ``key``) pointing at the message the key created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from shared.names import IDEMPOTENCY_TABLE, MESSAGES_TABLE
+from shared.outbound._models import FailureInfo, MessageStatus, Operation
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = [
+    "RECIPIENT_STATUS_RANK",
+    "IdempotencyEntry",
+    "IdempotencyStore",
+    "MessageRecord",
+    "MessageStore",
+    "RecipientSlot",
+    "effective_status",
+]
+
+RECORD_ROW_KEY = "message"
+RECIPIENT_ROW_PREFIX = "recipient-"
+IDEMPOTENCY_ROW_KEY = "key"
+#: Entities per entity-group transaction (the Table service's limit).
+TRANSACTION_LIMIT = 100
+#: Characters per string property (the limit is 64 KiB of UTF-16, i.e. 32K characters).
+CHUNK_CHARS = 30_000
+
+#: Per-recipient statuses in the order they may be reached: a slot never moves backwards.
+#: ``pending``/``sent``/``failed``/``cancelled`` are the sender's; delivery reports (issue 5)
+#: add theirs above ``sent`` (e.g. ``delivered``, ``undelivered``).
+RECIPIENT_STATUS_RANK: dict[str, int] = {
+    "pending": 0,
+    "cancelled": 10,
+    "failed": 10,
+    "sent": 20,
+    "undelivered": 30,
+    "delivered": 40,
+}
+
+_tables_ready: set[str] = set()
+_tables_lock = threading.Lock()
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromisoformat(str(value))
+
+
+def _plain_datetime(value: dt.datetime | None) -> dt.datetime | None:
+    # The SDK wants plain datetimes (its TablesEntityDatetime subclass round-trips too).
+    return None if value is None else dt.datetime.fromtimestamp(value.timestamp(), dt.UTC)
+
+
+def _ensure_table(table: TableClient) -> None:
+    key = f"{table.url}|{table.table_name}"  # url is the account's, not the table's
+    if key in _tables_ready:
+        return
+    from azure.core.exceptions import ResourceExistsError
+
+    with _tables_lock:
+        if key in _tables_ready:
+            return
+        with contextlib.suppress(ResourceExistsError):
+            table.create_table()
+        _tables_ready.add(key)
+
+
+def _split(text: str | None) -> list[str]:
+    if not text:
+        return []
+    return [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+
+
+def _joined(entity: Mapping[str, Any], name: str) -> str | None:
+    count = entity.get(f"{name}Chunks")
+    if count is None:
+        return None
+    return "".join(str(entity.get(f"{name}{i}", "")) for i in range(int(count)))
+
+
+def _chunked(name: str, text: str | None) -> dict[str, Any]:
+    chunks = _split(text)
+    if text is None:
+        return {f"{name}Chunks": None}
+    out: dict[str, Any] = {f"{name}Chunks": len(chunks)}
+    out.update({f"{name}{i}": chunk for i, chunk in enumerate(chunks)})
+    return out
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """The status record of one outbound message (RowKey ``message``).
+
+    ``command`` is the normalized queue message (JSON) it was created from: ids and defaults
+    filled in, so re-enqueueing it sends exactly the same request. ``result`` is upstream's
+    answer (JSON, upstream casing) once sent; ``failure`` why it failed for good; ``last_error``
+    the most recent transient failure. ``announced`` is set once the final state's side effects
+    (event, dead letter) are out. ``etag`` is the version this copy was read at.
+    """
+
+    message_id: str
+    status: MessageStatus
+    operation: Operation
+    customer_id: str
+    service_id: str | None
+    request_id: str | None
+    command: str
+    fingerprint: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    valid_until: dt.datetime
+    recipient_count: int
+    part_count: int
+    idempotency_key_hash: str | None = None
+    attempts: int = 0
+    lease_until: dt.datetime | None = None
+    next_attempt_at: dt.datetime | None = None
+    last_error: FailureInfo | None = None
+    failure: FailureInfo | None = None
+    result: str | None = None
+    upstream_message_id: str | None = None
+    duplicate: bool = False
+    sent_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    announced: bool = False
+    etag: str | None = field(default=None, compare=False)
+
+    def to_entity(self) -> dict[str, Any]:
+        entity: dict[str, Any] = {
+            "PartitionKey": self.message_id,
+            "RowKey": RECORD_ROW_KEY,
+            "Status": str(self.status),
+            "Operation": str(self.operation),
+            "CustomerId": self.customer_id,
+            "ServiceId": self.service_id,
+            "RequestId": self.request_id,
+            "Fingerprint": self.fingerprint,
+            "IdempotencyKeyHash": self.idempotency_key_hash,
+            "CreatedAt": _plain_datetime(self.created_at),
+            "UpdatedAt": _plain_datetime(self.updated_at),
+            "ValidUntil": _plain_datetime(self.valid_until),
+            "RecipientCount": self.recipient_count,
+            "PartCount": self.part_count,
+            "Attempts": self.attempts,
+            "LeaseUntil": _plain_datetime(self.lease_until),
+            "NextAttemptAt": _plain_datetime(self.next_attempt_at),
+            "LastError": self.last_error.model_dump_json() if self.last_error else None,
+            "Failure": self.failure.model_dump_json() if self.failure else None,
+            "UpstreamMessageId": self.upstream_message_id,
+            "Duplicate": self.duplicate,
+            "SentAt": _plain_datetime(self.sent_at),
+            "FinishedAt": _plain_datetime(self.finished_at),
+            "Announced": self.announced,
+        }
+        entity.update(_chunked("Command", self.command))
+        entity.update(_chunked("Result", self.result))
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> MessageRecord:
+        def failure(name: str) -> FailureInfo | None:
+            raw = entity.get(name)
+            return FailureInfo.model_validate_json(raw) if raw else None
+
+        created = _utc(entity["CreatedAt"])
+        assert created is not None
+        return cls(
+            message_id=str(entity["PartitionKey"]),
+            status=MessageStatus(entity["Status"]),
+            operation=Operation(entity["Operation"]),
+            customer_id=str(entity["CustomerId"]),
+            service_id=entity.get("ServiceId"),
+            request_id=entity.get("RequestId"),
+            command=_joined(entity, "Command") or "",
+            fingerprint=str(entity.get("Fingerprint", "")),
+            idempotency_key_hash=entity.get("IdempotencyKeyHash"),
+            created_at=created,
+            updated_at=_utc(entity.get("UpdatedAt")) or created,
+            valid_until=_utc(entity.get("ValidUntil")) or created,
+            recipient_count=int(entity.get("RecipientCount") or 0),
+            part_count=int(entity.get("PartCount") or 1),
+            attempts=int(entity.get("Attempts") or 0),
+            lease_until=_utc(entity.get("LeaseUntil")),
+            next_attempt_at=_utc(entity.get("NextAttemptAt")),
+            last_error=failure("LastError"),
+            failure=failure("Failure"),
+            result=_joined(entity, "Result"),
+            upstream_message_id=entity.get("UpstreamMessageId"),
+            duplicate=bool(entity.get("Duplicate")),
+            sent_at=_utc(entity.get("SentAt")),
+            finished_at=_utc(entity.get("FinishedAt")),
+            announced=bool(entity.get("Announced")),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+    def result_json(self) -> dict[str, Any] | None:
+        """Upstream's answer as a dict, or None before it was sent."""
+        if not self.result:
+            return None
+        value = json.loads(self.result)
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class RecipientSlot:
+    """One recipient of a message (RowKey ``recipient-NNNNN``); delivery reports update it."""
+
+    message_id: str
+    index: int
+    address: str
+    part_count: int
+    status: str = "pending"
+    upstream_recipient_id: str | None = None
+    updated_at: dt.datetime | None = None
+    etag: str | None = field(default=None, compare=False)
+
+    @property
+    def row_key(self) -> str:
+        return f"{RECIPIENT_ROW_PREFIX}{self.index:05d}"
+
+    def to_entity(self) -> dict[str, Any]:
+        return {
+            "PartitionKey": self.message_id,
+            "RowKey": self.row_key,
+            "Index": self.index,
+            "Address": self.address,
+            "PartCount": self.part_count,
+            "Status": self.status,
+            "StatusRank": RECIPIENT_STATUS_RANK.get(self.status, 0),
+            "UpstreamRecipientId": self.upstream_recipient_id,
+            "UpdatedAt": _plain_datetime(self.updated_at),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
+        return cls(
+            message_id=str(entity["PartitionKey"]),
+            index=int(entity["Index"]),
+            address=str(entity.get("Address", "")),
+            part_count=int(entity.get("PartCount") or 1),
+            status=str(entity.get("Status", "pending")),
+            upstream_recipient_id=entity.get("UpstreamRecipientId"),
+            updated_at=_utc(entity.get("UpdatedAt")),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+
+def effective_status(slot: RecipientSlot, message_status: MessageStatus) -> str:
+    """A recipient's status: its slot's own (delivery reports) or its message's, whichever is
+    further along (the sender records the message's outcome on the record only)."""
+    derived = {
+        MessageStatus.SENT: "sent",
+        MessageStatus.FAILED: "failed",
+        MessageStatus.CANCELLED: "cancelled",
+    }.get(message_status, "pending")
+    own = RECIPIENT_STATUS_RANK.get(slot.status, 0)
+    return slot.status if own >= RECIPIENT_STATUS_RANK.get(derived, 0) else derived
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class MessageStore:
+    """Reads and compare-and-swap writes of message records and their recipient slots.
+
+    Raises the Azure SDK's errors for storage failures (the caller's host retries those).
+    """
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> MessageStore:
+        from shared.storage import table_client
+
+        return cls(table_client(MESSAGES_TABLE, settings))
+
+    @property
+    def table(self) -> TableClient:
+        _ensure_table(self._table)
+        return self._table
+
+    def create(self, record: MessageRecord, slots: list[RecipientSlot]) -> MessageRecord | None:
+        """Store a new record with its slots; None if a record with that id already exists.
+
+        The record and the first 99 slots are one atomic transaction; slots beyond that follow
+        in further transactions (the sender re-writes them before sending, see
+        :meth:`ensure_slots`).
+        """
+        from azure.data.tables import TableTransactionError
+
+        first, rest = slots[: TRANSACTION_LIMIT - 1], slots[TRANSACTION_LIMIT - 1 :]
+        operations: list[Any] = [("create", record.to_entity())]
+        operations += [("upsert", slot.to_entity()) for slot in first]
+        try:
+            results = self.table.submit_transaction(operations)
+        except TableTransactionError as exc:
+            if getattr(exc, "error_code", None) == "EntityAlreadyExists" or "AlreadyExists" in str(
+                exc
+            ):
+                return None
+            raise
+        self._upsert_slots(rest)
+        return replace(record, etag=str(results[0].get("etag")))
+
+    def ensure_slots(self, slots: list[RecipientSlot]) -> None:
+        """Write the slots a large message's :meth:`create` may not have finished (idempotent)."""
+        self._upsert_slots(slots[TRANSACTION_LIMIT - 1 :])
+
+    def _upsert_slots(self, slots: Iterable[RecipientSlot]) -> None:
+        for chunk in _chunks(list(slots), TRANSACTION_LIMIT):
+            self.table.submit_transaction([("upsert", s.to_entity()) for s in chunk])
+
+    def get(self, message_id: str) -> MessageRecord | None:
+        """The record, or None if there is none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self.table.get_entity(message_id, RECORD_ROW_KEY)
+        except ResourceNotFoundError:
+            return None
+        return MessageRecord.from_entity(entity)
+
+    def get_with_slots(self, message_id: str) -> tuple[MessageRecord | None, list[RecipientSlot]]:
+        """The record and its recipient slots (in recipient order) in one partition query."""
+        record: MessageRecord | None = None
+        slots: list[RecipientSlot] = []
+        escaped = message_id.replace("'", "''")
+        for entity in self.table.query_entities(f"PartitionKey eq '{escaped}'"):
+            if entity["RowKey"] == RECORD_ROW_KEY:
+                record = MessageRecord.from_entity(entity)
+            elif str(entity["RowKey"]).startswith(RECIPIENT_ROW_PREFIX):
+                slots.append(RecipientSlot.from_entity(entity))
+        slots.sort(key=lambda s: s.index)
+        return record, slots
+
+    def swap(
+        self,
+        record: MessageRecord,
+        *,
+        recipient_ids: Mapping[int, str | None] | None = None,
+        **changes: Any,
+    ) -> MessageRecord | None:
+        """Write ``record`` with ``changes`` if nobody changed it since it was read.
+
+        ``recipient_ids`` (index -> upstream recipient id) are merged into the slots in the same
+        transaction (the first 99; the rest right after). Slot *statuses* are not touched: a
+        slot still ``pending`` shows its message's status (see :func:`effective_status`), so a
+        delivery report that lands first is never overwritten. Returns the updated record (new
+        ETag), or None when the compare-and-swap lost.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        assert record.etag is not None, "swap needs a record read from the table"
+        updated = replace(record, **changes)
+        merges = [
+            {"PartitionKey": record.message_id, "RowKey": f"{RECIPIENT_ROW_PREFIX}{index:05d}",
+             "UpstreamRecipientId": value}
+            for index, value in sorted((recipient_ids or {}).items())
+            if value and index < record.recipient_count
+        ]  # fmt: skip
+        first, rest = merges[: TRANSACTION_LIMIT - 1], merges[TRANSACTION_LIMIT - 1 :]
+        condition: dict[str, Any] = {
+            "etag": record.etag,
+            "match_condition": MatchConditions.IfNotModified,
+        }
+        try:
+            if first:
+                operations: list[Any] = [
+                    ("update", updated.to_entity(), {"mode": UpdateMode.REPLACE, **condition})
+                ]
+                operations += [("update", m, {"mode": UpdateMode.MERGE}) for m in first]
+                metadata = self.table.submit_transaction(operations)[0]
+            else:
+                metadata = self.table.update_entity(
+                    updated.to_entity(), mode=UpdateMode.REPLACE, **condition
+                )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        except TableTransactionError as exc:
+            if "UpdateConditionNotSatisfied" in str(exc) or "412" in str(exc):
+                return None
+            raise
+        for chunk in _chunks(rest, TRANSACTION_LIMIT):
+            self.table.submit_transaction(
+                [("upsert", m, {"mode": UpdateMode.MERGE}) for m in chunk]
+            )
+        return replace(updated, etag=str(metadata.get("etag")))
+
+    def advance_recipients(
+        self,
+        message_id: str,
+        status: str,
+        upstream_ids: Mapping[int, str | None] | None = None,
+        *,
+        now: dt.datetime,
+    ) -> None:
+        """Move every slot of the message to ``status`` unless it is already at a later one,
+        and record upstream recipient ids by index. Safe to repeat; never moves a slot back."""
+        _, slots = self.get_with_slots(message_id)
+        rank = RECIPIENT_STATUS_RANK.get(status, 0)
+        ids = upstream_ids or {}
+        changed: list[RecipientSlot] = []
+        for slot in slots:
+            new_id = ids.get(slot.index) or slot.upstream_recipient_id
+            forward = RECIPIENT_STATUS_RANK.get(slot.status, 0) < rank
+            if forward or new_id != slot.upstream_recipient_id:
+                changed.append(
+                    replace(
+                        slot,
+                        status=status if forward else slot.status,
+                        upstream_recipient_id=new_id,
+                        updated_at=now,
+                    )
+                )
+        # Merge writes: a delivery report landing meanwhile keeps its own fields; the status
+        # race (report before our "sent") is settled by the rank check of the report's writer.
+        from azure.data.tables import UpdateMode
+
+        for slot in changed:
+            self.table.upsert_entity(slot.to_entity(), mode=UpdateMode.MERGE)
+
+
+@dataclass(frozen=True)
+class IdempotencyEntry:
+    """An idempotency key's claim: the message it created and the request's fingerprint."""
+
+    key_hash: str
+    message_id: str
+    fingerprint: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    etag: str | None = field(default=None, compare=False)
+
+
+def idempotency_key_hash(customer_id: str, key: str) -> str:
+    """The stored form of a key: SHA-256 of customer and key (keys may be anything)."""
+    return hashlib.sha256(f"{customer_id}\n{key}".encode()).hexdigest()
+
+
+class IdempotencyStore:
+    """``Idempotency-Key`` claims: the first request with a key wins, later ones find it."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> IdempotencyStore:
+        from shared.storage import table_client
+
+        return cls(table_client(IDEMPOTENCY_TABLE, settings))
+
+    def claim(
+        self,
+        key_hash: str,
+        message_id: str,
+        fingerprint: str,
+        *,
+        now: dt.datetime,
+        ttl: dt.timedelta,
+    ) -> IdempotencyEntry:
+        """Claim ``key_hash`` for ``message_id``; returns the entry that holds the key now.
+
+        If it is ours, the caller goes on creating the message; if another message's, the
+        caller answers for that one. An expired claim is taken over (compare-and-swap).
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+        from azure.data.tables import UpdateMode
+
+        _ensure_table(self._table)
+        entity = {
+            "PartitionKey": key_hash,
+            "RowKey": IDEMPOTENCY_ROW_KEY,
+            "MessageId": message_id,
+            "Fingerprint": fingerprint,
+            "CreatedAt": _plain_datetime(now),
+            "ExpiresAt": _plain_datetime(now + ttl),
+        }
+        mine = IdempotencyEntry(key_hash, message_id, fingerprint, now, now + ttl)
+        for _ in range(5):
+            try:
+                self._table.create_entity(entity)
+                return mine
+            except ResourceExistsError:
+                pass
+            try:
+                found = self._table.get_entity(key_hash, IDEMPOTENCY_ROW_KEY)
+            except ResourceNotFoundError:
+                continue
+            expires = _utc(found.get("ExpiresAt"))
+            if expires is not None and expires <= now:
+                try:
+                    self._table.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=found.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                    return mine
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    continue
+            created = _utc(found.get("CreatedAt")) or now
+            return IdempotencyEntry(
+                key_hash,
+                str(found["MessageId"]),
+                str(found.get("Fingerprint", "")),
+                created,
+                expires or now,
+                etag=found.metadata.get("etag"),
+            )
+        raise RuntimeError("idempotency key claim kept changing under us")

@@ -1,0 +1,221 @@
+"""Delivery reports: our DLR URL in every send, a monotonic per-recipient state, events, and the
+caller's own DlrUrl called after ours."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from shared import names
+from shared.inbound import (
+    DELIVERY_REPORTED,
+    DeliveryState,
+    delivery_report_url,
+    parse_report,
+    with_delivery_report_url,
+)
+from shared.outbound import OutboundSender, parse_outbound_message
+from shared.settings import get_settings
+from shared.signing import TokenPurpose, sign
+from tests.fixtures.sandbox import CallbackReceiver
+from tests.inbound.conftest import CUSTOMER, ONE_WAY, SECRET, Inbound
+
+DELIVERED = "+358400000001"
+UNDELIVERABLE = "+358400000003"
+OTHER = "+358401112233"
+
+
+def send(env: Inbound, *addresses: str, **extra: Any) -> str:
+    body = {
+        "Sender": "Sandbox",
+        "Content": "Hello",
+        "Recipients": [{"Address": a} for a in addresses],
+        **extra,
+    }
+    answer = env.call(
+        "SendMessage",
+        "POST",
+        headers={"Customer-Id": CUSTOMER, "Service-Id": ONE_WAY},
+        body=body,
+    )
+    assert answer.status == 202, answer.body
+    env.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
+    return str(answer.body["Id"])
+
+
+def status(env: Inbound, message_id: str) -> dict[str, Any]:
+    from shared.outbound._service import SendService
+
+    url = SendService(get_settings()).status_url(message_id)
+    answer = env.call(
+        "GetMessageStatus",
+        "GET",
+        route_params={"MessageId": message_id},
+        params=dict(parse_qsl(urlsplit(url).query)),
+    )
+    assert answer.status == 200, answer.body
+    result: dict[str, Any] = answer.body
+    return result
+
+
+def report(env: Inbound, message_id: str, token: str | None = "valid", **params: str) -> Any:
+    query = dict(params)
+    if token == "valid":
+        query["token"] = dict(
+            parse_qsl(urlsplit(delivery_report_url(get_settings(), message_id)).query)
+        )["token"]
+    elif token is not None:
+        query["token"] = token
+    return env.call("DeliveryReport", "GET", route_params={"MessageId": message_id}, params=query)
+
+
+def delivery_events(env: Inbound) -> list[dict[str, Any]]:
+    return [e for e in env.read(names.EVENTS_QUEUE) if e["type"] == DELIVERY_REPORTED]
+
+
+@pytest.fixture
+def via_our_dlr_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wire the sender as the lead will: our DLR URL in every send, right before the call."""
+    original = OutboundSender._call_upstream
+
+    def call_upstream(self: OutboundSender, command: Any) -> dict[str, Any]:
+        return original(self, with_delivery_report_url(command, get_settings()))
+
+    monkeypatch.setattr(OutboundSender, "_call_upstream", call_upstream)
+
+
+def wait_for_status(env: Inbound, message_id: str, wanted: list[str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        doc = status(env, message_id)
+        if [r.get("Status") for r in doc["Recipients"]] == wanted or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.05)
+
+
+@pytest.mark.usefixtures("via_our_dlr_url")
+def test_sandbox_delivery_reports_move_recipients_to_their_final_state(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    own = f"{callback_receiver.url}/mine?ref=42"
+    message_id = send(served, DELIVERED, UNDELIVERABLE, DlrUrl=own)
+    [sent] = [
+        r for r in served.sandbox.state.snapshot("requests") if r["operationId"] == "SendMessage"
+    ]
+    assert f"/api/callbacks/dlr/{message_id}?token=" in sent["body"]["DlrUrl"]
+
+    doc = wait_for_status(served, message_id, ["delivered", "undelivered"])
+    assert [r["Status"] for r in doc["Recipients"]] == ["delivered", "undelivered"]
+    events = delivery_events(served)
+    assert sorted(e["data"]["status"] for e in events) == ["delivered", "undelivered"]
+    assert {e["subject"] for e in events} == {message_id}
+    assert all(e["data"]["raw"]["statusCode"] in ("1", "2") for e in events)
+
+    # The caller's own DlrUrl got each report after ours, its query kept.
+    calls = callback_receiver.wait_for(2)
+    assert {c.query["ref"] for c in calls} == {"42"}
+    assert sorted(c.query["status"] for c in calls) == ["delivered", "failed"]
+    assert all("token" not in c.query for c in calls)
+
+
+def test_late_sent_after_delivered_stays_delivered_and_duplicates_are_ignored(
+    inbound: Inbound,
+) -> None:
+    message_id = send(inbound, DELIVERED)
+    delivered = report(inbound, message_id, recipient=DELIVERED, status="delivered", statusCode="1")
+    assert delivered.status == 200
+    assert delivered.body == {"status": "recorded", "recipientStatus": "delivered"}
+    late = report(inbound, message_id, recipient=DELIVERED, status="sent")
+    assert late.body == {"status": "recorded", "recipientStatus": "delivered"}
+    again = report(inbound, message_id, recipient=DELIVERED, status="DELIVRD")
+    assert again.body["status"] == "duplicate"
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
+    assert len(delivery_events(inbound)) == 1
+    assert len(inbound.rows(names.DELIVERY_REPORTS_TABLE)) == 2  # delivered, sent
+
+
+def test_reports_are_deduplicated_per_recipient_and_status_not_per_message(
+    inbound: Inbound,
+) -> None:
+    message_id = send(inbound, DELIVERED, OTHER)
+    assert (
+        report(inbound, message_id, recipient=DELIVERED, status="sent").body["status"] == "recorded"
+    )
+    assert report(inbound, message_id, recipient=OTHER, status="sent").body["status"] == "recorded"
+    assert report(inbound, message_id, recipient=OTHER, stat="DELIVRD").body["status"] == "recorded"
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["sent", "delivered"]
+    assert len(delivery_events(inbound)) == 3
+
+
+def test_a_report_for_an_unknown_recipient_is_kept_but_changes_nothing(inbound: Inbound) -> None:
+    message_id = send(inbound, DELIVERED, OTHER)
+    answer = report(inbound, message_id, recipient="+358409999999", status="delivered")
+    assert answer.body["status"] == "unmatched"
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["sent", "sent"]
+    assert delivery_events(inbound) == []
+
+
+@pytest.mark.parametrize(
+    "token",
+    [None, "v1.0.forged", sign(TokenPurpose.STATUS, "{id}", secrets=[SECRET]), "other-message"],
+    ids=["missing", "forged", "status-purpose", "other-message"],
+)
+def test_forged_delivery_report_gets_401_and_leaves_no_trace(
+    inbound: Inbound, token: str | None
+) -> None:
+    message_id = send(inbound, DELIVERED)
+    if token == "other-message":
+        token = sign(TokenPurpose.DLR, "another-id", secrets=[SECRET])
+    answer = report(inbound, message_id, token=token, recipient=DELIVERED, status="delivered")
+    assert answer.status == 401
+    assert inbound.rows(names.DELIVERY_REPORTS_TABLE) == []
+    assert delivery_events(inbound) == []
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["sent"]
+
+
+@pytest.mark.parametrize(
+    ("query", "state"),
+    [
+        ({"status": "delivered"}, DeliveryState.DELIVERED),
+        ({"Status": "DELIVRD"}, DeliveryState.DELIVERED),
+        ({"stat": "UNDELIV"}, DeliveryState.UNDELIVERED),
+        ({"status": "failed", "statusCode": "2"}, DeliveryState.UNDELIVERED),
+        ({"state": "EXPIRED"}, DeliveryState.UNDELIVERED),
+        ({"status": "accepted"}, DeliveryState.SENT),
+        ({"dlr": "1"}, DeliveryState.DELIVERED),
+        ({"dlr": "16"}, DeliveryState.UNDELIVERED),
+        ({"dlr": "8"}, DeliveryState.SENT),
+        ({"status": "1"}, DeliveryState.DELIVERED),
+        ({"status": "weird"}, DeliveryState.UNKNOWN),
+        ({}, DeliveryState.UNKNOWN),
+    ],
+)
+def test_report_status_vocabulary(query: dict[str, str], state: DeliveryState) -> None:
+    assert parse_report(query).state is state
+
+
+def test_report_parameters_are_read_under_common_names_and_kept_raw() -> None:
+    parsed = parse_report(
+        {"token": "t", "MSISDN": "+358401234567", "RecipientId": "r-1", "MessageId": "m-9",
+         "timestamp": "2026-01-31T12:00:00.123Z", "status": "delivered", "extra": "x"}
+    )  # fmt: skip
+    assert (parsed.recipient, parsed.recipient_id, parsed.upstream_message_id) == (
+        "+358401234567", "r-1", "m-9",
+    )  # fmt: skip
+    assert parsed.reported_at is not None
+    assert parsed.reported_at.tzinfo is not None
+    assert "token" not in parsed.raw
+    assert parsed.raw["extra"] == "x"
+
+
+def test_our_dlr_url_replaces_the_callers_only_in_what_is_sent(inbound: Inbound) -> None:
+    command = parse_outbound_message(
+        '{"operation": "SendMessage", "messageId": "m-1", "body": {"Sender": "S", "Content": "c",'
+        ' "Recipients": [{"Address": "+358401234567"}], "DlrUrl": "https://mine.example/dlr"}}'
+    )
+    sent = with_delivery_report_url(command, get_settings())
+    assert sent.body.DlrUrl.startswith("http://localhost:7071/api/callbacks/dlr/m-1?token=")  # type: ignore[union-attr]
+    assert command.body.DlrUrl == "https://mine.example/dlr"  # type: ignore[union-attr]

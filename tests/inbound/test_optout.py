@@ -1,0 +1,159 @@
+"""Opt-out: stop/start keywords, the suppression actions, and the send refusal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from shared import names
+from shared.inbound import (
+    ALL_SERVICES,
+    SuppressionStore,
+    classify_keyword,
+    refuse_suppressed,
+    webhook_url,
+)
+from shared.problems import Problem
+from shared.settings import Settings, get_settings
+from shared.storage import queue_client
+from tests.inbound.conftest import ONE_WAY, TWO_WAY, Inbound
+
+PHONE = "+358401234567"
+DEFAULTS = Settings()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("STOP", "stop"),
+        ("stop", "stop"),
+        ("  Stop!  ", "stop"),
+        ("LOPETA", "stop"),
+        ("seis.", "stop"),
+        ("Stoppa", "stop"),
+        ("AVSLUTA", "stop"),
+        ("START", "start"),
+        ("aloita", "start"),
+        ("Starta", "start"),
+        ("please stop", None),
+        ("STOP IT NOW", None),
+        ("", None),
+        ("Hello", None),
+    ],
+)
+def test_default_keywords(content: str, expected: str | None) -> None:
+    assert classify_keyword(content, DEFAULTS.stop_keyword_set, DEFAULTS.start_keyword_set) == (
+        expected
+    )
+
+
+def _post(env: Inbound, content: str, sender: str = "0401234567") -> None:
+    token = dict(parse_qsl(urlsplit(webhook_url(get_settings(), TWO_WAY)).query))["token"]
+    answer = env.call(
+        "InboundWebhook",
+        "POST",
+        route_params={"Service": TWO_WAY},
+        params={"token": token},
+        body={"sender": sender, "recipient": "+358501234567", "content": content,
+              "messageId": str(uuid.uuid4())},
+    )  # fmt: skip
+    assert answer.status == 202
+
+
+def _inbound(env: Inbound, content: str, sender: str = "0401234567") -> None:
+    """A message through the webhook and the intake processor."""
+    _post(env, content, sender)
+    assert env.process_intake() == 1
+
+
+def _check(env: Inbound, service: str = TWO_WAY, phone: str = PHONE) -> dict[str, object]:
+    answer = env.call("GetSuppression", "GET", route_params={"Service": service, "Phone": phone})
+    assert answer.status == 200
+    result: dict[str, object] = answer.body
+    return result
+
+
+def test_stop_suppresses_the_sender_for_that_service_and_start_lifts_it(inbound: Inbound) -> None:
+    _inbound(inbound, "Stop")
+    doc = _check(inbound)
+    assert doc["Suppressed"] is True
+    assert (doc["Keyword"], doc["Source"]) == ("STOP", "inbound")
+    assert _check(inbound, service=ONE_WAY)["Suppressed"] is False
+    [event] = inbound.read(names.INBOUND_QUEUE)
+    assert event["data"]["optOut"] == "stop"  # the flow still sees the message
+
+    _inbound(inbound, "START")
+    assert _check(inbound)["Suppressed"] is False
+
+
+def test_a_start_processed_after_a_later_stop_does_not_lift_it(inbound: Inbound) -> None:
+    # Intake messages are processed concurrently, not in arrival order: the STOP received last
+    # wins even when its START predecessor is processed after it.
+    _post(inbound, "START")
+    _post(inbound, "STOP")
+    client = queue_client(names.INBOUND_INTAKE_QUEUE)
+    taken = list(client.receive_messages(messages_per_page=2, visibility_timeout=30))
+    by_content = {json.loads(m.content)["payload"]["content"]: m for m in taken}
+    for content in ("STOP", "START"):  # the reverse of their arrival
+        message = by_content[content]
+        inbound.queue_function("InboundProcessor", message.content, 1, message.id)
+        client.delete_message(message)
+    assert _check(inbound)["Suppressed"] is True
+    assert len(inbound.read(names.INBOUND_QUEUE)) == 2  # both still published
+    # A START received after the STOP lifts it.
+    _inbound(inbound, "START")
+    assert _check(inbound)["Suppressed"] is False
+
+
+def test_custom_keywords_replace_the_defaults(inbound: Inbound) -> None:
+    inbound.configure(STOP_KEYWORDS="UNSUBSCRIBE,QUIT")
+    _inbound(inbound, "stop")
+    assert _check(inbound)["Suppressed"] is False
+    _inbound(inbound, "quit")
+    assert _check(inbound)["Suppressed"] is True
+
+
+def test_suppression_actions_add_check_and_remove(inbound: Inbound) -> None:
+    route = {"Service": ONE_WAY, "Phone": "040 123 4567"}
+    added = inbound.call("AddSuppression", "PUT", route_params=route)
+    assert added.status == 200
+    assert (added.body["Phone"], added.body["Suppressed"], added.body["Source"]) == (
+        PHONE, True, "action",
+    )  # fmt: skip
+    assert _check(inbound, ONE_WAY)["Suppressed"] is True
+    removed = inbound.call("RemoveSuppression", "DELETE", route_params=route)
+    assert (removed.status, removed.body["Suppressed"]) == (200, False)
+    assert _check(inbound, ONE_WAY)["Suppressed"] is False
+
+
+def test_suppression_action_rejects_a_bad_phone_number(inbound: Inbound) -> None:
+    answer = inbound.call(
+        "AddSuppression", "PUT", route_params={"Service": ONE_WAY, "Phone": "not a number"}
+    )
+    assert answer.status == 400
+    assert answer.body["errors"][0]["field"] == "Phone"
+
+
+def test_send_to_a_suppressed_recipient_is_refused_unless_transactional(inbound: Inbound) -> None:
+    store = SuppressionStore.from_settings()
+    _inbound(inbound, "LOPETA", sender=PHONE)
+    store.add(
+        ALL_SERVICES, "+358409998877", keyword=None, source="action", now=dt.datetime.now(dt.UTC)
+    )
+
+    with pytest.raises(Problem) as refused:
+        refuse_suppressed(store, TWO_WAY, ["+358400000001", PHONE, "+358409998877"])
+    problem = refused.value
+    assert problem.status == 422
+    assert [e.field for e in problem.errors] == [
+        "Recipients[1].Address",
+        "Recipients[2].Address",
+    ]
+    assert "LOPETA" in problem.errors[0].message
+    refuse_suppressed(store, TWO_WAY, [PHONE], transactional=True)  # overridden: no error
+    refuse_suppressed(store, ONE_WAY, [PHONE])  # another service: allowed
+    refuse_suppressed(store, None, [PHONE])  # no service (discussion reply): nothing to check

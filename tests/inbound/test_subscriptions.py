@@ -1,0 +1,201 @@
+"""Webhook registration and the New Message trigger, end to end over real sockets:
+NewMessage -> sandbox pipeline -> POST /sandbox/inbound -> our webhook (dev host) -> intake
+queue -> InboundProcessor -> queue event + one delivery per subscriber -> dispatcher -> the
+subscriber's callback."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+
+from shared import names
+from shared.inbound import MESSAGE_RECEIVED
+from shared.settings import get_settings
+from tests.fixtures.sandbox import CallbackReceiver
+from tests.inbound.conftest import CUSTOMER, TWO_WAY, Inbound
+
+SENDER = "+358401234567"
+
+
+def subscribe(env: Inbound, callback: str, service: str = TWO_WAY) -> str:
+    answer = env.call(
+        "NewMessage",
+        "POST",
+        route_params={"Service": service},
+        headers={"Customer-Id": CUSTOMER},
+        body={"callbackUrl": callback},
+    )
+    assert answer.status == 201, answer.body
+    return answer.headers["Location"]
+
+
+def unsubscribe(env: Inbound, location: str, token: str | None = None) -> int:
+    parts = urlsplit(location)
+    *_, service, subscription = parts.path.split("/")
+    params = dict(parse_qsl(parts.query))
+    if token is not None:
+        params["token"] = token
+    return env.call(
+        "DeleteNewMessageTrigger",
+        "DELETE",
+        route_params={"Service": service, "SubscriptionId": subscription},
+        params=params,
+    ).status
+
+
+def simulate_inbound(env: Inbound, content: str = "Hi") -> dict[str, object]:
+    response = httpx.post(
+        f"{env.sandbox.url}/sandbox/inbound",
+        json={"sender": SENDER, "recipient": "+358501234567", "content": content},
+        timeout=10,
+    )
+    response.raise_for_status()
+    result: dict[str, object] = response.json()
+    return result
+
+
+def test_inbound_sms_reaches_the_queue_and_a_subscriber_exactly_once(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    location = subscribe(served, f"{callback_receiver.url}/flow?sig=secret")
+    [action] = served.sandbox.state.actions_for(TWO_WAY)
+    assert action["endpointUrl"].startswith(f"{get_settings().public_base_url}/api/callbacks/")
+    assert "token=" in action["endpointUrl"]
+
+    result = simulate_inbound(served, "Hello from the sandbox")
+    [delivery] = result["deliveries"]  # type: ignore[misc]
+    assert delivery["status"] == 202
+    assert served.process_intake() == 1
+    [event] = served.read(names.INBOUND_QUEUE)
+    assert event["type"] == MESSAGE_RECEIVED
+    assert event["data"]["content"] == "Hello from the sandbox"
+
+    assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+    [call] = callback_receiver.wait_for(1)
+    assert call.method == "POST"
+    assert call.path == "/flow"
+    assert call.query == {"sig": "secret"}
+    body = json.loads(call.body)
+    assert body["sender"] == SENDER
+    assert body["content"] == "Hello from the sandbox"
+    assert body["service"] == TWO_WAY
+    headers = {k.lower(): v for k, v in call.headers.items()}
+    assert headers["ce-id"] == event["id"]
+    assert headers["ce-type"] == MESSAGE_RECEIVED
+
+    # SmartDialog retrying the same message changes nothing.
+    payload = result["payload"]
+    again = httpx.post(action["endpointUrl"], json=payload, timeout=10)
+    assert (again.status_code, again.json()["id"]) == (202, event["id"])
+    assert served.process_intake() == 1
+    assert served.count(names.INBOUND_QUEUE) == 1
+    assert served.count(names.INBOUND_DELIVERIES_QUEUE) == 0
+    assert len(callback_receiver.calls) == 1
+
+    # Unsubscribed: the next message still reaches the queue, not the flow.
+    assert unsubscribe(served, location) == 200
+    simulate_inbound(served, "After unsubscribing")
+    assert served.process_intake() == 1
+    assert served.count(names.INBOUND_QUEUE) == 2
+    assert served.count(names.INBOUND_DELIVERIES_QUEUE) == 0
+
+
+def test_second_subscription_reuses_the_registered_webhook(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    subscribe(inbound, f"{callback_receiver.url}/a")
+    subscribe(inbound, f"{callback_receiver.url}/b")
+    assert len(inbound.sandbox.state.actions_for(TWO_WAY)) == 1
+    assert len(inbound.rows(names.SUBSCRIPTIONS_TABLE)) == 2
+
+
+def test_unsubscribe_needs_the_locations_token(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    location = subscribe(inbound, callback_receiver.url)
+    other = subscribe(inbound, callback_receiver.url)
+    other_token = dict(parse_qsl(urlsplit(other).query))["token"]
+    assert unsubscribe(inbound, location, token="v1.0.forged") == 401
+    assert unsubscribe(inbound, location, token=other_token) == 401
+    assert len(inbound.rows(names.SUBSCRIPTIONS_TABLE)) == 2
+    assert unsubscribe(inbound, location) == 200
+    assert unsubscribe(inbound, location) == 200  # repeating is harmless
+    assert len(inbound.rows(names.SUBSCRIPTIONS_TABLE)) == 1
+
+
+def test_a_failing_subscriber_is_dead_lettered_and_does_not_block_the_others(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    subscribe(served, "http://127.0.0.1:9/refused")  # nothing listens on the discard port
+    subscribe(served, f"{callback_receiver.url}/ok")
+    simulate_inbound(served)
+    assert served.process_intake() == 1
+    runs = served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
+    assert runs == 1 + 3  # one success, three attempts (SMARTDIALOG_DISPATCH_MAX_ATTEMPTS)
+    assert len(callback_receiver.wait_for(1)) == 1
+    [letter] = served.read(names.INBOUND_DEAD_LETTER_QUEUE)
+    assert letter["reason"] == "attempts-exhausted"
+    assert letter["attempts"] == 3
+    assert "127.0.0.1" in letter["detail"]
+    assert "/refused" not in letter["detail"]  # the host only: a URL may carry a secret
+    assert json.loads(letter["original"])["event"]["type"] == MESSAGE_RECEIVED
+
+
+def test_a_subscriber_answering_404_is_dead_lettered_at_once(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    callback_receiver.status = 404
+    subscribe(served, callback_receiver.url)
+    simulate_inbound(served)
+    assert served.process_intake() == 1
+    assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+    [letter] = served.read(names.INBOUND_DEAD_LETTER_QUEUE)
+    assert (letter["reason"], letter["lastStatus"]) == ("rejected", 404)
+
+
+def test_register_and_unregister_the_webhook(inbound: Inbound) -> None:
+    answer = inbound.call(
+        "RegisterInboundWebhook",
+        "POST",
+        route_params={"Service": TWO_WAY},
+        headers={"Customer-Id": CUSTOMER},
+    )
+    assert answer.status == 201
+    action_id = answer.body["ActionId"]
+    assert answer.body["PipelineId"]
+    [action] = inbound.sandbox.state.actions_for(TWO_WAY)
+    assert action["id"] == action_id
+    [row] = inbound.rows(names.WEBHOOKS_TABLE)
+    assert "token" not in json.dumps(row, default=str)  # the credential is not stored
+
+    gone = inbound.call(
+        "UnregisterInboundWebhook",
+        "DELETE",
+        route_params={"Service": TWO_WAY, "ActionId": action_id},
+    )
+    assert gone.status == 204
+    assert inbound.sandbox.state.actions_for(TWO_WAY) == []
+    assert inbound.rows(names.WEBHOOKS_TABLE) == []
+
+
+def test_registering_for_a_one_way_service_maps_the_upstream_refusal(inbound: Inbound) -> None:
+    answer = inbound.call(
+        "RegisterInboundWebhook",
+        "POST",
+        route_params={"Service": "s-1001-oneway"},
+        headers={"Customer-Id": CUSTOMER},
+    )
+    assert answer.status in (404, 422)
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert inbound.rows(names.WEBHOOKS_TABLE) == []
+
+
+def test_unregistering_an_unknown_action_is_404(inbound: Inbound) -> None:
+    answer = inbound.call(
+        "UnregisterInboundWebhook",
+        "DELETE",
+        route_params={"Service": TWO_WAY, "ActionId": "nope"},
+    )
+    assert answer.status == 404

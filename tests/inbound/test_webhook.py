@@ -1,0 +1,384 @@
+"""The inbound webhook and its intake processor: one storage call per webhook request, one
+CloudEvent per message (de-duplicated behind the queue), unforgeable, crash-safe."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from shared import names
+from shared.inbound import (
+    CLAIM_LEASE,
+    MESSAGE_RECEIVED,
+    InboundProcessor,
+    MalformedIntake,
+    SeenStore,
+    webhook_url,
+)
+from shared.settings import get_settings
+from shared.signing import TokenPurpose, sign
+from shared.storage import queue_client, table_client
+from tests.inbound.conftest import OLD_SECRET, SECRET, TWO_WAY, Inbound
+
+
+def payload(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "sender": "+358401234567",
+        "recipient": "+358501234567",
+        "content": "Hello there",
+        "timestamp": "2026-01-31T12:00:00.123Z",
+        "protocol": "SMS",
+        "attachments": [],
+        "messageId": str(uuid.uuid4()),
+    }
+    body.update(changes)
+    return body
+
+
+def token_for(service: str = TWO_WAY) -> str:
+    query = dict(parse_qsl(urlsplit(webhook_url(get_settings(), service)).query))
+    return query["token"]
+
+
+def post(env: Inbound, body: Any, *, token: str | None, service: str = TWO_WAY) -> Any:
+    params = {"token": token} if token is not None else {}
+    return env.call(
+        "InboundWebhook", "POST", route_params={"Service": service}, params=params, body=body
+    )
+
+
+def assert_no_trace(env: Inbound) -> None:
+    assert env.count(names.INBOUND_INTAKE_QUEUE) == 0
+    assert env.count(names.INBOUND_QUEUE) == 0
+    assert env.count(names.INBOUND_DELIVERIES_QUEUE) == 0
+    assert env.rows(names.INBOUND_SEEN_TABLE) == []
+    assert env.rows(names.SUPPRESSIONS_TABLE) == []
+
+
+def take_intake(env: Inbound) -> list[tuple[str, str]]:
+    """(queue message id, text) of every intake message, removed from the queue, so a test can
+    deliver them to the processor itself (twice, out of order, ...)."""
+    client = queue_client(names.INBOUND_INTAKE_QUEUE)
+    taken = []
+    for message in client.receive_messages(messages_per_page=32, visibility_timeout=30):
+        taken.append((str(message.id), str(message.content)))
+        client.delete_message(message)
+    return taken
+
+
+@pytest.fixture
+def storage_requests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every HTTP request the storage SDKs make in this process, as ``METHOD path``."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    seen: list[str] = []
+    real = RequestsTransport.send
+
+    def counting(self: Any, request: Any, **kwargs: Any) -> Any:
+        seen.append(f"{request.method} {urlsplit(request.url).path}")
+        return real(self, request, **kwargs)
+
+    monkeypatch.setattr(RequestsTransport, "send", counting)
+    return seen
+
+
+# --- the webhook: one storage call, 202 ----------------------------------------------------------
+
+
+def test_inbound_message_becomes_one_cloudevent_on_the_inbound_queue(inbound: Inbound) -> None:
+    body = payload(
+        attachments=[{"name": "a.jpg", "mimeType": "image/jpeg", "resourceLocation": "x"}]
+    )
+    answer = post(inbound, body, token=token_for())
+    assert answer.status == 202
+    assert answer.body == {"status": "accepted", "id": f"{TWO_WAY}:{body['messageId']}"}
+    assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 1
+    assert inbound.count(names.INBOUND_QUEUE) == 0  # the processor publishes, not the webhook
+
+    assert inbound.process_intake() == 1
+    [event] = inbound.read(names.INBOUND_QUEUE)
+    assert event["specversion"] == "1.0"
+    assert event["type"] == MESSAGE_RECEIVED
+    assert event["id"] == answer.body["id"]
+    assert event["subject"] == body["messageId"]
+    data = event["data"]
+    for field in ("sender", "recipient", "content", "protocol", "messageId", "attachments"):
+        assert data[field] == body[field]
+    assert data["service"] == TWO_WAY
+    assert "optOut" not in data
+    assert [row["State"] for row in inbound.rows(names.INBOUND_SEEN_TABLE)] == ["published"]
+    assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 0
+
+
+def test_the_webhook_makes_exactly_one_storage_call(
+    inbound: Inbound, storage_requests: list[str]
+) -> None:
+    token = token_for()
+    for _ in range(3):  # the first request of a fresh process too (cached clients are reset)
+        storage_requests.clear()
+        assert post(inbound, payload(), token=token).status == 202
+        assert storage_requests == [f"POST /devstoreaccount1/{names.INBOUND_INTAKE_QUEUE}/messages"]
+    storage_requests.clear()
+    assert post(inbound, payload(), token="v1.0.forged").status == 401
+    assert post(inbound, b"{not json", token=token).status == 400
+    assert storage_requests == []
+
+
+def test_queue_messages_are_plain_json_text_not_base64(inbound: Inbound) -> None:
+    post(inbound, payload(), token=token_for())
+    [intake] = queue_client(names.INBOUND_INTAKE_QUEUE).peek_messages()
+    assert json.loads(intake.content)["service"] == TWO_WAY
+    inbound.process_intake()
+    [message] = queue_client(names.INBOUND_QUEUE).peek_messages()
+    assert message.content.startswith("{")
+
+
+def test_upstream_retrying_the_webhook_yields_one_event(inbound: Inbound) -> None:
+    body = payload()
+    first = post(inbound, body, token=token_for())
+    again = post(inbound, body, token=token_for())
+    # Both are acknowledged (the webhook does not look anything up), with the same event id.
+    assert (first.status, again.status) == (202, 202)
+    assert first.body == again.body
+    assert inbound.process_intake() == 2
+    assert inbound.count(names.INBOUND_QUEUE) == 1
+    # A retry arriving after publication is absorbed the same way.
+    assert post(inbound, body, token=token_for()).status == 202
+    assert inbound.process_intake() == 1
+    assert inbound.count(names.INBOUND_QUEUE) == 1
+
+
+def test_same_message_id_on_another_service_is_not_a_duplicate(inbound: Inbound) -> None:
+    body = payload()
+    post(inbound, body, token=token_for())
+    other = "s-1002-twoway"
+    assert post(inbound, body, token=token_for(other), service=other).status == 202
+    inbound.process_intake()
+    assert inbound.count(names.INBOUND_QUEUE) == 2
+
+
+def test_message_without_message_id_is_deduplicated_on_its_payload(inbound: Inbound) -> None:
+    body = payload()
+    del body["messageId"]
+    first = post(inbound, body, token=token_for())
+    second = post(inbound, body, token=token_for())
+    assert first.body["id"] == second.body["id"]
+    inbound.process_intake()
+    [event] = inbound.read(names.INBOUND_QUEUE)
+    assert event["data"]["messageId"].startswith("sha256-")
+    assert event["id"] == first.body["id"]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        None,
+        "",
+        "v1.0.AAAA",
+        "not-a-token",
+        sign(TokenPurpose.WEBHOOK, f"service/{TWO_WAY}", secrets=["someone-elses-secret"]),
+        sign(TokenPurpose.DLR, f"service/{TWO_WAY}", secrets=[SECRET]),
+        sign(TokenPurpose.WEBHOOK, "service/s-1002-twoway", secrets=[SECRET]),
+    ],
+    ids=["missing", "empty", "garbage-v1", "garbage", "forged", "dlr-purpose", "other-service"],
+)
+def test_forged_or_missing_token_gets_401_and_leaves_no_trace(
+    inbound: Inbound, token: str | None
+) -> None:
+    answer = post(inbound, payload(content="STOP"), token=token)
+    assert answer.status == 401
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert_no_trace(inbound)
+
+
+def test_forged_token_with_a_broken_body_is_401_not_400(inbound: Inbound) -> None:
+    assert post(inbound, b"{not json", token="v1.0.forged").status == 401
+    assert_no_trace(inbound)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"[]", b"", json.dumps({"content": "no sender"}).encode(), b'{"sender": 5}'],
+    ids=["not-json", "array", "empty", "no-sender", "wrong-type"],
+)
+def test_malformed_body_gets_400_and_leaves_no_trace(inbound: Inbound, body: bytes) -> None:
+    answer = post(inbound, body, token=token_for())
+    assert answer.status == 400
+    assert answer.body["type"].endswith(":validation")
+    assert_no_trace(inbound)
+
+
+def test_stale_secret_token_is_refused_once_the_secret_is_removed(inbound: Inbound) -> None:
+    inbound.configure(CALLBACK_SECRETS=OLD_SECRET)
+    stale = token_for()
+    inbound.configure(CALLBACK_SECRETS=SECRET)
+    assert post(inbound, payload(), token=stale).status == 401
+    assert_no_trace(inbound)
+
+
+def test_rotated_secrets_accept_urls_signed_with_the_previous_one(inbound: Inbound) -> None:
+    inbound.configure(CALLBACK_SECRETS=OLD_SECRET)
+    old_url_token = token_for()
+    inbound.configure(CALLBACK_SECRETS=f"{SECRET},{OLD_SECRET}")
+    new_url_token = token_for()
+    assert new_url_token != old_url_token
+    assert post(inbound, payload(), token=old_url_token).status == 202
+    assert post(inbound, payload(), token=new_url_token).status == 202
+    # A URL made now is signed with the newest secret: it survives dropping the old one.
+    inbound.configure(CALLBACK_SECRETS=SECRET)
+    assert post(inbound, payload(), token=new_url_token).status == 202
+    assert inbound.process_intake() == 3
+    assert inbound.count(names.INBOUND_QUEUE) == 3
+
+
+def test_a_storage_failure_answers_500_stores_nothing_and_the_retry_publishes(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.inbound import _http
+
+    body = payload()
+    receiver = _http._receiver(get_settings())
+
+    class Broken:
+        def send_message(self, content: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("queue down")
+
+    real = receiver._intake
+    monkeypatch.setattr(receiver, "_intake", Broken())
+    assert post(inbound, body, token=token_for()).status == 500  # SmartDialog retries
+    assert_no_trace(inbound)
+    monkeypatch.setattr(receiver, "_intake", real)
+    assert post(inbound, body, token=token_for()).status == 202
+    inbound.process_intake()
+    assert inbound.count(names.INBOUND_QUEUE) == 1
+
+
+# --- the processor: claims, at-least-once delivery, crashes ---------------------------------------
+
+
+def test_claims_belong_to_their_holder_for_the_lease(inbound: Inbound) -> None:
+    store = SeenStore(table_client(names.INBOUND_SEEN_TABLE))
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    first = store.claim(TWO_WAY, "m-1", start, holder="q-1", received_at=start)
+    assert (first.outcome, first.received_at) == ("new", start)
+    # Another intake copy of the same message waits while the lease runs ...
+    other = store.claim(TWO_WAY, "m-1", start + CLAIM_LEASE / 3, holder="q-2")
+    assert other.outcome == "in-flight"
+    assert other.retry_after == pytest.approx((CLAIM_LEASE * 2 / 3).total_seconds())
+    # ... but a redelivery of the claiming message itself (it died) takes over at once,
+    later = start + CLAIM_LEASE / 2
+    assert store.claim(TWO_WAY, "m-1", later, holder="q-1").outcome == "new"
+    # and after the lease anyone does, keeping the first receipt time.
+    taken = store.claim(TWO_WAY, "m-1", later + CLAIM_LEASE * 2, holder="q-2")
+    assert (taken.outcome, taken.received_at) == ("new", start)
+    store.mark_published(TWO_WAY, "m-1")
+    assert store.claim(TWO_WAY, "m-1", later + CLAIM_LEASE * 3, holder="q-3").outcome == (
+        "duplicate"
+    )
+
+
+def test_the_same_intake_message_delivered_twice_publishes_once(
+    inbound: Inbound, callback_receiver: Any
+) -> None:
+    from tests.inbound.test_subscriptions import subscribe
+
+    subscribe(inbound, f"{callback_receiver.url}/a")
+    subscribe(inbound, f"{callback_receiver.url}/b")
+    post(inbound, payload(), token=token_for())
+    [(message_id, text)] = take_intake(inbound)
+    inbound.queue_function("InboundProcessor", text, 1, message_id)
+    inbound.queue_function("InboundProcessor", text, 2, message_id)  # at-least-once: again
+    inbound.queue_function("InboundProcessor", text, 1, str(uuid.uuid4()))  # a copy, too
+    assert inbound.count(names.INBOUND_QUEUE) == 1
+    assert inbound.count(names.INBOUND_DELIVERIES_QUEUE) == 2  # one per subscriber
+    assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 0
+
+
+def test_a_crash_before_publishing_is_recovered_by_the_redelivery(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.inbound import _http
+
+    processor = _http._processor(get_settings())
+
+    class Broken:
+        def send_message(self, content: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("queue down")
+
+    real = processor._inbound
+    monkeypatch.setattr(processor, "_inbound", Broken())
+    post(inbound, payload(), token=token_for())
+    [(message_id, text)] = take_intake(inbound)
+    with pytest.raises(RuntimeError):  # the host keeps the message and delivers it again
+        inbound.queue_function("InboundProcessor", text, 1, message_id)
+    [row] = inbound.rows(names.INBOUND_SEEN_TABLE)
+    assert row["State"] == "pending"
+    assert inbound.count(names.INBOUND_QUEUE) == 0
+    monkeypatch.setattr(processor, "_inbound", real)
+    # The redelivery (same queue message id) owns the claim: no waiting for the lease.
+    inbound.queue_function("InboundProcessor", text, 2, message_id)
+    assert inbound.count(names.INBOUND_QUEUE) == 1
+    assert [r["State"] for r in inbound.rows(names.INBOUND_SEEN_TABLE)] == ["published"]
+
+
+def test_a_crash_after_publishing_repeats_the_event_with_the_same_id_never_loses_it(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.inbound import _http
+
+    processor = _http._processor(get_settings())
+
+    def crash(service: str, key: str) -> None:
+        raise RuntimeError("crashed before marking")
+
+    real = processor.seen.mark_published
+    monkeypatch.setattr(processor.seen, "mark_published", crash)
+    post(inbound, payload(), token=token_for())
+    [(message_id, text)] = take_intake(inbound)
+    with pytest.raises(RuntimeError):
+        inbound.queue_function("InboundProcessor", text, 1, message_id)
+    monkeypatch.setattr(processor.seen, "mark_published", real)
+    inbound.queue_function("InboundProcessor", text, 2, message_id)
+    events = inbound.read(names.INBOUND_QUEUE)
+    assert len(events) == 2  # the documented worst case
+    assert events[0]["id"] == events[1]["id"]
+    assert events[0]["data"] == events[1]["data"]
+    inbound.queue_function("InboundProcessor", text, 3, message_id)
+    assert inbound.count(names.INBOUND_QUEUE) == 2  # marked now: nothing more
+
+
+def test_a_copy_arriving_while_another_is_in_flight_is_deferred_not_dropped(
+    inbound: Inbound,
+) -> None:
+    body = payload()
+    post(inbound, body, token=token_for())
+    post(inbound, body, token=token_for())
+    [(first_id, first), (second_id, second)] = take_intake(inbound)
+    now = dt.datetime.now(dt.UTC)
+    SeenStore(table_client(names.INBOUND_SEEN_TABLE)).claim(
+        TWO_WAY, body["messageId"], now, holder=first_id
+    )  # the first copy is being processed (or died) elsewhere
+    processor = InboundProcessor.from_settings(get_settings())
+    result = processor.process(second, queue_message_id=second_id)
+    assert result.outcome == "deferred"
+    assert 1 <= result.retry_after <= CLAIM_LEASE.total_seconds()
+    assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 1  # back on the queue, invisible
+    assert queue_client(names.INBOUND_INTAKE_QUEUE).peek_messages() == []
+    assert inbound.count(names.INBOUND_QUEUE) == 0
+    # When the lease has run out, the deferred copy takes over and publishes.
+    processor._clock = lambda: now + CLAIM_LEASE * 2
+    assert processor.process(second, queue_message_id="the-deferred-copy").outcome == "published"
+    assert processor.process(first, queue_message_id=first_id).outcome == "duplicate"
+    assert inbound.count(names.INBOUND_QUEUE) == 1
+
+
+def test_a_malformed_intake_message_raises_so_the_host_poisons_it(inbound: Inbound) -> None:
+    with pytest.raises(MalformedIntake):
+        inbound.queue_function("InboundProcessor", '{"not": "an intake message"}')
+    assert inbound.count(names.INBOUND_QUEUE) == 0
+    assert inbound.rows(names.INBOUND_SEEN_TABLE) == []

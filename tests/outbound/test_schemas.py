@@ -1,0 +1,53 @@
+"""The published JSON Schemas: fresh, and true to what we actually put on the queues."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+
+from tests.outbound.conftest import DELIVERED, REJECTED, Outbound, call_http, sms
+from tools.generate_schemas import SCHEMAS_DIR, schemas, stale
+
+
+def load(name: str) -> dict[str, object]:
+    return json.loads((SCHEMAS_DIR / name).read_text(encoding="utf-8"))
+
+
+def test_schemas_match_the_models() -> None:
+    assert stale() == [], "run: python -m tools.generate_schemas"
+
+
+def test_every_schema_is_a_valid_json_schema() -> None:
+    for name in schemas():
+        jsonschema.Draft202012Validator.check_schema(load(name))
+
+
+def test_documented_example_message_is_valid_and_a_broken_one_is_not() -> None:
+    validator = jsonschema.Draft202012Validator(load("outbound-message.json"))
+    good = {"operation": "SendMessage", "body": sms(DELIVERED)}
+    bad = {"operation": "SendMessage", "body": {"Sender": "x"}}
+    assert validator.is_valid(good)
+    assert not validator.is_valid(bad)
+
+
+def test_queued_messages_events_and_dead_letters_match_their_schemas(outbound: Outbound) -> None:
+    call_http("SendMessage", "POST", body=sms(DELIVERED))
+    [queued] = outbound.read("smartdialog-outbound")
+    jsonschema.validate(queued, load("outbound-message.json"))
+    call_http("SendMessage", "POST", body=sms(REJECTED))
+    outbound.drain()
+
+    by_type = {e["type"]: e for e in outbound.events()}
+    jsonschema.validate(by_type["fi.arena.smartdialog.message.sent"],
+                        load("events/message.sent.json"))  # fmt: skip
+    jsonschema.validate(by_type["fi.arena.smartdialog.message.failed"],
+                        load("events/message.failed.json"))  # fmt: skip
+    for letter in outbound.dead_letters():
+        jsonschema.validate(letter, load("outbound-dead-letter.json"))
+
+
+def test_schema_files_are_utf8_json_with_trailing_newline() -> None:
+    for path in Path(SCHEMAS_DIR).rglob("*.json"):
+        assert path.read_text(encoding="utf-8").endswith("}\n")

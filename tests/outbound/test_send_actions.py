@@ -1,0 +1,228 @@
+"""The send actions end to end: 202 + Location -> queue -> sender -> status 200, against
+Azurite and the sandbox, through the app's real HTTP and queue-trigger functions."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from shared.outbound import MessageStatus, MessageStore, idempotency_key_hash
+from tests.outbound.conftest import (
+    CUSTOMER,
+    DELIVERED,
+    REJECTED,
+    REPLY_SERVICE,
+    Outbound,
+    call_http,
+    sms,
+    status_of,
+)
+
+
+def post(body: dict[str, object], **headers: str) -> object:
+    return call_http("SendMessage", "POST", body=body, headers=headers)
+
+
+def test_send_answers_202_and_the_status_url_ends_200_with_the_sandbox_message_id(
+    outbound: Outbound,
+) -> None:
+    accepted = call_http("SendMessage", "POST", body=sms("040 0000001"))
+
+    assert accepted.status == 202
+    location = accepted.headers["Location"]
+    assert location.startswith("http://localhost:7071/api/messages/")
+    assert int(accepted.headers["Retry-After"]) >= 1
+    assert accepted.body["Status"] == "queued"
+    assert status_of(location).status == 202
+
+    outbound.drain()
+
+    final = status_of(location)
+    assert final.status == 200
+    [sent] = outbound.upstream()
+    assert sent["body"]["Recipients"][0]["Address"] == DELIVERED  # E.164 from "040 0000001"
+    assert sent["headers"].get("Customer-Id", sent["headers"].get("customer-id")) == CUSTOMER
+    assert final.body["MessageId"] == sent["response"]["MessageId"]
+    assert final.body["Recipients"][0]["Id"] == sent["response"]["Recipients"][0]["Id"]
+    assert final.body["Recipients"][0]["Status"] == "sent"
+    assert final.body["Status"] == "sent"
+    assert final.body["Id"] == accepted.body["Id"]
+    assert final.body["MessagePartCount"] == 1
+    assert sent["body"]["RequestId"] == accepted.body["RequestId"]
+
+
+def test_second_post_with_same_idempotency_key_returns_first_answer_and_enqueues_nothing(
+    outbound: Outbound,
+) -> None:
+    first = call_http("SendMessage", "POST", body=sms(DELIVERED), headers={"Idempotency-Key": "k1"})
+    again = call_http("SendMessage", "POST", body=sms(DELIVERED), headers={"Idempotency-Key": "k1"})
+
+    assert (first.status, again.status) == (202, 202)
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.body["Id"] == first.body["Id"]
+    assert outbound.queued() == 1
+    outbound.drain()
+    after = call_http("SendMessage", "POST", body=sms(DELIVERED), headers={"Idempotency-Key": "k1"})
+    assert after.status == 200  # the first answer, now final: the message was sent
+    assert after.body["Id"] == first.body["Id"]
+    assert outbound.queued() == 0
+    assert len(outbound.upstream()) == 1
+
+
+def test_body_request_id_is_the_idempotency_key_without_a_header(outbound: Outbound) -> None:
+    first = post(sms(DELIVERED, RequestId="order-42"))
+    again = post(sms(DELIVERED, RequestId="order-42"))
+
+    assert again.body["Id"] == first.body["Id"]
+    assert outbound.queued() == 1
+    outbound.drain()
+    assert outbound.upstream()[0]["body"]["RequestId"] == "order-42"
+
+
+def test_same_idempotency_key_with_a_different_body_is_422(outbound: Outbound) -> None:
+    post(sms(DELIVERED), **{"Idempotency-Key": "k2"})
+    other = post(sms(DELIVERED, content="Something else"), **{"Idempotency-Key": "k2"})
+
+    assert other.status == 422
+    assert other.headers["Content-Type"] == "application/problem+json"
+    assert outbound.queued() == 1
+
+
+def test_invalid_send_lists_every_bad_field_and_enqueues_nothing(outbound: Outbound) -> None:
+    body = {"Sender": "", "Content": "Hi", "Recipients": [{"Address": "not a number"}],
+            "AttachmentUri": "https://example.com/a.png"}  # fmt: skip
+    answer = post(body)
+
+    assert answer.status == 400
+    fields = {e["field"] for e in answer.body["errors"]}
+    assert {"Sender", "Recipients[0].Address"} <= fields
+    assert outbound.queued() == 0
+
+
+def test_status_needs_the_token_of_its_own_message(outbound: Outbound) -> None:
+    first = post(sms(DELIVERED))
+    second = post(sms(DELIVERED))
+    first_id = first.body["Id"]
+    second_token = dict(parse_qsl(urlsplit(second.headers["Location"]).query))["token"]
+
+    missing = call_http("GetMessageStatus", "GET", route_params={"MessageId": first_id})
+    foreign = call_http(
+        "GetMessageStatus", "GET", route_params={"MessageId": first_id},
+        params={"token": second_token},
+    )  # fmt: skip
+    assert (missing.status, foreign.status) == (401, 403)
+
+
+def test_status_of_an_unknown_message_is_404(outbound: Outbound) -> None:
+    from shared.signing import TokenPurpose, sign
+
+    token = sign(TokenPurpose.STATUS, "nope", secrets=["test-callback-secret"])
+    answer = call_http(
+        "GetMessageStatus", "GET", route_params={"MessageId": "nope"}, params={"token": token}
+    )
+    assert answer.status == 404
+
+
+def test_cancel_before_sending_means_it_is_never_sent(outbound: Outbound) -> None:
+    accepted = post(sms(DELIVERED))
+    message_id = accepted.body["Id"]
+
+    cancelled = call_http("CancelMessage", "DELETE", route_params={"MessageId": message_id})
+    outbound.drain()
+
+    assert cancelled.status == 200
+    assert cancelled.body["Status"] == "cancelled"
+    assert outbound.upstream() == []
+    assert status_of(accepted.headers["Location"]).status == 410
+    assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.cancelled"]
+
+
+def test_cancel_after_sending_is_409(outbound: Outbound) -> None:
+    accepted = post(sms(DELIVERED))
+    outbound.drain()
+
+    answer = call_http("CancelMessage", "DELETE", route_params={"MessageId": accepted.body["Id"]})
+    assert answer.status == 409
+
+
+def test_failed_send_status_is_a_problem_with_upstreams_message(outbound: Outbound) -> None:
+    accepted = post(sms(REJECTED))
+    outbound.drain()
+
+    final = status_of(accepted.headers["Location"])
+    assert final.status == 422
+    assert final.headers["Content-Type"] == "application/problem+json"
+    assert final.body["code"] == "upstream-rejected"
+    assert "rejected" in final.body["detail"]
+    assert final.body["upstreamStatus"] == 400
+
+
+def test_reply_discussion_and_whatsapp_template_sends_reach_upstream(outbound: Outbound) -> None:
+    reply = call_http(
+        "SendReplyMessage", "POST", route_params={"ParentMessageId": "parent-1"},
+        headers={"Service-Id": REPLY_SERVICE}, body=sms(DELIVERED),
+    )  # fmt: skip
+    discussion = call_http(
+        "SendDiscussionReplyMessage", "POST", body={"ThreadId": "thread-1", "Content": "Thanks!"}
+    )
+    template = call_http(
+        "SendWhatsappTemplateMessage", "POST",
+        body={"TemplateName": "welcome", "Recipients": [{"Address": DELIVERED}],
+              "BodyParameters": ["Ada"]},
+    )  # fmt: skip
+    assert (reply.status, discussion.status, template.status) == (202, 202, 202)
+
+    outbound.drain()
+
+    assert status_of(reply.headers["Location"]).status == 200
+    assert len(outbound.upstream("SendReplyMessage")) == 1
+    done = status_of(discussion.headers["Location"])
+    assert done.status == 200, done.body
+    assert outbound.upstream("SendDiscussionReplyMessage")[0]["body"] == {
+        "ThreadId": "thread-1", "Content": "Thanks!",
+    }  # fmt: skip
+    camel = status_of(template.headers["Location"])
+    assert camel.status == 200
+    assert (
+        camel.body["messageId"]
+        == outbound.upstream("SendWhatsappTemplateMessage")[0]["response"]["messageId"]
+    )
+    assert camel.body["recipients"][0]["status"] == "sent"
+
+
+def test_a_record_left_accepted_by_a_crash_is_enqueued_when_the_caller_retries(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import _service
+
+    real_enqueue = _service.SendService._enqueue
+    crashes = [RuntimeError("process died between recording and enqueueing")]
+
+    def enqueue_or_crash(self: _service.SendService, record: object) -> object:
+        if crashes:
+            raise crashes.pop()
+        return real_enqueue(self, record)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_service.SendService, "_enqueue", enqueue_or_crash)
+    failed = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
+    assert failed.status == 500
+    store = MessageStore.from_settings()
+    key = idempotency_key_hash(CUSTOMER, "crash-1")
+    stuck = [r for r in _records(store) if r.idempotency_key_hash == key]
+    assert [r.status for r in stuck] == [MessageStatus.ACCEPTED]
+    assert outbound.queued() == 0
+
+    # The caller retries with the same key: the same record is enqueued now, exactly once.
+    again = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
+    assert again.status == 202
+    assert again.body["Id"] == stuck[0].message_id
+    assert outbound.queued() == 1
+    outbound.drain()
+    assert len(outbound.upstream()) == 1
+
+
+def _records(store: MessageStore) -> list:  # type: ignore[type-arg]
+    from shared.outbound import MessageRecord
+
+    return [MessageRecord.from_entity(e) for e in store.table.query_entities("RowKey eq 'message'")]

@@ -1,0 +1,309 @@
+"""The queue sender, invoked as the host does, against Azurite and the sandbox."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from shared.outbound import MessageRecord, MessageStatus, MessageStore
+from tests.outbound.conftest import (
+    DELIVERED,
+    ERROR,
+    REJECTED,
+    SLOW,
+    TEMPORARY,
+    THROTTLED,
+    Outbound,
+    sms,
+)
+
+
+def test_queued_message_is_sent_once_and_recorded_with_the_sandbox_message_id(
+    outbound: Outbound,
+) -> None:
+    outbound.enqueue({"operation": "SendMessage", "messageId": "m-1", "body": sms(DELIVERED)})
+    outbound.drain()
+
+    record = MessageStore.from_settings().get("m-1")
+    assert record is not None
+    assert record.status is MessageStatus.SENT
+    sends = outbound.upstream()
+    assert len(sends) == 1
+    assert sends[0]["response"]["MessageId"] == record.upstream_message_id
+    assert sends[0]["body"]["RequestId"] == "m-1"
+    events = outbound.events()
+    assert [e["type"] for e in events] == ["fi.arena.smartdialog.message.sent"]
+    assert events[0]["data"]["upstreamMessageId"] == record.upstream_message_id
+    assert json.loads(record.result or "{}")["MessageId"] == record.upstream_message_id
+
+
+def send(messageId: str, *addresses: str, **envelope: object) -> dict[str, object]:
+    return {"operation": "SendMessage", "messageId": messageId, "body": sms(*addresses), **envelope}
+
+
+def record(message_id: str) -> MessageRecord:
+    found = MessageStore.from_settings().get(message_id)
+    assert found is not None
+    return found
+
+
+def test_redelivered_message_whose_record_says_sent_is_acknowledged_not_sent_again(
+    outbound: Outbound,
+) -> None:
+    text = json.dumps(send("m-again", DELIVERED))
+    outbound.invoke(text)
+    outbound.invoke(text, dequeue_count=2)
+
+    assert record("m-again").status is MessageStatus.SENT
+    assert len(outbound.upstream()) == 1
+    assert outbound.queued() == 0
+
+
+def test_crash_between_upstream_success_and_ack_does_not_send_twice(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import OutboundSender
+
+    outbound.configure(SEND_LEASE_SECONDS=0.5)
+    real_sent = OutboundSender._sent
+    crashes = [RuntimeError("worker died after upstream accepted the message")]
+
+    def sent_or_crash(self: OutboundSender, *args: Any, **kwargs: Any) -> Any:
+        if crashes:
+            raise crashes.pop()
+        return real_sent(self, *args, **kwargs)
+
+    monkeypatch.setattr(OutboundSender, "_sent", sent_or_crash)
+    text = json.dumps(send("m-crash", DELIVERED))
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)  # the host keeps the message and delivers it again
+    assert record("m-crash").status is MessageStatus.SENDING
+    time.sleep(0.6)  # the crashed worker's claim runs out
+
+    outbound.invoke(text, dequeue_count=2)
+
+    done = record("m-crash")
+    accepted = outbound.sandbox.state.snapshot("messages")
+    assert len(accepted) == 1  # upstream sent it once; the repeat was a duplicate RequestId
+    assert [r["status"] for r in outbound.upstream()] == [200, 409]
+    assert done.status is MessageStatus.SENT
+    assert done.duplicate
+    assert done.upstream_message_id == outbound.upstream()[0]["response"]["MessageId"]
+    assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
+
+
+def test_copy_arriving_while_another_worker_holds_the_claim_is_deferred(
+    outbound: Outbound,
+) -> None:
+    import datetime as dt
+
+    text = json.dumps(send("m-claimed", DELIVERED))
+    outbound.invoke(text)  # records and sends; now pretend a worker is mid-send
+    store = MessageStore.from_settings()
+    current = record("m-claimed")
+    store.swap(
+        current,
+        status=MessageStatus.SENDING,
+        lease_until=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30),
+    )
+
+    outbound.invoke(text, dequeue_count=2)
+
+    assert len(outbound.upstream()) == 1
+    assert outbound.queued() == 1  # back on the queue, invisible until the lease ends
+    assert outbound.run_once() == 0
+
+
+def test_over_quota_message_is_requeued_with_a_delay_and_not_sent(
+    private_outbound: Callable[..., Outbound],
+) -> None:
+    outbound = private_outbound()
+    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=30)
+    outbound.invoke(json.dumps(send("m-q1", DELIVERED)))
+
+    outbound.invoke(json.dumps(send("m-q2", DELIVERED)))
+
+    assert len(outbound.upstream()) == 1
+    assert record("m-q2").status is MessageStatus.QUEUED
+    assert record("m-q2").attempts == 0  # a deferral is not an attempt
+    assert outbound.queued() == 1
+    assert outbound.run_once() == 0  # invisible: it comes back when a slot frees (~30 s)
+
+
+def test_rejected_recipient_fails_at_once_with_upstreams_message_and_is_dead_lettered(
+    outbound: Outbound,
+) -> None:
+    outbound.enqueue(send("m-400", REJECTED))
+    outbound.drain()
+
+    failed = record("m-400")
+    assert failed.status is MessageStatus.FAILED
+    assert failed.failure is not None
+    assert failed.failure.code == "upstream-rejected"
+    assert failed.failure.upstreamStatus == 400
+    assert len(outbound.upstream()) == 1
+    [letter] = outbound.dead_letters()
+    assert letter["reason"] == "failed"
+    assert letter["messageId"] == "m-400"
+    assert json.loads(letter["original"])["messageId"] == "m-400"
+    [event] = outbound.events()
+    assert event["type"] == "fi.arena.smartdialog.message.failed"
+    assert event["data"]["error"]["code"] == "upstream-rejected"
+
+
+def test_temporary_503s_are_retried_with_the_same_request_id_until_sent(
+    outbound: Outbound,
+) -> None:
+    outbound.enqueue(send("m-503", TEMPORARY))
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [503, 503, 200]
+    assert {c["body"]["RequestId"] for c in calls} == {"m-503"}
+    assert record("m-503").status is MessageStatus.SENT
+    assert record("m-503").attempts == 3
+
+
+def test_persistent_500s_fail_after_max_attempts_and_are_dead_lettered(
+    outbound: Outbound,
+) -> None:
+    outbound.configure(SEND_MAX_ATTEMPTS=3)
+    outbound.enqueue(send("m-500", ERROR))
+    outbound.drain()
+
+    assert [c["status"] for c in outbound.upstream()] == [500, 500, 500]
+    failed = record("m-500")
+    assert failed.status is MessageStatus.FAILED
+    assert failed.failure is not None
+    assert failed.failure.code == "attempts-exhausted"
+    assert [d["reason"] for d in outbound.dead_letters()] == ["failed"]
+
+
+def test_429_honours_retry_after_and_is_dead_lettered_when_it_persists(
+    outbound: Outbound,
+) -> None:
+    outbound.configure(SEND_MAX_ATTEMPTS=2)
+    outbound.enqueue(send("m-429", THROTTLED))
+    outbound.run_once()
+
+    assert outbound.queued() == 1
+    assert outbound.run_once() == 0  # Retry-After: 1 keeps it invisible for a second
+    outbound.drain()
+
+    assert [c["status"] for c in outbound.upstream()] == [429, 429]
+    failed = record("m-429")
+    assert failed.failure is not None
+    assert failed.failure.code == "rate-limited"
+    assert len(outbound.dead_letters()) == 1
+
+
+def test_timeout_is_retried_and_a_late_success_is_recognised_by_request_id(
+    private_outbound: Callable[..., Outbound],
+) -> None:
+    outbound = private_outbound(slow_seconds=0.6)
+    outbound.configure(SEND_TIMEOUT_SECONDS=0.3, SEND_RETRY_BASE_SECONDS=1)
+    outbound.enqueue(send("m-slow", SLOW))
+    outbound.drain()
+
+    done = record("m-slow")
+    assert done.status is MessageStatus.SENT
+    assert done.attempts == 2
+    assert done.duplicate  # the timed-out attempt went through; the retry got 409
+    assert len(outbound.sandbox.state.snapshot("messages")) == 1
+
+
+def test_message_past_its_validity_fails_without_an_upstream_call(outbound: Outbound) -> None:
+    outbound.enqueue(send("m-old", DELIVERED, validUntil="2020-01-01T00:00:00Z"))
+    outbound.drain()
+
+    failed = record("m-old")
+    assert failed.status is MessageStatus.FAILED
+    assert failed.failure is not None
+    assert failed.failure.code == "expired"
+    assert outbound.upstream() == []
+    assert [d["error"]["code"] for d in outbound.dead_letters()] == ["expired"]
+
+
+def test_retry_that_would_outlive_validity_fails_as_expired(outbound: Outbound) -> None:
+    import datetime as dt
+
+    outbound.configure(SEND_RETRY_BASE_SECONDS=3600)
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).isoformat()
+    outbound.enqueue(send("m-short", ERROR, validUntil=soon))
+    outbound.drain()
+
+    assert len(outbound.upstream()) == 1
+    assert record("m-short").failure.code == "expired"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("not json at all", "json"),
+        ("[1, 2, 3]", "object"),
+        ('{"operation": "SendFax", "body": {}}', "operation"),
+        ('{"operation": "SendMessage", "body": {"Sender": "X"}}', "body.SendMessage.Content"),
+        ('{"operation": "SendReplyMessage", "body": {"Sender": "X", "Content": "c",'
+         ' "Recipients": [{"Address": "+358400000001"}]}}', "parentMessageId"),
+        ('{"operation": "SendMessage", "messageId": "bad id", "body": {}}', "messageId"),
+    ],
+)  # fmt: skip
+def test_malformed_queue_message_is_dead_lettered_with_its_reason(
+    outbound: Outbound, text: str, why: str
+) -> None:
+    outbound.enqueue(text)
+    outbound.drain()  # returns normally: no crash loop, nothing left on the queue
+
+    [letter] = outbound.dead_letters()
+    assert letter["reason"] == "malformed"
+    assert letter["original"] == text
+    assert letter["queue"] == "smartdialog-outbound"
+    assert why.split(".")[0].lower() in json.dumps(letter).lower()
+    assert outbound.upstream() == []
+
+
+def test_interrupted_discussion_reply_is_not_repeated(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import OutboundSender
+
+    outbound.configure(SEND_LEASE_SECONDS=0.3)
+    real_call = OutboundSender._call_upstream
+    crashes = [SystemError("worker died mid-call")]
+
+    def call_or_crash(self: OutboundSender, command: Any) -> Any:
+        if crashes:
+            raise crashes.pop()
+        return real_call(self, command)
+
+    monkeypatch.setattr(OutboundSender, "_call_upstream", call_or_crash)
+    text = json.dumps(
+        {"operation": "SendDiscussionReplyMessage", "messageId": "m-thread",
+         "body": {"ThreadId": "t-1", "Content": "Hi"}}
+    )  # fmt: skip
+    with pytest.raises(SystemError):
+        outbound.invoke(text)
+    time.sleep(0.4)
+
+    outbound.invoke(text, dequeue_count=2)
+
+    failed = record("m-thread")
+    assert failed.failure is not None
+    assert failed.failure.code == "outcome-unknown"
+    assert outbound.upstream("SendDiscussionReplyMessage") == []
+
+
+def test_message_without_message_id_gets_a_stable_one_from_its_request_id(
+    outbound: Outbound,
+) -> None:
+    body = {"operation": "SendMessage", "body": sms(DELIVERED, RequestId="ext-1")}
+    outbound.enqueue(body)
+    outbound.enqueue(body)  # the same command twice: sent once
+    outbound.drain()
+
+    assert len(outbound.sandbox.state.snapshot("messages")) == 1
+    assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
