@@ -14,6 +14,7 @@ finish), then the sandbox, then Azurite. Exit status 1 if a port is taken or a p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -76,7 +77,7 @@ TRY_IT: tuple[TryIt, ...] = (
         "curl -s -X POST '{api}/inbound/webhooks/s-1001-twoway' -H 'Customer-Id: 1001'; echo;"
         " curl -s -X POST '{sandbox}/sandbox/inbound' -H 'Content-Type: application/json'"
         ' -d \'{{"sender": "{number}", "recipient": "SmartDialog", "content": "Hello back",'
-        ' "service": "s-1001-twoway"}}\'; echo; sleep 1;'
+        ' "service": "s-1001-twoway"}}\'; echo; sleep 3;'
         " curl -s '{inbound_peek}' | sed 's/<QueueMessage>/\\n&/g'; echo",
         route="POST inbound/webhooks/{Service}",
     ),
@@ -156,6 +157,19 @@ def try_it_block(api: str, sandbox: str | None, inbound_peek: str) -> str:
     return "\n".join(lines)
 
 
+def _create_app_queues(azurite: Azurite) -> None:
+    """Create the app's queues up front, as infra/ does in Azure, so they can be read at once."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.queue import QueueServiceClient
+
+    from shared.names import QUEUES
+
+    service = QueueServiceClient.from_connection_string(azurite.connection_string)
+    for name in QUEUES:
+        with contextlib.suppress(ResourceExistsError):
+            service.create_queue(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start everything, print the URLs and the "try it" block, run until Ctrl-C."""
     args = _args(argv)
@@ -172,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         azurite = start_azurite()
         started.append(azurite)
         print(f"    queues at {azurite.endpoints['Queue']}, tables at {azurite.endpoints['Table']}")
+        _create_app_queues(azurite)
         sandbox: Child | None = None
         _step(f"Starting the SmartDialog sandbox on {args.host}:{args.sandbox_port}")
         try:
