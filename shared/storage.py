@@ -41,6 +41,48 @@ def _service_uri(settings: Settings, kind: str) -> str:
     )
 
 
+def _transport_options(endpoint: str) -> dict[str, Any]:
+    """Client options that spare every storage request the ``requests`` environment lookups.
+
+    By default azure-core's ``requests`` session trusts the environment on *every* request:
+    ``merge_environment_settings`` walks ``os.environ`` for proxies and ``NO_PROXY``, and
+    ``prepare_request`` looks for a ``~/.netrc`` -- about a fifth of a local Table round
+    trip, paid twice per quota token. Here the environment is read once, when the client is
+    built: the proxy for ``endpoint`` (``HTTP(S)_PROXY``/``ALL_PROXY``, honouring
+    ``NO_PROXY``) goes to the SDK's proxy policy and ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
+    to the transport, so proxy and CA settings still work, but a change to them after start-up
+    needs a restart (the clients are cached per process). ``.netrc`` is no longer consulted:
+    every request is signed by the SDK, and a netrc entry would only replace its
+    ``Authorization`` header.
+    """
+    import os
+
+    from azure.core.pipeline.transport import RequestsTransport
+    from requests.utils import get_environ_proxies
+
+    transport_options: dict[str, Any] = {"use_env_settings": False}
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if ca_bundle:
+        transport_options["connection_verify"] = ca_bundle
+    options: dict[str, Any] = {"transport": RequestsTransport(**transport_options)}
+    proxies = get_environ_proxies(endpoint)
+    if proxies:
+        options["proxies"] = proxies
+    return options
+
+
+def _endpoint(conn: str, kind: str) -> str:
+    """The ``Queue``/``TableEndpoint`` of a connection string (or the account's default)."""
+    parts = dict(part.split("=", 1) for part in conn.split(";") if "=" in part and part.strip())
+    lowered = {name.strip().lower(): value.strip() for name, value in parts.items()}
+    explicit = lowered.get(f"{kind}endpoint")
+    if explicit:
+        return explicit
+    protocol = lowered.get("defaultendpointsprotocol", "https")
+    suffix = lowered.get("endpointsuffix", "core.windows.net")
+    return f"{protocol}://{lowered.get('accountname', '')}.{kind}.{suffix}"
+
+
 def _connection_string(settings: Settings) -> str | None:
     value = settings.storage
     if value and value.strip() == "UseDevelopmentStorage=true":
@@ -62,8 +104,11 @@ def queue_service(settings: Settings | None = None) -> QueueServiceClient:
     settings = settings or get_settings()
     conn = _connection_string(settings)
     if conn:
-        return QueueServiceClient.from_connection_string(conn)
-    return QueueServiceClient(_service_uri(settings, "queue"), credential=_credential(settings))
+        return QueueServiceClient.from_connection_string(
+            conn, **_transport_options(_endpoint(conn, "queue"))
+        )
+    uri = _service_uri(settings, "queue")
+    return QueueServiceClient(uri, credential=_credential(settings), **_transport_options(uri))
 
 
 @lru_cache(maxsize=4)
@@ -74,9 +119,12 @@ def table_service(settings: Settings | None = None) -> TableServiceClient:
     settings = settings or get_settings()
     conn = _connection_string(settings)
     if conn:
-        return TableServiceClient.from_connection_string(conn)
+        return TableServiceClient.from_connection_string(
+            conn, **_transport_options(_endpoint(conn, "table"))
+        )
+    uri = _service_uri(settings, "table")
     return TableServiceClient(
-        endpoint=_service_uri(settings, "table"), credential=_credential(settings)
+        endpoint=uri, credential=_credential(settings), **_transport_options(uri)
     )
 
 

@@ -22,19 +22,35 @@ How it works
     One Table entity per connection (table ``SmartDialogQuota``, PartitionKey from
     :func:`connection_key`, RowKey ``sliding-log``) holds the times of the recent grants:
     a sliding log, pruned to the window on every write. To take a slot an instance
-    reads the entity, reads its clock, drops grants older than the window, and if
-    fewer than the limit remain, appends ``now`` and writes the entity back only if
-    its ETag is unchanged (create for the first grant). A lost race (412, or 409 on
-    create) means re-read and decide again, after a short random pause. The grant is
-    recorded before the caller may call upstream, so every call is in the log.
+    takes the log, reads its clock, drops grants older than the window, and if fewer
+    than the limit remain, appends ``now`` and writes the entity back only if its ETag
+    is unchanged (create for the first grant). A lost race (412, or 409 on create)
+    means re-read and decide again, after a short random pause. The grant is recorded
+    before the caller may call upstream, so every call is in the log.
+
+    Where the log comes from (the fast path): each store keeps in memory the last
+    version of the log it wrote or read, the text together with its ETag (a write's own
+    response carries the new ETag). The first round of an acquisition decides on that
+    version and writes straight away: one storage round trip when no other instance
+    wrote since, which is the usual case of one busy instance. If another did, the
+    ETag no longer matches, the write is refused (412/409) and nothing was recorded;
+    the acquisition continues the ordinary way (read, decide, write), without a pause
+    for that first refusal. After such a refusal the store reads first, as without
+    the cache, until a read shows the log unchanged since its last write. A log that
+    memory says is full is never refused on: the store reads and decides on storage.
 
 Why it is exact
     The writes are serialised by the ETag, so each grant was decided on the complete
-    log left by every grant before it. Take any ``calls + 1`` grants and let ``k`` be
-    the last one written. When ``k`` was decided fewer than ``calls`` grants were in
-    its window, so some earlier grant ``j`` of the set was either in the log with
-    ``t_j <= now_k - W``, or had been pruned by an earlier writer whose clock already
-    read ``>= t_j + W``; because ``now_k`` is read after the log, it is later than that
+    log left by every grant before it: a compare-and-swap succeeds only if the stored
+    log is still exactly the version the decision used, and the text and ETag of that
+    version are kept together, whether they came from a read or from the store's own
+    previous write. A stale version in memory cannot mislead a decision; it only costs
+    a refused write. Take any ``calls + 1`` grants and let ``k`` be the last one
+    written. When ``k`` was decided fewer than ``calls`` grants were in its window, so
+    some earlier grant ``j`` of the set was either in the log with ``t_j <= now_k - W``,
+    or had been pruned by an earlier writer whose clock already read ``>= t_j + W``;
+    because ``now_k`` is read after the version ``k`` decided on existed (it was read,
+    or written by this store, before the clock is read), it is later than that
     writer's decision. Either way ``k`` was decided at least ``W`` after ``j``, where
     ``W = period + margin`` is the window decisions use. So no two of any
     ``calls + 1`` grants are closer than ``W``: no window of ``W`` (hence none of the
@@ -65,6 +81,7 @@ Contention
     The compare-and-swap is lock-free: in every round at least one writer succeeds, so
     the log always advances. A single caller that keeps losing backs off with full
     jitter (5 ms doubling to 100 ms) and after ``CAS_MAX_ATTEMPTS`` (8) lost rounds
+    after reading (a refused fast-path write does not count)
     answers :class:`QuotaDenied` with reason ``CONTENDED`` and a short ``retry_after``
     (50-250 ms) instead of spinning. A denial for a full or busy log writes nothing.
 

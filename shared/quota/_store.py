@@ -77,7 +77,7 @@ class QuotaGrant:
     granted_at: float
     #: Grants in the window including this one.
     in_window: int
-    #: Read-modify-write rounds it took (1 unless other writers got in between).
+    #: Compare-and-swap writes it took (1 unless other writers got in between).
     attempts: int
 
 
@@ -119,10 +119,15 @@ class QuotaStats:
     contended_denials: int = 0
     late_grants: int = 0
     cas_conflicts: int = 0
+    #: Grants written in a single round trip, straight from the log kept in memory.
+    fast_grants: int = 0
+    #: Writes from the log kept in memory that another writer had made stale (a 412/409;
+    #: also counted in ``cas_conflicts``).
+    stale_cache: int = 0
 
 
 class StoredLog(NamedTuple):
-    """The encoded log and the version tag it was read with."""
+    """The encoded log and the version tag it was read (or written) with."""
 
     text: str
     etag: str
@@ -135,11 +140,12 @@ class LogBackend(Protocol):
         """The log and its version tag, or None when there is none yet."""
         ...
 
-    def write(self, text: str, etag: str | None) -> bool:
+    def write(self, text: str, etag: str | None) -> str | None:
         """Store ``text`` if the log is still at ``etag`` (None: still absent).
 
-        False when another writer got there first; raises :class:`QuotaStoreError`
-        for any other failure.
+        Returns the new version tag of the log, which now holds exactly ``text`` (an empty
+        string if the backend cannot tell it); None when another writer got there first.
+        Raises :class:`QuotaStoreError` for any other failure.
         """
         ...
 
@@ -175,6 +181,14 @@ class QuotaStore:
         self._late_after = margin * LATE_GRANT_SHARE if margin > 0 else math.inf
         self._stats_lock = threading.Lock()
         self._stats = QuotaStats()
+        # The fast path: the newest log version this store knows (its own last write, or
+        # its last read) with its ETag, kept together in one immutable tuple, so a write
+        # guarded by that ETag can only succeed if the stored log is exactly this text.
+        self._last: StoredLog | None = None
+        # False after a write from ``_last`` was refused: another writer is active, so the
+        # next acquisitions read first (two round trips, as without the cache) until a read
+        # shows the log unchanged since ``_last`` again.
+        self._trust_last = True
 
     @property
     def window_seconds(self) -> float:
@@ -189,12 +203,21 @@ class QuotaStore:
         safety margin after it was decided (it is withdrawn and denied as LATE).
         Raises :class:`QuotaStoreError` when the log cannot be read or written.
         """
-        for attempt in range(1, CAS_MAX_ATTEMPTS + 1):
-            stored = self._backend.read()
+        # Round 0, the fast path: decide on the log kept in memory and write it back in one
+        # round trip. A refused write (someone else wrote since) costs no backoff: it
+        # just continues with the ordinary read-decide-write rounds below.
+        cached = self._last if self._trust_last else None
+        writes = 0
+        for attempt in range(0 if cached is not None else 1, CAS_MAX_ATTEMPTS + 1):
+            stored = cached if attempt == 0 else self._read()
             # Read the clock only after the log: the proof of exactness needs "now"
             # to be later than every write this decision builds on.
             now = self._clock.now()
             live = _log.in_window(self._decode(stored), now, self._window)
+            if len(live) >= self.calls and attempt == 0:
+                # Full as far as memory knows: refuse only on what storage says (a grant
+                # may have been withdrawn, and retry_after should be the stored log's).
+                continue
             if len(live) >= self.calls:
                 self._count(denials=1)
                 return QuotaDenied(
@@ -204,8 +227,16 @@ class QuotaStore:
                 )
             granted_ms = _log.stamp(now)
             updated = _log.with_grant(live, granted_ms)
-            if self._backend.write(_log.encode(updated), stored.etag if stored else None):
-                return self._deliver(granted_ms, now, len(updated), attempt)
+            writes += 1
+            if self._write(_log.encode(updated), stored.etag if stored else None):
+                result = self._deliver(granted_ms, now, len(updated), writes)
+                if attempt == 0 and isinstance(result, QuotaGrant):
+                    self._count(fast_grants=1)
+                return result
+            if attempt == 0:
+                self._trust_last = False
+                self._count(cas_conflicts=1, stale_cache=1)
+                continue
             self._count(cas_conflicts=1)
             if attempt < CAS_MAX_ATTEMPTS:
                 cap = min(CAS_BACKOFF_MAX, CAS_BACKOFF_BASE * 2 ** (attempt - 1))
@@ -250,7 +281,7 @@ class QuotaStore:
 
     def used(self) -> int:
         """Grants in the window right now (a read; for status pages and tests)."""
-        stored = self._backend.read()
+        stored = self._read()
         return len(_log.in_window(self._decode(stored), self._clock.now(), self._window))
 
     def stats(self) -> QuotaStats:
@@ -283,17 +314,34 @@ class QuotaStore:
         (the slot stays spent until it leaves the window) after CAS_MAX_ATTEMPTS.
         """
         for attempt in range(1, CAS_MAX_ATTEMPTS + 1):
-            stored = self._backend.read()
+            stored = self._read()
             grants = self._decode(stored)
             if stored is None or granted_ms not in grants:
                 return True  # already pruned
             grants.remove(granted_ms)  # equal times are interchangeable
-            if self._backend.write(_log.encode(grants), stored.etag):
+            if self._write(_log.encode(grants), stored.etag):
                 return True
             self._count(cas_conflicts=1)
             cap = min(CAS_BACKOFF_MAX, CAS_BACKOFF_BASE * 2 ** (attempt - 1))
             self._clock.sleep(random.uniform(0, cap))
         return False
+
+    def _read(self) -> StoredLog | None:
+        """The stored log, remembered for the fast path."""
+        stored = self._backend.read()
+        last = self._last
+        if stored is not None and last is not None and stored.etag == last.etag:
+            self._trust_last = True  # nobody else wrote since: back to one round trip
+        self._last = stored
+        return stored
+
+    def _write(self, text: str, etag: str | None) -> bool:
+        """Compare-and-swap ``text`` over the version ``etag``; remember what was written."""
+        new_etag = self._backend.write(text, etag)
+        if new_etag is None:
+            return False
+        self._last = StoredLog(text, new_etag) if new_etag else None
+        return True
 
     def _decode(self, stored: StoredLog | None) -> list[int]:
         if stored is None:
@@ -315,6 +363,8 @@ class QuotaStore:
         contended_denials: int = 0,
         late_grants: int = 0,
         cas_conflicts: int = 0,
+        fast_grants: int = 0,
+        stale_cache: int = 0,
     ) -> None:
         with self._stats_lock:
             s = self._stats
@@ -324,6 +374,8 @@ class QuotaStore:
                 s.contended_denials + contended_denials,
                 s.late_grants + late_grants,
                 s.cas_conflicts + cas_conflicts,
+                s.fast_grants + fast_grants,
+                s.stale_cache + stale_cache,
             )
 
 
@@ -339,14 +391,14 @@ class _MemoryLog:
         with self._lock:
             return None if self._text is None else StoredLog(self._text, str(self._version))
 
-    def write(self, text: str, etag: str | None) -> bool:
+    def write(self, text: str, etag: str | None) -> str | None:
         with self._lock:
             current = None if self._text is None else str(self._version)
             if etag != current:
-                return False
+                return None
             self._text = text
             self._version += 1
-            return True
+            return str(self._version)
 
 
 class InMemoryQuotaStore(QuotaStore):

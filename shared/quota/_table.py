@@ -55,11 +55,12 @@ class TableLog:
             raise self._error("read", exc) from exc
         return StoredLog(str(entity.get(GRANTS_PROPERTY, "")), str(entity.metadata["etag"]))
 
-    def write(self, text: str, etag: str | None) -> bool:
+    def write(self, text: str, etag: str | None) -> str | None:
         """Create the entity (``etag`` None) or replace it if still at ``etag``.
 
-        False when another writer got in first (409 on create; 412, or 404 after a
-        delete, on replace).
+        Returns the entity's new ETag (from the write's own response, so the caller can
+        compare-and-swap again without reading first); None when another writer got in
+        first (409 on create; 412, or 404 after a delete, on replace).
         """
         from azure.core import MatchConditions
         from azure.core.exceptions import (
@@ -73,19 +74,19 @@ class TableLog:
         entity = {"PartitionKey": self._key, "RowKey": ROW_KEY, GRANTS_PROPERTY: text}
         try:
             if etag is None:
-                self._table.create_entity(entity)
+                written = self._table.create_entity(entity)
             else:
-                self._table.update_entity(
+                written = self._table.update_entity(
                     entity,
                     mode=UpdateMode.REPLACE,
                     etag=etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-            return False
+            return None
         except AzureError as exc:
             raise self._error("write", exc) from exc
-        return True
+        return str(written.get("etag") or "")
 
     def _ensure_table(self) -> None:
         table_id = self._table_id
@@ -164,9 +165,11 @@ def from_settings(
 ) -> TableQuotaStore:
     """The quota store of the configured connection (SMARTDIALOG_QUOTA_* settings).
 
-    Cheap to call per request: the table client is cached per process and the
-    table is created once, on first use. ``connection`` overrides the key derived
-    by :func:`connection_key`.
+    Cheap to call: the table client is cached per process and the table is created
+    once, on first use. But each store keeps its own last-seen log for the one-round-trip
+    fast path, so keep the store (as the sync actions' shared client and the sender do):
+    a new store's first token reads first. ``connection`` overrides the key derived by
+    :func:`connection_key`.
     """
     from shared.settings import get_settings
 

@@ -1,0 +1,95 @@
+"""Storage clients read the proxy and CA settings once, when they are built (shared/storage.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+
+from shared import storage
+from shared.settings import Settings
+
+AZURITE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients() -> Any:
+    storage.table_service.cache_clear()
+    storage.queue_service.cache_clear()
+    yield
+    storage.table_service.cache_clear()
+    storage.queue_service.cache_clear()
+
+
+class _Sent(Exception):
+    """Raised instead of sending: the request never leaves the process."""
+
+
+def _sent_with(monkeypatch: pytest.MonkeyPatch, call: Callable[[], object]) -> dict[str, Any]:
+    """What the SDK's requests session was asked to send ``call``'s request with."""
+    seen: dict[str, Any] = {}
+
+    def request(self: requests.Session, method: str, url: str, **kwargs: Any) -> None:
+        seen.update(kwargs, trust_env=self.trust_env, url=url)
+        raise _Sent
+
+    monkeypatch.setattr(requests.Session, "request", request)
+    with pytest.raises(_Sent):
+        call()
+    return seen
+
+
+def test_endpoints_come_from_the_connection_string_or_the_account_default() -> None:
+    assert storage._endpoint(AZURITE, "table") == "http://127.0.0.1:10002/devstoreaccount1"
+    assert storage._endpoint(AZURITE, "queue") == "http://127.0.0.1:10001/devstoreaccount1"
+    plain = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=x.net"
+    assert storage._endpoint(plain, "table") == "https://acct.table.x.net"
+
+
+def _clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def test_a_proxy_in_the_environment_is_resolved_once_for_the_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_proxies(monkeypatch)
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/bench-ca.pem")
+    settings = Settings(AzureWebJobsStorage=AZURITE)
+    table = storage.table_client("Quota", settings)
+    queue = storage.queue_client("outbound", settings)
+
+    for call in (lambda: table.get_entity("p", "r"), queue.get_queue_properties):
+        sent = _sent_with(monkeypatch, call)
+        assert sent["proxies"] == {"http": "http://proxy.example:3128"}
+        assert sent["trust_env"] is False  # no per-request environment or .netrc look-up
+        assert sent["verify"] == "/etc/ssl/certs/bench-ca.pem"
+
+
+def test_no_proxy_for_the_endpoint_means_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_proxies(monkeypatch)
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    table = storage.table_client("Quota", Settings(AzureWebJobsStorage=AZURITE))
+
+    sent = _sent_with(monkeypatch, lambda: table.get_entity("p", "r"))
+
+    assert not sent["proxies"]
+    assert sent["url"].startswith("http://127.0.0.1:10002/")
+
+
+def test_identity_based_clients_are_still_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_proxies(monkeypatch)
+    settings = Settings(AzureWebJobsStorage__accountName="acct")
+
+    assert storage.table_service(settings).url.startswith("https://acct.table.core.windows.net")
+    assert storage.queue_service(settings).url.startswith("https://acct.queue.core.windows.net")
