@@ -46,8 +46,17 @@ def _event(event_type: str, data: type[BaseModel]) -> Callable[[], dict[str, Any
 
 
 def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
-    """File name -> (title, builder), for every schema we publish."""
+    """File name -> (title, builder), for every schema we publish: the outbound pipeline's, and
+    the inbound package's (its ``SCHEMA_MODELS``, plus the whole CloudEvent of each of its
+    event types, which is what a Logic App's *Parse JSON* reads off the queue)."""
     from shared.events import MESSAGE_CANCELLED, MESSAGE_FAILED, MESSAGE_SENT
+    from shared.inbound import (
+        DELIVERY_REPORTED,
+        MESSAGE_RECEIVED,
+        SCHEMA_MODELS,
+        DeliveryReportData,
+        InboundMessageData,
+    )
     from shared.outbound import (
         DeadLetter,
         MessageCancelledData,
@@ -70,7 +79,33 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
             MESSAGE_CANCELLED,
             _event(MESSAGE_CANCELLED, MessageCancelledData),
         ),
+        "events/message.received.json": (
+            MESSAGE_RECEIVED,
+            _event(MESSAGE_RECEIVED, InboundMessageData),
+        ),
+        "events/message.delivery.json": (
+            DELIVERY_REPORTED,
+            _event(DELIVERY_REPORTED, DeliveryReportData),
+        ),
+        **{name: (_title(name, model), _model(model)) for name, model in SCHEMA_MODELS.items()},
     }
+
+
+#: Titles of the inbound package's schemas (others: the first paragraph of the model's docstring).
+_INBOUND_TITLES = {
+    "events/message-received.data.json": "data of fi.arena.smartdialog.message.received",
+    "events/message-delivery.data.json": "data of fi.arena.smartdialog.message.delivery",
+    "inbound-delivery.json": "A message on the smartdialog-inbound-deliveries queue",
+    "inbound-dead-letter.json": "A message on the smartdialog-inbound-deadletter queue",
+    "inbound-intake.json": "A message on the internal smartdialog-inbound-intake queue",
+}
+
+
+def _title(name: str, model: type[BaseModel]) -> str:
+    if name in _INBOUND_TITLES:
+        return _INBOUND_TITLES[name]
+    paragraph = (model.__doc__ or model.__name__).strip().split("\n\n", 1)[0]
+    return " ".join(paragraph.replace("``", "").split())
 
 
 def render(name: str) -> str:

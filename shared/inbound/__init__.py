@@ -23,6 +23,8 @@ Hooks for the send path: :func:`with_delivery_report_url` (the sender puts our D
 send) and :func:`refuse_suppressed` (the send actions refuse opted-out recipients).
 """
 
+from pydantic import BaseModel
+
 from shared.inbound._dispatch import (
     DispatchOutcome,
     DispatchResult,
@@ -85,7 +87,7 @@ from shared.inbound._webhook import (
 
 #: Schemas of the inbound package's queue messages and event data, for ``tools/generate_schemas``
 #: (file name under ``schemas/`` -> model).
-SCHEMA_MODELS = {
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "events/message-received.data.json": InboundMessageData,
     "events/message-delivery.data.json": DeliveryReportData,
     "inbound-delivery.json": SubscriberDelivery,

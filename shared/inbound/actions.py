@@ -116,11 +116,20 @@ class UnregisterInput(ActionInput):
 
 
 class WebhookRegistrationDoc(BaseModel):
-    Service: str = Field(description="The 2-way service.")
-    CustomerId: str = Field(description="The customer it belongs to.")
-    ActionId: str = Field(description="SmartDialog's pipeline action id: unregister with it.")
-    PipelineId: str | None = Field(None, description="SmartDialog's pipeline id.")
-    CreatedAt: str = Field(description="When it was registered.")
+    Service: str = Field(description="The 2-way service.", json_schema_extra=ui("Service"))
+    CustomerId: str = Field(
+        description="The customer it belongs to.", json_schema_extra=ui("Customer Id")
+    )
+    ActionId: str = Field(
+        description="SmartDialog's pipeline action id: unregister with it.",
+        json_schema_extra=ui("Action Id"),
+    )
+    PipelineId: str | None = Field(
+        None, description="SmartDialog's pipeline id.", json_schema_extra=ui("Pipeline Id")
+    )
+    CreatedAt: str = Field(
+        description="When it was registered.", json_schema_extra=ui("Registered at")
+    )
 
 
 class SubscribeBody(BaseModel):
@@ -138,7 +147,14 @@ class SubscribeBody(BaseModel):
 class SubscribeInput(ActionInput):
     customer_id: CustomerIdHeader
     service: TwoWayServicePath
-    body: Annotated[SubscribeBody, Body()]
+    body: Annotated[
+        SubscribeBody,
+        Body(),
+        Field(
+            description="The flow's callback, filled in by Power Automate when the flow is saved.",
+            json_schema_extra=ui("Subscription", visibility="internal"),
+        ),
+    ]
 
 
 class UnsubscribeInput(ActionInput):
@@ -146,18 +162,30 @@ class UnsubscribeInput(ActionInput):
     subscription_id: Annotated[
         NonEmptyStr,
         Param("path", "SubscriptionId"),
-        Field(max_length=64, json_schema_extra=ui("Subscription Id", visibility="internal")),
+        Field(
+            max_length=64,
+            description="The subscription to end (the last segment of the trigger's Location).",
+            json_schema_extra=ui("Subscription Id", visibility="internal"),
+        ),
     ]
     token: Annotated[
         str | None,
         Param("query", "token"),
-        Field(None, max_length=200, json_schema_extra=ui("Token", visibility="internal")),
+        Field(
+            None,
+            max_length=200,
+            description="The token of the trigger's Location URL, which authorizes the DELETE.",
+            json_schema_extra=ui("Token", visibility="internal"),
+        ),
     ] = None
 
 
 class SubscriptionDoc(BaseModel):
-    id: str = Field(description="The subscription id.")
-    service: str
+    id: str = Field(description="The subscription id.", json_schema_extra=ui("Subscription Id"))
+    service: str = Field(
+        description="The 2-way service whose messages start the flow.",
+        json_schema_extra=ui("Service"),
+    )
 
 
 class SuppressionInput(ActionInput):
@@ -166,12 +194,25 @@ class SuppressionInput(ActionInput):
 
 
 class SuppressionDoc(BaseModel):
-    Service: str = Field(description="The service (* for every service).")
-    Phone: str = Field(description="The recipient, E.164.")
-    Suppressed: bool = Field(description="True while sends to this recipient are refused.")
-    Keyword: str | None = Field(None, description="The stop keyword the recipient sent.")
-    Source: str | None = Field(None, description="inbound (a stop keyword) or action.")
-    Since: str | None = Field(None, description="When the suppression began.")
+    Service: str = Field(
+        description="The service (* for every service).", json_schema_extra=ui("Service")
+    )
+    Phone: str = Field(description="The recipient, E.164.", json_schema_extra=ui("Phone"))
+    Suppressed: bool = Field(
+        description="True while sends to this recipient are refused.",
+        json_schema_extra=ui("Suppressed"),
+    )
+    Keyword: str | None = Field(
+        None, description="The stop keyword the recipient sent.", json_schema_extra=ui("Keyword")
+    )
+    Source: str | None = Field(
+        None,
+        description="inbound (the recipient sent a stop keyword) or action (added by a flow).",
+        json_schema_extra=ui("Source"),
+    )
+    Since: str | None = Field(
+        None, description="When the suppression began.", json_schema_extra=ui("Since")
+    )
 
 
 # --- handlers -------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from shared.outbound._records import command_text, new_record, normalize, recipi
 from shared.outbound._sender import OutboundSender, OutcomeKind, SendOutcome, reset_sender_cache
 from shared.outbound._store import (
     RECIPIENT_STATUS_RANK,
+    DamagedRecordError,
     IdempotencyEntry,
     IdempotencyStore,
     MessageRecord,
@@ -51,6 +52,7 @@ from shared.outbound._store import (
 
 __all__ = [
     "RECIPIENT_STATUS_RANK",
+    "DamagedRecordError",
     "DeadLetter",
     "DeadLetterReason",
     "FailureInfo",

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,6 +60,7 @@ from shared.smartdialog import (
 )
 
 if TYPE_CHECKING:
+    from shared.inbound import SuppressionStore
     from shared.quota import QuotaDenied, QuotaGrant
     from shared.settings import Settings
 
@@ -153,6 +154,9 @@ class _Policy:
     quota_wait: float
     customer_id: str | None
     service_id: str | None
+    #: The settings the policy was read from: our DLR URL (public base URL, callback secrets)
+    #: is built from them for every upstream call.
+    settings: Settings = field(compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> _Policy:
@@ -165,6 +169,7 @@ class _Policy:
             quota_wait=settings.send_quota_wait_seconds,
             customer_id=settings.customer_id,
             service_id=settings.service_id,
+            settings=settings,
         )
 
 
@@ -194,10 +199,12 @@ class OutboundSender:
         dead_letters: QueuePort,
         events: QueuePort,
         policy: _Policy,
+        suppressions: SuppressionStore | None = None,
         clock: Callable[[], dt.datetime] = _now,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
+        self._suppressions = suppressions
         self.quota = quota
         self.client = client
         self._gate = gate
@@ -243,9 +250,18 @@ class OutboundSender:
             self._sleep(wait)
         record = self.store.get(command.messageId)
         if record is None:
-            claimed = self._create_claimed(command)
-            if claimed is not None:
-                return self._take_slot_and_send(claimed, command, before=MessageStatus.QUEUED)
+            # First seen here: put on the queue directly, not through a send action (which
+            # records the message after refusing opted-out recipients), so check them now.
+            refusal = self._suppression(command)
+            if refusal is not None:
+                refused = self._refuse(command, refusal)
+                if refused is not None:
+                    return refused
+            else:
+                claimed = self._create_claimed(command)
+                if claimed is not None:
+                    return self._take_slot_and_send(claimed, command, before=MessageStatus.QUEUED)
+            # A record appeared meanwhile (another copy, or another message with this id).
             record = self.store.get(command.messageId)
             if record is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
@@ -416,7 +432,16 @@ class OutboundSender:
         return self._sent(record, result, duplicate=False)
 
     def _call_upstream(self, command: OutboundMessage) -> dict[str, Any]:
-        """One upstream attempt; upstream's answer as a dict in upstream casing."""
+        """One upstream attempt; upstream's answer as a dict in upstream casing.
+
+        What is sent carries *our* DLR URL (token-bearing, per message) in ``DlrUrl``; it is put
+        in only here, so the stored command, its fingerprint and re-enqueued copies keep the
+        caller's own ``DlrUrl``, which the DLR function calls after ours. The envelope's own
+        fields (``transactional``, ids, counters) never reach upstream: only ``body`` is sent.
+        """
+        from shared.inbound import with_delivery_report_url
+
+        command = with_delivery_report_url(command, self.policy.settings)
         client = self.client
         result: BaseModel
         if isinstance(command, SendMessageCommand):
@@ -555,6 +580,46 @@ class OutboundSender:
             record.message_id, record.attempts, title, delay,
         )  # fmt: skip
         return self._requeue(command, updated.attempts, delay, OutcomeKind.RETRY_SCHEDULED, code)
+
+    def _suppression(self, command: OutboundMessage) -> FailureInfo | None:
+        """Why ``command`` may not be sent (recipients who opted out of its service), or None."""
+        if self._suppressions is None or getattr(command, "transactional", True):
+            return None
+        if isinstance(command, SendDiscussionReplyMessageCommand):
+            return None  # no recipients, no service
+        from shared.inbound import refuse_suppressed
+        from shared.problems import Problem
+
+        addresses = [r.Address for r in command.body.Recipients]
+        try:
+            refuse_suppressed(
+                self._suppressions,
+                command.serviceId,
+                addresses,
+                field="body.Recipients[{index}].Address",
+            )
+        except Problem as problem:
+            offenders = "; ".join(f"{e.field}: {e.message}" for e in problem.errors)
+            return FailureInfo(
+                code="suppressed",
+                title=problem.title,
+                detail=f"{problem.detail} {offenders}".strip(),
+            )
+        return None
+
+    def _refuse(self, command: OutboundMessage, failure: FailureInfo) -> SendOutcome | None:
+        """Record a queue-only message that may not be sent, and fail it at once (failed event,
+        dead letter with the reason); nothing goes upstream. None if a record with its id
+        appeared meanwhile (the caller then goes on as for any recorded message)."""
+        now = self._clock()
+        record, slots = new_record(
+            command, now=now, validity=self.policy.validity, status=MessageStatus.QUEUED
+        )
+        stored = self.store.create(record, slots)
+        if stored is None:
+            return None
+        log.info("message %s refused: recipient(s) opted out", record.message_id)
+        return self._fail(stored, failure)
 
     def _fail(self, record: MessageRecord, failure: FailureInfo) -> SendOutcome:
         now = self._clock()
@@ -754,6 +819,7 @@ class OutboundSender:
 @lru_cache(maxsize=4)
 def _sender_for(settings: Settings) -> OutboundSender:
     from shared import quota
+    from shared.inbound import SuppressionStore
     from shared.smartdialog import auth_from_settings
     from shared.storage import queue_client
 
@@ -778,6 +844,7 @@ def _sender_for(settings: Settings) -> OutboundSender:
         dead_letters=_ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE, settings),
         events=_ensured_queue(_events_queue(), settings),
         policy=_Policy.from_settings(settings),
+        suppressions=SuppressionStore.from_settings(settings),
     )
 
 

@@ -22,6 +22,7 @@ from shared.outbound._models import (
     MessageStatus,
     Operation,
     OutboundMessage,
+    SendDiscussionReplyMessageCommand,
     request_fingerprint,
 )
 from shared.outbound._records import command_text, new_record, normalize
@@ -37,6 +38,7 @@ from shared.problems import FieldError, Problem, ProblemType, validation_problem
 from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
 
 if TYPE_CHECKING:
+    from shared.inbound import SuppressionStore
     from shared.settings import Settings
 
 __all__ = [
@@ -77,11 +79,13 @@ class SendService:
         *,
         store: MessageStore | None = None,
         idempotency: IdempotencyStore | None = None,
+        suppressions: SuppressionStore | None = None,
         clock: Callable[[], dt.datetime] = _now,
     ) -> None:
         self.settings = settings
         self.store = store or MessageStore.from_settings(settings)
         self.idempotency = idempotency or IdempotencyStore.from_settings(settings)
+        self._suppressions = suppressions
         self._clock = clock
 
     # --- accept --------------------------------------------------------------------------------
@@ -92,6 +96,11 @@ class SendService:
         A repeated request with the same ``Idempotency-Key`` (or, without one, the same body
         ``RequestId``) for the same customer answers as the first did and enqueues nothing;
         the same key with a different request is a 422 problem.
+
+        A new message to a recipient who opted out of the service (STOP) is refused with a 422
+        problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
+        nothing is recorded or queued, and its idempotency key is released. (A replay of a
+        message accepted before the opt-out still answers as the first request did.)
         """
         now = self._clock()
         customer = command.customerId or self.settings.customer_id or ""
@@ -142,6 +151,12 @@ class SendService:
             )
         record = self.store.get(message_id) if replay else None
         if record is None:
+            try:
+                self._refuse_suppressed(command)
+            except Problem:
+                if key_hash is not None and not replay:
+                    self.idempotency.release(key_hash, message_id)
+                raise
             fresh, slots = new_record(
                 command,
                 now=now,
@@ -154,6 +169,21 @@ class SendService:
         if record.status is MessageStatus.ACCEPTED:
             record = self._enqueue(record)
         return self._pending(record, status=202)
+
+    def _refuse_suppressed(self, command: OutboundMessage) -> None:
+        """422 if a recipient of a normalized, non-transactional command opted out."""
+        if isinstance(command, SendDiscussionReplyMessageCommand):
+            return  # a reply into a thread: no recipients, no service
+        from shared.inbound import SuppressionStore, refuse_suppressed
+
+        if self._suppressions is None:
+            self._suppressions = SuppressionStore.from_settings(self.settings)
+        refuse_suppressed(
+            self._suppressions,
+            command.serviceId,
+            [r.Address for r in command.body.Recipients],
+            transactional=command.transactional,
+        )
 
     def _enqueue(self, record: MessageRecord) -> MessageRecord:
         """Put the record's command on the queue, then mark it queued (a lost race is fine:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECIPIENT_STATUS_RANK",
+    "DamagedRecordError",
     "IdempotencyEntry",
     "IdempotencyStore",
     "MessageRecord",
@@ -62,8 +63,33 @@ RECIPIENT_STATUS_RANK: dict[str, int] = {
     "delivered": 40,
 }
 
+#: Tables this process has made sure exist, by account endpoint *and* table name (a
+#: ``TableClient``'s ``url`` is the account's, the same for every table).
 _tables_ready: set[str] = set()
 _tables_lock = threading.Lock()
+
+
+class DamagedRecordError(RuntimeError):
+    """A stored message record or recipient slot lacks a property or holds a value we cannot
+    read (hand-edited, or written by an incompatible version). It is our own storage failing,
+    so callers let it propagate: the sender raises, the host retries the queue message and,
+    after ``maxDequeueCount``, moves it to the poison queue."""
+
+    def __init__(self, message_id: str, row_key: str, problem: str) -> None:
+        super().__init__(f"damaged status record {message_id}/{row_key}: {problem}")
+        self.message_id = message_id
+        self.row_key = row_key
+        self.problem = problem
+
+
+def _damaged(entity: Mapping[str, Any], exc: Exception) -> DamagedRecordError:
+    if isinstance(exc, KeyError):
+        problem = f"property {exc.args[0]} is missing"
+    else:
+        problem = f"{type(exc).__name__}: {exc}"
+    return DamagedRecordError(
+        str(entity.get("PartitionKey", "?")), str(entity.get("RowKey", "?")), problem
+    )
 
 
 def _utc(value: Any) -> dt.datetime | None:
@@ -186,12 +212,21 @@ class MessageRecord:
 
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> MessageRecord:
+        """The record in ``entity``; :class:`DamagedRecordError` if it cannot be read."""
+        try:
+            return cls._from_entity(entity)
+        except (KeyError, ValueError, TypeError, AssertionError) as exc:
+            raise _damaged(entity, exc) from exc
+
+    @classmethod
+    def _from_entity(cls, entity: Mapping[str, Any]) -> MessageRecord:
         def failure(name: str) -> FailureInfo | None:
             raw = entity.get(name)
             return FailureInfo.model_validate_json(raw) if raw else None
 
         created = _utc(entity["CreatedAt"])
-        assert created is not None
+        if created is None:
+            raise ValueError("CreatedAt is empty")
         return cls(
             message_id=str(entity["PartitionKey"]),
             status=MessageStatus(entity["Status"]),
@@ -261,6 +296,14 @@ class RecipientSlot:
 
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
+        """The slot in ``entity``; :class:`DamagedRecordError` if it cannot be read."""
+        try:
+            return cls._from_entity(entity)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise _damaged(entity, exc) from exc
+
+    @classmethod
+    def _from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
         return cls(
             message_id=str(entity["PartitionKey"]),
             index=int(entity["Index"]),
@@ -428,29 +471,58 @@ class MessageStore:
         now: dt.datetime,
     ) -> None:
         """Move every slot of the message to ``status`` unless it is already at a later one,
-        and record upstream recipient ids by index. Safe to repeat; never moves a slot back."""
+        and record upstream recipient ids by index. Safe to repeat; never moves a slot back.
+
+        Each slot is written with a compare-and-swap on the ETag it was read at (as delivery
+        reports write them): a report that lands between our read and our write makes the
+        write fail (412), and the slot is read again and judged again, so a ``delivered`` is
+        never overwritten by an earlier state.
+        """
         _, slots = self.get_with_slots(message_id)
-        rank = RECIPIENT_STATUS_RANK.get(status, 0)
-        ids = upstream_ids or {}
-        changed: list[RecipientSlot] = []
         for slot in slots:
-            new_id = ids.get(slot.index) or slot.upstream_recipient_id
-            forward = RECIPIENT_STATUS_RANK.get(slot.status, 0) < rank
-            if forward or new_id != slot.upstream_recipient_id:
-                changed.append(
-                    replace(
-                        slot,
-                        status=status if forward else slot.status,
-                        upstream_recipient_id=new_id,
-                        updated_at=now,
-                    )
-                )
-        # Merge writes: a delivery report landing meanwhile keeps its own fields; the status
-        # race (report before our "sent") is settled by the rank check of the report's writer.
+            self._advance_slot(slot, status, (upstream_ids or {}).get(slot.index), now=now)
+
+    def _advance_slot(
+        self, slot: RecipientSlot, status: str, upstream_id: str | None, *, now: dt.datetime
+    ) -> None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        for slot in changed:
-            self.table.upsert_entity(slot.to_entity(), mode=UpdateMode.MERGE)
+        rank = RECIPIENT_STATUS_RANK.get(status, 0)
+        current = slot
+        for _ in range(8):  # each round re-reads after a lost compare-and-swap
+            changes: dict[str, Any] = {}
+            if RECIPIENT_STATUS_RANK.get(current.status, 0) < rank:
+                changes.update(Status=status, StatusRank=rank)
+            if upstream_id and upstream_id != current.upstream_recipient_id:
+                changes["UpstreamRecipientId"] = upstream_id
+            if not changes:
+                return
+            assert current.etag is not None, "slots read from the table carry their ETag"
+            changes.update(
+                PartitionKey=current.message_id,
+                RowKey=current.row_key,
+                UpdatedAt=_plain_datetime(now),
+            )
+            try:
+                self.table.update_entity(
+                    changes,
+                    mode=UpdateMode.MERGE,
+                    etag=current.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return
+            except ResourceModifiedError:
+                pass
+            except ResourceNotFoundError:
+                return  # the slot is gone (never written for a huge message): nothing to move
+            try:
+                entity = self.table.get_entity(current.message_id, current.row_key)
+            except ResourceNotFoundError:
+                return
+            current = RecipientSlot.from_entity(entity)
+        raise RuntimeError(f"recipient slot {slot.row_key} of {slot.message_id} kept changing")
 
 
 @dataclass(frozen=True)
@@ -546,3 +618,28 @@ class IdempotencyStore:
                 etag=found.metadata.get("etag"),
             )
         raise RuntimeError("idempotency key claim kept changing under us")
+
+    def release(self, key_hash: str, message_id: str) -> bool:
+        """Give up ``message_id``'s claim of ``key_hash`` (its request was refused before
+        anything was recorded), so the key may be used again. Only that message's claim is
+        deleted (ETag-conditional); True if it was."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        _ensure_table(self._table)
+        try:
+            found = self._table.get_entity(key_hash, IDEMPOTENCY_ROW_KEY)
+        except ResourceNotFoundError:
+            return False
+        if found.get("MessageId") != message_id:
+            return False
+        try:
+            self._table.delete_entity(
+                key_hash,
+                IDEMPOTENCY_ROW_KEY,
+                etag=found.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True

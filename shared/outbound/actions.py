@@ -126,6 +126,19 @@ DlrUrlField = Annotated[
     ),
 ]
 
+TransactionalField = Annotated[
+    bool,
+    Field(
+        False,
+        description=(
+            "Yes: send even to recipients who opted out of this service (replied STOP), for "
+            "messages they must get regardless, such as a security code. No (the default): a "
+            "send to an opted-out recipient is refused. Not sent to SmartDialog."
+        ),
+        json_schema_extra=ui("Transactional", visibility="advanced"),
+    ),
+]
+
 # --- bodies ---------------------------------------------------------------------------------------
 
 
@@ -179,6 +192,7 @@ class MessageBody(_Body):
     )
     DlrUrl: DlrUrlField
     RequestId: RequestIdField
+    Transactional: TransactionalField
 
     @model_validator(mode="after")
     def _attachment_needs_whatsapp(self) -> MessageBody:
@@ -209,8 +223,15 @@ class TemplateRecipientIn(_Body):
 
 
 class TemplateButtonIn(_Body):
-    Type: Literal["Call", "QuickReply", "Url"] = Field(json_schema_extra=ui("Button type"))
-    Data: str | None = Field(None, json_schema_extra=ui("Button text"))
+    Type: Literal["Call", "QuickReply", "Url"] = Field(
+        description="The kind of the template's button: Call, QuickReply or Url.",
+        json_schema_extra=ui("Button type"),
+    )
+    Data: str | None = Field(
+        None,
+        description="The value for this button: its text, phone number or URL suffix.",
+        json_schema_extra=ui("Button text"),
+    )
 
 
 class TemplateMessageBody(_Body):
@@ -228,15 +249,38 @@ class TemplateMessageBody(_Body):
         description="Who gets it.",
         json_schema_extra=ui("Recipients", visibility="important"),
     )
-    BodyParameters: list[str] | None = Field(None, json_schema_extra=ui("Body parameters"))
-    HeaderParameters: list[str] | None = Field(None, json_schema_extra=ui("Header parameters"))
-    Buttons: list[TemplateButtonIn] | None = Field(None, json_schema_extra=ui("Buttons"))
+    BodyParameters: list[str] | None = Field(
+        None,
+        description="Values for the template body's placeholders, in order.",
+        json_schema_extra=ui("Body parameters"),
+    )
+    HeaderParameters: list[str] | None = Field(
+        None,
+        description="Values for the template header's placeholders, in order.",
+        json_schema_extra=ui("Header parameters"),
+    )
+    Buttons: list[TemplateButtonIn] | None = Field(
+        None,
+        description="Values for the template's buttons, in the template's order.",
+        json_schema_extra=ui("Buttons"),
+    )
     SendDateTime: SendDateTimeField
-    AttachmentUri: HttpUrl | None = Field(None, json_schema_extra=ui("Attachment URI"))
-    UseSmsFallback: bool | None = Field(None, json_schema_extra=ui("Use SMS fallback"))
+    AttachmentUri: HttpUrl | None = Field(
+        None,
+        description="The address of a media file for a template with a media header.",
+        json_schema_extra=ui("Attachment URI"),
+    )
+    UseSmsFallback: bool | None = Field(
+        None,
+        description="Send it as an SMS to recipients WhatsApp cannot reach.",
+        json_schema_extra=ui("Use SMS fallback"),
+    )
     DlrUrl: DlrUrlField
-    CustomerData: CustomerDataText | None = Field(None, json_schema_extra=ui("Customer data"))
+    CustomerData: CustomerDataText | None = Field(
+        None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")
+    )
     RequestId: RequestIdField
+    Transactional: TransactionalField
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -246,7 +290,14 @@ class SendMessageInput(ActionInput):
     customer_id: CustomerIdHeader
     service_id: ServiceIdHeader
     idempotency_key: IdempotencyKeyHeader = None
-    body: Annotated[MessageBody, Body()]
+    body: Annotated[
+        MessageBody,
+        Body(),
+        Field(
+            description="The message: sender, text, recipients and sending options.",
+            json_schema_extra=ui("Message", visibility="important"),
+        ),
+    ]
 
 
 class SendReplyMessageInput(SendMessageInput):
@@ -263,14 +314,28 @@ class SendReplyMessageInput(SendMessageInput):
 class SendDiscussionReplyInput(ActionInput):
     customer_id: DiscussionCustomerIdHeader
     idempotency_key: IdempotencyKeyHeader = None
-    body: Annotated[DiscussionReplyBody, Body()]
+    body: Annotated[
+        DiscussionReplyBody,
+        Body(),
+        Field(
+            description="The reply: the discussion thread and the text.",
+            json_schema_extra=ui("Reply", visibility="important"),
+        ),
+    ]
 
 
 class SendTemplateInput(ActionInput):
     customer_id: CustomerIdHeader
     service_id: ServiceIdHeader
     idempotency_key: IdempotencyKeyHeader = None
-    body: Annotated[TemplateMessageBody, Body()]
+    body: Annotated[
+        TemplateMessageBody,
+        Body(),
+        Field(
+            description="The template message: template, recipients and its parameters.",
+            json_schema_extra=ui("Template message", visibility="important"),
+        ),
+    ]
 
 
 class MessageStatusInput(ActionInput):
@@ -297,49 +362,118 @@ class CancelMessageInput(ActionInput):
 class AcceptedDoc(BaseModel):
     """202: accepted and queued; poll ``Location`` (= StatusUrl)."""
 
-    Id: str = Field(description="Our id of this send.")
-    Status: str = Field(description="accepted, queued or sending.")
-    RequestId: str | None = None
-    EstimatedPartCount: int | None = None
-    Attempts: int | None = None
-    StatusUrl: str | None = None
+    Id: str = Field(description="Our id of this send.", json_schema_extra=ui("Id"))
+    Status: str = Field(
+        description="accepted, queued or sending (cancelled after CancelMessage).",
+        json_schema_extra=ui("Status"),
+    )
+    RequestId: str | None = Field(
+        None,
+        description="The RequestId sent to SmartDialog (yours, or one made for you).",
+        json_schema_extra=ui("Request Id"),
+    )
+    EstimatedPartCount: int | None = Field(
+        None,
+        description="SMS parts per recipient, estimated after personalization.",
+        json_schema_extra=ui("Estimated part count"),
+    )
+    Attempts: int | None = Field(
+        None, description="Sending attempts so far.", json_schema_extra=ui("Attempts")
+    )
+    StatusUrl: str | None = Field(
+        None,
+        description="Where to poll this send's status (carries its own token).",
+        json_schema_extra=ui("Status URL"),
+    )
 
 
 class RecipientDoc(BaseModel):
-    Address: str | None = None
-    Id: str | None = Field(None, description="Upstream recipient id (delivery reports).")
-    Status: str | None = None
+    Address: str | None = Field(
+        None, description="The recipient's phone number.", json_schema_extra=ui("Address")
+    )
+    Id: str | None = Field(
+        None,
+        description="SmartDialog's id of this recipient (delivery reports use it).",
+        json_schema_extra=ui("Recipient Id"),
+    )
+    Status: str | None = Field(
+        None,
+        description="pending, sent, delivered, undelivered, failed or cancelled.",
+        json_schema_extra=ui("Recipient status"),
+    )
 
 
 class SentDoc(BaseModel):
     """200: sent; SmartDialog's answer plus our status."""
 
-    MessageId: str | None = Field(None, description="SmartDialog's MessageId.")
-    MessagePartCount: int | None = None
-    Recipients: list[RecipientDoc] = Field(default_factory=list)
-    ThreadId: str | None = None
-    Id: str | None = Field(None, description="Our id of this send.")
-    Status: str | None = None
-    RequestId: str | None = None
-    SentAt: str | None = None
+    MessageId: str | None = Field(
+        None, description="SmartDialog's MessageId.", json_schema_extra=ui("Message Id")
+    )
+    MessagePartCount: int | None = Field(
+        None, description="SMS parts per recipient.", json_schema_extra=ui("Message part count")
+    )
+    Recipients: list[RecipientDoc] = Field(
+        default_factory=list,
+        description="Each recipient, with its delivery state.",
+        json_schema_extra=ui("Recipients"),
+    )
+    ThreadId: str | None = Field(
+        None,
+        description="The discussion thread (discussion replies).",
+        json_schema_extra=ui("Thread Id"),
+    )
+    Id: str | None = Field(None, description="Our id of this send.", json_schema_extra=ui("Id"))
+    Status: str | None = Field(
+        None, description="sent (our status of the send).", json_schema_extra=ui("Status")
+    )
+    RequestId: str | None = Field(
+        None, description="The RequestId sent to SmartDialog.", json_schema_extra=ui("Request Id")
+    )
+    SentAt: str | None = Field(
+        None, description="When SmartDialog accepted it.", json_schema_extra=ui("Sent at")
+    )
 
 
 class TemplateRecipientDoc(BaseModel):
-    address: str | None = None
-    id: str | None = None
-    status: str | None = None
+    address: str | None = Field(
+        None, description="The recipient's phone number.", json_schema_extra=ui("Address")
+    )
+    id: str | None = Field(
+        None,
+        description="SmartDialog's id of this recipient (delivery reports use it).",
+        json_schema_extra=ui("Recipient Id"),
+    )
+    status: str | None = Field(
+        None,
+        description="pending, sent, delivered, undelivered, failed or cancelled.",
+        json_schema_extra=ui("Recipient status"),
+    )
 
 
 class TemplateSentDoc(BaseModel):
     """200: sent (camelCase, as SmartDialog answers WhatsApp template sends)."""
 
-    messageId: str | None = None
-    messagePartCount: int | None = None
-    recipients: list[TemplateRecipientDoc] = Field(default_factory=list)
-    id: str | None = None
-    status: str | None = None
-    requestId: str | None = None
-    sentAt: str | None = None
+    messageId: str | None = Field(
+        None, description="SmartDialog's MessageId.", json_schema_extra=ui("Message Id")
+    )
+    messagePartCount: int | None = Field(
+        None, description="Message parts per recipient.", json_schema_extra=ui("Part count")
+    )
+    recipients: list[TemplateRecipientDoc] = Field(
+        default_factory=list,
+        description="Each recipient, with its delivery state.",
+        json_schema_extra=ui("Recipients"),
+    )
+    id: str | None = Field(None, description="Our id of this send.", json_schema_extra=ui("Id"))
+    status: str | None = Field(
+        None, description="sent (our status of the send).", json_schema_extra=ui("Status")
+    )
+    requestId: str | None = Field(
+        None, description="The RequestId sent to SmartDialog.", json_schema_extra=ui("Request Id")
+    )
+    sentAt: str | None = Field(
+        None, description="When SmartDialog accepted it.", json_schema_extra=ui("Sent at")
+    )
 
 
 _ACCEPTED_HEADERS = {
@@ -378,7 +512,12 @@ def _accept(ctx: ActionContext, command: dict[str, Any], key: str | None) -> Act
 
 
 def _body(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_none=True)
+    return model.model_dump(mode="json", exclude_none=True, exclude={"Transactional"})
+
+
+def _transactional(model: MessageBody | TemplateMessageBody) -> dict[str, Any]:
+    """Our ``Transactional`` body field, moved to the queue envelope (never sent upstream)."""
+    return {"transactional": True} if model.Transactional else {}
 
 
 def send_message(ctx: ActionContext, inp: SendMessageInput) -> ActionResponse:
@@ -387,6 +526,7 @@ def send_message(ctx: ActionContext, inp: SendMessageInput) -> ActionResponse:
         "customerId": inp.customer_id,
         "serviceId": inp.service_id,
         "body": _body(inp.body),
+        **_transactional(inp.body),
     }
     return _accept(ctx, command, inp.idempotency_key)
 
@@ -398,6 +538,7 @@ def send_reply_message(ctx: ActionContext, inp: SendReplyMessageInput) -> Action
         "serviceId": inp.service_id,
         "parentMessageId": inp.parent_message_id,
         "body": _body(inp.body),
+        **_transactional(inp.body),
     }
     return _accept(ctx, command, inp.idempotency_key)
 
@@ -417,6 +558,7 @@ def send_template(ctx: ActionContext, inp: SendTemplateInput) -> ActionResponse:
         "customerId": inp.customer_id,
         "serviceId": inp.service_id,
         "body": _body(inp.body),
+        **_transactional(inp.body),
     }
     return _accept(ctx, command, inp.idempotency_key)
 

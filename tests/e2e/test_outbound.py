@@ -9,19 +9,24 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-import pytest
 from azure.data.tables import TableClient
 
+from sandbox.contract import validate_request
 from shared.names import MESSAGES_TABLE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE, poison_queue
+from shared.outbound import MessageRecord
+from shared.signing import TokenPurpose, verify
 from tests.e2e.conftest import (
+    CALLBACK_SECRET,
     DELIVERED_NUMBER,
     MAX_DEQUEUE_COUNT,
     ONE_WAY_SERVICE,
     Stack,
     poll,
 )
+from tests.fixtures.sandbox import CallbackReceiver
 
 
 def _sms(*addresses: str, content: str = "Hello $(name) from e2e") -> dict[str, Any]:
@@ -80,11 +85,6 @@ def test_status_url_without_its_token_is_refused(stack: Stack) -> None:
     assert stack.http.get(bare + "?token=v1.0.forged").status_code == 403
 
 
-@pytest.mark.skip(
-    reason="issue 4/5 seam not landed: the sender does not put our DLR URL in a send's DlrUrl "
-    "(shared.inbound.with_delivery_report_url exists; shared/outbound/_sender.py does not call "
-    "it), so the sandbox's delivery report never reaches the DeliveryReport function"
-)
 def test_delivery_report_from_the_sandbox_marks_the_recipient_delivered(stack: Stack) -> None:
     location = _send(stack, _sms(DELIVERED_NUMBER)).headers["Location"]
     sent = _sent_status(stack, location)
@@ -96,13 +96,74 @@ def test_delivery_report_from_the_sandbox_marks_the_recipient_delivered(stack: S
 
     doc = poll(delivered, what="the recipient's status to become delivered")
     assert doc["MessageId"] == sent["MessageId"]
-    reports = [
-        r
-        for r in stack.sandbox_get("/sandbox/delivery-reports")
-        if r.get("parameters", {}).get("messageId") == sent["MessageId"]
-    ]
-    assert reports, "the sandbox should have made the DLR callback"
+    reports = _delivery_reports(stack, sent["MessageId"])
     assert all(str(r.get("httpStatus", "")).startswith("2") for r in reports), reports
+    assert all(
+        r["url"].startswith(f"{stack.api}/callbacks/dlr/{doc['Id']}?token=") for r in reports
+    )
+
+
+def _delivery_reports(stack: Stack, upstream_message_id: str) -> list[dict[str, Any]]:
+    """The sandbox's log of its DLR callbacks for a message (it logs once our answer is in)."""
+    return poll(
+        lambda: [
+            r
+            for r in stack.sandbox_get("/sandbox/delivery-reports")
+            if r.get("messageId") == upstream_message_id
+        ],
+        what="the sandbox to log its DLR callback",
+    )
+
+
+def _upstream_send(stack: Stack, upstream_message_id: str) -> dict[str, Any]:
+    [request] = [
+        r
+        for r in stack.sandbox_get("/sandbox/requests?operationId=SendMessage")
+        if (r.get("response") or {}).get("MessageId") == upstream_message_id
+    ]
+    return dict(request)
+
+
+def test_upstream_send_carries_our_signed_dlr_url_and_keeps_the_callers_for_after_ours(
+    stack: Stack, callback_receiver: CallbackReceiver
+) -> None:
+    own = f"{callback_receiver.url}/my-dlr?ref=e2e-42"
+    accepted = _send(stack, {**_sms(DELIVERED_NUMBER), "DlrUrl": own})
+    message_id = accepted.json()["Id"]
+    sent = _sent_status(stack, accepted.headers["Location"])
+
+    # What went upstream: our DLR URL, signed for this message, in a request the published
+    # definition accepts; the caller's URL is not sent.
+    request = _upstream_send(stack, sent["MessageId"])
+    ours = request["body"]["DlrUrl"]
+    assert ours.startswith(f"{stack.api}/callbacks/dlr/{message_id}?token=")
+    token = dict(parse_qsl(urlsplit(ours).query))["token"]
+    assert verify(token, TokenPurpose.DLR, message_id, secrets=[CALLBACK_SECRET])
+    assert own not in json.dumps(request["body"])
+    assert (
+        validate_request(
+            request["method"], request["path"], request["headers"], body=request["body"]
+        )
+        == []
+    )
+
+    # The sandbox reports to us; we record it, then call the caller's own URL, query kept.
+    [call] = callback_receiver.wait_for(1, timeout=15)
+    assert call.path == "/my-dlr"
+    assert call.query["ref"] == "e2e-42"
+    assert call.query["status"] == "delivered"
+    assert "token" not in call.query
+    reports = _delivery_reports(stack, sent["MessageId"])
+    assert [str(r["httpStatus"]) for r in reports] == ["200"], reports
+    doc = stack.http.get(accepted.headers["Location"]).json()
+    assert [r["Status"] for r in doc["Recipients"]] == ["delivered"]
+    # The stored request keeps the caller's URL (and so its fingerprint stays the caller's).
+    table = TableClient.from_connection_string(stack.storage, MESSAGES_TABLE)
+    try:
+        record = MessageRecord.from_entity(table.get_entity(message_id, "message"))
+    finally:
+        table.close()
+    assert json.loads(record.command)["body"]["DlrUrl"] == own
 
 
 def test_malformed_outbound_message_is_dead_lettered_with_its_reason(stack: Stack) -> None:

@@ -17,7 +17,7 @@ from shared.inbound import (
     parse_report,
     with_delivery_report_url,
 )
-from shared.outbound import OutboundSender, parse_outbound_message
+from shared.outbound import parse_outbound_message
 from shared.settings import get_settings
 from shared.signing import TokenPurpose, sign
 from tests.fixtures.sandbox import CallbackReceiver
@@ -76,17 +76,6 @@ def delivery_events(env: Inbound) -> list[dict[str, Any]]:
     return [e for e in env.read(names.EVENTS_QUEUE) if e["type"] == DELIVERY_REPORTED]
 
 
-@pytest.fixture
-def via_our_dlr_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wire the sender as the lead will: our DLR URL in every send, right before the call."""
-    original = OutboundSender._call_upstream
-
-    def call_upstream(self: OutboundSender, command: Any) -> dict[str, Any]:
-        return original(self, with_delivery_report_url(command, get_settings()))
-
-    monkeypatch.setattr(OutboundSender, "_call_upstream", call_upstream)
-
-
 def wait_for_status(env: Inbound, message_id: str, wanted: list[str]) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while True:
@@ -96,7 +85,6 @@ def wait_for_status(env: Inbound, message_id: str, wanted: list[str]) -> dict[st
         time.sleep(0.05)
 
 
-@pytest.mark.usefixtures("via_our_dlr_url")
 def test_sandbox_delivery_reports_move_recipients_to_their_final_state(
     served: Inbound, callback_receiver: CallbackReceiver
 ) -> None:

@@ -157,3 +157,30 @@ def test_send_to_a_suppressed_recipient_is_refused_unless_transactional(inbound:
     refuse_suppressed(store, TWO_WAY, [PHONE], transactional=True)  # overridden: no error
     refuse_suppressed(store, ONE_WAY, [PHONE])  # another service: allowed
     refuse_suppressed(store, None, [PHONE])  # no service (discussion reply): nothing to check
+
+
+def test_stop_by_sms_then_a_send_to_that_number_is_refused_unless_transactional(
+    inbound: Inbound,
+) -> None:
+    _inbound(inbound, "STOP", sender=PHONE)
+    headers = {"Customer-Id": "1001", "Service-Id": TWO_WAY}
+    body = {"Sender": "Sandbox", "Content": "Hi", "Recipients": [{"Address": "0401234567"}]}
+
+    refused = inbound.call("SendMessage", "POST", headers=headers, body=body)
+
+    assert refused.status == 422, refused.body
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert [e["field"] for e in refused.body["errors"]] == ["Recipients[0].Address"]
+    assert "STOP" in refused.body["errors"][0]["message"]
+    assert inbound.count(names.OUTBOUND_QUEUE) == 0
+
+    accepted = inbound.call(
+        "SendMessage", "POST", headers=headers, body={**body, "Transactional": True}
+    )
+    assert accepted.status == 202, accepted.body
+    inbound.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
+    [sent] = [
+        r for r in inbound.sandbox.state.snapshot("requests") if r["operationId"] == "SendMessage"
+    ]
+    assert sent["status"] == 200
+    assert "Transactional" not in sent["body"]

@@ -51,3 +51,26 @@ def test_queued_messages_events_and_dead_letters_match_their_schemas(outbound: O
 def test_schema_files_are_utf8_json_with_trailing_newline() -> None:
     for path in Path(SCHEMAS_DIR).rglob("*.json"):
         assert path.read_text(encoding="utf-8").endswith("}\n")
+
+
+def test_inbound_queue_messages_and_events_are_published() -> None:
+    from shared.inbound import SCHEMA_MODELS
+
+    published = schemas()
+    assert set(SCHEMA_MODELS) <= set(published)
+    # The whole CloudEvent of each inbound event type too (what Parse JSON reads off a queue).
+    assert {"events/message.received.json", "events/message.delivery.json"} <= set(published)
+    assert load("events/message.received.json")["properties"]["type"]["const"] == (
+        "fi.arena.smartdialog.message.received"
+    )
+
+
+def test_every_schema_file_is_generated_and_every_one_the_docs_name_exists() -> None:
+    import re
+
+    on_disk = {p.relative_to(SCHEMAS_DIR).as_posix() for p in Path(SCHEMAS_DIR).rglob("*.json")}
+    assert on_disk == set(schemas()), "an orphaned or missing schema file"
+    repo = Path(SCHEMAS_DIR).parent
+    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
+        for name in re.findall(r"schemas/([\w./-]+\.json)", doc.read_text(encoding="utf-8")):
+            assert name in on_disk, f"{doc.name} names schemas/{name}, which does not exist"
