@@ -3,8 +3,9 @@
 Options: ``--host`` (127.0.0.1), ``--port`` (``$DEVHOST_PORT``, else local.settings.json
 ``Host.LocalHttpPort``, else 7071), ``--app`` (``function_app:app``), ``--script-root``
 (``.``: where host.json and the app live), ``--settings`` (``local.settings.json`` under the
-script root, if present), ``--no-queues`` (serve HTTP only), ``--grace`` (seconds to finish
-in-flight work on Ctrl-C/SIGTERM). Exit status: 0 after a clean stop, 2 if the app or a port
+script root, if present), ``--no-queues`` (serve HTTP only), ``--no-access-log`` (do not log
+one line per HTTP request; for benchmarks), ``--grace`` (seconds to finish in-flight work on
+Ctrl-C/SIGTERM). Exit status: 0 after a clean stop, 2 if the app or a port
 is unusable.
 """
 
@@ -42,6 +43,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--settings", default=None, help="local.settings.json to load (default: the script root's)"
     )
     parser.add_argument("--no-queues", action="store_true", help="do not poll queue triggers")
+    parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="do not log a line per HTTP request (the functions' own logs are kept)",
+    )
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds to finish in-flight work on stop"
     )
@@ -85,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         app = load_app(args.app, root)
         port = _port(args, settings)
         host = DevHost(
-            app, root / "host.json", host=args.host, port=port, queues=not args.no_queues
+            app,
+            root / "host.json",
+            host=args.host,
+            port=port,
+            queues=not args.no_queues,
+            access_log_enabled=not args.no_access_log,
         )
     except MetadataError as exc:
         print(f"error: {exc}", file=sys.stderr)

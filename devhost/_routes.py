@@ -136,6 +136,9 @@ class CompiledRoute(Generic[T]):
     parameters: tuple[_Parameter, ...]
     precedence: tuple[int, ...]
     target: T
+    #: The template's leading literal segments, lower-cased (ASCII only, else ""): a path that
+    #: does not start with them cannot match, so :meth:`RouteTable.find` skips the regex.
+    prefix: str = ""
 
     def match(self, path: str) -> dict[str, str] | None:
         """Route values (percent-decoded) if ``path`` (after the prefix) matches, else None."""
@@ -192,6 +195,12 @@ def compile_route(template: str, target: T) -> CompiledRoute[T]:
                 params.append(param)
                 pattern += f"(?P<{param.name}>[^/]+?)" + ("?" if param.optional else "")
         precedence.append(2)
+    leading: list[str] = []
+    for segment in segments:
+        if "{" in segment:
+            break
+        leading.append(segment)
+    prefix = "/".join(leading)
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise RouteTemplateError(f"a parameter appears twice in route {template!r}")
@@ -201,6 +210,7 @@ def compile_route(template: str, target: T) -> CompiledRoute[T]:
         parameters=tuple(params),
         precedence=tuple(precedence),
         target=target,
+        prefix=prefix.lower() if prefix.isascii() else "",
     )
 
 
@@ -219,8 +229,13 @@ class RouteTable(Generic[T]):
     def find(self, path: str) -> list[tuple[CompiledRoute[T], Mapping[str, str]]]:
         """Every route matching ``path`` (relative to the prefix), most specific first."""
         path = path.strip("/")
+        # The prefix test is exact for ASCII paths; others go to every regex (IGNORECASE also
+        # folds some non-ASCII letters onto ASCII ones).
+        folded = path.lower() if path.isascii() else None
         hits: list[tuple[CompiledRoute[T], Mapping[str, str]]] = []
         for route in self.routes:
+            if folded is not None and not folded.startswith(route.prefix):
+                continue
             values = route.match(path)
             if values is not None:
                 hits.append((route, values))
