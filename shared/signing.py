@@ -100,7 +100,8 @@ def verify(
     if not token:
         return False
     parts = token.split(".")
-    if len(parts) != 3 or parts[0] != _VERSION or not parts[1].isdigit():
+    # isascii(): str.isdigit() also accepts digits such as '²' that int() refuses.
+    if len(parts) != 3 or parts[0] != _VERSION or not (parts[1].isascii() and parts[1].isdigit()):
         return False
     expiry = int(parts[1])
     if expiry and now() >= expiry:

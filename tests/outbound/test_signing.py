@@ -34,7 +34,19 @@ def test_expired_token_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "forged",
-    [None, "", "v1", "v1.0.", "v2.0.abc", "v1.x.abc", "v1.0.AAAA", "v1.0.ÄÖ", "garbage.token.here"],
+    [
+        None,
+        "",
+        "v1",
+        "v1.0.",
+        "v2.0.abc",
+        "v1.x.abc",
+        "v1.0.AAAA",
+        "v1.0.ÄÖ",
+        "garbage.token.here",
+        "v1.².x",
+        "v1.٣.x",
+    ],
 )
 def test_forged_or_malformed_tokens_are_refused(forged: str | None) -> None:
     assert not verify(forged, TokenPurpose.STATUS, "m-1", secrets=[NEW])
