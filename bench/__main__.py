@@ -46,6 +46,7 @@ FIGURES: list[tuple[str, str]] = [
     ("action overhead", "bench.action_overhead:measure"),
     ("webhook ingest", "bench.webhook_ingest:measure"),
     ("quota", "bench.quota_e2e:measure"),
+    ("bulk", "bench.bulk:measure"),
 ]
 
 

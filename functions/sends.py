@@ -39,6 +39,18 @@ def send_whatsapp_template_message(req: func.HttpRequest) -> func.HttpResponse:
     return serve("SendWhatsappTemplateMessage", req)
 
 
+@bp.function_name("SendBulkMessages")
+@bp.route(route="messages/bulk", methods=["POST"], auth_level=FUNCTION)
+def send_bulk_messages(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("SendBulkMessages", req)
+
+
+@bp.function_name("GetBulkStatus")
+@bp.route(route="messages/bulk/{BatchId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def get_bulk_status(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetBulkStatus", req)
+
+
 @bp.function_name("GetMessageStatus")
 @bp.route(route="messages/{MessageId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def get_message_status(req: func.HttpRequest) -> func.HttpResponse:

@@ -88,6 +88,9 @@ param smartDialogSendRetryMaxSeconds string = ''
 @description('SMARTDIALOG_SEND_LEASE_SECONDS: how long a sender owns a message before another delivery may take it over.')
 param smartDialogSendLeaseSeconds string = ''
 
+@description('SMARTDIALOG_PACK_MAX_RECIPIENTS: most recipients the sender packs into one upstream call.')
+param smartDialogPackMaxRecipients string = ''
+
 @description('SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: Retry-After of a status URL while the send is pending.')
 param smartDialogSendStatusRetryAfterSeconds string = ''
 
@@ -161,7 +164,8 @@ var smartDialogSettings = union(
   empty(smartDialogStartKeywords) ? {} : { SMARTDIALOG_START_KEYWORDS: smartDialogStartKeywords },
   empty(smartDialogDispatchMaxAttempts) ? {} : { SMARTDIALOG_DISPATCH_MAX_ATTEMPTS: smartDialogDispatchMaxAttempts },
   empty(smartDialogDispatchRetryBaseSeconds) ? {} : { SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS: smartDialogDispatchRetryBaseSeconds },
-  empty(smartDialogSendQuotaWaitSeconds) ? {} : { SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: smartDialogSendQuotaWaitSeconds }
+  empty(smartDialogSendQuotaWaitSeconds) ? {} : { SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: smartDialogSendQuotaWaitSeconds },
+  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients }
 )
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {

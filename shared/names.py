@@ -45,6 +45,11 @@ INBOUND_SEEN_TABLE = "SmartDialogInboundSeen"
 SUPPRESSIONS_TABLE = "SmartDialogSuppressions"
 #: Delivery reports as received (raw query), one per message, recipient and status.
 DELIVERY_REPORTS_TABLE = "SmartDialogDeliveryReports"
+#: Packs (many queued sends in one upstream call) and the per-pack-key index of packable
+#: messages (``shared.outbound._packs``).
+PACKS_TABLE = "SmartDialogPacks"
+#: Bulk sends: one record per batch (counts, rejected rows); its members are messages.
+BATCHES_TABLE = "SmartDialogBatches"
 
 QUEUES: tuple[str, ...] = (
     OUTBOUND_QUEUE,
@@ -64,6 +69,8 @@ TABLES: tuple[str, ...] = (
     INBOUND_SEEN_TABLE,
     SUPPRESSIONS_TABLE,
     DELIVERY_REPORTS_TABLE,
+    PACKS_TABLE,
+    BATCHES_TABLE,
 )
 
 

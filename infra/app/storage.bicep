@@ -28,6 +28,8 @@ var tableNames = [
   'SmartDialogInboundSeen'
   'SmartDialogSuppressions'
   'SmartDialogDeliveryReports'
+  'SmartDialogPacks'
+  'SmartDialogBatches'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
     from shared.outbound import MessageRecord, MessageStore, OutboundMessage, RecipientSlot
+    from shared.outbound._packs import PackStore
     from shared.settings import Settings
 
 __all__ = [
@@ -165,18 +166,23 @@ def delivery_report_url(settings: Settings, message_id: str) -> str:
     )
 
 
-def with_delivery_report_url(command: OutboundMessage, settings: Settings) -> OutboundMessage:
+def with_delivery_report_url(
+    command: OutboundMessage, settings: Settings, *, report_id: str | None = None
+) -> OutboundMessage:
     """``command`` as it must be sent: its body's ``DlrUrl`` replaced by ours. The caller's own
     ``DlrUrl`` stays in the stored command (the status record), and the DLR function calls it
     after ours. Discussion replies have no ``DlrUrl`` and are returned unchanged.
 
     The sender calls this on the normalized command right before the upstream call, never
     before storing it (the stored command and its fingerprint keep the caller's URL).
+
+    ``report_id`` replaces the message id in the URL: a pack's call carries the pack id, and
+    its reports are routed to each member by recipient (see :meth:`DeliveryReportService.handle`).
     """
     body = command.body
     if command.messageId is None or "DlrUrl" not in type(body).model_fields:
         return command
-    ours = delivery_report_url(settings, command.messageId)
+    ours = delivery_report_url(settings, report_id or command.messageId)
     return command.model_copy(update={"body": body.model_copy(update={"DlrUrl": ours})})
 
 
@@ -215,6 +221,7 @@ class DeliveryReportService:
         self._events = events
         self._http = http
         self._clock = clock
+        self._packs: PackStore | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryReportService:
@@ -244,6 +251,11 @@ class DeliveryReportService:
         self.authenticate(message_id, query.get(TOKEN_QUERY_PARAMETER))
         report = parse_report(query)
         record, slots = self.messages.get_with_slots(message_id)
+        if record is None:
+            member = self._pack_member(message_id, report)
+            if member is not None:  # a pack's report: it belongs to one member's record
+                message_id = member
+                record, slots = self.messages.get_with_slots(message_id)
         if record is None:
             raise Problem(
                 404,
@@ -277,6 +289,29 @@ class DeliveryReportService:
         return DeliveryReportResult("recorded", current, advanced)
 
     # --- steps ---------------------------------------------------------------------------------
+
+    def _pack_member(self, pack_id: str, report: DeliveryReport) -> str | None:
+        """The member of pack ``pack_id`` a report is about: by upstream recipient id, else by
+        address (no address is twice in a pack); None if it is no pack or matches no member."""
+        from shared.outbound._packs import PackStore, is_pack_id
+
+        if not is_pack_id(pack_id):
+            return None
+        packs = self._packs or PackStore.from_settings(self.settings)
+        self._packs = packs
+        pack = packs.get(pack_id)
+        if pack is None:
+            return None
+        if report.recipient_id and report.recipient_id in pack.recipient_ids:
+            return pack.recipient_ids[report.recipient_id]
+        if report.recipient:
+            from shared.inbound._optout import recipient_key
+
+            wanted = recipient_key(report.recipient)
+            for member in pack.members:
+                if wanted in member.addresses or report.recipient in member.addresses:
+                    return member.message_id
+        return None
 
     def _claim(
         self, message_id: str, row: str, report: DeliveryReport, now: dt.datetime

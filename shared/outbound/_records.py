@@ -15,6 +15,7 @@ from shared.outbound._models import (
     SendWhatsappTemplateMessageCommand,
     request_fingerprint,
 )
+from shared.outbound._packs import pack_key
 from shared.outbound._store import MessageRecord, RecipientSlot
 from shared.sms import estimate, personalize
 
@@ -90,6 +91,7 @@ def new_record(
     validity: dt.timedelta,
     status: MessageStatus = MessageStatus.ACCEPTED,
     idempotency_key_hash: str | None = None,
+    batch_id: str | None = None,
 ) -> tuple[MessageRecord, list[RecipientSlot]]:
     """The status record and recipient slots of a normalized command."""
     assert command.messageId is not None
@@ -118,5 +120,7 @@ def new_record(
         valid_until=command.validUntil or now + validity,
         recipient_count=len(slots),
         part_count=part_count,
+        pack_key=pack_key(command),
+        batch_id=batch_id,
     )
     return record, slots

@@ -16,9 +16,11 @@ import json
 import logging
 import math
 import random
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,6 +48,7 @@ from shared.outbound._models import (
     parse_outbound_message,
     request_fingerprint,
 )
+from shared.outbound._packs import Pack, PackMember, PackStore, command_addresses, new_pack_id
 from shared.outbound._records import new_record, normalize, recipient_slots
 from shared.outbound._store import MessageRecord, MessageStore
 from shared.smartdialog import (
@@ -78,6 +81,23 @@ QUOTA_WAIT_JITTER = 0.02
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
 # Failures that prove the request never reached upstream (safe to repeat without RequestId).
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: A copy of a message that a pack holds comes back this soon (not when the lease ends): the
+#: pack's call is usually over by then, and the copy is acknowledged.
+PACK_MEMBER_RECHECK_SECONDS = 10.0
+#: Storage round trips of one pack (claims, records) run on this many threads.
+PACK_STORAGE_THREADS = 16
+#: How upstream names the recipient that made it refuse a whole send (the sandbox's wording).
+_REJECTED_RECIPIENT = re.compile(r"recipient rejected:\s*(\S+)", re.IGNORECASE)
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _storage_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(PACK_STORAGE_THREADS, thread_name_prefix="pack-storage")
+        return _pool
 
 
 class OutcomeKind(enum.StrEnum):
@@ -154,6 +174,7 @@ class _Policy:
     quota_wait: float
     customer_id: str | None
     service_id: str | None
+    pack_max_recipients: int
     #: The settings the policy was read from: our DLR URL (public base URL, callback secrets)
     #: is built from them for every upstream call.
     settings: Settings = field(compare=False, repr=False)
@@ -169,6 +190,7 @@ class _Policy:
             quota_wait=settings.send_quota_wait_seconds,
             customer_id=settings.customer_id,
             service_id=settings.service_id,
+            pack_max_recipients=settings.pack_max_recipients,
             settings=settings,
         )
 
@@ -200,10 +222,12 @@ class OutboundSender:
         events: QueuePort,
         policy: _Policy,
         suppressions: SuppressionStore | None = None,
+        packs: PackStore | None = None,
         clock: Callable[[], dt.datetime] = _now,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
+        self.packs = packs
         self._suppressions = suppressions
         self.quota = quota
         self.client = client
@@ -243,7 +267,11 @@ class OutboundSender:
         wait = self._quota_hint()
         if wait > self.policy.quota_wait:
             # This process was just told the quota is full until then: defer without touching
-            # storage (a hint can only defer a call, never admit one).
+            # storage (a hint can only defer a call, never admit one). A queue-only message
+            # seen for the first time is recorded and indexed first, so the next invocation
+            # that gets a slot packs it with the others waiting (the quota is the window).
+            if command.deferrals == 0:
+                self._park(command)
             return self._requeue(command, command.attempts, wait, OutcomeKind.DEFERRED, "quota")
         if wait > 0:
             # Queue visibility has whole-second steps; a shorter wait is cheaper done here.
@@ -287,6 +315,8 @@ class OutboundSender:
                 # Another worker holds the claim (a duplicate queue message): come back when
                 # its lease ends; if it finished by then, this copy is simply acknowledged.
                 delay = (lease - now).total_seconds() + 1
+                if record.pack_id is not None:
+                    delay = min(delay, PACK_MEMBER_RECHECK_SECONDS)
                 return self._requeue(
                     command, record.attempts, delay, OutcomeKind.DEFERRED, "claimed"
                 )
@@ -307,6 +337,10 @@ class OutboundSender:
                 )
             if now >= record.valid_until:
                 return self._fail(record, self._expired(record))
+            if record.pack_id is not None:
+                waiting, record = self._pack_turn(record, command, now)
+                if waiting is not None:
+                    return waiting
             claimed = self.store.swap(
                 record,
                 status=MessageStatus.SENDING,
@@ -327,11 +361,24 @@ class OutboundSender:
     def _take_slot_and_send(
         self, claimed: MessageRecord, command: OutboundMessage, *, before: MessageStatus
     ) -> SendOutcome:
-        """With the message claimed, take a quota slot and call upstream, or hand it back."""
+        """With the message claimed, take a quota slot and call upstream, or hand it back.
+
+        Before the slot is taken, the message gathers the members of its pack: other queued
+        messages with its pack key (a new pack), or the members of the pack it already belongs
+        to (a retry). The pack is recorded before the slot is taken, and the slot right before
+        the call (the time between grant and call must stay within the quota's safety margin).
+        """
         if claimed.recipient_count >= 99:  # slots past the first transaction (idempotent)
             self.store.ensure_slots(recipient_slots(command, now=claimed.created_at))
-        # The quota slot is taken only now, right before the call: the time between grant and
-        # call must stay within the quota's safety margin.
+        pack: Pack | None = None
+        members: list[tuple[MessageRecord, OutboundMessage]] = []
+        fresh = claimed.pack_id is None
+        if claimed.pack_id is not None:
+            pack, members = self._regather(claimed, command)
+        elif claimed.pack_key is not None and claimed.attempts == 1:
+            pack, members = self._gather(claimed, command)
+        if members:
+            claimed = members[0][0]
         from shared.quota import QuotaDenied
 
         decision = self.quota.try_acquire()
@@ -348,19 +395,464 @@ class OutboundSender:
         if isinstance(decision, QuotaDenied):
             if str(getattr(decision, "reason", "full")) == "full":
                 self._note_quota_full(decision.retry_after)
-            now = self._clock()
-            self.store.swap(
-                claimed,
-                status=before,
-                attempts=claimed.attempts - 1,
-                lease_until=None,
-                updated_at=now,
-            )
+            if pack is not None and members:
+                # Hand every member back; a new pack is dissolved (its members stay packable
+                # and wait in the index for the next invocation that gets a slot), a pack
+                # that was already attempted keeps its membership.
+                keep = not fresh
+                self._release([m for m, _ in members[1:]], keep_pack=keep)
+                released = self._release_one(claimed, before, keep_pack=keep)
+            else:
+                released = self.store.swap(
+                    claimed,
+                    status=before,
+                    attempts=claimed.attempts - 1,
+                    lease_until=None,
+                    updated_at=self._clock(),
+                )
+            if self.packs is not None and released is not None and released.pack_id is None:
+                self.packs.index([released])
             delay = decision.retry_after + random.uniform(0, DEFERRAL_SPREAD_SECONDS)
             return self._requeue(
                 command, claimed.attempts - 1, delay, OutcomeKind.DEFERRED, "quota"
             )
+        if pack is not None and members:
+            # Also a retried pack of one (its other members final): it is sent as that pack,
+            # so its RequestId stays the one of the ambiguous attempt.
+            return self._attempt_pack(pack, members)
         return self._attempt(claimed, command)
+
+    # --- packs -------------------------------------------------------------------------------
+
+    def _pack_turn(
+        self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
+    ) -> tuple[SendOutcome | None, MessageRecord]:
+        """For a message that belongs to a pack: whether this copy may retry the pack now.
+
+        Only the pack's first member that is not final retries it (the others' copies wait and
+        are acknowledged once it is sent), and not before the pack's backoff ends. A pack that
+        was never recorded never reached upstream: the message leaves it and goes on alone.
+        """
+        assert record.pack_id is not None
+        pack = self.packs.get(record.pack_id) if self.packs is not None else None
+        if pack is None:
+            left = self.store.swap(record, pack_id=None, updated_at=now)
+            return None, left or (self.store.get(record.message_id) or record)
+        if record.next_attempt_at is not None and record.next_attempt_at > now:
+            delay = (record.next_attempt_at - now).total_seconds()
+            return self._requeue(
+                command, record.attempts, delay, OutcomeKind.DEFERRED, "pack-backoff"
+            ), record
+        for member in pack.members:
+            if member.message_id == record.message_id:
+                return None, record
+            other = self.store.get(member.message_id)
+            if other is not None and not other.status.is_final and other.pack_id == pack.pack_id:
+                return self._requeue(
+                    command,
+                    record.attempts,
+                    PACK_MEMBER_RECHECK_SECONDS,
+                    OutcomeKind.DEFERRED,
+                    "pack-member",
+                ), record
+        return None, record
+
+    def _park(self, command: OutboundMessage) -> None:
+        """Record a packable queue-only message as queued and index it (nothing if it is
+        recorded already, or must be refused: the ordinary path deals with those)."""
+        assert command.messageId is not None
+        if self.packs is None or self.store.get(command.messageId) is not None:
+            return
+        if self._suppression(command) is not None:
+            return
+        record, slots = new_record(
+            command, now=self._clock(), validity=self.policy.validity, status=MessageStatus.QUEUED
+        )
+        if record.pack_key is None:
+            return
+        created = self.store.create(record, slots)
+        if created is not None:
+            self.packs.index([created])
+
+    def _gather(
+        self, leader: MessageRecord, command: OutboundMessage
+    ) -> tuple[Pack | None, list[tuple[MessageRecord, OutboundMessage]]]:
+        """Claim other queued messages with the leader's pack key into a new pack, recorded
+        before the call; (None, []) when there are none (the leader goes alone)."""
+        packs = self.packs
+        key = leader.pack_key
+        if packs is None or key is None:
+            return None, []
+        limit = self.policy.pack_max_recipients
+        from shared.outbound._packs import index_row_key
+
+        own_row = index_row_key(leader)
+        rows = packs.candidates(key, limit=limit + 64)
+        taken = leader.recipient_count
+        picked: list[tuple[str, str]] = []
+        for row_key, message_id, count in rows:
+            if message_id == leader.message_id:
+                continue
+            if taken + count > limit:
+                continue
+            picked.append((row_key, message_id))
+            taken += count
+        if not picked or leader.recipient_count >= limit:
+            packs.unindex(key, [own_row])
+            return None, []
+        now = self._clock()
+        pack_id = new_pack_id(key, [leader.message_id, *(m for _, m in picked)], now)
+        addresses = set(command_addresses(command))
+        lease_until = now + self.policy.lease
+        pool = _storage_pool()
+        found = list(pool.map(lambda item: self.store.get(item[1]), picked))
+        stale: list[str] = [own_row]
+        chosen: list[tuple[str, MessageRecord, OutboundMessage]] = []
+        for (row_key, _), record in zip(picked, found, strict=True):
+            if record is None:
+                continue
+            if record.status.is_final or record.pack_key != key or record.pack_id is not None:
+                stale.append(row_key)
+                continue
+            if (
+                record.status not in (MessageStatus.ACCEPTED, MessageStatus.QUEUED)
+                or record.attempts != 0
+                or now >= record.valid_until
+                or (record.next_attempt_at is not None and record.next_attempt_at > now)
+            ):
+                continue
+            try:
+                member_command = parse_outbound_message(record.command)
+            except (ValidationError, ValueError):
+                continue
+            member_addresses = command_addresses(member_command)
+            if addresses.intersection(member_addresses):
+                continue  # one address twice in a call: it waits for the next pack
+            addresses.update(member_addresses)
+            chosen.append((row_key, record, member_command))
+
+        def claim(item: tuple[str, MessageRecord, OutboundMessage]) -> MessageRecord | None:
+            return self.store.swap(
+                item[1],
+                status=MessageStatus.SENDING,
+                attempts=1,
+                lease_until=lease_until,
+                next_attempt_at=None,
+                pack_id=pack_id,
+                updated_at=now,
+            )
+
+        claims = list(pool.map(claim, chosen))
+        members: list[tuple[MessageRecord, OutboundMessage]] = []
+        for (row_key, _, member_command), done in zip(chosen, claims, strict=True):
+            if done is not None:
+                members.append((done, member_command))
+                stale.append(row_key)
+        packs.unindex(key, stale)
+        if not members:
+            return None, []
+        pack = Pack(
+            pack_id=pack_id,
+            key=key,
+            members=(
+                PackMember(leader.message_id, tuple(command_addresses(command))),
+                *(PackMember(r.message_id, tuple(command_addresses(c))) for r, c in members),
+            ),
+            created_at=now,
+        )
+        packs.save(pack)  # the membership, before the leader (and so the call) names it
+        led = self.store.swap(leader, pack_id=pack_id, updated_at=now)
+        if led is None:  # the leader's claim was taken over meanwhile: hand the members back
+            self._release([m for m, _ in members], keep_pack=False)
+            raise RuntimeError(f"message {leader.message_id}: claim lost while forming a pack")
+        log.info("message %s leads pack %s of %d messages", leader.message_id, pack_id,
+                 len(members) + 1)  # fmt: skip
+        return pack, [(led, command), *members]
+
+    def _regather(
+        self, leader: MessageRecord, command: OutboundMessage
+    ) -> tuple[Pack | None, list[tuple[MessageRecord, OutboundMessage]]]:
+        """Claim the members of the leader's recorded pack again (a retry: same membership,
+        same RequestId); members that are final meanwhile stay out, expired ones fail."""
+        assert leader.pack_id is not None
+        pack = self.packs.get(leader.pack_id) if self.packs is not None else None
+        if pack is None:
+            return None, []
+        now = self._clock()
+        lease_until = now + self.policy.lease
+        others = [m.message_id for m in pack.members if m.message_id != leader.message_id]
+        pool = _storage_pool()
+
+        def claim(message_id: str) -> tuple[MessageRecord, OutboundMessage] | None:
+            record = self.store.get(message_id)
+            if record is None or record.pack_id != pack.pack_id or record.status.is_final:
+                return None
+            lease = record.lease_until
+            if record.status is MessageStatus.SENDING and lease is not None and lease > now:
+                return None  # held by someone else (a stale worker): not ours to send
+            if now >= record.valid_until:
+                self._fail(record, self._expired(record))
+                return None
+            done = self.store.swap(
+                record,
+                status=MessageStatus.SENDING,
+                attempts=record.attempts + 1,
+                lease_until=lease_until,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+            if done is None:
+                return None
+            return done, parse_outbound_message(done.command)
+
+        claimed = [c for c in pool.map(claim, others) if c is not None]
+        return pack, [(leader, command), *claimed]
+
+    def _release(self, records: Iterable[MessageRecord], *, keep_pack: bool) -> None:
+        """Hand claimed members back (no call was made for them): queued again, the attempt
+        not counted; out of their pack (and packable again) unless ``keep_pack``."""
+        released = [
+            r
+            for r in _storage_pool().map(
+                lambda r: self._release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack),
+                list(records),
+            )
+            if r is not None
+        ]
+        if self.packs is not None and not keep_pack:
+            self.packs.index(released)
+
+    def _release_one(
+        self,
+        record: MessageRecord,
+        status: MessageStatus,
+        *,
+        keep_pack: bool,
+        **changes: Any,
+    ) -> MessageRecord | None:
+        update: dict[str, Any] = {
+            "status": status,
+            "attempts": max(0, record.attempts - 1),
+            "lease_until": None,
+            "updated_at": self._clock(),
+            **changes,
+        }
+        if not keep_pack:
+            update["pack_id"] = None
+        return self._swap_until(record, lambda r: r.status is MessageStatus.SENDING, **update)
+
+    def _attempt_pack(
+        self, pack: Pack, members: list[tuple[MessageRecord, OutboundMessage]]
+    ) -> SendOutcome:
+        """One upstream call for the whole pack; each member's outcome recorded on its own."""
+        _leader, command = members[0]
+        self._gate.hold()
+        try:
+            result = self._call_upstream(
+                _packed_command(command, [c for _, c in members], pack.request_id),
+                report_id=pack.pack_id,
+            )
+        except DuplicateRequestError as exc:
+            original = exc.original
+            body = original.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(
+                original, BaseModel
+            ) else None  # fmt: skip
+            log.info("pack %s: RequestId already used upstream: sent", pack.pack_id)
+            return self._pack_sent(pack, members, body, duplicate=True)
+        except APIResponseValidationError as exc:
+            body = exc.body if isinstance(exc.body, dict) else None
+            return self._pack_sent(pack, members, body, duplicate=False)
+        except (
+            RateLimitError,
+            InternalServerError,
+            APIConnectionError,
+            _QuotaDeniedInAttempt,
+            CredentialsError,
+        ) as exc:
+            advised, code, title, status = _transient_failure(exc)
+            return self._pack_transient(pack, members, advised, code, title, str(exc), status)
+        except APIStatusError as exc:
+            if exc.status_code == 408:
+                return self._pack_transient(
+                    pack, members, None, "upstream-unavailable", "SmartDialog timed out",
+                    exc.message, exc.status_code,
+                )  # fmt: skip
+            return self._pack_rejected(pack, members, exc)
+        return self._pack_sent(pack, members, result, duplicate=False)
+
+    def _pack_sent(
+        self,
+        pack: Pack,
+        members: list[tuple[MessageRecord, OutboundMessage]],
+        body: dict[str, Any] | None,
+        *,
+        duplicate: bool,
+    ) -> SendOutcome:
+        """Split upstream's answer by member (by address: no address is twice in a pack) and
+        record each member as sent with its own recipients; the pack keeps the recipient ids
+        for delivery reports. On a duplicate whose original lacks a member (it was not in the
+        first attempt that got through), that member was not sent: it is handed back."""
+        body = body or {}
+        camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
+        raw = [r for r in (body.get("Recipients") or body.get("recipients") or []) if isinstance(
+            r, dict
+        )]  # fmt: skip
+        wanted = {m.message_id: m.addresses for m in pack.members}
+        entries: dict[str, dict[str, dict[str, Any]]] = {}
+        owner_of: dict[str, str] = {}
+        for member in pack.members:
+            for address in member.addresses:
+                owner_of[_address_key(address)] = member.message_id
+        recipient_ids: dict[str, str] = dict(pack.recipient_ids)
+        for entry in raw:
+            address = str(entry.get("Address") or entry.get("address") or "")
+            owner = owner_of.get(_address_key(address)) if address else None
+            if owner is None:
+                continue
+            entries.setdefault(owner, {})[_address_key(address)] = entry
+            rid = entry.get("Id") or entry.get("id")
+            if rid:
+                recipient_ids[str(rid)] = owner
+        if self.packs is not None and recipient_ids != dict(pack.recipient_ids):
+            self.packs.save(replace(pack, recipient_ids=recipient_ids))
+        shared = {k: v for k, v in body.items() if k not in ("Recipients", "recipients")}
+        field_name = "recipients" if camel else "Recipients"
+
+        def record(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
+            member, _ = item
+            mine = entries.get(member.message_id, {})
+            if raw and not mine and duplicate:
+                released = self._release_one(member, MessageStatus.QUEUED, keep_pack=False)
+                if released is not None and self.packs is not None:
+                    self.packs.index([released])
+                return SendOutcome(OutcomeKind.DEFERRED, member.message_id, detail="not-in-pack")
+            ordered = [
+                mine[_address_key(a)] for a in wanted.get(member.message_id, ()) if
+                _address_key(a) in mine
+            ]  # fmt: skip
+            own = {**shared, field_name: ordered} if raw else dict(body)
+            return self._sent(member, own, duplicate=duplicate)
+
+        outcomes = list(_storage_pool().map(record, members[1:]))
+        first = record(members[0])
+        sent = sum(1 for o in [first, *outcomes] if o.kind is OutcomeKind.SENT)
+        log.info(
+            "pack %s sent: %d of %d members, %d recipients%s", pack.pack_id, sent, len(members),
+            len(raw), ", duplicate RequestId" if duplicate else "",
+        )  # fmt: skip
+        if first.kind is OutcomeKind.DEFERRED:
+            _leader, command = members[0]
+            return self._requeue(command, 0, 0, OutcomeKind.DEFERRED, "not-in-pack")
+        return replace(first, detail=f"pack {pack.pack_id}: {len(members)} messages")
+
+    def _pack_transient(
+        self,
+        pack: Pack,
+        members: list[tuple[MessageRecord, OutboundMessage]],
+        advised: float | None,
+        code: str,
+        title: str,
+        detail: str | None,
+        upstream_status: int | None,
+    ) -> SendOutcome:
+        """A pack's call failed transiently: every member keeps the pack and backs off
+        together; the leader's copy comes back to retry it (same RequestId)."""
+        leader, command = members[0]
+        attempts = max(r.attempts for r, _ in members)
+        backoff = min(
+            self.policy.retry_base * 2 ** (attempts - 1), self.policy.retry_max
+        ) * random.uniform(0.75, 1.0)
+        delay = max(advised, backoff) if advised is not None else backoff
+        now = self._clock()
+        next_at = now + dt.timedelta(seconds=delay)
+
+        def back_off(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
+            member, _ = item
+            error = FailureInfo(
+                code=code, title=title, detail=detail, upstreamStatus=upstream_status,
+                attempts=member.attempts,
+            )  # fmt: skip
+            if member.attempts >= self.policy.max_attempts:
+                return self._fail(
+                    member,
+                    error.model_copy(
+                        update={
+                            "code": "attempts-exhausted" if code != "rate-limited" else code,
+                            "title": f"Gave up after {member.attempts} attempts: {title}",
+                        }
+                    ),
+                )
+            if next_at >= member.valid_until:
+                return self._fail(member, self._expired(member, last=error))
+            updated = self._swap_until(
+                member,
+                lambda r: r.status is MessageStatus.SENDING,
+                status=MessageStatus.QUEUED,
+                lease_until=None,
+                next_attempt_at=next_at,
+                last_error=error,
+                updated_at=now,
+            )
+            if updated is None:
+                return SendOutcome(OutcomeKind.ACKNOWLEDGED, member.message_id)
+            return SendOutcome(OutcomeKind.RETRY_SCHEDULED, member.message_id)
+
+        list(_storage_pool().map(back_off, members[1:]))
+        first = back_off(members[0])
+        log.warning("pack %s attempt failed (%s); retry in %.1f s", pack.pack_id, title, delay)
+        if first.kind is not OutcomeKind.RETRY_SCHEDULED:
+            return first
+        return self._requeue(command, leader.attempts, delay, OutcomeKind.RETRY_SCHEDULED, code)
+
+    def _pack_rejected(
+        self,
+        pack: Pack,
+        members: list[tuple[MessageRecord, OutboundMessage]],
+        exc: APIStatusError,
+    ) -> SendOutcome:
+        """Upstream refused the whole call (nothing was sent). The member it names fails alone
+        and the others go back to the queue for a new pack (new membership, new RequestId).
+        If upstream names no member, every member is sent alone from now on, so whichever is
+        at fault fails alone."""
+        leader, command = members[0]
+        match = _REJECTED_RECIPIENT.search(exc.message or "")
+        culprit = _address_key(match.group(1)) if match else None
+        offenders = {
+            r.message_id
+            for r, c in members
+            if culprit is not None and culprit in {_address_key(a) for a in command_addresses(c)}
+        }
+        if len(members) == 1 and not offenders:
+            offenders = {leader.message_id}
+        outcomes: dict[str, SendOutcome] = {}
+
+        def settle(item: tuple[MessageRecord, OutboundMessage]) -> None:
+            member, _ = item
+            if member.message_id in offenders:
+                outcomes[member.message_id] = self._fail(
+                    member,
+                    FailureInfo(
+                        code="upstream-rejected",
+                        title=f"SmartDialog rejected the message ({exc.status_code})",
+                        detail=exc.message,
+                        upstreamStatus=exc.status_code,
+                        attempts=member.attempts,
+                    ),
+                )
+                return
+            changes: dict[str, Any] = {} if offenders else {"pack_key": None}
+            released = self._release_one(member, MessageStatus.QUEUED, keep_pack=False, **changes)
+            if released is not None and offenders and self.packs is not None:
+                self.packs.index([released])
+
+        list(_storage_pool().map(settle, members))
+        log.warning(
+            "pack %s refused (%d): %s; %d member(s) failed, the rest go on",
+            pack.pack_id, exc.status_code, exc.message, len(offenders),
+        )  # fmt: skip
+        if leader.message_id in outcomes:
+            return outcomes[leader.message_id]
+        return self._requeue(command, 0, 0, OutcomeKind.DEFERRED, "pack-rejected")
 
     def _quota_hint(self) -> float:
         with self._hint_lock:
@@ -431,7 +923,9 @@ class OutboundSender:
             )  # fmt: skip
         return self._sent(record, result, duplicate=False)
 
-    def _call_upstream(self, command: OutboundMessage) -> dict[str, Any]:
+    def _call_upstream(
+        self, command: OutboundMessage, *, report_id: str | None = None
+    ) -> dict[str, Any]:
         """One upstream attempt; upstream's answer as a dict in upstream casing.
 
         What is sent carries *our* DLR URL (token-bearing, per message) in ``DlrUrl``; it is put
@@ -441,7 +935,7 @@ class OutboundSender:
         """
         from shared.inbound import with_delivery_report_url
 
-        command = with_delivery_report_url(command, self.policy.settings)
+        command = with_delivery_report_url(command, self.policy.settings, report_id=report_id)
         client = self.client
         result: BaseModel
         if isinstance(command, SendMessageCommand):
@@ -695,7 +1189,8 @@ class OutboundSender:
                 operation=record.operation,
                 customerId=record.customer_id,
                 serviceId=record.service_id,
-                requestId=record.request_id,
+                # A packed message went upstream with its pack's RequestId.
+                requestId=record.pack_id or record.request_id,
                 upstreamMessageId=record.upstream_message_id,
                 messagePartCount=record.part_count,
                 threadId=result.get("ThreadId"),
@@ -816,6 +1311,41 @@ class OutboundSender:
         return self.store.create(claimed, slots)
 
 
+def _transient_failure(exc: Exception) -> tuple[float | None, str, str, int | None]:
+    """(advised delay, code, title, upstream status) of a failure worth retrying."""
+    if isinstance(exc, RateLimitError):
+        return exc.retry_after, "rate-limited", "SmartDialog answered 429", 429
+    if isinstance(exc, InternalServerError):
+        return (
+            None,
+            "upstream-unavailable",
+            f"SmartDialog answered {exc.status_code}",
+            (exc.status_code),
+        )
+    if isinstance(exc, _QuotaDeniedInAttempt):
+        return exc.retry_after, "rate-limited", "Quota full for a repeat", None
+    if isinstance(exc, CredentialsError):
+        return None, "configuration", "No usable SmartDialog credentials", None
+    return None, "upstream-unavailable", "SmartDialog could not be reached", None
+
+
+@lru_cache(maxsize=65536)
+def _address_key(address: str) -> str:
+    from shared.inbound._optout import recipient_key
+
+    return recipient_key(address)
+
+
+def _packed_command(
+    leader: OutboundMessage, commands: list[OutboundMessage], request_id: str
+) -> OutboundMessage:
+    """The leader's command carrying every member's recipients (each with its own
+    personalization, in membership order) and the pack's RequestId."""
+    recipients = [r for c in commands for r in c.body.Recipients]  # type: ignore[union-attr]
+    body = leader.body.model_copy(update={"Recipients": recipients, "RequestId": request_id})
+    return leader.model_copy(update={"body": body})
+
+
 @lru_cache(maxsize=4)
 def _sender_for(settings: Settings) -> OutboundSender:
     from shared import quota
@@ -845,6 +1375,7 @@ def _sender_for(settings: Settings) -> OutboundSender:
         events=_ensured_queue(_events_queue(), settings),
         policy=_Policy.from_settings(settings),
         suppressions=SuppressionStore.from_settings(settings),
+        packs=PackStore.from_settings(settings),
     )
 
 

@@ -25,6 +25,7 @@ from shared.outbound._models import (
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
 )
+from shared.outbound._packs import PackStore
 from shared.outbound._records import command_text, new_record, normalize
 from shared.outbound._store import (
     IdempotencyStore,
@@ -87,6 +88,7 @@ class SendService:
         self.idempotency = idempotency or IdempotencyStore.from_settings(settings)
         self._suppressions = suppressions
         self._clock = clock
+        self.packs = PackStore.from_settings(settings)
 
     # --- accept --------------------------------------------------------------------------------
 
@@ -164,7 +166,10 @@ class SendService:
                 status=MessageStatus.ACCEPTED,
                 idempotency_key_hash=key_hash,
             )
-            record = self.store.create(fresh, slots) or self.store.get(message_id)
+            created = self.store.create(fresh, slots)
+            if created is not None and created.pack_key is not None:
+                self.packs.index([created])  # before it is queued: any leader may pack it
+            record = created or self.store.get(message_id)
             assert record is not None
         if record.status is MessageStatus.ACCEPTED:
             record = self._enqueue(record)

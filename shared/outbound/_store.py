@@ -177,6 +177,12 @@ class MessageRecord:
     sent_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     announced: bool = False
+    #: The key of the messages it may share an upstream call with; None: always sent alone.
+    pack_key: str | None = None
+    #: The pack (one upstream call) it was claimed into; set before that call, so a retry
+    #: re-sends the same pack (see :mod:`shared.outbound._packs`).
+    pack_id: str | None = None
+    batch_id: str | None = None
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
@@ -205,6 +211,9 @@ class MessageRecord:
             "SentAt": _plain_datetime(self.sent_at),
             "FinishedAt": _plain_datetime(self.finished_at),
             "Announced": self.announced,
+            "PackKey": self.pack_key,
+            "PackId": self.pack_id,
+            "BatchId": self.batch_id,
         }
         entity.update(_chunked("Command", self.command))
         entity.update(_chunked("Result", self.result))
@@ -253,6 +262,9 @@ class MessageRecord:
             sent_at=_utc(entity.get("SentAt")),
             finished_at=_utc(entity.get("FinishedAt")),
             announced=bool(entity.get("Announced")),
+            pack_key=entity.get("PackKey"),
+            pack_id=entity.get("PackId"),
+            batch_id=entity.get("BatchId"),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 

@@ -219,7 +219,22 @@ def _wire(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, server: SandboxServ
         with contextlib.suppress(Exception):  # it exists already
             queue.create_queue()
         queue.clear_messages()
+    clear_pack_index()
     return env
+
+
+def clear_pack_index() -> None:
+    """Forget every packable message of earlier tests (their records stay, queued forever:
+    without this, a later test's sender would pack them with its own messages)."""
+    from shared.names import PACKS_TABLE
+    from shared.storage import table_client
+
+    table = table_client(PACKS_TABLE)
+    with contextlib.suppress(Exception):
+        table.create_table()
+    for entity in table.query_entities("PartitionKey ge 'q-' and PartitionKey lt 'q.'"):
+        with contextlib.suppress(Exception):
+            table.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
 
 @pytest.fixture

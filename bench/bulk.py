@@ -1,0 +1,243 @@
+"""The bulk figure: 5,000 recipients with the default quota (100 calls / 60 s), packed.
+
+Two runs against one sandbox that enforces the default quota, each through the app's real HTTP
+action functions (in process, real ``func.HttpRequest``) and the real ``OutboundSender``
+function driven by 4 worker threads playing the host (as :mod:`bench.quota_e2e`):
+
+1. one SendBulkMessages request with 5,000 recipients;
+2. 5,000 SendMessage requests of one recipient each (the same template), submitted as a backlog
+   before the workers start (a flow that loops over a list and posts each row).
+
+Measured at the sandbox: upstream calls, recipients per call, time from the first request to
+the last recipient accepted upstream, the most calls in any 60 s window, duplicates (a
+recipient accepted twice) and lost recipients. The anchor is the certified connector looped in
+a flow, one recipient per call: 5,000 calls, i.e. 50 minutes at 100 calls a minute; it is
+*computed* from the quota, not measured.
+
+Run it alone with ``python -m bench.bulk``; ``measure()`` gives the rows of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from bench.quota_e2e import _environment, _parse_time, max_in_window
+
+if TYPE_CHECKING:
+    from bench.__main__ import FigureRow
+
+__all__ = ["measure", "run_bulk_benchmark"]
+
+RECIPIENTS = 5_000
+QUOTA_CALLS = 100
+QUOTA_PERIOD = 60.0
+
+
+def _numbers(run: int, count: int) -> list[str]:
+    return [f"+3584{run}{i:07d}" for i in range(count)]
+
+
+@functools.cache
+def _functions() -> dict[str, Any]:
+    from devhost import app_functions
+    from function_app import app
+
+    return {f.get_function_name(): f.get_user_function() for f in app_functions(app)}
+
+
+def _http(name: str, body: Any) -> Any:
+    import azure.functions as func
+
+    function = _functions()[name]
+    request = func.HttpRequest(
+        method="POST", url=f"http://localhost:7071/api/{name}", headers={},
+        params={}, route_params={}, body=json.dumps(body).encode(),
+    )  # fmt: skip
+    response = function(request)
+    assert response.status_code == 202, response.get_body()[:300]
+    return json.loads(response.get_body())
+
+
+def _drain(sandbox: Any, expected: set[str], workers: int, timeout: float) -> float:
+    """Run the sender with ``workers`` threads until every expected address was accepted
+    upstream; the time it took."""
+    from azure.functions.queue import QueueMessage
+
+    from shared.names import OUTBOUND_QUEUE
+    from shared.storage import queue_client
+
+    sender = _functions()["OutboundSender"]
+    stop = threading.Event()
+
+    def worker() -> None:
+        queue = queue_client(OUTBOUND_QUEUE)
+        while not stop.is_set():
+            batch = list(queue.receive_messages(messages_per_page=16, visibility_timeout=120))
+            if not batch:
+                time.sleep(0.05)
+                continue
+            for message in batch:
+                try:
+                    sender(QueueMessage(id=message.id, body=message.content.encode(),  # type: ignore[no-untyped-call]
+                                        dequeue_count=message.dequeue_count))  # fmt: skip
+                    queue.delete_message(message)
+                except Exception:  # noqa: S112 - the host would retry it; so do we (visibility)
+                    continue
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        accepted = {
+            r["address"] for m in sandbox.state.snapshot("messages") for r in m["recipients"]
+        }
+        if expected <= accepted:
+            break
+        time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    return time.monotonic() - started
+
+
+def _figures(sandbox: Any, addresses: list[str], since: float) -> dict[str, Any]:
+    requests = [
+        r for r in sandbox.state.snapshot("requests")
+        if r.get("method") == "POST" and str(r.get("path", "")).endswith("/messages")
+        and _parse_time(r["time"]) >= since
+    ]  # fmt: skip
+    ok = [r for r in requests if r.get("status") == 200]
+    per_address = Counter(
+        a["Address"] for r in ok for a in (r.get("response") or {}).get("Recipients", [])
+    )
+    wanted = set(addresses)
+    return {
+        "upstream_calls": len(requests),
+        "accepted_calls": len(ok),
+        "recipients_per_call": round(sum(per_address.values()) / max(1, len(ok)), 1),
+        "max_in_window": max_in_window([_parse_time(r["time"]) for r in requests], QUOTA_PERIOD),
+        "upstream_429": sum(1 for r in requests if r.get("status") == 429),
+        "duplicates": sum(c - 1 for a, c in per_address.items() if a in wanted and c > 1),
+        "lost": sum(1 for a in wanted if per_address.get(a, 0) == 0),
+    }
+
+
+def run_bulk_benchmark(
+    *, recipients: int = RECIPIENTS, workers: int = 4, timeout: float = 150.0
+) -> dict[str, Any]:
+    """Both runs; their figures."""
+    from devhost.azurite import start_azurite
+    from sandbox.server import SandboxServer
+    from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
+
+    azurite = start_azurite()
+    sandbox = SandboxServer(quota_calls=QUOTA_CALLS, quota_period=QUOTA_PERIOD, dlr_delay=3600)
+    sandbox.start()
+    env = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "SMARTDIALOG_BASE_URL": sandbox.api_url,
+        "SMARTDIALOG_ACCESS_TOKEN": sandbox.token,
+        "SMARTDIALOG_CUSTOMER_ID": "1001",
+        "SMARTDIALOG_SERVICE_ID": "s-1001-oneway",
+        "SMARTDIALOG_CALLBACK_SECRETS": "bench-secret",
+        "SMARTDIALOG_QUOTA_CALLS": str(QUOTA_CALLS),
+        "SMARTDIALOG_QUOTA_PERIOD_SECONDS": str(QUOTA_PERIOD),
+    }
+    results: dict[str, Any] = {"recipients": recipients, "workers": workers}
+    template = {"Sender": "Bench", "Content": f"Bulk {uuid.uuid4().hex[:6]} for $(name)"}
+    try:
+        with _environment(env):
+            import contextlib
+
+            from shared.storage import queue_client
+
+            for name in (OUTBOUND_QUEUE, EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE):
+                queue = queue_client(name)
+                with contextlib.suppress(Exception):
+                    queue.create_queue()
+                queue.clear_messages()
+
+            # 1. one bulk request
+            addresses = _numbers(1, recipients)
+            since = time.time()
+            started = time.monotonic()
+            rows = [{"Address": a, "Personalization": {"name": f"r{i}"}}
+                    for i, a in enumerate(addresses)]  # fmt: skip
+            _http("SendBulkMessages", {**template, "Recipients": rows})
+            submitted = time.monotonic() - started
+            _drain(sandbox, set(addresses), workers, timeout)
+            results["bulk"] = {
+                **_figures(sandbox, addresses, since),
+                "submit_seconds": round(submitted, 1),
+                "seconds_to_all_sent": round(time.monotonic() - started, 1),
+            }
+            time.sleep(1.0)
+
+            # 2. the same as single sends
+            addresses = _numbers(2, recipients)
+            since = time.time()
+            started = time.monotonic()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda item: _http("SendMessage", {**template, "Recipients": [
+                    {"Address": item[1], "Personalization": {"name": f"r{item[0]}"}}]}),
+                    enumerate(addresses)))  # fmt: skip
+            submitted = time.monotonic() - started
+            _drain(sandbox, set(addresses), workers, timeout)
+            results["singles"] = {
+                **_figures(sandbox, addresses, since),
+                "submit_seconds": round(submitted, 1),
+                "seconds_to_all_sent": round(time.monotonic() - started, 1),
+            }
+    finally:
+        sandbox.stop()
+        azurite.stop()
+    calls = recipients  # the certified connector: one recipient per call
+    results["anchor"] = {
+        "upstream_calls": calls,
+        "recipients_per_call": 1.0,
+        "seconds_to_all_sent": round((calls / QUOTA_CALLS - 1) * QUOTA_PERIOD, 0),
+        "computed": True,
+    }
+    return results
+
+
+def measure() -> list[FigureRow]:
+    """The rows for ``python -m bench`` (targets of issue 8)."""
+    r = run_bulk_benchmark()
+    anchor = r["anchor"]
+    rows: list[FigureRow] = []
+    for run in ("bulk", "singles"):
+        f = r[run]
+        note = (
+            f"{r['recipients']} recipients as {run}, {r['workers']} workers, quota "
+            f"{QUOTA_CALLS}/{QUOTA_PERIOD:.0f}s: {f['upstream_calls']} calls, "
+            f"{f['seconds_to_all_sent']} s to all sent (submit {f['submit_seconds']} s); "
+            f"anchor (computed, one recipient per call): {anchor['upstream_calls']} calls, "
+            f"{anchor['seconds_to_all_sent']:.0f} s"
+        )
+        rows += [
+            {"figure": f"{run}: recipients per call", "value": f["recipients_per_call"],
+             "anchor": 1.0, "target": ">= 50", "unit": "recipients", "note": note},
+            {"figure": f"{run}: max calls in a window", "value": f["max_in_window"],
+             "anchor": QUOTA_CALLS, "target": "<= 1.0", "unit": "calls"},
+            {"figure": f"{run}: time to all sent", "value": f["seconds_to_all_sent"],
+             "anchor": anchor["seconds_to_all_sent"], "target": "<= 0.1", "unit": "s"},
+            {"figure": f"{run}: duplicates", "value": f["duplicates"], "anchor": 1.0,
+             "target": "<= 0", "unit": "recipients"},
+            {"figure": f"{run}: lost", "value": f["lost"], "anchor": 1.0, "target": "<= 0",
+             "unit": "recipients"},
+        ]  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_bulk_benchmark(), indent=2))

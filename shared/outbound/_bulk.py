@@ -1,0 +1,349 @@
+"""Bulk sends: one template, up to 10,000 recipients, one member message per recipient.
+
+A batch (``SmartDialogBatches``, PartitionKey = batch id, RowKey ``batch``) records what was
+asked, the rows refused and whether every member is on the queue. Each valid recipient becomes
+an ordinary message (id ``<batch id>.<row:05d>``, ``RequestId`` the same), so it has its own
+status, events and delivery reports; the sender packs members into calls of up to
+``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients. Members are written with Table transactions,
+indexed for packing 100 rows a transaction, and enqueued on a thread pool.
+
+Crash safety: members are recorded ``accepted`` before they are enqueued, and the batch is
+marked ``queued`` only after every member is on the queue; a batch still ``accepting`` 30 s
+later is re-enqueued by its next status poll (a member enqueued twice is sent once).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from shared.names import BATCHES_TABLE, OUTBOUND_QUEUE
+from shared.outbound._models import MessageStatus, OutboundMessageAdapter
+from shared.outbound._records import command_text, new_record, normalize
+from shared.outbound._store import (
+    IdempotencyStore,
+    MessageRecord,
+    MessageStore,
+    idempotency_key_hash,
+)
+from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = ["MAX_BULK_RECIPIENTS", "BulkRecipient", "BulkService"]
+
+#: Most recipients of one bulk request.
+MAX_BULK_RECIPIENTS = 10_000
+BATCH_ROW_KEY = "batch"
+STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
+_THREADS = 16
+
+
+@dataclass(frozen=True)
+class BulkRecipient:
+    """One recipient as given: its row (1-based JSON index, or CSV line), address, values."""
+
+    row: int
+    address: str
+    personalization: Mapping[str, Any] | None = None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _batch_subject(batch_id: str) -> str:
+    return f"batch:{batch_id}"
+
+
+class BulkService:
+    """Accepts bulk sends and reports their batches (one per settings object)."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], dt.datetime] = _now) -> None:
+        from shared.outbound._packs import PackStore
+        from shared.storage import table_client
+
+        self.settings = settings
+        self.store = MessageStore.from_settings(settings)
+        self.idempotency = IdempotencyStore.from_settings(settings)
+        self.packs = PackStore.from_settings(settings)
+        self._batches = table_client(BATCHES_TABLE, settings)
+        self._clock = clock
+
+    @property
+    def batches(self) -> Any:
+        from shared.outbound._store import _ensure_table
+
+        _ensure_table(self._batches)
+        return self._batches
+
+    # --- accept ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        template: Mapping[str, Any],
+        recipients: Sequence[BulkRecipient],
+        *,
+        customer_id: str,
+        service_id: str,
+        transactional: bool = False,
+        all_or_nothing: bool = False,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Validate, record the batch and its members, enqueue them; (status, body, headers).
+
+        Refused rows (bad number, opted out) are listed by row; the rest are accepted unless
+        ``all_or_nothing``. Raises :class:`Problem` (422) when nothing can be accepted.
+        """
+        from shared.phone import InvalidPhoneNumber, parse_phone_number
+
+        now = self._clock()
+        if len(recipients) > MAX_BULK_RECIPIENTS:
+            raise validation_problem(
+                [FieldError("Recipients", f"At most {MAX_BULK_RECIPIENTS} recipients.")]
+            )
+        if not recipients:
+            raise validation_problem([FieldError("Recipients", "Give at least one recipient.")])
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                [template, customer_id, service_id, transactional, all_or_nothing,
+                 [[r.row, r.address, dict(r.personalization or {})] for r in recipients]],
+                sort_keys=True, default=str,
+            ).encode()
+        ).hexdigest()  # fmt: skip
+        batch_id = str(uuid.uuid4())
+        key_hash = None
+        if idempotency_key:
+            key_hash = idempotency_key_hash(customer_id, "bulk\n" + idempotency_key)
+            entry = self.idempotency.claim(
+                key_hash, batch_id, fingerprint, now=now,
+                ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
+            )  # fmt: skip
+            if entry.message_id != batch_id:
+                if entry.fingerprint != fingerprint:
+                    raise Problem(
+                        422,
+                        "Idempotency key reused for a different request",
+                        "This Idempotency-Key was already used for another bulk send.",
+                        type=ProblemType.CONFLICT,
+                        errors=[FieldError("Idempotency-Key", "Already used for another request.")],
+                    )
+                return self.status(entry.message_id, details=False, checked=True)
+        errors: list[dict[str, Any]] = []
+        valid: list[tuple[BulkRecipient, str]] = []
+        seen: set[str] = set()
+        for recipient in recipients:
+            try:
+                address = parse_phone_number(recipient.address)
+            except InvalidPhoneNumber as exc:
+                errors.append({"row": recipient.row, "field": "Address", "message": str(exc)})
+                continue
+            if address in seen:
+                errors.append(
+                    {"row": recipient.row, "field": "Address", "message": "Repeated recipient."}
+                )
+                continue
+            seen.add(address)
+            valid.append((recipient, address))
+        if valid and not transactional:
+            from shared.inbound import SuppressionStore
+
+            hits = SuppressionStore.from_settings(self.settings).suppressed(
+                service_id, [a for _, a in valid]
+            )
+            for index in sorted(hits):
+                errors.append(
+                    {"row": valid[index][0].row, "field": "Address",
+                     "message": f"This recipient opted out of service {service_id}."}
+                )  # fmt: skip
+            valid = [v for i, v in enumerate(valid) if i not in hits]
+        errors.sort(key=lambda e: int(e["row"]))
+        if errors and (all_or_nothing or not valid):
+            if key_hash is not None:
+                self.idempotency.release(key_hash, batch_id)
+            raise Problem(
+                422,
+                "Some recipients are not valid" if valid else "No valid recipient",
+                f"{len(errors)} row(s) refused"
+                + ("; AllOrNothing: nothing was sent." if all_or_nothing else "."),
+                type=ProblemType.VALIDATION,
+                errors=[FieldError(f"row {e['row']}.{e['field']}", e["message"]) for e in errors],
+            )
+        base = {k: v for k, v in template.items() if v is not None}
+        validity = dt.timedelta(seconds=self.settings.send_validity_seconds)
+        records: list[tuple[MessageRecord, list[Any], str]] = []
+        for recipient, address in valid:
+            message_id = f"{batch_id}.{recipient.row:05d}"
+            entry_: dict[str, Any] = {"Address": address}
+            if recipient.personalization:
+                entry_["Personalization"] = dict(recipient.personalization)
+            raw: dict[str, Any] = {
+                "operation": "SendMessage",
+                "messageId": message_id,
+                "customerId": customer_id,
+                "serviceId": service_id,
+                "body": {**base, "Recipients": [entry_], "RequestId": message_id},
+            }
+            if transactional:
+                raw["transactional"] = True
+            command = normalize(
+                OutboundMessageAdapter.validate_python(raw),
+                message_id=message_id,
+                customer_id=customer_id,
+                service_id=service_id,
+            )
+            record, slots = new_record(command, now=now, validity=validity, batch_id=batch_id)
+            records.append((record, slots, command_text(command)))
+        self.batches.upsert_entity(
+            {
+                "PartitionKey": batch_id,
+                "RowKey": BATCH_ROW_KEY,
+                "Status": "accepting",
+                "CustomerId": customer_id,
+                "ServiceId": service_id,
+                "Total": len(recipients),
+                "Accepted": len(records),
+                "Refused": json.dumps(errors)[:30_000],
+                "RefusedCount": len(errors),
+                "CreatedAt": now,
+                "IdempotencyKeyHash": key_hash,
+            }
+        )
+        with ThreadPoolExecutor(_THREADS) as pool:
+            list(pool.map(lambda item: self.store.create(item[0], item[1]), records))
+            self.packs.index([r for r, _, _ in records])
+            self._enqueue_all(pool, [text for _, _, text in records])
+        self._mark_queued(batch_id)
+        _status, body, headers = self.status(batch_id, details=False, checked=True)
+        body["Refused"] = errors
+        return 202, body, headers
+
+    def _enqueue_all(self, pool: ThreadPoolExecutor, texts: list[str]) -> None:
+        from shared.outbound._service import _queue
+
+        queue = _queue(OUTBOUND_QUEUE, self.settings)
+        list(pool.map(queue.send_message, texts))
+
+    def _mark_queued(self, batch_id: str) -> None:
+        from azure.data.tables import UpdateMode
+
+        self.batches.update_entity(
+            {"PartitionKey": batch_id, "RowKey": BATCH_ROW_KEY, "Status": "queued"},
+            mode=UpdateMode.MERGE,
+        )
+
+    # --- status ------------------------------------------------------------------------------
+
+    def status_url(self, batch_id: str) -> str:
+        token = sign(
+            TokenPurpose.STATUS,
+            _batch_subject(batch_id),
+            ttl_seconds=self.settings.status_token_ttl_seconds,
+            secrets=self.settings.callback_secret_list,
+        )
+        base = self.settings.public_base_url
+        return (
+            f"{base}/api/messages/bulk/{quote(batch_id, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
+        )
+
+    def check_token(self, batch_id: str, token: str | None) -> None:
+        if not token:
+            raise Problem(
+                401,
+                "Missing token",
+                "Use the batch status URL from the bulk send's Location header.",
+                type=ProblemType.VALIDATION,
+                headers={"WWW-Authenticate": 'Bearer realm="smartdialog-status"'},
+            )
+        if not verify(
+            token,
+            TokenPurpose.STATUS,
+            _batch_subject(batch_id),
+            secrets=self.settings.callback_secret_list,
+        ):
+            raise Problem(403, "Invalid token", "The token does not open this batch's status.")
+
+    def status(
+        self, batch_id: str, *, details: bool, token: str | None = None, checked: bool = False
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Counts per state (and each member with ``details``); 202 while any is pending."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if not checked:
+            self.check_token(batch_id, token)
+        try:
+            batch = self.batches.get_entity(batch_id, BATCH_ROW_KEY)
+        except ResourceNotFoundError:
+            raise Problem(
+                404, "No such batch", f"There is no batch {batch_id}.", type=ProblemType.NOT_FOUND
+            ) from None
+        members = list(
+            self.store.table.query_entities(
+                f"PartitionKey gt '{batch_id}.' and PartitionKey lt '{batch_id}/' "
+                "and RowKey eq 'message'"
+            )
+        )
+        records = sorted(
+            (MessageRecord.from_entity(e) for e in members), key=lambda r: r.message_id
+        )
+        created = batch.get("CreatedAt")
+        if (
+            batch.get("Status") == "accepting"
+            and isinstance(created, dt.datetime)
+            and self._clock() - created >= STUCK_ACCEPTING_AFTER
+        ):
+            with ThreadPoolExecutor(_THREADS) as pool:
+                self._enqueue_all(
+                    pool, [r.command for r in records if r.status is MessageStatus.ACCEPTED]
+                )
+            self._mark_queued(batch_id)
+        counts = Counter(str(r.status) for r in records)
+        pending = sum(1 for r in records if not r.status.is_final)
+        url = self.status_url(batch_id)
+        body: dict[str, Any] = {
+            "Id": batch_id,
+            "Status": "pending" if pending else "done",
+            "Total": int(batch.get("Total") or 0),
+            "Accepted": int(batch.get("Accepted") or 0),
+            "RefusedCount": int(batch.get("RefusedCount") or 0),
+            "Counts": {str(s): counts.get(str(s), 0) for s in MessageStatus},
+            "StatusUrl": url,
+        }
+        if details:
+            body["Recipients"] = [_member_view(r) for r in records]
+            body["Refused"] = json.loads(batch.get("Refused") or "[]")
+        headers = {"Location": url} if pending else {}
+        if pending:
+            headers["Retry-After"] = str(self.settings.send_status_retry_after_seconds)
+        return (202 if pending else 200), body, headers
+
+
+def _member_view(record: MessageRecord) -> dict[str, Any]:
+    row = int(record.message_id.rsplit(".", 1)[-1])
+    result = record.result_json() or {}
+    sent = result.get("Recipients") or []
+    first = sent[0] if sent and isinstance(sent[0], dict) else {}
+    try:
+        address = json.loads(record.command)["body"]["Recipients"][0]["Address"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        address = None
+    view = {
+        "Row": row,
+        "Id": record.message_id,
+        "Address": address,
+        "Status": str(record.status),
+        "MessageId": record.upstream_message_id,
+        "RecipientId": first.get("Id"),
+        "Error": record.failure.title if record.failure else None,
+    }
+    return {k: v for k, v in view.items() if v is not None}

@@ -1,0 +1,337 @@
+"""SendBulkMessages and GetBulkStatus: one template to up to 10,000 recipients.
+
+The recipients come as JSON (``Recipients``: Address + Personalization) or as CSV text
+(``RecipientsCsv``: a header row with ``Address`` and one column per placeholder, as exported
+from a spreadsheet). Every recipient is checked; refused rows are listed by row number (the
+1-based position in ``Recipients``, or the CSV line number), the rest are accepted unless
+``AllOrNothing``. The answer is 202 with a batch status URL (its own token) reporting counts per
+state and, with ``details=true``, each recipient's state and upstream recipient id.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.actions._spec import (
+    ActionContext,
+    ActionInput,
+    ActionResponse,
+    ActionSpec,
+    Body,
+    Param,
+    ResponseDoc,
+)
+from shared.actions.fields import CustomerData as CustomerDataText
+from shared.actions.fields import CustomerIdHeader, HttpUrl, NonEmptyStr, ui
+from shared.outbound._bulk import MAX_BULK_RECIPIENTS, BulkRecipient
+from shared.outbound.actions import (
+    DlrUrlField,
+    IdempotencyKeyHeader,
+    SendDateTimeField,
+    ServiceIdHeader,
+    TransactionalField,
+)
+from shared.problems import FieldError, validation_problem
+
+if TYPE_CHECKING:
+    from shared.outbound._bulk import BulkService
+    from shared.settings import Settings
+
+__all__ = ["SPECS"]
+
+TAG = "Messages"
+
+
+class BulkRecipientIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A plain string: numbers are checked row by row, so one bad row does not refuse the rest.
+    Address: str = Field(
+        max_length=64, description="The recipient's phone number.", json_schema_extra=ui("Address")
+    )
+    Personalization: dict[str, str | int | float | bool] | None = Field(
+        None,
+        description='Values for the $(name) placeholders of Content, e.g. {"name": "Ada"}.',
+        json_schema_extra=ui("Personalization"),
+    )
+
+
+class BulkBody(BaseModel):
+    """The template and its recipients."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    Sender: NonEmptyStr = Field(
+        max_length=20,
+        description="Alphanumeric sender (at most 11 characters), long code or short code.",
+        json_schema_extra=ui("Sender", visibility="important"),
+    )
+    Content: NonEmptyStr = Field(
+        description="The text; $(name) placeholders are filled from each recipient.",
+        json_schema_extra=ui("Content", visibility="important"),
+    )
+    Protocol: Literal["SMS", "WhatsApp"] = Field(
+        "SMS", description="SMS, or WhatsApp.", json_schema_extra=ui("Protocol")
+    )
+    SendDateTime: SendDateTimeField = None
+    AttachmentUri: HttpUrl | None = Field(
+        None,
+        description="WhatsApp only: the address of an attachment.",
+        json_schema_extra=ui("Attachment URI", visibility="advanced"),
+    )
+    CustomerData: CustomerDataText | None = Field(
+        None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")
+    )
+    AdMessage: bool | None = Field(
+        None, description="Mark it as an advertisement.", json_schema_extra=ui("Ad message")
+    )
+    DlrUrl: DlrUrlField = None
+    Transactional: TransactionalField = False
+    Recipients: list[BulkRecipientIn] | None = Field(
+        None,
+        max_length=MAX_BULK_RECIPIENTS,
+        description="Who gets it (or give RecipientsCsv).",
+        json_schema_extra=ui("Recipients", visibility="important"),
+    )
+    RecipientsCsv: str | None = Field(
+        None,
+        max_length=4_000_000,
+        description=(
+            "The recipients as CSV text (instead of Recipients): a header row with Address and "
+            "one column per placeholder, then one row per recipient."
+        ),
+        json_schema_extra=ui("Recipients (CSV)", visibility="advanced"),
+    )
+    AllOrNothing: bool = Field(
+        False,
+        description="Yes: send nothing if any recipient is refused. No: send to the valid ones.",
+        json_schema_extra=ui("All or nothing", visibility="advanced"),
+    )
+
+    @model_validator(mode="after")
+    def _one_recipient_list(self) -> BulkBody:
+        if (self.Recipients is None) == (self.RecipientsCsv is None):
+            raise ValueError("Give either Recipients or RecipientsCsv.")
+        if self.AttachmentUri is not None and self.Protocol != "WhatsApp":
+            raise ValueError("AttachmentUri needs Protocol WhatsApp.")
+        return self
+
+
+class SendBulkInput(ActionInput):
+    customer_id: CustomerIdHeader
+    service_id: ServiceIdHeader
+    idempotency_key: IdempotencyKeyHeader = None
+    body: Annotated[
+        BulkBody,
+        Body(),
+        Field(
+            description="The message template and its recipients.",
+            json_schema_extra=ui("Bulk message", visibility="important"),
+        ),
+    ]
+
+
+class BulkStatusInput(ActionInput):
+    batch_id: Annotated[
+        str,
+        Param("path", "BatchId"),
+        Field(
+            pattern=r"^[0-9a-f-]{36}$",
+            description="The Id from the bulk send's answer.",
+            json_schema_extra=ui("Batch Id", visibility="important"),
+        ),
+    ]
+    token: Annotated[
+        str | None,
+        Param("query", "token"),
+        Field(
+            None,
+            max_length=200,
+            description="The token of the batch status URL (the Location carries it).",
+            json_schema_extra=ui("Token", visibility="internal"),
+        ),
+    ] = None
+    details: Annotated[
+        bool,
+        Param("query", "details"),
+        Field(
+            False,
+            description="Yes: list every recipient with its state and SmartDialog's ids.",
+            json_schema_extra=ui("Details", visibility="advanced"),
+        ),
+    ] = False
+
+
+class BulkCountsDoc(BaseModel):
+    accepted: int = Field(
+        0, description="Recorded, not yet queued.", json_schema_extra=ui("accepted")
+    )
+    queued: int = Field(0, description="Waiting for the sender.", json_schema_extra=ui("queued"))
+    sending: int = Field(0, description="Being sent.", json_schema_extra=ui("sending"))
+    sent: int = Field(0, description="Accepted by SmartDialog.", json_schema_extra=ui("sent"))
+    failed: int = Field(0, description="Failed for good.", json_schema_extra=ui("failed"))
+    cancelled: int = Field(0, description="Cancelled.", json_schema_extra=ui("cancelled"))
+
+
+class BulkMemberDoc(BaseModel):
+    Row: int = Field(description="The recipient's row.", json_schema_extra=ui("Row"))
+    Id: str = Field(description="Our message id of this recipient.", json_schema_extra=ui("Id"))
+    Address: str | None = Field(
+        None, description="The phone number.", json_schema_extra=ui("Address")
+    )
+    Status: str = Field(description="Its state.", json_schema_extra=ui("Status"))
+    MessageId: str | None = Field(
+        None, description="SmartDialog's MessageId.", json_schema_extra=ui("MessageId")
+    )
+    RecipientId: str | None = Field(
+        None, description="SmartDialog's recipient id (DLRs).", json_schema_extra=ui("RecipientId")
+    )
+    Error: str | None = Field(None, description="Why it failed.", json_schema_extra=ui("Error"))
+
+
+class BulkRefusedDoc(BaseModel):
+    row: int = Field(description="The refused row.", json_schema_extra=ui("row"))
+    field: str = Field(description="The offending field.", json_schema_extra=ui("field"))
+    message: str = Field(description="What is wrong.", json_schema_extra=ui("message"))
+
+
+class BulkStatusDoc(BaseModel):
+    """A batch: counts per state, refused rows and (with details) every recipient."""
+
+    Id: str = Field(description="The batch id.", json_schema_extra=ui("Batch Id"))
+    Status: str = Field(description="pending or done.", json_schema_extra=ui("Status"))
+    Total: int = Field(description="Recipients given.", json_schema_extra=ui("Total"))
+    Accepted: int = Field(description="Recipients accepted.", json_schema_extra=ui("Accepted"))
+    RefusedCount: int = Field(description="Rows refused.", json_schema_extra=ui("Refused"))
+    Counts: BulkCountsDoc = Field(
+        description="Accepted recipients per state.", json_schema_extra=ui("Counts")
+    )
+    StatusUrl: str = Field(
+        description="The batch status URL (carries its own token).",
+        json_schema_extra=ui("StatusUrl"),
+    )
+    Refused: list[BulkRefusedDoc] | None = Field(
+        None, description="Refused rows.", json_schema_extra=ui("Refused")
+    )
+    Recipients: list[BulkMemberDoc] | None = Field(
+        None, description="With details=true.", json_schema_extra=ui("Recipients")
+    )
+
+
+@lru_cache(maxsize=4)
+def _service(settings: Settings) -> BulkService:
+    from shared.outbound._bulk import BulkService
+
+    return BulkService(settings)
+
+
+def _csv_recipients(text: str) -> list[BulkRecipient]:
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    rows = list(reader)
+    if not rows:
+        raise validation_problem([FieldError("RecipientsCsv", "The CSV is empty.")])
+    header = [h.strip() for h in rows[0]]
+    lowered = [h.lower() for h in header]
+    if "address" not in lowered:
+        raise validation_problem(
+            [FieldError("RecipientsCsv", "The header row needs an Address column.")]
+        )
+    at = lowered.index("address")
+    out: list[BulkRecipient] = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        values = {
+            header[i]: row[i] for i in range(min(len(header), len(row))) if i != at and header[i]
+        }
+        out.append(BulkRecipient(line, row[at] if at < len(row) else "", values or None))
+    if len(out) > MAX_BULK_RECIPIENTS:
+        raise validation_problem(
+            [FieldError("RecipientsCsv", f"At most {MAX_BULK_RECIPIENTS} recipients.")]
+        )
+    return out
+
+
+def send_bulk(ctx: ActionContext, inp: SendBulkInput) -> ActionResponse:
+    body = inp.body
+    if body.Recipients is not None:
+        recipients = [
+            BulkRecipient(i, r.Address, r.Personalization)
+            for i, r in enumerate(body.Recipients, start=1)
+        ]
+    else:
+        recipients = _csv_recipients(body.RecipientsCsv or "")
+    template: dict[str, Any] = body.model_dump(
+        mode="json",
+        exclude_none=True,
+        exclude={"Recipients", "RecipientsCsv", "AllOrNothing", "Transactional"},
+    )
+    status, doc, headers = _service(ctx.settings).submit(
+        template,
+        recipients,
+        customer_id=inp.customer_id,
+        service_id=inp.service_id,
+        transactional=body.Transactional,
+        all_or_nothing=body.AllOrNothing,
+        idempotency_key=inp.idempotency_key,
+    )
+    return ActionResponse.json(doc, status=status, headers=headers)
+
+
+def get_bulk_status(ctx: ActionContext, inp: BulkStatusInput) -> ActionResponse:
+    status, doc, headers = _service(ctx.settings).status(
+        inp.batch_id, details=inp.details, token=inp.token
+    )
+    return ActionResponse.json(doc, status=status, headers=headers)
+
+
+SPECS: tuple[ActionSpec[Any], ...] = (
+    ActionSpec(
+        operation_id="SendBulkMessages",
+        method="POST",
+        route="messages/bulk",
+        input=SendBulkInput,
+        handler=send_bulk,
+        summary="Send a bulk message",
+        description=(
+            "Queues one message template to up to 10,000 recipients (JSON list or CSV text), "
+            "each with its own personalization, and answers 202 with a batch status URL. "
+            "Refused rows are listed by row number; the rest are sent unless AllOrNothing. "
+            "Recipients are packed into as few SmartDialog calls as the quota needs."
+        ),
+        responses=(
+            ResponseDoc(
+                202,
+                "Accepted and queued; poll Location.",
+                BulkStatusDoc,
+                {
+                    "Location": "The batch status URL (carries its own token).",
+                    "Retry-After": "Seconds to wait before polling.",
+                },
+            ),
+        ),
+        visibility="important",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="GetBulkStatus",
+        method="GET",
+        route="messages/bulk/{BatchId}",
+        input=BulkStatusInput,
+        handler=get_bulk_status,
+        summary="Get a bulk send's status",
+        description=(
+            "Counts of the batch's recipients per state (202 while any is pending, 200 when all "
+            "are final); with details=true each recipient's state and SmartDialog's ids. Needs "
+            "the token of the batch status URL, not a function key."
+        ),
+        responses=(ResponseDoc(200, "All recipients final.", BulkStatusDoc),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+)

@@ -1,0 +1,116 @@
+"""SendBulkMessages and GetBulkStatus through the real functions, Azurite and the sandbox."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from tests.outbound.conftest import HttpAnswer, Outbound, call_http
+
+GOOD = [f"+35840200{i:04d}" for i in range(30)]
+TEMPLATE = {"Sender": "Sandbox", "Content": "Hi $(name), your code is $(code)"}
+
+
+def bulk(body: dict[str, Any], **headers: str) -> HttpAnswer:
+    return call_http("SendBulkMessages", "POST", body={**TEMPLATE, **body}, headers=headers)
+
+
+def batch_status(location: str, details: bool = False) -> HttpAnswer:
+    parts = urlsplit(location)
+    params = dict(parse_qsl(parts.query))
+    if details:
+        params["details"] = "true"
+    return call_http(
+        "GetBulkStatus", "GET",
+        route_params={"BatchId": unquote(parts.path.rsplit("/", 1)[-1])}, params=params,
+    )  # fmt: skip
+
+
+def people(*addresses: str) -> list[dict[str, Any]]:
+    return [
+        {"Address": a, "Personalization": {"name": f"P{i}", "code": i}}
+        for i, a in enumerate(addresses)
+    ]
+
+
+def test_bulk_send_is_one_upstream_call_and_every_recipient_keeps_its_personalization(
+    outbound: Outbound,
+) -> None:
+    accepted = bulk({"Recipients": people(*GOOD[:20])})
+    assert accepted.status == 202, accepted.body
+    assert accepted.body["Accepted"] == 20
+    assert accepted.body["Refused"] == []
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert len(calls) == 1
+    sent = calls[0]["body"]["Recipients"]
+    assert len(sent) == 20
+    assert {r["Address"]: r["Personalization"]["code"] for r in sent} == {
+        a: i for i, a in enumerate(GOOD[:20])
+    }
+    done = batch_status(accepted.headers["Location"], details=True)
+    assert done.status == 200
+    assert done.body["Counts"]["sent"] == 20
+    ids = {r["Address"]: r["Id"] for r in calls[0]["response"]["Recipients"]}
+    assert {m["Address"]: m["RecipientId"] for m in done.body["Recipients"]} == ids
+    assert {m["MessageId"] for m in done.body["Recipients"]} == {calls[0]["response"]["MessageId"]}
+
+
+def test_bad_rows_are_listed_by_row_and_the_rest_are_sent(outbound: Outbound) -> None:
+    rows = people(GOOD[0], "not a number", GOOD[1], "123")
+    accepted = bulk({"Recipients": rows})
+
+    assert accepted.status == 202
+    assert [r["row"] for r in accepted.body["Refused"]] == [2, 4]
+    outbound.drain()
+    pending = batch_status(accepted.headers["Location"])
+    assert pending.body["Counts"]["sent"] == 2
+    assert pending.body["RefusedCount"] == 2
+
+
+def test_all_or_nothing_refuses_the_whole_batch_and_queues_nothing(outbound: Outbound) -> None:
+    answer = bulk({"Recipients": people(GOOD[0], "nope"), "AllOrNothing": True})
+
+    assert answer.status == 422
+    assert [e["field"] for e in answer.body["errors"]] == ["row 2.Address"]
+    assert outbound.queued() == 0
+
+
+def test_csv_rows_are_checked_by_line_and_personalize_by_column(outbound: Outbound) -> None:
+    text = f"Address,name,code\n{GOOD[0]},Ada,1\nbroken,Bob,2\n{GOOD[1]},Cy,3\n"
+    accepted = bulk({"RecipientsCsv": text})
+
+    assert accepted.status == 202, accepted.body
+    assert [r["row"] for r in accepted.body["Refused"]] == [3]
+    outbound.drain()
+    call = outbound.upstream()[0]
+    assert sorted(
+        (r["Address"], r["Personalization"]["name"]) for r in call["body"]["Recipients"]
+    ) == [
+        (GOOD[0], "Ada"),
+        (GOOD[1], "Cy"),
+    ]
+
+
+def test_same_idempotency_key_answers_the_same_batch_and_queues_nothing_more(
+    outbound: Outbound,
+) -> None:
+    first = bulk({"Recipients": people(*GOOD[:3])}, **{"Idempotency-Key": "bulk-1"})
+    queued = outbound.queued()
+    again = bulk({"Recipients": people(*GOOD[:3])}, **{"Idempotency-Key": "bulk-1"})
+
+    assert again.body["Id"] == first.body["Id"]
+    assert outbound.queued() == queued
+
+
+def test_batch_status_needs_its_token(outbound: Outbound) -> None:
+    accepted = bulk({"Recipients": people(GOOD[0])})
+    batch_id = accepted.body["Id"]
+
+    assert call_http("GetBulkStatus", "GET", route_params={"BatchId": batch_id}).status == 401
+    forged = call_http(
+        "GetBulkStatus", "GET", route_params={"BatchId": batch_id}, params={"token": "x.y"}
+    )
+    assert forged.status == 403

@@ -1,0 +1,298 @@
+"""Coalescing in the sender: which sends share one upstream call, and the guarantees of a pack."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pytest
+
+from shared.outbound import MessageRecord, MessageStatus, MessageStore, parse_outbound_message
+from shared.outbound._packs import pack_key
+from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
+
+NUMBERS = [f"+35840100{i:04d}" for i in range(40)]
+
+
+def command(**changes: Any) -> Any:
+    """A normalized SendMessage command, with envelope or body fields changed."""
+    body = sms(NUMBERS[0])
+    envelope: dict[str, Any] = {
+        "operation": "SendMessage",
+        "messageId": "m",
+        "customerId": "1001",
+        "serviceId": "s-1001-oneway",
+    }
+    for name, value in changes.items():
+        if name in body or name[0].isupper():
+            body[name] = value
+        else:
+            envelope[name] = value
+    return parse_outbound_message(json.dumps({**envelope, "body": body}))
+
+
+BASE = pack_key(command())
+
+MUST_NEVER_PACK: list[tuple[str, dict[str, Any]]] = [
+    ("another customer", {"customerId": "1002"}),
+    ("another service", {"serviceId": "s-1001-reply"}),
+    ("another sender", {"Sender": "Other"}),
+    ("other content", {"Content": "Bye $(name)"}),
+    ("another protocol", {"Protocol": "WhatsApp"}),
+    ("a schedule", {"SendDateTime": "2030-01-01T10:00:00Z"}),
+    ("an ad", {"AdMessage": True}),
+    ("customer data", {"CustomerData": "invoice 7"}),
+    ("the caller's DLR URL", {"DlrUrl": "https://example.com/dlr"}),
+    ("transactional", {"transactional": True}),
+]
+
+
+@pytest.mark.parametrize(("what", "changes"), MUST_NEVER_PACK, ids=[w for w, _ in MUST_NEVER_PACK])
+def test_sends_that_differ_in_anything_but_recipients_never_share_a_pack_key(
+    what: str, changes: dict[str, Any]
+) -> None:
+    assert pack_key(command(**changes)) != BASE
+
+
+def test_recipients_personalization_request_id_and_validity_do_not_split_packs() -> None:
+    other = command(
+        Recipients=[{"Address": NUMBERS[5], "Personalization": {"name": "Bob"}}],
+        RequestId="r-9",
+        messageId="m-2",
+        validUntil="2031-01-01T00:00:00Z",
+    )
+    assert pack_key(other) == BASE
+
+
+def test_a_reply_packs_only_with_replies_to_the_same_parent() -> None:
+    def reply(parent: str) -> Any:
+        return parse_outbound_message(
+            json.dumps(
+                {"operation": "SendReplyMessage", "messageId": "r", "customerId": "1001",
+                 "serviceId": "s-1001-reply", "parentMessageId": parent, "body": sms(NUMBERS[0])}
+            )
+        )  # fmt: skip
+
+    assert pack_key(reply("p1")) == pack_key(reply("p1"))
+    assert pack_key(reply("p1")) != pack_key(reply("p2"))
+    assert pack_key(reply("p1")) != pack_key(command(serviceId="s-1001-reply"))
+
+
+def test_template_sends_pack_only_with_identical_parameters() -> None:
+    def template(*params: str) -> Any:
+        return parse_outbound_message(
+            json.dumps(
+                {"operation": "SendWhatsappTemplateMessage", "messageId": "t",
+                 "customerId": "1001", "serviceId": "s-1001-oneway",
+                 "body": {"TemplateName": "welcome", "Recipients": [{"Address": NUMBERS[0]}],
+                          "BodyParameters": list(params)}}
+            )
+        )  # fmt: skip
+
+    assert pack_key(template("a")) == pack_key(template("a"))
+    assert pack_key(template("a")) != pack_key(template("b"))
+
+
+def test_discussion_replies_and_repeated_addresses_never_pack() -> None:
+    reply = parse_outbound_message(
+        json.dumps(
+            {"operation": "SendDiscussionReplyMessage", "messageId": "d", "customerId": "1001",
+             "body": {"ThreadId": "t-1", "Content": "hi"}}
+        )
+    )  # fmt: skip
+    assert pack_key(reply) is None
+    twice = command(Recipients=[{"Address": NUMBERS[0]}, {"Address": NUMBERS[0]}])
+    assert pack_key(twice) is None
+
+
+# --- the sender against Azurite and the sandbox ------------------------------------------------
+
+
+def accept(*addresses: str, content: str = "Hello $(name)") -> list[str]:
+    """POST one SendMessage per address; their message ids."""
+    ids = []
+    for address in addresses:
+        answer = call_http("SendMessage", "POST", body=sms(address, content=content))
+        assert answer.status == 202, answer.body
+        ids.append(answer.body["Id"])
+    return ids
+
+
+def record(message_id: str) -> MessageRecord:
+    found = MessageStore.from_settings().get(message_id)
+    assert found is not None
+    return found
+
+
+def test_single_sends_queued_together_go_upstream_in_one_call_each_with_its_own_result(
+    outbound: Outbound,
+) -> None:
+    ids = accept(*NUMBERS[:5])
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200]
+    sent = calls[0]["body"]["Recipients"]
+    assert sorted(r["Address"] for r in sent) == NUMBERS[:5]
+    assert all(r["Personalization"] == {"name": "Ada"} for r in sent)
+    upstream_id = calls[0]["response"]["MessageId"]
+    for message_id, address in zip(ids, NUMBERS, strict=False):
+        done = record(message_id)
+        assert done.status is MessageStatus.SENT
+        assert done.upstream_message_id == upstream_id
+        assert done.pack_id is not None
+        result = json.loads(done.result or "{}")
+        assert [r["Address"] for r in result["Recipients"]] == [address]
+    events = [e for e in outbound.events() if e["type"] == "fi.arena.smartdialog.message.sent"]
+    assert sorted(e["subject"] for e in events) == sorted(ids)
+    assert {e["data"]["requestId"] for e in events} == {calls[0]["body"]["RequestId"]}
+    status = call_http(
+        "GetMessageStatus", "GET", route_params={"MessageId": ids[2]},
+        params={"token": dict(parse_qsl(urlsplit(
+            json.loads(json.dumps(status_url(ids[2])))).query))["token"]},
+    )  # fmt: skip
+    assert status.status == 200
+    assert [r["Address"] for r in status.body["Recipients"]] == [NUMBERS[2]]
+
+
+def status_url(message_id: str) -> str:
+    from shared.outbound._service import SendService
+    from shared.settings import get_settings
+
+    return SendService(get_settings()).status_url(message_id)
+
+
+def test_different_contents_are_never_packed_together(outbound: Outbound) -> None:
+    accept(NUMBERS[0], NUMBERS[1], content="One $(name)")
+    accept(NUMBERS[2], content="Two $(name)")
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert sorted(len(c["body"]["Recipients"]) for c in calls) == [1, 2]
+
+
+def test_pack_size_is_capped_by_the_setting(outbound: Outbound) -> None:
+    outbound.configure(PACK_MAX_RECIPIENTS=3)
+    accept(*NUMBERS[:7])
+
+    outbound.drain()
+
+    sizes = sorted(len(c["body"]["Recipients"]) for c in outbound.upstream())
+    assert sum(sizes) == 7
+    assert max(sizes) <= 3
+
+
+def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
+    outbound: Outbound,
+) -> None:
+    ids = accept(*NUMBERS[:3])
+    outbound.drain()
+    deadline = time.monotonic() + 5
+    while len(outbound.sandbox.state.snapshot("delivery_reports")) < 3:
+        assert time.monotonic() < deadline, "the sandbox sent no delivery reports"
+        time.sleep(0.05)
+
+    for report in outbound.sandbox.state.snapshot("delivery_reports"):
+        parts = urlsplit(report["url"])  # our DLR URL (localhost:7071 is not up): replay it
+        answer = call_http(
+            "DeliveryReport", "GET",
+            route_params={"MessageId": unquote(parts.path.rsplit("/", 1)[-1])},
+            params=dict(parse_qsl(parts.query)),
+        )  # fmt: skip
+        assert answer.status == 200, answer.body
+        assert answer.body["status"] == "recorded"
+
+    for message_id in ids:
+        _, slots = MessageStore.from_settings().get_with_slots(message_id)
+        assert [s.status for s in slots] == ["delivered"]
+    delivered = [e for e in outbound.events() if e["type"].endswith("delivery")]
+    assert sorted(e["subject"] for e in delivered) == sorted(ids)
+
+
+def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twice(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import OutboundSender
+
+    outbound.configure(SEND_LEASE_SECONDS=0.5)
+    ids = accept(*NUMBERS[:3])
+    texts = [record(i).command for i in ids]
+    real = OutboundSender._pack_sent
+    crashes = [RuntimeError("worker died after upstream accepted the pack")]
+
+    def sent_or_crash(self: OutboundSender, *args: Any, **kwargs: Any) -> Any:
+        if crashes:
+            raise crashes.pop()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(OutboundSender, "_pack_sent", sent_or_crash)
+    with pytest.raises(RuntimeError):
+        outbound.invoke(texts[0])
+    assert {record(i).status for i in ids} == {MessageStatus.SENDING}
+    time.sleep(0.6)  # the crashed worker's claim runs out
+    for text in texts:
+        outbound.invoke(text, dequeue_count=2)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200, 409]
+    assert calls[0]["body"]["RequestId"] == calls[1]["body"]["RequestId"]
+    assert len(outbound.sandbox.state.snapshot("messages")) == 1
+    for message_id in ids:
+        done = record(message_id)
+        assert done.status is MessageStatus.SENT
+        assert done.duplicate
+        assert done.upstream_message_id == calls[0]["response"]["MessageId"]
+
+
+def test_a_member_upstream_rejects_fails_alone_and_the_rest_go_in_a_new_pack(
+    outbound: Outbound,
+) -> None:
+    ids = accept(NUMBERS[0], REJECTED, NUMBERS[1])
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [400, 200]
+    assert calls[0]["body"]["RequestId"] != calls[1]["body"]["RequestId"]
+    assert sorted(r["Address"] for r in calls[1]["body"]["Recipients"]) == NUMBERS[:2]
+    assert record(ids[1]).status is MessageStatus.FAILED
+    assert record(ids[1]).failure.code == "upstream-rejected"  # type: ignore[union-attr]
+    assert [record(i).status for i in (ids[0], ids[2])] == [MessageStatus.SENT] * 2
+    assert [d["messageId"] for d in outbound.dead_letters()] == [ids[1]]
+
+
+def test_a_cancelled_member_stays_out_and_the_others_are_sent(outbound: Outbound) -> None:
+    ids = accept(*NUMBERS[:3])
+    cancelled = call_http("CancelMessage", "DELETE", route_params={"MessageId": ids[1]})
+    assert cancelled.status == 200
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert len(calls) == 1
+    assert sorted(r["Address"] for r in calls[0]["body"]["Recipients"]) == [NUMBERS[0], NUMBERS[2]]
+    assert record(ids[1]).status is MessageStatus.CANCELLED
+    assert status_of(status_url(ids[1])).status == 410
+
+
+def test_queue_only_sends_waiting_for_the_quota_coalesce_when_a_slot_frees(
+    private_outbound: Callable[..., Outbound],
+) -> None:
+    outbound = private_outbound()
+    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=1, SEND_QUOTA_WAIT_SECONDS=0)
+    for index in range(5):
+        outbound.enqueue(
+            {"operation": "SendMessage", "messageId": f"q-{index}", "body": sms(NUMBERS[index])}
+        )
+
+    outbound.drain(timeout=20)
+
+    calls = outbound.upstream()
+    assert sum(len(c["body"]["Recipients"]) for c in calls) == 5
+    assert len(calls) <= 3  # the first alone; the others wait for a slot together
+    assert all(record(f"q-{i}").status is MessageStatus.SENT for i in range(5))
