@@ -9,11 +9,20 @@ sandbox's request log:
 - utilisation, two ways: ``rate_utilisation`` = the call rate after the first call over the
   quota's rate (``calls / period``), and the stricter ``utilisation`` = calls made / the most a
   bursting sender could make between the first and last call (``calls * (span / period + 1)``;
-  a sliding log in steady state spreads calls evenly, which caps this one near 0.93 for 300
-  calls at 20/2 s),
+  a sliding log in steady state spreads calls evenly, which caps this one below 1),
 - the most calls in any sliding window of ``period`` seconds (must be <= ``calls``),
 - upstream 429s (the sandbox enforces the same quota: any over-admission shows here),
 - duplicates (a RequestId accepted upstream twice) and lost messages (not sent when done).
+
+The compressed quota (defaults) is 40 calls per 4 s with a 0.1 s safety margin: the same
+shape as production's 100 calls per 60 s with 0.25 s (a window of many calls, a margin a small
+share of the period), only faster. The margin must cover the
+time from a grant's decision to its request reaching the sandbox (the sender checks the grant's
+age right before the request leaves) on a loaded machine whose sandbox shares our GIL; the
+price is throughput, at most ``calls`` per ``period + margin``, so the utilisation ceiling is
+``period / (period + margin)`` = 0.976 (production: 0.996). A thinner margin on a shorter
+period (0.05 s on 2 s) leaves little room for a starved thread and measures the machine's load
+rather than the quota.
 
 Run it alone with ``python -m bench.quota_e2e``; ``measure()`` gives the rows of ``make bench``.
 """
@@ -152,9 +161,9 @@ def run_quota_benchmark(
     *,
     messages: int = 300,
     workers: int = 4,
-    quota_calls: int = 20,
-    quota_period: float = 2.0,
-    safety_margin: float = 0.05,
+    quota_calls: int = 40,
+    quota_period: float = 4.0,
+    safety_margin: float = 0.1,
     timeout: float = 180.0,
     azurite_connection_string: str | None = None,
     sandbox_in_process: bool = True,
@@ -313,22 +322,28 @@ def run_quota_benchmark(
 def measure() -> list[FigureRow]:
     """The rows for ``python -m bench`` (targets of issue 4, item 7)."""
     result = run_quota_benchmark()
+    shape = (
+        f"{result['quota_calls']} calls/{result['quota_period']:g} s, "
+        f"margin {result['safety_margin']:g} s, {result['messages']} msgs, "
+        f"{result['workers']} workers"
+    )
+    ceiling = result["quota_period"] / (result["quota_period"] + result["safety_margin"])
     note = (
-        f"{result['messages']} msgs, {result['workers']} workers, "
-        f"{result['quota_calls']}/{result['quota_period']}s, {result['elapsed_seconds']} s; "
-        f"burst-inclusive utilisation {result['utilisation']}"
+        f"{result['elapsed_seconds']} s, {result['upstream_calls']} calls; ceiling "
+        f"{ceiling:.3f}; burst-inclusive utilisation {result['utilisation']}"
     )
     return [
-        {"figure": "outbound quota utilisation (rate)", "value": result["rate_utilisation"],
-         "anchor": 1.0, "target": ">= 0.95", "note": note},
-        {"figure": "outbound max calls in a window", "value": result["max_in_window"],
-         "anchor": result["quota_calls"], "target": "<= 1.0", "unit": "calls"},
-        {"figure": "outbound upstream 429s", "value": result["upstream_429"], "anchor": 1.0,
-         "target": "<= 0", "unit": "calls"},
-        {"figure": "outbound duplicates", "value": result["duplicates"], "anchor": 1.0,
+        {"figure": f"outbound quota utilisation (rate; {shape})",
+         "value": result["rate_utilisation"], "anchor": 1.0, "target": ">= 0.95", "note": note},
+        {"figure": f"outbound max calls in a {result['quota_period']:g} s window ({shape})",
+         "value": result["max_in_window"], "anchor": result["quota_calls"], "target": "<= 1.0",
+         "unit": "calls"},
+        {"figure": f"outbound upstream 429s ({shape})", "value": result["upstream_429"],
+         "anchor": 1.0, "target": "<= 0", "unit": "calls"},
+        {"figure": f"outbound duplicates ({shape})", "value": result["duplicates"],
+         "anchor": 1.0, "target": "<= 0", "unit": "messages"},
+        {"figure": f"outbound lost ({shape})", "value": result["lost"], "anchor": 1.0,
          "target": "<= 0", "unit": "messages"},
-        {"figure": "outbound lost", "value": result["lost"], "anchor": 1.0, "target": "<= 0",
-         "unit": "messages"},
     ]  # fmt: skip
 
 

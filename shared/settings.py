@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://api.arena.fi/api-integrations/v1"
@@ -31,6 +31,11 @@ DEFAULT_SCOPES = " ".join(
         "Group.Management",
     )
 )
+#: The send lease must outlast a whole attempt (the in-process quota wait plus the upstream
+#: call's timeout) by a margin for clock skew between instances: 1 s, or a quarter of the
+#: attempt when that is shorter (the sub-second leases of tests).
+LEASE_MARGIN_SECONDS = 1.0
+LEASE_MARGIN_SHARE = 0.25
 
 
 class Settings(BaseSettings):
@@ -109,6 +114,34 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> Settings:
+        # A re-delivered copy takes a claim over once its lease has ended; if that can happen
+        # while the claim's quota wait and upstream call are still running, it may be sent twice
+        # (RequestId de-duplication upstream is only best effort).
+        needed = (
+            self.send_timeout_seconds
+            + self.send_quota_wait_seconds
+            + self.send_lease_margin_seconds
+        )
+        if self.send_lease_seconds <= needed:
+            raise ValueError(
+                f"SMARTDIALOG_SEND_LEASE_SECONDS ({self.send_lease_seconds:g}) must be longer "
+                f"than SMARTDIALOG_SEND_TIMEOUT_SECONDS ({self.send_timeout_seconds:g}) + "
+                f"SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS ({self.send_quota_wait_seconds:g}) + "
+                f"{self.send_lease_margin_seconds:g} s margin = {needed:g} s: otherwise another "
+                "worker could take over a claim whose upstream call is still in flight"
+            )
+        return self
+
+    @property
+    def send_lease_margin_seconds(self) -> float:
+        """How much longer the send lease must be than an attempt (clock skew between instances)."""
+        return min(
+            LEASE_MARGIN_SECONDS,
+            LEASE_MARGIN_SHARE * (self.send_timeout_seconds + self.send_quota_wait_seconds),
+        )
 
     @property
     def scope_list(self) -> list[str]:

@@ -9,6 +9,13 @@ surrogate pair across parts. The alphabet itself comes from the maintained ``gsm
 
 The estimate is what we store and report before upstream answers; SmartDialog's own
 ``MessagePartCount`` replaces it once the message is sent.
+
+Characters outside the alphabet are not downgraded. Many providers send a character the GSM
+alphabet lacks as a look-alike it has (``ç`` as ``Ç``, 0x09; ``ñ`` is in it, ``ő`` as ``ö``)
+and keep GSM-7; whether SmartDialog does, and for which characters, is not published, and we
+send the caller's text unchanged. So a text with ``ç`` is estimated as UCS-2 (70/67 units a
+part): an upper bound, never fewer parts than upstream will count, and upstream's own count
+replaces it once sent. ``Ç`` itself is in the alphabet and costs one septet.
 """
 
 from __future__ import annotations

@@ -75,3 +75,47 @@ def test_every_setting_is_documented_and_in_the_sample(alias: str) -> None:
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
     assert f"`{alias}`" in readme, f"README.md's settings table lacks {alias}"
     assert alias in sample, f"local.settings.sample.json lacks {alias}"
+
+
+@pytest.mark.parametrize(
+    ("lease", "timeout", "wait"),
+    [
+        ("30", "30", "1"),  # as long as the call alone
+        ("31", "30", "1"),  # exactly the attempt, no margin for clock skew
+        ("31.5", "30", "1"),  # less than the 1 s margin
+        ("0.3", "0.2", "0.1"),  # sub-second: a quarter of the attempt is the margin
+    ],
+)
+def test_a_send_lease_not_outlasting_an_attempt_is_refused(
+    monkeypatch: pytest.MonkeyPatch, lease: str, timeout: str, wait: str
+) -> None:
+    monkeypatch.setenv("SMARTDIALOG_SEND_LEASE_SECONDS", lease)
+    monkeypatch.setenv("SMARTDIALOG_SEND_TIMEOUT_SECONDS", timeout)
+    monkeypatch.setenv("SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS", wait)
+    with pytest.raises(ValueError, match="SMARTDIALOG_SEND_LEASE_SECONDS"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("lease", "timeout", "wait"),
+    [("120", "30", "1"), ("32.5", "30", "1"), ("0.5", "0.2", "0.1"), ("1", "0.3", "0.1")],
+)
+def test_a_send_lease_outlasting_an_attempt_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, lease: str, timeout: str, wait: str
+) -> None:
+    monkeypatch.setenv("SMARTDIALOG_SEND_LEASE_SECONDS", lease)
+    monkeypatch.setenv("SMARTDIALOG_SEND_TIMEOUT_SECONDS", timeout)
+    monkeypatch.setenv("SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS", wait)
+    assert Settings().send_lease_seconds == float(lease)
+
+
+def test_default_send_lease_outlasts_an_attempt_by_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("LEASE", "TIMEOUT", "QUOTA_WAIT"):
+        monkeypatch.delenv(f"SMARTDIALOG_SEND_{name}_SECONDS", raising=False)
+    settings = Settings()
+    assert settings.send_lease_margin_seconds == 1.0
+    assert settings.send_lease_seconds > (
+        settings.send_timeout_seconds + settings.send_quota_wait_seconds + 1.0
+    )

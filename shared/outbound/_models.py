@@ -283,6 +283,15 @@ class DeadLetter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schemaVersion: Literal[1] = DEAD_LETTER_SCHEMA_VERSION
+    id: str | None = Field(
+        None,
+        description=(
+            "Stable id of this dead letter: the same on every copy of it. A crash between "
+            "writing it and recording that it was written writes it again; consumers "
+            "de-duplicate on this id. `<messageId>:failed` (the id of the message's `failed` "
+            "event too) for a failed message, `malformed:<queueMessageId>` for a malformed one."
+        ),
+    )
     reason: DeadLetterReason
     detail: str = Field(description="Human-readable: what was wrong or why it failed.")
     errors: list[dict[str, Any]] = Field(

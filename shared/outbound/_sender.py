@@ -75,6 +75,11 @@ log = logging.getLogger("shared.outbound.sender")
 #: the next slot frees, and queue visibility is whole seconds anyway, so messages deferred
 #: together come back together and compete for the slots then free (nothing is lost by that).
 DEFERRAL_SPREAD_SECONDS = 0.0
+#: A copy that arrives this little before its record's ``next_attempt_at`` goes on (queue
+#: visibility and our clock need not agree to the millisecond); an earlier one is deferred.
+BACKOFF_TOLERANCE_SECONDS = 0.5
+#: A message whose quota grant went stale twice before its call comes back this soon.
+STALE_GRANT_RETRY_SECONDS = 1.0
 #: Random extra of an in-process quota wait, so waiting workers do not all retry at once.
 QUOTA_WAIT_JITTER = 0.02
 #: Queue visibility is capped at 7 days by the service.
@@ -126,6 +131,10 @@ class QuotaPort(Protocol):
 
     def try_acquire(self) -> QuotaGrant | QuotaDenied: ...
 
+    def grant_age(self, grant: QuotaGrant) -> float: ...
+
+    def is_fresh(self, grant: QuotaGrant) -> bool: ...
+
 
 class QueuePort(Protocol):
     """What the sender needs of a queue client (``azure.storage.queue.QueueClient``)."""
@@ -141,27 +150,60 @@ class _QuotaDeniedInAttempt(Exception):
         self.retry_after = retry_after
 
 
+class _StaleGrant(Exception):
+    """The quota grant of an attempt was older than the safety margin when its request was
+    about to leave: nothing was sent. Not a failed attempt: a quota deferral."""
+
+    def __init__(self, age: float) -> None:
+        super().__init__(f"quota grant {age * 1000:.0f} ms old when the request was to leave")
+        self.age = age
+
+
 class _AttemptGate:
-    """The client's ``before_attempt`` hook: the first attempt of a send uses the grant the
-    sender already took; any further attempt (the client's one re-try after a token refresh)
-    must take its own, or the call stops. So every upstream attempt holds a quota slot."""
+    """The client's quota hooks.
+
+    ``before_attempt`` (``__call__``): the first attempt of a send uses the grant the sender
+    already took; any further attempt (the client's one re-try after a token refresh) must
+    take its own, or the call stops. So every upstream attempt holds a quota slot.
+
+    ``before_send``: right before the attempt's bytes leave (the client calls it from its
+    httpx request hook, and again from httpcore's trace once the connection is ready, right
+    before the headers are written), the attempt's grant must still be fresh: the quota's LATE
+    rule bounds only the time from a grant's decision until the store returns it, and the
+    margin must cover everything up to the call reaching upstream (building the DLR URL, pack
+    bookkeeping, token, request building, a starved thread under CPU load). A grant older
+    than the margin raises :class:`_StaleGrant`, so no request goes out with it.
+    """
 
     def __init__(self, quota: QuotaPort) -> None:
         self._quota = quota
         self._local = threading.local()
 
-    def hold(self) -> None:
-        self._local.held = True
+    def hold(self, grant: QuotaGrant) -> None:
+        self._local.held = grant
 
     def __call__(self) -> None:
-        if getattr(self._local, "held", False):
-            self._local.held = False
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            self._local.held = None
+            self._local.grant = held
             return
         from shared.quota import QuotaDenied
 
         result = self._quota.try_acquire()
         if isinstance(result, QuotaDenied):
             raise _QuotaDeniedInAttempt(result.retry_after)
+        self._local.grant = result
+
+    def before_send(self) -> None:
+        grant = getattr(self._local, "grant", None)
+        if grant is not None and not self._quota.is_fresh(grant):
+            raise _StaleGrant(self._quota.grant_age(grant))
+
+    def clear(self) -> None:
+        """Forget this thread's grants (after a call, whatever its outcome)."""
+        self._local.held = None
+        self._local.grant = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +214,9 @@ class _Policy:
     retry_max: float
     lease: dt.timedelta
     quota_wait: float
+    #: The longest an upstream call may still take once it starts (the send timeout plus the
+    #: lease margin for clock skew): a claim must have this much left when the call starts.
+    call_seconds: float
     customer_id: str | None
     service_id: str | None
     pack_max_recipients: int
@@ -188,6 +233,7 @@ class _Policy:
             retry_max=settings.send_retry_max_seconds,
             lease=dt.timedelta(seconds=settings.send_lease_seconds),
             quota_wait=settings.send_quota_wait_seconds,
+            call_seconds=settings.send_timeout_seconds + settings.send_lease_margin_seconds,
             customer_id=settings.customer_id,
             service_id=settings.service_id,
             pack_max_recipients=settings.pack_max_recipients,
@@ -320,6 +366,17 @@ class OutboundSender:
                 return self._requeue(
                     command, record.attempts, delay, OutcomeKind.DEFERRED, "claimed"
                 )
+            if (
+                record.next_attempt_at is not None
+                and (record.next_attempt_at - now).total_seconds() > BACKOFF_TOLERANCE_SECONDS
+            ):
+                # A copy that arrived before the record's backoff ended (a duplicate of the
+                # queue message, e.g. after a crash between re-enqueue and acknowledgement):
+                # it waits out the backoff too, or retries would come early.
+                delay = (record.next_attempt_at - now).total_seconds()
+                return self._requeue(
+                    command, record.attempts, delay, OutcomeKind.DEFERRED, "backoff"
+                )
             if record.status is MessageStatus.SENDING and not record.operation.carries_request_id:
                 # The previous attempt died mid-call; without a RequestId a repeat could send
                 # twice, so we stop here (at most once).
@@ -383,44 +440,90 @@ class OutboundSender:
 
         decision = self.quota.try_acquire()
         waited = 0.0
-        while isinstance(decision, QuotaDenied) and (
-            waited + decision.retry_after <= self.policy.quota_wait
-        ):
-            # A slot frees sooner than the queue could bring the message back (whole seconds):
-            # wait for it here, holding the claim, within SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS.
-            pause = decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER)
-            self._sleep(pause)
-            waited += pause
-            decision = self.quota.try_acquire()
-        if isinstance(decision, QuotaDenied):
-            if str(getattr(decision, "reason", "full")) == "full":
-                self._note_quota_full(decision.retry_after)
-            if pack is not None and members:
-                # Hand every member back; a new pack is dissolved (its members stay packable
-                # and wait in the index for the next invocation that gets a slot), a pack
-                # that was already attempted keeps its membership.
-                keep = not fresh
-                self._release([m for m, _ in members[1:]], keep_pack=keep)
-                released = self._release_one(claimed, before, keep_pack=keep)
-            else:
-                released = self.store.swap(
-                    claimed,
-                    status=before,
-                    attempts=claimed.attempts - 1,
-                    lease_until=None,
-                    updated_at=self._clock(),
+        for retry_stale in (True, False):  # a grant gone stale gets one more try here
+            while isinstance(decision, QuotaDenied) and (
+                waited + decision.retry_after <= self.policy.quota_wait
+            ):
+                # A slot frees sooner than the queue could bring the message back (whole
+                # seconds): wait for it here, holding the claim, within
+                # SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS.
+                pause = decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER)
+                self._sleep(pause)
+                waited += pause
+                decision = self.quota.try_acquire()
+            if isinstance(decision, QuotaDenied):
+                if str(getattr(decision, "reason", "full")) == "full":
+                    self._note_quota_full(decision.retry_after)
+                delay = decision.retry_after + random.uniform(0, DEFERRAL_SPREAD_SECONDS)
+                return self._hand_back(
+                    claimed, command, before, pack, members, fresh, delay, "quota"
                 )
-            if self.packs is not None and released is not None and released.pack_id is None:
-                self.packs.index([released])
-            delay = decision.retry_after + random.uniform(0, DEFERRAL_SPREAD_SECONDS)
-            return self._requeue(
-                command, claimed.attempts - 1, delay, OutcomeKind.DEFERRED, "quota"
-            )
+            if self._claim_too_short(claimed, members):
+                # The claim (a lease) must outlast the call, or a re-delivered copy could take
+                # it over while the call is in flight; the settings make the lease longer than
+                # an attempt, so only a very slow gather or quota wait gets here.
+                log.warning("message %s: claim too close to its end to call; deferred",
+                            claimed.message_id)  # fmt: skip
+                return self._hand_back(claimed, command, before, pack, members, fresh, 0, "lease")
+            try:
+                if pack is not None and members:
+                    # Also a retried pack of one (its other members final): it is sent as that
+                    # pack, so its RequestId stays the one of the ambiguous attempt.
+                    return self._attempt_pack(pack, members, decision)
+                return self._attempt(claimed, command, decision)
+            except _StaleGrant as exc:
+                # Nothing was sent: the request was stopped before it left. Not an attempt;
+                # the unused grant stays in the log (a wasted slot errs towards fewer calls).
+                log.warning("message %s: %s; not sent with it", claimed.message_id, exc)
+                if retry_stale:
+                    decision = self.quota.try_acquire()
+        return self._hand_back(
+            claimed, command, before, pack, members, fresh, STALE_GRANT_RETRY_SECONDS, "stale-grant"
+        )
+
+    def _hand_back(
+        self,
+        claimed: MessageRecord,
+        command: OutboundMessage,
+        before: MessageStatus,
+        pack: Pack | None,
+        members: list[tuple[MessageRecord, OutboundMessage]],
+        fresh: bool,
+        delay: float,
+        reason: str,
+    ) -> SendOutcome:
+        """No call was made: hand the claim (and a pack's members) back, the attempt not
+        counted, and put the message back on the queue after ``delay`` (a deferral)."""
         if pack is not None and members:
-            # Also a retried pack of one (its other members final): it is sent as that pack,
-            # so its RequestId stays the one of the ambiguous attempt.
-            return self._attempt_pack(pack, members)
-        return self._attempt(claimed, command)
+            # Hand every member back; a new pack is dissolved (its members stay packable and
+            # wait in the index for the next invocation that gets a slot), a pack that was
+            # already attempted keeps its membership.
+            keep = not fresh
+            self._release([m for m, _ in members[1:]], keep_pack=keep)
+            released = self._release_one(claimed, before, keep_pack=keep)
+        else:
+            released = self.store.swap(
+                claimed,
+                status=before,
+                attempts=claimed.attempts - 1,
+                lease_until=None,
+                updated_at=self._clock(),
+            )
+        if self.packs is not None and released is not None and released.pack_id is None:
+            self.packs.index([released])
+        return self._requeue(command, claimed.attempts - 1, delay, OutcomeKind.DEFERRED, reason)
+
+    def _claim_too_short(
+        self, claimed: MessageRecord, members: list[tuple[MessageRecord, OutboundMessage]]
+    ) -> bool:
+        """Whether a claim of this call ends before a whole upstream call (its timeout plus
+        the lease margin for clock skew) could be over. Another worker takes a claim over
+        only once its lease has ended, so a claim that outlasts the call is still ours
+        throughout it: no storage read needed to know."""
+        now = self._clock()
+        needed = dt.timedelta(seconds=self.policy.call_seconds)
+        leases = [claimed.lease_until, *(m.lease_until for m, _ in members)]
+        return any(lease is None or lease - now < needed for lease in leases)
 
     # --- packs -------------------------------------------------------------------------------
 
@@ -642,14 +745,15 @@ class OutboundSender:
         return self._swap_until(record, lambda r: r.status is MessageStatus.SENDING, **update)
 
     def _attempt_pack(
-        self, pack: Pack, members: list[tuple[MessageRecord, OutboundMessage]]
+        self, pack: Pack, members: list[tuple[MessageRecord, OutboundMessage]], grant: QuotaGrant
     ) -> SendOutcome:
-        """One upstream call for the whole pack; each member's outcome recorded on its own."""
+        """One upstream call for the whole pack; each member's outcome recorded on its own.
+        Raises :class:`_StaleGrant` (nothing sent, nothing recorded) if ``grant`` went stale."""
         _leader, command = members[0]
-        self._gate.hold()
         try:
             result = self._call_upstream(
                 _packed_command(command, [c for _, c in members], pack.request_id),
+                grant=grant,
                 report_id=pack.pack_id,
             )
         except DuplicateRequestError as exc:
@@ -862,10 +966,13 @@ class OutboundSender:
         with self._hint_lock:
             self._quota_full_until = max(self._quota_full_until, time.monotonic() + retry_after)
 
-    def _attempt(self, record: MessageRecord, command: OutboundMessage) -> SendOutcome:
-        self._gate.hold()
+    def _attempt(
+        self, record: MessageRecord, command: OutboundMessage, grant: QuotaGrant
+    ) -> SendOutcome:
+        """One upstream call with ``grant``, its outcome recorded. Raises :class:`_StaleGrant`
+        (nothing sent, nothing recorded) if the grant went stale before the request left."""
         try:
-            result = self._call_upstream(command)
+            result = self._call_upstream(command, grant=grant)
         except DuplicateRequestError as exc:
             original = exc.original
             body = original.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(
@@ -924,7 +1031,7 @@ class OutboundSender:
         return self._sent(record, result, duplicate=False)
 
     def _call_upstream(
-        self, command: OutboundMessage, *, report_id: str | None = None
+        self, command: OutboundMessage, *, grant: QuotaGrant, report_id: str | None = None
     ) -> dict[str, Any]:
         """One upstream attempt; upstream's answer as a dict in upstream casing.
 
@@ -932,7 +1039,19 @@ class OutboundSender:
         in only here, so the stored command, its fingerprint and re-enqueued copies keep the
         caller's own ``DlrUrl``, which the DLR function calls after ours. The envelope's own
         fields (``transactional``, ids, counters) never reach upstream: only ``body`` is sent.
+
+        The first attempt uses ``grant``; the client checks it is still fresh right before the
+        request leaves (:class:`_AttemptGate`), else :class:`_StaleGrant` and nothing is sent.
         """
+        self._gate.hold(grant)
+        try:
+            return self._call_upstream_with_grant(command, report_id=report_id)
+        finally:
+            self._gate.clear()
+
+    def _call_upstream_with_grant(
+        self, command: OutboundMessage, *, report_id: str | None
+    ) -> dict[str, Any]:
         from shared.inbound import with_delivery_report_url
 
         command = with_delivery_report_url(command, self.policy.settings, report_id=report_id)
@@ -1201,13 +1320,17 @@ class OutboundSender:
             event_type = MESSAGE_SENT
         elif record.status is MessageStatus.FAILED:
             assert record.failure is not None
+            # Written before ``announced`` is recorded: a crash in between writes it again on
+            # the next delivery, identical (stable id, the failure's time), so consumers can
+            # de-duplicate on ``id`` (or ``messageId``), as on the event's id.
             letter = DeadLetter(
+                id=f"{record.message_id}:{MessageStatus.FAILED}",
                 reason=DeadLetterReason.FAILED,
                 detail=record.failure.title,
                 error=record.failure,
                 messageId=record.message_id,
                 queue=OUTBOUND_QUEUE,
-                deadLetteredAt=now,
+                deadLetteredAt=record.finished_at or now,
                 original=record.command,
             )
             self._dead_letters.send_message(letter.model_dump_json(exclude_none=True))
@@ -1271,6 +1394,7 @@ class OutboundSender:
         else:
             detail = f"not a valid outbound message: {exc}"
         letter = DeadLetter(
+            id=f"malformed:{queue_message_id}" if queue_message_id else None,
             reason=DeadLetterReason.MALFORMED,
             detail=detail,
             errors=errors,
@@ -1360,6 +1484,7 @@ def _sender_for(settings: Settings) -> OutboundSender:
         settings.base_url,
         auth_from_settings(settings),
         before_attempt=gate,
+        before_send=gate.before_send,
         max_retries=0,
         timeout=httpx.Timeout(
             settings.send_timeout_seconds, connect=min(5.0, settings.send_timeout_seconds)

@@ -96,8 +96,11 @@ class SendService:
         """Record and enqueue ``command``; answer 202 with ``Location`` and ``Retry-After``.
 
         A repeated request with the same ``Idempotency-Key`` (or, without one, the same body
-        ``RequestId``) for the same customer answers as the first did and enqueues nothing;
-        the same key with a different request is a 422 problem.
+        ``RequestId``) for the same customer answers as the first did and enqueues nothing,
+        even when the requests arrive at the same time (only the one whose record was created
+        enqueues); the same key with a different request is a 422 problem. The one exception
+        is crash recovery: a record still ``accepted`` ``STUCK_ACCEPTED_AFTER`` after its last
+        change lost its enqueue, and a repeat enqueues it (as a status poll does).
 
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
@@ -152,6 +155,7 @@ class SendService:
                 ]
             )
         record = self.store.get(message_id) if replay else None
+        created: MessageRecord | None = None
         if record is None:
             try:
                 self._refuse_suppressed(command)
@@ -171,7 +175,12 @@ class SendService:
                 self.packs.index([created])  # before it is queued: any leader may pack it
             record = created or self.store.get(message_id)
             assert record is not None
-        if record.status is MessageStatus.ACCEPTED:
+        if record.status is MessageStatus.ACCEPTED and (
+            created is not None or self._clock() - record.updated_at >= STUCK_ACCEPTED_AFTER
+        ):
+            # Only the request that created the record enqueues it. A replay (or a concurrent
+            # twin that lost the create) enqueues only a record left ``accepted`` by a crash
+            # between recording and enqueueing, as a status poll does.
             record = self._enqueue(record)
         return self._pending(record, status=202)
 

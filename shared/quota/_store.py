@@ -68,8 +68,9 @@ class QuotaGrant:
     """Permission for one upstream call, already recorded in the shared log.
 
     Make the call right away: the safety margin must cover the time between
-    ``granted_at`` and the call reaching SmartDialog. A grant that is not used is
-    simply a wasted slot; it is never handed back.
+    ``granted_at`` and the call reaching SmartDialog. Check :meth:`QuotaStore.is_fresh`
+    right before the request leaves and drop a grant that is not. A grant that is not
+    used is simply a wasted slot; it is never handed back.
     """
 
     connection: str
@@ -278,6 +279,25 @@ class QuotaStore:
             self.acquire(timeout)
 
         return before_attempt
+
+    def grant_age(self, grant: QuotaGrant) -> float:
+        """Seconds since ``grant`` was decided, on this store's clock (the one that stamped it).
+
+        An upper bound: ``granted_at`` is the decision time rounded up to the millisecond, so
+        one millisecond is added back.
+        """
+        return self._clock.now() - grant.granted_at + 0.001
+
+    def is_fresh(self, grant: QuotaGrant) -> bool:
+        """Whether ``grant`` may still become a call: decided no longer ago than the LATE rule
+        allows (the safety margin; always true with a margin of 0).
+
+        Check it right before the request leaves: the margin must cover everything between
+        the decision and the call reaching upstream, and the store itself only bounds the
+        part up to the grant being returned. A grant that is no longer fresh must not be used
+        (its slot stays counted until it leaves the window: conservative).
+        """
+        return self.grant_age(grant) <= self._late_after
 
     def used(self) -> int:
         """Grants in the window right now (a read; for status pages and tests)."""

@@ -169,7 +169,15 @@ class SmartDialogClient:
     Each attempt, retries included, first calls ``before_attempt`` (the cluster-wide quota takes a
     token there; whatever it raises propagates unchanged and is not retried), then takes a bearer
     token from ``auth``. Transient failures are retried up to ``max_retries`` times, with
-    ``sleep`` between attempts; a 401 renews the token once and retries once. Sends reuse one
+    ``sleep`` between attempts; a 401 renews the token once and retries once. ``before_send``
+    (optional) is called at the end of each attempt, after the token was fetched and the request
+    built: once right before the request is handed to httpx (from an httpx ``request`` event hook
+    when the client makes its own ``httpx.Client``, otherwise right before ``send``), and again,
+    when the transport reports it (httpx's own transport does, through httpcore's ``trace``
+    extension), once a connection is ready, right before the request headers are written: the
+    last moment before the bytes go out, after any connection set-up or pool wait. The sender
+    checks there that its quota grant is still fresh. Whatever it raises propagates unchanged,
+    and no request (or no byte of it) is sent. Sends reuse one
     ``RequestId`` on every attempt, so SmartDialog drops a repeat instead of sending twice; other
     POSTs are retried only after a 429 or a failed connect, when they certainly did not take
     effect (a deliberate refinement, see :mod:`shared.smartdialog._retry`). ``Retry-After``
@@ -186,6 +194,7 @@ class SmartDialogClient:
         auth: AuthProvider,
         *,
         before_attempt: Callable[[], None] | None = None,
+        before_send: Callable[[], None] | None = None,
         http_client: httpx.Client | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
@@ -198,11 +207,23 @@ class SmartDialogClient:
         self.auth = auth
         self.max_retries = max_retries
         self._before_attempt = before_attempt
+        self._before_send = before_send
         self._sleep = sleep
         self._clock = clock
         _mask_httpx_logs()
         self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client(timeout=timeout)
+        # Our own httpx client calls ``before_send`` from its request hook (after httpx's own
+        # preparation, right before the transport); an injected one is left untouched and
+        # ``before_send`` is called right before ``send`` instead.
+        self._hooked = http_client is None and before_send is not None
+        self._http = (
+            http_client
+            if http_client is not None
+            else httpx.Client(
+                timeout=timeout,
+                event_hooks={"request": [self._request_hook]} if self._hooked else None,
+            )
+        )
 
     @classmethod
     def from_settings(
@@ -223,6 +244,15 @@ class SmartDialogClient:
             settings = get_settings()
         auth = auth_from_settings(settings)
         return cls(settings.base_url, auth, before_attempt=before_attempt, http_client=http_client)
+
+    def _request_hook(self, request: httpx.Request) -> None:
+        if self._before_send is not None:
+            self._before_send()
+
+    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpcore's trace callback: ``before_send`` right before the headers are written."""
+        if event.endswith(".send_request_headers.started") and self._before_send is not None:
+            self._before_send()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -505,7 +535,10 @@ class SmartDialogClient:
                 params=query,
                 content=content,
                 headers={**base_headers, "Authorization": f"Bearer {self.auth.token()}"},
+                extensions={"trace": self._trace} if self._before_send is not None else None,
             )
+            if self._before_send is not None and not self._hooked:
+                self._before_send()
             started = time.perf_counter()
             try:
                 response = self._http.send(request)

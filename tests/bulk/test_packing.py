@@ -219,7 +219,10 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
 ) -> None:
     from shared.outbound import OutboundSender
 
-    outbound.configure(SEND_LEASE_SECONDS=0.5)
+    # A short lease to test take-over (the timeout and quota wait shorter still, as required).
+    outbound.configure(
+        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    )
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
     real = OutboundSender._pack_sent
@@ -234,7 +237,7 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
     with pytest.raises(RuntimeError):
         outbound.invoke(texts[0])
     assert {record(i).status for i in ids} == {MessageStatus.SENDING}
-    time.sleep(0.6)  # the crashed worker's claim runs out
+    time.sleep(1.1)  # the crashed worker's claim runs out
     for text in texts:
         outbound.invoke(text, dequeue_count=2)
 

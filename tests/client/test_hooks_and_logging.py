@@ -77,6 +77,70 @@ def test_quota_refusal_on_a_retry_stops_the_retries(
     assert len(captured) == 1
 
 
+class GrantTooOld(Exception):
+    """Stands in for the sender's refusal of a quota grant that went stale."""
+
+
+@pytest.mark.parametrize("own_http_client", [True, False], ids=["request-hook", "injected-http"])
+def test_before_send_runs_last_in_every_attempt_before_the_request_leaves(
+    make_client: Callable[..., SmartDialogClient], sd: SandboxServer, own_http_client: bool
+) -> None:
+    events: list[str] = []
+
+    def before_attempt() -> None:
+        events.append("attempt")
+
+    def before_send() -> None:
+        events.append(f"send after {len(sandbox_requests(sd, 'SendMessage'))}")
+
+    class Auth(StaticTokenAuth):
+        def token(self) -> str:
+            events.append("token")
+            return super().token()
+
+    client = (
+        SmartDialogClient(
+            sd.api_url,
+            Auth(sd.token),
+            before_attempt=before_attempt,
+            before_send=before_send,
+            sleep=lambda _: None,
+        )
+        if own_http_client
+        else make_client(
+            auth=Auth(sd.token), before_attempt=before_attempt, before_send=before_send
+        )
+    )
+    client.send_message(sms(TEMPORARY), customer_id=CUSTOMER, service_id=ONE_WAY)
+    client.close()
+    # Called before handing the request to httpx, and (a real transport) again right before the
+    # headers are written: after the quota hook and the token, before the attempt arrived.
+    assert events.count("send after 0") == 2
+    collapsed = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
+    assert collapsed == [e for n in range(3) for e in ("attempt", "token", f"send after {n}")]
+
+
+@pytest.mark.parametrize("own_http_client", [True, False], ids=["request-hook", "injected-http"])
+def test_before_send_refusal_propagates_unchanged_and_nothing_is_sent(
+    make_client: Callable[..., SmartDialogClient], sd: SandboxServer, own_http_client: bool
+) -> None:
+    refusal = GrantTooOld("grant too old")
+
+    def refuse() -> None:
+        raise refusal
+
+    client = (
+        SmartDialogClient(sd.api_url, StaticTokenAuth(sd.token), before_send=refuse)
+        if own_http_client
+        else make_client(before_send=refuse)
+    )
+    with pytest.raises(GrantTooOld) as caught:
+        client.send_message(sms(DELIVERED), customer_id=CUSTOMER, service_id=ONE_WAY)
+    client.close()
+    assert caught.value is refusal
+    assert sandbox_requests(sd, "SendMessage") == []
+
+
 def test_logs_are_structured_and_carry_no_token_and_no_whole_number(
     make_client: Callable[..., SmartDialogClient], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,6 +3,9 @@ Azurite and the sandbox, through the app's real HTTP and queue-trigger functions
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
+import time
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -67,6 +70,31 @@ def test_second_post_with_same_idempotency_key_returns_first_answer_and_enqueues
     assert after.status == 200  # the first answer, now final: the message was sent
     assert after.body["Id"] == first.body["Id"]
     assert outbound.queued() == 0
+    assert len(outbound.upstream()) == 1
+
+
+@pytest.mark.parametrize("twins", [25])
+def test_concurrent_identical_posts_enqueue_once_and_send_once(
+    outbound: Outbound, twins: int
+) -> None:
+    start = threading.Barrier(twins)
+    answers: list[object] = [None] * twins
+
+    def post_twin(index: int) -> None:
+        start.wait()
+        answers[index] = post(sms(DELIVERED), **{"Idempotency-Key": "k-concurrent"})
+
+    threads = [threading.Thread(target=post_twin, args=(i,)) for i in range(twins)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert {a.status for a in answers} == {202}  # type: ignore[attr-defined]
+    assert len({a.body["Id"] for a in answers}) == 1  # type: ignore[attr-defined]
+    assert outbound.queued() == 1  # one queue message, however many twins
+    outbound.drain()
+    assert outbound.invocations == 1
     assert len(outbound.upstream()) == 1
 
 
@@ -213,7 +241,16 @@ def test_a_record_left_accepted_by_a_crash_is_enqueued_when_the_caller_retries(
     assert [r.status for r in stuck] == [MessageStatus.ACCEPTED]
     assert outbound.queued() == 0
 
-    # The caller retries with the same key: the same record is enqueued now, exactly once.
+    # A retry right away enqueues nothing: a record that new may be its creator's, mid-enqueue.
+    early = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
+    assert early.status == 202
+    assert early.body["Id"] == stuck[0].message_id
+    assert outbound.queued() == 0
+
+    # Once it has been accepted for STUCK_ACCEPTED_AFTER (shortened here), the enqueue was lost:
+    # the caller's retry enqueues the same record, exactly once.
+    monkeypatch.setattr(_service, "STUCK_ACCEPTED_AFTER", dt.timedelta(seconds=0.5))
+    time.sleep(0.6)
     again = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
     assert again.status == 202
     assert again.body["Id"] == stuck[0].message_id

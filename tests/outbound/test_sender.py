@@ -68,7 +68,11 @@ def test_crash_between_upstream_success_and_ack_does_not_send_twice(
 ) -> None:
     from shared.outbound import OutboundSender
 
-    outbound.configure(SEND_LEASE_SECONDS=0.5)
+    # A short lease to test take-over; the timeout and quota wait shorter still, as the
+    # settings require (the lease must outlast a whole attempt).
+    outbound.configure(
+        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    )
     real_sent = OutboundSender._sent
     crashes = [RuntimeError("worker died after upstream accepted the message")]
 
@@ -82,7 +86,7 @@ def test_crash_between_upstream_success_and_ack_does_not_send_twice(
     with pytest.raises(RuntimeError):
         outbound.invoke(text)  # the host keeps the message and delivers it again
     assert record("m-crash").status is MessageStatus.SENDING
-    time.sleep(0.6)  # the crashed worker's claim runs out
+    time.sleep(1.1)  # the crashed worker's claim runs out
 
     outbound.invoke(text, dequeue_count=2)
 
@@ -271,14 +275,16 @@ def test_interrupted_discussion_reply_is_not_repeated(
 ) -> None:
     from shared.outbound import OutboundSender
 
-    outbound.configure(SEND_LEASE_SECONDS=0.3)
+    outbound.configure(
+        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    )
     real_call = OutboundSender._call_upstream
     crashes = [SystemError("worker died mid-call")]
 
-    def call_or_crash(self: OutboundSender, command: Any) -> Any:
+    def call_or_crash(self: OutboundSender, command: Any, **kwargs: Any) -> Any:
         if crashes:
             raise crashes.pop()
-        return real_call(self, command)
+        return real_call(self, command, **kwargs)
 
     monkeypatch.setattr(OutboundSender, "_call_upstream", call_or_crash)
     text = json.dumps(
@@ -287,7 +293,7 @@ def test_interrupted_discussion_reply_is_not_repeated(
     )  # fmt: skip
     with pytest.raises(SystemError):
         outbound.invoke(text)
-    time.sleep(0.4)
+    time.sleep(1.1)  # the crashed worker's claim runs out
 
     outbound.invoke(text, dequeue_count=2)
 
@@ -307,3 +313,174 @@ def test_message_without_message_id_gets_a_stable_one_from_its_request_id(
 
     assert len(outbound.sandbox.state.snapshot("messages")) == 1
     assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
+
+
+# --- a quota grant is only used while it is fresh (issue 4: exact quota) ------------------------
+
+
+def _record_grants_and_sends(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[float]]:
+    """Every grant the quota hands out, and the time each SendMessage request really left
+    (the transport is where the bytes go out, after the client's hooks)."""
+    import httpx
+
+    from shared.quota import QuotaGrant, QuotaStore
+
+    grants: list[Any] = []
+    sends: list[float] = []
+    real_acquire = QuotaStore.try_acquire
+    real_transport = httpx.HTTPTransport.handle_request
+
+    def acquire(self: QuotaStore) -> Any:
+        result = real_acquire(self)
+        if isinstance(result, QuotaGrant):
+            grants.append(result)
+        return result
+
+    def transport(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/messages"):
+            sends.append(time.time())
+        return real_transport(self, request)
+
+    monkeypatch.setattr(QuotaStore, "try_acquire", acquire)
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", transport)
+    return grants, sends
+
+
+def _slow_step_before_the_call(monkeypatch: pytest.MonkeyPatch, delays: list[float]) -> None:
+    """The sender's work between grant and call (signing the DLR URL) takes ``delays`` (one
+    per call of it): a starved thread on a loaded machine."""
+    import shared.inbound
+
+    real = shared.inbound.with_delivery_report_url
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        if delays:
+            time.sleep(delays.pop(0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shared.inbound, "with_delivery_report_url", slow)
+
+
+def test_a_grant_gone_stale_before_the_call_is_not_used_a_fresh_one_is(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    margin = 0.25  # QUOTA_SAFETY_MARGIN_SECONDS of the fixture
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    _slow_step_before_the_call(monkeypatch, [margin + 0.2])
+
+    outbound.invoke(json.dumps(send("m-stale", DELIVERED)))
+
+    assert len(grants) == 2  # the stale one, then a fresh one taken in-process
+    [sent_at] = sends  # one request left, and not with the stale grant
+    assert sent_at - grants[0].granted_at > margin
+    assert sent_at - grants[1].granted_at <= margin
+    assert len(outbound.upstream()) == 1
+    done = record("m-stale")
+    assert done.status is MessageStatus.SENT
+    assert done.attempts == 1  # the stopped request was not an attempt
+    assert outbound.queued() == 0
+
+
+def test_a_message_whose_grants_keep_going_stale_is_deferred_then_sent_once(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    _slow_step_before_the_call(monkeypatch, [0.45, 0.45])
+
+    outbound.invoke(json.dumps(send("m-stale-2", DELIVERED)))
+
+    assert len(grants) == 2
+    assert sends == []  # no request left with either stale grant
+    assert outbound.upstream() == []
+    deferred = record("m-stale-2")
+    assert deferred.status is MessageStatus.QUEUED
+    assert deferred.attempts == 0  # a quota deferral, not a failed attempt
+    assert deferred.last_error is None
+    assert outbound.queued() == 1  # back on the queue with a short delay
+
+    time.sleep(1.1)
+    outbound.drain()
+
+    assert [c["status"] for c in outbound.upstream()] == [200]
+    assert len(sends) == 1
+    assert sends[0] - grants[-1].granted_at <= 0.25
+    done = record("m-stale-2")
+    assert done.status is MessageStatus.SENT
+    assert done.attempts == 1
+    assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
+
+
+def test_a_claim_too_close_to_its_end_after_the_quota_wait_is_handed_back_not_called(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.quota import QuotaStore
+
+    outbound.configure(
+        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    )
+    real_acquire = QuotaStore.try_acquire
+    delays = [0.8]  # the claim's lease then has 0.2 s left, less than a call may take
+
+    def slow_acquire(self: QuotaStore) -> Any:
+        if delays:
+            time.sleep(delays.pop())
+        return real_acquire(self)
+
+    monkeypatch.setattr(QuotaStore, "try_acquire", slow_acquire)
+
+    outbound.invoke(json.dumps(send("m-lease", DELIVERED)))
+
+    assert outbound.upstream() == []
+    handed_back = record("m-lease")
+    assert handed_back.status is MessageStatus.QUEUED
+    assert handed_back.attempts == 0
+    assert handed_back.lease_until is None
+    outbound.drain()
+    assert len(outbound.upstream()) == 1
+    assert record("m-lease").status is MessageStatus.SENT
+
+
+# --- backoff and crash windows of the announcement ---------------------------------------------
+
+
+def test_a_duplicate_copy_waits_out_the_records_backoff(outbound: Outbound) -> None:
+    outbound.configure(SEND_RETRY_BASE_SECONDS=5)
+    text = json.dumps(send("m-backoff", TEMPORARY))
+    outbound.invoke(text)  # 503: retry scheduled in ~4-5 s
+    waiting = record("m-backoff")
+    assert waiting.status is MessageStatus.QUEUED
+    assert waiting.next_attempt_at is not None
+
+    outbound.invoke(text)  # a duplicate of the queue message, visible at once
+
+    assert len(outbound.upstream()) == 1  # not retried early
+    assert record("m-backoff").attempts == 1
+    assert outbound.queued() == 2  # the scheduled retry and the deferred duplicate
+    assert outbound.run_once() == 0  # both invisible until the backoff ends
+
+
+def test_a_crash_before_the_announcement_is_recorded_re_emits_a_dead_letter_with_a_stable_id(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_swap = MessageStore.swap
+    crashes = [RuntimeError("worker died after the dead letter and the event")]
+
+    def swap_or_crash(self: MessageStore, record: MessageRecord, **changes: Any) -> Any:
+        if changes.get("announced") and crashes:
+            raise crashes.pop()
+        return real_swap(self, record, **changes)
+
+    monkeypatch.setattr(MessageStore, "swap", swap_or_crash)
+    text = json.dumps(send("m-dead", REJECTED))
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    outbound.invoke(text, dequeue_count=2)  # the host delivers it again
+
+    letters = outbound.dead_letters()
+    assert len(letters) == 2  # written twice: consumers de-duplicate on the id
+    assert [d["id"] for d in letters] == ["m-dead:failed"] * 2
+    assert [d["messageId"] for d in letters] == ["m-dead"] * 2
+    assert letters[0] == letters[1]  # the very same letter, its time included
+    events = outbound.events()
+    assert [e["id"] for e in events] == ["m-dead:failed"] * 2
+    assert record("m-dead").announced

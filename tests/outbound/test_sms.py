@@ -41,6 +41,28 @@ GSM, UCS = SmsEncoding.GSM7, SmsEncoding.UCS2
         ("😀" * 35, UCS, 70, 1),  # outside the BMP: a surrogate pair, two units
         ("a" * 66 + "😀" + "a", UCS, 69, 1),
         ("a" * 66 + "😀" + "a" * 4, UCS, 72, 2),  # pair does not straddle: 66 | 2+4
+        # ç is estimated as UCS-2 (no downgrade to Ç: an upper bound, see shared.sms); Ç is GSM
+        ("Ç" * GSM7_SINGLE_PART_SEPTETS, GSM, 160, 1),
+        ("Ça va? " + "ç", UCS, 8, 1),
+        # an escape pair at the single-part limit: ESC is septet 160, its character 161
+        ("a" * 158 + "€", GSM, 160, 1),
+        ("a" * 159 + "€", GSM, 161, 2),
+        # an escape pair ending exactly on septet 153 fits the first part
+        ("a" * 151 + "€" + "a" * 8, GSM, 161, 2),
+        # one starting on septet 153 moves whole to the next part: 152 | 2+151 | 1
+        ("a" * 152 + "€" + "a" * 151 + "€", GSM, 307, 3),
+        ("a" * 152 + "€" + "a" * 151, GSM, 305, 2),
+        # emoji: one character, a surrogate pair of two UTF-16 units
+        ("😀", UCS, 2, 1),
+        ("👍🏽", UCS, 4, 1),  # with a skin-tone modifier: two pairs
+        # a surrogate pair at the single-part limit: units 69-70 fit, 70-71 do not
+        ("a" * 68 + "😀", UCS, 70, 1),
+        ("a" * 69 + "😀", UCS, 71, 2),
+        # a pair ending exactly on unit 67 fits the first part
+        ("a" * 65 + "😀" + "a" * 4, UCS, 71, 2),
+        # a pair starting on unit 67 moves whole to the next part: 66 | 2+65 | 1
+        ("a" * 66 + "😀" + "a" * 66, UCS, 134, 3),
+        ("a" * 65 + "😀" + "a" * 67, UCS, 134, 2),
     ],
 )
 def test_estimate(text: str, encoding: SmsEncoding, units: int, parts: int) -> None:
