@@ -1,0 +1,85 @@
+"""`make run` (python -m devhost.run) as a newcomer meets it: start, try-it block, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devhost.stack import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTDIALOG_")}
+    env.pop("AzureWebJobsStorage", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "devhost.run", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_taken_port_is_a_clear_error_and_a_non_zero_exit() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = _run("--port", str(port), "--sandbox-port", str(free_port()))
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in output
+    assert "DEVHOST_PORT" in output
+
+
+@pytest.mark.slow
+def test_it_starts_everything_the_first_try_it_command_works_and_ctrl_c_stops_all() -> None:
+    port, sandbox_port = free_port(), free_port()
+    process = _run("--port", str(port), "--sandbox-port", str(sandbox_port))
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not any("Press Ctrl-C to stop everything" in line for line in lines):
+            line = process.stdout.readline()
+            assert line or process.poll() is None, "make run exited early:\n" + "".join(lines)
+            lines.append(line)
+            assert time.monotonic() < deadline, "make run did not start:\n" + "".join(lines)
+        banner = "".join(lines)
+        assert f"http://127.0.0.1:{port}/api/" in banner
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health").json() == {"status": "ok"}
+
+        # The first try-it command, pasted as printed: a send and its status URL.
+        commands = re.findall(r"^1\. .*\n\s+(.+)$", banner, flags=re.MULTILINE)
+        assert commands, banner
+        result = subprocess.run(  # noqa: S602 - the command is the one the banner prints
+            commands[0],
+            shell=True,
+            executable="/bin/bash",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "status URL: http://127.0.0.1" in result.stdout, result.stdout + result.stderr
+        assert re.search(r"\[HTTP 20[02]\]", result.stdout), result.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, rest
+    assert "All stopped." in rest
+    with socket.socket() as probe:  # everything it started has let go of its port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        probe.bind(("127.0.0.1", port))
