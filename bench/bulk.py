@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 import time
 import uuid
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["measure", "run_bulk_benchmark"]
 
-RECIPIENTS = 5_000
+#: The issue's size. On a 2-core machine against Azurite the full figure takes ~25 minutes
+#: (storage, not the quota, is the bottleneck); BENCH_BULK_RECIPIENTS runs a smaller one.
+RECIPIENTS = int(os.environ.get("BENCH_BULK_RECIPIENTS") or 5_000)
 QUOTA_CALLS = 100
 QUOTA_PERIOD = 60.0
 
@@ -49,7 +52,7 @@ def _functions() -> dict[str, Any]:
     from devhost import app_functions
     from function_app import app
 
-    return {f.get_function_name(): f.get_user_function() for f in app_functions(app)}
+    return {str(f.get_function_name()): f.get_user_function() for f in app_functions(app)}
 
 
 def _http(name: str, body: Any) -> Any:
@@ -132,7 +135,7 @@ def _figures(sandbox: Any, addresses: list[str], since: float) -> dict[str, Any]
 
 
 def run_bulk_benchmark(
-    *, recipients: int = RECIPIENTS, workers: int = 4, timeout: float = 150.0
+    *, recipients: int = RECIPIENTS, workers: int = 4, timeout: float = 900.0
 ) -> dict[str, Any]:
     """Both runs; their figures."""
     from devhost.azurite import start_azurite
@@ -174,10 +177,11 @@ def run_bulk_benchmark(
                     for i, a in enumerate(addresses)]  # fmt: skip
             _http("SendBulkMessages", {**template, "Recipients": rows})
             submitted = time.monotonic() - started
-            _drain(sandbox, set(addresses), workers, timeout)
+            drained = _drain(sandbox, set(addresses), workers, timeout)
             results["bulk"] = {
                 **_figures(sandbox, addresses, since),
                 "submit_seconds": round(submitted, 1),
+                "drain_seconds": round(drained, 1),
                 "seconds_to_all_sent": round(time.monotonic() - started, 1),
             }
             time.sleep(1.0)
@@ -191,10 +195,11 @@ def run_bulk_benchmark(
                     {"Address": item[1], "Personalization": {"name": f"r{item[0]}"}}]}),
                     enumerate(addresses)))  # fmt: skip
             submitted = time.monotonic() - started
-            _drain(sandbox, set(addresses), workers, timeout)
+            drained = _drain(sandbox, set(addresses), workers, timeout)
             results["singles"] = {
                 **_figures(sandbox, addresses, since),
                 "submit_seconds": round(submitted, 1),
+                "drain_seconds": round(drained, 1),
                 "seconds_to_all_sent": round(time.monotonic() - started, 1),
             }
     finally:
@@ -220,7 +225,8 @@ def measure() -> list[FigureRow]:
         note = (
             f"{r['recipients']} recipients as {run}, {r['workers']} workers, quota "
             f"{QUOTA_CALLS}/{QUOTA_PERIOD:.0f}s: {f['upstream_calls']} calls, "
-            f"{f['seconds_to_all_sent']} s to all sent (submit {f['submit_seconds']} s); "
+            f"{f['seconds_to_all_sent']} s to all sent (submit {f['submit_seconds']} s, drain "
+            f"{f['drain_seconds']} s); "
             f"anchor (computed, one recipient per call): {anchor['upstream_calls']} calls, "
             f"{anchor['seconds_to_all_sent']:.0f} s"
         )
@@ -229,8 +235,9 @@ def measure() -> list[FigureRow]:
              "anchor": 1.0, "target": ">= 50", "unit": "recipients", "note": note},
             {"figure": f"{run}: max calls in a window", "value": f["max_in_window"],
              "anchor": QUOTA_CALLS, "target": "<= 1.0", "unit": "calls"},
+            # Issue 8: "at least 50 times" the one-recipient-per-call pattern.
             {"figure": f"{run}: time to all sent", "value": f["seconds_to_all_sent"],
-             "anchor": anchor["seconds_to_all_sent"], "target": "<= 0.1", "unit": "s"},
+             "anchor": anchor["seconds_to_all_sent"], "target": "<= 0.02", "unit": "s"},
             {"figure": f"{run}: duplicates", "value": f["duplicates"], "anchor": 1.0,
              "target": "<= 0", "unit": "recipients"},
             {"figure": f"{run}: lost", "value": f["lost"], "anchor": 1.0, "target": "<= 0",

@@ -174,6 +174,43 @@ def _read_body(request: ActionRequest) -> tuple[Any, str | None]:
     return data, None
 
 
+def _media_type(request: ActionRequest) -> tuple[str, str | None]:
+    """The request's media type (lower case, no parameters) and its charset, if given."""
+    value = request.header("Content-Type") or ""
+    media, *params = (p.strip() for p in value.split(";"))
+    charset = next(
+        (p.split("=", 1)[1].strip().strip('"') for p in params if p.lower().startswith("charset=")),
+        None,
+    )
+    return media.lower(), charset
+
+
+def _raw_body_field(marker: Body, request: ActionRequest) -> str | None:
+    """The body field taking this request's body as text (a raw media type), or None (JSON)."""
+    if not marker.raw:
+        return None
+    media, _ = _media_type(request)
+    return next((f for m, f in marker.raw.items() if m.lower() == media), None)
+
+
+def _read_raw_body(
+    request: ActionRequest, model: Any, raw_field: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """A raw body as ``{raw_field: text}`` plus the body fields given as query parameters."""
+    _, charset = _media_type(request)
+    try:
+        text = request.body.decode(charset or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        return None, f"The body is not {charset or 'UTF-8'} encoded text."
+    data: dict[str, Any] = {raw_field: text.removeprefix("\ufeff")}
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            if key != raw_field and _present(request.query.get(key)):
+                data[key] = _stripped(request.query[key])
+    return data, None
+
+
 def _json_kind(value: Any) -> str:
     kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number"}
     kinds[float] = "a number"
@@ -252,7 +289,11 @@ def parse_input(
         marker = _marker(info)
         if isinstance(marker, Body):
             body_field = name
-            data, problem = _read_body(request)
+            raw_field = _raw_body_field(marker, request)
+            if raw_field is not None:
+                data, problem = _read_raw_body(request, info.annotation, raw_field)
+            else:
+                data, problem = _read_body(request)
             if problem is not None:
                 errors.append(FieldError("body", problem))
                 body_broken = True

@@ -153,7 +153,16 @@ class Param:
 
 @dataclass(frozen=True)
 class Body:
-    """Marks the :class:`ActionInput` field holding the JSON body (a pydantic model)."""
+    """Marks the :class:`ActionInput` field holding the JSON body (a pydantic model).
+
+    ``raw`` maps other media types the action also takes (e.g. ``{"text/csv": "RecipientsCsv"}``)
+    to the body field that receives such a body as text; the body's other fields then come from
+    query parameters of the same names (``?Sender=Acme&Content=Hi``). The body is decoded by
+    its ``charset`` (UTF-8 if none; a byte-order mark is dropped). The connector describes the
+    JSON body only: raw bodies are for HTTP callers (curl, scripts).
+    """
+
+    raw: Mapping[str, str] = field(default_factory=dict)
 
 
 class ActionInput(BaseModel):

@@ -29,9 +29,13 @@ from shared.names import BATCHES_TABLE, OUTBOUND_QUEUE
 from shared.outbound._models import MessageStatus, OutboundMessageAdapter
 from shared.outbound._records import command_text, new_record, normalize
 from shared.outbound._store import (
+    RECIPIENT_ROW_PREFIX,
+    RECORD_ROW_KEY,
     IdempotencyStore,
     MessageRecord,
     MessageStore,
+    RecipientSlot,
+    effective_status,
     idempotency_key_hash,
 )
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
@@ -46,7 +50,15 @@ __all__ = ["MAX_BULK_RECIPIENTS", "BulkRecipient", "BulkService"]
 MAX_BULK_RECIPIENTS = 10_000
 BATCH_ROW_KEY = "batch"
 STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
-_THREADS = 16
+#: A recipient's delivery state: its slot's (delivery reports) or its message's, whichever is
+#: further along (see :func:`effective_status`).
+DELIVERY_STATES = ("pending", "sent", "delivered", "undelivered", "failed", "cancelled")
+#: Storage threads of one request: the SDK's HTTP connection pool keeps 10 connections per
+#: client, and a thread beyond that opens (and drops) a connection per request.
+_THREADS = 10
+#: Index rows per task (one Table transaction), opt-out look-ups per task.
+_INDEX_CHUNK = 100
+_SUPPRESSION_CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -158,9 +170,8 @@ class BulkService:
         if valid and not transactional:
             from shared.inbound import SuppressionStore
 
-            hits = SuppressionStore.from_settings(self.settings).suppressed(
-                service_id, [a for _, a in valid]
-            )
+            hits = self._suppressed(SuppressionStore.from_settings(self.settings), service_id,
+                                    [a for _, a in valid])  # fmt: skip
             for index in sorted(hits):
                 errors.append(
                     {"row": valid[index][0].row, "field": "Address",
@@ -220,13 +231,52 @@ class BulkService:
             }
         )
         with ThreadPoolExecutor(_THREADS) as pool:
+            # Each member is its own partition (its id is its PartitionKey, as every message's:
+            # status, cancel and delivery reports find it by id alone), so a member's record and
+            # slot are one transaction and members are written side by side; the pack index
+            # shares a partition per pack key and goes 100 rows a transaction.
             list(pool.map(lambda item: self.store.create(item[0], item[1]), records))
-            self.packs.index([r for r, _, _ in records])
+            rows = [r for r, _, _ in records]
+            chunks = [rows[i : i + _INDEX_CHUNK] for i in range(0, len(rows), _INDEX_CHUNK)]
+            list(pool.map(self.packs.index, chunks))
             self._enqueue_all(pool, [text for _, _, text in records])
         self._mark_queued(batch_id)
-        _status, body, headers = self.status(batch_id, details=False, checked=True)
-        body["Refused"] = errors
+        # The answer is built from what was just written, not read back (5,000 members would
+        # be a 5,000-row query): every accepted member is on the queue now.
+        url = self.status_url(batch_id)
+        counts = {str(s): 0 for s in MessageStatus}
+        counts[str(MessageStatus.QUEUED)] = len(records)
+        body: dict[str, Any] = {
+            "Id": batch_id,
+            "Status": "pending",
+            "Total": len(recipients),
+            "Accepted": len(records),
+            "RefusedCount": len(errors),
+            "Counts": counts,
+            "DeliveryCounts": dict.fromkeys(DELIVERY_STATES, 0) | {"pending": len(records)},
+            "StatusUrl": url,
+            "Refused": errors,
+        }
+        headers = {
+            "Location": url,
+            "Retry-After": str(self.settings.send_status_retry_after_seconds),
+        }
         return 202, body, headers
+
+    @staticmethod
+    def _suppressed(store: Any, service_id: str, addresses: list[str]) -> dict[int, Any]:
+        """Opt-outs among ``addresses`` by index: the point reads run side by side in chunks."""
+        chunks = [
+            (start, addresses[start : start + _SUPPRESSION_CHUNK])
+            for start in range(0, len(addresses), _SUPPRESSION_CHUNK)
+        ]
+        found: dict[int, Any] = {}
+        with ThreadPoolExecutor(_THREADS) as pool:
+            for start, hits in pool.map(
+                lambda chunk: (chunk[0], store.suppressed(service_id, chunk[1])), chunks
+            ):
+                found.update({start + index: hit for index, hit in hits.items()})
+        return found
 
     def _enqueue_all(self, pool: ThreadPoolExecutor, texts: list[str]) -> None:
         from shared.outbound._service import _queue
@@ -287,15 +337,26 @@ class BulkService:
             raise Problem(
                 404, "No such batch", f"There is no batch {batch_id}.", type=ProblemType.NOT_FOUND
             ) from None
-        members = list(
-            self.store.table.query_entities(
-                f"PartitionKey gt '{batch_id}.' and PartitionKey lt '{batch_id}/' "
-                "and RowKey eq 'message'"
+        # Every member's record and recipient slot in one range query (members are
+        # partitions "<batch id>.<row>"); delivery reports move the slots.
+        records_by_id: dict[str, MessageRecord] = {}
+        slots: dict[str, RecipientSlot] = {}
+        for entity in self.store.table.query_entities(
+            f"PartitionKey gt '{batch_id}.' and PartitionKey lt '{batch_id}/'"
+        ):
+            if entity["RowKey"] == RECORD_ROW_KEY:
+                record = MessageRecord.from_entity(entity)
+                records_by_id[record.message_id] = record
+            elif entity["RowKey"] == f"{RECIPIENT_ROW_PREFIX}00000":
+                slot = RecipientSlot.from_entity(entity)
+                slots[slot.message_id] = slot
+        records = sorted(records_by_id.values(), key=lambda r: r.message_id)
+        delivery = {
+            r.message_id: effective_status(
+                slots.get(r.message_id) or RecipientSlot(r.message_id, 0, "", 1), r.status
             )
-        )
-        records = sorted(
-            (MessageRecord.from_entity(e) for e in members), key=lambda r: r.message_id
-        )
+            for r in records
+        }
         created = batch.get("CreatedAt")
         if (
             batch.get("Status") == "accepting"
@@ -307,7 +368,15 @@ class BulkService:
                     pool, [r.command for r in records if r.status is MessageStatus.ACCEPTED]
                 )
             self._mark_queued(batch_id)
-        counts = Counter(str(r.status) for r in records)
+        queued = batch.get("Status") == "queued"
+        # Members are recorded ``accepted`` and the batch, not each member, notes that they
+        # are all on the queue: once it does, an ``accepted`` member is queued.
+        counts = Counter(
+            str(MessageStatus.QUEUED)
+            if queued and r.status is MessageStatus.ACCEPTED
+            else str(r.status)
+            for r in records
+        )
         pending = sum(1 for r in records if not r.status.is_final)
         url = self.status_url(batch_id)
         body: dict[str, Any] = {
@@ -317,10 +386,13 @@ class BulkService:
             "Accepted": int(batch.get("Accepted") or 0),
             "RefusedCount": int(batch.get("RefusedCount") or 0),
             "Counts": {str(s): counts.get(str(s), 0) for s in MessageStatus},
+            "DeliveryCounts": {
+                state: sum(1 for d in delivery.values() if d == state) for state in DELIVERY_STATES
+            },
             "StatusUrl": url,
         }
         if details:
-            body["Recipients"] = [_member_view(r) for r in records]
+            body["Recipients"] = [_member_view(r, delivery[r.message_id]) for r in records]
             body["Refused"] = json.loads(batch.get("Refused") or "[]")
         headers = {"Location": url} if pending else {}
         if pending:
@@ -328,7 +400,7 @@ class BulkService:
         return (202 if pending else 200), body, headers
 
 
-def _member_view(record: MessageRecord) -> dict[str, Any]:
+def _member_view(record: MessageRecord, delivery: str) -> dict[str, Any]:
     row = int(record.message_id.rsplit(".", 1)[-1])
     result = record.result_json() or {}
     sent = result.get("Recipients") or []
@@ -342,6 +414,7 @@ def _member_view(record: MessageRecord) -> dict[str, Any]:
         "Id": record.message_id,
         "Address": address,
         "Status": str(record.status),
+        "Delivery": delivery,
         "MessageId": record.upstream_message_id,
         "RecipientId": first.get("Id"),
         "Error": record.failure.title if record.failure else None,

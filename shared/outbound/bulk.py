@@ -128,7 +128,7 @@ class SendBulkInput(ActionInput):
     idempotency_key: IdempotencyKeyHeader = None
     body: Annotated[
         BulkBody,
-        Body(),
+        Body(raw={"text/csv": "RecipientsCsv"}),
         Field(
             description="The message template and its recipients.",
             json_schema_extra=ui("Bulk message", visibility="important"),
@@ -178,13 +178,31 @@ class BulkCountsDoc(BaseModel):
     cancelled: int = Field(0, description="Cancelled.", json_schema_extra=ui("cancelled"))
 
 
+class BulkDeliveryCountsDoc(BaseModel):
+    pending: int = Field(0, description="Not sent yet.", json_schema_extra=ui("pending"))
+    sent: int = Field(0, description="Sent; no delivery report yet.", json_schema_extra=ui("sent"))
+    delivered: int = Field(0, description="Delivered.", json_schema_extra=ui("delivered"))
+    undelivered: int = Field(
+        0, description="Reported undelivered.", json_schema_extra=ui("undelivered")
+    )
+    failed: int = Field(0, description="Failed for good.", json_schema_extra=ui("failed"))
+    cancelled: int = Field(0, description="Cancelled.", json_schema_extra=ui("cancelled"))
+
+
 class BulkMemberDoc(BaseModel):
     Row: int = Field(description="The recipient's row.", json_schema_extra=ui("Row"))
     Id: str = Field(description="Our message id of this recipient.", json_schema_extra=ui("Id"))
     Address: str | None = Field(
         None, description="The phone number.", json_schema_extra=ui("Address")
     )
-    Status: str = Field(description="Its state.", json_schema_extra=ui("Status"))
+    Status: str = Field(description="Its message's state.", json_schema_extra=ui("Status"))
+    Delivery: str = Field(
+        description=(
+            "Its delivery state: pending, sent, delivered, undelivered (delivery reports), "
+            "failed or cancelled."
+        ),
+        json_schema_extra=ui("Delivery"),
+    )
     MessageId: str | None = Field(
         None, description="SmartDialog's MessageId.", json_schema_extra=ui("MessageId")
     )
@@ -211,6 +229,10 @@ class BulkStatusDoc(BaseModel):
     Counts: BulkCountsDoc = Field(
         description="Accepted recipients per state.", json_schema_extra=ui("Counts")
     )
+    DeliveryCounts: BulkDeliveryCountsDoc = Field(
+        description="Accepted recipients per delivery state.",
+        json_schema_extra=ui("Delivery counts"),
+    )
     StatusUrl: str = Field(
         description="The batch status URL (carries its own token).",
         json_schema_extra=ui("StatusUrl"),
@@ -230,12 +252,36 @@ def _service(settings: Settings) -> BulkService:
     return BulkService(settings)
 
 
+#: Delimiters a spreadsheet's CSV export uses: ',' (most locales), ';' (Excel where the decimal
+#: separator is a comma, e.g. Finnish), tab.
+CSV_DELIMITERS = ",;\t"
+
+
+def csv_delimiter(text: str) -> str:
+    """The delimiter of ``text``: the one of :data:`CSV_DELIMITERS` found most often in its
+    header row outside quotes (',' if none is)."""
+    header = text.split("\n", 1)[0]
+    outside, quoted = [], False
+    for char in header:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted:
+            outside.append(char)
+    counts = {d: outside.count(d) for d in CSV_DELIMITERS}
+    best = max(CSV_DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
 def _csv_recipients(text: str) -> list[BulkRecipient]:
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    rows = list(reader)
-    if not rows:
-        raise validation_problem([FieldError("RecipientsCsv", "The CSV is empty.")])
-    header = [h.strip() for h in rows[0]]
+    """The recipients of CSV ``text``, each with its CSV line (a quoted field may span lines)."""
+    text = text.lstrip("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise validation_problem([FieldError("RecipientsCsv", "The CSV is empty.")]) from None
+    except csv.Error as exc:
+        raise validation_problem([FieldError("RecipientsCsv", f"Line 1: {exc}.")]) from None
     lowered = [h.lower() for h in header]
     if "address" not in lowered:
         raise validation_problem(
@@ -243,13 +289,23 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
         )
     at = lowered.index("address")
     out: list[BulkRecipient] = []
-    for line, row in enumerate(rows[1:], start=2):
+    line = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise validation_problem(
+                [FieldError("RecipientsCsv", f"Line {line}: {exc}.")]
+            ) from None
+        start, line = line, reader.line_num + 1
         if not any(cell.strip() for cell in row):
             continue
         values = {
             header[i]: row[i] for i in range(min(len(header), len(row))) if i != at and header[i]
         }
-        out.append(BulkRecipient(line, row[at] if at < len(row) else "", values or None))
+        out.append(BulkRecipient(start, row[at].strip() if at < len(row) else "", values or None))
     if len(out) > MAX_BULK_RECIPIENTS:
         raise validation_problem(
             [FieldError("RecipientsCsv", f"At most {MAX_BULK_RECIPIENTS} recipients.")]

@@ -1,0 +1,113 @@
+"""A pack after a crash and after 5xx answers: who retries it, with which RequestId, when."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from shared.outbound import MessageStatus, MessageStore
+from shared.outbound._packs import PackStore
+from tests.bulk.test_packing import NUMBERS, accept, record
+from tests.outbound.conftest import ERROR, TEMPORARY, Outbound
+
+
+def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_pack(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import OutboundSender
+
+    outbound.configure(
+        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    )
+    ids = accept(*NUMBERS[:3])
+    texts = [record(i).command for i in ids]
+    real = OutboundSender._call_upstream
+    crashes = [RuntimeError("worker died before the call left")]
+
+    def crash_or_call(self: OutboundSender, *args: Any, **kwargs: Any) -> Any:
+        if crashes:
+            raise crashes.pop()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(OutboundSender, "_call_upstream", crash_or_call)
+    with pytest.raises(RuntimeError):
+        outbound.invoke(texts[0])
+    pack_id = record(ids[0]).pack_id
+    assert pack_id is not None
+    pack = PackStore.from_settings().get(pack_id)
+    assert pack is not None
+    assert [m.message_id for m in pack.members] == ids
+    assert {record(i).pack_id for i in ids} == {pack_id}
+    assert outbound.upstream() == []
+    time.sleep(1.1)  # the crashed worker's claim runs out
+
+    # The second member's copy does not retry the pack while the first is unfinished.
+    outbound.invoke(texts[1], dequeue_count=2)
+    assert outbound.upstream() == []
+    assert record(ids[1]).status is not MessageStatus.SENT
+    # The first member ran out of validity meanwhile: it fails, and leaves the pack to the next.
+    store = MessageStore.from_settings()
+    leader = record(ids[0])
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    assert store.swap(leader, valid_until=past) is not None
+    outbound.invoke(texts[0], dequeue_count=2)
+    assert record(ids[0]).status is MessageStatus.FAILED
+    outbound.invoke(texts[1], dequeue_count=3)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200]
+    assert calls[0]["body"]["RequestId"] == pack_id  # the recorded pack, not a new one
+    assert sorted(r["Address"] for r in calls[0]["body"]["Recipients"]) == NUMBERS[1:3]
+    assert [record(i).status for i in ids[1:]] == [MessageStatus.SENT] * 2
+    outbound.drain()  # the remaining copies find their records final
+    assert len(outbound.upstream()) == 1
+
+
+def test_a_pack_backs_off_after_503s_and_retries_with_the_same_request_id(
+    outbound: Outbound,
+) -> None:
+    outbound.configure(SEND_RETRY_BASE_SECONDS=1.0, SEND_RETRY_MAX_SECONDS=1.0)
+    ids = accept(NUMBERS[0], TEMPORARY, NUMBERS[1])
+
+    outbound.drain(timeout=20)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [503, 503, 200]
+    assert len({c["body"]["RequestId"] for c in calls}) == 1
+    assert all(len(c["body"]["Recipients"]) == 3 for c in calls)
+    times = [dt.datetime.fromisoformat(c["time"].replace("Z", "+00:00")) for c in calls]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.75 * 1.0 - 0.05  # each retry waited out the pack's backoff
+    for message_id in ids:
+        done = record(message_id)
+        assert done.status is MessageStatus.SENT
+        assert done.attempts == 3
+        assert done.upstream_message_id == calls[-1]["response"]["MessageId"]
+
+
+def test_a_pack_that_keeps_getting_500_backs_off_and_every_member_fails_after_the_last_attempt(
+    outbound: Outbound,
+) -> None:
+    outbound.configure(SEND_RETRY_BASE_SECONDS=0.5, SEND_RETRY_MAX_SECONDS=2.0, SEND_MAX_ATTEMPTS=3)
+    ids = accept(NUMBERS[0], ERROR, NUMBERS[1])
+
+    outbound.drain(timeout=30)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [500, 500, 500]
+    assert len({c["body"]["RequestId"] for c in calls}) == 1
+    times = [dt.datetime.fromisoformat(c["time"].replace("Z", "+00:00")) for c in calls]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 0.75 * 0.5 - 0.05
+    assert gaps[1] >= 0.75 * 1.0 - 0.05  # exponential: base, then twice the base
+    for message_id in ids:
+        failed = record(message_id)
+        assert failed.status is MessageStatus.FAILED
+        assert failed.failure is not None
+        assert failed.failure.code == "attempts-exhausted"
+        assert failed.failure.upstreamStatus == 500
+    assert sorted(d["messageId"] for d in outbound.dead_letters()) == sorted(ids)
