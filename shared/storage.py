@@ -96,12 +96,18 @@ def _connection_string(settings: Settings) -> str | None:
     return value or None
 
 
-@lru_cache(maxsize=4)
 def queue_service(settings: Settings | None = None) -> QueueServiceClient:
-    """The queue service client; cached per settings object."""
+    """The queue service client for ``settings`` (default: the current settings), cached per
+    settings object."""
+    # Resolve the default before the cache: keyed on None, a changed environment would keep
+    # getting the first client.
+    return _queue_service(settings or get_settings())
+
+
+@lru_cache(maxsize=4)
+def _queue_service(settings: Settings) -> QueueServiceClient:
     from azure.storage.queue import QueueServiceClient
 
-    settings = settings or get_settings()
     conn = _connection_string(settings)
     if conn:
         return QueueServiceClient.from_connection_string(
@@ -111,12 +117,16 @@ def queue_service(settings: Settings | None = None) -> QueueServiceClient:
     return QueueServiceClient(uri, credential=_credential(settings), **_transport_options(uri))
 
 
-@lru_cache(maxsize=4)
 def table_service(settings: Settings | None = None) -> TableServiceClient:
-    """The table service client; cached per settings object."""
+    """The table service client for ``settings`` (default: the current settings), cached per
+    settings object."""
+    return _table_service(settings or get_settings())
+
+
+@lru_cache(maxsize=4)
+def _table_service(settings: Settings) -> TableServiceClient:
     from azure.data.tables import TableServiceClient
 
-    settings = settings or get_settings()
     conn = _connection_string(settings)
     if conn:
         return TableServiceClient.from_connection_string(

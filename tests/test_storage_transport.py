@@ -20,11 +20,11 @@ AZURITE = (
 
 @pytest.fixture(autouse=True)
 def _fresh_clients() -> Any:
-    storage.table_service.cache_clear()
-    storage.queue_service.cache_clear()
+    storage._table_service.cache_clear()
+    storage._queue_service.cache_clear()
     yield
-    storage.table_service.cache_clear()
-    storage.queue_service.cache_clear()
+    storage._table_service.cache_clear()
+    storage._queue_service.cache_clear()
 
 
 class _Sent(Exception):
@@ -93,3 +93,24 @@ def test_identity_based_clients_are_still_built(monkeypatch: pytest.MonkeyPatch)
 
     assert storage.table_service(settings).url.startswith("https://acct.table.core.windows.net")
     assert storage.queue_service(settings).url.startswith("https://acct.queue.core.windows.net")
+
+
+def test_default_clients_follow_the_current_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.settings import reset_settings_cache
+
+    first = (
+        "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=a2V5;"
+        "QueueEndpoint=http://127.0.0.1:1/a;TableEndpoint=http://127.0.0.1:1/a;"
+    )
+    second = first.replace(":1/", ":2/")
+    monkeypatch.setenv("AzureWebJobsStorage", first)
+    reset_settings_cache()
+    assert ":1/" in storage.queue_client("q").url
+    assert ":1/" in storage.table_client("t").url
+    monkeypatch.setenv("AzureWebJobsStorage", second)
+    reset_settings_cache()
+    assert ":2/" in storage.queue_client("q").url
+    assert ":2/" in storage.table_client("t").url
+    reset_settings_cache()
