@@ -202,12 +202,13 @@ def run_quota_benchmark(
     }
     try:
         with _environment(env):
+            from devhost import app_functions
             from function_app import app
             from shared.storage import queue_client
 
             sender = next(
                 f.get_user_function()
-                for f in app.get_functions()
+                for f in app_functions(app)
                 if f.get_function_name() == "OutboundSender"
             )
             for name in (OUTBOUND_QUEUE, EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE):
