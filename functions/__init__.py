@@ -1,7 +1,6 @@
 """Thin Azure Functions blueprints: parse the trigger, call ``shared``, shape the reply.
 
-Every blueprint module appends itself to :data:`BLUEPRINTS`; ``function_app`` registers
-them all.
+Each blueprint module is listed in :data:`BLUEPRINTS`; ``function_app`` registers them all.
 """
 
 from __future__ import annotations
