@@ -193,6 +193,45 @@ class SuppressionStore:
                 found[index] = hit
         return found
 
+    def suppressed_many(
+        self, service: str, addresses: Sequence[str], *, scan_limit: int = 50_000
+    ) -> dict[int, Suppression]:
+        """:meth:`suppressed` for many addresses: the service's list and the all-services list
+        are each read with one partition query (RowKeys only) instead of two point reads per
+        address; the matches are then read in full. A list longer than ``scan_limit`` rows is
+        not scanned: those addresses are looked up one by one instead."""
+        if len(addresses) < 20:
+            return self.suppressed(service, addresses)
+        keys = {index: safe_key(recipient_key(a)) for index, a in enumerate(addresses)}
+        wanted = set(keys.values())
+        hits: set[tuple[str, str]] = set()
+        for partition in dict.fromkeys((service, ALL_SERVICES)):
+            listed = self._listed(partition, scan_limit)
+            if listed is None:
+                return self.suppressed(service, addresses)
+            hits.update((partition, row) for row in listed & wanted)
+        found: dict[int, Suppression] = {}
+        for index, address in enumerate(addresses):
+            for partition in dict.fromkeys((service, ALL_SERVICES)):
+                if (partition, keys[index]) in hits:
+                    hit = self.get(partition, address)
+                    if hit is not None:
+                        found[index] = hit
+                        break
+        return found
+
+    def _listed(self, service: str, limit: int) -> set[str] | None:
+        """The RowKeys of ``service``'s partition, or None if it has more than ``limit``."""
+        escaped = safe_key(service).replace("'", "''")
+        rows: set[str] = set()
+        for entity in self._table.query_entities(
+            f"PartitionKey eq '{escaped}'", select=["RowKey"], results_per_page=1000
+        ):
+            rows.add(str(entity["RowKey"]))
+            if len(rows) > limit:
+                return None
+        return rows
+
 
 def refuse_suppressed(
     store: SuppressionStore,
