@@ -365,9 +365,10 @@ class DeliveryReportService:
             if RECIPIENT_STATUS_RANK.get(current.status, 0) >= rank:
                 return current.status, False
             assert current.etag is not None
+            partition, row = current.keys  # a bulk member's slot lives in its batch's partition
             changes: dict[str, Any] = {
-                "PartitionKey": current.message_id,
-                "RowKey": current.row_key,
+                "PartitionKey": partition,
+                "RowKey": row,
                 "Status": target,
                 "StatusRank": rank,
                 "UpdatedAt": plain_datetime(now),
@@ -383,9 +384,7 @@ class DeliveryReportService:
                 )
                 return target, True
             except ResourceModifiedError:
-                current = RecipientSlot.from_entity(
-                    table.get_entity(current.message_id, current.row_key)
-                )
+                current = RecipientSlot.from_entity(table.get_entity(*current.keys))
         raise RuntimeError(f"recipient slot {slot.row_key} of {slot.message_id} kept changing")
 
     def _announce(

@@ -1,15 +1,21 @@
 """Bulk sends: one template, up to 10,000 recipients, one member message per recipient.
 
 A batch (``SmartDialogBatches``, PartitionKey = batch id, RowKey ``batch``) records what was
-asked, the rows refused and whether every member is on the queue. Each valid recipient becomes
-an ordinary message (id ``<batch id>.<row:05d>``, ``RequestId`` the same), so it has its own
-status, events and delivery reports; the sender packs members into calls of up to
-``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients. Members are written with Table transactions,
-indexed for packing 100 rows a transaction, and enqueued on a thread pool.
+asked, the rows refused and the packs formed. Each valid recipient becomes an ordinary message
+(id ``<batch id>.<row:05d>``, ``RequestId`` the same), so it has its own status, events and
+delivery reports. Members are stored in their batch's partitions (see
+:func:`shared.outbound._store.message_keys`), 100 rows a Table transaction.
 
-Crash safety: members are recorded ``accepted`` before they are enqueued, and the batch is
-marked ``queued`` only after every member is on the queue; a batch still ``accepting`` 30 s
-later is re-enqueued by its next status poll (a member enqueued twice is sent once).
+The members are packed when the batch is accepted: consecutive members, up to
+``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients, form a *batch pack* (recorded in
+``SmartDialogPacks`` before its members), and one queue message per pack, a
+:class:`~shared.outbound._packs.PackDriver`, has the sender make that pack's call (see
+:mod:`shared.outbound._drive`). 5,000 recipients are 10 queue messages, not 5,000.
+
+Crash safety: the batch (with its pack ids), then the packs, then the members are recorded
+before any driver is enqueued, and the batch is marked ``queued`` only after every driver is on
+the queue; a batch still ``accepting`` 30 s later has its drivers enqueued again by its next
+status poll (a pack driven twice is sent once: the pack's lease and its members' claims).
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from shared.names import BATCHES_TABLE, OUTBOUND_QUEUE
 from shared.outbound._models import MessageStatus, OutboundMessageAdapter
+from shared.outbound._packs import Pack, PackDriver, PackMember, new_pack_id
 from shared.outbound._records import command_text, new_record, normalize
 from shared.outbound._store import (
     RECIPIENT_ROW_PREFIX,
@@ -35,6 +42,9 @@ from shared.outbound._store import (
     MessageRecord,
     MessageStore,
     RecipientSlot,
+    _chunked,
+    _joined,
+    batch_filter,
     effective_status,
     idempotency_key_hash,
 )
@@ -56,9 +66,6 @@ DELIVERY_STATES = ("pending", "sent", "delivered", "undelivered", "failed", "can
 #: Storage threads of one request: the SDK's HTTP connection pool keeps 10 connections per
 #: client, and a thread beyond that opens (and drops) a connection per request.
 _THREADS = 10
-#: Index rows per task (one Table transaction), opt-out look-ups per task.
-_INDEX_CHUNK = 100
-_SUPPRESSION_CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,9 @@ class BulkService:
             )
             record, slots = new_record(command, now=now, validity=validity, batch_id=batch_id)
             records.append((record, slots, command_text(command)))
+        packs = self._form_packs(batch_id, records, now)
+        members = {m.message_id: p.pack_id for p in packs for m in p.members}
+        records = [(replace(r, pack_id=members[r.message_id]), sl, t) for r, sl, t in records]
         self.batches.upsert_entity(
             {
                 "PartitionKey": batch_id,
@@ -228,18 +238,15 @@ class BulkService:
                 "RefusedCount": len(errors),
                 "CreatedAt": now,
                 "IdempotencyKeyHash": key_hash,
+                "PackCount": len(packs),
+                **_chunked("PackIds", json.dumps([p.pack_id for p in packs])),
             }
         )
         with ThreadPoolExecutor(_THREADS) as pool:
-            # Each member is its own partition (its id is its PartitionKey, as every message's:
-            # status, cancel and delivery reports find it by id alone), so a member's record and
-            # slot are one transaction and members are written side by side; the pack index
-            # shares a partition per pack key and goes 100 rows a transaction.
-            list(pool.map(lambda item: self.store.create(item[0], item[1]), records))
-            rows = [r for r, _, _ in records]
-            chunks = [rows[i : i + _INDEX_CHUNK] for i in range(0, len(rows), _INDEX_CHUNK)]
-            list(pool.map(self.packs.index, chunks))
-            self._enqueue_all(pool, [text for _, _, text in records])
+            # The packs first: a member names its pack, which must exist when it is read.
+            list(pool.map(self.packs.save, packs))
+        self.store.create_many([(r, sl) for r, sl, _ in records])
+        self._enqueue_drivers(batch_id, [p.pack_id for p in packs])
         self._mark_queued(batch_id)
         # The answer is built from what was just written, not read back (5,000 members would
         # be a 5,000-row query): every accepted member is on the queue now.
@@ -265,24 +272,62 @@ class BulkService:
 
     @staticmethod
     def _suppressed(store: Any, service_id: str, addresses: list[str]) -> dict[int, Any]:
-        """Opt-outs among ``addresses`` by index: the point reads run side by side in chunks."""
-        chunks = [
-            (start, addresses[start : start + _SUPPRESSION_CHUNK])
-            for start in range(0, len(addresses), _SUPPRESSION_CHUNK)
-        ]
-        found: dict[int, Any] = {}
-        with ThreadPoolExecutor(_THREADS) as pool:
-            for start, hits in pool.map(
-                lambda chunk: (chunk[0], store.suppressed(service_id, chunk[1])), chunks
-            ):
-                found.update({start + index: hit for index, hit in hits.items()})
-        return found
+        """Opt-outs among ``addresses`` by index (the service's list and the all-services list
+        are read once each, not per recipient)."""
+        return dict(store.suppressed_many(service_id, addresses))
 
-    def _enqueue_all(self, pool: ThreadPoolExecutor, texts: list[str]) -> None:
+    def _form_packs(
+        self, batch_id: str, records: list[tuple[MessageRecord, list[Any], str]], now: dt.datetime
+    ) -> list[Pack]:
+        """Consecutive members with one pack key, up to the pack size in recipients."""
+        limit = max(1, self.settings.pack_max_recipients)
+        packs: list[Pack] = []
+        current: list[tuple[MessageRecord, tuple[str, ...]]] = []
+        count = 0
+
+        def close() -> None:
+            nonlocal current, count
+            if not current:
+                return
+            key = current[0][0].pack_key or "alone"
+            ids = [r.message_id for r, _ in current]
+            packs.append(
+                Pack(
+                    pack_id=new_pack_id(key, ids, now),
+                    key=key,
+                    members=tuple(PackMember(r.message_id, a) for r, a in current),
+                    created_at=now,
+                    batch_id=batch_id,
+                )
+            )
+            current, count = [], 0
+
+        for record, slots, _ in records:
+            addresses = tuple(slot.address for slot in slots)
+            alone = record.pack_key is None
+            if current and (
+                alone or current[0][0].pack_key != record.pack_key or count + len(addresses) > limit
+            ):
+                close()
+            current.append((record, addresses))
+            count += len(addresses)
+            if alone:
+                close()
+        close()
+        return packs
+
+    def _enqueue_drivers(self, batch_id: str, pack_ids: list[str]) -> None:
         from shared.outbound._service import _queue
 
         queue = _queue(OUTBOUND_QUEUE, self.settings)
-        list(pool.map(queue.send_message, texts))
+        texts = [
+            PackDriver(packId=pack_id, batchId=batch_id).model_dump_json() for pack_id in pack_ids
+        ]
+        if len(texts) == 1:
+            queue.send_message(texts[0])
+            return
+        with ThreadPoolExecutor(min(_THREADS, len(texts))) as pool:
+            list(pool.map(queue.send_message, texts))
 
     def _mark_queued(self, batch_id: str) -> None:
         from azure.data.tables import UpdateMode
@@ -337,17 +382,16 @@ class BulkService:
             raise Problem(
                 404, "No such batch", f"There is no batch {batch_id}.", type=ProblemType.NOT_FOUND
             ) from None
-        # Every member's record and recipient slot in one range query (members are
-        # partitions "<batch id>.<row>"); delivery reports move the slots.
+        # Every member's record and recipient slot in one range query (the batch's
+        # partitions); delivery reports move the slots.
         records_by_id: dict[str, MessageRecord] = {}
         slots: dict[str, RecipientSlot] = {}
-        for entity in self.store.table.query_entities(
-            f"PartitionKey gt '{batch_id}.' and PartitionKey lt '{batch_id}/'"
-        ):
-            if entity["RowKey"] == RECORD_ROW_KEY:
+        for entity in self.store.table.query_entities(batch_filter(batch_id)):
+            row = str(entity["RowKey"])
+            if row.endswith("." + RECORD_ROW_KEY):
                 record = MessageRecord.from_entity(entity)
                 records_by_id[record.message_id] = record
-            elif entity["RowKey"] == f"{RECIPIENT_ROW_PREFIX}00000":
+            elif row.endswith(f".{RECIPIENT_ROW_PREFIX}00000"):
                 slot = RecipientSlot.from_entity(entity)
                 slots[slot.message_id] = slot
         records = sorted(records_by_id.values(), key=lambda r: r.message_id)
@@ -363,10 +407,7 @@ class BulkService:
             and isinstance(created, dt.datetime)
             and self._clock() - created >= STUCK_ACCEPTING_AFTER
         ):
-            with ThreadPoolExecutor(_THREADS) as pool:
-                self._enqueue_all(
-                    pool, [r.command for r in records if r.status is MessageStatus.ACCEPTED]
-                )
+            self._enqueue_drivers(batch_id, json.loads(_joined(batch, "PackIds") or "[]"))
             self._mark_queued(batch_id)
         queued = batch.get("Status") == "queued"
         # Members are recorded ``accepted`` and the batch, not each member, notes that they

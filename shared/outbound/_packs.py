@@ -19,6 +19,14 @@ their recipients share a :func:`pack_key`; the sender packs such messages into o
   upstream recipient ids to members, so delivery reports to the pack's DLR URL reach each
   member's own record.
 
+Bulk sends form their packs when the batch is accepted (*batch packs*, ``batch_id`` set): the
+members are consecutive rows of the batch and one queue message, a
+:class:`PackDriver`, drives the whole pack (see :mod:`shared.outbound._drive`); the members
+have no queue messages of their own. Such a pack also carries a lease (one driver at a time)
+and the members of the call that may have reached upstream: until there is one, what is sent
+may still shrink (a member cancelled or expired) and the ``RequestId`` is derived from what is
+actually sent; once there is, that ``RequestId`` is only ever used again for those members.
+
 What never packs (the pack key is None): discussion replies (no ``RequestId``: they are never
 repeated, so never grouped), messages listing one address twice. Messages of different
 connections (customer), services, senders, contents (before personalization), protocols,
@@ -35,8 +43,10 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.names import PACKS_TABLE
 from shared.outbound._models import OutboundMessage, SendDiscussionReplyMessageCommand
@@ -50,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PACK_ID_PREFIX",
     "Pack",
+    "PackDriver",
     "PackMember",
     "PackStore",
     "command_addresses",
@@ -104,6 +115,28 @@ def new_pack_id(key: str, member_ids: Iterable[str], formed_at: dt.datetime) -> 
     return PACK_ID_PREFIX + hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
 
 
+class PackDriver(BaseModel):
+    """The queue message that drives a batch pack (``smartdialog-outbound``, internal: put
+    there by SendBulkMessages, never by callers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["pack"] = "pack"
+    packId: str = Field(pattern=r"^pack-[0-9a-f]{32}$")
+    batchId: str | None = None
+    deferrals: int = Field(0, ge=0)
+
+    @classmethod
+    def parse(cls, text: str) -> PackDriver | None:
+        """The driver in ``text``, or None if it is not one (an ordinary outbound message)."""
+        if '"kind"' not in text or '"packId"' not in text:
+            return None
+        try:
+            return cls.model_validate_json(text)
+        except ValueError:
+            return None
+
+
 def is_pack_id(value: str) -> bool:
     return value.startswith(PACK_ID_PREFIX) and len(value) == len(PACK_ID_PREFIX) + 32
 
@@ -131,10 +164,29 @@ class Pack:
     members: tuple[PackMember, ...]
     created_at: dt.datetime
     recipient_ids: Mapping[str, str] = field(default_factory=dict)  # upstream id -> message id
+    #: A batch pack's batch (its members are the batch's; a driver message sends the pack).
+    batch_id: str | None = None
+    #: The call's RequestId when it is not the pack id (a batch pack whose membership shrank
+    #: before its first attempt).
+    call_request_id: str | None = None
+    #: The members of the call that may have reached upstream (empty: none did). While not
+    #: empty, that call's RequestId is only ever used again for those members.
+    attempt: tuple[str, ...] = ()
+    #: Calls recorded so far (only the first, with every member, uses the pack id).
+    calls: int = 0
+    #: Members recorded sent whose events may not be out yet (see :mod:`._drive`).
+    announcing: tuple[str, ...] = ()
+    #: A batch pack's driver lease: another driver leaves the pack alone until then.
+    lease_until: dt.datetime | None = None
+    etag: str | None = field(default=None, compare=False)
 
     @property
     def request_id(self) -> str:
-        return self.pack_id
+        return self.call_request_id or self.pack_id
+
+    @property
+    def member_ids(self) -> list[str]:
+        return [m.message_id for m in self.members]
 
     @property
     def recipient_count(self) -> int:
@@ -161,6 +213,17 @@ class Pack:
         entity.update(_chunked("Members", members))
         if self.recipient_ids:
             entity.update(_chunked("RecipientIds", json.dumps(dict(self.recipient_ids))))
+        if self.batch_id is not None:
+            entity.update(
+                BatchId=self.batch_id,
+                CallRequestId=self.call_request_id,
+                **_chunked("Attempt", json.dumps(list(self.attempt))),
+                Calls=self.calls,
+                **_chunked("Announcing", json.dumps(list(self.announcing))),
+                LeaseUntil=None
+                if self.lease_until is None
+                else dt.datetime.fromtimestamp(self.lease_until.timestamp(), dt.UTC),
+            )
         return entity
 
     @classmethod
@@ -168,12 +231,20 @@ class Pack:
         members = json.loads(_joined(entity, "Members") or "[]")
         ids = json.loads(_joined(entity, "RecipientIds") or "{}")
         created = entity.get("CreatedAt")
+        lease = entity.get("LeaseUntil")
         return cls(
             pack_id=str(entity["PartitionKey"]),
             key=str(entity.get("PackKey", "")),
             members=tuple(PackMember(str(m[0]), tuple(m[1])) for m in members),
             created_at=created if isinstance(created, dt.datetime) else dt.datetime.now(dt.UTC),
             recipient_ids=ids,
+            batch_id=entity.get("BatchId"),
+            call_request_id=entity.get("CallRequestId"),
+            attempt=tuple(json.loads(_joined(entity, "Attempt") or "[]")),
+            calls=int(entity.get("Calls") or 0),
+            announcing=tuple(json.loads(_joined(entity, "Announcing") or "[]")),
+            lease_until=lease if isinstance(lease, dt.datetime) else None,
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 
 
@@ -277,6 +348,26 @@ class PackStore:
 
     def save(self, pack: Pack) -> None:
         self.table.upsert_entity(pack.to_entity())
+
+    def swap(self, pack: Pack, **changes: Any) -> Pack | None:
+        """Write ``pack`` with ``changes`` if nobody changed it since it was read (ETag);
+        None when that compare-and-swap lost."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        assert pack.etag is not None, "swap needs a pack read from the table"
+        updated = replace(pack, **changes)
+        try:
+            metadata = self.table.update_entity(
+                updated.to_entity(),
+                mode=UpdateMode.REPLACE,
+                etag=pack.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return replace(updated, etag=str(metadata.get("etag")))
 
     def get(self, pack_id: str) -> Pack | None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -48,7 +48,14 @@ from shared.outbound._models import (
     parse_outbound_message,
     request_fingerprint,
 )
-from shared.outbound._packs import Pack, PackMember, PackStore, command_addresses, new_pack_id
+from shared.outbound._packs import (
+    Pack,
+    PackDriver,
+    PackMember,
+    PackStore,
+    command_addresses,
+    new_pack_id,
+)
 from shared.outbound._records import new_record, normalize, recipient_slots
 from shared.outbound._store import MessageRecord, MessageStore
 from shared.smartdialog import (
@@ -299,6 +306,17 @@ class OutboundSender:
         self, text: str, *, queue_message_id: str | None = None, dequeue_count: int | None = None
     ) -> SendOutcome:
         """Handle one queue message; see the module docstring for what may raise."""
+        driver = PackDriver.parse(text)
+        if driver is not None:  # a bulk send's pack (shared.outbound._drive)
+            from shared.outbound._drive import drive_pack
+
+            return drive_pack(
+                self,
+                driver,
+                text=text,
+                queue_message_id=queue_message_id,
+                dequeue_count=dequeue_count,
+            )
         try:
             command = parse_outbound_message(text)
             command = normalize(
@@ -1289,9 +1307,36 @@ class OutboundSender:
 
     def _announce(self, record: MessageRecord) -> None:
         """Emit the final state's event (and dead letter) once; repeatable after a crash."""
-        if record.announced or record.status is MessageStatus.CANCELLED:
-            # Cancellation is announced by whoever cancelled (the status service).
+        if not self._emit(record):
             return
+        if self.store.swap(record, announced=True) is None:
+            log.info("message %s: announcement flag lost a race", record.message_id)
+
+    def _announce_many(self, records: list[MessageRecord]) -> None:
+        """:meth:`_announce` for many records: events side by side, then the flags 100 rows a
+        transaction where the records share a partition (a batch pack's members)."""
+        records = [r for r in records if not r.announced and r.status.is_final]
+        if not records:
+            return
+        emitted = list(_storage_pool().map(self._emit, records))
+        done = [r for r, e in zip(records, emitted, strict=True) if e]
+        flags = self.store.swap_many([(r, {"announced": True}) for r in done])
+        lost = sum(1 for f in flags if f is None)
+        if lost:
+            log.info("%d announcement flag(s) lost a race", lost)
+
+    def _emit(self, record: MessageRecord) -> bool:
+        """Send the final state's event (and a failure's dead letter); False when there is
+        nothing to send (not final, already announced, or cancelled: whoever cancelled
+        announces that)."""
+        if record.announced:
+            return False
+        return self._emit_final(record)
+
+    def _emit_final(self, record: MessageRecord) -> bool:
+        """:meth:`_emit` whatever ``announced`` says (a batch pack records it first)."""
+        if record.status is MessageStatus.CANCELLED:
+            return False
         now = self._clock()
         if record.status is MessageStatus.SENT:
             result = record.result_json() or {}
@@ -1344,7 +1389,7 @@ class OutboundSender:
             )
             event_type = MESSAGE_FAILED
         else:
-            return
+            return False
         event = make_event(
             event_type,
             data,
@@ -1353,8 +1398,7 @@ class OutboundSender:
             time=record.finished_at or now,
         )
         self._events.send_message(event.to_json())
-        if self.store.swap(record, announced=True) is None:
-            log.info("message %s: announcement flag lost a race", record.message_id)
+        return True
 
     def _requeue(
         self,

@@ -9,6 +9,14 @@
   forward (:data:`RECIPIENT_STATUS_RANK`). Delivery reports update these slots, not the
   record, so they never contend with the sender.
 
+Bulk members (ids ``<batch uuid>.<row>``, see :mod:`shared.outbound._bulk`) share a partition
+with their neighbours instead: ``<batch uuid>.<row // 500>`` (500 members, 1,000 rows), their
+rows prefixed by the row (``00042.message``, ``00042.recipient-00000``). A batch's members are
+then written, claimed and recorded 100 rows per Table transaction, and read with one range
+query. :func:`message_keys` maps an id to its partition and row prefix; it depends on the id
+alone, so every reader and writer agrees. (Partitions stay small: Azurite's transactions slow
+down with the size of their partition, and Azure spreads partitions over its servers.)
+
 ``SmartDialogIdempotency`` holds one entity per idempotency key (PartitionKey = a hash of
 customer and key, RowKey ``key``) pointing at the message the key created.
 """
@@ -19,6 +27,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -40,7 +49,10 @@ __all__ = [
     "MessageRecord",
     "MessageStore",
     "RecipientSlot",
+    "batch_filter",
     "effective_status",
+    "is_batch_member_id",
+    "message_keys",
 ]
 
 RECORD_ROW_KEY = "message"
@@ -62,6 +74,63 @@ RECIPIENT_STATUS_RANK: dict[str, int] = {
     "undelivered": 30,
     "delivered": 40,
 }
+
+#: A bulk member's id: its batch's id (a UUID we make) and its row. No id of another shape is
+#: stored in a batch's partition; a caller's own id of this shape would need to guess a batch's
+#: UUID to share its partition, and even then its rows have their own prefix.
+_BATCH_MEMBER_ID = re.compile(
+    r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.([0-9]{5,6})$"
+)
+
+
+#: Bulk members per partition.
+BATCH_PARTITION_ROWS = 500
+
+
+def message_keys(message_id: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey prefix) of a message's rows: its own partition and no prefix, or,
+    for a bulk member, its batch's partition of its row and ``<row>.``."""
+    match = _BATCH_MEMBER_ID.match(message_id)
+    if match is None:
+        return message_id, ""
+    row = match.group(2)
+    return f"{match.group(1)}.{int(row) // BATCH_PARTITION_ROWS:03d}", row + "."
+
+
+def batch_filter(batch_id: str) -> str:
+    """The Table query filter of every row of every member of a batch."""
+    return f"PartitionKey gt '{_odata(batch_id)}.' and PartitionKey lt '{_odata(batch_id)}/'"
+
+
+def is_batch_member_id(message_id: str) -> bool:
+    return _BATCH_MEMBER_ID.match(message_id) is not None
+
+
+def record_keys(message_id: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of a message's record."""
+    partition, prefix = message_keys(message_id)
+    return partition, prefix + RECORD_ROW_KEY
+
+
+def slot_keys(message_id: str, index: int) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of a message's ``index``-th recipient slot."""
+    partition, prefix = message_keys(message_id)
+    return partition, f"{prefix}{RECIPIENT_ROW_PREFIX}{index:05d}"
+
+
+def _odata(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def message_filter(message_id: str) -> str:
+    """The Table query filter of every row of one message (record and slots)."""
+    partition, prefix = message_keys(message_id)
+    where = f"PartitionKey eq '{_odata(partition)}'"
+    if prefix:
+        # "." sorts right before "/": the prefix's rows and nothing else.
+        where += f" and RowKey ge '{prefix}' and RowKey lt '{prefix[:-1]}/'"
+    return where
+
 
 #: Tables this process has made sure exist, by account endpoint *and* table name (a
 #: ``TableClient``'s ``url`` is the account's, the same for every table).
@@ -186,9 +255,11 @@ class MessageRecord:
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
+        partition, row = record_keys(self.message_id)
         entity: dict[str, Any] = {
-            "PartitionKey": self.message_id,
-            "RowKey": RECORD_ROW_KEY,
+            "PartitionKey": partition,
+            "RowKey": row,
+            "MessageId": self.message_id,
             "Status": str(self.status),
             "Operation": str(self.operation),
             "CustomerId": self.customer_id,
@@ -237,7 +308,7 @@ class MessageRecord:
         if created is None:
             raise ValueError("CreatedAt is empty")
         return cls(
-            message_id=str(entity["PartitionKey"]),
+            message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
             status=MessageStatus(entity["Status"]),
             operation=Operation(entity["Operation"]),
             customer_id=str(entity["CustomerId"]),
@@ -291,12 +362,20 @@ class RecipientSlot:
 
     @property
     def row_key(self) -> str:
+        """The slot's name within its message (also in delivery-report event ids)."""
         return f"{RECIPIENT_ROW_PREFIX}{self.index:05d}"
 
+    @property
+    def keys(self) -> tuple[str, str]:
+        """(PartitionKey, RowKey) where the slot is stored (see :func:`message_keys`)."""
+        return slot_keys(self.message_id, self.index)
+
     def to_entity(self) -> dict[str, Any]:
+        partition, row = self.keys
         return {
-            "PartitionKey": self.message_id,
-            "RowKey": self.row_key,
+            "PartitionKey": partition,
+            "RowKey": row,
+            "MessageId": self.message_id,
             "Index": self.index,
             "Address": self.address,
             "PartCount": self.part_count,
@@ -317,7 +396,7 @@ class RecipientSlot:
     @classmethod
     def _from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
         return cls(
-            message_id=str(entity["PartitionKey"]),
+            message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
             index=int(entity["Index"]),
             address=str(entity.get("Address", "")),
             part_count=int(entity.get("PartCount") or 1),
@@ -338,6 +417,51 @@ def effective_status(slot: RecipientSlot, message_status: MessageStatus) -> str:
     }.get(message_status, "pending")
     own = RECIPIENT_STATUS_RANK.get(slot.status, 0)
     return slot.status if own >= RECIPIENT_STATUS_RANK.get(derived, 0) else derived
+
+
+def _slot_merges(
+    record: MessageRecord, recipient_ids: Mapping[int, str | None] | None
+) -> list[dict[str, Any]]:
+    merges = []
+    for index, value in sorted((recipient_ids or {}).items()):
+        if value and index < record.recipient_count:
+            partition, row = slot_keys(record.message_id, index)
+            merges.append({"PartitionKey": partition, "RowKey": row, "UpstreamRecipientId": value})
+    return merges
+
+
+def _transaction_plan(groups: list[list[Any]]) -> list[list[int]]:
+    """Indexes of ``groups`` (each the operations of one message) packed into transactions:
+    one partition per transaction, at most 100 operations, a group never split (a group
+    larger than that is a transaction plan of its own, handled by the caller)."""
+    plan: list[list[int]] = []
+    open_by_partition: dict[str, tuple[list[int], int]] = {}
+    for index, ops in enumerate(groups):
+        partition = str(ops[0][1]["PartitionKey"])
+        current = open_by_partition.get(partition)
+        if current is not None and current[1] + len(ops) <= TRANSACTION_LIMIT:
+            current[0].append(index)
+            open_by_partition[partition] = (current[0], current[1] + len(ops))
+            continue
+        fresh = [index]
+        plan.append(fresh)
+        open_by_partition[partition] = (fresh, len(ops))
+    return plan
+
+
+def _transaction_batches(groups: list[list[Any]]) -> list[list[Any]]:
+    """The operations of :func:`_transaction_plan`'s transactions."""
+    out: list[list[Any]] = []
+    for indexes in _transaction_plan(groups):
+        operations = [op for i in indexes for op in groups[i]]
+        if len(operations) <= TRANSACTION_LIMIT:
+            out.append(operations)
+        else:
+            out += [
+                operations[i : i + TRANSACTION_LIMIT]
+                for i in range(0, len(operations), TRANSACTION_LIMIT)
+            ]
+    return out
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -388,6 +512,123 @@ class MessageStore:
         self._upsert_slots(rest)
         return replace(record, etag=str(results[0].get("etag")))
 
+    def create_many(self, items: list[tuple[MessageRecord, list[RecipientSlot]]]) -> None:
+        """Store many new records with their slots, 100 rows a Table transaction where they
+        share a partition (bulk members); a member's rows are never split between two
+        transactions. Raises if any already exists (bulk member ids are new by construction)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        batches = _transaction_batches(
+            [
+                [("create", record.to_entity())] + [("upsert", s.to_entity()) for s in slots]
+                for record, slots in items
+            ]
+        )
+        if len(batches) == 1:
+            self.table.submit_transaction(batches[0])
+            return
+        with ThreadPoolExecutor(min(4, len(batches))) as pool:
+            list(pool.map(self.table.submit_transaction, batches))
+
+    def get_many(self, message_ids: list[str]) -> dict[str, MessageRecord]:
+        """The records of ``message_ids`` that exist, by id: one range query per batch
+        partition (bulk members), a point read for any other id."""
+        by_partition: dict[str, list[str]] = {}
+        for message_id in message_ids:
+            by_partition.setdefault(message_keys(message_id)[0], []).append(message_id)
+        found: dict[str, MessageRecord] = {}
+        wanted = set(message_ids)
+        for partition, ids in by_partition.items():
+            prefixes = sorted(message_keys(i)[1] for i in ids)
+            if not prefixes[0]:
+                for message_id in ids:
+                    record = self.get(message_id)
+                    if record is not None:
+                        found[message_id] = record
+                continue
+            where = (
+                f"PartitionKey eq '{_odata(partition)}' and RowKey ge '{prefixes[0]}' "
+                f"and RowKey lt '{prefixes[-1][:-1]}/'"
+            )
+            for entity in self.table.query_entities(where):
+                if str(entity["RowKey"]).endswith("." + RECORD_ROW_KEY):
+                    record = MessageRecord.from_entity(entity)
+                    if record.message_id in wanted:
+                        found[record.message_id] = record
+            for message_id in ids:  # rows the range missed (row numbers of unequal widths)
+                if message_id not in found:
+                    record = self.get(message_id)
+                    if record is not None:
+                        found[message_id] = record
+        return found
+
+    def swap_many(
+        self,
+        items: list[tuple[MessageRecord, Mapping[str, Any]]],
+        *,
+        recipient_ids: Mapping[str, Mapping[int, str | None]] | None = None,
+    ) -> list[MessageRecord | None]:
+        """:meth:`swap` for many records at once, in order: records that share a partition
+        (bulk members) go 100 rows a transaction, each record compare-and-swapped on its ETag
+        with its slots' upstream ids merged in the same transaction. A transaction that loses
+        a compare-and-swap (one record changed meanwhile, e.g. cancelled) is redone record by
+        record, so only the changed ones come back None."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from azure.core import MatchConditions
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        ids = recipient_ids or {}
+        updated = [replace(record, **changes) for record, changes in items]
+        groups: list[list[Any]] = []
+        for (record, _), new in zip(items, updated, strict=True):
+            assert record.etag is not None, "swap needs a record read from the table"
+            condition = {"etag": record.etag, "match_condition": MatchConditions.IfNotModified}
+            ops: list[Any] = [
+                ("update", new.to_entity(), {"mode": UpdateMode.REPLACE, **condition})
+            ]
+            merges = _slot_merges(record, ids.get(record.message_id))
+            ops += [("update", m, {"mode": UpdateMode.MERGE}) for m in merges]
+            groups.append(ops)
+        plan = _transaction_plan(groups)
+
+        def run(indexes: list[int]) -> list[tuple[int, MessageRecord | None]]:
+            operations = [op for i in indexes for op in groups[i]]
+            if len(operations) > TRANSACTION_LIMIT:  # one record with many slots: alone
+                record, changes = items[indexes[0]]
+                done = self.swap(record, recipient_ids=ids.get(record.message_id), **changes)
+                return [(indexes[0], done)]
+            try:
+                results = self.table.submit_transaction(operations)
+            except TableTransactionError as exc:
+                if "UpdateConditionNotSatisfied" not in str(exc) and "412" not in str(exc):
+                    raise
+                out: list[tuple[int, MessageRecord | None]] = []
+                for i in indexes:
+                    record, changes = items[i]
+                    out.append(
+                        (i, self.swap(record, recipient_ids=ids.get(record.message_id), **changes))
+                    )
+                return out
+            out = []
+            position = 0
+            for i in indexes:
+                etag = str(results[position].get("etag"))
+                out.append((i, replace(updated[i], etag=etag)))
+                position += len(groups[i])
+            return out
+
+        done: list[MessageRecord | None] = [None] * len(items)
+        if len(plan) <= 1:
+            outcomes = [run(p) for p in plan]
+        else:
+            with ThreadPoolExecutor(min(4, len(plan))) as pool:
+                outcomes = list(pool.map(run, plan))
+        for outcome in outcomes:
+            for index, result in outcome:
+                done[index] = result
+        return done
+
     def ensure_slots(self, slots: list[RecipientSlot]) -> None:
         """Write the slots a large message's :meth:`create` may not have finished (idempotent)."""
         self._upsert_slots(slots[TRANSACTION_LIMIT - 1 :])
@@ -401,7 +642,7 @@ class MessageStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            entity = self.table.get_entity(message_id, RECORD_ROW_KEY)
+            entity = self.table.get_entity(*record_keys(message_id))
         except ResourceNotFoundError:
             return None
         return MessageRecord.from_entity(entity)
@@ -410,11 +651,12 @@ class MessageStore:
         """The record and its recipient slots (in recipient order) in one partition query."""
         record: MessageRecord | None = None
         slots: list[RecipientSlot] = []
-        escaped = message_id.replace("'", "''")
-        for entity in self.table.query_entities(f"PartitionKey eq '{escaped}'"):
-            if entity["RowKey"] == RECORD_ROW_KEY:
+        _, prefix = message_keys(message_id)
+        for entity in self.table.query_entities(message_filter(message_id)):
+            row = str(entity["RowKey"])
+            if row == prefix + RECORD_ROW_KEY:
                 record = MessageRecord.from_entity(entity)
-            elif str(entity["RowKey"]).startswith(RECIPIENT_ROW_PREFIX):
+            elif row.startswith(prefix + RECIPIENT_ROW_PREFIX):
                 slots.append(RecipientSlot.from_entity(entity))
         slots.sort(key=lambda s: s.index)
         return record, slots
@@ -440,12 +682,7 @@ class MessageStore:
 
         assert record.etag is not None, "swap needs a record read from the table"
         updated = replace(record, **changes)
-        merges = [
-            {"PartitionKey": record.message_id, "RowKey": f"{RECIPIENT_ROW_PREFIX}{index:05d}",
-             "UpstreamRecipientId": value}
-            for index, value in sorted((recipient_ids or {}).items())
-            if value and index < record.recipient_count
-        ]  # fmt: skip
+        merges = _slot_merges(record, recipient_ids)
         first, rest = merges[: TRANSACTION_LIMIT - 1], merges[TRANSACTION_LIMIT - 1 :]
         condition: dict[str, Any] = {
             "etag": record.etag,
@@ -512,11 +749,8 @@ class MessageStore:
             if not changes:
                 return
             assert current.etag is not None, "slots read from the table carry their ETag"
-            changes.update(
-                PartitionKey=current.message_id,
-                RowKey=current.row_key,
-                UpdatedAt=_plain_datetime(now),
-            )
+            partition, row = current.keys
+            changes.update(PartitionKey=partition, RowKey=row, UpdatedAt=_plain_datetime(now))
             try:
                 self.table.update_entity(
                     changes,
@@ -530,7 +764,7 @@ class MessageStore:
             except ResourceNotFoundError:
                 return  # the slot is gone (never written for a huge message): nothing to move
             try:
-                entity = self.table.get_entity(current.message_id, current.row_key)
+                entity = self.table.get_entity(*current.keys)
             except ResourceNotFoundError:
                 return
             current = RecipientSlot.from_entity(entity)

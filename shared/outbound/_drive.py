@@ -1,0 +1,644 @@
+"""Batch packs: one queue message (a :class:`PackDriver`) sends a whole pack of bulk members.
+
+SendBulkMessages forms its packs when it accepts a batch (see :mod:`shared.outbound._bulk`):
+the members are recorded in their batch's partitions, and each pack has one driver message on
+``smartdialog-outbound``. A driver:
+
+1. takes the pack's lease (ETag compare-and-swap on the pack row: one driver at a time);
+2. reads every member with one range query, announces members already final but not yet
+   announced (a crash after the call), and leaves members that are waiting (backoff), held
+   (a claim from a crashed run, until its lease ends) or expired (they fail);
+3. claims the members it sends (``queued -> sending``, 100 members a Table transaction, each
+   compare-and-swapped on its ETag: a member cancelled meanwhile simply drops out);
+4. records the call's membership on the pack *before* the call. The ``RequestId`` is the pack
+   id when every member goes, else a hash of the members that go; a retry after an ambiguous
+   failure sends exactly that membership again with the same ``RequestId`` (upstream answers
+   409 with the original; nobody is sent twice);
+5. takes a quota slot (or hands the claims back and comes back when one frees), makes the
+   call, and records each member's own result (100 members a transaction), then its event.
+
+Failures: a transient one backs every member off together (the driver comes back when the
+backoff ends; after the last attempt each member fails and is dead-lettered with its reason).
+A refusal that names a recipient fails that member alone and the rest go again with a new
+``RequestId``. A refusal that names nobody splits the pack in two (new packs, new drivers),
+so the member at fault ends up alone and fails alone in a few calls, not one call per member.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from shared.outbound._models import FailureInfo, MessageStatus, parse_outbound_message
+from shared.outbound._packs import Pack, PackDriver, new_pack_id
+from shared.outbound._store import MessageRecord
+
+if TYPE_CHECKING:
+    from shared.outbound._sender import OutboundSender, SendOutcome
+    from shared.quota import QuotaGrant
+
+__all__ = ["drive_pack"]
+
+log = logging.getLogger("shared.outbound.sender")
+
+
+def drive_pack(
+    sender: OutboundSender,
+    driver: PackDriver,
+    *,
+    text: str,
+    queue_message_id: str | None,
+    dequeue_count: int | None,
+) -> SendOutcome:
+    """Handle one pack driver (see the module docstring). Raises only for storage failures."""
+    from shared.outbound._sender import OutcomeKind
+
+    packs = sender.packs
+    assert packs is not None
+    wait = sender._quota_hint()
+    if wait > sender.policy.quota_wait:
+        return _later(sender, driver, wait, OutcomeKind.DEFERRED, "quota")
+    if wait > 0:
+        sender._sleep(wait)
+    pack = packs.get(driver.packId)
+    if pack is None or pack.batch_id is None:
+        return sender._dead_letter_malformed(
+            text,
+            ValueError(f"{driver.packId} is not a bulk pack of this app"),
+            queue_message_id,
+            dequeue_count,
+        )
+    now = sender._clock()
+    if pack.lease_until is not None and pack.lease_until > now:
+        delay = (pack.lease_until - now).total_seconds() + 1
+        return _later(sender, driver, delay, OutcomeKind.DEFERRED, "claimed")
+    held = packs.swap(pack, lease_until=now + sender.policy.lease)
+    if held is None:  # another driver of this pack took it just now
+        return _later(sender, driver, 1, OutcomeKind.DEFERRED, "claimed")
+    run = _Run(sender, held, driver)
+    try:
+        return run.go()
+    finally:
+        run.unlease()
+
+
+def _later(
+    sender: OutboundSender, driver: PackDriver, delay: float, kind: Any, reason: str
+) -> SendOutcome:
+    """Put the driver back on the queue after ``delay`` seconds."""
+    from shared.outbound._sender import OutcomeKind, SendOutcome, _whole_seconds
+
+    copy = driver.model_copy(
+        update={"deferrals": driver.deferrals + (1 if kind is OutcomeKind.DEFERRED else 0)}
+    )
+    seconds = _whole_seconds(delay)
+    sender._outbound.send_message(copy.model_dump_json(), visibility_timeout=seconds)
+    log.debug("pack %s %s (%s); back in %d s", driver.packId, kind, reason, seconds)
+    return SendOutcome(kind, driver.packId, delay_seconds=seconds, detail=reason)
+
+
+class _Run:
+    """One driver's turn with a pack whose lease it holds."""
+
+    def __init__(self, sender: OutboundSender, pack: Pack, driver: PackDriver) -> None:
+        assert sender.packs is not None
+        self.s = sender
+        self.packs = sender.packs
+        self.pack = pack
+        self.driver = driver
+        #: Members of this pack left open by this turn (the driver comes back for them).
+        self.leftovers = 0
+
+    # --- the pack row ------------------------------------------------------------------------
+
+    def save(self, **changes: Any) -> None:
+        done = self.packs.swap(self.pack, **changes)
+        if done is None:
+            raise RuntimeError(f"pack {self.pack.pack_id}: lease lost while it was being sent")
+        self.pack = done
+
+    def unlease(self) -> None:
+        try:
+            done = self.packs.swap(self.pack, lease_until=None)
+        except Exception:  # the lease then simply runs out
+            log.exception("pack %s: lease not released", self.pack.pack_id)
+            return
+        if done is not None:
+            self.pack = done
+
+    def later(self, delay: float, reason: str, kind: Any = None) -> SendOutcome:
+        from shared.outbound._sender import OutcomeKind
+
+        return _later(self.s, self.driver, delay, kind or OutcomeKind.DEFERRED, reason)
+
+    # --- the turn ----------------------------------------------------------------------------
+
+    def go(self) -> SendOutcome:
+        from shared.outbound._sender import BACKOFF_TOLERANCE_SECONDS, OutcomeKind, SendOutcome
+
+        s, pack = self.s, self.pack
+        now = s._clock()
+        found = s.store.get_many(pack.member_ids)
+        members = [found[m] for m in pack.member_ids if m in found]
+        # Members that moved to another pack (a split) are that pack's: make sure it is driven
+        # (a crash right after a split leaves its drivers unsent).
+        moved = {r.pack_id for r in members if not r.status.is_final and r.pack_id is not None}
+        for other in sorted(moved - {pack.pack_id}):
+            s._outbound.send_message(
+                PackDriver(packId=other, batchId=pack.batch_id).model_dump_json()
+            )
+        mine = [r for r in members if r.pack_id == pack.pack_id]
+        if pack.announcing:  # a run stopped between recording a call and its events
+            # Only members recorded final: a run that stopped before step 2 of ``sent`` left
+            # them ``sending``, and its call's membership (``attempt``) must stay for the retry.
+            pending = set(pack.announcing)
+            again = [r for r in mine if r.message_id in pending and r.status.is_final]
+            list(_storage_pool().map(s._emit_final, again))
+            unfinished = {r.message_id for r in mine if not r.status.is_final}
+            if unfinished.intersection(pack.attempt):
+                self.save(announcing=())
+            else:  # that call is recorded in full: the next one gets a RequestId of its own
+                self.save(announcing=(), attempt=())
+            pack = self.pack
+        s._announce_many([r for r in mine if r.status.is_final])
+        open_ = [r for r in mine if not r.status.is_final]
+        if not open_:
+            return SendOutcome(OutcomeKind.ACKNOWLEDGED, pack.pack_id, detail="pack done")
+        held = [
+            r.lease_until
+            for r in open_
+            if r.status is MessageStatus.SENDING
+            and r.lease_until is not None
+            and r.lease_until > now
+        ]
+        if held:  # claims of a run that died mid-way: they are released by time only
+            return self.later((max(held) - now).total_seconds() + 1, "claimed")
+        expired = [r for r in open_ if now >= r.valid_until]
+        if expired:
+            self.fail([(r, s._expired(r, r.last_error)) for r in expired])
+        open_ = [r for r in open_ if now < r.valid_until]
+        waiting = [
+            r.next_attempt_at
+            for r in open_
+            if r.next_attempt_at is not None
+            and (r.next_attempt_at - now).total_seconds() > BACKOFF_TOLERANCE_SECONDS
+        ]
+        due = [
+            r
+            for r in open_
+            if r.next_attempt_at is None
+            or (r.next_attempt_at - now).total_seconds() <= BACKOFF_TOLERANCE_SECONDS
+        ]
+        if pack.attempt:
+            in_call = set(pack.attempt)
+            again = [r for r in due if r.message_id in in_call]
+            if not again and not any(r.message_id in in_call for r in open_):
+                # That call's members are all final: whoever is left goes in a new call.
+                self.save(attempt=())
+                again = due
+            due = again
+        if not due:
+            if waiting:
+                return self.later((min(waiting) - now).total_seconds(), "backoff")
+            return SendOutcome(OutcomeKind.ACKNOWLEDGED, pack.pack_id)
+        self.leftovers = len(open_) - len(due)
+        return self.send(due, now)
+
+    def send(self, due: list[MessageRecord], now: dt.datetime) -> SendOutcome:
+        from shared.outbound._sender import (
+            QUOTA_WAIT_JITTER,
+            STALE_GRANT_RETRY_SECONDS,
+            OutcomeKind,
+            _StaleGrant,
+        )
+        from shared.quota import QuotaDenied
+
+        s = self.s
+        lease_until = now + s.policy.lease
+        claims = s.store.swap_many(
+            [
+                (
+                    r,
+                    {
+                        "status": MessageStatus.SENDING,
+                        "attempts": r.attempts + 1,
+                        "lease_until": lease_until,
+                        "next_attempt_at": None,
+                        "updated_at": now,
+                    },
+                )
+                for r in due
+            ]
+        )
+        claimed = [c for c in claims if c is not None]
+        self.leftovers += len(due) - len(claimed)
+        if not claimed:
+            return self.later(1, "claim-lost")
+        if not self.pack.attempt:
+            # A new call: recorded before it is made. Only a pack's first call with every
+            # member uses the pack id as its RequestId; any other call derives its own.
+            ids = [c.message_id for c in claimed]
+            first = self.pack.calls == 0 and ids == self.pack.member_ids
+            self.save(
+                attempt=tuple(ids),
+                calls=self.pack.calls + 1,
+                call_request_id=None if first else new_pack_id(self.pack.key, ids, now),
+            )
+        decision = s.quota.try_acquire()
+        waited = 0.0
+        for retry_stale in (True, False):
+            while isinstance(decision, QuotaDenied) and (
+                waited + decision.retry_after <= s.policy.quota_wait
+            ):
+                pause = decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER)
+                s._sleep(pause)
+                waited += pause
+                decision = s.quota.try_acquire()
+            if isinstance(decision, QuotaDenied):
+                if str(getattr(decision, "reason", "full")) == "full":
+                    s._note_quota_full(decision.retry_after)
+                self.release(claimed)
+                return self.later(decision.retry_after, "quota")
+            needed = dt.timedelta(seconds=s.policy.call_seconds)
+            if lease_until - s._clock() < needed:  # a very slow claim or quota wait
+                self.release(claimed)
+                return self.later(0, "lease")
+            try:
+                return self.call(claimed, decision)
+            except _StaleGrant as exc:
+                log.warning("pack %s: %s; not sent with it", self.pack.pack_id, exc)
+                if retry_stale:
+                    decision = s.quota.try_acquire()
+        self.release(claimed)
+        return self.later(STALE_GRANT_RETRY_SECONDS, "stale-grant", OutcomeKind.DEFERRED)
+
+    def call(self, claimed: list[MessageRecord], grant: QuotaGrant) -> SendOutcome:
+        from shared.outbound._sender import (
+            _packed_command,
+            _QuotaDeniedInAttempt,
+            _transient_failure,
+        )
+        from shared.smartdialog import (
+            APIConnectionError,
+            APIResponseValidationError,
+            APIStatusError,
+            CredentialsError,
+            DuplicateRequestError,
+            InternalServerError,
+            RateLimitError,
+        )
+
+        commands = [parse_outbound_message(c.command) for c in claimed]
+        request = _packed_command(commands[0], commands, self.pack.request_id)
+        try:
+            result = self.s._call_upstream(request, grant=grant, report_id=self.pack.pack_id)
+        except DuplicateRequestError as exc:
+            original = exc.original
+            body = (
+                original.model_dump(mode="json", by_alias=True, exclude_none=True)
+                if isinstance(original, BaseModel)
+                else None
+            )
+            log.info("pack %s: RequestId already used upstream: sent", self.pack.pack_id)
+            return self.sent(claimed, body, duplicate=True)
+        except APIResponseValidationError as exc:
+            return self.sent(
+                claimed, exc.body if isinstance(exc.body, dict) else None, duplicate=False
+            )
+        except (
+            RateLimitError,
+            InternalServerError,
+            APIConnectionError,
+            _QuotaDeniedInAttempt,
+            CredentialsError,
+        ) as exc:
+            advised, code, title, status = _transient_failure(exc)
+            return self.transient(claimed, advised, code, title, str(exc), status)
+        except APIStatusError as exc:
+            if exc.status_code == 408:
+                return self.transient(
+                    claimed, None, "upstream-unavailable", "SmartDialog timed out", exc.message, 408
+                )
+            return self.rejected(claimed, exc)
+        return self.sent(claimed, result, duplicate=False)
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    def sent(
+        self, claimed: list[MessageRecord], body: dict[str, Any] | None, *, duplicate: bool
+    ) -> SendOutcome:
+        """Each member's own share of upstream's answer (by address), recorded 100 members a
+        transaction, then the events. After a 409, members missing from the original answer
+        were not in the call that got through: they go again with a new RequestId."""
+        from shared.outbound._sender import OutcomeKind, SendOutcome, _address_key
+
+        s, now = self.s, self.s._clock()
+        body = body or {}
+        camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
+        raw = [
+            r
+            for r in (body.get("Recipients") or body.get("recipients") or [])
+            if isinstance(r, dict)
+        ]
+        addresses = {m.message_id: m.addresses for m in self.pack.members}
+        owner_of = {
+            _address_key(a): c.message_id for c in claimed for a in addresses.get(c.message_id, ())
+        }
+        entries: dict[str, dict[str, dict[str, Any]]] = {}
+        recipient_ids = dict(self.pack.recipient_ids)
+        for entry in raw:
+            address = str(entry.get("Address") or entry.get("address") or "")
+            owner = owner_of.get(_address_key(address)) if address else None
+            if owner is None:
+                continue
+            entries.setdefault(owner, {})[_address_key(address)] = entry
+            rid = entry.get("Id") or entry.get("id")
+            if rid:
+                recipient_ids[str(rid)] = owner
+        shared = {k: v for k, v in body.items() if k not in ("Recipients", "recipients")}
+        field_name = "recipients" if camel else "Recipients"
+        upstream_id = body.get("MessageId") or body.get("messageId")
+        parts = body.get("MessagePartCount") or body.get("messagePartCount")
+        writes: list[tuple[MessageRecord, Mapping[str, Any]]] = []
+        missing: list[MessageRecord] = []
+        for member in claimed:
+            mine = entries.get(member.message_id, {})
+            if raw and not mine and duplicate:
+                missing.append(member)
+                continue
+            ordered = [
+                mine[_address_key(a)]
+                for a in addresses.get(member.message_id, ())
+                if _address_key(a) in mine
+            ]
+            own = {**shared, field_name: ordered} if raw else dict(body)
+            writes.append(
+                (
+                    member,
+                    {
+                        "status": MessageStatus.SENT,
+                        "result": _json(own),
+                        "upstream_message_id": str(upstream_id) if upstream_id else None,
+                        "part_count": int(parts)
+                        if isinstance(parts, int) and parts > 0
+                        else member.part_count,
+                        "duplicate": duplicate,
+                        "sent_at": now,
+                        "finished_at": now,
+                        "lease_until": None,
+                        "last_error": None,
+                        "updated_at": now,
+                    },
+                )
+            )
+        # 1. The pack first: the recipient ids (a delivery report may come as soon as the call
+        #    is answered) and the members whose events are about to go out.
+        self.save(
+            recipient_ids=recipient_ids,
+            announcing=tuple(m.message_id for m, _ in writes),
+        )
+        # 2. The records, already marked announced: if this run stops before step 4, the next
+        #    driver of the pack finds ``announcing`` and sends those events (again).
+        #    Only the records: a member's upstream recipient id is in its result and in the
+        #    pack (delivery reports find the member by it); its slot learns it from its first
+        #    delivery report. Half the rows to write.
+        done = s.store.swap_many([(m, {**c, "announced": True}) for m, c in writes])
+        recorded = [d for d in done if d is not None]
+        lost = [m.message_id for (m, _), d in zip(writes, done, strict=True) if d is None]
+        # 3. The events.
+        list(_storage_pool().map(s._emit_final, recorded))
+        if lost:  # finished by someone else meanwhile (a lease that ran out): theirs stands
+            s._announce_many(list(s.store.get_many(lost).values()))
+        # 4. Done: the call that got through is recorded, so a later call (members it lacked,
+        #    or left out) gets a RequestId of its own.
+        self.save(attempt=(), announcing=())
+        if missing:
+            self.release(missing)
+        log.info(
+            "pack %s sent: %d of %d members%s",
+            self.pack.pack_id,
+            len(recorded),
+            len(claimed),
+            ", duplicate RequestId" if duplicate else "",
+        )
+        if missing or self.leftovers:
+            self.later(0, "pack-rest")
+        return SendOutcome(
+            OutcomeKind.SENT, self.pack.pack_id, detail=f"pack of {len(recorded)} messages"
+        )
+
+    def transient(
+        self,
+        claimed: list[MessageRecord],
+        advised: float | None,
+        code: str,
+        title: str,
+        detail: str | None,
+        upstream_status: int | None,
+    ) -> SendOutcome:
+        """Every member backs off together and keeps the call's membership and RequestId;
+        members out of attempts or validity fail."""
+        from shared.outbound._sender import OutcomeKind, SendOutcome
+
+        s = self.s
+        attempts = max(c.attempts for c in claimed)
+        backoff = min(s.policy.retry_base * 2 ** (attempts - 1), s.policy.retry_max)
+        backoff *= random.uniform(0.75, 1.0)
+        delay = max(advised, backoff) if advised is not None else backoff
+        now = s._clock()
+        next_at = now + dt.timedelta(seconds=delay)
+        failing: list[tuple[MessageRecord, FailureInfo]] = []
+        backing: list[tuple[MessageRecord, Mapping[str, Any]]] = []
+        for member in claimed:
+            error = FailureInfo(
+                code=code,
+                title=title,
+                detail=detail,
+                upstreamStatus=upstream_status,
+                attempts=member.attempts,
+            )
+            if member.attempts >= s.policy.max_attempts:
+                final_code = "attempts-exhausted" if code != "rate-limited" else code
+                failing.append(
+                    (
+                        member,
+                        error.model_copy(
+                            update={
+                                "code": final_code,
+                                "title": f"Gave up after {member.attempts} attempts: {title}",
+                            }
+                        ),
+                    )
+                )
+            elif next_at >= member.valid_until:
+                failing.append((member, s._expired(member, last=error)))
+            else:
+                backing.append(
+                    (
+                        member,
+                        {
+                            "status": MessageStatus.QUEUED,
+                            "lease_until": None,
+                            "next_attempt_at": next_at,
+                            "last_error": error,
+                            "updated_at": now,
+                        },
+                    )
+                )
+        s.store.swap_many(backing)
+        self.fail(failing)
+        log.warning("pack %s attempt failed (%s); retry in %.1f s", self.pack.pack_id, title, delay)
+        if backing or self.leftovers:
+            return self.later(delay if backing else 0, code, OutcomeKind.RETRY_SCHEDULED)
+        return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail=code)
+
+    def rejected(self, claimed: list[MessageRecord], exc: Any) -> SendOutcome:
+        """Upstream refused the whole call: nothing was sent. The member it names fails alone
+        and the rest go again with a new RequestId; if it names nobody, the pack is split in
+        two (a pack of one fails)."""
+        from shared.outbound._sender import (
+            _REJECTED_RECIPIENT,
+            OutcomeKind,
+            SendOutcome,
+            _address_key,
+        )
+
+        match = _REJECTED_RECIPIENT.search(exc.message or "")
+        culprit = _address_key(match.group(1)) if match else None
+        addresses = {m.message_id: m.addresses for m in self.pack.members}
+        offenders = [
+            c
+            for c in claimed
+            if culprit is not None
+            and culprit in {_address_key(a) for a in addresses.get(c.message_id, ())}
+        ]
+        if not offenders and len(claimed) == 1:
+            offenders = claimed
+
+        def failure(member: MessageRecord) -> FailureInfo:
+            return FailureInfo(
+                code="upstream-rejected",
+                title=f"SmartDialog rejected the message ({exc.status_code})",
+                detail=exc.message,
+                upstreamStatus=exc.status_code,
+                attempts=member.attempts,
+            )
+
+        self.save(attempt=())
+        if offenders:
+            self.fail([(m, failure(m)) for m in offenders])
+            rest = [c for c in claimed if c not in offenders]
+            self.release(rest)
+            log.warning(
+                "pack %s refused (%d): %s; %d member(s) failed, %d go again",
+                self.pack.pack_id, exc.status_code, exc.message, len(offenders), len(rest),
+            )  # fmt: skip
+            if rest or self.leftovers:
+                return self.later(0, "pack-rejected")
+            return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail="upstream-rejected")
+        self.split(claimed)
+        log.warning(
+            "pack %s refused (%d) naming no recipient: split in two to find the one at fault",
+            self.pack.pack_id, exc.status_code,
+        )  # fmt: skip
+        if self.leftovers:
+            return self.later(0, "pack-split")
+        return SendOutcome(OutcomeKind.DEFERRED, self.pack.pack_id, detail="pack-split")
+
+    def split(self, claimed: list[MessageRecord]) -> None:
+        """Two new packs of the claimed members (halves, in order), recorded, their members
+        moved to them, and a driver for each."""
+        s = self.s
+        now = s._clock()
+        half = len(claimed) // 2
+        by_id = {m.message_id: m for m in self.pack.members}
+        packs = []
+        for part in (claimed[:half], claimed[half:]):
+            ids = [c.message_id for c in part]
+            packs.append(
+                Pack(
+                    pack_id=new_pack_id(self.pack.key, ids, now),
+                    key=self.pack.key,
+                    members=tuple(by_id[i] for i in ids),
+                    created_at=now,
+                    batch_id=self.pack.batch_id,
+                )
+            )
+        for pack in packs:
+            self.packs.save(pack)
+        for pack, part in zip(packs, (claimed[:half], claimed[half:]), strict=True):
+            self.release(part, pack_id=pack.pack_id)
+        for pack in packs:
+            s._outbound.send_message(
+                PackDriver(packId=pack.pack_id, batchId=pack.batch_id).model_dump_json()
+            )
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def release(self, records: list[MessageRecord], **extra: Any) -> None:
+        """Hand claims back (no call was made for them): queued, the attempt not counted."""
+        if not records:
+            return
+        now = self.s._clock()
+        self.s.store.swap_many(
+            [
+                (
+                    r,
+                    {
+                        "status": MessageStatus.QUEUED,
+                        "attempts": max(0, r.attempts - 1),
+                        "lease_until": None,
+                        "updated_at": now,
+                        **extra,
+                    },
+                )
+                for r in records
+            ]
+        )
+
+    def fail(self, items: list[tuple[MessageRecord, FailureInfo]]) -> None:
+        """Fail members for good (100 a transaction), then their events and dead letters."""
+        if not items:
+            return
+        now = self.s._clock()
+        done = self.s.store.swap_many(
+            [
+                (
+                    r,
+                    {
+                        "status": MessageStatus.FAILED,
+                        "failure": f,
+                        "finished_at": now,
+                        "lease_until": None,
+                        "updated_at": now,
+                    },
+                )
+                for r, f in items
+            ]
+        )
+        lost = [r.message_id for (r, _), d in zip(items, done, strict=True) if d is None]
+        recorded = [d for d in done if d is not None]
+        if lost:
+            recorded += list(self.s.store.get_many(lost).values())
+        self.s._announce_many(recorded)
+        for record in recorded:
+            if record.status is MessageStatus.FAILED and record.failure is not None:
+                log.warning(
+                    "message %s failed for good: %s", record.message_id, record.failure.title
+                )
+
+
+def _storage_pool() -> Any:
+    from shared.outbound._sender import _storage_pool as pool
+
+    return pool()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)

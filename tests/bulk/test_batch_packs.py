@@ -1,0 +1,342 @@
+"""Bulk sends' own packs: formed at accept time, one queue message each, sent and recovered.
+
+Real parts throughout (Azurite, the sandbox over sockets, the real functions); a fault the
+sandbox cannot produce on demand (a crash mid-way, a refusal that names nobody) is made by
+replacing one step of the driver for one call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.outbound import MessageStatus, MessageStore
+from shared.outbound._drive import _Run
+from shared.outbound._packs import PackDriver, PackStore
+from shared.outbound._store import BATCH_PARTITION_ROWS, message_keys
+from shared.smartdialog import BadRequestError
+from tests.bulk.test_bulk_action import batch_status, bulk, people
+from tests.outbound.conftest import REJECTED, Outbound, call_http
+
+NUMBERS = [f"+35840300{i:04d}" for i in range(40)]
+
+
+def accepted_batch(*addresses: str, **extra: Any) -> dict[str, Any]:
+    answer = bulk({"Recipients": people(*addresses), **extra})
+    assert answer.status == 202, answer.body
+    return {**answer.body, "Location": answer.headers["Location"]}
+
+
+def member_ids(batch: dict[str, Any]) -> list[str]:
+    done = batch_status(batch["Location"], details=True)
+    return [m["Id"] for m in done.body["Recipients"]]
+
+
+def drivers(outbound: Outbound) -> list[dict[str, Any]]:
+    return [m for m in outbound.read("smartdialog-outbound") if m.get("kind") == "pack"]
+
+
+def record(message_id: str) -> Any:
+    found = MessageStore.from_settings().get(message_id)
+    assert found is not None
+    return found
+
+
+def test_a_batch_is_one_queue_message_per_pack_and_one_call_per_pack(outbound: Outbound) -> None:
+    outbound.configure(PACK_MAX_RECIPIENTS=10)
+    batch = accepted_batch(*NUMBERS[:25])
+
+    queued = drivers(outbound)
+    assert len(queued) == 3  # 10 + 10 + 5 recipients, not 25 queue messages
+    assert outbound.queued() == 3
+    assert {d["batchId"] for d in queued} == {batch["Id"]}
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert sorted(len(c["body"]["Recipients"]) for c in calls) == [5, 10, 10]
+    sent = [r["Address"] for c in calls for r in c["body"]["Recipients"]]
+    assert sorted(sent) == sorted(NUMBERS[:25])
+    assert {c["body"]["RequestId"] for c in calls} == {d["packId"] for d in queued}
+    done = batch_status(batch["Location"], details=True)
+    assert done.status == 200
+    assert done.body["Counts"]["sent"] == 25
+    events = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert sorted(e["subject"] for e in events) == sorted(member_ids(batch))
+
+
+def test_members_are_stored_in_partitions_of_their_batch_and_found_by_id(
+    outbound: Outbound,
+) -> None:
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+
+    partition, prefix = message_keys(ids[0])
+    assert partition == f"{batch['Id']}.{1 // BATCH_PARTITION_ROWS:03d}"
+    assert prefix == ids[0].rsplit(".", 1)[1] + "."
+    assert message_keys(f"{batch['Id']}.00600")[0] == f"{batch['Id']}.001"
+    assert message_keys("my-own-id.00001") == ("my-own-id.00001", "")  # not a batch id
+    rows = list(MessageStore.from_settings().table.query_entities(f"PartitionKey eq '{partition}'"))
+    assert sorted(r["RowKey"] for r in rows) == sorted(
+        f"{i.rsplit('.', 1)[1]}.{kind}" for i in ids for kind in ("message", "recipient-00000")
+    )
+    # A member is an ordinary message for the per-message actions.
+    record_, slots = MessageStore.from_settings().get_with_slots(ids[1])
+    assert record_ is not None
+    assert record_.message_id == ids[1]
+    assert [s.address for s in slots] == [NUMBERS[1]]
+
+
+def test_a_cancelled_member_stays_out_and_the_call_gets_a_request_id_of_its_own(
+    outbound: Outbound,
+) -> None:
+    batch = accepted_batch(*NUMBERS[:4])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+
+    cancelled = call_http("CancelMessage", "DELETE", route_params={"MessageId": ids[2]})
+    assert cancelled.status == 200
+    outbound.drain()
+
+    [call] = outbound.upstream()
+    assert sorted(r["Address"] for r in call["body"]["Recipients"]) == sorted(
+        [NUMBERS[0], NUMBERS[1], NUMBERS[3]]
+    )
+    # Not the whole pack, so not the pack's id: a RequestId derived from who was sent.
+    assert call["body"]["RequestId"] != driver["packId"]
+    assert call["body"]["RequestId"].startswith("pack-")
+    assert record(ids[2]).status is MessageStatus.CANCELLED
+    done = batch_status(batch["Location"])
+    assert done.body["Counts"]["sent"] == 3
+    assert done.body["Counts"]["cancelled"] == 1
+
+
+def test_a_rejected_member_fails_alone_and_the_rest_go_again(outbound: Outbound) -> None:
+    batch = accepted_batch(NUMBERS[0], REJECTED, NUMBERS[1])
+    ids = member_ids(batch)
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [400, 200]
+    assert calls[0]["body"]["RequestId"] != calls[1]["body"]["RequestId"]
+    assert sorted(r["Address"] for r in calls[1]["body"]["Recipients"]) == NUMBERS[:2]
+    rejected = record(ids[1])
+    assert rejected.status is MessageStatus.FAILED
+    assert rejected.failure.code == "upstream-rejected"
+    assert [record(i).status for i in (ids[0], ids[2])] == [MessageStatus.SENT] * 2
+    assert [d["messageId"] for d in outbound.dead_letters()] == [ids[1]]
+    failed = [e for e in outbound.events() if e["type"].endswith(".failed")]
+    assert [e["subject"] for e in failed] == [ids[1]]
+
+
+def test_a_refusal_naming_nobody_splits_the_pack_until_the_culprit_is_alone(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import OutboundSender
+
+    batch = accepted_batch(*NUMBERS[:8])
+    ids = member_ids(batch)
+    culprit = NUMBERS[5]
+    real = OutboundSender._call_upstream
+
+    def refuse_if_culprit(self: OutboundSender, command: Any, **kwargs: Any) -> Any:
+        if culprit in [r.Address for r in command.body.Recipients]:
+            raise BadRequestError(
+                "The request was not valid",
+                status_code=400,
+                body={"errorMessage": "The request was not valid"},
+                headers=httpx.Headers(),
+                operation_id="SendMessage",
+                method="POST",
+                path="/messages",
+            )
+        return real(self, command, **kwargs)
+
+    monkeypatch.setattr(OutboundSender, "_call_upstream", refuse_if_culprit)
+    outbound.drain()
+
+    calls = outbound.upstream()
+    sent = sorted(r["Address"] for c in calls for r in c["body"]["Recipients"])
+    assert sent == sorted(a for a in NUMBERS[:8] if a != culprit)  # each once
+    assert len(calls) <= 3  # the halves without the culprit: 4, 2, 1 recipients
+    assert record(ids[5]).status is MessageStatus.FAILED
+    assert [record(i).status for i in ids if i != ids[5]] == [MessageStatus.SENT] * 7
+    assert [d["messageId"] for d in outbound.dead_letters()] == [ids[5]]
+
+
+def test_after_a_crash_past_the_call_the_driver_sends_the_same_call_and_nothing_twice(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbound.configure(
+        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    )
+    batch = accepted_batch(*NUMBERS[:5])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+    real = _Run.sent
+    crashes = [RuntimeError("worker died after upstream accepted the pack")]
+
+    def crash_then_record(self: _Run, *args: Any, **kwargs: Any) -> Any:
+        if crashes:
+            raise crashes.pop()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Run, "sent", crash_then_record)
+    text = json.dumps(driver)
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    assert {record(i).status for i in ids} == {MessageStatus.SENDING}
+    pack = PackStore.from_settings().get(driver["packId"])
+    assert pack is not None
+    assert list(pack.attempt) == ids
+
+    outbound.invoke(text, dequeue_count=2)  # too early: the claims still hold
+    assert len(outbound.upstream()) == 1
+    time.sleep(1.2)  # the crashed run's claims run out
+    outbound.invoke(text, dequeue_count=3)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200, 409]
+    assert calls[0]["body"]["RequestId"] == calls[1]["body"]["RequestId"] == driver["packId"]
+    assert len(outbound.sandbox.state.snapshot("messages")) == 1
+    for message_id in ids:
+        done = record(message_id)
+        assert done.status is MessageStatus.SENT
+        assert done.duplicate
+        assert done.upstream_message_id == calls[0]["response"]["MessageId"]
+    events = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert sorted(e["subject"] for e in events) == sorted(ids)
+
+
+def test_a_crash_between_the_records_and_the_events_sends_the_events_on_the_next_run(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import OutboundSender
+
+    outbound.configure(
+        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    )
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+    real = OutboundSender._emit_final
+    crashes = [RuntimeError("worker died before the events went out")]
+
+    def crash_then_emit(self: OutboundSender, record_: Any) -> Any:
+        if crashes:
+            raise crashes.pop()
+        return real(self, record_)
+
+    monkeypatch.setattr(OutboundSender, "_emit_final", crash_then_emit)
+    with pytest.raises(RuntimeError):
+        outbound.invoke(json.dumps(driver))
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    time.sleep(1.2)  # the crashed run's pack lease runs out
+    outbound.invoke(json.dumps(driver), dequeue_count=2)
+
+    assert len(outbound.upstream()) == 1
+    events = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert sorted({e["subject"] for e in events}) == sorted(ids)
+    pack = PackStore.from_settings().get(driver["packId"])
+    assert pack is not None
+    assert pack.announcing == ()
+    assert pack.attempt == ()
+
+
+def test_a_second_driver_of_a_pack_in_flight_waits_and_sends_nothing(outbound: Outbound) -> None:
+    batch = accepted_batch(*NUMBERS[:3])
+    [driver] = drivers(outbound)
+    packs = PackStore.from_settings()
+    pack = packs.get(driver["packId"])
+    assert pack is not None
+    held = packs.swap(pack, lease_until=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
+    assert held is not None
+
+    from shared.outbound import OutboundSender
+
+    outcome = OutboundSender.from_settings().process(json.dumps(driver))
+    assert outcome.kind == "deferred"
+    assert outcome.detail == "claimed"
+    assert outcome.delay_seconds is not None
+    assert outcome.delay_seconds >= 29
+    assert outbound.upstream() == []
+    assert batch_status(batch["Location"]).body["Counts"]["queued"] == 3
+
+
+def test_a_driver_for_a_pack_that_is_not_ours_is_dead_lettered(outbound: Outbound) -> None:
+    from shared.outbound import OutboundSender
+
+    text = PackDriver(packId="pack-" + "0" * 32).model_dump_json()
+    outcome = OutboundSender.from_settings().process(text)
+
+    assert outcome.kind == "dead-lettered"
+    [letter] = outbound.dead_letters()
+    assert letter["reason"] == "malformed"
+    assert "pack-" + "0" * 32 in letter["detail"]
+    assert outbound.upstream() == []
+
+
+def test_a_batch_stuck_accepting_gets_its_drivers_again_from_a_status_poll(
+    outbound: Outbound,
+) -> None:
+    from azure.data.tables import UpdateMode
+
+    from shared.outbound._bulk import BulkService
+    from shared.settings import get_settings
+
+    batch = accepted_batch(*NUMBERS[:3])
+    outbound.drain()
+    assert len(outbound.upstream()) == 1
+    # As if the request had died after the members were written, before the drivers.
+    service = BulkService(get_settings())
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    service.batches.update_entity(
+        {"PartitionKey": batch["Id"], "RowKey": "batch", "Status": "accepting", "CreatedAt": old},
+        mode=UpdateMode.MERGE,
+    )
+
+    batch_status(batch["Location"])
+    assert len(drivers(outbound)) == 1
+    outbound.drain()
+    assert len(outbound.upstream()) == 1  # the pack was sent already: nothing more goes
+
+
+def test_a_crash_after_the_pack_row_but_before_the_records_keeps_the_call_for_the_retry(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbound.configure(
+        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    )
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+    real = MessageStore.swap_many
+    crashes = [RuntimeError("worker died before the sent records were written")]
+
+    def crash_before_sent(self: MessageStore, items: Any, **kwargs: Any) -> Any:
+        if crashes and any(c.get("status") is MessageStatus.SENT for _, c in items):
+            raise crashes.pop()
+        return real(self, items, **kwargs)
+
+    monkeypatch.setattr(MessageStore, "swap_many", crash_before_sent)
+    with pytest.raises(RuntimeError):
+        outbound.invoke(json.dumps(driver))
+    pack = PackStore.from_settings().get(driver["packId"])
+    assert pack is not None
+    assert list(pack.announcing) == ids  # step 1 done
+    assert {record(i).status for i in ids} == {MessageStatus.SENDING}
+    time.sleep(1.2)  # the crashed run's lease and claims run out
+    outbound.invoke(json.dumps(driver), dequeue_count=2)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200, 409]  # the same call again, not a new one
+    assert calls[0]["body"]["RequestId"] == calls[1]["body"]["RequestId"]
+    assert len(outbound.sandbox.state.snapshot("messages")) == 1
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    events = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert sorted({e["subject"] for e in events}) == sorted(ids)
