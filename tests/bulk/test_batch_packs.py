@@ -340,3 +340,30 @@ def test_a_crash_after_the_pack_row_but_before_the_records_keeps_the_call_for_th
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
     events = [e for e in outbound.events() if e["type"].endswith(".sent")]
     assert sorted({e["subject"] for e in events}) == sorted(ids)
+
+
+def test_opted_out_rows_of_a_bulk_are_refused_by_row_from_one_read_of_each_list(
+    outbound: Outbound,
+) -> None:
+    from shared.inbound import ALL_SERVICES, SuppressionStore
+    from tests.outbound.conftest import SERVICE
+
+    store = SuppressionStore.from_settings()
+    now = dt.datetime.now(dt.UTC)
+    addresses = [f"+35840400{i:04d}" for i in range(30)]
+    store.add(SERVICE, addresses[3], keyword="STOP", source="inbound", now=now)
+    store.add(ALL_SERVICES, addresses[17], keyword="STOP", source="inbound", now=now)
+    store.add("some-other-service", addresses[20], keyword="STOP", source="inbound", now=now)
+
+    hits = store.suppressed_many(SERVICE, addresses)
+    assert sorted(hits) == [3, 17]
+    # A list too long to scan: the same answer from point reads.
+    assert sorted(store.suppressed_many(SERVICE, addresses, scan_limit=0)) == [3, 17]
+
+    batch = accepted_batch(*addresses)
+    assert batch["Accepted"] == 28
+    assert [(r["row"], r["field"]) for r in batch["Refused"]] == [(4, "Address"), (18, "Address")]
+    outbound.drain()
+    [call] = outbound.upstream()
+    sent = {r["Address"] for r in call["body"]["Recipients"]}
+    assert sent == set(addresses) - {addresses[3], addresses[17]}
