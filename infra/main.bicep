@@ -88,7 +88,7 @@ param smartDialogSendRetryMaxSeconds string = ''
 @description('SMARTDIALOG_SEND_LEASE_SECONDS: how long a sender owns a message before another delivery may take it over.')
 param smartDialogSendLeaseSeconds string = ''
 
-@description('SMARTDIALOG_PACK_MAX_RECIPIENTS: most recipients the sender packs into one upstream call.')
+@description('SMARTDIALOG_PACK_MAX_RECIPIENTS: most recipients the sender packs into one upstream call (1 to 1000).')
 param smartDialogPackMaxRecipients string = ''
 
 @description('SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: Retry-After of a status URL while the send is pending.')

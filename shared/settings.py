@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     send_quota_wait_seconds: float = Field(
         1.0, alias="SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS", ge=0, le=10
     )
-    pack_max_recipients: int = Field(500, alias="SMARTDIALOG_PACK_MAX_RECIPIENTS", ge=1, le=10000)
+    # At most 1,000: a pack's record (members, recipient ids) must fit in one Table entity.
+    pack_max_recipients: int = Field(500, alias="SMARTDIALOG_PACK_MAX_RECIPIENTS", ge=1, le=1000)
     send_status_retry_after_seconds: int = Field(
         5, alias="SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS", ge=1
     )
