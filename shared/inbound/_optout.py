@@ -198,17 +198,17 @@ class SuppressionStore:
     ) -> dict[int, Suppression]:
         """:meth:`suppressed` for many addresses: the service's list and the all-services list
         are each read with one partition query (RowKeys only) instead of two point reads per
-        address; the matches are then read in full. A list longer than ``scan_limit`` rows is
-        not scanned: those addresses are looked up one by one instead."""
-        if len(addresses) < 20:
-            return self.suppressed(service, addresses)
+        address; the matches are then read in full. For fewer than 200 addresses, or a list
+        longer than ``scan_limit`` rows, the point reads run side by side instead."""
+        if len(addresses) < 200:
+            return self._point_reads(service, addresses)
         keys = {index: safe_key(recipient_key(a)) for index, a in enumerate(addresses)}
         wanted = set(keys.values())
         hits: set[tuple[str, str]] = set()
         for partition in dict.fromkeys((service, ALL_SERVICES)):
             listed = self._listed(partition, scan_limit)
             if listed is None:
-                return self.suppressed(service, addresses)
+                return self._point_reads(service, addresses)
             hits.update((partition, row) for row in listed & wanted)
         found: dict[int, Suppression] = {}
         for index, address in enumerate(addresses):
@@ -218,6 +218,23 @@ class SuppressionStore:
                     if hit is not None:
                         found[index] = hit
                         break
+        return found
+
+    def _point_reads(self, service: str, addresses: Sequence[str]) -> dict[int, Suppression]:
+        """:meth:`suppressed` in chunks of 50 addresses on 10 threads."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(addresses) <= 50:
+            return self.suppressed(service, addresses)
+        starts = range(0, len(addresses), 50)
+        found: dict[int, Suppression] = {}
+        with ThreadPoolExecutor(10) as pool:
+            for start, hits in zip(
+                starts,
+                pool.map(lambda i: self.suppressed(service, addresses[i : i + 50]), starts),
+                strict=True,
+            ):
+                found.update({start + index: hit for index, hit in hits.items()})
         return found
 
     def _listed(self, service: str, limit: int) -> set[str] | None:
