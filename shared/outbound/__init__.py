@@ -14,6 +14,10 @@ compare-and-swap, so two workers never both claim one message)::
   arrives meanwhile is re-enqueued until the lease ends.
 - ``sent``/``failed``/``cancelled``: final; a re-delivered queue message is acknowledged.
 
+A bulk member (SendBulkMessages) has no queue message of its own: it stays ``accepted`` until
+its pack's driver claims it (``accepted -> sending``), and goes back to ``queued`` only after a
+call that did not get through (see ``shared/outbound/_drive.py``).
+
 See ``docs/sending.md`` for the crash windows and why each is safe.
 """
 

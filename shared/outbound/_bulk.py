@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ from urllib.parse import quote
 from shared.names import BATCHES_TABLE, OUTBOUND_QUEUE
 from shared.outbound._models import MessageStatus, OutboundMessageAdapter
 from shared.outbound._packs import Pack, PackDriver, PackMember, new_pack_id
-from shared.outbound._records import command_text, new_record, normalize
+from shared.outbound._records import new_record, normalize
 from shared.outbound._store import (
     RECIPIENT_ROW_PREFIX,
     RECORD_ROW_KEY,
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = ["MAX_BULK_RECIPIENTS", "BulkRecipient", "BulkService"]
+
+log = logging.getLogger("shared.outbound.bulk")
 
 #: Most recipients of one bulk request.
 MAX_BULK_RECIPIENTS = 10_000
@@ -199,7 +202,7 @@ class BulkService:
             )
         base = {k: v for k, v in template.items() if v is not None}
         validity = dt.timedelta(seconds=self.settings.send_validity_seconds)
-        records: list[tuple[MessageRecord, list[Any], str]] = []
+        records: list[tuple[MessageRecord, list[RecipientSlot]]] = []
         for recipient, address in valid:
             message_id = f"{batch_id}.{recipient.row:05d}"
             entry_: dict[str, Any] = {"Address": address}
@@ -221,10 +224,10 @@ class BulkService:
                 service_id=service_id,
             )
             record, slots = new_record(command, now=now, validity=validity, batch_id=batch_id)
-            records.append((record, slots, command_text(command)))
+            records.append((record, slots))
         packs = self._form_packs(batch_id, records, now)
         members = {m.message_id: p.pack_id for p in packs for m in p.members}
-        records = [(replace(r, pack_id=members[r.message_id]), sl, t) for r, sl, t in records]
+        records = [(replace(r, pack_id=members[r.message_id]), sl) for r, sl in records]
         self.batches.upsert_entity(
             {
                 "PartitionKey": batch_id,
@@ -245,11 +248,11 @@ class BulkService:
         with ThreadPoolExecutor(_THREADS) as pool:
             # The packs first: a member names its pack, which must exist when it is read.
             list(pool.map(self.packs.save, packs))
-        self.store.create_many([(r, sl) for r, sl, _ in records])
+        self.store.create_many(records)
         self._enqueue_drivers(batch_id, [p.pack_id for p in packs])
         self._mark_queued(batch_id)
         # The answer is built from what was just written, not read back (5,000 members would
-        # be a 5,000-row query): every accepted member is on the queue now.
+        # be a 5,000-row query): every accepted member's pack has its driver on the queue now.
         url = self.status_url(batch_id)
         counts = {str(s): 0 for s in MessageStatus}
         counts[str(MessageStatus.QUEUED)] = len(records)
@@ -277,7 +280,10 @@ class BulkService:
         return dict(store.suppressed_many(service_id, addresses))
 
     def _form_packs(
-        self, batch_id: str, records: list[tuple[MessageRecord, list[Any], str]], now: dt.datetime
+        self,
+        batch_id: str,
+        records: list[tuple[MessageRecord, list[RecipientSlot]]],
+        now: dt.datetime,
     ) -> list[Pack]:
         """Consecutive members with one pack key, up to the pack size in recipients."""
         limit = max(1, self.settings.pack_max_recipients)
@@ -302,7 +308,7 @@ class BulkService:
             )
             current, count = [], 0
 
-        for record, slots, _ in records:
+        for record, slots in records:
             addresses = tuple(slot.address for slot in slots)
             alone = record.pack_key is None
             if current and (
@@ -315,6 +321,37 @@ class BulkService:
                 close()
         close()
         return packs
+
+    def _redrive_stale(self, batch: Any, records: list[MessageRecord]) -> None:
+        """Enqueue the drivers of packs whose unfinished members nobody touched for longer
+        than any lease or backoff lasts (a driver message that ended in the poison queue after
+        storage failures, say); at most once per that period per batch. A pack driven twice
+        is sent once."""
+        from azure.data.tables import UpdateMode
+
+        now = self._clock()
+        quiet = dt.timedelta(
+            seconds=self.settings.send_lease_seconds + self.settings.send_retry_max_seconds + 60
+        )
+        last = batch.get("RedrivenAt")
+        if isinstance(last, dt.datetime) and now - last < quiet:
+            return
+        stale = sorted(
+            {
+                r.pack_id
+                for r in records
+                if r.pack_id is not None and not r.status.is_final and now - r.updated_at >= quiet
+            }
+        )
+        if not stale:
+            return
+        log.warning("batch %s: %d pack(s) idle for %s; their drivers are enqueued again",
+                    batch["PartitionKey"], len(stale), quiet)  # fmt: skip
+        self.batches.update_entity(
+            {"PartitionKey": batch["PartitionKey"], "RowKey": BATCH_ROW_KEY, "RedrivenAt": now},
+            mode=UpdateMode.MERGE,
+        )
+        self._enqueue_drivers(str(batch["PartitionKey"]), stale)
 
     def _enqueue_drivers(self, batch_id: str, pack_ids: list[str]) -> None:
         from shared.outbound._service import _queue
@@ -394,7 +431,7 @@ class BulkService:
             elif row.endswith(f".{RECIPIENT_ROW_PREFIX}00000"):
                 slot = RecipientSlot.from_entity(entity)
                 slots[slot.message_id] = slot
-        records = sorted(records_by_id.values(), key=lambda r: r.message_id)
+        records = sorted(records_by_id.values(), key=lambda r: int(r.message_id.rsplit(".", 1)[1]))
         delivery = {
             r.message_id: effective_status(
                 slots.get(r.message_id) or RecipientSlot(r.message_id, 0, "", 1), r.status
@@ -409,9 +446,11 @@ class BulkService:
         ):
             self._enqueue_drivers(batch_id, json.loads(_joined(batch, "PackIds") or "[]"))
             self._mark_queued(batch_id)
+        else:
+            self._redrive_stale(batch, records)
         queued = batch.get("Status") == "queued"
-        # Members are recorded ``accepted`` and the batch, not each member, notes that they
-        # are all on the queue: once it does, an ``accepted`` member is queued.
+        # Members are recorded ``accepted`` and the batch, not each member, notes that their
+        # packs' drivers are all on the queue: once it does, an ``accepted`` member is queued.
         counts = Counter(
             str(MessageStatus.QUEUED)
             if queued and r.status is MessageStatus.ACCEPTED

@@ -31,6 +31,7 @@ import json
 import logging
 import random
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -76,16 +77,25 @@ def drive_pack(
         )
     now = sender._clock()
     if pack.lease_until is not None and pack.lease_until > now:
-        delay = (pack.lease_until - now).total_seconds() + 1
+        # Another driver holds it (usually for a few seconds; a crashed one until its lease
+        # ends): look again soon rather than at the lease's end.
+        delay = min((pack.lease_until - now).total_seconds() + 1, PACK_RECHECK_SECONDS)
         return _later(sender, driver, delay, OutcomeKind.DEFERRED, "claimed")
     held = packs.swap(pack, lease_until=now + sender.policy.lease)
     if held is None:  # another driver of this pack took it just now
         return _later(sender, driver, 1, OutcomeKind.DEFERRED, "claimed")
     run = _Run(sender, held, driver)
     try:
-        return run.go()
-    finally:
+        outcome = run.go()
+    except BaseException:
         run.unlease()
+        raise
+    # The lease goes before the driver comes back, or the follow-up would find it held.
+    run.unlease()
+    if run.follow_up is not None:
+        delay, kind, reason = run.follow_up
+        _later(sender, driver, delay, kind, reason)
+    return outcome
 
 
 def _later(
@@ -103,6 +113,10 @@ def _later(
     return SendOutcome(kind, driver.packId, delay_seconds=seconds, detail=reason)
 
 
+#: A driver that finds its pack held by another looks again this soon.
+PACK_RECHECK_SECONDS = 10.0
+
+
 class _Run:
     """One driver's turn with a pack whose lease it holds."""
 
@@ -114,6 +128,9 @@ class _Run:
         self.driver = driver
         #: Members of this pack left open by this turn (the driver comes back for them).
         self.leftovers = 0
+        #: When and why the driver comes back: (delay, kind, reason), sent once the lease
+        #: is released.
+        self.follow_up: tuple[float, Any, str] | None = None
 
     # --- the pack row ------------------------------------------------------------------------
 
@@ -133,9 +150,15 @@ class _Run:
             self.pack = done
 
     def later(self, delay: float, reason: str, kind: Any = None) -> SendOutcome:
-        from shared.outbound._sender import OutcomeKind
+        """The driver comes back after ``delay`` (sent by :func:`drive_pack` after the lease
+        is released)."""
+        from shared.outbound._sender import OutcomeKind, SendOutcome, _whole_seconds
 
-        return _later(self.s, self.driver, delay, kind or OutcomeKind.DEFERRED, reason)
+        kind = kind or OutcomeKind.DEFERRED
+        self.follow_up = (delay, kind, reason)
+        return SendOutcome(
+            kind, self.pack.pack_id, delay_seconds=_whole_seconds(delay), detail=reason
+        )
 
     # --- the turn ----------------------------------------------------------------------------
 
@@ -146,9 +169,14 @@ class _Run:
         now = s._clock()
         found = s.store.get_many(pack.member_ids)
         members = [found[m] for m in pack.member_ids if m in found]
-        # Members that moved to another pack (a split) are that pack's: make sure it is driven
-        # (a crash right after a split leaves its drivers unsent).
-        moved = {r.pack_id for r in members if not r.status.is_final and r.pack_id is not None}
+        # Members that moved to another pack (a split) are that pack's. If they sat untouched
+        # for a lease (a crash right after the split left its drivers unsent), drive it.
+        idle = s.policy.lease
+        moved = {
+            r.pack_id
+            for r in members
+            if not r.status.is_final and r.pack_id is not None and now - r.updated_at >= idle
+        }
         for other in sorted(moved - {pack.pack_id}):
             s._outbound.send_message(
                 PackDriver(packId=other, batchId=pack.batch_id).model_dump_json()
@@ -157,14 +185,18 @@ class _Run:
         if pack.announcing:  # a run stopped between recording a call and its events
             # Only members recorded final: a run that stopped before step 2 of ``sent`` left
             # them ``sending``, and its call's membership (``attempt``) must stay for the retry.
+            # Only the ids whose events go out now leave the list: a run whose lease ran out
+            # may still be writing the others (they are final when a later run finds them).
             pending = set(pack.announcing)
             again = [r for r in mine if r.message_id in pending and r.status.is_final]
             list(_storage_pool().map(s._emit_final, again))
+            emitted = {r.message_id for r in again}
+            left = tuple(i for i in pack.announcing if i not in emitted)
             unfinished = {r.message_id for r in mine if not r.status.is_final}
             if unfinished.intersection(pack.attempt):
-                self.save(announcing=())
+                self.save(announcing=left)
             else:  # that call is recorded in full: the next one gets a RequestId of its own
-                self.save(announcing=(), attempt=())
+                self.save(announcing=left, attempt=())
             pack = self.pack
         s._announce_many([r for r in mine if r.status.is_final])
         open_ = [r for r in mine if not r.status.is_final]
@@ -383,6 +415,7 @@ class _Run:
                     member,
                     {
                         "status": MessageStatus.SENT,
+                        "request_id": self.pack.request_id,  # what upstream got
                         "result": _json(own),
                         "upstream_message_id": str(upstream_id) if upstream_id else None,
                         "part_count": int(parts)
@@ -399,10 +432,8 @@ class _Run:
             )
         # 1. The pack first: the recipient ids (a delivery report may come as soon as the call
         #    is answered) and the members whose events are about to go out.
-        self.save(
-            recipient_ids=recipient_ids,
-            announcing=tuple(m.message_id for m, _ in writes),
-        )
+        adding = [m.message_id for m, _ in writes if m.message_id not in self.pack.announcing]
+        self.save(recipient_ids=recipient_ids, announcing=(*self.pack.announcing, *adding))
         # 2. The records, already marked announced: if this run stops before step 4, the next
         #    driver of the pack finds ``announcing`` and sends those events (again).
         #    Only the records: a member's upstream recipient id is in its result and in the
@@ -417,7 +448,8 @@ class _Run:
             s._announce_many(list(s.store.get_many(lost).values()))
         # 4. Done: the call that got through is recorded, so a later call (members it lacked,
         #    or left out) gets a RequestId of its own.
-        self.save(attempt=(), announcing=())
+        out = {r.message_id for r in recorded}
+        self.save(attempt=(), announcing=tuple(i for i in self.pack.announcing if i not in out))
         if missing:
             self.release(missing)
         log.info(
@@ -500,8 +532,11 @@ class _Run:
 
     def rejected(self, claimed: list[MessageRecord], exc: Any) -> SendOutcome:
         """Upstream refused the whole call: nothing was sent. The member it names fails alone
-        and the rest go again with a new RequestId; if it names nobody, the pack is split in
-        two (a pack of one fails)."""
+        and the rest go again with a new RequestId. A 400 naming nobody (or a 413) splits the
+        pack in two, unless this pack is itself half of a pack whose other half was refused
+        the same way (then it is not one recipient's fault: every member fails); a pack of one
+        fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a
+        recipient: every member fails."""
         from shared.outbound._sender import (
             _REJECTED_RECIPIENT,
             OutcomeKind,
@@ -542,6 +577,20 @@ class _Run:
             if rest or self.leftovers:
                 return self.later(0, "pack-rejected")
             return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail="upstream-rejected")
+        sibling = self.packs.get(self.pack.sibling) if self.pack.sibling else None
+        whole = exc.status_code not in (400, 413) or (
+            exc.status_code == 400 and sibling is not None and sibling.refused
+        )
+        if whole:
+            self.fail([(m, failure(m)) for m in claimed])
+            log.warning(
+                "pack %s refused (%d): %s; its %d member(s) failed",
+                self.pack.pack_id, exc.status_code, exc.message, len(claimed),
+            )  # fmt: skip
+            if self.leftovers:
+                return self.later(0, "pack-rejected")
+            return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail="upstream-rejected")
+        self.save(refused=True)
         self.split(claimed)
         log.warning(
             "pack %s refused (%d) naming no recipient: split in two to find the one at fault",
@@ -570,6 +619,8 @@ class _Run:
                     batch_id=self.pack.batch_id,
                 )
             )
+        first, second = packs
+        packs = [replace(first, sibling=second.pack_id), replace(second, sibling=first.pack_id)]
         for pack in packs:
             self.packs.save(pack)
         for pack, part in zip(packs, (claimed[:half], claimed[half:]), strict=True):

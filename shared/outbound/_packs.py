@@ -176,6 +176,10 @@ class Pack:
     calls: int = 0
     #: Members recorded sent whose events may not be out yet (see :mod:`._drive`).
     announcing: tuple[str, ...] = ()
+    #: The other half of the pack this one was split from, and whether this one was refused
+    #: naming nobody (both halves refused: not one recipient's fault).
+    sibling: str | None = None
+    refused: bool = False
     #: A batch pack's driver lease: another driver leaves the pack alone until then.
     lease_until: dt.datetime | None = None
     etag: str | None = field(default=None, compare=False)
@@ -220,6 +224,8 @@ class Pack:
                 **_chunked("Attempt", json.dumps(list(self.attempt))),
                 Calls=self.calls,
                 **_chunked("Announcing", json.dumps(list(self.announcing))),
+                Sibling=self.sibling,
+                Refused=self.refused,
                 LeaseUntil=None
                 if self.lease_until is None
                 else dt.datetime.fromtimestamp(self.lease_until.timestamp(), dt.UTC),
@@ -243,6 +249,8 @@ class Pack:
             attempt=tuple(json.loads(_joined(entity, "Attempt") or "[]")),
             calls=int(entity.get("Calls") or 0),
             announcing=tuple(json.loads(_joined(entity, "Announcing") or "[]")),
+            sibling=entity.get("Sibling"),
+            refused=bool(entity.get("Refused")),
             lease_until=lease if isinstance(lease, dt.datetime) else None,
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )

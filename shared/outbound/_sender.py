@@ -369,6 +369,13 @@ class OutboundSender:
     # --- the state machine -----------------------------------------------------------------------
 
     def _advance(self, record: MessageRecord, command: OutboundMessage) -> SendOutcome:
+        if record.batch_id is not None and record.pack_id is not None:
+            # A bulk member's own command (it has no queue message of its own; someone put it
+            # there by hand): only its pack's driver sends it, so the driver is what goes on.
+            if not record.status.is_final:
+                driver = PackDriver(packId=record.pack_id, batchId=record.batch_id)
+                self._outbound.send_message(driver.model_dump_json())
+            return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id, detail="bulk-member")
         for _ in range(5):  # each round re-reads after a lost compare-and-swap
             now = self._clock()
             if record.status.is_final:
@@ -1353,8 +1360,11 @@ class OutboundSender:
                 operation=record.operation,
                 customerId=record.customer_id,
                 serviceId=record.service_id,
-                # A packed message went upstream with its pack's RequestId.
-                requestId=record.pack_id or record.request_id,
+                # A packed message went upstream with its pack's RequestId; a bulk member's
+                # record holds its call's (see shared.outbound._drive).
+                requestId=record.request_id
+                if record.batch_id is not None
+                else (record.pack_id or record.request_id),
                 upstreamMessageId=record.upstream_message_id,
                 messagePartCount=record.part_count,
                 threadId=result.get("ThreadId"),

@@ -201,7 +201,15 @@ class SendService:
 
     def _enqueue(self, record: MessageRecord) -> MessageRecord:
         """Put the record's command on the queue, then mark it queued (a lost race is fine:
-        the sender may already have claimed it)."""
+        the sender may already have claimed it). A bulk member stays ``accepted`` until its
+        pack's driver claims it and has no queue message of its own: its pack's driver goes
+        on the queue instead (a driver twice is harmless)."""
+        if record.batch_id is not None and record.pack_id is not None:
+            from shared.outbound._packs import PackDriver
+
+            driver = PackDriver(packId=record.pack_id, batchId=record.batch_id)
+            _queue(OUTBOUND_QUEUE, self.settings).send_message(driver.model_dump_json())
+            return record
         _queue(OUTBOUND_QUEUE, self.settings).send_message(record.command)
         return self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock()) or (
             self.store.get(record.message_id) or record

@@ -1,6 +1,7 @@
 """The status table and the idempotency table (Azure Table storage, ETag compare-and-swap).
 
-``SmartDialogMessages`` holds one partition per message (PartitionKey = our message id):
+``SmartDialogMessages`` holds one partition per message (PartitionKey = our message id;
+bulk members: see below):
 
 - RowKey ``message``: the :class:`MessageRecord` (status, request, attempts, upstream result).
   Every status change is a compare-and-swap on its ETag, so two workers never both claim it.
@@ -51,7 +52,6 @@ __all__ = [
     "RecipientSlot",
     "batch_filter",
     "effective_status",
-    "is_batch_member_id",
     "message_keys",
 ]
 
@@ -100,10 +100,6 @@ def message_keys(message_id: str) -> tuple[str, str]:
 def batch_filter(batch_id: str) -> str:
     """The Table query filter of every row of every member of a batch."""
     return f"PartitionKey gt '{_odata(batch_id)}.' and PartitionKey lt '{_odata(batch_id)}/'"
-
-
-def is_batch_member_id(message_id: str) -> bool:
-    return _BATCH_MEMBER_ID.match(message_id) is not None
 
 
 def record_keys(message_id: str) -> tuple[str, str]:
