@@ -63,6 +63,9 @@ log = logging.getLogger("shared.outbound.bulk")
 MAX_BULK_RECIPIENTS = 10_000
 BATCH_ROW_KEY = "batch"
 STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
+#: A batch still ``accepting`` this long after its request began, with members missing, is
+#: ``incomplete``: that request is over (an HTTP function times out after 230 s).
+INCOMPLETE_AFTER = dt.timedelta(minutes=5)
 #: A recipient's delivery state: its slot's (delivery reports) or its message's, whichever is
 #: further along (see :func:`effective_status`).
 DELIVERY_STATES = ("pending", "sent", "delivered", "undelivered", "failed", "cancelled")
@@ -145,6 +148,7 @@ class BulkService:
         ).hexdigest()  # fmt: skip
         batch_id = str(uuid.uuid4())
         key_hash = None
+        resumed = None
         if idempotency_key:
             key_hash = idempotency_key_hash(customer_id, "bulk\n" + idempotency_key)
             entry = self.idempotency.claim(
@@ -160,7 +164,13 @@ class BulkService:
                         type=ProblemType.CONFLICT,
                         errors=[FieldError("Idempotency-Key", "Already used for another request.")],
                     )
-                return self.status(entry.message_id, details=False, checked=True)
+                resumed = self._unfinished(entry.message_id)
+                if resumed is None:
+                    return self.status(entry.message_id, details=False, checked=True)
+                # The first request with this key stopped part-way: finish it, as that batch
+                # (same id, same time, so the same members and packs).
+                batch_id = entry.message_id
+                now = dt.datetime.fromisoformat(str(resumed.get("FormedAt") or now.isoformat()))
         errors: list[dict[str, Any]] = []
         valid: list[tuple[BulkRecipient, str]] = []
         seen: set[str] = set()
@@ -189,7 +199,7 @@ class BulkService:
                 )  # fmt: skip
             valid = [v for i, v in enumerate(valid) if i not in hits]
         errors.sort(key=lambda e: int(e["row"]))
-        if errors and (all_or_nothing or not valid):
+        if errors and (all_or_nothing or not valid) and resumed is None:
             if key_hash is not None:
                 self.idempotency.release(key_hash, batch_id)
             raise Problem(
@@ -228,6 +238,8 @@ class BulkService:
         packs = self._form_packs(batch_id, records, now)
         members = {m.message_id: p.pack_id for p in packs for m in p.members}
         records = [(replace(r, pack_id=members[r.message_id]), sl) for r, sl in records]
+        if resumed is not None:
+            return self._resume(resumed, records, packs, errors, len(recipients))
         self.batches.upsert_entity(
             {
                 "PartitionKey": batch_id,
@@ -240,6 +252,8 @@ class BulkService:
                 "Refused": json.dumps(errors)[:30_000],
                 "RefusedCount": len(errors),
                 "CreatedAt": now,
+                # Exactly (pack ids are made from it): a replay finishing this batch needs it.
+                "FormedAt": now.isoformat(),
                 "IdempotencyKeyHash": key_hash,
                 "PackCount": len(packs),
                 **_chunked("PackIds", json.dumps([p.pack_id for p in packs])),
@@ -251,19 +265,25 @@ class BulkService:
         self.store.create_many(records)
         self._enqueue_drivers(batch_id, [p.pack_id for p in packs])
         self._mark_queued(batch_id)
-        # The answer is built from what was just written, not read back (5,000 members would
-        # be a 5,000-row query): every accepted member's pack has its driver on the queue now.
+        return self._accepted(batch_id, len(recipients), len(records), errors)
+
+    def _accepted(
+        self, batch_id: str, total: int, accepted: int, errors: list[dict[str, Any]]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The 202 of an accepted batch, built from what was just written, not read back
+        (5,000 members would be a 5,000-row query): every accepted member's pack has its
+        driver on the queue now."""
         url = self.status_url(batch_id)
         counts = {str(s): 0 for s in MessageStatus}
-        counts[str(MessageStatus.QUEUED)] = len(records)
+        counts[str(MessageStatus.QUEUED)] = accepted
         body: dict[str, Any] = {
             "Id": batch_id,
             "Status": "pending",
-            "Total": len(recipients),
-            "Accepted": len(records),
+            "Total": total,
+            "Accepted": accepted,
             "RefusedCount": len(errors),
             "Counts": counts,
-            "DeliveryCounts": dict.fromkeys(DELIVERY_STATES, 0) | {"pending": len(records)},
+            "DeliveryCounts": dict.fromkeys(DELIVERY_STATES, 0) | {"pending": accepted},
             "StatusUrl": url,
             "Refused": errors,
         }
@@ -272,6 +292,73 @@ class BulkService:
             "Retry-After": str(self.settings.send_status_retry_after_seconds),
         }
         return 202, body, headers
+
+    # --- a batch whose request stopped part-way --------------------------------------------
+
+    def _unfinished(self, batch_id: str) -> Any | None:
+        """The batch row if its request stopped before it finished recording it
+        (``incomplete``, or ``accepting`` for longer than a request takes), else None."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            batch = self.batches.get_entity(batch_id, BATCH_ROW_KEY)
+        except ResourceNotFoundError:
+            return None
+        created = batch.get("CreatedAt")
+        stuck = isinstance(created, dt.datetime) and (
+            self._clock() - created >= STUCK_ACCEPTING_AFTER
+        )
+        status = batch.get("Status")
+        return batch if status == "incomplete" or (status == "accepting" and stuck) else None
+
+    def _members_recorded(self, batch_id: str) -> set[str]:
+        return {
+            str(e.get("MessageId"))
+            for e in self.store.table.query_entities(
+                batch_filter(batch_id), select=["RowKey", "MessageId"]
+            )
+            if str(e["RowKey"]).endswith("." + RECORD_ROW_KEY)
+        }
+
+    def _resume(
+        self,
+        batch: Any,
+        records: list[tuple[MessageRecord, list[RecipientSlot]]],
+        packs: list[Pack],
+        errors: list[dict[str, Any]],
+        total: int,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Finish recording a batch whose first request stopped part-way (a replay with its
+        Idempotency-Key): the members not recorded yet are, then the drivers go out. Members
+        already recorded are never written again (a driver may have moved them on)."""
+        batch_id = str(batch["PartitionKey"])
+        recorded = self._members_recorded(batch_id)
+        stored = json.loads(_joined(batch, "PackIds") or "[]")
+        if [p.pack_id for p in packs] != stored:
+            if len(recorded) >= int(batch.get("Accepted") or 0):
+                # Every member is recorded: only the drivers were missing. Send them.
+                self._enqueue_drivers(batch_id, stored)
+                self._mark_queued(batch_id)
+                return self.status(batch_id, details=False, checked=True)
+            # The recipients changed since (an opt-out): this request is not that one any more.
+            raise Problem(
+                409,
+                "The first request with this Idempotency-Key did not finish",
+                "It stopped before all its recipients were recorded, and they are no longer "
+                "the same (an opt-out since?); nothing of it was sent. Send the bulk again "
+                "with a new Idempotency-Key.",
+                type=ProblemType.CONFLICT,
+            )
+        missing = [(r, sl) for r, sl in records if r.message_id not in recorded]
+        with ThreadPoolExecutor(_THREADS) as pool:
+            list(pool.map(self.packs.save, packs))
+        if missing:
+            self.store.create_many(missing)
+        log.warning("batch %s: finished recording %d member(s) of a request that stopped",
+                    batch_id, len(missing))  # fmt: skip
+        self._enqueue_drivers(batch_id, stored)
+        self._mark_queued(batch_id)
+        return self._accepted(batch_id, total, len(records), errors)
 
     @staticmethod
     def _suppressed(store: Any, service_id: str, addresses: list[str]) -> dict[int, Any]:
@@ -367,10 +454,13 @@ class BulkService:
             list(pool.map(queue.send_message, texts))
 
     def _mark_queued(self, batch_id: str) -> None:
+        self._mark(batch_id, "queued")
+
+    def _mark(self, batch_id: str, status: str) -> None:
         from azure.data.tables import UpdateMode
 
         self.batches.update_entity(
-            {"PartitionKey": batch_id, "RowKey": BATCH_ROW_KEY, "Status": "queued"},
+            {"PartitionKey": batch_id, "RowKey": BATCH_ROW_KEY, "Status": status},
             mode=UpdateMode.MERGE,
         )
 
@@ -439,14 +529,20 @@ class BulkService:
             for r in records
         }
         created = batch.get("CreatedAt")
-        if (
-            batch.get("Status") == "accepting"
-            and isinstance(created, dt.datetime)
-            and self._clock() - created >= STUCK_ACCEPTING_AFTER
-        ):
-            self._enqueue_drivers(batch_id, json.loads(_joined(batch, "PackIds") or "[]"))
-            self._mark_queued(batch_id)
-        else:
+        age = self._clock() - created if isinstance(created, dt.datetime) else dt.timedelta(0)
+        if batch.get("Status") == "accepting" and age >= STUCK_ACCEPTING_AFTER:
+            if len(records) >= int(batch.get("Accepted") or 0):
+                # Every member is recorded; the request stopped before its drivers were out.
+                self._enqueue_drivers(batch_id, json.loads(_joined(batch, "PackIds") or "[]"))
+                self._mark_queued(batch_id)
+                batch["Status"] = "queued"
+            elif age >= INCOMPLETE_AFTER:
+                # Its request is certainly over (HTTP functions time out long before) and it
+                # did not record every member: none of it is sent (a replay with the same
+                # Idempotency-Key finishes it).
+                self._mark(batch_id, "incomplete")
+                batch["Status"] = "incomplete"
+        elif batch.get("Status") == "queued":
             self._redrive_stale(batch, records)
         queued = batch.get("Status") == "queued"
         # Members are recorded ``accepted`` and the batch, not each member, notes that their
@@ -457,11 +553,12 @@ class BulkService:
             else str(r.status)
             for r in records
         )
-        pending = sum(1 for r in records if not r.status.is_final)
+        incomplete = batch.get("Status") == "incomplete"
+        pending = 0 if incomplete else sum(1 for r in records if not r.status.is_final)
         url = self.status_url(batch_id)
         body: dict[str, Any] = {
             "Id": batch_id,
-            "Status": "pending" if pending else "done",
+            "Status": "incomplete" if incomplete else "pending" if pending else "done",
             "Total": int(batch.get("Total") or 0),
             "Accepted": int(batch.get("Accepted") or 0),
             "RefusedCount": int(batch.get("RefusedCount") or 0),
@@ -471,6 +568,12 @@ class BulkService:
             },
             "StatusUrl": url,
         }
+        if incomplete:
+            body["Detail"] = (
+                "The request that sent this batch stopped before every recipient was recorded; "
+                "none of it is sent. Send the same request with the same Idempotency-Key to "
+                "finish it, or send it again."
+            )
         if details:
             body["Recipients"] = [_member_view(r, delivery[r.message_id]) for r in records]
             body["Refused"] = json.loads(batch.get("Refused") or "[]")

@@ -222,7 +222,14 @@ class BulkStatusDoc(BaseModel):
     """A batch: counts per state, refused rows and (with details) every recipient."""
 
     Id: str = Field(description="The batch id.", json_schema_extra=ui("Batch Id"))
-    Status: str = Field(description="pending or done.", json_schema_extra=ui("Status"))
+    Status: str = Field(
+        description=(
+            "pending, done, or incomplete (its request stopped before every recipient was "
+            "recorded: nothing of it is sent; the same request with the same Idempotency-Key "
+            "finishes it)."
+        ),
+        json_schema_extra=ui("Status"),
+    )
     Total: int = Field(description="Recipients given.", json_schema_extra=ui("Total"))
     Accepted: int = Field(description="Recipients accepted.", json_schema_extra=ui("Accepted"))
     RefusedCount: int = Field(description="Rows refused.", json_schema_extra=ui("Refused"))
@@ -242,6 +249,9 @@ class BulkStatusDoc(BaseModel):
     )
     Recipients: list[BulkMemberDoc] | None = Field(
         None, description="With details=true.", json_schema_extra=ui("Recipients")
+    )
+    Detail: str | None = Field(
+        None, description="Why a batch is incomplete.", json_schema_extra=ui("Detail")
     )
 
 

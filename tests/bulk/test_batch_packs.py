@@ -486,3 +486,93 @@ def test_a_batch_whose_driver_is_gone_is_driven_again_by_a_status_poll(
     assert len(drivers(outbound)) == 1  # once per idle period, not on every poll
     outbound.drain()
     assert batch_status(batch["Location"]).body["Counts"]["sent"] == 3
+
+
+def backdate_accepting_batches(key: str, *, minutes: int) -> list[Any]:
+    """Move the batch of Idempotency-Key ``key``, if still ``accepting``, ``minutes`` into the
+    past; [that batch] (or [])."""
+    from azure.data.tables import UpdateMode
+
+    from shared.outbound._bulk import BulkService
+    from shared.outbound._store import idempotency_key_hash
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    assert settings.customer_id is not None
+    batches = BulkService(settings).batches
+    hashed = idempotency_key_hash(settings.customer_id, "bulk\n" + key)
+    found = list(
+        batches.query_entities(
+            f"RowKey eq 'batch' and Status eq 'accepting' and IdempotencyKeyHash eq '{hashed}'"
+        )
+    )
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes)
+    for batch in found:
+        batches.update_entity(
+            {"PartitionKey": batch["PartitionKey"], "RowKey": "batch", "CreatedAt": when},
+            mode=UpdateMode.MERGE,
+        )
+    return found
+
+
+def test_a_replay_with_the_same_key_finishes_a_batch_whose_request_stopped_part_way(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = MessageStore.create_many
+    crashes = [RuntimeError("the request died while recording the members")]
+
+    def half_then_crash(self: MessageStore, items: Any) -> None:
+        if crashes:
+            real(self, items[: len(items) // 2])
+            raise crashes.pop()
+        real(self, items)
+
+    monkeypatch.setattr(MessageStore, "create_many", half_then_crash)
+    body = {"Recipients": people(*NUMBERS[:10])}
+    assert bulk(body, **{"Idempotency-Key": "resume-1"}).status == 500
+    assert drivers(outbound) == []  # nothing goes out of a half-recorded batch
+    assert len(backdate_accepting_batches("resume-1", minutes=1)) == 1  # a retry, later
+
+    again = bulk(body, **{"Idempotency-Key": "resume-1"})
+
+    assert again.status == 202, again.body
+    assert again.body["Accepted"] == 10
+    assert len(drivers(outbound)) == 1
+    outbound.drain()
+    [call] = outbound.upstream()
+    assert sorted(r["Address"] for r in call["body"]["Recipients"]) == sorted(NUMBERS[:10])
+    done = batch_status(again.headers["Location"])
+    assert done.status == 200
+    assert done.body["Id"] == again.body["Id"]
+    assert done.body["Counts"]["sent"] == 10
+
+
+def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_sent(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound._bulk import BulkService
+    from shared.settings import get_settings
+
+    real = MessageStore.create_many
+    crashes = [RuntimeError("the request died while recording the members")]
+
+    def half_then_crash(self: MessageStore, items: Any) -> None:
+        if crashes:
+            real(self, items[: len(items) // 2])
+            raise crashes.pop()
+        real(self, items)
+
+    monkeypatch.setattr(MessageStore, "create_many", half_then_crash)
+    answer = bulk({"Recipients": people(*NUMBERS[:6])}, **{"Idempotency-Key": "resume-2"})
+    assert answer.status == 500
+    [batch] = backdate_accepting_batches("resume-2", minutes=6)
+    service = BulkService(get_settings())
+
+    status, body, _ = service.status(batch["PartitionKey"], details=False, checked=True)
+
+    assert status == 200
+    assert body["Status"] == "incomplete"
+    assert "Idempotency-Key" in body["Detail"]
+    assert drivers(outbound) == []
+    outbound.drain()
+    assert outbound.upstream() == []
