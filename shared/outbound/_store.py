@@ -597,7 +597,7 @@ class MessageStore:
             try:
                 results = self.table.submit_transaction(operations)
             except TableTransactionError as exc:
-                if "UpdateConditionNotSatisfied" not in str(exc) and "412" not in str(exc):
+                if getattr(exc, "status_code", None) != 412:
                     raise
                 out: list[tuple[int, MessageRecord | None]] = []
                 for i in indexes:
