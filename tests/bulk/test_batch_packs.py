@@ -576,3 +576,20 @@ def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_se
     assert drivers(outbound) == []
     outbound.drain()
     assert outbound.upstream() == []
+
+
+def test_swap_many_writes_members_together_and_only_the_changed_one_loses(
+    outbound: Outbound,
+) -> None:
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    store = MessageStore.from_settings()
+    stale = [record(i) for i in ids]
+    assert store.swap(stale[1], attempts=7) is not None  # someone changed it since
+
+    done = store.swap_many([(r, {"attempts": 5}) for r in stale])
+
+    assert [d is None for d in done] == [False, True, False]
+    assert [record(i).attempts for i in ids] == [5, 7, 5]
+    again = store.swap_many([(d, {"attempts": 6}) for d in done if d is not None])
+    assert [d is not None for d in again] == [True, True]  # the new ETags were handed back
