@@ -239,7 +239,11 @@ def run_quota_benchmark(
                 queue = queue_client(OUTBOUND_QUEUE)
                 while not stop.is_set():
                     # Small batches: a held message must be done before its visibility ends.
-                    batch = list(queue.receive_messages(messages_per_page=4, visibility_timeout=60))
+                    batch = list(
+                        queue.receive_messages(
+                            messages_per_page=4, max_messages=4, visibility_timeout=60
+                        )
+                    )
                     if not batch:
                         time.sleep(0.05)
                         continue
