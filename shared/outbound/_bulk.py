@@ -30,12 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from shared.names import BATCHES_TABLE, OUTBOUND_QUEUE
 from shared.outbound._models import MessageStatus, OutboundMessageAdapter
 from shared.outbound._packs import Pack, PackDriver, PackMember, new_pack_id
 from shared.outbound._records import new_record, normalize
+from shared.outbound._service import _queue, require_status_token, status_link
 from shared.outbound._store import (
     RECIPIENT_ROW_PREFIX,
     RECORD_ROW_KEY,
@@ -50,7 +50,6 @@ from shared.outbound._store import (
     idempotency_key_hash,
 )
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
-from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -441,8 +440,6 @@ class BulkService:
         self._enqueue_drivers(str(batch["PartitionKey"]), stale)
 
     def _enqueue_drivers(self, batch_id: str, pack_ids: list[str]) -> None:
-        from shared.outbound._service import _queue
-
         queue = _queue(OUTBOUND_QUEUE, self.settings)
         texts = [
             PackDriver(packId=pack_id, batchId=batch_id).model_dump_json() for pack_id in pack_ids
@@ -467,33 +464,16 @@ class BulkService:
     # --- status ------------------------------------------------------------------------------
 
     def status_url(self, batch_id: str) -> str:
-        token = sign(
-            TokenPurpose.STATUS,
-            _batch_subject(batch_id),
-            ttl_seconds=self.settings.status_token_ttl_seconds,
-            secrets=self.settings.callback_secret_list,
-        )
-        base = self.settings.public_base_url
-        return (
-            f"{base}/api/messages/bulk/{quote(batch_id, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
-        )
+        return status_link(self.settings, "messages/bulk", batch_id, _batch_subject(batch_id))
 
     def check_token(self, batch_id: str, token: str | None) -> None:
-        if not token:
-            raise Problem(
-                401,
-                "Missing token",
-                "Use the batch status URL from the bulk send's Location header.",
-                type=ProblemType.VALIDATION,
-                headers={"WWW-Authenticate": 'Bearer realm="smartdialog-status"'},
-            )
-        if not verify(
-            token,
-            TokenPurpose.STATUS,
+        require_status_token(
+            self.settings,
             _batch_subject(batch_id),
-            secrets=self.settings.callback_secret_list,
-        ):
-            raise Problem(403, "Invalid token", "The token does not open this batch's status.")
+            token,
+            missing="Use the batch status URL from the bulk send's Location header.",
+            denied="The token does not open this batch's status.",
+        )
 
     def status(
         self, batch_id: str, *, details: bool, token: str | None = None, checked: bool = False

@@ -57,6 +57,36 @@ MAX_QUEUE_MESSAGE_BYTES = 60_000
 STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
 
 
+def status_link(settings: Settings, route: str, key: str, subject: str) -> str:
+    """``<public base>/api/<route>/<key>?token=…``: a status URL carrying a status token for
+    ``subject`` (a message id, or a batch's subject)."""
+    token = sign(
+        TokenPurpose.STATUS,
+        subject,
+        ttl_seconds=settings.status_token_ttl_seconds,
+        secrets=settings.callback_secret_list,
+    )
+    base = settings.public_base_url
+    return f"{base}/api/{route}/{quote(key, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
+
+
+def require_status_token(
+    settings: Settings, subject: str, token: str | None, *, missing: str, denied: str
+) -> None:
+    """401 (``missing``) without a token, 403 (``denied``) with one that does not open the
+    status of ``subject``."""
+    if not token:
+        raise Problem(
+            401,
+            "Missing token",
+            missing,
+            type=ProblemType.VALIDATION,
+            headers={"WWW-Authenticate": 'Bearer realm="smartdialog-status"'},
+        )
+    if not verify(token, TokenPurpose.STATUS, subject, secrets=settings.callback_secret_list):
+        raise Problem(403, "Invalid token", denied, type=ProblemType.VALIDATION)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -219,34 +249,17 @@ class SendService:
 
     def status_url(self, message_id: str) -> str:
         """The self-authenticating status URL of a message (the ``Location`` of a send)."""
-        token = sign(
-            TokenPurpose.STATUS,
-            message_id,
-            ttl_seconds=self.settings.status_token_ttl_seconds,
-            secrets=self.settings.callback_secret_list,
-        )
-        base = self.settings.public_base_url
-        return f"{base}/api/messages/{quote(message_id, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
+        return status_link(self.settings, "messages", message_id, message_id)
 
     def check_token(self, message_id: str, token: str | None) -> None:
         """401 without a token, 403 with one that does not open this message's status."""
-        if not token:
-            raise Problem(
-                401,
-                "Missing token",
-                "Use the status URL from the send's Location header; it carries its token.",
-                type=ProblemType.VALIDATION,
-                headers={"WWW-Authenticate": 'Bearer realm="smartdialog-status"'},
-            )
-        if not verify(
-            token, TokenPurpose.STATUS, message_id, secrets=self.settings.callback_secret_list
-        ):
-            raise Problem(
-                403,
-                "Invalid token",
-                "The token does not open this message's status (wrong, expired or revoked).",
-                type=ProblemType.VALIDATION,
-            )
+        require_status_token(
+            self.settings,
+            message_id,
+            token,
+            missing="Use the status URL from the send's Location header; it carries its token.",
+            denied="The token does not open this message's status (wrong, expired or revoked).",
+        )
 
     def status(self, message_id: str, token: str | None) -> StatusView:
         """GetMessageStatus: 202 pending, 200 sent (upstream-shaped), problem when failed or
