@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -244,7 +243,6 @@ class _Run:
 
     def send(self, due: list[MessageRecord], now: dt.datetime) -> SendOutcome:
         from shared.outbound._sender import (
-            QUOTA_WAIT_JITTER,
             STALE_GRANT_RETRY_SECONDS,
             OutcomeKind,
             _StaleGrant,
@@ -282,19 +280,9 @@ class _Run:
                 calls=self.pack.calls + 1,
                 call_request_id=None if first else new_pack_id(self.pack.key, ids, now),
             )
-        decision = s.quota.try_acquire()
-        waited = 0.0
+        decision, waited = s._await_slot(0.0)
         for retry_stale in (True, False):
-            while isinstance(decision, QuotaDenied) and (
-                waited + decision.retry_after <= s.policy.quota_wait
-            ):
-                pause = decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER)
-                s._sleep(pause)
-                waited += pause
-                decision = s.quota.try_acquire()
             if isinstance(decision, QuotaDenied):
-                if str(getattr(decision, "reason", "full")) == "full":
-                    s._note_quota_full(decision.retry_after)
                 self.release(claimed)
                 return self.later(decision.retry_after, "quota")
             needed = dt.timedelta(seconds=s.policy.call_seconds)
@@ -306,7 +294,7 @@ class _Run:
             except _StaleGrant as exc:
                 log.warning("pack %s: %s; not sent with it", self.pack.pack_id, exc)
                 if retry_stale:
-                    decision = s.quota.try_acquire()
+                    decision, waited = s._await_slot(waited)
         self.release(claimed)
         return self.later(STALE_GRANT_RETRY_SECONDS, "stale-grant", OutcomeKind.DEFERRED)
 
@@ -479,10 +467,7 @@ class _Run:
         from shared.outbound._sender import OutcomeKind, SendOutcome
 
         s = self.s
-        attempts = max(c.attempts for c in claimed)
-        backoff = min(s.policy.retry_base * 2 ** (attempts - 1), s.policy.retry_max)
-        backoff *= random.uniform(0.75, 1.0)
-        delay = max(advised, backoff) if advised is not None else backoff
+        delay = s._retry_delay(max(c.attempts for c in claimed), advised)
         now = s._clock()
         next_at = now + dt.timedelta(seconds=delay)
         failing: list[tuple[MessageRecord, FailureInfo]] = []
@@ -495,21 +480,9 @@ class _Run:
                 upstreamStatus=upstream_status,
                 attempts=member.attempts,
             )
-            if member.attempts >= s.policy.max_attempts:
-                final_code = "attempts-exhausted" if code != "rate-limited" else code
-                failing.append(
-                    (
-                        member,
-                        error.model_copy(
-                            update={
-                                "code": final_code,
-                                "title": f"Gave up after {member.attempts} attempts: {title}",
-                            }
-                        ),
-                    )
-                )
-            elif next_at >= member.valid_until:
-                failing.append((member, s._expired(member, last=error)))
+            final = s._give_up(member, error, title, next_at)
+            if final is not None:
+                failing.append((member, final))
             else:
                 backing.append(
                     (

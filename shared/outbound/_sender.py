@@ -463,22 +463,9 @@ class OutboundSender:
             claimed = members[0][0]
         from shared.quota import QuotaDenied
 
-        decision = self.quota.try_acquire()
-        waited = 0.0
+        decision, waited = self._await_slot(0.0)
         for retry_stale in (True, False):  # a grant gone stale gets one more try here
-            while isinstance(decision, QuotaDenied) and (
-                waited + decision.retry_after <= self.policy.quota_wait
-            ):
-                # A slot frees sooner than the queue could bring the message back (whole
-                # seconds): wait for it here, holding the claim, within
-                # SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS.
-                pause = decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER)
-                self._sleep(pause)
-                waited += pause
-                decision = self.quota.try_acquire()
             if isinstance(decision, QuotaDenied):
-                if str(getattr(decision, "reason", "full")) == "full":
-                    self._note_quota_full(decision.retry_after)
                 delay = decision.retry_after + random.uniform(0, DEFERRAL_SPREAD_SECONDS)
                 return self._hand_back(
                     claimed, command, before, pack, members, fresh, delay, "quota"
@@ -501,7 +488,7 @@ class OutboundSender:
                 # the unused grant stays in the log (a wasted slot errs towards fewer calls).
                 log.warning("message %s: %s; not sent with it", claimed.message_id, exc)
                 if retry_stale:
-                    decision = self.quota.try_acquire()
+                    decision, waited = self._await_slot(waited)
         return self._hand_back(
             claimed, command, before, pack, members, fresh, STALE_GRANT_RETRY_SECONDS, "stale-grant"
         )
@@ -887,11 +874,7 @@ class OutboundSender:
         """A pack's call failed transiently: every member keeps the pack and backs off
         together; the leader's copy comes back to retry it (same RequestId)."""
         leader, command = members[0]
-        attempts = max(r.attempts for r, _ in members)
-        backoff = min(
-            self.policy.retry_base * 2 ** (attempts - 1), self.policy.retry_max
-        ) * random.uniform(0.75, 1.0)
-        delay = max(advised, backoff) if advised is not None else backoff
+        delay = self._retry_delay(max(r.attempts for r, _ in members), advised)
         now = self._clock()
         next_at = now + dt.timedelta(seconds=delay)
 
@@ -901,18 +884,9 @@ class OutboundSender:
                 code=code, title=title, detail=detail, upstreamStatus=upstream_status,
                 attempts=member.attempts,
             )  # fmt: skip
-            if member.attempts >= self.policy.max_attempts:
-                return self._fail(
-                    member,
-                    error.model_copy(
-                        update={
-                            "code": "attempts-exhausted" if code != "rate-limited" else code,
-                            "title": f"Gave up after {member.attempts} attempts: {title}",
-                        }
-                    ),
-                )
-            if next_at >= member.valid_until:
-                return self._fail(member, self._expired(member, last=error))
+            final = self._give_up(member, error, title, next_at)
+            if final is not None:
+                return self._fail(member, final)
             updated = self._swap_until(
                 member,
                 lambda r: r.status is MessageStatus.SENDING,
@@ -986,6 +960,46 @@ class OutboundSender:
     def _quota_hint(self) -> float:
         with self._hint_lock:
             return self._quota_full_until - time.monotonic()
+
+    def _await_slot(self, waited: float) -> tuple[QuotaGrant | QuotaDenied, float]:
+        """A quota decision, after waiting here (holding the claim) for a slot that frees
+        sooner than the queue could bring the message back (whole seconds), within
+        SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS in all (``waited`` so far); (decision, waited). A
+        denial because the quota is full is noted, so this process defers without storage."""
+        from shared.quota import QuotaDenied
+
+        decision = self.quota.try_acquire()
+        while isinstance(decision, QuotaDenied) and (
+            waited + decision.retry_after <= self.policy.quota_wait
+        ):
+            pause = decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER)
+            self._sleep(pause)
+            waited += pause
+            decision = self.quota.try_acquire()
+        if isinstance(decision, QuotaDenied) and str(getattr(decision, "reason", "full")) == "full":
+            self._note_quota_full(decision.retry_after)
+        return decision, waited
+
+    def _retry_delay(self, attempts: int, advised: float | None) -> float:
+        """The backoff after ``attempts`` attempts (exponential, jittered, capped), and at least
+        what upstream advised."""
+        backoff = min(self.policy.retry_base * 2.0 ** (attempts - 1), self.policy.retry_max)
+        backoff *= random.uniform(0.75, 1.0)
+        return max(advised, backoff) if advised is not None else backoff
+
+    def _give_up(
+        self, record: MessageRecord, error: FailureInfo, title: str, next_at: dt.datetime
+    ) -> FailureInfo | None:
+        """Why a message whose attempt failed transiently stops now (out of attempts, or a
+        retry at ``next_at`` would be past its validity), or None: it retries."""
+        if record.attempts >= self.policy.max_attempts:
+            code = "attempts-exhausted" if error.code != "rate-limited" else error.code
+            return error.model_copy(
+                update={"code": code, "title": f"Gave up after {record.attempts} attempts: {title}"}
+            )
+        if next_at >= record.valid_until:
+            return self._expired(record, last=error)
+        return None
 
     def _note_quota_full(self, retry_after: float) -> None:
         with self._hint_lock:
@@ -1185,23 +1199,11 @@ class OutboundSender:
                     }
                 ),
             )
-        if record.attempts >= self.policy.max_attempts:
-            return self._fail(
-                record,
-                error.model_copy(
-                    update={
-                        "code": "attempts-exhausted" if code != "rate-limited" else code,
-                        "title": f"Gave up after {record.attempts} attempts: {title}",
-                    }
-                ),
-            )
-        backoff = min(
-            self.policy.retry_base * 2 ** (record.attempts - 1), self.policy.retry_max
-        ) * random.uniform(0.75, 1.0)
-        delay = max(advised, backoff) if advised is not None else backoff
+        delay = self._retry_delay(record.attempts, advised)
         now = self._clock()
-        if now + dt.timedelta(seconds=delay) >= record.valid_until:
-            return self._fail(record, self._expired(record, last=error))
+        final = self._give_up(record, error, title, now + dt.timedelta(seconds=delay))
+        if final is not None:
+            return self._fail(record, final)
         updated = self._swap_until(
             record,
             lambda r: r.status is MessageStatus.SENDING,
