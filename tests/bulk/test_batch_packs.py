@@ -20,6 +20,7 @@ from shared.outbound._drive import _Run
 from shared.outbound._packs import PackDriver, PackStore
 from shared.outbound._store import BATCH_PARTITION_ROWS, message_keys
 from shared.smartdialog import BadRequestError
+from tests.bulk.helpers import crash_once
 from tests.bulk.test_bulk_action import batch_status, bulk, people
 from tests.outbound.conftest import REJECTED, Outbound, call_http
 
@@ -185,15 +186,7 @@ def test_after_a_crash_past_the_call_the_driver_sends_the_same_call_and_nothing_
     batch = accepted_batch(*NUMBERS[:5])
     ids = member_ids(batch)
     [driver] = drivers(outbound)
-    real = _Run.sent
-    crashes = [RuntimeError("worker died after upstream accepted the pack")]
-
-    def crash_then_record(self: _Run, *args: Any, **kwargs: Any) -> Any:
-        if crashes:
-            raise crashes.pop()
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(_Run, "sent", crash_then_record)
+    crash_once(monkeypatch, _Run, "sent", "worker died after upstream accepted the pack")
     text = json.dumps(driver)
     with pytest.raises(RuntimeError):
         outbound.invoke(text)
@@ -231,15 +224,7 @@ def test_a_crash_between_the_records_and_the_events_sends_the_events_on_the_next
     batch = accepted_batch(*NUMBERS[:3])
     ids = member_ids(batch)
     [driver] = drivers(outbound)
-    real = OutboundSender._emit_final
-    crashes = [RuntimeError("worker died before the events went out")]
-
-    def crash_then_emit(self: OutboundSender, record_: Any) -> Any:
-        if crashes:
-            raise crashes.pop()
-        return real(self, record_)
-
-    monkeypatch.setattr(OutboundSender, "_emit_final", crash_then_emit)
+    crash_once(monkeypatch, OutboundSender, "_emit_final", "worker died before the events went out")
     with pytest.raises(RuntimeError):
         outbound.invoke(json.dumps(driver))
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
@@ -321,15 +306,10 @@ def test_a_crash_after_the_pack_row_but_before_the_records_keeps_the_call_for_th
     batch = accepted_batch(*NUMBERS[:3])
     ids = member_ids(batch)
     [driver] = drivers(outbound)
-    real = MessageStore.swap_many
-    crashes = [RuntimeError("worker died before the sent records were written")]
-
-    def crash_before_sent(self: MessageStore, items: Any, **kwargs: Any) -> Any:
-        if crashes and any(c.get("status") is MessageStatus.SENT for _, c in items):
-            raise crashes.pop()
-        return real(self, items, **kwargs)
-
-    monkeypatch.setattr(MessageStore, "swap_many", crash_before_sent)
+    crash_once(
+        monkeypatch, MessageStore, "swap_many", "worker died before the sent records were written",
+        when=lambda items, **_: any(c.get("status") is MessageStatus.SENT for _, c in items),
+    )  # fmt: skip
     with pytest.raises(RuntimeError):
         outbound.invoke(json.dumps(driver))
     pack = PackStore.from_settings().get(driver["packId"])
@@ -518,16 +498,10 @@ def backdate_accepting_batches(key: str, *, minutes: int) -> list[Any]:
 def test_a_replay_with_the_same_key_finishes_a_batch_whose_request_stopped_part_way(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = MessageStore.create_many
-    crashes = [RuntimeError("the request died while recording the members")]
-
-    def half_then_crash(self: MessageStore, items: Any) -> None:
-        if crashes:
-            real(self, items[: len(items) // 2])
-            raise crashes.pop()
-        real(self, items)
-
-    monkeypatch.setattr(MessageStore, "create_many", half_then_crash)
+    crash_once(
+        monkeypatch, MessageStore, "create_many", "the request died while recording the members",
+        first=lambda real, self, items: real(self, items[: len(items) // 2]),
+    )  # fmt: skip
     body = {"Recipients": people(*NUMBERS[:10])}
     assert bulk(body, **{"Idempotency-Key": "resume-1"}).status == 500
     assert drivers(outbound) == []  # nothing goes out of a half-recorded batch
@@ -553,16 +527,10 @@ def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_se
     from shared.outbound._bulk import BulkService
     from shared.settings import get_settings
 
-    real = MessageStore.create_many
-    crashes = [RuntimeError("the request died while recording the members")]
-
-    def half_then_crash(self: MessageStore, items: Any) -> None:
-        if crashes:
-            real(self, items[: len(items) // 2])
-            raise crashes.pop()
-        real(self, items)
-
-    monkeypatch.setattr(MessageStore, "create_many", half_then_crash)
+    crash_once(
+        monkeypatch, MessageStore, "create_many", "the request died while recording the members",
+        first=lambda real, self, items: real(self, items[: len(items) // 2]),
+    )  # fmt: skip
     answer = bulk({"Recipients": people(*NUMBERS[:6])}, **{"Idempotency-Key": "resume-2"})
     assert answer.status == 500
     [batch] = backdate_accepting_batches("resume-2", minutes=6)

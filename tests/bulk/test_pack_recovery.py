@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
-from typing import Any
 
 import pytest
 
 from shared.outbound import MessageStatus, MessageStore
 from shared.outbound._packs import PackStore
+from tests.bulk.helpers import crash_once
 from tests.bulk.test_packing import NUMBERS, accept, record
 from tests.outbound.conftest import ERROR, TEMPORARY, Outbound
 
@@ -25,15 +25,7 @@ def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_p
     )
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
-    real = OutboundSender._call_upstream
-    crashes = [RuntimeError("worker died before the call left")]
-
-    def crash_or_call(self: OutboundSender, *args: Any, **kwargs: Any) -> Any:
-        if crashes:
-            raise crashes.pop()
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(OutboundSender, "_call_upstream", crash_or_call)
+    crash_once(monkeypatch, OutboundSender, "_call_upstream", "worker died before the call left")
     with pytest.raises(RuntimeError):
         outbound.invoke(texts[0])
     pack_id = record(ids[0]).pack_id

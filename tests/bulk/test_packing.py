@@ -12,6 +12,7 @@ import pytest
 
 from shared.outbound import MessageRecord, MessageStatus, MessageStore, parse_outbound_message
 from shared.outbound._packs import pack_key
+from tests.bulk.helpers import crash_once
 from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
 
 NUMBERS = [f"+35840100{i:04d}" for i in range(40)]
@@ -225,15 +226,9 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
     )
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
-    real = OutboundSender._pack_sent
-    crashes = [RuntimeError("worker died after upstream accepted the pack")]
-
-    def sent_or_crash(self: OutboundSender, *args: Any, **kwargs: Any) -> Any:
-        if crashes:
-            raise crashes.pop()
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(OutboundSender, "_pack_sent", sent_or_crash)
+    crash_once(
+        monkeypatch, OutboundSender, "_pack_sent", "worker died after upstream accepted the pack"
+    )
     with pytest.raises(RuntimeError):
         outbound.invoke(texts[0])
     assert {record(i).status for i in ids} == {MessageStatus.SENDING}
