@@ -126,6 +126,50 @@ DlrUrlField = Annotated[
     ),
 ]
 
+# The message fields a send and a bulk send's template share.
+SenderField = Annotated[
+    NonEmptyStr,
+    Field(
+        max_length=20,
+        description="Alphanumeric sender (at most 11 characters), long code or short code.",
+        json_schema_extra=ui("Sender", visibility="important"),
+    ),
+]
+TemplateContentField = Annotated[
+    NonEmptyStr,
+    Field(
+        description="The text; $(name) placeholders are filled from each recipient.",
+        json_schema_extra=ui("Content", visibility="important"),
+    ),
+]
+ProtocolField = Annotated[
+    Literal["SMS", "WhatsApp"],
+    Field("SMS", description="SMS, or WhatsApp.", json_schema_extra=ui("Protocol")),
+]
+AttachmentUriField = Annotated[
+    HttpUrl | None,
+    Field(
+        None,
+        description="WhatsApp only: the address of an attachment.",
+        json_schema_extra=ui("Attachment URI", visibility="advanced"),
+    ),
+]
+MessageCustomerDataField = Annotated[
+    CustomerDataText | None,
+    Field(None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")),
+]
+AdMessageField = Annotated[
+    bool | None,
+    Field(None, description="Mark it as an advertisement.", json_schema_extra=ui("Ad message")),
+]
+
+
+def check_attachment(attachment: object, protocol: str) -> None:
+    """An attachment goes only with WhatsApp (raises ValueError otherwise)."""
+    if attachment is not None and protocol != "WhatsApp":
+        raise ValueError("AttachmentUri needs Protocol WhatsApp.")
+
+
 TransactionalField = Annotated[
     bool,
     Field(
@@ -160,18 +204,9 @@ class RecipientIn(_Body):
 class MessageBody(_Body):
     """SendMessage and SendReplyMessage (the certified connector's fields)."""
 
-    Sender: NonEmptyStr = Field(
-        max_length=20,
-        description="Alphanumeric sender (at most 11 characters), long code or short code.",
-        json_schema_extra=ui("Sender", visibility="important"),
-    )
-    Content: NonEmptyStr = Field(
-        description="The text; $(name) placeholders are filled from each recipient.",
-        json_schema_extra=ui("Content", visibility="important"),
-    )
-    Protocol: Literal["SMS", "WhatsApp"] = Field(
-        "SMS", description="SMS, or WhatsApp.", json_schema_extra=ui("Protocol")
-    )
+    Sender: SenderField
+    Content: TemplateContentField
+    Protocol: ProtocolField
     SendDateTime: SendDateTimeField
     Recipients: list[RecipientIn] = Field(
         min_length=1,
@@ -179,25 +214,16 @@ class MessageBody(_Body):
         description="Who gets it.",
         json_schema_extra=ui("Recipients", visibility="important"),
     )
-    AttachmentUri: HttpUrl | None = Field(
-        None,
-        description="WhatsApp only: the address of an attachment.",
-        json_schema_extra=ui("Attachment URI", visibility="advanced"),
-    )
-    CustomerData: CustomerDataText | None = Field(
-        None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")
-    )
-    AdMessage: bool | None = Field(
-        None, description="Mark it as an advertisement.", json_schema_extra=ui("Ad message")
-    )
+    AttachmentUri: AttachmentUriField
+    CustomerData: MessageCustomerDataField
+    AdMessage: AdMessageField
     DlrUrl: DlrUrlField
     RequestId: RequestIdField
     Transactional: TransactionalField
 
     @model_validator(mode="after")
     def _attachment_needs_whatsapp(self) -> MessageBody:
-        if self.AttachmentUri is not None and self.Protocol != "WhatsApp":
-            raise ValueError("AttachmentUri needs Protocol WhatsApp.")
+        check_attachment(self.AttachmentUri, self.Protocol)
         return self
 
 

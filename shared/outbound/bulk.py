@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,15 +26,21 @@ from shared.actions._spec import (
     Param,
     ResponseDoc,
 )
-from shared.actions.fields import CustomerData as CustomerDataText
-from shared.actions.fields import CustomerIdHeader, HttpUrl, NonEmptyStr, ui
+from shared.actions.fields import CustomerIdHeader, ui
 from shared.outbound._bulk import MAX_BULK_RECIPIENTS, BulkRecipient
 from shared.outbound.actions import (
+    AdMessageField,
+    AttachmentUriField,
     DlrUrlField,
     IdempotencyKeyHeader,
+    MessageCustomerDataField,
+    ProtocolField,
     SendDateTimeField,
+    SenderField,
     ServiceIdHeader,
+    TemplateContentField,
     TransactionalField,
+    check_attachment,
 )
 from shared.problems import FieldError, validation_problem
 
@@ -66,30 +72,13 @@ class BulkBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    Sender: NonEmptyStr = Field(
-        max_length=20,
-        description="Alphanumeric sender (at most 11 characters), long code or short code.",
-        json_schema_extra=ui("Sender", visibility="important"),
-    )
-    Content: NonEmptyStr = Field(
-        description="The text; $(name) placeholders are filled from each recipient.",
-        json_schema_extra=ui("Content", visibility="important"),
-    )
-    Protocol: Literal["SMS", "WhatsApp"] = Field(
-        "SMS", description="SMS, or WhatsApp.", json_schema_extra=ui("Protocol")
-    )
+    Sender: SenderField
+    Content: TemplateContentField
+    Protocol: ProtocolField
     SendDateTime: SendDateTimeField = None
-    AttachmentUri: HttpUrl | None = Field(
-        None,
-        description="WhatsApp only: the address of an attachment.",
-        json_schema_extra=ui("Attachment URI", visibility="advanced"),
-    )
-    CustomerData: CustomerDataText | None = Field(
-        None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")
-    )
-    AdMessage: bool | None = Field(
-        None, description="Mark it as an advertisement.", json_schema_extra=ui("Ad message")
-    )
+    AttachmentUri: AttachmentUriField
+    CustomerData: MessageCustomerDataField
+    AdMessage: AdMessageField
     DlrUrl: DlrUrlField = None
     Transactional: TransactionalField = False
     Recipients: list[BulkRecipientIn] | None = Field(
@@ -117,8 +106,7 @@ class BulkBody(BaseModel):
     def _one_recipient_list(self) -> BulkBody:
         if (self.Recipients is None) == (self.RecipientsCsv is None):
             raise ValueError("Give either Recipients or RecipientsCsv.")
-        if self.AttachmentUri is not None and self.Protocol != "WhatsApp":
-            raise ValueError("AttachmentUri needs Protocol WhatsApp.")
+        check_attachment(self.AttachmentUri, self.Protocol)
         return self
 
 
