@@ -254,7 +254,6 @@ class BulkService:
                 # Exactly (pack ids are made from it): a replay finishing this batch needs it.
                 "FormedAt": now.isoformat(),
                 "IdempotencyKeyHash": key_hash,
-                "PackCount": len(packs),
                 **_chunked("PackIds", json.dumps([p.pack_id for p in packs])),
             }
         )
