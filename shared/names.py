@@ -46,7 +46,7 @@ SUPPRESSIONS_TABLE = "SmartDialogSuppressions"
 #: Delivery reports as received (raw query), one per message, recipient and status.
 DELIVERY_REPORTS_TABLE = "SmartDialogDeliveryReports"
 #: Packs (many queued sends in one upstream call) and the per-pack-key index of packable
-#: messages (``shared.outbound._packs``).
+#: messages (``shared.messages._packs``).
 PACKS_TABLE = "SmartDialogPacks"
 #: Bulk sends: one record per batch (counts, rejected rows); its members are messages.
 BATCHES_TABLE = "SmartDialogBatches"

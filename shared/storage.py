@@ -9,8 +9,13 @@ SDKs are imported here, on first use, never when ``function_app`` is imported.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import hashlib
+import re
+import threading
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.settings import Settings, get_settings
 
@@ -146,3 +151,90 @@ def queue_client(name: str, settings: Settings | None = None) -> QueueClient:
 def table_client(name: str, settings: Settings | None = None) -> TableClient:
     """A client for one table."""
     return table_service(settings).get_table_client(name)
+
+
+# --- tables and queues that exist, stored datetimes, safe keys ------------------------------------
+
+
+class QueueLike(Protocol):
+    """What we need of a queue client (``azure.storage.queue.QueueClient``)."""
+
+    def send_message(self, content: Any, **kwargs: Any) -> Any: ...
+
+
+_ready: set[str] = set()
+_ready_lock = threading.Lock()
+# Characters Table storage refuses in PartitionKey/RowKey, and control characters.
+_UNSAFE_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+_MAX_KEY = 200
+
+
+def utc(value: Any) -> dt.datetime | None:
+    """A stored datetime as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromisoformat(str(value))
+
+
+def plain_datetime(value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` as the Tables SDK wants it (plain UTC; its own datetime subclass round-trips)."""
+    return None if value is None else dt.datetime.fromtimestamp(value.timestamp(), dt.UTC)
+
+
+def safe_key(value: str) -> str:
+    """``value`` as a Table key: itself when allowed, else ``h-`` + its SHA-256 (stable)."""
+    if value and len(value) <= _MAX_KEY and not _UNSAFE_KEY.search(value):
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def ensure_table(client: TableClient) -> TableClient:
+    """``client``, its table created once per process if missing (Bicep creates the tables in
+    Azure; Azurite starts empty)."""
+    key = f"table|{client.url}|{client.table_name}"  # url is the account's, not the table's
+    if key not in _ready:
+        from azure.core.exceptions import ResourceExistsError
+
+        with _ready_lock:
+            if key not in _ready:
+                with contextlib.suppress(ResourceExistsError):
+                    client.create_table()
+                _ready.add(key)
+    return client
+
+
+def ensured_table(name: str, settings: Settings | None = None) -> TableClient:
+    """A client for table ``name`` whose table exists (see :func:`ensure_table`)."""
+    return ensure_table(table_client(name, settings))
+
+
+def ensured_queue(name: str, settings: Settings | None = None) -> QueueClient:
+    """A client for queue ``name``, created once per process if missing (the host creates only
+    the queues it triggers on; Bicep creates them all in Azure)."""
+    client = queue_client(name, settings)
+    key = f"queue|{client.url}"
+    if key not in _ready:
+        from azure.core.exceptions import ResourceExistsError
+
+        with _ready_lock:
+            if key not in _ready:
+                with contextlib.suppress(ResourceExistsError):
+                    client.create_queue()
+                _ready.add(key)
+    return client
+
+
+def send_creating(queue: QueueLike, content: str) -> None:
+    """``queue.send_message(content)`` in one request. Only when the queue does not exist (a
+    fresh Azurite; Bicep creates it in Azure) is it created and the message sent again."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    try:
+        queue.send_message(content)
+        return
+    except ResourceNotFoundError:
+        with contextlib.suppress(ResourceExistsError):
+            queue.create_queue()  # type: ignore[attr-defined]
+    queue.send_message(content)

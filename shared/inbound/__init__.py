@@ -19,8 +19,8 @@ Actions (``shared.inbound.actions``): RegisterInboundWebhook, UnregisterInboundW
 NewMessage (trigger) and DeleteNewMessageTrigger, AddSuppression, RemoveSuppression,
 GetSuppression.
 
-Hooks for the send path: :func:`with_delivery_report_url` (the sender puts our DLR URL in each
-send) and :func:`refuse_suppressed` (the send actions refuse opted-out recipients).
+What both sides use lives in leaf modules: suppressions in :mod:`shared.suppressions`, our
+delivery-report URL in :mod:`shared.callback_urls`, the records in :mod:`shared.messages`.
 """
 
 from pydantic import BaseModel
@@ -35,9 +35,7 @@ from shared.inbound._dlr import (
     DeliveryReport,
     DeliveryReportResult,
     DeliveryReportService,
-    delivery_report_url,
     parse_report,
-    with_delivery_report_url,
 )
 from shared.inbound._http import (
     process_intake,
@@ -45,25 +43,17 @@ from shared.inbound._http import (
     receive_inbound,
     reset_caches,
 )
+from shared.inbound._keywords import classify_keyword
 from shared.inbound._models import (
     DELIVERY_REPORTED,
     MESSAGE_RECEIVED,
     DeliveryReportData,
-    DeliveryState,
     InboundAttachmentData,
     InboundIntake,
     InboundMessageData,
     NewMessagePayload,
     SubscriberDeadLetter,
     SubscriberDelivery,
-)
-from shared.inbound._optout import (
-    ALL_SERVICES,
-    Suppression,
-    SuppressionStore,
-    classify_keyword,
-    recipient_key,
-    refuse_suppressed,
 )
 from shared.inbound._registry import (
     Subscription,
@@ -96,7 +86,6 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
 }
 
 __all__ = [
-    "ALL_SERVICES",
     "CLAIM_LEASE",
     "DELIVERY_REPORTED",
     "MESSAGE_RECEIVED",
@@ -106,7 +95,6 @@ __all__ = [
     "DeliveryReportData",
     "DeliveryReportResult",
     "DeliveryReportService",
-    "DeliveryState",
     "DispatchOutcome",
     "DispatchResult",
     "InboundAttachmentData",
@@ -124,22 +112,16 @@ __all__ = [
     "SubscriberDispatcher",
     "Subscription",
     "SubscriptionStore",
-    "Suppression",
-    "SuppressionStore",
     "WebhookRegistration",
     "WebhookRegistry",
     "classify_keyword",
-    "delivery_report_url",
     "inbound_message_key",
     "parse_report",
     "process_intake",
     "receive_delivery_report",
     "receive_inbound",
-    "recipient_key",
-    "refuse_suppressed",
     "reset_caches",
     "reset_dispatcher_cache",
     "subscription_url",
     "webhook_url",
-    "with_delivery_report_url",
 ]

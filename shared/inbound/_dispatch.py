@@ -30,10 +30,11 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
+from shared.clock import utcnow
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
-from shared.inbound._storage import QueueLike, ensured_queue, utcnow
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE
+from shared.storage import QueueLike, ensured_queue
 
 if TYPE_CHECKING:
     from shared.settings import Settings

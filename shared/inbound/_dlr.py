@@ -32,29 +32,28 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
-from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData, DeliveryState
-from shared.inbound._storage import QueueLike, ensured_queue, ensured_table, plain_datetime, utcnow
+from shared.clock import utcnow
+from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData
+from shared.messages import RecipientStatus
 from shared.names import DELIVERY_REPORTS_TABLE, EVENTS_QUEUE
 from shared.problems import Problem, ProblemType
-from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
+from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, verify
+from shared.storage import QueueLike, ensured_queue, ensured_table, plain_datetime
 
 if TYPE_CHECKING:
     import httpx
     from azure.data.tables import TableClient
 
-    from shared.outbound import MessageRecord, MessageStore, OutboundMessage, RecipientSlot
-    from shared.outbound._packs import PackStore
+    from shared.messages import MessageRecord, MessageStore, PackStore, RecipientSlot
     from shared.settings import Settings
 
 __all__ = [
     "DeliveryReport",
     "DeliveryReportResult",
     "DeliveryReportService",
-    "delivery_report_url",
     "parse_report",
-    "with_delivery_report_url",
 ]
 
 log = logging.getLogger("shared.inbound.dlr")
@@ -83,11 +82,11 @@ _SENT = frozenset(
 # Kannel's DLR event numbers (the sandbox uses 1 and 2): 1 delivered to the phone, 2 not
 # delivered, 4 queued at the operator, 8 delivered to the operator, 16 rejected by it.
 _CODES = {
-    "1": DeliveryState.DELIVERED,
-    "2": DeliveryState.UNDELIVERED,
-    "4": DeliveryState.SENT,
-    "8": DeliveryState.SENT,
-    "16": DeliveryState.UNDELIVERED,
+    "1": RecipientStatus.DELIVERED,
+    "2": RecipientStatus.UNDELIVERED,
+    "4": RecipientStatus.SENT,
+    "8": RecipientStatus.SENT,
+    "16": RecipientStatus.UNDELIVERED,
 }
 
 
@@ -95,7 +94,8 @@ _CODES = {
 class DeliveryReport:
     """One delivery report as we understood it, plus every parameter as received."""
 
-    state: DeliveryState
+    #: None: a status we do not recognise (kept raw, no state change).
+    state: RecipientStatus | None
     raw: dict[str, str]
     upstream_message_id: str | None = None
     recipient_id: str | None = None
@@ -105,17 +105,17 @@ class DeliveryReport:
     reported_at: dt.datetime | None = None
 
 
-def _state(text: str | None, code: str | None) -> DeliveryState:
+def _state(text: str | None, code: str | None) -> RecipientStatus | None:
     word = (text or "").strip().lower().replace(" ", "_").replace("-", "_")
     if word in _DELIVERED:
-        return DeliveryState.DELIVERED
+        return RecipientStatus.DELIVERED
     if word in _UNDELIVERED:
-        return DeliveryState.UNDELIVERED
+        return RecipientStatus.UNDELIVERED
     if word in _SENT:
-        return DeliveryState.SENT
+        return RecipientStatus.SENT
     if word in _CODES:  # a numeric status
         return _CODES[word]
-    return _CODES.get((code or "").strip(), DeliveryState.UNKNOWN)
+    return _CODES.get((code or "").strip())
 
 
 def _timestamp(text: str | None) -> dt.datetime | None:
@@ -154,36 +154,6 @@ def parse_report(query: Mapping[str, str]) -> DeliveryReport:
 
 
 # --- our DLR URL ---------------------------------------------------------------------------------
-
-
-def delivery_report_url(settings: Settings, message_id: str) -> str:
-    """The DLR URL of our message ``message_id``: token-bearing, no expiry (reports may come
-    days later; rotating the secrets revokes it). SmartDialog appends its parameters."""
-    token = sign(TokenPurpose.DLR, message_id, secrets=settings.callback_secret_list)
-    return (
-        f"{settings.public_base_url}/api/callbacks/dlr/{quote(message_id, safe='')}"
-        f"?{TOKEN_QUERY_PARAMETER}={token}"
-    )
-
-
-def with_delivery_report_url(
-    command: OutboundMessage, settings: Settings, *, report_id: str | None = None
-) -> OutboundMessage:
-    """``command`` as it must be sent: its body's ``DlrUrl`` replaced by ours. The caller's own
-    ``DlrUrl`` stays in the stored command (the status record), and the DLR function calls it
-    after ours. Discussion replies have no ``DlrUrl`` and are returned unchanged.
-
-    The sender calls this on the normalized command right before the upstream call, never
-    before storing it (the stored command and its fingerprint keep the caller's URL).
-
-    ``report_id`` replaces the message id in the URL: a pack's call carries the pack id, and
-    its reports are routed to each member by recipient (see :meth:`DeliveryReportService.handle`).
-    """
-    body = command.body
-    if command.messageId is None or "DlrUrl" not in type(body).model_fields:
-        return command
-    ours = delivery_report_url(settings, report_id or command.messageId)
-    return command.model_copy(update={"body": body.model_copy(update={"DlrUrl": ours})})
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -225,7 +195,7 @@ class DeliveryReportService:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryReportService:
-        from shared.outbound import MessageStore
+        from shared.messages import MessageStore
 
         return cls(
             settings,
@@ -269,7 +239,7 @@ class DeliveryReportService:
             digest = hashlib.sha256(json.dumps(report.raw, sort_keys=True).encode()).hexdigest()
             row = f"unmatched|{digest[:32]}"
         else:
-            suffix = report.state if report.state is not DeliveryState.UNKNOWN else (
+            suffix = report.state if report.state is not None else (
                 "unknown:" + hashlib.sha256((report.status_text or "").encode()).hexdigest()[:16]
             )  # fmt: skip
             row = f"{slot.index:05d}|{suffix}"
@@ -281,7 +251,11 @@ class DeliveryReportService:
             self._mark(message_id, row)
             return DeliveryReportResult("unmatched")
         previous = slot.status
-        current, advanced = self._advance(slot, report, now)
+        current, advanced = (
+            self.messages.advance_slot(slot, report.state, now=now, upstream_id=report.recipient_id)
+            if report.state is not None
+            else (slot.status, False)
+        )
         if current == report.state:
             self._announce(record, slot, report, current, previous if advanced else None, now)
         self._forward(record, report)
@@ -293,7 +267,7 @@ class DeliveryReportService:
     def _pack_member(self, pack_id: str, report: DeliveryReport) -> str | None:
         """The member of pack ``pack_id`` a report is about: by upstream recipient id, else by
         address (no address is twice in a pack); None if it is no pack or matches no member."""
-        from shared.outbound._packs import PackStore, is_pack_id
+        from shared.messages import PackStore, is_pack_id
 
         if not is_pack_id(pack_id):
             return None
@@ -305,7 +279,7 @@ class DeliveryReportService:
         if report.recipient_id and report.recipient_id in pack.recipient_ids:
             return pack.recipient_ids[report.recipient_id]
         if report.recipient:
-            from shared.inbound._optout import recipient_key
+            from shared.suppressions import recipient_key
 
             wanted = recipient_key(report.recipient)
             for member in pack.members:
@@ -345,55 +319,13 @@ class DeliveryReportService:
             {"PartitionKey": message_id, "RowKey": row, "Processed": True}, mode=UpdateMode.MERGE
         )
 
-    def _advance(
-        self, slot: RecipientSlot, report: DeliveryReport, now: dt.datetime
-    ) -> tuple[str, bool]:
-        """Move the slot to the report's state if that is forward; (its status now, moved?)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError
-        from azure.data.tables import UpdateMode
-
-        from shared.outbound import RECIPIENT_STATUS_RANK, RecipientSlot
-
-        if report.state is DeliveryState.UNKNOWN:
-            return slot.status, False
-        target = str(report.state)
-        rank = RECIPIENT_STATUS_RANK[target]
-        table = self.messages.table
-        current = slot
-        for _ in range(8):
-            if RECIPIENT_STATUS_RANK.get(current.status, 0) >= rank:
-                return current.status, False
-            assert current.etag is not None
-            partition, row = current.keys  # a bulk member's slot lives in its batch's partition
-            changes: dict[str, Any] = {
-                "PartitionKey": partition,
-                "RowKey": row,
-                "Status": target,
-                "StatusRank": rank,
-                "UpdatedAt": plain_datetime(now),
-            }
-            if report.recipient_id and not current.upstream_recipient_id:
-                changes["UpstreamRecipientId"] = report.recipient_id
-            try:
-                table.update_entity(
-                    changes,
-                    mode=UpdateMode.MERGE,
-                    etag=current.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-                return target, True
-            except ResourceModifiedError:
-                current = RecipientSlot.from_entity(table.get_entity(*current.keys))
-        raise RuntimeError(f"recipient slot {slot.row_key} of {slot.message_id} kept changing")
-
     def _announce(
         self,
         record: MessageRecord,
         slot: RecipientSlot,
         report: DeliveryReport,
-        status: str,
-        previous: str | None,
+        status: RecipientStatus,
+        previous: RecipientStatus | None,
         now: dt.datetime,
     ) -> None:
         from shared.events import make_event
@@ -404,7 +336,7 @@ class DeliveryReportService:
             recipientIndex=slot.index,
             recipient=slot.address or report.recipient,
             recipientId=report.recipient_id or slot.upstream_recipient_id,
-            status=DeliveryState(status),
+            status=status,
             previousStatus=previous,
             statusCode=report.status_code,
             reportedAt=report.reported_at,
@@ -463,7 +395,7 @@ def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot 
             if slot.upstream_recipient_id == report.recipient_id:
                 return slot
     if report.recipient:
-        from shared.inbound._optout import recipient_key
+        from shared.suppressions import recipient_key
 
         wanted = recipient_key(report.recipient)
         for slot in slots:

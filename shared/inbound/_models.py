@@ -4,16 +4,16 @@ of the subscriber dispatcher and its dead letters."""
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.messages import RecipientStatus
 
 __all__ = [
     "DELIVERY_REPORTED",
     "MESSAGE_RECEIVED",
     "DeliveryReportData",
-    "DeliveryState",
     "InboundAttachmentData",
     "InboundIntake",
     "InboundMessageData",
@@ -122,18 +122,6 @@ class InboundMessageData(BaseModel):
     )
 
 
-class DeliveryState(enum.StrEnum):
-    """A recipient's delivery state as a delivery report says it (ranks: shared.outbound)."""
-
-    SENT = "sent"
-    """An intermediate report (accepted, buffered, submitted to the operator)."""
-    DELIVERED = "delivered"
-    UNDELIVERED = "undelivered"
-    """Not delivered for good (failed, rejected, expired)."""
-    UNKNOWN = "unknown"
-    """A status we do not recognise: kept raw, no state change."""
-
-
 class DeliveryReportData(BaseModel):
     """``data`` of ``fi.arena.smartdialog.message.delivery``: one recipient's state moved."""
 
@@ -144,7 +132,7 @@ class DeliveryReportData(BaseModel):
     recipientIndex: int = Field(description="The recipient's position in the send (from 0).")
     recipient: str | None = Field(None, description="The recipient's address.")
     recipientId: str | None = Field(None, description="SmartDialog's recipient id.")
-    status: DeliveryState = Field(description="The recipient's state after this report.")
+    status: RecipientStatus = Field(description="The recipient's state after this report.")
     previousStatus: str | None = Field(None, description="Its state before.")
     statusCode: str | None = Field(None, description="The report's status code, as sent.")
     reportedAt: dt.datetime | None = Field(None, description="The report's own timestamp.")

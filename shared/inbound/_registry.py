@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from shared.inbound._storage import ensured_table, plain_datetime, safe_key, utc
 from shared.names import SUBSCRIPTIONS_TABLE, WEBHOOKS_TABLE
 from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
+from shared.storage import ensured_table, plain_datetime, safe_key, utc
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

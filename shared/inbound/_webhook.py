@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from shared.events import CloudEvent, make_event
+from shared.inbound._keywords import classify_keyword
 from shared.inbound._models import (
     MESSAGE_RECEIVED,
     InboundIntake,
@@ -69,9 +70,15 @@ from shared.inbound._models import (
     NewMessagePayload,
     SubscriberDelivery,
 )
-from shared.inbound._optout import SuppressionStore, classify_keyword
 from shared.inbound._registry import SubscriptionStore, verify_webhook_token
-from shared.inbound._storage import (
+from shared.names import (
+    INBOUND_DELIVERIES_QUEUE,
+    INBOUND_INTAKE_QUEUE,
+    INBOUND_QUEUE,
+    INBOUND_SEEN_TABLE,
+)
+from shared.problems import FieldError, Problem, ProblemType
+from shared.storage import (
     QueueLike,
     ensured_queue,
     ensured_table,
@@ -80,13 +87,7 @@ from shared.inbound._storage import (
     send_creating,
     utc,
 )
-from shared.names import (
-    INBOUND_DELIVERIES_QUEUE,
-    INBOUND_INTAKE_QUEUE,
-    INBOUND_QUEUE,
-    INBOUND_SEEN_TABLE,
-)
-from shared.problems import FieldError, Problem, ProblemType
+from shared.suppressions import SuppressionStore
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient

@@ -31,8 +31,8 @@ from shared.actions.fields import (
     service_dropdown,
     ui,
 )
+from shared.clock import utcnow
 from shared.inbound._models import InboundMessageData
-from shared.inbound._optout import ALL_SERVICES, Suppression, SuppressionStore
 from shared.inbound._registry import (
     Subscription,
     SubscriptionStore,
@@ -42,8 +42,8 @@ from shared.inbound._registry import (
     verify_subscription_token,
     webhook_url,
 )
-from shared.inbound._storage import utcnow
 from shared.problems import Problem, ProblemType
+from shared.suppressions import ALL_SERVICES, Suppression, SuppressionStore
 
 if TYPE_CHECKING:
     from shared.settings import Settings

@@ -4,12 +4,12 @@ A batch (``SmartDialogBatches``, PartitionKey = batch id, RowKey ``batch``) reco
 asked, the rows refused and the packs formed. Each valid recipient becomes an ordinary message
 (id ``<batch id>.<row:05d>``, ``RequestId`` the same), so it has its own status, events and
 delivery reports. Members are stored in their batch's partitions (see
-:func:`shared.outbound._store.message_keys`), 100 rows a Table transaction.
+:func:`shared.messages.message_keys`), 100 rows a Table transaction.
 
 The members are packed when the batch is accepted: consecutive members, up to
 ``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients, form a *batch pack* (recorded in
 ``SmartDialogPacks`` before its members), and one queue message per pack, a
-:class:`~shared.outbound._packs.PackDriver`, has the sender make that pack's call (see
+:class:`~shared.outbound.PackDriver`, has the sender make that pack's call (see
 :mod:`shared.outbound._drive`). 5,000 recipients are 10 queue messages, not 5,000.
 
 Crash safety: the batch (with its pack ids), then the packs, then the members are recorded
@@ -31,25 +31,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from shared.names import BATCHES_TABLE, OUTBOUND_QUEUE
-from shared.outbound._models import MessageStatus, OutboundMessageAdapter
-from shared.outbound._packs import Pack, PackDriver, PackMember, new_pack_id
-from shared.outbound._records import new_record, normalize
-from shared.outbound._service import _queue, require_status_token, status_link
-from shared.outbound._store import (
-    RECIPIENT_ROW_PREFIX,
-    RECORD_ROW_KEY,
+from shared.callback_urls import require_status_token, status_link
+from shared.messages import (
     IdempotencyStore,
     MessageRecord,
+    MessageStatus,
     MessageStore,
+    Pack,
+    PackMember,
     RecipientSlot,
-    _chunked,
-    _joined,
+    RecipientStatus,
     batch_filter,
     effective_status,
     idempotency_key_hash,
+    new_pack_id,
 )
+from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY, chunked, joined
+from shared.names import BATCHES_TABLE, OUTBOUND_QUEUE
+from shared.outbound._models import OutboundMessageAdapter, PackDriver
+from shared.outbound._records import new_record, normalize
+from shared.outbound._service import _queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.storage import ensure_table
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -65,9 +68,6 @@ STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
 #: A batch still ``accepting`` this long after its request began, with members missing, is
 #: ``incomplete``: that request is over (an HTTP function times out after 230 s).
 INCOMPLETE_AFTER = dt.timedelta(minutes=5)
-#: A recipient's delivery state: its slot's (delivery reports) or its message's, whichever is
-#: further along (see :func:`effective_status`).
-DELIVERY_STATES = ("pending", "sent", "delivered", "undelivered", "failed", "cancelled")
 #: Storage threads of one request: the SDK's HTTP connection pool keeps 10 connections per
 #: client, and a thread beyond that opens (and drops) a connection per request.
 _THREADS = 10
@@ -94,7 +94,7 @@ class BulkService:
     """Accepts bulk sends and reports their batches (one per settings object)."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], dt.datetime] = _now) -> None:
-        from shared.outbound._packs import PackStore
+        from shared.messages import PackStore
         from shared.storage import table_client
 
         self.settings = settings
@@ -106,10 +106,7 @@ class BulkService:
 
     @property
     def batches(self) -> Any:
-        from shared.outbound._store import _ensure_table
-
-        _ensure_table(self._batches)
-        return self._batches
+        return ensure_table(self._batches)
 
     # --- accept ----------------------------------------------------------------------------
 
@@ -187,7 +184,7 @@ class BulkService:
             seen.add(address)
             valid.append((recipient, address))
         if valid and not transactional:
-            from shared.inbound import SuppressionStore
+            from shared.suppressions import SuppressionStore
 
             hits = self._suppressed(SuppressionStore.from_settings(self.settings), service_id,
                                     [a for _, a in valid])  # fmt: skip
@@ -254,7 +251,7 @@ class BulkService:
                 # Exactly (pack ids are made from it): a replay finishing this batch needs it.
                 "FormedAt": now.isoformat(),
                 "IdempotencyKeyHash": key_hash,
-                **_chunked("PackIds", json.dumps([p.pack_id for p in packs])),
+                **chunked("PackIds", json.dumps([p.pack_id for p in packs])),
             }
         )
         with ThreadPoolExecutor(_THREADS) as pool:
@@ -281,7 +278,7 @@ class BulkService:
             "Accepted": accepted,
             "RefusedCount": len(errors),
             "Counts": counts,
-            "DeliveryCounts": dict.fromkeys(DELIVERY_STATES, 0) | {"pending": accepted},
+            "DeliveryCounts": dict.fromkeys(map(str, RecipientStatus), 0) | {"pending": accepted},
             "StatusUrl": url,
             "Refused": errors,
         }
@@ -331,7 +328,7 @@ class BulkService:
         already recorded are never written again (a driver may have moved them on)."""
         batch_id = str(batch["PartitionKey"])
         recorded = self._members_recorded(batch_id)
-        stored = json.loads(_joined(batch, "PackIds") or "[]")
+        stored = json.loads(joined(batch, "PackIds") or "[]")
         if [p.pack_id for p in packs] != stored:
             if len(recorded) >= int(batch.get("Accepted") or 0):
                 # Every member is recorded: only the drivers were missing. Send them.
@@ -512,7 +509,7 @@ class BulkService:
         if batch.get("Status") == "accepting" and age >= STUCK_ACCEPTING_AFTER:
             if len(records) >= int(batch.get("Accepted") or 0):
                 # Every member is recorded; the request stopped before its drivers were out.
-                self._enqueue_drivers(batch_id, json.loads(_joined(batch, "PackIds") or "[]"))
+                self._enqueue_drivers(batch_id, json.loads(joined(batch, "PackIds") or "[]"))
                 self._mark_queued(batch_id)
                 batch["Status"] = "queued"
             elif age >= INCOMPLETE_AFTER:
@@ -543,7 +540,8 @@ class BulkService:
             "RefusedCount": int(batch.get("RefusedCount") or 0),
             "Counts": {str(s): counts.get(str(s), 0) for s in MessageStatus},
             "DeliveryCounts": {
-                state: sum(1 for d in delivery.values() if d == state) for state in DELIVERY_STATES
+                state: sum(1 for d in delivery.values() if d == state)
+                for state in map(str, RecipientStatus)
             },
             "StatusUrl": url,
         }

@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from shared.outbound._models import FailureInfo, MessageStatus, parse_outbound_message
-from shared.outbound._packs import Pack, PackDriver, new_pack_id
-from shared.outbound._store import MessageRecord
+from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, new_pack_id
+from shared.outbound._models import PackDriver, parse_outbound_message
 
 if TYPE_CHECKING:
     from shared.outbound._sender import OutboundSender, SendOutcome

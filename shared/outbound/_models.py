@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from shared.messages import FailureInfo, Operation
 from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
 
 __all__ = [
@@ -24,13 +25,11 @@ __all__ = [
     "OUTBOUND_MESSAGE_ID_PATTERN",
     "DeadLetter",
     "DeadLetterReason",
-    "FailureInfo",
     "MessageCancelledData",
     "MessageFailedData",
     "MessageSentData",
-    "MessageStatus",
-    "Operation",
     "OutboundMessage",
+    "PackDriver",
     "RecipientOutcome",
     "SendDiscussionReplyMessageCommand",
     "SendMessageCommand",
@@ -46,36 +45,6 @@ OUTBOUND_MESSAGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEAD_LETTER_SCHEMA_VERSION: Literal[1] = 1
 # Namespace of ids derived from a caller's key (uuid5), fixed forever: changing it changes ids.
 _ID_NAMESPACE = uuid.UUID("0b8a3c55-7c0e-4f0e-9a51-6a2f6f1f2d10")
-
-
-class Operation(enum.StrEnum):
-    """The upstream send operations, by the certified connector's operationIds."""
-
-    SEND_MESSAGE = "SendMessage"
-    SEND_REPLY_MESSAGE = "SendReplyMessage"
-    SEND_DISCUSSION_REPLY_MESSAGE = "SendDiscussionReplyMessage"
-    SEND_WHATSAPP_TEMPLATE_MESSAGE = "SendWhatsappTemplateMessage"
-
-    @property
-    def carries_request_id(self) -> bool:
-        """Whether upstream de-duplicates this operation on ``RequestId`` (all but discussion
-        replies), i.e. whether an attempt whose outcome is unknown may be repeated."""
-        return self is not Operation.SEND_DISCUSSION_REPLY_MESSAGE
-
-
-class MessageStatus(enum.StrEnum):
-    """A message's lifecycle (see the state machine in :mod:`shared.outbound`)."""
-
-    ACCEPTED = "accepted"
-    QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in (MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.CANCELLED)
 
 
 class _Envelope(BaseModel):
@@ -198,23 +167,6 @@ def request_fingerprint(command: OutboundMessage) -> str:
 # --- failure description, shared by the status record, events and dead letters ----------------
 
 
-class FailureInfo(BaseModel):
-    """Why a message failed for good."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    code: str = Field(
-        description=(
-            "upstream-rejected | upstream-unavailable | rate-limited | attempts-exhausted | "
-            "expired | outcome-unknown | configuration | suppressed"
-        )
-    )
-    title: str
-    detail: str | None = None
-    upstreamStatus: int | None = Field(None, description="HTTP status of the last upstream answer.")
-    attempts: int = 0
-
-
 class RecipientOutcome(BaseModel):
     """A recipient as upstream accepted it: ``id`` identifies it in delivery reports."""
 
@@ -304,3 +256,25 @@ class DeadLetter(BaseModel):
     dequeueCount: int | None = None
     deadLetteredAt: dt.datetime
     original: str = Field(description="The queue message text exactly as it was received.")
+
+
+class PackDriver(BaseModel):
+    """The queue message that drives a batch pack (``smartdialog-outbound``, internal: put
+    there by SendBulkMessages, never by callers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["pack"] = "pack"
+    packId: str = Field(pattern=r"^pack-[0-9a-f]{32}$")
+    batchId: str | None = None
+    deferrals: int = Field(0, ge=0)
+
+    @classmethod
+    def parse(cls, text: str) -> PackDriver | None:
+        """The driver in ``text``, or None if it is not one (an ordinary outbound message)."""
+        if '"kind"' not in text or '"packId"' not in text:
+            return None
+        try:
+            return cls.model_validate_json(text)
+        except ValueError:
+            return None

@@ -1,12 +1,16 @@
-"""From a send command to its status record: normalization, part estimates, recipient slots."""
+"""From a send command to its status record and its upstream request: normalization, part
+estimates, recipient slots, the pack key, our delivery-report URL."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+from typing import TYPE_CHECKING
 
+from shared.callback_urls import delivery_report_url
+from shared.messages import MessageRecord, MessageStatus, Operation, RecipientSlot
 from shared.outbound._models import (
-    MessageStatus,
-    Operation,
     OutboundMessage,
     OutboundMessageAdapter,
     SendDiscussionReplyMessageCommand,
@@ -15,11 +19,23 @@ from shared.outbound._models import (
     SendWhatsappTemplateMessageCommand,
     request_fingerprint,
 )
-from shared.outbound._packs import pack_key
-from shared.outbound._store import MessageRecord, RecipientSlot
 from shared.sms import estimate, personalize
 
-__all__ = ["command_text", "new_record", "normalize", "recipient_slots"]
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = [
+    "command_addresses",
+    "command_text",
+    "new_record",
+    "normalize",
+    "pack_key",
+    "recipient_slots",
+    "with_delivery_report_url",
+]
+
+# Body fields that differ between members of one pack: everything else must be equal.
+_PER_MEMBER_FIELDS = frozenset({"Recipients", "RequestId"})
 
 
 def normalize(
@@ -67,19 +83,13 @@ def _part_counts(command: OutboundMessage) -> list[int]:
     return []
 
 
-def _addresses(command: OutboundMessage) -> list[str]:
-    if isinstance(command, SendDiscussionReplyMessageCommand):
-        return []
-    return [r.Address for r in command.body.Recipients]
-
-
 def recipient_slots(command: OutboundMessage, *, now: dt.datetime) -> list[RecipientSlot]:
     """One pending slot per recipient of a normalized command."""
     assert command.messageId is not None
     return [
         RecipientSlot(command.messageId, index, address, parts, updated_at=now)
         for index, (address, parts) in enumerate(
-            zip(_addresses(command), _part_counts(command), strict=True)
+            zip(command_addresses(command), _part_counts(command), strict=True)
         )
     ]
 
@@ -124,3 +134,51 @@ def new_record(
         batch_id=batch_id,
     )
     return record, slots
+
+
+def command_addresses(command: OutboundMessage) -> list[str]:
+    """The recipient addresses of a command, in order (none for a discussion reply)."""
+    if isinstance(command, SendDiscussionReplyMessageCommand):
+        return []
+    return [r.Address for r in command.body.Recipients]
+
+
+def pack_key(command: OutboundMessage) -> str | None:
+    """The key shared by every command that may go upstream in the same call as this one, or
+    None if it must always be sent alone (see :mod:`shared.messages._packs`)."""
+    if isinstance(command, SendDiscussionReplyMessageCommand):
+        return None
+    addresses = command_addresses(command)
+    if not addresses or len(set(addresses)) != len(addresses):
+        return None
+    body = command.body.model_dump(mode="json", by_alias=True, exclude_none=True)
+    material = {
+        "operation": command.operation,
+        "customerId": command.customerId,
+        "serviceId": command.serviceId,
+        "parentMessageId": getattr(command, "parentMessageId", None),
+        "transactional": command.transactional,
+        "body": {k: v for k, v in body.items() if k not in _PER_MEMBER_FIELDS},
+    }
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
+
+
+def with_delivery_report_url(
+    command: OutboundMessage, settings: Settings, *, report_id: str | None = None
+) -> OutboundMessage:
+    """``command`` as it must be sent: its body's ``DlrUrl`` replaced by ours. The caller's own
+    ``DlrUrl`` stays in the stored command (the status record), and the DLR function calls it
+    after ours. Discussion replies have no ``DlrUrl`` and are returned unchanged.
+
+    The sender calls this on the normalized command right before the upstream call, never
+    before storing it (the stored command and its fingerprint keep the caller's URL).
+
+    ``report_id`` replaces the message id in the URL: a pack's call carries the pack id, and
+    its reports are routed to each member by recipient (see :meth:`DeliveryReportService.handle`).
+    """
+    body = command.body
+    if command.messageId is None or "DlrUrl" not in type(body).model_fields:
+        return command
+    ours = delivery_report_url(settings, report_id or command.messageId)
+    return command.model_copy(update={"body": body.model_copy(update={"DlrUrl": ours})})

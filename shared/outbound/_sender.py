@@ -29,16 +29,25 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, make_event
+from shared.messages import (
+    FailureInfo,
+    MessageRecord,
+    MessageStatus,
+    MessageStore,
+    Pack,
+    PackMember,
+    PackStore,
+    new_pack_id,
+)
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._models import (
     DeadLetter,
     DeadLetterReason,
-    FailureInfo,
     MessageFailedData,
     MessageSentData,
-    MessageStatus,
     OutboundMessage,
     OutboundMessageAdapter,
+    PackDriver,
     RecipientOutcome,
     SendDiscussionReplyMessageCommand,
     SendMessageCommand,
@@ -48,16 +57,7 @@ from shared.outbound._models import (
     parse_outbound_message,
     request_fingerprint,
 )
-from shared.outbound._packs import (
-    Pack,
-    PackDriver,
-    PackMember,
-    PackStore,
-    command_addresses,
-    new_pack_id,
-)
-from shared.outbound._records import new_record, normalize, recipient_slots
-from shared.outbound._store import MessageRecord, MessageStore
+from shared.outbound._records import command_addresses, new_record, normalize, recipient_slots
 from shared.smartdialog import (
     APIConnectionError,
     APIResponseValidationError,
@@ -70,9 +70,9 @@ from shared.smartdialog import (
 )
 
 if TYPE_CHECKING:
-    from shared.inbound import SuppressionStore
     from shared.quota import QuotaDenied, QuotaGrant
     from shared.settings import Settings
+    from shared.suppressions import SuppressionStore
 
 __all__ = ["OutboundSender", "OutcomeKind", "SendOutcome", "reset_sender_cache"]
 
@@ -599,7 +599,7 @@ class OutboundSender:
         if packs is None or key is None:
             return None, []
         limit = self.policy.pack_max_recipients
-        from shared.outbound._packs import index_row_key
+        from shared.messages import index_row_key
 
         own_row = index_row_key(leader)
         rows = packs.candidates(key, limit=limit + 64)
@@ -1091,7 +1091,7 @@ class OutboundSender:
     def _call_upstream_with_grant(
         self, command: OutboundMessage, *, report_id: str | None
     ) -> dict[str, Any]:
-        from shared.inbound import with_delivery_report_url
+        from shared.outbound._records import with_delivery_report_url
 
         command = with_delivery_report_url(command, self.policy.settings, report_id=report_id)
         client = self.client
@@ -1227,8 +1227,8 @@ class OutboundSender:
             return None
         if isinstance(command, SendDiscussionReplyMessageCommand):
             return None  # no recipients, no service
-        from shared.inbound import refuse_suppressed
         from shared.problems import Problem
+        from shared.suppressions import refuse_suppressed
 
         addresses = [r.Address for r in command.body.Recipients]
         try:
@@ -1511,7 +1511,7 @@ def _transient_failure(exc: Exception) -> tuple[float | None, str, str, int | No
 
 @lru_cache(maxsize=65536)
 def _address_key(address: str) -> str:
-    from shared.inbound._optout import recipient_key
+    from shared.suppressions import recipient_key
 
     return recipient_key(address)
 
@@ -1529,9 +1529,9 @@ def _packed_command(
 @lru_cache(maxsize=4)
 def _sender_for(settings: Settings) -> OutboundSender:
     from shared import quota
-    from shared.inbound import SuppressionStore
     from shared.smartdialog import auth_from_settings
     from shared.storage import queue_client
+    from shared.suppressions import SuppressionStore
 
     store = quota.from_settings(settings)
     gate = _AttemptGate(store)

@@ -13,34 +13,34 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
+from shared.callback_urls import require_status_token, status_link
 from shared.events import MESSAGE_CANCELLED, make_event
+from shared.messages import (
+    IdempotencyStore,
+    MessageRecord,
+    MessageStatus,
+    MessageStore,
+    Operation,
+    PackStore,
+    RecipientSlot,
+    RecipientStatus,
+    effective_status,
+    idempotency_key_hash,
+)
 from shared.names import EVENTS_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._models import (
     MessageCancelledData,
-    MessageStatus,
-    Operation,
     OutboundMessage,
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
 )
-from shared.outbound._packs import PackStore
 from shared.outbound._records import command_text, new_record, normalize
-from shared.outbound._store import (
-    IdempotencyStore,
-    MessageRecord,
-    MessageStore,
-    RecipientSlot,
-    effective_status,
-    idempotency_key_hash,
-)
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
-from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
 
 if TYPE_CHECKING:
-    from shared.inbound import SuppressionStore
     from shared.settings import Settings
+    from shared.suppressions import SuppressionStore
 
 __all__ = [
     "MAX_QUEUE_MESSAGE_BYTES",
@@ -55,36 +55,6 @@ MAX_QUEUE_MESSAGE_BYTES = 60_000
 #: A record still ``accepted`` this long after its last change lost its enqueue to a crash;
 #: the next status poll (or re-POST) enqueues it again.
 STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
-
-
-def status_link(settings: Settings, route: str, key: str, subject: str) -> str:
-    """``<public base>/api/<route>/<key>?token=…``: a status URL carrying a status token for
-    ``subject`` (a message id, or a batch's subject)."""
-    token = sign(
-        TokenPurpose.STATUS,
-        subject,
-        ttl_seconds=settings.status_token_ttl_seconds,
-        secrets=settings.callback_secret_list,
-    )
-    base = settings.public_base_url
-    return f"{base}/api/{route}/{quote(key, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
-
-
-def require_status_token(
-    settings: Settings, subject: str, token: str | None, *, missing: str, denied: str
-) -> None:
-    """401 (``missing``) without a token, 403 (``denied``) with one that does not open the
-    status of ``subject``."""
-    if not token:
-        raise Problem(
-            401,
-            "Missing token",
-            missing,
-            type=ProblemType.VALIDATION,
-            headers={"WWW-Authenticate": 'Bearer realm="smartdialog-status"'},
-        )
-    if not verify(token, TokenPurpose.STATUS, subject, secrets=settings.callback_secret_list):
-        raise Problem(403, "Invalid token", denied, type=ProblemType.VALIDATION)
 
 
 def _now() -> dt.datetime:
@@ -218,7 +188,7 @@ class SendService:
         """422 if a recipient of a normalized, non-transactional command opted out."""
         if isinstance(command, SendDiscussionReplyMessageCommand):
             return  # a reply into a thread: no recipients, no service
-        from shared.inbound import SuppressionStore, refuse_suppressed
+        from shared.suppressions import SuppressionStore, refuse_suppressed
 
         if self._suppressions is None:
             self._suppressions = SuppressionStore.from_settings(self.settings)
@@ -235,7 +205,7 @@ class SendService:
         pack's driver claims it and has no queue message of its own: its pack's driver goes
         on the queue instead (a driver twice is harmless)."""
         if record.batch_id is not None and record.pack_id is not None:
-            from shared.outbound._packs import PackDriver
+            from shared.outbound._models import PackDriver
 
             driver = PackDriver(packId=record.pack_id, batchId=record.batch_id)
             _queue(OUTBOUND_QUEUE, self.settings).send_message(driver.model_dump_json())
@@ -353,7 +323,7 @@ class SendService:
             )
             if done is None:
                 continue  # the sender got there first (or another cancel): look again
-            self.store.advance_recipients(message_id, "cancelled", now=now)
+            self.store.advance_recipients(message_id, RecipientStatus.CANCELLED, now=now)
             data = MessageCancelledData(
                 messageId=message_id,
                 operation=Operation(done.operation),

@@ -109,7 +109,7 @@ first use of a :class:`TableQuotaStore`.
 
 from __future__ import annotations
 
-from shared.quota._clock import Clock, SystemClock
+from shared.clock import Clock, SystemClock
 from shared.quota._store import (
     CAS_MAX_ATTEMPTS,
     MAX_CALLS,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
+from shared.clock import Clock, SystemClock
 from shared.quota import _log
-from shared.quota._clock import Clock, SystemClock
 
 logger = logging.getLogger("shared.quota")
 

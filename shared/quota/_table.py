@@ -8,8 +8,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from shared.clock import Clock
 from shared.names import QUOTA_TABLE
-from shared.quota._clock import Clock
 from shared.quota._store import QuotaStore, QuotaStoreError, StoredLog
 
 if TYPE_CHECKING:

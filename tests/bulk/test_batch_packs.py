@@ -15,10 +15,15 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.outbound import MessageStatus, MessageStore
+from shared.messages import (
+    BATCH_PARTITION_ROWS,
+    MessageStatus,
+    MessageStore,
+    PackStore,
+    message_keys,
+)
 from shared.outbound._drive import _Run
-from shared.outbound._packs import PackDriver, PackStore
-from shared.outbound._store import BATCH_PARTITION_ROWS, message_keys
+from shared.outbound._models import PackDriver
 from shared.smartdialog import BadRequestError
 from tests.bulk.helpers import crash_once
 from tests.bulk.test_bulk_action import batch_status, bulk, people
@@ -331,7 +336,7 @@ def test_a_crash_after_the_pack_row_but_before_the_records_keeps_the_call_for_th
 def test_opted_out_rows_of_a_bulk_are_refused_by_row_from_one_read_of_each_list(
     outbound: Outbound,
 ) -> None:
-    from shared.inbound import ALL_SERVICES, SuppressionStore
+    from shared.suppressions import ALL_SERVICES, SuppressionStore
     from tests.outbound.conftest import SERVICE
 
     store = SuppressionStore.from_settings()
@@ -473,8 +478,8 @@ def backdate_accepting_batches(key: str, *, minutes: int) -> list[Any]:
     past; [that batch] (or [])."""
     from azure.data.tables import UpdateMode
 
+    from shared.messages import idempotency_key_hash
     from shared.outbound._bulk import BulkService
-    from shared.outbound._store import idempotency_key_hash
     from shared.settings import get_settings
 
     settings = get_settings()

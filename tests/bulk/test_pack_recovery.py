@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from shared.outbound import MessageStatus, MessageStore
-from shared.outbound._packs import PackStore
+from shared.messages import MessageStatus, MessageStore, PackStore
 from tests.bulk.helpers import crash_once
 from tests.bulk.test_packing import NUMBERS, accept, record
 from tests.outbound.conftest import ERROR, TEMPORARY, Outbound

@@ -10,8 +10,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 
-from shared.outbound import MessageRecord, MessageStatus, MessageStore, parse_outbound_message
-from shared.outbound._packs import pack_key
+from shared.messages import MessageRecord, MessageStatus, MessageStore
+from shared.outbound import parse_outbound_message
+from shared.outbound._records import pack_key
 from tests.bulk.helpers import crash_once
 from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
 

@@ -15,8 +15,8 @@ import httpx
 from azure.data.tables import TableClient
 
 from sandbox.contract import validate_request
+from shared.messages import MessageRecord
 from shared.names import MESSAGES_TABLE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE, poison_queue
-from shared.outbound import MessageRecord
 from shared.signing import TokenPurpose, verify
 from tests.e2e.conftest import (
     CALLBACK_SECRET,

@@ -10,14 +10,11 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from shared import names
-from shared.inbound import (
-    DELIVERY_REPORTED,
-    DeliveryState,
-    delivery_report_url,
-    parse_report,
-    with_delivery_report_url,
-)
+from shared.callback_urls import delivery_report_url
+from shared.inbound import DELIVERY_REPORTED, parse_report
+from shared.messages import RecipientStatus
 from shared.outbound import parse_outbound_message
+from shared.outbound._records import with_delivery_report_url
 from shared.settings import get_settings
 from shared.signing import TokenPurpose, sign
 from tests.fixtures.sandbox import CallbackReceiver
@@ -167,21 +164,21 @@ def test_forged_delivery_report_gets_401_and_leaves_no_trace(
 @pytest.mark.parametrize(
     ("query", "state"),
     [
-        ({"status": "delivered"}, DeliveryState.DELIVERED),
-        ({"Status": "DELIVRD"}, DeliveryState.DELIVERED),
-        ({"stat": "UNDELIV"}, DeliveryState.UNDELIVERED),
-        ({"status": "failed", "statusCode": "2"}, DeliveryState.UNDELIVERED),
-        ({"state": "EXPIRED"}, DeliveryState.UNDELIVERED),
-        ({"status": "accepted"}, DeliveryState.SENT),
-        ({"dlr": "1"}, DeliveryState.DELIVERED),
-        ({"dlr": "16"}, DeliveryState.UNDELIVERED),
-        ({"dlr": "8"}, DeliveryState.SENT),
-        ({"status": "1"}, DeliveryState.DELIVERED),
-        ({"status": "weird"}, DeliveryState.UNKNOWN),
-        ({}, DeliveryState.UNKNOWN),
+        ({"status": "delivered"}, RecipientStatus.DELIVERED),
+        ({"Status": "DELIVRD"}, RecipientStatus.DELIVERED),
+        ({"stat": "UNDELIV"}, RecipientStatus.UNDELIVERED),
+        ({"status": "failed", "statusCode": "2"}, RecipientStatus.UNDELIVERED),
+        ({"state": "EXPIRED"}, RecipientStatus.UNDELIVERED),
+        ({"status": "accepted"}, RecipientStatus.SENT),
+        ({"dlr": "1"}, RecipientStatus.DELIVERED),
+        ({"dlr": "16"}, RecipientStatus.UNDELIVERED),
+        ({"dlr": "8"}, RecipientStatus.SENT),
+        ({"status": "1"}, RecipientStatus.DELIVERED),
+        ({"status": "weird"}, None),
+        ({}, None),
     ],
 )
-def test_report_status_vocabulary(query: dict[str, str], state: DeliveryState) -> None:
+def test_report_status_vocabulary(query: dict[str, str], state: RecipientStatus) -> None:
     assert parse_report(query).state is state
 
 

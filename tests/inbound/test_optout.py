@@ -10,16 +10,11 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from shared import names
-from shared.inbound import (
-    ALL_SERVICES,
-    SuppressionStore,
-    classify_keyword,
-    refuse_suppressed,
-    webhook_url,
-)
+from shared.inbound import classify_keyword, webhook_url
 from shared.problems import Problem
 from shared.settings import Settings, get_settings
 from shared.storage import queue_client
+from shared.suppressions import ALL_SERVICES, SuppressionStore, refuse_suppressed
 from tests.inbound.conftest import ONE_WAY, TWO_WAY, Inbound
 
 PHONE = "+358401234567"

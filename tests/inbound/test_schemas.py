@@ -10,7 +10,8 @@ from urllib.parse import parse_qsl, urlsplit
 import jsonschema
 
 from shared import names
-from shared.inbound import DELIVERY_REPORTED, MESSAGE_RECEIVED, delivery_report_url
+from shared.callback_urls import delivery_report_url
+from shared.inbound import DELIVERY_REPORTED, MESSAGE_RECEIVED
 from shared.settings import get_settings
 from tests.inbound.conftest import CUSTOMER, ONE_WAY, Inbound
 from tests.inbound.test_optout import _inbound

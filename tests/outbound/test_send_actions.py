@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from shared.outbound import MessageStatus, MessageStore, idempotency_key_hash
+from shared.messages import MessageStatus, MessageStore, idempotency_key_hash
 from tests.outbound.conftest import (
     CUSTOMER,
     DELIVERED,
@@ -262,6 +262,6 @@ def test_a_record_left_accepted_by_a_crash_is_enqueued_when_the_caller_retries(
 
 
 def _records(store: MessageStore) -> list:  # type: ignore[type-arg]
-    from shared.outbound import MessageRecord
+    from shared.messages import MessageRecord
 
     return [MessageRecord.from_entity(e) for e in store.table.query_entities("RowKey eq 'message'")]

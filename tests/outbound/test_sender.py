@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from shared.outbound import MessageRecord, MessageStatus, MessageStore
+from shared.messages import MessageRecord, MessageStatus, MessageStore
 from tests.outbound.conftest import (
+    CUSTOMER,
     DELIVERED,
     ERROR,
     REJECTED,
+    SERVICE,
     SLOW,
     TEMPORARY,
     THROTTLED,
@@ -104,20 +106,28 @@ def test_copy_arriving_while_another_worker_holds_the_claim_is_deferred(
     outbound: Outbound,
 ) -> None:
     import datetime as dt
+    from dataclasses import replace
+
+    from shared.outbound import new_record, normalize, parse_outbound_message
 
     text = json.dumps(send("m-claimed", DELIVERED))
-    outbound.invoke(text)  # records and sends; now pretend a worker is mid-send
-    store = MessageStore.from_settings()
-    current = record("m-claimed")
-    store.swap(
-        current,
-        status=MessageStatus.SENDING,
-        lease_until=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30),
+    # Another worker has claimed it and is mid-send (its lease runs for 30 s more).
+    now = dt.datetime.now(dt.UTC)
+    command = normalize(
+        parse_outbound_message(text),
+        message_id="m-claimed",
+        customer_id=CUSTOMER,
+        service_id=SERVICE,
     )
+    fresh, slots = new_record(
+        command, now=now, validity=dt.timedelta(days=1), status=MessageStatus.SENDING
+    )
+    claimed = replace(fresh, attempts=1, lease_until=now + dt.timedelta(seconds=30))
+    assert MessageStore.from_settings().create(claimed, slots) is not None
 
     outbound.invoke(text, dequeue_count=2)
 
-    assert len(outbound.upstream()) == 1
+    assert outbound.upstream() == []
     assert outbound.queued() == 1  # back on the queue, invisible until the lease ends
     assert outbound.run_once() == 0
 
@@ -349,16 +359,16 @@ def _record_grants_and_sends(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any]
 def _slow_step_before_the_call(monkeypatch: pytest.MonkeyPatch, delays: list[float]) -> None:
     """The sender's work between grant and call (signing the DLR URL) takes ``delays`` (one
     per call of it): a starved thread on a loaded machine."""
-    import shared.inbound
+    from shared.outbound import _records
 
-    real = shared.inbound.with_delivery_report_url
+    real = _records.with_delivery_report_url
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         if delays:
             time.sleep(delays.pop(0))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shared.inbound, "with_delivery_report_url", slow)
+    monkeypatch.setattr(_records, "with_delivery_report_url", slow)
 
 
 def test_a_grant_gone_stale_before_the_call_is_not_used_a_fresh_one_is(

@@ -11,16 +11,17 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from shared.inbound import DeliveryReportService, delivery_report_url
-from shared.outbound import (
+from shared.callback_urls import delivery_report_url
+from shared.inbound import DeliveryReportService
+from shared.messages import (
     DamagedRecordError,
     MessageRecord,
     MessageStatus,
     MessageStore,
-    OutboundSender,
     RecipientSlot,
-    parse_outbound_message,
+    RecipientStatus,
 )
+from shared.outbound import OutboundSender, parse_outbound_message
 from shared.settings import get_settings
 from shared.storage import table_client, table_service
 from tests.outbound.conftest import DELIVERED, Outbound, sms
@@ -33,19 +34,19 @@ def test_a_fresh_process_creates_every_table_it_uses(
 ) -> None:
     # A process that has not created any table yet, against tables that do not exist yet:
     # the send action and the sender must create each of them, not just the first one.
-    from shared.inbound import _optout, _storage
-    from shared.outbound import _service, _store
+    from shared import storage, suppressions
+    from shared.messages import _idempotency, _store
+    from shared.outbound import _service
 
     suffix = uuid.uuid4().hex[:10]
     tables = {
         "MESSAGES_TABLE": f"FreshMessages{suffix}",
         "IDEMPOTENCY_TABLE": f"FreshIdempotency{suffix}",
     }
-    for constant, name in tables.items():
-        monkeypatch.setattr(_store, constant, name)
-    monkeypatch.setattr(_optout, "SUPPRESSIONS_TABLE", f"FreshSuppressions{suffix}")
-    monkeypatch.setattr(_store, "_tables_ready", set())
-    monkeypatch.setattr(_storage, "_ready", set())
+    monkeypatch.setattr(_store, "MESSAGES_TABLE", tables["MESSAGES_TABLE"])
+    monkeypatch.setattr(_idempotency, "IDEMPOTENCY_TABLE", tables["IDEMPOTENCY_TABLE"])
+    monkeypatch.setattr(suppressions, "SUPPRESSIONS_TABLE", f"FreshSuppressions{suffix}")
+    monkeypatch.setattr(storage, "_ready", set())
     wanted = {*tables.values(), f"FreshSuppressions{suffix}"}
     try:
         command = parse_outbound_message(
@@ -96,11 +97,10 @@ def test_advancing_recipients_never_overwrites_a_delivery_report_that_lands_mean
         return read
 
     monkeypatch.setattr(store, "get_with_slots", read_then_a_report_lands)
-    store.advance_recipients(message_id, "sent", {0: "r-0", 1: "r-1"}, now=dt.datetime.now(dt.UTC))
+    store.advance_recipients(message_id, RecipientStatus.SENT, now=dt.datetime.now(dt.UTC))
 
     first, second = _slots(message_id)
-    assert (first.status, first.upstream_recipient_id) == ("delivered", "r-0")
-    assert (second.status, second.upstream_recipient_id) == ("sent", "r-1")
+    assert (first.status, second.status) == ("delivered", "sent")
 
 
 def test_advancing_recipients_is_forward_only_and_repeatable(outbound: Outbound) -> None:
@@ -108,9 +108,9 @@ def test_advancing_recipients_is_forward_only_and_repeatable(outbound: Outbound)
     store = MessageStore.from_settings()
     now = dt.datetime.now(dt.UTC)
 
-    store.advance_recipients(message_id, "delivered", now=now)
-    store.advance_recipients(message_id, "sent", now=now)
-    store.advance_recipients(message_id, "cancelled", now=now)
+    store.advance_recipients(message_id, RecipientStatus.DELIVERED, now=now)
+    store.advance_recipients(message_id, RecipientStatus.SENT, now=now)
+    store.advance_recipients(message_id, RecipientStatus.CANCELLED, now=now)
 
     [slot] = _slots(message_id)
     assert slot.status == "delivered"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from sandbox.contract import validate_request
-from shared.inbound import SuppressionStore
-from shared.outbound import MessageStatus, MessageStore
+from shared.messages import MessageStatus, MessageStore
+from shared.suppressions import SuppressionStore
 from tests.outbound.conftest import (
     DELIVERED,
     REPLY_SERVICE,

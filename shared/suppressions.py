@@ -1,4 +1,5 @@
-"""Opt-out: stop/start keyword rules, the suppression table, and the send refusal.
+"""Opt-out: the suppression table and the send refusal (both sides use them: inbound STOP/START
+writes it, the send path refuses opted-out recipients).
 
 Suppressions are per service (a STOP to the support line does not silence the newsletter):
 ``SmartDialogSuppressions``, PartitionKey = service id, RowKey = the recipient in E.164 (or,
@@ -8,13 +9,13 @@ when it does not parse as a phone number, e.g. a short code, the text itself).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from shared.inbound._storage import ensured_table, plain_datetime, safe_key, utc
 from shared.names import SUPPRESSIONS_TABLE
 from shared.problems import FieldError, Problem, ProblemType
+from shared.storage import ensured_table, plain_datetime, safe_key, utc
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -23,35 +24,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_SERVICES",
-    "OptOutKeyword",
     "Suppression",
     "SuppressionStore",
-    "classify_keyword",
     "recipient_key",
     "refuse_suppressed",
 ]
 
-OptOutKeyword = Literal["stop", "start"]
 #: The suppression scope that covers every service.
 ALL_SERVICES = "*"
-# Punctuation people put after a keyword ("Stop!", "LOPETA.") that does not change its meaning.
-_TRAILING = " \t\r\n.!?,;:\u3002\uff01"
-
-
-def classify_keyword(
-    content: str, stop: Iterable[str], start: Iterable[str]
-) -> OptOutKeyword | None:
-    """``"stop"`` when the whole message is a stop keyword, ``"start"`` for a start keyword,
-    else None. Case, surrounding blanks and trailing punctuation are ignored; a keyword inside a
-    longer message ("please stop calling") is not one (carriers' rule: the keyword alone)."""
-    word = " ".join(content.strip(_TRAILING).split()).upper()
-    if not word:
-        return None
-    if word in {k.upper() for k in stop}:
-        return "stop"
-    if word in {k.upper() for k in start}:
-        return "start"
-    return None
 
 
 def recipient_key(address: str) -> str:

@@ -1,8 +1,9 @@
-"""Packs: many queued sends in one upstream call (the pack key, the pack record, the index).
+"""Packs: many queued sends in one upstream call (the pack record and the index).
 
 SmartDialog's send takes many ``Recipients``, each with its own ``Personalization``, and the
 quota counts calls, not recipients. Queued messages that would be sent *identically* apart from
-their recipients share a :func:`pack_key`; the sender packs such messages into one call.
+their recipients share a pack key (:func:`shared.outbound.pack_key`); the sender packs such
+messages into one call.
 
 ``SmartDialogPacks`` holds two kinds of partitions:
 
@@ -20,12 +21,12 @@ their recipients share a :func:`pack_key`; the sender packs such messages into o
   member's own record.
 
 Bulk sends form their packs when the batch is accepted (*batch packs*, ``batch_id`` set): the
-members are consecutive rows of the batch and one queue message, a
-:class:`PackDriver`, drives the whole pack (see :mod:`shared.outbound._drive`); the members
-have no queue messages of their own. Such a pack also carries a lease (one driver at a time)
-and the members of the call that may have reached upstream: until there is one, what is sent
-may still shrink (a member cancelled or expired) and the ``RequestId`` is derived from what is
-actually sent; once there is, that ``RequestId`` is only ever used again for those members.
+members are consecutive rows of the batch and one queue message, a pack driver, drives the whole
+pack (see :mod:`shared.outbound._drive`); the members have no queue messages of their own. Such a
+pack also carries a lease (one driver at a time) and the members of the call that may have reached
+upstream: until there is one, what is sent may still shrink (a member cancelled or expired) and the
+``RequestId`` is derived from what is actually sent; once there is, that ``RequestId`` is only ever
+used again for those members.
 
 What never packs (the pack key is None): discussion replies (no ``RequestId``: they are never
 repeated, so never grouped), messages listing one address twice. Messages of different
@@ -44,29 +45,25 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from shared.messages._records import TRANSACTION_LIMIT, chunked, joined
 from shared.names import PACKS_TABLE
-from shared.outbound._models import OutboundMessage, SendDiscussionReplyMessageCommand
+from shared.storage import ensure_table
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
-    from shared.outbound._store import MessageRecord
+    from shared.messages._records import MessageRecord
     from shared.settings import Settings
 
 __all__ = [
     "PACK_ID_PREFIX",
     "Pack",
-    "PackDriver",
     "PackMember",
     "PackStore",
-    "command_addresses",
     "is_pack_id",
     "new_pack_id",
-    "pack_key",
 ]
 
 #: Prefix of pack ids (never a message id of ours: those are UUIDs, batch members or the
@@ -74,38 +71,6 @@ __all__ = [
 PACK_ID_PREFIX = "pack-"
 INDEX_PREFIX = "q-"
 PACK_ROW_KEY = "pack"
-_TRANSACTION_LIMIT = 100
-_CHUNK_CHARS = 30_000
-# Body fields that differ between members of one pack: everything else must be equal.
-_PER_MEMBER_FIELDS = frozenset({"Recipients", "RequestId"})
-
-
-def command_addresses(command: OutboundMessage) -> list[str]:
-    """The recipient addresses of a command, in order (none for a discussion reply)."""
-    if isinstance(command, SendDiscussionReplyMessageCommand):
-        return []
-    return [r.Address for r in command.body.Recipients]
-
-
-def pack_key(command: OutboundMessage) -> str | None:
-    """The key shared by every command that may go upstream in the same call as this one, or
-    None if it must always be sent alone (see the module docstring)."""
-    if isinstance(command, SendDiscussionReplyMessageCommand):
-        return None
-    addresses = command_addresses(command)
-    if not addresses or len(set(addresses)) != len(addresses):
-        return None
-    body = command.body.model_dump(mode="json", by_alias=True, exclude_none=True)
-    material = {
-        "operation": command.operation,
-        "customerId": command.customerId,
-        "serviceId": command.serviceId,
-        "parentMessageId": getattr(command, "parentMessageId", None),
-        "transactional": command.transactional,
-        "body": {k: v for k, v in body.items() if k not in _PER_MEMBER_FIELDS},
-    }
-    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
 
 
 def new_pack_id(key: str, member_ids: Iterable[str], formed_at: dt.datetime) -> str:
@@ -113,28 +78,6 @@ def new_pack_id(key: str, member_ids: Iterable[str], formed_at: dt.datetime) -> 
     its members in order. Stored before the call, so a retry reuses it."""
     material = "\n".join([key, formed_at.isoformat(), *member_ids])
     return PACK_ID_PREFIX + hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
-
-
-class PackDriver(BaseModel):
-    """The queue message that drives a batch pack (``smartdialog-outbound``, internal: put
-    there by SendBulkMessages, never by callers)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["pack"] = "pack"
-    packId: str = Field(pattern=r"^pack-[0-9a-f]{32}$")
-    batchId: str | None = None
-    deferrals: int = Field(0, ge=0)
-
-    @classmethod
-    def parse(cls, text: str) -> PackDriver | None:
-        """The driver in ``text``, or None if it is not one (an ordinary outbound message)."""
-        if '"kind"' not in text or '"packId"' not in text:
-            return None
-        try:
-            return cls.model_validate_json(text)
-        except ValueError:
-            return None
 
 
 def is_pack_id(value: str) -> bool:
@@ -214,16 +157,16 @@ class Pack:
             "MemberCount": len(self.members),
             "RecipientCount": self.recipient_count,
         }
-        entity.update(_chunked("Members", members))
+        entity.update(chunked("Members", members))
         if self.recipient_ids:
-            entity.update(_chunked("RecipientIds", json.dumps(dict(self.recipient_ids))))
+            entity.update(chunked("RecipientIds", json.dumps(dict(self.recipient_ids))))
         if self.batch_id is not None:
             entity.update(
                 BatchId=self.batch_id,
                 CallRequestId=self.call_request_id,
-                **_chunked("Attempt", json.dumps(list(self.attempt))),
+                **chunked("Attempt", json.dumps(list(self.attempt))),
                 Calls=self.calls,
-                **_chunked("Announcing", json.dumps(list(self.announcing))),
+                **chunked("Announcing", json.dumps(list(self.announcing))),
                 Sibling=self.sibling,
                 Refused=self.refused,
                 LeaseUntil=None
@@ -234,8 +177,8 @@ class Pack:
 
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> Pack:
-        members = json.loads(_joined(entity, "Members") or "[]")
-        ids = json.loads(_joined(entity, "RecipientIds") or "{}")
+        members = json.loads(joined(entity, "Members") or "[]")
+        ids = json.loads(joined(entity, "RecipientIds") or "{}")
         created = entity.get("CreatedAt")
         lease = entity.get("LeaseUntil")
         return cls(
@@ -246,28 +189,14 @@ class Pack:
             recipient_ids=ids,
             batch_id=entity.get("BatchId"),
             call_request_id=entity.get("CallRequestId"),
-            attempt=tuple(json.loads(_joined(entity, "Attempt") or "[]")),
+            attempt=tuple(json.loads(joined(entity, "Attempt") or "[]")),
             calls=int(entity.get("Calls") or 0),
-            announcing=tuple(json.loads(_joined(entity, "Announcing") or "[]")),
+            announcing=tuple(json.loads(joined(entity, "Announcing") or "[]")),
             sibling=entity.get("Sibling"),
             refused=bool(entity.get("Refused")),
             lease_until=lease if isinstance(lease, dt.datetime) else None,
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
-
-
-def _chunked(name: str, text: str) -> dict[str, Any]:
-    chunks = [text[i : i + _CHUNK_CHARS] for i in range(0, len(text), _CHUNK_CHARS)] or [""]
-    out: dict[str, Any] = {f"{name}Chunks": len(chunks)}
-    out.update({f"{name}{i}": chunk for i, chunk in enumerate(chunks)})
-    return out
-
-
-def _joined(entity: Mapping[str, Any], name: str) -> str | None:
-    count = entity.get(f"{name}Chunks")
-    if count is None:
-        return None
-    return "".join(str(entity.get(f"{name}{i}", "")) for i in range(int(count)))
 
 
 class PackStore:
@@ -284,10 +213,7 @@ class PackStore:
 
     @property
     def table(self) -> TableClient:
-        from shared.outbound._store import _ensure_table
-
-        _ensure_table(self._table)
-        return self._table
+        return ensure_table(self._table)
 
     # --- the index ---------------------------------------------------------------------------
 
@@ -306,8 +232,8 @@ class PackStore:
                 }
             )
         for rows in by_key.values():
-            for start in range(0, len(rows), _TRANSACTION_LIMIT):
-                chunk = rows[start : start + _TRANSACTION_LIMIT]
+            for start in range(0, len(rows), TRANSACTION_LIMIT):
+                chunk = rows[start : start + TRANSACTION_LIMIT]
                 if len(chunk) == 1:
                     self.table.upsert_entity(chunk[0])
                 else:
@@ -341,8 +267,8 @@ class PackStore:
 
         partition = INDEX_PREFIX + key
         rows = sorted(set(row_keys))
-        for start in range(0, len(rows), _TRANSACTION_LIMIT):
-            chunk = rows[start : start + _TRANSACTION_LIMIT]
+        for start in range(0, len(rows), TRANSACTION_LIMIT):
+            chunk = rows[start : start + TRANSACTION_LIMIT]
             try:
                 self.table.submit_transaction(
                     [("delete", {"PartitionKey": partition, "RowKey": r}) for r in chunk]

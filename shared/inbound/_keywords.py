@@ -1,0 +1,28 @@
+"""Opt-out keywords: whether an inbound message is a STOP or a START."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+__all__ = ["OptOutKeyword", "classify_keyword"]
+
+OptOutKeyword = Literal["stop", "start"]
+# Punctuation people put after a keyword ("Stop!", "LOPETA.") that does not change its meaning.
+_TRAILING = " \t\r\n.!?,;:\u3002\uff01"
+
+
+def classify_keyword(
+    content: str, stop: Iterable[str], start: Iterable[str]
+) -> OptOutKeyword | None:
+    """``"stop"`` when the whole message is a stop keyword, ``"start"`` for a start keyword,
+    else None. Case, surrounding blanks and trailing punctuation are ignored; a keyword inside a
+    longer message ("please stop calling") is not one (carriers' rule: the keyword alone)."""
+    word = " ".join(content.strip(_TRAILING).split()).upper()
+    if not word:
+        return None
+    if word in {k.upper() for k in stop}:
+        return "stop"
+    if word in {k.upper() for k in start}:
+        return "start"
+    return None

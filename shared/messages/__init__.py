@@ -1,0 +1,75 @@
+"""The message core: a message's records, their statuses and transitions, and their one writer.
+
+Every row of ``SmartDialogMessages`` (records and recipient slots), ``SmartDialogPacks`` (packs
+and the pack index) and ``SmartDialogIdempotency`` is a typed record here, written only by the
+stores here. A status change goes through its transition table (:mod:`shared.messages._models`);
+an arrow the table does not have raises :class:`IllegalTransition`.
+
+It imports no feature package (outbound, inbound, actions): both sides build on it.
+"""
+
+from shared.messages._idempotency import IdempotencyEntry, IdempotencyStore, idempotency_key_hash
+from shared.messages._models import (
+    BATCH_TRANSITIONS,
+    MESSAGE_TRANSITIONS,
+    REDRIVE,
+    BatchStatus,
+    FailureInfo,
+    IllegalTransition,
+    MessageStatus,
+    Operation,
+    RecipientStatus,
+    check_batch_transition,
+    check_transition,
+)
+from shared.messages._packs import (
+    PACK_ID_PREFIX,
+    Pack,
+    PackMember,
+    PackStore,
+    index_row_key,
+    is_pack_id,
+    new_pack_id,
+)
+from shared.messages._records import (
+    BATCH_PARTITION_ROWS,
+    DamagedRecordError,
+    MessageRecord,
+    RecipientSlot,
+    batch_filter,
+    effective_status,
+    message_keys,
+)
+from shared.messages._store import MessageStore
+
+__all__ = [
+    "BATCH_PARTITION_ROWS",
+    "BATCH_TRANSITIONS",
+    "MESSAGE_TRANSITIONS",
+    "PACK_ID_PREFIX",
+    "REDRIVE",
+    "BatchStatus",
+    "DamagedRecordError",
+    "FailureInfo",
+    "IdempotencyEntry",
+    "IdempotencyStore",
+    "IllegalTransition",
+    "MessageRecord",
+    "MessageStatus",
+    "MessageStore",
+    "Operation",
+    "Pack",
+    "PackMember",
+    "PackStore",
+    "RecipientSlot",
+    "RecipientStatus",
+    "batch_filter",
+    "check_batch_transition",
+    "check_transition",
+    "effective_status",
+    "idempotency_key_hash",
+    "index_row_key",
+    "is_pack_id",
+    "message_keys",
+    "new_pack_id",
+]

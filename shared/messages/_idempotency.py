@@ -1,0 +1,141 @@
+"""``Idempotency-Key`` claims (``SmartDialogIdempotency``): one entity per key (PartitionKey =
+a hash of customer and key, RowKey ``key``) pointing at the message the key created."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shared.names import IDEMPOTENCY_TABLE
+from shared.storage import ensure_table, plain_datetime, utc
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = ["IdempotencyEntry", "IdempotencyStore", "idempotency_key_hash"]
+
+IDEMPOTENCY_ROW_KEY = "key"
+
+
+@dataclass(frozen=True)
+class IdempotencyEntry:
+    """An idempotency key's claim: the message it created and the request's fingerprint."""
+
+    key_hash: str
+    message_id: str
+    fingerprint: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    etag: str | None = field(default=None, compare=False)
+
+
+def idempotency_key_hash(customer_id: str, key: str) -> str:
+    """The stored form of a key: SHA-256 of customer and key (keys may be anything)."""
+    return hashlib.sha256(f"{customer_id}\n{key}".encode()).hexdigest()
+
+
+class IdempotencyStore:
+    """``Idempotency-Key`` claims: the first request with a key wins, later ones find it."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> IdempotencyStore:
+        from shared.storage import table_client
+
+        return cls(table_client(IDEMPOTENCY_TABLE, settings))
+
+    def claim(
+        self,
+        key_hash: str,
+        message_id: str,
+        fingerprint: str,
+        *,
+        now: dt.datetime,
+        ttl: dt.timedelta,
+    ) -> IdempotencyEntry:
+        """Claim ``key_hash`` for ``message_id``; returns the entry that holds the key now.
+
+        If it is ours, the caller goes on creating the message; if another message's, the
+        caller answers for that one. An expired claim is taken over (compare-and-swap).
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+        from azure.data.tables import UpdateMode
+
+        ensure_table(self._table)
+        entity = {
+            "PartitionKey": key_hash,
+            "RowKey": IDEMPOTENCY_ROW_KEY,
+            "MessageId": message_id,
+            "Fingerprint": fingerprint,
+            "CreatedAt": plain_datetime(now),
+            "ExpiresAt": plain_datetime(now + ttl),
+        }
+        mine = IdempotencyEntry(key_hash, message_id, fingerprint, now, now + ttl)
+        for _ in range(5):
+            try:
+                self._table.create_entity(entity)
+                return mine
+            except ResourceExistsError:
+                pass
+            try:
+                found = self._table.get_entity(key_hash, IDEMPOTENCY_ROW_KEY)
+            except ResourceNotFoundError:
+                continue
+            expires = utc(found.get("ExpiresAt"))
+            if expires is not None and expires <= now:
+                try:
+                    self._table.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=found.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                    return mine
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    continue
+            created = utc(found.get("CreatedAt")) or now
+            return IdempotencyEntry(
+                key_hash,
+                str(found["MessageId"]),
+                str(found.get("Fingerprint", "")),
+                created,
+                expires or now,
+                etag=found.metadata.get("etag"),
+            )
+        raise RuntimeError("idempotency key claim kept changing under us")
+
+    def release(self, key_hash: str, message_id: str) -> bool:
+        """Give up ``message_id``'s claim of ``key_hash`` (its request was refused before
+        anything was recorded), so the key may be used again. Only that message's claim is
+        deleted (ETag-conditional); True if it was."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        ensure_table(self._table)
+        try:
+            found = self._table.get_entity(key_hash, IDEMPOTENCY_ROW_KEY)
+        except ResourceNotFoundError:
+            return False
+        if found.get("MessageId") != message_id:
+            return False
+        try:
+            self._table.delete_entity(
+                key_hash,
+                IDEMPOTENCY_ROW_KEY,
+                etag=found.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True

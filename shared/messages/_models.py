@@ -1,0 +1,184 @@
+"""A message's statuses and the transition tables every write goes through.
+
+The message (``SmartDialogMessages``, RowKey ``message``)::
+
+    accepted --enqueued--> queued --claimed (lease, attempts+1)--> sending --> sent
+        |                    ^  |                                    |  |
+        +--> cancelled       |  +--> cancelled                       |  +--> failed
+                             +---- transient failure / handed back --+       |
+                             ^                                               |
+                             +------------- re-drive (explicit) -------------+
+
+A recipient (its slot, RowKey ``recipient-NNNNN``) only moves forward by rank
+(:class:`RecipientStatus`); a batch (``SmartDialogBatches``) by :data:`BATCH_TRANSITIONS`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BATCH_TRANSITIONS",
+    "MESSAGE_TRANSITIONS",
+    "REDRIVE",
+    "BatchStatus",
+    "FailureInfo",
+    "IllegalTransition",
+    "MessageStatus",
+    "Operation",
+    "RecipientStatus",
+    "check_batch_transition",
+    "check_transition",
+]
+
+
+class Operation(enum.StrEnum):
+    """The upstream send operations, by the certified connector's operationIds."""
+
+    SEND_MESSAGE = "SendMessage"
+    SEND_REPLY_MESSAGE = "SendReplyMessage"
+    SEND_DISCUSSION_REPLY_MESSAGE = "SendDiscussionReplyMessage"
+    SEND_WHATSAPP_TEMPLATE_MESSAGE = "SendWhatsappTemplateMessage"
+
+    @property
+    def carries_request_id(self) -> bool:
+        """Whether upstream de-duplicates this operation on ``RequestId`` (all but discussion
+        replies), i.e. whether an attempt whose outcome is unknown may be repeated."""
+        return self is not Operation.SEND_DISCUSSION_REPLY_MESSAGE
+
+
+class MessageStatus(enum.StrEnum):
+    """A message's lifecycle; :data:`MESSAGE_TRANSITIONS` says which changes are allowed."""
+
+    ACCEPTED = "accepted"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.CANCELLED)
+
+
+class RecipientStatus(enum.StrEnum):
+    """One recipient's state: the sender's (pending, sent, failed, cancelled), then what
+    delivery reports say (delivered, undelivered). A slot never moves to a lower rank."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def rank(self) -> int:
+        """Order in which states may be reached; an update to a lower or equal rank is ignored."""
+        return _RECIPIENT_RANK[self]
+
+    @classmethod
+    def of_message(cls, status: MessageStatus) -> RecipientStatus:
+        """What a recipient's state is while its slot says nothing newer than its message."""
+        return _FROM_MESSAGE.get(status, cls.PENDING)
+
+    @classmethod
+    def rank_of(cls, value: str) -> int:
+        """The rank of a stored status text (0 for one we do not know)."""
+        try:
+            return cls(value).rank
+        except ValueError:
+            return 0
+
+
+_RECIPIENT_RANK: Final = {
+    RecipientStatus.PENDING: 0,
+    RecipientStatus.CANCELLED: 10,
+    RecipientStatus.FAILED: 10,
+    RecipientStatus.SENT: 20,
+    RecipientStatus.UNDELIVERED: 30,
+    RecipientStatus.DELIVERED: 40,
+}
+_FROM_MESSAGE: Final = {
+    MessageStatus.SENT: RecipientStatus.SENT,
+    MessageStatus.FAILED: RecipientStatus.FAILED,
+    MessageStatus.CANCELLED: RecipientStatus.CANCELLED,
+}
+
+
+class BatchStatus(enum.StrEnum):
+    """A bulk send's batch row: being written, then queued (its drivers are out); a request
+    that stopped part-way and was not replayed in time is incomplete."""
+
+    ACCEPTING = "accepting"
+    QUEUED = "queued"
+    INCOMPLETE = "incomplete"
+
+
+class IllegalTransition(RuntimeError):
+    """A write would move a record along an arrow its table does not have (a bug, never
+    caller input: every caller checks the state before it writes)."""
+
+
+_S = MessageStatus
+#: Allowed status changes of a message (a write that keeps the status is always allowed).
+MESSAGE_TRANSITIONS: Final[dict[MessageStatus, frozenset[MessageStatus]]] = {
+    _S.ACCEPTED: frozenset({_S.QUEUED, _S.SENDING, _S.FAILED, _S.CANCELLED}),
+    _S.QUEUED: frozenset({_S.SENDING, _S.FAILED, _S.CANCELLED}),
+    # back to queued (transient failure, or no call made) or accepted (a bulk member handed
+    # back before its pack's first call)
+    _S.SENDING: frozenset({_S.SENT, _S.FAILED, _S.QUEUED, _S.ACCEPTED}),
+    _S.SENT: frozenset(),
+    _S.FAILED: frozenset(),
+    _S.CANCELLED: frozenset(),
+}
+#: The one way back from a final state: an operator re-drives a failed message.
+REDRIVE: Final = (MessageStatus.FAILED, MessageStatus.QUEUED)
+
+BATCH_TRANSITIONS: Final[dict[BatchStatus, frozenset[BatchStatus]]] = {
+    BatchStatus.ACCEPTING: frozenset({BatchStatus.QUEUED, BatchStatus.INCOMPLETE}),
+    # a replay of the request finishes an incomplete batch
+    BatchStatus.INCOMPLETE: frozenset({BatchStatus.QUEUED}),
+    BatchStatus.QUEUED: frozenset(),
+}
+
+
+def check_transition(before: MessageStatus, after: MessageStatus, *, redrive: bool = False) -> None:
+    """Raise :class:`IllegalTransition` unless a message may go from ``before`` to ``after``
+    (``redrive`` admits :data:`REDRIVE` and nothing else)."""
+    if before is after or after in MESSAGE_TRANSITIONS[before]:
+        return
+    if redrive and (before, after) == REDRIVE:
+        return
+    raise IllegalTransition(f"message status {before} -> {after} is not allowed")
+
+
+def check_batch_transition(before: BatchStatus, after: BatchStatus) -> None:
+    """Raise :class:`IllegalTransition` unless a batch may go from ``before`` to ``after``."""
+    if before is after or after in BATCH_TRANSITIONS[before]:
+        return
+    raise IllegalTransition(f"batch status {before} -> {after} is not allowed")
+
+
+# --- failure description, shared by the status record, events and dead letters ----------------
+
+
+class FailureInfo(BaseModel):
+    """Why a message failed for good."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(
+        description=(
+            "upstream-rejected | upstream-unavailable | rate-limited | attempts-exhausted | "
+            "expired | outcome-unknown | configuration | suppressed"
+        )
+    )
+    title: str
+    detail: str | None = None
+    upstreamStatus: int | None = Field(None, description="HTTP status of the last upstream answer.")
+    attempts: int = 0

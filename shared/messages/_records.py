@@ -1,0 +1,361 @@
+"""The rows of the status table: message records and recipient slots, and where they live.
+
+``SmartDialogMessages`` holds one partition per message (PartitionKey = our message id;
+bulk members: see below):
+
+- RowKey ``message``: the :class:`MessageRecord` (status, request, attempts, upstream result).
+  Every status change is a compare-and-swap on its ETag, so two workers never both claim it.
+- RowKey ``recipient-00000`` ...: one :class:`RecipientSlot` per recipient, in request order:
+  address, estimated parts, upstream recipient id and a per-recipient status that only moves
+  forward (:class:`RecipientStatus`). Delivery reports update these slots, not the
+  record, so they never contend with the sender.
+
+Bulk members (ids ``<batch uuid>.<row>``, see :mod:`shared.outbound._bulk`) share a partition
+with their neighbours instead: ``<batch uuid>.<row // 500>`` (500 members, 1,000 rows), their
+rows prefixed by the row (``00042.message``, ``00042.recipient-00000``). A batch's members are
+then written, claimed and recorded 100 rows per Table transaction, and read with one range
+query. :func:`message_keys` maps an id to its partition and row prefix; it depends on the id
+alone, so every reader and writer agrees. (Partitions stay small: Azurite's transactions slow
+down with the size of their partition, and Azure spreads partitions over its servers.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.messages._models import FailureInfo, MessageStatus, Operation, RecipientStatus
+from shared.storage import plain_datetime, utc
+
+__all__ = [
+    "BATCH_PARTITION_ROWS",
+    "CHUNK_CHARS",
+    "TRANSACTION_LIMIT",
+    "DamagedRecordError",
+    "MessageRecord",
+    "RecipientSlot",
+    "batch_filter",
+    "chunked",
+    "effective_status",
+    "joined",
+    "message_filter",
+    "message_keys",
+    "odata_quote",
+    "record_keys",
+    "slot_keys",
+]
+
+RECORD_ROW_KEY = "message"
+RECIPIENT_ROW_PREFIX = "recipient-"
+#: Entities per entity-group transaction (the Table service's limit).
+TRANSACTION_LIMIT = 100
+#: Characters per string property (the limit is 64 KiB of UTF-16, i.e. 32K characters).
+CHUNK_CHARS = 30_000
+
+#: A bulk member's id: its batch's id (a UUID we make) and its row. No id of another shape is
+#: stored in a batch's partition; a caller's own id of this shape would need to guess a batch's
+#: UUID to share its partition, and even then its rows have their own prefix.
+_BATCH_MEMBER_ID = re.compile(
+    r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.([0-9]{5,6})$"
+)
+
+
+#: Bulk members per partition.
+BATCH_PARTITION_ROWS = 500
+
+
+def message_keys(message_id: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey prefix) of a message's rows: its own partition and no prefix, or,
+    for a bulk member, its batch's partition of its row and ``<row>.``."""
+    match = _BATCH_MEMBER_ID.match(message_id)
+    if match is None:
+        return message_id, ""
+    row = match.group(2)
+    return f"{match.group(1)}.{int(row) // BATCH_PARTITION_ROWS:03d}", row + "."
+
+
+def batch_filter(batch_id: str) -> str:
+    """The Table query filter of every row of every member of a batch."""
+    return (
+        f"PartitionKey gt '{odata_quote(batch_id)}.' and PartitionKey lt '{odata_quote(batch_id)}/'"
+    )
+
+
+def record_keys(message_id: str) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of a message's record."""
+    partition, prefix = message_keys(message_id)
+    return partition, prefix + RECORD_ROW_KEY
+
+
+def slot_keys(message_id: str, index: int) -> tuple[str, str]:
+    """(PartitionKey, RowKey) of a message's ``index``-th recipient slot."""
+    partition, prefix = message_keys(message_id)
+    return partition, f"{prefix}{RECIPIENT_ROW_PREFIX}{index:05d}"
+
+
+def odata_quote(value: str) -> str:
+    """``value`` inside a quoted OData string literal."""
+    return value.replace("'", "''")
+
+
+def message_filter(message_id: str) -> str:
+    """The Table query filter of every row of one message (record and slots)."""
+    partition, prefix = message_keys(message_id)
+    where = f"PartitionKey eq '{odata_quote(partition)}'"
+    if prefix:
+        # "." sorts right before "/": the prefix's rows and nothing else.
+        where += f" and RowKey ge '{prefix}' and RowKey lt '{prefix[:-1]}/'"
+    return where
+
+
+class DamagedRecordError(RuntimeError):
+    """A stored message record or recipient slot lacks a property or holds a value we cannot
+    read (hand-edited, or written by an incompatible version). It is our own storage failing,
+    so callers let it propagate: the sender raises, the host retries the queue message and,
+    after ``maxDequeueCount``, moves it to the poison queue."""
+
+    def __init__(self, message_id: str, row_key: str, problem: str) -> None:
+        super().__init__(f"damaged status record {message_id}/{row_key}: {problem}")
+        self.message_id = message_id
+        self.row_key = row_key
+        self.problem = problem
+
+
+def _damaged(entity: Mapping[str, Any], exc: Exception) -> DamagedRecordError:
+    if isinstance(exc, KeyError):
+        problem = f"property {exc.args[0]} is missing"
+    else:
+        problem = f"{type(exc).__name__}: {exc}"
+    return DamagedRecordError(
+        str(entity.get("PartitionKey", "?")), str(entity.get("RowKey", "?")), problem
+    )
+
+
+def _split(text: str | None) -> list[str]:
+    if not text:
+        return []
+    return [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+
+
+def joined(entity: Mapping[str, Any], name: str) -> str | None:
+    count = entity.get(f"{name}Chunks")
+    if count is None:
+        return None
+    return "".join(str(entity.get(f"{name}{i}", "")) for i in range(int(count)))
+
+
+def chunked(name: str, text: str | None) -> dict[str, Any]:
+    chunks = _split(text)
+    if text is None:
+        return {f"{name}Chunks": None}
+    out: dict[str, Any] = {f"{name}Chunks": len(chunks)}
+    out.update({f"{name}{i}": chunk for i, chunk in enumerate(chunks)})
+    return out
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """The status record of one outbound message (RowKey ``message``).
+
+    ``command`` is the normalized queue message (JSON) it was created from: ids and defaults
+    filled in, so re-enqueueing it sends exactly the same request. ``result`` is upstream's
+    answer (JSON, upstream casing) once sent; ``failure`` why it failed for good; ``last_error``
+    the most recent transient failure. ``announced`` is set once the final state's side effects
+    (event, dead letter) are out. ``etag`` is the version this copy was read at.
+    """
+
+    message_id: str
+    status: MessageStatus
+    operation: Operation
+    customer_id: str
+    service_id: str | None
+    request_id: str | None
+    command: str
+    fingerprint: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    valid_until: dt.datetime
+    recipient_count: int
+    part_count: int
+    idempotency_key_hash: str | None = None
+    attempts: int = 0
+    lease_until: dt.datetime | None = None
+    next_attempt_at: dt.datetime | None = None
+    last_error: FailureInfo | None = None
+    failure: FailureInfo | None = None
+    result: str | None = None
+    upstream_message_id: str | None = None
+    duplicate: bool = False
+    sent_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    announced: bool = False
+    #: The key of the messages it may share an upstream call with; None: always sent alone.
+    pack_key: str | None = None
+    #: The pack (one upstream call) it was claimed into; set before that call, so a retry
+    #: re-sends the same pack (see :mod:`shared.messages._packs`).
+    pack_id: str | None = None
+    batch_id: str | None = None
+    etag: str | None = field(default=None, compare=False)
+
+    def to_entity(self) -> dict[str, Any]:
+        partition, row = record_keys(self.message_id)
+        entity: dict[str, Any] = {
+            "PartitionKey": partition,
+            "RowKey": row,
+            "MessageId": self.message_id,
+            "Status": str(self.status),
+            "Operation": str(self.operation),
+            "CustomerId": self.customer_id,
+            "ServiceId": self.service_id,
+            "RequestId": self.request_id,
+            "Fingerprint": self.fingerprint,
+            "IdempotencyKeyHash": self.idempotency_key_hash,
+            "CreatedAt": plain_datetime(self.created_at),
+            "UpdatedAt": plain_datetime(self.updated_at),
+            "ValidUntil": plain_datetime(self.valid_until),
+            "RecipientCount": self.recipient_count,
+            "PartCount": self.part_count,
+            "Attempts": self.attempts,
+            "LeaseUntil": plain_datetime(self.lease_until),
+            "NextAttemptAt": plain_datetime(self.next_attempt_at),
+            "LastError": self.last_error.model_dump_json() if self.last_error else None,
+            "Failure": self.failure.model_dump_json() if self.failure else None,
+            "UpstreamMessageId": self.upstream_message_id,
+            "Duplicate": self.duplicate,
+            "SentAt": plain_datetime(self.sent_at),
+            "FinishedAt": plain_datetime(self.finished_at),
+            "Announced": self.announced,
+            "PackKey": self.pack_key,
+            "PackId": self.pack_id,
+            "BatchId": self.batch_id,
+        }
+        entity.update(chunked("Command", self.command))
+        entity.update(chunked("Result", self.result))
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> MessageRecord:
+        """The record in ``entity``; :class:`DamagedRecordError` if it cannot be read."""
+        try:
+            return cls._from_entity(entity)
+        except (KeyError, ValueError, TypeError, AssertionError) as exc:
+            raise _damaged(entity, exc) from exc
+
+    @classmethod
+    def _from_entity(cls, entity: Mapping[str, Any]) -> MessageRecord:
+        def failure(name: str) -> FailureInfo | None:
+            raw = entity.get(name)
+            return FailureInfo.model_validate_json(raw) if raw else None
+
+        created = utc(entity["CreatedAt"])
+        if created is None:
+            raise ValueError("CreatedAt is empty")
+        return cls(
+            message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
+            status=MessageStatus(entity["Status"]),
+            operation=Operation(entity["Operation"]),
+            customer_id=str(entity["CustomerId"]),
+            service_id=entity.get("ServiceId"),
+            request_id=entity.get("RequestId"),
+            command=joined(entity, "Command") or "",
+            fingerprint=str(entity.get("Fingerprint", "")),
+            idempotency_key_hash=entity.get("IdempotencyKeyHash"),
+            created_at=created,
+            updated_at=utc(entity.get("UpdatedAt")) or created,
+            valid_until=utc(entity.get("ValidUntil")) or created,
+            recipient_count=int(entity.get("RecipientCount") or 0),
+            part_count=int(entity.get("PartCount") or 1),
+            attempts=int(entity.get("Attempts") or 0),
+            lease_until=utc(entity.get("LeaseUntil")),
+            next_attempt_at=utc(entity.get("NextAttemptAt")),
+            last_error=failure("LastError"),
+            failure=failure("Failure"),
+            result=joined(entity, "Result"),
+            upstream_message_id=entity.get("UpstreamMessageId"),
+            duplicate=bool(entity.get("Duplicate")),
+            sent_at=utc(entity.get("SentAt")),
+            finished_at=utc(entity.get("FinishedAt")),
+            announced=bool(entity.get("Announced")),
+            pack_key=entity.get("PackKey"),
+            pack_id=entity.get("PackId"),
+            batch_id=entity.get("BatchId"),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+    def result_json(self) -> dict[str, Any] | None:
+        """Upstream's answer as a dict, or None before it was sent."""
+        if not self.result:
+            return None
+        value = json.loads(self.result)
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class RecipientSlot:
+    """One recipient of a message (RowKey ``recipient-NNNNN``); delivery reports update it."""
+
+    message_id: str
+    index: int
+    address: str
+    part_count: int
+    status: RecipientStatus = RecipientStatus.PENDING
+    upstream_recipient_id: str | None = None
+    updated_at: dt.datetime | None = None
+    etag: str | None = field(default=None, compare=False)
+
+    @property
+    def row_key(self) -> str:
+        """The slot's name within its message (also in delivery-report event ids)."""
+        return f"{RECIPIENT_ROW_PREFIX}{self.index:05d}"
+
+    @property
+    def keys(self) -> tuple[str, str]:
+        """(PartitionKey, RowKey) where the slot is stored (see :func:`message_keys`)."""
+        return slot_keys(self.message_id, self.index)
+
+    def to_entity(self) -> dict[str, Any]:
+        partition, row = self.keys
+        return {
+            "PartitionKey": partition,
+            "RowKey": row,
+            "MessageId": self.message_id,
+            "Index": self.index,
+            "Address": self.address,
+            "PartCount": self.part_count,
+            "Status": str(self.status),
+            "StatusRank": self.status.rank,
+            "UpstreamRecipientId": self.upstream_recipient_id,
+            "UpdatedAt": plain_datetime(self.updated_at),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
+        """The slot in ``entity``; :class:`DamagedRecordError` if it cannot be read."""
+        try:
+            return cls._from_entity(entity)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise _damaged(entity, exc) from exc
+
+    @classmethod
+    def _from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
+        return cls(
+            message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
+            index=int(entity["Index"]),
+            address=str(entity.get("Address", "")),
+            part_count=int(entity.get("PartCount") or 1),
+            status=RecipientStatus(entity.get("Status") or RecipientStatus.PENDING),
+            upstream_recipient_id=entity.get("UpstreamRecipientId"),
+            updated_at=utc(entity.get("UpdatedAt")),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+
+def effective_status(slot: RecipientSlot, message_status: MessageStatus) -> RecipientStatus:
+    """A recipient's status: its slot's own (delivery reports) or its message's, whichever is
+    further along (the sender records the message's outcome on the record only)."""
+    derived = RecipientStatus.of_message(message_status)
+    return slot.status if slot.status.rank >= derived.rank else derived

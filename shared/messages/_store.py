@@ -1,0 +1,421 @@
+"""The status table's writer: every write of a message record or recipient slot goes here.
+
+Records are written with an ETag compare-and-swap, and every status change goes through the
+transition table (:func:`~shared.messages.check_transition`): an arrow the table does not have
+raises :class:`~shared.messages.IllegalTransition`. Recipient slots only move forward by rank.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from shared.messages._models import MessageStatus, RecipientStatus, check_transition
+from shared.messages._records import (
+    RECIPIENT_ROW_PREFIX,
+    RECORD_ROW_KEY,
+    TRANSACTION_LIMIT,
+    MessageRecord,
+    RecipientSlot,
+    message_filter,
+    message_keys,
+    odata_quote,
+    record_keys,
+    slot_keys,
+)
+from shared.names import MESSAGES_TABLE
+from shared.storage import ensure_table, plain_datetime
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = ["MessageStore"]
+
+
+def _changed(
+    record: MessageRecord, changes: Mapping[str, Any], *, redrive: bool = False
+) -> MessageRecord:
+    """``record`` with ``changes``, if the transition table allows the status change."""
+    status = changes.get("status")
+    if status is not None:
+        check_transition(record.status, MessageStatus(status), redrive=redrive)
+    return replace(record, **changes)
+
+
+def _slot_merges(
+    record: MessageRecord, recipient_ids: Mapping[int, str | None] | None
+) -> list[dict[str, Any]]:
+    merges = []
+    for index, value in sorted((recipient_ids or {}).items()):
+        if value and index < record.recipient_count:
+            partition, row = slot_keys(record.message_id, index)
+            merges.append({"PartitionKey": partition, "RowKey": row, "UpstreamRecipientId": value})
+    return merges
+
+
+def _transaction_plan(groups: list[list[Any]]) -> list[list[int]]:
+    """Indexes of ``groups`` (each the operations of one message) packed into transactions:
+    one partition per transaction, at most 100 operations, a group never split (a group
+    larger than that is a transaction plan of its own, handled by the caller)."""
+    plan: list[list[int]] = []
+    open_by_partition: dict[str, tuple[list[int], int]] = {}
+    for index, ops in enumerate(groups):
+        partition = str(ops[0][1]["PartitionKey"])
+        current = open_by_partition.get(partition)
+        if current is not None and current[1] + len(ops) <= TRANSACTION_LIMIT:
+            current[0].append(index)
+            open_by_partition[partition] = (current[0], current[1] + len(ops))
+            continue
+        fresh = [index]
+        plan.append(fresh)
+        open_by_partition[partition] = (fresh, len(ops))
+    return plan
+
+
+def _transaction_batches(groups: list[list[Any]]) -> list[list[Any]]:
+    """The operations of :func:`_transaction_plan`'s transactions."""
+    out: list[list[Any]] = []
+    for indexes in _transaction_plan(groups):
+        operations = [op for i in indexes for op in groups[i]]
+        if len(operations) <= TRANSACTION_LIMIT:
+            out.append(operations)
+        else:
+            out += [
+                operations[i : i + TRANSACTION_LIMIT]
+                for i in range(0, len(operations), TRANSACTION_LIMIT)
+            ]
+    return out
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class MessageStore:
+    """Reads and compare-and-swap writes of message records and their recipient slots.
+
+    Raises the Azure SDK's errors for storage failures (the caller's host retries those).
+    """
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> MessageStore:
+        from shared.storage import table_client
+
+        return cls(table_client(MESSAGES_TABLE, settings))
+
+    @property
+    def table(self) -> TableClient:
+        ensure_table(self._table)
+        return self._table
+
+    def create(self, record: MessageRecord, slots: list[RecipientSlot]) -> MessageRecord | None:
+        """Store a new record with its slots; None if a record with that id already exists.
+
+        The record and the first 99 slots are one atomic transaction; slots beyond that follow
+        in further transactions (the sender re-writes them before sending, see
+        :meth:`ensure_slots`).
+        """
+        from azure.data.tables import TableTransactionError
+
+        first, rest = slots[: TRANSACTION_LIMIT - 1], slots[TRANSACTION_LIMIT - 1 :]
+        operations: list[Any] = [("create", record.to_entity())]
+        operations += [("upsert", slot.to_entity()) for slot in first]
+        try:
+            results = self.table.submit_transaction(operations)
+        except TableTransactionError as exc:
+            if getattr(exc, "error_code", None) == "EntityAlreadyExists" or "AlreadyExists" in str(
+                exc
+            ):
+                return None
+            raise
+        self._upsert_slots(rest)
+        return replace(record, etag=str(results[0].get("etag")))
+
+    def create_many(self, items: list[tuple[MessageRecord, list[RecipientSlot]]]) -> None:
+        """Store many new records with their slots, 100 rows a Table transaction where they
+        share a partition (bulk members); a member's rows are never split between two
+        transactions. Raises if any already exists (bulk member ids are new by construction)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        batches = _transaction_batches(
+            [
+                [("create", record.to_entity())] + [("upsert", s.to_entity()) for s in slots]
+                for record, slots in items
+            ]
+        )
+        if len(batches) == 1:
+            self.table.submit_transaction(batches[0])
+            return
+        with ThreadPoolExecutor(min(4, len(batches))) as pool:
+            list(pool.map(self.table.submit_transaction, batches))
+
+    def get_many(self, message_ids: list[str]) -> dict[str, MessageRecord]:
+        """The records of ``message_ids`` that exist, by id: one range query per batch
+        partition (bulk members), a point read for any other id."""
+        by_partition: dict[str, list[str]] = {}
+        for message_id in message_ids:
+            by_partition.setdefault(message_keys(message_id)[0], []).append(message_id)
+        found: dict[str, MessageRecord] = {}
+        wanted = set(message_ids)
+        for partition, ids in by_partition.items():
+            prefixes = sorted(message_keys(i)[1] for i in ids)
+            if not prefixes[0]:
+                for message_id in ids:
+                    record = self.get(message_id)
+                    if record is not None:
+                        found[message_id] = record
+                continue
+            where = (
+                f"PartitionKey eq '{odata_quote(partition)}' and RowKey ge '{prefixes[0]}' "
+                f"and RowKey lt '{prefixes[-1][:-1]}/'"
+            )
+            for entity in self.table.query_entities(where):
+                if str(entity["RowKey"]).endswith("." + RECORD_ROW_KEY):
+                    record = MessageRecord.from_entity(entity)
+                    if record.message_id in wanted:
+                        found[record.message_id] = record
+            for message_id in ids:  # rows the range missed (row numbers of unequal widths)
+                if message_id not in found:
+                    record = self.get(message_id)
+                    if record is not None:
+                        found[message_id] = record
+        return found
+
+    def swap_many(
+        self,
+        items: list[tuple[MessageRecord, Mapping[str, Any]]],
+        *,
+        recipient_ids: Mapping[str, Mapping[int, str | None]] | None = None,
+    ) -> list[MessageRecord | None]:
+        """:meth:`swap` for many records at once, in order: records that share a partition
+        (bulk members) go 100 rows a transaction, each record compare-and-swapped on its ETag
+        with its slots' upstream ids merged in the same transaction. A transaction that loses
+        a compare-and-swap (one record changed meanwhile, e.g. cancelled) is redone record by
+        record, so only the changed ones come back None."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from azure.core import MatchConditions
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        ids = recipient_ids or {}
+        updated = [_changed(record, changes) for record, changes in items]
+        groups: list[list[Any]] = []
+        for (record, _), new in zip(items, updated, strict=True):
+            assert record.etag is not None, "swap needs a record read from the table"
+            condition = {"etag": record.etag, "match_condition": MatchConditions.IfNotModified}
+            ops: list[Any] = [
+                ("update", new.to_entity(), {"mode": UpdateMode.REPLACE, **condition})
+            ]
+            merges = _slot_merges(record, ids.get(record.message_id))
+            ops += [("update", m, {"mode": UpdateMode.MERGE}) for m in merges]
+            groups.append(ops)
+        plan = _transaction_plan(groups)
+
+        def run(indexes: list[int]) -> list[tuple[int, MessageRecord | None]]:
+            operations = [op for i in indexes for op in groups[i]]
+            if len(operations) > TRANSACTION_LIMIT:  # one record with many slots: alone
+                record, changes = items[indexes[0]]
+                done = self.swap(record, recipient_ids=ids.get(record.message_id), **changes)
+                return [(indexes[0], done)]
+            try:
+                results = self.table.submit_transaction(operations)
+            except TableTransactionError as exc:
+                if getattr(exc, "status_code", None) != 412:
+                    raise
+                out: list[tuple[int, MessageRecord | None]] = []
+                for i in indexes:
+                    record, changes = items[i]
+                    out.append(
+                        (i, self.swap(record, recipient_ids=ids.get(record.message_id), **changes))
+                    )
+                return out
+            out = []
+            position = 0
+            for i in indexes:
+                etag = str(results[position].get("etag"))
+                out.append((i, replace(updated[i], etag=etag)))
+                position += len(groups[i])
+            return out
+
+        done: list[MessageRecord | None] = [None] * len(items)
+        if len(plan) <= 1:
+            outcomes = [run(p) for p in plan]
+        else:
+            with ThreadPoolExecutor(min(4, len(plan))) as pool:
+                outcomes = list(pool.map(run, plan))
+        for outcome in outcomes:
+            for index, result in outcome:
+                done[index] = result
+        return done
+
+    def ensure_slots(self, slots: list[RecipientSlot]) -> None:
+        """Write the slots a large message's :meth:`create` may not have finished (idempotent)."""
+        self._upsert_slots(slots[TRANSACTION_LIMIT - 1 :])
+
+    def _upsert_slots(self, slots: Iterable[RecipientSlot]) -> None:
+        for chunk in _chunks(list(slots), TRANSACTION_LIMIT):
+            self.table.submit_transaction([("upsert", s.to_entity()) for s in chunk])
+
+    def get(self, message_id: str) -> MessageRecord | None:
+        """The record, or None if there is none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self.table.get_entity(*record_keys(message_id))
+        except ResourceNotFoundError:
+            return None
+        return MessageRecord.from_entity(entity)
+
+    def get_with_slots(self, message_id: str) -> tuple[MessageRecord | None, list[RecipientSlot]]:
+        """The record and its recipient slots (in recipient order) in one partition query."""
+        record: MessageRecord | None = None
+        slots: list[RecipientSlot] = []
+        _, prefix = message_keys(message_id)
+        for entity in self.table.query_entities(message_filter(message_id)):
+            row = str(entity["RowKey"])
+            if row == prefix + RECORD_ROW_KEY:
+                record = MessageRecord.from_entity(entity)
+            elif row.startswith(prefix + RECIPIENT_ROW_PREFIX):
+                slots.append(RecipientSlot.from_entity(entity))
+        slots.sort(key=lambda s: s.index)
+        return record, slots
+
+    def swap(
+        self,
+        record: MessageRecord,
+        *,
+        recipient_ids: Mapping[int, str | None] | None = None,
+        _redrive: bool = False,
+        **changes: Any,
+    ) -> MessageRecord | None:
+        """Write ``record`` with ``changes`` if nobody changed it since it was read; a status
+        change must be an arrow of the transition table.
+
+        ``recipient_ids`` (index -> upstream recipient id) are merged into the slots in the same
+        transaction (the first 99; the rest right after). Slot *statuses* are not touched: a
+        slot still ``pending`` shows its message's status (see :func:`effective_status`), so a
+        delivery report that lands first is never overwritten. Returns the updated record (new
+        ETag), or None when the compare-and-swap lost.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        assert record.etag is not None, "swap needs a record read from the table"
+        updated = _changed(record, changes, redrive=_redrive)
+        merges = _slot_merges(record, recipient_ids)
+        first, rest = merges[: TRANSACTION_LIMIT - 1], merges[TRANSACTION_LIMIT - 1 :]
+        condition: dict[str, Any] = {
+            "etag": record.etag,
+            "match_condition": MatchConditions.IfNotModified,
+        }
+        try:
+            if first:
+                operations: list[Any] = [
+                    ("update", updated.to_entity(), {"mode": UpdateMode.REPLACE, **condition})
+                ]
+                operations += [("update", m, {"mode": UpdateMode.MERGE}) for m in first]
+                metadata = self.table.submit_transaction(operations)[0]
+            else:
+                metadata = self.table.update_entity(
+                    updated.to_entity(), mode=UpdateMode.REPLACE, **condition
+                )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        except TableTransactionError as exc:
+            if "UpdateConditionNotSatisfied" in str(exc) or "412" in str(exc):
+                return None
+            raise
+        for chunk in _chunks(rest, TRANSACTION_LIMIT):
+            self.table.submit_transaction(
+                [("upsert", m, {"mode": UpdateMode.MERGE}) for m in chunk]
+            )
+        return replace(updated, etag=str(metadata.get("etag")))
+
+    def redrive(self, record: MessageRecord, *, now: dt.datetime) -> MessageRecord | None:
+        """The one way back from a final state: a ``failed`` message is ``queued`` again with
+        its attempts, failure, lease, backoff and announcement cleared (a fresh validity is the
+        caller's to set). None when the compare-and-swap lost; IllegalTransition unless failed."""
+        return self.swap(
+            record,
+            _redrive=True,
+            status=MessageStatus.QUEUED,
+            attempts=0,
+            failure=None,
+            last_error=None,
+            lease_until=None,
+            next_attempt_at=None,
+            finished_at=None,
+            announced=False,
+            pack_id=None,
+            updated_at=now,
+        )
+
+    def advance_recipients(
+        self, message_id: str, status: RecipientStatus, *, now: dt.datetime
+    ) -> None:
+        """Move every slot of the message to ``status`` unless it is already further along."""
+        _, slots = self.get_with_slots(message_id)
+        for slot in slots:
+            self.advance_slot(slot, status, now=now)
+
+    def advance_slot(
+        self,
+        slot: RecipientSlot,
+        status: RecipientStatus,
+        *,
+        now: dt.datetime,
+        upstream_id: str | None = None,
+    ) -> tuple[RecipientStatus, bool]:
+        """Move one slot forward to ``status`` (and learn its upstream recipient id if it has
+        none yet); (its status now, whether it moved). Never moves a slot back.
+
+        Written with a compare-and-swap on the ETag the slot was read at: a report that lands
+        between our read and our write makes the write fail (412), and the slot is read again
+        and judged again, so a ``delivered`` is never overwritten by an earlier state.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        current = slot
+        for _ in range(8):  # each round re-reads after a lost compare-and-swap
+            if current.status.rank >= status.rank:
+                return current.status, False
+            assert current.etag is not None, "slots read from the table carry their ETag"
+            partition, row = current.keys  # a bulk member's slot lives in its batch's partition
+            changes: dict[str, Any] = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "Status": str(status),
+                "StatusRank": status.rank,
+                "UpdatedAt": plain_datetime(now),
+            }
+            if upstream_id and not current.upstream_recipient_id:
+                changes["UpstreamRecipientId"] = upstream_id
+            try:
+                self.table.update_entity(
+                    changes,
+                    mode=UpdateMode.MERGE,
+                    etag=current.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return status, True
+            except ResourceModifiedError:
+                pass
+            except ResourceNotFoundError:
+                return current.status, False  # never written (a huge message): nothing to move
+            try:
+                entity = self.table.get_entity(*current.keys)
+            except ResourceNotFoundError:
+                return current.status, False
+            current = RecipientSlot.from_entity(entity)
+        raise RuntimeError(f"recipient slot {slot.row_key} of {slot.message_id} kept changing")
