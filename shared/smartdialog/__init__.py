@@ -55,7 +55,8 @@ from ._auth import (
     StaticTokenAuth,
     auth_from_settings,
 )
-from ._client import DEFAULT_TIMEOUT, SmartDialogClient
+from ._base_client import DEFAULT_TIMEOUT
+from ._client import SmartDialogClient
 from ._exceptions import (
     APIConnectionError,
     APIError,
