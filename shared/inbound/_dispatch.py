@@ -7,11 +7,12 @@ Message fields, as the certified connector's trigger gives them) in CloudEvents'
 mode: ``ce-id``, ``ce-type``, ``ce-source``, ``ce-time``, ``ce-subject`` headers.
 
 Like the outbound sender it never sleeps: a failed POST that may succeed later (connection
-error, timeout, 408, 425, 429, 5xx) is re-enqueued with a visibility delay (doubling from
-``SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS``, at least the subscriber's ``Retry-After``); after
-``SMARTDIALOG_DISPATCH_MAX_ATTEMPTS`` POSTs, or at once for any other answer (a 4xx says
-"never"), the delivery goes to ``smartdialog-inbound-deadletter`` with its reason. Only our own
-storage failing raises (the host retries, then ``-poison``).
+error, timeout, 408, 425, 429, 5xx) is re-enqueued with a visibility delay: the client's
+``backoff_delay`` from ``SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS``, or the subscriber's
+``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms`` if longer, and never more than
+:data:`MAX_RETRY_DELAY_SECONDS`. After ``SMARTDIALOG_DISPATCH_MAX_ATTEMPTS`` POSTs, or at once
+for any other answer (a 4xx says "never"), the delivery goes to ``smartdialog-inbound-deadletter``
+with its reason. Only our own storage failing raises (the host retries, then ``-poison``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import datetime as dt
 import enum
 import logging
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +34,7 @@ from shared.clock import utcnow
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE
+from shared.smartdialog import backoff_delay, parse_retry_after
 from shared.storage import QueueLike, ensured_queue
 
 if TYPE_CHECKING:
@@ -69,13 +70,6 @@ class DispatchResult:
     status: int | None = None
     delay_seconds: int | None = None
     detail: str | None = None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
 
 
 class SubscriberDispatcher:
@@ -133,9 +127,8 @@ class SubscriberDispatcher:
             return DispatchResult(DispatchOutcome.DELIVERED, response.status_code)
         status = response.status_code
         if status in _RETRYABLE_STATUSES or status >= 500:
-            return self._retry(
-                delivery, text, status, _retry_after(response), f"{host} answered {status}"
-            )
+            advised = parse_retry_after(response.headers, now=lambda: self._clock().timestamp())
+            return self._retry(delivery, text, status, advised, f"{host} answered {status}")
         return self._dead_letter(
             "rejected",
             f"{host} answered {status}: the subscriber refuses this delivery",
@@ -163,15 +156,17 @@ class SubscriberDispatcher:
                 attempts=attempts,
                 status=status,
             )
-        backoff = min(self.retry_base_seconds * 2 ** (attempts - 1), MAX_RETRY_DELAY_SECONDS)
-        delay = max(backoff * random.uniform(0.75, 1.0), advised or 0.0)
-        seconds = min(MAX_RETRY_DELAY_SECONDS, math.ceil(delay))
+        backoff = backoff_delay(attempts, base=self.retry_base_seconds, cap=MAX_RETRY_DELAY_SECONDS)
+        seconds = min(MAX_RETRY_DELAY_SECONDS, math.ceil(max(backoff, advised or 0.0)))
         copy = delivery.model_copy(update={"attempts": attempts})
         self._deliveries.send_message(copy.model_dump_json(), visibility_timeout=seconds)
         log.warning(
             "delivery to subscription %s failed (%s); attempt %d, retry in %d s",
-            delivery.subscriptionId, detail, attempts, seconds,
-        )  # fmt: skip
+            delivery.subscriptionId,
+            detail,
+            attempts,
+            seconds,
+        )
         return DispatchResult(DispatchOutcome.RETRY_SCHEDULED, status, seconds, detail)
 
     def _dead_letter(

@@ -14,7 +14,8 @@ Usage::
 :class:`SmartDialogClient` has one method per operation of SmartDialog's published definition,
 named after the operationId in snake_case; bodies and results are the pydantic models below, with
 the upstream's field names. Auth providers (:func:`auth_from_settings`) supply bearer tokens;
-the retry policy lives in :func:`should_retry` and :func:`retry_delay`.
+the retry policy lives in :func:`should_retry` and :func:`retry_delay`, whose backoff,
+:func:`backoff_delay`, other components call with their own settings.
 
 Retries: GET, PUT and DELETE, and sends (their ``RequestId`` is the same on every attempt), are
 retried after 408, 429, 5xx and transport errors. Deliberately, a POST *without* a stable
@@ -55,7 +56,8 @@ from ._auth import (
     StaticTokenAuth,
     auth_from_settings,
 )
-from ._client import DEFAULT_TIMEOUT, SmartDialogClient
+from ._base_client import DEFAULT_TIMEOUT
+from ._client import SmartDialogClient
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -113,6 +115,7 @@ from ._retry import (
     INITIAL_RETRY_DELAY,
     MAX_RETRY_AFTER,
     MAX_RETRY_DELAY,
+    backoff_delay,
     parse_retry_after,
     retry_delay,
     should_retry,
@@ -177,6 +180,7 @@ __all__ = [
     "WhatsAppTemplate",
     "WhatsAppTemplateMessage",
     "auth_from_settings",
+    "backoff_delay",
     "mask_phone_number",
     "mask_phone_numbers",
     "parse_retry_after",

@@ -15,6 +15,9 @@ because it may already have taken effect.
 Server advice (``Retry-After``, ``retry-after-ms``) is honoured up to :data:`MAX_RETRY_AFTER`;
 advice beyond that ends the retries at once, and the error (``RateLimitError.retry_after``)
 carries the full advice so the caller can re-schedule instead of retrying early.
+
+:func:`backoff_delay` is the product's one backoff formula: the client uses it with the constants
+below, other components (the subscriber dispatcher, the outbound sender) with their own settings.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "INITIAL_RETRY_DELAY",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_DELAY",
+    "backoff_delay",
     "parse_retry_after",
     "retry_delay",
     "should_retry",
@@ -47,6 +51,9 @@ MAX_RETRY_AFTER = 60.0
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 """Statuses retried besides 5xx (for a request that may be replayed)."""
+
+# Jitter only shortens a backoff, so a cap stays a cap.
+_MAX_JITTER = 0.25
 
 # Failures where the request certainly never reached SmartDialog.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -114,11 +121,30 @@ def retry_delay(
     Server advice (``retry-after-ms``, then ``Retry-After``) wins as given; advice longer than
     ``MAX_RETRY_AFTER`` gives None (retrying earlier than asked would only be refused again, and
     sleeping that long belongs to the caller's scheduler). Without advice:
-    ``INITIAL_RETRY_DELAY * 2**retries_taken`` capped at ``MAX_RETRY_DELAY``, minus up to 25 %
-    jitter so that many clients do not retry in step.
+    ``backoff_delay(retries_taken + 1, base=INITIAL_RETRY_DELAY, cap=MAX_RETRY_DELAY)``.
     """
     advised = parse_retry_after(headers, now=now)
     if advised is not None:
         return advised if advised <= MAX_RETRY_AFTER else None
-    backoff = min(INITIAL_RETRY_DELAY * 2.0 ** min(retries_taken, 32), MAX_RETRY_DELAY)
-    return backoff * (1.0 - 0.25 * jitter())
+    return backoff_delay(
+        retries_taken + 1, base=INITIAL_RETRY_DELAY, cap=MAX_RETRY_DELAY, jitter=jitter
+    )
+
+
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, jitter: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after ``attempt`` failed attempts (1: the first one failed).
+
+    ``min(base * 2 ** (attempt - 1), cap) * (1 - 0.25 * jitter())``: ``base`` after the first
+    failure, twice as long after each further one up to ``cap``, and jitter takes off up to a
+    quarter so that many callers do not retry in step. With ``jitter()`` in [0, 1)
+    (``random.random``, the default) the result lies in ``(0.75 * backoff, backoff]``, so never
+    above ``cap``. Server advice is the caller's to weigh (see :func:`parse_retry_after`).
+    Raises ``ValueError`` if ``attempt`` is below 1.
+    """
+    if attempt < 1:
+        raise ValueError("attempt counts from 1")
+    # 2.0 ** 1024 overflows; any real base has reached any real cap long before.
+    backoff = min(base * 2.0 ** min(attempt - 1, 1023), cap)
+    return backoff * (1.0 - _MAX_JITTER * jitter())

@@ -11,6 +11,7 @@ from shared.smartdialog import (
     INITIAL_RETRY_DELAY,
     MAX_RETRY_AFTER,
     MAX_RETRY_DELAY,
+    backoff_delay,
     parse_retry_after,
     retry_delay,
     should_retry,
@@ -100,3 +101,44 @@ def test_retry_delay_jitter_shortens_by_at_most_a_quarter() -> None:
     delays = {retry_delay(1) for _ in range(50)}
     assert all(0.75 * 2 * INITIAL_RETRY_DELAY <= d <= 2 * INITIAL_RETRY_DELAY for d in delays)
     assert len(delays) > 1
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base", "cap", "jitter", "expected"),
+    [
+        (1, 0.5, 8.0, 0.0, 0.5),  # the first failure waits base
+        (2, 0.5, 8.0, 0.0, 1.0),
+        (3, 0.5, 8.0, 0.0, 2.0),
+        (5, 0.5, 8.0, 0.0, 8.0),  # doubled up to the cap exactly
+        (6, 0.5, 8.0, 0.0, 8.0),
+        (10_000, 0.5, 8.0, 0.0, 8.0),  # no overflow after very many attempts
+        (1, 5.0, 900.0, 0.0, 5.0),  # the dispatcher's settings
+        (8, 5.0, 900.0, 0.0, 640.0),
+        (9, 5.0, 900.0, 0.0, 900.0),
+        (1, 0.5, 8.0, 1.0, 0.375),  # jitter takes off at most a quarter
+        (3, 0.5, 8.0, 0.5, 1.75),
+        (6, 0.5, 8.0, 1.0, 6.0),  # jitter applies after the cap: never above it
+        (4, 0.0, 8.0, 0.0, 0.0),  # base 0 (tests) never waits
+        (10_000, 0.0, 8.0, 0.0, 0.0),
+    ],
+)
+def test_backoff_delay(
+    attempt: int, base: float, cap: float, jitter: float, expected: float
+) -> None:
+    assert backoff_delay(attempt, base=base, cap=cap, jitter=lambda: jitter) == expected
+
+
+def test_backoff_delay_counts_attempts_from_one() -> None:
+    with pytest.raises(ValueError, match="from 1"):
+        backoff_delay(0, base=1.0, cap=8.0)
+
+
+@pytest.mark.parametrize("retries_taken", [0, 1, 3, 4, 50])
+@pytest.mark.parametrize("jitter", [0.0, 0.3, 0.99])
+def test_retry_delay_without_advice_is_the_shared_backoff(
+    retries_taken: int, jitter: float
+) -> None:
+    shared = backoff_delay(
+        retries_taken + 1, base=INITIAL_RETRY_DELAY, cap=MAX_RETRY_DELAY, jitter=lambda: jitter
+    )
+    assert retry_delay(retries_taken, jitter=lambda: jitter) == shared

@@ -5,18 +5,32 @@ subscriber's callback."""
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
+import pytest
 
 from shared import names
-from shared.inbound import MESSAGE_RECEIVED
+from shared.inbound import (
+    MESSAGE_RECEIVED,
+    DispatchOutcome,
+    SubscriberDelivery,
+    SubscriberDispatcher,
+    Subscription,
+    SubscriptionStore,
+)
+from shared.inbound._dispatch import MAX_RETRY_DELAY_SECONDS
 from shared.settings import get_settings
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, Inbound
 
 SENDER = "+358401234567"
+NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
 
 
 def subscribe(env: Inbound, callback: str, service: str = TWO_WAY) -> str:
@@ -153,6 +167,64 @@ def test_a_subscriber_answering_404_is_dead_lettered_at_once(
     assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
     [letter] = served.read(names.INBOUND_DEAD_LETTER_QUEUE)
     assert (letter["reason"], letter["lastStatus"]) == ("rejected", 404)
+
+
+@dataclass
+class RecordingQueue:
+    """Stands in for a queue client: keeps what was sent and with which options."""
+
+    sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def send_message(self, content: str, **options: Any) -> None:
+        self.sent.append((content, options))
+
+
+def http_date(after: dt.timedelta) -> str:
+    return email.utils.format_datetime(NOW + after, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("advice", "expected_seconds"),
+    [
+        pytest.param({"Retry-After": http_date(dt.timedelta(minutes=2))}, 120, id="http-date"),
+        pytest.param({"Retry-After": "120"}, 120, id="seconds"),
+        pytest.param({"retry-after-ms": "120000"}, 120, id="milliseconds"),
+        pytest.param(
+            {"Retry-After": http_date(dt.timedelta(hours=2))},
+            MAX_RETRY_DELAY_SECONDS,
+            id="http-date-beyond-the-cap",
+        ),
+    ],
+)
+def test_a_subscribers_retry_after_outlasts_the_backoff_up_to_the_cap(
+    inbound: Inbound, advice: dict[str, str], expected_seconds: int
+) -> None:
+    SubscriptionStore.from_settings().add(
+        Subscription(TWO_WAY, "sub-busy", "https://flow.example/cb?sig=s", CUSTOMER, NOW)
+    )
+    deliveries, dead_letters = RecordingQueue(), RecordingQueue()
+    busy = httpx.MockTransport(lambda request: httpx.Response(503, headers=advice))
+    with httpx.Client(transport=busy) as http:
+        dispatcher = SubscriberDispatcher(
+            subscriptions=SubscriptionStore.from_settings(),
+            deliveries=deliveries,
+            dead_letters=dead_letters,
+            http=http,
+            max_attempts=8,
+            retry_base_seconds=5,  # the first backoff is at most 5 s: the advice must win
+            clock=lambda: NOW,
+        )
+        delivery = SubscriberDelivery(
+            service=TWO_WAY, subscriptionId="sub-busy", event={"data": {}}, firstQueuedAt=NOW
+        )
+        result = dispatcher.process(delivery.model_dump_json())
+
+    assert result.outcome is DispatchOutcome.RETRY_SCHEDULED
+    assert (result.status, result.delay_seconds) == (503, expected_seconds)
+    [(again, options)] = deliveries.sent
+    assert options == {"visibility_timeout": expected_seconds}
+    assert json.loads(again)["attempts"] == 1
+    assert dead_letters.sent == []
 
 
 def test_register_and_unregister_the_webhook(inbound: Inbound) -> None:

@@ -1,0 +1,342 @@
+"""What :class:`SmartDialogClient` does for every operation: the quota hook, the bearer token,
+retries, logging and error mapping. The client itself adds one method per operation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from ._auth import AuthProvider
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    DuplicateRequestError,
+    RateLimitError,
+    decode_body,
+    display_path,
+    error_message,
+    mask_phone_numbers,
+    status_error_class,
+)
+from ._models import Message, WhatsAppTemplateMessage, to_wire
+from ._operations import Operation
+from ._retry import DEFAULT_MAX_RETRIES, parse_retry_after, retry_delay, should_retry
+
+__all__ = ["DEFAULT_TIMEOUT", "USER_AGENT", "BaseClient"]
+
+log = logging.getLogger("smartdialog.client")
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+"""Connect within 5 s, then allow 30 s for each read, write and pool wait."""
+USER_AGENT = "smartdialog-functions/0.1 (+httpx)"
+
+T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
+SendBody = TypeVar("SendBody", Message, WhatsAppTemplateMessage)
+
+
+class _MaskPhoneNumbers(logging.Filter):
+    """Masks phone numbers in httpx's own request log lines (its URLs carry them in paths)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = mask_phone_numbers(text)
+        if masked != text:
+            record.msg, record.args = masked, ()
+        return True
+
+
+def _mask_httpx_logs() -> None:
+    """Install the masking filter on the ``httpx`` logger once per process."""
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, _MaskPhoneNumbers) for f in httpx_log.filters):
+        httpx_log.addFilter(_MaskPhoneNumbers())
+
+
+class BaseClient:
+    """Sends one :class:`Operation` and maps its outcome; see :class:`SmartDialogClient` for
+    the constructor's arguments and the retry rules."""
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: AuthProvider,
+        *,
+        before_attempt: Callable[[], None] | None = None,
+        before_send: Callable[[], None] | None = None,
+        http_client: httpx.Client | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self.base_url = base_url.rstrip("/")
+        self.auth = auth
+        self.max_retries = max_retries
+        self._before_attempt = before_attempt
+        self._before_send = before_send
+        self._sleep = sleep
+        self._clock = clock
+        _mask_httpx_logs()
+        self._owns_http = http_client is None
+        # Our own httpx client calls ``before_send`` from its request hook (after httpx's own
+        # preparation, right before the transport); an injected one is left untouched and
+        # ``before_send`` is called right before ``send`` instead.
+        self._hooked = http_client is None and before_send is not None
+        self._http = (
+            http_client
+            if http_client is not None
+            else httpx.Client(
+                timeout=timeout,
+                event_hooks={"request": [self._request_hook]} if self._hooked else None,
+            )
+        )
+
+    def _request_hook(self, request: httpx.Request) -> None:
+        if self._before_send is not None:
+            self._before_send()
+
+    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpcore's trace callback: ``before_send`` right before the headers are written."""
+        if event.endswith(".send_request_headers.started") and self._before_send is not None:
+            self._before_send()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the HTTP connections this client opened (and those of its msal provider)."""
+        if self._owns_http:
+            self._http.close()
+        close_auth = getattr(self.auth, "close", None)
+        if callable(close_auth):
+            close_auth()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- one operation -------------------------------------------------------------------------
+
+    def _send(
+        self,
+        op: Operation,
+        message: SendBody,
+        result: type[R],
+        *,
+        headers: Mapping[str, str],
+        path_params: Mapping[str, str] | None = None,
+    ) -> R:
+        if message.RequestId is None:
+            # One id per logical call, reused by every retry below.
+            message = message.model_copy(update={"RequestId": str(uuid.uuid4())})
+        response = self._request(
+            op,
+            path_params=path_params,
+            headers=headers,
+            body=to_wire(message),
+            request_id=message.RequestId,
+            original=result,
+        )
+        return self._parse(op, response, result.model_validate)
+
+    def _request(
+        self,
+        op: Operation,
+        *,
+        path_params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        original: type[BaseModel] | None = None,
+    ) -> httpx.Response:
+        """Send ``op`` with quota hook, auth, retries and error mapping; the successful response."""
+        path = op.expand(path_params or {})
+        url = self.base_url + path
+        content = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        base_headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if content is not None:
+            base_headers["Content-Type"] = "application/json"
+        base_headers.update(headers or {})
+        where = {
+            "operation_id": op.operation_id,
+            "method": op.method,
+            "path": display_path(path),
+            "request_id": request_id,
+        }
+        retries_taken = 0
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            if self._before_attempt is not None:
+                self._before_attempt()
+            request = self._http.build_request(
+                op.method,
+                url,
+                params=query,
+                content=content,
+                headers={**base_headers, "Authorization": f"Bearer {self.auth.token()}"},
+                extensions={"trace": self._trace} if self._before_send is not None else None,
+            )
+            if self._before_send is not None and not self._hooked:
+                self._before_send()
+            started = time.perf_counter()
+            try:
+                response = self._http.send(request)
+            except httpx.HTTPError as exc:
+                elapsed_ms = round((time.perf_counter() - started) * 1000)
+                retry = retries_taken < self.max_retries and should_retry(
+                    exc, replayable=op.replayable
+                )
+                delay = retry_delay(retries_taken, now=self._clock) if retry else None
+                log.warning(
+                    "SmartDialog %s attempt %d failed after %d ms: %s%s",
+                    op.operation_id,
+                    attempt,
+                    elapsed_ms,
+                    type(exc).__name__,
+                    f"; retrying in {delay:.2f} s" if delay is not None else "",
+                    extra={
+                        **where,
+                        "attempt": attempt,
+                        "elapsed_ms": elapsed_ms,
+                        "error": type(exc).__name__,
+                        "retry_in": delay,
+                    },
+                )
+                if delay is None:
+                    raise self._connection_error(op, path, exc) from exc
+                self._sleep(delay)
+                retries_taken += 1
+                continue
+
+            elapsed_ms = round((time.perf_counter() - started) * 1000)
+            status = response.status_code
+            if response.is_success:
+                log.info(
+                    "SmartDialog %s -> %d in %d ms (attempt %d)",
+                    op.operation_id,
+                    status,
+                    elapsed_ms,
+                    attempt,
+                    extra={**where, "status": status, "attempt": attempt, "elapsed_ms": elapsed_ms},
+                )
+                return response
+            if status == 401 and not refreshed:
+                # One renewal and one more attempt, outside the retry budget.
+                refreshed = True
+                delay = 0.0
+                self.auth.invalidate()
+            elif retries_taken < self.max_retries and should_retry(
+                response, replayable=op.replayable
+            ):
+                # None: the advised wait is longer than we sleep out; the error carries it.
+                delay = retry_delay(retries_taken, response.headers, now=self._clock)
+                retries_taken += 1
+            else:
+                delay = None
+            log.warning(
+                "SmartDialog %s -> %d in %d ms (attempt %d)%s",
+                op.operation_id,
+                status,
+                elapsed_ms,
+                attempt,
+                f"; retrying in {delay:.2f} s" if delay is not None else "",
+                extra={
+                    **where,
+                    "status": status,
+                    "attempt": attempt,
+                    "elapsed_ms": elapsed_ms,
+                    "retry_in": delay,
+                },
+            )
+            if delay is None:
+                raise self._status_error(op, path, response, request_id, original)
+            if delay > 0:
+                self._sleep(delay)
+
+    def _parse(self, op: Operation, response: httpx.Response, parse: Callable[[Any], T]) -> T:
+        body = decode_body(response)
+        try:
+            return parse(body)
+        except ValidationError as exc:
+            raise APIResponseValidationError(
+                f"the {response.status_code} body does not fit {op.operation_id}'s response: "
+                f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}",
+                operation_id=op.operation_id,
+                method=op.method,
+                path=response.request.url.path,
+                body=body,
+            ) from None
+
+    def _connection_error(
+        self, op: Operation, path: str, exc: httpx.HTTPError
+    ) -> APIConnectionError:
+        where = {"operation_id": op.operation_id, "method": op.method, "path": path}
+        if isinstance(exc, httpx.TimeoutException):
+            return APITimeoutError(f"request timed out ({type(exc).__name__})", **where)
+        return APIConnectionError(f"connection error: {type(exc).__name__}: {exc}", **where)
+
+    def _status_error(
+        self,
+        op: Operation,
+        path: str,
+        response: httpx.Response,
+        request_id: str | None,
+        original: type[BaseModel] | None,
+    ) -> APIStatusError:
+        body = decode_body(response)
+        status = response.status_code
+        common: dict[str, Any] = {
+            "status_code": status,
+            "body": body,
+            "headers": response.headers,
+            "operation_id": op.operation_id,
+            "method": op.method,
+            "path": path,
+        }
+        message = error_message(response, body)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers, now=self._clock)
+            return RateLimitError(message, retry_after=retry_after, **common)
+        if status == 409 and request_id is not None:
+            return DuplicateRequestError(
+                message,
+                request_id=request_id,
+                original=_original_result(body, original),
+                **common,
+            )
+        return status_error_class(status)(message, **common)
+
+
+def _original_result(body: object, model: type[BaseModel] | None) -> BaseModel | None:
+    """The first send's result carried by a duplicate-RequestId 409 body, if it parses."""
+    if model is None or not isinstance(body, Mapping):
+        return None
+    fields = {k: v for k, v in body.items() if k not in ("errorMessage", "ErrorMessage")}
+    if not fields:
+        return None
+    try:
+        return model.model_validate(fields)
+    except ValidationError:
+        return None
