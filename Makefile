@@ -32,11 +32,12 @@ setup: $(STAMP_PY) $(STAMP_NODE) ## Create the venv and install Azurite
 run: setup ## Run Azurite, the SmartDialog sandbox and the app locally, wired together
 	@$(PY) -m devhost.run
 
-lint: $(STAMP_PY) ## ruff (lint + format check) and mypy
-	@echo "==> ruff and mypy"
+lint: $(STAMP_PY) ## ruff (lint + format check), mypy and the import contracts (import-linter)
+	@echo "==> ruff, mypy and the import contracts"
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
 	@$(PY) -m mypy
+	@$(VENV)/bin/lint-imports --no-cache
 
 format: $(STAMP_PY) ## Apply ruff's fixes and formatting
 	@$(PY) -m ruff check --fix .

@@ -62,12 +62,17 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
         MessageCancelledData,
         MessageFailedData,
         MessageSentData,
+        PackDriver,
     )
 
     return {
         "outbound-message.json": (
             "A send command on the smartdialog-outbound queue",
             _outbound_message,
+        ),
+        "pack-driver.json": (
+            "A bulk pack's driver on the smartdialog-outbound queue (internal)",
+            _model(PackDriver),
         ),
         "outbound-dead-letter.json": (
             "A message on the smartdialog-outbound-deadletter queue",

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from shared.clock import utcnow
 from shared.events import CloudEvent, make_event
 from shared.inbound._keywords import classify_keyword
 from shared.inbound._models import (
@@ -251,7 +252,7 @@ class InboundReceiver:
     ) -> None:
         self.settings = settings
         self._intake = intake
-        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._clock = clock or utcnow
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InboundReceiver:
@@ -349,7 +350,7 @@ class InboundProcessor:
         self._intake = intake
         self._inbound = inbound
         self._deliveries = deliveries
-        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._clock = clock or utcnow
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InboundProcessor:

@@ -18,6 +18,7 @@ from shared.outbound._models import (
     MessageSentData,
     OutboundMessage,
     OutboundMessageAdapter,
+    OutboundQueueMessage,
     PackDriver,
     RecipientOutcome,
     SendDiscussionReplyMessageCommand,
@@ -26,8 +27,11 @@ from shared.outbound._models import (
     SendWhatsappTemplateMessageCommand,
     derive_message_id,
     parse_outbound_message,
+    parse_queue_message,
     request_fingerprint,
 )
+from shared.outbound._outcomes import OutcomeKind, SendOutcome
+from shared.outbound._ports import SendPorts, send_ports
 from shared.outbound._records import (
     command_addresses,
     command_text,
@@ -37,7 +41,7 @@ from shared.outbound._records import (
     recipient_slots,
     with_delivery_report_url,
 )
-from shared.outbound._sender import OutboundSender, OutcomeKind, SendOutcome, reset_sender_cache
+from shared.outbound._sender import OutboundSender, reset_sender_cache
 
 __all__ = [
     "DeadLetter",
@@ -47,6 +51,7 @@ __all__ = [
     "MessageSentData",
     "OutboundMessage",
     "OutboundMessageAdapter",
+    "OutboundQueueMessage",
     "OutboundSender",
     "OutcomeKind",
     "PackDriver",
@@ -54,6 +59,7 @@ __all__ = [
     "SendDiscussionReplyMessageCommand",
     "SendMessageCommand",
     "SendOutcome",
+    "SendPorts",
     "SendReplyMessageCommand",
     "SendWhatsappTemplateMessageCommand",
     "command_addresses",
@@ -63,8 +69,10 @@ __all__ = [
     "normalize",
     "pack_key",
     "parse_outbound_message",
+    "parse_queue_message",
     "recipient_slots",
     "request_fingerprint",
     "reset_sender_cache",
+    "send_ports",
     "with_delivery_report_url",
 ]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shared.callback_urls import require_status_token, status_link
+from shared.clock import utcnow
 from shared.messages import (
     IdempotencyStore,
     MessageRecord,
@@ -47,10 +48,10 @@ from shared.messages import (
     new_pack_id,
 )
 from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY, chunked, joined
-from shared.names import BATCHES_TABLE, OUTBOUND_QUEUE
+from shared.names import BATCHES_TABLE
 from shared.outbound._models import OutboundMessageAdapter, PackDriver
 from shared.outbound._records import new_record, normalize
-from shared.outbound._service import _queue
+from shared.outbound._service import outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
 from shared.storage import ensure_table
 
@@ -82,10 +83,6 @@ class BulkRecipient:
     personalization: Mapping[str, Any] | None = None
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def _batch_subject(batch_id: str) -> str:
     return f"batch:{batch_id}"
 
@@ -93,7 +90,7 @@ def _batch_subject(batch_id: str) -> str:
 class BulkService:
     """Accepts bulk sends and reports their batches (one per settings object)."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], dt.datetime] = _now) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
         from shared.messages import PackStore
         from shared.storage import table_client
 
@@ -436,7 +433,7 @@ class BulkService:
         self._enqueue_drivers(str(batch["PartitionKey"]), stale)
 
     def _enqueue_drivers(self, batch_id: str, pack_ids: list[str]) -> None:
-        queue = _queue(OUTBOUND_QUEUE, self.settings)
+        queue = outbound_queue(self.settings)
         texts = [
             PackDriver(packId=pack_id, batchId=batch_id).model_dump_json() for pack_id in pack_ids
         ]

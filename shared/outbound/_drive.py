@@ -27,19 +27,35 @@ so the member at fault ends up alone and fails alone in a few calls, not one cal
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, new_pack_id
+from shared.outbound._attempt import (
+    Refused,
+    Sent,
+    StaleGrant,
+    Transient,
+    address_key,
+    packed_command,
+    split_answer,
+)
 from shared.outbound._models import PackDriver, parse_outbound_message
+from shared.outbound._outcomes import (
+    BACKOFF_TOLERANCE_SECONDS,
+    STALE_GRANT_RETRY_SECONDS,
+    OutcomeKind,
+    Outcomes,
+    SendOutcome,
+    sent_changes,
+    storage_pool,
+    whole_seconds,
+)
+from shared.outbound._ports import SendPorts
 
 if TYPE_CHECKING:
-    from shared.outbound._sender import OutboundSender, SendOutcome
     from shared.quota import QuotaGrant
 
 __all__ = ["drive_pack"]
@@ -48,7 +64,8 @@ log = logging.getLogger("shared.outbound.sender")
 
 
 def drive_pack(
-    sender: OutboundSender,
+    ports: SendPorts,
+    outcomes: Outcomes,
     driver: PackDriver,
     *,
     text: str,
@@ -56,33 +73,29 @@ def drive_pack(
     dequeue_count: int | None,
 ) -> SendOutcome:
     """Handle one pack driver (see the module docstring). Raises only for storage failures."""
-    from shared.outbound._sender import OutcomeKind
-
-    packs = sender.packs
-    assert packs is not None
-    wait = sender._quota_hint()
-    if wait > sender.policy.quota_wait:
-        return _later(sender, driver, wait, OutcomeKind.DEFERRED, "quota")
+    wait = ports.quota_wait.hint()
+    if wait > ports.policy.quota_wait:
+        return outcomes.requeue_driver(driver, wait, OutcomeKind.DEFERRED, "quota")
     if wait > 0:
-        sender._sleep(wait)
-    pack = packs.get(driver.packId)
+        ports.quota_wait.sleep(wait)
+    pack = ports.packs.get(driver.packId)
     if pack is None or pack.batch_id is None:
-        return sender._dead_letter_malformed(
+        return outcomes.dead_letter_malformed(
             text,
             ValueError(f"{driver.packId} is not a bulk pack of this app"),
             queue_message_id,
             dequeue_count,
         )
-    now = sender._clock()
+    now = ports.now()
     if pack.lease_until is not None and pack.lease_until > now:
         # Another driver holds it (usually for a few seconds; a crashed one until its lease
         # ends): look again soon rather than at the lease's end.
         delay = min((pack.lease_until - now).total_seconds() + 1, PACK_RECHECK_SECONDS)
-        return _later(sender, driver, delay, OutcomeKind.DEFERRED, "claimed")
-    held = packs.swap(pack, lease_until=now + sender.policy.lease)
+        return outcomes.requeue_driver(driver, delay, OutcomeKind.DEFERRED, "claimed")
+    held = ports.packs.swap(pack, lease_until=now + ports.policy.lease)
     if held is None:  # another driver of this pack took it just now
-        return _later(sender, driver, 1, OutcomeKind.DEFERRED, "claimed")
-    run = _Run(sender, held, driver)
+        return outcomes.requeue_driver(driver, 1, OutcomeKind.DEFERRED, "claimed")
+    run = _Run(ports, outcomes, held, driver)
     try:
         outcome = run.go()
     except BaseException:
@@ -92,23 +105,8 @@ def drive_pack(
     run.unlease()
     if run.follow_up is not None:
         delay, kind, reason = run.follow_up
-        _later(sender, driver, delay, kind, reason)
+        outcomes.requeue_driver(driver, delay, kind, reason)
     return outcome
-
-
-def _later(
-    sender: OutboundSender, driver: PackDriver, delay: float, kind: Any, reason: str
-) -> SendOutcome:
-    """Put the driver back on the queue after ``delay`` seconds."""
-    from shared.outbound._sender import OutcomeKind, SendOutcome, _whole_seconds
-
-    copy = driver.model_copy(
-        update={"deferrals": driver.deferrals + (1 if kind is OutcomeKind.DEFERRED else 0)}
-    )
-    seconds = _whole_seconds(delay)
-    sender._outbound.send_message(copy.model_dump_json(), visibility_timeout=seconds)
-    log.debug("pack %s %s (%s); back in %d s", driver.packId, kind, reason, seconds)
-    return SendOutcome(kind, driver.packId, delay_seconds=seconds, detail=reason)
 
 
 #: A driver that finds its pack held by another looks again this soon.
@@ -118,17 +116,19 @@ PACK_RECHECK_SECONDS = 10.0
 class _Run:
     """One driver's turn with a pack whose lease it holds."""
 
-    def __init__(self, sender: OutboundSender, pack: Pack, driver: PackDriver) -> None:
-        assert sender.packs is not None
-        self.s = sender
-        self.packs = sender.packs
+    def __init__(
+        self, ports: SendPorts, outcomes: Outcomes, pack: Pack, driver: PackDriver
+    ) -> None:
+        self.ports = ports
+        self.outcomes = outcomes
+        self.packs = ports.packs
         self.pack = pack
         self.driver = driver
         #: Members of this pack left open by this turn (the driver comes back for them).
         self.leftovers = 0
         #: When and why the driver comes back: (delay, kind, reason), sent once the lease
         #: is released.
-        self.follow_up: tuple[float, Any, str] | None = None
+        self.follow_up: tuple[float, OutcomeKind, str] | None = None
 
     # --- the pack row ------------------------------------------------------------------------
 
@@ -147,36 +147,33 @@ class _Run:
         if done is not None:
             self.pack = done
 
-    def later(self, delay: float, reason: str, kind: Any = None) -> SendOutcome:
+    def later(
+        self, delay: float, reason: str, kind: OutcomeKind = OutcomeKind.DEFERRED
+    ) -> SendOutcome:
         """The driver comes back after ``delay`` (sent by :func:`drive_pack` after the lease
         is released)."""
-        from shared.outbound._sender import OutcomeKind, SendOutcome, _whole_seconds
-
-        kind = kind or OutcomeKind.DEFERRED
         self.follow_up = (delay, kind, reason)
         return SendOutcome(
-            kind, self.pack.pack_id, delay_seconds=_whole_seconds(delay), detail=reason
+            kind, self.pack.pack_id, delay_seconds=whole_seconds(delay), detail=reason
         )
 
     # --- the turn ----------------------------------------------------------------------------
 
     def go(self) -> SendOutcome:
-        from shared.outbound._sender import BACKOFF_TOLERANCE_SECONDS, OutcomeKind, SendOutcome
-
-        s, pack = self.s, self.pack
-        now = s._clock()
-        found = s.store.get_many(pack.member_ids)
+        ports, pack = self.ports, self.pack
+        now = ports.now()
+        found = ports.store.get_many(pack.member_ids)
         members = [found[m] for m in pack.member_ids if m in found]
         # Members that moved to another pack (a split) are that pack's. If they sat untouched
         # for a lease (a crash right after the split left its drivers unsent), drive it.
-        idle = s.policy.lease
+        idle = ports.policy.lease
         moved = {
             r.pack_id
             for r in members
             if not r.status.is_final and r.pack_id is not None and now - r.updated_at >= idle
         }
         for other in sorted(moved - {pack.pack_id}):
-            s._outbound.send_message(
+            ports.outbound.send_message(
                 PackDriver(packId=other, batchId=pack.batch_id).model_dump_json()
             )
         mine = [r for r in members if r.pack_id == pack.pack_id]
@@ -187,7 +184,7 @@ class _Run:
             # may still be writing the others (they are final when a later run finds them).
             pending = set(pack.announcing)
             again = [r for r in mine if r.message_id in pending and r.status.is_final]
-            list(_storage_pool().map(s._emit_final, again))
+            list(storage_pool().map(self.outcomes.emit, again))
             emitted = {r.message_id for r in again}
             left = tuple(i for i in pack.announcing if i not in emitted)
             unfinished = {r.message_id for r in mine if not r.status.is_final}
@@ -196,7 +193,7 @@ class _Run:
             else:  # that call is recorded in full: the next one gets a RequestId of its own
                 self.save(announcing=left, attempt=())
             pack = self.pack
-        s._announce_many([r for r in mine if r.status.is_final])
+        self.outcomes.announce([r for r in mine if r.status.is_final])
         open_ = [r for r in mine if not r.status.is_final]
         if not open_:
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, pack.pack_id, detail="pack done")
@@ -211,7 +208,7 @@ class _Run:
             return self.later((max(held) - now).total_seconds() + 1, "claimed")
         expired = [r for r in open_ if now >= r.valid_until]
         if expired:
-            self.fail([(r, s._expired(r, r.last_error)) for r in expired])
+            self.fail([(r, self.outcomes.expired(r, r.last_error)) for r in expired])
         open_ = [r for r in open_ if now < r.valid_until]
         waiting = [
             r.next_attempt_at
@@ -241,16 +238,11 @@ class _Run:
         return self.send(due, now)
 
     def send(self, due: list[MessageRecord], now: dt.datetime) -> SendOutcome:
-        from shared.outbound._sender import (
-            STALE_GRANT_RETRY_SECONDS,
-            OutcomeKind,
-            _StaleGrant,
-        )
         from shared.quota import QuotaDenied
 
-        s = self.s
-        lease_until = now + s.policy.lease
-        claims = s.store.swap_many(
+        ports = self.ports
+        lease_until = now + ports.policy.lease
+        claims = ports.store.swap_many(
             [
                 (
                     r,
@@ -279,144 +271,61 @@ class _Run:
                 calls=self.pack.calls + 1,
                 call_request_id=None if first else new_pack_id(self.pack.key, ids, now),
             )
-        decision, waited = s._await_slot(0.0)
+        decision, waited = ports.quota_wait.take()
         for retry_stale in (True, False):
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)
                 return self.later(decision.retry_after, "quota")
-            needed = dt.timedelta(seconds=s.policy.call_seconds)
-            if lease_until - s._clock() < needed:  # a very slow claim or quota wait
+            needed = dt.timedelta(seconds=ports.policy.call_seconds)
+            if lease_until - ports.now() < needed:  # a very slow claim or quota wait
                 self.release(claimed)
                 return self.later(0, "lease")
             try:
                 return self.call(claimed, decision)
-            except _StaleGrant as exc:
+            except StaleGrant as exc:
                 log.warning("pack %s: %s; not sent with it", self.pack.pack_id, exc)
                 if retry_stale:
-                    decision, waited = s._await_slot(waited)
+                    decision, waited = ports.quota_wait.take(waited)
         self.release(claimed)
         return self.later(STALE_GRANT_RETRY_SECONDS, "stale-grant", OutcomeKind.DEFERRED)
 
     def call(self, claimed: list[MessageRecord], grant: QuotaGrant) -> SendOutcome:
-        from shared.outbound._sender import (
-            _packed_command,
-            _QuotaDeniedInAttempt,
-            _transient_failure,
-        )
-        from shared.smartdialog import (
-            APIConnectionError,
-            APIResponseValidationError,
-            APIStatusError,
-            CredentialsError,
-            DuplicateRequestError,
-            InternalServerError,
-            RateLimitError,
-        )
-
         commands = [parse_outbound_message(c.command) for c in claimed]
-        request = _packed_command(commands[0], commands, self.pack.request_id)
-        try:
-            result = self.s._call_upstream(request, grant=grant, report_id=self.pack.pack_id)
-        except DuplicateRequestError as exc:
-            original = exc.original
-            body = (
-                original.model_dump(mode="json", by_alias=True, exclude_none=True)
-                if isinstance(original, BaseModel)
-                else None
-            )
-            log.info("pack %s: RequestId already used upstream: sent", self.pack.pack_id)
-            return self.sent(claimed, body, duplicate=True)
-        except APIResponseValidationError as exc:
-            return self.sent(
-                claimed, exc.body if isinstance(exc.body, dict) else None, duplicate=False
-            )
-        except (
-            RateLimitError,
-            InternalServerError,
-            APIConnectionError,
-            _QuotaDeniedInAttempt,
-            CredentialsError,
-        ) as exc:
-            advised, code, title, status = _transient_failure(exc)
-            return self.transient(claimed, advised, code, title, str(exc), status)
-        except APIStatusError as exc:
-            if exc.status_code == 408:
-                return self.transient(
-                    claimed, None, "upstream-unavailable", "SmartDialog timed out", exc.message, 408
-                )
-            return self.rejected(claimed, exc)
-        return self.sent(claimed, result, duplicate=False)
+        request = packed_command(commands[0], commands, self.pack.request_id)
+        result = self.ports.upstream.attempt(grant, request, report_id=self.pack.pack_id)
+        if isinstance(result, Sent):
+            if result.duplicate:
+                log.info("pack %s: RequestId already used upstream: sent", self.pack.pack_id)
+            return self.sent(claimed, result)
+        if isinstance(result, Transient):
+            return self.transient(claimed, result)
+        return self.rejected(claimed, result)
 
     # --- outcomes ----------------------------------------------------------------------------
 
-    def sent(
-        self, claimed: list[MessageRecord], body: dict[str, Any] | None, *, duplicate: bool
-    ) -> SendOutcome:
+    def sent(self, claimed: list[MessageRecord], sent: Sent) -> SendOutcome:
         """Each member's own share of upstream's answer (by address), recorded 100 members a
         transaction, then the events. After a 409, members missing from the original answer
         were not in the call that got through: they go again with a new RequestId."""
-        from shared.outbound._sender import OutcomeKind, SendOutcome, _address_key
-
-        s, now = self.s, self.s._clock()
-        body = body or {}
-        camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
-        raw = [
-            r
-            for r in (body.get("Recipients") or body.get("recipients") or [])
-            if isinstance(r, dict)
-        ]
+        ports, now = self.ports, self.ports.now()
+        body = sent.body
         addresses = {m.message_id: m.addresses for m in self.pack.members}
-        owner_of = {
-            _address_key(a): c.message_id for c in claimed for a in addresses.get(c.message_id, ())
-        }
-        entries: dict[str, dict[str, dict[str, Any]]] = {}
-        recipient_ids = dict(self.pack.recipient_ids)
-        for entry in raw:
-            address = str(entry.get("Address") or entry.get("address") or "")
-            owner = owner_of.get(_address_key(address)) if address else None
-            if owner is None:
-                continue
-            entries.setdefault(owner, {})[_address_key(address)] = entry
-            rid = entry.get("Id") or entry.get("id")
-            if rid:
-                recipient_ids[str(rid)] = owner
-        shared = {k: v for k, v in body.items() if k not in ("Recipients", "recipients")}
-        field_name = "recipients" if camel else "Recipients"
-        upstream_id = body.get("MessageId") or body.get("messageId")
-        parts = body.get("MessagePartCount") or body.get("messagePartCount")
+        answer = split_answer(
+            body,
+            [(c.message_id, addresses.get(c.message_id, ())) for c in claimed],
+            duplicate=sent.duplicate,
+        )
+        recipient_ids = {**self.pack.recipient_ids, **answer.recipient_ids}
         writes: list[tuple[MessageRecord, Mapping[str, Any]]] = []
         missing: list[MessageRecord] = []
         for member in claimed:
-            mine = entries.get(member.message_id, {})
-            if raw and not mine and duplicate:
+            if member.message_id in answer.missing:
                 missing.append(member)
                 continue
-            ordered = [
-                mine[_address_key(a)]
-                for a in addresses.get(member.message_id, ())
-                if _address_key(a) in mine
-            ]
-            own = {**shared, field_name: ordered} if raw else dict(body)
-            writes.append(
-                (
-                    member,
-                    {
-                        "status": MessageStatus.SENT,
-                        "request_id": self.pack.request_id,  # what upstream got
-                        "result": _json(own),
-                        "upstream_message_id": str(upstream_id) if upstream_id else None,
-                        "part_count": int(parts)
-                        if isinstance(parts, int) and parts > 0
-                        else member.part_count,
-                        "duplicate": duplicate,
-                        "sent_at": now,
-                        "finished_at": now,
-                        "lease_until": None,
-                        "last_error": None,
-                        "updated_at": now,
-                    },
-                )
-            )
+            share = answer.shares[member.message_id]
+            changes = sent_changes(member, share, duplicate=sent.duplicate, now=now)
+            # what upstream got: the call's RequestId
+            writes.append((member, {**changes, "request_id": self.pack.request_id}))
         # 1. The pack first: the recipient ids (a delivery report may come as soon as the call
         #    is answered) and the members whose events are about to go out.
         adding = [m.message_id for m, _ in writes if m.message_id not in self.pack.announcing]
@@ -426,13 +335,13 @@ class _Run:
         #    Only the records: a member's upstream recipient id is in its result and in the
         #    pack (delivery reports find the member by it); its slot learns it from its first
         #    delivery report. Half the rows to write.
-        done = s.store.swap_many([(m, {**c, "announced": True}) for m, c in writes])
+        done = ports.store.swap_many([(m, {**c, "announced": True}) for m, c in writes])
         recorded = [d for d in done if d is not None]
         lost = [m.message_id for (m, _), d in zip(writes, done, strict=True) if d is None]
         # 3. The events.
-        list(_storage_pool().map(s._emit_final, recorded))
+        list(storage_pool().map(self.outcomes.emit, recorded))
         if lost:  # finished by someone else meanwhile (a lease that ran out): theirs stands
-            s._announce_many(list(s.store.get_many(lost).values()))
+            self.outcomes.announce(list(ports.store.get_many(lost).values()))
         # 4. Done: the call that got through is recorded, so a later call (members it lacked,
         #    or left out) gets a RequestId of its own.
         out = {r.message_id for r in recorded}
@@ -444,7 +353,7 @@ class _Run:
             self.pack.pack_id,
             len(recorded),
             len(claimed),
-            ", duplicate RequestId" if duplicate else "",
+            ", duplicate RequestId" if sent.duplicate else "",
         )
         if missing or self.leftovers:
             self.later(0, "pack-rest")
@@ -452,34 +361,18 @@ class _Run:
             OutcomeKind.SENT, self.pack.pack_id, detail=f"pack of {len(recorded)} messages"
         )
 
-    def transient(
-        self,
-        claimed: list[MessageRecord],
-        advised: float | None,
-        code: str,
-        title: str,
-        detail: str | None,
-        upstream_status: int | None,
-    ) -> SendOutcome:
+    def transient(self, claimed: list[MessageRecord], failed: Transient) -> SendOutcome:
         """Every member backs off together and keeps the call's membership and RequestId;
         members out of attempts or validity fail."""
-        from shared.outbound._sender import OutcomeKind, SendOutcome
-
-        s = self.s
-        delay = s._retry_delay(max(c.attempts for c in claimed), advised)
-        now = s._clock()
+        ports = self.ports
+        delay = self.outcomes.retry_delay(max(c.attempts for c in claimed), failed.advised)
+        now = ports.now()
         next_at = now + dt.timedelta(seconds=delay)
         failing: list[tuple[MessageRecord, FailureInfo]] = []
         backing: list[tuple[MessageRecord, Mapping[str, Any]]] = []
         for member in claimed:
-            error = FailureInfo(
-                code=code,
-                title=title,
-                detail=detail,
-                upstreamStatus=upstream_status,
-                attempts=member.attempts,
-            )
-            final = s._give_up(member, error, title, next_at)
+            error = failed.error(member.attempts)
+            final = self.outcomes.give_up(member, error, failed.title, next_at)
             if final is not None:
                 failing.append((member, final))
             else:
@@ -495,69 +388,54 @@ class _Run:
                         },
                     )
                 )
-        s.store.swap_many(backing)
+        ports.store.swap_many(backing)
         self.fail(failing)
-        log.warning("pack %s attempt failed (%s); retry in %.1f s", self.pack.pack_id, title, delay)
+        log.warning(
+            "pack %s attempt failed (%s); retry in %.1f s", self.pack.pack_id, failed.title, delay
+        )
         if backing or self.leftovers:
-            return self.later(delay if backing else 0, code, OutcomeKind.RETRY_SCHEDULED)
-        return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail=code)
+            return self.later(delay if backing else 0, failed.code, OutcomeKind.RETRY_SCHEDULED)
+        return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail=failed.code)
 
-    def rejected(self, claimed: list[MessageRecord], exc: Any) -> SendOutcome:
+    def rejected(self, claimed: list[MessageRecord], refused: Refused) -> SendOutcome:
         """Upstream refused the whole call: nothing was sent. The member it names fails alone
         and the rest go again with a new RequestId. A 400 naming nobody (or a 413) splits the
         pack in two, unless this pack is itself half of a pack whose other half was refused
         the same way (then it is not one recipient's fault: every member fails); a pack of one
         fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a
         recipient: every member fails."""
-        from shared.outbound._sender import (
-            _REJECTED_RECIPIENT,
-            OutcomeKind,
-            SendOutcome,
-            _address_key,
-        )
-
-        match = _REJECTED_RECIPIENT.search(exc.message or "")
-        culprit = _address_key(match.group(1)) if match else None
+        culprit = refused.culprit
         addresses = {m.message_id: m.addresses for m in self.pack.members}
         offenders = [
             c
             for c in claimed
             if culprit is not None
-            and culprit in {_address_key(a) for a in addresses.get(c.message_id, ())}
+            and culprit in {address_key(a) for a in addresses.get(c.message_id, ())}
         ]
         if not offenders and len(claimed) == 1:
             offenders = claimed
 
-        def failure(member: MessageRecord) -> FailureInfo:
-            return FailureInfo(
-                code="upstream-rejected",
-                title=f"SmartDialog rejected the message ({exc.status_code})",
-                detail=exc.message,
-                upstreamStatus=exc.status_code,
-                attempts=member.attempts,
-            )
-
         self.save(attempt=())
         if offenders:
-            self.fail([(m, failure(m)) for m in offenders])
+            self.fail([(m, refused.failure(m.attempts)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
             log.warning(
                 "pack %s refused (%d): %s; %d member(s) failed, %d go again",
-                self.pack.pack_id, exc.status_code, exc.message, len(offenders), len(rest),
+                self.pack.pack_id, refused.status, refused.message, len(offenders), len(rest),
             )  # fmt: skip
             if rest or self.leftovers:
                 return self.later(0, "pack-rejected")
             return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail="upstream-rejected")
         sibling = self.packs.get(self.pack.sibling) if self.pack.sibling else None
-        whole = exc.status_code not in (400, 413) or (
-            exc.status_code == 400 and sibling is not None and sibling.refused
+        whole = refused.status not in (400, 413) or (
+            refused.status == 400 and sibling is not None and sibling.refused
         )
         if whole:
-            self.fail([(m, failure(m)) for m in claimed])
+            self.fail([(m, refused.failure(m.attempts)) for m in claimed])
             log.warning(
                 "pack %s refused (%d): %s; its %d member(s) failed",
-                self.pack.pack_id, exc.status_code, exc.message, len(claimed),
+                self.pack.pack_id, refused.status, refused.message, len(claimed),
             )  # fmt: skip
             if self.leftovers:
                 return self.later(0, "pack-rejected")
@@ -566,7 +444,7 @@ class _Run:
         self.split(claimed)
         log.warning(
             "pack %s refused (%d) naming no recipient: split in two to find the one at fault",
-            self.pack.pack_id, exc.status_code,
+            self.pack.pack_id, refused.status,
         )  # fmt: skip
         if self.leftovers:
             return self.later(0, "pack-split")
@@ -575,8 +453,8 @@ class _Run:
     def split(self, claimed: list[MessageRecord]) -> None:
         """Two new packs of the claimed members (halves, in order), recorded, their members
         moved to them, and a driver for each."""
-        s = self.s
-        now = s._clock()
+        ports = self.ports
+        now = ports.now()
         half = len(claimed) // 2
         by_id = {m.message_id: m for m in self.pack.members}
         packs = []
@@ -598,7 +476,7 @@ class _Run:
         for pack, part in zip(packs, (claimed[:half], claimed[half:]), strict=True):
             self.release(part, pack_id=pack.pack_id)
         for pack in packs:
-            s._outbound.send_message(
+            ports.outbound.send_message(
                 PackDriver(packId=pack.pack_id, batchId=pack.batch_id).model_dump_json()
             )
 
@@ -608,8 +486,8 @@ class _Run:
         """Hand claims back (no call was made for them): queued, the attempt not counted."""
         if not records:
             return
-        now = self.s._clock()
-        self.s.store.swap_many(
+        now = self.ports.now()
+        self.ports.store.swap_many(
             [
                 (
                     r,
@@ -627,41 +505,4 @@ class _Run:
 
     def fail(self, items: list[tuple[MessageRecord, FailureInfo]]) -> None:
         """Fail members for good (100 a transaction), then their events and dead letters."""
-        if not items:
-            return
-        now = self.s._clock()
-        done = self.s.store.swap_many(
-            [
-                (
-                    r,
-                    {
-                        "status": MessageStatus.FAILED,
-                        "failure": f,
-                        "finished_at": now,
-                        "lease_until": None,
-                        "updated_at": now,
-                    },
-                )
-                for r, f in items
-            ]
-        )
-        lost = [r.message_id for (r, _), d in zip(items, done, strict=True) if d is None]
-        recorded = [d for d in done if d is not None]
-        if lost:
-            recorded += list(self.s.store.get_many(lost).values())
-        self.s._announce_many(recorded)
-        for record in recorded:
-            if record.status is MessageStatus.FAILED and record.failure is not None:
-                log.warning(
-                    "message %s failed for good: %s", record.message_id, record.failure.title
-                )
-
-
-def _storage_pool() -> Any:
-    from shared.outbound._sender import _storage_pool as pool
-
-    return pool()
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+        self.outcomes.fail_many(items)

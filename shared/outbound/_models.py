@@ -15,7 +15,7 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from shared.messages import FailureInfo, Operation
 from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
@@ -29,6 +29,7 @@ __all__ = [
     "MessageFailedData",
     "MessageSentData",
     "OutboundMessage",
+    "OutboundQueueMessage",
     "PackDriver",
     "RecipientOutcome",
     "SendDiscussionReplyMessageCommand",
@@ -37,6 +38,7 @@ __all__ = [
     "SendWhatsappTemplateMessageCommand",
     "derive_message_id",
     "parse_outbound_message",
+    "parse_queue_message",
     "request_fingerprint",
 ]
 
@@ -140,9 +142,54 @@ OutboundMessageAdapter: TypeAdapter[OutboundMessage] = TypeAdapter(OutboundMessa
 __all__ += ["OutboundMessageAdapter"]
 
 
+def _queue_message_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "pack" if value.get("kind") == "pack" else value.get("operation")
+    return getattr(value, "kind", None) or getattr(value, "operation", None)
+
+
+class PackDriver(BaseModel):
+    """The queue message that drives a bulk send's pack (``smartdialog-outbound``; internal:
+    put there by SendBulkMessages, never by callers). Schema: ``schemas/pack-driver.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["pack"] = "pack"
+    packId: str = Field(pattern=r"^pack-[0-9a-f]{32}$")
+    batchId: str | None = None
+    deferrals: int = Field(0, ge=0)
+
+
+OutboundQueueMessage = Annotated[
+    Annotated[SendMessageCommand, Tag("SendMessage")]
+    | Annotated[SendReplyMessageCommand, Tag("SendReplyMessage")]
+    | Annotated[SendDiscussionReplyMessageCommand, Tag("SendDiscussionReplyMessage")]
+    | Annotated[SendWhatsappTemplateMessageCommand, Tag("SendWhatsappTemplateMessage")]
+    | Annotated[PackDriver, Tag("pack")],
+    Discriminator(
+        _queue_message_tag,
+        custom_error_type="queue_message_kind",
+        custom_error_message=(
+            'a JSON object with a known "operation" (a send command) or "kind": "pack" '
+            "(a pack driver)"
+        ),
+    ),
+]
+"""Anything on ``smartdialog-outbound``: a send command (by ``operation``) or a pack driver
+(``kind: "pack"``)."""
+
+OutboundQueueMessageAdapter: TypeAdapter[OutboundQueueMessage] = TypeAdapter(OutboundQueueMessage)
+
+
 def parse_outbound_message(text: str | bytes) -> OutboundMessage:
-    """The queue message in ``text``; raises ``pydantic.ValidationError`` or ``ValueError``."""
+    """The send command in ``text``; raises ``pydantic.ValidationError`` or ``ValueError``."""
     return OutboundMessageAdapter.validate_json(text)
+
+
+def parse_queue_message(text: str | bytes) -> OutboundMessage | PackDriver:
+    """A message on ``smartdialog-outbound``: a send command, or a bulk pack's driver (tagged
+    ``kind: "pack"``); raises ``pydantic.ValidationError`` or ``ValueError``."""
+    return OutboundQueueMessageAdapter.validate_json(text)
 
 
 def derive_message_id(scope: str, key: str) -> str:
@@ -256,25 +303,3 @@ class DeadLetter(BaseModel):
     dequeueCount: int | None = None
     deadLetteredAt: dt.datetime
     original: str = Field(description="The queue message text exactly as it was received.")
-
-
-class PackDriver(BaseModel):
-    """The queue message that drives a batch pack (``smartdialog-outbound``, internal: put
-    there by SendBulkMessages, never by callers)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["pack"] = "pack"
-    packId: str = Field(pattern=r"^pack-[0-9a-f]{32}$")
-    batchId: str | None = None
-    deferrals: int = Field(0, ge=0)
-
-    @classmethod
-    def parse(cls, text: str) -> PackDriver | None:
-        """The driver in ``text``, or None if it is not one (an ordinary outbound message)."""
-        if '"kind"' not in text or '"packId"' not in text:
-            return None
-        try:
-            return cls.model_validate_json(text)
-        except ValueError:
-            return None

@@ -6,7 +6,6 @@ HTTP answers. Every function raises :class:`~shared.problems.Problem` for caller
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from shared.callback_urls import require_status_token, status_link
+from shared.clock import utcnow
 from shared.events import MESSAGE_CANCELLED, make_event
 from shared.messages import (
     IdempotencyStore,
@@ -37,6 +37,7 @@ from shared.outbound._models import (
 )
 from shared.outbound._records import command_text, new_record, normalize
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.storage import QueueLike, ensured_queue
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -55,10 +56,6 @@ MAX_QUEUE_MESSAGE_BYTES = 60_000
 #: A record still ``accepted`` this long after its last change lost its enqueue to a crash;
 #: the next status poll (or re-POST) enqueues it again.
 STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ class SendService:
         store: MessageStore | None = None,
         idempotency: IdempotencyStore | None = None,
         suppressions: SuppressionStore | None = None,
-        clock: Callable[[], dt.datetime] = _now,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.store = store or MessageStore.from_settings(settings)
@@ -208,9 +205,9 @@ class SendService:
             from shared.outbound._models import PackDriver
 
             driver = PackDriver(packId=record.pack_id, batchId=record.batch_id)
-            _queue(OUTBOUND_QUEUE, self.settings).send_message(driver.model_dump_json())
+            outbound_queue(self.settings).send_message(driver.model_dump_json())
             return record
-        _queue(OUTBOUND_QUEUE, self.settings).send_message(record.command)
+        outbound_queue(self.settings).send_message(record.command)
         return self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock()) or (
             self.store.get(record.message_id) or record
         )
@@ -337,7 +334,7 @@ class SendService:
                 subject=message_id,
                 time=now,
             )
-            _queue(EVENTS_QUEUE, self.settings).send_message(event.to_json())
+            ensured_queue(EVENTS_QUEUE, self.settings).send_message(event.to_json())
             self.store.swap(done, announced=True)
             return StatusView(200, _cancelled_document(done), {})
         raise Problem(409, "The message is changing; try again", type=ProblemType.CONFLICT)
@@ -385,14 +382,8 @@ def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str
     return {k: v for k, v in doc.items() if v is not None}
 
 
-@lru_cache(maxsize=16)
-def _queue(name: str, settings: Settings) -> Any:
-    """A queue client whose queue exists (created once per process and settings)."""
-    from azure.core.exceptions import ResourceExistsError
-
-    from shared.storage import queue_client
-
-    client = queue_client(name, settings)
-    with contextlib.suppress(ResourceExistsError):
-        client.create_queue()
-    return client
+@lru_cache(maxsize=4)
+def outbound_queue(settings: Settings) -> QueueLike:
+    """The send actions' port to ``smartdialog-outbound`` (the queue exists; one client per
+    settings object)."""
+    return ensured_queue(OUTBOUND_QUEUE, settings)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from typing import Any
 
 import httpx
 import pytest
 
+from shared.clock import ManualClock
 from shared.messages import (
     BATCH_PARTITION_ROWS,
     MessageStatus,
@@ -22,11 +22,13 @@ from shared.messages import (
     PackStore,
     message_keys,
 )
-from shared.outbound._drive import _Run
+from shared.outbound import send_ports
+from shared.outbound._attempt import Upstream
 from shared.outbound._models import PackDriver
+from shared.settings import get_settings
 from shared.smartdialog import BadRequestError
-from tests.bulk.helpers import crash_once
 from tests.bulk.test_bulk_action import batch_status, bulk, people
+from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import REJECTED, Outbound, call_http
 
 NUMBERS = [f"+35840300{i:04d}" for i in range(40)]
@@ -150,14 +152,12 @@ def test_a_rejected_member_fails_alone_and_the_rest_go_again(outbound: Outbound)
 def test_a_refusal_naming_nobody_splits_the_pack_until_the_culprit_is_alone(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.outbound import OutboundSender
-
     batch = accepted_batch(*NUMBERS[:8])
     ids = member_ids(batch)
     culprit = NUMBERS[5]
-    real = OutboundSender._call_upstream
+    real = Upstream.send
 
-    def refuse_if_culprit(self: OutboundSender, command: Any, **kwargs: Any) -> Any:
+    def refuse_if_culprit(self: Upstream, command: Any) -> Any:
         if culprit in [r.Address for r in command.body.Recipients]:
             raise BadRequestError(
                 "The request was not valid",
@@ -168,9 +168,9 @@ def test_a_refusal_naming_nobody_splits_the_pack_until_the_culprit_is_alone(
                 method="POST",
                 path="/messages",
             )
-        return real(self, command, **kwargs)
+        return real(self, command)
 
-    monkeypatch.setattr(OutboundSender, "_call_upstream", refuse_if_culprit)
+    monkeypatch.setattr(Upstream, "send", refuse_if_culprit)
     outbound.drain()
 
     calls = outbound.upstream()
@@ -183,15 +183,15 @@ def test_a_refusal_naming_nobody_splits_the_pack_until_the_culprit_is_alone(
 
 
 def test_after_a_crash_past_the_call_the_driver_sends_the_same_call_and_nothing_twice(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-    outbound.configure(
-        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
-    )
     batch = accepted_batch(*NUMBERS[:5])
     ids = member_ids(batch)
     [driver] = drivers(outbound)
-    crash_once(monkeypatch, _Run, "sent", "worker died after upstream accepted the pack")
+    crash_once(
+        monkeypatch, PackStore, "swap", "worker died after upstream accepted the pack",
+        when=lambda pack, **changes: "announcing" in changes,
+    )  # fmt: skip
     text = json.dumps(driver)
     with pytest.raises(RuntimeError):
         outbound.invoke(text)
@@ -202,7 +202,7 @@ def test_after_a_crash_past_the_call_the_driver_sends_the_same_call_and_nothing_
 
     outbound.invoke(text, dequeue_count=2)  # too early: the claims still hold
     assert len(outbound.upstream()) == 1
-    time.sleep(1.2)  # the crashed run's claims run out
+    manual_clock.advance(LEASE + 1)  # the crashed run's claims run out
     outbound.invoke(text, dequeue_count=3)
 
     calls = outbound.upstream()
@@ -219,21 +219,17 @@ def test_after_a_crash_past_the_call_the_driver_sends_the_same_call_and_nothing_
 
 
 def test_a_crash_between_the_records_and_the_events_sends_the_events_on_the_next_run(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-    from shared.outbound import OutboundSender
-
-    outbound.configure(
-        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
-    )
     batch = accepted_batch(*NUMBERS[:3])
     ids = member_ids(batch)
     [driver] = drivers(outbound)
-    crash_once(monkeypatch, OutboundSender, "_emit_final", "worker died before the events went out")
+    events = send_ports(get_settings()).events
+    crash_once(monkeypatch, events, "send_message", "worker died before the events went out")
     with pytest.raises(RuntimeError):
         outbound.invoke(json.dumps(driver))
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
-    time.sleep(1.2)  # the crashed run's pack lease runs out
+    manual_clock.advance(LEASE + 1)  # the crashed run's pack lease runs out
     outbound.invoke(json.dumps(driver), dequeue_count=2)
 
     assert len(outbound.upstream()) == 1
@@ -303,11 +299,8 @@ def test_a_batch_stuck_accepting_gets_its_drivers_again_from_a_status_poll(
 
 
 def test_a_crash_after_the_pack_row_but_before_the_records_keeps_the_call_for_the_retry(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-    outbound.configure(
-        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
-    )
     batch = accepted_batch(*NUMBERS[:3])
     ids = member_ids(batch)
     [driver] = drivers(outbound)
@@ -321,7 +314,7 @@ def test_a_crash_after_the_pack_row_but_before_the_records_keeps_the_call_for_th
     assert pack is not None
     assert list(pack.announcing) == ids  # step 1 done
     assert {record(i).status for i in ids} == {MessageStatus.SENDING}
-    time.sleep(1.2)  # the crashed run's lease and claims run out
+    manual_clock.advance(LEASE + 1)  # the crashed run's lease and claims run out
     outbound.invoke(json.dumps(driver), dequeue_count=2)
 
     calls = outbound.upstream()
@@ -361,14 +354,12 @@ def test_opted_out_rows_of_a_bulk_are_refused_by_row_from_one_read_of_each_list(
 
 
 def refusing(status: int, when: Any) -> Any:
-    """A replacement for the sender's upstream call that refuses (naming nobody) the calls
+    """A replacement for the upstream port's send that refuses (naming nobody) the calls
     ``when`` picks, and counts every call."""
-    from shared.outbound import OutboundSender
-
-    real = OutboundSender._call_upstream
+    real = Upstream.send
     calls: list[int] = []
 
-    def call(self: OutboundSender, command: Any, **kwargs: Any) -> Any:
+    def call(self: Upstream, command: Any) -> Any:
         addresses = [r.Address for r in command.body.Recipients]
         calls.append(len(addresses))
         if when(addresses):
@@ -381,7 +372,7 @@ def refusing(status: int, when: Any) -> Any:
                 method="POST",
                 path="/messages",
             )
-        return real(self, command, **kwargs)
+        return real(self, command)
 
     call.calls = calls  # type: ignore[attr-defined]
     return call
@@ -390,12 +381,11 @@ def refusing(status: int, when: Any) -> Any:
 def test_a_refusal_of_every_call_naming_nobody_fails_the_pack_in_a_few_calls(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.outbound import OutboundSender
 
     addresses = [f"+35840500{i:04d}" for i in range(64)]
     batch = accepted_batch(*addresses)
     call = refusing(400, lambda _: True)  # e.g. a sender name upstream does not accept
-    monkeypatch.setattr(OutboundSender, "_call_upstream", call)
+    monkeypatch.setattr(Upstream, "send", call)
 
     outbound.drain(timeout=30)
 
@@ -410,11 +400,10 @@ def test_a_refusal_of_every_call_naming_nobody_fails_the_pack_in_a_few_calls(
 def test_a_refusal_about_the_request_itself_fails_every_member_at_once(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.outbound import OutboundSender
 
     batch = accepted_batch(*NUMBERS[:6])
     call = refusing(403, lambda _: True)
-    monkeypatch.setattr(OutboundSender, "_call_upstream", call)
+    monkeypatch.setattr(Upstream, "send", call)
 
     outbound.drain()
 

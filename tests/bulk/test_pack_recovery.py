@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import time
 
 import pytest
 
+from shared.clock import ManualClock
 from shared.messages import MessageStatus, MessageStore, PackStore
-from tests.bulk.helpers import crash_once
+from shared.outbound._attempt import Upstream
 from tests.bulk.test_packing import NUMBERS, accept, record
+from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import ERROR, TEMPORARY, Outbound
 
 
 def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_pack(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-    from shared.outbound import OutboundSender
 
-    outbound.configure(
-        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
-    )
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
-    crash_once(monkeypatch, OutboundSender, "_call_upstream", "worker died before the call left")
+    crash_once(monkeypatch, Upstream, "send", "worker died before the call left")
     with pytest.raises(RuntimeError):
         outbound.invoke(texts[0])
     pack_id = record(ids[0]).pack_id
@@ -34,7 +31,7 @@ def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_p
     assert [m.message_id for m in pack.members] == ids
     assert {record(i).pack_id for i in ids} == {pack_id}
     assert outbound.upstream() == []
-    time.sleep(1.1)  # the crashed worker's claim runs out
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
 
     # The second member's copy does not retry the pack while the first is unfinished.
     outbound.invoke(texts[1], dequeue_count=2)

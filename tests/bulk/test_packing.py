@@ -10,10 +10,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 
-from shared.messages import MessageRecord, MessageStatus, MessageStore
+from shared.clock import ManualClock
+from shared.messages import MessageRecord, MessageStatus, MessageStore, PackStore
 from shared.outbound import parse_outbound_message
 from shared.outbound._records import pack_key
-from tests.bulk.helpers import crash_once
+from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
 
 NUMBERS = [f"+35840100{i:04d}" for i in range(40)]
@@ -217,23 +218,19 @@ def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
 
 
 def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twice(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-    from shared.outbound import OutboundSender
 
-    # A short lease to test take-over (the timeout and quota wait shorter still, as required).
-    outbound.configure(
-        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
-    )
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
     crash_once(
-        monkeypatch, OutboundSender, "_pack_sent", "worker died after upstream accepted the pack"
-    )
+        monkeypatch, PackStore, "save", "worker died after upstream accepted the pack",
+        when=lambda pack: bool(pack.recipient_ids),
+    )  # fmt: skip
     with pytest.raises(RuntimeError):
         outbound.invoke(texts[0])
     assert {record(i).status for i in ids} == {MessageStatus.SENDING}
-    time.sleep(1.1)  # the crashed worker's claim runs out
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
     for text in texts:
         outbound.invoke(text, dequeue_count=2)
 

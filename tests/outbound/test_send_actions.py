@@ -3,14 +3,15 @@ Azurite and the sandbox, through the app's real HTTP and queue-trigger functions
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
-import time
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from shared.clock import ManualClock
 from shared.messages import MessageStatus, MessageStore, idempotency_key_hash
+from shared.settings import get_settings
+from tests.crash import crash_once
 from tests.outbound.conftest import (
     CUSTOMER,
     DELIVERED,
@@ -222,19 +223,12 @@ def test_reply_discussion_and_whatsapp_template_sends_reach_upstream(outbound: O
 
 
 def test_a_record_left_accepted_by_a_crash_is_enqueued_when_the_caller_retries(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
     from shared.outbound import _service
 
-    real_enqueue = _service.SendService._enqueue
-    crashes = [RuntimeError("process died between recording and enqueueing")]
-
-    def enqueue_or_crash(self: _service.SendService, record: object) -> object:
-        if crashes:
-            raise crashes.pop()
-        return real_enqueue(self, record)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_service.SendService, "_enqueue", enqueue_or_crash)
+    queue = _service.outbound_queue(get_settings())
+    crash_once(monkeypatch, queue, "send_message", "died between recording and enqueueing")
     failed = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
     assert failed.status == 500
     store = MessageStore.from_settings()
@@ -249,10 +243,9 @@ def test_a_record_left_accepted_by_a_crash_is_enqueued_when_the_caller_retries(
     assert early.body["Id"] == stuck[0].message_id
     assert outbound.queued() == 0
 
-    # Once it has been accepted for STUCK_ACCEPTED_AFTER (shortened here), the enqueue was lost:
-    # the caller's retry enqueues the same record, exactly once.
-    monkeypatch.setattr(_service, "STUCK_ACCEPTED_AFTER", dt.timedelta(seconds=0.5))
-    time.sleep(0.6)
+    # Once it has been accepted for STUCK_ACCEPTED_AFTER, the enqueue was lost: the caller's
+    # retry enqueues the same record, exactly once.
+    manual_clock.advance(_service.STUCK_ACCEPTED_AFTER.total_seconds())
     again = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
     assert again.status == 202
     assert again.body["Id"] == stuck[0].message_id

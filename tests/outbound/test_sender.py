@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
+from shared.clock import ManualClock
 from shared.messages import MessageRecord, MessageStatus, MessageStore
+from shared.outbound._attempt import Upstream
+from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import (
     CUSTOMER,
     DELIVERED,
@@ -66,29 +69,17 @@ def test_redelivered_message_whose_record_says_sent_is_acknowledged_not_sent_aga
 
 
 def test_crash_between_upstream_success_and_ack_does_not_send_twice(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-    from shared.outbound import OutboundSender
-
-    # A short lease to test take-over; the timeout and quota wait shorter still, as the
-    # settings require (the lease must outlast a whole attempt).
-    outbound.configure(
-        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
-    )
-    real_sent = OutboundSender._sent
-    crashes = [RuntimeError("worker died after upstream accepted the message")]
-
-    def sent_or_crash(self: OutboundSender, *args: Any, **kwargs: Any) -> Any:
-        if crashes:
-            raise crashes.pop()
-        return real_sent(self, *args, **kwargs)
-
-    monkeypatch.setattr(OutboundSender, "_sent", sent_or_crash)
+    crash_once(
+        monkeypatch, MessageStore, "swap", "worker died after upstream accepted the message",
+        when=lambda record, **changes: changes.get("status") is MessageStatus.SENT,
+    )  # fmt: skip
     text = json.dumps(send("m-crash", DELIVERED))
     with pytest.raises(RuntimeError):
         outbound.invoke(text)  # the host keeps the message and delivers it again
     assert record("m-crash").status is MessageStatus.SENDING
-    time.sleep(1.1)  # the crashed worker's claim runs out
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
 
     outbound.invoke(text, dequeue_count=2)
 
@@ -260,6 +251,8 @@ def test_retry_that_would_outlive_validity_fails_as_expired(outbound: Outbound) 
         ("not json at all", "json"),
         ("[1, 2, 3]", "object"),
         ('{"operation": "SendFax", "body": {}}', "operation"),
+        ('{"kind": "pack", "packId": "pack-not-ours"}', "packId"),
+        ('{"kind": "pack", "packId": "pack-' + "0" * 32 + '", "then": "x"}', "then"),
         ('{"operation": "SendMessage", "body": {"Sender": "X"}}', "body.SendMessage.Content"),
         ('{"operation": "SendReplyMessage", "body": {"Sender": "X", "Content": "c",'
          ' "Recipients": [{"Address": "+358400000001"}]}}', "parentMessageId"),
@@ -281,29 +274,16 @@ def test_malformed_queue_message_is_dead_lettered_with_its_reason(
 
 
 def test_interrupted_discussion_reply_is_not_repeated(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-    from shared.outbound import OutboundSender
-
-    outbound.configure(
-        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
-    )
-    real_call = OutboundSender._call_upstream
-    crashes = [SystemError("worker died mid-call")]
-
-    def call_or_crash(self: OutboundSender, command: Any, **kwargs: Any) -> Any:
-        if crashes:
-            raise crashes.pop()
-        return real_call(self, command, **kwargs)
-
-    monkeypatch.setattr(OutboundSender, "_call_upstream", call_or_crash)
+    crash_once(monkeypatch, Upstream, "send", "worker died mid-call")
     text = json.dumps(
         {"operation": "SendDiscussionReplyMessage", "messageId": "m-thread",
          "body": {"ThreadId": "t-1", "Content": "Hi"}}
     )  # fmt: skip
-    with pytest.raises(SystemError):
+    with pytest.raises(RuntimeError):
         outbound.invoke(text)
-    time.sleep(1.1)  # the crashed worker's claim runs out
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
 
     outbound.invoke(text, dequeue_count=2)
 
@@ -472,15 +452,10 @@ def test_a_duplicate_copy_waits_out_the_records_backoff(outbound: Outbound) -> N
 def test_a_crash_before_the_announcement_is_recorded_re_emits_a_dead_letter_with_a_stable_id(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_swap = MessageStore.swap
-    crashes = [RuntimeError("worker died after the dead letter and the event")]
-
-    def swap_or_crash(self: MessageStore, record: MessageRecord, **changes: Any) -> Any:
-        if changes.get("announced") and crashes:
-            raise crashes.pop()
-        return real_swap(self, record, **changes)
-
-    monkeypatch.setattr(MessageStore, "swap", swap_or_crash)
+    crash_once(
+        monkeypatch, MessageStore, "swap_many", "worker died after the dead letter and the event",
+        when=lambda items, **_: any(changes.get("announced") for _, changes in items),
+    )  # fmt: skip
     text = json.dumps(send("m-dead", REJECTED))
     with pytest.raises(RuntimeError):
         outbound.invoke(text)

@@ -1,0 +1,381 @@
+"""One upstream attempt for a set of members, and what its outcome means.
+
+Every send path (a single message, a pack formed from the queue index, a bulk pack) makes its
+call through :meth:`Upstream.attempt` and gets one typed :data:`AttemptResult` back:
+
+- :class:`Sent`: upstream took it (2xx), or answered 409 because an earlier attempt with the
+  same ``RequestId`` did (``duplicate``, with the original answer);
+- :class:`Transient`: worth retrying later (429, 408, 5xx, connection errors, a quota refusal
+  of the client's token-refresh re-try, missing credentials), with upstream's advice;
+- :class:`Refused`: upstream refused the whole call (any other 4xx): nothing was sent. It may
+  name the recipient at fault.
+
+:func:`split_answer` is the one place where a packed call's answer is shared out per member.
+The quota hooks (:class:`AttemptGate`) make every attempt hold its own slot, fresh when the
+request leaves.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+from pydantic import BaseModel
+
+from shared.messages import FailureInfo
+from shared.outbound._models import (
+    OutboundMessage,
+    SendDiscussionReplyMessageCommand,
+    SendMessageCommand,
+    SendReplyMessageCommand,
+    SendWhatsappTemplateMessageCommand,
+)
+
+if TYPE_CHECKING:
+    from shared.quota import QuotaDenied, QuotaGrant
+    from shared.settings import Settings
+    from shared.smartdialog import SmartDialogClient
+
+__all__ = [
+    "AttemptGate",
+    "AttemptResult",
+    "QuotaDeniedInAttempt",
+    "QuotaPort",
+    "Refused",
+    "Sent",
+    "SplitAnswer",
+    "StaleGrant",
+    "Transient",
+    "Upstream",
+    "address_key",
+    "classify",
+    "packed_command",
+    "split_answer",
+]
+
+# Failures that prove the request never reached upstream (safe to repeat without RequestId).
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: How upstream names the recipient that made it refuse a whole send (the sandbox's wording;
+#: the real service's is unknown, so a refusal naming nobody is handled too).
+_REJECTED_RECIPIENT = re.compile(r"recipient rejected:\s*(\S+)", re.IGNORECASE)
+
+
+class QuotaPort(Protocol):
+    """What the send paths need of :mod:`shared.quota`."""
+
+    def try_acquire(self) -> QuotaGrant | QuotaDenied: ...
+
+    def grant_age(self, grant: QuotaGrant) -> float: ...
+
+    def is_fresh(self, grant: QuotaGrant) -> bool: ...
+
+
+class QuotaDeniedInAttempt(Exception):
+    """A second attempt inside one client call (the 401 refresh) found the quota full."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"quota full for a repeated attempt; retry in {retry_after:.2f} s")
+        self.retry_after = retry_after
+
+
+class StaleGrant(Exception):
+    """The quota grant of an attempt was older than the safety margin when its request was
+    about to leave: nothing was sent. Not a failed attempt: a quota deferral."""
+
+    def __init__(self, age: float) -> None:
+        super().__init__(f"quota grant {age * 1000:.0f} ms old when the request was to leave")
+        self.age = age
+
+
+class AttemptGate:
+    """The client's quota hooks.
+
+    ``before_attempt`` (``__call__``): the first attempt of a send uses the grant the sender
+    already took; any further attempt (the client's one re-try after a token refresh) must
+    take its own, or the call stops. So every upstream attempt holds a quota slot.
+
+    ``before_send``: right before the attempt's bytes leave (the client calls it from its
+    httpx request hook, and again from httpcore's trace once the connection is ready, right
+    before the headers are written), the attempt's grant must still be fresh: the quota's LATE
+    rule bounds only the time from a grant's decision until the store returns it, and the
+    margin must cover everything up to the call reaching upstream. A grant older than the
+    margin raises :class:`StaleGrant`, so no request goes out with it.
+    """
+
+    def __init__(self, quota: QuotaPort) -> None:
+        self._quota = quota
+        self._local = threading.local()
+
+    def hold(self, grant: QuotaGrant) -> None:
+        self._local.held = grant
+
+    def __call__(self) -> None:
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            self._local.held = None
+            self._local.grant = held
+            return
+        from shared.quota import QuotaDenied
+
+        result = self._quota.try_acquire()
+        if isinstance(result, QuotaDenied):
+            raise QuotaDeniedInAttempt(result.retry_after)
+        self._local.grant = result
+
+    def before_send(self) -> None:
+        grant = getattr(self._local, "grant", None)
+        if grant is not None and not self._quota.is_fresh(grant):
+            raise StaleGrant(self._quota.grant_age(grant))
+
+    def clear(self) -> None:
+        """Forget this thread's grants (after a call, whatever its outcome)."""
+        self._local.held = None
+        self._local.grant = None
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """Upstream took the call: its answer (upstream casing); ``duplicate`` when a 409 said an
+    earlier attempt with this ``RequestId`` got through (the answer is that attempt's)."""
+
+    body: dict[str, Any]
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Transient:
+    """The call may succeed later. ``certainly_not_sent``: the failure proves nothing reached
+    upstream (a repeat is safe even without a ``RequestId``)."""
+
+    code: str
+    title: str
+    detail: str | None
+    advised: float | None = None
+    upstream_status: int | None = None
+    certainly_not_sent: bool = False
+
+    def error(self, attempts: int) -> FailureInfo:
+        """The failure as recorded on a message after ``attempts`` attempts."""
+        return FailureInfo(
+            code=self.code,
+            title=self.title,
+            detail=self.detail,
+            upstreamStatus=self.upstream_status,
+            attempts=attempts,
+        )
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Upstream refused the whole call; ``culprit`` is the recipient it names (its
+    :func:`address_key`), if any."""
+
+    status: int
+    message: str | None
+    culprit: str | None = None
+
+    def failure(self, attempts: int) -> FailureInfo:
+        """Why a member of the refused call failed for good."""
+        return FailureInfo(
+            code="upstream-rejected",
+            title=f"SmartDialog rejected the message ({self.status})",
+            detail=self.message,
+            upstreamStatus=self.status,
+            attempts=attempts,
+        )
+
+
+AttemptResult = Sent | Transient | Refused
+
+
+class Upstream:
+    """SmartDialog's send operations as the send paths use them: one port, so a test can make
+    upstream fail (or a worker die mid-call) by wrapping :meth:`send`."""
+
+    def __init__(self, client: SmartDialogClient, gate: AttemptGate, settings: Settings) -> None:
+        self.client = client
+        self.gate = gate
+        self.settings = settings
+
+    def attempt(
+        self, grant: QuotaGrant, command: OutboundMessage, *, report_id: str | None = None
+    ) -> AttemptResult:
+        """One upstream call with ``grant``; raises :class:`StaleGrant` (nothing sent) if the
+        grant went stale before the request left.
+
+        What is sent carries *our* DLR URL (token-bearing, for ``report_id`` or the message)
+        in ``DlrUrl``; it is put in only here, so the stored command, its fingerprint and
+        re-enqueued copies keep the caller's own ``DlrUrl``, which the DLR function calls
+        after ours. The envelope's own fields (``transactional``, ids, counters) never reach
+        upstream.
+        """
+        from shared.outbound._records import with_delivery_report_url
+        from shared.smartdialog import SmartDialogError
+
+        self.gate.hold(grant)
+        try:
+            request = with_delivery_report_url(command, self.settings, report_id=report_id)
+            return Sent(self.send(request))
+        except (SmartDialogError, QuotaDeniedInAttempt) as exc:
+            return classify(exc)
+        finally:
+            self.gate.clear()
+
+    def send(self, command: OutboundMessage) -> dict[str, Any]:
+        """Send ``command``'s body as its operation; upstream's answer in upstream casing."""
+        client = self.client
+        result: BaseModel
+        if isinstance(command, SendMessageCommand):
+            assert command.customerId
+            assert command.serviceId
+            result = client.send_message(
+                command.body, customer_id=command.customerId, service_id=command.serviceId
+            )
+        elif isinstance(command, SendReplyMessageCommand):
+            assert command.customerId
+            assert command.serviceId
+            result = client.send_reply_message(
+                command.body,
+                parent_message_id=command.parentMessageId,
+                customer_id=command.customerId,
+                service_id=command.serviceId,
+            )
+        elif isinstance(command, SendDiscussionReplyMessageCommand):
+            assert command.customerId
+            result = client.send_discussion_reply_message(
+                command.body, customer_id=command.customerId
+            )
+        elif isinstance(command, SendWhatsappTemplateMessageCommand):
+            assert command.customerId
+            assert command.serviceId
+            result = client.send_whatsapp_template_message(
+                command.body, customer_id=command.customerId, service_id=command.serviceId
+            )
+        else:  # pragma: no cover - the union is exhaustive
+            raise TypeError(type(command))
+        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def classify(exc: Exception) -> AttemptResult:
+    """What a failed call means: the one mapping from the client's errors to outcomes."""
+    from shared.smartdialog import (
+        APIConnectionError,
+        APIResponseValidationError,
+        APIStatusError,
+        CredentialsError,
+        DuplicateRequestError,
+        InternalServerError,
+        RateLimitError,
+    )
+
+    if isinstance(exc, DuplicateRequestError):
+        original = exc.original
+        body = (
+            original.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if isinstance(original, BaseModel)
+            else {}
+        )
+        return Sent(body, duplicate=True)
+    if isinstance(exc, APIResponseValidationError):  # 2xx with an odd answer: it was sent
+        return Sent(exc.body if isinstance(exc.body, dict) else {})
+    if isinstance(exc, RateLimitError):
+        return Transient(
+            "rate-limited", "SmartDialog answered 429", exc.message, exc.retry_after, 429, True
+        )
+    if isinstance(exc, InternalServerError):
+        title = f"SmartDialog answered {exc.status_code}"
+        return Transient("upstream-unavailable", title, exc.message, None, exc.status_code)
+    if isinstance(exc, APIStatusError):
+        if exc.status_code == 408:
+            return Transient(
+                "upstream-unavailable", "SmartDialog timed out", exc.message, None, 408
+            )
+        match = _REJECTED_RECIPIENT.search(exc.message or "")
+        culprit = address_key(match.group(1)) if match else None
+        return Refused(exc.status_code, exc.message, culprit)
+    if isinstance(exc, APIConnectionError):
+        not_sent = isinstance(exc.__cause__, _NOT_SENT)
+        title = "SmartDialog could not be reached"
+        return Transient("upstream-unavailable", title, exc.message, None, None, not_sent)
+    if isinstance(exc, QuotaDeniedInAttempt):
+        return Transient(
+            "rate-limited", "Quota full for a repeat", str(exc), exc.retry_after, None, True
+        )
+    if isinstance(exc, CredentialsError):
+        return Transient(
+            "configuration", "No usable SmartDialog credentials", str(exc), None, None, True
+        )
+    raise exc
+
+
+# --- packs: one request for many members, one answer shared out ----------------------------------
+
+
+@lru_cache(maxsize=65536)
+def address_key(address: str) -> str:
+    """An address as members and upstream's answer are matched by (E.164 where it parses)."""
+    from shared.suppressions import recipient_key
+
+    return recipient_key(address)
+
+
+def packed_command(
+    leader: OutboundMessage, commands: Sequence[OutboundMessage], request_id: str
+) -> OutboundMessage:
+    """The leader's command carrying every member's recipients (each with its own
+    personalization, in membership order) and the pack's RequestId."""
+    recipients = [r for c in commands for r in c.body.Recipients]  # type: ignore[union-attr]
+    body = leader.body.model_copy(update={"Recipients": recipients, "RequestId": request_id})
+    return leader.model_copy(update={"body": body})
+
+
+@dataclass(frozen=True)
+class SplitAnswer:
+    """A packed call's answer shared out: each member's own answer (upstream's, with only its
+    recipients, in its order), upstream recipient id -> member, and the members the answer
+    does not mention (after a 409: they were not in the call that got through)."""
+
+    shares: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recipient_ids: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+
+def split_answer(
+    body: Mapping[str, Any], members: Sequence[tuple[str, Sequence[str]]], *, duplicate: bool
+) -> SplitAnswer:
+    """Share ``body`` out among ``members`` ((message id, addresses), no address twice) by
+    address. An answer without recipients is every member's whole answer."""
+    camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
+    raw = [
+        r for r in (body.get("Recipients") or body.get("recipients") or []) if isinstance(r, dict)
+    ]
+    owner_of = {address_key(a): member for member, addresses in members for a in addresses}
+    entries: dict[str, dict[str, dict[str, Any]]] = {}
+    out = SplitAnswer()
+    for entry in raw:
+        address = str(entry.get("Address") or entry.get("address") or "")
+        owner = owner_of.get(address_key(address)) if address else None
+        if owner is None:
+            continue
+        entries.setdefault(owner, {})[address_key(address)] = entry
+        rid = entry.get("Id") or entry.get("id")
+        if rid:
+            out.recipient_ids[str(rid)] = owner
+    common = {k: v for k, v in body.items() if k not in ("Recipients", "recipients")}
+    name = "recipients" if camel else "Recipients"
+    for member, addresses in members:
+        mine = entries.get(member, {})
+        if raw and not mine and duplicate:
+            out.missing.append(member)
+            continue
+        ordered = [mine[address_key(a)] for a in addresses if address_key(a) in mine]
+        out.shares[member] = {**common, name: ordered} if raw else dict(body)
+    return out

@@ -1,0 +1,427 @@
+"""What a send path does with an attempt's outcome: record it, announce it, requeue, dead-letter.
+
+One home for every path (single sends, index packs, bulk pack drivers): the retry policy (one
+backoff function, :func:`shared.smartdialog.backoff_delay`, with the send settings), when to give
+up, the records' final writes, and their side effects. A final record's event (and a failure's
+dead letter) is emitted before the record is marked ``announced``, so a crash in between emits
+them again, identical: consumers de-duplicate on the event ``id`` (``<messageId>:<status>``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from shared.events import MESSAGE_FAILED, MESSAGE_SENT, make_event
+from shared.messages import FailureInfo, MessageRecord, MessageStatus
+from shared.names import OUTBOUND_QUEUE
+from shared.outbound._models import (
+    DeadLetter,
+    DeadLetterReason,
+    MessageFailedData,
+    MessageSentData,
+    OutboundMessage,
+    OutboundMessageAdapter,
+    PackDriver,
+    RecipientOutcome,
+)
+from shared.outbound._ports import SendPorts
+
+__all__ = [
+    "BACKOFF_TOLERANCE_SECONDS",
+    "MAX_VISIBILITY_SECONDS",
+    "STALE_GRANT_RETRY_SECONDS",
+    "OutcomeKind",
+    "Outcomes",
+    "SendOutcome",
+    "sent_changes",
+    "storage_pool",
+    "whole_seconds",
+]
+
+log = logging.getLogger("shared.outbound.sender")
+
+#: A copy that arrives this little before its record's ``next_attempt_at`` goes on (queue
+#: visibility and our clock need not agree to the millisecond); an earlier one is deferred.
+BACKOFF_TOLERANCE_SECONDS = 0.5
+#: A message whose quota grant went stale twice before its call comes back this soon.
+STALE_GRANT_RETRY_SECONDS = 1.0
+#: Queue visibility is capped at 7 days by the service.
+MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
+#: Storage round trips of one pack (claims, records) run on this many threads.
+PACK_STORAGE_THREADS = 16
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def storage_pool() -> ThreadPoolExecutor:
+    """The process's threads for storage round trips made side by side."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(PACK_STORAGE_THREADS, thread_name_prefix="pack-storage")
+        return _pool
+
+
+def whole_seconds(seconds: float) -> int:
+    """A visibility delay as the queue takes it: whole seconds, 0 to 7 days."""
+    return min(MAX_VISIBILITY_SECONDS, max(0, math.ceil(seconds)))
+
+
+class OutcomeKind(enum.StrEnum):
+    """What one invocation did with its queue message."""
+
+    SENT = "sent"
+    FAILED = "failed"
+    DEFERRED = "deferred"  # over quota or claimed by another worker: re-enqueued, no attempt
+    RETRY_SCHEDULED = "retry-scheduled"  # an attempt failed transiently: re-enqueued
+    ACKNOWLEDGED = "acknowledged"  # already final (sent, failed, cancelled): nothing sent
+    DEAD_LETTERED = "dead-lettered"  # malformed: never processed
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """The result of one invocation (for logs, tests and the benchmark)."""
+
+    kind: OutcomeKind
+    message_id: str | None = None
+    delay_seconds: int | None = None
+    detail: str | None = None
+
+
+def sent_changes(
+    record: MessageRecord,
+    body: Mapping[str, Any],
+    *,
+    duplicate: bool,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The changes that record ``record`` as sent with upstream's answer ``body`` (its own
+    share of it, for a pack member)."""
+    upstream_id = body.get("MessageId") or body.get("messageId")
+    parts = body.get("MessagePartCount") or body.get("messagePartCount")
+    return {
+        "status": MessageStatus.SENT,
+        "result": json.dumps(body, ensure_ascii=False),
+        "upstream_message_id": str(upstream_id) if upstream_id else None,
+        "part_count": parts if isinstance(parts, int) and parts > 0 else record.part_count,
+        "duplicate": duplicate,
+        "sent_at": now,
+        "finished_at": now,
+        "lease_until": None,
+        "last_error": None,
+        "updated_at": now,
+    }
+
+
+class Outcomes:
+    """Records, announces and requeues through the send ports."""
+
+    def __init__(self, ports: SendPorts) -> None:
+        self.ports = ports
+
+    # --- the retry policy --------------------------------------------------------------------
+
+    def retry_delay(self, attempts: int, advised: float | None) -> float:
+        """The backoff after ``attempts`` attempts, and at least what upstream advised."""
+        from shared.smartdialog import backoff_delay
+
+        policy = self.ports.policy
+        backoff = backoff_delay(max(1, attempts), base=policy.retry_base, cap=policy.retry_max)
+        return max(advised, backoff) if advised is not None else backoff
+
+    def give_up(
+        self, record: MessageRecord, error: FailureInfo, title: str, next_at: dt.datetime
+    ) -> FailureInfo | None:
+        """Why a message whose attempt failed transiently stops now (out of attempts, or a
+        retry at ``next_at`` would be past its validity), or None: it retries."""
+        if record.attempts >= self.ports.policy.max_attempts:
+            code = "attempts-exhausted" if error.code != "rate-limited" else error.code
+            return error.model_copy(
+                update={"code": code, "title": f"Gave up after {record.attempts} attempts: {title}"}
+            )
+        if next_at >= record.valid_until:
+            return self.expired(record, last=error)
+        return None
+
+    @staticmethod
+    def expired(record: MessageRecord, last: FailureInfo | None = None) -> FailureInfo:
+        """The failure of a message not sent within its validity."""
+        return FailureInfo(
+            code="expired",
+            title="Not sent within its validity period",
+            detail=(
+                f"validUntil {record.valid_until.isoformat()} passed"
+                + (f"; last error: {last.title}" if last else "")
+            ),
+            upstreamStatus=last.upstreamStatus if last else None,
+            attempts=record.attempts,
+        )
+
+    # --- final writes ------------------------------------------------------------------------
+
+    def swap_until(
+        self,
+        record: MessageRecord,
+        allowed: Callable[[MessageRecord], bool],
+        *,
+        recipient_ids: Mapping[int, str | None] | None = None,
+        **changes: Any,
+    ) -> MessageRecord | None:
+        """Compare-and-swap ``changes`` while ``allowed(current)``; None once it is not."""
+        store = self.ports.store
+        current: MessageRecord | None = record
+        for _ in range(5):
+            if current is None or not allowed(current):
+                return None
+            done = store.swap(current, recipient_ids=recipient_ids, **changes)
+            if done is not None:
+                return done
+            current = store.get(record.message_id)
+        raise RuntimeError(f"message {record.message_id}: record kept changing under the sender")
+
+    def sent(
+        self, record: MessageRecord, body: Mapping[str, Any], *, duplicate: bool
+    ) -> SendOutcome:
+        """Record a claimed message as sent (its slots learn upstream's recipient ids by
+        position), then announce it; someone else's final state stands."""
+        raw = body.get("Recipients") or body.get("recipients") or []
+        ids = {
+            index: str(r.get("Id") or r.get("id"))
+            for index, r in enumerate(raw)
+            if isinstance(r, dict) and (r.get("Id") or r.get("id"))
+        }
+        done = self.swap_until(
+            record,
+            lambda r: r.status is MessageStatus.SENDING,
+            recipient_ids=ids,
+            **sent_changes(record, body, duplicate=duplicate, now=self.ports.now()),
+        )
+        if done is None:  # someone else finished it (a lease that ran out): theirs stands
+            current = self.ports.store.get(record.message_id)
+            if current is not None and current.status.is_final:
+                self.announce([current])
+            return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
+        self.announce([done])
+        log.info(
+            "message %s sent (upstream %s, attempt %d%s)",
+            done.message_id,
+            done.upstream_message_id,
+            done.attempts,
+            ", duplicate RequestId" if duplicate else "",
+        )
+        return SendOutcome(OutcomeKind.SENT, done.message_id)
+
+    def fail(self, record: MessageRecord, failure: FailureInfo) -> SendOutcome:
+        """Fail a message for good (unless it is final already), then announce it."""
+        now = self.ports.now()
+        done = self.swap_until(
+            record,
+            lambda r: not r.status.is_final,
+            status=MessageStatus.FAILED,
+            failure=failure,
+            finished_at=now,
+            lease_until=None,
+            updated_at=now,
+        )
+        if done is None:
+            current = self.ports.store.get(record.message_id)
+            if current is not None:
+                self.announce([current])
+            return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
+        self.announce([done])
+        log.warning("message %s failed for good: %s", done.message_id, failure.title)
+        return SendOutcome(OutcomeKind.FAILED, done.message_id, detail=failure.code)
+
+    def fail_many(self, items: list[tuple[MessageRecord, FailureInfo]]) -> None:
+        """:meth:`fail` for many (bulk members: 100 a transaction), then their announcements."""
+        if not items:
+            return
+        now = self.ports.now()
+        store = self.ports.store
+        done = store.swap_many(
+            [
+                (
+                    r,
+                    {
+                        "status": MessageStatus.FAILED,
+                        "failure": f,
+                        "finished_at": now,
+                        "lease_until": None,
+                        "updated_at": now,
+                    },
+                )
+                for r, f in items
+            ]
+        )
+        lost = [r.message_id for (r, _), d in zip(items, done, strict=True) if d is None]
+        recorded = [d for d in done if d is not None]
+        if lost:
+            recorded += list(store.get_many(lost).values())
+        self.announce(recorded)
+        for record in recorded:
+            if record.status is MessageStatus.FAILED and record.failure is not None:
+                log.warning(
+                    "message %s failed for good: %s", record.message_id, record.failure.title
+                )
+
+    # --- side effects ------------------------------------------------------------------------
+
+    def announce(self, records: list[MessageRecord]) -> None:
+        """Emit each final, unannounced record's event (and dead letter), then mark them
+        announced (100 rows a transaction where they share a partition). Repeatable."""
+        due = [r for r in records if not r.announced and r.status.is_final]
+        if not due:
+            return
+        emitted = list(map(self.emit, due) if len(due) == 1 else storage_pool().map(self.emit, due))
+        done = [r for r, e in zip(due, emitted, strict=True) if e]
+        flags = self.ports.store.swap_many([(r, {"announced": True}) for r in done])
+        lost = sum(1 for f in flags if f is None)
+        if lost:
+            log.info("%d announcement flag(s) lost a race", lost)
+
+    def emit(self, record: MessageRecord) -> bool:
+        """Send a final record's event (and a failure's dead letter), whatever ``announced``
+        says (a bulk pack records it first); False for a cancelled one (whoever cancelled
+        announces that) or one not final."""
+        now = self.ports.now()
+        data: BaseModel
+        if record.status is MessageStatus.SENT:
+            result = record.result_json() or {}
+            raw = result.get("Recipients") or result.get("recipients") or []
+            recipients = [
+                RecipientOutcome(
+                    address=r.get("Address") or r.get("address"), id=r.get("Id") or r.get("id")
+                )
+                for r in raw
+                if isinstance(r, dict)
+            ]
+            data = MessageSentData(
+                messageId=record.message_id,
+                operation=record.operation,
+                customerId=record.customer_id,
+                serviceId=record.service_id,
+                # A packed message went upstream with its pack's RequestId; a bulk member's
+                # record holds its call's (see shared.outbound._drive).
+                requestId=record.request_id
+                if record.batch_id is not None
+                else (record.pack_id or record.request_id),
+                upstreamMessageId=record.upstream_message_id,
+                messagePartCount=record.part_count,
+                threadId=result.get("ThreadId"),
+                recipients=recipients,
+                attempts=record.attempts,
+                duplicate=record.duplicate,
+            )
+            event_type = MESSAGE_SENT
+        elif record.status is MessageStatus.FAILED:
+            assert record.failure is not None
+            # Written before ``announced`` is recorded: a crash in between writes it again on
+            # the next delivery, identical (stable id, the failure's time), so consumers can
+            # de-duplicate on ``id`` (or ``messageId``), as on the event's id.
+            letter = DeadLetter(
+                id=f"{record.message_id}:{MessageStatus.FAILED}",
+                reason=DeadLetterReason.FAILED,
+                detail=record.failure.title,
+                error=record.failure,
+                messageId=record.message_id,
+                queue=OUTBOUND_QUEUE,
+                deadLetteredAt=record.finished_at or now,
+                original=record.command,
+            )
+            self.ports.dead_letters.send_message(letter.model_dump_json(exclude_none=True))
+            data = MessageFailedData(
+                messageId=record.message_id,
+                operation=record.operation,
+                customerId=record.customer_id,
+                serviceId=record.service_id,
+                requestId=record.request_id,
+                error=record.failure,
+            )
+            event_type = MESSAGE_FAILED
+        else:
+            return False
+        event = make_event(
+            event_type,
+            data,
+            event_id=f"{record.message_id}:{record.status}",
+            subject=record.message_id,
+            time=record.finished_at or now,
+        )
+        self.ports.events.send_message(event.to_json())
+        return True
+
+    def requeue(
+        self,
+        command: OutboundMessage,
+        attempts: int,
+        delay: float,
+        kind: OutcomeKind,
+        reason: str,
+    ) -> SendOutcome:
+        """Put a copy of the message back with a visibility delay; the host then deletes the
+        original when we return (a crash in between leaves a duplicate, which is harmless)."""
+        copy = command.model_copy(
+            update={
+                "attempts": attempts,
+                "deferrals": command.deferrals + (1 if kind is OutcomeKind.DEFERRED else 0),
+            }
+        )
+        seconds = whole_seconds(delay)
+        text = OutboundMessageAdapter.dump_json(copy, by_alias=True, exclude_none=True).decode()
+        self.ports.outbound.send_message(text, visibility_timeout=seconds)
+        log.debug("message %s %s (%s); back in %d s", command.messageId, kind, reason, seconds)
+        return SendOutcome(kind, command.messageId, delay_seconds=seconds, detail=reason)
+
+    def requeue_driver(
+        self, driver: PackDriver, delay: float, kind: OutcomeKind, reason: str
+    ) -> SendOutcome:
+        """Put a pack's driver back on the queue after ``delay`` seconds."""
+        copy = driver.model_copy(
+            update={"deferrals": driver.deferrals + (1 if kind is OutcomeKind.DEFERRED else 0)}
+        )
+        seconds = whole_seconds(delay)
+        self.ports.outbound.send_message(copy.model_dump_json(), visibility_timeout=seconds)
+        log.debug("pack %s %s (%s); back in %d s", driver.packId, kind, reason, seconds)
+        return SendOutcome(kind, driver.packId, delay_seconds=seconds, detail=reason)
+
+    def dead_letter_malformed(
+        self,
+        text: str,
+        exc: Exception,
+        queue_message_id: str | None,
+        dequeue_count: int | None,
+    ) -> SendOutcome:
+        """A queue message that is not one of ours, with its reason (never processed)."""
+        errors: list[dict[str, Any]] = []
+        if isinstance(exc, ValidationError):
+            for item in exc.errors(include_url=False, include_input=False):
+                where = ".".join(str(p) for p in item["loc"]) or "(message)"
+                errors.append({"field": where, "message": item["msg"]})
+            detail = f"not a valid outbound message: {exc.error_count()} problem(s)"
+        else:
+            detail = f"not a valid outbound message: {exc}"
+        letter = DeadLetter(
+            id=f"malformed:{queue_message_id}" if queue_message_id else None,
+            reason=DeadLetterReason.MALFORMED,
+            detail=detail,
+            errors=errors,
+            queue=OUTBOUND_QUEUE,
+            queueMessageId=queue_message_id,
+            dequeueCount=dequeue_count,
+            deadLetteredAt=self.ports.now(),
+            original=text,
+        )
+        self.ports.dead_letters.send_message(letter.model_dump_json(exclude_none=True))
+        log.warning("outbound queue message %s dead-lettered: %s", queue_message_id, detail)
+        return SendOutcome(OutcomeKind.DEAD_LETTERED, detail=detail)

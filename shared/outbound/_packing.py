@@ -1,0 +1,398 @@
+"""Packs formed from the queue index: queued single sends that go upstream in one call.
+
+A worker about to send a never-attempted message whose pack key is set (see
+:func:`shared.outbound.pack_key`) claims further indexed messages of that key (``queued ->
+sending`` with the pack id, never one already claimed or final), records the :class:`Pack`
+(its id is the call's ``RequestId``) and only then takes a quota slot and makes one call.
+A retry after an ambiguous failure re-sends the *same* pack, led by its first member that is not
+final. See ``docs/sending.md`` ("Packing and bulk sends") for the rules and guarantees.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from shared.messages import (
+    MessageRecord,
+    MessageStatus,
+    Pack,
+    PackMember,
+    index_row_key,
+    new_pack_id,
+)
+from shared.outbound._attempt import (
+    Refused,
+    Sent,
+    Transient,
+    address_key,
+    packed_command,
+    split_answer,
+)
+from shared.outbound._models import OutboundMessage, parse_outbound_message
+from shared.outbound._outcomes import OutcomeKind, Outcomes, SendOutcome, storage_pool
+from shared.outbound._ports import SendPorts
+from shared.outbound._records import command_addresses
+
+if TYPE_CHECKING:
+    from shared.quota import QuotaGrant
+
+__all__ = ["PACK_MEMBER_RECHECK_SECONDS", "IndexPacks"]
+
+log = logging.getLogger("shared.outbound.sender")
+
+#: A copy of a message that a pack holds comes back this soon (not when the lease ends): the
+#: pack's call is usually over by then, and the copy is acknowledged.
+PACK_MEMBER_RECHECK_SECONDS = 10.0
+
+Members = list[tuple[MessageRecord, OutboundMessage]]
+
+
+class IndexPacks:
+    """Forms, sends and settles packs of indexed single sends."""
+
+    def __init__(self, ports: SendPorts, outcomes: Outcomes) -> None:
+        self.ports = ports
+        self.outcomes = outcomes
+
+    def turn(
+        self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
+    ) -> tuple[SendOutcome | None, MessageRecord]:
+        """For a message that belongs to a pack: whether this copy may retry the pack now.
+
+        Only the pack's first member that is not final retries it (the others' copies wait and
+        are acknowledged once it is sent), and not before the pack's backoff ends. A pack that
+        was never recorded never reached upstream: the message leaves it and goes on alone.
+        """
+        assert record.pack_id is not None
+        pack = self.ports.packs.get(record.pack_id)
+        if pack is None:
+            left = self.ports.store.swap(record, pack_id=None, updated_at=now)
+            return None, left or (self.ports.store.get(record.message_id) or record)
+        if record.next_attempt_at is not None and record.next_attempt_at > now:
+            delay = (record.next_attempt_at - now).total_seconds()
+            return self.outcomes.requeue(
+                command, record.attempts, delay, OutcomeKind.DEFERRED, "pack-backoff"
+            ), record
+        for member in pack.members:
+            if member.message_id == record.message_id:
+                return None, record
+            other = self.ports.store.get(member.message_id)
+            if other is not None and not other.status.is_final and other.pack_id == pack.pack_id:
+                return self.outcomes.requeue(
+                    command,
+                    record.attempts,
+                    PACK_MEMBER_RECHECK_SECONDS,
+                    OutcomeKind.DEFERRED,
+                    "pack-member",
+                ), record
+        return None, record
+
+    def gather(
+        self, leader: MessageRecord, command: OutboundMessage
+    ) -> tuple[Pack | None, Members]:
+        """Claim other queued messages with the leader's pack key into a new pack, recorded
+        before the call; (None, []) when there are none (the leader goes alone)."""
+        packs = self.ports.packs
+        key = leader.pack_key
+        if key is None:
+            return None, []
+        limit = self.ports.policy.pack_max_recipients
+
+        own_row = index_row_key(leader)
+        rows = packs.candidates(key, limit=limit + 64)
+        taken = leader.recipient_count
+        picked: list[tuple[str, str]] = []
+        for row_key, message_id, count in rows:
+            if message_id == leader.message_id:
+                continue
+            if taken + count > limit:
+                continue
+            picked.append((row_key, message_id))
+            taken += count
+        if not picked or leader.recipient_count >= limit:
+            packs.unindex(key, [own_row])
+            return None, []
+        now = self.ports.now()
+        pack_id = new_pack_id(key, [leader.message_id, *(m for _, m in picked)], now)
+        addresses = set(command_addresses(command))
+        lease_until = now + self.ports.policy.lease
+        pool = storage_pool()
+        found = list(pool.map(lambda item: self.ports.store.get(item[1]), picked))
+        stale: list[str] = [own_row]
+        chosen: list[tuple[str, MessageRecord, OutboundMessage]] = []
+        for (row_key, _), record in zip(picked, found, strict=True):
+            if record is None:
+                continue
+            if record.status.is_final or record.pack_key != key or record.pack_id is not None:
+                stale.append(row_key)
+                continue
+            if (
+                record.status not in (MessageStatus.ACCEPTED, MessageStatus.QUEUED)
+                or record.attempts != 0
+                or now >= record.valid_until
+                or (record.next_attempt_at is not None and record.next_attempt_at > now)
+            ):
+                continue
+            try:
+                member_command = parse_outbound_message(record.command)
+            except (ValidationError, ValueError):
+                continue
+            member_addresses = command_addresses(member_command)
+            if addresses.intersection(member_addresses):
+                continue  # one address twice in a call: it waits for the next pack
+            addresses.update(member_addresses)
+            chosen.append((row_key, record, member_command))
+
+        def claim(item: tuple[str, MessageRecord, OutboundMessage]) -> MessageRecord | None:
+            return self.ports.store.swap(
+                item[1],
+                status=MessageStatus.SENDING,
+                attempts=1,
+                lease_until=lease_until,
+                next_attempt_at=None,
+                pack_id=pack_id,
+                updated_at=now,
+            )
+
+        claims = list(pool.map(claim, chosen))
+        members: Members = []
+        for (row_key, _, member_command), done in zip(chosen, claims, strict=True):
+            if done is not None:
+                members.append((done, member_command))
+                stale.append(row_key)
+        packs.unindex(key, stale)
+        if not members:
+            return None, []
+        pack = Pack(
+            pack_id=pack_id,
+            key=key,
+            members=(
+                PackMember(leader.message_id, tuple(command_addresses(command))),
+                *(PackMember(r.message_id, tuple(command_addresses(c))) for r, c in members),
+            ),
+            created_at=now,
+        )
+        packs.save(pack)  # the membership, before the leader (and so the call) names it
+        led = self.ports.store.swap(leader, pack_id=pack_id, updated_at=now)
+        if led is None:  # the leader's claim was taken over meanwhile: hand the members back
+            self.release([m for m, _ in members], keep_pack=False)
+            raise RuntimeError(f"message {leader.message_id}: claim lost while forming a pack")
+        log.info("message %s leads pack %s of %d messages", leader.message_id, pack_id,
+                 len(members) + 1)  # fmt: skip
+        return pack, [(led, command), *members]
+
+    def regather(
+        self, leader: MessageRecord, command: OutboundMessage
+    ) -> tuple[Pack | None, Members]:
+        """Claim the members of the leader's recorded pack again (a retry: same membership,
+        same RequestId); members that are final meanwhile stay out, expired ones fail."""
+        assert leader.pack_id is not None
+        pack = self.ports.packs.get(leader.pack_id)
+        if pack is None:
+            return None, []
+        now = self.ports.now()
+        lease_until = now + self.ports.policy.lease
+        others = [m.message_id for m in pack.members if m.message_id != leader.message_id]
+        pool = storage_pool()
+
+        def claim(message_id: str) -> tuple[MessageRecord, OutboundMessage] | None:
+            record = self.ports.store.get(message_id)
+            if record is None or record.pack_id != pack.pack_id or record.status.is_final:
+                return None
+            lease = record.lease_until
+            if record.status is MessageStatus.SENDING and lease is not None and lease > now:
+                return None  # held by someone else (a stale worker): not ours to send
+            if now >= record.valid_until:
+                self.outcomes.fail(record, self.outcomes.expired(record))
+                return None
+            done = self.ports.store.swap(
+                record,
+                status=MessageStatus.SENDING,
+                attempts=record.attempts + 1,
+                lease_until=lease_until,
+                next_attempt_at=None,
+                updated_at=now,
+            )
+            if done is None:
+                return None
+            return done, parse_outbound_message(done.command)
+
+        claimed = [c for c in pool.map(claim, others) if c is not None]
+        return pack, [(leader, command), *claimed]
+
+    def release(self, records: Iterable[MessageRecord], *, keep_pack: bool) -> None:
+        """Hand claimed members back (no call was made for them): queued again, the attempt
+        not counted; out of their pack (and packable again) unless ``keep_pack``."""
+        released = [
+            r
+            for r in storage_pool().map(
+                lambda r: self.release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack),
+                list(records),
+            )
+            if r is not None
+        ]
+        if not keep_pack:
+            self.ports.packs.index(released)
+
+    def release_one(
+        self,
+        record: MessageRecord,
+        status: MessageStatus,
+        *,
+        keep_pack: bool,
+        **changes: Any,
+    ) -> MessageRecord | None:
+        update: dict[str, Any] = {
+            "status": status,
+            "attempts": max(0, record.attempts - 1),
+            "lease_until": None,
+            "updated_at": self.ports.now(),
+            **changes,
+        }
+        if not keep_pack:
+            update["pack_id"] = None
+        return self.outcomes.swap_until(
+            record, lambda r: r.status is MessageStatus.SENDING, **update
+        )
+
+    def attempt(self, pack: Pack, members: Members, grant: QuotaGrant) -> SendOutcome:
+        """One upstream call for the whole pack; each member's outcome recorded on its own.
+        Raises :class:`StaleGrant` (nothing sent, nothing recorded) if ``grant`` went stale."""
+        _leader, command = members[0]
+        request = packed_command(command, [c for _, c in members], pack.request_id)
+        result = self.ports.upstream.attempt(grant, request, report_id=pack.pack_id)
+        if isinstance(result, Sent):
+            if result.duplicate:
+                log.info("pack %s: RequestId already used upstream: sent", pack.pack_id)
+            return self._sent(pack, members, result)
+        if isinstance(result, Transient):
+            return self._transient(pack, members, result)
+        return self._rejected(pack, members, result)
+
+    def _sent(self, pack: Pack, members: Members, sent: Sent) -> SendOutcome:
+        """Record each member as sent with its own share of upstream's answer; the pack keeps
+        the recipient ids for delivery reports. On a duplicate whose original lacks a member
+        (it was not in the first attempt that got through), that member was not sent: it is
+        handed back."""
+        addresses = {m.message_id: m.addresses for m in pack.members}
+        answer = split_answer(
+            sent.body,
+            [(r.message_id, addresses.get(r.message_id, ())) for r, _ in members],
+            duplicate=sent.duplicate,
+        )
+        recipient_ids = {**pack.recipient_ids, **answer.recipient_ids}
+        if recipient_ids != dict(pack.recipient_ids):
+            self.ports.packs.save(replace(pack, recipient_ids=recipient_ids))
+
+        def record(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
+            member, _ = item
+            if member.message_id in answer.missing:
+                released = self.release_one(member, MessageStatus.QUEUED, keep_pack=False)
+                if released is not None:
+                    self.ports.packs.index([released])
+                return SendOutcome(OutcomeKind.DEFERRED, member.message_id, detail="not-in-pack")
+            own = answer.shares[member.message_id]
+            return self.outcomes.sent(member, own, duplicate=sent.duplicate)
+
+        outcomes = list(storage_pool().map(record, members[1:]))
+        first = record(members[0])
+        done = sum(1 for o in [first, *outcomes] if o.kind is OutcomeKind.SENT)
+        log.info(
+            "pack %s sent: %d of %d members%s", pack.pack_id, done, len(members),
+            ", duplicate RequestId" if sent.duplicate else "",
+        )  # fmt: skip
+        if first.kind is OutcomeKind.DEFERRED:
+            _leader, command = members[0]
+            return self.outcomes.requeue(command, 0, 0, OutcomeKind.DEFERRED, "not-in-pack")
+        return replace(first, detail=f"pack {pack.pack_id}: {len(members)} messages")
+
+    def _transient(
+        self,
+        pack: Pack,
+        members: Members,
+        failed: Transient,
+    ) -> SendOutcome:
+        """A pack's call failed transiently: every member keeps the pack and backs off
+        together; the leader's copy comes back to retry it (same RequestId)."""
+        leader, command = members[0]
+        delay = self.outcomes.retry_delay(max(r.attempts for r, _ in members), failed.advised)
+        now = self.ports.now()
+        next_at = now + dt.timedelta(seconds=delay)
+
+        def back_off(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
+            member, _ = item
+            error = failed.error(member.attempts)
+            final = self.outcomes.give_up(member, error, failed.title, next_at)
+            if final is not None:
+                return self.outcomes.fail(member, final)
+            updated = self.outcomes.swap_until(
+                member,
+                lambda r: r.status is MessageStatus.SENDING,
+                status=MessageStatus.QUEUED,
+                lease_until=None,
+                next_attempt_at=next_at,
+                last_error=error,
+                updated_at=now,
+            )
+            if updated is None:
+                return SendOutcome(OutcomeKind.ACKNOWLEDGED, member.message_id)
+            return SendOutcome(OutcomeKind.RETRY_SCHEDULED, member.message_id)
+
+        list(storage_pool().map(back_off, members[1:]))
+        first = back_off(members[0])
+        log.warning(
+            "pack %s attempt failed (%s); retry in %.1f s", pack.pack_id, failed.title, delay
+        )
+        if first.kind is not OutcomeKind.RETRY_SCHEDULED:
+            return first
+        return self.outcomes.requeue(
+            command, leader.attempts, delay, OutcomeKind.RETRY_SCHEDULED, failed.code
+        )
+
+    def _rejected(
+        self,
+        pack: Pack,
+        members: Members,
+        refused: Refused,
+    ) -> SendOutcome:
+        """Upstream refused the whole call (nothing was sent). The member it names fails alone
+        and the others go back to the queue for a new pack (new membership, new RequestId).
+        If upstream names no member, every member is sent alone from now on, so whichever is
+        at fault fails alone."""
+        leader, command = members[0]
+        culprit = refused.culprit
+        offenders = {
+            r.message_id
+            for r, c in members
+            if culprit is not None and culprit in {address_key(a) for a in command_addresses(c)}
+        }
+        if len(members) == 1 and not offenders:
+            offenders = {leader.message_id}
+        outcomes: dict[str, SendOutcome] = {}
+
+        def settle(item: tuple[MessageRecord, OutboundMessage]) -> None:
+            member, _ = item
+            if member.message_id in offenders:
+                outcomes[member.message_id] = self.outcomes.fail(
+                    member, refused.failure(member.attempts)
+                )
+                return
+            changes: dict[str, Any] = {} if offenders else {"pack_key": None}
+            released = self.release_one(member, MessageStatus.QUEUED, keep_pack=False, **changes)
+            if released is not None and offenders:
+                self.ports.packs.index([released])
+
+        list(storage_pool().map(settle, members))
+        log.warning(
+            "pack %s refused (%d): %s; %d member(s) failed, the rest go on",
+            pack.pack_id, refused.status, refused.message, len(offenders),
+        )  # fmt: skip
+        if leader.message_id in outcomes:
+            return outcomes[leader.message_id]
+        return self.outcomes.requeue(command, 0, 0, OutcomeKind.DEFERRED, "pack-rejected")

@@ -1,0 +1,124 @@
+"""The send paths' ports and their one composition root.
+
+Every send path (the single path, packs formed from the queue index, bulk pack drivers) talks
+to storage, queues, upstream, the quota and the clock only through a :class:`SendPorts`, built
+once per settings object by :func:`send_ports`. Tests install a manual clock
+(:func:`shared.clock.use`) instead of sleeping, and inject a crash by wrapping a port (the
+store, the upstream, a queue), never by patching a private method.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from shared.clock import Clock, utcnow
+from shared.messages import MessageStore, PackStore
+from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
+from shared.outbound._attempt import AttemptGate, Upstream
+from shared.outbound._quota_wait import QuotaWait
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+    from shared.storage import QueueLike
+    from shared.suppressions import SuppressionStore
+
+__all__ = ["SendPolicy", "SendPorts", "reset_send_ports", "send_ports"]
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """The send settings every path follows (read once from the settings)."""
+
+    max_attempts: int
+    validity: dt.timedelta
+    retry_base: float
+    retry_max: float
+    lease: dt.timedelta
+    quota_wait: float
+    #: The longest an upstream call may still take once it starts (the send timeout plus the
+    #: lease margin for clock skew): a claim must have this much left when the call starts.
+    call_seconds: float
+    customer_id: str | None
+    service_id: str | None
+    pack_max_recipients: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SendPolicy:
+        return cls(
+            max_attempts=settings.send_max_attempts,
+            validity=dt.timedelta(seconds=settings.send_validity_seconds),
+            retry_base=settings.send_retry_base_seconds,
+            retry_max=settings.send_retry_max_seconds,
+            lease=dt.timedelta(seconds=settings.send_lease_seconds),
+            quota_wait=settings.send_quota_wait_seconds,
+            call_seconds=settings.send_timeout_seconds + settings.send_lease_margin_seconds,
+            customer_id=settings.customer_id,
+            service_id=settings.service_id,
+            pack_max_recipients=settings.pack_max_recipients,
+        )
+
+
+@dataclass(frozen=True)
+class SendPorts:
+    """What a send path may touch."""
+
+    store: MessageStore
+    packs: PackStore
+    quota_wait: QuotaWait
+    upstream: Upstream
+    outbound: QueueLike
+    dead_letters: QueueLike
+    events: QueueLike
+    clock: Clock
+    policy: SendPolicy
+    suppressions: SuppressionStore | None = field(default=None)
+
+    def now(self) -> dt.datetime:
+        """The ports' clock as an aware UTC datetime."""
+        return utcnow(self.clock)
+
+
+@lru_cache(maxsize=4)
+def send_ports(settings: Settings) -> SendPorts:
+    """The composition root: the ports of ``settings``, built once per settings object (so the
+    HTTP connection pool and the quota store are shared by invocations and threads)."""
+    import httpx
+
+    from shared import clock, quota
+    from shared.smartdialog import SmartDialogClient, auth_from_settings
+    from shared.storage import ensured_queue, queue_client
+    from shared.suppressions import SuppressionStore
+
+    slots = quota.from_settings(settings)
+    gate = AttemptGate(slots)
+    # No client-side retries: every retry is a re-enqueued copy, so no invocation sleeps.
+    client = SmartDialogClient(
+        settings.base_url,
+        auth_from_settings(settings),
+        before_attempt=gate,
+        before_send=gate.before_send,
+        max_retries=0,
+        timeout=httpx.Timeout(
+            settings.send_timeout_seconds, connect=min(5.0, settings.send_timeout_seconds)
+        ),
+    )
+    return SendPorts(
+        store=MessageStore.from_settings(settings),
+        packs=PackStore.from_settings(settings),
+        quota_wait=QuotaWait(slots, settings.send_quota_wait_seconds),
+        upstream=Upstream(client, gate, settings),
+        outbound=queue_client(OUTBOUND_QUEUE, settings),
+        dead_letters=ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE, settings),
+        events=ensured_queue(EVENTS_QUEUE, settings),
+        clock=clock.current(),
+        policy=SendPolicy.from_settings(settings),
+        suppressions=SuppressionStore.from_settings(settings),
+    )
+
+
+def reset_send_ports() -> None:
+    """Forget the built ports (tests change settings between cases)."""
+    send_ports.cache_clear()
