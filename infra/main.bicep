@@ -91,7 +91,7 @@ param smartDialogSendLeaseSeconds string = ''
 @description('SMARTDIALOG_PACK_MAX_RECIPIENTS: most recipients the sender packs into one upstream call (1 to 1000).')
 param smartDialogPackMaxRecipients string = ''
 
-@description('SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: Retry-After of a status URL while the send is pending.')
+@description('SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: the longest Retry-After of a pending status (the answer is the sender estimate: about 1 s while the quota has room).')
 param smartDialogSendStatusRetryAfterSeconds string = ''
 
 @description('SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: lifetime of the credential carried by a status URL.')

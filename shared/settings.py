@@ -75,8 +75,9 @@ class Settings(BaseSettings):
     )
     # At most 1,000: a pack's record (members, recipient ids) must fit in one Table entity.
     pack_max_recipients: int = Field(500, alias="SMARTDIALOG_PACK_MAX_RECIPIENTS", ge=1, le=1000)
+    # The longest Retry-After of a pending status; the answer is the sender's estimate.
     send_status_retry_after_seconds: int = Field(
-        5, alias="SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS", ge=1
+        30, alias="SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS", ge=1
     )
     status_token_ttl_seconds: float = Field(
         2592000.0, alias="SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS", ge=0

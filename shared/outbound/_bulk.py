@@ -50,6 +50,7 @@ from shared.messages import (
 from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY, chunked, joined
 from shared.names import BATCHES_TABLE
 from shared.outbound._models import OutboundMessageAdapter, PackDriver
+from shared.outbound._quota_wait import poll_after
 from shared.outbound._records import new_record, normalize
 from shared.outbound._service import outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
@@ -66,6 +67,8 @@ log = logging.getLogger("shared.outbound.bulk")
 MAX_BULK_RECIPIENTS = 10_000
 BATCH_ROW_KEY = "batch"
 STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
+#: A batch's status is worth polling about this often (a pack goes in about a second).
+BATCH_POLL_SECONDS = 5
 #: A batch still ``accepting`` this long after its request began, with members missing, is
 #: ``incomplete``: that request is over (an HTTP function times out after 230 s).
 INCOMPLETE_AFTER = dt.timedelta(minutes=5)
@@ -281,7 +284,7 @@ class BulkService:
         }
         headers = {
             "Location": url,
-            "Retry-After": str(self.settings.send_status_retry_after_seconds),
+            "Retry-After": str(poll_after(self.settings, BATCH_POLL_SECONDS)),
         }
         return 202, body, headers
 
@@ -553,7 +556,7 @@ class BulkService:
             body["Refused"] = json.loads(batch.get("Refused") or "[]")
         headers = {"Location": url} if pending else {}
         if pending:
-            headers["Retry-After"] = str(self.settings.send_status_retry_after_seconds)
+            headers["Retry-After"] = str(poll_after(self.settings, BATCH_POLL_SECONDS))
         return (202 if pending else 200), body, headers
 
 

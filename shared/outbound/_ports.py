@@ -18,7 +18,7 @@ from shared.clock import Clock, utcnow
 from shared.messages import MessageStore, PackStore
 from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import AttemptGate, Upstream
-from shared.outbound._quota_wait import QuotaWait
+from shared.outbound._quota_wait import QuotaWait, quota_wait
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -87,13 +87,13 @@ def send_ports(settings: Settings) -> SendPorts:
     HTTP connection pool and the quota store are shared by invocations and threads)."""
     import httpx
 
-    from shared import clock, quota
+    from shared import clock
     from shared.smartdialog import SmartDialogClient, auth_from_settings
     from shared.storage import ensured_queue, queue_client
     from shared.suppressions import SuppressionStore
 
-    slots = quota.from_settings(settings)
-    gate = AttemptGate(slots)
+    waits = quota_wait(settings)
+    gate = AttemptGate(waits.quota)
     # No client-side retries: every retry is a re-enqueued copy, so no invocation sleeps.
     client = SmartDialogClient(
         settings.base_url,
@@ -108,7 +108,7 @@ def send_ports(settings: Settings) -> SendPorts:
     return SendPorts(
         store=MessageStore.from_settings(settings),
         packs=PackStore.from_settings(settings),
-        quota_wait=QuotaWait(slots, settings.send_quota_wait_seconds),
+        quota_wait=waits,
         upstream=Upstream(client, gate, settings),
         outbound=queue_client(OUTBOUND_QUEUE, settings),
         dead_letters=ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE, settings),
@@ -122,3 +122,4 @@ def send_ports(settings: Settings) -> SendPorts:
 def reset_send_ports() -> None:
     """Forget the built ports (tests change settings between cases)."""
     send_ports.cache_clear()
+    quota_wait.cache_clear()

@@ -9,8 +9,10 @@ can only defer a call, never admit one).
 
 from __future__ import annotations
 
+import math
 import random
 import threading
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared.clock import Clock, SystemClock
@@ -18,8 +20,9 @@ from shared.clock import Clock, SystemClock
 if TYPE_CHECKING:
     from shared.outbound._attempt import QuotaPort
     from shared.quota import QuotaDenied, QuotaGrant
+    from shared.settings import Settings
 
-__all__ = ["QUOTA_WAIT_JITTER", "QuotaWait"]
+__all__ = ["QUOTA_WAIT_JITTER", "QuotaWait", "poll_after", "quota_wait"]
 
 #: Random extra of an in-process quota wait, so waiting workers do not all retry at once.
 QUOTA_WAIT_JITTER = 0.02
@@ -61,3 +64,18 @@ class QuotaWait:
                 until = self._clock.now() + decision.retry_after
                 self._full_until = max(self._full_until, until)
         return decision, waited
+
+
+@lru_cache(maxsize=4)
+def quota_wait(settings: Settings) -> QuotaWait:
+    """This process's way to the quota of ``settings`` (its senders and its send actions share
+    one, so the actions know what the senders were last told)."""
+    from shared import quota
+
+    return QuotaWait(quota.from_settings(settings), settings.send_quota_wait_seconds)
+
+
+def poll_after(settings: Settings, seconds: float) -> int:
+    """A ``Retry-After`` for a status poll: ``seconds`` rounded up, at least 1 and at most
+    ``SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS``."""
+    return max(1, min(math.ceil(seconds), settings.send_status_retry_after_seconds))

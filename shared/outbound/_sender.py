@@ -408,7 +408,10 @@ class OutboundSender:
         appeared meanwhile (the caller then goes on as for any recorded message)."""
         now = self.ports.now()
         record, slots = new_record(
-            command, now=now, validity=self.ports.policy.validity, status=MessageStatus.QUEUED
+            command,
+            now=now,
+            validity=self.ports.policy.validity,
+            status=MessageStatus.QUEUED,
         )
         stored = self.ports.store.create(record, slots)
         if stored is None:
@@ -432,7 +435,10 @@ class OutboundSender:
         instead of two); None if a record appeared meanwhile."""
         now = self.ports.now()
         record, slots = new_record(
-            command, now=now, validity=self.ports.policy.validity, status=MessageStatus.SENDING
+            command,
+            now=now,
+            validity=self.ports.policy.validity,
+            status=MessageStatus.SENDING,
         )
         if now >= record.valid_until:
             self.ports.store.create(replace(record, status=MessageStatus.QUEUED), slots)
@@ -441,10 +447,15 @@ class OutboundSender:
         return self.ports.store.create(claimed, slots)
 
     def _park(self, command: OutboundMessage) -> None:
-        """Record a packable queue-only message as queued and index it (nothing if it is
-        recorded already, or must be refused: the ordinary path deals with those)."""
+        """On its first quota deferral, make a packable message findable by the next leader
+        that gets a slot: index it, recording it first if it came on the queue unrecorded
+        (nothing for one that must be refused: the ordinary path deals with those). Indexing
+        waits until here because packing only pays when the quota is what holds sends back."""
         assert command.messageId is not None
-        if self.ports.store.get(command.messageId) is not None:
+        found = self.ports.store.get(command.messageId)
+        if found is not None:
+            if not found.status.is_final and found.pack_id is None and found.attempts == 0:
+                self.ports.packs.index([found])  # nothing when it never packs (no pack key)
             return
         if self._suppression(command) is not None:
             return

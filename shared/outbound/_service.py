@@ -53,8 +53,9 @@ __all__ = [
 #: Largest queued send we accept: a Storage queue message holds 64 KiB; we keep headroom for
 #: the sender's retry metadata.
 MAX_QUEUE_MESSAGE_BYTES = 60_000
-#: A record still ``accepted`` this long after its last change lost its enqueue to a crash;
-#: the next status poll (or re-POST) enqueues it again.
+#: A record of the previous release (written before its enqueue) still ``accepted`` this long
+#: after its last change lost its enqueue to a crash; the next status poll or re-POST enqueues
+#: it again. (A bulk member: its pack's driver.)
 STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
 
 
@@ -94,10 +95,14 @@ class SendService:
 
         A repeated request with the same ``Idempotency-Key`` (or, without one, the same body
         ``RequestId``) for the same customer answers as the first did and enqueues nothing,
-        even when the requests arrive at the same time (only the one whose record was created
-        enqueues); the same key with a different request is a 422 problem. The one exception
-        is crash recovery: a record still ``accepted`` ``STUCK_ACCEPTED_AFTER`` after its last
-        change lost its enqueue, and a repeat enqueues it (as a status poll does).
+        even when the requests arrive at the same time; the same key with a different request
+        is a 422 problem.
+
+        The command goes on the queue *before* its record is written, so a record always means
+        its command was queued (nothing to recover after a crash in between: a retry finds no
+        record and goes on; the sender records a command it finds unrecorded). Three storage
+        round trips for an ordinary send: the opt-out check, the enqueue, the record (four
+        with an idempotency key: its claim).
 
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
@@ -110,6 +115,7 @@ class SendService:
         message_id = str(uuid.uuid4())
         key_hash: str | None = None
         replay = False
+        claimed_at: dt.datetime | None = None  # when another request claimed the key
         if key:
             key_hash = idempotency_key_hash(customer, key)
             fingerprint = request_fingerprint(command)
@@ -130,7 +136,7 @@ class SendService:
                         type=ProblemType.CONFLICT,
                         errors=[FieldError("Idempotency-Key", "Already used for another request.")],
                     )
-                message_id, replay = entry.message_id, True
+                message_id, replay, claimed_at = entry.message_id, True, entry.created_at
         try:
             command = normalize(
                 command,
@@ -152,7 +158,18 @@ class SendService:
                 ]
             )
         record = self.store.get(message_id) if replay else None
-        created: MessageRecord | None = None
+        if record is None and claimed_at is not None and now - claimed_at < STUCK_ACCEPTED_AFTER:
+            # The request that claimed the key is on its way (or died a moment ago): it enqueues,
+            # so concurrent and repeated POSTs enqueue once. Past that, it died before its record
+            # was written: this one goes on (its command may be queued already: the sender then
+            # records whichever comes first, and only one goes).
+            pending, _ = new_record(
+                command,
+                now=claimed_at,
+                validity=dt.timedelta(seconds=self.settings.send_validity_seconds),
+                status=MessageStatus.QUEUED,
+            )
+            return self._pending(pending, status=202)
         if record is None:
             try:
                 self._refuse_suppressed(command)
@@ -160,26 +177,28 @@ class SendService:
                 if key_hash is not None and not replay:
                     self.idempotency.release(key_hash, message_id)
                 raise
+            outbound_queue(self.settings).send_message(text)
             fresh, slots = new_record(
                 command,
                 now=now,
                 validity=dt.timedelta(seconds=self.settings.send_validity_seconds),
-                status=MessageStatus.ACCEPTED,
+                status=MessageStatus.QUEUED,  # its command is on the queue already
                 idempotency_key_hash=key_hash,
             )
-            created = self.store.create(fresh, slots)
-            if created is not None and created.pack_key is not None:
-                self.packs.index([created])  # before it is queued: any leader may pack it
-            record = created or self.store.get(message_id)
-            assert record is not None
-        if record.status is MessageStatus.ACCEPTED and (
-            created is not None or self._clock() - record.updated_at >= STUCK_ACCEPTED_AFTER
-        ):
-            # Only the request that created the record enqueues it. A replay (or a concurrent
-            # twin that lost the create) enqueues only a record left ``accepted`` by a crash
-            # between recording and enqueueing, as a status poll does.
+            record = self.store.create(fresh, slots) or self.store.get(message_id)
+            assert record is not None, "a record that exists cannot vanish"
+        elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self._pending(record, status=202)
+
+    def _lost_its_enqueue(self, record: MessageRecord) -> bool:
+        """Whether ``record`` may have lost its queue message: still ``accepted`` (a bulk member,
+        whose pack may lack a driver, or a record of the previous release, which wrote records
+        before their commands) ``STUCK_ACCEPTED_AFTER`` after its last change. A single send is
+        recorded ``queued``, after its command went on the queue."""
+        if record.status is not MessageStatus.ACCEPTED:
+            return False
+        return self._clock() - record.updated_at >= STUCK_ACCEPTED_AFTER
 
     def _refuse_suppressed(self, command: OutboundMessage) -> None:
         """422 if a recipient of a normalized, non-transactional command opted out."""
@@ -197,10 +216,10 @@ class SendService:
         )
 
     def _enqueue(self, record: MessageRecord) -> MessageRecord:
-        """Put the record's command on the queue, then mark it queued (a lost race is fine:
-        the sender may already have claimed it). A bulk member stays ``accepted`` until its
-        pack's driver claims it and has no queue message of its own: its pack's driver goes
-        on the queue instead (a driver twice is harmless)."""
+        """Put a record that may have lost its queue message back on the queue, then mark it
+        queued (a lost race is fine: the sender may already have claimed it). A bulk member
+        stays ``accepted`` until its pack's driver claims it and has no queue message of its
+        own: its pack's driver goes on the queue instead (a driver twice is harmless)."""
         if record.batch_id is not None and record.pack_id is not None:
             from shared.outbound._models import PackDriver
 
@@ -235,9 +254,7 @@ class SendService:
         record, slots = self.store.get_with_slots(message_id)
         if record is None:
             raise _not_found(message_id)
-        if record.status is MessageStatus.ACCEPTED and (
-            self._clock() - record.updated_at >= STUCK_ACCEPTED_AFTER
-        ):
+        if self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self.view(record, slots)
 
@@ -273,11 +290,20 @@ class SendService:
             body["LastError"] = record.last_error.model_dump(exclude_none=True)
         url = self.status_url(record.message_id)
         body["StatusUrl"] = url
-        headers = {
-            "Location": url,
-            "Retry-After": str(self.settings.send_status_retry_after_seconds),
-        }
+        headers = {"Location": url, "Retry-After": str(self._retry_after(record))}
         return StatusView(status, {k: v for k, v in body.items() if v is not None}, headers)
+
+    def _retry_after(self, record: MessageRecord) -> int:
+        """When a poller should look again: the sender's estimate of when this message is
+        done. About a second while the quota has room (a send usually takes well under one);
+        the end of a retry's backoff; or when this process's senders were told a slot frees."""
+        from shared.outbound._quota_wait import poll_after, quota_wait
+
+        if record.next_attempt_at is not None:
+            wait = (record.next_attempt_at - self._clock()).total_seconds()
+        else:
+            wait = quota_wait(self.settings).hint()
+        return poll_after(self.settings, wait)
 
     def _failed(self, record: MessageRecord) -> StatusView:
         failure = record.failure

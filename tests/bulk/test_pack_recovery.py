@@ -10,7 +10,7 @@ import pytest
 from shared.clock import ManualClock
 from shared.messages import MessageStatus, MessageStore, PackStore
 from shared.outbound._attempt import Upstream
-from tests.bulk.test_packing import NUMBERS, accept, record
+from tests.bulk.test_packing import NUMBERS, accept, park, record, waiting_for_a_slot
 from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import ERROR, TEMPORARY, Outbound
 
@@ -19,8 +19,10 @@ def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_p
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
 
+    waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
+    park(outbound)
     crash_once(monkeypatch, Upstream, "send", "worker died before the call left")
     with pytest.raises(RuntimeError):
         outbound.invoke(texts[0])
@@ -28,7 +30,10 @@ def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_p
     assert pack_id is not None
     pack = PackStore.from_settings().get(pack_id)
     assert pack is not None
-    assert [m.message_id for m in pack.members] == ids
+    assert pack.members[0].message_id == ids[0]  # the leader first, the others as indexed
+    assert sorted(m.message_id for m in pack.members) == sorted(ids)
+    ids = [m.message_id for m in pack.members]
+    texts = [record(i).command for i in ids]
     assert {record(i).pack_id for i in ids} == {pack_id}
     assert outbound.upstream() == []
     manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
@@ -49,7 +54,9 @@ def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_p
     calls = outbound.upstream()
     assert [c["status"] for c in calls] == [200]
     assert calls[0]["body"]["RequestId"] == pack_id  # the recorded pack, not a new one
-    assert sorted(r["Address"] for r in calls[0]["body"]["Recipients"]) == NUMBERS[1:3]
+    assert sorted(r["Address"] for r in calls[0]["body"]["Recipients"]) == sorted(
+        a for m in pack.members[1:] for a in m.addresses
+    )
     assert [record(i).status for i in ids[1:]] == [MessageStatus.SENT] * 2
     outbound.drain()  # the remaining copies find their records final
     assert len(outbound.upstream()) == 1
@@ -58,6 +65,7 @@ def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_p
 def test_a_pack_backs_off_after_503s_and_retries_with_the_same_request_id(
     outbound: Outbound,
 ) -> None:
+    waiting_for_a_slot(outbound)
     outbound.configure(SEND_RETRY_BASE_SECONDS=1.0, SEND_RETRY_MAX_SECONDS=1.0)
     ids = accept(NUMBERS[0], TEMPORARY, NUMBERS[1])
 
@@ -80,6 +88,7 @@ def test_a_pack_backs_off_after_503s_and_retries_with_the_same_request_id(
 def test_a_pack_that_keeps_getting_500_backs_off_and_every_member_fails_after_the_last_attempt(
     outbound: Outbound,
 ) -> None:
+    waiting_for_a_slot(outbound)
     outbound.configure(SEND_RETRY_BASE_SECONDS=0.5, SEND_RETRY_MAX_SECONDS=2.0, SEND_MAX_ATTEMPTS=3)
     ids = accept(NUMBERS[0], ERROR, NUMBERS[1])
 

@@ -114,6 +114,24 @@ def test_discussion_replies_and_repeated_addresses_never_pack() -> None:
 # --- the sender against Azurite and the sandbox ------------------------------------------------
 
 
+def waiting_for_a_slot(outbound: Outbound) -> None:
+    """Use up the quota (one call in 2 s, no in-process wait): sends accepted now wait for a
+    slot, and packs form while they wait (the quota is the batching window; with room, each
+    send goes at once, alone)."""
+    from shared import quota
+    from shared.settings import get_settings
+
+    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=2, SEND_QUOTA_WAIT_SECONDS=0)
+    quota.from_settings(get_settings()).try_acquire()  # denied too is fine: it is full
+
+
+def park(outbound: Outbound) -> None:
+    """Let every queued send meet the full quota once (deferred and indexed), then wait in the
+    invocation for a slot from now on."""
+    outbound.run_once()
+    outbound.configure(SEND_QUOTA_WAIT_SECONDS=3)
+
+
 def accept(*addresses: str, content: str = "Hello $(name)") -> list[str]:
     """POST one SendMessage per address; their message ids."""
     ids = []
@@ -133,6 +151,7 @@ def record(message_id: str) -> MessageRecord:
 def test_single_sends_queued_together_go_upstream_in_one_call_each_with_its_own_result(
     outbound: Outbound,
 ) -> None:
+    waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:5])
 
     outbound.drain()
@@ -170,6 +189,7 @@ def status_url(message_id: str) -> str:
 
 
 def test_different_contents_are_never_packed_together(outbound: Outbound) -> None:
+    waiting_for_a_slot(outbound)
     accept(NUMBERS[0], NUMBERS[1], content="One $(name)")
     accept(NUMBERS[2], content="Two $(name)")
 
@@ -180,6 +200,7 @@ def test_different_contents_are_never_packed_together(outbound: Outbound) -> Non
 
 
 def test_pack_size_is_capped_by_the_setting(outbound: Outbound) -> None:
+    waiting_for_a_slot(outbound)
     outbound.configure(PACK_MAX_RECIPIENTS=3)
     accept(*NUMBERS[:7])
 
@@ -193,6 +214,7 @@ def test_pack_size_is_capped_by_the_setting(outbound: Outbound) -> None:
 def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
     outbound: Outbound,
 ) -> None:
+    waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
     outbound.drain()
     deadline = time.monotonic() + 5
@@ -220,9 +242,10 @@ def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
 def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twice(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-
+    waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
+    park(outbound)
     crash_once(
         monkeypatch, PackStore, "save", "worker died after upstream accepted the pack",
         when=lambda pack: bool(pack.recipient_ids),
@@ -248,6 +271,7 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
 def test_a_member_upstream_rejects_fails_alone_and_the_rest_go_in_a_new_pack(
     outbound: Outbound,
 ) -> None:
+    waiting_for_a_slot(outbound)
     ids = accept(NUMBERS[0], REJECTED, NUMBERS[1])
 
     outbound.drain()
@@ -263,6 +287,7 @@ def test_a_member_upstream_rejects_fails_alone_and_the_rest_go_in_a_new_pack(
 
 
 def test_a_cancelled_member_stays_out_and_the_others_are_sent(outbound: Outbound) -> None:
+    waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
     cancelled = call_http("CancelMessage", "DELETE", route_params={"MessageId": ids[1]})
     assert cancelled.status == 200

@@ -3,13 +3,15 @@ Azurite and the sandbox, through the app's real HTTP and queue-trigger functions
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import threading
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from shared.clock import ManualClock
-from shared.messages import MessageStatus, MessageStore, idempotency_key_hash
+from shared.clock import ManualClock, utcnow
+from shared.messages import MessageRecord, MessageStatus, MessageStore, idempotency_key_hash
 from shared.settings import get_settings
 from tests.crash import crash_once
 from tests.outbound.conftest import (
@@ -222,36 +224,67 @@ def test_reply_discussion_and_whatsapp_template_sends_reach_upstream(outbound: O
     assert camel.body["recipients"][0]["status"] == "sent"
 
 
-def test_a_record_left_accepted_by_a_crash_is_enqueued_when_the_caller_retries(
+def test_a_send_whose_enqueue_died_is_enqueued_once_when_the_caller_retries_later(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
     from shared.outbound import _service
 
     queue = _service.outbound_queue(get_settings())
-    crash_once(monkeypatch, queue, "send_message", "died between recording and enqueueing")
+    crash_once(monkeypatch, queue, "send_message", "the request died at its enqueue")
+    key = idempotency_key_hash(CUSTOMER, "crash-1")
+
+    def recorded() -> list[MessageRecord]:
+        return [r for r in _records(MessageStore.from_settings()) if r.idempotency_key_hash == key]
+
     failed = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
     assert failed.status == 500
-    store = MessageStore.from_settings()
-    key = idempotency_key_hash(CUSTOMER, "crash-1")
-    stuck = [r for r in _records(store) if r.idempotency_key_hash == key]
-    assert [r.status for r in stuck] == [MessageStatus.ACCEPTED]
+    assert recorded() == []  # a record only after its enqueue
     assert outbound.queued() == 0
 
-    # A retry right away enqueues nothing: a record that new may be its creator's, mid-enqueue.
+    # A retry right away enqueues nothing: the request that claimed the key may be mid-enqueue.
     early = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
     assert early.status == 202
-    assert early.body["Id"] == stuck[0].message_id
     assert outbound.queued() == 0
 
-    # Once it has been accepted for STUCK_ACCEPTED_AFTER, the enqueue was lost: the caller's
-    # retry enqueues the same record, exactly once.
+    # STUCK_ACCEPTED_AFTER later that request is surely over: the retry enqueues and records the
+    # same message, exactly once.
     manual_clock.advance(_service.STUCK_ACCEPTED_AFTER.total_seconds())
     again = post(sms(DELIVERED), **{"Idempotency-Key": "crash-1"})
     assert again.status == 202
-    assert again.body["Id"] == stuck[0].message_id
+    assert again.body["Id"] == early.body["Id"]
     assert outbound.queued() == 1
+    [stored] = recorded()
+    assert stored.message_id == early.body["Id"]
     outbound.drain()
     assert len(outbound.upstream()) == 1
+
+
+def test_an_accepted_record_of_the_previous_release_is_enqueued_by_a_status_poll(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    # The previous release wrote the record (accepted) before enqueueing; a crash in between
+    # left it accepted with nothing queued. Its status poll recovers it.
+    from shared.outbound import _service, new_record, normalize, parse_outbound_message
+
+    command = normalize(
+        parse_outbound_message(json.dumps({"operation": "SendMessage", "body": sms(DELIVERED)})),
+        message_id="m-old-accepted",
+        customer_id=CUSTOMER,
+        service_id="s-1001-oneway",
+    )
+    record, slots = new_record(
+        command, now=utcnow(), validity=dt.timedelta(days=1), status=MessageStatus.ACCEPTED
+    )
+    assert MessageStore.from_settings().create(record, slots) is not None
+    location = _service.SendService(get_settings()).status_url("m-old-accepted")
+    assert status_of(location).status == 202
+    assert outbound.queued() == 0  # too early to tell a lost enqueue from a slow one
+
+    manual_clock.advance(_service.STUCK_ACCEPTED_AFTER.total_seconds())
+    assert status_of(location).status == 202
+    assert outbound.queued() == 1
+    outbound.drain()
+    assert status_of(location).status == 200
 
 
 def _records(store: MessageStore) -> list:  # type: ignore[type-arg]
