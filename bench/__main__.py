@@ -48,6 +48,7 @@ FIGURES: list[tuple[str, str]] = [
     ("quota", "bench.quota_e2e:measure"),
     ("bulk", "bench.bulk:measure"),
     ("storage ops", "bench.storage_ops:measure"),
+    ("quota at the real rate", "bench.quota_real:measure"),
 ]
 
 

@@ -147,10 +147,15 @@ def run_quota_benchmark(
     timeout: float = 180.0,
     azurite_connection_string: str | None = None,
     sandbox_in_process: bool = True,
+    per_receive: int = 4,
+    distinct_content: bool = False,
 ) -> dict[str, Any]:
     """Drain a backlog of ``messages`` sends with ``workers`` concurrent senders; the figures.
 
-    Starts (and stops) its own sandbox, and its own Azurite unless a connection string is given.
+    Each worker receives up to ``per_receive`` messages at a time. All sends go to one address,
+    so no two share a call; ``distinct_content`` gives each its own text too. Starts (and
+    stops) its own sandbox, and its own Azurite unless a connection string is given.
+    ``call_times`` are the sandbox's times of every POST /messages, sorted.
     """
     import azure.functions as func  # noqa: F401 - the app imports it anyway
     from azure.functions.queue import QueueMessage
@@ -183,13 +188,15 @@ def run_quota_benchmark(
             fresh_queues()
             outbound = queue_client(OUTBOUND_QUEUE)
             ids = [f"bench-{run}-{i:05d}" for i in range(messages)]
-            for message_id in ids:
+            for i, message_id in enumerate(ids):
                 body = {
                     "operation": "SendMessage",
                     "messageId": message_id,
                     "body": {
                         "Sender": "Bench",
-                        "Content": "Quota benchmark $(n)",
+                        "Content": f"Quota benchmark {i} $(n)"
+                        if distinct_content
+                        else "Quota benchmark $(n)",
                         "Recipients": [{"Address": DELIVERED, "Personalization": {"n": 1}}],
                     },
                 }
@@ -206,7 +213,9 @@ def run_quota_benchmark(
                     # Small batches: a held message must be done before its visibility ends.
                     batch = list(
                         queue.receive_messages(
-                            messages_per_page=4, max_messages=4, visibility_timeout=60
+                            messages_per_page=per_receive,
+                            max_messages=per_receive,
+                            visibility_timeout=60,
                         )
                     )
                     if not batch:
@@ -282,6 +291,7 @@ def run_quota_benchmark(
                 "worker_errors": len(errors),
                 "first_errors": errors[:3],
                 "calls_per_period": _histogram(times, quota_period + safety_margin),
+                "call_times": sorted(times),
             }
     finally:
         sandbox.stop()
@@ -318,4 +328,6 @@ def measure() -> list[FigureRow]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run_quota_benchmark(), indent=2))
+    figures = run_quota_benchmark()
+    figures.pop("call_times")
+    print(json.dumps(figures, indent=2))
