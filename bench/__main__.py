@@ -47,6 +47,8 @@ FIGURES: list[tuple[str, str]] = [
     ("webhook ingest", "bench.webhook_ingest:measure"),
     ("quota", "bench.quota_e2e:measure"),
     ("bulk", "bench.bulk:measure"),
+    ("storage ops", "bench.storage_ops:measure"),
+    ("quota at the real rate", "bench.quota_real:measure"),
 ]
 
 

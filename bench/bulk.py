@@ -19,17 +19,24 @@ Run it alone with ``python -m bench.bulk``; ``measure()`` gives the rows of ``ma
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.quota_e2e import _environment, _parse_time, max_in_window
+from bench._app import (
+    accepted_upstream,
+    app_settings,
+    environment,
+    fresh_queues,
+    functions,
+    post,
+    run_host_until,
+)
+from bench.quota_e2e import _parse_time, max_in_window
 
 if TYPE_CHECKING:
     from bench.__main__ import FigureRow
@@ -40,34 +47,12 @@ __all__ = ["measure", "run_bulk_benchmark"]
 #: minutes (the bulk request ~1 minute; the single sends the rest, stopped at the timeout:
 #: storage, not the quota, is their bottleneck); BENCH_BULK_RECIPIENTS runs a smaller one.
 RECIPIENTS = int(os.environ.get("BENCH_BULK_RECIPIENTS") or 5_000)
-REPO = Path(__file__).resolve().parent.parent
 QUOTA_CALLS = 100
 QUOTA_PERIOD = 60.0
 
 
 def _numbers(run: int, count: int) -> list[str]:
     return [f"+3584{run}{i:07d}" for i in range(count)]
-
-
-@functools.cache
-def _functions() -> dict[str, Any]:
-    from devhost import app_functions
-    from function_app import app
-
-    return {str(f.get_function_name()): f.get_user_function() for f in app_functions(app)}
-
-
-def _http(name: str, body: Any) -> Any:
-    import azure.functions as func
-
-    function = _functions()[name]
-    request = func.HttpRequest(
-        method="POST", url=f"http://localhost:7071/api/{name}", headers={},
-        params={}, route_params={}, body=json.dumps(body).encode(),
-    )  # fmt: skip
-    response = function(request)
-    assert response.status_code == 202, response.get_body()[:300]
-    return json.loads(response.get_body())
 
 
 def _batch_counts(status_url: str) -> dict[str, int]:
@@ -82,32 +67,13 @@ def _batch_counts(status_url: str) -> dict[str, int]:
         method="GET", url=status_url, headers={}, params=dict(parse_qsl(parts.query)),
         route_params={"BatchId": batch_id}, body=b"",
     )  # fmt: skip
-    response = _functions()["GetBulkStatus"](request)
+    response = functions()["GetBulkStatus"](request)
     return dict(json.loads(response.get_body()).get("Counts") or {})
 
 
 def _drain(sandbox: Any, expected: set[str], timeout: float) -> float:
-    """Run the app's queue triggers under the dev host (the host's queue semantics from
-    host.json: batches of 16, a new batch when 8 are left, polling backoff up to 2 s, sync
-    functions on PYTHON_THREADPOOL_THREAD_COUNT threads) until every expected address was
-    accepted upstream; when that was (``time.monotonic()``)."""
-    from devhost import DevHost
-    from function_app import app
-
-    host = DevHost(app, REPO / "host.json", port=0, access_log_enabled=False)
-    host.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            accepted = {
-                r["address"] for m in sandbox.state.snapshot("messages") for r in m["recipients"]
-            }
-            if expected <= accepted:
-                break
-            time.sleep(0.5)
-        return time.monotonic()
-    finally:
-        host.stop(grace=60)
+    """The dev host runs until every expected address was accepted upstream; when that was."""
+    return run_host_until(lambda: expected <= accepted_upstream(sandbox), timeout)
 
 
 def _figures(sandbox: Any, addresses: list[str], since: float) -> dict[str, Any]:
@@ -141,34 +107,20 @@ def run_bulk_benchmark(
     """Both runs (or those in ``runs``); their figures."""
     from devhost.azurite import start_azurite
     from sandbox.server import SandboxServer
-    from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 
     azurite = start_azurite()
     sandbox = SandboxServer(quota_calls=QUOTA_CALLS, quota_period=QUOTA_PERIOD, dlr_delay=3600)
     sandbox.start()
     env = {
-        "AzureWebJobsStorage": azurite.connection_string,
-        "SMARTDIALOG_BASE_URL": sandbox.api_url,
-        "SMARTDIALOG_ACCESS_TOKEN": sandbox.token,
-        "SMARTDIALOG_CUSTOMER_ID": "1001",
-        "SMARTDIALOG_SERVICE_ID": "s-1001-oneway",
-        "SMARTDIALOG_CALLBACK_SECRETS": "bench-secret",
+        **app_settings(azurite.connection_string, sandbox),
         "SMARTDIALOG_QUOTA_CALLS": str(QUOTA_CALLS),
         "SMARTDIALOG_QUOTA_PERIOD_SECONDS": str(QUOTA_PERIOD),
     }
     results: dict[str, Any] = {"recipients": recipients}
     template = {"Sender": "Bench", "Content": f"Bulk {uuid.uuid4().hex[:6]} for $(name)"}
     try:
-        with _environment(env):
-            import contextlib
-
-            from shared.storage import queue_client
-
-            for name in (OUTBOUND_QUEUE, EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE):
-                queue = queue_client(name)
-                with contextlib.suppress(Exception):
-                    queue.create_queue()
-                queue.clear_messages()
+        with environment(env):
+            fresh_queues()
 
             # 1. one bulk request
             if "bulk" in runs:
@@ -177,7 +129,7 @@ def run_bulk_benchmark(
                 started = time.monotonic()
                 rows = [{"Address": a, "Personalization": {"name": f"r{i}"}}
                         for i, a in enumerate(addresses)]  # fmt: skip
-                batch = _http("SendBulkMessages", {**template, "Recipients": rows})
+                batch = post("SendBulkMessages", {**template, "Recipients": rows})
                 submitted = time.monotonic() - started
                 done_at = _drain(sandbox, set(addresses), timeout)
                 # What GetBulkStatus says once the host has stopped (its runs finished).
@@ -197,7 +149,7 @@ def run_bulk_benchmark(
                 since = time.time()
                 started = time.monotonic()
                 with ThreadPoolExecutor(16) as pool:
-                    list(pool.map(lambda item: _http("SendMessage", {**template, "Recipients": [
+                    list(pool.map(lambda item: post("SendMessage", {**template, "Recipients": [
                         {"Address": item[1], "Personalization": {"name": f"r{item[0]}"}}]}),
                         enumerate(addresses)))  # fmt: skip
                 submitted = time.monotonic() - started

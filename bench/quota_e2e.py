@@ -33,13 +33,14 @@ import bisect
 import contextlib
 import datetime as dt
 import json
-import os
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from bench._app import app_settings, environment, fresh_queues, functions
 
 if TYPE_CHECKING:
     from bench.__main__ import FigureRow
@@ -56,27 +57,6 @@ def max_in_window(times: Sequence[float], window: float) -> int:
     for i, start in enumerate(ordered):
         best = max(best, bisect.bisect_left(ordered, start + window) - i)
     return best
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    from shared.outbound import reset_sender_cache
-    from shared.settings import reset_settings_cache
-
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    reset_settings_cache()
-    reset_sender_cache()
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_settings_cache()
-        reset_sender_cache()
 
 
 def _histogram(times: Sequence[float], width: float) -> list[int]:
@@ -167,16 +147,21 @@ def run_quota_benchmark(
     timeout: float = 180.0,
     azurite_connection_string: str | None = None,
     sandbox_in_process: bool = True,
+    per_receive: int = 4,
+    distinct_content: bool = False,
 ) -> dict[str, Any]:
     """Drain a backlog of ``messages`` sends with ``workers`` concurrent senders; the figures.
 
-    Starts (and stops) its own sandbox, and its own Azurite unless a connection string is given.
+    Each worker receives up to ``per_receive`` messages at a time. All sends go to one address,
+    so no two share a call; ``distinct_content`` gives each its own text too. Starts (and
+    stops) its own sandbox, and its own Azurite unless a connection string is given.
+    ``call_times`` are the sandbox's times of every POST /messages, sorted.
     """
     import azure.functions as func  # noqa: F401 - the app imports it anyway
     from azure.functions.queue import QueueMessage
 
     from devhost.azurite import start_azurite
-    from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
+    from shared.names import OUTBOUND_QUEUE
 
     azurite = None
     if azurite_connection_string is None:
@@ -189,42 +174,29 @@ def run_quota_benchmark(
     )
     run = uuid.uuid4().hex[:8]
     env = {
-        "AzureWebJobsStorage": azurite_connection_string,
-        "SMARTDIALOG_BASE_URL": sandbox.api_url,
-        "SMARTDIALOG_ACCESS_TOKEN": sandbox.token,
-        "SMARTDIALOG_CUSTOMER_ID": "1001",
-        "SMARTDIALOG_SERVICE_ID": "s-1001-oneway",
-        "SMARTDIALOG_CALLBACK_SECRETS": "bench-secret",
+        **app_settings(azurite_connection_string, sandbox),
         "SMARTDIALOG_QUOTA_CALLS": str(quota_calls),
         "SMARTDIALOG_QUOTA_PERIOD_SECONDS": str(quota_period),
         "SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS": str(safety_margin),
         "SMARTDIALOG_SEND_RETRY_BASE_SECONDS": "1",
     }
     try:
-        with _environment(env):
-            from devhost import app_functions
-            from function_app import app
+        with environment(env):
             from shared.storage import queue_client
 
-            sender = next(
-                f.get_user_function()
-                for f in app_functions(app)
-                if f.get_function_name() == "OutboundSender"
-            )
-            for name in (OUTBOUND_QUEUE, EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE):
-                queue = queue_client(name)
-                with contextlib.suppress(Exception):
-                    queue.create_queue()
-                queue.clear_messages()
+            sender = functions()["OutboundSender"]
+            fresh_queues()
             outbound = queue_client(OUTBOUND_QUEUE)
             ids = [f"bench-{run}-{i:05d}" for i in range(messages)]
-            for message_id in ids:
+            for i, message_id in enumerate(ids):
                 body = {
                     "operation": "SendMessage",
                     "messageId": message_id,
                     "body": {
                         "Sender": "Bench",
-                        "Content": "Quota benchmark $(n)",
+                        "Content": f"Quota benchmark {i} $(n)"
+                        if distinct_content
+                        else "Quota benchmark $(n)",
                         "Recipients": [{"Address": DELIVERED, "Personalization": {"n": 1}}],
                     },
                 }
@@ -241,7 +213,9 @@ def run_quota_benchmark(
                     # Small batches: a held message must be done before its visibility ends.
                     batch = list(
                         queue.receive_messages(
-                            messages_per_page=4, max_messages=4, visibility_timeout=60
+                            messages_per_page=per_receive,
+                            max_messages=per_receive,
+                            visibility_timeout=60,
                         )
                     )
                     if not batch:
@@ -317,6 +291,7 @@ def run_quota_benchmark(
                 "worker_errors": len(errors),
                 "first_errors": errors[:3],
                 "calls_per_period": _histogram(times, quota_period + safety_margin),
+                "call_times": sorted(times),
             }
     finally:
         sandbox.stop()
@@ -353,4 +328,6 @@ def measure() -> list[FigureRow]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run_quota_benchmark(), indent=2))
+    figures = run_quota_benchmark()
+    figures.pop("call_times")
+    print(json.dumps(figures, indent=2))

@@ -5,23 +5,32 @@ real account's. In Azure the app uses identity-based settings
 (``AzureWebJobsStorage__accountName`` or the service URIs, and ``__clientId`` for a
 user-assigned identity) and authenticates with ``DefaultAzureCredential``. The Azure
 SDKs are imported here, on first use, never when ``function_app`` is imported.
+
+Benchmarks count the storage round trips of this process with :func:`count_round_trips`
+(off by default; then the clients' transport is the plain one and nothing is counted).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import enum
 import hashlib
 import re
 import threading
+from collections import Counter
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
     from azure.storage.queue import QueueClient, QueueServiceClient
+
+
+_Service = Literal["table", "queue"]
 
 
 class StorageNotConfigured(RuntimeError):
@@ -46,7 +55,7 @@ def _service_uri(settings: Settings, kind: str) -> str:
     )
 
 
-def _transport_options(endpoint: str) -> dict[str, Any]:
+def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
     """Client options that spare every storage request the ``requests`` environment lookups.
 
     By default azure-core's ``requests`` session trusts the environment on *every* request:
@@ -58,7 +67,8 @@ def _transport_options(endpoint: str) -> dict[str, Any]:
     to the transport, so proxy and CA settings still work, but a change to them after start-up
     needs a restart (the clients are cached per process). ``.netrc`` is no longer consulted:
     every request is signed by the SDK, and a netrc entry would only replace its
-    ``Authorization`` header.
+    ``Authorization`` header. ``service`` (``"table"`` or ``"queue"``) tells a counting
+    transport (:func:`count_round_trips`) how to read the requests.
     """
     import os
 
@@ -69,7 +79,11 @@ def _transport_options(endpoint: str) -> dict[str, Any]:
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if ca_bundle:
         transport_options["connection_verify"] = ca_bundle
-    options: dict[str, Any] = {"transport": RequestsTransport(**transport_options)}
+    counter = _round_trips
+    transport = RequestsTransport(**transport_options)
+    if counter is not None:
+        transport = _counting_transport(service, counter, transport)
+    options: dict[str, Any] = {"transport": transport}
     proxies = get_environ_proxies(endpoint)
     if proxies:
         options["proxies"] = proxies
@@ -116,10 +130,12 @@ def _queue_service(settings: Settings) -> QueueServiceClient:
     conn = _connection_string(settings)
     if conn:
         return QueueServiceClient.from_connection_string(
-            conn, **_transport_options(_endpoint(conn, "queue"))
+            conn, **_transport_options(_endpoint(conn, "queue"), "queue")
         )
     uri = _service_uri(settings, "queue")
-    return QueueServiceClient(uri, credential=_credential(settings), **_transport_options(uri))
+    return QueueServiceClient(
+        uri, credential=_credential(settings), **_transport_options(uri, "queue")
+    )
 
 
 def table_service(settings: Settings | None = None) -> TableServiceClient:
@@ -135,11 +151,11 @@ def _table_service(settings: Settings) -> TableServiceClient:
     conn = _connection_string(settings)
     if conn:
         return TableServiceClient.from_connection_string(
-            conn, **_transport_options(_endpoint(conn, "table"))
+            conn, **_transport_options(_endpoint(conn, "table"), "table")
         )
     uri = _service_uri(settings, "table")
     return TableServiceClient(
-        endpoint=uri, credential=_credential(settings), **_transport_options(uri)
+        endpoint=uri, credential=_credential(settings), **_transport_options(uri, "table")
     )
 
 
@@ -151,6 +167,155 @@ def queue_client(name: str, settings: Settings | None = None) -> QueueClient:
 def table_client(name: str, settings: Settings | None = None) -> TableClient:
     """A client for one table."""
     return table_service(settings).get_table_client(name)
+
+
+# --- counting round trips (benchmarks) ----------------------------------------------------
+
+
+class StorageOp(enum.StrEnum):
+    """What one storage HTTP round trip did."""
+
+    TABLE_READ = "table read"  # one entity, by its keys
+    TABLE_QUERY = "table query"  # one page of a filter (or of a whole table)
+    TABLE_WRITE = "table write"  # create, update, upsert or delete one entity
+    TABLE_TRANSACTION = "table transaction"  # up to 100 entity writes in one partition
+    TABLE_ADMIN = "table admin"  # create, delete or list tables
+    QUEUE_PUT = "queue put"
+    QUEUE_GET = "queue get"  # receive: the messages become invisible
+    QUEUE_PEEK = "queue peek"
+    QUEUE_DELETE = "queue delete"  # one message
+    QUEUE_UPDATE = "queue update"  # one message's visibility (or content)
+    QUEUE_ADMIN = "queue admin"  # create, clear, properties of a queue; list queues
+
+
+class RoundTrips:
+    """The storage HTTP round trips of this process, by operation and table or queue name.
+
+    Every request the transport sends counts once, whatever its answer (a refused
+    compare-and-swap, a retry and a 404 are round trips too); those answered with an error
+    status are also counted in :meth:`refused`. The name is ``""`` where the request names no
+    table or queue (table admin, listing queues).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[StorageOp, str]] = Counter()
+        self._refused: Counter[tuple[StorageOp, str]] = Counter()
+
+    def add(self, op: StorageOp, name: str) -> None:
+        """Count one round trip."""
+        with self._lock:
+            self._counts[op, name] += 1
+
+    def add_refused(self, op: StorageOp, name: str) -> None:
+        """Count one round trip (already added) as answered with a 4xx or 5xx status."""
+        with self._lock:
+            self._refused[op, name] += 1
+
+    def snapshot(self) -> Counter[tuple[StorageOp, str]]:
+        """A copy of the counts so far; subtract two for what happened in between."""
+        with self._lock:
+            return self._counts.copy()
+
+    def refused(self) -> Counter[tuple[StorageOp, str]]:
+        """A copy of the counts of round trips answered 4xx or 5xx so far (a lost
+        compare-and-swap is a 412 or 409, an absent entity a 404). A transaction's own status
+        is 202 even when a change in it was refused."""
+        with self._lock:
+            return self._refused.copy()
+
+
+_round_trips: RoundTrips | None = None
+
+
+def count_round_trips() -> RoundTrips:
+    """Count this process's storage round trips from now on (the same counter on every call).
+
+    Only clients built afterwards count: the ones cached here are rebuilt, but a client that
+    something already holds keeps its plain transport, so call this before the app builds any.
+    """
+    global _round_trips
+    if _round_trips is None:
+        _round_trips = RoundTrips()
+        _queue_service.cache_clear()
+        _table_service.cache_clear()
+    return _round_trips
+
+
+def _table_op(request: Any) -> tuple[StorageOp, str]:
+    """The operation and table of a Table service request (``Name(keys)``, ``Name()``,
+    ``Name``, ``Tables...`` or ``$batch`` as the last path segment)."""
+    method = str(request.method).upper()
+    last = urlsplit(request.url).path.rstrip("/").rsplit("/", 1)[-1]
+    name, paren, keys = last.partition("(")
+    if last == "$batch":
+        return StorageOp.TABLE_TRANSACTION, _transaction_table(request)
+    if name == "Tables":
+        return StorageOp.TABLE_ADMIN, ""
+    if method == "GET":
+        return (StorageOp.TABLE_READ if paren and keys != ")" else StorageOp.TABLE_QUERY), name
+    return StorageOp.TABLE_WRITE, name
+
+
+def _transaction_table(request: Any) -> str:
+    """The table of a ``$batch``: its URL names none, its first change does."""
+    try:
+        changeset = request.multipart_mixed_info[0][0]
+        return _table_op(changeset.multipart_mixed_info[0][0])[1]
+    except (AttributeError, IndexError, TypeError):
+        return ""
+
+
+def _queue_op(request: Any) -> tuple[StorageOp, str]:
+    """The operation and queue of a Queue service request (``.../<queue>/messages[/<id>]``)."""
+    method = str(request.method).upper()
+    url = urlsplit(request.url)
+    parts = url.path.strip("/").split("/")
+    if len(parts) >= 2 and parts[-1] == "messages":
+        queue = parts[-2]
+        if method == "POST":
+            return StorageOp.QUEUE_PUT, queue
+        if method == "GET":
+            peek = "peekonly=true" in url.query.lower()
+            return (StorageOp.QUEUE_PEEK if peek else StorageOp.QUEUE_GET), queue
+        return StorageOp.QUEUE_ADMIN, queue  # DELETE: clear the queue
+    if len(parts) >= 3 and parts[-2] == "messages":
+        op = StorageOp.QUEUE_DELETE if method == "DELETE" else StorageOp.QUEUE_UPDATE
+        return op, parts[-3]
+    if "comp=list" in url.query:
+        return StorageOp.QUEUE_ADMIN, ""  # list queues
+    return StorageOp.QUEUE_ADMIN, parts[-1]  # create, delete, properties, metadata
+
+
+def _counting_transport(service: _Service, counter: RoundTrips, inner: Any) -> Any:
+    """``inner`` (a transport), counting every request it sends in ``counter``."""
+    from azure.core.pipeline.transport import HttpTransport
+
+    classify = _table_op if service == "table" else _queue_op
+
+    class CountingTransport(HttpTransport[Any, Any]):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            op, name = classify(request)
+            counter.add(op, name)
+            response = inner.send(request, **kwargs)
+            if response.status_code >= 400:
+                counter.add_refused(op, name)
+            return response
+
+        def open(self) -> None:
+            inner.open()
+
+        def close(self) -> None:
+            inner.close()
+
+        def __enter__(self) -> CountingTransport:
+            inner.__enter__()
+            return self
+
+        def __exit__(self, *args: Any) -> None:
+            inner.__exit__(*args)
+
+    return CountingTransport()
 
 
 # --- tables and queues that exist, stored datetimes, safe keys ------------------------------------

@@ -1,7 +1,9 @@
-"""Storage clients read the proxy and CA settings once, when they are built (shared/storage.py)."""
+"""Storage clients read the proxy and CA settings once, when they are built, and count their
+round trips when a benchmark asks (shared/storage.py)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +12,7 @@ import requests
 
 from shared import storage
 from shared.settings import Settings
+from shared.storage import StorageOp
 
 AZURITE = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
@@ -114,3 +117,67 @@ def test_default_clients_follow_the_current_settings(
     assert ":2/" in storage.queue_client("q").url
     assert ":2/" in storage.table_client("t").url
     reset_settings_cache()
+
+
+def test_clients_count_nothing_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.core.pipeline.transport import RequestsTransport
+
+    monkeypatch.setattr(storage, "_round_trips", None)
+
+    options = storage._transport_options("http://127.0.0.1:10002/devstoreaccount1", "table")
+
+    assert type(options["transport"]) is RequestsTransport  # the plain one: no cost at all
+
+
+def test_counted_clients_count_every_round_trip_by_kind_and_name(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    monkeypatch.setattr(storage, "_round_trips", None)  # counting is off again afterwards
+    counter = storage.count_round_trips()
+    table = storage.table_client(unique_name)
+    queue = storage.queue_client(unique_name)
+
+    table.create_table()
+    table.create_entity({"PartitionKey": "p", "RowKey": "1", "n": 1})
+    table.get_entity("p", "1")
+    table.update_entity({"PartitionKey": "p", "RowKey": "1", "n": 2})
+    table.upsert_entity({"PartitionKey": "p", "RowKey": "2", "n": 1})
+    table.submit_transaction(
+        [
+            ("upsert", {"PartitionKey": "p", "RowKey": "3"}),
+            ("delete", {"PartitionKey": "p", "RowKey": "2"}),
+        ]
+    )
+    assert len(list(table.query_entities("PartitionKey eq 'p'"))) == 2  # one page
+    table.delete_entity("p", "1")
+    with pytest.raises(ResourceNotFoundError):
+        table.get_entity("p", "1")  # a refusal is a round trip too
+    queue.create_queue()
+    queue.send_message("a")
+    queue.send_message("b")
+    assert len(queue.peek_messages(max_messages=2)) == 2
+    received = queue.receive_message(visibility_timeout=30)
+    assert received is not None
+    updated = queue.update_message(received, visibility_timeout=30)
+    queue.delete_message(received.id, updated.pop_receipt)
+    queue.clear_messages()
+
+    assert storage.count_round_trips() is counter
+    assert counter.snapshot() == Counter(
+        {
+            (StorageOp.TABLE_ADMIN, ""): 1,
+            (StorageOp.TABLE_WRITE, unique_name): 4,  # create, update, upsert, delete
+            (StorageOp.TABLE_READ, unique_name): 2,
+            (StorageOp.TABLE_TRANSACTION, unique_name): 1,
+            (StorageOp.TABLE_QUERY, unique_name): 1,
+            (StorageOp.QUEUE_ADMIN, unique_name): 2,  # create, clear
+            (StorageOp.QUEUE_PUT, unique_name): 2,
+            (StorageOp.QUEUE_PEEK, unique_name): 1,
+            (StorageOp.QUEUE_GET, unique_name): 1,
+            (StorageOp.QUEUE_UPDATE, unique_name): 1,
+            (StorageOp.QUEUE_DELETE, unique_name): 1,
+        }
+    )
+    assert counter.refused() == Counter({(StorageOp.TABLE_READ, unique_name): 1})
