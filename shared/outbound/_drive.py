@@ -75,9 +75,8 @@ def drive_pack(
     """Handle one pack driver (see the module docstring). Raises only for storage failures."""
     wait = ports.quota_wait.hint()
     if wait > ports.policy.quota_wait:
-        return outcomes.requeue_driver(driver, wait, OutcomeKind.DEFERRED, "quota")
-    if wait > 0:
-        ports.quota_wait.sleep(wait)
+        delay = ports.quota_wait.come_back_in(wait)
+        return outcomes.requeue_driver(driver, delay, OutcomeKind.DEFERRED, "quota")
     pack = ports.packs.get(driver.packId)
     if pack is None or pack.batch_id is None:
         return outcomes.dead_letter_malformed(
@@ -275,7 +274,7 @@ class _Run:
         for retry_stale in (True, False):
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)
-                return self.later(decision.retry_after, "quota")
+                return self.later(ports.quota_wait.come_back_in(decision.retry_after), "quota")
             needed = dt.timedelta(seconds=ports.policy.call_seconds)
             if lease_until - ports.now() < needed:  # a very slow claim or quota wait
                 self.release(claimed)

@@ -44,9 +44,11 @@ class QuotaWait:
         with self._lock:
             return self._full_until - self._clock.now()
 
-    def sleep(self, seconds: float) -> None:
-        """Wait out a short hint in the invocation."""
-        self._clock.sleep(seconds)
+    def come_back_in(self, retry_after: float) -> float:
+        """The queue delay of a message deferred for a slot that frees in ``retry_after``: up
+        to the longest in-process wait *early* (queue visibility has whole-second steps and a
+        late return wastes the slot; an early one waits for it in the invocation)."""
+        return max(0.0, retry_after - self.longest)
 
     def take(self, waited: float = 0.0) -> tuple[QuotaGrant | QuotaDenied, float]:
         """A quota decision, after waiting here for a slot that frees within the longest wait

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import random
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -54,11 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("shared.outbound.sender")
-
-#: Random spread added to a quota deferral (seconds). Zero: the quota's ``retry_after`` is when
-#: the next slot frees, and queue visibility is whole seconds anyway, so messages deferred
-#: together come back together and compete for the slots then free (nothing is lost by that).
-DEFERRAL_SPREAD_SECONDS = 0.0
 
 
 class OutboundSender:
@@ -117,11 +111,12 @@ class OutboundSender:
             if command.deferrals == 0:
                 self._park(command)
             return self.outcomes.requeue(
-                command, command.attempts, wait, OutcomeKind.DEFERRED, "quota"
+                command,
+                command.attempts,
+                self.ports.quota_wait.come_back_in(wait),
+                OutcomeKind.DEFERRED,
+                "quota",
             )
-        if wait > 0:
-            # Queue visibility has whole-second steps; a shorter wait is cheaper done here.
-            self.ports.quota_wait.sleep(wait)
         record = self.ports.store.get(command.messageId)
         if record is None:
             # First seen here: put on the queue directly, not through a send action (which
@@ -246,7 +241,7 @@ class OutboundSender:
         decision, waited = self.ports.quota_wait.take(0.0)
         for retry_stale in (True, False):  # a grant gone stale gets one more try here
             if isinstance(decision, QuotaDenied):
-                delay = decision.retry_after + random.uniform(0, DEFERRAL_SPREAD_SECONDS)
+                delay = self.ports.quota_wait.come_back_in(decision.retry_after)
                 return self._hand_back(
                     claimed, command, before, pack, members, fresh, delay, "quota"
                 )
