@@ -8,11 +8,10 @@ discussion reply, as upstream) are optional headers defaulting to the app settin
 
 from __future__ import annotations
 
-import datetime as dt
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
 from shared.actions._spec import (
     ActionContext,
@@ -22,22 +21,22 @@ from shared.actions._spec import (
     Body,
     Param,
     ResponseDoc,
-    SettingDefault,
 )
 from shared.actions.fields import (
-    CUSTOMER_DROPDOWN,
     CustomerIdHeader,
-    HttpUrl,
     NonEmptyStr,
-    PhoneNumber,
-    service_dropdown,
-    template_dropdown,
     ui,
 )
-from shared.actions.fields import (
-    CustomerData as CustomerDataText,
+from shared.outbound._fields import (
+    DiscussionCustomerIdHeader,
+    DiscussionReplyBody,
+    IdempotencyKeyHeader,
+    MessageBody,
+    MessageIdPath,
+    ServiceIdHeader,
+    TemplateMessageBody,
 )
-from shared.outbound._models import OUTBOUND_MESSAGE_ID_PATTERN, OutboundMessageAdapter
+from shared.outbound._models import OutboundMessageAdapter
 from shared.problems import PROBLEM_CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -47,267 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["SPECS"]
 
 TAG = "Messages"
-MAX_RECIPIENTS = 1000
-
-# --- parameters -----------------------------------------------------------------------------------
-
-ServiceIdHeader = Annotated[
-    str,
-    Param("header", "Service-Id", SettingDefault("service_id", "SMARTDIALOG_SERVICE_ID")),
-    Field(
-        description=(
-            "The SmartDialog service to send with. Leave empty to use the app setting "
-            "SMARTDIALOG_SERVICE_ID."
-        ),
-        json_schema_extra=ui("Service", dynamic_values=service_dropdown("OneWay")),
-    ),
-]
-DiscussionCustomerIdHeader = Annotated[
-    str,
-    Param("header", "CustomerId", SettingDefault("customer_id", "SMARTDIALOG_CUSTOMER_ID")),
-    Field(
-        description=(
-            "The SmartDialog customer to act for. Leave empty to use the app setting "
-            "SMARTDIALOG_CUSTOMER_ID."
-        ),
-        json_schema_extra=ui("Customer", dynamic_values=CUSTOMER_DROPDOWN),
-    ),
-]
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Param("header", "Idempotency-Key"),
-    Field(
-        None,
-        min_length=1,
-        max_length=255,
-        description=(
-            "Any unique text: a repeated request with the same key returns the first answer and "
-            "sends nothing again. Without it, the body's RequestId plays this role."
-        ),
-        json_schema_extra=ui("Idempotency key", visibility="advanced"),
-    ),
-]
-MessageIdPath = Annotated[
-    str,
-    Param("path", "MessageId"),
-    Field(
-        pattern=OUTBOUND_MESSAGE_ID_PATTERN,
-        description="The Id from the send's answer (the last segment of its status URL).",
-        json_schema_extra=ui("Message Id", visibility="important"),
-    ),
-]
-RequestIdField = Annotated[
-    str | None,
-    Field(
-        None,
-        min_length=1,
-        max_length=1000,
-        description=(
-            "Unique id of this send: a repeat with the same RequestId is not sent again. "
-            "Leave empty and one is generated."
-        ),
-        json_schema_extra=ui("Request Id", visibility="advanced"),
-    ),
-]
-SendDateTimeField = Annotated[
-    dt.datetime | None,
-    Field(
-        None,
-        description="When SmartDialog should send it; leave empty to send at once.",
-        json_schema_extra=ui("Send date and time", visibility="advanced"),
-    ),
-]
-DlrUrlField = Annotated[
-    HttpUrl | None,
-    Field(
-        None,
-        description="Your own delivery-report URL (HTTP GET); its query string is kept.",
-        json_schema_extra=ui("Delivery report URL", visibility="advanced"),
-    ),
-]
-
-# The message fields a send and a bulk send's template share.
-SenderField = Annotated[
-    NonEmptyStr,
-    Field(
-        max_length=20,
-        description="Alphanumeric sender (at most 11 characters), long code or short code.",
-        json_schema_extra=ui("Sender", visibility="important"),
-    ),
-]
-TemplateContentField = Annotated[
-    NonEmptyStr,
-    Field(
-        description="The text; $(name) placeholders are filled from each recipient.",
-        json_schema_extra=ui("Content", visibility="important"),
-    ),
-]
-ProtocolField = Annotated[
-    Literal["SMS", "WhatsApp"],
-    Field("SMS", description="SMS, or WhatsApp.", json_schema_extra=ui("Protocol")),
-]
-AttachmentUriField = Annotated[
-    HttpUrl | None,
-    Field(
-        None,
-        description="WhatsApp only: the address of an attachment.",
-        json_schema_extra=ui("Attachment URI", visibility="advanced"),
-    ),
-]
-MessageCustomerDataField = Annotated[
-    CustomerDataText | None,
-    Field(None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")),
-]
-AdMessageField = Annotated[
-    bool | None,
-    Field(None, description="Mark it as an advertisement.", json_schema_extra=ui("Ad message")),
-]
-
-
-def check_attachment(attachment: object, protocol: str) -> None:
-    """An attachment goes only with WhatsApp (raises ValueError otherwise)."""
-    if attachment is not None and protocol != "WhatsApp":
-        raise ValueError("AttachmentUri needs Protocol WhatsApp.")
-
-
-TransactionalField = Annotated[
-    bool,
-    Field(
-        False,
-        description=(
-            "Yes: send even to recipients who opted out of this service (replied STOP), for "
-            "messages they must get regardless, such as a security code. No (the default): a "
-            "send to an opted-out recipient is refused. Not sent to SmartDialog."
-        ),
-        json_schema_extra=ui("Transactional", visibility="advanced"),
-    ),
-]
-
-# --- bodies ---------------------------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RecipientIn(_Body):
-    Address: PhoneNumber = Field(
-        description="The recipient's phone number.", json_schema_extra=ui("Address")
-    )
-    Personalization: dict[str, str | int | float | bool] | None = Field(
-        None,
-        description='Values for the $(name) placeholders of Content, e.g. {"name": "Ada"}.',
-        json_schema_extra=ui("Personalization"),
-    )
-
-
-class MessageBody(_Body):
-    """SendMessage and SendReplyMessage (the certified connector's fields)."""
-
-    Sender: SenderField
-    Content: TemplateContentField
-    Protocol: ProtocolField
-    SendDateTime: SendDateTimeField
-    Recipients: list[RecipientIn] = Field(
-        min_length=1,
-        max_length=MAX_RECIPIENTS,
-        description="Who gets it.",
-        json_schema_extra=ui("Recipients", visibility="important"),
-    )
-    AttachmentUri: AttachmentUriField
-    CustomerData: MessageCustomerDataField
-    AdMessage: AdMessageField
-    DlrUrl: DlrUrlField
-    RequestId: RequestIdField
-    Transactional: TransactionalField
-
-    @model_validator(mode="after")
-    def _attachment_needs_whatsapp(self) -> MessageBody:
-        check_attachment(self.AttachmentUri, self.Protocol)
-        return self
-
-
-class DiscussionReplyBody(_Body):
-    """SendDiscussionReplyMessage."""
-
-    ThreadId: NonEmptyStr = Field(
-        description="The discussion thread to reply to.",
-        json_schema_extra=ui("Thread Id", visibility="important"),
-    )
-    Content: NonEmptyStr = Field(
-        description="The reply text.", json_schema_extra=ui("Content", visibility="important")
-    )
-    CustomerData: CustomerDataText | None = Field(
-        None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")
-    )
-
-
-class TemplateRecipientIn(_Body):
-    Address: PhoneNumber = Field(
-        description="The recipient's phone number.", json_schema_extra=ui("Address")
-    )
-
-
-class TemplateButtonIn(_Body):
-    Type: Literal["Call", "QuickReply", "Url"] = Field(
-        description="The kind of the template's button: Call, QuickReply or Url.",
-        json_schema_extra=ui("Button type"),
-    )
-    Data: str | None = Field(
-        None,
-        description="The value for this button: its text, phone number or URL suffix.",
-        json_schema_extra=ui("Button text"),
-    )
-
-
-class TemplateMessageBody(_Body):
-    """SendWhatsappTemplateMessage."""
-
-    TemplateName: NonEmptyStr = Field(
-        description="The WhatsApp template to send.",
-        json_schema_extra=ui(
-            "WhatsApp template", visibility="important", dynamic_values=template_dropdown()
-        ),
-    )
-    Recipients: list[TemplateRecipientIn] = Field(
-        min_length=1,
-        max_length=MAX_RECIPIENTS,
-        description="Who gets it.",
-        json_schema_extra=ui("Recipients", visibility="important"),
-    )
-    BodyParameters: list[str] | None = Field(
-        None,
-        description="Values for the template body's placeholders, in order.",
-        json_schema_extra=ui("Body parameters"),
-    )
-    HeaderParameters: list[str] | None = Field(
-        None,
-        description="Values for the template header's placeholders, in order.",
-        json_schema_extra=ui("Header parameters"),
-    )
-    Buttons: list[TemplateButtonIn] | None = Field(
-        None,
-        description="Values for the template's buttons, in the template's order.",
-        json_schema_extra=ui("Buttons"),
-    )
-    SendDateTime: SendDateTimeField
-    AttachmentUri: HttpUrl | None = Field(
-        None,
-        description="The address of a media file for a template with a media header.",
-        json_schema_extra=ui("Attachment URI"),
-    )
-    UseSmsFallback: bool | None = Field(
-        None,
-        description="Send it as an SMS to recipients WhatsApp cannot reach.",
-        json_schema_extra=ui("Use SMS fallback"),
-    )
-    DlrUrl: DlrUrlField
-    CustomerData: CustomerDataText | None = Field(
-        None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")
-    )
-    RequestId: RequestIdField
-    Transactional: TransactionalField
-
 
 # --- inputs ---------------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from shared.actions._spec import (
 )
 from shared.actions.fields import CustomerIdHeader, ui
 from shared.outbound._bulk import MAX_BULK_RECIPIENTS, BulkRecipient
-from shared.outbound.actions import (
+from shared.outbound._fields import (
     AdMessageField,
     AttachmentUriField,
     DlrUrlField,
