@@ -259,6 +259,25 @@ def test_a_send_whose_enqueue_died_is_enqueued_once_when_the_caller_retries_late
     assert len(outbound.upstream()) == 1
 
 
+def test_a_send_whose_request_died_after_its_enqueue_is_recorded_and_sent_by_the_sender(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_once(
+        monkeypatch, MessageStore, "create", "the request died after its enqueue",
+        when=lambda record, slots: record.idempotency_key_hash is not None,
+    )  # fmt: skip
+    failed = post(sms(DELIVERED), **{"Idempotency-Key": "crash-2"})
+    assert failed.status == 500
+    assert outbound.queued() == 1
+
+    outbound.drain()  # the sender records the command it finds unrecorded, and sends it
+    retry = post(sms(DELIVERED), **{"Idempotency-Key": "crash-2"})
+
+    assert retry.status == 200  # the same message, sent meanwhile
+    assert len(outbound.upstream()) == 1
+    assert outbound.queued() == 0
+
+
 def test_an_accepted_record_of_the_previous_release_is_enqueued_by_a_status_poll(
     outbound: Outbound, manual_clock: ManualClock
 ) -> None:
