@@ -19,6 +19,7 @@ import hashlib
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -355,18 +356,24 @@ def safe_key(value: str) -> str:
     return "h-" + hashlib.sha256(value.encode()).hexdigest()
 
 
+def _create_once(key: str, create: Callable[[], object]) -> None:
+    """``create()`` once per process for ``key`` (one that exists already is fine)."""
+    if key in _ready:
+        return
+    from azure.core.exceptions import ResourceExistsError
+
+    with _ready_lock:
+        if key not in _ready:
+            with contextlib.suppress(ResourceExistsError):
+                create()
+            _ready.add(key)
+
+
 def ensure_table(client: TableClient) -> TableClient:
     """``client``, its table created once per process if missing (Bicep creates the tables in
     Azure; Azurite starts empty)."""
-    key = f"table|{client.url}|{client.table_name}"  # url is the account's, not the table's
-    if key not in _ready:
-        from azure.core.exceptions import ResourceExistsError
-
-        with _ready_lock:
-            if key not in _ready:
-                with contextlib.suppress(ResourceExistsError):
-                    client.create_table()
-                _ready.add(key)
+    # The client's url is the account's, not the table's.
+    _create_once(f"table|{client.url}|{client.table_name}", client.create_table)
     return client
 
 
@@ -379,15 +386,7 @@ def ensured_queue(name: str, settings: Settings | None = None) -> QueueClient:
     """A client for queue ``name``, created once per process if missing (the host creates only
     the queues it triggers on; Bicep creates them all in Azure)."""
     client = queue_client(name, settings)
-    key = f"queue|{client.url}"
-    if key not in _ready:
-        from azure.core.exceptions import ResourceExistsError
-
-        with _ready_lock:
-            if key not in _ready:
-                with contextlib.suppress(ResourceExistsError):
-                    client.create_queue()
-                _ready.add(key)
+    _create_once(f"queue|{client.url}", client.create_queue)
     return client
 
 
