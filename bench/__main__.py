@@ -49,6 +49,7 @@ FIGURES: list[tuple[str, str]] = [
     ("bulk", "bench.bulk:measure"),
     ("storage ops", "bench.storage_ops:measure"),
     ("quota at the real rate", "bench.quota_real:measure"),
+    ("flow send step", "bench.flow_step:measure"),
 ]
 
 
