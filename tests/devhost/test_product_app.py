@@ -32,7 +32,7 @@ def test_product_host_json_is_read_not_hard_coded() -> None:
         queues = host.options.queues
         assert (queues.batch_size, queues.new_batch_threshold) == (16, 8)
         assert (queues.max_dequeue_count, queues.message_encoding) == (5, "none")
-        assert (queues.visibility_timeout, queues.max_polling_interval) == (10.0, 2.0)
+        assert (queues.visibility_timeout, queues.max_polling_interval) == (10.0, 1.0)
         assert host.options.route_prefix == "api"
     finally:
         host.stop()
