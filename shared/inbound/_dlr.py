@@ -297,7 +297,7 @@ class DeliveryReportService:
                 {
                     "PartitionKey": message_id,
                     "RowKey": row,
-                    "State": str(report.state),
+                    "State": str(report.state or "unknown"),
                     "Raw": json.dumps(report.raw, ensure_ascii=False)[:30_000],
                     "ReceivedAt": plain_datetime(now),
                     "Processed": False,

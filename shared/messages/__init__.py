@@ -8,6 +8,7 @@ an arrow the table does not have raises :class:`IllegalTransition`.
 It imports no feature package (outbound, inbound, actions): both sides build on it.
 """
 
+from shared.messages._batches import BatchRecord, BatchStore
 from shared.messages._idempotency import IdempotencyEntry, IdempotencyStore, idempotency_key_hash
 from shared.messages._models import (
     BATCH_TRANSITIONS,
@@ -24,6 +25,7 @@ from shared.messages._models import (
 )
 from shared.messages._packs import (
     PACK_ID_PREFIX,
+    IndexEntry,
     Pack,
     PackMember,
     PackStore,
@@ -48,12 +50,15 @@ __all__ = [
     "MESSAGE_TRANSITIONS",
     "PACK_ID_PREFIX",
     "REDRIVE",
+    "BatchRecord",
     "BatchStatus",
+    "BatchStore",
     "DamagedRecordError",
     "FailureInfo",
     "IdempotencyEntry",
     "IdempotencyStore",
     "IllegalTransition",
+    "IndexEntry",
     "MessageRecord",
     "MessageStatus",
     "MessageStore",

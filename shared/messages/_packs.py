@@ -84,6 +84,40 @@ def is_pack_id(value: str) -> bool:
     return value.startswith(PACK_ID_PREFIX) and len(value) == len(PACK_ID_PREFIX) + 32
 
 
+@dataclass(frozen=True)
+class IndexEntry:
+    """One message waiting to be packed, in its pack key's index (oldest first by row key)."""
+
+    key: str
+    row_key: str
+    message_id: str
+    recipient_count: int
+
+    @classmethod
+    def of(cls, record: MessageRecord) -> IndexEntry:
+        assert record.pack_key is not None
+        return cls(
+            record.pack_key, index_row_key(record), record.message_id, record.recipient_count
+        )
+
+    def to_entity(self) -> dict[str, Any]:
+        return {
+            "PartitionKey": INDEX_PREFIX + self.key,
+            "RowKey": self.row_key,
+            "MessageId": self.message_id,
+            "RecipientCount": self.recipient_count,
+        }
+
+    @classmethod
+    def from_entity(cls, key: str, entity: Mapping[str, Any]) -> IndexEntry:
+        return cls(
+            key,
+            str(entity["RowKey"]),
+            str(entity["MessageId"]),
+            int(entity.get("RecipientCount") or 1),
+        )
+
+
 def index_row_key(record: MessageRecord) -> str:
     micros = int(record.created_at.timestamp() * 1_000_000)
     return f"{micros:017d}.{record.message_id}"
@@ -223,14 +257,8 @@ class PackStore:
         for record in records:
             if record.pack_key is None:
                 continue
-            by_key.setdefault(INDEX_PREFIX + record.pack_key, []).append(
-                {
-                    "PartitionKey": INDEX_PREFIX + record.pack_key,
-                    "RowKey": index_row_key(record),
-                    "MessageId": record.message_id,
-                    "RecipientCount": record.recipient_count,
-                }
-            )
+            entry = IndexEntry.of(record)
+            by_key.setdefault(entry.key, []).append(entry.to_entity())
         for rows in by_key.values():
             for start in range(0, len(rows), TRANSACTION_LIMIT):
                 chunk = rows[start : start + TRANSACTION_LIMIT]
@@ -239,23 +267,17 @@ class PackStore:
                 else:
                     self.table.submit_transaction([("upsert", row) for row in chunk])
 
-    def candidates(self, key: str, limit: int) -> list[tuple[str, str, int]]:
-        """Up to ``limit`` indexed messages of ``key``, oldest first: (row key, id, recipients)."""
+    def candidates(self, key: str, limit: int) -> list[IndexEntry]:
+        """Up to ``limit`` indexed messages of ``key``, oldest first."""
         escaped = (INDEX_PREFIX + key).replace("'", "''")
-        found: list[tuple[str, str, int]] = []
+        found: list[IndexEntry] = []
         pages = self.table.query_entities(
             f"PartitionKey eq '{escaped}'",
             select=["RowKey", "MessageId", "RecipientCount"],
             results_per_page=min(1000, max(1, limit)),
         )
         for entity in pages:
-            found.append(
-                (
-                    str(entity["RowKey"]),
-                    str(entity["MessageId"]),
-                    int(entity.get("RecipientCount") or 1),
-                )
-            )
+            found.append(IndexEntry.from_entity(key, entity))
             if len(found) >= limit:
                 break
         return found

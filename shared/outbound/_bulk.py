@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 from shared.callback_urls import require_status_token, status_link
 from shared.clock import utcnow
 from shared.messages import (
+    BatchRecord,
+    BatchStatus,
+    BatchStore,
     IdempotencyStore,
     MessageRecord,
     MessageStatus,
@@ -47,14 +50,12 @@ from shared.messages import (
     idempotency_key_hash,
     new_pack_id,
 )
-from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY, chunked, joined
-from shared.names import BATCHES_TABLE
+from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY
 from shared.outbound._models import OutboundMessageAdapter, PackDriver
 from shared.outbound._quota_wait import poll_after
 from shared.outbound._records import new_record, normalize
 from shared.outbound._service import outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
-from shared.storage import ensure_table
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -65,7 +66,6 @@ log = logging.getLogger("shared.outbound.bulk")
 
 #: Most recipients of one bulk request.
 MAX_BULK_RECIPIENTS = 10_000
-BATCH_ROW_KEY = "batch"
 STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
 #: A batch's status is worth polling about this often (a pack goes in about a second).
 BATCH_POLL_SECONDS = 5
@@ -95,18 +95,13 @@ class BulkService:
 
     def __init__(self, settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
         from shared.messages import PackStore
-        from shared.storage import table_client
 
         self.settings = settings
         self.store = MessageStore.from_settings(settings)
         self.idempotency = IdempotencyStore.from_settings(settings)
         self.packs = PackStore.from_settings(settings)
-        self._batches = table_client(BATCHES_TABLE, settings)
+        self.batches = BatchStore.from_settings(settings)
         self._clock = clock
-
-    @property
-    def batches(self) -> Any:
-        return ensure_table(self._batches)
 
     # --- accept ----------------------------------------------------------------------------
 
@@ -166,7 +161,7 @@ class BulkService:
                 # The first request with this key stopped part-way: finish it, as that batch
                 # (same id, same time, so the same members and packs).
                 batch_id = entry.message_id
-                now = dt.datetime.fromisoformat(str(resumed.get("FormedAt") or now.isoformat()))
+                now = dt.datetime.fromisoformat(resumed.formed_at)
         errors: list[dict[str, Any]] = []
         valid: list[tuple[BulkRecipient, str]] = []
         seen: set[str] = set()
@@ -236,30 +231,26 @@ class BulkService:
         records = [(replace(r, pack_id=members[r.message_id]), sl) for r, sl in records]
         if resumed is not None:
             return self._resume(resumed, records, packs, errors, len(recipients))
-        self.batches.upsert_entity(
-            {
-                "PartitionKey": batch_id,
-                "RowKey": BATCH_ROW_KEY,
-                "Status": "accepting",
-                "CustomerId": customer_id,
-                "ServiceId": service_id,
-                "Total": len(recipients),
-                "Accepted": len(records),
-                "Refused": json.dumps(errors)[:30_000],
-                "RefusedCount": len(errors),
-                "CreatedAt": now,
-                # Exactly (pack ids are made from it): a replay finishing this batch needs it.
-                "FormedAt": now.isoformat(),
-                "IdempotencyKeyHash": key_hash,
-                **chunked("PackIds", json.dumps([p.pack_id for p in packs])),
-            }
+        batch = BatchRecord(
+            batch_id=batch_id,
+            status=BatchStatus.ACCEPTING,
+            customer_id=customer_id,
+            service_id=service_id,
+            total=len(recipients),
+            accepted=len(records),
+            created_at=now,
+            formed_at=now.isoformat(),
+            pack_ids=tuple(p.pack_id for p in packs),
+            refused=tuple(errors),
+            idempotency_key_hash=key_hash,
         )
+        self.batches.save(batch)
         with ThreadPoolExecutor(_THREADS) as pool:
             # The packs first: a member names its pack, which must exist when it is read.
             list(pool.map(self.packs.save, packs))
         self.store.create_many(records)
         self._enqueue_drivers(batch_id, [p.pack_id for p in packs])
-        self._mark_queued(batch_id)
+        self.batches.mark(batch, BatchStatus.QUEUED)
         return self._accepted(batch_id, len(recipients), len(records), errors)
 
     def _accepted(
@@ -290,21 +281,18 @@ class BulkService:
 
     # --- a batch whose request stopped part-way --------------------------------------------
 
-    def _unfinished(self, batch_id: str) -> Any | None:
-        """The batch row if its request stopped before it finished recording it
-        (``incomplete``, or ``accepting`` for longer than a request takes), else None."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            batch = self.batches.get_entity(batch_id, BATCH_ROW_KEY)
-        except ResourceNotFoundError:
+    def _unfinished(self, batch_id: str) -> BatchRecord | None:
+        """The batch if its request stopped before it finished recording it (``incomplete``,
+        or ``accepting`` for longer than a request takes), else None."""
+        batch = self.batches.get(batch_id)
+        if batch is None:
             return None
-        created = batch.get("CreatedAt")
-        stuck = isinstance(created, dt.datetime) and (
-            self._clock() - created >= STUCK_ACCEPTING_AFTER
-        )
-        status = batch.get("Status")
-        return batch if status == "incomplete" or (status == "accepting" and stuck) else None
+        stuck = self._clock() - batch.created_at >= STUCK_ACCEPTING_AFTER
+        if batch.status is BatchStatus.INCOMPLETE or (
+            batch.status is BatchStatus.ACCEPTING and stuck
+        ):
+            return batch
+        return None
 
     def _members_recorded(self, batch_id: str) -> set[str]:
         return {
@@ -317,7 +305,7 @@ class BulkService:
 
     def _resume(
         self,
-        batch: Any,
+        batch: BatchRecord,
         records: list[tuple[MessageRecord, list[RecipientSlot]]],
         packs: list[Pack],
         errors: list[dict[str, Any]],
@@ -326,14 +314,14 @@ class BulkService:
         """Finish recording a batch whose first request stopped part-way (a replay with its
         Idempotency-Key): the members not recorded yet are, then the drivers go out. Members
         already recorded are never written again (a driver may have moved them on)."""
-        batch_id = str(batch["PartitionKey"])
+        batch_id = batch.batch_id
         recorded = self._members_recorded(batch_id)
-        stored = json.loads(joined(batch, "PackIds") or "[]")
+        stored = list(batch.pack_ids)
         if [p.pack_id for p in packs] != stored:
-            if len(recorded) >= int(batch.get("Accepted") or 0):
+            if len(recorded) >= batch.accepted:
                 # Every member is recorded: only the drivers were missing. Send them.
                 self._enqueue_drivers(batch_id, stored)
-                self._mark_queued(batch_id)
+                self.batches.mark(batch, BatchStatus.QUEUED)
                 return self.status(batch_id, details=False, checked=True)
             # The recipients changed since (an opt-out): this request is not that one any more.
             raise Problem(
@@ -352,7 +340,7 @@ class BulkService:
         log.warning("batch %s: finished recording %d member(s) of a request that stopped",
                     batch_id, len(missing))  # fmt: skip
         self._enqueue_drivers(batch_id, stored)
-        self._mark_queued(batch_id)
+        self.batches.mark(batch, BatchStatus.QUEUED)
         return self._accepted(batch_id, total, len(records), errors)
 
     @staticmethod
@@ -404,19 +392,17 @@ class BulkService:
         close()
         return packs
 
-    def _redrive_stale(self, batch: Any, records: list[MessageRecord]) -> None:
+    def _redrive_stale(self, batch: BatchRecord, records: list[MessageRecord]) -> None:
         """Enqueue the drivers of packs whose unfinished members nobody touched for longer
         than any lease or backoff lasts (a driver message that ended in the poison queue after
         storage failures, say); at most once per that period per batch. A pack driven twice
         is sent once."""
-        from azure.data.tables import UpdateMode
-
         now = self._clock()
         quiet = dt.timedelta(
             seconds=self.settings.send_lease_seconds + self.settings.send_retry_max_seconds + 60
         )
-        last = batch.get("RedrivenAt")
-        if isinstance(last, dt.datetime) and now - last < quiet:
+        last = batch.redriven_at
+        if last is not None and now - last < quiet:
             return
         stale = sorted(
             {
@@ -428,12 +414,9 @@ class BulkService:
         if not stale:
             return
         log.warning("batch %s: %d pack(s) idle for %s; their drivers are enqueued again",
-                    batch["PartitionKey"], len(stale), quiet)  # fmt: skip
-        self.batches.update_entity(
-            {"PartitionKey": batch["PartitionKey"], "RowKey": BATCH_ROW_KEY, "RedrivenAt": now},
-            mode=UpdateMode.MERGE,
-        )
-        self._enqueue_drivers(str(batch["PartitionKey"]), stale)
+                    batch.batch_id, len(stale), quiet)  # fmt: skip
+        self.batches.note_redriven(batch, now)
+        self._enqueue_drivers(batch.batch_id, stale)
 
     def _enqueue_drivers(self, batch_id: str, pack_ids: list[str]) -> None:
         queue = outbound_queue(self.settings)
@@ -445,17 +428,6 @@ class BulkService:
             return
         with ThreadPoolExecutor(min(_THREADS, len(texts))) as pool:
             list(pool.map(queue.send_message, texts))
-
-    def _mark_queued(self, batch_id: str) -> None:
-        self._mark(batch_id, "queued")
-
-    def _mark(self, batch_id: str, status: str) -> None:
-        from azure.data.tables import UpdateMode
-
-        self.batches.update_entity(
-            {"PartitionKey": batch_id, "RowKey": BATCH_ROW_KEY, "Status": status},
-            mode=UpdateMode.MERGE,
-        )
 
     # --- status ------------------------------------------------------------------------------
 
@@ -475,16 +447,13 @@ class BulkService:
         self, batch_id: str, *, details: bool, token: str | None = None, checked: bool = False
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Counts per state (and each member with ``details``); 202 while any is pending."""
-        from azure.core.exceptions import ResourceNotFoundError
-
         if not checked:
             self.check_token(batch_id, token)
-        try:
-            batch = self.batches.get_entity(batch_id, BATCH_ROW_KEY)
-        except ResourceNotFoundError:
+        batch = self.batches.get(batch_id)
+        if batch is None:
             raise Problem(
                 404, "No such batch", f"There is no batch {batch_id}.", type=ProblemType.NOT_FOUND
-            ) from None
+            )
         # Every member's record and recipient slot in one range query (the batch's
         # partitions); delivery reports move the slots.
         records_by_id: dict[str, MessageRecord] = {}
@@ -504,23 +473,20 @@ class BulkService:
             )
             for r in records
         }
-        created = batch.get("CreatedAt")
-        age = self._clock() - created if isinstance(created, dt.datetime) else dt.timedelta(0)
-        if batch.get("Status") == "accepting" and age >= STUCK_ACCEPTING_AFTER:
-            if len(records) >= int(batch.get("Accepted") or 0):
+        age = self._clock() - batch.created_at
+        if batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER:
+            if len(records) >= batch.accepted:
                 # Every member is recorded; the request stopped before its drivers were out.
-                self._enqueue_drivers(batch_id, json.loads(joined(batch, "PackIds") or "[]"))
-                self._mark_queued(batch_id)
-                batch["Status"] = "queued"
+                self._enqueue_drivers(batch_id, list(batch.pack_ids))
+                batch = self.batches.mark(batch, BatchStatus.QUEUED)
             elif age >= INCOMPLETE_AFTER:
                 # Its request is certainly over (HTTP functions time out long before) and it
                 # did not record every member: none of it is sent (a replay with the same
                 # Idempotency-Key finishes it).
-                self._mark(batch_id, "incomplete")
-                batch["Status"] = "incomplete"
-        elif batch.get("Status") == "queued":
+                batch = self.batches.mark(batch, BatchStatus.INCOMPLETE)
+        elif batch.status is BatchStatus.QUEUED:
             self._redrive_stale(batch, records)
-        queued = batch.get("Status") == "queued"
+        queued = batch.status is BatchStatus.QUEUED
         # Members are recorded ``accepted`` and the batch, not each member, notes that their
         # packs' drivers are all on the queue: once it does, an ``accepted`` member is queued.
         counts = Counter(
@@ -529,15 +495,15 @@ class BulkService:
             else str(r.status)
             for r in records
         )
-        incomplete = batch.get("Status") == "incomplete"
+        incomplete = batch.status is BatchStatus.INCOMPLETE
         pending = 0 if incomplete else sum(1 for r in records if not r.status.is_final)
         url = self.status_url(batch_id)
         body: dict[str, Any] = {
             "Id": batch_id,
             "Status": "incomplete" if incomplete else "pending" if pending else "done",
-            "Total": int(batch.get("Total") or 0),
-            "Accepted": int(batch.get("Accepted") or 0),
-            "RefusedCount": int(batch.get("RefusedCount") or 0),
+            "Total": batch.total,
+            "Accepted": batch.accepted,
+            "RefusedCount": batch.refused_count,
             "Counts": {str(s): counts.get(str(s), 0) for s in MessageStatus},
             "DeliveryCounts": {
                 state: sum(1 for d in delivery.values() if d == state)
@@ -553,7 +519,7 @@ class BulkService:
             )
         if details:
             body["Recipients"] = [_member_view(r, delivery[r.message_id]) for r in records]
-            body["Refused"] = json.loads(batch.get("Refused") or "[]")
+            body["Refused"] = list(batch.refused)
         headers = {"Location": url} if pending else {}
         if pending:
             headers["Retry-After"] = str(poll_after(self.settings, BATCH_POLL_SECONDS))

@@ -108,13 +108,13 @@ class IndexPacks:
         rows = packs.candidates(key, limit=limit + 64)
         taken = leader.recipient_count
         picked: list[tuple[str, str]] = []
-        for row_key, message_id, count in rows:
-            if message_id == leader.message_id:
+        for entry in rows:
+            if entry.message_id == leader.message_id:
                 continue
-            if taken + count > limit:
+            if taken + entry.recipient_count > limit:
                 continue
-            picked.append((row_key, message_id))
-            taken += count
+            picked.append((entry.row_key, entry.message_id))
+            taken += entry.recipient_count
         if not picked or leader.recipient_count >= limit:
             packs.unindex(key, [own_row])
             return None, []

@@ -44,11 +44,21 @@ class QuotaWait:
         with self._lock:
             return self._full_until - self._clock.now()
 
-    def come_back_in(self, retry_after: float) -> float:
-        """The queue delay of a message deferred for a slot that frees in ``retry_after``: up
-        to the longest in-process wait *early* (queue visibility has whole-second steps and a
-        late return wastes the slot; an early one waits for it in the invocation)."""
-        return max(0.0, retry_after - self.longest)
+    def come_back_in(self, retry_after: float, *, packable: bool = False) -> float:
+        """The queue delay of a message deferred for a slot that frees in ``retry_after``.
+
+        A message sent alone (or a bulk pack's driver) comes back up to the longest in-process
+        wait *early*: queue visibility has whole-second steps, a late return wastes the slot,
+        and an early one waits for it in the invocation. A message that may share a call
+        comes back when the slot frees: those deferred together then return together after
+        it, and the first to claim a slot packs the others (come back early, every one of them
+        would lead a small pack while it waits, and only one would get the slot).
+        """
+        return retry_after if packable else max(0.0, retry_after - self.longest)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait out a short hint in the invocation."""
+        self._clock.sleep(seconds)
 
     def take(self, waited: float = 0.0) -> tuple[QuotaGrant | QuotaDenied, float]:
         """A quota decision, after waiting here for a slot that frees within the longest wait

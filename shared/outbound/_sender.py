@@ -41,7 +41,7 @@ from shared.outbound._outcomes import (
 )
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
 from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
-from shared.outbound._records import new_record, normalize, recipient_slots
+from shared.outbound._records import new_record, normalize, pack_key, recipient_slots
 
 if TYPE_CHECKING:
     from shared.quota import QuotaGrant
@@ -102,6 +102,7 @@ class OutboundSender:
         except ValueError as exc:
             return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
         assert command.messageId is not None
+        packable = pack_key(command) is not None
         wait = self.ports.quota_wait.hint()
         if wait > self.ports.policy.quota_wait:
             # This process was just told the quota is full until then: defer without touching
@@ -113,10 +114,14 @@ class OutboundSender:
             return self.outcomes.requeue(
                 command,
                 command.attempts,
-                self.ports.quota_wait.come_back_in(wait),
+                self.ports.quota_wait.come_back_in(wait, packable=packable),
                 OutcomeKind.DEFERRED,
                 "quota",
             )
+        if wait > 0 and packable:
+            # Claim only once the slot is near, so that one of the messages waiting for it
+            # leads a pack of the others (see QuotaWait.come_back_in).
+            self.ports.quota_wait.sleep(wait)
         record = self.ports.store.get(command.messageId)
         if record is None:
             # First seen here: put on the queue directly, not through a send action (which
@@ -241,7 +246,9 @@ class OutboundSender:
         decision, waited = self.ports.quota_wait.take(0.0)
         for retry_stale in (True, False):  # a grant gone stale gets one more try here
             if isinstance(decision, QuotaDenied):
-                delay = self.ports.quota_wait.come_back_in(decision.retry_after)
+                delay = self.ports.quota_wait.come_back_in(
+                    decision.retry_after, packable=claimed.pack_key is not None
+                )
                 return self._hand_back(
                     claimed, command, before, pack, members, fresh, delay, "quota"
                 )

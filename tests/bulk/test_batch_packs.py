@@ -287,7 +287,7 @@ def test_a_batch_stuck_accepting_gets_its_drivers_again_from_a_status_poll(
     # As if the request had died after the members were written, before the drivers.
     service = BulkService(get_settings())
     old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    service.batches.update_entity(
+    service.batches.table.update_entity(
         {"PartitionKey": batch["Id"], "RowKey": "batch", "Status": "accepting", "CreatedAt": old},
         mode=UpdateMode.MERGE,
     )
@@ -473,7 +473,7 @@ def backdate_accepting_batches(key: str, *, minutes: int) -> list[Any]:
 
     settings = get_settings()
     assert settings.customer_id is not None
-    batches = BulkService(settings).batches
+    batches = BulkService(settings).batches.table
     hashed = idempotency_key_hash(settings.customer_id, "bulk\n" + key)
     found = list(
         batches.query_entities(

@@ -1,0 +1,147 @@
+"""Bulk batches (``SmartDialogBatches``, PartitionKey = batch id, RowKey ``batch``): the typed row
+and its one writer. The status only moves along :data:`~shared.messages.BATCH_TRANSITIONS`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from shared.messages._models import BatchStatus, check_batch_transition
+from shared.messages._records import chunked, joined
+from shared.names import BATCHES_TABLE
+from shared.storage import ensure_table, plain_datetime, utc
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = ["BatchRecord", "BatchStore"]
+
+BATCH_ROW_KEY = "batch"
+#: Characters of the refused rows kept on the batch (a Table property holds 32K).
+_REFUSED_CHARS = 30_000
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One bulk request: what it accepted and refused, and the packs it formed."""
+
+    batch_id: str
+    status: BatchStatus
+    customer_id: str
+    service_id: str
+    total: int
+    accepted: int
+    created_at: dt.datetime
+    #: The exact formation time, as text: pack ids are made from it, and a replay that
+    #: finishes the batch must make the same ones.
+    formed_at: str
+    pack_ids: tuple[str, ...]
+    refused: tuple[dict[str, Any], ...] = ()
+    idempotency_key_hash: str | None = None
+    #: When a status poll last put stale packs' drivers back on the queue.
+    redriven_at: dt.datetime | None = None
+    etag: str | None = field(default=None, compare=False)
+
+    def to_entity(self) -> dict[str, Any]:
+        return {
+            "PartitionKey": self.batch_id,
+            "RowKey": BATCH_ROW_KEY,
+            "Status": str(self.status),
+            "CustomerId": self.customer_id,
+            "ServiceId": self.service_id,
+            "Total": self.total,
+            "Accepted": self.accepted,
+            "Refused": json.dumps(list(self.refused))[:_REFUSED_CHARS],
+            "RefusedCount": len(self.refused),
+            "CreatedAt": plain_datetime(self.created_at),
+            "FormedAt": self.formed_at,
+            "IdempotencyKeyHash": self.idempotency_key_hash,
+            "RedrivenAt": plain_datetime(self.redriven_at),
+            **chunked("PackIds", json.dumps(list(self.pack_ids))),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> BatchRecord:
+        try:
+            refused = json.loads(entity.get("Refused") or "[]")
+        except ValueError:  # cut at the property's limit
+            refused = []
+        created = utc(entity.get("CreatedAt")) or dt.datetime.fromtimestamp(0, dt.UTC)
+        return cls(
+            batch_id=str(entity["PartitionKey"]),
+            status=BatchStatus(entity.get("Status") or BatchStatus.ACCEPTING),
+            customer_id=str(entity.get("CustomerId") or ""),
+            service_id=str(entity.get("ServiceId") or ""),
+            total=int(entity.get("Total") or 0),
+            accepted=int(entity.get("Accepted") or 0),
+            created_at=created,
+            formed_at=str(entity.get("FormedAt") or created.isoformat()),
+            pack_ids=tuple(json.loads(joined(entity, "PackIds") or "[]")),
+            refused=tuple(refused),
+            idempotency_key_hash=entity.get("IdempotencyKeyHash"),
+            redriven_at=utc(entity.get("RedrivenAt")),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+    @property
+    def refused_count(self) -> int:
+        return len(self.refused)
+
+
+class BatchStore:
+    """Reads and writes batch rows; a status change goes through the batch transition table."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> BatchStore:
+        from shared.storage import table_client
+
+        return cls(table_client(BATCHES_TABLE, settings))
+
+    @property
+    def table(self) -> TableClient:
+        return ensure_table(self._table)
+
+    def save(self, batch: BatchRecord) -> None:
+        """Write ``batch`` whole (its request records it before anything else of it)."""
+        self.table.upsert_entity({k: v for k, v in batch.to_entity().items() if v is not None})
+
+    def get(self, batch_id: str) -> BatchRecord | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return BatchRecord.from_entity(self.table.get_entity(batch_id, BATCH_ROW_KEY))
+        except ResourceNotFoundError:
+            return None
+
+    def mark(self, batch: BatchRecord, status: BatchStatus) -> BatchRecord:
+        """Move ``batch`` to ``status`` (an arrow of the table; repeating one is fine)."""
+        from azure.data.tables import UpdateMode
+
+        check_batch_transition(batch.status, status)
+        self.table.update_entity(
+            {"PartitionKey": batch.batch_id, "RowKey": BATCH_ROW_KEY, "Status": str(status)},
+            mode=UpdateMode.MERGE,
+        )
+        return replace(batch, status=status)
+
+    def note_redriven(self, batch: BatchRecord, at: dt.datetime) -> BatchRecord:
+        """Record that stale packs' drivers went back on the queue at ``at``."""
+        from azure.data.tables import UpdateMode
+
+        self.table.update_entity(
+            {
+                "PartitionKey": batch.batch_id,
+                "RowKey": BATCH_ROW_KEY,
+                "RedrivenAt": plain_datetime(at),
+            },
+            mode=UpdateMode.MERGE,
+        )
+        return replace(batch, redriven_at=at)
