@@ -449,15 +449,11 @@ class OutboundSender:
         return self.ports.store.create(claimed, slots)
 
     def _park(self, command: OutboundMessage) -> None:
-        """On its first quota deferral, make a packable message findable by the next leader
-        that gets a slot: index it, recording it first if it came on the queue unrecorded
-        (nothing for one that must be refused: the ordinary path deals with those). Indexing
-        waits until here because packing only pays when the quota is what holds sends back."""
+        """Record a packable queue-only message as queued and index it, so the next invocation
+        that gets a slot packs it (nothing if it is recorded already, as a send action's are,
+        indexed when accepted; or if it must be refused: the ordinary path deals with those)."""
         assert command.messageId is not None
-        found = self.ports.store.get(command.messageId)
-        if found is not None:
-            if not found.status.is_final and found.pack_id is None and found.attempts == 0:
-                self.ports.packs.index([found])  # nothing when it never packs (no pack key)
+        if self.ports.store.get(command.messageId) is not None:
             return
         if self._suppression(command) is not None:
             return

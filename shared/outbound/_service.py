@@ -100,9 +100,10 @@ class SendService:
 
         The command goes on the queue *before* its record is written, so a record always means
         its command was queued (nothing to recover after a crash in between: a retry finds no
-        record and goes on; the sender records a command it finds unrecorded). Three storage
-        round trips for an ordinary send: the opt-out check, the enqueue, the record (four
-        with an idempotency key: its claim).
+        record and goes on; the sender records a command it finds unrecorded). Storage round
+        trips of an ordinary send: the opt-out check (two point reads: the service's list and
+        the all-services one), the enqueue, the record, and for a packable send its index row
+        (one more with an idempotency key: its claim).
 
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
@@ -186,6 +187,8 @@ class SendService:
                 idempotency_key_hash=key_hash,
             )
             record = self.store.create(fresh, slots) or self.store.get(message_id)
+            if record is not None and record.pack_key is not None:
+                self.packs.index([record])  # any leader may pack it from now on
             assert record is not None, "a record that exists cannot vanish"
         elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
