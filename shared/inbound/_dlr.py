@@ -1,4 +1,5 @@
-"""Delivery reports: our DLR URL, tolerant parsing, the per-recipient monotonic state machine.
+"""Delivery reports: tolerant parsing, and moving each recipient forward (our DLR URL itself is
+built by :mod:`shared.callback_urls`).
 
 SmartDialog calls a send's ``DlrUrl`` with HTTP GET, keeping our query string and appending its
 own parameters, whose names and vocabulary it does not publish. So :func:`parse_report` reads
@@ -6,8 +7,8 @@ the sandbox's names (``messageId``, ``recipientId``, ``recipient``, ``status``, 
 ``timestamp``) and common aliases (``to``/``msisdn``, ``stat``/``state``, Kannel's numeric
 ``dlr`` codes, ...) case-insensitively, and every report keeps its raw query.
 
-State machine of one recipient (the slot entities of ``SmartDialogMessages``, ranks in
-``shared.outbound.RECIPIENT_STATUS_RANK``)::
+State machine of one recipient (the slot entities of ``SmartDialogMessages``, ranks of
+:class:`shared.messages.RecipientStatus`; :meth:`MessageStore.advance_slot` writes them)::
 
     pending(0) -> failed/cancelled(10) -> sent(20) -> undelivered(30) -> delivered(40)
 
