@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, make_event
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_QUEUE
+from shared.outbound._attempt import Transient
 from shared.outbound._models import (
     DeadLetter,
     DeadLetterReason,
@@ -221,6 +222,28 @@ class Outcomes:
             ", duplicate RequestId" if duplicate else "",
         )
         return SendOutcome(OutcomeKind.SENT, done.message_id)
+
+    def back_off(
+        self, record: MessageRecord, failed: Transient, next_at: dt.datetime
+    ) -> SendOutcome:
+        """A claimed message whose attempt failed transiently: queued again to be retried at
+        ``next_at`` (``RETRY_SCHEDULED``), failed if it gives up now, or left to whoever
+        finished it meanwhile (``ACKNOWLEDGED``)."""
+        error = failed.error(record.attempts)
+        final = self.give_up(record, error, failed.title, next_at)
+        if final is not None:
+            return self.fail(record, final)
+        updated = self.swap_until(
+            record,
+            lambda r: r.status is MessageStatus.SENDING,
+            status=MessageStatus.QUEUED,
+            lease_until=None,
+            next_attempt_at=next_at,
+            last_error=error,
+            updated_at=self.ports.now(),
+        )
+        kind = OutcomeKind.ACKNOWLEDGED if updated is None else OutcomeKind.RETRY_SCHEDULED
+        return SendOutcome(kind, record.message_id)
 
     def fail(self, record: MessageRecord, failure: FailureInfo) -> SendOutcome:
         """Fail a message for good (unless it is final already), then announce it."""

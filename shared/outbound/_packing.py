@@ -326,23 +326,7 @@ class IndexPacks:
         next_at = now + dt.timedelta(seconds=delay)
 
         def back_off(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
-            member, _ = item
-            error = failed.error(member.attempts)
-            final = self.outcomes.give_up(member, error, failed.title, next_at)
-            if final is not None:
-                return self.outcomes.fail(member, final)
-            updated = self.outcomes.swap_until(
-                member,
-                lambda r: r.status is MessageStatus.SENDING,
-                status=MessageStatus.QUEUED,
-                lease_until=None,
-                next_attempt_at=next_at,
-                last_error=error,
-                updated_at=now,
-            )
-            if updated is None:
-                return SendOutcome(OutcomeKind.ACKNOWLEDGED, member.message_id)
-            return SendOutcome(OutcomeKind.RETRY_SCHEDULED, member.message_id)
+            return self.outcomes.back_off(item[0], failed, next_at)
 
         list(storage_pool().map(back_off, members[1:]))
         first = back_off(members[0])

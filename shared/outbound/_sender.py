@@ -355,27 +355,16 @@ class OutboundSender:
                 ),
             )
         delay = self.outcomes.retry_delay(record.attempts, failed.advised)
-        now = self.ports.now()
-        final = self.outcomes.give_up(record, error, title, now + dt.timedelta(seconds=delay))
-        if final is not None:
-            return self.outcomes.fail(record, final)
-        updated = self.outcomes.swap_until(
-            record,
-            lambda r: r.status is MessageStatus.SENDING,
-            status=MessageStatus.QUEUED,
-            lease_until=None,
-            next_attempt_at=now + dt.timedelta(seconds=delay),
-            last_error=error,
-            updated_at=now,
-        )
-        if updated is None:
-            return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
+        next_at = self.ports.now() + dt.timedelta(seconds=delay)
+        outcome = self.outcomes.back_off(record, failed, next_at)
+        if outcome.kind is not OutcomeKind.RETRY_SCHEDULED:
+            return outcome
         log.warning(
             "message %s attempt %d failed (%s); retry in %.1f s",
             record.message_id, record.attempts, title, delay,
         )  # fmt: skip
         return self.outcomes.requeue(
-            command, updated.attempts, delay, OutcomeKind.RETRY_SCHEDULED, failed.code
+            command, record.attempts, delay, OutcomeKind.RETRY_SCHEDULED, failed.code
         )
 
     def _suppression(self, command: OutboundMessage) -> FailureInfo | None:
