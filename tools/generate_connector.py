@@ -11,6 +11,13 @@ constraints, and the ``x-ms-*`` keys of each field's ``json_schema_extra``), its
 ``spec.responses`` plus the problem documents every action may return. Nothing here is
 per-operation: new actions appear by adding specs (see :mod:`shared.actions.catalog`).
 
+The output follows Microsoft's published connector rules (tests/connector checks them): labels
+(``x-ms-summary`` and schema titles) are put in Title Case here, except :data:`KEPT_LABELS`, the
+certified connector's own labels that flows migrating from it look for; a dropdown's
+``{"parameter": ...}`` reference to a parameter its operation does not have is dropped, so the
+look-up falls back to its own default (generation fails if the look-up needs that parameter); a
+2xx answer other than 202/204 must name its body's model.
+
 ``host`` is the placeholder :data:`HOST_PLACEHOLDER`; each connection names its own function
 app (the ``functionAppHost`` connection parameter and the ``dynamichosturl`` policy), or edit
 ``host`` before importing. Auth is the function key in header ``x-functions-key``.
@@ -21,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +39,14 @@ from shared.actions import ActionSpec, Body, Param, all_specs
 __all__ = [
     "DEFINITION_PATH",
     "HOST_PLACEHOLDER",
+    "KEPT_LABELS",
     "PROPERTIES_PATH",
     "build_definition",
     "build_properties",
     "main",
     "render",
     "swagger_schema",
+    "title_case",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +74,16 @@ ERROR_RESPONSES: Mapping[int, str] = {
     502: "SmartDialog failed, or refused the app's credentials.",
     504: "SmartDialog did not answer in time.",
 }
+#: Labels the certified SmartDialog connector shows in sentence case: kept as they are (not put in
+#: Title Case) so that makers moving from it find the fields they know.
+KEPT_LABELS = frozenset({"Recipient address", "Sender address"})
+#: Words a Title Case label keeps in lower case unless they start it.
+MINOR_WORDS = frozenset(
+    {"a", "an", "and", "as", "at", "by", "for", "from", "in", "nor", "of", "on", "or", "per", "the"}
+    | {"to", "via", "vs", "with"}
+)
+#: 2xx answers that have no body by design (accepted for later, no content).
+BODYLESS_SUCCESS = frozenset({202, 204})
 # Keys of a converted schema copied onto a non-body parameter.
 PARAM_KEYS = (
     "type",
@@ -219,6 +238,11 @@ def _parameters(spec: ActionSpec[Any]) -> list[dict[str, Any]]:
 def _responses(spec: ActionSpec[Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for doc in spec.responses:
+        if 200 <= doc.status < 300 and doc.status not in BODYLESS_SUCCESS and doc.model is None:
+            raise ValueError(
+                f"{spec.operation_id}: its {doc.status} answer needs a model (a flow reads the "
+                "body through its schema); answer 204 when there is no body"
+            )
         response: dict[str, Any] = {"description": doc.description}
         if doc.model is not None:
             response["schema"] = swagger_schema(doc.model)
@@ -256,17 +280,93 @@ def _operation(spec: ActionSpec[Any]) -> dict[str, Any]:
     return operation
 
 
+def _nodes(node: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in ``node``, itself included, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _nodes(value)
+
+
+def _resolve_dropdowns(operations: Mapping[str, dict[str, Any]]) -> None:
+    """Drop each dropdown's ``{"parameter": name}`` reference to a parameter its operation lacks.
+
+    The look-up then runs without it and uses its own default (an optional ``Customer-Id`` falls
+    back to the app's customer). A parameter the look-up requires cannot be left out: that is a
+    mistake in the spec, and generation fails naming it.
+    """
+    for operation_id, operation in operations.items():
+        own = {p["name"] for p in operation["parameters"]}
+        for node in _nodes(operation["parameters"]):
+            dropdown = node.get("x-ms-dynamic-values")
+            if not isinstance(dropdown, dict) or "parameters" not in dropdown:
+                continue
+            target = operations.get(dropdown["operationId"])
+            if target is None:
+                raise ValueError(f"{operation_id}: no operation {dropdown['operationId']}")
+            required = {p["name"] for p in target["parameters"] if p.get("required")}
+            kept: dict[str, Any] = {}
+            for name, value in dropdown["parameters"].items():
+                ref = value.get("parameter") if isinstance(value, dict) else None
+                if ref is None or ref in own:
+                    kept[name] = value
+                elif name in required:
+                    raise ValueError(
+                        f"{operation_id}: the {dropdown['operationId']} dropdown needs "
+                        f"{name} from parameter {ref}, which {operation_id} does not have"
+                    )
+            node["x-ms-dynamic-values"] = {**dropdown, "parameters": kept}
+            if not kept:
+                del node["x-ms-dynamic-values"]["parameters"]
+
+
+def title_case(label: str) -> str:
+    """``label`` in Title Case, as connector labels are written; :data:`KEPT_LABELS` stay as is.
+
+    Each word (and each part of a hyphenated one) gets a capital initial, except the minor
+    words after the first; the rest of a word is left alone, so WhatsApp, SMS and URL survive.
+    """
+    if label in KEPT_LABELS:
+        return label
+    words = label.split(" ")
+    return " ".join(
+        word
+        if index and word in MINOR_WORDS
+        else "-".join(part[:1].upper() + part[1:] for part in word.split("-"))
+        for index, word in enumerate(words)
+    )
+
+
+def _with_title_case_labels(node: Any) -> Any:
+    """A copy of ``node`` whose ``x-ms-summary`` and ``title`` strings are in Title Case."""
+    if isinstance(node, dict):
+        return {
+            key: title_case(value)
+            if key in ("x-ms-summary", "title") and isinstance(value, str)
+            else _with_title_case_labels(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_with_title_case_labels(value) for value in node]
+    return node
+
+
 def build_definition(
     specs: Iterable[ActionSpec[Any]] | None = None, host: str = HOST_PLACEHOLDER
 ) -> dict[str, Any]:
     """The Swagger 2.0 document for ``specs`` (default: every registered action)."""
     paths: dict[str, dict[str, Any]] = {}
+    operations: dict[str, dict[str, Any]] = {}
     tags: dict[str, None] = {}
     for spec in all_specs() if specs is None else specs:
         item = paths.setdefault("/" + spec.route, {})
         item.update(spec.path_extensions)
-        item[spec.method.lower()] = _operation(spec)
+        item[spec.method.lower()] = operations[spec.operation_id] = _operation(spec)
         tags.update(dict.fromkeys(spec.tags))
+    _resolve_dropdowns(operations)
     return {
         "swagger": "2.0",
         "info": {"title": TITLE, "description": DESCRIPTION, "version": VERSION},
@@ -275,8 +375,8 @@ def build_definition(
         "schemes": ["https"],
         "consumes": ["application/json"],
         "produces": ["application/json"],
-        "paths": paths,
-        "definitions": {"Problem": swagger_schema(_ProblemDoc)},
+        "paths": _with_title_case_labels(paths),
+        "definitions": _with_title_case_labels({"Problem": swagger_schema(_ProblemDoc)}),
         "parameters": {},
         "responses": {},
         "securityDefinitions": {

@@ -204,7 +204,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route=_OPT_IN_ROUTE,
         input=OptInInput,
         handler=whats_app_opt_in,
-        summary="Record a WhatsApp opt-in (deprecated)",
+        summary="Deprecated: record a WhatsApp opt-in",
         description=(
             "Records that a recipient agreed to WhatsApp messages from a sender number. "
             "Deprecated, as in SmartDialog."
@@ -220,7 +220,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route=_OPT_IN_ROUTE,
         input=OptInInput,
         handler=whats_app_opt_out,
-        summary="Withdraw a WhatsApp opt-in (deprecated)",
+        summary="Deprecated: withdraw a WhatsApp opt-in",
         description=(
             "Removes a recipient's opt-in for a sender number. Deprecated, as in SmartDialog."
         ),

@@ -331,7 +331,7 @@ def unsubscribe(ctx: ActionContext, inp: UnsubscribeInput) -> ActionResponse:
         )
     # Unsubscribing twice is fine (Power Automate may repeat it).
     _subscriptions(ctx.settings).remove(inp.service, inp.subscription_id)
-    return ActionResponse.empty(200)
+    return ActionResponse.json(SubscriptionDoc(id=inp.subscription_id, service=inp.service))
 
 
 def _suppression_doc(service: str, phone: str, hit: Suppression | None) -> dict[str, Any]:
@@ -436,7 +436,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         connector_extensions={"x-ms-trigger": "single"},
         path_extensions={
             "x-ms-notification-content": {
-                "description": "New message",
+                "description": "The new message.",
                 "schema": notification_schema(),
             }
         },
@@ -449,7 +449,9 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         handler=unsubscribe,
         summary="Remove a New Message subscription",
         description="Called by Power Automate on the subscription's Location to unsubscribe.",
-        responses=(ResponseDoc(200, "Unsubscribed."),),
+        responses=(
+            ResponseDoc(200, "Unsubscribed (also when it was already gone).", SubscriptionDoc),
+        ),
         visibility="internal",
         tags=(TAG,),
     ),

@@ -271,3 +271,18 @@ def test_unregistering_an_unknown_action_is_404(inbound: Inbound) -> None:
         route_params={"Service": TWO_WAY, "ActionId": "nope"},
     )
     assert answer.status == 404
+
+
+def test_unsubscribe_answers_the_subscription_it_ended(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    # The connector documents a schema for this 200 (Microsoft's rules want one): it is honoured.
+    location = urlsplit(subscribe(inbound, callback_receiver.url))
+    *_, service, subscription = location.path.split("/")
+    answer = inbound.call(
+        "DeleteNewMessageTrigger",
+        "DELETE",
+        route_params={"Service": service, "SubscriptionId": subscription},
+        params=dict(parse_qsl(location.query)),
+    )
+    assert (answer.status, answer.body) == (200, {"id": subscription, "service": TWO_WAY})
