@@ -225,6 +225,8 @@ module rbac 'app/rbac.bicep' = {
   params: {
     principalId: identity.outputs.principalId
     storageAccountName: storage.outputs.name
+    queueNames: storage.outputs.queueNames
+    tableNames: storage.outputs.tableNames
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     keyVaultName: keyVault.outputs.name
   }
@@ -251,6 +253,18 @@ module api 'app/api.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     smartDialogSettings: smartDialogSettings
     keyVaultReferences: keyVault.outputs.appSettingReferences
+  }
+}
+
+// Resource logs and metrics of the app, its storage and the vault, into Log Analytics.
+module diagnostics 'app/diagnostics.bicep' = {
+  name: 'diagnostics'
+  scope: rg
+  params: {
+    workspaceId: monitoring.outputs.logAnalyticsId
+    functionAppName: api.outputs.name
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
   }
 }
 

@@ -357,15 +357,22 @@ def safe_key(value: str) -> str:
 
 
 def _create_once(key: str, create: Callable[[], object]) -> None:
-    """``create()`` once per process for ``key`` (one that exists already is fine)."""
+    """``create()`` once per process for ``key`` (one that exists already is fine, and so is a
+    403: in Azure the Bicep creates every queue and table and scopes the data roles to each,
+    which may not cover creating one; a name truly missing then fails on first use)."""
     if key in _ready:
         return
-    from azure.core.exceptions import ResourceExistsError
+    from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
     with _ready_lock:
         if key not in _ready:
-            with contextlib.suppress(ResourceExistsError):
+            try:
                 create()
+            except ResourceExistsError:
+                pass
+            except HttpResponseError as error:
+                if error.status_code != 403:
+                    raise
             _ready.add(key)
 
 

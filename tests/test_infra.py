@@ -2,14 +2,17 @@
 
 The Bicep compiler cannot run here, so these tests hold the template to what the code
 needs: every setting the app reads is set in Azure (or listed below with the reason it is
-not), secrets reach the app only as Key Vault references, the storage account gets exactly
-the queues and tables of ``shared/names.py``, and the modules are wired consistently. The
+not), secrets reach the app only as Key Vault references, the storage account gets every
+queue, table and container the code names (and each trigger's ``-poison`` queue) with the
+data roles scoped to each, diagnostic settings send logs to the workspace, and the modules
+are wired consistently. The
 last test runs checkov's Bicep framework (``tools/checkov.sh``) and wants zero failed
 checks, each skip explained next to the resource it excuses.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -315,28 +318,213 @@ def test_each_smartdialog_parameter_is_optional_and_feeds_the_setting_of_its_var
 
 # --- queues and tables -------------------------------------------------------------------
 
+#: Names in infra/ that no code uses yet, each with why it is there ahead of its code.
+ANNOUNCED: dict[str, str] = {
+    "smartdialog-dlr-forward": "delivery reports forwarded to a caller's DlrUrl from a queue "
+    "(issue 13, the guarded client), added by a parallel branch",
+    "smartdialog-dlr-forward-poison": "the host's poison queue of that queue trigger",
+}
 
-def test_the_storage_account_gets_exactly_the_queues_the_code_uses() -> None:
-    queues = string_list(source("app/storage.bicep"), "queueNames")
+#: Literals shaped like our queue names (``smartdialog-...``) that name no queue: what they are.
+NOT_QUEUES: dict[str, str] = {}
 
-    assert sorted(queues) == sorted(names.QUEUES), (
-        "infra/app/storage.bicep queueNames must equal shared/names.py QUEUES"
+#: Calls whose first argument names a queue, a table or a blob container.
+STORAGE_CALLS = {
+    "queue_client": "queue",
+    "ensured_queue": "queue",
+    "table_client": "table",
+    "ensured_table": "table",
+    "get_container_client": "container",
+    "container_client": "container",
+}
+SUFFIXES = {"_QUEUE": "queue", "_TABLE": "table", "_CONTAINER": "container"}
+QUEUE_LIKE = re.compile(r"smartdialog(?:-[a-z0-9]+)+")
+
+
+def code_storage_names(sources: typing.Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    """Every queue, table and blob container name the code spells out, by kind: constants named
+    ``*_QUEUE``/``*_TABLE``/``*_CONTAINER``, literal first arguments of the storage helpers and
+    queue triggers, and any literal that looks like one of our queue names."""
+    found: dict[str, set[str]] = {"queue": set(), "table": set(), "container": set()}
+    literal_queues: set[str] = set()
+    for _, text in sources:
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                value = node.value
+                for target in targets:
+                    if not (isinstance(target, ast.Name) and isinstance(value, ast.Constant)):
+                        continue
+                    for suffix, kind in SUFFIXES.items():
+                        if target.id.endswith(suffix) and isinstance(value.value, str):
+                            found[kind].add(value.value)
+            elif isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                first = node.args[0] if node.args else None
+                for keyword in node.keywords:
+                    if keyword.arg in ("queue_name", "table_name", "container_name"):
+                        first = keyword.value
+                        name = {"queue_name": "ensured_queue", "table_name": "table_client"}.get(
+                            keyword.arg, "container_client"
+                        )
+                if name in STORAGE_CALLS and isinstance(first, ast.Constant):
+                    found[STORAGE_CALLS[name]].add(str(first.value))
+            elif isinstance(node, ast.Constant) and QUEUE_LIKE.fullmatch(str(node.value)):
+                literal_queues.add(str(node.value))
+    found["queue"] |= literal_queues - found["container"]
+    return found
+
+
+def app_sources() -> list[tuple[str, str]]:
+    paths = [ROOT / "function_app.py", *sorted((ROOT / "shared").rglob("*.py"))]
+    paths += sorted((ROOT / "functions").rglob("*.py"))
+    return [(p.relative_to(ROOT).as_posix(), p.read_text(encoding="utf-8")) for p in paths]
+
+
+@cache
+def triggered_queues() -> frozenset[str]:
+    """The queues the app's functions trigger on, from the metadata the host indexes."""
+    from devhost import app_functions
+    from function_app import app
+
+    return frozenset(
+        binding["queueName"]
+        for function in app_functions(app)
+        for binding in map(json.loads, function.get_raw_bindings())
+        if binding["type"] == "queueTrigger"
     )
+
+
+def test_names_py_lists_every_queue_and_table_constant_it_defines() -> None:
+    constants = code_storage_names([("shared/names.py", (ROOT / "shared/names.py").read_text())])
+
+    assert constants["queue"] == set(names.QUEUES)
+    assert constants["table"] == set(names.TABLES)
+
+
+def test_the_name_finder_sees_a_queue_table_or_container_however_the_code_spells_it() -> None:
+    snippet = (
+        'PARTS_CONTAINER = "smartdialog-parts"\n'
+        'SEEN_TABLE: str = "SmartDialogSeenTwice"\n'
+        'ensured_queue("smartdialog-new-work", settings)\n'
+        'table_client("SmartDialogAdHoc")\n'
+        '@bp.queue_trigger(arg_name="m", queue_name="smartdialog-triggered")\n'
+        "def f(m): ...\n"
+        'TOPIC = "smartdialog-spelled-out"\n'
+    )
+
+    found = code_storage_names([("x.py", snippet)])
+
+    assert found == {
+        "queue": {"smartdialog-new-work", "smartdialog-triggered", "smartdialog-spelled-out"},
+        "table": {"SmartDialogSeenTwice", "SmartDialogAdHoc"},
+        "container": {"smartdialog-parts"},
+    }
+
+
+def test_the_bicep_creates_every_queue_the_code_uses_and_each_trigger_s_poison_queue() -> None:
+    queues = string_list(source("app/storage.bicep"), "queueNames")
+    code = code_storage_names(app_sources())["queue"] - set(NOT_QUEUES)
+    poison = {names.poison_queue(q) for q in triggered_queues()}
+
+    assert names.OUTBOUND_QUEUE in triggered_queues()  # the metadata was read
+    missing = sorted((code | poison) - set(queues))
+    assert not missing, (
+        f"the code uses queues {missing} that infra/app/storage.bicep queueNames lacks: "
+        "add them (the app's queue roles are scoped to each queue, so it cannot use any other); "
+        "a smartdialog-... literal that is no queue goes into NOT_QUEUES with what it is"
+    )
+    extra = sorted(set(queues) - code - poison - set(ANNOUNCED))
+    assert not extra, f"infra/app/storage.bicep creates queues no code uses: {extra}"
     assert len(set(queues)) == len(queues)
     for queue in queues:  # Azure queue names: 3-63 lower-case letters, digits, single hyphens
         assert re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]", queue), queue
-        assert len(queue) + len("-poison") <= 63, f"{queue}-poison would be too long"
+        if not queue.endswith("-poison"):
+            assert len(names.poison_queue(queue)) <= 63, f"{queue}-poison would be too long"
 
 
-def test_the_storage_account_gets_exactly_the_tables_the_code_uses() -> None:
+def test_the_bicep_creates_every_table_the_code_uses() -> None:
     tables = string_list(source("app/storage.bicep"), "tableNames")
+    code = code_storage_names(app_sources())["table"]
 
-    assert sorted(tables) == sorted(names.TABLES), (
-        "infra/app/storage.bicep tableNames must equal shared/names.py TABLES"
+    missing = sorted(code - set(tables))
+    assert not missing, (
+        f"the code uses tables {missing} that infra/app/storage.bicep tableNames lacks: add them "
+        "(the app's table roles are scoped to each table); a name made at run time needs the "
+        "role on the account instead (infra/app/rbac.bicep, docs/deploy.md)"
     )
+    extra = sorted(set(tables) - code - set(ANNOUNCED))
+    assert not extra, f"infra/app/storage.bicep creates tables no code uses: {extra}"
     assert len(set(tables)) == len(tables)
     for table in tables:  # Azure table names: 3-63 letters and digits, not starting with a digit
         assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", table), table
+
+
+def test_the_bicep_creates_every_blob_container_the_code_names() -> None:
+    storage = source("app/storage.bicep").raw
+    for container in sorted(code_storage_names(app_sources())["container"]):
+        assert f"'{container}'" in storage, f"infra/app/storage.bicep lacks container {container}"
+
+
+def test_announced_names_are_ones_the_bicep_creates() -> None:
+    declared = set(string_list(source("app/storage.bicep"), "queueNames"))
+    declared |= set(string_list(source("app/storage.bicep"), "tableNames"))
+    assert set(ANNOUNCED) <= declared
+
+
+def test_queue_and_table_roles_are_granted_per_queue_and_per_table_never_on_the_account() -> None:
+    rbac = source("app/rbac.bicep").no_comments
+    main = source("main.bicep").no_comments
+    assignments = {
+        m.group(1): m.group(2)
+        for m in re.finditer(
+            r"^resource\s+(\w+)\s+'Microsoft\.Authorization/roleAssignments@[^']+'\s*=\s*"
+            r"(?:\[for[^:]*:\s*)?\{[\s\S]*?^\s*scope:\s*([\w\[\]]+)",
+            rbac,
+            re.M,
+        )
+    }
+
+    assert assignments["queueData"] == "queues[i]"
+    assert assignments["tableData"] == "tables[i]"
+    for role in ("storageQueueDataContributor", "storageTableDataContributor"):
+        uses = re.findall(rf"roles\.{role}\b", rbac)
+        assert len(uses) == 2, f"{role} is granted more than once (once per queue or table only)"
+    assert "[for queueName in queueNames:" in rbac
+    assert "[for tableName in tableNames:" in rbac
+    assert re.search(r"queueNames:\s*storage\.outputs\.queueNames", main)
+    assert re.search(r"tableNames:\s*storage\.outputs\.tableNames", main)
+
+
+# --- diagnostic settings -----------------------------------------------------------------
+
+
+def test_the_app_its_storage_services_and_the_vault_send_logs_to_the_workspace() -> None:
+    diagnostics = source("app/diagnostics.bicep")
+    main = source("main.bicep").no_comments
+    settings = re.findall(
+        r"^resource\s+\w+\s+'Microsoft\.Insights/diagnosticSettings@[^']+'\s*=\s*\{"
+        r"[\s\S]*?^\s*scope:\s*(\w+)[\s\S]*?^\s*workspaceId:\s*workspaceId\s*$",
+        diagnostics.no_comments,
+        re.M,
+    )
+    existing = r"^resource\s+(\w+)\s+'([^'@]+)@[^']+'\s+existing"
+    targets = dict(re.findall(existing, diagnostics.no_comments, re.M))
+
+    assert sorted(targets[scope] for scope in settings) == sorted(
+        [
+            "Microsoft.Web/sites",
+            "Microsoft.Storage/storageAccounts",
+            "Microsoft.Storage/storageAccounts/blobServices",
+            "Microsoft.Storage/storageAccounts/queueServices",
+            "Microsoft.Storage/storageAccounts/tableServices",
+            "Microsoft.KeyVault/vaults",
+        ]
+    )
+    assert re.search(r"workspaceId:\s*monitoring\.outputs\.logAnalyticsId", main)
+    for category in ("StorageWrite", "StorageDelete"):
+        assert re.search(rf"'{category}'\s*enabled:\s*true", diagnostics.no_comments)
 
 
 def test_queues_and_tables_are_declared_once_from_those_lists_and_nowhere_else() -> None:

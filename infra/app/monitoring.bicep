@@ -36,5 +36,6 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' = {
 }
 
 output applicationInsightsName string = applicationInsights.name
+output logAnalyticsId string = logAnalytics.id
 // Not a secret: with local auth disabled, ingestion needs an Entra token as well.
 output connectionString string = applicationInsights.properties.ConnectionString

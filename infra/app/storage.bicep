@@ -6,8 +6,10 @@ param location string
 param tags object = {}
 param deploymentContainerName string
 
-// Exactly shared/names.py QUEUES. The "-poison" queues are left to the Functions host,
-// which creates them on the first message it gives up on.
+// Every queue the app and the Functions host use (tests/test_infra.py derives the list from
+// the code): shared/names.py QUEUES, then the "-poison" queue of each queue trigger, where
+// the host moves a message it gave up on. Declared here rather than left to the host, so the
+// app's queue roles (rbac.bicep) can be scoped to these queues instead of the account.
 var queueNames = [
   'smartdialog-outbound'
   'smartdialog-inbound'
@@ -16,9 +18,16 @@ var queueNames = [
   'smartdialog-inbound-deliveries'
   'smartdialog-inbound-deadletter'
   'smartdialog-inbound-intake'
+  // Delivery-report forwarding to a caller's DlrUrl (queue-triggered; issue 13's guarded client).
+  'smartdialog-dlr-forward'
+  'smartdialog-outbound-poison'
+  'smartdialog-inbound-intake-poison'
+  'smartdialog-inbound-deliveries-poison'
+  'smartdialog-dlr-forward-poison'
 ]
 
-// Exactly shared/names.py TABLES.
+// Every table of shared/names.py TABLES (the same test keeps them equal). Tables whose
+// names are known only at run time cannot be listed here: see rbac.bicep.
 var tableNames = [
   'SmartDialogQuota'
   'SmartDialogMessages'
@@ -97,3 +106,6 @@ output name string = storage.name
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
 output queueEndpoint string = storage.properties.primaryEndpoints.queue
 output tableEndpoint string = storage.properties.primaryEndpoints.table
+// For rbac.bicep, which scopes the app's data roles to each queue and table.
+output queueNames array = queueNames
+output tableNames array = tableNames

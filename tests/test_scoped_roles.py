@@ -1,0 +1,52 @@
+"""In Azure the data roles are scoped to each queue and table (infra/app/rbac.bicep), which may
+not cover creating one; the app's create-if-missing must then carry on, since the Bicep made
+them. Azurite has no RBAC, so the refusal is a client whose create answers what Azure would."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+
+from shared.storage import ensure_table
+
+_unique = itertools.count()
+
+
+def refusal(status: int) -> HttpResponseError:
+    error = HttpResponseError(message="This request is not authorized to perform this operation.")
+    error.status_code = status
+    return error
+
+
+@dataclass
+class RefusingTable:
+    """The parts of a ``TableClient`` that ``ensure_table`` uses; its create is refused."""
+
+    status: int
+    table_name: str = field(default_factory=lambda: f"Refused{next(_unique)}")
+    url: str = "https://account.table.core.windows.net"
+    creates: int = 0
+
+    def create_table(self) -> None:
+        self.creates += 1
+        raise refusal(self.status)
+
+
+def test_a_create_refused_for_want_of_a_role_leaves_the_table_to_the_bicep() -> None:
+    table = RefusingTable(403)
+
+    assert ensure_table(table) is table  # type: ignore[arg-type]
+    ensure_table(table)  # type: ignore[arg-type]
+
+    assert table.creates == 1
+
+
+@pytest.mark.parametrize("status", [400, 404, 500, 503])
+def test_any_other_failure_to_create_still_raises(status: int) -> None:
+    table = RefusingTable(status)
+
+    with pytest.raises(HttpResponseError):
+        ensure_table(table)  # type: ignore[arg-type]
