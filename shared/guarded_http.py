@@ -521,7 +521,7 @@ class GuardedClient:
         try:
             with (
                 httpcore.ConnectionPool(
-                    ssl_context=self._ssl_context or _default_ssl_context(),
+                    ssl_context=None if call.plain_http else self._tls(),
                     max_connections=1,
                     max_keepalive_connections=0,
                     network_backend=_GuardedBackend(call),
@@ -556,6 +556,9 @@ class GuardedClient:
             ) from None
         except (httpcore.NetworkError, httpcore.ProtocolError, ssl.SSLError, OSError) as exc:
             raise CallbackFailed(host, f"{type(exc).__name__}: {exc}") from None
+
+    def _tls(self) -> ssl.SSLContext:
+        return self._ssl_context or _default_ssl_context()
 
     def _read_capped(self, response: httpcore.Response) -> tuple[bytes, bool]:
         body = bytearray()
