@@ -16,6 +16,8 @@ var queueNames = [
   'smartdialog-inbound-deliveries'
   'smartdialog-inbound-deadletter'
   'smartdialog-inbound-intake'
+  'smartdialog-dlr-forward'
+  'smartdialog-dlr-forward-deadletter'
 ]
 
 // Exactly shared/names.py TABLES.
