@@ -302,7 +302,10 @@ class CallbackPolicy:
 
 @lru_cache(maxsize=8)
 def _policy(allowed: str, website_hostname: str | None, public_base_url: str) -> CallbackPolicy:
-    own = _normal_name(httpx.URL(public_base_url).host) if public_base_url else ""
+    try:
+        own = _normal_name(httpx.URL(public_base_url).host)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        own = ""
     own_address = literal_address(own) if own else None
     runs_locally = website_hostname is None and (
         _is_localhost_name(own) or (own_address is not None and _is_loopback(own_address))

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpcore
 
@@ -23,9 +25,20 @@ class RawServer:
     requests: list[bytes] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)  # bytes each connection managed to send
 
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        """The requests, once at least ``count`` arrived (connection threads run on their own)."""
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.requests)
+
 
 @contextmanager
-def raw_server(behaviour: Callable[[socket.socket, RawServer], None]) -> Iterator[RawServer]:
+def raw_server(
+    behaviour: Callable[[socket.socket, RawServer], None],
+    tls: ssl.SSLContext | None = None,
+) -> Iterator[RawServer]:
+    """Serves on 127.0.0.1, over TLS with ``tls`` (a server context) if given."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     server = RawServer(f"http://127.0.0.1:{port}", port)
@@ -44,6 +57,13 @@ def raw_server(behaviour: Callable[[socket.socket, RawServer], None]) -> Iterato
             threading.Thread(target=_run, args=(conn,), daemon=True).start()
 
     def _run(conn: socket.socket) -> None:
+        if tls is not None:
+            conn.settimeout(10)
+            try:
+                conn = tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                server.requests.append(b"<handshake failed>")
+                return
         with conn:
             conn.settimeout(10)
             data = b""
@@ -150,3 +170,42 @@ class FakeResolver:
             return list(self.table[host])
         except KeyError:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
+
+
+def self_signed(name: str, directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A certificate for ``name``: (the server's context, a client context trusting only it)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client

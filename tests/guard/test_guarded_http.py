@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,7 @@ from tests.guard.servers import (
     answer,
     huge_answer,
     raw_server,
+    self_signed,
     trickle_body,
     trickle_headers,
 )
@@ -214,6 +216,23 @@ def test_the_allow_list_lets_an_internal_host_through_by_name_range_or_suffix() 
         client(policy, resolver=resolver, backend=RecordingBackend()).get("https://10.21.0.1/")
     with pytest.raises(CallbackRefused, match="https"):  # the list is about addresses, not scheme
         client(policy, resolver=resolver, backend=RecordingBackend()).get("http://x.com/")
+
+
+def test_an_allowed_host_is_called_over_tls_verified_against_its_name(tmp_path: Path) -> None:
+    server_tls, trusted = self_signed("hooks.corp.example", tmp_path)
+    policy = CallbackPolicy(parse_allowed_hosts("hooks.corp.example,impostor.corp.example"))
+    resolver = FakeResolver(
+        {"hooks.corp.example": ["127.0.0.1"], "impostor.corp.example": ["127.0.0.1"]}
+    )
+    with raw_server(answer(200), tls=server_tls) as server:
+        guarded = GuardedClient(policy, deadline_seconds=5, resolver=resolver, ssl_context=trusted)
+        assert guarded.get(f"https://hooks.corp.example:{server.port}/in").status == 200
+        with pytest.raises(CallbackFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            guarded.get(f"https://impostor.corp.example:{server.port}/in")
+    first, second = server.wait_for(2)
+    assert first.startswith(b"GET /in HTTP/1.1\r\n")
+    assert f"Host: hooks.corp.example:{server.port}".encode() in first
+    assert second == b"<handshake failed>"
 
 
 def test_the_allow_list_setting_is_checked_when_settings_are_read() -> None:
