@@ -383,7 +383,6 @@ class _Call:
     deadline: float
     plain_http: bool
     received: int = 0
-    connected_to: str | None = None
 
     def left(self, timeout: float | None, error: type[Exception]) -> float:
         remaining = self.deadline - time.monotonic()
@@ -410,10 +409,9 @@ class _GuardedBackend(httpcore.NetworkBackend):
             addresses: list[IPAddress] = [literal]
         else:
             try:
-                found = call.resolver(host, port)
-            except OSError as exc:
+                addresses = [ipaddress.ip_address(a) for a in call.resolver(host, port)]
+            except (OSError, ValueError) as exc:
                 raise _NotResolved(f"{host} did not resolve ({exc})") from None
-            addresses = [ipaddress.ip_address(a) for a in found]
             if not addresses:
                 raise _NotResolved(f"{host} did not resolve")
         for address in addresses:  # every answer must pass: a mixed answer is a rebinding attempt
@@ -433,7 +431,6 @@ class _GuardedBackend(httpcore.NetworkBackend):
             except httpcore.ConnectError as exc:
                 last = exc
                 continue
-            call.connected_to = str(address)
             return _DeadlineStream(stream, call)
         assert last is not None
         raise last
