@@ -5,11 +5,13 @@ from its own queue, never inside SmartDialog's delivery-report request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 
 from shared import names
 from shared.guarded_http import GuardedClient
@@ -58,6 +60,28 @@ def test_a_dlr_url_inside_our_network_is_refused_at_accept_time(inbound: Inbound
     assert error["field"].endswith("DlrUrl")
     assert "Refused" in error["message"]
     assert inbound.count(names.OUTBOUND_QUEUE) == 0
+
+
+def test_a_bulk_send_with_an_internal_dlr_url_is_refused_and_records_nothing(
+    inbound: Inbound,
+) -> None:
+    inbound.configure(PUBLIC_BASE_URL=PRODUCTION)
+    answer = inbound.call(
+        "SendBulkMessages",
+        "POST",
+        headers={"Customer-Id": CUSTOMER, "Service-Id": ONE_WAY},
+        body={
+            "Sender": "Sandbox",
+            "Content": "Hi",
+            "Recipients": [{"Address": DELIVERED}],
+            "DlrUrl": "https://[::ffff:169.254.169.254]/dlr",
+        },
+    )
+    assert answer.status == 400, answer.body
+    assert [e["field"] for e in answer.body["errors"]] == ["DlrUrl"]
+    assert inbound.count(names.OUTBOUND_QUEUE) == 0
+    with contextlib.suppress(ResourceNotFoundError):  # no table yet is no row either
+        assert inbound.rows(names.BATCHES_TABLE) == []
 
 
 @pytest.mark.parametrize("url", INTERNAL_URLS)
