@@ -15,8 +15,8 @@ our network, hold a worker, or fill our memory. :class:`GuardedClient` makes eac
   the name. ``SMARTDIALOG_CALLBACK_ALLOWED_HOSTS`` (host names, ``*.suffix`` and CIDR ranges)
   lists internal targets that are allowed, e.g. subscribers inside a virtual network.
 - **No redirects**, no proxy from the environment, no connection reuse between calls.
-- **One deadline per call** (``SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS``) for connect, TLS,
-  request and answer together: every socket operation gets only the time that is left, so a
+- **One deadline per call** (``SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS``) for name resolution,
+  connect, TLS, request and answer together: every step gets only the time that is left, so a
   server trickling one byte at a time is cut at the deadline.
 - **A few KB of answer.** Reads are at most :data:`READ_CHUNK_BYTES` each; the body is kept up
   to :data:`MAX_ANSWER_BYTES`, then the connection is closed.
@@ -35,6 +35,7 @@ Errors::
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import ipaddress
 import json as jsonlib
 import re
@@ -72,6 +73,8 @@ MAX_ANSWER_BYTES = 4096
 READ_CHUNK_BYTES = 4096
 #: Bytes of one answer (status line, headers, body) after which the call fails.
 MAX_RECEIVED_BYTES = 64 * 1024
+#: Name resolutions in flight at once (a hung resolver holds a thread, never a caller).
+RESOLVER_THREADS = 4
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -408,8 +411,13 @@ class _GuardedBackend(httpcore.NetworkBackend):
         if literal is not None:
             addresses: list[IPAddress] = [literal]
         else:
+            # On a worker thread, so a resolver that hangs still ends the call at its deadline.
+            question = _resolvers().submit(call.resolver, host, port)
             try:
-                addresses = [ipaddress.ip_address(a) for a in call.resolver(host, port)]
+                found = question.result(timeout=call.left(timeout, httpcore.ConnectTimeout))
+                addresses = [ipaddress.ip_address(a) for a in found]
+            except concurrent.futures.TimeoutError:
+                raise httpcore.ConnectTimeout(f"{host} did not resolve in time") from None
             except (OSError, ValueError) as exc:
                 raise _NotResolved(f"{host} did not resolve ({exc})") from None
             if not addresses:
@@ -567,6 +575,13 @@ class GuardedClient:
             if len(body) > self.max_answer_bytes:
                 return bytes(body[: self.max_answer_bytes]), True
         return bytes(body), False
+
+
+@lru_cache(maxsize=1)
+def _resolvers() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=RESOLVER_THREADS, thread_name_prefix="guarded-resolve"
+    )
 
 
 @lru_cache(maxsize=1)

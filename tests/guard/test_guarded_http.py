@@ -5,6 +5,7 @@ ever goes to loopback servers of the test, or to no socket at all (a recording b
 
 from __future__ import annotations
 
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -255,6 +256,29 @@ def test_a_server_trickling_one_byte_a_second_is_cut_at_the_deadline(behaviour: 
         took = time.monotonic() - started
     assert failed.value.timed_out
     assert deadline <= took < deadline + 0.5  # per-read timeouts would never fire here
+
+
+def test_a_resolver_that_hangs_is_cut_at_the_deadline() -> None:
+    release = threading.Event()
+
+    def hanging(host: str, port: int) -> list[str]:
+        release.wait(10)
+        return [PUBLIC]
+
+    backend = RecordingBackend()
+    guarded = GuardedClient(
+        PRODUCTION, deadline_seconds=0.5, resolver=hanging, network_backend=backend
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(CallbackFailed) as failed:
+            guarded.get("https://slow-dns.example.com/")
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert failed.value.timed_out
+    assert 0.5 <= took < 1.0
+    assert backend.connects == []
 
 
 def test_a_huge_answer_is_not_read_beyond_the_cap() -> None:
