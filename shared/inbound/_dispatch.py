@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from shared.clock import utcnow
-from shared.guarded_http import CallbackFailed, CallbackRefused, GuardedClient
+from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE
@@ -84,7 +84,7 @@ class CallVerdict:
 
 
 def judge_call(
-    call: Callable[[], Any], host: str | None, *, now: Callable[[], float]
+    call: Callable[[], CallbackAnswer], host: str | None, *, now: Callable[[], float]
 ) -> CallVerdict:
     """Make ``call`` (a :class:`GuardedClient` call) and judge it: refused by the guard, a
     failure that may pass later (no answer, 408, 425, 429, 5xx), a refusal by the server (any
