@@ -1,6 +1,8 @@
 """The delivery-report callback: SmartDialog GETs a send's ``DlrUrl`` (ours) once per report.
 
 Anonymous at the Functions level: the URL carries an HMAC token bound to our message id.
+``DlrForwarder`` passes each report on to the send's own ``DlrUrl`` from a queue; it returns
+normally for anything that URL can cause, so only our own storage failing makes the host retry.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from functions.actions import to_action_request, to_http_response
+from shared.names import DLR_FORWARD_QUEUE
 
 bp = func.Blueprint()
 
@@ -19,3 +22,12 @@ def delivery_report(req: func.HttpRequest) -> func.HttpResponse:
     from shared.inbound import receive_delivery_report
 
     return to_http_response(receive_delivery_report(to_action_request(req)))
+
+
+@bp.function_name("DlrForwarder")
+@bp.queue_trigger(arg_name="msg", queue_name=DLR_FORWARD_QUEUE, connection="AzureWebJobsStorage")
+def dlr_forwarder(msg: func.QueueMessage) -> None:
+    """Call the send's own ``DlrUrl`` with one report (see ``shared.inbound._dlr_forward``)."""
+    from shared.inbound import DlrForwarder
+
+    DlrForwarder.from_settings().process(msg.get_body().decode("utf-8", errors="replace"))

@@ -115,6 +115,12 @@ param smartDialogDispatchMaxAttempts string = ''
 @description('SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS: first retry delay of a failed subscriber POST (doubles per attempt).')
 param smartDialogDispatchRetryBaseSeconds string = ''
 
+@description('SMARTDIALOG_CALLBACK_ALLOWED_HOSTS: internal hosts, *.suffixes and CIDR ranges a DlrUrl or New Message callback may reach (e.g. subscribers inside a virtual network).')
+param smartDialogCallbackAllowedHosts string = ''
+
+@description('SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS: deadline of one whole call to a URL we were given (app default 10).')
+param smartDialogCallbackTimeoutSeconds string = ''
+
 @description('SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: how long a sender invocation waits for a quota slot before deferring the message.')
 param smartDialogSendQuotaWaitSeconds string = ''
 
@@ -165,6 +171,8 @@ var smartDialogSettings = union(
   empty(smartDialogDispatchMaxAttempts) ? {} : { SMARTDIALOG_DISPATCH_MAX_ATTEMPTS: smartDialogDispatchMaxAttempts },
   empty(smartDialogDispatchRetryBaseSeconds) ? {} : { SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS: smartDialogDispatchRetryBaseSeconds },
   empty(smartDialogSendQuotaWaitSeconds) ? {} : { SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: smartDialogSendQuotaWaitSeconds },
+  empty(smartDialogCallbackAllowedHosts) ? {} : { SMARTDIALOG_CALLBACK_ALLOWED_HOSTS: smartDialogCallbackAllowedHosts },
+  empty(smartDialogCallbackTimeoutSeconds) ? {} : { SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS: smartDialogCallbackTimeoutSeconds },
   empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients }
 )
 

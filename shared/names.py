@@ -35,6 +35,13 @@ INBOUND_DELIVERIES_QUEUE = "smartdialog-inbound-deliveries"
 #: (``schemas/inbound-dead-letter.json``).
 INBOUND_DEAD_LETTER_QUEUE = "smartdialog-inbound-deadletter"
 
+#: Delivery reports to pass on to a send's own ``DlrUrl`` (``schemas/dlr-forward.json``): the
+#: DLR function queues them, ``DlrForwarder`` calls the URL through the guarded client.
+DLR_FORWARD_QUEUE = "smartdialog-dlr-forward"
+#: Forwards to a caller's ``DlrUrl`` that failed for good, each wrapped with its reason
+#: (``schemas/dlr-forward-dead-letter.json``).
+DLR_FORWARD_DEAD_LETTER_QUEUE = "smartdialog-dlr-forward-deadletter"
+
 #: Inbound webhooks registered with SmartDialog (one per pipeline action).
 WEBHOOKS_TABLE = "SmartDialogWebhooks"
 #: New Message trigger subscriptions (Power Automate callback URLs), per service.
@@ -59,6 +66,8 @@ QUEUES: tuple[str, ...] = (
     INBOUND_DELIVERIES_QUEUE,
     INBOUND_DEAD_LETTER_QUEUE,
     INBOUND_INTAKE_QUEUE,
+    DLR_FORWARD_QUEUE,
+    DLR_FORWARD_DEAD_LETTER_QUEUE,
 )
 TABLES: tuple[str, ...] = (
     QUOTA_TABLE,

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     dispatch_retry_base_seconds: float = Field(
         5.0, alias="SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS", ge=0
     )
+    # URLs we are given and call (shared/guarded_http.py, docs/inbound.md).
+    callback_allowed_hosts: str = Field("", alias="SMARTDIALOG_CALLBACK_ALLOWED_HOSTS")
+    callback_timeout_seconds: float = Field(
+        10.0, alias="SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS", gt=0
+    )
+    # Set by App Service on every Azure host: the app is then never "running locally".
+    website_hostname: str | None = Field(None, alias="WEBSITE_HOSTNAME")
     # Storage: a connection string locally; in Azure, identity-based settings
     # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
     # plus __clientId for a user-assigned managed identity).
@@ -110,6 +117,14 @@ class Settings(BaseSettings):
         # secret would turn a readable string into a credential.
         if value is not None and value.get_secret_value().startswith("@Microsoft.KeyVault("):
             raise ValueError("is an unresolved Key Vault reference: check the app's identity")
+        return value
+
+    @field_validator("callback_allowed_hosts")
+    @classmethod
+    def _allowed_hosts_parse(cls, value: str) -> str:
+        from shared.guarded_http import parse_allowed_hosts
+
+        parse_allowed_hosts(value)  # ValueError names the entry
         return value
 
     @field_validator("base_url", "public_base_url", "authority")

@@ -24,6 +24,7 @@ var queueNames = [
   'smartdialog-inbound-intake-poison'
   'smartdialog-inbound-deliveries-poison'
   'smartdialog-dlr-forward-poison'
+  'smartdialog-dlr-forward-deadletter'
 ]
 
 // Every table of shared/names.py TABLES (the same test keeps them equal). Tables whose

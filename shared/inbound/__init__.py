@@ -13,7 +13,13 @@ and opt-out. ``docs/inbound.md`` explains the flows; the module docstrings the c
                  dead-letters on smartdialog-inbound-deadletter
     SmartDialog --GET---> callbacks/dlr/{MessageId}?token&...  (DeliveryReportService)
         -> report row (SmartDialogDeliveryReports) -> recipient slot, forward only
-        -> fi.arena.smartdialog.message.delivery on smartdialog-events -> caller's own DlrUrl
+        -> fi.arena.smartdialog.message.delivery on smartdialog-events
+        -> a DlrForward on smartdialog-dlr-forward --> DlrForwarder (queue trigger) GETs the
+           caller's own DlrUrl, retries with backoff, dead-letters on
+           smartdialog-dlr-forward-deadletter
+
+Every URL we are given is called through :mod:`shared.guarded_http` (https, no internal
+address, one deadline, a few KB of answer).
 
 Actions (``shared.inbound.actions``): RegisterInboundWebhook, UnregisterInboundWebhook,
 NewMessage (trigger) and DeleteNewMessageTrigger, AddSuppression, RemoveSuppression,
@@ -25,11 +31,11 @@ delivery-report URL in :mod:`shared.callback_urls`, the records in :mod:`shared.
 
 from pydantic import BaseModel
 
+from shared.inbound import _dispatch, _dlr_forward
 from shared.inbound._dispatch import (
     DispatchOutcome,
     DispatchResult,
     SubscriberDispatcher,
-    reset_dispatcher_cache,
 )
 from shared.inbound._dlr import (
     DeliveryReport,
@@ -37,6 +43,7 @@ from shared.inbound._dlr import (
     DeliveryReportService,
     parse_report,
 )
+from shared.inbound._dlr_forward import DlrForward, DlrForwardDeadLetter, DlrForwarder
 from shared.inbound._http import (
     process_intake,
     receive_delivery_report,
@@ -83,7 +90,16 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "inbound-delivery.json": SubscriberDelivery,
     "inbound-dead-letter.json": SubscriberDeadLetter,
     "inbound-intake.json": InboundIntake,
+    "dlr-forward.json": DlrForward,
+    "dlr-forward-dead-letter.json": DlrForwardDeadLetter,
 }
+
+
+def reset_dispatcher_cache() -> None:
+    """Forget cached dispatchers and DLR forwarders (tests change settings between cases)."""
+    _dispatch.reset_dispatcher_cache()
+    _dlr_forward.reset_forwarder_cache()
+
 
 __all__ = [
     "CLAIM_LEASE",
@@ -97,6 +113,9 @@ __all__ = [
     "DeliveryReportService",
     "DispatchOutcome",
     "DispatchResult",
+    "DlrForward",
+    "DlrForwardDeadLetter",
+    "DlrForwarder",
     "InboundAttachmentData",
     "InboundIntake",
     "InboundMessageData",

@@ -13,6 +13,12 @@ error, timeout, 408, 425, 429, 5xx) is re-enqueued with a visibility delay: the 
 :data:`MAX_RETRY_DELAY_SECONDS`. After ``SMARTDIALOG_DISPATCH_MAX_ATTEMPTS`` POSTs, or at once
 for any other answer (a 4xx says "never"), the delivery goes to ``smartdialog-inbound-deadletter``
 with its reason. Only our own storage failing raises (the host retries, then ``-poison``).
+
+Every POST goes through :class:`shared.guarded_http.GuardedClient` (https, no internal address,
+one deadline, a few KB of answer read). A callback the guard refuses (plain http, a name that
+resolves to an internal address) is dead-lettered at once as ``refused``: it will not pass
+later. :func:`judge_call` and :func:`retry_delay_seconds` are the one policy for every call to a
+URL we are given; the delivery-report forwarder (``_dlr_forward``) uses them too.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import ValidationError
 
 from shared.clock import utcnow
+from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE
@@ -42,18 +48,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_RETRY_DELAY_SECONDS",
+    "CallVerdict",
     "DispatchOutcome",
     "DispatchResult",
     "SubscriberDispatcher",
+    "judge_call",
     "reset_dispatcher_cache",
+    "retry_delay_seconds",
 ]
 
 log = logging.getLogger("shared.inbound.dispatch")
 
-#: Longest wait between two POSTs to one subscriber.
+#: Longest wait between two calls to one URL we are given.
 MAX_RETRY_DELAY_SECONDS = 900
-#: Seconds one POST may take.
-POST_TIMEOUT_SECONDS = 10.0
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
 
@@ -61,7 +68,47 @@ class DispatchOutcome(enum.StrEnum):
     DELIVERED = "delivered"
     RETRY_SCHEDULED = "retry-scheduled"
     DEAD_LETTERED = "dead-lettered"
-    UNSUBSCRIBED = "unsubscribed"  # the subscription is gone: nothing to do
+    UNSUBSCRIBED = "unsubscribed"  # the subscription (or the send's DlrUrl) is gone: nothing to do
+
+
+@dataclass(frozen=True)
+class CallVerdict:
+    """What one call to a URL we were given means for its delivery."""
+
+    kind: Literal["delivered", "retry", "rejected", "refused"]
+    status: int | None = None
+    #: The server's Retry-After advice in seconds, if it gave one.
+    advised: float | None = None
+    #: For logs and dead letters: names the host, never the URL (it may carry a secret).
+    detail: str = ""
+
+
+def judge_call(
+    call: Callable[[], CallbackAnswer], host: str | None, *, now: Callable[[], float]
+) -> CallVerdict:
+    """Make ``call`` (a :class:`GuardedClient` call) and judge it: refused by the guard, a
+    failure that may pass later (no answer, 408, 425, 429, 5xx), a refusal by the server (any
+    other non-2xx, redirects included: they are not followed), or delivered."""
+    try:
+        answer = call()
+    except CallbackRefused as exc:
+        return CallVerdict("refused", detail=f"refused by the callback guard: {exc}")
+    except CallbackFailed as exc:
+        return CallVerdict("retry", detail=str(exc))
+    status = answer.status
+    if answer.is_success:
+        return CallVerdict("delivered", status)
+    if status in _RETRYABLE_STATUSES or status >= 500:
+        advised = parse_retry_after(answer.headers, now=now)
+        return CallVerdict("retry", status, advised, f"{host} answered {status}")
+    return CallVerdict("rejected", status, detail=f"{host} answered {status}")
+
+
+def retry_delay_seconds(attempts: int, *, base: float, advised: float | None) -> int:
+    """Seconds before the next call after ``attempts`` failed ones: the backoff, or the server's
+    advice if longer, never more than :data:`MAX_RETRY_DELAY_SECONDS`."""
+    backoff = backoff_delay(attempts, base=base, cap=MAX_RETRY_DELAY_SECONDS)
+    return min(MAX_RETRY_DELAY_SECONDS, math.ceil(max(backoff, advised or 0.0)))
 
 
 @dataclass(frozen=True)
@@ -81,7 +128,7 @@ class SubscriberDispatcher:
         subscriptions: SubscriptionStore,
         deliveries: QueueLike,
         dead_letters: QueueLike,
-        http: httpx.Client,
+        http: GuardedClient,
         max_attempts: int,
         retry_base_seconds: float,
         clock: Callable[[], dt.datetime] = utcnow,
@@ -112,30 +159,30 @@ class SubscriberDispatcher:
         if subscription is None:
             log.info("subscription %s is gone; delivery dropped", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.UNSUBSCRIBED)
-        attempt = delivery.attempts + 1
-        host = urlsplit(subscription.callback_url).hostname  # never the URL: it has a secret
-        try:
-            response = self._http.post(
+        verdict = judge_call(
+            lambda: self._http.post(
                 subscription.callback_url,
                 json=delivery.event.get("data", {}),
                 headers=_binary_mode_headers(delivery.event),
-            )
-        except httpx.HTTPError as exc:
-            return self._retry(delivery, text, None, None, f"{type(exc).__name__} from {host}")
-        if response.is_success:
+            ),
+            urlsplit(subscription.callback_url).hostname,  # never the URL: it has a secret
+            now=lambda: self._clock().timestamp(),
+        )
+        if verdict.kind == "delivered":
             log.info("inbound event delivered to subscription %s", delivery.subscriptionId)
-            return DispatchResult(DispatchOutcome.DELIVERED, response.status_code)
-        status = response.status_code
-        if status in _RETRYABLE_STATUSES or status >= 500:
-            advised = parse_retry_after(response.headers, now=lambda: self._clock().timestamp())
-            return self._retry(delivery, text, status, advised, f"{host} answered {status}")
+            return DispatchResult(DispatchOutcome.DELIVERED, verdict.status)
+        if verdict.kind == "retry":
+            return self._retry(delivery, text, verdict.status, verdict.advised, verdict.detail)
+        detail = verdict.detail
+        if verdict.kind == "rejected":
+            detail += ": the subscriber refuses this delivery"
         return self._dead_letter(
-            "rejected",
-            f"{host} answered {status}: the subscriber refuses this delivery",
+            verdict.kind,
+            detail,
             text,
             delivery=delivery,
-            attempts=attempt,
-            status=status,
+            attempts=delivery.attempts + 1,
+            status=verdict.status,
         )
 
     def _retry(
@@ -156,8 +203,7 @@ class SubscriberDispatcher:
                 attempts=attempts,
                 status=status,
             )
-        backoff = backoff_delay(attempts, base=self.retry_base_seconds, cap=MAX_RETRY_DELAY_SECONDS)
-        seconds = min(MAX_RETRY_DELAY_SECONDS, math.ceil(max(backoff, advised or 0.0)))
+        seconds = retry_delay_seconds(attempts, base=self.retry_base_seconds, advised=advised)
         copy = delivery.model_copy(update={"attempts": attempts})
         self._deliveries.send_message(copy.model_dump_json(), visibility_timeout=seconds)
         log.warning(
@@ -209,7 +255,7 @@ def _dispatcher_for(settings: Settings) -> SubscriberDispatcher:
         subscriptions=SubscriptionStore.from_settings(settings),
         deliveries=ensured_queue(INBOUND_DELIVERIES_QUEUE, settings),
         dead_letters=ensured_queue(INBOUND_DEAD_LETTER_QUEUE, settings),
-        http=httpx.Client(timeout=POST_TIMEOUT_SECONDS, follow_redirects=False),
+        http=GuardedClient.from_settings(settings),
         max_attempts=settings.dispatch_max_attempts,
         retry_base_seconds=settings.dispatch_retry_base_seconds,
     )

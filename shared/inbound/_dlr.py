@@ -20,8 +20,10 @@ message alone: each recipient's ``sent`` and ``delivered`` are distinct reports.
 Order of one report: token (401) -> record and slot (404 for an unknown message) -> report
 row inserted (a conflict with a processed row: duplicate, 200, nothing else) -> slot advanced
 -> ``fi.arena.smartdialog.message.delivery`` event if the slot is now in the reported state ->
-the caller's own ``DlrUrl`` called with the same parameters -> row marked processed. A crash
-anywhere before the mark repeats the later steps on SmartDialog's retry, with the same event id.
+if the send has its own ``DlrUrl``, a :class:`~shared.inbound._dlr_forward.DlrForward` on
+``smartdialog-dlr-forward`` (the forwarder calls that URL, never this request) -> row marked
+processed. A crash anywhere before the mark repeats the later steps on SmartDialog's retry,
+with the same event id.
 """
 
 from __future__ import annotations
@@ -33,18 +35,17 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlencode
 
 from shared.clock import utcnow
+from shared.inbound._dlr_forward import DlrForward, own_dlr_url
 from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData
 from shared.messages import RecipientStatus
-from shared.names import DELIVERY_REPORTS_TABLE, EVENTS_QUEUE
+from shared.names import DELIVERY_REPORTS_TABLE, DLR_FORWARD_QUEUE, EVENTS_QUEUE
 from shared.problems import Problem, ProblemType
 from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, verify
 from shared.storage import QueueLike, ensured_queue, ensured_table, plain_datetime
 
 if TYPE_CHECKING:
-    import httpx
     from azure.data.tables import TableClient
 
     from shared.messages import MessageRecord, MessageStore, PackStore, RecipientSlot
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("shared.inbound.dlr")
-
-#: Seconds we give a caller's own DlrUrl to answer.
-FORWARD_TIMEOUT_SECONDS = 5.0
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "upstream_message_id": ("messageid", "msgid", "message_id", "smsid"),
@@ -183,14 +181,14 @@ class DeliveryReportService:
         messages: MessageStore,
         reports: TableClient,
         events: QueueLike,
-        http: httpx.Client | None = None,
+        forwards: QueueLike,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.messages = messages
         self.reports = reports
         self._events = events
-        self._http = http
+        self._forwards = forwards
         self._clock = clock
         self._packs: PackStore | None = None
 
@@ -203,6 +201,7 @@ class DeliveryReportService:
             messages=MessageStore.from_settings(settings),
             reports=ensured_table(DELIVERY_REPORTS_TABLE, settings),
             events=ensured_queue(EVENTS_QUEUE, settings),
+            forwards=ensured_queue(DLR_FORWARD_QUEUE, settings),
         )
 
     def authenticate(self, message_id: str, token: str | None) -> None:
@@ -248,7 +247,7 @@ class DeliveryReportService:
             return DeliveryReportResult("duplicate", slot.status if slot else None)
         if slot is None:
             log.warning("delivery report for message %s matches no recipient", message_id)
-            self._forward(record, report)
+            self._forward(record, report, now)
             self._mark(message_id, row)
             return DeliveryReportResult("unmatched")
         previous = slot.status
@@ -259,7 +258,7 @@ class DeliveryReportService:
         )
         if current == report.state:
             self._announce(record, slot, report, current, previous if advanced else None, now)
-        self._forward(record, report)
+        self._forward(record, report, now)
         self._mark(message_id, row)
         return DeliveryReportResult("recorded", current, advanced)
 
@@ -353,39 +352,13 @@ class DeliveryReportService:
         )
         self._events.send_message(event.to_json())
 
-    def _forward(self, record: MessageRecord, report: DeliveryReport) -> None:
-        """Call the caller's own ``DlrUrl`` (if the send had one) with the same parameters.
-        Best effort: a failure is logged, not retried (as SmartDialog treats DLR URLs)."""
-        url = _own_dlr_url(record)
-        if not url:
+    def _forward(self, record: MessageRecord, report: DeliveryReport, now: dt.datetime) -> None:
+        """Queue the report for the caller's own ``DlrUrl``, if the send had one (the
+        forwarder calls it: a slow or hostile URL never holds this request)."""
+        if own_dlr_url(record) is None:
             return
-        target = url + ("&" if "?" in url else "?") + urlencode(report.raw)
-        try:
-            client = self._http
-            if client is None:
-                import httpx
-
-                with httpx.Client(timeout=FORWARD_TIMEOUT_SECONDS) as fresh:
-                    response = fresh.get(target)
-            else:
-                response = client.get(target, timeout=FORWARD_TIMEOUT_SECONDS)
-            if response.is_error:
-                log.warning(
-                    "message %s: the caller's DlrUrl answered %d",
-                    record.message_id, response.status_code,
-                )  # fmt: skip
-        except Exception as exc:  # never fail our report for theirs
-            log.warning("message %s: the caller's DlrUrl failed: %s", record.message_id, exc)
-
-
-def _own_dlr_url(record: MessageRecord) -> str | None:
-    try:
-        command = json.loads(record.command)
-    except ValueError:
-        return None
-    body = command.get("body") if isinstance(command, dict) else None
-    url = body.get("DlrUrl") if isinstance(body, dict) else None
-    return url if isinstance(url, str) and url else None
+        forward = DlrForward(messageId=record.message_id, params=report.raw, firstQueuedAt=now)
+        self._forwards.send_message(forward.model_dump_json())
 
 
 def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot | None:

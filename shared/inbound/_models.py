@@ -165,7 +165,7 @@ class SubscriberDeadLetter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schemaVersion: Literal[1] = 1
-    reason: Literal["attempts-exhausted", "rejected", "malformed"]
+    reason: Literal["attempts-exhausted", "rejected", "refused", "malformed"]
     detail: str
     service: str | None = None
     subscriptionId: str | None = None

@@ -12,7 +12,7 @@ import uuid
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shared.actions._spec import (
     ActionContext,
@@ -132,10 +132,18 @@ class WebhookRegistrationDoc(BaseModel):
     )
 
 
+def _callable_url(value: str) -> str:
+    """Refuse at subscription time what the guarded client would refuse without DNS."""
+    from shared.guarded_http import check_callback_url
+    from shared.settings import get_settings
+
+    return check_callback_url(value, get_settings())
+
+
 class SubscribeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    callbackUrl: HttpUrl = Field(
+    callbackUrl: Annotated[HttpUrl, AfterValidator(_callable_url)] = Field(
         description="Where to POST each new message (filled in by Power Automate).",
         json_schema_extra={
             **ui("Callback URL", visibility="internal"),

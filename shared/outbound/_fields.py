@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared.actions._spec import (
     Param,
@@ -104,8 +104,19 @@ SendDateTimeField = Annotated[
         json_schema_extra=ui("Send date and time", visibility="advanced"),
     ),
 ]
+
+
+def _callable_url(value: str | None) -> str | None:
+    """Refuse at accept time what the guarded client would refuse without DNS."""
+    from shared.guarded_http import check_callback_url
+    from shared.settings import get_settings
+
+    return None if value is None else check_callback_url(value, get_settings())
+
+
 DlrUrlField = Annotated[
     HttpUrl | None,
+    AfterValidator(_callable_url),
     Field(
         None,
         description="Your own delivery-report URL (HTTP GET); its query string is kept.",

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import httpcore
 import httpx
 import pytest
 
 from shared import names
+from shared.guarded_http import CallbackPolicy, GuardedClient
 from shared.inbound import (
     MESSAGE_RECEIVED,
     DispatchOutcome,
@@ -203,21 +205,29 @@ def test_a_subscribers_retry_after_outlasts_the_backoff_up_to_the_cap(
         Subscription(TWO_WAY, "sub-busy", "https://flow.example/cb?sig=s", CUSTOMER, NOW)
     )
     deliveries, dead_letters = RecordingQueue(), RecordingQueue()
-    busy = httpx.MockTransport(lambda request: httpx.Response(503, headers=advice))
-    with httpx.Client(transport=busy) as http:
-        dispatcher = SubscriberDispatcher(
-            subscriptions=SubscriptionStore.from_settings(),
-            deliveries=deliveries,
-            dead_letters=dead_letters,
-            http=http,
-            max_attempts=8,
-            retry_base_seconds=5,  # the first backoff is at most 5 s: the advice must win
-            clock=lambda: NOW,
-        )
-        delivery = SubscriberDelivery(
-            service=TWO_WAY, subscriptionId="sub-busy", event={"data": {}}, firstQueuedAt=NOW
-        )
-        result = dispatcher.process(delivery.model_dump_json())
+    head = "".join(f"{name}: {value}\r\n" for name, value in advice.items())
+    busy = httpcore.MockBackend(  # the answer without a server: no traffic leaves the test
+        [f"HTTP/1.1 503 Busy\r\n{head}Content-Length: 0\r\n\r\n".encode()]
+    )
+    http = GuardedClient(
+        CallbackPolicy(),
+        deadline_seconds=5,
+        resolver=lambda host, port: ["93.184.215.14"],
+        network_backend=busy,
+    )
+    dispatcher = SubscriberDispatcher(
+        subscriptions=SubscriptionStore.from_settings(),
+        deliveries=deliveries,
+        dead_letters=dead_letters,
+        http=http,
+        max_attempts=8,
+        retry_base_seconds=5,  # the first backoff is at most 5 s: the advice must win
+        clock=lambda: NOW,
+    )
+    delivery = SubscriberDelivery(
+        service=TWO_WAY, subscriptionId="sub-busy", event={"data": {}}, firstQueuedAt=NOW
+    )
+    result = dispatcher.process(delivery.model_dump_json())
 
     assert result.outcome is DispatchOutcome.RETRY_SCHEDULED
     assert (result.status, result.delay_seconds) == (503, expected_seconds)
