@@ -181,7 +181,7 @@ def test_message_without_message_id_is_deduplicated_on_its_payload(inbound: Inbo
         "",
         "v1.0.AAAA",
         "not-a-token",
-        sign(TokenPurpose.WEBHOOK, f"service/{TWO_WAY}", secrets=["someone-elses-secret"]),
+        sign(TokenPurpose.WEBHOOK, f"service/{TWO_WAY}", secrets=["someone-elses-secret-of-at-least-32-bytes"]),
         sign(TokenPurpose.DLR, f"service/{TWO_WAY}", secrets=[SECRET]),
         sign(TokenPurpose.WEBHOOK, "service/s-1002-twoway", secrets=[SECRET]),
     ],
