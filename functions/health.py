@@ -17,9 +17,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
     problem = configuration_problem()
     if problem is not None:
-        return func.HttpResponse(
-            problem.to_json(), status_code=503, mimetype=PROBLEM_CONTENT_TYPE
-        )
+        return func.HttpResponse(problem.to_json(), status_code=503, mimetype=PROBLEM_CONTENT_TYPE)
     return func.HttpResponse(
         json.dumps({"status": "ok"}), status_code=200, mimetype="application/json"
     )

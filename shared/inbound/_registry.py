@@ -31,7 +31,7 @@ from shared.signing import (
     sign,
     verified,
 )
-from shared.storage import ensured_table, plain_datetime, safe_key, utc
+from shared.storage import ensure_table, ensured_table, plain_datetime, safe_key, table_client, utc
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -138,8 +138,18 @@ class WebhookRegistry:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> WebhookRegistry:
+        # The revocations table is created on the first revocation: until then, none is revoked,
+        # and the webhook's check costs one read, never a create.
         return cls(
-            ensured_table(WEBHOOKS_TABLE, settings), ensured_table(REVOKED_TOKENS_TABLE, settings)
+            ensured_table(WEBHOOKS_TABLE, settings), table_client(REVOKED_TOKENS_TABLE, settings)
+        )
+
+    @classmethod
+    def for_webhook(cls, settings: Settings | None = None) -> WebhookRegistry:
+        """A registry for the webhook's revocation check only: it creates no table (a missing
+        one holds nothing), so a webhook request makes no call but its check."""
+        return cls(
+            table_client(WEBHOOKS_TABLE, settings), table_client(REVOKED_TOKENS_TABLE, settings)
         )
 
     @property
@@ -169,7 +179,10 @@ class WebhookRegistry:
         from azure.core.exceptions import ResourceNotFoundError
 
         if token.nonce is None:
-            return not any(r.nonce is None for r in self.list(service))
+            try:
+                return not any(r.nonce is None for r in self.list(service))
+            except ResourceNotFoundError:  # no table: nothing was ever registered
+                return True
         try:
             self._revocations.get_entity(safe_key(service), token.nonce, select=["RowKey"])
         except ResourceNotFoundError:
@@ -195,7 +208,7 @@ class WebhookRegistry:
         a crash in between leaves a revoked registration that a second call removes)."""
         registration = self.get(service, action_id)
         if registration is not None and registration.nonce is not None:
-            self._revocations.upsert_entity(
+            ensure_table(self._revocations).upsert_entity(
                 {
                     "PartitionKey": safe_key(service),
                     "RowKey": registration.nonce,

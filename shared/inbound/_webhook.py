@@ -266,7 +266,7 @@ class InboundReceiver:
         return cls(
             settings,
             intake=queue_client(INBOUND_INTAKE_QUEUE, settings),
-            registry=WebhookRegistry.from_settings(settings),
+            registry=WebhookRegistry.for_webhook(settings),
         )
 
     def authenticate(self, service: str, token: str | None) -> None:
@@ -286,7 +286,7 @@ class InboundReceiver:
 
     def _revoked(self, service: str, token: VerifiedToken) -> bool:
         if self._registry is None:
-            self._registry = WebhookRegistry.from_settings(self.settings)
+            self._registry = WebhookRegistry.for_webhook(self.settings)
         return self._registry.revoked(service, token)
 
     @staticmethod
