@@ -47,7 +47,8 @@ def test_default_keywords(content: str, expected: str | None) -> None:
 
 
 def _post(env: Inbound, content: str, sender: str = "0401234567") -> None:
-    token = dict(parse_qsl(urlsplit(webhook_url(get_settings(), TWO_WAY, new_nonce())).query))["token"]
+    url = webhook_url(get_settings(), TWO_WAY, new_nonce())
+    token = dict(parse_qsl(urlsplit(url).query))["token"]
     answer = env.call(
         "InboundWebhook",
         "POST",
