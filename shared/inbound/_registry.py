@@ -132,7 +132,7 @@ class WebhookRegistry:
     ``SmartDialogRevokedTokens``: one entity per revoked nonce (PartitionKey = service, RowKey =
     nonce). The webhook URL itself is not stored: it carries a credential and can be re-made."""
 
-    def __init__(self, table: TableClient, revoked: TableClient | None = None) -> None:
+    def __init__(self, table: TableClient, revoked: TableClient) -> None:
         self._table = table
         self._revoked = revoked
 
@@ -151,12 +151,6 @@ class WebhookRegistry:
         return cls(
             table_client(WEBHOOKS_TABLE, settings), table_client(REVOKED_TOKENS_TABLE, settings)
         )
-
-    @property
-    def _revocations(self) -> TableClient:
-        if self._revoked is None:
-            raise RuntimeError("this WebhookRegistry was built without SmartDialogRevokedTokens")
-        return self._revoked
 
     def add(self, registration: WebhookRegistration) -> None:
         self._table.upsert_entity(
@@ -184,7 +178,7 @@ class WebhookRegistry:
             except ResourceNotFoundError:  # no table: nothing was ever registered
                 return True
         try:
-            self._revocations.get_entity(safe_key(service), token.nonce, select=["RowKey"])
+            self._revoked.get_entity(safe_key(service), token.nonce, select=["RowKey"])
         except ResourceNotFoundError:
             return False
         return True
@@ -208,7 +202,7 @@ class WebhookRegistry:
         a crash in between leaves a revoked registration that a second call removes)."""
         registration = self.get(service, action_id)
         if registration is not None and registration.nonce is not None:
-            ensure_table(self._revocations).upsert_entity(
+            ensure_table(self._revoked).upsert_entity(
                 {
                     "PartitionKey": safe_key(service),
                     "RowKey": registration.nonce,
