@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -132,3 +134,42 @@ def test_a_planted_leak_in_a_record_is_caught_with_its_logger_and_place() -> Non
         f"test_logs.py:{detector.leaks[0].where.split(':')[-1]}"
     )
     assert detector.checked == 3
+
+
+def _run_pytest_on(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """A pytest run of one test module with the leak detector, in its own interpreter (a run
+    inside this one would take the detector off this run's root logger)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_planted.py").write_text(body)
+    plugins = ["-p", "no:cacheprovider", "-p", "tests.fixtures.leaks"]
+    command = [sys.executable, "-m", "pytest", "-q", *plugins, "-c", str(tmp_path / "pytest.ini")]
+    return subprocess.run(
+        [*command, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_leaking_record_fails_the_run_although_every_test_passed(tmp_path: Path) -> None:
+    planted = _run_pytest_on(
+        tmp_path,
+        "import logging\n\n\ndef test_plant():\n"
+        "    logging.getLogger('shared.planted').info('sent to %s', '+35840' + '1234567')\n",
+    )
+    assert "1 passed" in planted.stdout, planted.stdout
+    assert "shared.planted" in planted.stdout
+    assert "phone number" in planted.stdout
+    assert planted.returncode == 1
+
+
+def test_a_run_without_leaks_passes(tmp_path: Path) -> None:
+    clean = _run_pytest_on(
+        tmp_path,
+        "import logging\n\n\ndef test_clean():\n"
+        "    logging.getLogger('shared.planted').info('sent to %s', '***4567')\n",
+    )
+    assert "none leaked" in clean.stdout, clean.stdout
+    assert clean.returncode == 0
