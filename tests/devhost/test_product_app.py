@@ -53,6 +53,9 @@ def test_product_host_json_is_read_not_hard_coded() -> None:
 def _start_cli(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "DEVHOST_PORT"}
     env["SMARTDIALOG_CALLBACK_SECRETS"] = CONFIGURED["SMARTDIALOG_CALLBACK_SECRETS"]
+    # The dev host says it is local development itself, as Core Tools does (health needs it).
+    for name in ("AZURE_FUNCTIONS_ENVIRONMENT", "SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
+        env.pop(name, None)
     return subprocess.Popen(
         [sys.executable, "-m", "devhost", "--no-queues", *args],
         cwd=REPO,
