@@ -34,7 +34,8 @@ def app_settings(storage: str, sandbox: Any) -> dict[str, str]:
         "SMARTDIALOG_ACCESS_TOKEN": sandbox.token,
         "SMARTDIALOG_CUSTOMER_ID": "1001",
         "SMARTDIALOG_SERVICE_ID": "s-1001-oneway",
-        "SMARTDIALOG_CALLBACK_SECRETS": "bench-secret",
+        "SMARTDIALOG_CALLBACK_SECRETS": "bench-callback-secret-of-at-least-32-bytes",
+        "AZURE_FUNCTIONS_ENVIRONMENT": "Development",  # a local run: localhost URLs are fine
     }
 
 

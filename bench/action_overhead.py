@@ -174,7 +174,7 @@ def _start_stack(
         "SMARTDIALOG_BASE_URL": f"{sandbox.url}/api-integrations/v1",
         "SMARTDIALOG_ACCESS_TOKEN": SANDBOX_TOKEN,
         "SMARTDIALOG_CUSTOMER_ID": CUSTOMER,
-        "SMARTDIALOG_CALLBACK_SECRETS": "bench-callback-secret",
+        "SMARTDIALOG_CALLBACK_SECRETS": "bench-callback-secret-of-at-least-32-bytes",
         **QUOTA_ENV,
     }
     # Credentials of another kind in the caller's shell would change the auth path.

@@ -186,9 +186,9 @@ def _webhook_url(env: dict[str, str]) -> str:
     os.environ.update(env)
     reset_settings_cache()
     try:
-        from shared.inbound import webhook_url
+        from shared.inbound import new_nonce, webhook_url
 
-        return webhook_url(get_settings(), SERVICE)
+        return webhook_url(get_settings(), SERVICE, new_nonce())
     finally:
         for name, value in saved.items():
             if value is None:
@@ -242,7 +242,7 @@ def measure(
         env = {
             "AzureWebJobsStorage": azurite.connection_string,
             "SMARTDIALOG_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-            "SMARTDIALOG_CALLBACK_SECRETS": "bench-callback-secret",
+            "SMARTDIALOG_CALLBACK_SECRETS": "bench-callback-secret-of-at-least-32-bytes",
             "SMARTDIALOG_CUSTOMER_ID": "1001",
         }
         devhost = start_devhost(

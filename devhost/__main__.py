@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     else:
         print(f"Settings: no {settings_path.name} in {root}; using the environment only")
+    # As Core Tools does: the app tells local development from Azure by this (localhost URLs).
+    os.environ.setdefault("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
     try:
         app = load_app(args.app, root)
         port = _port(args, settings)

@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         wiring = {
             "AzureWebJobsStorage": azurite.connection_string,
             "SMARTDIALOG_PUBLIC_BASE_URL": api_base,
+            "AZURE_FUNCTIONS_ENVIRONMENT": "Development",
         }
         if sandbox is not None:
             wiring["SMARTDIALOG_BASE_URL"] = f"{sandbox.url}/api-integrations/v1"

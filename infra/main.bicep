@@ -97,6 +97,9 @@ param smartDialogSendStatusRetryAfterSeconds string = ''
 @description('SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: lifetime of the credential carried by a status URL.')
 param smartDialogStatusTokenTtlSeconds string = ''
 
+@description('SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS: a delivery-report URL works until the send validity ends plus this window.')
+param smartDialogDlrReportingWindowSeconds string = ''
+
 @description('SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: how long an Idempotency-Key answer is remembered.')
 param smartDialogIdempotencyTtlSeconds string = ''
 
@@ -164,6 +167,7 @@ var smartDialogSettings = union(
   empty(smartDialogSendLeaseSeconds) ? {} : { SMARTDIALOG_SEND_LEASE_SECONDS: smartDialogSendLeaseSeconds },
   empty(smartDialogSendStatusRetryAfterSeconds) ? {} : { SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: smartDialogSendStatusRetryAfterSeconds },
   empty(smartDialogStatusTokenTtlSeconds) ? {} : { SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: smartDialogStatusTokenTtlSeconds },
+  empty(smartDialogDlrReportingWindowSeconds) ? {} : { SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS: smartDialogDlrReportingWindowSeconds },
   empty(smartDialogIdempotencyTtlSeconds) ? {} : { SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: smartDialogIdempotencyTtlSeconds },
   empty(smartDialogSendTimeoutSeconds) ? {} : { SMARTDIALOG_SEND_TIMEOUT_SECONDS: smartDialogSendTimeoutSeconds },
   empty(smartDialogStopKeywords) ? {} : { SMARTDIALOG_STOP_KEYWORDS: smartDialogStopKeywords },

@@ -2,35 +2,78 @@
 
 Both sides use them: the send path puts our delivery-report URL in every send and answers with
 status links; the delivery-report function and the status actions check their tokens
-(:mod:`shared.signing`).
+(:mod:`shared.signing`). Every URL starts with ``Settings.api_base_url``: the public base URL
+(``SMARTDIALOG_PUBLIC_BASE_URL``, or its fallbacks) plus host.json's route prefix.
+
+Before a send is accepted, :func:`require_callback_settings` makes sure its URLs can be made:
+a send whose status and delivery-report URLs could not be signed, or would point at localhost,
+is refused with a 503 problem and nothing stored.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from shared import clock
 from shared.problems import Problem, ProblemType
-from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
+from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, secrets_problem, sign, verify
 
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["delivery_report_url", "require_status_token", "status_link"]
+__all__ = [
+    "delivery_report_expiry",
+    "delivery_report_url",
+    "require_callback_settings",
+    "require_status_token",
+    "status_link",
+]
 
 
-def delivery_report_url(settings: Settings, message_id: str) -> str:
-    """The DLR URL of our message ``message_id``: token-bearing, no expiry (reports may come
-    days later; rotating the secrets revokes it). SmartDialog appends its parameters."""
-    token = sign(TokenPurpose.DLR, message_id, secrets=settings.callback_secret_list)
+def require_callback_settings(settings: Settings) -> None:
+    """Raise the 503 problem of the first callback setting that is wrong: the secrets
+    (``SMARTDIALOG_CALLBACK_SECRETS``) or the public base URL. Nothing is read from storage."""
+    problem = secrets_problem(settings.callback_secret_list)
+    if problem is not None:
+        raise problem
+    settings.api_base_url  # noqa: B018 - raises PublicUrlNotConfigured
+
+
+def delivery_report_expiry(
+    settings: Settings, *, valid_until: dt.datetime | None = None, now: float | None = None
+) -> float:
+    """When a DLR URL made ``now`` stops working: the send's validity (``valid_until``, else
+    ``now`` + ``SMARTDIALOG_SEND_VALIDITY_SECONDS``) plus
+    ``SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS`` (reports follow the last delivery attempt)."""
+    now = clock.current().now() if now is None else now
+    end = valid_until.timestamp() if valid_until else now + settings.send_validity_seconds
+    return max(end, now) + settings.dlr_reporting_window_seconds
+
+
+def delivery_report_url(
+    settings: Settings, message_id: str, *, valid_until: dt.datetime | None = None
+) -> str:
+    """The DLR URL of our message ``message_id`` (``valid_until``: the send's own validity).
+    Its token expires at :func:`delivery_report_expiry`; rotating the secrets revokes it
+    sooner. SmartDialog appends its parameters."""
+    now = clock.current().now()
+    token = sign(
+        TokenPurpose.DLR,
+        message_id,
+        ttl_seconds=delivery_report_expiry(settings, valid_until=valid_until, now=now) - now,
+        secrets=settings.callback_secret_list,
+        now=lambda: now,
+    )
     return (
-        f"{settings.public_base_url}/api/callbacks/dlr/{quote(message_id, safe='')}"
+        f"{settings.api_base_url}/callbacks/dlr/{quote(message_id, safe='')}"
         f"?{TOKEN_QUERY_PARAMETER}={token}"
     )
 
 
 def status_link(settings: Settings, route: str, key: str, subject: str) -> str:
-    """``<public base>/api/<route>/<key>?token=…``: a status URL carrying a status token for
+    """``<api base>/<route>/<key>?token=…``: a status URL carrying a status token for
     ``subject`` (a message id, or a batch's subject)."""
     token = sign(
         TokenPurpose.STATUS,
@@ -38,8 +81,8 @@ def status_link(settings: Settings, route: str, key: str, subject: str) -> str:
         ttl_seconds=settings.status_token_ttl_seconds,
         secrets=settings.callback_secret_list,
     )
-    base = settings.public_base_url
-    return f"{base}/api/{route}/{quote(key, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
+    base = settings.api_base_url
+    return f"{base}/{route}/{quote(key, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
 
 
 def require_status_token(

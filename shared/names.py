@@ -44,6 +44,8 @@ DLR_FORWARD_DEAD_LETTER_QUEUE = "smartdialog-dlr-forward-deadletter"
 
 #: Inbound webhooks registered with SmartDialog (one per pipeline action).
 WEBHOOKS_TABLE = "SmartDialogWebhooks"
+#: Revoked webhook URLs: the nonce of each unregistered webhook, per service.
+REVOKED_TOKENS_TABLE = "SmartDialogRevokedTokens"
 #: New Message trigger subscriptions (Power Automate callback URLs), per service.
 SUBSCRIPTIONS_TABLE = "SmartDialogSubscriptions"
 #: Inbound message ids already published (de-duplication of upstream retries).
@@ -80,6 +82,7 @@ TABLES: tuple[str, ...] = (
     DELIVERY_REPORTS_TABLE,
     PACKS_TABLE,
     BATCHES_TABLE,
+    REVOKED_TOKENS_TABLE,
 )
 
 

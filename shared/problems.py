@@ -53,6 +53,7 @@ class ProblemType(StrEnum):
     UPSTREAM_UNAVAILABLE = "urn:smartdialog-functions:problem:upstream-unavailable"
     UPSTREAM_TIMEOUT = "urn:smartdialog-functions:problem:upstream-timeout"
     QUOTA_UNAVAILABLE = "urn:smartdialog-functions:problem:quota-unavailable"
+    CONFIGURATION = "urn:smartdialog-functions:problem:configuration"
     INTERNAL = "urn:smartdialog-functions:problem:internal"
 
 

@@ -8,10 +8,14 @@ fails the call that needs it with a clear message instead of the whole app.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.problems import Problem, ProblemType
 
 DEFAULT_BASE_URL = "https://api.arena.fi/api-integrations/v1"
 DEFAULT_AUTHORITY = (
@@ -36,6 +40,29 @@ DEFAULT_SCOPES = " ".join(
 #: attempt when that is shorter (the sub-second leases of tests).
 LEASE_MARGIN_SECONDS = 1.0
 LEASE_MARGIN_SHARE = 0.25
+#: ``AZURE_FUNCTIONS_ENVIRONMENT`` of local development: Core Tools and the dev host set it.
+LOCAL_DEVELOPMENT = "Development"
+#: Where ``func start`` and the dev host serve, the public base URL of local development.
+LOCAL_PUBLIC_BASE_URL = "http://localhost:7071"
+#: The app's host.json, whose ``extensions.http.routePrefix`` is in every URL of ours.
+HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+
+
+class PublicUrlNotConfigured(Problem):
+    """No public base URL can be told: the URLs we hand out would point nowhere. A 503 problem
+    (a configuration error); ``/api/health`` answers 503 with the same reason."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503,
+            "The app's public URL is not configured",
+            "SMARTDIALOG_PUBLIC_BASE_URL is not set, WEBSITE_HOSTNAME is not set (the app does not "
+            "run in Azure App Service) and AZURE_FUNCTIONS_ENVIRONMENT is not Development (it is "
+            "not local development), so status, delivery-report and webhook URLs would point at "
+            "localhost. Set SMARTDIALOG_PUBLIC_BASE_URL to the app's public origin, e.g. "
+            "https://<app>.azurewebsites.net.",
+            type=ProblemType.CONFIGURATION,
+        )
 
 
 class Settings(BaseSettings):
@@ -61,7 +88,11 @@ class Settings(BaseSettings):
         0.25, alias="SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", ge=0
     )
     quota_wait_seconds: float = Field(5.0, alias="SMARTDIALOG_QUOTA_WAIT_SECONDS", ge=0)
-    public_base_url: str = Field("http://localhost:7071", alias="SMARTDIALOG_PUBLIC_BASE_URL")
+    # The origin of the URLs we hand out; see public_base_url for the fallbacks.
+    public_base_url_setting: str | None = Field(None, alias="SMARTDIALOG_PUBLIC_BASE_URL")
+    # Set by the platform: App Service's host name, and "Development" under Core Tools/dev host.
+    website_hostname: str | None = Field(None, alias="WEBSITE_HOSTNAME")
+    functions_environment: str | None = Field(None, alias="AZURE_FUNCTIONS_ENVIRONMENT")
     callback_secrets: SecretStr | None = Field(None, alias="SMARTDIALOG_CALLBACK_SECRETS")
     # Outbound sends (shared/outbound, docs/sending.md).
     send_max_attempts: int = Field(8, alias="SMARTDIALOG_SEND_MAX_ATTEMPTS", ge=1)
@@ -81,6 +112,10 @@ class Settings(BaseSettings):
     )
     status_token_ttl_seconds: float = Field(
         2592000.0, alias="SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS", ge=0
+    )
+    # A DLR URL's token lives the send's validity plus this (reports after delivery attempts).
+    dlr_reporting_window_seconds: float = Field(
+        604800.0, alias="SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS", gt=0
     )
     idempotency_ttl_seconds: float = Field(
         604800.0, alias="SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS", gt=0
@@ -127,10 +162,10 @@ class Settings(BaseSettings):
         parse_allowed_hosts(value)  # ValueError names the entry
         return value
 
-    @field_validator("base_url", "public_base_url", "authority")
+    @field_validator("base_url", "public_base_url_setting", "authority")
     @classmethod
-    def _strip_trailing_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value is not None else None
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> Settings:
@@ -161,6 +196,33 @@ class Settings(BaseSettings):
         )
 
     @property
+    def local_development(self) -> bool:
+        """Whether the app runs under Core Tools or the dev host (``AZURE_FUNCTIONS_ENVIRONMENT``
+        is ``Development``), not in Azure, where the platform sets ``Production``."""
+        return (self.functions_environment or "").strip().lower() == LOCAL_DEVELOPMENT.lower()
+
+    @property
+    def public_base_url(self) -> str:
+        """The origin of every URL we hand out (no trailing slash, no route prefix):
+        ``SMARTDIALOG_PUBLIC_BASE_URL``; else, in local development, ``http://`` and the local
+        host; else, in Azure, ``https://$WEBSITE_HOSTNAME``. Raises
+        :class:`PublicUrlNotConfigured` (503) when none applies."""
+        if self.public_base_url_setting:
+            return self.public_base_url_setting
+        host = (self.website_hostname or "").strip().rstrip("/")
+        if self.local_development:
+            return f"http://{host}" if host else LOCAL_PUBLIC_BASE_URL
+        if host:
+            return f"https://{host}"
+        raise PublicUrlNotConfigured
+
+    @property
+    def api_base_url(self) -> str:
+        """:attr:`public_base_url` plus host.json's route prefix: where our HTTP routes live."""
+        prefix = http_route_prefix()
+        return f"{self.public_base_url}/{prefix}" if prefix else self.public_base_url
+
+    @property
     def scope_list(self) -> list[str]:
         """Scopes as msal wants them: a list, without the reserved OIDC scopes."""
         reserved = {"offline_access", "openid", "profile"}
@@ -183,6 +245,18 @@ class Settings(BaseSettings):
             return []
         raw = self.callback_secrets.get_secret_value()
         return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+@lru_cache(maxsize=1)
+def http_route_prefix() -> str:
+    """host.json's ``extensions.http.routePrefix`` without slashes (``api`` when unset, as the
+    Functions host has it), read on first use."""
+    try:
+        doc = json.loads(HOST_JSON.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "api"
+    prefix = ((doc.get("extensions") or {}).get("http") or {}).get("routePrefix", "api")
+    return str(prefix).strip("/")
 
 
 def _keywords(raw: str) -> frozenset[str]:

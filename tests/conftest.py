@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.azurite",
     "tests.fixtures.sandbox",
     "tests.fixtures.clock",
+    "tests.fixtures.leaks",
 ]

@@ -46,6 +46,10 @@ NOT_SET_IN_AZURE: dict[str, str] = {
     "it is not running locally",
     "AzureWebJobsStorage__accountName": "an alternative to the service URIs, which the Bicep "
     "sets (they also serve the host's blob, queue and table clients)",
+    "WEBSITE_HOSTNAME": "set by App Service itself to the app's host name; an app setting of "
+    "that name would be overridden",
+    "AZURE_FUNCTIONS_ENVIRONMENT": "set by the platform (Production in Azure); Development only "
+    "under Core Tools and the dev host, where it allows localhost URLs",
 }
 
 

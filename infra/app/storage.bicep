@@ -40,6 +40,7 @@ var tableNames = [
   'SmartDialogDeliveryReports'
   'SmartDialogPacks'
   'SmartDialogBatches'
+  'SmartDialogRevokedTokens'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

@@ -67,6 +67,7 @@ from shared.inbound._registry import (
     SubscriptionStore,
     WebhookRegistration,
     WebhookRegistry,
+    new_nonce,
     subscription_url,
     webhook_url,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "WebhookRegistry",
     "classify_keyword",
     "inbound_message_key",
+    "new_nonce",
     "parse_report",
     "process_intake",
     "receive_delivery_report",

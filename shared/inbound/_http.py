@@ -52,13 +52,11 @@ def _answer(name: str, request: ActionRequest, run: Callable[[], ActionResponse]
     instance = f"urn:smartdialog-functions:request:{request.tracking_id}"
     try:
         response = run()
+    except SigningNotConfigured as problem:  # a configuration error: 503, SmartDialog retries
+        log.error("%s: %s", name, problem.detail)
+        response = ActionResponse.problem(problem.with_instance(instance))
     except Problem as problem:
         response = ActionResponse.problem(problem.with_instance(instance))
-    except SigningNotConfigured:
-        log.error("%s: SMARTDIALOG_CALLBACK_SECRETS is not set; refusing every callback", name)
-        response = ActionResponse.problem(
-            Problem(401, "Callbacks are not configured").with_instance(instance)
-        )
     except Exception as exc:
         log.error("%s failed: %s", name, "".join(traceback.format_exception(exc)).rstrip())
         response = ActionResponse.problem(internal_error().with_instance(instance))

@@ -1,6 +1,18 @@
 """What we registered and who subscribed: ``SmartDialogWebhooks`` and
-``SmartDialogSubscriptions`` (PartitionKey = service id in both), and the self-authenticating
-URLs we hand out for them."""
+``SmartDialogSubscriptions`` (PartitionKey = service id in both), the self-authenticating URLs we
+hand out for them, and ``SmartDialogRevokedTokens``, the webhook URLs that no longer open.
+
+Every registration and subscription gets its own nonce (:func:`shared.signing.new_nonce`),
+stored with it and signed into its URL's token, so each URL can be revoked alone:
+
+- A webhook URL stops working when its registration is removed (UnregisterInboundWebhook): its
+  nonce is written to ``SmartDialogRevokedTokens`` first, and the webhook refuses it from then on.
+- A subscription's URL (its ``Location``, which a flow DELETEs) opens only the subscription that
+  holds the same nonce.
+- Registrations made before nonces share one URL per service (a ``v1`` token, no nonce). It
+  keeps working while the service still has such a registration on record; once the last one is
+  unregistered (re-register: register anew, then unregister the old ActionId), it opens nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +21,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from shared.names import SUBSCRIPTIONS_TABLE, WEBHOOKS_TABLE
-from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, sign, verify
-from shared.storage import ensured_table, plain_datetime, safe_key, utc
+from shared.clock import utcnow as _now
+from shared.names import REVOKED_TOKENS_TABLE, SUBSCRIPTIONS_TABLE, WEBHOOKS_TABLE
+from shared.signing import (
+    TOKEN_QUERY_PARAMETER,
+    TokenPurpose,
+    VerifiedToken,
+    new_nonce,
+    sign,
+    verified,
+)
+from shared.storage import ensure_table, ensured_table, plain_datetime, safe_key, table_client, utc
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -25,6 +45,7 @@ __all__ = [
     "SubscriptionStore",
     "WebhookRegistration",
     "WebhookRegistry",
+    "new_nonce",
     "subscription_url",
     "verify_subscription_token",
     "verify_webhook_token",
@@ -37,22 +58,28 @@ _SERVICE_SUBJECT = "service/{}"
 _SUBSCRIPTION_SUBJECT = "subscription/{}/{}"
 
 
-def webhook_url(settings: Settings, service: str) -> str:
-    """Our inbound webhook for ``service``, carrying a token signed with the newest secret.
-    It never expires: SmartDialog keeps it until the registration is removed."""
+def webhook_url(settings: Settings, service: str, nonce: str) -> str:
+    """Our inbound webhook for ``service`` and the registration of ``nonce``, carrying a token
+    signed with the newest secret. It never expires: it works until that registration is
+    removed (its nonce is then revoked)."""
     token = sign(
         TokenPurpose.WEBHOOK,
         _SERVICE_SUBJECT.format(service),
+        nonce=nonce,
         secrets=settings.callback_secret_list,
     )
     return (
-        f"{settings.public_base_url}/api/callbacks/inbound/{quote(service, safe='')}"
+        f"{settings.api_base_url}/callbacks/inbound/{quote(service, safe='')}"
         f"?{TOKEN_QUERY_PARAMETER}={token}"
     )
 
 
-def verify_webhook_token(settings: Settings, service: str, token: str | None) -> bool:
-    return verify(
+def verify_webhook_token(
+    settings: Settings, service: str, token: str | None
+) -> VerifiedToken | None:
+    """The token, if it was signed for the webhook of ``service`` (the signature only: whether
+    its registration was revoked is :meth:`WebhookRegistry.revoked`)."""
+    return verified(
         token,
         TokenPurpose.WEBHOOK,
         _SERVICE_SUBJECT.format(service),
@@ -60,23 +87,26 @@ def verify_webhook_token(settings: Settings, service: str, token: str | None) ->
     )
 
 
-def subscription_url(settings: Settings, service: str, subscription_id: str) -> str:
+def subscription_url(settings: Settings, service: str, subscription_id: str, nonce: str) -> str:
     """The ``Location`` of a New Message subscription: DELETE it to unsubscribe."""
     token = sign(
         TokenPurpose.WEBHOOK,
         _SUBSCRIPTION_SUBJECT.format(service, subscription_id),
+        nonce=nonce,
         secrets=settings.callback_secret_list,
     )
     return (
-        f"{settings.public_base_url}/api/inbound/subscriptions/{quote(service, safe='')}/"
+        f"{settings.api_base_url}/inbound/subscriptions/{quote(service, safe='')}/"
         f"{quote(subscription_id, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
     )
 
 
 def verify_subscription_token(
     settings: Settings, service: str, subscription_id: str, token: str | None
-) -> bool:
-    return verify(
+) -> VerifiedToken | None:
+    """The token, if it was signed for this subscription's URL (see
+    :meth:`Subscription.opened_by` for the nonce)."""
+    return verified(
         token,
         TokenPurpose.WEBHOOK,
         _SUBSCRIPTION_SUBJECT.format(service, subscription_id),
@@ -93,18 +123,34 @@ class WebhookRegistration:
     pipeline_id: str | None
     customer_id: str
     created_at: dt.datetime
+    nonce: str | None = None
+    """The nonce its webhook URL carries; None for a registration made before nonces."""
 
 
 class WebhookRegistry:
-    """``SmartDialogWebhooks``: one entity per registered action (RowKey = action id). The
-    webhook URL itself is not stored: it carries a credential and can be re-made."""
+    """``SmartDialogWebhooks``: one entity per registered action (RowKey = action id), and
+    ``SmartDialogRevokedTokens``: one entity per revoked nonce (PartitionKey = service, RowKey =
+    nonce). The webhook URL itself is not stored: it carries a credential and can be re-made."""
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, revoked: TableClient) -> None:
         self._table = table
+        self._revoked = revoked
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> WebhookRegistry:
-        return cls(ensured_table(WEBHOOKS_TABLE, settings))
+        # The revocations table is created on the first revocation: until then, none is revoked,
+        # and the webhook's check costs one read, never a create.
+        return cls(
+            ensured_table(WEBHOOKS_TABLE, settings), table_client(REVOKED_TOKENS_TABLE, settings)
+        )
+
+    @classmethod
+    def for_webhook(cls, settings: Settings | None = None) -> WebhookRegistry:
+        """A registry for the webhook's revocation check only: it creates no table (a missing
+        one holds nothing), so a webhook request makes no call but its check."""
+        return cls(
+            table_client(WEBHOOKS_TABLE, settings), table_client(REVOKED_TOKENS_TABLE, settings)
+        )
 
     def add(self, registration: WebhookRegistration) -> None:
         self._table.upsert_entity(
@@ -116,8 +162,26 @@ class WebhookRegistry:
                 "PipelineId": registration.pipeline_id,
                 "CustomerId": registration.customer_id,
                 "CreatedAt": plain_datetime(registration.created_at),
+                "Nonce": registration.nonce,
             }
         )
+
+    def revoked(self, service: str, token: VerifiedToken) -> bool:
+        """Whether a webhook token of ``service`` no longer opens it: its nonce was revoked, or,
+        for a token made before nonces, the service has no such registration left. One storage
+        read."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if token.nonce is None:
+            try:
+                return not any(r.nonce is None for r in self.list(service))
+            except ResourceNotFoundError:  # no table: nothing was ever registered
+                return True
+        try:
+            self._revoked.get_entity(safe_key(service), token.nonce, select=["RowKey"])
+        except ResourceNotFoundError:
+            return False
+        return True
 
     def get(self, service: str, action_id: str) -> WebhookRegistration | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -134,6 +198,19 @@ class WebhookRegistry:
         return sorted((_registration(e) for e in entities), key=lambda r: r.created_at)
 
     def remove(self, service: str, action_id: str) -> None:
+        """Forget a registration and revoke its webhook URL (the revocation is written first, so
+        a crash in between leaves a revoked registration that a second call removes)."""
+        registration = self.get(service, action_id)
+        if registration is not None and registration.nonce is not None:
+            ensure_table(self._revoked).upsert_entity(
+                {
+                    "PartitionKey": safe_key(service),
+                    "RowKey": registration.nonce,
+                    "Service": service,
+                    "ActionId": action_id,
+                    "RevokedAt": plain_datetime(_now()),
+                }
+            )
         self._table.delete_entity(safe_key(service), safe_key(action_id))
 
 
@@ -141,12 +218,14 @@ def _registration(entity: dict[str, object]) -> WebhookRegistration:
     created = utc(entity.get("CreatedAt"))
     assert created is not None
     pipeline = entity.get("PipelineId")
+    nonce = entity.get("Nonce")
     return WebhookRegistration(
         service=str(entity["Service"]),
         action_id=str(entity["ActionId"]),
         pipeline_id=str(pipeline) if pipeline else None,
         customer_id=str(entity.get("CustomerId", "")),
         created_at=created,
+        nonce=str(nonce) if nonce else None,
     )
 
 
@@ -159,6 +238,13 @@ class Subscription:
     callback_url: str
     customer_id: str
     created_at: dt.datetime
+    nonce: str | None = None
+    """The nonce its URL's token carries; None for a subscription made before nonces."""
+
+    def opened_by(self, token: VerifiedToken) -> bool:
+        """Whether ``token`` (verified for this subscription's URL) was made for this very
+        subscription: the same nonce, or none on both sides for one made before nonces."""
+        return token.nonce == self.nonce
 
 
 class SubscriptionStore:
@@ -180,6 +266,7 @@ class SubscriptionStore:
                 "CallbackUrl": subscription.callback_url,
                 "CustomerId": subscription.customer_id,
                 "CreatedAt": plain_datetime(subscription.created_at),
+                "Nonce": subscription.nonce,
             }
         )
 
@@ -213,4 +300,5 @@ def _subscription(entity: dict[str, object]) -> Subscription:
         callback_url=str(entity["CallbackUrl"]),
         customer_id=str(entity.get("CustomerId", "")),
         created_at=created,
+        nonce=str(entity["Nonce"]) if entity.get("Nonce") else None,
     )

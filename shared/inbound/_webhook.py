@@ -1,8 +1,8 @@
-"""The inbound webhook (one storage call) and the intake processor behind it.
+"""The inbound webhook (two storage calls) and the intake processor behind it.
 
-The webhook answers fast: it checks, then makes exactly one storage call::
+The webhook answers fast: it checks, then makes exactly two storage calls::
 
-    InboundWebhook:  token (401) -> JSON payload (400)
+    InboundWebhook:  token signature (401) -> not revoked: one read (401) -> JSON payload (400)
                      -> one InboundIntake on smartdialog-inbound-intake -> 202 Accepted
 
 Everything else happens in the queue-triggered ``InboundProcessor``, once per intake message,
@@ -71,7 +71,7 @@ from shared.inbound._models import (
     NewMessagePayload,
     SubscriberDelivery,
 )
-from shared.inbound._registry import SubscriptionStore, verify_webhook_token
+from shared.inbound._registry import SubscriptionStore, WebhookRegistry, verify_webhook_token
 from shared.names import (
     INBOUND_DELIVERIES_QUEUE,
     INBOUND_INTAKE_QUEUE,
@@ -94,6 +94,7 @@ if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
     from shared.settings import Settings
+    from shared.signing import VerifiedToken
 
 __all__ = [
     "CLAIM_LEASE",
@@ -240,7 +241,8 @@ class InboundResult:
 
 
 class InboundReceiver:
-    """Handles one webhook POST (host-independent): one storage call per accepted request.
+    """Handles one webhook POST (host-independent): two storage calls per accepted request
+    (the revocation check, the intake message).
     Build with :meth:`from_settings`."""
 
     def __init__(
@@ -248,10 +250,12 @@ class InboundReceiver:
         settings: Settings,
         *,
         intake: QueueLike,
+        registry: WebhookRegistry | None = None,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.settings = settings
         self._intake = intake
+        self._registry = registry
         self._clock = clock or utcnow
 
     @classmethod
@@ -259,19 +263,31 @@ class InboundReceiver:
         from shared.storage import queue_client
 
         # Not ensured_queue: that would add a request; send_creating creates it on a 404 only.
-        return cls(settings, intake=queue_client(INBOUND_INTAKE_QUEUE, settings))
+        return cls(
+            settings,
+            intake=queue_client(INBOUND_INTAKE_QUEUE, settings),
+            registry=WebhookRegistry.for_webhook(settings),
+        )
 
     def authenticate(self, service: str, token: str | None) -> None:
-        """401 unless ``token`` opens the webhook of ``service`` under one of the secrets."""
-        if not verify_webhook_token(self.settings, service, token):
+        """401 unless ``token`` opens the webhook of ``service`` under one of the secrets and its
+        registration was not revoked (the signature first: a forged token costs no storage)."""
+        verified = verify_webhook_token(self.settings, service, token)
+        if verified is None or self._revoked(service, verified):
             raise Problem(
                 401,
                 "Invalid or missing token",
-                "This webhook URL's token is not valid for this service (forged, or signed with "
-                "a secret that is no longer configured). Register the webhook again.",
+                "This webhook URL's token is not valid for this service (forged, signed with a "
+                "secret that is no longer configured, or its registration was removed). Register "
+                "the webhook again.",
                 type=ProblemType.VALIDATION,
                 headers={"WWW-Authenticate": 'Bearer realm="smartdialog-webhook"'},
             )
+
+    def _revoked(self, service: str, token: VerifiedToken) -> bool:
+        if self._registry is None:
+            self._registry = WebhookRegistry.for_webhook(self.settings)
+        return self._registry.revoked(service, token)
 
     @staticmethod
     def parse(body: bytes) -> NewMessagePayload:

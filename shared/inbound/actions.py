@@ -38,6 +38,7 @@ from shared.inbound._registry import (
     SubscriptionStore,
     WebhookRegistration,
     WebhookRegistry,
+    new_nonce,
     subscription_url,
     verify_subscription_token,
     webhook_url,
@@ -256,8 +257,11 @@ def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> Webh
     record it. Each call registers a new pipeline action (that is how secrets rotate)."""
     from shared.smartdialog import WebhookAction, WebhookOptions
 
+    nonce = new_nonce()  # this registration's own URL: unregistering it revokes only it
     result = ctx.client.new_message(
-        WebhookAction(options=WebhookOptions(endpointUrl=webhook_url(ctx.settings, service))),
+        WebhookAction(
+            options=WebhookOptions(endpointUrl=webhook_url(ctx.settings, service, nonce))
+        ),
         customer=customer_id,
         service=service,
     )
@@ -275,6 +279,7 @@ def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> Webh
         pipeline_id=result.pipeline_id,
         customer_id=customer_id,
         created_at=utcnow(),
+        nonce=nonce,
     )
     _registry(ctx.settings).add(registration)
     return registration
@@ -319,9 +324,13 @@ def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
         callback_url=inp.body.callbackUrl,
         customer_id=inp.customer_id,
         created_at=utcnow(),
+        nonce=new_nonce(),
+    )
+    assert subscription.nonce is not None
+    location = subscription_url(  # before the row: a URL that cannot be made stores nothing
+        ctx.settings, inp.service, subscription.subscription_id, subscription.nonce
     )
     _subscriptions(ctx.settings).add(subscription)
-    location = subscription_url(ctx.settings, inp.service, subscription.subscription_id)
     return ActionResponse.json(
         {"id": subscription.subscription_id, "service": inp.service},
         status=201,
@@ -330,15 +339,25 @@ def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
 
 
 def unsubscribe(ctx: ActionContext, inp: UnsubscribeInput) -> ActionResponse:
-    if not verify_subscription_token(ctx.settings, inp.service, inp.subscription_id, inp.token):
+    token = verify_subscription_token(ctx.settings, inp.service, inp.subscription_id, inp.token)
+    if token is None:
         raise Problem(
             401,
             "Invalid or missing token",
             "Use the Location the subscription answered; it carries its token.",
             type=ProblemType.VALIDATION,
         )
+    store = _subscriptions(ctx.settings)
+    subscription = store.get(inp.service, inp.subscription_id)
+    if subscription is not None and not subscription.opened_by(token):
+        raise Problem(
+            403,
+            "Invalid token",
+            "This token was made for another subscription of the same id.",
+            type=ProblemType.VALIDATION,
+        )
     # Unsubscribing twice is fine (Power Automate may repeat it).
-    _subscriptions(ctx.settings).remove(inp.service, inp.subscription_id)
+    store.remove(inp.service, inp.subscription_id)
     return ActionResponse.json(SubscriptionDoc(id=inp.subscription_id, service=inp.service))
 
 

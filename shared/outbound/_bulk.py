@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from shared.callback_urls import require_status_token, status_link
+from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
 from shared.messages import (
     BatchRecord,
@@ -123,6 +123,7 @@ class BulkService:
         """
         from shared.phone import InvalidPhoneNumber, parse_phone_number
 
+        require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
         if len(recipients) > MAX_BULK_RECIPIENTS:
             raise validation_problem(

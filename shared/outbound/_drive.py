@@ -419,9 +419,12 @@ class _Run:
             self.fail([(m, refused.failure(m.attempts)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
+            from shared.smartdialog import mask_phone_numbers
+
             log.warning(
                 "pack %s refused (%d): %s; %d member(s) failed, %d go again",
-                self.pack.pack_id, refused.status, refused.message, len(offenders), len(rest),
+                self.pack.pack_id, refused.status, mask_phone_numbers(refused.message or ""),
+                len(offenders), len(rest),
             )  # fmt: skip
             if rest or self.leftovers:
                 return self.later(0, "pack-rejected")

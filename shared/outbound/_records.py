@@ -180,5 +180,7 @@ def with_delivery_report_url(
     body = command.body
     if command.messageId is None or "DlrUrl" not in type(body).model_fields:
         return command
-    ours = delivery_report_url(settings, report_id or command.messageId)
+    ours = delivery_report_url(
+        settings, report_id or command.messageId, valid_until=command.validUntil
+    )
     return command.model_copy(update={"body": body.model_copy(update={"DlrUrl": ours})})

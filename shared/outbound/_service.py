@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from shared.callback_urls import require_status_token, status_link
+from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
 from shared.events import MESSAGE_CANCELLED, make_event
 from shared.messages import (
@@ -110,6 +110,7 @@ class SendService:
         nothing is recorded or queued, and its idempotency key is released. (A replay of a
         message accepted before the opt-out still answers as the first request did.)
         """
+        require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
         customer = command.customerId or self.settings.customer_id or ""
         key = idempotency_key or getattr(command.body, "RequestId", None)

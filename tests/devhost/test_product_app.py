@@ -11,16 +11,28 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from devhost import DevHost, load_app
+from shared.settings import reset_settings_cache
 
 REPO = Path(__file__).resolve().parents[2]
+#: What health needs: a callback secret of 32 bytes and a public URL (local development).
+CONFIGURED = {
+    "SMARTDIALOG_CALLBACK_SECRETS": "devhost-test-callback-secret-0123456789",
+    "AZURE_FUNCTIONS_ENVIRONMENT": "Development",
+}
 
 
-def test_product_app_health_answers_through_the_host() -> None:
+def test_product_app_health_answers_through_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in CONFIGURED.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SMARTDIALOG_PUBLIC_BASE_URL", raising=False)
+    reset_settings_cache()
     app = load_app("function_app:app", REPO)
     with DevHost(app, REPO / "host.json", port=0, queues=False) as host:
         response = httpx.get(f"{host.url}/api/health", timeout=5)
+    reset_settings_cache()
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
@@ -40,6 +52,10 @@ def test_product_host_json_is_read_not_hard_coded() -> None:
 
 def _start_cli(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "DEVHOST_PORT"}
+    env["SMARTDIALOG_CALLBACK_SECRETS"] = CONFIGURED["SMARTDIALOG_CALLBACK_SECRETS"]
+    # The dev host says it is local development itself, as Core Tools does (health needs it).
+    for name in ("AZURE_FUNCTIONS_ENVIRONMENT", "SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
+        env.pop(name, None)
     return subprocess.Popen(
         [sys.executable, "-m", "devhost", "--no-queues", *args],
         cwd=REPO,

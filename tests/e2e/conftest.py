@@ -37,7 +37,7 @@ ONE_WAY_SERVICE = "s-1001-oneway"
 TWO_WAY_SERVICE = "s-1001-twoway"
 GROUP_SERVICE = "s-1001-group"
 DELIVERED_NUMBER = "+358400000001"
-CALLBACK_SECRET = "e2e-callback-secret"
+CALLBACK_SECRET = "e2e-callback-secret-of-at-least-32-bytes"
 #: Queue timings for tests: a failed message is visible again after 1 s, 3 attempts, 100 ms polls.
 VISIBILITY_TIMEOUT = 1.0
 MAX_DEQUEUE_COUNT = 3

@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 CUSTOMER = "1001"
 TWO_WAY = "s-1001-twoway"
 ONE_WAY = "s-1001-oneway"
-SECRET = "inbound-test-secret"
-OLD_SECRET = "inbound-old-secret"
+SECRET = "inbound-test-secret-of-at-least-32-bytes"
+OLD_SECRET = "inbound-old-secret-of-at-least-32-bytes"
 QUEUES = (
     names.INBOUND_INTAKE_QUEUE,
     names.INBOUND_QUEUE,
@@ -54,6 +54,7 @@ QUEUES = (
 )
 TABLES = (
     names.WEBHOOKS_TABLE,
+    names.REVOKED_TOKENS_TABLE,
     names.SUBSCRIPTIONS_TABLE,
     names.INBOUND_SEEN_TABLE,
     names.SUPPRESSIONS_TABLE,

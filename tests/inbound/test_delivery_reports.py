@@ -94,6 +94,10 @@ def test_sandbox_delivery_reports_move_recipients_to_their_final_state(
 
     doc = wait_for_status(served, message_id, ["delivered", "undelivered"])
     assert [r["Status"] for r in doc["Recipients"]] == ["delivered", "undelivered"]
+    # A report advances the status just before its event and its forward: wait for both forwards.
+    deadline = time.monotonic() + 5
+    while served.count(names.DLR_FORWARD_QUEUE) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     events = delivery_events(served)
     assert sorted(e["data"]["status"] for e in events) == ["delivered", "undelivered"]
     assert {e["subject"] for e in events} == {message_id}
@@ -101,9 +105,6 @@ def test_sandbox_delivery_reports_move_recipients_to_their_final_state(
 
     # The caller's own DlrUrl got each report after ours, from the forward queue, query kept.
     assert callback_receiver.calls == []
-    deadline = time.monotonic() + 5  # a report advances the status just before its forward
-    while served.count(names.DLR_FORWARD_QUEUE) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
     assert served.run_queue(names.DLR_FORWARD_QUEUE, "DlrForwarder") == 2
     calls = callback_receiver.wait_for(2)
     assert {c.query["ref"] for c in calls} == {"42"}

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from shared import names
-from shared.inbound import classify_keyword, webhook_url
+from shared.inbound import classify_keyword, new_nonce, webhook_url
 from shared.problems import Problem
 from shared.settings import Settings, get_settings
 from shared.storage import queue_client
@@ -47,7 +47,8 @@ def test_default_keywords(content: str, expected: str | None) -> None:
 
 
 def _post(env: Inbound, content: str, sender: str = "0401234567") -> None:
-    token = dict(parse_qsl(urlsplit(webhook_url(get_settings(), TWO_WAY)).query))["token"]
+    url = webhook_url(get_settings(), TWO_WAY, new_nonce())
+    token = dict(parse_qsl(urlsplit(url).query))["token"]
     answer = env.call(
         "InboundWebhook",
         "POST",

@@ -1,4 +1,4 @@
-"""The inbound webhook and its intake processor: one storage call per webhook request, one
+"""The inbound webhook and its intake processor: two storage calls per webhook request, one
 CloudEvent per message (de-duplicated behind the queue), unforgeable, crash-safe."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from shared.inbound import (
     InboundProcessor,
     MalformedIntake,
     SeenStore,
+    new_nonce,
     webhook_url,
 )
 from shared.settings import get_settings
@@ -41,7 +42,7 @@ def payload(**changes: Any) -> dict[str, Any]:
 
 
 def token_for(service: str = TWO_WAY) -> str:
-    query = dict(parse_qsl(urlsplit(webhook_url(get_settings(), service)).query))
+    query = dict(parse_qsl(urlsplit(webhook_url(get_settings(), service, new_nonce())).query))
     return query["token"]
 
 
@@ -87,7 +88,7 @@ def storage_requests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-# --- the webhook: one storage call, 202 ----------------------------------------------------------
+# --- the webhook: two storage calls, 202 ---------------------------------------------------------
 
 
 def test_inbound_message_becomes_one_cloudevent_on_the_inbound_queue(inbound: Inbound) -> None:
@@ -115,18 +116,24 @@ def test_inbound_message_becomes_one_cloudevent_on_the_inbound_queue(inbound: In
     assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 0
 
 
-def test_the_webhook_makes_exactly_one_storage_call(
+def test_the_webhook_makes_exactly_two_storage_calls(
     inbound: Inbound, storage_requests: list[str]
 ) -> None:
     token = token_for()
+    nonce = token.split(".")[2]
     for _ in range(3):  # the first request of a fresh process too (cached clients are reset)
         storage_requests.clear()
         assert post(inbound, payload(), token=token).status == 202
-        assert storage_requests == [f"POST /devstoreaccount1/{names.INBOUND_INTAKE_QUEUE}/messages"]
+        assert storage_requests == [  # the revocation check, then the intake message
+            f"GET /devstoreaccount1/{names.REVOKED_TOKENS_TABLE}"
+            f"(PartitionKey='{TWO_WAY}',RowKey='{nonce}')",
+            f"POST /devstoreaccount1/{names.INBOUND_INTAKE_QUEUE}/messages",
+        ]
     storage_requests.clear()
     assert post(inbound, payload(), token="v1.0.forged").status == 401
+    assert storage_requests == []  # a forged token costs no storage call at all
     assert post(inbound, b"{not json", token=token).status == 400
-    assert storage_requests == []
+    assert [r.split()[0] for r in storage_requests] == ["GET"]  # the revocation check, no write
 
 
 def test_queue_messages_are_plain_json_text_not_base64(inbound: Inbound) -> None:
@@ -181,7 +188,7 @@ def test_message_without_message_id_is_deduplicated_on_its_payload(inbound: Inbo
         "",
         "v1.0.AAAA",
         "not-a-token",
-        sign(TokenPurpose.WEBHOOK, f"service/{TWO_WAY}", secrets=["someone-elses-secret"]),
+        sign(TokenPurpose.WEBHOOK, f"service/{TWO_WAY}", secrets=["someone-elses-secret-" * 2]),
         sign(TokenPurpose.DLR, f"service/{TWO_WAY}", secrets=[SECRET]),
         sign(TokenPurpose.WEBHOOK, "service/s-1002-twoway", secrets=[SECRET]),
     ],

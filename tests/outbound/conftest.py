@@ -39,7 +39,7 @@ TEMPORARY = "+358400000004"
 THROTTLED = "+358400000005"
 ERROR = "+358400000006"
 SLOW = "+358400000007"
-SECRET = "test-callback-secret"
+SECRET = "test-callback-secret-of-at-least-32-bytes"
 
 
 def sms(*addresses: str, content: str = "Hello $(name)", **extra: Any) -> dict[str, Any]:

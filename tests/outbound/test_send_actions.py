@@ -19,6 +19,7 @@ from tests.outbound.conftest import (
     DELIVERED,
     REJECTED,
     REPLY_SERVICE,
+    SECRET,
     Outbound,
     call_http,
     sms,
@@ -150,7 +151,7 @@ def test_status_needs_the_token_of_its_own_message(outbound: Outbound) -> None:
 def test_status_of_an_unknown_message_is_404(outbound: Outbound) -> None:
     from shared.signing import TokenPurpose, sign
 
-    token = sign(TokenPurpose.STATUS, "nope", secrets=["test-callback-secret"])
+    token = sign(TokenPurpose.STATUS, "nope", secrets=[SECRET])
     answer = call_http(
         "GetMessageStatus", "GET", route_params={"MessageId": "nope"}, params={"token": token}
     )

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from shared.signing import SigningNotConfigured, TokenPurpose, sign, verify
+from shared.signing import (
+    SigningNotConfigured,
+    TokenPurpose,
+    VerifiedToken,
+    new_nonce,
+    sign,
+    verified,
+    verify,
+)
 
-NEW, OLD = "new-secret", "old-secret"
+NEW, OLD = "new-secret-of-at-least-thirty-two-bytes", "old-secret-of-at-least-thirty-two-bytes"
 
 
 def test_token_opens_its_own_purpose_and_subject_only() -> None:
@@ -61,3 +69,38 @@ def test_tampered_expiry_is_refused() -> None:
 def test_no_secrets_configured_is_an_error_not_an_open_door() -> None:
     with pytest.raises(SigningNotConfigured):
         verify("v1.0.x", TokenPurpose.STATUS, "m-1", secrets=[])
+
+
+@pytest.mark.parametrize("secrets", [["x" * 31], [NEW, "short-old-secret"], ["é" * 15]])
+def test_a_secret_shorter_than_32_bytes_is_a_configuration_error_naming_the_setting(
+    secrets: list[str],
+) -> None:
+    with pytest.raises(SigningNotConfigured) as raised:
+        sign(TokenPurpose.STATUS, "m-1", secrets=secrets)
+    problem = raised.value
+    assert problem.status == 503
+    assert "SMARTDIALOG_CALLBACK_SECRETS" in (problem.detail or "")
+    assert all(secret not in (problem.detail or "") for secret in secrets)  # never the secret
+    with pytest.raises(SigningNotConfigured):
+        verify("v1.0.x", TokenPurpose.STATUS, "m-1", secrets=secrets)
+
+
+def test_a_nonce_token_opens_its_subject_and_tells_its_nonce() -> None:
+    nonce = new_nonce()
+    token = sign(TokenPurpose.WEBHOOK, "service/s", nonce=nonce, secrets=[NEW])
+    assert token.startswith(f"v2.0.{nonce}.")
+    assert verified(token, TokenPurpose.WEBHOOK, "service/s", secrets=[NEW]) == VerifiedToken(
+        0, nonce
+    )
+    # The nonce is signed: swapping it for another breaks the signature.
+    other = token.replace(nonce, new_nonce())
+    assert verified(other, TokenPurpose.WEBHOOK, "service/s", secrets=[NEW]) is None
+    assert verified(token, TokenPurpose.WEBHOOK, "service/t", secrets=[NEW]) is None
+
+
+def test_a_token_made_before_nonces_still_verifies_without_one() -> None:
+    token = sign(TokenPurpose.WEBHOOK, "service/s", secrets=[NEW])
+    assert token.startswith("v1.0.")
+    assert verified(token, TokenPurpose.WEBHOOK, "service/s", secrets=[NEW]) == VerifiedToken(
+        0, None
+    )

@@ -1,0 +1,48 @@
+"""What ``/api/health`` checks: the settings every function needs, read as the functions read
+them, without touching storage or SmartDialog.
+
+A configuration error is reported on first use, never at import: a setting that does not
+validate, callback secrets that are missing or shorter than 32 bytes, or no public base URL
+outside local development. The functions that need the setting answer the same 503 problem.
+"""
+
+from __future__ import annotations
+
+from shared.problems import FieldError, Problem, ProblemType
+
+__all__ = ["configuration_problem"]
+
+
+def configuration_problem() -> Problem | None:
+    """A 503 problem listing every configuration error (``errors[].field``: the setting), or
+    None when the app is configured."""
+    from pydantic import ValidationError
+
+    from shared.settings import PublicUrlNotConfigured, get_settings
+    from shared.signing import CALLBACK_SECRETS_SETTING, secrets_problem
+
+    errors: list[FieldError] = []
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        errors = [
+            FieldError(".".join(str(p) for p in e["loc"]) or "settings", e["msg"])
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+    else:
+        secrets = secrets_problem(settings.callback_secret_list)
+        if secrets is not None:
+            errors.append(FieldError(CALLBACK_SECRETS_SETTING, secrets.detail or secrets.title))
+        try:
+            settings.api_base_url  # noqa: B018 - raises when no public URL can be told
+        except PublicUrlNotConfigured as exc:
+            errors.append(FieldError("SMARTDIALOG_PUBLIC_BASE_URL", exc.detail or exc.title))
+    if not errors:
+        return None
+    return Problem(
+        503,
+        "The app is not configured",
+        "Fix these settings: " + ", ".join(dict.fromkeys(e.field for e in errors)) + ".",
+        type=ProblemType.CONFIGURATION,
+        errors=errors,
+    )

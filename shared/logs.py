@@ -1,0 +1,83 @@
+"""Logging set in code at start-up, because host.json cannot do it for Python.
+
+The Functions host's ``logging.logLevel`` keys filter the host's own categories (``Function``,
+``Host.Results``); they do not reach the Python worker's loggers, so the HTTP libraries' loggers
+are set here, once, when ``function_app`` is imported (and by the test run, which must log as the
+app does):
+
+- ``httpx`` and ``httpcore`` log each request's full URL (a caller's ``?sig=``, our ``?token=``,
+  phone numbers in paths) at INFO and DEBUG: WARNING and above only.
+- ``urllib3`` and azure-core's HTTP logging policy log every storage request, whose URL holds
+  table keys (a phone number is a suppression's key): WARNING and above only.
+- Whatever these loggers still emit, and anything logged on them later at a lower level by an
+  operator, passes :class:`RedactUrls`: query strings are cut from URLs and phone numbers masked.
+
+Our own log calls that mention a URL log :func:`loggable_url` of it, never the URL itself.
+Importing this module is cheap (standard library only).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+__all__ = [
+    "HTTP_LIBRARY_LEVELS",
+    "URL_LOGGERS",
+    "RedactUrls",
+    "configure_logging",
+    "loggable_url",
+]
+
+#: The third-party loggers set at start-up, and their level.
+HTTP_LIBRARY_LEVELS: dict[str, int] = {
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "azure.core.pipeline.policies.http_logging_policy": logging.WARNING,
+}
+
+#: The loggers that write URLs (a filter applies to its own logger's records, not its children's).
+URL_LOGGERS = (
+    "httpx",
+    "urllib3.connectionpool",
+    "azure.core.pipeline.policies.http_logging_policy",
+)
+
+# A URL's query (and fragment), up to the next blank or quote: what carries tokens and keys.
+_URL_QUERY = re.compile(r"(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)[?#][^\s\"'<>]*")
+
+
+def _mask_phone_numbers(text: str) -> str:
+    from shared.smartdialog import mask_phone_numbers  # on first use: it imports httpx
+
+    return mask_phone_numbers(text)
+
+
+def loggable_url(url: str) -> str:
+    """``url`` fit for a log line: no query string or fragment, phone numbers masked."""
+    return _mask_phone_numbers(_URL_QUERY.sub(r"\g<url>", url))
+
+
+class RedactUrls(logging.Filter):
+    """Rewrites a record's message with every URL's query string cut and phone numbers masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:
+            return True
+        redacted = _mask_phone_numbers(_URL_QUERY.sub(r"\g<url>", text))
+        if redacted != text:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def configure_logging() -> None:
+    """Set the HTTP libraries' loggers (idempotent; call once at start-up)."""
+    for name, level in HTTP_LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(level)
+    for name in URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactUrls) for f in logger.filters):
+            logger.addFilter(RedactUrls())

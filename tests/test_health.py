@@ -1,0 +1,61 @@
+"""What /api/health reports (shared/health.py): every configuration error, each naming its
+setting, never a secret; nothing when the app is configured."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from shared.health import configuration_problem
+from shared.settings import reset_settings_cache
+
+SECRET = "health-test-callback-secret-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SMARTDIALOG_CALLBACK_SECRETS", SECRET)
+    monkeypatch.setenv("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
+    reset_settings_cache()
+    yield
+    reset_settings_cache()
+
+
+def test_a_configured_app_has_no_configuration_problem() -> None:
+    assert configuration_problem() is None
+
+
+def test_a_setting_that_does_not_validate_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTDIALOG_QUOTA_CALLS", "0")
+    problem = configuration_problem()
+    assert problem is not None
+    assert problem.status == 503
+    assert [e.field for e in problem.errors] == ["SMARTDIALOG_QUOTA_CALLS"]
+
+
+def test_every_callback_problem_is_listed_at_once_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SMARTDIALOG_CALLBACK_SECRETS", f"{SECRET},old-and-short")
+    monkeypatch.setenv("AZURE_FUNCTIONS_ENVIRONMENT", "Production")
+    problem = configuration_problem()
+    assert problem is not None
+    assert [e.field for e in problem.errors] == [
+        "SMARTDIALOG_CALLBACK_SECRETS",
+        "SMARTDIALOG_PUBLIC_BASE_URL",
+    ]
+    assert "secret 2 of 2" in problem.errors[0].message
+    assert "old-and-short" not in str(problem.to_dict())
+    assert SECRET not in str(problem.to_dict())
+
+
+def test_no_callback_secret_at_all_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SMARTDIALOG_CALLBACK_SECRETS")
+    problem = configuration_problem()
+    assert problem is not None
+    assert [e.field for e in problem.errors] == ["SMARTDIALOG_CALLBACK_SECRETS"]

@@ -1,0 +1,175 @@
+"""Logging set in code at start-up (shared/logs.py), and the test run's leak detector itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.logs import HTTP_LIBRARY_LEVELS, configure_logging, loggable_url
+from tests.fixtures.leaks import LeakDetector, findings_in, watch_content, watch_secret
+from tests.fixtures.sandbox import SandboxServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# --- shared/logs.py -------------------------------------------------------------------------------
+
+
+def test_importing_function_app_sets_the_http_libraries_loggers() -> None:
+    import function_app  # noqa: F401 - importing it is the start-up
+
+    for name, level in HTTP_LIBRARY_LEVELS.items():
+        assert logging.getLogger(name).level == level, name
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+
+
+def test_host_json_sets_no_python_logger_it_cannot_reach() -> None:
+    levels = json.loads((ROOT / "host.json").read_text())["logging"]["logLevel"]
+    assert not {"httpx", "httpcore", "azure", "urllib3"} & {k.split(".")[0] for k in levels}
+
+
+def test_an_httpx_info_line_carries_no_query_string(
+    sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure_logging()
+    caplog.set_level(logging.INFO, logger="httpx")  # as an operator might, to debug
+    url = f"{sandbox.url}/sandbox/health?sig=0123456789abcdef&to=%2B358401234567"
+    assert httpx.get(url, timeout=5).status_code == 200
+    [line] = [r.getMessage() for r in caplog.records if r.name == "httpx"]
+    assert f"GET {sandbox.url}/sandbox/health " in line
+    assert "?" not in line
+    assert "sig=" not in line
+    assert "358401234567" not in line
+
+
+def test_loggable_url_cuts_the_query_and_masks_numbers() -> None:
+    assert (
+        loggable_url("https://flow.example/hook/+358401234567?sig=abc&code=k#frag")
+        == "https://flow.example/hook/***4567"
+    )
+    assert loggable_url("https://flow.example/path") == "https://flow.example/path"
+
+
+# --- the leak detector (tests/fixtures/leaks.py) ------------------------------------------------
+
+TOKEN = "v2.0.AAAAAAAAAAAAAAAAAAAAAA.B2xhbmRvbS1tYWMtb2YtZm9ydHktdGhyZWUtY2hhcnM"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        (f"GET /api/callbacks/inbound/s?token={TOKEN} 202", "token"),
+        (
+            "POST https://prod.westus.logic.azure.com/workflows/1?sig=Zm9vYmFyYmF6cXV4",
+            "sig/token parameter",
+        ),
+        ("GET https://app.azurewebsites.net/api/services?code=abcdEFGH1234ijkl==", "function key"),
+        ("Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.e30.sig", "Bearer credential"),
+        ("sent to +358401234567", "phone number"),
+        ("path /contacts/%2B358401234567", "phone number"),
+        ("recipient 358401234567 delivered", "phone number"),
+        ("national 0401234567", "phone number"),
+    ],
+)
+def test_the_detector_finds_each_kind_of_leak(text: str, kind: str) -> None:
+    assert kind in findings_in(text, secrets=set())
+
+
+def test_the_detector_finds_configured_secrets_and_registered_contents() -> None:
+    watch_secret("a-planted-secret-value-for-the-detector")
+    watch_content("A planted message body for the detector")
+    assert findings_in("x a-planted-secret-value-for-the-detector y", secrets=set()) == [
+        "configured secret"
+    ]
+    assert findings_in("logged: A planted message body for the detector", secrets=set()) == [
+        "message content"
+    ]
+    assert findings_in("k", secrets={"configured-callback-secret-value"}) == []
+    assert findings_in(
+        "the configured-callback-secret-value", secrets={"configured-callback-secret-value"}
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "message 5f0c1d2e-0412-4567-8901-045123456789 sent",
+        "upstream 04123456-aaaa-bbbb-cccc-dddddddddddd",
+        "at 2026-01-31T12:00:00.123+00:00 expiry 1764806400 in 1234 ms",
+        "recipient ***4567 delivered; status code 429; Retry-After 30",
+        'Bearer realm="smartdialog-webhook"',
+        "refresh_token=SecretStr('**********') token=None",
+        "GET /api/callbacks/dlr/m-1 -> 200 (DeliveryReport, 3.1 ms)",
+        "h-0a5f35840123456789abcdef0123456789abcdef0123456789abcdef01234567",
+    ],
+)
+def test_the_detector_passes_ids_timestamps_and_masked_numbers(text: str) -> None:
+    assert findings_in(text, secrets=set()) == []
+
+
+def test_a_planted_leak_in_a_record_is_caught_with_its_logger_and_place() -> None:
+    detector = LeakDetector()
+    logger = logging.getLogger("tests.planted")
+    logger.propagate = False  # the run's own detector must not see the planted leak
+    logger.addHandler(detector)
+    try:
+        logger.warning("delivered to %s", "+358401234567", extra={"to": "safe"})
+        logger.warning(
+            "nothing to see", extra={"callback": "https://x.example/cb?sig=Zm9vYmFyYmF6"}
+        )
+        logger.info("message 5f0c1d2e-0412-4567-8901-045123456789 sent")
+    finally:
+        logger.removeHandler(detector)
+        logger.propagate = True
+    assert [(leak.logger, leak.kinds) for leak in detector.leaks] == [
+        ("tests.planted", ("phone number",)),
+        ("tests.planted", ("sig/token parameter",)),
+    ]
+    assert detector.leaks[0].where.endswith(
+        f"test_logs.py:{detector.leaks[0].where.split(':')[-1]}"
+    )
+    assert detector.checked == 3
+
+
+def _run_pytest_on(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """A pytest run of one test module with the leak detector, in its own interpreter (a run
+    inside this one would take the detector off this run's root logger)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_planted.py").write_text(body)
+    plugins = ["-p", "no:cacheprovider", "-p", "tests.fixtures.leaks"]
+    command = [sys.executable, "-m", "pytest", "-q", *plugins, "-c", str(tmp_path / "pytest.ini")]
+    return subprocess.run(
+        [*command, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_leaking_record_fails_the_run_although_every_test_passed(tmp_path: Path) -> None:
+    planted = _run_pytest_on(
+        tmp_path,
+        "import logging\n\n\ndef test_plant():\n"
+        "    logging.getLogger('shared.planted').info('sent to %s', '+35840' + '1234567')\n",
+    )
+    assert "1 passed" in planted.stdout, planted.stdout
+    assert "shared.planted" in planted.stdout
+    assert "phone number" in planted.stdout
+    assert planted.returncode == 1
+
+
+def test_a_run_without_leaks_passes(tmp_path: Path) -> None:
+    clean = _run_pytest_on(
+        tmp_path,
+        "import logging\n\n\ndef test_clean():\n"
+        "    logging.getLogger('shared.planted').info('sent to %s', '***4567')\n",
+    )
+    assert "none leaked" in clean.stdout, clean.stdout
+    assert clean.returncode == 0
