@@ -134,8 +134,6 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = Field(
         10.0, alias="SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS", gt=0
     )
-    # Set by App Service on every Azure host: the app is then never "running locally".
-    website_hostname: str | None = Field(None, alias="WEBSITE_HOSTNAME")
     # Storage: a connection string locally; in Azure, identity-based settings
     # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
     # plus __clientId for a user-assigned managed identity).

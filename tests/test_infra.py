@@ -42,8 +42,6 @@ NOT_SET_IN_AZURE: dict[str, str] = {
     "authenticates with the client secret or the refresh token",
     "AzureWebJobsStorage": "a connection string, for Azurite and local runs only; Azure uses "
     "the identity-based AzureWebJobsStorage__* settings (shared keys are disabled there)",
-    "WEBSITE_HOSTNAME": "set by App Service itself on every Azure host; the app reads it to know "
-    "it is not running locally",
     "AzureWebJobsStorage__accountName": "an alternative to the service URIs, which the Bicep "
     "sets (they also serve the host's blob, queue and table clients)",
     "WEBSITE_HOSTNAME": "set by App Service itself to the app's host name; an app setting of "
