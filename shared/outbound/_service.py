@@ -44,16 +44,11 @@ if TYPE_CHECKING:
     from shared.suppressions import SuppressionStore
 
 __all__ = [
-    "MAX_COMMAND_CHARS",
     "STUCK_ACCEPTED_AFTER",
     "SendService",
     "StatusView",
 ]
 
-#: Largest send command we accept, in characters: it is kept in its record's Table entity
-#: (1 MiB, strings in UTF-16, beside upstream's answer). One too large for a queue message goes
-#: there by reference (:func:`~shared.outbound._records.queued_text`).
-MAX_COMMAND_CHARS = 300_000
 #: A record of the previous release (written before its enqueue) still ``accepted`` this long
 #: after its last change lost its enqueue to a crash; the next status poll or re-POST enqueues
 #: it again. (A bulk member: its pack's driver.)
@@ -150,15 +145,6 @@ class SendService:
         except ValueError as exc:  # the pipeline fills defaults; this is a safety net
             raise validation_problem([FieldError("Customer-Id", str(exc))]) from exc
         text = command_text(command)
-        if len(text) > MAX_COMMAND_CHARS:
-            raise Problem(
-                413,
-                "The message is too large",
-                f"Its command is {len(text):,} characters; at most {MAX_COMMAND_CHARS:,} are "
-                "kept with a message. Send it in several messages.",
-                type=ProblemType.VALIDATION,
-                errors=[FieldError("body", f"At most {MAX_COMMAND_CHARS:,} characters.")],
-            )
         record = self.store.get(message_id) if replay else None
         if record is None and claimed_at is not None and now - claimed_at < STUCK_ACCEPTED_AFTER:
             # The request that claimed the key is on its way (or died a moment ago): it enqueues,

@@ -21,11 +21,14 @@ def addresses(count: int) -> list[str]:
     return [f"+35840{2_000_000 + i:07d}" for i in range(count)]
 
 
-def personalised(count: int) -> dict[str, Any]:
-    """A SendMessage body to ``count`` recipients, each with values of their own."""
+def personalised(count: int, note: str = "") -> dict[str, Any]:
+    """A SendMessage body to ``count`` recipients, each with values of their own (and
+    ``note``, when given, as a value too)."""
     body = sms(*addresses(count), content="Hello $(name), your code is $(code)")
     for index, recipient in enumerate(body["Recipients"]):
         recipient["Personalization"] = {"name": f"Customer {index}", "code": f"{index:06d}"}
+        if note:
+            recipient["Personalization"]["note"] = note
     return body
 
 
@@ -168,7 +171,7 @@ def test_a_queued_command_that_turned_malformed_fails_its_record_with_its_event(
 
 
 def test_a_stored_command_whose_blob_is_gone_fails_its_record(outbound: Outbound) -> None:
-    accepted = call_http("SendMessage", "POST", body=personalised(1_000))
+    accepted = call_http("SendMessage", "POST", body=personalised(60, note="n" * 1_200))
     assert accepted.status == 202
     queue = queue_client(OUTBOUND_QUEUE)
     [message] = list(queue.receive_messages(messages_per_page=1))
@@ -202,3 +205,25 @@ def test_a_message_id_taken_by_a_different_message_does_not_fail_the_first(
     assert record(accepted.body["Id"]).status is MessageStatus.QUEUED
     [letter] = [json.loads(t) for t in all_messages(OUTBOUND_DEAD_LETTER_QUEUE)]
     assert letter["reason"] == "malformed"
+
+
+def test_a_command_too_long_for_its_record_is_kept_in_a_blob_and_sent(
+    outbound: Outbound,
+) -> None:
+    body = personalised(200, note="x" * 1_100)  # 220,000 characters: past one entity
+    accepted = call_http("SendMessage", "POST", body=body)
+    assert accepted.status == 202, accepted.body
+    message_id = accepted.body["Id"]
+    from shared.names import MESSAGES_TABLE
+    from shared.storage import table_client
+
+    entity = table_client(MESSAGES_TABLE).get_entity(message_id, "message")
+    assert entity["CommandBlob"].startswith("command/")
+    assert entity["CommandChunks"] == 0
+    assert len(record(message_id).command) > 220_000  # read back whole
+
+    outbound.drain(timeout=60)
+
+    assert status_of(accepted.headers["Location"]).status == 200
+    [call] = outbound.upstream()
+    assert call["body"]["Recipients"][199]["Personalization"]["note"] == "x" * 1_100
