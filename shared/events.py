@@ -96,7 +96,7 @@ def events_in_parts(
     ``parts`` set (``data`` has those fields). Ids: ``event_id`` for one event, else
     ``<event_id>:<part>``. Every event fits a queue message, measured after encoding; each
     item must fit one on its own."""
-    from shared.storage import QUEUE_MESSAGE_LIMIT, fits_queue, queue_message_bytes
+    from shared.storage import QUEUE_MESSAGE_BUDGET, fits_queue, queue_message_bytes
 
     whole = make_event(event_type, data, event_id=event_id, subject=subject, time=time)
     if fits_queue(whole.to_json()):
@@ -105,7 +105,7 @@ def events_in_parts(
     # The event without its items, with room for the longest part id and part numbers.
     bare = data.model_copy(update={items: [], "part": 99_999, "parts": 99_999})
     frame = make_event(event_type, bare, event_id=f"{event_id}:99999", subject=subject, time=time)
-    budget = QUEUE_MESSAGE_LIMIT - queue_message_bytes(frame.to_json())
+    budget = QUEUE_MESSAGE_BUDGET - queue_message_bytes(frame.to_json())
     groups: list[list[BaseModel]] = [[]]
     used = 0
     for item in everything:

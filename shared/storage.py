@@ -435,6 +435,8 @@ def send_creating(queue: QueueLike, content: str) -> None:
 
 #: The most a Storage queue message holds (the service's limit, 64 KiB).
 QUEUE_MESSAGE_LIMIT = 64 * 1024
+#: What we fill one up to: the limit less a margin, should the service count a little more.
+QUEUE_MESSAGE_BUDGET = QUEUE_MESSAGE_LIMIT - 512
 
 
 def queue_message_bytes(text: str) -> int:
@@ -446,8 +448,8 @@ def queue_message_bytes(text: str) -> int:
 
 
 def fits_queue(text: str, *, headroom: int = 0) -> bool:
-    """Whether ``text`` fits a queue message with ``headroom`` bytes to spare."""
-    return queue_message_bytes(text) + headroom <= QUEUE_MESSAGE_LIMIT
+    """Whether ``text`` fits our budget of a queue message with ``headroom`` bytes to spare."""
+    return queue_message_bytes(text) + headroom <= QUEUE_MESSAGE_BUDGET
 
 
 class PayloadStore:

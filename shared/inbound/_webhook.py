@@ -505,18 +505,18 @@ def received_events(
     data: InboundMessageData, *, event_id: str, subject: str, time: dt.datetime
 ) -> list[CloudEvent[InboundMessageData]]:
     """The ``message.received`` event of ``data``; when it is too large for a queue message
-    (with room for the subscriber delivery that wraps it), as few parts as fit, each with
-    every field but ``content`` and the attachments' strings, which are cut in consecutive
-    slices (see :class:`InboundMessageData`)."""
+    (with room for the subscriber delivery that wraps it), in parts that do (about half a
+    queue message each), each with every field but ``content`` and the attachments' strings,
+    which are cut in consecutive slices (see :class:`InboundMessageData`)."""
 
     def event(item: InboundMessageData, ident: str) -> CloudEvent[InboundMessageData]:
         return make_event(MESSAGE_RECEIVED, item, event_id=ident, subject=subject, time=time)
 
     whole = event(data, event_id)
-    size = queue_message_bytes(whole.to_json())
-    if size + DELIVERY_HEADROOM_BYTES <= QUEUE_MESSAGE_LIMIT:
+    text = whole.to_json()
+    if fits_queue(text, headroom=DELIVERY_HEADROOM_BYTES):
         return [whole]
-    parts = max(2, math.ceil(size / (QUEUE_MESSAGE_LIMIT // 2)))
+    parts = max(2, math.ceil(queue_message_bytes(text) / (QUEUE_MESSAGE_LIMIT // 2)))
     while True:  # ends: with one character per part, each part is small
         events = [
             event(_share(data, index, parts), f"{event_id}:{index + 1}") for index in range(parts)
