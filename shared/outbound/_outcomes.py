@@ -317,20 +317,25 @@ class Outcomes:
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """Put ``letter`` on the dead-letter queue; an original too large to travel in it goes
-        by reference (a blob in ``smartdialog-payloads``, named in ``originalBlob``)."""
+        by reference (a blob in ``smartdialog-payloads``, named in ``originalBlob``), and if it
+        is still too large, its list of schema violations is shortened."""
         text = letter.model_dump_json(exclude_none=True)
         if not fits_queue(text) and letter.original is not None:
             if self.ports.payloads is None:
                 raise RuntimeError("a dead letter too large for a queue needs the payload store")
             original = letter.original
             name = self.ports.payloads.put(original, kind="original")
-            text = letter.model_copy(
+            letter = letter.model_copy(
                 update={
                     "original": None,
                     "originalBlob": name,
                     "originalBytes": len(original.encode("utf-8")),
                 }
-            ).model_dump_json(exclude_none=True)
+            )
+            text = letter.model_dump_json(exclude_none=True)
+        while not fits_queue(text) and letter.errors:
+            letter = letter.model_copy(update={"errors": letter.errors[: len(letter.errors) // 2]})
+            text = letter.model_dump_json(exclude_none=True)
         self.ports.dead_letters.send_message(text)
 
     def emit(self, record: MessageRecord) -> bool:
@@ -470,7 +475,7 @@ class Outcomes:
         if isinstance(exc, ValidationError):
             for item in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]:
                 where = ".".join(str(p) for p in item["loc"]) or "(message)"
-                errors.append({"field": where, "message": item["msg"][:500]})
+                errors.append({"field": where[:300], "message": item["msg"][:500]})
             detail = f"not a valid outbound message: {exc.error_count()} problem(s)"
         else:
             detail = f"not a valid outbound message: {str(exc)[:2000]}"

@@ -227,3 +227,27 @@ def test_a_command_too_long_for_its_record_is_kept_in_a_blob_and_sent(
     assert status_of(accepted.headers["Location"]).status == 200
     [call] = outbound.upstream()
     assert call["body"]["Recipients"][199]["Personalization"]["note"] == "x" * 1_100
+
+
+def test_a_malformed_message_near_64_kib_of_quotes_makes_a_dead_letter_that_fits(
+    outbound: Outbound,
+) -> None:
+    weird = {"\u0001" * 2_000: None, "k": None}  # keys end up in the violations' field names
+    text = json.dumps(
+        {
+            "operation": "SendMessage",
+            "messageId": "m-quotes",
+            "body": {"Content": '"' * 20_000, "Recipients": [{"Personalization": weird}]},
+        }
+    )
+    assert queue_message_bytes(text) <= QUEUE_MESSAGE_LIMIT  # it could be on the queue
+
+    outbound.enqueue(text)
+    outbound.drain()
+
+    letters = all_messages(OUTBOUND_DEAD_LETTER_QUEUE)
+    assert largest(letters) <= QUEUE_MESSAGE_LIMIT
+    [letter] = [json.loads(t) for t in letters]
+    assert letter["reason"] == "malformed"
+    assert letter["messageId"] == "m-quotes"
+    assert PayloadStore.from_settings().get(letter["originalBlob"]) == text
