@@ -180,7 +180,7 @@ class FailureInfo(BaseModel):
     code: str = Field(
         description=(
             "upstream-rejected | upstream-unavailable | rate-limited | attempts-exhausted | "
-            "expired | outcome-unknown | configuration | suppressed"
+            "expired | outcome-unknown | configuration | suppressed | malformed"
         )
     )
     title: str
