@@ -41,6 +41,7 @@ __all__ = [
     "parse_outbound_message",
     "parse_queue_message",
     "request_fingerprint",
+    "request_message_id",
 ]
 
 #: Our message ids: UUIDs as we make them, or any caller-chosen id of this shape.
@@ -214,6 +215,12 @@ def parse_queue_message(text: str | bytes) -> OutboundMessage | PackDriver | Sto
 def derive_message_id(scope: str, key: str) -> str:
     """A message id that is the same whenever the same ``key`` is used in the same ``scope``."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{scope}\n{key}"))
+
+
+def request_message_id(customer: str, request_id: str) -> str:
+    """The message id of a queued command without ``messageId``: the same RequestId of the
+    same customer is the same message."""
+    return derive_message_id(f"request-id\n{customer}", request_id)
 
 
 def request_fingerprint(command: OutboundMessage) -> str:

@@ -14,6 +14,7 @@ import enum
 import json
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from shared.messages import FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient
 from shared.outbound._models import (
+    OUTBOUND_MESSAGE_ID_PATTERN,
     DeadLetter,
     DeadLetterReason,
     MessageFailedData,
@@ -34,6 +36,7 @@ from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
     RecipientOutcome,
+    request_message_id,
 )
 from shared.outbound._ports import SendPorts
 from shared.outbound._records import command_text, queued_text
@@ -479,7 +482,7 @@ class Outcomes:
             detail = f"not a valid outbound message: {exc.error_count()} problem(s)"
         else:
             detail = f"not a valid outbound message: {str(exc)[:2000]}"
-        message_id = readable_message_id(text)
+        message_id = readable_message_id(text, customer_id=self.ports.policy.customer_id)
         letter = DeadLetter(
             id=f"malformed:{queue_message_id}" if queue_message_id else None,
             reason=DeadLetterReason.MALFORMED,
@@ -531,18 +534,22 @@ def bounded(failure: FailureInfo) -> FailureInfo:
 MAX_LISTED_ERRORS = 50
 
 
-def readable_message_id(text: str) -> str | None:
-    """The ``messageId`` of a queue message that may not parse as a command, if it has one
-    of our shape."""
-    import re
-
-    from shared.outbound._models import OUTBOUND_MESSAGE_ID_PATTERN
-
+def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
+    """The message id of a queue message that may not parse as a command: its ``messageId``
+    if it has one of our shape, else the one its ``body.RequestId`` gives (as the sender
+    derives it, with ``customer_id`` as the default customer), else None."""
     try:
         value = json.loads(text)
     except ValueError:
         return None
-    found = value.get("messageId") if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    found = value.get("messageId")
     if isinstance(found, str) and re.match(OUTBOUND_MESSAGE_ID_PATTERN, found):
         return found
+    body = value.get("body")
+    request_id = body.get("RequestId") if isinstance(body, dict) else None
+    customer = value.get("customerId") or customer_id or ""
+    if found is None and isinstance(request_id, str) and request_id and isinstance(customer, str):
+        return request_message_id(customer, request_id)
     return None

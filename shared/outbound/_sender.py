@@ -33,6 +33,7 @@ from shared.outbound._models import (
     parse_outbound_message,
     parse_queue_message,
     request_fingerprint,
+    request_message_id,
 )
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -435,7 +436,7 @@ class OutboundSender:
         customer = command.customerId or self.ports.policy.customer_id or ""
         request_id = getattr(command.body, "RequestId", None)
         if request_id:
-            return derive_message_id(f"request-id\n{customer}", request_id)
+            return request_message_id(customer, request_id)
         if queue_message_id:
             return derive_message_id("queue-message", queue_message_id)
         raise ValueError("messageId is missing and cannot be derived")

@@ -12,8 +12,17 @@ from typing import Any
 
 from shared.messages import MessageStatus, MessageStore
 from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
+from shared.outbound._models import request_message_id
 from shared.storage import QUEUE_MESSAGE_LIMIT, PayloadStore, queue_client, queue_message_bytes
-from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
+from tests.outbound.conftest import (
+    CUSTOMER,
+    REJECTED,
+    TEMPORARY,
+    Outbound,
+    call_http,
+    sms,
+    status_of,
+)
 
 
 def addresses(count: int) -> list[str]:
@@ -251,3 +260,25 @@ def test_a_malformed_message_near_64_kib_of_quotes_makes_a_dead_letter_that_fits
     assert letter["reason"] == "malformed"
     assert letter["messageId"] == "m-quotes"
     assert PayloadStore.from_settings().get(letter["originalBlob"]) == text
+
+
+def test_a_malformed_copy_known_by_its_request_id_fails_the_recorded_message(
+    outbound: Outbound,
+) -> None:
+    command = {
+        "operation": "SendMessage",
+        "body": {**sms(TEMPORARY), "RequestId": "order-77"},  # 503: stays queued for a retry
+    }
+    outbound.enqueue(command)
+    outbound.run_once()
+    message_id = request_message_id(CUSTOMER, "order-77")
+    assert record(message_id).status is MessageStatus.QUEUED
+
+    command["body"]["Recipients"][0]["Personalization"] = {"n": None}
+    outbound.invoke(json.dumps(command))
+
+    failed = record(message_id)
+    assert failed.status is MessageStatus.FAILED
+    assert failed.failure.code == "malformed"
+    events = [json.loads(t) for t in all_messages(EVENTS_QUEUE)]
+    assert [e["type"] for e in events] == ["fi.arena.smartdialog.message.failed"]
