@@ -2,8 +2,9 @@
 
 The webhook answers fast: it checks, then makes exactly one storage call::
 
-    InboundWebhook:  token (401) -> JSON payload (400)
+    InboundWebhook:  token (401) -> size (413 above 1 MiB) -> JSON payload (400)
                      -> one InboundIntake on smartdialog-inbound-intake -> 202 Accepted
+                        (a payload too large for it goes first to a blob it names)
 
 Everything else happens in the queue-triggered ``InboundProcessor``, once per intake message,
 each step only once the previous succeeded::

@@ -100,7 +100,8 @@ class SendService:
         record and goes on; the sender records a command it finds unrecorded). Storage round
         trips of an ordinary send: the opt-out check (two point reads: the service's list and
         the all-services one), the enqueue, the record, and for a packable send its index row
-        (one more with an idempotency key: its claim).
+        (one more with an idempotency key: its claim; one more for a command too large for a
+        queue message: its blob, queued by reference).
 
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
