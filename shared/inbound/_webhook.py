@@ -118,7 +118,8 @@ log = logging.getLogger("shared.inbound.webhook")
 #: The largest webhook body accepted; a larger one is answered 413 (SmartDialog's own messages
 #: are far smaller: 20,000 characters of content and a few attachments).
 MAX_INBOUND_BODY_BYTES = 1024 * 1024
-#: Room left in each ``message.received`` event for the subscriber delivery that wraps it.
+#: Room left in each ``message.received`` event for the subscriber delivery that wraps it
+#: (and for the dead letter that quotes that delivery).
 DELIVERY_HEADROOM_BYTES = 1024
 #: How long a claimed-but-unpublished message belongs to the intake message that claimed it.
 CLAIM_LEASE = dt.timedelta(seconds=30)
@@ -506,23 +507,29 @@ def received_events(
     data: InboundMessageData, *, event_id: str, subject: str, time: dt.datetime
 ) -> list[CloudEvent[InboundMessageData]]:
     """The ``message.received`` event of ``data``; when it is too large for a queue message
-    (with room for the subscriber delivery that wraps it), in parts that do (about half a
-    queue message each), each with every field but ``content`` and the attachments' strings,
-    which are cut in consecutive slices (see :class:`InboundMessageData`)."""
+    (with room for the subscriber delivery that wraps it, even quoted again in that
+    delivery's dead letter), in parts that fit, each with every field but ``content`` and
+    the attachments' strings, which are cut in consecutive slices (see
+    :class:`InboundMessageData`)."""
 
     def event(item: InboundMessageData, ident: str) -> CloudEvent[InboundMessageData]:
         return make_event(MESSAGE_RECEIVED, item, event_id=ident, subject=subject, time=time)
 
+    def fits(item: CloudEvent[InboundMessageData]) -> bool:
+        # Quoted again: a subscriber's dead letter carries its delivery as a JSON string.
+        quoted = json.dumps(item.to_json(), ensure_ascii=False)
+        return fits_queue(quoted, headroom=DELIVERY_HEADROOM_BYTES)
+
     whole = event(data, event_id)
-    text = whole.to_json()
-    if fits_queue(text, headroom=DELIVERY_HEADROOM_BYTES):
+    if fits(whole):
         return [whole]
-    parts = max(2, math.ceil(queue_message_bytes(text) / (QUEUE_MESSAGE_LIMIT // 2)))
+    size = queue_message_bytes(json.dumps(whole.to_json(), ensure_ascii=False))
+    parts = max(2, math.ceil(size / (QUEUE_MESSAGE_LIMIT // 2)))
     while True:  # ends: with one character per part, each part is small
         events = [
             event(_share(data, index, parts), f"{event_id}:{index + 1}") for index in range(parts)
         ]
-        if all(fits_queue(e.to_json(), headroom=DELIVERY_HEADROOM_BYTES) for e in events):
+        if all(fits(e) for e in events):
             return events
         parts += max(1, parts // 4)
 

@@ -134,3 +134,21 @@ def test_an_over_1_mb_body_with_a_forged_token_is_still_401(inbound: Inbound) ->
     body = json.dumps(payload(content="x", messageId=str(uuid.uuid4()))).encode() + b" " * 2**20
     assert post(inbound, body, token="v1.0.forged").status == 401
     assert_no_trace(inbound)
+
+
+def test_a_refused_delivery_of_20000_quotes_makes_dead_letters_that_fit(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    callback_receiver.status = 404  # the subscriber refuses: each delivery is dead-lettered
+    subscribe(inbound, f"{callback_receiver.url}/flow")
+    content = '"' * 20_000  # 40,000 bytes once in JSON, 80,000 quoted again
+
+    assert post(inbound, payload(content=content), token=token_for()).status == 202
+    assert inbound.process_intake() == 1
+    inbound.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
+
+    letters = taken(names.INBOUND_DEAD_LETTER_QUEUE)
+    assert letters
+    assert max(queue_message_bytes(t) for t in letters) <= QUEUE_MESSAGE_LIMIT
+    deliveries = [json.loads(json.loads(t)["original"]) for t in letters]
+    assert whole([d["event"]["data"] for d in deliveries])["content"] == content
