@@ -16,6 +16,7 @@ from shared.outbound._models import request_message_id
 from shared.storage import QUEUE_MESSAGE_LIMIT, PayloadStore, queue_client, queue_message_bytes
 from tests.outbound.conftest import (
     CUSTOMER,
+    ERROR,
     REJECTED,
     TEMPORARY,
     Outbound,
@@ -282,3 +283,24 @@ def test_a_malformed_copy_known_by_its_request_id_fails_the_recorded_message(
     assert failed.failure.code == "malformed"
     events = [json.loads(t) for t in all_messages(EVENTS_QUEUE)]
     assert [e["type"] for e in events] == ["fi.arena.smartdialog.message.failed"]
+
+
+def test_a_large_command_is_retried_by_reference_and_fails_with_its_original_in_a_blob(
+    outbound: Outbound,
+) -> None:
+    body = personalised(100, note="n" * 700)  # 70,000+ bytes: queued by reference
+    body["Recipients"][0]["Address"] = ERROR  # every call answers 500
+    accepted = call_http("SendMessage", "POST", body=body)
+    assert accepted.status == 202
+
+    outbound.drain(timeout=60)
+
+    failed = record(accepted.body["Id"])
+    assert failed.status is MessageStatus.FAILED
+    assert failed.failure.code == "attempts-exhausted"
+    calls = outbound.upstream()
+    assert len(calls) == 4  # SEND_MAX_ATTEMPTS: every retry read its command back whole
+    assert all(len(c["body"]["Recipients"]) == 100 for c in calls)
+    assert len({c["body"]["RequestId"] for c in calls}) == 1
+    [letter] = [json.loads(t) for t in all_messages(OUTBOUND_DEAD_LETTER_QUEUE)]
+    assert PayloadStore.from_settings().get(letter["originalBlob"]) == failed.command
