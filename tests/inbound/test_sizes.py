@@ -152,3 +152,42 @@ def test_a_refused_delivery_of_20000_quotes_makes_dead_letters_that_fit(
     assert max(queue_message_bytes(t) for t in letters) <= QUEUE_MESSAGE_LIMIT
     deliveries = [json.loads(json.loads(t)["original"]) for t in letters]
     assert whole([d["event"]["data"] for d in deliveries])["content"] == content
+
+
+@pytest.mark.parametrize(
+    ("content", "name"),
+    [
+        ("<&>" * 6_000, None),  # XML escaping: 4 to 5 bytes a character
+        ("\u0001" * 20_000, None),  # JSON escaping: 6 bytes a character, 7 quoted again
+        ("a", "\U0001f600" * 200_000),  # 800 KB of emoji in one attachment name
+    ],
+    ids=["markup", "control-characters", "emoji-name"],
+)
+def test_message_received_parts_fit_and_put_back_together_whatever_the_characters(
+    content: str, name: str | None
+) -> None:
+    import datetime as dt
+
+    from shared.inbound import InboundAttachmentData, InboundMessageData
+    from shared.inbound._webhook import received_events
+
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    data = InboundMessageData(
+        sender="+358401234567",
+        recipient="+358501234567",
+        content=content,
+        attachments=[InboundAttachmentData(name=name, mimeType="image/png")] if name else [],
+        messageId="m-1",
+        service=TWO_WAY,
+        receivedAt=now,
+    )
+
+    events = [e.to_json() for e in received_events(data, event_id="s:m-1", subject="m-1", time=now)]
+
+    assert len(events) >= 2
+    assert max(queue_message_bytes(json.dumps(e, ensure_ascii=False)) for e in events) <= (
+        QUEUE_MESSAGE_LIMIT
+    )
+    joined = whole([json.loads(e)["data"] for e in events])
+    assert joined["content"] == content
+    assert [a.get("name") for a in joined["attachments"]] == ([name] if name else [])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from shared.messages import MessageStatus, MessageStore
 from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._models import request_message_id
@@ -304,3 +306,35 @@ def test_a_large_command_is_retried_by_reference_and_fails_with_its_original_in_
     assert len({c["body"]["RequestId"] for c in calls}) == 1
     [letter] = [json.loads(t) for t in all_messages(OUTBOUND_DEAD_LETTER_QUEUE)]
     assert PayloadStore.from_settings().get(letter["originalBlob"]) == failed.command
+
+
+@pytest.mark.parametrize("count", [1, 600, 700, 1_000, 5_000])
+def test_sent_events_fit_and_cover_every_recipient_in_order(count: int) -> None:
+    import datetime as dt
+
+    from shared.events import MESSAGE_SENT, events_in_parts
+    from shared.messages import Operation
+    from shared.outbound import MessageSentData, RecipientOutcome
+
+    recipients = [
+        RecipientOutcome(address=f"+35840{i:07d}", id=f"<&>{i:032d}") for i in range(count)
+    ]
+    data = MessageSentData(
+        messageId="m-1", operation=Operation("SendMessage"), recipients=recipients
+    )
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+    events = events_in_parts(
+        MESSAGE_SENT, data, items="recipients", event_id="m-1:sent", subject="m-1", time=now
+    )
+
+    texts = [e.to_json() for e in events]
+    assert largest(texts) <= QUEUE_MESSAGE_LIMIT
+    assert [r for e in events for r in e.data.recipients] == recipients
+    if len(events) == 1:
+        assert (events[0].id, events[0].data.part, events[0].data.parts) == ("m-1:sent", 1, 1)
+    else:
+        assert [e.id for e in events] == [f"m-1:sent:{i}" for i in range(1, len(events) + 1)]
+        assert [(e.data.part, e.data.parts) for e in events] == [
+            (i, len(events)) for i in range(1, len(events) + 1)
+        ]
