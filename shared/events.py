@@ -22,6 +22,7 @@ __all__ = [
     "MESSAGE_FAILED",
     "MESSAGE_SENT",
     "CloudEvent",
+    "events_in_parts",
     "make_event",
     "parse_event",
     "publish",
@@ -79,6 +80,51 @@ def make_event(
         subject=subject,
         data=data,
     )
+
+
+def events_in_parts(
+    event_type: str,
+    data: DataT,
+    *,
+    items: str,
+    event_id: str,
+    subject: str | None = None,
+    time: dt.datetime | None = None,
+) -> list[CloudEvent[DataT]]:
+    """The event of ``data``, or, when it is too large for a queue message, several: each with
+    the same ``data`` but a share of its list field ``items``, and its ``part`` (1-based) and
+    ``parts`` set (``data`` has those fields). Ids: ``event_id`` for one event, else
+    ``<event_id>:<part>``. Every event fits a queue message, measured after encoding; each
+    item must fit one on its own."""
+    from shared.storage import QUEUE_MESSAGE_BUDGET, fits_queue, queue_message_bytes
+
+    whole = make_event(event_type, data, event_id=event_id, subject=subject, time=time)
+    if fits_queue(whole.to_json()):
+        return [whole]
+    everything: list[BaseModel] = list(getattr(data, items))
+    # The event without its items, with room for the longest part id and part numbers.
+    bare = data.model_copy(update={items: [], "part": 99_999, "parts": 99_999})
+    frame = make_event(event_type, bare, event_id=f"{event_id}:99999", subject=subject, time=time)
+    budget = QUEUE_MESSAGE_BUDGET - queue_message_bytes(frame.to_json())
+    groups: list[list[BaseModel]] = [[]]
+    used = 0
+    for item in everything:
+        size = queue_message_bytes(item.model_dump_json(exclude_none=True)) + 1  # and a comma
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += size
+    return [
+        make_event(
+            event_type,
+            data.model_copy(update={items: group, "part": index, "parts": len(groups)}),
+            event_id=f"{event_id}:{index}",
+            subject=subject,
+            time=time,
+        )
+        for index, group in enumerate(groups, 1)
+    ]
 
 
 def publish(event: CloudEvent[Any], queue: str | None = None) -> None:

@@ -60,6 +60,11 @@ PACKS_TABLE = "SmartDialogPacks"
 #: Bulk sends: one record per batch (counts, rejected rows); its members are messages.
 BATCHES_TABLE = "SmartDialogBatches"
 
+#: Blob container: large parts of queue messages and dead letters, by reference (a send command
+#: too large for a queue message, a dead letter's original, an inbound webhook body), named
+#: ``<kind>/<sha256>``. The queue message names its blob; nothing else links to them.
+PAYLOADS_CONTAINER = "smartdialog-payloads"
+
 QUEUES: tuple[str, ...] = (
     OUTBOUND_QUEUE,
     INBOUND_QUEUE,

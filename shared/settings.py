@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     storage_account_name: str | None = Field(None, alias="AzureWebJobsStorage__accountName")
     storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")
     storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
+    storage_blob_uri: str | None = Field(None, alias="AzureWebJobsStorage__blobServiceUri")
     storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
 
     @field_validator("client_secret", "refresh_token", "access_token", "callback_secrets")

@@ -28,10 +28,11 @@ from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
+    from azure.storage.blob import BlobServiceClient, ContainerClient
     from azure.storage.queue import QueueClient, QueueServiceClient
 
 
-_Service = Literal["table", "queue"]
+_Service = Literal["table", "queue", "blob"]
 
 
 class StorageNotConfigured(RuntimeError):
@@ -45,7 +46,11 @@ def _credential(settings: Settings) -> Any:
 
 
 def _service_uri(settings: Settings, kind: str) -> str:
-    explicit = settings.storage_queue_uri if kind == "queue" else settings.storage_table_uri
+    explicit = {
+        "queue": settings.storage_queue_uri,
+        "table": settings.storage_table_uri,
+        "blob": settings.storage_blob_uri,
+    }.get(kind)
     if explicit:
         return explicit
     if settings.storage_account_name:
@@ -82,7 +87,7 @@ def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
         transport_options["connection_verify"] = ca_bundle
     counter = _round_trips
     transport = RequestsTransport(**transport_options)
-    if counter is not None:
+    if counter is not None and service != "blob":
         transport = _counting_transport(service, counter, transport)
     options: dict[str, Any] = {"transport": transport}
     proxies = get_environ_proxies(endpoint)
@@ -110,6 +115,7 @@ def _connection_string(settings: Settings) -> str | None:
         return (
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
             "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+            "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
             "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
             "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
         )
@@ -157,6 +163,27 @@ def _table_service(settings: Settings) -> TableServiceClient:
     uri = _service_uri(settings, "table")
     return TableServiceClient(
         endpoint=uri, credential=_credential(settings), **_transport_options(uri, "table")
+    )
+
+
+def blob_service(settings: Settings | None = None) -> BlobServiceClient:
+    """The blob service client for ``settings`` (default: the current settings), cached per
+    settings object."""
+    return _blob_service(settings or get_settings())
+
+
+@lru_cache(maxsize=4)
+def _blob_service(settings: Settings) -> BlobServiceClient:
+    from azure.storage.blob import BlobServiceClient
+
+    conn = _connection_string(settings)
+    if conn:
+        return BlobServiceClient.from_connection_string(
+            conn, **_transport_options(_endpoint(conn, "blob"), "blob")
+        )
+    uri = _service_uri(settings, "blob")
+    return BlobServiceClient(
+        uri, credential=_credential(settings), **_transport_options(uri, "blob")
     )
 
 
@@ -409,3 +436,64 @@ def send_creating(queue: QueueLike, content: str) -> None:
         with contextlib.suppress(ResourceExistsError):
             queue.create_queue()  # type: ignore[attr-defined]
     queue.send_message(content)
+
+
+# --- queue message sizes and large parts by reference ---------------------------------------------
+
+#: The most a Storage queue message holds (the service's limit, 64 KiB).
+QUEUE_MESSAGE_LIMIT = 64 * 1024
+#: What we fill one up to: the limit less a margin, should the service count a little more.
+QUEUE_MESSAGE_BUDGET = QUEUE_MESSAGE_LIMIT - 512
+
+
+def queue_message_bytes(text: str) -> int:
+    """The size of ``text`` as a queue message: its UTF-8 bytes after the XML escaping of the
+    request that carries it (``messageEncoding`` is ``none``: no base64)."""
+    from xml.sax.saxutils import escape
+
+    return len(escape(text).encode("utf-8"))
+
+
+def fits_queue(text: str, *, headroom: int = 0) -> bool:
+    """Whether ``text`` fits our budget of a queue message with ``headroom`` bytes to spare."""
+    return queue_message_bytes(text) + headroom <= QUEUE_MESSAGE_BUDGET
+
+
+class PayloadStore:
+    """Large parts of queue messages and dead letters, kept by reference: one blob each in
+    ``smartdialog-payloads``, named ``<kind>/<sha256 of the text>`` (the same text is the same
+    blob, so writing it again is harmless). The queue message carries the name."""
+
+    def __init__(self, container: ContainerClient) -> None:
+        self._container = container
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> PayloadStore:
+        from shared.names import PAYLOADS_CONTAINER
+
+        return cls(blob_service(settings).get_container_client(PAYLOADS_CONTAINER))
+
+    def put(self, text: str, *, kind: str) -> str:
+        """Store ``text``; its blob's name (the container is created once if missing)."""
+        data = text.encode("utf-8")
+        name = f"{kind}/{hashlib.sha256(data).hexdigest()}"
+        container = self._container
+        _create_once(f"blob|{container.url}", container.create_container)
+        container.upload_blob(name, data, overwrite=True, content_settings=_json_content_settings())
+        return name
+
+    def get(self, name: str) -> str | None:
+        """The text stored as ``name``, or None if there is none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            data = self._container.download_blob(name).readall()
+        except ResourceNotFoundError:
+            return None
+        return bytes(data).decode("utf-8")
+
+
+def _json_content_settings() -> Any:
+    from azure.storage.blob import ContentSettings
+
+    return ContentSettings(content_type="application/json; charset=utf-8")

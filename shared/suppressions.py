@@ -244,7 +244,7 @@ def refuse_suppressed(
     field name. Nothing to check without a service (discussion replies)."""
     if transactional or not service or not addresses:
         return
-    hits = store.suppressed(service, addresses)
+    hits = store.suppressed_many(service, addresses)
     if not hits:
         return
     errors = [

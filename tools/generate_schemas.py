@@ -63,6 +63,7 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
         MessageFailedData,
         MessageSentData,
         PackDriver,
+        StoredCommand,
     )
 
     return {
@@ -73,6 +74,11 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
         "pack-driver.json": (
             "A bulk pack's driver on the smartdialog-outbound queue (internal)",
             _model(PackDriver),
+        ),
+        "stored-command.json": (
+            "A send command too large for a queue message, by reference, on the "
+            "smartdialog-outbound queue (internal)",
+            _model(StoredCommand),
         ),
         "outbound-dead-letter.json": (
             "A message on the smartdialog-outbound-deadletter queue",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.messages import RecipientStatus
 
@@ -81,7 +81,23 @@ class InboundIntake(BaseModel):
         description="SmartDialog's messageId, or the payload hash when it sent none.",
     )
     receivedAt: dt.datetime = Field(description="When the webhook accepted this call (UTC).")
-    payload: NewMessagePayload
+    payload: NewMessagePayload | None = Field(
+        None, description="The validated payload; absent when it is in `payloadBlob`."
+    )
+    payloadBlob: str | None = Field(
+        None,
+        pattern=r"^inbound/[0-9a-f]{64}$",
+        description=(
+            "A payload too large for a queue message, by reference: the blob in container "
+            "`smartdialog-payloads` that holds its JSON."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> InboundIntake:
+        if (self.payload is None) == (self.payloadBlob is None):
+            raise ValueError("give exactly one of payload and payloadBlob")
+        return self
 
 
 class InboundMessageData(BaseModel):
@@ -120,6 +136,17 @@ class InboundMessageData(BaseModel):
             "service; start: a start keyword lifted that. Absent otherwise."
         ),
     )
+    part: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Which part of the message this event is (1-based). A message too large for one "
+            "queue message comes as `parts` events (ids `<id>:<part>`), each with every field, "
+            "but `content` and each attachment's `name`, `mimeType` and `resourceLocation` "
+            "split: concatenate them in `part` order to get the whole message."
+        ),
+    )
+    parts: int = Field(1, ge=1, description="How many events the message came in.")
 
 
 class DeliveryReportData(BaseModel):

@@ -2,8 +2,10 @@
 
 The webhook answers fast: it checks, then makes exactly two storage calls::
 
-    InboundWebhook:  token signature (401) -> not revoked: one read (401) -> JSON payload (400)
+    InboundWebhook:  token signature (401) -> not revoked: one read (401) -> size (413 above 1 MiB)
+                     -> JSON payload (400)
                      -> one InboundIntake on smartdialog-inbound-intake -> 202 Accepted
+                        (a payload too large for it goes first to a blob it names)
 
 Everything else happens in the queue-triggered ``InboundProcessor``, once per intake message,
 each step only once the previous succeeded::
@@ -80,10 +82,14 @@ from shared.names import (
 )
 from shared.problems import FieldError, Problem, ProblemType
 from shared.storage import (
+    QUEUE_MESSAGE_LIMIT,
+    PayloadStore,
     QueueLike,
     ensured_queue,
     ensured_table,
+    fits_queue,
     plain_datetime,
+    queue_message_bytes,
     safe_key,
     send_creating,
     utc,
@@ -98,6 +104,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLAIM_LEASE",
+    "MAX_INBOUND_BODY_BYTES",
     "Claim",
     "InboundProcessor",
     "InboundReceiver",
@@ -110,6 +117,12 @@ __all__ = [
 
 log = logging.getLogger("shared.inbound.webhook")
 
+#: The largest webhook body accepted; a larger one is answered 413 (SmartDialog's own messages
+#: are far smaller: 20,000 characters of content and a few attachments).
+MAX_INBOUND_BODY_BYTES = 1024 * 1024
+#: Room left in each ``message.received`` event for the subscriber delivery that wraps it
+#: (and for the dead letter that quotes that delivery).
+DELIVERY_HEADROOM_BYTES = 1024
 #: How long a claimed-but-unpublished message belongs to the intake message that claimed it.
 CLAIM_LEASE = dt.timedelta(seconds=30)
 _PENDING = "pending"
@@ -251,11 +264,13 @@ class InboundReceiver:
         *,
         intake: QueueLike,
         registry: WebhookRegistry | None = None,
+        payloads: PayloadStore | None = None,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.settings = settings
         self._intake = intake
         self._registry = registry
+        self._payloads = payloads
         self._clock = clock or utcnow
 
     @classmethod
@@ -267,6 +282,7 @@ class InboundReceiver:
             settings,
             intake=queue_client(INBOUND_INTAKE_QUEUE, settings),
             registry=WebhookRegistry.for_webhook(settings),
+            payloads=PayloadStore.from_settings(settings),
         )
 
     def authenticate(self, service: str, token: str | None) -> None:
@@ -311,15 +327,32 @@ class InboundReceiver:
             ) from None
 
     def receive(self, service: str, token: str | None, body: bytes) -> InboundResult:
-        """Authenticate, parse, put one intake message. Raises :class:`Problem` (401, 400);
-        a storage error propagates (500, SmartDialog retries)."""
+        """Authenticate, parse, put one intake message (a payload too large for one goes by
+        reference: a blob, then the intake message naming it). Raises :class:`Problem` (401,
+        413, 400); a storage error propagates (500, SmartDialog retries)."""
         self.authenticate(service, token)
+        if len(body) > MAX_INBOUND_BODY_BYTES:
+            raise Problem(
+                413,
+                "The message is too large",
+                f"The body is {len(body):,} bytes; at most {MAX_INBOUND_BODY_BYTES:,} are "
+                "accepted.",
+                type=ProblemType.VALIDATION,
+                errors=[FieldError("body", f"At most {MAX_INBOUND_BODY_BYTES:,} bytes.")],
+            )
         payload = self.parse(body)
         key = inbound_message_key(payload)
         intake = InboundIntake(
             service=service, messageKey=key, receivedAt=self._clock(), payload=payload
         )
-        send_creating(self._intake, intake.model_dump_json(exclude_none=True))
+        text = intake.model_dump_json(exclude_none=True)
+        if not fits_queue(text):
+            if self._payloads is None:
+                raise RuntimeError("an inbound message this large needs the payload store")
+            name = self._payloads.put(payload.model_dump_json(exclude_none=True), kind="inbound")
+            by_reference = intake.model_copy(update={"payload": None, "payloadBlob": name})
+            text = by_reference.model_dump_json(exclude_none=True)
+        send_creating(self._intake, text)
         return InboundResult(f"{service}:{key}")
 
 
@@ -357,9 +390,11 @@ class InboundProcessor:
         intake: QueueLike,
         inbound: QueueLike,
         deliveries: QueueLike,
+        payloads: PayloadStore | None = None,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.settings = settings
+        self._payloads = payloads
         self.seen = seen
         self.subscriptions = subscriptions
         self.suppressions = suppressions
@@ -378,6 +413,7 @@ class InboundProcessor:
             intake=ensured_queue(INBOUND_INTAKE_QUEUE, settings),
             inbound=ensured_queue(INBOUND_QUEUE, settings),
             deliveries=ensured_queue(INBOUND_DELIVERIES_QUEUE, settings),
+            payloads=PayloadStore.from_settings(settings),
         )
 
     def process(self, text: str, *, queue_message_id: str = "") -> ProcessResult:
@@ -404,10 +440,21 @@ class InboundProcessor:
             self._intake.send_message(text, visibility_timeout=seconds)
             log.info("inbound %s for service %s: in flight, deferred %d s", key, service, seconds)
             return ProcessResult("deferred", event_id, retry_after=seconds)
-        count = self._publish(service, key, event_id, intake.payload, claim.received_at)
+        count = self._publish(service, key, event_id, self._payload(intake), claim.received_at)
         self.seen.mark_published(service, key)
         log.info("inbound %s for service %s published to %d subscriber(s)", key, service, count)
         return ProcessResult("published", event_id, count)
+
+    def _payload(self, intake: InboundIntake) -> NewMessagePayload:
+        """The intake's payload, read from its blob when it came by reference (a blob that is
+        gone raises :class:`MalformedIntake`: the host retries, then keeps it as poison)."""
+        if intake.payload is not None:
+            return intake.payload
+        assert intake.payloadBlob is not None
+        text = self._payloads.get(intake.payloadBlob) if self._payloads is not None else None
+        if text is None:
+            raise MalformedIntake(f"the payload {intake.payloadBlob} is gone")
+        return NewMessagePayload.model_validate_json(text)
 
     def _apply_opt_out(
         self, service: str, key: str, payload: NewMessagePayload, received_at: dt.datetime
@@ -449,23 +496,82 @@ class InboundProcessor:
             receivedAt=received_at,
             optOut=keyword,
         )
-        event: CloudEvent[InboundMessageData] = make_event(
-            MESSAGE_RECEIVED,
-            data,
-            event_id=event_id,
-            subject=key,
-            time=payload.timestamp or received_at,
-        )
-        text = event.to_json()
-        self._inbound.send_message(text)
-        subscribers = self.subscriptions.list(service)
-        event_dict = json.loads(text)
-        for subscription in subscribers:
-            delivery = SubscriberDelivery(
-                service=service,
-                subscriptionId=subscription.subscription_id,
-                event=event_dict,
-                firstQueuedAt=self._clock(),
+        texts = [
+            event.to_json()
+            for event in received_events(
+                data, event_id=event_id, subject=key, time=payload.timestamp or received_at
             )
-            self._deliveries.send_message(delivery.model_dump_json())
+        ]
+        for text in texts:
+            self._inbound.send_message(text)
+        subscribers = self.subscriptions.list(service)
+        for subscription in subscribers:
+            for text in texts:
+                delivery = SubscriberDelivery(
+                    service=service,
+                    subscriptionId=subscription.subscription_id,
+                    event=json.loads(text),
+                    firstQueuedAt=self._clock(),
+                )
+                self._deliveries.send_message(delivery.model_dump_json())
         return len(subscribers)
+
+
+def received_events(
+    data: InboundMessageData, *, event_id: str, subject: str, time: dt.datetime
+) -> list[CloudEvent[InboundMessageData]]:
+    """The ``message.received`` event of ``data``; when it is too large for a queue message
+    (with room for the subscriber delivery that wraps it, even quoted again in that
+    delivery's dead letter), in parts that fit, each with every field but ``content`` and
+    the attachments' strings, which are cut in consecutive slices (see
+    :class:`InboundMessageData`)."""
+
+    def event(item: InboundMessageData, ident: str) -> CloudEvent[InboundMessageData]:
+        return make_event(MESSAGE_RECEIVED, item, event_id=ident, subject=subject, time=time)
+
+    def fits(item: CloudEvent[InboundMessageData]) -> bool:
+        # Quoted again: a subscriber's dead letter carries its delivery as a JSON string.
+        quoted = json.dumps(item.to_json(), ensure_ascii=False)
+        return fits_queue(quoted, headroom=DELIVERY_HEADROOM_BYTES)
+
+    whole = event(data, event_id)
+    if fits(whole):
+        return [whole]
+    size = queue_message_bytes(json.dumps(whole.to_json(), ensure_ascii=False))
+    parts = max(2, math.ceil(size / (QUEUE_MESSAGE_LIMIT // 2)))
+    while True:  # ends: with one character per part, each part is small
+        events = [
+            event(_share(data, index, parts), f"{event_id}:{index + 1}") for index in range(parts)
+        ]
+        if all(fits(e) for e in events):
+            return events
+        parts += max(1, parts // 4)
+
+
+def _share(data: InboundMessageData, index: int, parts: int) -> InboundMessageData:
+    """Part ``index`` (from 0) of ``parts`` of ``data``: its slice of each split string."""
+
+    def cut(text: str | None) -> str | None:
+        if text is None:
+            return None
+        step = math.ceil(len(text) / parts)
+        return text[index * step : (index + 1) * step]
+
+    attachments = [
+        a.model_copy(
+            update={
+                "name": cut(a.name),
+                "mimeType": cut(a.mimeType),
+                "resourceLocation": cut(a.resourceLocation),
+            }
+        )
+        for a in data.attachments
+    ]
+    return data.model_copy(
+        update={
+            "content": cut(data.content) or "",
+            "attachments": attachments,
+            "part": index + 1,
+            "parts": parts,
+        }
+    )

@@ -402,6 +402,8 @@ _TITLES = {
     "service": "Service",
     "receivedAt": "Received at",
     "optOut": "Opt-out keyword",
+    "part": "Message Part",
+    "parts": "Message Parts",
 }
 _ATTACHMENT = {
     "name": ("Attachment Filename", "The filename of the attachment."),
@@ -425,6 +427,8 @@ def notification_schema() -> dict[str, Any]:
             prop["format"] = "date-time"
         if name == "optOut":
             prop["enum"] = ["stop", "start"]
+        if name in ("part", "parts"):
+            prop["type"] = "integer"
         if name == "attachments":
             del prop["x-ms-visibility"]
             prop["type"] = "array"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
     "BATCH_TRANSITIONS",
@@ -167,6 +167,11 @@ def check_batch_transition(before: BatchStatus, after: BatchStatus) -> None:
 # --- failure description, shared by the status record, events and dead letters ----------------
 
 
+#: The longest failure title and detail kept (longer ones are cut, ending with an ellipsis).
+FAILURE_TITLE_CHARS = 500
+FAILURE_DETAIL_CHARS = 4_000
+
+
 class FailureInfo(BaseModel):
     """Why a message failed for good."""
 
@@ -175,10 +180,19 @@ class FailureInfo(BaseModel):
     code: str = Field(
         description=(
             "upstream-rejected | upstream-unavailable | rate-limited | attempts-exhausted | "
-            "expired | outcome-unknown | configuration | suppressed"
+            "expired | outcome-unknown | configuration | suppressed | malformed"
         )
     )
     title: str
     detail: str | None = None
     upstreamStatus: int | None = Field(None, description="HTTP status of the last upstream answer.")
     attempts: int = 0
+
+    @field_validator("title", "detail", mode="after")
+    @classmethod
+    def _bounded(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A failure rides in events, dead letters and one Table property: keep it short.
+        limit = FAILURE_TITLE_CHARS if info.field_name == "title" else FAILURE_DETAIL_CHARS
+        if value is None or len(value) <= limit:
+            return value
+        return value[: limit - 1] + "\u2026"

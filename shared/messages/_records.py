@@ -34,6 +34,7 @@ from shared.storage import plain_datetime, utc
 __all__ = [
     "BATCH_PARTITION_ROWS",
     "CHUNK_CHARS",
+    "INLINE_COMMAND_CHARS",
     "TRANSACTION_LIMIT",
     "DamagedRecordError",
     "MessageRecord",
@@ -55,6 +56,9 @@ RECIPIENT_ROW_PREFIX = "recipient-"
 TRANSACTION_LIMIT = 100
 #: Characters per string property (the limit is 64 KiB of UTF-16, i.e. 32K characters).
 CHUNK_CHARS = 30_000
+#: A command longer than this is kept in a blob, not in its record (an entity holds 1 MiB,
+#: strings counted in UTF-16, and upstream's answer shares it).
+INLINE_COMMAND_CHARS = 200_000
 
 #: A bulk member's id: its batch's id (a UUID we make) and its row. No id of another shape is
 #: stored in a batch's partition; a caller's own id of this shape would need to guess a batch's
@@ -199,6 +203,9 @@ class MessageRecord:
     #: re-sends the same pack (see :mod:`shared.messages._packs`).
     pack_id: str | None = None
     batch_id: str | None = None
+    #: The blob (container ``smartdialog-payloads``) that keeps a command too long for the
+    #: entity; :class:`~shared.messages.MessageStore` writes and reads it.
+    command_blob: str | None = None
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
@@ -232,8 +239,9 @@ class MessageRecord:
             "PackKey": self.pack_key,
             "PackId": self.pack_id,
             "BatchId": self.batch_id,
+            "CommandBlob": self.command_blob,
         }
-        entity.update(chunked("Command", self.command))
+        entity.update(chunked("Command", "" if self.command_blob else self.command))
         entity.update(chunked("Result", self.result))
         return entity
 
@@ -283,6 +291,7 @@ class MessageRecord:
             pack_key=entity.get("PackKey"),
             pack_id=entity.get("PackId"),
             batch_id=entity.get("BatchId"),
+            command_blob=entity.get("CommandBlob"),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from shared.messages._models import MessageStatus, RecipientStatus, check_transition
 from shared.messages._records import (
+    INLINE_COMMAND_CHARS,
     RECIPIENT_ROW_PREFIX,
     RECORD_ROW_KEY,
     TRANSACTION_LIMIT,
+    DamagedRecordError,
     MessageRecord,
     RecipientSlot,
     message_filter,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
     from shared.settings import Settings
+    from shared.storage import PayloadStore
 
 __all__ = ["MessageStore"]
 
@@ -102,14 +105,34 @@ class MessageStore:
     Raises the Azure SDK's errors for storage failures (the caller's host retries those).
     """
 
-    def __init__(self, table: TableClient) -> None:
+    def __init__(self, table: TableClient, payloads: PayloadStore | None = None) -> None:
         self._table = table
+        self._payloads = payloads
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> MessageStore:
-        from shared.storage import table_client
+        from shared.storage import PayloadStore, table_client
 
-        return cls(table_client(MESSAGES_TABLE, settings))
+        return cls(table_client(MESSAGES_TABLE, settings), PayloadStore.from_settings(settings))
+
+    def _kept(self, record: MessageRecord) -> MessageRecord:
+        """``record`` with a command too long for its entity put in a blob (named in it)."""
+        if record.command_blob is not None or len(record.command) <= INLINE_COMMAND_CHARS:
+            return record
+        if self._payloads is None:
+            raise RuntimeError("a command this long needs the payload store")
+        return replace(record, command_blob=self._payloads.put(record.command, kind="command"))
+
+    def _whole(self, record: MessageRecord) -> MessageRecord:
+        """``record`` with its command read back from its blob, if it is kept there."""
+        if record.command_blob is None or record.command:
+            return record
+        text = self._payloads.get(record.command_blob) if self._payloads is not None else None
+        if text is None:
+            raise DamagedRecordError(
+                record.message_id, RECORD_ROW_KEY, f"blob {record.command_blob} is missing"
+            )
+        return replace(record, command=text)
 
     @property
     def table(self) -> TableClient:
@@ -125,6 +148,7 @@ class MessageStore:
         """
         from azure.data.tables import TableTransactionError
 
+        record = self._kept(record)
         first, rest = slots[: TRANSACTION_LIMIT - 1], slots[TRANSACTION_LIMIT - 1 :]
         operations: list[Any] = [("create", record.to_entity())]
         operations += [("upsert", slot.to_entity()) for slot in first]
@@ -147,7 +171,8 @@ class MessageStore:
 
         batches = _transaction_batches(
             [
-                [("create", record.to_entity())] + [("upsert", s.to_entity()) for s in slots]
+                [("create", self._kept(record).to_entity())]
+                + [("upsert", s.to_entity()) for s in slots]
                 for record, slots in items
             ]
         )
@@ -179,7 +204,7 @@ class MessageStore:
             )
             for entity in self.table.query_entities(where):
                 if str(entity["RowKey"]).endswith("." + RECORD_ROW_KEY):
-                    record = MessageRecord.from_entity(entity)
+                    record = self._whole(MessageRecord.from_entity(entity))
                     if record.message_id in wanted:
                         found[record.message_id] = record
             for message_id in ids:  # rows the range missed (row numbers of unequal widths)
@@ -272,7 +297,7 @@ class MessageStore:
             entity = self.table.get_entity(*record_keys(message_id))
         except ResourceNotFoundError:
             return None
-        return MessageRecord.from_entity(entity)
+        return self._whole(MessageRecord.from_entity(entity))
 
     def get_with_slots(self, message_id: str) -> tuple[MessageRecord | None, list[RecipientSlot]]:
         """The record and its recipient slots (in recipient order) in one partition query."""
@@ -282,7 +307,7 @@ class MessageStore:
         for entity in self.table.query_entities(message_filter(message_id)):
             row = str(entity["RowKey"])
             if row == prefix + RECORD_ROW_KEY:
-                record = MessageRecord.from_entity(entity)
+                record = self._whole(MessageRecord.from_entity(entity))
             elif row.startswith(prefix + RECIPIENT_ROW_PREFIX):
                 slots.append(RecipientSlot.from_entity(entity))
         slots.sort(key=lambda s: s.index)

@@ -36,10 +36,12 @@ __all__ = [
     "SendMessageCommand",
     "SendReplyMessageCommand",
     "SendWhatsappTemplateMessageCommand",
+    "StoredCommand",
     "derive_message_id",
     "parse_outbound_message",
     "parse_queue_message",
     "request_fingerprint",
+    "request_message_id",
 ]
 
 #: Our message ids: UUIDs as we make them, or any caller-chosen id of this shape.
@@ -144,7 +146,8 @@ __all__ += ["OutboundMessageAdapter"]
 
 def _queue_message_tag(value: Any) -> str | None:
     if isinstance(value, dict):
-        return "pack" if value.get("kind") == "pack" else value.get("operation")
+        kind = value.get("kind")
+        return kind if kind in ("pack", "stored") else value.get("operation")
     return getattr(value, "kind", None) or getattr(value, "operation", None)
 
 
@@ -160,18 +163,34 @@ class PackDriver(BaseModel):
     deferrals: int = Field(0, ge=0)
 
 
+class StoredCommand(BaseModel):
+    """A send command too large for a queue message, by reference (``smartdialog-outbound``;
+    internal: put there by the send actions and the sender, never by callers). The command's
+    text is the blob ``payload`` in ``smartdialog-payloads``; ``attempts`` and ``deferrals``
+    replace the stored command's. Schema: ``schemas/stored-command.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["stored"] = "stored"
+    messageId: str = Field(pattern=OUTBOUND_MESSAGE_ID_PATTERN)
+    payload: str = Field(pattern=r"^command/[0-9a-f]{64}$", description="The blob's name.")
+    attempts: int = Field(0, ge=0)
+    deferrals: int = Field(0, ge=0)
+
+
 OutboundQueueMessage = Annotated[
     Annotated[SendMessageCommand, Tag("SendMessage")]
     | Annotated[SendReplyMessageCommand, Tag("SendReplyMessage")]
     | Annotated[SendDiscussionReplyMessageCommand, Tag("SendDiscussionReplyMessage")]
     | Annotated[SendWhatsappTemplateMessageCommand, Tag("SendWhatsappTemplateMessage")]
-    | Annotated[PackDriver, Tag("pack")],
+    | Annotated[PackDriver, Tag("pack")]
+    | Annotated[StoredCommand, Tag("stored")],
     Discriminator(
         _queue_message_tag,
         custom_error_type="queue_message_kind",
         custom_error_message=(
-            'a JSON object with a known "operation" (a send command) or "kind": "pack" '
-            "(a pack driver)"
+            'a JSON object with a known "operation" (a send command), "kind": "pack" '
+            '(a pack driver) or "kind": "stored" (a large send command by reference)'
         ),
     ),
 ]
@@ -186,15 +205,22 @@ def parse_outbound_message(text: str | bytes) -> OutboundMessage:
     return OutboundMessageAdapter.validate_json(text)
 
 
-def parse_queue_message(text: str | bytes) -> OutboundMessage | PackDriver:
-    """A message on ``smartdialog-outbound``: a send command, or a bulk pack's driver (tagged
-    ``kind: "pack"``); raises ``pydantic.ValidationError`` or ``ValueError``."""
+def parse_queue_message(text: str | bytes) -> OutboundMessage | PackDriver | StoredCommand:
+    """A message on ``smartdialog-outbound``: a send command, a bulk pack's driver (tagged
+    ``kind: "pack"``) or a large command by reference (``kind: "stored"``); raises
+    ``pydantic.ValidationError`` or ``ValueError``."""
     return OutboundQueueMessageAdapter.validate_json(text)
 
 
 def derive_message_id(scope: str, key: str) -> str:
     """A message id that is the same whenever the same ``key`` is used in the same ``scope``."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{scope}\n{key}"))
+
+
+def request_message_id(customer: str, request_id: str) -> str:
+    """The message id of a queued command without ``messageId``: the same RequestId of the
+    same customer is the same message."""
+    return derive_message_id(f"request-id\n{customer}", request_id)
 
 
 def request_fingerprint(command: OutboundMessage) -> str:
@@ -241,6 +267,16 @@ class MessageSentData(BaseModel):
     duplicate: bool = Field(
         False, description="True when upstream reported an earlier attempt had already sent it."
     )
+    part: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Which part of the message's sent event this is (1-based): a recipient list too "
+            "large for one queue message is split across `parts` events, each with the same "
+            "data but its own share of `recipients` (event ids `<messageId>:sent:<part>`)."
+        ),
+    )
+    parts: int = Field(1, ge=1, description="How many sent events the message has.")
 
 
 class MessageFailedData(BaseModel):
@@ -302,4 +338,20 @@ class DeadLetter(BaseModel):
     queueMessageId: str | None = None
     dequeueCount: int | None = None
     deadLetteredAt: dt.datetime
-    original: str = Field(description="The queue message text exactly as it was received.")
+    original: str | None = Field(
+        None,
+        description=(
+            "The queue message text exactly as it was received (a failed message: its stored "
+            "command). Absent when too large for the dead letter: see `originalBlob`."
+        ),
+    )
+    originalBlob: str | None = Field(
+        None,
+        description=(
+            "When the original is too large to travel in the dead letter: the name of the blob "
+            "in container `smartdialog-payloads` that holds it, exactly."
+        ),
+    )
+    originalBytes: int | None = Field(
+        None, description="The original's size in UTF-8 bytes, when it is in `originalBlob`."
+    )

@@ -14,29 +14,33 @@ import enum
 import json
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from shared.events import MESSAGE_FAILED, MESSAGE_SENT, make_event
+from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_event
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient
 from shared.outbound._models import (
+    OUTBOUND_MESSAGE_ID_PATTERN,
     DeadLetter,
     DeadLetterReason,
     MessageFailedData,
     MessageSentData,
     OutboundMessage,
-    OutboundMessageAdapter,
     PackDriver,
     RecipientOutcome,
+    request_message_id,
 )
 from shared.outbound._ports import SendPorts
+from shared.outbound._records import command_text, queued_text
+from shared.storage import fits_queue
 
 __all__ = [
     "BACKOFF_TOLERANCE_SECONDS",
@@ -248,6 +252,7 @@ class Outcomes:
     def fail(self, record: MessageRecord, failure: FailureInfo) -> SendOutcome:
         """Fail a message for good (unless it is final already), then announce it."""
         now = self.ports.now()
+        failure = bounded(failure)
         done = self.swap_until(
             record,
             lambda r: not r.status.is_final,
@@ -278,7 +283,7 @@ class Outcomes:
                     r,
                     {
                         "status": MessageStatus.FAILED,
-                        "failure": f,
+                        "failure": bounded(f),
                         "finished_at": now,
                         "lease_until": None,
                         "updated_at": now,
@@ -313,12 +318,34 @@ class Outcomes:
         if lost:
             log.info("%d announcement flag(s) lost a race", lost)
 
+    def dead_letter(self, letter: DeadLetter) -> None:
+        """Put ``letter`` on the dead-letter queue; an original too large to travel in it goes
+        by reference (a blob in ``smartdialog-payloads``, named in ``originalBlob``), and if it
+        is still too large, its list of schema violations is shortened."""
+        text = letter.model_dump_json(exclude_none=True)
+        if not fits_queue(text) and letter.original is not None:
+            if self.ports.payloads is None:
+                raise RuntimeError("a dead letter too large for a queue needs the payload store")
+            original = letter.original
+            name = self.ports.payloads.put(original, kind="original")
+            letter = letter.model_copy(
+                update={
+                    "original": None,
+                    "originalBlob": name,
+                    "originalBytes": len(original.encode("utf-8")),
+                }
+            )
+            text = letter.model_dump_json(exclude_none=True)
+        while not fits_queue(text) and letter.errors:
+            letter = letter.model_copy(update={"errors": letter.errors[: len(letter.errors) // 2]})
+            text = letter.model_dump_json(exclude_none=True)
+        self.ports.dead_letters.send_message(text)
+
     def emit(self, record: MessageRecord) -> bool:
         """Send a final record's event (and a failure's dead letter), whatever ``announced``
         says (a bulk pack records it first); False for a cancelled one (whoever cancelled
         announces that) or one not final."""
         now = self.ports.now()
-        data: BaseModel
         if record.status is MessageStatus.SENT:
             result = record.result_json() or {}
             raw = result.get("Recipients") or result.get("recipients") or []
@@ -329,7 +356,7 @@ class Outcomes:
                 for r in raw
                 if isinstance(r, dict)
             ]
-            data = MessageSentData(
+            sent = MessageSentData(
                 messageId=record.message_id,
                 operation=record.operation,
                 customerId=record.customer_id,
@@ -346,36 +373,45 @@ class Outcomes:
                 attempts=record.attempts,
                 duplicate=record.duplicate,
             )
-            event_type = MESSAGE_SENT
-        elif record.status is MessageStatus.FAILED:
-            assert record.failure is not None
-            # Written before ``announced`` is recorded: a crash in between writes it again on
-            # the next delivery, identical (stable id, the failure's time), so consumers can
-            # de-duplicate on ``id`` (or ``messageId``), as on the event's id.
-            letter = DeadLetter(
-                id=f"{record.message_id}:{MessageStatus.FAILED}",
-                reason=DeadLetterReason.FAILED,
-                detail=record.failure.title,
-                error=record.failure,
-                messageId=record.message_id,
-                queue=OUTBOUND_QUEUE,
-                deadLetteredAt=record.finished_at or now,
-                original=record.command,
-            )
-            self.ports.dead_letters.send_message(letter.model_dump_json(exclude_none=True))
-            data = MessageFailedData(
-                messageId=record.message_id,
-                operation=record.operation,
-                customerId=record.customer_id,
-                serviceId=record.service_id,
-                requestId=record.request_id,
-                error=record.failure,
-            )
-            event_type = MESSAGE_FAILED
-        else:
+            # One event when it fits a queue message, else the recipients split across parts.
+            for part in events_in_parts(
+                MESSAGE_SENT,
+                sent,
+                items="recipients",
+                event_id=f"{record.message_id}:{record.status}",
+                subject=record.message_id,
+                time=record.finished_at or now,
+            ):
+                self.ports.events.send_message(part.to_json())
+            return True
+        if record.status is not MessageStatus.FAILED:
             return False
+        assert record.failure is not None
+        failure = bounded(record.failure)
+        # Written before ``announced`` is recorded: a crash in between writes it again on
+        # the next delivery, identical (stable id, the failure's time), so consumers can
+        # de-duplicate on ``id`` (or ``messageId``), as on the event's id.
+        letter = DeadLetter(
+            id=f"{record.message_id}:{MessageStatus.FAILED}",
+            reason=DeadLetterReason.FAILED,
+            detail=failure.title,
+            error=failure,
+            messageId=record.message_id,
+            queue=OUTBOUND_QUEUE,
+            deadLetteredAt=record.finished_at or now,
+            original=record.command,
+        )
+        self.dead_letter(letter)
+        data = MessageFailedData(
+            messageId=record.message_id,
+            operation=record.operation,
+            customerId=record.customer_id,
+            serviceId=record.service_id,
+            requestId=record.request_id,
+            error=failure,
+        )
         event = make_event(
-            event_type,
+            MESSAGE_FAILED,
             data,
             event_id=f"{record.message_id}:{record.status}",
             subject=record.message_id,
@@ -401,7 +437,14 @@ class Outcomes:
             }
         )
         seconds = whole_seconds(delay)
-        text = OutboundMessageAdapter.dump_json(copy, by_alias=True, exclude_none=True).decode()
+        assert command.messageId is not None
+        text = queued_text(
+            command_text(copy),
+            message_id=command.messageId,
+            payloads=self.ports.payloads,
+            attempts=copy.attempts,
+            deferrals=copy.deferrals,
+        )
         self.ports.outbound.send_message(text, visibility_timeout=seconds)
         log.debug("message %s %s (%s); back in %d s", command.messageId, kind, reason, seconds)
         return SendOutcome(kind, command.messageId, delay_seconds=seconds, detail=reason)
@@ -424,27 +467,89 @@ class Outcomes:
         exc: Exception,
         queue_message_id: str | None,
         dequeue_count: int | None,
+        *,
+        fails_record: bool = True,
     ) -> SendOutcome:
-        """A queue message that is not one of ours, with its reason (never processed)."""
+        """A queue message that is not one of ours, with its reason (never processed). If its
+        ``messageId`` can still be read and names a record not yet final, that message fails
+        (code ``malformed``) with its event, unless ``fails_record`` is False (the message is
+        someone else's: its id is taken by a different message)."""
         errors: list[dict[str, Any]] = []
         if isinstance(exc, ValidationError):
-            for item in exc.errors(include_url=False, include_input=False):
+            for item in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]:
                 where = ".".join(str(p) for p in item["loc"]) or "(message)"
-                errors.append({"field": where, "message": item["msg"]})
+                errors.append({"field": where[:300], "message": item["msg"][:500]})
             detail = f"not a valid outbound message: {exc.error_count()} problem(s)"
         else:
-            detail = f"not a valid outbound message: {exc}"
+            detail = f"not a valid outbound message: {str(exc)[:2000]}"
+        message_id = readable_message_id(text, customer_id=self.ports.policy.customer_id)
         letter = DeadLetter(
             id=f"malformed:{queue_message_id}" if queue_message_id else None,
             reason=DeadLetterReason.MALFORMED,
             detail=detail,
             errors=errors,
+            messageId=message_id,
             queue=OUTBOUND_QUEUE,
             queueMessageId=queue_message_id,
             dequeueCount=dequeue_count,
             deadLetteredAt=self.ports.now(),
             original=text,
         )
-        self.ports.dead_letters.send_message(letter.model_dump_json(exclude_none=True))
+        self.dead_letter(letter)
         log.warning("outbound queue message %s dead-lettered: %s", queue_message_id, detail)
-        return SendOutcome(OutcomeKind.DEAD_LETTERED, detail=detail)
+        if fails_record and message_id is not None:
+            self.fail_unreadable(message_id, detail, errors)
+        return SendOutcome(OutcomeKind.DEAD_LETTERED, message_id, detail=detail)
+
+    def fail_unreadable(
+        self, message_id: str, detail: str, errors: list[dict[str, Any]]
+    ) -> SendOutcome | None:
+        """Fail the record of a message whose queued command cannot be read (code
+        ``malformed``), with its event; None if there is no such record, it is final, or
+        another worker holds its claim (that worker settles it)."""
+        record = self.ports.store.get(message_id)
+        if record is None or record.status.is_final:
+            return None
+        lease = record.lease_until
+        held = lease is not None and lease > self.ports.now()
+        if record.status is MessageStatus.SENDING and held:
+            return None
+        problems = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        failure = FailureInfo(
+            code="malformed",
+            title="Its queued command could not be read",
+            detail=f"{detail}. {problems}".strip() if problems else detail,
+            attempts=record.attempts,
+        )
+        return self.fail(record, failure)
+
+
+def bounded(failure: FailureInfo) -> FailureInfo:
+    """``failure`` with its title and detail cut to their limits (a copy made with
+    ``model_copy`` skips the model's validation)."""
+    return FailureInfo.model_validate(failure.model_dump())
+
+
+#: A malformed message's dead letter lists at most this many schema violations.
+MAX_LISTED_ERRORS = 50
+
+
+def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
+    """The message id of a queue message that may not parse as a command: its ``messageId``
+    if it has one of our shape, else the one its ``body.RequestId`` gives (as the sender
+    derives it, with ``customer_id`` as the default customer), else None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    found = value.get("messageId")
+    if isinstance(found, str) and re.match(OUTBOUND_MESSAGE_ID_PATTERN, found):
+        return found
+    body = value.get("body")
+    request_id = body.get("RequestId") if isinstance(body, dict) else None
+    customer = value.get("customerId") or customer_id or ""
+    if found is None and isinstance(request_id, str) and request_id and isinstance(customer, str):
+        return request_message_id(customer, request_id)
+    return None

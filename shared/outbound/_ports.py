@@ -22,7 +22,7 @@ from shared.outbound._quota_wait import QuotaWait, quota_wait
 
 if TYPE_CHECKING:
     from shared.settings import Settings
-    from shared.storage import QueueLike
+    from shared.storage import PayloadStore, QueueLike
     from shared.suppressions import SuppressionStore
 
 __all__ = ["SendPolicy", "SendPorts", "reset_send_ports", "send_ports"]
@@ -75,6 +75,8 @@ class SendPorts:
     clock: Clock
     policy: SendPolicy
     suppressions: SuppressionStore | None = field(default=None)
+    #: Large parts by reference (commands too large to queue, dead letters' originals).
+    payloads: PayloadStore | None = field(default=None)
 
     def now(self) -> dt.datetime:
         """The ports' clock as an aware UTC datetime."""
@@ -89,7 +91,7 @@ def send_ports(settings: Settings) -> SendPorts:
 
     from shared import clock
     from shared.smartdialog import SmartDialogClient, auth_from_settings
-    from shared.storage import ensured_queue, queue_client
+    from shared.storage import PayloadStore, ensured_queue, queue_client
     from shared.suppressions import SuppressionStore
 
     waits = quota_wait(settings)
@@ -116,6 +118,7 @@ def send_ports(settings: Settings) -> SendPorts:
         clock=clock.current(),
         policy=SendPolicy.from_settings(settings),
         suppressions=SuppressionStore.from_settings(settings),
+        payloads=PayloadStore.from_settings(settings),
     )
 
 

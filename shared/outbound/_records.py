@@ -17,12 +17,15 @@ from shared.outbound._models import (
     SendMessageCommand,
     SendReplyMessageCommand,
     SendWhatsappTemplateMessageCommand,
+    StoredCommand,
     request_fingerprint,
 )
 from shared.sms import estimate, personalize
+from shared.storage import fits_queue
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+    from shared.storage import PayloadStore
 
 __all__ = [
     "command_addresses",
@@ -30,6 +33,7 @@ __all__ = [
     "new_record",
     "normalize",
     "pack_key",
+    "queued_text",
     "recipient_slots",
     "with_delivery_report_url",
 ]
@@ -67,6 +71,27 @@ def normalize(
 def command_text(command: OutboundMessage) -> str:
     """The queue-message JSON of ``command`` (what goes on ``smartdialog-outbound``)."""
     return OutboundMessageAdapter.dump_json(command, by_alias=True, exclude_none=True).decode()
+
+
+def queued_text(
+    text: str,
+    *,
+    message_id: str,
+    payloads: PayloadStore | None,
+    attempts: int = 0,
+    deferrals: int = 0,
+) -> str:
+    """What goes on ``smartdialog-outbound`` for the command ``text``: itself when it fits a
+    queue message, else a :class:`StoredCommand` naming the blob that holds it."""
+    if fits_queue(text):
+        return text
+    if payloads is None:
+        raise RuntimeError("a command too large for a queue message needs the payload store")
+    name = payloads.put(text, kind="command")
+    stored = StoredCommand(
+        messageId=message_id, payload=name, attempts=attempts, deferrals=deferrals
+    )
+    return stored.model_dump_json()
 
 
 def _part_counts(command: OutboundMessage) -> list[int]:

@@ -28,9 +28,12 @@ from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
     SendDiscussionReplyMessageCommand,
+    StoredCommand,
     derive_message_id,
+    parse_outbound_message,
     parse_queue_message,
     request_fingerprint,
+    request_message_id,
 )
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -81,6 +84,8 @@ class OutboundSender:
         """Handle one queue message; see the module docstring for what may raise."""
         try:
             message = parse_queue_message(text)
+            if isinstance(message, StoredCommand):
+                message = self._stored(message)
         except (ValidationError, ValueError) as exc:
             return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
         if isinstance(message, PackDriver):  # a bulk send's pack (shared.outbound._drive)
@@ -145,8 +150,23 @@ class OutboundSender:
                 ValueError(f"messageId {command.messageId} is already used by a different message"),
                 queue_message_id,
                 dequeue_count,
+                fails_record=False,
             )
         return self._advance(record, command)
+
+    def _stored(self, stored: StoredCommand) -> OutboundMessage:
+        """The command a :class:`StoredCommand` names, with its attempts and deferrals; raises
+        ``ValueError`` (or ``ValidationError``) if it cannot be read."""
+        payloads = self.ports.payloads
+        text = payloads.get(stored.payload) if payloads is not None else None
+        if text is None:
+            raise ValueError(f"the stored command {stored.payload} is gone")
+        command = parse_outbound_message(text)
+        if command.messageId != stored.messageId:
+            raise ValueError(f"the stored command {stored.payload} is not {stored.messageId}'s")
+        return command.model_copy(
+            update={"attempts": stored.attempts, "deferrals": stored.deferrals}
+        )
 
     def _advance(self, record: MessageRecord, command: OutboundMessage) -> SendOutcome:
         if record.batch_id is not None and record.pack_id is not None:
@@ -416,7 +436,7 @@ class OutboundSender:
         customer = command.customerId or self.ports.policy.customer_id or ""
         request_id = getattr(command.body, "RequestId", None)
         if request_id:
-            return derive_message_id(f"request-id\n{customer}", request_id)
+            return request_message_id(customer, request_id)
         if queue_message_id:
             return derive_message_id("queue-message", queue_message_id)
         raise ValueError("messageId is missing and cannot be derived")

@@ -35,24 +35,20 @@ from shared.outbound._models import (
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
 )
-from shared.outbound._records import command_text, new_record, normalize
+from shared.outbound._records import command_text, new_record, normalize, queued_text
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
-from shared.storage import QueueLike, ensured_queue
+from shared.storage import PayloadStore, QueueLike, ensured_queue, fits_queue
 
 if TYPE_CHECKING:
     from shared.settings import Settings
     from shared.suppressions import SuppressionStore
 
 __all__ = [
-    "MAX_QUEUE_MESSAGE_BYTES",
     "STUCK_ACCEPTED_AFTER",
     "SendService",
     "StatusView",
 ]
 
-#: Largest queued send we accept: a Storage queue message holds 64 KiB; we keep headroom for
-#: the sender's retry metadata.
-MAX_QUEUE_MESSAGE_BYTES = 60_000
 #: A record of the previous release (written before its enqueue) still ``accepted`` this long
 #: after its last change lost its enqueue to a crash; the next status poll or re-POST enqueues
 #: it again. (A bulk member: its pack's driver.)
@@ -87,6 +83,7 @@ class SendService:
         self._suppressions = suppressions
         self._clock = clock
         self.packs = PackStore.from_settings(settings)
+        self._payloads: PayloadStore | None = None
 
     # --- accept --------------------------------------------------------------------------------
 
@@ -103,7 +100,8 @@ class SendService:
         record and goes on; the sender records a command it finds unrecorded). Storage round
         trips of an ordinary send: the opt-out check (two point reads: the service's list and
         the all-services one), the enqueue, the record, and for a packable send its index row
-        (one more with an idempotency key: its claim).
+        (one more with an idempotency key: its claim; one more for a command too large for a
+        queue message: its blob, queued by reference).
 
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
@@ -149,16 +147,6 @@ class SendService:
         except ValueError as exc:  # the pipeline fills defaults; this is a safety net
             raise validation_problem([FieldError("Customer-Id", str(exc))]) from exc
         text = command_text(command)
-        if len(text.encode("utf-8")) > MAX_QUEUE_MESSAGE_BYTES:
-            raise validation_problem(
-                [
-                    FieldError(
-                        "body",
-                        f"The message is too large to queue ({len(text.encode())} bytes, at most "
-                        f"{MAX_QUEUE_MESSAGE_BYTES}): send it in several parts.",
-                    )
-                ]
-            )
         record = self.store.get(message_id) if replay else None
         if record is None and claimed_at is not None and now - claimed_at < STUCK_ACCEPTED_AFTER:
             # The request that claimed the key is on its way (or died a moment ago): it enqueues,
@@ -179,7 +167,7 @@ class SendService:
                 if key_hash is not None and not replay:
                     self.idempotency.release(key_hash, message_id)
                 raise
-            outbound_queue(self.settings).send_message(text)
+            outbound_queue(self.settings).send_message(self._queued(text, message_id))
             fresh, slots = new_record(
                 command,
                 now=now,
@@ -194,6 +182,12 @@ class SendService:
         elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self._pending(record, status=202)
+
+    def _queued(self, text: str, message_id: str) -> str:
+        """The queue message of the command ``text``: itself, or by reference when large."""
+        if self._payloads is None and not fits_queue(text):
+            self._payloads = PayloadStore.from_settings(self.settings)
+        return queued_text(text, message_id=message_id, payloads=self._payloads)
 
     def _lost_its_enqueue(self, record: MessageRecord) -> bool:
         """Whether ``record`` may have lost its queue message: still ``accepted`` (a bulk member,
@@ -230,7 +224,7 @@ class SendService:
             driver = PackDriver(packId=record.pack_id, batchId=record.batch_id)
             outbound_queue(self.settings).send_message(driver.model_dump_json())
             return record
-        outbound_queue(self.settings).send_message(record.command)
+        outbound_queue(self.settings).send_message(self._queued(record.command, record.message_id))
         return self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock()) or (
             self.store.get(record.message_id) or record
         )
