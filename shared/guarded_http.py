@@ -50,6 +50,8 @@ from typing import Any, Protocol
 import httpcore
 import httpx
 
+from shared.problems import Problem
+
 __all__ = [
     "MAX_ANSWER_BYTES",
     "READ_CHUNK_BYTES",
@@ -261,11 +263,11 @@ class CallbackPolicy:
 
     @classmethod
     def from_settings(cls, settings: CallbackSettings) -> CallbackPolicy:
-        return _policy(
-            settings.callback_allowed_hosts,
-            settings.website_hostname,
-            settings.public_base_url,
-        )
+        try:
+            public_base_url = settings.public_base_url
+        except Problem:  # no public URL can be told: the app is not known to run locally
+            public_base_url = ""
+        return _policy(settings.callback_allowed_hosts, settings.website_hostname, public_base_url)
 
     def refusal(self, host: str, address: IPAddress, *, plain_http: bool) -> str | None:
         """Why a call to ``host`` may not go to ``address``, or None if it may."""
