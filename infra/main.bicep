@@ -118,6 +118,12 @@ param smartDialogDispatchRetryBaseSeconds string = ''
 @description('SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: how long a sender invocation waits for a quota slot before deferring the message.')
 param smartDialogSendQuotaWaitSeconds string = ''
 
+@description('SMARTDIALOG_OPS_ALLOWED_GROUPS: comma-separated Entra ID group object ids whose members may use the operations page (/api/ops).')
+param smartDialogOpsAllowedGroups string = ''
+
+@description('SMARTDIALOG_OPS_ALLOWED_ROLES: comma-separated app roles whose holders may use the operations page (/api/ops).')
+param smartDialogOpsAllowedRoles string = ''
+
 // Secrets: written to Key Vault, never to app settings. Empty means "do not set".
 @secure()
 @description('SMARTDIALOG_CLIENT_SECRET: the OAuth client secret (client-credentials flow).')
@@ -165,7 +171,9 @@ var smartDialogSettings = union(
   empty(smartDialogDispatchMaxAttempts) ? {} : { SMARTDIALOG_DISPATCH_MAX_ATTEMPTS: smartDialogDispatchMaxAttempts },
   empty(smartDialogDispatchRetryBaseSeconds) ? {} : { SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS: smartDialogDispatchRetryBaseSeconds },
   empty(smartDialogSendQuotaWaitSeconds) ? {} : { SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: smartDialogSendQuotaWaitSeconds },
-  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients }
+  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients },
+  empty(smartDialogOpsAllowedGroups) ? {} : { SMARTDIALOG_OPS_ALLOWED_GROUPS: smartDialogOpsAllowedGroups },
+  empty(smartDialogOpsAllowedRoles) ? {} : { SMARTDIALOG_OPS_ALLOWED_ROLES: smartDialogOpsAllowedRoles }
 )
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {

@@ -50,6 +50,9 @@ DELIVERY_REPORTS_TABLE = "SmartDialogDeliveryReports"
 PACKS_TABLE = "SmartDialogPacks"
 #: Bulk sends: one record per batch (counts, rejected rows); its members are messages.
 BATCHES_TABLE = "SmartDialogBatches"
+#: Every dead letter we write, indexed as it is written (reason, time, text and the queue message
+#: it refers to), so operators can list, re-drive and purge them (``shared.deadletters``).
+DEAD_LETTERS_TABLE = "SmartDialogDeadLetters"
 
 QUEUES: tuple[str, ...] = (
     OUTBOUND_QUEUE,
@@ -71,6 +74,7 @@ TABLES: tuple[str, ...] = (
     DELIVERY_REPORTS_TABLE,
     PACKS_TABLE,
     BATCHES_TABLE,
+    DEAD_LETTERS_TABLE,
 )
 
 

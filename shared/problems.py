@@ -54,6 +54,8 @@ class ProblemType(StrEnum):
     UPSTREAM_TIMEOUT = "urn:smartdialog-functions:problem:upstream-timeout"
     QUOTA_UNAVAILABLE = "urn:smartdialog-functions:problem:quota-unavailable"
     INTERNAL = "urn:smartdialog-functions:problem:internal"
+    UNAUTHORIZED = "urn:smartdialog-functions:problem:unauthorized"
+    FORBIDDEN = "urn:smartdialog-functions:problem:forbidden"
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     dispatch_retry_base_seconds: float = Field(
         5.0, alias="SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS", ge=0
     )
+    # The operations page (shared/ops, docs/operations.md): who may use it in Azure.
+    ops_allowed_groups: str = Field("", alias="SMARTDIALOG_OPS_ALLOWED_GROUPS")
+    ops_allowed_roles: str = Field("", alias="SMARTDIALOG_OPS_ALLOWED_ROLES")
     # Storage: a connection string locally; in Azure, identity-based settings
     # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
     # plus __clientId for a user-assigned managed identity).

@@ -30,6 +30,7 @@ var tableNames = [
   'SmartDialogDeliveryReports'
   'SmartDialogPacks'
   'SmartDialogBatches'
+  'SmartDialogDeadLetters'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
