@@ -7,6 +7,8 @@ import datetime as dt
 import json
 from typing import Any
 
+import pytest
+
 from shared.deadletters import DeadLetterIndex, write_dead_letter
 from shared.messages import MessageStatus, MessageStore
 from shared.names import (
@@ -253,3 +255,26 @@ def test_an_inbound_delivery_is_redriven_with_all_its_attempts_again(ops: Outbou
     [requeued] = [json.loads(t) for t in queue_texts(INBOUND_DELIVERIES_QUEUE)]
     assert requeued == {**delivery, "attempts": 0}
     deliveries.clear_messages()
+
+
+class _QueueDown:
+    def send_message(self, content: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("storage unreachable")
+
+
+def test_a_letter_whose_queue_write_failed_is_still_listed_and_can_be_redriven(
+    ops: Outbound,
+) -> None:
+    command = {"operation": "SendMessage", "messageId": "ops-lost-1", "body": sms(DELIVERED)}
+    text = letter(messageId="ops-lost-1", original=json.dumps(command))
+
+    with pytest.raises(ConnectionError):
+        write_dead_letter(_QueueDown(), text, queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
+
+    [item] = list_letters().body["value"]
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    assert answer.body["outcome"] == "redriven"
+    assert list_letters().body["value"] == []
+    ops.drain()
+    [request] = ops.upstream()
+    assert request["body"]["RequestId"] == "ops-lost-1"
