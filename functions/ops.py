@@ -4,6 +4,7 @@
 Authentication signs the user in with Entra ID and :mod:`shared.ops.page` checks the principal
 it passes (a function key in a browser's URL would leak). The dead-letter actions are pipeline
 actions behind the function key, like every other action, and appear in the connector.
+``PoisonKeeper`` (a timer; the dev host does not run timers) keeps poison messages for good.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from functions.actions import serve
 bp = func.Blueprint()
 FUNCTION = func.AuthLevel.FUNCTION
 ANONYMOUS = func.AuthLevel.ANONYMOUS
+#: Every 6 hours: far inside the 7 days a poison message lives before it is kept.
+POISON_KEEPER_SCHEDULE = "0 17 */6 * * *"
 
 
 def _html(response: object) -> func.HttpResponse:
@@ -41,6 +44,15 @@ def ops_page_action(req: func.HttpRequest) -> func.HttpResponse:
 
     action = req.route_params.get("Action", "")
     return _html(handle_page_action(action, dict(req.headers), req.get_body() or b""))
+
+
+@bp.function_name("PoisonKeeper")
+@bp.timer_trigger(arg_name="timer", schedule=POISON_KEEPER_SCHEDULE, run_on_startup=False)
+def poison_keeper(timer: func.TimerRequest) -> None:
+    """Keeps the host's poison messages until handled (the host gives them 7 days to live)."""
+    from shared.ops import keep_poison
+
+    keep_poison()
 
 
 @bp.function_name("ListDeadLetters")

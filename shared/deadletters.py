@@ -30,6 +30,7 @@ import binascii
 import datetime as dt
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ DEAD_LETTER_QUEUES: dict[str, str] = {
     INBOUND_DEAD_LETTER_QUEUE: INBOUND_DELIVERIES_QUEUE,
 }
 _CHUNK = 30_000
+# What Table storage refuses in a key (and what a key never holds here).
+_UNSAFE_KEY = re.compile(r"[/\\#?'\x00-\x1f\x7f]")
 _ID_SEPARATOR = "~"
 
 
@@ -92,6 +95,7 @@ class DeadLetterEntry:
     text: str
     queue_message_id: str | None = None
     pop_receipt: str | None = None
+    dequeue_count: int | None = None
 
     @property
     def id(self) -> str:
@@ -165,9 +169,19 @@ class DeadLetterIndex:
 
     # --- writing -------------------------------------------------------------------------
 
-    def begin(self, queue: str, text: str, *, now: dt.datetime | None = None) -> DeadLetterEntry:
+    def begin(
+        self,
+        queue: str,
+        text: str,
+        *,
+        now: dt.datetime | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+        dequeue_count: int | None = None,
+    ) -> DeadLetterEntry:
         """Index ``text`` as a dead letter about to be put on ``queue`` (not yet linked to its
-        queue message: :meth:`link` does that once it is sent)."""
+        queue message: :meth:`link` does that once it is sent). ``reason`` and ``detail``
+        replace the letter's own (a poison message is not a letter)."""
         at = now or dt.datetime.now(dt.UTC)
         entity: dict[str, Any] = {
             "PartitionKey": queue,
@@ -176,6 +190,8 @@ class DeadLetterIndex:
             "DeadLetteredAt": plain_datetime(at),
             **_letter_fields(text),
         }
+        overrides = {"Reason": reason, "Detail": detail, "DequeueCount": dequeue_count}
+        entity.update({k: v for k, v in overrides.items() if v is not None})
         chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
         entity["TextChunks"] = len(chunks)
         for index, chunk in enumerate(chunks):
@@ -200,6 +216,23 @@ class DeadLetterIndex:
             mode=UpdateMode.MERGE,
         )
 
+    def refresh_receipts(self, queue: str, receipts: dict[str, str]) -> None:
+        """Store new pop receipts (queue message id -> receipt) of ``queue``'s messages."""
+        from azure.data.tables import UpdateMode
+
+        if not receipts:
+            return
+        rows = self._table.query_entities(
+            f"PartitionKey eq '{_odata(queue)}'", select=["RowKey", "QueueMessageId"]
+        )
+        for row in rows:
+            receipt = receipts.get(str(row.get("QueueMessageId") or ""))
+            if receipt:
+                self._table.update_entity(
+                    {"PartitionKey": queue, "RowKey": row["RowKey"], "PopReceipt": receipt},
+                    mode=UpdateMode.MERGE,
+                )
+
     def remove(self, entry: DeadLetterEntry) -> None:
         """Forget ``entry`` (it was re-driven or purged); one already gone is fine."""
         self._table.delete_entity(entry.queue, entry.row_key)
@@ -211,7 +244,7 @@ class DeadLetterIndex:
         from azure.core.exceptions import ResourceNotFoundError
 
         queue, sep, row_key = entry_id.partition(_ID_SEPARATOR)
-        if not sep or queue not in DEAD_LETTER_QUEUES or not row_key:
+        if not sep or not queue or not row_key or _UNSAFE_KEY.search(entry_id):
             return None
         try:
             return _entry(self._table.get_entity(queue, row_key))
@@ -282,6 +315,7 @@ def _entry(entity: dict[str, Any]) -> DeadLetterEntry:
         text=text,
         queue_message_id=entity.get("QueueMessageId") or None,
         pop_receipt=entity.get("PopReceipt") or None,
+        dequeue_count=entity.get("DequeueCount"),
     )
 
 
@@ -308,6 +342,9 @@ def write_dead_letter(
     queue_name: str,
     index: DeadLetterIndex | None = None,
     now: dt.datetime | None = None,
+    reason: str | None = None,
+    detail: str | None = None,
+    dequeue_count: int | None = None,
 ) -> Any:
     """Put the dead letter ``text`` on ``queue`` (named ``queue_name``) for good, indexed.
 
@@ -316,7 +353,9 @@ def write_dead_letter(
     ``send_message`` returned. Raises what storage raises (the caller's host retries).
     """
     index = index or DeadLetterIndex.from_settings()
-    entry = index.begin(queue_name, text, now=now)
+    entry = index.begin(
+        queue_name, text, now=now, reason=reason, detail=detail, dequeue_count=dequeue_count
+    )
     sent = send_forever(queue, text)
     try:
         index.link(entry, sent)

@@ -9,6 +9,21 @@ sends through the message core), below the blueprints. See docs/operations.md.
   figures; ``_access``: who may use the page, and its anti-CSRF token.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from shared.ops._deadletters import POISON, POISON_SOURCES, DeadLetterDesk, DeadLetterView
 
-__all__ = ["POISON", "POISON_SOURCES", "DeadLetterDesk", "DeadLetterView"]
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = ["POISON", "POISON_SOURCES", "DeadLetterDesk", "DeadLetterView", "keep_poison"]
+
+
+def keep_poison(settings: Settings | None = None) -> int:
+    """Keep the host's poison messages until handled (:meth:`DeadLetterDesk.keep_poison`)."""
+    from shared.ops.actions import desk
+    from shared.settings import get_settings
+
+    return desk(settings or get_settings()).keep_poison()

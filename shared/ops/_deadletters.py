@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from shared.clock import utcnow
 from shared.deadletters import (
-    DEAD_LETTER_QUEUES,
     DeadLetterEntry,
     DeadLetterFilter,
     DeadLetterIndex,
+    write_dead_letter,
 )
 from shared.messages import MessageStatus, MessageStore
 from shared.names import (
@@ -83,6 +83,8 @@ class DeadLetterView:
     dequeue_count: int | None = None
     entry: DeadLetterEntry | None = None
     queue_message_id: str | None = None
+    #: A poison message already re-sent for good and indexed by :meth:`DeadLetterDesk.keep_poison`.
+    kept: bool = False
 
     @property
     def original(self) -> str:
@@ -104,7 +106,7 @@ def _from_entry(entry: DeadLetterEntry) -> DeadLetterView:
         message_id=entry.message_id,
         dead_lettered_at=entry.dead_lettered_at,
         text=entry.text,
-        dequeue_count=entry.letter().get("dequeueCount"),
+        dequeue_count=entry.dequeue_count or entry.letter().get("dequeueCount"),
         entry=entry,
         queue_message_id=entry.queue_message_id,
     )
@@ -130,7 +132,13 @@ def _from_poison(queue: str, message: QueueMessage) -> DeadLetterView:
         text=text,
         dequeue_count=message.dequeue_count,
         queue_message_id=message.id,
+        kept=_never_expires(message),
     )
+
+
+def _never_expires(message: QueueMessage) -> bool:
+    # A message sent with time_to_live=-1 expires, the service says, at the end of year 9999.
+    return message.expires_on is not None and message.expires_on.year >= 9999
 
 
 class HandledKind(enum.StrEnum):
@@ -181,25 +189,27 @@ class DeadLetterDesk:
         self, where: DeadLetterFilter, *, top: int, continuation: str | None = None
     ) -> tuple[list[DeadLetterView], str | None, bool]:
         """(dead letters, next page's token, whether a poison queue held more than shown).
-        Poison messages come on the first page, before the indexed ones."""
+        Poison messages not yet kept (see :meth:`keep_poison`) come first, on the first page."""
         items: list[DeadLetterView] = []
         truncated = False
         if continuation is None:
             for queue in self.poison_queues(where):
                 peeked = self._peek(queue)
                 truncated |= len(peeked) >= _PEEK_LIMIT
-                items += [v for v in peeked if where.matches(v.queue, v.reason, v.dead_lettered_at)]
-        if where.reason == POISON or (where.queue is not None and where.queue.endswith("-poison")):
-            return items, None, truncated
+                items += [
+                    v
+                    for v in peeked
+                    if not v.kept and where.matches(v.queue, v.reason, v.dead_lettered_at)
+                ]
         entries, token = self.index.page(where, top=top, continuation=continuation)
         return items + [_from_entry(e) for e in entries], token, truncated
 
     def get(self, letter_id: str) -> DeadLetterView | None:
         """One dead letter by id, or None."""
+        entry = self.index.get(letter_id)
+        if entry is not None:
+            return _from_entry(entry)
         queue, _, message_id = letter_id.partition("~")
-        if queue in DEAD_LETTER_QUEUES:
-            entry = self.index.get(letter_id)
-            return None if entry is None else _from_entry(entry)
         if queue in {poison_queue(q) for q in POISON_SOURCES} and message_id:
             for view in self._peek(queue):
                 if view.queue_message_id == message_id:
@@ -258,12 +268,11 @@ class DeadLetterDesk:
                 _log_counts(done)
                 return done, True
             done += self._each_poison(queue, where, limit - len(done), redrive=redrive)
-        if where.reason != POISON and not (where.queue or "").endswith("-poison"):
-            for entry in self.index.matching(where, limit=limit - len(done) + 1):
-                if len(done) >= limit:
-                    _log_counts(done)
-                    return done, True
-                done.append(act(_from_entry(entry)))
+        for entry in self.index.matching(where, limit=limit - len(done) + 1):
+            if len(done) >= limit:
+                _log_counts(done)
+                return done, True
+            done.append(act(_from_entry(entry)))
         _log_counts(done)
         return done, False
 
@@ -289,7 +298,9 @@ class DeadLetterDesk:
 
         def handle(message: QueueMessage) -> bool:
             view = _from_poison(queue, message)
-            if len(done) >= limit or not where.matches(queue, POISON, view.dead_lettered_at):
+            if view.kept or len(done) >= limit:
+                return False  # a kept one is indexed: handled from the index
+            if not where.matches(queue, POISON, view.dead_lettered_at):
                 return False
             if redrive:
                 done.append(self._requeue(view))
@@ -299,6 +310,39 @@ class DeadLetterDesk:
 
         self._scan(queue, None, handle)
         return done
+
+    def keep_poison(self) -> int:
+        """Keep the host's poison messages until handled: the host puts them on the poison
+        queue with the queue default of 7 days to live (it cannot be told otherwise), so each
+        one not yet kept is sent again to the same queue for good, indexed with reason
+        ``poison`` and the dequeue count it reached, and the original deleted. Returns how many
+        were kept."""
+        kept = 0
+        for queue in (poison_queue(q) for q in POISON_SOURCES):
+
+            def keep(message: QueueMessage, queue: str = queue) -> bool:
+                nonlocal kept
+                if _never_expires(message):
+                    return False
+                view = _from_poison(queue, message)
+                deliveries = max(0, (message.dequeue_count or 1) - 1)  # not our own receive
+                write_dead_letter(
+                    self._queue(queue),
+                    view.text,
+                    queue_name=queue,
+                    index=self.index,
+                    now=view.dead_lettered_at,
+                    reason=POISON,
+                    detail=f"the host gave up after {deliveries} deliveries",
+                    dequeue_count=deliveries,
+                )
+                kept += 1
+                return True
+
+            self._scan(queue, None, keep)
+        if kept:
+            log.info("poison messages kept until handled: %d", kept)
+        return kept
 
     # --- queues ----------------------------------------------------------------------------
 
@@ -387,9 +431,15 @@ class DeadLetterDesk:
                     kept.append(message)
         except ResourceNotFoundError:
             return seen
+        receipts: dict[str, str] = {}
         for message in kept:
             with contextlib.suppress(ResourceNotFoundError):
-                queue.update_message(message, content=message.content, visibility_timeout=0)
+                updated = queue.update_message(
+                    message, content=message.content, visibility_timeout=0
+                )
+                receipts[str(message.id)] = str(updated.pop_receipt)
+        # Our receive gave the messages new pop receipts: the index keeps them deletable.
+        self.index.refresh_receipts(queue_name, receipts)
         return seen
 
 

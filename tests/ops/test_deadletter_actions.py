@@ -18,6 +18,7 @@ from shared.names import (
     OUTBOUND_QUEUE,
     poison_queue,
 )
+from shared.ops import keep_poison
 from shared.storage import ensured_queue, queue_client
 from tests.ops.conftest import Outbound, index_written_dead_letters, letter
 from tests.outbound.conftest import DELIVERED, HttpAnswer, call_http, sms
@@ -278,3 +279,30 @@ def test_a_letter_whose_queue_write_failed_is_still_listed_and_can_be_redriven(
     ops.drain()
     [request] = ops.upstream()
     assert request["body"]["RequestId"] == "ops-lost-1"
+
+
+def test_poison_messages_are_kept_for_good_indexed_with_their_dequeue_count(
+    ops: Outbound,
+) -> None:
+    poison = queue_client(poison_queue(OUTBOUND_QUEUE))
+    text = json.dumps(
+        {"operation": "SendMessage", "messageId": "ops-kept-1", "body": sms(DELIVERED)}
+    )
+    poison.send_message(text)  # as the host does: the queue default of 7 days to live
+    for _ in range(3):
+        for message in list(poison.receive_messages(visibility_timeout=30)):
+            poison.update_message(message, content=message.content, visibility_timeout=0)
+
+    assert keep_poison() == 1
+    assert keep_poison() == 0
+
+    [stored] = poison.peek_messages()
+    assert stored.content == text
+    assert stored.expires_on is not None
+    assert stored.expires_on.year == 9999
+    [item] = list_letters().body["value"]
+    assert (item["reason"], item["dequeueCount"], item["messageId"]) == ("poison", 3, "ops-kept-1")
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    assert answer.body["outcome"] == "redriven"
+    assert poison.peek_messages() == []
+    assert list_letters().body["value"] == []
