@@ -11,15 +11,15 @@ happened. Every refusal is a problem document; nothing here answers a bare 5xx.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote, urlencode
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlencode
 
+from shared.clock import utcnow
 from shared.deadletters import DeadLetterFilter
 from shared.ops._access import authorize, form_token, verify_form_token
 from shared.ops._overview import overview
@@ -71,9 +71,9 @@ def _templates() -> Environment:
     )
 
 
-def _guarded(run: Any) -> PageResponse:
+def _guarded(run: Callable[[], PageResponse]) -> PageResponse:
     try:
-        response: PageResponse = run()
+        response = run()
     except Problem as problem:
         return PageResponse.problem(problem)
     except SigningNotConfigured:
@@ -98,7 +98,7 @@ def handle_page(
     def run() -> PageResponse:
         current = settings or _settings()
         principal = authorize(current, _lower(headers))
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         letters, token, truncated = desk(current).page(DeadLetterFilter(), top=PAGE_DEAD_LETTERS)
         html = (
             _templates()
@@ -166,7 +166,12 @@ def handle_page_action(
 
     if action not in ("redrive", "purge"):
         return PageResponse.problem(
-            Problem(404, "No such button", quote(action), type=ProblemType.NOT_FOUND)
+            Problem(
+                404,
+                "No such button",
+                "The operations page has the buttons redrive and purge.",
+                type=ProblemType.NOT_FOUND,
+            )
         )
     return _guarded(run)
 

@@ -158,3 +158,23 @@ def test_a_button_without_an_id_answers_400_naming_it(ops: Outbound) -> None:
 
     assert answer.status_code == 400
     assert [e["field"] for e in json.loads(answer.get_body())["errors"]] == ["id"]
+
+
+def test_an_unknown_button_answers_404_and_changes_nothing(ops: Outbound) -> None:
+    one_letter()
+    answer = press("explode", {"csrf": form_token(get_settings(), LOCAL), "id": "x"})
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert len(queue_client(OUTBOUND_DEAD_LETTER_QUEUE).peek_messages()) == 1
+
+
+def test_without_callback_secrets_the_page_answers_503_naming_the_setting(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SMARTDIALOG_CALLBACK_SECRETS")
+    reset_settings_cache()
+
+    page = get_page()
+
+    assert page.status_code == 503
+    assert "SMARTDIALOG_CALLBACK_SECRETS" in json.loads(page.get_body())["detail"]
