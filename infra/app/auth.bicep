@@ -22,6 +22,14 @@ resource site 'Microsoft.Web/sites@2024-04-01' existing = {
 }
 
 resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  // checkov applies its web-config rules to every sites/config resource; this one holds only the authentication settings.
+  // checkov:skip=CKV_AZURE_13:This resource is App Service Authentication (authsettingsV2, platform.enabled true); the rule reads only the legacy v1 siteAuthEnabled property.
+  // checkov:skip=CKV_AZURE_63:HTTP logging is a setting of the site's web config, not of its authentication settings; requests are logged to Application Insights.
+  // checkov:skip=CKV_AZURE_65:Detailed error messages are a setting of the site's web config, not of its authentication settings.
+  // checkov:skip=CKV_AZURE_66:Failed request tracing is a setting of the site's web config, not of its authentication settings; failures are traced in Application Insights.
+  // checkov:skip=CKV_AZURE_80:A Python app: no .NET Framework version applies, and this resource holds only the authentication settings.
+  // checkov:skip=CKV_AZURE_88:Flex Consumption mounts no Azure Files share, and this resource holds only the authentication settings.
+  // checkov:skip=CKV_AZURE_222:Same reason as in api.bicep: the app must be reachable from the internet (SmartDialog callbacks, Power Automate); the page is behind Entra ID sign-in.
   parent: site
   name: 'authsettingsV2'
   properties: {
