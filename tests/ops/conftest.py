@@ -3,7 +3,7 @@ sender function) plus an emptied dead-letter index and poison queues.
 
 Until the dead-letter writers call :func:`shared.deadletters.write_dead_letter` themselves,
 :func:`index_written_dead_letters` plays that wiring: it takes what a writer put on a
-dead-letter queue and writes it again through the index, text unchanged.
+dead-letter queue without indexing it and writes it again through the index, text unchanged.
 """
 
 from __future__ import annotations
@@ -19,21 +19,28 @@ from shared.deadletters import DEAD_LETTER_QUEUES, DeadLetterIndex, write_dead_l
 from shared.names import DEAD_LETTERS_TABLE, poison_queue
 from shared.ops import POISON_SOURCES
 from shared.ops.actions import desk
-from shared.storage import queue_client, table_client
+from shared.storage import ensured_table, queue_client, table_client
 from tests.outbound.conftest import Outbound, outbound, outbound_sandbox
 
 __all__ = ["Outbound", "index_written_dead_letters", "outbound", "outbound_sandbox"]
 
 
 def index_written_dead_letters(queue: str) -> list[str]:
-    """Move every dead letter on ``queue`` through the index (as the wired writer will write
-    them); returns their texts."""
+    """Move every dead letter on ``queue`` that the index lacks through the index (as the wired
+    writer writes them); returns the texts of all of them. Once the writers call
+    ``write_dead_letter`` themselves, it only reads."""
     client = queue_client(queue)
-    texts = []
-    for message in client.receive_messages(messages_per_page=32, visibility_timeout=30):
+    table = ensured_table(DEAD_LETTERS_TABLE)
+    texts, unindexed = [], []
+    for message in list(client.receive_messages(messages_per_page=32, visibility_timeout=30)):
         texts.append(str(message.content))
-        client.delete_message(message)
-    for text in texts:
+        indexed = table.query_entities(f"QueueMessageId eq '{message.id}'", select=["RowKey"])
+        if next(iter(indexed), None) is None:
+            unindexed.append(str(message.content))
+            client.delete_message(message)
+        else:
+            client.update_message(message, content=message.content, visibility_timeout=0)
+    for text in unindexed:
         write_dead_letter(client, text, queue_name=queue)
     return texts
 
