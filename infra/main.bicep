@@ -127,6 +127,15 @@ param smartDialogCallbackTimeoutSeconds string = ''
 @description('SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: how long a sender invocation waits for a quota slot before deferring the message.')
 param smartDialogSendQuotaWaitSeconds string = ''
 
+@description('SMARTDIALOG_OPS_ALLOWED_GROUPS: comma-separated Entra ID group object ids whose members may use the operations page (/api/ops).')
+param smartDialogOpsAllowedGroups string = ''
+
+@description('SMARTDIALOG_OPS_ALLOWED_ROLES: comma-separated app roles whose holders may use the operations page (/api/ops).')
+param smartDialogOpsAllowedRoles string = ''
+
+@description('Entra ID app (client) id operators sign in with for /api/ops (App Service Authentication); empty: no sign-in, and the page refuses everyone in Azure.')
+param opsAuthClientId string = ''
+
 // Secrets: written to Key Vault, never to app settings. Empty means "do not set".
 @secure()
 @description('SMARTDIALOG_CLIENT_SECRET: the OAuth client secret (client-credentials flow).')
@@ -177,7 +186,9 @@ var smartDialogSettings = union(
   empty(smartDialogSendQuotaWaitSeconds) ? {} : { SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: smartDialogSendQuotaWaitSeconds },
   empty(smartDialogCallbackAllowedHosts) ? {} : { SMARTDIALOG_CALLBACK_ALLOWED_HOSTS: smartDialogCallbackAllowedHosts },
   empty(smartDialogCallbackTimeoutSeconds) ? {} : { SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS: smartDialogCallbackTimeoutSeconds },
-  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients }
+  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients },
+  empty(smartDialogOpsAllowedGroups) ? {} : { SMARTDIALOG_OPS_ALLOWED_GROUPS: smartDialogOpsAllowedGroups },
+  empty(smartDialogOpsAllowedRoles) ? {} : { SMARTDIALOG_OPS_ALLOWED_ROLES: smartDialogOpsAllowedRoles }
 )
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -290,3 +301,13 @@ output AZURE_FUNCTION_URL string = api.outputs.uri
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString
+
+// Sign-in for the operations page only; every other function keeps its key (docs/operations.md).
+module auth 'app/auth.bicep' = if (!empty(opsAuthClientId)) {
+  name: 'auth'
+  scope: rg
+  params: {
+    functionAppName: api.outputs.name
+    clientId: opsAuthClientId
+  }
+}

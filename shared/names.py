@@ -59,6 +59,9 @@ DELIVERY_REPORTS_TABLE = "SmartDialogDeliveryReports"
 PACKS_TABLE = "SmartDialogPacks"
 #: Bulk sends: one record per batch (counts, rejected rows); its members are messages.
 BATCHES_TABLE = "SmartDialogBatches"
+#: Every dead letter we write, indexed as it is written (reason, time, text and the queue message
+#: it refers to), so operators can list, re-drive and purge them (``shared.deadletters``).
+DEAD_LETTERS_TABLE = "SmartDialogDeadLetters"
 
 #: Blob container: large parts of queue messages and dead letters, by reference (a send command
 #: too large for a queue message, a dead letter's original, an inbound webhook body), named
@@ -88,6 +91,7 @@ TABLES: tuple[str, ...] = (
     PACKS_TABLE,
     BATCHES_TABLE,
     REVOKED_TOKENS_TABLE,
+    DEAD_LETTERS_TABLE,
 )
 
 

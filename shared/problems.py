@@ -55,6 +55,8 @@ class ProblemType(StrEnum):
     QUOTA_UNAVAILABLE = "urn:smartdialog-functions:problem:quota-unavailable"
     CONFIGURATION = "urn:smartdialog-functions:problem:configuration"
     INTERNAL = "urn:smartdialog-functions:problem:internal"
+    UNAUTHORIZED = "urn:smartdialog-functions:problem:unauthorized"
+    FORBIDDEN = "urn:smartdialog-functions:problem:forbidden"
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = Field(
         10.0, alias="SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS", gt=0
     )
+    # The operations page (shared/ops, docs/operations.md): who may use it in Azure.
+    ops_allowed_groups: str = Field("", alias="SMARTDIALOG_OPS_ALLOWED_GROUPS")
+    ops_allowed_roles: str = Field("", alias="SMARTDIALOG_OPS_ALLOWED_ROLES")
     # Storage: a connection string locally; in Azure, identity-based settings
     # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
     # plus __clientId for a user-assigned managed identity).

@@ -41,6 +41,7 @@ var tableNames = [
   'SmartDialogPacks'
   'SmartDialogBatches'
   'SmartDialogRevokedTokens'
+  'SmartDialogDeadLetters'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

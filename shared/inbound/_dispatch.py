@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from shared.clock import utcnow
+from shared.deadletters import write_dead_letter
 from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
@@ -235,7 +236,11 @@ class SubscriberDispatcher:
             deadLetteredAt=self._clock(),
             original=text,
         )
-        self._dead_letters.send_message(letter.model_dump_json(exclude_none=True))
+        write_dead_letter(
+            self._dead_letters,
+            letter.model_dump_json(exclude_none=True),
+            queue_name=INBOUND_DEAD_LETTER_QUEUE,
+        )
         log.warning("delivery dead-lettered (%s): %s", reason, detail)
         return DispatchResult(DispatchOutcome.DEAD_LETTERED, status, detail=detail)
 

@@ -28,6 +28,7 @@ from urllib.parse import urlencode, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.clock import utcnow
+from shared.deadletters import write_dead_letter
 from shared.guarded_http import GuardedClient
 from shared.inbound._dispatch import (
     DispatchOutcome,
@@ -187,7 +188,11 @@ class DlrForwarder:
             deadLetteredAt=self._clock(),
             original=text,
         )
-        self._dead_letters.send_message(letter.model_dump_json(exclude_none=True))
+        write_dead_letter(
+            self._dead_letters,
+            letter.model_dump_json(exclude_none=True),
+            queue_name=DLR_FORWARD_DEAD_LETTER_QUEUE,
+        )
         log.warning("DLR forward dead-lettered (%s): %s", reason, detail)
         return DispatchResult(DispatchOutcome.DEAD_LETTERED, status, detail=detail)
 

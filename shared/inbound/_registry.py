@@ -213,6 +213,11 @@ class WebhookRegistry:
             )
         self._table.delete_entity(safe_key(service), safe_key(action_id))
 
+    def every(self, limit: int = 1000) -> Sequence[WebhookRegistration]:
+        """Up to ``limit`` registrations of every service (the operations page)."""
+        entities = self._table.query_entities("PartitionKey ne ''", results_per_page=limit)
+        return [_registration(e) for _, e in zip(range(limit), entities, strict=False)]
+
 
 def _registration(entity: dict[str, object]) -> WebhookRegistration:
     created = utc(entity.get("CreatedAt"))
@@ -282,6 +287,11 @@ class SubscriptionStore:
     def list(self, service: str) -> Sequence[Subscription]:
         key = safe_key(service).replace("'", "''")
         return [_subscription(e) for e in self._table.query_entities(f"PartitionKey eq '{key}'")]
+
+    def every(self, limit: int = 1000) -> Sequence[Subscription]:
+        """Up to ``limit`` subscriptions of every service (the operations page)."""
+        entities = self._table.query_entities("PartitionKey ne ''", results_per_page=limit)
+        return [_subscription(e) for _, e in zip(range(limit), entities, strict=False)]
 
     def remove(self, service: str, subscription_id: str) -> bool:
         """Delete a subscription; True if it existed."""

@@ -23,9 +23,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.deadletters import write_dead_letter
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_event
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
-from shared.names import OUTBOUND_QUEUE
+from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient
 from shared.outbound._models import (
     OUTBOUND_MESSAGE_ID_PATTERN,
@@ -339,7 +340,7 @@ class Outcomes:
         while not fits_queue(text) and letter.errors:
             letter = letter.model_copy(update={"errors": letter.errors[: len(letter.errors) // 2]})
             text = letter.model_dump_json(exclude_none=True)
-        self.ports.dead_letters.send_message(text)
+        write_dead_letter(self.ports.dead_letters, text, queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
 
     def emit(self, record: MessageRecord) -> bool:
         """Send a final record's event (and a failure's dead letter), whatever ``announced``

@@ -1,0 +1,367 @@
+"""The dead-letter index: every dead letter we write, findable without reading its queue.
+
+A queue can only be peeked 32 messages at a time, and a message can only be deleted with the pop
+receipt of its last receive, so listing, filtering and re-driving straight from a dead-letter
+queue does not scale. Every dead letter is therefore written through :func:`write_dead_letter`,
+which keeps one row per queue message in ``SmartDialogDeadLetters``:
+
+- PartitionKey: the dead-letter queue; RowKey: ``<time written, UTC, sortable>-<uuid>``, so a
+  partition lists oldest first and an age filter is a RowKey range;
+- ``Reason`` (the letter's ``reason``), ``Code`` (its ``error.code``, when it has one),
+  ``MessageId``, ``Detail``, ``SourceQueue`` (where a re-drive puts it back);
+- the dead letter's full text (``Text``, in chunks of 30,000 characters: a queue message is at
+  most 64 KiB), so listing, showing and re-driving never read the queue;
+- ``QueueMessageId`` and ``PopReceipt`` as ``send_message`` returned them. Nobody receives from a
+  dead-letter queue but the operations actions, so that receipt still deletes the message when
+  it is handled; when it no longer does (someone received the message), the message is found
+  by scanning the queue for its id.
+
+The row is written *before* the queue message (and completed with its id after): a crash in
+between leaves a row whose text is the dead letter, never a dead letter the index lacks. Such a
+row (no ``QueueMessageId``) is matched to its queue message by text on purge and re-drive, if
+the message exists at all. Dead letters are sent with ``time_to_live=-1``: they stay until an
+operator handles them (the queue's default would drop them after 7 days).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.names import (
+    DEAD_LETTERS_TABLE,
+    DLR_FORWARD_DEAD_LETTER_QUEUE,
+    DLR_FORWARD_QUEUE,
+    INBOUND_DEAD_LETTER_QUEUE,
+    INBOUND_DELIVERIES_QUEUE,
+    OUTBOUND_DEAD_LETTER_QUEUE,
+    OUTBOUND_QUEUE,
+)
+from shared.storage import QueueLike, ensured_table, plain_datetime, utc
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = [
+    "DEAD_LETTER_QUEUES",
+    "FOREVER",
+    "DeadLetterEntry",
+    "DeadLetterFilter",
+    "DeadLetterIndex",
+    "send_forever",
+    "write_dead_letter",
+]
+
+log = logging.getLogger("shared.deadletters")
+
+#: ``time_to_live`` of a queue message that never expires.
+FOREVER = -1
+#: Our dead-letter queues and the queue a re-drive puts their letters back on.
+DEAD_LETTER_QUEUES: dict[str, str] = {
+    OUTBOUND_DEAD_LETTER_QUEUE: OUTBOUND_QUEUE,
+    INBOUND_DEAD_LETTER_QUEUE: INBOUND_DELIVERIES_QUEUE,
+    DLR_FORWARD_DEAD_LETTER_QUEUE: DLR_FORWARD_QUEUE,
+}
+_CHUNK = 30_000
+# What Table storage refuses in a key (and what a key never holds here).
+_UNSAFE_KEY = re.compile(r"[/\\#?'\x00-\x1f\x7f]")
+_ID_SEPARATOR = "~"
+
+
+def send_forever(queue: QueueLike, text: str) -> Any:
+    """``queue.send_message(text)`` that never expires (dead letters, poison copies)."""
+    return queue.send_message(text, time_to_live=FOREVER)
+
+
+@dataclass(frozen=True)
+class DeadLetterEntry:
+    """One indexed dead letter. ``id`` is ``<queue>~<row key>``: stable, URL-safe."""
+
+    queue: str
+    row_key: str
+    reason: str
+    code: str | None
+    detail: str | None
+    message_id: str | None
+    source_queue: str
+    dead_lettered_at: dt.datetime
+    text: str
+    queue_message_id: str | None = None
+    pop_receipt: str | None = None
+    dequeue_count: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.queue}{_ID_SEPARATOR}{self.row_key}"
+
+    def letter(self) -> dict[str, Any]:
+        """The dead letter's JSON object ({} if its text is not one)."""
+        try:
+            value = json.loads(self.text)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters: all of them, or those of one queue, reason and age range."""
+
+    queue: str | None = None
+    reason: str | None = None
+    #: Written at or before this time (at least this old).
+    before: dt.datetime | None = None
+    #: Written at or after this time (at most this old).
+    after: dt.datetime | None = None
+
+    def matches(self, entry_queue: str, reason: str, at: dt.datetime) -> bool:
+        """Whether a dead letter of ``entry_queue`` with ``reason``, written ``at``, passes."""
+        return (
+            (self.queue is None or self.queue == entry_queue)
+            and (self.reason is None or self.reason == reason)
+            and (self.before is None or at <= self.before)
+            and (self.after is None or at >= self.after)
+        )
+
+
+def _row_time(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _odata(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def _letter_fields(text: str) -> dict[str, Any]:
+    try:
+        letter = json.loads(text)
+    except ValueError:
+        letter = None
+    if not isinstance(letter, dict):
+        return {"Reason": "unreadable", "Detail": "the dead letter is not a JSON object"}
+    error = letter.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    fields: dict[str, Any] = {
+        "Reason": str(letter.get("reason") or "unknown"),
+        "Code": str(code) if code else None,
+        "Detail": str(letter.get("detail") or "")[:1000] or None,
+        "MessageId": str(letter["messageId"]) if letter.get("messageId") else None,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+class DeadLetterIndex:
+    """``SmartDialogDeadLetters``: one row per dead letter written (see the module docstring)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> DeadLetterIndex:
+        return cls(ensured_table(DEAD_LETTERS_TABLE, settings))
+
+    # --- writing -------------------------------------------------------------------------
+
+    def begin(
+        self,
+        queue: str,
+        text: str,
+        *,
+        now: dt.datetime | None = None,
+        reason: str | None = None,
+        detail: str | None = None,
+        dequeue_count: int | None = None,
+    ) -> DeadLetterEntry:
+        """Index ``text`` as a dead letter about to be put on ``queue`` (not yet linked to its
+        queue message: :meth:`link` does that once it is sent). ``reason`` and ``detail``
+        replace the letter's own (a poison message is not a letter)."""
+        at = now or dt.datetime.now(dt.UTC)
+        entity: dict[str, Any] = {
+            "PartitionKey": queue,
+            "RowKey": f"{_row_time(at)}-{uuid.uuid4().hex}",
+            "SourceQueue": DEAD_LETTER_QUEUES.get(queue, queue.removesuffix("-poison")),
+            "DeadLetteredAt": plain_datetime(at),
+            **_letter_fields(text),
+        }
+        overrides = {"Reason": reason, "Detail": detail, "DequeueCount": dequeue_count}
+        entity.update({k: v for k, v in overrides.items() if v is not None})
+        chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
+        entity["TextChunks"] = len(chunks)
+        for index, chunk in enumerate(chunks):
+            entity[f"Text{index}"] = chunk
+        self._table.create_entity(entity)
+        return _entry(entity)
+
+    def link(self, entry: DeadLetterEntry, sent: Any) -> None:
+        """Record which queue message holds ``entry`` (``sent``: what ``send_message`` gave)."""
+        from azure.data.tables import UpdateMode
+
+        message_id = getattr(sent, "id", None)
+        if not message_id:
+            return
+        self._table.update_entity(
+            {
+                "PartitionKey": entry.queue,
+                "RowKey": entry.row_key,
+                "QueueMessageId": str(message_id),
+                "PopReceipt": str(getattr(sent, "pop_receipt", "") or ""),
+            },
+            mode=UpdateMode.MERGE,
+        )
+
+    def refresh_receipts(self, queue: str, receipts: dict[str, str]) -> None:
+        """Store new pop receipts (queue message id -> receipt) of ``queue``'s messages."""
+        from azure.data.tables import UpdateMode
+
+        if not receipts:
+            return
+        rows = self._table.query_entities(
+            f"PartitionKey eq '{_odata(queue)}'", select=["RowKey", "QueueMessageId"]
+        )
+        for row in rows:
+            receipt = receipts.get(str(row.get("QueueMessageId") or ""))
+            if receipt:
+                self._table.update_entity(
+                    {"PartitionKey": queue, "RowKey": row["RowKey"], "PopReceipt": receipt},
+                    mode=UpdateMode.MERGE,
+                )
+
+    def remove(self, entry: DeadLetterEntry) -> None:
+        """Forget ``entry`` (it was re-driven or purged); one already gone is fine."""
+        self._table.delete_entity(entry.queue, entry.row_key)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get(self, entry_id: str) -> DeadLetterEntry | None:
+        """The entry with this :attr:`DeadLetterEntry.id`, or None."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        queue, sep, row_key = entry_id.partition(_ID_SEPARATOR)
+        if not sep or not queue or not row_key or _UNSAFE_KEY.search(entry_id):
+            return None
+        try:
+            return _entry(self._table.get_entity(queue, row_key))
+        except ResourceNotFoundError:
+            return None
+
+    def page(
+        self, where: DeadLetterFilter, *, top: int, continuation: str | None = None
+    ) -> tuple[list[DeadLetterEntry], str | None]:
+        """Up to ``top`` entries passing ``where``, oldest first per queue, and the token of the
+        next page (None on the last). Raises ``ValueError`` for a token this did not make."""
+        token = _decode_token(continuation) if continuation else None
+        pages = self._table.query_entities(_odata_filter(where), results_per_page=top).by_page(
+            continuation_token=token
+        )
+        entries: list[DeadLetterEntry] = []
+        for page in pages:
+            entries.extend(_entry(e) for e in page)
+            # One service page per call: it may hold fewer than top (the service stops a page
+            # early on a partition boundary), never more.
+            next_token = getattr(pages, "continuation_token", None)
+            return entries, _encode_token(next_token) if next_token else None
+        return entries, None
+
+    def matching(self, where: DeadLetterFilter, *, limit: int) -> Iterator[DeadLetterEntry]:
+        """Up to ``limit`` entries passing ``where``, across pages."""
+        entities = self._table.query_entities(_odata_filter(where), results_per_page=100)
+        for _, entity in zip(range(limit), entities, strict=False):
+            yield _entry(entity)
+
+    def count(self, queue: str) -> int:
+        """How many dead letters of ``queue`` are indexed (reads only their keys)."""
+        return sum(
+            1
+            for _ in self._table.query_entities(
+                f"PartitionKey eq '{_odata(queue)}'", select=["RowKey"]
+            )
+        )
+
+
+def _odata_filter(where: DeadLetterFilter) -> str:
+    parts: list[str] = []
+    if where.queue is not None:
+        parts.append(f"PartitionKey eq '{_odata(where.queue)}'")
+    if where.reason is not None:
+        parts.append(f"Reason eq '{_odata(where.reason)}'")
+    # The RowKey starts with the time written: an age range is a key range.
+    if where.before is not None:
+        parts.append(f"RowKey le '{_row_time(where.before)}~'")
+    if where.after is not None:
+        parts.append(f"RowKey ge '{_row_time(where.after)}'")
+    return " and ".join(parts) or "PartitionKey ne ''"
+
+
+def _entry(entity: dict[str, Any]) -> DeadLetterEntry:
+    chunks = int(entity.get("TextChunks") or 0)
+    text = "".join(str(entity.get(f"Text{i}") or "") for i in range(chunks))
+    at = utc(entity.get("DeadLetteredAt"))
+    return DeadLetterEntry(
+        queue=str(entity["PartitionKey"]),
+        row_key=str(entity["RowKey"]),
+        reason=str(entity.get("Reason") or "unknown"),
+        code=entity.get("Code") or None,
+        detail=entity.get("Detail") or None,
+        message_id=entity.get("MessageId") or None,
+        source_queue=str(entity.get("SourceQueue") or ""),
+        dead_lettered_at=at or dt.datetime.now(dt.UTC),
+        text=text,
+        queue_message_id=entity.get("QueueMessageId") or None,
+        pop_receipt=entity.get("PopReceipt") or None,
+        dequeue_count=entity.get("DequeueCount"),
+    )
+
+
+def _encode_token(token: Any) -> str:
+    raw = json.dumps(token, sort_keys=True, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(text: str) -> Any:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not a continuation token of this list") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError("not a continuation token of this list")
+    return value
+
+
+def write_dead_letter(
+    queue: QueueLike,
+    text: str,
+    *,
+    queue_name: str,
+    index: DeadLetterIndex | None = None,
+    now: dt.datetime | None = None,
+    reason: str | None = None,
+    detail: str | None = None,
+    dequeue_count: int | None = None,
+) -> Any:
+    """Put the dead letter ``text`` on ``queue`` (named ``queue_name``) for good, indexed.
+
+    The one way a dead letter is written: the index row first, then the queue message (which
+    never expires), then the row learns the message's id and pop receipt. Returns what
+    ``send_message`` returned. Raises what storage raises (the caller's host retries).
+    """
+    index = index or DeadLetterIndex.from_settings()
+    entry = index.begin(
+        queue_name, text, now=now, reason=reason, detail=detail, dequeue_count=dequeue_count
+    )
+    sent = send_forever(queue, text)
+    try:
+        index.link(entry, sent)
+    except Exception:  # the row already holds the letter: purge/re-drive find it by text
+        log.warning("dead letter %s on %s written but not linked", entry.row_key, queue_name)
+    return sent

@@ -1,0 +1,182 @@
+"""What the operations page shows, read cheaply and bounded: quota, queues, sends, registrations.
+
+Each figure is one or a few storage round trips, and none grows without bound with the data:
+
+- quota: the connection's sliding log (one read; it only ever holds the current window);
+- queues: each queue's approximate depth and its first visible message's age (two round trips
+  per queue; a delayed message, e.g. a send waiting out its backoff, is not visible);
+- recent sends: the final states of the last hour from the message table, reading only
+  ``Status`` of records finished since then, at most :data:`SENDS_SCAN_LIMIT` rows (then the
+  counts are lower bounds and say so);
+- webhooks and subscriptions: up to :data:`REGISTRY_LIMIT` of each (never a callback URL: it
+  carries a credential; only its host).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from shared.clock import utcnow
+from shared.inbound import SubscriptionStore, WebhookRegistry
+from shared.names import MESSAGES_TABLE, QUEUES, poison_queue
+from shared.ops._deadletters import POISON_SOURCES
+from shared.storage import plain_datetime, queue_client, table_client
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = ["Overview", "QueueFigures", "QuotaFigures", "SendFigures", "overview"]
+
+#: Message rows read at most for the recent-sends counts.
+SENDS_SCAN_LIMIT = 5000
+SENDS_WINDOW = dt.timedelta(hours=1)
+REGISTRY_LIMIT = 200
+#: The one connection today (the connections work adds more).
+DEFAULT_CONNECTION = "default"
+
+
+@dataclass(frozen=True)
+class QuotaFigures:
+    connection: str
+    key: str
+    used: int | None
+    calls: int
+    period_seconds: float
+    error: str | None = None
+
+    @property
+    def percent(self) -> int:
+        return 0 if not self.used else min(100, round(100 * self.used / self.calls))
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    name: str
+    depth: int | None
+    oldest_age_seconds: int | None
+    exists: bool = True
+
+    @property
+    def is_poison(self) -> bool:
+        return self.name.endswith("-poison")
+
+
+@dataclass(frozen=True)
+class SendFigures:
+    since: dt.datetime
+    by_status: dict[str, int]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str  # webhook or subscription
+    service: str
+    id: str
+    where: str
+    created_at: dt.datetime
+
+
+@dataclass
+class Overview:
+    quotas: list[QuotaFigures]
+    queues: list[QueueFigures]
+    sends: SendFigures
+    registrations: list[Registration] = field(default_factory=list)
+
+
+def quota_figures(settings: Settings) -> QuotaFigures:
+    """The configured connection's quota use in the current window."""
+    from shared import quota
+
+    store = quota.from_settings(settings)
+    try:
+        used: int | None = store.used()
+        error = None
+    except quota.QuotaStoreError as exc:
+        used, error = None, str(exc)
+    return QuotaFigures(
+        DEFAULT_CONNECTION,
+        store.connection,
+        used,
+        settings.quota_calls,
+        store.window_seconds,
+        error,
+    )
+
+
+def queue_figures(settings: Settings, name: str, now: dt.datetime) -> QueueFigures:
+    """Depth and oldest visible message's age of one queue."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    client = queue_client(name, settings)
+    try:
+        depth = client.get_queue_properties().approximate_message_count
+        first = client.peek_messages(max_messages=1)
+    except ResourceNotFoundError:
+        return QueueFigures(name, 0, None, exists=False)
+    age = None
+    if first and first[0].inserted_on is not None:
+        inserted = first[0].inserted_on
+        inserted = inserted if inserted.tzinfo else inserted.replace(tzinfo=dt.UTC)
+        age = max(0, int((now - inserted).total_seconds()))
+    return QueueFigures(name, depth, age)
+
+
+def send_figures(settings: Settings, now: dt.datetime) -> SendFigures:
+    """Messages finished (sent, failed, cancelled) in the last hour, by status."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    since = now - SENDS_WINDOW
+    stamp = plain_datetime(since)
+    assert stamp is not None
+    where = f"FinishedAt ge datetime'{stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
+    counts: Counter[str] = Counter()
+    read = 0
+    try:
+        rows = table_client(MESSAGES_TABLE, settings).query_entities(
+            where, select=["Status"], results_per_page=1000
+        )
+        for row in rows:
+            if read >= SENDS_SCAN_LIMIT:
+                return SendFigures(since, dict(counts), truncated=True)
+            read += 1
+            counts[str(row.get("Status") or "unknown")] += 1
+    except ResourceNotFoundError:
+        pass
+    return SendFigures(since, dict(counts), truncated=False)
+
+
+def registrations(settings: Settings) -> list[Registration]:
+    """Webhooks registered with SmartDialog and New Message subscriptions."""
+    found = [
+        Registration("webhook", r.service, r.action_id, r.pipeline_id or "", r.created_at)
+        for r in WebhookRegistry.from_settings(settings).every(REGISTRY_LIMIT)
+    ]
+    found += [
+        Registration(
+            "subscription",
+            s.service,
+            s.subscription_id,
+            urlsplit(s.callback_url).hostname or "",
+            s.created_at,
+        )
+        for s in SubscriptionStore.from_settings(settings).every(REGISTRY_LIMIT)
+    ]
+    return found
+
+
+def overview(settings: Settings) -> Overview:
+    """Everything the page shows except the dead letters."""
+    now = utcnow()
+    names = [*QUEUES, *(poison_queue(q) for q in POISON_SOURCES)]
+    return Overview(
+        quotas=[quota_figures(settings)],
+        queues=[queue_figures(settings, name, now) for name in names],
+        sends=send_figures(settings, now),
+        registrations=registrations(settings),
+    )

@@ -1,0 +1,442 @@
+"""The dead-letter actions (function key): list, show, re-drive and purge, one or by filter.
+
+Every answer about a dead letter uses the same document (:class:`DeadLetterDoc`); a re-drive or
+purge answers what happened to each letter. Bulk actions take the list's filters and need at
+least one (so that "everything" is never one forgotten parameter away), and handle at most
+:data:`BULK_LIMIT` letters per call: ``more`` says to call again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import AfterValidator, BaseModel, Field
+
+from shared.actions._spec import (
+    ActionContext,
+    ActionInput,
+    ActionResponse,
+    ActionSpec,
+    Param,
+    ResponseDoc,
+)
+from shared.actions.fields import ui
+from shared.clock import utcnow
+from shared.deadletters import DEAD_LETTER_QUEUES, DeadLetterFilter
+from shared.names import poison_queue
+from shared.ops._deadletters import (
+    POISON_SOURCES,
+    DeadLetterDesk,
+    DeadLetterView,
+    Handled,
+    HandledKind,
+)
+from shared.problems import FieldError, Problem, ProblemType, validation_problem
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = ["BULK_LIMIT", "KNOWN_QUEUES", "SPECS", "desk", "letter_doc"]
+
+TAG = "Operations"
+#: Dead letters one bulk call handles at most.
+BULK_LIMIT = 200
+#: The queues a dead letter may be on: ours, then the host's poison queues.
+KNOWN_QUEUES: tuple[str, ...] = (
+    *DEAD_LETTER_QUEUES,
+    *(poison_queue(q) for q in POISON_SOURCES),
+)
+
+
+def _known_queue(value: str | None) -> str | None:
+    if value is not None and value not in KNOWN_QUEUES:
+        raise ValueError("not a dead-letter or poison queue: " + ", ".join(KNOWN_QUEUES))
+    return value
+
+
+# --- parameters -----------------------------------------------------------------------------------
+
+QueueQuery = Annotated[
+    str | None,
+    AfterValidator(_known_queue),
+    Param("query", "queue"),
+    Field(
+        None,
+        description="Only the dead letters of this queue.",
+        json_schema_extra={**ui("Queue", visibility="advanced"), "enum": list(KNOWN_QUEUES)},
+    ),
+]
+ReasonQuery = Annotated[
+    str | None,
+    Param("query", "reason"),
+    Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z-]*$",
+        description="Only this reason (failed, malformed, attempts-exhausted, rejected, poison).",
+        json_schema_extra=ui("Reason", visibility="important"),
+    ),
+]
+MinAgeQuery = Annotated[
+    int | None,
+    Param("query", "minAgeSeconds"),
+    Field(
+        None,
+        ge=0,
+        le=10 * 365 * 86400,
+        description="Only dead letters at least this many seconds old.",
+        json_schema_extra=ui("Minimum Age in Seconds", visibility="advanced"),
+    ),
+]
+MaxAgeQuery = Annotated[
+    int | None,
+    Param("query", "maxAgeSeconds"),
+    Field(
+        None,
+        ge=0,
+        le=10 * 365 * 86400,
+        description="Only dead letters at most this many seconds old.",
+        json_schema_extra=ui("Maximum Age in Seconds", visibility="advanced"),
+    ),
+]
+DeadLetterIdPath = Annotated[
+    str,
+    Param("path", "DeadLetterId"),
+    Field(
+        min_length=3,
+        max_length=400,
+        description="The dead letter's id, as the list answered it.",
+        json_schema_extra=ui("Dead Letter Id", visibility="important"),
+    ),
+]
+
+
+class _Filtered(ActionInput):
+    queue: QueueQuery = None
+    reason: ReasonQuery = None
+    min_age: MinAgeQuery = None
+    max_age: MaxAgeQuery = None
+
+    def dead_letter_filter(self, now: dt.datetime) -> DeadLetterFilter:
+        return DeadLetterFilter(
+            queue=self.queue,
+            reason=self.reason,
+            before=None if self.min_age is None else now - dt.timedelta(seconds=self.min_age),
+            after=None if self.max_age is None else now - dt.timedelta(seconds=self.max_age),
+        )
+
+    @property
+    def has_filter(self) -> bool:
+        return any(v is not None for v in (self.queue, self.reason, self.min_age, self.max_age))
+
+
+class ListInput(_Filtered):
+    top: Annotated[
+        int,
+        Param("query", "top"),
+        Field(
+            50,
+            ge=1,
+            le=200,
+            description="Most dead letters per page (poison messages come on the first page).",
+            json_schema_extra=ui("Page Size", visibility="advanced"),
+        ),
+    ] = 50
+    continuation_token: Annotated[
+        str | None,
+        Param("query", "continuationToken"),
+        Field(
+            None,
+            max_length=2000,
+            description="The previous page's continuationToken.",
+            json_schema_extra=ui("Continuation Token", visibility="advanced"),
+        ),
+    ] = None
+
+
+class OneInput(ActionInput):
+    dead_letter_id: DeadLetterIdPath
+
+
+# --- documents ------------------------------------------------------------------------------------
+
+
+class DeadLetterDoc(BaseModel):
+    id: str = Field(description="Its id.", json_schema_extra=ui("Id"))
+    queue: str = Field(description="The queue it is on.", json_schema_extra=ui("Queue"))
+    sourceQueue: str = Field(
+        description="Where a re-drive puts it back.", json_schema_extra=ui("Source Queue")
+    )
+    reason: str = Field(
+        description="Why it was dead-lettered (poison: the host gave up; no reason recorded).",
+        json_schema_extra=ui("Reason"),
+    )
+    code: str | None = Field(
+        None, description="The failure's code, for a failed send.", json_schema_extra=ui("Code")
+    )
+    detail: str | None = Field(None, description="What went wrong.", json_schema_extra=ui("Detail"))
+    messageId: str | None = Field(
+        None, description="Our message id, when it has one.", json_schema_extra=ui("Message Id")
+    )
+    deadLetteredAt: dt.datetime = Field(
+        description="When it was dead-lettered.", json_schema_extra=ui("Dead-Lettered At")
+    )
+    ageSeconds: int = Field(description="Its age now.", json_schema_extra=ui("Age in Seconds"))
+    dequeueCount: int | None = Field(
+        None,
+        description="How often the host delivered it (poison messages).",
+        json_schema_extra=ui("Dequeue Count"),
+    )
+
+
+class DeadLetterDetailDoc(DeadLetterDoc):
+    text: str = Field(description="The dead letter as stored.", json_schema_extra=ui("Text"))
+    original: str = Field(
+        description="The message a re-drive puts back on its source queue.",
+        json_schema_extra=ui("Original"),
+    )
+
+
+class DeadLetterPageDoc(BaseModel):
+    value: list[DeadLetterDoc] = Field(
+        description="The dead letters of this page.", json_schema_extra=ui("Dead Letters")
+    )
+    continuationToken: str | None = Field(
+        None,
+        description="Pass it as continuationToken for the next page; absent on the last.",
+        json_schema_extra=ui("Continuation Token"),
+    )
+    poisonTruncated: bool = Field(
+        False,
+        description="A poison queue holds more than the 32 messages a peek shows.",
+        json_schema_extra=ui("Poison Truncated"),
+    )
+
+
+class HandledDoc(BaseModel):
+    id: str = Field(description="The dead letter's id.", json_schema_extra=ui("Id"))
+    outcome: HandledKind = Field(
+        description="redriven, skipped (already sent or cancelled: nothing sent) or purged.",
+        json_schema_extra=ui("Outcome"),
+    )
+    detail: str | None = Field(None, description="Why skipped.", json_schema_extra=ui("Detail"))
+
+
+class HandledManyDoc(BaseModel):
+    redriven: int = Field(
+        0, description="Put back on their queue.", json_schema_extra=ui("Redriven")
+    )
+    skipped: int = Field(
+        0, description="Nothing to send again; removed.", json_schema_extra=ui("Skipped")
+    )
+    purged: int = Field(0, description="Deleted.", json_schema_extra=ui("Purged"))
+    more: bool = Field(
+        False,
+        description=f"More than {BULK_LIMIT} matched: call again for the rest.",
+        json_schema_extra=ui("More"),
+    )
+    items: list[HandledDoc] = Field(
+        default_factory=list, description="Each letter handled.", json_schema_extra=ui("Items")
+    )
+
+
+def letter_doc(view: DeadLetterView, now: dt.datetime) -> DeadLetterDoc:
+    """The document of one dead letter."""
+    return DeadLetterDoc(
+        id=view.id,
+        queue=view.queue,
+        sourceQueue=view.source_queue,
+        reason=view.reason,
+        code=view.code,
+        detail=view.detail,
+        messageId=view.message_id,
+        deadLetteredAt=view.dead_lettered_at,
+        ageSeconds=max(0, int((now - view.dead_lettered_at).total_seconds())),
+        dequeueCount=view.dequeue_count,
+    )
+
+
+def handled_many(done: list[Handled], more: bool) -> HandledManyDoc:
+    """The answer of a bulk re-drive or purge."""
+    counts = {kind: sum(1 for h in done if h.kind is kind) for kind in HandledKind}
+    return HandledManyDoc(
+        redriven=counts[HandledKind.REDRIVEN],
+        skipped=counts[HandledKind.SKIPPED],
+        purged=counts[HandledKind.PURGED],
+        more=more,
+        items=[HandledDoc(id=h.id, outcome=h.kind, detail=h.detail) for h in done],
+    )
+
+
+# --- handlers -------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def desk(settings: Settings) -> DeadLetterDesk:
+    """The dead-letter desk for ``settings`` (cached per settings object)."""
+    return DeadLetterDesk.from_settings(settings)
+
+
+def _one(ctx: ActionContext, inp: OneInput) -> DeadLetterView:
+    view = desk(ctx.settings).get(inp.dead_letter_id)
+    if view is None:
+        raise Problem(
+            404,
+            "No such dead letter",
+            f"No dead letter has id {inp.dead_letter_id} (handled already?).",
+            type=ProblemType.NOT_FOUND,
+        )
+    return view
+
+
+def list_dead_letters(ctx: ActionContext, inp: ListInput) -> ActionResponse:
+    now = utcnow()
+    try:
+        items, token, truncated = desk(ctx.settings).page(
+            inp.dead_letter_filter(now), top=inp.top, continuation=inp.continuation_token
+        )
+    except ValueError as exc:
+        raise validation_problem([FieldError("continuationToken", str(exc))]) from exc
+    return ActionResponse.json(
+        DeadLetterPageDoc(
+            value=[letter_doc(v, now) for v in items],
+            continuationToken=token,
+            poisonTruncated=truncated,
+        )
+    )
+
+
+def get_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
+    view = _one(ctx, inp)
+    base = letter_doc(view, utcnow())
+    return ActionResponse.json(
+        DeadLetterDetailDoc(**base.model_dump(), text=view.text, original=view.original)
+    )
+
+
+def redrive_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
+    done = desk(ctx.settings).redrive(_one(ctx, inp))
+    return ActionResponse.json(HandledDoc(id=done.id, outcome=done.kind, detail=done.detail))
+
+
+def purge_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
+    done = desk(ctx.settings).purge(_one(ctx, inp))
+    return ActionResponse.json(HandledDoc(id=done.id, outcome=done.kind, detail=done.detail))
+
+
+def _require_filter(inp: _Filtered) -> None:
+    if not inp.has_filter:
+        raise validation_problem(
+            [
+                FieldError(
+                    "reason",
+                    "give at least one of reason, queue, minAgeSeconds, maxAgeSeconds "
+                    "(a bulk action never means 'everything' by default)",
+                )
+            ]
+        )
+
+
+def redrive_dead_letters(ctx: ActionContext, inp: _Filtered) -> ActionResponse:
+    _require_filter(inp)
+    done, more = desk(ctx.settings).redrive_matching(
+        inp.dead_letter_filter(utcnow()), limit=BULK_LIMIT
+    )
+    return ActionResponse.json(handled_many(done, more))
+
+
+def purge_dead_letters(ctx: ActionContext, inp: _Filtered) -> ActionResponse:
+    _require_filter(inp)
+    done, more = desk(ctx.settings).purge_matching(
+        inp.dead_letter_filter(utcnow()), limit=BULK_LIMIT
+    )
+    return ActionResponse.json(handled_many(done, more))
+
+
+class BulkInput(_Filtered):
+    pass
+
+
+SPECS: tuple[ActionSpec[ListInput] | ActionSpec[OneInput] | ActionSpec[BulkInput], ...] = (
+    ActionSpec(
+        operation_id="ListDeadLetters",
+        method="GET",
+        route="deadletters",
+        input=ListInput,
+        handler=list_dead_letters,
+        summary="List dead letters",
+        description=(
+            "Dead letters with their reasons, oldest first, paged; the host's poison messages "
+            "(no reason, with their dequeue count) come on the first page."
+        ),
+        responses=(ResponseDoc(200, "A page of dead letters.", DeadLetterPageDoc),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="GetDeadLetter",
+        method="GET",
+        route="deadletters/{DeadLetterId}",
+        input=OneInput,
+        handler=get_dead_letter,
+        summary="Get a dead letter",
+        description="One dead letter with its stored text and the message a re-drive sends.",
+        responses=(ResponseDoc(200, "The dead letter.", DeadLetterDetailDoc),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="RedriveDeadLetter",
+        method="POST",
+        route="deadletters/{DeadLetterId}/redrive",
+        input=OneInput,
+        handler=redrive_dead_letter,
+        summary="Re-drive a dead letter",
+        description=(
+            "Puts the message back on its queue with its original message id; a send that was "
+            "sent meanwhile is not sent again (skipped)."
+        ),
+        responses=(ResponseDoc(200, "What happened.", HandledDoc),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="PurgeDeadLetter",
+        method="DELETE",
+        route="deadletters/{DeadLetterId}",
+        input=OneInput,
+        handler=purge_dead_letter,
+        summary="Purge a dead letter",
+        description="Deletes one dead letter for good.",
+        responses=(ResponseDoc(200, "Purged.", HandledDoc),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="RedriveDeadLetters",
+        method="POST",
+        route="deadletters/redrive",
+        input=BulkInput,
+        handler=redrive_dead_letters,
+        summary="Re-drive matching dead letters",
+        description=f"Re-drives up to {BULK_LIMIT} dead letters matching the filters.",
+        responses=(ResponseDoc(200, "What happened to each.", HandledManyDoc),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="PurgeDeadLetters",
+        method="POST",
+        route="deadletters/purge",
+        input=BulkInput,
+        handler=purge_dead_letters,
+        summary="Purge matching dead letters",
+        description=f"Deletes up to {BULK_LIMIT} dead letters matching the filters.",
+        responses=(ResponseDoc(200, "What happened to each.", HandledManyDoc),),
+        visibility="advanced",
+        tags=(TAG,),
+    ),
+)

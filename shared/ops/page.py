@@ -1,0 +1,186 @@
+"""The operations page, ``GET /api/ops``, and its buttons, ``POST /api/ops/{redrive,purge}``.
+
+Server-rendered HTML (Jinja2, autoescaped; the template is ``templates/ops.html``, no script):
+per connection the quota used in the current window, every queue's depth and oldest message's
+age, the dead letters with their reasons and a re-drive and a purge button each, the sends
+finished in the last hour by outcome, and the registered webhooks and subscriptions. Who may
+see it: :mod:`shared.ops._access`. A button posts a form with the dead letter's id and the
+page's anti-CSRF token and is answered ``303 See Other`` back to the page, which then says what
+happened. Every refusal is a problem document; nothing here answers a bare 5xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlencode
+
+from shared.clock import utcnow
+from shared.deadletters import DeadLetterFilter
+from shared.ops._access import authorize, form_token, verify_form_token
+from shared.ops._overview import overview
+from shared.ops.actions import desk, letter_doc
+from shared.problems import FieldError, Problem, ProblemType, internal_error, validation_problem
+from shared.signing import SigningNotConfigured
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+    from shared.settings import Settings
+
+__all__ = ["PageResponse", "handle_page", "handle_page_action"]
+
+log = logging.getLogger("shared.ops")
+
+#: Dead letters the page lists (the actions page through the rest).
+PAGE_DEAD_LETTERS = 50
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_MAX_FORM_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class PageResponse:
+    """An HTTP answer of the page: status, body and headers."""
+
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def problem(cls, problem: Problem) -> PageResponse:
+        return cls(
+            problem.status,
+            problem.to_json(),
+            {"Content-Type": "application/problem+json", **problem.headers},
+        )
+
+
+@lru_cache(maxsize=1)
+def _templates() -> Environment:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("shared.ops", "templates"),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _guarded(run: Callable[[], PageResponse]) -> PageResponse:
+    try:
+        response = run()
+    except Problem as problem:
+        return PageResponse.problem(problem)
+    except SigningNotConfigured:
+        return PageResponse.problem(
+            Problem(
+                503,
+                "The operations page is not configured",
+                "Set SMARTDIALOG_CALLBACK_SECRETS: its buttons carry a signed form token.",
+            )
+        )
+    except Exception as exc:
+        log.error("ops page failed: %s", "".join(traceback.format_exception(exc)).rstrip())
+        return PageResponse.problem(internal_error())
+    return response
+
+
+def handle_page(
+    headers: Mapping[str, str], query: Mapping[str, str], settings: Settings | None = None
+) -> PageResponse:
+    """``GET /api/ops``: the page, for a principal allowed to see it."""
+
+    def run() -> PageResponse:
+        current = settings or _settings()
+        principal = authorize(current, _lower(headers))
+        now = utcnow()
+        letters, token, truncated = desk(current).page(DeadLetterFilter(), top=PAGE_DEAD_LETTERS)
+        html = (
+            _templates()
+            .get_template("ops.html")
+            .render(
+                principal=principal,
+                figures=overview(current),
+                letters=[letter_doc(v, now) for v in letters],
+                more_letters=token is not None or truncated,
+                csrf=form_token(current, principal),
+                notice=query.get("done"),
+                now=now,
+            )
+        )
+        return PageResponse(
+            200,
+            html.encode("utf-8"),
+            {
+                "Content-Type": "text/html; charset=utf-8",
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                "form-action 'self'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    return _guarded(run)
+
+
+def handle_page_action(
+    action: str, headers: Mapping[str, str], body: bytes, settings: Settings | None = None
+) -> PageResponse:
+    """``POST /api/ops/redrive`` or ``/api/ops/purge``: one dead letter, from the page's form."""
+
+    def run() -> PageResponse:
+        current = settings or _settings()
+        lowered = _lower(headers)
+        principal = authorize(current, lowered)
+        content_type = lowered.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != _FORM_TYPE or len(body) > _MAX_FORM_BYTES:
+            raise validation_problem([FieldError("Content-Type", f"send {_FORM_TYPE}")])
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        if not verify_form_token(current, principal, form.get("csrf")):
+            raise Problem(
+                403,
+                "The form has expired",
+                "Reload the operations page and press the button again.",
+                type=ProblemType.FORBIDDEN,
+            )
+        letter_id = form.get("id", "")
+        if not letter_id:
+            raise validation_problem([FieldError("id", "the dead letter's id is required")])
+        ops = desk(current)
+        view = ops.get(letter_id)
+        if view is None:
+            notice = f"{letter_id}: already handled"
+        else:
+            handled = ops.redrive(view) if action == "redrive" else ops.purge(view)
+            notice = f"{handled.id}: {handled.kind}" + (
+                f" ({handled.detail})" if handled.detail else ""
+            )
+            log.info("ops page: %s by %s", notice, principal.id)
+        # Relative: the page is one segment up, whatever the host's route prefix.
+        return PageResponse(303, b"", {"Location": "../ops?" + urlencode({"done": notice})})
+
+    if action not in ("redrive", "purge"):
+        return PageResponse.problem(
+            Problem(
+                404,
+                "No such button",
+                "The operations page has the buttons redrive and purge.",
+                type=ProblemType.NOT_FOUND,
+            )
+        )
+    return _guarded(run)
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _settings() -> Settings:
+    from shared.settings import get_settings
+
+    return get_settings()

@@ -1,0 +1,308 @@
+"""The dead-letter actions through the real functions, Azurite and the sandbox: list (filters,
+paging), show, re-drive (once, never twice), purge; poison messages; bad input changes nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from shared.deadletters import DeadLetterIndex, write_dead_letter
+from shared.messages import MessageStatus, MessageStore
+from shared.names import (
+    INBOUND_DEAD_LETTER_QUEUE,
+    INBOUND_DELIVERIES_QUEUE,
+    OUTBOUND_DEAD_LETTER_QUEUE,
+    OUTBOUND_QUEUE,
+    poison_queue,
+)
+from shared.ops import keep_poison
+from shared.storage import ensured_queue, queue_client
+from tests.ops.conftest import Outbound, index_written_dead_letters, letter
+from tests.outbound.conftest import DELIVERED, HttpAnswer, call_http, sms
+
+EXPIRED = "2020-01-01T00:00:00Z"
+
+
+def expired_send(ops: Outbound, message_id: str) -> str:
+    """A send that fails as expired, its dead letter indexed; returns the dead letter's id."""
+    ops.enqueue(
+        {
+            "operation": "SendMessage",
+            "messageId": message_id,
+            "validUntil": EXPIRED,
+            "body": sms(DELIVERED),
+        }
+    )
+    ops.drain()
+    [text] = index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+    assert json.loads(text)["error"]["code"] == "expired"
+    return only_letter(ops)["id"]
+
+
+def list_letters(**params: str) -> HttpAnswer:
+    return call_http("ListDeadLetters", "GET", params=params)
+
+
+def only_letter(ops: Outbound) -> dict[str, Any]:
+    answer = list_letters()
+    assert answer.status == 200, answer.body
+    [item] = answer.body["value"]
+    return item  # type: ignore[no-any-return]
+
+
+def queue_texts(name: str) -> list[str]:
+    return [str(m.content) for m in queue_client(name).peek_messages(max_messages=32)]
+
+
+def test_a_dead_letter_is_indexed_with_its_reason_and_kept_until_handled(ops: Outbound) -> None:
+    item = letter(messageId="m-1", error={"code": "expired", "title": "t"})
+    sent = write_dead_letter(
+        queue_client(OUTBOUND_DEAD_LETTER_QUEUE), item, queue_name=OUTBOUND_DEAD_LETTER_QUEUE
+    )
+
+    [listed] = list_letters().body["value"]
+    assert (listed["reason"], listed["code"], listed["messageId"]) == ("failed", "expired", "m-1")
+    assert listed["queue"] == OUTBOUND_DEAD_LETTER_QUEUE
+    assert listed["sourceQueue"] == OUTBOUND_QUEUE
+    [stored] = queue_client(OUTBOUND_DEAD_LETTER_QUEUE).peek_messages()
+    assert stored.id == sent.id
+    # time_to_live=-1: the service reports "never" as the end of year 9999.
+    assert stored.expires_on is not None
+    assert stored.expires_on.year == 9999
+    shown = call_http("GetDeadLetter", "GET", route_params={"DeadLetterId": listed["id"]})
+    assert shown.status == 200
+    assert shown.body["text"] == item
+
+
+def test_list_filters_by_reason_queue_and_age_and_pages_with_a_continuation_token(
+    ops: Outbound,
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    outbound_dl = queue_client(OUTBOUND_DEAD_LETTER_QUEUE)
+    inbound_dl = queue_client(INBOUND_DEAD_LETTER_QUEUE)
+    for age_hours, reason in ((5, "failed"), (4, "malformed"), (3, "failed"), (1, "failed")):
+        write_dead_letter(
+            outbound_dl,
+            letter(reason=reason),
+            queue_name=OUTBOUND_DEAD_LETTER_QUEUE,
+            now=now - dt.timedelta(hours=age_hours),
+        )
+    write_dead_letter(
+        inbound_dl, letter(reason="rejected"), queue_name=INBOUND_DEAD_LETTER_QUEUE, now=now
+    )
+
+    seen: list[dict[str, Any]] = []
+    token: str | None = None
+    pages = 0
+    while True:
+        params = {"top": "2"} | ({"continuationToken": token} if token else {})
+        body = list_letters(**params).body
+        assert len(body["value"]) <= 2
+        seen += body["value"]
+        pages += 1
+        token = body.get("continuationToken")
+        if not token:
+            break
+    assert pages >= 3
+    assert len(seen) == 5
+    assert len({s["id"] for s in seen}) == 5
+
+    assert {s["reason"] for s in list_letters(reason="failed").body["value"]} == {"failed"}
+    assert len(list_letters(reason="failed").body["value"]) == 3
+    old = list_letters(minAgeSeconds=str(2 * 3600)).body["value"]
+    assert sorted(s["reason"] for s in old) == ["failed", "failed", "malformed"]
+    recent = list_letters(maxAgeSeconds=str(2 * 3600)).body["value"]
+    assert sorted(s["reason"] for s in recent) == ["failed", "rejected"]
+    inbound = list_letters(queue=INBOUND_DEAD_LETTER_QUEUE).body["value"]
+    assert [s["reason"] for s in inbound] == ["rejected"]
+
+
+def test_bad_filters_answer_400_naming_the_field(ops: Outbound) -> None:
+    for params, field in (
+        ({"queue": "smartdialog-outbound"}, "queue"),
+        ({"continuationToken": "not-a-token"}, "continuationToken"),
+        ({"top": "0"}, "top"),
+        ({"minAgeSeconds": "-1"}, "minAgeSeconds"),
+    ):
+        answer = list_letters(**params)
+        assert answer.status == 400, params
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert [e["field"] for e in answer.body["errors"]] == [field]
+
+
+def test_redriving_a_failed_send_sends_it_once_with_its_original_id(ops: Outbound) -> None:
+    letter_id = expired_send(ops, "ops-redrive-1")
+    assert ops.upstream() == []
+
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    assert answer.status == 200, answer.body
+    assert answer.body["outcome"] == "redriven"
+    assert list_letters().body["value"] == []
+    assert queue_texts(OUTBOUND_DEAD_LETTER_QUEUE) == []
+
+    ops.drain()
+    [request] = ops.upstream()
+    assert request["body"]["RequestId"] == "ops-redrive-1"
+    record = MessageStore.from_settings().get("ops-redrive-1")
+    assert record is not None
+    assert record.status is MessageStatus.SENT
+
+
+def test_redriving_a_letter_of_a_message_sent_meanwhile_sends_nothing(ops: Outbound) -> None:
+    letter_id = expired_send(ops, "ops-redrive-2")
+    entry = DeadLetterIndex.from_settings().get(letter_id)
+    assert entry is not None
+    # The crash window of the writer: the same dead letter written twice.
+    write_dead_letter(
+        queue_client(OUTBOUND_DEAD_LETTER_QUEUE), entry.text, queue_name=OUTBOUND_DEAD_LETTER_QUEUE
+    )
+    call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    ops.drain()
+    assert len(ops.upstream()) == 1
+
+    answer = call_http("RedriveDeadLetters", "POST", params={"reason": "failed"})
+    assert answer.status == 200, answer.body
+    assert (answer.body["redriven"], answer.body["skipped"]) == (0, 1)
+    assert "sent already" in answer.body["items"][0]["detail"]
+    ops.drain()
+    assert len(ops.upstream()) == 1
+    assert ops.queued(OUTBOUND_QUEUE) == 0
+    assert list_letters().body["value"] == []
+
+
+def test_purge_deletes_the_letter_even_when_its_pop_receipt_is_stale(ops: Outbound) -> None:
+    queue = queue_client(OUTBOUND_DEAD_LETTER_QUEUE)
+    write_dead_letter(queue, letter(messageId="a"), queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
+    write_dead_letter(queue, letter(messageId="b"), queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
+    # Someone received the messages (Storage Explorer's "dequeue"): the stored receipts are stale.
+    for message in list(queue.receive_messages(visibility_timeout=30)):
+        queue.update_message(message, content=message.content, visibility_timeout=0)
+    first = next(i for i in list_letters().body["value"] if i["messageId"] == "a")
+
+    answer = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": first["id"]})
+
+    assert answer.status == 200
+    assert answer.body["outcome"] == "purged"
+    assert [json.loads(t)["messageId"] for t in queue_texts(OUTBOUND_DEAD_LETTER_QUEUE)] == ["b"]
+    assert [i["messageId"] for i in list_letters().body["value"]] == ["b"]
+    again = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": first["id"]})
+    assert again.status == 404
+
+
+def test_bulk_purge_needs_a_filter_and_then_purges_only_what_matches(ops: Outbound) -> None:
+    queue = queue_client(OUTBOUND_DEAD_LETTER_QUEUE)
+    for reason in ("failed", "malformed", "malformed"):
+        write_dead_letter(queue, letter(reason=reason), queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
+
+    refused = call_http("PurgeDeadLetters", "POST")
+    assert refused.status == 400
+    assert [e["field"] for e in refused.body["errors"]] == ["reason"]
+    assert len(list_letters().body["value"]) == 3
+
+    answer = call_http("PurgeDeadLetters", "POST", params={"reason": "malformed"})
+    assert (answer.body["purged"], answer.body["more"]) == (2, False)
+    assert [i["reason"] for i in list_letters().body["value"]] == ["failed"]
+    assert [json.loads(t)["reason"] for t in queue_texts(OUTBOUND_DEAD_LETTER_QUEUE)] == ["failed"]
+
+
+def test_poison_messages_are_listed_with_their_dequeue_count_and_redriven_to_their_queue(
+    ops: Outbound,
+) -> None:
+    poison = queue_client(poison_queue(OUTBOUND_QUEUE))
+    text = json.dumps(
+        {"operation": "SendMessage", "messageId": "ops-poison-1", "body": sms(DELIVERED)}
+    )
+    poison.send_message(text)
+    for message in list(poison.receive_messages(visibility_timeout=30)):  # dequeued once
+        poison.update_message(message, content=message.content, visibility_timeout=0)
+
+    [item] = list_letters(reason="poison").body["value"]
+    assert (item["queue"], item["sourceQueue"]) == (poison_queue(OUTBOUND_QUEUE), OUTBOUND_QUEUE)
+    assert item["dequeueCount"] == 1
+    assert item["messageId"] == "ops-poison-1"
+
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    assert answer.body["outcome"] == "redriven"
+    assert queue_texts(poison_queue(OUTBOUND_QUEUE)) == []
+    ops.drain()
+    [request] = ops.upstream()
+    assert request["body"]["RequestId"] == "ops-poison-1"
+
+
+def test_an_inbound_delivery_is_redriven_with_all_its_attempts_again(ops: Outbound) -> None:
+    delivery = {
+        "service": "s",
+        "subscriptionId": "sub",
+        "event": {},
+        "attempts": 8,
+        "firstQueuedAt": "2026-01-01T00:00:00Z",
+    }
+    write_dead_letter(
+        queue_client(INBOUND_DEAD_LETTER_QUEUE),
+        json.dumps(
+            {"reason": "attempts-exhausted", "detail": "x", "original": json.dumps(delivery)}
+        ),
+        queue_name=INBOUND_DEAD_LETTER_QUEUE,
+    )
+    deliveries = ensured_queue(INBOUND_DELIVERIES_QUEUE)
+    deliveries.clear_messages()
+
+    answer = call_http("RedriveDeadLetters", "POST", params={"queue": INBOUND_DEAD_LETTER_QUEUE})
+
+    assert answer.body["redriven"] == 1
+    [requeued] = [json.loads(t) for t in queue_texts(INBOUND_DELIVERIES_QUEUE)]
+    assert requeued == {**delivery, "attempts": 0}
+    deliveries.clear_messages()
+
+
+class _QueueDown:
+    def send_message(self, content: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("storage unreachable")
+
+
+def test_a_letter_whose_queue_write_failed_is_still_listed_and_can_be_redriven(
+    ops: Outbound,
+) -> None:
+    command = {"operation": "SendMessage", "messageId": "ops-lost-1", "body": sms(DELIVERED)}
+    text = letter(messageId="ops-lost-1", original=json.dumps(command))
+
+    with pytest.raises(ConnectionError):
+        write_dead_letter(_QueueDown(), text, queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
+
+    [item] = list_letters().body["value"]
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    assert answer.body["outcome"] == "redriven"
+    assert list_letters().body["value"] == []
+    ops.drain()
+    [request] = ops.upstream()
+    assert request["body"]["RequestId"] == "ops-lost-1"
+
+
+def test_poison_messages_are_kept_for_good_indexed_with_their_dequeue_count(
+    ops: Outbound,
+) -> None:
+    poison = queue_client(poison_queue(OUTBOUND_QUEUE))
+    text = json.dumps(
+        {"operation": "SendMessage", "messageId": "ops-kept-1", "body": sms(DELIVERED)}
+    )
+    poison.send_message(text)  # as the host does: the queue default of 7 days to live
+    for _ in range(3):
+        for message in list(poison.receive_messages(visibility_timeout=30)):
+            poison.update_message(message, content=message.content, visibility_timeout=0)
+
+    assert keep_poison() == 1
+    assert keep_poison() == 0
+
+    [stored] = poison.peek_messages()
+    assert stored.content == text
+    assert stored.expires_on is not None
+    assert stored.expires_on.year == 9999
+    [item] = list_letters().body["value"]
+    assert (item["reason"], item["dequeueCount"], item["messageId"]) == ("poison", 3, "ops-kept-1")
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    assert answer.body["outcome"] == "redriven"
+    assert poison.peek_messages() == []
+    assert list_letters().body["value"] == []

@@ -1,0 +1,180 @@
+"""The operations page through the real functions: what it shows, who may see it in Azure (the
+Easy Auth principal against the allowed groups and roles), and its buttons' form token."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+import azure.functions as func
+import pytest
+
+from shared.deadletters import write_dead_letter
+from shared.names import OUTBOUND_DEAD_LETTER_QUEUE
+from shared.ops._access import LOCAL, form_token
+from shared.settings import get_settings, reset_settings_cache
+from shared.storage import queue_client
+from tests.ops.conftest import Outbound, letter
+from tests.outbound.conftest import app_function
+
+GROUP = "6a1f0c6e-0000-4000-8000-000000000001"
+
+
+def principal(
+    oid: str = "user-1", *, groups: tuple[str, ...] = (), roles: tuple[str, ...] = ()
+) -> str:
+    claims: list[dict[str, Any]] = [
+        {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": oid},
+        {"typ": "name", "val": "Ada Operator"},
+    ]
+    claims += [{"typ": "groups", "val": g} for g in groups]
+    claims += [{"typ": "roles", "val": r} for r in roles]
+    document = {"auth_typ": "aad", "claims": claims, "role_typ": "roles", "name_typ": "name"}
+    return base64.b64encode(json.dumps(document).encode()).decode()
+
+
+def get_page(headers: dict[str, str] | None = None) -> func.HttpResponse:
+    request = func.HttpRequest("GET", "http://localhost/api/ops", headers=headers or {}, body=b"")
+    return app_function("OpsPage")(request)  # type: ignore[no-any-return]
+
+
+def press(
+    action: str, form: dict[str, str], headers: dict[str, str] | None = None
+) -> func.HttpResponse:
+    request = func.HttpRequest(
+        "POST",
+        f"http://localhost/api/ops/{action}",
+        headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+        route_params={"Action": action},
+        body=urlencode(form).encode(),
+    )
+    return app_function("OpsPageAction")(request)  # type: ignore[no-any-return]
+
+
+def csrf_of(page: func.HttpResponse) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page.get_body().decode())
+    assert match, "the page has no form token"
+    return match.group(1)
+
+
+@pytest.fixture
+def in_azure(monkeypatch: pytest.MonkeyPatch, ops: Outbound) -> Outbound:
+    """App Service with authentication on, the page allowed to GROUP."""
+    monkeypatch.setenv("WEBSITE_INSTANCE_ID", "0123456789abcdef")
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+    monkeypatch.setenv("SMARTDIALOG_OPS_ALLOWED_GROUPS", GROUP)
+    reset_settings_cache()
+    return ops
+
+
+def one_letter() -> None:
+    write_dead_letter(
+        queue_client(OUTBOUND_DEAD_LETTER_QUEUE),
+        letter(messageId="page-1", detail="Not sent <b>in time</b>"),
+        queue_name=OUTBOUND_DEAD_LETTER_QUEUE,
+    )
+
+
+def test_locally_the_page_is_open_and_shows_queues_quota_and_dead_letters(ops: Outbound) -> None:
+    one_letter()
+
+    page = get_page()
+
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    html = page.get_body().decode()
+    for section in ('id="quota"', 'id="queues"', 'id="deadletters"', 'id="sends"'):
+        assert section in html
+    assert "smartdialog-outbound-poison" in html
+    assert "page-1" in html
+    # Autoescaped: a letter's text never becomes markup.
+    assert "&lt;b&gt;in time&lt;/b&gt;" in html
+
+
+def test_in_azure_without_a_principal_the_page_answers_401(in_azure: Outbound) -> None:
+    page = get_page()
+    assert page.status_code == 401
+    assert json.loads(page.get_body())["type"].endswith(":unauthorized")
+
+
+def test_in_azure_a_principal_in_no_allowed_group_or_role_gets_403(in_azure: Outbound) -> None:
+    page = get_page({"X-MS-CLIENT-PRINCIPAL": principal(groups=("another-group",))})
+    assert page.status_code == 403
+
+
+def test_in_azure_a_member_of_an_allowed_group_sees_the_page(in_azure: Outbound) -> None:
+    page = get_page({"X-MS-CLIENT-PRINCIPAL": principal(groups=(GROUP,))})
+    assert page.status_code == 200
+    assert "Ada Operator" in page.get_body().decode()
+
+
+def test_an_allowed_role_is_enough(in_azure: Outbound, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMARTDIALOG_OPS_ALLOWED_ROLES", "Ops.Operator")
+    reset_settings_cache()
+    page = get_page({"X-MS-CLIENT-PRINCIPAL": principal(roles=("Ops.Operator",))})
+    assert page.status_code == 200
+
+
+def test_with_authentication_off_a_forged_principal_is_refused(
+    in_azure: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
+    page = get_page({"X-MS-CLIENT-PRINCIPAL": principal(groups=(GROUP,))})
+    assert page.status_code == 403
+
+
+def test_a_button_without_a_valid_form_token_changes_nothing(ops: Outbound) -> None:
+    one_letter()
+    [row_id] = re.findall(r'data-id="([^"]+)"', get_page().get_body().decode())
+
+    for form in ({"id": row_id}, {"id": row_id, "csrf": "v1.0.forged"}):
+        answer = press("redrive", form)
+        assert answer.status_code == 403
+    assert len(queue_client(OUTBOUND_DEAD_LETTER_QUEUE).peek_messages()) == 1
+
+
+def test_a_form_token_served_to_one_user_does_not_work_for_another(in_azure: Outbound) -> None:
+    one_letter()
+    alice = {"X-MS-CLIENT-PRINCIPAL": principal("alice", groups=(GROUP,))}
+    bob = {"X-MS-CLIENT-PRINCIPAL": principal("bob", groups=(GROUP,))}
+    page = get_page(alice)
+    [row_id] = re.findall(r'data-id="([^"]+)"', page.get_body().decode())
+
+    refused = press("purge", {"id": row_id, "csrf": csrf_of(page)}, bob)
+    assert refused.status_code == 403
+    assert len(queue_client(OUTBOUND_DEAD_LETTER_QUEUE).peek_messages()) == 1
+
+    done = press("purge", {"id": row_id, "csrf": csrf_of(page)}, alice)
+    assert done.status_code == 303
+    assert done.headers["Location"].startswith("../ops?done=")
+    assert queue_client(OUTBOUND_DEAD_LETTER_QUEUE).peek_messages() == []
+
+
+def test_a_button_without_an_id_answers_400_naming_it(ops: Outbound) -> None:
+    answer = press("redrive", {"csrf": form_token(get_settings(), LOCAL)})
+
+    assert answer.status_code == 400
+    assert [e["field"] for e in json.loads(answer.get_body())["errors"]] == ["id"]
+
+
+def test_an_unknown_button_answers_404_and_changes_nothing(ops: Outbound) -> None:
+    one_letter()
+    answer = press("explode", {"csrf": form_token(get_settings(), LOCAL), "id": "x"})
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert len(queue_client(OUTBOUND_DEAD_LETTER_QUEUE).peek_messages()) == 1
+
+
+def test_without_callback_secrets_the_page_answers_503_naming_the_setting(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SMARTDIALOG_CALLBACK_SECRETS")
+    reset_settings_cache()
+
+    page = get_page()
+
+    assert page.status_code == 503
+    assert "SMARTDIALOG_CALLBACK_SECRETS" in json.loads(page.get_body())["detail"]
