@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from shared import names
-from shared.inbound import MESSAGE_RECEIVED, webhook_url
+from shared.inbound import MESSAGE_RECEIVED, new_nonce, webhook_url
 from shared.settings import get_settings
 from shared.storage import QUEUE_MESSAGE_LIMIT, queue_client, queue_message_bytes
 from tests.fixtures.sandbox import CallbackReceiver
@@ -120,7 +120,7 @@ def test_a_body_over_1_mb_is_refused_413_with_its_reason_and_leaves_no_trace(
 ) -> None:
     body = payload(attachments=[{"name": "n" * 1_100_000}])
 
-    response = httpx.post(webhook_url(get_settings(), TWO_WAY), json=body, timeout=30)
+    response = httpx.post(webhook_url(get_settings(), TWO_WAY, new_nonce()), json=body, timeout=30)
 
     assert response.status_code == 413
     assert response.headers["content-type"].startswith("application/problem+json")

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from shared.inbound import SubscriberDeadLetter
-from shared.names import INBOUND_DEAD_LETTER_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, poison_queue
+from shared.inbound._dlr_forward import DlrForwardDeadLetter
+from shared.names import (
+    DLR_FORWARD_DEAD_LETTER_QUEUE,
+    INBOUND_DEAD_LETTER_QUEUE,
+    OUTBOUND_DEAD_LETTER_QUEUE,
+    poison_queue,
+)
 from shared.ops import POISON, POISON_SOURCES
 from shared.outbound import DeadLetterReason
 from tests.actions.conftest import registered_functions
@@ -25,6 +31,8 @@ def reasons_by_queue() -> list[tuple[str, str]]:
     pairs = [(OUTBOUND_DEAD_LETTER_QUEUE, str(r)) for r in DeadLetterReason]
     annotation = SubscriberDeadLetter.model_fields["reason"].annotation
     pairs += [(INBOUND_DEAD_LETTER_QUEUE, str(r)) for r in typing.get_args(annotation)]
+    annotation = DlrForwardDeadLetter.model_fields["reason"].annotation
+    pairs += [(DLR_FORWARD_DEAD_LETTER_QUEUE, str(r)) for r in typing.get_args(annotation)]
     pairs += [(poison_queue(q), POISON) for q in POISON_SOURCES]
     return pairs
 
