@@ -22,8 +22,8 @@ from shared.names import (
     poison_queue,
 )
 from shared.ops._deadletters import POISON_SOURCES
-from shared.storage import ensured_queue, ensured_table
 from shared.ops.actions import desk
+from shared.storage import ensured_queue, ensured_table
 from tests.e2e.conftest import DELIVERED_NUMBER, REPO, Stack, poll, stack
 from tests.ops.conftest import index_written_dead_letters
 
