@@ -100,6 +100,9 @@ param smartDialogStatusTokenTtlSeconds string = ''
 @description('SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: how long an Idempotency-Key answer is remembered.')
 param smartDialogIdempotencyTtlSeconds string = ''
 
+@description('SMARTDIALOG_MAX_REQUEST_BYTES: largest body an HTTP action takes (default 5242880); larger ones get 413.')
+param smartDialogMaxRequestBytes string = ''
+
 @description('SMARTDIALOG_SEND_TIMEOUT_SECONDS: read timeout of one upstream send attempt.')
 param smartDialogSendTimeoutSeconds string = ''
 
@@ -165,7 +168,8 @@ var smartDialogSettings = union(
   empty(smartDialogDispatchMaxAttempts) ? {} : { SMARTDIALOG_DISPATCH_MAX_ATTEMPTS: smartDialogDispatchMaxAttempts },
   empty(smartDialogDispatchRetryBaseSeconds) ? {} : { SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS: smartDialogDispatchRetryBaseSeconds },
   empty(smartDialogSendQuotaWaitSeconds) ? {} : { SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: smartDialogSendQuotaWaitSeconds },
-  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients }
+  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients },
+  empty(smartDialogMaxRequestBytes) ? {} : { SMARTDIALOG_MAX_REQUEST_BYTES: smartDialogMaxRequestBytes }
 )
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
