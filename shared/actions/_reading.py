@@ -104,15 +104,16 @@ def _path(parent: str, key: str | int) -> str:
     return f"{parent}.{name}" if parent else name
 
 
-def _walk(value: Any, where: str, depth: int, errors: list[FieldError]) -> None:
+def _walk(value: Any, where: str, top: str, depth: int, errors: list[FieldError]) -> None:
+    """Collect what is refused in ``value`` (at JSON path ``where``, under top-level ``top``)."""
     if isinstance(value, _Unusable):
         errors.append(FieldError(where or "body", value.message))
     elif isinstance(value, str):
         if not _valid_unicode(value):
             errors.append(FieldError(where or "body", "Must be valid Unicode text."))
     elif isinstance(value, dict | list):
-        if depth > MAX_DEPTH:
-            errors.append(FieldError(where or "body", f"Nested more than {MAX_DEPTH} deep."))
+        if depth > MAX_DEPTH:  # named at its top-level field: the full path is as deep
+            errors.append(FieldError(top or "body", f"Nested more than {MAX_DEPTH} deep."))
             return
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
@@ -120,7 +121,7 @@ def _walk(value: Any, where: str, depth: int, errors: list[FieldError]) -> None:
             if isinstance(key, str) and not _valid_unicode(key):
                 errors.append(FieldError(here, "The field name must be valid Unicode text."))
                 continue
-            _walk(item, here, depth + 1, errors)
+            _walk(item, here, top or here, depth + 1, errors)
 
 
 def loads_strict(raw: bytes) -> Any:
@@ -130,7 +131,7 @@ def loads_strict(raw: bytes) -> Any:
     docstring."""
     data = json.loads(raw, parse_float=_float, parse_int=_int, parse_constant=_constant)
     errors: list[FieldError] = []
-    _walk(data, "", 1, errors)
+    _walk(data, "", "", 1, errors)
     if errors:
         raise BodyRefused(errors)
     return data
