@@ -99,19 +99,61 @@ def test_a_lone_surrogate_in_a_field_name_is_400_and_the_answer_is_valid_json(ap
 
 
 PATH_AND_HEADER_CASES: list[tuple[str, str, str, dict[str, str], dict[str, str], Any, str]] = [
-    ("Customer-Id .. would climb to /messages", "DeleteAllGroupContacts", "DELETE",
-     {"GroupService": "messages"}, {"Customer-Id": ".."}, None, "Customer-Id"),
-    ("Customer-Id .", "GetCustomerWhatsappIdentities", "GET", {}, {"Customer-Id": "."}, None,
-     "Customer-Id"),
-    ("group service ..", "DeleteAllGroupContacts", "DELETE", {"GroupService": ".."}, {}, None,
-     "GroupService"),
-    ("control character in a header", "GetCustomerWhatsappIdentities", "GET", {},
-     {"Customer-Id": "10\x0001"}, None, "Customer-Id"),
-    ("control character in a path", "DeleteAllGroupContacts", "DELETE",
-     {"GroupService": "s-1\x7f"}, {}, None, "GroupService"),
-    ("non-ASCII header", "GetCustomerWhatsappIdentities", "GET", {}, {"Customer-Id": "1001é"},
-     None, "Customer-Id"),
-]  # fmt: skip
+    (
+        "Customer-Id .. would climb to /messages",
+        "DeleteAllGroupContacts",
+        "DELETE",
+        {"GroupService": "messages"},
+        {"Customer-Id": ".."},
+        None,
+        "Customer-Id",
+    ),
+    (
+        "Customer-Id .",
+        "GetCustomerWhatsappIdentities",
+        "GET",
+        {},
+        {"Customer-Id": "."},
+        None,
+        "Customer-Id",
+    ),
+    (
+        "group service ..",
+        "DeleteAllGroupContacts",
+        "DELETE",
+        {"GroupService": ".."},
+        {},
+        None,
+        "GroupService",
+    ),
+    (
+        "control character in a header",
+        "GetCustomerWhatsappIdentities",
+        "GET",
+        {},
+        {"Customer-Id": "10\x0001"},
+        None,
+        "Customer-Id",
+    ),
+    (
+        "control character in a path",
+        "DeleteAllGroupContacts",
+        "DELETE",
+        {"GroupService": "s-1\x7f"},
+        {},
+        None,
+        "GroupService",
+    ),
+    (
+        "non-ASCII header",
+        "GetCustomerWhatsappIdentities",
+        "GET",
+        {},
+        {"Customer-Id": "1001é"},
+        None,
+        "Customer-Id",
+    ),
+]
 
 
 @pytest.mark.parametrize(

@@ -36,9 +36,13 @@ def test_a_queued_send_with_a_non_ascii_service_id_fails_for_good_with_its_reaso
     outbound: Outbound,
 ) -> None:
     outbound.enqueue(
-        {"operation": "SendMessage", "messageId": "m-ascii", "serviceId": "s-1001-öneway",
-         "body": sms(DELIVERED)}
-    )  # fmt: skip
+        {
+            "operation": "SendMessage",
+            "messageId": "m-ascii",
+            "serviceId": "s-1001-öneway",
+            "body": sms(DELIVERED),
+        }
+    )
 
     outbound.drain()
 
