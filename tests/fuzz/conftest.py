@@ -69,6 +69,7 @@ class FuzzStack:
     sandbox: SandboxServer
     receiver_url: str
     http: httpx.Client
+    storage: str
 
     @property
     def api(self) -> str:
@@ -137,7 +138,8 @@ def fuzz_stack(azurite: Azurite) -> Iterator[FuzzStack]:
         host.start()
         try:
             with httpx.Client(timeout=REQUEST_TIMEOUT, trust_env=False) as http:
-                yield FuzzStack(host, sandbox, f"http://127.0.0.1:{httpd.server_address[1]}", http)
+                receiver = f"http://127.0.0.1:{httpd.server_address[1]}"
+                yield FuzzStack(host, sandbox, receiver, http, azurite.connection_string)
         finally:
             host.stop(grace=5)
             sandbox.stop()
@@ -145,3 +147,38 @@ def fuzz_stack(azurite: Azurite) -> Iterator[FuzzStack]:
             httpd.server_close()
             reset_settings_cache()
             reset_sender_cache()
+
+
+def poison_messages(storage: str) -> dict[str, list[str]]:
+    """The texts on every ``-poison`` queue of the app (the host's give-up pile)."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient
+
+    from shared.names import QUEUES, poison_queue
+
+    found: dict[str, list[str]] = {}
+    for name in (poison_queue(q) for q in QUEUES):
+        try:
+            queue = QueueClient.from_connection_string(storage, name)
+            texts = [m.content[:300] for m in queue.peek_messages(max_messages=32)]
+        except ResourceNotFoundError:
+            continue
+        if texts:
+            found[name] = texts
+    return found
+
+
+def settle(storage: str, queue: str, seconds: float = 20.0) -> None:
+    """Wait (bounded) until ``queue`` is empty, visible or not: its trigger has run on all."""
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient
+
+    deadline = time.monotonic() + seconds
+    client = QueueClient.from_connection_string(storage, queue)
+    while time.monotonic() < deadline:
+        try:
+            if not client.get_queue_properties().approximate_message_count:
+                return
+        except ResourceNotFoundError:
+            return
+        time.sleep(0.2)

@@ -11,11 +11,12 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
+from shared.names import INBOUND_DELIVERIES_QUEUE, INBOUND_INTAKE_QUEUE
 from tests.e2e.conftest import TWO_WAY_SERVICE, poll
-from tests.fuzz.conftest import FuzzBudget, FuzzStack
+from tests.fuzz.conftest import FuzzBudget, FuzzStack, poison_messages, settle
 
 DELIVERED = "+358400000001"
 
@@ -150,6 +151,9 @@ report_names = st.one_of(
 )
 
 
+VALID_INBOUND = json.dumps(
+    {"sender": "+358401234567", "recipient": "SmartDialog", "content": "Hello", "protocol": "SMS"}
+).encode()
 CONTENT_TYPES = ["application/json", "text/plain", "", "application/json; charset=latin-1"]
 
 
@@ -171,6 +175,7 @@ def test_the_inbound_webhook_never_answers_5xx(
         token_kind=st.sampled_from(["real", "missing", "other"]),
         content_type=st.sampled_from(CONTENT_TYPES),
     )
+    @example(body=VALID_INBOUND, service=None, token_kind="real", content_type="application/json")
     def run(body: bytes, service: str | None, token_kind: str, content_type: str) -> None:
         target = path if service is None else path.rsplit("/", 1)[0] + "/" + quote(service, safe="")
         params = {"real": {"token": token}, "missing": {}, "other": {"token": token[::-1]}}
@@ -210,6 +215,7 @@ def test_the_delivery_report_callback_never_answers_5xx(
         message_id=st.one_of(st.just(None), texts),
         keep_token=st.booleans(),
     )
+    @example(query={"status": "delivered"}, message_id=None, keep_token=True)
     def run(query: dict[str, str], message_id: str | None, keep_token: bool) -> None:
         target = (
             path
@@ -224,3 +230,10 @@ def test_the_delivery_report_callback_never_answers_5xx(
 
     run()
     assert {200, 401} <= seen
+
+
+def test_nothing_the_fuzz_left_behind_ends_on_a_poison_queue(fuzz_stack: FuzzStack) -> None:
+    # Runs last in this module: the accepted webhook calls have gone through the processor.
+    settle(fuzz_stack.storage, INBOUND_INTAKE_QUEUE)
+    settle(fuzz_stack.storage, INBOUND_DELIVERIES_QUEUE)
+    assert poison_messages(fuzz_stack.storage) == {}

@@ -16,8 +16,15 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import Case, GenerationMode
 
+from shared.names import INBOUND_DELIVERIES_QUEUE, INBOUND_INTAKE_QUEUE, OUTBOUND_QUEUE
 from tests.e2e.conftest import REPO
-from tests.fuzz.conftest import REQUEST_TIMEOUT, FuzzBudget, FuzzStack
+from tests.fuzz.conftest import (
+    REQUEST_TIMEOUT,
+    FuzzBudget,
+    FuzzStack,
+    poison_messages,
+    settle,
+)
 
 SCHEMA = schemathesis.openapi.from_path(REPO / "connector" / "apiDefinition.swagger.json")
 OPERATIONS = sorted(op.ok().label for op in SCHEMA.get_all_operations())
@@ -78,3 +85,10 @@ def test_no_input_gets_a_5xx_or_hangs(
 
     run()
     assert seen
+
+
+def test_nothing_the_fuzz_left_behind_ends_on_a_poison_queue(fuzz_stack: FuzzStack) -> None:
+    # Runs last in this module: what the fuzz got accepted has been through the queue triggers.
+    for queue in (OUTBOUND_QUEUE, INBOUND_INTAKE_QUEUE, INBOUND_DELIVERIES_QUEUE):
+        settle(fuzz_stack.storage, queue)
+    assert poison_messages(fuzz_stack.storage) == {}
