@@ -216,9 +216,11 @@ def parse_input(
     Parameters are read from where their :class:`Param` says and stripped of surrounding
     blanks. An empty value counts as absent (omitted ones with a :class:`SettingDefault` come
     from settings); a blank one (``"   "``) is passed on as ``""`` for the field's validation to
-    refuse, never replaced by a default. The :class:`Body` field
-    from the JSON body. Phone numbers are read in the regions named by the model's
-    ``phone_regions_from`` field (default FI).
+    refuse, never replaced by a default. A given value with control characters, ``.`` or
+    ``..``, or non-ASCII in a header, is refused whatever its field (:mod:`._reading`). The
+    :class:`Body` field from the JSON body, read strictly (non-finite numbers, huge integers,
+    lone surrogates, deep nesting: 400 naming their path). Phone numbers are read in the
+    regions named by the model's ``phone_regions_from`` field (default FI).
     """
     raw: dict[str, Any] = {}
     names: dict[str, str] = {}

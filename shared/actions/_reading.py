@@ -3,9 +3,8 @@
 Parameters: a value with control characters, a ``.`` or ``..`` (a path segment that would
 change the upstream path) or, in a header, non-ASCII text is refused whatever its field.
 
-JSON bodies: what ``json.loads`` lets through but nothing downstream can use is refused,
-naming where it is.
-Refused (each as a :class:`~shared.problems.FieldError` on its JSON path, e.g.
+JSON bodies: what ``json.loads`` lets through but nothing downstream can use is refused, each
+as a :class:`~shared.problems.FieldError` on its JSON path (e.g.
 ``Recipients[0].Personalization.n``): ``NaN``, ``Infinity`` and numbers out of float range
 (``1e999``), which would be queued as ``null``; integers of more than :data:`MAX_INTEGER_DIGITS`
 digits; text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which cannot be
@@ -138,10 +137,12 @@ def loads_strict(raw: bytes) -> Any:
 
 
 def present(value: Any) -> bool:
+    """A given value: neither None nor empty."""
     return value is not None and value != ""
 
 
 def stripped(value: Any) -> Any:
+    """``value`` without surrounding blanks when it is text."""
     return value.strip() if isinstance(value, str) else value
 
 
@@ -220,7 +221,7 @@ def param_problem(marker: Param, value: Any) -> str | None:
         return "Must not be . or .. (a path segment that would change the upstream path)."
     if marker.location == "header" and not value.isascii():
         return "Must be ASCII text (it is a header)."
-    if printable(value) != value:
+    if not _valid_unicode(value):
         return "Must be valid Unicode text."
     return None
 
