@@ -236,3 +236,17 @@ def test_the_default_cap_is_5_mib_and_a_body_under_it_is_read(app: App) -> None:
     )
     assert reply.status == 400  # over the field's own limit: read and validated, not 413
     assert reply.fields == ["firstName"]
+
+
+def test_a_value_the_client_refuses_is_a_400_naming_it_not_a_500() -> None:
+    from shared.actions import upstream_problem
+    from shared.smartdialog import InvalidParameterError
+
+    refused = InvalidParameterError(
+        operation_id="DeleteTrigger", parameter="Pipeline-Id", location="path", reason="is .."
+    )
+
+    problem = upstream_problem(refused)
+
+    assert problem.status == 400
+    assert [e.field for e in problem.errors] == ["Pipeline-Id"]
