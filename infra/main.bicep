@@ -163,13 +163,13 @@ var smartDialogSettings = union(
   empty(smartDialogStatusTokenTtlSeconds) ? {} : { SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: smartDialogStatusTokenTtlSeconds },
   empty(smartDialogIdempotencyTtlSeconds) ? {} : { SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: smartDialogIdempotencyTtlSeconds },
   empty(smartDialogSendTimeoutSeconds) ? {} : { SMARTDIALOG_SEND_TIMEOUT_SECONDS: smartDialogSendTimeoutSeconds },
+  empty(smartDialogMaxRequestBytes) ? {} : { SMARTDIALOG_MAX_REQUEST_BYTES: smartDialogMaxRequestBytes },
   empty(smartDialogStopKeywords) ? {} : { SMARTDIALOG_STOP_KEYWORDS: smartDialogStopKeywords },
   empty(smartDialogStartKeywords) ? {} : { SMARTDIALOG_START_KEYWORDS: smartDialogStartKeywords },
   empty(smartDialogDispatchMaxAttempts) ? {} : { SMARTDIALOG_DISPATCH_MAX_ATTEMPTS: smartDialogDispatchMaxAttempts },
   empty(smartDialogDispatchRetryBaseSeconds) ? {} : { SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS: smartDialogDispatchRetryBaseSeconds },
   empty(smartDialogSendQuotaWaitSeconds) ? {} : { SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS: smartDialogSendQuotaWaitSeconds },
-  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients },
-  empty(smartDialogMaxRequestBytes) ? {} : { SMARTDIALOG_MAX_REQUEST_BYTES: smartDialogMaxRequestBytes }
+  empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients }
 )
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {

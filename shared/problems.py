@@ -51,11 +51,11 @@ class ProblemType(StrEnum):
     NOT_FOUND = "urn:smartdialog-functions:problem:not-found"
     CONFLICT = "urn:smartdialog-functions:problem:conflict"
     RATE_LIMITED = "urn:smartdialog-functions:problem:rate-limited"
+    TOO_LARGE = "urn:smartdialog-functions:problem:too-large"
     UPSTREAM_CREDENTIALS = "urn:smartdialog-functions:problem:upstream-credentials"
     UPSTREAM_UNAVAILABLE = "urn:smartdialog-functions:problem:upstream-unavailable"
     UPSTREAM_TIMEOUT = "urn:smartdialog-functions:problem:upstream-timeout"
     QUOTA_UNAVAILABLE = "urn:smartdialog-functions:problem:quota-unavailable"
-    TOO_LARGE = "urn:smartdialog-functions:problem:too-large"
     INTERNAL = "urn:smartdialog-functions:problem:internal"
 
 
