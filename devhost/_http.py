@@ -26,6 +26,9 @@ MAX_LINE = 65536
 MAX_HEADERS = 200
 #: Kestrel's default keep-alive timeout, which the real host inherits.
 KEEP_ALIVE_SECONDS = 130.0
+#: The real host's request body limit (100 MB, its FUNCTIONS_REQUEST_BODY_SIZE_LIMIT default):
+#: a larger body is answered 413 without being read, so the app never sees it.
+MAX_BODY_BYTES = 104_857_600
 
 
 @dataclass(frozen=True)
@@ -111,16 +114,22 @@ class _Connection(socketserver.StreamRequestHandler):
     def _read_body(self, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             chunks: list[bytes] = []
+            received = 0
             while True:
                 size_line = self._read_line().split(b";", 1)[0].strip()
                 try:
                     size = int(size_line, 16)
                 except ValueError as exc:
                     raise _BadRequest(400, "bad chunk size") from exc
+                if size < 0:
+                    raise _BadRequest(400, "bad chunk size")
                 if size == 0:
                     while self._read_line() not in (b"\r\n", b"\n", b""):
                         pass  # trailers are dropped
                     return b"".join(chunks)
+                received += size
+                if received > MAX_BODY_BYTES:
+                    raise _BadRequest(413, "request body too large")
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
         length = headers.get("content-length")
@@ -132,6 +141,8 @@ class _Connection(socketserver.StreamRequestHandler):
             raise _BadRequest(400, "bad Content-Length") from exc
         if size < 0:
             raise _BadRequest(400, "bad Content-Length")
+        if size > MAX_BODY_BYTES:
+            raise _BadRequest(413, "request body too large")
         body = self.rfile.read(size)
         if len(body) != size:
             raise ConnectionError("client closed the connection mid-body")

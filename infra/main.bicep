@@ -103,6 +103,9 @@ param smartDialogDlrReportingWindowSeconds string = ''
 @description('SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: how long an Idempotency-Key answer is remembered.')
 param smartDialogIdempotencyTtlSeconds string = ''
 
+@description('SMARTDIALOG_MAX_REQUEST_BYTES: largest body an HTTP action takes (default 5242880); larger ones get 413.')
+param smartDialogMaxRequestBytes string = ''
+
 @description('SMARTDIALOG_SEND_TIMEOUT_SECONDS: read timeout of one upstream send attempt.')
 param smartDialogSendTimeoutSeconds string = ''
 
@@ -179,6 +182,7 @@ var smartDialogSettings = union(
   empty(smartDialogDlrReportingWindowSeconds) ? {} : { SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS: smartDialogDlrReportingWindowSeconds },
   empty(smartDialogIdempotencyTtlSeconds) ? {} : { SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: smartDialogIdempotencyTtlSeconds },
   empty(smartDialogSendTimeoutSeconds) ? {} : { SMARTDIALOG_SEND_TIMEOUT_SECONDS: smartDialogSendTimeoutSeconds },
+  empty(smartDialogMaxRequestBytes) ? {} : { SMARTDIALOG_MAX_REQUEST_BYTES: smartDialogMaxRequestBytes },
   empty(smartDialogStopKeywords) ? {} : { SMARTDIALOG_STOP_KEYWORDS: smartDialogStopKeywords },
   empty(smartDialogStartKeywords) ? {} : { SMARTDIALOG_START_KEYWORDS: smartDialogStartKeywords },
   empty(smartDialogDispatchMaxAttempts) ? {} : { SMARTDIALOG_DISPATCH_MAX_ATTEMPTS: smartDialogDispatchMaxAttempts },

@@ -13,6 +13,7 @@ a token or a secret. Constructors for the answers every entry point needs:
 
 - :func:`validation_problem` (400, every offending field at once)
 - :func:`rate_limited` (429 with ``Retry-After``)
+- :func:`too_large` (413, the body is over a limit)
 - :func:`internal_error` (500, nothing about the cause)
 
 Upstream failures are mapped in :mod:`shared.actions` (``upstream_problem``).
@@ -35,6 +36,7 @@ __all__ = [
     "internal_error",
     "rate_limited",
     "retry_after_header",
+    "too_large",
     "validation_problem",
 ]
 
@@ -49,6 +51,7 @@ class ProblemType(StrEnum):
     NOT_FOUND = "urn:smartdialog-functions:problem:not-found"
     CONFLICT = "urn:smartdialog-functions:problem:conflict"
     RATE_LIMITED = "urn:smartdialog-functions:problem:rate-limited"
+    TOO_LARGE = "urn:smartdialog-functions:problem:too-large"
     UPSTREAM_CREDENTIALS = "urn:smartdialog-functions:problem:upstream-credentials"
     UPSTREAM_UNAVAILABLE = "urn:smartdialog-functions:problem:upstream-unavailable"
     UPSTREAM_TIMEOUT = "urn:smartdialog-functions:problem:upstream-timeout"
@@ -150,6 +153,18 @@ def rate_limited(retry_after: float | None, detail: str) -> Problem:
         detail,
         type=ProblemType.RATE_LIMITED,
         headers=retry_after_header(retry_after),
+    )
+
+
+def too_large(size: int, limit: int, *, setting: str | None = None) -> Problem:
+    """413: the body (``size`` bytes) is over ``limit`` bytes; nothing of it was read."""
+    where = f" (the app setting {setting})" if setting else ""
+    return Problem(
+        413,
+        "The request is too large",
+        f"The body has {size:,} bytes; this app takes at most {limit:,}{where}. Send less, "
+        "e.g. split a bulk send into several.",
+        type=ProblemType.TOO_LARGE,
     )
 
 

@@ -140,6 +140,7 @@ class Settings(BaseSettings):
     # Storage: a connection string locally; in Azure, identity-based settings
     # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
     # plus __clientId for a user-assigned managed identity).
+    max_request_bytes: int = Field(5_242_880, alias="SMARTDIALOG_MAX_REQUEST_BYTES", ge=1024)
     storage: str | None = Field(None, alias="AzureWebJobsStorage")
     storage_account_name: str | None = Field(None, alias="AzureWebJobsStorage__accountName")
     storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")

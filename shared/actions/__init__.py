@@ -9,6 +9,7 @@ the specs (``python -m tools.generate_connector``).
 The pipeline (:func:`handle` / :func:`run_action`), host-independent::
 
     ActionRequest(method, route_params, query, headers, body: bytes)
+        -> a body (or Content-Length) over SMARTDIALOG_MAX_REQUEST_BYTES: 413, nothing parsed
         -> parse_input: every Param/Body field read and validated with pydantic; phone numbers
            to E.164; omitted Customer-Id (etc.) from settings. Any problem: 400
            application/problem+json listing every offending field; no client is built, no

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -14,6 +13,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from shared.actions._reading import (
+    param_problem,
+    present,
+    raw_body_field,
+    read_body,
+    read_raw_body,
+    stripped,
+)
 from shared.actions._spec import (
     ActionContext,
     ActionInput,
@@ -32,6 +39,7 @@ from shared.problems import (
     internal_error,
     rate_limited,
     retry_after_header,
+    too_large,
     validation_problem,
 )
 
@@ -150,73 +158,6 @@ def _setting_default(info: FieldInfo) -> SettingDefault | None:
     return next((m for m in info.metadata if isinstance(m, SettingDefault)), None)
 
 
-def _present(value: Any) -> bool:
-    return value is not None and value != ""
-
-
-def _stripped(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
-
-
-def _read_body(request: ActionRequest) -> tuple[Any, str | None]:
-    """The parsed JSON object, or an error message; ``(None, None)`` when there is no body."""
-    if not request.body.strip():
-        return None, None
-    try:
-        data = json.loads(request.body)
-    except UnicodeDecodeError:
-        return None, "The body is not UTF-8 encoded JSON."
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno}, column {exc.colno}"
-        return None, f"The body is not valid JSON ({exc.msg} at {where})."
-    if not isinstance(data, dict):
-        return None, f"The body must be a JSON object, not {_json_kind(data)}."
-    return data, None
-
-
-def _media_type(request: ActionRequest) -> tuple[str, str | None]:
-    """The request's media type (lower case, no parameters) and its charset, if given."""
-    value = request.header("Content-Type") or ""
-    media, *params = (p.strip() for p in value.split(";"))
-    charset = next(
-        (p.split("=", 1)[1].strip().strip('"') for p in params if p.lower().startswith("charset=")),
-        None,
-    )
-    return media.lower(), charset
-
-
-def _raw_body_field(marker: Body, request: ActionRequest) -> str | None:
-    """The body field taking this request's body as text (a raw media type), or None (JSON)."""
-    if not marker.raw:
-        return None
-    media, _ = _media_type(request)
-    return next((f for m, f in marker.raw.items() if m.lower() == media), None)
-
-
-def _read_raw_body(
-    request: ActionRequest, model: Any, raw_field: str
-) -> tuple[dict[str, Any] | None, str | None]:
-    """A raw body as ``{raw_field: text}`` plus the body fields given as query parameters."""
-    _, charset = _media_type(request)
-    try:
-        text = request.body.decode(charset or "utf-8")
-    except (LookupError, UnicodeDecodeError):
-        return None, f"The body is not {charset or 'UTF-8'} encoded text."
-    data: dict[str, Any] = {raw_field: text.removeprefix("\ufeff")}
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        for name, info in model.model_fields.items():
-            key = info.alias or name
-            if key != raw_field and _present(request.query.get(key)):
-                data[key] = _stripped(request.query[key])
-    return data, None
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number"}
-    kinds[float] = "a number"
-    return "null" if value is None else kinds.get(type(value), "a value")
-
-
 def _body_defaults(model: Any, body: dict[str, Any], settings: Settings) -> None:
     """Fill omitted top-level body fields that have a :class:`SettingDefault` from settings."""
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
@@ -224,9 +165,9 @@ def _body_defaults(model: Any, body: dict[str, Any], settings: Settings) -> None
     for name, info in model.model_fields.items():
         default = _setting_default(info)
         key = info.alias or name
-        if default is not None and not _present(body.get(key)):
+        if default is not None and not present(body.get(key)):
             value = getattr(settings, default.attribute, None)
-            if _present(value):
+            if present(value):
                 body[key] = value
 
 
@@ -275,9 +216,11 @@ def parse_input(
     Parameters are read from where their :class:`Param` says and stripped of surrounding
     blanks. An empty value counts as absent (omitted ones with a :class:`SettingDefault` come
     from settings); a blank one (``"   "``) is passed on as ``""`` for the field's validation to
-    refuse, never replaced by a default. The :class:`Body` field
-    from the JSON body. Phone numbers are read in the regions named by the model's
-    ``phone_regions_from`` field (default FI).
+    refuse, never replaced by a default. A given value with control characters, ``.`` or
+    ``..``, or non-ASCII in a header, is refused whatever its field (:mod:`._reading`). The
+    :class:`Body` field from the JSON body, read strictly (non-finite numbers, huge integers,
+    lone surrogates, deep nesting: 400 naming their path). Phone numbers are read in the
+    regions named by the model's ``phone_regions_from`` field (default FI).
     """
     raw: dict[str, Any] = {}
     names: dict[str, str] = {}
@@ -285,17 +228,18 @@ def parse_input(
     errors: list[FieldError] = []
     body_field: str | None = None
     body_broken = False
+    refused_params: set[str] = set()
     for name, info in model.model_fields.items():
         marker = _marker(info)
         if isinstance(marker, Body):
             body_field = name
-            raw_field = _raw_body_field(marker, request)
+            raw_field = raw_body_field(marker, request)
             if raw_field is not None:
-                data, problem = _read_raw_body(request, info.annotation, raw_field)
+                data, problems = read_raw_body(request, info.annotation, raw_field)
             else:
-                data, problem = _read_body(request)
-            if problem is not None:
-                errors.append(FieldError("body", problem))
+                data, problems = read_body(request)
+            if problems:
+                errors.extend(problems)
                 body_broken = True
             elif data is not None:
                 _body_defaults(info.annotation, data, settings)
@@ -310,24 +254,33 @@ def parse_input(
             value = request.query.get(marker.name)
         else:
             value = request.header(marker.name)
-        if _present(value):
+        if present(value):
             # Given but blank ("   ") stays given, as "": the field's own validation refuses
             # it. Falling back to a default here could act for the wrong customer.
-            raw[name] = _stripped(value)
+            value = stripped(value)
+            refused = param_problem(marker, value)
+            if refused is not None:
+                errors.append(FieldError(marker.name, refused))
+                refused_params.add(name)
+            else:
+                raw[name] = value
             continue
         if marker.default is not None:
             settings_hints[name] = marker.default
-            value = _stripped(getattr(settings, marker.default.attribute, None))
-            if _present(value):
+            value = stripped(getattr(settings, marker.default.attribute, None))
+            if present(value):
                 raw[name] = value
 
     context = {PHONE_REGIONS_CONTEXT: _regions(_find(model, raw, names, body_field))}
     try:
-        return model.model_validate(raw, context=context)
+        parsed = model.model_validate(raw, context=context)
+        if not errors:
+            return parsed
     except ValidationError as exc:
         for error in exc.errors(include_url=False, include_input=False):
             loc = error["loc"]
-            if body_broken and loc and loc[0] == body_field:
+            head = loc[0] if loc else None
+            if (body_broken and head == body_field) or head in refused_params:
                 continue
             field = _error_field(loc, names, body_field)
             hint = settings_hints.get(str(loc[0])) if len(loc) == 1 else None
@@ -362,12 +315,16 @@ _CREDENTIALS_HELP = (
 def upstream_problem(exc: SmartDialogError) -> Problem:
     """The answer for a failed SmartDialog call (see ``docs/actions.md``, "Errors").
 
-    400 -> 422 with SmartDialog's message; 404 -> 404; 409 -> 409; 429 -> 429 with
-    ``Retry-After``; 401/403 and missing credentials -> 502 explaining the credential problem;
+    A value that cannot be sent -> 400 naming it; 400 -> 422 with SmartDialog's message;
+    404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; 401/403 and missing credentials
+    -> 502 explaining the credential problem;
     5xx, other statuses, connection errors and unexpected bodies -> 502; timeouts -> 504.
     """
     from shared import smartdialog as sd
 
+    if isinstance(exc, sd.InvalidParameterError):  # a value no field type caught: never sent
+        reason = exc.reason[:1].upper() + exc.reason[1:]
+        return validation_problem([FieldError(exc.parameter, f"{reason} (SmartDialog's rule).")])
     if isinstance(exc, sd.RateLimitError):
         return rate_limited(
             exc.retry_after if exc.retry_after is not None else DEFAULT_UPSTREAM_RETRY_AFTER,
@@ -476,6 +433,7 @@ def run_action(
             from shared.settings import get_settings
 
             settings = get_settings()
+        _check_size(request, settings.max_request_bytes)
         parsed = parse_input(spec.input, request, settings)
         context = ActionContext(settings, tracking_id, client_factory or shared_client)
         response = spec.handler(context, parsed)
@@ -499,6 +457,15 @@ def run_action(
         extra=extra,
     )
     return response
+
+
+def _check_size(request: ActionRequest, limit: int) -> None:
+    """413 before anything is parsed when the body, or what ``Content-Length`` announces, is
+    over ``limit`` bytes."""
+    announced = (request.header("Content-Length") or "").strip()
+    size = max(len(request.body), int(announced) if announced.isdigit() else 0)
+    if size > limit:
+        raise too_large(size, limit, setting="SMARTDIALOG_MAX_REQUEST_BYTES")
 
 
 def _map_failure(

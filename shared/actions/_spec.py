@@ -114,7 +114,8 @@ class ActionResponse:
         """The body as sent on the wire (UTF-8 JSON, or empty)."""
         if not self.has_body:
             return b""
-        return json.dumps(self.body, ensure_ascii=False).encode("utf-8")
+        # A lone surrogate (echoed input) becomes its \uXXXX escape: still valid JSON.
+        return json.dumps(self.body, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
     @property
     def all_headers(self) -> dict[str, str]:

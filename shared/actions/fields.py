@@ -8,6 +8,8 @@ Types (use them in :class:`~shared.actions.ActionInput` and body models)::
     LanguageCode      a 2-letter language code (lower-cased)
     CustomerDataText  free text of at most 255 characters (SmartDialog's limit; also CustomerData)
     NonEmptyStr       a string with at least one non-blank character
+    HeaderText        a NonEmptyStr of printable ASCII (it goes into an upstream header)
+    UpstreamId        a HeaderText that is not ``.`` or ``..`` (it goes into headers and paths)
     CustomerIdHeader  the optional ``Customer-Id`` header, defaulting to SMARTDIALOG_CUSTOMER_ID
 
 Connector metadata goes into ``Field(json_schema_extra=ui(...))``: :func:`ui` writes
@@ -37,11 +39,13 @@ __all__ = [
     "CustomerDataText",
     "CustomerIdHeader",
     "EmailAddress",
+    "HeaderText",
     "HttpUrl",
     "LanguageCode",
     "NonEmptyStr",
     "PhoneNumber",
     "RegionCode",
+    "UpstreamId",
     "require_http_url",
     "service_dropdown",
     "template_dropdown",
@@ -155,6 +159,18 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _ascii_text(value: str) -> str:
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError("Must be printable ASCII text (it is sent as a header).")
+    return value
+
+
+def _upstream_id(value: str) -> str:
+    if value.strip() in (".", ".."):
+        raise ValueError("Must not be . or .. (it is sent in a path).")
+    return _ascii_text(value)
+
+
 PhoneNumber = Annotated[str, AfterValidator(_phone)]
 RegionCode = Annotated[str, AfterValidator(_region)]
 HttpUrl = Annotated[str, Field(max_length=MAX_URL_LENGTH), AfterValidator(require_http_url)]
@@ -168,10 +184,12 @@ CustomerDataText = Annotated[str, Field(max_length=MAX_CUSTOMER_DATA_LENGTH)]
 #: ``CustomerDataText``: the field name would shadow this alias when annotations are evaluated.
 CustomerData = CustomerDataText
 NonEmptyStr = Annotated[str, AfterValidator(_not_blank)]
+HeaderText = Annotated[NonEmptyStr, AfterValidator(_ascii_text)]
+UpstreamId = Annotated[NonEmptyStr, AfterValidator(_upstream_id)]
 EmailAddress = Annotated[str, Field(max_length=254), AfterValidator(_email)]
 
 CustomerIdHeader = Annotated[
-    NonEmptyStr,
+    UpstreamId,
     Param("header", "Customer-Id", SettingDefault("customer_id", "SMARTDIALOG_CUSTOMER_ID")),
     Field(
         description=(

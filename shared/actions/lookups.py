@@ -18,7 +18,7 @@ from shared.actions._spec import (
     Param,
     ResponseDoc,
 )
-from shared.actions.fields import CustomerIdHeader, NonEmptyStr, ui
+from shared.actions.fields import CustomerIdHeader, HeaderText, NonEmptyStr, ui
 
 __all__ = ["SPECS"]
 
@@ -119,7 +119,7 @@ class CustomerInput(ActionInput):
 class ServicesInput(ActionInput):
     customer_id: CustomerIdHeader
     service_type: Annotated[
-        NonEmptyStr,
+        HeaderText,
         Param("query", "ServiceType"),
         Field(
             description=(

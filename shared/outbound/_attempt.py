@@ -273,9 +273,14 @@ def classify(exc: Exception) -> AttemptResult:
         CredentialsError,
         DuplicateRequestError,
         InternalServerError,
+        InvalidParameterError,
         RateLimitError,
     )
 
+    if isinstance(exc, InvalidParameterError):
+        # Nothing was sent and the same value fails the same way: a permanent refusal. In the
+        # body it may be one member's (400 naming nobody splits a pack); else it is everyone's.
+        return Refused(400 if exc.location == "body" else 422, f"Not sent: {exc}")
     if isinstance(exc, DuplicateRequestError):
         original = exc.original
         body = (

@@ -17,6 +17,7 @@ from shared.actions.fields import (
     HttpUrl,
     NonEmptyStr,
     PhoneNumber,
+    UpstreamId,
     service_dropdown,
     template_dropdown,
     ui,
@@ -39,7 +40,7 @@ MAX_RECIPIENTS = 1000
 # --- parameters -----------------------------------------------------------------------------------
 
 ServiceIdHeader = Annotated[
-    str,
+    UpstreamId,
     Param("header", "Service-Id", SettingDefault("service_id", "SMARTDIALOG_SERVICE_ID")),
     Field(
         description=(
@@ -50,7 +51,7 @@ ServiceIdHeader = Annotated[
     ),
 ]
 DiscussionCustomerIdHeader = Annotated[
-    str,
+    UpstreamId,
     Param("header", "CustomerId", SettingDefault("customer_id", "SMARTDIALOG_CUSTOMER_ID")),
     Field(
         description=(

@@ -288,6 +288,7 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
     at = lowered.index("address")
     out: list[BulkRecipient] = []
     line = reader.line_num + 1
+    blank = 0
     while True:
         try:
             row = next(reader)
@@ -299,15 +300,20 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
             ) from None
         start, line = line, reader.line_num + 1
         if not any(cell.strip() for cell in row):
+            blank += 1
+            if blank > MAX_BULK_RECIPIENTS:  # reading stops here too: blank rows cost as much
+                raise validation_problem(
+                    [FieldError("RecipientsCsv", f"More than {MAX_BULK_RECIPIENTS} blank rows.")]
+                )
             continue
+        if len(out) == MAX_BULK_RECIPIENTS:  # one row too many: stop reading here
+            raise validation_problem(
+                [FieldError("RecipientsCsv", f"At most {MAX_BULK_RECIPIENTS} recipients.")]
+            )
         values = {
             header[i]: row[i] for i in range(min(len(header), len(row))) if i != at and header[i]
         }
         out.append(BulkRecipient(start, row[at].strip() if at < len(row) else "", values or None))
-    if len(out) > MAX_BULK_RECIPIENTS:
-        raise validation_problem(
-            [FieldError("RecipientsCsv", f"At most {MAX_BULK_RECIPIENTS} recipients.")]
-        )
     return out
 
 

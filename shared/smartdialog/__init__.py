@@ -28,6 +28,8 @@ Errors (catch the meaning, not the status number)::
 
     SmartDialogError
      ├── CredentialsError         none configured, or the identity provider refused them
+     ├── InvalidParameterError    a value that cannot be sent (``..`` segment, non-ASCII header,
+     │                            control character, lone surrogate); nothing sent, no retry
      └── APIError                 a call failed: .operation_id, .method, .path (numbers masked)
           ├── APIConnectionError  no response: DNS, refused or reset connection
           │    └── APITimeoutError        connect, read, write or pool timeout
@@ -70,6 +72,7 @@ from ._exceptions import (
     CredentialsError,
     DuplicateRequestError,
     InternalServerError,
+    InvalidParameterError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -148,6 +151,7 @@ __all__ = [
     "InboundAttachment",
     "InboundMessage",
     "InternalServerError",
+    "InvalidParameterError",
     "Message",
     "MessageResult",
     "MsalHttpClient",

@@ -21,6 +21,7 @@ from ._exceptions import (
     APIStatusError,
     APITimeoutError,
     DuplicateRequestError,
+    InvalidParameterError,
     RateLimitError,
     decode_body,
     display_path,
@@ -29,7 +30,7 @@ from ._exceptions import (
     status_error_class,
 )
 from ._models import Message, WhatsAppTemplateMessage, to_wire
-from ._operations import Operation
+from ._operations import Operation, header_problem, text_problem
 from ._retry import DEFAULT_MAX_RETRIES, parse_retry_after, retry_delay, should_retry
 
 __all__ = ["DEFAULT_TIMEOUT", "USER_AGENT", "BaseClient"]
@@ -170,9 +171,24 @@ class BaseClient:
         original: type[BaseModel] | None = None,
     ) -> httpx.Response:
         """Send ``op`` with quota hook, auth, retries and error mapping; the successful response."""
+        # Checked before any attempt: a value that cannot be sent takes no quota token.
         path = op.expand(path_params or {})
         url = self.base_url + path
-        content = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        _check_values(op, headers, "header", header_problem)
+        _check_values(op, query, "query", text_problem)
+        try:
+            content = (
+                json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+                if body is not None
+                else None
+            )
+        except (UnicodeEncodeError, ValueError) as exc:  # a lone surrogate, NaN
+            raise InvalidParameterError(
+                operation_id=op.operation_id,
+                parameter="body",
+                location="body",
+                reason=f"cannot be encoded as JSON ({type(exc).__name__})",
+            ) from None
         base_headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if content is not None:
             base_headers["Content-Type"] = "application/json"
@@ -327,6 +343,20 @@ class BaseClient:
                 **common,
             )
         return status_error_class(status)(message, **common)
+
+
+def _check_values(
+    op: Operation,
+    values: Mapping[str, str] | None,
+    location: str,
+    problem: Callable[[str], str | None],
+) -> None:
+    for name, value in (values or {}).items():
+        reason = problem(str(value))
+        if reason is not None:
+            raise InvalidParameterError(
+                operation_id=op.operation_id, parameter=name, location=location, reason=reason
+            )
 
 
 def _original_result(body: object, model: type[BaseModel] | None) -> BaseModel | None:

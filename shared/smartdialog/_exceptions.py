@@ -21,6 +21,7 @@ __all__ = [
     "CredentialsError",
     "DuplicateRequestError",
     "InternalServerError",
+    "InvalidParameterError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -73,6 +74,24 @@ class SmartDialogError(Exception):
 
 class CredentialsError(SmartDialogError):
     """No usable upstream credentials: none configured, or the identity provider refused them."""
+
+
+class InvalidParameterError(SmartDialogError):
+    """A value that cannot go into the request as given: a path segment that is empty, ``.``
+    or ``..``, or has control characters; a header value that is not printable ASCII; text
+    that is not valid Unicode. Raised before any attempt: nothing was sent and no quota token
+    was taken. Never worth retrying: the same value fails the same way.
+
+    ``parameter`` is the upstream name (``Customer-Id``, ``Group Service``, ``body``);
+    ``location`` is ``path``, ``header``, ``query`` or ``body``; ``reason`` says what is wrong.
+    """
+
+    def __init__(self, *, operation_id: str, parameter: str, location: str, reason: str) -> None:
+        super().__init__(f"{operation_id}: {parameter} ({location}) {reason}")
+        self.operation_id = operation_id
+        self.parameter = parameter
+        self.location = location
+        self.reason = reason
 
 
 class APIError(SmartDialogError):

@@ -3,9 +3,12 @@ harmless. The client's methods and its retry policy read them; nothing here does
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
+
+from ._exceptions import InvalidParameterError
 
 __all__ = [
     "CREATE_GROUP_CONTACT",
@@ -29,7 +32,13 @@ __all__ = [
     "WHATS_APP_OPT_IN",
     "WHATS_APP_OPT_OUT",
     "Operation",
+    "header_problem",
+    "segment_problem",
+    "text_problem",
 ]
+
+#: C0 and C1 control characters and DEL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -43,11 +52,48 @@ class Operation:
     sends: bool = False  # its body carries RequestId
 
     def expand(self, params: Mapping[str, str]) -> str:
-        """This path, each ``{name}`` replaced by its percent-encoded value (``+`` is ``%2B``)."""
+        """This path, each ``{name}`` replaced by its percent-encoded value (``+`` is ``%2B``).
+
+        Raises :class:`InvalidParameterError` for a value that is empty, ``.`` or ``..``
+        (percent-encoding leaves dots alone, so the URL would climb out of the operation's
+        path), has control characters or is not valid Unicode.
+        """
         path = self.path
         for name, value in params.items():
-            path = path.replace("{" + name + "}", quote(str(value), safe=""))
+            text = str(value)
+            reason = segment_problem(text)
+            if reason is not None:
+                raise InvalidParameterError(
+                    operation_id=self.operation_id, parameter=name, location="path", reason=reason
+                )
+            path = path.replace("{" + name + "}", quote(text, safe=""))
         return path
+
+
+def segment_problem(text: str) -> str | None:
+    """Why ``text`` cannot be one path segment, or None."""
+    if text.strip() in ("", ".", ".."):
+        return "must not be empty, . or .."
+    return text_problem(text)
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be sent in a path, query or body, or None."""
+    if _CONTROL.search(text):
+        return "must not contain control characters"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must be valid Unicode text"
+    return None
+
+
+def header_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a header value, or None (printable ASCII only)."""
+    if not text.isascii():
+        return "must be ASCII text"
+    return text_problem(text)
 
 
 def _op(operation_id: str, method: str, path: str, *, sends: bool = False) -> Operation:

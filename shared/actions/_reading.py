@@ -1,0 +1,232 @@
+"""Reading a request's body and parameters, strictly.
+
+Parameters: a value with control characters, a ``.`` or ``..`` (a path segment that would
+change the upstream path) or, in a header, non-ASCII text is refused whatever its field.
+
+JSON bodies: what ``json.loads`` lets through but nothing downstream can use is refused, each
+as a :class:`~shared.problems.FieldError` on its JSON path (e.g.
+``Recipients[0].Personalization.n``): ``NaN``, ``Infinity`` and numbers out of float range
+(``1e999``), which would be queued as ``null``; integers of more than :data:`MAX_INTEGER_DIGITS`
+digits; text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which cannot be
+encoded as UTF-8 later); nesting deeper than :data:`MAX_DEPTH`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.actions._spec import ActionRequest, Body, Param
+from shared.problems import FieldError
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INTEGER_DIGITS",
+    "BodyRefused",
+    "loads_strict",
+    "param_problem",
+    "present",
+    "printable",
+    "raw_body_field",
+    "read_body",
+    "read_raw_body",
+    "stripped",
+]
+
+#: Deepest nesting of arrays and objects a body may have (our deepest model needs 4).
+MAX_DEPTH = 32
+#: Longest integer a body may carry, sign excluded (no field of ours needs more than 19).
+MAX_INTEGER_DIGITS = 100
+
+
+class BodyRefused(Exception):
+    """The body parsed as JSON but holds values we refuse: ``errors`` names each."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(", ".join(e.field for e in errors))
+        self.errors = errors
+
+
+class _Unusable:
+    """What the parser hooks put in place of a number we refuse (found again by the walk)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _float(text: str) -> float | _Unusable:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    return _Unusable("Must be a finite number: this one is out of range.")
+
+
+def _int(text: str) -> int | _Unusable:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        return _Unusable(f"Must be a number of at most {MAX_INTEGER_DIGITS} digits.")
+    return int(text)
+
+
+def _constant(text: str) -> _Unusable:
+    return _Unusable(f"Must be a finite number, not {text}.")
+
+
+def printable(text: str) -> str:
+    """``text`` fit for a problem document: a lone surrogate becomes its ``\\uXXXX`` escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _valid_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    name = printable(key)
+    return f"{parent}.{name}" if parent else name
+
+
+def _walk(value: Any, where: str, top: str, depth: int, errors: list[FieldError]) -> None:
+    """Collect what is refused in ``value`` (at JSON path ``where``, under top-level ``top``)."""
+    if isinstance(value, _Unusable):
+        errors.append(FieldError(where or "body", value.message))
+    elif isinstance(value, str):
+        if not _valid_unicode(value):
+            errors.append(FieldError(where or "body", "Must be valid Unicode text."))
+    elif isinstance(value, dict | list):
+        if depth > MAX_DEPTH:  # named at its top-level field: the full path is as deep
+            errors.append(FieldError(top or "body", f"Nested more than {MAX_DEPTH} deep."))
+            return
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            here = _path(where, key)
+            if isinstance(key, str) and not _valid_unicode(key):
+                errors.append(FieldError(here, "The field name must be valid Unicode text."))
+                continue
+            _walk(item, here, top or here, depth + 1, errors)
+
+
+def loads_strict(raw: bytes) -> Any:
+    """``raw`` parsed as JSON; raises ``ValueError`` (``json.JSONDecodeError``,
+    ``UnicodeDecodeError``) for what is not JSON, ``RecursionError`` for nesting the parser
+    cannot follow, and :class:`BodyRefused` for JSON holding values listed in the module's
+    docstring."""
+    data = json.loads(raw, parse_float=_float, parse_int=_int, parse_constant=_constant)
+    errors: list[FieldError] = []
+    _walk(data, "", "", 1, errors)
+    if errors:
+        raise BodyRefused(errors)
+    return data
+
+
+def present(value: Any) -> bool:
+    """A given value: neither None nor empty."""
+    return value is not None and value != ""
+
+
+def stripped(value: Any) -> Any:
+    """``value`` without surrounding blanks when it is text."""
+    return value.strip() if isinstance(value, str) else value
+
+
+#: C0 and C1 control characters and DEL: never part of an id, a name or a header value.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def read_body(request: ActionRequest) -> tuple[Any, list[FieldError]]:
+    """The parsed JSON object, or what is wrong with it; ``(None, [])`` when there is no body."""
+    if not request.body.strip():
+        return None, []
+    try:
+        data = loads_strict(request.body)
+    except BodyRefused as exc:
+        return None, exc.errors
+    except UnicodeDecodeError:
+        return None, [FieldError("body", "The body is not UTF-8 encoded JSON.")]
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        return None, [FieldError("body", f"The body is not valid JSON ({exc.msg} at {where}).")]
+    except RecursionError:
+        return None, [FieldError("body", f"The body is nested more than {MAX_DEPTH} deep.")]
+    if not isinstance(data, dict):
+        return None, [
+            FieldError("body", f"The body must be a JSON object, not {_json_kind(data)}.")
+        ]
+    return data, []
+
+
+def _media_type(request: ActionRequest) -> tuple[str, str | None]:
+    """The request's media type (lower case, no parameters) and its charset, if given."""
+    value = request.header("Content-Type") or ""
+    media, *params = (p.strip() for p in value.split(";"))
+    charset = next(
+        (p.split("=", 1)[1].strip().strip('"') for p in params if p.lower().startswith("charset=")),
+        None,
+    )
+    return media.lower(), charset
+
+
+def raw_body_field(marker: Body, request: ActionRequest) -> str | None:
+    """The body field taking this request's body as text (a raw media type), or None (JSON)."""
+    if not marker.raw:
+        return None
+    media, _ = _media_type(request)
+    return next((f for m, f in marker.raw.items() if m.lower() == media), None)
+
+
+def read_raw_body(
+    request: ActionRequest, model: Any, raw_field: str
+) -> tuple[dict[str, Any] | None, list[FieldError]]:
+    """A raw body as ``{raw_field: text}`` plus the body fields given as query parameters."""
+    _, charset = _media_type(request)
+    try:
+        text = request.body.decode(charset or "utf-8")
+        text.encode("utf-8")  # some codecs (utf-7) decode to lone surrogates
+    except (LookupError, UnicodeError):
+        return None, [FieldError("body", f"The body is not {charset or 'UTF-8'} encoded text.")]
+    data: dict[str, Any] = {raw_field: text.removeprefix("\ufeff")}
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            if key != raw_field and present(request.query.get(key)):
+                data[key] = stripped(request.query[key])
+    return data, []
+
+
+def param_problem(marker: Param, value: Any) -> str | None:
+    """Why a parameter's value is refused whatever its field: parameters end up in upstream
+    paths and headers, where these would change the request (or fail to encode)."""
+    if not isinstance(value, str):
+        return None
+    if _CONTROL.search(value):
+        return "Must not contain control characters."
+    if value in (".", ".."):
+        return "Must not be . or .. (a path segment that would change the upstream path)."
+    if marker.location == "header" and not value.isascii():
+        return "Must be ASCII text (it is a header)."
+    if not _valid_unicode(value):
+        return "Must be valid Unicode text."
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number"}
+    kinds[float] = "a number"
+    return "null" if value is None else kinds.get(type(value), "a value")

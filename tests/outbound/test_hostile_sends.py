@@ -1,0 +1,57 @@
+"""Hostile sends: refused with a 400 and nothing queued, or, when they reach the queue some
+other way, failed for good with their reason (never left ``sending``)."""
+
+from __future__ import annotations
+
+from shared.messages import MessageStatus, MessageStore
+from tests.outbound.conftest import DELIVERED, SERVICE, Outbound, call_http, sms
+
+
+def test_a_non_finite_personalization_is_400_naming_it_and_nothing_is_queued(
+    outbound: Outbound,
+) -> None:
+    raw = b'{"Sender": "Sandbox", "Content": "Hi $(n)", "Recipients": [{"Address": "'
+    raw += DELIVERED.encode() + b'", "Personalization": {"n": 1e999}}]}'
+
+    answer = call_http("SendMessage", "POST", headers={"Service-Id": SERVICE}, body=raw)
+
+    assert answer.status == 400, answer.body
+    assert [e["field"] for e in answer.body["errors"]] == ["Recipients[0].Personalization.n"]
+    assert outbound.queued() == 0
+    assert outbound.upstream() == []
+
+
+def test_a_lone_surrogate_in_content_is_400_naming_content(outbound: Outbound) -> None:
+    raw = b'{"Sender": "Sandbox", "Content": "Hi \\ud800", "Recipients": [{"Address": "'
+    raw += DELIVERED.encode() + b'"}]}'
+
+    answer = call_http("SendMessage", "POST", headers={"Service-Id": SERVICE}, body=raw)
+
+    assert answer.status == 400, answer.body
+    assert [e["field"] for e in answer.body["errors"]] == ["Content"]
+    assert outbound.queued() == 0
+
+
+def test_a_queued_send_with_a_non_ascii_service_id_fails_for_good_with_its_reason(
+    outbound: Outbound,
+) -> None:
+    outbound.enqueue(
+        {
+            "operation": "SendMessage",
+            "messageId": "m-ascii",
+            "serviceId": "s-1001-öneway",
+            "body": sms(DELIVERED),
+        }
+    )
+
+    outbound.drain()
+
+    record = MessageStore.from_settings().get("m-ascii")
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert record.failure is not None
+    assert "Service-Id" in (record.failure.detail or "")
+    assert record.attempts <= 1
+    assert outbound.upstream() == []
+    [event] = outbound.events()
+    assert event["type"] == "fi.arena.smartdialog.message.failed"
