@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")
     storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
     storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
+    # Traces and metrics (shared/telemetry.py): off when unset.
+    applicationinsights_connection_string: SecretStr | None = Field(
+        None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
+    )
 
     @field_validator("client_secret", "refresh_token", "access_token", "callback_secrets")
     @classmethod
