@@ -199,6 +199,8 @@ class MessageRecord:
     #: re-sends the same pack (see :mod:`shared.messages._packs`).
     pack_id: str | None = None
     batch_id: str | None = None
+    #: W3C trace context of the request that made it: delivery reports continue its trace.
+    traceparent: str | None = None
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
@@ -232,6 +234,7 @@ class MessageRecord:
             "PackKey": self.pack_key,
             "PackId": self.pack_id,
             "BatchId": self.batch_id,
+            "Traceparent": self.traceparent,
         }
         entity.update(chunked("Command", self.command))
         entity.update(chunked("Result", self.result))
@@ -283,6 +286,7 @@ class MessageRecord:
             pack_key=entity.get("PackKey"),
             pack_id=entity.get("PackId"),
             batch_id=entity.get("BatchId"),
+            traceparent=entity.get("Traceparent"),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from shared import telemetry
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, make_event
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_QUEUE
@@ -374,14 +375,23 @@ class Outcomes:
             event_type = MESSAGE_FAILED
         else:
             return False
-        event = make_event(
-            event_type,
-            data,
-            event_id=f"{record.message_id}:{record.status}",
-            subject=record.message_id,
-            time=record.finished_at or now,
-        )
-        self.ports.events.send_message(event.to_json())
+        # In the message's own trace (a pack's members each have theirs), linked to this one.
+        with telemetry.span(
+            f"emit {event_type}",
+            parent=record.traceparent,
+            links=[telemetry.current_traceparent()],
+            kind="producer",
+            attributes={"smartdialog.message_id": record.message_id},
+        ):
+            event = make_event(
+                event_type,
+                data,
+                event_id=f"{record.message_id}:{record.status}",
+                subject=record.message_id,
+                time=record.finished_at or now,
+            )
+            self.ports.events.send_message(event.to_json())
+        telemetry.count_send(str(record.status))
         return True
 
     def requeue(

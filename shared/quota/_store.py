@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
+from shared import telemetry
 from shared.clock import Clock, SystemClock
 from shared.quota import _log
 
@@ -386,6 +387,8 @@ class QuotaStore:
         fast_grants: int = 0,
         stale_cache: int = 0,
     ) -> None:
+        if grants or denials:
+            telemetry.count_quota(granted=grants, refused=denials)
         with self._stats_lock:
             s = self._stats
             self._stats = QuotaStats(
