@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
@@ -101,7 +102,18 @@ class SubscriberDispatcher:
         return _dispatcher_for(settings or get_settings())
 
     def process(self, text: str) -> DispatchResult:
-        """Deliver one queued event to one subscriber (see the module docstring)."""
+        """Deliver one queued event to one subscriber (see the module docstring), in a span
+        that continues the event's trace."""
+        with telemetry.span(
+            f"process {INBOUND_DELIVERIES_QUEUE}",
+            parent=telemetry.traceparent_in(text, "event"),
+            kind="consumer",
+        ) as current:
+            result = self._process(text)
+            current.set_attribute("smartdialog.outcome", str(result.outcome))
+        return result
+
+    def _process(self, text: str) -> DispatchResult:
         try:
             delivery = SubscriberDelivery.model_validate_json(text)
         except ValidationError as exc:
@@ -115,11 +127,20 @@ class SubscriberDispatcher:
         attempt = delivery.attempts + 1
         host = urlsplit(subscription.callback_url).hostname  # never the URL: it has a secret
         try:
-            response = self._http.post(
-                subscription.callback_url,
-                json=delivery.event.get("data", {}),
-                headers=_binary_mode_headers(delivery.event),
-            )
+            with telemetry.span(
+                "POST subscriber",
+                kind="client",
+                attributes={
+                    "server.address": host,
+                    "smartdialog.subscription_id": delivery.subscriptionId,
+                },
+            ) as call:
+                response = self._http.post(
+                    subscription.callback_url,
+                    json=delivery.event.get("data", {}),
+                    headers=telemetry.inject_traceparent(_binary_mode_headers(delivery.event)),
+                )
+                call.set_attribute("http.response.status_code", response.status_code)
         except httpx.HTTPError as exc:
             return self._retry(delivery, text, None, None, f"{type(exc).__name__} from {host}")
         if response.is_success:

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.events import CloudEvent, make_event
 from shared.inbound._keywords import classify_keyword
@@ -300,10 +301,17 @@ class InboundReceiver:
         self.authenticate(service, token)
         payload = self.parse(body)
         key = inbound_message_key(payload)
-        intake = InboundIntake(
-            service=service, messageKey=key, receivedAt=self._clock(), payload=payload
-        )
-        send_creating(self._intake, intake.model_dump_json(exclude_none=True))
+        with telemetry.span(
+            "inbound webhook", kind="server", attributes={"smartdialog.service": service}
+        ):
+            intake = InboundIntake(
+                service=service,
+                messageKey=key,
+                receivedAt=self._clock(),
+                traceparent=telemetry.current_traceparent(),
+                payload=payload,
+            )
+            send_creating(self._intake, intake.model_dump_json(exclude_none=True))
         return InboundResult(f"{service}:{key}")
 
 
@@ -365,8 +373,20 @@ class InboundProcessor:
         )
 
     def process(self, text: str, *, queue_message_id: str = "") -> ProcessResult:
-        """Turn one intake message into its event (see the module docstring). Returns normally
-        when the message is done with; raises when the host should retry it."""
+        """Turn one intake message into its event (see the module docstring), in a span that
+        continues the webhook call's trace. Returns normally when the message is done with;
+        raises when the host should retry it."""
+        with telemetry.span(
+            f"process {INBOUND_INTAKE_QUEUE}",
+            parent=telemetry.traceparent_in(text),
+            kind="consumer",
+            attributes={"messaging.message.id": queue_message_id or None},
+        ) as current:
+            result = self._process(text, queue_message_id=queue_message_id)
+            current.set_attribute("smartdialog.outcome", result.outcome)
+        return result
+
+    def _process(self, text: str, *, queue_message_id: str) -> ProcessResult:
         try:
             intake = InboundIntake.model_validate_json(text)
         except ValidationError as exc:

@@ -12,12 +12,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 from azure.functions.queue import QueueMessage
 
 from shared import names
 from shared.messages import MessageStore
 from shared.storage import queue_client
-from tests.inbound.conftest import CUSTOMER, ONE_WAY, Inbound, _app_functions
+from tests.fixtures.sandbox import CallbackReceiver
+from tests.inbound.conftest import CUSTOMER, ONE_WAY, TWO_WAY, Inbound, _app_functions
 from tests.outbound.conftest import Outbound, call_http, sms
 from tests.telemetry.conftest import Telemetry
 
@@ -237,3 +239,39 @@ def test_with_a_connection_string_the_azure_monitor_distro_is_configured_on_firs
         "provider",
         "opentelemetry.sdk.trace",
     ]
+
+
+def test_one_trace_runs_from_the_webhook_through_intake_and_dispatcher_to_the_subscriber(
+    served: Inbound, telemetry: Telemetry, callback_receiver: CallbackReceiver
+) -> None:
+    answer = served.call(
+        "NewMessage",
+        "POST",
+        route_params={"Service": TWO_WAY},
+        headers={"Customer-Id": CUSTOMER},
+        body={"callbackUrl": f"{callback_receiver.url}/flow"},
+    )
+    assert answer.status == 201, answer.body
+    httpx.post(  # SmartDialog calls our webhook (the dev host) for a message to the service
+        f"{served.sandbox.url}/sandbox/inbound",
+        json={"sender": "+358401234567", "recipient": "+358501234567", "content": "Hi"},
+        timeout=10,
+    ).raise_for_status()
+    assert served.process_intake() == 1
+    assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+
+    [webhook] = telemetry.spans("inbound webhook")
+    assert webhook.context is not None
+    trace_id = webhook.context.trace_id
+    [event] = served.read(names.INBOUND_QUEUE)
+    assert trace_of(event["traceparent"]) == trace_id
+    [intake] = telemetry.spans(f"process {names.INBOUND_INTAKE_QUEUE}")
+    [dispatch] = telemetry.spans(f"process {names.INBOUND_DELIVERIES_QUEUE}")
+    [post] = telemetry.spans("POST subscriber")
+    for span in (intake, dispatch, post):
+        assert span.context is not None
+        assert span.context.trace_id == trace_id, span.name
+    [call] = callback_receiver.wait_for(1)
+    headers = {k.lower(): v for k, v in call.headers.items()}
+    assert post.context is not None
+    assert headers["traceparent"].startswith(f"00-{trace_id:032x}-{post.context.span_id:016x}-")
