@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DELIVERED = "+358400000001"
 UNDELIVERABLE = "+358400000003"
 CONTENT = "Your code is 4711"
+NUMBERS = [f"+35840500{i:04d}" for i in range(5)]
 
 
 def flow_traceparent() -> tuple[str, int]:
@@ -169,6 +170,32 @@ def test_a_packed_call_is_one_span_linked_to_each_members_trace(
     assert sorted(link.context.trace_id for link in call.links) == sorted(flows.values())
     sent = [e for e in outbound.events() if e["type"].endswith(".sent")]
     assert {e["subject"]: trace_of(e["traceparent"]) for e in sent} == flows
+
+
+def test_a_bulk_sends_pack_calls_continue_the_bulk_requests_trace(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    from tests.bulk.test_bulk_action import bulk, people
+
+    flow, trace_id = flow_traceparent()
+    outbound.configure(PACK_MAX_RECIPIENTS=2)
+    accepted = bulk({"Recipients": people(*NUMBERS[:3])}, traceparent=flow)
+    assert accepted.status == 202, accepted.body
+
+    drivers = [m for m in outbound.read(names.OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    assert len(drivers) == 2
+    assert {trace_of(d["traceparent"]) for d in drivers} == {trace_id}
+    outbound.drain()
+
+    calls = telemetry.spans("SmartDialog SendMessage")
+    assert sorted(dict(c.attributes or {})["smartdialog.recipients"] for c in calls) == [1, 2]
+    for call in calls:
+        assert call.context is not None
+        assert call.context.trace_id == trace_id
+        assert {link.context.trace_id for link in call.links} == {trace_id}
+    events = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert len(events) == 3
+    assert {trace_of(e["traceparent"]) for e in events} == {trace_id}
 
 
 def test_a_queue_message_without_a_traceparent_is_sent_in_a_trace_of_its_own(
