@@ -102,8 +102,9 @@ class Settings(BaseSettings):
     storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")
     storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
     storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
-    # Traces and metrics (shared/telemetry.py): off when unset.
-    applicationinsights_connection_string: SecretStr | None = Field(
+    # Traces and metrics (shared/telemetry.py): off when unset. Not a secret: with local auth
+    # off (the Bicep's), ingestion needs the app's Entra identity.
+    applicationinsights_connection_string: str | None = Field(
         None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
     )
 

@@ -183,6 +183,7 @@ class QuotaStore:
         self._late_after = margin * LATE_GRANT_SHARE if margin > 0 else math.inf
         self._stats_lock = threading.Lock()
         self._stats = QuotaStats()
+        telemetry.prepare()  # a grant is timed: no first-use imports on its way out
         # The fast path: the newest log version this store knows (its own last write, or
         # its last read) with its ETag, kept together in one immutable tuple, so a write
         # guarded by that ETag can only succeed if the stored log is exactly this text.
