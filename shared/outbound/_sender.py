@@ -103,7 +103,8 @@ class OutboundSender:
             outcome = self._process(
                 text, queue_message_id=queue_message_id, dequeue_count=dequeue_count
             )
-            current.set_attribute("smartdialog.message_id", outcome.message_id or "")
+            if outcome.message_id:  # a pack's driver: the pack id
+                current.set_attribute("smartdialog.message_id", outcome.message_id)
             current.set_attribute("smartdialog.outcome", str(outcome.kind))
         if outcome.kind in _COUNTED_HERE:
             telemetry.count_send(outcome.kind)
