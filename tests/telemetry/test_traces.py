@@ -151,6 +151,7 @@ def test_a_packed_call_is_one_span_linked_to_each_members_trace(
     from shared import quota
     from shared.settings import get_settings
 
+    refused = total(telemetry, "smartdialog.quota.slots", result="refused", connection="default")
     # One call in 2 s and no wait in the invocation: the sends queue up and form one pack.
     outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=2, SEND_QUOTA_WAIT_SECONDS=0)
     quota.from_settings(get_settings()).try_acquire()
@@ -170,6 +171,8 @@ def test_a_packed_call_is_one_span_linked_to_each_members_trace(
     assert sorted(link.context.trace_id for link in call.links) == sorted(flows.values())
     sent = [e for e in outbound.events() if e["type"].endswith(".sent")]
     assert {e["subject"]: trace_of(e["traceparent"]) for e in sent} == flows
+    # They waited: the quota refused slots on the way.
+    assert total(telemetry, "smartdialog.quota.slots", result="refused") > refused
 
 
 def test_a_bulk_sends_pack_calls_continue_the_bulk_requests_trace(
@@ -209,6 +212,24 @@ def test_a_queue_message_without_a_traceparent_is_sent_in_a_trace_of_its_own(
     outbound.drain()
 
     [event] = outbound.events()
+    [processed] = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
+    assert processed.parent is None
+    assert processed.context is not None
+    assert trace_of(event["traceparent"]) == processed.context.trace_id
+
+
+def test_a_queue_message_with_a_broken_traceparent_is_sent_and_traced_on_its_own(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    outbound.enqueue(
+        {"operation": "SendMessage", "customerId": "1001", "serviceId": "s-1001-oneway",
+         "traceparent": "00-not-a-trace-01", "body": sms("+358401000008")}
+    )  # fmt: skip
+
+    outbound.drain()
+
+    [event] = outbound.events()
+    assert event["type"].endswith(".sent")
     [processed] = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
     assert processed.parent is None
     assert processed.context is not None
