@@ -23,4 +23,5 @@ def outbound_sender(msg: func.QueueMessage) -> None:
         msg.get_body().decode("utf-8", errors="replace"),
         queue_message_id=msg.id,
         dequeue_count=msg.dequeue_count,
+        inserted_at=msg.insertion_time,
     )

@@ -16,6 +16,8 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.telemetry import current_traceparent
+
 __all__ = [
     "EVENT_SOURCE",
     "MESSAGE_CANCELLED",
@@ -53,6 +55,9 @@ class CloudEvent(BaseModel, Generic[DataT]):
     time: dt.datetime = Field(description="When the occurrence happened (RFC 3339, UTC).")
     subject: str | None = Field(None, description="Our message id (or the inbound message id).")
     datacontenttype: Literal["application/json"] = "application/json"
+    traceparent: str | None = Field(
+        None, description="W3C trace context (the CloudEvents distributed-tracing extension)."
+    )
     data: DataT
 
     def to_json(self) -> str:
@@ -69,7 +74,8 @@ def make_event(
     time: dt.datetime | None = None,
     source: str = EVENT_SOURCE,
 ) -> CloudEvent[DataT]:
-    """A :class:`CloudEvent` with ``time`` defaulting to now (UTC)."""
+    """A :class:`CloudEvent` with ``time`` defaulting to now (UTC) and the current span's
+    ``traceparent``."""
     # Parametrize with the data's own class so it serializes with all its fields.
     model = cast("type[CloudEvent[DataT]]", CloudEvent[type(data)])  # type: ignore[misc]
     return model(
@@ -78,6 +84,7 @@ def make_event(
         type=event_type,
         time=time or dt.datetime.now(dt.UTC),
         subject=subject,
+        traceparent=current_traceparent(),
         data=data,
     )
 

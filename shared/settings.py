@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
     storage_blob_uri: str | None = Field(None, alias="AzureWebJobsStorage__blobServiceUri")
     storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
+    # Traces and metrics (shared/telemetry.py): off when unset. Not a secret: with local auth
+    # off (the Bicep's), ingestion needs the app's Entra identity.
+    applicationinsights_connection_string: str | None = Field(
+        None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
+    )
 
     @field_validator("client_secret", "refresh_token", "access_token", "callback_secrets")
     @classmethod

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from shared import telemetry
 from shared.actions._reading import (
     param_problem,
     present,
@@ -415,6 +416,26 @@ def run_action(
     *,
     settings: Settings | None = None,
     client_factory: ClientFactory | None = None,
+) -> ActionResponse:
+    """Run one action for one request in a server span (continuing the caller's W3C
+    ``traceparent`` header, if any); see :func:`_run_action`."""
+    with telemetry.span(
+        spec.operation_id,
+        parent=request.header(telemetry.TRACEPARENT),
+        kind="server",
+        attributes={"smartdialog.tracking_id": request.tracking_id},
+    ) as current:
+        response = _run_action(spec, request, settings=settings, client_factory=client_factory)
+        current.set_attribute("http.response.status_code", response.status)
+    return response
+
+
+def _run_action(
+    spec: ActionSpec[Any],
+    request: ActionRequest,
+    *,
+    settings: Settings | None,
+    client_factory: ClientFactory | None,
 ) -> ActionResponse:
     """Run one action for one request; always returns an answer, never raises.
 

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.deadletters import write_dead_letter
 from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
@@ -149,7 +150,18 @@ class SubscriberDispatcher:
         return _dispatcher_for(settings or get_settings())
 
     def process(self, text: str) -> DispatchResult:
-        """Deliver one queued event to one subscriber (see the module docstring)."""
+        """Deliver one queued event to one subscriber (see the module docstring), in a span
+        that continues the event's trace."""
+        with telemetry.span(
+            f"process {INBOUND_DELIVERIES_QUEUE}",
+            parent=telemetry.traceparent_in(text, "event"),
+            kind="consumer",
+        ) as current:
+            result = self._process(text)
+            current.set_attribute("smartdialog.outcome", str(result.outcome))
+        return result
+
+    def _process(self, text: str) -> DispatchResult:
         try:
             delivery = SubscriberDelivery.model_validate_json(text)
         except ValidationError as exc:
@@ -160,15 +172,26 @@ class SubscriberDispatcher:
         if subscription is None:
             log.info("subscription %s is gone; delivery dropped", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.UNSUBSCRIBED)
-        verdict = judge_call(
-            lambda: self._http.post(
-                subscription.callback_url,
-                json=delivery.event.get("data", {}),
-                headers=_binary_mode_headers(delivery.event),
-            ),
-            urlsplit(subscription.callback_url).hostname,  # never the URL: it has a secret
-            now=lambda: self._clock().timestamp(),
-        )
+        host = urlsplit(subscription.callback_url).hostname  # never the URL: it has a secret
+        with telemetry.span(
+            "POST subscriber",
+            kind="client",
+            attributes={
+                "server.address": host,
+                "smartdialog.subscription_id": delivery.subscriptionId,
+            },
+        ) as call:
+            verdict = judge_call(
+                lambda: self._http.post(
+                    subscription.callback_url,
+                    json=delivery.event.get("data", {}),
+                    headers=telemetry.inject_traceparent(_binary_mode_headers(delivery.event)),
+                ),
+                host,
+                now=lambda: self._clock().timestamp(),
+            )
+            if verdict.status is not None:
+                call.set_attribute("http.response.status_code", verdict.status)
         if verdict.kind == "delivered":
             log.info("inbound event delivered to subscription %s", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.DELIVERED, verdict.status)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.inbound._dlr_forward import DlrForward, own_dlr_url
 from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData
@@ -343,14 +344,23 @@ class DeliveryReportService:
             receivedAt=now,
             raw=report.raw,
         )
-        event = make_event(
-            DELIVERY_REPORTED,
-            data,
-            event_id=f"{record.message_id}:{slot.row_key}:{status}",
-            subject=record.message_id,
-            time=report.reported_at or now,
-        )
-        self._events.send_message(event.to_json())
+        # The report joins its message's trace (the record keeps it), linked to this request.
+        with telemetry.span(
+            "SmartDialog delivery report",
+            parent=record.traceparent,
+            links=[telemetry.current_traceparent()],
+            kind="consumer",
+            attributes={"smartdialog.message_id": record.message_id, "smartdialog.status": status},
+        ):
+            event = make_event(
+                DELIVERY_REPORTED,
+                data,
+                event_id=f"{record.message_id}:{slot.row_key}:{status}",
+                subject=record.message_id,
+                time=report.reported_at or now,
+            )
+            self._events.send_message(event.to_json())
+        telemetry.record_delivery_latency((now - record.created_at).total_seconds(), status)
 
     def _forward(self, record: MessageRecord, report: DeliveryReport, now: dt.datetime) -> None:
         """Queue the report for the caller's own ``DlrUrl``, if the send had one (the

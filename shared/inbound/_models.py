@@ -81,6 +81,7 @@ class InboundIntake(BaseModel):
         description="SmartDialog's messageId, or the payload hash when it sent none.",
     )
     receivedAt: dt.datetime = Field(description="When the webhook accepted this call (UTC).")
+    traceparent: str | None = Field(None, description="W3C trace context of the webhook call.")
     payload: NewMessagePayload | None = Field(
         None, description="The validated payload; absent when it is in `payloadBlob`."
     )

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.events import CloudEvent, make_event
 from shared.inbound._keywords import classify_keyword
@@ -342,17 +343,25 @@ class InboundReceiver:
             )
         payload = self.parse(body)
         key = inbound_message_key(payload)
-        intake = InboundIntake(
-            service=service, messageKey=key, receivedAt=self._clock(), payload=payload
-        )
-        text = intake.model_dump_json(exclude_none=True)
-        if not fits_queue(text):
-            if self._payloads is None:
-                raise RuntimeError("an inbound message this large needs the payload store")
-            name = self._payloads.put(payload.model_dump_json(exclude_none=True), kind="inbound")
-            by_reference = intake.model_copy(update={"payload": None, "payloadBlob": name})
-            text = by_reference.model_dump_json(exclude_none=True)
-        send_creating(self._intake, text)
+        with telemetry.span(
+            "inbound webhook", kind="server", attributes={"smartdialog.service": service}
+        ):
+            intake = InboundIntake(
+                service=service,
+                messageKey=key,
+                receivedAt=self._clock(),
+                traceparent=telemetry.current_traceparent(),
+                payload=payload,
+            )
+            text = intake.model_dump_json(exclude_none=True)
+            if not fits_queue(text):
+                if self._payloads is None:
+                    raise RuntimeError("an inbound message this large needs the payload store")
+                blob = payload.model_dump_json(exclude_none=True)
+                name = self._payloads.put(blob, kind="inbound")
+                by_reference = intake.model_copy(update={"payload": None, "payloadBlob": name})
+                text = by_reference.model_dump_json(exclude_none=True)
+            send_creating(self._intake, text)
         return InboundResult(f"{service}:{key}")
 
 
@@ -417,8 +426,20 @@ class InboundProcessor:
         )
 
     def process(self, text: str, *, queue_message_id: str = "") -> ProcessResult:
-        """Turn one intake message into its event (see the module docstring). Returns normally
-        when the message is done with; raises when the host should retry it."""
+        """Turn one intake message into its event (see the module docstring), in a span that
+        continues the webhook call's trace. Returns normally when the message is done with;
+        raises when the host should retry it."""
+        with telemetry.span(
+            f"process {INBOUND_INTAKE_QUEUE}",
+            parent=telemetry.traceparent_in(text),
+            kind="consumer",
+            attributes={"messaging.message.id": queue_message_id or None},
+        ) as current:
+            result = self._process(text, queue_message_id=queue_message_id)
+            current.set_attribute("smartdialog.outcome", result.outcome)
+        return result
+
+    def _process(self, text: str, *, queue_message_id: str) -> ProcessResult:
         try:
             intake = InboundIntake.model_validate_json(text)
         except ValidationError as exc:

@@ -206,6 +206,8 @@ class MessageRecord:
     #: The blob (container ``smartdialog-payloads``) that keeps a command too long for the
     #: entity; :class:`~shared.messages.MessageStore` writes and reads it.
     command_blob: str | None = None
+    #: W3C trace context of the request that made it: delivery reports continue its trace.
+    traceparent: str | None = None
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
@@ -240,6 +242,7 @@ class MessageRecord:
             "PackId": self.pack_id,
             "BatchId": self.batch_id,
             "CommandBlob": self.command_blob,
+            "Traceparent": self.traceparent,
         }
         entity.update(chunked("Command", "" if self.command_blob else self.command))
         entity.update(chunked("Result", self.result))
@@ -292,6 +295,7 @@ class MessageRecord:
             pack_id=entity.get("PackId"),
             batch_id=entity.get("BatchId"),
             command_blob=entity.get("CommandBlob"),
+            traceparent=entity.get("Traceparent"),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 from pydantic import BaseModel
 
+from shared import telemetry
 from shared.messages import FailureInfo
 from shared.outbound._models import (
     OutboundMessage,
@@ -37,6 +38,10 @@ from shared.outbound._models import (
 )
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from opentelemetry.trace import Span
+
     from shared.quota import QuotaDenied, QuotaGrant
     from shared.settings import Settings
     from shared.smartdialog import SmartDialogClient
@@ -206,10 +211,16 @@ class Upstream:
         self.settings = settings
 
     def attempt(
-        self, grant: QuotaGrant, command: OutboundMessage, *, report_id: str | None = None
+        self,
+        grant: QuotaGrant,
+        command: OutboundMessage,
+        *,
+        report_id: str | None = None,
+        links: Sequence[str | None] = (),
     ) -> AttemptResult:
-        """One upstream call with ``grant``; raises :class:`StaleGrant` (nothing sent) if the
-        grant went stale before the request left.
+        """One upstream call with ``grant``, in a client span (linked to ``links``, the traces
+        of a packed call's members); raises :class:`StaleGrant` (nothing sent) if the grant
+        went stale before the request left.
 
         What is sent carries *our* DLR URL (token-bearing, for ``report_id`` or the message)
         in ``DlrUrl``; it is put in only here, so the stored command, its fingerprint and
@@ -223,9 +234,13 @@ class Upstream:
         self.gate.hold(grant)
         try:
             request = with_delivery_report_url(command, self.settings, report_id=report_id)
-            return Sent(self.send(request))
-        except (SmartDialogError, QuotaDeniedInAttempt) as exc:
-            return classify(exc)
+            with _call_span(request, report_id, links) as current:
+                try:
+                    result: AttemptResult = Sent(self.send(request))
+                except (SmartDialogError, QuotaDeniedInAttempt) as exc:
+                    result = classify(exc)
+                _describe(current, result)
+            return result
         finally:
             self.gate.clear()
 
@@ -262,6 +277,39 @@ class Upstream:
         else:  # pragma: no cover - the union is exhaustive
             raise TypeError(type(command))
         return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _call_span(
+    request: OutboundMessage, report_id: str | None, links: Sequence[str | None]
+) -> AbstractContextManager[Span]:
+    """The span of one upstream call: ids and the recipient count, never an address."""
+    recipients = getattr(request.body, "Recipients", None)
+    return telemetry.span(
+        f"SmartDialog {request.operation}",
+        kind="client",
+        links=links,
+        attributes={
+            "smartdialog.operation": request.operation,
+            "smartdialog.message_id": report_id or request.messageId,
+            "smartdialog.request_id": getattr(request.body, "RequestId", None),
+            "smartdialog.recipients": None if recipients is None else len(recipients),
+            "smartdialog.pack_members": len(links) or None,
+        },
+    )
+
+
+def _describe(span: Span, result: AttemptResult) -> None:
+    if isinstance(result, Sent):
+        upstream_id = result.body.get("MessageId")
+        if isinstance(upstream_id, str):
+            span.set_attribute("smartdialog.upstream_message_id", upstream_id)
+        span.set_attribute("smartdialog.duplicate", result.duplicate)
+    elif isinstance(result, Transient):
+        span.set_attribute("smartdialog.error", result.code)
+        if result.upstream_status is not None:
+            span.set_attribute("http.response.status_code", result.upstream_status)
+    else:
+        span.set_attribute("http.response.status_code", result.status)
 
 
 def classify(exc: Exception) -> AttemptResult:

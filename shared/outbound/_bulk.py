@@ -56,6 +56,7 @@ from shared.outbound._quota_wait import poll_after
 from shared.outbound._records import new_record, normalize
 from shared.outbound._service import outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -421,8 +422,10 @@ class BulkService:
 
     def _enqueue_drivers(self, batch_id: str, pack_ids: list[str]) -> None:
         queue = outbound_queue(self.settings)
+        trace = current_traceparent()  # the pack's calls continue the bulk request's trace
         texts = [
-            PackDriver(packId=pack_id, batchId=batch_id).model_dump_json() for pack_id in pack_ids
+            PackDriver(packId=pack_id, batchId=batch_id, traceparent=trace).model_dump_json()
+            for pack_id in pack_ids
         ]
         if len(texts) == 1:
             queue.send_message(texts[0])

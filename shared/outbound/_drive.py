@@ -291,7 +291,9 @@ class _Run:
     def call(self, claimed: list[MessageRecord], grant: QuotaGrant) -> SendOutcome:
         commands = [parse_outbound_message(c.command) for c in claimed]
         request = packed_command(commands[0], commands, self.pack.request_id)
-        result = self.ports.upstream.attempt(grant, request, report_id=self.pack.pack_id)
+        result = self.ports.upstream.attempt(
+            grant, request, report_id=self.pack.pack_id, links=[c.traceparent for c in claimed]
+        )
         if isinstance(result, Sent):
             if result.duplicate:
                 log.info("pack %s: RequestId already used upstream: sent", self.pack.pack_id)

@@ -49,6 +49,10 @@ OUTBOUND_MESSAGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEAD_LETTER_SCHEMA_VERSION: Literal[1] = 1
 # Namespace of ids derived from a caller's key (uuid5), fixed forever: changing it changes ids.
 _ID_NAMESPACE = uuid.UUID("0b8a3c55-7c0e-4f0e-9a51-6a2f6f1f2d10")
+_TRACEPARENT = (
+    "W3C trace context of the trace this message belongs to (optional; set by us, kept on "
+    "every copy)."
+)
 
 
 class _Envelope(BaseModel):
@@ -79,6 +83,7 @@ class _Envelope(BaseModel):
     deferrals: int = Field(
         0, ge=0, description="Set by the sender when it re-enqueues: quota deferrals so far."
     )
+    traceparent: str | None = Field(None, description=_TRACEPARENT)
 
     @model_validator(mode="after")
     def _aware(self) -> _Envelope:
@@ -161,6 +166,7 @@ class PackDriver(BaseModel):
     packId: str = Field(pattern=r"^pack-[0-9a-f]{32}$")
     batchId: str | None = None
     deferrals: int = Field(0, ge=0)
+    traceparent: str | None = Field(None, description=_TRACEPARENT)
 
 
 class StoredCommand(BaseModel):

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.deadletters import write_dead_letter
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_event
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
@@ -346,6 +347,22 @@ class Outcomes:
         """Send a final record's event (and a failure's dead letter), whatever ``announced``
         says (a bulk pack records it first); False for a cancelled one (whoever cancelled
         announces that) or one not final."""
+        if record.status not in (MessageStatus.SENT, MessageStatus.FAILED):
+            return False
+        event_type = MESSAGE_SENT if record.status is MessageStatus.SENT else MESSAGE_FAILED
+        # In the message's own trace (a pack's members each have theirs), linked to this one.
+        with telemetry.span(
+            f"emit {event_type}",
+            parent=record.traceparent,
+            links=[telemetry.current_traceparent()],
+            kind="producer",
+            attributes={"smartdialog.message_id": record.message_id},
+        ):
+            self._emit(record)
+        telemetry.count_send(str(record.status))
+        return True
+
+    def _emit(self, record: MessageRecord) -> None:
         now = self.ports.now()
         if record.status is MessageStatus.SENT:
             result = record.result_json() or {}
@@ -384,9 +401,7 @@ class Outcomes:
                 time=record.finished_at or now,
             ):
                 self.ports.events.send_message(part.to_json())
-            return True
-        if record.status is not MessageStatus.FAILED:
-            return False
+            return
         assert record.failure is not None
         failure = bounded(record.failure)
         # Written before ``announced`` is recorded: a crash in between writes it again on
@@ -419,7 +434,6 @@ class Outcomes:
             time=record.finished_at or now,
         )
         self.ports.events.send_message(event.to_json())
-        return True
 
     def requeue(
         self,

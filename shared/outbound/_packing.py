@@ -266,7 +266,9 @@ class IndexPacks:
         Raises :class:`StaleGrant` (nothing sent, nothing recorded) if ``grant`` went stale."""
         _leader, command = members[0]
         request = packed_command(command, [c for _, c in members], pack.request_id)
-        result = self.ports.upstream.attempt(grant, request, report_id=pack.pack_id)
+        result = self.ports.upstream.attempt(
+            grant, request, report_id=pack.pack_id, links=[r.traceparent for r, _ in members]
+        )
         if isinstance(result, Sent):
             if result.duplicate:
                 log.info("pack %s: RequestId already used upstream: sent", pack.pack_id)

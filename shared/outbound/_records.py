@@ -22,6 +22,7 @@ from shared.outbound._models import (
 )
 from shared.sms import estimate, personalize
 from shared.storage import fits_queue
+from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -54,6 +55,7 @@ def normalize(
     upstream ``RequestId`` (the caller's, else our message id). Raises ``ValueError`` when a
     customer or service is neither in the command nor configured."""
     update: dict[str, object] = {"messageId": message_id}
+    update["traceparent"] = command.traceparent or current_traceparent()
     customer = command.customerId or customer_id
     if not customer:
         raise ValueError("customerId is missing and SMARTDIALOG_CUSTOMER_ID is not set")
@@ -157,6 +159,7 @@ def new_record(
         part_count=part_count,
         pack_key=pack_key(command),
         batch_id=batch_id,
+        traceparent=command.traceparent,
     )
     return record, slots
 

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack
+from shared.names import OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
 from shared.outbound._models import (
@@ -56,6 +58,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("shared.outbound.sender")
+# Outcomes of a queue message counted as sends here; sent and failed are counted per message
+# (pack members too) when their event goes out.
+_COUNTED_HERE = frozenset(
+    {OutcomeKind.DEFERRED, OutcomeKind.RETRY_SCHEDULED, OutcomeKind.DEAD_LETTERED}
+)
 
 
 class OutboundSender:
@@ -79,9 +86,36 @@ class OutboundSender:
     # --- entry point -----------------------------------------------------------------------------
 
     def process(
-        self, text: str, *, queue_message_id: str | None = None, dequeue_count: int | None = None
+        self,
+        text: str,
+        *,
+        queue_message_id: str | None = None,
+        dequeue_count: int | None = None,
+        inserted_at: dt.datetime | None = None,
     ) -> SendOutcome:
-        """Handle one queue message; see the module docstring for what may raise."""
+        """Handle one queue message in a span that continues its trace; see the module
+        docstring for what may raise. ``inserted_at`` (when it was queued) feeds the queue-age
+        metric."""
+        telemetry.record_queue_age(OUTBOUND_QUEUE, inserted_at, self.ports.now())
+        with telemetry.span(
+            f"process {OUTBOUND_QUEUE}",
+            parent=telemetry.traceparent_in(text),
+            kind="consumer",
+            attributes={"messaging.message.id": queue_message_id},
+        ) as current:
+            outcome = self._process(
+                text, queue_message_id=queue_message_id, dequeue_count=dequeue_count
+            )
+            if outcome.message_id:  # a pack's driver: the pack id
+                current.set_attribute("smartdialog.message_id", outcome.message_id)
+            current.set_attribute("smartdialog.outcome", str(outcome.kind))
+        if outcome.kind in _COUNTED_HERE:
+            telemetry.count_send(outcome.kind)
+        return outcome
+
+    def _process(
+        self, text: str, *, queue_message_id: str | None, dequeue_count: int | None
+    ) -> SendOutcome:
         try:
             message = parse_queue_message(text)
             if isinstance(message, StoredCommand):

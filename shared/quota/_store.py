@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
+from shared import telemetry
 from shared.clock import Clock, SystemClock
 from shared.quota import _log
 
@@ -182,6 +183,7 @@ class QuotaStore:
         self._late_after = margin * LATE_GRANT_SHARE if margin > 0 else math.inf
         self._stats_lock = threading.Lock()
         self._stats = QuotaStats()
+        telemetry.prepare()  # a grant is timed: no first-use imports on its way out
         # The fast path: the newest log version this store knows (its own last write, or
         # its last read) with its ETag, kept together in one immutable tuple, so a write
         # guarded by that ETag can only succeed if the stored log is exactly this text.
@@ -386,6 +388,8 @@ class QuotaStore:
         fast_grants: int = 0,
         stale_cache: int = 0,
     ) -> None:
+        if grants or denials:
+            telemetry.count_quota(granted=grants, refused=denials)
         with self._stats_lock:
             s = self._stats
             self._stats = QuotaStats(

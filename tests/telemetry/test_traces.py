@@ -1,0 +1,325 @@
+"""One trace from a flow's SendMessage to its delivery reports' events, a packed call linked to
+each member's trace, and the metrics, checked with the SDK's in-memory exporter and reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from azure.functions.queue import QueueMessage
+
+from shared import names
+from shared.messages import MessageStore
+from shared.storage import queue_client
+from tests.fixtures.sandbox import CallbackReceiver
+from tests.inbound.conftest import CUSTOMER, ONE_WAY, TWO_WAY, Inbound, _app_functions
+from tests.outbound.conftest import Outbound, call_http, sms
+from tests.telemetry.conftest import Telemetry
+
+ROOT = Path(__file__).resolve().parents[2]
+DELIVERED = "+358400000001"
+UNDELIVERABLE = "+358400000003"
+CONTENT = "Your code is 4711"
+NUMBERS = [f"+35840500{i:04d}" for i in range(5)]
+
+
+def flow_traceparent() -> tuple[str, int]:
+    """A traceparent as a flow's request carries it, and its trace id."""
+    trace_id = uuid.uuid4().hex
+    return f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01", int(trace_id, 16)
+
+
+def trace_of(traceparent: str) -> int:
+    return int(traceparent.split("-")[1], 16)
+
+
+def run_sender_as_the_host(env: Inbound) -> None:
+    """Take each outbound message and invoke the real sender with it, insertion time included
+    (as the host gives it), until the queue is empty."""
+    queue = queue_client(names.OUTBOUND_QUEUE)
+    deadline = time.monotonic() + 15
+    while queue.get_queue_properties().approximate_message_count and time.monotonic() < deadline:
+        for message in queue.receive_messages(messages_per_page=16, visibility_timeout=30):
+            _app_functions()["OutboundSender"](
+                QueueMessage(
+                    id=message.id,
+                    body=message.content.encode(),
+                    dequeue_count=message.dequeue_count,
+                    insertion_time=message.inserted_on,
+                )
+            )
+            queue.delete_message(message)
+
+
+def events_when(env: Inbound, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while True:
+        events = env.read(names.EVENTS_QUEUE)
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
+
+
+def total(telemetry: Telemetry, metric: str, **attributes: str) -> float:
+    """A counter's sum or a histogram's count over the points with ``attributes``."""
+    points = telemetry.metric_points(metric)
+    matching = [p for a, p in points if all(a.get(k) == v for k, v in attributes.items())]
+    return float(sum(getattr(p, "value", None) or getattr(p, "count", 0) for p in matching))
+
+
+def test_one_trace_runs_from_send_message_to_the_delivery_reports_events(
+    served: Inbound, telemetry: Telemetry
+) -> None:
+    flow, trace_id = flow_traceparent()
+    before = {
+        "granted": total(telemetry, "smartdialog.quota.slots", result="granted"),
+        "sent": total(telemetry, "smartdialog.sends", outcome="sent"),
+        "age": total(telemetry, "smartdialog.queue.age", queue=names.OUTBOUND_QUEUE),
+        "latency": total(telemetry, "smartdialog.delivery.latency"),
+    }
+
+    answer = served.call(
+        "SendMessage",
+        "POST",
+        headers={"Customer-Id": CUSTOMER, "Service-Id": ONE_WAY, "traceparent": flow},
+        body={
+            "Sender": "Sandbox",
+            "Content": CONTENT,
+            "Recipients": [{"Address": DELIVERED}, {"Address": UNDELIVERABLE}],
+        },
+    )
+    assert answer.status == 202, answer.body
+    message_id = answer.body["Id"]
+    [queued] = served.read(names.OUTBOUND_QUEUE)
+    assert trace_of(queued["traceparent"]) == trace_id  # the queue message carries it
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.traceparent is not None
+    assert trace_of(record.traceparent) == trace_id  # and so does the state behind the DLR URL
+
+    run_sender_as_the_host(served)
+    events = events_when(served, 3)  # sent, then a delivery report per recipient
+
+    assert sorted(e["type"].rsplit(".", 1)[-1] for e in events) == ["delivery", "delivery", "sent"]
+    assert {trace_of(e["traceparent"]) for e in events} == {trace_id}
+    [action] = telemetry.spans("SendMessage")
+    [processed] = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
+    [call] = telemetry.spans("SmartDialog SendMessage")
+    reports = telemetry.spans("SmartDialog delivery report")
+    assert len(reports) == 2
+    for span in [action, processed, call, *reports]:
+        assert span.context is not None
+        assert span.context.trace_id == trace_id, span.name
+    assert call.parent is not None
+    assert processed.context is not None
+    assert call.parent.span_id == processed.context.span_id
+    attributes = dict(call.attributes or {})
+    upstream = served.sandbox.state.snapshot("requests")[0]
+    assert attributes["smartdialog.message_id"] == message_id
+    assert attributes["smartdialog.request_id"] == upstream["body"]["RequestId"]
+    assert attributes["smartdialog.upstream_message_id"] == upstream["response"]["MessageId"]
+    assert attributes["smartdialog.recipients"] == 2
+    # Never a phone number or the content in what is exported.
+    exported = json.dumps([dict(s.attributes or {}) for s in telemetry.spans()])
+    assert "+358" not in exported
+    assert "358400" not in exported
+    assert CONTENT not in exported
+
+    assert total(telemetry, "smartdialog.quota.slots", result="granted") > before["granted"]
+    [(quota_attributes, _)] = [
+        (a, p) for a, p in telemetry.metric_points("smartdialog.quota.slots")
+        if a["result"] == "granted"
+    ]  # fmt: skip
+    assert quota_attributes["connection"] == "default"
+    assert total(telemetry, "smartdialog.sends", outcome="sent") == before["sent"] + 1
+    assert (
+        total(telemetry, "smartdialog.queue.age", queue=names.OUTBOUND_QUEUE) == before["age"] + 1
+    )
+    assert total(telemetry, "smartdialog.delivery.latency") == before["latency"] + 2
+
+
+def test_a_packed_call_is_one_span_linked_to_each_members_trace(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    from shared import quota
+    from shared.settings import get_settings
+
+    refused = total(telemetry, "smartdialog.quota.slots", result="refused", connection="default")
+    # One call in 2 s and no wait in the invocation: the sends queue up and form one pack.
+    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=2, SEND_QUOTA_WAIT_SECONDS=0)
+    quota.from_settings(get_settings()).try_acquire()
+    flows = {}
+    for address in ("+358401000001", "+358401000002", "+358401000003"):
+        flow, trace_id = flow_traceparent()
+        answer = call_http("SendMessage", "POST", headers={"traceparent": flow}, body=sms(address))
+        assert answer.status == 202, answer.body
+        flows[answer.body["Id"]] = trace_id
+
+    outbound.drain()
+
+    assert len(outbound.upstream()) == 1
+    [call] = telemetry.spans("SmartDialog SendMessage")
+    assert dict(call.attributes or {})["smartdialog.pack_members"] == 3
+    assert dict(call.attributes or {})["smartdialog.recipients"] == 3
+    assert sorted(link.context.trace_id for link in call.links) == sorted(flows.values())
+    sent = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert {e["subject"]: trace_of(e["traceparent"]) for e in sent} == flows
+    # They waited: the quota refused slots on the way.
+    assert total(telemetry, "smartdialog.quota.slots", result="refused") > refused
+
+
+def test_a_bulk_sends_pack_calls_continue_the_bulk_requests_trace(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    from tests.bulk.test_bulk_action import bulk, people
+
+    flow, trace_id = flow_traceparent()
+    outbound.configure(PACK_MAX_RECIPIENTS=2)
+    accepted = bulk({"Recipients": people(*NUMBERS[:3])}, traceparent=flow)
+    assert accepted.status == 202, accepted.body
+
+    drivers = [m for m in outbound.read(names.OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    assert len(drivers) == 2
+    assert {trace_of(d["traceparent"]) for d in drivers} == {trace_id}
+    outbound.drain()
+
+    calls = telemetry.spans("SmartDialog SendMessage")
+    assert sorted(dict(c.attributes or {})["smartdialog.recipients"] for c in calls) == [1, 2]
+    for call in calls:
+        assert call.context is not None
+        assert call.context.trace_id == trace_id
+        assert {link.context.trace_id for link in call.links} == {trace_id}
+    events = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert len(events) == 3
+    assert {trace_of(e["traceparent"]) for e in events} == {trace_id}
+
+
+def test_a_queue_message_without_a_traceparent_is_sent_in_a_trace_of_its_own(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    outbound.enqueue(  # as another service or the previous release writes it
+        {"operation": "SendMessage", "customerId": "1001", "serviceId": "s-1001-oneway",
+         "body": sms("+358401000009")}
+    )  # fmt: skip
+
+    outbound.drain()
+
+    [event] = outbound.events()
+    [processed] = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
+    assert processed.parent is None
+    assert processed.context is not None
+    assert trace_of(event["traceparent"]) == processed.context.trace_id
+
+
+def test_a_queue_message_with_a_broken_traceparent_is_sent_and_traced_on_its_own(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    outbound.enqueue(
+        {"operation": "SendMessage", "customerId": "1001", "serviceId": "s-1001-oneway",
+         "traceparent": "00-not-a-trace-01", "body": sms("+358401000008")}
+    )  # fmt: skip
+
+    outbound.drain()
+
+    [event] = outbound.events()
+    assert event["type"].endswith(".sent")
+    [processed] = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
+    assert processed.parent is None
+    assert processed.context is not None
+    assert trace_of(event["traceparent"]) == processed.context.trace_id
+
+
+def _in_a_fresh_interpreter(script: str, **environment: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "APPLICATIONINSIGHTS_CONNECTION_STRING"}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**env, **environment},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return out.stdout.split()
+
+
+def test_without_a_connection_string_nothing_is_configured_and_no_distro_is_imported() -> None:
+    script = (
+        "import sys, function_app\n"
+        "print('otel-at-import', any(m.startswith('opentelemetry') for m in sys.modules))\n"
+        "from shared import telemetry\n"
+        "with telemetry.span('x'): pass\n"
+        "from opentelemetry import trace\n"
+        "print('configured', telemetry.configure())\n"
+        "print('distro', 'azure.monitor.opentelemetry' in sys.modules)\n"
+        "print('provider', type(trace.get_tracer_provider()).__name__)\n"
+    )
+    assert _in_a_fresh_interpreter(script) == [
+        "otel-at-import", "False", "configured", "False", "distro", "False",
+        "provider", "ProxyTracerProvider",
+    ]  # fmt: skip
+
+
+def test_with_a_connection_string_the_azure_monitor_distro_is_configured_on_first_use() -> None:
+    script = (
+        "import os, sys\n"
+        "from shared import telemetry\n"
+        "with telemetry.span('x'): pass\n"
+        "from opentelemetry import trace\n"
+        "print('configured', telemetry.configure())\n"
+        "print('provider', type(trace.get_tracer_provider()).__module__)\n"
+        "sys.stdout.flush(); os._exit(0)\n"  # nothing is listening: skip the final export
+    )
+    connection = (
+        "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+        "IngestionEndpoint=http://127.0.0.1:9/"
+    )
+    assert _in_a_fresh_interpreter(script, APPLICATIONINSIGHTS_CONNECTION_STRING=connection) == [
+        "configured",
+        "True",
+        "provider",
+        "opentelemetry.sdk.trace",
+    ]
+
+
+def test_one_trace_runs_from_the_webhook_through_intake_and_dispatcher_to_the_subscriber(
+    served: Inbound, telemetry: Telemetry, callback_receiver: CallbackReceiver
+) -> None:
+    answer = served.call(
+        "NewMessage",
+        "POST",
+        route_params={"Service": TWO_WAY},
+        headers={"Customer-Id": CUSTOMER},
+        body={"callbackUrl": f"{callback_receiver.url}/flow"},
+    )
+    assert answer.status == 201, answer.body
+    httpx.post(  # SmartDialog calls our webhook (the dev host) for a message to the service
+        f"{served.sandbox.url}/sandbox/inbound",
+        json={"sender": "+358401234567", "recipient": "+358501234567", "content": "Hi"},
+        timeout=10,
+    ).raise_for_status()
+    assert served.process_intake() == 1
+    assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+
+    [webhook] = telemetry.spans("inbound webhook")
+    assert webhook.context is not None
+    trace_id = webhook.context.trace_id
+    [event] = served.read(names.INBOUND_QUEUE)
+    assert trace_of(event["traceparent"]) == trace_id
+    [intake] = telemetry.spans(f"process {names.INBOUND_INTAKE_QUEUE}")
+    [dispatch] = telemetry.spans(f"process {names.INBOUND_DELIVERIES_QUEUE}")
+    [post] = telemetry.spans("POST subscriber")
+    for span in (intake, dispatch, post):
+        assert span.context is not None
+        assert span.context.trace_id == trace_id, span.name
+    [call] = callback_receiver.wait_for(1)
+    headers = {k.lower(): v for k, v in call.headers.items()}
+    assert post.context is not None
+    assert headers["traceparent"].startswith(f"00-{trace_id:032x}-{post.context.span_id:016x}-")
