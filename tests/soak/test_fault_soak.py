@@ -16,6 +16,7 @@ with its event, none lost, no recipient accepted upstream twice.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
+from azure.storage.queue import QueueClient
 
 from devhost import DevHost, load_app, load_host_json
 from devhost.azurite import Azurite
@@ -61,6 +63,10 @@ BULK = (100, 100, 100, 100)
 WHATSAPP = 150
 #: One packable send in this many is cancelled right after it is accepted.
 CANCEL_EVERY = 15
+#: Send commands put on the queue directly (as another service would), and how many of them
+#: arrive past their validUntil (they must fail with code expired, and say so in their event).
+QUEUED = 30
+EXPIRED = 10
 SETTLE_SECONDS = 240.0
 
 
@@ -193,6 +199,29 @@ def _post(
     return kind, [doc["Id"]], cancelled.status_code if cancelled is not None else None
 
 
+def _enqueue(soak: Soak, first_number: int) -> list[str]:
+    """Put :data:`QUEUED` send commands on the outbound queue, the first :data:`EXPIRED` of them
+    already expired; their message ids."""
+    queue = QueueClient.from_connection_string(soak.storage, OUTBOUND_QUEUE)
+    now = dt.datetime.now(dt.UTC)
+    ids = []
+    for i in range(QUEUED):
+        valid_until = now + dt.timedelta(seconds=-1 if i < EXPIRED else 600)
+        command = {
+            "operation": "SendMessage",
+            "messageId": f"soak-{SEED}-{i}",
+            "validUntil": valid_until.isoformat(),
+            "body": {
+                "Sender": "Soak",
+                "Content": f"Queued {i}",
+                "Recipients": [{"Address": _address(first_number + i)}],
+            },
+        }
+        queue.send_message(json.dumps(command))
+        ids.append(command["messageId"])
+    return ids
+
+
 def _finals(events: list[dict[str, Any]]) -> set[str]:
     lifecycle = {MESSAGE_SENT, MESSAGE_FAILED, MESSAGE_CANCELLED}
     return {str(e.get("subject")) for e in events if e.get("type") in lifecycle}
@@ -214,6 +243,7 @@ def test_a_thousand_mixed_sends_under_30_percent_upstream_faults_end_final_once_
             accepted.update(dict.fromkeys(ids, kind))
             if cancel is not None:
                 cancelled[cancel] += 1
+    accepted.update(dict.fromkeys(_enqueue(soak, 9_000_000), "queued"))
     accepting = time.monotonic() - began
 
     events = QueueDrain(soak.storage, EVENTS_QUEUE)
@@ -248,7 +278,11 @@ def test_a_thousand_mixed_sends_under_30_percent_upstream_faults_end_final_once_
         "settled seconds": round(settled, 1),
         "upstream calls": len(calls),
         "upstream answers": dict(Counter(str(c.get("status")) for c in sends)),
+        "sandbox quota 429s": sum(1 for c in calls if c["status"] == 429 and "fault" not in c),
+        "attempts": sum(r.attempts for r in records.values()),
         "faults injected": faults["injected"],
+        "fault share": round(sum(faults["injected"].values()) / max(1, faults["calls"]), 3),
+        "sandbox api calls": faults["calls"],
         "upstream messages accepted": len(upstream),
         "attempts per message": dict(sorted(attempts.items())),
         "invariant": report.summary(),
@@ -256,5 +290,6 @@ def test_a_thousand_mixed_sends_under_30_percent_upstream_faults_end_final_once_
     print("\nfault soak:", json.dumps(numbers, indent=1))
     report.assert_holds()
     assert len(accepted) >= 1000
+    assert report.failure_codes["expired"] >= EXPIRED
     assert sum(faults["injected"].values()) >= 0.2 * faults["calls"] > 0
     assert all(faults["injected"][k] > 0 for k in faults["injected"]), faults
