@@ -16,6 +16,9 @@ accepted (the sandbox's ``messages`` log: ``server.state.snapshot("messages")`` 
 - ``dead-letter``: a failed message without its dead letter (when dead letters are given);
 - ``upstream``: a message recorded sent whose upstream message, or one of its recipients, the
   upstream never accepted; a recipient the record does not list;
+- ``outcome``: a message recorded ``failed`` or ``cancelled`` whose recipient the upstream
+  accepted anyway (it was sent; we say it was not). A failure with code ``outcome-unknown`` says
+  it may have been sent, so an acceptance upstream is not held against it;
 - ``duplicate``: an address the upstream accepted more often than our messages were sent to it,
   or an upstream acceptance no record claims (a send the app does not know it made).
 
@@ -261,6 +264,8 @@ def check_invariants(
     expected_sends: Counter[str] = Counter()
     claimed: set[tuple[str, str]] = set()
     ours: set[str] = set()
+    unsent: dict[str, str] = {}  # address -> a failed or cancelled message of it, described
+    maybe: set[str] = set()  # addresses of messages failed as outcome-unknown
     for message_id in ids:
         record = records.get(message_id)
         if record is None:
@@ -268,6 +273,13 @@ def check_invariants(
         addresses = _addresses(record)
         ours.update(addresses)
         if record.status is not MessageStatus.SENT:
+            code = record.failure.code if record.failure else None
+            if code == "outcome-unknown":
+                expected_sends.update(addresses)  # may have been sent: once is no problem
+                maybe.update(addresses)
+            else:
+                described = f"{message_id} is {record.status}" + (f" ({code})" if code else "")
+                unsent.update(dict.fromkeys(addresses, described))
             continue
         expected_sends.update(addresses)
         answer = record.result_json() or {}
@@ -297,7 +309,10 @@ def check_invariants(
             )
     report.upstream_recipients = sum(by_address[a] for a in ours)
     for address in sorted(ours):
-        if by_address[address] > expected_sends[address]:
+        extra = by_address[address] - expected_sends[address]
+        if extra > 0 and address in unsent and extra == 1:
+            report.add("outcome", f"{unsent[address]} but upstream accepted {address}")
+        elif extra > 0:
             report.add(
                 "duplicate",
                 f"{address} was accepted upstream {by_address[address]} time(s), sent by "
@@ -305,6 +320,10 @@ def check_invariants(
             )
     for upstream_id, recipients in accepted.items():
         for recipient_id, address in recipients.items():
+            if address in unsent and by_address[address] - expected_sends[address] == 1:
+                continue  # reported as its outcome
+            if address in maybe and by_address[address] <= expected_sends[address]:
+                continue  # its message says it may have been sent
             if address in ours and (upstream_id, recipient_id) not in claimed:
                 report.add(
                     "duplicate",

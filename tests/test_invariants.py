@@ -176,13 +176,24 @@ def test_a_recipient_accepted_twice_upstream_is_a_duplicate_naming_the_unclaimed
     assert any("in u2 (RequestId pack-7), which no record claims" in p for p in report.problems)
 
 
-def test_a_message_failed_here_but_accepted_upstream_is_a_duplicate() -> None:
+def test_a_message_failed_here_but_accepted_upstream_has_the_wrong_outcome() -> None:
     records, events, upstream = _healthy()
     upstream.append(_accepted("u3", C))
     report = _check(records, events, upstream)
-    assert f"duplicate: {C} was accepted upstream 1 time(s), sent by 0 of our message(s)" in (
-        report.problems
-    )
+    assert report.problems == [f"outcome: m2 is failed (expired) but upstream accepted {C}"]
+    upstream.append(_accepted("u4", C))  # and twice: a duplicate as well
+    report = _check(records, events, upstream)
+    assert report.by_kind() == {"duplicate": 3}
+
+
+def test_a_failure_that_says_it_may_have_been_sent_may_have_been_sent_once() -> None:
+    records, events, upstream = _healthy()
+    unknown = FailureInfo(code="outcome-unknown", title="An earlier attempt may have been sent")
+    records[1] = _record("m2", MessageStatus.FAILED, C, failure=unknown)
+    events[2] = _event(MESSAGE_FAILED, "m2", error={"code": "outcome-unknown"})
+    _check(records, events, [*upstream, _accepted("u3", C)]).assert_holds()
+    twice = _check(records, events, [*upstream, _accepted("u3", C), _accepted("u4", C)])
+    assert twice.by_kind() == {"duplicate": 3}
 
 
 def test_a_send_recorded_but_not_accepted_upstream_or_missing_a_recipient_is_named() -> None:
