@@ -27,8 +27,9 @@ def _send(api: httpx.Client, request_id: str, timeout: float = 5.0) -> httpx.Res
     )
 
 
-def _only(kind: FaultKind, **options: float) -> FaultPlan:
-    return FaultPlan(rate=1.0, kinds=(kind,), **options)  # type: ignore[arg-type]
+def _only(kind: FaultKind, hold_seconds: float = 35.0) -> FaultPlan:
+    """Every API call meets ``kind``."""
+    return FaultPlan(rate=1.0, kinds=(kind,), hold_seconds=hold_seconds)
 
 
 def test_throttled_answers_429_with_retry_after_and_sends_nothing(
