@@ -11,6 +11,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
+from sandbox.faults import FaultPlan, parse_kinds
 from sandbox.server import SandboxServer
 
 T = TypeVar("T")
@@ -102,6 +103,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="entries kept in each inspection log [SANDBOX_LOG_LIMIT]",
     )
     add(
+        "--fault-rate",
+        type=float,
+        default=_env("SANDBOX_FAULT_RATE", 0.0, float),
+        help="share of API calls (0 to 1) that fail on purpose, see --fault-kinds; 0 turns the "
+        "fault mode off [SANDBOX_FAULT_RATE]",
+    )
+    add(
+        "--fault-seed",
+        type=int,
+        default=_env("SANDBOX_FAULT_SEED", 0, int),
+        help="seed of the fault mode: the same calls meet the same faults [SANDBOX_FAULT_SEED]",
+    )
+    add(
+        "--fault-kinds",
+        default=_env("SANDBOX_FAULT_KINDS", "", str),
+        help="comma-separated kinds, drawn with equal weight: throttled (429), unavailable (503), "
+        "timeout (held --fault-hold-seconds, then handled), reset (connection reset), "
+        "lost-answer (handled, then connection reset); empty: all [SANDBOX_FAULT_KINDS]",
+    )
+    add(
+        "--fault-hold-seconds",
+        type=float,
+        default=_env("SANDBOX_FAULT_HOLD_SECONDS", 35.0, float),
+        help="how long a 'timeout' call is held before it is handled: past the client's "
+        "timeout [SANDBOX_FAULT_HOLD_SECONDS]",
+    )
+    add(
         "--log-level",
         default=_env("SANDBOX_LOG_LEVEL", "INFO", str),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -119,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        faults = FaultPlan(
+            rate=args.fault_rate,
+            seed=args.fault_seed,
+            kinds=parse_kinds(args.fault_kinds),
+            hold_seconds=args.fault_hold_seconds,
+        )
+    except ValueError as exc:
+        print(f"sandbox: bad fault mode: {exc}", file=sys.stderr)
+        return 2
     server = SandboxServer(
         args.host,
         args.port,
@@ -132,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         public_url=args.public_url,
         seed_path=args.seed,
         log_limit=args.log_limit,
+        faults=faults,
     )
     try:
         server.bind()

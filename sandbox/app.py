@@ -26,6 +26,7 @@ import phonenumbers
 
 from sandbox.callbacks import DeferredCalls, http_call
 from sandbox.contract import BASE_PATH, Contract, Operation, load_contract
+from sandbox.faults import FaultInjector, FaultKind, FaultPlan
 from sandbox.oauth import Principal, TokenStore, discovery_document
 from sandbox.quota import Clock, SlidingWindowQuota
 from sandbox.sms import part_count, personalize
@@ -101,6 +102,8 @@ class SandboxConfig:
     public_url: str | None = None
     seed_path: Path = SEED_PATH
     log_limit: int = 10_000
+    #: The seeded random fault mode (off unless its rate is above 0); see sandbox/faults.py.
+    faults: FaultPlan = field(default_factory=FaultPlan)
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Request:
     body: bytes = b""
     operation_id: str | None = None
     redact: bool = False  # OAuth traffic: the log keeps no secrets and no token responses
+    fault: FaultKind | None = None  # what the fault mode did to it
 
     @functools.cached_property
     def path(self) -> str:
@@ -146,6 +150,8 @@ class Response:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Reset the connection instead of answering (the fault mode's reset and lost answer).
+    drop: bool = False
 
     def content(self) -> bytes:
         if self.body is None:
@@ -235,6 +241,7 @@ class Sandbox:
             self.seed.get("oauth", {}), self.config.static_token, self.config.token_ttl
         )
         self.state = SandboxState(self.seed, self.config.log_limit)
+        self.faults = FaultInjector(self.config.faults)
         self.callbacks = DeferredCalls()
         self.stopping = threading.Event()
         self.operations: dict[str, Callable[[Call], Response]] = {
@@ -271,6 +278,7 @@ class Sandbox:
         self.callbacks.cancel_all()
         self.quota.reset()
         self.state.reset()
+        self.faults.reset()
 
     def close(self) -> None:
         self.stopping.set()
@@ -279,17 +287,41 @@ class Sandbox:
     # --- entry point ---
 
     def handle(self, request: Request) -> Response:
-        """Answer one request; never raises."""
+        """Answer one request; never raises. A response with ``drop`` set must not be written:
+        the server resets the connection instead."""
+        path = request.path
+        if path == BASE_PATH or path.startswith(BASE_PATH + "/"):
+            request.fault = self.faults.decide(request.method, path, request.body)
         try:
-            response = self._dispatch(request)
+            response = self._faulty(request.fault) or self._dispatch(request)
         except ApiError as exc:
             response = exc.response()
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = Response(500, {"errorMessage": "Sandbox internal error"})
+        if request.fault is not None and request.fault.drops_connection:
+            response.drop = True
         if not request.path.startswith("/sandbox/"):
             self._log_request(request, response)
         return response
+
+    def _faulty(self, fault: FaultKind | None) -> Response | None:
+        """The answer of a call the fault mode stops before it is handled, or None (after
+        holding a ``timeout`` call) to handle it as usual."""
+        plan = self.faults.plan
+        if fault is FaultKind.THROTTLED:
+            raise ApiError(
+                429,
+                "Too many requests (sandbox fault mode)",
+                {"Retry-After": str(plan.retry_after)},
+            )
+        if fault is FaultKind.UNAVAILABLE:
+            raise ApiError(503, "Service temporarily unavailable (sandbox fault mode)")
+        if fault is FaultKind.RESET:
+            return Response(0, drop=True)
+        if fault is FaultKind.TIMEOUT:
+            self.stopping.wait(plan.hold_seconds)
+        return None
 
     def _dispatch(self, request: Request) -> Response:
         path = request.path
@@ -765,7 +797,26 @@ class Sandbox:
             )
         if route == ("GET", "/sandbox/pipelines"):
             return Response(200, self.state.actions_for(None))
+        if route[1] == "/sandbox/faults":
+            return self._fault_control(request)
         raise ApiError(404, f"Not found: {request.method} {request.path}")
+
+    def _fault_control(self, request: Request) -> Response:
+        """``GET``: the plan and counts; ``PUT``: a new plan (counts from zero); ``DELETE``:
+        faults off."""
+        if request.method == "PUT":
+            try:
+                plan = FaultPlan.from_json(request.json())
+            except ValueError as exc:
+                raise ApiError(400, f"Invalid fault plan: {exc}") from None
+            self.faults.configure(plan)
+        elif request.method == "DELETE":
+            self.faults.configure(FaultPlan())
+        elif request.method != "GET":
+            raise ApiError(
+                405, f"Method {request.method} not allowed", {"Allow": "GET, PUT, DELETE"}
+            )
+        return Response(200, self.faults.snapshot())
 
     def inbound(self, spec: Any) -> Response:
         """Simulate an inbound message: POST the New Message payload to the registered actions."""
@@ -897,8 +948,9 @@ class Sandbox:
                     k: v for k, v in request.headers.items() if k.lower() not in REDACTED_HEADERS
                 },
                 "body": body,
-                "status": response.status,
+                "status": None if request.fault is FaultKind.RESET else response.status,
                 "operationId": request.operation_id,
                 "response": None if request.redact else response.body,
+                **({"fault": request.fault.value} if request.fault is not None else {}),
             },
         )

@@ -14,6 +14,8 @@ Programmatic use (tests, benchmarks)::
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import sys
 import threading
 import time
@@ -24,6 +26,7 @@ from types import TracebackType
 
 from sandbox.app import SEED_PATH, Request, Response, Sandbox, SandboxConfig
 from sandbox.contract import BASE_PATH
+from sandbox.faults import FaultPlan
 from sandbox.quota import Clock
 from sandbox.state import SandboxState
 
@@ -62,7 +65,18 @@ class _Handler(BaseHTTPRequestHandler):
             body=self._body(),
         )
         response = self.server.sandbox.handle(request)
+        if response.drop:
+            self._reset()
+            return
         self._write(response)
+
+    def _reset(self) -> None:
+        """Reset the connection (RST, no answer): linger 0, then close the socket and its
+        reader (which holds a reference that would delay the close); the writer holds none."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()
+        self.connection.close()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
@@ -126,6 +140,7 @@ class SandboxServer:
         public_url: str | None = None,
         seed_path: str | Path | None = None,
         log_limit: int = 10_000,
+        faults: FaultPlan | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.host = host
@@ -141,6 +156,7 @@ class SandboxServer:
             public_url=public_url,
             seed_path=Path(seed_path) if seed_path else SEED_PATH,
             log_limit=log_limit,
+            faults=faults or FaultPlan(),
         )
         self.app = Sandbox(self.config, clock=clock)
         self._httpd: _HTTPServer | None = None

@@ -338,6 +338,14 @@ class SendService:
                     f"Message {message_id} is {record.status}.",
                     type=ProblemType.CONFLICT,
                 )
+            if record.attempts > 0:  # queued for a retry: its attempt may have been accepted
+                raise Problem(
+                    409,
+                    "The message can no longer be cancelled",
+                    f"Message {message_id} was attempted and may have reached SmartDialog; it is "
+                    "retried with the same RequestId, so it is sent at most once.",
+                    type=ProblemType.CONFLICT,
+                )
             now = self._clock()
             done = self.store.swap(
                 record, status=MessageStatus.CANCELLED, finished_at=now, updated_at=now
