@@ -172,7 +172,7 @@ class SubscriberDispatcher:
         if event is None:
             return self._dead_letter(
                 "malformed",
-                f"its event {delivery.eventBlob} is gone from the payload store",
+                f"its event {delivery.eventBlob} is gone from the payload store (or not an event)",
                 text,
                 delivery=delivery,
                 attempts=delivery.attempts,
