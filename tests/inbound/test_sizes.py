@@ -134,8 +134,7 @@ def test_a_body_over_1_mb_is_refused_413_with_its_reason_and_leaves_no_trace(
 ) -> None:
     body = payload(attachments=[{"name": "n" * 1_100_000}])
 
-    url = webhook_url(get_settings(), TWO_WAY, new_nonce())
-    response = httpx.post(url, json=body, timeout=30)
+    response = httpx.post(webhook_url(get_settings(), TWO_WAY, new_nonce()), json=body, timeout=30)
 
     assert response.status_code == 413
     assert response.headers["content-type"].startswith("application/problem+json")
