@@ -6,6 +6,12 @@ subscriber, so a subscriber that fails never delays the others, and Logic Apps r
 Message fields, as the certified connector's trigger gives them) in CloudEvents' HTTP binary
 mode: ``ce-id``, ``ce-type``, ``ce-source``, ``ce-time``, ``ce-subject`` headers.
 
+A subscriber always gets the whole message in one POST, so its flow runs once per message: an
+event too large for a queue message (``smartdialog-inbound`` carries it in parts) comes by
+reference (``eventBlob``, a blob in ``smartdialog-payloads``) and is read here; the delivery,
+its retries and its dead letter stay small. A blob that is gone dead-letters the delivery as
+``malformed`` (the parts are still on ``smartdialog-inbound``).
+
 Like the outbound sender it never sleeps: a failed POST that may succeed later (connection
 error, timeout, 408, 425, 429, 5xx) is re-enqueued with a visibility delay: the client's
 ``backoff_delay`` from ``SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS``, or the subscriber's
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -43,7 +50,7 @@ from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE
 from shared.smartdialog import backoff_delay, parse_retry_after
-from shared.storage import QueueLike, ensured_queue
+from shared.storage import PayloadStore, QueueLike, ensured_queue
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -133,9 +140,11 @@ class SubscriberDispatcher:
         http: GuardedClient,
         max_attempts: int,
         retry_base_seconds: float,
+        payloads: PayloadStore | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.subscriptions = subscriptions
+        self._payloads = payloads
         self._deliveries = deliveries
         self._dead_letters = dead_letters
         self._http = http
@@ -172,6 +181,15 @@ class SubscriberDispatcher:
         if subscription is None:
             log.info("subscription %s is gone; delivery dropped", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.UNSUBSCRIBED)
+        event = self._event(delivery)
+        if event is None:
+            return self._dead_letter(
+                "malformed",
+                f"its event {delivery.eventBlob} is gone from the payload store (or not an event)",
+                text,
+                delivery=delivery,
+                attempts=delivery.attempts,
+            )
         host = urlsplit(subscription.callback_url).hostname  # never the URL: it has a secret
         with telemetry.span(
             "POST subscriber",
@@ -184,8 +202,8 @@ class SubscriberDispatcher:
             verdict = judge_call(
                 lambda: self._http.post(
                     subscription.callback_url,
-                    json=delivery.event.get("data", {}),
-                    headers=telemetry.inject_traceparent(_binary_mode_headers(delivery.event)),
+                    json=event.get("data", {}),
+                    headers=telemetry.inject_traceparent(_binary_mode_headers(event)),
                 ),
                 host,
                 now=lambda: self._clock().timestamp(),
@@ -209,6 +227,21 @@ class SubscriberDispatcher:
             status=verdict.status,
         )
 
+    def _event(self, delivery: SubscriberDelivery) -> dict[str, Any] | None:
+        """The delivery's event: carried, or read whole from its blob (None if the blob is gone
+        or is not an event; a storage error raises: the host retries)."""
+        if delivery.event is not None:
+            return delivery.event
+        assert delivery.eventBlob is not None
+        if self._payloads is None:
+            raise RuntimeError("a delivery by reference needs the payload store")
+        stored = self._payloads.get(delivery.eventBlob)
+        try:
+            event = json.loads(stored) if stored is not None else None
+        except ValueError:
+            event = None
+        return event if isinstance(event, dict) else None
+
     def _retry(
         self,
         delivery: SubscriberDelivery,
@@ -229,7 +262,7 @@ class SubscriberDispatcher:
             )
         seconds = retry_delay_seconds(attempts, base=self.retry_base_seconds, advised=advised)
         copy = delivery.model_copy(update={"attempts": attempts})
-        self._deliveries.send_message(copy.model_dump_json(), visibility_timeout=seconds)
+        self._deliveries.send_message(copy.to_json(), visibility_timeout=seconds)
         log.warning(
             "delivery to subscription %s failed (%s); attempt %d, retry in %d s",
             delivery.subscriptionId,
@@ -286,6 +319,7 @@ def _dispatcher_for(settings: Settings) -> SubscriberDispatcher:
         http=GuardedClient.from_settings(settings),
         max_attempts=settings.dispatch_max_attempts,
         retry_base_seconds=settings.dispatch_retry_base_seconds,
+        payloads=PayloadStore.from_settings(settings),
     )
 
 

@@ -172,19 +172,48 @@ class DeliveryReportData(BaseModel):
 
 
 class SubscriberDelivery(BaseModel):
-    """One message on ``smartdialog-inbound-deliveries``: deliver ``event`` to one subscriber.
+    """One message on ``smartdialog-inbound-deliveries``: deliver one event, whole, to one
+    subscriber.
 
-    The callback URL is not on the queue (it is a credential); the dispatcher reads it from the
-    subscription, so an unsubscribed flow receives nothing more.
+    The event travels in ``event``, or, when it is too large for a queue message (a
+    ``message.received`` that ``smartdialog-inbound`` carries in parts), by reference in
+    ``eventBlob``: the subscriber still receives it in one POST. The callback URL is not on the
+    queue (it is a credential); the dispatcher reads it from the subscription, so an unsubscribed
+    flow receives nothing more.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     service: str
     subscriptionId: str
-    event: dict[str, Any] = Field(description="The CloudEvent as put on smartdialog-inbound.")
+    event: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "The CloudEvent as put on smartdialog-inbound; absent when it is in `eventBlob`."
+        ),
+    )
+    eventBlob: str | None = Field(
+        None,
+        pattern=r"^event/[0-9a-f]{64}$",
+        description=(
+            "An event too large for a queue message, by reference: the blob in container "
+            "`smartdialog-payloads` that holds the whole CloudEvent's JSON (one event with "
+            "`part` = `parts` = 1, id `{service}:{messageId}`)."
+        ),
+    )
     attempts: int = Field(0, ge=0, description="POSTs made so far.")
     firstQueuedAt: dt.datetime
+
+    @model_validator(mode="after")
+    def _one_event(self) -> SubscriberDelivery:
+        if (self.event is None) == (self.eventBlob is None):
+            raise ValueError("give exactly one of event and eventBlob")
+        return self
+
+    def to_json(self) -> str:
+        """The queue message text: without the absent one of ``event`` and ``eventBlob`` (so a
+        delivery that carries its event has the shape it always had)."""
+        return self.model_dump_json(exclude={"eventBlob"} if self.eventBlob is None else {"event"})
 
 
 class SubscriberDeadLetter(BaseModel):

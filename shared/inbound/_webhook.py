@@ -13,8 +13,9 @@ each step only once the previous succeeded::
     InboundProcessor: claim the message key in SmartDialogInboundSeen (pending, holder = the
                       intake message's queue id)
         -> opt-out keyword applied to SmartDialogSuppressions (idempotent, see below)
-        -> CloudEvent on smartdialog-inbound, one delivery per subscriber on
-           smartdialog-inbound-deliveries
+        -> CloudEvent on smartdialog-inbound (in parts when too large for a queue message),
+           one delivery per subscriber on smartdialog-inbound-deliveries (carrying the event,
+           or naming the whole event's blob in smartdialog-payloads when it came in parts)
         -> claim marked "published" -> return (the host deletes the intake message)
 
 Nothing is stored before the token and the payload are checked, so forged, stale or malformed
@@ -517,25 +518,45 @@ class InboundProcessor:
             receivedAt=received_at,
             optOut=keyword,
         )
+        time = payload.timestamp or received_at
         texts = [
             event.to_json()
-            for event in received_events(
-                data, event_id=event_id, subject=key, time=payload.timestamp or received_at
-            )
+            for event in received_events(data, event_id=event_id, subject=key, time=time)
         ]
         for text in texts:
             self._inbound.send_message(text)
         subscribers = self.subscriptions.list(service)
+        if not subscribers:
+            return 0
+        # A subscriber gets the whole event in one POST: one that came in parts goes to the
+        # dispatcher by reference (one blob, whatever the number of subscribers).
+        event: dict[str, Any] | None = json.loads(texts[0]) if len(texts) == 1 else None
+        blob: str | None = None
+        if event is None:
+            whole = received_event(data, event_id=event_id, subject=key, time=time)
+            blob = self._event_store().put(whole.to_json(), kind="event")
         for subscription in subscribers:
-            for text in texts:
-                delivery = SubscriberDelivery(
-                    service=service,
-                    subscriptionId=subscription.subscription_id,
-                    event=json.loads(text),
-                    firstQueuedAt=self._clock(),
-                )
-                self._deliveries.send_message(delivery.model_dump_json())
+            delivery = SubscriberDelivery(
+                service=service,
+                subscriptionId=subscription.subscription_id,
+                event=event,
+                eventBlob=blob,
+                firstQueuedAt=self._clock(),
+            )
+            self._deliveries.send_message(delivery.to_json())
         return len(subscribers)
+
+    def _event_store(self) -> PayloadStore:
+        if self._payloads is None:
+            raise RuntimeError("an inbound event this large needs the payload store")
+        return self._payloads
+
+
+def received_event(
+    data: InboundMessageData, *, event_id: str, subject: str, time: dt.datetime
+) -> CloudEvent[InboundMessageData]:
+    """The ``message.received`` event of ``data``, whatever its size (what a subscriber gets)."""
+    return make_event(MESSAGE_RECEIVED, data, event_id=event_id, subject=subject, time=time)
 
 
 def received_events(
@@ -548,7 +569,7 @@ def received_events(
     :class:`InboundMessageData`)."""
 
     def event(item: InboundMessageData, ident: str) -> CloudEvent[InboundMessageData]:
-        return make_event(MESSAGE_RECEIVED, item, event_id=ident, subject=subject, time=time)
+        return received_event(item, event_id=ident, subject=subject, time=time)
 
     def fits(item: CloudEvent[InboundMessageData]) -> bool:
         # Quoted again: a subscriber's dead letter carries its delivery as a JSON string.

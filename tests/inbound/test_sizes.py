@@ -1,5 +1,6 @@
 """Inbound sizes: a webhook body up to 1 MB is accepted and published whole (its intake message
-by reference, its event in parts that each fit a queue message); above 1 MB, 413, no trace."""
+by reference, its event on smartdialog-inbound in parts that each fit a queue message, and to
+each New Message subscriber in one POST, its delivery by reference); above 1 MB, 413, no trace."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from shared import names
 from shared.inbound import MESSAGE_RECEIVED, new_nonce, webhook_url
 from shared.settings import get_settings
-from shared.storage import QUEUE_MESSAGE_LIMIT, queue_client, queue_message_bytes
+from shared.storage import QUEUE_MESSAGE_LIMIT, PayloadStore, queue_client, queue_message_bytes
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import TWO_WAY, Inbound
 from tests.inbound.test_subscriptions import simulate_inbound, subscribe
@@ -79,11 +80,16 @@ def test_20000_emoji_from_smartdialog_are_accepted_and_reach_the_queue_and_a_sub
     assert len({e["id"] for e in parsed}) == len(parsed)
     assert whole([e["data"] for e in parsed])["content"] == content
 
-    deliveries = texts(names.INBOUND_DELIVERIES_QUEUE)
-    assert max(queue_message_bytes(d) for d in deliveries) <= QUEUE_MESSAGE_LIMIT
-    runs = served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
-    calls = callback_receiver.wait_for(runs)
-    assert whole([json.loads(c.body) for c in calls])["content"] == content
+    [delivery_text] = texts(names.INBOUND_DELIVERIES_QUEUE)  # one, not one per part
+    assert queue_message_bytes(delivery_text) <= QUEUE_MESSAGE_LIMIT
+    assert "event" not in json.loads(delivery_text)  # by reference
+    assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+    # One invocation made every POST before it returned (the answer comes after the body).
+    [call] = callback_receiver.calls
+    data = json.loads(call.body)
+    assert data["content"] == content
+    assert (data["part"], data["parts"]) == (1, 1)
+    assert call.headers["ce-id"] == f"{TWO_WAY}:{data['messageId']}"  # the message's, no part
 
 
 @pytest.mark.parametrize(
@@ -95,8 +101,9 @@ def test_20000_emoji_from_smartdialog_are_accepted_and_reach_the_queue_and_a_sub
     ids=["one-100-KB-name", "almost-1-MB-of-names"],
 )
 def test_a_large_body_up_to_1_mb_is_accepted_and_published_whole(
-    inbound: Inbound, attachments: list[dict[str, str]]
+    inbound: Inbound, callback_receiver: CallbackReceiver, attachments: list[dict[str, str]]
 ) -> None:
+    subscribe(inbound, f"{callback_receiver.url}/flow")
     body = payload(content='See attached "files" <here> & there', attachments=attachments)
     raw = json.dumps(body, ensure_ascii=False).encode()
     assert len(raw) <= 1024 * 1024
@@ -113,6 +120,13 @@ def test_a_large_body_up_to_1_mb_is_accepted_and_published_whole(
     assert data["content"] == body["content"]
     assert data["attachments"] == attachments
     assert data["messageId"] == body["messageId"]
+
+    assert inbound.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+    [call] = callback_receiver.calls
+    posted = json.loads(call.body)
+    assert posted["attachments"] == attachments  # the 100 KB name whole, in one POST
+    assert posted["content"] == body["content"]
+    assert (posted["part"], posted["parts"]) == (1, 1)
 
 
 def test_a_body_over_1_mb_is_refused_413_with_its_reason_and_leaves_no_trace(
@@ -136,22 +150,25 @@ def test_an_over_1_mb_body_with_a_forged_token_is_still_401(inbound: Inbound) ->
     assert_no_trace(inbound)
 
 
-def test_a_refused_delivery_of_20000_quotes_makes_dead_letters_that_fit(
+def test_a_refused_delivery_of_20000_quotes_makes_one_dead_letter_that_fits(
     inbound: Inbound, callback_receiver: CallbackReceiver
 ) -> None:
-    callback_receiver.status = 404  # the subscriber refuses: each delivery is dead-lettered
+    callback_receiver.status = 404  # the subscriber refuses: the delivery is dead-lettered
     subscribe(inbound, f"{callback_receiver.url}/flow")
     content = '"' * 20_000  # 40,000 bytes once in JSON, 80,000 quoted again
 
     assert post(inbound, payload(content=content), token=token_for()).status == 202
     assert inbound.process_intake() == 1
-    inbound.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
+    assert inbound.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
 
-    letters = taken(names.INBOUND_DEAD_LETTER_QUEUE)
-    assert letters
-    assert max(queue_message_bytes(t) for t in letters) <= QUEUE_MESSAGE_LIMIT
-    deliveries = [json.loads(json.loads(t)["original"]) for t in letters]
-    assert whole([d["event"]["data"] for d in deliveries])["content"] == content
+    [letter] = taken(names.INBOUND_DEAD_LETTER_QUEUE)
+    assert queue_message_bytes(letter) <= QUEUE_MESSAGE_LIMIT
+    assert json.loads(letter)["reason"] == "rejected"
+    delivery = json.loads(json.loads(letter)["original"])
+    stored = PayloadStore.from_settings().get(delivery["eventBlob"])  # what replay would POST
+    assert stored is not None
+    assert json.loads(stored)["data"]["content"] == content
+    assert json.loads(callback_receiver.calls[0].body)["content"] == content
 
 
 @pytest.mark.parametrize(
