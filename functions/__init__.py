@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import actions, dlr, health, sender, sends, subscriptions, webhooks
+from functions import actions, dlr, events, health, sender, sends, subscriptions, webhooks
 
 BLUEPRINTS: list[func.Blueprint] = [
     health.bp,
@@ -17,4 +17,5 @@ BLUEPRINTS: list[func.Blueprint] = [
     webhooks.bp,
     subscriptions.bp,
     dlr.bp,
+    events.bp,
 ]

@@ -51,6 +51,16 @@ PACKS_TABLE = "SmartDialogPacks"
 #: Bulk sends: one record per batch (counts, rejected rows); its members are messages.
 BATCHES_TABLE = "SmartDialogBatches"
 
+#: CloudEvents / Event Grid events for the notification rules, as Event Grid's storage-queue
+#: handler writes them (base64 of JSON) or as plain JSON (``shared.notify``).
+CLOUD_EVENTS_QUEUE = "smartdialog-cloud-events"
+#: Messages of ``smartdialog-cloud-events`` that held no valid event, each with its reason.
+CLOUD_EVENTS_DEAD_LETTER_QUEUE = "smartdialog-cloud-events-deadletter"
+#: Notification rules (PartitionKey ``rule``) and recipient lists (PartitionKey ``list``).
+NOTIFICATION_RULES_TABLE = "SmartDialogNotificationRules"
+#: Quiet periods (rule + subject + recipient) and hourly recipient caps of the rules.
+NOTIFICATION_STATE_TABLE = "SmartDialogNotificationState"
+
 QUEUES: tuple[str, ...] = (
     OUTBOUND_QUEUE,
     INBOUND_QUEUE,
@@ -59,6 +69,8 @@ QUEUES: tuple[str, ...] = (
     INBOUND_DELIVERIES_QUEUE,
     INBOUND_DEAD_LETTER_QUEUE,
     INBOUND_INTAKE_QUEUE,
+    CLOUD_EVENTS_QUEUE,
+    CLOUD_EVENTS_DEAD_LETTER_QUEUE,
 )
 TABLES: tuple[str, ...] = (
     QUOTA_TABLE,
@@ -71,6 +83,8 @@ TABLES: tuple[str, ...] = (
     DELIVERY_REPORTS_TABLE,
     PACKS_TABLE,
     BATCHES_TABLE,
+    NOTIFICATION_RULES_TABLE,
+    NOTIFICATION_STATE_TABLE,
 )
 
 
