@@ -32,8 +32,10 @@ STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 #: Most events one request or queue message may carry (Event Grid batches at most 5,000).
 MAX_EVENTS = 5000
-#: Event Grid schema members that must be present (its documented required fields).
+#: Event Grid schema members that must be present (its documented required fields; Azure's own
+#: events send ``dataVersion`` empty, so only presence is required of it).
 _GRID_REQUIRED = ("id", "subject", "eventType", "eventTime", "data", "dataVersion")
+_GRID_NON_EMPTY = ("id", "eventType", "eventTime")
 
 
 class InvalidEvent(ValueError):
@@ -109,7 +111,8 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
     """An Event Grid schema event (a JSON object) as an :class:`IncomingEvent`."""
     from azure.eventgrid import EventGridEvent
 
-    missing = [name for name in _GRID_REQUIRED if value.get(name) in (None, "")]
+    missing = [name for name in _GRID_REQUIRED if value.get(name) is None]
+    missing += [name for name in _GRID_NON_EMPTY if value.get(name) == "" and name not in missing]
     if missing:
         raise InvalidEvent(
             f"Not an Event Grid event: {', '.join(missing)} missing.", field=missing[0]
