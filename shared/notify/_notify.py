@@ -281,6 +281,7 @@ class Notifier:
             "operation": operation,
             "messageId": message_id,
             "serviceId": rule.ServiceId,
+            "origin": {"ruleId": rule.Id, "eventId": event.id, "eventSource": event.source},
             "body": {k: v for k, v in body.items() if v is not None},
         }
         if rule.ValiditySeconds is not None:

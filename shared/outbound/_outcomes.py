@@ -35,6 +35,7 @@ from shared.outbound._models import (
     OutboundMessageAdapter,
     PackDriver,
     RecipientOutcome,
+    command_origin,
 )
 from shared.outbound._ports import SendPorts
 
@@ -345,6 +346,7 @@ class Outcomes:
                 recipients=recipients,
                 attempts=record.attempts,
                 duplicate=record.duplicate,
+                origin=command_origin(record.command),
             )
             event_type = MESSAGE_SENT
         elif record.status is MessageStatus.FAILED:
@@ -370,6 +372,7 @@ class Outcomes:
                 serviceId=record.service_id,
                 requestId=record.request_id,
                 error=record.failure,
+                origin=command_origin(record.command),
             )
             event_type = MESSAGE_FAILED
         else:

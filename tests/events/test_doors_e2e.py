@@ -8,14 +8,18 @@ import base64
 import copy
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shared.names import CLOUD_EVENTS_DEAD_LETTER_QUEUE, CLOUD_EVENTS_QUEUE, OUTBOUND_QUEUE
+from shared.names import (
+    CLOUD_EVENTS_DEAD_LETTER_QUEUE,
+    CLOUD_EVENTS_QUEUE,
+    EVENTS_QUEUE,
+    OUTBOUND_QUEUE,
+)
 from tests.e2e.conftest import DELIVERED_NUMBER, Stack, poll
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -34,11 +38,10 @@ def fresh(event: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def no_rules(stack: Stack) -> Iterator[None]:
+def no_rules(stack: Stack) -> None:
     """Each test starts with no rules."""
     for rule in stack.http.get(f"{stack.api}/notification-rules").json()["value"]:
         stack.http.delete(f"{stack.api}/notification-rules/{rule['Id']}")
-    yield
 
 
 def create_rule(stack: Stack, rule: dict[str, Any]) -> None:
@@ -55,7 +58,8 @@ def alert_rule(**changes: Any) -> dict[str, Any]:
         },
         "Message": {
             "Sender": "Ops",
-            "Content": "ALERT $(data.essentials.alertRule) on $(data.essentials.configurationItems[0]): "
+            "Content": "ALERT $(data.essentials.alertRule) on "
+            "$(data.essentials.configurationItems[0]): "
             "$(data.alertContext.condition.allOf[0].metricValue) ($(id))",
         },
         "Recipients": {"List": "on-call"},
@@ -126,6 +130,18 @@ def test_an_alert_in_structured_mode_pages_the_on_call_list_once_even_when_deliv
     poll(lambda: outbound_drained(stack), what="the repeated commands to be processed")
     assert addresses(upstream_calls(stack, alert["id"])) == sorted(ON_CALL)
 
+    sent = poll(
+        lambda: [
+            e
+            for e in map(json.loads, stack.peek(EVENTS_QUEUE))
+            if e["type"].endswith("message.sent")
+            and e["data"]["messageId"] in first.json()["Results"][0]["MessageIds"]
+        ],
+        what="the message.sent events",
+    )
+    assert {e["data"]["origin"]["ruleId"] for e in sent} == {"cpu-alerts"}
+    assert {e["data"]["origin"]["eventId"] for e in sent} == {alert["id"]}
+
 
 def test_the_event_grid_webhook_validates_the_subscription_then_blob_created_sends_a_template(
     stack: Stack,
@@ -134,7 +150,7 @@ def test_the_event_grid_webhook_validates_the_subscription_then_blob_created_sen
     validation = [
         {
             "id": str(uuid.uuid4()),
-            "topic": "/subscriptions/0/resourceGroups/media-rg/providers/Microsoft.Storage/storageAccounts/mediastore01",
+            "topic": "/subscriptions/0/resourceGroups/media-rg",
             "subject": "",
             "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
             "eventTime": "2026-12-03T21:00:00Z",

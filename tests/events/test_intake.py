@@ -76,7 +76,8 @@ def test_event_grid_schema_blob_created_with_its_empty_data_version_is_read() ->
         ({"content-type": "application/cloudevents-batch+json"}, b'{"specversion": "1.0"}', "body"),
         (
             {"content-type": "application/json"},
-            b'[{"id": "1", "subject": "s", "eventTime": "2026-01-01T00:00:00Z", "data": {}, "dataVersion": ""}]',
+            b'[{"id": "1", "subject": "s", "eventTime": "2026-01-01T00:00:00Z", "data": {}, '
+            b'"dataVersion": ""}]',
             "[0].eventType",
         ),
         ({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"{}", "body"),

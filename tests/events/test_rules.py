@@ -101,7 +101,8 @@ def test_a_missing_placeholder_renders_empty_and_is_logged(
     doc = parse_object(ALERT).document()
     with caplog.at_level(logging.WARNING, "shared.notify"):
         text = render(
-            "$(data.essentials.alertRule): $(data.alertContext.condition.allOf[0].metricValue) [$(data.nope)]",
+            "$(data.essentials.alertRule): "
+            "$(data.alertContext.condition.allOf[0].metricValue) [$(data.nope)]",
             doc,
             rule_id="cpu",
             event_id="e",
