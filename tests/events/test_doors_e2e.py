@@ -314,3 +314,54 @@ def test_rules_are_validated_when_saved_and_managed_by_their_actions(stack: Stac
 
     assert stack.http.delete(f"{stack.api}/notification-rules/cpu-alerts").status_code == 204
     assert stack.http.get(f"{stack.api}/notification-rules/cpu-alerts").status_code == 404
+
+
+def test_the_event_grid_webhook_takes_the_cloudevents_schema_after_its_options_handshake(
+    stack: Stack,
+) -> None:
+    webhook = f"{stack.host.url}/runtime/webhooks/eventgrid?functionName=CloudEventsGrid"
+    handshake = stack.http.options(
+        webhook, headers={"WebHook-Request-Origin": "eventgrid.azure.net"}
+    )
+    assert handshake.status_code == 200
+    assert handshake.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+    unknown = stack.http.post(
+        webhook.replace("CloudEventsGrid", "NoSuchFunction"),
+        json=[],
+        headers={"aeg-event-type": "Notification"},
+    )
+    assert unknown.status_code == 404
+
+    create_rule(stack, alert_rule(Recipients={"Numbers": [DELIVERED_NUMBER]}))
+    alert = fresh(fixture("alert-activated.cloudevent.json"))
+    delivered = stack.http.post(
+        webhook,
+        content=json.dumps(alert).encode(),
+        headers={"aeg-event-type": "Notification", "Content-Type": "application/cloudevents+json"},
+    )
+    assert delivered.status_code == 202
+    calls = poll(lambda: upstream_calls(stack, alert["id"]), what="the alert's send")
+    assert addresses(calls) == [DELIVERED_NUMBER]
+
+
+def test_numbers_from_events_are_capped_per_hour_and_a_redelivery_keeps_its_allowance(
+    stack: Stack,
+) -> None:
+    create_rule(
+        stack,
+        {
+            "Id": "shipped-hourly",
+            "Match": {"EventType": "Contoso.Orders.Shipped"},
+            "Message": {"Sender": "Contoso", "Content": "Order $(data.orderId) shipped"},
+            "Recipients": {
+                "FromEvent": "data.customer.phones[0]",
+                "AllowedCountryCodes": [358],
+                "MaxPerHour": 1,
+            },
+        },
+    )
+    [order] = fixture("custom-topic.eventgrid.json")
+    first, second = fresh(order), fresh(order)
+    assert post_events(stack, [first], "application/json").json()["Sends"] == 1
+    assert post_events(stack, [second], "application/json").json()["Sends"] == 0
+    assert post_events(stack, [first], "application/json").json()["Sends"] == 1
