@@ -34,6 +34,9 @@ log = logging.getLogger("shared.notify")
 
 #: The scope of derived message ids: changing it would make re-deliveries send again.
 ID_SCOPE = "notification-rule"
+#: Largest send command a rule may queue (a queue message holds 64 KiB; the send actions keep
+#: the same headroom for the sender's retry metadata).
+MAX_COMMAND_BYTES = 60_000
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,11 @@ class Notifier:
                 ):
                     result.skipped.append(Skipped(rule.Id, address, "quiet period"))
                     continue
-                result.sends.append(self._send(rule, event, document, address, now))
+                try:
+                    result.sends.append(self._send(rule, event, document, address, now))
+                except ValueError as exc:  # pydantic's ValidationError is one too
+                    log.warning("rule %s: no message for event %s: %s", rule.Id, event.id, exc)
+                    result.skipped.append(Skipped(rule.Id, address, "message not valid"))
         return result
 
     def _recipients(
@@ -289,4 +296,7 @@ class Notifier:
         parsed = OutboundMessageAdapter.validate_python(
             {k: v for k, v in command.items() if v is not None}
         )
+        size = len(parsed.model_dump_json(by_alias=True, exclude_none=True).encode("utf-8"))
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"the rendered message is too large to queue ({size} bytes)")
         return PlannedSend(rule.Id, address, parsed)

@@ -365,3 +365,24 @@ def test_numbers_from_events_are_capped_per_hour_and_a_redelivery_keeps_its_allo
     assert post_events(stack, [first], "application/json").json()["Sends"] == 1
     assert post_events(stack, [second], "application/json").json()["Sends"] == 0
     assert post_events(stack, [first], "application/json").json()["Sends"] == 1
+
+
+def test_a_message_rendered_too_large_to_queue_is_skipped_not_a_server_error(
+    stack: Stack,
+) -> None:
+    create_rule(
+        stack,
+        {
+            "Id": "dump",
+            "Match": {"EventType": "Contoso.Orders.Shipped"},
+            "Message": {"Sender": "Contoso", "Content": "$(data.blob)"},
+            "Recipients": {"Numbers": [DELIVERED_NUMBER]},
+        },
+    )
+    [order] = fixture("custom-topic.eventgrid.json")
+    order = fresh(order)
+    order["data"]["blob"] = "x" * 70_000
+    answer = post_events(stack, [order], "application/json")
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["Sends"] == 0
+    assert answer.json()["Results"][0]["Skipped"] == 1
