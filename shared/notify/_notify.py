@@ -22,7 +22,12 @@ from shared.names import OUTBOUND_QUEUE
 from shared.notify._intake import IncomingEvent
 from shared.notify._rules import Rule, render, search
 from shared.notify._store import NotifyState, RuleBook, RuleStore
-from shared.outbound import OutboundMessage, OutboundMessageAdapter, derive_message_id
+from shared.outbound import (
+    MAX_QUEUE_MESSAGE_BYTES,
+    OutboundMessage,
+    OutboundMessageAdapter,
+    derive_message_id,
+)
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -34,9 +39,6 @@ log = logging.getLogger("shared.notify")
 
 #: The scope of derived message ids: changing it would make re-deliveries send again.
 ID_SCOPE = "notification-rule"
-#: Largest send command a rule may queue (a queue message holds 64 KiB; the send actions keep
-#: the same headroom for the sender's retry metadata).
-MAX_COMMAND_BYTES = 60_000
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,6 @@ class Notifier:
             {k: v for k, v in command.items() if v is not None}
         )
         size = len(parsed.model_dump_json(by_alias=True, exclude_none=True).encode("utf-8"))
-        if size > MAX_COMMAND_BYTES:
+        if size > MAX_QUEUE_MESSAGE_BYTES:
             raise ValueError(f"the rendered message is too large to queue ({size} bytes)")
         return PlannedSend(rule.Id, address, parsed)

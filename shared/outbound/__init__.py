@@ -44,8 +44,10 @@ from shared.outbound._records import (
     with_delivery_report_url,
 )
 from shared.outbound._sender import OutboundSender, reset_sender_cache
+from shared.outbound._service import MAX_QUEUE_MESSAGE_BYTES
 
 __all__ = [
+    "MAX_QUEUE_MESSAGE_BYTES",
     "DeadLetter",
     "DeadLetterReason",
     "MessageCancelledData",
