@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -257,13 +258,19 @@ def test_a_quiet_period_keeps_a_flapping_alert_from_paging_twice(stack: Stack) -
     assert second.json()["Results"][0]["Skipped"] == 1
 
 
-def test_an_event_matching_no_rule_is_counted_and_dropped(stack: Stack) -> None:
-    answer = post_events(
-        stack, fresh(fixture("blob-created.cloudevent.json")), "application/cloudevents+json"
-    )
+def test_an_event_matching_no_rule_is_counted_and_dropped_with_a_log_line_without_data(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    blob = fresh(fixture("blob-created.cloudevent.json"))
+    with caplog.at_level(logging.INFO, "shared.notify"):
+        answer = post_events(stack, blob, "application/cloudevents+json")
     assert answer.status_code == 202
     assert answer.json()["Unmatched"] == 1
     assert answer.json()["Sends"] == 0
+    [line] = [r.getMessage() for r in caplog.records if "matched no rule" in r.getMessage()]
+    assert blob["id"] in line
+    assert "Microsoft.Storage.BlobCreated" in line
+    assert "invoice" not in caplog.text
 
 
 def test_bad_events_get_a_400_naming_the_field_and_queue_nothing(stack: Stack) -> None:
