@@ -133,6 +133,16 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
     )
 
 
+def _invalid(exc: Exception, *, prefix: str = "") -> InvalidEvent:
+    """The SDK's error as an :class:`InvalidEvent` naming the first offending attribute."""
+    from cloudevents.core.exceptions import CloudEventValidationError
+
+    field = "body"
+    if isinstance(exc, CloudEventValidationError) and exc.errors:
+        field = prefix + next(iter(exc.errors))
+    return InvalidEvent(f"Not a CloudEvents 1.0 event: {exc}", field=field)
+
+
 def _cloud_event_from_json(text: bytes) -> IncomingEvent:
     from cloudevents.core.exceptions import BaseCloudEventException
     from cloudevents.core.formats.json import JSONFormat
@@ -140,7 +150,7 @@ def _cloud_event_from_json(text: bytes) -> IncomingEvent:
     try:
         return from_cloud_event(JSONFormat().read(None, text))
     except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
-        raise InvalidEvent(f"Not a CloudEvents 1.0 event: {exc}") from exc
+        raise _invalid(exc) from exc
 
 
 def parse_object(value: Any) -> IncomingEvent:
@@ -185,7 +195,7 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
             event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
             return [from_cloud_event(event)]
         except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
-            raise InvalidEvent(f"Not a CloudEvents 1.0 event: {exc}") from exc
+            raise _invalid(exc, prefix="ce-") from exc
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     value = _json(body)
     if content_type == STRUCTURED_CONTENT_TYPE and not isinstance(value, dict):

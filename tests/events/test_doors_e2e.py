@@ -282,7 +282,7 @@ def test_bad_events_get_a_400_naming_the_field_and_queue_nothing(stack: Stack) -
     answer = post_events(stack, [good, broken], "application/cloudevents-batch+json")
     assert answer.status_code == 400
     assert answer.headers["Content-Type"].startswith("application/problem+json")
-    assert answer.json()["errors"][0]["field"] == "[1].body"
+    assert answer.json()["errors"][0]["field"] == "[1].source"
     assert stack.peek(OUTBOUND_QUEUE) == []
 
 

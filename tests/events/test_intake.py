@@ -66,7 +66,7 @@ def test_event_grid_schema_blob_created_with_its_empty_data_version_is_read() ->
         (
             {"content-type": "application/cloudevents+json"},
             b'{"specversion": "1.0", "id": "1", "type": "t"}',
-            "body",
+            "source",
         ),
         (
             {"content-type": "application/cloudevents+json"},
@@ -80,7 +80,7 @@ def test_event_grid_schema_blob_created_with_its_empty_data_version_is_read() ->
             b'"dataVersion": ""}]',
             "[0].eventType",
         ),
-        ({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"{}", "body"),
+        ({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"{}", "ce-source"),
         ({"content-type": "application/json"}, b"[]", "body"),
     ],
 )
