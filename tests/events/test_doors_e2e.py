@@ -446,3 +446,46 @@ def test_every_sample_through_every_door_reaches_the_sandbox(
     assert addresses(calls) == [DELIVERED_NUMBER]
     type_name = event.get("type") or event["eventType"]
     assert f"{type_name} {event['id']}" in json.dumps(calls[0]["body"])
+
+
+def test_a_crash_between_an_events_sends_is_healed_by_the_retry_and_nothing_goes_twice(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.messages import MessageStatus, MessageStore
+    from shared.notify._doors import notifier
+    from shared.settings import get_settings
+    from tests.crash import crash_once
+
+    put = stack.http.put(f"{stack.api}/recipient-lists/on-call", json={"Numbers": ON_CALL})
+    assert put.status_code == 200
+    create_rule(stack, alert_rule())
+    calls = iter(range(100))
+    crash_once(
+        monkeypatch,
+        notifier(get_settings()).queue,
+        "send_message",
+        "the instance died after queuing the first send",
+        when=lambda *args, **kwargs: next(calls) == 1,  # the second send of the event
+    )
+    alert = fresh(fixture("alert-activated.cloudevent.json"))
+    died = post_events(stack, alert, "application/cloudevents+json")
+    assert died.status_code == 500
+    retried = post_events(stack, alert, "application/cloudevents+json")
+    assert retried.status_code == 202
+    poll(
+        lambda: len(addresses(upstream_calls(stack, alert["id"]))) == 2,
+        what="both on-call sends",
+    )
+    assert addresses(upstream_calls(stack, alert["id"])) == sorted(ON_CALL)
+    # The first send's other copy may wait out a claim; it then finds its record final.
+    store = MessageStore.from_settings(get_settings())
+    ids = retried.json()["Results"][0]["MessageIds"]
+    records = poll(
+        lambda: (
+            (found := [store.get(i) for i in ids])
+            and all(r is not None and r.status is MessageStatus.SENT for r in found)
+            and found
+        ),
+        what="both records sent",
+    )
+    assert [r.attempts for r in records if r is not None] == [1, 1]
