@@ -7,6 +7,7 @@ commands), below the blueprints. See ``docs/events.md``.
 """
 
 from shared.notify._doors import (
+    CloudEventDeadLetter,
     process_cloud_event_message,
     receive_cloud_events,
     receive_grid_event,
@@ -14,7 +15,12 @@ from shared.notify._doors import (
 from shared.notify._intake import IncomingEvent, InvalidEvent
 from shared.notify._rules import Rule
 
+#: The notify package's published schemas (``make schemas``): file name -> model.
+SCHEMA_MODELS = {"cloud-events-dead-letter.json": CloudEventDeadLetter}
+
 __all__ = [
+    "SCHEMA_MODELS",
+    "CloudEventDeadLetter",
     "IncomingEvent",
     "InvalidEvent",
     "Rule",

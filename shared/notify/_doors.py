@@ -6,11 +6,12 @@ the ``smartdialog-cloud-events`` queue. Each parses, then hands the events to th
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import traceback
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.clock import utcnow
@@ -21,7 +22,12 @@ if TYPE_CHECKING:
     from shared.notify._notify import EventResult, Notifier
     from shared.settings import Settings
 
-__all__ = ["process_cloud_event_message", "receive_cloud_events", "receive_grid_event"]
+__all__ = [
+    "CloudEventDeadLetter",
+    "process_cloud_event_message",
+    "receive_cloud_events",
+    "receive_grid_event",
+]
 
 log = logging.getLogger("shared.notify")
 
@@ -118,6 +124,24 @@ def process_cloud_event_message(
     return _answer(notifier(settings).handle(events))
 
 
+class CloudEventDeadLetter(BaseModel):
+    """A message on the smartdialog-cloud-events-deadletter queue: what was refused and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(
+        None, description="malformed:<queueMessageId>; the same on every copy of it."
+    )
+    reason: Literal["malformed"] = "malformed"
+    detail: str = Field(description="What is wrong with the message.")
+    field: str = Field(description="The offending member, e.g. eventType or [2].source.")
+    queue: str
+    queueMessageId: str | None = None
+    dequeueCount: int | None = None
+    deadLetteredAt: dt.datetime
+    original: str = Field(description="The queue message text exactly as it was received.")
+
+
 def dead_letter(
     text: str,
     reason: InvalidEvent,
@@ -129,18 +153,17 @@ def dead_letter(
     from shared.names import CLOUD_EVENTS_DEAD_LETTER_QUEUE, CLOUD_EVENTS_QUEUE
     from shared.storage import ensured_queue
 
-    letter = {
-        "id": f"malformed:{queue_message_id}" if queue_message_id else None,
-        "reason": "malformed",
-        "detail": str(reason),
-        "field": reason.field,
-        "queue": CLOUD_EVENTS_QUEUE,
-        "queueMessageId": queue_message_id,
-        "dequeueCount": dequeue_count,
-        "deadLetteredAt": utcnow().astimezone(dt.UTC).isoformat(),
-        "original": text,
-    }
+    letter = CloudEventDeadLetter(
+        id=f"malformed:{queue_message_id}" if queue_message_id else None,
+        detail=str(reason),
+        field=reason.field,
+        queue=CLOUD_EVENTS_QUEUE,
+        queueMessageId=queue_message_id,
+        dequeueCount=dequeue_count,
+        deadLetteredAt=utcnow().astimezone(dt.UTC),
+        original=text,
+    )
     ensured_queue(CLOUD_EVENTS_DEAD_LETTER_QUEUE, settings).send_message(
-        json.dumps(letter, ensure_ascii=False)
+        letter.model_dump_json(exclude_none=True)
     )
     log.warning("cloud event message %s dead-lettered: %s", queue_message_id, reason)

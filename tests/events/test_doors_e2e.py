@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from shared.names import (
@@ -214,7 +215,10 @@ def test_a_queue_message_that_is_no_event_is_dead_lettered_with_the_reason(stack
         what="the dead letter",
     )
     assert letters[0]["reason"] == "malformed"
+    assert letters[0]["field"] == "subject"
     assert "eventType" in letters[0]["detail"]
+    schema = json.loads((FIXTURES.parents[2] / "schemas/cloud-events-dead-letter.json").read_text())
+    jsonschema.validate(letters[0], schema)
 
 
 def test_numbers_from_a_custom_topic_event_keep_to_allowed_countries_and_the_per_event_cap(
