@@ -50,6 +50,7 @@ FIGURES: list[tuple[str, str]] = [
     ("storage ops", "bench.storage_ops:measure"),
     ("quota at the real rate", "bench.quota_real:measure"),
     ("flow send step", "bench.flow_step:measure"),
+    ("events in", "bench.events:measure"),
 ]
 
 

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 import azure.functions as func
 from azure.functions import _abc
 
+from devhost._eventgrid import WEBHOOK_PATH, query_name, serve_eventgrid
 from devhost._hostjson import HostOptions, load_host_json
 from devhost._http import HttpReply, HttpServer, IncomingRequest
 from devhost._invoke import Invoker
@@ -110,7 +111,7 @@ class DevHost:
             elif spec.http is not None:
                 endpoint = HttpEndpoint(spec, spec.http, frozenset(spec.http.methods))
                 self.routes.add(spec.http.route, endpoint)
-            elif spec.queue is None:
+            elif spec.queue is None and spec.event_grid is None:
                 self.skipped.append((spec, "no HTTP or queue trigger"))
         self._queues_enabled = queues
         self.listeners: list[QueueListener] = []
@@ -202,6 +203,8 @@ class DevHost:
                 + (self._prefix or "/").encode()
             )
             return HttpReply(200, [("Content-Type", "text/plain; charset=utf-8")], body), "-"
+        if path.lower() == WEBHOOK_PATH:
+            return self._invoke_eventgrid(request, parts.query), query_name(parts.query)
         if self._prefix:
             if path != self._prefix and not path.startswith(self._prefix + "/"):
                 return _problem(404, "Not Found", f"No function serves {path}."), "-"
@@ -255,6 +258,14 @@ class DevHost:
             log.exception("Executed '%s' (Failed, Id=%s)", endpoint.spec.name, invocation_id)
             return _problem(500, "Internal Server Error", invocationId=invocation_id)
 
+    def _invoke_eventgrid(self, request: IncomingRequest, query: str) -> HttpReply:
+        headers = {name.lower(): value for name, value in request.headers}
+        functions = {spec.name: spec for spec in self.functions if spec.event_grid is not None}
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        return serve_eventgrid(
+            functions, self.invoker, request.method, headers, params, request.body
+        )
+
     # --- start-up summary ---
 
     def describe(self) -> list[str]:
@@ -272,6 +283,11 @@ class DevHost:
                 lines.append(
                     f"  {spec.name}: queueTrigger {spec.queue.queue_name}"
                     f" (connection {spec.queue.connection}){state}"
+                )
+            elif spec.event_grid is not None and not spec.unsupported:
+                lines.append(
+                    f"  {spec.name}: eventGridTrigger {self.url}{WEBHOOK_PATH}"
+                    f"?functionName={spec.name}"
                 )
         for spec, reason in self.skipped:
             lines.append(f"  {spec.name}: NOT RUN by the dev host ({reason})")

@@ -19,6 +19,7 @@ from typing import Any
 import azure.functions as func
 
 __all__ = [
+    "EventGridTriggerSpec",
     "FunctionSpec",
     "HttpTriggerSpec",
     "MetadataError",
@@ -56,6 +57,13 @@ class QueueTriggerSpec:
 
 
 @dataclass(frozen=True)
+class EventGridTriggerSpec:
+    """An ``eventGridTrigger`` binding (served at ``/runtime/webhooks/eventgrid``)."""
+
+    param: str
+
+
+@dataclass(frozen=True)
 class QueueOutputSpec:
     """A ``queue`` output binding; ``param`` is ``$return`` for the return value."""
 
@@ -73,6 +81,7 @@ class FunctionSpec:
     is_async: bool
     http: HttpTriggerSpec | None = None
     queue: QueueTriggerSpec | None = None
+    event_grid: EventGridTriggerSpec | None = None
     http_output: str | None = None  # name of the http output binding ($return or an Out param)
     queue_outputs: tuple[QueueOutputSpec, ...] = ()
     wants_context: bool = False
@@ -81,11 +90,13 @@ class FunctionSpec:
 
     @property
     def trigger_kind(self) -> str:
-        """``http``, ``queue`` or ``unsupported``."""
+        """``http``, ``queue``, ``eventgrid`` or ``unsupported``."""
         if self.http is not None:
             return "http"
         if self.queue is not None:
             return "queue"
+        if self.event_grid is not None:
+            return "eventgrid"
         return "unsupported"
 
 
@@ -149,6 +160,7 @@ def _index(app: func.FunctionApp) -> list[FunctionSpec]:
         bindings = [json.loads(raw) for raw in function.get_raw_bindings()]
         http: HttpTriggerSpec | None = None
         queue: QueueTriggerSpec | None = None
+        event_grid: EventGridTriggerSpec | None = None
         http_output: str | None = None
         outputs: list[QueueOutputSpec] = []
         unsupported: list[str] = []
@@ -169,6 +181,8 @@ def _index(app: func.FunctionApp) -> list[FunctionSpec]:
                     queue_name=str(binding["queueName"]),
                     connection=str(binding.get("connection") or DEFAULT_CONNECTION),
                 )
+            elif kind == "eventGridTrigger":
+                event_grid = EventGridTriggerSpec(param=bname)
             elif kind == "http" and direction == "OUT":
                 http_output = bname
             elif kind == "queue" and direction == "OUT":
@@ -192,6 +206,7 @@ def _index(app: func.FunctionApp) -> list[FunctionSpec]:
                 is_async=inspect.iscoroutinefunction(user_function),
                 http=http,
                 queue=queue,
+                event_grid=event_grid,
                 http_output=http_output,
                 queue_outputs=tuple(outputs),
                 # The Python worker passes the invocation context to a parameter named 'context'.

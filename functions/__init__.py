@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import actions, dlr, health, ops, sender, sends, subscriptions, webhooks
+from functions import actions, dlr, events, health, ops, sender, sends, subscriptions, webhooks
 
 BLUEPRINTS: list[func.Blueprint] = [
     health.bp,
@@ -18,4 +18,5 @@ BLUEPRINTS: list[func.Blueprint] = [
     subscriptions.bp,
     dlr.bp,
     ops.bp,
+    events.bp,
 ]

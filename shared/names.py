@@ -68,6 +68,16 @@ DEAD_LETTERS_TABLE = "SmartDialogDeadLetters"
 #: ``<kind>/<sha256>``. The queue message names its blob; nothing else links to them.
 PAYLOADS_CONTAINER = "smartdialog-payloads"
 
+#: CloudEvents / Event Grid events for the notification rules, as Event Grid's storage-queue
+#: handler writes them (base64 of JSON) or as plain JSON (``shared.notify``).
+CLOUD_EVENTS_QUEUE = "smartdialog-cloud-events"
+#: Messages of ``smartdialog-cloud-events`` that held no valid event, each with its reason.
+CLOUD_EVENTS_DEAD_LETTER_QUEUE = "smartdialog-cloud-events-deadletter"
+#: Notification rules (PartitionKey ``rule``) and recipient lists (PartitionKey ``list``).
+NOTIFICATION_RULES_TABLE = "SmartDialogNotificationRules"
+#: Quiet periods (rule + subject + recipient) and hourly recipient caps of the rules.
+NOTIFICATION_STATE_TABLE = "SmartDialogNotificationState"
+
 QUEUES: tuple[str, ...] = (
     OUTBOUND_QUEUE,
     INBOUND_QUEUE,
@@ -78,6 +88,8 @@ QUEUES: tuple[str, ...] = (
     INBOUND_INTAKE_QUEUE,
     DLR_FORWARD_QUEUE,
     DLR_FORWARD_DEAD_LETTER_QUEUE,
+    CLOUD_EVENTS_QUEUE,
+    CLOUD_EVENTS_DEAD_LETTER_QUEUE,
 )
 TABLES: tuple[str, ...] = (
     QUOTA_TABLE,
@@ -92,6 +104,8 @@ TABLES: tuple[str, ...] = (
     BATCHES_TABLE,
     REVOKED_TOKENS_TABLE,
     DEAD_LETTERS_TABLE,
+    NOTIFICATION_RULES_TABLE,
+    NOTIFICATION_STATE_TABLE,
 )
 
 

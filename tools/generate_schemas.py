@@ -57,6 +57,7 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
         DeliveryReportData,
         InboundMessageData,
     )
+    from shared.notify import SCHEMA_MODELS as NOTIFY_MODELS
     from shared.outbound import (
         DeadLetter,
         MessageCancelledData,
@@ -99,6 +100,7 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
             _event(DELIVERY_REPORTED, DeliveryReportData),
         ),
         **{name: (_title(name, model), _model(model)) for name, model in SCHEMA_MODELS.items()},
+        **{name: (_title(name, model), _model(model)) for name, model in NOTIFY_MODELS.items()},
     }
 
 

@@ -20,11 +20,15 @@ var queueNames = [
   'smartdialog-inbound-intake'
   // Delivery-report forwarding to a caller's DlrUrl (queue-triggered; issue 13's guarded client).
   'smartdialog-dlr-forward'
+  // Events for the notification rules (Event Grid's storage-queue handler may write here).
+  'smartdialog-cloud-events'
+  'smartdialog-cloud-events-deadletter'
   'smartdialog-outbound-poison'
   'smartdialog-inbound-intake-poison'
   'smartdialog-inbound-deliveries-poison'
   'smartdialog-dlr-forward-poison'
   'smartdialog-dlr-forward-deadletter'
+  'smartdialog-cloud-events-poison'
 ]
 
 // Every table of shared/names.py TABLES (the same test keeps them equal). Tables whose
@@ -42,6 +46,8 @@ var tableNames = [
   'SmartDialogBatches'
   'SmartDialogRevokedTokens'
   'SmartDialogDeadLetters'
+  'SmartDialogNotificationRules'
+  'SmartDialogNotificationState'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

@@ -25,6 +25,7 @@ SPEC_MODULES: tuple[str, ...] = (
     "shared.outbound.bulk",
     "shared.inbound.actions",
     "shared.ops.actions",
+    "shared.notify.actions",
 )
 
 

@@ -34,9 +34,11 @@ __all__ = [
     "RecipientOutcome",
     "SendDiscussionReplyMessageCommand",
     "SendMessageCommand",
+    "SendOrigin",
     "SendReplyMessageCommand",
     "SendWhatsappTemplateMessageCommand",
     "StoredCommand",
+    "command_origin",
     "derive_message_id",
     "parse_outbound_message",
     "parse_queue_message",
@@ -92,6 +94,25 @@ class _Envelope(BaseModel):
         return self
 
 
+class SendOrigin(BaseModel):
+    """What made a send, when a notification rule did (our extension, never sent upstream)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ruleId: str = Field(min_length=1, description="The notification rule.")
+    eventId: str = Field(min_length=1, description="The id of the event it matched.")
+    eventSource: str = Field("", description="The source of that event.")
+
+
+def command_origin(text: str) -> SendOrigin | None:
+    """The ``origin`` of a recorded command's JSON text, if it has a valid one."""
+    try:
+        value = json.loads(text).get("origin")
+        return SendOrigin.model_validate(value) if isinstance(value, dict) else None
+    except (ValueError, AttributeError):
+        return None
+
+
 class _ServiceEnvelope(_Envelope):
     serviceId: str | None = Field(
         None, min_length=1, description="SmartDialog service; default SMARTDIALOG_SERVICE_ID."
@@ -104,6 +125,9 @@ class _ServiceEnvelope(_Envelope):
             "code. False (the default): a message to an opted-out recipient fails (code "
             "suppressed) and is dead-lettered."
         ),
+    )
+    origin: SendOrigin | None = Field(
+        None, description="Set by notification rules: the rule and event that made this send."
     )
 
 
@@ -283,6 +307,7 @@ class MessageSentData(BaseModel):
         ),
     )
     parts: int = Field(1, ge=1, description="How many sent events the message has.")
+    origin: SendOrigin | None = Field(None, description="The rule and event that made it.")
 
 
 class MessageFailedData(BaseModel):
@@ -296,6 +321,7 @@ class MessageFailedData(BaseModel):
     serviceId: str | None = None
     requestId: str | None = None
     error: FailureInfo
+    origin: SendOrigin | None = Field(None, description="The rule and event that made it.")
 
 
 class MessageCancelledData(BaseModel):

@@ -38,6 +38,7 @@ from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
     RecipientOutcome,
+    command_origin,
     request_message_id,
 )
 from shared.outbound._ports import SendPorts
@@ -390,6 +391,7 @@ class Outcomes:
                 recipients=recipients,
                 attempts=record.attempts,
                 duplicate=record.duplicate,
+                origin=command_origin(record.command),
             )
             # One event when it fits a queue message, else the recipients split across parts.
             for part in events_in_parts(
@@ -425,6 +427,7 @@ class Outcomes:
             serviceId=record.service_id,
             requestId=record.request_id,
             error=failure,
+            origin=command_origin(record.command),
         )
         event = make_event(
             MESSAGE_FAILED,

@@ -1,0 +1,137 @@
+"""Events in: the CloudEvents HTTP endpoint, the Event Grid trigger, the
+``smartdialog-cloud-events`` queue, and the notification-rule actions (see ``shared.notify``).
+
+``CloudEvents`` needs the function key (Event Grid and other producers put it in the URL);
+``CloudEventsGrid`` is called by the host's Event Grid webhook
+(``/runtime/webhooks/eventgrid?functionName=CloudEventsGrid``), which checks the system key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import azure.functions as func
+
+from functions.actions import serve, to_action_request, to_http_response
+from shared.names import CLOUD_EVENTS_QUEUE
+
+bp = func.Blueprint()
+FUNCTION = func.AuthLevel.FUNCTION
+
+
+@bp.function_name("CloudEvents")
+@bp.route(route="events", methods=["POST", "OPTIONS"], auth_level=FUNCTION)
+def cloud_events(req: func.HttpRequest) -> func.HttpResponse:
+    """CloudEvents 1.0 (binary, structured, batched) or Event Grid schema events in."""
+    from shared.notify import receive_cloud_events
+
+    return to_http_response(receive_cloud_events(to_action_request(req)))
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _grid_event_document(event: Any) -> dict[str, Any]:
+    """The event as the worker decoded it, back in its own schema's JSON names."""
+    if isinstance(event, func.CloudEvent):
+        return {
+            **event.extension_attrs,
+            "specversion": event.specversion,
+            "id": event.id,
+            "source": event.source,
+            "type": event.type,
+            "subject": event.subject,
+            "time": _iso(event.time),
+            "datacontenttype": event.datacontenttype,
+            "data": event.get_json(),
+        }
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "eventTime": _iso(event.event_time),
+        "dataVersion": event.data_version,
+        "data": event.get_json(),
+    }
+
+
+@bp.function_name("CloudEventsGrid")
+@bp.event_grid_trigger(arg_name="event")
+def cloud_events_grid(event: func.EventGridEvent) -> None:
+    """One event from an Event Grid subscription (either delivery schema)."""
+    from shared.notify import receive_grid_event
+
+    receive_grid_event({k: v for k, v in _grid_event_document(event).items() if v is not None})
+
+
+@bp.function_name("CloudEventsQueue")
+@bp.queue_trigger(arg_name="msg", queue_name=CLOUD_EVENTS_QUEUE, connection="AzureWebJobsStorage")
+def cloud_events_queue(msg: func.QueueMessage) -> None:
+    """Events Event Grid (or anyone) put on ``smartdialog-cloud-events``."""
+    from shared.notify import process_cloud_event_message
+
+    process_cloud_event_message(
+        msg.get_body().decode("utf-8", errors="replace"),
+        queue_message_id=msg.id,
+        dequeue_count=msg.dequeue_count,
+    )
+
+
+# --- notification rules and recipient lists -------------------------------------------------------
+
+
+@bp.function_name("CreateNotificationRule")
+@bp.route(route="notification-rules", methods=["POST"], auth_level=FUNCTION)
+def create_notification_rule(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("CreateNotificationRule", req)
+
+
+@bp.function_name("ListNotificationRules")
+@bp.route(route="notification-rules", methods=["GET"], auth_level=FUNCTION)
+def list_notification_rules(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("ListNotificationRules", req)
+
+
+@bp.function_name("DryRunNotificationRules")
+@bp.route(route="notification-rules/dry-run", methods=["POST"], auth_level=FUNCTION)
+def dry_run_notification_rules(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("DryRunNotificationRules", req)
+
+
+@bp.function_name("GetNotificationRule")
+@bp.route(route="notification-rules/{RuleId}", methods=["GET"], auth_level=FUNCTION)
+def get_notification_rule(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetNotificationRule", req)
+
+
+@bp.function_name("UpdateNotificationRule")
+@bp.route(route="notification-rules/{RuleId}", methods=["PUT"], auth_level=FUNCTION)
+def update_notification_rule(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("UpdateNotificationRule", req)
+
+
+@bp.function_name("DeleteNotificationRule")
+@bp.route(route="notification-rules/{RuleId}", methods=["DELETE"], auth_level=FUNCTION)
+def delete_notification_rule(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("DeleteNotificationRule", req)
+
+
+@bp.function_name("PutRecipientList")
+@bp.route(route="recipient-lists/{ListName}", methods=["PUT"], auth_level=FUNCTION)
+def put_recipient_list(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("PutRecipientList", req)
+
+
+@bp.function_name("GetRecipientList")
+@bp.route(route="recipient-lists/{ListName}", methods=["GET"], auth_level=FUNCTION)
+def get_recipient_list(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetRecipientList", req)
+
+
+@bp.function_name("DeleteRecipientList")
+@bp.route(route="recipient-lists/{ListName}", methods=["DELETE"], auth_level=FUNCTION)
+def delete_recipient_list(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("DeleteRecipientList", req)

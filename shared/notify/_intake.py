@@ -1,0 +1,232 @@
+"""The three doors' parsing: CloudEvents 1.0 (HTTP structured, batched and binary modes; JSON on
+a queue) and the Event Grid schema, each read into one :class:`IncomingEvent`.
+
+CloudEvents are read by the CNCF ``cloudevents`` SDK, Event Grid events by ``azure-eventgrid``
+(both loaded on first use). Anything that is not a valid event raises :class:`InvalidEvent`
+with a reason fit for a 400 problem or a dead letter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "BATCH_CONTENT_TYPE",
+    "STRUCTURED_CONTENT_TYPE",
+    "IncomingEvent",
+    "InvalidEvent",
+    "from_cloud_event",
+    "from_grid_event",
+    "parse_http",
+    "parse_object",
+    "parse_queue_text",
+]
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+#: Most events one request or queue message may carry (Event Grid batches at most 5,000).
+MAX_EVENTS = 5000
+#: Event Grid schema members that must be present (its documented required fields; Azure's own
+#: events send ``dataVersion`` empty, so only presence is required of it).
+_GRID_REQUIRED = ("id", "subject", "eventType", "eventTime", "data", "dataVersion")
+_GRID_NON_EMPTY = ("id", "eventType", "eventTime")
+
+
+class InvalidEvent(ValueError):
+    """Not a valid CloudEvents 1.0 or Event Grid event; ``field`` names the offending member."""
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """One event, whatever door and schema it came in by.
+
+    ``source`` + ``id`` identify it (CloudEvents; for the Event Grid schema ``source`` is the
+    ``topic``, empty when a custom topic's publisher left it out). :meth:`document` is what rule
+    conditions and placeholders see.
+    """
+
+    id: str
+    source: str
+    type: str
+    subject: str | None
+    time: dt.datetime | None
+    data: Any
+    schema: Literal["cloudevents", "eventgrid"]
+    extensions: Mapping[str, Any] = field(default_factory=dict)
+
+    def document(self) -> dict[str, Any]:
+        """The event as rules read it: ``id``, ``source``, ``type``, ``subject``, ``time``,
+        ``data`` and any CloudEvents extension attribute, under the CloudEvents names for
+        both schemas (``$(data.alertContext.condition.name)``, ``subject``...)."""
+        doc: dict[str, Any] = dict(self.extensions)
+        doc.update(
+            id=self.id,
+            source=self.source,
+            type=self.type,
+            subject=self.subject,
+            time=self.time.isoformat() if self.time else None,
+            data=self.data,
+        )
+        return doc
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def from_cloud_event(event: Any) -> IncomingEvent:
+    """An SDK ``CloudEvent`` (``cloudevents.core``) as an :class:`IncomingEvent`."""
+    attributes = dict(event.get_attributes())
+    data = event.get_data()
+    if isinstance(data, bytes | bytearray):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            data = base64.b64encode(bytes(data)).decode("ascii")
+    known = {"id", "source", "type", "subject", "time", "specversion"}
+    time = attributes.get("time")
+    return IncomingEvent(
+        id=str(attributes["id"]),
+        source=str(attributes["source"]),
+        type=str(attributes["type"]),
+        subject=attributes.get("subject"),
+        time=time if isinstance(time, dt.datetime) else None,
+        data=data,
+        schema="cloudevents",
+        extensions={k: v for k, v in attributes.items() if k not in known},
+    )
+
+
+def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
+    """An Event Grid schema event (a JSON object) as an :class:`IncomingEvent`."""
+    from azure.eventgrid import EventGridEvent
+
+    missing = [name for name in _GRID_REQUIRED if value.get(name) is None]
+    missing += [name for name in _GRID_NON_EMPTY if value.get(name) == "" and name not in missing]
+    if missing:
+        raise InvalidEvent(
+            f"Not an Event Grid event: {', '.join(missing)} missing.", field=missing[0]
+        )
+    try:
+        event = EventGridEvent.from_dict(dict(value))
+    except (ValueError, TypeError) as exc:  # e.g. an eventTime that is not a date
+        raise InvalidEvent(f"Not an Event Grid event: {exc}") from exc
+    time = event.event_time
+    return IncomingEvent(
+        id=str(event.id),
+        source=_text(value.get("topic")),
+        type=str(event.event_type),
+        subject=event.subject,
+        time=dt.datetime.fromtimestamp(time.timestamp(), dt.UTC) if time else None,
+        data=event.data,
+        schema="eventgrid",
+    )
+
+
+def _invalid(exc: Exception, *, prefix: str = "") -> InvalidEvent:
+    """The SDK's error as an :class:`InvalidEvent` naming the first offending attribute."""
+    from cloudevents.core.exceptions import CloudEventValidationError
+
+    field = "body"
+    if isinstance(exc, CloudEventValidationError) and exc.errors:
+        field = prefix + next(iter(exc.errors))
+    return InvalidEvent(f"Not a CloudEvents 1.0 event: {exc}", field=field)
+
+
+def _cloud_event_from_json(text: bytes) -> IncomingEvent:
+    from cloudevents.core.exceptions import BaseCloudEventException
+    from cloudevents.core.formats.json import JSONFormat
+
+    try:
+        return from_cloud_event(JSONFormat().read(None, text))
+    except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
+        raise _invalid(exc) from exc
+
+
+def parse_object(value: Any) -> IncomingEvent:
+    """One JSON object in either schema (CloudEvents when it has ``specversion``)."""
+    if not isinstance(value, dict):
+        raise InvalidEvent("An event must be a JSON object.")
+    if "specversion" in value:
+        if value.get("specversion") != "1.0":
+            raise InvalidEvent("Only CloudEvents 1.0 is accepted.", field="specversion")
+        return _cloud_event_from_json(json.dumps(value).encode("utf-8"))
+    return from_grid_event(value)
+
+
+def _objects(value: Any) -> list[Any]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise InvalidEvent("The batch is empty.")
+    if len(items) > MAX_EVENTS:
+        raise InvalidEvent(f"At most {MAX_EVENTS} events at a time.")
+    return items
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"The body is not JSON: {exc}") from exc
+
+
+def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
+    """The events of one HTTP request: binary mode (``ce-*`` headers), structured mode
+    (``application/cloudevents+json``), batched mode (``application/cloudevents-batch+json``),
+    or JSON (an object or an array, in either schema). ``headers`` keys are lower-case."""
+    if any(name.startswith("ce-") for name in headers):
+        from cloudevents.core.bindings.http import HTTPMessage, from_binary
+        from cloudevents.core.exceptions import BaseCloudEventException
+        from cloudevents.core.formats.json import JSONFormat
+
+        if headers.get("ce-specversion") != "1.0":
+            raise InvalidEvent("Only CloudEvents 1.0 is accepted.", field="ce-specversion")
+        try:
+            event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
+            return [from_cloud_event(event)]
+        except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
+            raise _invalid(exc, prefix="ce-") from exc
+    content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    value = _json(body)
+    if content_type == STRUCTURED_CONTENT_TYPE and not isinstance(value, dict):
+        raise InvalidEvent("Structured mode carries one event, a JSON object.")
+    if content_type == BATCH_CONTENT_TYPE and not isinstance(value, list):
+        raise InvalidEvent("Batched mode carries a JSON array of events.")
+    return [
+        _at(index, item, len(value) if isinstance(value, list) else 0)
+        for index, item in enumerate(_objects(value))
+    ]
+
+
+def _at(index: int, item: Any, batch: int) -> IncomingEvent:
+    try:
+        return parse_object(item)
+    except InvalidEvent as exc:
+        if batch:
+            raise InvalidEvent(str(exc), field=f"[{index}].{exc.field}") from exc
+        raise
+
+
+def parse_queue_text(text: str) -> list[IncomingEvent]:
+    """The events of one ``smartdialog-cloud-events`` message: JSON as written, or base64 of
+    JSON (what Event Grid's storage-queue handler writes). JSON text starts with ``{`` or
+    ``[``, which base64 never contains, so the two cannot be confused."""
+    stripped = text.strip()
+    if stripped[:1] not in ("{", "["):
+        try:
+            stripped = base64.b64decode(stripped, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidEvent("Neither JSON nor base64-encoded JSON.") from exc
+    value = _json(stripped.encode("utf-8"))
+    batch = len(value) if isinstance(value, list) else 0
+    return [_at(index, item, batch) for index, item in enumerate(_objects(value))]

@@ -1,0 +1,320 @@
+"""Notification rules: what an operator writes (the model, validated when saved), whether an
+event matches, and the message it renders.
+
+A rule matches on the event's ``type`` (exact, or a prefix), ``source`` (exact), ``subject`` (a
+glob: ``*``, ``?``, ``[...]``; a prefix is ``abc*``) and an optional JMESPath ``Condition`` over
+the event document (:meth:`IncomingEvent.document`), which must be truthy. Placeholders in the
+message are SmartDialog's ``$(...)`` syntax holding a JMESPath expression over the same document
+(``$(data.alertContext.condition.name)``); a missing value renders empty and is logged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import logging
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.actions.fields import ui
+from shared.notify._intake import IncomingEvent
+
+__all__ = [
+    "DEFAULT_CONNECTION",
+    "PLACEHOLDER",
+    "Rule",
+    "RuleDefinition",
+    "RuleMatch",
+    "RuleMessage",
+    "RuleRecipients",
+    "compile_expression",
+    "render",
+    "rule_errors",
+    "search",
+]
+
+log = logging.getLogger("shared.notify")
+
+#: The only connection until named connections exist (issue 16): the app's own settings.
+DEFAULT_CONNECTION = "default"
+#: ``$(expression)``: the expression runs to the first ``)`` that closes it.
+PLACEHOLDER = re.compile(r"\$\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
+RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+LIST_NAME_PATTERN = RULE_ID_PATTERN
+
+_Text = Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+def _f(label: str, description: str, default: Any = None, **kw: Any) -> Any:
+    """A field with its connector label and description."""
+    return Field(default, description=description, json_schema_extra=ui(label), **kw)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuleMatch(_Strict):
+    """Which events the rule takes; every field given must hold."""
+
+    EventType: _Text | None = _f("Event Type", "The event type, exactly.")
+    EventTypePrefix: _Text | None = _f(
+        "Event Type Prefix", "Or the start of the event type, e.g. Microsoft.Storage."
+    )
+    Source: _Text | None = _f("Source", "The event source (Event Grid: the topic), exactly.")
+    Subject: _Text | None = _f(
+        "Subject", "A glob over the subject: * any text, ? one character (abc* is a prefix)."
+    )
+    Condition: _Text | None = _f(
+        "Condition", "A JMESPath expression over the event; the rule matches when it is truthy."
+    )
+
+    @model_validator(mode="after")
+    def _one_type(self) -> RuleMatch:
+        if self.EventType and self.EventTypePrefix:
+            raise ValueError("give EventType or EventTypePrefix, not both")
+        return self
+
+
+_Param = Annotated[str, Field(max_length=1000)]
+
+
+class RuleMessage(_Strict):
+    """An SMS (``Content``) or a WhatsApp template (``TemplateName`` and its parameters)."""
+
+    Protocol: Literal["SMS", "WhatsApp"] = _f("Protocol", "SMS or WhatsApp (for Content).", "SMS")
+    Sender: str | None = _f(
+        "Sender", "The sender name or number of a text message.", max_length=100
+    )
+    Content: str | None = _f(
+        "Content",
+        "The text, with $(data.path) placeholders read from the event.",
+        min_length=1,
+        max_length=2000,
+    )
+    TemplateName: str | None = _f(
+        "Template Name", "Or a WhatsApp template to send.", min_length=1, max_length=512
+    )
+    BodyParameters: list[_Param] | None = _f(
+        "Body Parameters", "The template's body parameters (placeholders allowed)."
+    )
+    HeaderParameters: list[_Param] | None = _f(
+        "Header Parameters", "The template's header parameters (placeholders allowed)."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RuleMessage:
+        if (self.Content is None) == (self.TemplateName is None):
+            raise ValueError("give Content (a text message) or TemplateName (a template)")
+        if self.Content is not None and self.Sender is None:
+            raise ValueError("a text message needs a Sender")
+        return self
+
+    def texts(self) -> dict[str, str]:
+        """Every text that may hold placeholders, by its field name in the rule."""
+        found: dict[str, str] = {}
+        if self.Content is not None:
+            found["Message.Content"] = self.Content
+        for name in ("BodyParameters", "HeaderParameters"):
+            for index, value in enumerate(getattr(self, name) or []):
+                found[f"Message.{name}[{index}]"] = value
+        return found
+
+
+class RuleRecipients(_Strict):
+    """Fixed numbers, a recipient list of ours, and/or numbers read from the event."""
+
+    Numbers: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Phone numbers that always get the message.",
+        json_schema_extra=ui("Numbers"),
+    )
+    List: str | None = _f(
+        "Recipient List", "The name of a recipient list.", pattern=LIST_NAME_PATTERN
+    )
+    FromEvent: _Text | None = _f(
+        "From Event", "A JMESPath expression giving a number or a list of numbers."
+    )
+    AllowedCountryCodes: list[Annotated[int, Field(ge=1, le=999)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Country calling codes numbers from the event may have, e.g. 358.",
+        json_schema_extra=ui("Allowed Country Codes"),
+    )
+    MaxPerEvent: int = _f("Max per Event", "Most numbers taken from one event.", 5, ge=1, le=100)
+    MaxPerHour: int = _f(
+        "Max per Hour", "Most numbers taken from events in an hour.", 30, ge=1, le=10_000
+    )
+
+    @model_validator(mode="after")
+    def _someone(self) -> RuleRecipients:
+        if not (self.Numbers or self.List or self.FromEvent):
+            raise ValueError("give Numbers, a List or FromEvent")
+        if self.FromEvent and not self.AllowedCountryCodes:
+            raise ValueError("numbers from the event need AllowedCountryCodes")
+        return self
+
+
+class RuleDefinition(_Strict):
+    """A notification rule without its id (the body of UpdateNotificationRule)."""
+
+    Description: str | None = _f("Description", "What the rule is for.", max_length=500)
+    Enabled: bool = _f("Enabled", "False keeps the rule but matches nothing.", True)
+    Match: RuleMatch = Field(
+        description="Which events the rule takes.", json_schema_extra=ui("Match")
+    )
+    Message: RuleMessage = Field(
+        description="The message to send.", json_schema_extra=ui("Message")
+    )
+    Recipients: RuleRecipients = Field(
+        description="Who gets it.", json_schema_extra=ui("Recipients")
+    )
+    Connection: str = _f(
+        "Connection",
+        "The connection to send through; only default exists yet.",
+        DEFAULT_CONNECTION,
+        min_length=1,
+        max_length=100,
+    )
+    ServiceId: str | None = _f(
+        "Service Id", "The SmartDialog service; default the app's.", min_length=1, max_length=200
+    )
+    ValiditySeconds: int | None = _f(
+        "Validity Seconds", "Give up sending after this many seconds.", ge=60, le=7 * 86400
+    )
+    QuietMinutes: int = _f(
+        "Quiet Minutes",
+        "Send the same rule, subject and recipient at most once in this many minutes.",
+        0,
+        ge=0,
+        le=7 * 24 * 60,
+    )
+    SampleEvent: dict[str, Any] | None = _f(
+        "Sample Event", "An example event: every placeholder must find a value in it."
+    )
+
+
+class Rule(RuleDefinition):
+    """One notification rule (stored in ``SmartDialogNotificationRules``)."""
+
+    Id: str = Field(
+        pattern=RULE_ID_PATTERN,
+        description="The rule's id: letters, digits, dot, dash, underscore.",
+        json_schema_extra=ui("Rule Id"),
+    )
+
+    def matches(self, event: IncomingEvent, document: dict[str, Any]) -> bool:
+        """Whether ``event`` is one this rule takes (enabled, every match field holds)."""
+        match = self.Match
+        if not self.Enabled:
+            return False
+        if match.EventType is not None and event.type != match.EventType:
+            return False
+        if match.EventTypePrefix is not None and not event.type.startswith(match.EventTypePrefix):
+            return False
+        if match.Source is not None and event.source != match.Source:
+            return False
+        subject = event.subject or ""
+        if match.Subject is not None and not fnmatch.fnmatchcase(subject, match.Subject):
+            return False
+        return match.Condition is None or bool(search(match.Condition, document))
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_expression(expression: str) -> Any:
+    """The compiled JMESPath expression; raises ``ValueError`` with the parser's reason."""
+    import jmespath
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        return jmespath.compile(expression)
+    except JMESPathError as exc:
+        raise ValueError(f"not a JMESPath expression: {exc}") from exc
+
+
+def search(expression: str, document: dict[str, Any]) -> Any:
+    """``expression`` applied to ``document`` (None when it finds nothing or fails)."""
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        return compile_expression(expression).search(document)
+    except JMESPathError:
+        return None
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def render(text: str, document: dict[str, Any], *, rule_id: str, event_id: str) -> str:
+    """``text`` with each ``$(expression)`` replaced by its value in ``document``; a value that
+    is missing renders as empty and is logged (rule, event id and expression, no data)."""
+
+    def value(match: re.Match[str]) -> str:
+        found = search(match.group(1).strip(), document)
+        if found is None:
+            log.warning(
+                "rule %s: placeholder $(%s) found nothing in event %s",
+                rule_id,
+                match.group(1).strip(),
+                event_id,
+            )
+            return ""
+        return _as_text(found)
+
+    return PLACEHOLDER.sub(value, text)
+
+
+def rule_errors(rule: Rule) -> list[tuple[str, str]]:
+    """What is wrong with a rule that parsed: (field, message) pairs, empty when it is fine.
+
+    Checks the connection, every JMESPath expression, the fixed numbers, and (with a
+    ``SampleEvent``) that every placeholder resolves against it.
+    """
+    from shared.notify._intake import InvalidEvent, parse_object
+    from shared.phone import InvalidPhoneNumber, parse_phone_number
+
+    errors: list[tuple[str, str]] = []
+    if rule.Connection != DEFAULT_CONNECTION:
+        errors.append(
+            ("Connection", "Only the default connection exists yet (named connections: issue 16).")
+        )
+    expressions = {"Match.Condition": rule.Match.Condition}
+    expressions["Recipients.FromEvent"] = rule.Recipients.FromEvent
+    for name, text in rule.Message.texts().items():
+        for index, placeholder in enumerate(PLACEHOLDER.findall(text)):
+            expressions[f"{name}$({index})"] = placeholder.strip()
+    for name, expression in expressions.items():
+        if expression is None:
+            continue
+        try:
+            compile_expression(expression)
+        except ValueError as exc:
+            errors.append((name.split("$(")[0], f"{expression!r}: {exc}"))
+    for index, number in enumerate(rule.Recipients.Numbers):
+        try:
+            parse_phone_number(number)
+        except InvalidPhoneNumber as exc:
+            errors.append((f"Recipients.Numbers[{index}]", str(exc)))
+    if rule.SampleEvent is not None and not errors:
+        try:
+            document = parse_object(rule.SampleEvent).document()
+        except InvalidEvent as exc:
+            return [("SampleEvent", str(exc))]
+        for name, text in rule.Message.texts().items():
+            for placeholder in PLACEHOLDER.findall(text):
+                if search(placeholder.strip(), document) is None:
+                    errors.append(
+                        (name, f"$({placeholder.strip()}) finds nothing in the SampleEvent.")
+                    )
+    return errors

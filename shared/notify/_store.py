@@ -1,0 +1,260 @@
+"""Where rules, recipient lists and the rules' memory live (Table storage).
+
+``SmartDialogNotificationRules``: PartitionKey ``rule`` (RowKey the rule id, ``Document`` the
+rule's JSON) and ``list`` (RowKey the list name, ``Numbers`` a JSON array of E.164 numbers).
+Matching reads the whole table at most once per :data:`RULES_TTL_SECONDS` per process (one
+query); a write in this process is seen at once, one in another instance within that time.
+
+``SmartDialogNotificationState``: quiet periods (PartitionKey ``quiet-<rule>``, RowKey a hash of
+subject and recipient) and hourly caps on numbers taken from events (PartitionKey
+``cap-<rule>``, RowKey the hour). Both remember which event used them, so a re-delivered event
+is let through again (its sends are de-duplicated by their ids) and not counted twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from shared.clock import current
+from shared.names import NOTIFICATION_RULES_TABLE, NOTIFICATION_STATE_TABLE
+from shared.notify._rules import Rule
+from shared.storage import ensured_table
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = ["RULES_TTL_SECONDS", "NotifyState", "RuleBook", "RuleStore"]
+
+#: How long one instance uses the rules it read before it reads them again.
+RULES_TTL_SECONDS = 10.0
+_RULE = "rule"
+_LIST = "list"
+#: Most events one hourly cap row remembers (a cap row stays well under an entity's 1 MiB).
+_CAP_EVENTS = 500
+
+
+@dataclass(frozen=True)
+class RuleBook:
+    """Every rule and recipient list, as read at one moment."""
+
+    rules: tuple[Rule, ...]
+    lists: dict[str, tuple[str, ...]]
+
+
+class RuleStore:
+    """Reads and writes rules and recipient lists; :meth:`book` serves matching from a cache."""
+
+    _cache: ClassVar[dict[str, tuple[float, RuleBook]]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+        self._key = f"{table.url}|{table.table_name}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> RuleStore:
+        return cls(ensured_table(NOTIFICATION_RULES_TABLE, settings))
+
+    # --- matching ---
+
+    def book(self) -> RuleBook:
+        """Every rule and list (one query, then cached for :data:`RULES_TTL_SECONDS`)."""
+        now = current().now()
+        cached = self._cache.get(self._key)
+        if cached is not None and now - cached[0] < RULES_TTL_SECONDS:
+            return cached[1]
+        rules: list[Rule] = []
+        lists: dict[str, tuple[str, ...]] = {}
+        for entity in self._table.list_entities():
+            if entity["PartitionKey"] == _RULE:
+                rules.append(Rule.model_validate_json(entity["Document"]))
+            elif entity["PartitionKey"] == _LIST:
+                lists[entity["RowKey"]] = tuple(json.loads(entity["Numbers"]))
+        book = RuleBook(tuple(sorted(rules, key=lambda r: r.Id)), lists)
+        with self._lock:
+            self._cache[self._key] = (now, book)
+        return book
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._cache.pop(self._key, None)
+
+    # --- rules ---
+
+    def get(self, rule_id: str) -> Rule | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._table.get_entity(_RULE, rule_id)
+        except ResourceNotFoundError:
+            return None
+        return Rule.model_validate_json(entity["Document"])
+
+    def list_rules(self) -> list[Rule]:
+        rows = self._table.query_entities("PartitionKey eq @p", parameters={"p": _RULE})
+        return sorted((Rule.model_validate_json(e["Document"]) for e in rows), key=lambda r: r.Id)
+
+    def create(self, rule: Rule) -> bool:
+        """Store a new rule; False if one with its id exists."""
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self._table.create_entity(self._rule_entity(rule))
+        except ResourceExistsError:
+            return False
+        self._forget()
+        return True
+
+    def replace(self, rule: Rule) -> bool:
+        """Replace an existing rule; False if there is none."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        try:
+            self._table.update_entity(self._rule_entity(rule), mode=UpdateMode.REPLACE)
+        except ResourceNotFoundError:
+            return False
+        self._forget()
+        return True
+
+    def delete(self, rule_id: str) -> bool:
+        """Delete a rule; False if there was none."""
+        existed = self.get(rule_id) is not None
+        self._table.delete_entity(_RULE, rule_id)
+        self._forget()
+        return existed
+
+    @staticmethod
+    def _rule_entity(rule: Rule) -> dict[str, Any]:
+        return {
+            "PartitionKey": _RULE,
+            "RowKey": rule.Id,
+            "Document": rule.model_dump_json(exclude_none=True),
+        }
+
+    # --- recipient lists ---
+
+    def get_list(self, name: str) -> tuple[str, ...] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._table.get_entity(_LIST, name)
+        except ResourceNotFoundError:
+            return None
+        return tuple(json.loads(entity["Numbers"]))
+
+    def put_list(self, name: str, numbers: list[str]) -> None:
+        """Create or replace a recipient list."""
+        from azure.data.tables import UpdateMode
+
+        entity = {"PartitionKey": _LIST, "RowKey": name, "Numbers": json.dumps(numbers)}
+        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        self._forget()
+
+    def delete_list(self, name: str) -> bool:
+        existed = self.get_list(name) is not None
+        self._table.delete_entity(_LIST, name)
+        self._forget()
+        return existed
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:40]
+
+
+class NotifyState:
+    """Quiet periods and hourly caps (ETag compare-and-swap; a lost race is read again)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> NotifyState:
+        return cls(ensured_table(NOTIFICATION_STATE_TABLE, settings))
+
+    def _read(self, partition: str, row: str) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._table.get_entity(partition, row)
+        except ResourceNotFoundError:
+            return None
+
+    def _write(self, entity: dict[str, Any], previous: Any) -> bool:
+        """Create ``entity`` or replace ``previous`` unchanged since read; False on a lost race."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        try:
+            if previous is None:
+                self._table.create_entity(entity)
+            else:
+                self._table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=previous.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        return True
+
+    def quiet_claim(
+        self,
+        rule_id: str,
+        subject: str,
+        recipient: str,
+        event_key: str,
+        *,
+        minutes: int,
+        now: dt.datetime,
+    ) -> bool:
+        """Whether ``event_key`` may notify ``recipient`` about ``subject`` now: no other event
+        did within the last ``minutes`` (the same event again may: its send has the same id)."""
+        partition, row = f"quiet-{rule_id}", _hash(subject, recipient)
+        for _ in range(5):
+            entity = self._read(partition, row)
+            if entity is not None:
+                if entity["Event"] == event_key:
+                    return True
+                until = dt.datetime.fromisoformat(entity["Until"])
+                if now < until:
+                    return False
+            claim = {
+                "PartitionKey": partition,
+                "RowKey": row,
+                "Event": event_key,
+                "Until": (now + dt.timedelta(minutes=minutes)).isoformat(),
+            }
+            if self._write(claim, entity):
+                return True
+        return False
+
+    def cap_take(
+        self, rule_id: str, event_key: str, wanted: int, *, per_hour: int, now: dt.datetime
+    ) -> int:
+        """How many of ``wanted`` numbers from ``event_key`` may be sent this hour (the same
+        event again gets what it got the first time)."""
+        partition, row = f"cap-{rule_id}", now.strftime("%Y%m%d%H")
+        for _ in range(5):
+            entity = self._read(partition, row)
+            events: dict[str, int] = json.loads(entity["Events"]) if entity is not None else {}
+            if event_key in events:
+                return min(wanted, events[event_key])
+            used = sum(events.values())
+            granted = max(0, min(wanted, per_hour - used))
+            if granted == 0 or len(events) >= _CAP_EVENTS:
+                return 0
+            events[event_key] = granted
+            body = {"PartitionKey": partition, "RowKey": row, "Events": json.dumps(events)}
+            if self._write(body, entity):
+                return granted
+        return 0

@@ -1,0 +1,108 @@
+"""The doors' parsing: Microsoft's sample events in every mode and schema, and what is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.notify._intake import InvalidEvent, parse_http, parse_object, parse_queue_text
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_structured_mode_reads_the_alert_with_its_data() -> None:
+    body = (FIXTURES / "alert-activated.cloudevent.json").read_bytes()
+    [event] = parse_http({"content-type": "application/cloudevents+json"}, body)
+    assert event.type == "Microsoft.AlertsManagement.Alert.Activated"
+    assert event.schema == "cloudevents"
+    assert event.document()["data"]["essentials"]["alertRule"] == "web-01-cpu-high"
+
+
+def test_batched_mode_reads_every_event() -> None:
+    one = fixture("alert-activated.cloudevent.json")
+    two = fixture("blob-created.cloudevent.json")
+    body = json.dumps([one, two]).encode()
+    events = parse_http({"content-type": "application/cloudevents-batch+json"}, body)
+    assert [e.id for e in events] == [one["id"], two["id"]]
+
+
+def test_binary_mode_reads_attributes_from_ce_headers_and_data_from_the_body() -> None:
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "b-1",
+        "ce-source": "/contoso/orders",
+        "ce-type": "Contoso.Orders.Shipped",
+        "ce-subject": "orders/eu/1",
+        "content-type": "application/json",
+    }
+    [event] = parse_http(headers, b'{"orderId": "1"}')
+    assert (event.id, event.source, event.subject) == ("b-1", "/contoso/orders", "orders/eu/1")
+    assert event.data == {"orderId": "1"}
+
+
+def test_event_grid_schema_blob_created_with_its_empty_data_version_is_read() -> None:
+    [event] = parse_http(
+        {"content-type": "application/json"},
+        json.dumps(fixture("blob-created.eventgrid.json")).encode(),
+    )
+    assert event.schema == "eventgrid"
+    assert event.type == "Microsoft.Storage.BlobCreated"
+    assert event.source.endswith("/storageAccounts/mediastore01")
+    assert event.document()["data"]["url"].endswith("invoice-4711.pdf")
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "field"),
+    [
+        ({"content-type": "application/cloudevents+json"}, b"{not json", "body"),
+        (
+            {"content-type": "application/cloudevents+json"},
+            b'{"specversion": "1.0", "id": "1", "type": "t"}',
+            "source",
+        ),
+        (
+            {"content-type": "application/cloudevents+json"},
+            b'{"specversion": "0.3", "id": "1", "source": "s", "type": "t"}',
+            "specversion",
+        ),
+        ({"content-type": "application/cloudevents-batch+json"}, b'{"specversion": "1.0"}', "body"),
+        (
+            {"content-type": "application/json"},
+            b'[{"id": "1", "subject": "s", "eventTime": "2026-01-01T00:00:00Z", "data": {}, '
+            b'"dataVersion": ""}]',
+            "[0].eventType",
+        ),
+        ({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"{}", "ce-source"),
+        ({"content-type": "application/json"}, b"[]", "body"),
+    ],
+)
+def test_what_is_not_an_event_is_refused_naming_the_field(
+    headers: dict[str, str], body: bytes, field: str
+) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_http(headers, body)
+    assert caught.value.field == field
+
+
+def test_a_queue_message_is_read_as_event_grid_writes_it_in_base64_or_as_plain_json() -> None:
+    event = fixture("blob-created.cloudevent.json")
+    text = json.dumps(event)
+    encoded = base64.b64encode(text.encode()).decode()
+    assert parse_queue_text(encoded)[0].id == event["id"]
+    assert parse_queue_text(text)[0].id == event["id"]
+    with pytest.raises(InvalidEvent):
+        parse_queue_text("not-base64!")
+
+
+def test_both_schemas_give_the_same_document_names() -> None:
+    grid = parse_object(fixture("custom-topic.eventgrid.json")[0]).document()
+    assert set(grid) >= {"id", "source", "type", "subject", "time", "data"}
+    assert grid["type"] == "Contoso.Orders.Shipped"

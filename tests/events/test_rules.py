@@ -1,0 +1,111 @@
+"""Rules: what is refused when saved, what matches, how messages are rendered."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.notify._intake import parse_object
+from shared.notify._rules import Rule, render, rule_errors
+
+ALERT = json.loads(
+    (Path(__file__).parent / "fixtures" / "alert-activated.cloudevent.json").read_text()
+)
+
+
+def rule(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "Id": "cpu",
+        "Match": {"EventType": "Microsoft.AlertsManagement.Alert.Activated"},
+        "Message": {"Sender": "Ops", "Content": "$(data.essentials.alertRule) fired"},
+        "Recipients": {"Numbers": ["+358400000001"]},
+    }
+    base.update(changes)
+    return base
+
+
+def errors(document: dict[str, Any]) -> list[str]:
+    return [field for field, _ in rule_errors(Rule.model_validate(document))]
+
+
+def test_a_good_rule_with_a_sample_event_has_no_errors() -> None:
+    assert errors(rule(SampleEvent=ALERT)) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"Match": {"Condition": "data.[["}}, "Match.Condition"),
+        ({"Recipients": {"Numbers": ["12"]}}, "Recipients.Numbers[0]"),
+        ({"Connection": "sales"}, "Connection"),
+        (
+            {"SampleEvent": ALERT, "Message": {"Sender": "Ops", "Content": "$(data.nope)"}},
+            "Message.Content",
+        ),
+        (
+            {"Message": {"TemplateName": "welcome", "BodyParameters": ["$(data.[[)"]}},
+            "Message.BodyParameters[0]",
+        ),
+    ],
+)
+def test_a_rule_is_refused_naming_the_field(changes: dict[str, Any], field: str) -> None:
+    assert field in errors(rule(**changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"Surprise": 1},
+        {"Recipients": {"FromEvent": "data.phones"}},  # no AllowedCountryCodes
+        {"Message": {"Content": "no sender"}},
+        {"Match": {"EventType": "a", "EventTypePrefix": "a"}},
+        {"Recipients": {}},
+    ],
+)
+def test_a_rule_that_does_not_parse_is_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Rule.model_validate(rule(**changes))
+
+
+def test_matching_uses_type_prefix_source_subject_glob_and_the_condition() -> None:
+    event = parse_object(ALERT)
+    doc = event.document()
+    match = Rule.model_validate(
+        rule(
+            Match={
+                "EventTypePrefix": "Microsoft.AlertsManagement.",
+                "Subject": "*/virtualmachines/web-*",
+                "Condition": "data.essentials.severity == 'Sev1'",
+            }
+        )
+    )
+    assert match.matches(event, doc)
+    for other in (
+        {"Condition": "data.essentials.severity == 'Sev4'"},
+        {"Subject": "*/virtualmachines/db-*"},
+        {"Source": "/elsewhere"},
+        {"EventType": "Microsoft.AlertsManagement.Alert"},
+    ):
+        assert not Rule.model_validate(rule(Match=other)).matches(event, doc)
+    assert not Rule.model_validate(rule(Enabled=False)).matches(event, doc)
+
+
+def test_a_missing_placeholder_renders_empty_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    doc = parse_object(ALERT).document()
+    with caplog.at_level(logging.WARNING, "shared.notify"):
+        text = render(
+            "$(data.essentials.alertRule): "
+            "$(data.alertContext.condition.allOf[0].metricValue) [$(data.nope)]",
+            doc,
+            rule_id="cpu",
+            event_id="e",
+        )
+    assert text == "web-01-cpu-high: 97.25 []"
+    assert "data.nope" in caplog.text
