@@ -298,8 +298,8 @@ class Notifier:
         parsed = OutboundMessageAdapter.validate_python(
             {k: v for k, v in command.items() if v is not None}
         )
-        text = parsed.model_dump_json(by_alias=True, exclude_none=True)
-        if not fits_queue(text):  # one recipient per command: only an absurd template gets here
-            size = queue_message_bytes(text)
+        queued = parsed.model_dump_json(by_alias=True, exclude_none=True)
+        if not fits_queue(queued):  # one recipient per command: only an absurd template gets here
+            size = queue_message_bytes(queued)
             raise ValueError(f"the rendered message is too large to queue ({size} bytes)")
         return PlannedSend(rule.Id, address, parsed)
