@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.names import (
+    CLOUD_EVENTS_DEAD_LETTER_QUEUE,
+    CLOUD_EVENTS_QUEUE,
     DEAD_LETTERS_TABLE,
     DLR_FORWARD_DEAD_LETTER_QUEUE,
     DLR_FORWARD_QUEUE,
@@ -71,6 +73,7 @@ DEAD_LETTER_QUEUES: dict[str, str] = {
     OUTBOUND_DEAD_LETTER_QUEUE: OUTBOUND_QUEUE,
     INBOUND_DEAD_LETTER_QUEUE: INBOUND_DELIVERIES_QUEUE,
     DLR_FORWARD_DEAD_LETTER_QUEUE: DLR_FORWARD_QUEUE,
+    CLOUD_EVENTS_DEAD_LETTER_QUEUE: CLOUD_EVENTS_QUEUE,
 }
 _CHUNK = 30_000
 # What Table storage refuses in a key (and what a key never holds here).

@@ -150,6 +150,7 @@ def dead_letter(
     settings: Settings,
 ) -> None:
     """Put ``text`` on ``smartdialog-cloud-events-deadletter`` with why it was refused."""
+    from shared.deadletters import write_dead_letter
     from shared.names import CLOUD_EVENTS_DEAD_LETTER_QUEUE, CLOUD_EVENTS_QUEUE
     from shared.storage import ensured_queue
 
@@ -163,7 +164,9 @@ def dead_letter(
         deadLetteredAt=utcnow().astimezone(dt.UTC),
         original=text,
     )
-    ensured_queue(CLOUD_EVENTS_DEAD_LETTER_QUEUE, settings).send_message(
-        letter.model_dump_json(exclude_none=True)
+    write_dead_letter(
+        ensured_queue(CLOUD_EVENTS_DEAD_LETTER_QUEUE, settings),
+        letter.model_dump_json(exclude_none=True),
+        queue_name=CLOUD_EVENTS_DEAD_LETTER_QUEUE,
     )
     log.warning("cloud event message %s dead-lettered: %s", queue_message_id, reason)

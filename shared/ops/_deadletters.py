@@ -34,6 +34,7 @@ from shared.deadletters import (
 )
 from shared.messages import MessageStatus, MessageStore
 from shared.names import (
+    CLOUD_EVENTS_QUEUE,
     DLR_FORWARD_QUEUE,
     INBOUND_DELIVERIES_QUEUE,
     INBOUND_INTAKE_QUEUE,
@@ -67,6 +68,7 @@ POISON_SOURCES: tuple[str, ...] = (
     INBOUND_INTAKE_QUEUE,
     INBOUND_DELIVERIES_QUEUE,
     DLR_FORWARD_QUEUE,
+    CLOUD_EVENTS_QUEUE,
 )
 #: Messages a fallback scan of a queue receives at most (each is hidden while it runs).
 SCAN_LIMIT = 5000

@@ -13,11 +13,13 @@ import pytest
 from shared.inbound import SubscriberDeadLetter
 from shared.inbound._dlr_forward import DlrForwardDeadLetter
 from shared.names import (
+    CLOUD_EVENTS_DEAD_LETTER_QUEUE,
     DLR_FORWARD_DEAD_LETTER_QUEUE,
     INBOUND_DEAD_LETTER_QUEUE,
     OUTBOUND_DEAD_LETTER_QUEUE,
     poison_queue,
 )
+from shared.notify._doors import CloudEventDeadLetter
 from shared.ops import POISON, POISON_SOURCES
 from shared.outbound import DeadLetterReason
 from tests.actions.conftest import registered_functions
@@ -33,6 +35,8 @@ def reasons_by_queue() -> list[tuple[str, str]]:
     pairs += [(INBOUND_DEAD_LETTER_QUEUE, str(r)) for r in typing.get_args(annotation)]
     annotation = DlrForwardDeadLetter.model_fields["reason"].annotation
     pairs += [(DLR_FORWARD_DEAD_LETTER_QUEUE, str(r)) for r in typing.get_args(annotation)]
+    annotation = CloudEventDeadLetter.model_fields["reason"].annotation
+    pairs += [(CLOUD_EVENTS_DEAD_LETTER_QUEUE, str(r)) for r in typing.get_args(annotation)]
     pairs += [(poison_queue(q), POISON) for q in POISON_SOURCES]
     return pairs
 
@@ -76,3 +80,13 @@ def test_the_poison_queues_are_those_of_the_apps_queue_triggers() -> None:
         if binding.type == "queueTrigger"
     }
     assert set(POISON_SOURCES) == triggered
+
+
+def test_every_metric_the_alerts_query_is_one_the_app_records() -> None:
+    from shared import telemetry
+
+    source = Path(telemetry.__file__).read_text(encoding="utf-8")
+    queried = set(re.findall(r'name == "(smartdialog\.[a-z_.]+)"', DOC.read_text(encoding="utf-8")))
+    assert queried, "docs/operations.md queries no metric of ours"
+    for name in queried:
+        assert f'"{name}"' in source, f"{name} is not a metric shared/telemetry.py records"
