@@ -22,6 +22,7 @@ __all__ = [
     "EVENT_SOURCE",
     "MESSAGE_CANCELLED",
     "MESSAGE_FAILED",
+    "MESSAGE_REDRIVEN",
     "MESSAGE_SENT",
     "CloudEvent",
     "events_in_parts",
@@ -39,6 +40,9 @@ MESSAGE_SENT = "fi.arena.smartdialog.message.sent"
 MESSAGE_FAILED = "fi.arena.smartdialog.message.failed"
 #: A send was cancelled before it was sent (data: ``shared.outbound.MessageCancelledData``).
 MESSAGE_CANCELLED = "fi.arena.smartdialog.message.cancelled"
+#: A failed send was put back by an operator (data: ``shared.outbound.MessageRedrivenData``);
+#: its ``message.sent`` or ``message.failed`` follows as for any send.
+MESSAGE_REDRIVEN = "fi.arena.smartdialog.message.redriven"
 
 DataT = TypeVar("DataT", bound=BaseModel)
 

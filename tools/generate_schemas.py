@@ -49,7 +49,7 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
     """File name -> (title, builder), for every schema we publish: the outbound pipeline's, and
     the inbound package's (its ``SCHEMA_MODELS``, plus the whole CloudEvent of each of its
     event types, which is what a Logic App's *Parse JSON* reads off the queue)."""
-    from shared.events import MESSAGE_CANCELLED, MESSAGE_FAILED, MESSAGE_SENT
+    from shared.events import MESSAGE_CANCELLED, MESSAGE_FAILED, MESSAGE_REDRIVEN, MESSAGE_SENT
     from shared.inbound import (
         DELIVERY_REPORTED,
         MESSAGE_RECEIVED,
@@ -62,6 +62,7 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
         DeadLetter,
         MessageCancelledData,
         MessageFailedData,
+        MessageRedrivenData,
         MessageSentData,
         PackDriver,
         StoredCommand,
@@ -90,6 +91,10 @@ def schemas() -> dict[str, tuple[str, Callable[[], dict[str, Any]]]]:
         "events/message.cancelled.json": (
             MESSAGE_CANCELLED,
             _event(MESSAGE_CANCELLED, MessageCancelledData),
+        ),
+        "events/message.redriven.json": (
+            MESSAGE_REDRIVEN,
+            _event(MESSAGE_REDRIVEN, MessageRedrivenData),
         ),
         "events/message.received.json": (
             MESSAGE_RECEIVED,

@@ -32,15 +32,18 @@ from shared.deadletters import (
     DeadLetterIndex,
     write_dead_letter,
 )
-from shared.messages import MessageStatus, MessageStore
+from shared.events import MESSAGE_REDRIVEN, make_event
+from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.names import (
     CLOUD_EVENTS_QUEUE,
     DLR_FORWARD_QUEUE,
+    EVENTS_QUEUE,
     INBOUND_DELIVERIES_QUEUE,
     INBOUND_INTAKE_QUEUE,
     OUTBOUND_QUEUE,
     poison_queue,
 )
+from shared.outbound import MessageRedrivenData
 from shared.problems import Problem
 from shared.storage import PayloadStore, ensured_queue
 
@@ -377,6 +380,30 @@ class DeadLetterDesk:
         log.debug("dead letter %s re-driven onto %s", view.id, target)
         return Handled(view.id, HandledKind.REDRIVEN)
 
+    def _announce_redrive(
+        self, failed: MessageRecord, valid_until: dt.datetime, now: dt.datetime
+    ) -> None:
+        """The re-drive transition's own event, sent once the record is queued again and before
+        its copy goes on the queue. A crash in between leaves the letter listed: re-driving it
+        again queues the copy (the record is already queued then, so no second event)."""
+        data = MessageRedrivenData(
+            messageId=failed.message_id,
+            operation=failed.operation,
+            customerId=failed.customer_id,
+            serviceId=failed.service_id,
+            previousError=failed.failure,
+            validUntil=valid_until,
+        )
+        stamp = (failed.finished_at or now).strftime("%Y%m%dT%H%M%S%f")
+        event = make_event(
+            MESSAGE_REDRIVEN,
+            data,
+            event_id=f"{failed.message_id}:redriven:{stamp}",
+            subject=failed.message_id,
+            time=now,
+        )
+        self._queue(EVENTS_QUEUE).send_message(event.to_json())
+
     def _redrive_record(self, message_id: str | None) -> str | None:
         """Make a failed message sendable again; why not to enqueue it, or None: enqueue."""
         if message_id is None:
@@ -394,7 +421,9 @@ class DeadLetterDesk:
             if redriven is None:
                 continue
             # A fresh validity: an expired message would otherwise fail again at once.
-            self.store.swap(redriven, valid_until=now + self.validity)
+            valid_until = now + self.validity
+            self.store.swap(redriven, valid_until=valid_until)
+            self._announce_redrive(record, valid_until, now)
             return None
         raise RuntimeError(f"message {message_id}: record kept changing during the re-drive")
 

@@ -27,6 +27,7 @@ __all__ = [
     "DeadLetterReason",
     "MessageCancelledData",
     "MessageFailedData",
+    "MessageRedrivenData",
     "MessageSentData",
     "OutboundMessage",
     "OutboundQueueMessage",
@@ -333,6 +334,22 @@ class MessageCancelledData(BaseModel):
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
+
+
+class MessageRedrivenData(BaseModel):
+    """``data`` of ``fi.arena.smartdialog.message.redriven``: a failed send queued again by an
+    operator (the dead-letter actions or the operations page), with the failure it had."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messageId: str
+    operation: Operation
+    customerId: str | None = None
+    serviceId: str | None = None
+    previousError: FailureInfo | None = Field(None, description="Why it had failed.")
+    validUntil: dt.datetime = Field(
+        description="Its new validity: it is sent before then or fails."
+    )
 
 
 class DeadLetterReason(enum.StrEnum):

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from shared.deadletters import DeadLetterIndex, write_dead_letter
+from shared.events import MESSAGE_REDRIVEN
 from shared.messages import MessageStatus, MessageStore
 from shared.names import (
     INBOUND_DEAD_LETTER_QUEUE,
@@ -142,6 +143,9 @@ def test_redriving_a_failed_send_sends_it_once_with_its_original_id(ops: Outboun
     assert answer.body["outcome"] == "redriven"
     assert list_letters().body["value"] == []
     assert queue_texts(OUTBOUND_DEAD_LETTER_QUEUE) == []
+    [redriven] = [e for e in ops.events() if e["type"] == MESSAGE_REDRIVEN]
+    assert redriven["subject"] == "ops-redrive-1"
+    assert redriven["data"]["previousError"]["code"] == "expired"
 
     ops.drain()
     [request] = ops.upstream()
