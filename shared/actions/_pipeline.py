@@ -460,7 +460,9 @@ def _run_action(
         response = spec.handler(context, parsed)
     except Problem as problem:
         if problem.errors:
-            outcome = "invalid fields: " + ", ".join(dict.fromkeys(e.field for e in problem.errors))
+            fields = ", ".join(dict.fromkeys(e.field for e in problem.errors))
+            # A field name can be a caller's key (an unknown field), even a phone number.
+            outcome = "invalid fields: " + _redact(fields)
         response = ActionResponse.problem(_with_instance(problem, tracking_id))
     except Exception as exc:
         mapped, outcome = _map_failure(exc, settings, spec.operation_id, extra)

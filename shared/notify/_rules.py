@@ -264,7 +264,7 @@ def render(text: str, document: dict[str, Any], *, rule_id: str, event_id: str) 
         found = search(match.group(1).strip(), document)
         if found is None:
             log.warning(
-                "rule %s: placeholder $(%s) found nothing in event %s",
+                "rule %s: placeholder %s found nothing in event %s",
                 rule_id,
                 match.group(1).strip(),
                 event_id,
