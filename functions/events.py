@@ -135,3 +135,20 @@ def get_recipient_list(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="recipient-lists/{ListName}", methods=["DELETE"], auth_level=FUNCTION)
 def delete_recipient_list(req: func.HttpRequest) -> func.HttpResponse:
     return serve("DeleteRecipientList", req)
+
+
+#: Hourly, at minute 23: ended quiet periods and past hours' caps go (the dev host runs no timers).
+STATE_SWEEP_SCHEDULE = "0 23 * * * *"
+
+
+@bp.function_name("NotificationStateSweeper")
+@bp.timer_trigger(arg_name="timer", schedule=STATE_SWEEP_SCHEDULE, run_on_startup=False)
+def notification_state_sweeper(timer: func.TimerRequest) -> None:
+    """Deletes the notification rules' quiet periods and caps that can no longer matter."""
+    import logging
+
+    from shared.clock import utcnow
+    from shared.notify import NotifyState
+
+    gone = NotifyState.from_settings().sweep(now=utcnow())
+    logging.getLogger("shared.notify").info("notification state rows swept: %d", gone)

@@ -14,6 +14,7 @@ from shared.notify._doors import (
 )
 from shared.notify._intake import IncomingEvent, InvalidEvent
 from shared.notify._rules import Rule
+from shared.notify._store import NotifyState
 
 #: The notify package's published schemas (``make schemas``): file name -> model.
 SCHEMA_MODELS = {"cloud-events-dead-letter.json": CloudEventDeadLetter}
@@ -23,6 +24,7 @@ __all__ = [
     "CloudEventDeadLetter",
     "IncomingEvent",
     "InvalidEvent",
+    "NotifyState",
     "Rule",
     "process_cloud_event_message",
     "receive_cloud_events",

@@ -169,6 +169,10 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:40]
 
 
+#: Rows one sweep deletes at most (one delete per row; the next run takes the rest).
+SWEEP_LIMIT = 5000
+
+
 class NotifyState:
     """Quiet periods and hourly caps (ETag compare-and-swap; a lost race is read again)."""
 
@@ -232,11 +236,34 @@ class NotifyState:
                 "PartitionKey": partition,
                 "RowKey": row,
                 "Event": event_key,
-                "Until": (now + dt.timedelta(minutes=minutes)).isoformat(),
+                "Until": (now + dt.timedelta(minutes=minutes)).astimezone(dt.UTC).isoformat(),
             }
             if self._write(claim, entity):
                 return True
         return False
+
+    def sweep(self, *, now: dt.datetime, limit: int = SWEEP_LIMIT) -> int:
+        """Delete quiet periods that have ended and hourly caps of past hours (neither can
+        affect a send any more); how many rows went. At most ``limit`` per call: a timer calls
+        it again (``functions/events.py`` ``NotificationStateSweeper``)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ended = now.astimezone(dt.UTC).isoformat()
+        last_hour = (now.astimezone(dt.UTC) - dt.timedelta(hours=1)).strftime("%Y%m%d%H")
+        stale = (
+            f"(PartitionKey ge 'quiet-' and PartitionKey lt 'quiet.' and Until lt '{ended}')"
+            f" or (PartitionKey ge 'cap-' and PartitionKey lt 'cap.' and RowKey lt '{last_hour}')"
+        )
+        gone = 0
+        for entity in self._table.query_entities(stale, select=["PartitionKey", "RowKey"]):
+            try:
+                self._table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            except ResourceNotFoundError:  # another sweeper was first
+                continue
+            gone += 1
+            if gone >= limit:
+                break
+        return gone
 
     def cap_take(
         self, rule_id: str, event_key: str, wanted: int, *, per_hour: int, now: dt.datetime

@@ -72,3 +72,25 @@ def test_the_hourly_cap_grants_up_to_its_limit_and_repeats_an_events_grant(
     assert state.cap_take("r", "e1", 3, per_hour=4, now=NOW) == 3
     assert state.cap_take("r", "e3", 1, per_hour=4, now=NOW) == 0
     assert state.cap_take("r", "e3", 1, per_hour=4, now=NOW + dt.timedelta(hours=1)) == 1
+
+
+def test_the_sweep_deletes_ended_quiet_periods_and_past_hours_caps_only(
+    storage_env: str, unique_name: str
+) -> None:
+    table = _table(storage_env, unique_name)
+    state = NotifyState(table)
+    assert state.quiet_claim("r", "vm-1", "+358400000001", "e1", minutes=15, now=NOW)
+    assert state.quiet_claim("r", "vm-2", "+358400000001", "e2", minutes=90, now=NOW)
+    assert state.cap_take("r", "e1", 1, per_hour=4, now=NOW) == 1
+
+    # Within the quiet periods and the cap's hour: nothing may go.
+    assert state.sweep(now=NOW + dt.timedelta(minutes=10)) == 0
+    # vm-1's period ended; the cap's hour is over but still the last one; vm-2 still quiet.
+    assert state.sweep(now=NOW + dt.timedelta(minutes=61)) == 1
+    assert not state.quiet_claim(
+        "r", "vm-2", "+358400000001", "e3", minutes=15, now=NOW + dt.timedelta(minutes=61)
+    )
+    # Two hours on, the rest has ended too.
+    assert state.sweep(now=NOW + dt.timedelta(hours=2, minutes=1)) == 2
+    assert list(table.list_entities()) == []
+    assert state.sweep(now=NOW + dt.timedelta(hours=3)) == 0
