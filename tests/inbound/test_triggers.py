@@ -36,9 +36,7 @@ TRIGGERS = {
 }
 
 
-def subscribe(
-    env: Inbound, kind: TriggerKind, callback: str, service: str, **params: str
-) -> Any:
+def subscribe(env: Inbound, kind: TriggerKind, callback: str, service: str, **params: str) -> Any:
     return env.call(
         TRIGGERS[kind][0],
         "POST",
@@ -74,7 +72,7 @@ def wait_for_queue(queue: str, count: int, timeout: float = 10) -> None:
     client = queue_client(queue)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if client.get_queue_properties().approximate_message_count >= count:
+        if (client.get_queue_properties().approximate_message_count or 0) >= count:
             return
         time.sleep(0.05)
     raise AssertionError(f"{queue} did not get {count} message(s)")
@@ -356,3 +354,65 @@ def test_a_malformed_note_is_refused_loudly(inbound: Inbound) -> None:
     else:
         raise AssertionError("a note that is not one of ours must raise (poison)")
     assert inbound.count(names.INBOUND_DELIVERIES_QUEUE) == 0
+
+
+# --- what the triggers cost the delivery-report and failure paths ------------------------------
+
+
+def _trigger_calls(counter: Any, before: Any) -> dict[str, int]:
+    """Round trips since ``before`` on what the triggers add (the subscriptions table, read by
+    the notifier, and the trigger-events queue)."""
+    diff = counter.snapshot() - before
+    mine = (names.SUBSCRIPTIONS_TABLE, names.TRIGGER_EVENTS_QUEUE)
+    return {f"{op} {name}": n for (op, name), n in diff.items() if name in mine}
+
+
+def test_storage_calls_the_triggers_add_per_delivery_report_and_per_failure(
+    inbound: Inbound, monkeypatch: Any
+) -> None:
+    from shared import storage
+
+    first, second, third = (send(inbound, DELIVERED) for _ in range(3))
+    monkeypatch.setattr(storage, "_round_trips", None)  # counting is off again afterwards
+    counter = storage.count_round_trips()
+    inbound.configure()  # rebuild the cached services on counted clients
+
+    def cost(message_id: str) -> dict[str, int]:
+        before = counter.snapshot()
+        assert report(inbound, message_id, status="delivered", recipient=DELIVERED).status == 200
+        return _trigger_calls(counter, before)
+
+    # Nobody subscribed: one partition query for the service, then nothing for the TTL.
+    assert cost(first) == {"table query SmartDialogSubscriptions": 1}
+    assert cost(second) == {}
+    # A subscriber (this process subscribed it, so its cache was dropped): one query, then one
+    # queue write per report.
+    subscribe(inbound, TriggerKind.DELIVERY_REPORT, "https://flow.example/cb", ONE_WAY)
+    before = counter.snapshot()
+    assert report(inbound, third, status="delivered", recipient=DELIVERED).status == 200
+    assert _trigger_calls(counter, before) == {
+        "table query SmartDialogSubscriptions": 1,
+        "queue put smartdialog-trigger-events": 1,
+    }
+    # The fan-out: one query for the subscriptions, one delivery per subscriber.
+    before = counter.snapshot()
+    inbound.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout")
+    diff = counter.snapshot() - before
+    assert diff[storage.StorageOp.TABLE_QUERY, names.SUBSCRIPTIONS_TABLE] == 1
+    assert diff[storage.StorageOp.QUEUE_PUT, names.INBOUND_DELIVERIES_QUEUE] == 1
+
+    # A failed send for a service nobody watches for failures: the answer cached by the report
+    # above is reused (one query at most, should the TTL have run out on a slow machine).
+    phone = "+358411234568"
+    SuppressionStore.from_settings().add(
+        ONE_WAY, phone, keyword="STOP", source="inbound", now=utcnow()
+    )
+    command = {
+        "operation": "SendMessage",
+        "messageId": f"m-{uuid.uuid4().hex[:12]}",
+        "body": {"Sender": "Sandbox", "Content": "Hi", "Recipients": [{"Address": phone}]},
+    }
+    queue_client(names.OUTBOUND_QUEUE).send_message(json.dumps(command))
+    before = counter.snapshot()
+    inbound.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
+    assert _trigger_calls(counter, before) in ({}, {"table query SmartDialogSubscriptions": 1})
