@@ -416,3 +416,34 @@ def test_storage_calls_the_triggers_add_per_delivery_report_and_per_failure(
     before = counter.snapshot()
     inbound.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
     assert _trigger_calls(counter, before) in ({}, {"table query SmartDialogSubscriptions": 1})
+
+
+def test_a_new_message_row_written_before_kinds_stays_a_new_message_subscription(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    from shared.inbound import SubscriptionStore
+    from shared.storage import plain_datetime
+
+    # As the previous release wrote it: no Kind, no States (and a webhook registered).
+    answer = subscribe(served, TriggerKind.OPT_OUT, f"{callback_receiver.url}/optout", TWO_WAY)
+    assert answer.status == 201
+    table_client(names.SUBSCRIPTIONS_TABLE).create_entity(
+        {
+            "PartitionKey": TWO_WAY,
+            "RowKey": "legacy-1",
+            "Service": TWO_WAY,
+            "CallbackUrl": f"{callback_receiver.url}/legacy",
+            "CustomerId": CUSTOMER,
+            "CreatedAt": plain_datetime(utcnow()),
+        }
+    )
+    store = SubscriptionStore.from_settings()
+    assert [s.subscription_id for s in store.list(TWO_WAY)] == ["legacy-1"]
+    assert [s.kind for s in store.list(TWO_WAY, TriggerKind.OPT_OUT)] == [TriggerKind.OPT_OUT]
+
+    simulate_inbound(served, "STOP")
+    assert served.process_intake() == 1
+    deliver(served)
+    callback_receiver.wait_for(2)
+    assert [b["content"] for b in bodies(callback_receiver, "/legacy")] == ["STOP"]
+    assert [b["direction"] for b in bodies(callback_receiver, "/optout")] == ["out"]
