@@ -14,7 +14,7 @@ app's webhook is registered for it if it has none, as New Message does). Any oth
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -313,6 +313,9 @@ def notification_schema(model: type[BaseModel]) -> dict[str, Any]:
             "title": _TITLES[name],
             "x-ms-visibility": "important" if name in _IMPORTANT else "advanced",
         }
+        choices = [a for a in get_args(info.annotation) if isinstance(a, str)]
+        if choices:
+            prop["enum"] = choices
         if "datetime" in annotation:
             prop["format"] = "date-time"
         if "bool" in annotation:

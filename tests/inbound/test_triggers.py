@@ -447,3 +447,28 @@ def test_a_new_message_row_written_before_kinds_stays_a_new_message_subscription
     callback_receiver.wait_for(2)
     assert [b["content"] for b in bodies(callback_receiver, "/legacy")] == ["STOP"]
     assert [b["direction"] for b in bodies(callback_receiver, "/optout")] == ["out"]
+
+
+def test_the_connector_describes_every_field_each_trigger_delivers() -> None:
+    from pathlib import Path
+
+    from shared.triggers import (
+        DeliveryReportTriggerData,
+        OptOutTriggerData,
+        SendFailedTriggerData,
+    )
+
+    document = json.loads(
+        (Path(__file__).parents[2] / "connector" / "apiDefinition.swagger.json").read_text()
+    )
+    routes = {
+        "/triggers/delivery-reports/{Service}": DeliveryReportTriggerData,
+        "/triggers/opt-outs/{Service}": OptOutTriggerData,
+        "/triggers/send-failures/{Service}": SendFailedTriggerData,
+    }
+    for path, model in routes.items():
+        content = document["paths"][path]["x-ms-notification-content"]["schema"]["properties"]
+        assert set(content) == set(model.model_fields), path
+        assert all(p["title"].istitle() or " " not in p["title"] for p in content.values())
+    state = document["paths"]["/triggers/delivery-reports/{Service}"]["x-ms-notification-content"]
+    assert state["schema"]["properties"]["state"]["enum"] == ["sent", "delivered", "undelivered"]
