@@ -129,6 +129,18 @@ def test_final_states_only_unless_the_flow_asks_for_every_state(
     ]
 
 
+def test_a_repeated_or_late_report_does_not_run_the_flow_again(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    url = f"{callback_receiver.url}/all"
+    assert subscribe(inbound, TriggerKind.DELIVERY_REPORT, url, ONE_WAY, States="all").status == 201
+    message_id = send(inbound, DELIVERED)
+    for state in ("delivered", "delivered", "sent"):  # SmartDialog's retry, then a late "sent"
+        assert report(inbound, message_id, status=state, recipient=DELIVERED).status == 200
+    deliver(inbound)
+    assert [b["state"] for b in bodies(callback_receiver)] == ["delivered"]
+
+
 def test_a_delivery_report_for_a_service_nobody_watches_writes_no_note(inbound: Inbound) -> None:
     message_id = send(inbound, DELIVERED)
     assert report(inbound, message_id, status="delivered", recipient=DELIVERED).status == 200
