@@ -7,7 +7,18 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from functions import actions, dlr, events, health, ops, sender, sends, subscriptions, webhooks
+from functions import (
+    actions,
+    dlr,
+    events,
+    health,
+    ops,
+    sender,
+    sends,
+    subscriptions,
+    triggers,
+    webhooks,
+)
 
 BLUEPRINTS: list[func.Blueprint] = [
     health.bp,
@@ -19,4 +30,5 @@ BLUEPRINTS: list[func.Blueprint] = [
     dlr.bp,
     ops.bp,
     events.bp,
+    triggers.bp,
 ]

@@ -78,6 +78,11 @@ NOTIFICATION_RULES_TABLE = "SmartDialogNotificationRules"
 #: Quiet periods (rule + subject + recipient) and hourly recipient caps of the rules.
 NOTIFICATION_STATE_TABLE = "SmartDialogNotificationState"
 
+#: Internal: one note per delivery report, opt-out or failed send that a trigger subscription
+#: of its service wants (``shared.triggers.TriggerNotification``); ``TriggerFanout`` turns each
+#: into one delivery per subscriber on ``smartdialog-inbound-deliveries``.
+TRIGGER_EVENTS_QUEUE = "smartdialog-trigger-events"
+
 QUEUES: tuple[str, ...] = (
     OUTBOUND_QUEUE,
     INBOUND_QUEUE,
@@ -90,6 +95,7 @@ QUEUES: tuple[str, ...] = (
     DLR_FORWARD_DEAD_LETTER_QUEUE,
     CLOUD_EVENTS_QUEUE,
     CLOUD_EVENTS_DEAD_LETTER_QUEUE,
+    TRIGGER_EVENTS_QUEUE,
 )
 TABLES: tuple[str, ...] = (
     QUOTA_TABLE,

@@ -29,6 +29,9 @@ var queueNames = [
   'smartdialog-dlr-forward-poison'
   'smartdialog-dlr-forward-deadletter'
   'smartdialog-cloud-events-poison'
+  // Trigger notifications (delivery report, opt-out, failed send) fanned out to subscribers.
+  'smartdialog-trigger-events'
+  'smartdialog-trigger-events-poison'
 ]
 
 // Every table of shared/names.py TABLES (the same test keeps them equal). Tables whose

@@ -24,6 +24,7 @@ SPEC_MODULES: tuple[str, ...] = (
     "shared.outbound.actions",
     "shared.outbound.bulk",
     "shared.inbound.actions",
+    "shared.inbound.trigger_actions",
     "shared.ops.actions",
     "shared.notify.actions",
 )

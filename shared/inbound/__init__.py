@@ -31,7 +31,7 @@ delivery-report URL in :mod:`shared.callback_urls`, the records in :mod:`shared.
 
 from pydantic import BaseModel
 
-from shared.inbound import _dispatch, _dlr_forward
+from shared.inbound import _dispatch, _dlr_forward, _triggers
 from shared.inbound._dispatch import (
     DispatchOutcome,
     DispatchResult,
@@ -71,6 +71,7 @@ from shared.inbound._registry import (
     subscription_url,
     webhook_url,
 )
+from shared.inbound._triggers import MalformedNotification, TriggerFanout, fan_out_trigger
 from shared.inbound._webhook import (
     CLAIM_LEASE,
     Claim,
@@ -81,6 +82,13 @@ from shared.inbound._webhook import (
     ProcessResult,
     SeenStore,
     inbound_message_key,
+)
+from shared.triggers import (
+    DeliveryReportTriggerData,
+    OptOutTriggerData,
+    SendFailedTriggerData,
+    TriggerNotification,
+    reset_notifiers,
 )
 
 #: Schemas of the inbound package's queue messages and event data, for ``tools/generate_schemas``
@@ -93,6 +101,10 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "inbound-intake.json": InboundIntake,
     "dlr-forward.json": DlrForward,
     "dlr-forward-dead-letter.json": DlrForwardDeadLetter,
+    "events/trigger-delivery-report.json": DeliveryReportTriggerData,
+    "events/trigger-opt-out.json": OptOutTriggerData,
+    "events/trigger-send-failed.json": SendFailedTriggerData,
+    "trigger-notification.json": TriggerNotification,
 }
 
 
@@ -100,6 +112,8 @@ def reset_dispatcher_cache() -> None:
     """Forget cached dispatchers and DLR forwarders (tests change settings between cases)."""
     _dispatch.reset_dispatcher_cache()
     _dlr_forward.reset_forwarder_cache()
+    _triggers.reset_fanout_cache()
+    reset_notifiers()
 
 
 __all__ = [
@@ -124,6 +138,7 @@ __all__ = [
     "InboundReceiver",
     "InboundResult",
     "MalformedIntake",
+    "MalformedNotification",
     "NewMessagePayload",
     "ProcessResult",
     "SeenStore",
@@ -132,9 +147,11 @@ __all__ = [
     "SubscriberDispatcher",
     "Subscription",
     "SubscriptionStore",
+    "TriggerFanout",
     "WebhookRegistration",
     "WebhookRegistry",
     "classify_keyword",
+    "fan_out_trigger",
     "inbound_message_key",
     "new_nonce",
     "parse_report",

@@ -1,4 +1,8 @@
-"""The New Message dispatcher: one queued delivery in, at most one POST to one subscriber out.
+"""The trigger dispatcher: one queued delivery in, at most one POST to one subscriber out.
+
+It delivers every trigger's events: New Message (queued by the inbound processor, below) and the
+delivery-report, opt-out and send-failed triggers (queued by ``TriggerFanout``, see
+:mod:`shared.inbound._triggers`), whose deliveries always carry their event.
 
 The webhook fans each inbound event out to ``smartdialog-inbound-deliveries``, one message per
 subscriber, so a subscriber that fails never delays the others, and Logic Apps reading

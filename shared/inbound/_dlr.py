@@ -19,7 +19,8 @@ message alone: each recipient's ``sent`` and ``delivered`` are distinct reports.
 
 Order of one report: token (401) -> record and slot (404 for an unknown message) -> report
 row inserted (a conflict with a processed row: duplicate, 200, nothing else) -> slot advanced
--> ``fi.arena.smartdialog.message.delivery`` event if the slot is now in the reported state ->
+-> ``fi.arena.smartdialog.message.delivery`` event if the slot is now in the reported state
+(and the delivery-report trigger's note, see :mod:`shared.inbound._triggers`) ->
 if the send has its own ``DlrUrl``, a :class:`~shared.inbound._dlr_forward.DlrForward` on
 ``smartdialog-dlr-forward`` (the forwarder calls that URL, never this request) -> row marked
 processed. A crash anywhere before the mark repeats the later steps on SmartDialog's retry,
@@ -40,6 +41,7 @@ from shared import telemetry
 from shared.clock import utcnow
 from shared.inbound._dlr_forward import DlrForward, own_dlr_url
 from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData
+from shared.inbound._triggers import notify_delivery_report
 from shared.messages import RecipientStatus
 from shared.names import DELIVERY_REPORTS_TABLE, DLR_FORWARD_QUEUE, EVENTS_QUEUE
 from shared.problems import Problem, ProblemType
@@ -360,6 +362,17 @@ class DeliveryReportService:
                 time=report.reported_at or now,
             )
             self._events.send_message(event.to_json())
+            # The delivery-report trigger's note: no storage call unless a subscription of the
+            # service wants this state (shared.triggers caches that answer per service).
+            notify_delivery_report(
+                self.settings,
+                record,
+                row_key=slot.row_key,
+                recipient=data.recipient,
+                state=status,
+                status_code=report.status_code,
+                time=report.reported_at or now,
+            )
         telemetry.record_delivery_latency((now - record.created_at).total_seconds(), status)
 
     def _forward(self, record: MessageRecord, report: DeliveryReport, now: dt.datetime) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 from shared.clock import utcnow as _now
@@ -32,6 +32,7 @@ from shared.signing import (
     verified,
 )
 from shared.storage import ensure_table, ensured_table, plain_datetime, safe_key, table_client, utc
+from shared.triggers import FINAL_STATES, TriggerKind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "SUBSCRIPTION_ROUTES",
     "Subscription",
     "SubscriptionStore",
     "WebhookRegistration",
@@ -56,6 +58,15 @@ __all__ = [
 # apart by the subject's namespace, so a webhook token never opens an unsubscribe URL.
 _SERVICE_SUBJECT = "service/{}"
 _SUBSCRIPTION_SUBJECT = "subscription/{}/{}"
+
+#: The route (below ``/api``) of each trigger's subscriptions; a subscription's ``Location`` is
+#: its route + ``/{Service}/{SubscriptionId}``.
+SUBSCRIPTION_ROUTES: dict[TriggerKind, str] = {
+    TriggerKind.NEW_MESSAGE: "inbound/subscriptions",
+    TriggerKind.DELIVERY_REPORT: "triggers/delivery-reports",
+    TriggerKind.OPT_OUT: "triggers/opt-outs",
+    TriggerKind.SEND_FAILED: "triggers/send-failures",
+}
 
 
 def webhook_url(settings: Settings, service: str, nonce: str) -> str:
@@ -87,8 +98,14 @@ def verify_webhook_token(
     )
 
 
-def subscription_url(settings: Settings, service: str, subscription_id: str, nonce: str) -> str:
-    """The ``Location`` of a New Message subscription: DELETE it to unsubscribe."""
+def subscription_url(
+    settings: Settings,
+    service: str,
+    subscription_id: str,
+    nonce: str,
+    kind: TriggerKind = TriggerKind.NEW_MESSAGE,
+) -> str:
+    """The ``Location`` of a trigger subscription: DELETE it to unsubscribe."""
     token = sign(
         TokenPurpose.WEBHOOK,
         _SUBSCRIPTION_SUBJECT.format(service, subscription_id),
@@ -96,7 +113,7 @@ def subscription_url(settings: Settings, service: str, subscription_id: str, non
         secrets=settings.callback_secret_list,
     )
     return (
-        f"{settings.api_base_url}/inbound/subscriptions/{quote(service, safe='')}/"
+        f"{settings.api_base_url}/{SUBSCRIPTION_ROUTES[kind]}/{quote(service, safe='')}/"
         f"{quote(subscription_id, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
     )
 
@@ -236,7 +253,7 @@ def _registration(entity: dict[str, object]) -> WebhookRegistration:
 
 @dataclass(frozen=True)
 class Subscription:
-    """A New Message trigger: POST the service's inbound messages to ``callback_url``."""
+    """A trigger: POST what happens on the service (its ``kind``) to ``callback_url``."""
 
     service: str
     subscription_id: str
@@ -245,6 +262,14 @@ class Subscription:
     created_at: dt.datetime
     nonce: str | None = None
     """The nonce its URL's token carries; None for a subscription made before nonces."""
+    kind: TriggerKind = TriggerKind.NEW_MESSAGE
+    """Which trigger (rows written before there were others have none: New Message)."""
+    states: Literal["final", "all"] | None = None
+    """Delivery reports only: the final states only, or every state."""
+
+    def wants(self, state: str | None) -> bool:
+        """Whether a delivery-report subscription wants a report of ``state``."""
+        return self.states == "all" or state in FINAL_STATES
 
     def opened_by(self, token: VerifiedToken) -> bool:
         """Whether ``token`` (verified for this subscription's URL) was made for this very
@@ -253,7 +278,9 @@ class Subscription:
 
 
 class SubscriptionStore:
-    """``SmartDialogSubscriptions``: one entity per subscription (RowKey = subscription id)."""
+    """``SmartDialogSubscriptions``: one entity per subscription (RowKey = subscription id),
+    of every trigger; ``Kind`` tells them apart (absent: New Message) and
+    :class:`shared.triggers.TriggerNotifier` reads ``Kind`` and ``States``."""
 
     def __init__(self, table: TableClient) -> None:
         self._table = table
@@ -272,6 +299,8 @@ class SubscriptionStore:
                 "CustomerId": subscription.customer_id,
                 "CreatedAt": plain_datetime(subscription.created_at),
                 "Nonce": subscription.nonce,
+                "Kind": str(subscription.kind),
+                "States": subscription.states,
             }
         )
 
@@ -284,9 +313,19 @@ class SubscriptionStore:
             return None
         return _subscription(entity)
 
-    def list(self, service: str) -> Sequence[Subscription]:
+    def list(
+        self, service: str, kind: TriggerKind = TriggerKind.NEW_MESSAGE
+    ) -> Sequence[Subscription]:
+        """The subscriptions of ``service`` to one trigger (by default New Message)."""
         key = safe_key(service).replace("'", "''")
-        return [_subscription(e) for e in self._table.query_entities(f"PartitionKey eq '{key}'")]
+        query = f"PartitionKey eq '{key}'"
+        if kind is not TriggerKind.NEW_MESSAGE:  # New Message rows may have no Kind
+            query += f" and Kind eq '{kind}'"
+        # Filtered before parsing: a row of a kind this release does not know is not listed.
+        entities = self._table.query_entities(query)
+        return [
+            _subscription(e) for e in entities if (e.get("Kind") or TriggerKind.NEW_MESSAGE) == kind
+        ]
 
     def every(self, limit: int = 1000) -> Sequence[Subscription]:
         """Up to ``limit`` subscriptions of every service (the operations page)."""
@@ -311,4 +350,8 @@ def _subscription(entity: dict[str, object]) -> Subscription:
         customer_id=str(entity.get("CustomerId", "")),
         created_at=created,
         nonce=str(entity["Nonce"]) if entity.get("Nonce") else None,
+        kind=TriggerKind(str(entity.get("Kind") or TriggerKind.NEW_MESSAGE)),
+        states="all"
+        if entity.get("States") == "all"
+        else ("final" if entity.get("States") else None),
     )

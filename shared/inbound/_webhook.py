@@ -76,6 +76,7 @@ from shared.inbound._models import (
     SubscriberDelivery,
 )
 from shared.inbound._registry import SubscriptionStore, WebhookRegistry, verify_webhook_token
+from shared.inbound._triggers import notify_opt_out
 from shared.names import (
     INBOUND_DELIVERIES_QUEUE,
     INBOUND_INTAKE_QUEUE,
@@ -506,6 +507,7 @@ class InboundProcessor:
         received_at: dt.datetime,
     ) -> int:
         keyword = self._apply_opt_out(service, key, payload, received_at)
+        notify_opt_out(self.settings, service, key, payload, keyword, received_at)
         data = InboundMessageData(
             sender=payload.sender,
             recipient=payload.recipient,

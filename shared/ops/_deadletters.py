@@ -41,6 +41,7 @@ from shared.names import (
     INBOUND_DELIVERIES_QUEUE,
     INBOUND_INTAKE_QUEUE,
     OUTBOUND_QUEUE,
+    TRIGGER_EVENTS_QUEUE,
     poison_queue,
 )
 from shared.outbound import MessageRedrivenData
@@ -72,6 +73,7 @@ POISON_SOURCES: tuple[str, ...] = (
     INBOUND_DELIVERIES_QUEUE,
     DLR_FORWARD_QUEUE,
     CLOUD_EVENTS_QUEUE,
+    TRIGGER_EVENTS_QUEUE,
 )
 #: Messages a fallback scan of a queue receives at most (each is hidden while it runs).
 SCAN_LIMIT = 5000

@@ -44,6 +44,7 @@ from shared.outbound._models import (
 from shared.outbound._ports import SendPorts
 from shared.outbound._records import command_text, queued_text
 from shared.storage import fits_queue
+from shared.triggers import notify_send_failed
 
 __all__ = [
     "BACKOFF_TOLERANCE_SECONDS",
@@ -437,6 +438,11 @@ class Outcomes:
             time=record.finished_at or now,
         )
         self.ports.events.send_message(event.to_json())
+        service = record.service_id or self.ports.policy.service_id
+        failed_at = record.finished_at or now
+        notify_send_failed(
+            record.message_id, record.command, service, failure.model_dump(), failed_at
+        )
 
     def requeue(
         self,

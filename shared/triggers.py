@@ -1,0 +1,318 @@
+"""The connector's event triggers: what each one delivers, and the note that starts a delivery.
+
+Three triggers besides New Message let a flow react to what happens to messages:
+
+- *When a delivery report arrives* (``delivery-report``, :class:`DeliveryReportTriggerData`),
+- *When a recipient opts out or back in* (``opt-out``, :class:`OptOutTriggerData`),
+- *When a send fails* (``send-failed``, :class:`SendFailedTriggerData`).
+
+Their sources live in packages that may not import each other (delivery reports and opt-outs in
+``shared.inbound``, failures in ``shared.outbound``), so each source writes one small
+:class:`TriggerNotification` onto the internal ``smartdialog-trigger-events`` queue through a
+:class:`TriggerNotifier`, and ``shared.inbound``'s ``TriggerFanout`` turns it into one ordinary
+subscriber delivery per matching subscription (the New Message dispatcher does the rest:
+retries, per-subscriber dead letters).
+
+A notification is written only when the service has a subscription of its kind (for delivery
+reports: one that wants this state). The notifier learns that from ``SmartDialogSubscriptions``
+(written by ``shared.inbound``'s ``SubscriptionStore``; this module reads its ``Kind`` and
+``States`` columns only) with one partition query per service, kept for
+:data:`SUBSCRIBERS_TTL_SECONDS`: a delivery report for a service nobody subscribed to costs no
+storage call once that answer is cached, and a new subscription starts receiving within that
+time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import logging
+import threading
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.clock import utcnow
+from shared.names import SUBSCRIPTIONS_TABLE, TRIGGER_EVENTS_QUEUE
+from shared.storage import QueueLike, queue_client, safe_key, send_creating, table_client
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = [
+    "FINAL_STATES",
+    "SUBSCRIBERS_TTL_SECONDS",
+    "DeliveryReportTriggerData",
+    "FieldErrorData",
+    "OptOutTriggerData",
+    "SendFailedTriggerData",
+    "TriggerKind",
+    "TriggerNotification",
+    "TriggerNotifier",
+    "command_customer_data",
+    "notify_send_failed",
+    "reset_notifiers",
+]
+
+log = logging.getLogger("shared.triggers")
+
+#: How long the notifier trusts its answer to "does this service have subscribers of a kind".
+SUBSCRIBERS_TTL_SECONDS = 30.0
+#: Recipient states no later report changes: what "final states only" delivers.
+FINAL_STATES = frozenset({"delivered", "undelivered"})
+
+
+class TriggerKind(enum.StrEnum):
+    """The ``Kind`` of a row of ``SmartDialogSubscriptions`` (absent: New Message)."""
+
+    NEW_MESSAGE = "new-message"
+    DELIVERY_REPORT = "delivery-report"
+    OPT_OUT = "opt-out"
+    SEND_FAILED = "send-failed"
+
+
+#: The ``ce-type`` of each trigger's delivery (its body is the data model below).
+EVENT_TYPES: dict[TriggerKind, str] = {
+    TriggerKind.DELIVERY_REPORT: "fi.arena.smartdialog.trigger.delivery-report",
+    TriggerKind.OPT_OUT: "fi.arena.smartdialog.trigger.opt-out",
+    TriggerKind.SEND_FAILED: "fi.arena.smartdialog.trigger.send-failed",
+}
+
+
+class DeliveryReportTriggerData(BaseModel):
+    """What a *When a delivery report arrives* flow receives: one recipient's new state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messageId: str = Field(description="The send's Id (what the send action answered).")
+    recipient: str | None = Field(None, description="The recipient's address.")
+    state: Literal["sent", "delivered", "undelivered"] = Field(
+        description="The recipient's state after this report: sent, delivered or undelivered."
+    )
+    final: bool = Field(description="True when no later report changes this state.")
+    statusCode: str | None = Field(None, description="The report's status code, as sent.")
+    reportedAt: dt.datetime = Field(
+        description="The report's own time, or when it arrived if it had none (UTC)."
+    )
+    customerData: str | None = Field(
+        None, description="The CustomerData the send was given: use it to find your row."
+    )
+    service: str = Field(description="The service the message was sent through.")
+
+
+class OptOutTriggerData(BaseModel):
+    """What a *When a recipient opts out or back in* flow receives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(description="The recipient who sent the keyword (as SmartDialog gave it).")
+    keyword: str = Field(description="The keyword as sent, trimmed and in upper case.")
+    direction: Literal["out", "in"] = Field(
+        description="out: sends to the recipient are now refused; in: allowed again."
+    )
+    occurredAt: dt.datetime = Field(description="When the keyword arrived (UTC).")
+    messageId: str = Field(description="The inbound message's id.")
+    service: str = Field(description="The 2-way service that received the keyword.")
+
+
+class FieldErrorData(BaseModel):
+    """One field a failed send was refused for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(description="The field.")
+    message: str = Field(description="What is wrong with it.")
+
+
+class SendFailedTriggerData(BaseModel):
+    """What a *When a send fails* flow receives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messageId: str = Field(description="The send's Id (what the send action answered).")
+    reason: str = Field(description="Why it failed, in a sentence.")
+    code: str = Field(
+        description=(
+            "upstream-rejected, upstream-unavailable, rate-limited, attempts-exhausted, expired, "
+            "outcome-unknown, configuration, suppressed or malformed."
+        )
+    )
+    detail: str | None = Field(None, description="More about the failure, if known.")
+    upstreamStatus: int | None = Field(None, description="SmartDialog's last HTTP status.")
+    fieldErrors: list[FieldErrorData] = Field(
+        default_factory=list, description="The fields the send was refused for, if it was."
+    )
+    customerData: str | None = Field(None, description="The CustomerData the send was given.")
+    failedAt: dt.datetime = Field(description="When it failed (UTC).")
+    service: str = Field(description="The service the message was sent through.")
+
+
+class TriggerNotification(BaseModel):
+    """One message on the internal ``smartdialog-trigger-events`` queue: something a trigger
+    may deliver, before it is known who subscribed (``TriggerFanout`` finds out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schemaVersion: Literal[1] = 1
+    kind: Literal["delivery-report", "opt-out", "send-failed"]
+    service: str = Field(min_length=1)
+    eventId: str = Field(
+        min_length=1, description="Stable across repeats: each delivery's ce-id is made of it."
+    )
+    time: dt.datetime
+    data: dict[str, Any] = Field(description="The trigger's data (its kind's model).")
+
+
+class TriggerNotifier:
+    """Writes :class:`TriggerNotification` messages for services that have subscribers of
+    their kind. Build with :meth:`for_settings` (one per settings, shared by a process)."""
+
+    def __init__(
+        self,
+        *,
+        subscriptions: TableClient,
+        queue: QueueLike,
+        clock: Callable[[], dt.datetime] = utcnow,
+        ttl_seconds: float = SUBSCRIBERS_TTL_SECONDS,
+    ) -> None:
+        self._subscriptions = subscriptions
+        self._queue = queue
+        self._clock = clock
+        self._ttl = dt.timedelta(seconds=ttl_seconds)
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[dt.datetime, frozenset[str]]] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> TriggerNotifier:
+        return _notifier(settings)
+
+    def wanted(self, kind: TriggerKind, service: str, *, state: str | None = None) -> bool:
+        """Whether ``service`` has a subscription of ``kind`` (for a delivery report: one that
+        wants ``state``). At most one table query per service per
+        :data:`SUBSCRIBERS_TTL_SECONDS`."""
+        tags = self._tags(service)
+        if kind is not TriggerKind.DELIVERY_REPORT:
+            return str(kind) in tags
+        return f"{kind}:all" in tags or (state in FINAL_STATES and f"{kind}:final" in tags)
+
+    def forget(self, service: str) -> None:
+        """Drop the cached answer for ``service`` (this process just (un)subscribed it)."""
+        with self._lock:
+            self._known.pop(service, None)
+
+    def notify(
+        self,
+        kind: TriggerKind,
+        service: str,
+        *,
+        event_id: str,
+        time: dt.datetime,
+        data: BaseModel,
+        state: str | None = None,
+    ) -> bool:
+        """Queue a notification if anyone wants it; True if one was written."""
+        if not self.wanted(kind, service, state=state):
+            return False
+        note = TriggerNotification(
+            kind=kind.value,
+            service=service,
+            eventId=event_id,
+            time=time,
+            data=data.model_dump(mode="json", exclude_none=True),
+        )
+        send_creating(self._queue, note.model_dump_json())
+        return True
+
+    def _tags(self, service: str) -> frozenset[str]:
+        now = self._clock()
+        with self._lock:
+            cached = self._known.get(service)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        tags = self._query(service)
+        with self._lock:
+            self._known[service] = (now, tags)
+        return tags
+
+    def _query(self, service: str) -> frozenset[str]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        key = safe_key(service).replace("'", "''")
+        tags: set[str] = set()
+        try:
+            for entity in self._subscriptions.query_entities(
+                f"PartitionKey eq '{key}'", select=["Kind", "States"]
+            ):
+                kind = entity.get("Kind") or TriggerKind.NEW_MESSAGE
+                tags.add(str(kind))
+                if kind == TriggerKind.DELIVERY_REPORT:
+                    tags.add(f"{kind}:{entity.get('States') or 'final'}")
+        except ResourceNotFoundError:  # no table yet: nobody subscribed
+            pass
+        return frozenset(tags)
+
+
+@lru_cache(maxsize=4)
+def _notifier(settings: Settings) -> TriggerNotifier:
+    # Neither is created here: a missing table holds no subscription, and the queue is created
+    # on the first write that finds it missing (Bicep creates both in Azure).
+    return TriggerNotifier(
+        subscriptions=table_client(SUBSCRIPTIONS_TABLE, settings),
+        queue=queue_client(TRIGGER_EVENTS_QUEUE, settings),
+    )
+
+
+def command_customer_data(command: str) -> str | None:
+    """The ``CustomerData`` kept in a send's stored command (its JSON text), if it gave one."""
+    try:
+        parsed = json.loads(command)
+    except ValueError:
+        return None
+    body = parsed.get("body") if isinstance(parsed, dict) else None
+    value = body.get("CustomerData") if isinstance(body, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def notify_send_failed(
+    message_id: str,
+    command: str,
+    service: str | None,
+    failure: dict[str, Any],
+    failed_at: dt.datetime,
+) -> bool:
+    """The *When a send fails* note of a message that failed for good (``failure``: its
+    ``FailureInfo`` as a dict). No storage call unless the service has such a subscription
+    (and none at all for a send with no service)."""
+    from shared.settings import get_settings
+
+    if not service:
+        return False
+    errors = failure.get("errors")
+    data = SendFailedTriggerData(
+        messageId=message_id,
+        reason=str(failure.get("title") or failure.get("code") or "failed"),
+        code=str(failure.get("code") or "unknown"),
+        detail=failure.get("detail"),
+        upstreamStatus=failure.get("upstreamStatus"),
+        fieldErrors=[FieldErrorData.model_validate(e) for e in errors or []],
+        customerData=command_customer_data(command),
+        failedAt=failed_at,
+        service=service,
+    )
+    return TriggerNotifier.for_settings(get_settings()).notify(
+        TriggerKind.SEND_FAILED,
+        service,
+        event_id=f"{message_id}:failed:trigger",
+        time=failed_at,
+        data=data,
+    )
+
+
+def reset_notifiers() -> None:
+    """Forget cached notifiers and their answers (tests change settings between cases)."""
+    _notifier.cache_clear()

@@ -1,0 +1,486 @@
+"""The delivery-report, opt-out and send-failed triggers, end to end over real parts: the
+subscribe actions, the sandbox's delivery reports (GET through the dev host) and
+``/sandbox/inbound`` (POST to our webhook through the dev host), the trigger-events queue and
+its fan-out, the New Message dispatcher, and a loopback receiver standing in for the flow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from azure.data.tables import TableClient
+
+from shared import names
+from shared.clock import ManualClock, use, utcnow
+from shared.storage import queue_client, table_client
+from shared.suppressions import SuppressionStore
+from shared.triggers import (
+    SUBSCRIBERS_TTL_SECONDS,
+    OptOutTriggerData,
+    TriggerKind,
+    TriggerNotifier,
+)
+from tests.fixtures.sandbox import CallbackReceiver
+from tests.inbound.conftest import CUSTOMER, ONE_WAY, TWO_WAY, Inbound
+from tests.inbound.test_delivery_reports import DELIVERED, UNDELIVERABLE, report, send
+from tests.inbound.test_subscriptions import SENDER, simulate_inbound
+
+TRIGGERS = {
+    TriggerKind.DELIVERY_REPORT: ("DeliveryReportArrived", "DeleteDeliveryReportTrigger"),
+    TriggerKind.OPT_OUT: ("RecipientOptedOut", "DeleteOptOutTrigger"),
+    TriggerKind.SEND_FAILED: ("SendFailed", "DeleteSendFailedTrigger"),
+}
+
+
+def subscribe(env: Inbound, kind: TriggerKind, callback: str, service: str, **params: str) -> Any:
+    return env.call(
+        TRIGGERS[kind][0],
+        "POST",
+        route_params={"Service": service},
+        params=params,
+        headers={"Customer-Id": CUSTOMER},
+        body={"callbackUrl": callback},
+    )
+
+
+def unsubscribe(env: Inbound, kind: TriggerKind, location: str) -> int:
+    parts = urlsplit(location)
+    *_, service, subscription = parts.path.split("/")
+    return env.call(
+        TRIGGERS[kind][1],
+        "DELETE",
+        route_params={"Service": service, "SubscriptionId": subscription},
+        params=dict(parse_qsl(parts.query)),
+    ).status
+
+
+def deliver(env: Inbound) -> int:
+    """Fan the queued notes out, then run the dispatcher; returns the dispatcher's runs."""
+    env.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout")
+    return env.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
+
+
+def bodies(receiver: CallbackReceiver, path: str | None = None) -> list[dict[str, Any]]:
+    return [json.loads(c.body) for c in receiver.calls if path is None or c.path == path]
+
+
+def wait_for_queue(queue: str, count: int, timeout: float = 10) -> None:
+    client = queue_client(queue)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (client.get_queue_properties().approximate_message_count or 0) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{queue} did not get {count} message(s)")
+
+
+# --- When a delivery report arrives -------------------------------------------------------------
+
+
+def test_sandbox_delivery_reports_reach_the_flow_with_the_sends_customer_data(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    answer = subscribe(served, TriggerKind.DELIVERY_REPORT, f"{callback_receiver.url}/dlr", ONE_WAY)
+    assert answer.status == 201, answer.body
+    assert answer.body["kind"] == "delivery-report"
+    assert f"/api/triggers/delivery-reports/{ONE_WAY}/" in answer.headers["Location"]
+
+    message_id = send(served, DELIVERED, UNDELIVERABLE, CustomerData="sharepoint-row-17")
+    wait_for_queue(names.TRIGGER_EVENTS_QUEUE, 2)  # the sandbox's two reports, via the dev host
+
+    assert deliver(served) == 2
+    calls = callback_receiver.wait_for(2)
+    got = sorted(bodies(callback_receiver), key=lambda b: b["state"])
+    assert [(b["recipient"], b["state"], b["final"]) for b in got] == [
+        (DELIVERED, "delivered", True),
+        (UNDELIVERABLE, "undelivered", True),
+    ]
+    assert {b["messageId"] for b in got} == {message_id}
+    assert {b["customerData"] for b in got} == {"sharepoint-row-17"}
+    assert {b["service"] for b in got} == {ONE_WAY}
+    assert {b["statusCode"] for b in got} == {"1", "2"}
+    headers = [{k.lower(): v for k, v in c.headers.items()} for c in calls]
+    assert {h["ce-type"] for h in headers} == {"fi.arena.smartdialog.trigger.delivery-report"}
+    assert {h["ce-subject"] for h in headers} == {message_id}
+
+
+def test_final_states_only_unless_the_flow_asks_for_every_state(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    # Not served: the sandbox's own reports go nowhere; these reports are ours, one by one.
+    base = callback_receiver.url
+    assert subscribe(inbound, TriggerKind.DELIVERY_REPORT, f"{base}/final", ONE_WAY).status == 201
+    every = subscribe(inbound, TriggerKind.DELIVERY_REPORT, f"{base}/all", ONE_WAY, States="all")
+    assert every.status == 201, every.body
+    message_id = send(inbound, DELIVERED)
+
+    assert report(inbound, message_id, status="sent", recipient=DELIVERED).status == 200
+    assert report(inbound, message_id, status="delivered", recipient=DELIVERED).status == 200
+    deliver(inbound)
+
+    assert [b["state"] for b in bodies(callback_receiver, "/final")] == ["delivered"]
+    assert sorted(b["state"] for b in bodies(callback_receiver, "/all")) == ["delivered", "sent"]
+    assert [b["final"] for b in bodies(callback_receiver, "/all") if b["state"] == "sent"] == [
+        False
+    ]
+
+
+def test_a_repeated_or_late_report_does_not_run_the_flow_again(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    url = f"{callback_receiver.url}/all"
+    assert subscribe(inbound, TriggerKind.DELIVERY_REPORT, url, ONE_WAY, States="all").status == 201
+    message_id = send(inbound, DELIVERED)
+    for state in ("delivered", "delivered", "sent"):  # SmartDialog's retry, then a late "sent"
+        assert report(inbound, message_id, status=state, recipient=DELIVERED).status == 200
+    deliver(inbound)
+    assert [b["state"] for b in bodies(callback_receiver)] == ["delivered"]
+
+
+def test_a_delivery_report_for_a_service_nobody_watches_writes_no_note(inbound: Inbound) -> None:
+    message_id = send(inbound, DELIVERED)
+    assert report(inbound, message_id, status="delivered", recipient=DELIVERED).status == 200
+    assert inbound.count(names.TRIGGER_EVENTS_QUEUE) == 0
+
+
+class CountingTable:
+    """A real table client that counts the queries made through it."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+        self.queries = 0
+
+    def query_entities(self, *args: Any, **kwargs: Any) -> Any:
+        self.queries += 1
+        return self.table.query_entities(*args, **kwargs)
+
+
+def test_the_subscriber_lookup_is_one_query_per_service_per_ttl(inbound: Inbound) -> None:
+    clock = ManualClock()
+    table = CountingTable(table_client(names.SUBSCRIPTIONS_TABLE))
+    queue = queue_client(names.TRIGGER_EVENTS_QUEUE)
+    with use(clock):
+        notifier = TriggerNotifier(subscriptions=table, queue=queue)  # type: ignore[arg-type]
+        data = OptOutTriggerData(
+            phone=SENDER,
+            keyword="STOP",
+            direction="out",
+            occurredAt=utcnow(),
+            messageId="m-1",
+            service=TWO_WAY,
+        )
+
+        def note() -> bool:
+            return notifier.notify(
+                TriggerKind.OPT_OUT, TWO_WAY, event_id="e", time=utcnow(), data=data
+            )
+
+        assert [note() for _ in range(50)] == [False] * 50
+        assert table.queries == 1  # nobody subscribed: one query, then nothing for the TTL
+        assert inbound.count(names.TRIGGER_EVENTS_QUEUE) == 0
+
+        subscribe(inbound, TriggerKind.OPT_OUT, "https://flow.example/cb", TWO_WAY)
+        assert note() is False  # still the cached answer (this notifier was not told)
+        clock.advance(SUBSCRIBERS_TTL_SECONDS + 1)
+        assert note() is True
+        assert note() is True
+        assert table.queries == 2
+        assert inbound.count(names.TRIGGER_EVENTS_QUEUE) == 2
+
+
+# --- When a recipient opts out or back in --------------------------------------------------------
+
+
+def test_stop_and_start_by_sms_reach_the_opt_out_flow_and_not_the_new_message_flow(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    base = callback_receiver.url
+    answer = subscribe(served, TriggerKind.OPT_OUT, f"{base}/optout", TWO_WAY)
+    assert answer.status == 201, answer.body
+    assert len(served.sandbox.state.actions_for(TWO_WAY)) == 1  # registered the webhook
+    new_message = served.call(
+        "NewMessage",
+        "POST",
+        route_params={"Service": TWO_WAY},
+        headers={"Customer-Id": CUSTOMER},
+        body={"callbackUrl": f"{base}/messages"},
+    )
+    assert new_message.status == 201
+
+    simulate_inbound(served, "Stop!")
+    simulate_inbound(served, "hello")
+    assert served.process_intake() == 2
+    deliver(served)
+    simulate_inbound(served, "start")
+    assert served.process_intake() == 1
+    deliver(served)
+
+    callback_receiver.wait_for(5)
+    out, back = bodies(callback_receiver, "/optout")
+    assert (out["phone"], out["keyword"], out["direction"]) == (SENDER, "STOP!", "out")
+    assert (back["keyword"], back["direction"]) == ("START", "in")
+    assert out["service"] == TWO_WAY
+    assert dt.datetime.fromisoformat(out["occurredAt"]) <= dt.datetime.fromisoformat(
+        back["occurredAt"]
+    )
+    # New Message still gets every message (its own shape), the opt-out flow only keywords.
+    assert [b["content"] for b in bodies(callback_receiver, "/messages")] == [
+        "Stop!",
+        "hello",
+        "start",
+    ]
+
+
+def test_a_failing_opt_out_subscriber_is_dead_lettered_without_holding_up_the_other(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    subscribe(served, TriggerKind.OPT_OUT, "http://127.0.0.1:9/refused", TWO_WAY)
+    subscribe(served, TriggerKind.OPT_OUT, f"{callback_receiver.url}/ok", TWO_WAY)
+    simulate_inbound(served, "STOP")
+    assert served.process_intake() == 1
+    assert deliver(served) == 1 + 3  # one success, three attempts (DISPATCH_MAX_ATTEMPTS)
+    assert [b["direction"] for b in bodies(callback_receiver)] == ["out"]
+    [letter] = served.read(names.INBOUND_DEAD_LETTER_QUEUE)
+    assert (letter["reason"], letter["attempts"]) == ("attempts-exhausted", 3)
+    event = json.loads(letter["original"])["event"]
+    assert event["type"] == "fi.arena.smartdialog.trigger.opt-out"
+
+
+def test_an_unsubscribed_opt_out_flow_gets_nothing_more(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    location = subscribe(served, TriggerKind.OPT_OUT, callback_receiver.url, TWO_WAY).headers[
+        "Location"
+    ]
+    assert "/api/triggers/opt-outs/" in location
+    # Another trigger's DELETE route does not end it (the row's kind must match).
+    assert unsubscribe(served, TriggerKind.SEND_FAILED, location) == 200
+    assert len(served.rows(names.SUBSCRIPTIONS_TABLE)) == 1
+    assert unsubscribe(served, TriggerKind.OPT_OUT, location) == 200
+    assert served.rows(names.SUBSCRIPTIONS_TABLE) == []
+    assert unsubscribe(served, TriggerKind.OPT_OUT, location) == 200  # repeating is harmless
+
+    simulate_inbound(served, "STOP")
+    assert served.process_intake() == 1
+    assert served.count(names.TRIGGER_EVENTS_QUEUE) == 0
+    assert callback_receiver.calls == []
+
+
+# --- When a send fails ---------------------------------------------------------------------------
+
+
+def test_a_queued_send_that_fails_reaches_the_send_failed_flow(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    answer = subscribe(inbound, TriggerKind.SEND_FAILED, f"{callback_receiver.url}/failed", ONE_WAY)
+    assert answer.status == 201, answer.body
+    phone = "+358411234567"
+    SuppressionStore.from_settings().add(
+        ONE_WAY, phone, keyword="STOP", source="inbound", now=utcnow()
+    )
+    message_id = f"m-{uuid.uuid4().hex[:12]}"
+    command = {
+        "operation": "SendMessage",
+        "messageId": message_id,
+        "body": {
+            "Sender": "Sandbox",
+            "Content": "Your appointment",
+            "Recipients": [{"Address": phone}],
+            "CustomerData": "row-9",
+        },
+    }
+    queue_client(names.OUTBOUND_QUEUE).send_message(json.dumps(command))
+    inbound.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
+
+    assert deliver(inbound) == 1
+    [body] = bodies(callback_receiver, "/failed")
+    assert (body["messageId"], body["code"], body["customerData"]) == (
+        message_id,
+        "suppressed",
+        "row-9",
+    )
+    assert body["reason"]
+    assert body["service"] == ONE_WAY
+    assert body["fieldErrors"] == []
+    [call] = callback_receiver.calls
+    headers = {k.lower(): v for k, v in call.headers.items()}
+    assert headers["ce-type"] == "fi.arena.smartdialog.trigger.send-failed"
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_a_subscription_to_an_unknown_service_is_a_400_naming_it(inbound: Inbound) -> None:
+    for kind in TriggerKind:
+        if kind is TriggerKind.NEW_MESSAGE:
+            continue
+        answer = subscribe(inbound, kind, "https://flow.example/cb", "s-1001-nope")
+        assert answer.status == 400, (kind, answer.body)
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert "s-1001-nope" in answer.body["detail"]
+        assert [e["field"] for e in answer.body["errors"]] == ["Service"]
+    assert inbound.rows(names.SUBSCRIPTIONS_TABLE) == []
+    assert inbound.rows(names.WEBHOOKS_TABLE) == []
+
+
+def test_an_opt_out_subscription_to_a_one_way_service_is_a_400_naming_it(
+    inbound: Inbound,
+) -> None:
+    answer = subscribe(inbound, TriggerKind.OPT_OUT, "https://flow.example/cb", ONE_WAY)
+    assert answer.status == 400, answer.body
+    assert ONE_WAY in answer.body["detail"]
+    assert "TwoWay" in answer.body["detail"]
+    assert inbound.rows(names.SUBSCRIPTIONS_TABLE) == []
+    assert inbound.sandbox.state.actions_for(ONE_WAY) == []
+
+
+def test_a_bad_states_value_or_callback_is_a_400_and_stores_nothing(inbound: Inbound) -> None:
+    bad_states = subscribe(
+        inbound, TriggerKind.DELIVERY_REPORT, "https://flow.example/cb", ONE_WAY, States="some"
+    )
+    assert bad_states.status == 400
+    assert "States" in {e["field"] for e in bad_states.body["errors"]}
+    bad_url = subscribe(inbound, TriggerKind.SEND_FAILED, "not a url", ONE_WAY)
+    assert bad_url.status == 400
+    assert inbound.rows(names.SUBSCRIPTIONS_TABLE) == []
+
+
+def test_a_malformed_note_is_refused_loudly(inbound: Inbound) -> None:
+    from shared.inbound import MalformedNotification, fan_out_trigger
+
+    note = {
+        "kind": "opt-out",
+        "service": TWO_WAY,
+        "eventId": "e-1",
+        "time": utcnow().isoformat(),
+        "data": {"phone": SENDER},  # the opt-out's other fields are missing
+    }
+    try:
+        fan_out_trigger(json.dumps(note))
+    except MalformedNotification:
+        pass
+    else:
+        raise AssertionError("a note that is not one of ours must raise (poison)")
+    assert inbound.count(names.INBOUND_DELIVERIES_QUEUE) == 0
+
+
+# --- what the triggers cost the delivery-report and failure paths ------------------------------
+
+
+def _trigger_calls(counter: Any, before: Any) -> dict[str, int]:
+    """Round trips since ``before`` on what the triggers add (the subscriptions table, read by
+    the notifier, and the trigger-events queue)."""
+    diff = counter.snapshot() - before
+    mine = (names.SUBSCRIPTIONS_TABLE, names.TRIGGER_EVENTS_QUEUE)
+    return {f"{op} {name}": n for (op, name), n in diff.items() if name in mine}
+
+
+def test_storage_calls_the_triggers_add_per_delivery_report_and_per_failure(
+    inbound: Inbound, monkeypatch: Any
+) -> None:
+    from shared import storage
+
+    first, second, third = (send(inbound, DELIVERED) for _ in range(3))
+    monkeypatch.setattr(storage, "_round_trips", None)  # counting is off again afterwards
+    counter = storage.count_round_trips()
+    inbound.configure()  # rebuild the cached services on counted clients
+
+    def cost(message_id: str) -> dict[str, int]:
+        before = counter.snapshot()
+        assert report(inbound, message_id, status="delivered", recipient=DELIVERED).status == 200
+        return _trigger_calls(counter, before)
+
+    # Nobody subscribed: one partition query for the service, then nothing for the TTL.
+    assert cost(first) == {"table query SmartDialogSubscriptions": 1}
+    assert cost(second) == {}
+    # A subscriber (this process subscribed it, so its cache was dropped): one query, then one
+    # queue write per report.
+    subscribe(inbound, TriggerKind.DELIVERY_REPORT, "https://flow.example/cb", ONE_WAY)
+    before = counter.snapshot()
+    assert report(inbound, third, status="delivered", recipient=DELIVERED).status == 200
+    assert _trigger_calls(counter, before) == {
+        "table query SmartDialogSubscriptions": 1,
+        "queue put smartdialog-trigger-events": 1,
+    }
+    # The fan-out: one query for the subscriptions, one delivery per subscriber.
+    before = counter.snapshot()
+    inbound.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout")
+    diff = counter.snapshot() - before
+    assert diff[storage.StorageOp.TABLE_QUERY, names.SUBSCRIPTIONS_TABLE] == 1
+    assert diff[storage.StorageOp.QUEUE_PUT, names.INBOUND_DELIVERIES_QUEUE] == 1
+
+    # A failed send for a service nobody watches for failures: the answer cached by the report
+    # above is reused (one query at most, should the TTL have run out on a slow machine).
+    phone = "+358411234568"
+    SuppressionStore.from_settings().add(
+        ONE_WAY, phone, keyword="STOP", source="inbound", now=utcnow()
+    )
+    command = {
+        "operation": "SendMessage",
+        "messageId": f"m-{uuid.uuid4().hex[:12]}",
+        "body": {"Sender": "Sandbox", "Content": "Hi", "Recipients": [{"Address": phone}]},
+    }
+    queue_client(names.OUTBOUND_QUEUE).send_message(json.dumps(command))
+    before = counter.snapshot()
+    inbound.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
+    assert _trigger_calls(counter, before) in ({}, {"table query SmartDialogSubscriptions": 1})
+
+
+def test_a_new_message_row_written_before_kinds_stays_a_new_message_subscription(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    from shared.inbound import SubscriptionStore
+    from shared.storage import plain_datetime
+
+    # As the previous release wrote it: no Kind, no States (and a webhook registered).
+    answer = subscribe(served, TriggerKind.OPT_OUT, f"{callback_receiver.url}/optout", TWO_WAY)
+    assert answer.status == 201
+    table_client(names.SUBSCRIPTIONS_TABLE).create_entity(
+        {
+            "PartitionKey": TWO_WAY,
+            "RowKey": "legacy-1",
+            "Service": TWO_WAY,
+            "CallbackUrl": f"{callback_receiver.url}/legacy",
+            "CustomerId": CUSTOMER,
+            "CreatedAt": plain_datetime(utcnow()),
+        }
+    )
+    store = SubscriptionStore.from_settings()
+    assert [s.subscription_id for s in store.list(TWO_WAY)] == ["legacy-1"]
+    assert [s.kind for s in store.list(TWO_WAY, TriggerKind.OPT_OUT)] == [TriggerKind.OPT_OUT]
+
+    simulate_inbound(served, "STOP")
+    assert served.process_intake() == 1
+    deliver(served)
+    callback_receiver.wait_for(2)
+    assert [b["content"] for b in bodies(callback_receiver, "/legacy")] == ["STOP"]
+    assert [b["direction"] for b in bodies(callback_receiver, "/optout")] == ["out"]
+
+
+def test_the_connector_describes_every_field_each_trigger_delivers() -> None:
+    from pathlib import Path
+
+    from shared.triggers import (
+        DeliveryReportTriggerData,
+        OptOutTriggerData,
+        SendFailedTriggerData,
+    )
+
+    document = json.loads(
+        (Path(__file__).parents[2] / "connector" / "apiDefinition.swagger.json").read_text()
+    )
+    routes = {
+        "/triggers/delivery-reports/{Service}": DeliveryReportTriggerData,
+        "/triggers/opt-outs/{Service}": OptOutTriggerData,
+        "/triggers/send-failures/{Service}": SendFailedTriggerData,
+    }
+    for path, model in routes.items():
+        content = document["paths"][path]["x-ms-notification-content"]["schema"]["properties"]
+        assert set(content) == set(model.model_fields), path
+        assert all(p["title"].istitle() or " " not in p["title"] for p in content.values())
+    state = document["paths"]["/triggers/delivery-reports/{Service}"]["x-ms-notification-content"]
+    assert state["schema"]["properties"]["state"]["enum"] == ["sent", "delivered", "undelivered"]
