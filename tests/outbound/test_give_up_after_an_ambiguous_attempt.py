@@ -2,16 +2,13 @@
 accepted it, and whose every retry then failed too, ends ``failed`` with code
 ``attempts-exhausted``, a dead letter and a ``message.failed`` event, although it was sent.
 
-``Outcomes.give_up`` (shared/outbound/_outcomes.py) sees only the last error; the record does not
-remember that an earlier attempt may have got through. Expected: the message says so (code
-``outcome-unknown``), or keeps retrying with its RequestId (a repeat is harmless: 409) until its
-validity ends and is recorded sent. Left to the owners of _outcomes.py; xfail until then."""
+``Outcomes.give_up`` (shared/outbound/_outcomes.py) saw only the last error. Now the record
+remembers (``maybe_sent``) that an earlier attempt may have got through, and giving up says so
+(code ``outcome-unknown``), which the invariants accept for a message sent once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import pytest
 
 from devhost.azurite import Azurite
 from sandbox.faults import FaultKind, FaultPlan
@@ -20,7 +17,6 @@ from tests.invariants import QueueDrain, check_invariants
 from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 finding: give_up ignores an ambiguous attempt")
 def test_a_message_sent_but_unanswered_whose_retries_fail_does_not_end_failed_as_not_sent(
     private_outbound: Callable[..., Outbound], azurite: Azurite
 ) -> None:
