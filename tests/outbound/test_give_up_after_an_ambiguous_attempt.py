@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from devhost.azurite import Azurite
 from sandbox.faults import FaultKind, FaultPlan
+from shared.messages import MessageRecord, MessageStore
 from shared.names import EVENTS_QUEUE
 from tests.invariants import QueueDrain, check_invariants
 from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms
@@ -35,3 +36,54 @@ def test_a_message_sent_but_unanswered_whose_retries_fail_does_not_end_failed_as
         upstream=env.sandbox.state.snapshot("messages"),
     )
     report.assert_holds()
+
+
+def test_the_doubt_stays_after_a_later_attempt_that_certainly_did_not_send(
+    private_outbound: Callable[..., Outbound], azurite: Azurite
+) -> None:
+    env = private_outbound(faults=FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    env.configure(SEND_MAX_ATTEMPTS=2)
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+    message_id = accepted.body["Id"]
+
+    env.run_once()  # attempt 1: accepted upstream, the answer lost
+    assert stored(message_id).maybe_sent
+    env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,)))
+    env.drain()  # attempt 2: 429, which proves only that this attempt was not sent
+
+    failed = stored(message_id)
+    assert failed.failure is not None
+    assert failed.failure.code == "outcome-unknown"  # not rate-limited
+    assert "may have been sent" in failed.failure.title
+    [event] = env.events()
+    assert event["data"]["error"]["code"] == "outcome-unknown"
+
+
+def test_a_bulk_pack_that_gives_up_after_an_ambiguous_attempt_says_it_may_have_been_sent(
+    private_outbound: Callable[..., Outbound], azurite: Azurite
+) -> None:
+    from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, member_ids
+
+    env = private_outbound(faults=FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    env.configure(SEND_MAX_ATTEMPTS=2)
+    ids = member_ids(accepted_batch(*NUMBERS[:3]))
+
+    env.run_once()  # the pack's call: accepted upstream, the answer lost
+    assert all(stored(i).maybe_sent for i in ids)
+    env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.UNAVAILABLE,)))
+    env.drain()
+
+    assert {stored(i).failure.code for i in ids} == {"outcome-unknown"}  # type: ignore[union-attr]
+    report = check_invariants(
+        azurite.connection_string,
+        ids,
+        events=QueueDrain(azurite.connection_string, EVENTS_QUEUE).json(),
+        upstream=env.sandbox.state.snapshot("messages"),
+    )
+    report.assert_holds()
+
+
+def stored(message_id: str) -> MessageRecord:
+    found = MessageStore.from_settings().get(message_id)
+    assert found is not None
+    return found
