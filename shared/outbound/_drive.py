@@ -42,7 +42,7 @@ from shared.outbound._attempt import (
     packed_command,
     split_answer,
 )
-from shared.outbound._giving_up import remember_maybe_sent
+from shared.outbound._giving_up import remember_interrupted, remember_maybe_sent
 from shared.outbound._models import PackDriver, parse_outbound_message
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -257,6 +257,7 @@ class _Run:
                         "lease_until": lease_until,
                         "next_attempt_at": None,
                         "updated_at": now,
+                        **remember_interrupted(r),
                     },
                 )
                 for r in due

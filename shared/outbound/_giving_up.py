@@ -11,16 +11,28 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from shared.messages import FailureInfo, MessageRecord
+from shared.messages import FailureInfo, MessageRecord, MessageStatus
 from shared.outbound._attempt import Transient
 
-__all__ = ["expired", "give_up", "may_have_been_sent", "remember_maybe_sent"]
+__all__ = [
+    "expired",
+    "give_up",
+    "may_have_been_sent",
+    "remember_interrupted",
+    "remember_maybe_sent",
+]
 
 
 def remember_maybe_sent(failed: Transient) -> dict[str, Any]:
     """The record change that remembers an attempt that may have reached upstream (none for
     one that certainly did not: an earlier attempt's doubt stays)."""
     return {} if failed.certainly_not_sent else {"maybe_sent": True}
+
+
+def remember_interrupted(record: MessageRecord) -> dict[str, Any]:
+    """The claim change for ``record``: one still ``sending`` (its worker's lease ran out,
+    the worker died or stalled, perhaps mid-call) may have been sent, and is remembered so."""
+    return {"maybe_sent": True} if record.status is MessageStatus.SENDING else {}
 
 
 def may_have_been_sent(detail: str | None) -> str:

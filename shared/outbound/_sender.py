@@ -26,6 +26,7 @@ from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack
 from shared.names import OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
+from shared.outbound._giving_up import remember_interrupted
 from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
@@ -272,6 +273,7 @@ class OutboundSender:
                 lease_until=now + self.ports.policy.lease,
                 next_attempt_at=None,
                 updated_at=now,
+                **remember_interrupted(record),
             )
             if claimed is None:
                 reread = self.ports.store.get(record.message_id)

@@ -8,12 +8,17 @@ remembers (``maybe_sent``) that an earlier attempt may have got through, and giv
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+
+import pytest
 
 from devhost.azurite import Azurite
 from sandbox.faults import FaultKind, FaultPlan
-from shared.messages import MessageRecord, MessageStore
+from shared.clock import ManualClock
+from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.names import EVENTS_QUEUE
+from tests.crash import LEASE, crash_once
 from tests.invariants import QueueDrain, check_invariants
 from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms
 
@@ -87,3 +92,34 @@ def stored(message_id: str) -> MessageRecord:
     found = MessageStore.from_settings().get(message_id)
     assert found is not None
     return found
+
+
+def test_a_message_whose_worker_died_after_upstream_accepted_it_gives_up_as_outcome_unknown(
+    private_outbound: Callable[..., Outbound],
+    azurite: Azurite,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+) -> None:
+    env = private_outbound()
+    env.configure(SEND_MAX_ATTEMPTS=2)
+    crash_once(
+        monkeypatch, MessageStore, "swap", "worker died after upstream accepted the message",
+        when=lambda record, **changes: changes.get("status") is MessageStatus.SENT,
+    )  # fmt: skip
+    text = json.dumps({"operation": "SendMessage", "messageId": "m-died", "body": sms(DELIVERED)})
+    with pytest.raises(RuntimeError):
+        env.invoke(text)  # accepted upstream; the worker died before recording it
+    env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,)))
+    manual_clock.advance(LEASE + 1)  # its claim runs out
+
+    env.invoke(text, dequeue_count=2)  # the last attempt: 429, proof only that it was not sent
+
+    failed = stored("m-died")
+    assert failed.failure is not None
+    assert failed.failure.code == "outcome-unknown"
+    check_invariants(
+        azurite.connection_string,
+        ["m-died"],
+        events=QueueDrain(azurite.connection_string, EVENTS_QUEUE).json(),
+        upstream=env.sandbox.state.snapshot("messages"),
+    ).assert_holds()
