@@ -169,9 +169,11 @@ class Outcomes:
 
     @staticmethod
     def expired(record: MessageRecord, last: FailureInfo | None = None) -> FailureInfo:
-        """The failure of a message not sent within its validity (``outcome-unknown`` if an
-        attempt may have reached upstream)."""
-        return expired(record, last)
+        """The failure of an unclaimed message not sent within its validity (``outcome-unknown``
+        if an attempt may have reached upstream: one recorded so, or one still ``sending``,
+        whose worker's lease ran out, perhaps mid-call)."""
+        interrupted = record.status is MessageStatus.SENDING
+        return expired(record, last, maybe_sent=interrupted)
 
     def misconfigured(self, what: str, valid_until: dt.datetime) -> float | None:
         """None when the settings a send needs are fine; else the delay after which ``what``

@@ -123,3 +123,25 @@ def test_a_message_whose_worker_died_after_upstream_accepted_it_gives_up_as_outc
         events=QueueDrain(azurite.connection_string, EVENTS_QUEUE).json(),
         upstream=env.sandbox.state.snapshot("messages"),
     ).assert_holds()
+
+
+def test_a_message_whose_worker_died_mid_call_and_whose_validity_ended_is_not_failed_as_expired(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    crash_once(
+        monkeypatch, MessageStore, "swap", "worker died after upstream accepted the message",
+        when=lambda record, **changes: changes.get("status") is MessageStatus.SENT,
+    )  # fmt: skip
+    text = json.dumps(
+        {"operation": "SendMessage", "messageId": "m-died-late", "body": sms(DELIVERED)}
+    )
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    manual_clock.advance(2 * 24 * 3600)  # its claim and its validity (24 h) ran out
+
+    outbound.invoke(text, dequeue_count=2)
+
+    failed = stored("m-died-late")
+    assert failed.failure is not None
+    assert failed.failure.code == "outcome-unknown"  # not expired: it was sent
+    assert len(outbound.upstream()) == 1
