@@ -8,9 +8,32 @@ outside local development. The functions that need the setting answer the same 5
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from shared.problems import FieldError, Problem, ProblemType
 
-__all__ = ["configuration_problem"]
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = ["configuration_problem", "settings_errors"]
+
+
+def settings_errors(settings: Settings) -> list[FieldError]:
+    """What is wrong with settings that validated (``field``: the setting, never its value):
+    callback secrets missing or too short, or no public URL that can be told. The senders
+    check this before sending, as the actions do before accepting."""
+    from shared.settings import PublicUrlNotConfigured
+    from shared.signing import CALLBACK_SECRETS_SETTING, secrets_problem
+
+    errors: list[FieldError] = []
+    secrets = secrets_problem(settings.callback_secret_list)
+    if secrets is not None:
+        errors.append(FieldError(CALLBACK_SECRETS_SETTING, secrets.detail or secrets.title))
+    try:
+        settings.api_base_url  # noqa: B018 - raises when no public URL can be told
+    except PublicUrlNotConfigured as exc:
+        errors.append(FieldError("SMARTDIALOG_PUBLIC_BASE_URL", exc.detail or exc.title))
+    return errors
 
 
 def configuration_problem() -> Problem | None:
@@ -18,8 +41,7 @@ def configuration_problem() -> Problem | None:
     None when the app is configured."""
     from pydantic import ValidationError
 
-    from shared.settings import PublicUrlNotConfigured, get_settings
-    from shared.signing import CALLBACK_SECRETS_SETTING, secrets_problem
+    from shared.settings import get_settings
 
     errors: list[FieldError] = []
     try:
@@ -30,13 +52,7 @@ def configuration_problem() -> Problem | None:
             for e in exc.errors(include_url=False, include_input=False)
         ]
     else:
-        secrets = secrets_problem(settings.callback_secret_list)
-        if secrets is not None:
-            errors.append(FieldError(CALLBACK_SECRETS_SETTING, secrets.detail or secrets.title))
-        try:
-            settings.api_base_url  # noqa: B018 - raises when no public URL can be told
-        except PublicUrlNotConfigured as exc:
-            errors.append(FieldError("SMARTDIALOG_PUBLIC_BASE_URL", exc.detail or exc.title))
+        errors = settings_errors(settings)
     if not errors:
         return None
     return Problem(

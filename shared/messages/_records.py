@@ -208,6 +208,10 @@ class MessageRecord:
     command_blob: str | None = None
     #: W3C trace context of the request that made it: delivery reports continue its trace.
     traceparent: str | None = None
+    #: An earlier attempt failed in a way that does not prove nothing reached upstream (a
+    #: timeout, an answer lost): if it then gives up, it may have been sent. Rows written
+    #: before this field existed lack it (False).
+    maybe_sent: bool = False
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
@@ -243,6 +247,7 @@ class MessageRecord:
             "BatchId": self.batch_id,
             "CommandBlob": self.command_blob,
             "Traceparent": self.traceparent,
+            "MaybeSent": self.maybe_sent,
         }
         entity.update(chunked("Command", "" if self.command_blob else self.command))
         entity.update(chunked("Result", self.result))
@@ -296,6 +301,7 @@ class MessageRecord:
             batch_id=entity.get("BatchId"),
             command_blob=entity.get("CommandBlob"),
             traceparent=entity.get("Traceparent"),
+            maybe_sent=bool(entity.get("MaybeSent")),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 

@@ -42,6 +42,7 @@ from shared.outbound._attempt import (
     packed_command,
     split_answer,
 )
+from shared.outbound._giving_up import remember_interrupted, remember_maybe_sent
 from shared.outbound._models import PackDriver, parse_outbound_message
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -209,6 +210,11 @@ class _Run:
         if expired:
             self.fail([(r, self.outcomes.expired(r, r.last_error)) for r in expired])
         open_ = [r for r in open_ if now < r.valid_until]
+        if open_:  # a setting the call needs broke: the pack waits, unclaimed, no slot taken
+            until = min(r.valid_until for r in open_)
+            recheck = self.outcomes.misconfigured(f"pack {pack.pack_id}", until)
+            if recheck is not None:
+                return self.later(recheck, "configuration")
         waiting = [
             r.next_attempt_at
             for r in open_
@@ -251,6 +257,7 @@ class _Run:
                         "lease_until": lease_until,
                         "next_attempt_at": None,
                         "updated_at": now,
+                        **remember_interrupted(r),
                     },
                 )
                 for r in due
@@ -373,7 +380,9 @@ class _Run:
         backing: list[tuple[MessageRecord, Mapping[str, Any]]] = []
         for member in claimed:
             error = failed.error(member.attempts)
-            final = self.outcomes.give_up(member, error, failed.title, next_at)
+            final = self.outcomes.give_up(
+                member, error, failed.title, next_at, maybe_sent=not failed.certainly_not_sent
+            )
             if final is not None:
                 failing.append((member, final))
             else:
@@ -386,6 +395,7 @@ class _Run:
                             "next_attempt_at": next_at,
                             "last_error": error,
                             "updated_at": now,
+                            **remember_maybe_sent(failed),
                         },
                     )
                 )

@@ -29,6 +29,7 @@ from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_ev
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient
+from shared.outbound._giving_up import expired, give_up, remember_maybe_sent
 from shared.outbound._models import (
     OUTBOUND_MESSAGE_ID_PATTERN,
     DeadLetter,
@@ -48,6 +49,7 @@ from shared.triggers import notify_send_failed
 
 __all__ = [
     "BACKOFF_TOLERANCE_SECONDS",
+    "CONFIGURATION_RECHECK_SECONDS",
     "MAX_VISIBILITY_SECONDS",
     "STALE_GRANT_RETRY_SECONDS",
     "OutcomeKind",
@@ -65,6 +67,9 @@ log = logging.getLogger("shared.outbound.sender")
 BACKOFF_TOLERANCE_SECONDS = 0.5
 #: A message whose quota grant went stale twice before its call comes back this soon.
 STALE_GRANT_RETRY_SECONDS = 1.0
+#: While a setting a send needs is broken, a message comes back this often to see whether it
+#: was fixed (or until its validity ends, whichever is sooner).
+CONFIGURATION_RECHECK_SECONDS = 60.0
 #: Queue visibility is capped at 7 days by the service.
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
 #: Storage round trips of one pack (claims, records) run on this many threads.
@@ -150,32 +155,44 @@ class Outcomes:
         return max(advised, backoff) if advised is not None else backoff
 
     def give_up(
-        self, record: MessageRecord, error: FailureInfo, title: str, next_at: dt.datetime
+        self,
+        record: MessageRecord,
+        error: FailureInfo,
+        title: str,
+        next_at: dt.datetime,
+        *,
+        maybe_sent: bool = False,
     ) -> FailureInfo | None:
-        """Why a message whose attempt failed transiently stops now (out of attempts, or a
-        retry at ``next_at`` would be past its validity), or None: it retries."""
-        if record.attempts >= self.ports.policy.max_attempts:
-            code = "attempts-exhausted" if error.code != "rate-limited" else error.code
-            return error.model_copy(
-                update={"code": code, "title": f"Gave up after {record.attempts} attempts: {title}"}
-            )
-        if next_at >= record.valid_until:
-            return self.expired(record, last=error)
-        return None
+        """Why a message whose attempt failed transiently stops now, or None: it retries (see
+        :func:`~shared.outbound._giving_up.give_up`)."""
+        limit = self.ports.policy.max_attempts
+        return give_up(record, error, title, next_at, max_attempts=limit, maybe_sent=maybe_sent)
 
     @staticmethod
     def expired(record: MessageRecord, last: FailureInfo | None = None) -> FailureInfo:
-        """The failure of a message not sent within its validity."""
-        return FailureInfo(
-            code="expired",
-            title="Not sent within its validity period",
-            detail=(
-                f"validUntil {record.valid_until.isoformat()} passed"
-                + (f"; last error: {last.title}" if last else "")
-            ),
-            upstreamStatus=last.upstreamStatus if last else None,
-            attempts=record.attempts,
+        """The failure of an unclaimed message not sent within its validity (``outcome-unknown``
+        if an attempt may have reached upstream: one recorded so, or one still ``sending``,
+        whose worker's lease ran out, perhaps mid-call)."""
+        interrupted = record.status is MessageStatus.SENDING
+        return expired(record, last, maybe_sent=interrupted)
+
+    def misconfigured(self, what: str, valid_until: dt.datetime) -> float | None:
+        """None when the settings a send needs are fine; else the delay after which ``what``
+        (a message or pack, not yet claimed, no slot taken) comes back to check again: until
+        the setting is fixed (it is then sent) or its validity ends (it then fails
+        ``expired``). Logs a warning naming the settings, never their values."""
+        broken = self.ports.policy.broken_settings
+        if not broken:
+            return None
+        left = (valid_until - self.ports.now()).total_seconds()
+        delay = max(0.0, min(CONFIGURATION_RECHECK_SECONDS, left))
+        log.warning(
+            "%s not sent: setting %s is not configured (see /api/health); checking again in %.0f s",
+            what,
+            ", ".join(broken),
+            delay,
         )
+        return delay
 
     # --- final writes ------------------------------------------------------------------------
 
@@ -238,7 +255,8 @@ class Outcomes:
         ``next_at`` (``RETRY_SCHEDULED``), failed if it gives up now, or left to whoever
         finished it meanwhile (``ACKNOWLEDGED``)."""
         error = failed.error(record.attempts)
-        final = self.give_up(record, error, failed.title, next_at)
+        ambiguous = not failed.certainly_not_sent
+        final = self.give_up(record, error, failed.title, next_at, maybe_sent=ambiguous)
         if final is not None:
             return self.fail(record, final)
         updated = self.swap_until(
@@ -249,6 +267,7 @@ class Outcomes:
             next_attempt_at=next_at,
             last_error=error,
             updated_at=self.ports.now(),
+            **remember_maybe_sent(failed),
         )
         kind = OutcomeKind.ACKNOWLEDGED if updated is None else OutcomeKind.RETRY_SCHEDULED
         return SendOutcome(kind, record.message_id)

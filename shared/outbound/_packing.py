@@ -34,6 +34,7 @@ from shared.outbound._attempt import (
     packed_command,
     split_answer,
 )
+from shared.outbound._giving_up import remember_interrupted
 from shared.outbound._models import OutboundMessage, parse_outbound_message
 from shared.outbound._outcomes import OutcomeKind, Outcomes, SendOutcome, storage_pool
 from shared.outbound._ports import SendPorts
@@ -218,6 +219,7 @@ class IndexPacks:
                 lease_until=lease_until,
                 next_attempt_at=None,
                 updated_at=now,
+                **remember_interrupted(record),
             )
             if done is None:
                 return None

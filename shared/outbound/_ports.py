@@ -44,9 +44,15 @@ class SendPolicy:
     customer_id: str | None
     service_id: str | None
     pack_max_recipients: int
+    #: The settings a send needs that are broken (names only, never values): callback secrets,
+    #: the public URL. While any is, messages are deferred, not sent (see
+    #: :func:`shared.health.settings_errors`).
+    broken_settings: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:
+        from shared.health import settings_errors
+
         return cls(
             max_attempts=settings.send_max_attempts,
             validity=dt.timedelta(seconds=settings.send_validity_seconds),
@@ -58,6 +64,7 @@ class SendPolicy:
             customer_id=settings.customer_id,
             service_id=settings.service_id,
             pack_max_recipients=settings.pack_max_recipients,
+            broken_settings=tuple(dict.fromkeys(e.field for e in settings_errors(settings))),
         )
 
 

@@ -26,6 +26,7 @@ from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack
 from shared.names import OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
+from shared.outbound._giving_up import remember_interrupted
 from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
@@ -253,6 +254,14 @@ class OutboundSender:
                 )
             if now >= record.valid_until:
                 return self.outcomes.fail(record, self.outcomes.expired(record))
+            # A setting the call needs broke after the message was accepted (or the command
+            # was enqueued directly): it waits, unclaimed and without a quota slot.
+            what = f"message {record.message_id}"
+            recheck = self.outcomes.misconfigured(what, record.valid_until)
+            if recheck is not None:
+                return self.outcomes.requeue(
+                    command, record.attempts, recheck, OutcomeKind.DEFERRED, "configuration"
+                )
             if record.pack_id is not None:
                 waiting, record = self.packing.turn(record, command, now)
                 if waiting is not None:
@@ -264,6 +273,7 @@ class OutboundSender:
                 lease_until=now + self.ports.policy.lease,
                 next_attempt_at=None,
                 updated_at=now,
+                **remember_interrupted(record),
             )
             if claimed is None:
                 reread = self.ports.store.get(record.message_id)
@@ -485,9 +495,9 @@ class OutboundSender:
             validity=self.ports.policy.validity,
             status=MessageStatus.SENDING,
         )
-        if now >= record.valid_until:
+        if now >= record.valid_until or self.ports.policy.broken_settings:
             self.ports.store.create(replace(record, status=MessageStatus.QUEUED), slots)
-            return None  # expired: the normal path fails it
+            return None  # expired, or a setting is broken: the normal path fails or defers it
         claimed = replace(record, attempts=1, lease_until=now + self.ports.policy.lease)
         return self.ports.store.create(claimed, slots)
 

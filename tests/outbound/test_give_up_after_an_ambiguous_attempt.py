@@ -2,25 +2,27 @@
 accepted it, and whose every retry then failed too, ends ``failed`` with code
 ``attempts-exhausted``, a dead letter and a ``message.failed`` event, although it was sent.
 
-``Outcomes.give_up`` (shared/outbound/_outcomes.py) sees only the last error; the record does not
-remember that an earlier attempt may have got through. Expected: the message says so (code
-``outcome-unknown``), or keeps retrying with its RequestId (a repeat is harmless: 409) until its
-validity ends and is recorded sent. Left to the owners of _outcomes.py; xfail until then."""
+``Outcomes.give_up`` (shared/outbound/_outcomes.py) saw only the last error. Now the record
+remembers (``maybe_sent``) that an earlier attempt may have got through, and giving up says so
+(code ``outcome-unknown``), which the invariants accept for a message sent once."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
 
 from devhost.azurite import Azurite
 from sandbox.faults import FaultKind, FaultPlan
+from shared.clock import ManualClock
+from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.names import EVENTS_QUEUE
+from tests.crash import LEASE, crash_once
 from tests.invariants import QueueDrain, check_invariants
 from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 finding: give_up ignores an ambiguous attempt")
 def test_a_message_sent_but_unanswered_whose_retries_fail_does_not_end_failed_as_not_sent(
     private_outbound: Callable[..., Outbound], azurite: Azurite
 ) -> None:
@@ -39,3 +41,107 @@ def test_a_message_sent_but_unanswered_whose_retries_fail_does_not_end_failed_as
         upstream=env.sandbox.state.snapshot("messages"),
     )
     report.assert_holds()
+
+
+def test_the_doubt_stays_after_a_later_attempt_that_certainly_did_not_send(
+    private_outbound: Callable[..., Outbound], azurite: Azurite
+) -> None:
+    env = private_outbound(faults=FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    env.configure(SEND_MAX_ATTEMPTS=2)
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+    message_id = accepted.body["Id"]
+
+    env.run_once()  # attempt 1: accepted upstream, the answer lost
+    assert stored(message_id).maybe_sent
+    env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,)))
+    env.drain()  # attempt 2: 429, which proves only that this attempt was not sent
+
+    failed = stored(message_id)
+    assert failed.failure is not None
+    assert failed.failure.code == "outcome-unknown"  # not rate-limited
+    assert "may have been sent" in failed.failure.title
+    [event] = env.events()
+    assert event["data"]["error"]["code"] == "outcome-unknown"
+
+
+def test_a_bulk_pack_that_gives_up_after_an_ambiguous_attempt_says_it_may_have_been_sent(
+    private_outbound: Callable[..., Outbound], azurite: Azurite
+) -> None:
+    from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, member_ids
+
+    env = private_outbound(faults=FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    env.configure(SEND_MAX_ATTEMPTS=2)
+    ids = member_ids(accepted_batch(*NUMBERS[:3]))
+
+    env.run_once()  # the pack's call: accepted upstream, the answer lost
+    assert all(stored(i).maybe_sent for i in ids)
+    env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.UNAVAILABLE,)))
+    env.drain()
+
+    assert {stored(i).failure.code for i in ids} == {"outcome-unknown"}  # type: ignore[union-attr]
+    report = check_invariants(
+        azurite.connection_string,
+        ids,
+        events=QueueDrain(azurite.connection_string, EVENTS_QUEUE).json(),
+        upstream=env.sandbox.state.snapshot("messages"),
+    )
+    report.assert_holds()
+
+
+def stored(message_id: str) -> MessageRecord:
+    found = MessageStore.from_settings().get(message_id)
+    assert found is not None
+    return found
+
+
+def test_a_message_whose_worker_died_after_upstream_accepted_it_gives_up_as_outcome_unknown(
+    private_outbound: Callable[..., Outbound],
+    azurite: Azurite,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+) -> None:
+    env = private_outbound()
+    env.configure(SEND_MAX_ATTEMPTS=2)
+    crash_once(
+        monkeypatch, MessageStore, "swap", "worker died after upstream accepted the message",
+        when=lambda record, **changes: changes.get("status") is MessageStatus.SENT,
+    )  # fmt: skip
+    text = json.dumps({"operation": "SendMessage", "messageId": "m-died", "body": sms(DELIVERED)})
+    with pytest.raises(RuntimeError):
+        env.invoke(text)  # accepted upstream; the worker died before recording it
+    env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,)))
+    manual_clock.advance(LEASE + 1)  # its claim runs out
+
+    env.invoke(text, dequeue_count=2)  # the last attempt: 429, proof only that it was not sent
+
+    failed = stored("m-died")
+    assert failed.failure is not None
+    assert failed.failure.code == "outcome-unknown"
+    check_invariants(
+        azurite.connection_string,
+        ["m-died"],
+        events=QueueDrain(azurite.connection_string, EVENTS_QUEUE).json(),
+        upstream=env.sandbox.state.snapshot("messages"),
+    ).assert_holds()
+
+
+def test_a_message_whose_worker_died_mid_call_and_whose_validity_ended_is_not_failed_as_expired(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    crash_once(
+        monkeypatch, MessageStore, "swap", "worker died after upstream accepted the message",
+        when=lambda record, **changes: changes.get("status") is MessageStatus.SENT,
+    )  # fmt: skip
+    text = json.dumps(
+        {"operation": "SendMessage", "messageId": "m-died-late", "body": sms(DELIVERED)}
+    )
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    manual_clock.advance(2 * 24 * 3600)  # its claim and its validity (24 h) ran out
+
+    outbound.invoke(text, dequeue_count=2)
+
+    failed = stored("m-died-late")
+    assert failed.failure is not None
+    assert failed.failure.code == "outcome-unknown"  # not expired: it was sent
+    assert len(outbound.upstream()) == 1

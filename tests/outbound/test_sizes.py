@@ -299,7 +299,7 @@ def test_a_large_command_is_retried_by_reference_and_fails_with_its_original_in_
 
     failed = record(accepted.body["Id"])
     assert failed.status is MessageStatus.FAILED
-    assert failed.failure.code == "attempts-exhausted"
+    assert failed.failure.code == "outcome-unknown"  # a 5xx does not prove it was not sent
     calls = outbound.upstream()
     assert len(calls) == 4  # SEND_MAX_ATTEMPTS: every retry read its command back whole
     assert all(len(c["body"]["Recipients"]) == 100 for c in calls)

@@ -1,0 +1,103 @@
+"""When a message stops retrying, and what its failure says.
+
+A transient failure that does not prove nothing reached upstream (a timeout, a lost answer, a
+5xx: :attr:`~shared.outbound._attempt.Transient.certainly_not_sent` is False) is remembered on
+the record (``maybe_sent``). A message that then gives up, out of attempts or validity, fails
+with ``outcome-unknown`` ("it may have been sent"), never as if it certainly was not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from shared.messages import FailureInfo, MessageRecord, MessageStatus
+from shared.outbound._attempt import Transient
+
+__all__ = [
+    "expired",
+    "give_up",
+    "may_have_been_sent",
+    "remember_interrupted",
+    "remember_maybe_sent",
+]
+
+
+def remember_maybe_sent(failed: Transient) -> dict[str, Any]:
+    """The record change that remembers an attempt that may have reached upstream (none for
+    one that certainly did not: an earlier attempt's doubt stays)."""
+    return {} if failed.certainly_not_sent else {"maybe_sent": True}
+
+
+def remember_interrupted(record: MessageRecord) -> dict[str, Any]:
+    """The claim change for ``record``: one still ``sending`` (its worker's lease ran out,
+    the worker died or stalled, perhaps mid-call) may have been sent, and is remembered so."""
+    return {"maybe_sent": True} if record.status is MessageStatus.SENDING else {}
+
+
+def may_have_been_sent(detail: str | None) -> str:
+    """A failure's detail, told that an attempt may have reached upstream."""
+    note = (
+        "An attempt failed in a way that does not prove SmartDialog did not accept it "
+        "(a timeout, a lost answer, a 5xx), so the message may have been sent."
+    )
+    return f"{note} {detail}" if detail else note
+
+
+def give_up(
+    record: MessageRecord,
+    error: FailureInfo,
+    title: str,
+    next_at: dt.datetime,
+    *,
+    max_attempts: int,
+    maybe_sent: bool = False,
+) -> FailureInfo | None:
+    """Why a message whose attempt failed transiently (``error``, ``title``) stops now (out of
+    attempts, or a retry at ``next_at`` would be past its validity), or None: it retries.
+    ``maybe_sent``: this attempt may have reached upstream; with it or an earlier such attempt
+    (the record's ``maybe_sent``) the failure is ``outcome-unknown``."""
+    maybe_sent = maybe_sent or record.maybe_sent
+    if record.attempts >= max_attempts:
+        if maybe_sent:
+            return error.model_copy(
+                update={
+                    "code": "outcome-unknown",
+                    "title": f"Gave up after {record.attempts} attempts; it may have been sent: "
+                    f"{title}",
+                    "detail": may_have_been_sent(error.detail),
+                }
+            )
+        code = "attempts-exhausted" if error.code != "rate-limited" else error.code
+        return error.model_copy(
+            update={"code": code, "title": f"Gave up after {record.attempts} attempts: {title}"}
+        )
+    if next_at >= record.valid_until:
+        return expired(record, last=error, maybe_sent=maybe_sent)
+    return None
+
+
+def expired(
+    record: MessageRecord, last: FailureInfo | None = None, *, maybe_sent: bool = False
+) -> FailureInfo:
+    """The failure of a message not sent within its validity; ``outcome-unknown`` if an
+    attempt (the record's, or ``maybe_sent``: the one just made) may have reached upstream."""
+    detail = f"validUntil {record.valid_until.isoformat()} passed" + (
+        f"; last error: {last.title}" if last else ""
+    )
+    status = last.upstreamStatus if last else None
+    if maybe_sent or record.maybe_sent:
+        return FailureInfo(
+            code="outcome-unknown",
+            title="Not confirmed within its validity period; it may have been sent",
+            detail=may_have_been_sent(detail),
+            upstreamStatus=status,
+            attempts=record.attempts,
+        )
+    return FailureInfo(
+        code="expired",
+        title="Not sent within its validity period",
+        detail=detail,
+        upstreamStatus=status,
+        attempts=record.attempts,
+    )

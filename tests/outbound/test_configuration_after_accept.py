@@ -1,0 +1,148 @@
+"""A setting a send needs (callback secrets, the public URL) that breaks after a message was
+accepted, or a command put straight on ``smartdialog-outbound`` while it is broken: the sender
+defers the message before claiming it or taking a quota slot (no attempt, no upstream call),
+sends it once the setting is fixed, and fails it ``expired`` with its event when its validity
+ends. Before, it raised while building the delivery-report URL, after taking a slot, and after
+the host's retries landed in ``smartdialog-outbound-poison`` with no reason and no event."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from shared.clock import ManualClock
+from shared.messages import MessageRecord, MessageStatus, MessageStore
+from shared.outbound import OutboundSender
+from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind
+from shared.quota import QuotaStore
+from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member_ids
+from tests.outbound.conftest import DELIVERED, SECRET, Outbound, sms
+
+SHORT_SECRET = "too-short-a-secret"
+
+
+@pytest.fixture
+def slots(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every quota decision the senders ask for (the real store answers)."""
+    asked: list[object] = []
+    real = QuotaStore.try_acquire
+
+    def counted(self: QuotaStore) -> Any:
+        decision = real(self)
+        asked.append(decision)
+        return decision
+
+    monkeypatch.setattr(QuotaStore, "try_acquire", counted)
+    return asked
+
+
+def command(message_id: str, **envelope: object) -> str:
+    return json.dumps(
+        {"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED), **envelope}
+    )
+
+
+def record(message_id: str) -> MessageRecord:
+    found = MessageStore.from_settings().get(message_id)
+    assert found is not None
+    return found
+
+
+def no_public_url(outbound: Outbound) -> None:
+    for name in ("WEBSITE_HOSTNAME", "AZURE_FUNCTIONS_ENVIRONMENT"):
+        outbound.monkeypatch.delenv(name, raising=False)
+    outbound.configure(PUBLIC_BASE_URL="")
+
+
+def test_a_queued_command_with_a_short_secret_waits_unclaimed_and_is_sent_once_fixed(
+    outbound: Outbound, slots: list[object], caplog: pytest.LogCaptureFixture
+) -> None:
+    outbound.configure(CALLBACK_SECRETS=SHORT_SECRET)
+    text = command("m-config")
+
+    with caplog.at_level(logging.WARNING, logger="shared.outbound.sender"):
+        deferred = OutboundSender.from_settings().process(text)
+
+    assert deferred.kind is OutcomeKind.DEFERRED
+    assert deferred.detail == "configuration"
+    assert deferred.delay_seconds == CONFIGURATION_RECHECK_SECONDS
+    assert outbound.queued() == 1  # its copy, back after the recheck delay
+    assert slots == []  # no quota slot taken
+    assert outbound.upstream() == []
+    waiting = record("m-config")
+    assert waiting.status is MessageStatus.QUEUED
+    assert waiting.attempts == 0  # a deferral is not an attempt
+    assert waiting.lease_until is None
+    assert outbound.events() == []
+    assert outbound.dead_letters() == []
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "SMARTDIALOG_CALLBACK_SECRETS" in warnings
+    assert SHORT_SECRET not in warnings  # the setting is named, never its value
+
+    outbound.configure(CALLBACK_SECRETS=SECRET)  # fixed: the copy comes back and is sent
+    sent = OutboundSender.from_settings().process(text)
+
+    assert sent.kind is OutcomeKind.SENT
+    assert len(outbound.upstream()) == 1
+    assert record("m-config").status is MessageStatus.SENT
+    assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
+
+
+def test_a_message_waiting_for_its_setting_fails_expired_with_its_event_when_validity_ends(
+    outbound: Outbound, slots: list[object], manual_clock: ManualClock
+) -> None:
+    no_public_url(outbound)
+    valid_until = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC) + dt.timedelta(seconds=20)
+    text = command("m-config-late", validUntil=valid_until.isoformat())
+
+    deferred = OutboundSender.from_settings().process(text)
+    assert deferred.kind is OutcomeKind.DEFERRED
+    assert deferred.detail == "configuration"
+    assert deferred.delay_seconds == 20  # back when its validity ends, not later
+
+    manual_clock.advance(21)
+    failed = OutboundSender.from_settings().process(text)
+
+    assert failed.kind is OutcomeKind.FAILED
+    assert failed.detail == "expired"
+    assert slots == []
+    assert outbound.upstream() == []
+    done = record("m-config-late")
+    assert done.status is MessageStatus.FAILED
+    assert done.failure is not None
+    assert done.failure.code == "expired"
+    events = outbound.events()
+    assert [e["type"] for e in events] == ["fi.arena.smartdialog.message.failed"]
+    assert events[0]["data"]["error"]["code"] == "expired"
+    assert [d["messageId"] for d in outbound.dead_letters()] == ["m-config-late"]
+
+
+def test_a_bulk_pack_waits_unclaimed_for_its_setting_and_is_sent_once_fixed(
+    outbound: Outbound, slots: list[object]
+) -> None:
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+    before = {i: record(i).status for i in ids}
+    outbound.configure(CALLBACK_SECRETS=SHORT_SECRET)
+
+    deferred = OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert deferred.kind is OutcomeKind.DEFERRED
+    assert deferred.detail == "configuration"
+    assert slots == []
+    assert outbound.upstream() == []
+    assert {i: record(i).status for i in ids} == before  # no member claimed
+    assert all(record(i).attempts == 0 for i in ids)
+
+    outbound.configure(CALLBACK_SECRETS=SECRET)
+    OutboundSender.from_settings().process(json.dumps(driver))
+
+    calls = outbound.upstream()
+    assert len(calls) == 1
+    assert len(calls[0]["body"]["Recipients"]) == 3
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
