@@ -77,6 +77,8 @@ CLOUD_EVENTS_DEAD_LETTER_QUEUE = "smartdialog-cloud-events-deadletter"
 NOTIFICATION_RULES_TABLE = "SmartDialogNotificationRules"
 #: Quiet periods (rule + subject + recipient) and hourly recipient caps of the rules.
 NOTIFICATION_STATE_TABLE = "SmartDialogNotificationState"
+#: Questions of SendMessageAndWaitForReply and, per service + number, the open one.
+QUESTIONS_TABLE = "SmartDialogQuestions"
 
 QUEUES: tuple[str, ...] = (
     OUTBOUND_QUEUE,
@@ -106,6 +108,7 @@ TABLES: tuple[str, ...] = (
     DEAD_LETTERS_TABLE,
     NOTIFICATION_RULES_TABLE,
     NOTIFICATION_STATE_TABLE,
+    QUESTIONS_TABLE,
 )
 
 

@@ -48,6 +48,7 @@ var tableNames = [
   'SmartDialogDeadLetters'
   'SmartDialogNotificationRules'
   'SmartDialogNotificationState'
+  'SmartDialogQuestions'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
