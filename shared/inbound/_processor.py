@@ -6,6 +6,8 @@ each step only once the previous succeeded::
     InboundProcessor: claim the message key in SmartDialogInboundSeen (pending, holder = the
                       intake message's queue id)
         -> opt-out keyword applied to SmartDialogSuppressions (idempotent, see below)
+        -> the open question of service + sender, if any, answered, opted out or re-prompted
+           (:mod:`shared.inbound._answers`; one point read when there is none)
         -> CloudEvent on smartdialog-inbound (in parts when too large for a queue message),
            one delivery per subscriber on smartdialog-inbound-deliveries (carrying the event,
            or naming the whole event's blob in smartdialog-payloads when it came in parts)
@@ -53,6 +55,7 @@ from pydantic import ValidationError
 from shared import telemetry
 from shared.clock import utcnow
 from shared.events import CloudEvent, make_event
+from shared.inbound._answers import QuestionAnswers
 from shared.inbound._keywords import classify_keyword
 from shared.inbound._models import (
     MESSAGE_RECEIVED,
@@ -244,9 +247,11 @@ class InboundProcessor:
         inbound: QueueLike,
         deliveries: QueueLike,
         payloads: PayloadStore | None = None,
+        answers: QuestionAnswers | None = None,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.settings = settings
+        self.answers = answers
         self._payloads = payloads
         self.seen = seen
         self.subscriptions = subscriptions
@@ -267,6 +272,7 @@ class InboundProcessor:
             inbound=ensured_queue(INBOUND_QUEUE, settings),
             deliveries=ensured_queue(INBOUND_DELIVERIES_QUEUE, settings),
             payloads=PayloadStore.from_settings(settings),
+            answers=QuestionAnswers.from_settings(settings),
         )
 
     def process(self, text: str, *, queue_message_id: str = "") -> ProcessResult:
@@ -349,6 +355,8 @@ class InboundProcessor:
         received_at: dt.datetime,
     ) -> int:
         keyword = self._apply_opt_out(service, key, payload, received_at)
+        if self.answers is not None:  # one point read when no question is open
+            self.answers.handle(service, key, payload, keyword, received_at)
         data = InboundMessageData(
             sender=payload.sender,
             recipient=payload.recipient,
