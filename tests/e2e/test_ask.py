@@ -104,7 +104,8 @@ def test_an_answer_ends_the_question_with_the_reply_and_the_option_it_matched(
     assert doc["Reply"] == "  yés "
     assert doc["MatchedOption"] == "Yes"
     assert doc["RepliedAt"]
-    assert doc["TimedOut"] is False and doc["OptedOut"] is False
+    assert doc["TimedOut"] is False
+    assert doc["OptedOut"] is False
 
 
 def test_a_wrong_answer_is_re_prompted_once_then_the_right_one_ends_it(stack: Stack) -> None:
