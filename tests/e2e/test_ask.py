@@ -210,3 +210,29 @@ def test_a_reply_delivered_twice_ends_one_question_once(stack: Stack) -> None:
         what="the intake queue to drain",
     )
     assert stack.http.get(second.headers["Location"]).status_code == 202
+
+
+def test_bad_input_is_a_400_naming_the_field_and_asks_nothing(stack: Stack) -> None:
+    number = _number()
+    for extra, field in (
+        ({"TimeoutSeconds": 2_592_001}, "TimeoutSeconds"),
+        ({"Options": ["Yes", ""]}, "Options"),
+        ({"Recipient": "not a number"}, "Recipient"),
+    ):
+        refused = _ask(stack, number, **extra)
+        assert refused.status_code == 400, refused.text
+        assert field in refused.text
+    assert _sends_to(stack, number) == []
+    # Nothing was left open: a valid question to the number is asked at once.
+    assert _ask(stack, number).status_code == 202
+
+
+def test_a_replayed_request_answers_the_same_question_and_sends_once(stack: Stack) -> None:
+    number = _number()
+    key = {"RequestId": f"booking-{random.randint(1, 10**12)}"}
+    first = _ask(stack, number, **key)
+    again = _ask(stack, number, **key)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["QuestionId"] == first.json()["QuestionId"]
+    poll(lambda: _sends_to(stack, number), what="the question's send")
+    assert len(_sends_to(stack, number)) == 1
