@@ -11,6 +11,7 @@ passes or its send failed for good (the status combines the send record's status
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -248,11 +249,6 @@ class AskService:
         if open_one is not None and open_one.expired(now):
             self.questions.end(open_one.question_id, QuestionStatus.TIMED_OUT, at=now)
             open_one = self.questions.open_question(service, address)
-        if open_one is not None:
-            if request_hash is not None and open_one.request_key == request_hash:
-                return self._open_view(open_one, status=202)
-            if not body.ReplaceOpenQuestion:
-                return _conflict(open_one)
         command = OutboundMessageAdapter.validate_python(
             {
                 "operation": "SendMessage",
@@ -272,13 +268,22 @@ class AskService:
                 },
             }
         )
-        sent = self.send.accept(command, idempotency_key=idempotency_key)
-        message_id = str(sent.body.get("Id") or sent.body.get("id") or "")
+        if open_one is not None:
+            if request_hash is not None and open_one.request_key == request_hash:
+                # A replay: its send is made now if the first request died before it.
+                self.send.accept(
+                    command, idempotency_key=idempotency_key, message_id=open_one.message_id
+                )
+                return self._open_view(open_one, status=202)
+            if not body.ReplaceOpenQuestion:
+                return _conflict(open_one)
+        # The question is recorded (the one open question of service + number) before its send
+        # is queued: two requests at the same time send one question, the other answers 409.
         record = QuestionRecord(
             question_id=new_question_id(service, address),
             service_id=service,
             address=address,
-            message_id=message_id,
+            message_id=str(uuid.uuid4()),
             created_at=now,
             expires_at=now + dt.timedelta(seconds=body.TimeoutSeconds),
             options=tuple(body.Options),
@@ -292,6 +297,18 @@ class AskService:
             created = self.questions.create(record, replacing=open_one)
         except QuestionConflict as conflict:  # another question was asked meanwhile
             return _conflict(conflict.open_question)
+        try:
+            self.send.accept(
+                command, idempotency_key=idempotency_key, message_id=created.message_id
+            )
+        except Exception as refused:
+            # Refused (e.g. 422: the recipient opted out) or our storage failed (500, the caller
+            # retries): the question must not stay open without its send.
+            code = "refused" if isinstance(refused, Problem) else "not-accepted"
+            self.questions.end(
+                created.question_id, QuestionStatus.FAILED, at=now, failure_code=code
+            )
+            raise
         return self._open_view(created, status=202)
 
     # --- status ----------------------------------------------------------------------------

@@ -154,6 +154,11 @@ def test_stop_ends_the_question_as_opted_out(stack: Stack) -> None:
     doc = _ended(stack, location).json()
     assert doc["OptedOut"] is True
     assert doc["Status"] == "opted_out"
+    # The number opted out: a new question is refused (422 naming it) and leaves nothing open.
+    for _ in range(2):
+        refused = _ask(stack, number)
+        assert refused.status_code == 422, refused.text
+        assert "Recipient" in refused.text
 
 
 def test_a_question_whose_send_fails_ends_with_the_failure_not_a_timeout(stack: Stack) -> None:
@@ -234,5 +239,16 @@ def test_a_replayed_request_answers_the_same_question_and_sends_once(stack: Stac
     again = _ask(stack, number, **key)
     assert first.status_code == again.status_code == 202
     assert again.json()["QuestionId"] == first.json()["QuestionId"]
+    poll(lambda: _sends_to(stack, number), what="the question's send")
+    assert len(_sends_to(stack, number)) == 1
+
+
+def test_two_questions_asked_at_once_send_one_and_the_other_is_409(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    number = _number()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda text: _ask(stack, number, Content=text), ["A?", "B?"]))
+    assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
     poll(lambda: _sends_to(stack, number), what="the question's send")
     assert len(_sends_to(stack, number)) == 1
