@@ -308,6 +308,8 @@ class AskService:
             self.questions.end(
                 created.question_id, QuestionStatus.FAILED, at=now, failure_code=code
             )
+            if isinstance(refused, Problem):
+                raise _in_ask_terms(refused) from None
             raise
         return self._open_view(created, status=202)
 
@@ -394,6 +396,24 @@ def _ended_view(record: QuestionRecord) -> StatusView:
         "ReplacedBy": record.replaced_by,
     }
     return StatusView(200, {k: v for k, v in body.items() if v is not None}, {})
+
+
+def _in_ask_terms(problem: Problem) -> Problem:
+    """``problem`` with the send's field names as the ask body has them (``Recipients[0].Address``
+    is ``Recipient``)."""
+    errors = [
+        FieldError("Recipient", e.message) if e.field.startswith("Recipients[") else e
+        for e in problem.errors
+    ]
+    return Problem(
+        problem.status,
+        problem.title,
+        problem.detail,
+        type=problem.type,
+        errors=errors,
+        headers=problem.headers,
+        instance=problem.instance,
+    )
 
 
 def _conflict(open_one: QuestionRecord) -> StatusView:

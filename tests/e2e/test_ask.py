@@ -158,7 +158,7 @@ def test_stop_ends_the_question_as_opted_out(stack: Stack) -> None:
     for _ in range(2):
         refused = _ask(stack, number)
         assert refused.status_code == 422, refused.text
-        assert "Recipient" in refused.text
+        assert [e["field"] for e in refused.json()["errors"]] == ["Recipient"]
 
 
 def test_a_question_whose_send_fails_ends_with_the_failure_not_a_timeout(stack: Stack) -> None:
