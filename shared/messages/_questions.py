@@ -390,6 +390,11 @@ class QuestionStore:
         """Note that the re-prompt of the open ``current`` was queued (it is sent once)."""
         return self._change(current, reprompted=True)
 
+    def bind_send(self, current: QuestionRecord, message_id: str) -> QuestionRecord | None:
+        """Point the open ``current`` at its send ``message_id`` (a replayed send request
+        answers with the first request's message)."""
+        return self._change(current, message_id=message_id)
+
     def end(
         self,
         question_id: str,

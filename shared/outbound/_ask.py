@@ -298,7 +298,7 @@ class AskService:
         except QuestionConflict as conflict:  # another question was asked meanwhile
             return _conflict(conflict.open_question)
         try:
-            self.send.accept(
+            sent = self.send.accept(
                 command, idempotency_key=idempotency_key, message_id=created.message_id
             )
         except Exception as refused:
@@ -311,6 +311,11 @@ class AskService:
             if isinstance(refused, Problem):
                 raise _in_ask_terms(refused) from None
             raise
+        message_id = str(sent.body.get("Id") or sent.body.get("id") or created.message_id)
+        if message_id != created.message_id:
+            # A replay of a send request whose question ended (e.g. its first try failed after
+            # the send was queued): the question waits for that send.
+            created = self.questions.bind_send(created, message_id) or created
         return self._open_view(created, status=202)
 
     # --- status ----------------------------------------------------------------------------

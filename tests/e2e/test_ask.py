@@ -8,8 +8,11 @@ import random
 from typing import Any
 
 import httpx
+import pytest
 
 from shared.clock import ManualClock
+from shared.messages import MessageStore
+from tests.crash import crash_once
 from tests.e2e.conftest import TWO_WAY_SERVICE, Stack, poll
 from tests.fixtures.clock import manual_clock
 
@@ -252,3 +255,21 @@ def test_two_questions_asked_at_once_send_one_and_the_other_is_409(stack: Stack)
     assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
     poll(lambda: _sends_to(stack, number), what="the question's send")
     assert len(_sends_to(stack, number)) == 1
+
+
+def test_a_retry_after_a_failed_first_try_waits_for_the_send_that_was_queued(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first try dies after its send is on the queue, before its record is written (500);
+    # the caller retries with the same RequestId: the new question waits for that send.
+    crash_once(monkeypatch, MessageStore, "create", "storage failed after the enqueue")
+    number = _number()
+    key = {"RequestId": f"retry-{random.randint(1, 10**12)}"}
+    first = _ask(stack, number, **key)
+    assert first.status_code == 500, first.text
+    retried = _ask(stack, number, **key)
+    assert retried.status_code == 202, retried.text
+    message_id = retried.json()["MessageId"]
+    store = MessageStore.from_settings()
+    poll(lambda: store.get(message_id), what="the send's record (the sender records it)")
+    assert len(poll(lambda: _sends_to(stack, number), what="the send")) == 1
