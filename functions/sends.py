@@ -61,3 +61,15 @@ def get_message_status(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="messages/{MessageId}", methods=["DELETE"], auth_level=FUNCTION)
 def cancel_message(req: func.HttpRequest) -> func.HttpResponse:
     return serve("CancelMessage", req)
+
+
+@bp.function_name("SendMessageAndWaitForReply")
+@bp.route(route="questions", methods=["POST"], auth_level=FUNCTION)
+def send_message_and_wait_for_reply(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("SendMessageAndWaitForReply", req)
+
+
+@bp.function_name("GetQuestionStatus")
+@bp.route(route="questions/{QuestionId}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def get_question_status(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("GetQuestionStatus", req)

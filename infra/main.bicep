@@ -94,6 +94,9 @@ param smartDialogPackMaxRecipients string = ''
 @description('SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: the longest Retry-After of a pending status (the answer is the sender estimate: about 1 s while the quota has room).')
 param smartDialogSendStatusRetryAfterSeconds string = ''
 
+@description('SMARTDIALOG_QUESTION_POLL_SECONDS: Retry-After of an open question\'s status URL.')
+param smartDialogQuestionPollSeconds string = ''
+
 @description('SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: lifetime of the credential carried by a status URL.')
 param smartDialogStatusTokenTtlSeconds string = ''
 
@@ -178,6 +181,7 @@ var smartDialogSettings = union(
   empty(smartDialogSendRetryMaxSeconds) ? {} : { SMARTDIALOG_SEND_RETRY_MAX_SECONDS: smartDialogSendRetryMaxSeconds },
   empty(smartDialogSendLeaseSeconds) ? {} : { SMARTDIALOG_SEND_LEASE_SECONDS: smartDialogSendLeaseSeconds },
   empty(smartDialogSendStatusRetryAfterSeconds) ? {} : { SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: smartDialogSendStatusRetryAfterSeconds },
+  empty(smartDialogQuestionPollSeconds) ? {} : { SMARTDIALOG_QUESTION_POLL_SECONDS: smartDialogQuestionPollSeconds },
   empty(smartDialogStatusTokenTtlSeconds) ? {} : { SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: smartDialogStatusTokenTtlSeconds },
   empty(smartDialogDlrReportingWindowSeconds) ? {} : { SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS: smartDialogDlrReportingWindowSeconds },
   empty(smartDialogIdempotencyTtlSeconds) ? {} : { SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: smartDialogIdempotencyTtlSeconds },

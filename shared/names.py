@@ -77,6 +77,8 @@ CLOUD_EVENTS_DEAD_LETTER_QUEUE = "smartdialog-cloud-events-deadletter"
 NOTIFICATION_RULES_TABLE = "SmartDialogNotificationRules"
 #: Quiet periods (rule + subject + recipient) and hourly recipient caps of the rules.
 NOTIFICATION_STATE_TABLE = "SmartDialogNotificationState"
+#: Questions of SendMessageAndWaitForReply and, per service + number, the open one.
+QUESTIONS_TABLE = "SmartDialogQuestions"
 
 #: Internal: one note per delivery report, opt-out or failed send that a trigger subscription
 #: of its service wants (``shared.triggers.TriggerNotification``); ``TriggerFanout`` turns each
@@ -112,6 +114,7 @@ TABLES: tuple[str, ...] = (
     DEAD_LETTERS_TABLE,
     NOTIFICATION_RULES_TABLE,
     NOTIFICATION_STATE_TABLE,
+    QUESTIONS_TABLE,
 )
 
 

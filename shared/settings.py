@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     send_status_retry_after_seconds: int = Field(
         30, alias="SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS", ge=1
     )
+    # Retry-After of an open question's status URL (SendMessageAndWaitForReply waits for days).
+    question_poll_seconds: int = Field(60, alias="SMARTDIALOG_QUESTION_POLL_SECONDS", ge=1)
     status_token_ttl_seconds: float = Field(
         2592000.0, alias="SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS", ge=0
     )

@@ -51,6 +51,7 @@ var tableNames = [
   'SmartDialogDeadLetters'
   'SmartDialogNotificationRules'
   'SmartDialogNotificationState'
+  'SmartDialogQuestions'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

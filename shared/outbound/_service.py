@@ -87,7 +87,13 @@ class SendService:
 
     # --- accept --------------------------------------------------------------------------------
 
-    def accept(self, command: OutboundMessage, *, idempotency_key: str | None) -> StatusView:
+    def accept(
+        self,
+        command: OutboundMessage,
+        *,
+        idempotency_key: str | None,
+        message_id: str | None = None,
+    ) -> StatusView:
         """Record and enqueue ``command``; answer 202 with ``Location`` and ``Retry-After``.
 
         A repeated request with the same ``Idempotency-Key`` (or, without one, the same body
@@ -103,6 +109,9 @@ class SendService:
         (one more with an idempotency key: its claim; one more for a command too large for a
         queue message: its blob, queued by reference).
 
+        ``message_id``: the new message's id when the caller must know it before (the ask action
+        records its question first); a replay answers with the first request's id.
+
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
         nothing is recorded or queued, and its idempotency key is released. (A replay of a
@@ -112,7 +121,7 @@ class SendService:
         now = self._clock()
         customer = command.customerId or self.settings.customer_id or ""
         key = idempotency_key or getattr(command.body, "RequestId", None)
-        message_id = str(uuid.uuid4())
+        message_id = message_id or str(uuid.uuid4())  # chosen by the caller: a question's send
         key_hash: str | None = None
         replay = False
         claimed_at: dt.datetime | None = None  # when another request claimed the key

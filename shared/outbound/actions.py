@@ -27,6 +27,12 @@ from shared.actions.fields import (
     NonEmptyStr,
     ui,
 )
+from shared.outbound._ask import (
+    AskInput,
+    QuestionAcceptedDoc,
+    QuestionAnswerDoc,
+    QuestionStatusInput,
+)
 from shared.outbound._fields import (
     DiscussionCustomerIdHeader,
     DiscussionReplyBody,
@@ -40,6 +46,7 @@ from shared.outbound._models import OutboundMessageAdapter
 from shared.problems import PROBLEM_CONTENT_TYPE
 
 if TYPE_CHECKING:
+    from shared.outbound._ask import AskService
     from shared.outbound._service import SendService, StatusView
     from shared.settings import Settings
 
@@ -327,6 +334,24 @@ def send_template(ctx: ActionContext, inp: SendTemplateInput) -> ActionResponse:
     return _accept(ctx, command, inp.idempotency_key)
 
 
+@lru_cache(maxsize=4)
+def _asker(settings: Settings) -> AskService:
+    from shared.outbound._ask import AskService
+
+    return AskService(settings, _service(settings))
+
+
+def send_message_and_wait(ctx: ActionContext, inp: AskInput) -> ActionResponse:
+    view = _asker(ctx.settings).ask(
+        inp.customer_id, inp.service_id, inp.body, idempotency_key=inp.idempotency_key
+    )
+    return _answer(view)
+
+
+def get_question_status(ctx: ActionContext, inp: QuestionStatusInput) -> ActionResponse:
+    return _answer(_asker(ctx.settings).status(inp.question_id, inp.token))
+
+
 def get_message_status(ctx: ActionContext, inp: MessageStatusInput) -> ActionResponse:
     return _answer(_service(ctx.settings).status(inp.message_id, inp.token))
 
@@ -390,6 +415,48 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         description="Queues a WhatsApp template message; answers as Send a message.",
         responses=_send_responses(TemplateSentDoc),
         visibility="important",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="SendMessageAndWaitForReply",
+        method="POST",
+        route="questions",
+        input=AskInput,
+        handler=send_message_and_wait,
+        summary="Send a message and wait for a reply",
+        description=(
+            "Sends a message to one recipient through a 2-way service and waits (up to 30 days) "
+            "for the reply: it matches it against the accepted answers, re-prompts once, and "
+            "ends with the reply, a timeout or an opt-out."
+        ),
+        responses=(
+            ResponseDoc(
+                202, "Sent; waiting for the reply.", QuestionAcceptedDoc, _ACCEPTED_HEADERS
+            ),
+            ResponseDoc(
+                200, "The question ended (the final answer of Location).", QuestionAnswerDoc
+            ),
+        ),
+        visibility="important",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="GetQuestionStatus",
+        method="GET",
+        route="questions/{QuestionId}",
+        input=QuestionStatusInput,
+        handler=get_question_status,
+        summary="Get a question's status",
+        description=(
+            "202 while the question waits for its reply, 200 once answered, timed out, opted out "
+            "or replaced, the send's problem document when its send failed. Needs the token of "
+            "the status URL, not a function key."
+        ),
+        responses=(
+            ResponseDoc(200, "Ended.", QuestionAnswerDoc),
+            ResponseDoc(202, "Still waiting.", QuestionAcceptedDoc, _ACCEPTED_HEADERS),
+        ),
+        visibility="advanced",
         tags=(TAG,),
     ),
     ActionSpec(

@@ -60,6 +60,7 @@ TABLES = (
     names.INBOUND_SEEN_TABLE,
     names.SUPPRESSIONS_TABLE,
     names.DELIVERY_REPORTS_TABLE,
+    names.QUESTIONS_TABLE,
 )
 
 

@@ -1,0 +1,120 @@
+"""Inbound replies that answer a question (Send a message and wait for a reply).
+
+The processor hands every new inbound message here once (after its de-dup claim, so a reply
+SmartDialog delivers twice is looked at once). One point read finds the open question of the
+service + sender (none: the message only goes to New Message, as before). Then:
+
+- STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
+- an accepted answer (or any reply, without options) ends it ``answered``;
+- another reply re-prompts once: a SendMessage command goes on ``smartdialog-outbound`` (the one
+  send path; built here as JSON because the inbound package may not import the outbound one),
+  then the question is marked re-prompted. Its ``messageId`` and ``RequestId`` derive from the
+  question id, so a processor that crashes in between and runs again queues the same command,
+  which the sender sends once.
+
+The message is published to New Message whatever happened here (nothing accepted is lost).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING, Literal
+
+from shared.messages import QuestionRecord, QuestionStore, match_answer
+from shared.names import OUTBOUND_QUEUE
+from shared.storage import QueueLike, ensured_queue
+
+if TYPE_CHECKING:
+    from shared.inbound._models import NewMessagePayload
+    from shared.settings import Settings
+
+__all__ = ["AnswerOutcome", "QuestionAnswers", "reprompt_command", "reprompt_message_id"]
+
+log = logging.getLogger("shared.inbound.answers")
+
+AnswerOutcome = Literal["none", "answered", "opted_out", "reprompted", "not_matched"]
+_REPROMPT_NAMESPACE = uuid.UUID("5b0f7c1e-3f4a-4d8e-9a51-2f6c1d7e8a90")
+
+
+def reprompt_message_id(question_id: str) -> str:
+    """The message id (and RequestId) of a question's re-prompt: always the same."""
+    return str(uuid.uuid5(_REPROMPT_NAMESPACE, f"reprompt\n{question_id}"))
+
+
+def reprompt_command(question: QuestionRecord) -> str:
+    """The SendMessage command (queue JSON) of ``question``'s re-prompt."""
+    message_id = reprompt_message_id(question.question_id)
+    body: dict[str, object] = {
+        "Sender": question.sender,
+        "Content": question.reprompt,
+        "Protocol": question.protocol,
+        "Recipients": [{"Address": question.address}],
+        "RequestId": message_id,
+        "CustomerData": f"question={question.question_id}"[:255],
+    }
+    command = {
+        "operation": "SendMessage",
+        "messageId": message_id,
+        "customerId": question.customer_id,
+        "serviceId": question.service_id,
+        "body": {k: v for k, v in body.items() if v is not None},
+    }
+    return json.dumps({k: v for k, v in command.items() if v is not None}, ensure_ascii=False)
+
+
+class QuestionAnswers:
+    """Matches inbound messages to open questions (host-independent)."""
+
+    def __init__(
+        self,
+        questions: QuestionStore,
+        outbound: QueueLike | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.questions = questions
+        self._outbound = outbound
+        self._settings = settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QuestionAnswers:
+        return cls(QuestionStore.from_settings(settings), None, settings)
+
+    def _queue(self) -> QueueLike:
+        if self._outbound is None:  # made on first re-prompt: most messages need none
+            self._outbound = ensured_queue(OUTBOUND_QUEUE, self._settings)
+        return self._outbound
+
+    def handle(
+        self,
+        service: str,
+        key: str,
+        payload: NewMessagePayload,
+        keyword: Literal["stop", "start"] | None,
+        received_at: dt.datetime,
+    ) -> AnswerOutcome:
+        """What ``payload`` (inbound message ``key`` on ``service``) did to an open question."""
+        question = self.questions.open_question(service, payload.sender)
+        if question is None or question.expired(received_at):
+            return "none"  # an expired one is ended by its status URL
+        if keyword == "stop":
+            self.questions.opt_out(question, at=received_at, reply_key=key)
+            return "opted_out"
+        matched, option = match_answer(question.options, payload.content)
+        if matched:
+            done = self.questions.answer(
+                question,
+                reply=payload.content,
+                matched_option=option,
+                replied_at=received_at,
+                reply_key=key,
+            )
+            log.info("question %s answered: %s", question.question_id, done is not None)
+            return "answered"
+        if question.reprompt and not question.reprompted:
+            self._queue().send_message(reprompt_command(question))
+            self.questions.mark_reprompted(question)
+            return "reprompted"
+        return "not_matched"

@@ -1,0 +1,418 @@
+"""Questions of "Send a message and wait for a reply" (``SmartDialogQuestions``): the typed record,
+its transition table and its one writer.
+
+A question is a sent message waiting for the recipient's reply. Both sides use it: the ask
+action creates it and its status URL ends it when it times out or its send failed; the inbound
+processor ends it with a reply (or STOP) and marks it re-prompted. Layout, one partition per
+service + recipient (so every change of a question is one atomic Table transaction)::
+
+    PartitionKey = "q" + sha256(service, number)[:32]
+    RowKey = <question id>   the record (kept after it ends: its status URL reads it)
+    RowKey = "open"          a copy of the open question, if any (one per service + number)
+
+The inbound processor finds the open question of a reply with one point read of ``open``. Every
+change of an open question replaces ``open`` on its ETag, so two writers never both win: the
+loser re-reads and finds the question ended (or changed) by the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import unicodedata
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final
+
+from shared.messages._models import IllegalTransition
+from shared.names import QUESTIONS_TABLE
+from shared.storage import ensure_table, plain_datetime, utc
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
+    from shared.settings import Settings
+
+__all__ = [
+    "QUESTION_TRANSITIONS",
+    "QuestionConflict",
+    "QuestionRecord",
+    "QuestionStatus",
+    "QuestionStore",
+    "check_question_transition",
+    "match_answer",
+    "new_question_id",
+    "normalize_answer",
+    "question_partition",
+]
+
+OPEN_ROW = "open"
+#: How often a write that lost a race re-reads and tries again.
+_ATTEMPTS = 5
+
+
+class QuestionStatus(enum.StrEnum):
+    """A question's lifecycle; :data:`QUESTION_TRANSITIONS` says which changes are allowed."""
+
+    OPEN = "open"
+    ANSWERED = "answered"
+    TIMED_OUT = "timed_out"
+    OPTED_OUT = "opted_out"
+    FAILED = "failed"
+    REPLACED = "replaced"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not QuestionStatus.OPEN
+
+
+_Q = QuestionStatus
+#: Allowed status changes of a question (a write that keeps the status is always allowed):
+#: an open question ends exactly once, in one of five ways.
+QUESTION_TRANSITIONS: Final[dict[QuestionStatus, frozenset[QuestionStatus]]] = {
+    _Q.OPEN: frozenset({_Q.ANSWERED, _Q.TIMED_OUT, _Q.OPTED_OUT, _Q.FAILED, _Q.REPLACED}),
+    _Q.ANSWERED: frozenset(),
+    _Q.TIMED_OUT: frozenset(),
+    _Q.OPTED_OUT: frozenset(),
+    _Q.FAILED: frozenset(),
+    _Q.REPLACED: frozenset(),
+}
+
+
+def check_question_transition(before: QuestionStatus, after: QuestionStatus) -> None:
+    """Raise :class:`IllegalTransition` unless a question may go from ``before`` to ``after``."""
+    if before is after or after in QUESTION_TRANSITIONS[before]:
+        return
+    raise IllegalTransition(f"question status {before} -> {after} is not allowed")
+
+
+def normalize_answer(text: str) -> str:
+    """``text`` as answers are compared: accents removed (NFKD, combining marks dropped), case
+    folded, inner whitespace collapsed and the ends trimmed ("  Kyllä " == "KYLLA")."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(bare.casefold().split())
+
+
+def match_answer(options: Sequence[str], reply: str) -> tuple[bool, str | None]:
+    """Whether ``reply`` answers a question with ``options``, and the option it matched (as the
+    caller wrote it). Without options any non-empty reply answers (no option matched)."""
+    said = normalize_answer(reply)
+    if not options:
+        return bool(said), None
+    for option in options:
+        if normalize_answer(option) == said:
+            return True, option
+    return False, None
+
+
+def question_partition(service: str, address: str) -> str:
+    """The partition of the questions to ``address`` on ``service`` (no number in the key)."""
+    digest = hashlib.sha256(f"{service}\n{address}".encode()).hexdigest()
+    return "q" + digest[:32]
+
+
+def new_question_id(service: str, address: str) -> str:
+    """A new question id; it carries its partition, so its status URL finds it in one read."""
+    return f"{question_partition(service, address)}-{uuid.uuid4().hex}"
+
+
+def _partition_of(question_id: str) -> str:
+    return question_id.split("-", 1)[0]
+
+
+class QuestionConflict(RuntimeError):
+    """Another question to the same recipient on the same service is open."""
+
+    def __init__(self, open_question: QuestionRecord) -> None:
+        super().__init__(f"question {open_question.question_id} is open")
+        self.open_question = open_question
+
+
+@dataclass(frozen=True)
+class QuestionRecord:
+    """One question: what was asked, how it may be answered, and how it ended."""
+
+    question_id: str
+    service_id: str
+    address: str
+    message_id: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    status: QuestionStatus = QuestionStatus.OPEN
+    options: tuple[str, ...] = ()
+    reprompt: str | None = None
+    reprompted: bool = False
+    sender: str | None = None
+    protocol: str | None = None
+    customer_id: str | None = None
+    reply: str | None = None
+    matched_option: str | None = None
+    replied_at: dt.datetime | None = None
+    #: The inbound message key of the reply (or STOP) that ended it.
+    reply_key: str | None = None
+    ended_at: dt.datetime | None = None
+    replaced_by: str | None = None
+    #: Why its send failed (the send's failure code), when it ended ``failed``.
+    failure_code: str | None = None
+    #: The asking request's idempotency key hash: a replay finds its question by it.
+    request_key: str | None = None
+    etag: str | None = field(default=None, compare=False)
+
+    @property
+    def partition(self) -> str:
+        return _partition_of(self.question_id)
+
+    def expired(self, now: dt.datetime) -> bool:
+        return self.status is QuestionStatus.OPEN and now >= self.expires_at
+
+    def to_entity(self, row_key: str | None = None) -> dict[str, Any]:
+        entity: dict[str, Any] = {
+            "PartitionKey": self.partition,
+            "RowKey": row_key or self.question_id,
+            "QuestionId": self.question_id,
+            "Status": str(self.status),
+            "ServiceId": self.service_id,
+            "Address": self.address,
+            "MessageId": self.message_id,
+            "CreatedAt": plain_datetime(self.created_at),
+            "ExpiresAt": plain_datetime(self.expires_at),
+            "Options": json.dumps(list(self.options), ensure_ascii=False),
+            "Reprompt": self.reprompt,
+            "Reprompted": self.reprompted,
+            "Sender": self.sender,
+            "Protocol": self.protocol,
+            "CustomerId": self.customer_id,
+            "Reply": self.reply,
+            "MatchedOption": self.matched_option,
+            "RepliedAt": plain_datetime(self.replied_at),
+            "ReplyKey": self.reply_key,
+            "EndedAt": plain_datetime(self.ended_at),
+            "ReplacedBy": self.replaced_by,
+            "FailureCode": self.failure_code,
+            "RequestKey": self.request_key,
+        }
+        return {k: v for k, v in entity.items() if v is not None}
+
+    @classmethod
+    def from_entity(cls, entity: Mapping[str, Any]) -> QuestionRecord:
+        created = utc(entity.get("CreatedAt")) or dt.datetime.fromtimestamp(0, dt.UTC)
+        metadata = getattr(entity, "metadata", None) or {}
+        return cls(
+            question_id=str(entity["QuestionId"]),
+            service_id=str(entity.get("ServiceId") or ""),
+            address=str(entity.get("Address") or ""),
+            message_id=str(entity.get("MessageId") or ""),
+            created_at=created,
+            expires_at=utc(entity.get("ExpiresAt")) or created,
+            status=QuestionStatus(entity.get("Status") or QuestionStatus.OPEN),
+            options=tuple(json.loads(entity.get("Options") or "[]")),
+            reprompt=entity.get("Reprompt"),
+            reprompted=bool(entity.get("Reprompted")),
+            sender=entity.get("Sender"),
+            protocol=entity.get("Protocol"),
+            customer_id=entity.get("CustomerId"),
+            reply=entity.get("Reply"),
+            matched_option=entity.get("MatchedOption"),
+            replied_at=utc(entity.get("RepliedAt")),
+            reply_key=entity.get("ReplyKey"),
+            ended_at=utc(entity.get("EndedAt")),
+            replaced_by=entity.get("ReplacedBy"),
+            failure_code=entity.get("FailureCode"),
+            request_key=entity.get("RequestKey"),
+            etag=metadata.get("etag"),
+        )
+
+
+class QuestionStore:
+    """The one writer of ``SmartDialogQuestions``; every status change goes through
+    :data:`QUESTION_TRANSITIONS`."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> QuestionStore:
+        from shared.storage import table_client
+
+        return cls(table_client(QUESTIONS_TABLE, settings))
+
+    @property
+    def table(self) -> TableClient:
+        return ensure_table(self._table)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def open_question(self, service: str, address: str) -> QuestionRecord | None:
+        """The open question to ``address`` on ``service`` (one point read), with the ETag of
+        its ``open`` row; None when there is none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self.table.get_entity(question_partition(service, address), OPEN_ROW)
+        except ResourceNotFoundError:
+            return None
+        return QuestionRecord.from_entity(entity)
+
+    def get(self, question_id: str) -> QuestionRecord | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self.table.get_entity(_partition_of(question_id), question_id)
+        except ResourceNotFoundError:
+            return None
+        return QuestionRecord.from_entity(entity)
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def create(
+        self, record: QuestionRecord, *, replacing: QuestionRecord | None = None
+    ) -> QuestionRecord:
+        """Store the new open ``record`` and make it the open one. ``replacing``: the open
+        question it replaces (ended ``replaced`` in the same transaction, on its ETag). Raises
+        :class:`QuestionConflict` naming the open question when another one is (or became)
+        open. Creating the same question again (a replayed request) returns it."""
+        from azure.core import MatchConditions
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        check_question_transition(QuestionStatus.OPEN, record.status)
+        operations: list[Any] = [("upsert", record.to_entity(), {"mode": UpdateMode.REPLACE})]
+        if replacing is None:
+            operations.append(("create", record.to_entity(OPEN_ROW)))
+        else:
+            check_question_transition(replacing.status, QuestionStatus.REPLACED)
+            ended = replace(
+                replacing,
+                status=QuestionStatus.REPLACED,
+                ended_at=record.created_at,
+                replaced_by=record.question_id,
+            )
+            operations += [
+                ("upsert", ended.to_entity(), {"mode": UpdateMode.REPLACE}),
+                (
+                    "update",
+                    record.to_entity(OPEN_ROW),
+                    {
+                        "mode": UpdateMode.REPLACE,
+                        "etag": replacing.etag,
+                        "match_condition": MatchConditions.IfNotModified,
+                    },
+                ),
+            ]
+        try:
+            results = self.table.submit_transaction(operations)
+        except TableTransactionError:
+            current = self.open_question(record.service_id, record.address)
+            if current is not None and current.question_id == record.question_id:
+                return current
+            if current is not None:
+                raise QuestionConflict(current) from None
+            raise
+        return replace(record, etag=str(results[-1].get("etag")))
+
+    def _commit(self, current: QuestionRecord, changed: QuestionRecord) -> bool:
+        """Write ``changed`` (a new state of the open ``current``, read with its ``open`` row's
+        ETag): the record row, and the ``open`` row replaced (still open) or deleted (ended),
+        in one transaction. False when ``open`` changed meanwhile (re-read and decide again)."""
+        from azure.core import MatchConditions
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        condition = {"etag": current.etag, "match_condition": MatchConditions.IfNotModified}
+        pointer: tuple[Any, ...]
+        if changed.status.is_final:
+            pointer = ("delete", {"PartitionKey": current.partition, "RowKey": OPEN_ROW}, condition)
+        else:
+            pointer = (
+                "update",
+                changed.to_entity(OPEN_ROW),
+                {"mode": UpdateMode.REPLACE, **condition},
+            )
+        try:
+            self.table.submit_transaction(
+                [("upsert", changed.to_entity(), {"mode": UpdateMode.REPLACE}), pointer]
+            )
+        except TableTransactionError:
+            return False
+        return True
+
+    def _change(self, current: QuestionRecord, **changes: Any) -> QuestionRecord | None:
+        """Apply ``changes`` to the open question ``current`` (read via its ``open`` row), on
+        its ETag, re-reading after a lost race. The question as written, or None when it is no
+        longer open (ended or replaced by another writer)."""
+        status = changes.get("status", current.status)
+        for _ in range(_ATTEMPTS):
+            check_question_transition(current.status, status)
+            changed = replace(current, **changes)
+            if self._commit(current, changed):
+                return changed
+            fresh = self.open_question(current.service_id, current.address)
+            if fresh is None or fresh.question_id != current.question_id:
+                return None
+            current = fresh
+        return None
+
+    def answer(
+        self,
+        current: QuestionRecord,
+        *,
+        reply: str,
+        matched_option: str | None,
+        replied_at: dt.datetime,
+        reply_key: str,
+    ) -> QuestionRecord | None:
+        """End the open ``current`` with ``reply`` (None: it was ended by another writer)."""
+        return self._change(
+            current,
+            status=QuestionStatus.ANSWERED,
+            reply=reply,
+            matched_option=matched_option,
+            replied_at=replied_at,
+            reply_key=reply_key,
+            ended_at=replied_at,
+        )
+
+    def opt_out(
+        self, current: QuestionRecord, *, at: dt.datetime, reply_key: str
+    ) -> QuestionRecord | None:
+        """End the open ``current``: the recipient opted out (STOP)."""
+        return self._change(
+            current,
+            status=QuestionStatus.OPTED_OUT,
+            replied_at=at,
+            reply_key=reply_key,
+            ended_at=at,
+        )
+
+    def mark_reprompted(self, current: QuestionRecord) -> QuestionRecord | None:
+        """Note that the re-prompt of the open ``current`` was queued (it is sent once)."""
+        return self._change(current, reprompted=True)
+
+    def bind_send(self, current: QuestionRecord, message_id: str) -> QuestionRecord | None:
+        """Point the open ``current`` at its send ``message_id`` (a replayed send request
+        answers with the first request's message)."""
+        return self._change(current, message_id=message_id)
+
+    def end(
+        self,
+        question_id: str,
+        status: QuestionStatus,
+        *,
+        at: dt.datetime,
+        failure_code: str | None = None,
+    ) -> QuestionRecord | None:
+        """End the question ``question_id`` (timed out, or its send failed) if it is still
+        open; the question as it is afterwards (None: unknown)."""
+        for _ in range(_ATTEMPTS):
+            record = self.get(question_id)
+            if record is None or record.status.is_final:
+                return record
+            current = self.open_question(record.service_id, record.address)
+            if current is None or current.question_id != question_id:
+                continue  # ended meanwhile: its row says how
+            done = self._change(current, status=status, ended_at=at, failure_code=failure_code)
+            if done is not None:
+                return done
+        return self.get(question_id)

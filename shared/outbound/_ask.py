@@ -1,0 +1,435 @@
+"""Send a message and wait for a reply: the action's input, its answers, and the service behind it.
+
+The question goes out as an ordinary SendMessage through :meth:`SendService.accept` (the one send
+path), then its record is stored in the message core (:class:`~shared.messages.QuestionStore`).
+Its status URL (``questions/{QuestionId}?token=…``) answers 202 with a long ``Retry-After``
+(``SMARTDIALOG_QUESTION_POLL_SECONDS``) while the question is open, then 200 with how it ended.
+The inbound processor ends it with the reply (or STOP); this module ends it when its timeout
+passes or its send failed for good (the status combines the send record's status).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BaseModel, Field
+
+from shared.actions._spec import ActionInput, Body, Param
+from shared.actions.fields import (
+    CustomerIdHeader,
+    NonEmptyStr,
+    PhoneNumber,
+    UpstreamId,
+    service_dropdown,
+    ui,
+)
+from shared.callback_urls import require_callback_settings, require_status_token, status_link
+from shared.clock import utcnow
+from shared.messages import (
+    MessageStatus,
+    QuestionConflict,
+    QuestionRecord,
+    QuestionStatus,
+    QuestionStore,
+    idempotency_key_hash,
+    new_question_id,
+)
+from shared.outbound._fields import (
+    IdempotencyKeyHeader,
+    MessageCustomerDataField,
+    ProtocolField,
+    RequestIdField,
+    SenderField,
+    TemplateContentField,
+)
+from shared.outbound._models import OutboundMessageAdapter
+from shared.problems import FieldError, Problem, ProblemType
+
+if TYPE_CHECKING:
+    from shared.outbound._service import SendService, StatusView
+    from shared.settings import Settings
+
+__all__ = [
+    "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_TIMEOUT_SECONDS",
+    "AskBody",
+    "AskInput",
+    "AskService",
+    "QuestionAcceptedDoc",
+    "QuestionAnswerDoc",
+    "QuestionStatusInput",
+]
+
+#: The default wait for a reply (24 h) and the longest (the platform's 30-day async limit).
+DEFAULT_TIMEOUT_SECONDS = 86_400
+MAX_TIMEOUT_SECONDS = 2_592_000
+MAX_OPTIONS = 20
+
+
+class AskBody(BaseModel):
+    """The question: a message to one recipient, the accepted answers and how long to wait."""
+
+    model_config = {"extra": "forbid"}
+
+    Sender: SenderField
+    Content: TemplateContentField
+    Protocol: ProtocolField
+    Recipient: PhoneNumber = Field(
+        description="The phone number that is asked and whose reply is awaited.",
+        json_schema_extra=ui("Recipient", visibility="important"),
+    )
+    Options: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list,
+        max_length=MAX_OPTIONS,
+        description=(
+            "The accepted answers, e.g. YES and NO (compared without case, accents or spaces at "
+            "the ends). Leave empty to accept any reply."
+        ),
+        json_schema_extra=ui("Accepted answers", visibility="important"),
+    )
+    RepromptContent: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="Sent once when a reply is not an accepted answer (e.g. Reply YES or NO).",
+        json_schema_extra=ui("Re-prompt text"),
+    )
+    TimeoutSeconds: int = Field(
+        DEFAULT_TIMEOUT_SECONDS,
+        ge=60,
+        le=MAX_TIMEOUT_SECONDS,
+        description="How long to wait for a reply: 60 seconds to 30 days (default 24 hours).",
+        json_schema_extra=ui("Timeout in seconds"),
+    )
+    ReplaceOpenQuestion: bool = Field(
+        False,
+        description=(
+            "Replace a question to this recipient on this service that is still open (it ends "
+            "as replaced); otherwise such a question makes this one answer 409."
+        ),
+        json_schema_extra=ui("Replace open question", visibility="advanced"),
+    )
+    CustomerData: MessageCustomerDataField
+    RequestId: RequestIdField
+
+
+TwoWayServiceHeader = Annotated[
+    UpstreamId,
+    Param("header", "Service-Id"),
+    Field(
+        description="The 2-way SmartDialog service to send with and receive the reply on.",
+        json_schema_extra=ui(
+            "Service", visibility="important", dynamic_values=service_dropdown("TwoWay")
+        ),
+    ),
+]
+
+
+class AskInput(ActionInput):
+    customer_id: CustomerIdHeader
+    service_id: TwoWayServiceHeader
+    idempotency_key: IdempotencyKeyHeader = None
+    body: Annotated[
+        AskBody,
+        Body(),
+        Field(
+            description="The question, its accepted answers and how long to wait.",
+            json_schema_extra=ui("Question", visibility="important"),
+        ),
+    ]
+
+
+class QuestionStatusInput(ActionInput):
+    question_id: Annotated[
+        NonEmptyStr,
+        Param("path", "QuestionId"),
+        Field(
+            max_length=100,
+            pattern=r"^q[0-9a-f]{32}-[0-9a-f]{32}$",
+            description="Our id of the question.",
+            json_schema_extra=ui("Question Id", visibility="important"),
+        ),
+    ]
+    token: Annotated[
+        str | None,
+        Param("query", "token"),
+        Field(
+            None,
+            max_length=200,
+            description="The token of the status URL (the Location carries it).",
+            json_schema_extra=ui("Token", visibility="internal"),
+        ),
+    ] = None
+
+
+class QuestionAcceptedDoc(BaseModel):
+    """202: sent (or being sent), waiting for the reply; poll ``Location``."""
+
+    QuestionId: str = Field(description="Our id of the question.", json_schema_extra=ui("Id"))
+    MessageId: str = Field(description="Our id of the send.", json_schema_extra=ui("Message Id"))
+    Status: str = Field(description="open while waiting.", json_schema_extra=ui("Status"))
+    ExpiresAt: str | None = Field(
+        None, description="When it times out.", json_schema_extra=ui("Expires at")
+    )
+    StatusUrl: str | None = Field(
+        None, description="Where to poll (carries its own token).", json_schema_extra=ui("URL")
+    )
+
+
+class QuestionAnswerDoc(BaseModel):
+    """200: the question ended: answered, timed out, opted out or replaced."""
+
+    QuestionId: str = Field(description="Our id of the question.", json_schema_extra=ui("Id"))
+    MessageId: str | None = Field(
+        None, description="Our id of the send.", json_schema_extra=ui("Message Id")
+    )
+    Status: str = Field(
+        description="answered, timed_out, opted_out or replaced.", json_schema_extra=ui("Status")
+    )
+    Reply: str | None = Field(
+        None, description="The recipient's reply, as written.", json_schema_extra=ui("Reply")
+    )
+    MatchedOption: str | None = Field(
+        None,
+        description="The accepted answer it matched, as you wrote it.",
+        json_schema_extra=ui("Matched answer"),
+    )
+    RepliedAt: str | None = Field(
+        None, description="When the reply arrived.", json_schema_extra=ui("Replied at")
+    )
+    TimedOut: bool = Field(
+        False, description="True when no answer came in time.", json_schema_extra=ui("Timed out")
+    )
+    OptedOut: bool = Field(
+        False,
+        description="True when the recipient answered STOP.",
+        json_schema_extra=ui("Opted out"),
+    )
+    ReplacedBy: str | None = Field(
+        None, description="The question that replaced it.", json_schema_extra=ui("Replaced by")
+    )
+
+
+class AskService:
+    """Asks questions and answers their status URLs (one per settings object)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        send: SendService,
+        *,
+        questions: QuestionStore | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.send = send
+        self.questions = questions or QuestionStore.from_settings(settings)
+        self._clock = clock
+
+    def status_url(self, question_id: str) -> str:
+        return status_link(self.settings, "questions", question_id, question_id)
+
+    # --- ask -------------------------------------------------------------------------------
+
+    def ask(
+        self, customer: str, service: str, body: AskBody, *, idempotency_key: str | None
+    ) -> StatusView:
+        """Check that no question is open (409 naming it, unless replacing), send, record the
+        question, answer 202 + Location. A replay (same Idempotency-Key or RequestId) answers
+        as the first request did."""
+        require_callback_settings(self.settings)
+        now = self._clock()
+        key = idempotency_key or body.RequestId
+        request_hash = idempotency_key_hash(customer, key) if key else None
+        address = body.Recipient
+        open_one = self.questions.open_question(service, address)
+        if open_one is not None and open_one.expired(now):
+            self.questions.end(open_one.question_id, QuestionStatus.TIMED_OUT, at=now)
+            open_one = self.questions.open_question(service, address)
+        command = OutboundMessageAdapter.validate_python(
+            {
+                "operation": "SendMessage",
+                "customerId": customer,
+                "serviceId": service,
+                "body": {
+                    k: v
+                    for k, v in {
+                        "Sender": body.Sender,
+                        "Content": body.Content,
+                        "Protocol": body.Protocol,
+                        "Recipients": [{"Address": address}],
+                        "CustomerData": body.CustomerData,
+                        "RequestId": body.RequestId,
+                    }.items()
+                    if v is not None
+                },
+            }
+        )
+        if open_one is not None:
+            if request_hash is not None and open_one.request_key == request_hash:
+                # A replay: its send is made now if the first request died before it.
+                self.send.accept(
+                    command, idempotency_key=idempotency_key, message_id=open_one.message_id
+                )
+                return self._open_view(open_one, status=202)
+            if not body.ReplaceOpenQuestion:
+                return _conflict(open_one)
+        # The question is recorded (the one open question of service + number) before its send
+        # is queued: two requests at the same time send one question, the other answers 409.
+        record = QuestionRecord(
+            question_id=new_question_id(service, address),
+            service_id=service,
+            address=address,
+            message_id=str(uuid.uuid4()),
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=body.TimeoutSeconds),
+            options=tuple(body.Options),
+            reprompt=body.RepromptContent,
+            sender=body.Sender,
+            protocol=body.Protocol,
+            customer_id=customer,
+            request_key=request_hash,
+        )
+        try:
+            created = self.questions.create(record, replacing=open_one)
+        except QuestionConflict as conflict:  # another question was asked meanwhile
+            return _conflict(conflict.open_question)
+        try:
+            sent = self.send.accept(
+                command, idempotency_key=idempotency_key, message_id=created.message_id
+            )
+        except Exception as refused:
+            # Refused (e.g. 422: the recipient opted out) or our storage failed (500, the caller
+            # retries): the question must not stay open without its send.
+            code = "refused" if isinstance(refused, Problem) else "not-accepted"
+            self.questions.end(
+                created.question_id, QuestionStatus.FAILED, at=now, failure_code=code
+            )
+            if isinstance(refused, Problem):
+                raise _in_ask_terms(refused) from None
+            raise
+        message_id = str(sent.body.get("Id") or sent.body.get("id") or created.message_id)
+        if message_id != created.message_id:
+            # A replay of a send request whose question ended (e.g. its first try failed after
+            # the send was queued): the question waits for that send.
+            created = self.questions.bind_send(created, message_id) or created
+        return self._open_view(created, status=202)
+
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self, question_id: str, token: str | None) -> StatusView:
+        """202 while open (long Retry-After); 200 once ended; the send's problem when its send
+        failed; 404 unknown. The token is checked before anything is looked up."""
+        require_status_token(
+            self.settings,
+            question_id,
+            token,
+            missing="Use the status URL from the Location header; it carries its token.",
+            denied="The token does not open this question's status (wrong, expired or revoked).",
+        )
+        record = self.questions.get(question_id)
+        if record is None:
+            raise Problem(
+                404,
+                "No such question",
+                f"There is no question {question_id}.",
+                type=ProblemType.NOT_FOUND,
+            )
+        now = self._clock()
+        if record.status is QuestionStatus.OPEN:
+            message = self.send.store.get(record.message_id)
+            if message is not None and message.status in (
+                MessageStatus.FAILED,
+                MessageStatus.CANCELLED,
+            ):
+                code = message.failure.code if message.failure else str(message.status)
+                record = self._end(record, QuestionStatus.FAILED, now, failure_code=code)
+            elif record.expired(now):
+                record = self._end(record, QuestionStatus.TIMED_OUT, now)
+        if record.status is QuestionStatus.OPEN:
+            return self._open_view(record, status=202)
+        if record.status is QuestionStatus.FAILED:
+            message = self.send.store.get(record.message_id)
+            if message is not None:
+                view = self.send.view(message)
+                return type(view)(
+                    view.status, {**view.body, "questionId": question_id}, {}, view.problem
+                )
+        return _ended_view(record)
+
+    def _end(
+        self,
+        record: QuestionRecord,
+        status: QuestionStatus,
+        now: dt.datetime,
+        *,
+        failure_code: str | None = None,
+    ) -> QuestionRecord:
+        ended = self.questions.end(record.question_id, status, at=now, failure_code=failure_code)
+        return ended or record
+
+    def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:
+        from shared.outbound._service import StatusView
+
+        url = self.status_url(record.question_id)
+        body = {
+            "QuestionId": record.question_id,
+            "MessageId": record.message_id,
+            "Status": str(record.status),
+            "ExpiresAt": record.expires_at.isoformat(),
+            "StatusUrl": url,
+        }
+        headers = {"Location": url, "Retry-After": str(self.settings.question_poll_seconds)}
+        return StatusView(status, body, headers)
+
+
+def _ended_view(record: QuestionRecord) -> StatusView:
+    from shared.outbound._service import StatusView
+
+    body: dict[str, Any] = {
+        "QuestionId": record.question_id,
+        "MessageId": record.message_id,
+        "Status": str(record.status),
+        "Reply": record.reply,
+        "MatchedOption": record.matched_option,
+        "RepliedAt": record.replied_at.isoformat() if record.replied_at else None,
+        "TimedOut": record.status is QuestionStatus.TIMED_OUT,
+        "OptedOut": record.status is QuestionStatus.OPTED_OUT,
+        "ReplacedBy": record.replaced_by,
+    }
+    return StatusView(200, {k: v for k, v in body.items() if v is not None}, {})
+
+
+def _in_ask_terms(problem: Problem) -> Problem:
+    """``problem`` with the send's field names as the ask body has them (``Recipients[0].Address``
+    is ``Recipient``)."""
+    errors = [
+        FieldError("Recipient", e.message) if e.field.startswith("Recipients[") else e
+        for e in problem.errors
+    ]
+    return Problem(
+        problem.status,
+        problem.title,
+        problem.detail,
+        type=problem.type,
+        errors=errors,
+        headers=problem.headers,
+        instance=problem.instance,
+    )
+
+
+def _conflict(open_one: QuestionRecord) -> StatusView:
+    from shared.outbound._service import StatusView
+
+    problem = Problem(
+        409,
+        "A question to this recipient is still open",
+        f"Question {open_one.question_id} to this recipient on this service waits for a reply "
+        f"until {open_one.expires_at.isoformat()}. Set ReplaceOpenQuestion to replace it.",
+        type=ProblemType.CONFLICT,
+        errors=[FieldError("ReplaceOpenQuestion", "Another question is open.")],
+    )
+    return StatusView(409, {**problem.to_dict(), "openQuestionId": open_one.question_id}, {}, True)

@@ -1,0 +1,133 @@
+"""What question matching costs the inbound processor, in storage round trips per event
+(counted by shared.storage's counter against Azurite), and what it does once per reply."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections import Counter
+
+import pytest
+
+from shared import storage
+from shared.inbound import InboundProcessor
+from shared.inbound._answers import QuestionAnswers, reprompt_command, reprompt_message_id
+from shared.inbound._models import InboundIntake, NewMessagePayload
+from shared.messages import QuestionRecord, QuestionStatus, QuestionStore, new_question_id
+from shared.names import OUTBOUND_QUEUE
+from shared.outbound import OutboundMessageAdapter
+from shared.settings import get_settings
+from shared.storage import StorageOp
+from tests.inbound.conftest import TWO_WAY, Inbound
+
+NUMBER = "+358401112233"
+
+
+def _intake(content: str, sender: str = NUMBER) -> str:
+    payload = NewMessagePayload.model_validate(
+        {
+            "sender": sender,
+            "recipient": "Clinic",
+            "content": content,
+            "messageId": str(uuid.uuid4()),
+        }
+    )
+    intake = InboundIntake(
+        service=TWO_WAY,
+        messageKey=str(payload.messageId),
+        receivedAt=dt.datetime.now(dt.UTC),
+        payload=payload,
+    )
+    return intake.model_dump_json(exclude_none=True)
+
+
+def _ask(number: str, **extra: object) -> QuestionRecord:
+    now = dt.datetime.now(dt.UTC)
+    record = QuestionRecord(
+        question_id=new_question_id(TWO_WAY, number),
+        service_id=TWO_WAY,
+        address=number,
+        message_id=str(uuid.uuid4()),
+        created_at=now,
+        expires_at=now + dt.timedelta(hours=1),
+        options=("Yes", "No"),
+        sender="Clinic",
+        protocol="SMS",
+        **extra,  # type: ignore[arg-type]
+    )
+    return QuestionStore.from_settings().create(record)
+
+
+def _calls(counter: storage.RoundTrips, before: Counter[tuple[StorageOp, str]]) -> int:
+    after = counter.snapshot()
+    return sum((after - before).values())
+
+
+@pytest.fixture
+def counted(inbound: Inbound, monkeypatch: pytest.MonkeyPatch) -> storage.RoundTrips:
+    monkeypatch.setattr(storage, "_round_trips", None)  # counting is off again afterwards
+    QuestionStore.from_settings().table  # noqa: B018 - the table exists before counting
+    return storage.count_round_trips()
+
+
+def test_round_trips_per_event_with_and_without_question_matching(
+    counted: storage.RoundTrips, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = get_settings()
+    plain = InboundProcessor.from_settings(settings)
+    plain.answers = None  # the processor as it was before questions
+    matching = InboundProcessor.from_settings(settings)
+    plain.process(_intake("warm up"))
+    matching.process(_intake("warm up", sender="+358401112299"))
+
+    costs: dict[str, int] = {}
+    for name, processor, content in (
+        ("before (no matching)", plain, "hello"),
+        ("no question open", matching, "hello"),
+    ):
+        before = counted.snapshot()
+        processor.process(_intake(content))
+        costs[name] = _calls(counted, before)
+    _ask(NUMBER)
+    before = counted.snapshot()
+    matching.process(_intake("yes"))
+    costs["answers a question"] = _calls(counted, before)
+    with capsys.disabled():
+        print(f"\nprocessor storage round trips per inbound event: {costs}")
+
+    assert costs["no question open"] == costs["before (no matching)"] + 1  # one point read
+    assert costs["answers a question"] == costs["before (no matching)"] + 2  # + one transaction
+    question = QuestionStore.from_settings()
+    assert question.open_question(TWO_WAY, NUMBER) is None
+
+
+def test_the_re_prompt_is_a_valid_send_command_queued_once_per_question(inbound: Inbound) -> None:
+    number = "+358401112244"
+    asked = _ask(number, reprompt="Please reply YES or NO")
+    processor = InboundProcessor.from_settings(get_settings())
+    for content in ("maybe", "perhaps"):
+        processor.process(_intake(content, sender=number))
+    commands = [c for c in inbound.read(OUTBOUND_QUEUE) if c.get("messageId")]
+    assert len(commands) == 1
+    assert commands[0]["messageId"] == reprompt_message_id(asked.question_id)
+    parsed = OutboundMessageAdapter.validate_python(commands[0])
+    assert parsed.body.Content == "Please reply YES or NO"  # type: ignore[union-attr]
+    # A processor that crashed after queueing and runs again queues the very same command.
+    assert json.loads(reprompt_command(asked)) == commands[0]
+    current = QuestionStore.from_settings().open_question(TWO_WAY, number)
+    assert current is not None
+    assert current.reprompted
+    assert current.status is QuestionStatus.OPEN
+
+
+def test_matching_is_skipped_for_an_expired_question(inbound: Inbound) -> None:
+    number = "+358401112255"
+    _ask(number)
+    answers = QuestionAnswers.from_settings(get_settings())
+    payload = NewMessagePayload.model_validate(
+        {"sender": number, "recipient": "Clinic", "content": "yes"}
+    )
+    late = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    assert answers.handle(TWO_WAY, "k", payload, None, late) == "none"
+    assert answers.handle(TWO_WAY, "k", payload, None, dt.datetime.now(dt.UTC)) == "answered"

@@ -1,0 +1,148 @@
+"""Questions (Send a message and wait for a reply): the transition table, answer matching, and
+the store's one-open-question and ends-once rules, against Azurite."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import random
+
+import pytest
+
+from shared.messages import (
+    QUESTION_TRANSITIONS,
+    IllegalTransition,
+    QuestionConflict,
+    QuestionRecord,
+    QuestionStatus,
+    QuestionStore,
+    check_question_transition,
+    match_answer,
+    new_question_id,
+    normalize_answer,
+)
+from tests.outbound.conftest import Outbound
+
+Q = QuestionStatus
+SERVICE = "s-1001-twoway"
+
+
+@pytest.mark.parametrize(("before", "after"), list(itertools.product(Q, Q)))
+def test_an_open_question_ends_once_and_an_ended_one_never_changes(
+    before: QuestionStatus, after: QuestionStatus
+) -> None:
+    if before is after or (before is Q.OPEN and after is not Q.OPEN):
+        check_question_transition(before, after)
+    else:
+        with pytest.raises(IllegalTransition):
+            check_question_transition(before, after)
+    assert all(not QUESTION_TRANSITIONS[s] for s in Q if s.is_final)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("yes", "Yes"),
+        ("  YES\n", "Yes"),
+        ("Kyllä", "Kylla"),
+        ("KYLLA", "Kylla"),
+        ("ﬁne", "Fine"),  # a compatibility ligature (NFKD)
+        ("no", "No"),
+        ("yes please", None),
+        ("", None),
+    ],
+)
+def test_answers_match_without_case_accents_or_surrounding_spaces(
+    reply: str, expected: str | None
+) -> None:
+    matched, option = match_answer(["Yes", "No", "Kylla", "Fine"], reply)
+    assert option == expected
+    assert matched is (expected is not None)
+
+
+def test_without_options_any_non_empty_reply_answers() -> None:
+    assert match_answer([], " anything ") == (True, None)
+    assert match_answer([], "   ") == (False, None)
+    assert normalize_answer("  Élan   VITAL ") == "elan vital"
+
+
+def _question(number: str, **changes: object) -> QuestionRecord:
+    now = dt.datetime.now(dt.UTC)
+    record = QuestionRecord(
+        question_id=new_question_id(SERVICE, number),
+        service_id=SERVICE,
+        address=number,
+        message_id="m-" + number[1:],
+        created_at=now,
+        expires_at=now + dt.timedelta(hours=1),
+        options=("Yes", "No"),
+    )
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+def _number() -> str:
+    return f"+35840{random.randint(1_000_000, 9_999_999)}"
+
+
+def test_one_open_question_per_service_and_number_and_replacing_ends_the_old_one(
+    outbound: Outbound,
+) -> None:
+    store = QuestionStore.from_settings()
+    number = _number()
+    first = store.create(_question(number))
+    with pytest.raises(QuestionConflict) as conflict:
+        store.create(_question(number))
+    assert conflict.value.open_question.question_id == first.question_id
+
+    opened = store.open_question(SERVICE, number)
+    assert opened is not None
+    second = store.create(_question(number), replacing=opened)
+    old = store.get(first.question_id)
+    assert old is not None
+    assert old.status is Q.REPLACED
+    assert old.replaced_by == second.question_id
+    now_open = store.open_question(SERVICE, number)
+    assert now_open is not None
+    assert now_open.question_id == second.question_id
+    assert store.open_question(SERVICE, _number()) is None
+
+
+def test_two_writers_end_a_question_once(outbound: Outbound) -> None:
+    store = QuestionStore.from_settings()
+    number = _number()
+    store.create(_question(number))
+    seen_by_a = store.open_question(SERVICE, number)
+    seen_by_b = store.open_question(SERVICE, number)
+    assert seen_by_a is not None
+    assert seen_by_b is not None
+    at = dt.datetime.now(dt.UTC)
+
+    answered = store.answer(
+        seen_by_a, reply="yes", matched_option="Yes", replied_at=at, reply_key="k1"
+    )
+    late = store.answer(seen_by_b, reply="no", matched_option="No", replied_at=at, reply_key="k2")
+
+    assert answered is not None
+    assert late is None  # its ETag was stale and the question is no longer open
+    final = store.get(seen_by_a.question_id)
+    assert final is not None
+    assert (final.status, final.reply, final.reply_key) == (Q.ANSWERED, "yes", "k1")
+    assert store.open_question(SERVICE, number) is None
+    # Ending it again (a timeout noticed late) leaves it as it is.
+    again = store.end(final.question_id, Q.TIMED_OUT, at=at)
+    assert again is not None
+    assert again.status is Q.ANSWERED
+
+
+def test_marking_re_prompted_keeps_the_question_open(outbound: Outbound) -> None:
+    store = QuestionStore.from_settings()
+    number = _number()
+    store.create(_question(number, reprompt="Reply YES or NO"))
+    current = store.open_question(SERVICE, number)
+    assert current is not None
+    assert store.mark_reprompted(current) is not None
+    after = store.open_question(SERVICE, number)
+    assert after is not None
+    assert after.reprompted
+    assert after.status is Q.OPEN
