@@ -1,6 +1,7 @@
-"""The inbound webhook: two storage calls, then one intake message.
+"""The inbound webhook: one storage call, the intake message (two when its URL's nonce was not
+checked in the last 30 s: the revocation read, ``shared.inbound._registry``).
 
-The webhook answers fast: it checks, then makes exactly two storage calls::
+The webhook answers fast: it checks, then makes one or two storage calls::
 
     InboundWebhook:  token signature (401) -> not revoked: one read (401) -> size (413 above 1 MiB)
                      -> JSON payload (400)

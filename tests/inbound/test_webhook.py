@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from shared import names
+from shared.clock import ManualClock
 from shared.inbound import (
     CLAIM_LEASE,
     MESSAGE_RECEIVED,
@@ -116,22 +117,33 @@ def test_inbound_message_becomes_one_cloudevent_on_the_inbound_queue(inbound: In
     assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 0
 
 
-def test_the_webhook_makes_exactly_two_storage_calls(
-    inbound: Inbound, storage_requests: list[str]
+def test_the_webhook_makes_one_storage_call_once_its_nonce_is_known_not_revoked(
+    inbound: Inbound, storage_requests: list[str], manual_clock: ManualClock
 ) -> None:
+    from shared.inbound import _registry
+
+    _registry._NOT_REVOKED.clear()  # a fresh process
     token = token_for()
     nonce = token.split(".")[2]
-    for _ in range(3):  # the first request of a fresh process too (cached clients are reset)
+    table = names.REVOKED_TOKENS_TABLE
+    check = f"GET /devstoreaccount1/{table}(PartitionKey='{TWO_WAY}',RowKey='{nonce}')"
+    intake = f"POST /devstoreaccount1/{names.INBOUND_INTAKE_QUEUE}/messages"
+    seen = []
+    for _ in range(3):
         storage_requests.clear()
         assert post(inbound, payload(), token=token).status == 202
-        assert storage_requests == [  # the revocation check, then the intake message
-            f"GET /devstoreaccount1/{names.REVOKED_TOKENS_TABLE}"
-            f"(PartitionKey='{TWO_WAY}',RowKey='{nonce}')",
-            f"POST /devstoreaccount1/{names.INBOUND_INTAKE_QUEUE}/messages",
-        ]
+        seen.append(list(storage_requests))
+    # The revocation check, then the intake message; then only the intake message.
+    assert seen == [[check, intake], [intake], [intake]]
+    manual_clock.advance(_registry.REVOCATION_CACHE_SECONDS + 1)
+    storage_requests.clear()
+    assert post(inbound, payload(), token=token).status == 202
+    assert storage_requests == [check, intake]  # checked again once the trust ran out
+
     storage_requests.clear()
     assert post(inbound, payload(), token="v1.0.forged").status == 401
     assert storage_requests == []  # a forged token costs no storage call at all
+    _registry._NOT_REVOKED.clear()
     assert post(inbound, b"{not json", token=token).status == 400
     assert [r.split()[0] for r in storage_requests] == ["GET"]  # the revocation check, no write
 
