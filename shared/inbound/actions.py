@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -45,6 +45,7 @@ from shared.inbound._registry import (
 )
 from shared.problems import Problem, ProblemType
 from shared.suppressions import ALL_SERVICES, Suppression, SuppressionStore
+from shared.triggers import TriggerKind
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -166,27 +167,32 @@ class SubscribeInput(ActionInput):
     ]
 
 
+#: The DELETE of every trigger's Location: its subscription id and the token it carries.
+SubscriptionIdPath = Annotated[
+    NonEmptyStr,
+    Param("path", "SubscriptionId"),
+    Field(
+        max_length=64,
+        description="The subscription to end (the last segment of the trigger's Location).",
+        json_schema_extra=ui("Subscription Id", visibility="internal"),
+    ),
+]
+SubscriptionTokenQuery = Annotated[
+    str | None,
+    Param("query", "token"),
+    Field(
+        None,
+        max_length=200,
+        description="The token of the trigger's Location URL, which authorizes the DELETE.",
+        json_schema_extra=ui("Token", visibility="internal"),
+    ),
+]
+
+
 class UnsubscribeInput(ActionInput):
     service: TwoWayServicePath
-    subscription_id: Annotated[
-        NonEmptyStr,
-        Param("path", "SubscriptionId"),
-        Field(
-            max_length=64,
-            description="The subscription to end (the last segment of the trigger's Location).",
-            json_schema_extra=ui("Subscription Id", visibility="internal"),
-        ),
-    ]
-    token: Annotated[
-        str | None,
-        Param("query", "token"),
-        Field(
-            None,
-            max_length=200,
-            description="The token of the trigger's Location URL, which authorizes the DELETE.",
-            json_schema_extra=ui("Token", visibility="internal"),
-        ),
-    ] = None
+    subscription_id: SubscriptionIdPath
+    token: SubscriptionTokenQuery = None
 
 
 class SubscriptionDoc(BaseModel):
@@ -315,22 +321,66 @@ def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
     return ActionResponse.empty(204)
 
 
+def open_subscription(
+    ctx: ActionContext,
+    service: str,
+    customer_id: str,
+    callback_url: str,
+    *,
+    kind: TriggerKind = TriggerKind.NEW_MESSAGE,
+    states: Literal["final", "all"] | None = None,
+) -> tuple[Subscription, str]:
+    """Store a trigger subscription with its own nonce; it and its ``Location`` (made before
+    the row: a URL that cannot be made stores nothing)."""
+    subscription = Subscription(
+        service=service,
+        subscription_id=str(uuid.uuid4()),
+        callback_url=callback_url,
+        customer_id=customer_id,
+        created_at=utcnow(),
+        nonce=new_nonce(),
+        kind=kind,
+        states=states,
+    )
+    assert subscription.nonce is not None
+    location = subscription_url(
+        ctx.settings, service, subscription.subscription_id, subscription.nonce, kind
+    )
+    _subscriptions(ctx.settings).add(subscription)
+    return subscription, location
+
+
+def subscription_to_end(
+    ctx: ActionContext, service: str, subscription_id: str, token: str | None
+) -> tuple[SubscriptionStore, Subscription | None]:
+    """The store and the subscription a trigger's DELETE ends (None: already gone); 401
+    without a valid token, 403 for a token made for another subscription of the same id."""
+    verified = verify_subscription_token(ctx.settings, service, subscription_id, token)
+    if verified is None:
+        raise Problem(
+            401,
+            "Invalid or missing token",
+            "Use the Location the subscription answered; it carries its token.",
+            type=ProblemType.VALIDATION,
+        )
+    store = _subscriptions(ctx.settings)
+    subscription = store.get(service, subscription_id)
+    if subscription is not None and not subscription.opened_by(verified):
+        raise Problem(
+            403,
+            "Invalid token",
+            "This token was made for another subscription of the same id.",
+            type=ProblemType.VALIDATION,
+        )
+    return store, subscription
+
+
 def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
     if not _registry(ctx.settings).list(inp.service):
         register_webhook(ctx, inp.customer_id, inp.service)
-    subscription = Subscription(
-        service=inp.service,
-        subscription_id=str(uuid.uuid4()),
-        callback_url=inp.body.callbackUrl,
-        customer_id=inp.customer_id,
-        created_at=utcnow(),
-        nonce=new_nonce(),
+    subscription, location = open_subscription(
+        ctx, inp.service, inp.customer_id, inp.body.callbackUrl
     )
-    assert subscription.nonce is not None
-    location = subscription_url(  # before the row: a URL that cannot be made stores nothing
-        ctx.settings, inp.service, subscription.subscription_id, subscription.nonce
-    )
-    _subscriptions(ctx.settings).add(subscription)
     return ActionResponse.json(
         {"id": subscription.subscription_id, "service": inp.service},
         status=201,
@@ -339,23 +389,7 @@ def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
 
 
 def unsubscribe(ctx: ActionContext, inp: UnsubscribeInput) -> ActionResponse:
-    token = verify_subscription_token(ctx.settings, inp.service, inp.subscription_id, inp.token)
-    if token is None:
-        raise Problem(
-            401,
-            "Invalid or missing token",
-            "Use the Location the subscription answered; it carries its token.",
-            type=ProblemType.VALIDATION,
-        )
-    store = _subscriptions(ctx.settings)
-    subscription = store.get(inp.service, inp.subscription_id)
-    if subscription is not None and not subscription.opened_by(token):
-        raise Problem(
-            403,
-            "Invalid token",
-            "This token was made for another subscription of the same id.",
-            type=ProblemType.VALIDATION,
-        )
+    store, _ = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
     # Unsubscribing twice is fine (Power Automate may repeat it).
     store.remove(inp.service, inp.subscription_id)
     return ActionResponse.json(SubscriptionDoc(id=inp.subscription_id, service=inp.service))

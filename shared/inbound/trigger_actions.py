@@ -13,7 +13,6 @@ app's webhook is registered for it if it has none, as New Message does). Any oth
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -28,15 +27,18 @@ from shared.actions._spec import (
     ResponseDoc,
 )
 from shared.actions.fields import CustomerIdHeader, HttpUrl, NonEmptyStr, service_dropdown, ui
-from shared.clock import utcnow
 from shared.inbound._registry import (
     SUBSCRIPTION_ROUTES,
-    Subscription,
-    new_nonce,
-    subscription_url,
-    verify_subscription_token,
 )
-from shared.inbound.actions import _callable_url, _registry, _subscriptions, register_webhook
+from shared.inbound.actions import (
+    SubscriptionIdPath,
+    SubscriptionTokenQuery,
+    _callable_url,
+    _registry,
+    open_subscription,
+    register_webhook,
+    subscription_to_end,
+)
 from shared.problems import FieldError, Problem, ProblemType
 from shared.triggers import (
     DeliveryReportTriggerData,
@@ -136,25 +138,8 @@ class TriggerUnsubscribeInput(ActionInput):
             json_schema_extra=ui("Service", visibility="internal"),
         ),
     ]
-    subscription_id: Annotated[
-        NonEmptyStr,
-        Param("path", "SubscriptionId"),
-        Field(
-            max_length=64,
-            description="The subscription to end (the last segment of the trigger's Location).",
-            json_schema_extra=ui("Subscription Id", visibility="internal"),
-        ),
-    ]
-    token: Annotated[
-        str | None,
-        Param("query", "token"),
-        Field(
-            None,
-            max_length=200,
-            description="The token of the trigger's Location URL, which authorizes the DELETE.",
-            json_schema_extra=ui("Token", visibility="internal"),
-        ),
-    ] = None
+    subscription_id: SubscriptionIdPath
+    token: SubscriptionTokenQuery = None
 
 
 class TriggerSubscriptionDoc(BaseModel):
@@ -203,21 +188,9 @@ def _subscribe(
     _check_service(ctx, kind, customer_id, service)
     if kind is TriggerKind.OPT_OUT and not _registry(ctx.settings).list(service):
         register_webhook(ctx, customer_id, service)  # keywords arrive through the webhook
-    subscription = Subscription(
-        service=service,
-        subscription_id=str(uuid.uuid4()),
-        callback_url=callback,
-        customer_id=customer_id,
-        created_at=utcnow(),
-        nonce=new_nonce(),
-        kind=kind,
-        states=states,
+    subscription, location = open_subscription(
+        ctx, service, customer_id, callback, kind=kind, states=states
     )
-    assert subscription.nonce is not None
-    location = subscription_url(
-        ctx.settings, service, subscription.subscription_id, subscription.nonce, kind
-    )
-    _subscriptions(ctx.settings).add(subscription)
     TriggerNotifier.for_settings(ctx.settings).forget(service)
     doc = TriggerSubscriptionDoc(id=subscription.subscription_id, service=service, kind=kind)
     return ActionResponse.json(doc.model_dump(), status=201, headers={"Location": location})
@@ -238,23 +211,7 @@ def subscribe_failures(ctx: ActionContext, inp: SendSubscribeInput) -> ActionRes
 
 
 def _unsubscribe(kind: TriggerKind, ctx: ActionContext, inp: TriggerUnsubscribeInput) -> Any:
-    token = verify_subscription_token(ctx.settings, inp.service, inp.subscription_id, inp.token)
-    if token is None:
-        raise Problem(
-            401,
-            "Invalid or missing token",
-            "Use the Location the subscription answered; it carries its token.",
-            type=ProblemType.VALIDATION,
-        )
-    store = _subscriptions(ctx.settings)
-    subscription = store.get(inp.service, inp.subscription_id)
-    if subscription is not None and not subscription.opened_by(token):
-        raise Problem(
-            403,
-            "Invalid token",
-            "This token was made for another subscription of the same id.",
-            type=ProblemType.VALIDATION,
-        )
+    store, subscription = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
     # Unsubscribing twice is fine (Power Automate may repeat it); another trigger's subscription
     # is not this route's to end.
     if subscription is not None and subscription.kind is kind:
