@@ -64,7 +64,9 @@ __all__ = [
     "CallVerdict",
     "DispatchOutcome",
     "DispatchResult",
+    "GiveUp",
     "SubscriberDispatcher",
+    "after_failure",
     "judge_call",
     "reset_dispatcher_cache",
     "retry_delay_seconds",
@@ -122,6 +124,31 @@ def retry_delay_seconds(attempts: int, *, base: float, advised: float | None) ->
     advice if longer, never more than :data:`MAX_RETRY_DELAY_SECONDS`."""
     backoff = backoff_delay(attempts, base=base, cap=MAX_RETRY_DELAY_SECONDS)
     return min(MAX_RETRY_DELAY_SECONDS, math.ceil(max(backoff, advised or 0.0)))
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Why a call to a URL we were given is not tried again (for its dead letter)."""
+
+    reason: Literal["attempts-exhausted", "rejected", "refused"]
+    detail: str
+
+
+def after_failure(
+    verdict: CallVerdict, attempts: int, *, max_attempts: int, base: float
+) -> int | GiveUp:
+    """What follows ``attempts`` calls, the last judged ``verdict`` (not delivered): seconds
+    until the next call, or why to give up. The one rule for the dispatcher and the DLR
+    forwarder."""
+    if verdict.kind == "delivered":
+        raise ValueError("a delivered call has no next step")
+    if verdict.kind != "retry":
+        return GiveUp(verdict.kind, verdict.detail)
+    if attempts >= max_attempts:
+        return GiveUp(
+            "attempts-exhausted", f"gave up after {attempts} attempts; last: {verdict.detail}"
+        )
+    return retry_delay_seconds(attempts, base=base, advised=verdict.advised)
 
 
 @dataclass(frozen=True)
@@ -217,19 +244,32 @@ class SubscriberDispatcher:
         if verdict.kind == "delivered":
             log.info("inbound event delivered to subscription %s", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.DELIVERED, verdict.status)
-        if verdict.kind == "retry":
-            return self._retry(delivery, text, verdict.status, verdict.advised, verdict.detail)
-        detail = verdict.detail
-        if verdict.kind == "rejected":
-            detail += ": the subscriber refuses this delivery"
-        return self._dead_letter(
-            verdict.kind,
-            detail,
-            text,
-            delivery=delivery,
-            attempts=delivery.attempts + 1,
-            status=verdict.status,
+        attempts = delivery.attempts + 1
+        step = after_failure(
+            verdict, attempts, max_attempts=self.max_attempts, base=self.retry_base_seconds
         )
+        if isinstance(step, GiveUp):
+            detail = step.detail
+            if step.reason == "rejected":
+                detail += ": the subscriber refuses this delivery"
+            return self._dead_letter(
+                step.reason,
+                detail,
+                text,
+                delivery=delivery,
+                attempts=attempts,
+                status=verdict.status,
+            )
+        copy = delivery.model_copy(update={"attempts": attempts})
+        self._deliveries.send_message(copy.to_json(), visibility_timeout=step)
+        log.warning(
+            "delivery to subscription %s failed (%s); attempt %d, retry in %d s",
+            delivery.subscriptionId,
+            verdict.detail,
+            attempts,
+            step,
+        )
+        return DispatchResult(DispatchOutcome.RETRY_SCHEDULED, verdict.status, step, verdict.detail)
 
     def _event(self, delivery: SubscriberDelivery) -> dict[str, Any] | None:
         """The delivery's event: carried, or read whole from its blob (None if the blob is gone
@@ -245,36 +285,6 @@ class SubscriberDispatcher:
         except ValueError:
             event = None
         return event if isinstance(event, dict) else None
-
-    def _retry(
-        self,
-        delivery: SubscriberDelivery,
-        text: str,
-        status: int | None,
-        advised: float | None,
-        detail: str,
-    ) -> DispatchResult:
-        attempts = delivery.attempts + 1
-        if attempts >= self.max_attempts:
-            return self._dead_letter(
-                "attempts-exhausted",
-                f"gave up after {attempts} attempts; last: {detail}",
-                text,
-                delivery=delivery,
-                attempts=attempts,
-                status=status,
-            )
-        seconds = retry_delay_seconds(attempts, base=self.retry_base_seconds, advised=advised)
-        copy = delivery.model_copy(update={"attempts": attempts})
-        self._deliveries.send_message(copy.to_json(), visibility_timeout=seconds)
-        log.warning(
-            "delivery to subscription %s failed (%s); attempt %d, retry in %d s",
-            delivery.subscriptionId,
-            detail,
-            attempts,
-            seconds,
-        )
-        return DispatchResult(DispatchOutcome.RETRY_SCHEDULED, status, seconds, detail)
 
     def _dead_letter(
         self,

@@ -33,8 +33,9 @@ from shared.guarded_http import GuardedClient
 from shared.inbound._dispatch import (
     DispatchOutcome,
     DispatchResult,
+    GiveUp,
+    after_failure,
     judge_call,
-    retry_delay_seconds,
 )
 from shared.names import DLR_FORWARD_DEAD_LETTER_QUEUE, DLR_FORWARD_QUEUE
 from shared.storage import QueueLike, ensured_queue
@@ -142,32 +143,25 @@ class DlrForwarder:
         attempts = forward.attempts + 1
         if verdict.kind == "delivered":
             return DispatchResult(DispatchOutcome.DELIVERED, verdict.status)
-        if verdict.kind == "retry" and attempts < self.max_attempts:
-            seconds = retry_delay_seconds(
-                attempts, base=self.retry_base_seconds, advised=verdict.advised
-            )
-            copy = forward.model_copy(update={"attempts": attempts})
-            self._forwards.send_message(copy.model_dump_json(), visibility_timeout=seconds)
-            log.warning(
-                "message %s: the caller's DlrUrl failed (%s); attempt %d, retry in %d s",
-                forward.messageId, verdict.detail, attempts, seconds,
-            )  # fmt: skip
-            return DispatchResult(
-                DispatchOutcome.RETRY_SCHEDULED, verdict.status, seconds, verdict.detail
-            )
-        if verdict.kind == "retry":
-            reason: Literal["attempts-exhausted", "rejected", "refused"] = "attempts-exhausted"
-            detail = f"gave up after {attempts} attempts; last: {verdict.detail}"
-        else:
-            reason, detail = verdict.kind, verdict.detail
-        return self._dead_letter(
-            reason,
-            detail,
-            text,
-            message_id=forward.messageId,
-            attempts=attempts,
-            status=verdict.status,
+        step = after_failure(
+            verdict, attempts, max_attempts=self.max_attempts, base=self.retry_base_seconds
         )
+        if isinstance(step, GiveUp):
+            return self._dead_letter(
+                step.reason,
+                step.detail,
+                text,
+                message_id=forward.messageId,
+                attempts=attempts,
+                status=verdict.status,
+            )
+        copy = forward.model_copy(update={"attempts": attempts})
+        self._forwards.send_message(copy.model_dump_json(), visibility_timeout=step)
+        log.warning(
+            "message %s: the caller's DlrUrl failed (%s); attempt %d, retry in %d s",
+            forward.messageId, verdict.detail, attempts, step,
+        )  # fmt: skip
+        return DispatchResult(DispatchOutcome.RETRY_SCHEDULED, verdict.status, step, verdict.detail)
 
     def _dead_letter(
         self,
