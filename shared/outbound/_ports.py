@@ -48,6 +48,8 @@ class SendPolicy:
     #: the public URL. While any is, messages are deferred, not sent (see
     #: :func:`shared.health.settings_errors`).
     broken_settings: tuple[str, ...] = ()
+    #: The connection (SmartDialog account) these ports send through.
+    connection: str = "default"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:
@@ -65,6 +67,7 @@ class SendPolicy:
             service_id=settings.service_id,
             pack_max_recipients=settings.pack_max_recipients,
             broken_settings=tuple(dict.fromkeys(e.field for e in settings_errors(settings))),
+            connection=settings.connection,
         )
 
 
@@ -90,10 +93,12 @@ class SendPorts:
         return utcnow(self.clock)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=32)
 def send_ports(settings: Settings) -> SendPorts:
     """The composition root: the ports of ``settings``, built once per settings object (so the
-    HTTP connection pool and the quota store are shared by invocations and threads)."""
+    HTTP connection pool and the quota store are shared by invocations and threads); a named
+    connection's settings are their own object, so each connection has its own client, token
+    cache and quota."""
     import httpx
 
     from shared import clock

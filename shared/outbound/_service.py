@@ -34,9 +34,11 @@ from shared.outbound._models import (
     OutboundMessage,
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
+    text_connection,
 )
 from shared.outbound._records import command_text, new_record, normalize, queued_text
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.settings import DEFAULT_CONNECTION
 from shared.storage import PayloadStore, QueueLike, ensured_queue, fits_queue
 
 if TYPE_CHECKING:
@@ -120,13 +122,16 @@ class SendService:
         require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
         customer = command.customerId or self.settings.customer_id or ""
+        named = None if self.settings.connection == DEFAULT_CONNECTION else self.settings.connection
+        if named is not None:  # the sender takes it through this connection
+            command = command.model_copy(update={"Connection": named})
         key = idempotency_key or getattr(command.body, "RequestId", None)
         message_id = message_id or str(uuid.uuid4())  # chosen by the caller: a question's send
         key_hash: str | None = None
         replay = False
         claimed_at: dt.datetime | None = None  # when another request claimed the key
         if key:
-            key_hash = idempotency_key_hash(customer, key)
+            key_hash = idempotency_key_hash(customer, key, named)
             fingerprint = request_fingerprint(command)
             entry = self.idempotency.claim(
                 key_hash,
@@ -292,6 +297,7 @@ class SendService:
             "Attempts": record.attempts,
             "CreatedAt": record.created_at.isoformat(),
             "ValidUntil": record.valid_until.isoformat(),
+            "Connection": text_connection(record.command),
         }
         if record.last_error is not None:
             body["LastError"] = record.last_error.model_dump(exclude_none=True)
@@ -323,6 +329,7 @@ class SendService:
         )
         doc = problem.to_dict()
         doc["id"] = record.message_id
+        doc["connection"] = text_connection(record.command)
         if failure is not None:
             doc.update(code=failure.code, attempts=failure.attempts)
             if failure.upstreamStatus is not None:
@@ -418,12 +425,13 @@ def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str
     doc[name("Status")] = str(record.status)
     doc[name("RequestId")] = record.request_id
     doc[name("Attempts")] = record.attempts
+    doc[name("Connection")] = text_connection(record.command)
     if record.sent_at is not None:
         doc[name("SentAt")] = record.sent_at.isoformat()
     return {k: v for k, v in doc.items() if v is not None}
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=32)
 def outbound_queue(settings: Settings) -> QueueLike:
     """The send actions' port to ``smartdialog-outbound`` (the queue exists; one client per
     settings object)."""

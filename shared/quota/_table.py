@@ -141,9 +141,14 @@ def connection_key(settings: Settings) -> str:
 
     Never contains a secret. Two configurations that reach the same upstream with
     the same client share a key (and a quota); that may over-limit, never over-admit.
+    A named connection's key also has its name (each connection has its own quota).
     """
+    from shared.settings import DEFAULT_CONNECTION
+
     base_url = settings.base_url.lower()
     identity = settings.client_id or ("static-token" if settings.access_token else "")
+    if settings.connection != DEFAULT_CONNECTION:  # the default's key predates connections
+        identity += f"\nconnection:{settings.connection}"
     digest = hashlib.sha256(f"{base_url}\n{identity}".encode()).hexdigest()[:24]
     host = "".join(c for c in urlsplit(base_url).netloc if c.isalnum() or c in ".-:") or "upstream"
     return f"{host}~{digest}"
