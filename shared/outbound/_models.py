@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import hashlib
 import json
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,7 @@ __all__ = [
     "derive_message_id",
     "parse_outbound_message",
     "parse_queue_message",
+    "readable_message_id",
     "request_fingerprint",
     "request_message_id",
     "text_connection",
@@ -290,6 +292,28 @@ def request_message_id(customer: str, request_id: str, connection: str | None = 
     message."""
     scope = f"request-id\n{customer}" + (f"\n{connection}" if connection else "")
     return derive_message_id(scope, request_id)
+
+
+def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
+    """The message id of a queue message that may not parse as a command: its ``messageId``
+    if it has one of our shape, else the one its ``body.RequestId`` gives (as the sender
+    derives it, with ``customer_id`` as the default customer), else None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    found = value.get("messageId")
+    if isinstance(found, str) and re.match(OUTBOUND_MESSAGE_ID_PATTERN, found):
+        return found
+    body = value.get("body")
+    request_id = body.get("RequestId") if isinstance(body, dict) else None
+    customer = value.get("customerId") or customer_id or ""
+    if found is None and isinstance(request_id, str) and request_id and isinstance(customer, str):
+        named = text_connection(text)
+        return request_message_id(customer, request_id, None if named == "default" else named)
+    return None
 
 
 def request_fingerprint(command: OutboundMessage) -> str:
