@@ -90,15 +90,15 @@ class UnknownConnection(Problem):
 class CustomerNotServed(Problem):
     """400: the named connection does not serve the request's customer."""
 
-    def __init__(self, connection: str, customer_id: str) -> None:
+    def __init__(self, connection: str, customer_id: str, field: str = "CustomerId") -> None:
         super().__init__(
             400,
             "The request is not valid",
-            "Correct these fields and send the request again: CustomerId.",
+            f"Correct these fields and send the request again: {field}.",
             type=ProblemType.VALIDATION,
             errors=[
                 FieldError(
-                    "CustomerId",
+                    field,
                     f"Connection {connection} does not serve customer {customer_id}: name "
                     "another connection, or leave the connection out to route by customer.",
                 )
@@ -187,9 +187,12 @@ def connection_errors() -> list[FieldError]:
     return connections().all_errors()
 
 
-def route(connection: str | None, customer_id: str | None) -> str:
+def route(
+    connection: str | None, customer_id: str | None, *, customer_field: str = "CustomerId"
+) -> str:
     """The connection of a request: the one named (which must serve ``customer_id``, if
-    given), else the one claiming ``customer_id``, else ``default``. Raises
+    given, else 400 naming ``customer_field``), else the one claiming ``customer_id``, else
+    ``default``. Raises
     :class:`UnknownConnection`, :class:`CustomerNotServed` or :class:`ConnectionNotConfigured`."""
     found = connections()
     if found.errors:
@@ -200,7 +203,7 @@ def route(connection: str | None, customer_id: str | None) -> str:
         if name not in found.by_name:
             raise UnknownConnection(connection.strip())
         if customer is not None and found.claims.get(customer, DEFAULT_CONNECTION) != name:
-            raise CustomerNotServed(name, customer)
+            raise CustomerNotServed(name, customer, customer_field)
         return name
     if customer is not None:
         return found.claims.get(customer, DEFAULT_CONNECTION)

@@ -314,6 +314,7 @@ def routed_settings(
 
     header = request.header(CONNECTION_HEADER)
     customer: str | None = None
+    field = "CustomerId"
     for info in model.model_fields.values():
         marker = _marker(info)
         if (
@@ -323,9 +324,9 @@ def routed_settings(
         ):
             value = request.header(marker.name) if marker.location == "header" else None
             if present(value):
-                customer = stripped(value)
+                customer, field = stripped(value), marker.name
                 break
-    name = route(header, customer)
+    name = route(header, customer, customer_field=field)
     return settings if is_default(name) else connection_settings(name)
 
 

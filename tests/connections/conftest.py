@@ -1,0 +1,95 @@
+"""Fixtures for the connections tests: two SmartDialog accounts side by side.
+
+The default connection (the plain ``SMARTDIALOG_*`` settings) talks to one sandbox; the
+connection ``second`` to another sandbox instance with its own token (``sandbox-token-2``), so
+its own quota and request log: what each instance received is what each account sent.
+``second`` serves customer 1002 (a seed customer of every sandbox), the default 1001.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from devhost.azurite import Azurite
+from sandbox.server import SandboxServer
+from shared.connections import reset_connections_cache
+from shared.outbound import reset_sender_cache
+from shared.settings import reset_settings_cache
+from tests.outbound.conftest import Outbound, _wire
+
+SECOND_TOKEN = "sandbox-token-2"  # noqa: S105 - the sandbox's public test token
+SECOND_CUSTOMER = "1002"
+SECOND_SERVICE = "s-1002-oneway"
+
+
+@dataclass
+class TwoConnections:
+    """The default connection's wiring (``env``) plus the second account's sandbox."""
+
+    env: Outbound
+    second: SandboxServer
+
+    def set_connection(self, name: str, **settings: Any) -> None:
+        """Set ``SMARTDIALOG_CONNECTIONS__<name>__<SETTING>`` app settings."""
+        for setting, value in settings.items():
+            self.env.monkeypatch.setenv(f"SMARTDIALOG_CONNECTIONS__{name}__{setting}", str(value))
+        forget_settings()
+
+    def drop_connection(self, name: str, *settings: str) -> None:
+        for setting in settings:
+            self.env.monkeypatch.delenv(f"SMARTDIALOG_CONNECTIONS__{name}__{setting}")
+        forget_settings()
+
+    def second_upstream(self, operation: str = "SendMessage") -> list[dict[str, Any]]:
+        """Requests the second account's sandbox received for ``operation``."""
+        return [
+            r for r in self.second.state.snapshot("requests") if r.get("operationId") == operation
+        ]
+
+
+def forget_settings() -> None:
+    reset_settings_cache()
+    reset_connections_cache()
+    reset_sender_cache()
+
+
+@pytest.fixture(scope="session")
+def second_sandbox() -> Iterator[SandboxServer]:
+    server = SandboxServer(dlr_delay=0.05, slow_seconds=1.0, static_token=SECOND_TOKEN).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def first_sandbox() -> Iterator[SandboxServer]:
+    server = SandboxServer(dlr_delay=0.05, slow_seconds=1.0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def two(
+    azurite: Azurite,
+    first_sandbox: SandboxServer,
+    second_sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[TwoConnections]:
+    """Default -> the first sandbox (customer 1001); ``second`` -> the second sandbox (1002)."""
+    second_sandbox.reset()
+    env = _wire(monkeypatch, azurite, first_sandbox)
+    pair = TwoConnections(env, second_sandbox)
+    pair.set_connection(
+        "SECOND",
+        BASE_URL=second_sandbox.api_url,
+        ACCESS_TOKEN=SECOND_TOKEN,
+        CUSTOMERS=SECOND_CUSTOMER,
+        CUSTOMER_ID=SECOND_CUSTOMER,
+        SERVICE_ID=SECOND_SERVICE,
+        QUOTA_CALLS=2000,
+    )
+    yield pair
+    forget_settings()
