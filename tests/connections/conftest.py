@@ -8,6 +8,7 @@ its own quota and request log: what each instance received is what each account 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
 from tests.outbound.conftest import Outbound, _wire
 
-SECOND_TOKEN = "sandbox-token-2"  # noqa: S105 - the sandbox's public test token
+SECOND_TOKEN = "sandbox-token-2"
 SECOND_CUSTOMER = "1002"
 SECOND_SERVICE = "s-1002-oneway"
 
@@ -55,6 +56,18 @@ def forget_settings() -> None:
     reset_settings_cache()
     reset_connections_cache()
     reset_sender_cache()
+
+
+def forget_quota_logs() -> None:
+    """Empty the quota table (every connection's sliding log)."""
+    from shared.names import QUOTA_TABLE
+    from shared.storage import table_client
+
+    table = table_client(QUOTA_TABLE)
+    with contextlib.suppress(Exception):
+        table.create_table()
+    for entity in table.list_entities():
+        table.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
 
 @pytest.fixture(scope="session")

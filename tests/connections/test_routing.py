@@ -65,7 +65,8 @@ def test_a_customer_the_named_connection_does_not_serve_is_400_and_writes_nothin
     default_answer = send({CONNECTION_HEADER: "default", "Customer-Id": SECOND_CUSTOMER})
     assert default_answer.status == 400
     assert two.env.queued() == 0
-    assert two.env.upstream() == [] and two.second_upstream() == []
+    assert two.env.upstream() == []
+    assert two.second_upstream() == []
 
 
 def test_the_same_request_id_on_two_connections_is_two_messages(two: TwoConnections) -> None:
