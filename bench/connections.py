@@ -9,7 +9,7 @@ span of its calls), the most calls in any window of the period, upstream 429s, d
 lost sends; and the combined calls per minute (two connections: twice one connection's). The
 figure is the median of ``SMARTDIALOG_BENCH_CONNECTIONS_RUNS`` runs (default 3; about 3 minutes
 each at the real rate). ``python -m bench.connections --compressed`` runs once at a compressed
-quota (40 calls / 4 s + 0.1 s) for a quick look.
+quota (10 calls / 4 s + 0.1 s, 121 sends each) for a quick look.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ RUNS = int(os.environ.get("SMARTDIALOG_BENCH_CONNECTIONS_RUNS") or 3)
 MESSAGES = 301
 WORKERS = 4
 REAL = (100, 60.0, 0.25)
-COMPRESSED = (40, 4.0, 0.1)
+COMPRESSED = (10, 4.0, 0.1)
 SECOND_TOKEN = "sandbox-token-2"
 #: (connection, its Connection field, customer, service) of each account.
 ACCOUNTS = (
@@ -220,11 +220,11 @@ def measure() -> list[FigureRow]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--compressed", action="store_true", help="40 calls / 4 s, one run")
+    parser.add_argument("--compressed", action="store_true", help="10 calls / 4 s, one run")
     parser.add_argument("--messages", type=int, default=None, help="sends per connection")
     args = parser.parse_args()
     quota = COMPRESSED if args.compressed else REAL
-    messages = args.messages or (281 if args.compressed else MESSAGES)
+    messages = args.messages or (121 if args.compressed else MESSAGES)
     print(json.dumps(run_two_connections(messages=messages, quota=quota), indent=2))
 
 
