@@ -122,3 +122,33 @@ def test_list_connections_names_customers_and_never_secrets(two: TwoConnections)
         },
     ]
     assert "token" not in str(answer.body).lower()
+
+
+def test_notification_rules_may_name_a_connection_the_app_has(two: TwoConnections) -> None:
+    import json
+    from pathlib import Path
+
+    from shared.notify._intake import parse_object
+    from shared.notify._notify import Notifier
+    from shared.notify._rules import Rule, rule_errors
+    from shared.settings import get_settings
+
+    alert = json.loads(
+        (
+            Path(__file__).parent.parent / "events" / "fixtures" / "alert-activated.cloudevent.json"
+        ).read_text()
+    )
+    document = {
+        "Id": "cpu",
+        "Match": {"EventType": "Microsoft.AlertsManagement.Alert.Activated"},
+        "Message": {"Sender": "Ops", "Content": "fired"},
+        "Recipients": {"Numbers": ["+358400000011"]},
+        "Connection": "SECOND",
+    }
+    rule = Rule.model_validate(document)
+    assert rule_errors(rule) == []
+    assert rule_errors(Rule.model_validate({**document, "Connection": "sales"})) == [
+        ("Connection", "No connection is named 'sales'.")
+    ]
+    [planned] = Notifier(get_settings()).plan(parse_object(alert), rules=[rule], dry_run=True).sends
+    assert planned.command.Connection == "second"
