@@ -400,6 +400,7 @@ class MessageCancelledData(BaseModel):
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
+    connection: str = Field("default", description="The connection it was to be sent through.")
 
 
 class MessageRedrivenData(BaseModel):

@@ -235,8 +235,13 @@ class SendService:
         if record.batch_id is not None and record.pack_id is not None:
             from shared.outbound._models import PackDriver
 
-            driver = PackDriver(packId=record.pack_id, batchId=record.batch_id)
-            outbound_queue(self.settings).send_message(driver.model_dump_json())
+            named = text_connection(record.command)
+            driver = PackDriver(
+                packId=record.pack_id,
+                batchId=record.batch_id,
+                Connection=None if named == DEFAULT_CONNECTION else named,
+            )
+            outbound_queue(self.settings).send_message(driver.model_dump_json(exclude_none=True))
             return record
         outbound_queue(self.settings).send_message(self._queued(record.command, record.message_id))
         return self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock()) or (
@@ -374,6 +379,7 @@ class SendService:
                 operation=Operation(done.operation),
                 customerId=done.customer_id,
                 serviceId=done.service_id,
+                connection=text_connection(done.command),
             )
             event = make_event(
                 MESSAGE_CANCELLED,
