@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared.actions._spec import ActionRequest, ActionResponse
+from shared.inbound._registry import WEBHOOK_CONNECTION_PARAMETER
 from shared.problems import Problem, internal_error
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
 
@@ -76,7 +77,12 @@ def receive_inbound(request: ActionRequest, settings: Settings | None = None) ->
 
         receiver = _receiver(settings or get_settings())
         service = request.route_params.get("Service", "")
-        result = receiver.receive(service, request.query.get(TOKEN_QUERY_PARAMETER), request.body)
+        result = receiver.receive(
+            service,
+            request.query.get(TOKEN_QUERY_PARAMETER),
+            request.body,
+            request.query.get(WEBHOOK_CONNECTION_PARAMETER),
+        )
         return ActionResponse.json(result.body(), status=202)
 
     return _answer("InboundWebhook", request, run)

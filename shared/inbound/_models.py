@@ -82,6 +82,11 @@ class InboundIntake(BaseModel):
     )
     receivedAt: dt.datetime = Field(description="When the webhook accepted this call (UTC).")
     traceparent: str | None = Field(None, description="W3C trace context of the webhook call.")
+    connection: str | None = Field(
+        None,
+        min_length=1,
+        description="The named connection whose webhook it was (absent: default).",
+    )
     payload: NewMessagePayload | None = Field(
         None, description="The validated payload; absent when it is in `payloadBlob`."
     )
@@ -124,6 +129,7 @@ class InboundMessageData(BaseModel):
         )
     )
     service: str = Field(description="The 2-way service whose webhook received it.")
+    connection: str = Field("default", description="The connection whose webhook received it.")
     receivedAt: dt.datetime = Field(
         description=(
             "When our webhook accepted it (UTC); for a message SmartDialog delivered more than "

@@ -312,7 +312,9 @@ class InboundProcessor:
             self._intake.send_message(text, visibility_timeout=seconds)
             log.info("inbound %s for service %s: in flight, deferred %d s", key, service, seconds)
             return ProcessResult("deferred", event_id, retry_after=seconds)
-        count = self._publish(service, key, event_id, self._payload(intake), claim.received_at)
+        count = self._publish(
+            service, key, event_id, self._payload(intake), claim.received_at, intake.connection
+        )
         self.seen.mark_published(service, key)
         log.info("inbound %s for service %s published to %d subscriber(s)", key, service, count)
         return ProcessResult("published", event_id, count)
@@ -354,6 +356,7 @@ class InboundProcessor:
         event_id: str,
         payload: NewMessagePayload,
         received_at: dt.datetime,
+        connection: str | None = None,
     ) -> int:
         keyword = self._apply_opt_out(service, key, payload, received_at)
         notify_opt_out(self.settings, service, key, payload, keyword, received_at)
@@ -368,6 +371,7 @@ class InboundProcessor:
             attachments=payload.attachments,
             messageId=key,
             service=service,
+            connection=connection or "default",
             receivedAt=received_at,
             optOut=keyword,
         )

@@ -25,6 +25,7 @@ from urllib.parse import quote
 from shared.clock import current
 from shared.clock import utcnow as _now
 from shared.names import REVOKED_TOKENS_TABLE, SUBSCRIPTIONS_TABLE, WEBHOOKS_TABLE
+from shared.settings import DEFAULT_CONNECTION
 from shared.signing import (
     TOKEN_QUERY_PARAMETER,
     TokenPurpose,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SUBSCRIPTION_ROUTES",
+    "WEBHOOK_CONNECTION_PARAMETER",
     "Subscription",
     "SubscriptionStore",
     "WebhookRegistration",
@@ -59,6 +61,8 @@ __all__ = [
 # Token subjects: one purpose (webhook) for both kinds of URL SmartDialog or a flow holds, told
 # apart by the subject's namespace, so a webhook token never opens an unsubscribe URL.
 _SERVICE_SUBJECT = "service/{}"
+#: The webhook URL's query parameter naming a named connection (signed in its token).
+WEBHOOK_CONNECTION_PARAMETER = "connection"
 _SUBSCRIPTION_SUBJECT = "subscription/{}/{}"
 
 #: The route (below ``/api``) of each trigger's subscriptions; a subscription's ``Location`` is
@@ -74,30 +78,40 @@ SUBSCRIPTION_ROUTES: dict[TriggerKind, str] = {
 def webhook_url(settings: Settings, service: str, nonce: str) -> str:
     """Our inbound webhook for ``service`` and the registration of ``nonce``, carrying a token
     signed with the newest secret. It never expires: it works until that registration is
-    removed (its nonce is then revoked)."""
+    removed (its nonce is then revoked). A named connection's URL says which (query
+    ``connection``), and its token is signed for that connection too."""
+    named = None if settings.connection == DEFAULT_CONNECTION else settings.connection
     token = sign(
         TokenPurpose.WEBHOOK,
-        _SERVICE_SUBJECT.format(service),
+        _webhook_subject(service, named),
         nonce=nonce,
         secrets=settings.callback_secret_list,
     )
+    label = f"&{WEBHOOK_CONNECTION_PARAMETER}={quote(named, safe='')}" if named else ""
     return (
         f"{settings.api_base_url}/callbacks/inbound/{quote(service, safe='')}"
-        f"?{TOKEN_QUERY_PARAMETER}={token}"
+        f"?{TOKEN_QUERY_PARAMETER}={token}{label}"
     )
 
 
 def verify_webhook_token(
-    settings: Settings, service: str, token: str | None
+    settings: Settings, service: str, token: str | None, connection: str | None = None
 ) -> VerifiedToken | None:
-    """The token, if it was signed for the webhook of ``service`` (the signature only: whether
-    its registration was revoked is :meth:`WebhookRegistry.revoked`)."""
+    """The token, if it was signed for the webhook of ``service`` (of the named
+    ``connection``, None: the default) (the signature only: whether its registration was
+    revoked is :meth:`WebhookRegistry.revoked`)."""
     return verified(
         token,
         TokenPurpose.WEBHOOK,
-        _SERVICE_SUBJECT.format(service),
+        _webhook_subject(service, connection),
         secrets=settings.callback_secret_list,
     )
+
+
+def _webhook_subject(service: str, connection: str | None) -> str:
+    # The default's subject predates connections: its registered URLs keep working.
+    subject = _SERVICE_SUBJECT.format(service)
+    return f"{subject}@{connection}" if connection else subject
 
 
 def subscription_url(

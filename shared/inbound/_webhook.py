@@ -128,10 +128,11 @@ class InboundReceiver:
             payloads=PayloadStore.from_settings(settings),
         )
 
-    def authenticate(self, service: str, token: str | None) -> None:
-        """401 unless ``token`` opens the webhook of ``service`` under one of the secrets and its
-        registration was not revoked (the signature first: a forged token costs no storage)."""
-        verified = verify_webhook_token(self.settings, service, token)
+    def authenticate(self, service: str, token: str | None, connection: str | None = None) -> None:
+        """401 unless ``token`` opens the webhook of ``service`` (of the named ``connection``)
+        under one of the secrets and its registration was not revoked (the signature first: a
+        forged token costs no storage)."""
+        verified = verify_webhook_token(self.settings, service, token, connection)
         if verified is None or self._revoked(service, verified):
             raise Problem(
                 401,
@@ -169,11 +170,15 @@ class InboundReceiver:
                 errors=errors,
             ) from None
 
-    def receive(self, service: str, token: str | None, body: bytes) -> InboundResult:
+    def receive(
+        self, service: str, token: str | None, body: bytes, connection: str | None = None
+    ) -> InboundResult:
         """Authenticate, parse, put one intake message (a payload too large for one goes by
-        reference: a blob, then the intake message naming it). Raises :class:`Problem` (401,
+        reference: a blob, then the intake message naming it). ``connection``: the named
+        connection the webhook URL says (signed in its token). Raises :class:`Problem` (401,
         413, 400); a storage error propagates (500, SmartDialog retries)."""
-        self.authenticate(service, token)
+        connection = connection or None
+        self.authenticate(service, token, connection)
         if len(body) > MAX_INBOUND_BODY_BYTES:
             raise Problem(
                 413,
@@ -194,6 +199,7 @@ class InboundReceiver:
                 receivedAt=self._clock(),
                 traceparent=telemetry.current_traceparent(),
                 payload=payload,
+                connection=connection,
             )
             text = intake.model_dump_json(exclude_none=True)
             if not fits_queue(text):

@@ -434,6 +434,7 @@ _TITLES = {
     "attachments": "Attachments",
     "messageId": "Message Id",
     "service": "Service",
+    "connection": "Connection",
     "receivedAt": "Received at",
     "optOut": "Opt-out keyword",
     "part": "Message Part",
