@@ -5,8 +5,8 @@ customers it serves. Today's plain ``SMARTDIALOG_*`` settings are the connection
 others are named by app settings ``SMARTDIALOG_CONNECTIONS__<NAME>__<SETTING>`` (``NAME`` is
 case-insensitive; the connection's name is ``NAME`` lower-cased with ``_`` turned into ``-``).
 ``SETTING`` is any ``SMARTDIALOG_*`` setting without its prefix (it falls back to the app-wide
-value) or ``CUSTOMERS``; credentials, ``CUSTOMER_ID`` and ``SERVICE_ID`` belong to the account
-and never fall back.
+value; not the app's own callback secrets and public URL) or ``CUSTOMERS``; credentials,
+``CUSTOMER_ID`` and ``SERVICE_ID`` belong to the account and never fall back.
 
 Everything is read on first use (:func:`connections`), never at import. Configuration errors
 (a malformed or unknown setting, duplicate names, a customer claimed twice, missing
@@ -72,6 +72,9 @@ OWN_SETTINGS = (
     "SERVICE_ID",
 )
 CUSTOMERS = "CUSTOMERS"
+#: Settings of the app, not of an account: the URLs and tokens we hand out are checked by
+#: functions that do not route (status, delivery-report and webhook URLs).
+APP_WIDE = ("CALLBACK_SECRETS", "PUBLIC_BASE_URL")
 
 
 class UnknownConnection(Problem):
@@ -342,6 +345,13 @@ def _connection(
     for setting, value in given.items():
         if setting == CUSTOMERS:
             customers.extend(c.strip() for c in value.split(",") if c.strip())
+        elif setting in APP_WIDE:
+            errors.append(
+                FieldError(
+                    f"{prefix}__{setting}",
+                    f"Connection {name}: {setting} is app-wide: set SMARTDIALOG_{setting} only.",
+                )
+            )
         elif _SETTING_PREFIX + setting in aliases:
             if value.strip():  # empty: not given (as the app-wide settings)
                 values[_SETTING_PREFIX + setting] = value

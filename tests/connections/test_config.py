@@ -62,6 +62,7 @@ def test_credentials_and_account_defaults_never_fall_back(two: TwoConnections) -
         ({"ACCESS_TOKEN": "t3", "QUOTA_CALLS": "0"}, "__QUOTA_CALLS", "greater than 0"),
         ({"ACCESS_TOKEN": "t3", "ACESS_TOKEN": "typo"}, "__ACESS_TOKEN", "not a setting"),
         ({"ACCESS_TOKEN": "t3", "CUSTOMERS": "1001"}, "SMARTDIALOG_CUSTOMER_ID", "claimed by"),
+        ({"ACCESS_TOKEN": "t3", "CALLBACK_SECRETS": "x" * 40}, "__CALLBACK_SECRETS", "app-wide"),
     ],
 )
 def test_each_configuration_error_makes_health_503_naming_the_connection(
