@@ -13,7 +13,12 @@ from shared.outbound import OutboundSender, OutcomeKind
 from shared.outbound._models import parse_outbound_message, request_message_id
 from shared.outbound._records import pack_key
 from shared.quota import connection_key
-from tests.connections.conftest import SECOND_CUSTOMER, SECOND_SERVICE, TwoConnections
+from tests.connections.conftest import (
+    SECOND_CUSTOMER,
+    SECOND_SERVICE,
+    TwoConnections,
+    forget_quota_logs,
+)
 from tests.outbound.conftest import call_http, sms
 
 
@@ -85,3 +90,16 @@ def test_a_misconfigured_connection_defers_its_sends_until_fixed(two: TwoConnect
     sent = OutboundSender.from_settings().process(text, queue_message_id="q1")
     assert sent.kind is OutcomeKind.SENT
     assert len(two.second_upstream()) == 1
+
+
+def test_the_operations_overview_shows_each_connections_quota(two: TwoConnections) -> None:
+    from shared.ops._overview import overview
+    from shared.settings import get_settings
+
+    forget_quota_logs()
+    call_http("GetUserCustomers", "GET", headers={CONNECTION_HEADER: "second"})
+    quotas = {q.connection: q for q in overview(get_settings()).quotas}
+    assert set(quotas) == {"default", "second"}
+    assert quotas["second"].calls == 2000
+    assert quotas["second"].used == 1
+    assert quotas["second"].key != quotas["default"].key
