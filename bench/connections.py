@@ -43,10 +43,21 @@ WORKERS = 4
 REAL = (100, 60.0, 0.25)
 COMPRESSED = (10, 4.0, 0.1)
 SECOND_TOKEN = "sandbox-token-2"
+
+
+def _second_customer() -> str:
+    """The sandbox's second account's customer (2001; 1002 before the sandbox had accounts)."""
+    from pathlib import Path
+
+    seed = (Path(__file__).resolve().parent.parent / "sandbox" / "seed.json").read_text("utf-8")
+    return "2001" if '"2001"' in seed else "1002"
+
+
+SECOND_CUSTOMER = _second_customer()
 #: (connection, its Connection field, customer, service) of each account.
 ACCOUNTS = (
     ("default", None, "1001", "s-1001-oneway"),
-    ("second", "second", "1002", "s-1002-oneway"),
+    ("second", "second", SECOND_CUSTOMER, f"s-{SECOND_CUSTOMER}-oneway"),
 )
 DELIVERED = "+358400000001"
 
@@ -81,9 +92,9 @@ def run_two_connections(
         "SMARTDIALOG_SEND_RETRY_BASE_SECONDS": "1",
         "SMARTDIALOG_CONNECTIONS__SECOND__BASE_URL": second.api_url,
         "SMARTDIALOG_CONNECTIONS__SECOND__ACCESS_TOKEN": SECOND_TOKEN,
-        "SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMERS": "1002",
-        "SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMER_ID": "1002",
-        "SMARTDIALOG_CONNECTIONS__SECOND__SERVICE_ID": "s-1002-oneway",
+        "SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMERS": SECOND_CUSTOMER,
+        "SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMER_ID": SECOND_CUSTOMER,
+        "SMARTDIALOG_CONNECTIONS__SECOND__SERVICE_ID": f"s-{SECOND_CUSTOMER}-oneway",
     }
     run = uuid.uuid4().hex[:8]
     try:

@@ -3,14 +3,17 @@
 The default connection (the plain ``SMARTDIALOG_*`` settings) talks to one sandbox; the
 connection ``second`` to another sandbox instance with its own token (``sandbox-token-2``), so
 its own quota and request log: what each instance received is what each account sent.
-``second`` serves customer 1002 (a seed customer of every sandbox), the default 1001.
+``second`` serves the sandbox's second account's customer (2001; 1002 before the sandbox had
+accounts of its own), the default 1001.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +26,18 @@ from shared.settings import reset_settings_cache
 from tests.outbound.conftest import Outbound, _wire
 
 SECOND_TOKEN = "sandbox-token-2"
-SECOND_CUSTOMER = "1002"
-SECOND_SERVICE = "s-1002-oneway"
+
+
+def _second_customer() -> str:
+    """The second account's customer: 2001 once the sandbox seeds a second account (each token
+    its own customers), else 1002 (every token sees every seed customer)."""
+    seed = json.loads((Path(__file__).parents[2] / "sandbox" / "seed.json").read_text("utf-8"))
+    return "2001" if "2001" in json.dumps(seed) else "1002"
+
+
+SECOND_CUSTOMER = _second_customer()
+SECOND_SERVICE = f"s-{SECOND_CUSTOMER}-oneway"
+SECOND_TWO_WAY = f"s-{SECOND_CUSTOMER}-twoway"
 
 
 @dataclass
@@ -91,7 +104,7 @@ def two(
     second_sandbox: SandboxServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[TwoConnections]:
-    """Default -> the first sandbox (customer 1001); ``second`` -> the second sandbox (1002)."""
+    """Default -> the first sandbox (customer 1001); ``second`` -> the second sandbox."""
     second_sandbox.reset()
     env = _wire(monkeypatch, azurite, first_sandbox)
     pair = TwoConnections(env, second_sandbox)

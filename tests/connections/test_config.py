@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 
 from shared.connections import connection_settings, connections, list_connections, route
-from tests.connections.conftest import SECOND_CUSTOMER, SECOND_TOKEN, TwoConnections
+from tests.connections.conftest import (
+    SECOND_CUSTOMER,
+    SECOND_SERVICE,
+    SECOND_TOKEN,
+    TwoConnections,
+)
 from tests.outbound.conftest import call_http
 
 
@@ -119,7 +124,7 @@ def test_list_connections_names_customers_and_never_secrets(two: TwoConnections)
             "Name": "second",
             "Customers": [SECOND_CUSTOMER],
             "CustomerId": SECOND_CUSTOMER,
-            "ServiceId": "s-1002-oneway",
+            "ServiceId": SECOND_SERVICE,
         },
     ]
     assert "token" not in str(answer.body).lower()

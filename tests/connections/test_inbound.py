@@ -12,10 +12,8 @@ from azure.functions.queue import QueueMessage
 from shared import names
 from shared.connections import CONNECTION_HEADER
 from shared.storage import queue_client
-from tests.connections.conftest import TwoConnections
+from tests.connections.conftest import SECOND_TWO_WAY, TwoConnections
 from tests.outbound.conftest import app_function, call_http
-
-SECOND_TWO_WAY = "s-1002-twoway"
 
 
 def fresh_inbound_queues() -> None:
