@@ -81,7 +81,10 @@ def run_two_connections(
     azurite = start_azurite()
     sandboxes = {
         "default": SandboxProcess(calls, period),
-        "second": SandboxProcess(calls, period, token=SECOND_TOKEN),
+        # A sandbox with accounts knows sandbox-token-2 as its second account's.
+        "second": SandboxProcess(calls, period)
+        if SECOND_CUSTOMER == "2001"
+        else SandboxProcess(calls, period, token=SECOND_TOKEN),
     }
     second = sandboxes["second"]
     env = {

@@ -1,8 +1,9 @@
 """Fixtures for the connections tests: two SmartDialog accounts side by side.
 
 The default connection (the plain ``SMARTDIALOG_*`` settings) talks to one sandbox; the
-connection ``second`` to another sandbox instance with its own token (``sandbox-token-2``), so
-its own quota and request log: what each instance received is what each account sent.
+connection ``second`` to another sandbox instance with the second account's token
+(``sandbox-token-2``), so its own quota and request log: what each instance received is what
+each account sent.
 ``second`` serves the sandbox's second account's customer (2001; 1002 before the sandbox had
 accounts of its own), the default 1001.
 """
@@ -85,7 +86,10 @@ def forget_quota_logs() -> None:
 
 @pytest.fixture(scope="session")
 def second_sandbox() -> Iterator[SandboxServer]:
-    server = SandboxServer(dlr_delay=0.05, slow_seconds=1.0, static_token=SECOND_TOKEN).start()
+    # A sandbox with accounts knows sandbox-token-2 as its second account's; an older one is
+    # told to take it as its only token.
+    token = {} if SECOND_CUSTOMER == "2001" else {"static_token": SECOND_TOKEN}
+    server = SandboxServer(dlr_delay=0.05, slow_seconds=1.0, **token).start()
     yield server
     server.stop()
 
