@@ -22,6 +22,7 @@ from shared.outbound._quota_wait import QuotaWait, quota_wait
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+    from shared.smartdialog import AuthProvider
     from shared.storage import PayloadStore, QueueLike
     from shared.suppressions import SuppressionStore
 
@@ -102,7 +103,7 @@ def send_ports(settings: Settings) -> SendPorts:
     import httpx
 
     from shared import clock
-    from shared.smartdialog import SmartDialogClient, auth_from_settings
+    from shared.smartdialog import SmartDialogClient
     from shared.storage import PayloadStore, ensured_queue, queue_client
     from shared.suppressions import SuppressionStore
 
@@ -111,7 +112,7 @@ def send_ports(settings: Settings) -> SendPorts:
     # No client-side retries: every retry is a re-enqueued copy, so no invocation sleeps.
     client = SmartDialogClient(
         settings.base_url,
-        auth_from_settings(settings),
+        _auth(settings),
         before_attempt=gate,
         before_send=gate.before_send,
         max_retries=0,
@@ -132,6 +133,31 @@ def send_ports(settings: Settings) -> SendPorts:
         suppressions=SuppressionStore.from_settings(settings),
         payloads=PayloadStore.from_settings(settings),
     )
+
+
+class _NoCredentials:
+    """The auth of a connection without usable credentials: every attempt fails with the reason
+    (retried as a configuration problem), while the sender still routes other connections'."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def token(self) -> str:
+        from shared.smartdialog import CredentialsError
+
+        raise CredentialsError(self.reason)
+
+    def invalidate(self) -> None:
+        """Nothing cached."""
+
+
+def _auth(settings: Settings) -> AuthProvider:
+    from shared.smartdialog import CredentialsError, auth_from_settings
+
+    try:
+        return auth_from_settings(settings)
+    except CredentialsError as exc:
+        return _NoCredentials(str(exc))
 
 
 def reset_send_ports() -> None:

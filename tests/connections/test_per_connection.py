@@ -18,6 +18,7 @@ from tests.connections.conftest import (
     SECOND_SERVICE,
     TwoConnections,
     forget_quota_logs,
+    forget_settings,
 )
 from tests.outbound.conftest import call_http, sms
 
@@ -103,3 +104,22 @@ def test_the_operations_overview_shows_each_connections_quota(two: TwoConnection
     assert quotas["second"].calls == 2000
     assert quotas["second"].used == 1
     assert quotas["second"].key != quotas["default"].key
+
+
+def test_without_default_credentials_the_named_connections_still_send(
+    two: TwoConnections,
+) -> None:
+    two.env.monkeypatch.delenv("SMARTDIALOG_ACCESS_TOKEN")
+    forget_settings()
+    text = json.dumps(
+        {
+            "operation": "SendMessage",
+            "messageId": "named-only",
+            "Connection": "second",
+            "customerId": SECOND_CUSTOMER,
+            "serviceId": SECOND_SERVICE,
+            "body": sms("+358400000011"),
+        }
+    )
+    assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
+    assert len(two.second_upstream()) == 1
