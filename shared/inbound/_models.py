@@ -162,6 +162,7 @@ class DeliveryReportData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     messageId: str = Field(description="Our message id (the send's Id).")
+    connection: str = Field("default", description="The connection it was sent through.")
     upstreamMessageId: str | None = Field(None, description="SmartDialog's MessageId.")
     recipientIndex: int = Field(description="The recipient's position in the send (from 0).")
     recipient: str | None = Field(None, description="The recipient's address.")

@@ -53,6 +53,7 @@ from shared.messages._records import (
     batch_filter,
     effective_status,
     message_keys,
+    text_connection,
 )
 from shared.messages._store import MessageStore
 
@@ -99,4 +100,5 @@ __all__ = [
     "new_question_id",
     "normalize_answer",
     "question_partition",
+    "text_connection",
 ]

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
-from shared.messages import FailureInfo, Operation
+from shared.messages import FailureInfo, Operation, text_connection
 from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
 
 __all__ = [
@@ -264,21 +264,6 @@ def command_connection(command: OutboundMessage | PackDriver) -> str | None:
 
     name = command.Connection
     return None if name is None or is_default(name) else connection_name(name)
-
-
-def text_connection(text: str) -> str:
-    """The connection of a recorded command's JSON text (``default`` when it names none)."""
-    from shared.connections import DEFAULT_CONNECTION, connection_name, is_default
-
-    try:
-        value = json.loads(text).get("Connection")
-    except (ValueError, AttributeError):
-        return DEFAULT_CONNECTION
-    return (
-        DEFAULT_CONNECTION
-        if not isinstance(value, str) or is_default(value)
-        else connection_name(value)
-    )
 
 
 def derive_message_id(scope: str, key: str) -> str:
