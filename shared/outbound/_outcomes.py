@@ -39,7 +39,6 @@ from shared.outbound._models import (
     RecipientOutcome,
     command_origin,
     readable_message_id,
-    text_connection,
 )
 from shared.outbound._ports import SendPorts
 from shared.outbound._records import command_text, queued_text
@@ -399,7 +398,7 @@ class Outcomes:
                 operation=record.operation,
                 customerId=record.customer_id,
                 serviceId=record.service_id,
-                connection=text_connection(record.command),
+                connection=record.connection,
                 # A packed message went upstream with its pack's RequestId; a bulk member's
                 # record holds its call's (see shared.outbound._drive).
                 requestId=record.request_id
@@ -435,7 +434,7 @@ class Outcomes:
             detail=failure.title,
             error=failure,
             messageId=record.message_id,
-            connection=text_connection(record.command),
+            connection=record.connection,
             queue=OUTBOUND_QUEUE,
             deadLetteredAt=record.finished_at or now,
             original=record.command,
@@ -446,7 +445,7 @@ class Outcomes:
             operation=record.operation,
             customerId=record.customer_id,
             serviceId=record.service_id,
-            connection=text_connection(record.command),
+            connection=record.connection,
             requestId=record.request_id,
             error=failure,
             origin=command_origin(record.command),

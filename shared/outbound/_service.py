@@ -34,7 +34,6 @@ from shared.outbound._models import (
     OutboundMessage,
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
-    text_connection,
 )
 from shared.outbound._records import command_text, new_record, normalize, queued_text
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
@@ -235,7 +234,7 @@ class SendService:
         if record.batch_id is not None and record.pack_id is not None:
             from shared.outbound._models import PackDriver
 
-            named = text_connection(record.command)
+            named = record.connection
             driver = PackDriver(
                 packId=record.pack_id,
                 batchId=record.batch_id,
@@ -302,7 +301,7 @@ class SendService:
             "Attempts": record.attempts,
             "CreatedAt": record.created_at.isoformat(),
             "ValidUntil": record.valid_until.isoformat(),
-            "Connection": text_connection(record.command),
+            "Connection": record.connection,
         }
         if record.last_error is not None:
             body["LastError"] = record.last_error.model_dump(exclude_none=True)
@@ -334,7 +333,7 @@ class SendService:
         )
         doc = problem.to_dict()
         doc["id"] = record.message_id
-        doc["connection"] = text_connection(record.command)
+        doc["connection"] = record.connection
         if failure is not None:
             doc.update(code=failure.code, attempts=failure.attempts)
             if failure.upstreamStatus is not None:
@@ -379,7 +378,7 @@ class SendService:
                 operation=Operation(done.operation),
                 customerId=done.customer_id,
                 serviceId=done.service_id,
-                connection=text_connection(done.command),
+                connection=done.connection,
             )
             event = make_event(
                 MESSAGE_CANCELLED,
@@ -431,7 +430,7 @@ def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str
     doc[name("Status")] = str(record.status)
     doc[name("RequestId")] = record.request_id
     doc[name("Attempts")] = record.attempts
-    doc[name("Connection")] = text_connection(record.command)
+    doc[name("Connection")] = record.connection
     if record.sent_at is not None:
         doc[name("SentAt")] = record.sent_at.isoformat()
     return {k: v for k, v in doc.items() if v is not None}
