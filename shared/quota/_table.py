@@ -125,6 +125,7 @@ class TableQuotaStore(QuotaStore):
         period: float,
         margin: float = 0.0,
         clock: Clock | None = None,
+        name: str = "default",
     ) -> None:
         super().__init__(
             TableLog(table, connection),
@@ -133,6 +134,7 @@ class TableQuotaStore(QuotaStore):
             period=period,
             margin=margin,
             clock=clock,
+            name=name,
         )
 
 
@@ -186,4 +188,5 @@ def from_settings(
         period=settings.quota_period_seconds,
         margin=settings.quota_safety_margin_seconds,
         clock=clock,
+        name=settings.connection,
     )
