@@ -8,6 +8,7 @@ Programmatic use (tests, benchmarks)::
         auth = {"Authorization": f"Bearer {server.token}"}
         httpx.get(server.api_url + "/customers", headers=auth)
         server.state.snapshot("requests")  # what it received
+        server.account_token("2")  # account 2's static token: customer 2001 only
         server.reset()  # back to the seed
 """
 
