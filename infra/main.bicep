@@ -211,7 +211,8 @@ var smartDialogSettings = union(
 
 // The named connections' plain settings as {name, value} pairs; a field not given is left out.
 var connections = json(empty(smartDialogConnections) ? '[]' : smartDialogConnections)
-var connectionNames = [for connection in connections: toLower(connection.name)]
+// Key Vault secret names take no '_': a connection's name is lower case with '-' (as the app names it).
+var connectionNames = [for connection in connections: toLower(replace(connection.name, '_', '-'))]
 var connectionSettingPairs = [for connection in connections: [
   {
     name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__CUSTOMERS'
