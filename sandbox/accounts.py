@@ -39,7 +39,7 @@ class Account:
     quota_calls: int | None = None  # None: the sandbox-wide --quota-calls
     quota_period: float | None = None
 
-    def public(self, quota_calls: int, quota_period: float) -> dict[str, Any]:
+    def public(self, quota_calls: int, quota_period: float, used: int) -> dict[str, Any]:
         """What ``GET /sandbox/accounts`` shows: no token, secret or refresh token."""
         return {
             "id": self.id,
@@ -48,7 +48,7 @@ class Account:
             "clientIds": sorted(self.clients),
             "userIds": sorted(set(self.users.values())),
             "staticTokens": len(self.static_tokens),
-            "quota": {"calls": quota_calls, "period": quota_period},
+            "quota": {"calls": quota_calls, "period": quota_period, "used": used},
         }
 
 

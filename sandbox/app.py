@@ -834,7 +834,9 @@ class Sandbox:
     def accounts_view(self) -> list[dict[str, Any]]:
         """The accounts, their customers, client ids and quota limits; never a secret."""
         return [
-            a.public(self.quotas[a.id].calls, self.quotas[a.id].period)
+            a.public(
+                self.quotas[a.id].calls, self.quotas[a.id].period, self.quotas[a.id].used_total()
+            )
             for a in self.accounts.values()
         ]
 

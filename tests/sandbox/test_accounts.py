@@ -106,7 +106,10 @@ def test_a_seed_quota_overrides_the_sandbox_wide_limit_for_its_account(
         assert [two.get("/customers").status_code for _ in range(2)] == [200, 429]
         assert [one.get("/customers").status_code for _ in range(5)] == [200] * 5
     quotas = {a["id"]: a["quota"] for a in http.get(f"{server.url}/sandbox/accounts").json()}
-    assert quotas == {"1": {"calls": 5, "period": 60.0}, "2": {"calls": 1, "period": 30}}
+    assert quotas == {
+        "1": {"calls": 5, "period": 60.0, "used": 5},
+        "2": {"calls": 1, "period": 30, "used": 1},
+    }
 
 
 def test_request_id_memory_is_per_account(sandbox_server: SandboxServer) -> None:
