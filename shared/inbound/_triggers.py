@@ -37,6 +37,7 @@ from shared.inbound._registry import SubscriptionStore
 from shared.names import INBOUND_DELIVERIES_QUEUE
 from shared.storage import QueueLike, ensured_queue
 from shared.triggers import (
+    DEFAULT_CONNECTION,
     EVENT_TYPES,
     FINAL_STATES,
     DeliveryReportTriggerData,
@@ -112,7 +113,8 @@ class TriggerFanout:
         wanted = [
             s
             for s in self.subscriptions.list(note.service, kind)
-            if kind is not TriggerKind.DELIVERY_REPORT or s.wants(state)
+            if s.connection == note.connection
+            and (kind is not TriggerKind.DELIVERY_REPORT or s.wants(state))
         ]
         if not wanted:
             return FanoutResult(note.kind, 0)
@@ -199,6 +201,8 @@ def notify_opt_out(
     payload: NewMessagePayload,
     keyword: Literal["stop", "start"] | None,
     received_at: dt.datetime,
+    *,
+    connection: str = DEFAULT_CONNECTION,
 ) -> bool:
     """The *When a recipient opts out or back in* note of an inbound keyword (none for an
     ordinary message: no storage call)."""
@@ -211,6 +215,7 @@ def notify_opt_out(
         occurredAt=received_at,
         messageId=message_key,
         service=service,
+        connection=connection,
     )
     return TriggerNotifier.for_settings(settings).notify(
         TriggerKind.OPT_OUT,
@@ -218,4 +223,5 @@ def notify_opt_out(
         event_id=f"{service}:{message_key}:{keyword}",
         time=received_at,
         data=data,
+        connection=connection,
     )
