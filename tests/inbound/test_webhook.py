@@ -3,7 +3,6 @@ CloudEvent per message (de-duplicated behind the queue), unforgeable, crash-safe
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import uuid
 from typing import Any
@@ -15,14 +14,13 @@ from shared import names
 from shared.clock import ManualClock
 from shared.inbound import (
     MESSAGE_RECEIVED,
-    InboundProcessor,
     MalformedIntake,
     new_nonce,
     webhook_url,
 )
 from shared.settings import get_settings
 from shared.signing import TokenPurpose, sign
-from shared.storage import queue_client, table_client
+from shared.storage import queue_client
 from tests.inbound.conftest import OLD_SECRET, SECRET, TWO_WAY, Inbound
 
 
