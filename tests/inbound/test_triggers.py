@@ -311,6 +311,33 @@ def test_a_queued_send_that_fails_reaches_the_send_failed_flow(
     assert headers["ce-type"] == "fi.arena.smartdialog.trigger.send-failed"
 
 
+def test_a_send_refused_for_its_fields_carries_them_to_the_send_failed_flow(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    from shared.messages import FailureInfo
+    from shared.triggers import notify_send_failed
+
+    answer = subscribe(inbound, TriggerKind.SEND_FAILED, f"{callback_receiver.url}/failed", ONE_WAY)
+    assert answer.status == 201, answer.body
+    failure = FailureInfo.model_validate(
+        {
+            "code": "malformed",
+            "title": "Its queued command could not be read",
+            "errors": [
+                {"field": "body.Recipients.0.Personalization.n", "message": "Input should be text"}
+            ],
+        }
+    )
+    command = json.dumps({"body": {"CustomerData": "row-3"}})
+    assert notify_send_failed("m-fields", command, ONE_WAY, failure.model_dump(), utcnow())
+    assert deliver(inbound) == 1
+    [body] = bodies(callback_receiver, "/failed")
+    assert body["fieldErrors"] == [
+        {"field": "body.Recipients.0.Personalization.n", "message": "Input should be text"}
+    ]
+    assert (body["code"], body["customerData"]) == ("malformed", "row-3")
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 
