@@ -433,11 +433,12 @@ def test_storage_calls_the_triggers_add_per_delivery_report_and_per_failure(
         "table query SmartDialogSubscriptions": 1,
         "queue put smartdialog-trigger-events": 1,
     }
-    # The fan-out: one query for the subscriptions, one delivery per subscriber.
+    # The fan-out: the subscriber index the report already cached (one query at most, should
+    # the TTL have run out on a slow machine), one delivery per subscriber.
     before = counter.snapshot()
     inbound.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout")
     diff = counter.snapshot() - before
-    assert diff[storage.StorageOp.TABLE_QUERY, names.SUBSCRIPTIONS_TABLE] == 1
+    assert diff[storage.StorageOp.TABLE_QUERY, names.SUBSCRIPTIONS_TABLE] <= 1
     assert diff[storage.StorageOp.QUEUE_PUT, names.INBOUND_DELIVERIES_QUEUE] == 1
 
     # A failed send for a service nobody watches for failures: the answer cached by the report
