@@ -210,11 +210,21 @@ def _end_to_end(conn: str, url: str, events: int, timeout: float) -> tuple[float
     on ``smartdialog-inbound``, and (messages, distinct ids) found there."""
     from shared.names import INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
 
+    failed: list[BaseException] = []
+
+    def post_all() -> None:
+        try:
+            _concurrently(events, _webhook_worker(url))
+        except BaseException as exc:  # reported by the waiting loop below
+            failed.append(exc)
+
     started = time.perf_counter()
-    poster = threading.Thread(target=_concurrently, args=(events, _webhook_worker(url)))
+    poster = threading.Thread(target=post_all)
     poster.start()
     deadline = started + timeout
     while _queue_count(conn, INBOUND_QUEUE) < events:
+        if failed:
+            raise RuntimeError(f"a webhook POST failed: {failed[0]!r}") from failed[0]
         if time.perf_counter() > deadline:
             poster.join()
             raise RuntimeError(
