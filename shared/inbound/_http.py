@@ -72,11 +72,17 @@ def receive_inbound(request: ActionRequest, settings: Settings | None = None) ->
     message is answered 202 again and still published once."""
 
     def run() -> ActionResponse:
+        from shared.inbound._registry import CONNECTION_QUERY_PARAMETER
         from shared.settings import get_settings
 
         receiver = _receiver(settings or get_settings())
         service = request.route_params.get("Service", "")
-        result = receiver.receive(service, request.query.get(TOKEN_QUERY_PARAMETER), request.body)
+        result = receiver.receive(
+            service,
+            request.query.get(TOKEN_QUERY_PARAMETER),
+            request.body,
+            connection=request.query.get(CONNECTION_QUERY_PARAMETER),
+        )
         return ActionResponse.json(result.body(), status=202)
 
     return _answer("InboundWebhook", request, run)

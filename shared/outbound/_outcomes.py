@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from shared import telemetry
 from shared.deadletters import write_dead_letter
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_event
-from shared.messages import FailureInfo, MessageRecord, MessageStatus
+from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient
 from shared.outbound._giving_up import expired, give_up, remember_maybe_sent
@@ -563,6 +563,7 @@ class Outcomes:
             title="Its queued command could not be read",
             detail=f"{detail}. {problems}".strip() if problems else detail,
             attempts=record.attempts,
+            errors=[FailureFieldError.model_validate(e) for e in errors] or None,
         )
         return self.fail(record, failure)
 
