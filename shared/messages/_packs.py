@@ -71,6 +71,8 @@ __all__ = [
 PACK_ID_PREFIX = "pack-"
 INDEX_PREFIX = "q-"
 PACK_ROW_KEY = "pack"
+#: The row of an index partition that holds its leader's lease (sorts before every entry).
+LEAD_ROW_KEY = "!lead"
 
 
 def new_pack_id(key: str, member_ids: Iterable[str], formed_at: dt.datetime) -> str:
@@ -277,6 +279,8 @@ class PackStore:
             results_per_page=min(1000, max(1, limit)),
         )
         for entity in pages:
+            if entity["RowKey"] == LEAD_ROW_KEY:
+                continue
             found.append(IndexEntry.from_entity(key, entity))
             if len(found) >= limit:
                 break
@@ -299,6 +303,49 @@ class PackStore:
                 for row in chunk:
                     with contextlib.suppress(ResourceNotFoundError):
                         self.table.delete_entity(partition, row)
+
+    def lead(self, key: str, now: dt.datetime, until: dt.datetime) -> tuple[str | None, float]:
+        """Take the lease of ``key``'s index until ``until`` (one write when free): (its ETag,
+        0) when taken, else (None, the seconds until the current leader's lease ends)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+
+        row = {"PartitionKey": INDEX_PREFIX + key, "RowKey": LEAD_ROW_KEY,
+               "Until": dt.datetime.fromtimestamp(until.timestamp(), dt.UTC)}  # fmt: skip
+        try:
+            return str(self.table.create_entity(row).get("etag")), 0.0
+        except ResourceExistsError:
+            pass
+        try:
+            current = self.table.get_entity(INDEX_PREFIX + key, LEAD_ROW_KEY)
+            ends = current.get("Until")
+            if isinstance(ends, dt.datetime) and ends > now:
+                return None, max(0.001, (ends - now).total_seconds())
+            done = self.table.update_entity(
+                row, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
+            )
+        except ResourceNotFoundError:
+            return self.lead(key, now, until)  # given up meanwhile: try again
+        except ResourceModifiedError:
+            return None, 1.0  # another took it just now
+        return str(done.get("etag")), 0.0
+
+    def unlead(self, key: str, etag: str) -> None:
+        """Give ``key``'s index lease up, unless another took it over since (ETag)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
+            self.table.delete_entity(
+                INDEX_PREFIX + key,
+                LEAD_ROW_KEY,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
 
     # --- packs -------------------------------------------------------------------------------
 

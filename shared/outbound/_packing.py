@@ -50,6 +50,11 @@ log = logging.getLogger("shared.outbound.sender")
 #: A copy of a message that a pack holds comes back this soon (not when the lease ends): the
 #: pack's call is usually over by then, and the copy is acknowledged.
 PACK_MEMBER_RECHECK_SECONDS = 10.0
+#: One leader per pack key: its lease on the key's index (given up as soon as its pack is
+#: formed), and how soon a message that found another leader comes back (by then usually in
+#: that leader's pack, and acknowledged; else it leads the next one).
+LEAD_SECONDS = 15.0
+LEAD_RECHECK_SECONDS = 1.0
 
 Members = list[tuple[MessageRecord, OutboundMessage]]
 
@@ -60,6 +65,30 @@ class IndexPacks:
     def __init__(self, ports: SendPorts, outcomes: Outcomes) -> None:
         self.ports = ports
         self.outcomes = outcomes
+        self._leading: dict[str, str] = {}  # message id -> ETag of its key's lease
+
+    def lead(
+        self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
+    ) -> SendOutcome | None:
+        """Before a never-attempted packable message is claimed: take its key's leader lease,
+        or come back shortly (deferred) while another message leads a pack of that key. Only
+        the leader reads the index and claims candidates, so workers do not race on them."""
+        key = record.pack_key
+        if key is None or record.message_id in self._leading:
+            return None
+        until = now + dt.timedelta(seconds=LEAD_SECONDS)
+        etag, wait = self.ports.packs.lead(key, now, until)
+        if etag is not None:
+            self._leading[record.message_id] = etag
+            return None
+        delay = min(wait, LEAD_RECHECK_SECONDS)
+        return self.outcomes.requeue(command, record.attempts, delay, OutcomeKind.DEFERRED, "lead")
+
+    def unlead(self, record: MessageRecord) -> None:
+        """Give up the leader lease ``record`` took (if it did): its pack is formed."""
+        etag = self._leading.pop(record.message_id, None)
+        if etag is not None and record.pack_key is not None:
+            self.ports.packs.unlead(record.pack_key, etag)
 
     def turn(
         self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
@@ -99,10 +128,18 @@ class IndexPacks:
     ) -> tuple[Pack | None, Members]:
         """Claim other queued messages with the leader's pack key into a new pack, recorded
         before the call; (None, []) when there are none (the leader goes alone)."""
-        packs = self.ports.packs
         key = leader.pack_key
         if key is None:
             return None, []
+        try:
+            return self._gather(leader, command, key)
+        finally:
+            self.unlead(leader)
+
+    def _gather(
+        self, leader: MessageRecord, command: OutboundMessage, key: str
+    ) -> tuple[Pack | None, Members]:
+        packs = self.ports.packs
         limit = self.ports.policy.pack_max_recipients
 
         own_row = index_row_key(leader)

@@ -266,6 +266,8 @@ class OutboundSender:
                 waiting, record = self.packing.turn(record, command, now)
                 if waiting is not None:
                     return waiting
+            elif record.attempts == 0 and (waiting := self.packing.lead(record, command, now)):
+                return waiting
             claimed = self.ports.store.swap(
                 record,
                 status=MessageStatus.SENDING,
@@ -276,6 +278,7 @@ class OutboundSender:
                 **remember_interrupted(record),
             )
             if claimed is None:
+                self.packing.unlead(record)
                 reread = self.ports.store.get(record.message_id)
                 if reread is None:
                     raise RuntimeError(f"message {record.message_id} vanished while claiming")
