@@ -196,6 +196,8 @@ class Pack:
         entity.update(chunked("Members", members))
         if self.recipient_ids:
             entity.update(chunked("RecipientIds", json.dumps(dict(self.recipient_ids))))
+        if self.announcing and self.batch_id is None:  # an index pack: see _packing._sent
+            entity.update(chunked("Announcing", json.dumps(list(self.announcing))))
         if self.batch_id is not None:
             entity.update(
                 BatchId=self.batch_id,

@@ -328,8 +328,17 @@ class IndexPacks:
             duplicate=sent.duplicate,
         )
         recipient_ids = {**pack.recipient_ids, **answer.recipient_ids}
-        if recipient_ids != dict(pack.recipient_ids):
-            self.ports.packs.save(replace(pack, recipient_ids=recipient_ids))
+        # The members but the leader are recorded sent and announced in one write each, then
+        # their events go out, and only then the leader is recorded (announced on its own). A
+        # crash before the leader's record leaves the pack to be retried (409), and that retry
+        # sends again the events of the members the pack lists in ``announcing``.
+        others = [r.message_id for r, _ in members[1:] if r.message_id not in answer.missing]
+        announcing = tuple(dict.fromkeys((*pack.announcing, *others)))
+        if recipient_ids != dict(pack.recipient_ids) or announcing != pack.announcing:
+            self.ports.packs.save(replace(pack, recipient_ids=recipient_ids, announcing=announcing))
+        if sent.duplicate:
+            going = {r.message_id for r, _ in members}
+            self._announce_again([i for i in pack.announcing if i not in going])
 
         def record(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
             member, _ = item
@@ -339,7 +348,8 @@ class IndexPacks:
                     self.ports.packs.index([released])
                 return SendOutcome(OutcomeKind.DEFERRED, member.message_id, detail="not-in-pack")
             own = answer.shares[member.message_id]
-            return self.outcomes.sent(member, own, duplicate=sent.duplicate)
+            leads = member is members[0][0]
+            return self.outcomes.sent(member, own, duplicate=sent.duplicate, announced=not leads)
 
         outcomes = list(storage_pool().map(record, members[1:]))
         first = record(members[0])
@@ -352,6 +362,12 @@ class IndexPacks:
             _leader, command = members[0]
             return self.outcomes.requeue(command, 0, 0, OutcomeKind.DEFERRED, "not-in-pack")
         return replace(first, detail=f"pack {pack.pack_id}: {len(members)} messages")
+
+    def _announce_again(self, message_ids: list[str]) -> None:
+        """The events of pack members recorded sent by a run that may have stopped before
+        sending them (same event ids: consumers de-duplicate)."""
+        found = storage_pool().map(self.ports.store.get, message_ids)
+        list(storage_pool().map(self.outcomes.emit, [r for r in found if r is not None]))
 
     def _transient(
         self,

@@ -268,6 +268,34 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
         assert done.upstream_message_id == calls[0]["response"]["MessageId"]
 
 
+def test_a_crash_between_the_members_records_and_their_events_sends_them_on_the_retry(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    from shared.outbound._ports import send_ports
+    from shared.settings import get_settings
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])
+    texts = [record(i).command for i in ids]
+    park(outbound)
+    events = send_ports(get_settings()).events
+    crash_once(monkeypatch, events, "send_message", "worker died before the events went out")
+    with pytest.raises(RuntimeError):
+        outbound.invoke(texts[0])
+    # The members are recorded sent and announced in one write; the leader is not recorded.
+    assert [record(i).status for i in ids] == [MessageStatus.SENDING] + [MessageStatus.SENT] * 2
+    assert all(record(i).announced for i in ids[1:])
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
+    for text in texts:
+        outbound.invoke(text, dequeue_count=2)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200, 409]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    sent = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert sorted({e["subject"] for e in sent}) == sorted(ids)
+
+
 def test_a_member_upstream_rejects_fails_alone_and_the_rest_go_in_a_new_pack(
     outbound: Outbound,
 ) -> None:
