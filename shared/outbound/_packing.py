@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,12 @@ PACK_MEMBER_RECHECK_SECONDS = 10.0
 #: that leader's pack, and acknowledged; else it leads the next one).
 LEAD_SECONDS = 15.0
 LEAD_RECHECK_SECONDS = 1.0
+#: After leading a pack, a worker leads the next ones of its key itself while messages wait in
+#: the index (the oldest first), rather than leave them to their own queue messages, which come
+#: in queue order (behind the copies of every member already packed): at most this many packs
+#: or this long per invocation, and only while the quota has room.
+SWEEP_PACKS = 20
+SWEEP_SECONDS = 60.0
 
 Members = list[tuple[MessageRecord, OutboundMessage]]
 
@@ -83,6 +89,49 @@ class IndexPacks:
             return None
         delay = min(wait, LEAD_RECHECK_SECONDS)
         return self.outcomes.requeue(command, record.attempts, delay, OutcomeKind.DEFERRED, "lead")
+
+    def sweep(
+        self,
+        key: str,
+        lead: Callable[[MessageRecord, OutboundMessage], SendOutcome],
+    ) -> None:
+        """Lead further packs of ``key`` (``lead``: the sender's path for a recorded message)
+        while the index has messages that were never attempted; a message that cannot lead
+        (claimed, backing off, final, unreadable) ends the sweep and is left to its own copy."""
+        from time import monotonic
+
+        ends = monotonic() + SWEEP_SECONDS
+        for _ in range(SWEEP_PACKS):
+            if monotonic() > ends or self.ports.quota_wait.hint() > 0:
+                return
+            next_one = self._next_leader(key)
+            if next_one is None:
+                return
+            outcome = lead(*next_one)
+            if outcome.kind is not OutcomeKind.SENT or not (outcome.detail or "").startswith(
+                "pack "
+            ):
+                return
+
+    def _next_leader(self, key: str) -> tuple[MessageRecord, OutboundMessage] | None:
+        """The oldest indexed message of ``key`` that was never attempted (stale rows before
+        it are dropped from the index), with its command; None when there is none."""
+        stale: list[str] = []
+        try:
+            for entry in self.ports.packs.candidates(key, limit=8):
+                record = self.ports.store.get(entry.message_id)
+                if record is None or record.status.is_final or record.pack_id is not None:
+                    stale.append(entry.row_key)
+                    continue
+                if record.status is not MessageStatus.QUEUED or record.attempts:
+                    return None
+                try:
+                    return record, parse_outbound_message(record.command)
+                except (ValidationError, ValueError):
+                    return None
+            return None
+        finally:
+            self.ports.packs.unindex(key, stale)
 
     def unlead(self, record: MessageRecord) -> None:
         """Give up the leader lease ``record`` took (if it did): its pack is formed."""

@@ -187,7 +187,10 @@ class OutboundSender:
                 dequeue_count,
                 fails_record=False,
             )
-        return self._advance(record, command)
+        outcome = self._advance(record, command)
+        if record.pack_key is not None and (outcome.detail or "").startswith("pack "):
+            self.packing.sweep(record.pack_key, self._advance)  # the next packs of its key
+        return outcome
 
     def _stored(self, stored: StoredCommand) -> OutboundMessage:
         """The command a :class:`StoredCommand` names, with its attempts and deferrals; raises

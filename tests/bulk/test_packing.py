@@ -211,6 +211,21 @@ def test_pack_size_is_capped_by_the_setting(outbound: Outbound) -> None:
     assert max(sizes) <= 3
 
 
+def test_a_leader_goes_on_to_lead_the_next_packs_of_its_key_in_the_same_invocation(
+    outbound: Outbound,
+) -> None:
+    outbound.configure(PACK_MAX_RECIPIENTS=3)
+    ids = accept(*NUMBERS[:7])
+
+    outbound.invoke(record(ids[0]).command)
+
+    sizes = [len(c["body"]["Recipients"]) for c in outbound.upstream()]
+    assert sizes == [3, 3, 1]  # the last one alone ends the sweep (nothing left to pack)
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    outbound.drain()  # every other copy finds its record final
+    assert len(outbound.upstream()) == 3
+
+
 def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
     outbound: Outbound,
 ) -> None:
