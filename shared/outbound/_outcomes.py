@@ -138,6 +138,13 @@ def sent_changes(
     }
 
 
+def recipient_ids(body: Mapping[str, Any]) -> dict[int, str]:
+    """Upstream's recipient ids in its answer ``body``, by position (the slots' indexes)."""
+    raw = body.get("Recipients") or body.get("recipients") or []
+    return {i: str(r.get("Id") or r.get("id")) for i, r in enumerate(raw)
+            if isinstance(r, dict) and (r.get("Id") or r.get("id"))}  # fmt: skip
+
+
 class Outcomes:
     """Records, announces and requeues through the send ports."""
 
@@ -223,14 +230,8 @@ class Outcomes:
         position), then announce it; someone else's final state stands. ``announced=True``: a
         pack member, recorded announced in the same write and its event sent after it, even
         when another run recorded it (which may have stopped before sending it)."""
-        raw = body.get("Recipients") or body.get("recipients") or []
-        ids = {
-            index: str(r.get("Id") or r.get("id"))
-            for index, r in enumerate(raw)
-            if isinstance(r, dict) and (r.get("Id") or r.get("id"))
-        }
         changes = sent_changes(record, body, duplicate=duplicate, now=self.ports.now())
-        sending = MessageStatus.SENDING
+        sending, ids = MessageStatus.SENDING, recipient_ids(body)
         done = self.swap_until(record, lambda r: r.status is sending, recipient_ids=ids,
                                **changes, **flag)  # fmt: skip
         announce = self.emit if flag.get("announced") else lambda r: self.announce([r])

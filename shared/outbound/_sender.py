@@ -189,7 +189,7 @@ class OutboundSender:
             )
         outcome = self._advance(record, command)
         if record.pack_key is not None and (outcome.detail or "").startswith("pack "):
-            self.packing.sweep(record.pack_key, self._advance)  # the next packs of its key
+            self.packing.sweep(record, self._advance)  # the next packs of its key
         return outcome
 
     def _stored(self, stored: StoredCommand) -> OutboundMessage:
