@@ -307,8 +307,9 @@ class PackStore:
                         self.table.delete_entity(partition, row)
 
     def lead(self, key: str, now: dt.datetime, until: dt.datetime) -> tuple[str | None, float]:
-        """Take the lease of ``key``'s index until ``until`` (one write when free): (its ETag,
-        0) when taken, else (None, the seconds until the current leader's lease ends)."""
+        """Take the lease of ``key``'s index until ``until``: (its ETag, 0) when taken, else
+        (None, the seconds until the current leader's lease ends). Read first, so a message
+        that finds a leader writes nothing (one read); a free lease costs a read and a write."""
         from azure.core import MatchConditions
         from azure.core.exceptions import (
             ResourceExistsError,
@@ -319,21 +320,21 @@ class PackStore:
         row = {"PartitionKey": INDEX_PREFIX + key, "RowKey": LEAD_ROW_KEY,
                "Until": dt.datetime.fromtimestamp(until.timestamp(), dt.UTC)}  # fmt: skip
         try:
-            return str(self.table.create_entity(row).get("etag")), 0.0
-        except ResourceExistsError:
-            pass
-        try:
             current = self.table.get_entity(INDEX_PREFIX + key, LEAD_ROW_KEY)
-            ends = current.get("Until")
-            if isinstance(ends, dt.datetime) and ends > now:
-                return None, max(0.001, (ends - now).total_seconds())
+        except ResourceNotFoundError:
+            try:
+                return str(self.table.create_entity(row).get("etag")), 0.0
+            except ResourceExistsError:
+                return None, 1.0  # another took it just now
+        ends = current.get("Until")
+        if isinstance(ends, dt.datetime) and ends > now:
+            return None, max(0.001, (ends - now).total_seconds())
+        try:
             done = self.table.update_entity(
                 row, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
             )
-        except ResourceNotFoundError:
-            return self.lead(key, now, until)  # given up meanwhile: try again
-        except ResourceModifiedError:
-            return None, 1.0  # another took it just now
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None, 1.0  # another took it (or gave it up) just now
         return str(done.get("etag")), 0.0
 
     def unlead(self, key: str, etag: str) -> None:

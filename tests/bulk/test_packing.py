@@ -226,6 +226,29 @@ def test_a_leader_goes_on_to_lead_the_next_packs_of_its_key_in_the_same_invocati
     assert len(outbound.upstream()) == 3
 
 
+def test_packable_sends_share_their_lane_which_is_their_index(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    from shared.messages import in_lane, message_keys
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])  # within one minute (the clock stands still)
+    other = accept(NUMBERS[3], content="Another text for $(name)")
+    manual_clock.advance(3)  # the quota's window (2 s) ends
+
+    assert all(in_lane(i) for i in ids + other)
+    assert len({message_keys(i)[0] for i in ids}) == 1  # one key, one minute: one partition
+    assert message_keys(other[0])[0] != message_keys(ids[0])[0]
+    key = record(ids[0]).pack_key
+    assert key is not None
+    assert PackStore.from_settings().candidates(key, limit=10) == []  # no index rows
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert sorted(len(c["body"]["Recipients"]) for c in calls) == [1, 3]
+    assert {record(i).status for i in ids + other} == {MessageStatus.SENT}
+
+
 def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
     outbound: Outbound,
 ) -> None:
