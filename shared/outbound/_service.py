@@ -112,10 +112,11 @@ class SendService:
         The command goes on the queue *before* its record is written, so a record always means
         its command was queued (nothing to recover after a crash in between: a retry finds no
         record and goes on; the sender records a command it finds unrecorded). Storage round
-        trips of an ordinary send: the opt-out check (two point reads: the service's list and
-        the all-services one), the enqueue, the record, and for a packable send its index row
-        (one more with an idempotency key: its claim; one more for a command too large for a
-        queue message: its blob, queued by reference).
+        trips of an ordinary send: the opt-out check (one query of the recipient's by-recipient
+        partition), the enqueue, the record with its slots (one transaction; a packable send's
+        lands in its lane, which is also its pack index); one more with an idempotency key (its
+        claim), one more for a command too large for a queue message (its blob, queued by
+        reference), and one more for a packable send whose id the caller chose (its index row).
 
         ``message_id``: the new message's id when the caller must know it before (the ask action
         records its question first); a replay answers with the first request's id.
