@@ -256,10 +256,13 @@ class PackStore:
     # --- the index ---------------------------------------------------------------------------
 
     def index(self, records: Iterable[MessageRecord]) -> None:
-        """Add packable records to their keys' indexes (idempotent; 100 rows a transaction)."""
+        """Add packable records to their keys' indexes (idempotent; 100 rows a transaction).
+        A record in a lane needs no row: its lane is its index."""
+        from shared.messages._records import in_lane
+
         by_key: dict[str, list[dict[str, Any]]] = {}
         for record in records:
-            if record.pack_key is None:
+            if record.pack_key is None or in_lane(record.message_id):
                 continue
             entry = IndexEntry.of(record)
             by_key.setdefault(entry.key, []).append(entry.to_entity())
