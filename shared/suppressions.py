@@ -253,27 +253,36 @@ class SuppressionStore:
 
     def _copy(self) -> None:
         """Mirror every by-service row by recipient, and drop by-recipient rows whose by-service
-        row is gone (lifted by an earlier version)."""
-        from azure.core.exceptions import ResourceNotFoundError
+        row is gone (lifted by an earlier version); one written less than :data:`RECOPY_EVERY`
+        ago stays (a STOP being written now: its by-service row may have been listed before
+        it was), as does one rewritten since it was listed (its ETag)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
+        recent = utcnow() - RECOPY_EVERY
         by_service: dict[tuple[str, str], dict[str, Any]] = {}
-        mirrored: set[tuple[str, str]] = set()
+        mirrored: dict[tuple[str, str], tuple[str, dt.datetime | None]] = {}
         for entity in self._table.list_entities():
             pk, rk = str(entity["PartitionKey"]), str(entity["RowKey"])
             if pk == LAYOUT_PARTITION:
                 continue
             if entity.get("ByRecipient"):
-                mirrored.add((pk, rk))
+                meta = entity.metadata
+                mirrored[(pk, rk)] = (str(meta.get("etag")), utc(meta.get("timestamp")))
             else:
                 copy = _mirrored(dict(entity))
                 by_service[(copy["PartitionKey"], copy["RowKey"])] = copy
         for key, row in by_service.items():
             if key not in mirrored:
                 self._table.upsert_entity(row, mode=UpdateMode.REPLACE)
-        for pk, rk in mirrored - set(by_service):
-            with contextlib.suppress(ResourceNotFoundError):
-                self._table.delete_entity(pk, rk)
+        for (pk, rk), (etag, written) in mirrored.items():
+            if (pk, rk) in by_service or (written is not None and written > recent):
+                continue
+            with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
+                self._table.delete_entity(
+                    pk, rk, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
 
     def suppressed(self, service: str, addresses: Sequence[str]) -> dict[int, Suppression]:
         """The suppressed ones among ``addresses`` for ``service`` or for every service
