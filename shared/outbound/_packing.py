@@ -1,9 +1,11 @@
-"""Packs formed from the queue index: queued single sends that go upstream in one call.
+"""Packs formed from lanes and the queue index: queued single sends that go upstream in one call.
 
 A worker about to send a never-attempted message whose pack key is set (see
-:func:`shared.outbound.pack_key`) claims further indexed messages of that key (``queued ->
-sending`` with the pack id, never one already claimed or final), records the :class:`Pack`
-(its id is the call's ``RequestId``) and only then takes a quota slot and makes one call.
+:func:`shared.outbound.pack_key`) takes the key's leader lease, claims further waiting messages
+of that key (its lane's queued records, 100 a transaction; or the index's rows, one by one:
+``queued -> sending`` with the pack id, never one already claimed or final), records the
+:class:`Pack` (its id is the call's ``RequestId``) and only then takes a quota slot and makes
+one call.
 A retry after an ambiguous failure re-sends the *same* pack, led by its first member that is not
 final. See ``docs/sending.md`` ("Packing and bulk sends") for the rules and guarantees.
 """
