@@ -225,8 +225,12 @@ class IndexPacks:
 
         lane = message_keys(leader.message_id)[0] if in_lane(leader.message_id) else None
         own_row = "" if lane else index_row_key(leader)
-        if lane:  # the lane is its own index: its queued records, read in one query
-            waiting = self.ports.store.lane_queued(lane, limit + 64)
+        if lane:  # lanes are their own index: the queued records of the leader's minute's
+            waiting: list[MessageRecord] = []  # lane and its neighbours', oldest first
+            for shift in (-1, 0, 1):
+                at = leader.created_at + dt.timedelta(minutes=shift)
+                if room := limit + 64 - len(waiting):
+                    waiting += self.ports.store.lane_queued(lane_partition(key, at), room)
             rows = [IndexEntry(key, "", r.message_id, r.recipient_count) for r in waiting]
         else:
             rows = packs.candidates(key, limit=limit + 64)

@@ -212,7 +212,7 @@ def test_pack_size_is_capped_by_the_setting(outbound: Outbound) -> None:
 
 
 def test_a_leader_goes_on_to_lead_the_next_packs_of_its_key_in_the_same_invocation(
-    outbound: Outbound,
+    outbound: Outbound, manual_clock: ManualClock
 ) -> None:
     outbound.configure(PACK_MAX_RECIPIENTS=3)
     ids = accept(*NUMBERS[:7])
@@ -247,6 +247,23 @@ def test_packable_sends_share_their_lane_which_is_their_index(
     calls = outbound.upstream()
     assert sorted(len(c["body"]["Recipients"]) for c in calls) == [1, 3]
     assert {record(i).status for i in ids + other} == {MessageStatus.SENT}
+
+
+def test_sends_accepted_either_side_of_a_minute_still_go_in_one_pack(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    from shared.messages import message_keys
+
+    manual_clock.advance(60 - manual_clock.now() % 60 - 0.05)  # just before a new minute
+    ids = accept(*NUMBERS[:2])
+    manual_clock.advance(0.1)
+    ids += accept(*NUMBERS[2:4])
+    assert len({message_keys(i)[0] for i in ids}) == 2  # two lanes
+
+    outbound.drain()
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [4]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
 
 
 def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
