@@ -226,10 +226,9 @@ class Outcomes:
     def sent(
         self, record: MessageRecord, body: Mapping[str, Any], *, duplicate: bool, **flag: bool
     ) -> SendOutcome:
-        """Record a claimed message as sent (its slots learn upstream's recipient ids by
-        position), then announce it; someone else's final state stands. ``announced=True``: a
-        pack member, recorded announced in the same write and its event sent after it, even
-        when another run recorded it (which may have stopped before sending it)."""
+        """Record a claimed message as sent (slots get upstream's ids by position), then announce
+        it; another's final state stands. ``announced=True`` (a pack member): flagged in the same
+        write, then its event sent, also when another run recorded it (it may have stopped)."""
         changes = sent_changes(record, body, duplicate=duplicate, now=self.ports.now())
         sending, ids = MessageStatus.SENDING, recipient_ids(body)
         done = self.swap_until(record, lambda r: r.status is sending, recipient_ids=ids,
