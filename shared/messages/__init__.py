@@ -53,6 +53,9 @@ from shared.messages._records import (
     RecipientSlot,
     batch_filter,
     effective_status,
+    in_lane,
+    lane_message_id,
+    lane_partition,
     message_keys,
 )
 from shared.messages._store import MessageStore
@@ -93,8 +96,11 @@ __all__ = [
     "check_transition",
     "effective_status",
     "idempotency_key_hash",
+    "in_lane",
     "index_row_key",
     "is_pack_id",
+    "lane_message_id",
+    "lane_partition",
     "match_answer",
     "message_keys",
     "new_pack_id",

@@ -229,10 +229,11 @@ def test_a_command_too_long_for_its_record_is_kept_in_a_blob_and_sent(
     accepted = call_http("SendMessage", "POST", body=body)
     assert accepted.status == 202, accepted.body
     message_id = accepted.body["Id"]
+    from shared.messages._records import record_keys
     from shared.names import MESSAGES_TABLE
     from shared.storage import table_client
 
-    entity = table_client(MESSAGES_TABLE).get_entity(message_id, "message")
+    entity = table_client(MESSAGES_TABLE).get_entity(*record_keys(message_id))
     assert entity["CommandBlob"].startswith("command/")
     assert entity["CommandChunks"] == 0
     assert len(record(message_id).command) > 220_000  # read back whole
