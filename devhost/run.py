@@ -1,7 +1,9 @@
 """``python -m devhost.run`` (``make run``): Azurite, the sandbox and the dev host, wired together.
 
 Settings: ``.run/local.settings.json`` is generated on every run from ``local.settings.sample.json``
-with the real Azurite connection string, the sandbox URL and the dev host's public URL filled in.
+with the real Azurite connection string, the sandbox URL and the dev host's public URL filled in,
+and the named connection ``second`` (the sandbox's account 2, customer 2001; README "Connections")
+beside the default one (account 1).
 A ``local.settings.json`` of your own is never read or overwritten by ``make run`` (it is what
 ``python -m devhost`` and ``func start`` use); to change a setting for ``make run``, export it:
 environment variables win over the file, except the three wiring values above.
@@ -38,6 +40,14 @@ RUN_DIR = REPO_ROOT / ".run"
 SAMPLE = REPO_ROOT / "local.settings.sample.json"
 INBOUND_QUEUE = "smartdialog-inbound"
 TEST_NUMBER = "+358401234567"
+#: The named connection ``second``: the sandbox's account 2 (docs/sandbox.md "Accounts"). In the
+#: generated settings file, so an exported variable of the same name still wins.
+SECOND_CONNECTION = {
+    "SMARTDIALOG_CONNECTIONS__SECOND__ACCESS_TOKEN": "sandbox-token-2",
+    "SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMERS": "2001",
+    "SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMER_ID": "2001",
+    "SMARTDIALOG_CONNECTIONS__SECOND__SERVICE_ID": "s-2001-oneway",
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,22 @@ TRY_IT: tuple[TryIt, ...] = (
         " | tr -d '\\r' | sed -n 's/^[Ll]ocation: *//p'); echo \"status URL: $loc\";"
         " for i in 1 2 3; do sleep 1; curl -s -w ' [HTTP %{{http_code}}]\\n' \"$loc\"; done",
         route="POST messages",
+    ),
+    TryIt(
+        "Send the same through the named connection 'second' (the sandbox's account 2: its own"
+        " token, quota and default customer 2001 / service s-2001-oneway)",
+        "loc=$(curl -s -o /dev/null -D - -X POST '{api}/messages'"
+        " -H 'Content-Type: application/json' -H 'X-SmartDialog-Connection: second'"
+        ' -d \'{{"Sender": "Sandbox", "Content": "Hello from the second connection",'
+        ' "Recipients": [{{"Address": "{number}"}}]}}\''
+        " | tr -d '\\r' | sed -n 's/^[Ll]ocation: *//p'); echo \"status URL: $loc\";"
+        " sleep 2; curl -s -w ' [HTTP %{{http_code}}]\\n' \"$loc\"",
+        route="POST messages",
+    ),
+    TryIt(
+        "List the connections (names, customers and defaults; never secrets)",
+        "curl -s '{api}/connections'; echo",
+        route="GET connections",
     ),
     TryIt(
         "Register our webhook for the two-way service, simulate an inbound SMS in the sandbox,"
@@ -211,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         _step(f"Writing {settings_path.relative_to(REPO_ROOT)} from {SAMPLE.name}")
         if not SAMPLE.exists():
             print(f"    {SAMPLE.name} not found: only the wiring values are set")
-        write_local_settings(SAMPLE, settings_path, wiring)
+        write_local_settings(SAMPLE, settings_path, {**SECOND_CONNECTION, **wiring})
         _step(f"Starting the dev host on {args.host}:{args.port}")
         devhost = start_devhost(
             host=args.host,

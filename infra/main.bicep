@@ -139,6 +139,12 @@ param smartDialogOpsAllowedGroups string = ''
 @description('SMARTDIALOG_OPS_ALLOWED_ROLES: comma-separated app roles whose holders may use the operations page (/api/ops).')
 param smartDialogOpsAllowedRoles string = ''
 
+// Named connections (README "Connections", docs/deploy.md "Named connections"): more SmartDialog
+// accounts beside the default one above. Each becomes SMARTDIALOG_CONNECTIONS__<NAME>__* app
+// settings, its secrets Key Vault references. Strings because azd passes environment values.
+@description('SMARTDIALOG_CONNECTIONS: a JSON array of named connections, each {"name", "customers": [...], "customerId", "serviceId", "clientId"} and optionally "quotaCalls", "quotaPeriodSeconds", "quotaSafetyMarginSeconds", "baseUrl", "authority", "scopes". Empty: only the default connection.')
+param smartDialogConnections string = ''
+
 @description('Entra ID app (client) id operators sign in with for /api/ops (App Service Authentication); empty: no sign-in, and the page refuses everyone in Azure.')
 param opsAuthClientId string = ''
 
@@ -154,6 +160,10 @@ param smartDialogRefreshToken string = ''
 @secure()
 @description('SMARTDIALOG_CALLBACK_SECRETS: comma-separated HMAC secrets for callback URLs, newest first.')
 param smartDialogCallbackSecrets string = ''
+
+@secure()
+@description('SMARTDIALOG_CONNECTION_SECRETS: a JSON object of the named connections\' secrets, {"<name>": {"clientSecret": "...", "refreshToken": "..."}}.')
+param smartDialogConnectionSecrets string = ''
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -198,6 +208,54 @@ var smartDialogSettings = union(
   empty(smartDialogOpsAllowedGroups) ? {} : { SMARTDIALOG_OPS_ALLOWED_GROUPS: smartDialogOpsAllowedGroups },
   empty(smartDialogOpsAllowedRoles) ? {} : { SMARTDIALOG_OPS_ALLOWED_ROLES: smartDialogOpsAllowedRoles }
 )
+
+// The named connections' plain settings as {name, value} pairs; a field not given is left out.
+var connections = json(empty(smartDialogConnections) ? '[]' : smartDialogConnections)
+// Key Vault secret names take no '_': a connection's name is lower case with '-' (as the app names it).
+var connectionNames = [for connection in connections: toLower(replace(connection.name, '_', '-'))]
+var connectionSettingPairs = [for connection in connections: [
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__CUSTOMERS'
+    value: contains(connection, 'customers') ? join(connection.customers, ',') : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__CUSTOMER_ID'
+    value: contains(connection, 'customerId') ? string(connection.customerId) : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__SERVICE_ID'
+    value: contains(connection, 'serviceId') ? string(connection.serviceId) : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__CLIENT_ID'
+    value: contains(connection, 'clientId') ? string(connection.clientId) : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__QUOTA_CALLS'
+    value: contains(connection, 'quotaCalls') ? string(connection.quotaCalls) : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__QUOTA_PERIOD_SECONDS'
+    value: contains(connection, 'quotaPeriodSeconds') ? string(connection.quotaPeriodSeconds) : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__QUOTA_SAFETY_MARGIN_SECONDS'
+    value: contains(connection, 'quotaSafetyMarginSeconds') ? string(connection.quotaSafetyMarginSeconds) : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__BASE_URL'
+    value: contains(connection, 'baseUrl') ? string(connection.baseUrl) : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__AUTHORITY'
+    value: contains(connection, 'authority') ? string(connection.authority) : ''
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__SCOPES'
+    value: contains(connection, 'scopes') ? string(connection.scopes) : ''
+  }
+]]
+var connectionSettings = filter(flatten(connectionSettingPairs), setting => !empty(setting.value))
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
@@ -247,6 +305,8 @@ module keyVault 'app/keyvault.bicep' = {
     clientSecret: smartDialogClientSecret
     refreshToken: smartDialogRefreshToken
     callbackSecrets: smartDialogCallbackSecrets
+    connectionNames: connectionNames
+    connectionSecrets: smartDialogConnectionSecrets
   }
 }
 
@@ -262,6 +322,9 @@ module rbac 'app/rbac.bicep' = {
     keyVaultName: keyVault.outputs.name
   }
 }
+
+// The named connections' secrets as Key Vault references, for the ones given.
+var connectionSecretSettings = filter(flatten(keyVault.outputs.connectionReferences), setting => !empty(setting.value))
 
 module api 'app/api.bicep' = {
   name: 'api'
@@ -284,6 +347,7 @@ module api 'app/api.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     smartDialogSettings: smartDialogSettings
     keyVaultReferences: keyVault.outputs.appSettingReferences
+    connectionSettings: concat(connectionSettings, connectionSecretSettings)
   }
 }
 

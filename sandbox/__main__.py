@@ -11,6 +11,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TypeVar
 
+from sandbox.accounts import parse_account_tokens
 from sandbox.faults import FaultPlan, parse_kinds
 from sandbox.server import SandboxServer
 
@@ -78,6 +79,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--static-token",
         default=_env("SANDBOX_STATIC_TOKEN", "sandbox-token", str),
         help="bearer token always accepted; empty disables it [SANDBOX_STATIC_TOKEN]",
+    )
+    add(
+        "--account-token",
+        action="append",
+        default=[_env("SANDBOX_ACCOUNT_TOKENS", "", str)],
+        metavar="ACCOUNT=TOKEN",
+        help="another static bearer token of account ACCOUNT (see GET /sandbox/accounts; an "
+        "unknown id is a new account without customers); repeatable, or comma-separated "
+        "[SANDBOX_ACCOUNT_TOKENS]",
     )
     add(
         "--token-ttl",
@@ -157,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sandbox: bad fault mode: {exc}", file=sys.stderr)
         return 2
+    try:
+        account_tokens = parse_account_tokens(args.account_token)
+    except ValueError as exc:
+        print(f"sandbox: bad --account-token: {exc}", file=sys.stderr)
+        return 2
     server = SandboxServer(
         args.host,
         args.port,
@@ -171,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_path=args.seed,
         log_limit=args.log_limit,
         faults=faults,
+        account_tokens=account_tokens,
     )
     try:
         server.bind()
@@ -179,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     signal.signal(signal.SIGTERM, _terminate)
     print(f"SmartDialog sandbox listening on {server.url} (API {server.api_url})", flush=True)
+    for account in server.app.accounts_view():
+        print(
+            f"  account {account['id']} ({account['name']}): customers "
+            f"{', '.join(account['customers']) or '-'}",
+            flush=True,
+        )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

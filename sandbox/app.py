@@ -2,7 +2,8 @@
 
 Order of checks on an API call (``/api-integrations/v1/...``): bearer token (401), quota (429),
 route (404/405), contract validation (400), then the operation itself (404/403/400/409 and the
-magic recipient numbers).
+magic recipient numbers). A customer of another account than the token's is a 403 (see
+sandbox/accounts.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import phonenumbers
 
+from sandbox.accounts import Account, load_accounts
 from sandbox.callbacks import DeferredCalls, http_call
 from sandbox.contract import BASE_PATH, Contract, Operation, load_contract
 from sandbox.faults import FaultInjector, FaultKind, FaultPlan
@@ -104,6 +106,8 @@ class SandboxConfig:
     log_limit: int = 10_000
     #: The seeded random fault mode (off unless its rate is above 0); see sandbox/faults.py.
     faults: FaultPlan = field(default_factory=FaultPlan)
+    #: Extra static tokens by account id (``--account-token``); an unknown id is a new account.
+    account_tokens: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Request:
     body: bytes = b""
     operation_id: str | None = None
     redact: bool = False  # OAuth traffic: the log keeps no secrets and no token responses
+    account: str | None = None  # the account of an authenticated API call
     fault: FaultKind | None = None  # what the fault mode did to it
 
     @functools.cached_property
@@ -236,9 +241,20 @@ class Sandbox:
         )
         self.customers = {c["customerId"]: c for c in self.seed["customers"]}
         self.services = {s["id"]: (c, s) for c in self.seed["customers"] for s in c["services"]}
-        self.quota = SlidingWindowQuota(self.config.quota_calls, self.config.quota_period, clock)
+        self.accounts: dict[str, Account] = {
+            a.id: a
+            for a in load_accounts(self.seed, self.config.static_token, self.config.account_tokens)
+        }
+        self.quotas = {
+            a.id: SlidingWindowQuota(
+                self.config.quota_calls if a.quota_calls is None else a.quota_calls,
+                self.config.quota_period if a.quota_period is None else a.quota_period,
+                clock,
+            )
+            for a in self.accounts.values()
+        }
         self.tokens = TokenStore(
-            self.seed.get("oauth", {}), self.config.static_token, self.config.token_ttl
+            {}, None, self.config.token_ttl, accounts=list(self.accounts.values())
         )
         self.state = SandboxState(self.seed, self.config.log_limit)
         self.faults = FaultInjector(self.config.faults)
@@ -276,7 +292,9 @@ class Sandbox:
         pending DLRs.
         """
         self.callbacks.cancel_all()
-        self.quota.reset()
+        for quota in self.quotas.values():
+            quota.reset()
+        self.tokens.reset()
         self.state.reset()
         self.faults.reset()
 
@@ -345,12 +363,14 @@ class Sandbox:
                 "Missing, invalid or expired bearer token",
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        retry_after = self.quota.acquire(principal.subject)
+        request.account = principal.account
+        quota = self.quotas[principal.account]
+        retry_after = quota.acquire(principal.subject)
         if retry_after is not None:
             raise ApiError(
                 429,
-                f"Rate limit exceeded: at most {self.quota.calls} calls per "
-                f"{self.quota.period:g} seconds per connection; retry after {retry_after} seconds",
+                f"Rate limit exceeded: at most {quota.calls} calls per "
+                f"{quota.period:g} seconds per connection; retry after {retry_after} seconds",
                 {"Retry-After": str(retry_after)},
             )
         found = self.contract.match(request.method, request.path)
@@ -372,18 +392,21 @@ class Sandbox:
 
     # --- look-ups ---
 
-    def customer(self, customer_id: str) -> dict[str, Any]:
+    def customer(self, call: Call, customer_id: str) -> dict[str, Any]:
+        """The customer, if the caller's account serves it: else 403 (another account's) or 404."""
         if customer_id == "forbidden":
             raise ApiError(403, f"Access to customer '{customer_id}' is denied")
         found: dict[str, Any] | None = self.customers.get(customer_id)
         if found is None:
             raise ApiError(404, f"Customer '{customer_id}' not found")
+        if customer_id not in self.accounts[call.principal.account].customers:
+            raise ApiError(403, f"Access to customer '{customer_id}' is denied")
         return found
 
     def service(
-        self, customer_id: str, service_id: str, service_type: str | None = None
+        self, call: Call, customer_id: str, service_id: str, service_type: str | None = None
     ) -> dict[str, Any]:
-        customer = self.customer(customer_id)
+        customer = self.customer(call, customer_id)
         found: dict[str, Any] | None = next(
             (s for s in customer["services"] if s["id"] == service_id), None
         )
@@ -397,11 +420,12 @@ class Sandbox:
         users = [
             {"customerId": c["customerId"], "customerName": c["customerName"]}
             for c in self.seed["customers"]
+            if c["customerId"] in self.accounts[call.principal.account].customers
         ]
         return Response(200, {"customerUsers": users})
 
     def get_customer_services(self, call: Call) -> Response:
-        customer = self.customer(call.params["Customer-Id"])
+        customer = self.customer(call, call.params["Customer-Id"])
         wanted = call.headers["servicetype"].lower()
         reply = call.headers.get("allowreplymessage")
         services = [
@@ -419,7 +443,7 @@ class Sandbox:
         return Response(200, self.seed["whatsappTemplateCategories"])
 
     def get_customer_whatsapp_identities(self, call: Call) -> Response:
-        customer = self.customer(call.params["Customer-Id"])
+        customer = self.customer(call, call.params["Customer-Id"])
         return Response(
             200, [{"inputSource": {"address": a}} for a in customer["whatsappIdentities"]]
         )
@@ -427,7 +451,7 @@ class Sandbox:
     # --- WhatsApp templates and opt-ins ---
 
     def get_customer_whatsapp_templates(self, call: Call) -> Response:
-        customer_id = self.customer(call.params["Customer-Id"])["customerId"]
+        customer_id = self.customer(call, call.params["Customer-Id"])["customerId"]
         wanted = call.query.get("TemplateId")
         with self.state.lock:
             templates = [
@@ -442,7 +466,7 @@ class Sandbox:
         return Response(200, templates)
 
     def create_whatsapp_template(self, call: Call) -> Response:
-        customer = self.customer(call.params["Customer-Id"])
+        customer = self.customer(call, call.params["Customer-Id"])
         identity = e164(call.params["IdentityNumber"])
         if identity is None or identity not in customer["whatsappIdentities"]:
             raise ApiError(404, f"WhatsApp identity '{call.params['IdentityNumber']}' not found")
@@ -490,7 +514,7 @@ class Sandbox:
     # --- sends ---
 
     def send_message(self, call: Call) -> Response:
-        service = self.service(call.headers["customer-id"], call.headers["service-id"])
+        service = self.service(call, call.headers["customer-id"], call.headers["service-id"])
         if call.operation.operation_id == "SendReplyMessage" and not service["allowReplyMessage"]:
             raise ApiError(400, f"Service '{service['id']}' does not allow reply messages")
         body = call.body
@@ -507,8 +531,8 @@ class Sandbox:
         return self._send(call, parts, pascal_case=True)
 
     def send_whatsapp_template_message(self, call: Call) -> Response:
-        customer = self.customer(call.headers["customer-id"])
-        self.service(customer["customerId"], call.headers["service-id"])
+        customer = self.customer(call, call.headers["customer-id"])
+        self.service(call, customer["customerId"], call.headers["service-id"])
         name = call.body["TemplateName"]
         with self.state.lock:
             known = any(t["id"] == name for t in self.state.templates[customer["customerId"]])
@@ -519,7 +543,7 @@ class Sandbox:
         return self._send(call, 1, pascal_case=False)
 
     def send_discussion_reply_message(self, call: Call) -> Response:
-        self.customer(call.headers["customerid"])
+        self.customer(call, call.headers["customerid"])
         body = call.body
         answer = {
             "MessageId": str(uuid.uuid4()),
@@ -532,7 +556,7 @@ class Sandbox:
 
     def _send(self, call: Call, parts: int, pascal_case: bool) -> Response:
         body = call.body
-        subject = call.principal.subject
+        subject = call.principal.key
         if not body["Recipients"]:
             raise ApiError(400, "body.Recipients must not be empty")
         addresses = []
@@ -611,7 +635,7 @@ class Sandbox:
                     ).encode()
                 ).hexdigest()
             )
-            if self.state.attempt(call.principal.subject, key) <= TEMPORARY_FAILURES:
+            if self.state.attempt(call.principal.key, key) <= TEMPORARY_FAILURES:
                 raise ApiError(503, "Service temporarily unavailable")
         if "rejected" in magic:
             rejected = next(a for a in addresses if MAGIC_NUMBERS.get(a) == "rejected")
@@ -627,6 +651,7 @@ class Sandbox:
                 "time": utc_now(),
                 "operationId": call.operation.operation_id,
                 "subject": call.principal.subject,
+                "account": call.principal.account,
                 "customerId": call.headers.get("customer-id") or call.headers.get("customerid"),
                 "serviceId": call.headers.get("service-id"),
                 "messageId": answer.get("MessageId") or answer.get("messageId"),
@@ -672,7 +697,7 @@ class Sandbox:
     # --- pipelines (the New Message trigger) ---
 
     def new_message(self, call: Call) -> Response:
-        service = self.service(call.headers["customer"], call.params["Service"], "TwoWay")
+        service = self.service(call, call.headers["customer"], call.params["Service"], "TwoWay")
         body = call.body
         endpoint = body["options"]["endpointUrl"]
         if not _absolute_http_url(endpoint):
@@ -694,6 +719,9 @@ class Sandbox:
         )
 
     def delete_trigger(self, call: Call) -> Response:
+        found = self.state.actions.get(call.params["Action-Id"])
+        if found is not None:
+            self.customer(call, found["customerId"])  # another account's action: 403
         if not self.state.remove_action(call.params["Pipeline-Id"], call.params["Action-Id"]):
             pipeline, action = call.params["Pipeline-Id"], call.params["Action-Id"]
             raise ApiError(
@@ -706,7 +734,7 @@ class Sandbox:
 
     def _contact_key(self, call: Call, regions: list[str] | None = None) -> tuple[str, str, str]:
         customer, service = call.params["Customer"], call.params["Group Service"]
-        self.service(customer, service, "Group")
+        self.service(call, customer, service, "Group")
         phone = e164(call.params["Phone"], regions)
         if phone is None:
             raise ApiError(400, f"Invalid phone number '{call.params['Phone']}'")
@@ -722,7 +750,7 @@ class Sandbox:
 
     def create_group_contact(self, call: Call) -> Response:
         customer, service = call.params["Customer"], call.params["Group Service"]
-        self.service(customer, service, "Group")
+        self.service(call, customer, service, "Group")
         body = call.body
         phone = e164(body["phone"], body.get("phoneNumberRegions"))
         if phone is None:
@@ -765,7 +793,7 @@ class Sandbox:
 
     def delete_all_group_contacts(self, call: Call) -> Response:
         customer, service = call.params["Customer"], call.params["Group Service"]
-        self.service(customer, service, "Group")
+        self.service(call, customer, service, "Group")
         with self.state.lock:
             for key in [k for k in self.state.contacts if k[:2] == (customer, service)]:
                 del self.state.contacts[key]
@@ -781,7 +809,9 @@ class Sandbox:
             self.reset()
             return Response(200, {"status": "reset"})
         if route == ("POST", "/sandbox/revoke-tokens"):
-            return Response(200, {"revoked": self.tokens.revoke_access_tokens()})
+            return self._revoke(request)
+        if route == ("GET", "/sandbox/accounts"):
+            return Response(200, self.accounts_view())
         if route == ("POST", "/sandbox/inbound"):
             return self.inbound(request.json())
         logs = {
@@ -800,6 +830,25 @@ class Sandbox:
         if route[1] == "/sandbox/faults":
             return self._fault_control(request)
         raise ApiError(404, f"Not found: {request.method} {request.path}")
+
+    def accounts_view(self) -> list[dict[str, Any]]:
+        """The accounts, their customers, client ids and quota limits; never a secret."""
+        return [
+            a.public(
+                self.quotas[a.id].calls, self.quotas[a.id].period, self.quotas[a.id].used_total()
+            )
+            for a in self.accounts.values()
+        ]
+
+    def _revoke(self, request: Request) -> Response:
+        """Drop issued access tokens: ``?account=ID`` of one account only, ``&static=true`` also
+        refuses its static tokens until reset."""
+        account = request.query.get("account") or None
+        if account is not None and account not in self.accounts:
+            raise ApiError(404, f"Account '{account}' not found")
+        static = request.query.get("static", "").lower() in ("1", "true", "yes")
+        revoked = self.tokens.revoke_access_tokens(account, static=static)
+        return Response(200, {"revoked": revoked, "account": account, "static": static})
 
     def _fault_control(self, request: Request) -> Response:
         """``GET``: the plan and counts; ``PUT``: a new plan (counts from zero); ``DELETE``:
@@ -950,6 +999,7 @@ class Sandbox:
                 "body": body,
                 "status": None if request.fault is FaultKind.RESET else response.status,
                 "operationId": request.operation_id,
+                "account": request.account,
                 "response": None if request.redact else response.body,
                 **({"fault": request.fault.value} if request.fault is not None else {}),
             },

@@ -9,9 +9,11 @@
 - ``authorization_code``: codes come from ``/authorize``, which signs the seed's first user in
   without a page.
 
+Every credential belongs to one account (sandbox/accounts.py); so does every token issued for it.
 Access tokens are opaque (``sbx_at_...``), valid ``ttl`` seconds;
-:meth:`TokenStore.revoke_access_tokens` drops every issued access token (refresh tokens stay valid,
-so a client can recover by refreshing).
+:meth:`TokenStore.revoke_access_tokens` drops the issued access tokens (of one account, or all;
+refresh tokens stay valid, so a client can recover by refreshing) and can disable an account's
+static tokens until :meth:`TokenStore.reset`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import binascii
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from sandbox.accounts import Account, load_accounts
 from sandbox.quota import Clock
 
 __all__ = ["Principal", "TokenStore", "discovery_document"]
@@ -33,16 +36,22 @@ __all__ = ["Principal", "TokenStore", "discovery_document"]
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a token belongs to; ``subject`` names the connection (quota and RequestId memory are kept
-    per subject).
+    """Who a token belongs to: the ``account`` and, within it, the ``subject`` naming the connection
+    (quota is kept per subject within an account, RequestId memory per account and subject).
     """
 
     subject: str
     kind: str  # "static", "client" or "user"
+    account: str = "1"
+
+    @property
+    def key(self) -> str:
+        """The subject qualified by its account: unique across accounts."""
+        return f"{self.account}/{self.subject}"
 
 
 class TokenStore:
-    """Issued tokens and the seed's OAuth clients and users."""
+    """Issued tokens and the accounts' static tokens, OAuth clients and users."""
 
     def __init__(
         self,
@@ -50,17 +59,35 @@ class TokenStore:
         static_token: str | None,
         ttl: int,
         clock: Clock = time.time,
+        *,
+        accounts: Sequence[Account] | None = None,
     ) -> None:
-        self.clients = {c["clientId"]: c["clientSecret"] for c in oauth_seed.get("clients", [])}
-        self.static_refresh = {u["refreshToken"]: u["userId"] for u in oauth_seed.get("users", [])}
-        self.default_user = next(iter(self.static_refresh.values()), "sandbox-user")
-        self.static_token = static_token or None
+        """Credentials from ``accounts``; without them, one account owning ``oauth_seed``'s
+        clients and users and ``static_token``."""
+        if accounts is None:
+            accounts = load_accounts({"customers": [], "oauth": oauth_seed}, static_token)
+        self.clients = {cid: (sec, a.id) for a in accounts for cid, sec in a.clients.items()}
+        self.static_refresh = {
+            r: Principal(subject=u, kind="user", account=a.id)
+            for a in accounts
+            for r, u in a.users.items()
+        }
+        self.default_user = next(
+            iter(self.static_refresh.values()), Principal("sandbox-user", "user", accounts[0].id)
+        )
+        self.static_tokens = {t: a.id for a in accounts for t in a.static_tokens}
         self.ttl = ttl
         self.clock = clock
         self._access: dict[str, tuple[Principal, float]] = {}
-        self._refresh: dict[str, str] = {}
-        self._codes: dict[str, str] = {}
+        self._refresh: dict[str, Principal] = {}
+        self._codes: dict[str, Principal] = {}
+        self._disabled: set[str] = set()  # accounts whose static tokens are revoked
         self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Static tokens work again (issued tokens are kept, as before accounts existed)."""
+        with self._lock:
+            self._disabled.clear()
 
     # --- bearer tokens on API calls ---
 
@@ -69,8 +96,12 @@ class TokenStore:
         if not authorization or authorization[:7].lower() != "bearer ":
             return None
         token = authorization[7:].strip()
-        if self.static_token is not None and secrets.compare_digest(token, self.static_token):
-            return Principal(subject="static", kind="static")
+        for static, account in self.static_tokens.items():
+            if secrets.compare_digest(token, static):
+                with self._lock:
+                    if account in self._disabled:
+                        return None
+                return Principal(subject="static", kind="static", account=account)
         with self._lock:
             found = self._access.get(token)
             if found is None:
@@ -81,11 +112,19 @@ class TokenStore:
                 return None
             return principal
 
-    def revoke_access_tokens(self) -> int:
+    def revoke_access_tokens(self, account: str | None = None, static: bool = False) -> int:
+        """Drop the issued access tokens of ``account`` (None: every account); with ``static``,
+        also refuse the account's static tokens until reset. Returns how many issued tokens went.
+        """
         with self._lock:
-            count = len(self._access)
-            self._access.clear()
-            return count
+            gone = [t for t, (p, _) in self._access.items() if account in (None, p.account)]
+            for token in gone:
+                del self._access[token]
+            if static:
+                self._disabled.update(
+                    a for a in self.static_tokens.values() if account in (None, a)
+                )
+            return len(gone)
 
     def issue_code(self) -> str:
         code = "sbx_code_" + secrets.token_urlsafe(16)
@@ -106,15 +145,14 @@ class TokenStore:
         grant = form.get("grant_type")
         if not client_id or client_id not in self.clients:
             return _error("invalid_client", "unknown client_id")
-        if client_secret is not None and not secrets.compare_digest(
-            client_secret, self.clients[client_id]
-        ):
+        secret, account = self.clients[client_id]
+        if client_secret is not None and not secrets.compare_digest(client_secret, secret):
             return _error("invalid_client", "client authentication failed")
         if grant == "client_credentials":
             if client_secret is None:
                 return _error("invalid_client", "client_secret is required for client_credentials")
             return 200, self._tokens(
-                Principal(subject=client_id, kind="client"), with_refresh=False
+                Principal(subject=client_id, kind="client", account=account), with_refresh=False
             )
         if grant == "refresh_token":
             refresh = form.get("refresh_token", "")
@@ -122,13 +160,13 @@ class TokenStore:
                 user = self.static_refresh.get(refresh) or self._refresh.pop(refresh, None)
             if user is None:
                 return _error("invalid_grant", "refresh token is invalid, expired or already used")
-            return 200, self._tokens(Principal(subject=user, kind="user"), with_refresh=True)
+            return 200, self._tokens(user, with_refresh=True)
         if grant == "authorization_code":
             with self._lock:
                 user = self._codes.pop(form.get("code", ""), None)
             if user is None:
                 return _error("invalid_grant", "authorization code is invalid or already used")
-            return 200, self._tokens(Principal(subject=user, kind="user"), with_refresh=True)
+            return 200, self._tokens(user, with_refresh=True)
         return _error("unsupported_grant_type", f"grant_type {grant!r} is not supported")
 
     def _tokens(self, principal: Principal, with_refresh: bool) -> dict[str, Any]:
@@ -146,7 +184,7 @@ class TokenStore:
             self._access[access] = (principal, now + self.ttl)
             if with_refresh:
                 refresh = "sbx_rt_" + secrets.token_urlsafe(24)
-                self._refresh[refresh] = principal.subject
+                self._refresh[refresh] = principal
                 body["refresh_token"] = refresh
                 body["refresh_token_expires_in"] = 14 * 24 * 3600
         return body

@@ -50,6 +50,12 @@ class SlidingWindowQuota:
             now = self.clock()
             return sum(1 for t in self._log.get(key, ()) if t + self.period > now)
 
+    def used_total(self) -> int:
+        """Slots currently occupied by every key together."""
+        with self._lock:
+            now = self.clock()
+            return sum(1 for log in self._log.values() for t in log if t + self.period > now)
+
     def reset(self) -> None:
         with self._lock:
             self._log.clear()

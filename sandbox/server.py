@@ -8,6 +8,7 @@ Programmatic use (tests, benchmarks)::
         auth = {"Authorization": f"Bearer {server.token}"}
         httpx.get(server.api_url + "/customers", headers=auth)
         server.state.snapshot("requests")  # what it received
+        server.account_token("2")  # account 2's static token: customer 2001 only
         server.reset()  # back to the seed
 """
 
@@ -19,6 +20,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -141,6 +143,7 @@ class SandboxServer:
         seed_path: str | Path | None = None,
         log_limit: int = 10_000,
         faults: FaultPlan | None = None,
+        account_tokens: Mapping[str, Sequence[str]] | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.host = host
@@ -157,6 +160,7 @@ class SandboxServer:
             seed_path=Path(seed_path) if seed_path else SEED_PATH,
             log_limit=log_limit,
             faults=faults or FaultPlan(),
+            account_tokens={k: list(v) for k, v in (account_tokens or {}).items()},
         )
         self.app = Sandbox(self.config, clock=clock)
         self._httpd: _HTTPServer | None = None
@@ -223,6 +227,13 @@ class SandboxServer:
         if not self.config.static_token:
             raise RuntimeError("the static token is disabled")
         return self.config.static_token
+
+    def account_token(self, account: str) -> str:
+        """The first static bearer token of ``account`` (e.g. ``"2"``: ``sandbox-token-2``)."""
+        tokens = self.app.accounts[account].static_tokens
+        if not tokens:
+            raise RuntimeError(f"account {account} has no static token")
+        return tokens[0]
 
     @property
     def authority(self) -> str:

@@ -1,18 +1,31 @@
 """Opt-out: the suppression table and the send refusal (both sides use them: inbound STOP/START
 writes it, the send path refuses opted-out recipients).
 
-Suppressions are per service (a STOP to the support line does not silence the newsletter):
-``SmartDialogSuppressions``, PartitionKey = service id, RowKey = the recipient in E.164 (or,
-when it does not parse as a phone number, e.g. a short code, the text itself).
+Suppressions are per service (a STOP to the support line does not silence the newsletter).
+``SmartDialogSuppressions`` holds each one twice:
+
+- *by service*: PartitionKey = service id, RowKey = the recipient in E.164 (or, when it does not
+  parse as a phone number, e.g. a short code, the text itself). A bulk send's check reads a
+  service's whole list with one partition query.
+- *by recipient*: PartitionKey = ``to:<recipient>``, RowKey = the service id (``*``: every
+  service). A send's check for one recipient is one query of that partition, whatever the
+  service (the all-services row included).
+
+The by-recipient rows came later: a ``~layout`` row records when they were first copied from the
+by-service rows. For :data:`UPGRADE_WINDOW` after that, while an earlier version may still be
+running and writing by-service rows only, every process copies them again at most every
+:data:`RECOPY_EVERY` (see docs/deploy.md, "Upgrading").
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from shared.clock import utcnow
 from shared.names import SUPPRESSIONS_TABLE
 from shared.problems import FieldError, Problem, ProblemType
 from shared.storage import ensured_table, plain_datetime, safe_key, utc
@@ -32,6 +45,43 @@ __all__ = [
 
 #: The suppression scope that covers every service.
 ALL_SERVICES = "*"
+#: Partition prefix of the by-recipient rows, and the row that records their layout.
+BY_RECIPIENT = "to:"
+LAYOUT_PARTITION, LAYOUT_ROW = "~layout", "by-recipient"
+#: After the by-recipient rows are first copied: how long by-service rows are copied again (an
+#: earlier version may still write those only), and how often.
+UPGRADE_WINDOW = dt.timedelta(minutes=15)
+RECOPY_EVERY = dt.timedelta(seconds=60)
+#: Per table (its URL): when the layout was made, and when this process last copied.
+_layouts: dict[str, tuple[dt.datetime, dt.datetime]] = {}
+
+
+def _by_recipient(phone: str) -> str:
+    return safe_key(BY_RECIPIENT + phone)
+
+
+def _quoted(key: str) -> str:
+    return key.replace("'", "''")
+
+
+def _mirrored(row: dict[str, Any]) -> dict[str, Any]:
+    """The by-recipient row of a by-service ``row``."""
+    service, phone = str(row["Service"]), str(row["Phone"])
+    return {**row, "PartitionKey": _by_recipient(phone), "RowKey": safe_key(service),
+            "ByRecipient": True}  # fmt: skip
+
+
+def _suppression(entity: Any, service: str, phone: str) -> Suppression:
+    since = utc(entity.get("Since"))
+    assert since is not None
+    return Suppression(
+        service=str(entity.get("Service", service)),
+        phone=str(entity.get("Phone", phone)),
+        keyword=entity.get("Keyword"),
+        source=str(entity.get("Source", "")),
+        since=since,
+        message_id=entity.get("MessageId"),
+    )
 
 
 def recipient_key(address: str) -> str:
@@ -83,19 +133,19 @@ class SuppressionStore:
         from azure.data.tables import UpdateMode
 
         phone = recipient_key(address)
-        self._table.upsert_entity(
-            {
-                "PartitionKey": safe_key(service),
-                "RowKey": safe_key(phone),
-                "Service": service,
-                "Phone": phone,
-                "Keyword": keyword,
-                "Source": source,
-                "Since": plain_datetime(now),
-                "MessageId": message_id,
-            },
-            mode=UpdateMode.REPLACE,
-        )
+        row = {
+            "PartitionKey": safe_key(service),
+            "RowKey": safe_key(phone),
+            "Service": service,
+            "Phone": phone,
+            "Keyword": keyword,
+            "Source": source,
+            "Since": plain_datetime(now),
+            "MessageId": message_id,
+        }
+        # By service first: a copy (see the module docstring) then never drops the new one.
+        self._table.upsert_entity(row, mode=UpdateMode.REPLACE)
+        self._table.upsert_entity(_mirrored(row), mode=UpdateMode.REPLACE)
         return Suppression(service, phone, keyword, source, now, message_id)
 
     def remove(self, service: str, address: str) -> bool:
@@ -106,6 +156,7 @@ class SuppressionStore:
         if existing is None:
             return False
         try:
+            self._table.delete_entity(_by_recipient(existing.phone), safe_key(service))
             self._table.delete_entity(safe_key(service), safe_key(existing.phone))
         except ResourceNotFoundError:
             return False
@@ -135,6 +186,10 @@ class SuppressionStore:
                     etag=entity.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
+                # A STOP landing right now rewrites both rows after this (by service first).
+                self._table.delete_entity(
+                    _by_recipient(str(entity.get("Phone") or recipient_key(address))), pk
+                )
                 return True
             except ResourceNotFoundError:
                 return False
@@ -150,25 +205,91 @@ class SuppressionStore:
             entity = self._table.get_entity(safe_key(service), safe_key(phone))
         except ResourceNotFoundError:
             return None
-        since = utc(entity.get("Since"))
-        assert since is not None
-        return Suppression(
-            service=str(entity.get("Service", service)),
-            phone=str(entity.get("Phone", phone)),
-            keyword=entity.get("Keyword"),
-            source=str(entity.get("Source", "")),
-            since=since,
-            message_id=entity.get("MessageId"),
+        return _suppression(entity, service, phone)
+
+    def for_recipient(self, service: str, address: str) -> Suppression | None:
+        """``address``'s suppression for ``service`` or for every service: one query of its
+        by-recipient partition."""
+        self._ensure_layout()
+        phone = recipient_key(address)
+        scopes = " or ".join(
+            f"RowKey eq '{_quoted(safe_key(scope))}'"
+            for scope in dict.fromkeys((service, ALL_SERVICES))
         )
+        query = f"PartitionKey eq '{_quoted(_by_recipient(phone))}' and ({scopes})"
+        hits = {str(e.get("Service")): e for e in self._table.query_entities(query)}
+        entity = hits.get(service) or hits.get(ALL_SERVICES)
+        return None if entity is None else _suppression(entity, service, phone)
+
+    def _ensure_layout(self) -> None:
+        """Make the by-recipient rows once (a ``~layout`` row records when); within
+        :data:`UPGRADE_WINDOW` of that, copy the by-service rows again every
+        :data:`RECOPY_EVERY` (one process at a time need not be arranged: copies are idempotent)."""
+        now = utcnow()
+        made, copied = _layouts.get(self._table.url, (None, None))
+        if made and copied and (now - made > UPGRADE_WINDOW or now - copied < RECOPY_EVERY):
+            return
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        try:
+            marker = self._table.get_entity(LAYOUT_PARTITION, LAYOUT_ROW)
+            made = utc(marker.get("Since")) or now
+        except ResourceNotFoundError:
+            self._copy()
+            try:
+                self._table.create_entity(
+                    {"PartitionKey": LAYOUT_PARTITION, "RowKey": LAYOUT_ROW,
+                     "Since": plain_datetime(now)}
+                )  # fmt: skip
+                made = now
+            except ResourceExistsError:
+                made = utc(self._table.get_entity(LAYOUT_PARTITION, LAYOUT_ROW).get("Since"))
+                made = made or now
+            _layouts[self._table.url] = (made, now)
+            return
+        if now - made <= UPGRADE_WINDOW:
+            self._copy()
+        _layouts[self._table.url] = (made, now)
+
+    def _copy(self) -> None:
+        """Mirror every by-service row by recipient, and drop by-recipient rows whose by-service
+        row is gone (lifted by an earlier version); one written less than :data:`RECOPY_EVERY`
+        ago stays (a STOP being written now: its by-service row may have been listed before
+        it was), as does one rewritten since it was listed (its ETag)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        recent = utcnow() - RECOPY_EVERY
+        by_service: dict[tuple[str, str], dict[str, Any]] = {}
+        mirrored: dict[tuple[str, str], tuple[str, dt.datetime | None]] = {}
+        for entity in self._table.list_entities():
+            pk, rk = str(entity["PartitionKey"]), str(entity["RowKey"])
+            if pk == LAYOUT_PARTITION:
+                continue
+            if entity.get("ByRecipient"):
+                meta = entity.metadata
+                mirrored[(pk, rk)] = (str(meta.get("etag")), utc(meta.get("timestamp")))
+            else:
+                copy = _mirrored(dict(entity))
+                by_service[(copy["PartitionKey"], copy["RowKey"])] = copy
+        for key, row in by_service.items():
+            if key not in mirrored:
+                self._table.upsert_entity(row, mode=UpdateMode.REPLACE)
+        for (pk, rk), (etag, written) in mirrored.items():
+            if (pk, rk) in by_service or (written is not None and written > recent):
+                continue
+            with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
+                self._table.delete_entity(
+                    pk, rk, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
 
     def suppressed(self, service: str, addresses: Sequence[str]) -> dict[int, Suppression]:
         """The suppressed ones among ``addresses`` for ``service`` or for every service
         (:data:`ALL_SERVICES`), by their index."""
         found: dict[int, Suppression] = {}
         for index, address in enumerate(addresses):
-            hit = self.get(service, address) or (
-                self.get(ALL_SERVICES, address) if service != ALL_SERVICES else None
-            )
+            hit = self.for_recipient(service, address)
             if hit is not None:
                 found[index] = hit
         return found

@@ -14,12 +14,16 @@ subscriber delivery per matching subscription (the New Message dispatcher does t
 retries, per-subscriber dead letters).
 
 A notification is written only when the service has a subscription of its kind (for delivery
-reports: one that wants this state). The notifier learns that from ``SmartDialogSubscriptions``
-(written by ``shared.inbound``'s ``SubscriptionStore``; this module reads its ``Kind`` and
-``States`` columns only) with one partition query per service, kept for
-:data:`SUBSCRIBERS_TTL_SECONDS`: a delivery report for a service nobody subscribed to costs no
-storage call once that answer is cached, and a new subscription starts receiving within that
-time.
+reports: one that wants this state) on the event's connection. The notifier learns that from
+``SmartDialogSubscriptions`` (written by ``shared.inbound``'s ``SubscriptionStore``; this module
+reads its ``Kind``, ``States`` and ``Connection`` columns and the ids only) with one partition
+query per service, kept for :data:`SUBSCRIBERS_TTL_SECONDS`. It is the one subscriber index: the
+inbound processor finds a New Message's subscribers in it too. A delivery report for a service
+nobody subscribed to costs no storage call once that answer is cached, and a new subscription
+starts receiving within that time (at once on the instance that made it).
+
+Every subscription belongs to one SmartDialog connection (``Connection``; rows written before
+connections existed belong to :data:`DEFAULT_CONNECTION`) and gets only its connection's events.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,12 +50,14 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "DEFAULT_CONNECTION",
     "FINAL_STATES",
     "SUBSCRIBERS_TTL_SECONDS",
     "DeliveryReportTriggerData",
     "FieldErrorData",
     "OptOutTriggerData",
     "SendFailedTriggerData",
+    "SubscriberEntry",
     "TriggerKind",
     "TriggerNotification",
     "TriggerNotifier",
@@ -63,6 +70,8 @@ log = logging.getLogger("shared.triggers")
 
 #: How long the notifier trusts its answer to "does this service have subscribers of a kind".
 SUBSCRIBERS_TTL_SECONDS = 30.0
+#: The connection of an event or subscription that names none (rows written before connections).
+DEFAULT_CONNECTION = "default"
 #: Recipient states no later report changes: what "final states only" delivers.
 FINAL_STATES = frozenset({"delivered", "undelivered"})
 
@@ -103,6 +112,9 @@ class DeliveryReportTriggerData(BaseModel):
         None, description="The CustomerData the send was given: use it to find your row."
     )
     service: str = Field(description="The service the message was sent through.")
+    connection: str = Field(
+        DEFAULT_CONNECTION, description="The SmartDialog connection the message belongs to."
+    )
 
 
 class OptOutTriggerData(BaseModel):
@@ -118,6 +130,9 @@ class OptOutTriggerData(BaseModel):
     occurredAt: dt.datetime = Field(description="When the keyword arrived (UTC).")
     messageId: str = Field(description="The inbound message's id.")
     service: str = Field(description="The 2-way service that received the keyword.")
+    connection: str = Field(
+        DEFAULT_CONNECTION, description="The SmartDialog connection whose webhook received it."
+    )
 
 
 class FieldErrorData(BaseModel):
@@ -150,6 +165,9 @@ class SendFailedTriggerData(BaseModel):
     customerData: str | None = Field(None, description="The CustomerData the send was given.")
     failedAt: dt.datetime = Field(description="When it failed (UTC).")
     service: str = Field(description="The service the message was sent through.")
+    connection: str = Field(
+        DEFAULT_CONNECTION, description="The SmartDialog connection the message belongs to."
+    )
 
 
 class TriggerNotification(BaseModel):
@@ -161,6 +179,9 @@ class TriggerNotification(BaseModel):
     schemaVersion: Literal[1] = 1
     kind: Literal["delivery-report", "opt-out", "send-failed"]
     service: str = Field(min_length=1)
+    connection: str = Field(
+        DEFAULT_CONNECTION, min_length=1, description="Only its subscriptions get it."
+    )
     eventId: str = Field(
         min_length=1, description="Stable across repeats: each delivery's ce-id is made of it."
     )
@@ -168,9 +189,27 @@ class TriggerNotification(BaseModel):
     data: dict[str, Any] = Field(description="The trigger's data (its kind's model).")
 
 
+@dataclass(frozen=True)
+class SubscriberEntry:
+    """One row of the subscriber index: a subscription's id, trigger, connection and (delivery
+    reports) which states it wants."""
+
+    subscription_id: str
+    kind: TriggerKind
+    connection: str = DEFAULT_CONNECTION
+    states: str | None = None
+
+    def wants(self, state: str | None) -> bool:
+        """Whether it wants an event of ``state`` (only delivery reports filter on it)."""
+        if self.kind is not TriggerKind.DELIVERY_REPORT:
+            return True
+        return self.states == "all" or state in FINAL_STATES
+
+
 class TriggerNotifier:
-    """Writes :class:`TriggerNotification` messages for services that have subscribers of
-    their kind. Build with :meth:`for_settings` (one per settings, shared by a process)."""
+    """The subscriber index of each service (cached :data:`SUBSCRIBERS_TTL_SECONDS`), and the
+    writer of :class:`TriggerNotification` messages for services that have subscribers of their
+    kind. Build with :meth:`for_settings` (one per settings, shared by a process)."""
 
     def __init__(
         self,
@@ -185,20 +224,39 @@ class TriggerNotifier:
         self._clock = clock
         self._ttl = dt.timedelta(seconds=ttl_seconds)
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[dt.datetime, frozenset[str]]] = {}
+        self._known: dict[str, tuple[dt.datetime, tuple[SubscriberEntry, ...]]] = {}
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TriggerNotifier:
         return _notifier(settings)
 
-    def wanted(self, kind: TriggerKind, service: str, *, state: str | None = None) -> bool:
-        """Whether ``service`` has a subscription of ``kind`` (for a delivery report: one that
-        wants ``state``). At most one table query per service per
-        :data:`SUBSCRIBERS_TTL_SECONDS`."""
-        tags = self._tags(service)
-        if kind is not TriggerKind.DELIVERY_REPORT:
-            return str(kind) in tags
-        return f"{kind}:all" in tags or (state in FINAL_STATES and f"{kind}:final" in tags)
+    def subscribers(
+        self,
+        kind: TriggerKind,
+        service: str,
+        *,
+        connection: str = DEFAULT_CONNECTION,
+        state: str | None = None,
+    ) -> list[str]:
+        """The ids of the subscriptions of ``service`` to ``kind`` on ``connection`` that want
+        ``state``. At most one table query per service per :data:`SUBSCRIBERS_TTL_SECONDS`."""
+        return [
+            entry.subscription_id
+            for entry in self._index(service)
+            if entry.kind is kind and entry.connection == connection and entry.wants(state)
+        ]
+
+    def wanted(
+        self,
+        kind: TriggerKind,
+        service: str,
+        *,
+        state: str | None = None,
+        connection: str = DEFAULT_CONNECTION,
+    ) -> bool:
+        """Whether ``service`` has a subscription of ``kind`` on ``connection`` (for a delivery
+        report: one that wants ``state``)."""
+        return bool(self.subscribers(kind, service, connection=connection, state=state))
 
     def forget(self, service: str) -> None:
         """Drop the cached answer for ``service`` (this process just (un)subscribed it)."""
@@ -214,13 +272,15 @@ class TriggerNotifier:
         time: dt.datetime,
         data: BaseModel,
         state: str | None = None,
+        connection: str = DEFAULT_CONNECTION,
     ) -> bool:
         """Queue a notification if anyone wants it; True if one was written."""
-        if not self.wanted(kind, service, state=state):
+        if not self.wanted(kind, service, state=state, connection=connection):
             return False
         note = TriggerNotification(
             kind=kind.value,
             service=service,
+            connection=connection,
             eventId=event_id,
             time=time,
             data=data.model_dump(mode="json", exclude_none=True),
@@ -228,33 +288,43 @@ class TriggerNotifier:
         send_creating(self._queue, note.model_dump_json())
         return True
 
-    def _tags(self, service: str) -> frozenset[str]:
+    def _index(self, service: str) -> tuple[SubscriberEntry, ...]:
         now = self._clock()
         with self._lock:
             cached = self._known.get(service)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        tags = self._query(service)
+        entries = self._query(service)
         with self._lock:
-            self._known[service] = (now, tags)
-        return tags
+            self._known[service] = (now, entries)
+        return entries
 
-    def _query(self, service: str) -> frozenset[str]:
+    def _query(self, service: str) -> tuple[SubscriberEntry, ...]:
         from azure.core.exceptions import ResourceNotFoundError
 
         key = safe_key(service).replace("'", "''")
-        tags: set[str] = set()
+        entries: list[SubscriberEntry] = []
         try:
             for entity in self._subscriptions.query_entities(
-                f"PartitionKey eq '{key}'", select=["Kind", "States"]
+                f"PartitionKey eq '{key}'", select=["RowKey", "Kind", "States", "Connection"]
             ):
-                kind = entity.get("Kind") or TriggerKind.NEW_MESSAGE
-                tags.add(str(kind))
-                if kind == TriggerKind.DELIVERY_REPORT:
-                    tags.add(f"{kind}:{entity.get('States') or 'final'}")
+                try:
+                    kind = TriggerKind(entity.get("Kind") or TriggerKind.NEW_MESSAGE)
+                except ValueError:  # a kind this release does not know
+                    continue
+                entries.append(
+                    SubscriberEntry(
+                        subscription_id=str(entity["RowKey"]),
+                        kind=kind,
+                        connection=str(entity.get("Connection") or DEFAULT_CONNECTION),
+                        states=(entity.get("States") or "final")
+                        if kind is TriggerKind.DELIVERY_REPORT
+                        else None,
+                    )
+                )
         except ResourceNotFoundError:  # no table yet: nobody subscribed
             pass
-        return frozenset(tags)
+        return tuple(entries)
 
 
 @lru_cache(maxsize=4)

@@ -692,3 +692,63 @@ def test_checkov_finds_no_failed_check_and_every_skip_is_explained_where_it_appl
         f"skip comments that excuse nothing: {sorted(written - set(skipped))}; "
         f"skips without a comment: {sorted(set(skipped) - written)}"
     )
+
+
+# --- named connections ---------------------------------------------------------------------
+
+#: Per-connection settings (README "Connections") and the JSON field of SMARTDIALOG_CONNECTIONS
+#: that feeds each; secrets come from SMARTDIALOG_CONNECTION_SECRETS through Key Vault.
+CONNECTION_FIELDS = {
+    "CUSTOMERS": "customers",
+    "CUSTOMER_ID": "customerId",
+    "SERVICE_ID": "serviceId",
+    "CLIENT_ID": "clientId",
+    "QUOTA_CALLS": "quotaCalls",
+    "QUOTA_PERIOD_SECONDS": "quotaPeriodSeconds",
+    "QUOTA_SAFETY_MARGIN_SECONDS": "quotaSafetyMarginSeconds",
+    "BASE_URL": "baseUrl",
+    "AUTHORITY": "authority",
+    "SCOPES": "scopes",
+}
+CONNECTION_SECRETS = {"CLIENT_SECRET": "client-secret", "REFRESH_TOKEN": "refresh-token"}
+CONNECTION_PREFIX = "SMARTDIALOG_CONNECTIONS__${toUpper(replace("
+
+
+def test_named_connections_come_from_azd_and_their_secrets_only_through_key_vault() -> None:
+    mapped = parameter_values()
+    assert mapped["smartDialogConnections"] == "${SMARTDIALOG_CONNECTIONS}"
+    assert mapped["smartDialogConnectionSecrets"] == "${SMARTDIALOG_CONNECTION_SECRETS}"
+    declared = params(source("main.bicep"))
+    assert declared["smartDialogConnections"].default == "''"
+    secrets = declared["smartDialogConnectionSecrets"]
+    assert "@secure()" in secrets.decorators
+    assert secrets.default == "''"
+
+    main, vault = source("main.bicep").no_comments, source("app/keyvault.bicep").no_comments
+    for setting, field_name in CONNECTION_FIELDS.items():
+        line = re.search(
+            rf"name: '{re.escape(CONNECTION_PREFIX)}connection\.name, '-', '_'\)\)}}__{setting}'\n"
+            r"\s*value: ([^\n]+)",
+            main,
+        )
+        assert line, f"infra/main.bicep sets no SMARTDIALOG_CONNECTIONS__<NAME>__{setting}"
+        assert f"'{field_name}'" in line.group(1)
+        assert f"connection.{field_name}" in line.group(1)
+    for setting, suffix in CONNECTION_SECRETS.items():
+        assert f"name: 'smartdialog-connection-${{name}}-{suffix}'" in vault
+        reference = re.search(
+            rf"name: '{re.escape(CONNECTION_PREFIX)}name, '-', '_'\)\)}}__{setting}'\n"
+            r"\s*value: ([^\n]+)",
+            vault,
+        )
+        assert reference, f"infra/app/keyvault.bicep gives no {setting} reference"
+        assert "'@Microsoft.KeyVault(SecretUri=${" in reference.group(1)
+        for src in bicep_sources():  # the secret setting is set nowhere else
+            if src.name != "app/keyvault.bicep":
+                assert f"__{setting}'" not in src.no_comments, src.name
+    # Settings left empty are left out, and the app gets the pairs beside its other settings.
+    assert "filter(flatten(connectionSettingPairs), setting => !empty(setting.value))" in main
+    assert "connectionSettings: concat(connectionSettings, connectionSecretSettings)" in main
+    assert "appSettings: concat(appSettingPairs, connectionSettings)" in (
+        source("app/api.bicep").no_comments
+    )

@@ -20,7 +20,10 @@ look-up falls back to its own default (generation fails if the look-up needs tha
 
 ``host`` is the placeholder :data:`HOST_PLACEHOLDER`; each connection names its own function
 app (the ``functionAppHost`` connection parameter and the ``dynamichosturl`` policy), or edit
-``host`` before importing. Auth is the function key in header ``x-functions-key``.
+``host`` before importing. Auth is the function key in header ``x-functions-key``. Each Power
+Automate connection may also name the app's SmartDialog connection (the optional
+``connectionName`` parameter), which a ``setheader`` policy sends as :data:`CONNECTION_HEADER` on
+every call unless the call sets it itself; left empty, the app routes by Customer-Id.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from shared.actions import ActionSpec, Body, Param, all_specs
 
 __all__ = [
+    "CONNECTION_HEADER",
     "DEFINITION_PATH",
     "HOST_PLACEHOLDER",
     "KEPT_LABELS",
@@ -64,6 +68,8 @@ DESCRIPTION = (
     "connector."
 )
 SECURITY_NAME = "function_key"
+#: The header naming the app's SmartDialog connection (README "Connections").
+CONNECTION_HEADER = "X-SmartDialog-Connection"
 BRAND_COLOR = "#1F6F5C"
 #: Error answers every action may give, all RFC 9457 problem documents.
 ERROR_RESPONSES: Mapping[int, str] = {
@@ -413,6 +419,16 @@ def build_properties() -> dict[str, Any]:
                         "constraints": {"tabIndex": 2, "clearText": False, "required": "true"},
                     },
                 },
+                "connectionName": {
+                    "type": "string",
+                    "uiDefinition": {
+                        "displayName": "Connection name",
+                        "description": "The SmartDialog account this connection uses: a "
+                        "connection name of your function app. Empty: chosen by Customer-Id.",
+                        "tooltip": "For example sales; ListConnections lists them",
+                        "constraints": {"tabIndex": 3, "clearText": True, "required": "false"},
+                    },
+                },
             },
             "policyTemplateInstances": [
                 {
@@ -423,7 +439,19 @@ def build_properties() -> dict[str, Any]:
                             "https://@connectionParameters('functionAppHost')" + BASE_PATH
                         )
                     },
-                }
+                },
+                {
+                    "templateId": "setheader",
+                    "title": "SmartDialog connection",
+                    "parameters": {
+                        "x-ms-apimTemplateParameter.name": CONNECTION_HEADER,
+                        "x-ms-apimTemplateParameter.value": (
+                            "@connectionParameters('connectionName')"
+                        ),
+                        "x-ms-apimTemplateParameter.existsAction": "skip",
+                        "x-ms-apimTemplate-policySection": "Request",
+                    },
+                },
             ],
             "iconBrandColor": BRAND_COLOR,
             "capabilities": [],

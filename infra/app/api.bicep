@@ -19,6 +19,9 @@ param smartDialogSettings object
 @description('App settings whose values are @Microsoft.KeyVault(...) references.')
 param keyVaultReferences object = {}
 
+@description('SMARTDIALOG_CONNECTIONS__<NAME>__* app settings of the named connections, as {name, value} pairs (secrets as Key Vault references).')
+param connectionSettings array = []
+
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
@@ -51,6 +54,10 @@ var publicBaseUrl = {
 
 // Later objects win: a given SMARTDIALOG_PUBLIC_BASE_URL replaces the default.
 var appSettings = union(storageSettings, telemetrySettings, publicBaseUrl, smartDialogSettings, keyVaultReferences)
+var appSettingPairs = [for setting in items(appSettings): {
+  name: setting.key
+  value: setting.value
+}]
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225:A zone-redundant Flex Consumption plan keeps at least two always-ready instances billed around the clock; the app is asynchronous (queued sends are retried), so a zone outage delays messages rather than losing them. Set zoneRedundant when that standing cost is worth it.
@@ -97,10 +104,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       http20Enabled: true
       remoteDebuggingEnabled: false
       // Set with the site, so the host never starts without its storage connection.
-      appSettings: [for setting in items(appSettings): {
-        name: setting.key
-        value: setting.value
-      }]
+      appSettings: concat(appSettingPairs, connectionSettings)
     }
     functionAppConfig: {
       deployment: {

@@ -18,6 +18,17 @@ param refreshToken string = ''
 @secure()
 param callbackSecrets string = ''
 
+@description('Names of the named connections (SMARTDIALOG_CONNECTIONS), lower case.')
+param connectionNames array = []
+@secure()
+@description('SMARTDIALOG_CONNECTION_SECRETS: a JSON object, {"<name>": {"clientSecret": "...", "refreshToken": "..."}}.')
+param connectionSecrets string = ''
+
+// Each named connection's secrets, '' where not given (such a secret and its setting are left out).
+var secretsByConnection = json(empty(connectionSecrets) ? '{}' : connectionSecrets)
+var connectionClientSecrets = [for name in connectionNames: contains(secretsByConnection, name) ? (contains(secretsByConnection[name], 'clientSecret') ? string(secretsByConnection[name].clientSecret) : '') : '']
+var connectionRefreshTokens = [for name in connectionNames: contains(secretsByConnection, name) ? (contains(secretsByConnection[name], 'refreshToken') ? string(secretsByConnection[name].refreshToken) : '') : '']
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109:No virtual network in this template, and Flex Consumption without VNet integration has no fixed outbound addresses to allow, so the firewall would lock the app out of its own references. Access is Entra ID RBAC only.
   // checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109: the app resolves its Key Vault references over the public endpoint; every request still needs an Entra ID token with the Key Vault Secrets User role.
@@ -70,6 +81,24 @@ module callbackSecretsValue 'secret.bicep' = if (!empty(callbackSecrets)) {
   }
 }
 
+module connectionClientSecretValues 'secret.bicep' = [for (name, i) in connectionNames: if (!empty(connectionClientSecrets[i])) {
+  name: 'secret-connection-${name}-client-secret'
+  params: {
+    vaultName: vault.name
+    name: 'smartdialog-connection-${name}-client-secret'
+    value: connectionClientSecrets[i]
+  }
+}]
+
+module connectionRefreshTokenValues 'secret.bicep' = [for (name, i) in connectionNames: if (!empty(connectionRefreshTokens[i])) {
+  name: 'secret-connection-${name}-refresh-token'
+  params: {
+    vaultName: vault.name
+    name: 'smartdialog-connection-${name}-refresh-token'
+    value: connectionRefreshTokens[i]
+  }
+}]
+
 output appSettingReferences object = union(
   empty(clientSecret) ? {} : {
     SMARTDIALOG_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${clientSecretValue.outputs.referenceUri})'
@@ -81,4 +110,15 @@ output appSettingReferences object = union(
     SMARTDIALOG_CALLBACK_SECRETS: '@Microsoft.KeyVault(SecretUri=${callbackSecretsValue.outputs.referenceUri})'
   }
 )
+// Per named connection, its secret settings as {name, value} pairs ('' where not given).
+output connectionReferences array = [for (name, i) in connectionNames: [
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(name, '-', '_'))}__CLIENT_SECRET'
+    value: empty(connectionClientSecrets[i]) ? '' : '@Microsoft.KeyVault(SecretUri=${connectionClientSecretValues[i].outputs.referenceUri})'
+  }
+  {
+    name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(name, '-', '_'))}__REFRESH_TOKEN'
+    value: empty(connectionRefreshTokens[i]) ? '' : '@Microsoft.KeyVault(SecretUri=${connectionRefreshTokenValues[i].outputs.referenceUri})'
+  }
+]]
 output name string = vault.name

@@ -6,11 +6,12 @@ and opt-out. ``docs/inbound.md`` explains the flows; the module docstrings the c
     SmartDialog --POST--> callbacks/inbound/{Service}?token  (InboundReceiver)
         token -> payload -> one InboundIntake on smartdialog-inbound-intake -> 202
     smartdialog-inbound-intake --> InboundProcessor (queue trigger)
-        de-dup (SmartDialogInboundSeen) -> STOP/START (SmartDialogSuppressions)
+        STOP/START (SmartDialogSuppressions) -> the open question, answered
         -> CloudEvent fi.arena.smartdialog.message.received on smartdialog-inbound (Logic Apps)
         -> one SubscriberDelivery per subscriber on smartdialog-inbound-deliveries
-              -> SubscriberDispatcher POSTs it to the flow's callback, retries with backoff,
-                 dead-letters on smartdialog-inbound-deadletter
+              -> SubscriberDispatcher POSTs it to the flow's callback once per ce-id
+                 (SmartDialogInboundSeen), retries with backoff, dead-letters on
+                 smartdialog-inbound-deadletter
     SmartDialog --GET---> callbacks/dlr/{MessageId}?token&...  (DeliveryReportService)
         -> report row (SmartDialogDeliveryReports) -> recipient slot, forward only
         -> fi.arena.smartdialog.message.delivery on smartdialog-events
@@ -73,14 +74,11 @@ from shared.inbound._registry import (
 )
 from shared.inbound._triggers import MalformedNotification, TriggerFanout, fan_out_trigger
 from shared.inbound._webhook import (
-    CLAIM_LEASE,
-    Claim,
     InboundProcessor,
     InboundReceiver,
     InboundResult,
     MalformedIntake,
     ProcessResult,
-    SeenStore,
     inbound_message_key,
 )
 from shared.triggers import (
@@ -117,11 +115,9 @@ def reset_dispatcher_cache() -> None:
 
 
 __all__ = [
-    "CLAIM_LEASE",
     "DELIVERY_REPORTED",
     "MESSAGE_RECEIVED",
     "SCHEMA_MODELS",
-    "Claim",
     "DeliveryReport",
     "DeliveryReportData",
     "DeliveryReportResult",
@@ -141,7 +137,6 @@ __all__ = [
     "MalformedNotification",
     "NewMessagePayload",
     "ProcessResult",
-    "SeenStore",
     "SubscriberDeadLetter",
     "SubscriberDelivery",
     "SubscriberDispatcher",

@@ -1,8 +1,10 @@
 """Inbound replies that answer a question (Send a message and wait for a reply).
 
-The processor hands every new inbound message here once (after its de-dup claim, so a reply
-SmartDialog delivers twice is looked at once). One point read finds the open question of the
-service + sender (none: the message only goes to New Message, as before). Then:
+The processor hands every inbound message here (one SmartDialog delivers twice comes twice).
+One partition query
+(:meth:`QuestionStore.for_reply`) finds the open question of the service + sender (none: the
+message only goes to New Message, as before; none either when this very message already ended a
+question: a redelivery by SmartDialog changes nothing). Then:
 
 - STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
 - an accepted answer (or any reply, without options) ends it ``answered``;
@@ -96,7 +98,7 @@ class QuestionAnswers:
         received_at: dt.datetime,
     ) -> AnswerOutcome:
         """What ``payload`` (inbound message ``key`` on ``service``) did to an open question."""
-        question = self.questions.open_question(service, payload.sender)
+        question = self.questions.for_reply(service, payload.sender, key)
         if question is None or question.expired(received_at):
             return "none"  # an expired one is ended by its status URL
         if keyword == "stop":

@@ -16,6 +16,12 @@ reference (``eventBlob``, a blob in ``smartdialog-payloads``) and is read here; 
 its retries and its dead letter stay small. A blob that is gone dead-letters the delivery as
 ``malformed`` (the parts are still on ``smartdialog-inbound``).
 
+Each subscriber gets each event once: a delivery whose ``ce-id`` the subscription was already
+given (the inbound processor publishes a message SmartDialog sent twice again, with the same id)
+is dropped. :class:`DeliveriesSeen` remembers what was given, one read before and one write after
+each POST; a crash between the POST and that write gives the subscriber the event again (at least
+once, never lost), and two copies of one event dispatched at the same moment may both be POSTed.
+
 Like the outbound sender it never sleeps: a failed POST that may succeed later (connection
 error, timeout, 408, 425, 429, 5xx) is re-enqueued with a visibility delay: the client's
 ``backoff_delay`` from ``SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS``, or the subscriber's
@@ -52,16 +58,26 @@ from shared.deadletters import write_dead_letter
 from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
-from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE
+from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE, INBOUND_SEEN_TABLE
 from shared.smartdialog import backoff_delay, parse_retry_after
-from shared.storage import PayloadStore, QueueLike, ensured_queue
+from shared.storage import (
+    PayloadStore,
+    QueueLike,
+    ensured_queue,
+    ensured_table,
+    plain_datetime,
+    safe_key,
+)
 
 if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+
     from shared.settings import Settings
 
 __all__ = [
     "MAX_RETRY_DELAY_SECONDS",
     "CallVerdict",
+    "DeliveriesSeen",
     "DispatchOutcome",
     "DispatchResult",
     "GiveUp",
@@ -84,6 +100,7 @@ class DispatchOutcome(enum.StrEnum):
     RETRY_SCHEDULED = "retry-scheduled"
     DEAD_LETTERED = "dead-lettered"
     UNSUBSCRIBED = "unsubscribed"  # the subscription (or the send's DlrUrl) is gone: nothing to do
+    DUPLICATE = "duplicate"  # the subscriber was given this event (its ce-id) before
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,41 @@ def after_failure(
     return retry_delay_seconds(attempts, base=base, advised=verdict.advised)
 
 
+class DeliveriesSeen:
+    """``SmartDialogInboundSeen``: the events each subscription was given. PartitionKey =
+    ``d-`` + the subscription id, RowKey = the event's ``ce-id``, ``DeliveredAt``. Rows are kept
+    (no retention: a few hundred bytes per delivered event; an operator may delete old ones, which
+    only lets a very late repeat through)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> DeliveriesSeen:
+        return cls(ensured_table(INBOUND_SEEN_TABLE, settings))
+
+    @staticmethod
+    def _keys(subscription_id: str, event_id: str) -> tuple[str, str]:
+        return safe_key(f"d-{subscription_id}"), safe_key(event_id)
+
+    def given(self, subscription_id: str, event_id: str) -> bool:
+        """Whether the subscription was given the event ``event_id`` (one point read)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._table.get_entity(*self._keys(subscription_id, event_id), select=["RowKey"])
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def add(self, subscription_id: str, event_id: str, at: dt.datetime) -> None:
+        """Remember that the subscription was given ``event_id`` (one write)."""
+        pk, rk = self._keys(subscription_id, event_id)
+        self._table.upsert_entity(
+            {"PartitionKey": pk, "RowKey": rk, "DeliveredAt": plain_datetime(at)}
+        )
+
+
 @dataclass(frozen=True)
 class DispatchResult:
     outcome: DispatchOutcome
@@ -172,9 +224,11 @@ class SubscriberDispatcher:
         max_attempts: int,
         retry_base_seconds: float,
         payloads: PayloadStore | None = None,
+        seen: DeliveriesSeen | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.subscriptions = subscriptions
+        self.seen = seen
         self._payloads = payloads
         self._deliveries = deliveries
         self._dead_letters = dead_letters
@@ -221,6 +275,16 @@ class SubscriberDispatcher:
                 delivery=delivery,
                 attempts=delivery.attempts,
             )
+        event_id = str(event.get("id") or "")
+        if (
+            self.seen is not None
+            and event_id
+            and self.seen.given(subscription.subscription_id, event_id)
+        ):
+            log.info(
+                "event %s was given to subscription %s before", event_id, delivery.subscriptionId
+            )
+            return DispatchResult(DispatchOutcome.DUPLICATE)
         host = urlsplit(subscription.callback_url).hostname  # never the URL: it has a secret
         with telemetry.span(
             "POST subscriber",
@@ -242,6 +306,8 @@ class SubscriberDispatcher:
             if verdict.status is not None:
                 call.set_attribute("http.response.status_code", verdict.status)
         if verdict.kind == "delivered":
+            if self.seen is not None and event_id:
+                self.seen.add(subscription.subscription_id, event_id, self._clock())
             log.info("inbound event delivered to subscription %s", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.DELIVERED, verdict.status)
         attempts = delivery.attempts + 1
@@ -334,6 +400,7 @@ def _dispatcher_for(settings: Settings) -> SubscriberDispatcher:
         max_attempts=settings.dispatch_max_attempts,
         retry_base_seconds=settings.dispatch_retry_base_seconds,
         payloads=PayloadStore.from_settings(settings),
+        seen=DeliveriesSeen.from_settings(settings),
     )
 
 

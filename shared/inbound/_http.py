@@ -14,7 +14,6 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared.actions._spec import ActionRequest, ActionResponse
-from shared.inbound._registry import WEBHOOK_CONNECTION_PARAMETER
 from shared.problems import Problem, internal_error
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
 
@@ -73,6 +72,7 @@ def receive_inbound(request: ActionRequest, settings: Settings | None = None) ->
     message is answered 202 again and still published once."""
 
     def run() -> ActionResponse:
+        from shared.inbound._registry import CONNECTION_QUERY_PARAMETER
         from shared.settings import get_settings
 
         receiver = _receiver(settings or get_settings())
@@ -81,7 +81,7 @@ def receive_inbound(request: ActionRequest, settings: Settings | None = None) ->
             service,
             request.query.get(TOKEN_QUERY_PARAMETER),
             request.body,
-            request.query.get(WEBHOOK_CONNECTION_PARAMETER),
+            connection=request.query.get(CONNECTION_QUERY_PARAMETER),
         )
         return ActionResponse.json(result.body(), status=202)
 

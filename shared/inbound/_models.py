@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.messages import RecipientStatus
+from shared.triggers import DEFAULT_CONNECTION
 
 __all__ = [
     "DELIVERY_REPORTED",
@@ -76,17 +77,17 @@ class InboundIntake(BaseModel):
 
     schemaVersion: Literal[1] = 1
     service: str = Field(min_length=1, description="The 2-way service whose webhook was called.")
+    connection: str = Field(
+        DEFAULT_CONNECTION,
+        min_length=1,
+        description="The SmartDialog connection whose webhook URL was called (signed in it).",
+    )
     messageKey: str = Field(
         min_length=1,
         description="SmartDialog's messageId, or the payload hash when it sent none.",
     )
     receivedAt: dt.datetime = Field(description="When the webhook accepted this call (UTC).")
     traceparent: str | None = Field(None, description="W3C trace context of the webhook call.")
-    connection: str | None = Field(
-        None,
-        min_length=1,
-        description="The named connection whose webhook it was (absent: default).",
-    )
     payload: NewMessagePayload | None = Field(
         None, description="The validated payload; absent when it is in `payloadBlob`."
     )
@@ -129,11 +130,13 @@ class InboundMessageData(BaseModel):
         )
     )
     service: str = Field(description="The 2-way service whose webhook received it.")
-    connection: str = Field("default", description="The connection whose webhook received it.")
+    connection: str = Field(
+        DEFAULT_CONNECTION, description="The SmartDialog connection whose webhook received it."
+    )
     receivedAt: dt.datetime = Field(
         description=(
-            "When our webhook accepted it (UTC); for a message SmartDialog delivered more than "
-            "once, the delivery that was published first."
+            "When our webhook accepted it (UTC); a message SmartDialog delivered more than once "
+            "comes again with the same id and the later delivery's time."
         )
     )
     optOut: Literal["stop", "start"] | None = Field(
@@ -162,7 +165,6 @@ class DeliveryReportData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     messageId: str = Field(description="Our message id (the send's Id).")
-    connection: str = Field("default", description="The connection it was sent through.")
     upstreamMessageId: str | None = Field(None, description="SmartDialog's MessageId.")
     recipientIndex: int = Field(description="The recipient's position in the send (from 0).")
     recipient: str | None = Field(None, description="The recipient's address.")
@@ -172,6 +174,9 @@ class DeliveryReportData(BaseModel):
     statusCode: str | None = Field(None, description="The report's status code, as sent.")
     reportedAt: dt.datetime | None = Field(None, description="The report's own timestamp.")
     receivedAt: dt.datetime = Field(description="When our DLR endpoint received it.")
+    connection: str = Field(
+        DEFAULT_CONNECTION, description="The SmartDialog connection the message was sent on."
+    )
     raw: dict[str, str] = Field(
         default_factory=dict,
         description="Every query parameter of the report (the upstream's names are unpublished).",

@@ -1,38 +1,33 @@
-"""The inbound intake processor: de-dup, opt-out, question answers, publication, fan-out.
+"""The inbound intake processor: opt-out, question answers, publication, fan-out.
 
 Everything else happens in the queue-triggered ``InboundProcessor``, once per intake message,
 each step only once the previous succeeded::
 
-    InboundProcessor: claim the message key in SmartDialogInboundSeen (pending, holder = the
-                      intake message's queue id)
+    InboundProcessor:
         -> opt-out keyword applied to SmartDialogSuppressions (idempotent, see below)
         -> the open question of service + sender, if any, answered, opted out or re-prompted
-           (:mod:`shared.inbound._answers`; one point read when there is none)
+           (:mod:`shared.inbound._answers`; one partition query)
         -> CloudEvent on smartdialog-inbound (in parts when too large for a queue message),
            one delivery per subscriber on smartdialog-inbound-deliveries (carrying the event,
-           or naming the whole event's blob in smartdialog-payloads when it came in parts)
-        -> claim marked "published" -> return (the host deletes the intake message)
+           or naming the whole event's blob in smartdialog-payloads when it came in parts);
+           the subscribers come from the cached subscriber index (``shared.triggers``)
+        -> return (the host deletes the intake message)
 
-Why the processor never loses a message and publishes it at most "once per crash":
+An ordinary message therefore costs two storage calls (the question query, the event), one that
+answers a question three (+ its transaction).
 
-- The claim is an insert with state ``pending`` and the intake message's queue id as
-  ``Holder``. A claim found ``published`` means a duplicate: nothing is published, the intake
-  message is done.
-- A ``pending`` claim of the *same* intake message (``Holder`` matches) is its own earlier
-  attempt that died or raised: the redelivery takes it over at once and publishes.
-- A ``pending`` claim of *another* intake message (SmartDialog delivered the message twice and
-  the other copy is being processed) is left alone for :data:`CLAIM_LEASE`: this copy is put back
-  on the intake queue, invisible until the lease ends, and the invocation returns (no dequeue
-  count is burnt waiting). After the lease the claim is taken over (ETag compare-and-swap).
-- Any exception (our storage failing) propagates: the host makes the intake message visible
-  again and retries it; after ``maxDequeueCount`` (5, host.json) it moves it to
-  ``smartdialog-inbound-intake-poison``, where it is kept for inspection and replay.
+Nothing is lost, and a repeat is recognisable: the event's id is ``{service}:{messageKey}``
+(SmartDialog's ``messageId``, or a hash of its payload), the same for every intake message of
+one inbound message, whether the host redelivers one after a failure or SmartDialog called the
+webhook twice. Consumers of ``smartdialog-inbound`` de-duplicate on ``source`` + ``id``; the
+dispatcher does it for each subscriber (``SmartDialogInboundSeen``, by ``ce-id``). A repeat
+carries the same data but ``receivedAt`` (when the webhook took that copy). Everything before
+the event is idempotent: a STOP or START applied twice changes nothing, and a reply that already
+ended a question answers nothing again (:meth:`QuestionStore.for_reply`).
 
-A crash (or failure) after the event is on ``smartdialog-inbound`` but before the claim is
-marked therefore yields, at worst, the same event twice, with the same CloudEvents ``id``
-(consumers de-duplicate on ``source`` + ``id``), and the subscriber deliveries twice with the same
-``ce-id``; it never yields none. ``receivedAt`` is the first claim's, kept on takeover, so a
-re-published event carries the same data.
+Any exception (our storage failing) propagates: the host makes the intake message visible
+again and retries it; after ``maxDequeueCount`` (5, host.json) it moves it to
+``smartdialog-inbound-intake-poison``, where it is kept for inspection and replay.
 
 Opt-out ordering: intake messages are processed concurrently and not in arrival order, so a START
 only lifts a suppression that is not newer than itself (by ``receivedAt``): a STOP received after
@@ -64,40 +59,26 @@ from shared.inbound._models import (
     NewMessagePayload,
     SubscriberDelivery,
 )
-from shared.inbound._registry import SubscriptionStore
 from shared.inbound._triggers import notify_opt_out
-from shared.names import (
-    INBOUND_DELIVERIES_QUEUE,
-    INBOUND_INTAKE_QUEUE,
-    INBOUND_QUEUE,
-    INBOUND_SEEN_TABLE,
-)
+from shared.names import INBOUND_DELIVERIES_QUEUE, INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
 from shared.storage import (
     QUEUE_MESSAGE_LIMIT,
     PayloadStore,
     QueueLike,
     ensured_queue,
-    ensured_table,
     fits_queue,
-    plain_datetime,
     queue_message_bytes,
-    safe_key,
-    utc,
 )
 from shared.suppressions import SuppressionStore
+from shared.triggers import TriggerKind, TriggerNotifier
 
 if TYPE_CHECKING:
-    from azure.data.tables import TableClient
-
     from shared.settings import Settings
 
 __all__ = [
-    "CLAIM_LEASE",
-    "Claim",
     "InboundProcessor",
     "MalformedIntake",
     "ProcessResult",
-    "SeenStore",
     "received_event",
     "received_events",
 ]
@@ -108,112 +89,7 @@ log = logging.getLogger("shared.inbound.webhook")
 #: Room left in each ``message.received`` event for the subscriber delivery that wraps it
 #: (and for the dead letter that quotes that delivery).
 DELIVERY_HEADROOM_BYTES = 1024
-#: How long a claimed-but-unpublished message belongs to the intake message that claimed it.
-CLAIM_LEASE = dt.timedelta(seconds=30)
-_PENDING = "pending"
-_PUBLISHED = "published"
-
-ClaimOutcome = Literal["new", "duplicate", "in-flight"]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What :meth:`SeenStore.claim` found: ``new`` (publish it), ``duplicate`` (published
-    already) or ``in-flight`` (another holder's live claim; ``retry_after`` seconds left)."""
-
-    outcome: ClaimOutcome
-    received_at: dt.datetime
-    retry_after: float = 0.0
-
-
-class SeenStore:
-    """``SmartDialogInboundSeen``: PartitionKey = service, RowKey = the message key, ``State``
-    pending/published, ``ClaimedAt``, ``Holder`` (the claiming intake message's queue id),
-    ``ReceivedAt`` (the first claim's, kept on takeover so a re-published event carries the same
-    data)."""
-
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> SeenStore:
-        return cls(ensured_table(INBOUND_SEEN_TABLE, settings))
-
-    def claim(
-        self,
-        service: str,
-        key: str,
-        now: dt.datetime,
-        *,
-        holder: str = "",
-        received_at: dt.datetime | None = None,
-    ) -> Claim:
-        """Claim ``key`` for ``holder``: ``new`` when the caller must publish it (first time, a
-        takeover of its own earlier claim, or of another holder's expired one)."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import (
-            ResourceExistsError,
-            ResourceModifiedError,
-            ResourceNotFoundError,
-        )
-        from azure.data.tables import UpdateMode
-
-        first = received_at or now
-        pk, rk = safe_key(service), safe_key(key)
-        for _ in range(5):
-            try:
-                self._table.create_entity(
-                    {
-                        "PartitionKey": pk,
-                        "RowKey": rk,
-                        "State": _PENDING,
-                        "ClaimedAt": plain_datetime(now),
-                        "ReceivedAt": plain_datetime(first),
-                        "Holder": holder,
-                    }
-                )
-                return Claim("new", first)
-            except ResourceExistsError:
-                pass
-            try:
-                found = self._table.get_entity(pk, rk)
-            except ResourceNotFoundError:
-                continue  # deleted meanwhile: claim again
-            received = utc(found.get("ReceivedAt")) or first
-            if found.get("State") == _PUBLISHED:
-                return Claim("duplicate", received)
-            claimed = utc(found.get("ClaimedAt")) or now
-            own = bool(holder) and found.get("Holder") == holder
-            if not own and now - claimed < CLAIM_LEASE:
-                left = (CLAIM_LEASE - (now - claimed)).total_seconds()
-                return Claim("in-flight", received, left)
-            try:
-                self._table.update_entity(
-                    {
-                        "PartitionKey": pk,
-                        "RowKey": rk,
-                        "ClaimedAt": plain_datetime(now),
-                        "Holder": holder,
-                    },
-                    mode=UpdateMode.MERGE,
-                    etag=found.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-                return Claim("new", received)
-            except (ResourceModifiedError, ResourceNotFoundError):
-                continue
-        return Claim("in-flight", first, CLAIM_LEASE.total_seconds())
-
-    def mark_published(self, service: str, key: str) -> None:
-        from azure.data.tables import UpdateMode
-
-        self._table.update_entity(
-            {"PartitionKey": safe_key(service), "RowKey": safe_key(key), "State": _PUBLISHED},
-            mode=UpdateMode.MERGE,
-        )
-
-
-# --- the processor: de-dup, opt-out, publication, fan-out ----------------------------------------
+# --- the processor: opt-out, answers, publication, fan-out ----------------------------------------
 
 
 class MalformedIntake(ValueError):
@@ -225,13 +101,11 @@ class MalformedIntake(ValueError):
 @dataclass(frozen=True)
 class ProcessResult:
     """What the processor did with one intake message: ``published`` (event and deliveries
-    enqueued now), ``duplicate`` (published before) or ``deferred`` (another copy holds a live
-    claim; this one is back on the intake queue for ``retry_after`` seconds)."""
+    enqueued; for a repeat, again with the same event id)."""
 
-    outcome: Literal["published", "duplicate", "deferred"]
+    outcome: Literal["published"]
     event_id: str
     subscribers: int = 0
-    retry_after: int = 0
 
 
 class InboundProcessor:
@@ -241,10 +115,8 @@ class InboundProcessor:
         self,
         settings: Settings,
         *,
-        seen: SeenStore,
-        subscriptions: SubscriptionStore,
+        subscribers: TriggerNotifier,
         suppressions: SuppressionStore,
-        intake: QueueLike,
         inbound: QueueLike,
         deliveries: QueueLike,
         payloads: PayloadStore | None = None,
@@ -254,10 +126,8 @@ class InboundProcessor:
         self.settings = settings
         self.answers = answers
         self._payloads = payloads
-        self.seen = seen
-        self.subscriptions = subscriptions
+        self.subscribers = subscribers
         self.suppressions = suppressions
-        self._intake = intake
         self._inbound = inbound
         self._deliveries = deliveries
         self._clock = clock or utcnow
@@ -266,10 +136,8 @@ class InboundProcessor:
     def from_settings(cls, settings: Settings) -> InboundProcessor:
         return cls(
             settings,
-            seen=SeenStore.from_settings(settings),
-            subscriptions=SubscriptionStore.from_settings(settings),
+            subscribers=TriggerNotifier.for_settings(settings),
             suppressions=SuppressionStore.from_settings(settings),
-            intake=ensured_queue(INBOUND_INTAKE_QUEUE, settings),
             inbound=ensured_queue(INBOUND_QUEUE, settings),
             deliveries=ensured_queue(INBOUND_DELIVERIES_QUEUE, settings),
             payloads=PayloadStore.from_settings(settings),
@@ -299,23 +167,7 @@ class InboundProcessor:
             ) from None
         service, key = intake.service, intake.messageKey
         event_id = f"{service}:{key}"
-        claim = self.seen.claim(
-            service, key, self._clock(), holder=queue_message_id, received_at=intake.receivedAt
-        )
-        if claim.outcome == "duplicate":
-            log.info("inbound %s for service %s: duplicate, ignored", key, service)
-            return ProcessResult("duplicate", event_id)
-        if claim.outcome == "in-flight":
-            # Another copy holds a live claim: come back when its lease ends, without burning
-            # this message's dequeue count (the host deletes this one when we return).
-            seconds = max(1, math.ceil(claim.retry_after))
-            self._intake.send_message(text, visibility_timeout=seconds)
-            log.info("inbound %s for service %s: in flight, deferred %d s", key, service, seconds)
-            return ProcessResult("deferred", event_id, retry_after=seconds)
-        count = self._publish(
-            service, key, event_id, self._payload(intake), claim.received_at, intake.connection
-        )
-        self.seen.mark_published(service, key)
+        count = self._publish(intake, event_id, self._payload(intake))
         log.info("inbound %s for service %s published to %d subscriber(s)", key, service, count)
         return ProcessResult("published", event_id, count)
 
@@ -349,18 +201,14 @@ class InboundProcessor:
             self.suppressions.remove_unless_newer(service, payload.sender, received_at)
         return keyword
 
-    def _publish(
-        self,
-        service: str,
-        key: str,
-        event_id: str,
-        payload: NewMessagePayload,
-        received_at: dt.datetime,
-        connection: str | None = None,
-    ) -> int:
+    def _publish(self, intake: InboundIntake, event_id: str, payload: NewMessagePayload) -> int:
+        service, key, received_at = intake.service, intake.messageKey, intake.receivedAt
+        connection = intake.connection
         keyword = self._apply_opt_out(service, key, payload, received_at)
-        notify_opt_out(self.settings, service, key, payload, keyword, received_at)
-        if self.answers is not None:  # one point read when no question is open
+        notify_opt_out(
+            self.settings, service, key, payload, keyword, received_at, connection=connection
+        )
+        if self.answers is not None:  # one partition query when no question is open
             self.answers.handle(service, key, payload, keyword, received_at)
         data = InboundMessageData(
             sender=payload.sender,
@@ -371,7 +219,7 @@ class InboundProcessor:
             attachments=payload.attachments,
             messageId=key,
             service=service,
-            connection=connection or "default",
+            connection=connection,
             receivedAt=received_at,
             optOut=keyword,
         )
@@ -382,7 +230,9 @@ class InboundProcessor:
         ]
         for text in texts:
             self._inbound.send_message(text)
-        subscribers = self.subscriptions.list(service)
+        subscribers = self.subscribers.subscribers(
+            TriggerKind.NEW_MESSAGE, service, connection=connection
+        )
         if not subscribers:
             return 0
         # A subscriber gets the whole event in one POST: one that came in parts goes to the
@@ -392,10 +242,10 @@ class InboundProcessor:
         if event is None:
             whole = received_event(data, event_id=event_id, subject=key, time=time)
             blob = self._event_store().put(whole.to_json(), kind="event")
-        for subscription in subscribers:
+        for subscription_id in subscribers:
             delivery = SubscriberDelivery(
                 service=service,
-                subscriptionId=subscription.subscription_id,
+                subscriptionId=subscription_id,
                 event=event,
                 eventBlob=blob,
                 firstQueuedAt=self._clock(),

@@ -25,7 +25,6 @@ from urllib.parse import quote
 from shared.clock import current
 from shared.clock import utcnow as _now
 from shared.names import REVOKED_TOKENS_TABLE, SUBSCRIPTIONS_TABLE, WEBHOOKS_TABLE
-from shared.settings import DEFAULT_CONNECTION
 from shared.signing import (
     TOKEN_QUERY_PARAMETER,
     TokenPurpose,
@@ -35,7 +34,7 @@ from shared.signing import (
     verified,
 )
 from shared.storage import ensure_table, ensured_table, plain_datetime, safe_key, table_client, utc
-from shared.triggers import FINAL_STATES, TriggerKind
+from shared.triggers import DEFAULT_CONNECTION, FINAL_STATES, TriggerKind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,8 +44,8 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "CONNECTION_QUERY_PARAMETER",
     "SUBSCRIPTION_ROUTES",
-    "WEBHOOK_CONNECTION_PARAMETER",
     "Subscription",
     "SubscriptionStore",
     "WebhookRegistration",
@@ -61,8 +60,10 @@ __all__ = [
 # Token subjects: one purpose (webhook) for both kinds of URL SmartDialog or a flow holds, told
 # apart by the subject's namespace, so a webhook token never opens an unsubscribe URL.
 _SERVICE_SUBJECT = "service/{}"
-#: The webhook URL's query parameter naming a named connection (signed in its token).
-WEBHOOK_CONNECTION_PARAMETER = "connection"
+_CONNECTION_SUBJECT = "service/{}/connection/{}"
+#: The webhook URL's query parameter naming its SmartDialog connection (signed into its token;
+#: a URL made before connections has none and belongs to the default connection).
+CONNECTION_QUERY_PARAMETER = "connection"
 _SUBSCRIPTION_SUBJECT = "subscription/{}/{}"
 
 #: The route (below ``/api``) of each trigger's subscriptions; a subscription's ``Location`` is
@@ -75,43 +76,43 @@ SUBSCRIPTION_ROUTES: dict[TriggerKind, str] = {
 }
 
 
-def webhook_url(settings: Settings, service: str, nonce: str) -> str:
-    """Our inbound webhook for ``service`` and the registration of ``nonce``, carrying a token
-    signed with the newest secret. It never expires: it works until that registration is
-    removed (its nonce is then revoked). A named connection's URL says which (query
-    ``connection``), and its token is signed for that connection too."""
-    named = None if settings.connection == DEFAULT_CONNECTION else settings.connection
+def _webhook_subject(service: str, connection: str | None) -> str:
+    if connection is None:  # a URL made before connections
+        return _SERVICE_SUBJECT.format(service)
+    return _CONNECTION_SUBJECT.format(service, connection)
+
+
+def webhook_url(
+    settings: Settings, service: str, nonce: str, *, connection: str = DEFAULT_CONNECTION
+) -> str:
+    """Our inbound webhook for ``service`` on ``connection`` and the registration of ``nonce``,
+    carrying a token signed with the newest secret over both. It never expires: it works until
+    that registration is removed (its nonce is then revoked)."""
     token = sign(
         TokenPurpose.WEBHOOK,
-        _webhook_subject(service, named),
+        _webhook_subject(service, connection),
         nonce=nonce,
         secrets=settings.callback_secret_list,
     )
-    label = f"&{WEBHOOK_CONNECTION_PARAMETER}={quote(named, safe='')}" if named else ""
     return (
         f"{settings.api_base_url}/callbacks/inbound/{quote(service, safe='')}"
-        f"?{TOKEN_QUERY_PARAMETER}={token}{label}"
+        f"?{TOKEN_QUERY_PARAMETER}={token}"
+        f"&{CONNECTION_QUERY_PARAMETER}={quote(connection, safe='')}"
     )
 
 
 def verify_webhook_token(
     settings: Settings, service: str, token: str | None, connection: str | None = None
 ) -> VerifiedToken | None:
-    """The token, if it was signed for the webhook of ``service`` (of the named
-    ``connection``, None: the default) (the signature only: whether its registration was
-    revoked is :meth:`WebhookRegistry.revoked`)."""
+    """The token, if it was signed for the webhook of ``service`` on ``connection`` (the URL's
+    parameter; None: the URL has none, as before connections). The signature only: whether its
+    registration was revoked is :meth:`WebhookRegistry.revoked`."""
     return verified(
         token,
         TokenPurpose.WEBHOOK,
         _webhook_subject(service, connection),
         secrets=settings.callback_secret_list,
     )
-
-
-def _webhook_subject(service: str, connection: str | None) -> str:
-    # The default's subject predates connections: its registered URLs keep working.
-    subject = _SERVICE_SUBJECT.format(service)
-    return f"{subject}@{connection}" if connection else subject
 
 
 def subscription_url(
@@ -158,6 +159,8 @@ class WebhookRegistration:
     created_at: dt.datetime
     nonce: str | None = None
     """The nonce its webhook URL carries; None for a registration made before nonces."""
+    connection: str = DEFAULT_CONNECTION
+    """The SmartDialog connection it was registered with (its URL names it)."""
 
 
 #: How long an instance trusts that a webhook nonce is not revoked: the webhook then makes one
@@ -205,6 +208,7 @@ class WebhookRegistry:
                 "CustomerId": registration.customer_id,
                 "CreatedAt": plain_datetime(registration.created_at),
                 "Nonce": registration.nonce,
+                "Connection": registration.connection,
             }
         )
 
@@ -282,6 +286,7 @@ def _registration(entity: dict[str, object]) -> WebhookRegistration:
         customer_id=str(entity.get("CustomerId", "")),
         created_at=created,
         nonce=str(nonce) if nonce else None,
+        connection=str(entity.get("Connection") or DEFAULT_CONNECTION),
     )
 
 
@@ -300,6 +305,9 @@ class Subscription:
     """Which trigger (rows written before there were others have none: New Message)."""
     states: Literal["final", "all"] | None = None
     """Delivery reports only: the final states only, or every state."""
+    connection: str = DEFAULT_CONNECTION
+    """The SmartDialog connection whose events it gets (rows made before connections: the
+    default one)."""
 
     def wants(self, state: str | None) -> bool:
         """Whether a delivery-report subscription wants a report of ``state``."""
@@ -313,8 +321,9 @@ class Subscription:
 
 class SubscriptionStore:
     """``SmartDialogSubscriptions``: one entity per subscription (RowKey = subscription id),
-    of every trigger; ``Kind`` tells them apart (absent: New Message) and
-    :class:`shared.triggers.TriggerNotifier` reads ``Kind`` and ``States``."""
+    of every trigger; ``Kind`` tells them apart (absent: New Message), ``Connection`` names the
+    connection whose events it gets (absent: the default one), and
+    :class:`shared.triggers.TriggerNotifier` indexes them."""
 
     def __init__(self, table: TableClient) -> None:
         self._table = table
@@ -335,6 +344,7 @@ class SubscriptionStore:
                 "Nonce": subscription.nonce,
                 "Kind": str(subscription.kind),
                 "States": subscription.states,
+                "Connection": subscription.connection,
             }
         )
 
@@ -388,4 +398,5 @@ def _subscription(entity: dict[str, object]) -> Subscription:
         states="all"
         if entity.get("States") == "all"
         else ("final" if entity.get("States") else None),
+        connection=str(entity.get("Connection") or DEFAULT_CONNECTION),
     )

@@ -7,7 +7,8 @@ subscriber.
         -> TriggerNotifier: a TriggerNotification on smartdialog-trigger-events, only when the
            service has a subscription that wants it (shared.triggers)
     smartdialog-trigger-events --> TriggerFanout (queue trigger)
-        -> the service's subscriptions of that kind (one table query)
+        -> the service's subscriptions of that kind and connection (the subscriber index of
+           shared.triggers, cached 30 s; one removed meanwhile is skipped by the dispatcher)
         -> one SubscriberDelivery each on smartdialog-inbound-deliveries
               -> SubscriberDispatcher (as New Message: retries, per-subscriber dead letter)
 
@@ -33,10 +34,10 @@ from pydantic import BaseModel, ValidationError
 from shared.clock import utcnow
 from shared.events import make_event
 from shared.inbound._models import NewMessagePayload, SubscriberDelivery
-from shared.inbound._registry import SubscriptionStore
 from shared.names import INBOUND_DELIVERIES_QUEUE
 from shared.storage import QueueLike, ensured_queue
 from shared.triggers import (
+    DEFAULT_CONNECTION,
     EVENT_TYPES,
     FINAL_STATES,
     DeliveryReportTriggerData,
@@ -85,11 +86,11 @@ class TriggerFanout:
     def __init__(
         self,
         *,
-        subscriptions: SubscriptionStore,
+        subscribers: TriggerNotifier,
         deliveries: QueueLike,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        self.subscriptions = subscriptions
+        self.subscribers = subscribers
         self._deliveries = deliveries
         self._clock = clock
 
@@ -108,12 +109,9 @@ class TriggerFanout:
                 f"not a trigger notification: {exc.error_count()} problem(s)"
             ) from None
         kind = TriggerKind(note.kind)
-        state = note.data.get("state")
-        wanted = [
-            s
-            for s in self.subscriptions.list(note.service, kind)
-            if kind is not TriggerKind.DELIVERY_REPORT or s.wants(state)
-        ]
+        wanted = self.subscribers.subscribers(
+            kind, note.service, connection=note.connection, state=note.data.get("state")
+        )
         if not wanted:
             return FanoutResult(note.kind, 0)
         event = make_event(
@@ -124,10 +122,10 @@ class TriggerFanout:
             time=note.time,
         )
         carried: dict[str, Any] = json.loads(event.to_json())
-        for subscription in wanted:
+        for subscription_id in wanted:
             delivery = SubscriberDelivery(
                 service=note.service,
-                subscriptionId=subscription.subscription_id,
+                subscriptionId=subscription_id,
                 event=carried,
                 firstQueuedAt=self._clock(),
             )
@@ -139,7 +137,7 @@ class TriggerFanout:
 @lru_cache(maxsize=4)
 def _fanout_for(settings: Settings) -> TriggerFanout:
     return TriggerFanout(
-        subscriptions=SubscriptionStore.from_settings(settings),
+        subscribers=TriggerNotifier.for_settings(settings),
         deliveries=ensured_queue(INBOUND_DELIVERIES_QUEUE, settings),
     )
 
@@ -199,6 +197,8 @@ def notify_opt_out(
     payload: NewMessagePayload,
     keyword: Literal["stop", "start"] | None,
     received_at: dt.datetime,
+    *,
+    connection: str = DEFAULT_CONNECTION,
 ) -> bool:
     """The *When a recipient opts out or back in* note of an inbound keyword (none for an
     ordinary message: no storage call)."""
@@ -211,6 +211,7 @@ def notify_opt_out(
         occurredAt=received_at,
         messageId=message_key,
         service=service,
+        connection=connection,
     )
     return TriggerNotifier.for_settings(settings).notify(
         TriggerKind.OPT_OUT,
@@ -218,4 +219,5 @@ def notify_opt_out(
         event_id=f"{service}:{message_key}:{keyword}",
         time=received_at,
         data=data,
+        connection=connection,
     )

@@ -33,12 +33,9 @@ from shared import telemetry
 from shared.clock import utcnow
 from shared.inbound._models import InboundIntake, NewMessagePayload
 from shared.inbound._processor import (
-    CLAIM_LEASE,
-    Claim,
     InboundProcessor,
     MalformedIntake,
     ProcessResult,
-    SeenStore,
     received_event,
     received_events,
 )
@@ -46,21 +43,19 @@ from shared.inbound._registry import WebhookRegistry, verify_webhook_token
 from shared.names import INBOUND_INTAKE_QUEUE
 from shared.problems import FieldError, Problem, ProblemType
 from shared.storage import PayloadStore, QueueLike, fits_queue, send_creating
+from shared.triggers import DEFAULT_CONNECTION
 
 if TYPE_CHECKING:
     from shared.settings import Settings
     from shared.signing import VerifiedToken
 
 __all__ = [
-    "CLAIM_LEASE",
     "MAX_INBOUND_BODY_BYTES",
-    "Claim",
     "InboundProcessor",
     "InboundReceiver",
     "InboundResult",
     "MalformedIntake",
     "ProcessResult",
-    "SeenStore",
     "inbound_message_key",
     "received_event",
     "received_events",
@@ -129,9 +124,9 @@ class InboundReceiver:
         )
 
     def authenticate(self, service: str, token: str | None, connection: str | None = None) -> None:
-        """401 unless ``token`` opens the webhook of ``service`` (of the named ``connection``)
-        under one of the secrets and its registration was not revoked (the signature first: a
-        forged token costs no storage)."""
+        """401 unless ``token`` opens the webhook of ``service`` on ``connection`` (the URL's
+        parameter, None if it has none) under one of the secrets and its registration was not
+        revoked (the signature first: a forged token costs no storage)."""
         verified = verify_webhook_token(self.settings, service, token, connection)
         if verified is None or self._revoked(service, verified):
             raise Problem(
@@ -171,13 +166,13 @@ class InboundReceiver:
             ) from None
 
     def receive(
-        self, service: str, token: str | None, body: bytes, connection: str | None = None
+        self, service: str, token: str | None, body: bytes, *, connection: str | None = None
     ) -> InboundResult:
         """Authenticate, parse, put one intake message (a payload too large for one goes by
-        reference: a blob, then the intake message naming it). ``connection``: the named
-        connection the webhook URL says (signed in its token). Raises :class:`Problem` (401,
-        413, 400); a storage error propagates (500, SmartDialog retries)."""
-        connection = connection or None
+        reference: a blob, then the intake message naming it). ``connection``: the URL's
+        connection parameter (None: a URL made before connections, the default one). Raises
+        :class:`Problem` (401, 413, 400); a storage error propagates (500, SmartDialog
+        retries)."""
         self.authenticate(service, token, connection)
         if len(body) > MAX_INBOUND_BODY_BYTES:
             raise Problem(
@@ -195,11 +190,11 @@ class InboundReceiver:
         ):
             intake = InboundIntake(
                 service=service,
+                connection=connection or DEFAULT_CONNECTION,
                 messageKey=key,
                 receivedAt=self._clock(),
                 traceparent=telemetry.current_traceparent(),
                 payload=payload,
-                connection=connection,
             )
             text = intake.model_dump_json(exclude_none=True)
             if not fits_queue(text):

@@ -45,12 +45,19 @@ from shared.inbound._registry import (
 )
 from shared.problems import Problem, ProblemType
 from shared.suppressions import ALL_SERVICES, Suppression, SuppressionStore
-from shared.triggers import TriggerKind
+from shared.triggers import TriggerKind, TriggerNotifier
 
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["ALL_SERVICES", "SPECS", "notification_schema", "register_webhook"]
+__all__ = [
+    "ALL_SERVICES",
+    "SPECS",
+    "notification_schema",
+    "register_webhook",
+    "registered_on",
+    "request_connection",
+]
 
 TAG = "Inbound"
 
@@ -258,16 +265,29 @@ def _registration_doc(registration: WebhookRegistration) -> dict[str, Any]:
     ).model_dump(exclude_none=True)
 
 
+def request_connection(ctx: ActionContext) -> str:
+    """The SmartDialog connection an action works on (its webhooks and subscriptions belong to
+    it)."""
+    return ctx.connection
+
+
+def registered_on(ctx: ActionContext, service: str) -> list[WebhookRegistration]:
+    """The webhook registrations of ``service`` on the request's connection."""
+    connection = request_connection(ctx)
+    return [r for r in _registry(ctx.settings).list(service) if r.connection == connection]
+
+
 def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> WebhookRegistration:
-    """Register our webhook (URL signed with the newest secret) for ``service`` upstream and
-    record it. Each call registers a new pipeline action (that is how secrets rotate)."""
+    """Register our webhook (URL signed with the newest secret, naming the request's
+    connection) for ``service`` upstream and record it. Each call registers a new pipeline
+    action (that is how secrets rotate)."""
     from shared.smartdialog import WebhookAction, WebhookOptions
 
     nonce = new_nonce()  # this registration's own URL: unregistering it revokes only it
+    connection = request_connection(ctx)
+    url = webhook_url(ctx.settings, service, nonce, connection=connection)
     result = ctx.client.new_message(
-        WebhookAction(
-            options=WebhookOptions(endpointUrl=webhook_url(ctx.settings, service, nonce))
-        ),
+        WebhookAction(options=WebhookOptions(endpointUrl=url)),
         customer=customer_id,
         service=service,
     )
@@ -286,6 +306,7 @@ def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> Webh
         customer_id=customer_id,
         created_at=utcnow(),
         nonce=nonce,
+        connection=connection,
     )
     _registry(ctx.settings).add(registration)
     return registration
@@ -301,6 +322,8 @@ def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
 
     registry = _registry(ctx.settings)
     known = registry.get(inp.service, inp.action_id)
+    if known is not None and known.connection != request_connection(ctx):
+        known = None  # another connection's: not this request's to remove
     pipeline_id = (known.pipeline_id if known else None) or inp.pipeline_id
     if pipeline_id is None:
         raise Problem(
@@ -341,12 +364,14 @@ def open_subscription(
         nonce=new_nonce(),
         kind=kind,
         states=states,
+        connection=request_connection(ctx),
     )
     assert subscription.nonce is not None
     location = subscription_url(
         ctx.settings, service, subscription.subscription_id, subscription.nonce, kind
     )
     _subscriptions(ctx.settings).add(subscription)
+    TriggerNotifier.for_settings(ctx.settings).forget(service)  # this instance: at once
     return subscription, location
 
 
@@ -376,7 +401,7 @@ def subscription_to_end(
 
 
 def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
-    if not _registry(ctx.settings).list(inp.service):
+    if not registered_on(ctx, inp.service):
         register_webhook(ctx, inp.customer_id, inp.service)
     subscription, location = open_subscription(
         ctx, inp.service, inp.customer_id, inp.body.callbackUrl
@@ -392,6 +417,7 @@ def unsubscribe(ctx: ActionContext, inp: UnsubscribeInput) -> ActionResponse:
     store, _ = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
     # Unsubscribing twice is fine (Power Automate may repeat it).
     store.remove(inp.service, inp.subscription_id)
+    TriggerNotifier.for_settings(ctx.settings).forget(inp.service)
     return ActionResponse.json(SubscriptionDoc(id=inp.subscription_id, service=inp.service))
 
 

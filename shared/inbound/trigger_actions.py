@@ -34,9 +34,9 @@ from shared.inbound.actions import (
     SubscriptionIdPath,
     SubscriptionTokenQuery,
     _callable_url,
-    _registry,
     open_subscription,
     register_webhook,
+    registered_on,
     subscription_to_end,
 )
 from shared.problems import FieldError, Problem, ProblemType
@@ -186,12 +186,11 @@ def _subscribe(
     states: Literal["final", "all"] | None = None,
 ) -> ActionResponse:
     _check_service(ctx, kind, customer_id, service)
-    if kind is TriggerKind.OPT_OUT and not _registry(ctx.settings).list(service):
+    if kind is TriggerKind.OPT_OUT and not registered_on(ctx, service):
         register_webhook(ctx, customer_id, service)  # keywords arrive through the webhook
     subscription, location = open_subscription(
         ctx, service, customer_id, callback, kind=kind, states=states
     )
-    TriggerNotifier.for_settings(ctx.settings).forget(service)
     doc = TriggerSubscriptionDoc(id=subscription.subscription_id, service=service, kind=kind)
     return ActionResponse.json(doc.model_dump(), status=201, headers={"Location": location})
 
@@ -244,6 +243,7 @@ _TITLES: dict[str, str] = {
     "reportedAt": "Reported At",
     "customerData": "Customer Data",
     "service": "Service",
+    "connection": "Connection",
     "phone": "Phone",
     "keyword": "Keyword",
     "direction": "Direction",

@@ -25,6 +25,7 @@ __all__ = [
     "MESSAGE_TRANSITIONS",
     "REDRIVE",
     "BatchStatus",
+    "FailureFieldError",
     "FailureInfo",
     "IllegalTransition",
     "MessageStatus",
@@ -170,6 +171,29 @@ def check_batch_transition(before: BatchStatus, after: BatchStatus) -> None:
 #: The longest failure title and detail kept (longer ones are cut, ending with an ellipsis).
 FAILURE_TITLE_CHARS = 500
 FAILURE_DETAIL_CHARS = 4_000
+#: At most this many field errors are kept on a failure, each field and message cut to these.
+FAILURE_FIELD_ERRORS = 20
+FAILURE_FIELD_CHARS = 200
+FAILURE_FIELD_MESSAGE_CHARS = 300
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "\u2026"
+
+
+class FailureFieldError(BaseModel):
+    """One field a refused send was refused for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    message: str
+
+    @field_validator("field", "message", mode="after")
+    @classmethod
+    def _bounded(cls, value: str, info: ValidationInfo) -> str:
+        limit = FAILURE_FIELD_CHARS if info.field_name == "field" else FAILURE_FIELD_MESSAGE_CHARS
+        return _cut(value, limit)
 
 
 class FailureInfo(BaseModel):
@@ -187,6 +211,18 @@ class FailureInfo(BaseModel):
     detail: str | None = None
     upstreamStatus: int | None = Field(None, description="HTTP status of the last upstream answer.")
     attempts: int = 0
+    errors: list[FailureFieldError] | None = Field(
+        None,
+        description=(
+            f"The fields a refused send was refused for (at most {FAILURE_FIELD_ERRORS}), "
+            "if it was refused for its fields."
+        ),
+    )
+
+    @field_validator("errors", mode="after")
+    @classmethod
+    def _few(cls, value: list[FailureFieldError] | None) -> list[FailureFieldError] | None:
+        return value[:FAILURE_FIELD_ERRORS] if value else None
 
     @field_validator("title", "detail", mode="after")
     @classmethod

@@ -71,6 +71,8 @@ __all__ = [
 PACK_ID_PREFIX = "pack-"
 INDEX_PREFIX = "q-"
 PACK_ROW_KEY = "pack"
+#: The row of an index partition that holds its leader's lease (sorts before every entry).
+LEAD_ROW_KEY = "!lead"
 
 
 def new_pack_id(key: str, member_ids: Iterable[str], formed_at: dt.datetime) -> str:
@@ -194,6 +196,8 @@ class Pack:
         entity.update(chunked("Members", members))
         if self.recipient_ids:
             entity.update(chunked("RecipientIds", json.dumps(dict(self.recipient_ids))))
+        if self.announcing and self.batch_id is None:  # an index pack: see _packing._sent
+            entity.update(chunked("Announcing", json.dumps(list(self.announcing))))
         if self.batch_id is not None:
             entity.update(
                 BatchId=self.batch_id,
@@ -252,10 +256,13 @@ class PackStore:
     # --- the index ---------------------------------------------------------------------------
 
     def index(self, records: Iterable[MessageRecord]) -> None:
-        """Add packable records to their keys' indexes (idempotent; 100 rows a transaction)."""
+        """Add packable records to their keys' indexes (idempotent; 100 rows a transaction).
+        A record in a lane needs no row: its lane is its index."""
+        from shared.messages._records import in_lane
+
         by_key: dict[str, list[dict[str, Any]]] = {}
         for record in records:
-            if record.pack_key is None:
+            if record.pack_key is None or in_lane(record.message_id):
                 continue
             entry = IndexEntry.of(record)
             by_key.setdefault(entry.key, []).append(entry.to_entity())
@@ -277,6 +284,8 @@ class PackStore:
             results_per_page=min(1000, max(1, limit)),
         )
         for entity in pages:
+            if entity["RowKey"] == LEAD_ROW_KEY:
+                continue
             found.append(IndexEntry.from_entity(key, entity))
             if len(found) >= limit:
                 break
@@ -299,6 +308,50 @@ class PackStore:
                 for row in chunk:
                     with contextlib.suppress(ResourceNotFoundError):
                         self.table.delete_entity(partition, row)
+
+    def lead(self, key: str, now: dt.datetime, until: dt.datetime) -> tuple[str | None, float]:
+        """Take the lease of ``key``'s index until ``until``: (its ETag, 0) when taken, else
+        (None, the seconds until the current leader's lease ends). Read first, so a message
+        that finds a leader writes nothing (one read); a free lease costs a read and a write."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+
+        row = {"PartitionKey": INDEX_PREFIX + key, "RowKey": LEAD_ROW_KEY,
+               "Until": dt.datetime.fromtimestamp(until.timestamp(), dt.UTC)}  # fmt: skip
+        try:
+            current = self.table.get_entity(INDEX_PREFIX + key, LEAD_ROW_KEY)
+        except ResourceNotFoundError:
+            try:
+                return str(self.table.create_entity(row).get("etag")), 0.0
+            except ResourceExistsError:
+                return None, 1.0  # another took it just now
+        ends = current.get("Until")
+        if isinstance(ends, dt.datetime) and ends > now:
+            return None, max(0.001, (ends - now).total_seconds())
+        try:
+            done = self.table.update_entity(
+                row, etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None, 1.0  # another took it (or gave it up) just now
+        return str(done.get("etag")), 0.0
+
+    def unlead(self, key: str, etag: str) -> None:
+        """Give ``key``'s index lease up, unless another took it over since (ETag)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
+            self.table.delete_entity(
+                INDEX_PREFIX + key,
+                LEAD_ROW_KEY,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
 
     # --- packs -------------------------------------------------------------------------------
 

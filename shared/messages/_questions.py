@@ -10,9 +10,11 @@ service + recipient (so every change of a question is one atomic Table transacti
     RowKey = <question id>   the record (kept after it ends: its status URL reads it)
     RowKey = "open"          a copy of the open question, if any (one per service + number)
 
-The inbound processor finds the open question of a reply with one point read of ``open``. Every
-change of an open question replaces ``open`` on its ETag, so two writers never both win: the
-loser re-reads and finds the question ended (or changed) by the other.
+The inbound processor finds the open question of a reply with one partition query
+(:meth:`QuestionStore.for_reply`: the ``open`` row, and any record this very reply already
+ended, so a reply SmartDialog delivers twice ends one question once and never a newer one).
+Every change of an open question replaces ``open`` on its ETag, so two writers never both win:
+the loser re-reads and finds the question ended (or changed) by the other.
 """
 
 from __future__ import annotations
@@ -256,6 +258,27 @@ class QuestionStore:
         except ResourceNotFoundError:
             return None
         return QuestionRecord.from_entity(entity)
+
+    def for_reply(self, service: str, address: str, reply_key: str) -> QuestionRecord | None:
+        """The open question that the inbound message ``reply_key`` from ``address`` may answer
+        (with its ``open`` row's ETag): one partition query. None when none is open, or when
+        this message already ended a question (a redelivery: it answers nothing again)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        key = reply_key.replace("'", "''")
+        query = (
+            f"PartitionKey eq '{question_partition(service, address)}' and "
+            f"(RowKey eq '{OPEN_ROW}' or ReplyKey eq '{key}')"
+        )
+        found: QuestionRecord | None = None
+        try:
+            for entity in self.table.query_entities(query):
+                if entity.get("ReplyKey") == reply_key:
+                    return None
+                found = QuestionRecord.from_entity(entity)
+        except ResourceNotFoundError:  # no table yet: no question was ever asked
+            return None
+        return found
 
     def get(self, question_id: str) -> QuestionRecord | None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -24,6 +24,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import secrets
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,9 +74,38 @@ _BATCH_MEMBER_ID = re.compile(
 BATCH_PARTITION_ROWS = 500
 
 
+#: A single send in a *lane*: the partition its pack key and minute share (see docs/sending.md,
+#: "Lanes"), ``<lane>.l<created µs><random>``; the lane is a UUID derived from key and minute.
+_LANE_MEMBER_ID = re.compile(
+    r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.l([0-9]{17}[0-9a-f]{8})$"
+)
+_LANE_NAMESPACE = uuid.UUID("6c1e0f52-8d3a-4b7e-9f14-2a5d7c9e3b81")
+LANE_SUFFIX = ".l"
+
+
+def lane_partition(key: str, at: dt.datetime) -> str:
+    """The partition of pack key ``key``'s lane for the minute of ``at``."""
+    minute = int(at.timestamp()) // 60
+    return str(uuid.uuid5(_LANE_NAMESPACE, f"{key}|{minute}")) + LANE_SUFFIX
+
+
+def lane_message_id(key: str, at: dt.datetime) -> str:
+    """A new message id in ``key``'s lane of ``at``'s minute (oldest first by row)."""
+    micros = int(at.timestamp() * 1_000_000)
+    return f"{lane_partition(key, at)}{micros:017d}{secrets.token_hex(4)}"
+
+
+def in_lane(message_id: str) -> bool:
+    return _LANE_MEMBER_ID.match(message_id) is not None
+
+
 def message_keys(message_id: str) -> tuple[str, str]:
     """(PartitionKey, RowKey prefix) of a message's rows: its own partition and no prefix, or,
-    for a bulk member, its batch's partition of its row and ``<row>.``."""
+    for a bulk member, its batch's partition of its row and ``<row>.``; for a lane's, the lane
+    and ``<row>.``."""
+    lane = _LANE_MEMBER_ID.match(message_id)
+    if lane is not None:
+        return lane.group(1) + LANE_SUFFIX, lane.group(2) + "."
     match = _BATCH_MEMBER_ID.match(message_id)
     if match is None:
         return message_id, ""

@@ -289,6 +289,22 @@ class MessageStore:
         for chunk in _chunks(list(slots), TRANSACTION_LIMIT):
             self.table.submit_transaction([("upsert", s.to_entity()) for s in chunk])
 
+    def lane_queued(self, partition: str, limit: int) -> list[MessageRecord]:
+        """Up to ``limit`` never-attempted queued records of a lane, oldest first, not in a
+        pack (one query: the lane is its own pack index)."""
+        query = (
+            f"PartitionKey eq '{odata_quote(partition)}' and Status eq "
+            f"'{MessageStatus.QUEUED}' and Attempts eq 0"
+        )
+        found: list[MessageRecord] = []
+        for entity in self.table.query_entities(query, results_per_page=min(1000, limit + 1)):
+            record = self._whole(MessageRecord.from_entity(entity))
+            if record.pack_id is None:
+                found.append(record)
+            if len(found) >= limit:
+                break
+        return found
+
     def get(self, message_id: str) -> MessageRecord | None:
         """The record, or None if there is none."""
         from azure.core.exceptions import ResourceNotFoundError

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from shared import telemetry
 from shared.deadletters import write_dead_letter
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_event
-from shared.messages import FailureInfo, MessageRecord, MessageStatus
+from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient
 from shared.outbound._giving_up import expired, give_up, remember_maybe_sent
@@ -136,6 +136,13 @@ def sent_changes(
     }
 
 
+def recipient_ids(body: Mapping[str, Any]) -> dict[int, str]:
+    """Upstream's recipient ids in its answer ``body``, by position (the slots' indexes)."""
+    raw = body.get("Recipients") or body.get("recipients") or []
+    return {i: str(r.get("Id") or r.get("id")) for i, r in enumerate(raw)
+            if isinstance(r, dict) and (r.get("Id") or r.get("id"))}  # fmt: skip
+
+
 class Outcomes:
     """Records, announces and requeues through the send ports."""
 
@@ -215,28 +222,22 @@ class Outcomes:
         raise RuntimeError(f"message {record.message_id}: record kept changing under the sender")
 
     def sent(
-        self, record: MessageRecord, body: Mapping[str, Any], *, duplicate: bool
+        self, record: MessageRecord, body: Mapping[str, Any], *, duplicate: bool, **flag: bool
     ) -> SendOutcome:
-        """Record a claimed message as sent (its slots learn upstream's recipient ids by
-        position), then announce it; someone else's final state stands."""
-        raw = body.get("Recipients") or body.get("recipients") or []
-        ids = {
-            index: str(r.get("Id") or r.get("id"))
-            for index, r in enumerate(raw)
-            if isinstance(r, dict) and (r.get("Id") or r.get("id"))
-        }
-        done = self.swap_until(
-            record,
-            lambda r: r.status is MessageStatus.SENDING,
-            recipient_ids=ids,
-            **sent_changes(record, body, duplicate=duplicate, now=self.ports.now()),
-        )
+        """Record a claimed message as sent (slots get upstream's ids by position), then announce
+        it; another's final state stands. ``announced=True`` (a pack member): flagged in the same
+        write, then its event sent, also when another run recorded it (it may have stopped)."""
+        changes = sent_changes(record, body, duplicate=duplicate, now=self.ports.now())
+        sending, ids = MessageStatus.SENDING, recipient_ids(body)
+        done = self.swap_until(record, lambda r: r.status is sending, recipient_ids=ids,
+                               **changes, **flag)  # fmt: skip
+        announce = self.emit if flag.get("announced") else lambda r: self.announce([r])
         if done is None:  # someone else finished it (a lease that ran out): theirs stands
             current = self.ports.store.get(record.message_id)
             if current is not None and current.status.is_final:
-                self.announce([current])
+                announce(current)
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
-        self.announce([done])
+        announce(done)
         log.info(
             "message %s sent (upstream %s, attempt %d%s)",
             done.message_id,
@@ -564,6 +565,7 @@ class Outcomes:
             title="Its queued command could not be read",
             detail=f"{detail}. {problems}".strip() if problems else detail,
             attempts=record.attempts,
+            errors=[FailureFieldError.model_validate(e) for e in errors] or None,
         )
         return self.fail(record, failure)
 

@@ -1,9 +1,11 @@
-"""Packs formed from the queue index: queued single sends that go upstream in one call.
+"""Packs formed from lanes and the queue index: queued single sends that go upstream in one call.
 
 A worker about to send a never-attempted message whose pack key is set (see
-:func:`shared.outbound.pack_key`) claims further indexed messages of that key (``queued ->
-sending`` with the pack id, never one already claimed or final), records the :class:`Pack`
-(its id is the call's ``RequestId``) and only then takes a quota slot and makes one call.
+:func:`shared.outbound.pack_key`) takes the key's leader lease, claims further waiting messages
+of that key (its lane's queued records, 100 a transaction; or the index's rows, one by one:
+``queued -> sending`` with the pack id, never one already claimed or final), records the
+:class:`Pack` (its id is the call's ``RequestId``) and only then takes a quota slot and makes
+one call.
 A retry after an ambiguous failure re-sends the *same* pack, led by its first member that is not
 final. See ``docs/sending.md`` ("Packing and bulk sends") for the rules and guarantees.
 """
@@ -12,18 +14,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from shared.messages import (
+    IndexEntry,
     MessageRecord,
     MessageStatus,
     Pack,
     PackMember,
+    in_lane,
     index_row_key,
+    lane_partition,
+    message_keys,
     new_pack_id,
 )
 from shared.outbound._attempt import (
@@ -36,7 +42,14 @@ from shared.outbound._attempt import (
 )
 from shared.outbound._giving_up import remember_interrupted
 from shared.outbound._models import OutboundMessage, parse_outbound_message
-from shared.outbound._outcomes import OutcomeKind, Outcomes, SendOutcome, storage_pool
+from shared.outbound._outcomes import (
+    OutcomeKind,
+    Outcomes,
+    SendOutcome,
+    recipient_ids,
+    sent_changes,
+    storage_pool,
+)
 from shared.outbound._ports import SendPorts
 from shared.outbound._records import command_addresses
 
@@ -50,6 +63,18 @@ log = logging.getLogger("shared.outbound.sender")
 #: A copy of a message that a pack holds comes back this soon (not when the lease ends): the
 #: pack's call is usually over by then, and the copy is acknowledged.
 PACK_MEMBER_RECHECK_SECONDS = 10.0
+#: One leader per pack key: its lease on the key's index (given up as soon as its pack is
+#: formed), and how soon a message that found another leader comes back (by then usually in
+#: that leader's pack, and acknowledged; else it leads the next one).
+LEAD_SECONDS = 15.0
+LEAD_RECHECK_SECONDS = 10.0
+#: After leading a pack, a worker leads the next ones of its key itself while messages wait in
+#: the index (the oldest first), rather than leave them to their own queue messages, which come
+#: in queue order (behind the copies of every member already packed): at most this many packs
+#: or this long per invocation, and only while the quota has room.
+SWEEP_PACKS = 20
+SWEEP_SECONDS = 60.0
+SWEEP_LANES = 5
 
 Members = list[tuple[MessageRecord, OutboundMessage]]
 
@@ -60,6 +85,91 @@ class IndexPacks:
     def __init__(self, ports: SendPorts, outcomes: Outcomes) -> None:
         self.ports = ports
         self.outcomes = outcomes
+        self._leading: dict[str, str] = {}  # message id -> ETag of its key's lease
+
+    def lead(
+        self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
+    ) -> SendOutcome | None:
+        """Before a never-attempted packable message is claimed: take its key's leader lease,
+        or come back shortly (deferred) while another message leads a pack of that key. Only
+        the leader reads the index and claims candidates, so workers do not race on them."""
+        key = record.pack_key
+        if key is None or record.message_id in self._leading:
+            return None
+        until = now + dt.timedelta(seconds=LEAD_SECONDS)
+        etag, wait = self.ports.packs.lead(key, now, until)
+        if etag is not None:
+            self._leading[record.message_id] = etag
+            return None
+        delay = min(wait, LEAD_RECHECK_SECONDS)
+        return self.outcomes.requeue(command, record.attempts, delay, OutcomeKind.DEFERRED, "lead")
+
+    def sweep(
+        self,
+        led: MessageRecord,
+        lead: Callable[[MessageRecord, OutboundMessage], SendOutcome],
+    ) -> None:
+        """After ``led`` led a pack: lead further packs of its key (``lead``: the sender's path
+        for a recorded message) while messages that were never attempted wait in its index or
+        lanes; a message that cannot lead (claimed, backing off) ends the sweep."""
+        from time import monotonic
+
+        ends = monotonic() + SWEEP_SECONDS
+        for _ in range(SWEEP_PACKS):
+            if monotonic() > ends or self.ports.quota_wait.hint() > 0:
+                return
+            next_one = self._next_leader(led)
+            if next_one is None:
+                return
+            outcome = lead(*next_one)
+            if outcome.kind is not OutcomeKind.SENT or not (outcome.detail or "").startswith(
+                "pack "
+            ):
+                return
+
+    def _next_leader(self, led: MessageRecord) -> tuple[MessageRecord, OutboundMessage] | None:
+        """The oldest message of ``led``'s key that was never attempted, with its command: in
+        the lanes from ``led``'s minute on (at most :data:`SWEEP_LANES`), or in the index
+        (stale rows before it are dropped); None when there is none."""
+        key = led.pack_key
+        assert key is not None
+        found: MessageRecord | None = None
+        if in_lane(led.message_id):
+            minute = dt.timedelta(minutes=1)
+            at, now = led.created_at, self.ports.now()
+            for _ in range(SWEEP_LANES):
+                waiting = self.ports.store.lane_queued(lane_partition(key, at), 1)
+                if waiting or at > now:
+                    found = waiting[0] if waiting else None
+                    break
+                at += minute
+        else:
+            found = self._oldest_indexed(key)
+        if found is None or found.status is not MessageStatus.QUEUED or found.attempts:
+            return None
+        try:
+            return found, parse_outbound_message(found.command)
+        except (ValidationError, ValueError):
+            return None
+
+    def _oldest_indexed(self, key: str) -> MessageRecord | None:
+        stale: list[str] = []
+        try:
+            for entry in self.ports.packs.candidates(key, limit=8):
+                record = self.ports.store.get(entry.message_id)
+                if record is None or record.status.is_final or record.pack_id is not None:
+                    stale.append(entry.row_key)
+                    continue
+                return record
+            return None
+        finally:
+            self.ports.packs.unindex(key, stale)
+
+    def unlead(self, record: MessageRecord) -> None:
+        """Give up the leader lease ``record`` took (if it did): its pack is formed."""
+        etag = self._leading.pop(record.message_id, None)
+        if etag is not None and record.pack_key is not None:
+            self.ports.packs.unlead(record.pack_key, etag)
 
     def turn(
         self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
@@ -99,14 +209,31 @@ class IndexPacks:
     ) -> tuple[Pack | None, Members]:
         """Claim other queued messages with the leader's pack key into a new pack, recorded
         before the call; (None, []) when there are none (the leader goes alone)."""
-        packs = self.ports.packs
         key = leader.pack_key
         if key is None:
             return None, []
+        try:
+            return self._gather(leader, command, key)
+        finally:
+            self.unlead(leader)
+
+    def _gather(
+        self, leader: MessageRecord, command: OutboundMessage, key: str
+    ) -> tuple[Pack | None, Members]:
+        packs = self.ports.packs
         limit = self.ports.policy.pack_max_recipients
 
-        own_row = index_row_key(leader)
-        rows = packs.candidates(key, limit=limit + 64)
+        lane = message_keys(leader.message_id)[0] if in_lane(leader.message_id) else None
+        own_row = "" if lane else index_row_key(leader)
+        if lane:  # lanes are their own index: the queued records of the leader's minute's
+            waiting: list[MessageRecord] = []  # lane and its neighbours', oldest first
+            for shift in (-1, 0, 1):
+                at = leader.created_at + dt.timedelta(minutes=shift)
+                if room := limit + 64 - len(waiting):
+                    waiting += self.ports.store.lane_queued(lane_partition(key, at), room)
+            rows = [IndexEntry(key, "", r.message_id, r.recipient_count) for r in waiting]
+        else:
+            rows = packs.candidates(key, limit=limit + 64)
         taken = leader.recipient_count
         picked: list[tuple[str, str]] = []
         for entry in rows:
@@ -117,14 +244,18 @@ class IndexPacks:
             picked.append((entry.row_key, entry.message_id))
             taken += entry.recipient_count
         if not picked or leader.recipient_count >= limit:
-            packs.unindex(key, [own_row])
+            packs.unindex(key, [own_row] if own_row else [])
             return None, []
         now = self.ports.now()
         pack_id = new_pack_id(key, [leader.message_id, *(m for _, m in picked)], now)
         addresses = set(command_addresses(command))
         lease_until = now + self.ports.policy.lease
         pool = storage_pool()
-        found = list(pool.map(lambda item: self.ports.store.get(item[1]), picked))
+        if lane:
+            read = {r.message_id: r for r in waiting}
+            found = [read.get(m) for _, m in picked]
+        else:
+            found = list(pool.map(lambda item: self.ports.store.get(item[1]), picked))
         stale: list[str] = [own_row]
         chosen: list[tuple[str, MessageRecord, OutboundMessage]] = []
         for (row_key, _), record in zip(picked, found, strict=True):
@@ -150,24 +281,20 @@ class IndexPacks:
             addresses.update(member_addresses)
             chosen.append((row_key, record, member_command))
 
-        def claim(item: tuple[str, MessageRecord, OutboundMessage]) -> MessageRecord | None:
-            return self.ports.store.swap(
-                item[1],
-                status=MessageStatus.SENDING,
-                attempts=1,
-                lease_until=lease_until,
-                next_attempt_at=None,
-                pack_id=pack_id,
-                updated_at=now,
-            )
-
-        claims = list(pool.map(claim, chosen))
+        changes: dict[str, Any] = {
+            "status": MessageStatus.SENDING, "attempts": 1, "lease_until": lease_until,
+            "next_attempt_at": None, "pack_id": pack_id, "updated_at": now,
+        }  # fmt: skip
+        if lane:  # 100 claims a transaction, each on its record's ETag
+            claims = self.ports.store.swap_many([(r, changes) for _, r, _ in chosen])
+        else:
+            claims = list(pool.map(lambda item: self.ports.store.swap(item[1], **changes), chosen))
         members: Members = []
         for (row_key, _, member_command), done in zip(chosen, claims, strict=True):
             if done is not None:
                 members.append((done, member_command))
                 stale.append(row_key)
-        packs.unindex(key, stale)
+        packs.unindex(key, [row for row in stale if row])
         if not members:
             return None, []
         pack = Pack(
@@ -291,8 +418,17 @@ class IndexPacks:
             duplicate=sent.duplicate,
         )
         recipient_ids = {**pack.recipient_ids, **answer.recipient_ids}
-        if recipient_ids != dict(pack.recipient_ids):
-            self.ports.packs.save(replace(pack, recipient_ids=recipient_ids))
+        # The members but the leader are recorded sent and announced in one write each, then
+        # their events go out, and only then the leader is recorded (announced on its own). A
+        # crash before the leader's record leaves the pack to be retried (409), and that retry
+        # sends again the events of the members the pack lists in ``announcing``.
+        others = [r.message_id for r, _ in members[1:] if r.message_id not in answer.missing]
+        announcing = tuple(dict.fromkeys((*pack.announcing, *others)))
+        if recipient_ids != dict(pack.recipient_ids) or announcing != pack.announcing:
+            self.ports.packs.save(replace(pack, recipient_ids=recipient_ids, announcing=announcing))
+        if sent.duplicate:
+            going = {r.message_id for r, _ in members}
+            self._announce_again([i for i in pack.announcing if i not in going])
 
         def record(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
             member, _ = item
@@ -302,9 +438,15 @@ class IndexPacks:
                     self.ports.packs.index([released])
                 return SendOutcome(OutcomeKind.DEFERRED, member.message_id, detail="not-in-pack")
             own = answer.shares[member.message_id]
-            return self.outcomes.sent(member, own, duplicate=sent.duplicate)
+            leads = member is members[0][0]
+            return self.outcomes.sent(member, own, duplicate=sent.duplicate, announced=not leads)
 
-        outcomes = list(storage_pool().map(record, members[1:]))
+        together = [m for m in members[1:] if m[0].message_id not in answer.missing]
+        if together and in_lane(together[0][0].message_id):
+            outcomes = self._sent_together(together, answer.shares, sent.duplicate)
+            outcomes += [record(m) for m in members[1:] if m[0].message_id in answer.missing]
+        else:
+            outcomes = list(storage_pool().map(record, members[1:]))
         first = record(members[0])
         done = sum(1 for o in [first, *outcomes] if o.kind is OutcomeKind.SENT)
         log.info(
@@ -315,6 +457,36 @@ class IndexPacks:
             _leader, command = members[0]
             return self.outcomes.requeue(command, 0, 0, OutcomeKind.DEFERRED, "not-in-pack")
         return replace(first, detail=f"pack {pack.pack_id}: {len(members)} messages")
+
+    def _sent_together(
+        self, members: Members, shares: Mapping[str, Mapping[str, Any]], duplicate: bool
+    ) -> list[SendOutcome]:
+        """Members of one lane recorded sent and announced 100 a transaction, then their
+        events; one whose record changed meanwhile goes the way of a single member."""
+        now = self.ports.now()
+        items: list[tuple[MessageRecord, Mapping[str, Any]]]
+        items = [(r, {**sent_changes(r, shares[r.message_id], duplicate=duplicate, now=now),
+                      "announced": True}) for r, _ in members]  # fmt: skip
+        ids = {r.message_id: recipient_ids(shares[r.message_id]) for r, _ in members}
+        done = self.ports.store.swap_many(items, recipient_ids=ids)
+
+        def settle(
+            item: tuple[tuple[MessageRecord, OutboundMessage], MessageRecord | None],
+        ) -> SendOutcome:
+            (member, _), written = item
+            if written is None:
+                share = shares[member.message_id]
+                return self.outcomes.sent(member, share, duplicate=duplicate, announced=True)
+            self.outcomes.emit(written)
+            return SendOutcome(OutcomeKind.SENT, member.message_id)
+
+        return list(storage_pool().map(settle, zip(members, done, strict=True)))
+
+    def _announce_again(self, message_ids: list[str]) -> None:
+        """The events of pack members recorded sent by a run that may have stopped before
+        sending them (same event ids: consumers de-duplicate)."""
+        found = storage_pool().map(self.ports.store.get, message_ids)
+        list(storage_pool().map(self.outcomes.emit, [r for r in found if r is not None]))
 
     def _transient(
         self,

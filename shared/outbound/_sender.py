@@ -207,7 +207,10 @@ class OutboundSender:
                 dequeue_count,
                 fails_record=False,
             )
-        return self._advance(record, command)
+        outcome = self._advance(record, command)
+        if record.pack_key is not None and (outcome.detail or "").startswith("pack "):
+            self.packing.sweep(record, self._advance)  # the next packs of its key
+        return outcome
 
     def _stored(self, stored: StoredCommand) -> OutboundMessage:
         """The command a :class:`StoredCommand` names, with its attempts and deferrals; raises
@@ -288,6 +291,8 @@ class OutboundSender:
                 waiting, record = self.packing.turn(record, command, now)
                 if waiting is not None:
                     return waiting
+            elif record.attempts == 0 and (waiting := self.packing.lead(record, command, now)):
+                return waiting
             claimed = self.ports.store.swap(
                 record,
                 status=MessageStatus.SENDING,
@@ -298,6 +303,7 @@ class OutboundSender:
                 **remember_interrupted(record),
             )
             if claimed is None:
+                self.packing.unlead(record)
                 reread = self.ports.store.get(record.message_id)
                 if reread is None:
                     raise RuntimeError(f"message {record.message_id} vanished while claiming")

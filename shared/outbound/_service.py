@@ -27,6 +27,8 @@ from shared.messages import (
     RecipientStatus,
     effective_status,
     idempotency_key_hash,
+    in_lane,
+    lane_message_id,
 )
 from shared.names import EVENTS_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._models import (
@@ -35,7 +37,13 @@ from shared.outbound._models import (
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
 )
-from shared.outbound._records import command_text, new_record, normalize, queued_text
+from shared.outbound._records import (
+    command_text,
+    new_record,
+    normalize,
+    pack_key,
+    queued_text,
+)
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
 from shared.settings import DEFAULT_CONNECTION
 from shared.storage import PayloadStore, QueueLike, ensured_queue, fits_queue
@@ -105,10 +113,11 @@ class SendService:
         The command goes on the queue *before* its record is written, so a record always means
         its command was queued (nothing to recover after a crash in between: a retry finds no
         record and goes on; the sender records a command it finds unrecorded). Storage round
-        trips of an ordinary send: the opt-out check (two point reads: the service's list and
-        the all-services one), the enqueue, the record, and for a packable send its index row
-        (one more with an idempotency key: its claim; one more for a command too large for a
-        queue message: its blob, queued by reference).
+        trips of an ordinary send: the opt-out check (one query of the recipient's by-recipient
+        partition), the enqueue, the record with its slots (one transaction; a packable send's
+        lands in its lane, which is also its pack index); one more with an idempotency key (its
+        claim), one more for a command too large for a queue message (its blob, queued by
+        reference), and one more for a packable send whose id the caller chose (its index row).
 
         ``message_id``: the new message's id when the caller must know it before (the ask action
         records its question first); a replay answers with the first request's id.
@@ -125,7 +134,7 @@ class SendService:
         if named is not None:  # the sender takes it through this connection
             command = command.model_copy(update={"Connection": named})
         key = idempotency_key or getattr(command.body, "RequestId", None)
-        message_id = message_id or str(uuid.uuid4())  # chosen by the caller: a question's send
+        message_id = message_id or self._new_id(command, customer, now)  # or a question's
         key_hash: str | None = None
         replay = False
         claimed_at: dt.datetime | None = None  # when another request claimed the key
@@ -189,12 +198,19 @@ class SendService:
                 idempotency_key_hash=key_hash,
             )
             record = self.store.create(fresh, slots) or self.store.get(message_id)
-            if record is not None and record.pack_key is not None:
+            if record is not None and record.pack_key and not in_lane(record.message_id):
                 self.packs.index([record])  # any leader may pack it from now on
             assert record is not None, "a record that exists cannot vanish"
         elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self._pending(record, status=202)
+
+    def _new_id(self, command: OutboundMessage, customer: str, now: dt.datetime) -> str:
+        """A new message's id: in its pack key's lane of this minute when it may be packed (its
+        record is then also its pack index entry: docs/sending.md, "Lanes"), else a UUID."""
+        service = getattr(command, "serviceId", None) or self.settings.service_id
+        key = pack_key(command.model_copy(update={"customerId": customer, "serviceId": service}))
+        return str(uuid.uuid4()) if key is None else lane_message_id(key, now)
 
     def _queued(self, text: str, message_id: str) -> str:
         """The queue message of the command ``text``: itself, or by reference when large."""

@@ -108,3 +108,26 @@ def test_a_pack_that_keeps_getting_500_backs_off_and_every_member_fails_after_th
         assert failed.failure.code == "outcome-unknown"  # a 5xx does not prove it was not sent
         assert failed.failure.upstreamStatus == 500
     assert sorted(d["messageId"] for d in outbound.dead_letters()) == sorted(ids)
+
+
+def test_a_leader_that_died_holding_its_keys_lease_delays_the_others_only_until_it_ends(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    from shared.outbound import OutboundSender
+    from shared.outbound._packing import LEAD_SECONDS
+
+    ids = accept(*NUMBERS[:2])
+    key = record(ids[0]).pack_key
+    assert key is not None
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    etag, _ = PackStore.from_settings().lead(key, now, now + dt.timedelta(seconds=LEAD_SECONDS))
+    assert etag is not None  # a worker took the lease and died before giving it up
+
+    held = OutboundSender.from_settings().process(record(ids[0]).command)
+    assert (held.kind, held.detail) == ("deferred", "lead")
+    assert outbound.upstream() == []
+    manual_clock.advance(LEAD_SECONDS + 1)
+    outbound.invoke(record(ids[0]).command, dequeue_count=2)
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [2]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}

@@ -211,6 +211,61 @@ def test_pack_size_is_capped_by_the_setting(outbound: Outbound) -> None:
     assert max(sizes) <= 3
 
 
+def test_a_leader_goes_on_to_lead_the_next_packs_of_its_key_in_the_same_invocation(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    outbound.configure(PACK_MAX_RECIPIENTS=3)
+    ids = accept(*NUMBERS[:7])
+
+    outbound.invoke(record(ids[0]).command)
+
+    sizes = [len(c["body"]["Recipients"]) for c in outbound.upstream()]
+    assert sizes == [3, 3, 1]  # the last one alone ends the sweep (nothing left to pack)
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    outbound.drain()  # every other copy finds its record final
+    assert len(outbound.upstream()) == 3
+
+
+def test_packable_sends_share_their_lane_which_is_their_index(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    from shared.messages import in_lane, message_keys
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])  # within one minute (the clock stands still)
+    other = accept(NUMBERS[3], content="Another text for $(name)")
+    manual_clock.advance(3)  # the quota's window (2 s) ends
+
+    assert all(in_lane(i) for i in ids + other)
+    assert len({message_keys(i)[0] for i in ids}) == 1  # one key, one minute: one partition
+    assert message_keys(other[0])[0] != message_keys(ids[0])[0]
+    key = record(ids[0]).pack_key
+    assert key is not None
+    assert PackStore.from_settings().candidates(key, limit=10) == []  # no index rows
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert sorted(len(c["body"]["Recipients"]) for c in calls) == [1, 3]
+    assert {record(i).status for i in ids + other} == {MessageStatus.SENT}
+
+
+def test_sends_accepted_either_side_of_a_minute_still_go_in_one_pack(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    from shared.messages import message_keys
+
+    manual_clock.advance(60 - manual_clock.now() % 60 - 0.05)  # just before a new minute
+    ids = accept(*NUMBERS[:2])
+    manual_clock.advance(0.1)
+    ids += accept(*NUMBERS[2:4])
+    assert len({message_keys(i)[0] for i in ids}) == 2  # two lanes
+
+    outbound.drain()
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [4]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
 def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
     outbound: Outbound,
 ) -> None:
@@ -266,6 +321,34 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
         assert done.status is MessageStatus.SENT
         assert done.duplicate
         assert done.upstream_message_id == calls[0]["response"]["MessageId"]
+
+
+def test_a_crash_between_the_members_records_and_their_events_sends_them_on_the_retry(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    from shared.outbound._ports import send_ports
+    from shared.settings import get_settings
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])
+    texts = [record(i).command for i in ids]
+    park(outbound)
+    events = send_ports(get_settings()).events
+    crash_once(monkeypatch, events, "send_message", "worker died before the events went out")
+    with pytest.raises(RuntimeError):
+        outbound.invoke(texts[0])
+    # The members are recorded sent and announced in one write; the leader is not recorded.
+    assert [record(i).status for i in ids] == [MessageStatus.SENDING] + [MessageStatus.SENT] * 2
+    assert all(record(i).announced for i in ids[1:])
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
+    for text in texts:
+        outbound.invoke(text, dequeue_count=2)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200, 409]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    sent = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert sorted({e["subject"] for e in sent}) == sorted(ids)
 
 
 def test_a_member_upstream_rejects_fails_alone_and_the_rest_go_in_a_new_pack(

@@ -28,6 +28,7 @@ from shared.actions import ActionSpec, Param, ResponseDoc
 from shared.actions._spec import ActionInput, ActionResponse
 from tests.actions.test_connector import REFERENCE, operations
 from tools.generate_connector import (
+    CONNECTION_HEADER,
     DEFINITION_PATH,
     KEPT_LABELS,
     PROPERTIES_PATH,
@@ -299,3 +300,24 @@ def test_generation_fails_when_a_dropdown_leaves_out_a_parameter_its_look_up_req
     document = build_definition([lookup, _spec("Pick", input=_PickLeavingOutAnOptionalParameter)])
     [item] = [p for p in operations(document)["Pick"]["parameters"] if "x-ms-dynamic-values" in p]
     assert item["x-ms-dynamic-values"]["parameters"] == {"Kind": "x"}
+
+
+def test_the_connection_name_parameter_is_sent_as_the_connection_header() -> None:
+    props = properties()["properties"]
+    parameter = props["connectionParameters"]["connectionName"]
+    assert parameter["type"] == "string"
+    assert parameter["uiDefinition"]["displayName"] == "Connection name"
+    assert parameter["uiDefinition"]["constraints"]["required"] == "false"
+    [policy] = [p for p in props["policyTemplateInstances"] if p["templateId"] == "setheader"]
+    assert policy["parameters"] == {
+        "x-ms-apimTemplateParameter.name": CONNECTION_HEADER,
+        "x-ms-apimTemplateParameter.value": "@connectionParameters('connectionName')",
+        "x-ms-apimTemplateParameter.existsAction": "skip",  # an action's own header wins
+        "x-ms-apimTemplate-policySection": "Request",
+    }
+    assert CONNECTION_HEADER == "X-SmartDialog-Connection"
+    # The policy's @connectionParameters reference names a parameter the connection has.
+    for instance in props["policyTemplateInstances"]:
+        for value in instance["parameters"].values():
+            for name in re.findall(r"@connectionParameters\('([^']+)'\)", str(value)):
+                assert name in props["connectionParameters"], name

@@ -83,3 +83,25 @@ def test_it_starts_everything_the_first_try_it_command_works_and_ctrl_c_stops_al
     with socket.socket() as probe:  # everything it started has let go of its port
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
         probe.bind(("127.0.0.1", port))
+
+
+def test_the_second_connection_is_configured_and_has_try_it_lines(tmp_path: Path) -> None:
+    from devhost.run import SAMPLE, SECOND_CONNECTION, try_it_block
+    from devhost.stack import write_local_settings
+
+    assert SECOND_CONNECTION == {
+        "SMARTDIALOG_CONNECTIONS__SECOND__ACCESS_TOKEN": "sandbox-token-2",
+        "SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMERS": "2001",
+        "SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMER_ID": "2001",
+        "SMARTDIALOG_CONNECTIONS__SECOND__SERVICE_ID": "s-2001-oneway",
+    }
+    written = write_local_settings(
+        SAMPLE, tmp_path / "local.settings.json", {**SECOND_CONNECTION, "X": "wired"}
+    )["Values"]
+    assert {k: written[k] for k in SECOND_CONNECTION} == SECOND_CONNECTION
+    block = try_it_block("http://h/api", "http://s", "http://peek")
+    second = [line for line in block.splitlines() if "X-SmartDialog-Connection: second" in line]
+    assert len(second) == 1
+    assert "-X POST 'http://h/api/messages'" in second[0]
+    assert "Customer-Id" not in second[0]  # the connection's defaults pick customer and service
+    assert "curl -s 'http://h/api/connections'" in block

@@ -160,7 +160,9 @@ def test_upstream_send_carries_our_signed_dlr_url_and_keeps_the_callers_for_afte
     # The stored request keeps the caller's URL (and so its fingerprint stays the caller's).
     table = TableClient.from_connection_string(stack.storage, MESSAGES_TABLE)
     try:
-        record = MessageRecord.from_entity(table.get_entity(message_id, "message"))
+        from shared.messages._records import record_keys
+
+        record = MessageRecord.from_entity(table.get_entity(*record_keys(message_id)))
     finally:
         table.close()
     assert json.loads(record.command)["body"]["DlrUrl"] == own

@@ -33,15 +33,15 @@ def fuzz_settings(budget: FuzzBudget, factor: int = 8) -> settings:
 
 
 @pytest.fixture(scope="module")
-def webhook(fuzz_stack: FuzzStack) -> tuple[str, str]:
-    """Our registered webhook URL as SmartDialog has it: (path, token)."""
+def webhook(fuzz_stack: FuzzStack) -> tuple[str, dict[str, str]]:
+    """Our registered webhook URL as SmartDialog has it: (path, query: token and connection)."""
     answer = fuzz_stack.http.post(f"{fuzz_stack.api}/inbound/webhooks/{TWO_WAY_SERVICE}")
     assert answer.status_code in (200, 201), answer.text
     pipelines = fuzz_stack.http.get(f"{fuzz_stack.sandbox.url}/sandbox/pipelines").json()
     urls = [u for u in _strings(pipelines) if "/callbacks/inbound/" in u]
     assert urls, pipelines
     parts = urlsplit(urls[-1])
-    return parts.path, dict(parse_qsl(parts.query))["token"]
+    return parts.path, dict(parse_qsl(parts.query))
 
 
 @pytest.fixture(scope="module")
@@ -163,22 +163,27 @@ def _check(answer_status: int, what: str) -> None:
 
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 def test_the_inbound_webhook_never_answers_5xx(
-    fuzz_stack: FuzzStack, fuzz_budget: FuzzBudget, webhook: tuple[str, str]
+    fuzz_stack: FuzzStack, fuzz_budget: FuzzBudget, webhook: tuple[str, dict[str, str]]
 ) -> None:
-    path, token = webhook
+    path, query = webhook
     seen: set[int] = set()
 
     @fuzz_settings(fuzz_budget)
     @given(
         body=bodies,
         service=st.one_of(st.just(None), texts),
-        token_kind=st.sampled_from(["real", "missing", "other"]),
+        token_kind=st.sampled_from(["real", "missing", "other", "other connection"]),
         content_type=st.sampled_from(CONTENT_TYPES),
     )
     @example(body=VALID_INBOUND, service=None, token_kind="real", content_type="application/json")
     def run(body: bytes, service: str | None, token_kind: str, content_type: str) -> None:
         target = path if service is None else path.rsplit("/", 1)[0] + "/" + quote(service, safe="")
-        params = {"real": {"token": token}, "missing": {}, "other": {"token": token[::-1]}}
+        params = {
+            "real": query,
+            "missing": {},
+            "other": {**query, "token": query["token"][::-1]},
+            "other connection": {**query, "connection": "another"},
+        }
         headers = {"Content-Type": content_type} if content_type else {}
         answer = fuzz_stack.http.post(
             f"{fuzz_stack.host.url}{target}",

@@ -101,20 +101,20 @@ def test_inbound_sms_reaches_the_queue_and_a_subscriber_exactly_once(
     assert headers["ce-id"] == event["id"]
     assert headers["ce-type"] == MESSAGE_RECEIVED
 
-    # SmartDialog retrying the same message changes nothing.
+    # SmartDialog retrying the same message: the same event again, not again to the flow.
     payload = result["payload"]
     again = httpx.post(action["endpointUrl"], json=payload, timeout=10)
     assert (again.status_code, again.json()["id"]) == (202, event["id"])
     assert served.process_intake() == 1
-    assert served.count(names.INBOUND_QUEUE) == 1
-    assert served.count(names.INBOUND_DELIVERIES_QUEUE) == 0
+    assert [e["id"] for e in served.read(names.INBOUND_QUEUE)] == [event["id"]] * 2
+    assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
     assert len(callback_receiver.calls) == 1
 
     # Unsubscribed: the next message still reaches the queue, not the flow.
     assert unsubscribe(served, location) == 200
     simulate_inbound(served, "After unsubscribing")
     assert served.process_intake() == 1
-    assert served.count(names.INBOUND_QUEUE) == 2
+    assert served.count(names.INBOUND_QUEUE) == 3
     assert served.count(names.INBOUND_DELIVERIES_QUEUE) == 0
 
 

@@ -39,18 +39,19 @@ def token_of(url: str) -> str:
     return dict(parse_qsl(urlsplit(url).query))["token"]
 
 
-def deliver(env: Inbound, token: str) -> int:
+def deliver(env: Inbound, token: str | dict[str, str]) -> int:
+    """POST a message with ``token``, or with a webhook URL's whole query."""
     return env.call(
         "InboundWebhook",
         "POST",
         route_params={"Service": TWO_WAY},
-        params={"token": token},
+        params={"token": token} if isinstance(token, str) else token,
         body=message(),
     ).status
 
 
-def register(env: Inbound) -> tuple[str, str]:
-    """(ActionId, the token of the URL SmartDialog was given) of a new registration."""
+def register(env: Inbound) -> tuple[str, dict[str, str]]:
+    """(ActionId, the query of the URL SmartDialog was given) of a new registration."""
     answer = env.call(
         "RegisterInboundWebhook",
         "POST",
@@ -60,7 +61,7 @@ def register(env: Inbound) -> tuple[str, str]:
     assert answer.status == 201, answer.body
     action_id = answer.body["ActionId"]
     [action] = [a for a in env.sandbox.state.actions_for(TWO_WAY) if a["id"] == action_id]
-    return action_id, token_of(action["endpointUrl"])
+    return action_id, dict(parse_qsl(urlsplit(action["endpointUrl"]).query))
 
 
 def unregister(env: Inbound, action_id: str) -> int:
@@ -78,7 +79,8 @@ def test_an_unregistered_webhook_url_is_refused_and_leaves_no_trace(inbound: Inb
     first, first_token = register(inbound)
     second, second_token = register(inbound)
     assert first_token != second_token  # each registration has its own URL
-    assert first_token.startswith("v2.")
+    assert first_token["token"].startswith("v2.")
+    assert first_token["connection"] == "default"
     assert deliver(inbound, first_token) == 202
 
     assert unregister(inbound, first) == 204

@@ -311,6 +311,33 @@ def test_a_queued_send_that_fails_reaches_the_send_failed_flow(
     assert headers["ce-type"] == "fi.arena.smartdialog.trigger.send-failed"
 
 
+def test_a_send_refused_for_its_fields_carries_them_to_the_send_failed_flow(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    from shared.messages import FailureInfo
+    from shared.triggers import notify_send_failed
+
+    answer = subscribe(inbound, TriggerKind.SEND_FAILED, f"{callback_receiver.url}/failed", ONE_WAY)
+    assert answer.status == 201, answer.body
+    failure = FailureInfo.model_validate(
+        {
+            "code": "malformed",
+            "title": "Its queued command could not be read",
+            "errors": [
+                {"field": "body.Recipients.0.Personalization.n", "message": "Input should be text"}
+            ],
+        }
+    )
+    command = json.dumps({"body": {"CustomerData": "row-3"}})
+    assert notify_send_failed("m-fields", command, ONE_WAY, failure.model_dump(), utcnow())
+    assert deliver(inbound) == 1
+    [body] = bodies(callback_receiver, "/failed")
+    assert body["fieldErrors"] == [
+        {"field": "body.Recipients.0.Personalization.n", "message": "Input should be text"}
+    ]
+    assert (body["code"], body["customerData"]) == ("malformed", "row-3")
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 
@@ -406,11 +433,12 @@ def test_storage_calls_the_triggers_add_per_delivery_report_and_per_failure(
         "table query SmartDialogSubscriptions": 1,
         "queue put smartdialog-trigger-events": 1,
     }
-    # The fan-out: one query for the subscriptions, one delivery per subscriber.
+    # The fan-out: the subscriber index the report already cached (one query at most, should
+    # the TTL have run out on a slow machine), one delivery per subscriber.
     before = counter.snapshot()
     inbound.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout")
     diff = counter.snapshot() - before
-    assert diff[storage.StorageOp.TABLE_QUERY, names.SUBSCRIPTIONS_TABLE] == 1
+    assert diff[storage.StorageOp.TABLE_QUERY, names.SUBSCRIPTIONS_TABLE] <= 1
     assert diff[storage.StorageOp.QUEUE_PUT, names.INBOUND_DELIVERIES_QUEUE] == 1
 
     # A failed send for a service nobody watches for failures: the answer cached by the report

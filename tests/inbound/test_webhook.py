@@ -3,7 +3,6 @@ CloudEvent per message (de-duplicated behind the queue), unforgeable, crash-safe
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import uuid
 from typing import Any
@@ -14,17 +13,14 @@ import pytest
 from shared import names
 from shared.clock import ManualClock
 from shared.inbound import (
-    CLAIM_LEASE,
     MESSAGE_RECEIVED,
-    InboundProcessor,
     MalformedIntake,
-    SeenStore,
     new_nonce,
     webhook_url,
 )
 from shared.settings import get_settings
 from shared.signing import TokenPurpose, sign
-from shared.storage import queue_client, table_client
+from shared.storage import queue_client
 from tests.inbound.conftest import OLD_SECRET, SECRET, TWO_WAY, Inbound
 
 
@@ -47,8 +43,19 @@ def token_for(service: str = TWO_WAY) -> str:
     return query["token"]
 
 
-def post(env: Inbound, body: Any, *, token: str | None, service: str = TWO_WAY) -> Any:
+def post(
+    env: Inbound,
+    body: Any,
+    *,
+    token: str | None,
+    service: str = TWO_WAY,
+    connection: str | None = "default",
+) -> Any:
+    """POST ``body`` to the webhook of ``service`` with ``token`` and the URL's ``connection``
+    parameter (None: a URL made before connections, without one)."""
     params = {"token": token} if token is not None else {}
+    if connection is not None:
+        params["connection"] = connection
     return env.call(
         "InboundWebhook", "POST", route_params={"Service": service}, params=params, body=body
     )
@@ -113,7 +120,8 @@ def test_inbound_message_becomes_one_cloudevent_on_the_inbound_queue(inbound: In
         assert data[field] == body[field]
     assert data["service"] == TWO_WAY
     assert "optOut" not in data
-    assert [row["State"] for row in inbound.rows(names.INBOUND_SEEN_TABLE)] == ["published"]
+    assert data["connection"] == "default"
+    assert inbound.rows(names.INBOUND_SEEN_TABLE) == []  # the processor keeps no claim row
     assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 0
 
 
@@ -157,7 +165,7 @@ def test_queue_messages_are_plain_json_text_not_base64(inbound: Inbound) -> None
     assert message.content.startswith("{")
 
 
-def test_upstream_retrying_the_webhook_yields_one_event(inbound: Inbound) -> None:
+def test_upstream_retrying_the_webhook_yields_the_same_event_id(inbound: Inbound) -> None:
     body = payload()
     first = post(inbound, body, token=token_for())
     again = post(inbound, body, token=token_for())
@@ -165,11 +173,12 @@ def test_upstream_retrying_the_webhook_yields_one_event(inbound: Inbound) -> Non
     assert (first.status, again.status) == (202, 202)
     assert first.body == again.body
     assert inbound.process_intake() == 2
-    assert inbound.count(names.INBOUND_QUEUE) == 1
-    # A retry arriving after publication is absorbed the same way.
-    assert post(inbound, body, token=token_for()).status == 202
-    assert inbound.process_intake() == 1
-    assert inbound.count(names.INBOUND_QUEUE) == 1
+    events = inbound.read(names.INBOUND_QUEUE)
+    assert [e["id"] for e in events] == [first.body["id"]] * 2  # consumers de-dup on the id
+    for event in events:
+        del event["data"]["receivedAt"]  # when the webhook took each copy
+        event.pop("traceparent", None)
+    assert events[0] == events[1]
 
 
 def test_same_message_id_on_another_service_is_not_a_duplicate(inbound: Inbound) -> None:
@@ -188,7 +197,8 @@ def test_message_without_message_id_is_deduplicated_on_its_payload(inbound: Inbo
     second = post(inbound, body, token=token_for())
     assert first.body["id"] == second.body["id"]
     inbound.process_intake()
-    [event] = inbound.read(names.INBOUND_QUEUE)
+    event, repeat = inbound.read(names.INBOUND_QUEUE)
+    assert repeat["id"] == event["id"]
     assert event["data"]["messageId"].startswith("sha256-")
     assert event["id"] == first.body["id"]
 
@@ -277,45 +287,30 @@ def test_a_storage_failure_answers_500_stores_nothing_and_the_retry_publishes(
     assert inbound.count(names.INBOUND_QUEUE) == 1
 
 
-# --- the processor: claims, at-least-once delivery, crashes ---------------------------------------
+# --- the processor: a repeat is the same event, at-least-once delivery, crashes -----------------
 
 
-def test_claims_belong_to_their_holder_for_the_lease(inbound: Inbound) -> None:
-    store = SeenStore(table_client(names.INBOUND_SEEN_TABLE))
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    first = store.claim(TWO_WAY, "m-1", start, holder="q-1", received_at=start)
-    assert (first.outcome, first.received_at) == ("new", start)
-    # Another intake copy of the same message waits while the lease runs ...
-    other = store.claim(TWO_WAY, "m-1", start + CLAIM_LEASE / 3, holder="q-2")
-    assert other.outcome == "in-flight"
-    assert other.retry_after == pytest.approx((CLAIM_LEASE * 2 / 3).total_seconds())
-    # ... but a redelivery of the claiming message itself (it died) takes over at once,
-    later = start + CLAIM_LEASE / 2
-    assert store.claim(TWO_WAY, "m-1", later, holder="q-1").outcome == "new"
-    # and after the lease anyone does, keeping the first receipt time.
-    taken = store.claim(TWO_WAY, "m-1", later + CLAIM_LEASE * 2, holder="q-2")
-    assert (taken.outcome, taken.received_at) == ("new", start)
-    store.mark_published(TWO_WAY, "m-1")
-    assert store.claim(TWO_WAY, "m-1", later + CLAIM_LEASE * 3, holder="q-3").outcome == (
-        "duplicate"
-    )
-
-
-def test_the_same_intake_message_delivered_twice_publishes_once(
-    inbound: Inbound, callback_receiver: Any
+def test_the_same_message_twice_is_the_same_event_and_each_subscriber_gets_it_once(
+    served: Inbound, callback_receiver: Any
 ) -> None:
     from tests.inbound.test_subscriptions import subscribe
 
-    subscribe(inbound, f"{callback_receiver.url}/a")
-    subscribe(inbound, f"{callback_receiver.url}/b")
-    post(inbound, payload(), token=token_for())
-    [(message_id, text)] = take_intake(inbound)
-    inbound.queue_function("InboundProcessor", text, 1, message_id)
-    inbound.queue_function("InboundProcessor", text, 2, message_id)  # at-least-once: again
-    inbound.queue_function("InboundProcessor", text, 1, str(uuid.uuid4()))  # a copy, too
-    assert inbound.count(names.INBOUND_QUEUE) == 1
-    assert inbound.count(names.INBOUND_DELIVERIES_QUEUE) == 2  # one per subscriber
-    assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 0
+    subscribe(served, f"{callback_receiver.url}/a")
+    subscribe(served, f"{callback_receiver.url}/b")
+    body = payload()
+    post(served, body, token=token_for())
+    post(served, body, token=token_for())  # SmartDialog retried the call
+    [(first_id, first), (second_id, second)] = take_intake(served)
+    served.queue_function("InboundProcessor", first, 1, first_id)
+    served.queue_function("InboundProcessor", first, 2, first_id)  # at-least-once: again
+    served.queue_function("InboundProcessor", second, 1, second_id)
+    events = served.read(names.INBOUND_QUEUE)
+    assert len(events) == 3
+    assert {e["id"] for e in events} == {f"{TWO_WAY}:{body['messageId']}"}  # consumers de-dup
+    assert served.count(names.INBOUND_DELIVERIES_QUEUE) == 6
+    assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 6
+    assert sorted(call.path for call in callback_receiver.calls) == ["/a", "/b"]
+    assert {call.headers["ce-id"] for call in callback_receiver.calls} == {events[0]["id"]}
 
 
 def test_a_crash_before_publishing_is_recovered_by_the_redelivery(
@@ -335,64 +330,9 @@ def test_a_crash_before_publishing_is_recovered_by_the_redelivery(
     [(message_id, text)] = take_intake(inbound)
     with pytest.raises(RuntimeError):  # the host keeps the message and delivers it again
         inbound.queue_function("InboundProcessor", text, 1, message_id)
-    [row] = inbound.rows(names.INBOUND_SEEN_TABLE)
-    assert row["State"] == "pending"
     assert inbound.count(names.INBOUND_QUEUE) == 0
     monkeypatch.setattr(processor, "_inbound", real)
-    # The redelivery (same queue message id) owns the claim: no waiting for the lease.
     inbound.queue_function("InboundProcessor", text, 2, message_id)
-    assert inbound.count(names.INBOUND_QUEUE) == 1
-    assert [r["State"] for r in inbound.rows(names.INBOUND_SEEN_TABLE)] == ["published"]
-
-
-def test_a_crash_after_publishing_repeats_the_event_with_the_same_id_never_loses_it(
-    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from shared.inbound import _http
-
-    processor = _http._processor(get_settings())
-
-    def crash(service: str, key: str) -> None:
-        raise RuntimeError("crashed before marking")
-
-    real = processor.seen.mark_published
-    monkeypatch.setattr(processor.seen, "mark_published", crash)
-    post(inbound, payload(), token=token_for())
-    [(message_id, text)] = take_intake(inbound)
-    with pytest.raises(RuntimeError):
-        inbound.queue_function("InboundProcessor", text, 1, message_id)
-    monkeypatch.setattr(processor.seen, "mark_published", real)
-    inbound.queue_function("InboundProcessor", text, 2, message_id)
-    events = inbound.read(names.INBOUND_QUEUE)
-    assert len(events) == 2  # the documented worst case
-    assert events[0]["id"] == events[1]["id"]
-    assert events[0]["data"] == events[1]["data"]
-    inbound.queue_function("InboundProcessor", text, 3, message_id)
-    assert inbound.count(names.INBOUND_QUEUE) == 2  # marked now: nothing more
-
-
-def test_a_copy_arriving_while_another_is_in_flight_is_deferred_not_dropped(
-    inbound: Inbound,
-) -> None:
-    body = payload()
-    post(inbound, body, token=token_for())
-    post(inbound, body, token=token_for())
-    [(first_id, first), (second_id, second)] = take_intake(inbound)
-    now = dt.datetime.now(dt.UTC)
-    SeenStore(table_client(names.INBOUND_SEEN_TABLE)).claim(
-        TWO_WAY, body["messageId"], now, holder=first_id
-    )  # the first copy is being processed (or died) elsewhere
-    processor = InboundProcessor.from_settings(get_settings())
-    result = processor.process(second, queue_message_id=second_id)
-    assert result.outcome == "deferred"
-    assert 1 <= result.retry_after <= CLAIM_LEASE.total_seconds()
-    assert inbound.count(names.INBOUND_INTAKE_QUEUE) == 1  # back on the queue, invisible
-    assert queue_client(names.INBOUND_INTAKE_QUEUE).peek_messages() == []
-    assert inbound.count(names.INBOUND_QUEUE) == 0
-    # When the lease has run out, the deferred copy takes over and publishes.
-    processor._clock = lambda: now + CLAIM_LEASE * 2
-    assert processor.process(second, queue_message_id="the-deferred-copy").outcome == "published"
-    assert processor.process(first, queue_message_id=first_id).outcome == "duplicate"
     assert inbound.count(names.INBOUND_QUEUE) == 1
 
 

@@ -225,8 +225,9 @@ def _wire(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, server: SandboxServ
 
 def clear_pack_index() -> None:
     """Forget every packable message of earlier tests (their records stay, queued forever:
-    without this, a later test's sender would pack them with its own messages)."""
-    from shared.names import PACKS_TABLE
+    without this, a later test's sender would pack them with its own messages): the index rows,
+    and the waiting records of lanes (each lane is its own index)."""
+    from shared.names import MESSAGES_TABLE, PACKS_TABLE
     from shared.storage import table_client
 
     table = table_client(PACKS_TABLE)
@@ -235,6 +236,12 @@ def clear_pack_index() -> None:
     for entity in table.query_entities("PartitionKey ge 'q-' and PartitionKey lt 'q.'"):
         with contextlib.suppress(Exception):
             table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+    messages = table_client(MESSAGES_TABLE)
+    with contextlib.suppress(Exception):
+        for entity in messages.query_entities("Status eq 'queued' and Attempts eq 0"):
+            if str(entity["PartitionKey"]).endswith(".l"):
+                with contextlib.suppress(Exception):
+                    messages.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
 
 @pytest.fixture

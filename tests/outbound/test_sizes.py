@@ -168,6 +168,9 @@ def test_a_queued_command_that_turned_malformed_fails_its_record_with_its_event(
     failed = record(message_id)
     assert failed.status is MessageStatus.FAILED
     assert failed.failure.code == "malformed"
+    fields = [e.field for e in failed.failure.errors or []]
+    assert fields
+    assert all("body.Recipients.0.Personalization.n" in f for f in fields)  # what was refused
     assert "Personalization" in (failed.failure.detail or "")
     answer = status_of(accepted.headers["Location"])
     assert answer.status == 422  # no longer 202 for ever
@@ -226,10 +229,11 @@ def test_a_command_too_long_for_its_record_is_kept_in_a_blob_and_sent(
     accepted = call_http("SendMessage", "POST", body=body)
     assert accepted.status == 202, accepted.body
     message_id = accepted.body["Id"]
+    from shared.messages._records import record_keys
     from shared.names import MESSAGES_TABLE
     from shared.storage import table_client
 
-    entity = table_client(MESSAGES_TABLE).get_entity(message_id, "message")
+    entity = table_client(MESSAGES_TABLE).get_entity(*record_keys(message_id))
     assert entity["CommandBlob"].startswith("command/")
     assert entity["CommandChunks"] == 0
     assert len(record(message_id).command) > 220_000  # read back whole
@@ -283,6 +287,9 @@ def test_a_malformed_copy_known_by_its_request_id_fails_the_recorded_message(
     failed = record(message_id)
     assert failed.status is MessageStatus.FAILED
     assert failed.failure.code == "malformed"
+    fields = [e.field for e in failed.failure.errors or []]
+    assert fields
+    assert all("body.Recipients.0.Personalization.n" in f for f in fields)  # what was refused
     events = [json.loads(t) for t in all_messages(EVENTS_QUEUE)]
     assert [e["type"] for e in events] == ["fi.arena.smartdialog.message.failed"]
 

@@ -37,7 +37,9 @@ def opted_out(service: str = SERVICE) -> str:
 def records_containing(marker: str) -> list[Any]:
     store = MessageStore.from_settings()
     found = []
-    for entity in store.table.query_entities("RowKey eq 'message'"):
+    for entity in store.table.list_entities():  # records: RowKey ``message`` or ``<row>.message``
+        if not str(entity["RowKey"]).endswith("message"):
+            continue
         if marker in json.dumps(dict(entity), default=str):
             found.append(entity)
     return found

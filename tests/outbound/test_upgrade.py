@@ -95,3 +95,31 @@ def test_a_pack_driver_of_the_previous_release_is_read_as_one(outbound: Outbound
     [letter] = outbound.dead_letters()
     assert letter["reason"] == "malformed"
     assert "not a bulk pack of this app" in letter["detail"]
+
+
+def test_sends_the_previous_release_indexed_and_lane_sends_of_the_same_key_each_go_once(
+    outbound: Outbound,
+) -> None:
+    from shared.messages import in_lane
+    from tests.outbound.conftest import call_http
+
+    message_id = _store("indexed_record")
+    PackStore.from_settings().table.upsert_entity(_rows()["index_row"])
+    outbound.enqueue(_rows()["indexed_command"])
+    body = {"Sender": "Shop", "Content": "Hi $(name)", "Protocol": "SMS"}  # the same pack key
+    lane_ids = []
+    for address in ("+358401000002", "+358401000003"):
+        recipients = [{"Address": address, "Personalization": {"name": "Bo"}}]
+        answer = call_http("SendMessage", "POST", body={**body, "Recipients": recipients})
+        assert answer.status == 202, answer.body
+        lane_ids.append(answer.body["Id"])
+    assert all(in_lane(i) for i in lane_ids)
+
+    outbound.drain()
+
+    sent = [r["Address"] for c in outbound.upstream() for r in c["body"]["Recipients"]]
+    assert sorted(sent) == ["+358401000001", "+358401000002", "+358401000003"]
+    store = MessageStore.from_settings()
+    for done in (store.get(i) for i in [message_id, *lane_ids]):
+        assert done is not None
+        assert done.status is MessageStatus.SENT
