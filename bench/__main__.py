@@ -51,6 +51,7 @@ FIGURES: list[tuple[str, str]] = [
     ("quota at the real rate", "bench.quota_real:measure"),
     ("flow send step", "bench.flow_step:measure"),
     ("events in", "bench.events:measure"),
+    ("two connections at the real rate", "bench.connections:measure"),
 ]
 
 

@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench._app import app_settings, environment, fresh_queues, functions
@@ -45,7 +45,14 @@ from bench._app import app_settings, environment, fresh_queues, functions
 if TYPE_CHECKING:
     from bench.__main__ import FigureRow
 
-__all__ = ["max_in_window", "measure", "run_quota_benchmark"]
+__all__ = [
+    "SandboxProcess",
+    "drain_with_workers",
+    "floor_utilisation",
+    "max_in_window",
+    "measure",
+    "run_quota_benchmark",
+]
 
 DELIVERED = "+358400000001"
 
@@ -57,6 +64,85 @@ def max_in_window(times: Sequence[float], window: float) -> int:
     for i, start in enumerate(ordered):
         best = max(best, bisect.bisect_left(ordered, start + window) - i)
     return best
+
+
+def drain_with_workers(
+    sender: Callable[[Any], None],
+    *,
+    workers: int,
+    per_receive: int,
+    done: Callable[[], bool],
+    timeout: float,
+) -> tuple[float, list[str], int]:
+    """Play the Functions host: ``workers`` threads each receive up to ``per_receive`` outbound
+    queue messages at a time, invoke ``sender`` (the app's real ``OutboundSender``) per message
+    and delete it when it returned, until ``done()`` (asked every half second) or ``timeout``.
+    Returns (elapsed seconds, worker errors, invocations that returned)."""
+    from azure.functions.queue import QueueMessage
+
+    from shared.names import OUTBOUND_QUEUE
+    from shared.storage import queue_client
+
+    stop = threading.Event()
+    errors: list[str] = []
+    invocations = Counter[str]()
+    lock = threading.Lock()
+
+    def worker() -> None:
+        queue = queue_client(OUTBOUND_QUEUE)
+        while not stop.is_set():
+            # Small batches: a held message must be done before its visibility ends.
+            batch = list(
+                queue.receive_messages(
+                    messages_per_page=per_receive, max_messages=per_receive, visibility_timeout=60
+                )
+            )
+            if not batch:
+                time.sleep(0.05)
+                continue
+            for message in batch:
+                try:
+                    sender(
+                        QueueMessage(  # type: ignore[no-untyped-call]
+                            id=message.id,
+                            body=message.content.encode(),
+                            dequeue_count=message.dequeue_count,
+                        )
+                    )
+                except Exception as exc:
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                try:
+                    queue.delete_message(message)
+                except Exception as exc:
+                    with lock:
+                        errors.append(f"delete: {type(exc).__name__}")
+                with lock:
+                    invocations["ok"] += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    deadline = started + timeout
+    while time.monotonic() < deadline and not done():
+        time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    return elapsed, errors, invocations["ok"]
+
+
+def floor_utilisation(times: Sequence[float], calls: int, window: float) -> tuple[float, float]:
+    """The real-quota utilisation of calls at ``times``: floor((N - 1) / calls) * window over
+    the span from the first call to the last (the least time the quota lets N calls span,
+    against the time they did); (utilisation, span)."""
+    ordered = sorted(times)
+    span = ordered[-1] - ordered[0] if len(ordered) > 1 else 0.0
+    floor = (len(ordered) - 1) // calls * window
+    return (floor / span if span else 0.0), span
 
 
 def _histogram(times: Sequence[float], width: float) -> list[int]:
@@ -72,10 +158,15 @@ def _parse_time(text: str) -> float:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-class _SandboxProcess:
+class SandboxProcess:
     """``python -m sandbox`` on a free port; its logs are read over its inspection API."""
 
-    def __init__(self, quota_calls: int, quota_period: float) -> None:
+    def __init__(
+        self,
+        quota_calls: int,
+        quota_period: float,
+        token: str = "sandbox-token",  # noqa: S107 - the sandbox's public test token
+    ) -> None:
         import socket
         import subprocess
         import sys
@@ -87,11 +178,11 @@ class _SandboxProcess:
             port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self.api_url = self.url + "/api-integrations/v1"
-        self.token = "sandbox-token"
+        self.token = token
         self._process = subprocess.Popen(
             [sys.executable, "-m", "sandbox", "--port", str(port), "--log-level", "WARNING",
              "--quota-calls", str(quota_calls), "--quota-period", str(quota_period),
-             "--dlr-delay", "3600"],
+             "--dlr-delay", "3600", "--static-token", token],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -158,7 +249,6 @@ def run_quota_benchmark(
     ``call_times`` are the sandbox's times of every POST /messages, sorted.
     """
     import azure.functions as func  # noqa: F401 - the app imports it anyway
-    from azure.functions.queue import QueueMessage
 
     from devhost.azurite import start_azurite
     from shared.names import OUTBOUND_QUEUE
@@ -167,10 +257,10 @@ def run_quota_benchmark(
     if azurite_connection_string is None:
         azurite = start_azurite()
         azurite_connection_string = azurite.connection_string
-    sandbox: _SandboxProcess | _SandboxInProcess = (
+    sandbox: SandboxProcess | _SandboxInProcess = (
         _SandboxInProcess(quota_calls, quota_period)
         if sandbox_in_process
-        else _SandboxProcess(quota_calls, quota_period)
+        else SandboxProcess(quota_calls, quota_period)
     )
     run = uuid.uuid4().hex[:8]
     env = {
@@ -202,60 +292,13 @@ def run_quota_benchmark(
                 }
                 outbound.send_message(json.dumps(body))
 
-            stop = threading.Event()
-            errors: list[str] = []
-            invocations = Counter[str]()
-            lock = threading.Lock()
-
-            def worker() -> None:
-                queue = queue_client(OUTBOUND_QUEUE)
-                while not stop.is_set():
-                    # Small batches: a held message must be done before its visibility ends.
-                    batch = list(
-                        queue.receive_messages(
-                            messages_per_page=per_receive,
-                            max_messages=per_receive,
-                            visibility_timeout=60,
-                        )
-                    )
-                    if not batch:
-                        time.sleep(0.05)
-                        continue
-                    for message in batch:
-                        try:
-                            sender(
-                                QueueMessage(  # type: ignore[no-untyped-call]
-                                    id=message.id,
-                                    body=message.content.encode(),
-                                    dequeue_count=message.dequeue_count,
-                                )
-                            )
-                        except Exception as exc:
-                            with lock:
-                                errors.append(f"{type(exc).__name__}: {exc}")
-                            continue
-                        try:
-                            queue.delete_message(message)
-                        except Exception as exc:
-                            with lock:
-                                errors.append(f"delete: {type(exc).__name__}")
-                        with lock:
-                            invocations["ok"] += 1
-
-            started = time.monotonic()
-            threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
-            for thread in threads:
-                thread.start()
-            deadline = started + timeout
-            while time.monotonic() < deadline:
-                sent = len(sandbox.log("messages"))
-                if sent >= messages:
-                    break
-                time.sleep(0.5)
-            elapsed = time.monotonic() - started
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
+            elapsed, errors, invoked = drain_with_workers(
+                sender,
+                workers=workers,
+                per_receive=per_receive,
+                done=lambda: len(sandbox.log("messages")) >= messages,
+                timeout=timeout,
+            )
 
             # Every POST /messages, including those the sandbox's quota refused before routing.
             requests = [
@@ -287,7 +330,7 @@ def run_quota_benchmark(
                 "upstream_429": sum(1 for r in requests if r.get("status") == 429),
                 "duplicates": duplicates,
                 "lost": lost,
-                "invocations": invocations["ok"],
+                "invocations": invoked,
                 "worker_errors": len(errors),
                 "first_errors": errors[:3],
                 "calls_per_period": _histogram(times, quota_period + safety_margin),

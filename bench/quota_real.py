@@ -29,7 +29,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from bench._observe import Invocation, Observation, observe_sender
-from bench.quota_e2e import max_in_window, run_quota_benchmark
+from bench.quota_e2e import floor_utilisation, max_in_window, run_quota_benchmark
 
 if TYPE_CHECKING:
     from bench.__main__ import FigureRow
@@ -154,7 +154,7 @@ def run_real_rate(messages: int = MESSAGES, workers: int = WORKERS) -> dict[str,
         )
     quota_write = (StorageOp.TABLE_WRITE, QUOTA_TABLE)
     times: list[float] = result["call_times"]
-    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    utilisation, span = floor_utilisation(times, calls, window)
     floor = (len(times) - 1) // calls * window
     return {
         "messages": messages,
@@ -163,7 +163,7 @@ def run_real_rate(messages: int = MESSAGES, workers: int = WORKERS) -> dict[str,
         "calls": len(times),
         "span": round(span, 3),
         "floor": round(floor, 3),
-        "utilisation": round(floor / span, 4) if span else 0.0,
+        "utilisation": round(utilisation, 4),
         "max_in_window": max_in_window(times, period),
         "upstream_429": result["upstream_429"],
         "duplicates": result["duplicates"],

@@ -172,6 +172,12 @@ def get_customer_whatsapp_identities(req: func.HttpRequest) -> func.HttpResponse
     return serve("GetCustomerWhatsappIdentities", req)
 
 
+@bp.function_name("ListConnections")
+@bp.route(route="connections", methods=["GET"], auth_level=FUNCTION)
+def list_connections(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("ListConnections", req)
+
+
 @bp.function_name("GetPhoneNumberRegions")
 @bp.route(route="phone-number-regions", methods=["GET"], auth_level=FUNCTION)
 def get_phone_number_regions(req: func.HttpRequest) -> func.HttpResponse:

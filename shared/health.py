@@ -2,8 +2,9 @@
 them, without touching storage or SmartDialog.
 
 A configuration error is reported on first use, never at import: a setting that does not
-validate, callback secrets that are missing or shorter than 32 bytes, or no public base URL
-outside local development. The functions that need the setting answer the same 503 problem.
+validate, callback secrets that are missing or shorter than 32 bytes, no public base URL
+outside local development, or a named connection's error (:mod:`shared.connections`). The
+functions that need the setting answer the same 503 problem.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def configuration_problem() -> Problem | None:
             for e in exc.errors(include_url=False, include_input=False)
         ]
     else:
-        errors = settings_errors(settings)
+        from shared.connections import connection_errors
+
+        errors = settings_errors(settings) + connection_errors()
     if not errors:
         return None
     return Problem(

@@ -12,7 +12,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.problems import Problem, ProblemType
@@ -46,6 +46,8 @@ LOCAL_DEVELOPMENT = "Development"
 LOCAL_PUBLIC_BASE_URL = "http://localhost:7071"
 #: The app's host.json, whose ``extensions.http.routePrefix`` is in every URL of ours.
 HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+#: The connection of the plain SMARTDIALOG_* settings (named connections: shared/connections.py).
+DEFAULT_CONNECTION = "default"
 
 
 class PublicUrlNotConfigured(Problem):
@@ -154,6 +156,14 @@ class Settings(BaseSettings):
     applicationinsights_connection_string: str | None = Field(
         None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
     )
+
+    # Not a setting: which connection these settings are (shared.connections sets it).
+    _connection: str = PrivateAttr(DEFAULT_CONNECTION)
+
+    @property
+    def connection(self) -> str:
+        """The connection these settings belong to: ``default`` for the plain settings."""
+        return self._connection
 
     @field_validator("client_secret", "refresh_token", "access_token", "callback_secrets")
     @classmethod

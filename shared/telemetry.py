@@ -53,7 +53,7 @@ __all__ = [
 TRACER_NAME = METER_NAME = "smartdialog_functions"
 #: The W3C trace-context header, and the field that carries it in our queue messages.
 TRACEPARENT = "traceparent"
-#: The quota's connection attribute until connections get names of their own.
+#: The quota metric's connection attribute when none is given (the plain settings' connection).
 DEFAULT_CONNECTION = "default"
 
 SpanKindName = Literal["internal", "server", "client", "producer", "consumer"]

@@ -304,6 +304,32 @@ def _find(
     return None
 
 
+def routed_settings(
+    model: type[ActionInput], request: ActionRequest, settings: Settings
+) -> Settings:
+    """The settings of the request's connection (``settings`` when it is the default): the one
+    its ``X-SmartDialog-Connection`` header names, else the one serving its customer. Raises
+    the 400/503 problems of :func:`shared.connections.route`; nothing is parsed or done yet."""
+    from shared.connections import CONNECTION_HEADER, connection_settings, is_default, route
+
+    header = request.header(CONNECTION_HEADER)
+    customer: str | None = None
+    field = "CustomerId"
+    for info in model.model_fields.values():
+        marker = _marker(info)
+        if (
+            isinstance(marker, Param)
+            and marker.default
+            and marker.default.attribute == "customer_id"
+        ):
+            value = request.header(marker.name) if marker.location == "header" else None
+            if present(value):
+                customer, field = stripped(value), marker.name
+                break
+    name = route(header, customer, customer_field=field)
+    return settings if is_default(name) else connection_settings(name)
+
+
 # --- error mapping -------------------------------------------------------------------------------
 
 _CREDENTIALS_HELP = (
@@ -455,6 +481,7 @@ def _run_action(
 
             settings = get_settings()
         _check_size(request, settings.max_request_bytes)
+        settings = routed_settings(spec.input, request, settings)
         parsed = parse_input(spec.input, request, settings)
         context = ActionContext(settings, tracking_id, client_factory or shared_client)
         response = spec.handler(context, parsed)

@@ -8,10 +8,11 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from shared.connections import CONNECTION_HEADER
 from shared.problems import PROBLEM_CONTENT_TYPE, Problem
 
 if TYPE_CHECKING:
@@ -179,6 +180,23 @@ class ActionInput(BaseModel):
 
     phone_regions_from: ClassVar[str | None] = None
 
+    #: Every action's connection (SmartDialog account): the connector's policy sets it from
+    #: the Power Automate connection; the pipeline routes by it before parsing the rest.
+    Connection: Annotated[
+        str | None,
+        Param("header", CONNECTION_HEADER),
+        Field(
+            None,
+            min_length=1,
+            max_length=64,
+            description=(
+                "The named connection (SmartDialog account) to act through. Leave empty to use "
+                "the connection that serves the customer, else the default."
+            ),
+            json_schema_extra={"x-ms-summary": "Connection", "x-ms-visibility": "internal"},
+        ),
+    ] = None
+
 
 InputT = TypeVar("InputT", bound=ActionInput)
 
@@ -216,6 +234,8 @@ class ActionContext:
     ) -> None:
         self.settings = settings
         self.tracking_id = tracking_id
+        #: The connection the request was routed to (``settings`` are that connection's).
+        self.connection = settings.connection
         self._client_factory = client_factory
         self._client: SmartDialogClient | None = None
 

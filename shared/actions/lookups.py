@@ -152,6 +152,27 @@ class TemplatesInput(ActionInput):
     ] = None
 
 
+class ConnectionDoc(_Doc):
+    Name: str = Field(description="The connection's name.", json_schema_extra=ui("Name"))
+    Customers: list[str] = Field(
+        default_factory=list,
+        description="The Customer-Ids it serves (the default serves every other one too).",
+        json_schema_extra=ui("Customers"),
+    )
+    CustomerId: str | None = Field(
+        None, description="Its default customer.", json_schema_extra=ui("Default customer")
+    )
+    ServiceId: str | None = Field(
+        None, description="Its default service.", json_schema_extra=ui("Default service")
+    )
+
+
+class ConnectionsDoc(_Doc):
+    value: list[ConnectionDoc] = Field(
+        default_factory=list, description="The connections.", json_schema_extra=ui("Connections")
+    )
+
+
 # --- handlers -------------------------------------------------------------------------------------
 
 
@@ -182,6 +203,13 @@ def get_whatsapp_template_categories(ctx: ActionContext, _: NoInput) -> ActionRe
 def get_customer_whatsapp_identities(ctx: ActionContext, inp: CustomerInput) -> ActionResponse:
     identities = ctx.client.get_customer_whatsapp_identities(customer_id=inp.customer_id)
     return ActionResponse.json([ActionResponse.json(i).body for i in identities])
+
+
+def list_connections(_ctx: ActionContext, _: NoInput) -> ActionResponse:
+    from shared.connections import list_connections
+
+    listed = [{k: v for k, v in c.items() if v is not None} for c in list_connections()]
+    return ActionResponse.json({"value": listed})
 
 
 def get_phone_number_regions(ctx: ActionContext, _: NoInput) -> ActionResponse:
@@ -259,6 +287,21 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         summary="List phone number regions",
         description="Lists the regions phone numbers without a country code can be read in.",
         responses=(ResponseDoc(200, "The regions.", list[RegionDoc]),),
+        visibility="internal",
+        tags=(TAG,),
+    ),
+    ActionSpec(
+        operation_id="ListConnections",
+        method="GET",
+        route="connections",
+        input=NoInput,
+        handler=list_connections,
+        summary="List connections",
+        description=(
+            "Lists the app's connections (SmartDialog accounts): names, the customers each "
+            "serves and its default customer and service; never a secret."
+        ),
+        responses=(ResponseDoc(200, "The connections.", ConnectionsDoc),),
         visibility="internal",
         tags=(TAG,),
     ),

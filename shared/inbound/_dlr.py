@@ -335,6 +335,7 @@ class DeliveryReportService:
 
         data = DeliveryReportData(
             messageId=record.message_id,
+            connection=record.connection,
             upstreamMessageId=record.upstream_message_id or report.upstream_message_id,
             recipientIndex=slot.index,
             recipient=slot.address or report.recipient,

@@ -32,7 +32,7 @@ from shared.actions.fields import (
     ui,
 )
 from shared.clock import utcnow
-from shared.inbound._models import InboundMessageData
+from shared.inbound._notification import notification_schema
 from shared.inbound._registry import (
     Subscription,
     SubscriptionStore,
@@ -45,7 +45,7 @@ from shared.inbound._registry import (
 )
 from shared.problems import Problem, ProblemType
 from shared.suppressions import ALL_SERVICES, Suppression, SuppressionStore
-from shared.triggers import DEFAULT_CONNECTION, TriggerKind, TriggerNotifier
+from shared.triggers import TriggerKind, TriggerNotifier
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -268,8 +268,7 @@ def _registration_doc(registration: WebhookRegistration) -> dict[str, Any]:
 def request_connection(ctx: ActionContext) -> str:
     """The SmartDialog connection an action works on (its webhooks and subscriptions belong to
     it)."""
-    del ctx  # one connection until connections are configurable
-    return DEFAULT_CONNECTION
+    return ctx.connection
 
 
 def registered_on(ctx: ActionContext, service: str) -> list[WebhookRegistration]:
@@ -448,61 +447,6 @@ def remove_suppression(ctx: ActionContext, inp: SuppressionInput) -> ActionRespo
 def get_suppression(ctx: ActionContext, inp: SuppressionInput) -> ActionResponse:
     hit = _suppressions(ctx.settings).get(inp.service, inp.phone)
     return ActionResponse.json(_suppression_doc(inp.service, inp.phone, hit))
-
-
-# --- the trigger's notification content -----------------------------------------------------------
-
-_TITLES = {
-    "sender": "Message Sender",
-    "recipient": "Message Recipient",
-    "content": "Message Content",
-    "timestamp": "Message Timestamp",
-    "protocol": "Message Protocol",
-    "attachments": "Attachments",
-    "messageId": "Message Id",
-    "service": "Service",
-    "connection": "Connection",
-    "receivedAt": "Received at",
-    "optOut": "Opt-out keyword",
-    "part": "Message Part",
-    "parts": "Message Parts",
-}
-_ATTACHMENT = {
-    "name": ("Attachment Filename", "The filename of the attachment."),
-    "mimeType": ("Attachment Mime Type", "The mime type of the attachment."),
-    "resourceLocation": ("Attachment Resource Location", "Where SmartDialog keeps the file."),
-}
-
-
-def notification_schema() -> dict[str, Any]:
-    """The Swagger schema of what a New Message subscriber receives (:class:`InboundMessageData`,
-    with the certified connector's titles for its fields)."""
-    properties: dict[str, Any] = {}
-    for name, info in InboundMessageData.model_fields.items():
-        prop: dict[str, Any] = {
-            "type": "string",
-            "description": info.description or name,
-            "title": _TITLES[name],
-            "x-ms-visibility": "important" if name in ("sender", "content") else "advanced",
-        }
-        if name in ("timestamp", "receivedAt"):
-            prop["format"] = "date-time"
-        if name == "optOut":
-            prop["enum"] = ["stop", "start"]
-        if name in ("part", "parts"):
-            prop["type"] = "integer"
-        if name == "attachments":
-            del prop["x-ms-visibility"]
-            prop["type"] = "array"
-            prop["items"] = {
-                "type": "object",
-                "properties": {
-                    key: {"type": "string", "title": title, "description": text}
-                    for key, (title, text) in _ATTACHMENT.items()
-                },
-            }
-        properties[name] = prop
-    return {"type": "object", "properties": properties}
 
 
 SPECS: tuple[ActionSpec[Any], ...] = (

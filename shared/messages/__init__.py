@@ -57,6 +57,7 @@ from shared.messages._records import (
     lane_message_id,
     lane_partition,
     message_keys,
+    text_connection,
 )
 from shared.messages._store import MessageStore
 
@@ -107,4 +108,5 @@ __all__ = [
     "new_question_id",
     "normalize_answer",
     "question_partition",
+    "text_connection",
 ]

@@ -33,9 +33,11 @@ class IdempotencyEntry:
     etag: str | None = field(default=None, compare=False)
 
 
-def idempotency_key_hash(customer_id: str, key: str) -> str:
-    """The stored form of a key: SHA-256 of customer and key (keys may be anything)."""
-    return hashlib.sha256(f"{customer_id}\n{key}".encode()).hexdigest()
+def idempotency_key_hash(customer_id: str, key: str, connection: str | None = None) -> str:
+    """The stored form of a key: SHA-256 of customer, key (keys may be anything) and a named
+    connection (None for the default, whose hashes predate connections)."""
+    scoped = f"{customer_id}\n{key}" + (f"\n{connection}" if connection else "")
+    return hashlib.sha256(scoped.encode()).hexdigest()
 
 
 class IdempotencyStore:

@@ -343,6 +343,11 @@ class MessageRecord:
         value = json.loads(self.result)
         return value if isinstance(value, dict) else None
 
+    @property
+    def connection(self) -> str:
+        """The connection it is sent through: its command's ``Connection`` (``default``)."""
+        return text_connection(self.command)
+
 
 @dataclass(frozen=True)
 class RecipientSlot:
@@ -402,6 +407,19 @@ class RecipientSlot:
             updated_at=utc(entity.get("UpdatedAt")),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
+
+
+def text_connection(text: str) -> str:
+    """The connection of a send command's JSON text (``default`` when it names none)."""
+    from shared.connections import DEFAULT_CONNECTION, connection_name, is_default
+
+    try:
+        value = json.loads(text).get("Connection")
+    except (ValueError, AttributeError):
+        return DEFAULT_CONNECTION
+    if not isinstance(value, str) or is_default(value):
+        return DEFAULT_CONNECTION
+    return connection_name(value)
 
 
 def effective_status(slot: RecipientSlot, message_status: MessageStatus) -> RecipientStatus:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.clock import utcnow
+from shared.connections import DEFAULT_CONNECTION, connection_name
 from shared.names import OUTBOUND_QUEUE
 from shared.notify._intake import IncomingEvent
 from shared.notify._rules import Rule, render, search
@@ -293,6 +294,8 @@ class Notifier:
             "origin": {"ruleId": rule.Id, "eventId": event.id, "eventSource": event.source},
             "body": {k: v for k, v in body.items() if v is not None},
         }
+        if connection_name(rule.Connection) != DEFAULT_CONNECTION:
+            command["Connection"] = connection_name(rule.Connection)
         if rule.ValiditySeconds is not None:
             command["validUntil"] = now + dt.timedelta(seconds=rule.ValiditySeconds)
         parsed = OutboundMessageAdapter.validate_python(

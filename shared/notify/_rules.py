@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.actions.fields import ui
 from shared.notify._intake import IncomingEvent
+from shared.settings import DEFAULT_CONNECTION as SETTINGS_DEFAULT_CONNECTION
 
 __all__ = [
     "DEFAULT_CONNECTION",
@@ -38,8 +39,8 @@ __all__ = [
 
 log = logging.getLogger("shared.notify")
 
-#: The only connection until named connections exist (issue 16): the app's own settings.
-DEFAULT_CONNECTION = "default"
+#: A rule's connection when it names none: the app's plain settings (shared.connections).
+DEFAULT_CONNECTION = SETTINGS_DEFAULT_CONNECTION
 #: ``$(expression)``: the expression runs to the first ``)`` that closes it.
 PLACEHOLDER = re.compile(r"\$\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -175,7 +176,7 @@ class RuleDefinition(_Strict):
     )
     Connection: str = _f(
         "Connection",
-        "The connection to send through; only default exists yet.",
+        "The connection (SmartDialog account) to send through (see ListConnections).",
         DEFAULT_CONNECTION,
         min_length=1,
         max_length=100,
@@ -285,10 +286,10 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     from shared.phone import InvalidPhoneNumber, parse_phone_number
 
     errors: list[tuple[str, str]] = []
-    if rule.Connection != DEFAULT_CONNECTION:
-        errors.append(
-            ("Connection", "Only the default connection exists yet (named connections: issue 16).")
-        )
+    from shared.connections import connection_name, connections
+
+    if connection_name(rule.Connection) not in connections().by_name:
+        errors.append(("Connection", f"No connection is named {rule.Connection!r}."))
     expressions = {"Match.Condition": rule.Match.Condition}
     expressions["Recipients.FromEvent"] = rule.Recipients.FromEvent
     for name, text in rule.Message.texts().items():

@@ -2,7 +2,7 @@
 recipient lists (put, get, delete). All need the function key.
 
 A rule is validated when saved (400 naming the field): unknown fields, bad numbers, a bad
-JMESPath, a connection other than ``default`` (named connections are not built yet), and
+JMESPath, a connection the app does not have (see ``shared.connections``), and
 placeholders that find nothing in the ``SampleEvent`` the rule may carry.
 """
 

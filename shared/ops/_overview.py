@@ -35,8 +35,6 @@ __all__ = ["Overview", "QueueFigures", "QuotaFigures", "SendFigures", "overview"
 SENDS_SCAN_LIMIT = 5000
 SENDS_WINDOW = dt.timedelta(hours=1)
 REGISTRY_LIMIT = 200
-#: The one connection today (the connections work adds more).
-DEFAULT_CONNECTION = "default"
 
 
 @dataclass(frozen=True)
@@ -89,8 +87,20 @@ class Overview:
     registrations: list[Registration] = field(default_factory=list)
 
 
+def named_connections() -> list[Settings]:
+    """The settings of every named connection that is configured (the broken ones show on
+    ``/api/health``)."""
+    from shared.connections import DEFAULT_CONNECTION, connections
+
+    return [
+        c.settings
+        for c in connections().by_name.values()
+        if c.name != DEFAULT_CONNECTION and c.settings is not None and not c.errors
+    ]
+
+
 def quota_figures(settings: Settings) -> QuotaFigures:
-    """The configured connection's quota use in the current window."""
+    """The quota use of the connection of ``settings`` in the current window."""
     from shared import quota
 
     store = quota.from_settings(settings)
@@ -100,7 +110,7 @@ def quota_figures(settings: Settings) -> QuotaFigures:
     except quota.QuotaStoreError as exc:
         used, error = None, str(exc)
     return QuotaFigures(
-        DEFAULT_CONNECTION,
+        settings.connection,
         store.connection,
         used,
         settings.quota_calls,
@@ -175,7 +185,7 @@ def overview(settings: Settings) -> Overview:
     now = utcnow()
     names = [*QUEUES, *(poison_queue(q) for q in POISON_SOURCES)]
     return Overview(
-        quotas=[quota_figures(settings)],
+        quotas=[quota_figures(settings), *(quota_figures(c) for c in named_connections())],
         queues=[queue_figures(settings, name, now) for name in names],
         sends=send_figures(settings, now),
         registrations=registrations(settings),

@@ -47,6 +47,7 @@ from shared.outbound._fields import (
 )
 from shared.outbound._models import OutboundMessageAdapter
 from shared.problems import FieldError, Problem, ProblemType
+from shared.settings import DEFAULT_CONNECTION
 
 if TYPE_CHECKING:
     from shared.outbound._service import SendService, StatusView
@@ -243,7 +244,8 @@ class AskService:
         require_callback_settings(self.settings)
         now = self._clock()
         key = idempotency_key or body.RequestId
-        request_hash = idempotency_key_hash(customer, key) if key else None
+        named = None if self.settings.connection == DEFAULT_CONNECTION else self.settings.connection
+        request_hash = idempotency_key_hash(customer, key, named) if key else None
         address = body.Recipient
         open_one = self.questions.open_question(service, address)
         if open_one is not None and open_one.expired(now):

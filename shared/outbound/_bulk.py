@@ -56,6 +56,7 @@ from shared.outbound._quota_wait import poll_after
 from shared.outbound._records import new_record, normalize
 from shared.outbound._service import outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.settings import DEFAULT_CONNECTION
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
@@ -102,6 +103,10 @@ class BulkService:
         self.idempotency = IdempotencyStore.from_settings(settings)
         self.packs = PackStore.from_settings(settings)
         self.batches = BatchStore.from_settings(settings)
+        # A named connection's sends say so (the default's stay as they were before connections).
+        self._named_connection = (
+            None if settings.connection == DEFAULT_CONNECTION else settings.connection
+        )
         self._clock = clock
 
     # --- accept ----------------------------------------------------------------------------
@@ -143,7 +148,9 @@ class BulkService:
         key_hash = None
         resumed = None
         if idempotency_key:
-            key_hash = idempotency_key_hash(customer_id, "bulk\n" + idempotency_key)
+            key_hash = idempotency_key_hash(
+                customer_id, "bulk\n" + idempotency_key, self._named_connection
+            )
             entry = self.idempotency.claim(
                 key_hash, batch_id, fingerprint, now=now,
                 ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
@@ -220,6 +227,8 @@ class BulkService:
             }
             if transactional:
                 raw["transactional"] = True
+            if self._named_connection is not None:
+                raw["Connection"] = self._named_connection
             command = normalize(
                 OutboundMessageAdapter.validate_python(raw),
                 message_id=message_id,
@@ -424,7 +433,12 @@ class BulkService:
         queue = outbound_queue(self.settings)
         trace = current_traceparent()  # the pack's calls continue the bulk request's trace
         texts = [
-            PackDriver(packId=pack_id, batchId=batch_id, traceparent=trace).model_dump_json()
+            PackDriver(
+                packId=pack_id,
+                batchId=batch_id,
+                traceparent=trace,
+                Connection=self._named_connection,
+            ).model_dump_json(exclude_none=True)
             for pack_id in pack_ids
         ]
         if len(texts) == 1:

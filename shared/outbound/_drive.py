@@ -174,7 +174,9 @@ class _Run:
         }
         for other in sorted(moved - {pack.pack_id}):
             ports.outbound.send_message(
-                PackDriver(packId=other, batchId=pack.batch_id).model_dump_json()
+                PackDriver(
+                    packId=other, batchId=pack.batch_id, Connection=self.driver.Connection
+                ).model_dump_json(exclude_none=True)
             )
         mine = [r for r in members if r.pack_id == pack.pack_id]
         if pack.announcing:  # a run stopped between recording a call and its events
@@ -491,7 +493,9 @@ class _Run:
             self.release(part, pack_id=pack.pack_id)
         for pack in packs:
             ports.outbound.send_message(
-                PackDriver(packId=pack.pack_id, batchId=pack.batch_id).model_dump_json()
+                PackDriver(
+                    packId=pack.pack_id, batchId=pack.batch_id, Connection=self.driver.Connection
+                ).model_dump_json(exclude_none=True)
             )
 
     # --- helpers -----------------------------------------------------------------------------

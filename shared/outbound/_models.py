@@ -12,12 +12,13 @@ import datetime as dt
 import enum
 import hashlib
 import json
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
-from shared.messages import FailureInfo, Operation
+from shared.messages import FailureInfo, Operation, text_connection
 from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
 
 __all__ = [
@@ -39,12 +40,15 @@ __all__ = [
     "SendReplyMessageCommand",
     "SendWhatsappTemplateMessageCommand",
     "StoredCommand",
+    "command_connection",
     "command_origin",
     "derive_message_id",
     "parse_outbound_message",
     "parse_queue_message",
+    "readable_message_id",
     "request_fingerprint",
     "request_message_id",
+    "text_connection",
 ]
 
 #: Our message ids: UUIDs as we make them, or any caller-chosen id of this shape.
@@ -87,6 +91,16 @@ class _Envelope(BaseModel):
         0, ge=0, description="Set by the sender when it re-enqueues: quota deferrals so far."
     )
     traceparent: str | None = Field(None, description=_TRACEPARENT)
+    Connection: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description=(
+            "The named connection (SmartDialog account) to send through; absent: the default "
+            "connection. Set by the send actions from the X-SmartDialog-Connection header or "
+            "the customer's connection."
+        ),
+    )
 
     @model_validator(mode="after")
     def _aware(self) -> _Envelope:
@@ -192,6 +206,7 @@ class PackDriver(BaseModel):
     batchId: str | None = None
     deferrals: int = Field(0, ge=0)
     traceparent: str | None = Field(None, description=_TRACEPARENT)
+    Connection: str | None = Field(None, min_length=1, description="The pack's connection.")
 
 
 class StoredCommand(BaseModel):
@@ -243,15 +258,47 @@ def parse_queue_message(text: str | bytes) -> OutboundMessage | PackDriver | Sto
     return OutboundQueueMessageAdapter.validate_json(text)
 
 
+def command_connection(command: OutboundMessage | PackDriver) -> str | None:
+    """The named connection of a queue message; None for the default connection."""
+    from shared.connections import connection_name, is_default
+
+    name = command.Connection
+    return None if name is None or is_default(name) else connection_name(name)
+
+
 def derive_message_id(scope: str, key: str) -> str:
     """A message id that is the same whenever the same ``key`` is used in the same ``scope``."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{scope}\n{key}"))
 
 
-def request_message_id(customer: str, request_id: str) -> str:
+def request_message_id(customer: str, request_id: str, connection: str | None = None) -> str:
     """The message id of a queued command without ``messageId``: the same RequestId of the
-    same customer is the same message."""
-    return derive_message_id(f"request-id\n{customer}", request_id)
+    same customer (and named connection: the default's ids predate connections) is the same
+    message."""
+    scope = f"request-id\n{customer}" + (f"\n{connection}" if connection else "")
+    return derive_message_id(scope, request_id)
+
+
+def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
+    """The message id of a queue message that may not parse as a command: its ``messageId``
+    if it has one of our shape, else the one its ``body.RequestId`` gives (as the sender
+    derives it, with ``customer_id`` as the default customer), else None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    found = value.get("messageId")
+    if isinstance(found, str) and re.match(OUTBOUND_MESSAGE_ID_PATTERN, found):
+        return found
+    body = value.get("body")
+    request_id = body.get("RequestId") if isinstance(body, dict) else None
+    customer = value.get("customerId") or customer_id or ""
+    if found is None and isinstance(request_id, str) and request_id and isinstance(customer, str):
+        named = text_connection(text)
+        return request_message_id(customer, request_id, None if named == "default" else named)
+    return None
 
 
 def request_fingerprint(command: OutboundMessage) -> str:
@@ -264,6 +311,8 @@ def request_fingerprint(command: OutboundMessage) -> str:
         material[name] = getattr(command, name, None)
     if getattr(command, "transactional", False):  # only when set: older fingerprints stay valid
         material["transactional"] = True
+    if command.Connection:  # likewise
+        material["connection"] = command.Connection
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -289,6 +338,7 @@ class MessageSentData(BaseModel):
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
+    connection: str = Field("default", description="The connection it was sent through.")
     requestId: str | None = Field(None, description="The RequestId sent upstream.")
     upstreamMessageId: str | None = Field(None, description="SmartDialog's MessageId.")
     messagePartCount: int | None = None
@@ -320,6 +370,7 @@ class MessageFailedData(BaseModel):
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
+    connection: str = Field("default", description="The connection it was to be sent through.")
     requestId: str | None = None
     error: FailureInfo
     origin: SendOrigin | None = Field(None, description="The rule and event that made it.")
@@ -334,6 +385,7 @@ class MessageCancelledData(BaseModel):
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
+    connection: str = Field("default", description="The connection it was to be sent through.")
 
 
 class MessageRedrivenData(BaseModel):
@@ -383,6 +435,7 @@ class DeadLetter(BaseModel):
     )
     error: FailureInfo | None = None
     messageId: str | None = None
+    connection: str | None = Field(None, description="The failed message's connection.")
     queue: str
     queueMessageId: str | None = None
     dequeueCount: int | None = None

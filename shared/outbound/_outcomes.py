@@ -14,7 +14,6 @@ import enum
 import json
 import logging
 import math
-import re
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,6 @@ from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient
 from shared.outbound._giving_up import expired, give_up, remember_maybe_sent
 from shared.outbound._models import (
-    OUTBOUND_MESSAGE_ID_PATTERN,
     DeadLetter,
     DeadLetterReason,
     MessageFailedData,
@@ -40,7 +38,7 @@ from shared.outbound._models import (
     PackDriver,
     RecipientOutcome,
     command_origin,
-    request_message_id,
+    readable_message_id,
 )
 from shared.outbound._ports import SendPorts
 from shared.outbound._records import command_text, queued_text
@@ -401,6 +399,7 @@ class Outcomes:
                 operation=record.operation,
                 customerId=record.customer_id,
                 serviceId=record.service_id,
+                connection=record.connection,
                 # A packed message went upstream with its pack's RequestId; a bulk member's
                 # record holds its call's (see shared.outbound._drive).
                 requestId=record.request_id
@@ -436,6 +435,7 @@ class Outcomes:
             detail=failure.title,
             error=failure,
             messageId=record.message_id,
+            connection=record.connection,
             queue=OUTBOUND_QUEUE,
             deadLetteredAt=record.finished_at or now,
             original=record.command,
@@ -446,6 +446,7 @@ class Outcomes:
             operation=record.operation,
             customerId=record.customer_id,
             serviceId=record.service_id,
+            connection=record.connection,
             requestId=record.request_id,
             error=failure,
             origin=command_origin(record.command),
@@ -577,24 +578,3 @@ def bounded(failure: FailureInfo) -> FailureInfo:
 
 #: A malformed message's dead letter lists at most this many schema violations.
 MAX_LISTED_ERRORS = 50
-
-
-def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
-    """The message id of a queue message that may not parse as a command: its ``messageId``
-    if it has one of our shape, else the one its ``body.RequestId`` gives (as the sender
-    derives it, with ``customer_id`` as the default customer), else None."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    found = value.get("messageId")
-    if isinstance(found, str) and re.match(OUTBOUND_MESSAGE_ID_PATTERN, found):
-        return found
-    body = value.get("body")
-    request_id = body.get("RequestId") if isinstance(body, dict) else None
-    customer = value.get("customerId") or customer_id or ""
-    if found is None and isinstance(request_id, str) and request_id and isinstance(customer, str):
-        return request_message_id(customer, request_id)
-    return None

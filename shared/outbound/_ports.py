@@ -22,6 +22,7 @@ from shared.outbound._quota_wait import QuotaWait, quota_wait
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+    from shared.smartdialog import AuthProvider
     from shared.storage import PayloadStore, QueueLike
     from shared.suppressions import SuppressionStore
 
@@ -48,6 +49,8 @@ class SendPolicy:
     #: the public URL. While any is, messages are deferred, not sent (see
     #: :func:`shared.health.settings_errors`).
     broken_settings: tuple[str, ...] = ()
+    #: The connection (SmartDialog account) these ports send through.
+    connection: str = "default"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:
@@ -65,6 +68,7 @@ class SendPolicy:
             service_id=settings.service_id,
             pack_max_recipients=settings.pack_max_recipients,
             broken_settings=tuple(dict.fromkeys(e.field for e in settings_errors(settings))),
+            connection=settings.connection,
         )
 
 
@@ -90,14 +94,16 @@ class SendPorts:
         return utcnow(self.clock)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=32)
 def send_ports(settings: Settings) -> SendPorts:
     """The composition root: the ports of ``settings``, built once per settings object (so the
-    HTTP connection pool and the quota store are shared by invocations and threads)."""
+    HTTP connection pool and the quota store are shared by invocations and threads); a named
+    connection's settings are their own object, so each connection has its own client, token
+    cache and quota."""
     import httpx
 
     from shared import clock
-    from shared.smartdialog import SmartDialogClient, auth_from_settings
+    from shared.smartdialog import SmartDialogClient
     from shared.storage import PayloadStore, ensured_queue, queue_client
     from shared.suppressions import SuppressionStore
 
@@ -106,7 +112,7 @@ def send_ports(settings: Settings) -> SendPorts:
     # No client-side retries: every retry is a re-enqueued copy, so no invocation sleeps.
     client = SmartDialogClient(
         settings.base_url,
-        auth_from_settings(settings),
+        _auth(settings),
         before_attempt=gate,
         before_send=gate.before_send,
         max_retries=0,
@@ -127,6 +133,31 @@ def send_ports(settings: Settings) -> SendPorts:
         suppressions=SuppressionStore.from_settings(settings),
         payloads=PayloadStore.from_settings(settings),
     )
+
+
+class _NoCredentials:
+    """The auth of a connection without usable credentials: every attempt fails with the reason
+    (retried as a configuration problem), while the sender still routes other connections'."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def token(self) -> str:
+        from shared.smartdialog import CredentialsError
+
+        raise CredentialsError(self.reason)
+
+    def invalidate(self) -> None:
+        """Nothing cached."""
+
+
+def _auth(settings: Settings) -> AuthProvider:
+    from shared.smartdialog import CredentialsError, auth_from_settings
+
+    try:
+        return auth_from_settings(settings)
+    except CredentialsError as exc:
+        return _NoCredentials(str(exc))
 
 
 def reset_send_ports() -> None:

@@ -78,7 +78,7 @@ class QuotaWait:
         return decision, waited
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=32)
 def quota_wait(settings: Settings) -> QuotaWait:
     """This process's way to the quota of ``settings`` (its senders and its send actions share
     one, so the actions know what the senders were last told)."""

@@ -188,6 +188,8 @@ def pack_key(command: OutboundMessage) -> str | None:
         "transactional": command.transactional,
         "body": {k: v for k, v in body.items() if k not in _PER_MEMBER_FIELDS},
     }
+    if command.Connection:  # only a named one: the default's keys predate connections
+        material["connection"] = command.Connection
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:40]
 

@@ -32,6 +32,7 @@ from shared.outbound._models import (
     PackDriver,
     SendDiscussionReplyMessageCommand,
     StoredCommand,
+    command_connection,
     derive_message_id,
     parse_outbound_message,
     parse_queue_message,
@@ -48,6 +49,8 @@ from shared.outbound._outcomes import (
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
 from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
 from shared.outbound._records import new_record, normalize, pack_key, recipient_slots
+from shared.outbound._routing import through_connection
+from shared.settings import DEFAULT_CONNECTION
 
 if TYPE_CHECKING:
     from shared.quota import QuotaGrant
@@ -123,6 +126,23 @@ class OutboundSender:
                 message = self._stored(message)
         except (ValidationError, ValueError) as exc:
             return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
+        if (command_connection(message) or DEFAULT_CONNECTION) != self.ports.policy.connection:
+            routed = through_connection(
+                self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count
+            )
+            if isinstance(routed, SendOutcome):
+                return routed
+            return OutboundSender(routed).handle(message, text, queue_message_id, dequeue_count)
+        return self.handle(message, text, queue_message_id, dequeue_count)
+
+    def handle(
+        self,
+        message: OutboundMessage | PackDriver,
+        text: str,
+        queue_message_id: str | None,
+        dequeue_count: int | None,
+    ) -> SendOutcome:
+        """Handle a parsed queue message of this sender's connection."""
         if isinstance(message, PackDriver):  # a bulk send's pack (shared.outbound._drive)
             return drive_pack(
                 self.ports,
@@ -135,7 +155,7 @@ class OutboundSender:
         try:
             command = normalize(
                 message,
-                message_id=self._message_id(message, queue_message_id),
+                message_id=self.message_id(message, queue_message_id),
                 customer_id=self.ports.policy.customer_id,
                 service_id=self.ports.policy.service_id,
             )
@@ -211,8 +231,10 @@ class OutboundSender:
             # A bulk member's own command (it has no queue message of its own; someone put it
             # there by hand): only its pack's driver sends it, so the driver is what goes on.
             if not record.status.is_final:
-                driver = PackDriver(packId=record.pack_id, batchId=record.batch_id)
-                self.ports.outbound.send_message(driver.model_dump_json())
+                driver = PackDriver(
+                    packId=record.pack_id, batchId=record.batch_id, Connection=command.Connection
+                )
+                self.ports.outbound.send_message(driver.model_dump_json(exclude_none=True))
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id, detail="bulk-member")
         for _ in range(5):  # each round re-reads after a lost compare-and-swap
             now = self.ports.now()
@@ -480,13 +502,14 @@ class OutboundSender:
         log.info("message %s refused: recipient(s) opted out", record.message_id)
         return self.outcomes.fail(stored, failure)
 
-    def _message_id(self, command: OutboundMessage, queue_message_id: str | None) -> str:
+    def message_id(self, command: OutboundMessage, queue_message_id: str | None) -> str:
+        """The id of ``command``: its own, else derived from its RequestId or queue message."""
         if command.messageId:
             return command.messageId
         customer = command.customerId or self.ports.policy.customer_id or ""
         request_id = getattr(command.body, "RequestId", None)
         if request_id:
-            return request_message_id(customer, request_id)
+            return request_message_id(customer, request_id, command_connection(command))
         if queue_message_id:
             return derive_message_id("queue-message", queue_message_id)
         raise ValueError("messageId is missing and cannot be derived")

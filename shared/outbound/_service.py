@@ -45,6 +45,7 @@ from shared.outbound._records import (
     queued_text,
 )
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.settings import DEFAULT_CONNECTION
 from shared.storage import PayloadStore, QueueLike, ensured_queue, fits_queue
 
 if TYPE_CHECKING:
@@ -129,13 +130,16 @@ class SendService:
         require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
         customer = command.customerId or self.settings.customer_id or ""
+        named = None if self.settings.connection == DEFAULT_CONNECTION else self.settings.connection
+        if named is not None:  # the sender takes it through this connection
+            command = command.model_copy(update={"Connection": named})
         key = idempotency_key or getattr(command.body, "RequestId", None)
         message_id = message_id or self._new_id(command, customer, now)  # or a question's
         key_hash: str | None = None
         replay = False
         claimed_at: dt.datetime | None = None  # when another request claimed the key
         if key:
-            key_hash = idempotency_key_hash(customer, key)
+            key_hash = idempotency_key_hash(customer, key, named)
             fingerprint = request_fingerprint(command)
             entry = self.idempotency.claim(
                 key_hash,
@@ -246,8 +250,13 @@ class SendService:
         if record.batch_id is not None and record.pack_id is not None:
             from shared.outbound._models import PackDriver
 
-            driver = PackDriver(packId=record.pack_id, batchId=record.batch_id)
-            outbound_queue(self.settings).send_message(driver.model_dump_json())
+            named = record.connection
+            driver = PackDriver(
+                packId=record.pack_id,
+                batchId=record.batch_id,
+                Connection=None if named == DEFAULT_CONNECTION else named,
+            )
+            outbound_queue(self.settings).send_message(driver.model_dump_json(exclude_none=True))
             return record
         outbound_queue(self.settings).send_message(self._queued(record.command, record.message_id))
         return self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock()) or (
@@ -308,6 +317,7 @@ class SendService:
             "Attempts": record.attempts,
             "CreatedAt": record.created_at.isoformat(),
             "ValidUntil": record.valid_until.isoformat(),
+            "Connection": record.connection,
         }
         if record.last_error is not None:
             body["LastError"] = record.last_error.model_dump(exclude_none=True)
@@ -339,6 +349,7 @@ class SendService:
         )
         doc = problem.to_dict()
         doc["id"] = record.message_id
+        doc["connection"] = record.connection
         if failure is not None:
             doc.update(code=failure.code, attempts=failure.attempts)
             if failure.upstreamStatus is not None:
@@ -383,6 +394,7 @@ class SendService:
                 operation=Operation(done.operation),
                 customerId=done.customer_id,
                 serviceId=done.service_id,
+                connection=done.connection,
             )
             event = make_event(
                 MESSAGE_CANCELLED,
@@ -434,12 +446,13 @@ def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str
     doc[name("Status")] = str(record.status)
     doc[name("RequestId")] = record.request_id
     doc[name("Attempts")] = record.attempts
+    doc[name("Connection")] = record.connection
     if record.sent_at is not None:
         doc[name("SentAt")] = record.sent_at.isoformat()
     return {k: v for k, v in doc.items() if v is not None}
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=32)
 def outbound_queue(settings: Settings) -> QueueLike:
     """The send actions' port to ``smartdialog-outbound`` (the queue exists; one client per
     settings object)."""

@@ -263,7 +263,7 @@ def _send_responses(sent: type[BaseModel]) -> tuple[ResponseDoc, ...]:
 # --- handlers -------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=32)
 def _service(settings: Settings) -> SendService:
     from shared.outbound._service import SendService
 
@@ -334,7 +334,7 @@ def send_template(ctx: ActionContext, inp: SendTemplateInput) -> ActionResponse:
     return _accept(ctx, command, inp.idempotency_key)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=32)
 def _asker(settings: Settings) -> AskService:
     from shared.outbound._ask import AskService
 

@@ -168,12 +168,15 @@ class QuotaStore:
         period: float,
         margin: float = 0.0,
         clock: Clock | None = None,
+        name: str = "default",
     ) -> None:
         if not 0 < calls <= MAX_CALLS:
             raise ValueError(f"quota calls must be between 1 and {MAX_CALLS}, got {calls}")
         if period <= 0 or margin < 0:
             raise ValueError(f"quota period must be > 0 and margin >= 0, got {period}, {margin}")
         self.connection = connection
+        #: The connection's name (``connection`` is its storage key): the metrics' attribute.
+        self.name = name
         self.calls = calls
         self.period = period
         self.margin = margin
@@ -389,7 +392,7 @@ class QuotaStore:
         stale_cache: int = 0,
     ) -> None:
         if grants or denials:
-            telemetry.count_quota(granted=grants, refused=denials)
+            telemetry.count_quota(granted=grants, refused=denials, connection=self.name)
         with self._stats_lock:
             s = self._stats
             self._stats = QuotaStats(

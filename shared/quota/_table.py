@@ -125,6 +125,7 @@ class TableQuotaStore(QuotaStore):
         period: float,
         margin: float = 0.0,
         clock: Clock | None = None,
+        name: str = "default",
     ) -> None:
         super().__init__(
             TableLog(table, connection),
@@ -133,6 +134,7 @@ class TableQuotaStore(QuotaStore):
             period=period,
             margin=margin,
             clock=clock,
+            name=name,
         )
 
 
@@ -141,9 +143,14 @@ def connection_key(settings: Settings) -> str:
 
     Never contains a secret. Two configurations that reach the same upstream with
     the same client share a key (and a quota); that may over-limit, never over-admit.
+    A named connection's key also has its name (each connection has its own quota).
     """
+    from shared.settings import DEFAULT_CONNECTION
+
     base_url = settings.base_url.lower()
     identity = settings.client_id or ("static-token" if settings.access_token else "")
+    if settings.connection != DEFAULT_CONNECTION:  # the default's key predates connections
+        identity += f"\nconnection:{settings.connection}"
     digest = hashlib.sha256(f"{base_url}\n{identity}".encode()).hexdigest()[:24]
     host = "".join(c for c in urlsplit(base_url).netloc if c.isalnum() or c in ".-:") or "upstream"
     return f"{host}~{digest}"
@@ -181,4 +188,5 @@ def from_settings(
         period=settings.quota_period_seconds,
         margin=settings.quota_safety_margin_seconds,
         clock=clock,
+        name=settings.connection,
     )

@@ -29,6 +29,7 @@ EXPECTED_ROUTES = {
     "DeleteAllGroupContacts": ("DELETE", "groups/{GroupService}/contacts"),
     "WhatsAppOptIn": ("PUT", "whatsapp/senders/{Sender}/opt-ins/{Recipient}"),
     "WhatsAppOptOut": ("DELETE", "whatsapp/senders/{Sender}/opt-ins/{Recipient}"),
+    "ListConnections": ("GET", "connections"),
 }
 
 
@@ -40,7 +41,7 @@ def http_trigger(operation_id: str) -> Any:
     pytest.fail(f"no function named {operation_id}")
 
 
-def test_the_fourteen_actions_are_registered_with_the_routes_we_document() -> None:
+def test_the_fifteen_actions_are_registered_with_the_routes_we_document() -> None:
     assert {op: (s.method, s.route) for op, s in OURS.items()} == EXPECTED_ROUTES
 
 

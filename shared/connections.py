@@ -1,0 +1,431 @@
+"""Named connections: several SmartDialog accounts in one app.
+
+A connection is one SmartDialog sign-in with its own credentials, defaults, quota and the
+customers it serves. Today's plain ``SMARTDIALOG_*`` settings are the connection ``default``;
+others are named by app settings ``SMARTDIALOG_CONNECTIONS__<NAME>__<SETTING>`` (``NAME`` is
+case-insensitive; the connection's name is ``NAME`` lower-cased with ``_`` turned into ``-``).
+``SETTING`` is any ``SMARTDIALOG_*`` setting without its prefix (it falls back to the app-wide
+value; not the app's own callback secrets and public URL) or ``CUSTOMERS``; credentials,
+``CUSTOMER_ID`` and ``SERVICE_ID`` belong to the account and never fall back.
+
+Everything is read on first use (:func:`connections`), never at import. Configuration errors
+(a malformed or unknown setting, duplicate names, a customer claimed twice, missing
+credentials, two connections with the same upstream identity, ``DEFAULT`` named explicitly) are
+reported by ``/api/health`` naming the connection; routing refuses with a 503 problem while any
+error that makes routing ambiguous remains.
+
+Problems::
+
+    Problem
+     +-- UnknownConnection        400, field X-SmartDialog-Connection
+     +-- CustomerNotServed        400, field CustomerId
+     +-- ConnectionNotConfigured  503, a configuration error of the connection (or of all)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from shared.problems import FieldError, Problem, ProblemType
+from shared.settings import DEFAULT_CONNECTION
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = [
+    "CONNECTION_FIELD",
+    "CONNECTION_HEADER",
+    "DEFAULT_CONNECTION",
+    "Connection",
+    "ConnectionNotConfigured",
+    "Connections",
+    "CustomerNotServed",
+    "UnknownConnection",
+    "connection_errors",
+    "connection_name",
+    "connection_settings",
+    "connections",
+    "is_default",
+    "list_connections",
+    "reset_connections_cache",
+    "route",
+]
+
+#: The HTTP header naming a request's connection (absent or empty: routed by Customer-Id).
+CONNECTION_HEADER = "X-SmartDialog-Connection"
+#: The field naming a queued command's connection (absent: routed as ``default``).
+CONNECTION_FIELD = "Connection"
+PREFIX = "SMARTDIALOG_CONNECTIONS__"
+_SETTING_PREFIX = "SMARTDIALOG_"
+#: The account's own settings: never taken from the app-wide values.
+OWN_SETTINGS = (
+    "CLIENT_ID",
+    "CLIENT_SECRET",
+    "REFRESH_TOKEN",
+    "ACCESS_TOKEN",
+    "CUSTOMER_ID",
+    "SERVICE_ID",
+)
+CUSTOMERS = "CUSTOMERS"
+#: Settings of the app, not of an account: the URLs and tokens we hand out are checked by
+#: functions that do not route (status, delivery-report and webhook URLs).
+APP_WIDE = ("CALLBACK_SECRETS", "PUBLIC_BASE_URL")
+
+
+class UnknownConnection(Problem):
+    """400: the request names a connection this app does not have."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            400,
+            "The request is not valid",
+            f"Correct these fields and send the request again: {CONNECTION_HEADER}.",
+            type=ProblemType.VALIDATION,
+            errors=[FieldError(CONNECTION_HEADER, f"No connection is named {name!r}.")],
+        )
+
+
+class CustomerNotServed(Problem):
+    """400: the named connection does not serve the request's customer."""
+
+    def __init__(self, connection: str, customer_id: str, field: str = "CustomerId") -> None:
+        super().__init__(
+            400,
+            "The request is not valid",
+            f"Correct these fields and send the request again: {field}.",
+            type=ProblemType.VALIDATION,
+            errors=[
+                FieldError(
+                    field,
+                    f"Connection {connection} does not serve customer {customer_id}: name "
+                    "another connection, or leave the connection out to route by customer.",
+                )
+            ],
+        )
+
+
+class ConnectionNotConfigured(Problem):
+    """503: a connection (or the connections as a whole) is misconfigured; ``/api/health`` names
+    the settings."""
+
+    def __init__(self, what: str, errors: tuple[FieldError, ...]) -> None:
+        super().__init__(
+            503,
+            "The app is not configured",
+            f"{what} is not configured: fix these settings: "
+            + ", ".join(dict.fromkeys(e.field for e in errors))
+            + ".",
+            type=ProblemType.CONFIGURATION,
+            errors=errors,
+        )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One connection as configured: its settings (None when broken), its customers."""
+
+    name: str
+    #: ``SMARTDIALOG`` for the default, ``SMARTDIALOG_CONNECTIONS__<NAME>`` for others.
+    setting_prefix: str
+    settings: Settings | None
+    #: The Customer-Ids it claims (a named connection's CUSTOMERS plus its CUSTOMER_ID).
+    customers: tuple[str, ...] = ()
+    errors: tuple[FieldError, ...] = ()
+
+
+@dataclass(frozen=True)
+class Connections:
+    """Every connection, which connection claims each customer, and errors of the whole."""
+
+    by_name: Mapping[str, Connection]
+    claims: Mapping[str, str]
+    #: Errors that make routing ambiguous (duplicates, double claims, shared identities).
+    errors: tuple[FieldError, ...] = field(default=())
+
+    def all_errors(self) -> list[FieldError]:
+        """The errors of the whole and of every connection."""
+        found = list(self.errors)
+        for connection in self.by_name.values():
+            found.extend(connection.errors)
+        return found
+
+
+def connection_name(raw: str) -> str:
+    """The name of a connection as written in a setting, header or field."""
+    return raw.strip().lower().replace("_", "-")
+
+
+def is_default(name: str | None) -> bool:
+    """Whether ``name`` (None: not given) is the default connection."""
+    return name is None or not name.strip() or connection_name(name) == DEFAULT_CONNECTION
+
+
+def connections() -> Connections:
+    """The configured connections, read from the environment on first use and again whenever
+    the settings or a connection setting change (raises pydantic's ``ValidationError`` only
+    when the app-wide settings do not validate)."""
+    from shared.settings import get_settings
+
+    given = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(PREFIX)))
+    return _parsed(get_settings(), given)
+
+
+@lru_cache(maxsize=4)
+def _parsed(base: Settings, given: tuple[tuple[str, str], ...]) -> Connections:
+    return _parse(dict(given), base)
+
+
+def reset_connections_cache() -> None:
+    """Forget the parsed connections."""
+    _parsed.cache_clear()
+
+
+def connection_errors() -> list[FieldError]:
+    """Every connection configuration error (for ``/api/health``); ``[]`` when all is well."""
+    return connections().all_errors()
+
+
+def route(
+    connection: str | None, customer_id: str | None, *, customer_field: str = "CustomerId"
+) -> str:
+    """The connection of a request: the one named (which must serve ``customer_id``, if
+    given, else 400 naming ``customer_field``), else the one claiming ``customer_id``, else
+    ``default``. Raises
+    :class:`UnknownConnection`, :class:`CustomerNotServed` or :class:`ConnectionNotConfigured`."""
+    found = connections()
+    if found.errors:
+        raise ConnectionNotConfigured("Connection routing", found.errors)
+    customer = (customer_id or "").strip() or None
+    if connection is not None and connection.strip():
+        name = connection_name(connection)
+        if name not in found.by_name:
+            raise UnknownConnection(connection.strip())
+        if customer is not None and found.claims.get(customer, DEFAULT_CONNECTION) != name:
+            raise CustomerNotServed(name, customer, customer_field)
+        return name
+    if customer is not None:
+        return found.claims.get(customer, DEFAULT_CONNECTION)
+    return DEFAULT_CONNECTION
+
+
+def connection_settings(name: str | None = None) -> Settings:
+    """The settings of connection ``name`` (None: default): the app-wide settings overlaid
+    with its own, ``.connection`` its name. Raises :class:`UnknownConnection` or
+    :class:`ConnectionNotConfigured`."""
+    from shared.settings import get_settings
+
+    if is_default(name):
+        return get_settings()
+    assert name is not None
+    found = connections()
+    connection = found.by_name.get(connection_name(name))
+    if connection is None:
+        raise UnknownConnection(name)
+    if connection.errors or connection.settings is None:
+        raise ConnectionNotConfigured(f"Connection {connection.name}", connection.errors)
+    return connection.settings
+
+
+def list_connections() -> list[dict[str, Any]]:
+    """Names, customers and defaults of every connection (never a secret), default first."""
+    found = connections()
+    listed: list[dict[str, Any]] = []
+    for connection in found.by_name.values():
+        settings = connection.settings
+        customers = list(connection.customers)
+        if connection.name == DEFAULT_CONNECTION and settings and settings.customer_id:
+            customers = [settings.customer_id]
+        listed.append(
+            {
+                "Name": connection.name,
+                "Customers": customers,
+                "CustomerId": settings.customer_id if settings else None,
+                "ServiceId": settings.service_id if settings else None,
+            }
+        )
+    return listed
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def _parse(environ: Mapping[str, str], base: Settings) -> Connections:
+    from shared.settings import Settings
+
+    aliases = {
+        str(info.alias)
+        for info in Settings.model_fields.values()
+        if str(info.alias).startswith(_SETTING_PREFIX)
+    }
+    errors: list[FieldError] = []
+    given: dict[str, dict[str, str]] = {}  # name -> SETTING -> value
+    spelled: dict[str, str] = {}  # name -> NAME as written
+    for key in sorted(environ):
+        if not key.upper().startswith(PREFIX):
+            continue
+        rest = key[len(PREFIX) :]
+        raw_name, sep, setting = rest.partition("__")
+        if not sep or not raw_name or not setting or "__" in setting:
+            errors.append(
+                FieldError(key, f"Not a connection setting: write {PREFIX}<NAME>__<SETTING>.")
+            )
+            continue
+        name = connection_name(raw_name)
+        if name == DEFAULT_CONNECTION:
+            errors.append(
+                FieldError(
+                    key,
+                    "Connection default: set it with the plain SMARTDIALOG_* settings, not "
+                    f"{PREFIX}DEFAULT__*.",
+                )
+            )
+            continue
+        first = spelled.setdefault(name, raw_name)
+        if first != raw_name:
+            errors.append(
+                FieldError(
+                    key,
+                    f"Connection {name}: named twice ({PREFIX}{first} and {PREFIX}{raw_name}); "
+                    "use one spelling.",
+                )
+            )
+            continue
+        given.setdefault(name, {})[setting.upper()] = environ[key]
+
+    by_name: dict[str, Connection] = {
+        DEFAULT_CONNECTION: Connection(DEFAULT_CONNECTION, "SMARTDIALOG", base)
+    }
+    for name in sorted(given):
+        by_name[name] = _connection(name, PREFIX + spelled[name], given[name], base, aliases)
+
+    claims: dict[str, str] = {}
+    for connection in by_name.values():
+        for customer in connection.customers:
+            other = claims.setdefault(customer, connection.name)
+            if other != connection.name:
+                errors.append(
+                    FieldError(
+                        f"{connection.setting_prefix}__{CUSTOMERS}",
+                        f"Connection {connection.name}: customer {customer} is claimed by "
+                        f"connection {other} too; a customer belongs to one connection.",
+                    )
+                )
+    if base.customer_id and base.customer_id in claims:
+        errors.append(
+            FieldError(
+                "SMARTDIALOG_CUSTOMER_ID",
+                f"Connection default: its customer {base.customer_id} is claimed by connection "
+                f"{claims[base.customer_id]}.",
+            )
+        )
+    errors.extend(_shared_identities(by_name.values()))
+    return Connections(by_name, claims, tuple(errors))
+
+
+def _connection(
+    name: str, prefix: str, given: Mapping[str, str], base: Settings, aliases: set[str]
+) -> Connection:
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    values: dict[str, Any] = {
+        str(info.alias): getattr(base, attribute)
+        for attribute, info in Settings.model_fields.items()
+    }
+    for own in OWN_SETTINGS:
+        values[_SETTING_PREFIX + own] = None
+    errors: list[FieldError] = []
+    customers: list[str] = []
+    for setting, value in given.items():
+        if setting == CUSTOMERS:
+            customers.extend(c.strip() for c in value.split(",") if c.strip())
+        elif setting in APP_WIDE:
+            errors.append(
+                FieldError(
+                    f"{prefix}__{setting}",
+                    f"Connection {name}: {setting} is app-wide: set SMARTDIALOG_{setting} only.",
+                )
+            )
+        elif _SETTING_PREFIX + setting in aliases:
+            if value.strip():  # empty: not given (as the app-wide settings)
+                values[_SETTING_PREFIX + setting] = value
+        else:
+            errors.append(
+                FieldError(
+                    f"{prefix}__{setting}",
+                    f"Connection {name}: {setting} is not a setting (SMARTDIALOG_{setting} "
+                    "does not exist).",
+                )
+            )
+    try:
+        settings: Settings | None = Settings(**values)
+    except ValidationError as exc:
+        settings = None
+        for error in exc.errors(include_url=False, include_input=False):
+            alias = ".".join(str(p) for p in error["loc"]) or "settings"
+            setting_name = alias.removeprefix(_SETTING_PREFIX)
+            errors.append(
+                FieldError(f"{prefix}__{setting_name}", f"Connection {name}: {error['msg']}")
+            )
+    if settings is not None:
+        settings._connection = name
+        if not _has_credentials(settings):
+            errors.append(
+                FieldError(
+                    f"{prefix}__ACCESS_TOKEN",
+                    f"Connection {name}: no credentials: set {prefix}__ACCESS_TOKEN, or "
+                    f"{prefix}__CLIENT_ID with {prefix}__CLIENT_SECRET or __REFRESH_TOKEN.",
+                )
+            )
+        if settings.customer_id:
+            customers.append(settings.customer_id)
+    return Connection(name, prefix, settings, tuple(dict.fromkeys(customers)), tuple(errors))
+
+
+def _has_credentials(settings: Settings) -> bool:
+    def given(value: Any) -> bool:
+        return value is not None and bool(value.get_secret_value())
+
+    if given(settings.access_token):
+        return True
+    return bool(settings.client_id) and (
+        given(settings.client_secret) or given(settings.refresh_token)
+    )
+
+
+def _identity(settings: Settings) -> str | None:
+    """Who upstream sees (and throttles as one): the static token, or client and authority."""
+    if settings.access_token is not None and settings.access_token.get_secret_value():
+        token = settings.access_token.get_secret_value()
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()
+    if settings.client_id:
+        return f"client:{settings.authority.lower()}\n{settings.client_id}"
+    return None
+
+
+def _shared_identities(listed: Any) -> list[FieldError]:
+    seen: dict[str, Connection] = {}
+    errors: list[FieldError] = []
+    for connection in listed:
+        if connection.settings is None:
+            continue
+        identity = _identity(connection.settings)
+        if identity is None:
+            continue
+        other = seen.setdefault(identity, connection)
+        if other is not connection:
+            errors.append(
+                FieldError(
+                    connection.setting_prefix,
+                    f"Connection {connection.name}: same upstream identity as connection "
+                    f"{other.name} (the same access token, or client id and authority), which "
+                    "SmartDialog would throttle as one; give each its own account.",
+                )
+            )
+    return errors

@@ -1,0 +1,63 @@
+"""The Swagger schema of what a New Message trigger subscriber receives (the connector's
+``x-ms-notification-content`` of NewMessage): :class:`InboundMessageData` with the certified
+connector's titles for its fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.inbound._models import InboundMessageData
+
+__all__ = ["notification_schema"]
+
+_TITLES = {
+    "sender": "Message Sender",
+    "recipient": "Message Recipient",
+    "content": "Message Content",
+    "timestamp": "Message Timestamp",
+    "protocol": "Message Protocol",
+    "attachments": "Attachments",
+    "messageId": "Message Id",
+    "service": "Service",
+    "connection": "Connection",
+    "receivedAt": "Received at",
+    "optOut": "Opt-out keyword",
+    "part": "Message Part",
+    "parts": "Message Parts",
+}
+_ATTACHMENT = {
+    "name": ("Attachment Filename", "The filename of the attachment."),
+    "mimeType": ("Attachment Mime Type", "The mime type of the attachment."),
+    "resourceLocation": ("Attachment Resource Location", "Where SmartDialog keeps the file."),
+}
+
+
+def notification_schema() -> dict[str, Any]:
+    """The Swagger schema of what a New Message subscriber receives (:class:`InboundMessageData`,
+    with the certified connector's titles for its fields)."""
+    properties: dict[str, Any] = {}
+    for name, info in InboundMessageData.model_fields.items():
+        prop: dict[str, Any] = {
+            "type": "string",
+            "description": info.description or name,
+            "title": _TITLES[name],
+            "x-ms-visibility": "important" if name in ("sender", "content") else "advanced",
+        }
+        if name in ("timestamp", "receivedAt"):
+            prop["format"] = "date-time"
+        if name == "optOut":
+            prop["enum"] = ["stop", "start"]
+        if name in ("part", "parts"):
+            prop["type"] = "integer"
+        if name == "attachments":
+            del prop["x-ms-visibility"]
+            prop["type"] = "array"
+            prop["items"] = {
+                "type": "object",
+                "properties": {
+                    key: {"type": "string", "title": title, "description": text}
+                    for key, (title, text) in _ATTACHMENT.items()
+                },
+            }
+        properties[name] = prop
+    return {"type": "object", "properties": properties}

@@ -1,0 +1,134 @@
+"""A queue message of another connection: sent through that connection's ports, deferred while
+the connection is misconfigured, failed (``connection-removed``) once it no longer exists.
+
+Every connection's sends share the one queue and the same tables; what differs is the upstream
+client (credentials, msal token cache), the quota and the defaults, all in its ports
+(:func:`shared.outbound._ports.send_ports` of the connection's settings).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from shared.messages import FailureInfo, MessageStatus
+from shared.outbound._models import PackDriver, command_connection
+from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind, SendOutcome
+from shared.outbound._ports import send_ports
+from shared.outbound._records import new_record, normalize
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from shared.outbound._models import OutboundMessage
+    from shared.outbound._outcomes import Outcomes
+    from shared.outbound._ports import SendPorts
+
+    MessageIdOf = Callable[[OutboundMessage, str | None], str]
+
+__all__ = ["CONNECTION_REMOVED", "through_connection"]
+
+log = logging.getLogger("shared.outbound.sender")
+#: The failure code of a send whose connection was removed from the settings.
+CONNECTION_REMOVED = "connection-removed"
+
+
+def through_connection(
+    outcomes: Outcomes,
+    message_id: MessageIdOf,
+    message: OutboundMessage | PackDriver,
+    text: str,
+    queue_message_id: str | None,
+    dequeue_count: int | None,
+) -> SendPorts | SendOutcome:
+    """The ports of the connection of ``message`` (parsed by another connection's sender, whose
+    ``outcomes`` and ``message_id`` these are), or what was done instead: deferred while the
+    connection is misconfigured, failed once it is removed."""
+    from shared.connections import (
+        ConnectionNotConfigured,
+        UnknownConnection,
+        connection_settings,
+    )
+
+    name = command_connection(message)
+    try:
+        settings = connection_settings(name)
+    except UnknownConnection:
+        return _removed(
+            outcomes, message_id, message, str(name), text, queue_message_id, dequeue_count
+        )
+    except ConnectionNotConfigured as problem:
+        return _misconfigured(outcomes, message_id, message, str(name), problem, queue_message_id)
+    return send_ports(settings)
+
+
+def _misconfigured(
+    outcomes: Outcomes,
+    message_id: MessageIdOf,
+    message: OutboundMessage | PackDriver,
+    name: str,
+    problem: Exception,
+    queue_message_id: str | None,
+) -> SendOutcome:
+    """Wait, unclaimed and without a quota slot, for the connection to be fixed (its validity
+    still runs out: the sender then fails it ``expired``)."""
+    log.warning(
+        "a send of connection %s waits: %s (see /api/health)", name, getattr(problem, "detail", "")
+    )
+    delay = CONFIGURATION_RECHECK_SECONDS
+    if isinstance(message, PackDriver):
+        return outcomes.requeue_driver(message, delay, OutcomeKind.DEFERRED, "configuration")
+    if not message.messageId:
+        message = message.model_copy(update={"messageId": message_id(message, queue_message_id)})
+    return outcomes.requeue(message, message.attempts, delay, OutcomeKind.DEFERRED, "configuration")
+
+
+def _removed(
+    outcomes: Outcomes,
+    message_id: MessageIdOf,
+    message: OutboundMessage | PackDriver,
+    name: str,
+    text: str,
+    queue_message_id: str | None,
+    dequeue_count: int | None,
+) -> SendOutcome:
+    """Fail a send whose connection no longer exists, with its failed event and dead letter
+    (nothing goes upstream through another connection)."""
+    ports = outcomes.ports
+    failure = FailureInfo(
+        code=CONNECTION_REMOVED,
+        title="The message's connection no longer exists",
+        detail=(
+            f"Connection {name} is not in the app's settings any more, so the message is not "
+            "sent (it is never sent through another connection's account)."
+        ),
+    )
+    if isinstance(message, PackDriver):
+        pack = ports.packs.get(message.packId)
+        members = ports.store.get_many(pack.member_ids) if pack is not None else {}
+        open_members = [r for r in members.values() if not r.status.is_final]
+        outcomes.fail_many([(r, failure) for r in open_members])
+        log.warning("pack %s: connection %s removed; %d member(s) failed",
+                    message.packId, name, len(open_members))  # fmt: skip
+        return SendOutcome(OutcomeKind.FAILED, message.packId, detail=CONNECTION_REMOVED)
+    try:
+        command = normalize(
+            message,
+            message_id=message_id(message, queue_message_id),
+            customer_id=message.customerId,
+            service_id=getattr(message, "serviceId", None),
+        )
+    except ValueError as exc:
+        reason = ValueError(f"connection {name} does not exist, and {exc}")
+        return outcomes.dead_letter_malformed(text, reason, queue_message_id, dequeue_count)
+    assert command.messageId is not None
+    record = ports.store.get(command.messageId)
+    if record is None:
+        fresh, slots = new_record(
+            command, now=ports.now(), validity=ports.policy.validity, status=MessageStatus.QUEUED
+        )
+        record = ports.store.create(fresh, slots) or ports.store.get(command.messageId)
+        if record is None:
+            raise RuntimeError(f"message {command.messageId} could not be recorded")
+    log.warning("message %s: connection %s removed; failed", record.message_id, name)
+    return outcomes.fail(record, failure.model_copy(update={"attempts": record.attempts}))

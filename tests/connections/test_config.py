@@ -1,0 +1,160 @@
+"""Connection settings: parsed on first use; every configuration error makes /api/health answer
+503 naming the connection, never fails an import."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.connections import connection_settings, connections, list_connections, route
+from tests.connections.conftest import (
+    SECOND_CUSTOMER,
+    SECOND_SERVICE,
+    SECOND_TOKEN,
+    TwoConnections,
+)
+from tests.outbound.conftest import call_http
+
+
+def health_errors() -> list[dict[str, str]]:
+    answer = call_http("Health", "GET")
+    if answer.status == 200:
+        return []
+    assert answer.status == 503
+    return list(answer.body["errors"])
+
+
+def test_a_named_connection_overlays_the_app_wide_settings(two: TwoConnections) -> None:
+    second = connection_settings("second")
+    default = connection_settings(None)
+    assert second.connection == "second"
+    assert default.connection == "default"
+    assert second.access_token is not None
+    assert second.access_token.get_secret_value() == SECOND_TOKEN
+    assert (second.customer_id, second.quota_calls) == (SECOND_CUSTOMER, 2000)
+    # Not given for the connection: the app-wide value.
+    assert second.send_max_attempts == default.send_max_attempts
+    assert health_errors() == []
+
+
+def test_name_is_case_insensitive_and_underscores_become_dashes(two: TwoConnections) -> None:
+    two.set_connection("Sales_EU", ACCESS_TOKEN="another-token", CUSTOMERS="3001, 3002")
+    assert connection_settings("sales-eu").connection == "sales-eu"
+    assert route("SALES_EU", None) == "sales-eu"
+    assert route(None, "3002") == "sales-eu"
+    assert [c["Name"] for c in list_connections()] == ["default", "sales-eu", "second"]
+
+
+def test_credentials_and_account_defaults_never_fall_back(two: TwoConnections) -> None:
+    two.set_connection("THIRD", CUSTOMERS="3001")
+    third = connections().by_name["third"]
+    assert third.settings is not None
+    assert third.settings.access_token is None
+    assert third.settings.service_id is None
+    [error] = health_errors()
+    assert error["field"] == "SMARTDIALOG_CONNECTIONS__THIRD__ACCESS_TOKEN"
+    assert "Connection third" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "words"),
+    [
+        ({"ACCESS_TOKEN": "t3", "CUSTOMERS": SECOND_CUSTOMER}, "__CUSTOMERS", "claimed by"),
+        (
+            {"ACCESS_TOKEN": SECOND_TOKEN},
+            "SMARTDIALOG_CONNECTIONS__THIRD",
+            "same upstream identity",
+        ),
+        ({"ACCESS_TOKEN": "t3", "QUOTA_CALLS": "0"}, "__QUOTA_CALLS", "greater than 0"),
+        ({"ACCESS_TOKEN": "t3", "ACESS_TOKEN": "typo"}, "__ACESS_TOKEN", "not a setting"),
+        ({"ACCESS_TOKEN": "t3", "CUSTOMERS": "1001"}, "SMARTDIALOG_CUSTOMER_ID", "claimed by"),
+        ({"ACCESS_TOKEN": "t3", "CALLBACK_SECRETS": "x" * 40}, "__CALLBACK_SECRETS", "app-wide"),
+    ],
+)
+def test_each_configuration_error_makes_health_503_naming_the_connection(
+    two: TwoConnections, settings: dict[str, str], field: str, words: str
+) -> None:
+    two.set_connection("THIRD", **settings)
+    errors = health_errors()
+    assert errors, "health should answer 503"
+    assert any(field in e["field"] and words in e["message"] for e in errors), errors
+    assert any("third" in e["message"] for e in errors), errors
+
+
+def test_same_client_id_and_authority_is_the_same_identity(two: TwoConnections) -> None:
+    two.set_connection("A", CLIENT_ID="client-x", CLIENT_SECRET="s1")
+    two.set_connection("B", CLIENT_ID="client-x", CLIENT_SECRET="s2")
+    assert any("same upstream identity" in e["message"] for e in health_errors())
+
+
+def test_default_named_explicitly_is_an_error(two: TwoConnections) -> None:
+    two.set_connection("DEFAULT", ACCESS_TOKEN="t3")
+    [error] = health_errors()
+    assert error["field"] == "SMARTDIALOG_CONNECTIONS__DEFAULT__ACCESS_TOKEN"
+    assert "plain SMARTDIALOG_*" in error["message"]
+
+
+def test_two_spellings_of_one_name_are_duplicates(two: TwoConnections) -> None:
+    two.set_connection("SALES_EU", ACCESS_TOKEN="t3")
+    two.set_connection("sales-eu", CUSTOMERS="3001")
+    assert any("named twice" in e["message"] for e in health_errors())
+
+
+def test_a_broken_connection_fails_routing_with_503_not_the_import(two: TwoConnections) -> None:
+    two.set_connection("THIRD", ACCESS_TOKEN="t3", CUSTOMERS=SECOND_CUSTOMER)
+    import function_app  # noqa: F401 - importing never fails
+
+    sent = call_http("SendMessage", "POST", body={"Content": "x"})
+    assert sent.status == 503
+    assert sent.body["type"].endswith("configuration")
+    assert sent.body["errors"][0]["field"] == "SMARTDIALOG_CONNECTIONS__THIRD__CUSTOMERS"
+    assert two.env.queued() == 0
+
+
+def test_list_connections_names_customers_and_never_secrets(two: TwoConnections) -> None:
+    answer = call_http("ListConnections", "GET")
+    assert answer.status == 200
+    assert answer.body["value"] == [
+        {
+            "Name": "default",
+            "Customers": ["1001"],
+            "CustomerId": "1001",
+            "ServiceId": "s-1001-oneway",
+        },
+        {
+            "Name": "second",
+            "Customers": [SECOND_CUSTOMER],
+            "CustomerId": SECOND_CUSTOMER,
+            "ServiceId": SECOND_SERVICE,
+        },
+    ]
+    assert "token" not in str(answer.body).lower()
+
+
+def test_notification_rules_may_name_a_connection_the_app_has(two: TwoConnections) -> None:
+    import json
+    from pathlib import Path
+
+    from shared.notify._intake import parse_object
+    from shared.notify._notify import Notifier
+    from shared.notify._rules import Rule, rule_errors
+    from shared.settings import get_settings
+
+    alert = json.loads(
+        (
+            Path(__file__).parent.parent / "events" / "fixtures" / "alert-activated.cloudevent.json"
+        ).read_text()
+    )
+    document = {
+        "Id": "cpu",
+        "Match": {"EventType": "Microsoft.AlertsManagement.Alert.Activated"},
+        "Message": {"Sender": "Ops", "Content": "fired"},
+        "Recipients": {"Numbers": ["+358400000011"]},
+        "Connection": "SECOND",
+    }
+    rule = Rule.model_validate(document)
+    assert rule_errors(rule) == []
+    assert rule_errors(Rule.model_validate({**document, "Connection": "sales"})) == [
+        ("Connection", "No connection is named 'sales'.")
+    ]
+    [planned] = Notifier(get_settings()).plan(parse_object(alert), rules=[rule], dry_run=True).sends
+    assert planned.command.Connection == "second"

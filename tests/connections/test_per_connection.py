@@ -1,0 +1,125 @@
+"""Everything per connection: sync actions, bulk sends, packs and keys; the default's keys stay
+what they were before connections (an upgrade in place keeps its quota log, idempotency claims
+and message ids); a misconfigured connection's queued sends wait instead of failing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from shared.connections import CONNECTION_HEADER, connection_settings
+from shared.messages import idempotency_key_hash
+from shared.outbound import OutboundSender, OutcomeKind
+from shared.outbound._models import parse_outbound_message, request_message_id
+from shared.outbound._records import pack_key
+from shared.quota import connection_key
+from tests.connections.conftest import (
+    SECOND_CUSTOMER,
+    SECOND_SERVICE,
+    TwoConnections,
+    forget_quota_logs,
+    forget_settings,
+)
+from tests.outbound.conftest import call_http, sms
+
+
+def test_a_sync_action_goes_through_the_named_connections_account(two: TwoConnections) -> None:
+    answer = call_http("GetUserCustomers", "GET", headers={CONNECTION_HEADER: "second"})
+    assert answer.status == 200, answer.body
+    calls = two.second.state.snapshot("requests")
+    assert [r["operationId"] for r in calls] == ["GetUserCustomers"]
+    assert two.env.sandbox.state.snapshot("requests") == []
+
+
+def test_a_bulk_send_goes_through_its_connection(two: TwoConnections) -> None:
+    body = {
+        "Sender": "Sandbox",
+        "Content": "Hi $(name)",
+        "Recipients": [
+            {"Address": f"+35840300{i:04d}", "Personalization": {"name": f"P{i}"}} for i in range(5)
+        ],
+    }
+    accepted = call_http(
+        "SendBulkMessages", "POST", body=body, headers={CONNECTION_HEADER: "second"}
+    )
+    assert accepted.status == 202, accepted.body
+    two.env.drain()
+    [call] = two.second_upstream()
+    assert len(call["body"]["Recipients"]) == 5
+    assert two.env.upstream() == []
+    assert {e["data"]["connection"] for e in two.env.events()} == {"second"}
+
+
+def test_the_defaults_keys_are_unchanged_and_a_named_connections_differ(
+    two: TwoConnections,
+) -> None:
+    default, second = connection_settings(None), connection_settings("second")
+    assert connection_key(default) != connection_key(second)
+    # The default's quota key as it was computed before connections existed.
+    before = hashlib.sha256(f"{default.base_url.lower()}\nstatic-token".encode()).hexdigest()
+    assert connection_key(default).endswith("~" + before[:24])
+    assert idempotency_key_hash("1001", "k") == idempotency_key_hash("1001", "k", None)
+    assert idempotency_key_hash("1001", "k") != idempotency_key_hash("1001", "k", "second")
+    assert request_message_id("1001", "r") != request_message_id("1001", "r", "second")
+    plain = parse_outbound_message(
+        '{"operation": "SendMessage", "customerId": "1002", "serviceId": "s", '
+        '"body": {"Sender": "S", "Content": "x", "Recipients": [{"Address": "+358400000001"}]}}'
+    )
+    named = plain.model_copy(update={"Connection": "second"})
+    assert pack_key(plain) is not None
+    assert pack_key(plain) != pack_key(named)
+
+
+def test_a_misconfigured_connection_defers_its_sends_until_fixed(two: TwoConnections) -> None:
+    text = json.dumps(
+        {
+            "operation": "SendMessage",
+            "messageId": "waits",
+            "Connection": "second",
+            "customerId": SECOND_CUSTOMER,
+            "serviceId": SECOND_SERVICE,
+            "body": sms("+358400000011"),
+        }
+    )
+    two.drop_connection("SECOND", "ACCESS_TOKEN")  # no credentials now
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q1")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert two.env.queued() == 1  # back on the queue (for a minute), not failed
+    assert two.env.events() == []
+    assert two.second_upstream() == []
+    two.set_connection("SECOND", ACCESS_TOKEN="sandbox-token-2")
+    sent = OutboundSender.from_settings().process(text, queue_message_id="q1")
+    assert sent.kind is OutcomeKind.SENT
+    assert len(two.second_upstream()) == 1
+
+
+def test_the_operations_overview_shows_each_connections_quota(two: TwoConnections) -> None:
+    from shared.ops._overview import overview
+    from shared.settings import get_settings
+
+    forget_quota_logs()
+    call_http("GetUserCustomers", "GET", headers={CONNECTION_HEADER: "second"})
+    quotas = {q.connection: q for q in overview(get_settings()).quotas}
+    assert set(quotas) == {"default", "second"}
+    assert quotas["second"].calls == 2000
+    assert quotas["second"].used == 1
+    assert quotas["second"].key != quotas["default"].key
+
+
+def test_without_default_credentials_the_named_connections_still_send(
+    two: TwoConnections,
+) -> None:
+    two.env.monkeypatch.delenv("SMARTDIALOG_ACCESS_TOKEN")
+    forget_settings()
+    text = json.dumps(
+        {
+            "operation": "SendMessage",
+            "messageId": "named-only",
+            "Connection": "second",
+            "customerId": SECOND_CUSTOMER,
+            "serviceId": SECOND_SERVICE,
+            "body": sms("+358400000011"),
+        }
+    )
+    assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
+    assert len(two.second_upstream()) == 1

@@ -1,0 +1,142 @@
+"""Two connections against two SmartDialog accounts (two sandbox instances, each accepting only
+its own token): each send goes upstream with its connection's token and customer, events,
+statuses and dead letters say which connection, and one connection's trouble (its quota held by
+a backlog, a revoked token, its removal) never holds up or misroutes the other's sends."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from shared.connections import CONNECTION_HEADER
+from tests.connections.conftest import (
+    SECOND_CUSTOMER,
+    SECOND_SERVICE,
+    TwoConnections,
+    forget_quota_logs,
+    forget_settings,
+)
+from tests.outbound.conftest import CUSTOMER, SERVICE, call_http, sms, status_of
+
+#: host.json's extensions.queues.maxPollingInterval (1 s) plus the issue's 1 s.
+PROMPT_SECONDS = 2.0
+
+
+def send(two: TwoConnections, address: str, connection: str | None = None, **body: Any) -> Any:
+    headers = {CONNECTION_HEADER: connection} if connection else {}
+    answer = call_http("SendMessage", "POST", body=sms(address, **body), headers=headers)
+    assert answer.status == 202, answer.body
+    return answer
+
+
+def command(address: str, **envelope: Any) -> dict[str, Any]:
+    return {"operation": "SendMessage", "body": sms(address), **envelope}
+
+
+def test_each_connection_goes_upstream_with_its_own_token_and_customer(
+    two: TwoConnections,
+) -> None:
+    first = send(two, "+358400000001")
+    second = send(two, "+358400000011", connection="second")
+    two.env.drain()
+    # Each sandbox accepts only its own token: what it received came with that token.
+    [default_call] = two.env.upstream()
+    [second_call] = two.second_upstream()
+    assert default_call["status"] == second_call["status"] == 200
+    default_sent = two.env.sandbox.state.snapshot("messages")
+    second_sent = two.second.state.snapshot("messages")
+    assert [(m["customerId"], m["serviceId"]) for m in default_sent] == [(CUSTOMER, SERVICE)]
+    assert [(m["customerId"], m["serviceId"]) for m in second_sent] == [
+        (SECOND_CUSTOMER, SECOND_SERVICE)
+    ]
+    assert status_of(first.headers["Location"]).body["Connection"] == "default"
+    assert status_of(second.headers["Location"]).body["Connection"] == "second"
+    sent = {e["data"]["messageId"]: e["data"]["connection"] for e in two.env.events()}
+    assert sent == {first.body["Id"]: "default", second.body["Id"]: "second"}
+
+
+def test_queue_commands_name_their_connection_and_old_ones_are_the_default(
+    two: TwoConnections,
+) -> None:
+    two.env.enqueue(command("+358400000001", messageId="old-style"))
+    two.env.enqueue(command("+358400000011", messageId="named", Connection="SECOND"))
+    two.env.drain()
+    assert len(two.env.upstream()) == 1
+    assert len(two.second_upstream()) == 1
+    connections = {e["data"]["messageId"]: e["data"]["connection"] for e in two.env.events()}
+    assert connections == {"old-style": "default", "named": "second"}
+
+
+def test_a_connection_held_at_its_quota_does_not_delay_the_other(two: TwoConnections) -> None:
+    forget_quota_logs()  # earlier tests' calls of the default connection
+    two.env.configure(QUOTA_CALLS=2)
+    forget_settings()
+    for n in range(8):  # distinct contents: none may share a call
+        backlog = command("+358400000001", messageId=f"backlog-{n}")
+        backlog["body"]["Content"] = f"Backlog {n}"
+        two.env.enqueue(backlog)
+    two.env.run_once()  # the default's quota is now full, its backlog deferred
+    assert len(two.env.upstream()) == 2
+    started = time.monotonic()
+    two.env.enqueue(command("+358400000011", messageId="other", Connection="second"))
+    while not two.second_upstream() and time.monotonic() - started < 10:
+        two.env.run_once()
+    elapsed = time.monotonic() - started
+    assert [r["status"] for r in two.second_upstream()] == [200]
+    assert elapsed <= PROMPT_SECONDS, f"the other connection's send took {elapsed:.2f} s"
+    assert len(two.env.upstream()) == 2  # still held at its quota: no 429 upstream
+    assert all(r["status"] != 429 for r in two.env.upstream())
+
+
+def test_a_revoked_token_on_one_connection_leaves_the_other_working(two: TwoConnections) -> None:
+    two.set_connection("SECOND", ACCESS_TOKEN="revoked-token")
+    failed = send(two, "+358400000011", connection="second")
+    works = send(two, "+358400000001")
+    two.env.drain()
+    assert status_of(works.headers["Location"]).status == 200
+    answer = status_of(failed.headers["Location"])
+    assert answer.status == 422
+    assert answer.body["upstreamStatus"] == 401
+    assert answer.body["connection"] == "second"
+    assert len(two.env.upstream()) == 1  # never sent through the other account
+    assert two.env.sandbox.state.snapshot("messages")[0]["customerId"] == CUSTOMER
+
+
+def test_a_removed_connection_fails_its_queued_sends_with_events(two: TwoConnections) -> None:
+    accepted = send(two, "+358400000011", connection="second")
+    queued_only = command(
+        "+358400000012",
+        messageId="queued-only",
+        Connection="second",
+        customerId=SECOND_CUSTOMER,
+        serviceId=SECOND_SERVICE,
+    )
+    two.env.enqueue(queued_only)
+    two.drop_connection(
+        "SECOND",
+        "BASE_URL",
+        "ACCESS_TOKEN",
+        "CUSTOMERS",
+        "CUSTOMER_ID",
+        "SERVICE_ID",
+        "QUOTA_CALLS",
+    )
+    two.env.drain()
+    assert two.env.upstream() == []
+    assert two.second_upstream() == []
+    answer = status_of(accepted.headers["Location"])
+    assert answer.status == 422
+    assert answer.body["code"] == "connection-removed"
+    assert answer.body["connection"] == "second"
+    failed = {
+        e["data"]["messageId"]: (e["data"]["error"]["code"], e["data"]["connection"])
+        for e in two.env.events()
+    }
+    assert failed == {
+        accepted.body["Id"]: ("connection-removed", "second"),
+        "queued-only": ("connection-removed", "second"),
+    }
+    letters = {d["messageId"]: d["connection"] for d in two.env.dead_letters()}
+    assert letters == {accepted.body["Id"]: "second", "queued-only": "second"}
+    assert all(json.loads(d["original"])["Connection"] == "second" for d in two.env.dead_letters())
