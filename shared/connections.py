@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from shared.names import DEFAULT_CONNECTION
 from shared.problems import FieldError, Problem, ProblemType
-from shared.settings import DEFAULT_CONNECTION
 
 if TYPE_CHECKING:
     from shared.settings import Settings

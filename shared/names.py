@@ -6,6 +6,10 @@ One place for every name, so the code, the dev host, the schemas and the Bicep i
 
 from __future__ import annotations
 
+#: The connection of the plain SMARTDIALOG_* settings, and of every row, message and event
+#: written before named connections existed (named connections: ``shared/connections.py``).
+DEFAULT_CONNECTION = "default"
+
 #: Send commands (the public outbound contract, see ``schemas/``).
 OUTBOUND_QUEUE = "smartdialog-outbound"
 #: Inbound messages as CloudEvents, for Logic Apps and other consumers.

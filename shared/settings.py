@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.names import DEFAULT_CONNECTION
 from shared.problems import Problem, ProblemType
 
 DEFAULT_BASE_URL = "https://api.arena.fi/api-integrations/v1"
@@ -46,8 +47,6 @@ LOCAL_DEVELOPMENT = "Development"
 LOCAL_PUBLIC_BASE_URL = "http://localhost:7071"
 #: The app's host.json, whose ``extensions.http.routePrefix`` is in every URL of ours.
 HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
-#: The connection of the plain SMARTDIALOG_* settings (named connections: shared/connections.py).
-DEFAULT_CONNECTION = "default"
 
 
 class PublicUrlNotConfigured(Problem):

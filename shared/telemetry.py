@@ -26,6 +26,8 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from shared.names import DEFAULT_CONNECTION
+
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.metrics import Counter, Histogram
@@ -53,8 +55,6 @@ __all__ = [
 TRACER_NAME = METER_NAME = "smartdialog_functions"
 #: The W3C trace-context header, and the field that carries it in our queue messages.
 TRACEPARENT = "traceparent"
-#: The quota metric's connection attribute when none is given (the plain settings' connection).
-DEFAULT_CONNECTION = "default"
 
 SpanKindName = Literal["internal", "server", "client", "producer", "consumer"]
 

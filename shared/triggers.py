@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.clock import utcnow
-from shared.names import SUBSCRIPTIONS_TABLE, TRIGGER_EVENTS_QUEUE
+from shared.names import DEFAULT_CONNECTION, SUBSCRIPTIONS_TABLE, TRIGGER_EVENTS_QUEUE
 from shared.storage import QueueLike, queue_client, safe_key, send_creating, table_client
 
 if TYPE_CHECKING:
@@ -70,8 +70,6 @@ log = logging.getLogger("shared.triggers")
 
 #: How long the notifier trusts its answer to "does this service have subscribers of a kind".
 SUBSCRIBERS_TTL_SECONDS = 30.0
-#: The connection of an event or subscription that names none (rows written before connections).
-DEFAULT_CONNECTION = "default"
 #: Recipient states no later report changes: what "final states only" delivers.
 FINAL_STATES = frozenset({"delivered", "undelivered"})
 
@@ -354,6 +352,8 @@ def notify_send_failed(
     service: str | None,
     failure: dict[str, Any],
     failed_at: dt.datetime,
+    *,
+    connection: str = DEFAULT_CONNECTION,
 ) -> bool:
     """The *When a send fails* note of a message that failed for good (``failure``: its
     ``FailureInfo`` as a dict). No storage call unless the service has such a subscription
@@ -373,6 +373,7 @@ def notify_send_failed(
         customerData=command_customer_data(command),
         failedAt=failed_at,
         service=service,
+        connection=connection,
     )
     return TriggerNotifier.for_settings(get_settings()).notify(
         TriggerKind.SEND_FAILED,
@@ -380,6 +381,7 @@ def notify_send_failed(
         event_id=f"{message_id}:failed:trigger",
         time=failed_at,
         data=data,
+        connection=connection,
     )
 
 

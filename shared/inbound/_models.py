@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.messages import RecipientStatus
-from shared.triggers import DEFAULT_CONNECTION
+from shared.names import DEFAULT_CONNECTION
 
 __all__ = [
     "DELIVERY_REPORTED",

@@ -179,6 +179,7 @@ def notify_delivery_report(
         reportedAt=time,
         customerData=command_customer_data(record.command),
         service=service,
+        connection=record.connection,
     )
     return TriggerNotifier.for_settings(settings).notify(
         TriggerKind.DELIVERY_REPORT,
@@ -187,6 +188,7 @@ def notify_delivery_report(
         time=time,
         data=data,
         state=state,
+        connection=record.connection,
     )
 
 

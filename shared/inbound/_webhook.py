@@ -40,10 +40,9 @@ from shared.inbound._processor import (
     received_events,
 )
 from shared.inbound._registry import WebhookRegistry, verify_webhook_token
-from shared.names import INBOUND_INTAKE_QUEUE
+from shared.names import DEFAULT_CONNECTION, INBOUND_INTAKE_QUEUE
 from shared.problems import FieldError, Problem, ProblemType
 from shared.storage import PayloadStore, QueueLike, fits_queue, send_creating
-from shared.triggers import DEFAULT_CONNECTION
 
 if TYPE_CHECKING:
     from shared.settings import Settings

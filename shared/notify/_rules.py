@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.actions.fields import ui
+from shared.names import DEFAULT_CONNECTION
 from shared.notify._intake import IncomingEvent
-from shared.settings import DEFAULT_CONNECTION as SETTINGS_DEFAULT_CONNECTION
 
 __all__ = [
     "DEFAULT_CONNECTION",
@@ -39,8 +39,6 @@ __all__ = [
 
 log = logging.getLogger("shared.notify")
 
-#: A rule's connection when it names none: the app's plain settings (shared.connections).
-DEFAULT_CONNECTION = SETTINGS_DEFAULT_CONNECTION
 #: ``$(expression)``: the expression runs to the first ``)`` that closes it.
 PLACEHOLDER = re.compile(r"\$\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -37,6 +37,7 @@ from shared.messages import (
     idempotency_key_hash,
     new_question_id,
 )
+from shared.names import DEFAULT_CONNECTION
 from shared.outbound._fields import (
     IdempotencyKeyHeader,
     MessageCustomerDataField,
@@ -47,7 +48,6 @@ from shared.outbound._fields import (
 )
 from shared.outbound._models import OutboundMessageAdapter
 from shared.problems import FieldError, Problem, ProblemType
-from shared.settings import DEFAULT_CONNECTION
 
 if TYPE_CHECKING:
     from shared.outbound._service import SendService, StatusView

@@ -51,12 +51,12 @@ from shared.messages import (
     new_pack_id,
 )
 from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY
+from shared.names import DEFAULT_CONNECTION
 from shared.outbound._models import OutboundMessageAdapter, PackDriver
 from shared.outbound._quota_wait import poll_after
 from shared.outbound._records import new_record, normalize
 from shared.outbound._service import outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
-from shared.settings import DEFAULT_CONNECTION
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:

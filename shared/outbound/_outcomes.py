@@ -462,7 +462,12 @@ class Outcomes:
         service = record.service_id or self.ports.policy.service_id
         failed_at = record.finished_at or now
         notify_send_failed(
-            record.message_id, record.command, service, failure.model_dump(), failed_at
+            record.message_id,
+            record.command,
+            service,
+            failure.model_dump(),
+            failed_at,
+            connection=record.connection,
         )
 
     def requeue(

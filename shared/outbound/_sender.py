@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack
-from shared.names import OUTBOUND_QUEUE
+from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
 from shared.outbound._giving_up import remember_interrupted
@@ -50,7 +50,6 @@ from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
 from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
 from shared.outbound._records import new_record, normalize, pack_key, recipient_slots
 from shared.outbound._routing import through_connection
-from shared.settings import DEFAULT_CONNECTION
 
 if TYPE_CHECKING:
     from shared.quota import QuotaGrant

@@ -30,7 +30,7 @@ from shared.messages import (
     in_lane,
     lane_message_id,
 )
-from shared.names import EVENTS_QUEUE, OUTBOUND_QUEUE
+from shared.names import DEFAULT_CONNECTION, EVENTS_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._models import (
     MessageCancelledData,
     OutboundMessage,
@@ -45,7 +45,6 @@ from shared.outbound._records import (
     queued_text,
 )
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
-from shared.settings import DEFAULT_CONNECTION
 from shared.storage import PayloadStore, QueueLike, ensured_queue, fits_queue
 
 if TYPE_CHECKING:

@@ -145,7 +145,7 @@ def connection_key(settings: Settings) -> str:
     the same client share a key (and a quota); that may over-limit, never over-admit.
     A named connection's key also has its name (each connection has its own quota).
     """
-    from shared.settings import DEFAULT_CONNECTION
+    from shared.names import DEFAULT_CONNECTION
 
     base_url = settings.base_url.lower()
     identity = settings.client_id or ("static-token" if settings.access_token else "")

@@ -127,3 +127,26 @@ def test_subscriptions_get_only_their_connections_events(inbound: Inbound) -> No
     assert inbound.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout") == 1
     [delivery] = inbound.read(names.INBOUND_DELIVERIES_QUEUE)
     assert delivery["subscriptionId"] == opt_outs
+
+
+def test_a_send_failed_note_goes_only_to_its_connections_subscriptions(inbound: Inbound) -> None:
+    from shared.messages import FailureInfo
+    from shared.triggers import notify_send_failed
+
+    _subscription(TriggerKind.SEND_FAILED, None)  # the default connection's
+    theirs = _subscription(TriggerKind.SEND_FAILED, "another")
+    failure = FailureInfo.model_validate({"code": "rejected", "title": "Refused upstream"})
+    command = '{"body": {"CustomerData": "row-7"}}'
+
+    assert notify_send_failed(
+        "m-another", command, TWO_WAY, failure.model_dump(), utcnow(), connection="another"
+    )
+    [note] = inbound.read(names.TRIGGER_EVENTS_QUEUE)
+    assert (note["kind"], note["connection"], note["data"]["connection"]) == (
+        "send-failed",
+        "another",
+        "another",
+    )
+    assert inbound.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout") == 1
+    [delivery] = inbound.read(names.INBOUND_DELIVERIES_QUEUE)
+    assert delivery["subscriptionId"] == theirs
