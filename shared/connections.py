@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -72,6 +73,9 @@ OWN_SETTINGS = (
     "SERVICE_ID",
 )
 CUSTOMERS = "CUSTOMERS"
+#: A connection's name: what the header, the queue field and Key Vault secret names can carry.
+NAME_MAX_LENGTH = 64
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 #: Settings of the app, not of an account: the URLs and tokens we hand out are checked by
 #: functions that do not route (status, delivery-report and webhook URLs).
 APP_WIDE = ("CALLBACK_SECRETS", "PUBLIC_BASE_URL")
@@ -285,6 +289,15 @@ def _parse(environ: Mapping[str, str], base: Settings) -> Connections:
                 )
             )
             continue
+        if len(name) > NAME_MAX_LENGTH or not _NAME.fullmatch(name):
+            errors.append(
+                FieldError(
+                    key,
+                    f"Connection {name[:NAME_MAX_LENGTH]}: a name is 1-{NAME_MAX_LENGTH} letters, "
+                    "digits, '-' or '_', starting with a letter or digit.",
+                )
+            )
+            continue
         first = spelled.setdefault(name, raw_name)
         if first != raw_name:
             errors.append(
@@ -342,6 +355,10 @@ def _connection(
         values[_SETTING_PREFIX + own] = None
     errors: list[FieldError] = []
     customers: list[str] = []
+    # Its own customer is its claim even when another of its settings is wrong: its requests
+    # then get its 503, never the default account.
+    if own_customer := (given.get("CUSTOMER_ID") or "").strip():
+        customers.append(own_customer)
     for setting, value in given.items():
         if setting == CUSTOMERS:
             customers.extend(c.strip() for c in value.split(",") if c.strip())
@@ -383,8 +400,6 @@ def _connection(
                     f"{prefix}__CLIENT_ID with {prefix}__CLIENT_SECRET or __REFRESH_TOKEN.",
                 )
             )
-        if settings.customer_id:
-            customers.append(settings.customer_id)
     return Connection(name, prefix, settings, tuple(dict.fromkeys(customers)), tuple(errors))
 
 

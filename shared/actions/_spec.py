@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Ty
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.connections import CONNECTION_HEADER
+from shared.connections import CONNECTION_HEADER, NAME_MAX_LENGTH
 from shared.problems import PROBLEM_CONTENT_TYPE, Problem
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ class ActionInput(BaseModel):
         Field(
             None,
             min_length=1,
-            max_length=64,
+            max_length=NAME_MAX_LENGTH,
             description=(
                 "The named connection (SmartDialog account) to act through. Leave empty to use "
                 "the connection that serves the customer, else the default."

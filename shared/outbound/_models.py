@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
+from shared.connections import NAME_MAX_LENGTH
 from shared.messages import FailureInfo, Operation, text_connection
 from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
 
@@ -94,7 +95,7 @@ class _Envelope(BaseModel):
     Connection: str | None = Field(
         None,
         min_length=1,
-        max_length=64,
+        max_length=NAME_MAX_LENGTH,
         description=(
             "The named connection (SmartDialog account) to send through; absent: the default "
             "connection. Set by the send actions from the X-SmartDialog-Connection header or "

@@ -482,6 +482,13 @@ class IndexPacks:
 
         return list(storage_pool().map(settle, zip(members, done, strict=True)))
 
+    def announce_listed(self, pack_id: str) -> None:
+        """The events of the members ``pack_id`` lists as recorded sent, perhaps unannounced
+        (called when its leader's copy ends without retrying the pack, e.g. expired)."""
+        pack = self.ports.packs.get(pack_id)
+        if pack is not None and pack.announcing:
+            self._announce_again(list(pack.announcing))
+
     def _announce_again(self, message_ids: list[str]) -> None:
         """The events of pack members recorded sent by a run that may have stopped before
         sending them (same event ids: consumers de-duplicate)."""

@@ -20,6 +20,7 @@ from shared.outbound._records import new_record, normalize
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from shared.messages import MessageRecord
     from shared.outbound._models import OutboundMessage
     from shared.outbound._outcomes import Outcomes
     from shared.outbound._ports import SendPorts
@@ -58,7 +59,9 @@ def through_connection(
             outcomes, message_id, message, str(name), text, queue_message_id, dequeue_count
         )
     except ConnectionNotConfigured as problem:
-        return _misconfigured(outcomes, message_id, message, str(name), problem, queue_message_id)
+        return _misconfigured(
+            outcomes, message_id, message, str(name), problem, text, queue_message_id, dequeue_count
+        )
     return send_ports(settings)
 
 
@@ -68,19 +71,37 @@ def _misconfigured(
     message: OutboundMessage | PackDriver,
     name: str,
     problem: Exception,
+    text: str,
     queue_message_id: str | None,
+    dequeue_count: int | None,
 ) -> SendOutcome:
-    """Wait, unclaimed and without a quota slot, for the connection to be fixed (its validity
-    still runs out: the sender then fails it ``expired``)."""
+    """Wait, unclaimed and without a quota slot, for the connection to be fixed; a recorded
+    message's validity still runs out while it waits (it then fails ``expired``, with its event),
+    and one that ended meanwhile (e.g. cancelled) is only announced."""
     log.warning(
         "a send of connection %s waits: %s (see /api/health)", name, getattr(problem, "detail", "")
     )
     delay = CONFIGURATION_RECHECK_SECONDS
     if isinstance(message, PackDriver):
         return outcomes.requeue_driver(message, delay, OutcomeKind.DEFERRED, "configuration")
-    if not message.messageId:
-        message = message.model_copy(update={"messageId": message_id(message, queue_message_id)})
-    return outcomes.requeue(message, message.attempts, delay, OutcomeKind.DEFERRED, "configuration")
+    # Recorded on its first wait (a queue-only command has no record yet), so that its
+    # validity counts from when it was first seen, as on the sender's own path.
+    record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
+    if isinstance(record, SendOutcome):
+        return record
+    if record.status.is_final:
+        outcomes.announce([record])
+        return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
+    now = outcomes.ports.now()
+    left = (record.valid_until - now).total_seconds()
+    held = record.status is MessageStatus.SENDING and (record.lease_until or now) > now
+    if left <= 0 and not held:  # (a claim held when the setting broke ends first)
+        return outcomes.fail(record, outcomes.expired(record))
+    left = max(left, 1.0)
+    copy = message.model_copy(update={"messageId": record.message_id})
+    return outcomes.requeue(
+        copy, message.attempts, min(delay, left), OutcomeKind.DEFERRED, "configuration"
+    )
 
 
 def _removed(
@@ -111,6 +132,28 @@ def _removed(
         log.warning("pack %s: connection %s removed; %d member(s) failed",
                     message.packId, name, len(open_members))  # fmt: skip
         return SendOutcome(OutcomeKind.FAILED, message.packId, detail=CONNECTION_REMOVED)
+    record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
+    if isinstance(record, SendOutcome):
+        return record
+    if record.status.is_final:
+        outcomes.announce([record])
+        return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
+    log.warning("message %s: connection %s removed; failed", record.message_id, name)
+    return outcomes.fail(record, failure.model_copy(update={"attempts": record.attempts}))
+
+
+def _record_of(
+    outcomes: Outcomes,
+    message_id: MessageIdOf,
+    message: OutboundMessage,
+    name: str,
+    text: str,
+    queue_message_id: str | None,
+    dequeue_count: int | None,
+) -> MessageRecord | SendOutcome:
+    """The record of a send its connection cannot take (recorded ``queued`` now if it has none
+    yet: a queue-only command), or the dead letter of a command that cannot be recorded."""
+    ports = outcomes.ports
     try:
         command = normalize(
             message,
@@ -119,7 +162,7 @@ def _removed(
             service_id=getattr(message, "serviceId", None),
         )
     except ValueError as exc:
-        reason = ValueError(f"connection {name} does not exist, and {exc}")
+        reason = ValueError(f"connection {name} cannot send it, and {exc}")
         return outcomes.dead_letter_malformed(text, reason, queue_message_id, dequeue_count)
     assert command.messageId is not None
     record = ports.store.get(command.messageId)
@@ -130,5 +173,4 @@ def _removed(
         record = ports.store.create(fresh, slots) or ports.store.get(command.messageId)
         if record is None:
             raise RuntimeError(f"message {command.messageId} could not be recorded")
-    log.warning("message %s: connection %s removed; failed", record.message_id, name)
-    return outcomes.fail(record, failure.model_copy(update={"attempts": record.attempts}))
+    return record

@@ -277,6 +277,8 @@ class OutboundSender:
                     ),
                 )
             if now >= record.valid_until:
+                if record.pack_id is not None:  # no retry of its pack will announce the others
+                    self.packing.announce_listed(record.pack_id)
                 return self.outcomes.fail(record, self.outcomes.expired(record))
             # A setting the call needs broke after the message was accepted (or the command
             # was enqueued directly): it waits, unclaimed and without a quota slot.

@@ -351,6 +351,30 @@ def test_a_crash_between_the_members_records_and_their_events_sends_them_on_the_
     assert sorted({e["subject"] for e in sent}) == sorted(ids)
 
 
+def test_a_crashed_leader_that_comes_back_expired_still_announces_the_packs_members(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    from shared.outbound._ports import send_ports
+    from shared.settings import get_settings
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])
+    texts = [record(i).command for i in ids]
+    park(outbound)
+    events = send_ports(get_settings()).events
+    crash_once(monkeypatch, events, "send_message", "worker died before the events went out")
+    with pytest.raises(RuntimeError):
+        outbound.invoke(texts[0])
+    manual_clock.advance(get_settings().send_validity_seconds + 1)  # its copy comes back late
+    outbound.invoke(texts[0], dequeue_count=2)
+
+    assert len(outbound.upstream()) == 1  # not retried: expired
+    assert record(ids[0]).status is MessageStatus.FAILED
+    sent = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    # (an event that went out before the crash goes again, with the same id)
+    assert sorted({e["subject"] for e in sent}) == sorted(ids[1:])
+
+
 def test_a_member_upstream_rejects_fails_alone_and_the_rest_go_in_a_new_pack(
     outbound: Outbound,
 ) -> None:

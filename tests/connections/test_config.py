@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from shared.connections import connection_settings, connections, list_connections, route
+from shared.connections import (
+    ConnectionNotConfigured,
+    connection_settings,
+    connections,
+    list_connections,
+    route,
+)
 from tests.connections.conftest import (
     SECOND_CUSTOMER,
     SECOND_SERVICE,
@@ -158,3 +164,33 @@ def test_notification_rules_may_name_a_connection_the_app_has(two: TwoConnection
     ]
     [planned] = Notifier(get_settings()).plan(parse_object(alert), rules=[rule], dry_run=True).sends
     assert planned.command.Connection == "second"
+
+
+@pytest.mark.parametrize("raw_name", ["X" * 65, "SALES.EU", "-SALES"])
+def test_a_name_the_header_and_key_vault_cannot_carry_is_a_configuration_error(
+    two: TwoConnections, raw_name: str
+) -> None:
+    two.set_connection(raw_name, ACCESS_TOKEN="t3", CUSTOMERS="3001")
+    errors = health_errors()
+    prefix = f"SMARTDIALOG_CONNECTIONS__{raw_name}__"
+    assert sorted(e["field"] for e in errors) == [prefix + "ACCESS_TOKEN", prefix + "CUSTOMERS"]
+    assert all("a name is 1-64 letters" in e["message"] for e in errors), errors
+    with pytest.raises(ConnectionNotConfigured):  # its customers go nowhere else meanwhile
+        route(None, "3001")
+
+
+def test_a_connection_with_a_bad_setting_keeps_its_customer_and_answers_503(
+    two: TwoConnections,
+) -> None:
+    two.set_connection("THIRD", ACCESS_TOKEN="t3", CUSTOMER_ID="3001", QUOTA_CALLS="abc")
+    assert route(None, "3001") == "third"  # not the default account
+    sent = call_http(
+        "SendMessage",
+        "POST",
+        body={"Sender": "S", "Content": "x", "Recipients": [{"Address": "+358400000013"}]},
+        headers={"Customer-Id": "3001", "Service-Id": "s-3001"},
+    )
+    assert sent.status == 503, sent.body
+    assert any("QUOTA_CALLS" in e["field"] for e in sent.body["errors"]), sent.body
+    assert two.env.queued() == 0
+    assert two.env.upstream() == []

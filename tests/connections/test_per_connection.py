@@ -4,11 +4,13 @@ and message ids); a misconfigured connection's queued sends wait instead of fail
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 
+from shared.clock import ManualClock
 from shared.connections import CONNECTION_HEADER, connection_settings
-from shared.messages import idempotency_key_hash
+from shared.messages import MessageStatus, MessageStore, idempotency_key_hash
 from shared.outbound import OutboundSender, OutcomeKind
 from shared.outbound._models import parse_outbound_message, request_message_id
 from shared.outbound._records import pack_key
@@ -91,6 +93,38 @@ def test_a_misconfigured_connection_defers_its_sends_until_fixed(two: TwoConnect
     sent = OutboundSender.from_settings().process(text, queue_message_id="q1")
     assert sent.kind is OutcomeKind.SENT
     assert len(two.second_upstream()) == 1
+
+
+def test_a_send_waiting_for_its_misconfigured_connection_still_expires_with_its_event(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    valid_until = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC) + dt.timedelta(seconds=20)
+    text = json.dumps(
+        {
+            "operation": "SendMessage",
+            "messageId": "waits-too-long",
+            "Connection": "second",
+            "customerId": SECOND_CUSTOMER,
+            "serviceId": SECOND_SERVICE,
+            "validUntil": valid_until.isoformat(),
+            "body": sms("+358400000012"),
+        }
+    )
+    two.drop_connection("SECOND", "ACCESS_TOKEN")
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q2")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert waited.delay_seconds == 20  # back when its validity ends, not a minute later
+    record = MessageStore.from_settings().get("waits-too-long")
+    assert record is not None  # recorded on its first wait
+    assert record.status is MessageStatus.QUEUED
+
+    manual_clock.advance(21)
+    failed = OutboundSender.from_settings().process(text, queue_message_id="q2")
+    assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
+    assert two.second_upstream() == []
+    [event] = two.env.events()
+    assert event["type"] == "fi.arena.smartdialog.message.failed"
+    assert (event["data"]["error"]["code"], event["data"]["connection"]) == ("expired", "second")
 
 
 def test_the_operations_overview_shows_each_connections_quota(two: TwoConnections) -> None:
