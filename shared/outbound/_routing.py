@@ -89,9 +89,6 @@ def _misconfigured(
     record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
     if isinstance(record, SendOutcome):
         return record
-    if record.status.is_final:
-        outcomes.announce([record])
-        return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
     now = outcomes.ports.now()
     left = (record.valid_until - now).total_seconds()
     held = record.status is MessageStatus.SENDING and (record.lease_until or now) > now
@@ -135,9 +132,6 @@ def _removed(
     record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
     if isinstance(record, SendOutcome):
         return record
-    if record.status.is_final:
-        outcomes.announce([record])
-        return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
     log.warning("message %s: connection %s removed; failed", record.message_id, name)
     return outcomes.fail(record, failure.model_copy(update={"attempts": record.attempts}))
 
@@ -151,8 +145,9 @@ def _record_of(
     queue_message_id: str | None,
     dequeue_count: int | None,
 ) -> MessageRecord | SendOutcome:
-    """The record of a send its connection cannot take (recorded ``queued`` now if it has none
-    yet: a queue-only command), or the dead letter of a command that cannot be recorded."""
+    """The open record of a send its connection cannot take (recorded ``queued`` now if it has
+    none yet: a queue-only command), or what was done instead: a command that cannot be recorded
+    is dead-lettered, one that ended meanwhile (e.g. cancelled) is only announced."""
     ports = outcomes.ports
     try:
         command = normalize(
@@ -173,4 +168,7 @@ def _record_of(
         record = ports.store.create(fresh, slots) or ports.store.get(command.messageId)
         if record is None:
             raise RuntimeError(f"message {command.messageId} could not be recorded")
+    if record.status.is_final:
+        outcomes.announce([record])
+        return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
     return record

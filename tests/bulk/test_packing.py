@@ -323,9 +323,11 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
         assert done.upstream_message_id == calls[0]["response"]["MessageId"]
 
 
-def test_a_crash_between_the_members_records_and_their_events_sends_them_on_the_retry(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
-) -> None:
+def _crash_before_the_members_events(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str], list[str]]:
+    """Three packable sends whose leader's worker dies after the pack's call and the members'
+    records, before their events; their ids and queue texts."""
     from shared.outbound._ports import send_ports
     from shared.settings import get_settings
 
@@ -337,6 +339,13 @@ def test_a_crash_between_the_members_records_and_their_events_sends_them_on_the_
     crash_once(monkeypatch, events, "send_message", "worker died before the events went out")
     with pytest.raises(RuntimeError):
         outbound.invoke(texts[0])
+    return ids, texts
+
+
+def test_a_crash_between_the_members_records_and_their_events_sends_them_on_the_retry(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    ids, texts = _crash_before_the_members_events(outbound, monkeypatch)
     # The members are recorded sent and announced in one write; the leader is not recorded.
     assert [record(i).status for i in ids] == [MessageStatus.SENDING] + [MessageStatus.SENT] * 2
     assert all(record(i).announced for i in ids[1:])
@@ -354,17 +363,9 @@ def test_a_crash_between_the_members_records_and_their_events_sends_them_on_the_
 def test_a_crashed_leader_that_comes_back_expired_still_announces_the_packs_members(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
-    from shared.outbound._ports import send_ports
     from shared.settings import get_settings
 
-    waiting_for_a_slot(outbound)
-    ids = accept(*NUMBERS[:3])
-    texts = [record(i).command for i in ids]
-    park(outbound)
-    events = send_ports(get_settings()).events
-    crash_once(monkeypatch, events, "send_message", "worker died before the events went out")
-    with pytest.raises(RuntimeError):
-        outbound.invoke(texts[0])
+    ids, texts = _crash_before_the_members_events(outbound, monkeypatch)
     manual_clock.advance(get_settings().send_validity_seconds + 1)  # its copy comes back late
     outbound.invoke(texts[0], dequeue_count=2)
 
