@@ -217,6 +217,13 @@ def route(
     return DEFAULT_CONNECTION
 
 
+def claimed_by(customer_id: str) -> str | None:
+    """The named connection claiming ``customer_id``, if any (None: the default serves it).
+    A queued command that names no connection is routed with it."""
+    name = connections().claims.get(customer_id.strip())
+    return None if is_default(name) else name
+
+
 def connection_settings(name: str | None = None) -> Settings:
     """The settings of connection ``name`` (None: default): the app-wide settings overlaid
     with its own, ``.connection`` its name. Raises :class:`UnknownConnection` or

@@ -50,6 +50,7 @@ __all__ = [
     "request_fingerprint",
     "request_message_id",
     "text_connection",
+    "with_claimed_connection",
 ]
 
 #: Our message ids: UUIDs as we make them, or any caller-chosen id of this shape.
@@ -265,6 +266,19 @@ def command_connection(command: OutboundMessage | PackDriver) -> str | None:
 
     name = command.Connection
     return None if name is None or is_default(name) else connection_name(name)
+
+
+def with_claimed_connection(
+    message: OutboundMessage | PackDriver,
+) -> OutboundMessage | PackDriver:
+    """A send command that names no connection, as the connection claiming its ``customerId``
+    (the queue's routing, as an HTTP action's without the header); anything else unchanged."""
+    if isinstance(message, PackDriver) or message.Connection is not None or not message.customerId:
+        return message
+    from shared.connections import claimed_by
+
+    name = claimed_by(message.customerId)
+    return message if name is None else message.model_copy(update={"Connection": name})
 
 
 def derive_message_id(scope: str, key: str) -> str:

@@ -38,6 +38,7 @@ from shared.outbound._models import (
     parse_queue_message,
     request_fingerprint,
     request_message_id,
+    with_claimed_connection,
 )
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -125,6 +126,7 @@ class OutboundSender:
                 message = self._stored(message)
         except (ValidationError, ValueError) as exc:
             return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
+        message = with_claimed_connection(message)
         if (command_connection(message) or DEFAULT_CONNECTION) != self.ports.policy.connection:
             routed = through_connection(
                 self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count

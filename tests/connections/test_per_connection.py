@@ -72,6 +72,26 @@ def test_the_defaults_keys_are_unchanged_and_a_named_connections_differ(
     assert pack_key(plain) != pack_key(named)
 
 
+def test_a_queued_command_naming_no_connection_goes_through_the_one_claiming_its_customer(
+    two: TwoConnections,
+) -> None:
+    text = json.dumps(
+        {
+            "operation": "SendMessage",
+            "messageId": "by-customer",
+            "customerId": SECOND_CUSTOMER,
+            "serviceId": SECOND_SERVICE,
+            "body": sms("+358400000014"),
+        }
+    )
+    sent = OutboundSender.from_settings().process(text, queue_message_id="q3")
+    assert sent.kind is OutcomeKind.SENT
+    assert len(two.second_upstream()) == 1
+    assert two.env.upstream() == []  # never the default account
+    [event] = two.env.events()
+    assert event["data"]["connection"] == "second"
+
+
 def test_a_misconfigured_connection_defers_its_sends_until_fixed(two: TwoConnections) -> None:
     text = json.dumps(
         {
