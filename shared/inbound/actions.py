@@ -56,7 +56,6 @@ __all__ = [
     "notification_schema",
     "register_webhook",
     "registered_on",
-    "request_connection",
 ]
 
 TAG = "Inbound"
@@ -265,15 +264,9 @@ def _registration_doc(registration: WebhookRegistration) -> dict[str, Any]:
     ).model_dump(exclude_none=True)
 
 
-def request_connection(ctx: ActionContext) -> str:
-    """The SmartDialog connection an action works on (its webhooks and subscriptions belong to
-    it)."""
-    return ctx.connection
-
-
 def registered_on(ctx: ActionContext, service: str) -> list[WebhookRegistration]:
     """The webhook registrations of ``service`` on the request's connection."""
-    connection = request_connection(ctx)
+    connection = ctx.connection
     return [r for r in _registry(ctx.settings).list(service) if r.connection == connection]
 
 
@@ -284,7 +277,7 @@ def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> Webh
     from shared.smartdialog import WebhookAction, WebhookOptions
 
     nonce = new_nonce()  # this registration's own URL: unregistering it revokes only it
-    connection = request_connection(ctx)
+    connection = ctx.connection
     url = webhook_url(ctx.settings, service, nonce, connection=connection)
     result = ctx.client.new_message(
         WebhookAction(options=WebhookOptions(endpointUrl=url)),
@@ -322,7 +315,7 @@ def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
 
     registry = _registry(ctx.settings)
     known = registry.get(inp.service, inp.action_id)
-    if known is not None and known.connection != request_connection(ctx):
+    if known is not None and known.connection != ctx.connection:
         known = None  # another connection's: not this request's to remove
     pipeline_id = (known.pipeline_id if known else None) or inp.pipeline_id
     if pipeline_id is None:
@@ -364,7 +357,7 @@ def open_subscription(
         nonce=new_nonce(),
         kind=kind,
         states=states,
-        connection=request_connection(ctx),
+        connection=ctx.connection,
     )
     assert subscription.nonce is not None
     location = subscription_url(
