@@ -47,6 +47,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from bench._app import environment
+
 if TYPE_CHECKING:
     from bench.__main__ import FigureRow
 
@@ -187,22 +189,11 @@ def _distinct_event_ids(connection: str, name: str) -> tuple[int, int]:
 
 def _webhook_url(env: dict[str, str]) -> str:
     """Our signed webhook URL for :data:`SERVICE`, made by the app's own code."""
-    from shared.settings import get_settings, reset_settings_cache
+    from shared.inbound import new_nonce, webhook_url
+    from shared.settings import get_settings
 
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    reset_settings_cache()
-    try:
-        from shared.inbound import new_nonce, webhook_url
-
+    with environment(env):
         return webhook_url(get_settings(), SERVICE, new_nonce())
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        reset_settings_cache()
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -287,13 +278,10 @@ def processor_calls(env: dict[str, str], samples: int = CALL_SAMPLES) -> dict[st
     """The processor's storage round trips for each of ``samples`` ordinary events and as many
     replies that answer a question, counted in this process (module docstring)."""
     from shared.inbound import InboundProcessor
-    from shared.settings import get_settings, reset_settings_cache
+    from shared.settings import get_settings
     from shared.storage import count_round_trips
 
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    reset_settings_cache()
-    try:
+    with environment(env):
         counter = count_round_trips()  # before the processor builds its clients
         processor = InboundProcessor.from_settings(get_settings())
         processor.process(_intake("+358401000000", "warm up"))  # tables and queues exist
@@ -308,13 +296,6 @@ def processor_calls(env: dict[str, str], samples: int = CALL_SAMPLES) -> dict[st
             processor.process(_intake(number, "yes"))
             calls["answers a question"].append(sum((counter.snapshot() - before).values()))
         return calls
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        reset_settings_cache()
 
 
 def measure(
