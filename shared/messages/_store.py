@@ -228,6 +228,7 @@ class MessageStore:
         from concurrent.futures import ThreadPoolExecutor
 
         from azure.core import MatchConditions
+        from azure.core.exceptions import ServiceResponseError
         from azure.data.tables import TableTransactionError, UpdateMode
 
         ids = recipient_ids or {}
@@ -251,7 +252,10 @@ class MessageStore:
                 done = self.swap(record, recipient_ids=ids.get(record.message_id), **changes)
                 return [(indexes[0], done)]
             try:
-                results = self.table.submit_transaction(operations)
+                try:
+                    results = self.table.submit_transaction(operations)
+                except ServiceResponseError:
+                    results = self._answer_lost(operations, [items[i][0] for i in indexes])
             except TableTransactionError as exc:
                 if getattr(exc, "status_code", None) != 412:
                     raise
@@ -280,6 +284,26 @@ class MessageStore:
             for index, result in outcome:
                 done[index] = result
         return done
+
+    def _answer_lost(
+        self, operations: list[Any], records: list[MessageRecord]
+    ) -> list[Mapping[str, Any]]:
+        """The results of a transaction whose answer was lost (a connection reset under it;
+        the SDK does not retry a POST): it landed whole or not at all, which its first
+        record, read again, tells. Landed: each operation's new ETag, read again; not: it is
+        submitted once more (the ETags it names are still current)."""
+        first = records[0]
+        now = self.get(first.message_id)
+        if now is None or now.etag == first.etag:
+            return list(self.table.submit_transaction(operations))
+        ours, theirs = operations[0][1], now.to_entity()
+        if any(ours.get(k) != theirs.get(k) for k in ("Status", "UpdatedAt", "Attempts", "PackId")):
+            raise RuntimeError(f"message {first.message_id} changed under a lost transaction")
+        results: list[Mapping[str, Any]] = []
+        for op in operations:
+            entity = self.table.get_entity(op[1]["PartitionKey"], op[1]["RowKey"])
+            results.append({"etag": entity.metadata["etag"]})
+        return results
 
     def ensure_slots(self, slots: list[RecipientSlot]) -> None:
         """Write the slots a large message's :meth:`create` may not have finished (idempotent)."""

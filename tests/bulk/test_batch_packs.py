@@ -555,3 +555,32 @@ def test_swap_many_writes_members_together_and_only_the_changed_one_loses(
     assert [record(i).attempts for i in ids] == [5, 7, 5]
     again = store.swap_many([(d, {"attempts": 6}) for d in done if d is not None])
     assert [d is not None for d in again] == [True, True]  # the new ETags were handed back
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["after-it-landed", "before-it-landed"])
+def test_swap_many_whose_answer_is_lost_to_a_reset_connection_still_hands_back_the_records(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    from azure.core.exceptions import ServiceResponseError
+
+    ids = member_ids(accepted_batch(*NUMBERS[:3]))
+    store = MessageStore.from_settings()
+    submit = store.table.submit_transaction
+    resets: list[int] = []
+
+    def reset_once(operations: Any, **kwargs: Any) -> Any:
+        if not resets:
+            resets.append(len(operations))
+            if landed:
+                submit(operations, **kwargs)
+            raise ServiceResponseError("Connection aborted: reset by peer")
+        return submit(operations, **kwargs)
+
+    monkeypatch.setattr(store.table, "submit_transaction", reset_once)
+    done = store.swap_many([(record(i), {"attempts": 5}) for i in ids])
+
+    assert resets == [3]
+    assert [d is not None and d.attempts for d in done] == [5, 5, 5]
+    assert [record(i).attempts for i in ids] == [5, 5, 5]
+    again = store.swap_many([(d, {"attempts": 6}) for d in done if d is not None])
+    assert [d is not None for d in again] == [True, True, True]  # their ETags are current
