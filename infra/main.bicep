@@ -91,6 +91,9 @@ param smartDialogSendLeaseSeconds string = ''
 @description('SMARTDIALOG_PACK_MAX_RECIPIENTS: most recipients the sender packs into one upstream call (1 to 1000).')
 param smartDialogPackMaxRecipients string = ''
 
+@description('SMARTDIALOG_LANE_BACKSTOP_SECONDS: how long the queue message of a packable send waits, invisible, behind the message that leads its lane (0: every message visible at once).')
+param smartDialogLaneBackstopSeconds string = ''
+
 @description('SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS: the longest Retry-After of a pending status (the answer is the sender estimate: about 1 s while the quota has room).')
 param smartDialogSendStatusRetryAfterSeconds string = ''
 
@@ -205,6 +208,7 @@ var smartDialogSettings = union(
   empty(smartDialogCallbackAllowedHosts) ? {} : { SMARTDIALOG_CALLBACK_ALLOWED_HOSTS: smartDialogCallbackAllowedHosts },
   empty(smartDialogCallbackTimeoutSeconds) ? {} : { SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS: smartDialogCallbackTimeoutSeconds },
   empty(smartDialogPackMaxRecipients) ? {} : { SMARTDIALOG_PACK_MAX_RECIPIENTS: smartDialogPackMaxRecipients },
+  empty(smartDialogLaneBackstopSeconds) ? {} : { SMARTDIALOG_LANE_BACKSTOP_SECONDS: smartDialogLaneBackstopSeconds },
   empty(smartDialogOpsAllowedGroups) ? {} : { SMARTDIALOG_OPS_ALLOWED_GROUPS: smartDialogOpsAllowedGroups },
   empty(smartDialogOpsAllowedRoles) ? {} : { SMARTDIALOG_OPS_ALLOWED_ROLES: smartDialogOpsAllowedRoles }
 )

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     send_quota_wait_seconds: float = Field(
         1.0, alias="SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS", ge=0, le=10
     )
+    # How long a lane member's queue message waits, invisible, behind its lane's trigger.
+    lane_backstop_seconds: int = Field(
+        300, alias="SMARTDIALOG_LANE_BACKSTOP_SECONDS", ge=0, le=3600
+    )
     # At most 1,000: a pack's record (members, recipient ids) must fit in one Table entity.
     pack_max_recipients: int = Field(500, alias="SMARTDIALOG_PACK_MAX_RECIPIENTS", ge=1, le=1000)
     # The longest Retry-After of a pending status; the answer is the sender's estimate.

@@ -19,6 +19,7 @@ from shared.messages import MessageStore, PackStore
 from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import AttemptGate, Upstream
 from shared.outbound._quota_wait import QuotaWait, quota_wait
+from shared.outbound._records import backstop_seconds
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -45,6 +46,8 @@ class SendPolicy:
     customer_id: str | None
     service_id: str | None
     pack_max_recipients: int
+    #: How long after its accept a lane member's backstop copy comes (0: every copy at once).
+    lane_backstop: dt.timedelta
     #: The settings a send needs that are broken (names only, never values): callback secrets,
     #: the public URL. While any is, messages are deferred, not sent (see
     #: :func:`shared.health.settings_errors`).
@@ -67,6 +70,7 @@ class SendPolicy:
             customer_id=settings.customer_id,
             service_id=settings.service_id,
             pack_max_recipients=settings.pack_max_recipients,
+            lane_backstop=dt.timedelta(seconds=backstop_seconds(settings)),
             broken_settings=tuple(dict.fromkeys(e.field for e in settings_errors(settings))),
             connection=settings.connection,
         )

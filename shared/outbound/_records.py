@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
+import threading
 from typing import TYPE_CHECKING
 
 from shared.callback_urls import delivery_report_url
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from shared.storage import PayloadStore
 
 __all__ = [
+    "LaneTriggers",
+    "backstop_seconds",
     "command_addresses",
     "command_text",
     "new_record",
@@ -214,3 +218,52 @@ def with_delivery_report_url(
         settings, report_id or command.messageId, valid_until=command.validUntil
     )
     return command.model_copy(update={"body": body.model_copy(update={"DlrUrl": ours})})
+
+
+# --- lane triggers (docs/sending.md, "Lanes") -----------------------------------------------------
+
+#: At most one trigger a second per lane and process; a send relies on a trigger that becomes
+#: visible at least this much later than it is accepted (its record is written by then).
+TRIGGER_SPACING = dt.timedelta(seconds=1)
+TRIGGER_AHEAD = dt.timedelta(seconds=0.5)
+
+
+def backstop_seconds(settings: Settings) -> int:
+    """How long a lane member's queue message stays invisible when it is not its lane's trigger:
+    ``SMARTDIALOG_LANE_BACKSTOP_SECONDS``, at most half the send's validity (0: never)."""
+    return int(min(settings.lane_backstop_seconds, settings.send_validity_seconds / 2))
+
+
+class LaneTriggers:
+    """Which new lane members' queue messages lead their lane (one process's plan).
+
+    A packable send's message is visible at once, or within about a second, only when it is
+    its lane's next *trigger*: a copy that leads the pack of every queued member of the lane
+    and sweeps the rest (see :meth:`shared.outbound._packing.IndexPacks.sweep`). A send accepted
+    while a trigger of its lane is planned at least :data:`TRIGGER_AHEAD` later relies on that
+    trigger, and its own message becomes visible only after the backstop: if the trigger never
+    comes, that message sends it, as every message did before lanes had triggers.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[str, dt.datetime] = {}
+        self._lock = threading.Lock()
+
+    def plan(self, lane: str, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+        """(the visibility delay of the new message in whole seconds, or -1 when it relies on
+        the trigger due at the second value; that time for a new trigger is planned here)."""
+        with self._lock:
+            due = self._due.get(lane)
+            if due is not None and due >= now + TRIGGER_AHEAD:
+                return -1, due
+            at = now if due is None else max(now, due + TRIGGER_SPACING)
+            delay = math.ceil((at - now).total_seconds())  # the queue counts whole seconds
+            if len(self._due) > 4096:  # lanes of minutes long past
+                self._due = {k: v for k, v in self._due.items() if v > now - TRIGGER_SPACING}
+            self._due[lane] = now + dt.timedelta(seconds=delay)
+            return delay, None
+
+    def forget(self, lane: str) -> None:
+        """The planned trigger of ``lane`` was not enqueued after all."""
+        with self._lock:
+            self._due.pop(lane, None)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from shared import telemetry
-from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack
+from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, in_lane
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
@@ -195,7 +195,8 @@ class OutboundSender:
             else:
                 claimed = self._create_claimed(command)
                 if claimed is not None:
-                    return self._take_slot_and_send(claimed, command, before=MessageStatus.QUEUED)
+                    sent = self._take_slot_and_send(claimed, command, before=MessageStatus.QUEUED)
+                    return self._then_sweep(claimed, sent)
             # A record appeared meanwhile (another copy, or another message with this id).
             record = self.ports.store.get(command.messageId)
             if record is None:
@@ -208,9 +209,21 @@ class OutboundSender:
                 dequeue_count,
                 fails_record=False,
             )
-        outcome = self._advance(record, command)
-        if record.pack_key is not None and (outcome.detail or "").startswith("pack "):
-            self.packing.sweep(record, self._advance)  # the next packs of its key
+        return self._then_sweep(record, self._advance(record, command))
+
+    def _then_sweep(self, record: MessageRecord, outcome: SendOutcome) -> SendOutcome:
+        """Lead the next packs of ``record``'s key after it led a pack, or after its message,
+        a lane's trigger, was sent or found it final while its lane was young (younger than its
+        backstop: members accepted meanwhile rely on this copy; docs/sending.md, "Lanes")."""
+        if record.pack_key is None:
+            return outcome
+        backstop = self.ports.policy.lane_backstop
+        if (outcome.detail or "").startswith("pack ") or (
+            outcome.kind in (OutcomeKind.SENT, OutcomeKind.ACKNOWLEDGED)
+            and in_lane(record.message_id)
+            and self.ports.now() - record.created_at < backstop
+        ):
+            self.packing.sweep(record, self._advance)
         return outcome
 
     def _stored(self, stored: StoredCommand) -> OutboundMessage:

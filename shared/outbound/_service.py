@@ -29,6 +29,7 @@ from shared.messages import (
     idempotency_key_hash,
     in_lane,
     lane_message_id,
+    message_keys,
 )
 from shared.names import DEFAULT_CONNECTION, EVENTS_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._models import (
@@ -38,6 +39,8 @@ from shared.outbound._models import (
     request_fingerprint,
 )
 from shared.outbound._records import (
+    LaneTriggers,
+    backstop_seconds,
     command_text,
     new_record,
     normalize,
@@ -91,6 +94,7 @@ class SendService:
         self._suppressions = suppressions
         self._clock = clock
         self.packs = PackStore.from_settings(settings)
+        self.triggers = LaneTriggers()
         self._payloads: PayloadStore | None = None
 
     # --- accept --------------------------------------------------------------------------------
@@ -188,7 +192,7 @@ class SendService:
                 if key_hash is not None and not replay:
                     self.idempotency.release(key_hash, message_id)
                 raise
-            outbound_queue(self.settings).send_message(self._queued(text, message_id))
+            relied = self._enqueue_new(text, message_id, now)
             fresh, slots = new_record(
                 command,
                 now=now,
@@ -200,6 +204,10 @@ class SendService:
             if record is not None and record.pack_key and not in_lane(record.message_id):
                 self.packs.index([record])  # any leader may pack it from now on
             assert record is not None, "a record that exists cannot vanish"
+            if relied is not None and self._clock() >= relied:
+                # The trigger it relies on may have read the lane before this record was
+                # written: a copy visible at once leads it instead (a second copy is harmless).
+                outbound_queue(self.settings).send_message(self._queued(text, message_id))
         elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self._pending(record, status=202)
@@ -210,6 +218,26 @@ class SendService:
         service = getattr(command, "serviceId", None) or self.settings.service_id
         key = pack_key(command.model_copy(update={"customerId": customer, "serviceId": service}))
         return str(uuid.uuid4()) if key is None else lane_message_id(key, now)
+
+    def _enqueue_new(self, text: str, message_id: str, now: dt.datetime) -> dt.datetime | None:
+        """Put a new send's command on the queue. A lane member's message is visible at once
+        (or within a second) when it is its lane's next trigger; else it is the backstop, visible
+        ``SMARTDIALOG_LANE_BACKSTOP_SECONDS`` later, of the trigger returned (docs/sending.md,
+        "Lanes")."""
+        queued, queue = self._queued(text, message_id), outbound_queue(self.settings)
+        backstop = backstop_seconds(self.settings)
+        if backstop <= 0 or not in_lane(message_id):
+            queue.send_message(queued)
+            return None
+        lane = message_keys(message_id)[0]
+        delay, relied = self.triggers.plan(lane, now)
+        try:
+            queue.send_message(queued, visibility_timeout=backstop if delay < 0 else delay)
+        except BaseException:
+            if relied is None:
+                self.triggers.forget(lane)
+            raise
+        return relied
 
     def _queued(self, text: str, message_id: str) -> str:
         """The queue message of the command ``text``: itself, or by reference when large."""

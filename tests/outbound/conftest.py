@@ -148,11 +148,17 @@ class Outbound:
         self.invocations += 1
         sender_function()(message)
 
-    def run_once(self, *, visibility: int = 30) -> int:
-        """One host poll: invoke the function for every visible message, delete the ones that
-        returned normally. Returns how many were taken."""
+    def run_once(self, *, visibility: int = 30, limit: int | None = None) -> int:
+        """One host poll: invoke the function for every visible message (at most ``limit``),
+        delete the ones that returned normally. Returns how many were taken."""
         queue = queue_client(OUTBOUND_QUEUE)
-        taken = list(queue.receive_messages(messages_per_page=16, visibility_timeout=visibility))
+        taken = list(
+            queue.receive_messages(
+                messages_per_page=min(16, limit or 16),
+                visibility_timeout=visibility,
+                max_messages=limit,
+            )
+        )
         for message in taken:
             self.invoke(message.content, message_id=message.id, dequeue_count=message.dequeue_count)
             queue.delete_message(message)
@@ -213,6 +219,9 @@ def _wire(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, server: SandboxServ
         QUOTA_SAFETY_MARGIN_SECONDS=0.25,
         SEND_RETRY_BASE_SECONDS=0,
         SEND_MAX_ATTEMPTS=4,
+        # Every lane member's message visible at once, as drain() expects; the lane triggers
+        # and their backstop are tested in tests/outbound/test_lane_triggers.py.
+        LANE_BACKSTOP_SECONDS=0,
     )
     for name in (OUTBOUND_QUEUE, EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE):
         queue = queue_client(name)
