@@ -56,6 +56,7 @@ from shared.messages._records import (
     in_lane,
     lane_message_id,
     lane_partition,
+    lane_time,
     message_keys,
     text_connection,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "is_pack_id",
     "lane_message_id",
     "lane_partition",
+    "lane_time",
     "match_answer",
     "message_keys",
     "new_pack_id",

@@ -99,6 +99,15 @@ def in_lane(message_id: str) -> bool:
     return _LANE_MEMBER_ID.match(message_id) is not None
 
 
+def lane_time(message_id: str) -> dt.datetime | None:
+    """When a lane member was accepted (its id says; its lane is that time's minute), or None
+    for an id of another shape."""
+    match = _LANE_MEMBER_ID.match(message_id)
+    if match is None:
+        return None
+    return dt.datetime.fromtimestamp(int(match.group(2)[:17]) / 1_000_000, dt.UTC)
+
+
 def message_keys(message_id: str) -> tuple[str, str]:
     """(PartitionKey, RowKey prefix) of a message's rows: its own partition and no prefix, or,
     for a bulk member, its batch's partition of its row and ``<row>.``; for a lane's, the lane

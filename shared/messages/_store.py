@@ -49,6 +49,14 @@ def _changed(
     return replace(record, **changes)
 
 
+def _is_ours(written: Mapping[str, Any], record: MessageRecord | None) -> bool:
+    """Whether ``record`` (read again) is what the entity ``written`` made it."""
+    if record is None:
+        return False
+    now = record.to_entity()
+    return all(written.get(k) == now.get(k) for k in ("Status", "UpdatedAt", "Attempts", "PackId"))
+
+
 def _slot_merges(
     record: MessageRecord, recipient_ids: Mapping[int, str | None] | None
 ) -> list[dict[str, Any]]:
@@ -289,20 +297,34 @@ class MessageStore:
         self, operations: list[Any], records: list[MessageRecord]
     ) -> list[Mapping[str, Any]]:
         """The results of a transaction whose answer was lost (a connection reset under it;
-        the SDK does not retry a POST): it landed whole or not at all, which its first
-        record, read again, tells. Landed: each operation's new ETag, read again; not: it is
-        submitted once more (the ETags it names are still current)."""
+        the SDK does not retry a POST). It landed whole or not at all, which its first record,
+        read again, tells: landed, each record's new ETag is read (a record changed by someone
+        else since is an error, as a lost race would be); not (yet), it is submitted once more,
+        and if that loses a compare-and-swap to the first one landing late, that is found too."""
+        from azure.data.tables import TableTransactionError
+
         first = records[0]
-        now = self.get(first.message_id)
-        if now is None or now.etag == first.etag:
-            return list(self.table.submit_transaction(operations))
-        ours, theirs = operations[0][1], now.to_entity()
-        if any(ours.get(k) != theirs.get(k) for k in ("Status", "UpdatedAt", "Attempts", "PackId")):
+        current = self.get(first.message_id)
+        if current is None or current.etag == first.etag:
+            try:
+                return list(self.table.submit_transaction(operations))
+            except TableTransactionError as exc:
+                if getattr(exc, "status_code", None) != 412 or not _is_ours(
+                    operations[0][1], self.get(first.message_id)
+                ):
+                    raise
+        elif not _is_ours(operations[0][1], current):
             raise RuntimeError(f"message {first.message_id} changed under a lost transaction")
         results: list[Mapping[str, Any]] = []
-        for op in operations:
-            entity = self.table.get_entity(op[1]["PartitionKey"], op[1]["RowKey"])
-            results.append({"etag": entity.metadata["etag"]})
+        for _, entity, _ in operations:
+            if "Status" not in entity:  # a slot's merge: its ETag is not used
+                results.append({})
+                continue
+            record = self.get(str(entity["MessageId"]))
+            if not _is_ours(entity, record):
+                raise RuntimeError(f"message {entity['MessageId']} changed after a lost answer")
+            assert record is not None
+            results.append({"etag": record.etag})
         return results
 
     def ensure_slots(self, slots: list[RecipientSlot]) -> None:

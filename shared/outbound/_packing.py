@@ -29,6 +29,7 @@ from shared.messages import (
     in_lane,
     index_row_key,
     lane_partition,
+    lane_time,
     message_keys,
     new_pack_id,
 )
@@ -108,24 +109,27 @@ class IndexPacks:
         self,
         led: MessageRecord,
         lead: Callable[[MessageRecord, OutboundMessage], SendOutcome],
-    ) -> None:
-        """After ``led`` led a pack: lead further packs of its key (``lead``: the sender's path
-        for a recorded message) while messages that were never attempted wait in its index or
-        lanes; a message that cannot lead (claimed, backing off) ends the sweep."""
+        *,
+        report: bool = False,
+    ) -> tuple[MessageRecord, OutboundMessage] | None:
+        """After ``led`` led a pack (or a lane's trigger came): lead further packs of its key
+        (``lead``: the sender's path for a recorded message) while messages that were never
+        attempted wait in its index or lanes. A message that cannot lead now (claimed, backing
+        off, deferred: its copy is back on the queue) ends the sweep. With ``report``, the
+        next message that still waits when the sweep stopped for the quota or its limits."""
         from time import monotonic
 
         ends = monotonic() + SWEEP_SECONDS
         for _ in range(SWEEP_PACKS):
             if monotonic() > ends or self.ports.quota_wait.hint() > 0:
-                return
+                break
             next_one = self._next_leader(led)
             if next_one is None:
-                return
+                return None
             outcome = lead(*next_one)
-            if outcome.kind is not OutcomeKind.SENT or not (outcome.detail or "").startswith(
-                "pack "
-            ):
-                return
+            if outcome.kind not in (OutcomeKind.SENT, OutcomeKind.FAILED):
+                return None
+        return self._next_leader(led) if report else None
 
     def _next_leader(self, led: MessageRecord) -> tuple[MessageRecord, OutboundMessage] | None:
         """The oldest message of ``led``'s key that was never attempted, with its command: in
@@ -134,9 +138,9 @@ class IndexPacks:
         key = led.pack_key
         assert key is not None
         found: MessageRecord | None = None
-        if in_lane(led.message_id):
+        if (accepted := lane_time(led.message_id)) is not None:
             minute = dt.timedelta(minutes=1)
-            at, now = led.created_at, self.ports.now()
+            at, now = accepted, self.ports.now()
             for _ in range(SWEEP_LANES):
                 waiting = self.ports.store.lane_queued(lane_partition(key, at), 1)
                 if waiting or at > now:
@@ -227,8 +231,9 @@ class IndexPacks:
         own_row = "" if lane else index_row_key(leader)
         if lane:  # lanes are their own index: the queued records of the leader's minute's
             waiting: list[MessageRecord] = []  # lane and its neighbours', oldest first
+            accepted = lane_time(leader.message_id) or leader.created_at
             for shift in (-1, 0, 1):
-                at = leader.created_at + dt.timedelta(minutes=shift)
+                at = accepted + dt.timedelta(minutes=shift)
                 if room := limit + 64 - len(waiting):
                     waiting += self.ports.store.lane_queued(lane_partition(key, at), room)
             rows = [IndexEntry(key, "", r.message_id, r.recipient_count) for r in waiting]

@@ -263,6 +263,13 @@ class LaneTriggers:
             self._due[lane] = now + dt.timedelta(seconds=delay)
             return delay, None
 
+    def coming(self, lane: str, at: dt.datetime) -> bool:
+        """Whether a trigger of ``lane`` is planned to become visible after ``at`` (a record
+        written at ``at`` is read by it)."""
+        with self._lock:
+            due = self._due.get(lane)
+            return due is not None and due > at
+
     def forget(self, lane: str) -> None:
         """The planned trigger of ``lane`` was not enqueued after all."""
         with self._lock:

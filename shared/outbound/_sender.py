@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from shared import telemetry
-from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, in_lane
+from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lane_time
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
@@ -212,18 +212,26 @@ class OutboundSender:
         return self._then_sweep(record, self._advance(record, command))
 
     def _then_sweep(self, record: MessageRecord, outcome: SendOutcome) -> SendOutcome:
-        """Lead the next packs of ``record``'s key after it led a pack, or after its message,
-        a lane's trigger, was sent or found it final while its lane was young (younger than its
-        backstop: members accepted meanwhile rely on this copy; docs/sending.md, "Lanes")."""
+        """Lead the next packs of ``record``'s key after it led a pack, or after a copy of a
+        lane member came while its lane is young (accepted less than the backstop ago: members
+        accepted meanwhile may rely on this copy, a trigger; docs/sending.md, "Lanes") and its
+        record ended or was sent. A young lane's sweep that stops while members still wait (the
+        quota, its limits) puts the next one's message back on the queue: they must not wait
+        for their backstops."""
         if record.pack_key is None:
             return outcome
-        backstop = self.ports.policy.lane_backstop
-        if (outcome.detail or "").startswith("pack ") or (
-            outcome.kind in (OutcomeKind.SENT, OutcomeKind.ACKNOWLEDGED)
-            and in_lane(record.message_id)
-            and self.ports.now() - record.created_at < backstop
-        ):
-            self.packing.sweep(record, self._advance)
+        accepted = lane_time(record.message_id)
+        young = (
+            accepted is not None and self.ports.now() - accepted < self.ports.policy.lane_backstop
+        )
+        final = outcome.kind in (OutcomeKind.SENT, OutcomeKind.ACKNOWLEDGED, OutcomeKind.FAILED)
+        if not (outcome.detail or "").startswith("pack ") and not (young and final):
+            return outcome
+        waiting = self.packing.sweep(record, self._advance, report=young)
+        if waiting is not None:
+            member, command = waiting
+            delay = self.ports.quota_wait.come_back_in(self.ports.quota_wait.hint(), packable=True)
+            self.outcomes.requeue(command, member.attempts, delay, OutcomeKind.DEFERRED, "lane")
         return outcome
 
     def _stored(self, stored: StoredCommand) -> OutboundMessage:

@@ -7,6 +7,7 @@ HTTP answers. Every function raises :class:`~shared.problems.Problem` for caller
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ __all__ = [
     "SendService",
     "StatusView",
 ]
+
+log = logging.getLogger("shared.outbound.service")
 
 #: A record of the previous release (written before its enqueue) still ``accepted`` this long
 #: after its last change lost its enqueue to a crash; the next status poll or re-POST enqueues
@@ -204,10 +207,8 @@ class SendService:
             if record is not None and record.pack_key and not in_lane(record.message_id):
                 self.packs.index([record])  # any leader may pack it from now on
             assert record is not None, "a record that exists cannot vanish"
-            if relied is not None and self._clock() >= relied:
-                # The trigger it relies on may have read the lane before this record was
-                # written: a copy visible at once leads it instead (a second copy is harmless).
-                outbound_queue(self.settings).send_message(self._queued(text, message_id))
+            if relied is not None and not self.triggers.coming(relied, self._clock()):
+                self._lead_at_once(text, message_id)
         elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self._pending(record, status=202)
@@ -219,11 +220,11 @@ class SendService:
         key = pack_key(command.model_copy(update={"customerId": customer, "serviceId": service}))
         return str(uuid.uuid4()) if key is None else lane_message_id(key, now)
 
-    def _enqueue_new(self, text: str, message_id: str, now: dt.datetime) -> dt.datetime | None:
+    def _enqueue_new(self, text: str, message_id: str, now: dt.datetime) -> str | None:
         """Put a new send's command on the queue. A lane member's message is visible at once
-        (or within a second) when it is its lane's next trigger; else it is the backstop, visible
-        ``SMARTDIALOG_LANE_BACKSTOP_SECONDS`` later, of the trigger returned (docs/sending.md,
-        "Lanes")."""
+        (or within about a second) when it is its lane's next trigger; else it is its backstop,
+        visible ``SMARTDIALOG_LANE_BACKSTOP_SECONDS`` later, and the lane whose planned trigger
+        it relies on is returned (docs/sending.md, "Lanes")."""
         queued, queue = self._queued(text, message_id), outbound_queue(self.settings)
         backstop = backstop_seconds(self.settings)
         if backstop <= 0 or not in_lane(message_id):
@@ -237,7 +238,18 @@ class SendService:
             if relied is None:
                 self.triggers.forget(lane)
             raise
-        return relied
+        return None if relied is None else lane
+
+    def _lead_at_once(self, text: str, message_id: str) -> None:
+        """A second message, visible at once, for a recorded lane member whose record was
+        written after the trigger it relied on came (or whose trigger was never enqueued):
+        that trigger may have read the lane before. Best effort: its backstop is queued."""
+        try:
+            outbound_queue(self.settings).send_message(self._queued(text, message_id))
+        except Exception:  # the send is accepted: its backstop leads it later
+            log.warning("message %s: its lane's trigger may have missed it, and a message "
+                        "to lead it now could not be queued; its backstop will", message_id,
+                        exc_info=True)  # fmt: skip
 
     def _queued(self, text: str, message_id: str) -> str:
         """The queue message of the command ``text``: itself, or by reference when large."""

@@ -43,9 +43,13 @@ def test_a_trigger_that_was_not_enqueued_is_forgotten() -> None:
     triggers.plan("lane", at(0))
     assert triggers.plan("lane", at(0.1)) == (1, None)
 
+    assert triggers.coming("lane", at(0.9))  # a record written now is read by it
+    assert not triggers.coming("lane", at(1.2))  # it may have come already
+
     triggers.forget("lane")  # its enqueue failed
 
-    assert triggers.plan("lane", at(0.2)) == (0, None)  # nobody may rely on it
+    assert not triggers.coming("lane", at(0.2))  # who relied on it gets a message of its own
+    assert triggers.plan("lane", at(0.2)) == (0, None)  # and nobody relies on it from now
 
 
 _content = ["Hello $(name)"]
@@ -172,3 +176,24 @@ def test_a_send_whose_record_was_written_after_its_trigger_came_gets_a_message_o
     assert outbound.queued() == 4  # its backstop and a message visible at once
     bodies = [m.content for m in queue_client(OUTBOUND_QUEUE).peek_messages(max_messages=32)]
     assert sum(late in body for body in bodies) == 1
+
+
+def test_a_young_lanes_sweep_that_stops_at_its_limit_puts_the_next_member_back_on_the_queue(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import _packing
+
+    outbound.configure(LANE_BACKSTOP_SECONDS=120, PACK_MAX_RECIPIENTS=2)
+    monkeypatch.setattr(_packing, "SWEEP_PACKS", 1)  # a sweep of one pack
+    ids = accept(*NUMBERS[:6])
+
+    assert outbound.run_once(limit=1) == 1  # the first trigger: its pack, then one more
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [2, 2]
+    waiting = [i for i in ids if record(i).status is MessageStatus.QUEUED]
+    assert len(waiting) == 2
+    bodies = [m.content for m in queue_client(OUTBOUND_QUEUE).peek_messages(max_messages=32)]
+    # One of them is visible now (not its backstop: that comes in 120 s).
+    assert sum(any(w in body for w in waiting) for body in bodies) == 1
+    outbound.run_once()
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
