@@ -182,13 +182,25 @@ class IndexPacks:
 
         Only the pack's first member that is not final retries it (the others' copies wait and
         are acknowledged once it is sent), and not before the pack's backoff ends. A pack that
-        was never recorded never reached upstream: the message leaves it and goes on alone.
+        was never recorded never reached upstream (its leader died between the claims and the
+        pack's row): the message leaves it, its claim handed back uncounted, so that it packs
+        again (called only once that claim's lease is over).
         """
         assert record.pack_id is not None
         pack = self.ports.packs.get(record.pack_id)
         if pack is None:
-            left = self.ports.store.swap(record, pack_id=None, updated_at=now)
-            return None, left or (self.ports.store.get(record.message_id) or record)
+            if record.status is not MessageStatus.SENDING:
+                left = self.ports.store.swap(record, pack_id=None, updated_at=now)
+                return None, left or (self.ports.store.get(record.message_id) or record)
+            back = self.ports.store.swap(
+                record, status=MessageStatus.QUEUED, pack_id=None, lease_until=None,
+                attempts=max(0, record.attempts - 1), updated_at=now,
+            )  # fmt: skip
+            # Back in a moment, when the other members' copies have handed theirs back too:
+            # then one of them leads a pack of them all.
+            return self.outcomes.requeue(
+                command, (back or record).attempts, 1.0, OutcomeKind.DEFERRED, "pack-lost"
+            ), back or record
         if record.next_attempt_at is not None and record.next_attempt_at > now:
             delay = (record.next_attempt_at - now).total_seconds()
             return self.outcomes.requeue(

@@ -323,6 +323,29 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
         assert done.upstream_message_id == calls[0]["response"]["MessageId"]
 
 
+def test_members_of_a_pack_whose_leader_died_before_recording_it_pack_again(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    ids = accept(*NUMBERS[:4])
+    texts = [record(i).command for i in ids]
+    crash_once(monkeypatch, PackStore, "save", "worker died between the claims and the pack")
+    with pytest.raises(RuntimeError):
+        outbound.invoke(texts[0])
+    assert {record(i).status for i in ids} == {MessageStatus.SENDING}
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claims run out
+    for text in texts[1:]:  # the members' copies: no call was made for them, they wait again
+        outbound.invoke(text, dequeue_count=2)
+    assert {record(i).status for i in ids[1:]} == {MessageStatus.QUEUED}
+    outbound.invoke(texts[0], dequeue_count=2)  # the leader's claim: perhaps called, alone
+    manual_clock.advance(2)
+    outbound.drain()  # the members' copies, back a second later: one leads the others
+
+    calls = outbound.upstream()
+    assert sorted(len(c["body"]["Recipients"]) for c in calls) == [1, 3]  # packed again
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    assert {record(i).attempts for i in ids[1:]} == {1}  # the lost claim was not an attempt
+
+
 def _crash_before_the_members_events(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[str], list[str]]:
