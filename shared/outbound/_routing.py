@@ -83,7 +83,7 @@ def _misconfigured(
     )
     delay = CONFIGURATION_RECHECK_SECONDS
     if isinstance(message, PackDriver):
-        return outcomes.requeue_driver(message, delay, OutcomeKind.DEFERRED, "configuration")
+        return _driver_waits(outcomes, message, delay)
     # Recorded on its first wait (a queue-only command has no record yet), so that its
     # validity counts from when it was first seen, as on the sender's own path.
     record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
@@ -99,6 +99,27 @@ def _misconfigured(
     return outcomes.requeue(
         copy, message.attempts, min(delay, left), OutcomeKind.DEFERRED, "configuration"
     )
+
+
+def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float) -> SendOutcome:
+    """A bulk pack's driver waits for its misconfigured connection as its members would: the
+    members whose validity ended fail ``expired`` (with their events; a claim still held ends
+    first), and the driver comes back by the next member's validity end, or is acknowledged
+    once no member is left open."""
+    ports = outcomes.ports
+    pack = ports.packs.get(driver.packId)
+    members = ports.store.get_many(pack.member_ids) if pack is not None else {}
+    now = ports.now()
+    open_ = [r for r in members.values() if not r.status.is_final]
+    held = [r for r in open_ if r.status is MessageStatus.SENDING and (r.lease_until or now) > now]
+    expired = [r for r in open_ if now >= r.valid_until and r not in held]
+    outcomes.fail_many([(r, outcomes.expired(r)) for r in expired])
+    left = [r for r in open_ if r not in expired]
+    if not left:
+        return SendOutcome(OutcomeKind.ACKNOWLEDGED, driver.packId, detail="configuration")
+    soonest = min((r.valid_until - now).total_seconds() for r in left)
+    wait = min(delay, max(soonest, 1.0))
+    return outcomes.requeue_driver(driver, wait, OutcomeKind.DEFERRED, "configuration")
 
 
 def _removed(

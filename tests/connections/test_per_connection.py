@@ -11,6 +11,7 @@ import json
 from shared.clock import ManualClock
 from shared.connections import CONNECTION_HEADER, connection_settings
 from shared.messages import MessageStatus, MessageStore, idempotency_key_hash
+from shared.names import OUTBOUND_QUEUE
 from shared.outbound import OutboundSender, OutcomeKind
 from shared.outbound._models import parse_outbound_message, request_message_id
 from shared.outbound._records import pack_key
@@ -145,6 +146,39 @@ def test_a_send_waiting_for_its_misconfigured_connection_still_expires_with_its_
     [event] = two.env.events()
     assert event["type"] == "fi.arena.smartdialog.message.failed"
     assert (event["data"]["error"]["code"], event["data"]["connection"]) == ("expired", "second")
+
+
+def test_a_bulk_pack_waiting_for_its_misconfigured_connection_still_expires_its_members(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    two.set_connection("SECOND", SEND_VALIDITY_SECONDS=600)
+    body = {
+        "Sender": "Sandbox",
+        "Content": "Hi $(name)",
+        "Recipients": [
+            {"Address": f"+35840310{i:04d}", "Personalization": {"name": f"P{i}"}} for i in range(3)
+        ],
+    }
+    accepted = call_http(
+        "SendBulkMessages", "POST", body=body, headers={CONNECTION_HEADER: "second"}
+    )
+    assert accepted.status == 202, accepted.body
+    [driver] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    two.drop_connection("SECOND", "ACCESS_TOKEN")
+
+    waited = OutboundSender.from_settings().process(json.dumps(driver))
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert two.env.events() == []
+
+    manual_clock.advance(601)  # the members' validity ends while the connection is broken
+    ended = OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert (ended.kind, ended.detail) == (OutcomeKind.ACKNOWLEDGED, "configuration")
+    assert two.second_upstream() == []
+    events = two.env.events()
+    assert len(events) == 3
+    assert {e["type"] for e in events} == {"fi.arena.smartdialog.message.failed"}
+    assert {e["data"]["error"]["code"] for e in events} == {"expired"}
 
 
 def test_the_operations_overview_shows_each_connections_quota(two: TwoConnections) -> None:
