@@ -202,9 +202,11 @@ def measure() -> list[FigureRow]:
              "anchor": 1.0, "target": ">= 50", "unit": "recipients", "note": note},
             {"figure": f"{run}: max calls in a window", "value": f["max_in_window"],
              "anchor": QUOTA_CALLS, "target": "<= 1.0", "unit": "calls"},
-            # Issue 8: "at least 50 times" the one-recipient-per-call pattern.
+            # Issue 8: a bulk send "at least 50 times" the one-recipient-per-call pattern;
+            # issue 12: single sends within 0.05 of it (the singles' own target).
             {"figure": f"{run}: time to all sent", "value": f["seconds_to_all_sent"],
-             "anchor": anchor["seconds_to_all_sent"], "target": "<= 0.02", "unit": "s"},
+             "anchor": anchor["seconds_to_all_sent"],
+             "target": "<= 0.02" if run == "bulk" else "<= 0.05", "unit": "s"},
             {"figure": f"{run}: duplicates", "value": f["duplicates"], "anchor": 1.0,
              "target": "<= 0", "unit": "recipients"},
             {"figure": f"{run}: lost", "value": f["lost"], "anchor": 1.0, "target": "<= 0",

@@ -34,18 +34,24 @@ def test_a_sync_action_goes_through_the_named_connections_account(two: TwoConnec
     assert two.env.sandbox.state.snapshot("requests") == []
 
 
-def test_a_bulk_send_goes_through_its_connection(two: TwoConnections) -> None:
+def bulk_through_second(first_address: int, count: int) -> None:
+    """SendBulkMessages through connection ``second``, to ``count`` numbers from +358403<first>."""
     body = {
         "Sender": "Sandbox",
         "Content": "Hi $(name)",
         "Recipients": [
-            {"Address": f"+35840300{i:04d}", "Personalization": {"name": f"P{i}"}} for i in range(5)
+            {"Address": f"+358403{first_address + i:06d}", "Personalization": {"name": f"P{i}"}}
+            for i in range(count)
         ],
     }
     accepted = call_http(
         "SendBulkMessages", "POST", body=body, headers={CONNECTION_HEADER: "second"}
     )
     assert accepted.status == 202, accepted.body
+
+
+def test_a_bulk_send_goes_through_its_connection(two: TwoConnections) -> None:
+    bulk_through_second(0, 5)
     two.env.drain()
     [call] = two.second_upstream()
     assert len(call["body"]["Recipients"]) == 5
@@ -152,17 +158,7 @@ def test_a_bulk_pack_waiting_for_its_misconfigured_connection_still_expires_its_
     two: TwoConnections, manual_clock: ManualClock
 ) -> None:
     two.set_connection("SECOND", SEND_VALIDITY_SECONDS=600)
-    body = {
-        "Sender": "Sandbox",
-        "Content": "Hi $(name)",
-        "Recipients": [
-            {"Address": f"+35840310{i:04d}", "Personalization": {"name": f"P{i}"}} for i in range(3)
-        ],
-    }
-    accepted = call_http(
-        "SendBulkMessages", "POST", body=body, headers={CONNECTION_HEADER: "second"}
-    )
-    assert accepted.status == 202, accepted.body
+    bulk_through_second(10000, 3)
     [driver] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
     two.drop_connection("SECOND", "ACCESS_TOKEN")
 
