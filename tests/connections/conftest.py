@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from devhost.azurite import Azurite
 from sandbox.server import SandboxServer
 from shared.connections import reset_connections_cache
 from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
-from tests.outbound.conftest import Outbound, _wire
+from tests.outbound.conftest import Outbound, outbound, outbound_sandbox
+
+__all__ = ["Outbound", "outbound", "outbound_sandbox"]  # the fixtures `two` builds on
 
 SECOND_TOKEN = "sandbox-token-2"
 
@@ -94,24 +95,11 @@ def second_sandbox() -> Iterator[SandboxServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def first_sandbox() -> Iterator[SandboxServer]:
-    server = SandboxServer(dlr_delay=0.05, slow_seconds=1.0).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def two(
-    azurite: Azurite,
-    first_sandbox: SandboxServer,
-    second_sandbox: SandboxServer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[TwoConnections]:
-    """Default -> the first sandbox (customer 1001); ``second`` -> the second sandbox."""
+def two(outbound: Outbound, second_sandbox: SandboxServer) -> Iterator[TwoConnections]:
+    """Default -> the outbound tests' sandbox (customer 1001); ``second`` -> the second one."""
     second_sandbox.reset()
-    env = _wire(monkeypatch, azurite, first_sandbox)
-    pair = TwoConnections(env, second_sandbox)
+    pair = TwoConnections(outbound, second_sandbox)
     pair.set_connection(
         "SECOND",
         BASE_URL=second_sandbox.api_url,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from shared import names
 from shared.clock import utcnow
@@ -15,22 +14,8 @@ from shared.signing import TokenPurpose, new_nonce, sign
 from shared.storage import queue_client
 from shared.triggers import DEFAULT_CONNECTION, TriggerKind
 from tests.inbound.conftest import CUSTOMER, SECRET, TWO_WAY, Inbound
+from tests.inbound.test_tokens import register
 from tests.inbound.test_webhook import payload
-
-
-def _register(env: Inbound) -> dict[str, str]:
-    """The query of the webhook URL SmartDialog was given by a new registration."""
-    answer = env.call(
-        "RegisterInboundWebhook",
-        "POST",
-        route_params={"Service": TWO_WAY},
-        headers={"Customer-Id": CUSTOMER},
-    )
-    assert answer.status == 201, answer.body
-    [action] = [
-        a for a in env.sandbox.state.actions_for(TWO_WAY) if a["id"] == answer.body["ActionId"]
-    ]
-    return dict(parse_qsl(urlsplit(action["endpointUrl"]).query))
 
 
 def _deliver(env: Inbound, query: dict[str, str], **body: Any) -> int:
@@ -44,7 +29,7 @@ def _deliver(env: Inbound, query: dict[str, str], **body: Any) -> int:
 
 
 def test_the_webhook_url_names_its_connection_under_its_signature(inbound: Inbound) -> None:
-    query = _register(inbound)
+    _, query = register(inbound)
     assert query["connection"] == DEFAULT_CONNECTION
     [row] = inbound.rows(names.WEBHOOKS_TABLE)
     assert row["Connection"] == DEFAULT_CONNECTION
@@ -112,7 +97,7 @@ def test_subscriptions_get_only_their_connections_events(inbound: Inbound) -> No
     _subscription(TriggerKind.OPT_OUT, "another")
     assert SubscriptionStore.from_settings().get(TWO_WAY, older).connection == "default"  # type: ignore[union-attr]
 
-    query = _register(inbound)
+    _, query = register(inbound)
     assert _deliver(inbound, query, content="STOP") == 202
     inbound.process_intake()
     deliveries = inbound.read(names.INBOUND_DELIVERIES_QUEUE)
