@@ -27,6 +27,7 @@ from bench._app import app_settings, environment, fresh_queues, functions
 from bench.quota_e2e import (
     SandboxProcess,
     drain_with_workers,
+    fault_rows,
     floor_utilisation,
     max_in_window,
 )
@@ -215,21 +216,7 @@ def measure() -> list[FigureRow]:
             "unit": "calls",
         }
     )
-    for key, label, unit in (
-        ("upstream_429", "upstream 429s", "calls"),
-        ("duplicates", "duplicates", "messages"),
-        ("lost", "lost", "messages"),
-    ):
-        rows.append(
-            {
-                "figure": f"connections: {label}",
-                "value": sum(c[key] for r in runs for c in r["connections"].values()),
-                "anchor": 1.0,
-                "target": "<= 0",
-                "unit": unit,
-            }
-        )
-    return rows
+    return rows + fault_rows("connections: ", [c for r in runs for c in r["connections"].values()])
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bench._app import app_settings, environment, fresh_queues, functions
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SandboxProcess",
     "drain_with_workers",
+    "fault_rows",
     "floor_utilisation",
     "max_in_window",
     "measure",
@@ -64,6 +65,24 @@ def max_in_window(times: Sequence[float], window: float) -> int:
     for i, start in enumerate(ordered):
         best = max(best, bisect.bisect_left(ordered, start + window) - i)
     return best
+
+
+#: What a real-rate figure must see none of: (key in a run's figures, label, unit).
+FAULTS = (
+    ("upstream_429", "upstream 429s", "calls"),
+    ("duplicates", "duplicates", "messages"),
+    ("lost", "lost", "messages"),
+)
+
+
+def fault_rows(prefix: str, figures: Sequence[Mapping[str, Any]]) -> list[FigureRow]:
+    """One row per :data:`FAULTS` entry, summed over ``figures`` (runs, or runs' connections),
+    each with the target 0."""
+    return [
+        {"figure": f"{prefix}{label}", "value": sum(f[key] for f in figures), "anchor": 1.0,
+         "target": "<= 0", "unit": unit}
+        for key, label, unit in FAULTS
+    ]  # fmt: skip
 
 
 def drain_with_workers(

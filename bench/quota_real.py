@@ -29,7 +29,12 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from bench._observe import Invocation, Observation, observe_sender
-from bench.quota_e2e import floor_utilisation, max_in_window, run_quota_benchmark
+from bench.quota_e2e import (
+    fault_rows,
+    floor_utilisation,
+    max_in_window,
+    run_quota_benchmark,
+)
 
 if TYPE_CHECKING:
     from bench.__main__ import FigureRow
@@ -211,21 +216,7 @@ def measure() -> list[FigureRow]:
             "unit": "calls",
         },
     ]
-    for key, name, unit in (
-        ("upstream_429", "upstream 429s", "calls"),
-        ("duplicates", "duplicates", "messages"),
-        ("lost", "lost", "messages"),
-    ):
-        rows.append(
-            {
-                "figure": f"real-rate {name}",
-                "value": sum(r[key] for r in runs),
-                "anchor": 1.0,
-                "target": "<= 0",
-                "unit": unit,
-            }
-        )
-    return rows
+    return rows + fault_rows("real-rate ", runs)
 
 
 if __name__ == "__main__":
