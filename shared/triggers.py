@@ -226,6 +226,13 @@ class TriggerNotifier:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TriggerNotifier:
+        """The app's notifier: every connection's subscriptions are in the one index (a named
+        connection's settings give the app's), so a subscription made through any connection
+        is seen at once by the instance that made it."""
+        if settings.connection != DEFAULT_CONNECTION:
+            from shared.settings import get_settings
+
+            settings = get_settings()
         return _notifier(settings)
 
     def subscribers(

@@ -63,3 +63,14 @@ def test_a_named_connections_webhook_and_its_events_say_which_connection(
     [event] = [e for e in two.env.read(names.INBOUND_QUEUE) if e["subject"] == message_id]
     assert event["data"]["connection"] == "second"
     assert event["data"]["service"] == SECOND_TWO_WAY
+
+
+def test_every_connection_shares_the_apps_subscriber_index(two: TwoConnections) -> None:
+    """A subscription made through ``second`` is seen at once by this instance's notifier,
+    which the processor and the fan-out read (they use the app's settings)."""
+    from shared.connections import connection_settings
+    from shared.settings import get_settings
+    from shared.triggers import TriggerNotifier
+
+    second = TriggerNotifier.for_settings(connection_settings("second"))
+    assert second is TriggerNotifier.for_settings(get_settings())
