@@ -34,7 +34,7 @@ from shared.signing import (
     verified,
 )
 from shared.storage import ensure_table, ensured_table, plain_datetime, safe_key, table_client, utc
-from shared.triggers import DEFAULT_CONNECTION, FINAL_STATES, TriggerKind
+from shared.triggers import DEFAULT_CONNECTION, TriggerKind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -308,10 +308,6 @@ class Subscription:
     connection: str = DEFAULT_CONNECTION
     """The SmartDialog connection whose events it gets (rows made before connections: the
     default one)."""
-
-    def wants(self, state: str | None) -> bool:
-        """Whether a delivery-report subscription wants a report of ``state``."""
-        return self.states == "all" or state in FINAL_STATES
 
     def opened_by(self, token: VerifiedToken) -> bool:
         """Whether ``token`` (verified for this subscription's URL) was made for this very
