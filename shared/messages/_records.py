@@ -28,6 +28,7 @@ import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from shared.messages._models import FailureInfo, MessageStatus, Operation, RecipientStatus
@@ -352,9 +353,10 @@ class MessageRecord:
         value = json.loads(self.result)
         return value if isinstance(value, dict) else None
 
-    @property
+    @cached_property
     def connection(self) -> str:
-        """The connection it is sent through: its command's ``Connection`` (``default``)."""
+        """The connection it is sent through: its command's ``Connection`` (``default``); read
+        from the command once per record (a changed record is a new object)."""
         return text_connection(self.command)
 
 
