@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ UPGRADE_WINDOW = dt.timedelta(minutes=15)
 RECOPY_EVERY = dt.timedelta(seconds=60)
 #: Per table (its URL): when the layout was made, and when this process last copied.
 _layouts: dict[str, tuple[dt.datetime, dt.datetime]] = {}
+_layouts_lock = threading.Lock()
 
 
 def _by_recipient(phone: str) -> str:
@@ -225,10 +227,20 @@ class SuppressionStore:
         """Make the by-recipient rows once (a ``~layout`` row records when); within
         :data:`UPGRADE_WINDOW` of that, copy the by-service rows again every
         :data:`RECOPY_EVERY` (one process at a time need not be arranged: copies are idempotent)."""
-        now = utcnow()
-        made, copied = _layouts.get(self._table.url, (None, None))
-        if made and copied and (now - made > UPGRADE_WINDOW or now - copied < RECOPY_EVERY):
+        if not self._layout_due(utcnow()):
             return
+        with _layouts_lock:  # one refresh at a time in a process; the others find it done
+            now = utcnow()
+            if self._layout_due(now):
+                self._refresh_layout(now)
+
+    def _layout_due(self, now: dt.datetime) -> bool:
+        made, copied = _layouts.get(self._table.url, (None, None))
+        if made is None or copied is None:
+            return True
+        return now - made <= UPGRADE_WINDOW and now - copied >= RECOPY_EVERY
+
+    def _refresh_layout(self, now: dt.datetime) -> None:
         from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
         try:
@@ -243,8 +255,8 @@ class SuppressionStore:
                 )  # fmt: skip
                 made = now
             except ResourceExistsError:
-                made = utc(self._table.get_entity(LAYOUT_PARTITION, LAYOUT_ROW).get("Since"))
-                made = made or now
+                marker = self._table.get_entity(LAYOUT_PARTITION, LAYOUT_ROW)
+                made = utc(marker.get("Since")) or now
             _layouts[self._table.url] = (made, now)
             return
         if now - made <= UPGRADE_WINDOW:
@@ -298,9 +310,9 @@ class SuppressionStore:
         self, service: str, addresses: Sequence[str], *, scan_limit: int = 50_000
     ) -> dict[int, Suppression]:
         """:meth:`suppressed` for many addresses: the service's list and the all-services list
-        are each read with one partition query (RowKeys only) instead of two point reads per
+        are each read with one partition query (RowKeys only) instead of a query per
         address; the matches are then read in full. For fewer than 200 addresses, or a list
-        longer than ``scan_limit`` rows, the point reads run side by side instead."""
+        longer than ``scan_limit`` rows, the per-address queries run side by side instead."""
         if len(addresses) < 200:
             return self._point_reads(service, addresses)
         keys = {index: safe_key(recipient_key(a)) for index, a in enumerate(addresses)}
