@@ -10,6 +10,13 @@ from __future__ import annotations
 #: written before named connections existed (named connections: ``shared/connections.py``).
 DEFAULT_CONNECTION = "default"
 
+
+def named_connection(connection: str) -> str | None:
+    """``connection`` as it is written on what it sends and keys: None for the default (whose
+    commands, keys and ids are exactly what they were before named connections)."""
+    return None if connection == DEFAULT_CONNECTION else connection
+
+
 #: Send commands (the public outbound contract, see ``schemas/``).
 OUTBOUND_QUEUE = "smartdialog-outbound"
 #: Inbound messages as CloudEvents, for Logic Apps and other consumers.

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.names import DEFAULT_CONNECTION
+from shared.names import DEFAULT_CONNECTION, named_connection
 from shared.problems import Problem, ProblemType
 
 DEFAULT_BASE_URL = "https://api.arena.fi/api-integrations/v1"
@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     def connection(self) -> str:
         """The connection these settings belong to: ``default`` for the plain settings."""
         return self._connection
+
+    @property
+    def named_connection(self) -> str | None:
+        """:attr:`connection` as written on commands and keys: None for the default."""
+        return named_connection(self._connection)
 
     @field_validator("client_secret", "refresh_token", "access_token", "callback_secrets")
     @classmethod

@@ -37,7 +37,6 @@ from shared.messages import (
     idempotency_key_hash,
     new_question_id,
 )
-from shared.names import DEFAULT_CONNECTION
 from shared.outbound._fields import (
     IdempotencyKeyHeader,
     MessageCustomerDataField,
@@ -244,7 +243,7 @@ class AskService:
         require_callback_settings(self.settings)
         now = self._clock()
         key = idempotency_key or body.RequestId
-        named = None if self.settings.connection == DEFAULT_CONNECTION else self.settings.connection
+        named = self.settings.named_connection
         request_hash = idempotency_key_hash(customer, key, named) if key else None
         address = body.Recipient
         open_one = self.questions.open_question(service, address)

@@ -51,7 +51,6 @@ from shared.messages import (
     new_pack_id,
 )
 from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY
-from shared.names import DEFAULT_CONNECTION
 from shared.outbound._models import OutboundMessageAdapter, PackDriver
 from shared.outbound._quota_wait import poll_after
 from shared.outbound._records import new_record, normalize
@@ -104,9 +103,7 @@ class BulkService:
         self.packs = PackStore.from_settings(settings)
         self.batches = BatchStore.from_settings(settings)
         # A named connection's sends say so (the default's stay as they were before connections).
-        self._named_connection = (
-            None if settings.connection == DEFAULT_CONNECTION else settings.connection
-        )
+        self._named_connection = settings.named_connection
         self._clock = clock
 
     # --- accept ----------------------------------------------------------------------------

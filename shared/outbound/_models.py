@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from shared.connections import NAME_MAX_LENGTH
 from shared.messages import FailureInfo, Operation, text_connection
+from shared.names import DEFAULT_CONNECTION, named_connection
 from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
 
 __all__ = [
@@ -311,8 +312,8 @@ def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
     request_id = body.get("RequestId") if isinstance(body, dict) else None
     customer = value.get("customerId") or customer_id or ""
     if found is None and isinstance(request_id, str) and request_id and isinstance(customer, str):
-        named = text_connection(text)
-        return request_message_id(customer, request_id, None if named == "default" else named)
+        named = named_connection(text_connection(text))
+        return request_message_id(customer, request_id, named)
     return None
 
 
@@ -353,7 +354,7 @@ class MessageSentData(BaseModel):
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
-    connection: str = Field("default", description="The connection it was sent through.")
+    connection: str = Field(DEFAULT_CONNECTION, description="The connection it was sent through.")
     requestId: str | None = Field(None, description="The RequestId sent upstream.")
     upstreamMessageId: str | None = Field(None, description="SmartDialog's MessageId.")
     messagePartCount: int | None = None
@@ -385,7 +386,9 @@ class MessageFailedData(BaseModel):
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
-    connection: str = Field("default", description="The connection it was to be sent through.")
+    connection: str = Field(
+        DEFAULT_CONNECTION, description="The connection it was to be sent through."
+    )
     requestId: str | None = None
     error: FailureInfo
     origin: SendOrigin | None = Field(None, description="The rule and event that made it.")
@@ -400,7 +403,9 @@ class MessageCancelledData(BaseModel):
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
-    connection: str = Field("default", description="The connection it was to be sent through.")
+    connection: str = Field(
+        DEFAULT_CONNECTION, description="The connection it was to be sent through."
+    )
 
 
 class MessageRedrivenData(BaseModel):

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 
 from shared.clock import Clock, utcnow
 from shared.messages import MessageStore, PackStore
-from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
+from shared.names import (
+    DEFAULT_CONNECTION,
+    EVENTS_QUEUE,
+    OUTBOUND_DEAD_LETTER_QUEUE,
+    OUTBOUND_QUEUE,
+)
 from shared.outbound._attempt import AttemptGate, Upstream
 from shared.outbound._quota_wait import QuotaWait, quota_wait
 from shared.outbound._records import backstop_seconds
@@ -53,7 +58,7 @@ class SendPolicy:
     #: :func:`shared.health.settings_errors`).
     broken_settings: tuple[str, ...] = ()
     #: The connection (SmartDialog account) these ports send through.
-    connection: str = "default"
+    connection: str = DEFAULT_CONNECTION
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:

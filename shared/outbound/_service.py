@@ -32,7 +32,7 @@ from shared.messages import (
     lane_message_id,
     message_keys,
 )
-from shared.names import DEFAULT_CONNECTION, EVENTS_QUEUE, OUTBOUND_QUEUE
+from shared.names import EVENTS_QUEUE, OUTBOUND_QUEUE, named_connection
 from shared.outbound._models import (
     MessageCancelledData,
     OutboundMessage,
@@ -136,7 +136,7 @@ class SendService:
         require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
         customer = command.customerId or self.settings.customer_id or ""
-        named = None if self.settings.connection == DEFAULT_CONNECTION else self.settings.connection
+        named = self.settings.named_connection
         if named is not None:  # the sender takes it through this connection
             command = command.model_copy(update={"Connection": named})
         key = idempotency_key or getattr(command.body, "RequestId", None)
@@ -289,11 +289,10 @@ class SendService:
         if record.batch_id is not None and record.pack_id is not None:
             from shared.outbound._models import PackDriver
 
-            named = record.connection
             driver = PackDriver(
                 packId=record.pack_id,
                 batchId=record.batch_id,
-                Connection=None if named == DEFAULT_CONNECTION else named,
+                Connection=named_connection(record.connection),
             )
             outbound_queue(self.settings).send_message(driver.model_dump_json(exclude_none=True))
             return record

@@ -13,6 +13,7 @@ from typing import NamedTuple, Protocol
 
 from shared import telemetry
 from shared.clock import Clock, SystemClock
+from shared.names import DEFAULT_CONNECTION
 from shared.quota import _log
 
 logger = logging.getLogger("shared.quota")
@@ -168,7 +169,7 @@ class QuotaStore:
         period: float,
         margin: float = 0.0,
         clock: Clock | None = None,
-        name: str = "default",
+        name: str = DEFAULT_CONNECTION,
     ) -> None:
         if not 0 < calls <= MAX_CALLS:
             raise ValueError(f"quota calls must be between 1 and {MAX_CALLS}, got {calls}")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from shared.clock import Clock
-from shared.names import QUOTA_TABLE
+from shared.names import DEFAULT_CONNECTION, QUOTA_TABLE
 from shared.quota._store import QuotaStore, QuotaStoreError, StoredLog
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class TableQuotaStore(QuotaStore):
         period: float,
         margin: float = 0.0,
         clock: Clock | None = None,
-        name: str = "default",
+        name: str = DEFAULT_CONNECTION,
     ) -> None:
         super().__init__(
             TableLog(table, connection),
@@ -145,7 +145,6 @@ def connection_key(settings: Settings) -> str:
     the same client share a key (and a quota); that may over-limit, never over-admit.
     A named connection's key also has its name (each connection has its own quota).
     """
-    from shared.names import DEFAULT_CONNECTION
 
     base_url = settings.base_url.lower()
     identity = settings.client_id or ("static-token" if settings.access_token else "")
