@@ -106,11 +106,8 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float) -> SendO
     members whose validity ended fail ``expired`` (with their events; a claim still held ends
     first), and the driver comes back by the next member's validity end, or is acknowledged
     once no member is left open."""
-    ports = outcomes.ports
-    pack = ports.packs.get(driver.packId)
-    members = ports.store.get_many(pack.member_ids) if pack is not None else {}
-    now = ports.now()
-    open_ = [r for r in members.values() if not r.status.is_final]
+    now = outcomes.ports.now()
+    open_ = _open_members(outcomes.ports, driver.packId)
     held = [r for r in open_ if r.status is MessageStatus.SENDING and (r.lease_until or now) > now]
     expired = [r for r in open_ if now >= r.valid_until and r not in held]
     outcomes.fail_many([(r, outcomes.expired(r)) for r in expired])
@@ -120,6 +117,13 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float) -> SendO
     soonest = min((r.valid_until - now).total_seconds() for r in left)
     wait = min(delay, max(soonest, 1.0))
     return outcomes.requeue_driver(driver, wait, OutcomeKind.DEFERRED, "configuration")
+
+
+def _open_members(ports: SendPorts, pack_id: str) -> list[MessageRecord]:
+    """The members of a bulk pack that have not ended (none if the pack is unknown)."""
+    pack = ports.packs.get(pack_id)
+    members = ports.store.get_many(pack.member_ids) if pack is not None else {}
+    return [r for r in members.values() if not r.status.is_final]
 
 
 def _removed(
@@ -143,9 +147,7 @@ def _removed(
         ),
     )
     if isinstance(message, PackDriver):
-        pack = ports.packs.get(message.packId)
-        members = ports.store.get_many(pack.member_ids) if pack is not None else {}
-        open_members = [r for r in members.values() if not r.status.is_final]
+        open_members = _open_members(ports, message.packId)
         outcomes.fail_many([(r, failure) for r in open_members])
         log.warning("pack %s: connection %s removed; %d member(s) failed",
                     message.packId, name, len(open_members))  # fmt: skip
