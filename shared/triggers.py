@@ -24,6 +24,21 @@ starts receiving within that time (at once on the instance that made it).
 
 Every subscription belongs to one SmartDialog connection (``Connection``; rows written before
 connections existed belong to :data:`DEFAULT_CONNECTION`) and gets only its connection's events.
+
+The same partition says whether a service has ever asked a question (SendMessageAndWaitForReply):
+a row ``~asks-questions`` (:data:`ASKS_ROW`), written by the ask action before the service's
+first question. An inbound message to a service that never asked, with no opt-out keyword and no
+New Message subscriber, needs no processing: the webhook publishes its event itself, and the
+processor does not look for an open question (docs/inbound.md, "Two paths"). The row is read
+with the subscriptions, so this costs no storage call either. A service's first question is
+sent only once every instance's cached index must have seen its row (:meth:`mark_asking`).
+
+Questions asked before these rows existed (the previous release) have none: until the rows are
+known to be complete, every service counts as asking. The processor writes them from the open
+questions it finds (:meth:`asks_questions` with ``scan``), records that in the
+``~layout``/``asks-questions`` row, and scans once more :data:`ASKS_UPGRADE_WINDOW` later for
+questions that an instance of the previous release still asked meanwhile; only after that second
+scan do the rows count as complete (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -33,7 +48,7 @@ import enum
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,7 +57,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.clock import utcnow
 from shared.names import DEFAULT_CONNECTION, SUBSCRIPTIONS_TABLE, TRIGGER_EVENTS_QUEUE
-from shared.storage import QueueLike, queue_client, safe_key, send_creating, table_client
+from shared.storage import (
+    QueueLike,
+    ensure_table,
+    plain_datetime,
+    queue_client,
+    safe_key,
+    send_creating,
+    table_client,
+    utc,
+)
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -50,6 +74,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "ASKS_ROW",
     "DEFAULT_CONNECTION",
     "FINAL_STATES",
     "SUBSCRIBERS_TTL_SECONDS",
@@ -57,6 +82,7 @@ __all__ = [
     "FieldErrorData",
     "OptOutTriggerData",
     "SendFailedTriggerData",
+    "ServiceIndex",
     "SubscriberEntry",
     "TriggerKind",
     "TriggerNotification",
@@ -70,6 +96,14 @@ log = logging.getLogger("shared.triggers")
 
 #: How long the notifier trusts its answer to "does this service have subscribers of a kind".
 SUBSCRIBERS_TTL_SECONDS = 30.0
+#: The row of a service's partition that says it has asked a question, and its ``Kind``.
+ASKS_ROW = ASKS_KIND = "~asks-questions"
+#: Added to the index's lifetime before a service's first question is sent (clock skew).
+ASKS_MARGIN = dt.timedelta(seconds=5)
+#: The row recording that the ``~asks-questions`` rows are complete, and how long after the
+#: first scan a second one looks for questions the previous release asked meanwhile.
+LAYOUT_PARTITION, ASKS_LAYOUT_ROW = "~layout", "asks-questions"
+ASKS_UPGRADE_WINDOW = dt.timedelta(minutes=15)
 #: Recipient states no later report changes: what "final states only" delivers.
 FINAL_STATES = frozenset({"delivered", "undelivered"})
 
@@ -204,6 +238,15 @@ class SubscriberEntry:
         return self.states == "all" or state in FINAL_STATES
 
 
+@dataclass(frozen=True)
+class ServiceIndex:
+    """What the subscriptions partition of a service says: its subscriptions, and since when
+    it has asked questions (None: never)."""
+
+    entries: tuple[SubscriberEntry, ...] = ()
+    asks_since: dt.datetime | None = None
+
+
 class TriggerNotifier:
     """The subscriber index of each service (cached :data:`SUBSCRIBERS_TTL_SECONDS`), and the
     writer of :class:`TriggerNotification` messages for services that have subscribers of their
@@ -222,7 +265,9 @@ class TriggerNotifier:
         self._clock = clock
         self._ttl = dt.timedelta(seconds=ttl_seconds)
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[dt.datetime, tuple[SubscriberEntry, ...]]] = {}
+        self._known: dict[str, tuple[dt.datetime, ServiceIndex]] = {}
+        self._layout: tuple[dt.datetime, dt.datetime | None, bool] | None = None
+        self._scan_lock = threading.Lock()
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TriggerNotifier:
@@ -247,7 +292,7 @@ class TriggerNotifier:
         ``state``. At most one table query per service per :data:`SUBSCRIBERS_TTL_SECONDS`."""
         return [
             entry.subscription_id
-            for entry in self._index(service)
+            for entry in self._index(service).entries
             if entry.kind is kind and entry.connection == connection and entry.wants(state)
         ]
 
@@ -262,6 +307,98 @@ class TriggerNotifier:
         """Whether ``service`` has a subscription of ``kind`` on ``connection`` (for a delivery
         report: one that wants ``state``)."""
         return bool(self.subscribers(kind, service, connection=connection, state=state))
+
+    # --- services that ask questions --------------------------------------------------------
+
+    def asks_questions(
+        self, service: str, *, scan: Callable[[], Iterable[str]] | None = None
+    ) -> bool:
+        """Whether an inbound message to ``service`` may answer a question: it has asked one, or
+        the ``~asks-questions`` rows are not known to be complete yet. ``scan`` (the processor
+        gives it): the services with an open question, called to complete the rows when they
+        are not (module docstring). No storage call while the cached answers last."""
+        if not self._asks_rows_complete(scan):
+            return True
+        return self._index(service).asks_since is not None
+
+    def mark_asking(self, service: str) -> dt.datetime:
+        """Record that ``service`` asks questions (before its question is stored); returns when
+        every instance's index has seen it: a question sent earlier could be answered before
+        another instance looks for it. In the past once the row is older than the index's
+        lifetime (no storage call while this instance knows that), and while the rows are not
+        complete and cannot be before every index has seen it (every instance then looks for
+        the questions of every service)."""
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        now = self._clock()
+        since = self._index(service).asks_since
+        if since is None:
+            row = {"PartitionKey": safe_key(service), "RowKey": ASKS_ROW, "Kind": ASKS_KIND,
+                   "Service": service, "Since": plain_datetime(now)}  # fmt: skip
+            try:
+                ensure_table(self._subscriptions).create_entity(row)
+                since = now
+            except ResourceExistsError:
+                try:
+                    found = self._subscriptions.get_entity(safe_key(service), ASKS_ROW)
+                    since = utc(found.get("Since")) or now
+                except ResourceNotFoundError:  # removed meanwhile (by hand): count it new
+                    since = now
+            self.forget(service)
+        known = since + self._ttl + ASKS_MARGIN
+        scanned, complete = self._layout_state(now)
+        if not complete and (scanned is None or known < scanned + ASKS_UPGRADE_WINDOW):
+            return now
+        return known
+
+    def _layout_state(self, now: dt.datetime) -> tuple[dt.datetime | None, bool]:
+        """When the ``~asks-questions`` rows were first completed (None: not yet), and whether
+        they are complete (the second scan): read at most once per index lifetime until then."""
+        layout = self._layout
+        if layout is None or (not layout[2] and now - layout[0] >= self._ttl):
+            layout = (now, *self._read_layout())
+            self._layout = layout
+        return layout[1], layout[2]
+
+    def _asks_rows_complete(self, scan: Callable[[], Iterable[str]] | None) -> bool:
+        """Whether every service with a question has its ``~asks-questions`` row; with
+        ``scan``, completes them when they are not (and, once, after the upgrade window)."""
+        now = self._clock()
+        since, rescanned = self._layout_state(now)
+        if rescanned:
+            return True
+        if scan is not None and (since is None or now - since >= ASKS_UPGRADE_WINDOW):
+            with self._scan_lock:
+                self._complete_asks_rows(scan)
+            return self._layout is not None and self._layout[2]
+        return False
+
+    def _read_layout(self) -> tuple[dt.datetime | None, bool]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            row = self._subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)
+        except ResourceNotFoundError:
+            return None, False
+        return utc(row.get("Since")), bool(row.get("Rescanned"))
+
+    def _complete_asks_rows(self, scan: Callable[[], Iterable[str]]) -> None:
+        from azure.data.tables import UpdateMode
+
+        now = self._clock()
+        since, rescanned = self._read_layout()
+        if rescanned or (since is not None and now - since < ASKS_UPGRADE_WINDOW):
+            self._layout = (now, since, rescanned)  # another instance did it
+            return
+        services = sorted(set(scan()))
+        for service in services:
+            self.mark_asking(service)
+        row = {"PartitionKey": LAYOUT_PARTITION, "RowKey": ASKS_LAYOUT_ROW,
+               "Since": plain_datetime(since or now), "Rescanned": since is not None}  # fmt: skip
+        ensure_table(self._subscriptions).upsert_entity(row, mode=UpdateMode.REPLACE)
+        log.info("marked %d service(s) with open questions as asking (%s scan)", len(services),
+                 "first" if since is None else "second")  # fmt: skip
+        self._layout = (now, since or now, since is not None)
 
     def forget(self, service: str) -> None:
         """Drop the cached answer for ``service`` (this process just (un)subscribed it)."""
@@ -293,7 +430,7 @@ class TriggerNotifier:
         send_creating(self._queue, note.model_dump_json())
         return True
 
-    def _index(self, service: str) -> tuple[SubscriberEntry, ...]:
+    def _index(self, service: str) -> ServiceIndex:
         now = self._clock()
         with self._lock:
             cached = self._known.get(service)
@@ -304,15 +441,20 @@ class TriggerNotifier:
             self._known[service] = (now, entries)
         return entries
 
-    def _query(self, service: str) -> tuple[SubscriberEntry, ...]:
+    def _query(self, service: str) -> ServiceIndex:
         from azure.core.exceptions import ResourceNotFoundError
 
         key = safe_key(service).replace("'", "''")
         entries: list[SubscriberEntry] = []
+        asks_since: dt.datetime | None = None
         try:
             for entity in self._subscriptions.query_entities(
-                f"PartitionKey eq '{key}'", select=["RowKey", "Kind", "States", "Connection"]
+                f"PartitionKey eq '{key}'",
+                select=["RowKey", "Kind", "States", "Connection", "Since"],
             ):
+                if entity.get("RowKey") == ASKS_ROW:
+                    asks_since = utc(entity.get("Since")) or dt.datetime.fromtimestamp(0, dt.UTC)
+                    continue
                 try:
                     kind = TriggerKind(entity.get("Kind") or TriggerKind.NEW_MESSAGE)
                 except ValueError:  # a kind this release does not know
@@ -329,7 +471,7 @@ class TriggerNotifier:
                 )
         except ResourceNotFoundError:  # no table yet: nobody subscribed
             pass
-        return tuple(entries)
+        return ServiceIndex(tuple(entries), asks_since)
 
 
 @lru_cache(maxsize=4)

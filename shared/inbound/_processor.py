@@ -79,6 +79,7 @@ __all__ = [
     "InboundProcessor",
     "MalformedIntake",
     "ProcessResult",
+    "message_event",
     "received_event",
     "received_events",
 ]
@@ -208,26 +209,11 @@ class InboundProcessor:
         notify_opt_out(
             self.settings, service, key, payload, keyword, received_at, connection=connection
         )
-        if self.answers is not None:  # one partition query when no question is open
+        if self.answers is not None and self.subscribers.asks_questions(
+            service, scan=self.answers.questions.open_services
+        ):  # one partition query when no question is open
             self.answers.handle(service, key, payload, keyword, received_at)
-        data = InboundMessageData(
-            sender=payload.sender,
-            recipient=payload.recipient,
-            content=payload.content,
-            timestamp=payload.timestamp,
-            protocol=payload.protocol,
-            attachments=payload.attachments,
-            messageId=key,
-            service=service,
-            connection=connection,
-            receivedAt=received_at,
-            optOut=keyword,
-        )
-        time = payload.timestamp or received_at
-        texts = [
-            event.to_json()
-            for event in received_events(data, event_id=event_id, subject=key, time=time)
-        ]
+        data, texts = message_event(intake, payload, keyword)
         for text in texts:
             self._inbound.send_message(text)
         subscribers = self.subscribers.subscribers(
@@ -240,6 +226,7 @@ class InboundProcessor:
         event: dict[str, Any] | None = json.loads(texts[0]) if len(texts) == 1 else None
         blob: str | None = None
         if event is None:
+            time = payload.timestamp or received_at
             whole = received_event(data, event_id=event_id, subject=key, time=time)
             blob = self._event_store().put(whole.to_json(), kind="event")
         for subscription_id in subscribers:
@@ -257,6 +244,31 @@ class InboundProcessor:
         if self._payloads is None:
             raise RuntimeError("an inbound event this large needs the payload store")
         return self._payloads
+
+
+def message_event(
+    intake: InboundIntake, payload: NewMessagePayload, keyword: Literal["stop", "start"] | None
+) -> tuple[InboundMessageData, list[str]]:
+    """The ``message.received`` event of an inbound message, and its queue message texts (more
+    than one when it comes in parts: :func:`received_events`). Its id is
+    ``{service}:{messageKey}``, whoever publishes it (the processor, or the webhook itself)."""
+    key = intake.messageKey
+    data = InboundMessageData(
+        sender=payload.sender,
+        recipient=payload.recipient,
+        content=payload.content,
+        timestamp=payload.timestamp,
+        protocol=payload.protocol,
+        attachments=payload.attachments,
+        messageId=key,
+        service=intake.service,
+        connection=intake.connection,
+        receivedAt=intake.receivedAt,
+        optOut=keyword,
+    )
+    time = payload.timestamp or intake.receivedAt
+    events = received_events(data, event_id=f"{intake.service}:{key}", subject=key, time=time)
+    return data, [event.to_json() for event in events]
 
 
 def received_event(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
@@ -351,7 +352,7 @@ class SubscriptionStore:
             entity = self._table.get_entity(safe_key(service), safe_key(subscription_id))
         except ResourceNotFoundError:
             return None
-        return _subscription(entity)
+        return _subscription(entity) if _is_subscription(entity) else None
 
     def list(
         self, service: str, kind: TriggerKind = TriggerKind.NEW_MESSAGE
@@ -370,7 +371,8 @@ class SubscriptionStore:
     def every(self, limit: int = 1000) -> Sequence[Subscription]:
         """Up to ``limit`` subscriptions of every service (the operations page)."""
         entities = self._table.query_entities("PartitionKey ne ''", results_per_page=limit)
-        return [_subscription(e) for _, e in zip(range(limit), entities, strict=False)]
+        subscriptions = (_subscription(e) for e in entities if _is_subscription(e))
+        return [s for _, s in zip(range(limit), subscriptions, strict=False)]
 
     def remove(self, service: str, subscription_id: str) -> bool:
         """Delete a subscription; True if it existed."""
@@ -378,6 +380,14 @@ class SubscriptionStore:
             return False
         self._table.delete_entity(safe_key(service), safe_key(subscription_id))
         return True
+
+
+def _is_subscription(entity: Mapping[str, object]) -> bool:
+    """Whether a row of the table is a subscription of a kind this release knows (the table
+    also holds the subscriber index's ``~asks-questions`` rows: :mod:`shared.triggers`)."""
+    return "CallbackUrl" in entity and str(entity.get("Kind") or TriggerKind.NEW_MESSAGE) in set(
+        TriggerKind
+    )
 
 
 def _subscription(entity: dict[str, object]) -> Subscription:

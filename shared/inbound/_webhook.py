@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,18 +32,21 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.clock import utcnow
+from shared.inbound._keywords import classify_keyword
 from shared.inbound._models import InboundIntake, NewMessagePayload
 from shared.inbound._processor import (
     InboundProcessor,
     MalformedIntake,
     ProcessResult,
+    message_event,
     received_event,
     received_events,
 )
 from shared.inbound._registry import WebhookRegistry, verify_webhook_token
-from shared.names import DEFAULT_CONNECTION, INBOUND_INTAKE_QUEUE
+from shared.names import DEFAULT_CONNECTION, INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
 from shared.problems import FieldError, Problem, ProblemType
 from shared.storage import PayloadStore, QueueLike, fits_queue, send_creating
+from shared.triggers import TriggerKind, TriggerNotifier
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -59,6 +63,8 @@ __all__ = [
     "received_event",
     "received_events",
 ]
+
+log = logging.getLogger("shared.inbound.webhook")
 
 #: The largest webhook body accepted; a larger one is answered 413 (SmartDialog's own messages
 #: are far smaller: 20,000 characters of content and a few attachments).
@@ -102,10 +108,14 @@ class InboundReceiver:
         intake: QueueLike,
         registry: WebhookRegistry | None = None,
         payloads: PayloadStore | None = None,
+        inbound: QueueLike | None = None,
+        index: TriggerNotifier | None = None,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.settings = settings
         self._intake = intake
+        self._inbound = inbound
+        self._index = index
         self._registry = registry
         self._payloads = payloads
         self._clock = clock or utcnow
@@ -120,6 +130,8 @@ class InboundReceiver:
             intake=queue_client(INBOUND_INTAKE_QUEUE, settings),
             registry=WebhookRegistry.for_webhook(settings),
             payloads=PayloadStore.from_settings(settings),
+            inbound=queue_client(INBOUND_QUEUE, settings),
+            index=TriggerNotifier.for_settings(settings),
         )
 
     def authenticate(self, service: str, token: str | None, connection: str | None = None) -> None:
@@ -195,6 +207,8 @@ class InboundReceiver:
                 traceparent=telemetry.current_traceparent(),
                 payload=payload,
             )
+            if self._publish_plain(intake, payload):
+                return InboundResult(f"{service}:{key}")
             text = intake.model_dump_json(exclude_none=True)
             if not fits_queue(text):
                 if self._payloads is None:
@@ -205,3 +219,26 @@ class InboundReceiver:
                 text = by_reference.model_dump_json(exclude_none=True)
             send_creating(self._intake, text)
         return InboundResult(f"{service}:{key}")
+
+    def _publish_plain(self, intake: InboundIntake, payload: NewMessagePayload) -> bool:
+        """Publish the event of a message that needs no processing onto ``smartdialog-inbound``
+        at once (one storage call, as the intake message would be): no opt-out keyword, a
+        service that never asked a question and has no New Message subscriber on this
+        connection (the cached subscriber index says both), an event that fits one queue
+        message. False (nothing written) for every other message: the processor's."""
+        if self._inbound is None or self._index is None:
+            return False
+        service = intake.service
+        keywords = self.settings.stop_keyword_set, self.settings.start_keyword_set
+        if classify_keyword(payload.content, *keywords) is not None:
+            return False
+        if self._index.asks_questions(service) or self._index.subscribers(
+            TriggerKind.NEW_MESSAGE, service, connection=intake.connection
+        ):
+            return False
+        _, texts = message_event(intake, payload, None)
+        if len(texts) != 1:
+            return False
+        send_creating(self._inbound, texts[0])
+        log.info("inbound %s for service %s published", intake.messageKey, service)
+        return True

@@ -280,6 +280,17 @@ class QuestionStore:
             return None
         return found
 
+    def open_services(self) -> set[str]:
+        """The services with an open question: a scan of every ``open`` row (once per upgrade,
+        :meth:`shared.triggers.TriggerNotifier.asks_questions`)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            rows = self.table.query_entities(f"RowKey eq '{OPEN_ROW}'", select=["ServiceId"])
+            return {str(row["ServiceId"]) for row in rows if row.get("ServiceId")}
+        except ResourceNotFoundError:  # no table yet: no question was ever asked
+            return set()
+
     def get(self, question_id: str) -> QuestionRecord | None:
         from azure.core.exceptions import ResourceNotFoundError
 

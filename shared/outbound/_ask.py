@@ -47,6 +47,7 @@ from shared.outbound._fields import (
 )
 from shared.outbound._models import OutboundMessageAdapter
 from shared.problems import FieldError, Problem, ProblemType
+from shared.triggers import TriggerNotifier
 
 if TYPE_CHECKING:
     from shared.outbound._service import SendService, StatusView
@@ -222,11 +223,13 @@ class AskService:
         send: SendService,
         *,
         questions: QuestionStore | None = None,
+        index: TriggerNotifier | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.send = send
         self.questions = questions or QuestionStore.from_settings(settings)
+        self.index = index or TriggerNotifier.for_settings(settings)
         self._clock = clock
 
     def status_url(self, question_id: str) -> str:
@@ -278,6 +281,10 @@ class AskService:
                 return self._open_view(open_one, status=202)
             if not body.ReplaceOpenQuestion:
                 return _conflict(open_one)
+        # The service is marked as asking before its first question is stored, and that
+        # question is sent once every instance knows (an inbound message to a service that
+        # never asked is published without looking for a question: shared.triggers).
+        known_everywhere = self.index.mark_asking(service)
         # The question is recorded (the one open question of service + number) before its send
         # is queued: two requests at the same time send one question, the other answers 409.
         record = QuestionRecord(
@@ -300,7 +307,10 @@ class AskService:
             return _conflict(conflict.open_question)
         try:
             sent = self.send.accept(
-                command, idempotency_key=idempotency_key, message_id=created.message_id
+                command,
+                idempotency_key=idempotency_key,
+                message_id=created.message_id,
+                not_before=known_everywhere,
             )
         except Exception as refused:
             # Refused (e.g. 422: the recipient opted out) or our storage failed (500, the caller

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ class SendService:
         *,
         idempotency_key: str | None,
         message_id: str | None = None,
+        not_before: dt.datetime | None = None,
     ) -> StatusView:
         """Record and enqueue ``command``; answer 202 with ``Location`` and ``Retry-After``.
 
@@ -127,6 +129,8 @@ class SendService:
 
         ``message_id``: the new message's id when the caller must know it before (the ask action
         records its question first); a replay answers with the first request's id.
+        ``not_before``: the command's queue message stays invisible until then (the first
+        question of a service waits until every instance knows the service asks).
 
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
@@ -195,7 +199,7 @@ class SendService:
                 if key_hash is not None and not replay:
                     self.idempotency.release(key_hash, message_id)
                 raise
-            relied = self._enqueue_new(text, message_id, now)
+            relied = self._enqueue_new(text, message_id, now, not_before)
             fresh, slots = new_record(
                 command,
                 now=now,
@@ -220,15 +224,22 @@ class SendService:
         key = pack_key(command.model_copy(update={"customerId": customer, "serviceId": service}))
         return str(uuid.uuid4()) if key is None else lane_message_id(key, now)
 
-    def _enqueue_new(self, text: str, message_id: str, now: dt.datetime) -> str | None:
+    def _enqueue_new(
+        self, text: str, message_id: str, now: dt.datetime, not_before: dt.datetime | None = None
+    ) -> str | None:
         """Put a new send's command on the queue. A lane member's message is visible at once
         (or within about a second) when it is its lane's next trigger; else it is its backstop,
         visible ``SMARTDIALOG_LANE_BACKSTOP_SECONDS`` later, and the lane whose planned trigger
-        it relies on is returned (docs/sending.md, "Lanes")."""
+        it relies on is returned (docs/sending.md, "Lanes"). Any other message is visible at
+        once, or at ``not_before``."""
         queued, queue = self._queued(text, message_id), outbound_queue(self.settings)
         backstop = backstop_seconds(self.settings)
         if backstop <= 0 or not in_lane(message_id):
-            queue.send_message(queued)
+            wait = math.ceil((not_before - now).total_seconds()) if not_before else 0
+            if wait > 0:
+                queue.send_message(queued, visibility_timeout=wait)
+            else:
+                queue.send_message(queued)
             return None
         lane = message_keys(message_id)[0]
         delay, relied = self.triggers.plan(lane, now)
