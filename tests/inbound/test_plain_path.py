@@ -42,8 +42,12 @@ TTL = dt.timedelta(seconds=SUBSCRIBERS_TTL_SECONDS)
 def _complete_rows() -> None:
     """The ``~asks-questions`` rows as an install past its upgrade window has them."""
     table_client(names.SUBSCRIPTIONS_TABLE).upsert_entity(
-        {"PartitionKey": LAYOUT_PARTITION, "RowKey": ASKS_LAYOUT_ROW,
-         "Since": utcnow() - ASKS_UPGRADE_WINDOW, "Rescanned": True}  # fmt: skip
+        {
+            "PartitionKey": LAYOUT_PARTITION,
+            "RowKey": ASKS_LAYOUT_ROW,
+            "Since": utcnow() - ASKS_UPGRADE_WINDOW,
+            "Rescanned": True,
+        }
     )
 
 
@@ -65,8 +69,12 @@ def _old_question(service: str, number: str) -> None:
 
 def _intake(service: str, content: str = "Hello") -> str:
     message = NewMessagePayload.model_validate(
-        {"sender": "+358401112233", "recipient": "Clinic", "content": content,
-         "messageId": str(uuid.uuid4())}  # fmt: skip
+        {
+            "sender": "+358401112233",
+            "recipient": "Clinic",
+            "content": content,
+            "messageId": str(uuid.uuid4()),
+        }
     )
     intake = InboundIntake(
         service=service, messageKey=str(message.messageId), receivedAt=utcnow(), payload=message
@@ -262,8 +270,12 @@ def test_the_first_question_of_a_service_is_queued_invisible_until_every_index_k
         "SendMessageAndWaitForReply",
         "POST",
         headers={"Service-Id": TWO_WAY, "Content-Type": "application/json"},
-        body={"Sender": "Clinic", "Content": "Reply YES", "Recipient": "+358401110003",
-              "Options": ["Yes"]},  # fmt: skip
+        body={
+            "Sender": "Clinic",
+            "Content": "Reply YES",
+            "Recipient": "+358401110003",
+            "Options": ["Yes"],
+        },
     )
     assert answer.status == 202, answer.body
     assert inbound.count(names.OUTBOUND_QUEUE) == 1
