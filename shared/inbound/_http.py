@@ -60,14 +60,19 @@ def _answer(name: str, request: ActionRequest, run: Callable[[], ActionResponse]
     except Exception as exc:
         log.error("%s failed: %s", name, "".join(traceback.format_exception(exc)).rstrip())
         response = ActionResponse.problem(internal_error().with_instance(instance))
-    log.info("%s answered %d", name, response.status, extra={"trackingId": request.tracking_id})
+    # A callback answered 2xx is in the host's own invocation log ("Executed ..."); SmartDialog
+    # may call thousands of times a minute, so only what went wrong is logged at info.
+    level = logging.DEBUG if response.status < 300 else logging.INFO
+    log.log(level, "%s answered %d", name, response.status,
+            extra={"trackingId": request.tracking_id})  # fmt: skip
     return response
 
 
 def receive_inbound(request: ActionRequest, settings: Settings | None = None) -> ActionResponse:
     """``POST /api/callbacks/inbound/{Service}?token=...``: SmartDialog's New Message webhook.
-    ``202 {"status": "accepted", "id"}`` once the call is on the intake queue (its one storage
-    call); 401 and 400 problems with nothing stored; 500 when our storage fails (SmartDialog
+    ``202 {"status": "accepted", "id"}`` once the call is on the intake queue, or its event on
+    ``smartdialog-inbound`` when it needs no processing (its one storage call); 401 and 400
+    problems with nothing stored; 500 when our storage fails (SmartDialog
     retries). De-duplication happens behind the queue (:func:`process_intake`), so a retried
     message is answered 202 again and still published once."""
 

@@ -1,21 +1,25 @@
-"""The inbound webhook: one storage call, the intake message (two when its URL's nonce was not
-checked in the last 30 s: the revocation read, ``shared.inbound._registry``).
+"""The inbound webhook: one storage call, the intake message or the event itself (two when its
+URL's nonce was not checked in the last 30 s: the revocation read, ``shared.inbound._registry``).
 
 The webhook answers fast: it checks, then makes one or two storage calls::
 
     InboundWebhook:  token signature (401) -> not revoked: one read (401) -> size (413 above 1 MiB)
                      -> JSON payload (400)
-                     -> one InboundIntake on smartdialog-inbound-intake -> 202 Accepted
+                     -> needs no processing: its CloudEvent on smartdialog-inbound -> 202 Accepted
+                     -> else one InboundIntake on smartdialog-inbound-intake -> 202 Accepted
                         (a payload too large for it goes first to a blob it names)
 
-Everything else happens in the queue-triggered ``InboundProcessor``
+A message needs no processing when it is no opt-out keyword, its service never asked a question
+and has no New Message subscriber on its connection (the cached subscriber index of
+:mod:`shared.triggers` says both), and its event fits one queue message (docs/inbound.md, "Two
+paths"). Everything else happens in the queue-triggered ``InboundProcessor``
 (:mod:`shared.inbound._processor`, re-exported here), once per intake message.
 
 Nothing is stored before the token and the payload are checked, so forged, stale or malformed
-calls leave no trace, not even on the intake queue. ``202`` means "on our intake queue": the
-call is acknowledged only once the intake message is durably stored, and any failure to store
-it is a 500, so SmartDialog retries. SmartDialog may also retry after a 202 (a lost answer):
-that is a second intake message with the same key, and the processor de-duplicates it.
+calls leave no trace, not even on the intake queue. ``202`` means "stored": the call is
+acknowledged only once its message is durably stored, and any failure to store it is a 500, so
+SmartDialog retries. SmartDialog may also retry after a 202 (a lost answer): that is the same
+event (the same id) again, which consumers and the dispatcher recognise.
 """
 
 from __future__ import annotations
@@ -240,5 +244,7 @@ class InboundReceiver:
         if len(texts) != 1:
             return False
         send_creating(self._inbound, texts[0])
-        log.info("inbound %s for service %s published", intake.messageKey, service)
+        # Debug: the request's own "answered 202" line is logged anyway, and a second line at
+        # info level per message costs a busy instance its log lock (docs/inbound.md).
+        log.debug("inbound %s for service %s published", intake.messageKey, service)
         return True
