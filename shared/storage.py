@@ -20,6 +20,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -39,13 +40,32 @@ class StorageNotConfigured(RuntimeError):
     """Neither a connection string nor an identity-based storage setting is present."""
 
 
-def _credential(settings: Settings) -> Any:
+@dataclass(frozen=True)
+class StorageTarget:
+    """The storage settings of a :class:`Settings` (``AzureWebJobsStorage`` and its
+    identity-based forms): what a storage client depends on, and the key of the per-process
+    client caches. Every connection's settings name the app's one storage account, so they
+    share its clients (one connection pool per service) however many connections there are."""
+
+    storage: str | None
+    storage_account_name: str | None
+    storage_queue_uri: str | None
+    storage_table_uri: str | None
+    storage_blob_uri: str | None
+    storage_client_id: str | None
+
+    @classmethod
+    def of(cls, settings: Settings) -> StorageTarget:
+        return cls(*(getattr(settings, f.name) for f in fields(cls)))
+
+
+def _credential(settings: StorageTarget) -> Any:
     from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential(managed_identity_client_id=settings.storage_client_id)
 
 
-def _service_uri(settings: Settings, kind: str) -> str:
+def _service_uri(settings: StorageTarget, kind: str) -> str:
     explicit = {
         "queue": settings.storage_queue_uri,
         "table": settings.storage_table_uri,
@@ -108,7 +128,7 @@ def _endpoint(conn: str, kind: str) -> str:
     return f"{protocol}://{lowered.get('accountname', '')}.{kind}.{suffix}"
 
 
-def _connection_string(settings: Settings) -> str | None:
+def _connection_string(settings: StorageTarget) -> str | None:
     value = settings.storage
     if value and value.strip() == "UseDevelopmentStorage=true":
         # Azurite on its default ports, as the Functions tooling understands it.
@@ -124,14 +144,14 @@ def _connection_string(settings: Settings) -> str | None:
 
 def queue_service(settings: Settings | None = None) -> QueueServiceClient:
     """The queue service client for ``settings`` (default: the current settings), cached per
-    settings object."""
+    storage account (:class:`StorageTarget`)."""
     # Resolve the default before the cache: keyed on None, a changed environment would keep
     # getting the first client.
-    return _queue_service(settings or get_settings())
+    return _queue_service(StorageTarget.of(settings or get_settings()))
 
 
 @lru_cache(maxsize=4)
-def _queue_service(settings: Settings) -> QueueServiceClient:
+def _queue_service(settings: StorageTarget) -> QueueServiceClient:
     from azure.storage.queue import QueueServiceClient
 
     conn = _connection_string(settings)
@@ -147,12 +167,12 @@ def _queue_service(settings: Settings) -> QueueServiceClient:
 
 def table_service(settings: Settings | None = None) -> TableServiceClient:
     """The table service client for ``settings`` (default: the current settings), cached per
-    settings object."""
-    return _table_service(settings or get_settings())
+    storage account (:class:`StorageTarget`)."""
+    return _table_service(StorageTarget.of(settings or get_settings()))
 
 
 @lru_cache(maxsize=4)
-def _table_service(settings: Settings) -> TableServiceClient:
+def _table_service(settings: StorageTarget) -> TableServiceClient:
     from azure.data.tables import TableServiceClient
 
     conn = _connection_string(settings)
@@ -168,12 +188,12 @@ def _table_service(settings: Settings) -> TableServiceClient:
 
 def blob_service(settings: Settings | None = None) -> BlobServiceClient:
     """The blob service client for ``settings`` (default: the current settings), cached per
-    settings object."""
-    return _blob_service(settings or get_settings())
+    storage account (:class:`StorageTarget`)."""
+    return _blob_service(StorageTarget.of(settings or get_settings()))
 
 
 @lru_cache(maxsize=4)
-def _blob_service(settings: Settings) -> BlobServiceClient:
+def _blob_service(settings: StorageTarget) -> BlobServiceClient:
     from azure.storage.blob import BlobServiceClient
 
     conn = _connection_string(settings)

@@ -194,3 +194,18 @@ def test_a_connection_with_a_bad_setting_keeps_its_customer_and_answers_503(
     assert any("QUOTA_CALLS" in e["field"] for e in sent.body["errors"]), sent.body
     assert two.env.queued() == 0
     assert two.env.upstream() == []
+
+
+def test_every_connection_shares_the_apps_storage_clients(two: TwoConnections) -> None:
+    from shared import storage
+
+    for name in ("third", "fourth", "fifth", "sixth"):
+        two.set_connection(name, ACCESS_TOKEN=f"{name}-token", CUSTOMERS=f"4{len(name)}01")
+    every = [connection_settings(n) for n in (None, "second", "third", "fourth", "fifth", "sixth")]
+    assert len({id(s) for s in every}) == 6  # six settings objects
+    # One client (one connection pool) per storage service, whichever connection asks, and it
+    # stays cached however many connections there are (the caches hold four entries).
+    for service in (storage.queue_service, storage.table_service, storage.blob_service):
+        clients = {id(service(s)) for s in every + every}
+        assert len(clients) == 1, service.__name__
+    assert storage.queue_client("q", every[5]).url == storage.queue_client("q", every[0]).url
