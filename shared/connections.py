@@ -399,7 +399,7 @@ def _connection(
             )
     if settings is not None:
         settings._connection = name
-        if not _has_credentials(settings):
+        if settings.credentials is None:
             errors.append(
                 FieldError(
                     f"{prefix}__ACCESS_TOKEN",
@@ -410,20 +410,10 @@ def _connection(
     return Connection(name, prefix, settings, tuple(dict.fromkeys(customers)), tuple(errors))
 
 
-def _has_credentials(settings: Settings) -> bool:
-    def given(value: Any) -> bool:
-        return value is not None and bool(value.get_secret_value())
-
-    if given(settings.access_token):
-        return True
-    return bool(settings.client_id) and (
-        given(settings.client_secret) or given(settings.refresh_token)
-    )
-
-
 def _identity(settings: Settings) -> str | None:
     """Who upstream sees (and throttles as one): the static token, or client and authority."""
-    if settings.access_token is not None and settings.access_token.get_secret_value():
+    if settings.credentials == "access-token":
+        assert settings.access_token is not None
         token = settings.access_token.get_secret_value()
         return "token:" + hashlib.sha256(token.encode()).hexdigest()
     if settings.client_id:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -173,6 +174,17 @@ class Settings(BaseSettings):
         """:attr:`connection` as written on commands and keys: None for the default."""
         return named_connection(self._connection)
 
+    @property
+    def credentials(self) -> Literal["access-token", "refresh-token", "client-credentials"] | None:
+        """Which SmartDialog credentials these settings give, by the one rule: a static access
+        token wins; else a refresh token (with its client id); else a client id with its
+        secret. None when none of them is complete."""
+        if _given(self.access_token):
+            return "access-token"
+        if _given(self.refresh_token):
+            return "refresh-token" if self.client_id else None
+        return "client-credentials" if self.client_id and _given(self.client_secret) else None
+
     @field_validator("client_secret", "refresh_token", "access_token", "callback_secrets")
     @classmethod
     def _refuse_unresolved_key_vault_reference(cls, value: SecretStr | None) -> SecretStr | None:
@@ -300,3 +312,7 @@ def get_settings() -> Settings:
 def reset_settings_cache() -> None:
     """Forget the cached settings (tests change the environment between cases)."""
     get_settings.cache_clear()
+
+
+def _given(secret: SecretStr | None) -> bool:
+    return secret is not None and bool(secret.get_secret_value())

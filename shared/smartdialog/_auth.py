@@ -324,12 +324,14 @@ def auth_from_settings(settings: Settings, *, http_client: Any | None = None) ->
     ``SMARTDIALOG_CLIENT_SECRET``). ``http_client`` is handed to msal (see :class:`MsalHttpClient`).
     Raises :class:`CredentialsError` when nothing usable is configured.
     """
-    if settings.access_token is not None and settings.access_token.get_secret_value():
-        return StaticTokenAuth(settings.access_token.get_secret_value())
+    kind = settings.credentials  # the one rule of which credentials win (shared.settings)
     secret = settings.client_secret.get_secret_value() if settings.client_secret else None
-    if settings.refresh_token is not None and settings.refresh_token.get_secret_value():
-        if not settings.client_id:
-            raise CredentialsError("SMARTDIALOG_REFRESH_TOKEN needs SMARTDIALOG_CLIENT_ID as well")
+    if kind == "access-token":
+        assert settings.access_token is not None
+        return StaticTokenAuth(settings.access_token.get_secret_value())
+    if kind == "refresh-token":
+        assert settings.client_id
+        assert settings.refresh_token is not None
         return RefreshTokenAuth(
             client_id=settings.client_id,
             refresh_token=settings.refresh_token.get_secret_value(),
@@ -338,7 +340,11 @@ def auth_from_settings(settings: Settings, *, http_client: Any | None = None) ->
             scopes=settings.scope_list,
             http_client=http_client,
         )
-    if settings.client_id and secret:
+    if settings.refresh_token is not None and settings.refresh_token.get_secret_value():
+        raise CredentialsError("SMARTDIALOG_REFRESH_TOKEN needs SMARTDIALOG_CLIENT_ID as well")
+    if kind == "client-credentials":
+        assert settings.client_id
+        assert secret
         return ClientCredentialsAuth(
             client_id=settings.client_id,
             client_secret=secret,
