@@ -16,7 +16,7 @@ from shared import names, storage
 from shared.clock import ManualClock, utcnow
 from shared.inbound import InboundProcessor, Subscription, SubscriptionStore
 from shared.inbound._models import InboundIntake, NewMessagePayload
-from shared.messages import QuestionRecord, QuestionStore, new_question_id
+from shared.messages import QuestionStore
 from shared.settings import get_settings
 from shared.storage import StorageOp, table_client
 from shared.triggers import (
@@ -31,6 +31,7 @@ from shared.triggers import (
 )
 from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, Inbound
+from tests.inbound.test_question_costs import _ask
 from tests.inbound.test_webhook import payload, post, storage_requests, token_for
 
 __all__ = ["manual_clock", "storage_requests"]
@@ -51,22 +52,6 @@ def _complete_rows() -> None:
     )
 
 
-def _old_question(service: str, number: str) -> None:
-    """An open question as the previous release left it: no ``~asks-questions`` row."""
-    now = utcnow()
-    QuestionStore.from_settings().create(
-        QuestionRecord(
-            question_id=new_question_id(service, number),
-            service_id=service,
-            address=number,
-            message_id=str(uuid.uuid4()),
-            created_at=now,
-            expires_at=now + dt.timedelta(hours=1),
-            options=("Yes", "No"),
-        )
-    )
-
-
 def _intake(service: str, content: str = "Hello") -> str:
     message = NewMessagePayload.model_validate(
         {
@@ -80,6 +65,21 @@ def _intake(service: str, content: str = "Hello") -> str:
         service=service, messageKey=str(message.messageId), receivedAt=utcnow(), payload=message
     )
     return intake.model_dump_json(exclude_none=True)
+
+
+def _subscribe(connection: str = "default") -> None:
+    """A New Message subscription of :data:`TWO_WAY` on ``connection``."""
+    SubscriptionStore.from_settings().add(
+        Subscription(
+            service=TWO_WAY,
+            subscription_id=str(uuid.uuid4()),
+            callback_url="https://example.com/flow",
+            customer_id=CUSTOMER,
+            created_at=utcnow(),
+            kind=TriggerKind.NEW_MESSAGE,
+            connection=connection,
+        )
+    )
 
 
 def _where(inbound: Inbound) -> tuple[int, int]:
@@ -139,16 +139,7 @@ def test_a_message_that_needs_processing_goes_to_the_intake_queue(
         _complete_rows()
     changes: dict[str, str] = _stop() if why == "keyword" else {}
     if why == "subscriber":
-        SubscriptionStore.from_settings().add(
-            Subscription(
-                service=TWO_WAY,
-                subscription_id=str(uuid.uuid4()),
-                callback_url="https://example.com/flow",
-                customer_id=CUSTOMER,
-                created_at=utcnow(),
-                kind=TriggerKind.NEW_MESSAGE,
-            )
-        )
+        _subscribe()
     if why == "asks":
         TriggerNotifier.for_settings(get_settings()).mark_asking(TWO_WAY)
 
@@ -163,16 +154,7 @@ def test_a_subscriber_on_another_connection_does_not_stop_the_webhook_publishing
     inbound: Inbound,
 ) -> None:
     _complete_rows()
-    SubscriptionStore.from_settings().add(
-        Subscription(
-            service=TWO_WAY,
-            subscription_id=str(uuid.uuid4()),
-            callback_url="https://example.com/flow",
-            customer_id=CUSTOMER,
-            created_at=utcnow(),
-            connection="marketing",
-        )
-    )
+    _subscribe(connection="marketing")
     assert post(inbound, payload(), token=token_for()).status == 202
     assert _where(inbound) == (0, 1)
 
@@ -213,7 +195,7 @@ def test_the_processor_looks_for_a_question_only_for_a_service_that_asked(
 def test_the_rows_are_complete_after_two_scans_an_upgrade_window_apart(
     inbound: Inbound, manual_clock: ManualClock
 ) -> None:
-    _old_question(TWO_WAY, "+358401110001")
+    _ask("+358401110001", TWO_WAY)
     processor = InboundProcessor.from_settings(get_settings())
     index = processor.subscribers
     assert index.asks_questions(OTHER)  # before any scan: every service may have a question
@@ -223,7 +205,7 @@ def test_the_rows_are_complete_after_two_scans_an_upgrade_window_apart(
     assert subscriptions.get_entity(TWO_WAY, ASKS_ROW)["Kind"] == ASKS_ROW
     layout = subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)
     assert layout["Rescanned"] is False
-    _old_question(OTHER, "+358401110002")  # the previous release still runs meanwhile
+    _ask("+358401110002", OTHER)  # the previous release still runs meanwhile
     manual_clock.advance(ASKS_UPGRADE_WINDOW.total_seconds() - 60)
     processor.process(_intake(OTHER))
     assert index.asks_questions(OTHER)  # not yet complete

@@ -42,11 +42,13 @@ def _intake(content: str, sender: str = NUMBER) -> str:
     return intake.model_dump_json(exclude_none=True)
 
 
-def _ask(number: str, **extra: object) -> QuestionRecord:
+def _ask(number: str, service: str = TWO_WAY, **extra: object) -> QuestionRecord:
+    """An open question to ``number``, stored as the ask action stores one (the service is not
+    marked as asking: as the previous release left its questions)."""
     now = dt.datetime.now(dt.UTC)
     record = QuestionRecord(
-        question_id=new_question_id(TWO_WAY, number),
-        service_id=TWO_WAY,
+        question_id=new_question_id(service, number),
+        service_id=service,
         address=number,
         message_id=str(uuid.uuid4()),
         created_at=now,
