@@ -4,7 +4,8 @@
 the subscription's ``Location``, anonymous at the Functions level and opened by its own token.
 ``InboundDispatcher`` POSTs each queued delivery to its subscriber; it returns normally for
 anything a subscriber can cause (retries are re-enqueued copies, failures dead letters), so only
-our own storage failing makes the host retry it.
+our own storage failing makes the host retry it. ``InboundSeenSweeper`` forgets, hourly, the
+deliveries the dispatcher remembered longer than a week.
 """
 
 from __future__ import annotations
@@ -44,3 +45,16 @@ def inbound_dispatcher(msg: func.QueueMessage) -> None:
     from shared.inbound import SubscriberDispatcher
 
     SubscriberDispatcher.from_settings().process(msg.get_body().decode("utf-8", errors="replace"))
+
+
+#: Hourly, at minute 41: deliveries remembered longer than a week are forgotten.
+SEEN_SWEEP_SCHEDULE = "0 41 * * * *"
+
+
+@bp.function_name("InboundSeenSweeper")
+@bp.timer_trigger(arg_name="timer", schedule=SEEN_SWEEP_SCHEDULE, run_on_startup=False)
+def inbound_seen_sweeper(timer: func.TimerRequest) -> None:
+    """Deletes ``SmartDialogInboundSeen`` rows older than a week (see ``shared.inbound``)."""
+    from shared.inbound import sweep_deliveries_seen
+
+    sweep_deliveries_seen()

@@ -34,9 +34,11 @@ from pydantic import BaseModel
 
 from shared.inbound import _dispatch, _dlr_forward, _triggers
 from shared.inbound._dispatch import (
+    DeliveriesSeen,
     DispatchOutcome,
     DispatchResult,
     SubscriberDispatcher,
+    sweep_deliveries_seen,
 )
 from shared.inbound._dlr import (
     DeliveryReport,
@@ -118,6 +120,7 @@ __all__ = [
     "DELIVERY_REPORTED",
     "MESSAGE_RECEIVED",
     "SCHEMA_MODELS",
+    "DeliveriesSeen",
     "DeliveryReport",
     "DeliveryReportData",
     "DeliveryReportResult",
@@ -156,5 +159,6 @@ __all__ = [
     "reset_caches",
     "reset_dispatcher_cache",
     "subscription_url",
+    "sweep_deliveries_seen",
     "webhook_url",
 ]

@@ -44,7 +44,7 @@ import enum
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_RETRY_DELAY_SECONDS",
+    "SEEN_KEPT",
     "CallVerdict",
     "DeliveriesSeen",
     "DispatchOutcome",
@@ -86,6 +87,7 @@ __all__ = [
     "judge_call",
     "reset_dispatcher_cache",
     "retry_delay_seconds",
+    "sweep_deliveries_seen",
 ]
 
 log = logging.getLogger("shared.inbound.dispatch")
@@ -168,11 +170,18 @@ def after_failure(
     return retry_delay_seconds(attempts, base=base, advised=verdict.advised)
 
 
+#: How long ``SmartDialogInboundSeen`` remembers a delivery: far longer than SmartDialog's
+#: retries of a webhook call or the host's redeliveries of a queue message take.
+SEEN_KEPT = dt.timedelta(days=7)
+#: The most rows one sweep deletes (the timer runs it again).
+SEEN_SWEEP_LIMIT = 20_000
+
+
 class DeliveriesSeen:
     """``SmartDialogInboundSeen``: the events each subscription was given. PartitionKey =
     ``d-`` + the subscription id, RowKey = the event's ``ce-id``, ``DeliveredAt``. Rows are kept
-    (no retention: a few hundred bytes per delivered event; an operator may delete old ones, which
-    only lets a very late repeat through)."""
+    :data:`SEEN_KEPT` (:meth:`sweep`, from the ``InboundSeenSweeper`` timer): a repeat later
+    than that would be delivered again."""
 
     def __init__(self, table: TableClient) -> None:
         self._table = table
@@ -201,6 +210,56 @@ class DeliveriesSeen:
         self._table.upsert_entity(
             {"PartitionKey": pk, "RowKey": rk, "DeliveredAt": plain_datetime(at)}
         )
+
+    def sweep(
+        self, *, now: dt.datetime, kept: dt.timedelta = SEEN_KEPT, limit: int = SEEN_SWEEP_LIMIT
+    ) -> int:
+        """Delete the rows last written more than ``kept`` ago (by the table's ``Timestamp``,
+        so the claim rows an earlier release wrote here go too), up to ``limit``, a
+        transaction per 100 rows of one partition; how many went (a row another sweep deleted
+        meanwhile may be counted too)."""
+        from azure.core.exceptions import HttpResponseError
+
+        rows = self._table.query_entities(
+            "Timestamp lt @before",
+            parameters={"before": now - kept},
+            select=["PartitionKey", "RowKey"],
+        )
+        gone = 0
+        for chunk in _partition_chunks(rows, limit):
+            try:
+                self._table.submit_transaction([("delete", row) for row in chunk])
+                gone += len(chunk)
+                continue
+            except HttpResponseError:  # one was deleted meanwhile (another sweep): one by one
+                pass
+            for row in chunk:  # deleting a row that is gone is no error
+                self._table.delete_entity(row["PartitionKey"], row["RowKey"])
+                gone += 1
+        return gone
+
+
+def sweep_deliveries_seen(settings: Settings | None = None) -> int:
+    """One sweep of ``SmartDialogInboundSeen`` (the ``InboundSeenSweeper`` timer)."""
+    gone = DeliveriesSeen.from_settings(settings).sweep(now=utcnow())
+    log.info("deliveries remembered longer than %s swept: %d", SEEN_KEPT, gone)
+    return gone
+
+
+def _partition_chunks(rows: Iterable[Any], limit: int) -> Iterator[list[dict[str, Any]]]:
+    """Up to ``limit`` rows of a query (ordered by partition), in runs of at most 100 rows of
+    one partition (what one table transaction may hold)."""
+    chunk: list[dict[str, Any]] = []
+    for taken, row in enumerate(rows):
+        if taken >= limit:
+            break
+        keys = {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]}
+        if chunk and (len(chunk) == 100 or chunk[0]["PartitionKey"] != keys["PartitionKey"]):
+            yield chunk
+            chunk = []
+        chunk.append(keys)
+    if chunk:
+        yield chunk
 
 
 @dataclass(frozen=True)
