@@ -231,7 +231,7 @@ def _past_upgrade_window(env: dict[str, str]) -> None:
                 "PartitionKey": LAYOUT_PARTITION,
                 "RowKey": ASKS_LAYOUT_ROW,
                 "Since": since,
-                "Rescanned": True,
+                "CompleteAt": since + ASKS_UPGRADE_WINDOW,
             }
         )
         TriggerNotifier.for_settings(get_settings()).mark_asking(ASKING_SERVICE)

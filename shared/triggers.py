@@ -18,7 +18,8 @@ reports: one that wants this state) on the event's connection. The notifier lear
 ``SmartDialogSubscriptions`` (written by ``shared.inbound``'s ``SubscriptionStore``; this module
 reads its ``Kind``, ``States`` and ``Connection`` columns and the ids only) with one partition
 query per service, kept for :data:`SUBSCRIBERS_TTL_SECONDS`. It is the one subscriber index: the
-inbound processor finds a New Message's subscribers in it too. A delivery report for a service
+inbound processor finds a New Message's subscribers in it too, and the webhook whether a message
+needs the processor at all. A delivery report for a service
 nobody subscribed to costs no storage call once that answer is cached, and a new subscription
 starts receiving within that time (at once on the instance that made it).
 
@@ -49,7 +50,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -239,6 +240,26 @@ class SubscriberEntry:
 
 
 @dataclass(frozen=True)
+class _AsksLayout:
+    """The ``~layout``/``asks-questions`` row: when the open questions were first scanned, and
+    from when the ``~asks-questions`` rows count as complete (set by the second scan)."""
+
+    read_at: dt.datetime
+    scanned: dt.datetime | None = None
+    complete_at: dt.datetime | None = None
+
+    def complete(self, now: dt.datetime) -> bool:
+        return self.complete_at is not None and now >= self.complete_at
+
+    def earliest_complete(self, ttl: dt.timedelta) -> dt.datetime:
+        """The earliest any instance may take the rows for complete, as far as a row read at
+        :attr:`read_at` tells (its scans may have run since, but no sooner than this)."""
+        if self.complete_at is not None:
+            return self.complete_at
+        return (self.scanned or self.read_at) + ASKS_UPGRADE_WINDOW + ttl + ASKS_MARGIN
+
+
+@dataclass(frozen=True)
 class ServiceIndex:
     """What the subscriptions partition of a service says: its subscriptions, and since when
     it has asked questions (None: never)."""
@@ -266,7 +287,7 @@ class TriggerNotifier:
         self._ttl = dt.timedelta(seconds=ttl_seconds)
         self._lock = threading.Lock()
         self._known: dict[str, tuple[dt.datetime, ServiceIndex]] = {}
-        self._layout: tuple[dt.datetime, dt.datetime | None, bool] | None = None
+        self._layout: _AsksLayout | None = None
         self._scan_lock = threading.Lock()
 
     @classmethod
@@ -324,10 +345,10 @@ class TriggerNotifier:
     def mark_asking(self, service: str) -> dt.datetime:
         """Record that ``service`` asks questions (before its question is stored); returns when
         every instance's index has seen it: a question sent earlier could be answered before
-        another instance looks for it. In the past once the row is older than the index's
-        lifetime (no storage call while this instance knows that), and while the rows are not
-        complete and cannot be before every index has seen it (every instance then looks for
-        the questions of every service)."""
+        another instance looks for it. That is now while the rows cannot count as complete
+        before then (every instance looks for every service's questions until they do), and in
+        the past once the row is older than the index's lifetime (no storage call while this
+        instance knows that)."""
         from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
         now = self._clock()
@@ -337,7 +358,7 @@ class TriggerNotifier:
                    "Service": service, "Since": plain_datetime(now)}  # fmt: skip
             try:
                 ensure_table(self._subscriptions).create_entity(row)
-                since = now
+                since = self._clock()  # written by now: a slow write counts from its end
             except ResourceExistsError:
                 try:
                     found = self._subscriptions.get_entity(safe_key(service), ASKS_ROW)
@@ -346,59 +367,77 @@ class TriggerNotifier:
                     since = now
             self.forget(service)
         known = since + self._ttl + ASKS_MARGIN
-        scanned, complete = self._layout_state(now)
-        if not complete and (scanned is None or known < scanned + ASKS_UPGRADE_WINDOW):
-            return now
-        return known
+        return now if known <= self._layout_state(now).earliest_complete(self._ttl) else known
 
-    def _layout_state(self, now: dt.datetime) -> tuple[dt.datetime | None, bool]:
-        """When the ``~asks-questions`` rows were first completed (None: not yet), and whether
-        they are complete (the second scan): read at most once per index lifetime until then."""
+    def _layout_state(self, now: dt.datetime) -> _AsksLayout:
+        """The ``~layout`` row as this instance knows it: read at most once per index lifetime
+        (so a row that went, e.g. a restored table, makes the rows incomplete again)."""
         layout = self._layout
-        if layout is None or (not layout[2] and now - layout[0] >= self._ttl):
-            layout = (now, *self._read_layout())
+        if layout is None or now - layout.read_at >= self._ttl:
+            layout = self._read_layout(now)
             self._layout = layout
-        return layout[1], layout[2]
+        return layout
 
     def _asks_rows_complete(self, scan: Callable[[], Iterable[str]] | None) -> bool:
-        """Whether every service with a question has its ``~asks-questions`` row; with
-        ``scan``, completes them when they are not (and, once, after the upgrade window)."""
+        """Whether every service with a question has its ``~asks-questions`` row and every
+        instance's index has seen them; with ``scan``, completes them when they are not (a
+        thread that finds another one scanning does not wait for it). A scan that fails is
+        logged and tried again later: every service counts as asking meanwhile."""
         now = self._clock()
-        since, rescanned = self._layout_state(now)
-        if rescanned:
+        layout = self._layout_state(now)
+        if layout.complete(now):
             return True
-        if scan is not None and (since is None or now - since >= ASKS_UPGRADE_WINDOW):
-            with self._scan_lock:
+        due = layout.scanned is None or now - layout.scanned >= ASKS_UPGRADE_WINDOW
+        scanning = scan is not None and layout.complete_at is None and due
+        if scanning and self._scan_lock.acquire(blocking=False):
+            assert scan is not None
+            try:
                 self._complete_asks_rows(scan)
-            return self._layout is not None and self._layout[2]
+            except Exception:
+                log.warning("could not mark the services with open questions as asking; every "
+                            "service counts as asking until a later try succeeds",
+                            exc_info=True)  # fmt: skip
+                self._layout = replace(layout, read_at=now)  # not again at once
+            finally:
+                self._scan_lock.release()
         return False
 
-    def _read_layout(self) -> tuple[dt.datetime | None, bool]:
+    def _read_layout(self, now: dt.datetime) -> _AsksLayout:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
             row = self._subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)
         except ResourceNotFoundError:
-            return None, False
-        return utc(row.get("Since")), bool(row.get("Rescanned"))
+            return _AsksLayout(now)
+        return _AsksLayout(now, utc(row.get("Since")), utc(row.get("CompleteAt")))
 
     def _complete_asks_rows(self, scan: Callable[[], Iterable[str]]) -> None:
+        """The first scan (none yet), or the second (:data:`ASKS_UPGRADE_WINDOW` after it):
+        mark every service with an open question, then record the scan in the ``~layout`` row.
+        After the second, the rows count as complete once every index has seen them."""
         from azure.data.tables import UpdateMode
 
-        now = self._clock()
-        since, rescanned = self._read_layout()
-        if rescanned or (since is not None and now - since < ASKS_UPGRADE_WINDOW):
-            self._layout = (now, since, rescanned)  # another instance did it
+        layout = self._read_layout(self._clock())
+        if layout.complete_at is not None or (
+            layout.scanned is not None and layout.read_at - layout.scanned < ASKS_UPGRADE_WINDOW
+        ):
+            self._layout = layout  # another instance did it
             return
         services = sorted(set(scan()))
         for service in services:
             self.mark_asking(service)
+        done = self._clock()
+        second = layout.scanned is not None
+        complete_at = done + self._ttl + ASKS_MARGIN if second else None
         row = {"PartitionKey": LAYOUT_PARTITION, "RowKey": ASKS_LAYOUT_ROW,
-               "Since": plain_datetime(since or now), "Rescanned": since is not None}  # fmt: skip
-        ensure_table(self._subscriptions).upsert_entity(row, mode=UpdateMode.REPLACE)
+               "Since": plain_datetime(layout.scanned or done),
+               "CompleteAt": plain_datetime(complete_at)}  # fmt: skip
+        ensure_table(self._subscriptions).upsert_entity(
+            {k: v for k, v in row.items() if v is not None}, mode=UpdateMode.REPLACE
+        )
         log.info("marked %d service(s) with open questions as asking (%s scan)", len(services),
-                 "first" if since is None else "second")  # fmt: skip
-        self._layout = (now, since or now, since is not None)
+                 "second" if second else "first")  # fmt: skip
+        self._layout = _AsksLayout(done, layout.scanned or done, complete_at)
 
     def forget(self, service: str) -> None:
         """Drop the cached answer for ``service`` (this process just (un)subscribed it)."""
@@ -452,6 +491,8 @@ class TriggerNotifier:
                 f"PartitionKey eq '{key}'",
                 select=["RowKey", "Kind", "States", "Connection", "Since"],
             ):
+                if key == LAYOUT_PARTITION and entity.get("RowKey") == ASKS_LAYOUT_ROW:
+                    continue  # a service named like the layout row's partition
                 if entity.get("RowKey") == ASKS_ROW:
                     asks_since = utc(entity.get("Since")) or dt.datetime.fromtimestamp(0, dt.UTC)
                     continue

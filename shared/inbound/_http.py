@@ -73,8 +73,8 @@ def receive_inbound(request: ActionRequest, settings: Settings | None = None) ->
     ``202 {"status": "accepted", "id"}`` once the call is on the intake queue, or its event on
     ``smartdialog-inbound`` when it needs no processing (its one storage call); 401 and 400
     problems with nothing stored; 500 when our storage fails (SmartDialog
-    retries). De-duplication happens behind the queue (:func:`process_intake`), so a retried
-    message is answered 202 again and still published once."""
+    retries). A retried message is answered 202 again and published again as the same event
+    (the same id), which consumers and the dispatcher recognise."""
 
     def run() -> ActionResponse:
         from shared.inbound._registry import CONNECTION_QUERY_PARAMETER

@@ -1,20 +1,22 @@
 """The inbound intake processor: opt-out, question answers, publication, fan-out.
 
-Everything else happens in the queue-triggered ``InboundProcessor``, once per intake message,
-each step only once the previous succeeded::
+A message that needs none of these is published by the webhook itself (``shared.inbound._webhook``,
+docs/inbound.md "Two paths"). Every other one is handled by the queue-triggered
+``InboundProcessor``, once per intake message, each step only once the previous succeeded::
 
     InboundProcessor:
         -> opt-out keyword applied to SmartDialogSuppressions (idempotent, see below)
         -> the open question of service + sender, if any, answered, opted out or re-prompted
-           (:mod:`shared.inbound._answers`; one partition query)
+           (:mod:`shared.inbound._answers`; one partition query, only for a service that has
+           asked questions: ``TriggerNotifier.asks_questions``)
         -> CloudEvent on smartdialog-inbound (in parts when too large for a queue message),
            one delivery per subscriber on smartdialog-inbound-deliveries (carrying the event,
            or naming the whole event's blob in smartdialog-payloads when it came in parts);
            the subscribers come from the cached subscriber index (``shared.triggers``)
         -> return (the host deletes the intake message)
 
-An ordinary message therefore costs two storage calls (the question query, the event), one that
-answers a question three (+ its transaction).
+An ordinary message therefore costs one storage call (the event), two to a service that asks
+questions (+ the question query), three when it answers a question (+ its transaction).
 
 Nothing is lost, and a repeat is recognisable: the event's id is ``{service}:{messageKey}``
 (SmartDialog's ``messageId``, or a hash of its payload), the same for every intake message of

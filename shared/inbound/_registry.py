@@ -365,7 +365,9 @@ class SubscriptionStore:
         # Filtered before parsing: a row of a kind this release does not know is not listed.
         entities = self._table.query_entities(query)
         return [
-            _subscription(e) for e in entities if (e.get("Kind") or TriggerKind.NEW_MESSAGE) == kind
+            _subscription(e)
+            for e in entities
+            if _is_subscription(e) and (e.get("Kind") or TriggerKind.NEW_MESSAGE) == kind
         ]
 
     def every(self, limit: int = 1000) -> Sequence[Subscription]:

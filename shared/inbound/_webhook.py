@@ -90,8 +90,9 @@ def inbound_message_key(payload: NewMessagePayload) -> str:
 
 @dataclass(frozen=True)
 class InboundResult:
-    """What the webhook did: the call is on the intake queue; ``event_id`` is the id its event
-    has (or had, for a message SmartDialog delivered before) on ``smartdialog-inbound``."""
+    """What the webhook did: the call is stored (on the intake queue, or its event on
+    ``smartdialog-inbound``); ``event_id`` is the id its event has (or had, for a message
+    SmartDialog delivered before) on ``smartdialog-inbound``."""
 
     event_id: str
     outcome: Literal["accepted"] = "accepted"
@@ -101,9 +102,9 @@ class InboundResult:
 
 
 class InboundReceiver:
-    """Handles one webhook POST (host-independent): two storage calls per accepted request
-    (the revocation check, the intake message).
-    Build with :meth:`from_settings`."""
+    """Handles one webhook POST (host-independent): one storage call per accepted request (the
+    intake message or the event), and now and then the revocation check and the subscriber
+    index's reads (each cached 30 s). Build with :meth:`from_settings`."""
 
     def __init__(
         self,
@@ -183,7 +184,8 @@ class InboundReceiver:
     def receive(
         self, service: str, token: str | None, body: bytes, *, connection: str | None = None
     ) -> InboundResult:
-        """Authenticate, parse, put one intake message (a payload too large for one goes by
+        """Authenticate, parse, then publish the event of a message that needs no processing
+        (:meth:`_publish_plain`) or put one intake message (a payload too large for one goes by
         reference: a blob, then the intake message naming it). ``connection``: the URL's
         connection parameter (None: a URL made before connections, the default one). Raises
         :class:`Problem` (401, 413, 400); a storage error propagates (500, SmartDialog
@@ -236,9 +238,14 @@ class InboundReceiver:
         keywords = self.settings.stop_keyword_set, self.settings.start_keyword_set
         if classify_keyword(payload.content, *keywords) is not None:
             return False
-        if self._index.asks_questions(service) or self._index.subscribers(
-            TriggerKind.NEW_MESSAGE, service, connection=intake.connection
-        ):
+        try:
+            if self._index.asks_questions(service) or self._index.subscribers(
+                TriggerKind.NEW_MESSAGE, service, connection=intake.connection
+            ):
+                return False
+        except Exception:  # the index unreadable: the processor decides (it retries)
+            log.warning("the subscriber index of %s could not be read; the message goes to the "
+                        "processor", service, exc_info=True)  # fmt: skip
             return False
         _, texts = message_event(intake, payload, None)
         if len(texts) != 1:

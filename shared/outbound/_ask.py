@@ -274,9 +274,13 @@ class AskService:
         )
         if open_one is not None:
             if request_hash is not None and open_one.request_key == request_hash:
-                # A replay: its send is made now if the first request died before it.
+                # A replay: its send is made now if the first request died before it (no
+                # sooner than the first request's would have been).
                 self.send.accept(
-                    command, idempotency_key=idempotency_key, message_id=open_one.message_id
+                    command,
+                    idempotency_key=idempotency_key,
+                    message_id=open_one.message_id,
+                    not_before=self.index.mark_asking(service),
                 )
                 return self._open_view(open_one, status=202)
             if not body.ReplaceOpenQuestion:
@@ -293,7 +297,8 @@ class AskService:
             address=address,
             message_id=str(uuid.uuid4()),
             created_at=now,
-            expires_at=now + dt.timedelta(seconds=body.TimeoutSeconds),
+            # The recipient has the whole timeout from when the question may go out.
+            expires_at=max(now, known_everywhere) + dt.timedelta(seconds=body.TimeoutSeconds),
             options=tuple(body.Options),
             reprompt=body.RepromptContent,
             sender=body.Sender,

@@ -230,11 +230,12 @@ class SendService:
         """Put a new send's command on the queue. A lane member's message is visible at once
         (or within about a second) when it is its lane's next trigger; else it is its backstop,
         visible ``SMARTDIALOG_LANE_BACKSTOP_SECONDS`` later, and the lane whose planned trigger
-        it relies on is returned (docs/sending.md, "Lanes"). Any other message is visible at
-        once, or at ``not_before``."""
+        it relies on is returned (docs/sending.md, "Lanes"). Any other message, and one to send
+        no sooner than ``not_before``, is visible at once or at ``not_before`` (a lane member's
+        then leads its lane when it comes)."""
         queued, queue = self._queued(text, message_id), outbound_queue(self.settings)
         backstop = backstop_seconds(self.settings)
-        if backstop <= 0 or not in_lane(message_id):
+        if backstop <= 0 or not in_lane(message_id) or not_before is not None:
             wait = math.ceil((not_before - now).total_seconds()) if not_before else 0
             if wait > 0:
                 queue.send_message(queued, visibility_timeout=wait)

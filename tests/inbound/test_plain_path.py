@@ -46,16 +46,16 @@ def _complete_rows() -> None:
         {
             "PartitionKey": LAYOUT_PARTITION,
             "RowKey": ASKS_LAYOUT_ROW,
-            "Since": utcnow() - ASKS_UPGRADE_WINDOW,
-            "Rescanned": True,
+            "Since": utcnow() - 2 * ASKS_UPGRADE_WINDOW,
+            "CompleteAt": utcnow() - ASKS_UPGRADE_WINDOW,
         }
     )
 
 
-def _intake(service: str, content: str = "Hello") -> str:
+def _intake(service: str, content: str = "Hello", sender: str = "+358401112233") -> str:
     message = NewMessagePayload.model_validate(
         {
-            "sender": "+358401112233",
+            "sender": sender,
             "recipient": "Clinic",
             "content": content,
             "messageId": str(uuid.uuid4()),
@@ -204,7 +204,7 @@ def test_the_rows_are_complete_after_two_scans_an_upgrade_window_apart(
     subscriptions = table_client(names.SUBSCRIPTIONS_TABLE)
     assert subscriptions.get_entity(TWO_WAY, ASKS_ROW)["Kind"] == ASKS_ROW
     layout = subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)
-    assert layout["Rescanned"] is False
+    assert "CompleteAt" not in layout
     _ask("+358401110002", OTHER)  # the previous release still runs meanwhile
     manual_clock.advance(ASKS_UPGRADE_WINDOW.total_seconds() - 60)
     processor.process(_intake(OTHER))
@@ -212,7 +212,11 @@ def test_the_rows_are_complete_after_two_scans_an_upgrade_window_apart(
 
     manual_clock.advance(61)
     processor.process(_intake(TWO_WAY))  # the second scan
-    assert subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)["Rescanned"] is True
+    layout = subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)
+    assert layout["CompleteAt"] == utcnow() + TTL + ASKS_MARGIN
+    # Complete only once every instance's index has seen the rows the second scan wrote.
+    assert index.asks_questions("s-1001-never")
+    manual_clock.advance((TTL + ASKS_MARGIN).total_seconds())
     assert index.asks_questions(TWO_WAY)
     assert index.asks_questions(OTHER)  # its question came after the first scan
     assert not index.asks_questions("s-1001-never")
@@ -257,6 +261,7 @@ def test_the_first_question_of_a_service_is_queued_invisible_until_every_index_k
             "Content": "Reply YES",
             "Recipient": "+358401110003",
             "Options": ["Yes"],
+            "TimeoutSeconds": 60,
         },
     )
     assert answer.status == 202, answer.body
@@ -264,6 +269,55 @@ def test_the_first_question_of_a_service_is_queued_invisible_until_every_index_k
     assert inbound.read(names.OUTBOUND_QUEUE) == []  # invisible for now
     row = table_client(names.SUBSCRIPTIONS_TABLE).get_entity(TWO_WAY, ASKS_ROW)
     assert row["Service"] == TWO_WAY
+    # The recipient has the whole timeout from when the question may go out.
+    question = QuestionStore.from_settings().open_question(TWO_WAY, "+358401110003")
+    assert question is not None
+    waited = question.expires_at - question.created_at - dt.timedelta(seconds=60)
+    assert TTL + ASKS_MARGIN <= waited < TTL + ASKS_MARGIN + dt.timedelta(seconds=5)
+
+
+def test_the_webhook_leaves_a_message_to_the_processor_when_the_index_cannot_be_read(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    _complete_rows()
+
+    def unreachable(self: TriggerNotifier, service: str) -> None:
+        raise ServiceRequestError("connection refused")
+
+    monkeypatch.setattr(TriggerNotifier, "_query", unreachable)
+    assert post(inbound, payload(), token=token_for()).status == 202
+    assert _where(inbound) == (1, 0)
+
+
+def test_a_scan_that_fails_leaves_every_service_asking_and_the_message_processed(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    number = "+358401110004"
+    _ask(number, TWO_WAY)
+    processor = InboundProcessor.from_settings(get_settings())
+
+    def broken() -> list[str]:
+        raise TimeoutError("the questions table took too long")
+
+    processor.process(_intake(OTHER))  # the first scan, then the second fails
+    manual_clock.advance(ASKS_UPGRADE_WINDOW.total_seconds())
+    asks = processor.subscribers.asks_questions
+    assert asks(TWO_WAY, scan=broken)  # no exception: every service asks
+    assert asks("s-1001-never", scan=broken)
+    processor.process(_intake(TWO_WAY, "yes", sender=number))
+    assert QuestionStore.from_settings().open_question(TWO_WAY, number) is None  # answered
+
+
+def test_a_service_named_like_the_layout_partition_has_no_phantom_subscriber(
+    inbound: Inbound,
+) -> None:
+    index = TriggerNotifier.for_settings(get_settings())
+    index.mark_asking(OTHER)
+    _complete_rows()
+    assert index.subscribers(TriggerKind.NEW_MESSAGE, LAYOUT_PARTITION) == []
+    assert SubscriptionStore.from_settings().list(LAYOUT_PARTITION) == []
 
 
 def test_the_rows_are_not_subscriptions(inbound: Inbound) -> None:
