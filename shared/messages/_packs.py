@@ -175,12 +175,6 @@ class Pack:
     def recipient_count(self) -> int:
         return sum(len(m.addresses) for m in self.members)
 
-    def member_of_address(self, address: str) -> str | None:
-        for member in self.members:
-            if address in member.addresses:
-                return member.message_id
-        return None
-
     def to_entity(self) -> dict[str, Any]:
         members = json.dumps(
             [[m.message_id, list(m.addresses)] for m in self.members], separators=(",", ":")
