@@ -328,3 +328,17 @@ def test_the_rows_are_not_subscriptions(inbound: Inbound) -> None:
     assert store.get(TWO_WAY, ASKS_ROW) is None
     assert store.list(TWO_WAY) == []
     assert not store.remove(TWO_WAY, ASKS_ROW)
+
+
+def test_a_plain_message_smartdialog_sends_again_is_the_same_event_again(
+    inbound: Inbound,
+) -> None:
+    _complete_rows()
+    body = payload()
+    token = token_for()
+    first, again = (post(inbound, body, token=token) for _ in range(2))  # its 202 got lost
+    assert (first.status, again.status) == (202, 202)
+    assert first.body["id"] == again.body["id"]
+    events = inbound.read(names.INBOUND_QUEUE)
+    assert [e["id"] for e in events] == [first.body["id"]] * 2
+    assert events[0]["data"]["content"] == events[1]["data"]["content"] == body["content"]
