@@ -31,7 +31,7 @@ from shared.triggers import (
 )
 from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, Inbound
-from tests.inbound.test_question_costs import _ask
+from tests.inbound.test_question_costs import _ask, _intake
 from tests.inbound.test_webhook import payload, post, storage_requests, token_for
 
 __all__ = ["manual_clock", "storage_requests"]
@@ -50,21 +50,6 @@ def _complete_rows() -> None:
             "CompleteAt": utcnow() - ASKS_UPGRADE_WINDOW,
         }
     )
-
-
-def _intake(service: str, content: str = "Hello", sender: str = "+358401112233") -> str:
-    message = NewMessagePayload.model_validate(
-        {
-            "sender": sender,
-            "recipient": "Clinic",
-            "content": content,
-            "messageId": str(uuid.uuid4()),
-        }
-    )
-    intake = InboundIntake(
-        service=service, messageKey=str(message.messageId), receivedAt=utcnow(), payload=message
-    )
-    return intake.model_dump_json(exclude_none=True)
 
 
 def _subscribe(connection: str = "default") -> None:
@@ -174,16 +159,16 @@ def test_the_processor_looks_for_a_question_only_for_a_service_that_asked(
     QuestionStore.from_settings().table  # noqa: B018 - the table exists before counting
     counter = storage.count_round_trips()
     processor = InboundProcessor.from_settings(get_settings())
-    processor.process(_intake(OTHER, "warm up"))
-    processor.process(_intake(TWO_WAY, "warm up"))
+    processor.process(_intake("warm up", service=OTHER))
+    processor.process(_intake("warm up", service=TWO_WAY))
 
     before = counter.snapshot()
-    processor.process(_intake(TWO_WAY))
+    processor.process(_intake("Hello", service=TWO_WAY))
     never_asked = _calls(counter, before)
     processor.subscribers.mark_asking(TWO_WAY)
-    processor.process(_intake(TWO_WAY, "warm up"))  # its index is read again
+    processor.process(_intake("warm up", service=TWO_WAY))  # its index is read again
     before = counter.snapshot()
-    processor.process(_intake(TWO_WAY))
+    processor.process(_intake("Hello", service=TWO_WAY))
     asked = _calls(counter, before)
 
     assert (never_asked, asked) == (1, 2)  # the event; the question query and the event
@@ -200,18 +185,18 @@ def test_the_rows_are_complete_after_two_scans_an_upgrade_window_apart(
     index = processor.subscribers
     assert index.asks_questions(OTHER)  # before any scan: every service may have a question
 
-    processor.process(_intake(OTHER))  # the first scan
+    processor.process(_intake("Hello", service=OTHER))  # the first scan
     subscriptions = table_client(names.SUBSCRIPTIONS_TABLE)
     assert subscriptions.get_entity(TWO_WAY, ASKS_ROW)["Kind"] == ASKS_ROW
     layout = subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)
     assert "CompleteAt" not in layout
     _ask("+358401110002", OTHER)  # the previous release still runs meanwhile
     manual_clock.advance(ASKS_UPGRADE_WINDOW.total_seconds() - 60)
-    processor.process(_intake(OTHER))
+    processor.process(_intake("Hello", service=OTHER))
     assert index.asks_questions(OTHER)  # not yet complete
 
     manual_clock.advance(61)
-    processor.process(_intake(TWO_WAY))  # the second scan
+    processor.process(_intake("Hello", service=TWO_WAY))  # the second scan
     layout = subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)
     assert layout["CompleteAt"] == utcnow() + TTL + ASKS_MARGIN
     # Complete only once every instance's index has seen the rows the second scan wrote.
@@ -301,12 +286,12 @@ def test_a_scan_that_fails_leaves_every_service_asking_and_the_message_processed
     def broken() -> list[str]:
         raise TimeoutError("the questions table took too long")
 
-    processor.process(_intake(OTHER))  # the first scan, then the second fails
+    processor.process(_intake("Hello", service=OTHER))  # the first scan, then the second fails
     manual_clock.advance(ASKS_UPGRADE_WINDOW.total_seconds())
     asks = processor.subscribers.asks_questions
     assert asks(TWO_WAY, scan=broken)  # no exception: every service asks
     assert asks("s-1001-never", scan=broken)
-    processor.process(_intake(TWO_WAY, "yes", sender=number))
+    processor.process(_intake("yes", number, TWO_WAY))
     assert QuestionStore.from_settings().open_question(TWO_WAY, number) is None  # answered
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from shared import storage
+from shared.clock import utcnow
 from shared.inbound import InboundProcessor
 from shared.inbound._answers import QuestionAnswers, reprompt_command, reprompt_message_id
 from shared.inbound._models import InboundIntake, NewMessagePayload
@@ -24,7 +25,7 @@ from tests.inbound.conftest import TWO_WAY, Inbound
 NUMBER = "+358401112233"
 
 
-def _intake(content: str, sender: str = NUMBER) -> str:
+def _intake(content: str, sender: str = NUMBER, service: str = TWO_WAY) -> str:
     payload = NewMessagePayload.model_validate(
         {
             "sender": sender,
@@ -34,9 +35,9 @@ def _intake(content: str, sender: str = NUMBER) -> str:
         }
     )
     intake = InboundIntake(
-        service=TWO_WAY,
+        service=service,
         messageKey=str(payload.messageId),
-        receivedAt=dt.datetime.now(dt.UTC),
+        receivedAt=utcnow(),  # the test's clock, when it has one
         payload=payload,
     )
     return intake.model_dump_json(exclude_none=True)
