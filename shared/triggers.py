@@ -38,8 +38,9 @@ Questions asked before these rows existed (the previous release) have none: unti
 known to be complete, every service counts as asking. The processor writes them from the open
 questions it finds (:meth:`asks_questions` with ``scan``), records that in the
 ``~layout``/``asks-questions`` row, and scans once more :data:`ASKS_UPGRADE_WINDOW` later for
-questions that an instance of the previous release still asked meanwhile; only after that second
-scan do the rows count as complete (docs/deploy.md).
+questions that an instance of the previous release still asked meanwhile; the rows count as
+complete once every instance's index has seen what that second scan wrote (``CompleteAt``, 35 s
+later; docs/deploy.md). Every instance reads the ``~layout`` row again every 30 s.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ log = logging.getLogger("shared.triggers")
 SUBSCRIBERS_TTL_SECONDS = 30.0
 #: The row of a service's partition that says it has asked a question, and its ``Kind``.
 ASKS_ROW = ASKS_KIND = "~asks-questions"
-#: Added to the index's lifetime before a service's first question is sent (clock skew).
+#: Added to the index's lifetime before a service's first question is sent, and before the rows
+#: count as complete after the second scan (a slow write, clocks that disagree a little).
 ASKS_MARGIN = dt.timedelta(seconds=5)
 #: The row recording that the ``~asks-questions`` rows are complete, and how long after the
 #: first scan a second one looks for questions the previous release asked meanwhile.
