@@ -10,6 +10,7 @@ import datetime as dt
 import uuid
 from collections import Counter
 
+import httpx
 import pytest
 
 from shared import names, storage
@@ -327,3 +328,30 @@ def test_a_plain_message_smartdialog_sends_again_is_the_same_event_again(
     events = inbound.read(names.INBOUND_QUEUE)
     assert [e["id"] for e in events] == [first.body["id"]] * 2
     assert events[0]["data"]["content"] == events[1]["data"]["content"] == body["content"]
+
+
+def test_the_sandboxs_inbound_message_reaches_the_queue_through_the_dev_host_without_the_processor(
+    served: Inbound,
+) -> None:
+    """SmartDialog's POST over a real socket to the dev host serving the app: the event is on
+    smartdialog-inbound when the 202 comes back, and nothing waits for the processor."""
+    _complete_rows()
+    registered = served.call(
+        "RegisterInboundWebhook",
+        "POST",
+        route_params={"Service": TWO_WAY},
+        headers={"Customer-Id": CUSTOMER},
+    )
+    assert registered.status == 201, registered.body
+    response = httpx.post(
+        f"{served.sandbox.url}/sandbox/inbound",
+        json={"sender": "+358401110005", "recipient": "Clinic", "content": "Running late"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    [delivery] = response.json()["deliveries"]
+    assert delivery["status"] == 202
+    assert _where(served) == (0, 1)
+    [event] = served.read(names.INBOUND_QUEUE)
+    assert event["data"]["content"] == "Running late"
+    assert event["data"]["sender"] == "+358401110005"
