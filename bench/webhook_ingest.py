@@ -214,24 +214,19 @@ def _past_upgrade_window(env: dict[str, str]) -> None:
     """The ``~asks-questions`` rows as an install has them once its upgrade window has passed
     (both scans done: shared.triggers), and :data:`ASKING_SERVICE` marked as asking, as the ask
     action marks a service before its first question."""
-    from shared.names import SUBSCRIPTIONS_TABLE
+    from shared.names import LAYOUT_PARTITION, SUBSCRIPTIONS_TABLE, UPGRADE_WINDOW
     from shared.settings import get_settings
     from shared.storage import ensured_table
-    from shared.triggers import (
-        ASKS_LAYOUT_ROW,
-        ASKS_UPGRADE_WINDOW,
-        LAYOUT_PARTITION,
-        TriggerNotifier,
-    )
+    from shared.triggers import ASKS_LAYOUT_ROW, TriggerNotifier
 
     with environment(env):
-        since = dt.datetime.now(dt.UTC) - 2 * ASKS_UPGRADE_WINDOW
+        since = dt.datetime.now(dt.UTC) - 2 * UPGRADE_WINDOW
         ensured_table(SUBSCRIPTIONS_TABLE).upsert_entity(
             {
                 "PartitionKey": LAYOUT_PARTITION,
                 "RowKey": ASKS_LAYOUT_ROW,
                 "Since": since,
-                "CompleteAt": since + ASKS_UPGRADE_WINDOW,
+                "CompleteAt": since + UPGRADE_WINDOW,
             }
         )
         TriggerNotifier.for_settings(get_settings()).mark_asking(ASKING_SERVICE)

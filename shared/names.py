@@ -6,6 +6,8 @@ One place for every name, so the code, the dev host, the schemas and the Bicep i
 
 from __future__ import annotations
 
+import datetime as dt
+
 #: The connection of the plain SMARTDIALOG_* settings, and of every row, message and event
 #: written before named connections existed (named connections: ``shared/connections.py``).
 DEFAULT_CONNECTION = "default"
@@ -16,6 +18,12 @@ def named_connection(connection: str) -> str | None:
     commands, keys and ids are exactly what they were before named connections)."""
     return None if connection == DEFAULT_CONNECTION else connection
 
+
+#: The partition of a table's layout rows: what an upgrade of the table's layout has done.
+LAYOUT_PARTITION = "~layout"
+#: How long after an upgrade's first step an instance of the previous release may still run
+#: (a deploy's overlap) and write rows in the old layout, which the new release then picks up.
+UPGRADE_WINDOW = dt.timedelta(minutes=15)
 
 #: Send commands (the public outbound contract, see ``schemas/``).
 OUTBOUND_QUEUE = "smartdialog-outbound"

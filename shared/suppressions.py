@@ -12,9 +12,9 @@ Suppressions are per service (a STOP to the support line does not silence the ne
   service (the all-services row included).
 
 The by-recipient rows came later: a ``~layout`` row records when they were first copied from the
-by-service rows. For :data:`UPGRADE_WINDOW` after that, while an earlier version may still be
-running and writing by-service rows only, every process copies them again at most every
-:data:`RECOPY_EVERY` (see docs/deploy.md, "Upgrading").
+by-service rows. For :data:`~shared.names.UPGRADE_WINDOW` after that, while an earlier version
+may still be running and writing by-service rows only, every process copies them again at most
+every :data:`RECOPY_EVERY` (see docs/deploy.md, "Upgrading").
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared.clock import utcnow
-from shared.names import SUPPRESSIONS_TABLE
+from shared.names import LAYOUT_PARTITION, SUPPRESSIONS_TABLE, UPGRADE_WINDOW
 from shared.problems import FieldError, Problem, ProblemType
 from shared.storage import ensured_table, plain_datetime, safe_key, utc
 
@@ -48,10 +48,10 @@ __all__ = [
 ALL_SERVICES = "*"
 #: Partition prefix of the by-recipient rows, and the row that records their layout.
 BY_RECIPIENT = "to:"
-LAYOUT_PARTITION, LAYOUT_ROW = "~layout", "by-recipient"
-#: After the by-recipient rows are first copied: how long by-service rows are copied again (an
-#: earlier version may still write those only), and how often.
-UPGRADE_WINDOW = dt.timedelta(minutes=15)
+LAYOUT_ROW = "by-recipient"
+#: After the by-recipient rows are first copied, by-service rows are copied again for
+#: :data:`~shared.names.UPGRADE_WINDOW` (an earlier version may still write those only), this
+#: often.
 RECOPY_EVERY = dt.timedelta(seconds=60)
 #: Per table (its URL): when the layout was made, and when this process last copied.
 _layouts: dict[str, tuple[dt.datetime, dt.datetime]] = {}
@@ -225,7 +225,7 @@ class SuppressionStore:
 
     def _ensure_layout(self) -> None:
         """Make the by-recipient rows once (a ``~layout`` row records when); within
-        :data:`UPGRADE_WINDOW` of that, copy the by-service rows again every
+        :data:`~shared.names.UPGRADE_WINDOW` of that, copy the by-service rows again every
         :data:`RECOPY_EVERY` (one process at a time need not be arranged: copies are idempotent)."""
         if not self._layout_due(utcnow()):
             return

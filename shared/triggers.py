@@ -37,7 +37,7 @@ sent only once every instance's cached index must have seen its row (:meth:`mark
 Questions asked before these rows existed (the previous release) have none: until the rows are
 known to be complete, every service counts as asking. The processor writes them from the open
 questions it finds (:meth:`asks_questions` with ``scan``), records that in the
-``~layout``/``asks-questions`` row, and scans once more :data:`ASKS_UPGRADE_WINDOW` later for
+``~layout``/``asks-questions`` row, and scans once more :data:`UPGRADE_WINDOW` later for
 questions that an instance of the previous release still asked meanwhile; the rows count as
 complete once every instance's index has seen what that second scan wrote (``CompleteAt``, 35 s
 later; docs/deploy.md). Every instance reads the ``~layout`` row again every 30 s.
@@ -58,7 +58,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.clock import utcnow
-from shared.names import DEFAULT_CONNECTION, SUBSCRIPTIONS_TABLE, TRIGGER_EVENTS_QUEUE
+from shared.names import (
+    DEFAULT_CONNECTION,
+    LAYOUT_PARTITION,
+    SUBSCRIPTIONS_TABLE,
+    TRIGGER_EVENTS_QUEUE,
+    UPGRADE_WINDOW,
+)
 from shared.storage import (
     QueueLike,
     ensure_table,
@@ -103,10 +109,9 @@ ASKS_ROW = ASKS_KIND = "~asks-questions"
 #: Added to the index's lifetime before a service's first question is sent, and before the rows
 #: count as complete after the second scan (a slow write, clocks that disagree a little).
 ASKS_MARGIN = dt.timedelta(seconds=5)
-#: The row recording that the ``~asks-questions`` rows are complete, and how long after the
-#: first scan a second one looks for questions the previous release asked meanwhile.
-LAYOUT_PARTITION, ASKS_LAYOUT_ROW = "~layout", "asks-questions"
-ASKS_UPGRADE_WINDOW = dt.timedelta(minutes=15)
+#: The layout row recording the scans that complete the ``~asks-questions`` rows (the second
+#: comes :data:`~shared.names.UPGRADE_WINDOW` after the first).
+ASKS_LAYOUT_ROW = "asks-questions"
 #: Recipient states no later report changes: what "final states only" delivers.
 FINAL_STATES = frozenset({"delivered", "undelivered"})
 
@@ -258,7 +263,7 @@ class _AsksLayout:
         :attr:`read_at` tells (its scans may have run since, but no sooner than this)."""
         if self.complete_at is not None:
             return self.complete_at
-        return (self.scanned or self.read_at) + ASKS_UPGRADE_WINDOW + ttl + ASKS_MARGIN
+        return (self.scanned or self.read_at) + UPGRADE_WINDOW + ttl + ASKS_MARGIN
 
 
 @dataclass(frozen=True)
@@ -389,7 +394,7 @@ class TriggerNotifier:
         layout = self._layout_state(now)
         if layout.complete(now):
             return True
-        due = layout.scanned is None or now - layout.scanned >= ASKS_UPGRADE_WINDOW
+        due = layout.scanned is None or now - layout.scanned >= UPGRADE_WINDOW
         scanning = scan is not None and layout.complete_at is None and due
         if scanning and self._scan_lock.acquire(blocking=False):
             assert scan is not None
@@ -414,14 +419,14 @@ class TriggerNotifier:
         return _AsksLayout(now, utc(row.get("Since")), utc(row.get("CompleteAt")))
 
     def _complete_asks_rows(self, scan: Callable[[], Iterable[str]]) -> None:
-        """The first scan (none yet), or the second (:data:`ASKS_UPGRADE_WINDOW` after it):
+        """The first scan (none yet), or the second (:data:`UPGRADE_WINDOW` after it):
         mark every service with an open question, then record the scan in the ``~layout`` row.
         After the second, the rows count as complete once every index has seen them."""
         from azure.data.tables import UpdateMode
 
         layout = self._read_layout(self._clock())
         if layout.complete_at is not None or (
-            layout.scanned is not None and layout.read_at - layout.scanned < ASKS_UPGRADE_WINDOW
+            layout.scanned is not None and layout.read_at - layout.scanned < UPGRADE_WINDOW
         ):
             self._layout = layout  # another instance did it
             return

@@ -18,14 +18,13 @@ from shared.clock import ManualClock, utcnow
 from shared.inbound import InboundProcessor, Subscription, SubscriptionStore
 from shared.inbound._models import InboundIntake, NewMessagePayload
 from shared.messages import QuestionStore
+from shared.names import LAYOUT_PARTITION, UPGRADE_WINDOW
 from shared.settings import get_settings
 from shared.storage import StorageOp, table_client
 from shared.triggers import (
     ASKS_LAYOUT_ROW,
     ASKS_MARGIN,
     ASKS_ROW,
-    ASKS_UPGRADE_WINDOW,
-    LAYOUT_PARTITION,
     SUBSCRIBERS_TTL_SECONDS,
     TriggerKind,
     TriggerNotifier,
@@ -47,8 +46,8 @@ def _complete_rows() -> None:
         {
             "PartitionKey": LAYOUT_PARTITION,
             "RowKey": ASKS_LAYOUT_ROW,
-            "Since": utcnow() - 2 * ASKS_UPGRADE_WINDOW,
-            "CompleteAt": utcnow() - ASKS_UPGRADE_WINDOW,
+            "Since": utcnow() - 2 * UPGRADE_WINDOW,
+            "CompleteAt": utcnow() - UPGRADE_WINDOW,
         }
     )
 
@@ -192,7 +191,7 @@ def test_the_rows_are_complete_after_two_scans_an_upgrade_window_apart(
     layout = subscriptions.get_entity(LAYOUT_PARTITION, ASKS_LAYOUT_ROW)
     assert "CompleteAt" not in layout
     _ask("+358401110002", OTHER)  # the previous release still runs meanwhile
-    manual_clock.advance(ASKS_UPGRADE_WINDOW.total_seconds() - 60)
+    manual_clock.advance(UPGRADE_WINDOW.total_seconds() - 60)
     processor.process(_intake("Hello", service=OTHER))
     assert index.asks_questions(OTHER)  # not yet complete
 
@@ -288,7 +287,7 @@ def test_a_scan_that_fails_leaves_every_service_asking_and_the_message_processed
         raise TimeoutError("the questions table took too long")
 
     processor.process(_intake("Hello", service=OTHER))  # the first scan, then the second fails
-    manual_clock.advance(ASKS_UPGRADE_WINDOW.total_seconds())
+    manual_clock.advance(UPGRADE_WINDOW.total_seconds())
     asks = processor.subscribers.asks_questions
     assert asks(TWO_WAY, scan=broken)  # no exception: every service asks
     assert asks("s-1001-never", scan=broken)

@@ -9,11 +9,11 @@ import pytest
 from azure.data.tables import TableClient
 
 from shared.clock import ManualClock
+from shared.names import UPGRADE_WINDOW
 from shared.storage import ensured_table, plain_datetime, safe_key
 from shared.suppressions import (
     ALL_SERVICES,
     RECOPY_EVERY,
-    UPGRADE_WINDOW,
     SuppressionStore,
     _layouts,
 )
