@@ -199,7 +199,8 @@ class SendService:
                 if key_hash is not None and not replay:
                     self.idempotency.release(key_hash, message_id)
                 raise
-            relied = self._enqueue_new(text, message_id, now, not_before)
+            queued = self._queued(text, message_id)  # by reference when large: one blob
+            relied = self._enqueue_new(queued, message_id, now, not_before)
             fresh, slots = new_record(
                 command,
                 now=now,
@@ -212,7 +213,7 @@ class SendService:
                 self.packs.index([record])  # any leader may pack it from now on
             assert record is not None, "a record that exists cannot vanish"
             if relied is not None and not self.triggers.coming(relied, self._clock()):
-                self._lead_at_once(text, message_id)
+                self._lead_at_once(queued, message_id)
         elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self._pending(record, status=202)
@@ -225,15 +226,15 @@ class SendService:
         return str(uuid.uuid4()) if key is None else lane_message_id(key, now)
 
     def _enqueue_new(
-        self, text: str, message_id: str, now: dt.datetime, not_before: dt.datetime | None = None
+        self, queued: str, message_id: str, now: dt.datetime, not_before: dt.datetime | None = None
     ) -> str | None:
-        """Put a new send's command on the queue. A lane member's message is visible at once
-        (or within about a second) when it is its lane's next trigger; else it is its backstop,
-        visible ``SMARTDIALOG_LANE_BACKSTOP_SECONDS`` later, and the lane whose planned trigger
-        it relies on is returned (docs/sending.md, "Lanes"). Any other message, and one to send
-        no sooner than ``not_before``, is visible at once or at ``not_before`` (a lane member's
-        then leads its lane when it comes)."""
-        queued, queue = self._queued(text, message_id), outbound_queue(self.settings)
+        """Put a new send's queue message (:meth:`_queued`) on the queue. A lane member's
+        message is visible at once (or within about a second) when it is its lane's next
+        trigger; else it is its backstop, visible ``SMARTDIALOG_LANE_BACKSTOP_SECONDS`` later,
+        and the lane whose planned trigger it relies on is returned (docs/sending.md, "Lanes").
+        Any other message, and one to send no sooner than ``not_before``, is visible at once or
+        at ``not_before`` (a lane member's then leads its lane when it comes)."""
+        queue = outbound_queue(self.settings)
         backstop = backstop_seconds(self.settings)
         if backstop <= 0 or not in_lane(message_id) or not_before is not None:
             wait = math.ceil((not_before - now).total_seconds()) if not_before else 0
@@ -252,12 +253,12 @@ class SendService:
             raise
         return None if relied is None else lane
 
-    def _lead_at_once(self, text: str, message_id: str) -> None:
+    def _lead_at_once(self, queued: str, message_id: str) -> None:
         """A second message, visible at once, for a recorded lane member whose record was
         written after the trigger it relied on came (or whose trigger was never enqueued):
         that trigger may have read the lane before. Best effort: its backstop is queued."""
         try:
-            outbound_queue(self.settings).send_message(self._queued(text, message_id))
+            outbound_queue(self.settings).send_message(queued)
         except Exception:  # the send is accepted: its backstop leads it later
             log.warning("message %s: its lane's trigger may have missed it, and a message "
                         "to lead it now could not be queued; its backstop will", message_id,
