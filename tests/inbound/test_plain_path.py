@@ -32,6 +32,7 @@ from shared.triggers import (
 from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, Inbound
 from tests.inbound.test_question_costs import _ask, _intake
+from tests.inbound.test_tokens import register
 from tests.inbound.test_webhook import payload, post, storage_requests, token_for
 
 __all__ = ["manual_clock", "storage_requests"]
@@ -335,13 +336,7 @@ def test_the_sandboxs_inbound_message_reaches_the_queue_through_the_dev_host_wit
     """SmartDialog's POST over a real socket to the dev host serving the app: the event is on
     smartdialog-inbound when the 202 comes back, and nothing waits for the processor."""
     _complete_rows()
-    registered = served.call(
-        "RegisterInboundWebhook",
-        "POST",
-        route_params={"Service": TWO_WAY},
-        headers={"Customer-Id": CUSTOMER},
-    )
-    assert registered.status == 201, registered.body
+    register(served)
     response = httpx.post(
         f"{served.sandbox.url}/sandbox/inbound",
         json={"sender": "+358401110005", "recipient": "Clinic", "content": "Running late"},
