@@ -47,6 +47,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import groupby, islice
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -249,17 +250,10 @@ def sweep_deliveries_seen(settings: Settings | None = None) -> int:
 def _partition_chunks(rows: Iterable[Any], limit: int) -> Iterator[list[dict[str, Any]]]:
     """Up to ``limit`` rows of a query (ordered by partition), in runs of at most 100 rows of
     one partition (what one table transaction may hold)."""
-    chunk: list[dict[str, Any]] = []
-    for taken, row in enumerate(rows):
-        if taken >= limit:
-            break
-        keys = {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]}
-        if chunk and (len(chunk) == 100 or chunk[0]["PartitionKey"] != keys["PartitionKey"]):
-            yield chunk
-            chunk = []
-        chunk.append(keys)
-    if chunk:
-        yield chunk
+    for _, same in groupby(islice(rows, limit), key=lambda row: row["PartitionKey"]):
+        keys = [{"PartitionKey": r["PartitionKey"], "RowKey": r["RowKey"]} for r in same]
+        for start in range(0, len(keys), 100):
+            yield keys[start : start + 100]
 
 
 @dataclass(frozen=True)
