@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import hashlib
 import hmac
 import re
 import secrets as _random
@@ -137,7 +136,7 @@ def _mac(secret: str, purpose: str, subject: str, expiry: int, nonce: str | None
         message = f"{_VERSION}\n{purpose}\n{expiry}\n{subject}"
     else:
         message = f"{_NONCE_VERSION}\n{purpose}\n{expiry}\n{nonce}\n{subject}"
-    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    digest = hmac.digest(secret.encode(), message.encode(), "sha256")
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 

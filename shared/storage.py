@@ -90,10 +90,12 @@ def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
     trip, paid twice per quota token. Here the environment is read once, when the client is
     built: the proxy for ``endpoint`` (``HTTP(S)_PROXY``/``ALL_PROXY``, honouring
     ``NO_PROXY``) goes to the SDK's proxy policy and ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
-    to the transport, so proxy and CA settings still work, but a change to them after start-up
-    needs a restart (the clients are cached per process). ``.netrc`` is no longer consulted:
-    every request is signed by the SDK, and a netrc entry would only replace its
-    ``Authorization`` header. ``service`` (``"table"`` or ``"queue"``) tells a counting
+    to the transport (for HTTPS or through a proxy), so proxy and CA settings still work, but a
+    change to them after start-up needs a restart (the clients are cached per process).
+    ``.netrc`` is no longer consulted: every request is signed by the SDK, and a netrc entry
+    would only replace its ``Authorization`` header. The session is
+    :class:`shared.storage_session.StorageSession`, which skips what no storage request uses
+    (cookies, hooks, redirects). ``service`` (``"table"`` or ``"queue"``) tells a counting
     transport (:func:`count_round_trips`) how to read the requests.
     """
     import os
@@ -101,16 +103,19 @@ def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
     from azure.core.pipeline.transport import RequestsTransport
     from requests.utils import get_environ_proxies
 
-    transport_options: dict[str, Any] = {"use_env_settings": False}
+    from shared.storage_session import StorageSession
+
+    proxies = get_environ_proxies(endpoint)
+    transport_options: dict[str, Any] = {"session": StorageSession(), "use_env_settings": False}
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if ca_bundle:
+    # A CA bundle as a path costs requests a stat() per request; plain HTTP (Azurite) needs none.
+    if ca_bundle and (proxies or not endpoint.lower().startswith("http://")):
         transport_options["connection_verify"] = ca_bundle
     counter = _round_trips
     transport = RequestsTransport(**transport_options)
     if counter is not None and service != "blob":
         transport = _counting_transport(service, counter, transport)
     options: dict[str, Any] = {"transport": transport}
-    proxies = get_environ_proxies(endpoint)
     if proxies:
         options["proxies"] = proxies
     return options

@@ -13,6 +13,7 @@ import requests
 from shared import storage
 from shared.settings import Settings
 from shared.storage import StorageOp
+from shared.storage_session import StorageSession
 
 AZURITE = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
@@ -35,14 +36,17 @@ class _Sent(Exception):
 
 
 def _sent_with(monkeypatch: pytest.MonkeyPatch, call: Callable[[], object]) -> dict[str, Any]:
-    """What the SDK's requests session was asked to send ``call``'s request with."""
+    """What the connection adapter was asked to send ``call``'s request with (the last step
+    before the socket): its URL, headers, TLS check and proxies."""
     seen: dict[str, Any] = {}
 
-    def request(self: requests.Session, method: str, url: str, **kwargs: Any) -> None:
-        seen.update(kwargs, trust_env=self.trust_env, url=url)
+    def send(
+        self: requests.adapters.HTTPAdapter, request: requests.PreparedRequest, **kwargs: Any
+    ) -> None:
+        seen.update(kwargs, url=request.url, headers=dict(request.headers))
         raise _Sent
 
-    monkeypatch.setattr(requests.Session, "request", request)
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
     with pytest.raises(_Sent):
         call()
     return seen
@@ -74,8 +78,48 @@ def test_a_proxy_in_the_environment_is_resolved_once_for_the_endpoint(
     for call in (lambda: table.get_entity("p", "r"), queue.get_queue_properties):
         sent = _sent_with(monkeypatch, call)
         assert sent["proxies"] == {"http": "http://proxy.example:3128"}
-        assert sent["trust_env"] is False  # no per-request environment or .netrc look-up
-        assert sent["verify"] == "/etc/ssl/certs/bench-ca.pem"
+        assert sent["verify"] == "/etc/ssl/certs/bench-ca.pem"  # the proxy may be HTTPS
+    session = table._client._client._pipeline._transport._transport.session  # the SDK's own
+    assert isinstance(session, StorageSession)
+    assert session.trust_env is False  # no per-request environment or .netrc look-up
+
+
+def test_the_ca_bundle_is_used_for_https_and_left_out_for_plain_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_proxies(monkeypatch)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/bench-ca.pem")
+    https = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=x.net"
+    on_tls_table = storage.table_client("Quota", Settings(AzureWebJobsStorage=https))
+    plain_table = storage.table_client("Quota", Settings(AzureWebJobsStorage=AZURITE))
+
+    on_tls = _sent_with(monkeypatch, lambda: on_tls_table.get_entity("p", "r"))
+    plain = _sent_with(monkeypatch, lambda: plain_table.get_entity("p", "r"))
+
+    assert on_tls["url"].startswith("https://acct.table.x.net/")
+    assert on_tls["verify"] == "/etc/ssl/certs/bench-ca.pem"
+    assert plain["verify"] is True  # no stat() of the bundle per request to Azurite
+
+
+def test_the_session_sends_the_sdk_request_as_built_with_the_default_headers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_proxies(monkeypatch)
+    table = storage.table_client("Quota", Settings(AzureWebJobsStorage=AZURITE))
+
+    sent = _sent_with(monkeypatch, lambda: table.get_entity("p", "r"))
+
+    headers = {name.lower(): value for name, value in sent["headers"].items()}
+    assert headers["authorization"].startswith("SharedKey devstoreaccount1:")  # the SDK's
+    assert headers["x-ms-version"]
+    assert headers["user-agent"].startswith("azsdk-python-data-tables")  # not requests'
+    assert headers["accept-encoding"] == requests.utils.default_headers()["Accept-Encoding"]
+    assert sent["stream"] is False
+
+
+def test_the_session_refuses_to_follow_redirects() -> None:
+    with pytest.raises(ValueError, match="redirects"):
+        StorageSession().request("GET", "http://127.0.0.1:9/", allow_redirects=True)
 
 
 def test_no_proxy_for_the_endpoint_means_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,6 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,22 +53,27 @@ class ActionRequest:
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    #: The caller's tracking id when it sent a usable one, else a fresh UUID. Set on creation:
+    #: every action reads it, and Python 3.11's ``cached_property`` takes one lock shared by
+    #: every request of every thread.
+    tracking_id: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", {k.lower(): v for k, v in self.headers.items()})
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "tracking_id", _tracking_id(headers))
 
     def header(self, name: str) -> str | None:
         """One header's value, or None (case-insensitive)."""
         return self.headers.get(name.lower())
 
-    @cached_property
-    def tracking_id(self) -> str:
-        """The caller's tracking id when it sent a usable one, else a fresh UUID."""
-        for name in TRACKING_HEADERS:
-            value = self.headers.get(name, "").strip()
-            if _SAFE_TRACKING_ID.match(value):
-                return value
-        return str(uuid.uuid4())
+
+def _tracking_id(headers: Mapping[str, str]) -> str:
+    for name in TRACKING_HEADERS:
+        value = headers.get(name, "").strip()
+        if _SAFE_TRACKING_ID.match(value):
+            return value
+    return str(uuid.uuid4())
 
 
 @dataclass
