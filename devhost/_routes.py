@@ -16,10 +16,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Generic, TypeVar
 from urllib.parse import unquote
 
 __all__ = ["CompiledRoute", "RouteTable", "RouteTemplateError", "compile_route"]
+
+#: How many looked-up paths :class:`RouteTable` remembers.
+FOUND_KEPT = 512
 
 T = TypeVar("T")
 
@@ -219,20 +223,35 @@ class RouteTable(Generic[T]):
     """Routes ordered by precedence; :meth:`find` returns every match in that order."""
 
     routes: list[CompiledRoute[T]] = field(default_factory=list)
+    #: The last :data:`FOUND_KEPT` paths looked up and what they matched: a webhook or a
+    #: polled status URL is the same path many times over.
+    _found: dict[str, tuple[tuple[CompiledRoute[T], Mapping[str, str]], ...]] = field(
+        default_factory=dict, repr=False
+    )
 
     def add(self, template: str, target: T) -> None:
         """Add a template; raises :class:`RouteTemplateError` if it cannot be compiled."""
         self.routes.append(compile_route(template, target))
         # Lower digits mean more specific; at equal digits, longer templates first.
         self.routes.sort(key=lambda r: ((*r.precedence, 9), -len(r.precedence)))
+        self._found.clear()
 
     def find(self, path: str) -> list[tuple[CompiledRoute[T], Mapping[str, str]]]:
         """Every route matching ``path`` (relative to the prefix), most specific first."""
+        found = self._found.get(path)
+        if found is None:
+            found = tuple((route, MappingProxyType(values)) for route, values in self._match(path))
+            if len(self._found) >= FOUND_KEPT:
+                self._found.clear()  # rarely: many distinct paths (ids in them)
+            self._found[path] = found
+        return list(found)
+
+    def _match(self, path: str) -> list[tuple[CompiledRoute[T], dict[str, str]]]:
         path = path.strip("/")
         # The prefix test is exact for ASCII paths; others go to every regex (IGNORECASE also
         # folds some non-ASCII letters onto ASCII ones).
         folded = path.lower() if path.isascii() else None
-        hits: list[tuple[CompiledRoute[T], Mapping[str, str]]] = []
+        hits: list[tuple[CompiledRoute[T], dict[str, str]]] = []
         for route in self.routes:
             if folded is not None and not folded.startswith(route.prefix):
                 continue

@@ -156,6 +156,19 @@ def _span_context(traceparent: str | None) -> SpanContext | None:
     return trace.get_current_span(context).get_span_context()
 
 
+_tracers: list[Any] = []
+
+
+def _tracer() -> Any:
+    """Our tracer, got once (OpenTelemetry's idiom: one got before a provider is set follows
+    the provider once it is)."""
+    if not _tracers:
+        from opentelemetry import trace
+
+        _tracers.append(trace.get_tracer(TRACER_NAME))
+    return _tracers[0]
+
+
 @contextlib.contextmanager
 def span(
     name: str,
@@ -173,13 +186,6 @@ def span(
     from opentelemetry import trace
 
     _configured_once()
-    kinds = {
-        "internal": trace.SpanKind.INTERNAL,
-        "server": trace.SpanKind.SERVER,
-        "client": trace.SpanKind.CLIENT,
-        "producer": trace.SpanKind.PRODUCER,
-        "consumer": trace.SpanKind.CONSUMER,
-    }
     seen: set[tuple[int, int]] = set()
     span_links: list[trace.Link] = []
     for traceparent in links:
@@ -187,10 +193,10 @@ def span(
         if linked is not None and (linked.trace_id, linked.span_id) not in seen:
             seen.add((linked.trace_id, linked.span_id))
             span_links.append(trace.Link(linked))
-    with trace.get_tracer(TRACER_NAME).start_as_current_span(
+    with _tracer().start_as_current_span(
         name,
         context=context_from(parent),
-        kind=kinds[kind],
+        kind=trace.SpanKind[kind.upper()],
         links=span_links,
         attributes={k: v for k, v in (attributes or {}).items() if v is not None},
     ) as current:

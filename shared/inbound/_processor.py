@@ -269,8 +269,19 @@ def message_event(
         optOut=keyword,
     )
     time = payload.timestamp or intake.receivedAt
-    events = received_events(data, event_id=f"{intake.service}:{key}", subject=key, time=time)
+    event_id = f"{intake.service}:{key}"
+    whole = received_event(data, event_id=event_id, subject=key, time=time).to_json()
+    if _fits(whole):  # nearly always: its text is made once
+        return data, [whole]
+    events = received_events(data, event_id=event_id, subject=key, time=time)
     return data, [event.to_json() for event in events]
+
+
+def _fits(text: str) -> bool:
+    """Whether an event's ``text`` fits a queue message with room for the subscriber delivery
+    that wraps it, quoted again in that delivery's dead letter (a JSON string)."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    return fits_queue(quoted, headroom=DELIVERY_HEADROOM_BYTES)
 
 
 def received_event(
@@ -293,9 +304,7 @@ def received_events(
         return received_event(item, event_id=ident, subject=subject, time=time)
 
     def fits(item: CloudEvent[InboundMessageData]) -> bool:
-        # Quoted again: a subscriber's dead letter carries its delivery as a JSON string.
-        quoted = json.dumps(item.to_json(), ensure_ascii=False)
-        return fits_queue(quoted, headroom=DELIVERY_HEADROOM_BYTES)
+        return _fits(item.to_json())
 
     whole = event(data, event_id)
     if fits(whole):

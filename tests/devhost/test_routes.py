@@ -77,3 +77,26 @@ def test_mixed_segment_splits_literals_and_parameters() -> None:
 def test_unknown_constraint_is_refused_at_start_up() -> None:
     with pytest.raises(RouteTemplateError):
         compile_route("items/{id:wat}", "x")
+
+
+def test_a_path_looked_up_again_matches_the_same_and_a_route_added_later_counts() -> None:
+    table: RouteTable[str] = RouteTable()
+    table.add("callbacks/inbound/{service}", "webhook")
+    first = table.find("callbacks/inbound/s-1")
+    again = table.find("callbacks/inbound/s-1")
+    assert [(r.target, dict(v)) for r, v in again] == [("webhook", {"service": "s-1"})]
+    assert [(r.target, dict(v)) for r, v in first] == [(r.target, dict(v)) for r, v in again]
+    with pytest.raises(TypeError):
+        again[0][1]["service"] = "changed"  # type: ignore[index]  # shared: read-only
+    table.add("callbacks/inbound/s-1", "literal")  # more specific, added after the lookup
+    assert [r.target for r, _ in table.find("callbacks/inbound/s-1")] == ["literal", "webhook"]
+
+
+def test_many_distinct_paths_keep_matching() -> None:
+    from devhost._routes import FOUND_KEPT
+
+    table: RouteTable[str] = RouteTable()
+    table.add("messages/{id}", "by-id")
+    for n in range(FOUND_KEPT * 2 + 3):
+        assert [dict(v) for _, v in table.find(f"messages/{n}")] == [{"id": str(n)}]
+    assert len(table._found) <= FOUND_KEPT
