@@ -225,3 +225,111 @@ def test_counted_clients_count_every_round_trip_by_kind_and_name(
         }
     )
     assert counter.refused() == Counter({(StorageOp.TABLE_READ, unique_name): 1})
+
+
+# --- put_message: the webhook's queue put -----------------------------------------------------
+
+_AWKWARD = [
+    "plain",
+    "<QueueMessage> & 'quotes' \"double\" ]]> &amp;",
+    "Hyvää päivää 👋 — ünïcödé\nsecond line\ttab",
+    '{"id":"s-1:42","data":{"content":"a < b && c > d"}}',
+    "x" * 60_000,
+]
+
+
+def _bodies_sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every request the adapter sends from now on (URL, headers, body), still sent."""
+    sent: list[dict[str, Any]] = []
+    real = requests.adapters.HTTPAdapter.send
+
+    def send(
+        self: requests.adapters.HTTPAdapter, request: requests.PreparedRequest, **kwargs: Any
+    ) -> requests.Response:
+        body = request.body.encode() if isinstance(request.body, str) else request.body
+        sent.append({"url": request.url, "headers": dict(request.headers), "body": body})
+        return real(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    return sent
+
+
+def test_put_message_sends_what_send_message_sends_and_the_text_comes_back_unchanged(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = storage.queue_client(unique_name)
+    queue.create_queue()
+    sent = _bodies_sent(monkeypatch)
+
+    for text in _AWKWARD:
+        storage.put_message(queue, text)
+        queue.send_message(text)
+        ours, sdks = sent[-2:]
+        assert ours["url"] == sdks["url"]
+        assert ours["body"] == sdks["body"]
+        for header in ("Content-Type", "Accept", "x-ms-version"):
+            assert ours["headers"][header] == sdks["headers"][header]
+        assert ours["headers"]["Authorization"].startswith("SharedKey ")  # the pipeline signed it
+
+    received = [m.content for m in queue.receive_messages(messages_per_page=32)]
+    assert received == [text for text in _AWKWARD for _ in range(2)]
+
+
+def test_put_message_is_one_counted_queue_put(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "_round_trips", None)
+    counter = storage.count_round_trips()
+    queue = storage.queue_client(unique_name)
+    queue.create_queue()
+    before = counter.snapshot()
+
+    storage.put_message(queue, "one")
+
+    assert counter.snapshot() - before == Counter({(StorageOp.QUEUE_PUT, unique_name): 1})
+
+
+def test_put_message_raises_the_sdks_error_for_a_missing_queue_and_send_creating_creates_it(
+    storage_env: str, unique_name: str
+) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    queue = storage.queue_client(unique_name)
+    with pytest.raises(ResourceNotFoundError):
+        storage.put_message(queue, "lost?")
+
+    storage.send_creating(queue, "kept")
+
+    assert [m.content for m in queue.receive_messages()] == ["kept"]
+
+
+def test_a_client_without_the_generated_pipeline_gets_send_message() -> None:
+    class Fake:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send_message(self, content: str, **kwargs: Any) -> None:
+            self.sent.append(content)
+
+    fake = Fake()
+    storage.put_message(fake, "hello")
+    assert fake.sent == ["hello"]
+
+
+def test_an_encoding_client_gets_send_message_so_its_policy_applies(
+    storage_env: str, unique_name: str
+) -> None:
+    import base64
+
+    from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+    encoding = QueueClient.from_connection_string(
+        storage_env, unique_name, message_encode_policy=TextBase64EncodePolicy()
+    )
+    encoding.create_queue()
+
+    storage.put_message(encoding, "hello")
+
+    raw = storage.queue_client(unique_name).receive_message()
+    assert raw is not None
+    assert base64.b64decode(raw.content).decode() == "hello"
