@@ -472,17 +472,30 @@ def put_message(queue: QueueLike, content: str) -> None:
     reads the answer into one that no caller here reads: about a fifth of a put's CPU. The
     client's ``send_request`` is the generated client's, reached through a private attribute;
     a client without one (an SDK that changed it, a test's fake, an encoding or encrypting
-    client) gets ``send_message``. Any answer but 201 Created is sent again with
-    ``send_message``, so errors are the SDK's own (a 404 is ``ResourceNotFoundError``)."""
+    client) gets ``send_message``. An answer other than 201 Created (after the pipeline's own
+    retries) raises as ``send_message`` would: ``ResourceNotFoundError`` for a missing queue,
+    ``ClientAuthenticationError`` for 401/403, else ``HttpResponseError``; it is never sent
+    again here (a 500 may have stored it)."""
     from xml.sax.saxutils import escape
 
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceExistsError,
+        ResourceNotFoundError,
+        map_error,
+    )
     from azure.core.rest import HttpRequest
 
     generated = getattr(queue, "_client", None)
     send = getattr(generated, "send_request", None)
     version = getattr(queue, "api_version", None)
     encoding = type(getattr(queue, "_message_encode_policy", None)).__name__
-    plain = encoding == "NoEncodePolicy" and getattr(queue, "key_encryption_key", None) is None
+    plain = (
+        encoding == "NoEncodePolicy"
+        and getattr(queue, "key_encryption_key", None) is None
+        and not getattr(queue, "require_encryption", False)
+    )
     if send is None or not isinstance(version, str) or not plain:
         queue.send_message(content)
         return
@@ -497,7 +510,14 @@ def put_message(queue: QueueLike, content: str) -> None:
     }
     answer = send(HttpRequest("POST", "/messages", headers=headers, content=body.encode()))
     if answer.status_code != 201:
-        queue.send_message(content)
+        errors = {
+            401: ClientAuthenticationError,
+            403: ClientAuthenticationError,
+            404: ResourceNotFoundError,
+            409: ResourceExistsError,
+        }
+        map_error(status_code=answer.status_code, response=answer, error_map=errors)
+        raise HttpResponseError(response=answer)
 
 
 # --- queue message sizes and large parts by reference ---------------------------------------------

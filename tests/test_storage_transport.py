@@ -333,3 +333,77 @@ def test_an_encoding_client_gets_send_message_so_its_policy_applies(
     raw = storage.queue_client(unique_name).receive_message()
     assert raw is not None
     assert base64.b64decode(raw.content).decode() == "hello"
+
+
+def test_a_failed_put_is_raised_after_the_pipeline_retries_never_sent_again(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 500 may have stored the message: put_message raises the SDK's error and sends nothing
+    more (the retry policy's attempts are the only ones). A stubbed answer: Azurite does not
+    fail on demand."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.queue import QueueClient
+
+    queue = QueueClient.from_connection_string(
+        storage_env,
+        unique_name,
+        retry_total=0,
+        **storage._transport_options(storage._endpoint(storage_env, "queue"), "queue"),
+    )
+    attempts: list[str] = []
+
+    def send(
+        self: requests.adapters.HTTPAdapter, request: requests.PreparedRequest, **kwargs: Any
+    ) -> requests.Response:
+        import io
+
+        import urllib3
+
+        attempts.append(str(request.url))
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(b"<?xml version='1.0'?><Error><Code>InternalError</Code></Error>"),
+            headers={"Content-Type": "application/xml"},
+            status=500,
+            preload_content=False,
+        )
+        return self.build_response(request, raw)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    with pytest.raises(HttpResponseError) as raised:
+        storage.put_message(queue, "maybe stored")
+
+    assert raised.value.status_code == 500
+    assert len(attempts) == 1  # retry_total=0: one attempt, and no send_message after it
+
+
+def test_a_client_that_requires_encryption_never_gets_plain_text(
+    storage_env: str, unique_name: str
+) -> None:
+    from azure.storage.queue import QueueClient
+
+    strict = QueueClient.from_connection_string(storage_env, unique_name, require_encryption=True)
+    strict.create_queue()
+
+    with pytest.raises(ValueError, match=r"[Ee]ncryption"):
+        storage.put_message(strict, "secret")  # send_message's own refusal
+
+    assert storage.queue_client(unique_name).peek_messages() == []
+
+
+def test_the_session_refuses_unknown_options_and_reads_verify_none_as_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(TypeError, match="max_single_put_size"):
+        StorageSession().request("GET", "http://127.0.0.1:9/", max_single_put_size=1)
+    seen: dict[str, Any] = {}
+
+    def send(
+        self: requests.adapters.HTTPAdapter, request: requests.PreparedRequest, **kwargs: Any
+    ) -> None:
+        seen.update(kwargs)
+        raise _Sent
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    with pytest.raises(_Sent):
+        StorageSession().request("GET", "http://127.0.0.1:9/", verify=None)
+    assert seen["verify"] is True
