@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -156,17 +157,13 @@ def _span_context(traceparent: str | None) -> SpanContext | None:
     return trace.get_current_span(context).get_span_context()
 
 
-_tracers: list[Any] = []
-
-
+@functools.cache
 def _tracer() -> Any:
     """Our tracer, got once (OpenTelemetry's idiom: one got before a provider is set follows
     the provider once it is)."""
-    if not _tracers:
-        from opentelemetry import trace
+    from opentelemetry import trace
 
-        _tracers.append(trace.get_tracer(TRACER_NAME))
-    return _tracers[0]
+    return trace.get_tracer(TRACER_NAME)
 
 
 @contextlib.contextmanager

@@ -269,19 +269,8 @@ def message_event(
         optOut=keyword,
     )
     time = payload.timestamp or intake.receivedAt
-    event_id = f"{intake.service}:{key}"
-    whole = received_event(data, event_id=event_id, subject=key, time=time).to_json()
-    if _fits(whole):  # nearly always: its text is made once
-        return data, [whole]
-    events = received_events(data, event_id=event_id, subject=key, time=time)
-    return data, [event.to_json() for event in events]
-
-
-def _fits(text: str) -> bool:
-    """Whether an event's ``text`` fits a queue message with room for the subscriber delivery
-    that wraps it, quoted again in that delivery's dead letter (a JSON string)."""
-    quoted = json.dumps(text, ensure_ascii=False)
-    return fits_queue(quoted, headroom=DELIVERY_HEADROOM_BYTES)
+    events = _received(data, event_id=f"{intake.service}:{key}", subject=key, time=time)
+    return data, [text for _, text in events]
 
 
 def received_event(
@@ -299,23 +288,34 @@ def received_events(
     delivery's dead letter), in parts that fit, each with every field but ``content`` and
     the attachments' strings, which are cut in consecutive slices (see
     :class:`InboundMessageData`)."""
+    return [event for event, _ in _received(data, event_id=event_id, subject=subject, time=time)]
 
-    def event(item: InboundMessageData, ident: str) -> CloudEvent[InboundMessageData]:
-        return received_event(item, event_id=ident, subject=subject, time=time)
 
-    def fits(item: CloudEvent[InboundMessageData]) -> bool:
-        return _fits(item.to_json())
+def _received(
+    data: InboundMessageData, *, event_id: str, subject: str, time: dt.datetime
+) -> list[tuple[CloudEvent[InboundMessageData], str]]:
+    """:func:`received_events` with each event's queue text, each made once."""
+
+    def event(item: InboundMessageData, ident: str) -> tuple[CloudEvent[InboundMessageData], str]:
+        made = received_event(item, event_id=ident, subject=subject, time=time)
+        return made, made.to_json()
+
+    def quoted(text: str) -> str:
+        # Quoted again: a subscriber's dead letter carries its delivery as a JSON string.
+        return json.dumps(text, ensure_ascii=False)
+
+    def fits(text: str) -> bool:
+        return fits_queue(quoted(text), headroom=DELIVERY_HEADROOM_BYTES)
 
     whole = event(data, event_id)
-    if fits(whole):
+    if fits(whole[1]):
         return [whole]
-    size = queue_message_bytes(json.dumps(whole.to_json(), ensure_ascii=False))
-    parts = max(2, math.ceil(size / (QUEUE_MESSAGE_LIMIT // 2)))
+    parts = max(2, math.ceil(queue_message_bytes(quoted(whole[1])) / (QUEUE_MESSAGE_LIMIT // 2)))
     while True:  # ends: with one character per part, each part is small
         events = [
             event(_share(data, index, parts), f"{event_id}:{index + 1}") for index in range(parts)
         ]
-        if all(fits(e) for e in events):
+        if all(fits(text) for _, text in events):
             return events
         parts += max(1, parts // 4)
 

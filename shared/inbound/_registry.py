@@ -384,12 +384,14 @@ class SubscriptionStore:
         return True
 
 
+#: The subscription kinds this release knows.
+_KINDS = frozenset(TriggerKind)
+
+
 def _is_subscription(entity: Mapping[str, object]) -> bool:
     """Whether a row of the table is a subscription of a kind this release knows (the table
     also holds the subscriber index's ``~asks-questions`` rows: :mod:`shared.triggers`)."""
-    return "CallbackUrl" in entity and str(entity.get("Kind") or TriggerKind.NEW_MESSAGE) in set(
-        TriggerKind
-    )
+    return "CallbackUrl" in entity and str(entity.get("Kind") or TriggerKind.NEW_MESSAGE) in _KINDS
 
 
 def _subscription(entity: dict[str, object]) -> Subscription:
