@@ -28,6 +28,14 @@ def test_every_test_the_architecture_page_names_exists() -> None:
     assert named - defined == set()
 
 
+def test_the_architecture_page_has_a_row_for_every_package() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    packages = {p.parent.name for p in (ROOT / "shared").glob("*/__init__.py")}
+    rows = set(re.findall(r"^\| `shared/([a-z_]+)/` \|", page, re.M))
+    assert {"messages", "outbound", "conversations"} <= packages
+    assert packages - rows == set()
+
+
 def test_every_crash_window_row_names_a_test() -> None:
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     section = page.split("## Crash windows", 1)[1]

@@ -22,6 +22,7 @@ SPEC_MODULES: tuple[str, ...] = (
     "shared.actions.whatsapp",
     "shared.actions.lookups",
     "shared.outbound.actions",
+    "shared.conversations.actions",
     "shared.outbound.bulk",
     "shared.inbound.actions",
     "shared.inbound.trigger_actions",

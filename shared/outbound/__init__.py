@@ -10,6 +10,14 @@ See ``docs/sending.md`` for the crash windows and why each is safe, and
 ``docs/architecture.md`` for the modules.
 """
 
+from shared.outbound._fields import (
+    IdempotencyKeyHeader,
+    MessageCustomerDataField,
+    ProtocolField,
+    RequestIdField,
+    SenderField,
+    TemplateContentField,
+)
 from shared.outbound._models import (
     DeadLetter,
     DeadLetterReason,
@@ -46,11 +54,14 @@ from shared.outbound._records import (
     with_delivery_report_url,
 )
 from shared.outbound._sender import OutboundSender, reset_sender_cache
+from shared.outbound._service import SendService, StatusView, send_service
 
 __all__ = [
     "DeadLetter",
     "DeadLetterReason",
+    "IdempotencyKeyHeader",
     "MessageCancelledData",
+    "MessageCustomerDataField",
     "MessageFailedData",
     "MessageRedrivenData",
     "MessageSentData",
@@ -60,15 +71,21 @@ __all__ = [
     "OutboundSender",
     "OutcomeKind",
     "PackDriver",
+    "ProtocolField",
     "RecipientOutcome",
+    "RequestIdField",
     "SendDiscussionReplyMessageCommand",
     "SendMessageCommand",
     "SendOrigin",
     "SendOutcome",
     "SendPorts",
     "SendReplyMessageCommand",
+    "SendService",
     "SendWhatsappTemplateMessageCommand",
+    "SenderField",
+    "StatusView",
     "StoredCommand",
+    "TemplateContentField",
     "command_addresses",
     "command_origin",
     "command_text",
@@ -82,5 +99,6 @@ __all__ = [
     "request_fingerprint",
     "reset_sender_cache",
     "send_ports",
+    "send_service",
     "with_delivery_report_url",
 ]

@@ -60,6 +60,7 @@ __all__ = [
     "STUCK_ACCEPTED_AFTER",
     "SendService",
     "StatusView",
+    "send_service",
 ]
 
 log = logging.getLogger("shared.outbound.service")
@@ -501,6 +502,13 @@ def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str
     if record.sent_at is not None:
         doc[name("SentAt")] = record.sent_at.isoformat()
     return {k: v for k, v in doc.items() if v is not None}
+
+
+@lru_cache(maxsize=32)
+def send_service(settings: Settings) -> SendService:
+    """The send service of ``settings``: one per settings object, shared by every action that
+    accepts sends (its lane triggers are per process)."""
+    return SendService(settings)
 
 
 @lru_cache(maxsize=32)

@@ -8,7 +8,6 @@ discussion reply, as upstream) are optional headers defaulting to the app settin
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
@@ -27,12 +26,6 @@ from shared.actions.fields import (
     NonEmptyStr,
     ui,
 )
-from shared.outbound._ask import (
-    AskInput,
-    QuestionAcceptedDoc,
-    QuestionAnswerDoc,
-    QuestionStatusInput,
-)
 from shared.outbound._fields import (
     DiscussionCustomerIdHeader,
     DiscussionReplyBody,
@@ -43,14 +36,13 @@ from shared.outbound._fields import (
     TemplateMessageBody,
 )
 from shared.outbound._models import OutboundMessageAdapter
+from shared.outbound._service import send_service
 from shared.problems import PROBLEM_CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from shared.outbound._ask import AskService
-    from shared.outbound._service import SendService, StatusView
-    from shared.settings import Settings
+    from shared.outbound._service import StatusView
 
-__all__ = ["SPECS"]
+__all__ = ["ACCEPTED_HEADERS", "SPECS", "TAG", "answer"]
 
 TAG = "Messages"
 
@@ -247,7 +239,7 @@ class TemplateSentDoc(BaseModel):
     )
 
 
-_ACCEPTED_HEADERS = {
+ACCEPTED_HEADERS = {
     "Location": "The status URL (carries its own token): poll it with GET.",
     "Retry-After": "Seconds to wait before polling.",
 }
@@ -255,7 +247,7 @@ _ACCEPTED_HEADERS = {
 
 def _send_responses(sent: type[BaseModel]) -> tuple[ResponseDoc, ...]:
     return (
-        ResponseDoc(202, "Accepted and queued; poll Location.", AcceptedDoc, _ACCEPTED_HEADERS),
+        ResponseDoc(202, "Accepted and queued; poll Location.", AcceptedDoc, ACCEPTED_HEADERS),
         ResponseDoc(200, "Sent (the final answer of the status URL).", sent),
     )
 
@@ -263,14 +255,8 @@ def _send_responses(sent: type[BaseModel]) -> tuple[ResponseDoc, ...]:
 # --- handlers -------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=32)
-def _service(settings: Settings) -> SendService:
-    from shared.outbound._service import SendService
-
-    return SendService(settings)
-
-
-def _answer(view: StatusView) -> ActionResponse:
+def answer(view: StatusView) -> ActionResponse:
+    """The HTTP answer of a :class:`StatusView` (the problem content type when it is one)."""
     response = ActionResponse.json(view.body, status=view.status, headers=view.headers)
     if view.problem:
         response.content_type = PROBLEM_CONTENT_TYPE
@@ -279,7 +265,7 @@ def _answer(view: StatusView) -> ActionResponse:
 
 def _accept(ctx: ActionContext, command: dict[str, Any], key: str | None) -> ActionResponse:
     parsed = OutboundMessageAdapter.validate_python(command)
-    return _answer(_service(ctx.settings).accept(parsed, idempotency_key=key))
+    return answer(send_service(ctx.settings).accept(parsed, idempotency_key=key))
 
 
 def _body(model: BaseModel) -> dict[str, Any]:
@@ -334,30 +320,12 @@ def send_template(ctx: ActionContext, inp: SendTemplateInput) -> ActionResponse:
     return _accept(ctx, command, inp.idempotency_key)
 
 
-@lru_cache(maxsize=32)
-def _asker(settings: Settings) -> AskService:
-    from shared.outbound._ask import AskService
-
-    return AskService(settings, _service(settings))
-
-
-def send_message_and_wait(ctx: ActionContext, inp: AskInput) -> ActionResponse:
-    view = _asker(ctx.settings).ask(
-        inp.customer_id, inp.service_id, inp.body, idempotency_key=inp.idempotency_key
-    )
-    return _answer(view)
-
-
-def get_question_status(ctx: ActionContext, inp: QuestionStatusInput) -> ActionResponse:
-    return _answer(_asker(ctx.settings).status(inp.question_id, inp.token))
-
-
 def get_message_status(ctx: ActionContext, inp: MessageStatusInput) -> ActionResponse:
-    return _answer(_service(ctx.settings).status(inp.message_id, inp.token))
+    return answer(send_service(ctx.settings).status(inp.message_id, inp.token))
 
 
 def cancel_message(ctx: ActionContext, inp: CancelMessageInput) -> ActionResponse:
-    return _answer(_service(ctx.settings).cancel(inp.message_id))
+    return answer(send_service(ctx.settings).cancel(inp.message_id))
 
 
 _ASYNC = {"x-ms-async-pattern": True}  # informational; the 202 + Location pattern is native
@@ -418,48 +386,6 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         tags=(TAG,),
     ),
     ActionSpec(
-        operation_id="SendMessageAndWaitForReply",
-        method="POST",
-        route="questions",
-        input=AskInput,
-        handler=send_message_and_wait,
-        summary="Send a message and wait for a reply",
-        description=(
-            "Sends a message to one recipient through a 2-way service and waits (up to 30 days) "
-            "for the reply: it matches it against the accepted answers, re-prompts once, and "
-            "ends with the reply, a timeout or an opt-out."
-        ),
-        responses=(
-            ResponseDoc(
-                202, "Sent; waiting for the reply.", QuestionAcceptedDoc, _ACCEPTED_HEADERS
-            ),
-            ResponseDoc(
-                200, "The question ended (the final answer of Location).", QuestionAnswerDoc
-            ),
-        ),
-        visibility="important",
-        tags=(TAG,),
-    ),
-    ActionSpec(
-        operation_id="GetQuestionStatus",
-        method="GET",
-        route="questions/{QuestionId}",
-        input=QuestionStatusInput,
-        handler=get_question_status,
-        summary="Get a question's status",
-        description=(
-            "202 while the question waits for its reply, 200 once answered, timed out, opted out "
-            "or replaced, the send's problem document when its send failed. Needs the token of "
-            "the status URL, not a function key."
-        ),
-        responses=(
-            ResponseDoc(200, "Ended.", QuestionAnswerDoc),
-            ResponseDoc(202, "Still waiting.", QuestionAcceptedDoc, _ACCEPTED_HEADERS),
-        ),
-        visibility="advanced",
-        tags=(TAG,),
-    ),
-    ActionSpec(
         operation_id="GetMessageStatus",
         method="GET",
         route="messages/{MessageId}",
@@ -473,7 +399,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         ),
         responses=(
             ResponseDoc(200, "Sent.", SentDoc),
-            ResponseDoc(202, "Still pending.", AcceptedDoc, _ACCEPTED_HEADERS),
+            ResponseDoc(202, "Still pending.", AcceptedDoc, ACCEPTED_HEADERS),
         ),
         visibility="advanced",
         tags=(TAG,),

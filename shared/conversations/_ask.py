@@ -1,7 +1,7 @@
 """Send a message and wait for a reply: the action's input, its answers, and the service behind it.
 
-The question goes out as an ordinary SendMessage through :meth:`SendService.accept` (the one send
-path), then its record is stored in the message core (:class:`~shared.messages.QuestionStore`).
+The question is recorded in the message core (:class:`~shared.messages.QuestionStore`), then it
+goes out as an ordinary SendMessage through :meth:`SendService.accept` (the one send path).
 Its status URL (``questions/{QuestionId}?token=…``) answers 202 with a long ``Retry-After``
 (``SMARTDIALOG_QUESTION_POLL_SECONDS``) while the question is open, then 200 with how it ended.
 The inbound processor ends it with the reply (or STOP); this module ends it when its timeout
@@ -37,20 +37,21 @@ from shared.messages import (
     idempotency_key_hash,
     new_question_id,
 )
-from shared.outbound._fields import (
+from shared.outbound import (
     IdempotencyKeyHeader,
     MessageCustomerDataField,
+    OutboundMessageAdapter,
     ProtocolField,
     RequestIdField,
     SenderField,
+    StatusView,
     TemplateContentField,
 )
-from shared.outbound._models import OutboundMessageAdapter
 from shared.problems import FieldError, Problem, ProblemType
 from shared.triggers import TriggerNotifier
 
 if TYPE_CHECKING:
-    from shared.outbound._service import SendService, StatusView
+    from shared.outbound import SendService
     from shared.settings import Settings
 
 __all__ = [
@@ -388,8 +389,6 @@ class AskService:
         return ended or record
 
     def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:
-        from shared.outbound._service import StatusView
-
         url = self.status_url(record.question_id)
         body = {
             "QuestionId": record.question_id,
@@ -403,8 +402,6 @@ class AskService:
 
 
 def _ended_view(record: QuestionRecord) -> StatusView:
-    from shared.outbound._service import StatusView
-
     body: dict[str, Any] = {
         "QuestionId": record.question_id,
         "MessageId": record.message_id,
@@ -438,8 +435,6 @@ def _in_ask_terms(problem: Problem) -> Problem:
 
 
 def _conflict(open_one: QuestionRecord) -> StatusView:
-    from shared.outbound._service import StatusView
-
     problem = Problem(
         409,
         "A question to this recipient is still open",
