@@ -42,9 +42,10 @@ def reasons_by_queue() -> list[tuple[str, str]]:
 
 
 def failure_codes() -> set[str]:
-    """The failure codes the send paths write (``code=...``) or retry on (``Transient(...)``)."""
+    """The failure codes the send paths and the ask action write (``code=...``) or retry on
+    (``Transient(...)``)."""
     codes: set[str] = set()
-    for path in (ROOT / "shared" / "outbound").glob("*.py"):
+    for path in (*ROOT.glob("shared/outbound/*.py"), *ROOT.glob("shared/conversations/*.py")):
         text = path.read_text()
         codes |= set(re.findall(r'\bcode\s*=\s*"([a-z][a-z-]*)"', text))
         codes |= set(re.findall(r'Transient\(\s*"([a-z][a-z-]*)"', text))
