@@ -225,6 +225,10 @@ def table_client(name: str, settings: Settings | None = None) -> TableClient:
 # --- counting round trips (benchmarks) ----------------------------------------------------
 
 
+#: Entities per entity-group transaction, all of one partition (the Table service's limit).
+TABLE_TRANSACTION_LIMIT = 100
+
+
 class StorageOp(enum.StrEnum):
     """What one storage HTTP round trip did."""
 

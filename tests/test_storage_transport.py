@@ -395,15 +395,7 @@ def test_the_session_refuses_unknown_options_and_reads_verify_none_as_check(
 ) -> None:
     with pytest.raises(TypeError, match="max_single_put_size"):
         StorageSession().request("GET", "http://127.0.0.1:9/", max_single_put_size=1)
-    seen: dict[str, Any] = {}
-
-    def send(
-        self: requests.adapters.HTTPAdapter, request: requests.PreparedRequest, **kwargs: Any
-    ) -> None:
-        seen.update(kwargs)
-        raise _Sent
-
-    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
-    with pytest.raises(_Sent):
-        StorageSession().request("GET", "http://127.0.0.1:9/", verify=None)
+    seen = _sent_with(
+        monkeypatch, lambda: StorageSession().request("GET", "http://127.0.0.1:9/", verify=None)
+    )
     assert seen["verify"] is True

@@ -62,6 +62,7 @@ from shared.inbound._registry import SubscriptionStore
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE, INBOUND_SEEN_TABLE
 from shared.smartdialog import backoff_delay, parse_retry_after
 from shared.storage import (
+    TABLE_TRANSACTION_LIMIT,
     PayloadStore,
     QueueLike,
     ensured_queue,
@@ -248,12 +249,12 @@ def sweep_deliveries_seen(settings: Settings | None = None) -> int:
 
 
 def _partition_chunks(rows: Iterable[Any], limit: int) -> Iterator[list[dict[str, Any]]]:
-    """Up to ``limit`` rows of a query (ordered by partition), in runs of at most 100 rows of
-    one partition (what one table transaction may hold)."""
+    """Up to ``limit`` rows of a query (ordered by partition), in runs of one partition that
+    one table transaction holds (:data:`~shared.storage.TABLE_TRANSACTION_LIMIT`)."""
     for _, same in groupby(islice(rows, limit), key=lambda row: row["PartitionKey"]):
         keys = [{"PartitionKey": r["PartitionKey"], "RowKey": r["RowKey"]} for r in same]
-        for start in range(0, len(keys), 100):
-            yield keys[start : start + 100]
+        for start in range(0, len(keys), TABLE_TRANSACTION_LIMIT):
+            yield keys[start : start + TABLE_TRANSACTION_LIMIT]
 
 
 @dataclass(frozen=True)

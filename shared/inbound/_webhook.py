@@ -251,7 +251,7 @@ class InboundReceiver:
         if len(texts) != 1:
             return False
         send_creating(self._inbound, texts[0])
-        # Debug: the request's own "answered 202" line is logged anyway, and a second line at
-        # info level per message costs a busy instance its log lock (docs/inbound.md).
+        # Debug, as the callback's 2xx answer is (shared.inbound._http): the host logs every
+        # invocation, and a line at info per message costs a busy instance its log lock.
         log.debug("inbound %s for service %s published", intake.messageKey, service)
         return True

@@ -47,9 +47,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from shared.messages._records import TRANSACTION_LIMIT, chunked, joined
+from shared.messages._records import chunked, joined
 from shared.names import PACKS_TABLE
-from shared.storage import ensure_table
+from shared.storage import TABLE_TRANSACTION_LIMIT, ensure_table
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -261,8 +261,8 @@ class PackStore:
             entry = IndexEntry.of(record)
             by_key.setdefault(entry.key, []).append(entry.to_entity())
         for rows in by_key.values():
-            for start in range(0, len(rows), TRANSACTION_LIMIT):
-                chunk = rows[start : start + TRANSACTION_LIMIT]
+            for start in range(0, len(rows), TABLE_TRANSACTION_LIMIT):
+                chunk = rows[start : start + TABLE_TRANSACTION_LIMIT]
                 if len(chunk) == 1:
                     self.table.upsert_entity(chunk[0])
                 else:
@@ -292,8 +292,8 @@ class PackStore:
 
         partition = INDEX_PREFIX + key
         rows = sorted(set(row_keys))
-        for start in range(0, len(rows), TRANSACTION_LIMIT):
-            chunk = rows[start : start + TRANSACTION_LIMIT]
+        for start in range(0, len(rows), TABLE_TRANSACTION_LIMIT):
+            chunk = rows[start : start + TABLE_TRANSACTION_LIMIT]
             try:
                 self.table.submit_transaction(
                     [("delete", {"PartitionKey": partition, "RowKey": r}) for r in chunk]

@@ -38,7 +38,6 @@ __all__ = [
     "BATCH_PARTITION_ROWS",
     "CHUNK_CHARS",
     "INLINE_COMMAND_CHARS",
-    "TRANSACTION_LIMIT",
     "DamagedRecordError",
     "MessageRecord",
     "RecipientSlot",
@@ -55,8 +54,6 @@ __all__ = [
 
 RECORD_ROW_KEY = "message"
 RECIPIENT_ROW_PREFIX = "recipient-"
-#: Entities per entity-group transaction (the Table service's limit).
-TRANSACTION_LIMIT = 100
 #: Characters per string property (the limit is 64 KiB of UTF-16, i.e. 32K characters).
 CHUNK_CHARS = 30_000
 #: A command longer than this is kept in a blob, not in its record (an entity holds 1 MiB,

@@ -17,7 +17,6 @@ from shared.messages._records import (
     INLINE_COMMAND_CHARS,
     RECIPIENT_ROW_PREFIX,
     RECORD_ROW_KEY,
-    TRANSACTION_LIMIT,
     DamagedRecordError,
     MessageRecord,
     RecipientSlot,
@@ -28,7 +27,7 @@ from shared.messages._records import (
     slot_keys,
 )
 from shared.names import MESSAGES_TABLE
-from shared.storage import ensure_table, plain_datetime
+from shared.storage import TABLE_TRANSACTION_LIMIT, ensure_table, plain_datetime
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -77,7 +76,7 @@ def _transaction_plan(groups: list[list[Any]]) -> list[list[int]]:
     for index, ops in enumerate(groups):
         partition = str(ops[0][1]["PartitionKey"])
         current = open_by_partition.get(partition)
-        if current is not None and current[1] + len(ops) <= TRANSACTION_LIMIT:
+        if current is not None and current[1] + len(ops) <= TABLE_TRANSACTION_LIMIT:
             current[0].append(index)
             open_by_partition[partition] = (current[0], current[1] + len(ops))
             continue
@@ -92,12 +91,12 @@ def _transaction_batches(groups: list[list[Any]]) -> list[list[Any]]:
     out: list[list[Any]] = []
     for indexes in _transaction_plan(groups):
         operations = [op for i in indexes for op in groups[i]]
-        if len(operations) <= TRANSACTION_LIMIT:
+        if len(operations) <= TABLE_TRANSACTION_LIMIT:
             out.append(operations)
         else:
             out += [
-                operations[i : i + TRANSACTION_LIMIT]
-                for i in range(0, len(operations), TRANSACTION_LIMIT)
+                operations[i : i + TABLE_TRANSACTION_LIMIT]
+                for i in range(0, len(operations), TABLE_TRANSACTION_LIMIT)
             ]
     return out
 
@@ -157,7 +156,7 @@ class MessageStore:
         from azure.data.tables import TableTransactionError
 
         record = self._kept(record)
-        first, rest = slots[: TRANSACTION_LIMIT - 1], slots[TRANSACTION_LIMIT - 1 :]
+        first, rest = slots[: TABLE_TRANSACTION_LIMIT - 1], slots[TABLE_TRANSACTION_LIMIT - 1 :]
         operations: list[Any] = [("create", record.to_entity())]
         operations += [("upsert", slot.to_entity()) for slot in first]
         try:
@@ -255,7 +254,7 @@ class MessageStore:
 
         def run(indexes: list[int]) -> list[tuple[int, MessageRecord | None]]:
             operations = [op for i in indexes for op in groups[i]]
-            if len(operations) > TRANSACTION_LIMIT:  # one record with many slots: alone
+            if len(operations) > TABLE_TRANSACTION_LIMIT:  # one record with many slots: alone
                 record, changes = items[indexes[0]]
                 done = self.swap(record, recipient_ids=ids.get(record.message_id), **changes)
                 return [(indexes[0], done)]
@@ -329,10 +328,10 @@ class MessageStore:
 
     def ensure_slots(self, slots: list[RecipientSlot]) -> None:
         """Write the slots a large message's :meth:`create` may not have finished (idempotent)."""
-        self._upsert_slots(slots[TRANSACTION_LIMIT - 1 :])
+        self._upsert_slots(slots[TABLE_TRANSACTION_LIMIT - 1 :])
 
     def _upsert_slots(self, slots: Iterable[RecipientSlot]) -> None:
-        for chunk in _chunks(list(slots), TRANSACTION_LIMIT):
+        for chunk in _chunks(list(slots), TABLE_TRANSACTION_LIMIT):
             self.table.submit_transaction([("upsert", s.to_entity()) for s in chunk])
 
     def lane_queued(self, partition: str, limit: int) -> list[MessageRecord]:
@@ -399,7 +398,7 @@ class MessageStore:
         assert record.etag is not None, "swap needs a record read from the table"
         updated = _changed(record, changes, redrive=_redrive)
         merges = _slot_merges(record, recipient_ids)
-        first, rest = merges[: TRANSACTION_LIMIT - 1], merges[TRANSACTION_LIMIT - 1 :]
+        first, rest = merges[: TABLE_TRANSACTION_LIMIT - 1], merges[TABLE_TRANSACTION_LIMIT - 1 :]
         condition: dict[str, Any] = {
             "etag": record.etag,
             "match_condition": MatchConditions.IfNotModified,
@@ -421,7 +420,7 @@ class MessageStore:
             if "UpdateConditionNotSatisfied" in str(exc) or "412" in str(exc):
                 return None
             raise
-        for chunk in _chunks(rest, TRANSACTION_LIMIT):
+        for chunk in _chunks(rest, TABLE_TRANSACTION_LIMIT):
             self.table.submit_transaction(
                 [("upsert", m, {"mode": UpdateMode.MERGE}) for m in chunk]
             )
