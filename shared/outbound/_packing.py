@@ -69,6 +69,9 @@ PACK_MEMBER_RECHECK_SECONDS = 10.0
 #: that leader's pack, and acknowledged; else it leads the next one).
 LEAD_SECONDS = 15.0
 LEAD_RECHECK_SECONDS = 10.0
+#: While the quota is full, a message that found another leader looks again this often in the
+#: invocation, up to the in-process quota wait (``IndexPacks.lead``).
+LEAD_POLL_SECONDS = 0.2
 #: After leading a pack, a worker leads the next ones of its key itself while messages wait in
 #: the index (the oldest first), rather than leave them to their own queue messages, which come
 #: in queue order (behind the copies of every member already packed): at most this many packs
@@ -99,11 +102,28 @@ class IndexPacks:
             return None
         until = now + dt.timedelta(seconds=LEAD_SECONDS)
         etag, wait = self.ports.packs.lead(key, now, until)
+        if etag is None and self.ports.quota_wait.full_lately(LEAD_RECHECK_SECONDS):
+            etag, wait = self._await_lead(key)
         if etag is not None:
             self._leading[record.message_id] = etag
             return None
         delay = min(wait, LEAD_RECHECK_SECONDS)
         return self.outcomes.requeue(command, record.attempts, delay, OutcomeKind.DEFERRED, "lead")
+
+    def _await_lead(self, key: str) -> tuple[str | None, float]:
+        """Wait here, up to the in-process quota wait, for the key's leader to give its lease
+        up (it holds it only while it forms its pack). While the quota is full its sweep stops
+        at the quota, so messages of its key that it could not pack (one address twice) lead
+        themselves, slot by slot: come back :data:`LEAD_RECHECK_SECONDS` later, they would
+        leave the slots that free meanwhile unused."""
+        etag, wait = None, 0.0
+        for _ in range(int(self.ports.policy.quota_wait / LEAD_POLL_SECONDS + 1e-9)):
+            self.ports.clock.sleep(LEAD_POLL_SECONDS)
+            now = self.ports.now()
+            etag, wait = self.ports.packs.lead(key, now, now + dt.timedelta(seconds=LEAD_SECONDS))
+            if etag is not None:
+                break
+        return etag, wait
 
     def sweep(
         self,

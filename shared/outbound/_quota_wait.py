@@ -44,6 +44,12 @@ class QuotaWait:
         with self._lock:
             return self._full_until - self._clock.now()
 
+    def full_lately(self, within: float) -> bool:
+        """Whether this process was told the quota is full for a slot that frees later or freed
+        less than ``within`` seconds ago: then the quota, not packing, is what holds sends back."""
+        with self._lock:
+            return self._full_until > self._clock.now() - within
+
     def come_back_in(self, retry_after: float, *, packable: bool = False) -> float:
         """The queue delay of a message deferred for a slot that frees in ``retry_after``.
 

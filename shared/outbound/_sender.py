@@ -315,8 +315,10 @@ class OutboundSender:
                 waiting, record = self.packing.turn(record, command, now)
                 if waiting is not None:
                     return waiting
-            elif record.attempts == 0 and (waiting := self.packing.lead(record, command, now)):
-                return waiting
+            elif record.attempts == 0:
+                if waiting := self.packing.lead(record, command, now):
+                    return waiting
+                now = self.ports.now()  # it may have waited for the lease
             claimed = self.ports.store.swap(
                 record,
                 status=MessageStatus.SENDING,

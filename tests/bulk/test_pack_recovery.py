@@ -131,3 +131,47 @@ def test_a_leader_that_died_holding_its_keys_lease_delays_the_others_only_until_
 
     assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [2]
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+def test_while_the_quota_is_full_a_message_that_found_its_key_led_waits_for_the_lease_here(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """One key's sends to one address never share a call, so each leads itself, slot by slot.
+    While the quota is full, a message that finds the key led waits in the invocation for the
+    leader to give the lease up and takes the slot that frees, instead of coming back
+    LEAD_RECHECK_SECONDS later and leaving the slots that free meanwhile unused."""
+    from dataclasses import replace
+
+    from shared import quota
+    from shared.outbound import OutboundSender
+    from shared.outbound._ports import send_ports
+    from shared.outbound._quota_wait import QuotaWait
+    from shared.quota import QuotaDenied
+    from shared.settings import get_settings
+
+    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=30, SEND_QUOTA_WAIT_SECONDS=1)
+    ids = accept(NUMBERS[0], NUMBERS[0])
+    key = record(ids[0]).pack_key
+    assert key is not None
+    assert record(ids[1]).pack_key == key
+    settings = get_settings()
+    # A quota of its own on the test's clock (its grants are not the next tests' business): one
+    # call in 30 s, taken; this process was told it is full.
+    own = quota.from_settings(settings, clock=manual_clock, connection=f"lead-wait-{ids[0]}")
+    waits = QuotaWait(own, 1.0, clock=manual_clock)
+    waits.take()
+    assert isinstance(waits.take()[0], QuotaDenied)
+    manual_clock.advance(waits.hint() - 0.5)  # its slot frees in half a second
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    held = now + dt.timedelta(seconds=waits.hint() + 0.5)
+    etag, _ = PackStore.from_settings().lead(key, now, held)
+    assert etag is not None  # another worker leads the key until half a second after that
+    started = manual_clock.now()
+
+    sender = OutboundSender(replace(send_ports(settings), quota_wait=waits))
+    outcome = sender.process(record(ids[0]).command)
+
+    assert outcome.kind == "sent"
+    assert [c["body"]["RequestId"] for c in outbound.upstream()] == [ids[0]]
+    assert 1.0 < manual_clock.now() - started <= 2.0  # the slot's half second, then the lease's
+    assert record(ids[1]).status is MessageStatus.QUEUED  # one address: it waits for its slot
