@@ -9,11 +9,10 @@ It imports no feature package (outbound, inbound, actions): both sides build on 
 """
 
 from shared.messages._batches import BatchRecord, BatchStore
-from shared.messages._idempotency import IdempotencyEntry, IdempotencyStore, idempotency_key_hash
+from shared.messages._idempotency import IdempotencyStore, idempotency_key_hash
 from shared.messages._models import (
     BATCH_TRANSITIONS,
     MESSAGE_TRANSITIONS,
-    REDRIVE,
     BatchStatus,
     FailureFieldError,
     FailureInfo,
@@ -25,7 +24,6 @@ from shared.messages._models import (
     check_transition,
 )
 from shared.messages._packs import (
-    PACK_ID_PREFIX,
     IndexEntry,
     Pack,
     PackMember,
@@ -44,7 +42,6 @@ from shared.messages._questions import (
     match_answer,
     new_question_id,
     normalize_answer,
-    question_partition,
 )
 from shared.messages._records import (
     BATCH_PARTITION_ROWS,
@@ -66,16 +63,13 @@ __all__ = [
     "BATCH_PARTITION_ROWS",
     "BATCH_TRANSITIONS",
     "MESSAGE_TRANSITIONS",
-    "PACK_ID_PREFIX",
     "QUESTION_TRANSITIONS",
-    "REDRIVE",
     "BatchRecord",
     "BatchStatus",
     "BatchStore",
     "DamagedRecordError",
     "FailureFieldError",
     "FailureInfo",
-    "IdempotencyEntry",
     "IdempotencyStore",
     "IllegalTransition",
     "IndexEntry",
@@ -109,6 +103,5 @@ __all__ = [
     "new_pack_id",
     "new_question_id",
     "normalize_answer",
-    "question_partition",
     "text_connection",
 ]

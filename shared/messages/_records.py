@@ -177,12 +177,6 @@ def _damaged(entity: Mapping[str, Any], exc: Exception) -> DamagedRecordError:
     )
 
 
-def _split(text: str | None) -> list[str]:
-    if not text:
-        return []
-    return [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
-
-
 def joined(entity: Mapping[str, Any], name: str) -> str | None:
     count = entity.get(f"{name}Chunks")
     if count is None:
@@ -191,9 +185,9 @@ def joined(entity: Mapping[str, Any], name: str) -> str | None:
 
 
 def chunked(name: str, text: str | None) -> dict[str, Any]:
-    chunks = _split(text)
     if text is None:
         return {f"{name}Chunks": None}
+    chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
     out: dict[str, Any] = {f"{name}Chunks": len(chunks)}
     out.update({f"{name}{i}": chunk for i, chunk in enumerate(chunks)})
     return out
@@ -294,54 +288,51 @@ class MessageRecord:
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> MessageRecord:
         """The record in ``entity``; :class:`DamagedRecordError` if it cannot be read."""
-        try:
-            return cls._from_entity(entity)
-        except (KeyError, ValueError, TypeError, AssertionError) as exc:
-            raise _damaged(entity, exc) from exc
 
-    @classmethod
-    def _from_entity(cls, entity: Mapping[str, Any]) -> MessageRecord:
         def failure(name: str) -> FailureInfo | None:
             raw = entity.get(name)
             return FailureInfo.model_validate_json(raw) if raw else None
 
-        created = utc(entity["CreatedAt"])
-        if created is None:
-            raise ValueError("CreatedAt is empty")
-        return cls(
-            message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
-            status=MessageStatus(entity["Status"]),
-            operation=Operation(entity["Operation"]),
-            customer_id=str(entity["CustomerId"]),
-            service_id=entity.get("ServiceId"),
-            request_id=entity.get("RequestId"),
-            command=joined(entity, "Command") or "",
-            fingerprint=str(entity.get("Fingerprint", "")),
-            idempotency_key_hash=entity.get("IdempotencyKeyHash"),
-            created_at=created,
-            updated_at=utc(entity.get("UpdatedAt")) or created,
-            valid_until=utc(entity.get("ValidUntil")) or created,
-            recipient_count=int(entity.get("RecipientCount") or 0),
-            part_count=int(entity.get("PartCount") or 1),
-            attempts=int(entity.get("Attempts") or 0),
-            lease_until=utc(entity.get("LeaseUntil")),
-            next_attempt_at=utc(entity.get("NextAttemptAt")),
-            last_error=failure("LastError"),
-            failure=failure("Failure"),
-            result=joined(entity, "Result"),
-            upstream_message_id=entity.get("UpstreamMessageId"),
-            duplicate=bool(entity.get("Duplicate")),
-            sent_at=utc(entity.get("SentAt")),
-            finished_at=utc(entity.get("FinishedAt")),
-            announced=bool(entity.get("Announced")),
-            pack_key=entity.get("PackKey"),
-            pack_id=entity.get("PackId"),
-            batch_id=entity.get("BatchId"),
-            command_blob=entity.get("CommandBlob"),
-            traceparent=entity.get("Traceparent"),
-            maybe_sent=bool(entity.get("MaybeSent")),
-            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
-        )
+        try:
+            created = utc(entity["CreatedAt"])
+            if created is None:
+                raise ValueError("CreatedAt is empty")
+            return cls(
+                message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
+                status=MessageStatus(entity["Status"]),
+                operation=Operation(entity["Operation"]),
+                customer_id=str(entity["CustomerId"]),
+                service_id=entity.get("ServiceId"),
+                request_id=entity.get("RequestId"),
+                command=joined(entity, "Command") or "",
+                fingerprint=str(entity.get("Fingerprint", "")),
+                idempotency_key_hash=entity.get("IdempotencyKeyHash"),
+                created_at=created,
+                updated_at=utc(entity.get("UpdatedAt")) or created,
+                valid_until=utc(entity.get("ValidUntil")) or created,
+                recipient_count=int(entity.get("RecipientCount") or 0),
+                part_count=int(entity.get("PartCount") or 1),
+                attempts=int(entity.get("Attempts") or 0),
+                lease_until=utc(entity.get("LeaseUntil")),
+                next_attempt_at=utc(entity.get("NextAttemptAt")),
+                last_error=failure("LastError"),
+                failure=failure("Failure"),
+                result=joined(entity, "Result"),
+                upstream_message_id=entity.get("UpstreamMessageId"),
+                duplicate=bool(entity.get("Duplicate")),
+                sent_at=utc(entity.get("SentAt")),
+                finished_at=utc(entity.get("FinishedAt")),
+                announced=bool(entity.get("Announced")),
+                pack_key=entity.get("PackKey"),
+                pack_id=entity.get("PackId"),
+                batch_id=entity.get("BatchId"),
+                command_blob=entity.get("CommandBlob"),
+                traceparent=entity.get("Traceparent"),
+                maybe_sent=bool(entity.get("MaybeSent")),
+                etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+            )
+        except (KeyError, ValueError, TypeError, AssertionError) as exc:
+            raise _damaged(entity, exc) from exc
 
     def result_json(self) -> dict[str, Any] | None:
         """Upstream's answer as a dict, or None before it was sent."""
@@ -399,22 +390,18 @@ class RecipientSlot:
     def from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
         """The slot in ``entity``; :class:`DamagedRecordError` if it cannot be read."""
         try:
-            return cls._from_entity(entity)
+            return cls(
+                message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
+                index=int(entity["Index"]),
+                address=str(entity.get("Address", "")),
+                part_count=int(entity.get("PartCount") or 1),
+                status=RecipientStatus(entity.get("Status") or RecipientStatus.PENDING),
+                upstream_recipient_id=entity.get("UpstreamRecipientId"),
+                updated_at=utc(entity.get("UpdatedAt")),
+                etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+            )
         except (KeyError, ValueError, TypeError) as exc:
             raise _damaged(entity, exc) from exc
-
-    @classmethod
-    def _from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
-        return cls(
-            message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
-            index=int(entity["Index"]),
-            address=str(entity.get("Address", "")),
-            part_count=int(entity.get("PartCount") or 1),
-            status=RecipientStatus(entity.get("Status") or RecipientStatus.PENDING),
-            upstream_recipient_id=entity.get("UpstreamRecipientId"),
-            updated_at=utc(entity.get("UpdatedAt")),
-            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
-        )
 
 
 def text_connection(text: str) -> str:

@@ -112,7 +112,7 @@ class MessageStore:
     Raises the Azure SDK's errors for storage failures (the caller's host retries those).
     """
 
-    def __init__(self, table: TableClient, payloads: PayloadStore | None = None) -> None:
+    def __init__(self, table: TableClient, payloads: PayloadStore) -> None:
         self._table = table
         self._payloads = payloads
 
@@ -126,15 +126,13 @@ class MessageStore:
         """``record`` with a command too long for its entity put in a blob (named in it)."""
         if record.command_blob is not None or len(record.command) <= INLINE_COMMAND_CHARS:
             return record
-        if self._payloads is None:
-            raise RuntimeError("a command this long needs the payload store")
         return replace(record, command_blob=self._payloads.put(record.command, kind="command"))
 
     def _whole(self, record: MessageRecord) -> MessageRecord:
         """``record`` with its command read back from its blob, if it is kept there."""
         if record.command_blob is None or record.command:
             return record
-        text = self._payloads.get(record.command_blob) if self._payloads is not None else None
+        text = self._payloads.get(record.command_blob)
         if text is None:
             raise DamagedRecordError(
                 record.message_id, RECORD_ROW_KEY, f"blob {record.command_blob} is missing"
@@ -199,11 +197,7 @@ class MessageStore:
         wanted = set(message_ids)
         for partition, ids in by_partition.items():
             prefixes = sorted(message_keys(i)[1] for i in ids)
-            if not prefixes[0]:
-                for message_id in ids:
-                    record = self.get(message_id)
-                    if record is not None:
-                        found[message_id] = record
+            if not prefixes[0]:  # a message of its own partition: point reads below
                 continue
             where = (
                 f"PartitionKey eq '{odata_quote(partition)}' and RowKey ge '{prefixes[0]}' "
@@ -214,11 +208,9 @@ class MessageStore:
                     record = self._whole(MessageRecord.from_entity(entity))
                     if record.message_id in wanted:
                         found[record.message_id] = record
-            for message_id in ids:  # rows the range missed (row numbers of unequal widths)
-                if message_id not in found:
-                    record = self.get(message_id)
-                    if record is not None:
-                        found[message_id] = record
+        for message_id in message_ids:  # and rows a range missed (row numbers of unequal widths)
+            if message_id not in found and (alone := self.get(message_id)) is not None:
+                found[message_id] = alone
         return found
 
     def swap_many(
@@ -252,12 +244,16 @@ class MessageStore:
             groups.append(ops)
         plan = _transaction_plan(groups)
 
+        def one_by_one(indexes: list[int]) -> list[tuple[int, MessageRecord | None]]:
+            return [
+                (i, self.swap(r, recipient_ids=ids.get(r.message_id), **c))
+                for i, (r, c) in ((i, items[i]) for i in indexes)
+            ]
+
         def run(indexes: list[int]) -> list[tuple[int, MessageRecord | None]]:
             operations = [op for i in indexes for op in groups[i]]
             if len(operations) > TABLE_TRANSACTION_LIMIT:  # one record with many slots: alone
-                record, changes = items[indexes[0]]
-                done = self.swap(record, recipient_ids=ids.get(record.message_id), **changes)
-                return [(indexes[0], done)]
+                return one_by_one(indexes)
             try:
                 try:
                     results = self.table.submit_transaction(operations)
@@ -266,14 +262,8 @@ class MessageStore:
             except TableTransactionError as exc:
                 if getattr(exc, "status_code", None) != 412:
                     raise
-                out: list[tuple[int, MessageRecord | None]] = []
-                for i in indexes:
-                    record, changes = items[i]
-                    out.append(
-                        (i, self.swap(record, recipient_ids=ids.get(record.message_id), **changes))
-                    )
-                return out
-            out = []
+                return one_by_one(indexes)
+            out: list[tuple[int, MessageRecord | None]] = []
             position = 0
             for i in indexes:
                 etag = str(results[position].get("etag"))

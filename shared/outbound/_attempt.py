@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -186,6 +186,10 @@ class Refused:
     status: int
     message: str | None
     culprit: str | None = None
+
+    def blames(self, addresses: Iterable[str]) -> bool:
+        """Whether the recipient upstream named is one of ``addresses``."""
+        return self.culprit is not None and self.culprit in {address_key(a) for a in addresses}
 
     def failure(self, attempts: int) -> FailureInfo:
         """Why a member of the refused call failed for good."""

@@ -26,7 +26,7 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -94,7 +94,7 @@ def _batch_subject(batch_id: str) -> str:
 class BulkService:
     """Accepts bulk sends and reports their batches (one per settings object)."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(self, settings: Settings) -> None:
         from shared.messages import PackStore
 
         self.settings = settings
@@ -104,7 +104,7 @@ class BulkService:
         self.batches = BatchStore.from_settings(settings)
         # A named connection's sends say so (the default's stay as they were before connections).
         self._named_connection = settings.named_connection
-        self._clock = clock
+        self._clock = utcnow
 
     # --- accept ----------------------------------------------------------------------------
 
@@ -187,8 +187,9 @@ class BulkService:
         if valid and not transactional:
             from shared.suppressions import SuppressionStore
 
-            hits = self._suppressed(SuppressionStore.from_settings(self.settings), service_id,
-                                    [a for _, a in valid])  # fmt: skip
+            store = SuppressionStore.from_settings(self.settings)
+            # The service's list and the all-services list are read once each, not per recipient.
+            hits = dict(store.suppressed_many(service_id, [a for _, a in valid]))
             for index in sorted(hits):
                 errors.append(
                     {"row": valid[index][0].row, "field": "Address",
@@ -351,12 +352,6 @@ class BulkService:
         self.batches.mark(batch, BatchStatus.QUEUED)
         return self._accepted(batch_id, total, len(records), errors)
 
-    @staticmethod
-    def _suppressed(store: Any, service_id: str, addresses: list[str]) -> dict[int, Any]:
-        """Opt-outs among ``addresses`` by index (the service's list and the all-services list
-        are read once each, not per recipient)."""
-        return dict(store.suppressed_many(service_id, addresses))
-
     def _form_packs(
         self,
         batch_id: str,
@@ -429,14 +424,10 @@ class BulkService:
     def _enqueue_drivers(self, batch_id: str, pack_ids: list[str]) -> None:
         queue = outbound_queue(self.settings)
         trace = current_traceparent()  # the pack's calls continue the bulk request's trace
+        connection = self._named_connection
         texts = [
-            PackDriver(
-                packId=pack_id,
-                batchId=batch_id,
-                traceparent=trace,
-                Connection=self._named_connection,
-            ).model_dump_json(exclude_none=True)
-            for pack_id in pack_ids
+            PackDriver(packId=p, batchId=batch_id, traceparent=trace, Connection=connection).text()
+            for p in pack_ids
         ]
         if len(texts) == 1:
             queue.send_message(texts[0])

@@ -38,11 +38,10 @@ from shared.outbound._attempt import (
     Sent,
     StaleGrant,
     Transient,
-    address_key,
     packed_command,
     split_answer,
 )
-from shared.outbound._giving_up import remember_interrupted, remember_maybe_sent
+from shared.outbound._giving_up import give_up
 from shared.outbound._models import PackDriver, parse_outbound_message
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -50,6 +49,8 @@ from shared.outbound._outcomes import (
     OutcomeKind,
     Outcomes,
     SendOutcome,
+    backoff_changes,
+    claim_changes,
     sent_changes,
     storage_pool,
     whole_seconds,
@@ -138,6 +139,11 @@ class _Run:
             raise RuntimeError(f"pack {self.pack.pack_id}: lease lost while it was being sent")
         self.pack = done
 
+    def driver_for(self, pack_id: str) -> str:
+        """The queue message of another pack of this batch (a split's half, a moved pack)."""
+        batch, connection = self.pack.batch_id, self.driver.Connection
+        return PackDriver(packId=pack_id, batchId=batch, Connection=connection).text()
+
     def unlease(self) -> None:
         try:
             done = self.packs.swap(self.pack, lease_until=None)
@@ -173,11 +179,7 @@ class _Run:
             if not r.status.is_final and r.pack_id is not None and now - r.updated_at >= idle
         }
         for other in sorted(moved - {pack.pack_id}):
-            ports.outbound.send_message(
-                PackDriver(
-                    packId=other, batchId=pack.batch_id, Connection=self.driver.Connection
-                ).model_dump_json(exclude_none=True)
-            )
+            ports.outbound.send_message(self.driver_for(other))
         mine = [r for r in members if r.pack_id == pack.pack_id]
         if pack.announcing:  # a run stopped between recording a call and its events
             # Only members recorded final: a run that stopped before step 2 of ``sent`` left
@@ -210,7 +212,7 @@ class _Run:
             return self.later((max(held) - now).total_seconds() + 1, "claimed")
         expired = [r for r in open_ if now >= r.valid_until]
         if expired:
-            self.fail([(r, self.outcomes.expired(r, r.last_error)) for r in expired])
+            self.outcomes.fail_many([(r, self.outcomes.expired(r, r.last_error)) for r in expired])
         open_ = [r for r in open_ if now < r.valid_until]
         if open_:  # a setting the call needs broke: the pack waits, unclaimed, no slot taken
             until = min(r.valid_until for r in open_)
@@ -249,22 +251,7 @@ class _Run:
 
         ports = self.ports
         lease_until = now + ports.policy.lease
-        claims = ports.store.swap_many(
-            [
-                (
-                    r,
-                    {
-                        "status": MessageStatus.SENDING,
-                        "attempts": r.attempts + 1,
-                        "lease_until": lease_until,
-                        "next_attempt_at": None,
-                        "updated_at": now,
-                        **remember_interrupted(r),
-                    },
-                )
-                for r in due
-            ]
-        )
+        claims = ports.store.swap_many([(r, claim_changes(r, now, lease_until)) for r in due])
         claimed = [c for c in claims if c is not None]
         self.leftovers += len(due) - len(claimed)
         if not claimed:
@@ -382,27 +369,20 @@ class _Run:
         backing: list[tuple[MessageRecord, Mapping[str, Any]]] = []
         for member in claimed:
             error = failed.error(member.attempts)
-            final = self.outcomes.give_up(
-                member, error, failed.title, next_at, maybe_sent=not failed.certainly_not_sent
+            final = give_up(
+                member,
+                error,
+                failed.title,
+                next_at,
+                max_attempts=ports.policy.max_attempts,
+                maybe_sent=not failed.certainly_not_sent,
             )
             if final is not None:
                 failing.append((member, final))
             else:
-                backing.append(
-                    (
-                        member,
-                        {
-                            "status": MessageStatus.QUEUED,
-                            "lease_until": None,
-                            "next_attempt_at": next_at,
-                            "last_error": error,
-                            "updated_at": now,
-                            **remember_maybe_sent(failed),
-                        },
-                    )
-                )
+                backing.append((member, backoff_changes(failed, error, next_at, now)))
         ports.store.swap_many(backing)
-        self.fail(failing)
+        self.outcomes.fail_many(failing)
         log.warning(
             "pack %s attempt failed (%s); retry in %.1f s", self.pack.pack_id, failed.title, delay
         )
@@ -417,20 +397,14 @@ class _Run:
         the same way (then it is not one recipient's fault: every member fails); a pack of one
         fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a
         recipient: every member fails."""
-        culprit = refused.culprit
         addresses = {m.message_id: m.addresses for m in self.pack.members}
-        offenders = [
-            c
-            for c in claimed
-            if culprit is not None
-            and culprit in {address_key(a) for a in addresses.get(c.message_id, ())}
-        ]
+        offenders = [c for c in claimed if refused.blames(addresses.get(c.message_id, ()))]
         if not offenders and len(claimed) == 1:
             offenders = claimed
 
         self.save(attempt=())
         if offenders:
-            self.fail([(m, refused.failure(m.attempts)) for m in offenders])
+            self.outcomes.fail_many([(m, refused.failure(m.attempts)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
             from shared.smartdialog import mask_phone_numbers
@@ -448,7 +422,7 @@ class _Run:
             refused.status == 400 and sibling is not None and sibling.refused
         )
         if whole:
-            self.fail([(m, refused.failure(m.attempts)) for m in claimed])
+            self.outcomes.fail_many([(m, refused.failure(m.attempts)) for m in claimed])
             log.warning(
                 "pack %s refused (%d): %s; its %d member(s) failed",
                 self.pack.pack_id, refused.status, refused.message, len(claimed),
@@ -492,11 +466,7 @@ class _Run:
         for pack, part in zip(packs, (claimed[:half], claimed[half:]), strict=True):
             self.release(part, pack_id=pack.pack_id)
         for pack in packs:
-            ports.outbound.send_message(
-                PackDriver(
-                    packId=pack.pack_id, batchId=pack.batch_id, Connection=self.driver.Connection
-                ).model_dump_json(exclude_none=True)
-            )
+            ports.outbound.send_message(self.driver_for(pack.pack_id))
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -520,7 +490,3 @@ class _Run:
                 for r in records
             ]
         )
-
-    def fail(self, items: list[tuple[MessageRecord, FailureInfo]]) -> None:
-        """Fail members for good (100 a transaction), then their events and dead letters."""
-        self.outcomes.fail_many(items)

@@ -185,22 +185,31 @@ TransactionalField = Annotated[
 # --- bodies ---------------------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
+class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RecipientIn(_Body):
-    Address: PhoneNumber = Field(
-        description="The recipient's phone number.", json_schema_extra=ui("Address")
-    )
-    Personalization: dict[str, str | int | float | bool] | None = Field(
+PersonalizationField = Annotated[
+    dict[str, str | int | float | bool] | None,
+    Field(
         None,
         description='Values for the $(name) placeholders of Content, e.g. {"name": "Ada"}.',
         json_schema_extra=ui("Personalization"),
+    ),
+]
+
+
+class TemplateRecipientIn(StrictBody):
+    Address: PhoneNumber = Field(
+        description="The recipient's phone number.", json_schema_extra=ui("Address")
     )
 
 
-class MessageBody(_Body):
+class RecipientIn(TemplateRecipientIn):
+    Personalization: PersonalizationField
+
+
+class MessageBody(StrictBody):
     """SendMessage and SendReplyMessage (the certified connector's fields)."""
 
     Sender: SenderField
@@ -226,7 +235,7 @@ class MessageBody(_Body):
         return self
 
 
-class DiscussionReplyBody(_Body):
+class DiscussionReplyBody(StrictBody):
     """SendDiscussionReplyMessage."""
 
     ThreadId: NonEmptyStr = Field(
@@ -236,18 +245,10 @@ class DiscussionReplyBody(_Body):
     Content: NonEmptyStr = Field(
         description="The reply text.", json_schema_extra=ui("Content", visibility="important")
     )
-    CustomerData: CustomerDataText | None = Field(
-        None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")
-    )
+    CustomerData: MessageCustomerDataField
 
 
-class TemplateRecipientIn(_Body):
-    Address: PhoneNumber = Field(
-        description="The recipient's phone number.", json_schema_extra=ui("Address")
-    )
-
-
-class TemplateButtonIn(_Body):
+class TemplateButtonIn(StrictBody):
     Type: Literal["Call", "QuickReply", "Url"] = Field(
         description="The kind of the template's button: Call, QuickReply or Url.",
         json_schema_extra=ui("Button type"),
@@ -259,7 +260,7 @@ class TemplateButtonIn(_Body):
     )
 
 
-class TemplateMessageBody(_Body):
+class TemplateMessageBody(StrictBody):
     """SendWhatsappTemplateMessage."""
 
     TemplateName: NonEmptyStr = Field(
@@ -301,8 +302,6 @@ class TemplateMessageBody(_Body):
         json_schema_extra=ui("Use SMS fallback"),
     )
     DlrUrl: DlrUrlField
-    CustomerData: CustomerDataText | None = Field(
-        None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")
-    )
+    CustomerData: MessageCustomerDataField
     RequestId: RequestIdField
     Transactional: TransactionalField

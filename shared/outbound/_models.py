@@ -211,6 +211,9 @@ class PackDriver(BaseModel):
     traceparent: str | None = Field(None, description=_TRACEPARENT)
     Connection: str | None = Field(None, min_length=1, description="The pack's connection.")
 
+    def text(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
 
 class StoredCommand(BaseModel):
     """A send command too large for a queue message, by reference (``smartdialog-outbound``;
@@ -345,15 +348,25 @@ class RecipientOutcome(BaseModel):
     id: str | None = None
 
 
-class MessageSentData(BaseModel):
-    """``data`` of ``fi.arena.smartdialog.message.sent``."""
-
+class _MessageData(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    messageId: str = Field(description="Our message id.")
+    messageId: str
     operation: Operation
     customerId: str | None = None
     serviceId: str | None = None
+
+
+class _ConnectionData(_MessageData):
+    connection: str = Field(
+        DEFAULT_CONNECTION, description="The connection it was to be sent through."
+    )
+
+
+class MessageSentData(_ConnectionData):
+    """``data`` of ``fi.arena.smartdialog.message.sent``."""
+
+    messageId: str = Field(description="Our message id.")
     connection: str = Field(DEFAULT_CONNECTION, description="The connection it was sent through.")
     requestId: str | None = Field(None, description="The RequestId sent upstream.")
     upstreamMessageId: str | None = Field(None, description="SmartDialog's MessageId.")
@@ -377,47 +390,22 @@ class MessageSentData(BaseModel):
     origin: SendOrigin | None = Field(None, description="The rule and event that made it.")
 
 
-class MessageFailedData(BaseModel):
+class MessageFailedData(_ConnectionData):
     """``data`` of ``fi.arena.smartdialog.message.failed``."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    messageId: str
-    operation: Operation
-    customerId: str | None = None
-    serviceId: str | None = None
-    connection: str = Field(
-        DEFAULT_CONNECTION, description="The connection it was to be sent through."
-    )
     requestId: str | None = None
     error: FailureInfo
     origin: SendOrigin | None = Field(None, description="The rule and event that made it.")
 
 
-class MessageCancelledData(BaseModel):
+class MessageCancelledData(_ConnectionData):
     """``data`` of ``fi.arena.smartdialog.message.cancelled``."""
 
-    model_config = ConfigDict(extra="forbid")
 
-    messageId: str
-    operation: Operation
-    customerId: str | None = None
-    serviceId: str | None = None
-    connection: str = Field(
-        DEFAULT_CONNECTION, description="The connection it was to be sent through."
-    )
-
-
-class MessageRedrivenData(BaseModel):
+class MessageRedrivenData(_MessageData):
     """``data`` of ``fi.arena.smartdialog.message.redriven``: a failed send queued again by an
     operator (the dead-letter actions or the operations page), with the failure it had."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    messageId: str
-    operation: Operation
-    customerId: str | None = None
-    serviceId: str | None = None
     previousError: FailureInfo | None = Field(None, description="Why it had failed.")
     validUntil: dt.datetime = Field(
         description="Its new validity: it is sent before then or fails."

@@ -28,7 +28,12 @@ from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_ev
 from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient
-from shared.outbound._giving_up import expired, give_up, remember_maybe_sent
+from shared.outbound._giving_up import (
+    expired,
+    give_up,
+    remember_interrupted,
+    remember_maybe_sent,
+)
 from shared.outbound._models import (
     DeadLetter,
     DeadLetterReason,
@@ -136,6 +141,45 @@ def sent_changes(
     }
 
 
+def claim_changes(
+    record: MessageRecord, now: dt.datetime, lease_until: dt.datetime
+) -> dict[str, Any]:
+    """The changes that claim ``record`` for one more attempt, leased until ``lease_until``."""
+    return {
+        "status": MessageStatus.SENDING,
+        "attempts": record.attempts + 1,
+        "lease_until": lease_until,
+        "next_attempt_at": None,
+        "updated_at": now,
+        **remember_interrupted(record),
+    }
+
+
+def failed_changes(failure: FailureInfo, now: dt.datetime) -> dict[str, Any]:
+    """The changes that fail a message for good with ``failure``."""
+    return {
+        "status": MessageStatus.FAILED,
+        "failure": bounded(failure),
+        "finished_at": now,
+        "lease_until": None,
+        "updated_at": now,
+    }
+
+
+def backoff_changes(
+    failed: Transient, error: FailureInfo, next_at: dt.datetime, now: dt.datetime
+) -> dict[str, Any]:
+    """The changes that queue a claimed message again after ``failed``, due at ``next_at``."""
+    return {
+        "status": MessageStatus.QUEUED,
+        "lease_until": None,
+        "next_attempt_at": next_at,
+        "last_error": error,
+        "updated_at": now,
+        **remember_maybe_sent(failed),
+    }
+
+
 def recipient_ids(body: Mapping[str, Any]) -> dict[int, str]:
     """Upstream's recipient ids in its answer ``body``, by position (the slots' indexes)."""
     raw = body.get("Recipients") or body.get("recipients") or []
@@ -158,20 +202,6 @@ class Outcomes:
         policy = self.ports.policy
         backoff = backoff_delay(max(1, attempts), base=policy.retry_base, cap=policy.retry_max)
         return max(advised, backoff) if advised is not None else backoff
-
-    def give_up(
-        self,
-        record: MessageRecord,
-        error: FailureInfo,
-        title: str,
-        next_at: dt.datetime,
-        *,
-        maybe_sent: bool = False,
-    ) -> FailureInfo | None:
-        """Why a message whose attempt failed transiently stops now, or None: it retries (see
-        :func:`~shared.outbound._giving_up.give_up`)."""
-        limit = self.ports.policy.max_attempts
-        return give_up(record, error, title, next_at, max_attempts=limit, maybe_sent=maybe_sent)
 
     @staticmethod
     def expired(record: MessageRecord, last: FailureInfo | None = None) -> FailureInfo:
@@ -255,35 +285,23 @@ class Outcomes:
         finished it meanwhile (``ACKNOWLEDGED``)."""
         error = failed.error(record.attempts)
         ambiguous = not failed.certainly_not_sent
-        final = self.give_up(record, error, failed.title, next_at, maybe_sent=ambiguous)
+        limit = self.ports.policy.max_attempts
+        final = give_up(
+            record, error, failed.title, next_at, max_attempts=limit, maybe_sent=ambiguous
+        )
         if final is not None:
             return self.fail(record, final)
-        updated = self.swap_until(
-            record,
-            lambda r: r.status is MessageStatus.SENDING,
-            status=MessageStatus.QUEUED,
-            lease_until=None,
-            next_attempt_at=next_at,
-            last_error=error,
-            updated_at=self.ports.now(),
-            **remember_maybe_sent(failed),
-        )
+        changes = backoff_changes(failed, error, next_at, self.ports.now())
+        updated = self.swap_until(record, lambda r: r.status is MessageStatus.SENDING, **changes)
         kind = OutcomeKind.ACKNOWLEDGED if updated is None else OutcomeKind.RETRY_SCHEDULED
         return SendOutcome(kind, record.message_id)
 
     def fail(self, record: MessageRecord, failure: FailureInfo) -> SendOutcome:
         """Fail a message for good (unless it is final already), then announce it."""
         now = self.ports.now()
-        failure = bounded(failure)
-        done = self.swap_until(
-            record,
-            lambda r: not r.status.is_final,
-            status=MessageStatus.FAILED,
-            failure=failure,
-            finished_at=now,
-            lease_until=None,
-            updated_at=now,
-        )
+        changes = failed_changes(failure, now)
+        failure = changes["failure"]
+        done = self.swap_until(record, lambda r: not r.status.is_final, **changes)
         if done is None:
             current = self.ports.store.get(record.message_id)
             if current is not None:
@@ -299,21 +317,7 @@ class Outcomes:
             return
         now = self.ports.now()
         store = self.ports.store
-        done = store.swap_many(
-            [
-                (
-                    r,
-                    {
-                        "status": MessageStatus.FAILED,
-                        "failure": bounded(f),
-                        "finished_at": now,
-                        "lease_until": None,
-                        "updated_at": now,
-                    },
-                )
-                for r, f in items
-            ]
-        )
+        done = store.swap_many([(r, failed_changes(f, now)) for r, f in items])
         lost = [r.message_id for (r, _), d in zip(items, done, strict=True) if d is None]
         recorded = [d for d in done if d is not None]
         if lost:
@@ -346,8 +350,6 @@ class Outcomes:
         is still too large, its list of schema violations is shortened."""
         text = letter.model_dump_json(exclude_none=True)
         if not fits_queue(text) and letter.original is not None:
-            if self.ports.payloads is None:
-                raise RuntimeError("a dead letter too large for a queue needs the payload store")
             original = letter.original
             name = self.ports.payloads.put(original, kind="original")
             letter = letter.model_copy(

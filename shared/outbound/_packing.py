@@ -37,16 +37,15 @@ from shared.outbound._attempt import (
     Refused,
     Sent,
     Transient,
-    address_key,
     packed_command,
     split_answer,
 )
-from shared.outbound._giving_up import remember_interrupted
 from shared.outbound._models import OutboundMessage, parse_outbound_message
 from shared.outbound._outcomes import (
     OutcomeKind,
     Outcomes,
     SendOutcome,
+    claim_changes,
     recipient_ids,
     sent_changes,
     storage_pool,
@@ -376,15 +375,7 @@ class IndexPacks:
             if now >= record.valid_until:
                 self.outcomes.fail(record, self.outcomes.expired(record))
                 return None
-            done = self.ports.store.swap(
-                record,
-                status=MessageStatus.SENDING,
-                attempts=record.attempts + 1,
-                lease_until=lease_until,
-                next_attempt_at=None,
-                updated_at=now,
-                **remember_interrupted(record),
-            )
+            done = self.ports.store.swap(record, **claim_changes(record, now, lease_until))
             if done is None:
                 return None
             return done, parse_outbound_message(done.command)
@@ -570,12 +561,7 @@ class IndexPacks:
         If upstream names no member, every member is sent alone from now on, so whichever is
         at fault fails alone."""
         leader, command = members[0]
-        culprit = refused.culprit
-        offenders = {
-            r.message_id
-            for r, c in members
-            if culprit is not None and culprit in {address_key(a) for a in command_addresses(c)}
-        }
+        offenders = {r.message_id for r, c in members if refused.blames(command_addresses(c))}
         if len(members) == 1 and not offenders:
             offenders = {leader.message_id}
         outcomes: dict[str, SendOutcome] = {}

@@ -10,7 +10,7 @@ store, the upstream, a queue), never by patching a private method.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -94,9 +94,9 @@ class SendPorts:
     events: QueueLike
     clock: Clock
     policy: SendPolicy
-    suppressions: SuppressionStore | None = field(default=None)
+    suppressions: SuppressionStore
     #: Large parts by reference (commands too large to queue, dead letters' originals).
-    payloads: PayloadStore | None = field(default=None)
+    payloads: PayloadStore
 
     def now(self) -> dt.datetime:
         """The ports' clock as an aware UTC datetime."""

@@ -26,7 +26,6 @@ from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lan
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
-from shared.outbound._giving_up import remember_interrupted
 from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
@@ -46,6 +45,7 @@ from shared.outbound._outcomes import (
     OutcomeKind,
     Outcomes,
     SendOutcome,
+    claim_changes,
 )
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
 from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
@@ -237,8 +237,7 @@ class OutboundSender:
     def _stored(self, stored: StoredCommand) -> OutboundMessage:
         """The command a :class:`StoredCommand` names, with its attempts and deferrals; raises
         ``ValueError`` (or ``ValidationError``) if it cannot be read."""
-        payloads = self.ports.payloads
-        text = payloads.get(stored.payload) if payloads is not None else None
+        text = self.ports.payloads.get(stored.payload)
         if text is None:
             raise ValueError(f"the stored command {stored.payload} is gone")
         command = parse_outbound_message(text)
@@ -256,7 +255,7 @@ class OutboundSender:
                 driver = PackDriver(
                     packId=record.pack_id, batchId=record.batch_id, Connection=command.Connection
                 )
-                self.ports.outbound.send_message(driver.model_dump_json(exclude_none=True))
+                self.ports.outbound.send_message(driver.text())
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id, detail="bulk-member")
         for _ in range(5):  # each round re-reads after a lost compare-and-swap
             now = self.ports.now()
@@ -319,15 +318,8 @@ class OutboundSender:
                 if waiting := self.packing.lead(record, command, now):
                     return waiting
                 now = self.ports.now()  # it may have waited for the lease
-            claimed = self.ports.store.swap(
-                record,
-                status=MessageStatus.SENDING,
-                attempts=record.attempts + 1,
-                lease_until=now + self.ports.policy.lease,
-                next_attempt_at=None,
-                updated_at=now,
-                **remember_interrupted(record),
-            )
+            lease = now + self.ports.policy.lease
+            claimed = self.ports.store.swap(record, **claim_changes(record, now, lease))
             if claimed is None:
                 self.packing.unlead(record)
                 reread = self.ports.store.get(record.message_id)
@@ -487,7 +479,7 @@ class OutboundSender:
 
     def _suppression(self, command: OutboundMessage) -> FailureInfo | None:
         """Why ``command`` may not be sent (recipients who opted out of its service), or None."""
-        if self.ports.suppressions is None or getattr(command, "transactional", True):
+        if getattr(command, "transactional", True):
             return None
         if isinstance(command, SendDiscussionReplyMessageCommand):
             return None  # no recipients, no service

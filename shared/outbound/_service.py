@@ -10,7 +10,6 @@ import datetime as dt
 import logging
 import math
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -84,20 +83,12 @@ class StatusView:
 class SendService:
     """Accepts sends, reports their status and cancels them (one per settings object)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        store: MessageStore | None = None,
-        idempotency: IdempotencyStore | None = None,
-        suppressions: SuppressionStore | None = None,
-        clock: Callable[[], dt.datetime] = utcnow,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = store or MessageStore.from_settings(settings)
-        self.idempotency = idempotency or IdempotencyStore.from_settings(settings)
-        self._suppressions = suppressions
-        self._clock = clock
+        self.store = MessageStore.from_settings(settings)
+        self.idempotency = IdempotencyStore.from_settings(settings)
+        self._suppressions: SuppressionStore | None = None
+        self._clock = utcnow
         self.packs = PackStore.from_settings(settings)
         self.triggers = LaneTriggers()
         self._payloads: PayloadStore | None = None
@@ -303,12 +294,11 @@ class SendService:
         if record.batch_id is not None and record.pack_id is not None:
             from shared.outbound._models import PackDriver
 
+            connection = named_connection(record.connection)
             driver = PackDriver(
-                packId=record.pack_id,
-                batchId=record.batch_id,
-                Connection=named_connection(record.connection),
+                packId=record.pack_id, batchId=record.batch_id, Connection=connection
             )
-            outbound_queue(self.settings).send_message(driver.model_dump_json(exclude_none=True))
+            outbound_queue(self.settings).send_message(driver.text())
             return record
         outbound_queue(self.settings).send_message(self._queued(record.command, record.message_id))
         return self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock()) or (

@@ -15,7 +15,7 @@ import io
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from shared.actions._spec import (
     ActionContext,
@@ -34,10 +34,12 @@ from shared.outbound._fields import (
     DlrUrlField,
     IdempotencyKeyHeader,
     MessageCustomerDataField,
+    PersonalizationField,
     ProtocolField,
     SendDateTimeField,
     SenderField,
     ServiceIdHeader,
+    StrictBody,
     TemplateContentField,
     TransactionalField,
     check_attachment,
@@ -53,24 +55,16 @@ __all__ = ["SPECS"]
 TAG = "Messages"
 
 
-class BulkRecipientIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BulkRecipientIn(StrictBody):
     # A plain string: numbers are checked row by row, so one bad row does not refuse the rest.
     Address: str = Field(
         max_length=64, description="The recipient's phone number.", json_schema_extra=ui("Address")
     )
-    Personalization: dict[str, str | int | float | bool] | None = Field(
-        None,
-        description='Values for the $(name) placeholders of Content, e.g. {"name": "Ada"}.',
-        json_schema_extra=ui("Personalization"),
-    )
+    Personalization: PersonalizationField
 
 
-class BulkBody(BaseModel):
+class BulkBody(StrictBody):
     """The template and its recipients."""
-
-    model_config = ConfigDict(extra="forbid")
 
     Sender: SenderField
     Content: TemplateContentField

@@ -2,9 +2,10 @@
 accepted it, and whose every retry then failed too, ends ``failed`` with code
 ``attempts-exhausted``, a dead letter and a ``message.failed`` event, although it was sent.
 
-``Outcomes.give_up`` (shared/outbound/_outcomes.py) saw only the last error. Now the record
-remembers (``maybe_sent``) that an earlier attempt may have got through, and giving up says so
-(code ``outcome-unknown``), which the invariants accept for a message sent once."""
+Giving up (then ``Outcomes.give_up``, now ``give_up`` in shared/outbound/_giving_up.py) saw only
+the last error. Now the record remembers (``maybe_sent``) that an earlier attempt may have got
+through, and giving up says so (code ``outcome-unknown``), which the invariants accept for a
+message sent once."""
 
 from __future__ import annotations
 
