@@ -212,8 +212,10 @@ class OutboundSender:
         return self._then_sweep(record, self._advance(record, command))
 
     def _then_sweep(self, record: MessageRecord, outcome: SendOutcome) -> SendOutcome:
-        """Lead the next packs of ``record``'s key after it led a pack, or after a copy of a
-        lane member came while its lane is young (accepted less than the backstop ago: members
+        """Lead the next packs of ``record``'s key after it led a pack or, outside a lane, was
+        sent alone (one address twice never shares a call, so the same text to the same number
+        again leads itself, one after another), or after a copy of a lane member came while its
+        lane is young (accepted less than the backstop ago: members
         accepted meanwhile may rely on this copy, a trigger; docs/sending.md, "Lanes") and its
         record ended or was sent. A young lane's sweep that stops while members still wait (the
         quota, its limits) puts the next one's message back on the queue: they must not wait
@@ -225,7 +227,10 @@ class OutboundSender:
             accepted is not None and self.ports.now() - accepted < self.ports.policy.lane_backstop
         )
         final = outcome.kind in (OutcomeKind.SENT, OutcomeKind.ACKNOWLEDGED, OutcomeKind.FAILED)
-        if not (outcome.detail or "").startswith("pack ") and not (young and final):
+        led = (outcome.detail or "").startswith("pack ") or (
+            outcome.kind is OutcomeKind.SENT and accepted is None
+        )
+        if not led and not (young and final):
             return outcome
         waiting = self.packing.sweep(record, self._advance, report=young)
         if waiting is not None:

@@ -226,6 +226,30 @@ def test_a_leader_goes_on_to_lead_the_next_packs_of_its_key_in_the_same_invocati
     assert len(outbound.upstream()) == 3
 
 
+def test_after_a_send_alone_its_leader_sends_the_next_waiting_ones_of_its_key_to_the_same_number(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """The same text to the same number again never shares a call, so each leads itself: while
+    the quota has room, the one that was sent leads the next ones waiting in its key's index in
+    the same invocation, rather than leave each to its own queue message."""
+    waiting_for_a_slot(outbound)
+    for index in range(3):
+        outbound.enqueue(
+            {"operation": "SendMessage", "messageId": f"same-{index}", "body": sms(NUMBERS[0])}
+        )
+    park(outbound)  # each met the full quota: recorded and indexed under one pack key
+    keys = {record(f"same-{i}").pack_key for i in range(3)}
+    assert len(keys) == 1
+    assert None not in keys
+    outbound.configure(QUOTA_CALLS=10)  # room again
+
+    outbound.invoke(record("same-0").command)
+
+    calls = outbound.upstream()
+    assert [c["body"]["RequestId"] for c in calls] == ["same-0", "same-1", "same-2"]
+    assert {record(f"same-{i}").status for i in range(3)} == {MessageStatus.SENT}
+
+
 def test_packable_sends_share_their_lane_which_is_their_index(
     outbound: Outbound, manual_clock: ManualClock
 ) -> None:
