@@ -229,7 +229,25 @@ def _wire(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, server: SandboxServ
             queue.create_queue()
         queue.clear_messages()
     clear_pack_index()
+    clear_quota()
     return env
+
+
+def clear_quota() -> None:
+    """Forget the quota's grants of earlier tests on this upstream: a test's sandbox gets a
+    quota of its own (a private sandbox may get a port an earlier one had, and with it that
+    one's grants, which a tight quota would count)."""
+    from shared.names import QUOTA_TABLE
+    from shared.quota import connection_key
+    from shared.settings import get_settings
+    from shared.storage import table_client
+
+    table = table_client(QUOTA_TABLE)
+    with contextlib.suppress(Exception):
+        table.create_table()
+    key = connection_key(get_settings())
+    for entity in table.query_entities(f"PartitionKey eq '{key}'"):
+        table.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
 
 def clear_pack_index() -> None:
