@@ -94,7 +94,8 @@ class IndexPacks:
         self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
     ) -> SendOutcome | None:
         """Before a never-attempted packable message is claimed: take its key's leader lease,
-        or come back shortly (deferred) while another message leads a pack of that key. Only
+        or come back shortly (deferred) while another message leads a pack of that key (while
+        the quota is full, after waiting here for that lease first: :meth:`_await_lead`). Only
         the leader reads the index and claims candidates, so workers do not race on them."""
         key = record.pack_key
         if key is None or record.message_id in self._leading:
