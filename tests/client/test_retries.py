@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import socket
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -23,6 +22,7 @@ from shared.smartdialog import (
     SmartDialogClient,
 )
 from tests.client.conftest import SentRequest, sandbox_requests
+from tests.waiting import wait_for
 
 CUSTOMER, ONE_WAY, GROUP = "1001", "s-1001-oneway", "s-1001-group"
 TEMPORARY = "+358400000004"  # 503 on the first two attempts of a RequestId
@@ -98,9 +98,7 @@ def test_send_after_read_timeouts_is_sent_once(
     client = make_client(timeout=httpx.Timeout(0.1, connect=2.0))
     with pytest.raises(APITimeoutError):
         client.send_message(sms(SLOW), customer_id=CUSTOMER, service_id=ONE_WAY)
-    deadline = time.monotonic() + 3
-    while len(sandbox_requests(sd, "SendMessage")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: len(sandbox_requests(sd, "SendMessage")) >= 3, what="3 attempts")
     attempts = sandbox_requests(sd, "SendMessage")
     assert len(attempts) == 3
     assert len({a["body"]["RequestId"] for a in attempts}) == 1

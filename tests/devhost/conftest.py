@@ -1,17 +1,13 @@
-"""Dev host test helpers: short host.json options, polling with deadlines, a host factory."""
+"""Dev host test helpers: short host.json options, a host factory."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 import pytest
 from azure.storage.queue import QueueClient
 
 from devhost import DevHost, HostOptions, QueueOptions
-
-T = TypeVar("T")
 
 #: Fast queue semantics for tests: 1 s visibility after failure, 3 attempts, 100 ms polling.
 FAST_QUEUES = QueueOptions(
@@ -28,18 +24,6 @@ def host_options(**queue_overrides: object) -> HostOptions:
     """host.json options with :data:`FAST_QUEUES`, some fields overridden."""
     fields = {**FAST_QUEUES.__dict__, **queue_overrides}
     return HostOptions(route_prefix="api", queues=QueueOptions(**fields))  # type: ignore[arg-type]
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def queue_texts(conn: str, name: str) -> list[str]:

@@ -15,7 +15,8 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient
 
 from devhost import DevHost
-from tests.devhost.conftest import host_options, queue_texts, wait_for
+from tests.devhost.conftest import host_options, queue_texts
+from tests.waiting import wait_for
 
 RunHost = Callable[..., DevHost]
 

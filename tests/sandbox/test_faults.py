@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from sandbox.__main__ import parse_args
 from sandbox.faults import FaultInjector, FaultKind, FaultPlan, parse_kinds
 from sandbox.server import SandboxServer
 from tests.sandbox.helpers import SEND_HEADERS, client, http, sms
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ADDRESS = "+358401110001"
@@ -96,9 +96,7 @@ def test_a_timeout_is_held_past_the_client_then_accepted_once_even_if_retried_me
     with client(server) as api:
         assert _send(api, "r-held").status_code == 200
     # The held call goes on once its hold is over, and must find its RequestId taken.
-    deadline = time.monotonic() + 5
-    while len(server.state.snapshot("requests")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: len(server.state.snapshot("requests")) >= 2, what="the held call's end")
     statuses = [(r["status"], r.get("fault")) for r in server.state.snapshot("requests")]
     assert sorted(statuses, key=str) == [(200, None), (409, "timeout")]
     assert len(server.state.snapshot("messages")) == 1

@@ -25,6 +25,7 @@ from tests.sandbox.helpers import (
     sms,
     template_message,
 )
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -260,9 +261,7 @@ def test_dlr_is_sent_for_template_messages_and_recorded(
     answer = api.post("/messages/templates/whatsapp", headers=SEND_HEADERS, json=body).json()
     (call,) = callback_receiver.wait_for(1)
     assert call.query["messageId"] == answer["messageId"]
-    deadline = time.monotonic() + 5
-    while not sandbox_server.state.snapshot("delivery_reports") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: sandbox_server.state.snapshot("delivery_reports"), what="its report")
     (report,) = sandbox_server.state.snapshot("delivery_reports")
     assert report["httpStatus"] == 200
 
@@ -291,9 +290,7 @@ def test_unreachable_dlr_url_is_logged_not_raised(
             "/messages", headers=SEND_HEADERS, json=sms(DELIVERED, DlrUrl="http://127.0.0.1:9/x")
         )
     assert response.status_code == 200
-    deadline = time.monotonic() + 5
-    while not server.state.snapshot("delivery_reports") and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: server.state.snapshot("delivery_reports"), what="its report")
     (report,) = server.state.snapshot("delivery_reports")
     assert report["httpStatus"] is None
     assert report["error"]
