@@ -103,20 +103,22 @@ class IndexPacks:
         until = now + dt.timedelta(seconds=LEAD_SECONDS)
         etag, wait = self.ports.packs.lead(key, now, until)
         if etag is None and self.ports.quota_wait.full_lately(LEAD_RECHECK_SECONDS):
-            etag, wait = self._await_lead(key)
+            etag, wait = self._await_lead(key, wait)
         if etag is not None:
             self._leading[record.message_id] = etag
             return None
         delay = min(wait, LEAD_RECHECK_SECONDS)
         return self.outcomes.requeue(command, record.attempts, delay, OutcomeKind.DEFERRED, "lead")
 
-    def _await_lead(self, key: str) -> tuple[str | None, float]:
+    def _await_lead(self, key: str, wait: float) -> tuple[str | None, float]:
         """Wait here, up to the in-process quota wait, for the key's leader to give its lease
         up (it holds it only while it forms its pack). While the quota is full its sweep stops
         at the quota, so messages of its key that it could not pack (one address twice) lead
         themselves, slot by slot: come back :data:`LEAD_RECHECK_SECONDS` later, they would
-        leave the slots that free meanwhile unused."""
-        etag, wait = None, 0.0
+        leave the slots that free meanwhile unused. ``wait``: the lease's time left when it was
+        found taken, kept when no look fits in the quota wait (a wait under
+        :data:`LEAD_POLL_SECONDS`)."""
+        etag: str | None = None
         for _ in range(int(self.ports.policy.quota_wait / LEAD_POLL_SECONDS + 1e-9)):
             self.ports.clock.sleep(LEAD_POLL_SECONDS)
             now = self.ports.now()

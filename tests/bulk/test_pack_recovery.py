@@ -175,3 +175,42 @@ def test_while_the_quota_is_full_a_message_that_found_its_key_led_waits_for_the_
     assert [c["body"]["RequestId"] for c in outbound.upstream()] == [ids[0]]
     assert 1.0 < manual_clock.now() - started <= 2.0  # the slot's half second, then the lease's
     assert record(ids[1]).status is MessageStatus.QUEUED  # one address: it waits for its slot
+
+
+def test_a_quota_wait_too_short_to_look_again_leaves_the_lead_deferral_at_the_lease(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """With SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS under LEAD_POLL_SECONDS, a message that finds
+    its key led while the quota was full lately has no time to look again: it comes back when
+    the lease is due to end (at most LEAD_RECHECK_SECONDS), not at once, round and round."""
+    from dataclasses import replace
+
+    from shared import quota
+    from shared.outbound import OutboundSender
+    from shared.outbound._ports import send_ports
+    from shared.outbound._quota_wait import QuotaWait
+    from shared.quota import QuotaDenied
+    from shared.settings import get_settings
+
+    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=30, SEND_QUOTA_WAIT_SECONDS=0.1)
+    [message_id] = accept(NUMBERS[0])
+    key = record(message_id).pack_key
+    assert key is not None
+    settings = get_settings()
+    own = quota.from_settings(settings, clock=manual_clock, connection=f"lead-short-{message_id}")
+    waits = QuotaWait(own, 0.1, clock=manual_clock)
+    waits.take()
+    assert isinstance(waits.take()[0], QuotaDenied)
+    manual_clock.advance(waits.hint() + 0.5)  # the slot is free again, the quota full lately
+    assert waits.full_lately(10)
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    etag, _ = PackStore.from_settings().lead(key, now, now + dt.timedelta(seconds=6))
+    assert etag is not None  # another worker leads the key for 6 s more
+
+    sender = OutboundSender(replace(send_ports(settings), quota_wait=waits))
+    outcome = sender.process(record(message_id).command)
+
+    assert (outcome.kind, outcome.detail) == ("deferred", "lead")
+    assert outcome.delay_seconds is not None
+    assert outcome.delay_seconds >= 5  # not 0: the lease's time left
+    assert outbound.upstream() == []
