@@ -323,6 +323,9 @@ class OutboundSender:
                 if waiting := self.packing.lead(record, command, now):
                     return waiting
                 now = self.ports.now()  # it may have waited for the lease
+                if now >= record.valid_until:  # and expired meanwhile: not sent
+                    self.packing.unlead(record)
+                    continue
             lease = now + self.ports.policy.lease
             claimed = self.ports.store.swap(record, **claim_changes(record, now, lease))
             if claimed is None:

@@ -214,3 +214,48 @@ def test_a_quota_wait_too_short_to_look_again_leaves_the_lead_deferral_at_the_le
     assert outcome.delay_seconds is not None
     assert outcome.delay_seconds >= 5  # not 0: the lease's time left
     assert outbound.upstream() == []
+
+
+def test_a_message_whose_validity_ends_while_it_waits_for_its_keys_lease_is_not_sent(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """Validity is checked when a message is claimed: a wait for the key's leader comes
+    before the claim, so a message that expired during it fails ``expired`` and is not sent."""
+    from dataclasses import replace
+
+    from shared import quota
+    from shared.outbound import OutboundSender
+    from shared.outbound._ports import send_ports
+    from shared.outbound._quota_wait import QuotaWait
+    from shared.quota import QuotaDenied
+    from shared.settings import get_settings
+
+    outbound.configure(
+        QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=30, SEND_QUOTA_WAIT_SECONDS=1,
+        SEND_VALIDITY_SECONDS=40,
+    )  # fmt: skip
+    [message_id] = accept(NUMBERS[0])
+    key = record(message_id).pack_key
+    assert key is not None
+    settings = get_settings()
+    own = quota.from_settings(settings, clock=manual_clock, connection=f"lead-late-{message_id}")
+    waits = QuotaWait(own, 1.0, clock=manual_clock)
+    waits.take()
+    assert isinstance(waits.take()[0], QuotaDenied)
+    manual_clock.advance(waits.hint())  # the slot is free; 0.5 s later the message expires
+    expires = record(message_id).valid_until
+    manual_clock.advance(expires.timestamp() - manual_clock.now() - 0.5)
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    etag, _ = PackStore.from_settings().lead(key, now, now + dt.timedelta(seconds=0.7))
+    assert etag is not None  # another worker leads the key until just after the expiry
+
+    sender = OutboundSender(replace(send_ports(settings), quota_wait=waits))
+    sender.process(record(message_id).command)
+
+    assert outbound.upstream() == []
+    done = record(message_id)
+    assert done.status is MessageStatus.FAILED
+    assert done.failure is not None
+    assert done.failure.code == "expired"
+    again, _ = PackStore.from_settings().lead(key, now, now + dt.timedelta(seconds=60))
+    assert again is not None  # it gave the lease it took back
