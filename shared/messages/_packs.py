@@ -352,6 +352,13 @@ class PackStore:
     def save(self, pack: Pack) -> None:
         self.table.upsert_entity(pack.to_entity())
 
+    def add(self, pack: Pack) -> None:
+        """Write ``pack`` unless it exists (then it stays as it is: its drivers may be at it)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        with contextlib.suppress(ResourceExistsError):
+            self.table.create_entity(pack.to_entity())
+
     def swap(self, pack: Pack, **changes: Any) -> Pack | None:
         """Write ``pack`` with ``changes`` if nobody changed it since it was read (ETag);
         None when that compare-and-swap lost."""

@@ -321,8 +321,9 @@ class BulkService:
         total: int,
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Finish recording a batch whose first request stopped part-way (a replay with its
-        Idempotency-Key): the members not recorded yet are, then the drivers go out. Members
-        already recorded are never written again (a driver may have moved them on)."""
+        Idempotency-Key): the packs and members not recorded yet are, then the drivers go out.
+        Packs and members already recorded are never written again (a driver may have moved
+        them on)."""
         batch_id = batch.batch_id
         recorded = self._members_recorded(batch_id)
         stored = list(batch.pack_ids)
@@ -343,7 +344,9 @@ class BulkService:
             )
         missing = [(r, sl) for r, sl in records if r.message_id not in recorded]
         with ThreadPoolExecutor(_THREADS) as pool:
-            list(pool.map(self.packs.save, packs))
+            # Only the packs it had not written: drivers may be at the others already (their
+            # calls, recorded on the pack, must stay for their retries).
+            list(pool.map(self.packs.add, packs))
         if missing:
             self.store.create_many(missing)
         log.warning("batch %s: finished recording %d member(s) of a request that stopped",

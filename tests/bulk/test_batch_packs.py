@@ -29,7 +29,7 @@ from shared.settings import get_settings
 from shared.smartdialog import BadRequestError
 from tests.bulk.test_bulk_action import batch_status, bulk, people
 from tests.crash import LEASE, crash_once
-from tests.outbound.conftest import REJECTED, Outbound, call_http
+from tests.outbound.conftest import REJECTED, TEMPORARY, Outbound, call_http
 
 NUMBERS = [f"+35840300{i:04d}" for i in range(40)]
 
@@ -513,6 +513,35 @@ def test_a_replay_with_the_same_key_finishes_a_batch_whose_request_stopped_part_
     assert done.status == 200
     assert done.body["Id"] == again.body["Id"]
     assert done.body["Counts"]["sent"] == 10
+
+
+def test_a_replay_after_the_drivers_went_out_leaves_the_packs_call_as_it_is(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request died after its drivers went out and before it marked the batch
+    queued; a pack's call then failed for now (its membership and RequestId recorded for the
+    retry). A replay finishes the batch without writing its packs again: a pack rewritten whole
+    would forget that call, and its retry would go with another RequestId (sent twice)."""
+    from shared.messages import BatchStore
+
+    crash_once(monkeypatch, BatchStore, "mark", "the request died after enqueuing its drivers")
+    body = {"Recipients": people(*NUMBERS[:3], TEMPORARY)}
+    assert bulk(body, **{"Idempotency-Key": "resume-3"}).status == 500
+    [driver] = drivers(outbound)
+    outbound.run_once()  # the pack's call fails for now: its members back off
+    packs = PackStore.from_settings()
+    before = packs.get(driver["packId"])
+    assert before is not None
+    assert len(before.attempt) == 4
+    assert before.calls == 1
+    assert len(backdate_accepting_batches("resume-3", minutes=1)) == 1  # a retry, later
+
+    again = bulk(body, **{"Idempotency-Key": "resume-3"})
+
+    assert again.status == 202, again.body
+    after = packs.get(driver["packId"])
+    assert after is not None
+    assert (after.attempt, after.calls, after.etag) == (before.attempt, before.calls, before.etag)
 
 
 def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_sent(
