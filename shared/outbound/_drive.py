@@ -200,6 +200,17 @@ class _Run:
         self.outcomes.announce([r for r in mine if r.status.is_final])
         open_ = [r for r in mine if not r.status.is_final]
         if not open_:
+            # Members that moved to another pack a moment ago: that pack's driver may not have
+            # gone out (a split whose enqueue failed, then this driver came again). Come back
+            # when they count as idle, and drive their pack then if they are still open.
+            recent = [
+                r.updated_at
+                for r in members
+                if not r.status.is_final and r.pack_id not in (None, pack.pack_id)
+                and now - r.updated_at < idle
+            ]  # fmt: skip
+            if recent:
+                return self.later((max(recent) + idle - now).total_seconds() + 1, "moved")
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, pack.pack_id, detail="pack done")
         held = [
             r.lease_until

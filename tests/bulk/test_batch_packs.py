@@ -182,6 +182,58 @@ def test_a_refusal_naming_nobody_splits_the_pack_until_the_culprit_is_alone(
     assert [d["messageId"] for d in outbound.dead_letters()] == [ids[5]]
 
 
+def test_a_split_whose_drivers_could_not_be_enqueued_is_driven_by_the_pack_it_came_from(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """A refusal naming nobody split the pack, and putting the halves' drivers on the queue
+    failed: the driver raised and comes again, finds its members moved a moment ago, and
+    comes back once they count as idle to drive their packs (not acknowledged: the halves would
+    wait for a status poll)."""
+    from shared.storage import queue_client
+
+    batch = accepted_batch(*NUMBERS[:4])
+    ids = member_ids(batch)
+    culprit = NUMBERS[1]
+    real = Upstream.send
+
+    def refuse_if_culprit(self: Upstream, command: Any) -> Any:
+        if culprit in [r.Address for r in command.body.Recipients]:
+            raise BadRequestError(
+                "The request was not valid", status_code=400,
+                body={"errorMessage": "The request was not valid"}, headers=httpx.Headers(),
+                operation_id="SendMessage", method="POST", path="/messages",
+            )  # fmt: skip
+        return real(self, command)
+
+    monkeypatch.setattr(Upstream, "send", refuse_if_culprit)
+    [driver] = drivers(outbound)
+    text = json.dumps(driver)
+    queue = queue_client("smartdialog-outbound")
+    queue.clear_messages()  # the host holds it: invoked here
+    crash_once(
+        monkeypatch, send_ports(get_settings()).outbound, "send_message",
+        "the queue refused the halves' drivers",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    assert outbound.queued() == 0  # split, members moved, no driver for either half
+
+    outbound.invoke(text, dequeue_count=2)  # the host gives the driver again
+
+    assert outbound.queued() == 1  # it comes back, not acknowledged
+    queue.clear_messages()
+    manual_clock.advance(LEASE + 1)
+    outbound.invoke(text)  # that copy: the halves are idle now
+    assert len(drivers(outbound)) == 2
+    outbound.drain()
+
+    sent = sorted(r["Address"] for c in outbound.upstream() if c["status"] == 200
+                  for r in c["body"]["Recipients"])  # fmt: skip
+    assert sent == sorted(a for a in NUMBERS[:4] if a != culprit)
+    assert record(ids[1]).status is MessageStatus.FAILED
+    assert [record(i).status for i in ids if i != ids[1]] == [MessageStatus.SENT] * 3
+
+
 def test_after_a_crash_past_the_call_the_driver_sends_the_same_call_and_nothing_twice(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
