@@ -434,8 +434,15 @@ class IndexPacks:
                 log.info("pack %s: RequestId already used upstream: sent", pack.pack_id)
             return self._sent(pack, members, result)
         if isinstance(result, Transient):
-            return self._transient(pack, members, result)
-        return self._rejected(pack, members, result)
+            outcome = self._transient(pack, members, result)
+        else:
+            outcome = self._rejected(pack, members, result)
+        if pack.announcing and outcome.kind is not OutcomeKind.RETRY_SCHEDULED:
+            # The pack ends here, refused or out of attempts: no retry will get the 409 that
+            # sends the events of the members a crashed run recorded sent (``_sent``).
+            going = {r.message_id for r, _ in members}
+            self._announce_again([i for i in pack.announcing if i not in going])
+        return outcome
 
     def _sent(self, pack: Pack, members: Members, sent: Sent) -> SendOutcome:
         """Record each member as sent with its own share of upstream's answer; the pack keeps

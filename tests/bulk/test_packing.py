@@ -421,6 +421,38 @@ def test_a_crashed_leader_that_comes_back_expired_still_announces_the_packs_memb
     assert sorted({e["subject"] for e in sent}) == sorted(ids[1:])
 
 
+@pytest.mark.parametrize("answer", ["refused", "still failing"])
+def test_a_crashed_leader_whose_retry_ends_without_a_409_still_announces_the_packs_members(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock, answer: str
+) -> None:
+    """Only a 409 to the pack's retry used to send the events the crashed run left out: a
+    retry that upstream refuses, or whose transient failure is its last attempt, ends the pack
+    for good, and its members recorded sent get their events then."""
+    import httpx
+
+    from shared.outbound._attempt import Upstream
+    from shared.smartdialog import BadRequestError, InternalServerError
+
+    ids, texts = _crash_before_the_members_events(outbound, monkeypatch)
+    outbound.configure(SEND_MAX_ATTEMPTS=2)  # the retry is the leader's last attempt
+    error, status = (BadRequestError, 400) if answer == "refused" else (InternalServerError, 503)
+
+    def fail(self: Upstream, command: Any) -> Any:
+        raise error(
+            "upstream said no", status_code=status, body={"errorMessage": "no"},
+            headers=httpx.Headers(), operation_id="SendMessage", method="POST", path="/messages",
+        )  # fmt: skip
+
+    monkeypatch.setattr(Upstream, "send", fail)
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
+    outbound.invoke(texts[0], dequeue_count=2)
+
+    assert record(ids[0]).status is MessageStatus.FAILED
+    assert [record(i).status for i in ids[1:]] == [MessageStatus.SENT] * 2
+    sent = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert sorted({e["subject"] for e in sent}) == sorted(ids[1:])
+
+
 def test_a_member_upstream_rejects_fails_alone_and_the_rest_go_in_a_new_pack(
     outbound: Outbound,
 ) -> None:
