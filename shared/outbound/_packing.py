@@ -81,6 +81,11 @@ SWEEP_LANES = 5
 
 Members = list[tuple[MessageRecord, OutboundMessage]]
 
+#: Outcomes after which a sweep leads the next one: it went, or it had ended meanwhile (found
+#: queued, then cancelled or sent by another leader before the claim: nothing of it is back on
+#: the queue). Any other (deferred: its copy is back on the queue) ends the sweep.
+_SWEEP_GOES_ON = frozenset({OutcomeKind.SENT, OutcomeKind.FAILED, OutcomeKind.ACKNOWLEDGED})
+
 
 class IndexPacks:
     """Forms, sends and settles packs of indexed single sends."""
@@ -149,7 +154,7 @@ class IndexPacks:
             if next_one is None:
                 return None
             outcome = lead(*next_one)
-            if outcome.kind not in (OutcomeKind.SENT, OutcomeKind.FAILED):
+            if outcome.kind not in _SWEEP_GOES_ON:
                 return None
         return self._next_leader(led) if report else None
 

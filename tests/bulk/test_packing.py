@@ -226,6 +226,37 @@ def test_a_leader_goes_on_to_lead_the_next_packs_of_its_key_in_the_same_invocati
     assert len(outbound.upstream()) == 3
 
 
+def test_a_sweep_goes_on_past_a_message_that_ended_between_its_query_and_its_claim(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """The next one the sweep found was cancelled (or sent by another leader) before the sweep
+    claimed it: the sweep leads the one after, rather than stop and leave the rest of the lane
+    to their backstops (nothing of theirs is back on the queue)."""
+    outbound.configure(PACK_MAX_RECIPIENTS=3)
+    ids = accept(*NUMBERS[:7])
+    real = MessageStore.lane_queued
+    cancelled: list[str] = []
+
+    def cancelled_meanwhile(self: MessageStore, partition: str, limit: int) -> Any:
+        found = real(self, partition, limit)
+        if limit == 1 and found and not cancelled:  # the sweep's look for the next leader
+            answer = call_http(
+                "CancelMessage", "DELETE", route_params={"MessageId": found[0].message_id}
+            )
+            assert answer.status == 200, answer.body
+            cancelled.append(found[0].message_id)
+        return found
+
+    monkeypatch.setattr(MessageStore, "lane_queued", cancelled_meanwhile)
+    outbound.invoke(record(ids[0]).command)
+
+    [gone] = cancelled  # one of the lane's, after the first pack (the lane's order is its rows')
+    sizes = [len(c["body"]["Recipients"]) for c in outbound.upstream()]
+    assert sizes == [3, 3]
+    assert record(gone).status is MessageStatus.CANCELLED
+    assert {record(i).status for i in ids if i != gone} == {MessageStatus.SENT}
+
+
 def test_after_a_send_alone_its_leader_sends_the_next_waiting_ones_of_its_key_to_the_same_number(
     outbound: Outbound, manual_clock: ManualClock
 ) -> None:
