@@ -20,6 +20,7 @@ status poll (a pack driven twice is sent once: the pack's lease and its members'
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -124,8 +125,6 @@ class BulkService:
         Refused rows (bad number, opted out) are listed by row; the rest are accepted unless
         ``all_or_nothing``. Raises :class:`Problem` (422) when nothing can be accepted.
         """
-        from shared.phone import InvalidPhoneNumber, parse_phone_number
-
         require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
         if len(recipients) > MAX_BULK_RECIPIENTS:
@@ -161,13 +160,60 @@ class BulkService:
                         type=ProblemType.CONFLICT,
                         errors=[FieldError("Idempotency-Key", "Already used for another request.")],
                     )
-                resumed = self._unfinished(entry.message_id)
+                found = self.batches.get(entry.message_id)
+                if found is None:
+                    # The request that claimed the key has not recorded its batch: it is on
+                    # its way, or it stopped before (then the key is this request's now).
+                    if now - entry.created_at < STUCK_ACCEPTING_AFTER:
+                        raise Problem(409, "A bulk send with this Idempotency-Key is in progress",
+                                      "Another request with this key has not recorded its batch "
+                                      "yet. Send again in a few seconds to get its answer.",
+                                      type=ProblemType.CONFLICT)  # fmt: skip
+                    self.idempotency.release(key_hash, entry.message_id)
+                    return self.submit(template, recipients, customer_id=customer_id,
+                                       service_id=service_id, transactional=transactional,
+                                       all_or_nothing=all_or_nothing,
+                                       idempotency_key=idempotency_key)  # fmt: skip
+                resumed = self._unfinished(found)
                 if resumed is None:
                     return self.status(entry.message_id, details=False, checked=True)
                 # The first request with this key stopped part-way: finish it, as that batch
                 # (same id, same time, so the same members and packs).
                 batch_id = entry.message_id
                 now = dt.datetime.fromisoformat(resumed.formed_at)
+        try:
+            return self._record(
+                template, recipients, batch_id=batch_id, now=now, resumed=resumed,
+                key_hash=key_hash, customer_id=customer_id, service_id=service_id,
+                transactional=transactional, all_or_nothing=all_or_nothing,
+            )  # fmt: skip
+        except BaseException:
+            # Failed before its batch row: the key is given up, so a retry with it is a new
+            # request (best effort; a replay also takes over a claim left without a batch).
+            if key_hash is not None and resumed is None:
+                with contextlib.suppress(Exception):
+                    if self.batches.get(batch_id) is None:
+                        self.idempotency.release(key_hash, batch_id)
+            raise
+
+    def _record(
+        self,
+        template: Mapping[str, Any],
+        recipients: Sequence[BulkRecipient],
+        *,
+        batch_id: str,
+        now: dt.datetime,
+        resumed: BatchRecord | None,
+        key_hash: str | None,
+        customer_id: str,
+        service_id: str,
+        transactional: bool,
+        all_or_nothing: bool,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Validate the rows and record the batch (or finish ``resumed``): the rest of
+        :meth:`submit`, with its Idempotency-Key claimed as ``key_hash``."""
+        from shared.phone import InvalidPhoneNumber, parse_phone_number
+
         errors: list[dict[str, Any]] = []
         valid: list[tuple[BulkRecipient, str]] = []
         seen: set[str] = set()
@@ -197,9 +243,7 @@ class BulkService:
                 )  # fmt: skip
             valid = [v for i, v in enumerate(valid) if i not in hits]
         errors.sort(key=lambda e: int(e["row"]))
-        if errors and (all_or_nothing or not valid) and resumed is None:
-            if key_hash is not None:
-                self.idempotency.release(key_hash, batch_id)
+        if errors and (all_or_nothing or not valid) and resumed is None:  # (its key is freed)
             raise Problem(
                 422,
                 "Some recipients are not valid" if valid else "No valid recipient",
@@ -290,12 +334,9 @@ class BulkService:
 
     # --- a batch whose request stopped part-way --------------------------------------------
 
-    def _unfinished(self, batch_id: str) -> BatchRecord | None:
+    def _unfinished(self, batch: BatchRecord) -> BatchRecord | None:
         """The batch if its request stopped before it finished recording it (``incomplete``,
         or ``accepting`` for longer than a request takes), else None."""
-        batch = self.batches.get(batch_id)
-        if batch is None:
-            return None
         stuck = self._clock() - batch.created_at >= STUCK_ACCEPTING_AFTER
         if batch.status is BatchStatus.INCOMPLETE or (
             batch.status is BatchStatus.ACCEPTING and stuck

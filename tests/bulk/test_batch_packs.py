@@ -596,6 +596,52 @@ def test_a_replay_after_the_drivers_went_out_leaves_the_packs_call_as_it_is(
     assert (after.attempt, after.calls, after.etag) == (before.attempt, before.calls, before.etag)
 
 
+def test_a_bulk_request_that_failed_before_its_batch_frees_its_key_for_the_retry(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key was claimed, then reading the opt-out lists failed (500): the caller's retry
+    with the same key is a new request (it used to answer 404 "No such batch" for 7 days)."""
+    from shared.suppressions import SuppressionStore
+
+    crash_once(monkeypatch, SuppressionStore, "suppressed_many", "storage failed")
+    body = {"Recipients": people(*NUMBERS[:3])}
+    assert bulk(body, **{"Idempotency-Key": "resume-4"}).status == 500
+
+    again = bulk(body, **{"Idempotency-Key": "resume-4"})
+
+    assert again.status == 202, again.body
+    assert again.body["Accepted"] == 3
+    assert bulk(body, **{"Idempotency-Key": "resume-4"}).body["Id"] == again.body["Id"]
+
+
+def test_a_key_claimed_by_a_request_that_died_before_its_batch_is_taken_over_later(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """The process died with the key claimed and no batch (nothing could give the key up): a
+    replay is told the first request is in progress (409) for 30 s, then takes the key over."""
+    from shared.messages import IdempotencyStore
+    from shared.suppressions import SuppressionStore
+
+    crash_once(monkeypatch, SuppressionStore, "suppressed_many", "the process died")
+    crash_once(monkeypatch, IdempotencyStore, "release", "the process died")
+    body = {"Recipients": people(*NUMBERS[:3])}
+    assert bulk(body, **{"Idempotency-Key": "resume-5"}).status == 500
+
+    soon = bulk(body, **{"Idempotency-Key": "resume-5"})
+    assert soon.status == 409, soon.body
+    assert "in progress" in soon.body["title"]
+    assert drivers(outbound) == []
+    manual_clock.advance(31)
+    later = bulk(body, **{"Idempotency-Key": "resume-5"})
+
+    assert later.status == 202, later.body
+    assert later.body["Accepted"] == 3
+    outbound.drain()
+    assert sorted(r["Address"] for c in outbound.upstream() for r in c["body"]["Recipients"]) == (
+        sorted(NUMBERS[:3])
+    )
+
+
 def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_sent(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
