@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
-from shared.clock import utcnow
+from shared.clock import current, utcnow
 from shared.events import MESSAGE_CANCELLED, make_event
 from shared.messages import (
     IdempotencyStore,
@@ -68,6 +68,11 @@ log = logging.getLogger("shared.outbound.service")
 #: after its last change lost its enqueue to a crash; the next status poll or re-POST enqueues
 #: it again. (A bulk member: its pack's driver.)
 STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
+#: A POST whose Idempotency-Key another request claimed less than STUCK_ACCEPTED_AFTER ago, and
+#: whose message has no record yet, waits this long for that request's record (looking every
+#: CLAIM_POLL_SECONDS); then it records and enqueues the message itself, with the same id.
+CLAIM_WAIT_SECONDS = 2.0
+CLAIM_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,10 @@ class SendService:
 
         A repeated request with the same ``Idempotency-Key`` (or, without one, the same body
         ``RequestId``) for the same customer answers as the first did and enqueues nothing,
-        even when the requests arrive at the same time; the same key with a different request
-        is a 422 problem.
+        even when the requests arrive at the same time (one that finds the key claimed and no
+        record waits up to :data:`CLAIM_WAIT_SECONDS` for it; none by then: the first request
+        failed before recording it, and this one enqueues and records it, with its id); the
+        same key with a different request is a 422 problem.
 
         The command goes on the queue *before* its record is written, so a record always means
         its command was queued (nothing to recover after a crash in between: a retry finds no
@@ -173,18 +180,10 @@ class SendService:
         text = command_text(command)
         record = self.store.get(message_id) if replay else None
         if record is None and claimed_at is not None and now - claimed_at < STUCK_ACCEPTED_AFTER:
-            # The request that claimed the key is on its way (or died a moment ago): it enqueues,
-            # so concurrent and repeated POSTs enqueue once. Past that, it died before its record
-            # was written: this one goes on (its command may be queued already: the sender then
-            # records whichever comes first, and only one goes).
-            pending, _ = new_record(
-                command,
-                now=claimed_at,
-                validity=dt.timedelta(seconds=self.settings.send_validity_seconds),
-                status=MessageStatus.QUEUED,
-            )
-            return self._pending(pending, status=202)
+            record = self._await_record(message_id)
         if record is None:
+            # New, or its key's first request failed or died before recording it: this one goes
+            # on with its id (its command may be queued already: one record, one send).
             try:
                 self._refuse_suppressed(command)
             except Problem:
@@ -209,6 +208,17 @@ class SendService:
         elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self._pending(record, status=202)
+
+    def _await_record(self, message_id: str) -> MessageRecord | None:
+        """The record of a message whose key another request claimed moments ago, once that
+        request writes it (concurrent POSTs: it enqueues first, then records, within moments),
+        or None after :data:`CLAIM_WAIT_SECONDS` (it failed before its record: this is the
+        caller's retry of its 500, say)."""
+        for _ in range(round(CLAIM_WAIT_SECONDS / CLAIM_POLL_SECONDS)):
+            current().sleep(CLAIM_POLL_SECONDS)
+            if (record := self.store.get(message_id)) is not None:
+                return record
+        return None
 
     def _new_id(self, command: OutboundMessage, customer: str, now: dt.datetime) -> str:
         """A new message's id: in its pack key's lane of this minute when it may be packed (its
