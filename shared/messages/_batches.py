@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from shared.messages._models import BatchStatus, check_batch_transition
+from shared.messages._models import BATCH_TRANSITIONS, BatchStatus, check_batch_transition
 from shared.messages._records import chunked, joined
 from shared.names import BATCHES_TABLE
 from shared.storage import ensure_table, plain_datetime, utc
@@ -122,15 +122,32 @@ class BatchStore:
             return None
 
     def mark(self, batch: BatchRecord, status: BatchStatus) -> BatchRecord:
-        """Move ``batch`` to ``status`` (an arrow of the table; repeating one is fine)."""
+        """Move ``batch`` to ``status`` (an arrow of the table; repeating one is fine). A copy
+        read from the table moves only the row still at that version (ETag); else the row is
+        read again and moved only if the arrow leaves its status now (a replay's ``queued``
+        after a status poll's ``incomplete``, not the other way round). The row as written."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
         from azure.data.tables import UpdateMode
 
         check_batch_transition(batch.status, status)
-        self.table.update_entity(
-            {"PartitionKey": batch.batch_id, "RowKey": BATCH_ROW_KEY, "Status": str(status)},
-            mode=UpdateMode.MERGE,
-        )
-        return replace(batch, status=status)
+        row = {"PartitionKey": batch.batch_id, "RowKey": BATCH_ROW_KEY, "Status": str(status)}
+        if batch.etag is None:  # just written whole by its own request
+            self.table.update_entity(row, mode=UpdateMode.MERGE)
+            return replace(batch, status=status)
+        for _ in range(5):
+            try:
+                done = self.table.update_entity(
+                    row, mode=UpdateMode.MERGE, etag=batch.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )  # fmt: skip
+                return replace(batch, status=status, etag=str(done.get("etag")))
+            except ResourceModifiedError:
+                now = self.get(batch.batch_id)
+                if now is None or status not in BATCH_TRANSITIONS[now.status]:
+                    return now or batch
+                batch = now
+        raise RuntimeError(f"batch {batch.batch_id} kept changing under us")
 
     def note_redriven(self, batch: BatchRecord, at: dt.datetime) -> BatchRecord:
         """Record that stale packs' drivers went back on the queue at ``at``."""

@@ -75,6 +75,37 @@ def test_a_batch_moves_only_forward() -> None:
     assert BatchStatus.ACCEPTING in {b for b, t in BATCH_TRANSITIONS.items() if t}
 
 
+def test_a_stale_copy_of_a_batch_moves_the_row_only_along_an_arrow_from_where_it_is_now(
+    outbound: Outbound,
+) -> None:
+    """A status poll read the batch ``accepting`` and, before it marked it ``incomplete``, a
+    replay finished it (``queued``): the poll's write leaves ``queued`` (no arrow back). The
+    other way round, a replay's ``queued`` after the poll's ``incomplete`` is an arrow: it lands."""
+    from shared.clock import utcnow
+    from shared.messages import BatchRecord, BatchStore
+
+    store = BatchStore.from_settings()
+
+    def new_batch(batch_id: str) -> BatchRecord:
+        now = utcnow()
+        store.save(BatchRecord(batch_id=batch_id, status=BatchStatus.ACCEPTING,
+                               customer_id=CUSTOMER, service_id=SERVICE, total=1, accepted=1,
+                               created_at=now, formed_at=now.isoformat(), pack_ids=()))  # fmt: skip
+        found = store.get(batch_id)
+        assert found is not None
+        return found
+
+    polled = new_batch("b-stale-poll")
+    store.mark(new_batch("b-stale-poll"), BatchStatus.QUEUED)  # the replay, meanwhile
+    assert store.mark(polled, BatchStatus.INCOMPLETE).status is BatchStatus.QUEUED
+    assert store.get("b-stale-poll").status is BatchStatus.QUEUED  # type: ignore[union-attr]
+
+    replayed = new_batch("b-stale-replay")
+    store.mark(new_batch("b-stale-replay"), BatchStatus.INCOMPLETE)  # the poll, meanwhile
+    assert store.mark(replayed, BatchStatus.QUEUED).status is BatchStatus.QUEUED
+    assert store.get("b-stale-replay").status is BatchStatus.QUEUED  # type: ignore[union-attr]
+
+
 def test_a_recipient_never_moves_to_a_lower_rank() -> None:
     order = [
         RecipientStatus.PENDING,
