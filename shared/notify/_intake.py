@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -44,6 +45,24 @@ class InvalidEvent(ValueError):
     def __init__(self, message: str, field: str = "body") -> None:
         super().__init__(message)
         self.field = field
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _readable(parse: Callable[_P, _T]) -> Callable[_P, _T]:
+    """``parse`` with JSON nested deeper than Python's parser follows refused as an
+    :class:`InvalidEvent` (a 400, or a dead letter), not a ``RecursionError`` (a 500)."""
+
+    @functools.wraps(parse)
+    def reading(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return parse(*args, **kwargs)
+        except RecursionError as exc:
+            raise InvalidEvent("The event is nested too deeply to read.") from exc
+
+    return reading
 
 
 @dataclass(frozen=True)
@@ -153,6 +172,7 @@ def _cloud_event_from_json(text: bytes) -> IncomingEvent:
         raise _invalid(exc) from exc
 
 
+@_readable
 def parse_object(value: Any) -> IncomingEvent:
     """One JSON object in either schema (CloudEvents when it has ``specversion``)."""
     if not isinstance(value, dict):
@@ -180,6 +200,7 @@ def _json(body: bytes) -> Any:
         raise InvalidEvent(f"The body is not JSON: {exc}") from exc
 
 
+@_readable
 def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
     """The events of one HTTP request: binary mode (``ce-*`` headers), structured mode
     (``application/cloudevents+json``), batched mode (``application/cloudevents-batch+json``),
@@ -217,6 +238,7 @@ def _at(index: int, item: Any, batch: int) -> IncomingEvent:
         raise
 
 
+@_readable
 def parse_queue_text(text: str) -> list[IncomingEvent]:
     """The events of one ``smartdialog-cloud-events`` message: JSON as written, or base64 of
     JSON (what Event Grid's storage-queue handler writes). JSON text starts with ``{`` or

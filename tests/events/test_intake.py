@@ -82,6 +82,21 @@ def test_event_grid_schema_blob_created_with_its_empty_data_version_is_read() ->
         ),
         ({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"{}", "ce-source"),
         ({"content-type": "application/json"}, b"[]", "body"),
+        # JSON nested deeper than the parser follows: refused (400), not a RecursionError (500)
+        ({"content-type": "application/json"}, b"[" * 5000, "body"),
+        ({"content-type": "application/cloudevents+json"}, b'{"a":' * 5000, "body"),
+        ({"content-type": "application/cloudevents-batch+json"}, b"[" * 5000, "body"),
+        (
+            {
+                "ce-specversion": "1.0",
+                "ce-id": "1",
+                "ce-source": "s",
+                "ce-type": "t",
+                "content-type": "application/json",
+            },
+            b"[" * 5000,
+            "body",
+        ),
     ],
 )
 def test_what_is_not_an_event_is_refused_naming_the_field(
@@ -90,6 +105,11 @@ def test_what_is_not_an_event_is_refused_naming_the_field(
     with pytest.raises(InvalidEvent) as caught:
         parse_http(headers, body)
     assert caught.value.field == field
+
+
+def test_a_queue_message_nested_too_deep_is_refused_not_crashed_on() -> None:
+    with pytest.raises(InvalidEvent):
+        parse_queue_text("[" * 5000)
 
 
 def test_a_queue_message_is_read_as_event_grid_writes_it_in_base64_or_as_plain_json() -> None:
