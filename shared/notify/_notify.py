@@ -157,6 +157,12 @@ class Notifier:
                 continue
             result.rules.append(rule.Id)
             for address in self._recipients(rule, event, document, book, result, dry_run, now):
+                try:  # made first: a message that cannot be made starts no quiet period
+                    planned = self._send(rule, event, document, address, now)
+                except ValueError as exc:  # pydantic's ValidationError is one too
+                    log.warning("rule %s: no message for event %s: %s", rule.Id, event.id, exc)
+                    result.skipped.append(Skipped(rule.Id, address, "message not valid"))
+                    continue
                 if (
                     rule.QuietMinutes
                     and not dry_run
@@ -171,11 +177,7 @@ class Notifier:
                 ):
                     result.skipped.append(Skipped(rule.Id, address, "quiet period"))
                     continue
-                try:
-                    result.sends.append(self._send(rule, event, document, address, now))
-                except ValueError as exc:  # pydantic's ValidationError is one too
-                    log.warning("rule %s: no message for event %s: %s", rule.Id, event.id, exc)
-                    result.skipped.append(Skipped(rule.Id, address, "message not valid"))
+                result.sends.append(planned)
         return result
 
     def _recipients(

@@ -36,8 +36,27 @@ __all__ = ["RULES_TTL_SECONDS", "NotifyState", "RuleBook", "RuleStore"]
 RULES_TTL_SECONDS = 10.0
 _RULE = "rule"
 _LIST = "list"
-#: Most events one hourly cap row remembers (a cap row stays well under an entity's 1 MiB).
-_CAP_EVENTS = 500
+#: Most events one hourly cap row remembers: as many as the largest MaxPerHour lets send (each
+#: takes one number at least). Each is a 16-hex hash and its count, about 21 characters, split
+#: over properties of _CAP_PART characters (a Table string holds 32K): about 0.4 MiB at most.
+_CAP_EVENTS = 10_000
+_CAP_PART = 30_000
+#: Compare-and-swap rounds on a contended cap row before the event fails (and is retried).
+_CAP_ROUNDS = 20
+
+
+def _stored_key(event_key: str) -> str:
+    """An event's key as the state rows keep it: a fixed-length hash, whatever the length of
+    the event's source and id (rows of the previous release kept the key itself)."""
+    return _hash("event", event_key)[:16]
+
+
+def _cap_events(entity: Any) -> dict[str, int]:
+    if entity is None:
+        return {}
+    parts = int(entity.get("EventsParts") or 1)
+    text = "".join(str(entity.get(f"Events{i}" if i else "Events", "")) for i in range(parts))
+    return dict(json.loads(text or "{}"))
 
 
 @dataclass(frozen=True)
@@ -227,7 +246,7 @@ class NotifyState:
         for _ in range(5):
             entity = self._read(partition, row)
             if entity is not None:
-                if entity["Event"] == event_key:
+                if entity["Event"] in (_stored_key(event_key), event_key):
                     return True
                 until = dt.datetime.fromisoformat(entity["Until"])
                 if now < until:
@@ -235,7 +254,7 @@ class NotifyState:
             claim = {
                 "PartitionKey": partition,
                 "RowKey": row,
-                "Event": event_key,
+                "Event": _stored_key(event_key),
                 "Until": (now + dt.timedelta(minutes=minutes)).astimezone(dt.UTC).isoformat(),
             }
             if self._write(claim, entity):
@@ -269,19 +288,29 @@ class NotifyState:
         self, rule_id: str, event_key: str, wanted: int, *, per_hour: int, now: dt.datetime
     ) -> int:
         """How many of ``wanted`` numbers from ``event_key`` may be sent this hour (the same
-        event again gets what it got the first time)."""
-        partition, row = f"cap-{rule_id}", now.strftime("%Y%m%d%H")
-        for _ in range(5):
+        event again in this hour gets what it got the first time). A row other events keep
+        changing is read again (with a short random pause) up to ``_CAP_ROUNDS`` times, then
+        this raises: the event is retried, not quietly refused."""
+        import random
+
+        from shared.clock import current
+
+        partition, row, key = f"cap-{rule_id}", now.strftime("%Y%m%d%H"), _stored_key(event_key)
+        for _ in range(_CAP_ROUNDS):
             entity = self._read(partition, row)
-            events: dict[str, int] = json.loads(entity["Events"]) if entity is not None else {}
-            if event_key in events:
-                return min(wanted, events[event_key])
-            used = sum(events.values())
-            granted = max(0, min(wanted, per_hour - used))
+            events = _cap_events(entity)
+            for known in (key, event_key):
+                if known in events:
+                    return min(wanted, events[known])
+            granted = max(0, min(wanted, per_hour - sum(events.values())))
             if granted == 0 or len(events) >= _CAP_EVENTS:
                 return 0
-            events[event_key] = granted
-            body = {"PartitionKey": partition, "RowKey": row, "Events": json.dumps(events)}
+            events[key] = granted
+            text = json.dumps(events, separators=(",", ":"))
+            parts = [text[i : i + _CAP_PART] for i in range(0, len(text), _CAP_PART)]
+            body = {"PartitionKey": partition, "RowKey": row, "EventsParts": len(parts)}
+            body.update({f"Events{i}" if i else "Events": part for i, part in enumerate(parts)})
             if self._write(body, entity):
                 return granted
-        return 0
+            current().sleep(random.uniform(0, 0.05))
+        raise RuntimeError(f"the hourly cap of rule {rule_id} kept changing under us")

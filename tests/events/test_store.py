@@ -4,7 +4,9 @@ hourly caps (with the manual clock, no sleeping)."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
+import pytest
 from azure.data.tables import TableClient
 
 from shared.clock import ManualClock
@@ -72,6 +74,81 @@ def test_the_hourly_cap_grants_up_to_its_limit_and_repeats_an_events_grant(
     assert state.cap_take("r", "e1", 3, per_hour=4, now=NOW) == 3
     assert state.cap_take("r", "e3", 1, per_hour=4, now=NOW) == 0
     assert state.cap_take("r", "e3", 1, per_hour=4, now=NOW + dt.timedelta(hours=1)) == 1
+
+
+def test_caps_and_quiet_periods_hold_events_of_any_id_length_and_more_than_fit_one_property(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CloudEvent's id and source have no length limit, and a cap of up to 10,000 numbers an
+    hour remembers as many events: the rows keep a fixed-length hash of each, split over as
+    many properties as it takes (a Table string holds 32K characters)."""
+    from shared.notify import _store
+
+    monkeypatch.setattr(_store, "_CAP_PART", 200)  # a few events fill a property
+    state = NotifyState(_table(storage_env, unique_name))
+    long_key = "https://example.com/" + "x" * 40_000 + "\n" + "y" * 40_000
+    assert state.quiet_claim("r", "vm-1", "+358400000001", long_key, minutes=15, now=NOW)
+    assert state.quiet_claim("r", "vm-1", "+358400000001", long_key, minutes=15, now=NOW)
+    assert state.cap_take("r", long_key, 2, per_hour=600, now=NOW) == 2
+    for index in range(598):  # more than the 500 events a row used to remember
+        assert state.cap_take("r", f"e{index}", 1, per_hour=600, now=NOW) == 1
+    assert state.cap_take("r", long_key, 2, per_hour=600, now=NOW) == 2  # a redelivery
+    assert state.cap_take("r", "e0", 1, per_hour=600, now=NOW) == 1
+    assert state.cap_take("r", "one-too-many", 1, per_hour=600, now=NOW) == 0
+
+
+def test_rows_of_the_previous_release_still_recognise_their_events(
+    storage_env: str, unique_name: str
+) -> None:
+    """Those rows kept the event's key itself, in one property."""
+    table = _table(storage_env, unique_name)
+    table.create_entity({"PartitionKey": "cap-r", "RowKey": NOW.strftime("%Y%m%d%H"),
+                         "Events": '{"src\\ne1": 2}'})  # fmt: skip
+    state = NotifyState(table)
+    assert state.cap_take("r", "src\ne1", 2, per_hour=3, now=NOW) == 2  # not counted again
+    assert state.cap_take("r", "src\ne2", 2, per_hour=3, now=NOW) == 1
+
+
+def test_a_cap_row_that_keeps_changing_fails_the_event_rather_than_refuse_its_numbers(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """Every compare-and-swap lost (other events keep taking the cap): the event is retried
+    (it raises), not told its numbers are over MaxPerHour."""
+    state = NotifyState(_table(storage_env, unique_name))
+    monkeypatch.setattr(NotifyState, "_write", lambda self, entity, previous: False)
+    with pytest.raises(RuntimeError, match="kept changing"):
+        state.cap_take("r", "e1", 1, per_hour=4, now=NOW)
+
+
+def test_a_message_that_cannot_be_made_starts_no_quiet_period(
+    storage_env: str, unique_name: str
+) -> None:
+    """An event whose message the rule cannot make (its text too long to send) sends nothing,
+    so the next event about the same subject is not held back by a quiet period it started."""
+    from azure.storage.queue import QueueClient
+
+    from shared.notify._intake import parse_object
+    from shared.notify._notify import Notifier
+    from shared.settings import get_settings
+
+    rules = RuleStore(_table(storage_env, unique_name.replace("-", "") + "rules"))
+    queue = QueueClient.from_connection_string(storage_env, unique_name)
+    queue.create_queue()
+    notifier = Notifier(get_settings(), rules=rules, queue=queue,
+                        state=NotifyState(_table(storage_env, unique_name)))  # fmt: skip
+    rule = _rule("quiet").model_copy(update={"QuietMinutes": 30})
+    rule = rule.model_copy(update={"Message": rule.Message.model_copy(
+        update={"Content": "$(data.text)"})})  # fmt: skip
+    assert rules.create(rule)
+
+    def event(event_id: str, text: str) -> Any:
+        return parse_object({"specversion": "1.0", "id": event_id, "source": "s", "type": "t",
+                             "subject": "vm-1", "data": {"text": text}})  # fmt: skip
+
+    [unsendable, sendable] = notifier.handle([event("e1", "x" * 100_000), event("e2", "disk full")])
+
+    assert [s.reason for s in unsendable.skipped] == ["message not valid"]
+    assert [s.address for s in sendable.sends] == ["+358400000001"]
 
 
 def test_the_sweep_deletes_ended_quiet_periods_and_past_hours_caps_only(
