@@ -190,8 +190,9 @@ def verified(
         nonce, expiry_text, given_mac = parts[2], parts[1], parts[3]
     else:
         return None
-    # isascii(): str.isdigit() also accepts digits such as '²' that int() refuses.
-    if not (expiry_text.isascii() and expiry_text.isdigit()):
+    # isascii(): str.isdigit() also accepts digits such as '²' that int() refuses; and int()
+    # refuses more than 4,300 digits (an expiry in Unix seconds has about 10).
+    if not (expiry_text.isascii() and expiry_text.isdigit() and len(expiry_text) <= 20):
         return None
     expiry = int(expiry_text)
     if expiry and now() >= expiry:

@@ -54,6 +54,8 @@ def test_expired_token_is_refused() -> None:
         "garbage.token.here",
         "v1.².x",
         "v1.٣.x",
+        "v1." + "9" * 5000 + ".x",  # more digits than int() reads: refused, not a ValueError
+        "v2." + "9" * 5000 + ".abcdefghijklmnop.x",
     ],
 )
 def test_forged_or_malformed_tokens_are_refused(forged: str | None) -> None:
