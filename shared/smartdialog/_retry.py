@@ -23,6 +23,7 @@ below, other components (the subscriber dispatcher, the outbound sender) with th
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -82,7 +83,7 @@ def parse_retry_after(
     """The server-advised wait in seconds from ``retry-after-ms`` or ``Retry-After``, uncapped.
 
     ``Retry-After`` may be delta-seconds or an HTTP date (compared with ``now()``, a Unix
-    timestamp). Missing, unparsable or negative advice gives None.
+    timestamp). Missing, unparsable, negative or infinite advice gives None.
     """
     if not headers:
         return None
@@ -93,7 +94,7 @@ def parse_retry_after(
             value = float(millis) / 1000.0
         except ValueError:
             value = -1.0
-        if value >= 0:
+        if 0 <= value < math.inf:
             return value
     raw = lowered.get("retry-after")
     if raw is None:
@@ -106,7 +107,7 @@ def parse_retry_after(
         except (TypeError, ValueError, IndexError):
             return None
         seconds = max(0.0, when.timestamp() - now())
-    return seconds if seconds >= 0 else None
+    return seconds if 0 <= seconds < math.inf else None
 
 
 def retry_delay(

@@ -68,6 +68,11 @@ def test_should_retry(
         ({"Retry-After": email.utils.formatdate(NOW - 7, usegmt=True)}, 0.0),  # already past
         ({"Retry-After": "-1"}, None),
         ({"Retry-After": "tomorrow-ish"}, None),
+        # not finite: no advice (math.ceil of infinity raised in the dispatcher)
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "1e400"}, None),
+        ({"Retry-After": "nan"}, None),
+        ({"retry-after-ms": "Infinity", "Retry-After": "9"}, 9.0),
     ],
 )
 def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
