@@ -317,8 +317,18 @@ class MessageStore:
         return results
 
     def ensure_slots(self, slots: list[RecipientSlot]) -> None:
-        """Write the slots a large message's :meth:`create` may not have finished (idempotent)."""
-        self._upsert_slots(slots[TABLE_TRANSACTION_LIMIT - 1 :])
+        """Write the slots a large message's :meth:`create` may not have finished (idempotent):
+        who each is, merged, never its status (a retry's claim comes after delivery reports
+        may have moved slots on; a slot written here first reads as pending)."""
+        from azure.data.tables import UpdateMode
+
+        who = ("PartitionKey", "RowKey", "MessageId", "Index", "Address", "PartCount")
+        for chunk in _chunks(slots[TABLE_TRANSACTION_LIMIT - 1 :], TABLE_TRANSACTION_LIMIT):
+            self.table.submit_transaction([
+                ("upsert", {k: v for k, v in s.to_entity().items() if k in who},
+                 {"mode": UpdateMode.MERGE})
+                for s in chunk
+            ])  # fmt: skip
 
     def _upsert_slots(self, slots: Iterable[RecipientSlot]) -> None:
         for chunk in _chunks(list(slots), TABLE_TRANSACTION_LIMIT):

@@ -151,6 +151,34 @@ def test_the_store_refuses_an_illegal_write_and_changes_nothing(outbound: Outbou
     assert again.etag == sent.etag  # type: ignore[attr-defined]
 
 
+def test_a_retrys_claim_of_a_large_message_leaves_its_delivered_slots_delivered(
+    outbound: Outbound,
+) -> None:
+    """The sender writes slots past the first transaction again when it claims a message of 99
+    recipients or more (its create may not have finished them). A retry's claim comes after
+    delivery reports may have moved some on: those stay where they are."""
+    numbers = [f"+35840500{i:04d}" for i in range(150)]
+    command = normalize(
+        parse_outbound_message(json.dumps({"operation": "SendMessage", "body": sms(*numbers)})),
+        message_id="m-large", customer_id=CUSTOMER, service_id=SERVICE,
+    )  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    record, slots = new_record(command, now=now, validity=dt.timedelta(days=1), status=S.QUEUED)
+    store = MessageStore.from_settings()
+    assert store.create(record, slots) is not None
+    _, stored = store.get_with_slots("m-large")
+    assert store.advance_slot(stored[120], RecipientStatus.DELIVERED, now=now) == (
+        RecipientStatus.DELIVERED, True,
+    )  # fmt: skip
+
+    store.ensure_slots(slots)
+
+    _, after = store.get_with_slots("m-large")
+    assert len(after) == 150
+    assert after[120].status is RecipientStatus.DELIVERED
+    assert {s.status for i, s in enumerate(after) if i != 120} == {RecipientStatus.PENDING}
+
+
 def test_a_failed_message_is_re_driven_with_its_attempts_and_failure_cleared(
     outbound: Outbound,
 ) -> None:
