@@ -101,6 +101,8 @@ class QuestionAnswers:
         question = self.questions.for_reply(service, payload.sender, key)
         if question is None or question.expired(received_at):
             return "none"  # an expired one is ended by its status URL
+        if received_at < question.created_at:
+            return "none"  # received before it was asked (a late copy of an earlier reply)
         if keyword == "stop":
             self.questions.opt_out(question, at=received_at, reply_key=key)
             return "opted_out"

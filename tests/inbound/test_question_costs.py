@@ -132,6 +132,26 @@ def test_a_reply_delivered_twice_ends_its_question_once_and_never_answers_the_ne
     assert (done.status, done.reply) == (QuestionStatus.ANSWERED, "No")
 
 
+def test_a_reply_received_before_its_question_was_asked_does_not_answer_it(
+    inbound: Inbound,
+) -> None:
+    """SmartDialog delivers again (or late) a reply the number sent before the flow asked its
+    question: it is not that question's answer."""
+    number = "+358401112277"
+    payload = NewMessagePayload.model_validate(
+        {"sender": number, "recipient": "Clinic", "content": "Yes", "messageId": "early-1"}
+    )
+    early = InboundIntake(service=TWO_WAY, messageKey="early-1", payload=payload,
+                          receivedAt=utcnow() - dt.timedelta(minutes=1))  # fmt: skip
+    asked = _ask(number)
+
+    InboundProcessor.from_settings(get_settings()).process(early.model_dump_json())
+
+    still = QuestionStore.from_settings().open_question(TWO_WAY, number)
+    assert still is not None
+    assert (still.question_id, still.status) == (asked.question_id, QuestionStatus.OPEN)
+
+
 def test_the_re_prompt_is_a_valid_send_command_queued_once_per_question(inbound: Inbound) -> None:
     number = "+358401112244"
     asked = _ask(number, reprompt="Please reply YES or NO")
