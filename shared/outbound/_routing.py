@@ -18,6 +18,7 @@ from shared.outbound._ports import send_ports
 from shared.outbound._records import new_record, normalize
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Callable
 
     from shared.messages import MessageRecord
@@ -146,17 +147,34 @@ def _removed(
             "sent (it is never sent through another connection's account)."
         ),
     )
+    now = ports.now()
+    # A claim still held is an instance of the old settings in the middle of a call (a
+    # restart's overlap): it ends first, recorded by that instance, or runs out.
     if isinstance(message, PackDriver):
         open_members = _open_members(ports, message.packId)
-        outcomes.fail_many([(r, failure) for r in open_members])
+        held = [_held_for(r, now) for r in open_members]
+        outcomes.fail_many([(r, failure) for r, h in zip(open_members, held, strict=True) if not h])
         log.warning("pack %s: connection %s removed; %d member(s) failed",
-                    message.packId, name, len(open_members))  # fmt: skip
+                    message.packId, name, held.count(0.0))  # fmt: skip
+        if any(held):
+            return outcomes.requeue_driver(message, max(held), OutcomeKind.DEFERRED, "claimed")
         return SendOutcome(OutcomeKind.FAILED, message.packId, detail=CONNECTION_REMOVED)
     record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
     if isinstance(record, SendOutcome):
         return record
+    if wait := _held_for(record, now):
+        copy = message.model_copy(update={"messageId": record.message_id})
+        return outcomes.requeue(copy, message.attempts, wait, OutcomeKind.DEFERRED, "claimed")
     log.warning("message %s: connection %s removed; failed", record.message_id, name)
     return outcomes.fail(record, failure.model_copy(update={"attempts": record.attempts}))
+
+
+def _held_for(record: MessageRecord, now: dt.datetime) -> float:
+    """Seconds until another worker's claim of ``record`` ends, and one more (0: not held)."""
+    lease = record.lease_until
+    if record.status is not MessageStatus.SENDING or lease is None or lease <= now:
+        return 0.0
+    return (lease - now).total_seconds() + 1
 
 
 def _record_of(

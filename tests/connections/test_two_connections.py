@@ -5,11 +5,16 @@ a backlog, a revoked token, its removal) never holds up or misroutes the other's
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from typing import Any
 
+from shared.clock import ManualClock, utcnow
 from shared.connections import CONNECTION_HEADER
+from shared.messages import MessageStatus, MessageStore
+from shared.names import OUTBOUND_QUEUE
+from shared.storage import queue_client
 from tests.connections.conftest import (
     SECOND_CUSTOMER,
     SECOND_SERVICE,
@@ -140,3 +145,37 @@ def test_a_removed_connection_fails_its_queued_sends_with_events(two: TwoConnect
     letters = {d["messageId"]: d["connection"] for d in two.env.dead_letters()}
     assert letters == {accepted.body["Id"]: "second", "queued-only": "second"}
     assert all(json.loads(d["original"])["Connection"] == "second" for d in two.env.dead_letters())
+
+
+def test_a_removed_connections_send_still_claimed_by_an_instance_of_the_old_settings_waits(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    """During a restart's overlap an instance with the old settings is in the middle of the
+    call: a copy seen by one with the new settings does not fail it under that call (it would
+    be recorded failed though sent); it comes back when the claim ends."""
+    accepted = send(two, "+358400000011", connection="second")
+    store = MessageStore.from_settings()
+    record = store.get(accepted.body["Id"])
+    assert record is not None
+    lease = utcnow() + dt.timedelta(seconds=60)
+    claimed = store.swap(record, status=MessageStatus.SENDING, attempts=1, lease_until=lease)
+    assert claimed is not None
+    two.drop_connection(
+        "SECOND", "BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
+        "QUOTA_CALLS",
+    )  # fmt: skip
+
+    two.env.run_once()
+
+    held = store.get(accepted.body["Id"])
+    assert held is not None
+    assert held.status is MessageStatus.SENDING  # not failed under the call
+    assert two.env.queued() == 1  # its copy comes back when the claim ends
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    manual_clock.advance(61)  # the old instance died: its claim ran out
+    two.env.invoke(held.command)  # that copy
+    failed = store.get(accepted.body["Id"])
+    assert failed is not None
+    assert failed.status is MessageStatus.FAILED
+    assert failed.failure is not None
+    assert failed.failure.code == "connection-removed"
