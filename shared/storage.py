@@ -213,8 +213,26 @@ def _blob_service(settings: StorageTarget) -> BlobServiceClient:
 
 
 def queue_client(name: str, settings: Settings | None = None) -> QueueClient:
-    """A client for one queue. Messages are plain text (host.json: messageEncoding none)."""
-    return queue_service(settings).get_queue_client(name)
+    """A client for one queue. Messages are plain text (host.json: messageEncoding none), made
+    fit for the XML request that carries them (:data:`XML_SAFE`)."""
+    return queue_service(settings).get_queue_client(name, message_encode_policy=_xml_safe_text()())
+
+
+#: What JSON leaves as it is but XML 1.0 refuses in a Put Message request (U+FFFE, U+FFFF), as
+#: JSON escapes (our messages are JSON: they only stand in its strings, read back the same).
+XML_SAFE = str.maketrans({"\ufffe": "\\ufffe", "\uffff": "\\uffff"})
+
+
+@lru_cache(maxsize=1)
+def _xml_safe_text() -> Any:
+    """The SDK's plain-text message policy, each message made :data:`XML_SAFE`."""
+    from azure.storage.queue._message_encoding import NoEncodePolicy
+
+    class XmlSafeText(NoEncodePolicy):
+        def encode(self, content: str) -> str:
+            return str(super().encode(content)).translate(XML_SAFE)
+
+    return XmlSafeText
 
 
 def table_client(name: str, settings: Settings | None = None) -> TableClient:
@@ -470,16 +488,12 @@ def send_creating(queue: QueueLike, content: str) -> None:
 
 def put_message(queue: QueueLike, content: str) -> None:
     """``queue.send_message(content)`` for a hot path (the inbound webhook): the same Put
-    Message request (the client's API version, the text as our clients send it: no encoding)
-    through the client's own pipeline (authentication, retries, proxy, a counting transport),
-    but without the SDK's model layer around it, which builds the request from a model and
-    reads the answer into one that no caller here reads: about a fifth of a put's CPU. The
-    client's ``send_request`` is the generated client's, reached through a private attribute;
-    a client without one (an SDK that changed it, a test's fake, an encoding or encrypting
-    client) gets ``send_message``. An answer other than 201 Created (after the pipeline's own
-    retries) raises as ``send_message`` would: ``ResourceNotFoundError`` for a missing queue,
-    ``ClientAuthenticationError`` for 401/403, else ``HttpResponseError``; it is never sent
-    again here (a 500 may have stored it)."""
+    Message request (API version, :data:`XML_SAFE` text) through the client's own pipeline, but
+    without the SDK's model layer (a fifth of a put's CPU), by the generated client's
+    ``send_request`` (a private attribute; a client without one, or an encoding or encrypting
+    one, gets ``send_message``). An answer other than 201 raises as ``send_message`` would
+    (``ResourceNotFoundError``, ``ClientAuthenticationError`` for 401/403, else
+    ``HttpResponseError``), and is never sent again here (a 500 may have stored it)."""
     from xml.sax.saxutils import escape
 
     from azure.core.exceptions import (
@@ -494,9 +508,10 @@ def put_message(queue: QueueLike, content: str) -> None:
     generated = getattr(queue, "_client", None)
     send = getattr(generated, "send_request", None)
     version = getattr(queue, "api_version", None)
+    content = content.translate(XML_SAFE)
     encoding = type(getattr(queue, "_message_encode_policy", None)).__name__
     plain = (
-        encoding == "NoEncodePolicy"
+        encoding in ("NoEncodePolicy", "XmlSafeText")
         and getattr(queue, "key_encryption_key", None) is None
         and not getattr(queue, "require_encryption", False)
     )

@@ -275,6 +275,34 @@ def test_put_message_sends_what_send_message_sends_and_the_text_comes_back_uncha
     assert received == [text for text in _AWKWARD for _ in range(2)]
 
 
+def test_a_json_message_holding_characters_xml_refuses_is_sent_with_them_escaped(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XML 1.0 has no U+FFFE or U+FFFF, so Azure refuses a Put Message request carrying them
+    (Azurite takes it): an inbound SMS holding one would be refused on every retry. Both ways
+    of putting send them as JSON escapes, which read back as the same JSON value."""
+    import json
+
+    queue = storage.queue_client(unique_name)
+    queue.create_queue()
+    sent = _bodies_sent(monkeypatch)
+    text = json.dumps({"content": "odd \ufffe and \uffff"}, ensure_ascii=False)
+
+    storage.put_message(queue, text)
+    queue.send_message(text)
+
+    for request in sent[-2:]:
+        body = (
+            request["body"].decode("utf-8")
+            if isinstance(request["body"], bytes)
+            else request["body"]
+        )
+        assert "\ufffe" not in body
+        assert "\uffff" not in body
+    received = [m.content for m in queue.receive_messages(messages_per_page=32)]
+    assert [json.loads(r) for r in received] == [json.loads(text)] * 2
+
+
 def test_put_message_is_one_counted_queue_put(
     storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
