@@ -373,7 +373,10 @@ class DeadLetterDesk:
             text = stored
         target = view.source_queue
         if target == OUTBOUND_QUEUE:
-            skipped = self._redrive_record(_message_id(text) or view.message_id)
+            # A letter names the message it failed (none: the command's id is another
+            # message's, which its re-drive must leave alone); a poison message, its text.
+            named = view.message_id if view.entry is not None else _message_id(text)
+            skipped = self._redrive_record(named)
             if skipped is not None:
                 return Handled(view.id, HandledKind.SKIPPED, skipped)
         elif target == INBOUND_DELIVERIES_QUEUE:

@@ -540,7 +540,8 @@ class Outcomes:
             reason=DeadLetterReason.MALFORMED,
             detail=detail,
             errors=errors,
-            messageId=message_id,
+            # Not the id of a message taken by another: its re-drive must leave that one alone.
+            messageId=message_id if fails_record else None,
             queue=OUTBOUND_QUEUE,
             queueMessageId=queue_message_id,
             dequeueCount=dequeue_count,

@@ -155,6 +155,32 @@ def test_redriving_a_failed_send_sends_it_once_with_its_original_id(ops: Outboun
     assert record.status is MessageStatus.SENT
 
 
+def test_redriving_the_letter_of_a_command_whose_id_another_message_has_leaves_that_one_alone(
+    ops: Outbound,
+) -> None:
+    """A command put on the queue with the id of a message that exists (and failed) but with
+    other content is dead-lettered without touching that message; re-driving its letter must
+    not revive that message either (it would be queued again with no command on the queue)."""
+    letter_id = expired_send(ops, "ops-taken")
+    ops.enqueue({"operation": "SendMessage", "messageId": "ops-taken",
+                 "body": sms(DELIVERED, content="Something else")})  # fmt: skip
+    ops.drain()
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+    [taken] = [item for item in list_letters().body["value"] if item["id"] != letter_id]
+
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": taken["id"]})
+    assert answer.status == 200, answer.body
+    ops.drain()
+
+    record = MessageStore.from_settings().get("ops-taken")
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert record.failure is not None
+    assert record.failure.code == "expired"
+    assert ops.upstream() == []
+    assert [e for e in ops.events() if e["type"] == MESSAGE_REDRIVEN] == []
+
+
 def test_redriving_a_letter_of_a_message_sent_meanwhile_sends_nothing(ops: Outbound) -> None:
     letter_id = expired_send(ops, "ops-redrive-2")
     entry = DeadLetterIndex.from_settings().get(letter_id)
