@@ -2,7 +2,7 @@
 
 Each figure is one or a few storage round trips, and none grows without bound with the data:
 
-- quota: the connection's sliding log (one read; it only ever holds the current window);
+- quota: each connection's sliding log (one read each; it only ever holds the current window);
 - queues: each queue's approximate depth and its first visible message's age (two round trips
   per queue; a delayed message, e.g. a send waiting out its backoff, is not visible);
 - recent sends: the final states of the last hour from the message table, reading only
