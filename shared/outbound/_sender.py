@@ -201,7 +201,7 @@ class OutboundSender:
             record = self.ports.store.get(command.messageId)
             if record is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
-        if record.fingerprint and record.fingerprint != request_fingerprint(command):
+        if record.fingerprint and record.fingerprint not in _fingerprints(command):
             return self.outcomes.dead_letter_malformed(
                 text,
                 ValueError(f"messageId {command.messageId} is already used by a different message"),
@@ -576,6 +576,16 @@ class OutboundSender:
         created = self.ports.store.create(record, slots)
         if created is not None:
             self.ports.packs.index([created])
+
+
+def _fingerprints(command: OutboundMessage) -> tuple[str, ...]:
+    """The fingerprints ``command``'s record may have: its own, and, for one routed by the
+    connection that claims its customer, the one it had before (accepted while no connection
+    claimed that customer: the connection it goes through now is the one that does)."""
+    own = request_fingerprint(command)
+    if command.Connection is None:
+        return (own,)
+    return own, request_fingerprint(command.model_copy(update={"Connection": None}))
 
 
 def reset_sender_cache() -> None:

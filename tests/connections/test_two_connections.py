@@ -179,3 +179,26 @@ def test_a_removed_connections_send_still_claimed_by_an_instance_of_the_old_sett
     assert failed.status is MessageStatus.FAILED
     assert failed.failure is not None
     assert failed.failure.code == "connection-removed"
+
+
+def test_a_send_accepted_before_a_connection_claimed_its_customer_is_not_stranded(
+    two: TwoConnections,
+) -> None:
+    """Accepted through ``default``, then the operator lists its customer under ``second``
+    before the send went: its queue copy is now routed to ``second``. It used to differ from
+    its record (no connection then), be dead-lettered as another message's, and leave the
+    record queued for good; it goes through the connection that claims its customer now."""
+    two.drop_connection("SECOND", "CUSTOMERS", "CUSTOMER_ID")  # the customer is the default's
+    accepted = call_http(
+        "SendMessage", "POST", body=sms("+358400000013"),
+        headers={"Customer-Id": SECOND_CUSTOMER, "Service-Id": SECOND_SERVICE},
+    )  # fmt: skip
+    assert accepted.status == 202, accepted.body
+    two.set_connection("SECOND", CUSTOMERS=SECOND_CUSTOMER, CUSTOMER_ID=SECOND_CUSTOMER)
+
+    two.env.drain()
+
+    assert two.env.dead_letters() == []
+    assert status_of(accepted.headers["Location"]).status == 200
+    assert len(two.second_upstream()) == 1
+    assert two.env.upstream() == []
