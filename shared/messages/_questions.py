@@ -344,6 +344,8 @@ class QuestionStore:
                 return current
             if current is not None:
                 raise QuestionConflict(current) from None
+            if replacing is not None:  # it ended meanwhile (answered, timed out): none to replace
+                return self.create(record)
             raise
         return replace(record, etag=str(results[-1].get("etag")))
 

@@ -108,6 +108,27 @@ def test_one_open_question_per_service_and_number_and_replacing_ends_the_old_one
     assert store.open_question(SERVICE, _number()) is None
 
 
+def test_replacing_a_question_that_ended_meanwhile_opens_the_new_one(outbound: Outbound) -> None:
+    """The question to replace was answered (or timed out) between its read and the replace:
+    the new one simply opens (it used to raise the failed transaction: a 500)."""
+    store = QuestionStore.from_settings()
+    number = _number()
+    store.create(_question(number))
+    opened = store.open_question(SERVICE, number)
+    assert opened is not None
+    at = dt.datetime.now(dt.UTC)
+    assert store.answer(opened, reply="yes", matched_option="Yes", replied_at=at, reply_key="k")
+
+    second = store.create(_question(number), replacing=opened)
+
+    now_open = store.open_question(SERVICE, number)
+    assert now_open is not None
+    assert now_open.question_id == second.question_id
+    old = store.get(opened.question_id)
+    assert old is not None
+    assert old.status is Q.ANSWERED  # as it ended, not replaced
+
+
 def test_two_writers_end_a_question_once(outbound: Outbound) -> None:
     store = QuestionStore.from_settings()
     number = _number()
