@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from shared.messages import QuestionRecord, QuestionStore, match_answer
 from shared.names import OUTBOUND_QUEUE
 from shared.storage import QueueLike, ensured_queue
+from shared.suppressions import recipient_key
 
 if TYPE_CHECKING:
     from shared.inbound._models import NewMessagePayload
@@ -98,7 +99,8 @@ class QuestionAnswers:
         received_at: dt.datetime,
     ) -> AnswerOutcome:
         """What ``payload`` (inbound message ``key`` on ``service``) did to an open question."""
-        question = self.questions.for_reply(service, payload.sender, key)
+        # E.164, as the question's address: a sender written without its '+' is the same number
+        question = self.questions.for_reply(service, recipient_key(payload.sender), key)
         if question is None or question.expired(received_at):
             return "none"  # an expired one is ended by its status URL
         if received_at < question.created_at:

@@ -152,6 +152,17 @@ def test_a_reply_received_before_its_question_was_asked_does_not_answer_it(
     assert (still.question_id, still.status) == (asked.question_id, QuestionStatus.OPEN)
 
 
+def test_a_reply_from_the_number_written_without_its_plus_answers_its_question(
+    inbound: Inbound,
+) -> None:
+    number = "+358401112288"
+    asked = _ask(number)
+    InboundProcessor.from_settings(get_settings()).process(_intake("Yes", sender=number[1:]))
+    done = QuestionStore.from_settings().get(asked.question_id)
+    assert done is not None
+    assert (done.status, done.reply) == (QuestionStatus.ANSWERED, "Yes")
+
+
 def test_the_re_prompt_is_a_valid_send_command_queued_once_per_question(inbound: Inbound) -> None:
     number = "+358401112244"
     asked = _ask(number, reprompt="Please reply YES or NO")
