@@ -54,6 +54,9 @@ __all__ = [
 OPEN_ROW = "open"
 #: How often a write that lost a race re-reads and tries again.
 _ATTEMPTS = 5
+#: The most of a reply a question keeps: a Table string holds 32K UTF-16 units, so 16,000
+#: characters fit whatever they are (the whole reply still reaches New Message triggers).
+REPLY_CHARS = 16_000
 
 
 class QuestionStatus(enum.StrEnum):
@@ -403,7 +406,7 @@ class QuestionStore:
         return self._change(
             current,
             status=QuestionStatus.ANSWERED,
-            reply=reply,
+            reply=reply[:REPLY_CHARS],
             matched_option=matched_option,
             replied_at=replied_at,
             reply_key=reply_key,

@@ -156,6 +156,29 @@ def test_two_writers_end_a_question_once(outbound: Outbound) -> None:
     assert again.status is Q.ANSWERED
 
 
+def test_a_reply_longer_than_a_table_string_holds_answers_with_its_beginning(
+    outbound: Outbound,
+) -> None:
+    """20,000 emoji are 40,000 UTF-16 units, past a Table string's 32K: the question keeps the
+    reply's first REPLY_CHARS characters (storing it whole failed the processor until poison)."""
+    from shared.messages._questions import REPLY_CHARS
+
+    store = QuestionStore.from_settings()
+    number = _number()
+    store.create(_question(number, options=()))
+    opened = store.open_question(SERVICE, number)
+    assert opened is not None
+    reply = "👍" * 20_000
+    at = dt.datetime.now(dt.UTC)
+
+    done = store.answer(opened, reply=reply, matched_option=None, replied_at=at, reply_key="k")
+
+    assert done is not None
+    stored = store.get(opened.question_id)
+    assert stored is not None
+    assert stored.reply == reply[:REPLY_CHARS]
+
+
 def test_marking_re_prompted_keeps_the_question_open(outbound: Outbound) -> None:
     store = QuestionStore.from_settings()
     number = _number()
