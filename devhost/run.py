@@ -31,6 +31,7 @@ from devhost.stack import (
     Child,
     StartError,
     check_port_free,
+    free_ports,
     start_devhost,
     start_sandbox,
     write_local_settings,
@@ -209,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             args.host, args.sandbox_port, "sandbox", "use --sandbox-port N or SANDBOX_PORT=N"
         )
         _step("Starting Azurite (in memory, on free ports)")
-        azurite = start_azurite()
+        # Free ports, but not the two the dev host and the sandbox bind after it.
+        blob, queue, table = free_ports(3, besides={args.port, args.sandbox_port})
+        azurite = start_azurite(ports=(blob, queue, table))
         started.append(azurite)
         print(f"    queues at {azurite.endpoints['Queue']}, tables at {azurite.endpoints['Table']}")
         _create_app_queues(azurite)

@@ -63,6 +63,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def free_ports(count: int, *, besides: set[int], host: str = "127.0.0.1") -> tuple[int, ...]:
+    """``count`` distinct ports that were free a moment ago, none of ``besides`` (ports a later
+    step binds: the system could hand one of them to a listener that asks for any port)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port(host)
+        if port not in besides and port not in ports:
+            ports.append(port)
+    return tuple(ports)
+
+
 @dataclass
 class Child:
     """A started child process and the URL it serves."""
