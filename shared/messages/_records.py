@@ -50,15 +50,37 @@ __all__ = [
     "odata_quote",
     "record_keys",
     "slot_keys",
+    "utf16_units",
 ]
 
 RECORD_ROW_KEY = "message"
 RECIPIENT_ROW_PREFIX = "recipient-"
-#: Characters per string property (the limit is 64 KiB of UTF-16, i.e. 32K characters).
+#: UTF-16 units per string property (the limit is 64 KiB of UTF-16: 32K units; a character
+#: past U+FFFF, such as an emoji, is two).
 CHUNK_CHARS = 30_000
-#: A command longer than this is kept in a blob, not in its record (an entity holds 1 MiB,
-#: strings counted in UTF-16, and upstream's answer shares it).
+#: A command longer than this (in UTF-16 units) is kept in a blob, not in its record (an
+#: entity holds 1 MiB, strings counted in UTF-16, and upstream's answer shares it).
 INLINE_COMMAND_CHARS = 200_000
+
+
+def utf16_units(text: str) -> int:
+    """How long ``text`` is as the Table service counts a string."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut into pieces of at most :data:`CHUNK_CHARS` UTF-16 units."""
+    if utf16_units(text) == len(text):  # nothing past U+FFFF: every character is one unit
+        return [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+    pieces, start, units = [], 0, 0
+    for index, char in enumerate(text):
+        width = 2 if ord(char) > 0xFFFF else 1
+        if units + width > CHUNK_CHARS:
+            pieces.append(text[start:index])
+            start, units = index, 0
+        units += width
+    return [*pieces, text[start:]] if start < len(text) else pieces
+
 
 #: A bulk member's id: its batch's id (a UUID we make) and its row. No id of another shape is
 #: stored in a batch's partition; a caller's own id of this shape would need to guess a batch's
@@ -187,7 +209,7 @@ def joined(entity: Mapping[str, Any], name: str) -> str | None:
 def chunked(name: str, text: str | None) -> dict[str, Any]:
     if text is None:
         return {f"{name}Chunks": None}
-    chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+    chunks = _pieces(text)
     out: dict[str, Any] = {f"{name}Chunks": len(chunks)}
     out.update({f"{name}{i}": chunk for i, chunk in enumerate(chunks)})
     return out

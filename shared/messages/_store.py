@@ -25,6 +25,7 @@ from shared.messages._records import (
     odata_quote,
     record_keys,
     slot_keys,
+    utf16_units,
 )
 from shared.names import MESSAGES_TABLE
 from shared.storage import TABLE_TRANSACTION_LIMIT, ensure_table, plain_datetime
@@ -124,7 +125,7 @@ class MessageStore:
 
     def _kept(self, record: MessageRecord) -> MessageRecord:
         """``record`` with a command too long for its entity put in a blob (named in it)."""
-        if record.command_blob is not None or len(record.command) <= INLINE_COMMAND_CHARS:
+        if record.command_blob is not None or utf16_units(record.command) <= INLINE_COMMAND_CHARS:
             return record
         return replace(record, command_blob=self._payloads.put(record.command, kind="command"))
 

@@ -245,6 +245,27 @@ def test_a_command_too_long_for_its_record_is_kept_in_a_blob_and_sent(
     assert call["body"]["Recipients"][199]["Personalization"]["note"] == "x" * 1_100
 
 
+@pytest.mark.parametrize("count", [17_000, 120_000])
+def test_a_command_of_emoji_is_stored_by_the_table_services_count_and_sent(
+    outbound: Outbound, count: int
+) -> None:
+    """An emoji is two UTF-16 units, which is what a Table string's 32K limit counts: a command
+    is cut into properties (and kept in a blob past its record's share) by that count, not by
+    Python's characters (17,000 emoji in one 30,000-character piece were refused: a 500 after
+    the command was queued)."""
+    content = "😀" * count
+    accepted = call_http("SendMessage", "POST", body=sms("+358402000002", content=content))
+    assert accepted.status == 202, accepted.body
+    stored = record(accepted.body["Id"])
+    assert json.loads(stored.command)["body"]["Content"] == content
+    assert (stored.command_blob is not None) == (count > 100_000)
+
+    outbound.drain()
+
+    assert record(accepted.body["Id"]).status is MessageStatus.SENT
+    assert outbound.dead_letters() == []
+
+
 def test_a_malformed_message_near_64_kib_of_quotes_makes_a_dead_letter_that_fits(
     outbound: Outbound,
 ) -> None:
