@@ -107,7 +107,7 @@ def events_in_parts(
     ``parts`` set (``data`` has those fields). Ids: ``event_id`` for one event, else
     ``<event_id>:<part>``. Every event fits a queue message, measured after encoding; each
     item must fit one on its own."""
-    from shared.storage import QUEUE_MESSAGE_BUDGET, fits_queue, queue_message_bytes
+    from shared.payloads import QUEUE_MESSAGE_BUDGET, fits_queue, queue_message_bytes
 
     whole = make_event(event_type, data, event_id=event_id, subject=subject, time=time)
     if fits_queue(whole.to_json()):

@@ -29,7 +29,7 @@ from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
-    from azure.storage.blob import BlobServiceClient, ContainerClient
+    from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueClient, QueueServiceClient
 
 
@@ -213,24 +213,26 @@ def _blob_service(settings: StorageTarget) -> BlobServiceClient:
 
 
 def queue_client(name: str, settings: Settings | None = None) -> QueueClient:
-    """A client for one queue. Messages are plain text (host.json: messageEncoding none), made
-    fit for the XML request that carries them (:data:`XML_SAFE`)."""
+    """A client for one queue: plain text (host.json: messageEncoding none), :func:`xml_safe`."""
     return queue_service(settings).get_queue_client(name, message_encode_policy=_xml_safe_text()())
 
 
-#: What JSON leaves as it is but XML 1.0 refuses in a Put Message request (U+FFFE, U+FFFF), as
-#: JSON escapes (our messages are JSON: they only stand in its strings, read back the same).
-XML_SAFE = str.maketrans({"\ufffe": "\\ufffe", "\uffff": "\\uffff"})
+def xml_safe(text: str) -> str:
+    """``text`` (JSON) with what XML 1.0 refuses in a Put Message request, U+FFFE and U+FFFF,
+    as JSON escapes (they only stand in its strings, which read back the same)."""
+    if "\ufffe" in text or "\uffff" in text:  # rarely: no copy made otherwise
+        text = text.replace("\ufffe", "\\ufffe").replace("\uffff", "\\uffff")
+    return text
 
 
 @lru_cache(maxsize=1)
 def _xml_safe_text() -> Any:
-    """The SDK's plain-text message policy, each message made :data:`XML_SAFE`."""
+    """The SDK's plain-text message policy, each message made :func:`xml_safe`."""
     from azure.storage.queue._message_encoding import NoEncodePolicy
 
     class XmlSafeText(NoEncodePolicy):
         def encode(self, content: str) -> str:
-            return str(super().encode(content)).translate(XML_SAFE)
+            return xml_safe(str(super().encode(content)))
 
     return XmlSafeText
 
@@ -430,7 +432,7 @@ def safe_key(value: str) -> str:
     return "h-" + hashlib.sha256(value.encode()).hexdigest()
 
 
-def _create_once(key: str, create: Callable[[], object]) -> None:
+def create_once(key: str, create: Callable[[], object]) -> None:
     """``create()`` once per process for ``key`` (one that exists already is fine, and so is a
     403: in Azure the Bicep creates every queue and table and scopes the data roles to each,
     which may not cover creating one; a name truly missing then fails on first use)."""
@@ -454,7 +456,7 @@ def ensure_table(client: TableClient) -> TableClient:
     """``client``, its table created once per process if missing (Bicep creates the tables in
     Azure; Azurite starts empty)."""
     # The client's url is the account's, not the table's.
-    _create_once(f"table|{client.url}|{client.table_name}", client.create_table)
+    create_once(f"table|{client.url}|{client.table_name}", client.create_table)
     return client
 
 
@@ -467,7 +469,7 @@ def ensured_queue(name: str, settings: Settings | None = None) -> QueueClient:
     """A client for queue ``name``, created once per process if missing (the host creates only
     the queues it triggers on; Bicep creates them all in Azure)."""
     client = queue_client(name, settings)
-    _create_once(f"queue|{client.url}", client.create_queue)
+    create_once(f"queue|{client.url}", client.create_queue)
     return client
 
 
@@ -488,12 +490,12 @@ def send_creating(queue: QueueLike, content: str) -> None:
 
 def put_message(queue: QueueLike, content: str) -> None:
     """``queue.send_message(content)`` for a hot path (the inbound webhook): the same Put
-    Message request (API version, :data:`XML_SAFE` text) through the client's own pipeline, but
-    without the SDK's model layer (a fifth of a put's CPU), by the generated client's
-    ``send_request`` (a private attribute; a client without one, or an encoding or encrypting
-    one, gets ``send_message``). An answer other than 201 raises as ``send_message`` would
-    (``ResourceNotFoundError``, ``ClientAuthenticationError`` for 401/403, else
-    ``HttpResponseError``), and is never sent again here (a 500 may have stored it)."""
+    Message request (API version, :func:`xml_safe` text) through the client's own pipeline, not
+    the SDK's model layer (a fifth of a put's CPU), by the generated client's ``send_request``
+    (private; a client without one, or encoding or encrypting, gets ``send_message``). Other
+    than 201 raises as ``send_message`` would (``ResourceNotFoundError``, 401/403
+    ``ClientAuthenticationError``, else ``HttpResponseError``), never sent again (a 500 may
+    have stored it)."""
     from xml.sax.saxutils import escape
 
     from azure.core.exceptions import (
@@ -508,7 +510,7 @@ def put_message(queue: QueueLike, content: str) -> None:
     generated = getattr(queue, "_client", None)
     send = getattr(generated, "send_request", None)
     version = getattr(queue, "api_version", None)
-    content = content.translate(XML_SAFE)
+    content = xml_safe(content)
     encoding = type(getattr(queue, "_message_encode_policy", None)).__name__
     plain = (
         encoding in ("NoEncodePolicy", "XmlSafeText")
@@ -537,64 +539,3 @@ def put_message(queue: QueueLike, content: str) -> None:
         }
         map_error(status_code=answer.status_code, response=answer, error_map=errors)
         raise HttpResponseError(response=answer)
-
-
-# --- queue message sizes and large parts by reference ---------------------------------------------
-
-#: The most a Storage queue message holds (the service's limit, 64 KiB).
-QUEUE_MESSAGE_LIMIT = 64 * 1024
-#: What we fill one up to: the limit less a margin, should the service count a little more.
-QUEUE_MESSAGE_BUDGET = QUEUE_MESSAGE_LIMIT - 512
-
-
-def queue_message_bytes(text: str) -> int:
-    """The size of ``text`` as a queue message: its UTF-8 bytes after the XML escaping of the
-    request that carries it (``messageEncoding`` is ``none``: no base64)."""
-    from xml.sax.saxutils import escape
-
-    return len(escape(text).encode("utf-8"))
-
-
-def fits_queue(text: str, *, headroom: int = 0) -> bool:
-    """Whether ``text`` fits our budget of a queue message with ``headroom`` bytes to spare."""
-    return queue_message_bytes(text) + headroom <= QUEUE_MESSAGE_BUDGET
-
-
-class PayloadStore:
-    """Large parts of queue messages and dead letters, kept by reference: one blob each in
-    ``smartdialog-payloads``, named ``<kind>/<sha256 of the text>`` (the same text is the same
-    blob, so writing it again is harmless). The queue message carries the name."""
-
-    def __init__(self, container: ContainerClient) -> None:
-        self._container = container
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> PayloadStore:
-        from shared.names import PAYLOADS_CONTAINER
-
-        return cls(blob_service(settings).get_container_client(PAYLOADS_CONTAINER))
-
-    def put(self, text: str, *, kind: str) -> str:
-        """Store ``text``; its blob's name (the container is created once if missing)."""
-        data = text.encode("utf-8")
-        name = f"{kind}/{hashlib.sha256(data).hexdigest()}"
-        container = self._container
-        _create_once(f"blob|{container.url}", container.create_container)
-        container.upload_blob(name, data, overwrite=True, content_settings=_json_content_settings())
-        return name
-
-    def get(self, name: str) -> str | None:
-        """The text stored as ``name``, or None if there is none."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            data = self._container.download_blob(name).readall()
-        except ResourceNotFoundError:
-            return None
-        return bytes(data).decode("utf-8")
-
-
-def _json_content_settings() -> Any:
-    from azure.storage.blob import ContentSettings
-
-    return ContentSettings(content_type="application/json; charset=utf-8")

@@ -60,10 +60,10 @@ from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused,
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE, INBOUND_SEEN_TABLE
+from shared.payloads import PayloadStore
 from shared.smartdialog import backoff_delay, parse_retry_after
 from shared.storage import (
     TABLE_TRANSACTION_LIMIT,
-    PayloadStore,
     QueueLike,
     ensured_queue,
     ensured_table,

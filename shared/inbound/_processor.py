@@ -63,14 +63,8 @@ from shared.inbound._models import (
 )
 from shared.inbound._triggers import notify_opt_out
 from shared.names import INBOUND_DELIVERIES_QUEUE, INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
-from shared.storage import (
-    QUEUE_MESSAGE_LIMIT,
-    PayloadStore,
-    QueueLike,
-    ensured_queue,
-    fits_queue,
-    queue_message_bytes,
-)
+from shared.payloads import QUEUE_MESSAGE_LIMIT, PayloadStore, fits_queue, queue_message_bytes
+from shared.storage import QueueLike, ensured_queue
 from shared.suppressions import SuppressionStore
 from shared.triggers import TriggerKind, TriggerNotifier
 

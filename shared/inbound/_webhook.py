@@ -48,8 +48,9 @@ from shared.inbound._processor import (
 )
 from shared.inbound._registry import WebhookRegistry, verify_webhook_token
 from shared.names import DEFAULT_CONNECTION, INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
+from shared.payloads import PayloadStore, fits_queue
 from shared.problems import FieldError, Problem, ProblemType
-from shared.storage import PayloadStore, QueueLike, fits_queue, send_creating
+from shared.storage import QueueLike, send_creating
 from shared.triggers import TriggerKind, TriggerNotifier
 
 if TYPE_CHECKING:

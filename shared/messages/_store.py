@@ -33,8 +33,8 @@ from shared.storage import TABLE_TRANSACTION_LIMIT, ensure_table, plain_datetime
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
+    from shared.payloads import PayloadStore
     from shared.settings import Settings
-    from shared.storage import PayloadStore
 
 __all__ = ["MessageStore"]
 
@@ -119,7 +119,8 @@ class MessageStore:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> MessageStore:
-        from shared.storage import PayloadStore, table_client
+        from shared.payloads import PayloadStore
+        from shared.storage import table_client
 
         return cls(table_client(MESSAGES_TABLE, settings), PayloadStore.from_settings(settings))
 

@@ -28,7 +28,7 @@ from shared.outbound import (
     OutboundMessageAdapter,
     derive_message_id,
 )
-from shared.storage import fits_queue, queue_message_bytes
+from shared.payloads import fits_queue, queue_message_bytes
 
 if TYPE_CHECKING:
     from shared.settings import Settings

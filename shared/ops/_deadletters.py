@@ -45,8 +45,9 @@ from shared.names import (
     poison_queue,
 )
 from shared.outbound import MessageRedrivenData
+from shared.payloads import PayloadStore
 from shared.problems import Problem
-from shared.storage import PayloadStore, ensured_queue
+from shared.storage import ensured_queue
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient, QueueMessage

@@ -47,7 +47,7 @@ from shared.outbound._models import (
 )
 from shared.outbound._ports import SendPorts
 from shared.outbound._records import command_text, queued_text
-from shared.storage import fits_queue
+from shared.payloads import fits_queue
 from shared.triggers import notify_send_failed
 
 __all__ = [

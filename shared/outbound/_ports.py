@@ -27,9 +27,10 @@ from shared.outbound._quota_wait import QuotaWait, quota_wait
 from shared.outbound._records import backstop_seconds
 
 if TYPE_CHECKING:
+    from shared.payloads import PayloadStore
     from shared.settings import Settings
     from shared.smartdialog import AuthProvider
-    from shared.storage import PayloadStore, QueueLike
+    from shared.storage import QueueLike
     from shared.suppressions import SuppressionStore
 
 __all__ = ["SendPolicy", "SendPorts", "reset_send_ports", "send_ports"]
@@ -112,8 +113,9 @@ def send_ports(settings: Settings) -> SendPorts:
     import httpx
 
     from shared import clock
+    from shared.payloads import PayloadStore
     from shared.smartdialog import SmartDialogClient
-    from shared.storage import PayloadStore, ensured_queue, queue_client
+    from shared.storage import ensured_queue, queue_client
     from shared.suppressions import SuppressionStore
 
     waits = quota_wait(settings)

@@ -22,13 +22,13 @@ from shared.outbound._models import (
     StoredCommand,
     request_fingerprint,
 )
+from shared.payloads import fits_queue
 from shared.sms import estimate, personalize
-from shared.storage import fits_queue
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
+    from shared.payloads import PayloadStore
     from shared.settings import Settings
-    from shared.storage import PayloadStore
 
 __all__ = [
     "LaneTriggers",

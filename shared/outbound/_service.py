@@ -48,8 +48,9 @@ from shared.outbound._records import (
     pack_key,
     queued_text,
 )
+from shared.payloads import PayloadStore, fits_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
-from shared.storage import PayloadStore, QueueLike, ensured_queue, fits_queue
+from shared.storage import QueueLike, ensured_queue
 
 if TYPE_CHECKING:
     from shared.settings import Settings

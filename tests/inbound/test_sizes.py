@@ -13,8 +13,9 @@ import pytest
 
 from shared import names
 from shared.inbound import MESSAGE_RECEIVED, new_nonce, webhook_url
+from shared.payloads import QUEUE_MESSAGE_LIMIT, PayloadStore, queue_message_bytes
 from shared.settings import get_settings
-from shared.storage import QUEUE_MESSAGE_LIMIT, PayloadStore, queue_client, queue_message_bytes
+from shared.storage import queue_client
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import TWO_WAY, Inbound
 from tests.inbound.test_subscriptions import simulate_inbound, subscribe

@@ -20,12 +20,8 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from shared import names
 from shared.inbound import DispatchOutcome, SubscriberDelivery, SubscriberDispatcher
-from shared.storage import (
-    PayloadStore,
-    blob_service,
-    queue_client,
-    queue_message_bytes,
-)
+from shared.payloads import PayloadStore, queue_message_bytes
+from shared.storage import blob_service, queue_client
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import TWO_WAY, Inbound
 from tests.inbound.test_sizes import taken

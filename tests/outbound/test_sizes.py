@@ -15,7 +15,8 @@ import pytest
 from shared.messages import MessageStatus, MessageStore
 from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._models import request_message_id
-from shared.storage import QUEUE_MESSAGE_LIMIT, PayloadStore, queue_client, queue_message_bytes
+from shared.payloads import QUEUE_MESSAGE_LIMIT, PayloadStore, queue_message_bytes
+from shared.storage import queue_client
 from tests.outbound.conftest import (
     CUSTOMER,
     ERROR,
