@@ -19,7 +19,7 @@ import hashlib
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -539,3 +539,48 @@ def put_message(queue: QueueLike, content: str) -> None:
         }
         map_error(status_code=answer.status_code, response=answer, error_map=errors)
         raise HttpResponseError(response=answer)
+
+
+# --- long strings in Table properties ------------------------------------------------------------
+
+#: UTF-16 units per string property (the limit is 64 KiB of UTF-16: 32K units; a character
+#: past U+FFFF, such as an emoji, is two).
+CHUNK_CHARS = 30_000
+
+
+def utf16_units(text: str) -> int:
+    """How long ``text`` is as the Table service counts a string."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut into pieces of at most :data:`CHUNK_CHARS` UTF-16 units."""
+    if utf16_units(text) == len(text):  # nothing past U+FFFF: every character is one unit
+        return [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
+    pieces, start, units = [], 0, 0
+    for index, char in enumerate(text):
+        width = 2 if ord(char) > 0xFFFF else 1
+        if units + width > CHUNK_CHARS:
+            pieces.append(text[start:index])
+            start, units = index, 0
+        units += width
+    return [*pieces, text[start:]] if start < len(text) else pieces
+
+
+def joined(entity: Mapping[str, Any], name: str) -> str | None:
+    """The text :func:`chunked` wrote as ``name`` in ``entity`` (None: it wrote None)."""
+    count = entity.get(f"{name}Chunks")
+    if count is None:
+        return None
+    return "".join(str(entity.get(f"{name}{i}", "")) for i in range(int(count)))
+
+
+def chunked(name: str, text: str | None) -> dict[str, Any]:
+    """``text`` as properties ``<name>Chunks`` and ``<name>0``, ``<name>1``, ... (a string
+    property holds 32K UTF-16 units; an entity 1 MiB)."""
+    if text is None:
+        return {f"{name}Chunks": None}
+    chunks = _pieces(text)
+    out: dict[str, Any] = {f"{name}Chunks": len(chunks)}
+    out.update({f"{name}{i}": chunk for i, chunk in enumerate(chunks)})
+    return out

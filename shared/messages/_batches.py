@@ -10,9 +10,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from shared.messages._models import BATCH_TRANSITIONS, BatchStatus, check_batch_transition
-from shared.messages._records import chunked, joined
 from shared.names import BATCHES_TABLE
-from shared.storage import ensure_table, plain_datetime, utc
+from shared.storage import chunked, ensure_table, joined, plain_datetime, utc
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient

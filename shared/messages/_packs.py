@@ -47,9 +47,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from shared.messages._records import chunked, joined
 from shared.names import PACKS_TABLE
-from shared.storage import TABLE_TRANSACTION_LIMIT, ensure_table
+from shared.storage import TABLE_TRANSACTION_LIMIT, chunked, ensure_table, joined
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient

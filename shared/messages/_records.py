@@ -32,54 +32,28 @@ from functools import cached_property
 from typing import Any
 
 from shared.messages._models import FailureInfo, MessageStatus, Operation, RecipientStatus
-from shared.storage import plain_datetime, utc
+from shared.storage import chunked, joined, plain_datetime, utc
 
 __all__ = [
     "BATCH_PARTITION_ROWS",
-    "CHUNK_CHARS",
     "INLINE_COMMAND_CHARS",
     "DamagedRecordError",
     "MessageRecord",
     "RecipientSlot",
     "batch_filter",
-    "chunked",
     "effective_status",
-    "joined",
     "message_filter",
     "message_keys",
     "odata_quote",
     "record_keys",
     "slot_keys",
-    "utf16_units",
 ]
 
 RECORD_ROW_KEY = "message"
 RECIPIENT_ROW_PREFIX = "recipient-"
-#: UTF-16 units per string property (the limit is 64 KiB of UTF-16: 32K units; a character
-#: past U+FFFF, such as an emoji, is two).
-CHUNK_CHARS = 30_000
 #: A command longer than this (in UTF-16 units) is kept in a blob, not in its record (an
 #: entity holds 1 MiB, strings counted in UTF-16, and upstream's answer shares it).
 INLINE_COMMAND_CHARS = 200_000
-
-
-def utf16_units(text: str) -> int:
-    """How long ``text`` is as the Table service counts a string."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def _pieces(text: str) -> list[str]:
-    """``text`` cut into pieces of at most :data:`CHUNK_CHARS` UTF-16 units."""
-    if utf16_units(text) == len(text):  # nothing past U+FFFF: every character is one unit
-        return [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)]
-    pieces, start, units = [], 0, 0
-    for index, char in enumerate(text):
-        width = 2 if ord(char) > 0xFFFF else 1
-        if units + width > CHUNK_CHARS:
-            pieces.append(text[start:index])
-            start, units = index, 0
-        units += width
-    return [*pieces, text[start:]] if start < len(text) else pieces
 
 
 #: A bulk member's id: its batch's id (a UUID we make) and its row. No id of another shape is
@@ -197,22 +171,6 @@ def _damaged(entity: Mapping[str, Any], exc: Exception) -> DamagedRecordError:
     return DamagedRecordError(
         str(entity.get("PartitionKey", "?")), str(entity.get("RowKey", "?")), problem
     )
-
-
-def joined(entity: Mapping[str, Any], name: str) -> str | None:
-    count = entity.get(f"{name}Chunks")
-    if count is None:
-        return None
-    return "".join(str(entity.get(f"{name}{i}", "")) for i in range(int(count)))
-
-
-def chunked(name: str, text: str | None) -> dict[str, Any]:
-    if text is None:
-        return {f"{name}Chunks": None}
-    chunks = _pieces(text)
-    out: dict[str, Any] = {f"{name}Chunks": len(chunks)}
-    out.update({f"{name}{i}": chunk for i, chunk in enumerate(chunks)})
-    return out
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ raises :class:`~shared.messages.IllegalTransition`. Recipient slots only move fo
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +25,9 @@ from shared.messages._records import (
     odata_quote,
     record_keys,
     slot_keys,
-    utf16_units,
 )
 from shared.names import MESSAGES_TABLE
-from shared.storage import TABLE_TRANSACTION_LIMIT, ensure_table, plain_datetime
+from shared.storage import TABLE_TRANSACTION_LIMIT, ensure_table, plain_datetime, utf16_units
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -156,7 +155,7 @@ class MessageStore:
         from azure.data.tables import TableTransactionError
 
         record = self._kept(record)
-        first, rest = slots[: TABLE_TRANSACTION_LIMIT - 1], slots[TABLE_TRANSACTION_LIMIT - 1 :]
+        first = slots[: TABLE_TRANSACTION_LIMIT - 1]
         operations: list[Any] = [("create", record.to_entity())]
         operations += [("upsert", slot.to_entity()) for slot in first]
         try:
@@ -167,7 +166,7 @@ class MessageStore:
             ):
                 return None
             raise
-        self._upsert_slots(rest)
+        self.ensure_slots(slots)  # the rest: its command is queued, reports may come already
         return replace(record, etag=str(results[0].get("etag")))
 
     def create_many(self, items: list[tuple[MessageRecord, list[RecipientSlot]]]) -> None:
@@ -319,9 +318,10 @@ class MessageStore:
         return results
 
     def ensure_slots(self, slots: list[RecipientSlot]) -> None:
-        """Write the slots a large message's :meth:`create` may not have finished (idempotent):
-        who each is, merged, never its status (a retry's claim comes after delivery reports
-        may have moved slots on; a slot written here first reads as pending)."""
+        """Write the slots past a large message's first transaction (idempotent; the sender
+        again when it claims it, as :meth:`create` may not have finished them): who each is,
+        merged, never its status (delivery reports may have moved slots on by then; a slot
+        written here first reads as pending)."""
         from azure.data.tables import UpdateMode
 
         who = ("PartitionKey", "RowKey", "MessageId", "Index", "Address", "PartCount")
@@ -331,10 +331,6 @@ class MessageStore:
                  {"mode": UpdateMode.MERGE})
                 for s in chunk
             ])  # fmt: skip
-
-    def _upsert_slots(self, slots: Iterable[RecipientSlot]) -> None:
-        for chunk in _chunks(list(slots), TABLE_TRANSACTION_LIMIT):
-            self.table.submit_transaction([("upsert", s.to_entity()) for s in chunk])
 
     def lane_queued(self, partition: str, limit: int) -> list[MessageRecord]:
         """Up to ``limit`` never-attempted queued records of a lane, oldest first, not in a

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from shared.clock import current
 from shared.names import NOTIFICATION_RULES_TABLE, NOTIFICATION_STATE_TABLE
 from shared.notify._rules import Rule
-from shared.storage import ensured_table
+from shared.storage import chunked, ensured_table, joined
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -37,10 +37,9 @@ RULES_TTL_SECONDS = 10.0
 _RULE = "rule"
 _LIST = "list"
 #: Most events one hourly cap row remembers: as many as the largest MaxPerHour lets send (each
-#: takes one number at least). Each is a 16-hex hash and its count, about 21 characters, split
-#: over properties of _CAP_PART characters (a Table string holds 32K): about 0.4 MiB at most.
+#: takes one number at least). Each is a 16-hex hash and its count, about 21 characters, over
+#: as many properties as it takes (shared.storage.chunked): about 0.4 MiB at most.
 _CAP_EVENTS = 10_000
-_CAP_PART = 30_000
 #: Compare-and-swap rounds on a contended cap row before the event fails (and is retried).
 _CAP_ROUNDS = 20
 
@@ -52,11 +51,10 @@ def _stored_key(event_key: str) -> str:
 
 
 def _cap_events(entity: Any) -> dict[str, int]:
+    """The events a cap row counts (a previous release's row: one ``Events`` property)."""
     if entity is None:
         return {}
-    parts = int(entity.get("EventsParts") or 1)
-    text = "".join(str(entity.get(f"Events{i}" if i else "Events", "")) for i in range(parts))
-    return dict(json.loads(text or "{}"))
+    return dict(json.loads(joined(entity, "Events") or entity.get("Events") or "{}"))
 
 
 @dataclass(frozen=True)
@@ -307,9 +305,7 @@ class NotifyState:
                 return 0
             events[key] = granted
             text = json.dumps(events, separators=(",", ":"))
-            parts = [text[i : i + _CAP_PART] for i in range(0, len(text), _CAP_PART)]
-            body = {"PartitionKey": partition, "RowKey": row, "EventsParts": len(parts)}
-            body.update({f"Events{i}" if i else "Events": part for i, part in enumerate(parts)})
+            body = {"PartitionKey": partition, "RowKey": row, **chunked("Events", text)}
             if self._write(body, entity):
                 return granted
             current().sleep(random.uniform(0, 0.05))

@@ -164,10 +164,10 @@ class BulkService:
                 if found is None:
                     # The request that claimed the key has not recorded its batch: it is on
                     # its way, or it stopped before (then the key is this request's now).
-                    if now - entry.created_at < STUCK_ACCEPTING_AFTER:
+                    if now - entry.created_at < INCOMPLETE_AFTER:  # surely over by then
                         raise Problem(409, "A bulk send with this Idempotency-Key is in progress",
                                       "Another request with this key has not recorded its batch "
-                                      "yet. Send again in a few seconds to get its answer.",
+                                      "yet. Send again later to get its answer.",
                                       type=ProblemType.CONFLICT)  # fmt: skip
                     self.idempotency.release(key_hash, entry.message_id)
                     return self.submit(template, recipients, customer_id=customer_id,

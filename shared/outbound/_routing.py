@@ -92,7 +92,7 @@ def _misconfigured(
         return record
     now = outcomes.ports.now()
     left = (record.valid_until - now).total_seconds()
-    held = record.status is MessageStatus.SENDING and (record.lease_until or now) > now
+    held = _held_for(record, now) > 0
     if left <= 0 and not held:  # (a claim held when the setting broke ends first)
         return outcomes.fail(record, outcomes.expired(record))
     left = max(left, 1.0)
@@ -109,7 +109,7 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float) -> SendO
     once no member is left open."""
     now = outcomes.ports.now()
     open_ = _open_members(outcomes.ports, driver.packId)
-    held = [r for r in open_ if r.status is MessageStatus.SENDING and (r.lease_until or now) > now]
+    held = [r for r in open_ if _held_for(r, now)]
     expired = [r for r in open_ if now >= r.valid_until and r not in held]
     outcomes.fail_many([(r, outcomes.expired(r)) for r in expired])
     left = [r for r in open_ if r not in expired]

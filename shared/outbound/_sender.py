@@ -582,9 +582,11 @@ def _fingerprints(command: OutboundMessage) -> tuple[str, ...]:
     """The fingerprints ``command``'s record may have: its own, and, for one routed by the
     connection that claims its customer, the one it had before (accepted while no connection
     claimed that customer: the connection it goes through now is the one that does)."""
+    from shared.connections import claimed_by
+
     own = request_fingerprint(command)
-    if command.Connection is None:
-        return (own,)
+    if command.Connection is None or claimed_by(command.customerId or "") != command.Connection:
+        return (own,)  # (a connection named by the command itself is part of what it is)
     return own, request_fingerprint(command.model_copy(update={"Connection": None}))
 
 

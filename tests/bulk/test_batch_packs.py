@@ -618,8 +618,10 @@ def test_a_key_claimed_by_a_request_that_died_before_its_batch_is_taken_over_lat
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
     """The process died with the key claimed and no batch (nothing could give the key up): a
-    replay is told the first request is in progress (409) for 30 s, then takes the key over."""
+    replay is told the first request is in progress (409) until that request is surely over
+    (INCOMPLETE_AFTER: a slow one must not be doubled), then takes the key over."""
     from shared.messages import IdempotencyStore
+    from shared.outbound._bulk import INCOMPLETE_AFTER
     from shared.suppressions import SuppressionStore
 
     crash_once(monkeypatch, SuppressionStore, "suppressed_many", "the process died")
@@ -632,6 +634,8 @@ def test_a_key_claimed_by_a_request_that_died_before_its_batch_is_taken_over_lat
     assert "in progress" in soon.body["title"]
     assert drivers(outbound) == []
     manual_clock.advance(31)
+    assert bulk(body, **{"Idempotency-Key": "resume-5"}).status == 409  # maybe only slow
+    manual_clock.advance(INCOMPLETE_AFTER.total_seconds())
     later = bulk(body, **{"Idempotency-Key": "resume-5"})
 
     assert later.status == 202, later.body

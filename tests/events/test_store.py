@@ -82,9 +82,9 @@ def test_caps_and_quiet_periods_hold_events_of_any_id_length_and_more_than_fit_o
     """A CloudEvent's id and source have no length limit, and a cap of up to 10,000 numbers an
     hour remembers as many events: the rows keep a fixed-length hash of each, split over as
     many properties as it takes (a Table string holds 32K characters)."""
-    from shared.notify import _store
+    from shared import storage
 
-    monkeypatch.setattr(_store, "_CAP_PART", 200)  # a few events fill a property
+    monkeypatch.setattr(storage, "CHUNK_CHARS", 200)  # a few events fill a property
     state = NotifyState(_table(storage_env, unique_name))
     long_key = "https://example.com/" + "x" * 40_000 + "\n" + "y" * 40_000
     assert state.quiet_claim("r", "vm-1", "+358400000001", long_key, minutes=15, now=NOW)
