@@ -233,15 +233,18 @@ def compile_expression(expression: str) -> Any:
         return jmespath.compile(expression)
     except JMESPathError as exc:
         raise ValueError(f"not a JMESPath expression: {exc}") from exc
+    except RecursionError as exc:  # the parser recurses per nesting level
+        raise ValueError("not a JMESPath expression: nested too deeply") from exc
 
 
 def search(expression: str, document: dict[str, Any]) -> Any:
-    """``expression`` applied to ``document`` (None when it finds nothing or fails)."""
+    """``expression`` applied to ``document`` (None when it finds nothing or fails, also when
+    it is too deep to apply: it was saved, so each event must not fail for it)."""
     from jmespath.exceptions import JMESPathError
 
     try:
         return compile_expression(expression).search(document)
-    except JMESPathError:
+    except (JMESPathError, ValueError, RecursionError):
         return None
 
 
@@ -280,6 +283,8 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     Checks the connection, every JMESPath expression, the fixed numbers, and (with a
     ``SampleEvent``) that every placeholder resolves against it.
     """
+    from jmespath.exceptions import JMESPathError
+
     from shared.notify._intake import InvalidEvent, parse_object
     from shared.phone import InvalidPhoneNumber, parse_phone_number
 
@@ -296,10 +301,18 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     for name, expression in expressions.items():
         if expression is None:
             continue
+        field = name.split("$(")[0]
         try:
-            compile_expression(expression)
+            compiled = compile_expression(expression)
         except ValueError as exc:
-            errors.append((name.split("$(")[0], f"{expression!r}: {exc}"))
+            errors.append((field, f"{expression!r}: {exc}"))
+            continue
+        try:
+            compiled.search({})  # applying it recurses per nesting level too
+        except RecursionError:
+            errors.append((field, f"{expression!r}: nested too deeply to apply"))
+        except JMESPathError:  # what it says of an empty document: events will tell
+            pass
     for index, number in enumerate(rule.Recipients.Numbers):
         try:
             parse_phone_number(number)

@@ -109,3 +109,21 @@ def test_a_missing_placeholder_renders_empty_and_is_logged(
         )
     assert text == "web-01-cpu-high: 97.25 []"
     assert "data.nope" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["!" * 999 + "a", "[" * 499 + "a" + "]" * 499, "a" + "|b" * 499, "a" + "[]" * 499],
+)
+def test_a_condition_nested_deeper_than_python_follows_is_refused_when_saved(
+    condition: str,
+) -> None:
+    """The JMESPath parser and its interpreter recurse per level: such a rule was a 500 when
+    saved, or, saved, made every event fail (a 500, a retry, a poisoned queue message)."""
+    assert errors(rule(Match={"EventType": "t", "Condition": condition})) == ["Match.Condition"]
+
+
+def test_a_stored_condition_too_deep_to_apply_matches_nothing_rather_than_fail() -> None:
+    from shared.notify._rules import search
+
+    assert search("a" + "|b" * 499, {"a": 1}) is None
