@@ -134,7 +134,10 @@ class DlrForwarder:
         if url is None:
             log.info("message %s has no DlrUrl (any more); forward dropped", forward.messageId)
             return DispatchResult(DispatchOutcome.UNSUBSCRIBED)
-        target = url + ("&" if "?" in url else "?") + urlencode(forward.params)
+        # The report's parameters join the URL's own query (a fragment is never sent anyway).
+        parts = urlsplit(url)
+        query = "&".join(q for q in (parts.query, urlencode(forward.params)) if q)
+        target = parts._replace(query=query, fragment="").geturl()
         verdict = judge_call(
             lambda: self._http.get(target),
             urlsplit(url).hostname,

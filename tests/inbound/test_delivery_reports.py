@@ -85,7 +85,7 @@ def wait_for_status(env: Inbound, message_id: str, wanted: list[str]) -> dict[st
 def test_sandbox_delivery_reports_move_recipients_to_their_final_state(
     served: Inbound, callback_receiver: CallbackReceiver
 ) -> None:
-    own = f"{callback_receiver.url}/mine?ref=42"
+    own = f"{callback_receiver.url}/mine?ref=42#top"  # (the parameters go in the query)
     message_id = send(served, DELIVERED, UNDELIVERABLE, DlrUrl=own)
     [sent] = [
         r for r in served.sandbox.state.snapshot("requests") if r["operationId"] == "SendMessage"
