@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared.actions.fields import ui
 from shared.names import DEFAULT_CONNECTION
 from shared.notify._intake import IncomingEvent
+from shared.storage import utf16_units
 
 __all__ = [
     "DEFAULT_CONNECTION",
@@ -43,6 +44,8 @@ log = logging.getLogger("shared.notify")
 PLACEHOLDER = re.compile(r"\$\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 LIST_NAME_PATTERN = RULE_ID_PATTERN
+#: The largest rule stored (UTF-16 units of its JSON; a Table entity holds 1 MiB).
+RULE_UNITS = 400_000
 
 _Text = Annotated[str, Field(min_length=1, max_length=1000)]
 
@@ -289,6 +292,10 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     from shared.phone import InvalidPhoneNumber, parse_phone_number
 
     errors: list[tuple[str, str]] = []
+    if utf16_units(rule.model_dump_json(exclude_none=True)) > RULE_UNITS:
+        errors.append(
+            ("body", f"The rule is too large to store (at most {RULE_UNITS:,} characters).")
+        )
     from shared.connections import connection_name, connections
 
     if connection_name(rule.Connection) not in connections().by_name:

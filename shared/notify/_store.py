@@ -1,7 +1,8 @@
 """Where rules, recipient lists and the rules' memory live (Table storage).
 
 ``SmartDialogNotificationRules``: PartitionKey ``rule`` (RowKey the rule id, ``Document`` the
-rule's JSON) and ``list`` (RowKey the list name, ``Numbers`` a JSON array of E.164 numbers).
+rule's JSON, in as many properties as it takes: ``shared.storage.chunked``) and ``list``
+(RowKey the list name, ``Numbers`` a JSON array of E.164 numbers).
 Matching reads the whole table at most once per :data:`RULES_TTL_SECONDS` per process (one
 query); a write in this process is seen at once, one in another instance within that time.
 
@@ -50,6 +51,11 @@ def _stored_key(event_key: str) -> str:
     return _hash("event", event_key)[:16]
 
 
+def _document(entity: Any) -> str:
+    """A rule row's JSON (a previous release's row: one ``Document`` property)."""
+    return joined(entity, "Document") or str(entity["Document"])
+
+
 def _cap_events(entity: Any) -> dict[str, int]:
     """The events a cap row counts (a previous release's row: one ``Events`` property)."""
     if entity is None:
@@ -91,7 +97,7 @@ class RuleStore:
         lists: dict[str, tuple[str, ...]] = {}
         for entity in self._table.list_entities():
             if entity["PartitionKey"] == _RULE:
-                rules.append(Rule.model_validate_json(entity["Document"]))
+                rules.append(Rule.model_validate_json(_document(entity)))
             elif entity["PartitionKey"] == _LIST:
                 lists[entity["RowKey"]] = tuple(json.loads(entity["Numbers"]))
         book = RuleBook(tuple(sorted(rules, key=lambda r: r.Id)), lists)
@@ -112,11 +118,11 @@ class RuleStore:
             entity = self._table.get_entity(_RULE, rule_id)
         except ResourceNotFoundError:
             return None
-        return Rule.model_validate_json(entity["Document"])
+        return Rule.model_validate_json(_document(entity))
 
     def list_rules(self) -> list[Rule]:
         rows = self._table.query_entities("PartitionKey eq @p", parameters={"p": _RULE})
-        return sorted((Rule.model_validate_json(e["Document"]) for e in rows), key=lambda r: r.Id)
+        return sorted((Rule.model_validate_json(_document(e)) for e in rows), key=lambda r: r.Id)
 
     def create(self, rule: Rule) -> bool:
         """Store a new rule; False if one with its id exists."""
@@ -150,11 +156,8 @@ class RuleStore:
 
     @staticmethod
     def _rule_entity(rule: Rule) -> dict[str, Any]:
-        return {
-            "PartitionKey": _RULE,
-            "RowKey": rule.Id,
-            "Document": rule.model_dump_json(exclude_none=True),
-        }
+        document = rule.model_dump_json(exclude_none=True)
+        return {"PartitionKey": _RULE, "RowKey": rule.Id, **chunked("Document", document)}
 
     # --- recipient lists ---
 

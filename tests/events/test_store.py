@@ -50,6 +50,32 @@ def test_another_instances_edit_is_seen_once_the_cached_rules_are_older_than_the
     assert [r.Id for r in store.book().rules] == ["r1", "r2"]
 
 
+def test_a_rule_larger_than_a_table_string_is_stored_and_read_and_an_older_row_still_reads(
+    storage_env: str, unique_name: str, manual_clock: ManualClock
+) -> None:
+    """A rule's JSON with a large SampleEvent passes a Table string's 32K: it is kept over as
+    many properties as it takes (it was refused by the service: a 500); a rule row of the
+    previous release (one Document property) still reads."""
+    from shared.notify._rules import RULE_UNITS, rule_errors
+
+    table = _table(storage_env, unique_name.replace("-", ""))
+    store = RuleStore(table)
+    sample = {"specversion": "1.0", "id": "1", "source": "s", "type": "t",
+              "data": {"note": "x" * 40_000}}  # fmt: skip
+    big = _rule("big").model_copy(update={"SampleEvent": sample})
+    assert rule_errors(big) == []
+    assert store.create(big)
+    table.create_entity(
+        {"PartitionKey": "rule", "RowKey": "old", "Document": _rule("old").model_dump_json()}
+    )
+    manual_clock.advance(RULES_TTL_SECONDS)
+
+    assert {r.Id: r for r in store.book().rules}["big"] == big
+    assert [r.Id for r in store.book().rules] == ["big", "old"]
+    huge = big.model_copy(update={"SampleEvent": {**sample, "data": {"n": "x" * RULE_UNITS}}})
+    assert [field for field, _ in rule_errors(huge)] == ["body"]
+
+
 def test_a_quiet_period_lets_the_same_event_again_and_another_only_after_it_ends(
     storage_env: str, unique_name: str
 ) -> None:
