@@ -67,22 +67,41 @@ def _slot_merges(
     return merges
 
 
+#: What one transaction carries at most (the service refuses one past 4 MiB; room for its
+#: envelope), estimated by :func:`_group_bytes`.
+TRANSACTION_BYTES = 3 * 1024 * 1024
+
+
+def _group_bytes(ops: list[Any]) -> int:
+    """About what ``ops`` weigh in a transaction's body (UTF-8 JSON, and its part headers)."""
+    return sum(
+        400 + sum(len(v.encode()) + 40 if isinstance(v, str) else 60 for v in op[1].values())
+        for op in ops
+    )
+
+
 def _transaction_plan(groups: list[list[Any]]) -> list[list[int]]:
     """Indexes of ``groups`` (each the operations of one message) packed into transactions:
-    one partition per transaction, at most 100 operations, a group never split (a group
-    larger than that is a transaction plan of its own, handled by the caller)."""
+    one partition per transaction, at most 100 operations and :data:`TRANSACTION_BYTES`, a
+    group never split (a group larger than that is a transaction plan of its own, handled by
+    the caller)."""
     plan: list[list[int]] = []
-    open_by_partition: dict[str, tuple[list[int], int]] = {}
+    open_by_partition: dict[str, tuple[list[int], int, int]] = {}
     for index, ops in enumerate(groups):
         partition = str(ops[0][1]["PartitionKey"])
+        weight = _group_bytes(ops)
         current = open_by_partition.get(partition)
-        if current is not None and current[1] + len(ops) <= TABLE_TRANSACTION_LIMIT:
+        if (
+            current is not None
+            and current[1] + len(ops) <= TABLE_TRANSACTION_LIMIT
+            and current[2] + weight <= TRANSACTION_BYTES
+        ):
             current[0].append(index)
-            open_by_partition[partition] = (current[0], current[1] + len(ops))
+            open_by_partition[partition] = (current[0], current[1] + len(ops), current[2] + weight)
             continue
         fresh = [index]
         plan.append(fresh)
-        open_by_partition[partition] = (fresh, len(ops))
+        open_by_partition[partition] = (fresh, len(ops), weight)
     return plan
 
 

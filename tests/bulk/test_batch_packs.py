@@ -671,6 +671,30 @@ def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_se
     assert outbound.upstream() == []
 
 
+def test_members_too_heavy_for_one_transaction_are_recorded_in_several(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 members of 110,000 characters each weigh about 4.4 MB: past what one Table transaction
+    may carry (4 MiB; Azure refuses it, Azurite does not), so they are recorded in several
+    transactions, by weight as well as by count. Every $batch request is measured as sent."""
+    import requests
+
+    real = requests.adapters.HTTPAdapter.send
+    batches: list[int] = []
+
+    def send(self: Any, request: Any, **kwargs: Any) -> Any:
+        if request.url.endswith("/$batch"):
+            batches.append(len(request.body or b""))
+        return real(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    accepted = accepted_batch(*NUMBERS[:40], Content="x" * 110_000 + " $(name)")
+
+    assert len(member_ids(accepted)) == 40
+    assert len(batches) > 1
+    assert max(batches) < 4 * 1024 * 1024
+
+
 def test_swap_many_writes_members_together_and_only_the_changed_one_loses(
     outbound: Outbound,
 ) -> None:
