@@ -149,12 +149,8 @@ def test_a_rejected_member_fails_alone_and_the_rest_go_again(outbound: Outbound)
     assert [e["subject"] for e in failed] == [ids[1]]
 
 
-def test_a_refusal_naming_nobody_splits_the_pack_until_the_culprit_is_alone(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    batch = accepted_batch(*NUMBERS[:8])
-    ids = member_ids(batch)
-    culprit = NUMBERS[5]
+def refuse_calls_naming_nobody_with(monkeypatch: pytest.MonkeyPatch, culprit: str) -> None:
+    """Upstream answers 400 naming no recipient to every call that includes ``culprit``."""
     real = Upstream.send
 
     def refuse_if_culprit(self: Upstream, command: Any) -> Any:
@@ -171,6 +167,15 @@ def test_a_refusal_naming_nobody_splits_the_pack_until_the_culprit_is_alone(
         return real(self, command)
 
     monkeypatch.setattr(Upstream, "send", refuse_if_culprit)
+
+
+def test_a_refusal_naming_nobody_splits_the_pack_until_the_culprit_is_alone(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = accepted_batch(*NUMBERS[:8])
+    ids = member_ids(batch)
+    culprit = NUMBERS[5]
+    refuse_calls_naming_nobody_with(monkeypatch, culprit)
     outbound.drain()
 
     calls = outbound.upstream()
@@ -194,18 +199,7 @@ def test_a_split_whose_drivers_could_not_be_enqueued_is_driven_by_the_pack_it_ca
     batch = accepted_batch(*NUMBERS[:4])
     ids = member_ids(batch)
     culprit = NUMBERS[1]
-    real = Upstream.send
-
-    def refuse_if_culprit(self: Upstream, command: Any) -> Any:
-        if culprit in [r.Address for r in command.body.Recipients]:
-            raise BadRequestError(
-                "The request was not valid", status_code=400,
-                body={"errorMessage": "The request was not valid"}, headers=httpx.Headers(),
-                operation_id="SendMessage", method="POST", path="/messages",
-            )  # fmt: skip
-        return real(self, command)
-
-    monkeypatch.setattr(Upstream, "send", refuse_if_culprit)
+    refuse_calls_naming_nobody_with(monkeypatch, culprit)
     [driver] = drivers(outbound)
     text = json.dumps(driver)
     queue = queue_client("smartdialog-outbound")

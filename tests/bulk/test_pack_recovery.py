@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +14,10 @@ from shared.outbound._attempt import Upstream
 from tests.bulk.test_packing import NUMBERS, accept, park, record, waiting_for_a_slot
 from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import ERROR, TEMPORARY, Outbound
+
+if TYPE_CHECKING:
+    from shared.outbound import OutboundSender
+    from shared.outbound._quota_wait import QuotaWait
 
 
 def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_pack(
@@ -133,6 +138,34 @@ def test_a_leader_that_died_holding_its_keys_lease_delays_the_others_only_until_
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
 
 
+def _told_full(clock: ManualClock, name: str, longest_wait: float) -> QuotaWait:
+    """A quota of its own on the test's clock (its grants are not the next tests' business):
+    one call in 30 s, taken; this process was told it is full."""
+    from shared import quota
+    from shared.outbound._quota_wait import QuotaWait
+    from shared.quota import QuotaDenied
+    from shared.settings import get_settings
+
+    waits = QuotaWait(
+        quota.from_settings(get_settings(), clock=clock, connection=name), longest_wait,
+        clock=clock,
+    )  # fmt: skip
+    waits.take()
+    assert isinstance(waits.take()[0], QuotaDenied)
+    return waits
+
+
+def _sender_waiting_with(waits: QuotaWait) -> OutboundSender:
+    """The sender of the current settings, its quota wait ``waits``."""
+    from dataclasses import replace
+
+    from shared.outbound import OutboundSender
+    from shared.outbound._ports import send_ports
+    from shared.settings import get_settings
+
+    return OutboundSender(replace(send_ports(get_settings()), quota_wait=waits))
+
+
 def test_while_the_quota_is_full_a_message_that_found_its_key_led_waits_for_the_lease_here(
     outbound: Outbound, manual_clock: ManualClock
 ) -> None:
@@ -140,27 +173,12 @@ def test_while_the_quota_is_full_a_message_that_found_its_key_led_waits_for_the_
     While the quota is full, a message that finds the key led waits in the invocation for the
     leader to give the lease up and takes the slot that frees, instead of coming back
     LEAD_RECHECK_SECONDS later and leaving the slots that free meanwhile unused."""
-    from dataclasses import replace
-
-    from shared import quota
-    from shared.outbound import OutboundSender
-    from shared.outbound._ports import send_ports
-    from shared.outbound._quota_wait import QuotaWait
-    from shared.quota import QuotaDenied
-    from shared.settings import get_settings
-
     outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=30, SEND_QUOTA_WAIT_SECONDS=1)
     ids = accept(NUMBERS[0], NUMBERS[0])
     key = record(ids[0]).pack_key
     assert key is not None
     assert record(ids[1]).pack_key == key
-    settings = get_settings()
-    # A quota of its own on the test's clock (its grants are not the next tests' business): one
-    # call in 30 s, taken; this process was told it is full.
-    own = quota.from_settings(settings, clock=manual_clock, connection=f"lead-wait-{ids[0]}")
-    waits = QuotaWait(own, 1.0, clock=manual_clock)
-    waits.take()
-    assert isinstance(waits.take()[0], QuotaDenied)
+    waits = _told_full(manual_clock, f"lead-wait-{ids[0]}", 1.0)
     manual_clock.advance(waits.hint() - 0.5)  # its slot frees in half a second
     now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
     held = now + dt.timedelta(seconds=waits.hint() + 0.5)
@@ -168,7 +186,7 @@ def test_while_the_quota_is_full_a_message_that_found_its_key_led_waits_for_the_
     assert etag is not None  # another worker leads the key until half a second after that
     started = manual_clock.now()
 
-    sender = OutboundSender(replace(send_ports(settings), quota_wait=waits))
+    sender = _sender_waiting_with(waits)
     outcome = sender.process(record(ids[0]).command)
 
     assert outcome.kind == "sent"
@@ -183,31 +201,18 @@ def test_a_quota_wait_too_short_to_look_again_leaves_the_lead_deferral_at_the_le
     """With SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS under LEAD_POLL_SECONDS, a message that finds
     its key led while the quota was full lately has no time to look again: it comes back when
     the lease is due to end (at most LEAD_RECHECK_SECONDS), not at once, round and round."""
-    from dataclasses import replace
-
-    from shared import quota
-    from shared.outbound import OutboundSender
-    from shared.outbound._ports import send_ports
-    from shared.outbound._quota_wait import QuotaWait
-    from shared.quota import QuotaDenied
-    from shared.settings import get_settings
-
     outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=30, SEND_QUOTA_WAIT_SECONDS=0.1)
     [message_id] = accept(NUMBERS[0])
     key = record(message_id).pack_key
     assert key is not None
-    settings = get_settings()
-    own = quota.from_settings(settings, clock=manual_clock, connection=f"lead-short-{message_id}")
-    waits = QuotaWait(own, 0.1, clock=manual_clock)
-    waits.take()
-    assert isinstance(waits.take()[0], QuotaDenied)
+    waits = _told_full(manual_clock, f"lead-short-{message_id}", 0.1)
     manual_clock.advance(waits.hint() + 0.5)  # the slot is free again, the quota full lately
     assert waits.full_lately(10)
     now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
     etag, _ = PackStore.from_settings().lead(key, now, now + dt.timedelta(seconds=6))
     assert etag is not None  # another worker leads the key for 6 s more
 
-    sender = OutboundSender(replace(send_ports(settings), quota_wait=waits))
+    sender = _sender_waiting_with(waits)
     outcome = sender.process(record(message_id).command)
 
     assert (outcome.kind, outcome.detail) == ("deferred", "lead")
@@ -221,15 +226,6 @@ def test_a_message_whose_validity_ends_while_it_waits_for_its_keys_lease_is_not_
 ) -> None:
     """Validity is checked when a message is claimed: a wait for the key's leader comes
     before the claim, so a message that expired during it fails ``expired`` and is not sent."""
-    from dataclasses import replace
-
-    from shared import quota
-    from shared.outbound import OutboundSender
-    from shared.outbound._ports import send_ports
-    from shared.outbound._quota_wait import QuotaWait
-    from shared.quota import QuotaDenied
-    from shared.settings import get_settings
-
     outbound.configure(
         QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=30, SEND_QUOTA_WAIT_SECONDS=1,
         SEND_VALIDITY_SECONDS=40,
@@ -237,11 +233,7 @@ def test_a_message_whose_validity_ends_while_it_waits_for_its_keys_lease_is_not_
     [message_id] = accept(NUMBERS[0])
     key = record(message_id).pack_key
     assert key is not None
-    settings = get_settings()
-    own = quota.from_settings(settings, clock=manual_clock, connection=f"lead-late-{message_id}")
-    waits = QuotaWait(own, 1.0, clock=manual_clock)
-    waits.take()
-    assert isinstance(waits.take()[0], QuotaDenied)
+    waits = _told_full(manual_clock, f"lead-late-{message_id}", 1.0)
     manual_clock.advance(waits.hint())  # the slot is free; 0.5 s later the message expires
     expires = record(message_id).valid_until
     manual_clock.advance(expires.timestamp() - manual_clock.now() - 0.5)
@@ -249,7 +241,7 @@ def test_a_message_whose_validity_ends_while_it_waits_for_its_keys_lease_is_not_
     etag, _ = PackStore.from_settings().lead(key, now, now + dt.timedelta(seconds=0.7))
     assert etag is not None  # another worker leads the key until just after the expiry
 
-    sender = OutboundSender(replace(send_ports(settings), quota_wait=waits))
+    sender = _sender_waiting_with(waits)
     sender.process(record(message_id).command)
 
     assert outbound.upstream() == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from sandbox.server import SandboxServer
 from shared.names import QUEUES, poison_queue
 from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
+from tests.waiting import wait_for
 
 T = TypeVar("T")
 
@@ -53,14 +53,7 @@ _FOREIGN_SETTINGS = (
 
 def poll(probe: Callable[[], T | None], *, timeout: float = 15.0, what: str) -> T:
     """Call ``probe`` until it returns something truthy; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+    return wait_for(probe, timeout, what)
 
 
 @dataclass
