@@ -36,6 +36,17 @@ def test_the_architecture_page_has_a_row_for_every_package() -> None:
     assert packages - rows == set()
 
 
+def test_no_module_of_the_shared_package_is_over_600_lines() -> None:
+    """The size the architecture keeps every module under (issue 12), so a module that grows
+    past it is split where its concerns part, not found too late."""
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in (ROOT / "shared").rglob("*.py")
+    }
+    assert len(sizes) > 50
+    assert {name: lines for name, lines in sizes.items() if lines > 600} == {}
+
+
 def test_every_crash_window_row_names_a_test() -> None:
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     section = page.split("## Crash windows", 1)[1]

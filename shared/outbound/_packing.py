@@ -78,13 +78,11 @@ LEAD_POLL_SECONDS = 0.2
 SWEEP_PACKS = 20
 SWEEP_SECONDS = 60.0
 SWEEP_LANES = 5
+#: Outcomes after which a sweep leads the next one: it went, or it ended meanwhile (cancelled,
+#: sent by another leader: nothing of it is back on the queue). A deferral ends the sweep.
+_SWEEP_GOES_ON = frozenset({OutcomeKind.SENT, OutcomeKind.FAILED, OutcomeKind.ACKNOWLEDGED})
 
 Members = list[tuple[MessageRecord, OutboundMessage]]
-
-#: Outcomes after which a sweep leads the next one: it went, or it had ended meanwhile (found
-#: queued, then cancelled or sent by another leader before the claim: nothing of it is back on
-#: the queue). Any other (deferred: its copy is back on the queue) ends the sweep.
-_SWEEP_GOES_ON = frozenset({OutcomeKind.SENT, OutcomeKind.FAILED, OutcomeKind.ACKNOWLEDGED})
 
 
 class IndexPacks:
@@ -117,12 +115,10 @@ class IndexPacks:
 
     def _await_lead(self, key: str, wait: float) -> tuple[str | None, float]:
         """Wait here, up to the in-process quota wait, for the key's leader to give its lease
-        up (it holds it only while it forms its pack). While the quota is full its sweep stops
-        at the quota, so messages of its key that it could not pack (one address twice) lead
-        themselves, slot by slot: come back :data:`LEAD_RECHECK_SECONDS` later, they would
-        leave the slots that free meanwhile unused. ``wait``: the lease's time left when it was
-        found taken, kept when no look fits in the quota wait (a wait under
-        :data:`LEAD_POLL_SECONDS`)."""
+        up (held while it forms its pack). While the quota is full its sweep stops there, so
+        messages it could not pack (one address twice) lead themselves, slot by slot: back in
+        :data:`LEAD_RECHECK_SECONDS`, they would leave the slots that free meanwhile unused.
+        ``wait``: the lease's time left as first found (kept if no look fits the wait)."""
         etag: str | None = None
         for _ in range(int(self.ports.policy.quota_wait / LEAD_POLL_SECONDS + 1e-9)):
             self.ports.clock.sleep(LEAD_POLL_SECONDS)
@@ -443,8 +439,7 @@ class IndexPacks:
         else:
             outcome = self._rejected(pack, members, result)
         if pack.announcing and outcome.kind is not OutcomeKind.RETRY_SCHEDULED:
-            # The pack ends here, refused or out of attempts: no retry will get the 409 that
-            # sends the events of the members a crashed run recorded sent (``_sent``).
+            # It ends here (refused, out of attempts): no retry's 409 sends a crashed run's events
             going = {r.message_id for r, _ in members}
             self._announce_again([i for i in pack.announcing if i not in going])
         return outcome
