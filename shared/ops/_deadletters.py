@@ -48,6 +48,7 @@ from shared.outbound import MessageRedrivenData
 from shared.payloads import PayloadStore
 from shared.problems import Problem
 from shared.storage import ensured_queue
+from shared.suppressions import SuppressionStore
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient, QueueMessage
@@ -159,6 +160,7 @@ def _never_expires(message: QueueMessage) -> bool:
 class HandledKind(enum.StrEnum):
     REDRIVEN = "redriven"  # its message is back on its queue
     SKIPPED = "skipped"  # nothing to send again (already sent or cancelled); the letter is gone
+    KEPT = "kept"  # not sent again while a recipient opts out (STOP); the letter stays
     PURGED = "purged"
 
 
@@ -182,9 +184,11 @@ class DeadLetterDesk:
         queue: Callable[[str], QueueClient],
         validity: dt.timedelta,
         clock: Callable[[], dt.datetime] = utcnow,
+        suppressions: SuppressionStore,
         payloads: PayloadStore | None = None,
     ) -> None:
         self.index = index
+        self._suppressions = suppressions
         self._payloads = payloads
         self.store = store
         self._queue = queue
@@ -198,6 +202,7 @@ class DeadLetterDesk:
             store=MessageStore.from_settings(settings),
             queue=lambda name: ensured_queue(name, settings),
             validity=dt.timedelta(seconds=settings.send_validity_seconds),
+            suppressions=SuppressionStore.from_settings(settings),
             payloads=PayloadStore.from_settings(settings),
         )
 
@@ -296,7 +301,8 @@ class DeadLetterDesk:
 
     def _redrive_one(self, view: DeadLetterView) -> Handled:
         handled = self._requeue(view)
-        self._remove(view)
+        if handled.kind is not HandledKind.KEPT:
+            self._remove(view)
         return handled
 
     def _purge_one(self, view: DeadLetterView) -> Handled:
@@ -320,11 +326,11 @@ class DeadLetterDesk:
                 return False  # a kept one is indexed: handled from the index
             if not where.matches(queue, POISON, view.dead_lettered_at):
                 return False
-            if redrive:
-                done.append(self._requeue(view))
-            else:
+            if not redrive:
                 done.append(Handled(view.id, HandledKind.PURGED))
-            return True  # delete it
+                return True  # delete it
+            done.append(self._requeue(view))
+            return done[-1].kind is not HandledKind.KEPT
 
         self._scan(queue, None, handle)
         return done
@@ -377,6 +383,8 @@ class DeadLetterDesk:
             # A letter names the message it failed (none: the command's id is another
             # message's, which its re-drive must leave alone); a poison message, its text.
             named = view.message_id if view.entry is not None else _message_id(text)
+            if (opted := self._still_opted_out(named)) is not None:
+                return Handled(view.id, HandledKind.KEPT, opted)
             skipped = self._redrive_record(named)
             if skipped is not None:
                 return Handled(view.id, HandledKind.SKIPPED, skipped)
@@ -432,6 +440,25 @@ class DeadLetterDesk:
             self._announce_redrive(record, valid_until, now)
             return None
         raise RuntimeError(f"message {message_id}: record kept changing during the re-drive")
+
+    def _still_opted_out(self, message_id: str | None) -> str | None:
+        """Why a message that failed ``suppressed`` may not go again (a recipient of it still
+        opts out of its service), or None: it may (they opted back in, or it failed otherwise)."""
+        record = self.store.get(message_id) if message_id else None
+        if record is None or record.status is not MessageStatus.FAILED or not record.service_id:
+            return None
+        if record.failure is None or record.failure.code != "suppressed":
+            return None
+        with contextlib.suppress(ValueError, TypeError, KeyError):  # a command not as we write
+            recipients = json.loads(record.command)["body"]["Recipients"]
+            if self._suppressions.suppressed_many(
+                record.service_id, [str(r["Address"]) for r in recipients]
+            ):
+                return (
+                    f"message {record.message_id}: a recipient still opts out of service "
+                    f"{record.service_id} (STOP); remove the opt-out to send it again"
+                )
+        return None
 
     def _remove(self, view: DeadLetterView) -> None:
         queue = self._queue(view.queue)

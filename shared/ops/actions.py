@@ -219,10 +219,15 @@ class DeadLetterPageDoc(BaseModel):
 class HandledDoc(BaseModel):
     id: str = Field(description="The dead letter's id.", json_schema_extra=ui("Id"))
     outcome: HandledKind = Field(
-        description="redriven, skipped (already sent or cancelled: nothing sent) or purged.",
+        description=(
+            "redriven, skipped (already sent or cancelled: nothing sent), kept (not sent again "
+            "while a recipient opts out; the letter stays) or purged."
+        ),
         json_schema_extra=ui("Outcome"),
     )
-    detail: str | None = Field(None, description="Why skipped.", json_schema_extra=ui("Detail"))
+    detail: str | None = Field(
+        None, description="Why skipped or kept.", json_schema_extra=ui("Detail")
+    )
 
 
 class HandledManyDoc(BaseModel):
@@ -231,6 +236,9 @@ class HandledManyDoc(BaseModel):
     )
     skipped: int = Field(
         0, description="Nothing to send again; removed.", json_schema_extra=ui("Skipped")
+    )
+    kept: int = Field(
+        0, description="Not sent again: a recipient opts out (STOP).", json_schema_extra=ui("Kept")
     )
     purged: int = Field(0, description="Deleted.", json_schema_extra=ui("Purged"))
     more: bool = Field(
@@ -265,6 +273,7 @@ def handled_many(done: list[Handled], more: bool) -> HandledManyDoc:
     return HandledManyDoc(
         redriven=counts[HandledKind.REDRIVEN],
         skipped=counts[HandledKind.SKIPPED],
+        kept=counts[HandledKind.KEPT],
         purged=counts[HandledKind.PURGED],
         more=more,
         items=[HandledDoc(id=h.id, outcome=h.kind, detail=h.detail) for h in done],

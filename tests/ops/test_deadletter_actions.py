@@ -181,6 +181,42 @@ def test_redriving_the_letter_of_a_command_whose_id_another_message_has_leaves_t
     assert [e for e in ops.events() if e["type"] == MESSAGE_REDRIVEN] == []
 
 
+def test_a_send_refused_for_an_opt_out_is_re_driven_only_once_the_recipient_opted_back_in(
+    ops: Outbound,
+) -> None:
+    """Re-driving it (or every letter of reason failed) would send to a number that said STOP:
+    while the opt-out stands the letter is kept with the reason, and nothing is sent; once the
+    opt-out is removed, the re-drive sends it."""
+    from shared.suppressions import SuppressionStore
+
+    phone = "+358409998877"
+    suppressions = SuppressionStore.from_settings()
+    suppressions.add(
+        "s-1001-oneway", phone, keyword="STOP", source="test", now=dt.datetime.now(dt.UTC)
+    )
+    ops.enqueue({"operation": "SendMessage", "messageId": "ops-opted-out", "body": sms(phone)})
+    ops.drain()
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+    letter_id = only_letter(ops)["id"]
+
+    kept = call_http("RedriveDeadLetters", "POST", params={"reason": "failed"})
+
+    assert kept.status == 200, kept.body
+    assert (kept.body["redriven"], kept.body["kept"]) == (0, 1)
+    assert "opts out" in kept.body["items"][0]["detail"]
+    assert only_letter(ops)["id"] == letter_id  # the letter stays
+    record = MessageStore.from_settings().get("ops-opted-out")
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert ops.upstream() == []
+
+    assert suppressions.remove("s-1001-oneway", phone)  # START
+    again = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    assert again.body["outcome"] == "redriven", again.body
+    ops.drain()
+    assert [r["body"]["Recipients"][0]["Address"] for r in ops.upstream()] == [phone]
+
+
 def test_redriving_a_letter_of_a_message_sent_meanwhile_sends_nothing(ops: Outbound) -> None:
     letter_id = expired_send(ops, "ops-redrive-2")
     entry = DeadLetterIndex.from_settings().get(letter_id)
