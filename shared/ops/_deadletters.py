@@ -48,7 +48,7 @@ from shared.outbound import MessageRedrivenData
 from shared.payloads import PayloadStore
 from shared.problems import Problem
 from shared.storage import ensured_queue
-from shared.suppressions import SuppressionStore
+from shared.suppressions import SuppressionStore, refuse_suppressed
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient, QueueMessage
@@ -383,11 +383,9 @@ class DeadLetterDesk:
             # A letter names the message it failed (none: the command's id is another
             # message's, which its re-drive must leave alone); a poison message, its text.
             named = view.message_id if view.entry is not None else _message_id(text)
-            if (opted := self._still_opted_out(named)) is not None:
-                return Handled(view.id, HandledKind.KEPT, opted)
-            skipped = self._redrive_record(named)
-            if skipped is not None:
-                return Handled(view.id, HandledKind.SKIPPED, skipped)
+            not_sent = self._redrive_record(named)
+            if not_sent is not None:
+                return Handled(view.id, *not_sent)
         elif target == INBOUND_DELIVERIES_QUEUE:
             text = _with_attempts_reset(text)
         self._queue(target).send_message(text)
@@ -418,8 +416,9 @@ class DeadLetterDesk:
         )
         self._queue(EVENTS_QUEUE).send_message(event.to_json())
 
-    def _redrive_record(self, message_id: str | None) -> str | None:
-        """Make a failed message sendable again; why not to enqueue it, or None: enqueue."""
+    def _redrive_record(self, message_id: str | None) -> tuple[HandledKind, str] | None:
+        """Make a failed message sendable again; None: enqueue it, else why not (skipped: it
+        ended meanwhile; kept: a recipient still opts out, the letter stays)."""
         if message_id is None:
             return None
         for _ in range(5):  # each round re-reads after a lost compare-and-swap
@@ -427,9 +426,13 @@ class DeadLetterDesk:
             if record is None:
                 return None  # never recorded: the sender records it
             if record.status in (MessageStatus.SENT, MessageStatus.CANCELLED):
-                return f"message {message_id} is {record.status} already: nothing sent again"
+                return HandledKind.SKIPPED, (
+                    f"message {message_id} is {record.status} already: nothing sent again"
+                )
             if record.status is not MessageStatus.FAILED:
                 return None  # back in flight: one more copy is harmless
+            if (opted := self._still_opted_out(record)) is not None:
+                return HandledKind.KEPT, opted
             now = self._clock()
             redriven = self.store.redrive(record, now=now)
             if redriven is None:
@@ -441,23 +444,25 @@ class DeadLetterDesk:
             return None
         raise RuntimeError(f"message {message_id}: record kept changing during the re-drive")
 
-    def _still_opted_out(self, message_id: str | None) -> str | None:
-        """Why a message that failed ``suppressed`` may not go again (a recipient of it still
-        opts out of its service), or None: it may (they opted back in, or it failed otherwise)."""
-        record = self.store.get(message_id) if message_id else None
-        if record is None or record.status is not MessageStatus.FAILED or not record.service_id:
+    def _still_opted_out(self, failed: MessageRecord) -> str | None:
+        """Why ``failed``, if it failed ``suppressed``, may not go again (a recipient of it
+        still opts out of its service), or None: it may (they opted back in, or it failed
+        otherwise)."""
+        if failed.failure is None or failed.failure.code != "suppressed" or not failed.service_id:
             return None
-        if record.failure is None or record.failure.code != "suppressed":
+        try:
+            recipients = json.loads(failed.command)["body"]["Recipients"]
+            addresses = [str(r["Address"]) for r in recipients]
+        except (ValueError, TypeError, KeyError):  # a command not as we write it
             return None
-        with contextlib.suppress(ValueError, TypeError, KeyError):  # a command not as we write
-            recipients = json.loads(record.command)["body"]["Recipients"]
-            if self._suppressions.suppressed_many(
-                record.service_id, [str(r["Address"]) for r in recipients]
-            ):
-                return (
-                    f"message {record.message_id}: a recipient still opts out of service "
-                    f"{record.service_id} (STOP); remove the opt-out to send it again"
-                )
+        try:  # the check the send action and the sender make
+            refuse_suppressed(self._suppressions, failed.service_id, addresses)
+        except Problem as problem:
+            why = "; ".join(e.message for e in problem.errors)
+            return (
+                f"message {failed.message_id} still opts out ({why}); remove the opt-out to "
+                "send it again"
+            )
         return None
 
     def _remove(self, view: DeadLetterView) -> None:

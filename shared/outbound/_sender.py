@@ -201,7 +201,7 @@ class OutboundSender:
             record = self.ports.store.get(command.messageId)
             if record is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
-        if record.fingerprint and record.fingerprint not in _fingerprints(command):
+        if record.fingerprint and not _is_recorded_as(record.fingerprint, command):
             return self.outcomes.dead_letter_malformed(
                 text,
                 ValueError(f"messageId {command.messageId} is already used by a different message"),
@@ -578,16 +578,17 @@ class OutboundSender:
             self.ports.packs.index([created])
 
 
-def _fingerprints(command: OutboundMessage) -> tuple[str, ...]:
-    """The fingerprints ``command``'s record may have: its own, and, for one routed by the
-    connection that claims its customer, the one it had before (accepted while no connection
-    claimed that customer: the connection it goes through now is the one that does)."""
+def _is_recorded_as(fingerprint: str, command: OutboundMessage) -> bool:
+    """Whether ``command`` is the message recorded with ``fingerprint``: its own fingerprint,
+    or, routed by the connection that claims its customer, the one it had before (accepted
+    while no connection claimed that customer: it goes through the one that does now)."""
+    if fingerprint == request_fingerprint(command):
+        return True
     from shared.connections import claimed_by
 
-    own = request_fingerprint(command)
     if command.Connection is None or claimed_by(command.customerId or "") != command.Connection:
-        return (own,)  # (a connection named by the command itself is part of what it is)
-    return own, request_fingerprint(command.model_copy(update={"Connection": None}))
+        return False  # (a connection named by the command itself is part of what it is)
+    return fingerprint == request_fingerprint(command.model_copy(update={"Connection": None}))
 
 
 def reset_sender_cache() -> None:
