@@ -29,5 +29,8 @@ def delivery_report(req: func.HttpRequest) -> func.HttpResponse:
 def dlr_forwarder(msg: func.QueueMessage) -> None:
     """Call the send's own ``DlrUrl`` with one report (see ``shared.inbound._dlr_forward``)."""
     from shared.inbound import DlrForwarder
+    from shared.unconfigured import kept_while_unconfigured
 
-    DlrForwarder.from_settings().process(msg.get_body().decode("utf-8", errors="replace"))
+    text = msg.get_body().decode("utf-8", errors="replace")
+    with kept_while_unconfigured(DLR_FORWARD_QUEUE, text):
+        DlrForwarder.from_settings().process(text)

@@ -72,12 +72,11 @@ def cloud_events_grid(event: func.EventGridEvent) -> None:
 def cloud_events_queue(msg: func.QueueMessage) -> None:
     """Events Event Grid (or anyone) put on ``smartdialog-cloud-events``."""
     from shared.notify import process_cloud_event_message
+    from shared.unconfigured import kept_while_unconfigured
 
-    process_cloud_event_message(
-        msg.get_body().decode("utf-8", errors="replace"),
-        queue_message_id=msg.id,
-        dequeue_count=msg.dequeue_count,
-    )
+    text = msg.get_body().decode("utf-8", errors="replace")
+    with kept_while_unconfigured(CLOUD_EVENTS_QUEUE, text):
+        process_cloud_event_message(text, queue_message_id=msg.id, dequeue_count=msg.dequeue_count)
 
 
 # --- notification rules and recipient lists -------------------------------------------------------

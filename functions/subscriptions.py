@@ -43,8 +43,11 @@ def delete_new_message_trigger(req: func.HttpRequest) -> func.HttpResponse:
 def inbound_dispatcher(msg: func.QueueMessage) -> None:
     """Deliver one inbound event to one New Message subscriber (see ``shared.inbound``)."""
     from shared.inbound import SubscriberDispatcher
+    from shared.unconfigured import kept_while_unconfigured
 
-    SubscriberDispatcher.from_settings().process(msg.get_body().decode("utf-8", errors="replace"))
+    text = msg.get_body().decode("utf-8", errors="replace")
+    with kept_while_unconfigured(INBOUND_DELIVERIES_QUEUE, text):
+        SubscriberDispatcher.from_settings().process(text)
 
 
 #: Hourly, at minute 41: deliveries remembered longer than a week are forgotten.

@@ -75,5 +75,8 @@ def delete_send_failed_trigger(req: func.HttpRequest) -> func.HttpResponse:
 def trigger_fanout(msg: func.QueueMessage) -> None:
     """One note in, one delivery per matching subscriber out (see ``shared.inbound``)."""
     from shared.inbound import fan_out_trigger
+    from shared.unconfigured import kept_while_unconfigured
 
-    fan_out_trigger(msg.get_body().decode("utf-8", errors="replace"))
+    text = msg.get_body().decode("utf-8", errors="replace")
+    with kept_while_unconfigured(TRIGGER_EVENTS_QUEUE, text):
+        fan_out_trigger(text)

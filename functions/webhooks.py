@@ -37,8 +37,11 @@ def inbound_processor(msg: func.QueueMessage) -> None:
     """One intake message in, its CloudEvent on ``smartdialog-inbound`` (once) and one delivery
     per New Message subscriber out (see ``shared.inbound``)."""
     from shared.inbound import process_intake
+    from shared.unconfigured import kept_while_unconfigured
 
-    process_intake(msg.get_body().decode("utf-8", errors="replace"), queue_message_id=msg.id or "")
+    text = msg.get_body().decode("utf-8", errors="replace")
+    with kept_while_unconfigured(INBOUND_INTAKE_QUEUE, text):
+        process_intake(text, queue_message_id=msg.id or "")
 
 
 @bp.function_name("RegisterInboundWebhook")

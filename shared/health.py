@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared.problems import FieldError, Problem, ProblemType
+from shared.problems import FieldError, Problem
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -40,28 +40,13 @@ def settings_errors(settings: Settings) -> list[FieldError]:
 def configuration_problem() -> Problem | None:
     """A 503 problem listing every configuration error (``errors[].field``: the setting), or
     None when the app is configured."""
-    from pydantic import ValidationError
+    from shared.settings import SettingsInvalid, get_settings
 
-    from shared.settings import get_settings
-
-    errors: list[FieldError] = []
     try:
         settings = get_settings()
-    except ValidationError as exc:
-        errors = [
-            FieldError(".".join(str(p) for p in e["loc"]) or "settings", e["msg"])
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-    else:
-        from shared.connections import connection_errors
+    except SettingsInvalid as problem:
+        return problem
+    from shared.connections import connection_errors
 
-        errors = settings_errors(settings) + connection_errors()
-    if not errors:
-        return None
-    return Problem(
-        503,
-        "The app is not configured",
-        "Fix these settings: " + ", ".join(dict.fromkeys(e.field for e in errors)) + ".",
-        type=ProblemType.CONFIGURATION,
-        errors=errors,
-    )
+    errors = settings_errors(settings) + connection_errors()
+    return SettingsInvalid(errors) if errors else None

@@ -13,11 +13,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.names import DEFAULT_CONNECTION, named_connection
-from shared.problems import Problem, ProblemType
+from shared.problems import FieldError, Problem, ProblemType
 
 DEFAULT_BASE_URL = "https://api.arena.fi/api-integrations/v1"
 DEFAULT_AUTHORITY = (
@@ -67,13 +74,28 @@ class PublicUrlNotConfigured(Problem):
         )
 
 
-class Settings(BaseSettings):
-    """Every setting the app reads. Field aliases are the app-setting names."""
+class StorageSettings(BaseSettings):
+    """The storage account's settings alone: what a queue trigger needs to put its message
+    back while the other settings do not validate (:mod:`shared.unconfigured`)."""
 
     # Empty app settings mean "use the default", as in local.settings.sample.json.
     model_config = SettingsConfigDict(
         extra="ignore", populate_by_name=True, frozen=True, env_ignore_empty=True
     )
+
+    # A connection string locally; in Azure, identity-based settings
+    # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
+    # plus __clientId for a user-assigned managed identity).
+    storage: str | None = Field(None, alias="AzureWebJobsStorage")
+    storage_account_name: str | None = Field(None, alias="AzureWebJobsStorage__accountName")
+    storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")
+    storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
+    storage_blob_uri: str | None = Field(None, alias="AzureWebJobsStorage__blobServiceUri")
+    storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
+
+
+class Settings(StorageSettings):
+    """Every setting the app reads. Field aliases are the app-setting names."""
 
     base_url: str = Field(DEFAULT_BASE_URL, alias="SMARTDIALOG_BASE_URL")
     authority: str = Field(DEFAULT_AUTHORITY, alias="SMARTDIALOG_AUTHORITY")
@@ -145,16 +167,7 @@ class Settings(BaseSettings):
     # The operations page (shared/ops, docs/operations.md): who may use it in Azure.
     ops_allowed_groups: str = Field("", alias="SMARTDIALOG_OPS_ALLOWED_GROUPS")
     ops_allowed_roles: str = Field("", alias="SMARTDIALOG_OPS_ALLOWED_ROLES")
-    # Storage: a connection string locally; in Azure, identity-based settings
-    # (AzureWebJobsStorage__accountName or __queueServiceUri/__tableServiceUri,
-    # plus __clientId for a user-assigned managed identity).
     max_request_bytes: int = Field(5_242_880, alias="SMARTDIALOG_MAX_REQUEST_BYTES", ge=1024)
-    storage: str | None = Field(None, alias="AzureWebJobsStorage")
-    storage_account_name: str | None = Field(None, alias="AzureWebJobsStorage__accountName")
-    storage_queue_uri: str | None = Field(None, alias="AzureWebJobsStorage__queueServiceUri")
-    storage_table_uri: str | None = Field(None, alias="AzureWebJobsStorage__tableServiceUri")
-    storage_blob_uri: str | None = Field(None, alias="AzureWebJobsStorage__blobServiceUri")
-    storage_client_id: str | None = Field(None, alias="AzureWebJobsStorage__clientId")
     # Traces and metrics (shared/telemetry.py): off when unset. Not a secret: with local auth
     # off (the Bicep's), ingestion needs the app's Entra identity.
     applicationinsights_connection_string: str | None = Field(
@@ -303,10 +316,40 @@ def _keywords(raw: str) -> frozenset[str]:
     return frozenset(word.strip().upper() for word in raw.split(",") if word.strip())
 
 
+class SettingsInvalid(Problem):
+    """Settings that do not validate, or another configuration error (``errors``: each
+    setting and what is wrong, never its value): a 503 problem. ``/api/health`` answers it, the
+    HTTP functions answer it, and the queue triggers put their message back until the settings
+    are fixed (:mod:`shared.unconfigured`)."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(
+            503,
+            "The app is not configured",
+            "Fix these settings: " + ", ".join(dict.fromkeys(e.field for e in errors)) + ".",
+            type=ProblemType.CONFIGURATION,
+            errors=errors,
+        )
+
+    @classmethod
+    def of(cls, exc: ValidationError) -> SettingsInvalid:
+        """The problem of a pydantic validation error (``loc``: the setting's name)."""
+        return cls(
+            [
+                FieldError(".".join(str(p) for p in e["loc"]) or "settings", e["msg"])
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+        )
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The validated settings, read from the environment once per process."""
-    return Settings()
+    """The validated settings, read from the environment once per process; raises
+    :class:`SettingsInvalid` (not cached: the next call reads again) when they do not validate."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsInvalid.of(exc) from None
 
 
 def reset_settings_cache() -> None:

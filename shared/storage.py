@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-from shared.settings import Settings, get_settings
+from shared.settings import StorageSettings, get_settings
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
@@ -42,10 +42,10 @@ class StorageNotConfigured(RuntimeError):
 
 @dataclass(frozen=True)
 class StorageTarget:
-    """The storage settings of a :class:`Settings` (``AzureWebJobsStorage`` and its
-    identity-based forms): what a storage client depends on, and the key of the per-process
-    client caches. Every connection's settings name the app's one storage account, so they
-    share its clients (one connection pool per service) however many connections there are."""
+    """The storage settings (``AzureWebJobsStorage`` and its identity-based forms): what a
+    storage client depends on, and the key of the per-process client caches. Every
+    connection's settings name the app's one storage account, so they share its clients (one
+    connection pool per service) however many connections there are."""
 
     storage: str | None
     storage_account_name: str | None
@@ -55,7 +55,7 @@ class StorageTarget:
     storage_client_id: str | None
 
     @classmethod
-    def of(cls, settings: Settings) -> StorageTarget:
+    def of(cls, settings: StorageSettings) -> StorageTarget:
         return cls(*(getattr(settings, f.name) for f in fields(cls)))
 
 
@@ -147,7 +147,7 @@ def _connection_string(settings: StorageTarget) -> str | None:
     return value or None
 
 
-def queue_service(settings: Settings | None = None) -> QueueServiceClient:
+def queue_service(settings: StorageSettings | None = None) -> QueueServiceClient:
     """The queue service client for ``settings`` (default: the current settings), cached per
     storage account (:class:`StorageTarget`)."""
     # Resolve the default before the cache: keyed on None, a changed environment would keep
@@ -170,7 +170,7 @@ def _queue_service(settings: StorageTarget) -> QueueServiceClient:
     )
 
 
-def table_service(settings: Settings | None = None) -> TableServiceClient:
+def table_service(settings: StorageSettings | None = None) -> TableServiceClient:
     """The table service client for ``settings`` (default: the current settings), cached per
     storage account (:class:`StorageTarget`)."""
     return _table_service(StorageTarget.of(settings or get_settings()))
@@ -191,7 +191,7 @@ def _table_service(settings: StorageTarget) -> TableServiceClient:
     )
 
 
-def blob_service(settings: Settings | None = None) -> BlobServiceClient:
+def blob_service(settings: StorageSettings | None = None) -> BlobServiceClient:
     """The blob service client for ``settings`` (default: the current settings), cached per
     storage account (:class:`StorageTarget`)."""
     return _blob_service(StorageTarget.of(settings or get_settings()))
@@ -212,7 +212,7 @@ def _blob_service(settings: StorageTarget) -> BlobServiceClient:
     )
 
 
-def queue_client(name: str, settings: Settings | None = None) -> QueueClient:
+def queue_client(name: str, settings: StorageSettings | None = None) -> QueueClient:
     """A client for one queue: plain text (host.json: messageEncoding none), :func:`xml_safe`."""
     return queue_service(settings).get_queue_client(name, message_encode_policy=_xml_safe_text()())
 
@@ -237,7 +237,7 @@ def _xml_safe_text() -> Any:
     return XmlSafeText
 
 
-def table_client(name: str, settings: Settings | None = None) -> TableClient:
+def table_client(name: str, settings: StorageSettings | None = None) -> TableClient:
     """A client for one table."""
     return table_service(settings).get_table_client(name)
 
@@ -460,12 +460,12 @@ def ensure_table(client: TableClient) -> TableClient:
     return client
 
 
-def ensured_table(name: str, settings: Settings | None = None) -> TableClient:
+def ensured_table(name: str, settings: StorageSettings | None = None) -> TableClient:
     """A client for table ``name`` whose table exists (see :func:`ensure_table`)."""
     return ensure_table(table_client(name, settings))
 
 
-def ensured_queue(name: str, settings: Settings | None = None) -> QueueClient:
+def ensured_queue(name: str, settings: StorageSettings | None = None) -> QueueClient:
     """A client for queue ``name``, created once per process if missing (the host creates only
     the queues it triggers on; Bicep creates them all in Azure)."""
     client = queue_client(name, settings)

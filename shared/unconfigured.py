@@ -1,0 +1,47 @@
+"""Queue triggers while the settings do not validate: their messages wait, none is lost.
+
+A setting that does not validate (a Key Vault reference not yet resolved while a new identity's
+role propagates, a mistyped number) makes every function that needs the settings answer a 503
+problem and ``/api/health`` name it. A queue trigger cannot answer: raising would spend the
+message's dequeue count and, after ``maxDequeueCount``, move it to the poison queue. Instead the
+message is put back on its queue, invisible for :data:`RECHECK_SECONDS`, and the invocation
+returns normally, as often as it takes. Only the storage settings are read for that
+(:class:`~shared.settings.StorageSettings`); without them the host retries as for any storage
+failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from shared.settings import SettingsInvalid
+
+__all__ = ["RECHECK_SECONDS", "kept_while_unconfigured"]
+
+log = logging.getLogger("shared.unconfigured")
+
+#: How long a queue message waits before it is tried again while the settings do not validate.
+RECHECK_SECONDS = 60
+
+
+@contextmanager
+def kept_while_unconfigured(queue: str, text: str) -> Iterator[None]:
+    """Run a queue trigger's work on ``text`` (a message of ``queue``); if the settings do not
+    validate, put ``text`` back on ``queue`` for :data:`RECHECK_SECONDS` instead of failing."""
+    try:
+        yield
+    except SettingsInvalid as problem:
+        from shared.settings import StorageSettings
+        from shared.storage import queue_client
+
+        queue_client(queue, StorageSettings()).send_message(
+            text, visibility_timeout=RECHECK_SECONDS
+        )
+        log.error(
+            "%s: the app is not configured (%s); the message is back on the queue for %d s",
+            queue,
+            problem.detail,
+            RECHECK_SECONDS,
+        )

@@ -1,0 +1,111 @@
+"""Settings that do not validate: every HTTP function answers the 503 problem health answers
+(never a 500) and changes nothing; every queue trigger puts its message back instead of
+spending its dequeue count on the way to the poison queue."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import httpx
+import pytest
+from azure.storage.queue import QueueClient
+
+from devhost import DevHost, app_functions, load_app
+from shared.settings import reset_settings_cache
+from shared.unconfigured import RECHECK_SECONDS
+
+REPO = Path(__file__).resolve().parents[1]
+#: A value the settings refuse, and the setting the problem must name.
+BROKEN = ("SMARTDIALOG_QUOTA_CALLS", "0")
+CONFIGURED = {
+    "SMARTDIALOG_CALLBACK_SECRETS": "unconfigured-test-callback-secret-0123456789",
+    "AZURE_FUNCTIONS_ENVIRONMENT": "Development",
+}
+
+
+@pytest.fixture
+def broken(storage_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    for name, value in CONFIGURED.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(*BROKEN)
+    reset_settings_cache()
+    return storage_env
+
+
+def _bindings(kind: str) -> list[tuple[Any, dict[str, Any]]]:
+    from function_app import app
+
+    return [
+        (function, binding)
+        for function in app_functions(app)
+        for binding in map(json.loads, function.get_raw_bindings())
+        if binding["type"] == kind
+    ]
+
+
+def _path(route: str) -> str:
+    return re.sub(r"\{[^}]*\}", "x1", route)
+
+
+def _count(conn: str, queue: str) -> int:
+    client = QueueClient.from_connection_string(conn, queue)
+    client.create_queue() if not _exists(client) else None
+    return int(client.get_queue_properties().approximate_message_count)
+
+
+def _exists(client: QueueClient) -> bool:
+    try:
+        client.get_queue_properties()
+    except Exception:
+        return False
+    return True
+
+
+def test_every_http_function_answers_the_configuration_problem_not_a_500(broken: str) -> None:
+    app = load_app("function_app:app", REPO)
+    answers: dict[str, int] = {}
+    with DevHost(app, REPO / "host.json", port=0, queues=False) as host:
+        for _function, binding in _bindings("httpTrigger"):
+            route = str(binding["route"])
+            for method in binding.get("methods") or ["GET"]:
+                response = httpx.request(
+                    method.upper(),
+                    f"{host.url}/api/{_path(route)}?token=v1.1.x",
+                    json={},
+                    timeout=10,
+                )
+                answers[f"{method.upper()} {route}"] = response.status_code
+                assert response.status_code != 500, (route, response.text)
+        health = httpx.get(f"{host.url}/api/health", timeout=5)
+        send = httpx.post(
+            f"{host.url}/api/messages",
+            json={"Sender": "Shop", "Text": "Hi", "Recipients": [{"Address": "+358401234567"}]},
+            timeout=10,
+        )
+    assert health.status_code == 503
+    assert [e["field"] for e in health.json()["errors"]] == [BROKEN[0]]
+    assert send.status_code == 503, send.text
+    assert send.json()["errors"] == health.json()["errors"]
+    assert _count(broken, "smartdialog-outbound") == 0  # nothing accepted
+    assert list(answers.values()).count(503) >= len(answers) // 2, answers
+
+
+def test_every_queue_trigger_puts_its_message_back_while_the_settings_do_not_validate(
+    broken: str,
+) -> None:
+    triggers = _bindings("queueTrigger")
+    assert len(triggers) >= 6
+    for function, binding in triggers:
+        queue = str(binding["queueName"])
+        before = _count(broken, queue)
+        message = func.QueueMessage(id="m1", body=b'{"kind": "anything"}')
+        function.get_user_function()(message)  # returns: the host deletes the message
+        client = QueueClient.from_connection_string(broken, queue)
+        assert _count(broken, queue) == before + 1, function.get_function_name()
+        assert [m.content for m in client.peek_messages(max_messages=32)].count(
+            '{"kind": "anything"}'
+        ) == 0, f"visible before {RECHECK_SECONDS} s"
