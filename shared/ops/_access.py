@@ -61,7 +61,7 @@ _FORM_SUBJECT = "ops-form/{}"
 
 @dataclass(frozen=True)
 class Principal:
-    """The user the page serves: ``local`` when not on App Service."""
+    """The user the page serves: ``local`` in local development."""
 
     id: str
     name: str
@@ -122,14 +122,17 @@ def authorize(
     """The principal allowed to use the page; raises a 401 or 403 :class:`Problem` otherwise.
     ``headers`` are lower-cased."""
     env = os.environ if environ is None else environ
-    if not on_app_service(env):
+    if settings.local_development and not on_app_service(env):
         return LOCAL
-    if str(env.get("WEBSITE_AUTH_ENABLED", "")).lower() != "true":
+    if not on_app_service(env) or str(env.get("WEBSITE_AUTH_ENABLED", "")).lower() != "true":
+        # Anywhere else (a container, say) nobody vouches for the principal header either.
         raise Problem(
             403,
             "The operations page needs App Service Authentication",
-            "Authentication is off for this app, so no signed-in user can be trusted: deploy "
-            "infra/app/auth.bicep (docs/operations.md).",
+            "Authentication is off for this app, or it does not run on App Service, so no "
+            "signed-in user can be trusted: deploy infra/app/auth.bicep (docs/operations.md). "
+            "Only local development (AZURE_FUNCTIONS_ENVIRONMENT=Development) opens the page "
+            "without it.",
             type=ProblemType.FORBIDDEN,
         )
     principal = parse_principal(headers.get(PRINCIPAL_HEADER))

@@ -19,6 +19,7 @@ from shared.deadletters import DEAD_LETTER_QUEUES, DeadLetterIndex, write_dead_l
 from shared.names import DEAD_LETTERS_TABLE, poison_queue
 from shared.ops import POISON_SOURCES
 from shared.ops.actions import desk
+from shared.settings import reset_settings_cache
 from shared.storage import ensured_table, queue_client, table_client
 from tests.outbound.conftest import Outbound, outbound, outbound_sandbox
 
@@ -47,7 +48,10 @@ def index_written_dead_letters(queue: str) -> list[str]:
 
 @pytest.fixture
 def ops(outbound: Outbound) -> Iterator[Outbound]:
-    """``outbound`` with the dead-letter index, dead-letter and poison queues emptied."""
+    """``outbound`` in local development, with the dead-letter index, dead-letter and poison
+    queues emptied."""
+    outbound.monkeypatch.setenv("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
+    reset_settings_cache()
     table = table_client(DEAD_LETTERS_TABLE)
     with contextlib.suppress(Exception):
         table.create_table()

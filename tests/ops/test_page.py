@@ -94,6 +94,30 @@ def test_locally_the_page_is_open_and_shows_queues_quota_and_dead_letters(ops: O
     assert "&lt;b&gt;in time&lt;/b&gt;" in html
 
 
+@pytest.mark.parametrize("environment", ["Production", None])
+def test_hosted_off_app_service_the_page_and_its_buttons_answer_403_to_everyone(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch, environment: str | None
+) -> None:
+    """Not local development and not App Service (a container, say): nobody vouches for the
+    principal header, so nothing is open, whatever header comes."""
+    if environment is None:
+        monkeypatch.delenv("AZURE_FUNCTIONS_ENVIRONMENT")
+    else:
+        monkeypatch.setenv("AZURE_FUNCTIONS_ENVIRONMENT", environment)
+    for name in ("WEBSITE_INSTANCE_ID", "WEBSITE_HOSTNAME"):
+        monkeypatch.delenv(name, raising=False)
+    reset_settings_cache()
+    one_letter()
+    forged = {"X-MS-CLIENT-PRINCIPAL": principal(groups=(GROUP,))}
+
+    page = get_page(forged)
+    pressed = press("redrive", {"id": "x", "csrf": form_token(get_settings(), LOCAL)}, forged)
+
+    assert page.status_code == 403
+    assert "page-1" not in page.get_body().decode()
+    assert pressed.status_code == 403
+
+
 def test_in_azure_without_a_principal_the_page_answers_401(in_azure: Outbound) -> None:
     page = get_page()
     assert page.status_code == 401
