@@ -393,7 +393,9 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
             "before repeating a change.",
             type=ProblemType.UPSTREAM_TIMEOUT,
         )
-    if isinstance(exc, sd.APIConnectionError):
+    if isinstance(exc, sd.IdentityProviderError):
+        detail = "No token: the identity provider (SMARTDIALOG_AUTHORITY) failed; try again later."
+    elif isinstance(exc, sd.APIConnectionError):
         detail = "SmartDialog could not be reached; try again later."
     elif isinstance(exc, sd.APIStatusError):
         detail = f"SmartDialog failed with status {exc.status_code}; try again later."

@@ -324,6 +324,7 @@ def classify(exc: Exception) -> AttemptResult:
         APIStatusError,
         CredentialsError,
         DuplicateRequestError,
+        IdentityProviderError,
         InternalServerError,
         InvalidParameterError,
         RateLimitError,
@@ -359,7 +360,7 @@ def classify(exc: Exception) -> AttemptResult:
         culprit = address_key(match.group(1)) if match else None
         return Refused(exc.status_code, exc.message, culprit)
     if isinstance(exc, APIConnectionError):
-        not_sent = isinstance(exc.__cause__, _NOT_SENT)
+        not_sent = isinstance(exc, IdentityProviderError) or isinstance(exc.__cause__, _NOT_SENT)
         title = "SmartDialog could not be reached"
         return Transient("upstream-unavailable", title, exc.message, None, None, not_sent)
     if isinstance(exc, QuotaDeniedInAttempt):

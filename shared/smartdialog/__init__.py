@@ -32,7 +32,8 @@ Errors (catch the meaning, not the status number)::
      │                            control character, lone surrogate); nothing sent, no retry
      └── APIError                 a call failed: .operation_id, .method, .path (numbers masked)
           ├── APIConnectionError  no response: DNS, refused or reset connection
-          │    └── APITimeoutError        connect, read, write or pool timeout
+          │    ├── APITimeoutError        connect, read, write or pool timeout
+          │    └── IdentityProviderError  no token: the identity provider failed; nothing sent
           ├── APIResponseValidationError  a 2xx body that does not fit the documented shape
           └── APIStatusError      4xx/5xx: .status_code, .message, .body, .headers
                ├── BadRequestError          400
@@ -71,6 +72,7 @@ from ._exceptions import (
     ConflictError,
     CredentialsError,
     DuplicateRequestError,
+    IdentityProviderError,
     InternalServerError,
     InvalidParameterError,
     NotFoundError,
@@ -148,6 +150,7 @@ __all__ = [
     "DuplicateRequestError",
     "GroupContact",
     "GroupContactUpdate",
+    "IdentityProviderError",
     "InboundAttachment",
     "InboundMessage",
     "InternalServerError",

@@ -145,14 +145,16 @@ class MsalHttpClient:
 
 
 def msal_authority(authority: str, http_client: Any | None) -> tuple[str, Any]:
-    """The https authority msal will accept, and the http client to give msal for it.
-
-    An ``http://`` authority (a local sandbox) is presented to msal as ``https://`` on the same
-    host and rewritten back by a :class:`MsalHttpClient`, unless an ``http_client`` is supplied.
+    """The https authority msal will accept, and the http client to give msal for it: the
+    ``http_client`` supplied, else a :class:`MsalHttpClient` (httpx, :data:`TOKEN_TIMEOUT`;
+    msal's own client waits forever). An ``http://`` authority (a local sandbox) is presented to
+    msal as ``https://`` on the same host and rewritten back by that client.
     """
     parts = urlsplit(authority.rstrip("/"))
-    if parts.scheme != "http" or http_client is not None:
+    if http_client is not None:
         return authority, http_client
+    if parts.scheme != "http":  # httpx with TOKEN_TIMEOUT (msal's own client has none)
+        return authority, MsalHttpClient()
     seen = urlunsplit(("https", parts.netloc, "", "", ""))
     real = urlunsplit(("http", parts.netloc, "", "", ""))
     return urlunsplit(("https", *parts[1:])), MsalHttpClient(rewrite={seen: real})

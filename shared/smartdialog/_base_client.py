@@ -21,8 +21,10 @@ from ._exceptions import (
     APIStatusError,
     APITimeoutError,
     DuplicateRequestError,
+    IdentityProviderError,
     InvalidParameterError,
     RateLimitError,
+    SmartDialogError,
     decode_body,
     display_path,
     error_message,
@@ -204,6 +206,8 @@ class BaseClient:
         attempt = 0
         while True:
             attempt += 1
+            # The token first: a slow identity provider must not age the quota slot taken next.
+            token = self._token(op, path)
             if self._before_attempt is not None:
                 self._before_attempt()
             request = self._http.build_request(
@@ -211,7 +215,7 @@ class BaseClient:
                 url,
                 params=query,
                 content=content,
-                headers={**base_headers, "Authorization": f"Bearer {self.auth.token()}"},
+                headers={**base_headers, "Authorization": f"Bearer {token}"},
                 extensions={"trace": self._trace} if self._before_send is not None else None,
             )
             if self._before_send is not None and not self._hooked:
@@ -304,6 +308,21 @@ class BaseClient:
                 path=response.request.url.path,
                 body=body,
             ) from None
+
+    def _token(self, op: Operation, path: str) -> str:
+        """The bearer token; an identity provider that fails (unreachable, timed out, an answer
+        msal cannot read) raises :class:`IdentityProviderError`: nothing was sent."""
+        try:
+            return self.auth.token()
+        except SmartDialogError:  # no credentials, or refused: CredentialsError
+            raise
+        except Exception as exc:
+            raise IdentityProviderError(
+                f"no token: the identity provider failed ({type(exc).__name__})",
+                operation_id=op.operation_id,
+                method=op.method,
+                path=path,
+            ) from exc
 
     def _connection_error(
         self, op: Operation, path: str, exc: httpx.HTTPError

@@ -117,6 +117,11 @@ class APITimeoutError(APIConnectionError):
     """The request timed out (connecting, writing, reading or waiting for a pooled connection)."""
 
 
+class IdentityProviderError(APIConnectionError):
+    """No token for the request: the identity provider could not be reached, timed out or
+    answered with something msal could not read. Nothing was sent to SmartDialog."""
+
+
 class APIResponseValidationError(APIError):
     """A successful response whose body does not fit the documented shape."""
 
@@ -259,7 +264,7 @@ def decode_body(response: httpx.Response) -> object:
         return None
     try:
         return json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth: text too
         return response.text
 
 

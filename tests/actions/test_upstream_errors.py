@@ -134,7 +134,38 @@ def test_unreachable_smartdialog_is_502(app: App, monkeypatch: pytest.MonkeyPatc
     assert reply.body["type"] == problem_type("upstream-unavailable")
 
 
+def test_an_unreachable_identity_provider_is_502_not_500(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    wire(
+        monkeypatch,
+        app.sandbox,
+        SMARTDIALOG_ACCESS_TOKEN="",
+        SMARTDIALOG_CLIENT_ID="app-1",
+        SMARTDIALOG_CLIENT_SECRET="s3cret-s3cret",
+        SMARTDIALOG_AUTHORITY=f"https://127.0.0.1:{port}/tenant",
+    )
+    reply = call("GetPhoneNumberRegions", method="GET")
+    assert reply.status == 502, reply.body
+    assert reply.body["type"] == problem_type("upstream-unavailable")
+    assert "SMARTDIALOG_AUTHORITY" in reply.body["detail"]
+    assert app.sandbox.state.snapshot("requests") == []
+
+
 # Faults the sandbox cannot produce for these operations: a transport that fails on purpose.
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_an_upstream_body_nested_past_the_parsers_depth_is_502(app: App, status: int) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    code, body, _ = run(
+        "GetUserCustomers", mock_client(lambda r: httpx.Response(status, content=deep))
+    )
+    assert code == 502
+    assert body["type"] == problem_type("upstream-unavailable")
 
 
 def mock_client(

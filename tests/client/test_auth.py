@@ -260,3 +260,59 @@ def test_from_settings_with_client_credentials_against_an_http_authority(
     with SmartDialogClient.from_settings(configured) as client:
         assert client.get_phone_number_regions()
     assert token_calls(sd) == 1
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_unreachable_identity_provider_is_an_identity_provider_error_and_nothing_is_sent(
+    make_client: Callable[..., SmartDialogClient], captured: list[object]
+) -> None:
+    """msal's discovery fails (https, nobody listens): not a bare exception but an
+    APIConnectionError that says no token came, before any quota slot was taken."""
+    from shared.smartdialog import APIConnectionError, IdentityProviderError
+
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        authority=f"https://127.0.0.1:{_closed_port()}/tenant",
+        scopes=SCOPES,
+    )
+    slots: list[int] = []
+    with pytest.raises(IdentityProviderError) as caught:
+        make_client(auth=auth, before_attempt=lambda: slots.append(1)).get_user_customers()
+    assert isinstance(caught.value, APIConnectionError)
+    assert slots == []  # no quota slot for a request that cannot go
+    assert captured == []
+
+
+def test_the_token_is_fetched_before_the_quota_slot(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    """A token fetch can take seconds (a cold msal, its discovery): taken after the slot, the
+    request would leave on a grant older than the quota's safety margin."""
+    order: list[str] = []
+
+    class SlowAuth(CountingAuth):
+        def token(self) -> str:
+            order.append("token")
+            return super().token()
+
+    make_client(
+        auth=SlowAuth("sandbox-token"), before_attempt=lambda: order.append("slot")
+    ).get_user_customers()
+    assert order == ["token", "slot"]
+
+
+def test_msal_gets_a_client_with_a_timeout_for_an_https_authority() -> None:
+    from shared.smartdialog._auth import msal_authority
+
+    authority, client = msal_authority("https://login.example/tenant", None)
+    assert authority == "https://login.example/tenant"
+    assert isinstance(client, MsalHttpClient)  # msal's own requests session has no timeout
+    client.close()

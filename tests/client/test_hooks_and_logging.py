@@ -114,10 +114,11 @@ def test_before_send_runs_last_in_every_attempt_before_the_request_leaves(
     client.send_message(sms(TEMPORARY), customer_id=CUSTOMER, service_id=ONE_WAY)
     client.close()
     # Called before handing the request to httpx, and (a real transport) again right before the
-    # headers are written: after the quota hook and the token, before the attempt arrived.
+    # headers are written: after the token and the quota hook (the token first, so a slow one
+    # never ages the slot), before the attempt arrived.
     assert events.count("send after 0") == 2
     collapsed = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
-    assert collapsed == [e for n in range(3) for e in ("attempt", "token", f"send after {n}")]
+    assert collapsed == [e for n in range(3) for e in ("token", "attempt", f"send after {n}")]
 
 
 @pytest.mark.parametrize("own_http_client", [True, False], ids=["request-hook", "injected-http"])

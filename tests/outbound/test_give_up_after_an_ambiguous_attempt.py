@@ -146,3 +146,31 @@ def test_a_message_whose_worker_died_mid_call_and_whose_validity_ended_is_not_fa
     assert failed.failure is not None
     assert failed.failure.code == "outcome-unknown"  # not expired: it was sent
     assert len(outbound.upstream()) == 1
+
+
+def test_a_send_whose_token_cannot_be_had_fails_as_certainly_not_sent(outbound: Outbound) -> None:
+    """The identity provider unreachable: every attempt is a transient failure that sent
+    nothing (no bare exception for the host to retry into the poison queue), and giving up says
+    ``attempts-exhausted``, never ``outcome-unknown``."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    outbound.configure(
+        ACCESS_TOKEN="",
+        CLIENT_ID="app-1",
+        CLIENT_SECRET="s3cret-s3cret",
+        AUTHORITY=f"https://127.0.0.1:{port}/tenant",
+        SEND_MAX_ATTEMPTS=2,
+    )
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+
+    outbound.drain()
+
+    failed = stored(accepted.body["Id"])
+    assert failed.status is MessageStatus.FAILED
+    assert failed.failure is not None
+    assert failed.failure.code == "attempts-exhausted"
+    assert not failed.maybe_sent
+    assert outbound.upstream() == []
