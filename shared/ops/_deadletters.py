@@ -259,9 +259,10 @@ class DeadLetterDesk:
 
     # --- acting --------------------------------------------------------------------------
 
-    def redrive(self, view: DeadLetterView) -> Handled:
-        """Put one dead letter's message back on its queue (see the module docstring)."""
-        handled = self._redrive_one(view)
+    def redrive(self, view: DeadLetterView, *, force: bool = False) -> Handled:
+        """Put one dead letter's message back on its queue (see the module docstring);
+        ``force``: even a send that may have reached SmartDialog already (outcome-unknown)."""
+        handled = self._redrive_one(view, force=force)
         _log_counts([handled])
         return handled
 
@@ -272,35 +273,36 @@ class DeadLetterDesk:
         return handled
 
     def redrive_matching(
-        self, where: DeadLetterFilter, *, limit: int
+        self, where: DeadLetterFilter, *, limit: int, force: bool = False
     ) -> tuple[list[Handled], bool]:
-        """Re-drive up to ``limit`` dead letters passing ``where``; (what happened, more left)."""
-        return self._each(where, limit, redrive=True)
+        """Re-drive up to ``limit`` dead letters passing ``where``; (what happened, more left).
+        ``force`` as for :meth:`redrive`."""
+        return self._each(where, limit, redrive=True, force=force)
 
     def purge_matching(self, where: DeadLetterFilter, *, limit: int) -> tuple[list[Handled], bool]:
         """Purge up to ``limit`` dead letters passing ``where``; (what happened, more left)."""
         return self._each(where, limit, redrive=False)
 
     def _each(
-        self, where: DeadLetterFilter, limit: int, *, redrive: bool
+        self, where: DeadLetterFilter, limit: int, *, redrive: bool, force: bool = False
     ) -> tuple[list[Handled], bool]:
-        act = self._redrive_one if redrive else self._purge_one
         done: list[Handled] = []
         for queue in self.poison_queues(where):
             if len(done) >= limit:
                 _log_counts(done)
                 return done, True
-            done += self._each_poison(queue, where, limit - len(done), redrive=redrive)
+            done += self._each_poison(queue, where, limit - len(done), redrive, force)
         for entry in self.index.matching(where, limit=limit - len(done) + 1):
             if len(done) >= limit:
                 _log_counts(done)
                 return done, True
-            done.append(act(_from_entry(entry)))
+            view = _from_entry(entry)
+            done.append(self._redrive_one(view, force=force) if redrive else self._purge_one(view))
         _log_counts(done)
         return done, False
 
-    def _redrive_one(self, view: DeadLetterView) -> Handled:
-        handled = self._requeue(view)
+    def _redrive_one(self, view: DeadLetterView, *, force: bool) -> Handled:
+        handled = self._requeue(view, force=force)
         if handled.kind is not HandledKind.KEPT:
             self._remove(view)
         return handled
@@ -314,8 +316,8 @@ class DeadLetterDesk:
         queue: str,
         where: DeadLetterFilter,
         limit: int,
-        *,
         redrive: bool,
+        force: bool,
     ) -> list[Handled]:
         """One scan of a poison queue: each matching message (up to ``limit``) is acted on."""
         done: list[Handled] = []
@@ -329,7 +331,7 @@ class DeadLetterDesk:
             if not redrive:
                 done.append(Handled(view.id, HandledKind.PURGED))
                 return True  # delete it
-            done.append(self._requeue(view))
+            done.append(self._requeue(view, force=force))
             return done[-1].kind is not HandledKind.KEPT
 
         self._scan(queue, None, handle)
@@ -370,7 +372,7 @@ class DeadLetterDesk:
 
     # --- queues ----------------------------------------------------------------------------
 
-    def _requeue(self, view: DeadLetterView) -> Handled:
+    def _requeue(self, view: DeadLetterView, *, force: bool) -> Handled:
         text = view.original
         blob = view.entry.letter().get("originalBlob") if view.entry is not None else None
         if isinstance(blob, str):  # an original too large for the letter (docs/sending.md, Sizes)
@@ -383,7 +385,7 @@ class DeadLetterDesk:
             # A letter names the message it failed (none: the command's id is another
             # message's, which its re-drive must leave alone); a poison message, its text.
             named = view.message_id if view.entry is not None else _message_id(text)
-            not_sent = self._redrive_record(named)
+            not_sent = self._redrive_record(named, force=force)
             if not_sent is not None:
                 return Handled(view.id, *not_sent)
         elif target == INBOUND_DELIVERIES_QUEUE:
@@ -416,9 +418,12 @@ class DeadLetterDesk:
         )
         self._queue(EVENTS_QUEUE).send_message(event.to_json())
 
-    def _redrive_record(self, message_id: str | None) -> tuple[HandledKind, str] | None:
+    def _redrive_record(
+        self, message_id: str | None, *, force: bool
+    ) -> tuple[HandledKind, str] | None:
         """Make a failed message sendable again; None: enqueue it, else why not (skipped: it
-        ended meanwhile; kept: a recipient still opts out, the letter stays)."""
+        ended meanwhile; kept: a recipient still opts out, or, unless ``force``, it may have
+        reached SmartDialog already; the letter stays)."""
         if message_id is None:
             return None
         for _ in range(5):  # each round re-reads after a lost compare-and-swap
@@ -433,6 +438,8 @@ class DeadLetterDesk:
                 return None  # back in flight: one more copy is harmless
             if (opted := self._still_opted_out(record)) is not None:
                 return HandledKind.KEPT, opted
+            if not force and (doubt := _maybe_sent(record)) is not None:
+                return HandledKind.KEPT, doubt
             now = self._clock()
             redriven = self.store.redrive(record, now=now)
             if redriven is None:
@@ -555,3 +562,22 @@ def _log_counts(done: Iterable[Handled]) -> None:
             "dead letters handled: %s",
             ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())),
         )
+
+
+def _maybe_sent(failed: MessageRecord) -> str | None:
+    """Why a re-drive of ``failed`` needs ``force``: it failed ``outcome-unknown``, so an
+    attempt may have reached SmartDialog, which de-duplicates a repeat only by its RequestId, at
+    best effort, and not at all for a discussion reply (none) or a pack member (re-driven alone,
+    with its own RequestId, not the pack's)."""
+    if failed.failure is None or failed.failure.code != "outcome-unknown":
+        return None
+    if failed.request_id is None:
+        why = "it has no RequestId, so SmartDialog cannot tell a repeat"
+    elif failed.pack_id is not None:
+        why = f"it went in pack {failed.pack_id}, whose RequestId a re-drive does not reuse"
+    else:
+        why = "SmartDialog tells a repeat of its RequestId only at best effort"
+    return (
+        f"message {failed.message_id} may have been sent already (outcome-unknown) and {why}: "
+        "check its recipients' delivery reports, then re-drive it with force=true"
+    )

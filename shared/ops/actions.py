@@ -161,6 +161,24 @@ class OneInput(ActionInput):
     dead_letter_id: DeadLetterIdPath
 
 
+ForceQuery = Annotated[
+    bool,
+    Param("query", "force"),
+    Field(
+        False,
+        description=(
+            "Re-drive even a send that failed outcome-unknown (it may have been sent already: "
+            "check its delivery reports first). Without it such a letter is kept."
+        ),
+        json_schema_extra=ui("Force", visibility="advanced"),
+    ),
+]
+
+
+class RedriveOneInput(OneInput):
+    force: ForceQuery = False
+
+
 # --- documents ------------------------------------------------------------------------------------
 
 
@@ -326,8 +344,8 @@ def get_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
     )
 
 
-def redrive_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
-    done = desk(ctx.settings).redrive(_one(ctx, inp))
+def redrive_dead_letter(ctx: ActionContext, inp: RedriveOneInput) -> ActionResponse:
+    done = desk(ctx.settings).redrive(_one(ctx, inp), force=inp.force)
     return ActionResponse.json(HandledDoc(id=done.id, outcome=done.kind, detail=done.detail))
 
 
@@ -349,10 +367,10 @@ def _require_filter(inp: _Filtered) -> None:
         )
 
 
-def redrive_dead_letters(ctx: ActionContext, inp: _Filtered) -> ActionResponse:
+def redrive_dead_letters(ctx: ActionContext, inp: RedriveManyInput) -> ActionResponse:
     _require_filter(inp)
     done, more = desk(ctx.settings).redrive_matching(
-        inp.dead_letter_filter(utcnow()), limit=BULK_LIMIT
+        inp.dead_letter_filter(utcnow()), limit=BULK_LIMIT, force=inp.force
     )
     return ActionResponse.json(handled_many(done, more))
 
@@ -369,7 +387,18 @@ class BulkInput(_Filtered):
     pass
 
 
-SPECS: tuple[ActionSpec[ListInput] | ActionSpec[OneInput] | ActionSpec[BulkInput], ...] = (
+class RedriveManyInput(_Filtered):
+    force: ForceQuery = False
+
+
+SPECS: tuple[
+    ActionSpec[ListInput]
+    | ActionSpec[OneInput]
+    | ActionSpec[RedriveOneInput]
+    | ActionSpec[BulkInput]
+    | ActionSpec[RedriveManyInput],
+    ...,
+] = (
     ActionSpec(
         operation_id="ListDeadLetters",
         method="GET",
@@ -401,12 +430,13 @@ SPECS: tuple[ActionSpec[ListInput] | ActionSpec[OneInput] | ActionSpec[BulkInput
         operation_id="RedriveDeadLetter",
         method="POST",
         route="deadletters/{DeadLetterId}/redrive",
-        input=OneInput,
+        input=RedriveOneInput,
         handler=redrive_dead_letter,
         summary="Re-drive a dead letter",
         description=(
             "Puts the message back on its queue with its original message id; a send that was "
-            "sent meanwhile is not sent again (skipped)."
+            "sent meanwhile is not sent again (skipped); one that may have been sent already "
+            "(outcome-unknown) is kept unless force is true."
         ),
         responses=(ResponseDoc(200, "What happened.", HandledDoc),),
         visibility="advanced",
@@ -428,7 +458,7 @@ SPECS: tuple[ActionSpec[ListInput] | ActionSpec[OneInput] | ActionSpec[BulkInput
         operation_id="RedriveDeadLetters",
         method="POST",
         route="deadletters/redrive",
-        input=BulkInput,
+        input=RedriveManyInput,
         handler=redrive_dead_letters,
         summary="Re-drive matching dead letters",
         description=f"Re-drives up to {BULK_LIMIT} dead letters matching the filters.",

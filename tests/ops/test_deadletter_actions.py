@@ -217,6 +217,50 @@ def test_a_send_refused_for_an_opt_out_is_re_driven_only_once_the_recipient_opte
     assert [r["body"]["Recipients"][0]["Address"] for r in ops.upstream()] == [phone]
 
 
+def test_a_send_that_may_have_been_sent_is_re_driven_only_with_force(ops: Outbound) -> None:
+    """SmartDialog accepted it, the answer was lost, and it gave up (outcome-unknown):
+    ``RedriveDeadLetters?reason=failed``, as the runbook shows, must not send it a second time
+    on its own. The letter is kept with the reason; ``force=true`` re-drives it."""
+    from sandbox.faults import FaultKind, FaultPlan
+
+    ops.configure(SEND_MAX_ATTEMPTS=1)
+    ops.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    try:
+        ops.enqueue(
+            {"operation": "SendMessage", "messageId": "ops-unknown", "body": sms(DELIVERED)}
+        )
+        ops.drain()
+    finally:
+        ops.sandbox.app.faults.configure(FaultPlan())
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+    letter_id = only_letter(ops)["id"]
+    assert len(ops.upstream()) == 1
+
+    kept = call_http("RedriveDeadLetters", "POST", params={"reason": "failed"})
+    single = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    ops.drain()
+
+    assert (kept.body["redriven"], kept.body["kept"]) == (0, 1), kept.body
+    assert "may have been sent" in kept.body["items"][0]["detail"]
+    assert single.body["outcome"] == "kept", single.body
+    assert only_letter(ops)["id"] == letter_id
+    assert len(ops.upstream()) == 1
+    assert [e for e in ops.events() if e["type"] == MESSAGE_REDRIVEN] == []
+
+    forced = call_http(
+        "RedriveDeadLetter",
+        "POST",
+        route_params={"DeadLetterId": letter_id},
+        params={"force": "true"},
+    )
+    ops.drain()
+    assert forced.body["outcome"] == "redriven", forced.body
+    record = MessageStore.from_settings().get("ops-unknown")
+    assert record is not None
+    assert record.status is MessageStatus.SENT
+    assert record.duplicate  # the repeat of its RequestId, answered with the first answer
+
+
 def test_redriving_a_letter_of_a_message_sent_meanwhile_sends_nothing(ops: Outbound) -> None:
     letter_id = expired_send(ops, "ops-redrive-2")
     entry = DeadLetterIndex.from_settings().get(letter_id)
