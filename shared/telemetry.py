@@ -59,6 +59,11 @@ TRACEPARENT = "traceparent"
 
 SpanKindName = Literal["internal", "server", "client", "producer", "consumer"]
 
+#: The distro's instrumentations that record each request's whole URL, which holds phone
+#: numbers (a contact's in SmartDialog's path, a Table RowKey) and ``?token=`` credentials: off.
+#: Our own spans cover the SmartDialog calls and the queue hops, with masked paths.
+URL_RECORDING = ("azure_sdk", "httpx", "requests", "urllib", "urllib3")
+
 log = logging.getLogger("shared.telemetry")
 _lock = threading.Lock()
 _configured: bool | None = None
@@ -86,7 +91,11 @@ def _configure() -> bool:
 
     # The exporter reads APPLICATIONINSIGHTS_AUTHENTICATION_STRING (Entra ID auth) itself.
     # Logs stay with the Functions host, which ships them already: no second copy.
-    configure_azure_monitor(connection_string=connection_string, disable_logging=True)
+    configure_azure_monitor(
+        connection_string=connection_string,
+        disable_logging=True,
+        instrumentation_options={name: {"enabled": False} for name in URL_RECORDING},
+    )
     log.info("OpenTelemetry: traces and metrics go to Application Insights")
     return True
 

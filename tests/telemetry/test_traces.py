@@ -22,6 +22,7 @@ from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import CUSTOMER, ONE_WAY, TWO_WAY, Inbound, _app_functions
 from tests.outbound.conftest import Outbound, call_http, sms
 from tests.telemetry.conftest import Telemetry
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DELIVERED = "+358400000001"
@@ -112,8 +113,13 @@ def test_one_trace_runs_from_send_message_to_the_delivery_reports_events(
     [action] = telemetry.spans("SendMessage")
     [processed] = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
     [call] = telemetry.spans("SmartDialog SendMessage")
-    reports = telemetry.spans("SmartDialog delivery report")
-    assert len(reports) == 2
+
+    # A report's event goes out inside its span: the span ends a moment after the event.
+    def both_reports() -> list[Any] | None:
+        found = telemetry.spans("SmartDialog delivery report")
+        return found if len(found) == 2 else None
+
+    reports = wait_for(both_reports, what="both delivery-report spans to end")
     for span in [action, processed, call, *reports]:
         assert span.context is not None
         assert span.context.trace_id == trace_id, span.name

@@ -1,0 +1,79 @@
+"""With Application Insights configured, no span carries a phone number or a URL's token: the
+distro's own HTTP and Azure SDK instrumentations record whole request URLs (a contact's number
+in SmartDialog's path, a suppression's number as a Table RowKey, a callback's ``?token=``).
+
+The distro sets the process's global tracer provider, so it runs in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sandbox.server import SandboxServer
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = """
+import json, os, sys
+import httpx
+from shared.telemetry import configure
+assert configure()
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+exporter = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
+from shared.telemetry import span
+with span("probe"):
+    try:
+        httpx.get(sys.argv[1] + "/groupcontact/c1/g1/%2B358401234567?token=v1.s3cr3t", timeout=5)
+    except Exception:
+        pass
+    from azure.data.tables import TableClient
+    table = TableClient.from_connection_string(os.environ["AzureWebJobsStorage"], "probe")
+    try:
+        table.create_table()
+    except Exception:
+        pass
+    try:
+        table.get_entity("svc", "+358401234567")
+    except Exception:
+        pass
+spans = exporter.get_finished_spans()
+print(json.dumps([[s.name, {k: str(v) for k, v in (s.attributes or {}).items()}] for s in spans]))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_no_span_records_a_phone_number_or_a_token(
+    storage_env: str, sandbox_server: SandboxServer
+) -> None:
+    env = {
+        **os.environ,
+        "AzureWebJobsStorage": storage_env,
+        # Nowhere to export to: the exporter's failures are its own (the probe exits at once).
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": (
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+            "IngestionEndpoint=http://127.0.0.1:9/"
+        ),
+        "OTEL_TRACES_SAMPLER": "always_on",  # the distro's default samples by rate
+        "PYTHONPATH": str(REPO),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", PROBE, sandbox_server.api_url],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    spans = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "probe" in [name for name, _ in spans], spans  # spans were recorded
+    text = json.dumps(spans)
+    assert "358401234567" not in text, spans
+    assert "s3cr3t" not in text, spans
