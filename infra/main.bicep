@@ -49,7 +49,7 @@ param smartDialogAuthority string = ''
 @description('SMARTDIALOG_CLIENT_ID: the OAuth client (application) id given by SmartDialog.')
 param smartDialogClientId string = ''
 
-@description('SMARTDIALOG_SCOPES: space-separated OAuth scopes. Empty: the scopes of the certified connector.')
+@description('SMARTDIALOG_SCOPES: space- or comma-separated OAuth scopes. Empty: the scopes of the certified connector.')
 param smartDialogScopes string = ''
 
 @description('SMARTDIALOG_CUSTOMER_ID: the default SmartDialog customer id.')

@@ -77,8 +77,9 @@ CUSTOMERS = "CUSTOMERS"
 NAME_MAX_LENGTH = 64
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 #: Settings of the app, not of an account: the URLs and tokens we hand out are checked by
-#: functions that do not route (status, delivery-report and webhook URLs).
-APP_WIDE = ("CALLBACK_SECRETS", "PUBLIC_BASE_URL")
+#: functions that do not route (status, delivery-report and webhook URLs), the URLs we are
+#: given are called by the app's dispatcher, and a body's size is checked before routing.
+APP_WIDE = ("CALLBACK_SECRETS", "PUBLIC_BASE_URL", "CALLBACK_ALLOWED_HOSTS", "MAX_REQUEST_BYTES")
 
 
 class UnknownConnection(Problem):

@@ -34,6 +34,9 @@ EVENTS_QUEUE = "smartdialog-events"
 
 #: Sliding-log quota entities, one per SmartDialog connection.
 QUOTA_TABLE = "SmartDialogQuota"
+#: The largest quota one connection may have (SMARTDIALOG_QUOTA_CALLS): its sliding log is one
+#: string property, which stays far below the 32K-character limit of a Table property.
+QUOTA_MAX_CALLS = 2000
 
 #: Outbound messages that failed for good or were malformed, each wrapped with its reason
 #: (``schemas/outbound-dead-letter.json``). The host's own ``-poison`` queue is separate.

@@ -12,18 +12,20 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.names import DEFAULT_CONNECTION, named_connection
+from shared.names import DEFAULT_CONNECTION, QUOTA_MAX_CALLS, named_connection
 from shared.problems import FieldError, Problem, ProblemType
 
 DEFAULT_BASE_URL = "https://api.arena.fi/api-integrations/v1"
@@ -49,6 +51,9 @@ DEFAULT_SCOPES = " ".join(
 #: attempt when that is shorter (the sub-second leases of tests).
 LEASE_MARGIN_SECONDS = 1.0
 LEASE_MARGIN_SHARE = 0.25
+#: The longest duration any ``*_SECONDS`` setting may give (ten years): a time plus it must
+#: stay a valid time.
+LONGEST_SECONDS = 10 * 365 * 86400
 #: ``AZURE_FUNCTIONS_ENVIRONMENT`` of local development: Core Tools and the dev host set it.
 LOCAL_DEVELOPMENT = "Development"
 #: Where ``func start`` and the dev host serve, the public base URL of local development.
@@ -79,8 +84,13 @@ class StorageSettings(BaseSettings):
     back while the other settings do not validate (:mod:`shared.unconfigured`)."""
 
     # Empty app settings mean "use the default", as in local.settings.sample.json.
+    # No NaN or infinity: a number of seconds is added to a time, and inf overflows it.
     model_config = SettingsConfigDict(
-        extra="ignore", populate_by_name=True, frozen=True, env_ignore_empty=True
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+        env_ignore_empty=True,
+        allow_inf_nan=False,
     )
 
     # A connection string locally; in Azure, identity-based settings
@@ -106,12 +116,16 @@ class Settings(StorageSettings):
     access_token: SecretStr | None = Field(None, alias="SMARTDIALOG_ACCESS_TOKEN")
     customer_id: str | None = Field(None, alias="SMARTDIALOG_CUSTOMER_ID")
     service_id: str | None = Field(None, alias="SMARTDIALOG_SERVICE_ID")
-    quota_calls: int = Field(100, alias="SMARTDIALOG_QUOTA_CALLS", gt=0)
-    quota_period_seconds: float = Field(60.0, alias="SMARTDIALOG_QUOTA_PERIOD_SECONDS", gt=0)
-    quota_safety_margin_seconds: float = Field(
-        0.25, alias="SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", ge=0
+    quota_calls: int = Field(100, alias="SMARTDIALOG_QUOTA_CALLS", gt=0, le=QUOTA_MAX_CALLS)
+    quota_period_seconds: float = Field(
+        60.0, alias="SMARTDIALOG_QUOTA_PERIOD_SECONDS", gt=0, le=LONGEST_SECONDS
     )
-    quota_wait_seconds: float = Field(5.0, alias="SMARTDIALOG_QUOTA_WAIT_SECONDS", ge=0)
+    quota_safety_margin_seconds: float = Field(
+        0.25, alias="SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", ge=0, le=LONGEST_SECONDS
+    )
+    quota_wait_seconds: float = Field(
+        5.0, alias="SMARTDIALOG_QUOTA_WAIT_SECONDS", ge=0, le=LONGEST_SECONDS
+    )
     # The origin of the URLs we hand out; see public_base_url for the fallbacks.
     public_base_url_setting: str | None = Field(None, alias="SMARTDIALOG_PUBLIC_BASE_URL")
     # Set by the platform: App Service's host name, and "Development" under Core Tools/dev host.
@@ -120,11 +134,21 @@ class Settings(StorageSettings):
     callback_secrets: SecretStr | None = Field(None, alias="SMARTDIALOG_CALLBACK_SECRETS")
     # Outbound sends (shared/outbound, docs/sending.md).
     send_max_attempts: int = Field(8, alias="SMARTDIALOG_SEND_MAX_ATTEMPTS", ge=1)
-    send_validity_seconds: float = Field(86400.0, alias="SMARTDIALOG_SEND_VALIDITY_SECONDS", gt=0)
-    send_retry_base_seconds: float = Field(2.0, alias="SMARTDIALOG_SEND_RETRY_BASE_SECONDS", ge=0)
-    send_retry_max_seconds: float = Field(300.0, alias="SMARTDIALOG_SEND_RETRY_MAX_SECONDS", ge=0)
-    send_lease_seconds: float = Field(120.0, alias="SMARTDIALOG_SEND_LEASE_SECONDS", gt=0)
-    send_timeout_seconds: float = Field(30.0, alias="SMARTDIALOG_SEND_TIMEOUT_SECONDS", gt=0)
+    send_validity_seconds: float = Field(
+        86400.0, alias="SMARTDIALOG_SEND_VALIDITY_SECONDS", gt=0, le=LONGEST_SECONDS
+    )
+    send_retry_base_seconds: float = Field(
+        2.0, alias="SMARTDIALOG_SEND_RETRY_BASE_SECONDS", ge=0, le=LONGEST_SECONDS
+    )
+    send_retry_max_seconds: float = Field(
+        300.0, alias="SMARTDIALOG_SEND_RETRY_MAX_SECONDS", ge=0, le=LONGEST_SECONDS
+    )
+    send_lease_seconds: float = Field(
+        120.0, alias="SMARTDIALOG_SEND_LEASE_SECONDS", gt=0, le=LONGEST_SECONDS
+    )
+    send_timeout_seconds: float = Field(
+        30.0, alias="SMARTDIALOG_SEND_TIMEOUT_SECONDS", gt=0, le=LONGEST_SECONDS
+    )
     send_quota_wait_seconds: float = Field(
         1.0, alias="SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS", ge=0, le=10
     )
@@ -136,19 +160,21 @@ class Settings(StorageSettings):
     pack_max_recipients: int = Field(500, alias="SMARTDIALOG_PACK_MAX_RECIPIENTS", ge=1, le=1000)
     # The longest Retry-After of a pending status; the answer is the sender's estimate.
     send_status_retry_after_seconds: int = Field(
-        30, alias="SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS", ge=1
+        30, alias="SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS", ge=1, le=LONGEST_SECONDS
     )
     # Retry-After of an open question's status URL (SendMessageAndWaitForReply waits for days).
-    question_poll_seconds: int = Field(60, alias="SMARTDIALOG_QUESTION_POLL_SECONDS", ge=1)
+    question_poll_seconds: int = Field(
+        60, alias="SMARTDIALOG_QUESTION_POLL_SECONDS", ge=1, le=LONGEST_SECONDS
+    )
     status_token_ttl_seconds: float = Field(
-        2592000.0, alias="SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS", ge=0
+        2592000.0, alias="SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS", ge=0, le=LONGEST_SECONDS
     )
     # A DLR URL's token lives the send's validity plus this (reports after delivery attempts).
     dlr_reporting_window_seconds: float = Field(
-        604800.0, alias="SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS", gt=0
+        604800.0, alias="SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS", gt=0, le=LONGEST_SECONDS
     )
     idempotency_ttl_seconds: float = Field(
-        604800.0, alias="SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS", gt=0
+        604800.0, alias="SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS", gt=0, le=LONGEST_SECONDS
     )
     # Inbound messages, subscriptions, opt-out (shared/inbound, docs/inbound.md).
     stop_keywords: str = Field(
@@ -157,12 +183,12 @@ class Settings(StorageSettings):
     start_keywords: str = Field("START,ALOITA,STARTA", alias="SMARTDIALOG_START_KEYWORDS")
     dispatch_max_attempts: int = Field(8, alias="SMARTDIALOG_DISPATCH_MAX_ATTEMPTS", ge=1)
     dispatch_retry_base_seconds: float = Field(
-        5.0, alias="SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS", ge=0
+        5.0, alias="SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS", ge=0, le=LONGEST_SECONDS
     )
     # URLs we are given and call (shared/guarded_http.py, docs/inbound.md).
     callback_allowed_hosts: str = Field("", alias="SMARTDIALOG_CALLBACK_ALLOWED_HOSTS")
     callback_timeout_seconds: float = Field(
-        10.0, alias="SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS", gt=0
+        10.0, alias="SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS", gt=0, le=LONGEST_SECONDS
     )
     # The operations page (shared/ops, docs/operations.md): who may use it in Azure.
     ops_allowed_groups: str = Field("", alias="SMARTDIALOG_OPS_ALLOWED_GROUPS")
@@ -217,8 +243,22 @@ class Settings(StorageSettings):
 
     @field_validator("base_url", "public_base_url_setting", "authority")
     @classmethod
-    def _strip_trailing_slash(cls, value: str | None) -> str | None:
-        return value.rstrip("/") if value is not None else None
+    def _absolute_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """An absolute http(s) URL without query or fragment, its trailing slash dropped; the
+        public base URL without host.json's route prefix (it is added to every URL)."""
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL, e.g. https://host")
+        if parts.query or parts.fragment or any(c.isspace() for c in value):
+            raise ValueError("must not have a query, a fragment or spaces")
+        prefix = http_route_prefix()
+        public = info.field_name == "public_base_url_setting"
+        if public and prefix and parts.path.lower().endswith("/" + prefix.lower()):
+            raise ValueError(f"is the app's origin without /{prefix} (it is added)")
+        return value
 
     @model_validator(mode="after")
     def _lease_outlasts_an_attempt(self) -> Settings:

@@ -119,3 +119,62 @@ def test_default_send_lease_outlasts_an_attempt_by_a_second(
     assert settings.send_lease_seconds > (
         settings.send_timeout_seconds + settings.send_quota_wait_seconds + 1.0
     )
+
+
+@pytest.mark.parametrize(
+    ("alias", "value"),
+    [
+        ("SMARTDIALOG_QUOTA_CALLS", "2001"),  # past what one quota log holds
+        ("SMARTDIALOG_SEND_VALIDITY_SECONDS", "inf"),  # a time plus it overflows
+        ("SMARTDIALOG_SEND_VALIDITY_SECONDS", "1e12"),
+        ("SMARTDIALOG_SEND_LEASE_SECONDS", "1e20"),
+        ("SMARTDIALOG_QUOTA_PERIOD_SECONDS", "nan"),
+        ("SMARTDIALOG_PUBLIC_BASE_URL", "https://app.azurewebsites.net/api"),  # /api/api/...
+        ("SMARTDIALOG_PUBLIC_BASE_URL", "app.azurewebsites.net"),  # no scheme
+        ("SMARTDIALOG_PUBLIC_BASE_URL", "https://app.example/?x=1"),
+        ("SMARTDIALOG_BASE_URL", "not a url"),
+        ("SMARTDIALOG_BASE_URL", "ftp://files.example/v1"),
+        ("SMARTDIALOG_AUTHORITY", "https://"),
+    ],
+)
+def test_a_value_that_cannot_work_is_a_configuration_problem_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, alias: str, value: str
+) -> None:
+    """Refused on first use (a 503 problem, health names it), never accepted to fail later:
+    a 500 at the first send, URLs that 404, or attempts burned on a URL that cannot work."""
+    from shared.health import configuration_problem
+    from shared.settings import SettingsInvalid, get_settings, reset_settings_cache
+
+    monkeypatch.setenv(alias, value)
+    reset_settings_cache()
+    with pytest.raises(SettingsInvalid) as caught:
+        get_settings()
+    problem = configuration_problem()
+    reset_settings_cache()
+    assert caught.value.status == 503
+    assert [e.field for e in caught.value.errors] == [alias]
+    assert problem is not None
+    assert [e.field for e in problem.errors] == [alias]
+
+
+@pytest.mark.parametrize(
+    ("alias", "value", "read"),
+    [
+        (
+            "SMARTDIALOG_PUBLIC_BASE_URL",
+            "https://gw.example/smartdialog/",
+            "https://gw.example/smartdialog",
+        ),
+        (
+            "SMARTDIALOG_BASE_URL",
+            "http://127.0.0.1:9/api-integrations/v1",
+            "http://127.0.0.1:9/api-integrations/v1",
+        ),
+    ],
+)
+def test_a_url_behind_a_path_prefix_or_plain_http_locally_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, alias: str, value: str, read: str
+) -> None:
+    monkeypatch.setenv(alias, value)
+    settings = Settings()
+    assert read in (settings.public_base_url_setting, settings.base_url)

@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol
 
 from shared import telemetry
 from shared.clock import Clock, SystemClock
-from shared.names import DEFAULT_CONNECTION
+from shared.names import DEFAULT_CONNECTION, QUOTA_MAX_CALLS
 from shared.quota import _log
 
 logger = logging.getLogger("shared.quota")
@@ -34,9 +34,8 @@ WAKE_JITTER = 0.02
 LATE_GRANT_SHARE = 1.0
 #: ``retry_after`` of a denial for a grant that came back too late: try again soon.
 LATE_RETRY_AFTER = 0.01
-#: The largest quota one log holds: its single string property stays far below the
-#: 32K-character limit of a Table property.
-MAX_CALLS = 2000
+#: The largest quota one log holds (the settings refuse more).
+MAX_CALLS = QUOTA_MAX_CALLS
 
 
 class QuotaError(Exception):

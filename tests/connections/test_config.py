@@ -74,6 +74,13 @@ def test_credentials_and_account_defaults_never_fall_back(two: TwoConnections) -
         ({"ACCESS_TOKEN": "t3", "ACESS_TOKEN": "typo"}, "__ACESS_TOKEN", "not a setting"),
         ({"ACCESS_TOKEN": "t3", "CUSTOMERS": "1001"}, "SMARTDIALOG_CUSTOMER_ID", "claimed by"),
         ({"ACCESS_TOKEN": "t3", "CALLBACK_SECRETS": "x" * 40}, "__CALLBACK_SECRETS", "app-wide"),
+        # Read before routing, or only from the app's settings: a connection's own did nothing.
+        ({"ACCESS_TOKEN": "t3", "MAX_REQUEST_BYTES": "2048"}, "__MAX_REQUEST_BYTES", "app-wide"),
+        (
+            {"ACCESS_TOKEN": "t3", "CALLBACK_ALLOWED_HOSTS": "10.0.0.0/8"},
+            "__CALLBACK_ALLOWED_HOSTS",
+            "app-wide",
+        ),
     ],
 )
 def test_each_configuration_error_makes_health_503_naming_the_connection(
