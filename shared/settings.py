@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -340,16 +340,30 @@ class Settings(StorageSettings):
         return [s.strip() for s in raw.split(",") if s.strip()]
 
 
-@lru_cache(maxsize=1)
-def http_route_prefix() -> str:
-    """host.json's ``extensions.http.routePrefix`` without slashes (``api`` when unset, as the
-    Functions host has it), read on first use."""
+def _host_extensions() -> dict[str, Any]:
+    """host.json's ``extensions`` (none without the file); its readers below cache theirs."""
     try:
         doc = json.loads(HOST_JSON.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return "api"
-    prefix = ((doc.get("extensions") or {}).get("http") or {}).get("routePrefix", "api")
+        return {}
+    return dict(doc.get("extensions") or {})
+
+
+@lru_cache(maxsize=1)
+def http_route_prefix() -> str:
+    """host.json's ``extensions.http.routePrefix`` without slashes (``api`` when unset, as the
+    Functions host has it)."""
+    prefix = (_host_extensions().get("http") or {}).get("routePrefix", "api")
     return str(prefix).strip("/")
+
+
+@lru_cache(maxsize=1)
+def host_max_dequeue_count() -> int:
+    """host.json's ``extensions.queues.maxDequeueCount`` (5 when unset, as the host has it):
+    how many deliveries a queue message had when the host moved it to its poison queue (the
+    poison copy itself starts again from 0)."""
+    value = (_host_extensions().get("queues") or {}).get("maxDequeueCount", 5)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 5
 
 
 def _keywords(raw: str) -> frozenset[str]:

@@ -47,6 +47,7 @@ from shared.names import (
 from shared.outbound import MessageRedrivenData
 from shared.payloads import PayloadStore
 from shared.problems import Problem
+from shared.settings import host_max_dequeue_count
 from shared.storage import ensured_queue
 from shared.suppressions import SuppressionStore, refuse_suppressed
 
@@ -122,10 +123,19 @@ def _from_entry(entry: DeadLetterEntry) -> DeadLetterView:
         message_id=entry.message_id,
         dead_lettered_at=entry.dead_lettered_at,
         text=entry.text,
-        dequeue_count=entry.dequeue_count or entry.letter().get("dequeueCount"),
+        dequeue_count=_count(entry.dequeue_count, entry.letter().get("dequeueCount")),
         entry=entry,
         queue_message_id=entry.queue_message_id,
     )
+
+
+def _count(*candidates: object) -> int | None:
+    """The first whole non-negative count among ``candidates`` (an entry's, then its letter's,
+    which may be any JSON a foreign message carried)."""
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
 
 
 def _from_poison(queue: str, message: QueueMessage) -> DeadLetterView:
@@ -142,11 +152,11 @@ def _from_poison(queue: str, message: QueueMessage) -> DeadLetterView:
         source_queue=queue.removesuffix("-poison"),
         reason=POISON,
         code=None,
-        detail=f"the host gave up after {message.dequeue_count or '?'} deliveries",
+        detail=f"the host gave up after {host_max_dequeue_count()} deliveries",
         message_id=message_id,
         dead_lettered_at=inserted if inserted.tzinfo else inserted.replace(tzinfo=dt.UTC),
         text=text,
-        dequeue_count=message.dequeue_count,
+        dequeue_count=host_max_dequeue_count(),
         queue_message_id=message.id,
         kept=_never_expires(message),
     )
@@ -341,7 +351,8 @@ class DeadLetterDesk:
         """Keep the host's poison messages until handled: the host puts them on the poison
         queue with the queue default of 7 days to live (it cannot be told otherwise), so each
         one not yet kept is sent again to the same queue for good, indexed with reason
-        ``poison`` and the dequeue count it reached, and the original deleted. Returns how many
+        ``poison`` and the dequeue count it reached (host.json's ``maxDequeueCount``: the
+        host's poison copy starts again from 0), and the original deleted. Returns how many
         were kept."""
         kept = 0
         for queue in (poison_queue(q) for q in POISON_SOURCES):
@@ -351,7 +362,6 @@ class DeadLetterDesk:
                 if _never_expires(message):
                     return False
                 view = _from_poison(queue, message)
-                deliveries = max(0, (message.dequeue_count or 1) - 1)  # not our own receive
                 write_dead_letter(
                     self._queue(queue),
                     view.text,
@@ -359,8 +369,8 @@ class DeadLetterDesk:
                     index=self.index,
                     now=view.dead_lettered_at,
                     reason=POISON,
-                    detail=f"the host gave up after {deliveries} deliveries",
-                    dequeue_count=deliveries,
+                    detail=view.detail,
+                    dequeue_count=view.dequeue_count,
                 )
                 kept += 1
                 return True

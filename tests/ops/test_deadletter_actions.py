@@ -325,13 +325,12 @@ def test_poison_messages_are_listed_with_their_dequeue_count_and_redriven_to_the
     text = json.dumps(
         {"operation": "SendMessage", "messageId": "ops-poison-1", "body": sms(DELIVERED)}
     )
-    poison.send_message(text)
-    for message in list(poison.receive_messages(visibility_timeout=30)):  # dequeued once
-        poison.update_message(message, content=message.content, visibility_timeout=0)
+    poison.send_message(text)  # as the host does: a fresh copy, its dequeue count 0
 
     [item] = list_letters(reason="poison").body["value"]
     assert (item["queue"], item["sourceQueue"]) == (poison_queue(OUTBOUND_QUEUE), OUTBOUND_QUEUE)
-    assert item["dequeueCount"] == 1
+    assert item["dequeueCount"] == 5  # host.json's maxDequeueCount: what the host had tried
+    assert item["detail"] == "the host gave up after 5 deliveries"
     assert item["messageId"] == "ops-poison-1"
 
     answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
@@ -398,10 +397,8 @@ def test_poison_messages_are_kept_for_good_indexed_with_their_dequeue_count(
     text = json.dumps(
         {"operation": "SendMessage", "messageId": "ops-kept-1", "body": sms(DELIVERED)}
     )
-    poison.send_message(text)  # as the host does: the queue default of 7 days to live
-    for _ in range(3):
-        for message in list(poison.receive_messages(visibility_timeout=30)):
-            poison.update_message(message, content=message.content, visibility_timeout=0)
+    # As the host does: a fresh copy (dequeue count 0), the queue default of 7 days to live.
+    poison.send_message(text)
 
     assert keep_poison() == 1
     assert keep_poison() == 0
@@ -411,8 +408,34 @@ def test_poison_messages_are_kept_for_good_indexed_with_their_dequeue_count(
     assert stored.expires_on is not None
     assert stored.expires_on.year == 9999
     [item] = list_letters().body["value"]
-    assert (item["reason"], item["dequeueCount"], item["messageId"]) == ("poison", 3, "ops-kept-1")
+    assert (item["reason"], item["dequeueCount"], item["messageId"]) == ("poison", 5, "ops-kept-1")
+    assert item["detail"] == "the host gave up after 5 deliveries"
     answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
     assert answer.body["outcome"] == "redriven"
     assert poison.peek_messages() == []
     assert list_letters().body["value"] == []
+
+
+def test_a_letter_whose_own_dequeue_count_is_not_a_number_is_listed_and_shown(
+    ops: Outbound,
+) -> None:
+    """An index entry without a count falls back to its letter's, which for a kept poison
+    message is whatever the foreign message carried: never a 500 for the list or the page."""
+    from tests.ops.test_page import get_page
+
+    write_dead_letter(
+        queue_client(poison_queue(OUTBOUND_QUEUE)),
+        json.dumps({"dequeueCount": "x", "messageId": "odd-1"}),
+        queue_name=poison_queue(OUTBOUND_QUEUE),
+        index=DeadLetterIndex.from_settings(),
+        reason="poison",
+        detail="the host gave up",
+        dequeue_count=0,
+    )
+    listed = list_letters()
+    page = get_page()
+
+    assert listed.status == 200, listed.body
+    [item] = listed.body["value"]
+    assert item["dequeueCount"] == 0
+    assert page.status_code == 200
