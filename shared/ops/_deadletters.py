@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.clock import utcnow
 from shared.deadletters import (
+    DEAD_LETTER_QUEUES,
     DeadLetterEntry,
     DeadLetterFilter,
     DeadLetterIndex,
@@ -44,7 +45,7 @@ from shared.names import (
     TRIGGER_EVENTS_QUEUE,
     poison_queue,
 )
-from shared.outbound import MessageRedrivenData
+from shared.outbound import MessageRedrivenData, redrive_doubt
 from shared.payloads import PayloadStore
 from shared.problems import Problem
 from shared.settings import host_max_dequeue_count
@@ -236,6 +237,19 @@ class DeadLetterDesk:
                 ]
         entries, token = self.index.page(where, top=top, continuation=continuation)
         return items + [_from_entry(e) for e in entries], token, truncated
+
+    def oldest(self, top: int) -> tuple[list[DeadLetterView], bool]:
+        """The ``top`` oldest dead letters of every queue (the page's), and whether there are
+        more. The index lists oldest first within a queue only (its partition), so each
+        queue's oldest are read and merged."""
+        views: list[DeadLetterView] = []
+        more = False
+        for queue in (*DEAD_LETTER_QUEUES, *(poison_queue(q) for q in POISON_SOURCES)):
+            found, token, truncated = self.page(DeadLetterFilter(queue=queue), top=top)
+            views += found
+            more |= token is not None or truncated
+        views.sort(key=lambda v: v.dead_lettered_at)
+        return views[:top], more or len(views) > top
 
     def get(self, letter_id: str) -> DeadLetterView | None:
         """One dead letter by id, or None."""
@@ -448,7 +462,7 @@ class DeadLetterDesk:
                 return None  # back in flight: one more copy is harmless
             if (opted := self._still_opted_out(record)) is not None:
                 return HandledKind.KEPT, opted
-            if not force and (doubt := _maybe_sent(record)) is not None:
+            if not force and (doubt := redrive_doubt(record)) is not None:
                 return HandledKind.KEPT, doubt
             now = self._clock()
             redriven = self.store.redrive(record, now=now)
@@ -572,22 +586,3 @@ def _log_counts(done: Iterable[Handled]) -> None:
             "dead letters handled: %s",
             ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())),
         )
-
-
-def _maybe_sent(failed: MessageRecord) -> str | None:
-    """Why a re-drive of ``failed`` needs ``force``: it failed ``outcome-unknown``, so an
-    attempt may have reached SmartDialog, which de-duplicates a repeat only by its RequestId, at
-    best effort, and not at all for a discussion reply (none) or a pack member (re-driven alone,
-    with its own RequestId, not the pack's)."""
-    if failed.failure is None or failed.failure.code != "outcome-unknown":
-        return None
-    if failed.request_id is None:
-        why = "it has no RequestId, so SmartDialog cannot tell a repeat"
-    elif failed.pack_id is not None:
-        why = f"it went in pack {failed.pack_id}, whose RequestId a re-drive does not reuse"
-    else:
-        why = "SmartDialog tells a repeat of its RequestId only at best effort"
-    return (
-        f"message {failed.message_id} may have been sent already (outcome-unknown) and {why}: "
-        "check its recipients' delivery reports, then re-drive it with force=true"
-    )

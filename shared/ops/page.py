@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode
 
 from shared.clock import utcnow
-from shared.deadletters import DeadLetterFilter
 from shared.ops._access import authorize, form_token, verify_form_token
 from shared.ops._overview import overview
 from shared.ops.actions import desk, letter_doc
@@ -99,7 +98,7 @@ def handle_page(
         current = settings or _settings()
         principal = authorize(current, _lower(headers))
         now = utcnow()
-        letters, token, truncated = desk(current).page(DeadLetterFilter(), top=PAGE_DEAD_LETTERS)
+        letters, more = desk(current).oldest(PAGE_DEAD_LETTERS)
         html = (
             _templates()
             .get_template("ops.html")
@@ -107,7 +106,7 @@ def handle_page(
                 principal=principal,
                 figures=overview(current),
                 letters=[letter_doc(v, now) for v in letters],
-                more_letters=token is not None or truncated,
+                more_letters=more,
                 csrf=form_token(current, principal),
                 notice=query.get("done"),
                 now=now,

@@ -18,6 +18,7 @@ __all__ = [
     "expired",
     "give_up",
     "may_have_been_sent",
+    "redrive_doubt",
     "remember_interrupted",
     "remember_maybe_sent",
 ]
@@ -100,4 +101,23 @@ def expired(
         detail=detail,
         upstreamStatus=status,
         attempts=record.attempts,
+    )
+
+
+def redrive_doubt(failed: MessageRecord) -> str | None:
+    """Why a re-drive of ``failed`` needs ``force``: it failed ``outcome-unknown``, so an
+    attempt may have reached SmartDialog, which de-duplicates a repeat only by its RequestId, at
+    best effort, and not at all for a discussion reply (none) or a pack member (re-driven alone,
+    with its own RequestId, not the pack's)."""
+    if failed.failure is None or failed.failure.code != "outcome-unknown":
+        return None
+    if failed.request_id is None:
+        why = "it has no RequestId, so SmartDialog cannot tell a repeat"
+    elif failed.pack_id is not None:
+        why = f"it went in pack {failed.pack_id}, whose RequestId a re-drive does not reuse"
+    else:
+        why = "SmartDialog tells a repeat of its RequestId only at best effort"
+    return (
+        f"message {failed.message_id} may have been sent already (outcome-unknown) and {why}: "
+        "check its recipients' delivery reports, then re-drive it with force=true"
     )

@@ -202,3 +202,39 @@ def test_without_callback_secrets_the_page_answers_503_naming_the_setting(
 
     assert page.status_code == 503
     assert "SMARTDIALOG_CALLBACK_SECRETS" in json.loads(page.get_body())["detail"]
+
+
+def test_the_page_shows_the_oldest_dead_letters_of_all_queues(ops: Outbound) -> None:
+    """The index lists oldest first within one queue: read unfiltered, one queue's 60 letters
+    (its name sorts first) filled the page and hid an older failed send of another."""
+    import datetime as dt
+
+    from shared.deadletters import DeadLetterIndex
+    from shared.names import CLOUD_EVENTS_DEAD_LETTER_QUEUE
+    from shared.ops.page import PAGE_DEAD_LETTERS
+
+    now = dt.datetime.now(dt.UTC)
+    index = DeadLetterIndex.from_settings()
+    events = queue_client(CLOUD_EVENTS_DEAD_LETTER_QUEUE)
+    for n in range(PAGE_DEAD_LETTERS + 10):
+        write_dead_letter(
+            events,
+            letter(messageId=f"event-{n}"),
+            queue_name=CLOUD_EVENTS_DEAD_LETTER_QUEUE,
+            index=index,
+            now=now - dt.timedelta(seconds=60 - n),
+        )
+    write_dead_letter(
+        queue_client(OUTBOUND_DEAD_LETTER_QUEUE),
+        letter(messageId="oldest-send"),
+        queue_name=OUTBOUND_DEAD_LETTER_QUEUE,
+        index=index,
+        now=now - dt.timedelta(hours=1),
+    )
+
+    html = get_page().get_body().decode()
+
+    assert "oldest-send" in html
+    assert "event-0" in html
+    assert f"event-{PAGE_DEAD_LETTERS + 9}" not in html
+    assert "More dead letters than shown" in html
