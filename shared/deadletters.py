@@ -75,6 +75,8 @@ DEAD_LETTER_QUEUES: dict[str, str] = {
     DLR_FORWARD_DEAD_LETTER_QUEUE: DLR_FORWARD_QUEUE,
     CLOUD_EVENTS_DEAD_LETTER_QUEUE: CLOUD_EVENTS_QUEUE,
 }
+#: The longest dead-letter id (queue name, separator, RowKey) there can be.
+ID_MAX_LENGTH = 400
 _CHUNK = 30_000
 # What Table storage refuses in a key (and what a key never holds here).
 _UNSAFE_KEY = re.compile(r"[/\\#?'\x00-\x1f\x7f]")
@@ -251,6 +253,8 @@ class DeadLetterIndex:
 
         queue, sep, row_key = entry_id.partition(_ID_SEPARATOR)
         if not sep or not queue or not row_key or _UNSAFE_KEY.search(entry_id):
+            return None
+        if len(entry_id) > ID_MAX_LENGTH:  # not ours; Table storage refuses keys over 1 KiB
             return None
         try:
             return _entry(self._table.get_entity(queue, row_key))

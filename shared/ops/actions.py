@@ -24,7 +24,7 @@ from shared.actions._spec import (
 )
 from shared.actions.fields import ui
 from shared.clock import utcnow
-from shared.deadletters import DEAD_LETTER_QUEUES, DeadLetterFilter
+from shared.deadletters import DEAD_LETTER_QUEUES, ID_MAX_LENGTH, DeadLetterFilter
 from shared.names import poison_queue
 from shared.ops._deadletters import (
     POISON_SOURCES,
@@ -107,7 +107,7 @@ DeadLetterIdPath = Annotated[
     Param("path", "DeadLetterId"),
     Field(
         min_length=3,
-        max_length=400,
+        max_length=ID_MAX_LENGTH,
         description="The dead letter's id, as the list answered it.",
         json_schema_extra=ui("Dead Letter Id", visibility="important"),
     ),
