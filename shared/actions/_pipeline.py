@@ -342,10 +342,10 @@ _CREDENTIALS_HELP = (
 def upstream_problem(exc: SmartDialogError) -> Problem:
     """The answer for a failed SmartDialog call (see ``docs/actions.md``, "Errors").
 
-    A value that cannot be sent -> 400 naming it; 400 -> 422 with SmartDialog's message;
-    404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; 401/403 and missing credentials
-    -> 502 explaining the credential problem;
-    5xx, other statuses, connection errors and unexpected bodies -> 502; timeouts -> 504.
+    A value that cannot be sent -> 400 naming it; 400 and any other 4xx not below -> 422 with
+    SmartDialog's message; 404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; 401/403
+    and missing credentials -> 502 explaining the credential problem; 5xx, connection errors
+    and unexpected bodies -> 502; timeouts and 408 -> 504.
     """
     from shared import smartdialog as sd
 
@@ -384,6 +384,22 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
             "app's credentials may not use this customer, service or operation: choose another "
             "customer or ask SmartDialog to grant access. " + _CREDENTIALS_HELP,
             type=ProblemType.UPSTREAM_CREDENTIALS,
+        )
+    if isinstance(exc, sd.APIStatusError) and exc.status_code == 408:  # upstream timed out
+        return Problem(
+            504,
+            "SmartDialog did not answer in time",
+            "SmartDialog answered 408 (request timeout); the change may or may not have taken "
+            "effect. Check before repeating a change.",
+            type=ProblemType.UPSTREAM_TIMEOUT,
+        )
+    if isinstance(exc, sd.APIStatusError) and 400 <= exc.status_code < 500:
+        # Any other refusal (410, 413, 415, 422, ...): repeating it will not help.
+        return Problem(
+            422,
+            "SmartDialog rejected the request",
+            exc.message,
+            type=ProblemType.UPSTREAM_REJECTED,
         )
     if isinstance(exc, sd.APITimeoutError):
         return Problem(

@@ -265,3 +265,23 @@ def test_logs_carry_the_operation_id_and_no_whole_phone_number(
     assert [getattr(r, "status", None) for r in records] == [200, 404]
     for number in ("401234567", "409999999"):
         assert number not in caplog.text
+
+
+@pytest.mark.parametrize("status", [410, 413, 415, 422])
+def test_another_upstream_refusal_is_422_with_upstreams_message_not_a_retryable_502(
+    app: App, status: int
+) -> None:
+    """A 5xx tells Power Automate to retry; a refusal that will not change must not."""
+    code, body, _ = run(
+        "GetUserCustomers",
+        mock_client(lambda r: httpx.Response(status, json={"errorMessage": "bad thing"})),
+    )
+    assert code == 422
+    assert body["type"] == problem_type("upstream-rejected")
+    assert body["detail"] == "bad thing"
+
+
+def test_upstream_408_is_504(app: App) -> None:
+    code, body, _ = run("GetUserCustomers", mock_client(lambda r: httpx.Response(408)))
+    assert code == 504
+    assert body["type"] == problem_type("upstream-timeout")
