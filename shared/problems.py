@@ -139,10 +139,16 @@ def validation_problem(errors: Iterable[FieldError]) -> Problem:
     )
 
 
+#: The longest ``Retry-After`` we answer: advice passed on from SmartDialog is cut to it (a
+#: caller that honours years of advice would never retry; a retry an hour on is told again).
+RETRY_AFTER_MAX_SECONDS = 3600
+
+
 def retry_after_header(seconds: float | None, default: int = 1) -> dict[str, str]:
-    """``{"Retry-After": n}`` with ``n`` whole seconds, rounded up, at least 1."""
-    value = default if seconds is None or seconds <= 0 else math.ceil(seconds)
-    return {"Retry-After": str(max(1, value))}
+    """``{"Retry-After": n}`` with ``n`` whole seconds, rounded up, from 1 to
+    :data:`RETRY_AFTER_MAX_SECONDS`."""
+    value = default if seconds is None or seconds <= 0 else min(seconds, RETRY_AFTER_MAX_SECONDS)
+    return {"Retry-After": str(max(1, math.ceil(value)))}
 
 
 def rate_limited(retry_after: float | None, detail: str) -> Problem:

@@ -285,3 +285,13 @@ def test_upstream_408_is_504(app: App) -> None:
     code, body, _ = run("GetUserCustomers", mock_client(lambda r: httpx.Response(408)))
     assert code == 504
     assert body["type"] == problem_type("upstream-timeout")
+
+
+@pytest.mark.parametrize("advice", ["99999999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_upstream_retry_after_is_passed_on_at_most_an_hour(app: App, advice: str) -> None:
+    code, _, headers = run(
+        "GetUserCustomers",
+        mock_client(lambda r: httpx.Response(429, headers={"Retry-After": advice})),
+    )
+    assert code == 429
+    assert headers["Retry-After"] == "3600"
