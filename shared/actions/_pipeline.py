@@ -531,7 +531,9 @@ def _check_size(request: ActionRequest, limit: int) -> None:
     """413 before anything is parsed when the body, or what ``Content-Length`` announces, is
     over ``limit`` bytes."""
     announced = (request.header("Content-Length") or "").strip()
-    size = max(len(request.body), int(announced) if announced.isdigit() else 0)
+    # isascii(): isdigit() takes '²', which int() refuses; a 20-digit length is past any limit.
+    readable = announced.isascii() and announced.isdigit()
+    size = max(len(request.body), int(announced[:20]) if readable else 0)
     if size > limit:
         raise too_large(size, limit, setting="SMARTDIALOG_MAX_REQUEST_BYTES")
 

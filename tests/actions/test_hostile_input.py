@@ -224,6 +224,13 @@ def test_an_announced_content_length_over_the_cap_is_413(
     assert reply.status == 413
 
 
+@pytest.mark.parametrize("announced", ["\u00b2", "9" * 5000])
+def test_an_unreadable_content_length_is_not_a_500(app: App, announced: str) -> None:
+    """'²' is a digit to str.isdigit() but not to int(); int() refuses 4,301 digits."""
+    reply = call("GetPhoneNumberRegions", method="GET", headers={"Content-Length": announced})
+    assert reply.status != 500, reply.body
+
+
 def test_the_default_cap_is_5_mib_and_a_body_under_it_is_read(app: App) -> None:
     from shared.settings import get_settings
 
