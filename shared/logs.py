@@ -23,9 +23,11 @@ import re
 
 __all__ = [
     "HTTP_LIBRARY_LEVELS",
+    "LOGGABLE_CHARS",
     "URL_LOGGERS",
     "RedactUrls",
     "configure_logging",
+    "loggable_text",
     "loggable_url",
 ]
 
@@ -52,6 +54,20 @@ def _mask_phone_numbers(text: str) -> str:
     from shared.smartdialog import mask_phone_numbers  # on first use: it imports httpx
 
     return mask_phone_numbers(text)
+
+
+# Line breaks and other control characters: a caller's text with one could forge a log line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+#: The most of a caller's text one log line quotes.
+LOGGABLE_CHARS = 200
+
+
+def loggable_text(text: str, limit: int = LOGGABLE_CHARS) -> str:
+    """A caller's ``text`` (a field name it sent, say) fit for a log line: control characters
+    escaped, cut to ``limit`` characters (the rest counted)."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def loggable_url(url: str) -> str:

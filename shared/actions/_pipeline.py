@@ -33,6 +33,7 @@ from shared.actions._spec import (
     SettingDefault,
 )
 from shared.actions.fields import PHONE_REGIONS_CONTEXT
+from shared.logs import loggable_text
 from shared.problems import (
     FieldError,
     Problem,
@@ -507,7 +508,7 @@ def _run_action(
         if problem.errors:
             fields = ", ".join(dict.fromkeys(e.field for e in problem.errors))
             # A field name can be a caller's key (an unknown field), even a phone number.
-            outcome = "invalid fields: " + _redact(fields)
+            outcome = "invalid fields: " + loggable_text(_redact(fields))
         response = ActionResponse.problem(_with_instance(problem, tracking_id))
     except Exception as exc:
         mapped, outcome = _map_failure(exc, settings, spec.operation_id, extra)

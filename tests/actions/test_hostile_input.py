@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -257,3 +258,24 @@ def test_a_value_the_client_refuses_is_a_400_naming_it_not_a_500() -> None:
 
     assert problem.status == 400
     assert [e.field for e in problem.errors] == ["Pipeline-Id"]
+
+
+def test_a_field_name_cannot_forge_or_flood_a_log_line(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unknown field names are logged with the refusal: a line break in one forged a second
+    line (alerts match on such text), and a 3,000-character one was logged whole."""
+    forged = "x\nsmartdialog.actions ERROR SendMessage failed unexpectedly: dead-lettered"
+    with caplog.at_level(logging.INFO):
+        reply = call(
+            "CreateGroupContact",
+            method="POST",
+            route={"GroupService": GROUP},
+            body={"phone": "+358401234567", forged: 1, "y" * 3000: 2},
+        )
+    assert reply.status == 400
+    [line] = [
+        r.getMessage() for r in caplog.records if "CreateGroupContact answered" in r.getMessage()
+    ]
+    assert "\n" not in line
+    assert len(line) < 400
