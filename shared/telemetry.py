@@ -101,11 +101,20 @@ def _configure() -> bool:
 
 
 def _configured_once() -> None:
+    global _configured
     if _configured is None:
         try:
             configure()
         except Exception as exc:  # telemetry must never fail the work it watches
-            log.warning("OpenTelemetry could not be configured: %s", exc)
+            with _lock:
+                if _configured is not None:
+                    return
+                _configured = False  # tried once: not again on every span, nor logged again
+            log.error(
+                "OpenTelemetry could not be configured (check "
+                "APPLICATIONINSIGHTS_CONNECTION_STRING): %s; no traces or metrics are exported",
+                exc,
+            )
 
 
 # --- trace context ---------------------------------------------------------------------------

@@ -77,3 +77,40 @@ def test_no_span_records_a_phone_number_or_a_token(
     text = json.dumps(spans)
     assert "358401234567" not in text, spans
     assert "s3cr3t" not in text, spans
+
+
+BAD_STRING_PROBE = """
+import logging, os, sys
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record)
+logging.getLogger("shared.telemetry").addHandler(Keep())
+from shared import telemetry
+for _ in range(3):
+    with telemetry.span("probe"):
+        pass
+print(len([r for r in records if r.levelno >= logging.WARNING]), telemetry._configured)
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_a_bad_connection_string_is_reported_once_not_on_every_span() -> None:
+    """The distro refuses it: the setup was tried again, and warned, on every span."""
+    env = {
+        **os.environ,
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=not-a-guid",
+        "PYTHONPATH": str(REPO),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", BAD_STRING_PROBE],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["1", "False"], run.stdout + run.stderr[-1000:]
