@@ -151,7 +151,10 @@ def connection_key(settings: Settings) -> str:
     if settings.connection != DEFAULT_CONNECTION:  # the default's key predates connections
         identity += f"\nconnection:{settings.connection}"
     digest = hashlib.sha256(f"{base_url}\n{identity}".encode()).hexdigest()[:24]
-    host = "".join(c for c in urlsplit(base_url).netloc if c.isalnum() or c in ".-:") or "upstream"
+    # The host and port only: a URL's user:password@ never goes into a key (the same key as
+    # before for every URL without one).
+    netloc = urlsplit(base_url).netloc.rpartition("@")[2]
+    host = "".join(c for c in netloc if c.isalnum() or c in ".-:") or "upstream"
     return f"{host}~{digest}"
 
 

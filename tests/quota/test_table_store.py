@@ -201,3 +201,10 @@ def test_connection_key_names_the_upstream_and_holds_no_secret() -> None:
     assert not set(key) & set("/\\#?")  # characters a PartitionKey may not hold
     assert connection_key(settings) == key
     assert connection_key(settings.model_copy(update={"client_id": "client-2"})) != key
+
+
+def test_connection_key_leaves_out_a_password_in_the_base_url() -> None:
+    settings = Settings(SMARTDIALOG_BASE_URL="https://user:S3cret@api.example:8443/v1")
+    key = connection_key(settings)
+    assert key.startswith("api.example:8443~")
+    assert "s3cret" not in key.lower()
