@@ -18,6 +18,7 @@ numbers never appear in a log line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import cache
 
@@ -67,6 +68,10 @@ def normalize_region(code: str) -> str:
     return region
 
 
+#: What a phone number may be written with: digits, one leading +, and separators.
+_WRITTEN_NUMBER = re.compile(r"\+?[0-9 ()./\-\u00a0]+")
+
+
 def parse_phone_number(text: str, regions: Iterable[str] = ()) -> str:
     """``text`` as an E.164 number, read in ``regions`` in order (default :data:`DEFAULT_REGION`).
 
@@ -81,6 +86,13 @@ def parse_phone_number(text: str, regions: Iterable[str] = ()) -> str:
         raise InvalidPhoneNumber("Empty: give a phone number such as +358401234567.")
     if len(raw) > MAX_INPUT_LENGTH:
         raise InvalidPhoneNumber(f"Too long to be a phone number ({len(raw)} characters).")
+    if not _WRITTEN_NUMBER.fullmatch(raw):
+        # The library reads past what it does not understand: "+358401234567 ext. 5" or
+        # "...x99" would be the number without it, a DeleteGroupContact of another number.
+        raise InvalidPhoneNumber(
+            "Only digits, a leading +, spaces and ( ) . / - may be in a phone number; "
+            "give it in international form, e.g. +358401234567."
+        )
     for region in candidates:
         try:
             number = phonenumbers.parse(raw, region)

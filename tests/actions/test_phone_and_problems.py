@@ -75,3 +75,15 @@ def test_problem_without_optional_members_has_only_the_required_ones() -> None:
         "title": "SmartDialog failed",
         "status": 502,
     }
+
+
+@pytest.mark.parametrize(
+    "written", ["+358401234567 ext. 5", "+358401234567x99", "+358401234567/../x", "+358 40 FLOWERS"]
+)
+def test_a_number_with_more_than_a_number_is_refused_not_read_as_its_digits(written: str) -> None:
+    """The library reads "+358401234567 ext. 5" as +358401234567: a DeleteGroupContact of a
+    number the caller did not exactly give."""
+    from shared.phone import InvalidPhoneNumber, parse_phone_number
+
+    with pytest.raises(InvalidPhoneNumber):
+        parse_phone_number(written)
