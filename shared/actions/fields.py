@@ -141,10 +141,12 @@ def require_http_url(value: str) -> str:
 
 
 def _email(value: str) -> str:
-    local, at, domain = value.strip().rpartition("@")
-    if not at or not local or "." not in domain or domain.startswith(".") or " " in value.strip():
+    address = value.strip()
+    local, at, domain = address.rpartition("@")
+    blank = any(c.isspace() or not c.isprintable() for c in address)  # controls too
+    if not at or not local or "." not in domain or domain.startswith(".") or blank:
         raise ValueError("Must be an e-mail address, e.g. name@example.com.")
-    return value.strip()
+    return address
 
 
 def _language(value: str) -> str:

@@ -114,6 +114,10 @@ CASES: list[Case] = [
      {"Sender": "sender", "Recipient": "123"}, {}, {}, None, ["Sender", "Recipient"]),
     ("opt-out recipient invalid", "WhatsAppOptOut", "DELETE",
      {"Sender": IDENTITY, "Recipient": "+1"}, {}, {}, None, ["Recipient"]),
+    ("e-mail with a control character", "CreateGroupContact", "POST", {"GroupService": GROUP},
+     {}, {}, {"phone": "+358401234567", "email": "a\u0000@b.example"}, ["email"]),
+    ("phone with an extension", "CreateGroupContact", "POST", {"GroupService": GROUP},
+     {}, {}, {"phone": "+358401234567 ext. 5"}, ["phone"]),
 ]  # fmt: skip
 
 
