@@ -111,3 +111,15 @@ def test_a_failing_function_is_answered_500_so_event_grid_retries(
     http, url = webhook
     answer = http.post(url, json=[grid_event("boom")], headers={"aeg-event-type": "Notification"})
     assert answer.status_code == 500
+
+
+def test_a_batch_runs_every_event_even_after_one_fails_then_answers_500(
+    webhook: tuple[httpx.Client, str],
+) -> None:
+    """As the host's extension does: all events of a batch run (at once), and the batch is
+    answered 500 if any failed, so Event Grid delivers it again, the ones that ran included."""
+    http, url = webhook
+    batch = [grid_event("1"), grid_event("boom"), grid_event("3"), grid_event("4")]
+    answer = http.post(url, json=batch, headers={"aeg-event-type": "Notification"})
+    assert answer.status_code == 500
+    assert sorted(e.id for e in received) == ["1", "3", "4"]
