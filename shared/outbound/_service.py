@@ -158,16 +158,18 @@ class SendService:
                 now=now,
                 ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
             )
+            # Whoever claimed it, even for this very id (an ask's replay names its question's
+            # message): another request under the same key is a 422, never its answer.
+            if entry.fingerprint != fingerprint:
+                raise Problem(
+                    422,
+                    "Idempotency key reused for a different request",
+                    "This Idempotency-Key (or RequestId) was already used for another "
+                    "message. Use a new key for a new message.",
+                    type=ProblemType.CONFLICT,
+                    errors=[FieldError("Idempotency-Key", "Already used for another request.")],
+                )
             if entry.message_id != message_id:
-                if entry.fingerprint != fingerprint:
-                    raise Problem(
-                        422,
-                        "Idempotency key reused for a different request",
-                        "This Idempotency-Key (or RequestId) was already used for another "
-                        "message. Use a new key for a new message.",
-                        type=ProblemType.CONFLICT,
-                        errors=[FieldError("Idempotency-Key", "Already used for another request.")],
-                    )
                 message_id, replay, claimed_at = entry.message_id, True, entry.created_at
         try:
             command = normalize(

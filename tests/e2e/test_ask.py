@@ -246,6 +246,22 @@ def test_a_replayed_request_answers_the_same_question_and_sends_once(stack: Stac
     assert len(_sends_to(stack, number)) == 1
 
 
+def test_a_different_request_under_a_questions_key_is_422_and_gets_no_status_url(
+    stack: Stack,
+) -> None:
+    """Whoever knows (or guesses) the key must not get the open question's status URL, which
+    shows the recipient's reply for 30 days, by sending anything under it."""
+    number = _number()
+    key = {"RequestId": f"booking-{random.randint(1, 10**12)}"}
+    first = _ask(stack, number, **key)
+    other = _ask(stack, number, Content="Something else?", **key)
+
+    assert first.status_code == 202, first.text
+    assert other.status_code == 422, other.text
+    assert "Location" not in other.headers
+    assert first.json()["QuestionId"] not in other.text
+
+
 def test_two_questions_asked_at_once_send_one_and_the_other_is_409(stack: Stack) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
