@@ -68,8 +68,12 @@ def normalize_region(code: str) -> str:
     return region
 
 
-#: What a phone number may be written with: digits, one leading +, and separators.
-_WRITTEN_NUMBER = re.compile(r"\+?[0-9 ()./\-\u00a0]+")
+#: A number's RFC 3966 prefix, which the library reads (its only letters a number may have).
+_TEL = re.compile(r"^\s*tel:", re.IGNORECASE)
+_NOT_A_NUMBER = (
+    "A phone number has no letters or extension (the number without them would be another "
+    "number); give it in international form, e.g. +358401234567."
+)
 
 
 def parse_phone_number(text: str, regions: Iterable[str] = ()) -> str:
@@ -86,18 +90,17 @@ def parse_phone_number(text: str, regions: Iterable[str] = ()) -> str:
         raise InvalidPhoneNumber("Empty: give a phone number such as +358401234567.")
     if len(raw) > MAX_INPUT_LENGTH:
         raise InvalidPhoneNumber(f"Too long to be a phone number ({len(raw)} characters).")
-    if not _WRITTEN_NUMBER.fullmatch(raw):
-        # The library reads past what it does not understand: "+358401234567 ext. 5" or
-        # "...x99" would be the number without it, a DeleteGroupContact of another number.
-        raise InvalidPhoneNumber(
-            "Only digits, a leading +, spaces and ( ) . / - may be in a phone number; "
-            "give it in international form, e.g. +358401234567."
-        )
+    if any(c.isalpha() for c in _TEL.sub("", raw, count=1)):
+        # The library reads past what it does not understand: "+358401234567/../x" or
+        # "+358 40 FLOWERS" would be some number, a DeleteGroupContact of another one.
+        raise InvalidPhoneNumber(_NOT_A_NUMBER)
     for region in candidates:
         try:
             number = phonenumbers.parse(raw, region)
         except phonenumbers.NumberParseException:
             continue
+        if number.extension:  # "... ext. 5", "...x99" (letters were refused) or ";ext=5"
+            raise InvalidPhoneNumber(_NOT_A_NUMBER)
         if phonenumbers.is_valid_number(number):
             return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
     where = ", ".join(candidates)

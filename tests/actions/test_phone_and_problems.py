@@ -87,3 +87,22 @@ def test_a_number_with_more_than_a_number_is_refused_not_read_as_its_digits(writ
 
     with pytest.raises(InvalidPhoneNumber):
         parse_phone_number(written)
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "+358\u201340\u2013123\u20134567",  # en dashes
+        "\uff0b\uff13\uff15\uff18\uff14\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17",
+        "\u200e+358401234567",  # a direction mark, as copies from Outlook or iOS have
+        "tel:+358401234567",
+        "+358\u221240\u2212123\u22124567",  # minus signs
+        "+358 40 123\u00ad4567",  # a soft hyphen
+    ],
+)
+def test_a_number_written_with_other_separators_or_digits_is_still_read(written: str) -> None:
+    """Refusing letters and extensions must not refuse what people paste (and notification
+    rules already store)."""
+    from shared.phone import parse_phone_number
+
+    assert parse_phone_number(written) == "+358401234567"
