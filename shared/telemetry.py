@@ -103,8 +103,12 @@ def _configure() -> bool:
 def _configured_once() -> None:
     global _configured
     if _configured is None:
+        from shared.settings import SettingsInvalid
+
         try:
             configure()
+        except SettingsInvalid:  # another setting's error, answered where it is needed
+            return  # tried again on a later span
         except Exception as exc:  # telemetry must never fail the work it watches
             with _lock:
                 if _configured is not None:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sandbox.server import SandboxServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,3 +116,26 @@ def test_a_bad_connection_string_is_reported_once_not_on_every_span() -> None:
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["1", "False"], run.stdout + run.stderr[-1000:]
+
+
+def test_a_settings_error_elsewhere_does_not_switch_telemetry_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first span of a request may come before its settings are read: their error is
+    that request's 503, not a reason to stop exporting once they are fixed."""
+    from shared import telemetry
+    from shared.settings import reset_settings_cache
+
+    monkeypatch.setattr(telemetry, "_configured", None)
+    monkeypatch.setenv("SMARTDIALOG_QUOTA_CALLS", "0")
+    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
+    reset_settings_cache()
+    with telemetry.span("while broken"):
+        pass
+    assert telemetry._configured is None  # not given up
+    monkeypatch.delenv("SMARTDIALOG_QUOTA_CALLS")
+    reset_settings_cache()
+    with telemetry.span("once fixed"):
+        pass
+    assert telemetry._configured is False  # read now: no connection string, so no export
+    reset_settings_cache()
