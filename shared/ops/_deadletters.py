@@ -168,6 +168,11 @@ def _never_expires(message: QueueMessage) -> bool:
     return message.expires_on is not None and message.expires_on.year >= 9999
 
 
+#: A bulk re-drive looks at up to this many times its limit: the letters it keeps (they stay
+#: first in the index) never hide the ones behind them.
+KEPT_PASSED_OVER = 5
+
+
 class HandledKind(enum.StrEnum):
     REDRIVEN = "redriven"  # its message is back on its queue
     SKIPPED = "skipped"  # nothing to send again (already sent or cancelled); the letter is gone
@@ -311,13 +316,19 @@ class DeadLetterDesk:
         self, where: DeadLetterFilter, limit: int, *, redrive: bool, force: bool = False
     ) -> tuple[list[Handled], bool]:
         done: list[Handled] = []
+        cap = limit * KEPT_PASSED_OVER  # kept letters stay first: reach those behind them
+
+        def full() -> bool:
+            moved = sum(1 for h in done if h.kind is not HandledKind.KEPT)
+            return moved >= limit or len(done) >= cap
+
         for queue in self.poison_queues(where):
-            if len(done) >= limit:
+            if full():
                 _log_counts(done)
                 return done, True
             done += self._each_poison(queue, where, limit - len(done), redrive, force)
-        for entry in self.index.matching(where, limit=limit - len(done) + 1):
-            if len(done) >= limit:
+        for entry in self.index.matching(where, limit=cap + 1):
+            if full():
                 _log_counts(done)
                 return done, True
             view = _from_entry(entry)

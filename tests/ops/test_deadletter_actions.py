@@ -451,3 +451,31 @@ def test_an_id_longer_than_any_dead_letter_has_is_not_looked_up() -> None:
 
     index = DeadLetterIndex(NoTable())  # type: ignore[arg-type]
     assert index.get(OUTBOUND_DEAD_LETTER_QUEUE + "~" + "2" * 5000) is None
+
+
+def test_a_bulk_re_drive_reaches_the_letters_behind_those_it_keeps(ops: Outbound) -> None:
+    """Kept letters stay first in the index: counted against the limit, they made every call
+    handle the same kept letters and never reach a sendable one behind them."""
+    from shared.deadletters import DeadLetterFilter
+    from shared.ops.actions import desk
+    from shared.settings import get_settings
+    from shared.suppressions import SuppressionStore
+
+    phone = "+358409998866"
+    SuppressionStore.from_settings().add(
+        "s-1001-oneway", phone, keyword="STOP", source="test", now=dt.datetime.now(dt.UTC)
+    )
+    for n in range(3):
+        ops.enqueue({"operation": "SendMessage", "messageId": f"ops-kept-{n}", "body": sms(phone)})
+    ops.drain()
+    ops.enqueue({"operation": "SendMessage", "messageId": "ops-behind",
+                 "validUntil": EXPIRED, "body": sms(DELIVERED)})  # fmt: skip
+    ops.drain()
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+
+    done, _ = desk(get_settings()).redrive_matching(DeadLetterFilter(reason="failed"), limit=2)
+
+    assert sorted(h.kind for h in done) == ["kept", "kept", "kept", "redriven"]
+    ops.drain()
+    [request] = ops.upstream()
+    assert request["body"]["RequestId"] == "ops-behind"
