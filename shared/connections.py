@@ -172,8 +172,8 @@ def is_default(name: str | None) -> bool:
 
 def connections() -> Connections:
     """The configured connections, read from the environment on first use and again whenever
-    the settings or a connection setting change (raises pydantic's ``ValidationError`` only
-    when the app-wide settings do not validate)."""
+    the settings or a connection setting change (raises ``SettingsInvalid``, a 503 problem,
+    only when the app-wide settings do not validate)."""
     from shared.settings import get_settings
 
     given = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(PREFIX)))

@@ -8,7 +8,9 @@ anonymous (the other functions keep their keys: unauthenticated requests are let
 this module is the gate: a principal whose ``groups`` claim holds one of
 ``SMARTDIALOG_OPS_ALLOWED_GROUPS`` or whose roles hold one of ``SMARTDIALOG_OPS_ALLOWED_ROLES``.
 With authentication off (``WEBSITE_AUTH_ENABLED`` not true) the header could be forged, so
-the page refuses everyone. Locally (not on App Service) the page is open, like every function.
+the page refuses everyone, and so it does off App Service (a container, say). Only in local
+development (``AZURE_FUNCTIONS_ENVIRONMENT=Development``, not on App Service) is it open, like
+every function.
 
 Buttons that change state POST a token signed with the callback secrets (:mod:`shared.signing`)
 for ``ops-form/<principal id>``, valid :data:`FORM_TOKEN_SECONDS`: a page served to one user

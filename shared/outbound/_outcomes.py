@@ -49,6 +49,7 @@ from shared.outbound._ports import SendPorts
 from shared.outbound._records import command_text, queued_text
 from shared.payloads import fits_queue
 from shared.triggers import notify_send_failed
+from shared.unconfigured import RECHECK_SECONDS
 
 __all__ = [
     "BACKOFF_TOLERANCE_SECONDS",
@@ -71,8 +72,9 @@ BACKOFF_TOLERANCE_SECONDS = 0.5
 #: A message whose quota grant went stale twice before its call comes back this soon.
 STALE_GRANT_RETRY_SECONDS = 1.0
 #: While a setting a send needs is broken, a message comes back this often to see whether it
-#: was fixed (or until its validity ends, whichever is sooner).
-CONFIGURATION_RECHECK_SECONDS = 60.0
+#: was fixed (or until its validity ends, whichever is sooner): as while the settings do not
+#: validate at all (shared.unconfigured).
+CONFIGURATION_RECHECK_SECONDS = float(RECHECK_SECONDS)
 #: Queue visibility is capped at 7 days by the service.
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
 #: Storage round trips of one pack (claims, records) run on this many threads.
