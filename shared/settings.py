@@ -252,8 +252,9 @@ class Settings(StorageSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http:// or https:// URL, e.g. https://host")
-        if parts.query or parts.fragment or any(c.isspace() for c in value):
+        if "?" in value or "#" in value or any(c.isspace() for c in value):
             raise ValueError("must not have a query, a fragment or spaces")
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
         prefix = http_route_prefix()
         public = info.field_name == "public_base_url_setting"
         if public and prefix and parts.path.lower().endswith("/" + prefix.lower()):

@@ -135,6 +135,8 @@ def test_default_send_lease_outlasts_an_attempt_by_a_second(
         ("SMARTDIALOG_BASE_URL", "not a url"),
         ("SMARTDIALOG_BASE_URL", "ftp://files.example/v1"),
         ("SMARTDIALOG_AUTHORITY", "https://"),
+        ("SMARTDIALOG_BASE_URL", "https://api.example:notaport/v1"),
+        ("SMARTDIALOG_PUBLIC_BASE_URL", "https://app.example/?"),
     ],
 )
 def test_a_value_that_cannot_work_is_a_configuration_problem_naming_the_setting(
