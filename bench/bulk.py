@@ -36,7 +36,7 @@ from bench._app import (
     post,
     run_host_until,
 )
-from bench.quota_e2e import _parse_time, max_in_window
+from bench.quota_e2e import _parse_time, max_in_window, repeats
 
 if TYPE_CHECKING:
     from bench.__main__ import FigureRow
@@ -93,7 +93,8 @@ def _figures(sandbox: Any, addresses: list[str], since: float) -> dict[str, Any]
         "recipients_per_call": round(sum(per_address.values()) / max(1, len(ok)), 1),
         "max_in_window": max_in_window([_parse_time(r["time"]) for r in requests], QUOTA_PERIOD),
         "upstream_429": sum(1 for r in requests if r.get("status") == 429),
-        "duplicates": sum(c - 1 for a, c in per_address.items() if a in wanted and c > 1),
+        "duplicates": sum(c - 1 for a, c in per_address.items() if a in wanted and c > 1)
+        + repeats(requests),
         "lost": sum(1 for a in wanted if per_address.get(a, 0) == 0),
     }
 

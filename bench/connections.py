@@ -30,6 +30,7 @@ from bench.quota_e2e import (
     fault_rows,
     floor_utilisation,
     max_in_window,
+    repeats,
 )
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def run_two_connections(
                     "utilisation": round(utilisation, 4),
                     "max_in_window": max_in_window(times, period),
                     "upstream_429": sum(1 for r in requests if r.get("status") == 429),
-                    "duplicates": sum(n - 1 for n in per_id.values() if n > 1),
+                    "duplicates": sum(n - 1 for n in per_id.values() if n > 1) + repeats(requests),
                     "lost": sum(1 for m in ids[name] if per_id.get(m, 0) == 0),
                 }
             every.sort()

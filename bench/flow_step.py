@@ -14,7 +14,10 @@ poller's result (the 200 carrying upstream's ``MessageId``); the anchor is the i
 before it: the dev host polls an idle queue at up to host.json's maxPollingInterval, as the
 Functions host does) and at the record's ``SentAt``; the rest is the poller's ``Retry-After``.
 Back to back, the queue poller's backoff stays short and every pickup fits in the first
-one-second ``Retry-After``; after a few seconds idle it is at 2 s and a send takes about 2 s.
+one-second ``Retry-After``; after a few seconds idle it is at maxPollingInterval (1 s), and a
+send arriving then waits up to that long more. azure-core polls once at once, without waiting
+the POST's ``Retry-After`` (1 s while the quota has room); a client that waits it (Logic Apps)
+polls first after that second.
 
 Run it alone with ``python -m bench.flow_step``.
 """
@@ -235,8 +238,9 @@ def _note(timings: list[SendTiming]) -> str:
             + ", ".join(f"{value} s x{count}" for value, count in sorted(on_202.items())),
             f"status GETs per send {min(gets)}-{max(gets)}, the first {first_get * 1000:.0f} ms "
             "after the POST's answer (azure-core does not wait the POST's Retry-After)",
-            f"POST to upstream's answer (queue pickup, the dev host's backoff up to 2 s when "
-            f"idle, + the sender) median {statistics.median(upstream):.2f} s, "
+            "POST to upstream's answer (queue pickup, the dev host's backoff up to host.json's "
+            "maxPollingInterval when idle, + the sender) median "
+            f"{statistics.median(upstream):.2f} s, "
             f"{min(upstream):.2f}-{max(upstream):.2f} s; SentAt to the poller's result median "
             f"{after_sent:.2f} s (the whole-second Retry-After)",
         ]

@@ -37,6 +37,7 @@ from bench._app import (
     run_host_until,
 )
 from bench._observe import observe_sender
+from bench.quota_e2e import repeats
 
 if TYPE_CHECKING:
     from bench.__main__ import FigureRow
@@ -195,7 +196,8 @@ def run_storage_ops_benchmark(
         results["drain"] = {
             "members_sent": members,
             "upstream_calls": len(calls),
-            "duplicates": sum(c - 1 for a, c in per_address.items() if a in wanted and c > 1),
+            "duplicates": sum(c - 1 for a, c in per_address.items() if a in wanted and c > 1)
+            + repeats(calls),
             "seconds": round(seconds, 1),
             "table_writes_per_member": round(table_writes / per, 3),
             "queue_ops_per_member": round(queue_ops / per, 3),
@@ -214,11 +216,12 @@ def measure() -> list[FigureRow]:
     rows: list[FigureRow] = []
     for name, label in (("accept", "no key"), ("accept with key", "Idempotency-Key")):
         a = r[name]
-        note = f"median of {r['sends']}, mean {a['mean']:g}, max {a['max']}; per send: "
+        note = f"mean of {r['sends']} (every trip any send made), median {a['median']:g}, "
+        note += f"max {a['max']}; per send: "
         rows.append(
             {
                 "figure": f"storage round trips per accepted SendMessage ({label})",
-                "value": a["median"],
+                "value": a["mean"],
                 "anchor": ACCEPT_TARGET,
                 "target": "<= 1.0",
                 "unit": "trips",
