@@ -77,6 +77,13 @@ SUBSCRIPTION_ROUTES: dict[TriggerKind, str] = {
 }
 
 
+def _ambiguous(*parts: str | None) -> bool:
+    """Whether a part of a token's subject holds its separator: ``service/a/connection/b``
+    would read as service ``a`` on connection ``b``, or as service ``a/connection/b``. No
+    SmartDialog service or id of ours has one (a route value with a decoded ``%2F`` might)."""
+    return any(part is not None and "/" in part for part in parts)
+
+
 def _webhook_subject(service: str, connection: str | None) -> str:
     if connection is None:  # a URL made before connections
         return _SERVICE_SUBJECT.format(service)
@@ -108,6 +115,8 @@ def verify_webhook_token(
     """The token, if it was signed for the webhook of ``service`` on ``connection`` (the URL's
     parameter; None: the URL has none, as before connections). The signature only: whether its
     registration was revoked is :meth:`WebhookRegistry.revoked`."""
+    if _ambiguous(service, connection):
+        return None
     return verified(
         token,
         TokenPurpose.WEBHOOK,
@@ -141,6 +150,8 @@ def verify_subscription_token(
 ) -> VerifiedToken | None:
     """The token, if it was signed for this subscription's URL (see
     :meth:`Subscription.opened_by` for the nonce)."""
+    if _ambiguous(service, subscription_id):
+        return None
     return verified(
         token,
         TokenPurpose.WEBHOOK,

@@ -265,3 +265,19 @@ def test_health_is_ok_once_the_secret_is_long_enough(inbound: Inbound) -> None:
 def _no_platform_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WEBSITE_HOSTNAME", raising=False)
     monkeypatch.delenv("AZURE_FUNCTIONS_ENVIRONMENT", raising=False)
+
+
+def test_a_webhook_token_does_not_open_a_service_whose_name_spells_its_connection() -> None:
+    """``service/a/connection/b`` is both service ``a`` on connection ``b`` and service
+    ``a/connection/b`` (no connection): a token for the first must not open the second, whose
+    revocation would be looked up under another service."""
+    from shared.inbound._registry import verify_webhook_token, webhook_url
+    from shared.settings import Settings
+
+    settings = Settings(
+        SMARTDIALOG_CALLBACK_SECRETS=SECRET, SMARTDIALOG_PUBLIC_BASE_URL="https://x.example"
+    )
+    token = token_of(webhook_url(settings, "svc", "n" * 22, connection="conn"))
+
+    assert verify_webhook_token(settings, "svc", token, "conn") is not None
+    assert verify_webhook_token(settings, "svc/connection/conn", token, None) is None
