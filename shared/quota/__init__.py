@@ -64,13 +64,14 @@ What the margin is for (``SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS``, default 0.2
     ``skew`` the largest disagreement between two instances' clocks and ``delay`` the
     longest time from a grant's decision to its call arriving upstream (write
     round-trip plus request send), the upstream sees no more than ``calls`` calls in
-    any window of the period as long as ``margin >= skew + delay``. The store refuses
-    the hopeless case itself: a grant that comes back more than the whole margin
-    after it was decided (slow storage, a starved thread) is not handed out: it is
-    taken out of the log again (a grant that never becomes a call need not count)
-    and answered as :class:`QuotaDenied` with reason ``LATE`` and a tiny
-    ``retry_after``. Size the margin for the rest: skew, the Table round trip and
-    the request's way upstream.
+    any window of the period as long as ``margin >= skew + delay``. The store spends half
+    the margin (``LATE_GRANT_SHARE``) on the time to the request leaving: a grant that
+    comes back later than that after it was decided (slow storage, a starved thread) is
+    not handed out: it is taken out of the log again (a grant that never becomes a call
+    need not count) and answered as :class:`QuotaDenied` with reason ``LATE`` and a tiny
+    ``retry_after``; one older than that when its request is about to leave
+    (``is_fresh``) is not used. The other half is for the request's way upstream and the
+    clock skew; size the margin for them.
     Azure hosts keep their clocks within tens of milliseconds and a Table write takes
     a few tens, so 0.25 s is comfortable; the price is throughput: at most ``calls``
     per ``period + margin`` in a sustained run (99.6 % of the quota at 60 s + 0.25 s,

@@ -28,10 +28,12 @@ CAS_BACKOFF_MAX = 0.1
 CONTENDED_RETRY_AFTER = (0.05, 0.25)
 #: Extra random wait of a blocked ``acquire`` so waiters do not all wake at once.
 WAKE_JITTER = 0.02
-#: A grant that reaches its caller later than this share of the margin after it was
-#: decided is not used but withdrawn from the log: its delay alone has used up the
-#: margin, so the guarantee could no longer hold. Off when the margin is 0.
-LATE_GRANT_SHARE = 1.0
+#: A grant that reaches its caller, or is about to leave as a request (``is_fresh``), later
+#: than this share of the margin after it was decided is not used (withdrawn from the log
+#: when it comes back late). The rest of the margin is for the request's way upstream and the
+#: instances' clock skew: with the whole margin spent before the request leaves, none was left
+#: for them, and upstream could see ``calls + 1`` in a period. Off when the margin is 0.
+LATE_GRANT_SHARE = 0.5
 #: ``retry_after`` of a denial for a grant that came back too late: try again soon.
 LATE_RETRY_AFTER = 0.01
 #: The largest quota one log holds (the settings refuse more).
@@ -295,7 +297,7 @@ class QuotaStore:
 
     def is_fresh(self, grant: QuotaGrant) -> bool:
         """Whether ``grant`` may still become a call: decided no longer ago than the LATE rule
-        allows (the safety margin; always true with a margin of 0).
+        allows (:data:`LATE_GRANT_SHARE` of the safety margin; always true with a margin of 0).
 
         Check it right before the request leaves: the margin must cover everything between
         the decision and the call reaching upstream, and the store itself only bounds the
