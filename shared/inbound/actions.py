@@ -8,6 +8,7 @@ token its URL carries.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -43,6 +44,7 @@ from shared.inbound._registry import (
     verify_subscription_token,
     webhook_url,
 )
+from shared.logs import loggable_text
 from shared.problems import Problem, ProblemType
 from shared.suppressions import ALL_SERVICES, Suppression, SuppressionStore
 from shared.triggers import TriggerKind, TriggerNotifier
@@ -101,6 +103,8 @@ PhonePath = Annotated[
 ]
 
 # --- inputs and documents -------------------------------------------------------------------------
+
+log = logging.getLogger("shared.inbound.actions")
 
 
 class RegisterInput(ActionInput):
@@ -301,8 +305,32 @@ def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> Webh
         nonce=nonce,
         connection=connection,
     )
-    _registry(ctx.settings).add(registration)
+    try:
+        _registry(ctx.settings).add(registration)
+    except Exception:
+        _withdraw(ctx, registration)
+        raise
     return registration
+
+
+def _withdraw(ctx: ActionContext, registration: WebhookRegistration) -> None:
+    """Remove upstream an action whose registration could not be recorded: unrecorded, its URL
+    could never be revoked (only rotating the secrets would stop it), and the caller's retry
+    registers another. Best effort: what remains is logged for an operator."""
+    try:
+        if registration.pipeline_id is None:
+            raise LookupError("the registration answer had no pipeline id")
+        ctx.client.delete_trigger(
+            pipeline_id=registration.pipeline_id, action_id=registration.action_id
+        )
+    except Exception as exc:
+        log.error(
+            "webhook action %s of service %s was registered with SmartDialog but could not be "
+            "recorded nor removed (%s): remove it from the service's pipelines",
+            registration.action_id,
+            loggable_text(registration.service),
+            type(exc).__name__,
+        )
 
 
 def register(ctx: ActionContext, inp: RegisterInput) -> ActionResponse:

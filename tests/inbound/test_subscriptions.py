@@ -262,6 +262,26 @@ def test_register_and_unregister_the_webhook(inbound: Inbound) -> None:
     assert inbound.rows(names.WEBHOOKS_TABLE) == []
 
 
+def test_a_registration_that_cannot_be_recorded_is_removed_upstream(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unrecorded, its URL (a token without expiry) could never be revoked, and the caller's
+    retry registers another action beside it."""
+    from shared.inbound import WebhookRegistry
+    from tests.crash import crash_once
+
+    crash_once(monkeypatch, WebhookRegistry, "add", "storage failed")
+    answer = inbound.call(
+        "RegisterInboundWebhook",
+        "POST",
+        route_params={"Service": TWO_WAY},
+        headers={"Customer-Id": CUSTOMER},
+    )
+    assert answer.status == 500
+    assert inbound.sandbox.state.actions_for(TWO_WAY) == []
+    assert inbound.rows(names.WEBHOOKS_TABLE) == []
+
+
 def test_registering_for_a_one_way_service_maps_the_upstream_refusal(inbound: Inbound) -> None:
     answer = inbound.call(
         "RegisterInboundWebhook",
