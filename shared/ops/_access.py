@@ -59,6 +59,7 @@ _NAME_CLAIMS = (
 # Token subjects live in the webhook purpose's namespace scheme (see shared.inbound._registry):
 # no webhook or subscription subject starts with this, so no token opens both.
 _FORM_SUBJECT = "ops-form/{}"
+_NOTICE_SUBJECT = "ops-notice/{}/{}"
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,27 @@ def form_token(settings: Settings, principal: Principal) -> str:
         TokenPurpose.WEBHOOK,
         _FORM_SUBJECT.format(principal.id),
         ttl_seconds=FORM_TOKEN_SECONDS,
+        secrets=settings.callback_secret_list,
+    )
+
+
+def notice_token(settings: Settings, principal: Principal, notice: str) -> str:
+    """The signature of a button's outcome shown to ``principal`` after its redirect: a link
+    made elsewhere cannot put its own text on the page."""
+    return sign(
+        TokenPurpose.WEBHOOK,
+        _NOTICE_SUBJECT.format(principal.id, notice),
+        ttl_seconds=FORM_TOKEN_SECONDS,
+        secrets=settings.callback_secret_list,
+    )
+
+
+def verify_notice(settings: Settings, principal: Principal, notice: str, token: str | None) -> bool:
+    """Whether ``token`` is :func:`notice_token` of ``notice`` for ``principal``."""
+    return verify(
+        token,
+        TokenPurpose.WEBHOOK,
+        _NOTICE_SUBJECT.format(principal.id, notice),
         secrets=settings.callback_secret_list,
     )
 

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode
 
 from shared.clock import utcnow
-from shared.ops._access import authorize, form_token, verify_form_token
+from shared.ops._access import (
+    Principal,
+    authorize,
+    form_token,
+    notice_token,
+    verify_form_token,
+    verify_notice,
+)
 from shared.ops._overview import overview
 from shared.ops.actions import desk, letter_doc
 from shared.problems import FieldError, Problem, ProblemType, internal_error, validation_problem
@@ -108,7 +115,7 @@ def handle_page(
                 letters=[letter_doc(v, now) for v in letters],
                 more_letters=more,
                 csrf=form_token(current, principal),
-                notice=query.get("done"),
+                notice=_notice(current, principal, query),
                 now=now,
             )
         )
@@ -161,7 +168,8 @@ def handle_page_action(
             )
             log.info("ops page: %s by %s", notice, principal.id)
         # Relative: the page is one segment up, whatever the host's route prefix.
-        return PageResponse(303, b"", {"Location": "../ops?" + urlencode({"done": notice})})
+        signed = {"done": notice, "sig": notice_token(current, principal, notice)}
+        return PageResponse(303, b"", {"Location": "../ops?" + urlencode(signed)})
 
     if action not in ("redrive", "purge"):
         return PageResponse.problem(
@@ -173,6 +181,14 @@ def handle_page_action(
             )
         )
     return _guarded(run)
+
+
+def _notice(settings: Settings, principal: Principal, query: Mapping[str, str]) -> str | None:
+    """A button's outcome, shown only as the button's redirect signed it for this user."""
+    notice = query.get("done")
+    if notice and verify_notice(settings, principal, notice, query.get("sig")):
+        return notice
+    return None
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:

@@ -36,8 +36,16 @@ def principal(
     return base64.b64encode(json.dumps(document).encode()).decode()
 
 
-def get_page(headers: dict[str, str] | None = None) -> func.HttpResponse:
-    request = func.HttpRequest("GET", "http://localhost/api/ops", headers=headers or {}, body=b"")
+def get_page(headers: dict[str, str] | None = None, query: str = "") -> func.HttpResponse:
+    from urllib.parse import parse_qsl
+
+    request = func.HttpRequest(
+        "GET",
+        f"http://localhost/api/ops{query}",
+        headers=headers or {},
+        params=dict(parse_qsl(query.removeprefix("?"))),
+        body=b"",
+    )
     return app_function("OpsPage")(request)  # type: ignore[no-any-return]
 
 
@@ -238,3 +246,18 @@ def test_the_page_shows_the_oldest_dead_letters_of_all_queues(ops: Outbound) -> 
     assert "event-0" in html
     assert f"event-{PAGE_DEAD_LETTERS + 9}" not in html
     assert "More dead letters than shown" in html
+
+
+def test_only_a_buttons_own_outcome_is_shown_not_a_links_text(ops: Outbound) -> None:
+    """A crafted ?done= would put any text on the trusted page (say, where to sign in)."""
+    one_letter()
+    page = get_page()
+    [row_id] = re.findall(r'name="id" value="([^"]+)"', page.get_body().decode())[:1]
+    done = press("purge", {"id": row_id, "csrf": csrf_of(page)})
+    location = done.headers["Location"]
+
+    shown = get_page(query=location.removeprefix("../ops")).get_body().decode()
+    crafted = get_page(query="?done=Session+expired:+sign+in+at+evil.example").get_body().decode()
+
+    assert f"{row_id}: purged" in shown
+    assert "evil.example" not in crafted
