@@ -41,7 +41,7 @@ from shared.outbound._attempt import (
     packed_command,
     split_answer,
 )
-from shared.outbound._giving_up import give_up
+from shared.outbound._giving_up import give_up, refusal_failure
 from shared.outbound._models import PackDriver, parse_outbound_message
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -402,20 +402,21 @@ class _Run:
         return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail=failed.code)
 
     def rejected(self, claimed: list[MessageRecord], refused: Refused) -> SendOutcome:
-        """Upstream refused the whole call: nothing was sent. The member it names fails alone
-        and the rest go again with a new RequestId. A 400 naming nobody (or a 413) splits the
-        pack in two, unless this pack is itself half of a pack whose other half was refused
-        the same way (then it is not one recipient's fault: every member fails); a pack of one
-        fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a
-        recipient: every member fails."""
+        """Upstream refused the whole call: nothing was sent. The member it names fails alone and
+        the rest go again with a new RequestId. A 400 naming nobody (or a 413) splits the pack in
+        two, unless this pack is itself half of a pack whose other half was refused the same way
+        (then it is not one recipient's fault: every member fails) or an earlier attempt may have
+        gone through (it may refuse its repeat: every member fails, outcome-unknown); a pack of one
+        fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a recipient:
+        every member fails."""
         addresses = {m.message_id: m.addresses for m in self.pack.members}
         offenders = [c for c in claimed if refused.blames(addresses.get(c.message_id, ()))]
-        if not offenders and len(claimed) == 1:
-            offenders = claimed
+        if not offenders and (len(claimed) == 1 or any(c.maybe_sent for c in claimed)):
+            offenders = claimed  # after an ambiguous attempt, it may refuse a repeat
 
         self.save(attempt=())
         if offenders:
-            self.outcomes.fail_many([(m, refused.failure(m.attempts)) for m in offenders])
+            self.outcomes.fail_many([(m, refusal_failure(refused, m)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
             from shared.smartdialog import mask_phone_numbers
@@ -433,7 +434,7 @@ class _Run:
             refused.status == 400 and sibling is not None and sibling.refused
         )
         if whole:
-            self.outcomes.fail_many([(m, refused.failure(m.attempts)) for m in claimed])
+            self.outcomes.fail_many([(m, refusal_failure(refused, m)) for m in claimed])
             log.warning(
                 "pack %s refused (%d): %s; its %d member(s) failed",
                 self.pack.pack_id, refused.status, refused.message, len(claimed),

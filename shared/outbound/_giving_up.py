@@ -12,13 +12,14 @@ import datetime as dt
 from typing import Any
 
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
-from shared.outbound._attempt import Transient
+from shared.outbound._attempt import Refused, Transient
 
 __all__ = [
     "expired",
     "give_up",
     "may_have_been_sent",
     "redrive_doubt",
+    "refusal_failure",
     "remember_interrupted",
     "remember_maybe_sent",
 ]
@@ -43,6 +44,25 @@ def may_have_been_sent(detail: str | None) -> str:
         "(a timeout, a lost answer, a 5xx), so the message may have been sent."
     )
     return f"{note} {detail}" if detail else note
+
+
+def refusal_failure(refused: Refused, record: MessageRecord) -> FailureInfo:
+    """Why ``record`` failed when upstream refused its call. ``outcome-unknown`` when an
+    earlier attempt may have reached upstream and the refusal names no recipient: it may be
+    SmartDialog's answer to a repeat of that attempt's RequestId (its definition does not say
+    how it answers one; the sandbox answers 409 with the original), so the message may have
+    been sent. A refusal that names a recipient was about the content, which the earlier
+    attempt carried too: ``upstream-rejected``."""
+    failure = refused.failure(record.attempts)
+    if not record.maybe_sent or refused.culprit is not None:
+        return failure
+    return failure.model_copy(
+        update={
+            "code": "outcome-unknown",
+            "title": f"SmartDialog refused a repeat ({refused.status}); it may have been sent",
+            "detail": may_have_been_sent(refused.message),
+        }
+    )
 
 
 def give_up(

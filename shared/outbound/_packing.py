@@ -40,6 +40,7 @@ from shared.outbound._attempt import (
     packed_command,
     split_answer,
 )
+from shared.outbound._giving_up import refusal_failure
 from shared.outbound._models import OutboundMessage, parse_outbound_message
 from shared.outbound._outcomes import (
     OutcomeKind,
@@ -568,20 +569,19 @@ class IndexPacks:
     ) -> SendOutcome:
         """Upstream refused the whole call (nothing was sent). The member it names fails alone
         and the others go back to the queue for a new pack (new membership, new RequestId).
-        If upstream names no member, every member is sent alone from now on, so whichever is
-        at fault fails alone."""
+        Naming none, each goes alone from now on (whichever is at fault fails alone), unless
+        an attempt may have gone through: it may refuse its repeat, all fail (outcome-unknown)."""
         leader, command = members[0]
         offenders = {r.message_id for r, c in members if refused.blames(command_addresses(c))}
-        if len(members) == 1 and not offenders:
-            offenders = {leader.message_id}
+        if not offenders and (len(members) == 1 or any(r.maybe_sent for r, _ in members)):
+            offenders = {r.message_id for r, _ in members}
         outcomes: dict[str, SendOutcome] = {}
 
         def settle(item: tuple[MessageRecord, OutboundMessage]) -> None:
             member, _ = item
             if member.message_id in offenders:
-                outcomes[member.message_id] = self.outcomes.fail(
-                    member, refused.failure(member.attempts)
-                )
+                failure = refusal_failure(refused, member)
+                outcomes[member.message_id] = self.outcomes.fail(member, failure)
                 return
             changes: dict[str, Any] = {} if offenders else {"pack_key": None}
             released = self.release_one(member, MessageStatus.QUEUED, keep_pack=False, **changes)

@@ -26,6 +26,7 @@ from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lan
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
+from shared.outbound._giving_up import refusal_failure
 from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
@@ -451,7 +452,7 @@ class OutboundSender:
             return self.outcomes.sent(record, result.body, duplicate=result.duplicate)
         if isinstance(result, Transient):
             return self._transient(record, command, result)
-        return self.outcomes.fail(record, result.failure(record.attempts))
+        return self.outcomes.fail(record, refusal_failure(result, record))
 
     def _transient(
         self, record: MessageRecord, command: OutboundMessage, failed: Transient

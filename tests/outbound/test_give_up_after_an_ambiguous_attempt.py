@@ -174,3 +174,27 @@ def test_a_send_whose_token_cannot_be_had_fails_as_certainly_not_sent(outbound: 
     assert failed.failure.code == "attempts-exhausted"
     assert not failed.maybe_sent
     assert outbound.upstream() == []
+
+
+def test_a_refusal_naming_nobody_after_an_ambiguous_attempt_says_it_may_have_been_sent(
+    outbound: Outbound,
+) -> None:
+    """SmartDialog's definition does not say how it answers a repeated RequestId (the sandbox
+    answers 409 with the original). After an attempt that may have gone through, a refusal
+    naming no recipient may be that answer: the message may have been sent (and a pack's
+    members must not go again alone under new RequestIds). One naming a recipient was about
+    the content, which the first attempt carried too."""
+    from dataclasses import replace
+
+    from shared.outbound._attempt import Refused
+    from shared.outbound._giving_up import refusal_failure
+
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+    record = stored(accepted.body["Id"])
+    doubtful = replace(record, maybe_sent=True)
+    naming_nobody = Refused(400, "Bad request")
+    naming_one = Refused(400, f"recipient rejected: {DELIVERED}", DELIVERED)
+
+    assert refusal_failure(naming_nobody, doubtful).code == "outcome-unknown"
+    assert refusal_failure(naming_one, doubtful).code == "upstream-rejected"
+    assert refusal_failure(naming_nobody, record).code == "upstream-rejected"
