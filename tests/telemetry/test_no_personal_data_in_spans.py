@@ -50,23 +50,12 @@ os._exit(0)
 """
 
 
-def test_no_span_records_a_phone_number_or_a_token(
-    storage_env: str, sandbox_server: SandboxServer
-) -> None:
-    env = {
-        **os.environ,
-        "AzureWebJobsStorage": storage_env,
-        # Nowhere to export to: the exporter's failures are its own (the probe exits at once).
-        "APPLICATIONINSIGHTS_CONNECTION_STRING": (
-            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-            "IngestionEndpoint=http://127.0.0.1:9/"
-        ),
-        "OTEL_TRACES_SAMPLER": "always_on",  # the distro's default samples by rate
-        "PYTHONPATH": str(REPO),
-    }
+def _in_a_child(code: str, *args: str, **env: str) -> str:
+    """Run ``code`` in a child process (the distro sets process-wide state) with ``env`` added;
+    its standard output."""
     run = subprocess.run(
-        [sys.executable, "-c", PROBE, sandbox_server.api_url],
-        env=env,
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -74,7 +63,24 @@ def test_no_span_records_a_phone_number_or_a_token(
         check=False,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    spans = json.loads(run.stdout.strip().splitlines()[-1])
+    return run.stdout
+
+
+def test_no_span_records_a_phone_number_or_a_token(
+    storage_env: str, sandbox_server: SandboxServer
+) -> None:
+    out = _in_a_child(
+        PROBE,
+        sandbox_server.api_url,
+        AzureWebJobsStorage=storage_env,
+        # Nowhere to export to: the exporter's failures are its own (the probe exits at once).
+        APPLICATIONINSIGHTS_CONNECTION_STRING=(
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+            "IngestionEndpoint=http://127.0.0.1:9/"
+        ),
+        OTEL_TRACES_SAMPLER="always_on",  # the distro's default samples by rate
+    )
+    spans = json.loads(out.strip().splitlines()[-1])
     assert "probe" in [name for name, _ in spans], spans  # spans were recorded
     text = json.dumps(spans)
     assert "358401234567" not in text, spans
@@ -100,22 +106,10 @@ os._exit(0)
 
 def test_a_bad_connection_string_is_reported_once_not_on_every_span() -> None:
     """The distro refuses it: the setup was tried again, and warned, on every span."""
-    env = {
-        **os.environ,
-        "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=not-a-guid",
-        "PYTHONPATH": str(REPO),
-    }
-    run = subprocess.run(
-        [sys.executable, "-c", BAD_STRING_PROBE],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    out = _in_a_child(
+        BAD_STRING_PROBE, APPLICATIONINSIGHTS_CONNECTION_STRING="InstrumentationKey=not-a-guid"
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.split() == ["1", "False"], run.stdout + run.stderr[-1000:]
+    assert out.split() == ["1", "False"], out
 
 
 def test_a_settings_error_elsewhere_does_not_switch_telemetry_off(
