@@ -15,8 +15,8 @@ timeout). Every grant's recorded time and the time the worker got it back (both
   always-hungry callers (``calls`` at 0, W, 2W, ... with W = period + margin): the
   part lost to contention and wake-up latency;
 - ``max_grant_delay_ms``: longest time from a grant's recorded time to its caller
-  having it; the store withdraws grants later than the margin (``late_grants``), so
-  this stays below the margin plus a thread switch.
+  having it; the store withdraws grants later than half the margin (``late_grants``), so
+  this stays below that plus a thread switch.
 
 Run alone with ``python -m bench.quota_store`` (starts its own Azurite); ``measure()``
 gives the rows of ``make bench``. Scripts calling :func:`run_store_benchmark` need an

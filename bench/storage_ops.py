@@ -6,8 +6,8 @@ the app's real functions:
 
 1. **accept**: one SendMessage of one recipient (the HTTP function, in process), ``SENDS`` times
    without an Idempotency-Key and ``SENDS`` times with one, after a warm-up that made the tables
-   and queues: round trips per accepted send (median; the mean is in the note). Target of the
-   issue "One send path": at most 3.
+   and queues: round trips per accepted send (the mean: every trip any send made; the median
+   is in the note). Target of the issue "One send path": at most 3.
 2. **drain**: ``PACK_MEMBERS`` packable SendMessage requests (same sender and content, one
    recipient each) are accepted first; then the dev host runs the queue triggers with host.json's
    settings until every recipient was accepted upstream and the outbound queue is empty. Table

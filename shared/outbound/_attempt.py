@@ -108,8 +108,9 @@ class AttemptGate:
     httpx request hook, and again from httpcore's trace once the connection is ready, right
     before the headers are written), the attempt's grant must still be fresh: the quota's LATE
     rule bounds only the time from a grant's decision until the store returns it, and the
-    margin must cover everything up to the call reaching upstream. A grant older than the
-    margin raises :class:`StaleGrant`, so no request goes out with it.
+    margin must cover everything up to the call reaching upstream. A grant older than half the
+    margin (the quota's ``LATE_GRANT_SHARE``; the rest is for the way upstream and clock skew)
+    raises :class:`StaleGrant`, so no request goes out with it.
     """
 
     def __init__(self, quota: QuotaPort) -> None:

@@ -127,6 +127,7 @@ class _Run:
         self.driver = driver
         #: Members of this pack left open by this turn (the driver comes back for them).
         self.leftovers = 0
+        self.repeating = False
         #: When and why the driver comes back: (delay, kind, reason), sent once the lease
         #: is released.
         self.follow_up: tuple[float, OutcomeKind, str] | None = None
@@ -267,6 +268,7 @@ class _Run:
         self.leftovers += len(due) - len(claimed)
         if not claimed:
             return self.later(1, "claim-lost")
+        self.repeating = bool(self.pack.attempt)  # this call's RequestId was tried before
         if not self.pack.attempt:
             # A new call: recorded before it is made. Only a pack's first call with every
             # member uses the pack id as its RequestId; any other call derives its own.
@@ -410,13 +412,20 @@ class _Run:
         fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a recipient:
         every member fails."""
         addresses = {m.message_id: m.addresses for m in self.pack.members}
+
+        def failure(member: MessageRecord) -> FailureInfo:
+            named = refused.blames(addresses.get(member.message_id, ()))
+            return refusal_failure(refused, member, named=named)
+
         offenders = [c for c in claimed if refused.blames(addresses.get(c.message_id, ()))]
-        if not offenders and (len(claimed) == 1 or any(c.maybe_sent for c in claimed)):
-            offenders = claimed  # after an ambiguous attempt, it may refuse a repeat
+        # A repeat of a call that may have gone through: it may refuse the repeat itself.
+        repeat = self.repeating and any(c.maybe_sent for c in claimed)
+        if not offenders and (len(claimed) == 1 or repeat):
+            offenders = claimed
 
         self.save(attempt=())
         if offenders:
-            self.outcomes.fail_many([(m, refusal_failure(refused, m)) for m in offenders])
+            self.outcomes.fail_many([(m, failure(m)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
             from shared.smartdialog import mask_phone_numbers
@@ -434,7 +443,7 @@ class _Run:
             refused.status == 400 and sibling is not None and sibling.refused
         )
         if whole:
-            self.outcomes.fail_many([(m, refusal_failure(refused, m)) for m in claimed])
+            self.outcomes.fail_many([(m, failure(m)) for m in claimed])
             log.warning(
                 "pack %s refused (%d): %s; its %d member(s) failed",
                 self.pack.pack_id, refused.status, refused.message, len(claimed),

@@ -46,15 +46,15 @@ def may_have_been_sent(detail: str | None) -> str:
     return f"{note} {detail}" if detail else note
 
 
-def refusal_failure(refused: Refused, record: MessageRecord) -> FailureInfo:
+def refusal_failure(refused: Refused, record: MessageRecord, *, named: bool) -> FailureInfo:
     """Why ``record`` failed when upstream refused its call. ``outcome-unknown`` when an
     earlier attempt may have reached upstream and the refusal names no recipient: it may be
     SmartDialog's answer to a repeat of that attempt's RequestId (its definition does not say
     how it answers one; the sandbox answers 409 with the original), so the message may have
-    been sent. A refusal that names a recipient was about the content, which the earlier
-    attempt carried too: ``upstream-rejected``."""
+    been sent. A refusal that names one of its recipients (``named``, as the caller matched
+    them) was about the content, which the earlier attempt carried too: ``upstream-rejected``."""
     failure = refused.failure(record.attempts)
-    if not record.maybe_sent or refused.culprit is not None:
+    if not record.maybe_sent or named:
         return failure
     return failure.model_copy(
         update={

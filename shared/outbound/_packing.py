@@ -572,15 +572,15 @@ class IndexPacks:
         Naming none, each goes alone from now on (whichever is at fault fails alone), unless
         an attempt may have gone through: it may refuse its repeat, all fail (outcome-unknown)."""
         leader, command = members[0]
-        offenders = {r.message_id for r, c in members if refused.blames(command_addresses(c))}
+        blamed = {r.message_id for r, c in members if refused.blames(command_addresses(c))}
+        offenders = blamed
         if not offenders and (len(members) == 1 or any(r.maybe_sent for r, _ in members)):
             offenders = {r.message_id for r, _ in members}
         outcomes: dict[str, SendOutcome] = {}
 
         def settle(item: tuple[MessageRecord, OutboundMessage]) -> None:
-            member, _ = item
-            if member.message_id in offenders:
-                failure = refusal_failure(refused, member)
+            if (member := item[0]).message_id in offenders:
+                failure = refusal_failure(refused, member, named=member.message_id in blamed)
                 outcomes[member.message_id] = self.outcomes.fail(member, failure)
                 return
             changes: dict[str, Any] = {} if offenders else {"pack_key": None}

@@ -452,7 +452,9 @@ class OutboundSender:
             return self.outcomes.sent(record, result.body, duplicate=result.duplicate)
         if isinstance(result, Transient):
             return self._transient(record, command, result)
-        return self.outcomes.fail(record, refusal_failure(result, record))
+        # One message: any recipient upstream names is its own.
+        named = result.culprit is not None
+        return self.outcomes.fail(record, refusal_failure(result, record, named=named))
 
     def _transient(
         self, record: MessageRecord, command: OutboundMessage, failed: Transient
