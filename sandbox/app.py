@@ -62,6 +62,7 @@ MAGIC_NUMBERS = {
     "+358400000005": "throttled",  # 429 Retry-After: 1, always
     "+358400000006": "error",  # 500, always
     "+358400000007": "slow",  # answers after slow_seconds
+    "+358400000008": "refused",  # 400 naming nobody, as a service might answer a repeat
 }
 # DLR statusCode per status: Kannel's DLR event numbers (1 delivered to phone, 2 not delivered).
 DLR_STATUS_CODES = {"delivered": 1, "failed": 2}
@@ -640,6 +641,8 @@ class Sandbox:
         if "rejected" in magic:
             rejected = next(a for a in addresses if MAGIC_NUMBERS.get(a) == "rejected")
             raise ApiError(400, f"recipient rejected: {rejected}")
+        if "refused" in magic:
+            raise ApiError(400, "The request was refused")
 
     def _record_message(
         self, call: Call, answer: Mapping[str, Any], recipients: list[tuple[str, str]], content: str

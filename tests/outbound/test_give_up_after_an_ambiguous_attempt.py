@@ -197,3 +197,27 @@ def test_a_refusal_naming_nobody_after_an_ambiguous_attempt_says_it_may_have_bee
     assert refusal_failure(refused, doubtful, named=False).code == "outcome-unknown"
     assert refusal_failure(refused, doubtful, named=True).code == "upstream-rejected"
     assert refusal_failure(refused, record, named=False).code == "upstream-rejected"
+
+
+def test_a_pack_refused_naming_nobody_after_an_ambiguous_call_is_not_sent_again_alone(
+    private_outbound: Callable[..., Outbound],
+) -> None:
+    """The pack's call reached upstream but its answer was lost; its repeat is refused naming
+    nobody (+358400000008: how SmartDialog might answer a repeated RequestId). Split into
+    members sent alone under new RequestIds, each could reach its recipient twice: every
+    member fails outcome-unknown instead, and nothing more goes upstream."""
+    refused = "+358400000008"
+    env = private_outbound(faults=FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    ids = [
+        call_http("SendMessage", "POST", body=sms(address, content="Same text")).body["Id"]
+        for address in (DELIVERED, "+358401110001", refused)
+    ]
+
+    env.run_once()  # one pack's call: handled upstream, the answer lost
+    assert all(stored(i).maybe_sent for i in ids)
+    env.sandbox.app.faults.configure(FaultPlan())
+    env.drain()  # its repeat, same RequestId: refused naming nobody
+
+    failures = [stored(i).failure for i in ids]
+    assert [f.code if f else None for f in failures] == ["outcome-unknown"] * 3
+    assert len(env.upstream()) == 2  # the call and its repeat, none alone
