@@ -161,40 +161,33 @@ def authorize(
 
 def form_token(settings: Settings, principal: Principal) -> str:
     """The anti-CSRF token of a page served to ``principal``."""
-    return sign(
-        TokenPurpose.WEBHOOK,
-        _FORM_SUBJECT.format(principal.id),
-        ttl_seconds=FORM_TOKEN_SECONDS,
-        secrets=settings.callback_secret_list,
-    )
+    return _signed(settings, _FORM_SUBJECT.format(principal.id))
+
+
+def verify_form_token(settings: Settings, principal: Principal, token: str | None) -> bool:
+    """Whether ``token`` was served to ``principal`` within :data:`FORM_TOKEN_SECONDS`."""
+    return _verified(settings, _FORM_SUBJECT.format(principal.id), token)
 
 
 def notice_token(settings: Settings, principal: Principal, notice: str) -> str:
     """The signature of a button's outcome shown to ``principal`` after its redirect: a link
     made elsewhere cannot put its own text on the page."""
+    return _signed(settings, _NOTICE_SUBJECT.format(principal.id, notice))
+
+
+def verify_notice(settings: Settings, principal: Principal, notice: str, token: str | None) -> bool:
+    """Whether ``token`` is :func:`notice_token` of ``notice`` for ``principal``."""
+    return _verified(settings, _NOTICE_SUBJECT.format(principal.id, notice), token)
+
+
+def _signed(settings: Settings, subject: str) -> str:
     return sign(
         TokenPurpose.WEBHOOK,
-        _NOTICE_SUBJECT.format(principal.id, notice),
+        subject,
         ttl_seconds=FORM_TOKEN_SECONDS,
         secrets=settings.callback_secret_list,
     )
 
 
-def verify_notice(settings: Settings, principal: Principal, notice: str, token: str | None) -> bool:
-    """Whether ``token`` is :func:`notice_token` of ``notice`` for ``principal``."""
-    return verify(
-        token,
-        TokenPurpose.WEBHOOK,
-        _NOTICE_SUBJECT.format(principal.id, notice),
-        secrets=settings.callback_secret_list,
-    )
-
-
-def verify_form_token(settings: Settings, principal: Principal, token: str | None) -> bool:
-    """Whether ``token`` was served to ``principal`` within :data:`FORM_TOKEN_SECONDS`."""
-    return verify(
-        token,
-        TokenPurpose.WEBHOOK,
-        _FORM_SUBJECT.format(principal.id),
-        secrets=settings.callback_secret_list,
-    )
+def _verified(settings: Settings, subject: str, token: str | None) -> bool:
+    return verify(token, TokenPurpose.WEBHOOK, subject, secrets=settings.callback_secret_list)

@@ -29,7 +29,7 @@ from shared.inbound import (
 from shared.inbound._dispatch import MAX_RETRY_DELAY_SECONDS
 from shared.settings import get_settings
 from tests.fixtures.sandbox import CallbackReceiver
-from tests.inbound.conftest import CUSTOMER, TWO_WAY, Inbound
+from tests.inbound.conftest import CUSTOMER, TWO_WAY, HttpAnswer, Inbound
 
 SENDER = "+358401234567"
 NOW = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -237,13 +237,18 @@ def test_a_subscribers_retry_after_outlasts_the_backoff_up_to_the_cap(
     assert dead_letters.sent == []
 
 
-def test_register_and_unregister_the_webhook(inbound: Inbound) -> None:
-    answer = inbound.call(
+def register_webhook(inbound: Inbound, service: str) -> HttpAnswer:
+    """RegisterInboundWebhook for ``service`` of the test customer; its answer."""
+    return inbound.call(
         "RegisterInboundWebhook",
         "POST",
-        route_params={"Service": TWO_WAY},
+        route_params={"Service": service},
         headers={"Customer-Id": CUSTOMER},
     )
+
+
+def test_register_and_unregister_the_webhook(inbound: Inbound) -> None:
+    answer = register_webhook(inbound, TWO_WAY)
     assert answer.status == 201
     action_id = answer.body["ActionId"]
     assert answer.body["PipelineId"]
@@ -271,24 +276,14 @@ def test_a_registration_that_cannot_be_recorded_is_removed_upstream(
     from tests.crash import crash_once
 
     crash_once(monkeypatch, WebhookRegistry, "add", "storage failed")
-    answer = inbound.call(
-        "RegisterInboundWebhook",
-        "POST",
-        route_params={"Service": TWO_WAY},
-        headers={"Customer-Id": CUSTOMER},
-    )
+    answer = register_webhook(inbound, TWO_WAY)
     assert answer.status == 500
     assert inbound.sandbox.state.actions_for(TWO_WAY) == []
     assert inbound.rows(names.WEBHOOKS_TABLE) == []
 
 
 def test_registering_for_a_one_way_service_maps_the_upstream_refusal(inbound: Inbound) -> None:
-    answer = inbound.call(
-        "RegisterInboundWebhook",
-        "POST",
-        route_params={"Service": "s-1001-oneway"},
-        headers={"Customer-Id": CUSTOMER},
-    )
+    answer = register_webhook(inbound, "s-1001-oneway")
     assert answer.status in (404, 422)
     assert answer.headers["Content-Type"] == "application/problem+json"
     assert inbound.rows(names.WEBHOOKS_TABLE) == []
