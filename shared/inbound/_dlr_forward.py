@@ -140,7 +140,7 @@ class DlrForwarder:
         target = parts._replace(query=query, fragment="").geturl()
         verdict = judge_call(
             lambda: self._http.get(target),
-            urlsplit(url).hostname,
+            parts.hostname,
             now=lambda: self._clock().timestamp(),
         )
         attempts = forward.attempts + 1

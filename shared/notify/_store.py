@@ -294,8 +294,6 @@ class NotifyState:
         this raises: the event is retried, not quietly refused."""
         import random
 
-        from shared.clock import current
-
         partition, row, key = f"cap-{rule_id}", now.strftime("%Y%m%d%H"), _stored_key(event_key)
         for _ in range(_CAP_ROUNDS):
             entity = self._read(partition, row)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared import outbound
 from shared.clock import utcnow
 from shared.deadletters import (
     DEAD_LETTER_QUEUES,
@@ -45,7 +46,6 @@ from shared.names import (
     TRIGGER_EVENTS_QUEUE,
     poison_queue,
 )
-from shared.outbound import MessageRedrivenData, redrive_doubt
 from shared.payloads import PayloadStore
 from shared.problems import Problem
 from shared.settings import host_max_dequeue_count
@@ -435,7 +435,7 @@ class DeadLetterDesk:
         """The re-drive transition's own event, sent once the record is queued again and before
         its copy goes on the queue. A crash in between leaves the letter listed: re-driving it
         again queues the copy (the record is already queued then, so no second event)."""
-        data = MessageRedrivenData(
+        data = outbound.MessageRedrivenData(
             messageId=failed.message_id,
             operation=failed.operation,
             customerId=failed.customer_id,
@@ -473,7 +473,7 @@ class DeadLetterDesk:
                 return None  # back in flight: one more copy is harmless
             if (opted := self._still_opted_out(record)) is not None:
                 return HandledKind.KEPT, opted
-            if not force and (doubt := redrive_doubt(record)) is not None:
+            if not force and (doubt := outbound.redrive_doubt(record)) is not None:
                 return HandledKind.KEPT, doubt
             now = self._clock()
             redriven = self.store.redrive(record, now=now)
@@ -493,9 +493,8 @@ class DeadLetterDesk:
         if failed.failure is None or failed.failure.code != "suppressed" or not failed.service_id:
             return None
         try:
-            recipients = json.loads(failed.command)["body"]["Recipients"]
-            addresses = [str(r["Address"]) for r in recipients]
-        except (ValueError, TypeError, KeyError):  # a command not as we write it
+            addresses = outbound.command_addresses(outbound.parse_outbound_message(failed.command))
+        except ValueError:  # a command not as we write it (pydantic's errors are ValueErrors)
             return None
         try:  # the check the send action and the sender make
             refuse_suppressed(self._suppressions, failed.service_id, addresses)

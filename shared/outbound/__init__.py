@@ -38,6 +38,7 @@ from shared.outbound._models import (
 from shared.outbound._outcomes import OutcomeKind, SendOutcome
 from shared.outbound._ports import send_ports
 from shared.outbound._records import (
+    command_addresses,
     new_record,
     normalize,
     pack_key,
@@ -69,6 +70,7 @@ __all__ = [
     "StatusView",
     "StoredCommand",
     "TemplateContentField",
+    "command_addresses",
     "derive_message_id",
     "new_record",
     "normalize",

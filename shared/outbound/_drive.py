@@ -412,12 +412,12 @@ class _Run:
         fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a recipient:
         every member fails."""
         addresses = {m.message_id: m.addresses for m in self.pack.members}
+        blamed = {c.message_id for c in claimed if refused.blames(addresses.get(c.message_id, ()))}
 
         def failure(member: MessageRecord) -> FailureInfo:
-            named = refused.blames(addresses.get(member.message_id, ()))
-            return refusal_failure(refused, member, named=named)
+            return refusal_failure(refused, member, named=member.message_id in blamed)
 
-        offenders = [c for c in claimed if refused.blames(addresses.get(c.message_id, ()))]
+        offenders = [c for c in claimed if c.message_id in blamed]
         # A repeat of a call that may have gone through: it may refuse the repeat itself.
         repeat = self.repeating and any(c.maybe_sent for c in claimed)
         if not offenders and (len(claimed) == 1 or repeat):
