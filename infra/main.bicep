@@ -144,9 +144,11 @@ param smartDialogOpsAllowedRoles string = ''
 
 // Named connections (README "Connections", docs/deploy.md "Named connections"): more SmartDialog
 // accounts beside the default one above. Each becomes SMARTDIALOG_CONNECTIONS__<NAME>__* app
-// settings, its secrets Key Vault references. Strings because azd passes environment values.
-@description('SMARTDIALOG_CONNECTIONS: a JSON array of named connections, each {"name", "customers": [...], "customerId", "serviceId", "clientId"} and optionally "quotaCalls", "quotaPeriodSeconds", "quotaSafetyMarginSeconds", "baseUrl", "authority", "scopes". Empty: only the default connection.')
-param smartDialogConnections string = ''
+// settings, its secrets Key Vault references. An array and an object, not JSON in a string:
+// azd puts an environment value into a string parameter unescaped, so the quotes of a JSON
+// value broke main.parameters.json; for an array or object parameter it parses the JSON.
+@description('SMARTDIALOG_CONNECTIONS: an array of named connections, each {"name", "customers": [...], "customerId", "serviceId", "clientId"} and optionally "quotaCalls", "quotaPeriodSeconds", "quotaSafetyMarginSeconds", "baseUrl", "authority", "scopes". Empty: only the default connection.')
+param smartDialogConnections array = []
 
 @description('Entra ID app (client) id operators sign in with for /api/ops (App Service Authentication); empty: no sign-in, and the page refuses everyone in Azure.')
 param opsAuthClientId string = ''
@@ -165,8 +167,8 @@ param smartDialogRefreshToken string = ''
 param smartDialogCallbackSecrets string = ''
 
 @secure()
-@description('SMARTDIALOG_CONNECTION_SECRETS: a JSON object of the named connections\' secrets, {"<name>": {"clientSecret": "...", "refreshToken": "..."}}.')
-param smartDialogConnectionSecrets string = ''
+@description('SMARTDIALOG_CONNECTION_SECRETS: an object of the named connections\' secrets, {"<name>": {"clientSecret": "...", "refreshToken": "..."}}.')
+param smartDialogConnectionSecrets object = {}
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -214,10 +216,9 @@ var smartDialogSettings = union(
 )
 
 // The named connections' plain settings as {name, value} pairs; a field not given is left out.
-var connections = json(empty(smartDialogConnections) ? '[]' : smartDialogConnections)
 // Key Vault secret names take no '_': a connection's name is lower case with '-' (as the app names it).
-var connectionNames = [for connection in connections: toLower(replace(connection.name, '_', '-'))]
-var connectionSettingPairs = [for connection in connections: [
+var connectionNames = [for connection in smartDialogConnections: toLower(replace(connection.name, '_', '-'))]
+var connectionSettingPairs = [for connection in smartDialogConnections: [
   {
     name: 'SMARTDIALOG_CONNECTIONS__${toUpper(replace(connection.name, '-', '_'))}__CUSTOMERS'
     value: contains(connection, 'customers') ? join(connection.customers, ',') : ''

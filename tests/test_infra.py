@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
 PARAMETERS = INFRA / "main.parameters.json"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 #: Settings the code reads that the Bicep deliberately does not set, and why.
 NOT_SET_IN_AZURE: dict[str, str] = {
@@ -719,10 +720,24 @@ def test_named_connections_come_from_azd_and_their_secrets_only_through_key_vaul
     assert mapped["smartDialogConnections"] == "${SMARTDIALOG_CONNECTIONS}"
     assert mapped["smartDialogConnectionSecrets"] == "${SMARTDIALOG_CONNECTION_SECRETS}"
     declared = params(source("main.bicep"))
-    assert declared["smartDialogConnections"].default == "''"
+    # azd puts an environment value into a string parameter unescaped (a JSON value's quotes
+    # break the parameters file) but parses it as JSON for an array or object parameter.
+    assert (
+        declared["smartDialogConnections"].type,
+        declared["smartDialogConnections"].default,
+    ) == ("array", "[]")
     secrets = declared["smartDialogConnectionSecrets"]
     assert "@secure()" in secrets.decorators
-    assert secrets.default == "''"
+    assert (secrets.type, secrets.default) == ("object", "{}")
+    vault_secrets = params(source("app/keyvault.bicep"))["connectionSecrets"]
+    assert "@secure()" in vault_secrets.decorators
+    assert vault_secrets.type == "object"
+    # The deploy guide's example values are what those parameters take.
+    examples = dict(
+        re.findall(r"azd env set (SMARTDIALOG_CONNECTION\w*) '([^']*)'", DEPLOY_DOC.read_text())
+    )
+    assert isinstance(json.loads(examples["SMARTDIALOG_CONNECTIONS"]), list)
+    assert isinstance(json.loads(examples["SMARTDIALOG_CONNECTION_SECRETS"]), dict)
 
     main, vault = source("main.bicep").no_comments, source("app/keyvault.bicep").no_comments
     for setting, field_name in CONNECTION_FIELDS.items():

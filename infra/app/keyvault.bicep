@@ -21,13 +21,12 @@ param callbackSecrets string = ''
 @description('Names of the named connections (SMARTDIALOG_CONNECTIONS), lower case.')
 param connectionNames array = []
 @secure()
-@description('SMARTDIALOG_CONNECTION_SECRETS: a JSON object, {"<name>": {"clientSecret": "...", "refreshToken": "..."}}.')
-param connectionSecrets string = ''
+@description('SMARTDIALOG_CONNECTION_SECRETS: {"<name>": {"clientSecret": "...", "refreshToken": "..."}}.')
+param connectionSecrets object = {}
 
 // Each named connection's secrets, '' where not given (such a secret and its setting are left out).
-var secretsByConnection = json(empty(connectionSecrets) ? '{}' : connectionSecrets)
-var connectionClientSecrets = [for name in connectionNames: contains(secretsByConnection, name) ? (contains(secretsByConnection[name], 'clientSecret') ? string(secretsByConnection[name].clientSecret) : '') : '']
-var connectionRefreshTokens = [for name in connectionNames: contains(secretsByConnection, name) ? (contains(secretsByConnection[name], 'refreshToken') ? string(secretsByConnection[name].refreshToken) : '') : '']
+var connectionClientSecrets = [for name in connectionNames: contains(connectionSecrets, name) ? (contains(connectionSecrets[name], 'clientSecret') ? string(connectionSecrets[name].clientSecret) : '') : '']
+var connectionRefreshTokens = [for name in connectionNames: contains(connectionSecrets, name) ? (contains(connectionSecrets[name], 'refreshToken') ? string(connectionSecrets[name].refreshToken) : '') : '']
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109:No virtual network in this template, and Flex Consumption without VNet integration has no fixed outbound addresses to allow, so the firewall would lock the app out of its own references. Access is Entra ID RBAC only.
