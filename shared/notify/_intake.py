@@ -13,7 +13,7 @@ import binascii
 import datetime as dt
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -103,9 +103,20 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def from_cloud_event(event: Any) -> IncomingEvent:
-    """An SDK ``CloudEvent`` (``cloudevents.core``) as an :class:`IncomingEvent`."""
+def _required_id(given: Collection[str], name: str = "id") -> None:
+    """Refuse an event without its ``id``: the SDK would make one up, a new one each time the
+    event is delivered again, and each delivery would then send its messages again."""
+    if name not in given:
+        raise InvalidEvent(f"Not a CloudEvents 1.0 event: {name} is required.", field=name)
+
+
+def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
+    """An SDK ``CloudEvent`` (``cloudevents.core``) as an :class:`IncomingEvent`; ``given``
+    names the attributes the sender gave (the SDK fills in ``time`` when there is none: such
+    an event has no time here)."""
     attributes = dict(event.get_attributes())
+    if "time" not in given:
+        attributes.pop("time", None)
     data = event.get_data()
     if isinstance(data, bytes | bytearray):
         try:
@@ -162,12 +173,13 @@ def _invalid(exc: Exception, *, prefix: str = "") -> InvalidEvent:
     return InvalidEvent(f"Not a CloudEvents 1.0 event: {exc}", field=field)
 
 
-def _cloud_event_from_json(text: bytes) -> IncomingEvent:
+def _cloud_event_from_json(value: dict[str, Any]) -> IncomingEvent:
     from cloudevents.core.exceptions import BaseCloudEventException
     from cloudevents.core.formats.json import JSONFormat
 
+    _required_id(value)
     try:
-        return from_cloud_event(JSONFormat().read(None, text))
+        return from_cloud_event(JSONFormat().read(None, json.dumps(value).encode("utf-8")), value)
     except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
         raise _invalid(exc) from exc
 
@@ -180,7 +192,7 @@ def parse_object(value: Any) -> IncomingEvent:
     if "specversion" in value:
         if value.get("specversion") != "1.0":
             raise InvalidEvent("Only CloudEvents 1.0 is accepted.", field="specversion")
-        return _cloud_event_from_json(json.dumps(value).encode("utf-8"))
+        return _cloud_event_from_json(value)
     return from_grid_event(value)
 
 
@@ -212,9 +224,11 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
 
         if headers.get("ce-specversion") != "1.0":
             raise InvalidEvent("Only CloudEvents 1.0 is accepted.", field="ce-specversion")
+        _required_id(headers, "ce-id")
+        given = {name[3:] for name in headers if name.startswith("ce-")}
         try:
             event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
-            return [from_cloud_event(event)]
+            return [from_cloud_event(event, given)]
         except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
             raise _invalid(exc, prefix="ce-") from exc
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()

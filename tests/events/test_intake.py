@@ -81,6 +81,18 @@ def test_event_grid_schema_blob_created_with_its_empty_data_version_is_read() ->
             "[0].eventType",
         ),
         ({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"{}", "ce-source"),
+        # Without its id the SDK would make one up, another on each delivery: sent each time.
+        (
+            {"content-type": "application/cloudevents+json"},
+            b'{"specversion": "1.0", "source": "s", "type": "t"}',
+            "id",
+        ),
+        (
+            {"content-type": "application/cloudevents-batch+json"},
+            b'[{"specversion": "1.0", "source": "s", "type": "t"}]',
+            "[0].id",
+        ),
+        ({"ce-specversion": "1.0", "ce-source": "s", "ce-type": "t"}, b"{}", "ce-id"),
         ({"content-type": "application/json"}, b"[]", "body"),
         # JSON nested deeper than the parser follows: refused (400), not a RecursionError (500)
         ({"content-type": "application/json"}, b"[" * 5000, "body"),
@@ -105,6 +117,17 @@ def test_what_is_not_an_event_is_refused_naming_the_field(
     with pytest.raises(InvalidEvent) as caught:
         parse_http(headers, body)
     assert caught.value.field == field
+
+
+def test_an_event_without_a_time_has_none_not_the_time_it_was_read() -> None:
+    structured = {"specversion": "1.0", "id": "1", "source": "s", "type": "t"}
+    binary = {f"ce-{name}": value for name, value in structured.items()}
+    assert parse_object(structured).time is None
+    assert parse_http(binary, b"")[0].time is None
+    assert parse_queue_text(json.dumps([structured]))[0].time is None
+    with pytest.raises(InvalidEvent) as caught:
+        parse_queue_text(json.dumps({k: v for k, v in structured.items() if k != "id"}))
+    assert caught.value.field == "id"
 
 
 def test_a_queue_message_nested_too_deep_is_refused_not_crashed_on() -> None:
