@@ -63,11 +63,12 @@ LOGGABLE_CHARS = 200
 
 
 def loggable_text(text: str, limit: int = LOGGABLE_CHARS) -> str:
-    """A caller's ``text`` (a field name it sent, say) fit for a log line: control characters
-    escaped, cut to ``limit`` characters (the rest counted)."""
+    """Text we were given (a field name a caller sent, an upstream's refusal) fit for a log
+    line: control characters escaped, phone numbers masked, cut to ``limit`` characters (the
+    rest counted)."""
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters)"
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _mask_phone_numbers(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
 def loggable_url(url: str) -> str:

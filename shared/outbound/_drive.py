@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, new_pack_id
 from shared.outbound._attempt import (
     Refused,
@@ -424,16 +425,14 @@ class _Run:
             offenders = claimed
 
         self.save(attempt=())
+        said = loggable_text(refused.message or "")
         if offenders:
             self.outcomes.fail_many([(m, failure(m)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
-            from shared.smartdialog import mask_phone_numbers
-
             log.warning(
                 "pack %s refused (%d): %s; %d member(s) failed, %d go again",
-                self.pack.pack_id, refused.status, mask_phone_numbers(refused.message or ""),
-                len(offenders), len(rest),
+                self.pack.pack_id, refused.status, said, len(offenders), len(rest),
             )  # fmt: skip
             if rest or self.leftovers:
                 return self.later(0, "pack-rejected")
@@ -446,7 +445,7 @@ class _Run:
             self.outcomes.fail_many([(m, failure(m)) for m in claimed])
             log.warning(
                 "pack %s refused (%d): %s; its %d member(s) failed",
-                self.pack.pack_id, refused.status, refused.message, len(claimed),
+                self.pack.pack_id, refused.status, said, len(claimed),
             )  # fmt: skip
             if self.leftovers:
                 return self.later(0, "pack-rejected")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from shared.logs import loggable_text
 from shared.messages import (
     IndexEntry,
     MessageRecord,
@@ -589,11 +590,10 @@ class IndexPacks:
                 self.ports.packs.index([released])
 
         list(storage_pool().map(settle, members))
-        from shared.smartdialog import mask_phone_numbers
 
         log.warning(
             "pack %s refused (%d): %s; %d member(s) failed, the rest go on",
-            pack.pack_id, refused.status, mask_phone_numbers(refused.message or ''), len(offenders),
+            pack.pack_id, refused.status, loggable_text(refused.message or ''), len(offenders),
         )  # fmt: skip
         if leader.message_id in outcomes:
             return outcomes[leader.message_id]
