@@ -34,7 +34,9 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, Field
 
 from shared.names import (
     CLOUD_EVENTS_DEAD_LETTER_QUEUE,
@@ -47,11 +49,13 @@ from shared.names import (
     OUTBOUND_DEAD_LETTER_QUEUE,
     OUTBOUND_QUEUE,
 )
+from shared.payloads import fits_queue
 from shared.storage import QueueLike, ensured_table, plain_datetime, utc
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
+    from shared.payloads import PayloadStore
     from shared.settings import Settings
 
 __all__ = [
@@ -60,6 +64,8 @@ __all__ = [
     "DeadLetterEntry",
     "DeadLetterFilter",
     "DeadLetterIndex",
+    "KeptOriginal",
+    "original_aside",
     "send_forever",
     "write_dead_letter",
 ]
@@ -81,6 +87,53 @@ _CHUNK = 30_000
 # What Table storage refuses in a key (and what a key never holds here).
 _UNSAFE_KEY = re.compile(r"[/\\#?'\x00-\x1f\x7f]")
 _ID_SEPARATOR = "~"
+
+
+class KeptOriginal(BaseModel):
+    """What every dead letter keeps of the message it is about: the text itself, or, when that
+    would make the letter too large for a queue message, a reference to a blob holding it
+    (:func:`original_aside`; a re-drive reads it from there)."""
+
+    original: str | None = Field(
+        None,
+        description=(
+            "The queue message text exactly as it was received (a failed send: its stored "
+            "command). Absent when too large for the dead letter: see `originalBlob`."
+        ),
+    )
+    originalBlob: str | None = Field(
+        None,
+        description=(
+            "When the original is too large to travel in the dead letter: the name of the blob "
+            "in container `smartdialog-payloads` that holds it, exactly."
+        ),
+    )
+    originalBytes: int | None = Field(
+        None, description="The original's size in UTF-8 bytes, when it is in `originalBlob`."
+    )
+
+
+_Letter = TypeVar("_Letter", bound=KeptOriginal)
+
+
+def original_aside(letter: _Letter, payloads: PayloadStore | None) -> _Letter:
+    """``letter``, or, when its JSON would not fit a queue message, the same letter with its
+    original kept in a blob of ``payloads`` (None: the app's own container) instead. JSON
+    escaping can make a letter about a message that fitted its queue too large for this one."""
+    if letter.original is None or fits_queue(letter.model_dump_json(exclude_none=True)):
+        return letter
+    if payloads is None:
+        from shared.payloads import PayloadStore
+
+        payloads = PayloadStore.from_settings()
+    original = letter.original
+    return letter.model_copy(
+        update={
+            "original": None,
+            "originalBlob": payloads.put(original, kind="original"),
+            "originalBytes": len(original.encode("utf-8")),
+        }
+    )
 
 
 def send_forever(queue: QueueLike, text: str) -> Any:

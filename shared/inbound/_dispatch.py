@@ -55,7 +55,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.clock import utcnow
-from shared.deadletters import write_dead_letter
+from shared.deadletters import original_aside, write_dead_letter
 from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
@@ -428,7 +428,7 @@ class SubscriberDispatcher:
         )
         write_dead_letter(
             self._dead_letters,
-            letter.model_dump_json(exclude_none=True),
+            original_aside(letter, self._payloads).model_dump_json(exclude_none=True),
             queue_name=INBOUND_DEAD_LETTER_QUEUE,
         )
         log.warning("delivery dead-lettered (%s): %s", reason, detail)

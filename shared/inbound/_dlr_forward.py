@@ -28,7 +28,7 @@ from urllib.parse import urlencode, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.clock import utcnow
-from shared.deadletters import write_dead_letter
+from shared.deadletters import KeptOriginal, original_aside, write_dead_letter
 from shared.guarded_http import GuardedClient
 from shared.inbound._dispatch import (
     DispatchOutcome,
@@ -38,6 +38,7 @@ from shared.inbound._dispatch import (
     judge_call,
 )
 from shared.names import DLR_FORWARD_DEAD_LETTER_QUEUE, DLR_FORWARD_QUEUE
+from shared.payloads import PayloadStore
 from shared.storage import QueueLike, ensured_queue
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class DlrForward(BaseModel):
     firstQueuedAt: dt.datetime
 
 
-class DlrForwardDeadLetter(BaseModel):
+class DlrForwardDeadLetter(KeptOriginal):
     """One message on ``smartdialog-dlr-forward-deadletter``: a forward given up."""
 
     model_config = ConfigDict(extra="forbid")
@@ -79,7 +80,6 @@ class DlrForwardDeadLetter(BaseModel):
     attempts: int = 0
     lastStatus: int | None = Field(None, description="HTTP status of the last call, if any.")
     deadLetteredAt: dt.datetime
-    original: str = Field(description="The queue message text as it was received.")
 
 
 def own_dlr_url(record: MessageRecord) -> str | None:
@@ -105,9 +105,11 @@ class DlrForwarder:
         http: GuardedClient,
         max_attempts: int,
         retry_base_seconds: float,
+        payloads: PayloadStore | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.messages = messages
+        self._payloads = payloads
         self._forwards = forwards
         self._dead_letters = dead_letters
         self._http = http
@@ -187,7 +189,7 @@ class DlrForwarder:
         )
         write_dead_letter(
             self._dead_letters,
-            letter.model_dump_json(exclude_none=True),
+            original_aside(letter, self._payloads).model_dump_json(exclude_none=True),
             queue_name=DLR_FORWARD_DEAD_LETTER_QUEUE,
         )
         log.warning("DLR forward dead-lettered (%s): %s", reason, detail)
@@ -205,6 +207,7 @@ def _forwarder_for(settings: Settings) -> DlrForwarder:
         http=GuardedClient.from_settings(settings),
         max_attempts=settings.dispatch_max_attempts,
         retry_base_seconds=settings.dispatch_retry_base_seconds,
+        payloads=PayloadStore.from_settings(settings),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.deadletters import KeptOriginal
 from shared.messages import RecipientStatus
 from shared.names import DEFAULT_CONNECTION
 
@@ -228,7 +229,7 @@ class SubscriberDelivery(BaseModel):
         return self.model_dump_json(exclude={"eventBlob"} if self.eventBlob is None else {"event"})
 
 
-class SubscriberDeadLetter(BaseModel):
+class SubscriberDeadLetter(KeptOriginal):
     """One message on ``smartdialog-inbound-deadletter``: a delivery that failed for good."""
 
     model_config = ConfigDict(extra="forbid")
@@ -241,4 +242,3 @@ class SubscriberDeadLetter(BaseModel):
     attempts: int = 0
     lastStatus: int | None = Field(None, description="HTTP status of the last POST, if any.")
     deadLetteredAt: dt.datetime
-    original: str = Field(description="The queue message text as it was received.")

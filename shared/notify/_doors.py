@@ -11,10 +11,11 @@ import traceback
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.clock import utcnow
+from shared.deadletters import KeptOriginal, original_aside
 from shared.notify._intake import InvalidEvent, parse_http, parse_object, parse_queue_text
 from shared.problems import FieldError, Problem, internal_error, validation_problem
 
@@ -124,7 +125,7 @@ def process_cloud_event_message(
     return _answer(notifier(settings).handle(events))
 
 
-class CloudEventDeadLetter(BaseModel):
+class CloudEventDeadLetter(KeptOriginal):
     """A message on the smartdialog-cloud-events-deadletter queue: what was refused and why."""
 
     model_config = ConfigDict(extra="forbid")
@@ -139,7 +140,6 @@ class CloudEventDeadLetter(BaseModel):
     queueMessageId: str | None = None
     dequeueCount: int | None = None
     deadLetteredAt: dt.datetime
-    original: str = Field(description="The queue message text exactly as it was received.")
 
 
 def dead_letter(
@@ -152,6 +152,7 @@ def dead_letter(
     """Put ``text`` on ``smartdialog-cloud-events-deadletter`` with why it was refused."""
     from shared.deadletters import write_dead_letter
     from shared.names import CLOUD_EVENTS_DEAD_LETTER_QUEUE, CLOUD_EVENTS_QUEUE
+    from shared.payloads import PayloadStore
     from shared.storage import ensured_queue
 
     letter = CloudEventDeadLetter(
@@ -166,7 +167,9 @@ def dead_letter(
     )
     write_dead_letter(
         ensured_queue(CLOUD_EVENTS_DEAD_LETTER_QUEUE, settings),
-        letter.model_dump_json(exclude_none=True),
+        original_aside(letter, PayloadStore.from_settings(settings)).model_dump_json(
+            exclude_none=True
+        ),
         queue_name=CLOUD_EVENTS_DEAD_LETTER_QUEUE,
     )
     log.warning("cloud event message %s dead-lettered: %s", queue_message_id, reason)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from shared.connections import NAME_MAX_LENGTH
+from shared.deadletters import KeptOriginal
 from shared.messages import FailureInfo, Operation, text_connection
 from shared.names import DEFAULT_CONNECTION, named_connection
 from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
@@ -421,7 +422,7 @@ class DeadLetterReason(enum.StrEnum):
     """Processed, and failed for good (``error`` says why)."""
 
 
-class DeadLetter(BaseModel):
+class DeadLetter(KeptOriginal):
     """One message on ``smartdialog-outbound-deadletter``: the reason and the original text."""
 
     model_config = ConfigDict(extra="forbid")
@@ -448,20 +449,3 @@ class DeadLetter(BaseModel):
     queueMessageId: str | None = None
     dequeueCount: int | None = None
     deadLetteredAt: dt.datetime
-    original: str | None = Field(
-        None,
-        description=(
-            "The queue message text exactly as it was received (a failed message: its stored "
-            "command). Absent when too large for the dead letter: see `originalBlob`."
-        ),
-    )
-    originalBlob: str | None = Field(
-        None,
-        description=(
-            "When the original is too large to travel in the dead letter: the name of the blob "
-            "in container `smartdialog-payloads` that holds it, exactly."
-        ),
-    )
-    originalBytes: int | None = Field(
-        None, description="The original's size in UTF-8 bytes, when it is in `originalBlob`."
-    )

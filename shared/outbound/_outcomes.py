@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared import telemetry
-from shared.deadletters import write_dead_letter
+from shared.deadletters import original_aside, write_dead_letter
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_event
 from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
@@ -350,18 +350,8 @@ class Outcomes:
         """Put ``letter`` on the dead-letter queue; an original too large to travel in it goes
         by reference (a blob in ``smartdialog-payloads``, named in ``originalBlob``), and if it
         is still too large, its list of schema violations is shortened."""
+        letter = original_aside(letter, self.ports.payloads)
         text = letter.model_dump_json(exclude_none=True)
-        if not fits_queue(text) and letter.original is not None:
-            original = letter.original
-            name = self.ports.payloads.put(original, kind="original")
-            letter = letter.model_copy(
-                update={
-                    "original": None,
-                    "originalBlob": name,
-                    "originalBytes": len(original.encode("utf-8")),
-                }
-            )
-            text = letter.model_dump_json(exclude_none=True)
         while not fits_queue(text) and letter.errors:
             letter = letter.model_copy(update={"errors": letter.errors[: len(letter.errors) // 2]})
             text = letter.model_dump_json(exclude_none=True)

@@ -15,7 +15,7 @@ from shared import names
 from shared.inbound import MESSAGE_RECEIVED, new_nonce, webhook_url
 from shared.payloads import QUEUE_MESSAGE_LIMIT, PayloadStore, queue_message_bytes
 from shared.settings import get_settings
-from shared.storage import queue_client
+from shared.storage import ensured_queue, queue_client
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import TWO_WAY, Inbound
 from tests.inbound.test_subscriptions import simulate_inbound, subscribe
@@ -209,3 +209,27 @@ def test_message_received_parts_fit_and_put_back_together_whatever_the_character
     joined = whole([json.loads(e)["data"] for e in events])
     assert joined["content"] == content
     assert [a.get("name") for a in joined["attachments"]] == ([name] if name else [])
+
+
+@pytest.mark.parametrize(
+    ("function", "dead_letters"),
+    [
+        ("InboundDispatcher", names.INBOUND_DEAD_LETTER_QUEUE),
+        ("DlrForwarder", names.DLR_FORWARD_DEAD_LETTER_QUEUE),
+        ("CloudEventsQueue", names.CLOUD_EVENTS_DEAD_LETTER_QUEUE),
+    ],
+)
+def test_a_malformed_message_too_large_once_escaped_is_dead_lettered_by_reference(
+    inbound: Inbound, function: str, dead_letters: str
+) -> None:
+    ensured_queue(dead_letters)
+    taken(dead_letters)  # not every dead-letter queue is emptied between tests
+    text = '"' * 40_000  # fits its own queue; quoted in a letter, it would not fit that one
+    inbound.queue_function(function, text)  # was RequestBodyTooLarge on every attempt
+
+    [letter] = taken(dead_letters)
+    assert queue_message_bytes(letter) <= QUEUE_MESSAGE_LIMIT
+    parsed = json.loads(letter)
+    assert "original" not in parsed
+    assert parsed["originalBytes"] == len(text)
+    assert PayloadStore.from_settings().get(parsed["originalBlob"]) == text
