@@ -166,7 +166,7 @@ class DeadLetterEntry:
         """The dead letter's JSON object ({} if its text is not one)."""
         try:
             value = json.loads(self.text)
-        except ValueError:
+        except (ValueError, RecursionError):  # a poison message kept as it came
             return {}
         return value if isinstance(value, dict) else {}
 
@@ -203,19 +203,27 @@ def _odata(value: str) -> str:
 def _letter_fields(text: str) -> dict[str, Any]:
     try:
         letter = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a poison message kept as it came
         letter = None
     if not isinstance(letter, dict):
         return {"Reason": "unreadable", "Detail": "the dead letter is not a JSON object"}
     error = letter.get("error")
     code = error.get("code") if isinstance(error, dict) else None
     fields: dict[str, Any] = {
-        "Reason": str(letter.get("reason") or "unknown"),
-        "Code": str(code) if code else None,
+        "Reason": _short(letter.get("reason")) or "unknown",
+        "Code": _short(code),
         "Detail": str(letter.get("detail") or "")[:1000] or None,
-        "MessageId": str(letter["messageId"]) if letter.get("messageId") else None,
+        "MessageId": _short(letter.get("messageId")),
     }
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _short(value: Any) -> str | None:
+    """A letter's reason, code or message id for the index; None for one longer than any of
+    ours (a poison message's own text: a Table property holds at most 64 KiB, and a cut id
+    could name another message)."""
+    text = str(value) if value else ""
+    return text if 0 < len(text) <= ID_MAX_LENGTH else None
 
 
 class DeadLetterIndex:

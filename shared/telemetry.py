@@ -162,7 +162,7 @@ def traceparent_in(text: str | bytes, within: str | None = None) -> str | None:
     message is the reader's to report, not ours)."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser follows
         return None
     if within is not None:
         value = value.get(within) if isinstance(value, dict) else None

@@ -390,7 +390,7 @@ def text_connection(text: str) -> str:
 
     try:
         value = json.loads(text).get("Connection")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return DEFAULT_CONNECTION
     if not isinstance(value, str) or is_default(value):
         return DEFAULT_CONNECTION

@@ -104,12 +104,15 @@ class DeadLetterView:
     #: A poison message already re-sent for good and indexed by :meth:`DeadLetterDesk.keep_poison`.
     kept: bool = False
 
+    def letter(self) -> dict[str, Any]:
+        """The letter we wrote; {} for a poison message, kept or not (its text is the message
+        as it came, whatever fields it has)."""
+        return self.entry.letter() if self.entry is not None and self.reason != POISON else {}
+
     @property
     def original(self) -> str:
         """The message a re-drive puts back: a letter's ``original``, or a poison message."""
-        if self.entry is None:
-            return self.text
-        original = self.entry.letter().get("original")
+        original = self.letter().get("original")
         return original if isinstance(original, str) else self.text
 
 
@@ -142,7 +145,7 @@ def _count(*candidates: object) -> int | None:
 def _from_poison(queue: str, message: QueueMessage) -> DeadLetterView:
     text = str(message.content or "")
     message_id: str | None = None
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, RecursionError):
         value = json.loads(text)
         if isinstance(value, dict) and isinstance(value.get("messageId"), str):
             message_id = value["messageId"]
@@ -387,16 +390,15 @@ class DeadLetterDesk:
                 if _never_expires(message):
                     return False
                 view = _from_poison(queue, message)
-                write_dead_letter(
-                    self._queue(queue),
-                    view.text,
-                    queue_name=queue,
-                    index=self.index,
-                    now=view.dead_lettered_at,
-                    reason=POISON,
-                    detail=view.detail,
-                    dequeue_count=view.dequeue_count,
-                )
+                try:
+                    write_dead_letter(
+                        self._queue(queue), view.text, queue_name=queue, index=self.index,
+                        now=view.dead_lettered_at, reason=POISON, detail=view.detail,
+                        dequeue_count=view.dequeue_count,
+                    )  # fmt: skip
+                except Exception:  # this one stays as it is; the others are still kept
+                    log.exception("poison message %s on %s could not be kept", message.id, queue)
+                    return False
                 kept += 1
                 return True
 
@@ -409,7 +411,7 @@ class DeadLetterDesk:
 
     def _requeue(self, view: DeadLetterView, *, force: bool) -> Handled:
         text = view.original
-        blob = view.entry.letter().get("originalBlob") if view.entry is not None else None
+        blob = view.letter().get("originalBlob")
         if isinstance(blob, str):  # an original too large for the letter (docs/sending.md, Sizes)
             stored = self._payloads.get(blob) if self._payloads is not None else None
             if stored is None:
@@ -570,7 +572,7 @@ class DeadLetterDesk:
 
 
 def _message_id(text: str) -> str | None:
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, RecursionError):
         value = json.loads(text)
         if isinstance(value, dict) and isinstance(value.get("messageId"), str):
             return str(value["messageId"])
@@ -579,7 +581,7 @@ def _message_id(text: str) -> str | None:
 
 def _with_attempts_reset(text: str) -> str:
     """A subscriber delivery with its POST count back at 0 (it gets all its attempts again)."""
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, RecursionError):
         value = json.loads(text)
         if isinstance(value, dict) and "attempts" in value:
             value["attempts"] = 0

@@ -305,7 +305,7 @@ def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
     derives it, with ``customer_id`` as the default customer), else None."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser follows: not ours
         return None
     if not isinstance(value, dict):
         return None

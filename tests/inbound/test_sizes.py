@@ -233,3 +233,24 @@ def test_a_malformed_message_too_large_once_escaped_is_dead_lettered_by_referenc
     assert "original" not in parsed
     assert parsed["originalBytes"] == len(text)
     assert PayloadStore.from_settings().get(parsed["originalBlob"]) == text
+
+
+@pytest.mark.parametrize(
+    ("function", "dead_letters"),
+    [
+        ("OutboundSender", names.OUTBOUND_DEAD_LETTER_QUEUE),
+        ("InboundDispatcher", names.INBOUND_DEAD_LETTER_QUEUE),
+        ("DlrForwarder", names.DLR_FORWARD_DEAD_LETTER_QUEUE),
+        ("CloudEventsQueue", names.CLOUD_EVENTS_DEAD_LETTER_QUEUE),
+    ],
+)
+def test_a_message_nested_deeper_than_the_parser_follows_is_dead_lettered_not_raised(
+    inbound: Inbound, function: str, dead_letters: str
+) -> None:
+    ensured_queue(dead_letters)
+    taken(dead_letters)
+    text = "[" * 30_000 + "]" * 30_000  # json.loads raises RecursionError, not ValueError
+    inbound.queue_function(function, text)  # raised: the host retried it into poison, no reason
+
+    [letter] = taken(dead_letters)
+    assert json.loads(letter)["reason"] == "malformed"

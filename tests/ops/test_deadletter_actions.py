@@ -479,3 +479,47 @@ def test_a_bulk_re_drive_reaches_the_letters_behind_those_it_keeps(ops: Outbound
     ops.drain()
     [request] = ops.upstream()
     assert request["body"]["RequestId"] == "ops-behind"
+
+
+def test_poison_messages_no_letter_could_hold_are_kept_too_and_one_that_fails_holds_up_none(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbound_poison = queue_client(poison_queue(OUTBOUND_QUEUE))
+    deep = "[" * 30_000 + "]" * 30_000  # json.loads raises RecursionError
+    long_id = json.dumps({"messageId": "x" * 40_000})  # a Table property holds 64 KiB
+    failing = json.dumps({"messageId": "ops-fails-to-keep"})
+    for text in (deep, long_id, failing):
+        outbound_poison.send_message(text)
+    ensured_queue(poison_queue(INBOUND_DELIVERIES_QUEUE)).send_message('{"attempts": 1}')
+    assert list_letters().status == 200  # peeked before they are kept: no 500 either
+
+    begin = DeadLetterIndex.begin
+
+    def refusing(self: DeadLetterIndex, queue: str, text: str, **kwargs: Any) -> Any:
+        if text == failing:
+            raise ConnectionError("storage refused this one")
+        return begin(self, queue, text, **kwargs)
+
+    monkeypatch.setattr(DeadLetterIndex, "begin", refusing)
+    assert keep_poison() == 3  # was a RecursionError, then a 400 from Table storage: none kept
+
+    monkeypatch.setattr(DeadLetterIndex, "begin", begin)
+    assert keep_poison() == 1  # the one that failed is still there, and kept now
+    listed = list_letters().body["value"]
+    assert len(listed) == 4
+    assert {item.get("messageId") for item in listed} == {None, "ops-fails-to-keep"}
+
+
+def test_a_kept_poison_message_is_redriven_as_it_came_whatever_fields_it_has(
+    ops: Outbound,
+) -> None:
+    text = json.dumps({"original": "not the message", "originalBlob": "kind/none"})
+    ensured_queue(poison_queue(INBOUND_DELIVERIES_QUEUE)).send_message(text)
+    assert keep_poison() == 1
+
+    [item] = list_letters().body["value"]
+    shown = call_http("GetDeadLetter", "GET", route_params={"DeadLetterId": item["id"]})
+    assert shown.body["original"] == text
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    assert answer.body["outcome"] == "redriven", answer.body
+    assert queue_texts(INBOUND_DELIVERIES_QUEUE) == [text]
