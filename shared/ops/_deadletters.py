@@ -144,11 +144,6 @@ def _count(*candidates: object) -> int | None:
 
 def _from_poison(queue: str, message: QueueMessage) -> DeadLetterView:
     text = str(message.content or "")
-    message_id: str | None = None
-    with contextlib.suppress(ValueError, RecursionError):
-        value = json.loads(text)
-        if isinstance(value, dict) and isinstance(value.get("messageId"), str):
-            message_id = value["messageId"]
     inserted = message.inserted_on or dt.datetime.now(dt.UTC)
     return DeadLetterView(
         id=f"{queue}~{message.id}",
@@ -157,7 +152,7 @@ def _from_poison(queue: str, message: QueueMessage) -> DeadLetterView:
         reason=POISON,
         code=None,
         detail=f"the host gave up after {host_max_dequeue_count()} deliveries",
-        message_id=message_id,
+        message_id=_message_id(text),
         dead_lettered_at=inserted if inserted.tzinfo else inserted.replace(tzinfo=dt.UTC),
         text=text,
         dequeue_count=host_max_dequeue_count(),
@@ -419,6 +414,9 @@ class DeadLetterDesk:
             text = stored
         target = view.source_queue
         if target == OUTBOUND_QUEUE:
+            doubt = outbound.poisoned_command_doubt(text) if view.reason == POISON else None
+            if doubt and not force:
+                return Handled(view.id, HandledKind.KEPT, doubt)
             # A letter names the message it failed (none: the command's id is another
             # message's, which its re-drive must leave alone); a poison message, its text.
             named = view.message_id if view.entry is not None else _message_id(text)

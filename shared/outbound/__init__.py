@@ -18,7 +18,7 @@ from shared.outbound._fields import (
     SenderField,
     TemplateContentField,
 )
-from shared.outbound._giving_up import redrive_doubt
+from shared.outbound._giving_up import poisoned_command_doubt, redrive_doubt
 from shared.outbound._models import (
     DeadLetter,
     DeadLetterReason,
@@ -77,6 +77,7 @@ __all__ = [
     "pack_key",
     "parse_outbound_message",
     "parse_queue_message",
+    "poisoned_command_doubt",
     "redrive_doubt",
     "reset_sender_cache",
     "send_ports",

@@ -9,6 +9,7 @@ with ``outcome-unknown`` ("it may have been sent"), never as if it certainly was
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
@@ -18,6 +19,7 @@ __all__ = [
     "expired",
     "give_up",
     "may_have_been_sent",
+    "poisoned_command_doubt",
     "redrive_doubt",
     "refusal_failure",
     "remember_interrupted",
@@ -140,4 +142,24 @@ def redrive_doubt(failed: MessageRecord) -> str | None:
     return (
         f"message {failed.message_id} may have been sent already (outcome-unknown) and {why}: "
         "check its recipients' delivery reports, then re-drive it with force=true"
+    )
+
+
+def poisoned_command_doubt(text: str) -> str | None:
+    """Why a re-drive of send command ``text`` from the poison queue needs ``force``: it names
+    no message (no ``messageId``, no ``RequestId``), so the sender gave it an id derived from
+    its queue message, which the host's poison copy does not keep. Re-driven, it would be a new
+    message, sent again if the first copy was sent before the host gave up on it."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or "operation" not in value or value.get("messageId"):
+        return None
+    body = value.get("body")
+    if isinstance(body, dict) and body.get("RequestId"):
+        return None
+    return (
+        "the command names no message (no messageId or RequestId), so a re-drive would send it "
+        "as a new message: check whether it was sent, then re-drive it with force=true"
     )

@@ -523,3 +523,33 @@ def test_a_kept_poison_message_is_redriven_as_it_came_whatever_fields_it_has(
     answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
     assert answer.body["outcome"] == "redriven", answer.body
     assert queue_texts(INBOUND_DELIVERIES_QUEUE) == [text]
+
+
+def test_a_poisoned_command_that_names_no_message_is_re_driven_only_with_force(
+    ops: Outbound,
+) -> None:
+    """Without messageId or RequestId, the sender derives a send's id from its queue message;
+    the host's poison copy is another queue message. Had the host given up after the send,
+    a re-drive would have sent it again as a new message."""
+    text = json.dumps({"operation": "SendMessage", "body": sms(DELIVERED)})
+    ops.enqueue(text)
+    ops.drain()
+    assert len(ops.upstream()) == 1
+    ensured_queue(poison_queue(OUTBOUND_QUEUE)).send_message(text)  # as the host poisons one
+
+    [item] = list_letters().body["value"]
+    kept = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    ops.drain()
+    assert kept.body["outcome"] == "kept", kept.body
+    assert "names no message" in kept.body["detail"]
+    assert len(ops.upstream()) == 1
+
+    forced = call_http(
+        "RedriveDeadLetter",
+        "POST",
+        route_params={"DeadLetterId": item["id"]},
+        params={"force": "true"},
+    )
+    ops.drain()
+    assert forced.body["outcome"] == "redriven", forced.body
+    assert len(ops.upstream()) == 2  # the operator's call: as a new message
