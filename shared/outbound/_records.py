@@ -35,6 +35,7 @@ __all__ = [
     "backstop_seconds",
     "command_addresses",
     "command_text",
+    "is_recorded_as",
     "new_record",
     "normalize",
     "pack_key",
@@ -274,3 +275,16 @@ class LaneTriggers:
         """The planned trigger of ``lane`` was not enqueued after all."""
         with self._lock:
             self._due.pop(lane, None)
+
+
+def is_recorded_as(fingerprint: str, command: OutboundMessage) -> bool:
+    """Whether ``command`` is the message recorded with ``fingerprint``: its own fingerprint,
+    or, routed by the connection that claims its customer, the one it had before (accepted
+    while no connection claimed that customer: it goes through the one that does now)."""
+    if fingerprint == request_fingerprint(command):
+        return True
+    from shared.connections import claimed_by
+
+    if command.Connection is None or claimed_by(command.customerId or "") != command.Connection:
+        return False  # (a connection named by the command itself is part of what it is)
+    return fingerprint == request_fingerprint(command.model_copy(update={"Connection": None}))

@@ -36,7 +36,6 @@ from shared.outbound._models import (
     derive_message_id,
     parse_outbound_message,
     parse_queue_message,
-    request_fingerprint,
     request_message_id,
     with_claimed_connection,
 )
@@ -50,7 +49,13 @@ from shared.outbound._outcomes import (
 )
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
 from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
-from shared.outbound._records import new_record, normalize, pack_key, recipient_slots
+from shared.outbound._records import (
+    is_recorded_as,
+    new_record,
+    normalize,
+    pack_key,
+    recipient_slots,
+)
 from shared.outbound._routing import through_connection
 
 if TYPE_CHECKING:
@@ -202,7 +207,7 @@ class OutboundSender:
             record = self.ports.store.get(command.messageId)
             if record is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
-        if record.fingerprint and not _is_recorded_as(record.fingerprint, command):
+        if record.fingerprint and not is_recorded_as(record.fingerprint, command):
             return self.outcomes.dead_letter_malformed(
                 text,
                 ValueError(f"messageId {command.messageId} is already used by a different message"),
@@ -579,19 +584,6 @@ class OutboundSender:
         created = self.ports.store.create(record, slots)
         if created is not None:
             self.ports.packs.index([created])
-
-
-def _is_recorded_as(fingerprint: str, command: OutboundMessage) -> bool:
-    """Whether ``command`` is the message recorded with ``fingerprint``: its own fingerprint,
-    or, routed by the connection that claims its customer, the one it had before (accepted
-    while no connection claimed that customer: it goes through the one that does now)."""
-    if fingerprint == request_fingerprint(command):
-        return True
-    from shared.connections import claimed_by
-
-    if command.Connection is None or claimed_by(command.customerId or "") != command.Connection:
-        return False  # (a connection named by the command itself is part of what it is)
-    return fingerprint == request_fingerprint(command.model_copy(update={"Connection": None}))
 
 
 def reset_sender_cache() -> None:

@@ -202,3 +202,27 @@ def test_a_send_accepted_before_a_connection_claimed_its_customer_is_not_strande
     assert status_of(accepted.headers["Location"]).status == 200
     assert len(two.second_upstream()) == 1
     assert two.env.upstream() == []
+
+
+def test_a_different_command_with_a_sends_id_through_a_gone_connection_leaves_that_send_alone(
+    two: TwoConnections,
+) -> None:
+    """Another message under a queued send's id, routed through a connection that does not
+    exist: it is not that send, so it is dead-lettered as someone else's, and the send goes."""
+    victim = send(two, "+358400000001")
+    impostor = command(
+        "+358400000002",
+        messageId=victim.body["Id"],
+        Connection="ghost",
+        customerId=CUSTOMER,
+        serviceId=SERVICE,
+    )
+    two.env.invoke(json.dumps(impostor))  # before the send's own copy
+    two.env.drain()
+
+    assert status_of(victim.headers["Location"]).status == 200  # was failed connection-removed
+    assert [c["body"]["Recipients"][0]["Address"] for c in two.env.upstream()] == ["+358400000001"]
+    [letter] = two.env.dead_letters()
+    assert letter["reason"] == "malformed"
+    assert "already used by a different message" in letter["detail"]
+    assert "messageId" not in letter  # its re-drive must leave the send alone
