@@ -358,13 +358,6 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
             exc.retry_after if exc.retry_after is not None else DEFAULT_UPSTREAM_RETRY_AFTER,
             "SmartDialog's rate limit was reached; try again after Retry-After seconds.",
         )
-    if isinstance(exc, sd.BadRequestError):
-        return Problem(
-            422,
-            "SmartDialog rejected the request",
-            exc.message,
-            type=ProblemType.UPSTREAM_REJECTED,
-        )
     if isinstance(exc, sd.NotFoundError):
         return Problem(404, "Not found", exc.message, type=ProblemType.NOT_FOUND)
     if isinstance(exc, sd.ConflictError):
@@ -395,7 +388,7 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
             type=ProblemType.UPSTREAM_TIMEOUT,
         )
     if isinstance(exc, sd.APIStatusError) and 400 <= exc.status_code < 500:
-        # Any other refusal (410, 413, 415, 422, ...): repeating it will not help.
+        # 400 or any other refusal (410, 413, 415, 422, ...): repeating it will not help.
         return Problem(
             422,
             "SmartDialog rejected the request",
@@ -412,6 +405,11 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
         )
     if isinstance(exc, sd.IdentityProviderError):
         detail = "No token: the identity provider (SMARTDIALOG_AUTHORITY) failed; try again later."
+    elif isinstance(exc, sd.APIConnectionError) and not exc.certainly_not_sent:
+        detail = (  # a create may exist now: repeated blindly, "already exists", or a second one
+            "The connection to SmartDialog broke before its answer; the request may or may not "
+            "have taken effect. Check before repeating a change."
+        )
     elif isinstance(exc, sd.APIConnectionError):
         detail = "SmartDialog could not be reached; try again later."
     elif isinstance(exc, sd.APIStatusError):

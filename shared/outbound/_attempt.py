@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 from pydantic import BaseModel
 
 from shared import telemetry
@@ -63,8 +62,6 @@ __all__ = [
     "split_answer",
 ]
 
-# Failures that prove the request never reached upstream (safe to repeat without RequestId).
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: How upstream names the recipient that made it refuse a whole send (the sandbox's wording;
 #: the real service's is unknown, so a refusal naming nobody is handled too).
 _REJECTED_RECIPIENT = re.compile(r"recipient rejected:\s*(\S+)", re.IGNORECASE)
@@ -325,7 +322,6 @@ def classify(exc: Exception) -> AttemptResult:
         APIStatusError,
         CredentialsError,
         DuplicateRequestError,
-        IdentityProviderError,
         InternalServerError,
         InvalidParameterError,
         RateLimitError,
@@ -361,7 +357,7 @@ def classify(exc: Exception) -> AttemptResult:
         culprit = address_key(match.group(1)) if match else None
         return Refused(exc.status_code, exc.message, culprit)
     if isinstance(exc, APIConnectionError):
-        not_sent = isinstance(exc, IdentityProviderError) or isinstance(exc.__cause__, _NOT_SENT)
+        not_sent = exc.certainly_not_sent
         title = "SmartDialog could not be reached"
         return Transient("upstream-unavailable", title, exc.message, None, None, not_sent)
     if isinstance(exc, QuotaDeniedInAttempt):

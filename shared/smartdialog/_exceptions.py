@@ -109,8 +109,18 @@ class APIError(SmartDialogError):
         self.path = display_path(path)
 
 
+#: Transport failures that prove the request never reached SmartDialog (it never left us).
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 class APIConnectionError(APIError):
     """No HTTP response was received (DNS failure, refused or reset connection, protocol error)."""
+
+    @property
+    def certainly_not_sent(self) -> bool:
+        """Whether the failure proves the request never reached SmartDialog; otherwise (a
+        reset, a read timeout) it may have taken effect."""
+        return isinstance(self.__cause__, NOT_SENT_ERRORS)
 
 
 class APITimeoutError(APIConnectionError):
@@ -120,6 +130,10 @@ class APITimeoutError(APIConnectionError):
 class IdentityProviderError(APIConnectionError):
     """No token for the request: the identity provider could not be reached, timed out or
     answered with something msal could not read. Nothing was sent to SmartDialog."""
+
+    @property
+    def certainly_not_sent(self) -> bool:
+        return True
 
 
 class APIResponseValidationError(APIError):

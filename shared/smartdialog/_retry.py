@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
+from shared.smartdialog._exceptions import NOT_SENT_ERRORS
+
 __all__ = [
     "DEFAULT_MAX_RETRIES",
     "INITIAL_RETRY_DELAY",
@@ -56,9 +58,6 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 # Jitter only shortens a backoff, so a cap stays a cap.
 _MAX_JITTER = 0.25
 
-# Failures where the request certainly never reached SmartDialog.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
 
 def should_retry(outcome: httpx.Response | Exception, *, replayable: bool) -> bool:
     """Whether an attempt that ended in ``outcome`` (a response or a transport error) is retried.
@@ -72,7 +71,7 @@ def should_retry(outcome: httpx.Response | Exception, *, replayable: bool) -> bo
         if status == 429:
             return True
         return replayable and (status in RETRYABLE_STATUSES or status >= 500)
-    if isinstance(outcome, _NOT_SENT):
+    if isinstance(outcome, NOT_SENT_ERRORS):
         return True
     return replayable and isinstance(outcome, httpx.TransportError)
 

@@ -295,3 +295,27 @@ def test_upstream_retry_after_is_passed_on_at_most_an_hour(app: App, advice: str
     )
     assert code == 429
     assert headers["Retry-After"] == "3600"
+
+
+def test_a_create_whose_answer_is_lost_says_it_may_have_happened_not_try_again(app: App) -> None:
+    """SmartDialog creates the template, then the connection breaks before its answer: "could
+    not be reached; try again later" sent the flow into an "already exists" refusal."""
+    from sandbox.faults import FaultKind, FaultPlan
+
+    body = {
+        "DisplayName": "Lost answer",
+        "RawContent": "Hi",
+        "Category": "UTILITY",
+        "Language": "en",
+    }
+    route = {"IdentityNumber": "050 1234567"}
+    app.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    try:
+        reply = call("CreateWhatsappTemplate", method="POST", route=route, body=body)
+    finally:
+        app.sandbox.app.faults.configure(FaultPlan())
+    assert reply.status == 502
+    assert "may or may not have taken effect" in reply.body["detail"]
+    again = call("CreateWhatsappTemplate", method="POST", route=route, body=body)
+    assert again.status == 422  # it had: the template exists
+    assert "already exists" in again.body["detail"]
