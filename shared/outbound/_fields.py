@@ -70,7 +70,8 @@ IdempotencyKeyHeader = Annotated[
         max_length=255,
         description=(
             "Any unique text: a repeated request with the same key returns the first answer and "
-            "sends nothing again. Without it, the body's RequestId plays this role."
+            "sends nothing again. Without it, the body's RequestId plays this role; a request "
+            "with neither (a discussion reply, a bulk send) is sent again when repeated."
         ),
         json_schema_extra=ui("Idempotency key", visibility="advanced"),
     ),

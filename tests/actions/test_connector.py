@@ -242,3 +242,17 @@ def test_body_fields_keep_the_certified_connectors_names(committed: dict[str, An
         "Label",
         "Data",
     }
+
+
+def test_an_idempotency_key_says_what_a_request_without_one_does(committed: dict[str, Any]) -> None:
+    """A send without a RequestId in its body is sent again when repeated without a key: the
+    key's description must not promise that a RequestId covers it."""
+    for operation_id, op in operations(committed).items():
+        [key] = [p for p in op.get("parameters", []) if p.get("name") == "Idempotency-Key"] or [
+            None
+        ]
+        if key is None:
+            continue
+        [body] = [p for p in op["parameters"] if p.get("in") == "body"]
+        if "RequestId" not in body["schema"].get("properties", {}):
+            assert "with neither" in key["description"], operation_id
