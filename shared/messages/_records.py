@@ -321,6 +321,12 @@ class MessageRecord:
         value = json.loads(self.result)
         return value if isinstance(value, dict) else None
 
+    @property
+    def upstream_request_id(self) -> str | None:
+        """The RequestId its call carried: a packed message's is its pack's; a bulk member's
+        record holds its own call's (shared.outbound._drive)."""
+        return self.request_id if self.batch_id is not None else (self.pack_id or self.request_id)
+
     @cached_property
     def connection(self) -> str:
         """The connection it is sent through: its command's ``Connection`` (``default``); read

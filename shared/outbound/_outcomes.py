@@ -394,11 +394,7 @@ class Outcomes:
                 customerId=record.customer_id,
                 serviceId=record.service_id,
                 connection=record.connection,
-                # A packed message went upstream with its pack's RequestId; a bulk member's
-                # record holds its call's (see shared.outbound._drive).
-                requestId=record.request_id
-                if record.batch_id is not None
-                else (record.pack_id or record.request_id),
+                requestId=record.upstream_request_id,
                 upstreamMessageId=record.upstream_message_id,
                 messagePartCount=record.part_count,
                 threadId=result.get("ThreadId"),

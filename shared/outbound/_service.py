@@ -499,7 +499,7 @@ def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str
         doc[name("MessagePartCount")] = record.part_count
     doc[name("Id")] = record.message_id
     doc[name("Status")] = str(record.status)
-    doc[name("RequestId")] = record.request_id
+    doc[name("RequestId")] = record.upstream_request_id
     doc[name("Attempts")] = record.attempts
     doc[name("Connection")] = record.connection
     if record.sent_at is not None:

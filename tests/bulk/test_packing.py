@@ -179,6 +179,7 @@ def test_single_sends_queued_together_go_upstream_in_one_call_each_with_its_own_
     )  # fmt: skip
     assert status.status == 200
     assert [r["Address"] for r in status.body["Recipients"]] == [NUMBERS[2]]
+    assert status.body["RequestId"] == calls[0]["body"]["RequestId"]  # the pack's, as sent
 
 
 def status_url(message_id: str) -> str:
