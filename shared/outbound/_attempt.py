@@ -57,6 +57,7 @@ __all__ = [
     "Transient",
     "Upstream",
     "address_key",
+    "answer_message_id",
     "classify",
     "packed_command",
     "split_answer",
@@ -151,6 +152,13 @@ class Sent:
 
     body: dict[str, Any]
     duplicate: bool = False
+
+
+def answer_message_id(body: Mapping[str, Any]) -> str | None:
+    """SmartDialog's MessageId in an answer (or a member's share of one): ``messageId`` in a
+    template send's camelCase answer."""
+    found = body.get("MessageId") or body.get("messageId")
+    return str(found) if found else None
 
 
 @dataclass(frozen=True)
@@ -302,8 +310,7 @@ def _call_span(
 
 def _describe(span: Span, result: AttemptResult) -> None:
     if isinstance(result, Sent):
-        upstream_id = result.body.get("MessageId")
-        if isinstance(upstream_id, str):
+        if upstream_id := answer_message_id(result.body):
             span.set_attribute("smartdialog.upstream_message_id", upstream_id)
         span.set_attribute("smartdialog.duplicate", result.duplicate)
     elif isinstance(result, Transient):

@@ -27,7 +27,7 @@ from shared.deadletters import original_aside, write_dead_letter
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_event
 from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
-from shared.outbound._attempt import Transient
+from shared.outbound._attempt import Transient, answer_message_id
 from shared.outbound._giving_up import (
     expired,
     give_up,
@@ -127,12 +127,11 @@ def sent_changes(
 ) -> dict[str, Any]:
     """The changes that record ``record`` as sent with upstream's answer ``body`` (its own
     share of it, for a pack member)."""
-    upstream_id = body.get("MessageId") or body.get("messageId")
     parts = body.get("MessagePartCount") or body.get("messagePartCount")
     return {
         "status": MessageStatus.SENT,
         "result": json.dumps(body, ensure_ascii=False),
-        "upstream_message_id": str(upstream_id) if upstream_id else None,
+        "upstream_message_id": answer_message_id(body),
         "part_count": parts if isinstance(parts, int) and parts > 0 else record.part_count,
         "duplicate": duplicate,
         "sent_at": now,

@@ -329,3 +329,24 @@ def test_one_trace_runs_from_the_webhook_through_intake_and_dispatcher_to_the_su
     headers = {k.lower(): v for k, v in call.headers.items()}
     assert post.context is not None
     assert headers["traceparent"].startswith(f"00-{trace_id:032x}-{post.context.span_id:016x}-")
+
+
+def test_a_template_sends_span_carries_smartdialogs_message_id_from_its_camelcase_answer(
+    served: Inbound, telemetry: Telemetry
+) -> None:
+    answer = served.call(
+        "SendWhatsappTemplateMessage",
+        "POST",
+        headers={"Customer-Id": CUSTOMER, "Service-Id": ONE_WAY},
+        body={"TemplateName": "welcome", "Recipients": [{"Address": DELIVERED}],
+              "BodyParameters": ["Ada"]},
+    )  # fmt: skip
+    assert answer.status == 202, answer.body
+    run_sender_as_the_host(served)
+
+    [call] = telemetry.spans("SmartDialog SendWhatsappTemplateMessage")
+    upstream = served.sandbox.state.snapshot("requests")[0]
+    assert (
+        dict(call.attributes or {})["smartdialog.upstream_message_id"]
+        == (upstream["response"]["messageId"])
+    )
