@@ -53,8 +53,8 @@ class TemplateButton(BaseModel):
     Data: str = Field(
         description=(
             "Required. For Url an absolute http(s) URL (at most 2000 characters); for Call a "
-            "phone number (at most 20 characters); for QuickReply the reply text (at most 20 "
-            "characters)."
+            "phone number (sent in international format); for QuickReply the reply text (at "
+            "most 20 characters)."
         ),
         json_schema_extra=ui("Button Data"),
     )
@@ -69,11 +69,7 @@ class TemplateButton(BaseModel):
             if len(value) > MAX_BUTTON_URL_LENGTH:
                 raise ValueError(f"A URL may have at most {MAX_BUTTON_URL_LENGTH} characters.")
             return require_http_url(value)
-        if kind == "Call":
-            if len(value) > MAX_BUTTON_TEXT_LENGTH:
-                raise ValueError(
-                    f"A phone number may have at most {MAX_BUTTON_TEXT_LENGTH} characters."
-                )
+        if kind == "Call":  # the limit is on what is sent: E.164 (at most 16) fits it
             from shared.phone import parse_phone_number
 
             return parse_phone_number(value, (info.context or {}).get(PHONE_REGIONS_CONTEXT, ()))

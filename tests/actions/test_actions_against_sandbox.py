@@ -172,6 +172,8 @@ def test_create_whatsapp_template_answers_204_and_the_template_is_listed(app: Ap
         "Buttons": [
             {"Type": "Url", "Label": "Track", "Data": "https://example.com/track/{{1}}"},
             {"Type": "Call", "Label": "Call us", "Data": "09 1234567"},
+            # 21 characters as written, 13 as sent: the limit is on what is sent
+            {"Type": "Call", "Label": "Call sales", "Data": "+358 (0) 40 123 45 67"},
             {"Type": "QuickReply", "Label": "Thanks", "Data": "thanks"},
         ],
         "AttachmentUrl": "https://example.com/example.png",
@@ -192,6 +194,7 @@ def test_create_whatsapp_template_answers_204_and_the_template_is_listed(app: Ap
     assert unquote(create["path"]).endswith(f"/whatsapp/templates/{CUSTOMER}/{IDENTITY}")
     assert create["body"]["Language"] == "en"
     assert create["body"]["Buttons"][1]["Data"] == "+35891234567"
+    assert create["body"]["Buttons"][2]["Data"] == "+358401234567"
 
 
 @pytest.mark.parametrize(
