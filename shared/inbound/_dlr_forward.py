@@ -37,6 +37,7 @@ from shared.inbound._dispatch import (
     after_failure,
     judge_call,
 )
+from shared.messages import MESSAGE_ID_PATTERN
 from shared.names import DLR_FORWARD_DEAD_LETTER_QUEUE, DLR_FORWARD_QUEUE
 from shared.payloads import PayloadStore
 from shared.storage import QueueLike, ensured_queue
@@ -62,7 +63,10 @@ class DlrForward(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schemaVersion: Literal[1] = 1
-    messageId: str = Field(description="Our message id: its record holds the caller's DlrUrl.")
+    messageId: str = Field(
+        pattern=MESSAGE_ID_PATTERN,
+        description="Our message id: its record holds the caller's DlrUrl.",
+    )
     params: dict[str, str] = Field(description="The report's query parameters, our token excluded.")
     attempts: int = Field(0, ge=0, description="Calls made so far.")
     firstQueuedAt: dt.datetime
@@ -128,9 +132,9 @@ class DlrForwarder:
         try:
             forward = DlrForward.model_validate_json(text)
         except ValidationError as exc:
-            return self._dead_letter(
-                "malformed", f"not a DLR forward: {exc.error_count()} problem(s)", text
-            )
+            where = ", ".join(".".join(map(str, e["loc"])) or "(message)" for e in exc.errors())
+            detail = f"not a DLR forward: {exc.error_count()} problem(s), at {where[:300]}"
+            return self._dead_letter("malformed", detail, text)
         record = self.messages.get(forward.messageId)
         url = own_dlr_url(record) if record is not None else None
         if url is None:

@@ -12,6 +12,7 @@ from shared.messages._batches import BatchRecord, BatchStore
 from shared.messages._idempotency import IdempotencyStore, idempotency_key_hash
 from shared.messages._models import (
     BATCH_TRANSITIONS,
+    MESSAGE_ID_PATTERN,
     MESSAGE_TRANSITIONS,
     BatchStatus,
     FailureFieldError,
@@ -62,6 +63,7 @@ from shared.messages._store import MessageStore
 __all__ = [
     "BATCH_PARTITION_ROWS",
     "BATCH_TRANSITIONS",
+    "MESSAGE_ID_PATTERN",
     "MESSAGE_TRANSITIONS",
     "QUESTION_TRANSITIONS",
     "BatchRecord",

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 __all__ = [
     "BATCH_TRANSITIONS",
+    "MESSAGE_ID_PATTERN",
     "MESSAGE_TRANSITIONS",
     "REDRIVE",
     "BatchStatus",
@@ -34,6 +35,11 @@ __all__ = [
     "check_batch_transition",
     "check_transition",
 ]
+
+
+#: Our message ids (and a caller's own ``messageId`` on the queue): what a Table key and a URL
+#: path segment take as they are.
+MESSAGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class Operation(enum.StrEnum):

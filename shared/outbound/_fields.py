@@ -25,7 +25,7 @@ from shared.actions.fields import (
 from shared.actions.fields import (
     CustomerData as CustomerDataText,
 )
-from shared.outbound._models import OUTBOUND_MESSAGE_ID_PATTERN
+from shared.messages import MESSAGE_ID_PATTERN
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -80,7 +80,7 @@ MessageIdPath = Annotated[
     str,
     Param("path", "MessageId"),
     Field(
-        pattern=OUTBOUND_MESSAGE_ID_PATTERN,
+        pattern=MESSAGE_ID_PATTERN,
         description="The Id from the send's answer (the last segment of its status URL).",
         json_schema_extra=ui("Message Id", visibility="important"),
     ),

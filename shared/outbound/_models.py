@@ -20,13 +20,12 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from shared.connections import NAME_MAX_LENGTH
 from shared.deadletters import KeptOriginal
-from shared.messages import FailureInfo, Operation, text_connection
+from shared.messages import MESSAGE_ID_PATTERN, FailureInfo, Operation, text_connection
 from shared.names import DEFAULT_CONNECTION, named_connection
 from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
 
 __all__ = [
     "DEAD_LETTER_SCHEMA_VERSION",
-    "OUTBOUND_MESSAGE_ID_PATTERN",
     "DeadLetter",
     "DeadLetterReason",
     "MessageCancelledData",
@@ -55,8 +54,6 @@ __all__ = [
     "with_claimed_connection",
 ]
 
-#: Our message ids: UUIDs as we make them, or any caller-chosen id of this shape.
-OUTBOUND_MESSAGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEAD_LETTER_SCHEMA_VERSION: Literal[1] = 1
 # Namespace of ids derived from a caller's key (uuid5), fixed forever: changing it changes ids.
 _ID_NAMESPACE = uuid.UUID("0b8a3c55-7c0e-4f0e-9a51-6a2f6f1f2d10")
@@ -71,7 +68,7 @@ class _Envelope(BaseModel):
 
     messageId: str | None = Field(
         None,
-        pattern=OUTBOUND_MESSAGE_ID_PATTERN,
+        pattern=MESSAGE_ID_PATTERN,
         description=(
             "Our id for the message: poll and cancel by it. Omit it and one is derived from "
             "body.RequestId (same RequestId, same message) or, failing that, from the queue "
@@ -225,7 +222,7 @@ class StoredCommand(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["stored"] = "stored"
-    messageId: str = Field(pattern=OUTBOUND_MESSAGE_ID_PATTERN)
+    messageId: str = Field(pattern=MESSAGE_ID_PATTERN)
     payload: str = Field(pattern=r"^command/[0-9a-f]{64}$", description="The blob's name.")
     attempts: int = Field(0, ge=0)
     deferrals: int = Field(0, ge=0)
@@ -310,7 +307,7 @@ def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
     if not isinstance(value, dict):
         return None
     found = value.get("messageId")
-    if isinstance(found, str) and re.match(OUTBOUND_MESSAGE_ID_PATTERN, found):
+    if isinstance(found, str) and re.match(MESSAGE_ID_PATTERN, found):
         return found
     body = value.get("body")
     request_id = body.get("RequestId") if isinstance(body, dict) else None

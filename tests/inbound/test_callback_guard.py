@@ -258,3 +258,16 @@ def test_a_forward_whose_message_has_no_dlr_url_is_dropped(inbound: Inbound) -> 
     forward = json.dumps({"messageId": message_id, "params": {}, "firstQueuedAt": NOW.isoformat()})
     result = DlrForwarder.from_settings().process(forward)
     assert result.outcome is DispatchOutcome.UNSUBSCRIBED
+
+
+def test_a_forward_naming_no_message_of_ours_is_dead_lettered_with_its_reason(
+    inbound: Inbound,
+) -> None:
+    """A message id no message of ours has (a "/" is refused in a Table key): the store's
+    lookup raised, and the host retried the message into poison without a reason."""
+    forward = {"messageId": "a/b", "params": {}, "firstQueuedAt": "2026-01-01T00:00:00Z"}
+    inbound.queue_function("DlrForwarder", json.dumps(forward))
+
+    [letter] = inbound.read(names.DLR_FORWARD_DEAD_LETTER_QUEUE)
+    assert letter["reason"] == "malformed"
+    assert "messageId" in letter["detail"]
