@@ -16,7 +16,13 @@ from pydantic import ConfigDict, Field
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.clock import utcnow
 from shared.deadletters import KeptOriginal, original_aside
-from shared.notify._intake import InvalidEvent, parse_http, parse_object, parse_queue_text
+from shared.notify._intake import (
+    InvalidEvent,
+    parse_http,
+    parse_object,
+    parse_queue_text,
+    validation_code,
+)
 from shared.problems import FieldError, Problem, internal_error, validation_problem
 
 if TYPE_CHECKING:
@@ -56,7 +62,8 @@ def receive_cloud_events(
     """``/api/events``: OPTIONS is the CloudEvents webhook validation handshake; POST takes
     events in binary, structured or batched mode (or Event Grid schema JSON) and answers 202
     once their sends are queued, 400 naming what is wrong (nothing queued), 500 when our
-    storage failed (the producer retries; a retry sends nothing twice)."""
+    storage failed (the producer retries; a retry sends nothing twice). Event Grid's own
+    schema validates a subscription by a POST: answered 200 with its ``validationResponse``."""
     instance = f"urn:smartdialog-functions:request:{request.tracking_id}"
     if request.method == "OPTIONS":
         origin = request.header("WebHook-Request-Origin")
@@ -69,11 +76,16 @@ def receive_cloud_events(
         return ActionResponse.empty(200, headers)
     try:
         try:
-            events = parse_http(request.headers, request.body)
+            code = validation_code(request.headers, request.body)
+            events = [] if code is not None else parse_http(request.headers, request.body)
         except InvalidEvent as exc:
             raise validation_problem([FieldError(exc.field, str(exc))]) from exc
-        results = notifier(_settings(settings)).handle(events)
-        response = ActionResponse.json(_answer(results), status=202)
+        if code is not None:  # Event Grid's handshake: no event, no rule
+            log.info("Event Grid subscription validation answered")
+            response = ActionResponse.json({"validationResponse": code})
+        else:
+            results = notifier(_settings(settings)).handle(events)
+            response = ActionResponse.json(_answer(results), status=202)
     except Problem as problem:
         response = ActionResponse.problem(problem.with_instance(instance))
     except Exception as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "parse_http",
     "parse_object",
     "parse_queue_text",
+    "validation_code",
 ]
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -37,6 +38,8 @@ MAX_EVENTS = 5000
 #: events send ``dataVersion`` empty, so only presence is required of it).
 _GRID_REQUIRED = ("id", "subject", "eventType", "eventTime", "data", "dataVersion")
 _GRID_NON_EMPTY = ("id", "eventType", "eventTime")
+#: The event of Event Grid's subscription-validation handshake for a webhook in its own schema.
+VALIDATION_EVENT_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
 
 
 class InvalidEvent(ValueError):
@@ -241,6 +244,40 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
         _at(index, item, len(value) if isinstance(value, list) else 0)
         for index, item in enumerate(_objects(value))
     ]
+
+
+@_readable
+def validation_code(headers: Mapping[str, str], body: bytes) -> str | None:
+    """The ``validationCode`` when the request is Event Grid's subscription-validation
+    handshake (header ``aeg-event-type: SubscriptionValidation``, or a
+    ``SubscriptionValidationEvent`` in the body), else None: the request carries events. A
+    handshake that is not one such event with its code raises. Its ``validationUrl`` is never
+    fetched. ``headers`` keys are lower-case."""
+    if any(name.startswith("ce-") for name in headers):
+        return None  # binary mode: the body is one CloudEvent's data
+    said = headers.get("aeg-event-type", "").strip().lower() == "subscriptionvalidation"
+    if not said and VALIDATION_EVENT_TYPE.encode() not in body:
+        return None
+    value = _json(body)
+    items = value if isinstance(value, list) else [value]
+    typed = [isinstance(i, dict) and i.get("eventType") == VALIDATION_EVENT_TYPE for i in items]
+    if not said and not any(typed):
+        return None
+    prefix = "[0]." if isinstance(value, list) else ""
+    if len(items) != 1:
+        raise InvalidEvent("A subscription validation carries one event, no other.")
+    if not typed[0]:
+        raise InvalidEvent(
+            f"A subscription validation is a {VALIDATION_EVENT_TYPE}.", field=f"{prefix}eventType"
+        )
+    data = items[0].get("data")
+    code = data.get("validationCode") if isinstance(data, dict) else None
+    if not isinstance(code, str) or not code:
+        raise InvalidEvent(
+            "The subscription validation has no validationCode.",
+            field=f"{prefix}data.validationCode",
+        )
+    return code
 
 
 def _at(index: int, item: Any, batch: int) -> IncomingEvent:

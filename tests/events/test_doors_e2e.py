@@ -298,6 +298,56 @@ def test_the_cloudevents_abuse_protection_handshake_allows_the_origin(stack: Sta
     assert answer.headers["WebHook-Allowed-Origin"] == "eventemitter.example.com"
 
 
+def test_the_event_grid_schema_validation_handshake_on_the_webhook_door_is_answered(
+    stack: Stack,
+) -> None:
+    """A webhook subscription in the Event Grid schema (the az CLI default) first POSTs a
+    SubscriptionValidationEvent; creating the subscription fails unless the answer is 200 with
+    the code. The handshake matches no rule, even one matching every event, and queues nothing."""
+    create_rule(
+        stack,
+        {
+            "Id": "everything",
+            "Match": {"EventTypePrefix": "Microsoft."},
+            "Message": {"Sender": "Ops", "Content": "$(type)"},
+            "Recipients": {"Numbers": [DELIVERED_NUMBER]},
+        },
+    )
+    poll(lambda: outbound_drained(stack), what="an empty outbound queue")
+    code = str(uuid.uuid4())
+    validation = [
+        {
+            "id": str(uuid.uuid4()),
+            "topic": "/subscriptions/0/resourceGroups/media-rg/providers/Microsoft.Storage/x",
+            "subject": "",
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "eventTime": "2026-12-03T21:00:00Z",
+            "metadataVersion": "1",
+            "data": {
+                "validationCode": code,
+                "validationUrl": "https://rp-westeurope.eventgrid.azure.net/validate?code=x",
+            },
+            "dataVersion": "2",
+        }
+    ]
+    answer = stack.http.post(
+        f"{stack.api}/events",
+        json=validation,
+        headers={"aeg-event-type": "SubscriptionValidation"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"validationResponse": code}
+    assert stack.peek(OUTBOUND_QUEUE) == []
+
+    no_code = copy.deepcopy(validation)
+    del no_code[0]["data"]["validationCode"]
+    refused = stack.http.post(
+        f"{stack.api}/events", json=no_code, headers={"aeg-event-type": "SubscriptionValidation"}
+    )
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "[0].data.validationCode"
+
+
 def test_rules_are_validated_when_saved_and_managed_by_their_actions(stack: Stack) -> None:
     bad = stack.http.post(
         f"{stack.api}/notification-rules",

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from shared.notify._intake import InvalidEvent, parse_http, parse_object, parse_queue_text
+from shared.notify._intake import (
+    VALIDATION_EVENT_TYPE,
+    InvalidEvent,
+    parse_http,
+    parse_object,
+    parse_queue_text,
+    validation_code,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -149,3 +156,30 @@ def test_both_schemas_give_the_same_document_names() -> None:
     grid = parse_object(fixture("custom-topic.eventgrid.json")[0]).document()
     assert set(grid) >= {"id", "source", "type", "subject", "time", "data"}
     assert grid["type"] == "Contoso.Orders.Shipped"
+
+
+def test_only_event_grids_subscription_validation_is_taken_for_its_handshake() -> None:
+    handshake = {"aeg-event-type": "SubscriptionValidation", "content-type": "application/json"}
+    data = {"validationCode": "c0de", "validationUrl": "https://x.test/validate"}
+    validation = {
+        "id": "v",
+        "subject": "",
+        "eventType": VALIDATION_EVENT_TYPE,
+        "eventTime": "2026-12-03T21:00:00Z",
+        "dataVersion": "2",
+        "data": data,
+    }
+    assert validation_code(handshake, json.dumps([validation]).encode()) == "c0de"
+    assert validation_code({}, json.dumps(validation).encode()) == "c0de"  # no header
+    # Events that only mention it, in data or as a binary-mode body, are events.
+    blob = fixture("blob-created.cloudevent.json")
+    blob["data"]["note"] = VALIDATION_EVENT_TYPE
+    assert validation_code({}, json.dumps(blob).encode()) is None
+    binary = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t"}
+    assert validation_code(binary, json.dumps([validation]).encode()) is None
+    with pytest.raises(InvalidEvent) as mixed:
+        validation_code({}, json.dumps([validation, blob]).encode())
+    assert mixed.value.field == "body"
+    with pytest.raises(InvalidEvent) as other:
+        validation_code(handshake, json.dumps([blob]).encode())
+    assert other.value.field == "[0].eventType"
