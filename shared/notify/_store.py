@@ -212,9 +212,14 @@ class NotifyState:
             return None
 
     def _write(self, entity: dict[str, Any], previous: Any) -> bool:
-        """Create ``entity`` or replace ``previous`` unchanged since read; False on a lost race."""
+        """Create ``entity`` or replace ``previous`` unchanged since read; False on a lost race
+        (another writer was first, or the sweeper deleted ``previous`` meanwhile: read again)."""
         from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
         from azure.data.tables import UpdateMode
 
         try:
@@ -227,7 +232,7 @@ class NotifyState:
                     etag=previous.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
-        except (ResourceExistsError, ResourceModifiedError):
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
 

@@ -91,6 +91,41 @@ def test_a_quiet_period_lets_the_same_event_again_and_another_only_after_it_ends
     assert state.quiet_claim("r", "vm-2", "+358400000001", "e4", minutes=15, now=NOW)
 
 
+class _SweptBetween(NotifyState):
+    """A store whose rows the sweeper deletes right after they were read (once each)."""
+
+    def __init__(self, table: TableClient) -> None:
+        super().__init__(table)
+        self.swept: list[str] = []
+
+    def _read(self, partition: str, row: str) -> Any:
+        entity = super()._read(partition, row)
+        if entity is not None and partition not in self.swept:
+            self._table.delete_entity(partition, row)
+            self.swept.append(partition)
+        return entity
+
+
+def test_a_row_the_sweeper_deletes_between_read_and_write_is_a_lost_race_not_an_error(
+    storage_env: str, unique_name: str, manual_clock: ManualClock
+) -> None:
+    """NotificationStateSweeper deletes ended quiet periods (and past hours' caps): one gone
+    between our read and our conditional update made the update a 404, which escaped (the
+    HTTP door answered 500). It is read again and the row created."""
+    table = _table(storage_env, unique_name)
+    NotifyState(table).quiet_claim("r", "vm-1", "+358400000001", "e1", minutes=15, now=NOW)
+    NotifyState(table).cap_take("r", "e1", 1, per_hour=4, now=NOW)
+    state = _SweptBetween(table)
+
+    later = NOW + dt.timedelta(minutes=20)  # e1's quiet period has ended: the sweeper's
+    assert state.quiet_claim("r", "vm-1", "+358400000001", "e2", minutes=15, now=later)
+    assert state.cap_take("r", "e2", 1, per_hour=4, now=NOW) == 1
+    assert state.swept == ["quiet-r", "cap-r"]
+    assert not NotifyState(table).quiet_claim(
+        "r", "vm-1", "+358400000001", "e3", minutes=15, now=later
+    )  # e2's claim was written
+
+
 def test_the_hourly_cap_grants_up_to_its_limit_and_repeats_an_events_grant(
     storage_env: str, unique_name: str
 ) -> None:
