@@ -38,6 +38,10 @@ MAX_EVENTS = 5000
 #: events send ``dataVersion`` empty, so only presence is required of it).
 _GRID_REQUIRED = ("id", "subject", "eventType", "eventTime", "data", "dataVersion")
 _GRID_NON_EMPTY = ("id", "eventType", "eventTime")
+#: The longest event ``id`` and ``source`` taken, in characters: each send a rule makes carries
+#: both (its ``origin``), and so do its ``message.sent`` / ``message.failed`` events, which must
+#: fit a queue message (64 KiB) with the rest of what they say.
+MAX_ID_CHARS = 2048
 #: The event of Event Grid's subscription-validation handshake for a webhook in its own schema.
 VALIDATION_EVENT_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
 
@@ -113,6 +117,19 @@ def _required_id(given: Collection[str], name: str = "id") -> None:
         raise InvalidEvent(f"Not a CloudEvents 1.0 event: {name} is required.", field=name)
 
 
+def _bounded(event: IncomingEvent, source_field: str = "source") -> IncomingEvent:
+    """``event``, unless its ``id`` or ``source`` is longer than :data:`MAX_ID_CHARS`: its sends
+    could then not announce their outcome (an event that does not fit a queue message)."""
+    for name, value in (("id", event.id), (source_field, event.source)):
+        if len(value) > MAX_ID_CHARS:
+            raise InvalidEvent(
+                f"{name} is longer than {MAX_ID_CHARS} characters: the messages it makes, and "
+                "their events, carry it.",
+                field=name,
+            )
+    return event
+
+
 def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
     """An SDK ``CloudEvent`` (``cloudevents.core``) as an :class:`IncomingEvent`; ``given``
     names the attributes the sender gave (the SDK fills in ``time`` when there is none: such
@@ -128,7 +145,7 @@ def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
             data = base64.b64encode(bytes(data)).decode("ascii")
     known = {"id", "source", "type", "subject", "time", "specversion"}
     time = attributes.get("time")
-    return IncomingEvent(
+    incoming = IncomingEvent(
         id=str(attributes["id"]),
         source=str(attributes["source"]),
         type=str(attributes["type"]),
@@ -138,6 +155,7 @@ def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
         schema="cloudevents",
         extensions={k: v for k, v in attributes.items() if k not in known},
     )
+    return _bounded(incoming)
 
 
 def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
@@ -155,7 +173,7 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
     except (ValueError, TypeError) as exc:  # e.g. an eventTime that is not a date
         raise InvalidEvent(f"Not an Event Grid event: {exc}") from exc
     time = event.event_time
-    return IncomingEvent(
+    incoming = IncomingEvent(
         id=str(event.id),
         source=_text(value.get("topic")),
         type=str(event.event_type),
@@ -164,6 +182,7 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
         data=event.data,
         schema="eventgrid",
     )
+    return _bounded(incoming, source_field="topic")
 
 
 def _invalid(exc: Exception, *, prefix: str = "") -> InvalidEvent:
@@ -183,6 +202,8 @@ def _cloud_event_from_json(value: dict[str, Any]) -> IncomingEvent:
     _required_id(value)
     try:
         return from_cloud_event(JSONFormat().read(None, json.dumps(value).encode("utf-8")), value)
+    except InvalidEvent:
+        raise
     except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
         raise _invalid(exc) from exc
 
@@ -232,6 +253,8 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
         try:
             event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
             return [from_cloud_event(event, given)]
+        except InvalidEvent as exc:
+            raise InvalidEvent(str(exc), field=f"ce-{exc.field}") from exc
         except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
             raise _invalid(exc, prefix="ce-") from exc
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()

@@ -5,6 +5,7 @@ sandbox, over real sockets with the dev host and Azurite."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import logging
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 
 from shared.names import (
     CLOUD_EVENTS_DEAD_LETTER_QUEUE,
@@ -26,6 +28,8 @@ from tests.e2e.conftest import DELIVERED_NUMBER, Stack, poll
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ON_CALL = [DELIVERED_NUMBER, "+358401234001"]
+REJECTED_NUMBER = "+358400000002"  # the sandbox refuses sends to it (400)
+MAX_ID_CHARS = 2048  # the longest event id and source taken (docs/events.md)
 
 
 def fixture(name: str) -> Any:
@@ -447,6 +451,57 @@ def test_a_message_rendered_too_large_to_queue_is_skipped_not_a_server_error(
     assert answer.status_code == 202, answer.text
     assert answer.json()["Sends"] == 0
     assert answer.json()["Results"][0]["Skipped"] == 1
+
+
+def test_an_event_id_too_long_for_its_messages_events_is_refused_and_the_longest_taken_is_sent(
+    stack: Stack,
+) -> None:
+    """Each send carries its event's id and source (origin), and so do its message.sent and
+    message.failed. A 70 KB id answered 202 and its sends were only logged as "message not
+    valid" (too large to queue): no send, no failure. It is refused naming the field; the
+    longest id and source taken, of the characters that grow most on a queue, still make
+    sends whose outcome events fit."""
+    create_rule(
+        stack,
+        {
+            "Id": "long-ids",
+            "Match": {"EventType": "Contoso.Orders.Shipped"},
+            "Message": {"Sender": "Contoso", "Content": "Order $(data.orderId) shipped"},
+            "Recipients": {"Numbers": [DELIVERED_NUMBER, REJECTED_NUMBER]},
+        },
+    )
+    with contextlib.suppress(ResourceNotFoundError):  # ours among the first peeked
+        stack.queue(EVENTS_QUEUE).clear_messages()
+    [order] = fixture("custom-topic.eventgrid.json")
+    huge = fresh(order)
+    huge["id"] = "i" * 70_000
+    refused = post_events(stack, [huge], "application/json")
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["field"] == "[0].id"
+    too_long_topic = fresh(order)
+    too_long_topic["topic"] = "t" * (MAX_ID_CHARS + 1)
+    refused = post_events(stack, [too_long_topic], "application/json")
+    assert refused.json()["errors"][0]["field"] == "[0].topic"
+
+    longest = fresh(order)
+    longest["id"] = ("&\u0001" * MAX_ID_CHARS)[:MAX_ID_CHARS]  # 5 and 6 bytes on a queue
+    longest["topic"] = "/&" + "&" * (MAX_ID_CHARS - 2)
+    answer = post_events(stack, [longest], "application/json")
+    assert answer.status_code == 202, answer.text
+    ids = set(answer.json()["Results"][0]["MessageIds"])
+    assert len(ids) == 2
+    poll(
+        lambda: (
+            {
+                e["type"].rsplit(".", 1)[1]
+                for e in map(json.loads, stack.peek(EVENTS_QUEUE))
+                if e["data"].get("messageId") in ids
+            }
+            >= {"sent", "failed"}
+        ),
+        what="the sends' message.sent and message.failed",
+    )
+    assert upstream_calls(stack, "event=" + "i" * 200) == []  # the refused event sent nothing
 
 
 SAMPLES = [

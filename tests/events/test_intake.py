@@ -183,3 +183,24 @@ def test_only_event_grids_subscription_validation_is_taken_for_its_handshake() -
     with pytest.raises(InvalidEvent) as other:
         validation_code(handshake, json.dumps([blob]).encode())
     assert other.value.field == "[0].eventType"
+
+
+def test_an_id_or_source_longer_than_its_sends_events_can_carry_is_refused_in_every_mode() -> None:
+    from shared.notify._intake import MAX_ID_CHARS
+
+    cloud = fixture("blob-created.cloudevent.json")
+    assert parse_object({**cloud, "id": "i" * MAX_ID_CHARS}).id == "i" * MAX_ID_CHARS
+    long = "x" * (MAX_ID_CHARS + 1)
+    cases: list[tuple[Any, str]] = [
+        (lambda: parse_object({**cloud, "id": long}), "id"),
+        (lambda: parse_object({**cloud, "source": long}), "source"),
+        (lambda: parse_queue_text(json.dumps([cloud, {**cloud, "id": long}])), "[1].id"),
+        (lambda: parse_object({**fixture("blob-created.eventgrid.json")[0], "topic": long}),
+         "topic"),
+        (lambda: parse_http({"ce-specversion": "1.0", "ce-id": "1", "ce-source": long,
+                             "ce-type": "t"}, b"{}"), "ce-source"),
+    ]  # fmt: skip
+    for parse, field in cases:
+        with pytest.raises(InvalidEvent) as refused:
+            parse()
+        assert refused.value.field == field
