@@ -5,8 +5,10 @@ queue contract; the sender checks opt-outs, takes the quota, records and sends i
 recipient, whose ``messageId`` and ``RequestId`` are derived from rule + event source + event id
 + recipient. A re-delivered event therefore queues the same commands again and the sender sends
 each once (it finds the record of the first copy). Storage round trips per matched event: the
-rules (one query per instance every few seconds), one enqueue per recipient, plus two per
-recipient with a quiet period and two per event with numbers taken from the event (their cap).
+rules (one query per instance every few seconds), one enqueue per recipient (and a blob for a
+command too large for a queue message: it goes by reference, as a send action's does), plus two
+per recipient with a quiet period and two per event with numbers taken from the event (their
+cap).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from shared.notify._store import NotifyState, RuleBook, RuleStore
 from shared.outbound import (
     OutboundMessage,
     OutboundMessageAdapter,
+    StoredCommand,
     derive_message_id,
 )
-from shared.payloads import fits_queue, queue_message_bytes
+from shared.payloads import PayloadStore, fits_queue
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -105,6 +108,7 @@ class Notifier:
         rules: RuleStore | None = None,
         state: NotifyState | None = None,
         queue: QueueLike | None = None,
+        payloads: PayloadStore | None = None,
     ) -> None:
         from shared.storage import ensured_queue
 
@@ -112,6 +116,7 @@ class Notifier:
         self.rules = rules or RuleStore.from_settings(settings)
         self.state = state or NotifyState.from_settings(settings)
         self.queue = queue or ensured_queue(OUTBOUND_QUEUE, settings)
+        self._payloads = payloads
 
     def handle(self, events: Iterable[IncomingEvent]) -> list[EventResult]:
         """Plan and enqueue the sends of each event; raises only when our storage fails (the
@@ -121,9 +126,7 @@ class Notifier:
         for event in events:
             result = self.plan(event, book=book)
             for send in result.sends:
-                self.queue.send_message(
-                    send.command.model_dump_json(by_alias=True, exclude_none=True)
-                )
+                self.queue.send_message(self._queued(send))
             if not result.rules:
                 log.info("event matched no rule: type %s, id %s", event.type, event.id)
             else:
@@ -137,6 +140,18 @@ class Notifier:
                 )
             results.append(result)
         return results
+
+    def _queued(self, send: PlannedSend) -> str:
+        """The queue message of ``send``: its command, or, when that is too large for a queue
+        message (a long placeholder value), a ``StoredCommand`` naming the blob that holds it,
+        as the send actions queue one (docs/sending.md, "Sizes")."""
+        text = send.command.model_dump_json(by_alias=True, exclude_none=True)
+        if fits_queue(text):
+            return text
+        if self._payloads is None:
+            self._payloads = PayloadStore.from_settings(self.settings)
+        name = self._payloads.put(text, kind="command")
+        return StoredCommand(messageId=send.message_id, payload=name).model_dump_json()
 
     def plan(
         self,
@@ -303,8 +318,4 @@ class Notifier:
         parsed = OutboundMessageAdapter.validate_python(
             {k: v for k, v in command.items() if v is not None}
         )
-        queued = parsed.model_dump_json(by_alias=True, exclude_none=True)
-        if not fits_queue(queued):  # one recipient per command: only an absurd template gets here
-            size = queue_message_bytes(queued)
-            raise ValueError(f"the rendered message is too large to queue ({size} bytes)")
         return PlannedSend(rule.Id, address, parsed)
