@@ -225,6 +225,39 @@ def test_a_queue_message_that_is_no_event_is_dead_lettered_with_the_reason(stack
     jsonschema.validate(letters[0], schema)
 
 
+def test_a_queued_array_with_one_bad_event_is_dead_lettered_whole_as_events_md_says(
+    stack: Stack,
+) -> None:
+    """The valid events of it are not sent either; the letter's field names the bad one and
+    its original holds them all, for an operator to put back without the bad one."""
+    create_rule(
+        stack,
+        {
+            "Id": "array",
+            "Match": {"EventTypePrefix": "Microsoft.Storage."},
+            "Message": {"Sender": "Invoices", "Content": "New invoice $(id)"},
+            "Recipients": {"Numbers": [DELIVERED_NUMBER]},
+        },
+    )
+    good = fresh(fixture("blob-created.cloudevent.json"))
+    bad = fresh(fixture("blob-created.cloudevent.json"))
+    del bad["source"]
+    stack.queue(CLOUD_EVENTS_QUEUE).send_message(json.dumps([good, bad]))
+    [letter] = poll(
+        lambda: [
+            json.loads(t) for t in stack.peek(CLOUD_EVENTS_DEAD_LETTER_QUEUE) if good["id"] in t
+        ],
+        what="the dead letter",
+    )
+    assert letter["field"] == "[1].source"
+    assert json.loads(letter["original"]) == [good, bad]
+    assert upstream_calls(stack, good["id"]) == []
+
+    stack.queue(CLOUD_EVENTS_QUEUE).send_message(json.dumps([good]))  # put back, fixed
+    calls = poll(lambda: upstream_calls(stack, good["id"]), what="the valid event's send")
+    assert addresses(calls) == [DELIVERED_NUMBER]
+
+
 def test_numbers_from_a_custom_topic_event_keep_to_allowed_countries_and_the_per_event_cap(
     stack: Stack,
 ) -> None:
