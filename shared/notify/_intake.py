@@ -13,6 +13,7 @@ import binascii
 import datetime as dt
 import functools
 import json
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -42,6 +43,8 @@ _GRID_NON_EMPTY = ("id", "eventType", "eventTime")
 #: both (its ``origin``), and so do its ``message.sent`` / ``message.failed`` events, which must
 #: fit a queue message (64 KiB) with the rest of what they say.
 MAX_ID_CHARS = 2048
+#: Control characters (C0, DEL, C1), which no ``source`` may hold.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: The event of Event Grid's subscription-validation handshake for a webhook in its own schema.
 VALIDATION_EVENT_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
 
@@ -117,9 +120,11 @@ def _required_id(given: Collection[str], name: str = "id") -> None:
         raise InvalidEvent(f"Not a CloudEvents 1.0 event: {name} is required.", field=name)
 
 
-def _bounded(event: IncomingEvent, source_field: str = "source") -> IncomingEvent:
-    """``event``, unless its ``id`` or ``source`` is longer than :data:`MAX_ID_CHARS`: its sends
-    could then not announce their outcome (an event that does not fit a queue message)."""
+def _checked_ids(event: IncomingEvent, source_field: str = "source") -> IncomingEvent:
+    """``event``, unless its ``id`` or ``source`` is longer than :data:`MAX_ID_CHARS` (its sends
+    could not announce their outcome: an event that does not fit a queue message) or its
+    ``source`` holds a control character (message ids and the rules' memory join source and id
+    with a newline, which must be where the source ends; a URI holds none)."""
     for name, value in (("id", event.id), (source_field, event.source)):
         if len(value) > MAX_ID_CHARS:
             raise InvalidEvent(
@@ -127,6 +132,8 @@ def _bounded(event: IncomingEvent, source_field: str = "source") -> IncomingEven
                 "their events, carry it.",
                 field=name,
             )
+    if _CONTROL.search(event.source):
+        raise InvalidEvent(f"{source_field} must not hold a control character.", field=source_field)
     return event
 
 
@@ -155,7 +162,7 @@ def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
         schema="cloudevents",
         extensions={k: v for k, v in attributes.items() if k not in known},
     )
-    return _bounded(incoming)
+    return _checked_ids(incoming)
 
 
 def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
@@ -182,7 +189,7 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
         data=event.data,
         schema="eventgrid",
     )
-    return _bounded(incoming, source_field="topic")
+    return _checked_ids(incoming, source_field="topic")
 
 
 def _invalid(exc: Exception, *, prefix: str = "") -> InvalidEvent:

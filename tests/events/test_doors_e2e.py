@@ -327,6 +327,16 @@ def test_bad_events_get_a_400_naming_the_field_and_queue_nothing(stack: Stack) -
     assert stack.peek(OUTBOUND_QUEUE) == []
 
 
+def test_a_source_with_a_newline_gets_a_400_naming_it(stack: Stack) -> None:
+    """Else source "a\nb" + id "c" and source "a" + id "b\nc" made the same message ids."""
+    event = fresh(fixture("alert-activated.cloudevent.json"))
+    event["source"] = event["source"] + "\n" + event["id"]
+    answer = post_events(stack, event, "application/cloudevents+json")
+    assert answer.status_code == 400
+    assert answer.headers["Content-Type"].startswith("application/problem+json")
+    assert answer.json()["errors"][0]["field"] == "source"
+
+
 def test_the_cloudevents_abuse_protection_handshake_allows_the_origin(stack: Stack) -> None:
     answer = stack.http.options(
         f"{stack.api}/events", headers={"WebHook-Request-Origin": "eventemitter.example.com"}

@@ -204,3 +204,25 @@ def test_an_id_or_source_longer_than_its_sends_events_can_carry_is_refused_in_ev
         with pytest.raises(InvalidEvent) as refused:
             parse()
         assert refused.value.field == field
+
+
+def test_a_source_with_a_control_character_is_refused_so_source_and_id_stay_apart() -> None:
+    """Message ids and the rules' memory key an event by source and id joined with a newline:
+    source "a\\nb" with id "c" was the same event as source "a" with id "b\\nc" (the second's
+    sends taken for re-deliveries of the first's, so never sent). A source cannot hold one (a
+    URI does not), so the keys of every event taken before are unchanged."""
+    cloud = fixture("blob-created.cloudevent.json")
+    grid = fixture("blob-created.eventgrid.json")[0]
+    assert parse_object({**cloud, "source": "a", "id": "b\nc"}).id == "b\nc"
+    cases: list[tuple[Any, str]] = [
+        (lambda: parse_object({**cloud, "source": "a\nb", "id": "c"}), "source"),
+        (lambda: parse_object({**cloud, "source": "a\tb"}), "source"),
+        (lambda: parse_object({**grid, "topic": "/subscriptions/x\r\n"}), "topic"),
+        (lambda: parse_queue_text(json.dumps([cloud, {**cloud, "source": "\x7f"}])), "[1].source"),
+        (lambda: parse_http({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "a\u0085b",
+                             "ce-type": "t"}, b"{}"), "ce-source"),
+    ]  # fmt: skip
+    for parse, field in cases:
+        with pytest.raises(InvalidEvent) as refused:
+            parse()
+        assert refused.value.field == field
