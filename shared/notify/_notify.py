@@ -28,10 +28,10 @@ from shared.notify._store import NotifyState, RuleBook, RuleStore
 from shared.outbound import (
     OutboundMessage,
     OutboundMessageAdapter,
-    StoredCommand,
     derive_message_id,
+    queued_text,
 )
-from shared.payloads import PayloadStore, fits_queue
+from shared.payloads import PayloadStore
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -116,7 +116,7 @@ class Notifier:
         self.rules = rules or RuleStore.from_settings(settings)
         self.state = state or NotifyState.from_settings(settings)
         self.queue = queue or ensured_queue(OUTBOUND_QUEUE, settings)
-        self._payloads = payloads
+        self._payloads = payloads or PayloadStore.from_settings(settings)
 
     def handle(self, events: Iterable[IncomingEvent]) -> list[EventResult]:
         """Plan and enqueue the sends of each event; raises only when our storage fails (the
@@ -143,15 +143,10 @@ class Notifier:
 
     def _queued(self, send: PlannedSend) -> str:
         """The queue message of ``send``: its command, or, when that is too large for a queue
-        message (a long placeholder value), a ``StoredCommand`` naming the blob that holds it,
-        as the send actions queue one (docs/sending.md, "Sizes")."""
+        message (a long placeholder value), one naming the blob that holds it, as the send
+        actions queue one (docs/sending.md, "Sizes")."""
         text = send.command.model_dump_json(by_alias=True, exclude_none=True)
-        if fits_queue(text):
-            return text
-        if self._payloads is None:
-            self._payloads = PayloadStore.from_settings(self.settings)
-        name = self._payloads.put(text, kind="command")
-        return StoredCommand(messageId=send.message_id, payload=name).model_dump_json()
+        return queued_text(text, message_id=send.message_id, payloads=self._payloads)
 
     def plan(
         self,

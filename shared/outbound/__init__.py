@@ -42,6 +42,7 @@ from shared.outbound._records import (
     new_record,
     normalize,
     pack_key,
+    queued_text,
     with_delivery_report_url,
 )
 from shared.outbound._sender import OutboundSender, reset_sender_cache
@@ -78,6 +79,7 @@ __all__ = [
     "parse_outbound_message",
     "parse_queue_message",
     "poisoned_command_doubt",
+    "queued_text",
     "redrive_doubt",
     "reset_sender_cache",
     "send_ports",
