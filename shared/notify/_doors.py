@@ -125,8 +125,9 @@ def process_cloud_event_message(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """One ``smartdialog-cloud-events`` message: JSON or base64 of JSON (as Event Grid's
-    storage-queue handler writes it), one event or an array. A message that holds no valid
-    event goes to ``smartdialog-cloud-events-deadletter`` with the reason; our storage failing
+    storage-queue handler writes it), one event or an array. A message with any event that is
+    not valid goes whole to ``smartdialog-cloud-events-deadletter`` with the reason (none of
+    its events is sent; see docs/events.md); our storage failing
     raises (the host retries, then moves it to the ``-poison`` queue)."""
     settings = _settings(settings)
     try:

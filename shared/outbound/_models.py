@@ -215,9 +215,10 @@ class PackDriver(BaseModel):
 
 class StoredCommand(BaseModel):
     """A send command too large for a queue message, by reference (``smartdialog-outbound``;
-    internal: put there by the send actions and the sender, never by callers). The command's
-    text is the blob ``payload`` in ``smartdialog-payloads``; ``attempts`` and ``deferrals``
-    replace the stored command's. Schema: ``schemas/stored-command.json``."""
+    internal: put there by the send actions, the sender and the notification rules, never by
+    callers). The command's text is the blob ``payload`` in ``smartdialog-payloads``;
+    ``attempts`` and ``deferrals`` replace the stored command's. Schema:
+    ``schemas/stored-command.json``."""
 
     model_config = ConfigDict(extra="forbid")
 
