@@ -767,3 +767,19 @@ def test_named_connections_come_from_azd_and_their_secrets_only_through_key_vaul
     assert "appSettings: concat(appSettingPairs, connectionSettings)" in (
         source("app/api.bicep").no_comments
     )
+
+
+def test_the_deploy_guide_lists_every_queue_table_and_container_the_bicep_creates() -> None:
+    guide = DEPLOY_DOC.read_text()
+    storage = source("app/storage.bicep")
+    created = string_list(storage, "queueNames") + string_list(storage, "tableNames")
+    missing = [name for name in [*created, names.PAYLOADS_CONTAINER] if f"`{name}`" not in guide]
+    assert not missing, f"docs/deploy.md's storage row lacks {missing}"
+
+
+def test_the_operations_guide_names_every_poison_queue_the_keeper_keeps() -> None:
+    from shared.ops import POISON_SOURCES
+
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    missing = [q for q in map(names.poison_queue, POISON_SOURCES) if f"`{q}`" not in guide]
+    assert not missing, f"docs/operations.md lacks {missing}"

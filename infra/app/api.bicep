@@ -76,7 +76,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_17:Callers are Power Automate, Logic Apps and SmartDialog's webhooks, none of which present client certificates; HTTP calls carry a function key or a signed callback token instead.
-  // checkov:skip=CKV_AZURE_222:The app must be reachable from the internet: SmartDialog calls back its webhook and delivery-report URLs, and Power Automate calls its actions. Every route needs a function key or an HMAC callback token.
+  // checkov:skip=CKV_AZURE_222:The app must be reachable from the internet: SmartDialog calls back its webhook and delivery-report URLs, and Power Automate calls its actions. Every route but /api/health needs a function key or an HMAC callback token, except the operations page (/api/ops), which App Service Authentication signs in with Entra ID.
   // checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero on demand; a minimum instance count means always-ready instances billed around the clock, and the queue-based design tolerates a cold start.
   // checkov:skip=CKV_AZURE_213:The App Service health check feature is not available on the Flex Consumption plan (instances are managed by the platform and scale to zero); the app's health is watched in Application Insights.
   name: name

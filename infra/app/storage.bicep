@@ -57,7 +57,7 @@ var tableNames = [
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35:No virtual network in this template: Flex Consumption without VNet integration, Logic Apps and Power Automate reach the account over its public endpoint. Shared keys are disabled, so every request needs an Entra ID token and an RBAC role.
   // checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: public network access stays enabled because nothing here is VNet-integrated; access is Entra ID + RBAC only (allowSharedKeyAccess false).
-  // checkov:skip=CKV_AZURE_206:Locally redundant storage on purpose: the account holds transient queues, short-lived send records and the deployment package, all recreated by a redeploy; geo-replication would double the storage cost for nothing the app can use.
+  // checkov:skip=CKV_AZURE_206:Locally redundant by default so the template deploys in every Flex Consumption region at the lowest cost. The account also holds lasting data (opt-outs, subscriptions, webhook registrations, notification rules, dead letters), so docs/deploy.md says to choose Standard_ZRS or a geo-redundant SKU where losing a datacenter's copy matters.
   name: name
   location: location
   tags: tags
