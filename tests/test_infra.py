@@ -30,6 +30,7 @@ from pydantic.fields import FieldInfo
 
 from shared import names
 from shared.settings import Settings
+from shared.signing import secrets_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -783,3 +784,46 @@ def test_the_operations_guide_names_every_poison_queue_the_keeper_keeps() -> Non
     guide = (ROOT / "docs" / "operations.md").read_text()
     missing = [q for q in map(names.poison_queue, POISON_SOURCES) if f"`{q}`" not in guide]
     assert not missing, f"docs/operations.md lacks {missing}"
+
+
+HOOK = INFRA / "hooks" / "callback-secret.sh"
+
+
+def run_hook(tmp_path: Path, **env: str) -> list[str]:
+    """Run the preprovision hook as azd would (its environment's values set), with an ``azd``
+    on PATH that records its arguments; returns the calls it got."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "azd"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\n')
+    fake.chmod(0o755)
+    run = subprocess.run(
+        ["/bin/sh", str(HOOK)],
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "SMARTDIALOG_CALLBACK_SECRETS" not in run.stderr
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_a_new_environment_gets_a_random_callback_secret_and_one_that_has_it_keeps_it(
+    tmp_path: Path,
+) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    [first] = run_hook(tmp_path / "a")
+    [second] = run_hook(tmp_path / "b")
+    setting, value = first.removeprefix("env set ").split(" ")
+    assert setting == "SMARTDIALOG_CALLBACK_SECRETS"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{48}", value)  # 36 random bytes, URL-safe
+    settings = Settings.model_validate({"SMARTDIALOG_CALLBACK_SECRETS": value})
+    assert settings.callback_secret_list == [value]
+    assert secrets_problem(settings.callback_secret_list) is None  # strong enough to sign
+    assert second != first
+
+    assert run_hook(tmp_path / "c", SMARTDIALOG_CALLBACK_SECRETS="mine" * 10) == []
+    hooks = (ROOT / "azure.yaml").read_text()
+    assert "run: ./infra/hooks/callback-secret.sh" in hooks
+    assert "run: ./infra/hooks/callback-secret.ps1" in hooks
+    assert (INFRA / "hooks" / "callback-secret.ps1").exists()
