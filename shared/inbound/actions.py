@@ -375,7 +375,10 @@ def open_subscription(
     states: Literal["final", "all"] | None = None,
 ) -> tuple[Subscription, str]:
     """Store a trigger subscription with its own nonce; it and its ``Location`` (made before
-    the row: a URL that cannot be made stores nothing)."""
+    the row: a URL that cannot be made stores nothing). It replaces the service's subscriptions
+    of this kind to the same ``callback_url``: one flow trigger has one URL, and the platform
+    subscribes again (an edited flow, a lost answer, a DELETE that failed) without always
+    unsubscribing first; two subscriptions would deliver every event to it twice."""
     subscription = Subscription(
         service=service,
         subscription_id=str(uuid.uuid4()),
@@ -391,7 +394,11 @@ def open_subscription(
     location = subscription_url(
         ctx.settings, service, subscription.subscription_id, subscription.nonce, kind
     )
-    _subscriptions(ctx.settings).add(subscription)
+    store = _subscriptions(ctx.settings)
+    earlier = [s for s in store.list(service, kind) if s.callback_url == callback_url]
+    store.add(subscription)  # first: the trigger is never without one
+    for replaced in earlier:  # a later DELETE of its Location finds nothing: harmless
+        store.remove(service, replaced.subscription_id)
     TriggerNotifier.for_settings(ctx.settings).forget(service)  # this instance: at once
     return subscription, location
 

@@ -127,11 +127,36 @@ def test_second_subscription_reuses_the_registered_webhook(
     assert len(inbound.rows(names.SUBSCRIPTIONS_TABLE)) == 2
 
 
+def test_subscribing_the_same_callback_again_replaces_the_subscription_not_doubles_it(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    """The platform subscribes a flow's trigger again (an edit, a lost answer) without always
+    ending the first: two subscriptions to one URL sent every message to the flow twice."""
+    first = subscribe(served, f"{callback_receiver.url}/flow")
+    second = subscribe(served, f"{callback_receiver.url}/flow")
+    subscribe(served, f"{callback_receiver.url}/other-flow")
+
+    def callbacks() -> list[str]:
+        rows = served.rows(names.SUBSCRIPTIONS_TABLE)  # also the index's ~asks-questions row
+        return sorted(r["CallbackUrl"].rsplit("/", 1)[1] for r in rows if "CallbackUrl" in r)
+
+    assert callbacks() == ["flow", "other-flow"]
+
+    simulate_inbound(served, "Once")
+    assert served.process_intake() == 1
+    served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
+    assert sorted(c.path for c in callback_receiver.wait_for(2)) == ["/flow", "/other-flow"]
+
+    assert unsubscribe(served, first) == 200  # the replaced one's DELETE: harmless
+    assert unsubscribe(served, second) == 200
+    assert callbacks() == ["other-flow"]
+
+
 def test_unsubscribe_needs_the_locations_token(
     inbound: Inbound, callback_receiver: CallbackReceiver
 ) -> None:
-    location = subscribe(inbound, callback_receiver.url)
-    other = subscribe(inbound, callback_receiver.url)
+    location = subscribe(inbound, f"{callback_receiver.url}/a")
+    other = subscribe(inbound, f"{callback_receiver.url}/b")
     other_token = dict(parse_qsl(urlsplit(other).query))["token"]
     assert unsubscribe(inbound, location, token="v1.0.forged") == 401
     assert unsubscribe(inbound, location, token=other_token) == 401
