@@ -103,7 +103,7 @@ param smartDialogQuestionPollSeconds string = ''
 @description('SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: lifetime of the credential carried by a status URL.')
 param smartDialogStatusTokenTtlSeconds string = ''
 
-@description('SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS: a delivery-report URL works until the send validity ends plus this window.')
+@description('SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS: a delivery-report URL works until the send validity ends (or its SendDateTime, when later) plus this window.')
 param smartDialogDlrReportingWindowSeconds string = ''
 
 @description('SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: how long an Idempotency-Key answer is remembered.')

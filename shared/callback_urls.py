@@ -42,27 +42,38 @@ def require_callback_settings(settings: Settings) -> None:
 
 
 def delivery_report_expiry(
-    settings: Settings, *, valid_until: dt.datetime | None = None, now: float | None = None
+    settings: Settings,
+    *,
+    valid_until: dt.datetime | None = None,
+    sends_at: dt.datetime | None = None,
+    now: float | None = None,
 ) -> float:
-    """When a DLR URL made ``now`` stops working: the send's validity (``valid_until``, else
-    ``now`` + ``SMARTDIALOG_SEND_VALIDITY_SECONDS``) plus
+    """When a DLR URL made ``now`` stops working: the later of the send's validity
+    (``valid_until``, else ``now`` + ``SMARTDIALOG_SEND_VALIDITY_SECONDS``) and the time
+    SmartDialog is told to send it (``sends_at``, its ``SendDateTime``), plus
     ``SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS`` (reports follow the last delivery attempt)."""
     now = clock.current().now() if now is None else now
     end = valid_until.timestamp() if valid_until else now + settings.send_validity_seconds
-    return max(end, now) + settings.dlr_reporting_window_seconds
+    scheduled = sends_at.timestamp() if sends_at else now
+    return max(end, scheduled, now) + settings.dlr_reporting_window_seconds
 
 
 def delivery_report_url(
-    settings: Settings, message_id: str, *, valid_until: dt.datetime | None = None
+    settings: Settings,
+    message_id: str,
+    *,
+    valid_until: dt.datetime | None = None,
+    sends_at: dt.datetime | None = None,
 ) -> str:
-    """The DLR URL of our message ``message_id`` (``valid_until``: the send's own validity).
-    Its token expires at :func:`delivery_report_expiry`; rotating the secrets revokes it
-    sooner. SmartDialog appends its parameters."""
+    """The DLR URL of our message ``message_id`` (``valid_until``: the send's own validity;
+    ``sends_at``: its ``SendDateTime``). Its token expires at :func:`delivery_report_expiry`;
+    rotating the secrets revokes it sooner. SmartDialog appends its parameters."""
     now = clock.current().now()
+    expiry = delivery_report_expiry(settings, valid_until=valid_until, sends_at=sends_at, now=now)
     token = sign(
         TokenPurpose.DLR,
         message_id,
-        ttl_seconds=delivery_report_expiry(settings, valid_until=valid_until, now=now) - now,
+        ttl_seconds=expiry - now,
         secrets=settings.callback_secret_list,
         now=lambda: now,
     )

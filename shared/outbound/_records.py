@@ -216,7 +216,10 @@ def with_delivery_report_url(
     if command.messageId is None or "DlrUrl" not in type(body).model_fields:
         return command
     ours = delivery_report_url(
-        settings, report_id or command.messageId, valid_until=command.validUntil
+        settings,
+        report_id or command.messageId,
+        valid_until=command.validUntil,
+        sends_at=getattr(body, "SendDateTime", None),  # a scheduled send reports after it
     )
     return command.model_copy(update={"body": body.model_copy(update={"DlrUrl": ours})})
 

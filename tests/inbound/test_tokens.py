@@ -214,6 +214,25 @@ def test_a_send_valid_for_longer_keeps_its_delivery_report_url_longer(
     assert report(inbound, message_id, token_of(url)) == 401
 
 
+def test_a_send_scheduled_far_ahead_keeps_its_delivery_report_url_past_its_send_time(
+    served: Inbound, manual_clock: ManualClock
+) -> None:
+    """SmartDialog sends it at its SendDateTime, 10 days on, and reports then: the URL used
+    to expire at the validity's end plus the window (8 days here), refusing every report."""
+    from tests.inbound.test_delivery_reports import send
+
+    served.configure(DLR_REPORTING_WINDOW_SECONDS=600)
+    sends_at = utcnow() + dt.timedelta(days=10)
+    message_id = send(served, "+358401234567", SendDateTime=sends_at.isoformat())
+    [request] = served.sandbox.state.snapshot("requests")
+    url = request["body"]["DlrUrl"]
+
+    manual_clock.advance(10 * 86400 + 600 - 2)
+    assert report(served, message_id, token_of(url)) != 401
+    manual_clock.advance(3)
+    assert report(served, message_id, token_of(url)) == 401
+
+
 # --- a short callback secret is a configuration error, reported on first use ----------------------
 
 
