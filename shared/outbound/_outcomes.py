@@ -197,12 +197,15 @@ class Outcomes:
     # --- the retry policy --------------------------------------------------------------------
 
     def retry_delay(self, attempts: int, advised: float | None) -> float:
-        """The backoff after ``attempts`` attempts, and at least what upstream advised."""
+        """The backoff after ``attempts`` attempts, and at least what upstream advised, up to
+        the validity (advice past it ends the message's tries anyway; a Retry-After of 1e12
+        would overflow a datetime)."""
         from shared.smartdialog import backoff_delay
 
         policy = self.ports.policy
         backoff = backoff_delay(max(1, attempts), base=policy.retry_base, cap=policy.retry_max)
-        return max(advised, backoff) if advised is not None else backoff
+        longest = policy.validity.total_seconds()
+        return min(max(advised, backoff), longest) if advised is not None else backoff
 
     @staticmethod
     def expired(record: MessageRecord, last: FailureInfo | None = None) -> FailureInfo:

@@ -206,6 +206,31 @@ def test_429_honours_retry_after_and_is_dead_lettered_when_it_persists(
     assert len(outbound.dead_letters()) == 1
 
 
+def test_a_retry_after_longer_than_any_validity_ends_the_message_not_the_sender(
+    outbound: Outbound,
+) -> None:
+    """Retry-After: 10**12 from a 429: now + that overflowed a datetime, the sender raised and
+    the message went to poison without its event. Advice that outlasts the validity fails it
+    at once as expired, with its event, as any retry that could not come in time."""
+    from sandbox.faults import FaultKind, FaultPlan
+
+    outbound.sandbox.app.faults.configure(
+        FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,), retry_after=10**12)
+    )
+    try:
+        outbound.enqueue(send("m-advice", DELIVERED))
+        outbound.run_once()
+    finally:
+        outbound.sandbox.app.faults.configure(FaultPlan())
+
+    failed = record("m-advice")
+    assert failed.status is MessageStatus.FAILED
+    assert failed.failure is not None
+    assert failed.failure.code == "expired"  # it could not go again within its validity
+    assert failed.attempts == 1
+    assert [e["data"]["messageId"] for e in outbound.events()] == ["m-advice"]
+
+
 def test_timeout_is_retried_and_a_late_success_is_recognised_by_request_id(
     private_outbound: Callable[..., Outbound],
 ) -> None:
