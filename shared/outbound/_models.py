@@ -107,7 +107,17 @@ class _Envelope(BaseModel):
     def _aware(self) -> _Envelope:
         if self.validUntil is not None and self.validUntil.tzinfo is None:
             raise ValueError("validUntil needs a time zone (e.g. a trailing Z)")
+        if self.validUntil is not None and not _STORABLE[0] <= self.validUntil <= _STORABLE[1]:
+            raise ValueError("validUntil must be between the years 1602 and 9998")
         return self
+
+
+#: The times Table storage keeps (1601-01-01 to 9999-12-31 UTC), a day inside each end: a
+#: validUntil of 9999-12-31T23:59:59-01:00 is the year 10000 in UTC.
+_STORABLE = (
+    dt.datetime(1602, 1, 1, tzinfo=dt.UTC),
+    dt.datetime(9998, 12, 31, tzinfo=dt.UTC),
+)
 
 
 class SendOrigin(BaseModel):

@@ -258,6 +258,21 @@ def test_message_past_its_validity_fails_without_an_upstream_call(outbound: Outb
     assert [d["error"]["code"] for d in outbound.dead_letters()] == ["expired"]
 
 
+@pytest.mark.parametrize("valid_until", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z"])
+def test_a_validity_table_storage_cannot_keep_is_dead_lettered_naming_it(
+    outbound: Outbound, valid_until: str
+) -> None:
+    """The year 10000 in UTC (or one before 1601) cannot be recorded: writing the record
+    raised, and the host retried the message into poison without a reason."""
+    outbound.enqueue(send("m-far", DELIVERED, validUntil=valid_until))
+    outbound.drain()
+
+    [letter] = outbound.dead_letters()
+    assert letter["reason"] == "malformed"
+    assert "validUntil" in json.dumps(letter["errors"])
+    assert outbound.upstream() == []
+
+
 @pytest.mark.parametrize(
     ("address", "code"),
     [
