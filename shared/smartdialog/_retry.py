@@ -22,6 +22,7 @@ below, other components (the subscriber dispatcher, the outbound sender) with th
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import math
 import random
@@ -105,6 +106,8 @@ def parse_retry_after(
             when = email.utils.parsedate_to_datetime(raw)
         except (TypeError, ValueError, IndexError):
             return None
+        if when.tzinfo is None:  # "-0000" (or no zone): RFC 9110 dates are in GMT, not local
+            when = when.replace(tzinfo=dt.UTC)
         seconds = max(0.0, when.timestamp() - now())
     return seconds if 0 <= seconds < math.inf else None
 

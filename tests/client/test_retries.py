@@ -243,3 +243,23 @@ def one_call_sandbox() -> Iterator[SandboxServer]:
     server = SandboxServer(port=0, quota_calls=1, quota_period=30.0).start()
     yield server
     server.stop()
+
+
+def test_an_http_date_without_a_zone_is_gmt_whatever_the_local_time_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """email.utils reads "-0000" as a naive time, which timestamp() took as local time: 14,460 s
+    instead of 60 in New York."""
+    import time
+
+    from shared.smartdialog import parse_retry_after
+
+    at = 1_900_000_000.0
+    date = email.utils.formatdate(at + 60).replace("+0000", "-0000")
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_retry_after({"Retry-After": date}, now=lambda: at) == 60.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
