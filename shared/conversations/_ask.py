@@ -69,6 +69,10 @@ __all__ = [
 DEFAULT_TIMEOUT_SECONDS = 86_400
 MAX_TIMEOUT_SECONDS = 2_592_000
 MAX_OPTIONS = 20
+#: How long past its timeout a question stays open for a reply received before the timeout
+#: that is still on its way through the intake queue (seconds, usually; more in a backlog):
+#: only then does a poll or a new question end it timed out.
+ANSWER_GRACE = dt.timedelta(seconds=60)
 
 
 class AskBody(BaseModel):
@@ -251,7 +255,7 @@ class AskService:
         request_hash = idempotency_key_hash(customer, key, named) if key else None
         address = body.Recipient
         open_one = self.questions.open_question(service, address)
-        if open_one is not None and open_one.expired(now):
+        if open_one is not None and open_one.expired(now - ANSWER_GRACE):
             self.questions.end(open_one.question_id, QuestionStatus.TIMED_OUT, at=now)
             open_one = self.questions.open_question(service, address)
         command = OutboundMessageAdapter.validate_python(
@@ -364,7 +368,7 @@ class AskService:
             ):
                 code = message.failure.code if message.failure else str(message.status)
                 record = self._end(record, QuestionStatus.FAILED, now, failure_code=code)
-            elif record.expired(now):
+            elif record.expired(now - ANSWER_GRACE):
                 record = self._end(record, QuestionStatus.TIMED_OUT, now)
         if record.status is QuestionStatus.OPEN:
             return self._open_view(record, status=202)
