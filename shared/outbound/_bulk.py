@@ -6,9 +6,9 @@ asked, the rows refused and the packs formed. Each valid recipient becomes an or
 delivery reports. Members are stored in their batch's partitions (see
 :func:`shared.messages.message_keys`), 100 rows a Table transaction.
 
-The members are packed when the batch is accepted: consecutive members, up to
-``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients, form a *batch pack* (recorded in
-``SmartDialogPacks`` before its members), and one queue message per pack, a
+The members are packed when the batch is accepted (:mod:`shared.outbound._bulk_members`):
+consecutive members, up to ``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients, form a *batch pack*
+(recorded in ``SmartDialogPacks`` before its members), and one queue message per pack, a
 :class:`~shared.outbound.PackDriver`, has the sender make that pack's call (see
 :mod:`shared.outbound._drive`). 5,000 recipients are 10 queue messages, not 5,000.
 
@@ -29,7 +29,6 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
@@ -43,18 +42,16 @@ from shared.messages import (
     MessageStatus,
     MessageStore,
     Pack,
-    PackMember,
     RecipientSlot,
     RecipientStatus,
     batch_filter,
     effective_status,
     idempotency_key_hash,
-    new_pack_id,
 )
 from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY
-from shared.outbound._models import OutboundMessageAdapter, PackDriver
+from shared.outbound._bulk_members import BulkRecipient, Members, bulk_members
+from shared.outbound._models import PackDriver
 from shared.outbound._quota_wait import poll_after
-from shared.outbound._records import new_record, normalize
 from shared.outbound._service import outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
 from shared.telemetry import current_traceparent
@@ -77,15 +74,6 @@ INCOMPLETE_AFTER = dt.timedelta(minutes=5)
 #: Storage threads of one request: the SDK's HTTP connection pool keeps 10 connections per
 #: client, and a thread beyond that opens (and drops) a connection per request.
 _THREADS = 10
-
-
-@dataclass(frozen=True)
-class BulkRecipient:
-    """One recipient as given: its row (1-based JSON index, or CSV line), address, values."""
-
-    row: int
-    address: str
-    personalization: Mapping[str, Any] | None = None
 
 
 def _batch_subject(batch_id: str) -> str:
@@ -252,36 +240,10 @@ class BulkService:
                 type=ProblemType.VALIDATION,
                 errors=[FieldError(f"row {e['row']}.{e['field']}", e["message"]) for e in errors],
             )
-        base = {k: v for k, v in template.items() if v is not None}
-        validity = dt.timedelta(seconds=self.settings.send_validity_seconds)
-        records: list[tuple[MessageRecord, list[RecipientSlot]]] = []
-        for recipient, address in valid:
-            message_id = f"{batch_id}.{recipient.row:05d}"
-            entry_: dict[str, Any] = {"Address": address}
-            if recipient.personalization:
-                entry_["Personalization"] = dict(recipient.personalization)
-            raw: dict[str, Any] = {
-                "operation": "SendMessage",
-                "messageId": message_id,
-                "customerId": customer_id,
-                "serviceId": service_id,
-                "body": {**base, "Recipients": [entry_], "RequestId": message_id},
-            }
-            if transactional:
-                raw["transactional"] = True
-            if self._named_connection is not None:
-                raw["Connection"] = self._named_connection
-            command = normalize(
-                OutboundMessageAdapter.validate_python(raw),
-                message_id=message_id,
-                customer_id=customer_id,
-                service_id=service_id,
-            )
-            record, slots = new_record(command, now=now, validity=validity, batch_id=batch_id)
-            records.append((record, slots))
-        packs = self._form_packs(batch_id, records, now)
-        members = {m.message_id: p.pack_id for p in packs for m in p.members}
-        records = [(replace(r, pack_id=members[r.message_id]), sl) for r, sl in records]
+        records, packs = bulk_members(
+            self.settings, template, valid, batch_id=batch_id, now=now, customer_id=customer_id,
+            service_id=service_id, transactional=transactional,
+        )  # fmt: skip
         if resumed is not None:
             return self._resume(resumed, records, packs, errors, len(recipients))
         batch = BatchRecord(
@@ -356,7 +318,7 @@ class BulkService:
     def _resume(
         self,
         batch: BatchRecord,
-        records: list[tuple[MessageRecord, list[RecipientSlot]]],
+        records: Members,
         packs: list[Pack],
         errors: list[dict[str, Any]],
         total: int,
@@ -395,49 +357,6 @@ class BulkService:
         self._enqueue_drivers(batch_id, stored)
         self.batches.mark(batch, BatchStatus.QUEUED)
         return self._accepted(batch_id, total, len(records), errors)
-
-    def _form_packs(
-        self,
-        batch_id: str,
-        records: list[tuple[MessageRecord, list[RecipientSlot]]],
-        now: dt.datetime,
-    ) -> list[Pack]:
-        """Consecutive members with one pack key, up to the pack size in recipients."""
-        limit = max(1, self.settings.pack_max_recipients)
-        packs: list[Pack] = []
-        current: list[tuple[MessageRecord, tuple[str, ...]]] = []
-        count = 0
-
-        def close() -> None:
-            nonlocal current, count
-            if not current:
-                return
-            key = current[0][0].pack_key or "alone"
-            ids = [r.message_id for r, _ in current]
-            packs.append(
-                Pack(
-                    pack_id=new_pack_id(key, ids, now),
-                    key=key,
-                    members=tuple(PackMember(r.message_id, a) for r, a in current),
-                    created_at=now,
-                    batch_id=batch_id,
-                )
-            )
-            current, count = [], 0
-
-        for record, slots in records:
-            addresses = tuple(slot.address for slot in slots)
-            alone = record.pack_key is None
-            if current and (
-                alone or current[0][0].pack_key != record.pack_key or count + len(addresses) > limit
-            ):
-                close()
-            current.append((record, addresses))
-            count += len(addresses)
-            if alone:
-                close()
-        close()
-        return packs
 
     def _redrive_stale(self, batch: BatchRecord, records: list[MessageRecord]) -> None:
         """Enqueue the drivers of packs whose unfinished members nobody touched for longer

@@ -1,0 +1,103 @@
+"""A bulk request's members and packs (see :mod:`shared.outbound._bulk`): each accepted row
+becomes an ordinary SendMessage (id ``<batch id>.<row:05d>``, ``RequestId`` the same), and
+consecutive members with one pack key, up to ``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients,
+form a *batch pack*. The same rows, batch id and time make the same members and packs: a
+replay that finishes a batch relies on it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from shared.messages import MessageRecord, Pack, PackMember, RecipientSlot, new_pack_id
+from shared.outbound._models import OutboundMessageAdapter
+from shared.outbound._records import new_record, normalize
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = ["BulkRecipient", "Members", "bulk_members"]
+
+#: Member records with their recipient slots, in row order.
+Members = list[tuple[MessageRecord, list[RecipientSlot]]]
+
+
+@dataclass(frozen=True)
+class BulkRecipient:
+    """One recipient as given: its row (1-based JSON index, or CSV line), address, values."""
+
+    row: int
+    address: str
+    personalization: Mapping[str, Any] | None = None
+
+
+def bulk_members(
+    settings: Settings,
+    template: Mapping[str, Any],
+    valid: Sequence[tuple[BulkRecipient, str]],
+    *,
+    batch_id: str,
+    now: dt.datetime,
+    customer_id: str,
+    service_id: str,
+    transactional: bool,
+) -> tuple[Members, list[Pack]]:
+    """The members of the ``valid`` rows (each with its parsed address), each with its pack's
+    id, and their packs."""
+    base = {k: v for k, v in template.items() if v is not None}
+    validity = dt.timedelta(seconds=settings.send_validity_seconds)
+    records: Members = []
+    for recipient, address in valid:
+        message_id = f"{batch_id}.{recipient.row:05d}"
+        entry: dict[str, Any] = {"Address": address}
+        if recipient.personalization:
+            entry["Personalization"] = dict(recipient.personalization)
+        raw: dict[str, Any] = {
+            "operation": "SendMessage",
+            "messageId": message_id,
+            "customerId": customer_id,
+            "serviceId": service_id,
+            "body": {**base, "Recipients": [entry], "RequestId": message_id},
+        }
+        if transactional:
+            raw["transactional"] = True
+        if settings.named_connection is not None:
+            raw["Connection"] = settings.named_connection
+        command = normalize(
+            OutboundMessageAdapter.validate_python(raw),
+            message_id=message_id,
+            customer_id=customer_id,
+            service_id=service_id,
+        )
+        records.append(new_record(command, now=now, validity=validity, batch_id=batch_id))
+    packs = _form_packs(batch_id, records, now, max(1, settings.pack_max_recipients))
+    members = {m.message_id: p.pack_id for p in packs for m in p.members}
+    return [(replace(r, pack_id=members[r.message_id]), sl) for r, sl in records], packs
+
+
+def _form_packs(batch_id: str, records: Members, now: dt.datetime, limit: int) -> list[Pack]:
+    """Consecutive members with one pack key, up to ``limit`` recipients (a member without a
+    key goes alone)."""
+    groups: list[list[PackMember]] = []
+    keys: list[str | None] = []
+    count = 0
+    for record, slots in records:
+        key = record.pack_key
+        if not groups or key is None or keys[-1] != key or count + len(slots) > limit:
+            groups.append([])
+            keys.append(key)
+            count = 0
+        groups[-1].append(PackMember(record.message_id, tuple(s.address for s in slots)))
+        count += len(slots)
+    return [
+        Pack(
+            pack_id=new_pack_id(key or "alone", [m.message_id for m in members], now),
+            key=key or "alone",
+            members=tuple(members),
+            created_at=now,
+            batch_id=batch_id,
+        )
+        for key, members in zip(keys, groups, strict=True)
+    ]
