@@ -14,8 +14,10 @@ consecutive members, up to ``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients, form 
 
 Crash safety: the batch (with its pack ids), then the packs, then the members are recorded
 before any driver is enqueued, and the batch is marked ``queued`` only after every driver is on
-the queue; a batch still ``accepting`` 30 s later has its drivers enqueued again by its next
-status poll (a pack driven twice is sent once: the pack's lease and its members' claims).
+the queue; a batch still ``accepting`` 30 s later with every member recorded has its drivers
+enqueued again by its next status poll (a pack driven twice is sent once: the pack's lease and
+its members' claims). Once one driver is on the queue the request answers 202, whatever fails
+after: a 500 would make a caller without a key send the batch again.
 """
 
 from __future__ import annotations
@@ -264,19 +266,22 @@ class BulkService:
             # The packs first: a member names its pack, which must exist when it is read.
             list(pool.map(self.packs.save, packs))
         self.store.create_many(records)
-        self._enqueue_drivers(batch_id, [p.pack_id for p in packs])
-        self.batches.mark(batch, BatchStatus.QUEUED)
-        return self._accepted(batch_id, len(recipients), len(records), errors)
+        # From the first driver on the queue, the batch is accepted (a 500 would make a caller
+        # without a key send it again, and this one is on its way); marking it is best effort.
+        if queued := self._enqueue_drivers(batch_id, batch.pack_ids):
+            self._queued(batch)
+        return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
 
     def _accepted(
-        self, batch_id: str, total: int, accepted: int, errors: list[dict[str, Any]]
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        self, batch_id: str, total: int, accepted: int, errors: list[dict[str, Any]], *,
+        queued: bool,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
         """The 202 of an accepted batch, built from what was just written, not read back
-        (5,000 members would be a 5,000-row query): every accepted member's pack has its
-        driver on the queue now."""
+        (5,000 members would be a 5,000-row query); its members are ``queued`` once every
+        pack's driver is on the queue."""
         url = self.status_url(batch_id)
         counts = {str(s): 0 for s in MessageStatus}
-        counts[str(MessageStatus.QUEUED)] = accepted
+        counts[str(MessageStatus.QUEUED if queued else MessageStatus.ACCEPTED)] = accepted
         body: dict[str, Any] = {
             "Id": batch_id,
             "Status": "pending",
@@ -333,8 +338,8 @@ class BulkService:
         if [p.pack_id for p in packs] != stored:
             if len(recorded) >= batch.accepted:
                 # Every member is recorded: only the drivers were missing. Send them.
-                self._enqueue_drivers(batch_id, stored)
-                self.batches.mark(batch, BatchStatus.QUEUED)
+                if self._enqueue_drivers(batch_id, stored):
+                    self._queued(batch)
                 return self.status(batch_id, details=False, checked=True)
             # The recipients changed since (an opt-out): this request is not that one any more.
             raise Problem(
@@ -354,9 +359,9 @@ class BulkService:
             self.store.create_many(missing)
         log.warning("batch %s: finished recording %d member(s) of a request that stopped",
                     batch_id, len(missing))  # fmt: skip
-        self._enqueue_drivers(batch_id, stored)
-        self.batches.mark(batch, BatchStatus.QUEUED)
-        return self._accepted(batch_id, total, len(records), errors)
+        if queued := self._enqueue_drivers(batch_id, stored):
+            self._queued(batch)
+        return self._accepted(batch_id, total, len(records), errors, queued=queued)
 
     def _redrive_stale(self, batch: BatchRecord, records: list[MessageRecord]) -> None:
         """Enqueue the drivers of packs whose unfinished members nobody touched for longer
@@ -384,7 +389,9 @@ class BulkService:
         self.batches.note_redriven(batch, now)
         self._enqueue_drivers(batch.batch_id, stale)
 
-    def _enqueue_drivers(self, batch_id: str, pack_ids: list[str]) -> None:
+    def _enqueue_drivers(self, batch_id: str, pack_ids: Sequence[str]) -> bool:
+        """Put the packs' drivers on the queue: True if every one went, False if some did
+        (a status poll puts them out again); raises if none did (the SDK retried already)."""
         queue = outbound_queue(self.settings)
         trace = current_traceparent()  # the pack's calls continue the bulk request's trace
         connection = self._named_connection
@@ -392,11 +399,25 @@ class BulkService:
             PackDriver(packId=p, batchId=batch_id, traceparent=trace, Connection=connection).text()
             for p in pack_ids
         ]
-        if len(texts) == 1:
-            queue.send_message(texts[0])
-            return
         with ThreadPoolExecutor(min(_THREADS, len(texts))) as pool:
-            list(pool.map(queue.send_message, texts))
+            sends = [pool.submit(queue.send_message, text) for text in texts]
+        failed = [e for e in (s.exception() for s in sends) if e is not None]
+        if failed and len(failed) == len(texts):
+            raise failed[0]
+        if failed:
+            log.warning("batch %s: %d of %d driver(s) not enqueued (%s); a status poll will",
+                        batch_id, len(failed), len(texts), failed[0])  # fmt: skip
+        return not failed
+
+    def _queued(self, batch: BatchRecord) -> BatchRecord:
+        """Mark ``batch`` queued, its drivers out; best effort: a batch left ``accepting``
+        with every member recorded gets its drivers again from a status poll (a pack driven
+        twice is sent once)."""
+        try:
+            return self.batches.mark(batch, BatchStatus.QUEUED)
+        except Exception:  # the batch is accepted: a status poll marks it
+            log.warning("batch %s: not marked queued", batch.batch_id, exc_info=True)
+            return batch
 
     # --- status ------------------------------------------------------------------------------
 
@@ -445,9 +466,10 @@ class BulkService:
         age = self._clock() - batch.created_at
         if batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER:
             if len(records) >= batch.accepted:
-                # Every member is recorded; the request stopped before its drivers were out.
-                self._enqueue_drivers(batch_id, list(batch.pack_ids))
-                batch = self.batches.mark(batch, BatchStatus.QUEUED)
+                # Every member is recorded; the request stopped before its drivers were all
+                # out, or could not mark the batch.
+                if self._enqueue_drivers(batch_id, batch.pack_ids):
+                    batch = self._queued(batch)
             elif age >= INCOMPLETE_AFTER:
                 # Its request is certainly over (HTTP functions time out long before) and it
                 # did not record every member: none of it is sent (a replay with the same

@@ -565,15 +565,16 @@ def test_a_replay_with_the_same_key_finishes_a_batch_whose_request_stopped_part_
 def test_a_replay_after_the_drivers_went_out_leaves_the_packs_call_as_it_is(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first request died after its drivers went out and before it marked the batch
-    queued; a pack's call then failed for now (its membership and RequestId recorded for the
-    retry). A replay finishes the batch without writing its packs again: a pack rewritten whole
-    would forget that call, and its retry would go with another RequestId (sent twice)."""
+    """The first request's drivers went out, then marking the batch queued failed (its answer
+    is 202) or its process died there; a pack's call then failed for now (its membership and
+    RequestId recorded for the retry). A replay finishes the batch without writing its packs
+    again: a pack rewritten whole would forget that call, and its retry would go with another
+    RequestId (sent twice)."""
     from shared.messages import BatchStore
 
     crash_once(monkeypatch, BatchStore, "mark", "the request died after enqueuing its drivers")
     body = {"Recipients": people(*NUMBERS[:3], TEMPORARY)}
-    assert bulk(body, **{"Idempotency-Key": "resume-3"}).status == 500
+    assert bulk(body, **{"Idempotency-Key": "resume-3"}).status == 202  # its drivers are out
     [driver] = drivers(outbound)
     outbound.run_once()  # the pack's call fails for now: its members back off
     packs = PackStore.from_settings()

@@ -1,0 +1,64 @@
+"""A bulk request that fails part-way: after its batch row, after its members, after some or
+all of its drivers. Whatever fails, every accepted recipient is sent once: an answer that makes
+a caller without a key send again (a 500) comes only while nothing of the batch can go out.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.clock import ManualClock
+from shared.messages import BatchStore
+from shared.outbound._service import outbound_queue
+from shared.settings import get_settings
+from tests.bulk.test_batch_packs import NUMBERS
+from tests.bulk.test_bulk_action import batch_status, bulk, people
+from tests.crash import crash_once
+from tests.outbound.conftest import Outbound
+
+
+def sent(outbound: Outbound) -> list[str]:
+    outbound.drain()
+    return sorted(r["Address"] for c in outbound.upstream() for r in c["body"]["Recipients"])
+
+
+def test_a_batch_whose_drivers_are_out_is_accepted_though_marking_it_failed(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pack's driver was on the queue when marking the batch ``queued`` failed: the
+    answer was 500, and a caller without a key (bulk has no RequestId) sent again: everyone
+    twice."""
+    crash_once(monkeypatch, BatchStore, "mark", "storage failed")
+    body = {"Recipients": people(*NUMBERS[:5])}
+
+    first = bulk(body)
+    if first.status == 500:  # what a caller does with a 500
+        bulk(body)
+
+    assert first.status == 202, first.body
+    assert sent(outbound) == sorted(NUMBERS[:5])
+    assert batch_status(first.headers["Location"]).body["Counts"]["sent"] == 5
+
+
+def test_a_driver_that_could_not_be_enqueued_goes_out_with_a_status_poll(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """One pack's driver of three failed to go on the queue: the other two packs are on their
+    way, so the answer is 202 (a 500 would make a caller without a key send them twice); the
+    batch stays ``accepting`` and a status poll puts every driver out again."""
+    outbound.configure(PACK_MAX_RECIPIENTS=2)
+    crash_once(monkeypatch, outbound_queue(get_settings()), "send_message", "queue failed")
+    body = {"Recipients": people(*NUMBERS[:5])}
+
+    first = bulk(body)
+    if first.status == 500:
+        bulk(body)
+
+    assert first.status == 202, first.body
+    assert first.body["Counts"]["accepted"] == 5  # not all queued yet
+    outbound.drain()
+    assert batch_status(first.headers["Location"]).status == 202  # one pack still to go
+    manual_clock.advance(31)
+    batch_status(first.headers["Location"])
+    assert sent(outbound) == sorted(NUMBERS[:5])
+    assert batch_status(first.headers["Location"]).body["Counts"]["sent"] == 5
