@@ -17,7 +17,9 @@ before any driver is enqueued, and the batch is marked ``queued`` only after eve
 the queue; a batch still ``accepting`` 30 s later with every member recorded has its drivers
 enqueued again by its next status poll (a pack driven twice is sent once: the pack's lease and
 its members' claims). Once one driver is on the queue the request answers 202, whatever fails
-after: a 500 would make a caller without a key send the batch again.
+after: a 500 would make a caller without a key send the batch again. A request that fails
+between its batch row and its first driver marks the batch ``incomplete``, so that a replay
+with its Idempotency-Key finishes it at once; until a batch has every member, it is pending.
 """
 
 from __future__ import annotations
@@ -155,18 +157,15 @@ class BulkService:
                     # The request that claimed the key has not recorded its batch: it is on
                     # its way, or it stopped before (then the key is this request's now).
                     if now - entry.created_at < INCOMPLETE_AFTER:  # surely over by then
-                        raise Problem(409, "A bulk send with this Idempotency-Key is in progress",
-                                      "Another request with this key has not recorded its batch "
-                                      "yet. Send again later to get its answer.",
-                                      type=ProblemType.CONFLICT)  # fmt: skip
+                        raise _in_progress("its batch")
                     self.idempotency.release(key_hash, entry.message_id)
                     return self.submit(template, recipients, customer_id=customer_id,
                                        service_id=service_id, transactional=transactional,
                                        all_or_nothing=all_or_nothing,
                                        idempotency_key=idempotency_key)  # fmt: skip
                 resumed = self._unfinished(found)
-                if resumed is None:
-                    return self.status(entry.message_id, details=False, checked=True)
+                if resumed is None:  # done, or on its way (409 while members are missing)
+                    return self.status(entry.message_id, details=False, checked=True, replay=True)
                 # The first request with this key stopped part-way: finish it, as that batch
                 # (same id, same time, so the same members and packs).
                 batch_id = entry.message_id
@@ -179,11 +178,16 @@ class BulkService:
             )  # fmt: skip
         except BaseException:
             # Failed before its batch row: the key is given up, so a retry with it is a new
-            # request (best effort; a replay also takes over a claim left without a batch).
+            # request. After it (no driver is out then): the batch is marked incomplete, so a
+            # replay with the key finishes it at once. Best effort: a replay also takes over a
+            # claim without a batch, or a batch left accepting, once its request is surely over.
             if key_hash is not None and resumed is None:
                 with contextlib.suppress(Exception):
-                    if self.batches.get(batch_id) is None:
+                    found = self.batches.get(batch_id)
+                    if found is None:
                         self.idempotency.release(key_hash, batch_id)
+                    elif found.status is BatchStatus.ACCEPTING:
+                        self.batches.mark(found, BatchStatus.INCOMPLETE)
             raise
 
     def _record(
@@ -434,9 +438,11 @@ class BulkService:
         )
 
     def status(
-        self, batch_id: str, *, details: bool, token: str | None = None, checked: bool = False
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Counts per state (and each member with ``details``); 202 while any is pending."""
+        self, batch_id: str, *, details: bool, token: str | None = None, checked: bool = False,
+        replay: bool = False,
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
+        """Counts per state (and each member with ``details``); 202 while any is pending, or
+        while members are still being recorded (a ``replay`` of the request is told 409)."""
         if not checked:
             self.check_token(batch_id, token)
         batch = self.batches.get(batch_id)
@@ -464,17 +470,19 @@ class BulkService:
             for r in records
         }
         age = self._clock() - batch.created_at
-        if batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER:
-            if len(records) >= batch.accepted:
-                # Every member is recorded; the request stopped before its drivers were all
-                # out, or could not mark the batch.
-                if self._enqueue_drivers(batch_id, batch.pack_ids):
-                    batch = self._queued(batch)
-            elif age >= INCOMPLETE_AFTER:
-                # Its request is certainly over (HTTP functions time out long before) and it
-                # did not record every member: none of it is sent (a replay with the same
-                # Idempotency-Key finishes it).
-                batch = self.batches.mark(batch, BatchStatus.INCOMPLETE)
+        recording = batch.status is BatchStatus.ACCEPTING and len(records) < batch.accepted
+        if recording and age >= INCOMPLETE_AFTER:
+            # Its request is certainly over (HTTP functions time out long before) and it did
+            # not record every member: none of it is sent (a replay with the same
+            # Idempotency-Key finishes it).
+            batch = self.batches.mark(batch, BatchStatus.INCOMPLETE)
+        elif recording and replay:
+            raise _in_progress("every recipient")
+        elif batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER:
+            # Every member is recorded; the request stopped before its drivers were all out,
+            # or could not mark the batch.
+            if self._enqueue_drivers(batch_id, batch.pack_ids):
+                batch = self._queued(batch)
         elif batch.status is BatchStatus.QUEUED:
             self._redrive_stale(batch, records)
         queued = batch.status is BatchStatus.QUEUED
@@ -487,7 +495,9 @@ class BulkService:
             for r in records
         )
         incomplete = batch.status is BatchStatus.INCOMPLETE
-        pending = 0 if incomplete else sum(1 for r in records if not r.status.is_final)
+        # Still being recorded, it is pending whatever its recorded members' states.
+        recording &= batch.status is BatchStatus.ACCEPTING
+        pending = recording or (not incomplete and any(not r.status.is_final for r in records))
         url = self.status_url(batch_id)
         body: dict[str, Any] = {
             "Id": batch_id,
@@ -515,6 +525,12 @@ class BulkService:
         if pending:
             headers["Retry-After"] = str(poll_after(self.settings, BATCH_POLL_SECONDS))
         return (202 if pending else 200), body, headers
+
+
+def _in_progress(what: str) -> Problem:
+    return Problem(409, "A bulk send with this Idempotency-Key is in progress",
+                   f"Another request with this key has not recorded {what} yet. Send again "
+                   "later to get its answer.", type=ProblemType.CONFLICT)  # fmt: skip
 
 
 def _member_view(record: MessageRecord, delivery: str) -> dict[str, Any]:

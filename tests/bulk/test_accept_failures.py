@@ -1,6 +1,7 @@
 """A bulk request that fails part-way: after its batch row, after its members, after some or
-all of its drivers. Whatever fails, every accepted recipient is sent once: an answer that makes
-a caller without a key send again (a 500) comes only while nothing of the batch can go out.
+all of its drivers. Whatever fails, every accepted recipient is sent once: a replay with the
+same Idempotency-Key finishes the batch, and an answer that makes a caller without a key send
+again (a 500) comes only while nothing of the batch can go out.
 """
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 from shared.clock import ManualClock
-from shared.messages import BatchStore
+from shared.messages import BatchStore, MessageStore
 from shared.outbound._service import outbound_queue
 from shared.settings import get_settings
-from tests.bulk.test_batch_packs import NUMBERS
+from tests.bulk.test_batch_packs import NUMBERS, backdate_accepting_batches, drivers
 from tests.bulk.test_bulk_action import batch_status, bulk, people
 from tests.crash import crash_once
 from tests.outbound.conftest import Outbound
@@ -20,6 +21,52 @@ from tests.outbound.conftest import Outbound
 def sent(outbound: Outbound) -> list[str]:
     outbound.drain()
     return sorted(r["Address"] for c in outbound.upstream() for r in c["body"]["Recipients"])
+
+
+def test_a_replay_right_after_the_members_failed_to_be_written_sends_them(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch row was written, the members were not (a storage error: 500). The caller's
+    retry with the same key, at once, used to answer 200 "done" with every count 0 and no
+    Location, and nothing was ever sent."""
+    crash_once(monkeypatch, MessageStore, "create_many", "storage failed")
+    body = {"Recipients": people(*NUMBERS[:10])}
+    assert bulk(body, **{"Idempotency-Key": "at-once-1"}).status == 500
+
+    again = bulk(body, **{"Idempotency-Key": "at-once-1"})
+
+    assert again.status == 202, again.body
+    assert again.body["Accepted"] == 10
+    assert "Location" in again.headers
+    assert sent(outbound) == sorted(NUMBERS[:10])
+    done = batch_status(again.headers["Location"])
+    assert (done.status, done.body["Status"], done.body["Counts"]["sent"]) == (200, "done", 10)
+
+
+def test_a_batch_whose_request_died_recording_it_is_not_done_while_members_are_missing(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process died before writing the members (nothing marked the batch): a replay soon
+    after is told the first request is in progress, and the batch's status is pending, not
+    "done" with every count 0."""
+    from shared.outbound._bulk import BulkService
+
+    crash_once(monkeypatch, MessageStore, "create_many", "the process died")
+    crash_once(monkeypatch, BatchStore, "mark", "the process died")
+    body = {"Recipients": people(*NUMBERS[:10])}
+    assert bulk(body, **{"Idempotency-Key": "died-1"}).status == 500
+
+    soon = bulk(body, **{"Idempotency-Key": "died-1"})
+
+    assert soon.status == 409, soon.body
+    assert "in progress" in soon.body["title"]
+    [batch] = backdate_accepting_batches("died-1", minutes=0)  # (found by its key)
+    status, view, headers = BulkService(get_settings()).status(
+        batch["PartitionKey"], details=False, checked=True
+    )
+    assert (status, view["Status"]) == (202, "pending")
+    assert "Location" in headers
+    assert drivers(outbound) == []
 
 
 def test_a_batch_whose_drivers_are_out_is_accepted_though_marking_it_failed(

@@ -539,10 +539,13 @@ def backdate_accepting_batches(key: str, *, minutes: int) -> list[Any]:
 def test_a_replay_with_the_same_key_finishes_a_batch_whose_request_stopped_part_way(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from shared.messages import BatchStore
+
     crash_once(
         monkeypatch, MessageStore, "create_many", "the request died while recording the members",
         first=lambda real, self, items: real(self, items[: len(items) // 2]),
     )  # fmt: skip
+    crash_once(monkeypatch, BatchStore, "mark", "the process died")  # it stays accepting
     body = {"Recipients": people(*NUMBERS[:10])}
     assert bulk(body, **{"Idempotency-Key": "resume-1"}).status == 500
     assert drivers(outbound) == []  # nothing goes out of a half-recorded batch
@@ -645,6 +648,7 @@ def test_a_key_claimed_by_a_request_that_died_before_its_batch_is_taken_over_lat
 def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_sent(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from shared.messages import BatchStore
     from shared.outbound._bulk import BulkService
     from shared.settings import get_settings
 
@@ -652,6 +656,7 @@ def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_se
         monkeypatch, MessageStore, "create_many", "the request died while recording the members",
         first=lambda real, self, items: real(self, items[: len(items) // 2]),
     )  # fmt: skip
+    crash_once(monkeypatch, BatchStore, "mark", "the process died")  # it stays accepting
     answer = bulk({"Recipients": people(*NUMBERS[:6])}, **{"Idempotency-Key": "resume-2"})
     assert answer.status == 500
     [batch] = backdate_accepting_batches("resume-2", minutes=6)
