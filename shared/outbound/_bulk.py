@@ -69,11 +69,14 @@ log = logging.getLogger("shared.outbound.bulk")
 
 #: Most recipients of one bulk request.
 MAX_BULK_RECIPIENTS = 10_000
+#: A batch ``accepting`` this long with every member recorded gets its drivers again from a
+#: status poll (its request died between its members and its drivers, or could not mark it).
 STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
 #: A batch's status is worth polling about this often (a pack goes in about a second).
 BATCH_POLL_SECONDS = 5
 #: A batch still ``accepting`` this long after its request began, with members missing, is
-#: ``incomplete``: that request is over (an HTTP function times out after 230 s).
+#: ``incomplete``: that request is over (an HTTP function times out after 230 s). Not sooner:
+#: a slow request may still be writing them (a replay then would write them beside it).
 INCOMPLETE_AFTER = dt.timedelta(minutes=5)
 #: Storage threads of one request: the SDK's HTTP connection pool keeps 10 connections per
 #: client, and a thread beyond that opens (and drops) a connection per request.
@@ -308,12 +311,9 @@ class BulkService:
     def _unfinished(self, batch: BatchRecord) -> BatchRecord | None:
         """The batch if its request stopped before it finished recording it (``incomplete``,
         or ``accepting`` for longer than a request takes), else None."""
-        stuck = self._clock() - batch.created_at >= STUCK_ACCEPTING_AFTER
-        if batch.status is BatchStatus.INCOMPLETE or (
-            batch.status is BatchStatus.ACCEPTING and stuck
-        ):
-            return batch
-        return None
+        over = self._clock() - batch.created_at >= INCOMPLETE_AFTER
+        accepting = batch.status is BatchStatus.ACCEPTING
+        return batch if batch.status is BatchStatus.INCOMPLETE or (accepting and over) else None
 
     def _members_recorded(self, batch_id: str) -> set[str]:
         return {
@@ -336,6 +336,8 @@ class BulkService:
         Idempotency-Key): the packs and members not recorded yet are, then the drivers go out.
         Packs and members already recorded are never written again (a driver may have moved
         them on)."""
+        from azure.data.tables import TableTransactionError
+
         batch_id = batch.batch_id
         recorded = self._members_recorded(batch_id)
         stored = list(batch.pack_ids)
@@ -359,10 +361,17 @@ class BulkService:
             # Only the packs it had not written: drivers may be at the others already (their
             # calls, recorded on the pack, must stay for their retries).
             list(pool.map(self.packs.add, packs))
-        if missing:
-            self.store.create_many(missing)
-        log.warning("batch %s: finished recording %d member(s) of a request that stopped",
+        log.warning("batch %s: finishing the recording of %d member(s) of a request that stopped",
                     batch_id, len(missing))  # fmt: skip
+        while missing:  # another replay may be writing them too: those it wrote are recorded
+            try:
+                self.store.create_many(missing)
+                break
+            except TableTransactionError as exc:
+                if "AlreadyExists" not in f"{getattr(exc, 'error_code', '')} {exc}":
+                    raise
+            recorded = self._members_recorded(batch_id)
+            missing = [(r, sl) for r, sl in missing if r.message_id not in recorded]
         if queued := self._enqueue_drivers(batch_id, stored):
             self._queued(batch)
         return self._accepted(batch_id, total, len(records), errors, queued=queued)

@@ -6,6 +6,8 @@ again (a 500) comes only while nothing of the batch can go out.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from shared.clock import ManualClock
@@ -67,6 +69,67 @@ def test_a_batch_whose_request_died_recording_it_is_not_done_while_members_are_m
     assert (status, view["Status"]) == (202, "pending")
     assert "Location" in headers
     assert drivers(outbound) == []
+
+
+def died_after_three_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next bulk request's process dies having written three members (nothing marks its
+    batch)."""
+    crash_once(
+        monkeypatch, MessageStore, "create_many", "the process died",
+        first=lambda real, self, items: real(self, items[:3]),
+    )  # fmt: skip
+    crash_once(monkeypatch, BatchStore, "mark", "the process died")
+
+
+def test_a_slow_first_request_is_not_taken_over_before_it_is_surely_over(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """A batch ``accepting`` for 31 s may belong to a request still writing its 10,000 members:
+    a replay then wrote the same members beside it, the creates collided and both answered
+    500. A replay waits INCOMPLETE_AFTER, as one whose key's claim has no batch yet does."""
+    from shared.outbound._bulk import INCOMPLETE_AFTER
+
+    died_after_three_members(monkeypatch)
+    body = {"Recipients": people(*NUMBERS[:10])}
+    assert bulk(body, **{"Idempotency-Key": "slow-1"}).status == 500
+    manual_clock.advance(31)
+
+    assert bulk(body, **{"Idempotency-Key": "slow-1"}).status == 409  # maybe only slow
+    assert drivers(outbound) == []
+    manual_clock.advance(INCOMPLETE_AFTER.total_seconds())
+    later = bulk(body, **{"Idempotency-Key": "slow-1"})
+
+    assert later.status == 202, later.body
+    assert sent(outbound) == sorted(NUMBERS[:10])
+
+
+def test_members_another_replay_wrote_meanwhile_count_as_recorded(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """Two replays finish one batch at once: the members the other one wrote between this
+    one's read and its write make its create collide; they are recorded, not a 500."""
+    from shared.outbound._bulk import INCOMPLETE_AFTER
+
+    died_after_three_members(monkeypatch)
+    body = {"Recipients": people(*NUMBERS[:10])}
+    assert bulk(body, **{"Idempotency-Key": "race-1"}).status == 500
+    manual_clock.advance(INCOMPLETE_AFTER.total_seconds())
+    real = MessageStore.create_many
+    raced: list[int] = []
+
+    def racing(self: MessageStore, items: list[Any]) -> None:
+        if not raced:  # the other replay writes four of them first
+            raced.append(len(items))
+            real(self, items[:4])
+        real(self, items)
+
+    monkeypatch.setattr(MessageStore, "create_many", racing)
+
+    again = bulk(body, **{"Idempotency-Key": "race-1"})
+
+    assert again.status == 202, again.body
+    assert raced == [7]
+    assert sent(outbound) == sorted(NUMBERS[:10])
 
 
 def test_a_batch_whose_drivers_are_out_is_accepted_though_marking_it_failed(
