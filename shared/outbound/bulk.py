@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -44,7 +45,7 @@ from shared.outbound._fields import (
     TransactionalField,
     check_attachment,
 )
-from shared.problems import FieldError, validation_problem
+from shared.problems import FieldError, Problem, validation_problem
 
 if TYPE_CHECKING:
     from shared.outbound._bulk import BulkService
@@ -265,15 +266,32 @@ def csv_delimiter(text: str) -> str:
 
 
 def _csv_recipients(text: str) -> list[BulkRecipient]:
-    """The recipients of CSV ``text``, each with its CSV line (a quoted field may span lines)."""
+    """The recipients of CSV ``text``, each with its CSV line (a quoted field may span lines).
+    A quote never closed is refused: the reader would take the rest of the file as its field."""
     text = text.lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text))
+    ended: list[bool] = []  # the reader asked for a line past the last one
+
+    def lines() -> Iterator[str]:
+        # Every line ends in a line break, so a row that ends at the end of the text, not at
+        # a line break, is one inside quotes.
+        whole = text + "\n" if text and not text.endswith(("\n", "\r")) else text
+        yield from io.StringIO(whole, newline="")
+        ended.append(True)
+
+    def unclosed(line: int) -> Problem:
+        return validation_problem(
+            [FieldError("RecipientsCsv", f"Line {line}: a quoted field is never closed.")]
+        )
+
+    reader = csv.reader(lines(), delimiter=csv_delimiter(text))
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise validation_problem([FieldError("RecipientsCsv", "The CSV is empty.")]) from None
     except csv.Error as exc:
         raise validation_problem([FieldError("RecipientsCsv", f"Line 1: {exc}.")]) from None
+    if ended:
+        raise unclosed(1)
     lowered = [h.lower() for h in header]
     if "address" not in lowered:
         raise validation_problem(
@@ -293,6 +311,8 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
                 [FieldError("RecipientsCsv", f"Line {line}: {exc}.")]
             ) from None
         start, line = line, reader.line_num + 1
+        if ended:
+            raise unclosed(start)
         if not any(cell.strip() for cell in row):
             blank += 1
             if blank > MAX_BULK_RECIPIENTS:  # reading stops here too: blank rows cost as much

@@ -1,0 +1,45 @@
+"""Where a CSV upload's rows start and end: a quote never closed is refused, naming its line,
+rather than taking the rest of the file as one field."""
+
+from __future__ import annotations
+
+from shared.outbound.bulk import _csv_recipients
+from tests.bulk.test_bulk_raw_csv_and_delivery import upload
+from tests.bulk.test_csv_limits import refusal
+from tests.outbound.conftest import Outbound
+
+ROWS = "+358403000001,Ada\n+358403000002,Bob\n+358403000003,Cy\n"
+
+
+def test_a_quote_never_closed_is_refused_with_its_line_and_nothing_is_queued(
+    outbound: Outbound,
+) -> None:
+    """It used to answer 202 with Total 1: the rows after the quote were its field, neither
+    sent nor refused."""
+    answer = upload('Address,name\n+358403000001,"Ada\n+358403000002,Bob\n+358403000003,Cy\n')
+
+    assert answer.status == 400, answer.body
+    [error] = answer.body["errors"]
+    assert error == {"field": "RecipientsCsv", "message": "Line 2: a quoted field is never closed."}
+    assert outbound.queued() == 0
+
+
+def test_a_quote_never_closed_in_the_header_or_the_last_row_is_refused() -> None:
+    assert refusal('"Address,name\n' + ROWS) == "Line 1: a quoted field is never closed."
+    assert refusal("Address,name\n" + ROWS + '+358403000004,"Dee') == (
+        "Line 5: a quoted field is never closed."
+    )
+
+
+def test_quoted_line_breaks_and_a_last_row_without_one_are_read_as_before() -> None:
+    text = 'Address,name\n+358403000001,"Ada\nLovelace"\n+358403000002,"Bob ""B"""'
+
+    rows = _csv_recipients(text)
+
+    assert [(r.row, r.address, r.personalization) for r in rows] == [
+        (2, "+358403000001", {"name": "Ada\nLovelace"}),
+        (4, "+358403000002", {"name": 'Bob "B"'}),
+    ]
+    # Text after a closing quote stays part of the field, as spreadsheets' readers take it.
+    [bob] = _csv_recipients('Address,name\n+358403000002,"Bob" Jr\n')
+    assert bob.personalization == {"name": "Bob Jr"}
