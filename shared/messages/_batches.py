@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["BatchRecord", "BatchStore"]
 
 BATCH_ROW_KEY = "batch"
-#: Characters of the refused rows kept on the batch (a Table property holds 32K).
+#: Characters of the refused rows kept on the batch (a Table property holds 32K): the first
+#: whole rows that fit; ``RefusedCount`` counts them all.
 _REFUSED_CHARS = 30_000
 
 
@@ -42,6 +43,8 @@ class BatchRecord:
     pack_ids: tuple[str, ...]
     refused: tuple[dict[str, Any], ...] = ()
     idempotency_key_hash: str | None = None
+    #: How many rows were refused, when ``refused`` (read back) may list only the first.
+    refused_total: int | None = None
     #: When a status poll last put stale packs' drivers back on the queue.
     redriven_at: dt.datetime | None = None
     etag: str | None = field(default=None, compare=False)
@@ -55,8 +58,8 @@ class BatchRecord:
             "ServiceId": self.service_id,
             "Total": self.total,
             "Accepted": self.accepted,
-            "Refused": json.dumps(list(self.refused))[:_REFUSED_CHARS],
-            "RefusedCount": len(self.refused),
+            "Refused": _fitting(self.refused),
+            "RefusedCount": self.refused_count,
             "CreatedAt": plain_datetime(self.created_at),
             "FormedAt": self.formed_at,
             "IdempotencyKeyHash": self.idempotency_key_hash,
@@ -68,7 +71,7 @@ class BatchRecord:
     def from_entity(cls, entity: Mapping[str, Any]) -> BatchRecord:
         try:
             refused = json.loads(entity.get("Refused") or "[]")
-        except ValueError:  # cut at the property's limit
+        except ValueError:  # cut mid-row at the property's limit (before whole rows were kept)
             refused = []
         created = utc(entity.get("CreatedAt")) or dt.datetime.fromtimestamp(0, dt.UTC)
         return cls(
@@ -82,6 +85,7 @@ class BatchRecord:
             formed_at=str(entity.get("FormedAt") or created.isoformat()),
             pack_ids=tuple(json.loads(joined(entity, "PackIds") or "[]")),
             refused=tuple(refused),
+            refused_total=int(entity.get("RefusedCount") or len(refused)),
             idempotency_key_hash=entity.get("IdempotencyKeyHash"),
             redriven_at=utc(entity.get("RedrivenAt")),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
@@ -89,7 +93,17 @@ class BatchRecord:
 
     @property
     def refused_count(self) -> int:
-        return len(self.refused)
+        return len(self.refused) if self.refused_total is None else self.refused_total
+
+
+def _fitting(refused: tuple[dict[str, Any], ...]) -> str:
+    """The JSON list of the first refused rows that fit in :data:`_REFUSED_CHARS` (ASCII)."""
+    size = 2
+    for count, row in enumerate(refused):
+        size += len(json.dumps(row)) + 2
+        if size > _REFUSED_CHARS:
+            return json.dumps(list(refused[:count]))
+    return json.dumps(list(refused))
 
 
 class BatchStore:

@@ -114,3 +114,20 @@ def test_batch_status_needs_its_token(outbound: Outbound) -> None:
         "GetBulkStatus", "GET", route_params={"BatchId": batch_id}, params={"token": "x.y"}
     )
     assert forged.status == 403
+
+
+def test_a_refused_list_too_long_for_the_batch_row_keeps_its_count_and_whole_rows(
+    outbound: Outbound,
+) -> None:
+    """500 rows of one number: 499 refused as repeats, more than the batch row's property
+    holds. The list used to be cut mid-row, unreadable: the status said RefusedCount 0."""
+    accepted = bulk({"Recipients": people(*[GOOD[0]] * 500)})
+    assert accepted.status == 202, accepted.body
+    assert accepted.body["RefusedCount"] == 499
+
+    status = batch_status(accepted.headers["Location"], details=True)
+
+    assert status.body["RefusedCount"] == 499
+    kept = status.body["Refused"]
+    assert 100 < len(kept) < 499
+    assert kept == accepted.body["Refused"][: len(kept)]
