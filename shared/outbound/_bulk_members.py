@@ -18,7 +18,12 @@ from shared.outbound._records import new_record, normalize
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["BulkRecipient", "Members", "bulk_members"]
+__all__ = ["MAX_ROW", "BulkRecipient", "Members", "bulk_members"]
+
+#: The last row a member may have: its id carries the row on 5 or 6 digits, the shape
+#: :func:`shared.messages.message_keys` stores in the batch's partitions (a CSV line number
+#: can pass it: a quoted field's line breaks count).
+MAX_ROW = 999_999
 
 #: Member records with their recipient slots, in row order.
 Members = list[tuple[MessageRecord, list[RecipientSlot]]]

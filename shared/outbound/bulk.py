@@ -29,6 +29,7 @@ from shared.actions._spec import (
 )
 from shared.actions.fields import CustomerIdHeader, ui
 from shared.outbound._bulk import MAX_BULK_RECIPIENTS, BulkRecipient
+from shared.outbound._bulk_members import MAX_ROW
 from shared.outbound._fields import (
     AdMessageField,
     AttachmentUriField,
@@ -324,6 +325,11 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
             raise validation_problem(
                 [FieldError("RecipientsCsv", f"At most {MAX_BULK_RECIPIENTS} recipients.")]
             )
+        if start > MAX_ROW:
+            raise validation_problem(
+                [FieldError("RecipientsCsv", f"Line {start}: a recipient must start on a line "
+                            f"up to {MAX_ROW:,} (line breaks in quotes count).")]
+            )  # fmt: skip
         values = {
             header[i]: row[i] for i in range(min(len(header), len(row))) if i != at and header[i]
         }

@@ -43,3 +43,38 @@ def test_quoted_line_breaks_and_a_last_row_without_one_are_read_as_before() -> N
     # Text after a closing quote stays part of the field, as spreadsheets' readers take it.
     [bob] = _csv_recipients('Address,name\n+358403000002,"Bob" Jr\n')
     assert bob.personalization == {"name": "Bob Jr"}
+
+
+def bob_on_line(target: int) -> str:
+    """A CSV whose recipients' quoted names span lines (at most 100,000 each: the reader's field
+    limit is 131,072 characters) until Bob's row starts on line ``target``."""
+    rows, line = [], 2
+    while line < target:
+        span = min(100_000, target - line)
+        rows.append(f'+3584030{len(rows):05d},"' + "\n" * (span - 1) + '"\n')
+        line += span
+    return "Address,name\n" + "".join(rows) + "+358403099999,Bob\n"
+
+
+def test_a_recipient_past_line_999999_is_refused_with_its_line(outbound: Outbound) -> None:
+    """Its member id would carry a 7-digit row, which the batch's partitions do not take: it
+    was stored apart, and the batch's status never saw it."""
+    answer = upload(bob_on_line(1_000_000))
+
+    assert answer.status == 400, answer.body
+    [error] = answer.body["errors"]
+    assert error["field"] == "RecipientsCsv"
+    assert error["message"].startswith("Line 1000000: a recipient must start on a line up to")
+    assert outbound.queued() == 0
+
+
+def test_a_recipient_on_line_999999_is_a_member_of_its_batch(outbound: Outbound) -> None:
+    from tests.bulk.test_bulk_action import batch_status
+
+    accepted = upload(bob_on_line(999_999))
+
+    assert accepted.status == 202, accepted.body
+    outbound.drain()
+    done = batch_status(accepted.headers["Location"], details=True)
+    assert done.body["Counts"]["sent"] == accepted.body["Accepted"] == 11
+    assert [m["Row"] for m in done.body["Recipients"]][-2:] == [900_002, 999_999]
