@@ -528,7 +528,9 @@ class BulkService:
                 "finish it, or send it again."
             )
         if details:
-            body["Recipients"] = [_member_view(r, delivery[r.message_id]) for r in records]
+            body["Recipients"] = [
+                _member_view(r, delivery[r.message_id], slots.get(r.message_id)) for r in records
+            ]
             body["Refused"] = list(batch.refused)
         headers = {"Location": url} if pending else {}
         if pending:
@@ -542,19 +544,19 @@ def _in_progress(what: str) -> Problem:
                    "later to get its answer.", type=ProblemType.CONFLICT)  # fmt: skip
 
 
-def _member_view(record: MessageRecord, delivery: str) -> dict[str, Any]:
+def _member_view(
+    record: MessageRecord, delivery: str, slot: RecipientSlot | None
+) -> dict[str, Any]:
+    """A member's line in the details: its address from its recipient slot (its record's
+    command may be kept in a blob)."""
     row = int(record.message_id.rsplit(".", 1)[-1])
     result = record.result_json() or {}
     sent = result.get("Recipients") or []
     first = sent[0] if sent and isinstance(sent[0], dict) else {}
-    try:
-        address = json.loads(record.command)["body"]["Recipients"][0]["Address"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        address = None
     view = {
         "Row": row,
         "Id": record.message_id,
-        "Address": address,
+        "Address": slot.address if slot else None,
         "Status": str(record.status),
         "Delivery": delivery,
         "MessageId": record.upstream_message_id,

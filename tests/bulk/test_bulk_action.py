@@ -131,3 +131,22 @@ def test_a_refused_list_too_long_for_the_batch_row_keeps_its_count_and_whole_row
     kept = status.body["Refused"]
     assert 100 < len(kept) < 499
     assert kept == accepted.body["Refused"][: len(kept)]
+
+
+def test_details_name_the_address_of_a_member_whose_command_is_kept_in_a_blob(
+    outbound: Outbound,
+) -> None:
+    """A command over 200,000 characters is kept in a blob, its record's command empty: the
+    member's Address, read from that command, was missing."""
+    from shared.messages import MessageStore
+    from shared.messages._records import INLINE_COMMAND_CHARS, record_keys
+
+    long = {"code": "x" * INLINE_COMMAND_CHARS}
+    accepted = bulk({"Recipients": [{"Address": GOOD[0], "Personalization": long}]})
+    assert accepted.status == 202, accepted.body
+
+    [member] = batch_status(accepted.headers["Location"], details=True).body["Recipients"]
+
+    stored = MessageStore.from_settings().table.get_entity(*record_keys(member["Id"]))
+    assert stored.get("CommandBlob")  # the command is in the blob, not the record
+    assert member["Address"] == GOOD[0]
