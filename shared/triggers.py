@@ -85,6 +85,7 @@ __all__ = [
     "ASKS_ROW",
     "DEFAULT_CONNECTION",
     "FINAL_STATES",
+    "REPLACED_BY",
     "SUBSCRIBERS_TTL_SECONDS",
     "DeliveryReportTriggerData",
     "FieldErrorData",
@@ -106,6 +107,9 @@ log = logging.getLogger("shared.triggers")
 SUBSCRIBERS_TTL_SECONDS = 30.0
 #: The row of a service's partition that says it has asked a question, and its ``Kind``.
 ASKS_ROW = ASKS_KIND = "~asks-questions"
+#: The property of a replaced subscription's row (the same trigger subscribed again) naming
+#: the one that replaced it: no longer a subscriber (shared.inbound.SubscriptionStore.replace).
+REPLACED_BY = "ReplacedBy"
 #: Added to the index's lifetime before a service's first question is sent, and before the rows
 #: count as complete after the second scan (a slow write, clocks that disagree a little).
 ASKS_MARGIN = dt.timedelta(seconds=5)
@@ -496,8 +500,10 @@ class TriggerNotifier:
         try:
             for entity in self._subscriptions.query_entities(
                 f"PartitionKey eq '{key}'",
-                select=["RowKey", "Kind", "States", "Connection", "Since"],
+                select=["RowKey", "Kind", "States", "Connection", "Since", REPLACED_BY],
             ):
+                if entity.get(REPLACED_BY):
+                    continue  # a replaced subscription: its successor is listed
                 if key == LAYOUT_PARTITION and entity.get("RowKey") == ASKS_LAYOUT_ROW:
                     continue  # a service named like the layout row's partition
                 if entity.get("RowKey") == ASKS_ROW:

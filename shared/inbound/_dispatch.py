@@ -316,7 +316,8 @@ class SubscriberDispatcher:
             return self._dead_letter(
                 "malformed", f"not a subscriber delivery: {exc.error_count()} problem(s)", text
             )
-        subscription = self.subscriptions.get(delivery.service, delivery.subscriptionId)
+        # A replaced one's successor: another instance's index may not have seen the change.
+        subscription = self.subscriptions.live(delivery.service, delivery.subscriptionId)
         if subscription is None:
             log.info("subscription %s is gone; delivery dropped", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.UNSUBSCRIBED)

@@ -35,7 +35,7 @@ from shared.signing import (
     verified,
 )
 from shared.storage import ensure_table, ensured_table, plain_datetime, safe_key, table_client, utc
-from shared.triggers import DEFAULT_CONNECTION, TriggerKind
+from shared.triggers import DEFAULT_CONNECTION, REPLACED_BY, TriggerKind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -388,11 +388,53 @@ class SubscriptionStore:
         return [s for _, s in zip(range(limit), subscriptions, strict=False)]
 
     def remove(self, service: str, subscription_id: str) -> bool:
-        """Delete a subscription; True if it existed."""
-        if self.get(service, subscription_id) is None:
+        """Delete a subscription (or what is left of a replaced one); True if it existed."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        keys = safe_key(service), safe_key(subscription_id)
+        try:
+            entity = self._table.get_entity(*keys)
+        except ResourceNotFoundError:
             return False
-        self._table.delete_entity(safe_key(service), safe_key(subscription_id))
+        if not _is_subscription(entity) and not entity.get(REPLACED_BY):
+            return False  # another row of the table (the subscriber index's)
+        self._table.delete_entity(*keys)
         return True
+
+    def replace(self, earlier: Subscription, successor: str) -> None:
+        """Leave of ``earlier`` only the id of the subscription that replaced it (the same
+        trigger subscribed again): no longer a subscriber, but a delivery made for it by an
+        instance whose index has not seen the change yet goes to ``successor``."""
+        from azure.data.tables import UpdateMode
+
+        self._table.update_entity(
+            {
+                "PartitionKey": safe_key(earlier.service),
+                "RowKey": earlier.subscription_id,
+                "Service": earlier.service,
+                "Kind": str(earlier.kind),
+                REPLACED_BY: successor,
+            },
+            mode=UpdateMode.REPLACE,
+        )
+
+    def live(self, service: str, subscription_id: str) -> Subscription | None:
+        """The subscription a delivery made for ``subscription_id`` goes to: that one, or the
+        one that replaced it (and so on, a few times); None when it is gone."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        for _ in range(5):
+            try:
+                entity = self._table.get_entity(safe_key(service), safe_key(subscription_id))
+            except ResourceNotFoundError:
+                return None
+            if _is_subscription(entity):
+                return _subscription(entity)
+            successor = entity.get(REPLACED_BY)
+            if not isinstance(successor, str) or not successor:
+                return None
+            subscription_id = successor
+        return None
 
 
 #: The subscription kinds this release knows.

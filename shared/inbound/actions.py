@@ -378,7 +378,8 @@ def open_subscription(
     the row: a URL that cannot be made stores nothing). It replaces the service's subscriptions
     of this kind to the same ``callback_url``: one flow trigger has one URL, and the platform
     subscribes again (an edited flow, a lost answer, a DELETE that failed) without always
-    unsubscribing first; two subscriptions would deliver every event to it twice."""
+    unsubscribing first; two subscriptions would deliver every event to it twice. A replaced
+    one keeps the id of its successor, which gets the deliveries still made for it."""
     subscription = Subscription(
         service=service,
         subscription_id=str(uuid.uuid4()),
@@ -397,8 +398,8 @@ def open_subscription(
     store = _subscriptions(ctx.settings)
     earlier = [s for s in store.list(service, kind) if s.callback_url == callback_url]
     store.add(subscription)  # first: the trigger is never without one
-    for replaced in earlier:  # a later DELETE of its Location finds nothing: harmless
-        store.remove(service, replaced.subscription_id)
+    for replaced in earlier:  # a later DELETE of its Location removes what is left of it
+        store.replace(replaced, subscription.subscription_id)
     TriggerNotifier.for_settings(ctx.settings).forget(service)  # this instance: at once
     return subscription, location
 

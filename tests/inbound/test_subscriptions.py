@@ -28,6 +28,7 @@ from shared.inbound import (
 )
 from shared.inbound._dispatch import MAX_RETRY_DELAY_SECONDS
 from shared.settings import get_settings
+from shared.storage import queue_client
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, HttpAnswer, Inbound
 
@@ -144,12 +145,23 @@ def test_subscribing_the_same_callback_again_replaces_the_subscription_not_doubl
 
     simulate_inbound(served, "Once")
     assert served.process_intake() == 1
+    # An instance whose index still lists the replaced subscription (it keeps it up to 30 s)
+    # makes the flow's delivery for that one: it goes to its successor, not nowhere.
+    queue = queue_client(names.INBOUND_DELIVERIES_QUEUE)
+    ids = {urlsplit(url).path.rsplit("/", 1)[1] for url in (first, second)}
+    for message in list(queue.receive_messages(messages_per_page=32, visibility_timeout=1)):
+        delivery = json.loads(message.content)
+        if delivery["subscriptionId"] in ids:
+            stale = {**delivery, "subscriptionId": urlsplit(first).path.rsplit("/", 1)[1]}
+            queue.send_message(json.dumps(stale))
+            queue.delete_message(message)
     served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
     assert sorted(c.path for c in callback_receiver.wait_for(2)) == ["/flow", "/other-flow"]
 
-    assert unsubscribe(served, first) == 200  # the replaced one's DELETE: harmless
+    assert unsubscribe(served, first) == 200  # what is left of the replaced one goes
     assert unsubscribe(served, second) == 200
     assert callbacks() == ["other-flow"]
+    assert len(served.rows(names.SUBSCRIPTIONS_TABLE)) == 2  # the index row, and other-flow
 
 
 def test_unsubscribe_needs_the_locations_token(
