@@ -485,8 +485,9 @@ class BulkService:
             # not record every member: none of it is sent (a replay with the same
             # Idempotency-Key finishes it).
             batch = self.batches.mark(batch, BatchStatus.INCOMPLETE)
-        elif recording and replay:
-            raise _in_progress("every recipient")
+        elif recording:  # its request may still be writing them: nothing goes out yet
+            if replay:
+                raise _in_progress("every recipient")
         elif batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER:
             # Every member is recorded; the request stopped before its drivers were all out,
             # or could not mark the batch.

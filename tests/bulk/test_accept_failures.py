@@ -70,6 +70,15 @@ def test_a_batch_whose_request_died_recording_it_is_not_done_while_members_are_m
     assert "Location" in headers
     assert drivers(outbound) == []
 
+    # Past the 30 s after which a batch with every member is sent on, before the 5 minutes
+    # after which it is surely over: its members may still be being written, so nothing goes.
+    backdate_accepting_batches("died-1", minutes=1)
+    _, later, _ = BulkService(get_settings()).status(
+        batch["PartitionKey"], details=False, checked=True
+    )
+    assert later["Status"] == "pending"
+    assert drivers(outbound) == []
+
 
 def died_after_three_members(monkeypatch: pytest.MonkeyPatch) -> None:
     """The next bulk request's process dies having written three members (nothing marks its
