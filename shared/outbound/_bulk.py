@@ -488,9 +488,11 @@ class BulkService:
         elif recording:  # its request may still be writing them: nothing goes out yet
             if replay:
                 raise _in_progress("every recipient")
-        elif batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER:
-            # Every member is recorded; the request stopped before its drivers were all out,
-            # or could not mark the batch.
+        elif (batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER) or (
+            batch.status is BatchStatus.INCOMPLETE and len(records) >= batch.accepted
+        ):
+            # Every member is recorded; the request (or the replay that finished an incomplete
+            # batch) stopped before its drivers were all out, or could not mark the batch.
             if self._enqueue_drivers(batch_id, batch.pack_ids):
                 batch = self._queued(batch)
         elif batch.status is BatchStatus.QUEUED:

@@ -181,3 +181,29 @@ def test_a_driver_that_could_not_be_enqueued_goes_out_with_a_status_poll(
     batch_status(first.headers["Location"])
     assert sent(outbound) == sorted(NUMBERS[:5])
     assert batch_status(first.headers["Location"]).body["Counts"]["sent"] == 5
+
+
+def test_a_finished_incomplete_batch_whose_mark_failed_is_not_reported_incomplete(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """A replay finished an incomplete batch and put its drivers out, but could not mark it
+    queued: its status said "incomplete: none of it is sent, send it again" while its packs
+    went out, so a caller without the key would have sent everyone twice."""
+    from shared.outbound._bulk import INCOMPLETE_AFTER, BulkService
+
+    def status_of(batch_id: str) -> str:
+        _, view, _ = BulkService(get_settings()).status(batch_id, details=False, checked=True)
+        return str(view["Status"])
+
+    died_after_three_members(monkeypatch)
+    body = {"Recipients": people(*NUMBERS[:10])}
+    assert bulk(body, **{"Idempotency-Key": "mark-1"}).status == 500
+    [batch] = backdate_accepting_batches("mark-1", minutes=0)
+    manual_clock.advance(INCOMPLETE_AFTER.total_seconds() + 1)
+    assert status_of(batch["PartitionKey"]) == "incomplete"
+
+    crash_once(monkeypatch, BatchStore, "mark", "storage failed marking it")
+    assert bulk(body, **{"Idempotency-Key": "mark-1"}).status == 202
+
+    assert status_of(batch["PartitionKey"]) != "incomplete"
+    assert sent(outbound) == sorted(NUMBERS[:10])
