@@ -789,9 +789,10 @@ def test_the_operations_guide_names_every_poison_queue_the_keeper_keeps() -> Non
 HOOK = INFRA / "hooks" / "callback-secret.sh"
 
 
-def run_hook(tmp_path: Path, **env: str) -> list[str]:
+def run_hook(tmp_path: Path, *, fails: bool = False, **env: str) -> list[str]:
     """Run the preprovision hook as azd would (its environment's values set), with an ``azd``
-    on PATH that records its arguments; returns the calls it got."""
+    on PATH that records its arguments; returns the calls it got (``fails``: it must exit
+    non-zero, explaining)."""
     calls = tmp_path / "calls"
     fake = tmp_path / "azd"
     fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\n')
@@ -801,16 +802,17 @@ def run_hook(tmp_path: Path, **env: str) -> list[str]:
         env={"PATH": f"{tmp_path}:/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
-    assert "SMARTDIALOG_CALLBACK_SECRETS" not in run.stderr
+    assert (run.returncode != 0) == fails, run.stderr
+    assert ("SMARTDIALOG_CALLBACK_SECRETS" in run.stderr) == fails
     return calls.read_text().splitlines() if calls.exists() else []
 
 
 def test_a_new_environment_gets_a_random_callback_secret_and_one_that_has_it_keeps_it(
     tmp_path: Path,
 ) -> None:
-    for name in ("a", "b", "c"):
+    for name in ("a", "b", "c", "d"):
         (tmp_path / name).mkdir()
     [first] = run_hook(tmp_path / "a")
     [second] = run_hook(tmp_path / "b")
@@ -823,6 +825,9 @@ def test_a_new_environment_gets_a_random_callback_secret_and_one_that_has_it_kee
     assert second != first
 
     assert run_hook(tmp_path / "c", SMARTDIALOG_CALLBACK_SECRETS="mine" * 10) == []
+    # Provisioned before, without the value here (a fresh clone): never a new secret, which
+    # would break every URL signed with the live one.
+    assert run_hook(tmp_path / "d", fails=True, AZURE_KEY_VAULT_NAME="kv-abc") == []
     hooks = (ROOT / "azure.yaml").read_text()
     assert "run: ./infra/hooks/callback-secret.sh" in hooks
     assert "run: ./infra/hooks/callback-secret.ps1" in hooks
