@@ -48,6 +48,7 @@ from shared.outbound._models import (
 from shared.outbound._ports import SendPorts
 from shared.outbound._records import command_text, queued_text
 from shared.payloads import fits_queue
+from shared.settings import LONGEST_SECONDS
 from shared.triggers import notify_send_failed
 from shared.unconfigured import RECHECK_SECONDS
 
@@ -198,14 +199,13 @@ class Outcomes:
 
     def retry_delay(self, attempts: int, advised: float | None) -> float:
         """The backoff after ``attempts`` attempts, and at least what upstream advised, up to
-        the validity (advice past it ends the message's tries anyway; a Retry-After of 1e12
-        would overflow a datetime)."""
+        the longest delay any setting may give (a Retry-After of 1e12 would overflow a
+        datetime; advice past a message's validity fails it expired)."""
         from shared.smartdialog import backoff_delay
 
         policy = self.ports.policy
         backoff = backoff_delay(max(1, attempts), base=policy.retry_base, cap=policy.retry_max)
-        longest = policy.validity.total_seconds()
-        return min(max(advised, backoff), longest) if advised is not None else backoff
+        return min(max(advised, backoff), LONGEST_SECONDS) if advised is not None else backoff
 
     @staticmethod
     def expired(record: MessageRecord, last: FailureInfo | None = None) -> FailureInfo:

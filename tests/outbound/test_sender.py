@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -229,6 +230,31 @@ def test_a_retry_after_longer_than_any_validity_ends_the_message_not_the_sender(
     assert failed.failure.code == "expired"  # it could not go again within its validity
     assert failed.attempts == 1
     assert [e["data"]["messageId"] for e in outbound.events()] == ["m-advice"]
+
+
+def test_advice_longer_than_the_default_validity_is_honoured_for_a_send_valid_longer(
+    outbound: Outbound,
+) -> None:
+    """A send valid for a week told to come back in two days waits two days, not the default
+    validity (24 h), which would only earn another 429."""
+    from sandbox.faults import FaultKind, FaultPlan
+    from shared.clock import utcnow
+
+    two_days = 2 * 86400
+    outbound.sandbox.app.faults.configure(
+        FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,), retry_after=two_days)
+    )
+    week = (utcnow() + dt.timedelta(days=7)).isoformat()
+    try:
+        outbound.enqueue(send("m-week", DELIVERED, validUntil=week))
+        outbound.run_once()
+    finally:
+        outbound.sandbox.app.faults.configure(FaultPlan())
+
+    waiting = record("m-week")
+    assert waiting.status is MessageStatus.QUEUED
+    assert waiting.next_attempt_at is not None
+    assert (waiting.next_attempt_at - utcnow()).total_seconds() > two_days - 60
 
 
 def test_timeout_is_retried_and_a_late_success_is_recognised_by_request_id(
