@@ -12,6 +12,7 @@ is refused with a 503 problem and nothing stored.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -54,7 +55,12 @@ def delivery_report_expiry(
     ``SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS`` (reports follow the last delivery attempt)."""
     now = clock.current().now() if now is None else now
     end = valid_until.timestamp() if valid_until else now + settings.send_validity_seconds
-    scheduled = sends_at.timestamp() if sends_at else now
+    scheduled = now
+    if sends_at is not None:  # as the caller wrote it: a naive one is UTC, year 1 is no time
+        with contextlib.suppress(OverflowError, ValueError, OSError):
+            scheduled = (
+                sends_at if sends_at.tzinfo else sends_at.replace(tzinfo=dt.UTC)
+            ).timestamp()
     return max(end, scheduled, now) + settings.dlr_reporting_window_seconds
 
 

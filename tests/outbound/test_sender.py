@@ -257,6 +257,21 @@ def test_advice_longer_than_the_default_validity_is_honoured_for_a_send_valid_lo
     assert (waiting.next_attempt_at - utcnow()).total_seconds() > two_days - 60
 
 
+@pytest.mark.parametrize("sends_at", ["0001-01-01T00:00:00", "2030-01-01T09:00:00"])
+def test_a_send_date_time_without_a_zone_goes_upstream_as_written(
+    outbound: Outbound, sends_at: str
+) -> None:
+    """Our DLR URL lasts past a scheduled send's SendDateTime: one without a zone is read as
+    UTC for that, and year 1 is no time at all (its timestamp() raised: the sender crashed)."""
+    message = send("m-" + sends_at[:4], DELIVERED)
+    outbound.enqueue({**message, "body": {**sms(DELIVERED), "SendDateTime": sends_at}})
+    outbound.drain()
+
+    [call] = outbound.upstream()
+    assert call["body"]["SendDateTime"].startswith(sends_at)
+    assert record("m-" + sends_at[:4]).status is MessageStatus.SENT
+
+
 def test_timeout_is_retried_and_a_late_success_is_recognised_by_request_id(
     private_outbound: Callable[..., Outbound],
 ) -> None:
