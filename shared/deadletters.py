@@ -97,8 +97,9 @@ class KeptOriginal(BaseModel):
     original: str | None = Field(
         None,
         description=(
-            "The queue message text exactly as it was received (a failed send: its stored "
-            "command). Absent when too large for the dead letter: see `originalBlob`."
+            "The message the letter is about, exactly: the queue message as it was received "
+            "(for a send that failed, its stored command). Absent when too large for the dead "
+            "letter: see `originalBlob`."
         ),
     )
     originalBlob: str | None = Field(

@@ -443,7 +443,8 @@ def _conflict(open_one: QuestionRecord) -> StatusView:
         409,
         "A question to this recipient is still open",
         f"Question {open_one.question_id} to this recipient on this service waits for a reply "
-        f"until {open_one.expires_at.isoformat()}. Set ReplaceOpenQuestion to replace it.",
+        f"until {open_one.expires_at.isoformat()} (and a minute after, for a reply on its way). "
+        "Set ReplaceOpenQuestion to replace it.",
         type=ProblemType.CONFLICT,
         errors=[FieldError("ReplaceOpenQuestion", "Another question is open.")],
     )

@@ -16,7 +16,15 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+)
 
 from shared.connections import NAME_MAX_LENGTH
 from shared.deadletters import KeptOriginal
@@ -103,13 +111,14 @@ class _Envelope(BaseModel):
         ),
     )
 
-    @model_validator(mode="after")
-    def _aware(self) -> _Envelope:
-        if self.validUntil is not None and self.validUntil.tzinfo is None:
-            raise ValueError("validUntil needs a time zone (e.g. a trailing Z)")
-        if self.validUntil is not None and not _STORABLE[0] <= self.validUntil <= _STORABLE[1]:
-            raise ValueError("validUntil must be between the years 1602 and 9998")
-        return self
+    @field_validator("validUntil")
+    @classmethod
+    def _storable(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a time zone (e.g. a trailing Z)")
+        if value is not None and not _STORABLE[0] <= value <= _STORABLE[1]:
+            raise ValueError("must be between the years 1602 and 9998")
+        return value
 
 
 #: The times Table storage keeps (1601-01-01 to 9999-12-31 UTC), a day inside each end: a
