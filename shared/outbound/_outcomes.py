@@ -46,7 +46,7 @@ from shared.outbound._models import (
     readable_message_id,
 )
 from shared.outbound._ports import SendPorts
-from shared.outbound._records import command_text, queued_text
+from shared.outbound._records import command_text, is_recorded_as, queued_text
 from shared.payloads import fits_queue
 from shared.settings import LONGEST_SECONDS
 from shared.triggers import notify_send_failed
@@ -502,6 +502,24 @@ class Outcomes:
         self.ports.outbound.send_message(copy.model_dump_json(), visibility_timeout=seconds)
         log.debug("pack %s %s (%s); back in %d s", driver.packId, kind, reason, seconds)
         return SendOutcome(kind, driver.packId, delay_seconds=seconds, detail=reason)
+
+    def someone_elses(
+        self,
+        record: MessageRecord,
+        command: OutboundMessage,
+        text: str,
+        queue_message_id: str | None,
+        dequeue_count: int | None,
+    ) -> SendOutcome | None:
+        """None when ``record`` is ``command``'s; else ``command`` names a message that is not
+        it (its ``messageId`` is taken by a different message): dead-lettered, the record left
+        alone."""
+        if not record.fingerprint or is_recorded_as(record.fingerprint, command):
+            return None
+        taken = ValueError(f"messageId {command.messageId} is already used by a different message")
+        return self.dead_letter_malformed(
+            text, taken, queue_message_id, dequeue_count, fails_record=False
+        )
 
     def dead_letter_malformed(
         self,

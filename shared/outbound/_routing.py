@@ -15,7 +15,7 @@ from shared.messages import FailureInfo, MessageStatus
 from shared.outbound._models import PackDriver, command_connection
 from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind, SendOutcome
 from shared.outbound._ports import send_ports
-from shared.outbound._records import is_recorded_as, new_record, normalize
+from shared.outbound._records import new_record, normalize
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -209,11 +209,9 @@ def _record_of(
         record = ports.store.create(fresh, slots) or ports.store.get(command.messageId)
         if record is None:
             raise RuntimeError(f"message {command.messageId} could not be recorded")
-    if record.fingerprint and not is_recorded_as(record.fingerprint, command):
-        taken = ValueError(f"messageId {command.messageId} is already used by a different message")
-        return outcomes.dead_letter_malformed(
-            text, taken, queue_message_id, dequeue_count, fails_record=False
-        )
+    elsewhere = outcomes.someone_elses(record, command, text, queue_message_id, dequeue_count)
+    if elsewhere is not None:
+        return elsewhere
     if record.status.is_final:
         outcomes.announce([record])
         return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)

@@ -50,7 +50,6 @@ from shared.outbound._outcomes import (
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
 from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
 from shared.outbound._records import (
-    is_recorded_as,
     new_record,
     normalize,
     pack_key,
@@ -207,14 +206,11 @@ class OutboundSender:
             record = self.ports.store.get(command.messageId)
             if record is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
-        if record.fingerprint and not is_recorded_as(record.fingerprint, command):
-            return self.outcomes.dead_letter_malformed(
-                text,
-                ValueError(f"messageId {command.messageId} is already used by a different message"),
-                queue_message_id,
-                dequeue_count,
-                fails_record=False,
-            )
+        elsewhere = self.outcomes.someone_elses(
+            record, command, text, queue_message_id, dequeue_count
+        )
+        if elsewhere is not None:
+            return elsewhere
         return self._then_sweep(record, self._advance(record, command))
 
     def _then_sweep(self, record: MessageRecord, outcome: SendOutcome) -> SendOutcome:
