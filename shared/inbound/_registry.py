@@ -16,6 +16,7 @@ stored with it and signed into its URL's token, so each URL can be revoked alone
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 from collections.abc import Mapping
@@ -405,29 +406,39 @@ class SubscriptionStore:
         """Leave of ``earlier`` only the id of the subscription that replaced it (the same
         trigger subscribed again): no longer a subscriber, but a delivery made for it by an
         instance whose index has not seen the change yet goes to ``successor``."""
+        from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        self._table.update_entity(
-            {
-                "PartitionKey": safe_key(earlier.service),
-                "RowKey": earlier.subscription_id,
-                "Service": earlier.service,
-                "Kind": str(earlier.kind),
-                REPLACED_BY: successor,
-            },
-            mode=UpdateMode.REPLACE,
-        )
+        with contextlib.suppress(ResourceNotFoundError):  # its DELETE came first: gone already
+            self._table.update_entity(
+                {
+                    "PartitionKey": safe_key(earlier.service),
+                    "RowKey": earlier.subscription_id,
+                    "Service": earlier.service,
+                    "Kind": str(earlier.kind),
+                    "States": earlier.states,
+                    "Connection": earlier.connection,
+                    REPLACED_BY: successor,
+                },
+                mode=UpdateMode.REPLACE,
+            )
 
     def live(self, service: str, subscription_id: str) -> Subscription | None:
         """The subscription a delivery made for ``subscription_id`` goes to: that one, or the
-        one that replaced it (and so on, a few times); None when it is gone."""
+        one that replaced it (and so on, a few times) if it takes the same events (states and
+        connection: a delivery was made by the replaced one's); None when it is gone."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        wanted: tuple[object, object] | None = None
         for _ in range(5):
             try:
                 entity = self._table.get_entity(safe_key(service), safe_key(subscription_id))
             except ResourceNotFoundError:
                 return None
+            takes = (entity.get("States") or None, entity.get("Connection") or DEFAULT_CONNECTION)
+            if wanted is not None and takes != wanted:
+                return None  # the edited trigger takes other events: not this one
+            wanted = takes
             if _is_subscription(entity):
                 return _subscription(entity)
             successor = entity.get(REPLACED_BY)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from shared import names
+from shared.clock import utcnow
 from shared.guarded_http import CallbackPolicy, GuardedClient
 from shared.inbound import (
     MESSAGE_RECEIVED,
@@ -162,6 +163,23 @@ def test_subscribing_the_same_callback_again_replaces_the_subscription_not_doubl
     assert unsubscribe(served, second) == 200
     assert callbacks() == ["other-flow"]
     assert len(served.rows(names.SUBSCRIPTIONS_TABLE)) == 2  # the index row, and other-flow
+
+
+def test_a_replaced_subscription_whose_delete_came_first_is_simply_gone(
+    inbound: Inbound,
+) -> None:
+    """The platform's DELETE of the old Location can land between a new subscribe's look-up
+    and its replacing the old row: replacing raised (the new subscribe answered 500 with its
+    subscription live) and must instead leave nothing behind."""
+    store = SubscriptionStore.from_settings()
+    old = Subscription(TWO_WAY, "sub-old", "https://flow.example/x", CUSTOMER, utcnow())
+    store.add(old)
+    assert store.remove(TWO_WAY, "sub-old")
+
+    store.replace(old, "sub-new")
+
+    assert store.live(TWO_WAY, "sub-old") is None
+    assert [r for r in inbound.rows(names.SUBSCRIPTIONS_TABLE) if r["RowKey"] == "sub-old"] == []
 
 
 def test_unsubscribe_needs_the_locations_token(
