@@ -432,6 +432,12 @@ def safe_key(value: str) -> str:
     return "h-" + hashlib.sha256(value.encode()).hexdigest()
 
 
+def already_exists(error: BaseException) -> bool:
+    """Whether a Table transaction failed because an entity it creates exists already."""
+    code = getattr(error, "error_code", None)
+    return code == "EntityAlreadyExists" or "AlreadyExists" in f"{code} {error}"
+
+
 def create_once(key: str, create: Callable[[], object]) -> None:
     """``create()`` once per process for ``key`` (one that exists already is fine, and so is a
     403: in Azure the Bicep creates every queue and table and scopes the data roles to each,

@@ -27,7 +27,13 @@ from shared.messages._records import (
     slot_keys,
 )
 from shared.names import MESSAGES_TABLE
-from shared.storage import TABLE_TRANSACTION_LIMIT, ensure_table, plain_datetime, utf16_units
+from shared.storage import (
+    TABLE_TRANSACTION_LIMIT,
+    already_exists,
+    ensure_table,
+    plain_datetime,
+    utf16_units,
+)
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -180,9 +186,7 @@ class MessageStore:
         try:
             results = self.table.submit_transaction(operations)
         except TableTransactionError as exc:
-            if getattr(exc, "error_code", None) == "EntityAlreadyExists" or "AlreadyExists" in str(
-                exc
-            ):
+            if already_exists(exc):
                 return None
             raise
         self.ensure_slots(slots)  # the rest: its command is queued, reports may come already

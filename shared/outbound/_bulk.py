@@ -58,6 +58,7 @@ from shared.outbound._models import PackDriver
 from shared.outbound._quota_wait import poll_after
 from shared.outbound._service import outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.storage import already_exists
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
@@ -368,7 +369,7 @@ class BulkService:
                 self.store.create_many(missing)
                 break
             except TableTransactionError as exc:
-                if "AlreadyExists" not in f"{getattr(exc, 'error_code', '')} {exc}":
+                if not already_exists(exc):
                     raise
             recorded = self._members_recorded(batch_id)
             missing = [(r, sl) for r, sl in missing if r.message_id not in recorded]
