@@ -207,22 +207,28 @@ def test_429_honours_retry_after_and_is_dead_lettered_when_it_persists(
     assert len(outbound.dead_letters()) == 1
 
 
+def throttled_once(outbound: Outbound, message: dict[str, object], *, retry_after: int) -> None:
+    """Queue ``message`` and run the sender once while SmartDialog answers every call 429 with
+    ``Retry-After: retry_after``."""
+    from sandbox.faults import FaultKind, FaultPlan
+
+    outbound.sandbox.app.faults.configure(
+        FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,), retry_after=retry_after)
+    )
+    try:
+        outbound.enqueue(message)
+        outbound.run_once()
+    finally:
+        outbound.sandbox.app.faults.configure(FaultPlan())
+
+
 def test_a_retry_after_longer_than_any_validity_ends_the_message_not_the_sender(
     outbound: Outbound,
 ) -> None:
     """Retry-After: 10**12 from a 429: now + that overflowed a datetime, the sender raised and
     the message went to poison without its event. Advice that outlasts the validity fails it
     at once as expired, with its event, as any retry that could not come in time."""
-    from sandbox.faults import FaultKind, FaultPlan
-
-    outbound.sandbox.app.faults.configure(
-        FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,), retry_after=10**12)
-    )
-    try:
-        outbound.enqueue(send("m-advice", DELIVERED))
-        outbound.run_once()
-    finally:
-        outbound.sandbox.app.faults.configure(FaultPlan())
+    throttled_once(outbound, send("m-advice", DELIVERED), retry_after=10**12)
 
     failed = record("m-advice")
     assert failed.status is MessageStatus.FAILED
@@ -237,19 +243,11 @@ def test_advice_longer_than_the_default_validity_is_honoured_for_a_send_valid_lo
 ) -> None:
     """A send valid for a week told to come back in two days waits two days, not the default
     validity (24 h), which would only earn another 429."""
-    from sandbox.faults import FaultKind, FaultPlan
     from shared.clock import utcnow
 
     two_days = 2 * 86400
-    outbound.sandbox.app.faults.configure(
-        FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,), retry_after=two_days)
-    )
     week = (utcnow() + dt.timedelta(days=7)).isoformat()
-    try:
-        outbound.enqueue(send("m-week", DELIVERED, validUntil=week))
-        outbound.run_once()
-    finally:
-        outbound.sandbox.app.faults.configure(FaultPlan())
+    throttled_once(outbound, send("m-week", DELIVERED, validUntil=week), retry_after=two_days)
 
     waiting = record("m-week")
     assert waiting.status is MessageStatus.QUEUED
