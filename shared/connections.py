@@ -353,7 +353,7 @@ def _connection(
 ) -> Connection:
     from pydantic import ValidationError
 
-    from shared.settings import Settings
+    from shared.settings import Settings, missing_credentials
 
     values: dict[str, Any] = {
         str(info.alias): getattr(base, attribute)
@@ -400,14 +400,9 @@ def _connection(
             )
     if settings is not None:
         settings._connection = name
-        if settings.credentials is None:
-            errors.append(
-                FieldError(
-                    f"{prefix}__ACCESS_TOKEN",
-                    f"Connection {name}: no credentials: set {prefix}__ACCESS_TOKEN, or "
-                    f"{prefix}__CLIENT_ID with {prefix}__CLIENT_SECRET or __REFRESH_TOKEN.",
-                )
-            )
+        missing = missing_credentials(settings, f"{prefix}__", f"Connection {name}: ")
+        if missing is not None:
+            errors.append(missing)
     return Connection(name, prefix, settings, tuple(dict.fromkeys(customers)), tuple(errors))
 
 

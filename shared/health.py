@@ -2,9 +2,9 @@
 them, without touching storage or SmartDialog.
 
 A configuration error is reported on first use, never at import: a setting that does not
-validate, callback secrets that are missing or shorter than 32 bytes, no public base URL
-outside local development, or a named connection's error (:mod:`shared.connections`). The
-functions that need the setting answer the same 503 problem.
+validate, no SmartDialog credentials, callback secrets that are missing or shorter than 32
+bytes, no public base URL outside local development, or a named connection's error
+(:mod:`shared.connections`). The functions that need the setting answer the same 503 problem.
 """
 
 from __future__ import annotations
@@ -21,12 +21,16 @@ __all__ = ["configuration_problem", "settings_errors"]
 
 def settings_errors(settings: Settings) -> list[FieldError]:
     """What is wrong with settings that validated (``field``: the setting, never its value):
-    callback secrets missing or too short, or no public URL that can be told. The senders
-    check this before sending, as the actions do before accepting."""
-    from shared.settings import PublicUrlNotConfigured
+    no SmartDialog credentials, callback secrets missing or too short, or no public URL that
+    can be told. The senders check this before sending."""
+    from shared.settings import PublicUrlNotConfigured, missing_credentials
     from shared.signing import CALLBACK_SECRETS_SETTING, secrets_problem
 
     errors: list[FieldError] = []
+    if settings.named_connection is None:  # a named connection's are its own errors
+        missing = missing_credentials(settings)
+        if missing is not None:
+            errors.append(missing)
     secrets = secrets_problem(settings.callback_secret_list)
     if secrets is not None:
         errors.append(FieldError(CALLBACK_SECRETS_SETTING, secrets.detail or secrets.title))

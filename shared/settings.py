@@ -371,6 +371,20 @@ def _keywords(raw: str) -> frozenset[str]:
     return frozenset(word.strip().upper() for word in raw.split(",") if word.strip())
 
 
+def missing_credentials(
+    settings: Settings, prefix: str = "SMARTDIALOG_", who: str = ""
+) -> FieldError | None:
+    """The error of settings that give no usable SmartDialog credentials (``prefix``: how their
+    setting names start; ``who``: whose they are, for a named connection), else None."""
+    if settings.credentials is not None:
+        return None
+    return FieldError(
+        f"{prefix}ACCESS_TOKEN",
+        f"{who}no credentials: set {prefix}ACCESS_TOKEN, or {prefix}CLIENT_ID with "
+        f"{prefix}CLIENT_SECRET or {prefix}REFRESH_TOKEN.",
+    )
+
+
 class SettingsInvalid(Problem):
     """Settings that do not validate, or another configuration error (``errors``: each
     setting and what is wrong, never its value): a 503 problem. ``/api/health`` answers it, the

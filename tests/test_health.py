@@ -18,6 +18,7 @@ def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SMARTDIALOG_CALLBACK_SECRETS", SECRET)
+    monkeypatch.setenv("SMARTDIALOG_ACCESS_TOKEN", "health-test-token")
     monkeypatch.setenv("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
     reset_settings_cache()
     yield
@@ -59,3 +60,43 @@ def test_no_callback_secret_at_all_is_a_configuration_error(
     problem = configuration_problem()
     assert problem is not None
     assert [e.field for e in problem.errors] == ["SMARTDIALOG_CALLBACK_SECRETS"]
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        {"SMARTDIALOG_REFRESH_TOKEN": "refresh"},  # needs the client id as well
+        {"SMARTDIALOG_CLIENT_ID": "app-1"},  # needs a secret or a refresh token
+    ],
+)
+def test_no_usable_smartdialog_credentials_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]
+) -> None:
+    for name in ("ACCESS_TOKEN", "REFRESH_TOKEN", "CLIENT_ID", "CLIENT_SECRET"):
+        monkeypatch.delenv("SMARTDIALOG_" + name, raising=False)
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    problem = configuration_problem()
+    assert problem is not None
+    assert problem.status == 503
+    assert [e.field for e in problem.errors] == ["SMARTDIALOG_ACCESS_TOKEN"]
+    assert "SMARTDIALOG_CLIENT_ID" in problem.errors[0].message
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"SMARTDIALOG_ACCESS_TOKEN": "token"},
+        {"SMARTDIALOG_CLIENT_ID": "app-1", "SMARTDIALOG_CLIENT_SECRET": "secret"},
+        {"SMARTDIALOG_CLIENT_ID": "app-1", "SMARTDIALOG_REFRESH_TOKEN": "refresh"},
+    ],
+)
+def test_any_complete_credentials_are_enough(
+    monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]
+) -> None:
+    for name in ("ACCESS_TOKEN", "REFRESH_TOKEN", "CLIENT_ID", "CLIENT_SECRET"):
+        monkeypatch.delenv("SMARTDIALOG_" + name, raising=False)
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    assert configuration_problem() is None

@@ -87,8 +87,7 @@ class _ClientCache:
         self._factory = factory
         self._clients: dict[Settings, SmartDialogClient] = {}
         self._lock = threading.Lock()
-        self._hits = 0
-        self._misses = 0
+        self._hits = self._misses = 0
         self.__doc__ = factory.__doc__
 
     def __call__(self, settings: Settings) -> SmartDialogClient:
@@ -131,8 +130,7 @@ def _new_shared_client(settings: Settings) -> SmartDialogClient:
     before ``QuotaExceeded``. It makes :data:`SYNC_MAX_RETRIES` retries: a flow waiting on an
     action is better served by a prompt 429/502 with ``Retry-After``, which Power Automate's and
     Logic Apps' retry policies honour, than by a function that sleeps out SmartDialog's advice.
-    (A 401 still renews the token once and retries.) Cached per settings object for the life of
-    the process; ``shared_client.cache_clear()`` closes the cached clients.
+    (A 401 still renews the token once and retries.) Cached per settings object (see above).
     """
     from shared import quota
     from shared.smartdialog import SmartDialogClient, auth_from_settings
@@ -366,8 +364,8 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
         return Problem(
             502,
             "SmartDialog did not accept the app's credentials",
-            "The SmartDialog credentials configured for this app are missing, expired or "
-            "revoked. " + _CREDENTIALS_HELP,
+            "The SmartDialog credentials configured for this app are expired or revoked. "
+            + _CREDENTIALS_HELP,
             type=ProblemType.UPSTREAM_CREDENTIALS,
         )
     if isinstance(exc, sd.PermissionDeniedError):
@@ -540,12 +538,16 @@ def _check_size(request: ActionRequest, limit: int) -> None:
 def _map_failure(
     exc: Exception, settings: Settings | None, operation_id: str, extra: dict[str, Any]
 ) -> tuple[Problem, str]:
-    from shared.smartdialog import APIStatusError, SmartDialogError
+    from shared.settings import SettingsInvalid, missing_credentials
+    from shared.smartdialog import APIStatusError, CredentialsError, SmartDialogError
 
     if settings is not None:
         quota_problem = _quota_problem(exc, settings)
         if quota_problem is not None:
             return quota_problem, f"quota: {type(exc).__name__}"
+        missing = missing_credentials(settings) if isinstance(exc, CredentialsError) else None
+        if missing is not None:  # none set: /api/health's 503, not "refused" (502)
+            return SettingsInvalid([missing]), "not configured: no SmartDialog credentials"
     if isinstance(exc, SmartDialogError):
         status = exc.status_code if isinstance(exc, APIStatusError) else None
         extra["upstreamStatus"] = status

@@ -58,6 +58,25 @@ def test_refused_token_is_502_and_the_token_appears_nowhere(
     assert "not-the-sandbox-token-7f3a" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"SMARTDIALOG_ACCESS_TOKEN": ""},
+        {"SMARTDIALOG_ACCESS_TOKEN": "", "SMARTDIALOG_REFRESH_TOKEN": "r"},
+    ],
+    ids=["none", "refresh-token-without-client-id"],
+)
+def test_no_credentials_at_all_is_the_503_configuration_problem_naming_the_setting(
+    app: App, monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]
+) -> None:
+    wire(monkeypatch, app.sandbox, **credentials)
+    reply = call("GetPhoneNumberRegions", method="GET")
+    assert reply.status == 503, reply.body
+    assert reply.body["type"] == problem_type("configuration")
+    assert [e["field"] for e in reply.body["errors"]] == ["SMARTDIALOG_ACCESS_TOKEN"]
+    assert app.upstream() == []
+
+
 def test_upstream_400_becomes_422_with_upstreams_message(app: App) -> None:
     body = {
         "DisplayName": "Hello",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from typing import Any
 
 import pytest
@@ -90,6 +91,27 @@ def test_a_queued_command_with_a_short_secret_waits_unclaimed_and_is_sent_once_f
     assert len(outbound.upstream()) == 1
     assert record("m-config").status is MessageStatus.SENT
     assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
+
+
+def test_a_queued_command_without_credentials_waits_unclaimed_and_is_sent_once_they_are_set(
+    outbound: Outbound, slots: list[object]
+) -> None:
+    token = os.environ["SMARTDIALOG_ACCESS_TOKEN"]
+    outbound.configure(ACCESS_TOKEN="")  # forgotten: no credentials at all
+    text = command("m-no-credentials")
+
+    deferred = OutboundSender.from_settings().process(text)
+
+    assert deferred.kind is OutcomeKind.DEFERRED
+    assert deferred.detail == "configuration"
+    assert slots == []
+    assert outbound.upstream() == []
+    assert record("m-no-credentials").attempts == 0  # no attempt spent while unconfigured
+    assert outbound.dead_letters() == []
+
+    outbound.configure(ACCESS_TOKEN=token)
+    assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
+    assert len(outbound.upstream()) == 1
 
 
 def test_a_message_waiting_for_its_setting_fails_expired_with_its_event_when_validity_ends(
