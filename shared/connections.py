@@ -353,7 +353,7 @@ def _connection(
 ) -> Connection:
     from pydantic import ValidationError
 
-    from shared.settings import Settings, missing_credentials
+    from shared.settings import Settings, error_setting, missing_credentials
 
     values: dict[str, Any] = {
         str(info.alias): getattr(base, attribute)
@@ -393,7 +393,7 @@ def _connection(
     except ValidationError as exc:
         settings = None
         for error in exc.errors(include_url=False, include_input=False):
-            alias = ".".join(str(p) for p in error["loc"]) or "settings"
+            alias = error_setting(error)
             setting_name = alias.removeprefix(_SETTING_PREFIX)
             errors.append(
                 FieldError(f"{prefix}__{setting_name}", f"Connection {name}: {error['msg']}")

@@ -9,6 +9,8 @@ fails the call that needs it with a clear message instead of the whole app.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -371,6 +373,17 @@ def _keywords(raw: str) -> frozenset[str]:
     return frozenset(word.strip().upper() for word in raw.split(",") if word.strip())
 
 
+_NAMED_SETTING = re.compile(r"SMARTDIALOG_[A-Z0-9_]+")
+
+
+def error_setting(error: Mapping[str, Any]) -> str:
+    """The setting a pydantic error of :class:`Settings` is about: its location, or for a rule
+    across settings (no location) the first setting its message names."""
+    where = ".".join(str(p) for p in error["loc"])
+    named = _NAMED_SETTING.search(str(error.get("msg", "")))
+    return where or (named.group(0) if named else "settings")
+
+
 def missing_credentials(
     settings: Settings, prefix: str = "SMARTDIALOG_", who: str = ""
 ) -> FieldError | None:
@@ -405,7 +418,7 @@ class SettingsInvalid(Problem):
         """The problem of a pydantic validation error (``loc``: the setting's name)."""
         return cls(
             [
-                FieldError(".".join(str(p) for p in e["loc"]) or "settings", e["msg"])
+                FieldError(error_setting(e), e["msg"])
                 for e in exc.errors(include_url=False, include_input=False)
             ]
         )

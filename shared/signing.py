@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from shared import clock
-from shared.problems import Problem, ProblemType
+from shared.problems import FieldError, Problem, ProblemType
 
 __all__ = [
     "CALLBACK_SECRETS_SETTING",
@@ -84,6 +84,7 @@ class SigningNotConfigured(Problem):
             "The app's callback secrets are not configured",
             detail,
             type=ProblemType.CONFIGURATION,
+            errors=[FieldError(CALLBACK_SECRETS_SETTING, detail)],
         )
 
 

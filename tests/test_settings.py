@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import DEFAULT_BASE_URL, Settings
+from shared.settings import (
+    DEFAULT_BASE_URL,
+    Settings,
+    SettingsInvalid,
+    get_settings,
+    reset_settings_cache,
+)
 
 
 def test_defaults_match_the_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,3 +186,18 @@ def test_a_url_behind_a_path_prefix_or_plain_http_locally_is_accepted(
     monkeypatch.setenv(alias, value)
     settings = Settings()
     assert read in (settings.public_base_url_setting, settings.base_url)
+
+
+def test_a_rule_across_settings_names_the_setting_not_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SMARTDIALOG_SEND_LEASE_SECONDS", raising=False)
+    monkeypatch.setenv("SMARTDIALOG_SEND_TIMEOUT_SECONDS", "200")  # longer than the lease
+    reset_settings_cache()
+    try:
+        with pytest.raises(SettingsInvalid) as raised:
+            get_settings()
+    finally:
+        reset_settings_cache()
+    assert [e.field for e in raised.value.errors] == ["SMARTDIALOG_SEND_LEASE_SECONDS"]
+    assert "SMARTDIALOG_SEND_TIMEOUT_SECONDS" in raised.value.errors[0].message

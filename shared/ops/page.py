@@ -31,7 +31,6 @@ from shared.ops._access import (
 from shared.ops._overview import overview
 from shared.ops.actions import desk, letter_doc
 from shared.problems import FieldError, Problem, ProblemType, internal_error, validation_problem
-from shared.signing import SigningNotConfigured
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -82,14 +81,6 @@ def _guarded(run: Callable[[], PageResponse]) -> PageResponse:
         response = run()
     except Problem as problem:
         return PageResponse.problem(problem)
-    except SigningNotConfigured:
-        return PageResponse.problem(
-            Problem(
-                503,
-                "The operations page is not configured",
-                "Set SMARTDIALOG_CALLBACK_SECRETS: its buttons carry a signed form token.",
-            )
-        )
     except Exception as exc:
         log.error("ops page failed: %s", "".join(traceback.format_exception(exc)).rstrip())
         return PageResponse.problem(internal_error())

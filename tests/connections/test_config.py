@@ -71,6 +71,8 @@ def test_credentials_and_account_defaults_never_fall_back(two: TwoConnections) -
             "same upstream identity",
         ),
         ({"ACCESS_TOKEN": "t3", "QUOTA_CALLS": "0"}, "__QUOTA_CALLS", "greater than 0"),
+        # A rule across settings names its setting, not "settings".
+        ({"ACCESS_TOKEN": "t3", "SEND_TIMEOUT_SECONDS": "200"}, "__SEND_LEASE_SECONDS", "longer"),
         ({"ACCESS_TOKEN": "t3", "ACESS_TOKEN": "typo"}, "__ACESS_TOKEN", "not a setting"),
         ({"ACCESS_TOKEN": "t3", "CUSTOMERS": "1001"}, "SMARTDIALOG_CUSTOMER_ID", "claimed by"),
         ({"ACCESS_TOKEN": "t3", "CALLBACK_SECRETS": "x" * 40}, "__CALLBACK_SECRETS", "app-wide"),

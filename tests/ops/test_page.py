@@ -209,7 +209,12 @@ def test_without_callback_secrets_the_page_answers_503_naming_the_setting(
     page = get_page()
 
     assert page.status_code == 503
-    assert "SMARTDIALOG_CALLBACK_SECRETS" in json.loads(page.get_body())["detail"]
+    problem = json.loads(page.get_body())
+    assert "SMARTDIALOG_CALLBACK_SECRETS" in problem["detail"]
+    assert problem["type"].endswith(":configuration"), problem
+    assert [e["field"] for e in problem.get("errors", [])] == ["SMARTDIALOG_CALLBACK_SECRETS"], (
+        problem
+    )
 
 
 def test_the_page_shows_the_oldest_dead_letters_of_all_queues(ops: Outbound) -> None:
