@@ -189,7 +189,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route="whatsapp/identities/{IdentityNumber}/templates",
         input=CreateTemplateInput,
         handler=create_whatsapp_template,
-        summary="Create a WhatsApp template",
+        summary="Create WhatsApp template",
         description="Submits a new WhatsApp message template for one of the customer's numbers.",
         responses=(ResponseDoc(204, "The template was submitted."),),
         tags=(TAG,),
@@ -200,7 +200,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route=_OPT_IN_ROUTE,
         input=OptInInput,
         handler=whats_app_opt_in,
-        summary="Deprecated: record a WhatsApp opt-in",
+        summary="WhatsApp Opt In (deprecated)",
         description=(
             "Records that a recipient agreed to WhatsApp messages from a sender number. "
             "Deprecated, as in SmartDialog."
@@ -216,7 +216,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route=_OPT_IN_ROUTE,
         input=OptInInput,
         handler=whats_app_opt_out,
-        summary="Deprecated: withdraw a WhatsApp opt-in",
+        summary="WhatsApp Opt Out (deprecated)",
         description=(
             "Removes a recipient's opt-in for a sender number. Deprecated, as in SmartDialog."
         ),

@@ -485,7 +485,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route="inbound/subscriptions/{Service}",
         input=SubscribeInput,
         handler=subscribe,
-        summary="When a new message arrives",
+        summary="New Message",
         description=(
             "Triggers when a new message arrives to a 2-way service. Registers the app's webhook "
             "with SmartDialog for the service if it has none."

@@ -337,7 +337,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route="messages",
         input=SendMessageInput,
         handler=send_message,
-        summary="Send a message",
+        summary="Send Message",
         description=(
             "Queues an SMS (or WhatsApp message) to one or more recipients and answers 202 with "
             "a status URL; the flow waits there for SmartDialog's MessageId."
@@ -352,8 +352,8 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route="messages/{ParentMessageId}/replies",
         input=SendReplyMessageInput,
         handler=send_reply_message,
-        summary="Send a reply message",
-        description="Queues a reply to an earlier message; answers as Send a message.",
+        summary="Send Reply Message",
+        description="Queues a reply to an earlier message; answers as Send Message.",
         responses=_send_responses(SentDoc),
         visibility="important",
         tags=(TAG,),
@@ -364,9 +364,9 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route="discussions/replies",
         input=SendDiscussionReplyInput,
         handler=send_discussion_reply,
-        summary="Send a discussion reply",
+        summary="Send Discussion Reply Message",
         description=(
-            "Queues a reply into a discussion thread; answers as Send a message. SmartDialog "
+            "Queues a reply into a discussion thread; answers as Send Message. SmartDialog "
             "cannot de-duplicate these, so one whose outcome is unknown is not repeated."
         ),
         responses=_send_responses(SentDoc),
@@ -379,8 +379,8 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         route="whatsapp/messages",
         input=SendTemplateInput,
         handler=send_template,
-        summary="Send a WhatsApp template message",
-        description="Queues a WhatsApp template message; answers as Send a message.",
+        summary="Send WhatsApp Message",
+        description="Queues a WhatsApp template message; answers as Send Message.",
         responses=_send_responses(TemplateSentDoc),
         visibility="important",
         tags=(TAG,),

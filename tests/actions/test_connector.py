@@ -38,6 +38,30 @@ IMPLEMENTED_HERE = {
     "GetCustomerWhatsappIdentities",
     "GetPhoneNumberRegions",
 }
+#: The certified connector's action names (its ``summary``) by operationId: a flow author looks
+#: for the action under this name, so ours is the same, word for word. (Its DeleteTrigger, the
+#: hidden unsubscribe of New Message, is DeleteNewMessageTrigger here.)
+CERTIFIED_SUMMARIES = {
+    "GetUserCustomers": "Get User Customers",
+    "SendMessage": "Send Message",
+    "SendReplyMessage": "Send Reply Message",
+    "SendDiscussionReplyMessage": "Send Discussion Reply Message",
+    "NewMessage": "New Message",
+    "GetCustomerServices": "Get Customer Services",
+    "GetCustomerWhatsAppTemplates": "Get Customer WhatsApp Templates",
+    "CreateWhatsappTemplate": "Create WhatsApp template",
+    "GetWhatsappTemplateCategories": "GetWhatsappTemplateCategories",
+    "SendWhatsappTemplateMessage": "Send WhatsApp Message",
+    "GetCustomerWhatsappIdentities": "Get Customer WhatsApp Identities",
+    "WhatsAppOptOut": "WhatsApp Opt Out (deprecated)",
+    "WhatsAppOptIn": "WhatsApp Opt In (deprecated)",
+    "GetGroupContact": "Get Group Contact",
+    "DeleteGroupContact": "Delete Group Contact",
+    "UpdateGroupContact": "Update Group Contact",
+    "DeleteAllGroupContacts": "Delete All Group Contacts",
+    "CreateGroupContact": "Create group contact",
+    "GetPhoneNumberRegions": "GetPhoneNumberRegions",
+}
 
 
 def operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -256,3 +280,12 @@ def test_an_idempotency_key_says_what_a_request_without_one_does(committed: dict
         [body] = [p for p in op["parameters"] if p.get("in") == "body"]
         if "RequestId" not in body["schema"].get("properties", {}):
             assert "with neither" in key["description"], operation_id
+
+
+def test_actions_have_the_certified_connectors_names(committed: dict[str, Any]) -> None:
+    ours = operations(committed)
+    names = {operation_id: ours[operation_id]["summary"] for operation_id in CERTIFIED_SUMMARIES}
+    assert names == CERTIFIED_SUMMARIES
+    # Our own actions keep their own names, none of them taken from a certified action.
+    own = {op["summary"] for op_id, op in ours.items() if op_id not in CERTIFIED_SUMMARIES}
+    assert not own & set(CERTIFIED_SUMMARIES.values())
