@@ -34,7 +34,7 @@ class _Doc(BaseModel):
 
 class CustomerUserDoc(_Doc):
     customerId: str | None = Field(
-        None, description="Identifier of the customer.", json_schema_extra=ui("Customer ID")
+        None, description="Identifier of the customer.", json_schema_extra=ui("Customer Id")
     )
     customerName: str | None = Field(
         None, description="Name of the customer.", json_schema_extra=ui("Customer name")
@@ -51,7 +51,7 @@ class UserCustomersDoc(_Doc):
 
 class ServiceDoc(_Doc):
     id: str | None = Field(
-        None, description="Identifier of the service.", json_schema_extra=ui("Service ID")
+        None, description="Identifier of the service.", json_schema_extra=ui("Service Id")
     )
     name: str | None = Field(
         None, description="Name of the service.", json_schema_extra=ui("Service name")
@@ -73,7 +73,7 @@ class WhatsAppTemplateDoc(_Doc):
         json_schema_extra=ui("Template name", visibility="internal"),
     )
     displayName: str | None = Field(
-        None, description="The template's display name.", json_schema_extra=ui("Display name")
+        None, description="The template's display name.", json_schema_extra=ui("Displayname")
     )
     extensionParameters: TemplateContentDoc | None = Field(
         None, description="Details of the template.", json_schema_extra=ui("Details")
@@ -98,7 +98,7 @@ class RegionDoc(_Doc):
     value: str | None = Field(
         None,
         description="Two-letter region code, e.g. FI.",
-        json_schema_extra=ui("Region code"),
+        json_schema_extra=ui("Region Country Code"),
     )
     name: str | None = Field(
         None, description="Name of the region.", json_schema_extra=ui("Region name")

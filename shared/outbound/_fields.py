@@ -103,7 +103,7 @@ SendDateTimeField = Annotated[
     Field(
         None,
         description="When SmartDialog should send it; leave empty to send at once.",
-        json_schema_extra=ui("Send date and time", visibility="advanced"),
+        json_schema_extra=ui("Send Datetime", visibility="advanced"),
     ),
 ]
 
@@ -122,7 +122,7 @@ DlrUrlField = Annotated[
     Field(
         None,
         description="Your own delivery-report URL (HTTP GET); its query string is kept.",
-        json_schema_extra=ui("Delivery report URL", visibility="advanced"),
+        json_schema_extra=ui("Dlr Url", visibility="advanced"),
     ),
 ]
 
@@ -132,26 +132,26 @@ SenderField = Annotated[
     Field(
         max_length=20,
         description="Alphanumeric sender (at most 11 characters), long code or short code.",
-        json_schema_extra=ui("Sender", visibility="important"),
+        json_schema_extra=ui("Message Sender", visibility="important"),
     ),
 ]
 TemplateContentField = Annotated[
     NonEmptyStr,
     Field(
         description="The text; $(name) placeholders are filled from each recipient.",
-        json_schema_extra=ui("Content", visibility="important"),
+        json_schema_extra=ui("Message Content", visibility="important"),
     ),
 ]
 ProtocolField = Annotated[
     Literal["SMS", "WhatsApp"],
-    Field("SMS", description="SMS, or WhatsApp.", json_schema_extra=ui("Protocol")),
+    Field("SMS", description="SMS, or WhatsApp.", json_schema_extra=ui("Message Protocol")),
 ]
 AttachmentUriField = Annotated[
     HttpUrl | None,
     Field(
         None,
         description="WhatsApp only: the address of an attachment.",
-        json_schema_extra=ui("Attachment URI", visibility="advanced"),
+        json_schema_extra=ui("Attachment Uri", visibility="advanced"),
     ),
 ]
 MessageCustomerDataField = Annotated[
@@ -244,7 +244,8 @@ class DiscussionReplyBody(StrictBody):
         json_schema_extra=ui("Thread Id", visibility="important"),
     )
     Content: NonEmptyStr = Field(
-        description="The reply text.", json_schema_extra=ui("Content", visibility="important")
+        description="The reply text.",
+        json_schema_extra=ui("Message Content", visibility="important"),
     )
     CustomerData: MessageCustomerDataField
 
@@ -252,12 +253,12 @@ class DiscussionReplyBody(StrictBody):
 class TemplateButtonIn(StrictBody):
     Type: Literal["Call", "QuickReply", "Url"] = Field(
         description="The kind of the template's button: Call, QuickReply or Url.",
-        json_schema_extra=ui("Button type"),
+        json_schema_extra=ui("Type"),
     )
     Data: str | None = Field(
         None,
         description="The value for this button: its text, phone number or URL suffix.",
-        json_schema_extra=ui("Button text"),
+        json_schema_extra=ui("Text"),
     )
 
 
@@ -295,7 +296,7 @@ class TemplateMessageBody(StrictBody):
     AttachmentUri: HttpUrl | None = Field(
         None,
         description="The address of a media file for a template with a media header.",
-        json_schema_extra=ui("Attachment URI"),
+        json_schema_extra=ui("Attachment Uri"),
     )
     UseSmsFallback: bool | None = Field(
         None,

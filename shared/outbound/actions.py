@@ -69,7 +69,7 @@ class SendReplyMessageInput(SendMessageInput):
         Param("path", "ParentMessageId"),
         Field(
             description="SmartDialog's MessageId of the message to reply to.",
-            json_schema_extra=ui("Parent message Id", visibility="important"),
+            json_schema_extra=ui("ParentMessage Id", visibility="important"),
         ),
     ]
 
@@ -152,7 +152,9 @@ class AcceptedDoc(BaseModel):
 
 class RecipientDoc(BaseModel):
     Address: str | None = Field(
-        None, description="The recipient's phone number.", json_schema_extra=ui("Address")
+        None,
+        description="The recipient's phone number.",
+        json_schema_extra=ui("Recipient Address"),
     )
     Id: str | None = Field(
         None,
@@ -173,7 +175,7 @@ class SentDoc(BaseModel):
         None, description="SmartDialog's MessageId.", json_schema_extra=ui("Message Id")
     )
     MessagePartCount: int | None = Field(
-        None, description="SMS parts per recipient.", json_schema_extra=ui("Message part count")
+        None, description="SMS parts per recipient.", json_schema_extra=ui("Message Part Count")
     )
     Recipients: list[RecipientDoc] = Field(
         default_factory=list,
@@ -199,7 +201,9 @@ class SentDoc(BaseModel):
 
 class TemplateRecipientDoc(BaseModel):
     address: str | None = Field(
-        None, description="The recipient's phone number.", json_schema_extra=ui("Address")
+        None,
+        description="The recipient's phone number.",
+        json_schema_extra=ui("Recipient Address"),
     )
     id: str | None = Field(
         None,
@@ -220,7 +224,7 @@ class TemplateSentDoc(BaseModel):
         None, description="SmartDialog's MessageId.", json_schema_extra=ui("Message Id")
     )
     messagePartCount: int | None = Field(
-        None, description="Message parts per recipient.", json_schema_extra=ui("Part count")
+        None, description="Message parts per recipient.", json_schema_extra=ui("Message Part Count")
     )
     recipients: list[TemplateRecipientDoc] = Field(
         default_factory=list,

@@ -62,6 +62,43 @@ CERTIFIED_SUMMARIES = {
     "CreateGroupContact": "Create group contact",
     "GetPhoneNumberRegions": "GetPhoneNumberRegions",
 }
+#: Field labels of the certified connector (``x-ms-summary``, or a schema's ``title``) that a
+#: flow author knows, by operationId and field: ``param.<name>``, ``body.<path>``,
+#: ``<status>.<path>`` (an answer) or ``notification.<path>`` (what a trigger receives).
+CERTIFIED_LABELS = {
+    **{
+        (operation_id, f"body.{field}"): label
+        for operation_id in ("SendMessage", "SendReplyMessage")
+        for field, label in {
+            "Sender": "Message Sender",
+            "Content": "Message Content",
+            "Protocol": "Message Protocol",
+            "SendDateTime": "Send Datetime",
+            "AttachmentUri": "Attachment Uri",
+            "DlrUrl": "Dlr Url",
+            "Recipients[].Address": "Address",
+        }.items()
+    },
+    **{
+        (operation_id, "200.Recipients[].Address"): "Recipient Address"
+        for operation_id in ("SendMessage", "SendReplyMessage", "SendDiscussionReplyMessage")
+    },
+    ("SendReplyMessage", "param.ParentMessageId"): "ParentMessage Id",
+    ("SendDiscussionReplyMessage", "body.Content"): "Message Content",
+    ("SendWhatsappTemplateMessage", "body.Buttons[].Type"): "Type",
+    ("SendWhatsappTemplateMessage", "body.Buttons[].Data"): "Text",
+    ("SendWhatsappTemplateMessage", "body.SendDateTime"): "Send Datetime",
+    ("SendWhatsappTemplateMessage", "body.AttachmentUri"): "Attachment Uri",
+    ("SendWhatsappTemplateMessage", "body.DlrUrl"): "Dlr Url",
+    ("SendWhatsappTemplateMessage", "200.messagePartCount"): "Message Part Count",
+    ("SendWhatsappTemplateMessage", "200.recipients[].address"): "Recipient Address",
+    ("GetPhoneNumberRegions", "200[].value"): "Region Country Code",
+    ("GetCustomerServices", "200[].id"): "Service Id",
+    ("GetUserCustomers", "200.customerUsers[].customerId"): "Customer Id",
+    ("GetCustomerWhatsAppTemplates", "200[].displayName"): "Displayname",
+    ("NewMessage", "notification.sender"): "Message Sender",
+    ("NewMessage", "notification.protocol"): "Message Protocol",
+}
 
 
 def operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -71,6 +108,47 @@ def operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for method, op in item.items()
         if isinstance(op, dict) and "operationId" in op
     }
+
+
+def operation_items(document: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each operation by operationId, with the path item it is in."""
+    return {
+        op["operationId"]: (item, op)
+        for item in document["paths"].values()
+        for method, op in item.items()
+        if isinstance(op, dict) and "operationId" in op
+    }
+
+
+def _fields_below(schema: Any, where: str) -> Any:
+    if not isinstance(schema, dict):
+        return
+    for name, prop in schema.get("properties", {}).items():
+        yield f"{where}.{name}", prop
+        yield from _fields_below(prop, f"{where}.{name}")
+    if "items" in schema:
+        yield from _fields_below(schema["items"], f"{where}[]")
+
+
+def fields(item: dict[str, Any], op: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """An operation's labelled fields by the keys of :data:`CERTIFIED_LABELS`: its non-body
+    parameters, its body's and answers' properties, and what its trigger sends."""
+    found: dict[str, dict[str, Any]] = {}
+    for param in op.get("parameters", []):
+        if param["in"] == "body":
+            found.update(_fields_below(param["schema"], "body"))
+        else:
+            found[f"param.{param['name']}"] = param
+    for status, response in op.get("responses", {}).items():
+        found.update(_fields_below(response.get("schema"), status))
+    notification = item.get("x-ms-notification-content", {}).get("schema")
+    found.update(_fields_below(notification, "notification"))
+    return found
+
+
+def label(node: dict[str, Any]) -> str | None:
+    text = node.get("x-ms-summary") or node.get("title")
+    return str(text) if text else None
 
 
 def walk(node: Any) -> Any:
@@ -289,3 +367,28 @@ def test_actions_have_the_certified_connectors_names(committed: dict[str, Any]) 
     # Our own actions keep their own names, none of them taken from a certified action.
     own = {op["summary"] for op_id, op in ours.items() if op_id not in CERTIFIED_SUMMARIES}
     assert not own & set(CERTIFIED_SUMMARIES.values())
+
+
+def test_fields_have_the_certified_connectors_labels(committed: dict[str, Any]) -> None:
+    ours = operation_items(committed)
+    found = {
+        (op_id, where): label(fields(*ours[op_id])[where]) for op_id, where in CERTIFIED_LABELS
+    }
+    assert found == CERTIFIED_LABELS
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason="the certified definition is not beside us")
+def test_same_named_actions_and_fields_have_the_certified_names(committed: dict[str, Any]) -> None:
+    upstream = operation_items(json.loads(REFERENCE.read_text("utf-8")))
+    ours = operation_items(committed)
+    both = sorted(set(upstream) & set(ours))
+    assert {op_id: upstream[op_id][1]["summary"] for op_id in both} == CERTIFIED_SUMMARIES
+    wrong = []
+    for op_id in both:
+        if ours[op_id][1]["summary"] != upstream[op_id][1]["summary"]:
+            wrong.append((op_id, "summary", ours[op_id][1]["summary"]))
+        theirs, mine = fields(*upstream[op_id]), fields(*ours[op_id])
+        for where in sorted(set(theirs) & set(mine)):
+            if label(theirs[where]) and label(mine[where]) != label(theirs[where]):
+                wrong.append((op_id, where, label(mine[where]), label(theirs[where])))
+    assert wrong == []
