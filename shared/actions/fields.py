@@ -198,6 +198,6 @@ CustomerIdHeader = Annotated[
             "The SmartDialog customer to act for (the certified connector's Customer). Leave "
             "empty to use the app setting SMARTDIALOG_CUSTOMER_ID."
         ),
-        json_schema_extra=ui("Customer", dynamic_values=CUSTOMER_DROPDOWN),
+        json_schema_extra=ui("Customer", visibility="important", dynamic_values=CUSTOMER_DROPDOWN),
     ),
 ]

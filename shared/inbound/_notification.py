@@ -1,6 +1,6 @@
 """The Swagger schema of what a New Message trigger subscriber receives (the connector's
 ``x-ms-notification-content`` of NewMessage): :class:`InboundMessageData` with the certified
-connector's titles for its fields."""
+connector's titles for its fields, and as visible as there."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ _TITLES = {
     "part": "Message Part",
     "parts": "Message Parts",
 }
+#: The fields the certified connector shows among the important ones; the rest are advanced.
+_IMPORTANT = frozenset({"sender", "recipient", "content", "timestamp", "protocol", "messageId"})
 _ATTACHMENT = {
     "name": ("Attachment Filename", "The filename of the attachment."),
     "mimeType": ("Attachment Mime Type", "The mime type of the attachment."),
@@ -34,14 +36,14 @@ _ATTACHMENT = {
 
 def notification_schema() -> dict[str, Any]:
     """The Swagger schema of what a New Message subscriber receives (:class:`InboundMessageData`,
-    with the certified connector's titles for its fields)."""
+    with the certified connector's titles and visibility for its fields)."""
     properties: dict[str, Any] = {}
     for name, info in InboundMessageData.model_fields.items():
         prop: dict[str, Any] = {
             "type": "string",
             "description": info.description or name,
             "title": _TITLES[name],
-            "x-ms-visibility": "important" if name in ("sender", "content") else "advanced",
+            "x-ms-visibility": "important" if name in _IMPORTANT else "advanced",
         }
         if name in ("timestamp", "receivedAt"):
             prop["format"] = "date-time"
@@ -55,7 +57,12 @@ def notification_schema() -> dict[str, Any]:
             prop["items"] = {
                 "type": "object",
                 "properties": {
-                    key: {"type": "string", "title": title, "description": text}
+                    key: {
+                        "type": "string",
+                        "title": title,
+                        "description": text,
+                        "x-ms-visibility": "important",
+                    }
                     for key, (title, text) in _ATTACHMENT.items()
                 },
             }

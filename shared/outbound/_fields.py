@@ -47,7 +47,9 @@ ServiceIdHeader = Annotated[
             "The SmartDialog service to send with. Leave empty to use the app setting "
             "SMARTDIALOG_SERVICE_ID."
         ),
-        json_schema_extra=ui("Service", dynamic_values=service_dropdown("OneWay")),
+        json_schema_extra=ui(
+            "Service", visibility="important", dynamic_values=service_dropdown("OneWay")
+        ),
     ),
 ]
 DiscussionCustomerIdHeader = Annotated[
@@ -58,7 +60,7 @@ DiscussionCustomerIdHeader = Annotated[
             "The SmartDialog customer to act for. Leave empty to use the app setting "
             "SMARTDIALOG_CUSTOMER_ID."
         ),
-        json_schema_extra=ui("Customer", dynamic_values=CUSTOMER_DROPDOWN),
+        json_schema_extra=ui("Customer", visibility="important", dynamic_values=CUSTOMER_DROPDOWN),
     ),
 ]
 IdempotencyKeyHeader = Annotated[
@@ -103,7 +105,7 @@ SendDateTimeField = Annotated[
     Field(
         None,
         description="When SmartDialog should send it; leave empty to send at once.",
-        json_schema_extra=ui("Send Datetime", visibility="advanced"),
+        json_schema_extra=ui("Send Datetime", visibility="important"),
     ),
 ]
 
@@ -144,7 +146,11 @@ TemplateContentField = Annotated[
 ]
 ProtocolField = Annotated[
     Literal["SMS", "WhatsApp"],
-    Field("SMS", description="SMS, or WhatsApp.", json_schema_extra=ui("Message Protocol")),
+    Field(
+        "SMS",
+        description="SMS, or WhatsApp.",
+        json_schema_extra=ui("Message Protocol", visibility="important"),
+    ),
 ]
 AttachmentUriField = Annotated[
     HttpUrl | None,
@@ -202,7 +208,8 @@ PersonalizationField = Annotated[
 
 class TemplateRecipientIn(StrictBody):
     Address: PhoneNumber = Field(
-        description="The recipient's phone number.", json_schema_extra=ui("Address")
+        description="The recipient's phone number.",
+        json_schema_extra=ui("Address", visibility="important"),
     )
 
 

@@ -99,6 +99,29 @@ CERTIFIED_LABELS = {
     ("NewMessage", "notification.sender"): "Message Sender",
     ("NewMessage", "notification.protocol"): "Message Protocol",
 }
+#: Fields the certified connector shows among the important ones (``x-ms-visibility``); ours are
+#: no less visible, though ours may be optional (they default from the app's settings).
+CERTIFIED_IMPORTANT = {
+    *(
+        (operation_id, f"param.{name}")
+        for operation_id in ("SendMessage", "SendReplyMessage", "SendWhatsappTemplateMessage")
+        for name in ("Customer-Id", "Service-Id")
+    ),
+    ("SendDiscussionReplyMessage", "param.CustomerId"),
+    ("CreateWhatsappTemplate", "param.Customer-Id"),
+    ("CreateGroupContact", "param.Customer-Id"),
+    ("NewMessage", "param.Customer-Id"),
+    ("NewMessage", "param.Service"),
+    *(
+        (operation_id, f"body.{field}")
+        for operation_id in ("SendMessage", "SendReplyMessage")
+        for field in ("Protocol", "SendDateTime", "Recipients[].Address")
+    ),
+    *(
+        ("NewMessage", f"notification.{field}")
+        for field in ("recipient", "timestamp", "protocol", "messageId")
+    ),
+}
 
 
 def operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -377,6 +400,21 @@ def test_fields_have_the_certified_connectors_labels(committed: dict[str, Any]) 
     assert found == CERTIFIED_LABELS
 
 
+def test_fields_the_certified_connector_shows_as_important_are_important(
+    committed: dict[str, Any],
+) -> None:
+    ours = operation_items(committed)
+    visibility = {
+        (op_id, where): fields(*ours[op_id])[where].get("x-ms-visibility")
+        for op_id, where in CERTIFIED_IMPORTANT
+    }
+    assert visibility == dict.fromkeys(CERTIFIED_IMPORTANT, "important")
+    # Still optional where they default from the app's settings.
+    send = fields(*ours["SendMessage"])
+    assert send["param.Customer-Id"]["required"] is False
+    assert send["param.Service-Id"]["required"] is False
+
+
 @pytest.mark.skipif(not REFERENCE.is_file(), reason="the certified definition is not beside us")
 def test_same_named_actions_and_fields_have_the_certified_names(committed: dict[str, Any]) -> None:
     upstream = operation_items(json.loads(REFERENCE.read_text("utf-8")))
@@ -391,4 +429,13 @@ def test_same_named_actions_and_fields_have_the_certified_names(committed: dict[
         for where in sorted(set(theirs) & set(mine)):
             if label(theirs[where]) and label(mine[where]) != label(theirs[where]):
                 wrong.append((op_id, where, label(mine[where]), label(theirs[where])))
+        # Important there, important here: same-named fields, and parameters we renamed that
+        # kept the certified label (the group contacts' Customer, NewMessage's Customer).
+        mine_by_label = {label(p): p for w, p in mine.items() if w.startswith("param.")}
+        for where, node in theirs.items():
+            if node.get("x-ms-visibility") != "important":
+                continue
+            match = mine.get(where) or mine_by_label.get(label(node))
+            if match is None or match.get("x-ms-visibility") != "important":
+                wrong.append((op_id, where, "not important"))
     assert wrong == []
