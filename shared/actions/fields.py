@@ -97,25 +97,33 @@ IDENTITY_DROPDOWN: Mapping[str, Any] = {
 }
 
 
-def service_dropdown(service_type: str, customer_param: str = "Customer-Id") -> dict[str, Any]:
-    """A dropdown of the customer's services of ``service_type`` (OneWay, TwoWay, Group, ...)."""
+def service_dropdown(
+    service_type: str, customer_param: str = "Customer-Id", *, allow_reply: bool | None = None
+) -> dict[str, Any]:
+    """A dropdown of the customer's services of ``service_type`` (OneWay, TwoWay, Group, ...);
+    ``allow_reply`` is passed as ``AllowReplyMessage`` when given (the certified connector's
+    sends pass it: true for SendReplyMessage, false for the others)."""
+    parameters: dict[str, Any] = {
+        "Customer-Id": {"parameter": customer_param},
+        "ServiceType": service_type,
+    }
+    if allow_reply is not None:
+        parameters["AllowReplyMessage"] = allow_reply
     return {
         "operationId": "GetCustomerServices",
         "value-path": "id",
         "value-title": "name",
-        "parameters": {
-            "Customer-Id": {"parameter": customer_param},
-            "ServiceType": service_type,
-        },
+        "parameters": parameters,
     }
 
 
 def template_dropdown(customer_param: str = "Customer-Id") -> dict[str, Any]:
-    """A dropdown of the customer's WhatsApp templates (value: the template name)."""
+    """A dropdown of the customer's WhatsApp templates (value: the template name; shown: its
+    content, as in the certified connector)."""
     return {
         "operationId": "GetCustomerWhatsAppTemplates",
         "value-path": "id",
-        "value-title": "displayName",
+        "value-title": "extensionParameters/rawContent",
         "parameters": {"Customer-Id": {"parameter": customer_param}},
     }
 

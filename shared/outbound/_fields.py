@@ -39,16 +39,35 @@ MAX_RECIPIENTS = 1000
 
 # --- parameters -----------------------------------------------------------------------------------
 
-ServiceIdHeader = Annotated[
+_ServiceIdParam = Annotated[
     UpstreamId,
     Param("header", "Service-Id", SettingDefault("service_id", "SMARTDIALOG_SERVICE_ID")),
+]
+_SERVICE_ID_TEXT = (
+    "The SmartDialog service to send with. Leave empty to use the app setting "
+    "SMARTDIALOG_SERVICE_ID."
+)
+# The Service dropdown asks for services that take replies on SendReplyMessage and for the
+# others elsewhere (AllowReplyMessage true / false), as the certified connector's do.
+ServiceIdHeader = Annotated[
+    _ServiceIdParam,
     Field(
-        description=(
-            "The SmartDialog service to send with. Leave empty to use the app setting "
-            "SMARTDIALOG_SERVICE_ID."
-        ),
+        description=_SERVICE_ID_TEXT,
         json_schema_extra=ui(
-            "Service", visibility="important", dynamic_values=service_dropdown("OneWay")
+            "Service",
+            visibility="important",
+            dynamic_values=service_dropdown("OneWay", allow_reply=False),
+        ),
+    ),
+]
+ReplyServiceIdHeader = Annotated[
+    _ServiceIdParam,
+    Field(
+        description=_SERVICE_ID_TEXT,
+        json_schema_extra=ui(
+            "Service",
+            visibility="important",
+            dynamic_values=service_dropdown("OneWay", allow_reply=True),
         ),
     ),
 ]

@@ -32,6 +32,7 @@ from shared.outbound._fields import (
     IdempotencyKeyHeader,
     MessageBody,
     MessageIdPath,
+    ReplyServiceIdHeader,
     ServiceIdHeader,
     TemplateMessageBody,
 )
@@ -64,6 +65,7 @@ class SendMessageInput(ActionInput):
 
 
 class SendReplyMessageInput(SendMessageInput):
+    service_id: ReplyServiceIdHeader
     parent_message_id: Annotated[
         NonEmptyStr,
         Param("path", "ParentMessageId"),

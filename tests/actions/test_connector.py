@@ -415,6 +415,27 @@ def test_fields_the_certified_connector_shows_as_important_are_important(
     assert send["param.Service-Id"]["required"] is False
 
 
+def test_service_and_template_dropdowns_ask_what_the_certified_ones_ask(
+    committed: dict[str, Any],
+) -> None:
+    ours = operation_items(committed)
+
+    def service(operation_id: str) -> dict[str, Any]:
+        parameters = fields(*ours[operation_id])["param.Service-Id"]["x-ms-dynamic-values"]
+        return dict(parameters["parameters"])
+
+    customer = {"Customer-Id": {"parameter": "Customer-Id"}}
+    one_way = {**customer, "ServiceType": "OneWay"}
+    assert service("SendMessage") == {**one_way, "AllowReplyMessage": False}
+    assert service("SendReplyMessage") == {**one_way, "AllowReplyMessage": True}
+    assert service("SendWhatsappTemplateMessage") == {**one_way, "AllowReplyMessage": False}
+    template = fields(*ours["SendWhatsappTemplateMessage"])["body.TemplateName"]
+    assert template["x-ms-dynamic-values"]["value-path"] == "id"
+    assert template["x-ms-dynamic-values"]["value-title"] == "extensionParameters/rawContent"
+    # The path is in the look-up's answer.
+    assert "200[].extensionParameters.rawContent" in fields(*ours["GetCustomerWhatsAppTemplates"])
+
+
 @pytest.mark.skipif(not REFERENCE.is_file(), reason="the certified definition is not beside us")
 def test_same_named_actions_and_fields_have_the_certified_names(committed: dict[str, Any]) -> None:
     upstream = operation_items(json.loads(REFERENCE.read_text("utf-8")))
@@ -438,4 +459,20 @@ def test_same_named_actions_and_fields_have_the_certified_names(committed: dict[
             match = mine.get(where) or mine_by_label.get(label(node))
             if match is None or match.get("x-ms-visibility") != "important":
                 wrong.append((op_id, where, "not important"))
+        # A same-named dropdown lists the same things, asked for in the same terms.
+        for where in sorted(set(theirs) & set(mine)):
+            their_dropdown = theirs[where].get("x-ms-dynamic-values")
+            if their_dropdown and dropdown(mine[where]) != dropdown(theirs[where]):
+                wrong.append((op_id, where, dropdown(mine[where]), dropdown(theirs[where])))
     assert wrong == []
+
+
+def dropdown(node: dict[str, Any]) -> dict[str, Any]:
+    """A field's dropdown without the references to other parameters (those may be renamed)."""
+    values = dict(node.get("x-ms-dynamic-values", {}))
+    values["parameters"] = {
+        name: value
+        for name, value in values.get("parameters", {}).items()
+        if not isinstance(value, dict)
+    }
+    return values
