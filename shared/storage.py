@@ -421,8 +421,13 @@ def utc(value: Any) -> dt.datetime | None:
 
 
 def plain_datetime(value: dt.datetime | None) -> dt.datetime | None:
-    """``value`` as the Tables SDK wants it (plain UTC; its own datetime subclass round-trips)."""
-    return None if value is None else dt.datetime.fromtimestamp(value.timestamp(), dt.UTC)
+    """``value`` as the Tables SDK wants it (plain UTC; its own datetime subclass round-trips).
+    Not through ``timestamp()``: a float loses microseconds, and 9999-12-31T23:59:59.999999Z
+    rounds up into the year 10000."""
+    if value is None:
+        return None
+    u = value.astimezone(dt.UTC)
+    return dt.datetime(*u.timetuple()[:6], u.microsecond, tzinfo=dt.UTC)
 
 
 def safe_key(value: str) -> str:

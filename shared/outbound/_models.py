@@ -117,15 +117,18 @@ class _Envelope(BaseModel):
         if value is not None and value.tzinfo is None:
             raise ValueError("needs a time zone (e.g. a trailing Z)")
         if value is not None and not _STORABLE[0] <= value <= _STORABLE[1]:
-            raise ValueError("must be between the years 1602 and 9998")
+            raise ValueError(
+                "must be, in UTC, between 1601-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z"
+            )
         return value
 
 
-#: The times Table storage keeps (1601-01-01 to 9999-12-31 UTC), a day inside each end: a
-#: validUntil of 9999-12-31T23:59:59-01:00 is the year 10000 in UTC.
+#: The times Table storage keeps, in UTC: 1601-01-01 to the end of 9999-12-31 (also the last
+#: time Python has). Compared as instants, so 9999-12-31T23:59:59Z is in and
+#: 9999-12-31T23:59:59-01:00 (the year 10000 in UTC, which overflows) is out.
 _STORABLE = (
-    dt.datetime(1602, 1, 1, tzinfo=dt.UTC),
-    dt.datetime(9998, 12, 31, tzinfo=dt.UTC),
+    dt.datetime(1601, 1, 1, tzinfo=dt.UTC),
+    dt.datetime.max.replace(tzinfo=dt.UTC),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -297,7 +298,53 @@ def test_message_past_its_validity_fails_without_an_upstream_call(outbound: Outb
     assert [d["error"]["code"] for d in outbound.dead_letters()] == ["expired"]
 
 
-@pytest.mark.parametrize("valid_until", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z"])
+@pytest.mark.parametrize(
+    "valid_until",
+    [
+        "9999-12-31T23:59:59Z",  # the usual "never expires": the previous release sent it
+        "9999-12-31T23:59:59.999999Z",  # the last instant Table storage (and Python) keeps
+        "9999-12-31T22:59:59.999999-01:00",  # the same instant
+        "9998-12-31T12:00:00Z",
+    ],
+)
+def test_a_validity_up_to_the_end_of_9999_in_utc_is_sent(
+    outbound: Outbound, valid_until: str
+) -> None:
+    """Its record keeps it, its DLR URL lasts until then (plus the reporting window)."""
+    message_id = "m-far-" + hashlib.sha256(valid_until.encode()).hexdigest()[:8]
+    outbound.enqueue(send(message_id, DELIVERED, validUntil=valid_until))
+    outbound.drain()
+
+    assert outbound.dead_letters() == []
+    [call] = outbound.upstream()
+    assert f"/callbacks/dlr/{message_id}?" in call["body"]["DlrUrl"]
+    sent = record(message_id)
+    assert sent.status is MessageStatus.SENT
+    assert sent.valid_until == dt.datetime.fromisoformat(valid_until)
+
+
+@pytest.mark.parametrize("valid_until", ["1601-01-01T00:00:00Z", "1601-01-01T01:00:00+01:00"])
+def test_the_earliest_validity_table_storage_keeps_is_recorded_and_expires(
+    outbound: Outbound, valid_until: str
+) -> None:
+    message_id = "m-early-" + valid_until[-5:].replace(":", "")
+    outbound.enqueue(send(message_id, DELIVERED, validUntil=valid_until))
+    outbound.drain()
+
+    assert [d["error"]["code"] for d in outbound.dead_letters()] == ["expired"]
+    assert record(message_id).valid_until == dt.datetime(1601, 1, 1, tzinfo=dt.UTC)
+    assert outbound.upstream() == []
+
+
+@pytest.mark.parametrize(
+    "valid_until",
+    [
+        "9999-12-31T23:59:59-01:00",  # the year 10000 in UTC
+        "1600-12-31T23:59:59.999999Z",
+        "1601-01-01T00:59:59+01:00",  # 1600 in UTC
+        "0001-01-01T00:00:00Z",
+    ],
+)
 def test_a_validity_table_storage_cannot_keep_is_dead_lettered_naming_it(
     outbound: Outbound, valid_until: str
 ) -> None:
