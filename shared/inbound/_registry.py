@@ -342,20 +342,7 @@ class SubscriptionStore:
         return cls(ensured_table(SUBSCRIPTIONS_TABLE, settings))
 
     def add(self, subscription: Subscription) -> None:
-        self._table.create_entity(
-            {
-                "PartitionKey": safe_key(subscription.service),
-                "RowKey": subscription.subscription_id,
-                "Service": subscription.service,
-                "CallbackUrl": subscription.callback_url,
-                "CustomerId": subscription.customer_id,
-                "CreatedAt": plain_datetime(subscription.created_at),
-                "Nonce": subscription.nonce,
-                "Kind": str(subscription.kind),
-                "States": subscription.states,
-                "Connection": subscription.connection,
-            }
-        )
+        self._table.create_entity(_row(subscription))
 
     def get(self, service: str, subscription_id: str) -> Subscription | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -403,24 +390,17 @@ class SubscriptionStore:
         return True
 
     def replace(self, earlier: Subscription, successor: str) -> None:
-        """Leave of ``earlier`` only the id of the subscription that replaced it (the same
-        trigger subscribed again): no longer a subscriber, but a delivery made for it by an
-        instance whose index has not seen the change yet goes to ``successor``."""
+        """Mark ``earlier`` replaced by ``successor`` (the same trigger subscribed again): no
+        longer a subscriber here, and a delivery made for it by an instance whose index has not
+        seen the change yet goes to ``successor``. The row keeps the rest, so that an instance
+        of the previous release (def6ed5, which knows no ``ReplacedBy``) running alongside
+        during a deploy still delivers what is made for it: maybe twice, never lost."""
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         with contextlib.suppress(ResourceNotFoundError):  # its DELETE came first: gone already
             self._table.update_entity(
-                {
-                    "PartitionKey": safe_key(earlier.service),
-                    "RowKey": earlier.subscription_id,
-                    "Service": earlier.service,
-                    "Kind": str(earlier.kind),
-                    "States": earlier.states,
-                    "Connection": earlier.connection,
-                    REPLACED_BY: successor,
-                },
-                mode=UpdateMode.REPLACE,
+                {**_row(earlier), REPLACED_BY: successor}, mode=UpdateMode.REPLACE
             )
 
     def live(self, service: str, subscription_id: str) -> Subscription | None:
@@ -452,10 +432,31 @@ class SubscriptionStore:
 _KINDS = frozenset(TriggerKind)
 
 
-def _is_subscription(entity: Mapping[str, object]) -> bool:
-    """Whether a row of the table is a subscription of a kind this release knows (the table
-    also holds the subscriber index's ``~asks-questions`` rows: :mod:`shared.triggers`)."""
+def _is_row_of_one(entity: Mapping[str, object]) -> bool:
+    """Whether a row of the table is (or was, until replaced) a subscription of a kind this
+    release knows (the table also holds the subscriber index's ``~asks-questions`` rows:
+    :mod:`shared.triggers`). The previous release takes every such row for a subscriber."""
     return "CallbackUrl" in entity and str(entity.get("Kind") or TriggerKind.NEW_MESSAGE) in _KINDS
+
+
+def _is_subscription(entity: Mapping[str, object]) -> bool:
+    """Whether a row of the table is a live subscription: one not replaced by another."""
+    return _is_row_of_one(entity) and not entity.get(REPLACED_BY)
+
+
+def _row(subscription: Subscription) -> dict[str, object]:
+    return {
+        "PartitionKey": safe_key(subscription.service),
+        "RowKey": subscription.subscription_id,
+        "Service": subscription.service,
+        "CallbackUrl": subscription.callback_url,
+        "CustomerId": subscription.customer_id,
+        "CreatedAt": plain_datetime(subscription.created_at),
+        "Nonce": subscription.nonce,
+        "Kind": str(subscription.kind),
+        "States": subscription.states,
+        "Connection": subscription.connection,
+    }
 
 
 def _subscription(entity: dict[str, object]) -> Subscription:

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpcore
 import httpx
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 
 from shared import names
 from shared.clock import utcnow
@@ -29,7 +30,8 @@ from shared.inbound import (
 )
 from shared.inbound._dispatch import MAX_RETRY_DELAY_SECONDS
 from shared.settings import get_settings
-from shared.storage import queue_client
+from shared.storage import queue_client, safe_key, table_client, utc
+from shared.triggers import TriggerNotifier
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, HttpAnswer, Inbound
 
@@ -140,7 +142,8 @@ def test_subscribing_the_same_callback_again_replaces_the_subscription_not_doubl
 
     def callbacks() -> list[str]:
         rows = served.rows(names.SUBSCRIPTIONS_TABLE)  # also the index's ~asks-questions row
-        return sorted(r["CallbackUrl"].rsplit("/", 1)[1] for r in rows if "CallbackUrl" in r)
+        live = [r for r in rows if "CallbackUrl" in r and not r.get("ReplacedBy")]
+        return sorted(r["CallbackUrl"].rsplit("/", 1)[1] for r in live)
 
     assert callbacks() == ["flow", "other-flow"]
 
@@ -163,6 +166,80 @@ def test_subscribing_the_same_callback_again_replaces_the_subscription_not_doubl
     assert unsubscribe(served, second) == 200
     assert callbacks() == ["other-flow"]
     assert len(served.rows(names.SUBSCRIPTIONS_TABLE)) == 2  # the index row, and other-flow
+
+
+class PreviousReleaseSubscriptions(SubscriptionStore):
+    """The subscriptions as the previous release (def6ed5) reads a delivery's: its dispatcher
+    calls ``get``, which knows no ``ReplacedBy`` and takes every row with a ``CallbackUrl`` of a
+    kind it knows for a subscription (and its index lists every such row)."""
+
+    def live(self, service: str, subscription_id: str) -> Subscription | None:
+        try:
+            entity = table_client(names.SUBSCRIPTIONS_TABLE).get_entity(
+                safe_key(service), safe_key(subscription_id)
+            )
+        except ResourceNotFoundError:
+            return None
+        if "CallbackUrl" not in entity or str(entity.get("Kind") or "new-message") not in {
+            "new-message",
+            "delivery-report",
+            "opt-out",
+            "send-failed",
+        }:
+            return None
+        created = utc(entity.get("CreatedAt"))
+        assert created is not None  # as def6ed5 asserts it
+        return Subscription(
+            service=str(entity["Service"]),
+            subscription_id=str(entity["RowKey"]),
+            callback_url=str(entity["CallbackUrl"]),
+            customer_id=str(entity.get("CustomerId", "")),
+            created_at=created,
+            nonce=str(entity["Nonce"]) if entity.get("Nonce") else None,
+        )
+
+
+def test_the_previous_release_still_delivers_what_is_made_for_a_replaced_subscription(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    """During a deploy an instance of the previous release runs alongside: its index lists the
+    replaced row, and a delivery made for it (or a retry in its backoff) may be taken by it.
+    The replaced row kept only ReplacedBy, so it read no subscription and dropped the delivery:
+    the flow lost the event. Delivered twice at worst is better."""
+    first = subscribe(served, f"{callback_receiver.url}/flow")
+    second = subscribe(served, f"{callback_receiver.url}/flow")
+    first_id, second_id = (urlsplit(url).path.rsplit("/", 1)[1] for url in (first, second))
+
+    store = SubscriptionStore.from_settings()  # this release: no longer a subscriber
+    assert store.get(TWO_WAY, first_id) is None
+    assert [s.subscription_id for s in store.list(TWO_WAY)] == [second_id]
+    assert [s.subscription_id for s in store.every()] == [second_id]
+    index = TriggerNotifier.for_settings(get_settings())._query(TWO_WAY)
+    assert [e.subscription_id for e in index.entries] == [second_id]
+    followed = store.live(TWO_WAY, first_id)
+    assert followed is not None
+    assert followed.subscription_id == second_id
+
+    simulate_inbound(served, "Once")
+    assert served.process_intake() == 1
+    queue = queue_client(names.INBOUND_DELIVERIES_QUEUE)
+    [message] = queue.receive_messages(messages_per_page=32, visibility_timeout=1)
+    stale = {**json.loads(message.content), "subscriptionId": first_id}
+    queue.delete_message(message)
+    built = SubscriberDispatcher.from_settings()
+    previous = SubscriberDispatcher(
+        subscriptions=PreviousReleaseSubscriptions(table_client(names.SUBSCRIPTIONS_TABLE)),
+        deliveries=queue,
+        dead_letters=queue_client(names.INBOUND_DEAD_LETTER_QUEUE),
+        http=built._http,
+        max_attempts=built.max_attempts,
+        retry_base_seconds=built.retry_base_seconds,
+        payloads=built._payloads,
+    )
+    assert previous.process(json.dumps(stale)).outcome is DispatchOutcome.DELIVERED
+    [call] = callback_receiver.wait_for(1)
+    assert call.path == "/flow"
+    assert json.loads(call.body)["content"] == "Once"
 
 
 def test_a_replaced_subscription_whose_delete_came_first_is_simply_gone(
