@@ -344,14 +344,19 @@ class SubscriptionStore:
     def add(self, subscription: Subscription) -> None:
         self._table.create_entity(_row(subscription))
 
-    def get(self, service: str, subscription_id: str) -> Subscription | None:
+    def get(
+        self, service: str, subscription_id: str, *, replaced: bool = False
+    ) -> Subscription | None:
+        """The subscription; ``replaced``: also one replaced by another (what its DELETE ends)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
             entity = self._table.get_entity(safe_key(service), safe_key(subscription_id))
         except ResourceNotFoundError:
             return None
-        return _subscription(entity) if _is_subscription(entity) else None
+        if _is_subscription(entity) or (replaced and _is_row_of_one(entity)):
+            return _subscription(entity)
+        return None
 
     def list(
         self, service: str, kind: TriggerKind = TriggerKind.NEW_MESSAGE
@@ -375,8 +380,9 @@ class SubscriptionStore:
         subscriptions = (_subscription(e) for e in entities if _is_subscription(e))
         return [s for _, s in zip(range(limit), subscriptions, strict=False)]
 
-    def remove(self, service: str, subscription_id: str) -> bool:
-        """Delete a subscription (or what is left of a replaced one); True if it existed."""
+    def remove(self, service: str, subscription_id: str, kind: TriggerKind | None = None) -> bool:
+        """Delete a subscription (or what is left of a replaced one), only of trigger ``kind``
+        when given; True if it existed."""
         from azure.core.exceptions import ResourceNotFoundError
 
         keys = safe_key(service), safe_key(subscription_id)
@@ -386,6 +392,8 @@ class SubscriptionStore:
             return False
         if not _is_subscription(entity) and not entity.get(REPLACED_BY):
             return False  # another row of the table (the subscriber index's)
+        if kind is not None and (entity.get("Kind") or TriggerKind.NEW_MESSAGE) != kind:
+            return False  # another trigger's subscription: not this route's to end
         self._table.delete_entity(*keys)
         return True
 

@@ -407,8 +407,9 @@ def open_subscription(
 def subscription_to_end(
     ctx: ActionContext, service: str, subscription_id: str, token: str | None
 ) -> tuple[SubscriptionStore, Subscription | None]:
-    """The store and the subscription a trigger's DELETE ends (None: already gone); 401
-    without a valid token, 403 for a token made for another subscription of the same id."""
+    """The store and the subscription a trigger's DELETE ends, or what is left of it once
+    replaced (None: already gone); 401 without a valid token, 403 for a token made for another
+    subscription of the same id."""
     verified = verify_subscription_token(ctx.settings, service, subscription_id, token)
     if verified is None:
         raise Problem(
@@ -418,7 +419,7 @@ def subscription_to_end(
             type=ProblemType.VALIDATION,
         )
     store = _subscriptions(ctx.settings)
-    subscription = store.get(service, subscription_id)
+    subscription = store.get(service, subscription_id, replaced=True)
     if subscription is not None and not subscription.opened_by(verified):
         raise Problem(
             403,

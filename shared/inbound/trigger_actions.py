@@ -210,11 +210,10 @@ def subscribe_failures(ctx: ActionContext, inp: SendSubscribeInput) -> ActionRes
 
 
 def _unsubscribe(kind: TriggerKind, ctx: ActionContext, inp: TriggerUnsubscribeInput) -> Any:
-    store, subscription = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
-    # Unsubscribing twice is fine (Power Automate may repeat it); another trigger's subscription
-    # is not this route's to end.
-    if subscription is not None and subscription.kind is kind:
-        store.remove(inp.service, inp.subscription_id)
+    store, _ = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
+    # Unsubscribing twice is fine (Power Automate may repeat it); what is left of a replaced one
+    # goes too; another trigger's subscription is not this route's to end.
+    if store.remove(inp.service, inp.subscription_id, kind):
         TriggerNotifier.for_settings(ctx.settings).forget(inp.service)
     doc = TriggerSubscriptionDoc(id=inp.subscription_id, service=inp.service, kind=kind)
     return ActionResponse.json(doc.model_dump())

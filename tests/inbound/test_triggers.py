@@ -12,10 +12,14 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import pytest
 from azure.data.tables import TableClient
 
 from shared import names
 from shared.clock import ManualClock, use, utcnow
+from shared.inbound import subscription_url
+from shared.settings import get_settings
+from shared.signing import new_nonce
 from shared.storage import queue_client, table_client
 from shared.suppressions import SuppressionStore
 from shared.triggers import (
@@ -268,6 +272,34 @@ def test_an_unsubscribed_opt_out_flow_gets_nothing_more(
     assert served.process_intake() == 1
     assert served.count(names.TRIGGER_EVENTS_QUEUE) == 0
     assert callback_receiver.calls == []
+
+
+@pytest.mark.parametrize("kind", list(TRIGGERS))
+def test_the_delete_of_a_replaced_subscriptions_location_removes_what_is_left_of_it(
+    inbound: Inbound, callback_receiver: CallbackReceiver, kind: TriggerKind
+) -> None:
+    """Subscribed again to the same URL, the first subscription's row stays, marked replaced;
+    its Location's DELETE found no subscription of the kind and left the row for ever (and
+    instances of the previous release kept indexing it)."""
+    flow = f"{callback_receiver.url}/flow"
+    first = subscribe(inbound, kind, flow, TWO_WAY).headers["Location"]
+    second = subscribe(inbound, kind, flow, TWO_WAY).headers["Location"]
+    first_id = urlsplit(first).path.rsplit("/", 1)[1]
+
+    def ids() -> list[str]:
+        return sorted(r["RowKey"] for r in inbound.rows(names.SUBSCRIPTIONS_TABLE))
+
+    assert len(ids()) == 2
+    others = [k for k in TRIGGERS if k is not kind]
+    assert unsubscribe(inbound, others[0], first) == 200  # not another trigger's to end
+    assert first_id in ids()
+    # A token signed for this id but another subscription of it (its nonce): refused.
+    forged = subscription_url(get_settings(), TWO_WAY, first_id, new_nonce(), kind)
+    assert unsubscribe(inbound, kind, forged) == 403
+    assert first_id in ids()
+    assert unsubscribe(inbound, kind, first) == 200
+    assert ids() == [urlsplit(second).path.rsplit("/", 1)[1]]
+    assert unsubscribe(inbound, kind, first) == 200  # repeating is harmless
 
 
 # --- When a send fails ---------------------------------------------------------------------------
