@@ -17,9 +17,11 @@ from devhost import DevHost, load_app
 from shared.settings import reset_settings_cache
 
 REPO = Path(__file__).resolve().parents[2]
-#: What health needs: a callback secret of 32 bytes and a public URL (local development).
+#: What health needs: credentials, a callback secret of 32 bytes and a public URL (local
+#: development).
 CONFIGURED = {
     "SMARTDIALOG_CALLBACK_SECRETS": "devhost-test-callback-secret-0123456789",
+    "SMARTDIALOG_ACCESS_TOKEN": "devhost-test-token",
     "AZURE_FUNCTIONS_ENVIRONMENT": "Development",
 }
 
@@ -53,6 +55,7 @@ def test_product_host_json_is_read_not_hard_coded() -> None:
 def _start_cli(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "DEVHOST_PORT"}
     env["SMARTDIALOG_CALLBACK_SECRETS"] = CONFIGURED["SMARTDIALOG_CALLBACK_SECRETS"]
+    env["SMARTDIALOG_ACCESS_TOKEN"] = CONFIGURED["SMARTDIALOG_ACCESS_TOKEN"]
     # The dev host says it is local development itself, as Core Tools does (health needs it).
     for name in ("AZURE_FUNCTIONS_ENVIRONMENT", "SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
         env.pop(name, None)
