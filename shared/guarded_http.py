@@ -14,7 +14,7 @@ our network, hold a worker, or fill our memory. :class:`GuardedClient` makes eac
   step, so a second DNS answer cannot change it); TLS still verifies the certificate against
   the name. ``SMARTDIALOG_CALLBACK_ALLOWED_HOSTS`` (host names, ``*.suffix`` and CIDR ranges)
   lists internal targets that are allowed, e.g. subscribers inside a virtual network.
-- **No redirects**, no proxy from the environment, no connection reuse between calls.
+- **No redirects**, no environment proxy, no connection reuse, no header but printable ASCII.
 - **One deadline per call** (``SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS``) for name resolution,
   connect, TLS, request and answer together: every step gets only the time that is left, so a
   server trickling one byte at a time is cut at the deadline.
@@ -28,7 +28,7 @@ actions use it to answer 400 at accept time. Names are judged when called.
 Errors::
 
     CallbackError            (base; .host)
-     +-- CallbackRefused     the guard refused the URL or its address: permanent
+     +-- CallbackRefused     the guard refused the URL, its address or a header: permanent
      +-- CallbackFailed      no answer (name not found, connect, timeout, protocol): may pass later
 """
 
@@ -84,6 +84,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
 
 _LOCALHOST = "localhost"
+# What a header name or value may hold: printable ASCII and tab (no CR, LF or other control).
+_HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")
 # The notations inet_aton (and so getaddrinfo) reads as IPv4: 1 to 4 parts, each decimal,
 # octal (leading 0) or hex (0x): 2130706433, 0x7f000001, 0177.0.0.1, 127.1.
 _LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}\.?$", re.I)
@@ -127,7 +129,8 @@ class CallbackError(Exception):
 
 
 class CallbackRefused(CallbackError):
-    """The guard refused the URL or the address its name resolved to; no connection was made."""
+    """The guard refused the URL, the address its name resolved to, or a header no HTTP request
+    can carry as it is (a line break, another control character, non-ASCII); nothing was sent."""
 
 
 class CallbackFailed(CallbackError):
@@ -522,6 +525,9 @@ class GuardedClient:
         the answer, whatever its status (redirects are answers, not followed)."""
         deadline = time.monotonic() + self.deadline_seconds
         target = self.policy.check_url(url)
+        for name, value in (headers or {}).items():
+            if not (_HEADER_TEXT.fullmatch(name) and _HEADER_TEXT.fullmatch(value)):
+                raise CallbackRefused(target.host, f"header {name!r} is not printable ASCII")
         request = httpx.Request(method, target, headers=headers, content=content or None)
         raw_headers = list(request.headers.raw)
         if target.userinfo:

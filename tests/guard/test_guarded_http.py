@@ -150,6 +150,19 @@ def test_a_real_call_sends_the_name_as_host_while_connecting_to_the_checked_addr
     assert f"Host: receiver.localhost:{server.port}".encode() in request
 
 
+@pytest.mark.parametrize(
+    "value", ["m-1\nX-Injected: yes", "m-1\r\n", "nul\x00", "m\u00e9t\u00e9", "\U0001f600"]
+)
+def test_a_header_no_http_request_can_carry_is_refused_and_nothing_connects(value: str) -> None:
+    resolver = FakeResolver({"hooks.example.com": [PUBLIC]})
+    backend = RecordingBackend()
+    with pytest.raises(CallbackRefused, match="header 'ce-subject' is not printable ASCII"):
+        client(resolver=resolver, backend=backend).post(
+            "https://hooks.example.com/x", json={}, headers={"ce-subject": value}
+        )
+    assert backend.connects == []
+
+
 def test_a_name_that_does_not_resolve_fails_and_may_pass_later() -> None:
     with pytest.raises(CallbackFailed) as failed:
         client().get("https://nowhere.example.com/")
