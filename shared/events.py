@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from typing import Any, Generic, Literal, TypeVar, cast
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +27,7 @@ __all__ = [
     "MESSAGE_REDRIVEN",
     "MESSAGE_SENT",
     "CloudEvent",
+    "binary_mode_headers",
     "events_in_parts",
     "make_event",
     "parse_event",
@@ -45,6 +48,12 @@ MESSAGE_CANCELLED = "fi.arena.smartdialog.message.cancelled"
 MESSAGE_REDRIVEN = "fi.arena.smartdialog.message.redriven"
 
 DataT = TypeVar("DataT", bound=BaseModel)
+
+#: The attributes a binary-mode delivery carries as ``ce-`` headers.
+_BINARY_MODE_ATTRIBUTES = ("specversion", "id", "source", "type", "time", "subject")
+# What a binary-mode header value keeps as it is (CloudEvents HTTP binding 3.1.3.2): printable
+# ASCII but space, '"' and '%'. Everything else is percent-encoded, as UTF-8.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
 
 
 class CloudEvent(BaseModel, Generic[DataT]):
@@ -144,6 +153,19 @@ def publish(event: CloudEvent[Any], queue: str | None = None) -> None:
     from shared.storage import queue_client
 
     queue_client(queue or EVENTS_QUEUE).send_message(event.to_json())
+
+
+def binary_mode_headers(event: Mapping[str, Any]) -> dict[str, str]:
+    """The HTTP headers of ``event`` (a CloudEvent as JSON) in CloudEvents' binary mode: its
+    attributes as ``ce-`` headers, each value percent-encoded as the HTTP binding requires, so
+    any id or subject (non-ASCII, a line break) can be carried and reads back as it was (the
+    ``cloudevents`` SDK's ``from_binary`` decodes it); the body is its ``data`` as JSON."""
+    headers = {"Content-Type": "application/json"}
+    for attribute in _BINARY_MODE_ATTRIBUTES:
+        value = event.get(attribute)
+        if value is not None:
+            headers[f"ce-{attribute}"] = quote(str(value), safe=_HEADER_SAFE)
+    return headers
 
 
 def parse_event(text: str | bytes) -> dict[str, Any]:

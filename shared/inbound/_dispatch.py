@@ -8,7 +8,8 @@ The webhook fans each inbound event out to ``smartdialog-inbound-deliveries``, o
 subscriber, so a subscriber that fails never delays the others, and Logic Apps reading
 ``smartdialog-inbound`` keep their own copy. Each delivery POSTs the event's ``data`` (the New
 Message fields, as the certified connector's trigger gives them) in CloudEvents' HTTP binary
-mode: ``ce-id``, ``ce-type``, ``ce-source``, ``ce-time``, ``ce-subject`` headers.
+mode: ``ce-id``, ``ce-type``, ``ce-source``, ``ce-time``, ``ce-subject`` headers, percent-encoded
+as the binding requires (:func:`shared.events.binary_mode_headers`).
 
 A subscriber always gets the whole message in one POST, so its flow runs once per message: an
 event too large for a queue message (``smartdialog-inbound`` carries it in parts) comes by
@@ -56,6 +57,7 @@ from pydantic import ValidationError
 from shared import telemetry
 from shared.clock import utcnow
 from shared.deadletters import original_aside, write_dead_letter
+from shared.events import binary_mode_headers
 from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import SubscriptionStore
@@ -353,7 +355,7 @@ class SubscriberDispatcher:
                 lambda: self._http.post(
                     subscription.callback_url,
                     json=event.get("data", {}),
-                    headers=telemetry.inject_traceparent(_binary_mode_headers(event)),
+                    headers=telemetry.inject_traceparent(binary_mode_headers(event)),
                 ),
                 host,
                 now=lambda: self._clock().timestamp(),
@@ -434,15 +436,6 @@ class SubscriberDispatcher:
         )
         log.warning("delivery dead-lettered (%s): %s", reason, detail)
         return DispatchResult(DispatchOutcome.DEAD_LETTERED, status, detail=detail)
-
-
-def _binary_mode_headers(event: dict[str, Any]) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    for attribute in ("specversion", "id", "source", "type", "time", "subject"):
-        value = event.get(attribute)
-        if value is not None:
-            headers[f"ce-{attribute}"] = str(value)
-    return headers
 
 
 @lru_cache(maxsize=4)

@@ -32,7 +32,7 @@ from shared.inbound._dispatch import MAX_RETRY_DELAY_SECONDS
 from shared.settings import get_settings
 from shared.storage import queue_client, safe_key, table_client, utc
 from shared.triggers import TriggerNotifier
-from tests.fixtures.sandbox import CallbackReceiver
+from tests.fixtures.sandbox import CallbackReceiver, ReceivedCall
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, HttpAnswer, Inbound
 
 SENDER = "+358401234567"
@@ -301,6 +301,37 @@ def test_a_subscriber_answering_404_is_dead_lettered_at_once(
     assert served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
     [letter] = served.read(names.INBOUND_DEAD_LETTER_QUEUE)
     assert (letter["reason"], letter["lastStatus"]) == ("rejected", 404)
+
+
+def cloud_event(call: ReceivedCall) -> Any:
+    """The CloudEvent a binary-mode POST carries, as the ``cloudevents`` SDK reads it."""
+    from cloudevents.core.bindings.http import HTTPMessage, from_binary
+    from cloudevents.core.formats.json import JSONFormat
+
+    return from_binary(HTTPMessage(dict(call.headers), call.body), JSONFormat())
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    ["msg-\u00e9t\u00e9-1", "m-1\nX-Injected: yes", 'a "quoted" 100% id', "\U0001f600"],
+    ids=["non-ascii", "line-break", "space-quote-percent", "emoji"],
+)
+def test_any_message_id_reaches_the_flow_percent_encoded_in_its_cloudevents_headers(
+    inbound: Inbound, callback_receiver: CallbackReceiver, message_id: str
+) -> None:
+    from tests.inbound.test_webhook import payload, post, token_for
+
+    subscribe(inbound, f"{callback_receiver.url}/flow")
+    assert post(inbound, payload(messageId=message_id), token=token_for()).status == 202
+    assert inbound.process_intake() == 1
+    assert inbound.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+    [call] = callback_receiver.wait_for(1)
+    assert inbound.count(names.INBOUND_DEAD_LETTER_QUEUE) == 0
+    ce = [v for k, v in call.headers.items() if k.lower().startswith("ce-")]
+    assert all(v.isascii() and v.isprintable() and " " not in v for v in ce)
+    event = cloud_event(call)
+    assert (event.get_id(), event.get_subject()) == (f"{TWO_WAY}:{message_id}", message_id)
+    assert event.get_data()["messageId"] == message_id  # the body carries it as it is
 
 
 @dataclass

@@ -239,6 +239,26 @@ def test_stop_and_start_by_sms_reach_the_opt_out_flow_and_not_the_new_message_fl
     ]
 
 
+def test_a_stop_whose_message_id_is_not_ascii_reaches_the_opt_out_flow(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    from tests.inbound.test_subscriptions import cloud_event
+    from tests.inbound.test_webhook import payload, post, token_for
+
+    message_id = "stop-\u00e9\n1"  # the opt-out event's subject is the inbound messageId
+    assert subscribe(inbound, TriggerKind.OPT_OUT, callback_receiver.url, TWO_WAY).status == 201
+    body = payload(content="STOP", messageId=message_id)
+    assert post(inbound, body, token=token_for()).status == 202
+    assert inbound.process_intake() == 1
+    assert deliver(inbound) == 1
+    [call] = callback_receiver.wait_for(1)
+    assert inbound.count(names.INBOUND_DEAD_LETTER_QUEUE) == 0
+    event = cloud_event(call)
+    assert event.get_subject() == message_id
+    assert event.get_id() == f"{TWO_WAY}:{message_id}:stop"
+    assert event.get_data()["messageId"] == message_id
+
+
 def test_a_failing_opt_out_subscriber_is_dead_lettered_without_holding_up_the_other(
     served: Inbound, callback_receiver: CallbackReceiver
 ) -> None:
