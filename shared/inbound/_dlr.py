@@ -5,7 +5,10 @@ SmartDialog calls a send's ``DlrUrl`` with HTTP GET, keeping our query string an
 own parameters, whose names and vocabulary it does not publish. So :func:`parse_report` reads
 the sandbox's names (``messageId``, ``recipientId``, ``recipient``, ``status``, ``statusCode``,
 ``timestamp``) and common aliases (``to``/``msisdn``, ``stat``/``state``, Kannel's numeric
-``dlr`` codes, ...) case-insensitively, and every report keeps its raw query.
+``dlr`` codes, ...) case-insensitively, and every report keeps its raw query. A status word
+decides the state; only a report without one is read by its event number (``statusCode``,
+``dlr``); an error code (``code``, ``errorCode``, ``err``) never decides, and a word we do not
+know moves nothing.
 
 State machine of one recipient (the slot entities of ``SmartDialogMessages``, ranks of
 :class:`shared.messages.RecipientStatus`; :meth:`MessageStore.advance_slot` writes them)::
@@ -68,14 +71,18 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "recipient_id": ("recipientid", "recipient_id", "rid"),
     "recipient": ("recipient", "to", "msisdn", "phone", "address", "destination", "receiver"),
     "status": ("status", "stat", "state", "dlrstatus", "deliverystatus"),
+    # The status code reported (and kept); only the first three carry Kannel's event numbers.
     "status_code": ("statuscode", "status_code", "dlr", "code", "errorcode", "err"),
+    "event_code": ("statuscode", "status_code", "dlr"),
     "timestamp": ("timestamp", "time", "donedate", "done_date", "deliveredat", "date"),
 }
-_DELIVERED = frozenset({"delivered", "delivrd", "delivery_ok", "success", "succeeded", "read"})
+# Status words, compared without case, spaces or punctuation ("Not Delivered" = "NOT_DELIVERED").
+_DELIVERED = frozenset({"delivered", "delivrd", "deliveryok", "success", "succeeded", "read"})
 _UNDELIVERED = frozenset(
     {
-        "failed", "failure", "undelivered", "undeliv", "undeliverable", "not_delivered",
-        "rejected", "rejectd", "expired", "deleted", "error", "dropped", "blocked",
+        "failed", "failure", "undelivered", "undeliv", "undeliverable", "notdelivered",
+        "nondelivered", "deliveryfailed", "rejected", "rejectd", "expired", "deleted", "error",
+        "dropped", "blocked",
     }
 )  # fmt: skip
 _SENT = frozenset(
@@ -107,17 +114,20 @@ class DeliveryReport:
     reported_at: dt.datetime | None = None
 
 
-def _state(text: str | None, code: str | None) -> RecipientStatus | None:
-    word = (text or "").strip().lower().replace(" ", "_").replace("-", "_")
+def _state(text: str | None, event_code: str | None) -> RecipientStatus | None:
+    """The state a status word says; without one, the state a Kannel event number says. A word
+    we do not know is no state (kept raw, nothing moves), whatever number comes with it: an
+    error code of 1 is no "delivered"."""
+    if text is None:
+        return _CODES.get((event_code or "").strip())
+    word = "".join(c for c in text.lower() if c.isalnum())
     if word in _DELIVERED:
         return RecipientStatus.DELIVERED
     if word in _UNDELIVERED:
         return RecipientStatus.UNDELIVERED
     if word in _SENT:
         return RecipientStatus.SENT
-    if word in _CODES:  # a numeric status
-        return _CODES[word]
-    return _CODES.get((code or "").strip())
+    return _CODES.get(word)  # a numeric status, else unknown
 
 
 def _timestamp(text: str | None) -> dt.datetime | None:
@@ -144,7 +154,7 @@ def parse_report(query: Mapping[str, str]) -> DeliveryReport:
 
     status_text, status_code = pick("status"), pick("status_code")
     return DeliveryReport(
-        state=_state(status_text, status_code),
+        state=_state(status_text, pick("event_code")),
         raw=raw,
         upstream_message_id=pick("upstream_message_id"),
         recipient_id=pick("recipient_id"),

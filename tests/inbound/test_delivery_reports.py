@@ -141,6 +141,21 @@ def test_reports_are_deduplicated_per_recipient_and_status_not_per_message(
     assert len(delivery_events(inbound)) == 3
 
 
+def test_an_unknown_status_with_an_error_code_of_1_is_never_read_as_delivered(
+    inbound: Inbound,
+) -> None:
+    message_id = send(inbound, DELIVERED)
+    unknown = report(inbound, message_id, recipient=DELIVERED, status="unknown", err="1")
+    assert unknown.body["status"] == "recorded"
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["sent"]
+    assert delivery_events(inbound) == []
+    failed = report(inbound, message_id, recipient=DELIVERED, status="NotDelivered", errorCode="1")
+    assert failed.body == {"status": "recorded", "recipientStatus": "undelivered"}
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["undelivered"]
+    [event] = delivery_events(inbound)
+    assert (event["data"]["status"], event["data"]["statusCode"]) == ("undelivered", "1")
+
+
 def test_a_report_for_an_unknown_recipient_is_kept_but_changes_nothing(inbound: Inbound) -> None:
     message_id = send(inbound, DELIVERED, OTHER)
     answer = report(inbound, message_id, recipient="+358409999999", status="delivered")
@@ -180,6 +195,16 @@ def test_forged_delivery_report_gets_401_and_leaves_no_trace(
         ({"dlr": "16"}, RecipientStatus.UNDELIVERED),
         ({"dlr": "8"}, RecipientStatus.SENT),
         ({"status": "1"}, RecipientStatus.DELIVERED),
+        ({"statusCode": "2"}, RecipientStatus.UNDELIVERED),
+        ({"status": "delivered", "statusCode": "1"}, RecipientStatus.DELIVERED),
+        ({"status": "NotDelivered", "errorCode": "1"}, RecipientStatus.UNDELIVERED),
+        ({"status": "not delivered", "dlr": "1"}, RecipientStatus.UNDELIVERED),
+        ({"status": "Delivery-OK"}, RecipientStatus.DELIVERED),
+        ({"status": "unknown", "err": "1"}, None),
+        ({"status": "weird", "statusCode": "1"}, None),  # a word we do not know moves nothing
+        ({"status": "3", "dlr": "1"}, None),
+        ({"errorCode": "1"}, None),  # an error code is no event number
+        ({"code": "1"}, None),
         ({"status": "weird"}, None),
         ({}, None),
     ],
