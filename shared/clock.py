@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock", "current", "use", "utcnow"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "as_utc", "current", "use", "utcnow"]
 
 
 class Clock(Protocol):
@@ -102,3 +102,10 @@ def use(clock: Clock) -> Iterator[Clock]:
 def utcnow(clock: Clock | None = None) -> dt.datetime:
     """The time of ``clock`` (default: :func:`current`) as an aware UTC datetime."""
     return dt.datetime.fromtimestamp((clock or _installed).now(), dt.UTC)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A time we were given, in UTC: one without a zone is UTC (SmartDialog's times, in
+    delivery reports and inbound messages, are), one with a zone is converted. Serialized, it
+    ends in ``Z`` (RFC 3339)."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)

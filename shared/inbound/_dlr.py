@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shared import telemetry
-from shared.clock import utcnow
+from shared.clock import as_utc, utcnow
 from shared.inbound._dlr_forward import DlrForward, own_dlr_url
 from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData
 from shared.inbound._triggers import notify_delivery_report
@@ -134,10 +134,9 @@ def _timestamp(text: str | None) -> dt.datetime | None:
     if not text:
         return None
     try:
-        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return as_utc(dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
+    except (ValueError, OverflowError):  # no time, or none UTC can hold (year 1 at +01:00)
         return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def parse_report(query: Mapping[str, str]) -> DeliveryReport:

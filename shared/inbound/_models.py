@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.clock import as_utc
 from shared.deadletters import KeptOriginal
 from shared.messages import RecipientStatus
 from shared.names import DEFAULT_CONNECTION
@@ -57,6 +58,15 @@ class NewMessagePayload(BaseModel):
     protocol: str | None = Field(None, max_length=32)
     attachments: list[InboundAttachmentData] = Field(default_factory=list, max_length=50)
     messageId: str | None = Field(None, min_length=1, max_length=256)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_in_utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        """In UTC, so the event's ``time`` is RFC 3339 (one without a zone is UTC)."""
+        try:
+            return None if value is None else as_utc(value)
+        except OverflowError:
+            raise ValueError("not a time UTC can hold") from None
 
     @field_validator("content", mode="before")
     @classmethod

@@ -206,6 +206,23 @@ def test_message_without_message_id_is_deduplicated_on_its_payload(inbound: Inbo
 
 
 @pytest.mark.parametrize(
+    ("given", "utc"),
+    [
+        ("2024-01-15T10:30:00", "2024-01-15T10:30:00Z"),  # no zone: UTC, as in delivery reports
+        ("2024-01-15T12:30:00+02:00", "2024-01-15T10:30:00Z"),
+        ("2024-01-15T10:30:00.250Z", "2024-01-15T10:30:00.250000Z"),
+    ],
+)
+def test_the_event_time_is_the_messages_timestamp_in_utc_rfc_3339(
+    inbound: Inbound, given: str, utc: str
+) -> None:
+    assert post(inbound, payload(timestamp=given), token=token_for()).status == 202
+    inbound.process_intake()
+    [event] = inbound.read(names.INBOUND_QUEUE)
+    assert event["time"] == event["data"]["timestamp"] == utc
+
+
+@pytest.mark.parametrize(
     "token",
     [
         None,
