@@ -6,7 +6,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from shared.clock import as_utc
 from shared.deadletters import KeptOriginal
@@ -45,8 +53,11 @@ class InboundAttachmentData(BaseModel):
 class NewMessagePayload(BaseModel):
     """What SmartDialog POSTs to our webhook (the definition's New Message notification content).
 
-    Tolerant on purpose (unknown fields are ignored, ``content`` may be empty for an
-    attachment-only message); strict on what we need: ``sender`` and ``recipient``.
+    Tolerant on purpose, as the definition sets no limits and requires nothing: unknown fields
+    are ignored, ``content`` may be empty (an attachment-only message), an optional field that
+    is ``""`` is absent, and so is a ``timestamp`` that is no time we can read (the webhook's
+    receive time stands in, as for a missing one). Strict on what we need: ``sender`` and
+    ``recipient``; and bounded where every part of a large event repeats a field.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -55,18 +66,27 @@ class NewMessagePayload(BaseModel):
     recipient: str = Field(min_length=1, max_length=64)
     content: str = Field("", max_length=20_000)
     timestamp: dt.datetime | None = None
-    protocol: str | None = Field(None, max_length=32)
+    protocol: str | None = Field(None, max_length=256)
     attachments: list[InboundAttachmentData] = Field(default_factory=list, max_length=50)
-    messageId: str | None = Field(None, min_length=1, max_length=256)
+    messageId: str | None = Field(None, max_length=256)
 
-    @field_validator("timestamp")
+    @field_validator("messageId", "protocol", mode="before")
     @classmethod
-    def _timestamp_in_utc(cls, value: dt.datetime | None) -> dt.datetime | None:
-        """In UTC, so the event's ``time`` is RFC 3339 (one without a zone is UTC)."""
+    def _empty_is_absent(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("timestamp", mode="wrap")
+    @classmethod
+    def _timestamp_in_utc(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> dt.datetime | None:
+        """In UTC, so the event's ``time`` is RFC 3339 (one without a zone is UTC); absent if
+        it is no time we can read ("", "15.01.2024 10:30:00") or none UTC can hold."""
         try:
-            return None if value is None else as_utc(value)
-        except OverflowError:
-            raise ValueError("not a time UTC can hold") from None
+            parsed = handler(value)
+            return None if parsed is None else as_utc(parsed)
+        except (ValidationError, OverflowError):
+            return None
 
     @field_validator("content", mode="before")
     @classmethod

@@ -206,6 +206,46 @@ def test_message_without_message_id_is_deduplicated_on_its_payload(inbound: Inbo
 
 
 @pytest.mark.parametrize(
+    "changes",
+    [
+        {"messageId": ""},
+        {"timestamp": ""},
+        {"timestamp": "15.01.2024 10:30:00"},
+        {"timestamp": "0001-01-01T00:00:00+01:00"},  # no time UTC can hold
+        {"protocol": "WhatsApp-Business-Cloud-API-Interactive"},
+        {"protocol": ""},
+    ],
+    ids=["empty-id", "empty-time", "local-time-format", "time-out-of-range", "long-protocol",
+         "empty-protocol"],
+)  # fmt: skip
+def test_shapes_the_definition_allows_are_accepted(
+    inbound: Inbound, changes: dict[str, str]
+) -> None:
+    body = payload(**changes)
+    first = post(inbound, body, token=token_for())
+    assert first.status == 202, first.body
+    assert post(inbound, body, token=token_for()).body == first.body  # a retry: the same id
+    assert inbound.process_intake() == 2
+    event, _ = inbound.read(names.INBOUND_QUEUE)
+    data = event["data"]
+    assert event["id"] == first.body["id"]
+    if changes.get("messageId") == "":  # "" is no id: the payload's hash is
+        assert data["messageId"].startswith("sha256-")
+    if "timestamp" in changes:  # no time we can read: as if absent, the receive time stands in
+        assert "timestamp" not in data
+        assert event["time"] == data["receivedAt"]
+    assert data.get("protocol") == (body["protocol"] or None)
+
+
+def test_a_protocol_longer_than_any_is_a_400_naming_it(inbound: Inbound) -> None:
+    # Every part of a message too large for one queue message repeats it: it stays bounded.
+    answer = post(inbound, payload(protocol="x" * 257), token=token_for())
+    assert answer.status == 400
+    assert [e["field"] for e in answer.body["errors"]] == ["protocol"]
+    assert_no_trace(inbound)
+
+
+@pytest.mark.parametrize(
     ("given", "utc"),
     [
         ("2024-01-15T10:30:00", "2024-01-15T10:30:00Z"),  # no zone: UTC, as in delivery reports
