@@ -157,7 +157,8 @@ class InboundMessageData(BaseModel):
     messageId: str = Field(
         description=(
             "SmartDialog's message id; when SmartDialog sent none, a hash of the payload "
-            "(stable across its retries)."
+            "(stable across its retries), and of when it was received if it has no timestamp "
+            "either."
         )
     )
     service: str = Field(description="The 2-way service whose webhook received it.")

@@ -76,12 +76,17 @@ log = logging.getLogger("shared.inbound.webhook")
 MAX_INBOUND_BODY_BYTES = 1024 * 1024
 
 
-def inbound_message_key(payload: NewMessagePayload) -> str:
+def inbound_message_key(payload: NewMessagePayload, received_at: dt.datetime) -> str:
     """SmartDialog's ``messageId``, or (without one) a hash of the payload that stays the same
-    across SmartDialog's retries of the same message."""
+    across SmartDialog's retries of the same message. Without a ``timestamp`` either, nothing
+    tells a retry from a second message of the same text (a second "YES" hours later), so the
+    hash takes in ``received_at`` too: each webhook call is a message of its own (a retry after
+    a lost answer may come twice; no message is ever taken for an earlier one and dropped)."""
     if payload.messageId:
         return payload.messageId
     material = payload.model_dump(mode="json", exclude={"messageId"})
+    if payload.timestamp is None:
+        material["receivedAt"] = received_at.isoformat()
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256-" + hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -202,7 +207,8 @@ class InboundReceiver:
                 errors=[FieldError("body", f"At most {MAX_INBOUND_BODY_BYTES:,} bytes.")],
             )
         payload = self.parse(body)
-        key = inbound_message_key(payload)
+        received_at = self._clock()
+        key = inbound_message_key(payload, received_at)
         with telemetry.span(
             "inbound webhook", kind="server", attributes={"smartdialog.service": service}
         ):
@@ -210,7 +216,7 @@ class InboundReceiver:
                 service=service,
                 connection=connection or DEFAULT_CONNECTION,
                 messageKey=key,
-                receivedAt=self._clock(),
+                receivedAt=received_at,
                 traceparent=telemetry.current_traceparent(),
                 payload=payload,
             )

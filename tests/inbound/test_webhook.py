@@ -21,6 +21,7 @@ from shared.inbound import (
 from shared.settings import get_settings
 from shared.signing import TokenPurpose, sign
 from shared.storage import queue_client
+from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import OLD_SECRET, SECRET, TWO_WAY, Inbound
 
 
@@ -203,6 +204,23 @@ def test_message_without_message_id_is_deduplicated_on_its_payload(inbound: Inbo
     assert repeat["id"] == event["id"]
     assert event["data"]["messageId"].startswith("sha256-")
     assert event["id"] == first.body["id"]
+
+
+def test_the_same_text_again_without_message_id_or_timestamp_is_another_message(
+    inbound: Inbound, callback_receiver: CallbackReceiver, manual_clock: ManualClock
+) -> None:
+    from tests.inbound.test_subscriptions import subscribe
+
+    subscribe(inbound, callback_receiver.url)
+    body = payload(content="YES")
+    del body["messageId"], body["timestamp"]  # nothing tells a second "YES" from a retry
+    first = post(inbound, body, token=token_for())
+    manual_clock.advance(3 * 3600)
+    second = post(inbound, body, token=token_for())
+    assert first.body["id"] != second.body["id"]
+    assert inbound.process_intake() == 2
+    assert inbound.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 2
+    assert [json.loads(c.body)["content"] for c in callback_receiver.wait_for(2)] == ["YES"] * 2
 
 
 @pytest.mark.parametrize(
