@@ -5,7 +5,8 @@ sends through the message core), below the blueprints. See docs/operations.md.
 
 - :mod:`shared.ops.actions`: the dead-letter actions (function key), in the connector;
 - :mod:`shared.ops.page`: ``GET /api/ops`` and its buttons (App Service Authentication);
-- ``_deadletters``: the desk that lists, re-drives and purges; ``_overview``: the page's
+- ``_deadletters``: the desk that lists, re-drives and purges; ``_views``: what it shows and
+  answers; ``_poison``: the host's poison queues (peek, scan, keep); ``_overview``: the page's
   figures; ``_access``: who may use the page, and its anti-CSRF token.
 """
 

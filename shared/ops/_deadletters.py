@@ -18,37 +18,27 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import enum
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared import outbound
 from shared.clock import utcnow
-from shared.deadletters import (
-    DEAD_LETTER_QUEUES,
-    DeadLetterEntry,
-    DeadLetterFilter,
-    DeadLetterIndex,
-    write_dead_letter,
-)
+from shared.deadletters import DEAD_LETTER_QUEUES, DeadLetterFilter, DeadLetterIndex
 from shared.events import MESSAGE_REDRIVEN, make_event
 from shared.messages import MessageRecord, MessageStatus, MessageStore
-from shared.names import (
-    CLOUD_EVENTS_QUEUE,
-    DLR_FORWARD_QUEUE,
-    EVENTS_QUEUE,
-    INBOUND_DELIVERIES_QUEUE,
-    INBOUND_INTAKE_QUEUE,
-    OUTBOUND_QUEUE,
-    TRIGGER_EVENTS_QUEUE,
-    poison_queue,
+from shared.names import EVENTS_QUEUE, INBOUND_DELIVERIES_QUEUE, OUTBOUND_QUEUE, poison_queue
+from shared.ops._poison import (
+    PEEK_LIMIT,
+    POISON_SOURCES,
+    PoisonQueues,
+    message_id_of,
+    poison_view,
 )
+from shared.ops._views import POISON, DeadLetterView, Handled, HandledKind, view_of_entry
 from shared.payloads import PayloadStore
 from shared.problems import Problem
-from shared.settings import host_max_dequeue_count
 from shared.storage import ensured_queue
 from shared.suppressions import SuppressionStore, refuse_suppressed
 
@@ -68,123 +58,9 @@ __all__ = [
 
 log = logging.getLogger("shared.ops")
 
-#: The reason shown for a message the host moved to a ``-poison`` queue.
-POISON = "poison"
-#: The queues our queue triggers read: the host moves their failures to ``<name>-poison``.
-POISON_SOURCES: tuple[str, ...] = (
-    OUTBOUND_QUEUE,
-    INBOUND_INTAKE_QUEUE,
-    INBOUND_DELIVERIES_QUEUE,
-    DLR_FORWARD_QUEUE,
-    CLOUD_EVENTS_QUEUE,
-    TRIGGER_EVENTS_QUEUE,
-)
-#: Messages a fallback scan of a queue receives at most (each is hidden while it runs).
-SCAN_LIMIT = 5000
-SCAN_VISIBILITY_SECONDS = 60
-_PEEK_LIMIT = 32
-
-
-@dataclass(frozen=True)
-class DeadLetterView:
-    """A dead letter as operators see it: an indexed one, or a poison queue's message."""
-
-    id: str
-    queue: str
-    source_queue: str
-    reason: str
-    code: str | None
-    detail: str | None
-    message_id: str | None
-    dead_lettered_at: dt.datetime
-    text: str
-    dequeue_count: int | None = None
-    entry: DeadLetterEntry | None = None
-    queue_message_id: str | None = None
-    #: A poison message already re-sent for good and indexed by :meth:`DeadLetterDesk.keep_poison`.
-    kept: bool = False
-
-    def letter(self) -> dict[str, Any]:
-        """The letter we wrote; {} for a poison message, kept or not (its text is the message
-        as it came, whatever fields it has)."""
-        return self.entry.letter() if self.entry is not None and self.reason != POISON else {}
-
-    @property
-    def original(self) -> str:
-        """The message a re-drive puts back: a letter's ``original``, or a poison message."""
-        original = self.letter().get("original")
-        return original if isinstance(original, str) else self.text
-
-
-def _from_entry(entry: DeadLetterEntry) -> DeadLetterView:
-    return DeadLetterView(
-        id=entry.id,
-        queue=entry.queue,
-        source_queue=entry.source_queue,
-        reason=entry.reason,
-        code=entry.code,
-        detail=entry.detail,
-        message_id=entry.message_id,
-        dead_lettered_at=entry.dead_lettered_at,
-        text=entry.text,
-        dequeue_count=_count(entry.dequeue_count, entry.letter().get("dequeueCount")),
-        entry=entry,
-        queue_message_id=entry.queue_message_id,
-    )
-
-
-def _count(*candidates: object) -> int | None:
-    """The first whole non-negative count among ``candidates`` (an entry's, then its letter's,
-    which may be any JSON a foreign message carried)."""
-    for value in candidates:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return None
-
-
-def _from_poison(queue: str, message: QueueMessage) -> DeadLetterView:
-    text = str(message.content or "")
-    inserted = message.inserted_on or dt.datetime.now(dt.UTC)
-    return DeadLetterView(
-        id=f"{queue}~{message.id}",
-        queue=queue,
-        source_queue=queue.removesuffix("-poison"),
-        reason=POISON,
-        code=None,
-        detail=f"the host gave up after {host_max_dequeue_count()} deliveries",
-        message_id=_message_id(text),
-        dead_lettered_at=inserted if inserted.tzinfo else inserted.replace(tzinfo=dt.UTC),
-        text=text,
-        dequeue_count=host_max_dequeue_count(),
-        queue_message_id=message.id,
-        kept=_never_expires(message),
-    )
-
-
-def _never_expires(message: QueueMessage) -> bool:
-    # A message sent with time_to_live=-1 expires, the service says, at the end of year 9999.
-    return message.expires_on is not None and message.expires_on.year >= 9999
-
-
 #: A bulk re-drive looks at up to this many times its limit: the letters it keeps (they stay
 #: first in the index) never hide the ones behind them.
 KEPT_PASSED_OVER = 5
-
-
-class HandledKind(enum.StrEnum):
-    REDRIVEN = "redriven"  # its message is back on its queue
-    SKIPPED = "skipped"  # nothing to send again (already sent or cancelled); the letter is gone
-    KEPT = "kept"  # not sent again while a recipient opts out (STOP); the letter stays
-    PURGED = "purged"
-
-
-@dataclass(frozen=True)
-class Handled:
-    """What happened to one dead letter."""
-
-    id: str
-    kind: HandledKind
-    detail: str | None = None
 
 
 class DeadLetterDesk:
@@ -208,6 +84,7 @@ class DeadLetterDesk:
         self._queue = queue
         self.validity = validity
         self._clock = clock
+        self.poison = PoisonQueues(queue=queue, index=index)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeadLetterDesk:
@@ -230,16 +107,16 @@ class DeadLetterDesk:
         items: list[DeadLetterView] = []
         truncated = False
         if continuation is None:
-            for queue in self.poison_queues(where):
-                peeked = self._peek(queue)
-                truncated |= len(peeked) >= _PEEK_LIMIT
+            for queue in self.poison.covered(where):
+                peeked = self.poison.peek(queue)
+                truncated |= len(peeked) >= PEEK_LIMIT
                 items += [
                     v
                     for v in peeked
                     if not v.kept and where.matches(v.queue, v.reason, v.dead_lettered_at)
                 ]
         entries, token = self.index.page(where, top=top, continuation=continuation)
-        return items + [_from_entry(e) for e in entries], token, truncated
+        return items + [view_of_entry(e) for e in entries], token, truncated
 
     def oldest(self, top: int) -> tuple[list[DeadLetterView], bool]:
         """The ``top`` oldest dead letters of every queue (the page's), and whether there are
@@ -258,31 +135,15 @@ class DeadLetterDesk:
         """One dead letter by id, or None."""
         entry = self.index.get(letter_id)
         if entry is not None:
-            return _from_entry(entry)
+            return view_of_entry(entry)
         queue, _, message_id = letter_id.partition("~")
         if queue in {poison_queue(q) for q in POISON_SOURCES} and message_id:
-            for view in self._peek(queue):
+            for view in self.poison.peek(queue):
                 if view.queue_message_id == message_id:
                     return view
-            found = self._scan(queue, {message_id}, lambda _m: None)
+            found = self.poison.scan(queue, {message_id}, lambda _m: None)
             return found.get(message_id)
         return None
-
-    def poison_queues(self, where: DeadLetterFilter) -> list[str]:
-        """The poison queues ``where`` covers."""
-        if where.reason not in (None, POISON):
-            return []
-        queues = [poison_queue(q) for q in POISON_SOURCES]
-        return [q for q in queues if where.queue in (None, q)]
-
-    def _peek(self, queue: str) -> list[DeadLetterView]:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            messages = self._queue(queue).peek_messages(max_messages=_PEEK_LIMIT)
-        except ResourceNotFoundError:
-            return []
-        return [_from_poison(queue, m) for m in messages]
 
     # --- acting --------------------------------------------------------------------------
 
@@ -320,7 +181,7 @@ class DeadLetterDesk:
             moved = sum(1 for h in done if h.kind is not HandledKind.KEPT)
             return moved >= limit or len(done) >= cap
 
-        for queue in self.poison_queues(where):
+        for queue in self.poison.covered(where):
             if full():
                 _log_counts(done)
                 return done, True
@@ -329,7 +190,7 @@ class DeadLetterDesk:
             if full():
                 _log_counts(done)
                 return done, True
-            view = _from_entry(entry)
+            view = view_of_entry(entry)
             done.append(self._redrive_one(view, force=force) if redrive else self._purge_one(view))
         _log_counts(done)
         return done, False
@@ -356,7 +217,7 @@ class DeadLetterDesk:
         done: list[Handled] = []
 
         def handle(message: QueueMessage) -> bool:
-            view = _from_poison(queue, message)
+            view = poison_view(queue, message)
             if view.kept or len(done) >= limit:
                 return False  # a kept one is indexed: handled from the index
             if not where.matches(queue, POISON, view.dead_lettered_at):
@@ -367,40 +228,12 @@ class DeadLetterDesk:
             done.append(self._requeue(view, force=force))
             return done[-1].kind is not HandledKind.KEPT
 
-        self._scan(queue, None, handle)
+        self.poison.scan(queue, None, handle)
         return done
 
     def keep_poison(self) -> int:
-        """Keep the host's poison messages until handled: the host puts them on the poison
-        queue with the queue default of 7 days to live (it cannot be told otherwise), so each
-        one not yet kept is sent again to the same queue for good, indexed with reason
-        ``poison`` and the dequeue count it reached (host.json's ``maxDequeueCount``: the
-        host's poison copy starts again from 0), and the original deleted. Returns how many
-        were kept."""
-        kept = 0
-        for queue in (poison_queue(q) for q in POISON_SOURCES):
-
-            def keep(message: QueueMessage, queue: str = queue) -> bool:
-                nonlocal kept
-                if _never_expires(message):
-                    return False
-                view = _from_poison(queue, message)
-                try:
-                    write_dead_letter(
-                        self._queue(queue), view.text, queue_name=queue, index=self.index,
-                        now=view.dead_lettered_at, reason=POISON, detail=view.detail,
-                        dequeue_count=view.dequeue_count,
-                    )  # fmt: skip
-                except Exception:  # this one stays as it is; the others are still kept
-                    log.exception("poison message %s on %s could not be kept", message.id, queue)
-                    return False
-                kept += 1
-                return True
-
-            self._scan(queue, None, keep)
-        if kept:
-            log.info("poison messages kept until handled: %d", kept)
-        return kept
+        """Keep the host's poison messages until handled (:meth:`PoisonQueues.keep`)."""
+        return self.poison.keep()
 
     # --- queues ----------------------------------------------------------------------------
 
@@ -419,7 +252,7 @@ class DeadLetterDesk:
                 return Handled(view.id, HandledKind.KEPT, doubt)
             # A letter names the message it failed (none: the command's id is another
             # message's, which its re-drive must leave alone); a poison message, its text.
-            named = view.message_id if view.entry is not None else _message_id(text)
+            named = view.message_id if view.entry is not None else message_id_of(text)
             not_sent = self._redrive_record(named, force=force)
             if not_sent is not None:
                 return Handled(view.id, *not_sent)
@@ -512,7 +345,7 @@ class DeadLetterDesk:
         if entry is None:
             assert view.queue_message_id is not None
             target = view.queue_message_id
-            self._scan(view.queue, {target}, lambda m: m.id == target)
+            self.poison.scan(view.queue, {target}, lambda m: m.id == target)
             return
         deleted = False
         if entry.queue_message_id and entry.pop_receipt:
@@ -525,56 +358,12 @@ class DeadLetterDesk:
                 deleted = False  # received since, or gone: find it by id below
         if not deleted:
             wanted = entry.queue_message_id
-            self._scan(
+            self.poison.scan(
                 view.queue,
                 None,
                 lambda m: (m.id == wanted) if wanted else (str(m.content) == entry.text),
             )
         self.index.remove(entry)
-
-    def _scan(
-        self, queue_name: str, ids: set[str] | None, take: Callable[[QueueMessage], Any]
-    ) -> dict[str, DeadLetterView]:
-        """Receive every message of a queue (up to :data:`SCAN_LIMIT`); delete those for which
-        ``take`` is True, make the others visible again at once. Returns the views of the
-        messages whose ids are in ``ids``."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        queue = self._queue(queue_name)
-        seen: dict[str, DeadLetterView] = {}
-        kept: list[QueueMessage] = []
-        try:
-            for message in queue.receive_messages(
-                messages_per_page=32,
-                visibility_timeout=SCAN_VISIBILITY_SECONDS,
-                max_messages=SCAN_LIMIT,
-            ):
-                if ids is not None and message.id in ids:
-                    seen[message.id] = _from_poison(queue_name, message)
-                if take(message) is True:
-                    queue.delete_message(message)
-                else:
-                    kept.append(message)
-        except ResourceNotFoundError:
-            return seen
-        receipts: dict[str, str] = {}
-        for message in kept:
-            with contextlib.suppress(ResourceNotFoundError):
-                updated = queue.update_message(
-                    message, content=message.content, visibility_timeout=0
-                )
-                receipts[str(message.id)] = str(updated.pop_receipt)
-        # Our receive gave the messages new pop receipts: the index keeps them deletable.
-        self.index.refresh_receipts(queue_name, receipts)
-        return seen
-
-
-def _message_id(text: str) -> str | None:
-    with contextlib.suppress(ValueError, RecursionError):
-        value = json.loads(text)
-        if isinstance(value, dict) and isinstance(value.get("messageId"), str):
-            return str(value["messageId"])
-    return None
 
 
 def _with_attempts_reset(text: str) -> str:

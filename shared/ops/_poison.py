@@ -1,0 +1,188 @@
+"""The host's ``-poison`` queues as dead letters: peeked for the list, scanned (received) to act
+on their messages, and kept for good (:meth:`PoisonQueues.keep`, the ``PoisonKeeper`` timer).
+
+The host writes these queues, not us: their messages carry no reason and are not indexed until
+kept. A queue can be peeked 32 messages at a time, and a message deleted only with the pop
+receipt of its last receive, so acting on one means receiving the queue (a scan).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
+from shared.names import (
+    CLOUD_EVENTS_QUEUE,
+    DLR_FORWARD_QUEUE,
+    INBOUND_DELIVERIES_QUEUE,
+    INBOUND_INTAKE_QUEUE,
+    OUTBOUND_QUEUE,
+    TRIGGER_EVENTS_QUEUE,
+    poison_queue,
+)
+from shared.ops._views import POISON, DeadLetterView
+from shared.settings import host_max_dequeue_count
+
+if TYPE_CHECKING:
+    from azure.storage.queue import QueueClient, QueueMessage
+
+__all__ = [
+    "PEEK_LIMIT",
+    "POISON_SOURCES",
+    "SCAN_LIMIT",
+    "PoisonQueues",
+    "message_id_of",
+    "never_expires",
+    "poison_view",
+]
+
+log = logging.getLogger("shared.ops")
+
+#: The queues our queue triggers read: the host moves their failures to ``<name>-poison``.
+POISON_SOURCES: tuple[str, ...] = (
+    OUTBOUND_QUEUE,
+    INBOUND_INTAKE_QUEUE,
+    INBOUND_DELIVERIES_QUEUE,
+    DLR_FORWARD_QUEUE,
+    CLOUD_EVENTS_QUEUE,
+    TRIGGER_EVENTS_QUEUE,
+)
+#: Messages a scan of a queue receives at most (each is hidden while it runs).
+SCAN_LIMIT = 5000
+SCAN_VISIBILITY_SECONDS = 60
+#: The most messages one peek shows (the service's limit).
+PEEK_LIMIT = 32
+
+
+def poison_view(queue: str, message: QueueMessage) -> DeadLetterView:
+    """The view of a message of the poison queue ``queue``."""
+    text = str(message.content or "")
+    inserted = message.inserted_on or dt.datetime.now(dt.UTC)
+    return DeadLetterView(
+        id=f"{queue}~{message.id}",
+        queue=queue,
+        source_queue=queue.removesuffix("-poison"),
+        reason=POISON,
+        code=None,
+        detail=f"the host gave up after {host_max_dequeue_count()} deliveries",
+        message_id=message_id_of(text),
+        dead_lettered_at=inserted if inserted.tzinfo else inserted.replace(tzinfo=dt.UTC),
+        text=text,
+        dequeue_count=host_max_dequeue_count(),
+        queue_message_id=message.id,
+        kept=never_expires(message),
+    )
+
+
+def never_expires(message: QueueMessage) -> bool:
+    """Whether ``message`` was sent for good (a kept poison message)."""
+    # A message sent with time_to_live=-1 expires, the service says, at the end of year 9999.
+    return message.expires_on is not None and message.expires_on.year >= 9999
+
+
+def message_id_of(text: str) -> str | None:
+    """The ``messageId`` a queue message's JSON names, or None."""
+    with contextlib.suppress(ValueError, RecursionError):
+        value = json.loads(text)
+        if isinstance(value, dict) and isinstance(value.get("messageId"), str):
+            return str(value["messageId"])
+    return None
+
+
+class PoisonQueues:
+    """Peeks, scans and keeps the host's poison queues."""
+
+    def __init__(self, *, queue: Callable[[str], QueueClient], index: DeadLetterIndex) -> None:
+        self._queue = queue
+        self._index = index
+
+    @staticmethod
+    def covered(where: DeadLetterFilter) -> list[str]:
+        """The poison queues ``where`` covers."""
+        if where.reason not in (None, POISON):
+            return []
+        queues = [poison_queue(q) for q in POISON_SOURCES]
+        return [q for q in queues if where.queue in (None, q)]
+
+    def peek(self, queue: str) -> list[DeadLetterView]:
+        """The first :data:`PEEK_LIMIT` visible messages of ``queue`` (changes nothing)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            messages = self._queue(queue).peek_messages(max_messages=PEEK_LIMIT)
+        except ResourceNotFoundError:
+            return []
+        return [poison_view(queue, m) for m in messages]
+
+    def keep(self) -> int:
+        """Keep the host's poison messages until handled: the host puts them on the poison
+        queue with the queue default of 7 days to live (it cannot be told otherwise), so each
+        one not yet kept is sent again to the same queue for good, indexed with reason
+        ``poison`` and the dequeue count it reached (host.json's ``maxDequeueCount``: the
+        host's poison copy starts again from 0), and the original deleted. Returns how many
+        were kept."""
+        kept = 0
+        for queue in (poison_queue(q) for q in POISON_SOURCES):
+
+            def keep(message: QueueMessage, queue: str = queue) -> bool:
+                nonlocal kept
+                if never_expires(message):
+                    return False
+                view = poison_view(queue, message)
+                try:
+                    write_dead_letter(
+                        self._queue(queue), view.text, queue_name=queue, index=self._index,
+                        now=view.dead_lettered_at, reason=POISON, detail=view.detail,
+                        dequeue_count=view.dequeue_count,
+                    )  # fmt: skip
+                except Exception:  # this one stays as it is; the others are still kept
+                    log.exception("poison message %s on %s could not be kept", message.id, queue)
+                    return False
+                kept += 1
+                return True
+
+            self.scan(queue, None, keep)
+        if kept:
+            log.info("poison messages kept until handled: %d", kept)
+        return kept
+
+    def scan(
+        self, queue_name: str, ids: set[str] | None, take: Callable[[QueueMessage], Any]
+    ) -> dict[str, DeadLetterView]:
+        """Receive every message of a queue (up to :data:`SCAN_LIMIT`); delete those for which
+        ``take`` is True, make the others visible again at once. Returns the views of the
+        messages whose ids are in ``ids``."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        queue = self._queue(queue_name)
+        seen: dict[str, DeadLetterView] = {}
+        kept: list[QueueMessage] = []
+        try:
+            for message in queue.receive_messages(
+                messages_per_page=32,
+                visibility_timeout=SCAN_VISIBILITY_SECONDS,
+                max_messages=SCAN_LIMIT,
+            ):
+                if ids is not None and message.id in ids:
+                    seen[message.id] = poison_view(queue_name, message)
+                if take(message) is True:
+                    queue.delete_message(message)
+                else:
+                    kept.append(message)
+        except ResourceNotFoundError:
+            return seen
+        receipts: dict[str, str] = {}
+        for message in kept:
+            with contextlib.suppress(ResourceNotFoundError):
+                updated = queue.update_message(
+                    message, content=message.content, visibility_timeout=0
+                )
+                receipts[str(message.id)] = str(updated.pop_receipt)
+        # Our receive gave the messages new pop receipts: the index keeps them deletable.
+        self._index.refresh_receipts(queue_name, receipts)
+        return seen
