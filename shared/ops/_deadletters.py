@@ -237,14 +237,24 @@ class DeadLetterDesk:
 
     # --- queues ----------------------------------------------------------------------------
 
+    def redrive_text(self, view: DeadLetterView) -> str | None:
+        """The message a re-drive of ``view`` puts back on its queue: the letter's original
+        (read from its blob when too large for the letter, docs/sending.md "Sizes"; None when
+        that blob is gone) or the poison message, a subscriber delivery's attempt count reset
+        (it gets all its attempts again)."""
+        text: str | None = view.original
+        if view.original_blob is not None:
+            payloads = self._payloads or PayloadStore.from_settings()
+            text = payloads.get(view.original_blob)
+        if text is not None and view.source_queue == INBOUND_DELIVERIES_QUEUE:
+            text = _with_attempts_reset(text)
+        return text
+
     def _requeue(self, view: DeadLetterView, *, force: bool) -> Handled:
-        text = view.original
-        blob = view.letter().get("originalBlob")
-        if isinstance(blob, str):  # an original too large for the letter (docs/sending.md, Sizes)
-            stored = self._payloads.get(blob) if self._payloads is not None else None
-            if stored is None:
-                raise Problem(409, "Original gone", f"The stored original {blob} is gone.")
-            text = stored
+        text = self.redrive_text(view)
+        if text is None:
+            blob = view.original_blob
+            raise Problem(409, "Original gone", f"The stored original {blob} is gone.")
         target = view.source_queue
         if target == OUTBOUND_QUEUE:
             doubt = outbound.poisoned_command_doubt(text) if view.reason == POISON else None
@@ -256,8 +266,6 @@ class DeadLetterDesk:
             not_sent = self._redrive_record(named, force=force)
             if not_sent is not None:
                 return Handled(view.id, *not_sent)
-        elif target == INBOUND_DELIVERIES_QUEUE:
-            text = _with_attempts_reset(text)
         self._queue(target).send_message(text)
         log.debug("dead letter %s re-driven onto %s", view.id, target)
         return Handled(view.id, HandledKind.REDRIVEN)

@@ -41,8 +41,16 @@ class DeadLetterView:
         return self.entry.letter() if self.entry is not None and self.reason != POISON else {}
 
     @property
+    def original_blob(self) -> str | None:
+        """The blob holding a letter's original when it was too large for the letter."""
+        letter = self.letter()
+        blob = letter.get("originalBlob")
+        return blob if isinstance(blob, str) and "original" not in letter else None
+
+    @property
     def original(self) -> str:
-        """The message a re-drive puts back: a letter's ``original``, or a poison message."""
+        """The message as the letter carries it: its ``original``, or a poison message as it
+        came (see :attr:`original_blob`: a large one is not in the letter)."""
         original = self.letter().get("original")
         return original if isinstance(original, str) else self.text
 

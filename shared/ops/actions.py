@@ -212,8 +212,13 @@ class DeadLetterDoc(BaseModel):
 
 class DeadLetterDetailDoc(DeadLetterDoc):
     text: str = Field(description="The dead letter as stored.", json_schema_extra=ui("Text"))
-    original: str = Field(
-        description="The message a re-drive puts back on its source queue.",
+    original: str | None = Field(
+        None,
+        description=(
+            "The message a re-drive puts back on its source queue (a subscriber delivery with "
+            "its attempt count reset). Absent when the letter kept it in a blob that is gone: "
+            "it cannot be re-driven."
+        ),
         json_schema_extra=ui("Original"),
     )
 
@@ -339,8 +344,9 @@ def list_dead_letters(ctx: ActionContext, inp: ListInput) -> ActionResponse:
 def get_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
     view = _one(ctx, inp)
     base = letter_doc(view, utcnow())
+    original = desk(ctx.settings).redrive_text(view)
     return ActionResponse.json(
-        DeadLetterDetailDoc(**base.model_dump(), text=view.text, original=view.original)
+        DeadLetterDetailDoc(**base.model_dump(), text=view.text, original=original)
     )
 
 
