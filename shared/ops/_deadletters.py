@@ -244,8 +244,7 @@ class DeadLetterDesk:
         (it gets all its attempts again)."""
         text: str | None = view.original
         if view.original_blob is not None:
-            payloads = self._payloads or PayloadStore.from_settings()
-            text = payloads.get(view.original_blob)
+            text = self._payload_store().get(view.original_blob)
         if text is not None and view.source_queue == INBOUND_DELIVERIES_QUEUE:
             text = _with_attempts_reset(text)
         return text
@@ -266,9 +265,20 @@ class DeadLetterDesk:
             not_sent = self._redrive_record(named, force=force)
             if not_sent is not None:
                 return Handled(view.id, *not_sent)
+            if (command_id := message_id_of(text)) is not None:
+                # A failed send's stored command may be too large for a queue message: it goes
+                # by reference, as when it was accepted.
+                text = outbound.queued_text(
+                    text, message_id=command_id, payloads=self._payload_store()
+                )
         self._queue(target).send_message(text)
         log.debug("dead letter %s re-driven onto %s", view.id, target)
         return Handled(view.id, HandledKind.REDRIVEN)
+
+    def _payload_store(self) -> PayloadStore:
+        if self._payloads is None:
+            self._payloads = PayloadStore.from_settings()
+        return self._payloads
 
     def _announce_redrive(
         self, failed: MessageRecord, valid_until: dt.datetime, now: dt.datetime
@@ -311,7 +321,10 @@ class DeadLetterDesk:
                     f"message {message_id} is {record.status} already: nothing sent again"
                 )
             if record.status is not MessageStatus.FAILED:
-                return None  # back in flight: one more copy is harmless
+                # Queued again already (a re-drive whose enqueue failed) or in flight: enqueue
+                # it. A second copy sends nothing more: one copy claims the record, the other
+                # waits out the claim and is acknowledged once the record is final.
+                return None
             if (opted := self._still_opted_out(record)) is not None:
                 return HandledKind.KEPT, opted
             if not force and (doubt := outbound.redrive_doubt(record)) is not None:

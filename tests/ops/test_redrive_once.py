@@ -11,18 +11,26 @@ import datetime as dt
 import json
 from typing import Any
 
-from shared.deadletters import original_aside, write_dead_letter
+import pytest
+
+from shared.clock import ManualClock
+from shared.deadletters import DeadLetterIndex, original_aside, write_dead_letter
+from shared.events import MESSAGE_REDRIVEN
 from shared.inbound._dlr_forward import DlrForwardDeadLetter
+from shared.messages import MessageStatus, MessageStore
 from shared.names import (
     DLR_FORWARD_DEAD_LETTER_QUEUE,
     DLR_FORWARD_QUEUE,
     INBOUND_DEAD_LETTER_QUEUE,
     INBOUND_DELIVERIES_QUEUE,
+    OUTBOUND_QUEUE,
 )
 from shared.payloads import PayloadStore, fits_queue
+from shared.settings import get_settings
 from shared.storage import ensured_queue, queue_client
 from tests.ops.conftest import Outbound
 from tests.outbound.conftest import call_http
+from tests.outbound.test_sizes import personalised
 
 
 def queue_texts(name: str) -> list[str]:
@@ -108,3 +116,83 @@ def test_a_subscriber_delivery_shows_the_attempt_count_its_re_drive_resets(ops: 
     assert json.loads(shown.body["original"]) == {**delivery, "attempts": 0}
     assert queue_texts(INBOUND_DELIVERIES_QUEUE) == [shown.body["original"]]
     ensured_queue(INBOUND_DELIVERIES_QUEUE).clear_messages()
+
+
+def large_expired_send(ops: Outbound, clock: ManualClock) -> tuple[str, str]:
+    """A send whose command is too large for a queue message, failed as expired (its validity
+    ran out before the sender saw it); (its message id, its dead letter's id)."""
+    accepted = call_http("SendMessage", "POST", body=personalised(100, note="n" * 700))
+    assert accepted.status == 202, accepted.body
+    clock.advance(get_settings().send_validity_seconds + 1)
+    ops.drain()
+    message_id = accepted.body["Id"]
+    assert status_of(message_id) is MessageStatus.FAILED
+    item = letter_of(message_id)
+    entry = DeadLetterIndex.from_settings().get(item["id"])
+    assert entry is not None
+    assert entry.letter()["originalBlob"]
+    return message_id, item["id"]
+
+
+def status_of(message_id: str) -> MessageStatus:
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    return record.status
+
+
+def test_a_send_too_large_for_a_queue_message_is_re_driven_by_reference_and_sent(
+    ops: Outbound, manual_clock: ManualClock
+) -> None:
+    """Its command went on the queue whole, which the queue refused (a 500), after its record
+    had been moved back to queued: nothing was left to send it, and every later re-drive failed
+    the same way."""
+    message_id, letter_id = large_expired_send(ops, manual_clock)
+
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+
+    assert answer.status == 200, answer.body
+    assert answer.body["outcome"] == "redriven"
+    [queued] = [json.loads(t) for t in queue_texts(OUTBOUND_QUEUE)]
+    assert (queued["kind"], queued["messageId"]) == ("stored", message_id)
+    ops.drain()
+    [request] = ops.upstream()
+    assert request["body"]["RequestId"] == message_id
+    assert len(request["body"]["Recipients"]) == 100
+    assert status_of(message_id) is MessageStatus.SENT
+
+
+def test_a_re_drive_whose_enqueue_failed_can_be_re_driven_again_and_sends_once(
+    ops: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is queued again before its command is enqueued: an enqueue that fails leaves
+    the letter, and re-driving it enqueues the command (the record is queued already, so no
+    second redriven event). Had the failed enqueue reached the queue after all, the sender's
+    claim on the record makes the second copy send nothing more."""
+    from azure.storage.queue import QueueClient
+
+    message_id, letter_id = large_expired_send(ops, manual_clock)
+    send_message = QueueClient.send_message
+
+    def stored_then_lost(self: QueueClient, content: Any, **kwargs: Any) -> Any:
+        sent = send_message(self, content, **kwargs)
+        if self.queue_name == OUTBOUND_QUEUE:
+            raise ConnectionError("the answer of the enqueue was lost")
+        return sent
+
+    with monkeypatch.context() as patched:
+        patched.setattr(QueueClient, "send_message", stored_then_lost)
+        failed = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    assert failed.status == 500
+    assert status_of(message_id) is MessageStatus.QUEUED
+    assert letter_of(message_id)["id"] == letter_id  # the letter stays
+
+    again = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+
+    assert again.body["outcome"] == "redriven", again.body
+    assert len(queue_texts(OUTBOUND_QUEUE)) == 2
+    ops.drain()
+    assert len(ops.upstream()) == 1
+    assert status_of(message_id) is MessageStatus.SENT
+    [redriven] = [e for e in ops.events() if e["type"] == MESSAGE_REDRIVEN]
+    assert redriven["subject"] == message_id
+    assert listed() == []
