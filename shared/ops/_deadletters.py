@@ -38,7 +38,7 @@ from shared.ops._poison import (
 )
 from shared.ops._views import POISON, DeadLetterView, Handled, HandledKind, view_of_entry
 from shared.payloads import PayloadStore
-from shared.problems import Problem
+from shared.problems import Problem, ProblemType
 from shared.storage import ensured_queue
 from shared.suppressions import SuppressionStore, refuse_suppressed
 
@@ -58,8 +58,8 @@ __all__ = [
 
 log = logging.getLogger("shared.ops")
 
-#: A bulk re-drive looks at up to this many times its limit: the letters it keeps (they stay
-#: first in the index) never hide the ones behind them.
+#: A bulk re-drive looks at up to this many times its limit: the letters it leaves (kept, or
+#: their original gone: they stay first in the index) never hide the ones behind them.
 KEPT_PASSED_OVER = 5
 
 
@@ -149,9 +149,14 @@ class DeadLetterDesk:
 
     def redrive(self, view: DeadLetterView, *, force: bool = False) -> Handled:
         """Put one dead letter's message back on its queue (see the module docstring);
-        ``force``: even a send that may have reached SmartDialog already (outcome-unknown)."""
+        ``force``: even a send that may have reached SmartDialog already (outcome-unknown).
+        A 409 Problem when its stored original is gone (a bulk re-drive reports and passes
+        over such a letter)."""
         handled = self._redrive_one(view, force=force)
         _log_counts([handled])
+        if handled.kind is HandledKind.ORIGINAL_GONE:
+            detail = f"Dead letter {view.id}: {handled.detail}."
+            raise Problem(409, "Original gone", detail, type=ProblemType.CONFLICT)
         return handled
 
     def purge(self, view: DeadLetterView) -> Handled:
@@ -175,10 +180,10 @@ class DeadLetterDesk:
         self, where: DeadLetterFilter, limit: int, *, redrive: bool, force: bool = False
     ) -> tuple[list[Handled], bool]:
         done: list[Handled] = []
-        cap = limit * KEPT_PASSED_OVER  # kept letters stay first: reach those behind them
+        cap = limit * KEPT_PASSED_OVER  # letters that stay come first: reach those behind them
 
         def full() -> bool:
-            moved = sum(1 for h in done if h.kind is not HandledKind.KEPT)
+            moved = sum(1 for h in done if not h.kind.stays)
             return moved >= limit or len(done) >= cap
 
         for queue in self.poison.covered(where):
@@ -197,7 +202,7 @@ class DeadLetterDesk:
 
     def _redrive_one(self, view: DeadLetterView, *, force: bool) -> Handled:
         handled = self._requeue(view, force=force)
-        if handled.kind is not HandledKind.KEPT:
+        if not handled.kind.stays:
             self._remove(view)
         return handled
 
@@ -226,7 +231,7 @@ class DeadLetterDesk:
                 done.append(Handled(view.id, HandledKind.PURGED))
                 return True  # delete it
             done.append(self._requeue(view, force=force))
-            return done[-1].kind is not HandledKind.KEPT
+            return not done[-1].kind.stays
 
         self.poison.scan(queue, None, handle)
         return done
@@ -252,8 +257,8 @@ class DeadLetterDesk:
     def _requeue(self, view: DeadLetterView, *, force: bool) -> Handled:
         text = self.redrive_text(view)
         if text is None:
-            blob = view.original_blob
-            raise Problem(409, "Original gone", f"The stored original {blob} is gone.")
+            gone = f"its stored original {view.original_blob} is gone: nothing to send; purge it"
+            return Handled(view.id, HandledKind.ORIGINAL_GONE, gone)
         target = view.source_queue
         if target == OUTBOUND_QUEUE:
             doubt = outbound.poisoned_command_doubt(text) if view.reason == POISON else None

@@ -86,7 +86,13 @@ class HandledKind(enum.StrEnum):
     REDRIVEN = "redriven"  # its message is back on its queue
     SKIPPED = "skipped"  # nothing to send again (already sent or cancelled); the letter is gone
     KEPT = "kept"  # not sent again while a recipient opts out (STOP); the letter stays
+    ORIGINAL_GONE = "original-gone"  # its original's blob is gone: nothing to send; it stays
     PURGED = "purged"
+
+    @property
+    def stays(self) -> bool:
+        """Whether the letter stays (nothing was sent)."""
+        return self in (HandledKind.KEPT, HandledKind.ORIGINAL_GONE)
 
 
 @dataclass(frozen=True)

@@ -244,7 +244,8 @@ class HandledDoc(BaseModel):
     outcome: HandledKind = Field(
         description=(
             "redriven, skipped (already sent or cancelled: nothing sent), kept (not sent again "
-            "while a recipient opts out; the letter stays) or purged."
+            "while a recipient opts out; the letter stays), original-gone (its stored original "
+            "is gone: nothing sent, the letter stays; purge it) or purged."
         ),
         json_schema_extra=ui("Outcome"),
     )
@@ -262,6 +263,11 @@ class HandledManyDoc(BaseModel):
     )
     kept: int = Field(
         0, description="Not sent again: a recipient opts out (STOP).", json_schema_extra=ui("Kept")
+    )
+    originalGone: int = Field(
+        0,
+        description="Not sent: their stored original is gone (they stay; purge them).",
+        json_schema_extra=ui("Original Gone"),
     )
     purged: int = Field(0, description="Deleted.", json_schema_extra=ui("Purged"))
     more: bool = Field(
@@ -297,6 +303,7 @@ def handled_many(done: list[Handled], more: bool) -> HandledManyDoc:
         redriven=counts[HandledKind.REDRIVEN],
         skipped=counts[HandledKind.SKIPPED],
         kept=counts[HandledKind.KEPT],
+        originalGone=counts[HandledKind.ORIGINAL_GONE],
         purged=counts[HandledKind.PURGED],
         more=more,
         items=[HandledDoc(id=h.id, outcome=h.kind, detail=h.detail) for h in done],

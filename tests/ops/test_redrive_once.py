@@ -196,3 +196,45 @@ def test_a_re_drive_whose_enqueue_failed_can_be_re_driven_again_and_sends_once(
     [redriven] = [e for e in ops.events() if e["type"] == MESSAGE_REDRIVEN]
     assert redriven["subject"] == message_id
     assert listed() == []
+
+
+def test_a_letter_whose_stored_original_is_gone_is_reported_and_passed_over_in_bulk(
+    ops: Outbound,
+) -> None:
+    """The first such letter answered the whole bulk re-drive 409, with no list of what it had
+    done already, and every later call stopped at the same letter."""
+    from shared.names import PAYLOADS_CONTAINER
+    from shared.storage import blob_service
+
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    put_forward_letter(forward("m-a"), "m-a")
+    gone = put_forward_letter(large_forward("m-gone"), "m-gone")
+    put_forward_letter(forward("m-c"), "m-c")
+    assert gone.originalBlob is not None
+    blob_service().get_container_client(PAYLOADS_CONTAINER).delete_blob(gone.originalBlob)
+    gone_id = letter_of("m-gone")["id"]
+
+    first = call_http("RedriveDeadLetters", "POST", params={"queue": DLR_FORWARD_DEAD_LETTER_QUEUE})
+    second = call_http(
+        "RedriveDeadLetters", "POST", params={"queue": DLR_FORWARD_DEAD_LETTER_QUEUE}
+    )
+    single = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": gone_id})
+    shown = call_http("GetDeadLetter", "GET", route_params={"DeadLetterId": gone_id})
+
+    assert first.status == 200, first.body
+    assert (first.body["redriven"], first.body["originalGone"]) == (2, 1)
+    [item] = [i for i in first.body["items"] if i["outcome"] == "original-gone"]
+    assert item["id"] == gone_id
+    assert gone.originalBlob in item["detail"]
+    assert second.status == 200, second.body
+    assert [(i["id"], i["outcome"]) for i in second.body["items"]] == [(gone_id, "original-gone")]
+    assert single.status == 409
+    assert single.body["type"] == "urn:smartdialog-functions:problem:conflict"
+    assert shown.status == 200
+    assert shown.body.get("original") is None
+    assert sorted(json.loads(t)["messageId"] for t in queue_texts(DLR_FORWARD_QUEUE)) == [
+        "m-a",
+        "m-c",
+    ]
+    assert [i["id"] for i in listed()] == [gone_id]  # it stays until purged
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
