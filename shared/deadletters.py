@@ -14,7 +14,11 @@ which keeps one row per queue message in ``SmartDialogDeadLetters``:
 - ``QueueMessageId`` and ``PopReceipt`` as ``send_message`` returned them. Nobody receives from a
   dead-letter queue but the operations actions, so that receipt still deletes the message when
   it is handled; when it no longer does (someone received the message), the message is found
-  by scanning the queue for its id.
+  by scanning the queue for its id;
+- while it is re-driven, ``RedriveClaimedUntil`` (:meth:`DeadLetterIndex.claim`, written only
+  if the row is as the re-drive read it, so of two re-drives at once one goes on) and, once its
+  copy is on its queue, ``RedrivenAt`` (so a re-drive whose removal of the letter failed is not
+  sent again by the next one).
 
 The row is written *before* the queue message (and completed with its id after): a crash in
 between leaves a row whose text is the dead letter, never a dead letter the index lacks. Such a
@@ -27,13 +31,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import json
 import logging
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field
@@ -158,6 +163,16 @@ class DeadLetterEntry:
     queue_message_id: str | None = None
     pop_receipt: str | None = None
     dequeue_count: int | None = None
+    #: A re-drive's claim on it lasts until then (:meth:`DeadLetterIndex.claim`).
+    claimed_until: dt.datetime | None = None
+    #: When a re-drive put its copy on its queue (the letter is being removed).
+    redriven_at: dt.datetime | None = None
+    #: The row's ETag as read.
+    etag: str | None = None
+
+    def claimed(self, now: dt.datetime) -> bool:
+        """Whether a re-drive's claim on it is live at ``now``."""
+        return self.claimed_until is not None and self.claimed_until > now
 
     @property
     def id(self) -> str:
@@ -303,6 +318,60 @@ class DeadLetterIndex:
                     mode=UpdateMode.MERGE,
                 )
 
+    def claim(
+        self, entry: DeadLetterEntry, *, now: dt.datetime, until: dt.datetime
+    ) -> tuple[bool, DeadLetterEntry | None]:
+        """Claim ``entry`` for a re-drive until ``until``: written only if the row is still as
+        read (its ETag), so of two callers one gets it. (True, the claimed entry), or (False,
+        the entry as it is now: None when gone, else claimed by another caller at ``now`` or
+        re-driven already)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        current: DeadLetterEntry | None = entry
+        for _ in range(5):  # each round re-reads after a write lost to another
+            if current is not None and current.etag is None:
+                current = self.get(current.id)
+            if current is None or current.claimed(now) or current.redriven_at is not None:
+                return False, current
+            try:
+                written = self._table.update_entity(
+                    {
+                        "PartitionKey": current.queue,
+                        "RowKey": current.row_key,
+                        "RedriveClaimedUntil": plain_datetime(until),
+                    },
+                    mode=UpdateMode.MERGE,
+                    etag=current.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceNotFoundError:
+                return False, None
+            except ResourceModifiedError:
+                current = self.get(current.id)
+                continue
+            etag = str(written.get("etag") or "") or None
+            return True, replace(current, claimed_until=until, etag=etag)
+        raise RuntimeError(f"dead letter {entry.id}: its row kept changing during the claim")
+
+    def redriven(self, entry: DeadLetterEntry, *, now: dt.datetime) -> None:
+        """Record that ``entry``'s copy is on its queue (by the caller holding its claim)."""
+        self._merge(entry, {"RedrivenAt": plain_datetime(now)})
+
+    def release(self, entry: DeadLetterEntry, *, now: dt.datetime) -> None:
+        """End a re-drive's claim on ``entry`` (nothing sent, or its removal failed)."""
+        self._merge(entry, {"RedriveClaimedUntil": plain_datetime(now)})
+
+    def _merge(self, entry: DeadLetterEntry, fields: dict[str, Any]) -> None:
+        """Write ``fields`` into ``entry``'s row; one already gone (purged) is fine."""
+        from azure.core.exceptions import ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        keys = {"PartitionKey": entry.queue, "RowKey": entry.row_key}
+        with contextlib.suppress(ResourceNotFoundError):
+            self._table.update_entity({**keys, **fields}, mode=UpdateMode.MERGE)
+
     def remove(self, entry: DeadLetterEntry) -> None:
         """Forget ``entry`` (it was re-driven or purged); one already gone is fine."""
         self._table.delete_entity(entry.queue, entry.row_key)
@@ -388,6 +457,9 @@ def _entry(entity: dict[str, Any]) -> DeadLetterEntry:
         queue_message_id=entity.get("QueueMessageId") or None,
         pop_receipt=entity.get("PopReceipt") or None,
         dequeue_count=entity.get("DequeueCount"),
+        claimed_until=utc(entity.get("RedriveClaimedUntil")),
+        redriven_at=utc(entity.get("RedrivenAt")),
+        etag=getattr(entity, "metadata", {}).get("etag"),
     )
 
 

@@ -9,9 +9,14 @@ A re-drive puts a letter's message back on the queue it came from. An outbound s
 goes through the message core: a ``failed`` record is moved back to ``queued`` by
 :meth:`MessageStore.redrive` (with a fresh validity) before its command is enqueued with its
 original message id, so its idempotency key still finds it; a record that was sent or cancelled
-meanwhile is left alone and nothing is enqueued (``skipped``). The queue message is deleted only
-after its copy is enqueued: a crash in between leaves the letter, and re-driving it again is
-harmless (the sender treats the second copy as a duplicate).
+meanwhile is left alone and nothing is enqueued (``skipped``).
+
+An indexed letter is re-driven under a claim on its index row (:meth:`DeadLetterIndex.claim`):
+of two re-drives at once one enqueues it, the other answers ``in-progress``. Once its copy is
+enqueued the row says so (``RedrivenAt``), then the letter's queue message and row are deleted;
+a re-drive of a letter whose deletion failed only deletes it. docs/operations.md says what a
+second copy does on each queue when one still goes (a claim that ended before its re-drive
+recorded the copy; a poison message not yet indexed).
 """
 
 from __future__ import annotations
@@ -21,11 +26,17 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from shared import outbound
 from shared.clock import utcnow
-from shared.deadletters import DEAD_LETTER_QUEUES, DeadLetterFilter, DeadLetterIndex
+from shared.deadletters import (
+    DEAD_LETTER_QUEUES,
+    DeadLetterEntry,
+    DeadLetterFilter,
+    DeadLetterIndex,
+)
 from shared.events import MESSAGE_REDRIVEN, make_event
 from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.names import EVENTS_QUEUE, INBOUND_DELIVERIES_QUEUE, OUTBOUND_QUEUE, poison_queue
@@ -58,6 +69,9 @@ __all__ = [
 
 log = logging.getLogger("shared.ops")
 
+#: How long a re-drive's claim on a letter lasts: one whose caller died meanwhile (before its
+#: copy went on its queue, or before the row could say so) may be re-driven again after it.
+REDRIVE_CLAIM = dt.timedelta(minutes=5)
 #: A bulk re-drive looks at up to this many times its limit: the letters it leaves (kept, or
 #: their original gone: they stay first in the index) never hide the ones behind them.
 KEPT_PASSED_OVER = 5
@@ -150,13 +164,14 @@ class DeadLetterDesk:
     def redrive(self, view: DeadLetterView, *, force: bool = False) -> Handled:
         """Put one dead letter's message back on its queue (see the module docstring);
         ``force``: even a send that may have reached SmartDialog already (outcome-unknown).
-        A 409 Problem when its stored original is gone (a bulk re-drive reports and passes
-        over such a letter)."""
+        A 409 Problem when its stored original is gone or another call is re-driving it (a
+        bulk re-drive reports and passes over such a letter)."""
         handled = self._redrive_one(view, force=force)
         _log_counts([handled])
-        if handled.kind is HandledKind.ORIGINAL_GONE:
+        titles = {HandledKind.ORIGINAL_GONE: "Original gone", HandledKind.IN_PROGRESS: "Busy"}
+        if handled.kind in titles:
             detail = f"Dead letter {view.id}: {handled.detail}."
-            raise Problem(409, "Original gone", detail, type=ProblemType.CONFLICT)
+            raise Problem(409, titles[handled.kind], detail, type=ProblemType.CONFLICT)
         return handled
 
     def purge(self, view: DeadLetterView) -> Handled:
@@ -201,10 +216,73 @@ class DeadLetterDesk:
         return done, False
 
     def _redrive_one(self, view: DeadLetterView, *, force: bool) -> Handled:
+        if view.entry is not None:
+            return self._redrive_entry(view, force=force)
         handled = self._requeue(view, force=force)
         if not handled.kind.stays:
             self._remove(view)
         return handled
+
+    def _redrive_entry(self, view: DeadLetterView, *, force: bool) -> Handled:
+        """Re-drive an indexed letter under a claim on its row: of two re-drives at once one
+        sends it, the other answers in-progress; once its copy is on its queue the row says so,
+        and a re-drive after a failed removal of the letter only removes it."""
+        assert view.entry is not None
+        now = self._clock()
+        claimed, entry = self.index.claim(view.entry, now=now, until=now + REDRIVE_CLAIM)
+        if not claimed:
+            return self._not_claimed(view, entry, now)
+        assert entry is not None
+        view = replace(view, entry=entry)
+        try:
+            handled = self._requeue(view, force=force)
+        except Exception:
+            self._release(entry, now)
+            raise
+        if handled.kind.stays:
+            self._release(entry, now)
+            return handled
+        if handled.kind is HandledKind.REDRIVEN:
+            self.index.redriven(entry, now=self._clock())
+        return self._removed(view, handled, now)
+
+    def _not_claimed(
+        self, view: DeadLetterView, entry: DeadLetterEntry | None, now: dt.datetime
+    ) -> Handled:
+        if entry is None:
+            return Handled(view.id, HandledKind.IN_PROGRESS, "another call handled it meanwhile")
+        if entry.claimed(now):
+            assert entry.claimed_until is not None
+            return Handled(view.id, HandledKind.IN_PROGRESS, (
+                f"another call is re-driving it (claimed until {entry.claimed_until:%H:%M:%S} "
+                "UTC); nothing sent by this one"
+            ))  # fmt: skip
+        assert entry.redriven_at is not None  # the claim ended after its copy was sent
+        done = Handled(view.id, HandledKind.REDRIVEN, (
+            f"re-driven already at {entry.redriven_at:%Y-%m-%d %H:%M:%S} UTC: not sent again, "
+            "its letter removed now"
+        ))  # fmt: skip
+        return self._removed(replace(view, entry=entry), done, now)
+
+    def _removed(self, view: DeadLetterView, handled: Handled, now: dt.datetime) -> Handled:
+        """``handled`` once the letter is removed; if that fails, the letter stays, its claim
+        ended, and ``handled`` says so: handling it again removes it (sends nothing again)."""
+        try:
+            self._remove(view)
+        except Exception:
+            log.warning("dead letter %s %s but not removed", view.id, handled.kind, exc_info=True)
+            if view.entry is not None:
+                self._release(view.entry, now)
+            why = "its letter could not be removed: re-drive or purge it again to remove it"
+            return replace(handled, detail="; ".join(filter(None, (handled.detail, why))))
+        return handled
+
+    def _release(self, entry: DeadLetterEntry, now: dt.datetime) -> None:
+        """End this call's claim on ``entry``; if that fails too, it ends by itself."""
+        try:
+            self.index.release(entry, now=now)
+        except Exception:
+            log.warning("dead letter %s: its re-drive claim stays until it ends", entry.id)
 
     def _purge_one(self, view: DeadLetterView) -> Handled:
         self._remove(view)

@@ -87,12 +87,13 @@ class HandledKind(enum.StrEnum):
     SKIPPED = "skipped"  # nothing to send again (already sent or cancelled); the letter is gone
     KEPT = "kept"  # not sent again while a recipient opts out (STOP); the letter stays
     ORIGINAL_GONE = "original-gone"  # its original's blob is gone: nothing to send; it stays
+    IN_PROGRESS = "in-progress"  # another call is re-driving it (or just did): nothing sent
     PURGED = "purged"
 
     @property
     def stays(self) -> bool:
-        """Whether the letter stays (nothing was sent)."""
-        return self in (HandledKind.KEPT, HandledKind.ORIGINAL_GONE)
+        """Whether this call left the letter as it was (nothing sent)."""
+        return self in (HandledKind.KEPT, HandledKind.ORIGINAL_GONE, HandledKind.IN_PROGRESS)
 
 
 @dataclass(frozen=True)

@@ -245,7 +245,8 @@ class HandledDoc(BaseModel):
         description=(
             "redriven, skipped (already sent or cancelled: nothing sent), kept (not sent again "
             "while a recipient opts out; the letter stays), original-gone (its stored original "
-            "is gone: nothing sent, the letter stays; purge it) or purged."
+            "is gone: nothing sent, the letter stays; purge it), in-progress (another call is "
+            "re-driving it: nothing sent by this one) or purged."
         ),
         json_schema_extra=ui("Outcome"),
     )
@@ -268,6 +269,11 @@ class HandledManyDoc(BaseModel):
         0,
         description="Not sent: their stored original is gone (they stay; purge them).",
         json_schema_extra=ui("Original Gone"),
+    )
+    inProgress: int = Field(
+        0,
+        description="Being re-driven by another call: nothing sent by this one.",
+        json_schema_extra=ui("In Progress"),
     )
     purged: int = Field(0, description="Deleted.", json_schema_extra=ui("Purged"))
     more: bool = Field(
@@ -304,6 +310,7 @@ def handled_many(done: list[Handled], more: bool) -> HandledManyDoc:
         skipped=counts[HandledKind.SKIPPED],
         kept=counts[HandledKind.KEPT],
         originalGone=counts[HandledKind.ORIGINAL_GONE],
+        inProgress=counts[HandledKind.IN_PROGRESS],
         purged=counts[HandledKind.PURGED],
         more=more,
         items=[HandledDoc(id=h.id, outcome=h.kind, detail=h.detail) for h in done],

@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 
 from shared.clock import ManualClock
-from shared.deadletters import DeadLetterIndex, original_aside, write_dead_letter
+from shared.deadletters import (
+    DeadLetterFilter,
+    DeadLetterIndex,
+    original_aside,
+    write_dead_letter,
+)
 from shared.events import MESSAGE_REDRIVEN
 from shared.inbound._dlr_forward import DlrForwardDeadLetter
 from shared.messages import MessageStatus, MessageStore
@@ -26,6 +31,7 @@ from shared.names import (
     OUTBOUND_QUEUE,
 )
 from shared.payloads import PayloadStore, fits_queue
+from shared.problems import Problem
 from shared.settings import get_settings
 from shared.storage import ensured_queue, queue_client
 from tests.ops.conftest import Outbound
@@ -237,4 +243,111 @@ def test_a_letter_whose_stored_original_is_gone_is_reported_and_passed_over_in_b
         "m-c",
     ]
     assert [i["id"] for i in listed()] == [gone_id]  # it stays until purged
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_of_two_re_drives_of_one_letter_at_once_one_sends_it(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DLR forward has no claim of its own downstream: both re-drives enqueued it, and the
+    caller's DlrUrl got the report twice. The first to claim the letter sends it; the other,
+    arriving while it enqueues, answers 409, and one that had read the letter before answers
+    that another call handled it."""
+    from azure.storage.queue import QueueClient
+
+    from shared.ops.actions import desk
+
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    put_forward_letter(forward("m-1"))
+    letter_id = letter_of("m-1")["id"]
+    ops_desk = desk(get_settings())
+    read_before = ops_desk.get(letter_id)
+    assert read_before is not None
+    send_message = QueueClient.send_message
+    meanwhile: list[Any] = []
+
+    def with_another_re_drive(self: QueueClient, content: Any, **kwargs: Any) -> Any:
+        if self.queue_name == DLR_FORWARD_QUEUE and not meanwhile:
+            meanwhile.append(
+                call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+            )
+        return send_message(self, content, **kwargs)
+
+    monkeypatch.setattr(QueueClient, "send_message", with_another_re_drive)
+    first = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    monkeypatch.undo()
+    late = ops_desk.redrive_matching(
+        DeadLetterFilter(queue=DLR_FORWARD_DEAD_LETTER_QUEUE), limit=10
+    )
+    with pytest.raises(Problem) as stale:
+        ops_desk.redrive(read_before)
+
+    assert first.body["outcome"] == "redriven", first.body
+    [during] = meanwhile
+    assert during.status == 409, during.body
+    assert during.body["type"] == "urn:smartdialog-functions:problem:conflict"
+    assert "another call is re-driving it" in during.body["detail"]
+    assert late == ([], False)
+    assert stale.value.status == 409
+    assert "another call handled it meanwhile" in stale.value.detail
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-1")]
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_a_re_drive_whose_letter_could_not_be_removed_is_not_sent_again_by_the_next(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy was enqueued, then removing the letter failed (a 500): the letter stayed, and
+    re-driving it again enqueued a second copy."""
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    put_forward_letter(forward("m-1"))
+    letter_id = letter_of("m-1")["id"]
+    remove = DeadLetterIndex.remove
+    failures = ["table blip"]
+
+    def failing_once(self: DeadLetterIndex, entry: Any) -> None:
+        if failures:
+            raise ConnectionError(failures.pop())
+        remove(self, entry)
+
+    monkeypatch.setattr(DeadLetterIndex, "remove", failing_once)
+    first = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    still = listed()
+    second = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+
+    assert first.status == 200, first.body
+    assert first.body["outcome"] == "redriven"
+    assert "could not be removed" in first.body["detail"]
+    assert [i["id"] for i in still] == [letter_id]
+    assert second.body["outcome"] == "redriven", second.body
+    assert "re-driven already" in second.body["detail"]
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-1")]
+    assert listed() == []
+    assert queue_texts(DLR_FORWARD_DEAD_LETTER_QUEUE) == []
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_a_claim_whose_re_drive_died_before_sending_ends_and_the_letter_is_re_driven(
+    ops: Outbound, manual_clock: ManualClock
+) -> None:
+    from shared.clock import utcnow
+    from shared.ops._deadletters import REDRIVE_CLAIM
+
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    put_forward_letter(forward("m-1"))
+    letter_id = letter_of("m-1")["id"]
+    index = DeadLetterIndex.from_settings()
+    entry = index.get(letter_id)
+    assert entry is not None
+    now = utcnow()
+    claimed, _ = index.claim(entry, now=now, until=now + REDRIVE_CLAIM)  # then the worker died
+    assert claimed
+
+    busy = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    manual_clock.advance(REDRIVE_CLAIM.total_seconds())
+    after = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+
+    assert busy.status == 409, busy.body
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-1")]
+    assert after.body["outcome"] == "redriven", after.body
     ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
