@@ -263,14 +263,19 @@ class DeadLetterIndex:
         reason: str | None = None,
         detail: str | None = None,
         dequeue_count: int | None = None,
+        key: str | None = None,
     ) -> DeadLetterEntry:
         """Index ``text`` as a dead letter about to be put on ``queue`` (not yet linked to its
         queue message: :meth:`link` does that once it is sent). ``reason`` and ``detail``
-        replace the letter's own (a poison message is not a letter)."""
+        replace the letter's own (a poison message is not a letter). ``key`` (with ``now``)
+        makes its row's key, so that indexing it again raises ``ResourceExistsError``;
+        without it every call indexes a new letter."""
         at = now or dt.datetime.now(dt.UTC)
+        if key is not None and (not key or _UNSAFE_KEY.search(key)):
+            raise ValueError(f"not a key for a dead letter's row: {key!r}")
         entity: dict[str, Any] = {
             "PartitionKey": queue,
-            "RowKey": f"{_row_time(at)}-{uuid.uuid4().hex}",
+            "RowKey": f"{_row_time(at)}-{key or uuid.uuid4().hex}",
             "SourceQueue": DEAD_LETTER_QUEUES.get(queue, queue.removesuffix("-poison")),
             "DeadLetteredAt": plain_datetime(at),
             **_letter_fields(text),
@@ -489,17 +494,21 @@ def write_dead_letter(
     reason: str | None = None,
     detail: str | None = None,
     dequeue_count: int | None = None,
+    key: str | None = None,
 ) -> Any:
     """Put the dead letter ``text`` on ``queue`` (named ``queue_name``) for good, indexed.
 
     The one way a dead letter is written: the index row first, then the queue message (which
     never expires), then the row learns the message's id and pop receipt. Returns what
-    ``send_message`` returned. Raises what storage raises (the caller's host retries).
+    ``send_message`` returned. Raises what storage raises (the caller's host retries), and
+    ``ResourceExistsError`` when a letter with this ``key`` and ``now`` is indexed already
+    (:meth:`DeadLetterIndex.begin`): nothing is written then.
     """
     index = index or DeadLetterIndex.from_settings()
     entry = index.begin(
-        queue_name, text, now=now, reason=reason, detail=detail, dequeue_count=dequeue_count
-    )
+        queue_name, text, now=now, reason=reason, detail=detail, dequeue_count=dequeue_count,
+        key=key,
+    )  # fmt: skip
     sent = send_forever(queue, text)
     try:
         index.link(entry, sent)

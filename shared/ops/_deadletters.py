@@ -16,7 +16,9 @@ of two re-drives at once one enqueues it, the other answers ``in-progress``. Onc
 enqueued the row says so (``RedrivenAt``), then the letter's queue message and row are deleted;
 a re-drive of a letter whose deletion failed only deletes it. docs/operations.md says what a
 second copy does on each queue when one still goes (a claim that ended before its re-drive
-recorded the copy; a poison message not yet indexed).
+recorded the copy; a poison message not yet kept whose deletion failed). A poison message not
+yet kept is re-driven or purged while this call holds it received (:meth:`PoisonQueues.scan`),
+so no other scan takes it meanwhile; one the scan does not get is a 409, never a success.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "PEEK_LIMIT",
     "POISON",
     "POISON_SOURCES",
     "DeadLetterDesk",
@@ -146,7 +149,8 @@ class DeadLetterDesk:
         return views[:top], more or len(views) > top
 
     def get(self, letter_id: str) -> DeadLetterView | None:
-        """One dead letter by id, or None."""
+        """One dead letter by id, or None; changes nothing. A poison message not yet kept is
+        found only among the peeked (:data:`PEEK_LIMIT` per queue, visible ones)."""
         entry = self.index.get(letter_id)
         if entry is not None:
             return view_of_entry(entry)
@@ -155,8 +159,6 @@ class DeadLetterDesk:
             for view in self.poison.peek(queue):
                 if view.queue_message_id == message_id:
                     return view
-            found = self.poison.scan(queue, {message_id}, lambda _m: None)
-            return found.get(message_id)
         return None
 
     # --- acting --------------------------------------------------------------------------
@@ -216,12 +218,33 @@ class DeadLetterDesk:
         return done, False
 
     def _redrive_one(self, view: DeadLetterView, *, force: bool) -> Handled:
-        if view.entry is not None:
-            return self._redrive_entry(view, force=force)
-        handled = self._requeue(view, force=force)
-        if not handled.kind.stays:
-            self._remove(view)
-        return handled
+        if view.entry is None:
+            return self._holding_poison(view, lambda held: self._requeue(held, force=force))
+        return self._redrive_entry(view, force=force)
+
+    def _holding_poison(
+        self, view: DeadLetterView, act: Callable[[DeadLetterView], Handled]
+    ) -> Handled:
+        """``act`` on a poison message not yet kept while this call holds it (received, so no
+        other scan takes it meanwhile), then delete it unless it stays. A 409 Problem, nothing
+        done, when the scan does not get it: another one holds it, or it is gone."""
+        target = view.queue_message_id
+        done: list[Handled] = []
+
+        def take(message: QueueMessage) -> bool:
+            if message.id != target or done:
+                return False
+            done.append(act(poison_view(view.queue, message)))
+            return not done[-1].kind.stays
+
+        self.poison.scan(view.queue, take)
+        if not done:
+            raise Problem(409, "Busy", (
+                f"Poison message {view.id} was not there to take: another call or the "
+                "PoisonKeeper timer holds it, or it is gone. Nothing was done; list the dead "
+                "letters again."
+            ), type=ProblemType.CONFLICT)  # fmt: skip
+        return done[0]
 
     def _redrive_entry(self, view: DeadLetterView, *, force: bool) -> Handled:
         """Re-drive an indexed letter under a claim on its row: of two re-drives at once one
@@ -285,6 +308,8 @@ class DeadLetterDesk:
             log.warning("dead letter %s: its re-drive claim stays until it ends", entry.id)
 
     def _purge_one(self, view: DeadLetterView) -> Handled:
+        if view.entry is None:
+            return self._holding_poison(view, lambda held: Handled(held.id, HandledKind.PURGED))
         self._remove(view)
         return Handled(view.id, HandledKind.PURGED)
 
@@ -311,7 +336,7 @@ class DeadLetterDesk:
             done.append(self._requeue(view, force=force))
             return not done[-1].kind.stays
 
-        self.poison.scan(queue, None, handle)
+        self.poison.scan(queue, handle)
         return done
 
     def keep_poison(self) -> int:
@@ -446,11 +471,7 @@ class DeadLetterDesk:
     def _remove(self, view: DeadLetterView) -> None:
         queue = self._queue(view.queue)
         entry = view.entry
-        if entry is None:
-            assert view.queue_message_id is not None
-            target = view.queue_message_id
-            self.poison.scan(view.queue, {target}, lambda m: m.id == target)
-            return
+        assert entry is not None  # a poison message not yet kept: _holding_poison
         deleted = False
         if entry.queue_message_id and entry.pop_receipt:
             from azure.core.exceptions import HttpResponseError
@@ -464,7 +485,6 @@ class DeadLetterDesk:
             wanted = entry.queue_message_id
             self.poison.scan(
                 view.queue,
-                None,
                 lambda m: (m.id == wanted) if wanted else (str(m.content) == entry.text),
             )
         self.index.remove(entry)

@@ -124,8 +124,11 @@ class PoisonQueues:
         queue with the queue default of 7 days to live (it cannot be told otherwise), so each
         one not yet kept is sent again to the same queue for good, indexed with reason
         ``poison`` and the dequeue count it reached (host.json's ``maxDequeueCount``: the
-        host's poison copy starts again from 0), and the original deleted. Returns how many
-        were kept."""
+        host's poison copy starts again from 0), and the original deleted. Its index row is
+        keyed by the original's id and time: an original whose deletion failed after it was
+        kept is only deleted by the next run, not kept twice. Returns how many were kept."""
+        from azure.core.exceptions import ResourceExistsError
+
         kept = 0
         for queue in (poison_queue(q) for q in POISON_SOURCES):
 
@@ -138,29 +141,32 @@ class PoisonQueues:
                     write_dead_letter(
                         self._queue(queue), view.text, queue_name=queue, index=self._index,
                         now=view.dead_lettered_at, reason=POISON, detail=view.detail,
-                        dequeue_count=view.dequeue_count,
+                        dequeue_count=view.dequeue_count, key=str(message.id),
                     )  # fmt: skip
+                except ResourceExistsError:  # kept before: its deletion failed then
+                    log.info("poison message %s on %s kept already", message.id, queue)
+                    return True
                 except Exception:  # this one stays as it is; the others are still kept
                     log.exception("poison message %s on %s could not be kept", message.id, queue)
                     return False
                 kept += 1
                 return True
 
-            self.scan(queue, None, keep)
+            try:
+                self.scan(queue, keep)
+            except Exception:  # the next run keeps what this one left
+                log.exception("the poison messages of %s could not all be kept", queue)
         if kept:
             log.info("poison messages kept until handled: %d", kept)
         return kept
 
-    def scan(
-        self, queue_name: str, ids: set[str] | None, take: Callable[[QueueMessage], Any]
-    ) -> dict[str, DeadLetterView]:
-        """Receive every message of a queue (up to :data:`SCAN_LIMIT`); delete those for which
-        ``take`` is True, make the others visible again at once. Returns the views of the
-        messages whose ids are in ``ids``."""
+    def scan(self, queue_name: str, take: Callable[[QueueMessage], Any]) -> None:
+        """Receive every message of a queue (up to :data:`SCAN_LIMIT`, each hidden meanwhile:
+        no other scan gets it); delete those for which ``take`` is True, make the others
+        visible again at once (also when ``take`` raises)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         queue = self._queue(queue_name)
-        seen: dict[str, DeadLetterView] = {}
         kept: list[QueueMessage] = []
         try:
             for message in queue.receive_messages(
@@ -168,14 +174,18 @@ class PoisonQueues:
                 visibility_timeout=SCAN_VISIBILITY_SECONDS,
                 max_messages=SCAN_LIMIT,
             ):
-                if ids is not None and message.id in ids:
-                    seen[message.id] = poison_view(queue_name, message)
+                kept.append(message)
                 if take(message) is True:
                     queue.delete_message(message)
-                else:
-                    kept.append(message)
+                    kept.pop()
         except ResourceNotFoundError:
-            return seen
+            return
+        finally:
+            self._show_again(queue_name, queue, kept)
+
+    def _show_again(self, queue_name: str, queue: QueueClient, kept: list[QueueMessage]) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
         receipts: dict[str, str] = {}
         for message in kept:
             with contextlib.suppress(ResourceNotFoundError):
@@ -185,4 +195,3 @@ class PoisonQueues:
                 receipts[str(message.id)] = str(updated.pop_receipt)
         # Our receive gave the messages new pop receipts: the index keeps them deletable.
         self._index.refresh_receipts(queue_name, receipts)
-        return seen

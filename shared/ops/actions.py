@@ -27,6 +27,7 @@ from shared.clock import utcnow
 from shared.deadletters import DEAD_LETTER_QUEUES, ID_MAX_LENGTH, DeadLetterFilter
 from shared.names import poison_queue
 from shared.ops._deadletters import (
+    PEEK_LIMIT,
     POISON_SOURCES,
     DeadLetterDesk,
     DeadLetterView,
@@ -329,12 +330,17 @@ def desk(settings: Settings) -> DeadLetterDesk:
 def _one(ctx: ActionContext, inp: OneInput) -> DeadLetterView:
     view = desk(ctx.settings).get(inp.dead_letter_id)
     if view is None:
-        raise Problem(
-            404,
-            "No such dead letter",
-            f"No dead letter has id {inp.dead_letter_id} (handled already?).",
-            type=ProblemType.NOT_FOUND,
-        )
+        detail = f"No dead letter has id {inp.dead_letter_id} (handled already?)."
+        queue = inp.dead_letter_id.partition("~")[0]
+        if queue in KNOWN_QUEUES and queue not in DEAD_LETTER_QUEUES:
+            detail = (
+                f"No message {inp.dead_letter_id} among the first {PEEK_LIMIT} visible on "
+                f"{queue} (handled already, held by a call handling it, or further back: only "
+                "those are looked at). The PoisonKeeper timer (every 6 hours) moves poison "
+                "messages into the indexed dead letters, found by id wherever they are; "
+                "RedriveDeadLetters and PurgeDeadLetters with this queue reach them all now."
+            )
+        raise Problem(404, "No such dead letter", detail, type=ProblemType.NOT_FOUND)
     return view
 
 

@@ -29,9 +29,10 @@ from shared.names import (
     INBOUND_DEAD_LETTER_QUEUE,
     INBOUND_DELIVERIES_QUEUE,
     OUTBOUND_QUEUE,
+    poison_queue,
 )
 from shared.payloads import PayloadStore, fits_queue
-from shared.problems import Problem
+from shared.problems import Problem, ProblemType
 from shared.settings import get_settings
 from shared.storage import ensured_queue, queue_client
 from tests.ops.conftest import Outbound
@@ -351,3 +352,90 @@ def test_a_claim_whose_re_drive_died_before_sending_ends_and_the_letter_is_re_dr
     assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-1")]
     assert after.body["outcome"] == "redriven", after.body
     ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_showing_a_poison_message_only_peeks_and_one_not_among_the_peeked_is_not_found(
+    ops: Outbound,
+) -> None:
+    """GetDeadLetter received up to 5,000 messages of the poison queue to look for it: each
+    hidden for a minute, its dequeue count raised and its pop receipt changed, by a GET."""
+    poison = ensured_queue(poison_queue(INBOUND_DELIVERIES_QUEUE))
+    for n in range(40):
+        poison.send_message(json.dumps({"n": n}))
+    before = [(m.id, m.dequeue_count) for m in poison.peek_messages(max_messages=32)]
+    first_id = f"{poison_queue(INBOUND_DELIVERIES_QUEUE)}~{before[0][0]}"
+
+    shown = call_http("GetDeadLetter", "GET", route_params={"DeadLetterId": first_id})
+    missing = call_http(
+        "GetDeadLetter",
+        "GET",
+        route_params={"DeadLetterId": f"{poison_queue(INBOUND_DELIVERIES_QUEUE)}~no-such-id"},
+    )
+
+    assert [(m.id, m.dequeue_count) for m in poison.peek_messages(max_messages=32)] == before
+    assert poison.get_queue_properties().approximate_message_count == 40
+    assert shown.status == 200, shown.body
+    assert missing.status == 404, missing.body
+    assert "PoisonKeeper" in missing.body["detail"]
+
+
+def test_a_poison_message_another_scan_holds_is_neither_re_driven_nor_purged_twice(
+    ops: Outbound,
+) -> None:
+    """The re-drive enqueued its copy, then found nothing to delete (another scan held it)
+    and answered redriven: once visible again it was listed, and re-driven a second time."""
+    from shared.ops.actions import desk
+
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    poison = ensured_queue(poison_queue(DLR_FORWARD_QUEUE))
+    poison.send_message(forward("p-1"))
+    ops_desk = desk(get_settings())
+    view = ops_desk.get(letter_of("p-1")["id"])
+    assert view is not None
+    [held] = list(poison.receive_messages(visibility_timeout=60))  # PoisonKeeper, say
+
+    with pytest.raises(Problem) as redrive:
+        ops_desk.redrive(view)
+    with pytest.raises(Problem) as purge:
+        ops_desk.purge(view)
+    poison.update_message(held, content=held.content, visibility_timeout=0)  # it is done
+    again = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": view.id})
+
+    assert (redrive.value.status, redrive.value.type) == (409, ProblemType.CONFLICT)
+    assert "PoisonKeeper" in (redrive.value.detail or "")
+    assert purge.value.status == 409
+    assert again.body["outcome"] == "redriven", again.body
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("p-1")]
+    assert queue_texts(poison_queue(DLR_FORWARD_QUEUE)) == []
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_a_poison_message_whose_deletion_failed_once_kept_is_not_kept_twice(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its copy was written and indexed, then deleting the original failed: the next run kept
+    it again, a second letter of the same message (and a second re-drive to send)."""
+    from azure.storage.queue import QueueClient
+
+    from shared.ops import keep_poison
+
+    poison = ensured_queue(poison_queue(DLR_FORWARD_QUEUE))
+    poison.send_message(forward("p-2"))
+    delete_message = QueueClient.delete_message
+    failures = ["storage blip"]
+
+    def failing_once(self: QueueClient, *args: Any, **kwargs: Any) -> Any:
+        if failures and self.queue_name == poison_queue(DLR_FORWARD_QUEUE):
+            raise ConnectionError(failures.pop())
+        return delete_message(self, *args, **kwargs)
+
+    monkeypatch.setattr(QueueClient, "delete_message", failing_once)
+    first = keep_poison()
+    second = keep_poison()
+
+    assert (first, second) == (1, 0)
+    [item] = listed()
+    assert (item["reason"], item["messageId"]) == ("poison", "p-2")
+    [kept] = poison.peek_messages(max_messages=32)
+    assert kept.expires_on is not None
+    assert kept.expires_on.year == 9999
