@@ -153,10 +153,15 @@ def handle_page_action(
         if view is None:
             notice = f"{letter_id}: already handled"
         else:
-            handled = ops.redrive(view) if action == "redrive" else ops.purge(view)
-            notice = f"{handled.id}: {handled.kind}" + (
-                f" ({handled.detail})" if handled.detail else ""
-            )
+            try:
+                handled = ops.redrive(view) if action == "redrive" else ops.purge(view)
+                notice = f"{handled.id}: {handled.kind}" + (
+                    f" ({handled.detail})" if handled.detail else ""
+                )
+            except Problem as busy:  # nothing done now (busy, original gone): say so on the page
+                if busy.status != 409:
+                    raise
+                notice = f"{letter_id}: not done: {busy.detail or busy.title}"
             log.info("ops page: %s by %s", notice, principal.id)
         # Relative: the page is one segment up, whatever the host's route prefix.
         signed = {"done": notice, "sig": notice_token(current, principal, notice)}

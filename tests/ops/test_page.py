@@ -266,3 +266,30 @@ def test_only_a_buttons_own_outcome_is_shown_not_a_links_text(ops: Outbound) -> 
 
     assert f"{row_id}: purged" in shown
     assert "evil.example" not in crafted
+
+
+def test_a_button_on_a_letter_another_call_is_redriving_says_so_on_the_page(
+    ops: Outbound,
+) -> None:
+    """A re-drive that can do nothing now (409: busy) is a notice, not a JSON problem page."""
+    import datetime as dt
+
+    from shared.deadletters import DeadLetterIndex
+
+    one_letter()
+    page = get_page()
+    [row_id] = re.findall(r'name="id" value="([^"]+)"', page.get_body().decode())[:1]
+    index = DeadLetterIndex.from_settings()
+    entry = index.get(row_id)
+    assert entry is not None
+    now = dt.datetime.now(dt.UTC)
+    claimed, _ = index.claim(entry, now=now, until=now + dt.timedelta(minutes=5))
+    assert claimed  # another caller holds it
+
+    done = press("redrive", {"id": row_id, "csrf": csrf_of(page)})
+
+    assert done.status_code == 303
+    shown = get_page(query=done.headers["Location"].removeprefix("../ops")).get_body().decode()
+    assert f"{row_id}: not done:" in shown
+    assert index.get(row_id) is not None  # the letter stays
+    assert len(queue_client("smartdialog-outbound").peek_messages()) == 0  # nothing sent
