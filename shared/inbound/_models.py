@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -75,18 +76,41 @@ class NewMessagePayload(BaseModel):
     def _empty_is_absent(cls, value: Any) -> Any:
         return None if value == "" else value
 
+    #: A ``timestamp`` we could not read, as it came (it still tells this message's retries,
+    #: which carry the same text, from another message: :func:`inbound_message_key`).
+    _unread_timestamp: str | None = PrivateAttr(None)
+
     @field_validator("timestamp", mode="wrap")
     @classmethod
-    def _timestamp_in_utc(
+    def _readable_timestamp(
         cls, value: Any, handler: ValidatorFunctionWrapHandler
     ) -> dt.datetime | None:
-        """In UTC, so the event's ``time`` is RFC 3339 (one without a zone is UTC); absent if
-        it is no time we can read ("", "15.01.2024 10:30:00") or none UTC can hold."""
+        """As written (its zone, or none: the message's id hashes it as the previous release
+        did); absent if it is no time we can read ("", "15.01.2024 10:30:00") or none UTC can
+        hold. :attr:`utc_timestamp` is the one events carry."""
         try:
             parsed = handler(value)
-            return None if parsed is None else as_utc(parsed)
+            if parsed is not None:
+                as_utc(parsed)  # raises OverflowError for one UTC cannot hold
+            return parsed  # type: ignore[no-any-return]
         except (ValidationError, OverflowError):
             return None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_unread_timestamp(
+        cls, data: Any, handler: ValidatorFunctionWrapHandler
+    ) -> NewMessagePayload:
+        payload: NewMessagePayload = handler(data)
+        raw = data.get("timestamp") if isinstance(data, dict) else None
+        if payload.timestamp is None and isinstance(raw, str) and raw.strip():
+            payload._unread_timestamp = raw
+        return payload
+
+    @property
+    def utc_timestamp(self) -> dt.datetime | None:
+        """``timestamp`` in UTC (one without a zone is UTC), so an event's ``time`` is RFC 3339."""
+        return None if self.timestamp is None else as_utc(self.timestamp)
 
     @field_validator("content", mode="before")
     @classmethod

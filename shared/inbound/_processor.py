@@ -222,7 +222,7 @@ class InboundProcessor:
         event: dict[str, Any] | None = json.loads(texts[0]) if len(texts) == 1 else None
         blob: str | None = None
         if event is None:
-            time = payload.timestamp or received_at
+            time = payload.utc_timestamp or received_at
             whole = received_event(data, event_id=event_id, subject=key, time=time)
             blob = self._event_store().put(whole.to_json(), kind="event")
         for subscription_id in subscribers:
@@ -253,7 +253,7 @@ def message_event(
         sender=payload.sender,
         recipient=payload.recipient,
         content=payload.content,
-        timestamp=payload.timestamp,
+        timestamp=payload.utc_timestamp,
         protocol=payload.protocol,
         attachments=payload.attachments,
         messageId=key,
@@ -262,7 +262,7 @@ def message_event(
         receivedAt=intake.receivedAt,
         optOut=keyword,
     )
-    time = payload.timestamp or intake.receivedAt
+    time = payload.utc_timestamp or intake.receivedAt
     events = _received(data, event_id=f"{intake.service}:{key}", subject=key, time=time)
     return data, [text for _, text in events]
 

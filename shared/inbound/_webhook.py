@@ -81,11 +81,15 @@ def inbound_message_key(payload: NewMessagePayload, received_at: dt.datetime) ->
     across SmartDialog's retries of the same message. Without a ``timestamp`` either, nothing
     tells a retry from a second message of the same text (a second "YES" hours later), so the
     hash takes in ``received_at`` too: each webhook call is a message of its own (a retry after
-    a lost answer may come twice; no message is ever taken for an earlier one and dropped)."""
+    a lost answer may come twice; no message is ever taken for an earlier one and dropped). A
+    ``timestamp`` is hashed as written (a zone or none, as the previous release did; one we
+    cannot read as its text), so a retry that spans a deploy keeps its id."""
     if payload.messageId:
         return payload.messageId
     material = payload.model_dump(mode="json", exclude={"messageId"})
-    if payload.timestamp is None:
+    if payload._unread_timestamp is not None:  # the same text on every retry of it
+        material["timestamp"] = payload._unread_timestamp
+    elif payload.timestamp is None:
         material["receivedAt"] = received_at.isoformat()
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256-" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -3,8 +3,10 @@ CloudEvent per message (de-duplicated behind the queue), unforgeable, crash-safe
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -418,3 +420,34 @@ def test_a_malformed_intake_message_raises_so_the_host_poisons_it(inbound: Inbou
         inbound.queue_function("InboundProcessor", '{"not": "an intake message"}')
     assert inbound.count(names.INBOUND_QUEUE) == 0
     assert inbound.rows(names.INBOUND_SEEN_TABLE) == []
+
+
+PREVIOUS_RELEASE = Path(__file__).resolve().parent.parent / "fixtures" / "previous_release.json"
+
+
+def test_a_payload_without_message_id_keeps_the_id_the_previous_release_gave_it() -> None:
+    """SmartDialog's retry of a message the previous release took (its answer lost) reaches
+    this one during a deploy: the same payload must hash to the same id, whatever the zone of
+    its timestamp (none, an offset), or the flow gets the message twice."""
+    from shared.inbound._models import NewMessagePayload
+    from shared.inbound._webhook import inbound_message_key
+
+    recorded = json.loads(PREVIOUS_RELEASE.read_text())["inbound_message_keys"]
+    received = dt.datetime(2024, 1, 15, 10, 31, tzinfo=dt.UTC)
+    for case in recorded:
+        payload = NewMessagePayload.model_validate(case["payload"])
+        assert inbound_message_key(payload, received) == case["messageKey"], case["payload"]
+
+
+def test_an_unreadable_timestamp_still_tells_retries_from_other_messages() -> None:
+    from shared.inbound._models import NewMessagePayload
+    from shared.inbound._webhook import inbound_message_key
+
+    def key(timestamp: str, at_minute: int) -> str:
+        body = {"sender": "+358401234567", "recipient": "x", "content": "YES"}
+        payload = NewMessagePayload.model_validate({**body, "timestamp": timestamp})
+        assert payload.timestamp is None  # not a time we can read
+        return inbound_message_key(payload, dt.datetime(2024, 1, 15, 10, at_minute, tzinfo=dt.UTC))
+
+    assert key("15.01.2024 10:30:00", 31) == key("15.01.2024 10:30:00", 45)  # its retry
+    assert key("15.01.2024 10:30:00", 31) != key("15.01.2024 11:30:00", 31)  # another message
