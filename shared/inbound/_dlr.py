@@ -6,9 +6,8 @@ own parameters, whose names and vocabulary it does not publish. So :func:`parse_
 the sandbox's names (``messageId``, ``recipientId``, ``recipient``, ``status``, ``statusCode``,
 ``timestamp``) and common aliases (``to``/``msisdn``, ``stat``/``state``, Kannel's numeric
 ``dlr`` codes, ...) case-insensitively, and every report keeps its raw query. A status word
-decides the state; only a report without one is read by its event number (``statusCode``,
-``dlr``); an error code (``code``, ``errorCode``, ``err``) never decides, and a word we do not
-know moves nothing.
+we know decides the state; a report without one is read by its event number (``statusCode``,
+``dlr``), if any; an error code (``code``, ``errorCode``, ``err``) never decides.
 
 State machine of one recipient (the slot entities of ``SmartDialogMessages``, ranks of
 :class:`shared.messages.RecipientStatus`; :meth:`MessageStore.advance_slot` writes them)::
@@ -77,17 +76,22 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "timestamp": ("timestamp", "time", "donedate", "done_date", "deliveredat", "date"),
 }
 # Status words, compared without case, spaces or punctuation ("Not Delivered" = "NOT_DELIVERED").
-_DELIVERED = frozenset({"delivered", "delivrd", "deliveryok", "success", "succeeded", "read"})
+_DELIVERED = frozenset(
+    {"delivered", "delivrd", "deliveryok", "deliveredtoterminal", "success", "succeeded", "read"}
+)
 _UNDELIVERED = frozenset(
     {
         "failed", "failure", "undelivered", "undeliv", "undeliverable", "notdelivered",
         "nondelivered", "deliveryfailed", "rejected", "rejectd", "expired", "deleted", "error",
-        "dropped", "blocked",
+        "dropped", "blocked", "deliveryimpossible",
     }
 )  # fmt: skip
 _SENT = frozenset(
-    {"sent", "accepted", "acceptd", "buffered", "enroute", "submitted", "queued", "sending"}
-)
+    {
+        "sent", "accepted", "acceptd", "buffered", "enroute", "submitted", "queued", "sending",
+        "deliveredtonetwork",
+    }
+)  # fmt: skip
 # Kannel's DLR event numbers (the sandbox uses 1 and 2): 1 delivered to the phone, 2 not
 # delivered, 4 queued at the operator, 8 delivered to the operator, 16 rejected by it.
 _CODES = {
@@ -115,19 +119,17 @@ class DeliveryReport:
 
 
 def _state(text: str | None, event_code: str | None) -> RecipientStatus | None:
-    """The state a status word says; without one, the state a Kannel event number says. A word
-    we do not know is no state (kept raw, nothing moves), whatever number comes with it: an
-    error code of 1 is no "delivered"."""
-    if text is None:
-        return _CODES.get((event_code or "").strip())
-    word = "".join(c for c in text.lower() if c.isalnum())
+    """The state a status word says; without one we know, the state a Kannel event number
+    (``statusCode``, ``dlr``) says; else none (kept raw, nothing moves). An error code is never
+    an event number: ``errorCode=1`` is no "delivered"."""
+    word = "".join(c for c in (text or "").lower() if c.isalnum())
     if word in _DELIVERED:
         return RecipientStatus.DELIVERED
     if word in _UNDELIVERED:
         return RecipientStatus.UNDELIVERED
     if word in _SENT:
         return RecipientStatus.SENT
-    return _CODES.get(word)  # a numeric status, else unknown
+    return _CODES.get(word) or _CODES.get((event_code or "").strip())
 
 
 def _timestamp(text: str | None) -> dt.datetime | None:

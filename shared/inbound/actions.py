@@ -445,9 +445,10 @@ def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
 
 def unsubscribe(ctx: ActionContext, inp: UnsubscribeInput) -> ActionResponse:
     store, _ = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
-    # Unsubscribing twice is fine (Power Automate may repeat it).
-    store.remove(inp.service, inp.subscription_id)
-    TriggerNotifier.for_settings(ctx.settings).forget(inp.service)
+    # Unsubscribing twice is fine (Power Automate may repeat it); another trigger's subscription
+    # is not this route's to end.
+    if store.remove(inp.service, inp.subscription_id, TriggerKind.NEW_MESSAGE):
+        TriggerNotifier.for_settings(ctx.settings).forget(inp.service)
     return ActionResponse.json(SubscriptionDoc(id=inp.subscription_id, service=inp.service))
 
 

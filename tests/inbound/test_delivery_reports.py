@@ -201,8 +201,13 @@ def test_forged_delivery_report_gets_401_and_leaves_no_trace(
         ({"status": "not delivered", "dlr": "1"}, RecipientStatus.UNDELIVERED),
         ({"status": "Delivery-OK"}, RecipientStatus.DELIVERED),
         ({"status": "unknown", "err": "1"}, None),
-        ({"status": "weird", "statusCode": "1"}, None),  # a word we do not know moves nothing
-        ({"status": "3", "dlr": "1"}, None),
+        # A word we do not know: the event number decides, if there is one.
+        ({"status": "weird", "statusCode": "1"}, RecipientStatus.DELIVERED),
+        ({"status": "DeliveredToTerminal"}, RecipientStatus.DELIVERED),
+        ({"status": "DeliveredToNetwork"}, RecipientStatus.SENT),
+        ({"status": "DeliveryImpossible"}, RecipientStatus.UNDELIVERED),
+        ({"status": "3", "dlr": "1"}, RecipientStatus.DELIVERED),
+        ({"status": "weird", "errorCode": "1"}, None),
         ({"errorCode": "1"}, None),  # an error code is no event number
         ({"code": "1"}, None),
         ({"status": "weird"}, None),

@@ -564,3 +564,25 @@ def test_the_connector_describes_every_field_each_trigger_delivers() -> None:
         assert all(p["title"].istitle() or " " not in p["title"] for p in content.values())
     state = document["paths"]["/triggers/delivery-reports/{Service}"]["x-ms-notification-content"]
     assert state["schema"]["properties"]["state"]["enum"] == ["sent", "delivered", "undelivered"]
+
+
+def test_the_new_message_delete_route_does_not_end_another_triggers_subscription(
+    served: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    answer = subscribe(served, TriggerKind.OPT_OUT, f"{callback_receiver.url}/stop", TWO_WAY)
+    assert answer.status == 201, answer.body
+    parts = urlsplit(answer.headers["Location"])
+    *_, service, subscription = parts.path.split("/")
+
+    status = served.call(
+        "DeleteNewMessageTrigger",
+        "DELETE",
+        route_params={"Service": service, "SubscriptionId": subscription},
+        params=dict(parse_qsl(parts.query)),
+    ).status
+
+    assert status == 200  # a repeat of an unsubscribe is fine, and says nothing of others
+    from shared.inbound import SubscriptionStore
+
+    kept = SubscriptionStore.from_settings().list(TWO_WAY, TriggerKind.OPT_OUT)
+    assert [s.subscription_id for s in kept] == [subscription]
