@@ -343,8 +343,8 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
 
     A value that cannot be sent -> 400 naming it; 400 and any other 4xx not below -> 422 with
     SmartDialog's message; 404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; 401/403
-    and missing credentials -> 502 explaining the credential problem; 5xx, connection errors
-    and unexpected bodies -> 502; timeouts and 408 -> 504.
+    -> 502 explaining the credential problem (none at all: 503, :func:`_map_failure`); 5xx,
+    connection errors and unexpected bodies -> 502; timeouts and 408 -> 504.
     """
     from shared import smartdialog as sd
 

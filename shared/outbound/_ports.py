@@ -54,9 +54,9 @@ class SendPolicy:
     pack_max_recipients: int
     #: How long after its accept a lane member's backstop copy comes (0: every copy at once).
     lane_backstop: dt.timedelta
-    #: The settings a send needs that are broken (names only, never values): callback secrets,
-    #: the public URL. While any is, messages are deferred, not sent (see
-    #: :func:`shared.health.settings_errors`).
+    #: The settings a send needs that are broken (names only, never values): no credentials (the
+    #: default connection's), callback secrets, the public URL. While any is, messages are
+    #: deferred, not sent (see :func:`shared.health.settings_errors`).
     broken_settings: tuple[str, ...] = ()
     #: The connection (SmartDialog account) these ports send through.
     connection: str = DEFAULT_CONNECTION
