@@ -48,6 +48,7 @@ from shared.ops._poison import (
     PoisonQueues,
     message_id_of,
     poison_view,
+    unseen_poison,
 )
 from shared.ops._views import POISON, DeadLetterView, Handled, HandledKind, view_of_entry
 from shared.payloads import PayloadStore
@@ -157,9 +158,19 @@ class DeadLetterDesk:
         queue, _, message_id = letter_id.partition("~")
         if queue in {poison_queue(q) for q in POISON_SOURCES} and message_id:
             for view in self.poison.peek(queue):
-                if view.queue_message_id == message_id:
-                    return view
+                if view.queue_message_id == message_id and not view.kept:
+                    return view  # a kept one is shown (and handled) as its indexed letter
         return None
+
+    def target(self, letter_id: str) -> DeadLetterView | None:
+        """What a re-drive or purge of ``letter_id`` acts on: :meth:`get`'s letter, or a poison
+        message not among the peeked (held by another call, or further back), which the action
+        looks for while it holds the queue's messages (409 if it does not get it)."""
+        found = self.get(letter_id)
+        queue, _, message_id = letter_id.partition("~")
+        if found is not None or queue not in {poison_queue(q) for q in POISON_SOURCES}:
+            return found
+        return None if not message_id else unseen_poison(queue, message_id, self._clock())
 
     # --- acting --------------------------------------------------------------------------
 
@@ -232,12 +243,13 @@ class DeadLetterDesk:
         done: list[Handled] = []
 
         def take(message: QueueMessage) -> bool:
-            if message.id != target or done:
+            held = poison_view(view.queue, message)
+            if message.id != target or done or held.kept:  # a kept one: its indexed letter
                 return False
-            done.append(act(poison_view(view.queue, message)))
+            done.append(act(held))
             return not done[-1].kind.stays
 
-        self.poison.scan(view.queue, take)
+        self.poison.scan(view.queue, take, enough=lambda: bool(done))
         if not done:
             raise Problem(409, "Busy", (
                 f"Poison message {view.id} was not there to take: another call or the "
@@ -266,7 +278,10 @@ class DeadLetterDesk:
             self._release(entry, now)
             return handled
         if handled.kind is HandledKind.REDRIVEN:
-            self.index.redriven(entry, now=self._clock())
+            try:
+                self.index.redriven(entry, now=self._clock())
+            except Exception:  # its copy is out: removing the letter is what keeps it once
+                log.warning("dead letter %s: re-driven, not marked so", view.id, exc_info=True)
         return self._removed(view, handled, now)
 
     def _not_claimed(

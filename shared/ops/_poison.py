@@ -79,6 +79,22 @@ def poison_view(queue: str, message: QueueMessage) -> DeadLetterView:
     )
 
 
+def unseen_poison(queue: str, message_id: str, now: dt.datetime) -> DeadLetterView:
+    """A poison message known only by id (not among the peeked): what an action looks for."""
+    return DeadLetterView(
+        id=f"{queue}~{message_id}",
+        queue=queue,
+        source_queue=queue.removesuffix("-poison"),
+        reason=POISON,
+        code=None,
+        detail=None,
+        message_id=None,
+        dead_lettered_at=now,
+        text="",
+        queue_message_id=message_id,
+    )
+
+
 def never_expires(message: QueueMessage) -> bool:
     """Whether ``message`` was sent for good (a kept poison message)."""
     # A message sent with time_to_live=-1 expires, the service says, at the end of year 9999.
@@ -160,24 +176,34 @@ class PoisonQueues:
             log.info("poison messages kept until handled: %d", kept)
         return kept
 
-    def scan(self, queue_name: str, take: Callable[[QueueMessage], Any]) -> None:
+    def scan(
+        self,
+        queue_name: str,
+        take: Callable[[QueueMessage], Any],
+        *,
+        enough: Callable[[], bool] = lambda: False,
+    ) -> None:
         """Receive every message of a queue (up to :data:`SCAN_LIMIT`, each hidden meanwhile:
-        no other scan gets it); delete those for which ``take`` is True, make the others
-        visible again at once (also when ``take`` raises)."""
+        no other scan gets it), a page of 32 at a time until ``enough``; delete those for which
+        ``take`` is True, make the others visible again at once (also when ``take`` raises)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         queue = self._queue(queue_name)
         kept: list[QueueMessage] = []
         try:
-            for message in queue.receive_messages(
+            pages = queue.receive_messages(
                 messages_per_page=32,
                 visibility_timeout=SCAN_VISIBILITY_SECONDS,
                 max_messages=SCAN_LIMIT,
-            ):
-                kept.append(message)
-                if take(message) is True:
-                    queue.delete_message(message)
-                    kept.pop()
+            ).by_page()
+            for page in pages:
+                for message in page:  # the whole page: each of it was received (hidden)
+                    kept.append(message)
+                    if take(message) is True:
+                        queue.delete_message(message)
+                        kept.pop()
+                if enough():
+                    break
         except ResourceNotFoundError:
             return
         finally:

@@ -327,8 +327,11 @@ def desk(settings: Settings) -> DeadLetterDesk:
     return DeadLetterDesk.from_settings(settings)
 
 
-def _one(ctx: ActionContext, inp: OneInput) -> DeadLetterView:
-    view = desk(ctx.settings).get(inp.dead_letter_id)
+def _one(ctx: ActionContext, inp: OneInput, *, acting: bool = False) -> DeadLetterView:
+    """The dead letter an action names (``acting``: a re-drive or purge, which also reaches a
+    poison message not among the peeked); 404 otherwise."""
+    ops = desk(ctx.settings)
+    view = ops.target(inp.dead_letter_id) if acting else ops.get(inp.dead_letter_id)
     if view is None:
         detail = f"No dead letter has id {inp.dead_letter_id} (handled already?)."
         queue = inp.dead_letter_id.partition("~")[0]
@@ -371,12 +374,12 @@ def get_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
 
 
 def redrive_dead_letter(ctx: ActionContext, inp: RedriveOneInput) -> ActionResponse:
-    done = desk(ctx.settings).redrive(_one(ctx, inp), force=inp.force)
+    done = desk(ctx.settings).redrive(_one(ctx, inp, acting=True), force=inp.force)
     return ActionResponse.json(HandledDoc(id=done.id, outcome=done.kind, detail=done.detail))
 
 
 def purge_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
-    done = desk(ctx.settings).purge(_one(ctx, inp))
+    done = desk(ctx.settings).purge(_one(ctx, inp, acting=True))
     return ActionResponse.json(HandledDoc(id=done.id, outcome=done.kind, detail=done.detail))
 
 

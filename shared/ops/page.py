@@ -149,7 +149,7 @@ def handle_page_action(
         if not letter_id:
             raise validation_problem([FieldError("id", "the dead letter's id is required")])
         ops = desk(current)
-        view = ops.get(letter_id)
+        view = ops.target(letter_id)
         if view is None:
             notice = f"{letter_id}: already handled"
         else:

@@ -439,3 +439,115 @@ def test_a_poison_message_whose_deletion_failed_once_kept_is_not_kept_twice(
     [kept] = poison.peek_messages(max_messages=32)
     assert kept.expires_on is not None
     assert kept.expires_on.year == 9999
+
+
+def test_a_re_drive_whose_mark_could_not_be_written_still_removes_the_letter_and_sends_once(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """The copy was out, then writing RedrivenAt failed: the action answered 500 with the
+    letter still listed, and a re-drive after the claim ended sent it again."""
+    from shared.ops._deadletters import REDRIVE_CLAIM
+
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    put_forward_letter(forward("m-mark"), "m-mark")
+    letter_id = letter_of("m-mark")["id"]
+
+    def failing(self: DeadLetterIndex, entry: Any, *, now: dt.datetime) -> None:
+        raise ConnectionError("table blip")
+
+    monkeypatch.setattr(DeadLetterIndex, "redriven", failing)
+    first = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    manual_clock.advance(REDRIVE_CLAIM.total_seconds() + 1)
+    second = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+
+    assert first.status == 200, first.body
+    assert first.body["outcome"] == "redriven"
+    assert second.status == 404, second.body  # handled: nothing left to send again
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-mark")]
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_a_poison_message_held_by_another_call_is_a_409_through_the_actions_not_a_404(
+    ops: Outbound,
+) -> None:
+    """The actions looked it up by peeking first: a message someone holds is not peeked, so
+    they answered 404 "no such dead letter" (and the page "already handled")."""
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    poison = ensured_queue(poison_queue(DLR_FORWARD_QUEUE))
+    poison.send_message(forward("p-held"))
+    letter_id = letter_of("p-held")["id"]
+    [held] = list(poison.receive_messages(visibility_timeout=60))  # PoisonKeeper, say
+
+    redrive = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    purge = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": letter_id})
+    poison.update_message(held, content=held.content, visibility_timeout=0)
+
+    assert redrive.status == 409, redrive.body
+    assert purge.status == 409, purge.body
+    assert queue_texts(DLR_FORWARD_QUEUE) == []
+    assert queue_texts(poison_queue(DLR_FORWARD_QUEUE)) == [forward("p-held")]
+
+
+def test_a_poison_message_further_back_than_the_peek_is_re_driven_by_id_holding_one_page(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first 32 are peeked; one further back is still re-driven by its id, and the
+    call holds the queue a page at a time only until it has it (not all 5,000 messages)."""
+    from azure.storage.queue import QueueClient
+
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    poison = ensured_queue(poison_queue(DLR_FORWARD_QUEUE))
+    sent = [poison.send_message(forward(f"p-{n}")) for n in range(70)]
+    behind = f"{poison_queue(DLR_FORWARD_QUEUE)}~{sent[40].id}"
+    received: list[int] = []
+    receive = QueueClient.receive_messages
+
+    def counting(self: QueueClient, *args: Any, **kwargs: Any) -> Any:
+        pages = receive(self, *args, **kwargs)
+        received.append(0)
+        original = pages.by_page
+
+        def by_page(*a: Any, **k: Any) -> Any:
+            for page in original(*a, **k):
+                items = list(page)
+                received[-1] += len(items)
+                yield iter(items)
+
+        pages.by_page = by_page  # type: ignore[method-assign]
+        return pages
+
+    monkeypatch.setattr(QueueClient, "receive_messages", counting)
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": behind})
+
+    assert answer.status == 200, answer.body
+    assert answer.body["outcome"] == "redriven"
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("p-40")]
+    assert received == [64]  # two pages of 32, not the whole queue
+    assert poison.get_queue_properties().approximate_message_count == 69
+    assert len(poison.peek_messages(max_messages=32)) == 32  # the others visible again at once
+    poison.clear_messages()
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_a_kept_poison_message_is_re_driven_by_its_letter_only_so_once(ops: Outbound) -> None:
+    """Typed by its queue-message id, a kept poison message was re-driven and deleted while
+    its indexed letter stayed, which a later re-drive sent again."""
+    from shared.ops import keep_poison
+
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    poison = ensured_queue(poison_queue(DLR_FORWARD_QUEUE))
+    poison.send_message(forward("p-kept"))
+    assert keep_poison() == 1
+    [kept] = poison.peek_messages(max_messages=32)
+    by_message = f"{poison_queue(DLR_FORWARD_QUEUE)}~{kept.id}"
+
+    typed = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": by_message})
+    letter = call_http(
+        "RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_of("p-kept")["id"]}
+    )
+
+    assert typed.status == 409, typed.body
+    assert letter.body["outcome"] == "redriven", letter.body
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("p-kept")]
+    assert listed() == []
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
