@@ -78,7 +78,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             ResponseDoc(200, "Ended.", QuestionAnswerDoc),
             ResponseDoc(202, "Still waiting.", QuestionAcceptedDoc, ACCEPTED_HEADERS),
         ),
-        visibility="advanced",
+        visibility="internal",
         tags=(TAG,),
     ),
 )

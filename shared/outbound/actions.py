@@ -334,8 +334,6 @@ def cancel_message(ctx: ActionContext, inp: CancelMessageInput) -> ActionRespons
     return answer(send_service(ctx.settings).cancel(inp.message_id))
 
 
-_ASYNC = {"x-ms-async-pattern": True}  # informational; the 202 + Location pattern is native
-
 SPECS: tuple[ActionSpec[Any], ...] = (
     ActionSpec(
         operation_id="SendMessage",
@@ -407,7 +405,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             ResponseDoc(200, "Sent.", SentDoc),
             ResponseDoc(202, "Still pending.", AcceptedDoc, ACCEPTED_HEADERS),
         ),
-        visibility="advanced",
+        visibility="internal",
         tags=(TAG,),
     ),
     ActionSpec(

@@ -385,6 +385,11 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             "Recipients are packed into as few SmartDialog calls as the quota needs."
         ),
         responses=(
+            # What the flow step outputs: the final answer of Location (the designer's dynamic
+            # content comes from the 200).
+            ResponseDoc(
+                200, "Every recipient final (the final answer of Location).", BulkStatusDoc
+            ),
             ResponseDoc(
                 202,
                 "Accepted and queued; poll Location.",
@@ -411,7 +416,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             "the token of the batch status URL, not a function key."
         ),
         responses=(ResponseDoc(200, "All recipients final.", BulkStatusDoc),),
-        visibility="advanced",
+        visibility="internal",
         tags=(TAG,),
     ),
 )

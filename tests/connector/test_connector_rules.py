@@ -223,6 +223,23 @@ def test_every_2xx_answer_with_a_body_has_a_schema() -> None:
                 assert "schema" in response, (op["operationId"], status)
 
 
+def test_every_action_answering_202_declares_the_200_its_step_outputs() -> None:
+    """The engine polls a 202's Location to a final 200, and the designer takes a step's
+    outputs (dynamic content) from the 200: an async action without one has no outputs."""
+    for _, _, op in path_operations(definition()):
+        if "202" in op["responses"] and op.get("x-ms-visibility") != "internal":
+            assert "schema" in op["responses"].get("200", {}), op["operationId"]
+
+
+def test_actions_that_need_a_status_urls_token_are_hidden_from_the_designer() -> None:
+    """Their token is internal (the engine's poll carries it): in the designer they would
+    always answer 401, so they are the engine's, not an action to pick."""
+    for _, _, op in path_operations(definition()):
+        token = [p for p in op.get("parameters", []) if p["name"] == "token" and p["in"] == "query"]
+        if token and token[0].get("x-ms-visibility") == "internal":
+            assert op.get("x-ms-visibility") == "internal", op["operationId"]
+
+
 def test_every_trigger_has_notification_content_and_a_delete_to_unsubscribe() -> None:
     document = definition()
     triggers = [(path, op) for path, _, op in path_operations(document) if "x-ms-trigger" in op]
