@@ -407,14 +407,24 @@ def _connection(
 
 
 def _identity(settings: Settings) -> str | None:
-    """Who upstream sees (and throttles as one): the static token, or client and authority."""
+    """Who upstream sees (and throttles as one): the static token; a client (its id is a GUID:
+    any case is the same client) at its authority; and for delegated sign-in the user too, as
+    a hash of the configured refresh token (two users of one app registration are two
+    accounts). Never a secret itself."""
     if settings.credentials == "access-token":
         assert settings.access_token is not None
-        token = settings.access_token.get_secret_value()
-        return "token:" + hashlib.sha256(token.encode()).hexdigest()
-    if settings.client_id:
-        return f"client:{settings.authority.lower()}\n{settings.client_id}"
-    return None
+        return "token:" + _digest(settings.access_token.get_secret_value())
+    if not settings.client_id:
+        return None
+    client = f"client:{settings.authority.lower()}\n{settings.client_id.strip().lower()}"
+    if settings.credentials == "refresh-token":
+        assert settings.refresh_token is not None
+        return f"{client}\nuser:{_digest(settings.refresh_token.get_secret_value())}"
+    return client
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _shared_identities(listed: Any) -> list[FieldError]:
@@ -432,7 +442,8 @@ def _shared_identities(listed: Any) -> list[FieldError]:
                 FieldError(
                     connection.setting_prefix,
                     f"Connection {connection.name}: same upstream identity as connection "
-                    f"{other.name} (the same access token, or client id and authority), which "
+                    f"{other.name} (the same access token; or the same client id and authority, "
+                    "and for delegated sign-in the same refresh token), which "
                     "SmartDialog would throttle as one; give each its own account.",
                 )
             )

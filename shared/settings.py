@@ -230,10 +230,15 @@ class Settings(StorageSettings):
     @classmethod
     def _refuse_unresolved_key_vault_reference(cls, value: SecretStr | None) -> SecretStr | None:
         # An unresolvable reference reaches the app as its literal text; using that as a
-        # secret would turn a readable string into a credential.
-        if value is not None and value.get_secret_value().startswith("@Microsoft.KeyVault("):
+        # secret would turn a readable string into a credential. Surrounding whitespace (a
+        # pasted secret's newline) is no part of a token or secret: the same token with or
+        # without it is one credential (and one upstream identity, shared.connections).
+        if value is None:
+            return None
+        secret = value.get_secret_value().strip()
+        if secret.startswith("@Microsoft.KeyVault("):
             raise ValueError("is an unresolved Key Vault reference: check the app's identity")
-        return value
+        return SecretStr(secret) if secret != value.get_secret_value() else value
 
     @field_validator("callback_allowed_hosts")
     @classmethod

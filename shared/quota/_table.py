@@ -144,6 +144,10 @@ def connection_key(settings: Settings) -> str:
     Never contains a secret. Two configurations that reach the same upstream with
     the same client share a key (and a quota); that may over-limit, never over-admit.
     A named connection's key also has its name (each connection has its own quota).
+    The client id is hashed as written: no two connections share a key anyway, and one client
+    in two connections (any case) is a configuration error (``shared.connections``), so
+    folding its case would only move an existing key at the upgrade, letting old and new
+    instances each admit a full quota meanwhile.
     """
 
     base_url = settings.base_url.lower()

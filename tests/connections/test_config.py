@@ -18,7 +18,7 @@ from tests.connections.conftest import (
     SECOND_TOKEN,
     TwoConnections,
 )
-from tests.outbound.conftest import call_http
+from tests.outbound.conftest import call_http, sms
 
 
 def health_errors() -> list[dict[str, str]]:
@@ -99,6 +99,48 @@ def test_same_client_id_and_authority_is_the_same_identity(two: TwoConnections) 
     two.set_connection("A", CLIENT_ID="client-x", CLIENT_SECRET="s1")
     two.set_connection("B", CLIENT_ID="client-x", CLIENT_SECRET="s2")
     assert any("same upstream identity" in e["message"] for e in health_errors())
+
+
+def test_two_users_of_one_app_registration_are_two_identities(two: TwoConnections) -> None:
+    """Delegated sign-in: the refresh token says which user, so two connections with one
+    CLIENT_ID and their own REFRESH_TOKENs are two accounts, and the app goes on routing."""
+    two.set_connection("A", CLIENT_ID="app-1", REFRESH_TOKEN="rt-user-a", CUSTOMER_ID="3001")
+    two.set_connection("B", CLIENT_ID="app-1", REFRESH_TOKEN="rt-user-b", CUSTOMER_ID="3002")
+    assert health_errors() == []
+    assert (route(None, "1001"), route("a", None), route(None, "3002")) == ("default", "a", "b")
+    sent = call_http("SendMessage", "POST", body=sms("+358400000001"))
+    assert sent.status == 202, sent.body
+
+
+def test_one_user_twice_and_one_client_id_in_two_cases_are_the_same_identity(
+    two: TwoConnections,
+) -> None:
+    two.set_connection("A", CLIENT_ID="app-1", REFRESH_TOKEN="rt-user-a")
+    two.set_connection("B", CLIENT_ID="app-1", REFRESH_TOKEN="rt-user-a")
+    assert any("same upstream identity" in e["message"] for e in health_errors())
+    two.drop_connection("A", "CLIENT_ID", "REFRESH_TOKEN")
+    two.drop_connection("B", "CLIENT_ID", "REFRESH_TOKEN")
+    # A client id is a GUID: its case does not make it another client.
+    guid = "5E3A1C2B-0000-4000-8000-00000000000A"
+    two.set_connection("A", CLIENT_ID=guid, CLIENT_SECRET="s1")
+    two.set_connection("B", CLIENT_ID=guid.lower(), CLIENT_SECRET="s2")
+    [error] = health_errors()
+    assert error["field"] == "SMARTDIALOG_CONNECTIONS__B"
+    assert "same upstream identity as connection a" in error["message"]
+
+
+def test_a_token_with_surrounding_whitespace_is_the_same_token(two: TwoConnections) -> None:
+    """A pasted secret's newline is no part of it: the token is used without it, and it is
+    the same upstream identity as the token written without it."""
+    two.set_connection("THIRD", ACCESS_TOKEN=f" {SECOND_TOKEN}\n")
+    errors = health_errors()
+    assert [e["field"] for e in errors] == ["SMARTDIALOG_CONNECTIONS__THIRD"], errors
+    assert "same upstream identity as connection second" in errors[0]["message"]
+    two.set_connection("THIRD", ACCESS_TOKEN="t3\n")
+    token = connection_settings("third").access_token
+    assert token is not None
+    assert token.get_secret_value() == "t3"
+    assert health_errors() == []
 
 
 def test_default_named_explicitly_is_an_error(two: TwoConnections) -> None:
