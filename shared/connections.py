@@ -53,6 +53,7 @@ __all__ = [
     "connections",
     "is_default",
     "list_connections",
+    "opt_out_keywords",
     "reset_connections_cache",
     "route",
 ]
@@ -141,6 +142,9 @@ class Connection:
     #: The Customer-Ids it claims (a named connection's CUSTOMERS plus its CUSTOMER_ID).
     customers: tuple[str, ...] = ()
     errors: tuple[FieldError, ...] = ()
+    #: Its stop and start keywords (its own or the app-wide), known even while another of its
+    #: settings is broken: its inbound messages are read with them all the same.
+    keywords: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,18 @@ def connection_settings(name: str | None = None) -> Settings:
     return connection.settings
 
 
+def opt_out_keywords(name: str | None, settings: Settings) -> tuple[frozenset[str], frozenset[str]]:
+    """The stop and start keywords of an inbound message of connection ``name``: the
+    connection's own (even while another of its settings is broken); ``settings``' (the app's)
+    for the default and for a connection the app no longer has (its webhook URL still opens)."""
+    if not is_default(name):
+        assert name is not None
+        connection = connections().by_name.get(connection_name(name))
+        if connection is not None:
+            return connection.keywords
+    return settings.stop_keyword_set, settings.start_keyword_set
+
+
 def list_connections() -> list[dict[str, Any]]:
     """Names, customers and defaults of every connection (never a secret), default first."""
     found = connections()
@@ -319,7 +335,12 @@ def _parse(environ: Mapping[str, str], base: Settings) -> Connections:
         given.setdefault(name, {})[setting.upper()] = environ[key]
 
     by_name: dict[str, Connection] = {
-        DEFAULT_CONNECTION: Connection(DEFAULT_CONNECTION, "SMARTDIALOG", base)
+        DEFAULT_CONNECTION: Connection(
+            DEFAULT_CONNECTION,
+            "SMARTDIALOG",
+            base,
+            keywords=(base.stop_keyword_set, base.start_keyword_set),
+        )
     }
     for name in sorted(given):
         by_name[name] = _connection(name, PREFIX + spelled[name], given[name], base, aliases)
@@ -353,7 +374,7 @@ def _connection(
 ) -> Connection:
     from pydantic import ValidationError
 
-    from shared.settings import Settings, error_setting, missing_credentials
+    from shared.settings import Settings, error_setting, keyword_set, missing_credentials
 
     values: dict[str, Any] = {
         str(info.alias): getattr(base, attribute)
@@ -403,7 +424,12 @@ def _connection(
         missing = missing_credentials(settings, f"{prefix}__", f"Connection {name}: ")
         if missing is not None:
             errors.append(missing)
-    return Connection(name, prefix, settings, tuple(dict.fromkeys(customers)), tuple(errors))
+    keywords = (
+        keyword_set(str(values["SMARTDIALOG_STOP_KEYWORDS"])),
+        keyword_set(str(values["SMARTDIALOG_START_KEYWORDS"])),
+    )
+    claimed = tuple(dict.fromkeys(customers))
+    return Connection(name, prefix, settings, claimed, tuple(errors), keywords)
 
 
 def _identity(settings: Settings) -> str | None:

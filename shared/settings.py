@@ -332,12 +332,12 @@ class Settings(StorageSettings):
     @property
     def stop_keyword_set(self) -> frozenset[str]:
         """Stop keywords, upper-cased (an inbound message that is exactly one opts out)."""
-        return _keywords(self.stop_keywords)
+        return keyword_set(self.stop_keywords)
 
     @property
     def start_keyword_set(self) -> frozenset[str]:
         """Start keywords, upper-cased (an inbound message that is exactly one opts back in)."""
-        return _keywords(self.start_keywords)
+        return keyword_set(self.start_keywords)
 
     @property
     def callback_secret_list(self) -> list[str]:
@@ -374,7 +374,8 @@ def host_max_dequeue_count() -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 5
 
 
-def _keywords(raw: str) -> frozenset[str]:
+def keyword_set(raw: str) -> frozenset[str]:
+    """Comma-separated opt-out keywords, upper-cased (``SMARTDIALOG_STOP_KEYWORDS``, ...)."""
     return frozenset(word.strip().upper() for word in raw.split(",") if word.strip())
 
 

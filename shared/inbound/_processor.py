@@ -51,6 +51,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.clock import utcnow
+from shared.connections import opt_out_keywords
 from shared.events import CloudEvent, make_event
 from shared.inbound._answers import QuestionAnswers
 from shared.inbound._keywords import classify_keyword
@@ -180,11 +181,12 @@ class InboundProcessor:
         return NewMessagePayload.model_validate_json(text)
 
     def _apply_opt_out(
-        self, service: str, key: str, payload: NewMessagePayload, received_at: dt.datetime
+        self, intake: InboundIntake, payload: NewMessagePayload
     ) -> Literal["stop", "start"] | None:
-        keyword = classify_keyword(
-            payload.content, self.settings.stop_keyword_set, self.settings.start_keyword_set
-        )
+        """The message's opt-out keyword (its connection's keywords), applied."""
+        service, key, received_at = intake.service, intake.messageKey, intake.receivedAt
+        keywords = opt_out_keywords(intake.connection, self.settings)
+        keyword = classify_keyword(payload.content, *keywords)
         if keyword == "stop":
             self.suppressions.add(
                 service,
@@ -201,7 +203,7 @@ class InboundProcessor:
     def _publish(self, intake: InboundIntake, event_id: str, payload: NewMessagePayload) -> int:
         service, key, received_at = intake.service, intake.messageKey, intake.receivedAt
         connection = intake.connection
-        keyword = self._apply_opt_out(service, key, payload, received_at)
+        keyword = self._apply_opt_out(intake, payload)
         notify_opt_out(
             self.settings, service, key, payload, keyword, received_at, connection=connection
         )

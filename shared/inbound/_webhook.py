@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.clock import utcnow
+from shared.connections import opt_out_keywords
 from shared.inbound._keywords import classify_keyword
 from shared.inbound._models import InboundIntake, NewMessagePayload
 from shared.inbound._processor import (
@@ -239,14 +240,14 @@ class InboundReceiver:
 
     def _publish_plain(self, intake: InboundIntake, payload: NewMessagePayload) -> bool:
         """Publish the event of a message that needs no processing onto ``smartdialog-inbound``
-        at once (one storage call, as the intake message would be): no opt-out keyword, a
-        service that never asked a question and has no New Message subscriber on this
-        connection (the cached subscriber index says both), an event that fits one queue
+        at once (one storage call, as the intake message would be): no opt-out keyword of its
+        connection, a service that never asked a question and has no New Message subscriber on
+        this connection (the cached subscriber index says both), an event that fits one queue
         message. False (nothing written) for every other message: the processor's."""
         if self._inbound is None or self._index is None:
             return False
         service = intake.service
-        keywords = self.settings.stop_keyword_set, self.settings.start_keyword_set
+        keywords = opt_out_keywords(intake.connection, self.settings)
         if classify_keyword(payload.content, *keywords) is not None:
             return False
         try:

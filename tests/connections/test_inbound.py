@@ -12,6 +12,7 @@ from azure.functions.queue import QueueMessage
 from shared import names
 from shared.connections import CONNECTION_HEADER
 from shared.storage import queue_client
+from shared.suppressions import SuppressionStore
 from tests.connections.conftest import SECOND_TWO_WAY, TwoConnections
 from tests.outbound.conftest import app_function, call_http
 
@@ -74,3 +75,71 @@ def test_every_connection_shares_the_apps_subscriber_index(two: TwoConnections) 
 
     second = TriggerNotifier.for_settings(connection_settings("second"))
     assert second is TriggerNotifier.for_settings(get_settings())
+
+
+def second_webhook(two: TwoConnections) -> dict[str, str]:
+    """Register ``second``'s webhook of its two-way service; its URL's query."""
+    registered = call_http(
+        "RegisterInboundWebhook",
+        "POST",
+        route_params={"Service": SECOND_TWO_WAY},
+        headers={CONNECTION_HEADER: "second"},
+    )
+    assert registered.status == 201, registered.body
+    [action] = two.second.state.actions_for(SECOND_TWO_WAY)
+    return dict(parse_qsl(urlsplit(action["endpointUrl"]).query))
+
+
+def opt_out_of(two: TwoConnections, query: dict[str, str], content: str) -> str | None:
+    """Post ``content`` from SENDER to the webhook ``query`` opens, process it: its event's
+    ``optOut``."""
+    message_id = str(uuid.uuid4())
+    body = {"sender": SENDER, "recipient": "+358501234567", "content": content,
+            "messageId": message_id}  # fmt: skip
+    route = {"Service": SECOND_TWO_WAY}
+    answer = call_http("InboundWebhook", "POST", route_params=route, params=query, body=body)
+    assert answer.status == 202, answer.body
+    process_intake()
+    [event] = [e for e in two.env.read(names.INBOUND_QUEUE) if e["subject"] == message_id]
+    opt_out: str | None = event["data"].get("optOut")
+    return opt_out
+
+
+SENDER = "+358401234599"
+
+
+def suppressed() -> bool:
+    return SuppressionStore.from_settings().get(SECOND_TWO_WAY, SENDER) is not None
+
+
+def test_a_connections_own_opt_out_keywords_apply_to_its_inbound_messages(
+    two: TwoConnections,
+) -> None:
+    """Its STOP_KEYWORDS and START_KEYWORDS replace the app-wide ones for the messages of its
+    webhook: the webhook hands such a message to the processor, which applies it."""
+    two.set_connection("SECOND", STOP_KEYWORDS="PERU", START_KEYWORDS="JATKA")
+    fresh_inbound_queues()
+    query = second_webhook(two)
+    assert opt_out_of(two, query, "STOP") is None  # the app-wide word is not its keyword
+    assert not suppressed()
+    assert opt_out_of(two, query, "peru!") == "stop"
+    assert suppressed()
+    assert opt_out_of(two, query, "Jatka") == "start"
+    assert not suppressed()
+
+
+def test_a_connection_with_a_broken_setting_still_reads_its_keywords(
+    two: TwoConnections,
+) -> None:
+    """Inbound messages need no credentials or quota: a broken setting of the connection does
+    not make its opt-outs go unseen; a removed connection's webhook reads the app's keywords."""
+    two.set_connection("SECOND", STOP_KEYWORDS="PERU")
+    fresh_inbound_queues()
+    query = second_webhook(two)
+    two.set_connection("SECOND", QUOTA_CALLS="0")
+    assert opt_out_of(two, query, "PERU") == "stop"
+    for setting in ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
+                    "QUOTA_CALLS", "STOP_KEYWORDS"):  # fmt: skip
+        two.drop_connection("SECOND", setting)
+    assert opt_out_of(two, query, "PERU") is None
+    assert opt_out_of(two, query, "START") == "start"
