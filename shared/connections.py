@@ -47,6 +47,7 @@ __all__ = [
     "Connections",
     "CustomerNotServed",
     "UnknownConnection",
+    "account_defaults",
     "connection_errors",
     "connection_name",
     "connection_settings",
@@ -145,6 +146,10 @@ class Connection:
     #: Its stop and start keywords (its own or the app-wide), known even while another of its
     #: settings is broken: its inbound messages are read with them all the same.
     keywords: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+    #: Its own CUSTOMER_ID and SERVICE_ID, known even while another of its settings is broken:
+    #: a send that names neither is recorded with them while it waits for the connection.
+    customer_id: str | None = None
+    service_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -251,12 +256,25 @@ def opt_out_keywords(name: str | None, settings: Settings) -> tuple[frozenset[st
     """The stop and start keywords of an inbound message of connection ``name``: the
     connection's own (even while another of its settings is broken); ``settings``' (the app's)
     for the default and for a connection the app no longer has (its webhook URL still opens)."""
-    if not is_default(name):
-        assert name is not None
-        connection = connections().by_name.get(connection_name(name))
-        if connection is not None:
-            return connection.keywords
+    if not is_default(name) and (connection := _known(name)) is not None:
+        return connection.keywords
     return settings.stop_keyword_set, settings.start_keyword_set
+
+
+def account_defaults(name: str | None) -> tuple[str | None, str | None]:
+    """The default Customer-Id and Service-Id of connection ``name`` (None: default), known
+    even while another of its settings is broken; ``(None, None)`` for a connection the app
+    does not have."""
+    connection = _known(name)
+    if connection is None:
+        return None, None
+    return connection.customer_id, connection.service_id
+
+
+def _known(name: str | None) -> Connection | None:
+    """Connection ``name`` as configured, broken or not (None: the app has none of that name)."""
+    key = DEFAULT_CONNECTION if is_default(name) else connection_name(str(name))
+    return connections().by_name.get(key)
 
 
 def list_connections() -> list[dict[str, Any]]:
@@ -340,6 +358,8 @@ def _parse(environ: Mapping[str, str], base: Settings) -> Connections:
             "SMARTDIALOG",
             base,
             keywords=(base.stop_keyword_set, base.start_keyword_set),
+            customer_id=base.customer_id,
+            service_id=base.service_id,
         )
     }
     for name in sorted(given):
@@ -428,8 +448,17 @@ def _connection(
         keyword_set(str(values["SMARTDIALOG_STOP_KEYWORDS"])),
         keyword_set(str(values["SMARTDIALOG_START_KEYWORDS"])),
     )
-    claimed = tuple(dict.fromkeys(customers))
-    return Connection(name, prefix, settings, claimed, tuple(errors), keywords)
+    own_service = (given.get("SERVICE_ID") or "").strip() or None
+    return Connection(
+        name,
+        prefix,
+        settings,
+        tuple(dict.fromkeys(customers)),
+        tuple(errors),
+        keywords,
+        customer_id=settings.customer_id if settings else own_customer or None,
+        service_id=settings.service_id if settings else own_service,
+    )
 
 
 def _identity(settings: Settings) -> str | None:

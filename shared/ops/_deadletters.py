@@ -412,7 +412,7 @@ class DeadLetterDesk:
         data = outbound.MessageRedrivenData(
             messageId=failed.message_id,
             operation=failed.operation,
-            customerId=failed.customer_id,
+            customerId=failed.customer_id or None,
             serviceId=failed.service_id,
             previousError=failed.failure,
             validUntil=valid_until,

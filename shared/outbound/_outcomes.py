@@ -436,7 +436,7 @@ class Outcomes:
         data = MessageFailedData(
             messageId=record.message_id,
             operation=record.operation,
-            customerId=record.customer_id,
+            customerId=record.customer_id or None,  # "": unknown (its connection removed)
             serviceId=record.service_id,
             connection=record.connection,
             requestId=record.request_id,

@@ -159,7 +159,9 @@ def _removed(
         if any(held):
             return outcomes.requeue_driver(message, max(held), OutcomeKind.DEFERRED, "claimed")
         return SendOutcome(OutcomeKind.FAILED, message.packId, detail=CONNECTION_REMOVED)
-    record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
+    record = _record_of(
+        outcomes, message_id, message, name, text, queue_message_id, dequeue_count, removed=True
+    )
     if isinstance(record, SendOutcome):
         return record
     if wait := _held_for(record, now):
@@ -185,18 +187,23 @@ def _record_of(
     text: str,
     queue_message_id: str | None,
     dequeue_count: int | None,
+    *,
+    removed: bool = False,
 ) -> MessageRecord | SendOutcome:
     """The open record of a send its connection cannot take (recorded ``queued`` now if it has
     none yet: a queue-only command), or what was done instead: a command that cannot be recorded
-    is dead-lettered, one that ended meanwhile (e.g. cancelled) is only announced."""
+    is dead-lettered, one that ended meanwhile (e.g. cancelled) is only announced. A command
+    that names no customer or service (a notification rule's) has its connection's, as that
+    connection's sender fills them in."""
+    from shared.connections import account_defaults
+
     ports = outcomes.ports
+    customer_id, service_id = account_defaults(name)
+    # Its id as the connection's sender derives it (from its customer).
+    message = message.model_copy(update={"customerId": message.customerId or customer_id})
     try:
-        command = normalize(
-            message,
-            message_id=message_id(message, queue_message_id),
-            customer_id=message.customerId,
-            service_id=getattr(message, "serviceId", None),
-        )
+        mid = message_id(message, queue_message_id)
+        command = _normalized(message, mid, customer_id, service_id, removed=removed)
     except ValueError as exc:
         reason = ValueError(f"connection {name} cannot send it, and {exc}")
         return outcomes.dead_letter_malformed(text, reason, queue_message_id, dequeue_count)
@@ -216,3 +223,24 @@ def _record_of(
         outcomes.announce([record])
         return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
     return record
+
+
+def _normalized(
+    message: OutboundMessage,
+    message_id: str,
+    customer_id: str | None,
+    service_id: str | None,
+    *,
+    removed: bool,
+) -> OutboundMessage:
+    """``message`` normalized with its connection's defaults; a removed connection's are gone
+    with it, so its send is recorded with what it names (no customer: ``""``), to fail."""
+    try:
+        return normalize(
+            message, message_id=message_id, customer_id=customer_id, service_id=service_id
+        )
+    except ValueError:
+        if not removed:
+            raise
+        update = {"messageId": message_id, "customerId": message.customerId or ""}
+        return message.model_copy(update=update)

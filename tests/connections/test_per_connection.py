@@ -7,6 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from pathlib import Path
+
+import pytest
 
 from shared.clock import ManualClock
 from shared.connections import CONNECTION_HEADER, connection_settings
@@ -24,6 +27,8 @@ from tests.connections.conftest import (
     forget_settings,
 )
 from tests.outbound.conftest import call_http, sms
+
+EVENTS_FIXTURES = Path(__file__).parents[1] / "events" / "fixtures"
 
 
 def test_a_sync_action_goes_through_the_named_connections_account(two: TwoConnections) -> None:
@@ -120,6 +125,83 @@ def test_a_misconfigured_connection_defers_its_sends_until_fixed(two: TwoConnect
     sent = OutboundSender.from_settings().process(text, queue_message_id="q1")
     assert sent.kind is OutcomeKind.SENT
     assert len(two.second_upstream()) == 1
+
+
+def rule_send(address: str) -> tuple[str, str]:
+    """What a notification rule of connection ``second`` queues for an alert, as the notifier
+    plans it: no customerId and, the rule naming no ServiceId, no serviceId (its connection's
+    defaults fill them in). Its message id and queue text."""
+    from shared.notify._intake import parse_object
+    from shared.notify._notify import Notifier
+    from shared.notify._rules import Rule
+    from shared.settings import get_settings
+
+    alert = json.loads((EVENTS_FIXTURES / "alert-activated.cloudevent.json").read_text())
+    rule = Rule.model_validate(
+        {
+            "Id": "cpu",
+            "Match": {"EventType": "Microsoft.AlertsManagement.Alert.Activated"},
+            "Message": {"Sender": "Ops", "Content": "fired", "Protocol": "SMS"},
+            "Recipients": {"Numbers": [address]},
+            "Connection": "second",
+        }
+    )
+    plan = Notifier(get_settings()).plan(parse_object(alert), rules=[rule], dry_run=True)
+    [planned] = plan.sends
+    assert (planned.command.customerId, planned.command.serviceId) == (None, None)
+    return planned.message_id, planned.command.model_dump_json(by_alias=True, exclude_none=True)
+
+
+@pytest.mark.parametrize(
+    ("address", "setting", "broken"),
+    [("+358400000013", "ACCESS_TOKEN", None), ("+358400000015", "QUOTA_CALLS", "0")],
+)
+def test_a_rule_send_of_a_misconfigured_connection_waits_with_its_customer(
+    two: TwoConnections, address: str, setting: str, broken: str | None
+) -> None:
+    """Credentials missing, or a setting that does not validate: the rule's send waits as the
+    connection's other sends do, recorded with the connection's own customer and service."""
+    message_id, text = rule_send(address)
+    if broken is None:
+        two.drop_connection("SECOND", setting)
+    else:
+        two.set_connection("SECOND", **{setting: broken})
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q4")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert two.env.dead_letters() == []
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert (record.status, record.connection) == (MessageStatus.QUEUED, "second")
+    assert (record.customer_id, record.service_id) == (SECOND_CUSTOMER, SECOND_SERVICE)
+
+    two.set_connection("SECOND", ACCESS_TOKEN="sandbox-token-2", QUOTA_CALLS=2000)
+    sent = OutboundSender.from_settings().process(text, queue_message_id="q4")
+    assert sent.kind is OutcomeKind.SENT
+    [upstream] = two.second.state.snapshot("messages")
+    assert (upstream["customerId"], upstream["serviceId"]) == (SECOND_CUSTOMER, SECOND_SERVICE)
+    assert two.env.upstream() == []
+
+
+def test_a_rule_send_of_a_removed_connection_fails_connection_removed_with_its_event(
+    two: TwoConnections,
+) -> None:
+    message_id, text = rule_send("+358400000014")
+    for setting in ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
+                    "QUOTA_CALLS"):  # fmt: skip
+        two.drop_connection("SECOND", setting)
+    failed = OutboundSender.from_settings().process(text, queue_message_id="q5")
+    assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "connection-removed")
+    assert two.env.upstream() == []
+    assert two.second_upstream() == []
+    [event] = two.env.events()
+    assert event["type"] == "fi.arena.smartdialog.message.failed"
+    data = event["data"]
+    assert (data["messageId"], data["connection"]) == (message_id, "second")
+    assert data["error"]["code"] == "connection-removed"
+    assert data.get("customerId") is None  # gone with the connection's settings
+    assert data["origin"]["ruleId"] == "cpu"
+    [letter] = two.env.dead_letters()
+    assert (letter["reason"], letter["messageId"]) == ("failed", message_id)
 
 
 def test_a_send_waiting_for_its_misconfigured_connection_still_expires_with_its_event(
