@@ -414,6 +414,7 @@ class DeadLetterDesk:
             operation=failed.operation,
             customerId=failed.customer_id or None,
             serviceId=failed.service_id,
+            connection=failed.connection,
             previousError=failed.failure,
             validUntil=valid_until,
         )

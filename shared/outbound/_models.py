@@ -423,7 +423,7 @@ class MessageCancelledData(_ConnectionData):
     """``data`` of ``fi.arena.smartdialog.message.cancelled``."""
 
 
-class MessageRedrivenData(_MessageData):
+class MessageRedrivenData(_ConnectionData):
     """``data`` of ``fi.arena.smartdialog.message.redriven``: a failed send queued again by an
     operator (the dead-letter actions or the operations page), with the failure it had."""
 

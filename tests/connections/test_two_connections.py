@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from typing import Any
 
@@ -226,3 +227,44 @@ def test_a_different_command_with_a_sends_id_through_a_gone_connection_leaves_th
     assert letter["reason"] == "malformed"
     assert "already used by a different message" in letter["detail"]
     assert "messageId" not in letter  # its re-drive must leave the send alone
+
+
+def test_a_re_driven_send_of_a_restored_connection_says_its_connection(
+    two: TwoConnections,
+) -> None:
+    """Removed, its send failed; restored, the operator re-drives it: the ``message.redriven``
+    event names the connection, as every other event of the send does, and it goes out through
+    that connection's account."""
+    from shared.events import MESSAGE_REDRIVEN
+    from shared.outbound import OutboundSender, OutcomeKind
+
+    text = json.dumps(
+        command(
+            "+358400000017",
+            messageId="redrive-second",
+            Connection="second",
+            customerId=SECOND_CUSTOMER,
+            serviceId=SECOND_SERVICE,
+        )
+    )
+    removed = ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID", "QUOTA_CALLS")
+    restored = {s: os.environ[f"SMARTDIALOG_CONNECTIONS__SECOND__{s}"] for s in removed}
+    two.drop_connection("SECOND", *removed)
+    failed = OutboundSender.from_settings().process(text, queue_message_id="q-redrive")
+    assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "connection-removed")
+    two.set_connection("SECOND", **restored)
+
+    listed = call_http("ListDeadLetters", "GET", params={"reason": "failed"})
+    assert listed.status == 200, listed.body
+    [letter] = [i for i in listed.body["value"] if i.get("messageId") == "redrive-second"]
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter["id"]})
+    assert (answer.status, answer.body["outcome"]) == (200, "redriven"), answer.body
+    [redriven] = [e for e in two.env.events() if e["type"] == MESSAGE_REDRIVEN]
+    assert redriven["data"]["connection"] == "second"
+    assert redriven["data"]["previousError"]["code"] == "connection-removed"
+
+    [queued] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("messageId") == "redrive-second"]
+    sent = OutboundSender.from_settings().process(json.dumps(queued), queue_message_id="q-again")
+    assert sent.kind is OutcomeKind.SENT
+    assert len(two.second_upstream()) == 1
+    assert two.env.upstream() == []
