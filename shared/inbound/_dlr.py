@@ -129,7 +129,8 @@ def _state(text: str | None, event_code: str | None) -> RecipientStatus | None:
         return RecipientStatus.UNDELIVERED
     if word in _SENT:
         return RecipientStatus.SENT
-    return _CODES.get(word) or _CODES.get((event_code or "").strip())
+    number = (text or "").strip()  # "-1" is no 1
+    return _CODES.get(number) or _CODES.get((event_code or "").strip())
 
 
 def _timestamp(text: str | None) -> dt.datetime | None:

@@ -4,6 +4,7 @@ of the subscriber dispatcher and its dead letters."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any, Literal
 
 from pydantic import (
@@ -103,8 +104,8 @@ class NewMessagePayload(BaseModel):
     ) -> NewMessagePayload:
         payload: NewMessagePayload = handler(data)
         raw = data.get("timestamp") if isinstance(data, dict) else None
-        if payload.timestamp is None and isinstance(raw, str) and raw.strip():
-            payload._unread_timestamp = raw
+        if payload.timestamp is None and raw is not None and raw != "":  # a number, an object
+            payload._unread_timestamp = raw if isinstance(raw, str) else json.dumps(raw)
         return payload
 
     @property

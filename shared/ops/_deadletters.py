@@ -277,12 +277,14 @@ class DeadLetterDesk:
         if handled.kind.stays:
             self._release(entry, now)
             return handled
+        marked = True
         if handled.kind is HandledKind.REDRIVEN:
             try:
                 self.index.redriven(entry, now=self._clock())
             except Exception:  # its copy is out: removing the letter is what keeps it once
                 log.warning("dead letter %s: re-driven, not marked so", view.id, exc_info=True)
-        return self._removed(view, handled, now)
+                marked = False
+        return self._removed(view, handled, now, release=marked)
 
     def _not_claimed(
         self, view: DeadLetterView, entry: DeadLetterEntry | None, now: dt.datetime
@@ -302,16 +304,25 @@ class DeadLetterDesk:
         ))  # fmt: skip
         return self._removed(replace(view, entry=entry), done, now)
 
-    def _removed(self, view: DeadLetterView, handled: Handled, now: dt.datetime) -> Handled:
+    def _removed(
+        self, view: DeadLetterView, handled: Handled, now: dt.datetime, *, release: bool = True
+    ) -> Handled:
         """``handled`` once the letter is removed; if that fails, the letter stays, its claim
-        ended, and ``handled`` says so: handling it again removes it (sends nothing again)."""
+        ended, and ``handled`` says so: handling it again removes it (sends nothing again).
+        Without ``release`` (its row could not say it was re-driven) the claim stays until it
+        ends: only a purge removes it meanwhile; a re-drive after that sends it again."""
         try:
             self._remove(view)
         except Exception:
             log.warning("dead letter %s %s but not removed", view.id, handled.kind, exc_info=True)
-            if view.entry is not None:
+            if view.entry is not None and release:
                 self._release(view.entry, now)
-            why = "its letter could not be removed: re-drive or purge it again to remove it"
+            why = (
+                "its letter could not be removed: re-drive or purge it again to remove it"
+                if release
+                else f"its letter could not be removed nor marked re-driven: purge it (a "
+                f"re-drive after {REDRIVE_CLAIM.seconds // 60} minutes would send it again)"
+            )
             return replace(handled, detail="; ".join(filter(None, (handled.detail, why))))
         return handled
 

@@ -208,6 +208,8 @@ def test_forged_delivery_report_gets_401_and_leaves_no_trace(
         ({"status": "DeliveryImpossible"}, RecipientStatus.UNDELIVERED),
         ({"status": "3", "dlr": "1"}, RecipientStatus.DELIVERED),
         ({"status": "weird", "errorCode": "1"}, None),
+        ({"status": "-1"}, None),  # no event number of Kannel's
+        ({"status": " 2 "}, RecipientStatus.UNDELIVERED),
         ({"errorCode": "1"}, None),  # an error code is no event number
         ({"code": "1"}, None),
         ({"status": "weird"}, None),

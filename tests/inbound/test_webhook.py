@@ -443,7 +443,7 @@ def test_an_unreadable_timestamp_still_tells_retries_from_other_messages() -> No
     from shared.inbound._models import NewMessagePayload
     from shared.inbound._webhook import inbound_message_key
 
-    def key(timestamp: str, at_minute: int) -> str:
+    def key(timestamp: object, at_minute: int) -> str:
         body = {"sender": "+358401234567", "recipient": "x", "content": "YES"}
         payload = NewMessagePayload.model_validate({**body, "timestamp": timestamp})
         assert payload.timestamp is None  # not a time we can read
@@ -451,3 +451,5 @@ def test_an_unreadable_timestamp_still_tells_retries_from_other_messages() -> No
 
     assert key("15.01.2024 10:30:00", 31) == key("15.01.2024 10:30:00", 45)  # its retry
     assert key("15.01.2024 10:30:00", 31) != key("15.01.2024 11:30:00", 31)  # another message
+    assert key(1e20, 31) == key(1e20, 45)  # not even text
+    assert key(1e20, 31) != key(2e20, 31)

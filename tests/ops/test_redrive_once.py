@@ -551,3 +551,31 @@ def test_a_kept_poison_message_is_re_driven_by_its_letter_only_so_once(ops: Outb
     assert queue_texts(DLR_FORWARD_QUEUE) == [forward("p-kept")]
     assert listed() == []
     ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_a_re_drive_neither_marked_nor_removed_keeps_its_claim_and_says_to_purge(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing RedrivenAt failed, then removing the letter did too: the claim was ended, so
+    the re-drive the answer asked for sent the forward a second time."""
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    put_forward_letter(forward("m-both"), "m-both")
+    letter_id = letter_of("m-both")["id"]
+
+    def failing(self: DeadLetterIndex, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("table blip")
+
+    remove = DeadLetterIndex.remove
+    monkeypatch.setattr(DeadLetterIndex, "redriven", failing)
+    monkeypatch.setattr(DeadLetterIndex, "remove", failing)
+    first = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    again = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    monkeypatch.setattr(DeadLetterIndex, "remove", remove)  # storage is back
+    purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": letter_id})
+
+    assert first.body["outcome"] == "redriven", first.body
+    assert "purge it" in first.body["detail"]
+    assert again.status == 409, again.body  # its claim stands: not sent again
+    assert purged.body["outcome"] == "purged", purged.body
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-both")]
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
