@@ -46,7 +46,7 @@ from shared.outbound._models import (
     readable_message_id,
 )
 from shared.outbound._ports import SendPorts
-from shared.outbound._records import command_text, is_recorded_as, queued_text
+from shared.outbound._records import command_text, is_recorded_as, queued_text, repeats_rule_send
 from shared.payloads import fits_queue
 from shared.settings import LONGEST_SECONDS
 from shared.triggers import notify_send_failed
@@ -511,11 +511,14 @@ class Outcomes:
         queue_message_id: str | None,
         dequeue_count: int | None,
     ) -> SendOutcome | None:
-        """None when ``record`` is ``command``'s; else ``command`` names a message that is not
-        it (its ``messageId`` is taken by a different message): dead-lettered, the record left
-        alone."""
+        """None when ``record`` is ``command``'s; a rule's send made again (its rule edited
+        since) is acknowledged; else ``command``'s ``messageId`` is taken by a different
+        message: dead-lettered, the record left alone."""
         if not record.fingerprint or is_recorded_as(record.fingerprint, command):
             return None
+        if repeats_rule_send(record.command, command):
+            log.info("message %s: a rule's send again, edited: acknowledged", record.message_id)
+            return SendOutcome(OutcomeKind.ACKNOWLEDGED, command.messageId, detail="repeat")
         taken = ValueError(f"messageId {command.messageId} is already used by a different message")
         return self.dead_letter_malformed(
             text, taken, queue_message_id, dequeue_count, fails_record=False

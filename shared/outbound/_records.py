@@ -20,6 +20,7 @@ from shared.outbound._models import (
     SendReplyMessageCommand,
     SendWhatsappTemplateMessageCommand,
     StoredCommand,
+    command_origin,
     request_fingerprint,
 )
 from shared.payloads import fits_queue
@@ -41,6 +42,7 @@ __all__ = [
     "pack_key",
     "queued_text",
     "recipient_slots",
+    "repeats_rule_send",
     "with_delivery_report_url",
 ]
 
@@ -291,3 +293,12 @@ def is_recorded_as(fingerprint: str, command: OutboundMessage) -> bool:
     if command.Connection is None or claimed_by(command.customerId or "") != command.Connection:
         return False  # (a connection named by the command itself is part of what it is)
     return fingerprint == request_fingerprint(command.model_copy(update={"Connection": None}))
+
+
+def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:
+    """Whether ``command`` is a notification rule's send made again for the rule, event and
+    recipient of the recorded command (JSON ``recorded``) of its ``messageId``, which comes
+    from those alone: the event delivered again after the rule was edited. A repeat, to
+    acknowledge, not a different message that took the id."""
+    origin = getattr(command, "origin", None)  # a discussion reply has none
+    return origin is not None and command_origin(recorded) == origin

@@ -603,3 +603,41 @@ def test_a_crash_before_the_announcement_is_recorded_re_emits_a_dead_letter_with
     events = outbound.events()
     assert [e["id"] for e in events] == ["m-dead:failed"] * 2
     assert record("m-dead").announced
+
+
+def test_a_rule_send_made_again_after_its_rule_was_edited_is_acknowledged_not_dead_lettered(
+    outbound: Outbound,
+) -> None:
+    """A notification rule's send has its id from rule, event and recipient alone: the event
+    delivered again after the rule's text was edited queues a different command with the same
+    id. It is that send again (not sent twice), not a message that took another's id (a
+    malformed dead letter no operator could re-drive)."""
+    from shared.outbound import derive_message_id
+
+    number = "+358402000011"
+    message_id = derive_message_id("notification-rule", f"disk\ns\ne-1\n{number}")
+
+    def command(content: str, rule_id: str = "disk") -> dict[str, Any]:
+        return {
+            "operation": "SendMessage",
+            "messageId": message_id,
+            "origin": {"ruleId": rule_id, "eventId": "e-1", "eventSource": "s"},
+            "body": {"Sender": "Ops", "Content": content, "Recipients": [{"Address": number}],
+                     "RequestId": message_id},
+        }  # fmt: skip
+
+    outbound.enqueue(command("disk full"))
+    outbound.drain()
+    outbound.enqueue(command("disk full on vm-1"))  # the rule edited, the event again
+    outbound.drain()
+
+    assert outbound.dead_letters() == []
+    assert [c["body"]["Content"] for c in outbound.upstream()] == ["disk full"]
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.status is MessageStatus.SENT
+
+    outbound.enqueue(command("disk gone", rule_id="other"))  # another origin: not a repeat
+    outbound.drain()
+    [letter] = outbound.dead_letters()
+    assert letter["reason"] == "malformed"
