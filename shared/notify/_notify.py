@@ -4,30 +4,41 @@ Every send a rule makes is an ordinary send command on ``smartdialog-outbound`` 
 queue contract; the sender checks opt-outs, takes the quota, records and sends it), one per
 recipient, whose ``messageId`` and ``RequestId`` are derived from rule + event source + event id
 + recipient. A re-delivered event therefore queues the same commands again and the sender sends
-each once (it finds the record of the first copy). Storage round trips per matched event: the
-rules (one query per instance every few seconds), one enqueue per recipient (and a blob for a
-command too large for a queue message: it goes by reference, as a send action's does), plus two
-per recipient with a quiet period and two per event with numbers taken from the event (their
-cap).
+each once (it finds the record of the first copy; a copy the rule's edit changed meanwhile it
+acknowledges as a repeat). Storage round trips per matched event: the rules (one query per
+instance every few seconds), one enqueue per recipient (and a blob for a command too large for a
+queue message: it goes by reference, as a send action's does), plus two per recipient with a
+quiet period (three for a number from the event: it is read before the cap is taken) and two per
+event with numbers taken from the event (their cap).
+
+Every recipient a matched rule leaves out is in the event's ``Skipped`` with the reason (and in
+its log line): not a phone number, list not found, message not valid, quiet period, over
+MaxPerEvent / MaxPerHour, country code not allowed; a rule whose ``Condition`` or ``FromEvent``
+fails on the event is there too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from shared.clock import utcnow
 from shared.connections import DEFAULT_CONNECTION, connection_name
 from shared.names import OUTBOUND_QUEUE
 from shared.notify._intake import IncomingEvent
-from shared.notify._rules import Rule, render, search
+from shared.notify._rules import ExpressionFailed, Rule, evaluate, render
 from shared.notify._store import NotifyState, RuleBook, RuleStore
 from shared.outbound import (
+    MessageBody,
     OutboundMessage,
     OutboundMessageAdapter,
+    TemplateMessageBody,
     derive_message_id,
     queued_text,
 )
@@ -84,7 +95,7 @@ class EventResult:
             "Type": self.event.type,
             "Rules": self.rules,
             "MessageIds": [s.message_id for s in self.sends],
-            "Skipped": len(self.skipped),
+            "Skipped": [{"RuleId": s.rule_id, "Reason": s.reason} for s in self.skipped],
         }
 
 
@@ -96,6 +107,28 @@ def _masked(address: str) -> str:
     from shared.phone import mask_phone_number
 
     return mask_phone_number(address)
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind (what a log line may say of it)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    kinds = {dict: "object", list: "array", float: "number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _what(exc: ValueError, within: str = "") -> str:
+    """What is wrong with a message that could not be made, naming the fields (under
+    ``within``) and never their values."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = within + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        problems.append(f"{where.lstrip('.')}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
 
 
 class Notifier:
@@ -138,6 +171,13 @@ class Notifier:
                     len(result.sends),
                     len(result.skipped),
                 )
+            if result.skipped:  # reasons name no number and no value of the event
+                reasons = Counter(f"{s.rule_id}: {s.reason}" for s in result.skipped)
+                log.info(
+                    "event %s skipped: %s",
+                    event.id,
+                    "; ".join(f"{r} (x{n})" if n > 1 else r for r, n in reasons.items()),
+                )
             results.append(result)
         return results
 
@@ -163,60 +203,96 @@ class Notifier:
         result = EventResult(event)
         now = utcnow()
         for rule in book.rules if rules is None else rules:
-            if not rule.matches(event, document):
+            try:
+                if not rule.matches(event, document):
+                    continue
+            except ExpressionFailed as exc:
+                log.warning("rule %s: its Condition failed on event %s: %s", rule.Id, event.id, exc)
+                result.skipped.append(Skipped(rule.Id, "", f"condition failed: {exc}"))
                 continue
             result.rules.append(rule.Id)
-            for address in self._recipients(rule, event, document, book, result, dry_run, now):
-                try:  # made first: a message that cannot be made starts no quiet period
-                    planned = self._send(rule, event, document, address, now)
+            fixed = self._fixed(rule, book, result)
+            taken = self._from_event(rule, event, document, result, fixed)
+            made: list[tuple[PlannedSend, bool]] = []
+            for address in fixed + taken:
+                try:  # made first: a message that cannot be made takes no quiet period or cap
+                    made.append((self._send(rule, event, document, address, now), address in taken))
                 except ValueError as exc:  # pydantic's ValidationError is one too
-                    log.warning("rule %s: no message for event %s: %s", rule.Id, event.id, exc)
-                    result.skipped.append(Skipped(rule.Id, address, "message not valid"))
-                    continue
-                if (
-                    rule.QuietMinutes
-                    and not dry_run
-                    and not self.state.quiet_claim(
-                        rule.Id,
-                        event.subject or "",
-                        address,
-                        _event_key(event),
-                        minutes=rule.QuietMinutes,
-                        now=now,
-                    )
-                ):
-                    result.skipped.append(Skipped(rule.Id, address, "quiet period"))
-                    continue
-                result.sends.append(planned)
+                    reason = f"message not valid: {_what(exc)}"
+                    log.warning("rule %s: no message for event %s: %s", rule.Id, event.id, reason)
+                    result.skipped.append(Skipped(rule.Id, address, reason))
+            if dry_run:
+                result.sends.extend(planned for planned, _ in made)
+            else:
+                self._limited(rule, event, made, result, now)
         return result
 
-    def _recipients(
+    def _limited(
         self,
         rule: Rule,
         event: IncomingEvent,
-        document: dict[str, Any],
-        book: RuleBook,
+        made: list[tuple[PlannedSend, bool]],
         result: EventResult,
-        dry_run: bool,
         now: dt.datetime,
-    ) -> list[str]:
+    ) -> None:
+        """Add to ``result`` those of ``made`` (each with whether its number came from the
+        event) that the quiet period and the hourly cap let go. Only a send that goes counts
+        against the cap: a number from the event that the quiet period holds back is left out
+        before the cap is taken (read only: its claim is written once the cap granted it, so a
+        number the cap refuses starts no quiet period); a claim lost to another event between
+        that read and its write gives its unit of the cap back."""
+        key, quiet = _event_key(event), rule.QuietMinutes
+
+        def claimed(address: str) -> bool:
+            if not quiet:
+                return True
+            subject = event.subject or ""
+            if self.state.quiet_claim(rule.Id, subject, address, key, minutes=quiet, now=now):
+                return True
+            result.skipped.append(Skipped(rule.Id, address, "quiet period"))
+            return False
+
+        capped: list[PlannedSend] = []
+        for planned, from_event in made:
+            if not from_event:
+                if claimed(planned.address):
+                    result.sends.append(planned)
+            elif quiet and self.state.quiet_held(
+                rule.Id, event.subject or "", planned.address, key, now=now
+            ):
+                result.skipped.append(Skipped(rule.Id, planned.address, "quiet period"))
+            else:
+                capped.append(planned)
+        if not capped:
+            return
+        per_hour = rule.Recipients.MaxPerHour
+        granted = self.state.cap_take(rule.Id, key, len(capped), per_hour=per_hour, now=now)
+        for planned in capped[granted:]:
+            result.skipped.append(Skipped(rule.Id, planned.address, "over MaxPerHour"))
+        going = [planned for planned in capped[:granted] if claimed(planned.address)]
+        result.sends.extend(going)
+        if len(going) < granted:
+            self.state.cap_give_back(rule.Id, key, granted - len(going), now=now)
+
+    def _fixed(self, rule: Rule, book: RuleBook, result: EventResult) -> list[str]:
+        """The rule's own numbers and those of its list (each once)."""
         from shared.phone import InvalidPhoneNumber, InvalidRegion, parse_phone_number
 
         spec = rule.Recipients
-        chosen: list[str] = []
         fixed = list(spec.Numbers)
         if spec.List is not None:
             listed = book.lists.get(spec.List)
             if listed is None:
                 log.warning("rule %s: recipient list %s does not exist", rule.Id, spec.List)
+                result.skipped.append(Skipped(rule.Id, "", f"list {spec.List} not found"))
             fixed.extend(listed or ())
+        chosen: list[str] = []
         for number in fixed:
             try:
                 chosen.append(parse_phone_number(number))
             except (InvalidPhoneNumber, InvalidRegion):
                 log.warning("rule %s: %s is not a phone number", rule.Id, _masked(number))
-        if spec.FromEvent is not None:
-            chosen.extend(self._from_event(rule, event, document, result, dry_run, now))
+                result.skipped.append(Skipped(rule.Id, _masked(number), "not a phone number"))
         return list(dict.fromkeys(chosen))
 
     def _from_event(
@@ -225,21 +301,36 @@ class Notifier:
         event: IncomingEvent,
         document: dict[str, Any],
         result: EventResult,
-        dry_run: bool,
-        now: dt.datetime,
+        fixed: list[str],
     ) -> list[str]:
-        """Numbers read from the event: allowed country codes only, capped per event and per
-        hour, so a forged event cannot pump messages to premium numbers."""
+        """Numbers read from the event that are not among ``fixed``: allowed country codes
+        only, at most ``MaxPerEvent`` (the hourly cap is taken once their messages are made),
+        so a forged event cannot pump messages to premium numbers. A JSON integer is read as
+        the text of its digits."""
         from shared.phone import InvalidPhoneNumber, parse_phone_number
 
         spec = rule.Recipients
-        assert spec.FromEvent is not None
-        found = search(spec.FromEvent, document)
+        if spec.FromEvent is None:
+            return []
+        try:
+            found = evaluate(spec.FromEvent, document)
+        except ExpressionFailed as exc:
+            log.warning("rule %s: its FromEvent failed on event %s: %s", rule.Id, event.id, exc)
+            result.skipped.append(Skipped(rule.Id, "", f"FromEvent failed: {exc}"))
+            return []
         values = found if isinstance(found, list) else ([] if found is None else [found])
         allowed = tuple(f"+{code}" for code in spec.AllowedCountryCodes)
         numbers: list[str] = []
         for value in values:
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
             if not isinstance(value, str):
+                log.warning(
+                    "rule %s: FromEvent gave a value of type %s, not a phone number",
+                    rule.Id,
+                    _kind(value),
+                )
+                result.skipped.append(Skipped(rule.Id, "", "not a phone number"))
                 continue
             try:
                 number = parse_phone_number(value)
@@ -249,19 +340,11 @@ class Notifier:
             if not number.startswith(allowed):  # country codes are prefix-free
                 result.skipped.append(Skipped(rule.Id, number, "country code not allowed"))
                 continue
-            if number not in numbers:
+            if number not in numbers and number not in fixed:
                 numbers.append(number)
         for number in numbers[spec.MaxPerEvent :]:
             result.skipped.append(Skipped(rule.Id, number, "over MaxPerEvent"))
-        numbers = numbers[: spec.MaxPerEvent]
-        if numbers and not dry_run:
-            granted = self.state.cap_take(
-                rule.Id, _event_key(event), len(numbers), per_hour=spec.MaxPerHour, now=now
-            )
-            for number in numbers[granted:]:
-                result.skipped.append(Skipped(rule.Id, number, "over MaxPerHour"))
-            numbers = numbers[:granted]
-        return numbers
+        return numbers[: spec.MaxPerEvent]
 
     def _send(
         self,
@@ -299,12 +382,18 @@ class Notifier:
                 Protocol=message.Protocol,
                 Recipients=[{"Address": address}],
             )
+        body = {k: v for k, v in body.items() if v is not None}
+        model = MessageBody if operation == "SendMessage" else TemplateMessageBody
+        try:  # the send actions' own rules: no blank text or parameter, a sender's bounds
+            model.model_validate(body)
+        except ValidationError as exc:
+            raise ValueError(_what(exc, "Message")) from exc
         command: dict[str, Any] = {
             "operation": operation,
             "messageId": message_id,
             "serviceId": rule.ServiceId,
             "origin": {"ruleId": rule.Id, "eventId": event.id, "eventSource": event.source},
-            "body": {k: v for k, v in body.items() if v is not None},
+            "body": body,
         }
         if connection_name(rule.Connection) != DEFAULT_CONNECTION:
             command["Connection"] = connection_name(rule.Connection)

@@ -2,8 +2,10 @@
 event matches, and the message it renders.
 
 A rule matches on the event's ``type`` (exact, or a prefix), ``source`` (exact), ``subject`` (a
-glob: ``*``, ``?``, ``[...]``; a prefix is ``abc*``) and an optional JMESPath ``Condition`` over
-the event document (:meth:`IncomingEvent.document`), which must be truthy. Placeholders in the
+glob: ``*``, ``?``, ``[...]``; a prefix is ``abc*``; letter case ignored, as Azure resource ids
+ignore it) and an optional JMESPath ``Condition`` over the event document
+(:meth:`IncomingEvent.document`), which must be truthy (one that fails on the event raises
+:class:`ExpressionFailed`). Placeholders in the
 message are SmartDialog's ``$(...)`` syntax holding a JMESPath expression over the same document
 (``$(data.alertContext.condition.name)``); a missing value renders empty and is logged.
 """
@@ -22,17 +24,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared.actions.fields import ui
 from shared.names import DEFAULT_CONNECTION
 from shared.notify._intake import IncomingEvent
+from shared.outbound import SenderText
 from shared.storage import utf16_units
 
 __all__ = [
     "DEFAULT_CONNECTION",
     "PLACEHOLDER",
+    "ExpressionFailed",
     "Rule",
     "RuleDefinition",
     "RuleMatch",
     "RuleMessage",
     "RuleRecipients",
     "compile_expression",
+    "evaluate",
     "render",
     "rule_errors",
     "search",
@@ -68,7 +73,9 @@ class RuleMatch(_Strict):
     )
     Source: _Text | None = _f("Source", "The event source (Event Grid: the topic), exactly.")
     Subject: _Text | None = _f(
-        "Subject", "A glob over the subject: * any text, ? one character (abc* is a prefix)."
+        "Subject",
+        "A glob over the subject, letter case ignored: * any text, ? one character (abc* is a "
+        "prefix).",
     )
     Condition: _Text | None = _f(
         "Condition", "A JMESPath expression over the event; the rule matches when it is truthy."
@@ -88,8 +95,8 @@ class RuleMessage(_Strict):
     """An SMS (``Content``) or a WhatsApp template (``TemplateName`` and its parameters)."""
 
     Protocol: Literal["SMS", "WhatsApp"] = _f("Protocol", "SMS or WhatsApp (for Content).", "SMS")
-    Sender: str | None = _f(
-        "Sender", "The sender name or number of a text message.", max_length=100
+    Sender: SenderText | None = _f(
+        "Sender", "The sender name or number of a text message (as a send's: 1 to 20 characters)."
     )
     Content: str | None = _f(
         "Content",
@@ -210,7 +217,8 @@ class Rule(RuleDefinition):
     )
 
     def matches(self, event: IncomingEvent, document: dict[str, Any]) -> bool:
-        """Whether ``event`` is one this rule takes (enabled, every match field holds)."""
+        """Whether ``event`` is one this rule takes (enabled, every match field holds); raises
+        :class:`ExpressionFailed` when its ``Condition`` fails on the event."""
         match = self.Match
         if not self.Enabled:
             return False
@@ -220,10 +228,10 @@ class Rule(RuleDefinition):
             return False
         if match.Source is not None and event.source != match.Source:
             return False
-        subject = event.subject or ""
-        if match.Subject is not None and not fnmatch.fnmatchcase(subject, match.Subject):
+        subject = (event.subject or "").lower()
+        if match.Subject is not None and not fnmatch.fnmatchcase(subject, match.Subject.lower()):
             return False
-        return match.Condition is None or bool(search(match.Condition, document))
+        return match.Condition is None or bool(evaluate(match.Condition, document))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -240,14 +248,38 @@ def compile_expression(expression: str) -> Any:
         raise ValueError("not a JMESPath expression: nested too deeply") from exc
 
 
-def search(expression: str, document: dict[str, Any]) -> Any:
-    """``expression`` applied to ``document`` (None when it finds nothing or fails, also when
-    it is too deep to apply: it was saved, so each event must not fail for it)."""
-    from jmespath.exceptions import JMESPathError
+class ExpressionFailed(ValueError):
+    """A rule's JMESPath expression that fails on an event; the message names what failed, never
+    a value of the event (it goes into answers and logs)."""
+
+
+def evaluate(expression: str, document: dict[str, Any]) -> Any:
+    """``expression`` applied to ``document`` (None when it finds nothing); raises
+    :class:`ExpressionFailed` when it fails: a function given a value of the wrong type, one it
+    does not know, or too deep to apply."""
+    from jmespath.exceptions import JMESPathError, JMESPathTypeError
 
     try:
         return compile_expression(expression).search(document)
-    except (JMESPathError, ValueError, RecursionError):
+    except JMESPathTypeError as exc:  # its own message quotes the value
+        expected = " or ".join(map(str, exc.expected_types))
+        raise ExpressionFailed(
+            f"{exc.function_name}() was given a {exc.actual_type}, not a {expected}"
+        ) from exc
+    except RecursionError as exc:
+        raise ExpressionFailed("nested too deeply to apply") from exc
+    except JMESPathError as exc:  # arity, unknown function: the expression's own words
+        raise ExpressionFailed(" ".join(str(exc).split())[:300]) from exc
+    except ValueError as exc:  # compile_expression: a stored rule no release would save
+        raise ExpressionFailed("not a JMESPath expression") from exc
+
+
+def search(expression: str, document: dict[str, Any]) -> Any:
+    """``expression`` applied to ``document`` (None when it finds nothing or fails: a
+    placeholder renders empty then, and is logged)."""
+    try:
+        return evaluate(expression, document)
+    except ExpressionFailed:
         return None
 
 
@@ -284,7 +316,9 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     """What is wrong with a rule that parsed: (field, message) pairs, empty when it is fine.
 
     Checks the connection, every JMESPath expression, the fixed numbers, and (with a
-    ``SampleEvent``) that every placeholder resolves against it.
+    ``SampleEvent``) that ``Condition`` and ``FromEvent`` do not fail on it and every
+    placeholder resolves against it. (That a named ``List`` exists is the actions' check: it
+    needs the store.)
     """
     from jmespath.exceptions import JMESPathError
 
@@ -330,6 +364,13 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
             document = parse_object(rule.SampleEvent).document()
         except InvalidEvent as exc:
             return [("SampleEvent", str(exc))]
+        for name in ("Match.Condition", "Recipients.FromEvent"):
+            expression = expressions[name]
+            try:
+                if expression is not None:
+                    evaluate(expression, document)
+            except ExpressionFailed as exc:
+                errors.append((name, f"{expression!r} fails on the SampleEvent: {exc}"))
         for name, text in rule.Message.texts().items():
             for placeholder in PLACEHOLDER.findall(text):
                 if search(placeholder.strip(), document) is None:

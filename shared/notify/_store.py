@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = ["RULES_TTL_SECONDS", "NotifyState", "RuleBook", "RuleStore"]
+
+log = logging.getLogger("shared.notify")
 
 #: How long one instance uses the rules it read before it reads them again.
 RULES_TTL_SECONDS = 10.0
@@ -97,7 +100,9 @@ class RuleStore:
         lists: dict[str, tuple[str, ...]] = {}
         for entity in self._table.list_entities():
             if entity["PartitionKey"] == _RULE:
-                rules.append(Rule.model_validate_json(_document(entity)))
+                rule = _readable(entity)
+                if rule is not None:
+                    rules.append(rule)
             elif entity["PartitionKey"] == _LIST:
                 lists[entity["RowKey"]] = tuple(json.loads(entity["Numbers"]))
         book = RuleBook(tuple(sorted(rules, key=lambda r: r.Id)), lists)
@@ -120,9 +125,18 @@ class RuleStore:
             return None
         return Rule.model_validate_json(_document(entity))
 
-    def list_rules(self) -> list[Rule]:
+    def list_rules(self) -> tuple[list[Rule], list[str]]:
+        """Every rule, and the ids of stored rows that no longer read as one (skipped)."""
         rows = self._table.query_entities("PartitionKey eq @p", parameters={"p": _RULE})
-        return sorted((Rule.model_validate_json(_document(e)) for e in rows), key=lambda r: r.Id)
+        rules: list[Rule] = []
+        unreadable: list[str] = []
+        for entity in rows:
+            rule = _readable(entity)
+            if rule is None:
+                unreadable.append(entity["RowKey"])
+            else:
+                rules.append(rule)
+        return sorted(rules, key=lambda r: r.Id), sorted(unreadable)
 
     def create(self, rule: Rule) -> bool:
         """Store a new rule; False if one with its id exists."""
@@ -148,11 +162,16 @@ class RuleStore:
         return True
 
     def delete(self, rule_id: str) -> bool:
-        """Delete a rule; False if there was none."""
-        existed = self.get(rule_id) is not None
+        """Delete a rule (also one that no longer reads); False if there was none."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._table.get_entity(_RULE, rule_id, select=["RowKey"])
+        except ResourceNotFoundError:
+            return False
         self._table.delete_entity(_RULE, rule_id)
         self._forget()
-        return existed
+        return True
 
     @staticmethod
     def _rule_entity(rule: Rule) -> dict[str, Any]:
@@ -183,6 +202,27 @@ class RuleStore:
         self._table.delete_entity(_LIST, name)
         self._forget()
         return existed
+
+
+def _readable(entity: Any) -> Rule | None:
+    """A stored rule row as a rule; None, logged as an error, when it no longer reads as one
+    (e.g. saved by a release that allowed what this one refuses): one such row must not fail
+    every event. Update or delete it (ListNotificationRules names it)."""
+    from pydantic import ValidationError
+
+    try:
+        return Rule.model_validate_json(_document(entity))
+    except ValidationError as exc:
+        problems = exc.errors(include_url=False, include_input=False)[:5]
+        why = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
+    except (KeyError, TypeError) as exc:  # no Document at all
+        why = f"no rule document ({type(exc).__name__})"
+    log.error(
+        "notification rule %s is skipped: its stored row does not read as a rule (%s)",
+        entity.get("RowKey"),
+        why,
+    )
+    return None
 
 
 def _hash(*parts: str) -> str:
@@ -267,6 +307,16 @@ class NotifyState:
                 return True
         return False
 
+    def quiet_held(
+        self, rule_id: str, subject: str, recipient: str, event_key: str, *, now: dt.datetime
+    ) -> bool:
+        """Whether another event's quiet period holds ``recipient`` back now (read only: what
+        :meth:`quiet_claim` would refuse, unless the period is claimed or ends meanwhile)."""
+        entity = self._read(f"quiet-{rule_id}", _hash(subject, recipient))
+        if entity is None or entity["Event"] in (_stored_key(event_key), event_key):
+            return False
+        return now < dt.datetime.fromisoformat(entity["Until"])
+
     def sweep(self, *, now: dt.datetime, limit: int = SWEEP_LIMIT) -> int:
         """Delete quiet periods that have ended and hourly caps of past hours (neither can
         affect a send any more); how many rows went. At most ``limit`` per call: a timer calls
@@ -314,5 +364,28 @@ class NotifyState:
             body = {"PartitionKey": partition, "RowKey": row, **chunked("Events", text)}
             if self._write(body, entity):
                 return granted
+            current().sleep(random.uniform(0, 0.05))
+        raise RuntimeError(f"the hourly cap of rule {rule_id} kept changing under us")
+
+    def cap_give_back(self, rule_id: str, event_key: str, count: int, *, now: dt.datetime) -> None:
+        """Return ``count`` of what :meth:`cap_take` granted ``event_key`` this hour (sends it
+        did not make after all: their quiet period was claimed by another event meanwhile). An
+        event left with nothing is forgotten: delivered again, it takes anew."""
+        import random
+
+        partition, row, key = f"cap-{rule_id}", now.strftime("%Y%m%d%H"), _stored_key(event_key)
+        for _ in range(_CAP_ROUNDS):
+            entity = self._read(partition, row)
+            events = _cap_events(entity)
+            known = next((k for k in (key, event_key) if k in events), None)
+            if known is None:
+                return
+            events[known] -= count
+            if events[known] <= 0:
+                del events[known]
+            text = json.dumps(events, separators=(",", ":"))
+            body = {"PartitionKey": partition, "RowKey": row, **chunked("Events", text)}
+            if self._write(body, entity):
+                return
             current().sleep(random.uniform(0, 0.05))
         raise RuntimeError(f"the hourly cap of rule {rule_id} kept changing under us")

@@ -2,8 +2,9 @@
 recipient lists (put, get, delete). All need the function key.
 
 A rule is validated when saved (400 naming the field): unknown fields, bad numbers, a bad
-JMESPath, a connection the app does not have (see ``shared.connections``), and
-placeholders that find nothing in the ``SampleEvent`` the rule may carry.
+JMESPath, a connection the app does not have (see ``shared.connections``), a recipient list
+that does not exist, and, against the ``SampleEvent`` the rule may carry, a ``Condition`` or
+``FromEvent`` that fails on it and placeholders that find nothing in it.
 """
 
 from __future__ import annotations
@@ -135,6 +136,14 @@ class ListNameInput(ActionInput):
 
 class RuleListDoc(BaseModel):
     value: list[Rule] = Field(description="Every rule.", json_schema_extra=ui("Rules"))
+    Unreadable: list[str] = Field(
+        description=(
+            "Ids of stored rules that no longer read as a rule (e.g. saved by an earlier "
+            "release that allowed what this one refuses): they match nothing; update or "
+            "delete them."
+        ),
+        json_schema_extra=ui("Unreadable rules"),
+    )
 
 
 class PlannedSendDoc(BaseModel):
@@ -179,8 +188,11 @@ def _not_found(what: str, name: str) -> Problem:
     )
 
 
-def _checked(rule: Rule) -> Rule:
+def _checked(rule: Rule, store: RuleStore) -> Rule:
     errors = rule_errors(rule)
+    named = rule.Recipients.List
+    if named is not None and store.get_list(named) is None:
+        errors.append(("Recipients.List", f"No recipient list is named {named!r}: put it first."))
     if errors:
         raise validation_problem(
             [
@@ -196,8 +208,9 @@ def _rule_doc(rule: Rule) -> dict[str, Any]:
 
 
 def create_rule(ctx: ActionContext, inp: CreateRuleInput) -> ActionResponse:
-    rule = _checked(inp.body)
-    if not _store(ctx.settings).create(rule):
+    store = _store(ctx.settings)
+    rule = _checked(inp.body, store)
+    if not store.create(rule):
         raise Problem(
             409,
             "The rule exists",
@@ -215,12 +228,14 @@ def get_rule(ctx: ActionContext, inp: RuleIdInput) -> ActionResponse:
 
 
 def list_rules(ctx: ActionContext, inp: ListRulesInput) -> ActionResponse:
-    return ActionResponse.json({"value": [_rule_doc(r) for r in _store(ctx.settings).list_rules()]})
+    rules, unreadable = _store(ctx.settings).list_rules()
+    return ActionResponse.json({"value": [_rule_doc(r) for r in rules], "Unreadable": unreadable})
 
 
 def update_rule(ctx: ActionContext, inp: UpdateRuleInput) -> ActionResponse:
-    rule = _checked(Rule(Id=inp.rule_id, **dict(inp.body)))
-    if not _store(ctx.settings).replace(rule):
+    store = _store(ctx.settings)
+    rule = _checked(Rule(Id=inp.rule_id, **dict(inp.body)), store)
+    if not store.replace(rule):
         raise _not_found("rule", inp.rule_id)
     return ActionResponse.json(_rule_doc(rule))
 
@@ -409,7 +424,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         ListNameInput,
         delete_list,
         "Delete a recipient list",
-        "Deletes a recipient list; rules naming it then skip it.",
+        "Deletes a recipient list; a rule naming it then reports it in Skipped.",
         (ResponseDoc(204, "Deleted."),),
     ),
 )

@@ -12,11 +12,14 @@ See ``docs/sending.md`` for the crash windows and why each is safe, and
 
 from shared.outbound._fields import (
     IdempotencyKeyHeader,
+    MessageBody,
     MessageCustomerDataField,
     ProtocolField,
     RequestIdField,
     SenderField,
+    SenderText,
     TemplateContentField,
+    TemplateMessageBody,
 )
 from shared.outbound._giving_up import poisoned_command_doubt, redrive_doubt
 from shared.outbound._models import (
@@ -52,6 +55,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterReason",
     "IdempotencyKeyHeader",
+    "MessageBody",
     "MessageCancelledData",
     "MessageCustomerDataField",
     "MessageFailedData",
@@ -68,9 +72,11 @@ __all__ = [
     "SendOutcome",
     "SendService",
     "SenderField",
+    "SenderText",
     "StatusView",
     "StoredCommand",
     "TemplateContentField",
+    "TemplateMessageBody",
     "command_addresses",
     "derive_message_id",
     "new_record",

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_RECIPIENTS",
     "DiscussionReplyBody",
     "MessageBody",
+    "SenderText",
     "TemplateMessageBody",
     "check_attachment",
 ]
@@ -148,10 +149,11 @@ DlrUrlField = Annotated[
 ]
 
 # The message fields a send and a bulk send's template share.
+#: A sender's bounds (also a notification rule's ``Sender``): not blank, at most 20 characters.
+SenderText = Annotated[NonEmptyStr, Field(max_length=20)]
 SenderField = Annotated[
-    NonEmptyStr,
+    SenderText,
     Field(
-        max_length=20,
         description="Alphanumeric sender (at most 11 characters), long code or short code.",
         json_schema_extra=ui("Message Sender", visibility="important"),
     ),
@@ -303,14 +305,14 @@ class TemplateMessageBody(StrictBody):
         description="Who gets it.",
         json_schema_extra=ui("Recipients", visibility="important"),
     )
-    BodyParameters: list[str] | None = Field(
+    BodyParameters: list[NonEmptyStr] | None = Field(
         None,
-        description="Values for the template body's placeholders, in order.",
+        description="Values for the template body's placeholders, in order (none blank).",
         json_schema_extra=ui("Body parameters"),
     )
-    HeaderParameters: list[str] | None = Field(
+    HeaderParameters: list[NonEmptyStr] | None = Field(
         None,
-        description="Values for the template header's placeholders, in order.",
+        description="Values for the template header's placeholders, in order (none blank).",
         json_schema_extra=ui("Header parameters"),
     )
     Buttons: list[TemplateButtonIn] | None = Field(

@@ -279,7 +279,10 @@ def test_numbers_from_a_custom_topic_event_keep_to_allowed_countries_and_the_per
     answer = post_events(stack, [order], "application/json")
     assert answer.status_code == 202, answer.text
     assert answer.json()["Sends"] == 1
-    assert answer.json()["Results"][0]["Skipped"] == 3  # +358...9 over the cap, +882, +46
+    reasons = [s["Reason"] for s in answer.json()["Results"][0]["Skipped"]]
+    assert len(reasons) == 3  # +358...9 over the cap, +882, +46
+    assert reasons[-1] == "over MaxPerEvent"
+    assert reasons[1] == "country code not allowed"
     calls = poll(lambda: upstream_calls(stack, order["id"]), what="the one send")
     assert addresses(calls) == [DELIVERED_NUMBER]
 
@@ -296,7 +299,7 @@ def test_a_quiet_period_keeps_a_flapping_alert_from_paging_twice(stack: Stack) -
     )
     assert first.json()["Sends"] == 1
     assert second.json()["Sends"] == 0
-    assert second.json()["Results"][0]["Skipped"] == 1
+    assert second.json()["Results"][0]["Skipped"] == [{"RuleId": "quiet", "Reason": "quiet period"}]
 
 
 def test_an_event_matching_no_rule_is_counted_and_dropped_with_a_log_line_without_data(
@@ -398,14 +401,18 @@ def test_the_event_grid_schema_validation_handshake_on_the_webhook_door_is_answe
 def test_rules_are_validated_when_saved_and_managed_by_their_actions(stack: Stack) -> None:
     bad = stack.http.post(
         f"{stack.api}/notification-rules",
-        json=alert_rule(Match={"EventType": "x", "Condition": "data.[["}),
+        json=alert_rule(
+            Match={"EventType": "x", "Condition": "data.[["},
+            Recipients={"Numbers": [DELIVERED_NUMBER]},
+        ),
     )
     assert bad.status_code == 400
     assert [e["field"] for e in bad.json()["errors"]] == ["body.Match.Condition"]
     unknown = stack.http.post(f"{stack.api}/notification-rules", json=alert_rule(Colour="red"))
     assert unknown.status_code == 400
     create_rule(stack, alert_rule(Recipients={"Numbers": [DELIVERED_NUMBER]}))
-    assert stack.http.post(f"{stack.api}/notification-rules", json=alert_rule()).status_code == 409
+    again = alert_rule(Recipients={"Numbers": [DELIVERED_NUMBER]})
+    assert stack.http.post(f"{stack.api}/notification-rules", json=again).status_code == 409
     updated = alert_rule(QuietMinutes=5, Recipients={"Numbers": [DELIVERED_NUMBER]})
     del updated["Id"]
     put = stack.http.put(f"{stack.api}/notification-rules/cpu-alerts", json=updated)
@@ -499,7 +506,7 @@ def test_a_message_rendered_too_large_for_a_queue_message_goes_by_reference_and_
     answer = post_events(stack, [order], "application/json")
     assert answer.status_code == 202, answer.text
     assert answer.json()["Sends"] == 1
-    assert answer.json()["Results"][0]["Skipped"] == 0
+    assert answer.json()["Results"][0]["Skipped"] == []
     [message_id] = answer.json()["Results"][0]["MessageIds"]
     calls = poll(lambda: upstream_calls(stack, order["id"]), what="the large send")
     assert addresses(calls) == [DELIVERED_NUMBER]

@@ -72,6 +72,44 @@ def test_a_rule_that_does_not_parse_is_refused(changes: dict[str, Any]) -> None:
         Rule.model_validate(rule(**changes))
 
 
+@pytest.mark.parametrize("sender", ["", "   ", "S" * 21])
+def test_a_sender_no_send_would_take_is_refused_as_a_send_refuses_it(sender: str) -> None:
+    """A rule took "" and up to 100 characters, and every send it made was then refused."""
+    with pytest.raises(ValidationError) as refused:
+        Rule.model_validate(rule(Message={"Sender": sender, "Content": "hi"}))
+    assert [e["loc"][:2] for e in refused.value.errors()] == [("Message", "Sender")]
+    assert Rule.model_validate(rule(Message={"Sender": "S" * 20, "Content": "hi"}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"Match": {"Condition": "abs(data.essentials.severity) > `1`"}}, "Match.Condition"),
+        (
+            {
+                "Recipients": {
+                    "FromEvent": "abs(data.essentials.severity)",
+                    "AllowedCountryCodes": [358],
+                }
+            },
+            "Recipients.FromEvent",
+        ),
+    ],
+)
+def test_a_condition_or_from_event_that_fails_on_the_sample_event_is_refused(
+    changes: dict[str, Any], field: str
+) -> None:
+    """It would fail on every such event (abs() of a text)."""
+    assert errors(rule(SampleEvent=ALERT, **changes)) == [field]
+    assert errors(rule(**changes)) == []  # without a sample, events will tell
+
+
+def test_the_subject_glob_ignores_letter_case_as_azure_resource_ids_do() -> None:
+    event = parse_object(ALERT)  # .../resourcegroups/ops-rg/providers/microsoft.compute/...
+    glob = Rule.model_validate(rule(Match={"Subject": "*/resourceGroups/OPS-rg/*/WEB-01"}))
+    assert glob.matches(event, event.document())
+
+
 def test_matching_uses_type_prefix_source_subject_glob_and_the_condition() -> None:
     event = parse_object(ALERT)
     doc = event.document()

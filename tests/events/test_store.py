@@ -223,7 +223,7 @@ def test_a_message_that_cannot_be_made_starts_no_quiet_period(
             [event("e1", "unmakeable"), event("e2", "disk full")]
         )
 
-    assert [s.reason for s in unsendable.skipped] == ["message not valid"]
+    assert [s.reason for s in unsendable.skipped] == ["message not valid: not a send command"]
     assert [s.address for s in sendable.sends] == ["+358400000001"]
 
 

@@ -1,0 +1,287 @@
+"""From events to sends against Azurite: what counts against the hourly cap and the quiet
+period, and every recipient a matched rule leaves out is reported with its reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from azure.data.tables import TableClient, UpdateMode
+from azure.storage.queue import QueueClient
+
+from shared.clock import ManualClock, utcnow
+from shared.notify._intake import IncomingEvent, parse_object
+from shared.notify._notify import EventResult, Notifier
+from shared.notify._rules import Rule
+from shared.notify._store import NotifyState, RuleStore
+from shared.storage import chunked, ensure_table
+
+N1, N2 = "+358401234561", "+358401234562"
+
+
+@dataclass
+class Notify:
+    notifier: Notifier
+    rules: RuleStore
+    state: NotifyState
+    queue: QueueClient
+
+    def rule(self, **changes: Any) -> Rule:
+        document: dict[str, Any] = {
+            "Id": "disk",
+            "Match": {"EventType": "t"},
+            "Message": {"Sender": "Ops", "Content": "disk $(data.disk)"},
+            "Recipients": {"FromEvent": "data.phones", "AllowedCountryCodes": [358]},
+        }
+        document.update(changes)
+        rule = Rule.model_validate(document)
+        assert self.rules.create(rule)
+        return rule
+
+    def handle(self, event: IncomingEvent) -> EventResult:
+        [result] = self.notifier.handle([event])
+        return result
+
+    def queued(self) -> list[dict[str, Any]]:
+        return [json.loads(m.content) for m in self.queue.peek_messages(max_messages=32)]
+
+
+def event(event_id: str, subject: str = "vm-1", **data: Any) -> IncomingEvent:
+    return parse_object({"specversion": "1.0", "id": event_id, "source": "s", "type": "t",
+                         "subject": subject, "data": {"disk": "C:", **data}})  # fmt: skip
+
+
+def reasons(result: EventResult) -> list[str]:
+    return [s.reason for s in result.skipped]
+
+
+def sent_to(result: EventResult) -> list[str]:
+    return [s.address for s in result.sends]
+
+
+@pytest.fixture
+def notify(storage_env: str, unique_name: str) -> Notify:
+    from shared.settings import get_settings
+
+    def table(suffix: str) -> TableClient:
+        name = unique_name.replace("-", "") + suffix
+        return ensure_table(TableClient.from_connection_string(storage_env, name))
+
+    rules, state = RuleStore(table("rules")), NotifyState(table("state"))
+    queue = QueueClient.from_connection_string(storage_env, unique_name)
+    queue.create_queue()
+    notifier = Notifier(get_settings(), rules=rules, state=state, queue=queue)
+    return Notify(notifier, rules, state, queue)
+
+
+def test_a_number_the_quiet_period_holds_back_takes_no_unit_of_the_hourly_cap(
+    notify: Notify, manual_clock: ManualClock
+) -> None:
+    """A flapping alert (QuietMinutes 60) used up MaxPerHour with messages never sent, and
+    another subject's alert later that hour was skipped "over MaxPerHour"."""
+    notify.rule(QuietMinutes=60, Recipients={"FromEvent": "data.phones",
+                "AllowedCountryCodes": [358], "MaxPerHour": 2})  # fmt: skip
+
+    assert sent_to(notify.handle(event("e1", "vm-1", phones=[N1]))) == [N1]
+    for flap in range(3):
+        held = notify.handle(event(f"flap{flap}", "vm-1", phones=[N1]))
+        assert (sent_to(held), reasons(held)) == ([], ["quiet period"])
+    assert sent_to(notify.handle(event("e2", "vm-2", phones=[N1]))) == [N1]
+    assert reasons(notify.handle(event("e3", "vm-3", phones=[N1]))) == ["over MaxPerHour"]
+
+
+def test_a_number_the_cap_refuses_starts_no_quiet_period(
+    notify: Notify, manual_clock: ManualClock
+) -> None:
+    """Its quiet period would hold the next alert about that subject back, though nothing was
+    sent."""
+    notify.rule(QuietMinutes=120, Recipients={"FromEvent": "data.phones",
+                "AllowedCountryCodes": [358], "MaxPerHour": 1})  # fmt: skip
+
+    assert sent_to(notify.handle(event("e1", "vm-1", phones=[N1]))) == [N1]
+    assert reasons(notify.handle(event("e2", "vm-2", phones=[N1]))) == ["over MaxPerHour"]
+    manual_clock.advance(3600)  # the next hour: the cap has room again
+    assert sent_to(notify.handle(event("e3", "vm-2", phones=[N1]))) == [N1]
+
+
+class _ReadBeforeAnotherClaimed(NotifyState):
+    """Another event claims every quiet period between our read and our write."""
+
+    def quiet_held(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+
+def test_a_quiet_period_claimed_by_another_event_after_the_cap_was_taken_gives_the_unit_back(
+    notify: Notify, manual_clock: ManualClock
+) -> None:
+    notify.rule(QuietMinutes=60, Recipients={"FromEvent": "data.phones",
+                "AllowedCountryCodes": [358], "MaxPerHour": 1})  # fmt: skip
+    state = notify.state
+    assert state.quiet_claim("disk", "vm-1", N1, "s\nother", minutes=60, now=utcnow())
+    notify.notifier.state = _ReadBeforeAnotherClaimed(state._table)
+
+    lost = notify.handle(event("e1", "vm-1", phones=[N1]))
+
+    assert (sent_to(lost), reasons(lost)) == ([], ["quiet period"])
+    assert sent_to(notify.handle(event("e2", "vm-2", phones=[N1]))) == [N1]
+
+
+def test_a_message_that_is_not_valid_is_not_queued_and_takes_no_unit_of_the_cap(
+    notify: Notify, manual_clock: ManualClock
+) -> None:
+    """A placeholder that finds nothing renders empty: the queue model's Content is any text,
+    so a blank SMS was queued (and took a unit of the cap). The send actions' rules apply."""
+    notify.rule(Message={"Sender": "Ops", "Content": "$(data.note)"},
+                Recipients={"FromEvent": "data.phones", "AllowedCountryCodes": [358],
+                            "MaxPerHour": 1})  # fmt: skip
+
+    blank = notify.handle(event("e1", phones=[N1]))
+    assert sent_to(blank) == []
+    assert reasons(blank) == ["message not valid: Message.Content: Must not be empty or blank."]
+    assert notify.queued() == []
+    assert sent_to(notify.handle(event("e2", phones=[N1], note="disk full"))) == [N1]
+
+
+def test_a_blank_whatsapp_template_parameter_is_not_queued_naming_it(notify: Notify) -> None:
+    template = {"TemplateName": "disk_full", "BodyParameters": ["$(data.disk)", " $(data.nope) "]}
+    notify.rule(Message=template, Recipients={"Numbers": [N1]})
+
+    result = notify.handle(event("e1"))
+
+    assert sent_to(result) == []
+    assert reasons(result) == [
+        "message not valid: Message.BodyParameters[1]: Must not be empty or blank."
+    ]
+    assert notify.queued() == []
+
+
+def test_numbers_from_the_event_take_json_integers_and_report_what_is_not_a_number(
+    notify: Notify, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Objects and JSON numbers were dropped without a word; an integer is read as the text of
+    its digits (as "358401234562" is: Finnish, by the country code it starts with)."""
+    notify.rule()
+    phones = [N1, 358401234562, {"number": N1}, 3.5, True, None, "not-a-number"]
+
+    with caplog.at_level(logging.INFO, "shared.notify"):
+        result = notify.handle(event("e1", phones=phones))
+
+    assert sent_to(result) == [N1, N2]
+    assert reasons(result) == ["not a phone number"] * 5
+    assert result.summary()["Skipped"] == [{"RuleId": "disk", "Reason": "not a phone number"}] * 5
+    assert "disk: not a phone number (x5)" in caplog.text
+    assert "FromEvent gave a value of type object, not a phone number" in caplog.text
+
+
+def test_a_condition_or_from_event_that_fails_on_the_event_is_reported_and_logged(
+    notify: Notify, caplog: pytest.LogCaptureFixture
+) -> None:
+    notify.rule(Id="sized", Match={"EventType": "t", "Condition": "length(data.size) > `1`"},
+                Recipients={"Numbers": [N1]})  # fmt: skip
+    notify.rule(Id="counted", Recipients={"FromEvent": "abs(data.phones)",
+                "AllowedCountryCodes": [358]})  # fmt: skip
+
+    with caplog.at_level(logging.WARNING, "shared.notify"):
+        result = notify.handle(event("e1", size=1234567, phones="+358401234561"))
+
+    assert result.rules == ["counted"]
+    assert result.summary()["Skipped"] == [
+        {"RuleId": "counted", "Reason": "FromEvent failed: abs() was given a string, not a number"},
+        {"RuleId": "sized", "Reason": "condition failed: length() was given a number, not a "
+                                      "string or array or object"},
+    ]  # fmt: skip
+    assert "rule sized: its Condition failed on event e1" in caplog.text
+    assert "rule counted: its FromEvent failed on event e1" in caplog.text
+    assert "1234567" not in caplog.text
+    assert "358401234561" not in caplog.text
+
+
+def test_a_list_that_does_not_exist_is_reported(notify: Notify) -> None:
+    notify.rule(Recipients={"List": "on-call", "Numbers": [N1]})
+
+    result = notify.handle(event("e1"))
+
+    assert sent_to(result) == [N1]
+    assert reasons(result) == ["list on-call not found"]
+
+
+def test_a_number_in_the_rule_and_the_event_is_sent_once_and_not_counted_against_the_cap(
+    notify: Notify, manual_clock: ManualClock
+) -> None:
+    notify.rule(Recipients={"Numbers": [N1], "FromEvent": "data.phones",
+                "AllowedCountryCodes": [358], "MaxPerHour": 1})  # fmt: skip
+
+    assert sent_to(notify.handle(event("e1", phones=[N1]))) == [N1]
+    assert sent_to(notify.handle(event("e2", phones=[N1, N2]))) == [N1, N2]
+
+
+def test_a_stored_rule_that_no_longer_reads_is_skipped_listed_and_deletable(
+    notify: Notify, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row saved by a release that allowed what this one refuses (a 30-character Sender)
+    made every event fail."""
+    notify.rule(Recipients={"Numbers": [N1]})
+    old = notify.rule(Id="old", Recipients={"Numbers": [N2]}).model_dump(exclude_none=True)
+    old["Message"]["Sender"] = "S" * 30
+    notify.rules._table.upsert_entity(
+        {"PartitionKey": "rule", "RowKey": "old", **chunked("Document", json.dumps(old))},
+        mode=UpdateMode.REPLACE,
+    )
+    notify.rules._table.create_entity({"PartitionKey": "rule", "RowKey": "torn", "Document": "{"})
+    notify.rules._forget()
+
+    with caplog.at_level(logging.ERROR, "shared.notify"):
+        result = notify.handle(event("e1"))
+
+    assert (result.rules, sent_to(result)) == (["disk"], [N1])
+    assert "notification rule old is skipped" in caplog.text
+    assert "notification rule torn is skipped" in caplog.text
+    rules, unreadable = notify.rules.list_rules()
+    assert ([r.Id for r in rules], unreadable) == (["disk"], ["old", "torn"])
+    assert notify.rules.delete("old")
+    assert notify.rules.list_rules()[1] == ["torn"]
+
+
+def test_a_rule_naming_a_list_that_does_not_exist_or_a_sender_no_send_takes_is_a_400(
+    storage_env: str, unique_name: str
+) -> None:
+    """Such a rule was saved and could never send: a list that is not there sent nothing (only
+    a log line); a blank or 21-character Sender made every send fail."""
+    from shared.actions import ActionRequest, ActionResponse, handle
+
+    def call(operation: str, method: str, body: Any = None, **route: str) -> ActionResponse:
+        raw = b"" if body is None else json.dumps(body).encode()
+        request = ActionRequest(method, route_params=route, body=raw,
+                                headers={"Content-Type": "application/json"})  # fmt: skip
+        return handle(operation, request)
+
+    def fields(answer: ActionResponse) -> list[str]:
+        assert answer.status == 400, answer.body
+        return [e["field"] for e in answer.body["errors"]]
+
+    rule = {
+        "Id": unique_name,
+        "Match": {"EventType": "t"},
+        "Message": {"Sender": "Ops", "Content": "hi"},
+        "Recipients": {"List": unique_name},
+    }
+    assert fields(call("CreateNotificationRule", "POST", rule)) == ["body.Recipients.List"]
+    for sender in ("", "S" * 21):
+        long = {**rule, "Message": {"Sender": sender, "Content": "hi"}}
+        # (the pipeline names a body field by its own name, as for any action's body)
+        assert fields(call("CreateNotificationRule", "POST", long)) == ["Message.Sender"]
+
+    put = call("PutRecipientList", "PUT", {"Numbers": [N1]}, ListName=unique_name)
+    assert put.status == 200, put.body
+    try:
+        assert call("CreateNotificationRule", "POST", rule).status == 201
+        update = {k: v for k, v in rule.items() if k != "Id"}
+        update["Recipients"] = {"List": unique_name + "-gone"}
+        refused = call("UpdateNotificationRule", "PUT", update, RuleId=unique_name)
+        assert fields(refused) == ["body.Recipients.List"]
+    finally:
+        call("DeleteNotificationRule", "DELETE", RuleId=unique_name)
+        call("DeleteRecipientList", "DELETE", ListName=unique_name)
