@@ -117,13 +117,18 @@ class RuleStore:
     # --- rules ---
 
     def get(self, rule_id: str) -> Rule | None:
+        """The rule; None if there is none; :class:`UnreadableRule` if its row no longer reads
+        as one."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
             entity = self._table.get_entity(_RULE, rule_id)
         except ResourceNotFoundError:
             return None
-        return Rule.model_validate_json(_document(entity))
+        rule = _readable(entity)
+        if rule is None:
+            raise UnreadableRule(rule_id)
+        return rule
 
     def list_rules(self) -> tuple[list[Rule], list[str]]:
         """Every rule, and the ids of stored rows that no longer read as one (skipped)."""
@@ -202,6 +207,14 @@ class RuleStore:
         self._table.delete_entity(_LIST, name)
         self._forget()
         return existed
+
+
+class UnreadableRule(LookupError):
+    """A stored rule row that no longer reads as a rule (see :func:`_readable`)."""
+
+    def __init__(self, rule_id: str) -> None:
+        super().__init__(rule_id)
+        self.rule_id = rule_id
 
 
 def _readable(entity: Any) -> Rule | None:

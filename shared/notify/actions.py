@@ -188,6 +188,26 @@ def _not_found(what: str, name: str) -> Problem:
     )
 
 
+def _stored_rule(store: RuleStore, rule_id: str) -> Rule:
+    """The stored rule; 404 if there is none, 409 if its row no longer reads as a rule."""
+    from shared.notify._store import UnreadableRule
+
+    try:
+        rule = store.get(rule_id)
+    except UnreadableRule as exc:
+        raise Problem(
+            409,
+            "Rule unreadable",
+            f"Rule {exc.rule_id} is stored in a form this release cannot read (the log says "
+            "why; e.g. a Sender over 20 characters): replace it with UpdateNotificationRule, "
+            "or delete it.",
+            type=ProblemType.CONFLICT,
+        ) from exc
+    if rule is None:
+        raise _not_found("rule", rule_id)
+    return rule
+
+
 def _checked(rule: Rule, store: RuleStore) -> Rule:
     errors = rule_errors(rule)
     named = rule.Recipients.List
@@ -221,10 +241,7 @@ def create_rule(ctx: ActionContext, inp: CreateRuleInput) -> ActionResponse:
 
 
 def get_rule(ctx: ActionContext, inp: RuleIdInput) -> ActionResponse:
-    rule = _store(ctx.settings).get(inp.rule_id)
-    if rule is None:
-        raise _not_found("rule", inp.rule_id)
-    return ActionResponse.json(_rule_doc(rule))
+    return ActionResponse.json(_rule_doc(_stored_rule(_store(ctx.settings), inp.rule_id)))
 
 
 def list_rules(ctx: ActionContext, inp: ListRulesInput) -> ActionResponse:
@@ -257,9 +274,7 @@ def dry_run(ctx: ActionContext, inp: DryRunInput) -> ActionResponse:
     store = _store(ctx.settings)
     rules = None
     if inp.body.RuleId is not None:
-        rule = store.get(inp.body.RuleId)
-        if rule is None:
-            raise _not_found("rule", inp.body.RuleId)
+        rule = _stored_rule(store, inp.body.RuleId)
         rules = [rule.model_copy(update={"Enabled": True})]
     result = notifier(ctx.settings).plan(event, book=store.book(), dry_run=True, rules=rules)
     return ActionResponse.json(

@@ -285,3 +285,34 @@ def test_a_rule_naming_a_list_that_does_not_exist_or_a_sender_no_send_takes_is_a
     finally:
         call("DeleteNotificationRule", "DELETE", RuleId=unique_name)
         call("DeleteRecipientList", "DELETE", ListName=unique_name)
+
+
+def test_an_unreadable_stored_rule_answers_409_saying_what_to_do_not_500(
+    storage_env: str, unique_name: str
+) -> None:
+    from shared.actions import ActionRequest, ActionResponse, handle
+    from shared.settings import get_settings
+
+    def call(operation: str, method: str, body: Any = None, **route: str) -> ActionResponse:
+        raw = b"" if body is None else json.dumps(body).encode()
+        request = ActionRequest(method, route_params=route, body=raw,
+                                headers={"Content-Type": "application/json"})  # fmt: skip
+        return handle(operation, request)
+
+    store = RuleStore.from_settings(get_settings())
+    store._table.create_entity({"PartitionKey": "rule", "RowKey": unique_name, "Document": "{"})
+    try:
+        shown = call("GetNotificationRule", "GET", RuleId=unique_name)
+        tried = call(
+            "DryRunNotificationRules",
+            "POST",
+            {
+                "RuleId": unique_name,
+                "Event": {"specversion": "1.0", "id": "e1", "source": "s", "type": "t"},
+            },
+        )
+        assert shown.status == 409, shown.body
+        assert "UpdateNotificationRule" in shown.body["detail"]
+        assert tried.status == 409, tried.body
+    finally:
+        assert call("DeleteNotificationRule", "DELETE", RuleId=unique_name).status == 204
