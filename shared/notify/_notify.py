@@ -38,8 +38,8 @@ from shared.outbound import (
     MessageBody,
     OutboundMessage,
     OutboundMessageAdapter,
+    SendOrigin,
     TemplateMessageBody,
-    derive_message_id,
     queued_text,
 )
 from shared.payloads import PayloadStore
@@ -51,9 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["EventResult", "Notifier", "PlannedSend", "Skipped"]
 
 log = logging.getLogger("shared.notify")
-
-#: The scope of derived message ids: changing it would make re-deliveries send again.
-ID_SCOPE = "notification-rule"
 
 
 @dataclass(frozen=True)
@@ -242,11 +239,11 @@ class Notifier:
         number the cap refuses starts no quiet period); a claim lost to another event between
         that read and its write gives its unit of the cap back."""
         key, quiet = _event_key(event), rule.QuietMinutes
+        subject = (event.subject or "").lower()  # one resource, as its rule matches it
 
         def claimed(address: str) -> bool:
             if not quiet:
                 return True
-            subject = event.subject or ""
             if self.state.quiet_claim(rule.Id, subject, address, key, minutes=quiet, now=now):
                 return True
             result.skipped.append(Skipped(rule.Id, address, "quiet period"))
@@ -257,9 +254,7 @@ class Notifier:
             if not from_event:
                 if claimed(planned.address):
                     result.sends.append(planned)
-            elif quiet and self.state.quiet_held(
-                rule.Id, event.subject or "", planned.address, key, now=now
-            ):
+            elif quiet and self.state.quiet_held(rule.Id, subject, planned.address, key, now=now):
                 result.skipped.append(Skipped(rule.Id, planned.address, "quiet period"))
             else:
                 capped.append(planned)
@@ -272,7 +267,7 @@ class Notifier:
         going = [planned for planned in capped[:granted] if claimed(planned.address)]
         result.sends.extend(going)
         if len(going) < granted:
-            self.state.cap_give_back(rule.Id, key, granted - len(going), now=now)
+            self.state.cap_keep(rule.Id, key, len(going), now=now)
 
     def _fixed(self, rule: Rule, book: RuleBook, result: EventResult) -> list[str]:
         """The rule's own numbers and those of its list (each once)."""
@@ -354,9 +349,8 @@ class Notifier:
         address: str,
         now: dt.datetime,
     ) -> PlannedSend:
-        message_id = derive_message_id(
-            ID_SCOPE, f"{rule.Id}\n{event.source}\n{event.id}\n{address}"
-        )
+        origin = SendOrigin(ruleId=rule.Id, eventId=event.id, eventSource=event.source)
+        message_id = origin.message_id(address)
         message = rule.Message
 
         def text(value: str) -> str:
@@ -392,7 +386,7 @@ class Notifier:
             "operation": operation,
             "messageId": message_id,
             "serviceId": rule.ServiceId,
-            "origin": {"ruleId": rule.Id, "eventId": event.id, "eventSource": event.source},
+            "origin": origin.model_dump(),
             "body": body,
         }
         if connection_name(rule.Connection) != DEFAULT_CONNECTION:

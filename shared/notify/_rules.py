@@ -19,7 +19,7 @@ import logging
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from shared.actions.fields import ui
 from shared.names import DEFAULT_CONNECTION
@@ -95,8 +95,12 @@ class RuleMessage(_Strict):
     """An SMS (``Content``) or a WhatsApp template (``TemplateName`` and its parameters)."""
 
     Protocol: Literal["SMS", "WhatsApp"] = _f("Protocol", "SMS or WhatsApp (for Content).", "SMS")
-    Sender: SenderText | None = _f(
-        "Sender", "The sender name or number of a text message (as a send's: 1 to 20 characters)."
+    # Bounded as before when stored (a release's rows must still read); a text rule's sender is
+    # held to a send's bounds when saved (rule_errors) and when rendered.
+    Sender: str | None = _f(
+        "Sender",
+        "The sender name or number of a text message (as a send's: 1 to 20 characters).",
+        max_length=100,
     )
     Content: str | None = _f(
         "Content",
@@ -260,7 +264,11 @@ def evaluate(expression: str, document: dict[str, Any]) -> Any:
     from jmespath.exceptions import JMESPathError, JMESPathTypeError
 
     try:
-        return compile_expression(expression).search(document)
+        compiled = compile_expression(expression)
+    except ValueError as exc:  # a stored rule no release would save
+        raise ExpressionFailed("not a JMESPath expression") from exc
+    try:
+        return compiled.search(document)
     except JMESPathTypeError as exc:  # its own message quotes the value
         expected = " or ".join(map(str, exc.expected_types))
         raise ExpressionFailed(
@@ -270,8 +278,8 @@ def evaluate(expression: str, document: dict[str, Any]) -> Any:
         raise ExpressionFailed("nested too deeply to apply") from exc
     except JMESPathError as exc:  # arity, unknown function: the expression's own words
         raise ExpressionFailed(" ".join(str(exc).split())[:300]) from exc
-    except ValueError as exc:  # compile_expression: a stored rule no release would save
-        raise ExpressionFailed("not a JMESPath expression") from exc
+    except (OverflowError, ValueError, ArithmeticError) as exc:  # floor(1e999), floor(NaN)
+        raise ExpressionFailed(f"a number it cannot use ({type(exc).__name__})") from exc
 
 
 def search(expression: str, document: dict[str, Any]) -> Any:
@@ -334,6 +342,12 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
 
     if connection_name(rule.Connection) not in connections().by_name:
         errors.append(("Connection", f"No connection is named {rule.Connection!r}."))
+    sender = rule.Message.Sender
+    if rule.Message.Content is not None and sender is not None:
+        try:
+            TypeAdapter(SenderText).validate_python(sender)  # a send's bounds, one home
+        except ValidationError:
+            errors.append(("Message.Sender", "A text message's sender has 1 to 20 characters."))
     expressions = {"Match.Condition": rule.Match.Condition}
     expressions["Recipients.FromEvent"] = rule.Recipients.FromEvent
     for name, text in rule.Message.texts().items():

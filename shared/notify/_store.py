@@ -380,10 +380,11 @@ class NotifyState:
             current().sleep(random.uniform(0, 0.05))
         raise RuntimeError(f"the hourly cap of rule {rule_id} kept changing under us")
 
-    def cap_give_back(self, rule_id: str, event_key: str, count: int, *, now: dt.datetime) -> None:
-        """Return ``count`` of what :meth:`cap_take` granted ``event_key`` this hour (sends it
-        did not make after all: their quiet period was claimed by another event meanwhile). An
-        event left with nothing is forgotten: delivered again, it takes anew."""
+    def cap_keep(self, rule_id: str, event_key: str, kept: int, *, now: dt.datetime) -> None:
+        """Count only ``kept`` of what :meth:`cap_take` granted ``event_key`` this hour (the
+        sends it made: the others' quiet period was claimed by another event meanwhile). Sets,
+        never subtracts, so two copies of one event keeping the same do it once. An event left
+        with nothing is forgotten: delivered again, it takes anew."""
         import random
 
         partition, row, key = f"cap-{rule_id}", now.strftime("%Y%m%d%H"), _stored_key(event_key)
@@ -393,7 +394,7 @@ class NotifyState:
             known = next((k for k in (key, event_key) if k in events), None)
             if known is None:
                 return
-            events[known] -= count
+            events[known] = min(events[known], kept)
             if events[known] <= 0:
                 del events[known]
             text = json.dumps(events, separators=(",", ":"))

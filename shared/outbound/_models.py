@@ -141,6 +141,17 @@ class SendOrigin(BaseModel):
     eventId: str = Field(min_length=1, description="The id of the event it matched.")
     eventSource: str = Field("", description="The source of that event.")
 
+    def message_id(self, address: str) -> str:
+        """The message id of this rule's send for this event to ``address``: the same on every
+        delivery of the event, whatever the rule says by then."""
+        return derive_message_id(
+            RULE_SEND_SCOPE, f"{self.ruleId}\n{self.eventSource}\n{self.eventId}\n{address}"
+        )
+
+
+#: The scope of a notification rule's message ids (:meth:`SendOrigin.message_id`).
+RULE_SEND_SCOPE = "notification-rule"
+
 
 def command_origin(text: str) -> SendOrigin | None:
     """The ``origin`` of a recorded command's JSON text, if it has a valid one."""

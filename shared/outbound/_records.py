@@ -301,4 +301,7 @@ def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:
     from those alone: the event delivered again after the rule was edited. A repeat, to
     acknowledge, not a different message that took the id."""
     origin = getattr(command, "origin", None)  # a discussion reply has none
-    return origin is not None and command_origin(recorded) == origin
+    if origin is None or command_origin(recorded) != origin:
+        return False
+    addresses = command_addresses(command)  # one, whose id it is: not another's send
+    return len(addresses) == 1 and command.messageId == origin.message_id(addresses[0])

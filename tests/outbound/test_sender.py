@@ -617,12 +617,12 @@ def test_a_rule_send_made_again_after_its_rule_was_edited_is_acknowledged_not_de
     number = "+358402000011"
     message_id = derive_message_id("notification-rule", f"disk\ns\ne-1\n{number}")
 
-    def command(content: str, rule_id: str = "disk") -> dict[str, Any]:
+    def command(content: str, rule_id: str = "disk", to: str = number) -> dict[str, Any]:
         return {
             "operation": "SendMessage",
             "messageId": message_id,
             "origin": {"ruleId": rule_id, "eventId": "e-1", "eventSource": "s"},
-            "body": {"Sender": "Ops", "Content": content, "Recipients": [{"Address": number}],
+            "body": {"Sender": "Ops", "Content": content, "Recipients": [{"Address": to}],
                      "RequestId": message_id},
         }  # fmt: skip
 
@@ -641,3 +641,8 @@ def test_a_rule_send_made_again_after_its_rule_was_edited_is_acknowledged_not_de
     outbound.drain()
     [letter] = outbound.dead_letters()
     assert letter["reason"] == "malformed"
+    # The same origin but to someone else: the id is not that send's, so no repeat either.
+    outbound.enqueue(command("disk full", to="+358402000099"))
+    outbound.drain()
+    assert [d["reason"] for d in outbound.dead_letters()] == ["malformed", "malformed"]
+    assert len(outbound.upstream()) == 1
