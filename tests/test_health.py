@@ -62,6 +62,14 @@ def test_no_callback_secret_at_all_is_a_configuration_error(
     assert [e.field for e in problem.errors] == ["SMARTDIALOG_CALLBACK_SECRETS"]
 
 
+def only_credentials(monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]) -> None:
+    """The SmartDialog credentials set are exactly ``credentials``."""
+    for name in ("ACCESS_TOKEN", "REFRESH_TOKEN", "CLIENT_ID", "CLIENT_SECRET"):
+        monkeypatch.delenv("SMARTDIALOG_" + name, raising=False)
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize(
     "credentials",
     [
@@ -73,10 +81,7 @@ def test_no_callback_secret_at_all_is_a_configuration_error(
 def test_no_usable_smartdialog_credentials_is_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]
 ) -> None:
-    for name in ("ACCESS_TOKEN", "REFRESH_TOKEN", "CLIENT_ID", "CLIENT_SECRET"):
-        monkeypatch.delenv("SMARTDIALOG_" + name, raising=False)
-    for name, value in credentials.items():
-        monkeypatch.setenv(name, value)
+    only_credentials(monkeypatch, credentials)
     problem = configuration_problem()
     assert problem is not None
     assert problem.status == 503
@@ -95,8 +100,5 @@ def test_no_usable_smartdialog_credentials_is_a_configuration_error(
 def test_any_complete_credentials_are_enough(
     monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]
 ) -> None:
-    for name in ("ACCESS_TOKEN", "REFRESH_TOKEN", "CLIENT_ID", "CLIENT_SECRET"):
-        monkeypatch.delenv("SMARTDIALOG_" + name, raising=False)
-    for name, value in credentials.items():
-        monkeypatch.setenv(name, value)
+    only_credentials(monkeypatch, credentials)
     assert configuration_problem() is None

@@ -38,16 +38,8 @@ def test_a_named_connections_webhook_and_its_events_say_which_connection(
     two: TwoConnections,
 ) -> None:
     fresh_inbound_queues()
-    registered = call_http(
-        "RegisterInboundWebhook",
-        "POST",
-        route_params={"Service": SECOND_TWO_WAY},
-        headers={CONNECTION_HEADER: "second"},
-    )
-    assert registered.status == 201, registered.body
+    query = second_webhook(two)
     assert two.env.sandbox.state.actions_for(SECOND_TWO_WAY) == []
-    [action] = two.second.state.actions_for(SECOND_TWO_WAY)
-    query = dict(parse_qsl(urlsplit(action["endpointUrl"]).query))
     assert query["connection"] == "second"
 
     message_id = str(uuid.uuid4())
