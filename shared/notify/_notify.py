@@ -237,7 +237,7 @@ class Notifier:
         against the cap: a number from the event that the quiet period holds back is left out
         before the cap is taken (read only: its claim is written once the cap granted it, so a
         number the cap refuses starts no quiet period); a claim lost to another event between
-        that read and its write gives its unit of the cap back."""
+        that read and its write leaves the event counted for the messages it sent."""
         key, quiet = _event_key(event), rule.QuietMinutes
         subject = (event.subject or "").lower()  # one resource, as its rule matches it
 

@@ -368,6 +368,8 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
             errors.append((field, f"{expression!r}: nested too deeply to apply"))
         except JMESPathError:  # what it says of an empty document: events will tell
             pass
+        except (OverflowError, ValueError, ArithmeticError) as exc:  # floor(`1e999`)
+            errors.append((field, f"{expression!r}: a number it cannot use ({type(exc).__name__})"))
     for index, number in enumerate(rule.Recipients.Numbers):
         try:
             parse_phone_number(number)

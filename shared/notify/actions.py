@@ -199,8 +199,8 @@ def _stored_rule(store: RuleStore, rule_id: str) -> Rule:
             409,
             "Rule unreadable",
             f"Rule {exc.rule_id} is stored in a form this release cannot read (the log says "
-            "why; e.g. a Sender over 20 characters): replace it with UpdateNotificationRule, "
-            "or delete it.",
+            "why; e.g. a torn row, or a Sender over 100 characters): replace it with "
+            "UpdateNotificationRule, or delete it.",
             type=ProblemType.CONFLICT,
         ) from exc
     if rule is None:

@@ -167,3 +167,10 @@ def test_a_stored_condition_too_deep_to_apply_matches_nothing_rather_than_fail()
     from shared.notify._rules import search
 
     assert search("a" + "|b" * 499, {"a": 1}) is None
+
+
+@pytest.mark.parametrize("condition", ["floor(`1e999`) > `1`", "floor(`NaN`) > `1`"])
+def test_an_expression_on_a_number_no_float_holds_is_a_400_field_not_a_500(
+    condition: str,
+) -> None:
+    assert errors(rule(Match={"EventType": "t", "Condition": condition})) == ["Match.Condition"]
