@@ -41,12 +41,14 @@ from shared.deadletters import (
 )
 from shared.events import MESSAGE_REDRIVEN, make_event
 from shared.messages import MessageRecord, MessageStatus, MessageStore
-from shared.names import EVENTS_QUEUE, INBOUND_DELIVERIES_QUEUE, OUTBOUND_QUEUE, poison_queue
+from shared.names import EVENTS_QUEUE, INBOUND_DELIVERIES_QUEUE, OUTBOUND_QUEUE
 from shared.ops._poison import (
     PEEK_LIMIT,
+    POISON_QUEUES,
     POISON_SOURCES,
     PoisonQueues,
     message_id_of,
+    never_expires,
     poison_view,
     unseen_poison,
 )
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PEEK_LIMIT",
     "POISON",
+    "POISON_QUEUES",
     "POISON_SOURCES",
     "DeadLetterDesk",
     "DeadLetterView",
@@ -142,7 +145,7 @@ class DeadLetterDesk:
         queue's oldest are read and merged."""
         views: list[DeadLetterView] = []
         more = False
-        for queue in (*DEAD_LETTER_QUEUES, *(poison_queue(q) for q in POISON_SOURCES)):
+        for queue in (*DEAD_LETTER_QUEUES, *POISON_QUEUES):
             found, token, truncated = self.page(DeadLetterFilter(queue=queue), top=top)
             views += found
             more |= token is not None or truncated
@@ -156,21 +159,23 @@ class DeadLetterDesk:
         if entry is not None:
             return view_of_entry(entry)
         queue, _, message_id = letter_id.partition("~")
-        if queue in {poison_queue(q) for q in POISON_SOURCES} and message_id:
+        if queue in POISON_QUEUES and message_id:
             for view in self.poison.peek(queue):
                 if view.queue_message_id == message_id and not view.kept:
                     return view  # a kept one is shown (and handled) as its indexed letter
         return None
 
     def target(self, letter_id: str) -> DeadLetterView | None:
-        """What a re-drive or purge of ``letter_id`` acts on: :meth:`get`'s letter, or a poison
-        message not among the peeked (held by another call, or further back), which the action
-        looks for while it holds the queue's messages (409 if it does not get it)."""
-        found = self.get(letter_id)
-        queue, _, message_id = letter_id.partition("~")
-        if found is not None or queue not in {poison_queue(q) for q in POISON_SOURCES}:
-            return found
-        return None if not message_id else unseen_poison(queue, message_id, self._clock())
+        """What a re-drive or purge of ``letter_id`` acts on: an indexed letter, or a poison
+        message by id alone (wherever it is), which the action looks for while it holds the
+        queue's messages (409 if it does not get it)."""
+        entry = self.index.get(letter_id)
+        if entry is not None:
+            return view_of_entry(entry)
+        queue, _, message_id = letter_id.partition("~")  # the action receives it: no peek
+        if queue not in POISON_QUEUES or not message_id:
+            return None
+        return unseen_poison(queue, message_id, self._clock())
 
     # --- acting --------------------------------------------------------------------------
 
@@ -243,10 +248,9 @@ class DeadLetterDesk:
         done: list[Handled] = []
 
         def take(message: QueueMessage) -> bool:
-            held = poison_view(view.queue, message)
-            if message.id != target or done or held.kept:  # a kept one: its indexed letter
+            if message.id != target or done or never_expires(message):  # kept: its letter
                 return False
-            done.append(act(held))
+            done.append(act(poison_view(view.queue, message)))
             return not done[-1].kind.stays
 
         self.poison.scan(view.queue, take, enough=lambda: bool(done))

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 from shared.clock import utcnow
 from shared.inbound import SubscriptionStore, WebhookRegistry
-from shared.names import MESSAGES_TABLE, QUEUES, poison_queue
-from shared.ops._deadletters import POISON_SOURCES
+from shared.names import MESSAGES_TABLE, QUEUES
+from shared.ops._poison import POISON_QUEUES
 from shared.storage import plain_datetime, queue_client, table_client
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ def registrations(settings: Settings) -> list[Registration]:
 def overview(settings: Settings) -> Overview:
     """Everything the page shows except the dead letters."""
     now = utcnow()
-    names = [*QUEUES, *(poison_queue(q) for q in POISON_SOURCES)]
+    names = [*QUEUES, *POISON_QUEUES]
     return Overview(
         quotas=[quota_figures(settings), *(quota_figures(c) for c in named_connections())],
         queues=[queue_figures(settings, name, now) for name in names],

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from shared.clock import as_utc
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
 from shared.names import (
     CLOUD_EVENTS_QUEUE,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PEEK_LIMIT",
+    "POISON_QUEUES",
     "POISON_SOURCES",
     "SCAN_LIMIT",
     "PoisonQueues",
@@ -52,6 +54,8 @@ POISON_SOURCES: tuple[str, ...] = (
     CLOUD_EVENTS_QUEUE,
     TRIGGER_EVENTS_QUEUE,
 )
+#: Their poison queues, in the same order.
+POISON_QUEUES: tuple[str, ...] = tuple(poison_queue(q) for q in POISON_SOURCES)
 #: Messages a scan of a queue receives at most (each is hidden while it runs).
 SCAN_LIMIT = 5000
 SCAN_VISIBILITY_SECONDS = 60
@@ -62,36 +66,33 @@ PEEK_LIMIT = 32
 def poison_view(queue: str, message: QueueMessage) -> DeadLetterView:
     """The view of a message of the poison queue ``queue``."""
     text = str(message.content or "")
-    inserted = message.inserted_on or dt.datetime.now(dt.UTC)
-    return DeadLetterView(
-        id=f"{queue}~{message.id}",
-        queue=queue,
-        source_queue=queue.removesuffix("-poison"),
-        reason=POISON,
-        code=None,
+    return unseen_poison(
+        queue,
+        str(message.id),
+        as_utc(message.inserted_on or dt.datetime.now(dt.UTC)),
         detail=f"the host gave up after {host_max_dequeue_count()} deliveries",
         message_id=message_id_of(text),
-        dead_lettered_at=inserted if inserted.tzinfo else inserted.replace(tzinfo=dt.UTC),
         text=text,
         dequeue_count=host_max_dequeue_count(),
-        queue_message_id=message.id,
         kept=never_expires(message),
     )
 
 
-def unseen_poison(queue: str, message_id: str, now: dt.datetime) -> DeadLetterView:
-    """A poison message known only by id (not among the peeked): what an action looks for."""
+def unseen_poison(
+    queue: str, queue_message_id: str, at: dt.datetime, **seen: Any
+) -> DeadLetterView:
+    """A poison message known only by id (not among the peeked: what an action looks for), or,
+    with what was ``seen`` of it, one received or peeked (:func:`poison_view`)."""
+    fields: dict[str, Any] = {"detail": None, "message_id": None, "text": "", **seen}
     return DeadLetterView(
-        id=f"{queue}~{message_id}",
+        id=f"{queue}~{queue_message_id}",
         queue=queue,
         source_queue=queue.removesuffix("-poison"),
         reason=POISON,
         code=None,
-        detail=None,
-        message_id=None,
-        dead_lettered_at=now,
-        text="",
-        queue_message_id=message_id,
+        dead_lettered_at=at,
+        queue_message_id=queue_message_id,
+        **fields,
     )
 
 
@@ -122,8 +123,7 @@ class PoisonQueues:
         """The poison queues ``where`` covers."""
         if where.reason not in (None, POISON):
             return []
-        queues = [poison_queue(q) for q in POISON_SOURCES]
-        return [q for q in queues if where.queue in (None, q)]
+        return [q for q in POISON_QUEUES if where.queue in (None, q)]
 
     def peek(self, queue: str) -> list[DeadLetterView]:
         """The first :data:`PEEK_LIMIT` visible messages of ``queue`` (changes nothing)."""
@@ -146,7 +146,7 @@ class PoisonQueues:
         from azure.core.exceptions import ResourceExistsError
 
         kept = 0
-        for queue in (poison_queue(q) for q in POISON_SOURCES):
+        for queue in POISON_QUEUES:
 
             def keep(message: QueueMessage, queue: str = queue) -> bool:
                 nonlocal kept

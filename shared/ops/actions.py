@@ -25,10 +25,9 @@ from shared.actions._spec import (
 from shared.actions.fields import ui
 from shared.clock import utcnow
 from shared.deadletters import DEAD_LETTER_QUEUES, ID_MAX_LENGTH, DeadLetterFilter
-from shared.names import poison_queue
 from shared.ops._deadletters import (
     PEEK_LIMIT,
-    POISON_SOURCES,
+    POISON_QUEUES,
     DeadLetterDesk,
     DeadLetterView,
     Handled,
@@ -47,7 +46,7 @@ BULK_LIMIT = 200
 #: The queues a dead letter may be on: ours, then the host's poison queues.
 KNOWN_QUEUES: tuple[str, ...] = (
     *DEAD_LETTER_QUEUES,
-    *(poison_queue(q) for q in POISON_SOURCES),
+    *POISON_QUEUES,
 )
 
 
