@@ -32,7 +32,7 @@ from shared.clock import utcnow
 from shared.connections import DEFAULT_CONNECTION, connection_name
 from shared.names import OUTBOUND_QUEUE
 from shared.notify._intake import IncomingEvent
-from shared.notify._rules import ExpressionFailed, Rule, evaluate, render
+from shared.notify._rules import ExpressionFailed, Rule, evaluate, invalid_fields, render
 from shared.notify._store import NotifyState, RuleBook, RuleStore
 from shared.outbound import (
     MessageBody,
@@ -114,18 +114,6 @@ def _kind(value: Any) -> str:
         return "boolean"
     kinds = {dict: "object", list: "array", float: "number"}
     return kinds.get(type(value), type(value).__name__)
-
-
-def _what(exc: ValueError, within: str = "") -> str:
-    """What is wrong with a message that could not be made, naming the fields (under
-    ``within``) and never their values."""
-    if not isinstance(exc, ValidationError):
-        return str(exc)
-    problems = []
-    for error in exc.errors(include_url=False, include_input=False)[:5]:
-        where = within + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
-        problems.append(f"{where.lstrip('.')}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(problems)
 
 
 class Notifier:
@@ -215,7 +203,7 @@ class Notifier:
                 try:  # made first: a message that cannot be made takes no quiet period or cap
                     made.append((self._send(rule, event, document, address, now), address in taken))
                 except ValueError as exc:  # pydantic's ValidationError is one too
-                    reason = f"message not valid: {_what(exc)}"
+                    reason = f"message not valid: {invalid_fields(exc)}"
                     log.warning("rule %s: no message for event %s: %s", rule.Id, event.id, reason)
                     result.skipped.append(Skipped(rule.Id, address, reason))
             if dry_run:
@@ -381,7 +369,7 @@ class Notifier:
         try:  # the send actions' own rules: no blank text or parameter, a sender's bounds
             model.model_validate(body)
         except ValidationError as exc:
-            raise ValueError(_what(exc, "Message")) from exc
+            raise ValueError(invalid_fields(exc, "Message")) from exc
         command: dict[str, Any] = {
             "operation": operation,
             "messageId": message_id,

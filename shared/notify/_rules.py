@@ -38,6 +38,7 @@ __all__ = [
     "RuleRecipients",
     "compile_expression",
     "evaluate",
+    "invalid_fields",
     "render",
     "rule_errors",
     "search",
@@ -318,6 +319,19 @@ def render(text: str, document: dict[str, Any], *, rule_id: str, event_id: str) 
         return _as_text(found)
 
     return PLACEHOLDER.sub(value, text)
+
+
+def invalid_fields(exc: ValueError, within: str = "") -> str:
+    """What is wrong with a model that did not validate (a message that could not be made, a
+    stored rule that no longer reads), naming the fields (under ``within``) and never their
+    values."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = within + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        problems.append(f"{where.lstrip('.')}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
 
 
 def rule_errors(rule: Rule) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from shared.clock import current
 from shared.names import NOTIFICATION_RULES_TABLE, NOTIFICATION_STATE_TABLE
-from shared.notify._rules import Rule
+from shared.notify._rules import Rule, invalid_fields
 from shared.storage import chunked, ensured_table, joined
 
 if TYPE_CHECKING:
@@ -226,8 +226,7 @@ def _readable(entity: Any) -> Rule | None:
     try:
         return Rule.model_validate_json(_document(entity))
     except ValidationError as exc:
-        problems = exc.errors(include_url=False, include_input=False)[:5]
-        why = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
+        why = invalid_fields(exc)
     except (KeyError, TypeError) as exc:  # no Document at all
         why = f"no rule document ({type(exc).__name__})"
     log.error(
