@@ -243,8 +243,7 @@ def connection_settings(name: str | None = None) -> Settings:
     if is_default(name):
         return get_settings()
     assert name is not None
-    found = connections()
-    connection = found.by_name.get(connection_name(name))
+    connection = _known(name)
     if connection is None:
         raise UnknownConnection(name)
     if connection.errors or connection.settings is None:

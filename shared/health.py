@@ -24,7 +24,7 @@ def settings_errors(settings: Settings) -> list[FieldError]:
     no SmartDialog credentials, callback secrets missing or too short, or no public URL that
     can be told. The senders check this before sending."""
     from shared.settings import PublicUrlNotConfigured, missing_credentials
-    from shared.signing import CALLBACK_SECRETS_SETTING, secrets_problem
+    from shared.signing import secrets_problem
 
     errors: list[FieldError] = []
     if settings.named_connection is None:  # a named connection's are its own errors
@@ -33,7 +33,7 @@ def settings_errors(settings: Settings) -> list[FieldError]:
             errors.append(missing)
     secrets = secrets_problem(settings.callback_secret_list)
     if secrets is not None:
-        errors.append(FieldError(CALLBACK_SECRETS_SETTING, secrets.detail or secrets.title))
+        errors.extend(secrets.errors)
     try:
         settings.api_base_url  # noqa: B018 - raises when no public URL can be told
     except PublicUrlNotConfigured as exc:

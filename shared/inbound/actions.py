@@ -406,10 +406,10 @@ def open_subscription(
 
 def subscription_to_end(
     ctx: ActionContext, service: str, subscription_id: str, token: str | None
-) -> tuple[SubscriptionStore, Subscription | None]:
-    """The store and the subscription a trigger's DELETE ends, or what is left of it once
-    replaced (None: already gone); 401 without a valid token, 403 for a token made for another
-    subscription of the same id."""
+) -> SubscriptionStore:
+    """The store, once the token of the subscription a trigger's DELETE ends (or of what is
+    left of it once replaced) checks out; 401 without a valid token, 403 for a token made for
+    another subscription of the same id."""
     verified = verify_subscription_token(ctx.settings, service, subscription_id, token)
     if verified is None:
         raise Problem(
@@ -427,7 +427,7 @@ def subscription_to_end(
             "This token was made for another subscription of the same id.",
             type=ProblemType.VALIDATION,
         )
-    return store, subscription
+    return store
 
 
 def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
@@ -444,7 +444,7 @@ def subscribe(ctx: ActionContext, inp: SubscribeInput) -> ActionResponse:
 
 
 def unsubscribe(ctx: ActionContext, inp: UnsubscribeInput) -> ActionResponse:
-    store, _ = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
+    store = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
     # Unsubscribing twice is fine (Power Automate may repeat it); another trigger's subscription
     # is not this route's to end.
     if store.remove(inp.service, inp.subscription_id, TriggerKind.NEW_MESSAGE):

@@ -210,7 +210,7 @@ def subscribe_failures(ctx: ActionContext, inp: SendSubscribeInput) -> ActionRes
 
 
 def _unsubscribe(kind: TriggerKind, ctx: ActionContext, inp: TriggerUnsubscribeInput) -> Any:
-    store, _ = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
+    store = subscription_to_end(ctx, inp.service, inp.subscription_id, inp.token)
     # Unsubscribing twice is fine (Power Automate may repeat it); what is left of a replaced one
     # goes too; another trigger's subscription is not this route's to end.
     if store.remove(inp.service, inp.subscription_id, kind):

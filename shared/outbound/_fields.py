@@ -4,7 +4,7 @@ the single sends and SendBulkMessages's template)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -44,34 +44,26 @@ _ServiceIdParam = Annotated[
     UpstreamId,
     Param("header", "Service-Id", SettingDefault("service_id", "SMARTDIALOG_SERVICE_ID")),
 ]
-_SERVICE_ID_TEXT = (
-    "The SmartDialog service to send with. Leave empty to use the app setting "
-    "SMARTDIALOG_SERVICE_ID."
-)
-# The Service dropdown asks for services that take replies on SendReplyMessage and for the
-# others elsewhere (AllowReplyMessage true / false), as the certified connector's do.
-ServiceIdHeader = Annotated[
-    _ServiceIdParam,
-    Field(
-        description=_SERVICE_ID_TEXT,
+
+
+def _service_field(*, allow_reply: bool) -> Any:
+    """The Service header's field: its dropdown asks for services that take replies on
+    SendReplyMessage and for the others elsewhere, as the certified connector's do."""
+    return Field(
+        description=(
+            "The SmartDialog service to send with. Leave empty to use the app setting "
+            "SMARTDIALOG_SERVICE_ID."
+        ),
         json_schema_extra=ui(
             "Service",
             visibility="important",
-            dynamic_values=service_dropdown("OneWay", allow_reply=False),
+            dynamic_values=service_dropdown("OneWay", allow_reply=allow_reply),
         ),
-    ),
-]
-ReplyServiceIdHeader = Annotated[
-    _ServiceIdParam,
-    Field(
-        description=_SERVICE_ID_TEXT,
-        json_schema_extra=ui(
-            "Service",
-            visibility="important",
-            dynamic_values=service_dropdown("OneWay", allow_reply=True),
-        ),
-    ),
-]
+    )
+
+
+ServiceIdHeader = Annotated[_ServiceIdParam, _service_field(allow_reply=False)]
+ReplyServiceIdHeader = Annotated[_ServiceIdParam, _service_field(allow_reply=True)]
 DiscussionCustomerIdHeader = Annotated[
     UpstreamId,
     Param("header", "CustomerId", SettingDefault("customer_id", "SMARTDIALOG_CUSTOMER_ID")),
