@@ -23,7 +23,8 @@ IDEMPOTENCY_ROW_KEY = "key"
 
 @dataclass(frozen=True)
 class IdempotencyEntry:
-    """An idempotency key's claim: the message it created and the request's fingerprint."""
+    """An idempotency key's claim: the message it created and the request's fingerprint;
+    ``new`` when the call that returned it made it (its request is the key's first)."""
 
     key_hash: str
     message_id: str
@@ -31,6 +32,7 @@ class IdempotencyEntry:
     created_at: dt.datetime
     expires_at: dt.datetime
     etag: str | None = field(default=None, compare=False)
+    new: bool = field(default=False, compare=False)
 
 
 def idempotency_key_hash(customer_id: str, key: str, connection: str | None = None) -> str:
@@ -83,7 +85,7 @@ class IdempotencyStore:
             "CreatedAt": plain_datetime(now),
             "ExpiresAt": plain_datetime(now + ttl),
         }
-        mine = IdempotencyEntry(key_hash, message_id, fingerprint, now, now + ttl)
+        mine = IdempotencyEntry(key_hash, message_id, fingerprint, now, now + ttl, new=True)
         for _ in range(5):
             try:
                 self._table.create_entity(entity)

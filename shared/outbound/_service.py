@@ -159,7 +159,8 @@ class SendService:
                 ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
             )
             # Whoever claimed it, even for this very id (an ask's replay names its question's
-            # message): another request under the same key is a 422, never its answer.
+            # message): another request under the same key is a 422, never its answer; the
+            # same request is a replay, though it names the id (its record is read, not made).
             if entry.fingerprint != fingerprint:
                 raise Problem(
                     422,
@@ -169,7 +170,7 @@ class SendService:
                     type=ProblemType.CONFLICT,
                     errors=[FieldError("Idempotency-Key", "Already used for another request.")],
                 )
-            if entry.message_id != message_id:
+            if not entry.new:
                 message_id, replay, claimed_at = entry.message_id, True, entry.created_at
         try:
             command = normalize(
