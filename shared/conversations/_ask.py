@@ -29,6 +29,7 @@ from shared.actions.fields import (
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
 from shared.messages import (
+    IdempotencyEntry,
     MessageStatus,
     QuestionConflict,
     QuestionRecord,
@@ -40,12 +41,15 @@ from shared.messages import (
 from shared.outbound import (
     IdempotencyKeyHeader,
     MessageCustomerDataField,
+    OutboundMessage,
     OutboundMessageAdapter,
     ProtocolField,
     RequestIdField,
     SenderField,
     StatusView,
     TemplateContentField,
+    key_reused,
+    request_fingerprint,
 )
 from shared.problems import FieldError, Problem, ProblemType
 from shared.triggers import TriggerNotifier
@@ -73,6 +77,12 @@ MAX_OPTIONS = 20
 #: that is still on its way through the intake queue (seconds, usually; more in a backlog):
 #: only then does a poll or a new question end it timed out.
 ANSWER_GRACE = dt.timedelta(seconds=60)
+#: What a question asks beyond its send: in the fingerprint a replay of its key must match.
+QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent", "ReplaceOpenQuestion"}
+#: How a question ends failed when its request answered the refusal (422) or 500: the caller
+#: got no question, so a replay under its key asks it anew.
+REFUSED, NOT_ACCEPTED = "refused", "not-accepted"
+NOT_ASKED = (REFUSED, NOT_ACCEPTED)
 
 
 class AskBody(BaseModel):
@@ -245,19 +255,15 @@ class AskService:
     def ask(
         self, customer: str, service: str, body: AskBody, *, idempotency_key: str | None
     ) -> StatusView:
-        """Check that no question is open (409 naming it, unless replacing), send, record the
-        question, answer 202 + Location. A replay (same Idempotency-Key or RequestId) answers
-        as the first request did."""
+        """Check that no question is open (409 naming it, unless replacing), record the question,
+        send it, answer 202 + Location. A replay (the same request under the same
+        Idempotency-Key or RequestId) asks nothing: it answers as its question's status URL
+        does now; another request under the key (another question, a plain send) is a 422."""
         require_callback_settings(self.settings)
         now = self._clock()
         key = idempotency_key or body.RequestId
-        named = self.settings.named_connection
-        request_hash = idempotency_key_hash(customer, key, named) if key else None
         address = body.Recipient
-        open_one = self.questions.open_question(service, address)
-        if open_one is not None and open_one.expired(now - ANSWER_GRACE):
-            self.questions.end(open_one.question_id, QuestionStatus.TIMED_OUT, at=now)
-            open_one = self.questions.open_question(service, address)
+        named = self.settings.named_connection
         command = OutboundMessageAdapter.validate_python(
             {
                 "operation": "SendMessage",
@@ -275,21 +281,24 @@ class AskService:
                     }.items()
                     if v is not None
                 },
+                **({"Connection": named} if named else {}),  # as it is sent (and fingerprinted)
             }
         )
-        if open_one is not None:
-            if request_hash is not None and open_one.request_key == request_hash:
-                # A replay: its send is made now if the first request died before it (no
-                # sooner than the first request's would have been).
-                self.send.accept(
-                    command,
-                    idempotency_key=idempotency_key,
-                    message_id=open_one.message_id,
-                    not_before=self.index.mark_asking(service),
-                )
-                return self._open_view(open_one, status=202)
-            if not body.ReplaceOpenQuestion:
-                return _conflict(open_one)
+        claim: IdempotencyEntry | None = None
+        message_id = str(uuid.uuid4())
+        if key:
+            claim, asked = self._claim(customer, service, key, command, body, message_id, now)
+            if asked is not None:
+                return self._replayed(asked, command, idempotency_key, claim)
+            message_id = claim.message_id  # new, or its first request asked nothing
+        open_one = self.questions.open_question(service, address)
+        if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
+            return self._replayed(open_one, command, idempotency_key, claim)
+        if open_one is not None and open_one.expired(now - ANSWER_GRACE):
+            self.questions.end(open_one.question_id, QuestionStatus.TIMED_OUT, at=now)
+            open_one = self.questions.open_question(service, address)
+        if open_one is not None and not body.ReplaceOpenQuestion:
+            return self._refused(open_one, claim)
         # The service is marked as asking before its first question is stored, and that
         # question is sent once every instance knows (an inbound message to a service that
         # never asked is published without looking for a question: shared.triggers).
@@ -300,7 +309,7 @@ class AskService:
             question_id=new_question_id(service, address),
             service_id=service,
             address=address,
-            message_id=str(uuid.uuid4()),
+            message_id=message_id,
             created_at=now,
             # The recipient has the whole timeout from when the question may go out.
             expires_at=max(now, known_everywhere) + dt.timedelta(seconds=body.TimeoutSeconds),
@@ -309,35 +318,102 @@ class AskService:
             sender=body.Sender,
             protocol=body.Protocol,
             customer_id=customer,
-            request_key=request_hash,
+            request_key=claim.key_hash if claim else None,
         )
         try:
             created = self.questions.create(record, replacing=open_one)
         except QuestionConflict as conflict:  # another question was asked meanwhile
-            return _conflict(conflict.open_question)
+            if conflict.open_question.message_id == message_id:  # by this request's first
+                return self._replayed(conflict.open_question, command, idempotency_key, claim)
+            return self._refused(conflict.open_question, claim)
+        self._send(created, command, idempotency_key, claim, not_before=known_everywhere)
+        return self._open_view(created, status=202)
+
+    def _claim(
+        self,
+        customer: str,
+        service: str,
+        key: str,
+        command: OutboundMessage,
+        body: AskBody,
+        message_id: str,
+        now: dt.datetime,
+    ) -> tuple[IdempotencyEntry, QuestionRecord | None]:
+        """Claim ``key`` for a new question's send ``message_id`` (the fingerprint has the
+        question's terms: a plain send's is another request). Claimed before: the claim, and the
+        question its first request asked (None when it asked none: it failed first, or is
+        on its way); a 422 when that request was another."""
+        key_hash = idempotency_key_hash(customer, key, self.settings.named_connection)
+        fingerprint = request_fingerprint(command, body.model_dump(include=QUESTION_TERMS))
+        ttl = dt.timedelta(seconds=self.settings.idempotency_ttl_seconds)
+        claim = self.send.idempotency.claim(key_hash, message_id, fingerprint, now=now, ttl=ttl)
+        if claim.new:
+            return claim, None
+        asked = [
+            question
+            for question in self.questions.asked_under(service, body.Recipient, key_hash)
+            if question.message_id == claim.message_id
+        ]
+        # The previous release claimed a question's key with its send's fingerprint.
+        earlier = bool(asked) and claim.fingerprint == request_fingerprint(command)
+        if claim.fingerprint != fingerprint and not earlier:
+            raise key_reused()
+        return claim, next((q for q in asked if q.failure_code not in NOT_ASKED), None)
+
+    def _replayed(
+        self,
+        question: QuestionRecord,
+        command: OutboundMessage,
+        idempotency_key: str | None,
+        claim: IdempotencyEntry | None,
+    ) -> StatusView:
+        """A replay's answer: its question as the status URL answers now. An open one's send is
+        accepted again, as a replay (nothing is queued once it is recorded): its first request
+        may have died before it."""
+        if question.status is QuestionStatus.OPEN:
+            not_before = self.index.mark_asking(question.service_id)
+            self._send(
+                question, command, idempotency_key, claim, not_before=not_before, first=False
+            )
+        return self._current(question)
+
+    def _send(
+        self,
+        question: QuestionRecord,
+        command: OutboundMessage,
+        idempotency_key: str | None,
+        claim: IdempotencyEntry | None,
+        *,
+        not_before: dt.datetime,
+        first: bool = True,
+    ) -> None:
+        """Accept the send of ``question``. Refused (e.g. 422: the recipient opted out) or our
+        storage failed (500, the caller retries), the question this request asked must not stay
+        open without it (one a replay found stays as it is: it may have been sent)."""
         try:
-            sent = self.send.accept(
+            self.send.accept(
                 command,
                 idempotency_key=idempotency_key,
-                message_id=created.message_id,
-                not_before=known_everywhere,
+                message_id=question.message_id,
+                not_before=not_before,
+                claim=claim,
             )
         except Exception as refused:
-            # Refused (e.g. 422: the recipient opted out) or our storage failed (500, the caller
-            # retries): the question must not stay open without its send.
-            code = "refused" if isinstance(refused, Problem) else "not-accepted"
-            self.questions.end(
-                created.question_id, QuestionStatus.FAILED, at=now, failure_code=code
-            )
+            code = REFUSED if isinstance(refused, Problem) else NOT_ACCEPTED
+            if first:
+                at = self._clock()
+                self.questions.end(
+                    question.question_id, QuestionStatus.FAILED, at=at, failure_code=code
+                )
             if isinstance(refused, Problem):
                 raise _in_ask_terms(refused) from None
             raise
-        message_id = str(sent.body.get("Id") or sent.body.get("id") or created.message_id)
-        if message_id != created.message_id:
-            # A replay of a send request whose question ended (e.g. its first try failed after
-            # the send was queued): the question waits for that send.
-            created = self.questions.bind_send(created, message_id) or created
-        return self._open_view(created, status=202)
+
+    def _refused(self, open_one: QuestionRecord, claim: IdempotencyEntry | None) -> StatusView:
+        """409 naming ``open_one``; a key this request claimed is free again (nothing asked)."""
+        if claim is not None and claim.new:
+            self.send.idempotency.release(claim.key_hash, claim.message_id)
+        return _conflict(open_one)
 
     # --- status ----------------------------------------------------------------------------
 
@@ -359,6 +435,11 @@ class AskService:
                 f"There is no question {question_id}.",
                 type=ProblemType.NOT_FOUND,
             )
+        return self._current(record)
+
+    def _current(self, record: QuestionRecord) -> StatusView:
+        """What the status URL of ``record`` answers now (ending it if its send failed or it
+        timed out)."""
         now = self._clock()
         if record.status is QuestionStatus.OPEN:
             message = self.send.store.get(record.message_id)
@@ -377,7 +458,7 @@ class AskService:
             if message is not None:
                 view = self.send.view(message)
                 return type(view)(
-                    view.status, {**view.body, "questionId": question_id}, {}, view.problem
+                    view.status, {**view.body, "questionId": record.question_id}, {}, view.problem
                 )
         return _ended_view(record)
 

@@ -9,7 +9,7 @@ It imports no feature package (outbound, inbound, actions): both sides build on 
 """
 
 from shared.messages._batches import BatchRecord, BatchStore
-from shared.messages._idempotency import IdempotencyStore, idempotency_key_hash
+from shared.messages._idempotency import IdempotencyEntry, IdempotencyStore, idempotency_key_hash
 from shared.messages._models import (
     BATCH_TRANSITIONS,
     MESSAGE_ID_PATTERN,
@@ -72,6 +72,7 @@ __all__ = [
     "DamagedRecordError",
     "FailureFieldError",
     "FailureInfo",
+    "IdempotencyEntry",
     "IdempotencyStore",
     "IllegalTransition",
     "IndexEntry",

@@ -294,6 +294,22 @@ class QuestionStore:
         except ResourceNotFoundError:  # no table yet: no question was ever asked
             return set()
 
+    def asked_under(self, service: str, address: str, request_key: str) -> list[QuestionRecord]:
+        """The questions to ``address`` on ``service`` asked under the idempotency key hash
+        ``request_key``, first asked first (one partition query)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        key = request_key.replace("'", "''")
+        query = (
+            f"PartitionKey eq '{question_partition(service, address)}' and "
+            f"RowKey ne '{OPEN_ROW}' and RequestKey eq '{key}'"
+        )
+        try:
+            found = [QuestionRecord.from_entity(e) for e in self.table.query_entities(query)]
+        except ResourceNotFoundError:  # no table yet: no question was ever asked
+            return []
+        return sorted(found, key=lambda question: question.created_at)
+
     def get(self, question_id: str) -> QuestionRecord | None:
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -428,11 +444,6 @@ class QuestionStore:
     def mark_reprompted(self, current: QuestionRecord) -> QuestionRecord | None:
         """Note that the re-prompt of the open ``current`` was queued (it is sent once)."""
         return self._change(current, reprompted=True)
-
-    def bind_send(self, current: QuestionRecord, message_id: str) -> QuestionRecord | None:
-        """Point the open ``current`` at its send ``message_id`` (a replayed send request
-        answers with the first request's message)."""
-        return self._change(current, message_id=message_id)
 
     def end(
         self,

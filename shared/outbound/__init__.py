@@ -38,6 +38,7 @@ from shared.outbound._models import (
     derive_message_id,
     parse_outbound_message,
     parse_queue_message,
+    request_fingerprint,
 )
 from shared.outbound._outcomes import OutcomeKind, SendOutcome
 from shared.outbound._ports import send_ports
@@ -50,7 +51,7 @@ from shared.outbound._records import (
     with_delivery_report_url,
 )
 from shared.outbound._sender import OutboundSender, reset_sender_cache
-from shared.outbound._service import SendService, StatusView, send_service
+from shared.outbound._service import SendService, StatusView, key_reused, send_service
 
 __all__ = [
     "DeadLetter",
@@ -81,6 +82,7 @@ __all__ = [
     "TemplateMessageBody",
     "command_addresses",
     "derive_message_id",
+    "key_reused",
     "new_record",
     "normalize",
     "pack_key",
@@ -89,6 +91,7 @@ __all__ = [
     "poisoned_command_doubt",
     "queued_text",
     "redrive_doubt",
+    "request_fingerprint",
     "reset_sender_cache",
     "send_ports",
     "send_service",

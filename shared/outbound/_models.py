@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -352,9 +353,10 @@ def readable_message_id(text: str, *, customer_id: str | None) -> str | None:
     return None
 
 
-def request_fingerprint(command: OutboundMessage) -> str:
-    """A hash of what is sent (operation, customer, service, parent, body): two requests with
-    the same idempotency key must have the same fingerprint."""
+def request_fingerprint(command: OutboundMessage, terms: Mapping[str, Any] | None = None) -> str:
+    """A hash of what is sent (operation, customer, service, parent, body) and of ``terms``, what
+    the request asks beyond its send (a question's answers, timeout, re-prompt): two requests
+    with the same idempotency key must have the same fingerprint."""
     material = command.model_dump(
         mode="json", by_alias=True, exclude_none=True, include={"operation", "body"}
     )
@@ -364,6 +366,8 @@ def request_fingerprint(command: OutboundMessage) -> str:
         material["transactional"] = True
     if command.Connection:  # likewise
         material["connection"] = command.Connection
+    if terms is not None:  # likewise: a plain send's is not an ask's
+        material["terms"] = dict(terms)
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -18,6 +18,7 @@ from shared.callback_urls import require_callback_settings, require_status_token
 from shared.clock import current, utcnow
 from shared.events import MESSAGE_CANCELLED, make_event
 from shared.messages import (
+    IdempotencyEntry,
     IdempotencyStore,
     MessageRecord,
     MessageStatus,
@@ -60,6 +61,7 @@ __all__ = [
     "STUCK_ACCEPTED_AFTER",
     "SendService",
     "StatusView",
+    "key_reused",
     "send_service",
 ]
 
@@ -108,6 +110,7 @@ class SendService:
         idempotency_key: str | None,
         message_id: str | None = None,
         not_before: dt.datetime | None = None,
+        claim: IdempotencyEntry | None = None,
     ) -> StatusView:
         """Record and enqueue ``command``; answer 202 with ``Location`` and ``Retry-After``.
 
@@ -129,6 +132,8 @@ class SendService:
 
         ``message_id``: the new message's id when the caller must know it before (the ask action
         records its question first); a replay answers with the first request's id.
+        ``claim``: the key's claim when the caller made it itself (the ask action, whose
+        fingerprint has the question's terms), taken as it is: one not made new is a replay.
         ``not_before``: the command's queue message stays invisible until then (the first
         question of a service waits until every instance knows the service asks).
 
@@ -150,26 +155,18 @@ class SendService:
         claimed_at: dt.datetime | None = None  # when another request claimed the key
         if key:
             key_hash = idempotency_key_hash(customer, key, named)
-            fingerprint = request_fingerprint(command)
-            entry = self.idempotency.claim(
-                key_hash,
-                message_id,
-                fingerprint,
-                now=now,
-                ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
-            )
-            # Whoever claimed it, even for this very id (an ask's replay names its question's
-            # message): another request under the same key is a 422, never its answer; the
-            # same request is a replay, though it names the id (its record is read, not made).
-            if entry.fingerprint != fingerprint:
-                raise Problem(
-                    422,
-                    "Idempotency key reused for a different request",
-                    "This Idempotency-Key (or RequestId) was already used for another "
-                    "message. Use a new key for a new message.",
-                    type=ProblemType.CONFLICT,
-                    errors=[FieldError("Idempotency-Key", "Already used for another request.")],
+            entry = claim
+            if entry is None:
+                fingerprint = request_fingerprint(command)
+                entry = self.idempotency.claim(
+                    key_hash,
+                    message_id,
+                    fingerprint,
+                    now=now,
+                    ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
                 )
+                if entry.fingerprint != fingerprint:  # another request's: a 422, not its answer
+                    raise key_reused()
             if not entry.new:
                 message_id, replay, claimed_at = entry.message_id, True, entry.created_at
         try:
@@ -463,6 +460,18 @@ class SendService:
             self.store.swap(done, announced=True)
             return StatusView(200, _cancelled_document(done), {})
         raise Problem(409, "The message is changing; try again", type=ProblemType.CONFLICT)
+
+
+def key_reused() -> Problem:
+    """422: the request's Idempotency-Key (or RequestId) was used for another request."""
+    return Problem(
+        422,
+        "Idempotency key reused for a different request",
+        "This Idempotency-Key (or RequestId) was already used for another message. Use a new "
+        "key for a new message.",
+        type=ProblemType.CONFLICT,
+        errors=[FieldError("Idempotency-Key", "Already used for another request.")],
+    )
 
 
 def _not_found(message_id: str) -> Problem:

@@ -29,7 +29,9 @@ from devhost import DevHost
 from devhost.azurite import Azurite
 from sandbox.server import SandboxServer
 from shared import names
+from shared.clock import utcnow
 from shared.inbound import reset_caches, reset_dispatcher_cache
+from shared.inbound._models import InboundIntake, NewMessagePayload
 from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
 from shared.storage import queue_client, table_client
@@ -167,6 +169,17 @@ class Inbound:
 
     def rows(self, table: str) -> list[dict[str, Any]]:
         return [dict(e) for e in table_client(table).list_entities()]
+
+
+def intake_text(content: str, sender: str, service: str = TWO_WAY) -> str:
+    """The intake queue message of an inbound message ``content`` from ``sender`` (what the
+    webhook puts on ``smartdialog-inbound-intake``), received now (the test's clock)."""
+    message = {"sender": sender, "recipient": "Clinic", "content": content}
+    payload = NewMessagePayload.model_validate({**message, "messageId": str(uuid.uuid4())})
+    intake = InboundIntake(
+        service=service, messageKey=str(payload.messageId), receivedAt=utcnow(), payload=payload
+    )
+    return intake.model_dump_json(exclude_none=True)
 
 
 def _empty(monkeypatch: pytest.MonkeyPatch, azurite: Azurite) -> None:

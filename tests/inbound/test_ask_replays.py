@@ -1,13 +1,26 @@
 """A repeated SendMessageAndWaitForReply (the same Idempotency-Key or RequestId), through the real
-action against Azurite: a replay answers its own question and asks nothing."""
+action against Azurite: a replay answers its own question and asks nothing; another request under
+the key (other terms, a plain send) is a 422."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
+import pytest
+
+from shared.inbound import InboundProcessor
+from shared.messages import (
+    QuestionRecord,
+    QuestionStore,
+    idempotency_key_hash,
+    new_question_id,
+)
 from shared.names import OUTBOUND_QUEUE
-from tests.inbound.conftest import TWO_WAY, HttpAnswer, Inbound
+from shared.outbound import OutboundMessageAdapter, send_service
+from shared.settings import get_settings
+from tests.inbound.conftest import CUSTOMER, TWO_WAY, HttpAnswer, Inbound, intake_text
 
 NUMBER = "+358401234567"
 QUESTION = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": NUMBER}
@@ -17,6 +30,41 @@ def _ask(env: Inbound, key: str | None = None, **extra: Any) -> HttpAnswer:
     headers = {"Service-Id": TWO_WAY, **({"Idempotency-Key": key} if key else {})}
     body = {**QUESTION, "Options": ["Yes", "No"], **extra}
     return env.call("SendMessageAndWaitForReply", "POST", headers=headers, body=body)
+
+
+def _send(env: Inbound, key: str) -> HttpAnswer:
+    """A plain SendMessage of the question's text to its number."""
+    body = {"Sender": "Clinic", "Content": QUESTION["Content"], "Recipients": [{"Address": NUMBER}]}
+    headers = {"Service-Id": TWO_WAY, "Idempotency-Key": key}
+    return env.call("SendMessage", "POST", headers=headers, body=body)
+
+
+def _reply(content: str) -> None:
+    InboundProcessor.from_settings(get_settings()).process(intake_text(content, NUMBER))
+
+
+def _open() -> QuestionRecord | None:
+    return QuestionStore.from_settings().open_question(TWO_WAY, NUMBER)
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["Idempotency-Key", "RequestId"])
+def test_a_replay_after_its_question_ended_answers_that_question_and_asks_nothing(
+    inbound: Inbound, header: bool
+) -> None:
+    key = f"booking-{uuid.uuid4().hex}"
+    ask = (lambda: _ask(inbound, key)) if header else (lambda: _ask(inbound, RequestId=key))
+    first = ask()
+    assert first.status == 202, first.body
+    _reply("yes")
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    again = ask()
+
+    assert again.status == 200, again.body
+    assert again.body["QuestionId"] == first.body["QuestionId"]
+    assert (again.body["Status"], again.body["MatchedOption"]) == ("answered", "Yes")
+    assert _open() is None  # nothing waits, so the next reply answers nothing
+    assert inbound.count(OUTBOUND_QUEUE) == queued
 
 
 def test_a_replay_while_its_question_is_open_answers_it_and_queues_nothing(
@@ -32,3 +80,98 @@ def test_a_replay_while_its_question_is_open_answers_it_and_queues_nothing(
     assert {r.body["QuestionId"] for r in replays} == {first.body["QuestionId"]}
     assert {r.headers["Location"] for r in replays} == {first.headers["Location"]}
     assert inbound.count(OUTBOUND_QUEUE) == queued
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"Options": ["A", "B"]},
+        {"TimeoutSeconds": 60},
+        {"RepromptContent": "Please reply YES or NO."},
+        {"ReplaceOpenQuestion": True},
+    ],
+    ids=lambda other: next(iter(other)),
+)
+def test_the_key_of_a_question_with_other_terms_is_422(
+    inbound: Inbound, other: dict[str, Any]
+) -> None:
+    key = f"booking-{uuid.uuid4().hex}"
+    first = _ask(inbound, key)
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    refused = _ask(inbound, key, **other)
+
+    assert refused.status == 422, refused.body
+    assert [e["field"] for e in refused.body["errors"]] == ["Idempotency-Key"]
+    assert "Location" not in refused.headers
+    still = _open()
+    assert still is not None
+    assert still.question_id == first.body["QuestionId"]
+    assert inbound.count(OUTBOUND_QUEUE) == queued
+
+
+def test_a_key_used_by_a_plain_send_is_422_for_a_question_and_the_other_way_round(
+    inbound: Inbound,
+) -> None:
+    sent_key, asked_key = f"send-{uuid.uuid4().hex}", f"ask-{uuid.uuid4().hex}"
+    assert _send(inbound, sent_key).status == 202
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    refused = _ask(inbound, sent_key)
+
+    assert refused.status == 422, refused.body
+    assert _open() is None
+    assert inbound.count(OUTBOUND_QUEUE) == queued
+    asked = _ask(inbound, asked_key)
+    assert asked.status == 202, asked.body
+    assert _send(inbound, asked_key).status == 422
+
+
+def test_a_replay_of_a_question_asked_before_the_upgrade_answers_that_question(
+    inbound: Inbound,
+) -> None:
+    """The previous release recorded the question, then accepted its send under the key (the
+    claim has the send's fingerprint): a replay after the deploy answers that question."""
+    key = f"booking-{uuid.uuid4().hex}"
+    settings = get_settings()
+    now = dt.datetime.now(dt.UTC)
+    asked = QuestionStore.from_settings(settings).create(
+        QuestionRecord(
+            question_id=new_question_id(TWO_WAY, NUMBER),
+            service_id=TWO_WAY,
+            address=NUMBER,
+            message_id=str(uuid.uuid4()),
+            created_at=now,
+            expires_at=now + dt.timedelta(hours=1),
+            options=("Yes", "No"),
+            sender="Clinic",
+            protocol="SMS",
+            customer_id=CUSTOMER,
+            request_key=idempotency_key_hash(CUSTOMER, key),
+        )
+    )
+    body = {"Sender": "Clinic", "Content": QUESTION["Content"], "Protocol": "SMS"}
+    command = {
+        "operation": "SendMessage",
+        "customerId": CUSTOMER,
+        "serviceId": TWO_WAY,
+        "body": {**body, "Recipients": [{"Address": NUMBER}]},
+    }
+    send_service(settings).accept(
+        OutboundMessageAdapter.validate_python(command),
+        idempotency_key=key,
+        message_id=asked.message_id,
+    )
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    again = _ask(inbound, key)
+
+    assert again.status == 202, again.body
+    assert (again.body["QuestionId"], again.body["MessageId"]) == (
+        asked.question_id,
+        asked.message_id,
+    )
+    assert inbound.count(OUTBOUND_QUEUE) == queued
+    assert _ask(inbound, key, Content="Something else?").status == 422
+    _reply("no")
+    assert _ask(inbound, key).body["MatchedOption"] == "No"

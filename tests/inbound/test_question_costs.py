@@ -20,27 +20,13 @@ from shared.names import OUTBOUND_QUEUE
 from shared.outbound import OutboundMessageAdapter
 from shared.settings import get_settings
 from shared.storage import StorageOp
-from tests.inbound.conftest import TWO_WAY, Inbound
+from tests.inbound.conftest import TWO_WAY, Inbound, intake_text
 
 NUMBER = "+358401112233"
 
 
 def _intake(content: str, sender: str = NUMBER, service: str = TWO_WAY) -> str:
-    payload = NewMessagePayload.model_validate(
-        {
-            "sender": sender,
-            "recipient": "Clinic",
-            "content": content,
-            "messageId": str(uuid.uuid4()),
-        }
-    )
-    intake = InboundIntake(
-        service=service,
-        messageKey=str(payload.messageId),
-        receivedAt=utcnow(),  # the test's clock, when it has one
-        payload=payload,
-    )
-    return intake.model_dump_json(exclude_none=True)
+    return intake_text(content, sender, service)
 
 
 def _ask(number: str, service: str = TWO_WAY, **extra: object) -> QuestionRecord:
