@@ -1,6 +1,7 @@
 """A repeated SendMessageAndWaitForReply (the same Idempotency-Key or RequestId), through the real
 action against Azurite: a replay answers its own question and asks nothing; another request under
-the key (other terms, a plain send) is a 422."""
+the key (other terms, a plain send) is a 422; a question whose request died before its send was
+accepted does not block the number for long."""
 
 from __future__ import annotations
 
@@ -10,17 +11,23 @@ from typing import Any
 
 import pytest
 
+from shared.clock import ManualClock
 from shared.inbound import InboundProcessor
 from shared.messages import (
+    MessageStore,
     QuestionRecord,
+    QuestionStatus,
     QuestionStore,
     idempotency_key_hash,
     new_question_id,
 )
 from shared.names import OUTBOUND_QUEUE
-from shared.outbound import OutboundMessageAdapter, send_service
+from shared.outbound import OutboundMessageAdapter, SendService, send_service
 from shared.settings import get_settings
+from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, HttpAnswer, Inbound, intake_text
+
+__all__ = ["manual_clock"]
 
 NUMBER = "+358401234567"
 QUESTION = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": NUMBER}
@@ -175,3 +182,51 @@ def test_a_replay_of_a_question_asked_before_the_upgrade_answers_that_question(
     assert _ask(inbound, key, Content="Something else?").status == 422
     _reply("no")
     assert _ask(inbound, key).body["MatchedOption"] == "No"
+
+
+def _dies_before_its_send(env: Inbound, key: str | None) -> str:
+    """Ask, the process dying between recording the question and accepting its send; the
+    question left open."""
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise SystemExit("the worker died")  # not an Exception: nothing ends the question
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SendService, "accept", die)
+        with pytest.raises(SystemExit):
+            _ask(env, key)
+    orphan = _open()
+    assert orphan is not None
+    return orphan.question_id
+
+
+def test_a_question_never_sent_blocks_the_number_only_until_its_grace_ends(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    orphan = _dies_before_its_send(inbound, None)
+    blocked = _ask(inbound)
+    assert blocked.status == 409, blocked.body
+    assert blocked.body["openQuestionId"] == orphan
+
+    manual_clock.advance(5 * 60)  # docs/flows.md: "after 5 minutes"
+    asked = _ask(inbound)
+
+    assert asked.status == 202, asked.body
+    assert asked.body["QuestionId"] != orphan
+    ended = QuestionStore.from_settings().get(orphan)
+    assert ended is not None
+    assert (ended.status, ended.failure_code) == (QuestionStatus.FAILED, "not-accepted")
+    assert MessageStore.from_settings().get(asked.body["MessageId"]) is not None
+
+
+def test_a_keyed_retry_of_a_question_never_sent_sends_it(inbound: Inbound) -> None:
+    key = f"booking-{uuid.uuid4().hex}"
+    orphan = _dies_before_its_send(inbound, key)
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    retried = _ask(inbound, key)
+
+    assert retried.status == 202, retried.body
+    assert retried.body["QuestionId"] == orphan
+    assert MessageStore.from_settings().get(retried.body["MessageId"]) is not None
+    assert inbound.count(OUTBOUND_QUEUE) == queued + 1
