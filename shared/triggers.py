@@ -19,9 +19,9 @@ reports: one that wants this state) on the event's connection. The notifier lear
 reads its ``Kind``, ``States`` and ``Connection`` columns and the ids only) with one partition
 query per service, kept for :data:`SUBSCRIBERS_TTL_SECONDS`. It is the one subscriber index: the
 inbound processor finds a New Message's subscribers in it too, and the webhook whether a message
-needs the processor at all. A delivery report for a service
-nobody subscribed to costs no storage call once that answer is cached, and a new subscription
-starts receiving within that time (at once on the instance that made it).
+needs the processor at all. A delivery report for a service nobody subscribed to costs no
+storage call once that answer is cached, and a new subscription starts receiving within that
+time (at once on the instance that made it).
 
 Every subscription belongs to one SmartDialog connection (``Connection``; rows written before
 connections existed belong to :data:`DEFAULT_CONNECTION`) and gets only its connection's events.
@@ -35,12 +35,12 @@ with the subscriptions, so this costs no storage call either. A service's first 
 sent only once every instance's cached index must have seen its row (:meth:`mark_asking`).
 
 Questions asked before these rows existed (the previous release) have none: until the rows are
-known to be complete, every service counts as asking. The processor writes them from the open
-questions it finds (:meth:`asks_questions` with ``scan``), records that in the
-``~layout``/``asks-questions`` row, and scans once more :data:`UPGRADE_WINDOW` later for
-questions that an instance of the previous release still asked meanwhile; the rows count as
-complete once every instance's index has seen what that second scan wrote (``CompleteAt``, 35 s
-later; docs/deploy.md). Every instance reads the ``~layout`` row again every 30 s.
+known to be complete every service counts as asking, and the processor completes them
+(:meth:`asks_questions` with ``scan``: two scans :data:`UPGRADE_WINDOW` apart, recorded in the
+``~layout``/``asks-questions`` row, which every instance reads again every 30 s; docs/deploy.md).
+
+A note carries the trace of what it is about (its deliveries stay in it) once the release before,
+which refuses the field, has stopped (:meth:`TriggerNotifier._traceparent`).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ from shared.storage import (
     table_client,
     utc,
 )
+from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -116,6 +117,9 @@ ASKS_MARGIN = dt.timedelta(seconds=5)
 #: The layout row recording the scans that complete the ``~asks-questions`` rows (the second
 #: comes :data:`~shared.names.UPGRADE_WINDOW` after the first).
 ASKS_LAYOUT_ROW = "asks-questions"
+#: The layout row of this release's first note (notes carry a trace from a window after it).
+TRACE_LAYOUT_ROW = "trigger-traces"
+_LAYOUT_ROWS = (ASKS_LAYOUT_ROW, TRACE_LAYOUT_ROW)
 #: Recipient states no later report changes: what "final states only" delivers.
 FINAL_STATES = frozenset({"delivered", "undelivered"})
 
@@ -231,12 +235,12 @@ class TriggerNotification(BaseModel):
     )
     time: dt.datetime
     data: dict[str, Any] = Field(description="The trigger's data (its kind's model).")
+    traceparent: str | None = Field(None, description="W3C trace context of what it is about.")
 
 
 @dataclass(frozen=True)
 class SubscriberEntry:
-    """One row of the subscriber index: a subscription's id, trigger, connection and (delivery
-    reports) which states it wants."""
+    """One row of the subscriber index (``states``: which ones a delivery-report one wants)."""
 
     subscription_id: str
     kind: TriggerKind
@@ -272,8 +276,7 @@ class _AsksLayout:
 
 @dataclass(frozen=True)
 class ServiceIndex:
-    """What the subscriptions partition of a service says: its subscriptions, and since when
-    it has asked questions (None: never)."""
+    """A service's partition: its subscriptions, and since when it asks questions (or None)."""
 
     entries: tuple[SubscriberEntry, ...] = ()
     asks_since: dt.datetime | None = None
@@ -299,13 +302,13 @@ class TriggerNotifier:
         self._lock = threading.Lock()
         self._known: dict[str, tuple[dt.datetime, ServiceIndex]] = {}
         self._layout: _AsksLayout | None = None
+        self._traced_from: dt.datetime | None = None
         self._scan_lock = threading.Lock()
 
     @classmethod
     def for_settings(cls, settings: Settings) -> TriggerNotifier:
-        """The app's notifier: every connection's subscriptions are in the one index (a named
-        connection's settings give the app's), so a subscription made through any connection
-        is seen at once by the instance that made it."""
+        """The app's notifier: one index for every connection (a named connection's settings
+        give the app's), so a subscription made through any is seen at once where it was made."""
         if settings.connection != DEFAULT_CONNECTION:
             from shared.settings import get_settings
 
@@ -328,18 +331,6 @@ class TriggerNotifier:
             if entry.kind is kind and entry.connection == connection and entry.wants(state)
         ]
 
-    def wanted(
-        self,
-        kind: TriggerKind,
-        service: str,
-        *,
-        state: str | None = None,
-        connection: str = DEFAULT_CONNECTION,
-    ) -> bool:
-        """Whether ``service`` has a subscription of ``kind`` on ``connection`` (for a delivery
-        report: one that wants ``state``)."""
-        return bool(self.subscribers(kind, service, connection=connection, state=state))
-
     # --- services that ask questions --------------------------------------------------------
 
     def asks_questions(
@@ -355,30 +346,33 @@ class TriggerNotifier:
 
     def mark_asking(self, service: str) -> dt.datetime:
         """Record that ``service`` asks questions (before its question is stored); returns when
-        every instance's index has seen it: a question sent earlier could be answered before
-        another instance looks for it. That is now while the rows cannot count as complete
-        before then (every instance looks for every service's questions until they do), and in
-        the past once the row is older than the index's lifetime (no storage call while this
-        instance knows that)."""
-        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
+        every instance's index has seen it: a question sent earlier could be answered before another
+        instance looks for it. That is now while the rows cannot count as complete before then
+        (every instance looks for every service's questions until they do), and in the past once the
+        row is older than the index's lifetime (no storage call while this instance knows that)."""
         now = self._clock()
         since = self._index(service).asks_since
         if since is None:
-            row = {"PartitionKey": safe_key(service), "RowKey": ASKS_ROW, "Kind": ASKS_KIND,
-                   "Service": service, "Since": plain_datetime(now)}  # fmt: skip
-            try:
-                ensure_table(self._subscriptions).create_entity(row)
-                since = self._clock()  # written by now: a slow write counts from its end
-            except ResourceExistsError:
-                try:
-                    found = self._subscriptions.get_entity(safe_key(service), ASKS_ROW)
-                    since = utc(found.get("Since")) or now
-                except ResourceNotFoundError:  # removed meanwhile (by hand): count it new
-                    since = now
+            since = self._since(safe_key(service), ASKS_ROW, Kind=ASKS_KIND, Service=service)
             self.forget(service)
         known = since + self._ttl + ASKS_MARGIN
         return now if known <= self._layout_state(now).earliest_complete(self._ttl) else known
+
+    def _since(self, partition: str, row_key: str, **row: str) -> dt.datetime:
+        """When row ``row_key`` was first written: now if this call writes it (a slow write
+        counts from its end), else the ``Since`` its first writer gave it."""
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        now = self._clock()
+        entity = {"PartitionKey": partition, "RowKey": row_key, **row, "Since": plain_datetime(now)}
+        try:
+            ensure_table(self._subscriptions).create_entity(entity)
+            return self._clock()
+        except ResourceExistsError:
+            try:
+                return utc(self._subscriptions.get_entity(partition, row_key).get("Since")) or now
+            except ResourceNotFoundError:  # removed meanwhile (by hand): count it new
+                return now
 
     def _layout_state(self, now: dt.datetime) -> _AsksLayout:
         """The ``~layout`` row as this instance knows it: read at most once per index lifetime
@@ -467,7 +461,7 @@ class TriggerNotifier:
         connection: str = DEFAULT_CONNECTION,
     ) -> bool:
         """Queue a notification if anyone wants it; True if one was written."""
-        if not self.wanted(kind, service, state=state, connection=connection):
+        if not self.subscribers(kind, service, connection=connection, state=state):
             return False
         note = TriggerNotification(
             kind=kind.value,
@@ -476,9 +470,22 @@ class TriggerNotifier:
             eventId=event_id,
             time=time,
             data=data.model_dump(mode="json", exclude_none=True),
+            traceparent=self._traceparent(),
         )
-        send_creating(self._queue, note.model_dump_json())
+        send_creating(self._queue, note.model_dump_json(exclude_none=True))
         return True
+
+    def _traceparent(self) -> str | None:
+        """The current span's ``traceparent`` once no instance of the release before (which
+        refuses the field) reads notes: :data:`UPGRADE_WINDOW` after this release's first note
+        (the ``~layout`` row :data:`TRACE_LAYOUT_ROW`: read or written once per process)."""
+        if self._traced_from is None:
+            try:
+                self._traced_from = self._since(LAYOUT_PARTITION, TRACE_LAYOUT_ROW) + UPGRADE_WINDOW
+            except Exception:  # a note never fails for its trace: tried again on the next one
+                log.warning("trigger notes carry no trace yet", exc_info=True)
+                return None
+        return current_traceparent() if self._clock() >= self._traced_from else None
 
     def _index(self, service: str) -> ServiceIndex:
         now = self._clock()
@@ -504,8 +511,8 @@ class TriggerNotifier:
             ):
                 if entity.get(REPLACED_BY):
                     continue  # a replaced subscription: its successor is listed
-                if key == LAYOUT_PARTITION and entity.get("RowKey") == ASKS_LAYOUT_ROW:
-                    continue  # a service named like the layout row's partition
+                if key == LAYOUT_PARTITION and entity.get("RowKey") in _LAYOUT_ROWS:
+                    continue  # a service named like the layout rows' partition
                 if entity.get("RowKey") == ASKS_ROW:
                     asks_since = utc(entity.get("Since")) or dt.datetime.fromtimestamp(0, dt.UTC)
                     continue
@@ -530,8 +537,8 @@ class TriggerNotifier:
 
 @lru_cache(maxsize=4)
 def _notifier(settings: Settings) -> TriggerNotifier:
-    # Neither is created here: a missing table holds no subscription, and the queue is created
-    # on the first write that finds it missing (Bicep creates both in Azure).
+    # Neither is created here (Bicep does in Azure): a missing table holds no subscription, and
+    # the queue is created on the first write that finds it missing.
     return TriggerNotifier(
         subscriptions=table_client(SUBSCRIPTIONS_TABLE, settings),
         queue=queue_client(TRIGGER_EVENTS_QUEUE, settings),

@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.events import make_event
 from shared.inbound._models import NewMessagePayload, SubscriberDelivery
-from shared.names import INBOUND_DELIVERIES_QUEUE
+from shared.names import INBOUND_DELIVERIES_QUEUE, TRIGGER_EVENTS_QUEUE
 from shared.storage import QueueLike, ensured_queue
 from shared.triggers import (
     DEFAULT_CONNECTION,
@@ -101,6 +102,18 @@ class TriggerFanout:
         return _fanout_for(settings or get_settings())
 
     def process(self, text: str) -> FanoutResult:
+        """Fan one note out, in a span that continues its trace (a delivery report's, say): the
+        events it makes carry that span's."""
+        with telemetry.span(
+            f"process {TRIGGER_EVENTS_QUEUE}",
+            parent=telemetry.traceparent_in(text),
+            kind="consumer",
+        ) as current:
+            result = self._process(text)
+            current.set_attribute("smartdialog.subscribers", result.subscribers)
+        return result
+
+    def _process(self, text: str) -> FanoutResult:
         try:
             note = TriggerNotification.model_validate_json(text)
             data = _MODELS[note.kind].model_validate(note.data)

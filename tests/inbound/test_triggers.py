@@ -463,7 +463,7 @@ def test_storage_calls_the_triggers_add_per_delivery_report_and_per_failure(
 ) -> None:
     from shared import storage
 
-    first, second, third = (send(inbound, DELIVERED) for _ in range(3))
+    first, second, third, fourth = (send(inbound, DELIVERED) for _ in range(4))
     monkeypatch.setattr(storage, "_round_trips", None)  # counting is off again afterwards
     counter = storage.count_round_trips()
     inbound.configure()  # rebuild the cached services on counted clients
@@ -477,21 +477,24 @@ def test_storage_calls_the_triggers_add_per_delivery_report_and_per_failure(
     assert cost(first) == {"table query SmartDialogSubscriptions": 1}
     assert cost(second) == {}
     # A subscriber (this process subscribed it, so its cache was dropped): one query, then one
-    # queue write per report.
+    # queue write per report; the process's first note also writes the ~layout row from which
+    # notes carry their trace (once per process).
     subscribe(inbound, TriggerKind.DELIVERY_REPORT, "https://flow.example/cb", ONE_WAY)
     before = counter.snapshot()
     assert report(inbound, third, status="delivered", recipient=DELIVERED).status == 200
     assert _trigger_calls(counter, before) == {
         "table query SmartDialogSubscriptions": 1,
+        "table write SmartDialogSubscriptions": 1,
         "queue put smartdialog-trigger-events": 1,
     }
+    assert cost(fourth) == {"queue put smartdialog-trigger-events": 1}
     # The fan-out: the subscriber index the report already cached (one query at most, should
-    # the TTL have run out on a slow machine), one delivery per subscriber.
+    # the TTL have run out on a slow machine), one delivery per note and subscriber.
     before = counter.snapshot()
     inbound.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout")
     diff = counter.snapshot() - before
     assert diff[storage.StorageOp.TABLE_QUERY, names.SUBSCRIPTIONS_TABLE] <= 1
-    assert diff[storage.StorageOp.QUEUE_PUT, names.INBOUND_DELIVERIES_QUEUE] == 1
+    assert diff[storage.StorageOp.QUEUE_PUT, names.INBOUND_DELIVERIES_QUEUE] == 2
 
     # A failed send for a service nobody watches for failures: the answer cached by the report
     # above is reused (one query at most, should the TTL have run out on a slow machine).

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 from azure.functions.queue import QueueMessage
 
 from shared import names
+from shared.clock import ManualClock
 from shared.messages import MessageStore
 from shared.storage import queue_client
+from shared.triggers import TriggerKind
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import CUSTOMER, ONE_WAY, TWO_WAY, Inbound, _app_functions
 from tests.outbound.conftest import Outbound, call_http, sms
@@ -350,3 +353,59 @@ def test_a_template_sends_span_carries_smartdialogs_message_id_from_its_camelcas
         dict(call.attributes or {})["smartdialog.upstream_message_id"]
         == (upstream["response"]["messageId"])
     )
+
+
+PREVIOUS_NOTE_SCHEMA = ROOT / "tests" / "fixtures" / "trigger-notification.previous.json"
+
+
+def test_a_delivery_reports_trigger_event_reaches_its_subscriber_in_the_reports_trace(
+    inbound: Inbound,
+    telemetry: Telemetry,
+    callback_receiver: CallbackReceiver,
+    manual_clock: ManualClock,
+) -> None:
+    from tests.inbound.test_delivery_reports import report
+    from tests.inbound.test_triggers import subscribe
+
+    flow, trace_id = flow_traceparent()
+    callback = f"{callback_receiver.url}/dlr"
+    assert subscribe(inbound, TriggerKind.DELIVERY_REPORT, callback, ONE_WAY).status == 201
+    answer = inbound.call(
+        "SendMessage",
+        "POST",
+        headers={"Customer-Id": CUSTOMER, "Service-Id": ONE_WAY, "traceparent": flow},
+        body={"Sender": "Sandbox", "Content": CONTENT,
+              "Recipients": [{"Address": DELIVERED}, {"Address": UNDELIVERABLE}]},
+    )  # fmt: skip
+    assert answer.status == 202, answer.body
+    message_id = answer.body["Id"]
+    inbound.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
+
+    # During a deploy's overlap the release before may take the note: it has no traceparent,
+    # which that release's model (extra fields forbidden) would refuse.
+    assert report(inbound, message_id, status="delivered", recipient=DELIVERED).status == 200
+    [early] = inbound.read(names.TRIGGER_EVENTS_QUEUE)
+    jsonschema.validate(early, json.loads(PREVIOUS_NOTE_SCHEMA.read_text(encoding="utf-8")))
+    queue_client(names.TRIGGER_EVENTS_QUEUE).clear_messages()
+
+    manual_clock.advance(names.UPGRADE_WINDOW.total_seconds())
+    assert report(inbound, message_id, status="undelivered", recipient=UNDELIVERABLE).status == 200
+    [note] = inbound.read(names.TRIGGER_EVENTS_QUEUE)
+    assert trace_of(note["traceparent"]) == trace_id
+    assert inbound.run_queue(names.TRIGGER_EVENTS_QUEUE, "TriggerFanout") == 1
+    assert inbound.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+
+    [dlr] = [
+        s for s in telemetry.spans("SmartDialog delivery report")
+        if dict(s.attributes or {})["smartdialog.status"] == "undelivered"
+    ]  # fmt: skip
+    [fanout] = telemetry.spans(f"process {names.TRIGGER_EVENTS_QUEUE}")
+    [post] = telemetry.spans("POST subscriber")
+    assert dlr.context is not None
+    assert fanout.parent is not None
+    assert fanout.parent.span_id == dlr.context.span_id  # a child of the report's span
+    for span in (fanout, *telemetry.spans(f"process {names.INBOUND_DELIVERIES_QUEUE}"), post):
+        assert span.context is not None
+        assert span.context.trace_id == trace_id, span.name
+    [call] = callback_receiver.wait_for(1)
+    assert trace_of({k.lower(): v for k, v in call.headers.items()}["traceparent"]) == trace_id
