@@ -301,29 +301,34 @@ class SubscriberDispatcher:
 
     def process(self, text: str) -> DispatchResult:
         """Deliver one queued event to one subscriber (see the module docstring), in a span
-        that continues the event's trace."""
+        that continues the event's trace (one by reference is read first: the trace is in it)."""
+        problems = 0
+        try:
+            delivery: SubscriberDelivery | None = SubscriberDelivery.model_validate_json(text)
+        except ValidationError as exc:
+            delivery, problems = None, exc.error_count()
+        event = self._event(delivery) if delivery is not None else None
         with telemetry.span(
             f"process {INBOUND_DELIVERIES_QUEUE}",
-            parent=telemetry.traceparent_in(text, "event"),
+            parent=event.get(telemetry.TRACEPARENT) if event else None,
             kind="consumer",
         ) as current:
-            result = self._process(text)
+            if delivery is None:
+                detail = f"not a subscriber delivery: {problems} problem(s)"
+                result = self._dead_letter("malformed", detail, text)
+            else:
+                result = self._deliver(text, delivery, event)
             current.set_attribute("smartdialog.outcome", str(result.outcome))
         return result
 
-    def _process(self, text: str) -> DispatchResult:
-        try:
-            delivery = SubscriberDelivery.model_validate_json(text)
-        except ValidationError as exc:
-            return self._dead_letter(
-                "malformed", f"not a subscriber delivery: {exc.error_count()} problem(s)", text
-            )
+    def _deliver(
+        self, text: str, delivery: SubscriberDelivery, event: dict[str, Any] | None
+    ) -> DispatchResult:
         # A replaced one's successor: another instance's index may not have seen the change.
         subscription = self.subscriptions.live(delivery.service, delivery.subscriptionId)
         if subscription is None:
             log.info("subscription %s is gone; delivery dropped", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.UNSUBSCRIBED)
-        event = self._event(delivery)
         if event is None:
             return self._dead_letter(
                 "malformed",

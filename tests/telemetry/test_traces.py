@@ -409,3 +409,29 @@ def test_a_delivery_reports_trigger_event_reaches_its_subscriber_in_the_reports_
         assert span.context.trace_id == trace_id, span.name
     [call] = callback_receiver.wait_for(1)
     assert trace_of({k.lower(): v for k, v in call.headers.items()}["traceparent"]) == trace_id
+
+
+def test_a_message_too_large_for_a_queue_reaches_its_subscriber_in_the_webhooks_trace(
+    inbound: Inbound, telemetry: Telemetry, callback_receiver: CallbackReceiver
+) -> None:
+    from tests.inbound.test_subscriptions import subscribe
+    from tests.inbound.test_webhook import payload, post, token_for
+
+    subscribe(inbound, f"{callback_receiver.url}/flow")
+    content = "\U0001f600" * 20_000  # in parts on smartdialog-inbound: delivered by reference
+    assert post(inbound, payload(content=content), token=token_for()).status == 202
+    assert inbound.process_intake() == 1
+    [delivery] = inbound.read(names.INBOUND_DELIVERIES_QUEUE)
+    assert "eventBlob" in delivery
+    assert inbound.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher") == 1
+
+    [webhook] = telemetry.spans("inbound webhook")
+    assert webhook.context is not None
+    trace_id = webhook.context.trace_id
+    [dispatch] = telemetry.spans(f"process {names.INBOUND_DELIVERIES_QUEUE}")
+    [post_span] = telemetry.spans("POST subscriber")
+    for span in (dispatch, post_span):
+        assert span.context is not None
+        assert span.context.trace_id == trace_id, span.name
+    [call] = callback_receiver.wait_for(1)
+    assert trace_of({k.lower(): v for k, v in call.headers.items()}["traceparent"]) == trace_id
