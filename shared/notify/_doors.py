@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from shared import telemetry
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.clock import utcnow
 from shared.deadletters import KeptOriginal, original_aside
@@ -63,7 +64,20 @@ def receive_cloud_events(
     events in binary, structured or batched mode (or Event Grid schema JSON) and answers 202
     once their sends are queued, 400 naming what is wrong (nothing queued), 500 when our
     storage failed (the producer retries; a retry sends nothing twice). Event Grid's own
-    schema validates a subscription by a POST: answered 200 with its ``validationResponse``."""
+    schema validates a subscription by a POST: answered 200 with its ``validationResponse``.
+    In a server span continuing the caller's ``traceparent`` header."""
+    with telemetry.span(
+        "CloudEvents",
+        parent=request.header(telemetry.TRACEPARENT),
+        kind="server",
+        attributes={"smartdialog.tracking_id": request.tracking_id},
+    ) as current:
+        response = _receive_cloud_events(request, settings)
+        current.set_attribute("http.response.status_code", response.status)
+    return response
+
+
+def _receive_cloud_events(request: ActionRequest, settings: Settings | None) -> ActionResponse:
     instance = f"urn:smartdialog-functions:request:{request.tracking_id}"
     if request.method == "OPTIONS":
         origin = request.header("WebHook-Request-Origin")
@@ -109,12 +123,13 @@ def receive_grid_event(value: dict[str, Any], settings: Settings | None = None) 
     """One event of the Event Grid trigger (either schema, as the host hands it over). An
     invalid one is logged and dropped (Event Grid retrying it would not help); our storage
     failing raises, so Event Grid delivers it again."""
-    try:
-        event = parse_object(value)
-    except InvalidEvent as exc:
-        log.warning("Event Grid delivered an invalid event (%s): %s", exc.field, exc)
-        return {"Events": 0, "Invalid": str(exc)}
-    return _answer(notifier(_settings(settings)).handle([event]))
+    with telemetry.span("CloudEventsGrid", kind="consumer"):
+        try:
+            event = parse_object(value)
+        except InvalidEvent as exc:
+            log.warning("Event Grid delivered an invalid event (%s): %s", exc.field, exc)
+            return {"Events": 0, "Invalid": str(exc)}
+        return _answer(notifier(_settings(settings)).handle([event]))
 
 
 def process_cloud_event_message(
@@ -129,13 +144,20 @@ def process_cloud_event_message(
     not valid goes whole to ``smartdialog-cloud-events-deadletter`` with the reason (none of
     its events is sent; see docs/events.md); our storage failing
     raises (the host retries, then moves it to the ``-poison`` queue)."""
+    from shared.names import CLOUD_EVENTS_QUEUE
+
     settings = _settings(settings)
-    try:
-        events = parse_queue_text(text)
-    except InvalidEvent as exc:
-        dead_letter(text, exc, queue_message_id, dequeue_count, settings)
-        return {"Events": 0, "DeadLettered": True}
-    return _answer(notifier(settings).handle(events))
+    with telemetry.span(
+        f"process {CLOUD_EVENTS_QUEUE}",
+        kind="consumer",
+        attributes={"messaging.message.id": queue_message_id},
+    ):
+        try:
+            events = parse_queue_text(text)
+        except InvalidEvent as exc:
+            dead_letter(text, exc, queue_message_id, dequeue_count, settings)
+            return {"Events": 0, "DeadLettered": True}
+        return _answer(notifier(settings).handle(events))
 
 
 class CloudEventDeadLetter(KeptOriginal):

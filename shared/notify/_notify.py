@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.connections import DEFAULT_CONNECTION, connection_name
 from shared.names import OUTBOUND_QUEUE
@@ -138,13 +139,26 @@ class Notifier:
 
     def handle(self, events: Iterable[IncomingEvent]) -> list[EventResult]:
         """Plan and enqueue the sends of each event; raises only when our storage fails (the
-        caller then answers 5xx or lets the host retry: re-running is harmless)."""
+        caller then answers 5xx or lets the host retry: re-running is harmless). Each event in
+        a span continuing its own ``traceparent`` (the CloudEvents distributed-tracing
+        extension) and linked to the door's (one request may bring many traces), else a child
+        of the door's; its sends carry that span's."""
         book = self.rules.book()
         results: list[EventResult] = []
+        door = telemetry.current_traceparent()
         for event in events:
-            result = self.plan(event, book=book)
-            for send in result.sends:
-                self.queue.send_message(self._queued(send))
+            parent = event.extensions.get(telemetry.TRACEPARENT)
+            with telemetry.span(
+                "notification rules",
+                parent=parent,
+                links=[door] if parent else (),
+                kind="consumer",
+                attributes={"cloudevents.event_id": event.id, "cloudevents.event_type": event.type},
+            ) as current:
+                result = self.plan(event, book=book)
+                for send in result.sends:
+                    self.queue.send_message(self._queued(send))
+                current.set_attribute("smartdialog.sends", len(result.sends))
             if not result.rules:
                 log.info("event matched no rule: type %s, id %s", event.type, event.id)
             else:
@@ -170,7 +184,8 @@ class Notifier:
         """The queue message of ``send``: its command, or, when that is too large for a queue
         message (a long placeholder value), one naming the blob that holds it, as the send
         actions queue one (docs/sending.md, "Sizes")."""
-        text = send.command.model_dump_json(by_alias=True, exclude_none=True)
+        command = send.command.model_copy(update={"traceparent": telemetry.current_traceparent()})
+        text = command.model_dump_json(by_alias=True, exclude_none=True)
         return queued_text(text, message_id=send.message_id, payloads=self._payloads)
 
     def plan(

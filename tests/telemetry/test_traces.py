@@ -435,3 +435,69 @@ def test_a_message_too_large_for_a_queue_reaches_its_subscriber_in_the_webhooks_
         assert span.context.trace_id == trace_id, span.name
     [call] = callback_receiver.wait_for(1)
     assert trace_of({k.lower(): v for k, v in call.headers.items()}["traceparent"]) == trace_id
+
+
+def test_a_notification_rules_sends_continue_each_events_trace_at_every_door(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    from shared.notify import receive_grid_event
+    from shared.notify._rules import Rule
+    from shared.notify._store import RuleStore
+    from shared.settings import get_settings
+    from tests.outbound.conftest import app_function
+
+    event_type = f"test.trace.{uuid.uuid4().hex[:8]}"
+    rules = RuleStore.from_settings(get_settings())
+    rule = {"Id": f"trace-{uuid.uuid4().hex[:8]}", "Match": {"EventType": event_type},
+            "Message": {"Sender": "Ops", "Content": "ping $(id)"},
+            "Recipients": {"Numbers": [DELIVERED]}}  # fmt: skip
+    assert rules.create(Rule.model_validate(rule))
+
+    def event(traceparent: str | None = None) -> dict[str, Any]:
+        made = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": "urn:test",
+                "type": event_type, "data": {}, "traceparent": traceparent}  # fmt: skip
+        return {k: v for k, v in made.items() if v is not None}
+
+    flow, flow_trace = flow_traceparent()  # the HTTP request's
+    own, own_trace = flow_traceparent()  # an event's own (the distributed-tracing extension)
+    queued, queued_trace = flow_traceparent()
+    traced, plain, by_queue, by_grid = event(own), event(), event(queued), event()
+    try:
+        answer = call_http("CloudEvents", "POST", body=[traced, plain], headers={
+            "traceparent": flow, "content-type": "application/cloudevents-batch+json"})  # fmt: skip
+        assert answer.status == 202, answer.body
+        app_function("CloudEventsQueue")(
+            QueueMessage(id="q-1", body=json.dumps(by_queue).encode(), dequeue_count=1)
+        )
+        receive_grid_event(by_grid)
+    finally:
+        rules.delete(rule["Id"])
+
+    [door] = telemetry.spans("CloudEvents")
+    [queue_door] = telemetry.spans(f"process {names.CLOUD_EVENTS_QUEUE}")
+    [grid_door] = telemetry.spans("CloudEventsGrid")
+    assert door.context is not None
+    assert queue_door.context is not None
+    assert grid_door.context is not None
+    assert door.context.trace_id == flow_trace
+    spans = {dict(s.attributes or {})["cloudevents.event_id"]: s
+             for s in telemetry.spans("notification rules")}  # fmt: skip
+    expected = {
+        traced["id"]: own_trace,
+        plain["id"]: flow_trace,
+        by_queue["id"]: queued_trace,
+        by_grid["id"]: grid_door.context.trace_id,
+    }
+    assert {e: s.context.trace_id for e, s in spans.items() if s.context} == expected
+    # An event with a trace of its own is linked to the door's span; one without is its child.
+    for event_id, span in ((traced["id"], door), (by_queue["id"], queue_door)):
+        assert [link.context.span_id for link in spans[event_id].links] == [span.context.span_id]
+    for event_id, span in ((plain["id"], door), (by_grid["id"], grid_door)):
+        assert spans[event_id].parent is not None
+        assert spans[event_id].parent.span_id == span.context.span_id
+    commands = {c["origin"]["eventId"]: c for c in outbound.read(names.OUTBOUND_QUEUE)}
+    assert {e: trace_of(c["traceparent"]) for e, c in commands.items()} == expected
+
+    outbound.drain()  # and the sends' events are in those traces
+    sent = {e["subject"]: trace_of(e["traceparent"]) for e in outbound.events()}
+    assert sent == {c["messageId"]: trace_of(c["traceparent"]) for c in commands.values()}
