@@ -88,6 +88,11 @@ def _batch_subject(batch_id: str) -> str:
     return f"batch:{batch_id}"
 
 
+def _trace(records: Sequence[MessageRecord]) -> str | None:
+    """The batch's trace: its members', which they got from its request."""
+    return next((r.traceparent for r in records if r.traceparent), None)
+
+
 class BulkService:
     """Accepts bulk sends and reports their batches (one per settings object)."""
 
@@ -401,13 +406,17 @@ class BulkService:
         log.warning("batch %s: %d pack(s) idle for %s; their drivers are enqueued again",
                     batch.batch_id, len(stale), quiet)  # fmt: skip
         self.batches.note_redriven(batch, now)
-        self._enqueue_drivers(batch.batch_id, stale)
+        self._enqueue_drivers(batch.batch_id, stale, _trace(records))
 
-    def _enqueue_drivers(self, batch_id: str, pack_ids: Sequence[str]) -> bool:
+    def _enqueue_drivers(
+        self, batch_id: str, pack_ids: Sequence[str], trace: str | None = None
+    ) -> bool:
         """Put the packs' drivers on the queue: True if every one went, False if some did
-        (a status poll puts them out again); raises if none did (the SDK retried already)."""
+        (a status poll puts them out again); raises if none did (the SDK retried already).
+        Their calls continue ``trace``, the batch's (its members', when a status poll puts
+        them out), else the current one (the bulk request's)."""
         queue = outbound_queue(self.settings)
-        trace = current_traceparent()  # the pack's calls continue the bulk request's trace
+        trace = trace or current_traceparent()
         connection = self._named_connection
         texts = [
             PackDriver(packId=p, batchId=batch_id, traceparent=trace, Connection=connection).text()
@@ -494,7 +503,7 @@ class BulkService:
         ):
             # Every member is recorded; the request (or the replay that finished an incomplete
             # batch) stopped before its drivers were all out, or could not mark the batch.
-            if self._enqueue_drivers(batch_id, batch.pack_ids):
+            if self._enqueue_drivers(batch_id, batch.pack_ids, _trace(records)):
                 batch = self._queued(batch)
         elif batch.status is BatchStatus.QUEUED:
             self._redrive_stale(batch, records)

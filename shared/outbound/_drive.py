@@ -57,6 +57,7 @@ from shared.outbound._outcomes import (
     whole_seconds,
 )
 from shared.outbound._ports import SendPorts
+from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
     from shared.quota import QuotaGrant
@@ -142,9 +143,13 @@ class _Run:
         self.pack = done
 
     def driver_for(self, pack_id: str) -> str:
-        """The queue message of another pack of this batch (a split's half, a moved pack)."""
+        """The queue message of another pack of this batch (a split's half, a moved pack), in
+        the batch's trace (this driver's; none: this turn's)."""
         batch, connection = self.pack.batch_id, self.driver.Connection
-        return PackDriver(packId=pack_id, batchId=batch, Connection=connection).text()
+        trace = self.driver.traceparent or current_traceparent()
+        return PackDriver(
+            packId=pack_id, batchId=batch, traceparent=trace, Connection=connection
+        ).text()
 
     def unlease(self) -> None:
         try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import pytest
 from azure.functions.queue import QueueMessage
 
 from shared import names
@@ -501,3 +502,49 @@ def test_a_notification_rules_sends_continue_each_events_trace_at_every_door(
     outbound.drain()  # and the sends' events are in those traces
     sent = {e["subject"]: trace_of(e["traceparent"]) for e in outbound.events()}
     assert sent == {c["messageId"]: trace_of(c["traceparent"]) for c in commands.values()}
+
+
+def test_the_halves_of_a_split_pack_continue_the_bulk_requests_trace(
+    outbound: Outbound, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.bulk.test_batch_packs import refuse_calls_naming_nobody_with
+    from tests.bulk.test_bulk_action import bulk, people
+
+    flow, trace_id = flow_traceparent()
+    accepted = bulk({"Recipients": people(*NUMBERS[:4])}, traceparent=flow)
+    assert accepted.status == 202, accepted.body
+    refuse_calls_naming_nobody_with(monkeypatch, NUMBERS[1])  # the pack is split to find it
+
+    outbound.drain()
+
+    calls = telemetry.spans("SmartDialog SendMessage")
+    assert len(calls) >= 3  # the whole pack, then halves
+    assert {c.context.trace_id for c in calls if c.context} == {trace_id}
+
+
+def test_a_status_polls_redrive_continues_the_bulk_requests_trace_not_the_polls(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    import datetime as dt
+
+    from tests.bulk.test_batch_packs import drivers, member_ids, record
+    from tests.bulk.test_bulk_action import batch_status, bulk, people
+
+    outbound.configure(SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3,
+                       SEND_QUOTA_WAIT_SECONDS=0.1, SEND_RETRY_MAX_SECONDS=0)  # fmt: skip
+    flow, trace_id = flow_traceparent()
+    accepted = bulk({"Recipients": people(*NUMBERS[:2])}, traceparent=flow)
+    assert accepted.status == 202, accepted.body
+    location = accepted.headers["Location"]
+    ids = member_ids({"Location": location})
+    queue_client(names.OUTBOUND_QUEUE).clear_messages()  # as if its driver were in the poison
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)
+    MessageStore.from_settings().swap_many([(record(i), {"updated_at": old}) for i in ids])
+
+    assert batch_status(location).status == 202  # a poll in a trace of its own
+    [driver] = drivers(outbound)
+    assert trace_of(driver["traceparent"]) == trace_id
+    outbound.drain()
+    [call] = telemetry.spans("SmartDialog SendMessage")
+    assert call.context is not None
+    assert call.context.trace_id == trace_id
