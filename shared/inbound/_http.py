@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from shared import telemetry
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.problems import Problem, internal_error
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
@@ -107,7 +108,8 @@ def receive_delivery_report(
     request: ActionRequest, settings: Settings | None = None
 ) -> ActionResponse:
     """``GET /api/callbacks/dlr/{MessageId}?token=...&<SmartDialog's parameters>``.
-    200 ``{"status": "recorded"|"duplicate"|"unmatched", "recipientStatus"}``; 401; 404."""
+    200 ``{"status": "recorded"|"duplicate"|"unmatched", "recipientStatus"}``; 401; 404.
+    In a server span, to which the report's own span (in its message's trace) links."""
 
     def run() -> ActionResponse:
         from shared.settings import get_settings
@@ -116,7 +118,12 @@ def receive_delivery_report(
         result = service.handle(request.route_params.get("MessageId", ""), request.query)
         return ActionResponse.json(result.body())
 
-    return _answer("DeliveryReport", request, run)
+    with telemetry.span(
+        "DeliveryReport", parent=request.header(telemetry.TRACEPARENT), kind="server"
+    ) as current:
+        response = _answer("DeliveryReport", request, run)
+        current.set_attribute("http.response.status_code", response.status)
+    return response
 
 
 def reset_caches() -> None:

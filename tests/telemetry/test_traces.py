@@ -548,3 +548,33 @@ def test_a_status_polls_redrive_continues_the_bulk_requests_trace_not_the_polls(
     [call] = telemetry.spans("SmartDialog SendMessage")
     assert call.context is not None
     assert call.context.trace_id == trace_id
+
+
+def reported_send(env: Inbound, **body: Any) -> tuple[str, int]:
+    """A send in a flow's trace, sent, and its recipient's delivery report; its message id and
+    trace id."""
+    from tests.inbound.test_delivery_reports import report
+
+    flow, trace_id = flow_traceparent()
+    answer = env.call(
+        "SendMessage",
+        "POST",
+        headers={"Customer-Id": CUSTOMER, "Service-Id": ONE_WAY, "traceparent": flow},
+        body={"Sender": "Sandbox", "Content": CONTENT, "Recipients": [{"Address": DELIVERED}],
+              **body},
+    )  # fmt: skip
+    assert answer.status == 202, answer.body
+    env.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
+    assert report(env, answer.body["Id"], status="delivered", recipient=DELIVERED).status == 200
+    return answer.body["Id"], trace_id
+
+
+def test_a_delivery_reports_span_links_the_request_that_brought_it(
+    inbound: Inbound, telemetry: Telemetry
+) -> None:
+    reported_send(inbound)
+
+    [request] = telemetry.spans("DeliveryReport")
+    [dlr] = telemetry.spans("SmartDialog delivery report")
+    assert request.context is not None
+    assert [link.context.span_id for link in dlr.links] == [request.context.span_id]
