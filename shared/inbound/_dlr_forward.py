@@ -27,6 +27,7 @@ from urllib.parse import urlencode, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared import telemetry
 from shared.clock import utcnow
 from shared.deadletters import KeptOriginal, original_aside, write_dead_letter
 from shared.guarded_http import GuardedClient
@@ -128,14 +129,32 @@ class DlrForwarder:
         return _forwarder_for(settings or get_settings())
 
     def process(self, text: str) -> DispatchResult:
-        """Call the send's DlrUrl once for one queued report (see the module docstring)."""
+        """Call the send's DlrUrl once for one queued report (see the module docstring), in a
+        span that continues the send's trace (its record keeps it, as for the report itself)."""
+        malformed = ""
         try:
-            forward = DlrForward.model_validate_json(text)
+            forward: DlrForward | None = DlrForward.model_validate_json(text)
         except ValidationError as exc:
             where = ", ".join(".".join(map(str, e["loc"])) or "(message)" for e in exc.errors())
-            detail = f"not a DLR forward: {exc.error_count()} problem(s), at {where[:300]}"
-            return self._dead_letter("malformed", detail, text)
-        record = self.messages.get(forward.messageId)
+            malformed = f"not a DLR forward: {exc.error_count()} problem(s), at {where[:300]}"
+            forward = None
+        record = self.messages.get(forward.messageId) if forward is not None else None
+        with telemetry.span(
+            f"process {DLR_FORWARD_QUEUE}",
+            parent=record.traceparent if record is not None else None,
+            kind="consumer",
+            attributes={"smartdialog.message_id": forward.messageId if forward else None},
+        ) as current:
+            if forward is None:
+                result = self._dead_letter("malformed", malformed, text)
+            else:
+                result = self._forward(text, forward, record)
+            current.set_attribute("smartdialog.outcome", str(result.outcome))
+        return result
+
+    def _forward(
+        self, text: str, forward: DlrForward, record: MessageRecord | None
+    ) -> DispatchResult:
         url = own_dlr_url(record) if record is not None else None
         if url is None:
             log.info("message %s has no DlrUrl (any more); forward dropped", forward.messageId)
@@ -144,11 +163,16 @@ class DlrForwarder:
         parts = urlsplit(url)
         query = "&".join(q for q in (parts.query, urlencode(forward.params)) if q)
         target = parts._replace(query=query, fragment="").geturl()
-        verdict = judge_call(
-            lambda: self._http.get(target),
-            parts.hostname,
-            now=lambda: self._clock().timestamp(),
-        )
+        with telemetry.span(
+            "GET DlrUrl", kind="client", attributes={"server.address": parts.hostname}
+        ) as call:
+            verdict = judge_call(
+                lambda: self._http.get(target, headers=telemetry.inject_traceparent({})),
+                parts.hostname,
+                now=lambda: self._clock().timestamp(),
+            )
+            if verdict.status is not None:
+                call.set_attribute("http.response.status_code", verdict.status)
         attempts = forward.attempts + 1
         if verdict.kind == "delivered":
             return DispatchResult(DispatchOutcome.DELIVERED, verdict.status)

@@ -578,3 +578,21 @@ def test_a_delivery_reports_span_links_the_request_that_brought_it(
     [dlr] = telemetry.spans("SmartDialog delivery report")
     assert request.context is not None
     assert [link.context.span_id for link in dlr.links] == [request.context.span_id]
+
+
+def test_the_forward_to_the_callers_dlr_url_continues_the_sends_trace(
+    inbound: Inbound, telemetry: Telemetry, callback_receiver: CallbackReceiver
+) -> None:
+    _, trace_id = reported_send(inbound, DlrUrl=f"{callback_receiver.url}/mine")
+
+    assert inbound.run_queue(names.DLR_FORWARD_QUEUE, "DlrForwarder") == 1
+    [forward] = telemetry.spans(f"process {names.DLR_FORWARD_QUEUE}")
+    [get] = telemetry.spans("GET DlrUrl")
+    assert forward.context is not None
+    assert get.context is not None
+    assert forward.context.trace_id == trace_id
+    assert get.parent is not None
+    assert get.parent.span_id == forward.context.span_id
+    [call] = callback_receiver.wait_for(1)
+    sent = {k.lower(): v for k, v in call.headers.items()}["traceparent"]
+    assert sent.startswith(f"00-{trace_id:032x}-{get.context.span_id:016x}-")
