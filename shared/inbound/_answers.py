@@ -29,6 +29,7 @@ from shared.messages import QuestionRecord, QuestionStore, match_answer
 from shared.names import OUTBOUND_QUEUE
 from shared.storage import QueueLike, ensured_queue
 from shared.suppressions import recipient_key
+from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
     from shared.inbound._models import NewMessagePayload
@@ -48,7 +49,8 @@ def reprompt_message_id(question_id: str) -> str:
 
 
 def reprompt_command(question: QuestionRecord) -> str:
-    """The SendMessage command (queue JSON) of ``question``'s re-prompt."""
+    """The SendMessage command (queue JSON) of ``question``'s re-prompt, in the current trace
+    (the reply's)."""
     message_id = reprompt_message_id(question.question_id)
     body: dict[str, object] = {
         "Sender": question.sender,
@@ -63,6 +65,7 @@ def reprompt_command(question: QuestionRecord) -> str:
         "messageId": message_id,
         "customerId": question.customer_id,
         "serviceId": question.service_id,
+        "traceparent": current_traceparent(),
         "body": {k: v for k, v in body.items() if v is not None},
     }
     return json.dumps({k: v for k, v in command.items() if v is not None}, ensure_ascii=False)

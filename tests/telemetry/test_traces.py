@@ -596,3 +596,23 @@ def test_the_forward_to_the_callers_dlr_url_continues_the_sends_trace(
     [call] = callback_receiver.wait_for(1)
     sent = {k.lower(): v for k, v in call.headers.items()}["traceparent"]
     assert sent.startswith(f"00-{trace_id:032x}-{get.context.span_id:016x}-")
+
+
+def test_a_re_prompt_is_sent_in_the_trace_of_the_reply_that_asked_for_it(
+    inbound: Inbound, telemetry: Telemetry
+) -> None:
+    from shared.inbound import InboundProcessor
+    from shared.inbound._answers import reprompt_message_id
+    from shared.settings import get_settings
+    from tests.inbound.test_question_costs import _ask, _intake
+
+    number = "+358401112266"
+    asked = _ask(number, reprompt="Please reply YES or NO")
+    flow, trace_id = flow_traceparent()  # the webhook call's
+    intake = {**json.loads(_intake("maybe", sender=number)), "traceparent": flow}
+
+    InboundProcessor.from_settings(get_settings()).process(json.dumps(intake))
+
+    [command] = [c for c in inbound.read(names.OUTBOUND_QUEUE) if c.get("messageId")]
+    assert command["messageId"] == reprompt_message_id(asked.question_id)
+    assert trace_of(command["traceparent"]) == trace_id
