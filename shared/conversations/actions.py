@@ -21,12 +21,18 @@ from shared.outbound.actions import ACCEPTED_HEADERS, TAG, answer
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["SPECS"]
+__all__ = ["SPECS", "reset_asker_cache"]
 
 
 @lru_cache(maxsize=32)
 def _asker(settings: Settings) -> AskService:
     return AskService(settings, send_service(settings))
+
+
+def reset_asker_cache() -> None:
+    """Forget cached services (tests reset the send service and the subscriber index between
+    cases; settings equal by value would otherwise give the old ones back)."""
+    _asker.cache_clear()
 
 
 def send_message_and_wait(ctx: ActionContext, inp: AskInput) -> ActionResponse:

@@ -30,6 +30,7 @@ from devhost.azurite import Azurite
 from sandbox.server import SandboxServer
 from shared import names
 from shared.clock import utcnow
+from shared.conversations.actions import reset_asker_cache
 from shared.inbound import reset_caches, reset_dispatcher_cache
 from shared.inbound._models import InboundIntake, NewMessagePayload
 from shared.outbound import reset_sender_cache
@@ -97,6 +98,7 @@ class Inbound:
         reset_caches()
         reset_dispatcher_cache()
         reset_sender_cache()
+        reset_asker_cache()
 
     def call(
         self,
@@ -231,6 +233,7 @@ def inbound(
     reset_caches()
     reset_dispatcher_cache()
     reset_sender_cache()
+    reset_asker_cache()
 
 
 @pytest.fixture(scope="session")
