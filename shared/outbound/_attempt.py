@@ -21,7 +21,6 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -35,6 +34,7 @@ from shared.outbound._models import (
     SendReplyMessageCommand,
     SendWhatsappTemplateMessageCommand,
 )
+from shared.outbound._records import address_key
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -56,7 +56,6 @@ __all__ = [
     "StaleGrant",
     "Transient",
     "Upstream",
-    "address_key",
     "answer_message_id",
     "classify",
     "packed_command",
@@ -379,14 +378,6 @@ def classify(exc: Exception) -> AttemptResult:
 
 
 # --- packs: one request for many members, one answer shared out ----------------------------------
-
-
-@lru_cache(maxsize=65536)
-def address_key(address: str) -> str:
-    """An address as members and upstream's answer are matched by (E.164 where it parses)."""
-    from shared.suppressions import recipient_key
-
-    return recipient_key(address)
 
 
 def packed_command(

@@ -514,7 +514,7 @@ class Outcomes:
         """None when ``record`` is ``command``'s; a rule's send made again (its rule edited
         since) is acknowledged; else ``command``'s ``messageId`` is taken by a different
         message: dead-lettered, the record left alone."""
-        if not record.fingerprint or is_recorded_as(record.fingerprint, command):
+        if not record.fingerprint or is_recorded_as(record, command):
             return None
         if repeats_rule_send(record.command, command):
             log.info("message %s: a rule's send again, edited: acknowledged", record.message_id)

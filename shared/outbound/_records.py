@@ -1,5 +1,6 @@
-"""From a send command to its status record and its upstream request: normalization, part
-estimates, recipient slots, the pack key, our delivery-report URL."""
+"""From a send command to its status record and its upstream request: normalization (phone
+numbers to E.164, the form every comparison of addresses uses), part estimates, recipient slots,
+the pack key, our delivery-report URL."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import hashlib
 import json
 import math
 import threading
+from functools import lru_cache
 from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
 
 from shared.callback_urls import delivery_report_url
 from shared.messages import MessageRecord, MessageStatus, Operation, RecipientSlot
@@ -21,6 +25,7 @@ from shared.outbound._models import (
     SendWhatsappTemplateMessageCommand,
     StoredCommand,
     command_origin,
+    parse_outbound_message,
     request_fingerprint,
 )
 from shared.payloads import fits_queue
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LaneTriggers",
+    "address_key",
     "backstop_seconds",
     "command_addresses",
     "command_text",
@@ -43,6 +49,7 @@ __all__ = [
     "queued_text",
     "recipient_slots",
     "repeats_rule_send",
+    "unreadable_address",
     "with_delivery_report_url",
 ]
 
@@ -58,9 +65,11 @@ def normalize(
     service_id: str | None,
 ) -> OutboundMessage:
     """``command`` with every id and default filled in, so it is sent the same way every time:
-    ``messageId``, ``customerId``/``serviceId`` (from the given defaults when absent) and the
-    upstream ``RequestId`` (the caller's, else our message id). Raises ``ValueError`` when a
-    customer or service is neither in the command nor configured."""
+    ``messageId``, ``customerId``/``serviceId`` (from the given defaults when absent), the
+    upstream ``RequestId`` (the caller's, else our message id) and each recipient's address as
+    the send actions write it (:func:`_e164`). Raises ``ValueError`` when a customer or service
+    is neither in the command nor configured."""
+    command = _e164(command)
     update: dict[str, object] = {"messageId": message_id}
     update["traceparent"] = command.traceparent or current_traceparent()
     customer = command.customerId or customer_id
@@ -171,11 +180,52 @@ def new_record(
     return record, slots
 
 
+@lru_cache(maxsize=65536)
+def address_key(address: str) -> str:
+    """An address as every comparison of addresses takes it (the pack key's repeats, a pack's
+    members, upstream's answer, blame in a refusal): E.164 where it parses, read in FI as the
+    send actions read one (:func:`shared.suppressions.recipient_key`), else trimmed."""
+    from shared.suppressions import recipient_key
+
+    return recipient_key(address)
+
+
+def _e164(command: OutboundMessage) -> OutboundMessage:
+    """``command`` with each recipient's address in E.164, read in FI as the send actions read
+    one (:func:`address_key`; one that is no phone number only trimmed: the sender refuses it
+    when it first sees the command, :func:`unreadable_address`)."""
+    if isinstance(command, SendDiscussionReplyMessageCommand):
+        return command
+    body = command.body
+    written = [r.model_copy(update={"Address": address_key(r.Address)}) for r in body.Recipients]
+    if [r.Address for r in written] == [r.Address for r in body.Recipients]:
+        return command
+    return command.model_copy(update={"body": body.model_copy(update={"Recipients": written})})
+
+
+def unreadable_address(command: OutboundMessage) -> ValueError | None:
+    """Why ``command`` may not be recorded: a recipient address that is no phone number (what
+    the send actions answer 400), or None."""
+    from shared.phone import InvalidPhoneNumber, parse_phone_number
+
+    for index, address in enumerate(command_addresses(command)):
+        try:
+            parse_phone_number(address)
+        except InvalidPhoneNumber:  # (its text quotes an example number: not for a log)
+            return ValueError(
+                f"body.Recipients[{index}].Address is not a valid phone number: write it in "
+                "E.164, or as a number of region FI"
+            )
+    return None
+
+
 def command_addresses(command: OutboundMessage) -> list[str]:
-    """The recipient addresses of a command, in order (none for a discussion reply)."""
+    """The recipient addresses of a command, in order, each as every comparison of addresses
+    takes it (:func:`address_key`: E.164, also for a command recorded before the queue's were
+    normalized); none for a discussion reply."""
     if isinstance(command, SendDiscussionReplyMessageCommand):
         return []
-    return [r.Address for r in command.body.Recipients]
+    return [address_key(r.Address) for r in command.body.Recipients]
 
 
 def pack_key(command: OutboundMessage) -> str | None:
@@ -282,17 +332,28 @@ class LaneTriggers:
             self._due.pop(lane, None)
 
 
-def is_recorded_as(fingerprint: str, command: OutboundMessage) -> bool:
-    """Whether ``command`` is the message recorded with ``fingerprint``: its own fingerprint,
-    or, routed by the connection that claims its customer, the one it had before (accepted
-    while no connection claimed that customer: it goes through the one that does now)."""
-    if fingerprint == request_fingerprint(command):
-        return True
+def is_recorded_as(record: MessageRecord, command: OutboundMessage) -> bool:
+    """Whether ``command`` is the message ``record`` holds: its own fingerprint, or, routed by
+    the connection that claims its customer, the one it had before (accepted while no
+    connection claimed that customer: it goes through the one that does now). A command that
+    a previous release recorded from the queue as written (addresses not in E.164) is matched
+    as its recorded command normalized (:func:`_e164`) now is."""
     from shared.connections import claimed_by
 
-    if command.Connection is None or claimed_by(command.customerId or "") != command.Connection:
-        return False  # (a connection named by the command itself is part of what it is)
-    return fingerprint == request_fingerprint(command.model_copy(update={"Connection": None}))
+    prints = {request_fingerprint(command)}
+    if (
+        command.Connection is not None
+        and claimed_by(command.customerId or "") == command.Connection
+    ):
+        # (a connection named by the command itself is part of what it is)
+        prints.add(request_fingerprint(command.model_copy(update={"Connection": None})))
+    if record.fingerprint in prints:
+        return True
+    try:
+        recorded = _e164(parse_outbound_message(record.command))
+    except (ValidationError, ValueError):
+        return False
+    return request_fingerprint(recorded) in prints
 
 
 def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:

@@ -54,6 +54,7 @@ from shared.outbound._records import (
     normalize,
     pack_key,
     recipient_slots,
+    unreadable_address,
 )
 from shared.outbound._routing import through_connection
 
@@ -191,7 +192,12 @@ class OutboundSender:
         record = self.ports.store.get(command.messageId)
         if record is None:
             # First seen here: put on the queue directly, not through a send action (which
-            # records the message after refusing opted-out recipients), so check them now.
+            # records the message after refusing invalid numbers and opted-out recipients), so
+            # check them now (an invalid number: malformed, as a schema violation).
+            if (unreadable := unreadable_address(command)) is not None:
+                return self.outcomes.dead_letter_malformed(
+                    text, unreadable, queue_message_id, dequeue_count
+                )
             refusal = self._suppression(command)
             if refusal is not None:
                 refused = self._refuse(command, refusal)
@@ -567,7 +573,7 @@ class OutboundSender:
         assert command.messageId is not None
         if self.ports.store.get(command.messageId) is not None:
             return
-        if self._suppression(command) is not None:
+        if unreadable_address(command) is not None or self._suppression(command) is not None:
             return
         record, slots = new_record(
             command,

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from shared.clock import ManualClock
+from shared.clock import ManualClock, utcnow
 from shared.messages import MessageStatus, MessageStore, PackStore
-from shared.outbound import PackDriver, parse_queue_message
+from shared.outbound import PackDriver, parse_outbound_message, parse_queue_message
+from shared.outbound._records import command_text, new_record
 from shared.settings import get_settings
-from tests.outbound.conftest import Outbound, status_of
+from tests.outbound.conftest import CUSTOMER, SERVICE, Outbound, call_http, sms, status_of
 
 PREVIOUS = Path(__file__).resolve().parent.parent / "fixtures" / "previous_release.json"
 
@@ -101,7 +104,6 @@ def test_sends_the_previous_release_indexed_and_lane_sends_of_the_same_key_each_
     outbound: Outbound,
 ) -> None:
     from shared.messages import in_lane
-    from tests.outbound.conftest import call_http
 
     message_id = _store("indexed_record")
     PackStore.from_settings().table.upsert_entity(_rows()["index_row"])
@@ -123,3 +125,63 @@ def test_sends_the_previous_release_indexed_and_lane_sends_of_the_same_key_each_
     for done in (store.get(i) for i in [message_id, *lane_ids]):
         assert done is not None
         assert done.status is MessageStatus.SENT
+
+
+# --- queued commands with numbers as written (the previous release did not normalize them) ------
+
+NUMBER = "+358401009999"
+WRITTEN = "040 100 9999"  # the same number, as the previous release kept it from the queue
+
+
+def _ids(*names: str) -> list[str]:
+    run = uuid.uuid4().hex[:8]
+    return [f"{name}-{run}" for name in names]
+
+
+def _as_written(message_id: str, *addresses: str, **changes: Any) -> str:
+    """A command put on the queue with ``addresses`` as written, recorded (with ``changes``) as
+    the previous release recorded it: its command, fingerprint and slots with the addresses as
+    written. The text of its copies on the queue."""
+    body = {**sms(*addresses), "RequestId": message_id}
+    command = parse_outbound_message(
+        json.dumps({"operation": "SendMessage", "messageId": message_id,
+                    "customerId": CUSTOMER, "serviceId": SERVICE, "body": body})
+    )  # fmt: skip
+    now = utcnow()
+    record, slots = new_record(command, now=now, validity=dt.timedelta(days=1))
+    written = [replace(s, address=a) for s, a in zip(slots, addresses, strict=True)]
+    stored = MessageStore.from_settings().create(replace(record, **changes), written)
+    assert stored is not None
+    if stored.status is MessageStatus.QUEUED and stored.pack_id is None:
+        PackStore.from_settings().index([stored])
+    return command_text(command)
+
+
+def _record(message_id: str) -> Any:
+    found = MessageStore.from_settings().get(message_id)
+    assert found is not None
+    return found
+
+
+def test_a_send_the_previous_release_queued_as_written_never_shares_a_call_with_its_number(
+    outbound: Outbound,
+) -> None:
+    """Its copy is still its message (its fingerprint was taken as written), and a new send
+    to its number in E.164 does not pack it: two calls, each member its own recipient id."""
+    old, new = _ids("old", "new")
+    copy = _as_written(old, WRITTEN, status=MessageStatus.QUEUED)
+    command = {"operation": "SendMessage", "messageId": new, "body": sms(NUMBER)}
+
+    outbound.invoke(json.dumps(command))  # leads, and finds the old one in the index
+    outbound.invoke(copy)
+
+    calls = outbound.upstream()  # (the old one as recorded: upstream reads it as FI, as we do)
+    assert [[r["Address"] for r in c["response"]["Recipients"]] for c in calls] == [[NUMBER]] * 2
+    assert outbound.dead_letters() == []
+    ids = set()
+    for message_id in (old, new):
+        done = _record(message_id)
+        assert done.status is MessageStatus.SENT
+        [own] = json.loads(done.result)["Recipients"]
+        ids.add(own["Id"])
+    assert len(ids) == 2
