@@ -404,31 +404,38 @@ class SplitAnswer:
 def split_answer(
     body: Mapping[str, Any], members: Sequence[tuple[str, Sequence[str]]], *, duplicate: bool
 ) -> SplitAnswer:
-    """Share ``body`` out among ``members`` ((message id, addresses), no address twice) by
-    address. An answer without recipients is every member's whole answer."""
+    """Share ``body`` out among ``members`` ((message id, addresses)) by number
+    (:func:`address_key`): each of upstream's recipients goes to the next listing of its number,
+    in membership order (a number a member lists twice gets both; a pack a previous release
+    formed may list one number in two members). An answer without recipients is every
+    member's whole answer."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
     raw = [
         r for r in (body.get("Recipients") or body.get("recipients") or []) if isinstance(r, dict)
     ]
-    owner_of = {address_key(a): member for member, addresses in members for a in addresses}
-    entries: dict[str, dict[str, dict[str, Any]]] = {}
+    listings: dict[str, list[tuple[str, int]]] = {}  # number -> (member, position), in order
+    for member, addresses in members:
+        for position, address in enumerate(addresses):
+            listings.setdefault(address_key(address), []).append((member, position))
+    entries: dict[str, dict[int, dict[str, Any]]] = {}
     out = SplitAnswer()
     for entry in raw:
         address = str(entry.get("Address") or entry.get("address") or "")
-        owner = owner_of.get(address_key(address)) if address else None
-        if owner is None:
+        waiting = listings.get(address_key(address)) if address else None
+        if not waiting:
             continue
-        entries.setdefault(owner, {})[address_key(address)] = entry
+        owner, position = waiting.pop(0)
+        entries.setdefault(owner, {})[position] = entry
         rid = entry.get("Id") or entry.get("id")
         if rid:
             out.recipient_ids[str(rid)] = owner
     common = {k: v for k, v in body.items() if k not in ("Recipients", "recipients")}
     name = "recipients" if camel else "Recipients"
-    for member, addresses in members:
+    for member, _ in members:
         mine = entries.get(member, {})
         if raw and not mine and duplicate:
             out.missing.append(member)
             continue
-        ordered = [mine[address_key(a)] for a in addresses if address_key(a) in mine]
+        ordered = [mine[p] for p in sorted(mine)]
         out.shares[member] = {**common, name: ordered} if raw else dict(body)
     return out

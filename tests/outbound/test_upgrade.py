@@ -10,11 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shared.clock import ManualClock, utcnow
-from shared.messages import MessageStatus, MessageStore, PackStore
+from shared.messages import MessageStatus, MessageStore, Pack, PackMember, PackStore
 from shared.outbound import PackDriver, parse_outbound_message, parse_queue_message
 from shared.outbound._records import command_text, new_record
 from shared.settings import get_settings
+from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import CUSTOMER, SERVICE, Outbound, call_http, sms, status_of
 
 PREVIOUS = Path(__file__).resolve().parent.parent / "fixtures" / "previous_release.json"
@@ -180,6 +183,39 @@ def test_a_send_the_previous_release_queued_as_written_never_shares_a_call_with_
     assert outbound.dead_letters() == []
     ids = set()
     for message_id in (old, new):
+        done = _record(message_id)
+        assert done.status is MessageStatus.SENT
+        [own] = json.loads(done.result)["Recipients"]
+        ids.add(own["Id"])
+    assert len(ids) == 2
+
+
+def test_a_pack_the_previous_release_formed_with_one_number_twice_sends_each_member_once(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """A pack formed before a number written two ways was one number, retried after its worker
+    died once upstream took it: upstream's 409 names the number twice, once for each member."""
+    first, second = _ids("first", "second")
+    now = utcnow()
+    pack_id = "pack-" + uuid.uuid4().hex
+    claimed = {"status": MessageStatus.SENDING, "attempts": 1, "pack_id": pack_id,
+               "lease_until": now - dt.timedelta(seconds=1)}  # fmt: skip
+    copy = _as_written(first, NUMBER, **claimed)
+    _as_written(second, WRITTEN, **claimed)
+    key = _record(first).pack_key
+    members = (PackMember(first, (NUMBER,)), PackMember(second, (WRITTEN,)))
+    PackStore.from_settings().save(Pack(pack_id, str(key), members, created_at=now))
+    crash_once(monkeypatch, PackStore, "save", "died after upstream took the pack",
+               when=lambda pack: bool(pack.recipient_ids))  # fmt: skip
+
+    with pytest.raises(RuntimeError):
+        outbound.invoke(copy)
+    manual_clock.advance(LEASE + 1)
+    outbound.invoke(copy, dequeue_count=2)  # the retry: 409 with the first answer
+
+    assert [c["status"] for c in outbound.upstream()] == [200, 409]
+    ids = set()
+    for message_id in (first, second):
         done = _record(message_id)
         assert done.status is MessageStatus.SENT
         [own] = json.loads(done.result)["Recipients"]
