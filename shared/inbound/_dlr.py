@@ -281,7 +281,9 @@ class DeliveryReportService:
 
     def _pack_member(self, pack_id: str, report: DeliveryReport) -> str | None:
         """The member of pack ``pack_id`` a report is about: by upstream recipient id, else by
-        address (no address is twice in a pack); None if it is no pack or matches no member."""
+        number (E.164 on both sides: a previous release's pack may hold numbers as written; no
+        number is in two members of a pack formed now); None if it is no pack or matches no
+        member."""
         from shared.messages import PackStore, is_pack_id
 
         if not is_pack_id(pack_id):
@@ -298,7 +300,7 @@ class DeliveryReportService:
 
             wanted = recipient_key(report.recipient)
             for member in pack.members:
-                if wanted in member.addresses or report.recipient in member.addresses:
+                if wanted in map(recipient_key, member.addresses):
                     return member.message_id
         return None
 
@@ -398,8 +400,8 @@ class DeliveryReportService:
 
 
 def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot | None:
-    """The recipient a report is about: by upstream recipient id, else by address, else the
-    only recipient of a single-recipient message."""
+    """The recipient a report is about: by upstream recipient id, else by number (E.164 on both
+    sides), else the only recipient of a single-recipient message."""
     if report.recipient_id:
         for slot in slots:
             if slot.upstream_recipient_id == report.recipient_id:
@@ -409,7 +411,7 @@ def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot 
 
         wanted = recipient_key(report.recipient)
         for slot in slots:
-            if slot.address == wanted or slot.address == report.recipient:
+            if recipient_key(slot.address) == wanted:
                 return slot
     if len(slots) == 1:
         return slots[0]

@@ -9,9 +9,11 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from shared.callback_urls import delivery_report_url
 from shared.clock import ManualClock, utcnow
 from shared.messages import MessageStatus, MessageStore, Pack, PackMember, PackStore
 from shared.outbound import PackDriver, parse_outbound_message, parse_queue_message
@@ -221,3 +223,30 @@ def test_a_pack_the_previous_release_formed_with_one_number_twice_sends_each_mem
         [own] = json.loads(done.result)["Recipients"]
         ids.add(own["Id"])
     assert len(ids) == 2
+
+
+def test_a_report_finds_its_recipient_the_previous_release_recorded_as_written(
+    outbound: Outbound,
+) -> None:
+    """A report naming no recipient id reaches the member of a pack, and the recipient of that
+    member, that the previous release recorded with the number as written."""
+    first, second = _ids("first", "second")
+    pack_id = "pack-" + uuid.uuid4().hex
+    sent = {"status": MessageStatus.SENT, "attempts": 1, "pack_id": pack_id}
+    _as_written(first, "040 100 1111", "040 100 3333", **sent)
+    _as_written(second, "040 100 2222", **sent)
+    members = (
+        PackMember(first, ("040 100 1111", "040 100 3333")),
+        PackMember(second, ("040 100 2222",)),
+    )
+    PackStore.from_settings().save(Pack(pack_id, "k", members, created_at=utcnow()))
+    url = delivery_report_url(get_settings(), pack_id)
+    query = {**dict(parse_qsl(urlsplit(url).query)), "recipient": "+358401003333",
+             "status": "delivered"}  # fmt: skip
+
+    answer = call_http("DeliveryReport", "GET", route_params={"MessageId": pack_id}, params=query)
+
+    assert answer.status == 200, answer.body
+    assert answer.body["status"] == "recorded"
+    _, slots = MessageStore.from_settings().get_with_slots(first)
+    assert [str(s.status) for s in slots] == ["pending", "delivered"]
