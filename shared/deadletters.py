@@ -14,7 +14,8 @@ which keeps one row per queue message in ``SmartDialogDeadLetters``:
 - ``QueueMessageId`` and ``PopReceipt`` as ``send_message`` returned them. Nobody receives from a
   dead-letter queue but the operations actions, so that receipt still deletes the message when
   it is handled; when it no longer does (someone received the message), the message is found
-  by scanning the queue for its id;
+  by scanning the queue for its id (a row goes only with its message: one another scan holds
+  is left, both, for the next try);
 - while it is re-driven, ``RedriveClaimedUntil`` (:meth:`DeadLetterIndex.claim`, written only
   if the row is as the re-drive read it, so of two re-drives at once one goes on) and, once its
   copy is on its queue, ``RedrivenAt`` (so a re-drive whose removal of the letter failed is not
@@ -22,9 +23,10 @@ which keeps one row per queue message in ``SmartDialogDeadLetters``:
 
 The row is written *before* the queue message (and completed with its id after): a crash in
 between leaves a row whose text is the dead letter, never a dead letter the index lacks. Such a
-row (no ``QueueMessageId``) is matched to its queue message by text on purge and re-drive, if
-the message exists at all. Dead letters are sent with ``time_to_live=-1``: they stay until an
-operator handles them (the queue's default would drop them after 7 days).
+row (no ``QueueMessageId``) is matched to its queue message by text on purge and re-drive, and
+taken as never sent only when a scan saw every message of the queue. Dead letters are sent with
+``time_to_live=-1``: they stay until an operator handles them (the queue's default would drop
+them after 7 days).
 """
 
 from __future__ import annotations

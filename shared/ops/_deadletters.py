@@ -13,12 +13,14 @@ meanwhile is left alone and nothing is enqueued (``skipped``).
 
 An indexed letter is re-driven under a claim on its index row (:meth:`DeadLetterIndex.claim`):
 of two re-drives at once one enqueues it, the other answers ``in-progress``. Once its copy is
-enqueued the row says so (``RedrivenAt``), then the letter's queue message and row are deleted;
-a re-drive of a letter whose deletion failed only deletes it. docs/operations.md says what a
-second copy does on each queue when one still goes (a claim that ended before its re-drive
-recorded the copy; a poison message not yet kept whose deletion failed). A poison message not
-yet kept is re-driven or purged while this call holds it received (:meth:`PoisonQueues.scan`),
-so no other scan takes it meanwhile; one the scan does not get is a 409, never a success.
+enqueued the row says so (``RedrivenAt``), then the letter's queue message and row are deleted
+(the row only with its message: while another scan holds that, both stay, and a purge is a 409);
+a re-drive of a letter whose deletion failed or was put off only deletes it. docs/operations.md
+says what a second copy does on each queue when one still goes (a claim that ended before its
+re-drive recorded the copy; a poison message not yet kept whose deletion failed). A poison
+message not yet kept is re-driven or purged while this call holds it received
+(:meth:`PoisonQueues.scan`), so no other scan takes it meanwhile; one the scan does not get is a
+409, never a success.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ REDRIVE_CLAIM = dt.timedelta(minutes=5)
 #: A bulk re-drive looks at up to this many times its limit: the letters it leaves (kept, or
 #: their original gone: they stay first in the index) never hide the ones behind them.
 KEPT_PASSED_OVER = 5
+#: Why a letter's queue message could not be removed now.
+HELD = "another call or the PoisonKeeper timer holds its queue message"
 
 
 class DeadLetterDesk:
@@ -184,19 +188,12 @@ class DeadLetterDesk:
         ``force``: even a send that may have reached SmartDialog already (outcome-unknown).
         A 409 Problem when its stored original is gone or another call is re-driving it (a
         bulk re-drive reports and passes over such a letter)."""
-        handled = self._redrive_one(view, force=force)
-        _log_counts([handled])
-        titles = {HandledKind.ORIGINAL_GONE: "Original gone", HandledKind.IN_PROGRESS: "Busy"}
-        if handled.kind in titles:
-            detail = f"Dead letter {view.id}: {handled.detail}."
-            raise Problem(409, titles[handled.kind], detail, type=ProblemType.CONFLICT)
-        return handled
+        return _answer(view, self._redrive_one(view, force=force))
 
     def purge(self, view: DeadLetterView) -> Handled:
-        """Delete one dead letter for good."""
-        handled = self._purge_one(view)
-        _log_counts([handled])
-        return handled
+        """Delete one dead letter for good; a 409 Problem, nothing done, while another call or
+        PoisonKeeper holds its queue message."""
+        return _answer(view, self._purge_one(view))
 
     def redrive_matching(
         self, where: DeadLetterFilter, *, limit: int, force: bool = False
@@ -316,19 +313,21 @@ class DeadLetterDesk:
         Without ``release`` (its row could not say it was re-driven) the claim stays until it
         ends: only a purge removes it meanwhile; a re-drive after that sends it again."""
         try:
-            self._remove(view)
+            if self._remove(view):
+                return handled
+            why = f"its letter was not removed ({HELD})"
         except Exception:
             log.warning("dead letter %s %s but not removed", view.id, handled.kind, exc_info=True)
-            if view.entry is not None and release:
-                self._release(view.entry, now)
-            why = (
-                "its letter could not be removed: re-drive or purge it again to remove it"
-                if release
-                else f"its letter could not be removed nor marked re-driven: purge it (a "
-                f"re-drive after {REDRIVE_CLAIM.seconds // 60} minutes would send it again)"
-            )
-            return replace(handled, detail="; ".join(filter(None, (handled.detail, why))))
-        return handled
+            why = "its letter could not be removed"
+        if view.entry is not None and release:
+            self._release(view.entry, now)
+        why += (
+            ": re-drive or purge it again to remove it"
+            if release
+            else f" nor marked re-driven: purge it (a re-drive after "
+            f"{REDRIVE_CLAIM.seconds // 60} minutes would send it again)"
+        )
+        return replace(handled, detail="; ".join(filter(None, (handled.detail, why))))
 
     def _release(self, entry: DeadLetterEntry, now: dt.datetime) -> None:
         """End this call's claim on ``entry``; if that fails too, it ends by itself."""
@@ -340,7 +339,8 @@ class DeadLetterDesk:
     def _purge_one(self, view: DeadLetterView) -> Handled:
         if view.entry is None:
             return self._holding_poison(view, lambda held: Handled(held.id, HandledKind.PURGED))
-        self._remove(view)
+        if not self._remove(view):
+            return Handled(view.id, HandledKind.IN_PROGRESS, f"{HELD}: nothing done; try again")
         return Handled(view.id, HandledKind.PURGED)
 
     def _each_poison(
@@ -499,26 +499,26 @@ class DeadLetterDesk:
             )
         return None
 
-    def _remove(self, view: DeadLetterView) -> None:
-        queue = self._queue(view.queue)
+    def _remove(self, view: DeadLetterView) -> bool:
+        """Delete an indexed letter's queue message, then its row; False, both left, when this
+        call could not get the message (another scan holds it: a call handling a letter of its
+        queue, or PoisonKeeper). A delete with the row's pop receipt removes it, or proves it
+        gone (no such message); a receipt that no longer matches (received since) means it is
+        there, found by id. A row never linked to its message is matched by text, and gone
+        only when a scan saw every message of the queue."""
         entry = view.entry
         assert entry is not None  # a poison message not yet kept: _holding_poison
-        deleted = False
-        if entry.queue_message_id and entry.pop_receipt:
-            from azure.core.exceptions import HttpResponseError
-
-            try:
-                queue.delete_message(entry.queue_message_id, entry.pop_receipt)
-                deleted = True
-            except HttpResponseError:
-                deleted = False  # received since, or gone: find it by id below
-        if not deleted:
-            wanted = entry.queue_message_id
-            self.poison.scan(
-                view.queue,
-                lambda m: (m.id == wanted) if wanted else (str(m.content) == entry.text),
+        wanted = entry.queue_message_id
+        if not (wanted and entry.pop_receipt and self.poison.delete(
+            view.queue, wanted, entry.pop_receipt
+        )):  # fmt: skip
+            found = self.poison.take(
+                view.queue, lambda m: m.id == wanted if wanted else str(m.content) == entry.text
             )
+            if found is None:
+                return False
         self.index.remove(entry)
+        return True
 
 
 def _with_attempts_reset(text: str) -> str:
@@ -529,6 +529,17 @@ def _with_attempts_reset(text: str) -> str:
             value["attempts"] = 0
             return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return text
+
+
+def _answer(view: DeadLetterView, handled: Handled) -> Handled:
+    """What one re-drive or purge answers: ``handled``, or a 409 Problem for one that did
+    nothing now (another call holds it, its original is gone)."""
+    _log_counts([handled])
+    titles = {HandledKind.ORIGINAL_GONE: "Original gone", HandledKind.IN_PROGRESS: "Busy"}
+    if handled.kind in titles:
+        detail = f"Dead letter {view.id}: {handled.detail}."
+        raise Problem(409, titles[handled.kind], detail, type=ProblemType.CONFLICT)
+    return handled
 
 
 def _log_counts(done: Iterable[Handled]) -> None:

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.clock import as_utc
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
@@ -38,6 +38,7 @@ __all__ = [
     "POISON_SOURCES",
     "SCAN_LIMIT",
     "PoisonQueues",
+    "Scanned",
     "message_id_of",
     "never_expires",
     "poison_view",
@@ -61,6 +62,15 @@ SCAN_LIMIT = 5000
 SCAN_VISIBILITY_SECONDS = 60
 #: The most messages one peek shows (the service's limit).
 PEEK_LIMIT = 32
+
+
+class Scanned(NamedTuple):
+    """What a scan (:meth:`PoisonQueues.scan`) left: how many messages it made visible again,
+    and whether it received every message it could (it stopped for lack of more, not at a
+    limit or because it had enough)."""
+
+    shown: int
+    whole: bool
 
 
 def poison_view(queue: str, message: QueueMessage) -> DeadLetterView:
@@ -182,7 +192,7 @@ class PoisonQueues:
         take: Callable[[QueueMessage], Any],
         *,
         enough: Callable[[], bool] = lambda: False,
-    ) -> None:
+    ) -> Scanned:
         """Receive every message of a queue (up to :data:`SCAN_LIMIT`, each hidden meanwhile:
         no other scan gets it), a page of 32 at a time until ``enough``; delete those for which
         ``take`` is True, make the others visible again at once (also when ``take`` raises)."""
@@ -190,6 +200,7 @@ class PoisonQueues:
 
         queue = self._queue(queue_name)
         kept: list[QueueMessage] = []
+        received = 0
         try:
             pages = queue.receive_messages(
                 messages_per_page=32,
@@ -198,16 +209,64 @@ class PoisonQueues:
             ).by_page()
             for page in pages:
                 for message in page:  # the whole page: each of it was received (hidden)
+                    received += 1
                     kept.append(message)
                     if take(message) is True:
                         queue.delete_message(message)
                         kept.pop()
                 if enough():
-                    break
+                    return Scanned(len(kept), whole=False)
         except ResourceNotFoundError:
-            return
+            return Scanned(0, whole=True)
         finally:
             self._show_again(queue_name, queue, kept)
+        return Scanned(len(kept), whole=received < SCAN_LIMIT)
+
+    def take(self, queue_name: str, wanted: Callable[[QueueMessage], bool]) -> bool | None:
+        """Delete the first message of a queue that is ``wanted``, received by a scan that
+        stops there: True; False when it is provably not there (the scan received every
+        message, and the queue holds no other: none hidden by another scan); None when it may
+        be (another scan holds it)."""
+        found: list[QueueMessage] = []
+
+        def first(message: QueueMessage) -> bool:
+            if found or not wanted(message):
+                return False
+            found.append(message)
+            return True
+
+        scanned = self.scan(queue_name, first, enough=lambda: bool(found))
+        if found:
+            return True
+        return False if scanned.whole and self._nothing_but(queue_name, scanned.shown) else None
+
+    def delete(self, queue_name: str, message_id: str, pop_receipt: str) -> bool:
+        """Delete a message with the pop receipt of a receive of it: True when it is gone now
+        (deleted, or no such message: the service answers 404); False when the receipt no
+        longer matches (400: received since, so it is there)."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            self._queue(queue_name).delete_message(message_id, pop_receipt)
+        except ResourceNotFoundError:
+            return True
+        except HttpResponseError as exc:
+            if exc.status_code != 400:  # PopReceiptMismatch
+                raise
+            return False
+        return True
+
+    def _nothing_but(self, queue_name: str, shown: int) -> bool:
+        """Whether the queue holds no more than the ``shown`` messages a scan saw: its
+        approximate message count (hidden messages included) is never lower than the real
+        one, so none is held by another scan (or was added since)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            depth = self._queue(queue_name).get_queue_properties().approximate_message_count
+        except ResourceNotFoundError:
+            return True
+        return depth is not None and depth <= shown
 
     def _show_again(self, queue_name: str, queue: QueueClient, kept: list[QueueMessage]) -> None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -579,3 +579,88 @@ def test_a_re_drive_neither_marked_nor_removed_keeps_its_claim_and_says_to_purge
     assert purged.body["outcome"] == "purged", purged.body
     assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-both")]
     ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_a_letter_whose_message_another_scan_holds_is_not_purged_until_it_is_removed(
+    ops: Outbound,
+) -> None:
+    """Its pop receipt no longer matched and the purge's scan could not see the message (held
+    by another): the row was deleted anyway and the answer said purged, leaving the message on
+    its queue for good, listed nowhere."""
+    from shared.ops import keep_poison
+
+    poison = ensured_queue(poison_queue(DLR_FORWARD_QUEUE))
+    poison.send_message(forward("p-purge"))
+    assert keep_poison() == 1
+    letter_id = letter_of("p-purge")["id"]
+    [held] = list(poison.receive_messages(visibility_timeout=60))  # PoisonKeeper, say
+
+    one = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": letter_id})
+    bulk = call_http("PurgeDeadLetters", "POST", params={"queue": poison_queue(DLR_FORWARD_QUEUE)})
+    still = [i["id"] for i in listed()]
+    poison.update_message(held, content=held.content, visibility_timeout=0)  # it is done
+    purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": letter_id})
+
+    assert (one.status, one.body["type"]) == (409, ProblemType.CONFLICT), one.body
+    assert "PoisonKeeper" in one.body["detail"]
+    assert (bulk.body["purged"], bulk.body["inProgress"]) == (0, 1), bulk.body
+    assert still == [letter_id]
+    assert purged.body["outcome"] == "purged", purged.body
+    assert queue_texts(poison_queue(DLR_FORWARD_QUEUE)) == []
+    assert listed() == []
+
+
+def test_a_re_drive_of_a_letter_whose_message_another_scan_holds_sends_once_and_removes_later(
+    ops: Outbound,
+) -> None:
+    """The re-drive enqueued its copy, then deleted the row although the held message stayed:
+    answered redriven, the message was left on its queue for good, listed nowhere."""
+    from shared.ops import keep_poison
+
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    poison = ensured_queue(poison_queue(DLR_FORWARD_QUEUE))
+    poison.send_message(forward("p-redrive"))
+    assert keep_poison() == 1
+    letter_id = letter_of("p-redrive")["id"]
+    [held] = list(poison.receive_messages(visibility_timeout=60))  # PoisonKeeper, say
+
+    first = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    still = [i["id"] for i in listed()]
+    poison.update_message(held, content=held.content, visibility_timeout=0)  # it is done
+    second = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+
+    assert first.body["outcome"] == "redriven", first.body
+    assert "PoisonKeeper" in first.body["detail"]
+    assert still == [letter_id]
+    assert second.body["outcome"] == "redriven", second.body
+    assert "re-driven already" in second.body["detail"]
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("p-redrive")]  # once
+    assert queue_texts(poison_queue(DLR_FORWARD_QUEUE)) == []
+    assert listed() == []
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+
+
+def test_a_letter_never_linked_to_its_message_is_not_purged_while_another_scan_holds_it(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row without its queue message's id is matched by text: a scan that did not see the
+    message (held by another) deleted the row anyway, leaving the letter on its queue for good."""
+    monkeypatch.setattr(DeadLetterIndex, "link", lambda *a, **k: _raise(ConnectionError("blip")))
+    put_forward_letter(forward("m-unlinked"), "m-unlinked")
+    monkeypatch.undo()
+    letter_id = letter_of("m-unlinked")["id"]
+    dead = queue_client(DLR_FORWARD_DEAD_LETTER_QUEUE)
+    [held] = list(dead.receive_messages(visibility_timeout=60))  # another call's scan, say
+
+    busy = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": letter_id})
+    dead.update_message(held, content=held.content, visibility_timeout=0)
+    purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": letter_id})
+
+    assert busy.status == 409, busy.body
+    assert purged.body["outcome"] == "purged", purged.body
+    assert queue_texts(DLR_FORWARD_DEAD_LETTER_QUEUE) == []
+    assert listed() == []
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
