@@ -88,6 +88,8 @@ DEAD_LETTER_QUEUES: dict[str, str] = {
     DLR_FORWARD_DEAD_LETTER_QUEUE: DLR_FORWARD_QUEUE,
     CLOUD_EVENTS_DEAD_LETTER_QUEUE: CLOUD_EVENTS_QUEUE,
 }
+#: Index rows one refresh of pop receipts reads at most (:meth:`DeadLetterIndex.refresh_receipts`).
+REFRESH_ROWS = 5000
 #: The longest dead-letter id (queue name, separator, RowKey) there can be.
 ID_MAX_LENGTH = 400
 _CHUNK = 30_000
@@ -309,21 +311,29 @@ class DeadLetterIndex:
         )
 
     def refresh_receipts(self, queue: str, receipts: dict[str, str]) -> None:
-        """Store new pop receipts (queue message id -> receipt) of ``queue``'s messages."""
+        """Store new pop receipts (queue message id -> receipt) of ``queue``'s messages. Their
+        rows are looked for oldest first (a scan receives a queue's oldest messages), until all
+        are found or :data:`REFRESH_ROWS` were read: a receipt left stale still deletes its
+        message after a scan finds it by id."""
         from azure.data.tables import UpdateMode
 
         if not receipts:
             return
+        left = dict(receipts)
         rows = self._table.query_entities(
-            f"PartitionKey eq '{_odata(queue)}'", select=["RowKey", "QueueMessageId"]
+            f"PartitionKey eq '{_odata(queue)}'",
+            select=["RowKey", "QueueMessageId"],
+            results_per_page=min(1000, 2 * len(left) + 32),
         )
-        for row in rows:
-            receipt = receipts.get(str(row.get("QueueMessageId") or ""))
+        for _, row in zip(range(REFRESH_ROWS), rows, strict=False):
+            receipt = left.pop(str(row.get("QueueMessageId") or ""), None)
             if receipt:
                 self._table.update_entity(
                     {"PartitionKey": queue, "RowKey": row["RowKey"], "PopReceipt": receipt},
                     mode=UpdateMode.MERGE,
                 )
+            if not left:
+                return
 
     def claim(
         self, entry: DeadLetterEntry, *, now: dt.datetime, until: dt.datetime

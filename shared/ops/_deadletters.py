@@ -29,6 +29,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -48,6 +49,8 @@ from shared.ops._poison import (
     PEEK_LIMIT,
     POISON_QUEUES,
     POISON_SOURCES,
+    REQUEST_RECEIVE_LIMIT,
+    Budget,
     PoisonQueues,
     message_id_of,
     never_expires,
@@ -85,7 +88,10 @@ REDRIVE_CLAIM = dt.timedelta(minutes=5)
 #: their original gone: they stay first in the index) never hide the ones behind them.
 KEPT_PASSED_OVER = 5
 #: Why a letter's queue message could not be removed now.
-HELD = "another call or the PoisonKeeper timer holds its queue message"
+HELD = (
+    "another call or the PoisonKeeper timer holds its queue message (or it is further back in "
+    f"its queue than the {REQUEST_RECEIVE_LIMIT} messages one call looks at)"
+)
 
 
 class DeadLetterDesk:
@@ -171,15 +177,18 @@ class DeadLetterDesk:
 
     def target(self, letter_id: str) -> DeadLetterView | None:
         """What a re-drive or purge of ``letter_id`` acts on: an indexed letter, or a poison
-        message by id alone (wherever it is), which the action looks for while it holds the
-        queue's messages (409 if it does not get it)."""
+        message by id alone (a queue message's id is a GUID), which the action looks for among
+        the first :data:`REQUEST_RECEIVE_LIMIT` of its queue while it holds them (409 if it
+        does not get it)."""
         entry = self.index.get(letter_id)
         if entry is not None:
             return view_of_entry(entry)
         queue, _, message_id = letter_id.partition("~")  # the action receives it: no peek
-        if queue not in POISON_QUEUES or not message_id:
+        try:
+            uuid.UUID(message_id)
+        except ValueError:
             return None
-        return unseen_poison(queue, message_id, self._clock())
+        return unseen_poison(queue, message_id, self._clock()) if queue in POISON_QUEUES else None
 
     # --- acting --------------------------------------------------------------------------
 
@@ -188,12 +197,12 @@ class DeadLetterDesk:
         ``force``: even a send that may have reached SmartDialog already (outcome-unknown).
         A 409 Problem when its stored original is gone or another call is re-driving it (a
         bulk re-drive reports and passes over such a letter)."""
-        return _answer(view, self._redrive_one(view, force=force))
+        return _answer(view, self._redrive_one(view, force=force, budget=Budget()))
 
     def purge(self, view: DeadLetterView) -> Handled:
         """Delete one dead letter for good; a 409 Problem, nothing done, while another call or
         PoisonKeeper holds its queue message."""
-        return _answer(view, self._purge_one(view))
+        return _answer(view, self._purge_one(view, Budget()))
 
     def redrive_matching(
         self, where: DeadLetterFilter, *, limit: int, force: bool = False
@@ -209,8 +218,12 @@ class DeadLetterDesk:
     def _each(
         self, where: DeadLetterFilter, limit: int, *, redrive: bool, force: bool = False
     ) -> tuple[list[Handled], bool]:
+        """Up to ``limit`` letters handled, receiving at most one :class:`Budget` of messages
+        (poison messages not yet kept, letters whose pop receipt is stale); more left also when
+        a poison queue was not seen to its end."""
         done: list[Handled] = []
         cap = limit * KEPT_PASSED_OVER  # letters that stay come first: reach those behind them
+        budget, more = Budget(), False
 
         def full() -> bool:
             moved = sum(1 for h in done if not h.kind.stays)
@@ -220,27 +233,35 @@ class DeadLetterDesk:
             if full():
                 _log_counts(done)
                 return done, True
-            done += self._each_poison(queue, where, limit - len(done), redrive, force)
+            found, whole = self._each_poison(
+                queue, where, limit - len(done), redrive, force, budget
+            )
+            done, more = done + found, more or not whole
         for entry in self.index.matching(where, limit=cap + 1):
             if full():
                 _log_counts(done)
                 return done, True
             view = view_of_entry(entry)
-            done.append(self._redrive_one(view, force=force) if redrive else self._purge_one(view))
+            done.append(
+                self._redrive_one(view, force=force, budget=budget)
+                if redrive
+                else self._purge_one(view, budget)
+            )
         _log_counts(done)
-        return done, False
+        return done, more
 
-    def _redrive_one(self, view: DeadLetterView, *, force: bool) -> Handled:
+    def _redrive_one(self, view: DeadLetterView, *, force: bool, budget: Budget) -> Handled:
         if view.entry is None:
-            return self._holding_poison(view, lambda held: self._requeue(held, force=force))
-        return self._redrive_entry(view, force=force)
+            return self._holding_poison(view, lambda held: self._requeue(held, force=force), budget)
+        return self._redrive_entry(view, force=force, budget=budget)
 
     def _holding_poison(
-        self, view: DeadLetterView, act: Callable[[DeadLetterView], Handled]
+        self, view: DeadLetterView, act: Callable[[DeadLetterView], Handled], budget: Budget
     ) -> Handled:
         """``act`` on a poison message not yet kept while this call holds it (received, so no
         other scan takes it meanwhile), then delete it unless it stays. A 409 Problem, nothing
-        done, when the scan does not get it: another one holds it, or it is gone."""
+        done, when the scan does not get it: another one holds it, it is gone, or it is not
+        among the first messages of its queue that ``budget`` lets this call receive."""
         target = view.queue_message_id
         done: list[Handled] = []
 
@@ -250,16 +271,17 @@ class DeadLetterDesk:
             done.append(act(poison_view(view.queue, message)))
             return not done[-1].kind.stays
 
-        self.poison.scan(view.queue, take, enough=lambda: bool(done))
+        self.poison.scan(view.queue, take, enough=lambda: bool(done), budget=budget)
         if not done:
             raise Problem(409, "Busy", (
                 f"Poison message {view.id} was not there to take: another call or the "
-                "PoisonKeeper timer holds it, or it is gone. Nothing was done; list the dead "
-                "letters again."
+                "PoisonKeeper timer holds it, it is gone, or it is not among the first "
+                f"{REQUEST_RECEIVE_LIMIT} messages of its queue (one call looks no further; "
+                "PoisonKeeper indexes it). Nothing was done; list the dead letters again."
             ), type=ProblemType.CONFLICT)  # fmt: skip
         return done[0]
 
-    def _redrive_entry(self, view: DeadLetterView, *, force: bool) -> Handled:
+    def _redrive_entry(self, view: DeadLetterView, *, force: bool, budget: Budget) -> Handled:
         """Re-drive an indexed letter under a claim on its row: of two re-drives at once one
         sends it, the other answers in-progress; once its copy is on its queue the row says so,
         and a re-drive after a failed removal of the letter only removes it."""
@@ -267,7 +289,7 @@ class DeadLetterDesk:
         now = self._clock()
         claimed, entry = self.index.claim(view.entry, now=now, until=now + REDRIVE_CLAIM)
         if not claimed:
-            return self._not_claimed(view, entry, now)
+            return self._not_claimed(view, entry, now, budget)
         assert entry is not None
         view = replace(view, entry=entry)
         try:
@@ -285,10 +307,10 @@ class DeadLetterDesk:
             except Exception:  # its copy is out: removing the letter is what keeps it once
                 log.warning("dead letter %s: re-driven, not marked so", view.id, exc_info=True)
                 marked = False
-        return self._removed(view, handled, now, release=marked)
+        return self._removed(view, handled, now, budget, release=marked)
 
     def _not_claimed(
-        self, view: DeadLetterView, entry: DeadLetterEntry | None, now: dt.datetime
+        self, view: DeadLetterView, entry: DeadLetterEntry | None, now: dt.datetime, budget: Budget
     ) -> Handled:
         if entry is None:
             return Handled(view.id, HandledKind.IN_PROGRESS, "another call handled it meanwhile")
@@ -303,17 +325,23 @@ class DeadLetterDesk:
             f"re-driven already at {entry.redriven_at:%Y-%m-%d %H:%M:%S} UTC: not sent again, "
             "its letter removed now"
         ))  # fmt: skip
-        return self._removed(replace(view, entry=entry), done, now)
+        return self._removed(replace(view, entry=entry), done, now, budget)
 
     def _removed(
-        self, view: DeadLetterView, handled: Handled, now: dt.datetime, *, release: bool = True
+        self,
+        view: DeadLetterView,
+        handled: Handled,
+        now: dt.datetime,
+        budget: Budget,
+        *,
+        release: bool = True,
     ) -> Handled:
         """``handled`` once the letter is removed; if that fails, the letter stays, its claim
         ended, and ``handled`` says so: handling it again removes it (sends nothing again).
         Without ``release`` (its row could not say it was re-driven) the claim stays until it
         ends: only a purge removes it meanwhile; a re-drive after that sends it again."""
         try:
-            if self._remove(view):
+            if self._remove(view, budget):
                 return handled
             why = f"its letter was not removed ({HELD})"
         except Exception:
@@ -336,10 +364,12 @@ class DeadLetterDesk:
         except Exception:
             log.warning("dead letter %s: its re-drive claim stays until it ends", entry.id)
 
-    def _purge_one(self, view: DeadLetterView) -> Handled:
+    def _purge_one(self, view: DeadLetterView, budget: Budget) -> Handled:
         if view.entry is None:
-            return self._holding_poison(view, lambda held: Handled(held.id, HandledKind.PURGED))
-        if not self._remove(view):
+            return self._holding_poison(
+                view, lambda held: Handled(held.id, HandledKind.PURGED), budget
+            )
+        if not self._remove(view, budget):
             return Handled(view.id, HandledKind.IN_PROGRESS, f"{HELD}: nothing done; try again")
         return Handled(view.id, HandledKind.PURGED)
 
@@ -350,8 +380,10 @@ class DeadLetterDesk:
         limit: int,
         redrive: bool,
         force: bool,
-    ) -> list[Handled]:
-        """One scan of a poison queue: each matching message (up to ``limit``) is acted on."""
+        budget: Budget,
+    ) -> tuple[list[Handled], bool]:
+        """One scan of a poison queue: each matching message (up to ``limit``) is acted on;
+        (what happened, whether the scan saw the queue to its end)."""
         done: list[Handled] = []
 
         def handle(message: QueueMessage) -> bool:
@@ -366,8 +398,8 @@ class DeadLetterDesk:
             done.append(self._requeue(view, force=force))
             return not done[-1].kind.stays
 
-        self.poison.scan(queue, handle)
-        return done
+        scanned = self.poison.scan(queue, handle, enough=lambda: len(done) >= limit, budget=budget)
+        return done, scanned.whole
 
     def keep_poison(self) -> int:
         """Keep the host's poison messages until handled (:meth:`PoisonQueues.keep`)."""
@@ -499,7 +531,7 @@ class DeadLetterDesk:
             )
         return None
 
-    def _remove(self, view: DeadLetterView) -> bool:
+    def _remove(self, view: DeadLetterView, budget: Budget) -> bool:
         """Delete an indexed letter's queue message, then its row; False, both left, when this
         call could not get the message (another scan holds it: a call handling a letter of its
         queue, or PoisonKeeper). A delete with the row's pop receipt removes it, or proves it
@@ -513,7 +545,9 @@ class DeadLetterDesk:
             view.queue, wanted, entry.pop_receipt
         )):  # fmt: skip
             found = self.poison.take(
-                view.queue, lambda m: m.id == wanted if wanted else str(m.content) == entry.text
+                view.queue,
+                lambda m: m.id == wanted if wanted else str(m.content) == entry.text,
+                budget,
             )
             if found is None:
                 return False

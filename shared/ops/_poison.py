@@ -36,7 +36,9 @@ __all__ = [
     "PEEK_LIMIT",
     "POISON_QUEUES",
     "POISON_SOURCES",
+    "REQUEST_RECEIVE_LIMIT",
     "SCAN_LIMIT",
+    "Budget",
     "PoisonQueues",
     "Scanned",
     "message_id_of",
@@ -59,9 +61,19 @@ POISON_SOURCES: tuple[str, ...] = (
 POISON_QUEUES: tuple[str, ...] = tuple(poison_queue(q) for q in POISON_SOURCES)
 #: Messages a scan of a queue receives at most (each is hidden while it runs).
 SCAN_LIMIT = 5000
+#: Messages one request (an action, a page's button) receives at most, over all its scans.
+REQUEST_RECEIVE_LIMIT = 500
 SCAN_VISIBILITY_SECONDS = 60
 #: The most messages one peek shows (the service's limit).
 PEEK_LIMIT = 32
+
+
+class Budget:
+    """What one request may still receive, over every scan it makes
+    (:data:`REQUEST_RECEIVE_LIMIT`): a request's work is bounded whatever its queues hold."""
+
+    def __init__(self) -> None:
+        self.left = REQUEST_RECEIVE_LIMIT
 
 
 class Scanned(NamedTuple):
@@ -192,24 +204,31 @@ class PoisonQueues:
         take: Callable[[QueueMessage], Any],
         *,
         enough: Callable[[], bool] = lambda: False,
+        budget: Budget | None = None,
     ) -> Scanned:
-        """Receive every message of a queue (up to :data:`SCAN_LIMIT`, each hidden meanwhile:
-        no other scan gets it), a page of 32 at a time until ``enough``; delete those for which
-        ``take`` is True, make the others visible again at once (also when ``take`` raises)."""
+        """Receive every message of a queue (up to :data:`SCAN_LIMIT`, or what is ``budget``
+        left, each hidden meanwhile: no other scan gets it), a page of 32 at a time until
+        ``enough``; delete those for which ``take`` is True, make the others visible again at
+        once (also when ``take`` raises)."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        most = SCAN_LIMIT if budget is None else min(SCAN_LIMIT, budget.left)
+        if most <= 0:
+            return Scanned(0, whole=False)
         queue = self._queue(queue_name)
         kept: list[QueueMessage] = []
         received = 0
         try:
             pages = queue.receive_messages(
-                messages_per_page=32,
+                messages_per_page=min(32, most),
                 visibility_timeout=SCAN_VISIBILITY_SECONDS,
-                max_messages=SCAN_LIMIT,
+                max_messages=most,
             ).by_page()
             for page in pages:
                 for message in page:  # the whole page: each of it was received (hidden)
                     received += 1
+                    if budget is not None:
+                        budget.left -= 1
                     kept.append(message)
                     if take(message) is True:
                         queue.delete_message(message)
@@ -220,13 +239,15 @@ class PoisonQueues:
             return Scanned(0, whole=True)
         finally:
             self._show_again(queue_name, queue, kept)
-        return Scanned(len(kept), whole=received < SCAN_LIMIT)
+        return Scanned(len(kept), whole=received < most)
 
-    def take(self, queue_name: str, wanted: Callable[[QueueMessage], bool]) -> bool | None:
+    def take(
+        self, queue_name: str, wanted: Callable[[QueueMessage], bool], budget: Budget
+    ) -> bool | None:
         """Delete the first message of a queue that is ``wanted``, received by a scan that
         stops there: True; False when it is provably not there (the scan received every
         message, and the queue holds no other: none hidden by another scan); None when it may
-        be (another scan holds it)."""
+        be (another scan holds it, or it lies beyond what ``budget`` lets this call receive)."""
         found: list[QueueMessage] = []
 
         def first(message: QueueMessage) -> bool:
@@ -235,7 +256,7 @@ class PoisonQueues:
             found.append(message)
             return True
 
-        scanned = self.scan(queue_name, first, enough=lambda: bool(found))
+        scanned = self.scan(queue_name, first, enough=lambda: bool(found), budget=budget)
         if found:
             return True
         return False if scanned.whole and self._nothing_but(queue_name, scanned.shown) else None
@@ -277,6 +298,7 @@ class PoisonQueues:
                 updated = queue.update_message(
                     message, content=message.content, visibility_timeout=0
                 )
-                receipts[str(message.id)] = str(updated.pop_receipt)
+                if never_expires(message):  # a letter (or kept poison message): indexed
+                    receipts[str(message.id)] = str(updated.pop_receipt)
         # Our receive gave the messages new pop receipts: the index keeps them deletable.
         self._index.refresh_receipts(queue_name, receipts)

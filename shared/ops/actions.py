@@ -340,7 +340,8 @@ def _one(ctx: ActionContext, inp: OneInput, *, acting: bool = False) -> DeadLett
                 f"{queue} (handled already, held by a call handling it, or further back: only "
                 "those are looked at). The PoisonKeeper timer (every 6 hours) moves poison "
                 "messages into the indexed dead letters, found by id wherever they are; "
-                "RedriveDeadLetters and PurgeDeadLetters with this queue reach them all now."
+                "RedriveDeadLetters and PurgeDeadLetters with this queue reach them now (call "
+                "again while they answer more)."
             )
         raise Problem(404, "No such dead letter", detail, type=ProblemType.NOT_FOUND)
     return view
