@@ -210,7 +210,7 @@ class FailureInfo(BaseModel):
     code: str = Field(
         description=(
             "upstream-rejected | upstream-unavailable | rate-limited | attempts-exhausted | "
-            "expired | outcome-unknown | configuration | suppressed | malformed"
+            "expired | outcome-unknown | configuration | suppressed | malformed | poisoned"
         )
     )
     title: str

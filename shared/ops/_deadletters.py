@@ -107,6 +107,7 @@ class DeadLetterDesk:
         clock: Callable[[], dt.datetime] = utcnow,
         suppressions: SuppressionStore,
         payloads: PayloadStore | None = None,
+        settle_send: Callable[[str], bool | None] | None = None,
     ) -> None:
         self.index = index
         self._suppressions = suppressions
@@ -115,10 +116,11 @@ class DeadLetterDesk:
         self._queue = queue
         self.validity = validity
         self._clock = clock
-        self.poison = PoisonQueues(queue=queue, index=index)
+        self.poison = PoisonQueues(queue=queue, index=index, settle_send=settle_send)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeadLetterDesk:
+        sender = outbound.OutboundSender.from_settings  # its ports: built once per settings
         return cls(
             index=DeadLetterIndex.from_settings(settings),
             store=MessageStore.from_settings(settings),
@@ -126,6 +128,7 @@ class DeadLetterDesk:
             validity=dt.timedelta(seconds=settings.send_validity_seconds),
             suppressions=SuppressionStore.from_settings(settings),
             payloads=PayloadStore.from_settings(settings),
+            settle_send=lambda m: sender(settings).outcomes.settle_poisoned(m),
         )
 
     # --- reading -------------------------------------------------------------------------

@@ -12,11 +12,13 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.clock import as_utc
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
+from shared.messages import MESSAGE_ID_PATTERN
 from shared.names import (
     CLOUD_EVENTS_QUEUE,
     DLR_FORWARD_QUEUE,
@@ -136,9 +138,16 @@ def message_id_of(text: str) -> str | None:
 class PoisonQueues:
     """Peeks, scans and keeps the host's poison queues."""
 
-    def __init__(self, *, queue: Callable[[str], QueueClient], index: DeadLetterIndex) -> None:
+    def __init__(
+        self,
+        *,
+        queue: Callable[[str], QueueClient],
+        index: DeadLetterIndex,
+        settle_send: Callable[[str], bool | None] | None = None,
+    ) -> None:
         self._queue = queue
         self._index = index
+        self._settle_send = settle_send
 
     @staticmethod
     def covered(where: DeadLetterFilter) -> list[str]:
@@ -164,7 +173,9 @@ class PoisonQueues:
         ``poison`` and the dequeue count it reached (host.json's ``maxDequeueCount``: the
         host's poison copy starts again from 0), and the original deleted. Its index row is
         keyed by the original's id and time: an original whose deletion failed after it was
-        kept is only deleted by the next run, not kept twice. Returns how many were kept."""
+        kept is only deleted by the next run, not kept twice. A send command whose message is
+        not final is settled instead (:meth:`_settled`). Returns how many were kept or
+        settled."""
         from azure.core.exceptions import ResourceExistsError
 
         kept = 0
@@ -175,6 +186,12 @@ class PoisonQueues:
                 if never_expires(message):
                     return False
                 view = poison_view(queue, message)
+                settled = self._settled(queue, view)
+                if settled is None:
+                    return False  # the next run looks again
+                if settled:
+                    kept += 1
+                    return True  # its failure's dead letter holds it: the host's copy goes
                 try:
                     write_dead_letter(
                         self._queue(queue), view.text, queue_name=queue, index=self._index,
@@ -195,8 +212,24 @@ class PoisonQueues:
             except Exception:  # the next run keeps what this one left
                 log.exception("the poison messages of %s could not all be kept", queue)
         if kept:
-            log.info("poison messages kept until handled: %d", kept)
+            log.info("poison messages kept (or settled) until handled: %d", kept)
         return kept
+
+    def _settled(self, queue: str, view: DeadLetterView) -> bool | None:
+        """Whether a send command the host gave up on was settled instead of kept:
+        ``settle_send`` fails its message unless it is final (``poisoned``, with its event and
+        dead letter, which holds the command from then on): True; None, look again next run
+        (a worker's claim on it is live); False, keep it (no record, sent or cancelled, not a
+        send command, or settling failed: its record stays as it was)."""
+        named = view.message_id or ""
+        ours = re.fullmatch(MESSAGE_ID_PATTERN, named) and queue == poison_queue(OUTBOUND_QUEUE)
+        if self._settle_send is None or not ours:
+            return False
+        try:
+            return self._settle_send(named)
+        except Exception:
+            log.exception("poisoned send %s: its record could not be failed", named)
+            return False
 
     def scan(
         self,

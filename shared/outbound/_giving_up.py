@@ -19,6 +19,7 @@ __all__ = [
     "expired",
     "give_up",
     "may_have_been_sent",
+    "poisoned",
     "poisoned_command_doubt",
     "redrive_doubt",
     "refusal_failure",
@@ -124,6 +125,19 @@ def expired(
         upstreamStatus=status,
         attempts=record.attempts,
     )
+
+
+def poisoned(record: MessageRecord) -> FailureInfo:
+    """Why ``record`` fails when the Functions host gave up on its send command (every one of
+    ``maxDequeueCount`` deliveries raised: our own storage failing, or a damaged record) and
+    moved it to the poison queue: ``poisoned``, or ``outcome-unknown`` if an attempt may have
+    reached upstream (one recorded so, or one still ``sending``: its worker stopped mid-call)."""
+    title = "The Functions host gave up on its queued command (moved to the poison queue)"
+    detail = "Every delivery failed on our side (storage, or a damaged record); see the logs."
+    if record.maybe_sent or record.status is MessageStatus.SENDING:
+        return FailureInfo(code="outcome-unknown", title=f"{title}; it may have been sent",
+                           detail=may_have_been_sent(detail), attempts=record.attempts)  # fmt: skip
+    return FailureInfo(code="poisoned", title=title, detail=detail, attempts=record.attempts)
 
 
 def redrive_doubt(failed: MessageRecord) -> str | None:

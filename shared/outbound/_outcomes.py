@@ -31,6 +31,7 @@ from shared.outbound._attempt import Transient, answer_message_id
 from shared.outbound._giving_up import (
     expired,
     give_up,
+    poisoned,
     remember_interrupted,
     remember_maybe_sent,
 )
@@ -379,7 +380,8 @@ class Outcomes:
         return True
 
     def _emit(self, record: MessageRecord) -> None:
-        now = self.ports.now()
+        at = record.finished_at or self.ports.now()
+        event_id = f"{record.message_id}:{record.status}"
         if record.status is MessageStatus.SENT:
             result = record.result_json() or {}
             raw = result.get("Recipients") or result.get("recipients") or []
@@ -406,14 +408,11 @@ class Outcomes:
                 origin=command_origin(record.command),
             )
             # One event when it fits a queue message, else the recipients split across parts.
-            for part in events_in_parts(
-                MESSAGE_SENT,
-                sent,
-                items="recipients",
-                event_id=f"{record.message_id}:{record.status}",
-                subject=record.message_id,
-                time=record.finished_at or now,
-            ):
+            parts = events_in_parts(
+                MESSAGE_SENT, sent, items="recipients", event_id=event_id, subject=sent.messageId,
+                time=at,
+            )  # fmt: skip
+            for part in parts:
                 self.ports.events.send_message(part.to_json())
             return
         assert record.failure is not None
@@ -429,7 +428,7 @@ class Outcomes:
             messageId=record.message_id,
             connection=record.connection,
             queue=OUTBOUND_QUEUE,
-            deadLetteredAt=record.finished_at or now,
+            deadLetteredAt=at,
             original=record.command,
         )
         self.dead_letter(letter)
@@ -443,24 +442,11 @@ class Outcomes:
             error=failure,
             origin=command_origin(record.command),
         )
-        event = make_event(
-            MESSAGE_FAILED,
-            data,
-            event_id=f"{record.message_id}:{record.status}",
-            subject=record.message_id,
-            time=record.finished_at or now,
-        )
+        event = make_event(MESSAGE_FAILED, data, event_id=event_id, subject=data.messageId, time=at)
         self.ports.events.send_message(event.to_json())
         service = record.service_id or self.ports.policy.service_id
-        failed_at = record.finished_at or now
-        notify_send_failed(
-            record.message_id,
-            record.command,
-            service,
-            failure.model_dump(),
-            failed_at,
-            connection=record.connection,
-        )
+        notify_send_failed(record.message_id, record.command, service, failure.model_dump(), at,
+                           connection=record.connection)  # fmt: skip
 
     def requeue(
         self,
@@ -568,15 +554,10 @@ class Outcomes:
     def fail_unreadable(
         self, message_id: str, detail: str, errors: list[dict[str, Any]]
     ) -> SendOutcome | None:
-        """Fail the record of a message whose queued command cannot be read (code
-        ``malformed``), with its event; None if there is no such record, it is final, or
-        another worker holds its claim (that worker settles it)."""
+        """Fail the record of a message whose queued command cannot be read (code ``malformed``),
+        with its event; None if there is none, it is final, or a worker's claim on it is live."""
         record = self.ports.store.get(message_id)
-        if record is None or record.status.is_final:
-            return None
-        lease = record.lease_until
-        held = lease is not None and lease > self.ports.now()
-        if record.status is MessageStatus.SENDING and held:
+        if record is None or record.status.is_final or self._claimed(record):
             return None
         problems = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         failure = FailureInfo(
@@ -587,6 +568,26 @@ class Outcomes:
             errors=[FailureFieldError.model_validate(e) for e in errors] or None,
         )
         return self.fail(record, failure)
+
+    def settle_poisoned(self, message_id: str) -> bool | None:
+        """Fail a message whose command the host moved to the poison queue, so it does not stay
+        ``queued`` for ever (:func:`poisoned`, with its event and dead letter). True once failed
+        and announced; False with nothing to settle (no record, sent, cancelled); None while a
+        worker's claim on it is live or if it ended meanwhile (look again later)."""
+        record = self.ports.store.get(message_id)
+        if record is None or record.status in (MessageStatus.SENT, MessageStatus.CANCELLED):
+            return False
+        if record.status is MessageStatus.FAILED:
+            self.announce([record])  # a crash may have come between its failure and that
+            return True
+        if self._claimed(record):
+            return None
+        return True if self.fail(record, poisoned(record)).kind is OutcomeKind.FAILED else None
+
+    def _claimed(self, record: MessageRecord) -> bool:
+        """Whether a worker's claim on ``record`` is live (that worker settles it)."""
+        lease, now = record.lease_until, self.ports.now()
+        return record.status is MessageStatus.SENDING and lease is not None and lease > now
 
 
 def bounded(failure: FailureInfo) -> FailureInfo:

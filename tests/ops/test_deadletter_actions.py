@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.deadletters import DeadLetterIndex, write_dead_letter
-from shared.events import MESSAGE_REDRIVEN
+from shared.events import MESSAGE_FAILED, MESSAGE_REDRIVEN, MESSAGE_SENT
 from shared.messages import MessageStatus, MessageStore
 from shared.names import (
     INBOUND_DEAD_LETTER_QUEUE,
@@ -22,7 +22,7 @@ from shared.names import (
 from shared.ops import keep_poison
 from shared.storage import ensured_queue, queue_client
 from tests.ops.conftest import Outbound, index_written_dead_letters, letter
-from tests.outbound.conftest import DELIVERED, HttpAnswer, call_http, sms
+from tests.outbound.conftest import DELIVERED, HttpAnswer, call_http, sms, status_of
 
 EXPIRED = "2020-01-01T00:00:00Z"
 
@@ -414,6 +414,77 @@ def test_poison_messages_are_kept_for_good_indexed_with_their_dequeue_count(
     assert answer.body["outcome"] == "redriven"
     assert poison.peek_messages() == []
     assert list_letters().body["value"] == []
+
+
+def test_a_send_the_host_gave_up_on_fails_poisoned_and_is_re_driven_from_its_letter(
+    ops: Outbound,
+) -> None:
+    """About 50 s of Table errors made every delivery of a send command raise and the host
+    moved it to the poison queue: its record stayed queued, with no event and no dead-letter
+    reason, and its status URL answered 202 for ever."""
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+    location, message_id = accepted.headers["Location"], accepted.body["Id"]
+    sending = queue_client(OUTBOUND_QUEUE)
+    [command] = list(sending.receive_messages())
+    queue_client(poison_queue(OUTBOUND_QUEUE)).send_message(command.content)  # as the host does
+    sending.delete_message(command)
+
+    assert keep_poison() == 1
+    failed = status_of(location)
+    [item] = list_letters().body["value"]
+    answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    record = MessageStore.from_settings().get(message_id)
+    ops.drain()
+
+    assert (failed.status, failed.body["code"]) == (422, "poisoned"), failed.body
+    assert queue_texts(poison_queue(OUTBOUND_QUEUE)) == []  # its failure's letter holds it
+    assert (item["reason"], item["code"], item["messageId"]) == ("failed", "poisoned", message_id)
+    [event, redriven, sent] = ops.events()
+    assert (event["type"], event["data"]["error"]["code"]) == (MESSAGE_FAILED, "poisoned")
+    assert redriven["type"] == MESSAGE_REDRIVEN
+    assert answer.body["outcome"] == "redriven", answer.body
+    assert record is not None
+    assert record.status is MessageStatus.QUEUED
+    assert status_of(location).status == 200
+    assert sent["type"] == MESSAGE_SENT
+    assert len(ops.upstream()) == 1
+    assert keep_poison() == 0
+
+
+def test_a_poisoned_send_that_may_have_been_sent_fails_outcome_unknown_and_one_sent_is_kept(
+    ops: Outbound,
+) -> None:
+    """A send whose worker stopped mid-call (it may have reached SmartDialog) must not be
+    re-driven without force; one sent meanwhile stays a poison letter (its re-drive skips)."""
+    store = MessageStore.from_settings()
+    done = {"operation": "SendMessage", "messageId": "ops-sent", "body": sms(DELIVERED)}
+    ops.enqueue(done)
+    ops.drain()
+    message_id = call_http("SendMessage", "POST", body=sms(DELIVERED)).body["Id"]
+    sending = queue_client(OUTBOUND_QUEUE)
+    [command] = list(sending.receive_messages())
+    sending.delete_message(command)
+    record = store.get(message_id)
+    assert record is not None
+    long_ago = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # its worker's lease, run out
+    assert store.swap(record, status=MessageStatus.SENDING, attempts=1, lease_until=long_ago)
+    poison = queue_client(poison_queue(OUTBOUND_QUEUE))
+    for text in (command.content, json.dumps(done)):
+        poison.send_message(text)  # as the host does
+
+    assert keep_poison() == 2
+    listed = {i["messageId"]: i for i in list_letters().body["value"]}
+    kept = call_http(
+        "RedriveDeadLetter", "POST", route_params={"DeadLetterId": listed[message_id]["id"]}
+    )
+
+    assert (listed[message_id]["reason"], listed[message_id]["code"]) == (
+        "failed",
+        "outcome-unknown",
+    )
+    assert listed["ops-sent"]["reason"] == "poison"
+    assert kept.body["outcome"] == "kept", kept.body
+    assert len(ops.upstream()) == 1
 
 
 def test_a_letter_whose_own_dequeue_count_is_not_a_number_is_listed_and_shown(
