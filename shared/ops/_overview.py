@@ -6,8 +6,10 @@ Each figure is one or a few storage round trips, and none grows without bound wi
 - queues: each queue's approximate depth and its first visible message's age (two round trips
   per queue; a delayed message, e.g. a send waiting out its backoff, is not visible);
 - recent sends: the final states of the last hour from the message table, reading only
-  ``Status`` of records finished since then, at most :data:`SENDS_SCAN_LIMIT` rows (then the
-  counts are lower bounds and say so);
+  ``Status`` of records finished since then. ``FinishedAt`` is no key (the keys are message
+  ids, in no time order), so the service scans the table for them: at most
+  :data:`SENDS_PAGES` pages of :data:`SENDS_PAGE_ROWS` are read, and when the scan was not
+  done by then the counts are lower bounds and say so;
 - webhooks and subscriptions: up to :data:`REGISTRY_LIMIT` of each (never a callback URL: it
   carries a credential; only its host).
 """
@@ -31,8 +33,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Overview", "QueueFigures", "QuotaFigures", "SendFigures", "overview"]
 
-#: Message rows read at most for the recent-sends counts.
-SENDS_SCAN_LIMIT = 5000
+#: Pages (round trips, each the service's scan of part of the table) and the rows per page
+#: read at most for the recent-sends counts.
+SENDS_PAGES = 5
+SENDS_PAGE_ROWS = 1000
 SENDS_WINDOW = dt.timedelta(hours=1)
 REGISTRY_LIMIT = 200
 
@@ -138,7 +142,8 @@ def queue_figures(settings: Settings, name: str, now: dt.datetime) -> QueueFigur
 
 
 def send_figures(settings: Settings, now: dt.datetime) -> SendFigures:
-    """Messages finished (sent, failed, cancelled) in the last hour, by status."""
+    """Messages finished (sent, failed, cancelled) in the last hour, by status: those the
+    first :data:`SENDS_PAGES` pages of the table's scan found (``truncated``: it went on)."""
     from azure.core.exceptions import ResourceNotFoundError
 
     since = now - SENDS_WINDOW
@@ -146,19 +151,18 @@ def send_figures(settings: Settings, now: dt.datetime) -> SendFigures:
     assert stamp is not None
     where = f"FinishedAt ge datetime'{stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
     counts: Counter[str] = Counter()
-    read = 0
     try:
-        rows = table_client(MESSAGES_TABLE, settings).query_entities(
-            where, select=["Status"], results_per_page=1000
+        pages = (
+            table_client(MESSAGES_TABLE, settings)
+            .query_entities(where, select=["Status"], results_per_page=SENDS_PAGE_ROWS)
+            .by_page()
         )
-        for row in rows:
-            if read >= SENDS_SCAN_LIMIT:
-                return SendFigures(since, dict(counts), truncated=True)
-            read += 1
-            counts[str(row.get("Status") or "unknown")] += 1
+        for _, page in zip(range(SENDS_PAGES), pages, strict=False):
+            counts.update(str(row.get("Status") or "unknown") for row in page)
     except ResourceNotFoundError:
-        pass
-    return SendFigures(since, dict(counts), truncated=False)
+        return SendFigures(since, {}, truncated=False)
+    more = getattr(pages, "continuation_token", None) is not None
+    return SendFigures(since, dict(counts), truncated=more)
 
 
 def registrations(settings: Settings) -> list[Registration]:

@@ -293,3 +293,26 @@ def test_a_button_on_a_letter_another_call_is_redriving_says_so_on_the_page(
     assert f"{row_id}: not done:" in shown
     assert index.get(row_id) is not None  # the letter stays
     assert len(queue_client("smartdialog-outbound").peek_messages()) == 0  # nothing sent
+
+
+def test_the_recent_sends_read_a_bounded_part_of_the_message_table_and_say_so(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FinishedAt is no key: every GET /api/ops had the service scan the whole message table,
+    page after page, whatever it held (the cap counted only the rows it matched)."""
+    from shared.clock import utcnow
+    from shared.ops import _overview
+    from tests.outbound.conftest import DELIVERED, sms
+
+    for n in range(5):
+        ops.enqueue({"operation": "SendMessage", "messageId": f"fig-{n}", "body": sms(DELIVERED)})
+    ops.drain()
+    monkeypatch.setattr(_overview, "SENDS_PAGE_ROWS", 2, raising=False)
+    monkeypatch.setattr(_overview, "SENDS_PAGES", 2, raising=False)
+
+    figures = _overview.send_figures(get_settings(), utcnow())
+    html = get_page().get_body().decode()
+
+    assert figures.truncated
+    assert 0 < sum(figures.by_status.values()) <= 4
+    assert "&ge; " in html
