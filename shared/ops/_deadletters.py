@@ -29,7 +29,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import uuid
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -87,6 +87,8 @@ REDRIVE_CLAIM = dt.timedelta(minutes=5)
 #: A bulk re-drive looks at up to this many times its limit: the letters it leaves (kept, or
 #: their original gone: they stay first in the index) never hide the ones behind them.
 KEPT_PASSED_OVER = 5
+#: A queue message's id (``uuid.UUID`` would also take braces, blanks and underscores).
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: Why a letter's queue message could not be removed now.
 HELD = (
     "another call or the PoisonKeeper timer holds its queue message (or it is further back in "
@@ -187,11 +189,9 @@ class DeadLetterDesk:
         if entry is not None:
             return view_of_entry(entry)
         queue, _, message_id = letter_id.partition("~")  # the action receives it: no peek
-        try:
-            uuid.UUID(message_id)
-        except ValueError:
+        if queue not in POISON_QUEUES or not _GUID.fullmatch(message_id):
             return None
-        return unseen_poison(queue, message_id, self._clock()) if queue in POISON_QUEUES else None
+        return unseen_poison(queue, message_id, self._clock())
 
     # --- acting --------------------------------------------------------------------------
 

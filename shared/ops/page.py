@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode
 
 from shared.clock import utcnow
+from shared.deadletters import ID_MAX_LENGTH
+from shared.logs import loggable_text
 from shared.ops._access import (
     Principal,
     authorize,
@@ -146,8 +148,10 @@ def handle_page_action(
                 type=ProblemType.FORBIDDEN,
             )
         letter_id = form.get("id", "")
-        if not letter_id:
-            raise validation_problem([FieldError("id", "the dead letter's id is required")])
+        if not letter_id or len(letter_id) > ID_MAX_LENGTH:
+            why = f"at most {ID_MAX_LENGTH} characters (no dead letter's id is longer)"
+            required = "the dead letter's id is required"
+            raise validation_problem([FieldError("id", why if letter_id else required)])
         ops = desk(current)
         view = ops.target(letter_id)
         if view is None:
@@ -162,7 +166,7 @@ def handle_page_action(
                 if busy.status != 409:
                     raise
                 notice = f"{letter_id}: not done: {busy.detail or busy.title}"
-            log.info("ops page: %s by %s", notice, principal.id)
+            log.info("ops page: %s by %s", loggable_text(notice), loggable_text(principal.id))
         # Relative: the page is one segment up, whatever the host's route prefix.
         signed = {"done": notice, "sig": notice_token(current, principal, notice)}
         return PageResponse(303, b"", {"Location": "../ops?" + urlencode(signed)})

@@ -316,3 +316,41 @@ def test_the_recent_sends_read_a_bounded_part_of_the_message_table_and_say_so(
     assert figures.truncated
     assert 0 < sum(figures.by_status.values()) <= 4
     assert "&ge; " in html
+
+
+def test_a_button_with_an_id_longer_than_any_dead_letters_answers_400_naming_it(
+    ops: Outbound,
+) -> None:
+    """Any length was taken and sent back in the Location header's notice."""
+    long_id = f"{OUTBOUND_DEAD_LETTER_QUEUE}~{'a' * 500}"
+    answer = press("purge", {"csrf": form_token(get_settings(), LOCAL), "id": long_id})
+
+    assert answer.status_code == 400
+    assert "Location" not in answer.headers
+    [error] = json.loads(answer.get_body())["errors"]
+    assert error["field"] == "id"
+    assert "400 characters" in error["message"]
+
+
+def test_a_button_logs_no_line_break_an_id_or_a_user_carried(
+    in_azure: Outbound, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A poison id with a line break passed for a GUID (``uuid.UUID`` strips blanks), was
+    looked for, and its notice logged with the line break, as was the user's id: forged log
+    lines."""
+    one_letter()
+    user = {"X-MS-CLIENT-PRINCIPAL": principal("ada\nforged", groups=(GROUP,))}
+    page = get_page(user)
+    [row_id] = re.findall(r'data-id="([^"]+)"', page.get_body().decode())
+    caplog.set_level("INFO", logger="shared.ops")
+
+    forged = f"smartdialog-dlr-forward-poison~\n{'a' * 31}"
+    odd = press("redrive", {"csrf": csrf_of(page), "id": forged}, user)
+    purged = press("purge", {"csrf": csrf_of(page), "id": row_id}, user)
+
+    assert odd.status_code == 303
+    assert "already+handled" in odd.headers["Location"]
+    assert purged.status_code == 303
+    logged = [r.getMessage() for r in caplog.records if r.name == "shared.ops"]
+    assert any("by ada\\x0aforged" in line for line in logged), logged
+    assert all("\n" not in line for line in logged), logged
