@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
-from pydantic import TypeAdapter
+from pydantic import BeforeValidator, TypeAdapter
 
 from ._auth import auth_from_settings
 from ._base_client import BaseClient
@@ -15,6 +15,7 @@ from ._models import (
     DiscussionReplyResult,
     GroupContact,
     GroupContactUpdate,
+    ListAnswer,
     Message,
     MessageResult,
     NewGroupContact,
@@ -59,13 +60,15 @@ if TYPE_CHECKING:
 
 __all__ = ["SmartDialogClient"]
 
-_SERVICES = TypeAdapter(list[Service])
-_TEMPLATES = TypeAdapter(list[WhatsAppTemplate])
-_CATEGORIES = TypeAdapter(list[str])
-_IDENTITIES = TypeAdapter(list[WhatsAppIdentity])
-_REGIONS = TypeAdapter(list[PhoneNumberRegion])
-_BOOL = TypeAdapter(bool)
-_STR = TypeAdapter(str)
+_SERVICES = TypeAdapter(ListAnswer[Service])
+_TEMPLATES = TypeAdapter(ListAnswer[WhatsAppTemplate])
+_CATEGORIES = TypeAdapter(ListAnswer[str])
+_IDENTITIES = TypeAdapter(ListAnswer[WhatsAppIdentity])
+_REGIONS = TypeAdapter(ListAnswer[PhoneNumberRegion])
+# A 2xx with an empty body (or null) where a boolean or an id is documented: it succeeded (a
+# 502 would send the caller into a repeat that fails, the contact being gone or there already).
+_BOOL = TypeAdapter(Annotated[bool, BeforeValidator(lambda v: True if v is None else v)])
+_STR = TypeAdapter(Annotated[str, BeforeValidator(lambda v: "" if v is None else v)])
 
 
 def _bool_header(value: bool) -> str:
@@ -279,7 +282,8 @@ class SmartDialogClient(BaseClient):
     def create_group_contact(
         self, contact: NewGroupContact, *, customer: str, group_service: str
     ) -> str:
-        """CreateGroupContact: add a contact; returns its id (a UUID string).
+        """CreateGroupContact: add a contact; returns its id (a UUID string; ``""`` when the
+        answer is empty).
 
         Not retried after a failure that may have reached SmartDialog (no ``RequestId``).
         """
@@ -294,7 +298,8 @@ class SmartDialogClient(BaseClient):
     def update_group_contact(
         self, contact: GroupContactUpdate, *, customer: str, group_service: str, phone: str
     ) -> bool:
-        """UpdateGroupContact: change a contact's fields; returns SmartDialog's boolean answer."""
+        """UpdateGroupContact: change a contact's fields; returns SmartDialog's boolean answer
+        (an empty one is True)."""
         op = UPDATE_GROUP_CONTACT
         response = self._request(
             op,
@@ -304,7 +309,8 @@ class SmartDialogClient(BaseClient):
         return self._parse(op, response, _BOOL.validate_python)
 
     def delete_group_contact(self, *, customer: str, group_service: str, phone: str) -> bool:
-        """DeleteGroupContact: remove one contact; returns SmartDialog's boolean answer."""
+        """DeleteGroupContact: remove one contact; returns SmartDialog's boolean answer (an
+        empty one is True)."""
         op = DELETE_GROUP_CONTACT
         response = self._request(
             op, path_params={"Customer": customer, "Group Service": group_service, "Phone": phone}
@@ -312,7 +318,8 @@ class SmartDialogClient(BaseClient):
         return self._parse(op, response, _BOOL.validate_python)
 
     def delete_all_group_contacts(self, *, customer: str, group_service: str) -> bool:
-        """DeleteAllGroupContacts: empty a group service; returns SmartDialog's boolean answer."""
+        """DeleteAllGroupContacts: empty a group service; returns SmartDialog's boolean answer
+        (an empty one is True)."""
         op = DELETE_ALL_GROUP_CONTACTS
         response = self._request(
             op, path_params={"Customer": customer, "Group Service": group_service}

@@ -3,15 +3,16 @@
 Field names are the wire names, casing included: PascalCase on ``/messages``, camelCase on the
 WhatsApp template look-ups and group contacts. Request models refuse unknown fields (a typo fails
 here, not upstream) and drop unset fields when serialised; response models keep unknown fields
-and make every field optional, so a new upstream field never breaks a call.
+and make every field optional, so a new upstream field never breaks a call, and read a ``null``
+list as empty (:data:`ListAnswer`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "ContactProperty",
@@ -22,6 +23,7 @@ __all__ = [
     "GroupContactUpdate",
     "InboundAttachment",
     "InboundMessage",
+    "ListAnswer",
     "Message",
     "MessageResult",
     "NewGroupContact",
@@ -51,6 +53,15 @@ __all__ = [
 Gender = Literal["Male", "Female", "Other"]
 ButtonType = Literal["Call", "QuickReply", "Url"]
 PersonalizationValue = str | int | float | bool
+Item = TypeVar("Item")
+
+
+def _null_as_empty(value: object) -> object:
+    return [] if value is None else value
+
+
+#: A list in an answer: ``null`` reads as empty (the definition never promises a list is there).
+ListAnswer = Annotated[list[Item], BeforeValidator(_null_as_empty)]
 
 
 class RequestBody(BaseModel):
@@ -91,7 +102,7 @@ class CustomerUser(ResponseBody):
 class UserCustomers(ResponseBody):
     """GetUserCustomers: the customers the signed-in user may act for."""
 
-    customerUsers: list[CustomerUser] = Field(default_factory=list)
+    customerUsers: ListAnswer[CustomerUser] = Field(default_factory=list)
 
 
 class Service(ResponseBody):
@@ -149,7 +160,7 @@ class MessageResult(ResponseBody):
 
     MessageId: str | None = None
     MessagePartCount: int | None = None
-    Recipients: list[RecipientResult] = Field(default_factory=list)
+    Recipients: ListAnswer[RecipientResult] = Field(default_factory=list)
 
 
 class DiscussionReply(RequestBody):
@@ -238,7 +249,7 @@ class InboundMessage(ResponseBody):
     content: str | None = None
     timestamp: dt.datetime | None = None
     protocol: str | None = None
-    attachments: list[InboundAttachment] = Field(default_factory=list)
+    attachments: ListAnswer[InboundAttachment] = Field(default_factory=list)
     messageId: str | None = None
 
 
@@ -311,7 +322,7 @@ class TemplateMessageResult(ResponseBody):
 
     messageId: str | None = None
     messagePartCount: int | None = None
-    recipients: list[TemplateMessageRecipientResult] = Field(default_factory=list)
+    recipients: ListAnswer[TemplateMessageRecipientResult] = Field(default_factory=list)
 
 
 class WhatsAppInputSource(ResponseBody):
@@ -364,4 +375,4 @@ class GroupContact(ResponseBody):
     city: str | None = None
     countryCode: str | None = None
     failedMessages: int | None = None
-    customContactProperties: list[ContactProperty] = Field(default_factory=list)
+    customContactProperties: ListAnswer[ContactProperty] = Field(default_factory=list)

@@ -213,6 +213,38 @@ def run(
     return response.status, response.body, response.all_headers
 
 
+def test_an_empty_answer_to_a_delete_is_its_success_not_a_502(app: App) -> None:
+    """The contact was deleted: a 502 made the flow retry into a 404."""
+    response = handle(
+        "DeleteGroupContact",
+        ActionRequest("DELETE", route_params=CONTACT, headers={"Customer-Id": "1001"}),
+        settings=get_settings(),
+        client_factory=mock_client(lambda r: httpx.Response(200)),
+    )
+    assert (response.status, response.body) == (200, True)
+
+
+def test_null_lists_in_an_answer_read_as_empty(app: App) -> None:
+    contact = {"phone": "+358401234567", "customContactProperties": None}
+    response = handle(
+        "GetGroupContact",
+        ActionRequest("GET", route_params=CONTACT, headers={"Customer-Id": "1001"}),
+        settings=get_settings(),
+        client_factory=mock_client(lambda r: httpx.Response(200, json=contact)),
+    )
+    assert response.status == 200
+    assert response.body["customContactProperties"] == []
+    code, body, _ = run(
+        "GetCustomerWhatsappIdentities", mock_client(lambda r: httpx.Response(200, json=None))
+    )
+    assert (code, body) == (200, [])
+    no_customers = {"customerUsers": None}
+    code, body, _ = run(
+        "GetUserCustomers", mock_client(lambda r: httpx.Response(200, json=no_customers))
+    )
+    assert (code, body) == (200, {"customerUsers": []})
+
+
 @pytest.mark.parametrize("status", [500, 503])
 def test_upstream_5xx_is_502(app: App, status: int) -> None:
     code, body, _ = run(

@@ -20,6 +20,7 @@ from shared.smartdialog import (
     InternalServerError,
     Message,
     MessageResult,
+    NewGroupContact,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -178,6 +179,48 @@ def test_body_that_does_not_fit_is_a_validation_error(
     with pytest.raises(APIResponseValidationError) as caught:
         client.get_phone_number_regions()
     assert caught.value.body == {"not": "a list"}
+
+
+@pytest.mark.parametrize("content", [b"", b"null"], ids=["empty", "null"])
+def test_an_empty_or_null_answer_to_a_list_lookup_is_an_empty_list(
+    make_client: Callable[..., SmartDialogClient], content: bytes
+) -> None:
+    """The definition never promises a list is there: 502 for "none" made a dropdown fail."""
+    client = make_client(transport=answering(httpx.Response(200, content=content)))
+    assert client.get_customer_services(customer_id=CUSTOMER, service_type="Group") == []
+    assert client.get_whatsapp_template_categories() == []
+
+
+def test_null_lists_inside_an_answer_read_as_empty(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    contact = {"phone": "+358401234567", "customContactProperties": None}
+    client = make_client(transport=answering(httpx.Response(200, json=contact)))
+    read = client.get_group_contact(customer=CUSTOMER, group_service=GROUP, phone="+358401234567")
+    assert read.customContactProperties == []
+    client = make_client(transport=answering(httpx.Response(200, json={"customerUsers": None})))
+    assert client.get_user_customers().customerUsers == []
+
+
+@pytest.mark.parametrize("status", [200, 204])
+def test_an_empty_success_where_a_boolean_or_id_is_documented_is_success(
+    make_client: Callable[..., SmartDialogClient], status: int
+) -> None:
+    """The delete happened: a 502 sent the caller into a repeat that found nothing (404)."""
+    client = make_client(transport=answering(httpx.Response(status)))
+    where = {"customer": CUSTOMER, "group_service": GROUP}
+    assert client.delete_group_contact(**where, phone="+358401234567") is True
+    assert client.delete_all_group_contacts(**where) is True
+    assert client.create_group_contact(NewGroupContact(phone="+358401234567"), **where) == ""
+
+
+@pytest.mark.parametrize("answer", [{"deleted": True}, "maybe", [True]])
+def test_an_answer_of_the_wrong_shape_is_still_a_validation_error(
+    make_client: Callable[..., SmartDialogClient], answer: object
+) -> None:
+    client = make_client(transport=answering(httpx.Response(200, json=answer)))
+    with pytest.raises(APIResponseValidationError):
+        client.delete_all_group_contacts(customer=CUSTOMER, group_service=GROUP)
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,18 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.smartdialog import (
     GroupContact,
+    InboundMessage,
     Message,
     MessageResult,
     NewMessageResult,
     PipelineAction,
     Recipient,
     TemplateMessageResult,
+    UserCustomers,
     WebhookAction,
     WebhookOptions,
 )
@@ -58,6 +60,20 @@ def test_response_models_keep_unknown_fields() -> None:
 def test_response_models_accept_missing_fields() -> None:
     assert TemplateMessageResult.model_validate({}).recipients == []
     assert GroupContact.model_validate({"phone": "+358401234567", "gender": "Unknown"}).gender
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        (UserCustomers, "customerUsers"),
+        (MessageResult, "Recipients"),
+        (TemplateMessageResult, "recipients"),
+        (GroupContact, "customContactProperties"),
+        (InboundMessage, "attachments"),
+    ],
+)
+def test_a_null_list_in_an_answer_reads_as_empty(model: type[BaseModel], field: str) -> None:
+    assert getattr(model.model_validate({field: None}), field) == []
 
 
 def test_webhook_action_has_defaults_for_everything_but_the_endpoint() -> None:
