@@ -52,6 +52,7 @@ __all__ = [
     "connection_name",
     "connection_settings",
     "connections",
+    "credentials_refused",
     "is_default",
     "list_connections",
     "opt_out_keywords",
@@ -249,6 +250,19 @@ def connection_settings(name: str | None = None) -> Settings:
     if connection.errors or connection.settings is None:
         raise ConnectionNotConfigured(f"Connection {connection.name}", connection.errors)
     return connection.settings
+
+
+def credentials_refused(settings: Settings) -> Problem:
+    """The 503 of credentials SmartDialog or its identity provider refused, naming the setting
+    of ``settings``' connection that holds them."""
+    from shared.settings import SettingsInvalid, refused_credentials
+
+    connection = None if is_default(settings.connection) else _known(settings.connection)
+    if connection is None:
+        return SettingsInvalid([refused_credentials(settings)])
+    who = f"Connection {connection.name}"
+    error = refused_credentials(settings, f"{connection.setting_prefix}__", f"{who}: ")
+    return ConnectionNotConfigured(who, (error,))
 
 
 def opt_out_keywords(name: str | None, settings: Settings) -> tuple[frozenset[str], frozenset[str]]:

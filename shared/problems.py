@@ -52,7 +52,7 @@ class ProblemType(StrEnum):
     CONFLICT = "urn:smartdialog-functions:problem:conflict"
     RATE_LIMITED = "urn:smartdialog-functions:problem:rate-limited"
     TOO_LARGE = "urn:smartdialog-functions:problem:too-large"
-    UPSTREAM_CREDENTIALS = "urn:smartdialog-functions:problem:upstream-credentials"
+    UPSTREAM_FORBIDDEN = "urn:smartdialog-functions:problem:upstream-forbidden"
     UPSTREAM_UNAVAILABLE = "urn:smartdialog-functions:problem:upstream-unavailable"
     UPSTREAM_TIMEOUT = "urn:smartdialog-functions:problem:upstream-timeout"
     QUOTA_UNAVAILABLE = "urn:smartdialog-functions:problem:quota-unavailable"

@@ -404,6 +404,27 @@ def missing_credentials(
     )
 
 
+def refused_credentials(
+    settings: Settings, prefix: str = "SMARTDIALOG_", who: str = ""
+) -> FieldError:
+    """The error of credentials SmartDialog or its identity provider refused (a 401 after the
+    token was renewed), naming the setting that holds them (``prefix`` and ``who`` as in
+    :func:`missing_credentials`)."""
+    if settings.credentials == "access-token":
+        return FieldError(
+            f"{prefix}ACCESS_TOKEN",
+            f"{who}SmartDialog refused this token (expired or revoked): replace it; retrying "
+            "will not help until then.",
+        )
+    setting = "REFRESH_TOKEN" if settings.credentials == "refresh-token" else "CLIENT_SECRET"
+    return FieldError(
+        f"{prefix}{setting}",
+        f"{who}SmartDialog or its identity provider refused these credentials (expired, "
+        f"revoked, or not for SmartDialog: check {prefix}CLIENT_ID and {prefix}SCOPES too); "
+        "retrying will not help until they are fixed.",
+    )
+
+
 class SettingsInvalid(Problem):
     """Settings that do not validate, or another configuration error (``errors``: each
     setting and what is wrong, never its value): a 503 problem. ``/api/health`` answers it, the

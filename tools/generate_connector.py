@@ -74,10 +74,12 @@ BRAND_COLOR = "#1F6F5C"
 #: Error answers every action may give, all RFC 9457 problem documents.
 ERROR_RESPONSES: Mapping[int, str] = {
     400: "The request is not valid; errors lists every offending field.",
+    403: "SmartDialog refused the app's account this customer or operation.",
     404: "SmartDialog does not know the customer, service or item.",
     422: "SmartDialog rejected the request; detail has its message.",
     429: "Too many calls; retry after the Retry-After header's seconds.",
-    502: "SmartDialog failed, or refused the app's credentials.",
+    502: "SmartDialog failed.",
+    503: "SmartDialog is unavailable, or the app is not configured (detail says which).",
     504: "SmartDialog did not answer in time.",
 }
 #: Labels the certified SmartDialog connector shows in sentence case: kept as they are (not put in

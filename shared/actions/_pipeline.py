@@ -311,9 +311,19 @@ def routed_settings(
     the 400/503 problems of :func:`shared.connections.route`; nothing is parsed or done yet."""
     from shared.connections import CONNECTION_HEADER, connection_settings, is_default, route
 
-    header = request.header(CONNECTION_HEADER)
     customer: str | None = None
     field = "CustomerId"
+    marker = _customer_param(model)
+    if marker is not None and marker.location == "header":
+        value = request.header(marker.name)
+        if present(value):
+            customer, field = stripped(value), marker.name
+    name = route(request.header(CONNECTION_HEADER), customer, customer_field=field)
+    return settings if is_default(name) else connection_settings(name)
+
+
+def _customer_param(model: type[ActionInput]) -> Param | None:
+    """The parameter naming the customer (the one defaulting to ``SMARTDIALOG_CUSTOMER_ID``)."""
     for info in model.model_fields.values():
         marker = _marker(info)
         if (
@@ -321,30 +331,25 @@ def routed_settings(
             and marker.default
             and marker.default.attribute == "customer_id"
         ):
-            value = request.header(marker.name) if marker.location == "header" else None
-            if present(value):
-                customer, field = stripped(value), marker.name
-                break
-    name = route(header, customer, customer_field=field)
-    return settings if is_default(name) else connection_settings(name)
+            return marker
+    return None
 
 
 # --- error mapping -------------------------------------------------------------------------------
 
-_CREDENTIALS_HELP = (
-    "An administrator must check the app's SmartDialog credentials (SMARTDIALOG_CLIENT_ID and "
-    "SMARTDIALOG_CLIENT_SECRET, SMARTDIALOG_REFRESH_TOKEN or SMARTDIALOG_ACCESS_TOKEN); "
-    "retrying will not help until they are fixed."
-)
 
-
-def upstream_problem(exc: SmartDialogError) -> Problem:
+def upstream_problem(
+    exc: SmartDialogError, settings: Settings | None = None, *, customer_field: str | None = None
+) -> Problem:
     """The answer for a failed SmartDialog call (see ``docs/actions.md``, "Errors").
 
     A value that cannot be sent -> 400 naming it; 400 and any other 4xx not below -> 422 with
-    SmartDialog's message; 404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; 401/403
-    -> 502 explaining the credential problem (none at all: 503, :func:`_map_failure`); 5xx,
-    connection errors and unexpected bodies -> 502; timeouts and 408 -> 504.
+    SmartDialog's message; 403 -> 403 naming ``customer_field`` (the action's customer field,
+    if any); 404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; credentials refused (a 401
+    after the token was renewed) -> the 503 configuration problem naming the setting of
+    ``settings`` (default: the app's) that holds them; 503 -> 503, other 5xx, connection errors
+    and unexpected bodies -> 502, with SmartDialog's ``Retry-After`` when it gave one; timeouts
+    and 408 -> 504.
     """
     from shared import smartdialog as sd
 
@@ -361,46 +366,35 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
     if isinstance(exc, sd.ConflictError):
         return Problem(409, "Conflict", exc.message, type=ProblemType.CONFLICT)
     if isinstance(exc, sd.AuthenticationError | sd.CredentialsError):
-        return Problem(
-            502,
-            "SmartDialog did not accept the app's credentials",
-            "The SmartDialog credentials configured for this app are expired or revoked. "
-            + _CREDENTIALS_HELP,
-            type=ProblemType.UPSTREAM_CREDENTIALS,
-        )
+        from shared.connections import credentials_refused
+        from shared.settings import get_settings
+
+        return credentials_refused(settings or get_settings())
     if isinstance(exc, sd.PermissionDeniedError):
+        refused = "The app's SmartDialog account may not use this customer (or its service)"
         return Problem(
-            502,
-            "The app's SmartDialog account lacks a permission",
-            f"SmartDialog refused the call with 403 ({exc.message}). The account behind the "
-            "app's credentials may not use this customer, service or operation: choose another "
-            "customer or ask SmartDialog to grant access. " + _CREDENTIALS_HELP,
-            type=ProblemType.UPSTREAM_CREDENTIALS,
+            403,
+            "SmartDialog refused access",
+            f"SmartDialog answered 403 ({exc.message}): the app's SmartDialog account may not use "
+            "this customer, service or operation. Choose another, or ask SmartDialog to grant "
+            "access; repeating the request will not help.",
+            type=ProblemType.UPSTREAM_FORBIDDEN,
+            errors=[FieldError(customer_field, refused + ".")] if customer_field else (),
         )
-    if isinstance(exc, sd.APIStatusError) and exc.status_code == 408:  # upstream timed out
+    status = exc.status_code if isinstance(exc, sd.APIStatusError) else None
+    if status == 408 or isinstance(exc, sd.APITimeoutError):
+        said = "SmartDialog answered 408" if status else "The call to SmartDialog timed out"
         return Problem(
             504,
             "SmartDialog did not answer in time",
-            "SmartDialog answered 408 (request timeout); the change may or may not have taken "
-            "effect. Check before repeating a change.",
+            f"{said}; it may or may not have taken effect. Check before repeating a change.",
             type=ProblemType.UPSTREAM_TIMEOUT,
         )
     if isinstance(exc, sd.APIStatusError) and 400 <= exc.status_code < 500:
         # 400 or any other refusal (410, 413, 415, 422, ...): repeating it will not help.
-        return Problem(
-            422,
-            "SmartDialog rejected the request",
-            exc.message,
-            type=ProblemType.UPSTREAM_REJECTED,
-        )
-    if isinstance(exc, sd.APITimeoutError):
-        return Problem(
-            504,
-            "SmartDialog did not answer in time",
-            "The call to SmartDialog timed out; it may or may not have taken effect. Check "
-            "before repeating a change.",
-            type=ProblemType.UPSTREAM_TIMEOUT,
-        )
+        rejected = "SmartDialog rejected the request"
+        return Problem(422, rejected, exc.message, type=ProblemType.UPSTREAM_REJECTED)
+    advice = None
     if isinstance(exc, sd.IdentityProviderError):
         detail = "No token: the identity provider (SMARTDIALOG_AUTHORITY) failed; try again later."
     elif isinstance(exc, sd.APIConnectionError) and not exc.certainly_not_sent:
@@ -410,13 +404,21 @@ def upstream_problem(exc: SmartDialogError) -> Problem:
         )
     elif isinstance(exc, sd.APIConnectionError):
         detail = "SmartDialog could not be reached; try again later."
-    elif isinstance(exc, sd.APIStatusError):
-        detail = f"SmartDialog failed with status {exc.status_code}; try again later."
+    elif isinstance(exc, sd.APIStatusError):  # 5xx, or a status not 2xx/4xx (3xx)
+        advice = None if exc.retry_after is None else retry_after_header(exc.retry_after)
+        later = "after Retry-After seconds" if advice else "later"
+        detail = f"SmartDialog failed with status {status}; try again {later}."
     elif isinstance(exc, sd.APIResponseValidationError):
         detail = "SmartDialog answered with a body of an unexpected shape."
     else:
         detail = "The call to SmartDialog failed."
-    return Problem(502, "SmartDialog failed", detail, type=ProblemType.UPSTREAM_UNAVAILABLE)
+    return Problem(  # 503: SmartDialog is unavailable for a while, as it says
+        503 if status == 503 else 502,
+        "SmartDialog failed",
+        detail,
+        type=ProblemType.UPSTREAM_UNAVAILABLE,
+        headers=advice,
+    )
 
 
 def _quota_problem(exc: Exception, settings: Settings) -> Problem | None:
@@ -507,7 +509,7 @@ def _run_action(
             outcome = "invalid fields: " + loggable_text(_redact(fields))
         response = ActionResponse.problem(_with_instance(problem, tracking_id))
     except Exception as exc:
-        mapped, outcome = _map_failure(exc, settings, spec.operation_id, extra)
+        mapped, outcome = _map_failure(exc, settings, spec, extra)
         response = ActionResponse.problem(_with_instance(mapped, tracking_id))
     duration_ms = round((time.perf_counter() - started) * 1000)
     extra.update(status=response.status, durationMs=duration_ms)
@@ -536,7 +538,7 @@ def _check_size(request: ActionRequest, limit: int) -> None:
 
 
 def _map_failure(
-    exc: Exception, settings: Settings | None, operation_id: str, extra: dict[str, Any]
+    exc: Exception, settings: Settings | None, spec: ActionSpec[Any], extra: dict[str, Any]
 ) -> tuple[Problem, str]:
     from shared.settings import SettingsInvalid, missing_credentials
     from shared.smartdialog import APIStatusError, CredentialsError, SmartDialogError
@@ -549,12 +551,14 @@ def _map_failure(
         if missing is not None:  # none set: /api/health's 503, not "refused" (502)
             return SettingsInvalid([missing]), "not configured: no SmartDialog credentials"
     if isinstance(exc, SmartDialogError):
-        status = exc.status_code if isinstance(exc, APIStatusError) else None
-        extra["upstreamStatus"] = status
-        return upstream_problem(exc), f"upstream {type(exc).__name__}: {_redact(str(exc))}"
+        extra["upstreamStatus"] = exc.status_code if isinstance(exc, APIStatusError) else None
+        customer = _customer_param(spec.input)
+        field = customer.name if customer else None
+        problem = upstream_problem(exc, settings, customer_field=field)
+        return problem, f"upstream {type(exc).__name__}: {_redact(str(exc))}"
     log.error(
         "%s failed unexpectedly: %s",
-        operation_id,
+        spec.operation_id,
         _redact("".join(traceback.format_exception(exc)).rstrip()),
         extra=dict(extra),
     )
@@ -573,12 +577,7 @@ def unknown_action_response(operation_id: str, request: ActionRequest) -> Action
         operation_id,
         extra={"operationId": operation_id, "trackingId": tracking_id, "status": 404},
     )
-    problem = Problem(
-        404,
-        "Not found",
-        "This app has no such action.",
-        type=ProblemType.NOT_FOUND,
-    )
+    problem = Problem(404, "Not found", "This app has no such action.", type=ProblemType.NOT_FOUND)
     return ActionResponse.problem(_with_instance(problem, tracking_id))
 
 

@@ -6,7 +6,8 @@ call through :meth:`Upstream.attempt` and gets one typed :data:`AttemptResult` b
 - :class:`Sent`: upstream took it (2xx), or answered 409 because an earlier attempt with the
   same ``RequestId`` did (``duplicate``, with the original answer);
 - :class:`Transient`: worth retrying later (429, 408, 5xx, connection errors, a quota refusal
-  of the client's token-refresh re-try, missing credentials), with upstream's advice;
+  of the client's token-refresh re-try, missing credentials), with upstream's advice (a 429's
+  or a 5xx's ``Retry-After``);
 - :class:`Refused`: upstream refused the whole call (any other 4xx): nothing was sent. It may
   name the recipient at fault.
 
@@ -353,7 +354,9 @@ def classify(exc: Exception) -> AttemptResult:
         )
     if isinstance(exc, InternalServerError):
         title = f"SmartDialog answered {exc.status_code}"
-        return Transient("upstream-unavailable", title, exc.message, None, exc.status_code)
+        return Transient(
+            "upstream-unavailable", title, exc.message, exc.retry_after, exc.status_code
+        )
     if isinstance(exc, APIStatusError):
         if exc.status_code == 408:
             return Transient(

@@ -349,11 +349,11 @@ class BaseClient:
             "operation_id": op.operation_id,
             "method": op.method,
             "path": path,
+            "retry_after": parse_retry_after(response.headers, now=self._clock),
         }
         message = error_message(response, body)
         if status == 429:
-            retry_after = parse_retry_after(response.headers, now=self._clock)
-            return RateLimitError(message, retry_after=retry_after, **common)
+            return RateLimitError(message, **common)
         if status == 409 and request_id is not None:
             return DuplicateRequestError(
                 message,

@@ -150,8 +150,10 @@ class APIStatusError(APIError):
     """SmartDialog answered with a 4xx or 5xx status.
 
     ``message`` is the upstream ``errorMessage`` when the body has one; ``body`` is the decoded
-    JSON body (or the raw text, or None when empty); ``headers`` are the response headers.
-    ``str(error)`` masks phone numbers quoted in the message; ``message`` and ``body`` do not.
+    JSON body (or the raw text, or None when empty); ``headers`` are the response headers;
+    ``retry_after`` is the wait they advise in seconds (``Retry-After``, ``retry-after-ms``;
+    uncapped), if any. ``str(error)`` masks phone numbers quoted in the message; ``message`` and
+    ``body`` do not.
     """
 
     status_code: int
@@ -166,11 +168,13 @@ class APIStatusError(APIError):
         operation_id: str,
         method: str,
         path: str,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, operation_id=operation_id, method=method, path=path)
         self.status_code = status_code
         self.body = body
         self.headers = headers
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         # Upstream messages may quote a recipient; str() is what ends up in logs.
@@ -207,27 +211,9 @@ class DuplicateRequestError(ConflictError):
     """
 
     def __init__(
-        self,
-        message: str,
-        *,
-        request_id: str | None,
-        original: Any,
-        status_code: int,
-        body: object,
-        headers: httpx.Headers,
-        operation_id: str,
-        method: str,
-        path: str,
+        self, message: str, *, request_id: str | None, original: Any, **status: Any
     ) -> None:
-        super().__init__(
-            message,
-            status_code=status_code,
-            body=body,
-            headers=headers,
-            operation_id=operation_id,
-            method=method,
-            path=path,
-        )
+        super().__init__(message, **status)
         self.request_id = request_id
         self.original = original
 
@@ -235,32 +221,10 @@ class DuplicateRequestError(ConflictError):
 class RateLimitError(APIStatusError):
     """429: over SmartDialog's quota. ``retry_after`` is the advised wait in seconds, if given."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None,
-        status_code: int,
-        body: object,
-        headers: httpx.Headers,
-        operation_id: str,
-        method: str,
-        path: str,
-    ) -> None:
-        super().__init__(
-            message,
-            status_code=status_code,
-            body=body,
-            headers=headers,
-            operation_id=operation_id,
-            method=method,
-            path=path,
-        )
-        self.retry_after = retry_after
-
 
 class InternalServerError(APIStatusError):
-    """5xx: SmartDialog failed; for sends, whether the message went out is unknown."""
+    """5xx: SmartDialog failed; for sends, whether the message went out is unknown.
+    ``retry_after``: how long SmartDialog asked to wait (a 503's ``Retry-After``), if it did."""
 
 
 _BY_STATUS: Mapping[int, type[APIStatusError]] = {

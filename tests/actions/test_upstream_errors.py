@@ -36,26 +36,58 @@ def test_unknown_contact_is_404(app: App) -> None:
     assert "not found" in reply.body["detail"]
 
 
-def test_forbidden_customer_is_502_explaining_the_credential_problem(app: App) -> None:
+def test_forbidden_customer_is_a_403_naming_the_customer_not_a_retried_502(app: App) -> None:
+    """A 502 made Power Automate repeat a refusal that will not change."""
     reply = call(
         "GetCustomerWhatsappIdentities", method="GET", headers={"Customer-Id": "forbidden"}
     )
-    assert reply.status == 502
-    assert reply.body["type"] == problem_type("upstream-credentials")
+    assert reply.status == 403
+    assert reply.body["type"] == problem_type("upstream-forbidden")
+    assert reply.fields == ["Customer-Id"]
     assert "403" in reply.body["detail"]
-    assert "SMARTDIALOG_CLIENT_ID" in reply.body["detail"]
 
 
-def test_refused_token_is_502_and_the_token_appears_nowhere(
+def test_refused_token_is_the_503_configuration_problem_naming_it_and_appears_nowhere(
     app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Our configuration, as /api/health says it: not a 502 blaming SmartDialog."""
     wire(monkeypatch, app.sandbox, SMARTDIALOG_ACCESS_TOKEN="not-the-sandbox-token-7f3a")
     with caplog.at_level(logging.DEBUG):
         reply = call("GetUserCustomers", method="GET")
-    assert reply.status == 502
-    assert reply.body["type"] == problem_type("upstream-credentials")
+    assert reply.status == 503
+    assert reply.body["type"] == problem_type("configuration")
+    assert reply.fields == ["SMARTDIALOG_ACCESS_TOKEN"]
+    assert [r["status"] for r in app.upstream()] == [401, 401]  # renewed once, then refused
     assert "not-the-sandbox-token-7f3a" not in reply.raw.decode()
     assert "not-the-sandbox-token-7f3a" not in caplog.text
+
+
+def test_a_secret_the_identity_provider_refuses_is_the_503_naming_it(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire(
+        monkeypatch,
+        app.sandbox,
+        SMARTDIALOG_ACCESS_TOKEN="",
+        SMARTDIALOG_CLIENT_ID="sandbox-client",
+        SMARTDIALOG_CLIENT_SECRET="not-the-secret",
+        SMARTDIALOG_AUTHORITY=app.sandbox.authority,
+    )
+    reply = call("GetPhoneNumberRegions", method="GET")
+    assert reply.status == 503, reply.body
+    assert reply.fields == ["SMARTDIALOG_CLIENT_SECRET"]
+    assert [r for r in app.upstream() if r.get("operationId")] == []  # no API call
+
+
+def test_a_named_connections_refused_token_names_its_own_setting(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = "SMARTDIALOG_CONNECTIONS__OTHER__"
+    monkeypatch.setenv(prefix + "ACCESS_TOKEN", "not-the-sandbox-token")
+    monkeypatch.setenv(prefix + "CUSTOMERS", "2002")
+    reply = call("GetCustomerWhatsappIdentities", method="GET", headers={"Customer-Id": "2002"})
+    assert reply.status == 503, reply.body
+    assert reply.fields == [prefix + "ACCESS_TOKEN"]
 
 
 @pytest.mark.parametrize(
@@ -202,11 +234,15 @@ def mock_client(
 
 
 def run(
-    operation_id: str, factory: Callable[..., SmartDialogClient]
+    operation_id: str,
+    factory: Callable[..., SmartDialogClient],
+    *,
+    method: str = "GET",
+    route: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, object], dict[str, str]]:
     response = handle(
         operation_id,
-        ActionRequest("GET", headers={"Customer-Id": "1001"}),
+        ActionRequest(method, route_params=route or {}, headers={"Customer-Id": "1001"}),
         settings=get_settings(),
         client_factory=factory,
     )
@@ -245,15 +281,30 @@ def test_null_lists_in_an_answer_read_as_empty(app: App) -> None:
     assert (code, body) == (200, {"customerUsers": []})
 
 
-@pytest.mark.parametrize("status", [500, 503])
-def test_upstream_5xx_is_502(app: App, status: int) -> None:
-    code, body, _ = run(
+@pytest.mark.parametrize(("status", "answer"), [(500, 502), (502, 502), (503, 503), (504, 502)])
+def test_upstream_5xx_is_502_or_its_503(app: App, status: int, answer: int) -> None:
+    code, body, headers = run(
         "GetUserCustomers",
         mock_client(lambda r: httpx.Response(status, json={"errorMessage": "boom"})),
     )
-    assert code == 502
+    assert code == answer
     assert body["type"] == problem_type("upstream-unavailable")
     assert str(status) in str(body["detail"])
+    assert "Retry-After" not in headers  # no advice given: the caller's own policy decides
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_upstream_retry_after_on_a_5xx_is_passed_on(app: App, status: int) -> None:
+    """SmartDialog said when to come back: the caller waits as told, not at its own pace."""
+    advice = {"Retry-After": "30"}
+    code, body, headers = run(
+        "DeleteAllGroupContacts",
+        mock_client(lambda r: httpx.Response(status, headers=advice)),
+        method="DELETE",
+        route={"GroupService": GROUP},
+    )
+    assert (code, headers["Retry-After"]) == (status, "30")
+    assert "Retry-After" in str(body["detail"])
 
 
 def test_upstream_timeout_is_504(app: App) -> None:

@@ -234,6 +234,7 @@ def test_an_answer_of_the_wrong_shape_is_still_a_validation_error(
         (429, RateLimitError, {"Retry-After": "7"}),
         (500, InternalServerError, {}),
         (503, InternalServerError, {}),
+        (503, InternalServerError, {"Retry-After": "30"}),
     ],
 )
 def test_each_status_reaches_a_caller_catching_smartdialog_error_as_its_class(
@@ -257,8 +258,7 @@ def test_each_status_reaches_a_caller_catching_smartdialog_error_as_its_class(
     assert error.body == {"errorMessage": f"said {status}"}
     assert (error.operation_id, error.method) == ("DeleteGroupContact", "DELETE")
     assert error.path == "/groupcontact/1001/s-1001-group/***4567"
-    if isinstance(error, RateLimitError):
-        assert error.retry_after == 7.0
+    assert error.retry_after == (float(headers["Retry-After"]) if headers else None)
 
 
 def test_unreachable_server_reaches_a_caller_catching_smartdialog_error(

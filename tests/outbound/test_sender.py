@@ -208,6 +208,32 @@ def test_429_honours_retry_after_and_is_dead_lettered_when_it_persists(
     assert len(outbound.dead_letters()) == 1
 
 
+def test_a_5xx_retry_after_is_kept_as_upstreams_advice_for_the_retry() -> None:
+    """A 503 saying Retry-After: 30 was retried at the sender's own (shorter) backoff."""
+    import httpx
+
+    from shared.outbound._attempt import Transient, classify
+    from shared.smartdialog import (
+        InternalServerError,
+        Message,
+        Recipient,
+        SmartDialogClient,
+        StaticTokenAuth,
+    )
+
+    answer = httpx.Response(503, headers={"Retry-After": "30"})
+    http = httpx.Client(transport=httpx.MockTransport(lambda request: answer))
+    client = SmartDialogClient(
+        "https://smartdialog.invalid/v1", StaticTokenAuth("t"), http_client=http, max_retries=0
+    )
+    message = Message(Sender="Acme", Content="Hi", Recipients=[Recipient(Address=DELIVERED)])
+    with pytest.raises(InternalServerError) as caught:
+        client.send_message(message, customer_id=CUSTOMER, service_id=SERVICE)
+    result = classify(caught.value)
+    assert isinstance(result, Transient)
+    assert (result.upstream_status, result.advised) == (503, 30.0)
+
+
 def throttled_once(outbound: Outbound, message: dict[str, object], *, retry_after: int) -> None:
     """Queue ``message`` and run the sender once while SmartDialog answers every call 429 with
     ``Retry-After: retry_after``."""
