@@ -50,18 +50,24 @@ class Operation:
     path: str
     replayable: bool
     sends: bool = False  # its body carries RequestId
+    #: Values (any case) of its path parameter that would make the path another operation's,
+    #: each with that operation: ``(value, operation_id)``.
+    taken: tuple[tuple[str, str], ...] = ()
 
     def expand(self, params: Mapping[str, str]) -> str:
         """This path, each ``{name}`` replaced by its percent-encoded value (``+`` is ``%2B``).
 
         Raises :class:`InvalidParameterError` for a value that is empty, ``.`` or ``..``
         (percent-encoding leaves dots alone, so the URL would climb out of the operation's
-        path), has control characters or is not valid Unicode.
+        path), has control characters or is not valid Unicode, or is :attr:`taken`.
         """
         path = self.path
         for name, value in params.items():
             text = str(value)
             reason = segment_problem(text)
+            for taken, other in self.taken:
+                if text.strip().lower() == taken:
+                    reason = f"must not be {taken}: the path would be {other}'s"
             if reason is not None:
                 raise InvalidParameterError(
                     operation_id=self.operation_id, parameter=name, location="path", reason=reason
@@ -96,8 +102,16 @@ def header_problem(text: str) -> str | None:
     return text_problem(text)
 
 
-def _op(operation_id: str, method: str, path: str, *, sends: bool = False) -> Operation:
-    return Operation(operation_id, method, path, replayable=method != "POST" or sends, sends=sends)
+def _op(
+    operation_id: str,
+    method: str,
+    path: str,
+    *,
+    sends: bool = False,
+    taken: tuple[str, str] | None = None,
+) -> Operation:
+    replayable = method != "POST" or sends
+    return Operation(operation_id, method, path, replayable, sends, (taken,) if taken else ())
 
 
 GET_USER_CUSTOMERS = _op("GetUserCustomers", "GET", "/customers")
@@ -112,7 +126,10 @@ NEW_MESSAGE = _op("NewMessage", "POST", "/service/{Service}/pipelines/actions")
 GET_CUSTOMER_SERVICES = _op("GetCustomerServices", "GET", "/services/{Customer-Id}")
 DELETE_TRIGGER = _op("DeleteTrigger", "DELETE", "/pipelines/{Pipeline-Id}/actions/{Action-Id}")
 GET_CUSTOMER_WHATS_APP_TEMPLATES = _op(
-    "GetCustomerWhatsAppTemplates", "GET", "/whatsapp/templates/{Customer-Id}"
+    "GetCustomerWhatsAppTemplates",
+    "GET",
+    "/whatsapp/templates/{Customer-Id}",
+    taken=("categories", "GetWhatsappTemplateCategories"),
 )
 CREATE_WHATSAPP_TEMPLATE = _op(
     "CreateWhatsappTemplate", "POST", "/whatsapp/templates/{Customer-Id}/{IdentityNumber}"

@@ -177,6 +177,17 @@ def test_values_that_would_change_the_upstream_request_are_400(
     assert app.upstream() == []
 
 
+def test_customer_categories_on_the_templates_look_up_is_400_naming_it_not_a_502(
+    app: App,
+) -> None:
+    """Its path would be GetWhatsappTemplateCategories': that answer failed as templates."""
+    headers = {"Customer-Id": "categories"}
+    reply = call("GetCustomerWhatsAppTemplates", method="GET", headers=headers)
+    assert reply.status == 400, reply.body
+    assert reply.fields == ["Customer-Id"]
+    assert app.upstream() == []
+
+
 def test_a_non_ascii_service_type_is_400_before_any_quota_token(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:

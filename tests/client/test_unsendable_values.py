@@ -9,7 +9,10 @@ import pytest
 
 from sandbox.server import SandboxServer
 from shared.smartdialog import InvalidParameterError, Message, Recipient, SmartDialogClient
-from shared.smartdialog._operations import DELETE_ALL_GROUP_CONTACTS
+from shared.smartdialog._operations import (
+    DELETE_ALL_GROUP_CONTACTS,
+    GET_CUSTOMER_WHATS_APP_TEMPLATES,
+)
 from tests.client.conftest import SentRequest, sandbox_requests
 
 
@@ -19,6 +22,20 @@ def test_a_path_value_that_is_a_dot_segment_or_unsendable_is_refused(value: str)
         DELETE_ALL_GROUP_CONTACTS.expand({"Customer": value, "Group Service": "messages"})
     assert caught.value.parameter == "Customer"
     assert caught.value.location == "path"
+
+
+@pytest.mark.parametrize("customer", ["categories", "Categories", " CATEGORIES"])
+def test_a_customer_that_would_make_the_templates_path_the_categories_one_is_refused(
+    customer: str,
+) -> None:
+    """/whatsapp/templates/categories is GetWhatsappTemplateCategories: its list of strings
+    failed as templates (502), and named no field."""
+    with pytest.raises(InvalidParameterError) as caught:
+        GET_CUSTOMER_WHATS_APP_TEMPLATES.expand({"Customer-Id": customer})
+    assert (caught.value.parameter, caught.value.location) == ("Customer-Id", "path")
+    assert "GetWhatsappTemplateCategories" in caught.value.reason
+    path = GET_CUSTOMER_WHATS_APP_TEMPLATES.expand({"Customer-Id": "categories-1"})
+    assert path == "/whatsapp/templates/categories-1"
 
 
 def test_ordinary_path_values_are_still_percent_encoded() -> None:
