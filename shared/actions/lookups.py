@@ -123,13 +123,14 @@ class ServicesInput(ActionInput):
         Param("query", "ServiceType"),
         Field(
             description=(
-                "The kind of service to list, as SmartDialog names it. The certified connector "
-                "uses OneWay, TwoWay and Group; SmartDialog does not publish the full set, so "
-                "other values are passed on and SmartDialog decides (422 if it refuses)."
+                "The kind of service to list, as SmartDialog names it; default OneWay, as in "
+                "the certified connector, which also uses TwoWay and Group. SmartDialog does not "
+                "publish the full set, so other values are passed on and SmartDialog decides "
+                "(422 if it refuses)."
             ),
-            json_schema_extra=ui("Service Type", visibility="internal") | {"default": "OneWay"},
+            json_schema_extra=ui("Service Type", visibility="internal"),
         ),
-    ]
+    ] = "OneWay"
     allow_reply_message: Annotated[
         bool | None,
         Param("query", "AllowReplyMessage"),

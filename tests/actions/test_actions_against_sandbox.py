@@ -55,6 +55,14 @@ def test_get_customer_services_passes_type_and_reply_filter_as_upstream_headers(
     assert request["headers"]["AllowReplyMessage"] == "true"
 
 
+def test_get_customer_services_without_a_service_type_lists_one_way_services(app: App) -> None:
+    """The definition's default, as the certified connector's: leaving it out was a 400."""
+    reply = call("GetCustomerServices", method="GET")
+    assert reply.status == 200, reply.body
+    [request] = app.assert_upstream_valid()
+    assert request["headers"]["ServiceType"] == "OneWay"
+
+
 def test_customer_id_header_overrides_the_default_customer(app: App) -> None:
     reply = call(
         "GetCustomerServices",

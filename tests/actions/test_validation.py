@@ -62,7 +62,6 @@ CASES: list[Case] = [
      {"GroupService": GROUP, "Phone": "040123"}, {"Region": "SE"}, {}, None, ["Phone"]),
     ("blank group service", "DeleteAllGroupContacts", "DELETE", {"GroupService": " "}, {}, {},
      None, ["GroupService"]),
-    ("missing service type", "GetCustomerServices", "GET", {}, {}, {}, None, ["ServiceType"]),
     ("reply filter not a boolean", "GetCustomerServices", "GET", {},
      {"ServiceType": "OneWay", "AllowReplyMessage": "maybe"}, {}, None, ["AllowReplyMessage"]),
     ("invalid identity number", "CreateWhatsappTemplate", "POST", {"IdentityNumber": "12"}, {},
