@@ -12,7 +12,8 @@ app does):
 - Whatever these loggers still emit, and anything logged on them later at a lower level by an
   operator, passes :class:`RedactUrls`: query strings are cut from URLs and phone numbers masked.
 
-Our own log calls that mention a URL log :func:`loggable_url` of it, never the URL itself.
+Our own log calls that mention a URL log :func:`loggable_url` of it, never the URL itself; text
+that may quote a secret (an error, a traceback) is logged :func:`redacted`.
 Importing this module is cheap (standard library only).
 """
 
@@ -27,8 +28,10 @@ __all__ = [
     "URL_LOGGERS",
     "RedactUrls",
     "configure_logging",
+    "cut_secrets",
     "loggable_text",
     "loggable_url",
+    "redacted",
 ]
 
 #: The third-party loggers set at start-up, and their level.
@@ -48,6 +51,25 @@ URL_LOGGERS = (
 
 # A URL's query (and fragment), up to the next blank or quote: what carries tokens and keys.
 _URL_QUERY = re.compile(r"(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)[?#][^\s\"'<>]*")
+
+
+# A bearer token, or the value of a query parameter that carries a secret: a token (ours in
+# status and DLR URLs, OAuth's), a function key (``code=``), a SAS signature, a client secret.
+_SECRET = re.compile(
+    r"(?i)(bearer\s+|(?:access_token|refresh_token|client_secret|sig)=|\b(?:token|code)=)"
+    r"[^\s&\"']+"
+)
+
+
+def cut_secrets(text: str) -> str:
+    """``text`` with bearer tokens and secret-carrying query values (``token=``, ``code=``,
+    ``sig=``, ``access_token=``, ``refresh_token=``, ``client_secret=``) cut to ``***``."""
+    return _SECRET.sub(r"\1***", text)
+
+
+def redacted(text: str) -> str:
+    """``text`` fit for a log line: :func:`cut_secrets`, phone numbers masked."""
+    return _mask_phone_numbers(cut_secrets(text))
 
 
 def _mask_phone_numbers(text: str) -> str:

@@ -11,13 +11,31 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.logs import HTTP_LIBRARY_LEVELS, configure_logging, loggable_url
+from shared.logs import HTTP_LIBRARY_LEVELS, configure_logging, cut_secrets, loggable_url
 from tests.fixtures.leaks import LeakDetector, findings_in, watch_content, watch_secret
 from tests.fixtures.sandbox import SandboxServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # --- shared/logs.py -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("GET /api/dlr/m-1?token=v1.abc&code=KEY", "GET /api/dlr/m-1?token=***&code=***"),
+        ("Authorization: Bearer eyJ.x.y", "Authorization: Bearer ***"),
+        ("see https://q.test/x?sv=1&sig=SAS'", "see https://q.test/x?sv=1&sig=***'"),
+        ("a_access_token=AT refresh_token=RT client_secret=CS", "a_access_token=*** "
+         "refresh_token=*** client_secret=***"),
+        ("zipcode=00100 errorcode=5 tokens=3", "zipcode=00100 errorcode=5 tokens=3"),
+    ],
+)  # fmt: skip
+def test_cut_secrets_cuts_tokens_keys_and_signatures_but_not_lookalikes(
+    text: str, cut: str
+) -> None:
+    """token= (our status and DLR URLs) and code= (a function key) were left whole."""
+    assert cut_secrets(text) == cut
 
 
 def test_importing_function_app_sets_the_http_libraries_loggers() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import traceback
@@ -33,7 +32,7 @@ from shared.actions._spec import (
     SettingDefault,
 )
 from shared.actions.fields import PHONE_REGIONS_CONTEXT
-from shared.logs import loggable_text
+from shared.logs import cut_secrets, loggable_text, redacted
 from shared.problems import (
     FieldError,
     Problem,
@@ -68,7 +67,6 @@ DEFAULT_UPSTREAM_RETRY_AFTER = 5.0
 SYNC_MAX_RETRIES = 0
 #: Seconds we advise waiting when the quota store cannot be reached.
 QUOTA_STORE_RETRY_AFTER = 5.0
-_BEARER = re.compile(r"(?i)(bearer\s+|access_token=|refresh_token=|client_secret=|sig=)[^\s&\"']+")
 
 
 # --- the shared upstream client ------------------------------------------------------------------
@@ -361,10 +359,11 @@ def upstream_problem(
             exc.retry_after if exc.retry_after is not None else DEFAULT_UPSTREAM_RETRY_AFTER,
             "SmartDialog's rate limit was reached; try again after Retry-After seconds.",
         )
+    said = cut_secrets(exc.message) if isinstance(exc, sd.APIStatusError) else ""
     if isinstance(exc, sd.NotFoundError):
-        return Problem(404, "Not found", exc.message, type=ProblemType.NOT_FOUND)
+        return Problem(404, "Not found", said, type=ProblemType.NOT_FOUND)
     if isinstance(exc, sd.ConflictError):
-        return Problem(409, "Conflict", exc.message, type=ProblemType.CONFLICT)
+        return Problem(409, "Conflict", said, type=ProblemType.CONFLICT)
     if isinstance(exc, sd.AuthenticationError | sd.CredentialsError):
         from shared.connections import credentials_refused
         from shared.settings import get_settings
@@ -375,7 +374,7 @@ def upstream_problem(
         return Problem(
             403,
             "SmartDialog refused access",
-            f"SmartDialog answered 403 ({exc.message}): the app's SmartDialog account may not use "
+            f"SmartDialog answered 403 ({said}): the app's SmartDialog account may not use "
             "this customer, service or operation. Choose another, or ask SmartDialog to grant "
             "access; repeating the request will not help.",
             type=ProblemType.UPSTREAM_FORBIDDEN,
@@ -383,17 +382,17 @@ def upstream_problem(
         )
     status = exc.status_code if isinstance(exc, sd.APIStatusError) else None
     if status == 408 or isinstance(exc, sd.APITimeoutError):
-        said = "SmartDialog answered 408" if status else "The call to SmartDialog timed out"
+        what = "SmartDialog answered 408" if status else "The call to SmartDialog timed out"
         return Problem(
             504,
             "SmartDialog did not answer in time",
-            f"{said}; it may or may not have taken effect. Check before repeating a change.",
+            f"{what}; it may or may not have taken effect. Check before repeating a change.",
             type=ProblemType.UPSTREAM_TIMEOUT,
         )
     if isinstance(exc, sd.APIStatusError) and 400 <= exc.status_code < 500:
         # 400 or any other refusal (410, 413, 415, 422, ...): repeating it will not help.
         rejected = "SmartDialog rejected the request"
-        return Problem(422, rejected, exc.message, type=ProblemType.UPSTREAM_REJECTED)
+        return Problem(422, rejected, said, type=ProblemType.UPSTREAM_REJECTED)
     advice = None
     if isinstance(exc, sd.IdentityProviderError):
         detail = "No token: the identity provider (SMARTDIALOG_AUTHORITY) failed; try again later."
@@ -442,12 +441,6 @@ def _quota_problem(exc: Exception, settings: Settings) -> Problem | None:
             headers=retry_after_header(QUOTA_STORE_RETRY_AFTER),
         )
     return None
-
-
-def _redact(text: str) -> str:
-    from shared.smartdialog import mask_phone_numbers
-
-    return mask_phone_numbers(_BEARER.sub(r"\1***", text))
 
 
 # --- running an action ---------------------------------------------------------------------------
@@ -506,7 +499,7 @@ def _run_action(
         if problem.errors:
             fields = ", ".join(dict.fromkeys(e.field for e in problem.errors))
             # A field name can be a caller's key (an unknown field), even a phone number.
-            outcome = "invalid fields: " + loggable_text(_redact(fields))
+            outcome = "invalid fields: " + loggable_text(redacted(fields))
         response = ActionResponse.problem(_with_instance(problem, tracking_id))
     except Exception as exc:
         mapped, outcome = _map_failure(exc, settings, spec, extra)
@@ -555,11 +548,11 @@ def _map_failure(
         customer = _customer_param(spec.input)
         field = customer.name if customer else None
         problem = upstream_problem(exc, settings, customer_field=field)
-        return problem, f"upstream {type(exc).__name__}: {_redact(str(exc))}"
+        return problem, f"upstream {type(exc).__name__}: {redacted(str(exc))}"
     log.error(
         "%s failed unexpectedly: %s",
         spec.operation_id,
-        _redact("".join(traceback.format_exception(exc)).rstrip()),
+        redacted("".join(traceback.format_exception(exc)).rstrip()),
         extra=dict(extra),
     )
     return internal_error(), f"unexpected {type(exc).__name__}"
@@ -587,7 +580,7 @@ def unexpected_failure_response(
     """500 problem without details for a failure outside an action (logged, redacted)."""
     tracking_id = request.tracking_id
     try:
-        cause = _redact("".join(traceback.format_exception(exc)).rstrip())
+        cause = redacted("".join(traceback.format_exception(exc)).rstrip())
     except Exception:  # the redaction's own import may be what failed: log the kind only
         cause = type(exc).__name__
     log.error(

@@ -307,6 +307,24 @@ def test_upstream_retry_after_on_a_5xx_is_passed_on(app: App, status: int) -> No
     assert "Retry-After" in str(body["detail"])
 
 
+@pytest.mark.parametrize(("status", "answer"), [(400, 422), (404, 404), (409, 409), (403, 403)])
+def test_a_secret_upstream_quotes_is_cut_from_the_detail_and_the_log(
+    app: App, caplog: pytest.LogCaptureFixture, status: int, answer: int
+) -> None:
+    """SmartDialog's message went into the detail as is: a DLR URL it quoted carried its token."""
+    said = "bad DlrUrl https://app.test/api/dlr/m-1?token=tok-SECRET&code=key-SECRET"
+    with caplog.at_level(logging.DEBUG):
+        code, body, _ = run(
+            "GetCustomerWhatsappIdentities",
+            mock_client(lambda r: httpx.Response(status, json={"errorMessage": said})),
+        )
+    assert code == answer
+    assert "https://app.test/api/dlr/m-1?token=***&code=***" in str(body["detail"])
+    for secret in ("tok-SECRET", "key-SECRET"):
+        assert secret not in str(body)
+        assert secret not in caplog.text
+
+
 def test_upstream_timeout_is_504(app: App) -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
