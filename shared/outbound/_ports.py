@@ -158,7 +158,7 @@ class _NoCredentials:
 
         raise CredentialsError(self.reason)
 
-    def invalidate(self) -> None:
+    def invalidate(self, token: str | None = None) -> None:
         """Nothing cached."""
 
 

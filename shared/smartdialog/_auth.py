@@ -2,7 +2,8 @@
 
 msal is imported on first use, never at module import (cold start). Each provider caches its token
 in memory for the life of the instance (so, per process) and renews it shortly before it expires
-or when the client reports a 401 through :meth:`AuthProvider.invalidate`.
+or when the client reports a 401 through :meth:`AuthProvider.invalidate` (naming the refused token,
+so a late 401 of another thread does not throw away the token fetched since).
 
 Scopes are passed to msal as given (``Settings.scope_list``). Client credentials against a B2C
 tenant normally need the API's ``<app id URI>/.default`` scope rather than the delegated scopes
@@ -49,8 +50,10 @@ class AuthProvider(Protocol):
         """A currently valid access token (cached; fetched when missing or about to expire)."""
         ...
 
-    def invalidate(self) -> None:
-        """Forget the cached token: the API refused it, the next :meth:`token` fetches anew."""
+    def invalidate(self, token: str | None = None) -> None:
+        """Forget the cached token: the API refused ``token`` (None: whichever is cached), so
+        the next :meth:`token` fetches anew. A token fetched since ``token`` is kept: a late
+        refusal of an old one must not throw away another thread's renewal."""
         ...
 
 
@@ -65,7 +68,7 @@ class StaticTokenAuth:
     def token(self) -> str:
         return self._token
 
-    def invalidate(self) -> None:
+    def invalidate(self, token: str | None = None) -> None:
         """Nothing to renew: a refused static token stays refused."""
 
     def __repr__(self) -> str:
@@ -198,8 +201,10 @@ class _MsalAuth:
                 self._expires_at = self._clock() + lifetime
             return self._token
 
-    def invalidate(self) -> None:
+    def invalidate(self, token: str | None = None) -> None:
         with self._lock:
+            if token is not None and token != self._token:
+                return  # already renewed since that token was refused
             self._token = None
             self._forget()
 

@@ -266,7 +266,7 @@ class BaseClient:
                 # One renewal and one more attempt, outside the retry budget.
                 refreshed = True
                 delay = 0.0
-                self.auth.invalidate()
+                self.auth.invalidate(token)
             elif retries_taken < self.max_retries and should_retry(
                 response, replayable=op.replayable
             ):

@@ -104,13 +104,39 @@ def test_refused_token_is_renewed_once_and_the_call_retried(
 class CountingAuth:
     def __init__(self, token: str) -> None:
         self._token = token
-        self.invalidated = 0
+        self.invalidated: list[str | None] = []
 
     def token(self) -> str:
         return self._token
 
-    def invalidate(self) -> None:
-        self.invalidated += 1
+    def invalidate(self, token: str | None = None) -> None:
+        self.invalidated.append(token)
+
+
+def test_a_late_refusal_of_an_old_token_keeps_the_token_fetched_since(
+    sd: SandboxServer, msal_http: MsalHttpClient, make_client: Callable[..., SmartDialogClient]
+) -> None:
+    """One thread renewed after a 401; another's 401 for the old token, handled later, threw
+    the fresh token away (one more fetch per straggler)."""
+    auth = ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        authority=fake_authority(sd),
+        scopes=SCOPES,
+        http_client=msal_http,
+    )
+    old = auth.token()
+    httpx.post(sd.url + "/sandbox/revoke-tokens").raise_for_status()
+    assert make_client(auth=auth).get_user_customers().customerUsers  # 401, renewed, retried
+    fresh = auth.token()
+    assert fresh != old
+
+    auth.invalidate(old)  # the late 401 of a call that went out with the old token
+
+    assert auth.token() == fresh
+    assert token_calls(sd) == 2
+    auth.invalidate(fresh)  # a refusal of the current token still renews it
+    assert auth.token() not in (old, fresh)
 
 
 def test_second_401_is_an_authentication_error(
@@ -119,7 +145,7 @@ def test_second_401_is_an_authentication_error(
     auth = CountingAuth("revoked")
     with pytest.raises(AuthenticationError):
         make_client(auth=auth).get_user_customers()
-    assert auth.invalidated == 1
+    assert auth.invalidated == ["revoked"]  # the refused token, named
     assert api_statuses(sd, "/customers") == [401, 401]
     assert sleeps == []  # the renewal is not a backoff retry
 
