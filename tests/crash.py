@@ -1,11 +1,15 @@
-"""Faults the real parts cannot produce on demand: a worker that dies once, at a port."""
+"""Faults the real parts cannot produce on demand, at a port: a worker that dies once, a call
+that outlives its claim's lease."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+from shared.clock import ManualClock
 
 #: SMARTDIALOG_SEND_LEASE_SECONDS's default: how long a crashed worker's claim holds.
 LEASE = 120
@@ -45,3 +49,53 @@ def crash_once(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(owner, name, replacement)
+
+
+def outlive_lease(
+    monkeypatch: pytest.MonkeyPatch,
+    clock: ManualClock,
+    late: Callable[[Callable[[], Any]], Any],
+    successor: Callable[[], object],
+) -> Callable[[], None]:
+    """Make the next upstream call (``Upstream.send``) outlive its claim's lease, as a call
+    stalled past the lease would: ``late(call)`` is what it got (``call()`` makes the real call;
+    an exception it returns is raised); meanwhile the lease runs out and ``successor`` (another
+    worker: a copy of the queue message) runs on a thread, takes the claim over and calls, and
+    that call is held until the returned ``finish()``: the late outcome is written while the
+    successor's call is in flight. ``finish`` lets it go on and waits for it."""
+    from shared.outbound._attempt import Upstream
+
+    real = Upstream.send
+    calling, going_on = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            successor()
+        except BaseException as exc:  # raised again by finish()
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name="successor")
+
+    def send(self: Upstream, command: Any) -> Any:
+        if worker.is_alive() or calling.is_set():  # the successor's call
+            calling.set()
+            assert going_on.wait(10), "finish() was not called"
+            return real(self, command)
+        got = late(lambda: real(self, command))
+        clock.advance(LEASE + 1)  # the first claim's lease runs out mid-call
+        worker.start()
+        assert calling.wait(10), "the successor did not call"
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    monkeypatch.setattr(Upstream, "send", send)
+
+    def finish() -> None:
+        going_on.set()
+        worker.join(10)
+        if errors:
+            raise errors[0]
+
+    return finish

@@ -322,6 +322,12 @@ class MessageRecord:
         return value if isinstance(value, dict) else None
 
     @property
+    def claim(self) -> tuple[int, dt.datetime | None] | None:
+        """The claim that holds it while ``sending``: its attempt and lease (a claim taken over
+        once its lease ran out has others); None while it is not claimed."""
+        return (self.attempts, self.lease_until) if self.status is MessageStatus.SENDING else None
+
+    @property
     def upstream_request_id(self) -> str | None:
         """The RequestId its call carried: a packed message's is its pack's; a bulk member's
         record holds its own call's (shared.outbound._drive)."""

@@ -61,6 +61,7 @@ __all__ = [
     "OutcomeKind",
     "Outcomes",
     "SendOutcome",
+    "same_claim",
     "sent_changes",
     "storage_pool",
     "whole_seconds",
@@ -158,6 +159,13 @@ def claim_changes(
     }
 
 
+def same_claim(claim: MessageRecord, current: MessageRecord) -> bool:
+    """Whether ``current`` (the record read now) is open and held by ``claim``'s claim (or by
+    none, if ``claim`` was not claimed). A claim taken over once its lease ran out (its call
+    outlived it) is not ``claim``'s: that call's outcome loses to the newer claim."""
+    return not current.status.is_final and current.claim == claim.claim
+
+
 def failed_changes(failure: FailureInfo, now: dt.datetime) -> dict[str, Any]:
     """The changes that fail a message for good with ``failure``."""
     return {
@@ -226,12 +234,8 @@ class Outcomes:
             return None
         left = (valid_until - self.ports.now()).total_seconds()
         delay = max(0.0, min(CONFIGURATION_RECHECK_SECONDS, left))
-        log.warning(
-            "%s not sent: setting %s is not configured (see /api/health); checking again in %.0f s",
-            what,
-            ", ".join(broken),
-            delay,
-        )
+        log.warning("%s not sent: setting %s is not configured (see /api/health); checking "
+                    "again in %.0f s", what, ", ".join(broken), delay)  # fmt: skip
         return delay
 
     # --- final writes ------------------------------------------------------------------------
@@ -249,6 +253,10 @@ class Outcomes:
         current: MessageRecord | None = record
         for _ in range(5):
             if current is None or not allowed(current):
+                if current is not None and not current.status.is_final:  # claimed since
+                    log.warning("message %s: an outcome of attempt %d dropped: another claim "
+                                "holds it now (%s, attempt %d)", record.message_id,
+                                record.attempts, current.status, current.attempts)  # fmt: skip
                 return None
             done = store.swap(current, recipient_ids=recipient_ids, **changes)
             if done is not None:
@@ -260,7 +268,8 @@ class Outcomes:
         self, record: MessageRecord, body: Mapping[str, Any], *, duplicate: bool, **flag: bool
     ) -> SendOutcome:
         """Record a claimed message as sent (slots get upstream's ids by position), then announce
-        it; another's final state stands. ``announced=True`` (a pack member): flagged in the same
+        it; another's final state stands (over a newer claim too, from a call that outlived
+        its own: sent is true and final). ``announced=True`` (a pack member): flagged in the same
         write, then its event sent, also when another run recorded it (it may have stopped)."""
         changes = sent_changes(record, body, duplicate=duplicate, now=self.ports.now())
         sending, ids = MessageStatus.SENDING, recipient_ids(body)
@@ -287,7 +296,7 @@ class Outcomes:
     ) -> SendOutcome:
         """A claimed message whose attempt failed transiently: queued again to be retried at
         ``next_at`` (``RETRY_SCHEDULED``), failed if it gives up now, or left to whoever
-        finished it meanwhile (``ACKNOWLEDGED``)."""
+        finished it or took its claim over meanwhile (``ACKNOWLEDGED``)."""
         error = failed.error(record.attempts)
         ambiguous = not failed.certainly_not_sent
         limit = self.ports.policy.max_attempts
@@ -297,16 +306,15 @@ class Outcomes:
         if final is not None:
             return self.fail(record, final)
         changes = backoff_changes(failed, error, next_at, self.ports.now())
-        updated = self.swap_until(record, lambda r: r.status is MessageStatus.SENDING, **changes)
+        updated = self.swap_until(record, lambda r: same_claim(record, r), **changes)
         kind = OutcomeKind.ACKNOWLEDGED if updated is None else OutcomeKind.RETRY_SCHEDULED
         return SendOutcome(kind, record.message_id)
 
     def fail(self, record: MessageRecord, failure: FailureInfo) -> SendOutcome:
-        """Fail a message for good (unless it is final already), then announce it."""
-        now = self.ports.now()
-        changes = failed_changes(failure, now)
+        """Fail a message for good (unless final, or claimed since: see :func:`same_claim`)."""
+        changes = failed_changes(failure, self.ports.now())
         failure = changes["failure"]
-        done = self.swap_until(record, lambda r: not r.status.is_final, **changes)
+        done = self.swap_until(record, lambda r: same_claim(record, r), **changes)
         if done is None:
             current = self.ports.store.get(record.message_id)
             if current is not None:

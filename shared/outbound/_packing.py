@@ -49,6 +49,7 @@ from shared.outbound._outcomes import (
     SendOutcome,
     claim_changes,
     recipient_ids,
+    same_claim,
     sent_changes,
     storage_pool,
 )
@@ -420,9 +421,7 @@ class IndexPacks:
         }
         if not keep_pack:
             update["pack_id"] = None
-        return self.outcomes.swap_until(
-            record, lambda r: r.status is MessageStatus.SENDING, **update
-        )
+        return self.outcomes.swap_until(record, lambda r: same_claim(record, r), **update)
 
     def attempt(self, pack: Pack, members: Members, grant: QuotaGrant) -> SendOutcome:
         """One upstream call for the whole pack; each member's outcome recorded on its own.
