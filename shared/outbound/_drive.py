@@ -102,6 +102,7 @@ def drive_pack(
     try:
         outcome = run.go()
     except BaseException:
+        run.give_back()
         run.unlease()
         raise
     # The lease goes before the driver comes back, or the follow-up would find it held.
@@ -129,6 +130,8 @@ class _Run:
         self.driver = driver
         #: Members of this pack left open by this turn (the driver comes back for them).
         self.leftovers = 0
+        #: Members it claimed and has not called for yet (handed back if the turn fails).
+        self.unsent: list[MessageRecord] = []
         self.repeating = False
         #: When and why the driver comes back: (delay, kind, reason), sent once the lease
         #: is released.
@@ -150,6 +153,14 @@ class _Run:
         return PackDriver(
             packId=pack_id, batchId=batch, traceparent=trace, Connection=connection
         ).text()
+
+    def give_back(self) -> None:
+        """Our storage failed before the call (the pack row, the quota log): the claims go back
+        uncounted, or they would pass for a call interrupted mid-way once their lease ran out."""
+        try:
+            self.release(self.unsent)
+        except Exception:  # the claims then simply run out
+            log.exception("pack %s: claims not handed back", self.pack.pack_id)
 
     def unlease(self) -> None:
         try:
@@ -270,7 +281,7 @@ class _Run:
         ports = self.ports
         lease_until = now + ports.policy.lease
         claims = ports.store.swap_many([(r, claim_changes(r, now, lease_until)) for r in due])
-        claimed = [c for c in claims if c is not None]
+        claimed = self.unsent = [c for c in claims if c is not None]
         self.leftovers += len(due) - len(claimed)
         if not claimed:
             return self.later(1, "claim-lost")
@@ -295,8 +306,10 @@ class _Run:
                 self.release(claimed)
                 return self.later(0, "lease")
             try:
+                self.unsent = []  # from here on it may reach upstream
                 return self.call(claimed, decision)
             except StaleGrant as exc:
+                self.unsent = claimed
                 log.warning("pack %s: %s; not sent with it", self.pack.pack_id, exc)
                 if retry_stale:
                     decision, waited = ports.quota_wait.take(waited)

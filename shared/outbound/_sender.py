@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -355,18 +355,30 @@ class OutboundSender:
         messages with its pack key (a new pack), or the members of the pack it already belongs
         to (a retry). The pack is recorded before the slot is taken, and the slot right before
         the call (the time between grant and call must stay within the quota's safety margin).
+        Our storage failing before the call (the quota log, a record) hands the claim back too,
+        and the error goes on (the host retries the message): left ``sending``, the claim would
+        pass for a call interrupted mid-way once its lease ran out.
         """
+        claim = _Claim(claimed, command, before, fresh=claimed.pack_id is None)
+        try:
+            return self._slot_and_call(claim)
+        except Exception:
+            try:
+                self._give_back(claim)
+            except Exception:
+                log.exception("message %s: claim not handed back", claimed.message_id)
+            raise
+
+    def _slot_and_call(self, claim: _Claim) -> SendOutcome:
+        claimed, command = claim.record, claim.command
         if claimed.recipient_count >= 99:  # slots past the first transaction (idempotent)
             self.ports.store.ensure_slots(recipient_slots(command, now=claimed.created_at))
-        pack: Pack | None = None
-        members: list[tuple[MessageRecord, OutboundMessage]] = []
-        fresh = claimed.pack_id is None
         if claimed.pack_id is not None:
-            pack, members = self.packing.regather(claimed, command)
+            claim.pack, claim.members = self.packing.regather(claimed, command)
         elif claimed.pack_key is not None and claimed.attempts == 1:
-            pack, members = self.packing.gather(claimed, command)
-        if members:
-            claimed = members[0][0]
+            claim.pack, claim.members = self.packing.gather(claimed, command)
+        if claim.members:
+            claim.record = claimed = claim.members[0][0]
         from shared.quota import QuotaDenied
 
         decision, waited = self.ports.quota_wait.take(0.0)
@@ -375,65 +387,49 @@ class OutboundSender:
                 delay = self.ports.quota_wait.come_back_in(
                     decision.retry_after, packable=claimed.pack_key is not None
                 )
-                return self._hand_back(
-                    claimed, command, before, pack, members, fresh, delay, "quota"
-                )
-            if self._claim_too_short(claimed, members):
+                return self._hand_back(claim, delay, "quota")
+            if self._claim_too_short(claimed, claim.members):
                 # The claim (a lease) must outlast the call, or a re-delivered copy could take
                 # it over while the call is in flight; the settings make the lease longer than
                 # an attempt, so only a very slow gather or quota wait gets here.
                 log.warning("message %s: claim too close to its end to call; deferred",
                             claimed.message_id)  # fmt: skip
-                return self._hand_back(claimed, command, before, pack, members, fresh, 0, "lease")
+                return self._hand_back(claim, 0, "lease")
+            claim.held = False  # from here on it may reach upstream
             try:
-                if pack is not None and members:
+                if claim.pack is not None and claim.members:
                     # Also a retried pack of one (its other members final): it is sent as that
                     # pack, so its RequestId stays the one of the ambiguous attempt.
-                    return self.packing.attempt(pack, members, decision)
+                    return self.packing.attempt(claim.pack, claim.members, decision)
                 return self._attempt(claimed, command, decision)
             except StaleGrant as exc:
                 # Nothing was sent: the request was stopped before it left. Not an attempt;
                 # the unused grant stays in the log (a wasted slot errs towards fewer calls).
+                claim.held = True
                 log.warning("message %s: %s; not sent with it", claimed.message_id, exc)
                 if retry_stale:
                     decision, waited = self.ports.quota_wait.take(waited)
-        return self._hand_back(
-            claimed, command, before, pack, members, fresh, STALE_GRANT_RETRY_SECONDS, "stale-grant"
-        )
+        return self._hand_back(claim, STALE_GRANT_RETRY_SECONDS, "stale-grant")
 
-    def _hand_back(
-        self,
-        claimed: MessageRecord,
-        command: OutboundMessage,
-        before: MessageStatus,
-        pack: Pack | None,
-        members: list[tuple[MessageRecord, OutboundMessage]],
-        fresh: bool,
-        delay: float,
-        reason: str,
-    ) -> SendOutcome:
-        """No call was made: hand the claim (and a pack's members) back, the attempt not
-        counted, and put the message back on the queue after ``delay`` (a deferral)."""
-        if pack is not None and members:
-            # Hand every member back; a new pack is dissolved (its members stay packable and
-            # wait in the index for the next invocation that gets a slot), a pack that was
-            # already attempted keeps its membership.
-            keep = not fresh
-            self.packing.release([m for m, _ in members[1:]], keep_pack=keep)
-            released = self.packing.release_one(claimed, before, keep_pack=keep)
-        else:
-            released = self.ports.store.swap(
-                claimed,
-                status=before,
-                attempts=claimed.attempts - 1,
-                lease_until=None,
-                updated_at=self.ports.now(),
-            )
+    def _hand_back(self, claim: _Claim, delay: float, reason: str) -> SendOutcome:
+        """No call was made: hand the claim back (:meth:`_give_back`) and put the message back
+        on the queue after ``delay`` (a deferral)."""
+        self._give_back(claim)
+        attempts = claim.record.attempts - 1
+        return self.outcomes.requeue(claim.command, attempts, delay, OutcomeKind.DEFERRED, reason)
+
+    def _give_back(self, claim: _Claim) -> None:
+        """Hand the claim (and a pack's members) back, the attempt not counted: a new pack is
+        dissolved (its members stay packable and wait in the index for the next invocation
+        that gets a slot), a pack that was already attempted keeps its membership. Once."""
+        if not claim.held:
+            return
+        claim.held, keep = False, not claim.fresh
+        if claim.pack is not None and claim.members:
+            self.packing.release([m for m, _ in claim.members[1:]], keep_pack=keep)
+        released = self.packing.release_one(claim.record, claim.before, keep_pack=keep)
         if released is not None and released.pack_id is None:
             self.ports.packs.index([released])
-        return self.outcomes.requeue(
-            command, claimed.attempts - 1, delay, OutcomeKind.DEFERRED, reason
-        )
 
     def _claim_too_short(
         self, claimed: MessageRecord, members: list[tuple[MessageRecord, OutboundMessage]]
@@ -586,6 +582,19 @@ class OutboundSender:
         created = self.ports.store.create(record, slots)
         if created is not None:
             self.ports.packs.index([created])
+
+
+@dataclass
+class _Claim:
+    """A claim on its way to its call: what a hand-back gives back."""
+
+    record: MessageRecord
+    command: OutboundMessage
+    before: MessageStatus  # the status it was claimed from
+    fresh: bool  # not in a pack before: one formed now is dissolved when handed back
+    pack: Pack | None = None
+    members: list[tuple[MessageRecord, OutboundMessage]] = field(default_factory=list)
+    held: bool = True  # to give back: not handed back yet, no call started
 
 
 def reset_sender_cache() -> None:

@@ -264,6 +264,28 @@ def test_after_a_crash_past_the_call_the_driver_sends_the_same_call_and_nothing_
     assert sorted(e["subject"] for e in events) == sorted(ids)
 
 
+def test_a_storage_error_before_the_call_hands_the_claims_back_for_the_drivers_retry(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound._quota_wait import QuotaWait
+
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+    crash_once(monkeypatch, QuotaWait, "take", "the quota log could not be read (503)")
+    with pytest.raises(RuntimeError):
+        outbound.invoke(json.dumps(driver))  # claimed, then no slot could be taken
+    for handed_back in map(record, ids):  # not claims left as if their call was interrupted
+        assert handed_back.status is MessageStatus.QUEUED
+        assert handed_back.attempts == 0
+    outbound.invoke(json.dumps(driver), dequeue_count=2)  # no lease to wait out
+
+    assert [c["status"] for c in outbound.upstream()] == [200]
+    for done in map(record, ids):
+        assert done.status is MessageStatus.SENT
+        assert not done.maybe_sent
+
+
 def test_a_crash_between_the_records_and_the_events_sends_the_events_on_the_next_run(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:

@@ -67,6 +67,28 @@ def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_p
     assert len(outbound.upstream()) == 1
 
 
+def test_a_storage_error_before_a_new_packs_call_hands_every_member_back_to_pack_again(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound._quota_wait import QuotaWait
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])
+    leader = record(ids[0]).command
+    park(outbound)
+    crash_once(monkeypatch, QuotaWait, "take", "the quota log could not be read (503)")
+    with pytest.raises(RuntimeError):
+        outbound.invoke(leader)  # the pack was formed, then its slot could not be taken
+
+    for handed_back in map(record, ids):  # not claims left as if their call was interrupted
+        assert handed_back.status is MessageStatus.QUEUED
+        assert handed_back.attempts == 0
+        assert handed_back.pack_id is None  # the new pack dissolved: they pack again
+    outbound.invoke(leader, dequeue_count=2)
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [3]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
 def test_a_pack_backs_off_after_503s_and_retries_with_the_same_request_id(
     outbound: Outbound,
 ) -> None:

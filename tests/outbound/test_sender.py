@@ -454,6 +454,30 @@ def test_interrupted_discussion_reply_is_not_repeated(
     assert outbound.upstream("SendDiscussionReplyMessage") == []
 
 
+def test_a_storage_error_before_the_call_hands_the_claim_back_and_the_retry_sends_it(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound._quota_wait import QuotaWait
+
+    crash_once(monkeypatch, QuotaWait, "take", "the quota log could not be read (503)")
+    text = json.dumps(
+        {"operation": "SendDiscussionReplyMessage", "messageId": "m-no-call",
+         "body": {"ThreadId": "t-1", "Content": "Hi"}}
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)  # the host keeps the message and delivers it again
+    handed_back = record("m-no-call")
+    assert handed_back.status is MessageStatus.QUEUED  # not a claim left as if mid-call
+    assert handed_back.attempts == 0
+    assert handed_back.lease_until is None
+    assert not handed_back.maybe_sent
+
+    outbound.invoke(text, dequeue_count=2)  # no lease to wait out
+
+    assert record("m-no-call").status is MessageStatus.SENT  # not failed outcome-unknown
+    assert len(outbound.upstream("SendDiscussionReplyMessage")) == 1
+
+
 def test_message_without_message_id_gets_a_stable_one_from_its_request_id(
     outbound: Outbound,
 ) -> None:
