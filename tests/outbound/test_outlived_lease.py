@@ -98,7 +98,8 @@ def test_a_packs_late_refusal_leaves_its_members_to_the_worker_that_retries_the_
     waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:2])
     leader = record(ids[0]).command
-    park(outbound)
+    park(outbound)  # they wait, indexed, to be packed
+    outbound.configure(QUOTA_CALLS=2000, QUOTA_PERIOD_SECONDS=60)  # then each call gets a slot
     # A refusal naming nobody hands a pack's members back, to go again in new packs; late, it
     # must not hand back the claims of the worker that retries the pack meanwhile.
     finish = outlive_lease(
