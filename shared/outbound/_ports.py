@@ -46,8 +46,9 @@ class SendPolicy:
     retry_max: float
     lease: dt.timedelta
     quota_wait: float
-    #: The longest an upstream call may still take once it starts (the send timeout plus the
-    #: lease margin for clock skew): a claim must have this much left when the call starts.
+    #: The longest an upstream call may still take once it starts (the send timeout, which
+    #: the client keeps as one deadline for the whole attempt, plus the lease margin for clock
+    #: skew): a claim must have this much left when the call starts.
     call_seconds: float
     customer_id: str | None
     service_id: str | None
@@ -130,6 +131,8 @@ def send_ports(settings: Settings) -> SendPorts:
         timeout=httpx.Timeout(
             settings.send_timeout_seconds, connect=min(5.0, settings.send_timeout_seconds)
         ),
+        # One attempt, token and the re-try after a renewed one included: within the timeout.
+        deadline=settings.send_timeout_seconds,
     )
     return SendPorts(
         store=MessageStore.from_settings(settings),

@@ -15,6 +15,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from ._auth import AuthProvider
+from ._deadline import keep_deadline, left, within
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -79,6 +80,7 @@ class BaseClient:
         before_send: Callable[[], None] | None = None,
         http_client: httpx.Client | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        deadline: float | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
@@ -88,6 +90,7 @@ class BaseClient:
         self.base_url = base_url.rstrip("/")
         self.auth = auth
         self.max_retries = max_retries
+        self.deadline = deadline
         self._before_attempt = before_attempt
         self._before_send = before_send
         self._sleep = sleep
@@ -106,6 +109,8 @@ class BaseClient:
                 event_hooks={"request": [self._request_hook]} if self._hooked else None,
             )
         )
+        if deadline is not None and self._owns_http:
+            keep_deadline(self._http)
 
     def _request_hook(self, request: httpx.Request) -> None:
         if self._before_send is not None:
@@ -201,99 +206,106 @@ class BaseClient:
             "path": display_path(path),
             "request_id": request_id,
         }
-        retries_taken = 0
-        refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            # The token first: a slow identity provider must not age the quota slot taken next.
-            token = self._token(op, path)
-            if self._before_attempt is not None:
-                self._before_attempt()
-            request = self._http.build_request(
-                op.method,
-                url,
-                params=query,
-                content=content,
-                headers={**base_headers, "Authorization": f"Bearer {token}"},
-                extensions={"trace": self._trace} if self._before_send is not None else None,
-            )
-            if self._before_send is not None and not self._hooked:
-                self._before_send()
-            started = time.perf_counter()
-            try:
-                response = self._http.send(request)
-            except httpx.HTTPError as exc:
-                elapsed_ms = round((time.perf_counter() - started) * 1000)
-                retry = retries_taken < self.max_retries and should_retry(
-                    exc, replayable=op.replayable
+        with within(self.deadline):  # one deadline for every request of the operation
+            retries_taken = 0
+            refreshed = False
+            attempt = 0
+            while True:
+                attempt += 1
+                # The token first: a slow identity provider must not age the quota slot taken next.
+                token = self._token(op, path)
+                if self._before_attempt is not None:
+                    self._before_attempt()
+                request = self._http.build_request(
+                    op.method,
+                    url,
+                    params=query,
+                    content=content,
+                    headers={**base_headers, "Authorization": f"Bearer {token}"},
+                    extensions={"trace": self._trace} if self._before_send is not None else None,
                 )
-                delay = retry_delay(retries_taken, now=self._clock) if retry else None
-                log.warning(
-                    "SmartDialog %s attempt %d failed after %d ms: %s%s",
-                    op.operation_id,
-                    attempt,
-                    elapsed_ms,
-                    type(exc).__name__,
-                    f"; retrying in {delay:.2f} s" if delay is not None else "",
-                    extra={
-                        **where,
-                        "attempt": attempt,
-                        "elapsed_ms": elapsed_ms,
-                        "error": type(exc).__name__,
-                        "retry_in": delay,
-                    },
-                )
-                if delay is None:
-                    raise self._connection_error(op, path, exc) from exc
-                self._sleep(delay)
-                retries_taken += 1
-                continue
+                if self._before_send is not None and not self._hooked:
+                    self._before_send()
+                started = time.perf_counter()
+                try:
+                    left(None, httpx.ConnectTimeout)  # past the deadline (a slow token): not sent
+                    response = self._http.send(request)
+                except httpx.HTTPError as exc:
+                    elapsed_ms = round((time.perf_counter() - started) * 1000)
+                    retry = retries_taken < self.max_retries and should_retry(
+                        exc, replayable=op.replayable
+                    )
+                    delay = retry_delay(retries_taken, now=self._clock) if retry else None
+                    log.warning(
+                        "SmartDialog %s attempt %d failed after %d ms: %s%s",
+                        op.operation_id,
+                        attempt,
+                        elapsed_ms,
+                        type(exc).__name__,
+                        f"; retrying in {delay:.2f} s" if delay is not None else "",
+                        extra={
+                            **where,
+                            "attempt": attempt,
+                            "elapsed_ms": elapsed_ms,
+                            "error": type(exc).__name__,
+                            "retry_in": delay,
+                        },
+                    )
+                    if delay is None:
+                        raise self._connection_error(op, path, exc) from exc
+                    self._sleep(delay)
+                    retries_taken += 1
+                    continue
 
-            elapsed_ms = round((time.perf_counter() - started) * 1000)
-            status = response.status_code
-            if response.is_success:
-                log.info(
-                    "SmartDialog %s -> %d in %d ms (attempt %d)",
+                elapsed_ms = round((time.perf_counter() - started) * 1000)
+                status = response.status_code
+                if response.is_success:
+                    log.info(
+                        "SmartDialog %s -> %d in %d ms (attempt %d)",
+                        op.operation_id,
+                        status,
+                        elapsed_ms,
+                        attempt,
+                        extra={
+                            **where,
+                            "status": status,
+                            "attempt": attempt,
+                            "elapsed_ms": elapsed_ms,
+                        },
+                    )
+                    return response
+                if status == 401 and not refreshed:
+                    # One renewal and one more attempt, outside the retry budget.
+                    refreshed = True
+                    delay = 0.0
+                    self.auth.invalidate(token)
+                elif retries_taken < self.max_retries and should_retry(
+                    response, replayable=op.replayable
+                ):
+                    # None: the advised wait is longer than we sleep out; the error carries it.
+                    delay = retry_delay(retries_taken, response.headers, now=self._clock)
+                    retries_taken += 1
+                else:
+                    delay = None
+                log.warning(
+                    "SmartDialog %s -> %d in %d ms (attempt %d)%s",
                     op.operation_id,
                     status,
                     elapsed_ms,
                     attempt,
-                    extra={**where, "status": status, "attempt": attempt, "elapsed_ms": elapsed_ms},
+                    f"; retrying in {delay:.2f} s" if delay is not None else "",
+                    extra={
+                        **where,
+                        "status": status,
+                        "attempt": attempt,
+                        "elapsed_ms": elapsed_ms,
+                        "retry_in": delay,
+                    },
                 )
-                return response
-            if status == 401 and not refreshed:
-                # One renewal and one more attempt, outside the retry budget.
-                refreshed = True
-                delay = 0.0
-                self.auth.invalidate(token)
-            elif retries_taken < self.max_retries and should_retry(
-                response, replayable=op.replayable
-            ):
-                # None: the advised wait is longer than we sleep out; the error carries it.
-                delay = retry_delay(retries_taken, response.headers, now=self._clock)
-                retries_taken += 1
-            else:
-                delay = None
-            log.warning(
-                "SmartDialog %s -> %d in %d ms (attempt %d)%s",
-                op.operation_id,
-                status,
-                elapsed_ms,
-                attempt,
-                f"; retrying in {delay:.2f} s" if delay is not None else "",
-                extra={
-                    **where,
-                    "status": status,
-                    "attempt": attempt,
-                    "elapsed_ms": elapsed_ms,
-                    "retry_in": delay,
-                },
-            )
-            if delay is None:
-                raise self._status_error(op, path, response, request_id, original)
-            if delay > 0:
-                self._sleep(delay)
+                if delay is None:
+                    raise self._status_error(op, path, response, request_id, original)
+                if delay > 0:
+                    self._sleep(delay)
 
     def _parse(self, op: Operation, response: httpx.Response, parse: Callable[[Any], T]) -> T:
         body = decode_body(response)

@@ -101,7 +101,12 @@ class SmartDialogClient(BaseClient):
     ``RateLimitError.retry_after``.
 
     ``http_client`` (optional) is used as is and not closed by :meth:`close`; without one the
-    client makes its own with ``timeout``. ``clock`` (Unix time) dates ``Retry-After`` HTTP dates.
+    client makes its own with ``timeout``. ``timeout`` bounds each network step on its own;
+    ``deadline`` (seconds, optional) bounds an operation as a whole, its token fetch and every
+    request of it included (the re-try after a renewed token, any retry): no request starts
+    after it, and each network step of the client's own httpx client gets only the time left
+    (:mod:`shared.smartdialog._deadline`). ``clock`` (Unix time) dates ``Retry-After`` HTTP
+    dates.
     """
 
     @classmethod

@@ -312,6 +312,33 @@ def test_timeout_is_retried_and_a_late_success_is_recognised_by_request_id(
     assert len(outbound.sandbox.state.snapshot("messages")) == 1
 
 
+def test_one_attempt_ends_at_the_send_timeout_however_slowly_its_answer_trickles_in(
+    outbound: Outbound,
+) -> None:
+    import socket
+
+    from tests.guard.servers import RawServer, raw_server
+
+    def trickle(conn: socket.socket, server: RawServer) -> None:  # 3 s, each byte in 0.1 s
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
+        for _ in range(30):
+            time.sleep(0.1)
+            conn.sendall(b" ")
+
+    with raw_server(trickle) as upstream:
+        outbound.configure(BASE_URL=upstream.url, SEND_TIMEOUT_SECONDS=1)
+        started = time.monotonic()
+        outbound.invoke(json.dumps(send("m-trickle", DELIVERED)))
+        took = time.monotonic() - started
+
+    assert took < 2.0  # the send timeout bounds the whole attempt, not each read
+    cut = record("m-trickle")
+    assert cut.status is MessageStatus.QUEUED  # retried: it may have been taken
+    assert cut.maybe_sent
+    assert cut.last_error is not None
+    assert cut.last_error.code == "upstream-unavailable"
+
+
 def test_message_past_its_validity_fails_without_an_upstream_call(outbound: Outbound) -> None:
     outbound.enqueue(send("m-old", DELIVERED, validUntil="2020-01-01T00:00:00Z"))
     outbound.drain()
