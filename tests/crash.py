@@ -34,6 +34,8 @@ def crash_once(
 
         def on_object(*args: Any, **kwargs: Any) -> Any:
             if crashes and when(*args, **kwargs):
+                if first is not None:
+                    first(lambda _, *a, **k: bound(*a, **k), owner, *args, **kwargs)
                 raise crashes.pop()
             return bound(*args, **kwargs)
 

@@ -660,6 +660,33 @@ def test_a_duplicate_copy_waits_out_the_records_backoff(outbound: Outbound) -> N
     assert outbound.run_once() == 0  # both invisible until the backoff ends
 
 
+def test_a_crash_after_the_retry_was_requeued_leaves_the_original_to_wait_out_the_backoff(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import send_ports
+    from shared.settings import get_settings
+
+    outbound.configure(SEND_RETRY_BASE_SECONDS=30)
+    crash_once(
+        monkeypatch, send_ports(get_settings()).outbound, "send_message",
+        "worker died after requeueing the retry, before the host deleted the original",
+        when=lambda text, **options: options.get("visibility_timeout", 0) > 0,
+        first=lambda real, queue, *args, **options: real(queue, *args, **options),
+    )  # fmt: skip
+    text = json.dumps(send("m-requeued", TEMPORARY))
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)  # 503: the retry's copy is queued, then the worker dies
+    assert outbound.queued() == 1  # that copy, invisible for the backoff
+    assert record("m-requeued").next_attempt_at is not None
+
+    outbound.invoke(text, dequeue_count=2)  # the original, which the host delivers again
+
+    assert len(outbound.upstream()) == 1  # not retried before the backoff ends
+    assert record("m-requeued").attempts == 1
+    assert outbound.queued() == 2  # the retry and the original, deferred to the backoff's end
+    assert outbound.run_once() == 0  # both invisible until then
+
+
 def test_a_crash_before_the_announcement_is_recorded_re_emits_a_dead_letter_with_a_stable_id(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
