@@ -394,7 +394,7 @@ class _Run:
         """Every member backs off together and keeps the call's membership and RequestId;
         members out of attempts or validity fail."""
         ports = self.ports
-        delay = self.outcomes.retry_delay(max(c.attempts for c in claimed), failed.advised)
+        delay = self.outcomes.retry_delay(max(c.attempts for c in claimed), failed)
         now = ports.now()
         next_at = now + dt.timedelta(seconds=delay)
         failing: list[tuple[MessageRecord, FailureInfo]] = []

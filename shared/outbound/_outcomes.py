@@ -122,14 +122,10 @@ class SendOutcome:
 
 
 def sent_changes(
-    record: MessageRecord,
-    body: Mapping[str, Any],
-    *,
-    duplicate: bool,
-    now: dt.datetime,
+    record: MessageRecord, body: Mapping[str, Any], *, duplicate: bool, now: dt.datetime
 ) -> dict[str, Any]:
-    """The changes that record ``record`` as sent with upstream's answer ``body`` (its own
-    share of it, for a pack member)."""
+    """The changes that record ``record`` sent with upstream's answer ``body`` (a pack
+    member's: its share)."""
     parts = body.get("MessagePartCount") or body.get("messagePartCount")
     return {
         "status": MessageStatus.SENT,
@@ -160,9 +156,8 @@ def claim_changes(
 
 
 def same_claim(claim: MessageRecord, current: MessageRecord) -> bool:
-    """Whether ``current`` (the record read now) is open and held by ``claim``'s claim (or by
-    none, if ``claim`` was not claimed). A claim taken over once its lease ran out (its call
-    outlived it) is not ``claim``'s: that call's outcome loses to the newer claim."""
+    """Whether ``current`` (read now) is open and held by ``claim``'s claim (or none, if it had
+    none): a claim taken over once its lease ran out is not, so that call's outcome loses."""
     return not current.status.is_final and current.claim == claim.claim
 
 
@@ -204,31 +199,27 @@ class Outcomes:
     def __init__(self, ports: SendPorts) -> None:
         self.ports = ports
 
-    # --- the retry policy --------------------------------------------------------------------
-
-    def retry_delay(self, attempts: int, advised: float | None) -> float:
-        """The backoff after ``attempts`` attempts, and at least what upstream advised, up to
-        the longest delay any setting may give (a Retry-After of 1e12 would overflow a
-        datetime; advice past a message's validity fails it expired)."""
+    def retry_delay(self, attempts: int, failed: Transient) -> float:
+        """The backoff after ``attempts`` attempts, at least as advised: a 429 in full (up to
+        :data:`LONGEST_SECONDS`: past a message's validity it fails expired), a 5xx up to the
+        longest backoff (an outage's advice must not fail a short-lived send at once)."""
         from shared.smartdialog import backoff_delay
 
-        policy = self.ports.policy
+        policy, advised = self.ports.policy, failed.advised
         backoff = backoff_delay(max(1, attempts), base=policy.retry_base, cap=policy.retry_max)
-        return min(max(advised, backoff), LONGEST_SECONDS) if advised is not None else backoff
+        limit = LONGEST_SECONDS if failed.code == "rate-limited" else max(backoff, policy.retry_max)
+        return backoff if advised is None else min(max(advised, backoff), limit)
 
     @staticmethod
     def expired(record: MessageRecord, last: FailureInfo | None = None) -> FailureInfo:
-        """The failure of an unclaimed message not sent within its validity (``outcome-unknown``
-        if an attempt may have reached upstream: one recorded so, or one still ``sending``,
-        whose worker's lease ran out, perhaps mid-call)."""
-        interrupted = record.status is MessageStatus.SENDING
-        return expired(record, last, maybe_sent=interrupted)
+        """An unclaimed message's expiry (``outcome-unknown`` if still ``sending``: its worker's
+        lease ran out, perhaps mid-call)."""
+        return expired(record, last, maybe_sent=record.status is MessageStatus.SENDING)
 
     def misconfigured(self, what: str, valid_until: dt.datetime) -> float | None:
-        """None when the settings a send needs are fine; else the delay after which ``what``
-        (a message or pack, not yet claimed, no slot taken) comes back to check again: until
-        the setting is fixed (it is then sent) or its validity ends (it then fails
-        ``expired``). Logs a warning naming the settings, never their values."""
+        """None when the settings a send needs are fine; else when ``what`` (a message or pack,
+        unclaimed, no slot taken) comes back to check again, until fixed or expired. Logs a
+        warning naming the settings, never their values."""
         broken = self.ports.policy.broken_settings
         if not broken:
             return None

@@ -543,7 +543,7 @@ class IndexPacks:
         """A pack's call failed transiently: every member keeps the pack and backs off
         together; the leader's copy comes back to retry it (same RequestId)."""
         leader, command = members[0]
-        delay = self.outcomes.retry_delay(max(r.attempts for r, _ in members), failed.advised)
+        delay = self.outcomes.retry_delay(max(r.attempts for r, _ in members), failed)
         now = self.ports.now()
         next_at = now + dt.timedelta(seconds=delay)
 

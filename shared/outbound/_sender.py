@@ -462,30 +462,24 @@ class OutboundSender:
     def _transient(
         self, record: MessageRecord, command: OutboundMessage, failed: Transient
     ) -> SendOutcome:
-        error = failed.error(record.attempts)
-        title, detail = failed.title, failed.detail
         if not failed.certainly_not_sent and not record.operation.carries_request_id:
+            unknown = {
+                "code": "outcome-unknown",
+                "title": f"{failed.title}; the reply may or may not have been sent",
+                "detail": f"{record.operation} carries no RequestId, so it is not repeated "
+                f"after an ambiguous failure ({failed.detail}).",
+            }
             return self.outcomes.fail(
-                record,
-                error.model_copy(
-                    update={
-                        "code": "outcome-unknown",
-                        "title": f"{title}; the reply may or may not have been sent",
-                        "detail": (
-                            f"{record.operation} carries no RequestId, so it is not repeated "
-                            f"after an ambiguous failure ({detail})."
-                        ),
-                    }
-                ),
+                record, failed.error(record.attempts).model_copy(update=unknown)
             )
-        delay = self.outcomes.retry_delay(record.attempts, failed.advised)
+        delay = self.outcomes.retry_delay(record.attempts, failed)
         next_at = self.ports.now() + dt.timedelta(seconds=delay)
         outcome = self.outcomes.back_off(record, failed, next_at)
         if outcome.kind is not OutcomeKind.RETRY_SCHEDULED:
             return outcome
         log.warning(
             "message %s attempt %d failed (%s); retry in %.1f s",
-            record.message_id, record.attempts, title, delay,
+            record.message_id, record.attempts, failed.title, delay,
         )  # fmt: skip
         return self.outcomes.requeue(
             command, record.attempts, delay, OutcomeKind.RETRY_SCHEDULED, failed.code

@@ -234,6 +234,25 @@ def test_a_5xx_retry_after_is_kept_as_upstreams_advice_for_the_retry() -> None:
     assert (result.upstream_status, result.advised) == (503, 30.0)
 
 
+def test_a_5xx_retry_after_binds_the_retry_only_up_to_the_longest_backoff() -> None:
+    """An outage's advice of a day must not fail a send at once as past its validity: a 5xx's
+    Retry-After counts up to SMARTDIALOG_SEND_RETRY_MAX_SECONDS, a 429's in full (quota)."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from shared.outbound._attempt import Transient
+    from shared.outbound._outcomes import Outcomes
+    from shared.outbound._ports import SendPorts
+
+    policy = SimpleNamespace(retry_base=2.0, retry_max=300.0)
+    outcomes = Outcomes(cast(SendPorts, SimpleNamespace(policy=policy)))
+    outage = Transient("upstream-unavailable", "SmartDialog answered 503", None, 86400.0, 503)
+    assert outcomes.retry_delay(1, outage) == 300.0
+    assert outcomes.retry_delay(1, Transient("upstream-unavailable", "503", None, 30.0, 503)) == 30
+    throttled = Transient("rate-limited", "SmartDialog answered 429", None, 86400.0, 429, True)
+    assert outcomes.retry_delay(1, throttled) == 86400.0
+
+
 def throttled_once(outbound: Outbound, message: dict[str, object], *, retry_after: int) -> None:
     """Queue ``message`` and run the sender once while SmartDialog answers every call 429 with
     ``Retry-After: retry_after``."""
