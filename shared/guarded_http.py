@@ -16,8 +16,8 @@ our network, hold a worker, or fill our memory. :class:`GuardedClient` makes eac
   lists internal targets that are allowed, e.g. subscribers inside a virtual network.
 - **No redirects**, no environment proxy, no connection reuse, no header but printable ASCII.
 - **One deadline per call** (``SMARTDIALOG_CALLBACK_TIMEOUT_SECONDS``) for name resolution,
-  connect, TLS, request and answer together: every step gets only the time that is left, so a
-  server trickling one byte at a time is cut at the deadline.
+  connect, TLS, request and answer together: every step gets only the time that is left
+  (:mod:`shared.deadline`), so a server trickling one byte at a time is cut at the deadline.
 - **A few KB of answer.** Reads are at most :data:`READ_CHUNK_BYTES` each; the body is kept up
   to :data:`MAX_ANSWER_BYTES`, then the connection is closed.
 
@@ -50,6 +50,7 @@ from typing import Any, Protocol
 import httpcore
 import httpx
 
+from shared.deadline import Deadline, DeadlineStream
 from shared.problems import Problem
 
 __all__ = [
@@ -343,44 +344,6 @@ def system_resolver(host: str, port: int) -> list[str]:
 # --- the network backend: resolve, check, connect, and keep the deadline -------------------------
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    """A stream whose every operation gets at most the time left before the call's deadline
-    and whose reads take at most :data:`READ_CHUNK_BYTES` each."""
-
-    def __init__(self, inner: httpcore.NetworkStream, call: _Call) -> None:
-        self._inner = inner
-        self._call = call
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data = self._inner.read(
-            min(max_bytes, READ_CHUNK_BYTES), self._call.left(timeout, httpcore.ReadTimeout)
-        )
-        self._call.received += len(data)
-        if self._call.received > MAX_RECEIVED_BYTES:
-            raise httpcore.ReadError(f"answer over {MAX_RECEIVED_BYTES} bytes")
-        return data
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._call.left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        left = self._call.left(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(
-            self._inner.start_tls(ssl_context, server_hostname, left), self._call
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
 @dataclass
 class _Call:
     """One call's state, shared by its backend and streams."""
@@ -388,15 +351,28 @@ class _Call:
     policy: CallbackPolicy
     resolver: Resolver
     inner: httpcore.NetworkBackend
-    deadline: float
+    deadline: Deadline
     plain_http: bool
     received: int = 0
 
-    def left(self, timeout: float | None, error: type[Exception]) -> float:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise error("the call's deadline passed")
-        return remaining if timeout is None else min(timeout, remaining)
+
+class _CappedStream(DeadlineStream):
+    """A stream kept within the call's deadline whose reads take at most
+    :data:`READ_CHUNK_BYTES` each, and :data:`MAX_RECEIVED_BYTES` in all."""
+
+    def __init__(self, inner: httpcore.NetworkStream, call: _Call) -> None:
+        super().__init__(inner, call.deadline.left)
+        self._call = call
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = super().read(min(max_bytes, READ_CHUNK_BYTES), timeout)
+        self._call.received += len(data)
+        if self._call.received > MAX_RECEIVED_BYTES:
+            raise httpcore.ReadError(f"answer over {MAX_RECEIVED_BYTES} bytes")
+        return data
+
+    def _again(self, inner: httpcore.NetworkStream) -> DeadlineStream:
+        return _CappedStream(inner, self._call)
 
 
 class _GuardedBackend(httpcore.NetworkBackend):
@@ -419,7 +395,9 @@ class _GuardedBackend(httpcore.NetworkBackend):
             # On a worker thread, so a resolver that hangs still ends the call at its deadline.
             question = _resolvers().submit(call.resolver, host, port)
             try:
-                found = question.result(timeout=call.left(timeout, httpcore.ConnectTimeout))
+                found = question.result(
+                    timeout=call.deadline.left(timeout, httpcore.ConnectTimeout)
+                )
                 addresses = [ipaddress.ip_address(a) for a in found]
             except concurrent.futures.TimeoutError:
                 raise httpcore.ConnectTimeout(f"{host} did not resolve in time") from None
@@ -437,14 +415,14 @@ class _GuardedBackend(httpcore.NetworkBackend):
                 stream = call.inner.connect_tcp(
                     str(address),
                     port,
-                    call.left(timeout, httpcore.ConnectTimeout),
+                    call.deadline.left(timeout, httpcore.ConnectTimeout),
                     local_address,
                     socket_options,
                 )
             except httpcore.ConnectError as exc:
                 last = exc
                 continue
-            return _DeadlineStream(stream, call)
+            return _CappedStream(stream, call)
         assert last is not None
         raise last
 
@@ -523,7 +501,7 @@ class GuardedClient:
     ) -> CallbackAnswer:
         """One call: refused (:class:`CallbackRefused`), failed (:class:`CallbackFailed`), or
         the answer, whatever its status (redirects are answers, not followed)."""
-        deadline = time.monotonic() + self.deadline_seconds
+        deadline = Deadline.after(self.deadline_seconds)
         target = self.policy.check_url(url)
         for name, value in (headers or {}).items():
             if not (_HEADER_TEXT.fullmatch(name) and _HEADER_TEXT.fullmatch(value)):

@@ -14,8 +14,9 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from shared.deadline import keep_deadline, left, within
+
 from ._auth import AuthProvider
-from ._deadline import keep_deadline, left, within
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,

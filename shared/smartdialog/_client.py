@@ -105,8 +105,7 @@ class SmartDialogClient(BaseClient):
     ``deadline`` (seconds, optional) bounds an operation as a whole, its token fetch and every
     request of it included (the re-try after a renewed token, any retry): no request starts
     after it, and each network step of the client's own httpx client gets only the time left
-    (:mod:`shared.smartdialog._deadline`). ``clock`` (Unix time) dates ``Retry-After`` HTTP
-    dates.
+    (:mod:`shared.deadline`). ``clock`` (Unix time) dates ``Retry-After`` HTTP dates.
     """
 
     @classmethod
