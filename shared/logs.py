@@ -53,17 +53,23 @@ URL_LOGGERS = (
 _URL_QUERY = re.compile(r"(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)[?#][^\s\"'<>]*")
 
 
-# A bearer token, or the value of a query parameter that carries a secret: a token (ours in
-# status and DLR URLs, OAuth's), a function key (``code=``), a SAS signature, a client secret.
+# A bearer token, or a value that carries a secret: a query parameter's (plain or URL-encoded)
+# or a quoted key's (JSON, a dict's repr), named *token or *secret (ours in status and DLR URLs,
+# OAuth's, a SAS token), code (a function key) or sig (a SAS signature); an x-functions-key
+# header's. The value ends at a blank, a quote, & (or %26), a comma, ; or }.
+_SENSITIVE_NAMES = r"(?:\w*_)?(?:token|secret)"
 _SECRET = re.compile(
-    r"(?i)(bearer\s+|(?:access_token|refresh_token|client_secret|sig)=|\b(?:token|code)=)"
-    r"[^\s&\"']+"
+    r"(?i)(bearer\s+|\bx-functions-key[\"']?\s*[:=]\s*[\"']?"
+    rf"|[\"']{_SENSITIVE_NAMES}[\"']\s*:\s*[\"']?"
+    rf"|(?:(?:\b|(?<=%3f)|(?<=%26))(?:{_SENSITIVE_NAMES}|code)|sig)(?:=|%3d))"
+    r"(?:(?!%26)[^\s&\"',;}])+"
 )
 
 
 def cut_secrets(text: str) -> str:
-    """``text`` with bearer tokens and secret-carrying query values (``token=``, ``code=``,
-    ``sig=``, ``access_token=``, ``refresh_token=``, ``client_secret=``) cut to ``***``."""
+    """``text`` with secrets cut to ``***``: bearer tokens, ``x-functions-key`` values, and the
+    values of ``token=``, ``*_token=``, ``*_secret=``, ``code=``, ``sig=`` (also URL-encoded,
+    ``token%3D``) and of quoted keys such as ``"access_token": "..."``."""
     return _SECRET.sub(r"\1***", text)
 
 

@@ -29,12 +29,23 @@ ROOT = Path(__file__).resolve().parent.parent
         ("a_access_token=AT refresh_token=RT client_secret=CS", "a_access_token=*** "
          "refresh_token=*** client_secret=***"),
         ("zipcode=00100 errorcode=5 tokens=3", "zipcode=00100 errorcode=5 tokens=3"),
+        # Left whole before: \b failed after _, and other than name= forms were not looked at.
+        ("id_token=ID sas_token=SAS", "id_token=*** sas_token=***"),
+        ('{"access_token":"AT","refresh_token": "RT","client_secret":CS}',
+         '{"access_token":"***","refresh_token": "***","client_secret":***}'),
+        ("dlr=https%3A%2F%2Fa.test%2Fdlr%3Ftoken%3DTOK%26code%3DKEY",
+         "dlr=https%3A%2F%2Fa.test%2Fdlr%3Ftoken%3D***%26code%3D***"),
+        ("x-functions-key: KEY== {'x-functions-key': 'KEY'}",
+         "x-functions-key: *** {'x-functions-key': '***'}"),
+        ('{"code": "rate-limited", "token_type": "Bearer", "tokens": 3} error_code=5 mytoken=1',
+         '{"code": "rate-limited", "token_type": "Bearer", "tokens": 3} error_code=5 mytoken=1'),
     ],
 )  # fmt: skip
 def test_cut_secrets_cuts_tokens_keys_and_signatures_but_not_lookalikes(
     text: str, cut: str
 ) -> None:
-    """token= (our status and DLR URLs) and code= (a function key) were left whole."""
+    """token= (our status and DLR URLs) and code= (a function key) were left whole, and later
+    id_token=, sas_token=, JSON "access_token": "...", token%3D and x-functions-key: values."""
     assert cut_secrets(text) == cut
 
 
