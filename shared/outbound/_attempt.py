@@ -322,9 +322,13 @@ def _describe(span: Span, result: AttemptResult) -> None:
 
 
 def classify(exc: Exception) -> AttemptResult:
-    """What a failed call means: the one mapping from the client's errors to outcomes."""
+    """What a failed call means: the one mapping from the client's errors to outcomes. Upstream's
+    message enters the outcome here, secrets it may quote (our DLR URL's token) cut: it becomes
+    a FailureInfo's detail (status answers, events, dead letters, trigger data, logs)."""
+    from shared.logs import cut_secrets
     from shared.smartdialog import (
         APIConnectionError,
+        APIError,
         APIResponseValidationError,
         APIStatusError,
         CredentialsError,
@@ -334,6 +338,7 @@ def classify(exc: Exception) -> AttemptResult:
         RateLimitError,
     )
 
+    said = cut_secrets(exc.message) if isinstance(exc, APIError) else ""
     if isinstance(exc, InvalidParameterError):
         # Nothing was sent and the same value fails the same way: a permanent refusal. In the
         # body it may be one member's (400 naming nobody splits a pack); else it is everyone's.
@@ -350,25 +355,21 @@ def classify(exc: Exception) -> AttemptResult:
         return Sent(exc.body if isinstance(exc.body, dict) else {})
     if isinstance(exc, RateLimitError):
         return Transient(
-            "rate-limited", "SmartDialog answered 429", exc.message, exc.retry_after, 429, True
+            "rate-limited", "SmartDialog answered 429", said, exc.retry_after, 429, True
         )
     if isinstance(exc, InternalServerError):
         title = f"SmartDialog answered {exc.status_code}"
-        return Transient(
-            "upstream-unavailable", title, exc.message, exc.retry_after, exc.status_code
-        )
+        return Transient("upstream-unavailable", title, said, exc.retry_after, exc.status_code)
     if isinstance(exc, APIStatusError):
         if exc.status_code == 408:
-            return Transient(
-                "upstream-unavailable", "SmartDialog timed out", exc.message, None, 408
-            )
-        match = _REJECTED_RECIPIENT.search(exc.message or "")
+            return Transient("upstream-unavailable", "SmartDialog timed out", said, None, 408)
+        match = _REJECTED_RECIPIENT.search(said)
         culprit = address_key(match.group(1)) if match else None
-        return Refused(exc.status_code, exc.message, culprit)
+        return Refused(exc.status_code, said, culprit)
     if isinstance(exc, APIConnectionError):
         not_sent = exc.certainly_not_sent
         title = "SmartDialog could not be reached"
-        return Transient("upstream-unavailable", title, exc.message, None, None, not_sent)
+        return Transient("upstream-unavailable", title, said, None, None, not_sent)
     if isinstance(exc, QuotaDeniedInAttempt):
         return Transient(
             "rate-limited", "Quota full for a repeat", str(exc), exc.retry_after, None, True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -190,6 +191,44 @@ def test_failed_send_status_is_a_problem_with_upstreams_message(outbound: Outbou
     assert final.body["code"] == "upstream-rejected"
     assert "rejected" in final.body["detail"]
     assert final.body["upstreamStatus"] == 400
+
+
+@pytest.mark.parametrize("status", [400, 503])
+def test_a_secret_upstream_quotes_is_cut_from_the_failure_wherever_it_goes(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    """Upstream's message became the failure's detail as is: a refusal (or a 5xx) quoting the
+    DLR URL we sent put its token in the 422 detail, the event and the dead letter."""
+    import httpx
+
+    from shared.outbound._attempt import Upstream
+    from shared.smartdialog import BadRequestError, InternalServerError
+
+    quoted: list[str] = []
+
+    def quoting(self: Upstream, command: Any) -> dict[str, Any]:
+        dlr = command.body.DlrUrl
+        quoted.append(dict(parse_qsl(urlsplit(dlr).query))["token"])
+        said = f"DlrUrl {dlr} not reachable with Authorization: Bearer eyJhbGciOi.e30.bearer"
+        error = BadRequestError if status == 400 else InternalServerError
+        where = {"operation_id": "SendMessage", "method": "POST", "path": "/"}
+        raise error(said, status_code=status, body=None, headers=httpx.Headers(), **where)
+
+    monkeypatch.setattr(Upstream, "send", quoting)
+    outbound.configure(SEND_MAX_ATTEMPTS=1)
+    accepted = post(sms(DELIVERED))
+    outbound.drain()
+
+    final = status_of(accepted.headers["Location"])
+    assert final.status == 422
+    assert "?token=***" in final.body["detail"]
+    assert "Bearer ***" in final.body["detail"]
+    [event] = outbound.events()
+    assert event["type"] == "fi.arena.smartdialog.message.failed"
+    everywhere = json.dumps([final.body, event, outbound.dead_letters()])
+    assert quoted
+    assert not [token for token in quoted if token in everywhere]
+    assert "eyJhbGciOi" not in everywhere
 
 
 def test_reply_discussion_and_whatsapp_template_sends_reach_upstream(outbound: Outbound) -> None:
