@@ -92,8 +92,9 @@ LOGGABLE_CHARS = 200
 
 def loggable_text(text: str, limit: int = LOGGABLE_CHARS) -> str:
     """Text we were given (a field name a caller sent, an upstream's refusal) fit for a log
-    line: control characters escaped, phone numbers masked, cut to ``limit`` characters (the
-    rest counted)."""
+    line: :func:`redacted`, control characters escaped, cut to ``limit`` characters (the rest
+    counted)."""
+    text = cut_secrets(text)
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters)"
     return _mask_phone_numbers(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))

@@ -11,7 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.logs import HTTP_LIBRARY_LEVELS, configure_logging, cut_secrets, loggable_url
+from shared.logs import (
+    HTTP_LIBRARY_LEVELS,
+    configure_logging,
+    cut_secrets,
+    loggable_text,
+    loggable_url,
+)
 from tests.fixtures.leaks import LeakDetector, findings_in, watch_content, watch_secret
 from tests.fixtures.sandbox import SandboxServer
 
@@ -47,6 +53,18 @@ def test_cut_secrets_cuts_tokens_keys_and_signatures_but_not_lookalikes(
     """token= (our status and DLR URLs) and code= (a function key) were left whole, and later
     id_token=, sas_token=, JSON "access_token": "...", token%3D and x-functions-key: values."""
     assert cut_secrets(text) == cut
+
+
+def test_loggable_text_cuts_secrets_before_it_shortens() -> None:
+    """An upstream refusal quoting our DLR URL was logged with its token (the sender's pack
+    and refusal lines log upstream's message through loggable_text)."""
+    said = (
+        "bad DlrUrl https://a.test/api/callbacks/dlr/p-1?token=v1.123.SECRETMAC\nfor +358401234567"
+    )
+    assert loggable_text(said) == (
+        "bad DlrUrl https://a.test/api/callbacks/dlr/p-1?token=***\\x0afor ***4567"
+    )
+    assert loggable_text(f"x token={'S' * 300}", limit=20) == "x token=***"
 
 
 def test_importing_function_app_sets_the_http_libraries_loggers() -> None:

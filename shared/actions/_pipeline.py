@@ -499,7 +499,7 @@ def _run_action(
         if problem.errors:
             fields = ", ".join(dict.fromkeys(e.field for e in problem.errors))
             # A field name can be a caller's key (an unknown field), even a phone number.
-            outcome = "invalid fields: " + loggable_text(redacted(fields))
+            outcome = "invalid fields: " + loggable_text(fields)
         response = ActionResponse.problem(_with_instance(problem, tracking_id))
     except Exception as exc:
         mapped, outcome = _map_failure(exc, settings, spec, extra)
