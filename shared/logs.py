@@ -13,7 +13,8 @@ app does):
   operator, passes :class:`RedactUrls`: query strings are cut from URLs and phone numbers masked.
 
 Our own log calls that mention a URL log :func:`loggable_url` of it, never the URL itself; text
-that may quote a secret (an error, a traceback) is logged :func:`redacted`.
+that may quote a secret is logged :func:`redacted` (an error), :func:`loggable_text` (what a
+caller or upstream sent) or :func:`redacted_traceback` (a traceback, never ``exc_info``).
 Importing this module is cheap (standard library only).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 
 __all__ = [
     "HTTP_LIBRARY_LEVELS",
@@ -32,6 +34,7 @@ __all__ = [
     "loggable_text",
     "loggable_url",
     "redacted",
+    "redacted_traceback",
 ]
 
 #: The third-party loggers set at start-up, and their level.
@@ -76,6 +79,12 @@ def cut_secrets(text: str) -> str:
 def redacted(text: str) -> str:
     """``text`` fit for a log line: :func:`cut_secrets`, phone numbers masked."""
     return _mask_phone_numbers(cut_secrets(text))
+
+
+def redacted_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback (with its causes) :func:`redacted`: its messages may quote a URL
+    with its token, a header, a phone number."""
+    return redacted("".join(traceback.format_exception(exc)).rstrip())
 
 
 def _mask_phone_numbers(text: str) -> str:

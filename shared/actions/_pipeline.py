@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,7 +31,7 @@ from shared.actions._spec import (
     SettingDefault,
 )
 from shared.actions.fields import PHONE_REGIONS_CONTEXT
-from shared.logs import cut_secrets, loggable_text, redacted
+from shared.logs import cut_secrets, loggable_text, redacted, redacted_traceback
 from shared.problems import (
     FieldError,
     Problem,
@@ -552,7 +551,7 @@ def _map_failure(
     log.error(
         "%s failed unexpectedly: %s",
         spec.operation_id,
-        redacted("".join(traceback.format_exception(exc)).rstrip()),
+        redacted_traceback(exc),
         extra=dict(extra),
     )
     return internal_error(), f"unexpected {type(exc).__name__}"
@@ -580,7 +579,7 @@ def unexpected_failure_response(
     """500 problem without details for a failure outside an action (logged, redacted)."""
     tracking_id = request.tracking_id
     try:
-        cause = redacted("".join(traceback.format_exception(exc)).rstrip())
+        cause = redacted_traceback(exc)
     except Exception:  # the redaction's own import may be what failed: log the kind only
         cause = type(exc).__name__
     log.error(

@@ -8,13 +8,13 @@ caller. They answer with the same envelopes and problem documents as the actions
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared import telemetry
 from shared.actions._spec import ActionRequest, ActionResponse
+from shared.logs import redacted_traceback
 from shared.problems import Problem, internal_error
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
 
@@ -59,7 +59,7 @@ def _answer(name: str, request: ActionRequest, run: Callable[[], ActionResponse]
     except Problem as problem:
         response = ActionResponse.problem(problem.with_instance(instance))
     except Exception as exc:
-        log.error("%s failed: %s", name, "".join(traceback.format_exception(exc)).rstrip())
+        log.error("%s failed: %s", name, redacted_traceback(exc))
         response = ActionResponse.problem(internal_error().with_instance(instance))
     # A callback answered 2xx is in the host's own invocation log ("Executed ..."); SmartDialog
     # may call thousands of times a minute, so only what went wrong is logged at info.

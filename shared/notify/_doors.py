@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import traceback
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +16,7 @@ from shared import telemetry
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.clock import utcnow
 from shared.deadletters import KeptOriginal, original_aside
+from shared.logs import redacted_traceback
 from shared.notify._intake import (
     InvalidEvent,
     parse_http,
@@ -103,7 +103,7 @@ def _receive_cloud_events(request: ActionRequest, settings: Settings | None) -> 
     except Problem as problem:
         response = ActionResponse.problem(problem.with_instance(instance))
     except Exception as exc:
-        log.error("CloudEvents failed: %s", "".join(traceback.format_exception(exc)).rstrip())
+        log.error("CloudEvents failed: %s", redacted_traceback(exc))
         response = ActionResponse.problem(internal_error().with_instance(instance))
     log.info("CloudEvents answered %d", response.status, extra={"trackingId": request.tracking_id})
     return response

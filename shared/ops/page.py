@@ -12,7 +12,6 @@ happened. Every refusal is a problem document; nothing here answers a bare 5xx.
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,7 +20,7 @@ from urllib.parse import parse_qs, urlencode
 
 from shared.clock import utcnow
 from shared.deadletters import ID_MAX_LENGTH
-from shared.logs import loggable_text
+from shared.logs import loggable_text, redacted_traceback
 from shared.ops._access import (
     Principal,
     authorize,
@@ -84,7 +83,7 @@ def _guarded(run: Callable[[], PageResponse]) -> PageResponse:
     except Problem as problem:
         return PageResponse.problem(problem)
     except Exception as exc:
-        log.error("ops page failed: %s", "".join(traceback.format_exception(exc)).rstrip())
+        log.error("ops page failed: %s", redacted_traceback(exc))
         return PageResponse.problem(internal_error())
     return response
 

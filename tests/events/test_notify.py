@@ -245,6 +245,30 @@ def test_a_stored_rule_that_no_longer_reads_is_skipped_listed_and_deletable(
     assert notify.rules.list_rules()[1] == ["torn"]
 
 
+def test_a_500s_traceback_is_logged_with_the_secrets_it_quotes_cut(
+    storage_env: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CloudEvents door logged the traceback whole: an error quoting a URL logged its sig=."""
+    from shared.actions import ActionRequest
+    from shared.notify._doors import receive_cloud_events
+    from tests.crash import crash_once
+
+    crash_once(
+        monkeypatch,
+        Notifier,
+        "handle",
+        "queue down: https://q.test/intake?sv=1&sig=SASsignatureQUOTED1",
+    )
+    body = json.dumps({"specversion": "1.0", "id": "e-1", "source": "s", "type": "t"}).encode()
+    request = ActionRequest(
+        "POST", headers={"Content-Type": "application/cloudevents+json"}, body=body
+    )
+    with caplog.at_level(logging.ERROR, logger="shared"):
+        assert receive_cloud_events(request).status == 500
+    assert "queue down: https://q.test/intake?sv=1&sig=***" in caplog.text
+    assert "SASsignaturehttps://q.test/intake?sv=1&sig=SASsignatureQUOTED1D1" not in caplog.text
+
+
 def test_a_rule_naming_a_list_that_does_not_exist_or_a_sender_no_send_takes_is_a_400(
     storage_env: str, unique_name: str
 ) -> None:

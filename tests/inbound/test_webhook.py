@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,25 @@ def test_a_storage_failure_answers_500_stores_nothing_and_the_retry_publishes(
     assert post(inbound, body, token=token_for()).status == 202
     inbound.process_intake()
     assert inbound.count(names.INBOUND_QUEUE) == 1
+
+
+def test_a_500s_traceback_is_logged_with_the_secrets_it_quotes_cut(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The traceback went to the log whole: an error quoting a storage URL logged its sig=."""
+    from shared.inbound import _webhook
+    from tests.crash import crash_once
+
+    crash_once(
+        monkeypatch,
+        _webhook,
+        "send_creating",
+        "queue down: https://q.test/intake?sv=1&sig=SASsignatureQUOTED1",
+    )
+    with caplog.at_level(logging.ERROR, logger="shared"):
+        assert post(inbound, payload(), token=token_for()).status == 500
+    assert "queue down: https://q.test/intake?sv=1&sig=***" in caplog.text
+    assert "SASsignatureQUOTED1" not in caplog.text
 
 
 # --- the processor: a repeat is the same event, at-least-once delivery, crashes -----------------

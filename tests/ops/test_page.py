@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from typing import Any
 from urllib.parse import urlencode
@@ -100,6 +101,25 @@ def test_locally_the_page_is_open_and_shows_queues_quota_and_dead_letters(ops: O
     assert "page-1" in html
     # Autoescaped: a letter's text never becomes markup.
     assert "&lt;b&gt;in time&lt;/b&gt;" in html
+
+
+def test_a_500s_traceback_is_logged_with_the_secrets_it_quotes_cut(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The page logged the traceback whole: an error quoting a URL logged its sig=."""
+    from shared.ops import page
+    from tests.crash import crash_once
+
+    crash_once(
+        monkeypatch,
+        page,
+        "overview",
+        "table down: https://q.test/intake?sv=1&sig=SASsignatureQUOTED1",
+    )
+    with caplog.at_level(logging.ERROR, logger="shared"):
+        assert get_page().status_code == 500
+    assert "table down: https://q.test/intake?sv=1&sig=***" in caplog.text
+    assert "SASsignaturehttps://q.test/intake?sv=1&sig=SASsignatureQUOTED1D1" not in caplog.text
 
 
 @pytest.mark.parametrize("environment", ["Production", None])
