@@ -10,8 +10,7 @@ Their sources live in packages that may not import each other (delivery reports 
 ``shared.inbound``, failures in ``shared.outbound``), so each source writes one small
 :class:`TriggerNotification` onto the internal ``smartdialog-trigger-events`` queue through a
 :class:`TriggerNotifier`, and ``shared.inbound``'s ``TriggerFanout`` turns it into one ordinary
-subscriber delivery per matching subscription (the New Message dispatcher does the rest:
-retries, per-subscriber dead letters).
+subscriber delivery per matching subscription, retried and dead-lettered as New Message's.
 
 A notification is written only when the service has a subscription of its kind (for delivery
 reports: one that wants this state) on the event's connection. The notifier learns that from
@@ -58,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.clock import utcnow
+from shared.logs import redacted_traceback
 from shared.names import (
     DEFAULT_CONNECTION,
     LAYOUT_PARTITION,
@@ -398,10 +398,10 @@ class TriggerNotifier:
             assert scan is not None
             try:
                 self._complete_asks_rows(scan)
-            except Exception:
+            except Exception as exc:
                 log.warning("could not mark the services with open questions as asking; every "
-                            "service counts as asking until a later try succeeds",
-                            exc_info=True)  # fmt: skip
+                            "service counts as asking until a later try succeeds: %s",
+                            redacted_traceback(exc))  # fmt: skip
                 self._layout = replace(layout, read_at=now)  # not again at once
             finally:
                 self._scan_lock.release()
@@ -482,8 +482,8 @@ class TriggerNotifier:
         if self._traced_from is None:
             try:
                 self._traced_from = self._since(LAYOUT_PARTITION, TRACE_LAYOUT_ROW) + UPGRADE_WINDOW
-            except Exception:  # a note never fails for its trace: tried again on the next one
-                log.warning("trigger notes carry no trace yet", exc_info=True)
+            except Exception as exc:  # a note never fails for its trace: tried again next time
+                log.warning("trigger notes carry no trace yet: %s", redacted_traceback(exc))
                 return None
         return current_traceparent() if self._clock() >= self._traced_from else None
 

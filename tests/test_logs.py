@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import subprocess
@@ -65,6 +66,25 @@ def test_loggable_text_cuts_secrets_before_it_shortens() -> None:
         "bad DlrUrl https://a.test/api/callbacks/dlr/p-1?token=***\\x0afor ***4567"
     )
     assert loggable_text(f"x token={'S' * 300}", limit=20) == "x token=***"
+
+
+def test_every_traceback_we_log_goes_through_redacted_traceback() -> None:
+    """exc_info=True and log.exception hand the host's handler a traceback it formats whole:
+    a storage error naming its URL (a connection error does, query and keys included) logged
+    a SAS sig= or a phone number. Only shared/logs.py formats tracebacks."""
+    offenders = []
+    for path in [*(ROOT / "shared").rglob("*.py"), ROOT / "function_app.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            formats = node.func.attr.startswith(("format_exc", "format_tb", "print_exc"))
+            if (
+                (node.func.attr == "exception" and node.args)
+                or any(k.arg in ("exc_info", "stack_info") for k in node.keywords)
+                or (formats and path.name != "logs.py")
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
 
 
 def test_importing_function_app_sets_the_http_libraries_loggers() -> None:

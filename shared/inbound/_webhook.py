@@ -48,6 +48,7 @@ from shared.inbound._processor import (
     received_events,
 )
 from shared.inbound._registry import WebhookRegistry, verify_webhook_token
+from shared.logs import redacted_traceback
 from shared.names import DEFAULT_CONNECTION, INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
 from shared.payloads import PayloadStore, fits_queue
 from shared.problems import FieldError, Problem, ProblemType
@@ -255,9 +256,9 @@ class InboundReceiver:
                 TriggerKind.NEW_MESSAGE, service, connection=intake.connection
             ):
                 return False
-        except Exception:  # the index unreadable: the processor decides (it retries)
+        except Exception as exc:  # the index unreadable: the processor decides (it retries)
             log.warning("the subscriber index of %s could not be read; the message goes to the "
-                        "processor", service, exc_info=True)  # fmt: skip
+                        "processor: %s", service, redacted_traceback(exc))  # fmt: skip
             return False
         _, texts = message_event(intake, payload, None)
         if len(texts) != 1:

@@ -43,6 +43,7 @@ from shared.deadletters import (
     DeadLetterIndex,
 )
 from shared.events import MESSAGE_REDRIVEN, make_event
+from shared.logs import redacted_traceback
 from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.names import EVENTS_QUEUE, INBOUND_DELIVERIES_QUEUE, OUTBOUND_QUEUE
 from shared.ops._poison import (
@@ -307,8 +308,9 @@ class DeadLetterDesk:
         if handled.kind is HandledKind.REDRIVEN:
             try:
                 self.index.redriven(entry, now=self._clock())
-            except Exception:  # its copy is out: removing the letter is what keeps it once
-                log.warning("dead letter %s: re-driven, not marked so", view.id, exc_info=True)
+            except Exception as exc:  # its copy is out: removing the letter is what keeps it once
+                log.warning("dead letter %s: re-driven, not marked so: %s", view.id,
+                            redacted_traceback(exc))  # fmt: skip
                 marked = False
         return self._removed(view, handled, now, budget, release=marked)
 
@@ -347,8 +349,9 @@ class DeadLetterDesk:
             if self._remove(view, budget):
                 return handled
             why = f"its letter was not removed ({HELD})"
-        except Exception:
-            log.warning("dead letter %s %s but not removed", view.id, handled.kind, exc_info=True)
+        except Exception as exc:
+            log.warning("dead letter %s %s but not removed: %s", view.id, handled.kind,
+                        redacted_traceback(exc))  # fmt: skip
             why = "its letter could not be removed"
         if view.entry is not None and release:
             self._release(view.entry, now)

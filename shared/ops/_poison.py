@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.clock import as_utc
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
+from shared.logs import redacted_traceback
 from shared.messages import MESSAGE_ID_PATTERN
 from shared.names import (
     CLOUD_EVENTS_QUEUE,
@@ -201,16 +202,18 @@ class PoisonQueues:
                 except ResourceExistsError:  # kept before: its deletion failed then
                     log.info("poison message %s on %s kept already", message.id, queue)
                     return True
-                except Exception:  # this one stays as it is; the others are still kept
-                    log.exception("poison message %s on %s could not be kept", message.id, queue)
+                except Exception as exc:  # this one stays as it is; the others are still kept
+                    log.error("poison message %s on %s could not be kept: %s", message.id, queue,
+                              redacted_traceback(exc))  # fmt: skip
                     return False
                 kept += 1
                 return True
 
             try:
                 self.scan(queue, keep)
-            except Exception:  # the next run keeps what this one left
-                log.exception("the poison messages of %s could not all be kept", queue)
+            except Exception as exc:  # the next run keeps what this one left
+                log.error("the poison messages of %s could not all be kept: %s", queue,
+                          redacted_traceback(exc))  # fmt: skip
         if kept:
             log.info("poison messages kept (or settled) until handled: %d", kept)
         return kept
@@ -227,8 +230,9 @@ class PoisonQueues:
             return False
         try:
             return self._settle_send(named)
-        except Exception:
-            log.exception("poisoned send %s: its record could not be failed", named)
+        except Exception as exc:
+            log.error("poisoned send %s: its record could not be failed: %s", named,
+                      redacted_traceback(exc))  # fmt: skip
             return False
 
     def scan(

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
+from shared.logs import redacted_traceback
 from shared.messages import (
     BatchRecord,
     BatchStatus,
@@ -438,8 +439,8 @@ class BulkService:
         twice is sent once)."""
         try:
             return self.batches.mark(batch, BatchStatus.QUEUED)
-        except Exception:  # the batch is accepted: a status poll marks it
-            log.warning("batch %s: not marked queued", batch.batch_id, exc_info=True)
+        except Exception as exc:  # the batch is accepted: a status poll marks it
+            log.warning("batch %s: not marked queued: %s", batch.batch_id, redacted_traceback(exc))
             return batch
 
     # --- status ------------------------------------------------------------------------------

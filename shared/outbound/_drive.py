@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from shared.logs import loggable_text
+from shared.logs import loggable_text, redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, new_pack_id
 from shared.outbound._attempt import (
     Refused,
@@ -159,14 +159,15 @@ class _Run:
         uncounted, or they would pass for a call interrupted mid-way once their lease ran out."""
         try:
             self.release(self.unsent)
-        except Exception:  # the claims then simply run out
-            log.exception("pack %s: claims not handed back", self.pack.pack_id)
+        except Exception as exc:  # the claims then simply run out
+            log.error("pack %s: claims not handed back: %s", self.pack.pack_id,
+                      redacted_traceback(exc))  # fmt: skip
 
     def unlease(self) -> None:
         try:
             done = self.packs.swap(self.pack, lease_until=None)
-        except Exception:  # the lease then simply runs out
-            log.exception("pack %s: lease not released", self.pack.pack_id)
+        except Exception as exc:  # the lease then simply runs out
+            log.error("pack %s: lease not released: %s", self.pack.pack_id, redacted_traceback(exc))
             return
         if done is not None:
             self.pack = done

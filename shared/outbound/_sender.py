@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from shared import telemetry
+from shared.logs import redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lane_time
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
@@ -365,8 +366,9 @@ class OutboundSender:
         except Exception:
             try:
                 self._give_back(claim)
-            except Exception:
-                log.exception("message %s: claim not handed back", claimed.message_id)
+            except Exception as exc:
+                log.error("message %s: claim not handed back: %s", claimed.message_id,
+                          redacted_traceback(exc))  # fmt: skip
             raise
 
     def _slot_and_call(self, claim: _Claim) -> SendOutcome:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import current, utcnow
 from shared.events import MESSAGE_CANCELLED, make_event
+from shared.logs import redacted_traceback
 from shared.messages import (
     IdempotencyEntry,
     IdempotencyStore,
@@ -262,10 +263,10 @@ class SendService:
         that trigger may have read the lane before. Best effort: its backstop is queued."""
         try:
             outbound_queue(self.settings).send_message(queued)
-        except Exception:  # the send is accepted: its backstop leads it later
+        except Exception as exc:  # the send is accepted: its backstop leads it later
             log.warning("message %s: its lane's trigger may have missed it, and a message "
-                        "to lead it now could not be queued; its backstop will", message_id,
-                        exc_info=True)  # fmt: skip
+                        "to lead it now could not be queued; its backstop will: %s", message_id,
+                        redacted_traceback(exc))  # fmt: skip
 
     def _queued(self, text: str, message_id: str) -> str:
         """The queue message of the command ``text``: itself, or by reference when large."""
