@@ -90,6 +90,8 @@ REDRIVE_CLAIM = dt.timedelta(minutes=5)
 KEPT_PASSED_OVER = 5
 #: A queue message's id (``uuid.UUID`` would also take braces, blanks and underscores).
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: A poison message not yet kept, acted on and then not deleted.
+MISSED = "its poison message was not deleted: another call received it meanwhile"
 #: Why a letter's queue message could not be removed now.
 HELD = (
     "another call or the PoisonKeeper timer holds its queue message (or it is further back in "
@@ -275,7 +277,10 @@ class DeadLetterDesk:
             done.append(act(poison_view(view.queue, message)))
             return not done[-1].kind.stays
 
-        self.poison.scan(view.queue, take, enough=lambda: bool(done), budget=budget)
+        scanned = self.poison.scan(view.queue, take, enough=lambda: bool(done), budget=budget)
+        if scanned.missed:  # acted on, then not deleted: a purge did nothing
+            kind = HandledKind.IN_PROGRESS if done[0].kind is HandledKind.PURGED else done[0].kind
+            return Handled(view.id, kind, "; ".join(filter(None, (done[0].detail, MISSED))))
         if not done:
             raise Problem(409, "Busy", (
                 f"Poison message {view.id} was not there to take: another call or the "
@@ -540,10 +545,10 @@ class DeadLetterDesk:
     def _remove(self, view: DeadLetterView, budget: Budget) -> bool:
         """Delete an indexed letter's queue message, then its row; False, both left, when this
         call could not get the message (another scan holds it: a call handling a letter of its
-        queue, or PoisonKeeper). A delete with the row's pop receipt removes it, or proves it
-        gone (no such message); a receipt that no longer matches (received since) means it is
-        there, found by id. A row never linked to its message is matched by text, and gone
-        only when a scan saw every message of the queue."""
+        queue, or PoisonKeeper). A delete with the row's pop receipt removes it; one that does
+        not (received since, or gone: the service cannot tell us which) leaves it to a scan
+        that finds it by id (by text, for a row never linked to it) or sees every message of
+        the queue without it."""
         entry = view.entry
         assert entry is not None  # a poison message not yet kept: _holding_poison
         wanted = entry.queue_message_id

@@ -81,11 +81,12 @@ class Budget:
 
 class Scanned(NamedTuple):
     """What a scan (:meth:`PoisonQueues.scan`) left: how many messages it made visible again,
-    and whether it received every message it could (it stopped for lack of more, not at a
-    limit or because it had enough)."""
+    whether it received every message it could (it stopped for lack of more, not at a limit or
+    because it had enough), and how many it took but could not delete (:func:`deleted`)."""
 
     shown: int
     whole: bool
+    missed: int = 0
 
 
 def poison_view(queue: str, message: QueueMessage) -> DeadLetterView:
@@ -125,6 +126,22 @@ def never_expires(message: QueueMessage) -> bool:
     """Whether ``message`` was sent for good (a kept poison message)."""
     # A message sent with time_to_live=-1 expires, the service says, at the end of year 9999.
     return message.expires_on is not None and message.expires_on.year >= 9999
+
+
+def deleted(
+    queue: QueueClient, message: QueueMessage | str, pop_receipt: str | None = None
+) -> bool:
+    """Delete a received message: False when its pop receipt no longer does (received since,
+    or gone: Azurite answers 400 PopReceiptMismatch, Azure 404 MessageNotFound for both)."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+    try:
+        queue.delete_message(message, pop_receipt)
+    except HttpResponseError as exc:
+        if not isinstance(exc, ResourceNotFoundError) and exc.status_code != 400:
+            raise
+        return False
+    return True
 
 
 def message_id_of(text: str) -> str | None:
@@ -254,7 +271,7 @@ class PoisonQueues:
             return Scanned(0, whole=False)
         queue = self._queue(queue_name)
         kept: list[QueueMessage] = []
-        received = 0
+        received = missed = 0
         try:
             pages = queue.receive_messages(
                 messages_per_page=min(32, most),
@@ -268,15 +285,15 @@ class PoisonQueues:
                         budget.left -= 1
                     kept.append(message)
                     if take(message) is True:
-                        queue.delete_message(message)
+                        missed += not deleted(queue, message)  # held past our 60 s
                         kept.pop()
                 if enough():
-                    return Scanned(len(kept), whole=False)
-        except ResourceNotFoundError:
+                    return Scanned(len(kept), whole=False, missed=missed)
+        except ResourceNotFoundError:  # no such queue (receiving)
             return Scanned(0, whole=True)
         finally:
             self._show_again(queue_name, queue, kept)
-        return Scanned(len(kept), whole=received < most)
+        return Scanned(len(kept), whole=received < most, missed=missed)
 
     def take(
         self, queue_name: str, wanted: Callable[[QueueMessage], bool], budget: Budget
@@ -284,7 +301,8 @@ class PoisonQueues:
         """Delete the first message of a queue that is ``wanted``, received by a scan that
         stops there: True; False when it is provably not there (the scan received every
         message, and the queue holds no other: none hidden by another scan); None when it may
-        be (another scan holds it, or it lies beyond what ``budget`` lets this call receive)."""
+        be (another scan holds it, it lies beyond what ``budget`` lets this call receive, or
+        its deletion failed: another call received it meanwhile)."""
         found: list[QueueMessage] = []
 
         def first(message: QueueMessage) -> bool:
@@ -295,24 +313,14 @@ class PoisonQueues:
 
         scanned = self.scan(queue_name, first, enough=lambda: bool(found), budget=budget)
         if found:
-            return True
+            return None if scanned.missed else True
         return False if scanned.whole and self._nothing_but(queue_name, scanned.shown) else None
 
     def delete(self, queue_name: str, message_id: str, pop_receipt: str) -> bool:
-        """Delete a message with the pop receipt of a receive of it: True when it is gone now
-        (deleted, or no such message: the service answers 404); False when the receipt no
-        longer matches (400: received since, so it is there)."""
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-
-        try:
-            self._queue(queue_name).delete_message(message_id, pop_receipt)
-        except ResourceNotFoundError:
-            return True
-        except HttpResponseError as exc:
-            if exc.status_code != 400:  # PopReceiptMismatch
-                raise
-            return False
-        return True
+        """Delete a message with the pop receipt of a receive of it: True once deleted; False
+        when that receipt does not (:func:`deleted`: it may be there, held or received since,
+        or gone; :meth:`take` finds it or proves it absent)."""
+        return deleted(self._queue(queue_name), message_id, pop_receipt)
 
     def _nothing_but(self, queue_name: str, shown: int) -> bool:
         """Whether the queue holds no more than the ``shown`` messages a scan saw: its

@@ -23,7 +23,13 @@ from shared.settings import reset_settings_cache
 from shared.storage import ensured_table, queue_client, table_client
 from tests.outbound.conftest import Outbound, outbound, outbound_sandbox
 
-__all__ = ["Outbound", "index_written_dead_letters", "outbound", "outbound_sandbox"]
+__all__ = [
+    "Outbound",
+    "answer_as_azure",
+    "index_written_dead_letters",
+    "outbound",
+    "outbound_sandbox",
+]
 
 
 def index_written_dead_letters(queue: str) -> list[str]:
@@ -65,6 +71,29 @@ def ops(outbound: Outbound) -> Iterator[Outbound]:
     desk.cache_clear()
     yield outbound
     desk.cache_clear()
+
+
+def answer_as_azure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a delete with a stale pop receipt answer as Azure does, 404 MessageNotFound (Azurite
+    answers 400 PopReceiptMismatch): the queue client's call is wrapped, the service unchanged."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.storage.queue import QueueClient
+
+    delete = QueueClient.delete_message
+
+    def as_azure(self: QueueClient, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return delete(self, *args, **kwargs)
+        except HttpResponseError as exc:
+            if exc.status_code == 400 and "PopReceiptMismatch" in str(exc):
+                gone = ResourceNotFoundError(
+                    "MessageNotFound: The specified message does not exist."
+                )
+                gone.status_code = 404
+                raise gone from exc
+            raise
+
+    monkeypatch.setattr(QueueClient, "delete_message", as_azure)
 
 
 def index() -> DeadLetterIndex:
