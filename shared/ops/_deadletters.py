@@ -133,7 +133,7 @@ class DeadLetterDesk:
             validity=dt.timedelta(seconds=settings.send_validity_seconds),
             suppressions=SuppressionStore.from_settings(settings),
             payloads=PayloadStore.from_settings(settings),
-            settle_send=lambda m: sender(settings).outcomes.settle_poisoned(m),
+            settle_send=lambda text: sender(settings).settle_poisoned(text),
         )
 
     # --- reading -------------------------------------------------------------------------

@@ -12,14 +12,12 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.clock import as_utc
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
 from shared.logs import redacted_traceback
-from shared.messages import MESSAGE_ID_PATTERN
 from shared.names import (
     CLOUD_EVENTS_QUEUE,
     DLR_FORWARD_QUEUE,
@@ -237,18 +235,16 @@ class PoisonQueues:
 
     def _settled(self, queue: str, view: DeadLetterView) -> bool | None:
         """Whether a send command the host gave up on was settled instead of kept:
-        ``settle_send`` fails its message unless it is final (``poisoned``, with its event and
-        dead letter, which holds the command from then on): True; None, look again next run
-        (a worker's claim on it is live); False, keep it (no record, sent or cancelled, not a
-        send command, or settling failed: its record stays as it was)."""
-        named = view.message_id or ""
-        ours = re.fullmatch(MESSAGE_ID_PATTERN, named) and queue == poison_queue(OUTBOUND_QUEUE)
-        if self._settle_send is None or not ours:
+        ``settle_send`` fails its message unless final (``poisoned``, with its event and dead
+        letter, which holds the command from then on): True; None, look again next run (a
+        worker's claim on it is live); False, keep it (nothing of ours to settle: no record,
+        sent or cancelled, another message's, not a send command; or settling failed)."""
+        if self._settle_send is None or queue != poison_queue(OUTBOUND_QUEUE):
             return False
         try:
-            return self._settle_send(named)
+            return self._settle_send(view.text)
         except Exception as exc:
-            log.error("poisoned send %s: its record could not be failed: %s", named,
+            log.error("poisoned send %s: its record could not be failed: %s", view.message_id,
                       redacted_traceback(exc))  # fmt: skip
             return False
 

@@ -19,6 +19,7 @@ __all__ = [
     "expired",
     "give_up",
     "may_have_been_sent",
+    "not_repeated",
     "poisoned",
     "poisoned_command_doubt",
     "redrive_doubt",
@@ -66,6 +67,17 @@ def refusal_failure(refused: Refused, record: MessageRecord, *, named: bool) -> 
             "detail": may_have_been_sent(refused.message),
         }
     )
+
+
+def not_repeated(
+    record: MessageRecord, title: str, why: str, error: FailureInfo | None = None
+) -> FailureInfo:
+    """``outcome-unknown`` for ``record``, whose operation carries no RequestId: an attempt
+    that may have reached upstream (``why``) is not repeated, as upstream could not tell a
+    repeat; ``error`` is that attempt's failure, if any."""
+    base = error or FailureInfo(code="outcome-unknown", title=title, attempts=record.attempts)
+    detail = f"{record.operation} carries no RequestId, and {why}; it is not repeated."
+    return base.model_copy(update={"code": "outcome-unknown", "title": title, "detail": detail})
 
 
 def give_up(

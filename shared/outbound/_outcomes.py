@@ -288,12 +288,9 @@ class Outcomes:
         """A claimed message whose attempt failed transiently: queued again to be retried at
         ``next_at`` (``RETRY_SCHEDULED``), failed if it gives up now, or left to whoever
         finished it or took its claim over meanwhile (``ACKNOWLEDGED``)."""
-        error = failed.error(record.attempts)
-        ambiguous = not failed.certainly_not_sent
-        limit = self.ports.policy.max_attempts
-        final = give_up(
-            record, error, failed.title, next_at, max_attempts=limit, maybe_sent=ambiguous
-        )
+        error, limit = failed.error(record.attempts), self.ports.policy.max_attempts
+        unsure = not failed.certainly_not_sent
+        final = give_up(record, error, failed.title, next_at, max_attempts=limit, maybe_sent=unsure)
         if final is not None:
             return self.fail(record, final)
         changes = backoff_changes(failed, error, next_at, self.ports.now())
@@ -327,11 +324,9 @@ class Outcomes:
         if lost:
             recorded += list(store.get_many(lost).values())
         self.announce(recorded)
-        for record in recorded:
-            if record.status is MessageStatus.FAILED and record.failure is not None:
-                log.warning(
-                    "message %s failed for good: %s", record.message_id, record.failure.title
-                )
+        for r in recorded:
+            if r.status is MessageStatus.FAILED and r.failure is not None:
+                log.warning("message %s failed for good: %s", r.message_id, r.failure.title)
 
     # --- side effects ------------------------------------------------------------------------
 
@@ -416,9 +411,7 @@ class Outcomes:
             return
         assert record.failure is not None
         failure = bounded(record.failure)
-        # Written before ``announced`` is recorded: a crash in between writes it again on
-        # the next delivery, identical (stable id, the failure's time), so consumers can
-        # de-duplicate on ``id`` (or ``messageId``), as on the event's id.
+        # Stable id and time: written again after a crash, consumers de-duplicate on ``id``.
         letter = DeadLetter(
             id=f"{record.message_id}:{MessageStatus.FAILED}",
             reason=DeadLetterReason.FAILED,
@@ -457,36 +450,29 @@ class Outcomes:
     ) -> SendOutcome:
         """Put a copy of the message back with a visibility delay; the host then deletes the
         original when we return (a crash in between leaves a duplicate, which is harmless)."""
-        copy = command.model_copy(
-            update={
-                "attempts": attempts,
-                "deferrals": command.deferrals + (1 if kind is OutcomeKind.DEFERRED else 0),
-            }
-        )
-        seconds = whole_seconds(delay)
         assert command.messageId is not None
-        text = queued_text(
-            command_text(copy),
-            message_id=command.messageId,
-            payloads=self.ports.payloads,
-            attempts=copy.attempts,
-            deferrals=copy.deferrals,
-        )
-        self.ports.outbound.send_message(text, visibility_timeout=seconds)
-        log.debug("message %s %s (%s); back in %d s", command.messageId, kind, reason, seconds)
-        return SendOutcome(kind, command.messageId, delay_seconds=seconds, detail=reason)
+        deferrals = command.deferrals + (kind is OutcomeKind.DEFERRED)
+        copy = command.model_copy(update={"attempts": attempts, "deferrals": deferrals})
+        text = queued_text(command_text(copy), message_id=command.messageId,
+                           payloads=self.ports.payloads, attempts=attempts,
+                           deferrals=deferrals)  # fmt: skip
+        return self._put_back(text, "message", command.messageId, delay, kind, reason)
 
     def requeue_driver(
         self, driver: PackDriver, delay: float, kind: OutcomeKind, reason: str
     ) -> SendOutcome:
         """Put a pack's driver back on the queue after ``delay`` seconds."""
-        copy = driver.model_copy(
-            update={"deferrals": driver.deferrals + (1 if kind is OutcomeKind.DEFERRED else 0)}
-        )
+        deferrals = driver.deferrals + (kind is OutcomeKind.DEFERRED)
+        text = driver.model_copy(update={"deferrals": deferrals}).model_dump_json()
+        return self._put_back(text, "pack", driver.packId, delay, kind, reason)
+
+    def _put_back(
+        self, text: str, what: str, name: str, delay: float, kind: OutcomeKind, reason: str
+    ) -> SendOutcome:
         seconds = whole_seconds(delay)
-        self.ports.outbound.send_message(copy.model_dump_json(), visibility_timeout=seconds)
-        log.debug("pack %s %s (%s); back in %d s", driver.packId, kind, reason, seconds)
-        return SendOutcome(kind, driver.packId, delay_seconds=seconds, detail=reason)
+        self.ports.outbound.send_message(text, visibility_timeout=seconds)
+        log.debug("%s %s %s (%s); back in %d s", what, name, kind, reason, seconds)
+        return SendOutcome(kind, name, delay_seconds=seconds, detail=reason)
 
     def someone_elses(
         self,
@@ -499,7 +485,7 @@ class Outcomes:
         """None when ``record`` is ``command``'s; a rule's send made again (its rule edited
         since) is acknowledged; else ``command``'s ``messageId`` is taken by a different
         message: dead-lettered, the record left alone."""
-        if not record.fingerprint or is_recorded_as(record, command):
+        if self.owns(record, command):
             return None
         if repeats_rule_send(record.command, command):
             log.info("message %s: a rule's send again, edited: acknowledged", record.message_id)
@@ -568,17 +554,24 @@ class Outcomes:
         )
         return self.fail(record, failure)
 
-    def settle_poisoned(self, message_id: str) -> bool | None:
-        """Fail a message whose command the host moved to the poison queue, so it does not stay
-        ``queued`` for ever (:func:`poisoned`, with its event and dead letter). True once failed
-        and announced; False with nothing to settle (no record, sent, cancelled); None while a
-        worker's claim on it is live or if it ended meanwhile (look again later)."""
-        record = self.ports.store.get(message_id)
-        if record is None or record.status in (MessageStatus.SENT, MessageStatus.CANCELLED):
+    def owns(self, record: MessageRecord, command: OutboundMessage) -> bool:
+        """Whether ``command`` is ``record``'s own (:func:`is_recorded_as`; a record older than
+        fingerprints takes any), not another message's that reused its ``messageId``."""
+        return not record.fingerprint or is_recorded_as(record, command)
+
+    def settle_poisoned(self, command: OutboundMessage) -> bool | None:
+        """Fail the message of ``command``, a send the host moved to the poison queue, so it does
+        not stay ``queued`` for ever (:func:`poisoned`): True once failed and announced (its
+        letter holds the command); False with no record, one sent or cancelled, or another's
+        (:meth:`owns`); None while a worker's claim is live, or if it ended meanwhile."""
+        record = self.ports.store.get(command.messageId or "")
+        if record is None or not self.owns(record, command):
             return False
         if record.status is MessageStatus.FAILED:
             self.announce([record])  # a crash may have come between its failure and that
             return True
+        if record.status.is_final:  # sent or cancelled
+            return False
         if self._claimed(record):
             return None
         return True if self.fail(record, poisoned(record)).kind is OutcomeKind.FAILED else None

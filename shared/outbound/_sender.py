@@ -27,7 +27,7 @@ from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lan
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
-from shared.outbound._giving_up import refusal_failure
+from shared.outbound._giving_up import not_repeated, refusal_failure
 from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
@@ -60,6 +60,7 @@ from shared.outbound._records import (
 from shared.outbound._routing import through_connection
 
 if TYPE_CHECKING:
+    from shared.messages import RecipientSlot
     from shared.quota import QuotaGrant
     from shared.settings import Settings
 
@@ -71,9 +72,7 @@ __all__ = [
 log = logging.getLogger("shared.outbound.sender")
 # Outcomes of a queue message counted as sends here; sent and failed are counted per message
 # (pack members too) when their event goes out.
-_COUNTED_HERE = frozenset(
-    {OutcomeKind.DEFERRED, OutcomeKind.RETRY_SCHEDULED, OutcomeKind.DEAD_LETTERED}
-)
+_COUNTED_HERE = {OutcomeKind.DEFERRED, OutcomeKind.RETRY_SCHEDULED, OutcomeKind.DEAD_LETTERED}
 
 
 class OutboundSender:
@@ -128,13 +127,10 @@ class OutboundSender:
         self, text: str, *, queue_message_id: str | None, dequeue_count: int | None
     ) -> SendOutcome:
         try:
-            message = parse_queue_message(text)
-            if isinstance(message, StoredCommand):
-                message = self._stored(message)
+            message = self._read(text)
         except (ValidationError, ValueError) as exc:
             return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
-        message = with_claimed_connection(message)
-        if (command_connection(message) or DEFAULT_CONNECTION) != self.ports.policy.connection:
+        if not self._routes(message):
             routed = through_connection(
                 self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count
             )
@@ -142,6 +138,55 @@ class OutboundSender:
                 return routed
             return OutboundSender(routed).handle(message, text, queue_message_id, dequeue_count)
         return self.handle(message, text, queue_message_id, dequeue_count)
+
+    def settle_poisoned(self, text: str) -> bool | None:
+        """Settle a send command the host moved to the poison queue, read as :meth:`process`
+        reads it (:meth:`Outcomes.settle_poisoned`); False, nothing done, for one not read or
+        routed, a pack's driver, or one whose id came from its queue message (lost with it)."""
+        from shared.connections import connection_settings
+        from shared.problems import Problem
+
+        try:
+            message = self._read(text)
+            if isinstance(message, PackDriver):
+                return False
+            sender = self
+            if not self._routes(message):
+                sender = OutboundSender(
+                    send_ports(connection_settings(command_connection(message)))
+                )
+            command = sender._normalized(message, None)
+        except (ValidationError, ValueError, Problem):
+            return False
+        return sender.outcomes.settle_poisoned(command)
+
+    def _read(self, text: str) -> OutboundMessage | PackDriver:
+        """A queue message's command (a stored one read from its blob) or pack driver, routed
+        as its customer's connection claims it; raises ``ValueError`` if it cannot be read."""
+        message = parse_queue_message(text)
+        if isinstance(message, StoredCommand):
+            stored, named = self.ports.payloads.get(message.payload), message.payload
+            if stored is None:
+                raise ValueError(f"the stored command {named} is gone")
+            command = parse_outbound_message(stored)
+            if command.messageId != message.messageId:
+                raise ValueError(f"the stored command {named} is not {message.messageId}'s")
+            message = command.model_copy(update={"attempts": message.attempts,
+                                                 "deferrals": message.deferrals})  # fmt: skip
+        return with_claimed_connection(message)
+
+    def _routes(self, message: OutboundMessage | PackDriver) -> bool:
+        """Whether ``message`` goes through this sender's connection."""
+        return (command_connection(message) or DEFAULT_CONNECTION) == self.ports.policy.connection
+
+    def _normalized(
+        self, message: OutboundMessage, queue_message_id: str | None
+    ) -> OutboundMessage:
+        """``message`` as this sender sends it (:func:`normalize`); raises ``ValueError``."""
+        policy = self.ports.policy
+        message_id = self.message_id(message, queue_message_id)
+        return normalize(message, message_id=message_id, customer_id=policy.customer_id,
+                         service_id=policy.service_id)  # fmt: skip
 
     def handle(
         self,
@@ -161,12 +206,7 @@ class OutboundSender:
                 dequeue_count=dequeue_count,
             )
         try:
-            command = normalize(
-                message,
-                message_id=self.message_id(message, queue_message_id),
-                customer_id=self.ports.policy.customer_id,
-                service_id=self.ports.policy.service_id,
-            )
+            command = self._normalized(message, queue_message_id)
         except ValueError as exc:
             return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
         assert command.messageId is not None
@@ -248,19 +288,6 @@ class OutboundSender:
             self.outcomes.requeue(command, member.attempts, delay, OutcomeKind.DEFERRED, "lane")
         return outcome
 
-    def _stored(self, stored: StoredCommand) -> OutboundMessage:
-        """The command a :class:`StoredCommand` names, with its attempts and deferrals; raises
-        ``ValueError`` (or ``ValidationError``) if it cannot be read."""
-        text = self.ports.payloads.get(stored.payload)
-        if text is None:
-            raise ValueError(f"the stored command {stored.payload} is gone")
-        command = parse_outbound_message(text)
-        if command.messageId != stored.messageId:
-            raise ValueError(f"the stored command {stored.payload} is not {stored.messageId}'s")
-        return command.model_copy(
-            update={"attempts": stored.attempts, "deferrals": stored.deferrals}
-        )
-
     def _advance(self, record: MessageRecord, command: OutboundMessage) -> SendOutcome:
         if record.batch_id is not None and record.pack_id is not None:
             # A bulk member's own command (it has no queue message of its own; someone put it
@@ -300,18 +327,9 @@ class OutboundSender:
             if record.status is MessageStatus.SENDING and not record.operation.carries_request_id:
                 # The previous attempt died mid-call; without a RequestId a repeat could send
                 # twice, so we stop here (at most once).
-                return self.outcomes.fail(
-                    record,
-                    FailureInfo(
-                        code="outcome-unknown",
-                        title="An earlier attempt may have been sent",
-                        detail=(
-                            f"{record.operation} carries no RequestId, and an attempt was "
-                            "interrupted before its outcome was recorded; it is not repeated."
-                        ),
-                        attempts=record.attempts,
-                    ),
-                )
+                why = "an attempt was interrupted before its outcome was recorded"
+                failure = not_repeated(record, "An earlier attempt may have been sent", why)
+                return self.outcomes.fail(record, failure)
             if now >= record.valid_until:
                 if record.pack_id is not None:  # no retry of its pack will announce the others
                     self.packing.announce_listed(record.pack_id)
@@ -465,15 +483,10 @@ class OutboundSender:
         self, record: MessageRecord, command: OutboundMessage, failed: Transient
     ) -> SendOutcome:
         if not failed.certainly_not_sent and not record.operation.carries_request_id:
-            unknown = {
-                "code": "outcome-unknown",
-                "title": f"{failed.title}; the reply may or may not have been sent",
-                "detail": f"{record.operation} carries no RequestId, so it is not repeated "
-                f"after an ambiguous failure ({failed.detail}).",
-            }
-            return self.outcomes.fail(
-                record, failed.error(record.attempts).model_copy(update=unknown)
-            )
+            why = f"an attempt failed ambiguously ({failed.detail})"
+            unsure = f"{failed.title}; the reply may or may not have been sent"
+            error = failed.error(record.attempts)
+            return self.outcomes.fail(record, not_repeated(record, unsure, why, error))
         delay = self.outcomes.retry_delay(record.attempts, failed)
         next_at = self.ports.now() + dt.timedelta(seconds=delay)
         outcome = self.outcomes.back_off(record, failed, next_at)
@@ -518,12 +531,7 @@ class OutboundSender:
         dead letter with the reason); nothing goes upstream. None if a record with its id
         appeared meanwhile (the caller then goes on as for any recorded message)."""
         now = self.ports.now()
-        record, slots = new_record(
-            command,
-            now=now,
-            validity=self.ports.policy.validity,
-            status=MessageStatus.QUEUED,
-        )
+        record, slots = self._new_record(command, now, MessageStatus.QUEUED)
         stored = self.ports.store.create(record, slots)
         if stored is None:
             return None
@@ -542,16 +550,16 @@ class OutboundSender:
             return derive_message_id("queue-message", queue_message_id)
         raise ValueError("messageId is missing and cannot be derived")
 
+    def _new_record(
+        self, command: OutboundMessage, now: dt.datetime, status: MessageStatus
+    ) -> tuple[MessageRecord, list[RecipientSlot]]:
+        return new_record(command, now=now, validity=self.ports.policy.validity, status=status)
+
     def _create_claimed(self, command: OutboundMessage) -> MessageRecord | None:
         """Record a message first seen on the queue, already claimed by this worker (one write
         instead of two); None if a record appeared meanwhile."""
         now = self.ports.now()
-        record, slots = new_record(
-            command,
-            now=now,
-            validity=self.ports.policy.validity,
-            status=MessageStatus.SENDING,
-        )
+        record, slots = self._new_record(command, now, MessageStatus.SENDING)
         if now >= record.valid_until or self.ports.policy.broken_settings:
             self.ports.store.create(replace(record, status=MessageStatus.QUEUED), slots)
             return None  # expired, or a setting is broken: the normal path fails or defers it
@@ -567,12 +575,7 @@ class OutboundSender:
             return
         if unreadable_address(command) is not None or self._suppression(command) is not None:
             return
-        record, slots = new_record(
-            command,
-            now=self.ports.now(),
-            validity=self.ports.policy.validity,
-            status=MessageStatus.QUEUED,
-        )
+        record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if record.pack_key is None:
             return
         created = self.ports.store.create(record, slots)

@@ -1,0 +1,145 @@
+"""Send commands the Functions host gave up on (moved to ``smartdialog-outbound-poison``):
+``PoisonKeeper`` fails the message of the record a command is the own command of, and only
+that one; anything else stays a plain poison letter. Through the real functions, Azurite and
+the sandbox, as the rest of tests/ops."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shared.messages import MessageStatus, MessageStore
+from shared.names import OUTBOUND_QUEUE, poison_queue
+from shared.ops import keep_poison
+from shared.outbound._quota_wait import QuotaWait
+from shared.storage import queue_client
+from tests.connections.conftest import (
+    SECOND_CUSTOMER,
+    SECOND_SERVICE,
+    SECOND_TOKEN,
+    forget_settings,
+)
+from tests.ops.conftest import Outbound
+from tests.ops.test_redrive_once import listed, queue_texts
+from tests.outbound.conftest import DELIVERED, REJECTED, call_http, sms, status_of
+
+POISON = poison_queue(OUTBOUND_QUEUE)
+
+
+@pytest.fixture
+def second(ops: Outbound) -> Iterator[None]:
+    """A connection ``second`` besides the default (its calls are never made here)."""
+    settings = {"BASE_URL": ops.sandbox.api_url, "ACCESS_TOKEN": SECOND_TOKEN,
+                "CUSTOMERS": SECOND_CUSTOMER, "CUSTOMER_ID": SECOND_CUSTOMER,
+                "SERVICE_ID": SECOND_SERVICE}  # fmt: skip
+    for name, value in settings.items():
+        ops.monkeypatch.setenv(f"SMARTDIALOG_CONNECTIONS__SECOND__{name}", value)
+    forget_settings()
+    yield
+    forget_settings()
+
+
+def given_up_on(text: str) -> None:
+    """Put ``text`` on the outbound poison queue, as the host does after its last delivery."""
+    queue_client(POISON).send_message(text)
+
+
+def recorded_then_storage_failed(ops: Outbound, command: dict[str, Any]) -> None:
+    """Deliver a queue-only ``command`` once: the sender records it, then our storage fails
+    (the quota log) and the invocation raises, the claim handed back (the host would retry it
+    and, after its last delivery, move it to the poison queue)."""
+    with ops.monkeypatch.context() as patch:
+        patch.setattr(QuotaWait, "take", lambda *a, **k: _raise(ConnectionError("table blip")))
+        with pytest.raises(ConnectionError):
+            ops.invoke(json.dumps(command))
+
+
+def test_a_command_that_reused_a_queued_messages_id_is_kept_and_that_message_sent(
+    ops: Outbound,
+) -> None:
+    """A foreign command naming an accepted message's id failed that message ``poisoned``: its
+    own queued copy was then acknowledged unsent, and the foreign text, deleted, was kept in no
+    letter."""
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+    location, message_id = accepted.headers["Location"], accepted.body["Id"]
+    foreign = {"operation": "SendMessage", "messageId": message_id,
+               "body": sms(DELIVERED, content="someone else's text")}  # fmt: skip
+    given_up_on(json.dumps(foreign))
+
+    kept = keep_poison()
+    [item] = listed()
+    ops.drain()
+
+    assert kept == 1
+    assert (item["reason"], item["messageId"]) == ("poison", message_id)
+    shown = call_http("GetDeadLetter", "GET", route_params={"DeadLetterId": item["id"]})
+    assert "someone else's text" in shown.body["text"]
+    assert status_of(location).status == 200  # its own command was sent
+    assert len(ops.upstream()) == 1
+
+
+def test_a_command_that_reused_a_failed_messages_id_is_kept_not_deleted(ops: Outbound) -> None:
+    """The record was failed already, so the keeper took the foreign command for its own
+    (held by the failure's letter) and deleted it: kept nowhere."""
+    message_id = call_http("SendMessage", "POST", body=sms(REJECTED)).body["Id"]
+    ops.drain()
+    foreign = {"operation": "SendMessage", "messageId": message_id,
+               "body": sms(DELIVERED, content="someone else's text")}  # fmt: skip
+    given_up_on(json.dumps(foreign))
+
+    kept = keep_poison()
+
+    assert kept == 1
+    letters = {i["reason"]: i for i in listed()}
+    assert set(letters) == {"failed", "poison"}
+    assert letters["poison"]["messageId"] == message_id
+    assert len(queue_texts(POISON)) == 1  # kept for good, indexed
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.failure is not None
+    assert record.failure.code == "upstream-rejected"
+
+
+def test_a_command_named_by_its_request_id_alone_fails_poisoned(ops: Outbound) -> None:
+    """A queue-only command without ``messageId`` gets its id from its RequestId: the keeper
+    read only ``messageId``, so its record stayed queued for ever (status URL 202)."""
+    command = {"operation": "SendMessage", "body": sms(DELIVERED, RequestId="req-poisoned")}
+    recorded_then_storage_failed(ops, command)
+    given_up_on(json.dumps(command))
+
+    kept = keep_poison()
+
+    assert kept == 1
+    [item] = listed()
+    assert (item["reason"], item["code"]) == ("failed", "poisoned"), item
+    record = MessageStore.from_settings().get(item["messageId"])
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert queue_texts(POISON) == []
+
+
+def test_a_command_of_a_named_connection_is_read_as_its_connection_reads_it(
+    ops: Outbound, second: None
+) -> None:
+    """Its customer and service come from its connection's settings: read with the default's,
+    it would pass for another message's command and stay a plain letter, its record queued."""
+    command = {"operation": "SendMessage", "messageId": "ops-second", "Connection": "second",
+               "body": sms(DELIVERED)}  # fmt: skip
+    recorded_then_storage_failed(ops, command)
+    given_up_on(json.dumps(command))
+
+    kept = keep_poison()
+
+    assert kept == 1
+    record = MessageStore.from_settings().get("ops-second")
+    assert record is not None
+    assert (record.status, record.customer_id) == (MessageStatus.FAILED, SECOND_CUSTOMER)
+    assert record.failure is not None
+    assert record.failure.code == "poisoned"
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
