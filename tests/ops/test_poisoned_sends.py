@@ -5,12 +5,14 @@ the sandbox, as the rest of tests/ops."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from shared.clock import utcnow
 from shared.messages import MessageStatus, MessageStore
 from shared.names import OUTBOUND_QUEUE, poison_queue
 from shared.ops import keep_poison
@@ -139,6 +141,38 @@ def test_a_command_of_a_named_connection_is_read_as_its_connection_reads_it(
     assert (record.status, record.customer_id) == (MessageStatus.FAILED, SECOND_CUSTOMER)
     assert record.failure is not None
     assert record.failure.code == "poisoned"
+
+
+def test_a_message_claimed_while_it_is_settled_is_left_to_its_worker(ops: Outbound) -> None:
+    """A worker claimed the message between the keeper's read and its write: the keeper's
+    compare-and-swap lost, and its re-read took any open record, so it failed one a live
+    worker held (closed by same_claim in Outcomes.fail: this pins it for the keeper)."""
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+    message_id = accepted.body["Id"]
+    [command] = queue_client(OUTBOUND_QUEUE).peek_messages()
+    given_up_on(str(command.content))  # a copy the host gave up on; the other is still live
+    swap, claimed = MessageStore.swap, []
+
+    def claimed_first(self: MessageStore, record: Any, **changes: Any) -> Any:
+        if changes.get("status") is MessageStatus.FAILED and not claimed:
+            live = utcnow() + dt.timedelta(minutes=5)  # a worker's claim lands first
+            claimed.append(swap(self, record, status=MessageStatus.SENDING, attempts=1,
+                                lease_until=live))  # fmt: skip
+        return swap(self, record, **changes)
+
+    with ops.monkeypatch.context() as patch:
+        patch.setattr(MessageStore, "swap", claimed_first)
+        kept = keep_poison()
+    record = MessageStore.from_settings().get(message_id)
+
+    assert [c is not None for c in claimed] == [True]
+    assert kept == 0  # looked at again by the next run
+    assert record is not None
+    assert (record.status, record.failure) == (MessageStatus.SENDING, None)
+    assert [i["reason"] for i in listed()] == ["poison"]  # no failed letter; not kept yet
+    [poisoned] = queue_client(POISON).peek_messages()
+    assert poisoned.expires_on is not None
+    assert poisoned.expires_on.year < 9999
 
 
 def _raise(exc: Exception) -> Any:
