@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from shared.clock import as_utc
+from shared.clock import as_utc, utcnow
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
 from shared.logs import redacted_traceback
 from shared.names import (
@@ -65,6 +65,8 @@ SCAN_LIMIT = 5000
 #: Messages one request (an action, a page's button) receives at most, over all its scans.
 REQUEST_RECEIVE_LIMIT = 500
 SCAN_VISIBILITY_SECONDS = 60
+#: A poison message a send's settling left this close to its expiry is kept as it is.
+KEEP_BEFORE = dt.timedelta(days=1)
 #: The most messages one peek shows (the service's limit).
 PEEK_LIMIT = 32
 
@@ -124,6 +126,12 @@ def never_expires(message: QueueMessage) -> bool:
     """Whether ``message`` was sent for good (a kept poison message)."""
     # A message sent with time_to_live=-1 expires, the service says, at the end of year 9999.
     return message.expires_on is not None and message.expires_on.year >= 9999
+
+
+def expiring(message: QueueMessage) -> bool:
+    """Whether the host's ``message`` expires before the next PoisonKeeper runs or two (it
+    lives 7 days): one not settled by then is kept as a plain letter, never lost."""
+    return message.expires_on is not None and message.expires_on - utcnow() < KEEP_BEFORE
 
 
 def deleted(
@@ -190,8 +198,9 @@ class PoisonQueues:
         host's poison copy starts again from 0), and the original deleted. Its index row is
         keyed by the original's id and time: an original whose deletion failed after it was
         kept is only deleted by the next run, not kept twice. A send command whose message is
-        not final is settled instead (:meth:`_settled`). Returns how many were kept or
-        settled."""
+        not final is settled instead (:meth:`_settled`); one it cannot settle yet waits for the
+        next run, unless it would expire before (:func:`expiring`). Returns how many were kept
+        or settled."""
         from azure.core.exceptions import ResourceExistsError
 
         kept = 0
@@ -203,7 +212,7 @@ class PoisonQueues:
                     return False
                 view = poison_view(queue, message)
                 settled = self._settled(queue, view)
-                if settled is None:
+                if settled is None and not expiring(message):
                     return False  # the next run looks again
                 if settled:
                     kept += 1
@@ -237,16 +246,17 @@ class PoisonQueues:
         """Whether a send command the host gave up on was settled instead of kept:
         ``settle_send`` fails its message unless final (``poisoned``, with its event and dead
         letter, which holds the command from then on): True; None, look again next run (a
-        worker's claim on it is live); False, keep it (nothing of ours to settle: no record,
-        sent or cancelled, another message's, not a send command; or settling failed)."""
+        worker's claim on it is live, or settling failed: it may have failed the message and
+        not announced it yet); False, keep it (nothing of ours to settle: no record, sent or
+        cancelled, another message's, not a send command)."""
         if self._settle_send is None or queue != poison_queue(OUTBOUND_QUEUE):
             return False
         try:
             return self._settle_send(view.text)
         except Exception as exc:
-            log.error("poisoned send %s: its record could not be failed: %s", view.message_id,
-                      redacted_traceback(exc))  # fmt: skip
-            return False
+            log.error("poisoned send %s: not settled; the next run tries again: %s",
+                      view.message_id, redacted_traceback(exc))  # fmt: skip
+            return None
 
     def scan(
         self,

@@ -175,5 +175,55 @@ def test_a_message_claimed_while_it_is_settled_is_left_to_its_worker(ops: Outbou
     assert poisoned.expires_on.year < 9999
 
 
+def test_a_send_whose_settling_failed_midway_is_settled_by_the_next_run_not_kept(
+    ops: Outbound,
+) -> None:
+    """Its message failed and its failed letter was written, then announcing it raised: the
+    keeper kept the poison message as a second, plain letter, and ``announced`` stayed False
+    for good (the next run saw a kept letter and looked no further)."""
+    import shared.outbound._outcomes as outcomes
+
+    message_id = call_http("SendMessage", "POST", body=sms(DELIVERED)).body["Id"]
+    sending = queue_client(OUTBOUND_QUEUE)
+    [command] = sending.receive_messages()
+    given_up_on(str(command.content))
+    sending.delete_message(command)
+    with ops.monkeypatch.context() as patch:
+        patch.setattr(outcomes, "notify_send_failed", lambda *a, **k: _raise(ConnectionError()))
+        first = keep_poison()
+    midway = MessageStore.from_settings().get(message_id)
+    second = keep_poison()
+    record = MessageStore.from_settings().get(message_id)
+
+    assert (first, second) == (0, 1)
+    assert midway is not None
+    assert (midway.status, midway.announced) == (MessageStatus.FAILED, False)
+    assert record is not None
+    assert record.announced
+    assert {i["reason"] for i in listed()} == {"failed"}  # no plain poison letter
+    assert queue_texts(POISON) == []
+
+
+def test_a_send_not_settled_a_day_before_the_host_would_drop_it_is_kept_as_it_is(
+    ops: Outbound,
+) -> None:
+    """Settling that keeps failing (a damaged record, say) must not lose the command: the
+    host's copy lives 7 days, so one close to that is kept as a plain letter instead."""
+    import shared.outbound._outcomes as outcomes
+
+    message_id = call_http("SendMessage", "POST", body=sms(DELIVERED)).body["Id"]
+    sending = queue_client(OUTBOUND_QUEUE)
+    [command] = sending.receive_messages()
+    queue_client(POISON).send_message(command.content, time_to_live=6 * 3600)  # its last day
+    sending.delete_message(command)
+    with ops.monkeypatch.context() as patch:
+        patch.setattr(outcomes.Outcomes, "settle_poisoned", lambda *a: _raise(ConnectionError()))
+        kept = keep_poison()
+
+    assert kept == 1
+    [item] = listed()
+    assert (item["reason"], item["messageId"]) == ("poison", message_id)
+
+
 def _raise(exc: Exception) -> Any:
     raise exc
