@@ -226,7 +226,7 @@ class DeadLetterDesk:
     ) -> tuple[list[Handled], bool]:
         """Up to ``limit`` letters handled, receiving at most one :class:`Budget` of messages
         (poison messages not yet kept, letters whose pop receipt is stale); more left also when
-        a poison queue was not seen to its end."""
+        a repeat would reach further into a poison queue (:meth:`_each_poison`)."""
         done: list[Handled] = []
         cap = limit * KEPT_PASSED_OVER  # letters that stay come first: reach those behind them
         budget, more = Budget(), False
@@ -235,18 +235,20 @@ class DeadLetterDesk:
             moved = sum(1 for h in done if not h.kind.stays)
             return moved >= limit or len(done) >= cap
 
-        for queue in self.poison.covered(where):
-            if full():
-                _log_counts(done)
-                return done, True
-            found, whole = self._each_poison(
-                queue, where, limit - len(done), redrive, force, budget
-            )
-            done, more = done + found, more or not whole
-        for entry in self.index.matching(where, limit=cap + 1):
-            if full():
-                _log_counts(done)
-                return done, True
+        queues, stopped = self.poison.covered(where), False
+        for n, queue in enumerate(queues):
+            if stopped := full():
+                break
+            # Its part of what is left: a queue full of kept letters does not hide the others.
+            part = budget.left // (len(queues) - n)
+            share = Budget(part)
+            found, further = self._each_poison(queue, where, limit - len(done), redrive, force,
+                                               share)  # fmt: skip
+            budget.left -= part - share.left
+            done, more = done + found, more or further
+        for entry in [] if stopped else self.index.matching(where, limit=cap + 1):
+            if stopped := full():
+                break
             view = view_of_entry(entry)
             done.append(
                 self._redrive_one(view, force=force, budget=budget)
@@ -254,7 +256,7 @@ class DeadLetterDesk:
                 else self._purge_one(view, budget)
             )
         _log_counts(done)
-        return done, more
+        return done, more or stopped
 
     def _redrive_one(self, view: DeadLetterView, *, force: bool, budget: Budget) -> Handled:
         if view.entry is None:
@@ -394,7 +396,9 @@ class DeadLetterDesk:
         budget: Budget,
     ) -> tuple[list[Handled], bool]:
         """One scan of a poison queue: each matching message (up to ``limit``) is acted on;
-        (what happened, whether the scan saw the queue to its end)."""
+        (what happened, whether a repeat would reach further: the scan stopped before the
+        queue's end having removed some; one that removed none would see the same ones again,
+        and PoisonKeeper indexes the rest, handled from the index then)."""
         done: list[Handled] = []
 
         def handle(message: QueueMessage) -> bool:
@@ -410,7 +414,7 @@ class DeadLetterDesk:
             return not done[-1].kind.stays
 
         scanned = self.poison.scan(queue, handle, enough=lambda: len(done) >= limit, budget=budget)
-        return done, scanned.whole
+        return done, not scanned.whole and any(not h.kind.stays for h in done)
 
     def keep_poison(self) -> int:
         """Keep the host's poison messages until handled (:meth:`PoisonQueues.keep`)."""

@@ -75,8 +75,8 @@ class Budget:
     """What one request may still receive, over every scan it makes
     (:data:`REQUEST_RECEIVE_LIMIT`): a request's work is bounded whatever its queues hold."""
 
-    def __init__(self) -> None:
-        self.left = REQUEST_RECEIVE_LIMIT
+    def __init__(self, left: int | None = None) -> None:
+        self.left = REQUEST_RECEIVE_LIMIT if left is None else left
 
 
 class Scanned(NamedTuple):

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
-from shared.names import DLR_FORWARD_DEAD_LETTER_QUEUE, DLR_FORWARD_QUEUE, poison_queue
+from shared.names import (
+    DLR_FORWARD_DEAD_LETTER_QUEUE,
+    DLR_FORWARD_QUEUE,
+    INBOUND_INTAKE_QUEUE,
+    poison_queue,
+)
+from shared.ops import keep_poison
 from shared.settings import get_settings
 from shared.storage import ensured_queue, queue_client
 from tests.ops.conftest import Outbound, letter
@@ -106,6 +112,40 @@ def test_a_bulk_action_on_a_poison_queue_stops_at_its_limit_and_says_more(
     assert (len(done), more) == (10, True)
     assert first == [32]  # one page: it had its 10
     assert calls == [(40, True), (40, True), (10, False)]
+    assert queue_client(POISON).peek_messages() == []
+
+
+def test_a_bulk_action_that_can_do_nothing_more_does_not_say_more(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept poison messages are received (and passed over) on the request's budget: with more
+    of them than one call receives, every call answered more, doing nothing, for ever."""
+    monkeypatch.setattr("shared.ops._poison.REQUEST_RECEIVE_LIMIT", 5)
+    poison_messages(6)
+    assert keep_poison() == 6
+
+    answer = call_http(
+        "RedriveDeadLetters", "POST", params={"queue": POISON, "minAgeSeconds": "3600"}
+    )
+
+    assert (answer.body["redriven"], answer.body["more"]) == (0, False), answer.body
+
+
+def test_a_bulk_action_on_every_poison_queue_reaches_those_behind_one_full_of_kept_letters(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first poison queue's kept letters used up the whole budget: the poison messages of
+    the queues after it were never reached (with reason=poison, by no call while it stayed so)."""
+    monkeypatch.setattr("shared.ops._poison.REQUEST_RECEIVE_LIMIT", 12)
+    intake = ensured_queue(poison_queue(INBOUND_INTAKE_QUEUE))
+    for n in range(13):
+        intake.send_message(json.dumps({"n": n}))
+    assert keep_poison() == 13
+    poison_messages(1)  # behind it, not kept yet
+
+    answer = call_http("PurgeDeadLetters", "POST", params={"reason": "poison"})
+
+    assert answer.body["purged"] == 14, answer.body
     assert queue_client(POISON).peek_messages() == []
 
 
