@@ -90,6 +90,8 @@ REDRIVE_CLAIM = dt.timedelta(minutes=5)
 KEPT_PASSED_OVER = 5
 #: A queue message's id (``uuid.UUID`` would also take braces, blanks and underscores).
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: What a re-drive or purge does with one letter (or a poison message it holds).
+Act = Callable[[DeadLetterView], Handled]
 #: A poison message not yet kept, acted on and then not deleted.
 MISSED = "its poison message was not deleted: another call received it meanwhile"
 #: Why a letter's queue message could not be removed now.
@@ -236,14 +238,14 @@ class DeadLetterDesk:
             return moved >= limit or len(done) >= cap
 
         queues, stopped = self.poison.covered(where), False
+        act = self._purged if not redrive else lambda v: self._requeue(v, force=force)
         for n, queue in enumerate(queues):
             if stopped := full():
                 break
             # Its part of what is left: a queue full of kept letters does not hide the others.
             part = budget.left // (len(queues) - n)
             share = Budget(part)
-            found, further = self._each_poison(queue, where, limit - len(done), redrive, force,
-                                               share)  # fmt: skip
+            found, further = self._each_poison(queue, where, limit - len(done), act, share)
             budget.left -= part - share.left
             done, more = done + found, more or further
         for entry in [] if stopped else self.index.matching(where, limit=cap + 1):
@@ -263,9 +265,7 @@ class DeadLetterDesk:
             return self._holding_poison(view, lambda held: self._requeue(held, force=force), budget)
         return self._redrive_entry(view, force=force, budget=budget)
 
-    def _holding_poison(
-        self, view: DeadLetterView, act: Callable[[DeadLetterView], Handled], budget: Budget
-    ) -> Handled:
+    def _holding_poison(self, view: DeadLetterView, act: Act, budget: Budget) -> Handled:
         """``act`` on a poison message not yet kept while this call holds it (received, so no
         other scan takes it meanwhile), then delete it unless it stays. A 409 Problem, nothing
         done, when the scan does not get it: another one holds it, it is gone, or it is not
@@ -379,23 +379,26 @@ class DeadLetterDesk:
 
     def _purge_one(self, view: DeadLetterView, budget: Budget) -> Handled:
         if view.entry is None:
-            return self._holding_poison(
-                view, lambda held: Handled(held.id, HandledKind.PURGED), budget
-            )
-        if not self._remove(view, budget):
+            return self._holding_poison(view, self._purged, budget)
+        handled = self._purged(view)
+        if not handled.kind.stays and not self._remove(view, budget):
             return Handled(view.id, HandledKind.IN_PROGRESS, f"{HELD}: nothing done; try again")
+        return handled
+
+    def _purged(self, view: DeadLetterView) -> Handled:
+        """What a purge of ``view`` does before its message goes: a send command from the
+        outbound poison queue first fails its message as PoisonKeeper would
+        (:meth:`PoisonQueues.settled`), or its status would answer 202 for ever; nothing is
+        done while a worker's claim on it is live or settling it failed."""
+        if view.reason == POISON and self.poison.settled(view) is None:
+            why = "its message is being sent, or could not be failed now: nothing done; try again"
+            return Handled(view.id, HandledKind.IN_PROGRESS, why)
         return Handled(view.id, HandledKind.PURGED)
 
     def _each_poison(
-        self,
-        queue: str,
-        where: DeadLetterFilter,
-        limit: int,
-        redrive: bool,
-        force: bool,
-        budget: Budget,
+        self, queue: str, where: DeadLetterFilter, limit: int, act: Act, budget: Budget
     ) -> tuple[list[Handled], bool]:
-        """One scan of a poison queue: each matching message (up to ``limit``) is acted on;
+        """One scan of a poison queue: ``act`` on each matching message (up to ``limit``);
         (what happened, whether a repeat would reach further: the scan stopped before the
         queue's end having removed some; one that removed none would see the same ones again,
         and PoisonKeeper indexes the rest, handled from the index then)."""
@@ -407,11 +410,8 @@ class DeadLetterDesk:
                 return False  # a kept one is indexed: handled from the index
             if not where.matches(queue, POISON, view.dead_lettered_at):
                 return False
-            if not redrive:
-                done.append(Handled(view.id, HandledKind.PURGED))
-                return True  # delete it
-            done.append(self._requeue(view, force=force))
-            return not done[-1].kind.stays
+            done.append(act(view))
+            return not done[-1].kind.stays  # delete it
 
         scanned = self.poison.scan(queue, handle, enough=lambda: len(done) >= limit, budget=budget)
         return done, not scanned.whole and any(not h.kind.stays for h in done)

@@ -198,7 +198,7 @@ class PoisonQueues:
         host's poison copy starts again from 0), and the original deleted. Its index row is
         keyed by the original's id and time: an original whose deletion failed after it was
         kept is only deleted by the next run, not kept twice. A send command whose message is
-        not final is settled instead (:meth:`_settled`); one it cannot settle yet waits for the
+        not final is settled instead (:meth:`settled`); one it cannot settle yet waits for the
         next run, unless it would expire before (:func:`expiring`). Returns how many were kept
         or settled."""
         from azure.core.exceptions import ResourceExistsError
@@ -211,7 +211,7 @@ class PoisonQueues:
                 if never_expires(message):
                     return False
                 view = poison_view(queue, message)
-                settled = self._settled(queue, view)
+                settled = self.settled(view)
                 if settled is None and not expiring(message):
                     return False  # the next run looks again
                 if settled:
@@ -242,14 +242,14 @@ class PoisonQueues:
             log.info("poison messages kept (or settled) until handled: %d", kept)
         return kept
 
-    def _settled(self, queue: str, view: DeadLetterView) -> bool | None:
-        """Whether a send command the host gave up on was settled instead of kept:
+    def settled(self, view: DeadLetterView) -> bool | None:
+        """Whether a send command the host gave up on was settled (instead of kept, or purged):
         ``settle_send`` fails its message unless final (``poisoned``, with its event and dead
         letter, which holds the command from then on): True; None, look again next run (a
         worker's claim on it is live, or settling failed: it may have failed the message and
         not announced it yet); False, keep it (nothing of ours to settle: no record, sent or
         cancelled, another message's, not a send command)."""
-        if self._settle_send is None or queue != poison_queue(OUTBOUND_QUEUE):
+        if self._settle_send is None or view.queue != poison_queue(OUTBOUND_QUEUE):
             return False
         try:
             return self._settle_send(view.text)

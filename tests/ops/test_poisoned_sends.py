@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shared.clock import utcnow
+from shared.deadletters import write_dead_letter
 from shared.messages import MessageStatus, MessageStore
 from shared.names import OUTBOUND_QUEUE, poison_queue
 from shared.ops import keep_poison
@@ -223,6 +224,74 @@ def test_a_send_not_settled_a_day_before_the_host_would_drop_it_is_kept_as_it_is
     assert kept == 1
     [item] = listed()
     assert (item["reason"], item["messageId"]) == ("poison", message_id)
+
+
+def accepted_then_given_up_on(ops: Outbound) -> tuple[str, str]:
+    """A send accepted, its queued command then moved to the poison queue (as the host does);
+    returns its status URL and its command's text."""
+    location = call_http("SendMessage", "POST", body=sms(DELIVERED)).headers["Location"]
+    sending = queue_client(OUTBOUND_QUEUE)
+    [command] = sending.receive_messages()
+    given_up_on(str(command.content))
+    sending.delete_message(command)
+    return location, str(command.content)
+
+
+@pytest.mark.parametrize("how", ["one", "bulk"])
+def test_a_purge_of_a_poisoned_send_not_kept_yet_fails_its_message(ops: Outbound, how: str) -> None:
+    """Purged before PoisonKeeper ran, the command was gone and its record stayed queued: its
+    status URL answered 202 for ever."""
+    location, _ = accepted_then_given_up_on(ops)
+    [item] = listed()
+
+    if how == "one":
+        purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": item["id"]})
+        assert purged.body["outcome"] == "purged", purged.body
+    else:
+        purged = call_http("PurgeDeadLetters", "POST", params={"queue": POISON})
+        assert purged.body["purged"] == 1, purged.body
+
+    failed = status_of(location)
+    assert (failed.status, failed.body["code"]) == (422, "poisoned"), failed.body
+    assert queue_texts(POISON) == []
+    assert [i["reason"] for i in listed()] == ["failed"]  # its failure's letter
+
+
+def test_a_purge_of_a_send_kept_as_a_plain_poison_letter_fails_its_message(
+    ops: Outbound,
+) -> None:
+    """A letter PoisonKeeper kept plain before it settled sends (or a send it could not settle
+    then): purging it left the record queued for good."""
+    location, text = accepted_then_given_up_on(ops)
+    poison = queue_client(POISON)
+    [poisoned] = poison.receive_messages()
+    poison.delete_message(poisoned)  # kept as the keeper of the last release kept it:
+    write_dead_letter(poison, text, queue_name=POISON, reason="poison", key=str(poisoned.id))
+    [item] = listed()
+
+    purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": item["id"]})
+
+    assert purged.body["outcome"] == "purged", purged.body
+    failed = status_of(location)
+    assert (failed.status, failed.body["code"]) == (422, "poisoned"), failed.body
+    assert [i["reason"] for i in listed()] == ["failed"]
+
+
+def test_a_purge_of_a_poisoned_send_a_worker_is_sending_does_nothing(ops: Outbound) -> None:
+    """Its worker settles it: the purge must neither fail it nor drop its command."""
+    location, _ = accepted_then_given_up_on(ops)
+    store = MessageStore.from_settings()
+    record = store.get(status_of(location).body["Id"])
+    assert record is not None
+    live = utcnow() + dt.timedelta(minutes=5)
+    assert store.swap(record, status=MessageStatus.SENDING, attempts=1, lease_until=live)
+    [item] = listed()
+
+    busy = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": item["id"]})
+
+    assert busy.status == 409, busy.body
+    assert "being sent" in busy.body["detail"]
+    assert len(queue_texts(POISON)) == 1
 
 
 def _raise(exc: Exception) -> Any:
