@@ -143,7 +143,7 @@ class OutboundSender:
         """Settle a send command the host moved to the poison queue, read as :meth:`process`
         reads it (:meth:`Outcomes.settle_poisoned`); False, nothing done, for one not read or
         routed, a pack's driver, or one whose id came from its queue message (lost with it)."""
-        from shared.connections import connection_settings
+        from shared.connections import connection_settings as settings_of
         from shared.problems import Problem
 
         try:
@@ -152,9 +152,7 @@ class OutboundSender:
                 return False
             sender = self
             if not self._routes(message):
-                sender = OutboundSender(
-                    send_ports(connection_settings(command_connection(message)))
-                )
+                sender = OutboundSender(send_ports(settings_of(command_connection(message))))
             command = sender._normalized(message, None)
         except (ValidationError, ValueError, Problem):
             return False
