@@ -77,10 +77,6 @@ MAX_OPTIONS = 20
 #: that is still on its way through the intake queue (seconds, usually; more in a backlog):
 #: only then does a poll or a new question end it timed out.
 ANSWER_GRACE = dt.timedelta(seconds=60)
-#: A question still open this long after it was asked, with no record of its send, was never
-#: sent: its request died in between (none lives this long: the platform ends an HTTP request
-#: after 230 s). The next question to the number ends it (failed, not-accepted).
-ORPHAN_GRACE = dt.timedelta(minutes=5)
 #: What a question asks beyond its send: in the fingerprint a replay of its key must match.
 QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent", "ReplaceOpenQuestion"}
 #: How a question ends failed when its request answered the refusal (422) or 500: the caller
@@ -298,7 +294,8 @@ class AskService:
         open_one = self.questions.open_question(service, address)
         if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
             return self._replayed(open_one, command, idempotency_key, claim)
-        if open_one is not None and self._ended_if_over(open_one, now):
+        if open_one is not None and open_one.expired(now - ANSWER_GRACE):
+            self.questions.end(open_one.question_id, QuestionStatus.TIMED_OUT, at=now)
             open_one = self.questions.open_question(service, address)
         if open_one is not None and not body.ReplaceOpenQuestion:
             return self._refused(open_one, claim)
@@ -411,19 +408,6 @@ class AskService:
             if isinstance(refused, Problem):
                 raise _in_ask_terms(refused) from None
             raise
-
-    def _ended_if_over(self, question: QuestionRecord, now: dt.datetime) -> bool:
-        """End the open ``question`` if it is over: past its timeout and grace, or never sent (no
-        send record :data:`ORPHAN_GRACE` after it was asked: its request died before its send
-        was accepted). True if it was."""
-        if question.expired(now - ANSWER_GRACE):
-            status, code = QuestionStatus.TIMED_OUT, None
-        elif now - question.created_at < ORPHAN_GRACE or self.send.store.get(question.message_id):
-            return False
-        else:
-            status, code = QuestionStatus.FAILED, NOT_ACCEPTED
-        self.questions.end(question.question_id, status, at=now, failure_code=code)
-        return True
 
     def _refused(self, open_one: QuestionRecord, claim: IdempotencyEntry | None) -> StatusView:
         """409 naming ``open_one``; a key this request claimed is free again (nothing asked)."""
