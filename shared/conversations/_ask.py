@@ -78,7 +78,9 @@ MAX_OPTIONS = 20
 #: only then does a poll or a new question end it timed out.
 ANSWER_GRACE = dt.timedelta(seconds=60)
 #: What a question asks beyond its send: in the fingerprint a replay of its key must match.
-QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent", "ReplaceOpenQuestion"}
+#: (Not ReplaceOpenQuestion: it says how to treat another open question, not what is asked, so a
+#: retry that got 409 may set it.)
+QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent"}
 #: How a question ends failed when its request answered the refusal (422) or 500: the caller
 #: got no question, so a replay under its key asks it anew.
 REFUSED, NOT_ACCEPTED = "refused", "not-accepted"

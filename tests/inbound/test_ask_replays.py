@@ -95,7 +95,6 @@ def test_a_replay_while_its_question_is_open_answers_it_and_queues_nothing(
         {"Options": ["A", "B"]},
         {"TimeoutSeconds": 60},
         {"RepromptContent": "Please reply YES or NO."},
-        {"ReplaceOpenQuestion": True},
     ],
     ids=lambda other: next(iter(other)),
 )
@@ -115,6 +114,36 @@ def test_the_key_of_a_question_with_other_terms_is_422(
     assert still is not None
     assert still.question_id == first.body["QuestionId"]
     assert inbound.count(OUTBOUND_QUEUE) == queued
+
+
+def test_a_retry_refused_409_after_a_500_may_replace_the_open_question(
+    inbound: Inbound,
+) -> None:
+    """ReplaceOpenQuestion says how to treat another open question, not what is asked: the
+    retry of a 500 that got 409 (another question was asked meanwhile) replaces it under the
+    same key, and a replay of that question with or without it answers it."""
+    key = f"booking-{uuid.uuid4().hex}"
+
+    def queue_down(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the queue is down")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SendService, "_enqueue_new", queue_down)
+        assert _ask(inbound, key).status == 500  # its question ended, its key kept
+    other = _ask(inbound)
+    assert other.status == 202, other.body
+    assert _ask(inbound, key).status == 409
+
+    replacing = _ask(inbound, key, ReplaceOpenQuestion=True)
+
+    assert replacing.status == 202, replacing.body
+    replaced = QuestionStore.from_settings().get(other.body["QuestionId"])
+    assert replaced is not None
+    assert replaced.replaced_by == replacing.body["QuestionId"]
+    assert MessageStore.from_settings().get(replacing.body["MessageId"]) is not None
+    for flag in (False, True):
+        again = _ask(inbound, key, ReplaceOpenQuestion=flag)
+        assert (again.status, again.body["QuestionId"]) == (202, replacing.body["QuestionId"])
 
 
 def test_a_key_used_by_a_plain_send_is_422_for_a_question_and_the_other_way_round(
