@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from shared.names import IDEMPOTENCY_TABLE
@@ -65,8 +65,11 @@ class IdempotencyStore:
     ) -> IdempotencyEntry:
         """Claim ``key_hash`` for ``message_id``; returns the entry that holds the key now.
 
-        If it is ours, the caller goes on creating the message; if another message's, the
-        caller answers for that one. An expired claim is taken over (compare-and-swap).
+        If it is ours (``new``: this call made it, even when the insert's answer was lost and
+        its retry found the row), the caller goes on creating the message; if another
+        message's, the caller answers for that one. An expired claim is taken over
+        (compare-and-swap). ``message_id`` must be new (random): a claim naming it is this
+        call's.
         """
         from azure.core import MatchConditions
         from azure.core.exceptions import (
@@ -96,6 +99,11 @@ class IdempotencyStore:
                 found = self._table.get_entity(key_hash, IDEMPOTENCY_ROW_KEY)
             except ResourceNotFoundError:
                 continue
+            if found.get("MessageId") == message_id:
+                # Our own insert: committed, but answered 5xx and retried by the client, which
+                # got 409. Ids are random (a UUID, a lane id's random tail), so no other
+                # request's claim names this one.
+                return replace(mine, etag=found.metadata.get("etag"))
             expires = utc(found.get("ExpiresAt"))
             if expires is not None and expires <= now:
                 try:

@@ -13,7 +13,9 @@ import pytest
 
 from shared.clock import ManualClock, utcnow
 from shared.messages import MessageRecord, MessageStatus, MessageStore, idempotency_key_hash
+from shared.names import IDEMPOTENCY_TABLE
 from shared.settings import get_settings
+from shared.suppressions import SuppressionStore
 from tests.crash import crash_once
 from tests.outbound.conftest import (
     CUSTOMER,
@@ -21,6 +23,7 @@ from tests.outbound.conftest import (
     REJECTED,
     REPLY_SERVICE,
     SECRET,
+    SERVICE,
     Outbound,
     call_http,
     sms,
@@ -355,3 +358,36 @@ def _records(store: MessageStore) -> list:  # type: ignore[type-arg]
         for e in store.table.list_entities()
         if str(e["RowKey"]).endswith("message")
     ]
+
+
+def test_a_claim_whose_insert_was_committed_but_answered_5xx_is_the_requests_own(
+    outbound: Outbound,
+) -> None:
+    """Storage commits the key's claim but answers 500; the client retries the POST and gets
+    409. The claim it then reads is this request's own: a refusal (the recipient opted out)
+    still frees the key, and nothing waits for a record as if another request made it."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.data.tables import TableClient
+
+    phone = "+358419876543"
+    SuppressionStore.from_settings().add(
+        SERVICE, phone, keyword="STOP", source="inbound", now=dt.datetime.now(dt.UTC)
+    )
+    create = TableClient.create_entity
+
+    def committed_then_lost(self: TableClient, *args: Any, **kwargs: Any) -> Any:
+        created = create(self, *args, **kwargs)
+        if self.table_name == IDEMPOTENCY_TABLE:
+            raise ResourceExistsError("The specified entity already exists.")
+        return created
+
+    reads: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TableClient, "create_entity", committed_then_lost)
+        patch.setattr(MessageStore, "get", lambda self, message_id: reads.append(message_id))
+        refused = post(sms(phone), **{"Idempotency-Key": "k-lost-answer"})
+
+    assert refused.status == 422, refused.body
+    assert reads == []  # no record awaited: the claim is new
+    again = post(sms(DELIVERED), **{"Idempotency-Key": "k-lost-answer"})
+    assert again.status == 202, again.body  # the refusal freed the key
