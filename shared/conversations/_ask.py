@@ -289,11 +289,22 @@ class AskService:
         claim: IdempotencyEntry | None = None
         message_id = str(uuid.uuid4())
         if key:
-            claim, asked = self._claim(customer, service, key, command, body, message_id, now)
-            if asked is not None:
-                return self._replayed(asked, command, idempotency_key, claim)
+            key_hash = idempotency_key_hash(customer, key, named)
+            # One query: the open question, and the questions this key asked (a replay's).
+            open_one, asked = self.questions.asked_under(service, address, key_hash)
+            if (
+                open_one is not None
+                and not body.ReplaceOpenQuestion
+                and not open_one.expired(now - ANSWER_GRACE)
+                and all(question.failure_code in NOT_ASKED for question in asked)
+            ):  # another request's question is open, and this key asked none: 409, unclaimed
+                return _conflict(open_one)
+            claim, replayed = self._claim(key_hash, command, body, message_id, asked, now)
+            if replayed is not None:
+                return self._replayed(replayed, command, idempotency_key, claim)
             message_id = claim.message_id  # new, or its first request asked nothing
-        open_one = self.questions.open_question(service, address)
+        else:
+            open_one = self.questions.open_question(service, address)
         if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
             return self._replayed(open_one, command, idempotency_key, claim)
         if open_one is not None and open_one.expired(now - ANSWER_GRACE):
@@ -333,34 +344,28 @@ class AskService:
 
     def _claim(
         self,
-        customer: str,
-        service: str,
-        key: str,
+        key_hash: str,
         command: OutboundMessage,
         body: AskBody,
         message_id: str,
+        asked: list[QuestionRecord],
         now: dt.datetime,
     ) -> tuple[IdempotencyEntry, QuestionRecord | None]:
-        """Claim ``key`` for a new question's send ``message_id`` (the fingerprint has the
+        """Claim ``key_hash`` for a new question's send ``message_id`` (the fingerprint has the
         question's terms: a plain send's is another request). Claimed before: the claim, and the
-        question its first request asked (None when it asked none: it failed first, or is
-        on its way); a 422 when that request was another."""
-        key_hash = idempotency_key_hash(customer, key, self.settings.named_connection)
+        question its first request asked, of those ``asked`` under the key (None when it asked
+        none: it failed first, or is on its way); a 422 when that request was another."""
         fingerprint = request_fingerprint(command, body.model_dump(include=QUESTION_TERMS))
         ttl = dt.timedelta(seconds=self.settings.idempotency_ttl_seconds)
         claim = self.send.idempotency.claim(key_hash, message_id, fingerprint, now=now, ttl=ttl)
         if claim.new:
             return claim, None
-        asked = [
-            question
-            for question in self.questions.asked_under(service, body.Recipient, key_hash)
-            if question.message_id == claim.message_id
-        ]
+        first = [question for question in asked if question.message_id == claim.message_id]
         # The previous release claimed a question's key with its send's fingerprint.
-        earlier = bool(asked) and claim.fingerprint == request_fingerprint(command)
+        earlier = bool(first) and claim.fingerprint == request_fingerprint(command)
         if claim.fingerprint != fingerprint and not earlier:
             raise key_reused()
-        return claim, next((q for q in asked if q.failure_code not in NOT_ASKED), None)
+        return claim, next((q for q in first if q.failure_code not in NOT_ASKED), None)
 
     def _replayed(
         self,

@@ -294,21 +294,30 @@ class QuestionStore:
         except ResourceNotFoundError:  # no table yet: no question was ever asked
             return set()
 
-    def asked_under(self, service: str, address: str, request_key: str) -> list[QuestionRecord]:
-        """The questions to ``address`` on ``service`` asked under the idempotency key hash
-        ``request_key``, first asked first (one partition query)."""
+    def asked_under(
+        self, service: str, address: str, request_key: str
+    ) -> tuple[QuestionRecord | None, list[QuestionRecord]]:
+        """The open question to ``address`` on ``service`` (with its ``open`` row's ETag; None
+        when there is none), and the questions asked under the idempotency key hash
+        ``request_key``, first asked first: one partition query."""
         from azure.core.exceptions import ResourceNotFoundError
 
         key = request_key.replace("'", "''")
         query = (
             f"PartitionKey eq '{question_partition(service, address)}' and "
-            f"RowKey ne '{OPEN_ROW}' and RequestKey eq '{key}'"
+            f"(RowKey eq '{OPEN_ROW}' or RequestKey eq '{key}')"
         )
+        open_one: QuestionRecord | None = None
+        asked: list[QuestionRecord] = []
         try:
-            found = [QuestionRecord.from_entity(e) for e in self.table.query_entities(query)]
+            for entity in self.table.query_entities(query):
+                if entity["RowKey"] == OPEN_ROW:
+                    open_one = QuestionRecord.from_entity(entity)
+                else:
+                    asked.append(QuestionRecord.from_entity(entity))
         except ResourceNotFoundError:  # no table yet: no question was ever asked
-            return []
-        return sorted(found, key=lambda question: question.created_at)
+            return None, []
+        return open_one, sorted(asked, key=lambda question: question.created_at)
 
     def get(self, question_id: str) -> QuestionRecord | None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -74,6 +74,27 @@ def test_a_replay_after_its_question_ended_answers_that_question_and_asks_nothin
     assert inbound.count(OUTBOUND_QUEUE) == queued
 
 
+def test_a_replay_answers_its_ended_question_while_another_request_s_is_open(
+    inbound: Inbound,
+) -> None:
+    """The 409 for another open question comes before any claim, but not for a key that asked
+    a question: its replay still answers that question."""
+    key = f"booking-{uuid.uuid4().hex}"
+    first = _ask(inbound, key)
+    _reply("yes")
+    assert _ask(inbound).status == 202  # another flow asks the number meanwhile
+
+    again = _ask(inbound, key)
+
+    assert again.status == 200, again.body
+    assert (again.body["QuestionId"], again.body["MatchedOption"]) == (
+        first.body["QuestionId"],
+        "Yes",
+    )
+    assert _ask(inbound, key, Options=["A", "B"]).status == 422
+    assert _ask(inbound, f"other-{uuid.uuid4().hex}").status == 409
+
+
 def test_a_replay_while_its_question_is_open_answers_it_and_queues_nothing(
     inbound: Inbound,
 ) -> None:

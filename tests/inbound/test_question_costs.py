@@ -93,6 +93,39 @@ def test_round_trips_per_event_with_and_without_question_matching(
     assert question.open_question(TWO_WAY, NUMBER) is None
 
 
+def _ask_action(env: Inbound, number: str, key: str | None = None) -> int:
+    """SendMessageAndWaitForReply to ``number`` (under ``key``); its status."""
+    headers = {"Service-Id": TWO_WAY, **({"Idempotency-Key": key} if key else {})}
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": number,
+            "Options": ["Yes", "No"]}  # fmt: skip
+    return env.call("SendMessageAndWaitForReply", "POST", headers=headers, body=body).status
+
+
+def test_round_trips_of_an_ask_answered_409_with_and_without_a_key(
+    inbound: Inbound, counted: storage.RoundTrips, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A question refused because another is open reads that one (a key's ask in the same
+    query also reads the questions its key asked, so a replay still answers its own): the key
+    is claimed only when the ask goes on, so nothing is written or released."""
+    assert _ask_action(inbound, "+358401112200") == 202  # the service asks; tables exist
+    costs: dict[str, int] = {}
+    for name, number, key, expected in (
+        ("new, no key", "+358401112201", None, 202),
+        ("new, keyed", "+358401112202", f"k-{uuid.uuid4().hex}", 202),
+        ("409, no key", "+358401112201", None, 409),
+        ("409, keyed", "+358401112201", f"k-{uuid.uuid4().hex}", 409),
+    ):
+        before = counted.snapshot()
+        assert _ask_action(inbound, number, key) == expected, name
+        costs[name] = _calls(counted, before)
+    with capsys.disabled():
+        print(f"\nask storage round trips: {costs}")
+
+    assert costs["409, no key"] == 1  # the open question's point read
+    assert costs["409, keyed"] == 1  # one partition query
+    assert costs["new, keyed"] == costs["new, no key"] + 1  # its claim
+
+
 def test_a_reply_delivered_twice_ends_its_question_once_and_never_answers_the_next_one(
     inbound: Inbound,
 ) -> None:
