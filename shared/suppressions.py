@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,8 +87,11 @@ def _suppression(entity: Any, service: str, phone: str) -> Suppression:
     )
 
 
+@functools.lru_cache(maxsize=65536)
 def recipient_key(address: str) -> str:
-    """The stored form of an address: E.164 when it parses (FI default), else itself."""
+    """The stored form of an address: E.164 when it parses (FI default), else itself (trimmed).
+    Cached (the one cache of parsed addresses): a delivery report compares its number with
+    each of its message's, and a pack's, recipients; the sender each of its pack's."""
     from shared.phone import InvalidPhoneNumber, parse_phone_number
 
     try:

@@ -9,7 +9,6 @@ import hashlib
 import json
 import math
 import threading
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -180,11 +179,10 @@ def new_record(
     return record, slots
 
 
-@lru_cache(maxsize=65536)
 def address_key(address: str) -> str:
     """An address as every comparison of addresses takes it (the pack key's repeats, a pack's
     members, upstream's answer, blame in a refusal): E.164 where it parses, read in FI as the
-    send actions read one (:func:`shared.suppressions.recipient_key`), else trimmed."""
+    send actions read one, else trimmed (:func:`shared.suppressions.recipient_key`, cached)."""
     from shared.suppressions import recipient_key
 
     return recipient_key(address)

@@ -242,3 +242,32 @@ def test_our_dlr_url_replaces_the_callers_only_in_what_is_sent(inbound: Inbound)
     sent = with_delivery_report_url(command, get_settings())
     assert sent.body.DlrUrl.startswith("http://localhost:7071/api/callbacks/dlr/m-1?token=")  # type: ignore[union-attr]
     assert command.body.DlrUrl == "https://mine.example/dlr"  # type: ignore[union-attr]
+
+
+def test_matching_reports_by_number_parses_each_stored_number_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A report without upstream's recipient id is matched by number to one of its message's
+    recipients: each stored number is parsed once per process, not once per report."""
+    import random
+
+    from shared import phone
+    from shared.inbound._dlr import DeliveryReport, _match
+    from shared.messages import RecipientSlot
+
+    numbers = [f"+35840{n:07d}" for n in random.sample(range(10**7), 300)]  # none parsed yet
+    slots = [RecipientSlot("m", i, number, 1) for i, number in enumerate(numbers)]
+    parse = phone.parse_phone_number
+    parsed: list[str] = []
+
+    def counted(text: str, *args: Any, **kwargs: Any) -> str:
+        parsed.append(text)
+        return parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(phone, "parse_phone_number", counted)
+    reports = [numbers[-1], numbers[-2], numbers[-1][1:]]  # the last as written without its +
+    for number in reports:
+        report = DeliveryReport(RecipientStatus.DELIVERED, {}, recipient=number)
+        assert _match(report, slots) is slots[numbers.index("+" + number.lstrip("+"))]
+
+    assert len(parsed) <= len(numbers) + len(reports)
