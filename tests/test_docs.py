@@ -47,6 +47,22 @@ def test_no_module_of_the_shared_package_is_over_600_lines() -> None:
     assert {name: lines for name, lines in sizes.items() if lines > 600} == {}
 
 
+def test_the_queue_schema_says_what_a_recipient_address_must_be() -> None:
+    """The sender dead-letters a queued command whose address is no phone number (malformed):
+    the published contract must not say any string will do."""
+    schema = json.loads((ROOT / "schemas" / "outbound-message.json").read_text(encoding="utf-8"))
+    addresses = {
+        name: definition["properties"]["Address"]
+        for name, definition in schema["$defs"].items()
+        if "Address" in definition.get("properties", {})
+    }
+    assert set(addresses) == {"Recipient", "TemplateRecipient"}
+    for address in addresses.values():
+        assert "E.164" in address["description"], address
+        assert "region FI" in address["description"], address
+        assert "malformed" in address["description"], address
+
+
 def test_every_crash_window_row_names_a_test() -> None:
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     section = page.split("## Crash windows", 1)[1]

@@ -122,10 +122,18 @@ class PhoneNumberRegion(ResponseBody):
 # --- /messages ----------------------------------------------------------------------------------
 
 
+#: What a recipient's address must be: SmartDialog's API takes any string, our queue does not.
+QUEUED_ADDRESS = (
+    "The recipient's phone number: E.164 (+358401234567) or a national number of region FI "
+    "(0401234567). A command on the smartdialog-outbound queue with any other address is "
+    "dead-lettered (reason malformed), never sent."
+)
+
+
 class Recipient(RequestBody):
     """A recipient of a sent message; ``Personalization`` fills ``$(name)`` placeholders."""
 
-    Address: str
+    Address: str = Field(description=QUEUED_ADDRESS)
     Personalization: dict[str, PersonalizationValue] | None = None
 
 
@@ -288,7 +296,7 @@ class NewWhatsAppTemplate(RequestBody):
 
 
 class TemplateRecipient(RequestBody):
-    Address: str
+    Address: str = Field(description=QUEUED_ADDRESS)
 
 
 class TemplateMessageButton(RequestBody):
