@@ -68,6 +68,7 @@ def _exists(client: QueueClient) -> bool:
 def test_every_http_function_answers_the_configuration_problem_not_a_500(broken: str) -> None:
     app = load_app("function_app:app", REPO)
     answers: dict[str, int] = {}
+    queued = _count(broken, "smartdialog-outbound")  # what earlier tests left in this account
     with DevHost(app, REPO / "host.json", port=0, queues=False) as host:
         for _function, binding in _bindings("httpTrigger"):
             route = str(binding["route"])
@@ -90,7 +91,7 @@ def test_every_http_function_answers_the_configuration_problem_not_a_500(broken:
     assert [e["field"] for e in health.json()["errors"]] == [BROKEN[0]]
     assert send.status_code == 503, send.text
     assert send.json()["errors"] == health.json()["errors"]
-    assert _count(broken, "smartdialog-outbound") == 0  # nothing accepted
+    assert _count(broken, "smartdialog-outbound") == queued  # nothing accepted
     assert list(answers.values()).count(503) >= len(answers) // 2, answers
 
 
