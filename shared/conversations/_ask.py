@@ -41,6 +41,7 @@ from shared.messages import (
 from shared.outbound import (
     IdempotencyKeyHeader,
     MessageCustomerDataField,
+    NotQueued,
     OutboundMessage,
     OutboundMessageAdapter,
     ProtocolField,
@@ -81,8 +82,8 @@ ANSWER_GRACE = dt.timedelta(seconds=60)
 #: (Not ReplaceOpenQuestion: it says how to treat another open question, not what is asked, so a
 #: retry that got 409 may set it.)
 QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent"}
-#: How a question ends failed when its request answered the refusal (422) or 500: the caller
-#: got no question, so a replay under its key asks it anew.
+#: How a question ends failed when its request answered the refusal (422) or a 500 before its
+#: send was queued: the caller got no question, so a replay under its key asks it anew.
 REFUSED, NOT_ACCEPTED = "refused", "not-accepted"
 NOT_ASKED = (REFUSED, NOT_ACCEPTED)
 
@@ -395,8 +396,9 @@ class AskService:
         first: bool = True,
     ) -> None:
         """Accept the send of ``question``. Refused (e.g. 422: the recipient opted out) or our
-        storage failed (500, the caller retries), the question this request asked must not stay
-        open without it (one a replay found stays as it is: it may have been sent)."""
+        storage failed before its command was queued (500, the caller retries), the question
+        this request asked must not stay open without it. Any other failure (500) may come after
+        the enqueue: the question stays open, as one a replay found does (it may be sent)."""
         try:
             self.send.accept(
                 command,
@@ -405,7 +407,7 @@ class AskService:
                 not_before=not_before,
                 claim=claim,
             )
-        except Exception as refused:
+        except (Problem, NotQueued) as refused:
             code = REFUSED if isinstance(refused, Problem) else NOT_ACCEPTED
             if first:
                 at = self._clock()

@@ -51,7 +51,13 @@ from shared.outbound._records import (
     with_delivery_report_url,
 )
 from shared.outbound._sender import OutboundSender, reset_sender_cache
-from shared.outbound._service import SendService, StatusView, key_reused, send_service
+from shared.outbound._service import (
+    NotQueued,
+    SendService,
+    StatusView,
+    key_reused,
+    send_service,
+)
 
 __all__ = [
     "DeadLetter",
@@ -63,6 +69,7 @@ __all__ = [
     "MessageFailedData",
     "MessageRedrivenData",
     "MessageSentData",
+    "NotQueued",
     "OutboundMessage",
     "OutboundMessageAdapter",
     "OutboundSender",

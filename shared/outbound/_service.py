@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STUCK_ACCEPTED_AFTER",
+    "NotQueued",
     "SendService",
     "StatusView",
     "key_reused",
@@ -77,6 +78,13 @@ STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
 #: CLAIM_POLL_SECONDS); then it records and enqueues the message itself, with the same id.
 CLAIM_WAIT_SECONDS = 2.0
 CLAIM_POLL_SECONDS = 0.2
+
+
+class NotQueued(RuntimeError):
+    """:meth:`SendService.accept` failed before it put the command on the queue (our storage
+    failed: the cause is chained), so nothing of this request goes out (a replay's first
+    request may have queued its own copy before it died). Any other failure of an accept but a
+    Problem may come after the enqueue: the command may still be sent."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,12 @@ class SendService:
         ``not_before``: the command's queue message stays invisible until then (the first
         question of a service waits until every instance knows the service asks).
 
+        Raises :class:`NotQueued` when our storage failed before a new command went on the
+        queue (the opt-out check, a large command's blob, the enqueue itself): nothing goes
+        out. Any other failure but a :class:`~shared.problems.Problem` leaves that open: it may
+        come after the enqueue (writing the record), and the sender records and sends a command
+        it finds unrecorded.
+
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
         nothing is recorded or queued, and its idempotency key is released. (A replay of a
@@ -188,12 +202,14 @@ class SendService:
             # on with its id (its command may be queued already: one record, one send).
             try:
                 self._refuse_suppressed(command)
+                queued = self._queued(text, message_id)  # by reference when large: one blob
+                relied = self._enqueue_new(queued, message_id, now, not_before)
             except Problem:
                 if key_hash is not None and not replay:
                     self.idempotency.release(key_hash, message_id)
                 raise
-            queued = self._queued(text, message_id)  # by reference when large: one blob
-            relied = self._enqueue_new(queued, message_id, now, not_before)
+            except Exception as exc:  # storage failed before its command was queued
+                raise NotQueued(f"message {message_id} was not queued") from exc
             fresh, slots = new_record(
                 command,
                 now=now,

@@ -17,13 +17,16 @@ from shared.messages import (
     MessageStatus,
     MessageStore,
     QuestionRecord,
+    QuestionStatus,
     QuestionStore,
     idempotency_key_hash,
     new_question_id,
 )
 from shared.names import OUTBOUND_QUEUE
 from shared.outbound import OutboundMessageAdapter, SendService, send_service
+from shared.outbound._service import outbound_queue
 from shared.settings import get_settings
+from tests.crash import crash_once
 from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import CUSTOMER, TWO_WAY, HttpAnswer, Inbound, intake_text
 
@@ -147,12 +150,9 @@ def test_a_retry_refused_409_after_a_500_may_replace_the_open_question(
     same key, and a replay of that question with or without it answers it."""
     key = f"booking-{uuid.uuid4().hex}"
 
-    def queue_down(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("the queue is down")
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SendService, "_enqueue_new", queue_down)
-        assert _ask(inbound, key).status == 500  # its question ended, its key kept
+        crash_once(patch, outbound_queue(get_settings()), "send_message", "the queue is down")
+        assert _ask(inbound, key).status == 500  # nothing queued: its question ended, key kept
     other = _ask(inbound)
     assert other.status == 202, other.body
     assert _ask(inbound, key).status == 409
@@ -309,3 +309,32 @@ def test_a_keyed_retry_of_a_question_never_sent_sends_it(inbound: Inbound) -> No
     assert retried.body["QuestionId"] == orphan
     assert MessageStore.from_settings().get(retried.body["MessageId"]) is not None
     assert inbound.count(OUTBOUND_QUEUE) == queued + 1
+
+
+@pytest.mark.parametrize("key", [None, "booking-500"], ids=["no key", "Idempotency-Key"])
+def test_a_500_after_its_send_was_queued_leaves_its_question_open_and_sends_it_once(
+    inbound: Inbound, manual_clock: ManualClock, key: str | None
+) -> None:
+    """The send's command was queued, then its record could not be written (500): the sender
+    records and sends it, so its question stays open for the reply to that text. A retry
+    without a key gets the 409 naming it (it used to ask a second question, and send a second
+    text, which the reply then answered); one with the key answers it as a replay."""
+    key = key and f"{key}-{uuid.uuid4().hex}"
+    with pytest.MonkeyPatch.context() as patch:
+        crash_once(patch, MessageStore, "create", "the table failed after the enqueue")
+        assert _ask(inbound, key).status == 500
+    asked = _open()
+    assert asked is not None
+
+    retried = _ask(inbound, key)
+
+    if key is None:
+        assert (retried.status, retried.body["openQuestionId"]) == (409, asked.question_id)
+    else:
+        assert (retried.status, retried.body["QuestionId"]) == (202, asked.question_id)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=90)
+    assert _sends(inbound, asked.message_id) == 1
+    _reply("yes")
+    answered = QuestionStore.from_settings().get(asked.question_id)
+    assert answered is not None
+    assert (answered.status, answered.matched_option) == (QuestionStatus.ANSWERED, "Yes")
