@@ -306,11 +306,13 @@ class AskService:
             message_id = claim.message_id  # new, or its first request asked nothing
         else:
             open_one = self.questions.open_question(service, address)
-        if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
-            return self._replayed(open_one, command, idempotency_key, claim)
-        if open_one is not None and open_one.expired(now - ANSWER_GRACE):
+        own = open_one is not None and open_one.message_id == message_id
+        if open_one is not None and not own and open_one.expired(now - ANSWER_GRACE):
+            # Another request's, past its timeout: ended. What is open now may be this one's.
             self.questions.end(open_one.question_id, QuestionStatus.TIMED_OUT, at=now)
             open_one = self.questions.open_question(service, address)
+        if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
+            return self._replayed(open_one, command, idempotency_key, claim)
         if open_one is not None and not body.ReplaceOpenQuestion:
             return self._refused(open_one, claim)
         # The service is marked as asking before its first question is stored, and that

@@ -14,6 +14,7 @@ import pytest
 from shared.clock import ManualClock
 from shared.inbound import InboundProcessor
 from shared.messages import (
+    IdempotencyStore,
     MessageStatus,
     MessageStore,
     QuestionRecord,
@@ -338,3 +339,38 @@ def test_a_500_after_its_send_was_queued_leaves_its_question_open_and_sends_it_o
     answered = QuestionStore.from_settings().get(asked.question_id)
     assert answered is not None
     assert (answered.status, answered.matched_option) == (QuestionStatus.ANSWERED, "Yes")
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["409", "ReplaceOpenQuestion"])
+def test_a_replay_that_ends_an_expired_question_answers_the_one_its_first_request_asked(
+    inbound: Inbound, manual_clock: ManualClock, replace: bool
+) -> None:
+    """A replay read the number's partition while another flow's question, past its timeout,
+    was open; its first request then ended that one and asked its own before the replay
+    claimed the key. The replay ends the expired one too and reads the open one again: its
+    own, which it answers (it used to answer 409 naming it, or replace it)."""
+    stale = _ask(inbound, TimeoutSeconds=60)
+    manual_clock.advance(600)  # past its timeout and grace, still open: nobody polled it
+    key = f"booking-{uuid.uuid4().hex}"
+    real = IdempotencyStore.claim
+    started, first = [], []
+
+    def claim(self: IdempotencyStore, *args: Any, **kwargs: Any) -> Any:
+        if not started:  # the replay read the partition; its first request runs whole now
+            started.append(True)
+            first.append(_ask(inbound, key, ReplaceOpenQuestion=replace))
+        return real(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(IdempotencyStore, "claim", claim)
+        replay = _ask(inbound, key, ReplaceOpenQuestion=replace)
+
+    assert first[0].status == 202, first[0].body
+    asked = first[0].body["QuestionId"]
+    assert (replay.status, replay.body.get("QuestionId")) == (202, asked), replay.body
+    now_open = _open()
+    assert now_open is not None
+    assert now_open.question_id == asked
+    ended = QuestionStore.from_settings().get(stale.body["QuestionId"])
+    assert ended is not None
+    assert ended.status is QuestionStatus.TIMED_OUT
