@@ -261,7 +261,8 @@ class AskService:
         """Check that no question is open (409 naming it, unless replacing), record the question,
         send it, answer 202 + Location. A replay (the same request under the same
         Idempotency-Key or RequestId) asks nothing: it answers as its question's status URL
-        does now; another request under the key (another question, a plain send) is a 422."""
+        does now; another request under the key (another question, a plain send) is a 422,
+        after the 409 for another request's question open to its number."""
         require_callback_settings(self.settings)
         now = self._clock()
         key = idempotency_key or body.RequestId

@@ -374,3 +374,17 @@ def test_a_replay_that_ends_an_expired_question_answers_the_one_its_first_reques
     ended = QuestionStore.from_settings().get(stale.body["QuestionId"])
     assert ended is not None
     assert ended.status is QuestionStatus.TIMED_OUT
+
+
+def test_a_key_reused_for_another_number_is_that_number_s_409_first_else_422(
+    inbound: Inbound,
+) -> None:
+    """The 409 for another request's open question reads only the asked number's partition
+    (one round trip): a key that asked another number is not known there (docs/flows.md)."""
+    key = f"booking-{uuid.uuid4().hex}"
+    assert _ask(inbound, key).status == 202
+    busy, free = "+358401234568", "+358401234569"
+    assert _ask(inbound, Recipient=busy).status == 202  # another flow's question is open there
+
+    assert _ask(inbound, key, Recipient=busy).status == 409
+    assert _ask(inbound, key, Recipient=free).status == 422
