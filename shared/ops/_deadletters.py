@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -252,11 +253,8 @@ class DeadLetterDesk:
             if stopped := full():
                 break
             view = view_of_entry(entry)
-            done.append(
-                self._redrive_one(view, force=force, budget=budget)
-                if redrive
-                else self._purge_one(view, budget)
-            )
+            done.append(self._redrive_one(view, force=force, budget=budget) if redrive
+                        else self._purge_one(view, budget))  # fmt: skip
         _log_counts(done)
         return done, more or stopped
 
@@ -382,18 +380,25 @@ class DeadLetterDesk:
             return self._holding_poison(view, self._purged, budget)
         handled = self._purged(view)
         if not handled.kind.stays and not self._remove(view, budget):
-            return Handled(view.id, HandledKind.IN_PROGRESS, f"{HELD}: nothing done; try again")
+            why = f"{HELD}: nothing done; try again"
+            if handled.detail:  # its message was failed: say so
+                why = f"{handled.detail}, but its letter was not removed ({HELD}): purge it again"
+            return Handled(view.id, HandledKind.IN_PROGRESS, why)
         return handled
 
     def _purged(self, view: DeadLetterView) -> Handled:
         """What a purge of ``view`` does before its message goes: a send command from the
         outbound poison queue first fails its message as PoisonKeeper would
         (:meth:`PoisonQueues.settled`), or its status would answer 202 for ever; nothing is
-        done while a worker's claim on it is live or settling it failed."""
-        if view.reason == POISON and self.poison.settled(view) is None:
+        done while a worker's claim on it is live or settling it failed. A letter re-driven
+        (or being re-driven: its row claimed) is only removed: its copy settles the message."""
+        entry = view.entry
+        if view.reason != POISON or (entry and (entry.redriven_at or entry.claimed(self._clock()))):
+            return Handled(view.id, HandledKind.PURGED)
+        if (settled := self.poison.settled(view)) is None:
             why = "its message is being sent, or could not be failed now: nothing done; try again"
             return Handled(view.id, HandledKind.IN_PROGRESS, why)
-        return Handled(view.id, HandledKind.PURGED)
+        return Handled(view.id, HandledKind.PURGED, "its message is failed" if settled else None)
 
     def _each_poison(
         self, queue: str, where: DeadLetterFilter, limit: int, act: Act, budget: Budget
@@ -451,11 +456,9 @@ class DeadLetterDesk:
             if not_sent is not None:
                 return Handled(view.id, *not_sent)
             if (command_id := message_id_of(text)) is not None:
-                # A failed send's stored command may be too large for a queue message: it goes
-                # by reference, as when it was accepted.
-                text = outbound.queued_text(
-                    text, message_id=command_id, payloads=self._payload_store()
-                )
+                # A stored command too large for a queue message goes by reference (as accepted).
+                text = outbound.queued_text(text, message_id=command_id,
+                                            payloads=self._payload_store())  # fmt: skip
         self._queue(target).send_message(text)
         log.debug("dead letter %s re-driven onto %s", view.id, target)
         return Handled(view.id, HandledKind.REDRIVEN)
@@ -592,11 +595,5 @@ def _answer(view: DeadLetterView, handled: Handled) -> Handled:
 
 
 def _log_counts(done: Iterable[Handled]) -> None:
-    counts: dict[str, int] = {}
-    for item in done:
-        counts[item.kind] = counts.get(item.kind, 0) + 1
-    if counts:
-        log.info(
-            "dead letters handled: %s",
-            ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())),
-        )
+    if counts := sorted(Counter(item.kind for item in done).items()):
+        log.info("dead letters handled: %s", ", ".join(f"{kind} {n}" for kind, n in counts))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shared.clock import utcnow
-from shared.deadletters import write_dead_letter
+from shared.deadletters import DeadLetterIndex, write_dead_letter
 from shared.messages import MessageStatus, MessageStore
 from shared.names import OUTBOUND_QUEUE, poison_queue
 from shared.ops import keep_poison
@@ -263,17 +263,77 @@ def test_a_purge_of_a_send_kept_as_a_plain_poison_letter_fails_its_message(
     """A letter PoisonKeeper kept plain before it settled sends (or a send it could not settle
     then): purging it left the record queued for good."""
     location, text = accepted_then_given_up_on(ops)
-    poison = queue_client(POISON)
-    [poisoned] = poison.receive_messages()
-    poison.delete_message(poisoned)  # kept as the keeper of the last release kept it:
-    write_dead_letter(poison, text, queue_name=POISON, reason="poison", key=str(poisoned.id))
-    [item] = listed()
+    item = kept_plain(text)
 
     purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": item["id"]})
 
     assert purged.body["outcome"] == "purged", purged.body
     failed = status_of(location)
     assert (failed.status, failed.body["code"]) == (422, "poisoned"), failed.body
+    assert [i["reason"] for i in listed()] == ["failed"]
+
+
+def kept_plain(text: str) -> dict[str, Any]:
+    """The poison message of ``text`` kept as a plain poison letter, as the keeper of an earlier
+    release kept it (or one that could not settle it then), its record still queued."""
+    poison = queue_client(POISON)
+    [poisoned] = poison.receive_messages()
+    poison.delete_message(poisoned)
+    write_dead_letter(poison, text, queue_name=POISON, reason="poison", key=str(poisoned.id))
+    [item] = listed()
+    return item
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_a_purge_of_a_re_driven_send_letter_only_removes_it_and_its_copy_is_sent(
+    ops: Outbound, marked: bool
+) -> None:
+    """The re-drive put a copy on the outbound queue but could not remove the letter (another
+    call held its message) and said to purge it: the purge failed the still queued message
+    ``poisoned``, and the sender acknowledged the re-driven copy unsent. Also when the letter's
+    row could not say it was re-driven (its claim stands instead)."""
+    location, text = accepted_then_given_up_on(ops)
+    item = kept_plain(text)
+    poison = queue_client(POISON)
+    [held] = poison.receive_messages(visibility_timeout=120)  # a page button, PoisonKeeper
+    with ops.monkeypatch.context() as patch:
+        if not marked:
+            patch.setattr(DeadLetterIndex, "redriven", lambda *a, **k: _raise(ConnectionError()))
+        redriven = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+    poison.update_message(held, content=held.content, visibility_timeout=0)  # the hold ends
+
+    purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": item["id"]})
+    ops.drain()
+
+    assert redriven.body["outcome"] == "redriven", redriven.body
+    assert "purge it" in redriven.body["detail"]
+    assert (purged.body["outcome"], purged.body.get("detail")) == ("purged", None), purged.body
+    assert status_of(location).status == 200
+    assert len(ops.upstream()) == 1
+    assert listed() == []
+
+
+def test_a_purge_that_failed_the_message_but_could_not_remove_its_letter_says_so(
+    ops: Outbound,
+) -> None:
+    """The letter's message was held when the purge came to remove it, after it had failed the
+    message: the 409 said "nothing done; try again"."""
+    location, text = accepted_then_given_up_on(ops)
+    item = kept_plain(text)
+    poison = queue_client(POISON)
+    [held] = poison.receive_messages(visibility_timeout=120)
+
+    busy = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": item["id"]})
+    poison.update_message(held, content=held.content, visibility_timeout=0)
+    failed = status_of(location)
+    purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": item["id"]})
+
+    assert busy.status == 409, busy.body
+    assert "nothing done" not in busy.body["detail"]
+    assert "its message is failed, but its letter was not removed" in busy.body["detail"]
+    assert "purge it again" in busy.body["detail"]
+    assert (failed.status, failed.body["code"]) == (422, "poisoned"), failed.body
+    assert purged.body["outcome"] == "purged", purged.body
     assert [i["reason"] for i in listed()] == ["failed"]
 
 
