@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,7 +74,8 @@ def test_every_traceback_we_log_goes_through_redacted_traceback() -> None:
     a storage error naming its URL (a connection error does, query and keys included) logged
     a SAS sig= or a phone number. Only shared/logs.py formats tracebacks."""
     offenders = []
-    for path in [*(ROOT / "shared").rglob("*.py"), ROOT / "function_app.py"]:
+    code = [*(ROOT / "shared").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]
+    for path in [*code, ROOT / "function_app.py"]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
                 continue
@@ -85,6 +87,35 @@ def test_every_traceback_we_log_goes_through_redacted_traceback() -> None:
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_a_failure_outside_the_action_pipeline_is_logged_redacted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """functions.actions.serve logged it with log.exception: the host formatted its traceback
+    whole, a storage URL's sig= and a phone number in it."""
+    import azure.functions as func
+
+    import functions.actions
+    import shared.actions
+
+    said = "https://acc.queue.core.windows.net/q?sig=SECRETSIG for +358401234567"
+    monkeypatch.setattr(shared.actions, "handle", lambda *a: _raise(ConnectionError(said)))
+    request = func.HttpRequest(method="GET", url="http://localhost/api/customers", body=b"")
+
+    with caplog.at_level(logging.ERROR, logger="smartdialog.actions"):
+        answer = functions.actions.serve("GetUserCustomers", request)
+
+    assert answer.status_code == 500
+    [record] = [r for r in caplog.records if "outside the action pipeline" in r.getMessage()]
+    assert record.exc_info is None
+    assert "ConnectionError" in record.getMessage()
+    assert "SECRETSIG" not in caplog.text
+    assert "+358401234567" not in caplog.text
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
 
 
 def test_importing_function_app_sets_the_http_libraries_loggers() -> None:
