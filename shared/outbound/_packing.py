@@ -328,32 +328,31 @@ class IndexPacks:
             "status": MessageStatus.SENDING, "attempts": 1, "lease_until": lease_until,
             "next_attempt_at": None, "pack_id": pack_id, "updated_at": now,
         }  # fmt: skip
-        if lane:  # 100 claims a transaction, each on its record's ETag
-            claims = self.ports.store.swap_many([(r, changes) for _, r, _ in chosen])
-        else:
-            claims = list(pool.map(lambda item: self.ports.store.swap(item[1], **changes), chosen))
-        members: Members = []
-        for (row_key, _, member_command), done in zip(chosen, claims, strict=True):
-            if done is not None:
-                members.append((done, member_command))
-                stale.append(row_key)
-        packs.unindex(key, [row for row in stale if row])
-        if not members:
-            return None, []
-        pack = Pack(
-            pack_id=pack_id,
-            key=key,
-            members=(
-                PackMember(leader.message_id, tuple(command_addresses(command))),
-                *(PackMember(r.message_id, tuple(command_addresses(c))) for r, c in members),
-            ),
-            created_at=now,
-        )
-        packs.save(pack)  # the membership, before the leader (and so the call) names it
-        led = self.ports.store.swap(leader, pack_id=pack_id, updated_at=now)
-        if led is None:  # the leader's claim was taken over meanwhile: hand the members back
-            self.release([m for m, _ in members], keep_pack=False)
-            raise RuntimeError(f"message {leader.message_id}: claim lost while forming a pack")
+        try:
+            if lane:  # 100 claims a transaction, each on its record's ETag
+                claims = self.ports.store.swap_many([(r, changes) for _, r, _ in chosen])
+            else:
+                claims = list(pool.map(lambda i: self.ports.store.swap(i[1], **changes), chosen))
+            members: Members = []
+            for (row_key, _, member_command), done in zip(chosen, claims, strict=True):
+                if done is not None:
+                    members.append((done, member_command))
+                    stale.append(row_key)
+            packs.unindex(key, [row for row in stale if row])
+            if not members:
+                return None, []
+            everyone = [(leader, command), *members]
+            mine = tuple(PackMember(r.message_id, tuple(command_addresses(c))) for r, c in everyone)
+            pack = Pack(pack_id=pack_id, key=key, members=mine, created_at=now)
+            packs.save(pack)  # the membership, before the leader (and so the call) names it
+            led = self.ports.store.swap(leader, pack_id=pack_id, updated_at=now)
+            if led is None:  # the leader's claim was taken over meanwhile
+                raise RuntimeError(f"message {leader.message_id}: claim lost while forming a pack")
+        except Exception:  # no call was made: every claim this gather took goes back
+            reread = pool.map(lambda i: self.ports.store.get(i[1].message_id), chosen)
+            ours = [r for r in reread if r and r.pack_id == pack_id and r.claim == (1, lease_until)]
+            self.release(ours, keep_pack=False)
+            raise
         log.info("message %s leads pack %s of %d messages", leader.message_id, pack_id,
                  len(members) + 1)  # fmt: skip
         return pack, [(led, command), *members]

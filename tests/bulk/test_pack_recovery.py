@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from shared.clock import ManualClock
 from shared.messages import MessageStatus, MessageStore, PackStore
 from shared.outbound._attempt import Upstream
+from shared.outbound._quota_wait import QuotaWait
 from tests.bulk.test_packing import NUMBERS, accept, park, record, waiting_for_a_slot
 from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import ERROR, TEMPORARY, Outbound
 
 if TYPE_CHECKING:
     from shared.outbound import OutboundSender
-    from shared.outbound._quota_wait import QuotaWait
 
 
 def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_pack(
@@ -67,18 +67,48 @@ def test_after_a_crash_before_the_call_the_first_unfinished_member_retries_the_p
     assert len(outbound.upstream()) == 1
 
 
-def test_a_storage_error_before_a_new_packs_call_hands_every_member_back_to_pack_again(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from shared.outbound._quota_wait import QuotaWait
+def _claims_landed(real: Any, store: MessageStore, *args: Any, **kwargs: Any) -> None:
+    real(store, *args, **kwargs)  # the members' claims landed, then their answer was lost
 
+
+def _claiming(items: list[tuple[object, dict[str, Any]]], **_: Any) -> bool:
+    return any(c.get("status") is MessageStatus.SENDING for _, c in items)
+
+
+#: Where our storage fails between the claims of a new pack's members and its call.
+BEFORE_A_NEW_PACKS_CALL: list[tuple[str, type, str, dict[str, Any]]] = [
+    ("the members' claims", MessageStore, "swap_many",
+     {"when": _claiming, "first": _claims_landed}),
+    ("the index", PackStore, "unindex", {}),
+    ("the pack row", PackStore, "save", {}),
+    ("the leader's pack id", MessageStore, "swap",
+     {"when": lambda _, **kw: kw.keys() == {"pack_id", "updated_at"} and kw["pack_id"]}),
+    ("the quota log", QuotaWait, "take", {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("step", "owner", "name", "how"),
+    BEFORE_A_NEW_PACKS_CALL,
+    ids=[s for s, *_ in BEFORE_A_NEW_PACKS_CALL],
+)
+def test_a_storage_error_before_a_new_packs_call_hands_every_member_back_to_pack_again(
+    outbound: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+    step: str,
+    owner: type,
+    name: str,
+    how: dict[str, Any],
+) -> None:
     waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
     leader = record(ids[0]).command
     park(outbound)
-    crash_once(monkeypatch, QuotaWait, "take", "the quota log could not be read (503)")
-    with pytest.raises(RuntimeError):
-        outbound.invoke(leader)  # the pack was formed, then its slot could not be taken
+    manual_clock.advance(1)  # a pack id of its own, not the one park formed and dissolved
+    crash_once(monkeypatch, owner, name, f"{step}: storage failed (503)", **how)
+    with pytest.raises(RuntimeError, match=step):
+        outbound.invoke(leader)  # the pack's members were claimed, then our storage failed
 
     for handed_back in map(record, ids):  # not claims left as if their call was interrupted
         assert handed_back.status is MessageStatus.QUEUED
@@ -87,6 +117,7 @@ def test_a_storage_error_before_a_new_packs_call_hands_every_member_back_to_pack
     outbound.invoke(leader, dequeue_count=2)
     assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [3]
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    assert not any(record(i).maybe_sent for i in ids)
 
 
 def test_a_pack_backs_off_after_503s_and_retries_with_the_same_request_id(
@@ -164,7 +195,6 @@ def _told_full(clock: ManualClock, name: str, longest_wait: float) -> QuotaWait:
     """A quota of its own on the test's clock (its grants are not the next tests' business):
     one call in 30 s, taken; this process was told it is full."""
     from shared import quota
-    from shared.outbound._quota_wait import QuotaWait
     from shared.quota import QuotaDenied
     from shared.settings import get_settings
 
