@@ -20,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from shared.deadline import keep_deadline
+
 from ._exceptions import CredentialsError
 
 if TYPE_CHECKING:
@@ -94,7 +96,9 @@ class MsalHttpClient:
     msal only accepts ``https`` authorities. ``rewrite`` maps URL prefixes msal sees (e.g.
     ``https://login.sandbox.test``) to the ones actually called (``http://127.0.0.1:8081``); the
     reverse substitution (of the real prefix, or of its https twin) is applied to response bodies,
-    so the endpoints the discovery document advertises stay on the prefix msal accepts.
+    so the endpoints the discovery document advertises stay on the prefix msal accepts. Its own
+    httpx client (no ``client`` given) keeps the deadline of the SmartDialog operation it fetches
+    a token for (:func:`shared.deadline.keep_deadline`): each step gets only the time left.
     """
 
     def __init__(
@@ -105,7 +109,9 @@ class MsalHttpClient:
         timeout: httpx.Timeout | float = TOKEN_TIMEOUT,
     ) -> None:
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout)
+        self._client = (
+            client if client is not None else keep_deadline(httpx.Client(timeout=timeout))
+        )
         self._rewrite = {k.rstrip("/"): v.rstrip("/") for k, v in (rewrite or {}).items()}
 
     def _outbound(self, url: str) -> str:

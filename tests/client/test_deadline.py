@@ -14,6 +14,8 @@ import pytest
 from shared.smartdialog import (
     APITimeoutError,
     AuthProvider,
+    ClientCredentialsAuth,
+    IdentityProviderError,
     Message,
     Recipient,
     SmartDialogClient,
@@ -85,3 +87,19 @@ def test_no_request_leaves_once_a_slow_token_used_up_the_deadline() -> None:
 
     assert server.requests == []
     assert caught.value.certainly_not_sent  # so a send is retried as not sent
+
+
+def test_a_token_endpoint_trickling_its_answer_is_cut_at_the_deadline() -> None:
+    with raw_server(trickle_body(0.01)) as idp, raw_server(slowly(0)) as api:
+        auth = ClientCredentialsAuth(
+            client_id="c", client_secret="s", authority=idp.url + "/tenant/policy", scopes=["x"]
+        )  # msal's own HTTP client: its read timeout (30 s) alone would let it trickle 10 s
+        started = time.monotonic()
+        with pytest.raises(IdentityProviderError) as caught:
+            send(client(api.url, 1.0, auth))
+        took = time.monotonic() - started
+        auth.close()
+
+    assert took < 1.5
+    assert api.requests == []
+    assert caught.value.certainly_not_sent
