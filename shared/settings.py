@@ -273,7 +273,7 @@ class Settings(StorageSettings):
         # A re-delivered copy takes a claim over once its lease has ended; if that can happen
         # while the claim's quota wait and upstream call are still running, it may be sent twice
         # (RequestId de-duplication upstream is only best effort). The send timeout bounds the
-        # whole upstream call: the client keeps it as one deadline (shared.smartdialog._deadline).
+        # whole upstream call: the client keeps it as one deadline (shared.deadline).
         needed = (
             self.send_timeout_seconds
             + self.send_quota_wait_seconds
