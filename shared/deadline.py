@@ -4,8 +4,9 @@ httpx's and httpcore's timeouts bound each step on its own (a connect, each writ
 an answer that trickles in a few bytes per read, or a re-try after a renewed token, can take any
 number of timeouts in all. A :class:`DeadlineStream` gives each TLS handshake, write and read at
 most the time left before the deadline, and none once it has passed (that step's httpcore timeout
-is raised); a :class:`DeadlineBackend` does so for each connect. No byte of a request goes out,
-and no answer is waited for, after the deadline.
+is raised; before a request's first byte, a connect's: it was not sent); a
+:class:`DeadlineBackend` does so for each connect. No byte of a request goes out, and no answer
+is waited for, after the deadline.
 
 Where the deadline comes from is the caller's ``left`` (:data:`Left`):
 
@@ -99,17 +100,28 @@ def left(timeout: float | None, error: type[Exception]) -> float | None:
 
 
 class DeadlineStream(httpcore.NetworkStream):
-    """``inner``, each operation of it given at most what ``left`` allows."""
+    """``inner``, each operation of it given at most what ``left`` allows.
+
+    A deadline that passes before a request's first write raises ``ConnectTimeout``, as one
+    that passes while connecting does: no byte of it was sent. HTTP/1.1 writes a request whole
+    before it reads the answer, so a write with none since the stream's last read (or since it
+    opened) is a request's first.
+    """
 
     def __init__(self, inner: httpcore.NetworkStream, left: Left) -> None:
         self._inner = inner
         self._left = left
+        self._writing = False  # a request's bytes were (maybe) written since the last read
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._writing = False
         return self._inner.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._left(timeout, httpcore.WriteTimeout))
+        error = httpcore.WriteTimeout if self._writing else httpcore.ConnectTimeout
+        wait = self._left(timeout, error)
+        self._writing = True
+        self._inner.write(buffer, wait)
 
     def close(self) -> None:
         self._inner.close()

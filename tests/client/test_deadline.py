@@ -103,3 +103,25 @@ def test_a_token_endpoint_trickling_its_answer_is_cut_at_the_deadline() -> None:
     assert took < 1.5
     assert api.requests == []
     assert caught.value.certainly_not_sent
+
+
+def test_a_deadline_that_passes_after_the_connect_but_before_the_first_byte_is_not_sent() -> None:
+    checks = 0
+
+    def slow_check() -> None:  # the second check: after the connect, before the headers
+        nonlocal checks
+        checks += 1
+        if checks == 2:
+            time.sleep(0.6)
+
+    with raw_server(slowly(0)) as server:
+        sd = SmartDialogClient(
+            server.url, Static("t"), max_retries=0, deadline=0.5, before_send=slow_check
+        )
+        with pytest.raises(APITimeoutError) as caught:
+            send(sd)
+        time.sleep(0.1)
+
+    assert checks == 2
+    assert server.requests == []
+    assert caught.value.certainly_not_sent  # so a send is retried as not sent
