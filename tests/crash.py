@@ -15,6 +15,11 @@ from shared.clock import ManualClock
 LEASE = 120
 
 
+class Died(BaseException):
+    """The worker's process stopped there: unlike a storage error (an ``Exception``, which the
+    sender answers by handing its claims back), no handler of ours runs."""
+
+
 def crash_once(
     monkeypatch: pytest.MonkeyPatch,
     owner: object,
@@ -23,12 +28,13 @@ def crash_once(
     *,
     when: Callable[..., bool] = lambda *args, **kwargs: True,
     first: Callable[..., Any] | None = None,
+    error: Callable[[str], BaseException] = RuntimeError,
 ) -> None:
     """Make the port method ``owner.name`` (a port class, e.g. ``MessageStore`` or ``Upstream``,
-    or one port object, e.g. the events queue) raise ``RuntimeError(message)`` the first time it
+    or one port object, e.g. the events queue) raise ``error(message)`` the first time it
     is called with arguments ``when`` accepts (after ``first(real, self, *args, **kwargs)``, if
     given: what the process got done before it died); every other call is the real one."""
-    crashes = [RuntimeError(message)]
+    crashes = [error(message)]
     if not isinstance(owner, type):  # one object: its bound method
         bound = getattr(owner, name)
 

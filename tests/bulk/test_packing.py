@@ -13,7 +13,7 @@ from shared.clock import ManualClock
 from shared.messages import MessageRecord, MessageStatus, MessageStore, PackStore
 from shared.outbound import parse_outbound_message
 from shared.outbound._records import pack_key
-from tests.crash import LEASE, crash_once
+from tests.crash import LEASE, Died, crash_once
 from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
 from tests.waiting import wait_for
 
@@ -388,8 +388,8 @@ def test_members_of_a_pack_whose_leader_died_before_recording_it_pack_again(
 ) -> None:
     ids = accept(*NUMBERS[:4])
     texts = [record(i).command for i in ids]
-    crash_once(monkeypatch, PackStore, "save", "worker died between the claims and the pack")
-    with pytest.raises(RuntimeError):
+    crash_once(monkeypatch, PackStore, "save", "between the claims and the pack", error=Died)
+    with pytest.raises(Died):
         outbound.invoke(texts[0])
     assert {record(i).status for i in ids} == {MessageStatus.SENDING}
     manual_clock.advance(LEASE + 1)  # the crashed worker's claims run out
