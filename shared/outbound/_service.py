@@ -82,9 +82,21 @@ CLAIM_POLL_SECONDS = 0.2
 
 class NotQueued(RuntimeError):
     """:meth:`SendService.accept` failed before it put the command on the queue (our storage
-    failed: the cause is chained), so nothing of this request goes out (a replay's first
-    request may have queued its own copy before it died). Any other failure of an accept but a
-    Problem may come after the enqueue: the command may still be sent."""
+    failed, provably before it stored anything: the cause is chained), so nothing of this
+    request goes out (a replay's first request may have queued its own copy before it died).
+    Any other failure of an accept but a Problem may have queued it: it may still be sent."""
+
+
+def surely_not_stored(exc: Exception) -> bool:
+    """Whether a storage call's failure proves the service stored nothing: the request never
+    reached it, or it refused it (a 4xx). A 5xx or a lost answer may come after it stored it
+    (the SDK's own retries end that way too)."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError
+
+    if isinstance(exc, ServiceRequestError):
+        return True
+    status = getattr(exc, "status_code", None) if isinstance(exc, HttpResponseError) else None
+    return status is not None and 400 <= status < 500
 
 
 @dataclass(frozen=True)
@@ -147,10 +159,11 @@ class SendService:
         question of a service waits until every instance knows the service asks).
 
         Raises :class:`NotQueued` when our storage failed before a new command went on the
-        queue (the opt-out check, a large command's blob, the enqueue itself): nothing goes
-        out. Any other failure but a :class:`~shared.problems.Problem` leaves that open: it may
-        come after the enqueue (writing the record), and the sender records and sends a command
-        it finds unrecorded.
+        queue (the opt-out check, a large command's blob, an enqueue the service surely did not
+        store: :func:`surely_not_stored`): nothing goes out. Any other failure but a
+        :class:`~shared.problems.Problem` leaves that open (an enqueue whose answer was lost, or
+        writing the record after it): the sender records and sends a command it finds
+        unrecorded.
 
         A new message to a recipient who opted out of the service (STOP) is refused with a 422
         problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
@@ -200,6 +213,7 @@ class SendService:
         if record is None:
             # New, or its key's first request failed or died before recording it: this one goes
             # on with its id (its command may be queued already: one record, one send).
+            queued: str | None = None
             try:
                 self._refuse_suppressed(command)
                 queued = self._queued(text, message_id)  # by reference when large: one blob
@@ -208,8 +222,10 @@ class SendService:
                 if key_hash is not None and not replay:
                     self.idempotency.release(key_hash, message_id)
                 raise
-            except Exception as exc:  # storage failed before its command was queued
-                raise NotQueued(f"message {message_id} was not queued") from exc
+            except Exception as exc:  # before the enqueue, or one the service surely refused
+                if queued is None or surely_not_stored(exc):
+                    raise NotQueued(f"message {message_id} was not queued") from exc
+                raise
             fresh, slots = new_record(
                 command,
                 now=now,

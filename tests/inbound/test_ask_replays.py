@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
 from shared.clock import ManualClock
 from shared.inbound import InboundProcessor
@@ -152,7 +153,8 @@ def test_a_retry_refused_409_after_a_500_may_replace_the_open_question(
     key = f"booking-{uuid.uuid4().hex}"
 
     with pytest.MonkeyPatch.context() as patch:
-        crash_once(patch, outbound_queue(get_settings()), "send_message", "the queue is down")
+        crash_once(patch, outbound_queue(get_settings()), "send_message", "the queue is down",
+                   error=ServiceRequestError)  # fmt: skip
         assert _ask(inbound, key).status == 500  # nothing queued: its question ended, key kept
     other = _ask(inbound)
     assert other.status == 202, other.body
@@ -168,6 +170,24 @@ def test_a_retry_refused_409_after_a_500_may_replace_the_open_question(
     for flag in (False, True):
         again = _ask(inbound, key, ReplaceOpenQuestion=flag)
         assert (again.status, again.body["QuestionId"]) == (202, replacing.body["QuestionId"])
+
+
+def test_an_enqueue_whose_answer_was_lost_leaves_its_question_open(inbound: Inbound) -> None:
+    """The queue service may have stored a message whose answer never came (the storage SDK
+    gives up so after its own retries): the 500 ended the question, and the text the sender
+    then found and sent answered nothing, while a keyless retry asked a second question."""
+    with pytest.MonkeyPatch.context() as patch:
+        crash_once(patch, outbound_queue(get_settings()), "send_message", "no answer came",
+                   error=ServiceResponseError)  # fmt: skip
+        failed = _ask(inbound)
+    retry = _ask(inbound)
+
+    assert failed.status == 500, failed.body
+    still = _open()
+    assert still is not None
+    assert still.status is QuestionStatus.OPEN
+    assert retry.status == 409, retry.body  # the open one is named, nothing asked twice
+    assert retry.body["openQuestionId"] == still.question_id
 
 
 def test_a_key_used_by_a_plain_send_is_422_for_a_question_and_the_other_way_round(
