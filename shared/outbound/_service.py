@@ -88,13 +88,11 @@ class NotQueued(RuntimeError):
 
 
 def surely_not_stored(exc: Exception) -> bool:
-    """Whether a storage call's failure proves the service stored nothing: the request never
-    reached it, or it refused it (a 4xx). A 5xx or a lost answer may come after it stored it
-    (the SDK's own retries end that way too)."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError
+    """Whether a storage call's failure proves the service stored nothing: it refused it (a
+    4xx). A 5xx, a lost answer, or even a last try that never reached it may come after an
+    earlier try of the SDK's own retries stored it."""
+    from azure.core.exceptions import HttpResponseError
 
-    if isinstance(exc, ServiceRequestError):
-        return True
     status = getattr(exc, "status_code", None) if isinstance(exc, HttpResponseError) else None
     return status is not None and 400 <= status < 500
 

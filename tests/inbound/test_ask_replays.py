@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from shared.clock import ManualClock
 from shared.inbound import InboundProcessor
@@ -154,7 +154,7 @@ def test_a_retry_refused_409_after_a_500_may_replace_the_open_question(
 
     with pytest.MonkeyPatch.context() as patch:
         crash_once(patch, outbound_queue(get_settings()), "send_message", "the queue is down",
-                   error=ServiceRequestError)  # fmt: skip
+                   error=_refused_by_the_service)  # fmt: skip
         assert _ask(inbound, key).status == 500  # nothing queued: its question ended, key kept
     other = _ask(inbound)
     assert other.status == 202, other.body
@@ -172,13 +172,24 @@ def test_a_retry_refused_409_after_a_500_may_replace_the_open_question(
         assert (again.status, again.body["QuestionId"]) == (202, replacing.body["QuestionId"])
 
 
-def test_an_enqueue_whose_answer_was_lost_leaves_its_question_open(inbound: Inbound) -> None:
-    """The queue service may have stored a message whose answer never came (the storage SDK
-    gives up so after its own retries): the 500 ended the question, and the text the sender
-    then found and sent answered nothing, while a keyless retry asked a second question."""
+def _refused_by_the_service(message: str) -> HttpResponseError:
+    """A 403 from the queue service: it stored nothing."""
+    refused = HttpResponseError(message)
+    refused.status_code = 403
+    return refused
+
+
+@pytest.mark.parametrize("error", [ServiceResponseError, ServiceRequestError])
+def test_an_enqueue_whose_answer_was_lost_leaves_its_question_open(
+    inbound: Inbound, error: type[Exception]
+) -> None:
+    """The queue service may have stored a message whose answer never came, also when the last
+    of the storage SDK's own tries did not reach it (an earlier one may have): the 500 ended
+    the question, and the text the sender then found and sent answered nothing, while a
+    keyless retry asked a second question."""
     with pytest.MonkeyPatch.context() as patch:
         crash_once(patch, outbound_queue(get_settings()), "send_message", "no answer came",
-                   error=ServiceResponseError)  # fmt: skip
+                   error=error)  # fmt: skip
         failed = _ask(inbound)
     retry = _ask(inbound)
 
