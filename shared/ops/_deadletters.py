@@ -558,10 +558,8 @@ class DeadLetterDesk:
         the queue without it."""
         entry = view.entry
         assert entry is not None  # a poison message not yet kept: _holding_poison
-        wanted = entry.queue_message_id
-        if not (wanted and entry.pop_receipt and self.poison.delete(
-            view.queue, wanted, entry.pop_receipt
-        )):  # fmt: skip
+        wanted, receipt = entry.queue_message_id, entry.pop_receipt
+        if not (wanted and receipt and self.poison.delete(view.queue, wanted, receipt)):
             found = self.poison.take(
                 view.queue,
                 lambda m: m.id == wanted if wanted else str(m.content) == entry.text,

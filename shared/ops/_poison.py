@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.clock import as_utc, utcnow
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
-from shared.logs import redacted_traceback
+from shared.logs import redacted, redacted_traceback
 from shared.names import (
     CLOUD_EVENTS_QUEUE,
     DLR_FORWARD_QUEUE,
@@ -325,19 +325,27 @@ class PoisonQueues:
     def delete(self, queue_name: str, message_id: str, pop_receipt: str) -> bool:
         """Delete a message with the pop receipt of a receive of it: True once deleted; False
         when that receipt does not (:func:`deleted`: it may be there, held or received since,
-        or gone; :meth:`take` finds it or proves it absent)."""
-        return deleted(self._queue(queue_name), message_id, pop_receipt)
+        or gone; :meth:`take` finds it or proves it absent), or the delete failed."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            return deleted(self._queue(queue_name), message_id, pop_receipt)
+        except AzureError as exc:  # as if it did not: a scan looks for the message
+            log.warning("delete by pop receipt failed: %s", redacted(str(exc)))
+            return False
 
     def _nothing_but(self, queue_name: str, shown: int) -> bool:
         """Whether the queue holds no more than the ``shown`` messages a scan saw: its
         approximate message count (hidden messages included) is never lower than the real
         one, so none is held by another scan (or was added since)."""
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
             depth = self._queue(queue_name).get_queue_properties().approximate_message_count
         except ResourceNotFoundError:
             return True
+        except AzureError:  # not proven
+            return False
         return depth is not None and depth <= shown
 
     def _show_again(self, queue_name: str, queue: QueueClient, kept: list[QueueMessage]) -> None:

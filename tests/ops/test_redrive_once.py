@@ -354,6 +354,35 @@ def test_a_claim_whose_re_drive_died_before_sending_ends_and_the_letter_is_re_dr
     ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
 
 
+def test_a_purge_whose_delete_by_receipt_fails_finds_the_message_by_id(ops: Outbound) -> None:
+    """The delete with the row's pop receipt failed (a 503, a broken connection): the purge
+    answered 500, where the id scan that follows a stale receipt finds and removes it."""
+    from azure.core.exceptions import ServiceRequestError
+    from azure.storage.queue import QueueClient
+
+    from shared.ops import keep_poison
+
+    poison = ensured_queue(poison_queue(DLR_FORWARD_QUEUE))
+    poison.send_message(forward("p-blip"))
+    assert keep_poison() == 1
+    letter_id = letter_of("p-blip")["id"]
+    delete, calls = QueueClient.delete_message, []
+
+    def blip(self: QueueClient, message: Any, pop_receipt: Any = None, **kwargs: Any) -> Any:
+        calls.append(pop_receipt)
+        if len(calls) == 1:  # the delete by the row's receipt
+            raise ServiceRequestError("connection reset")
+        return delete(self, message, pop_receipt, **kwargs)
+
+    ops.monkeypatch.setattr(QueueClient, "delete_message", blip)
+    purged = call_http("PurgeDeadLetter", "DELETE", route_params={"DeadLetterId": letter_id})
+
+    assert purged.status == 200, purged.body
+    assert purged.body["outcome"] == "purged", purged.body
+    assert len(calls) == 2  # then by the scan's own receipt
+    assert queue_texts(poison_queue(DLR_FORWARD_QUEUE)) == []
+
+
 def test_showing_a_poison_message_only_peeks_and_one_not_among_the_peeked_is_not_found(
     ops: Outbound,
 ) -> None:
