@@ -4,7 +4,8 @@
 Authentication signs the user in with Entra ID and :mod:`shared.ops.page` checks the principal
 it passes (a function key in a browser's URL would leak). The dead-letter actions are pipeline
 actions behind the function key, like every other action, and appear in the connector.
-``PoisonKeeper`` (a timer; the dev host does not run timers) keeps poison messages for good.
+``PoisonKeeper`` (a timer; the dev host does not run timers) keeps poison messages for good
+(a poisoned send's message is failed instead, with its dead letter).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def ops_page_action(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("PoisonKeeper")
 @bp.timer_trigger(arg_name="timer", schedule=POISON_KEEPER_SCHEDULE, run_on_startup=False)
 def poison_keeper(timer: func.TimerRequest) -> None:
-    """Keeps the host's poison messages until handled (the host gives them 7 days to live)."""
+    """Keeps the host's poison messages until handled (the host gives them 7 days to live); a
+    poisoned send's message is failed instead, with its event and dead letter."""
     from shared.ops import keep_poison
 
     keep_poison()

@@ -83,8 +83,12 @@ def redacted(text: str) -> str:
 
 def redacted_traceback(exc: BaseException) -> str:
     """``exc``'s traceback (with its causes) :func:`redacted`: its messages may quote a URL
-    with its token, a header, a phone number."""
-    return redacted("".join(traceback.format_exception(exc)).rstrip())
+    with its token, a header, a phone number. Only its type when that fails (the masking's
+    own import may be what failed)."""
+    try:
+        return redacted("".join(traceback.format_exception(exc)).rstrip())
+    except Exception:
+        return type(exc).__name__
 
 
 def _mask_phone_numbers(text: str) -> str:

@@ -156,16 +156,13 @@ def context_from(source: str | Mapping[str, Any] | None) -> Context | None:
     return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
-def traceparent_in(text: str | bytes, within: str | None = None) -> str | None:
-    """The ``traceparent`` of a JSON queue message (or of its object ``within``, e.g. the
-    event a delivery carries); None when it has none or is no JSON object (a malformed
-    message is the reader's to report, not ours)."""
+def traceparent_in(text: str | bytes) -> str | None:
+    """The ``traceparent`` of a JSON queue message; None when it has none or is no JSON object
+    (a malformed message is the reader's to report, not ours)."""
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser follows
         return None
-    if within is not None:
-        value = value.get(within) if isinstance(value, dict) else None
     found = value.get(TRACEPARENT) if isinstance(value, dict) else None
     return found if isinstance(found, str) else None
 

@@ -578,14 +578,10 @@ def unexpected_failure_response(
 ) -> ActionResponse:
     """500 problem without details for a failure outside an action (logged, redacted)."""
     tracking_id = request.tracking_id
-    try:
-        cause = redacted_traceback(exc)
-    except Exception:  # the redaction's own import may be what failed: log the kind only
-        cause = type(exc).__name__
     log.error(
         "%s failed unexpectedly: %s",
         operation_id,
-        cause,
+        redacted_traceback(exc),
         extra={"operationId": operation_id, "trackingId": tracking_id, "status": 500},
     )
     return ActionResponse.problem(_with_instance(internal_error(), tracking_id))

@@ -11,6 +11,7 @@ passes or its send failed for good (the status combines the send record's status
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -28,6 +29,7 @@ from shared.actions.fields import (
 )
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
+from shared.logs import redacted
 from shared.messages import (
     IdempotencyEntry,
     MessageStatus,
@@ -58,6 +60,8 @@ from shared.triggers import TriggerNotifier
 if TYPE_CHECKING:
     from shared.outbound import SendService
     from shared.settings import Settings
+
+log = logging.getLogger("shared.conversations")
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
@@ -422,9 +426,13 @@ class AskService:
             raise
 
     def _refused(self, open_one: QuestionRecord, claim: IdempotencyEntry | None) -> StatusView:
-        """409 naming ``open_one``; a key this request claimed is free again (nothing asked)."""
+        """409 naming ``open_one``; a key this request claimed is free again (nothing asked; a
+        claim left by a failed release is harmless: its replay finds no question and asks)."""
         if claim is not None and claim.new:
-            self.send.idempotency.release(claim.key_hash, claim.message_id)
+            try:
+                self.send.idempotency.release(claim.key_hash, claim.message_id)
+            except Exception as exc:
+                log.warning("key of a 409 not released: %s", redacted(str(exc)))
         return _conflict(open_one)
 
     # --- status ----------------------------------------------------------------------------

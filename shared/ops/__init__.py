@@ -23,7 +23,8 @@ __all__ = ["POISON", "POISON_SOURCES", "DeadLetterDesk", "DeadLetterView", "keep
 
 
 def keep_poison(settings: Settings | None = None) -> int:
-    """Keep the host's poison messages until handled (:meth:`DeadLetterDesk.keep_poison`)."""
+    """Keep the host's poison messages until handled, failing a poisoned send's message
+    instead (:meth:`DeadLetterDesk.keep_poison`)."""
     from shared.ops.actions import desk
     from shared.settings import get_settings
 

@@ -207,7 +207,7 @@ class Outcomes:
 
         policy, advised = self.ports.policy, failed.advised
         backoff = backoff_delay(max(1, attempts), base=policy.retry_base, cap=policy.retry_max)
-        limit = LONGEST_SECONDS if failed.code == "rate-limited" else max(backoff, policy.retry_max)
+        limit = LONGEST_SECONDS if failed.code == "rate-limited" else policy.retry_max
         return backoff if advised is None else min(max(advised, backoff), limit)
 
     @staticmethod
