@@ -334,7 +334,7 @@ def _one(ctx: ActionContext, inp: OneInput, *, acting: bool = False) -> DeadLett
     if view is None:
         detail = f"No dead letter has id {inp.dead_letter_id} (handled already?)."
         queue = inp.dead_letter_id.partition("~")[0]
-        if queue in KNOWN_QUEUES and queue not in DEAD_LETTER_QUEUES:
+        if queue in POISON_QUEUES:
             detail = (
                 f"No message {inp.dead_letter_id} among the first {PEEK_LIMIT} visible on "
                 f"{queue} (handled already, held by a call handling it, or further back: only "
