@@ -178,6 +178,10 @@ class DeadLetterEntry:
         """Whether a re-drive's claim on it is live at ``now``."""
         return self.claimed_until is not None and self.claimed_until > now
 
+    def redriving(self, now: dt.datetime) -> bool:
+        """Whether a re-drive has it at ``now``: re-driven already, or its claim is live."""
+        return self.redriven_at is not None or self.claimed(now)
+
     @property
     def id(self) -> str:
         return f"{self.queue}{_ID_SEPARATOR}{self.row_key}"
@@ -350,7 +354,7 @@ class DeadLetterIndex:
         for _ in range(5):  # each round re-reads after a write lost to another
             if current is not None and current.etag is None:
                 current = self.get(current.id)
-            if current is None or current.claimed(now) or current.redriven_at is not None:
+            if current is None or current.redriving(now):
                 return False, current
             try:
                 written = self._table.update_entity(

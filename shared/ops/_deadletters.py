@@ -393,7 +393,7 @@ class DeadLetterDesk:
         done while a worker's claim on it is live or settling it failed. A letter re-driven
         (or being re-driven: its row claimed) is only removed: its copy settles the message."""
         entry = view.entry
-        if view.reason != POISON or (entry and (entry.redriven_at or entry.claimed(self._clock()))):
+        if view.reason != POISON or (entry and entry.redriving(self._clock())):
             return Handled(view.id, HandledKind.PURGED)
         if (settled := self.poison.settled(view)) is None:
             why = "its message is being sent, or could not be failed now: nothing done; try again"
