@@ -432,9 +432,8 @@ class DeadLetterDesk:
         (read from its blob when too large for the letter, docs/sending.md "Sizes"; None when
         that blob is gone) or the poison message, a subscriber delivery's attempt count reset
         (it gets all its attempts again)."""
-        text: str | None = view.original
-        if view.original_blob is not None:
-            text = self._payload_store().get(view.original_blob)
+        original, blob = view.original()
+        text = original if blob is None else self._payload_store().get(blob)
         if text is not None and view.source_queue == INBOUND_DELIVERIES_QUEUE:
             text = _with_attempts_reset(text)
         return text
@@ -442,7 +441,7 @@ class DeadLetterDesk:
     def _requeue(self, view: DeadLetterView, *, force: bool) -> Handled:
         text = self.redrive_text(view)
         if text is None:
-            gone = f"its stored original {view.original_blob} is gone: nothing to send; purge it"
+            gone = f"its stored original {view.original()[1]} is gone: nothing to send; purge it"
             return Handled(view.id, HandledKind.ORIGINAL_GONE, gone)
         target = view.source_queue
         if target == OUTBOUND_QUEUE:
@@ -451,11 +450,12 @@ class DeadLetterDesk:
                 return Handled(view.id, HandledKind.KEPT, doubt)
             # A letter names the message it failed (none: the command's id is another
             # message's, which its re-drive must leave alone); a poison message, its text.
-            named = view.message_id if view.entry is not None else message_id_of(text)
+            command_id = message_id_of(text)
+            named = view.message_id if view.entry is not None else command_id
             not_sent = self._redrive_record(named, force=force)
             if not_sent is not None:
                 return Handled(view.id, *not_sent)
-            if (command_id := message_id_of(text)) is not None:
+            if command_id is not None:
                 # A stored command too large for a queue message goes by reference (as accepted).
                 text = outbound.queued_text(text, message_id=command_id,
                                             payloads=self._payload_store())  # fmt: skip

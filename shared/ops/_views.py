@@ -40,19 +40,16 @@ class DeadLetterView:
         as it came, whatever fields it has)."""
         return self.entry.letter() if self.entry is not None and self.reason != POISON else {}
 
-    @property
-    def original_blob(self) -> str | None:
-        """The blob holding a letter's original when it was too large for the letter."""
+    def original(self) -> tuple[str, str | None]:
+        """The message as the letter carries it (its ``original``, or a poison message as it
+        came), and the blob holding a letter's original when it was too large for the letter
+        (None otherwise: then the first is it). Reads the letter once."""
         letter = self.letter()
-        blob = letter.get("originalBlob")
-        return blob if isinstance(blob, str) and "original" not in letter else None
-
-    @property
-    def original(self) -> str:
-        """The message as the letter carries it: its ``original``, or a poison message as it
-        came (see :attr:`original_blob`: a large one is not in the letter)."""
-        original = self.letter().get("original")
-        return original if isinstance(original, str) else self.text
+        original, blob = letter.get("original"), letter.get("originalBlob")
+        return (
+            original if isinstance(original, str) else self.text,
+            blob if isinstance(blob, str) and "original" not in letter else None,
+        )
 
 
 def view_of_entry(entry: DeadLetterEntry) -> DeadLetterView:
