@@ -114,8 +114,8 @@ class DeadLetterDesk:
         validity: dt.timedelta,
         clock: Callable[[], dt.datetime] = utcnow,
         suppressions: SuppressionStore,
-        payloads: PayloadStore | None = None,
-        settle_send: Callable[[str], bool | None] | None = None,
+        payloads: PayloadStore,
+        settle_send: Callable[[str], bool | None],
     ) -> None:
         self.index = index
         self._suppressions = suppressions
@@ -433,7 +433,7 @@ class DeadLetterDesk:
         that blob is gone) or the poison message, a subscriber delivery's attempt count reset
         (it gets all its attempts again)."""
         original, blob = view.original()
-        text = original if blob is None else self._payload_store().get(blob)
+        text = original if blob is None else self._payloads.get(blob)
         if text is not None and view.source_queue == INBOUND_DELIVERIES_QUEUE:
             text = _with_attempts_reset(text)
         return text
@@ -458,15 +458,10 @@ class DeadLetterDesk:
             if command_id is not None:
                 # A stored command too large for a queue message goes by reference (as accepted).
                 text = outbound.queued_text(text, message_id=command_id,
-                                            payloads=self._payload_store())  # fmt: skip
+                                            payloads=self._payloads)  # fmt: skip
         self._queue(target).send_message(text)
         log.debug("dead letter %s re-driven onto %s", view.id, target)
         return Handled(view.id, HandledKind.REDRIVEN)
-
-    def _payload_store(self) -> PayloadStore:
-        if self._payloads is None:
-            self._payloads = PayloadStore.from_settings()
-        return self._payloads
 
     def _announce_redrive(
         self, failed: MessageRecord, valid_until: dt.datetime, now: dt.datetime

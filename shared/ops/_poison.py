@@ -165,7 +165,7 @@ class PoisonQueues:
         *,
         queue: Callable[[str], QueueClient],
         index: DeadLetterIndex,
-        settle_send: Callable[[str], bool | None] | None = None,
+        settle_send: Callable[[str], bool | None],
     ) -> None:
         self._queue = queue
         self._index = index
@@ -247,7 +247,7 @@ class PoisonQueues:
         worker's claim on it is live, or settling failed: it may have failed the message and
         not announced it yet); False, keep it (nothing of ours to settle: no record, sent or
         cancelled, another message's, not a send command)."""
-        if self._settle_send is None or view.queue != poison_queue(OUTBOUND_QUEUE):
+        if view.queue != poison_queue(OUTBOUND_QUEUE):
             return False
         try:
             return self._settle_send(view.text)
