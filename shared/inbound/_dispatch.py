@@ -60,7 +60,7 @@ from shared.deadletters import original_aside, write_dead_letter
 from shared.events import binary_mode_headers
 from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
-from shared.inbound._registry import SubscriptionStore
+from shared.inbound._registry import Subscription, SubscriptionStore
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE, INBOUND_SEEN_TABLE
 from shared.payloads import PayloadStore
 from shared.smartdialog import backoff_delay, parse_retry_after
@@ -301,13 +301,19 @@ class SubscriberDispatcher:
 
     def process(self, text: str) -> DispatchResult:
         """Deliver one queued event to one subscriber (see the module docstring), in a span
-        that continues the event's trace (one by reference is read first: the trace is in it)."""
+        that continues the event's trace (one by reference is read first, for a subscription
+        still live: the trace is in it; a gone one's costs no blob read)."""
         problems = 0
         try:
             delivery: SubscriberDelivery | None = SubscriberDelivery.model_validate_json(text)
         except ValidationError as exc:
             delivery, problems = None, exc.error_count()
-        event = self._event(delivery) if delivery is not None else None
+        subscription: Subscription | None = None
+        event: dict[str, Any] | None = None
+        if delivery is not None:
+            # A replaced one's successor: another instance's index may not have seen the change.
+            subscription = self.subscriptions.live(delivery.service, delivery.subscriptionId)
+            event = self._event(delivery) if subscription is not None else delivery.event
         with telemetry.span(
             f"process {INBOUND_DELIVERIES_QUEUE}",
             parent=event.get(telemetry.TRACEPARENT) if event else None,
@@ -317,15 +323,17 @@ class SubscriberDispatcher:
                 detail = f"not a subscriber delivery: {problems} problem(s)"
                 result = self._dead_letter("malformed", detail, text)
             else:
-                result = self._deliver(text, delivery, event)
+                result = self._deliver(text, delivery, subscription, event)
             current.set_attribute("smartdialog.outcome", str(result.outcome))
         return result
 
     def _deliver(
-        self, text: str, delivery: SubscriberDelivery, event: dict[str, Any] | None
+        self,
+        text: str,
+        delivery: SubscriberDelivery,
+        subscription: Subscription | None,
+        event: dict[str, Any] | None,
     ) -> DispatchResult:
-        # A replaced one's successor: another instance's index may not have seen the change.
-        subscription = self.subscriptions.live(delivery.service, delivery.subscriptionId)
         if subscription is None:
             log.info("subscription %s is gone; delivery dropped", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.UNSUBSCRIBED)
