@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-__all__ = ["OptOutKeyword", "classify_keyword"]
+from shared.connections import opt_out_keywords
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+__all__ = ["OptOutKeyword", "classify_keyword", "connection_keyword"]
 
 OptOutKeyword = Literal["stop", "start"]
 # Punctuation people put after a keyword ("Stop!", "LOPETA.") that does not change its meaning.
@@ -26,3 +31,11 @@ def classify_keyword(
     if word in {k.upper() for k in start}:
         return "start"
     return None
+
+
+def connection_keyword(
+    content: str, connection: str | None, settings: Settings
+) -> OptOutKeyword | None:
+    """:func:`classify_keyword` with the keywords of the message's connection (``connection``;
+    None: the default), as :func:`shared.connections.opt_out_keywords` gives them."""
+    return classify_keyword(content, *opt_out_keywords(connection, settings))

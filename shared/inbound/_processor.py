@@ -51,10 +51,9 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.clock import utcnow
-from shared.connections import opt_out_keywords
 from shared.events import CloudEvent, make_event
 from shared.inbound._answers import QuestionAnswers
-from shared.inbound._keywords import classify_keyword
+from shared.inbound._keywords import connection_keyword
 from shared.inbound._models import (
     MESSAGE_RECEIVED,
     InboundIntake,
@@ -185,8 +184,7 @@ class InboundProcessor:
     ) -> Literal["stop", "start"] | None:
         """The message's opt-out keyword (its connection's keywords), applied."""
         service, key, received_at = intake.service, intake.messageKey, intake.receivedAt
-        keywords = opt_out_keywords(intake.connection, self.settings)
-        keyword = classify_keyword(payload.content, *keywords)
+        keyword = connection_keyword(payload.content, intake.connection, self.settings)
         if keyword == "stop":
             self.suppressions.add(
                 service,

@@ -36,8 +36,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.clock import utcnow
-from shared.connections import opt_out_keywords
-from shared.inbound._keywords import classify_keyword
+from shared.inbound._keywords import connection_keyword
 from shared.inbound._models import InboundIntake, NewMessagePayload
 from shared.inbound._processor import (
     InboundProcessor,
@@ -248,8 +247,7 @@ class InboundReceiver:
         if self._inbound is None or self._index is None:
             return False
         service = intake.service
-        keywords = opt_out_keywords(intake.connection, self.settings)
-        if classify_keyword(payload.content, *keywords) is not None:
+        if connection_keyword(payload.content, intake.connection, self.settings) is not None:
             return False
         try:
             if self._index.asks_questions(service) or self._index.subscribers(
