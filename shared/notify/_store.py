@@ -19,8 +19,9 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from shared.clock import current
 from shared.names import NOTIFICATION_RULES_TABLE, NOTIFICATION_STATE_TABLE
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["RULES_TTL_SECONDS", "NotifyState", "RuleBook", "RuleStore"]
 
 log = logging.getLogger("shared.notify")
+_R = TypeVar("_R")
 
 #: How long one instance uses the rules it read before it reads them again.
 RULES_TTL_SECONDS = 10.0
@@ -52,6 +54,22 @@ def _stored_key(event_key: str) -> str:
     """An event's key as the state rows keep it: a fixed-length hash, whatever the length of
     the event's source and id (rows of the previous release kept the key itself)."""
     return _hash("event", event_key)[:16]
+
+
+def _known_key(keys: Container[str], event_key: str) -> str | None:
+    """How ``keys`` has the event: its stored key, else its raw key (a previous release's
+    row), else None."""
+    return next((k for k in (_stored_key(event_key), event_key) if k in keys), None)
+
+
+def _quiet_ours(entity: Any, event_key: str) -> bool:
+    """Whether a quiet-period row was claimed by this event."""
+    return _known_key((entity["Event"],), event_key) is not None
+
+
+def _quiet_holds(entity: Any, now: dt.datetime) -> bool:
+    """Whether a quiet-period row's period has not ended at ``now``."""
+    return now < dt.datetime.fromisoformat(entity["Until"])
 
 
 def _document(entity: Any) -> str:
@@ -304,10 +322,9 @@ class NotifyState:
         for _ in range(5):
             entity = self._read(partition, row)
             if entity is not None:
-                if entity["Event"] in (_stored_key(event_key), event_key):
+                if _quiet_ours(entity, event_key):
                     return True
-                until = dt.datetime.fromisoformat(entity["Until"])
-                if now < until:
+                if _quiet_holds(entity, now):
                     return False
             claim = {
                 "PartitionKey": partition,
@@ -325,9 +342,9 @@ class NotifyState:
         """Whether another event's quiet period holds ``recipient`` back now (read only: what
         :meth:`quiet_claim` would refuse, unless the period is claimed or ends meanwhile)."""
         entity = self._read(f"quiet-{rule_id}", _hash(subject, recipient))
-        if entity is None or entity["Event"] in (_stored_key(event_key), event_key):
+        if entity is None or _quiet_ours(entity, event_key):
             return False
-        return now < dt.datetime.fromisoformat(entity["Until"])
+        return _quiet_holds(entity, now)
 
     def sweep(self, *, now: dt.datetime, limit: int = SWEEP_LIMIT) -> int:
         """Delete quiet periods that have ended and hourly caps of past hours (neither can
@@ -359,46 +376,58 @@ class NotifyState:
         event again in this hour gets what it got the first time). A row other events keep
         changing is read again (with a short random pause) up to ``_CAP_ROUNDS`` times, then
         this raises: the event is retried, not quietly refused."""
-        import random
 
-        partition, row, key = f"cap-{rule_id}", now.strftime("%Y%m%d%H"), _stored_key(event_key)
-        for _ in range(_CAP_ROUNDS):
-            entity = self._read(partition, row)
-            events = _cap_events(entity)
-            for known in (key, event_key):
-                if known in events:
-                    return min(wanted, events[known])
+        def take(events: dict[str, int]) -> tuple[int, bool]:
+            known = _known_key(events, event_key)
+            if known is not None:
+                return min(wanted, events[known]), False
             granted = max(0, min(wanted, per_hour - sum(events.values())))
             if granted == 0 or len(events) >= _CAP_EVENTS:
-                return 0
-            events[key] = granted
-            text = json.dumps(events, separators=(",", ":"))
-            body = {"PartitionKey": partition, "RowKey": row, **chunked("Events", text)}
-            if self._write(body, entity):
-                return granted
-            current().sleep(random.uniform(0, 0.05))
-        raise RuntimeError(f"the hourly cap of rule {rule_id} kept changing under us")
+                return 0, False
+            events[_stored_key(event_key)] = granted
+            return granted, True
+
+        return self._cap_update(rule_id, now, take)
 
     def cap_keep(self, rule_id: str, event_key: str, kept: int, *, now: dt.datetime) -> None:
         """Count only ``kept`` of what :meth:`cap_take` granted ``event_key`` this hour (the
         sends it made: the others' quiet period was claimed by another event meanwhile). Sets,
         never subtracts, so two copies of one event keeping the same do it once. An event left
         with nothing is forgotten: delivered again, it takes anew."""
-        import random
 
-        partition, row, key = f"cap-{rule_id}", now.strftime("%Y%m%d%H"), _stored_key(event_key)
-        for _ in range(_CAP_ROUNDS):
-            entity = self._read(partition, row)
-            events = _cap_events(entity)
-            known = next((k for k in (key, event_key) if k in events), None)
+        def keep(events: dict[str, int]) -> tuple[None, bool]:
+            known = _known_key(events, event_key)
             if known is None:
-                return
+                return None, False
             events[known] = min(events[known], kept)
             if events[known] <= 0:
                 del events[known]
+            return None, True
+
+        self._cap_update(rule_id, now, keep)
+
+    def _cap_update(
+        self,
+        rule_id: str,
+        now: dt.datetime,
+        change: Callable[[dict[str, int]], tuple[_R, bool]],
+    ) -> _R:
+        """``change`` applied to the events this hour's cap row of ``rule_id`` counts: it edits
+        them and gives its answer and whether they are written back. A row other events keep
+        changing is read again (with a short random pause) up to ``_CAP_ROUNDS`` times, then
+        this raises."""
+        import random
+
+        partition, row = f"cap-{rule_id}", now.strftime("%Y%m%d%H")
+        for _ in range(_CAP_ROUNDS):
+            entity = self._read(partition, row)
+            events = _cap_events(entity)
+            answer, write = change(events)
+            if not write:
+                return answer
             text = json.dumps(events, separators=(",", ":"))
             body = {"PartitionKey": partition, "RowKey": row, **chunked("Events", text)}
             if self._write(body, entity):
-                return
+                return answer
             current().sleep(random.uniform(0, 0.05))
         raise RuntimeError(f"the hourly cap of rule {rule_id} kept changing under us")
