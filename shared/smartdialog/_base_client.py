@@ -208,105 +208,132 @@ class BaseClient:
             "request_id": request_id,
         }
         with within(self.deadline):  # one deadline for every request of the operation
-            retries_taken = 0
-            refreshed = False
-            attempt = 0
-            while True:
-                attempt += 1
-                # The token first: a slow identity provider must not age the quota slot taken next.
-                token = self._token(op, path)
-                if self._before_attempt is not None:
-                    self._before_attempt()
-                request = self._http.build_request(
-                    op.method,
-                    url,
-                    params=query,
-                    content=content,
-                    headers={**base_headers, "Authorization": f"Bearer {token}"},
-                    extensions={"trace": self._trace} if self._before_send is not None else None,
-                )
-                if self._before_send is not None and not self._hooked:
-                    self._before_send()
-                started = time.perf_counter()
-                try:
-                    left(None, httpx.ConnectTimeout)  # past the deadline (a slow token): not sent
-                    response = self._http.send(request)
-                except httpx.HTTPError as exc:
-                    elapsed_ms = round((time.perf_counter() - started) * 1000)
-                    retry = retries_taken < self.max_retries and should_retry(
-                        exc, replayable=op.replayable
-                    )
-                    delay = retry_delay(retries_taken, now=self._clock) if retry else None
-                    log.warning(
-                        "SmartDialog %s attempt %d failed after %d ms: %s%s",
-                        op.operation_id,
-                        attempt,
-                        elapsed_ms,
-                        type(exc).__name__,
-                        f"; retrying in {delay:.2f} s" if delay is not None else "",
-                        extra={
-                            **where,
-                            "attempt": attempt,
-                            "elapsed_ms": elapsed_ms,
-                            "error": type(exc).__name__,
-                            "retry_in": delay,
-                        },
-                    )
-                    if delay is None:
-                        raise self._connection_error(op, path, exc) from exc
-                    self._sleep(delay)
-                    retries_taken += 1
-                    continue
+            return self._attempts(
+                op,
+                path=path,
+                url=url,
+                query=query,
+                content=content,
+                base_headers=base_headers,
+                where=where,
+                request_id=request_id,
+                original=original,
+            )
 
+    def _attempts(
+        self,
+        op: Operation,
+        *,
+        path: str,
+        url: str,
+        query: Mapping[str, str] | None,
+        content: bytes | None,
+        base_headers: dict[str, str],
+        where: dict[str, Any],
+        request_id: str | None,
+        original: type[BaseModel] | None,
+    ) -> httpx.Response:
+        """Send ``op`` until it succeeds or may not be sent again (``_request``'s loop: token,
+        quota hook, attempt, retry or renewal, error mapping); the successful response."""
+        retries_taken = 0
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            # The token first: a slow identity provider must not age the quota slot taken next.
+            token = self._token(op, path)
+            if self._before_attempt is not None:
+                self._before_attempt()
+            request = self._http.build_request(
+                op.method,
+                url,
+                params=query,
+                content=content,
+                headers={**base_headers, "Authorization": f"Bearer {token}"},
+                extensions={"trace": self._trace} if self._before_send is not None else None,
+            )
+            if self._before_send is not None and not self._hooked:
+                self._before_send()
+            started = time.perf_counter()
+            try:
+                left(None, httpx.ConnectTimeout)  # past the deadline (a slow token): not sent
+                response = self._http.send(request)
+            except httpx.HTTPError as exc:
                 elapsed_ms = round((time.perf_counter() - started) * 1000)
-                status = response.status_code
-                if response.is_success:
-                    log.info(
-                        "SmartDialog %s -> %d in %d ms (attempt %d)",
-                        op.operation_id,
-                        status,
-                        elapsed_ms,
-                        attempt,
-                        extra={
-                            **where,
-                            "status": status,
-                            "attempt": attempt,
-                            "elapsed_ms": elapsed_ms,
-                        },
-                    )
-                    return response
-                if status == 401 and not refreshed:
-                    # One renewal and one more attempt, outside the retry budget.
-                    refreshed = True
-                    delay = 0.0
-                    self.auth.invalidate(token)
-                elif retries_taken < self.max_retries and should_retry(
-                    response, replayable=op.replayable
-                ):
-                    # None: the advised wait is longer than we sleep out; the error carries it.
-                    delay = retry_delay(retries_taken, response.headers, now=self._clock)
-                    retries_taken += 1
-                else:
-                    delay = None
+                retry = retries_taken < self.max_retries and should_retry(
+                    exc, replayable=op.replayable
+                )
+                delay = retry_delay(retries_taken, now=self._clock) if retry else None
                 log.warning(
-                    "SmartDialog %s -> %d in %d ms (attempt %d)%s",
+                    "SmartDialog %s attempt %d failed after %d ms: %s%s",
+                    op.operation_id,
+                    attempt,
+                    elapsed_ms,
+                    type(exc).__name__,
+                    f"; retrying in {delay:.2f} s" if delay is not None else "",
+                    extra={
+                        **where,
+                        "attempt": attempt,
+                        "elapsed_ms": elapsed_ms,
+                        "error": type(exc).__name__,
+                        "retry_in": delay,
+                    },
+                )
+                if delay is None:
+                    raise self._connection_error(op, path, exc) from exc
+                self._sleep(delay)
+                retries_taken += 1
+                continue
+
+            elapsed_ms = round((time.perf_counter() - started) * 1000)
+            status = response.status_code
+            if response.is_success:
+                log.info(
+                    "SmartDialog %s -> %d in %d ms (attempt %d)",
                     op.operation_id,
                     status,
                     elapsed_ms,
                     attempt,
-                    f"; retrying in {delay:.2f} s" if delay is not None else "",
                     extra={
                         **where,
                         "status": status,
                         "attempt": attempt,
                         "elapsed_ms": elapsed_ms,
-                        "retry_in": delay,
                     },
                 )
-                if delay is None:
-                    raise self._status_error(op, path, response, request_id, original)
-                if delay > 0:
-                    self._sleep(delay)
+                return response
+            if status == 401 and not refreshed:
+                # One renewal and one more attempt, outside the retry budget.
+                refreshed = True
+                delay = 0.0
+                self.auth.invalidate(token)
+            elif retries_taken < self.max_retries and should_retry(
+                response, replayable=op.replayable
+            ):
+                # None: the advised wait is longer than we sleep out; the error carries it.
+                delay = retry_delay(retries_taken, response.headers, now=self._clock)
+                retries_taken += 1
+            else:
+                delay = None
+            log.warning(
+                "SmartDialog %s -> %d in %d ms (attempt %d)%s",
+                op.operation_id,
+                status,
+                elapsed_ms,
+                attempt,
+                f"; retrying in {delay:.2f} s" if delay is not None else "",
+                extra={
+                    **where,
+                    "status": status,
+                    "attempt": attempt,
+                    "elapsed_ms": elapsed_ms,
+                    "retry_in": delay,
+                },
+            )
+            if delay is None:
+                raise self._status_error(op, path, response, request_id, original)
+            if delay > 0:
+                self._sleep(delay)
 
     def _parse(self, op: Operation, response: httpx.Response, parse: Callable[[Any], T]) -> T:
         body = decode_body(response)
