@@ -368,11 +368,7 @@ class SubscriptionStore:
             query += f" and Kind eq '{kind}'"
         # Filtered before parsing: a row of a kind this release does not know is not listed.
         entities = self._table.query_entities(query)
-        return [
-            _subscription(e)
-            for e in entities
-            if _is_subscription(e) and (e.get("Kind") or TriggerKind.NEW_MESSAGE) == kind
-        ]
+        return [_subscription(e) for e in entities if _is_subscription(e) and _kind_of(e) == kind]
 
     def every(self, limit: int = 1000) -> Sequence[Subscription]:
         """Up to ``limit`` subscriptions of every service (the operations page)."""
@@ -392,7 +388,7 @@ class SubscriptionStore:
             return False
         if not _is_subscription(entity) and not entity.get(REPLACED_BY):
             return False  # another row of the table (the subscriber index's)
-        if kind is not None and (entity.get("Kind") or TriggerKind.NEW_MESSAGE) != kind:
+        if kind is not None and _kind_of(entity) != kind:
             return False  # another trigger's subscription: not this route's to end
         self._table.delete_entity(*keys)
         return True
@@ -440,11 +436,16 @@ class SubscriptionStore:
 _KINDS = frozenset(TriggerKind)
 
 
+def _kind_of(entity: Mapping[str, object]) -> str:
+    """A row's trigger kind as stored (a row without one: New Message)."""
+    return str(entity.get("Kind") or TriggerKind.NEW_MESSAGE)
+
+
 def _is_row_of_one(entity: Mapping[str, object]) -> bool:
     """Whether a row of the table is (or was, until replaced) a subscription of a kind this
     release knows (the table also holds the subscriber index's ``~asks-questions`` rows:
     :mod:`shared.triggers`). The previous release takes every such row for a subscriber."""
-    return "CallbackUrl" in entity and str(entity.get("Kind") or TriggerKind.NEW_MESSAGE) in _KINDS
+    return "CallbackUrl" in entity and _kind_of(entity) in _KINDS
 
 
 def _is_subscription(entity: Mapping[str, object]) -> bool:
@@ -477,7 +478,7 @@ def _subscription(entity: dict[str, object]) -> Subscription:
         customer_id=str(entity.get("CustomerId", "")),
         created_at=created,
         nonce=str(entity["Nonce"]) if entity.get("Nonce") else None,
-        kind=TriggerKind(str(entity.get("Kind") or TriggerKind.NEW_MESSAGE)),
+        kind=TriggerKind(_kind_of(entity)),
         states="all"
         if entity.get("States") == "all"
         else ("final" if entity.get("States") else None),
