@@ -327,6 +327,14 @@ class MessageRecord:
         once its lease ran out has others); None while it is not claimed."""
         return (self.attempts, self.lease_until) if self.status is MessageStatus.SENDING else None
 
+    def held_until(self, now: dt.datetime) -> dt.datetime | None:
+        """The lease of a claim that still holds it at ``now`` (another worker's, while
+        ``sending`` and the lease is in the future); None when nobody holds it."""
+        lease = self.lease_until
+        if self.status is MessageStatus.SENDING and lease is not None and lease > now:
+            return lease
+        return None
+
     @property
     def upstream_request_id(self) -> str | None:
         """The RequestId its call carried: a packed message's is its pack's; a bulk member's

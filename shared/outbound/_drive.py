@@ -231,13 +231,7 @@ class _Run:
             if recent:
                 return self.later((max(recent) + idle - now).total_seconds() + 1, "moved")
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, pack.pack_id, detail="pack done")
-        held = [
-            r.lease_until
-            for r in open_
-            if r.status is MessageStatus.SENDING
-            and r.lease_until is not None
-            and r.lease_until > now
-        ]
+        held = [lease for r in open_ if (lease := r.held_until(now)) is not None]
         if held:  # claims of a run that died mid-way: they are released by time only
             return self.later((max(held) - now).total_seconds() + 1, "claimed")
         expired = [r for r in open_ if now >= r.valid_until]

@@ -578,8 +578,7 @@ class Outcomes:
 
     def _claimed(self, record: MessageRecord) -> bool:
         """Whether a worker's claim on ``record`` is live (that worker settles it)."""
-        lease, now = record.lease_until, self.ports.now()
-        return record.status is MessageStatus.SENDING and lease is not None and lease > now
+        return record.held_until(self.ports.now()) is not None
 
 
 def bounded(failure: FailureInfo) -> FailureInfo:

@@ -375,8 +375,7 @@ class IndexPacks:
             record = self.ports.store.get(message_id)
             if record is None or record.pack_id != pack.pack_id or record.status.is_final:
                 return None
-            lease = record.lease_until
-            if record.status is MessageStatus.SENDING and lease is not None and lease > now:
+            if record.held_until(now) is not None:
                 return None  # held by someone else (a stale worker): not ours to send
             if now >= record.valid_until:
                 self.outcomes.fail(record, self.outcomes.expired(record))

@@ -173,8 +173,8 @@ def _removed(
 
 def _held_for(record: MessageRecord, now: dt.datetime) -> float:
     """Seconds until another worker's claim of ``record`` ends, and one more (0: not held)."""
-    lease = record.lease_until
-    if record.status is not MessageStatus.SENDING or lease is None or lease <= now:
+    lease = record.held_until(now)
+    if lease is None:
         return 0.0
     return (lease - now).total_seconds() + 1
 

@@ -301,8 +301,7 @@ class OutboundSender:
             if record.status.is_final:
                 self.outcomes.announce([record])
                 return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
-            lease = record.lease_until
-            if record.status is MessageStatus.SENDING and lease is not None and lease > now:
+            if (lease := record.held_until(now)) is not None:
                 # Another worker holds the claim (a duplicate queue message): come back when
                 # its lease ends; if it finished by then, this copy is simply acknowledged.
                 delay = (lease - now).total_seconds() + 1
