@@ -338,7 +338,10 @@ def is_recorded_as(record: MessageRecord, command: OutboundMessage) -> bool:
     as its recorded command normalized (:func:`_e164`) now is."""
     from shared.connections import claimed_by
 
-    prints = {request_fingerprint(command)}
+    fp = request_fingerprint(command)
+    if record.fingerprint == fp:  # the common case: no connection lookup, no second print
+        return True
+    prints = {fp}
     if (
         command.Connection is not None
         and claimed_by(command.customerId or "") == command.Connection
