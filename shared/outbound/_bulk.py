@@ -57,7 +57,7 @@ from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY
 from shared.outbound._bulk_members import BulkRecipient, Members, bulk_members
 from shared.outbound._models import PackDriver
 from shared.outbound._quota_wait import poll_after
-from shared.outbound._service import outbound_queue
+from shared.outbound._service import key_reused, outbound_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
 from shared.storage import already_exists
 from shared.telemetry import current_traceparent
@@ -155,13 +155,7 @@ class BulkService:
             )  # fmt: skip
             if entry.message_id != batch_id:
                 if entry.fingerprint != fingerprint:
-                    raise Problem(
-                        422,
-                        "Idempotency key reused for a different request",
-                        "This Idempotency-Key was already used for another bulk send.",
-                        type=ProblemType.CONFLICT,
-                        errors=[FieldError("Idempotency-Key", "Already used for another request.")],
-                    )
+                    raise key_reused("This Idempotency-Key was already used for another bulk send.")
                 found = self.batches.get(entry.message_id)
                 if found is None:
                     # The request that claimed the key has not recorded its batch: it is on

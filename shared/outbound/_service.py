@@ -493,13 +493,16 @@ class SendService:
         raise Problem(409, "The message is changing; try again", type=ProblemType.CONFLICT)
 
 
-def key_reused() -> Problem:
-    """422: the request's Idempotency-Key (or RequestId) was used for another request."""
+def key_reused(
+    detail: str = "This Idempotency-Key (or RequestId) was already used for another message. "
+    "Use a new key for a new message.",
+) -> Problem:
+    """422: the request's Idempotency-Key (or RequestId) was used for another request
+    (``detail`` says for what: a bulk send's says another bulk send)."""
     return Problem(
         422,
         "Idempotency key reused for a different request",
-        "This Idempotency-Key (or RequestId) was already used for another message. Use a new "
-        "key for a new message.",
+        detail,
         type=ProblemType.CONFLICT,
         errors=[FieldError("Idempotency-Key", "Already used for another request.")],
     )
