@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from shared.messages._models import IllegalTransition
+from shared.messages._records import odata_quote
 from shared.names import QUESTIONS_TABLE
 from shared.storage import ensure_table, plain_datetime, utc
 
@@ -266,22 +267,26 @@ class QuestionStore:
         """The open question that the inbound message ``reply_key`` from ``address`` may answer
         (with its ``open`` row's ETag): one partition query. None when none is open, or when
         this message already ended a question (a redelivery: it answers nothing again)."""
+        found: QuestionRecord | None = None
+        for entity in self._open_or(service, address, "ReplyKey", reply_key):
+            if entity.get("ReplyKey") == reply_key:
+                return None
+            found = QuestionRecord.from_entity(entity)
+        return found
+
+    def _open_or(self, service: str, address: str, name: str, value: str) -> list[Any]:
+        """The rows of the questions to ``address`` on ``service`` that are its ``open`` row
+        or have ``name`` equal to ``value``: one partition query (none before the table is)."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        key = reply_key.replace("'", "''")
         query = (
             f"PartitionKey eq '{question_partition(service, address)}' and "
-            f"(RowKey eq '{OPEN_ROW}' or ReplyKey eq '{key}')"
+            f"(RowKey eq '{OPEN_ROW}' or {name} eq '{odata_quote(value)}')"
         )
-        found: QuestionRecord | None = None
         try:
-            for entity in self.table.query_entities(query):
-                if entity.get("ReplyKey") == reply_key:
-                    return None
-                found = QuestionRecord.from_entity(entity)
+            return list(self.table.query_entities(query))
         except ResourceNotFoundError:  # no table yet: no question was ever asked
-            return None
-        return found
+            return []
 
     def open_services(self) -> set[str]:
         """The services with an open question: a scan of every ``open`` row (once per upgrade,
@@ -300,23 +305,13 @@ class QuestionStore:
         """The open question to ``address`` on ``service`` (with its ``open`` row's ETag; None
         when there is none), and the questions asked under the idempotency key hash
         ``request_key``, first asked first: one partition query."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        key = request_key.replace("'", "''")
-        query = (
-            f"PartitionKey eq '{question_partition(service, address)}' and "
-            f"(RowKey eq '{OPEN_ROW}' or RequestKey eq '{key}')"
-        )
         open_one: QuestionRecord | None = None
         asked: list[QuestionRecord] = []
-        try:
-            for entity in self.table.query_entities(query):
-                if entity["RowKey"] == OPEN_ROW:
-                    open_one = QuestionRecord.from_entity(entity)
-                else:
-                    asked.append(QuestionRecord.from_entity(entity))
-        except ResourceNotFoundError:  # no table yet: no question was ever asked
-            return None, []
+        for entity in self._open_or(service, address, "RequestKey", request_key):
+            if entity["RowKey"] == OPEN_ROW:
+                open_one = QuestionRecord.from_entity(entity)
+            else:
+                asked.append(QuestionRecord.from_entity(entity))
         return open_one, sorted(asked, key=lambda question: question.created_at)
 
     def get(self, question_id: str) -> QuestionRecord | None:
