@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
+from shared.logs import redacted_traceback
+
 if TYPE_CHECKING:
     from shared.actions import ActionRequest, ActionResponse
 
@@ -61,24 +63,13 @@ def serve(operation_id: str, req: func.HttpRequest) -> func.HttpResponse:
         return to_http_response(handle(operation_id, to_action_request(req)))
     except Exception as exc:
         logging.getLogger("smartdialog.actions").error(
-            "%s failed outside the action pipeline: %s", operation_id, _traceback(exc)
+            "%s failed outside the action pipeline: %s", operation_id, redacted_traceback(exc)
         )
         return func.HttpResponse(
             body=json.dumps(_INTERNAL_ERROR).encode("utf-8"),
             status_code=500,
             headers={"Content-Type": "application/problem+json"},
         )
-
-
-def _traceback(exc: Exception) -> str:
-    """``exc``'s traceback redacted (:func:`shared.logs.redacted_traceback`: its messages may
-    quote a URL with its token, a phone number); only its type if that cannot load either."""
-    try:
-        from shared.logs import redacted_traceback
-
-        return redacted_traceback(exc)
-    except Exception:
-        return type(exc).__name__
 
 
 # The problem document of shared.problems.internal_error(), spelled out for when it cannot load.
