@@ -28,6 +28,7 @@ __all__ = [
     "MAX_INTEGER_DIGITS",
     "BodyRefused",
     "loads_strict",
+    "not_unicode",
     "param_problem",
     "present",
     "printable",
@@ -103,8 +104,9 @@ def _path(parent: str, key: str | int) -> str:
     return f"{parent}.{name}" if parent else name
 
 
-def _walk(value: Any, where: str, top: str, depth: int, errors: list[FieldError]) -> None:
-    """Collect what is refused in ``value`` (at JSON path ``where``, under top-level ``top``)."""
+def _walk(value: Any, where: str, top: str, depth: float, errors: list[FieldError]) -> None:
+    """Collect what is refused in ``value`` (at JSON path ``where``, under top-level ``top``;
+    ``depth`` is its nesting, ``-inf`` when any is allowed)."""
     if isinstance(value, _Unusable):
         errors.append(FieldError(where or "body", value.message))
     elif isinstance(value, str):
@@ -121,6 +123,15 @@ def _walk(value: Any, where: str, top: str, depth: int, errors: list[FieldError]
                 errors.append(FieldError(here, "The field name must be valid Unicode text."))
                 continue
             _walk(item, here, top or here, depth + 1, errors)
+
+
+def not_unicode(value: Any) -> list[FieldError]:
+    """Each text or field name in parsed JSON ``value`` that is not valid Unicode (a lone
+    surrogate), on its JSON path, whatever the nesting: what :func:`loads_strict` refuses of
+    text, for JSON parsed by others (an SDK, the host)."""
+    errors: list[FieldError] = []
+    _walk(value, "", "", -math.inf, errors)
+    return errors
 
 
 def loads_strict(raw: bytes) -> Any:

@@ -137,6 +137,17 @@ def _checked_ids(event: IncomingEvent, source_field: str = "source") -> Incoming
     return event
 
 
+def _unicode(value: Mapping[str, Any]) -> None:
+    """Refuse an event holding text that is not valid Unicode (a lone surrogate, such as the
+    JSON escape ``"\\ud800"``), naming the first on its path (``data.x``, ``subject``): its
+    messages could not be queued nor its subject remembered, and a batch with it failed whole
+    (a 500 on every retry), as the send actions refuse it."""
+    from shared.actions._reading import not_unicode
+
+    for error in not_unicode(value)[:1]:
+        raise InvalidEvent(error.message, field=error.field)
+
+
 def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
     """An SDK ``CloudEvent`` (``cloudevents.core``) as an :class:`IncomingEvent`; ``given``
     names the attributes the sender gave (the SDK fills in ``time`` when there is none: such
@@ -150,6 +161,7 @@ def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
             data = json.loads(data)
         except ValueError:
             data = base64.b64encode(bytes(data)).decode("ascii")
+    _unicode({**attributes, "data": data})
     known = {"id", "source", "type", "subject", "time", "specversion"}
     time = attributes.get("time")
     incoming = IncomingEvent(
@@ -175,6 +187,7 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
         raise InvalidEvent(
             f"Not an Event Grid event: {', '.join(missing)} missing.", field=missing[0]
         )
+    _unicode(value)
     try:
         event = EventGridEvent.from_dict(dict(value))
     except (ValueError, TypeError) as exc:  # e.g. an eventTime that is not a date
@@ -260,8 +273,9 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
         try:
             event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
             return [from_cloud_event(event, given)]
-        except InvalidEvent as exc:
-            raise InvalidEvent(str(exc), field=f"ce-{exc.field}") from exc
+        except InvalidEvent as exc:  # an attribute is a ce- header; data is the body
+            field = exc.field if re.match(r"data\b", exc.field) else f"ce-{exc.field}"
+            raise InvalidEvent(str(exc), field=field) from exc
         except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
             raise _invalid(exc, prefix="ce-") from exc
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()

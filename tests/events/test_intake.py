@@ -228,3 +228,35 @@ def test_a_source_with_a_control_character_is_refused_so_source_and_id_stay_apar
                              "ce-type": "t"}, b"{}"), "ce-source"),
     ]  # fmt: skip
     assert_each_refused(cases)
+
+
+def test_text_that_is_not_valid_unicode_is_refused_naming_it_in_every_mode() -> None:
+    """A lone surrogate (the JSON escape "\\ud800") in data, an attribute or an extension was
+    taken: its sends could not be queued, nor its subject hashed for a quiet period (a 500 on
+    every retry of the batch). Refused as the send actions refuse it, naming its path."""
+    cloud = fixture("blob-created.cloudevent.json")
+    grid = fixture("blob-created.eventgrid.json")[0]
+    batch = {"content-type": "application/cloudevents-batch+json"}
+    binary = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t",
+              "content-type": "application/json"}  # fmt: skip
+
+    def sent(*events: Any) -> str:
+        return json.dumps(list(events))  # \ud800 stays the JSON escape, as a producer sends it
+
+    cases: list[tuple[Any, str]] = [
+        (lambda: parse_http(batch, sent(cloud, {**cloud, "data": {"x": "\ud800"}}).encode()),
+         "[1].data.x"),
+        (lambda: parse_http(batch, sent(cloud, {**cloud, "subject": "\udc80"}).encode()),
+         "[1].subject"),
+        (lambda: parse_object({**cloud, "type": "a\ud800"}), "type"),
+        (lambda: parse_object({**cloud, "myext": "\ud800"}), "myext"),
+        (lambda: parse_object({**cloud, "id": "\ud800"}), "id"),
+        (lambda: parse_object({**cloud, "source": "\ud800"}), "source"),
+        (lambda: parse_queue_text(sent(cloud, {**cloud, "data": ["ok", "\ud800"]})),
+         "[1].data[1]"),
+        (lambda: parse_object({**grid, "eventType": "\ud800"}), "eventType"),
+        (lambda: parse_object({**grid, "data": {"url": "\ud800"}}), "data.url"),
+        (lambda: parse_http(binary, b'{"note": "\\ud800"}'), "data.note"),
+    ]  # fmt: skip
+    assert_each_refused(cases)
+    assert parse_object({**cloud, "data": {"x": "\U0001f600"}}).data == {"x": "\U0001f600"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -396,3 +397,47 @@ def test_a_condition_on_a_number_no_float_holds_is_reported_not_a_500(notify: No
     assert result.summary()["Skipped"] == [
         {"RuleId": "big", "Reason": "condition failed: a number it cannot use (OverflowError)"}
     ]
+
+
+def test_an_event_with_a_lone_surrogate_is_refused_at_every_door_and_never_a_500(
+    notify: Notify, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """B of a batch [A, B, C] with "\\ud800" in data (or its subject, with a quiet period):
+    A was queued, B raised, the door answered 500 on every retry and C never went; on the queue
+    door the message went to -poison with no reason. Now a 400 naming it with nothing queued,
+    a dead letter with the reason, and the Event Grid trigger logs and drops it."""
+    from shared.actions import ActionRequest
+    from shared.names import CLOUD_EVENTS_DEAD_LETTER_QUEUE
+    from shared.notify import _doors
+    from shared.storage import ensured_queue
+
+    monkeypatch.setattr(_doors, "notifier", lambda settings: notify.notifier)
+    notify.rule(QuietMinutes=5, Message={"Sender": "Ops", "Content": "disk $(data.x)"},
+                Recipients={"Numbers": [N1]})  # fmt: skip
+    good = {"specversion": "1.0", "source": "s", "type": "t", "data": {"x": "C"}}
+    batch = [{**good, "id": i, "subject": i} for i in "abc"]
+    batch[1]["data"] = {"x": "\ud800"}
+    body = json.dumps(batch).encode()  # the JSON escape, as a producer sends it
+    request = ActionRequest(
+        "POST", headers={"Content-Type": "application/cloudevents-batch+json"}, body=body
+    )
+
+    for _ in range(2):  # the producer's retry gets the same answer
+        answer = _doors.receive_cloud_events(request)
+        assert answer.status == 400, answer.body
+        assert [e["field"] for e in answer.body["errors"]] == ["[1].data.x"]
+    assert notify.queued() == []
+
+    marker = uuid.uuid4().hex
+    _doors.process_cloud_event_message(
+        json.dumps([batch[0], {**good, "id": "d", "subject": "\udc80"}]), queue_message_id=marker
+    )
+    letters = ensured_queue(CLOUD_EVENTS_DEAD_LETTER_QUEUE).peek_messages(max_messages=32)
+    [letter] = [json.loads(m.content) for m in letters if marker in m.content]
+    assert (letter["reason"], letter["field"]) == ("malformed", "[1].subject")
+
+    with caplog.at_level(logging.WARNING, "shared.notify"):
+        dropped = _doors.receive_grid_event({**good, "id": "e", "myext": "\ud800"})
+    assert dropped["Events"] == 0
+    assert "Event Grid delivered an invalid event (myext)" in caplog.text
+    assert notify.queued() == []
