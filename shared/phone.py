@@ -26,6 +26,9 @@ __all__ = [
     "DEFAULT_REGION",
     "InvalidPhoneNumber",
     "InvalidRegion",
+    "calling_code",
+    "extra_charge",
+    "is_calling_code",
     "is_region",
     "mask_phone_number",
     "normalize_region",
@@ -108,6 +111,38 @@ def parse_phone_number(text: str, regions: Iterable[str] = ()) -> str:
         f"Not a valid phone number (read in region {where}); "
         "give it in international form, e.g. +358401234567."
     )
+
+
+@cache
+def _calling_codes() -> frozenset[int]:
+    import phonenumbers
+
+    return frozenset(phonenumbers.supported_calling_codes())
+
+
+def is_calling_code(code: int) -> bool:
+    """True when ``code`` is a country calling code numbers have (``358``; the non-geographic
+    ones such as ``800`` too). Real codes are prefix-free; ``35`` is none."""
+    return code in _calling_codes()
+
+
+def calling_code(number: str) -> int:
+    """The country calling code of E.164 ``number`` (one :func:`parse_phone_number` gave)."""
+    import phonenumbers
+
+    return phonenumbers.parse(number).country_code or 0
+
+
+def extra_charge(number: str) -> str | None:
+    """``"premium-rate"`` or ``"shared-cost"`` when E.164 ``number`` is such a number by the
+    library's tables (the sender pays more, its owner gets a share), else None."""
+    import phonenumbers
+
+    kinds = {
+        phonenumbers.PhoneNumberType.PREMIUM_RATE: "premium-rate",
+        phonenumbers.PhoneNumberType.SHARED_COST: "shared-cost",
+    }
+    return kinds.get(phonenumbers.number_type(phonenumbers.parse(number)))
 
 
 def mask_phone_number(number: str) -> str:

@@ -13,8 +13,8 @@ event with numbers taken from the event (their cap).
 
 Every recipient a matched rule leaves out is in the event's ``Skipped`` with the reason (and in
 its log line): not a phone number, list not found, message not valid, quiet period, over
-MaxPerEvent / MaxPerHour, country code not allowed; a rule whose ``Condition`` or ``FromEvent``
-fails on the event is there too.
+MaxPerEvent / MaxPerHour, country code not allowed, premium-rate / shared-cost number; a rule
+whose ``Condition`` or ``FromEvent`` fails on the event is there too.
 """
 
 from __future__ import annotations
@@ -302,10 +302,10 @@ class Notifier:
         fixed: list[str],
     ) -> list[str]:
         """Numbers read from the event that are not among ``fixed``: allowed country codes
-        only, at most ``MaxPerEvent`` (the hourly cap is taken once their messages are made),
-        so a forged event cannot pump messages to premium numbers. A JSON integer is read as
-        the text of its digits."""
-        from shared.phone import InvalidPhoneNumber, parse_phone_number
+        only, no premium-rate or shared-cost number, at most ``MaxPerEvent`` (the hourly cap
+        is taken once their messages are made), so a forged event cannot pump messages to
+        numbers that pay their owner. A JSON integer is read as the text of its digits."""
+        from shared.phone import InvalidPhoneNumber, calling_code, extra_charge, parse_phone_number
 
         spec = rule.Recipients
         if spec.FromEvent is None:
@@ -317,7 +317,6 @@ class Notifier:
             result.skipped.append(Skipped(rule.Id, "", f"FromEvent failed: {exc}"))
             return []
         values = found if isinstance(found, list) else ([] if found is None else [found])
-        allowed = tuple(f"+{code}" for code in spec.AllowedCountryCodes)
         numbers: list[str] = []
         for value in values:
             if isinstance(value, int) and not isinstance(value, bool):
@@ -335,8 +334,11 @@ class Notifier:
             except InvalidPhoneNumber:
                 result.skipped.append(Skipped(rule.Id, value[:4], "not a phone number"))
                 continue
-            if not number.startswith(allowed):  # country codes are prefix-free
+            if calling_code(number) not in spec.AllowedCountryCodes:  # exact: not a prefix
                 result.skipped.append(Skipped(rule.Id, number, "country code not allowed"))
+                continue
+            if charge := extra_charge(number):
+                result.skipped.append(Skipped(rule.Id, number, f"{charge} number"))
                 continue
             if number not in numbers and number not in fixed:
                 numbers.append(number)

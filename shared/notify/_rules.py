@@ -337,15 +337,15 @@ def invalid_fields(exc: ValueError, within: str = "") -> str:
 def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     """What is wrong with a rule that parsed: (field, message) pairs, empty when it is fine.
 
-    Checks the connection, every JMESPath expression, the fixed numbers, and (with a
-    ``SampleEvent``) that ``Condition`` and ``FromEvent`` do not fail on it and every
-    placeholder resolves against it. (That a named ``List`` exists is the actions' check: it
-    needs the store.)
+    Checks the connection, every JMESPath expression, the fixed numbers, that each allowed
+    country code is a real one, and (with a ``SampleEvent``) that ``Condition`` and
+    ``FromEvent`` do not fail on it and every placeholder resolves against it. (That a named
+    ``List`` exists is the actions' check: it needs the store.)
     """
     from jmespath.exceptions import JMESPathError
 
     from shared.notify._intake import InvalidEvent, parse_object
-    from shared.phone import InvalidPhoneNumber, parse_phone_number
+    from shared.phone import InvalidPhoneNumber, is_calling_code, parse_phone_number
 
     errors: list[tuple[str, str]] = []
     if utf16_units(rule.model_dump_json(exclude_none=True)) > RULE_UNITS:
@@ -389,6 +389,14 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
             parse_phone_number(number)
         except InvalidPhoneNumber as exc:
             errors.append((f"Recipients.Numbers[{index}]", str(exc)))
+    for index, code in enumerate(rule.Recipients.AllowedCountryCodes):
+        if not is_calling_code(code):  # 35 would have allowed every +351 to +359 number
+            errors.append(
+                (
+                    f"Recipients.AllowedCountryCodes[{index}]",
+                    f"{code} is not a country calling code (such as 358).",
+                )
+            )
     if rule.SampleEvent is not None and not errors:
         try:
             document = parse_object(rule.SampleEvent).document()

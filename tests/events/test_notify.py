@@ -441,3 +441,29 @@ def test_an_event_with_a_lone_surrogate_is_refused_at_every_door_and_never_a_500
     assert dropped["Events"] == 0
     assert "Event Grid delivered an invalid event (myext)" in caplog.text
     assert notify.queued() == []
+
+
+def test_numbers_from_the_event_that_charge_extra_are_skipped_saying_so(notify: Notify) -> None:
+    """An allowed country code was all a number from a forged event needed: a Finnish
+    premium-rate (+358 600) or a Spanish shared-cost (+34 901) number was queued."""
+    notify.rule(Recipients={"FromEvent": "data.phones", "AllowedCountryCodes": [358, 34]})
+
+    result = notify.handle(event("e1", phones=["+358600123456", N1, "+34901123456"]))
+
+    assert sent_to(result) == [N1]
+    assert reasons(result) == ["premium-rate number", "shared-cost number"]
+
+
+def test_a_stored_rule_allowing_a_code_that_is_none_allows_no_number_it_prefixes(
+    notify: Notify,
+) -> None:
+    """A release saved AllowedCountryCodes [35] (only 1 to 999 was checked), and as a prefix
+    it allowed +351 to +359. Such a rule still reads and sends to its own numbers; codes are
+    compared whole, so it takes no number from the event."""
+    notify.rule(Recipients={"Numbers": [N2], "FromEvent": "data.phones",
+                            "AllowedCountryCodes": [35]})  # fmt: skip
+
+    result = notify.handle(event("e1", phones=[N1, "+351912345678"]))
+
+    assert sent_to(result) == [N2]
+    assert reasons(result) == ["country code not allowed"] * 2

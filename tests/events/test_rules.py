@@ -42,6 +42,10 @@ def test_a_good_rule_with_a_sample_event_has_no_errors() -> None:
     [
         ({"Match": {"Condition": "data.[["}}, "Match.Condition"),
         ({"Recipients": {"Numbers": ["12"]}}, "Recipients.Numbers[0]"),
+        (  # 35 is no calling code: as a prefix it allowed every +351 to +359 number
+            {"Recipients": {"FromEvent": "data.p", "AllowedCountryCodes": [358, 35]}},
+            "Recipients.AllowedCountryCodes[1]",
+        ),
         ({"Connection": "sales"}, "Connection"),
         (
             {"SampleEvent": ALERT, "Message": {"Sender": "Ops", "Content": "$(data.nope)"}},
