@@ -304,21 +304,29 @@ def _as_text(value: Any) -> str:
 
 def render(text: str, document: dict[str, Any], *, rule_id: str, event_id: str) -> str:
     """``text`` with each ``$(expression)`` replaced by its value in ``document``; a value that
-    is missing renders as empty and is logged (rule, event id and expression, no data)."""
+    is missing renders as empty and is logged (rule, event id and expression, no data). A value
+    never makes a ``$(``, in it or with what is next to it: SmartDialog would take ``$(C)`` for
+    a personalization placeholder and blank it. It becomes ``$ (``."""
 
-    def value(match: re.Match[str]) -> str:
-        found = search(match.group(1).strip(), document)
+    def value(expression: str) -> str:
+        found = search(expression.strip(), document)
         if found is None:
             log.warning(
                 "rule %s: placeholder %s found nothing in event %s",
                 rule_id,
-                match.group(1).strip(),
+                expression.strip(),
                 event_id,
             )
             return ""
-        return _as_text(found)
+        return _as_text(found).replace("$(", "$ (")
 
-    return PLACEHOLDER.sub(value, text)
+    rendered = ""
+    for index, piece in enumerate(PLACEHOLDER.split(text)):  # text, expression, text, ...
+        piece = value(piece) if index % 2 else piece
+        if rendered.endswith("$") and piece.startswith("("):  # each seam has a value at it
+            piece = " " + piece
+        rendered += piece
+    return rendered
 
 
 def invalid_fields(exc: ValueError, within: str = "") -> str:

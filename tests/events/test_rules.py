@@ -178,3 +178,20 @@ def test_an_expression_on_a_number_no_float_holds_is_a_400_field_not_a_500(
     condition: str,
 ) -> None:
     assert errors(rule(Match={"EventType": "t", "Condition": condition})) == ["Match.Condition"]
+
+
+def test_a_value_never_makes_a_placeholder_smartdialog_would_blank() -> None:
+    """SmartDialog fills $(word) from a send's Personalization, which rule-made sends have
+    none of: "Disk $(C) full" from an event arrived as "Disk  full". The rule's own text is
+    kept; what a value holds, or makes with what is next to it, becomes "$ (" instead."""
+    from shared.sms import personalize
+
+    doc = {"data": {"disk": "$(C)", "cost": "US$", "unit": "(EUR)", "note": "a$(b)$(c)"}}
+    text = render(
+        "Disk $(data.disk) full; $(data.cost)(net) $$(data.unit) $$(data.nope)(x) $(data.note)",
+        doc,
+        rule_id="r",
+        event_id="e",
+    )
+    assert text == "Disk $ (C) full; US$ (net) $ (EUR) $ (x) a$ (b)$ (c)"
+    assert personalize(text, None) == text
