@@ -112,8 +112,8 @@ def require_status_token(
             401,
             "Missing token",
             missing,
-            type=ProblemType.VALIDATION,
+            type=ProblemType.UNAUTHORIZED,
             headers={"WWW-Authenticate": 'Bearer realm="smartdialog-status"'},
         )
     if not verify(token, TokenPurpose.STATUS, subject, secrets=settings.callback_secret_list):
-        raise Problem(403, "Invalid token", denied, type=ProblemType.VALIDATION)
+        raise Problem(403, "Invalid token", denied, type=ProblemType.FORBIDDEN)

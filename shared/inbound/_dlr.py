@@ -227,7 +227,7 @@ class DeliveryReportService:
                 401,
                 "Invalid or missing token",
                 "This delivery-report URL's token is not valid for this message.",
-                type=ProblemType.VALIDATION,
+                type=ProblemType.UNAUTHORIZED,
                 headers={"WWW-Authenticate": 'Bearer realm="smartdialog-dlr"'},
             )
 

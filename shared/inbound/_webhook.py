@@ -162,7 +162,7 @@ class InboundReceiver:
                 "This webhook URL's token is not valid for this service (forged, signed with a "
                 "secret that is no longer configured, or its registration was removed). Register "
                 "the webhook again.",
-                type=ProblemType.VALIDATION,
+                type=ProblemType.UNAUTHORIZED,
                 headers={"WWW-Authenticate": 'Bearer realm="smartdialog-webhook"'},
             )
 

@@ -416,7 +416,7 @@ def subscription_to_end(
             401,
             "Invalid or missing token",
             "Use the Location the subscription answered; it carries its token.",
-            type=ProblemType.VALIDATION,
+            type=ProblemType.UNAUTHORIZED,
         )
     store = _subscriptions(ctx.settings)
     subscription = store.get(service, subscription_id, replaced=True)
@@ -425,7 +425,7 @@ def subscription_to_end(
             403,
             "Invalid token",
             "This token was made for another subscription of the same id.",
-            type=ProblemType.VALIDATION,
+            type=ProblemType.FORBIDDEN,
         )
     return store
 

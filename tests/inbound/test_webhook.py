@@ -155,7 +155,11 @@ def test_the_webhook_makes_one_storage_call_once_its_nonce_is_known_not_revoked(
     assert storage_requests == [check, layout, intake]  # checked again once the trust ran out
 
     storage_requests.clear()
-    assert post(inbound, payload(), token="v1.0.forged").status == 401
+    forged = post(inbound, payload(), token="v1.0.forged")
+    assert (forged.status, forged.body["type"]) == (
+        401,
+        "urn:smartdialog-functions:problem:unauthorized",
+    )
     assert storage_requests == []  # a forged token costs no storage call at all
     _registry._NOT_REVOKED.clear()
     assert post(inbound, b"{not json", token=token).status == 400

@@ -150,6 +150,11 @@ def test_status_needs_the_token_of_its_own_message(outbound: Outbound) -> None:
         params={"token": second_token},
     )  # fmt: skip
     assert (missing.status, foreign.status) == (401, 403)
+    # A token refusal is not a validation error: a flow branching on the type must see it.
+    assert (missing.body["type"], foreign.body["type"]) == (
+        "urn:smartdialog-functions:problem:unauthorized",
+        "urn:smartdialog-functions:problem:forbidden",
+    )
 
 
 def test_status_of_an_unknown_message_is_404(outbound: Outbound) -> None:
