@@ -224,6 +224,9 @@ class MessageRecord:
     #: timeout, an answer lost): if it then gives up, it may have been sent. Rows written
     #: before this field existed lack it (False).
     maybe_sent: bool = False
+    #: The connection whose sender last claimed it (None: not claimed since this field exists):
+    #: a command that names none goes through the connection claiming its customer then.
+    sent_through: str | None = None
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
@@ -260,6 +263,7 @@ class MessageRecord:
             "CommandBlob": self.command_blob,
             "Traceparent": self.traceparent,
             "MaybeSent": self.maybe_sent,
+            "Connection": self.sent_through,
         }
         entity.update(chunked("Command", "" if self.command_blob else self.command))
         entity.update(chunked("Result", self.result))
@@ -309,6 +313,7 @@ class MessageRecord:
                 command_blob=entity.get("CommandBlob"),
                 traceparent=entity.get("Traceparent"),
                 maybe_sent=bool(entity.get("MaybeSent")),
+                sent_through=entity.get("Connection"),
                 etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
             )
         except (KeyError, ValueError, TypeError, AssertionError) as exc:
@@ -343,9 +348,9 @@ class MessageRecord:
 
     @cached_property
     def connection(self) -> str:
-        """The connection it is sent through: its command's ``Connection`` (``default``); read
-        from the command once per record (a changed record is a new object)."""
-        return text_connection(self.command)
+        """The connection it is sent through: the one that claimed it, else its command's
+        ``Connection`` (``default``); read once per record (a changed record is a new object)."""
+        return self.sent_through or text_connection(self.command)
 
 
 @dataclass(frozen=True)

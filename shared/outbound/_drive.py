@@ -275,7 +275,7 @@ class _Run:
 
         ports = self.ports
         lease_until = now + ports.policy.lease
-        claims = ports.store.swap_many([(r, claim_changes(r, now, lease_until)) for r in due])
+        claims = ports.store.swap_many([(r, claim_changes(r, now, ports.policy)) for r in due])
         claimed = self.unsent = [c for c in claims if c is not None]
         self.leftovers += len(due) - len(claimed)
         if not claimed:

@@ -46,7 +46,7 @@ from shared.outbound._models import (
     command_origin,
     readable_message_id,
 )
-from shared.outbound._ports import SendPorts
+from shared.outbound._ports import SendPolicy, SendPorts
 from shared.outbound._records import command_text, is_recorded_as, queued_text, repeats_rule_send
 from shared.payloads import fits_queue
 from shared.settings import LONGEST_SECONDS
@@ -141,16 +141,16 @@ def sent_changes(
     }
 
 
-def claim_changes(
-    record: MessageRecord, now: dt.datetime, lease_until: dt.datetime
-) -> dict[str, Any]:
-    """The changes that claim ``record`` for one more attempt, leased until ``lease_until``."""
+def claim_changes(record: MessageRecord, now: dt.datetime, policy: SendPolicy) -> dict[str, Any]:
+    """The changes that claim ``record`` for one more attempt through ``policy``'s connection,
+    leased for ``policy.lease`` from ``now``."""
     return {
         "status": MessageStatus.SENDING,
         "attempts": record.attempts + 1,
-        "lease_until": lease_until,
+        "lease_until": now + policy.lease,
         "next_attempt_at": None,
         "updated_at": now,
+        "sent_through": policy.connection,
         **remember_interrupted(record),
     }
 

@@ -327,6 +327,7 @@ class IndexPacks:
         changes: dict[str, Any] = {
             "status": MessageStatus.SENDING, "attempts": 1, "lease_until": lease_until,
             "next_attempt_at": None, "pack_id": pack_id, "updated_at": now,
+            "sent_through": self.ports.policy.connection,
         }  # fmt: skip
         try:
             if lane:  # 100 claims a transaction, each on its record's ETag
@@ -367,7 +368,6 @@ class IndexPacks:
         if pack is None:
             return None, []
         now = self.ports.now()
-        lease_until = now + self.ports.policy.lease
         others = [m.message_id for m in pack.members if m.message_id != leader.message_id]
         pool = storage_pool()
 
@@ -380,7 +380,7 @@ class IndexPacks:
             if now >= record.valid_until:
                 self.outcomes.fail(record, self.outcomes.expired(record))
                 return None
-            done = self.ports.store.swap(record, **claim_changes(record, now, lease_until))
+            done = self.ports.store.swap(record, **claim_changes(record, now, self.ports.policy))
             if done is None:
                 return None
             return done, parse_outbound_message(done.command)

@@ -350,8 +350,7 @@ class OutboundSender:
                 if now >= record.valid_until:  # and expired meanwhile: not sent
                     self.packing.unlead(record)
                     continue
-            lease = now + self.ports.policy.lease
-            claimed = self.ports.store.swap(record, **claim_changes(record, now, lease))
+            claimed = self.ports.store.swap(record, **claim_changes(record, now, self.ports.policy))
             if claimed is None:
                 self.packing.unlead(record)
                 reread = self.ports.store.get(record.message_id)

@@ -205,6 +205,32 @@ def test_a_send_accepted_before_a_connection_claimed_its_customer_is_not_strande
     assert two.env.upstream() == []
 
 
+def test_a_send_rerouted_to_the_connection_claiming_its_customer_says_that_connection(
+    two: TwoConnections,
+) -> None:
+    """Accepted through ``default`` (its record's command names no connection), then sent by
+    ``second``, which claims its customer now: its status and ``message.sent`` event (and so
+    its delivery reports' events and triggers) say ``second``, the account that sent it, for
+    a pack's leader and its members alike."""
+    two.drop_connection("SECOND", "CUSTOMERS", "CUSTOMER_ID")  # the customer is the default's
+    headers = {"Customer-Id": SECOND_CUSTOMER, "Service-Id": SECOND_SERVICE}
+    accepted = [
+        call_http("SendMessage", "POST", body=sms(address), headers=headers)
+        for address in ("+358400000013", "+358400000023", "+358400000033")
+    ]
+    assert [a.status for a in accepted] == [202, 202, 202]
+    two.set_connection("SECOND", CUSTOMERS=SECOND_CUSTOMER, CUSTOMER_ID=SECOND_CUSTOMER)
+
+    two.env.drain()
+
+    assert two.env.upstream() == []
+    assert len(two.second_upstream()) == 1  # one pack
+    for answer in accepted:
+        assert status_of(answer.headers["Location"]).body["Connection"] == "second"
+    sent = {e["data"]["messageId"]: e["data"]["connection"] for e in two.env.events()}
+    assert sent == {a.body["Id"]: "second" for a in accepted}
+
+
 def test_a_different_command_with_a_sends_id_through_a_gone_connection_leaves_that_send_alone(
     two: TwoConnections,
 ) -> None:
