@@ -11,8 +11,8 @@ value; not the app's own callback secrets and public URL) or ``CUSTOMERS``; cred
 Everything is read on first use (:func:`connections`), never at import. Configuration errors
 (a malformed or unknown setting, duplicate names, a customer claimed twice, missing
 credentials, two connections with the same upstream identity, ``DEFAULT`` named explicitly) are
-reported by ``/api/health`` naming the connection; routing refuses with a 503 problem while any
-error that makes routing ambiguous remains.
+reported by ``/api/health`` naming the connection; while any error that makes routing ambiguous
+remains (:func:`routing_errors`), routing refuses with a 503 problem and queued sends wait.
 
 Problems::
 
@@ -58,6 +58,7 @@ __all__ = [
     "opt_out_keywords",
     "reset_connections_cache",
     "route",
+    "routing_errors",
 ]
 
 #: The HTTP header naming a request's connection (absent or empty: routed by Customer-Id).
@@ -205,6 +206,13 @@ def connection_errors() -> list[FieldError]:
     return connections().all_errors()
 
 
+def routing_errors() -> tuple[FieldError, ...]:
+    """The errors of the connections as a whole: while any remains, which account a request
+    goes through is uncertain, so every HTTP action refuses (:func:`route`), no customer's
+    claim routes a queued command (:func:`claimed_by`) and every queued send waits."""
+    return connections().errors
+
+
 def route(
     connection: str | None, customer_id: str | None, *, customer_field: str = "CustomerId"
 ) -> str:
@@ -229,9 +237,11 @@ def route(
 
 
 def claimed_by(customer_id: str) -> str | None:
-    """The named connection claiming ``customer_id``, if any (None: the default serves it).
-    A queued command that names no connection is routed with it."""
-    name = connections().claims.get(customer_id.strip())
+    """The named connection claiming ``customer_id``, if any (None: the default serves it, or
+    the claims are not to be trusted while :func:`routing_errors` remain: a customer claimed
+    twice). A queued command that names no connection is routed with it."""
+    found = connections()
+    name = None if found.errors else found.claims.get(customer_id.strip())
     return None if is_default(name) else name
 
 

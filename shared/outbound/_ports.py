@@ -56,7 +56,8 @@ class SendPolicy:
     #: How long after its accept a lane member's backstop copy comes (0: every copy at once).
     lane_backstop: dt.timedelta
     #: The settings a send needs that are broken (names only, never values): no credentials (the
-    #: default connection's), callback secrets, the public URL. While any is, messages are
+    #: default connection's), callback secrets, the public URL, an error of the connections as
+    #: a whole (:func:`shared.connections.routing_errors`). While any is, messages are
     #: deferred, not sent (see :func:`shared.health.settings_errors`).
     broken_settings: tuple[str, ...] = ()
     #: The connection (SmartDialog account) these ports send through.
@@ -64,8 +65,10 @@ class SendPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:
+        from shared.connections import routing_errors
         from shared.health import settings_errors
 
+        broken = [*settings_errors(settings), *routing_errors()]
         return cls(
             max_attempts=settings.send_max_attempts,
             validity=dt.timedelta(seconds=settings.send_validity_seconds),
@@ -78,7 +81,7 @@ class SendPolicy:
             service_id=settings.service_id,
             pack_max_recipients=settings.pack_max_recipients,
             lane_backstop=dt.timedelta(seconds=backstop_seconds(settings)),
-            broken_settings=tuple(dict.fromkeys(e.field for e in settings_errors(settings))),
+            broken_settings=tuple(dict.fromkeys(e.field for e in broken)),
             connection=settings.connection,
         )
 

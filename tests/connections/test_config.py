@@ -17,6 +17,7 @@ from tests.connections.conftest import (
     SECOND_SERVICE,
     SECOND_TOKEN,
     TwoConnections,
+    forget_settings,
 )
 from tests.outbound.conftest import call_http, sms
 
@@ -165,6 +166,31 @@ def test_a_broken_connection_fails_routing_with_503_not_the_import(two: TwoConne
     assert sent.body["type"].endswith("configuration")
     assert sent.body["errors"][0]["field"] == "SMARTDIALOG_CONNECTIONS__THIRD__CUSTOMERS"
     assert two.env.queued() == 0
+
+
+def test_a_key_naming_no_connection_holds_every_connection_as_the_readme_says(
+    two: TwoConnections,
+) -> None:
+    """``SALES_CLIENT_ID`` (one ``__`` short) may have been meant as any connection's setting,
+    a claim included: every HTTP action of every connection answers 503 naming the key, and
+    the default's queued sends wait too (README, Connections, Errors)."""
+    import json
+
+    from shared.outbound import OutboundSender, OutcomeKind
+
+    key = "SMARTDIALOG_CONNECTIONS__SALES_CLIENT_ID"
+    two.env.monkeypatch.setenv(key, "sales-client")
+    forget_settings()
+    for operation, body in (("SendMessage", sms("+358400000018")), ("ListConnections", None)):
+        answer = call_http(operation, "POST" if body else "GET", body=body)
+        assert answer.status == 503, operation
+        assert [e["field"] for e in answer.body["errors"]] == [key]
+    text = json.dumps(
+        {"operation": "SendMessage", "messageId": "typo", "body": sms("+358400000019")}
+    )
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q1")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert two.env.upstream() == []
 
 
 def test_list_connections_names_customers_and_never_secrets(two: TwoConnections) -> None:

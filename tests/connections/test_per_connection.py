@@ -236,6 +236,80 @@ def test_a_send_waiting_for_its_misconfigured_connection_still_expires_with_its_
     assert (event["data"]["error"]["code"], event["data"]["connection"]) == ("expired", "second")
 
 
+def test_a_customer_claimed_twice_holds_its_queued_sends_as_the_http_actions_refuse(
+    two: TwoConnections,
+) -> None:
+    """Routing by customer is ambiguous: the HTTP actions answer 503, and a queued command of
+    that customer waits (it used to go out through the connection whose name sorts first);
+    once the double claim is gone it goes through the connection that claims it."""
+    two.set_connection("THIRD", ACCESS_TOKEN="tok-3", BASE_URL=two.second.api_url,
+                       CUSTOMERS=SECOND_CUSTOMER)  # fmt: skip
+    refused = call_http("SendMessage", "POST", body=sms("+358400000014"),
+                        headers={"Customer-Id": SECOND_CUSTOMER})  # fmt: skip
+    assert refused.status == 503
+    text = json.dumps(
+        {
+            "operation": "SendMessage",
+            "messageId": "claimed-twice",
+            "customerId": SECOND_CUSTOMER,
+            "serviceId": SECOND_SERVICE,
+            "body": sms("+358400000015"),
+        }
+    )
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q5")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert (two.second_upstream(), two.env.upstream(), two.env.events()) == ([], [], [])
+
+    record = MessageStore.from_settings().get("claimed-twice")
+    assert record is not None  # recorded as it came, no connection picked for it
+    assert "Connection" not in json.loads(record.command)
+
+    two.drop_connection("THIRD", "ACCESS_TOKEN", "BASE_URL", "CUSTOMERS")
+    sent = OutboundSender.from_settings().process(text, queue_message_id="q5")
+    assert sent.kind is OutcomeKind.SENT
+    assert len(two.second_upstream()) == 1
+    [event] = two.env.events()
+    assert event["data"]["connection"] == "second"
+
+
+def test_two_connections_with_one_identity_hold_their_queued_sends_until_they_expire(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    """One upstream identity twice (one quota upstream, two sliding logs here): the HTTP
+    actions answer 503 and the queued sends of either connection wait, unsent, and expire
+    with their events."""
+    import os
+
+    two.set_connection("SECOND", ACCESS_TOKEN=os.environ["SMARTDIALOG_ACCESS_TOKEN"],
+                       BASE_URL=os.environ["SMARTDIALOG_BASE_URL"])  # fmt: skip
+    refused = call_http("SendMessage", "POST", body=sms("+358400000016"),
+                        headers={CONNECTION_HEADER: "second"})  # fmt: skip
+    assert refused.status == 503
+    valid_until = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC) + dt.timedelta(seconds=20)
+    texts = [
+        json.dumps(
+            {
+                "operation": "SendMessage",
+                "messageId": f"one-identity-{i}",
+                "validUntil": valid_until.isoformat(),
+                "body": sms(f"+35840000002{i}"),
+                **({"Connection": "second"} if i else {}),
+            }
+        )
+        for i in range(2)
+    ]
+    for i, text in enumerate(texts):
+        waited = OutboundSender.from_settings().process(text, queue_message_id=f"q{i}")
+        assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    manual_clock.advance(21)
+    for i, text in enumerate(texts):
+        failed = OutboundSender.from_settings().process(text, queue_message_id=f"q{i}")
+        assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
+    assert two.env.upstream() == []
+    failures = {e["data"]["messageId"]: e["data"]["connection"] for e in two.env.events()}
+    assert failures == {"one-identity-0": "default", "one-identity-1": "second"}
+
+
 def test_a_bulk_pack_waiting_for_its_misconfigured_connection_still_expires_its_members(
     two: TwoConnections, manual_clock: ManualClock
 ) -> None:
