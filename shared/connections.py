@@ -5,7 +5,7 @@ customers it serves. Today's plain ``SMARTDIALOG_*`` settings are the connection
 others are named by app settings ``SMARTDIALOG_CONNECTIONS__<NAME>__<SETTING>`` (``NAME`` is
 case-insensitive; the connection's name is ``NAME`` lower-cased with ``_`` turned into ``-``).
 ``SETTING`` is any ``SMARTDIALOG_*`` setting without its prefix (it falls back to the app-wide
-value; not the app's own callback secrets and public URL) or ``CUSTOMERS``; credentials,
+value; not the app's own, :data:`APP_WIDE`) or ``CUSTOMERS``; credentials,
 ``CUSTOMER_ID`` and ``SERVICE_ID`` belong to the account and never fall back.
 
 Everything is read on first use (:func:`connections`), never at import. Configuration errors
@@ -82,8 +82,19 @@ NAME_MAX_LENGTH = 64
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 #: Settings of the app, not of an account: the URLs and tokens we hand out are checked by
 #: functions that do not route (status, delivery-report and webhook URLs), the URLs we are
-#: given are called by the app's dispatcher, and a body's size is checked before routing.
-APP_WIDE = ("CALLBACK_SECRETS", "PUBLIC_BASE_URL", "CALLBACK_ALLOWED_HOSTS", "MAX_REQUEST_BYTES")
+#: given are called by the app's dispatchers (their retries and timeout too), a body's size is
+#: checked before routing, and the operations page serves every connection.
+APP_WIDE = (
+    "CALLBACK_SECRETS",
+    "PUBLIC_BASE_URL",
+    "CALLBACK_ALLOWED_HOSTS",
+    "MAX_REQUEST_BYTES",
+    "DISPATCH_MAX_ATTEMPTS",
+    "DISPATCH_RETRY_BASE_SECONDS",
+    "CALLBACK_TIMEOUT_SECONDS",
+    "OPS_ALLOWED_GROUPS",
+    "OPS_ALLOWED_ROLES",
+)
 
 
 class UnknownConnection(Problem):

@@ -84,6 +84,18 @@ def test_credentials_and_account_defaults_never_fall_back(two: TwoConnections) -
             "__CALLBACK_ALLOWED_HOSTS",
             "app-wide",
         ),
+        # Read by the app's dispatchers and its operations page, never routed: accepted and
+        # ignored before (an ops access list narrowed per connection did not narrow anything).
+        *(
+            ({"ACCESS_TOKEN": "t3", setting: value}, f"__{setting}", "app-wide")
+            for setting, value in (
+                ("DISPATCH_MAX_ATTEMPTS", "2"),
+                ("DISPATCH_RETRY_BASE_SECONDS", "5"),
+                ("CALLBACK_TIMEOUT_SECONDS", "3"),
+                ("OPS_ALLOWED_GROUPS", "g"),
+                ("OPS_ALLOWED_ROLES", "r"),
+            )
+        ),
     ],
 )
 def test_each_configuration_error_makes_health_503_naming_the_connection(
