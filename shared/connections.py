@@ -55,6 +55,7 @@ __all__ = [
     "credentials_refused",
     "is_default",
     "list_connections",
+    "name_error",
     "opt_out_keywords",
     "reset_connections_cache",
     "route",
@@ -185,6 +186,18 @@ class Connections:
 def connection_name(raw: str) -> str:
     """The name of a connection as written in a setting, header or field."""
     return raw.strip().lower().replace("_", "-")
+
+
+def name_error(raw: str) -> str | None:
+    """What is wrong with ``raw`` as a connection's name (None: nothing): the rule of the names
+    in settings, for the queue's ``Connection`` field too."""
+    name = connection_name(raw)
+    if len(name) <= NAME_MAX_LENGTH and _NAME.fullmatch(name):
+        return None
+    return (
+        f"a name is 1-{NAME_MAX_LENGTH} letters, digits, '-' or '_', "
+        "starting with a letter or digit"
+    )
 
 
 def is_default(name: str | None) -> bool:
@@ -365,14 +378,8 @@ def _parse(environ: Mapping[str, str], base: Settings) -> Connections:
                 )
             )
             continue
-        if len(name) > NAME_MAX_LENGTH or not _NAME.fullmatch(name):
-            errors.append(
-                FieldError(
-                    key,
-                    f"Connection {name[:NAME_MAX_LENGTH]}: a name is 1-{NAME_MAX_LENGTH} letters, "
-                    "digits, '-' or '_', starting with a letter or digit.",
-                )
-            )
+        if wrong := name_error(name):
+            errors.append(FieldError(key, f"Connection {name[:NAME_MAX_LENGTH]}: {wrong}."))
             continue
         first = spelled.setdefault(name, raw_name)
         if first != raw_name:

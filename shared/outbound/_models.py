@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -27,7 +28,7 @@ from pydantic import (
     field_validator,
 )
 
-from shared.connections import NAME_MAX_LENGTH
+from shared.connections import NAME_MAX_LENGTH, name_error
 from shared.deadletters import KeptOriginal
 from shared.messages import MESSAGE_ID_PATTERN, FailureInfo, Operation, text_connection
 from shared.names import DEFAULT_CONNECTION, named_connection
@@ -72,6 +73,17 @@ _TRACEPARENT = (
 )
 
 
+def _connection_name(value: str) -> str:
+    if wrong := name_error(value):
+        raise ValueError(wrong)
+    return value
+
+
+#: A queue message's ``Connection``: a name as the settings' (messages of older releases, all
+#: written from configured names, still read).
+ConnectionName = Annotated[str, AfterValidator(_connection_name)]
+
+
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -101,7 +113,7 @@ class _Envelope(BaseModel):
         0, ge=0, description="Set by the sender when it re-enqueues: quota deferrals so far."
     )
     traceparent: str | None = Field(None, description=_TRACEPARENT)
-    Connection: str | None = Field(
+    Connection: ConnectionName | None = Field(
         None,
         min_length=1,
         max_length=NAME_MAX_LENGTH,
@@ -241,7 +253,9 @@ class PackDriver(BaseModel):
     batchId: str | None = None
     deferrals: int = Field(0, ge=0)
     traceparent: str | None = Field(None, description=_TRACEPARENT)
-    Connection: str | None = Field(None, min_length=1, description="The pack's connection.")
+    Connection: ConnectionName | None = Field(
+        None, min_length=1, max_length=NAME_MAX_LENGTH, description="The pack's connection."
+    )
 
     def text(self) -> str:
         return self.model_dump_json(exclude_none=True)

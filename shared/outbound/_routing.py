@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageStatus
 from shared.outbound._models import PackDriver, command_connection
 from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind, SendOutcome
@@ -80,7 +81,9 @@ def _misconfigured(
     message's validity still runs out while it waits (it then fails ``expired``, with its event),
     and one that ended meanwhile (e.g. cancelled) is only announced."""
     log.warning(
-        "a send of connection %s waits: %s (see /api/health)", name, getattr(problem, "detail", "")
+        "a send of connection %s waits: %s (see /api/health)",
+        loggable_text(name),
+        getattr(problem, "detail", ""),
     )
     delay = CONFIGURATION_RECHECK_SECONDS
     if isinstance(message, PackDriver):
@@ -155,7 +158,7 @@ def _removed(
         held = [_held_for(r, now) for r in open_members]
         outcomes.fail_many([(r, failure) for r, h in zip(open_members, held, strict=True) if not h])
         log.warning("pack %s: connection %s removed; %d member(s) failed",
-                    message.packId, name, held.count(0.0))  # fmt: skip
+                    message.packId, loggable_text(name), held.count(0.0))  # fmt: skip
         if any(held):
             return outcomes.requeue_driver(message, max(held), OutcomeKind.DEFERRED, "claimed")
         return SendOutcome(OutcomeKind.FAILED, message.packId, detail=CONNECTION_REMOVED)
@@ -167,7 +170,7 @@ def _removed(
     if wait := _held_for(record, now):
         copy = message.model_copy(update={"messageId": record.message_id})
         return outcomes.requeue(copy, message.attempts, wait, OutcomeKind.DEFERRED, "claimed")
-    log.warning("message %s: connection %s removed; failed", record.message_id, name)
+    log.warning("message %s: connection %s removed; failed", record.message_id, loggable_text(name))
     return outcomes.fail(record, failure.model_copy(update={"attempts": record.attempts}))
 
 

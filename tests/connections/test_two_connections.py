@@ -297,3 +297,29 @@ def test_a_re_driven_send_of_a_restored_connection_says_its_connection(
     assert sent.kind is OutcomeKind.SENT
     assert len(two.second_upstream()) == 1
     assert two.env.upstream() == []
+
+
+def test_a_connection_no_setting_could_name_is_dead_lettered_malformed_naming_the_field(
+    two: TwoConnections, caplog: Any
+) -> None:
+    """A queue message's ``Connection`` follows the settings' rule for names: one no setting
+    could name (a line break, a space, a leading '-') is malformed, dead-lettered with its
+    reason, not failed ``connection-removed`` with the raw value in logs and events. Names as
+    older releases wrote them (any case, '_', padded) still go."""
+    bad = ["second\nINFO forged line", "sec ond", "-second"]
+    for name in bad:
+        two.env.enqueue(command("+358400000001", Connection=name))
+    two.env.enqueue({"kind": "pack", "packId": "pack-" + "0" * 32, "Connection": "a b"})
+    two.env.enqueue(command("+358400000011", messageId="padded", Connection=" Second "))
+    two.env.drain()
+
+    letters = two.env.dead_letters()
+    assert [letter["reason"] for letter in letters] == ["malformed"] * 4
+    for letter in letters:
+        assert [e["field"].rsplit(".", 1)[-1] for e in letter["errors"]] == ["Connection"]
+        assert "a name is 1-64 letters" in letter["errors"][0]["message"]
+    assert two.env.upstream() == []
+    assert len(two.second_upstream()) == 1
+    [event] = two.env.events()  # no message.failed of a malformed name
+    assert (event["data"]["messageId"], event["data"]["connection"]) == ("padded", "second")
+    assert "forged" not in caplog.text
