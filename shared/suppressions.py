@@ -132,12 +132,11 @@ class SuppressionStore:
         now: dt.datetime,
         message_id: str | None = None,
     ) -> Suppression:
-        """Suppress ``address`` for ``service``; an existing suppression keeps its ``since``."""
-        existing = self.get(service, address)
-        if existing is not None:
-            return existing
-        from azure.data.tables import UpdateMode
-
+        """Suppress ``address`` for ``service`` as of ``now``: a suppression made earlier moves
+        to ``now`` (with this keyword and source), so a START received before ``now`` but
+        processed after it does not lift it; one made later stays. Both rows are written each
+        time, by recipient first (a storage error between them leaves sends refused, and the
+        retry completes the other)."""
         phone = recipient_key(address)
         row = {
             "PartitionKey": safe_key(service),
@@ -149,59 +148,76 @@ class SuppressionStore:
             "Since": plain_datetime(now),
             "MessageId": message_id,
         }
-        # By service first: a copy (see the module docstring) then never drops the new one.
-        self._table.upsert_entity(row, mode=UpdateMode.REPLACE)
-        self._table.upsert_entity(_mirrored(row), mode=UpdateMode.REPLACE)
-        return Suppression(service, phone, keyword, source, now, message_id)
+        self._advance(_mirrored(row))
+        kept = self._advance(row)
+        if kept["Since"] > row["Since"]:  # a later one stands by service: so by recipient
+            self._advance(_mirrored(kept))
+        return _suppression(kept, service, phone)
+
+    def _advance(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Write ``row`` unless its key holds one made at or after its ``Since``; the row that
+        stands. Guarded by the ETag read, as a START's delete is: the two cannot cross."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+        from azure.data.tables import UpdateMode
+
+        while True:
+            try:
+                entity = self._table.get_entity(row["PartitionKey"], row["RowKey"])
+            except ResourceNotFoundError:
+                with contextlib.suppress(ResourceExistsError):
+                    self._table.create_entity(row)
+                    return row
+                continue
+            if (utc(entity.get("Since")) or row["Since"]) >= row["Since"]:
+                return {**entity, "Since": utc(entity.get("Since")) or row["Since"]}
+            with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
+                self._table.update_entity(
+                    row,
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return row
 
     def remove(self, service: str, address: str) -> bool:
-        """Lift a suppression; True if there was one."""
-        from azure.core.exceptions import ResourceNotFoundError
+        """Lift a suppression (both rows, whichever is left); True if there was one."""
+        return self.remove_unless_newer(service, address, None)
 
-        existing = self.get(service, address)
-        if existing is None:
-            return False
-        try:
-            self._table.delete_entity(_by_recipient(existing.phone), safe_key(service))
-            self._table.delete_entity(safe_key(service), safe_key(existing.phone))
-        except ResourceNotFoundError:
-            return False
-        return True
-
-    def remove_unless_newer(self, service: str, address: str, at: dt.datetime) -> bool:
+    def remove_unless_newer(self, service: str, address: str, at: dt.datetime | None) -> bool:
         """Lift a suppression unless it was made after ``at`` (a START received at ``at`` does
-        not lift a STOP received after it, nor a suppression added later by the action). The
-        delete is conditional on the row read (ETag), so a STOP that lands meanwhile stays.
-        True if one was lifted."""
+        not lift a STOP received after it, nor a suppression added later by the action; None:
+        whenever made). Each row's delete is conditional on that row as read (ETag), so a STOP
+        that lands meanwhile stays; both are tried each time, by recipient last (a storage error
+        between them leaves sends refused, and the retry completes it). True if one was lifted."""
+        phone = recipient_key(address)
+        by_service = self._lift(safe_key(service), safe_key(phone), at)
+        return self._lift(_by_recipient(phone), safe_key(service), at) or by_service
+
+    def _lift(self, pk: str, rk: str, at: dt.datetime | None) -> bool:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
-        pk, rk = safe_key(service), safe_key(recipient_key(address))
-        for _ in range(5):
+        while True:
             try:
                 entity = self._table.get_entity(pk, rk)
             except ResourceNotFoundError:
                 return False
             since = utc(entity.get("Since"))
-            if since is not None and since > at:
+            if at is not None and since is not None and since > at:
                 return False
-            try:
+            with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
                 self._table.delete_entity(
                     pk,
                     rk,
                     etag=entity.metadata["etag"],
                     match_condition=MatchConditions.IfNotModified,
                 )
-                # A STOP landing right now rewrites both rows after this (by service first).
-                self._table.delete_entity(
-                    _by_recipient(str(entity.get("Phone") or recipient_key(address))), pk
-                )
                 return True
-            except ResourceNotFoundError:
-                return False
-            except ResourceModifiedError:
-                continue
-        return False
 
     def get(self, service: str, address: str) -> Suppression | None:
         from azure.core.exceptions import ResourceNotFoundError

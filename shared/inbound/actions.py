@@ -236,7 +236,9 @@ class SuppressionDoc(BaseModel):
         json_schema_extra=ui("Source"),
     )
     Since: str | None = Field(
-        None, description="When the suppression began.", json_schema_extra=ui("Since")
+        None,
+        description="When the latest stop keyword or AddSuppression for it was received.",
+        json_schema_extra=ui("Since"),
     )
 
 

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from shared import names
+from shared.clock import ManualClock
 from shared.inbound import classify_keyword, new_nonce, webhook_url
 from shared.problems import Problem
 from shared.settings import Settings, get_settings
@@ -72,6 +73,17 @@ def _check(env: Inbound, service: str = TWO_WAY, phone: str = PHONE) -> dict[str
     return result
 
 
+def _process_in_order(env: Inbound, *contents: str) -> None:
+    """The intake messages on the queue, by their text, through the processor in this order."""
+    client = queue_client(names.INBOUND_INTAKE_QUEUE)
+    taken = list(client.receive_messages(messages_per_page=32, visibility_timeout=30))
+    by_content = {json.loads(m.content)["payload"]["content"]: m for m in taken}
+    for content in contents:
+        message = by_content[content]
+        env.queue_function("InboundProcessor", message.content, 1, message.id)
+        client.delete_message(message)
+
+
 def test_stop_suppresses_the_sender_for_that_service_and_start_lifts_it(inbound: Inbound) -> None:
     _inbound(inbound, "Stop")
     doc = _check(inbound)
@@ -90,18 +102,33 @@ def test_a_start_processed_after_a_later_stop_does_not_lift_it(inbound: Inbound)
     # wins even when its START predecessor is processed after it.
     _post(inbound, "START")
     _post(inbound, "STOP")
-    client = queue_client(names.INBOUND_INTAKE_QUEUE)
-    taken = list(client.receive_messages(messages_per_page=2, visibility_timeout=30))
-    by_content = {json.loads(m.content)["payload"]["content"]: m for m in taken}
-    for content in ("STOP", "START"):  # the reverse of their arrival
-        message = by_content[content]
-        inbound.queue_function("InboundProcessor", message.content, 1, message.id)
-        client.delete_message(message)
+    _process_in_order(inbound, "STOP", "START")  # the reverse of their arrival
     assert _check(inbound)["Suppressed"] is True
     assert len(inbound.read(names.INBOUND_QUEUE)) == 2  # both still published
     # A START received after the STOP lifts it.
     _inbound(inbound, "START")
     assert _check(inbound)["Suppressed"] is False
+
+
+def test_a_later_stop_from_a_number_already_opted_out_stands_when_processed_first(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    # The row of the earlier STOP is older than the START: the later STOP must move it on,
+    # or the START processed last lifts it.
+    _inbound(inbound, "STOP")
+    manual_clock.advance(60)
+    _post(inbound, "START")
+    manual_clock.advance(1)
+    _post(inbound, "STOP")
+    _process_in_order(inbound, "STOP", "START")
+    assert _check(inbound)["Suppressed"] is True
+    refused = inbound.call(
+        "SendMessage",
+        "POST",
+        headers={"Customer-Id": "1001", "Service-Id": TWO_WAY},
+        body={"Sender": "Sandbox", "Content": "Hi", "Recipients": [{"Address": PHONE}]},
+    )
+    assert refused.status == 422, refused.body
 
 
 def test_custom_keywords_replace_the_defaults(inbound: Inbound) -> None:
