@@ -39,6 +39,15 @@ DEFAULTS = Settings()
         ("STOP IT NOW", None),
         ("", None),
         ("Hello", None),
+        ("Stop\u2026", "stop"),  # one-character ellipsis
+        ("\uff33\uff34\uff2f\uff30", "stop"),  # fullwidth
+        ("Stop\u200b", "stop"),  # zero-width space
+        ("\ufeffstart\u200d", "start"),
+        ("\u00abSTOP\u00bb", "stop"),
+        ('"Lopeta"', "stop"),
+        ("\u00bfSTOP?", "stop"),
+        ("STOP \u2014 now", None),
+        ("ST OP", None),
     ],
 )
 def test_default_keywords(content: str, expected: str | None) -> None:
