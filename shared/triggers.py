@@ -173,7 +173,7 @@ class OptOutTriggerData(BaseModel):
     phone: str = Field(description="The recipient who sent the keyword (as SmartDialog gave it).")
     keyword: str = Field(description="The keyword as sent, trimmed and in upper case.")
     direction: Literal["out", "in"] = Field(
-        description="out: sends to the recipient are now refused; in: allowed again."
+        description="out: now suppressed for the service; in: that lifted (not a * one)."
     )
     occurredAt: dt.datetime = Field(description="When the keyword arrived (UTC).")
     messageId: str = Field(description="The inbound message's id.")

@@ -126,7 +126,8 @@ class ServicesInput(ActionInput):
                 "The kind of service to list, as SmartDialog names it; default OneWay, as in "
                 "the certified connector, which also uses TwoWay and Group. SmartDialog does not "
                 "publish the full set, so other values are passed on and SmartDialog decides "
-                "(422 if it refuses)."
+                "(422 if it refuses). Several, comma-separated (OneWay,TwoWay), list each kind "
+                "in turn."
             ),
             json_schema_extra=ui("Service Type", visibility="internal"),
         ),
@@ -182,11 +183,16 @@ def get_user_customers(ctx: ActionContext, _: NoInput) -> ActionResponse:
 
 
 def get_customer_services(ctx: ActionContext, inp: ServicesInput) -> ActionResponse:
-    services = ctx.client.get_customer_services(
-        customer_id=inp.customer_id,
-        service_type=inp.service_type,
-        allow_reply_message=inp.allow_reply_message,
-    )
+    kinds = [kind.strip() for kind in inp.service_type.split(",") if kind.strip()]
+    services = [
+        service
+        for kind in dict.fromkeys(kinds or [inp.service_type])
+        for service in ctx.client.get_customer_services(
+            customer_id=inp.customer_id,
+            service_type=kind,
+            allow_reply_message=inp.allow_reply_message,
+        )
+    ]
     return ActionResponse.json([ActionResponse.json(s).body for s in services])
 
 

@@ -25,6 +25,11 @@ _TITLES = {
     "part": "Message Part",
     "parts": "Message Parts",
 }
+#: What a subscriber gets differs from the queue's event: the whole message, never in parts.
+_DESCRIPTIONS = {
+    "part": "Always 1: a flow gets the whole message in one event, however large.",
+    "parts": "Always 1 (see Message Part).",
+}
 #: The fields the certified connector shows among the important ones; the rest are advanced.
 _IMPORTANT = frozenset({"sender", "recipient", "content", "timestamp", "protocol", "messageId"})
 _ATTACHMENT = {
@@ -41,7 +46,7 @@ def notification_schema() -> dict[str, Any]:
     for name, info in InboundMessageData.model_fields.items():
         prop: dict[str, Any] = {
             "type": "string",
-            "description": info.description or name,
+            "description": _DESCRIPTIONS.get(name) or info.description or name,
             "title": _TITLES[name],
             "x-ms-visibility": "important" if name in _IMPORTANT else "advanced",
         }

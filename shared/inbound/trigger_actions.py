@@ -51,6 +51,9 @@ from shared.triggers import (
 __all__ = ["SPECS"]
 
 TAG = "Triggers"
+#: The service types of a send (GetCustomerServices' ServiceType): what delivery-report and
+#: send-failed subscriptions accept and their dropdown lists.
+SEND_SERVICE_TYPES = ("OneWay", "TwoWay")
 
 
 SendServicePath = Annotated[
@@ -58,9 +61,11 @@ SendServicePath = Annotated[
     Param("path", "Service"),
     Field(
         max_length=200,
-        description="The service the messages are sent through.",
+        description="The service the messages are sent through (1-way or 2-way).",
         json_schema_extra=ui(
-            "Service", visibility="important", dynamic_values=service_dropdown("OneWay")
+            "Service",
+            visibility="important",
+            dynamic_values=service_dropdown(",".join(SEND_SERVICE_TYPES)),
         ),
     ),
 ]
@@ -152,10 +157,10 @@ class TriggerSubscriptionDoc(BaseModel):
 
 # --- handlers -------------------------------------------------------------------------------------
 
-#: The service types a trigger accepts (GetCustomerServices' ServiceType).
+#: The service types a trigger accepts.
 _SERVICE_TYPES: dict[TriggerKind, tuple[str, ...]] = {
-    TriggerKind.DELIVERY_REPORT: ("OneWay", "TwoWay"),
-    TriggerKind.SEND_FAILED: ("OneWay", "TwoWay"),
+    TriggerKind.DELIVERY_REPORT: SEND_SERVICE_TYPES,
+    TriggerKind.SEND_FAILED: SEND_SERVICE_TYPES,
     TriggerKind.OPT_OUT: ("TwoWay",),
 }
 
@@ -375,7 +380,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         subscribe_opt_outs,
         "When a recipient opts out or back in",
         "Triggers when a recipient sends a stop keyword (sends to them are then refused) or a "
-        "start keyword (allowed again) to the 2-way service.",
+        "start keyword (the service's suppression lifted; a * one stays) to the 2-way service.",
         ("The opt-out or opt-in.", OptOutTriggerData),
     ),
     _delete("DeleteOptOutTrigger", TriggerKind.OPT_OUT, unsubscribe_opt_outs, "opt-out"),

@@ -82,6 +82,14 @@ def wait_for_queue(queue: str, count: int, timeout: float = 10) -> None:
     raise AssertionError(f"{queue} did not get {count} message(s)")
 
 
+def _connector() -> dict[str, Any]:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "connector" / "apiDefinition.swagger.json").read_text()
+    document: dict[str, Any] = json.loads(text)
+    return document
+
+
 # --- When a delivery report arrives -------------------------------------------------------------
 
 
@@ -545,17 +553,13 @@ def test_a_new_message_row_written_before_kinds_stays_a_new_message_subscription
 
 
 def test_the_connector_describes_every_field_each_trigger_delivers() -> None:
-    from pathlib import Path
-
     from shared.triggers import (
         DeliveryReportTriggerData,
         OptOutTriggerData,
         SendFailedTriggerData,
     )
 
-    document = json.loads(
-        (Path(__file__).parents[2] / "connector" / "apiDefinition.swagger.json").read_text()
-    )
+    document = _connector()
     routes = {
         "/triggers/delivery-reports/{Service}": DeliveryReportTriggerData,
         "/triggers/opt-outs/{Service}": OptOutTriggerData,
@@ -567,6 +571,31 @@ def test_the_connector_describes_every_field_each_trigger_delivers() -> None:
         assert all(p["title"].istitle() or " " not in p["title"] for p in content.values())
     state = document["paths"]["/triggers/delivery-reports/{Service}"]["x-ms-notification-content"]
     assert state["schema"]["properties"]["state"]["enum"] == ["sent", "delivered", "undelivered"]
+
+
+@pytest.mark.parametrize("route", ["delivery-reports", "send-failures"])
+def test_the_send_triggers_service_dropdown_offers_one_way_and_two_way_services(
+    inbound: Inbound, route: str
+) -> None:
+    # Both are accepted (the service a message is sent through); the dropdown listed 1-way only.
+    operation = _connector()["paths"][f"/triggers/{route}/{{Service}}"]["post"]
+    [service] = [p for p in operation["parameters"] if p["name"] == "Service"]
+    dropdown = service["x-ms-dynamic-values"]
+    assert dropdown["operationId"] == "GetCustomerServices"
+    params = {k: v for k, v in dropdown["parameters"].items() if not isinstance(v, dict)}
+    answer = inbound.call(
+        "GetCustomerServices", "GET", params=params, headers={"Customer-Id": CUSTOMER}
+    )
+    assert answer.status == 200, answer.body
+    offered = {s["id"] for s in answer.body}
+    assert {ONE_WAY, TWO_WAY} <= offered
+
+
+def test_the_new_message_output_says_a_flow_gets_the_message_whole() -> None:
+    schema = _connector()["paths"]["/inbound/subscriptions/{Service}"]["x-ms-notification-content"]
+    part = schema["schema"]["properties"]["part"]["description"]
+    assert "Always 1" in part
+    assert "concatenate" not in part
 
 
 def test_the_new_message_delete_route_does_not_end_another_triggers_subscription(
