@@ -11,8 +11,10 @@ import pytest
 
 from shared.clock import ManualClock
 from shared.messages import MessageRecord, MessageStatus, MessageStore, PackStore
+from shared.names import DELIVERY_REPORTS_TABLE
 from shared.outbound import parse_outbound_message
 from shared.outbound._records import pack_key
+from shared.storage import table_client
 from tests.crash import LEASE, Died, crash_once
 from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
 from tests.waiting import wait_for
@@ -352,6 +354,18 @@ def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
         assert [s.status for s in slots] == ["delivered"]
     delivered = [e for e in outbound.events() if e["type"].endswith("delivery")]
     assert sorted(e["subject"] for e in delivered) == sorted(ids)
+
+    # A pack's report about none of its members has no message to be kept under: 404, not
+    # stored (docs/sending.md, "Delivery reports").
+    parts = urlsplit(this_packs()[0]["url"])
+    pack_id = unquote(parts.path.rsplit("/", 1)[-1])
+    stranger = {**dict(parse_qsl(parts.query)), "recipientId": "r-0", "recipient": "+358409999999"}
+    answer = call_http(
+        "DeliveryReport", "GET", route_params={"MessageId": pack_id}, params=stranger
+    )
+    assert answer.status == 404, answer.body
+    reports = table_client(DELIVERY_REPORTS_TABLE)
+    assert list(reports.query_entities(f"PartitionKey eq '{pack_id}'")) == []
 
 
 def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twice(
