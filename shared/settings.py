@@ -87,9 +87,10 @@ class StorageSettings(BaseSettings):
 
     # Empty app settings mean "use the default", as in local.settings.sample.json.
     # No NaN or infinity: a number of seconds is added to a time, and inf overflows it.
+    # Only the aliases (the documented names) are read, never the field names: a shell's
+    # ACCESS_TOKEN or BASE_URL is no setting of ours.
     model_config = SettingsConfigDict(
         extra="ignore",
-        populate_by_name=True,
         frozen=True,
         env_ignore_empty=True,
         allow_inf_nan=False,

@@ -64,6 +64,31 @@ def test_empty_settings_mean_the_default(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.customer_id is None
 
 
+@pytest.mark.parametrize(
+    "field",
+    [f for f, info in Settings.model_fields.items() if str(info.alias).upper() != f.upper()],
+)
+def test_a_variable_named_after_the_field_is_not_a_setting(
+    field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shell's ACCESS_TOKEN, BASE_URL or STORAGE is not ours: only the documented names are.
+    monkeypatch.setenv(str(Settings.model_fields[field].alias), "")
+    monkeypatch.setenv(field.upper(), "1")
+    assert getattr(Settings(), field) == Settings.model_fields[field].default
+
+
+def test_a_shell_access_token_does_not_replace_client_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SMARTDIALOG_ACCESS_TOKEN", "")
+    monkeypatch.setenv("SMARTDIALOG_CLIENT_ID", "cid")
+    monkeypatch.setenv("SMARTDIALOG_CLIENT_SECRET", "sec")
+    monkeypatch.setenv("ACCESS_TOKEN", "a-token-of-another-service")
+    settings = Settings()
+    assert settings.credentials == "client-credentials"
+    assert settings.access_token is None
+
+
 def test_unresolved_key_vault_reference_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "SMARTDIALOG_CALLBACK_SECRETS", "@Microsoft.KeyVault(SecretUri=https://kv/secrets/x)"
