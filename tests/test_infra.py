@@ -30,7 +30,7 @@ from pydantic.fields import FieldInfo
 
 from shared import names
 from shared.settings import Settings
-from shared.signing import secrets_problem
+from shared.signing import MIN_SECRET_BYTES, secrets_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -806,6 +806,8 @@ def run_hook(tmp_path: Path, *, fails: bool = False, **env: str) -> list[str]:
     )
     assert (run.returncode != 0) == fails, run.stderr
     assert ("SMARTDIALOG_CALLBACK_SECRETS" in run.stderr) == fails
+    given = [s.strip() for s in env.get("SMARTDIALOG_CALLBACK_SECRETS", "").split(",")]
+    assert not [s for s in given if s and s in run.stderr], "the hook printed a secret"
     return calls.read_text().splitlines() if calls.exists() else []
 
 
@@ -834,3 +836,44 @@ def test_no_provision_without_a_callback_secret_and_the_hook_never_makes_one_up(
     assert "run: ./infra/hooks/callback-secret.sh" in hooks
     assert "run: ./infra/hooks/callback-secret.ps1" in hooks
     assert (INFRA / "hooks" / "callback-secret.ps1").exists()
+
+
+_M = MIN_SECRET_BYTES
+
+
+@pytest.mark.parametrize(
+    "secrets",
+    [
+        "changeme",
+        "x" * (_M - 1),
+        "x" * _M,
+        f" {'x' * _M} , ,",
+        f"{'n' * _M},tiny",
+        f"{'n' * _M},{'o' * (_M - 1)},{'p' * _M}",
+        "é" * (_M // 2),  # bytes, not characters
+        "é" * (_M // 2 - 1) + "x",
+        " , ",
+    ],
+)
+def test_the_hook_takes_exactly_the_callback_secrets_the_app_takes(
+    secrets: str, tmp_path: Path
+) -> None:
+    """`azd env set SMARTDIALOG_CALLBACK_SECRETS changeme` passed the hook (it only checked the
+    secret was set), and `azd up` deployed an app that answered 503 everywhere: the hook applies
+    the app's own rule (secrets_problem) and stops the provision, saying why."""
+    given = Settings.model_validate({"SMARTDIALOG_CALLBACK_SECRETS": secrets})
+    takes = secrets_problem(given.callback_secret_list) is None
+    assert run_hook(tmp_path, fails=not takes, SMARTDIALOG_CALLBACK_SECRETS=secrets) == []
+    windows = INFRA / "hooks" / "callback-secret.ps1"
+    if pwsh := shutil.which("pwsh"):
+        run = subprocess.run(
+            [pwsh, "-NoProfile", "-File", str(windows)],
+            env={**os.environ, "SMARTDIALOG_CALLBACK_SECRETS": secrets},
+            capture_output=True,
+            check=False,
+        )
+        assert (run.returncode == 0) == takes, run.stderr
+    else:  # no PowerShell here: it at least applies the same rule
+        text = windows.read_text()
+        assert f"GetByteCount($secrets[$i]) -lt {_M}" in text
+        assert "Split(',') | ForEach-Object { $_.Trim() } | Where-Object { $_ }" in text
