@@ -3,7 +3,8 @@ them, without touching storage or SmartDialog.
 
 A configuration error is reported on first use, never at import: a setting that does not
 validate, no SmartDialog credentials, callback secrets that are missing or shorter than 32
-bytes, no public base URL outside local development, or a named connection's error
+bytes, no public base URL outside local development, no storage setting or one the storage SDK
+cannot read (its clients are built, not called), or a named connection's error
 (:mod:`shared.connections`). The functions that need the setting answer the same 503 problem.
 """
 
@@ -16,7 +17,7 @@ from shared.problems import FieldError, Problem
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["configuration_problem", "settings_errors"]
+__all__ = ["configuration_problem", "settings_errors", "storage_errors"]
 
 
 def settings_errors(settings: Settings) -> list[FieldError]:
@@ -52,5 +53,19 @@ def configuration_problem() -> Problem | None:
         return problem
     from shared.connections import connection_errors
 
-    errors = settings_errors(settings) + connection_errors()
+    errors = settings_errors(settings) + storage_errors(settings) + connection_errors()
     return SettingsInvalid(errors) if errors else None
+
+
+def storage_errors(settings: Settings) -> list[FieldError]:
+    """What keeps ``settings`` from the storage account's table, queue and blob services, each
+    naming its setting, never its value: their clients are built (and cached), not called."""
+    from shared import storage
+
+    errors: list[FieldError] = []
+    for service in (storage.table_service, storage.queue_service, storage.blob_service):
+        try:
+            service(settings)
+        except storage.StorageNotConfigured as problem:
+            errors.extend(e for e in problem.errors if e.field not in {f.field for f in errors})
+    return errors

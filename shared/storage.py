@@ -22,10 +22,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from shared.settings import StorageSettings, get_settings
+from shared.problems import FieldError
+from shared.settings import SettingsInvalid, StorageSettings, get_settings
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
@@ -34,10 +35,14 @@ if TYPE_CHECKING:
 
 
 _Service = Literal["table", "queue", "blob"]
+_Client = TypeVar("_Client")
+_STORAGE = "AzureWebJobsStorage"
 
 
-class StorageNotConfigured(RuntimeError):
-    """Neither a connection string nor an identity-based storage setting is present."""
+class StorageNotConfigured(SettingsInvalid):
+    """No storage setting, or one the storage SDK cannot read (a malformed or incomplete
+    connection string): the 503 configuration problem naming the setting, never its value.
+    ``/api/health`` names it too (:func:`storage_errors`)."""
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,38 @@ def _credential(settings: StorageTarget) -> Any:
     return DefaultAzureCredential(managed_identity_client_id=settings.storage_client_id)
 
 
-def _service_uri(settings: StorageTarget, kind: str) -> str:
-    explicit = {
-        "queue": settings.storage_queue_uri,
-        "table": settings.storage_table_uri,
-        "blob": settings.storage_blob_uri,
-    }.get(kind)
+def _service_uri(settings: StorageTarget, kind: _Service) -> tuple[str, str]:
+    """The ``kind`` service's URI for identity-based access, and the setting that gives it."""
+    explicit = getattr(settings, f"storage_{kind}_uri")
     if explicit:
-        return explicit
+        return f"{_STORAGE}__{kind}ServiceUri", explicit
     if settings.storage_account_name:
-        return f"https://{settings.storage_account_name}.{kind}.core.windows.net"
-    raise StorageNotConfigured(
-        "Set AzureWebJobsStorage (a connection string) or AzureWebJobsStorage__accountName "
-        "(identity-based access) so the app can reach its queues and tables."
-    )
+        account = f"{_STORAGE}__accountName"
+        return account, f"https://{settings.storage_account_name}.{kind}.core.windows.net"
+    unset = f"is not set: give a connection string, or {_STORAGE}__accountName or __{kind}"
+    raise StorageNotConfigured([FieldError(_STORAGE, f"{unset}ServiceUri (identity-based).")])
+
+
+def _built(
+    settings: StorageTarget,
+    kind: _Service,
+    new: Callable[..., _Client],
+    parse: Callable[..., _Client],
+) -> _Client:
+    """The ``kind`` service client of ``settings``: ``parse`` of the connection string, else
+    ``new`` on the service URI with the app's identity. Raises :class:`StorageNotConfigured`
+    when there is neither, or the SDK cannot read the setting (it makes no request)."""
+    conn = _connection_string(settings)
+    setting, uri = (_STORAGE, "") if conn else _service_uri(settings, kind)
+    try:
+        if conn:
+            return parse(conn, **_transport_options(_endpoint(conn, kind), kind))
+        return new(uri, credential=_credential(settings), **_transport_options(uri, kind))
+    except ValueError:  # the SDK's message may quote the value: ours names the setting alone
+        what = "a connection string with an account and its key or SAS" if conn else "a URI"
+        raise StorageNotConfigured(
+            [FieldError(setting, f"is not {what} that the storage SDK can use.")]
+        ) from None
 
 
 def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
@@ -157,17 +180,9 @@ def queue_service(settings: StorageSettings | None = None) -> QueueServiceClient
 
 @lru_cache(maxsize=4)
 def _queue_service(settings: StorageTarget) -> QueueServiceClient:
-    from azure.storage.queue import QueueServiceClient
+    from azure.storage.queue import QueueServiceClient as Client
 
-    conn = _connection_string(settings)
-    if conn:
-        return QueueServiceClient.from_connection_string(
-            conn, **_transport_options(_endpoint(conn, "queue"), "queue")
-        )
-    uri = _service_uri(settings, "queue")
-    return QueueServiceClient(
-        uri, credential=_credential(settings), **_transport_options(uri, "queue")
-    )
+    return _built(settings, "queue", Client, Client.from_connection_string)
 
 
 def table_service(settings: StorageSettings | None = None) -> TableServiceClient:
@@ -178,17 +193,9 @@ def table_service(settings: StorageSettings | None = None) -> TableServiceClient
 
 @lru_cache(maxsize=4)
 def _table_service(settings: StorageTarget) -> TableServiceClient:
-    from azure.data.tables import TableServiceClient
+    from azure.data.tables import TableServiceClient as Client
 
-    conn = _connection_string(settings)
-    if conn:
-        return TableServiceClient.from_connection_string(
-            conn, **_transport_options(_endpoint(conn, "table"), "table")
-        )
-    uri = _service_uri(settings, "table")
-    return TableServiceClient(
-        endpoint=uri, credential=_credential(settings), **_transport_options(uri, "table")
-    )
+    return _built(settings, "table", Client, Client.from_connection_string)
 
 
 def blob_service(settings: StorageSettings | None = None) -> BlobServiceClient:
@@ -199,17 +206,9 @@ def blob_service(settings: StorageSettings | None = None) -> BlobServiceClient:
 
 @lru_cache(maxsize=4)
 def _blob_service(settings: StorageTarget) -> BlobServiceClient:
-    from azure.storage.blob import BlobServiceClient
+    from azure.storage.blob import BlobServiceClient as Client
 
-    conn = _connection_string(settings)
-    if conn:
-        return BlobServiceClient.from_connection_string(
-            conn, **_transport_options(_endpoint(conn, "blob"), "blob")
-        )
-    uri = _service_uri(settings, "blob")
-    return BlobServiceClient(
-        uri, credential=_credential(settings), **_transport_options(uri, "blob")
-    )
+    return _built(settings, "blob", Client, Client.from_connection_string)
 
 
 def queue_client(name: str, settings: StorageSettings | None = None) -> QueueClient:

@@ -8,15 +8,23 @@ from collections.abc import Iterator
 import pytest
 
 from shared.health import configuration_problem
-from shared.settings import reset_settings_cache
+from shared.settings import StorageSettings, reset_settings_cache
+from tests.fixtures.leaks import watch_secret
 
 SECRET = "health-test-callback-secret-0123456789"
+#: A storage account key, in a connection string the storage SDK cannot read.
+STORAGE_KEY = "aGVhbHRoLXRlc3Qtc3RvcmFnZS1rZXk="
+STORAGE = "AzureWebJobsStorage"
 
 
 @pytest.fixture(autouse=True)
 def configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
         monkeypatch.delenv(name, raising=False)
+    for info in StorageSettings.model_fields.values():
+        monkeypatch.delenv(str(info.alias), raising=False)
+    # Azurite's: health reads the storage setting, it never calls the account.
+    monkeypatch.setenv(STORAGE, "UseDevelopmentStorage=true")
     monkeypatch.setenv("SMARTDIALOG_CALLBACK_SECRETS", SECRET)
     monkeypatch.setenv("SMARTDIALOG_ACCESS_TOKEN", "health-test-token")
     monkeypatch.setenv("AZURE_FUNCTIONS_ENVIRONMENT", "Development")
@@ -101,4 +109,48 @@ def test_any_complete_credentials_are_enough(
     monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]
 ) -> None:
     only_credentials(monkeypatch, credentials)
+    assert configuration_problem() is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "garbage",
+        "AccountName=acct",  # no key nor SAS: the queue and table SDKs refuse it
+        f"AccountName=acct;AccountKey={STORAGE_KEY};broken",  # a part without '='
+        f"AccountKey={STORAGE_KEY};DefaultEndpointsProtocol=https",  # no account
+    ],
+)
+def test_a_storage_setting_the_sdk_cannot_read_is_named_never_shown(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """It answered 200 here while every storage-backed function failed with a 500."""
+    watch_secret(STORAGE_KEY)
+    monkeypatch.setenv(STORAGE, value)
+    problem = configuration_problem()
+    assert problem is not None
+    assert problem.status == 503
+    assert [e.field for e in problem.errors] == [STORAGE]
+    assert STORAGE_KEY not in problem.to_json().decode()
+
+
+def test_no_storage_setting_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STORAGE)
+    problem = configuration_problem()
+    assert problem is not None
+    assert [e.field for e in problem.errors] == [STORAGE]
+
+
+def test_identity_based_storage_needs_each_service_the_app_uses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(STORAGE)
+    for service in ("queue", "table"):
+        monkeypatch.setenv(f"{STORAGE}__{service}ServiceUri", f"https://a.{service}.example")
+    problem = configuration_problem()
+    assert problem is not None
+    [error] = problem.errors
+    assert (error.field, "blobServiceUri" in error.message) == (STORAGE, True)
+    monkeypatch.setenv(f"{STORAGE}__blobServiceUri", "https://a.blob.example")
+    reset_settings_cache()
     assert configuration_problem() is None

@@ -110,3 +110,36 @@ def test_every_queue_trigger_puts_its_message_back_while_the_settings_do_not_val
         assert [m.content for m in client.peek_messages(max_messages=32)].count(
             '{"kind": "anything"}'
         ) == 0, f"visible before {RECHECK_SECONDS} s"
+
+
+@pytest.mark.parametrize("storage", ["garbage", "AccountName=acct", None])
+def test_a_broken_storage_setting_is_the_503_naming_it_where_storage_is_needed(
+    storage: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A malformed, incomplete or missing AzureWebJobsStorage made health answer 200 and every
+    storage-backed function a 500; the functions that need no storage keep working."""
+    from shared.settings import StorageSettings
+
+    for name, value in {**CONFIGURED, "SMARTDIALOG_ACCESS_TOKEN": "unconfigured-token"}.items():
+        monkeypatch.setenv(name, value)
+    for info in StorageSettings.model_fields.values():
+        monkeypatch.delenv(str(info.alias), raising=False)
+    if storage is not None:
+        monkeypatch.setenv("AzureWebJobsStorage", storage)
+    reset_settings_cache()
+    app = load_app("function_app:app", REPO)
+    with DevHost(app, REPO / "host.json", port=0, queues=False) as host:
+        for _function, binding in _bindings("httpTrigger"):
+            for method in binding.get("methods") or ["GET"]:
+                url = f"{host.url}/api/{_path(str(binding['route']))}?token=v1.1.x"
+                response = httpx.request(method.upper(), url, json={}, timeout=10)
+                assert response.status_code != 500, (binding["route"], response.text)
+        health = httpx.get(f"{host.url}/api/health", timeout=5)
+        customers = httpx.get(f"{host.url}/api/customers", timeout=10)  # its quota is a table
+        listed = httpx.get(f"{host.url}/api/connections", timeout=10)
+    reset_settings_cache()
+    assert health.status_code == 503
+    assert [e["field"] for e in health.json()["errors"]] == ["AzureWebJobsStorage"]
+    assert customers.status_code == 503, customers.text
+    assert customers.json()["errors"] == health.json()["errors"]
+    assert listed.status_code == 200, listed.text

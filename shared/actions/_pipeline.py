@@ -421,7 +421,6 @@ def upstream_problem(
 
 def _quota_problem(exc: Exception, settings: Settings) -> Problem | None:
     from shared.quota import QuotaExceeded, QuotaStoreError
-    from shared.storage import StorageNotConfigured
 
     if isinstance(exc, QuotaExceeded):
         return rate_limited(
@@ -430,7 +429,7 @@ def _quota_problem(exc: Exception, settings: Settings) -> Problem | None:
             f"{settings.quota_period_seconds:g} s) is used up; try again after Retry-After "
             "seconds.",
         )
-    if isinstance(exc, QuotaStoreError | StorageNotConfigured):
+    if isinstance(exc, QuotaStoreError):
         return Problem(
             503,
             "The call quota cannot be checked",

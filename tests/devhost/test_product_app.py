@@ -17,12 +17,13 @@ from devhost import DevHost, load_app
 from shared.settings import reset_settings_cache
 
 REPO = Path(__file__).resolve().parents[2]
-#: What health needs: credentials, a callback secret of 32 bytes and a public URL (local
-#: development).
+#: What health needs: credentials, a callback secret of 32 bytes, a public URL (local
+#: development) and a storage setting (read, not called: Azurite need not run).
 CONFIGURED = {
     "SMARTDIALOG_CALLBACK_SECRETS": "devhost-test-callback-secret-0123456789",
     "SMARTDIALOG_ACCESS_TOKEN": "devhost-test-token",
     "AZURE_FUNCTIONS_ENVIRONMENT": "Development",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
 }
 
 
@@ -56,6 +57,7 @@ def _start_cli(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "DEVHOST_PORT"}
     env["SMARTDIALOG_CALLBACK_SECRETS"] = CONFIGURED["SMARTDIALOG_CALLBACK_SECRETS"]
     env["SMARTDIALOG_ACCESS_TOKEN"] = CONFIGURED["SMARTDIALOG_ACCESS_TOKEN"]
+    env["AzureWebJobsStorage"] = CONFIGURED["AzureWebJobsStorage"]
     # The dev host says it is local development itself, as Core Tools does (health needs it).
     for name in ("AZURE_FUNCTIONS_ENVIRONMENT", "SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
         env.pop(name, None)
