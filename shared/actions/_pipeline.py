@@ -122,9 +122,10 @@ class _CacheInfo(NamedTuple):
 def _new_shared_client(settings: Settings) -> SmartDialogClient:
     """The process-wide client of the sync actions for ``settings``.
 
-    Every attempt takes a token from the cluster-wide quota store
-    (:func:`shared.quota.from_settings`), waiting at most ``SMARTDIALOG_QUOTA_WAIT_SECONDS``
-    before ``QuotaExceeded``. It makes :data:`SYNC_MAX_RETRIES` retries: a flow waiting on an
+    Every attempt takes a token from the cluster-wide quota (:func:`shared.quota.from_settings`),
+    waiting at most ``SMARTDIALOG_QUOTA_WAIT_SECONDS`` before ``QuotaExceeded``; it must still be
+    fresh when its request leaves (a slow connect): a stale one is replaced once within that
+    wait, else ``StaleGrant`` (both 429). :data:`SYNC_MAX_RETRIES` retries: a flow waiting on an
     action is better served by a prompt 429/502 with ``Retry-After``, which Power Automate's and
     Logic Apps' retry policies honour, than by a function that sleeps out SmartDialog's advice.
     (A 401 still renews the token once and retries.) Cached per settings object (see above).
@@ -132,11 +133,12 @@ def _new_shared_client(settings: Settings) -> SmartDialogClient:
     from shared import quota
     from shared.smartdialog import SmartDialogClient, auth_from_settings
 
-    store = quota.from_settings(settings)
+    gate = quota.from_settings(settings).gate(settings.quota_wait_seconds, renew=True)
     return SmartDialogClient(
         settings.base_url,
         auth_from_settings(settings),
-        before_attempt=store.gate(settings.quota_wait_seconds),
+        before_attempt=gate,
+        before_send=gate.before_send,
         max_retries=SYNC_MAX_RETRIES,
     )
 
@@ -420,11 +422,11 @@ def upstream_problem(
 
 
 def _quota_problem(exc: Exception, settings: Settings) -> Problem | None:
-    from shared.quota import QuotaExceeded, QuotaStoreError
+    from shared.quota import QuotaExceeded, QuotaStoreError, StaleGrant
 
-    if isinstance(exc, QuotaExceeded):
+    if isinstance(exc, QuotaExceeded | StaleGrant):  # stale: no fresh slot in time, nothing sent
         return rate_limited(
-            exc.retry_after,
+            exc.retry_after if isinstance(exc, QuotaExceeded) else None,
             f"The SmartDialog call quota ({settings.quota_calls} calls per "
             f"{settings.quota_period_seconds:g} s) is used up; try again after Retry-After "
             "seconds.",

@@ -6,20 +6,19 @@ call through :meth:`Upstream.attempt` and gets one typed :data:`AttemptResult` b
 - :class:`Sent`: upstream took it (2xx), or answered 409 because an earlier attempt with the
   same ``RequestId`` did (``duplicate``, with the original answer);
 - :class:`Transient`: worth retrying later (429, 408, 5xx, connection errors, a quota refusal
-  of the client's token-refresh re-try, missing credentials), with upstream's advice (a 429's
-  or a 5xx's ``Retry-After``);
+  of the client's token-refresh re-try, missing credentials, no token), with upstream's advice
+  (a 429's or a 5xx's ``Retry-After``);
 - :class:`Refused`: upstream refused the whole call (any other 4xx): nothing was sent. It may
   name the recipient at fault.
 
 :func:`split_answer` is the one place where a packed call's answer is shared out per member.
-The quota hooks (:class:`AttemptGate`) make every attempt hold its own slot, fresh when the
-request leaves.
+The quota hooks (:class:`shared.quota.AttemptGate`) make every attempt hold its own slot,
+fresh when the request leaves.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,6 +35,7 @@ from shared.outbound._models import (
     SendWhatsappTemplateMessageCommand,
 )
 from shared.outbound._records import address_key
+from shared.quota import AttemptGate, StaleGrant
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 __all__ = [
     "AttemptGate",
     "AttemptResult",
-    "QuotaDeniedInAttempt",
     "QuotaPort",
     "Refused",
     "Sent",
@@ -73,73 +72,11 @@ class QuotaPort(Protocol):
 
     def try_acquire(self) -> QuotaGrant | QuotaDenied: ...
 
+    def gate(self, timeout: float = 0.0, *, renew: bool = False) -> AttemptGate: ...
+
     def grant_age(self, grant: QuotaGrant) -> float: ...
 
     def is_fresh(self, grant: QuotaGrant) -> bool: ...
-
-
-class QuotaDeniedInAttempt(Exception):
-    """A second attempt inside one client call (the 401 refresh) found the quota full."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"quota full for a repeated attempt; retry in {retry_after:.2f} s")
-        self.retry_after = retry_after
-
-
-class StaleGrant(Exception):
-    """The quota grant of an attempt was older than the safety margin when its request was
-    about to leave: nothing was sent. Not a failed attempt: a quota deferral."""
-
-    def __init__(self, age: float) -> None:
-        super().__init__(f"quota grant {age * 1000:.0f} ms old when the request was to leave")
-        self.age = age
-
-
-class AttemptGate:
-    """The client's quota hooks.
-
-    ``before_attempt`` (``__call__``): the first attempt of a send uses the grant the sender
-    already took; any further attempt (the client's one re-try after a token refresh) must
-    take its own, or the call stops. So every upstream attempt holds a quota slot.
-
-    ``before_send``: right before the attempt's bytes leave (the client calls it from its
-    httpx request hook, and again from httpcore's trace once the connection is ready, right
-    before the headers are written), the attempt's grant must still be fresh: the quota's LATE
-    rule bounds only the time from a grant's decision until the store returns it, and the
-    margin must cover everything up to the call reaching upstream. A grant older than half the
-    margin (the quota's ``LATE_GRANT_SHARE``; the rest is for the way upstream and clock skew)
-    raises :class:`StaleGrant`, so no request goes out with it.
-    """
-
-    def __init__(self, quota: QuotaPort) -> None:
-        self._quota = quota
-        self._local = threading.local()
-
-    def hold(self, grant: QuotaGrant) -> None:
-        self._local.held = grant
-
-    def __call__(self) -> None:
-        held = getattr(self._local, "held", None)
-        if held is not None:
-            self._local.held = None
-            self._local.grant = held
-            return
-        from shared.quota import QuotaDenied
-
-        result = self._quota.try_acquire()
-        if isinstance(result, QuotaDenied):
-            raise QuotaDeniedInAttempt(result.retry_after)
-        self._local.grant = result
-
-    def before_send(self) -> None:
-        grant = getattr(self._local, "grant", None)
-        if grant is not None and not self._quota.is_fresh(grant):
-            raise StaleGrant(self._quota.grant_age(grant))
-
-    def clear(self) -> None:
-        """Forget this thread's grants (after a call, whatever its outcome)."""
-        self._local.held = None
-        self._local.grant = None
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -239,6 +176,7 @@ class Upstream:
         upstream.
         """
         from shared.outbound._records import with_delivery_report_url
+        from shared.quota import QuotaExceeded
         from shared.smartdialog import SmartDialogError
 
         self.gate.hold(grant)
@@ -247,7 +185,7 @@ class Upstream:
             with _call_span(request, report_id, links) as current:
                 try:
                     result: AttemptResult = Sent(self.send(request))
-                except (SmartDialogError, QuotaDeniedInAttempt) as exc:
+                except (SmartDialogError, QuotaExceeded) as exc:
                     result = classify(exc)
                 _describe(current, result)
             return result
@@ -326,6 +264,7 @@ def classify(exc: Exception) -> AttemptResult:
     message enters the outcome here, secrets it may quote (our DLR URL's token) cut: it becomes
     a FailureInfo's detail (status answers, events, dead letters, trigger data, logs)."""
     from shared.logs import cut_secrets
+    from shared.quota import QuotaExceeded
     from shared.smartdialog import (
         APIConnectionError,
         APIError,
@@ -370,7 +309,7 @@ def classify(exc: Exception) -> AttemptResult:
         not_sent = exc.certainly_not_sent
         title = "SmartDialog could not be reached"
         return Transient("upstream-unavailable", title, said, None, None, not_sent)
-    if isinstance(exc, QuotaDeniedInAttempt):
+    if isinstance(exc, QuotaExceeded):
         return Transient(
             "rate-limited", "Quota full for a repeat", str(exc), exc.retry_after, None, True
         )

@@ -22,7 +22,7 @@ from shared.names import (
     OUTBOUND_DEAD_LETTER_QUEUE,
     OUTBOUND_QUEUE,
 )
-from shared.outbound._attempt import AttemptGate, Upstream
+from shared.outbound._attempt import Upstream
 from shared.outbound._quota_wait import QuotaWait, quota_wait
 from shared.outbound._records import backstop_seconds
 
@@ -123,7 +123,7 @@ def send_ports(settings: Settings) -> SendPorts:
     from shared.suppressions import SuppressionStore
 
     waits = quota_wait(settings)
-    gate = AttemptGate(waits.quota)
+    gate = waits.quota.gate()  # the sender takes each call's grant; a re-try takes its own
     # No client-side retries: every retry is a re-enqueued copy, so no invocation sleeps.
     client = SmartDialogClient(
         settings.base_url,

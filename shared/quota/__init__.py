@@ -16,7 +16,8 @@ Using it::
     store.acquire(settings.quota_wait_seconds)   # sync actions: wait a bounded time,
     # ... or raise QuotaExceeded -> 429 with Retry-After: exc.retry_after_whole_seconds
 
-    client = SmartDialogClient(..., before_attempt=store.gate(settings.quota_wait_seconds))
+    gate = store.gate(settings.quota_wait_seconds, renew=True)   # every attempt its own slot,
+    client = SmartDialogClient(..., before_attempt=gate, before_send=gate.before_send)  # fresh
 
 How it works
     One Table entity per connection (table ``SmartDialogQuota``, PartitionKey from
@@ -70,8 +71,8 @@ What the margin is for (``SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS``, default 0.2
     not handed out: it is taken out of the log again (a grant that never becomes a call
     need not count) and answered as :class:`QuotaDenied` with reason ``LATE`` and a tiny
     ``retry_after``; one older than that when its request is about to leave
-    (``is_fresh``) is not used. The other half is for the request's way upstream and the
-    clock skew; size the margin for them.
+    (``is_fresh``, which every client's :class:`AttemptGate` checks) is not used. The other
+    half is for the request's way upstream and the clock skew; size the margin for them.
     Azure hosts keep their clocks within tens of milliseconds and a Table write takes
     a few tens, so 0.25 s is comfortable; the price is throughput: at most ``calls``
     per ``period + margin`` in a sustained run (99.6 % of the quota at 60 s + 0.25 s,
@@ -103,6 +104,7 @@ Exceptions::
     QuotaError
      +-- QuotaExceeded       no slot within the caller's timeout (retry_after)
      +-- QuotaStoreError     the log could not be read or written
+     +-- StaleGrant          a grant too old to use when its request was about to leave
 
 Importing this package loads no Azure SDK; ``azure.data.tables`` is imported on
 first use of a :class:`TableQuotaStore`.
@@ -114,6 +116,7 @@ from shared.clock import Clock, SystemClock
 from shared.quota._store import (
     CAS_MAX_ATTEMPTS,
     MAX_CALLS,
+    AttemptGate,
     DenialReason,
     InMemoryQuotaStore,
     QuotaDenied,
@@ -123,6 +126,7 @@ from shared.quota._store import (
     QuotaStats,
     QuotaStore,
     QuotaStoreError,
+    StaleGrant,
 )
 from shared.quota._table import (
     GRANTS_PROPERTY,
@@ -137,6 +141,7 @@ __all__ = [
     "GRANTS_PROPERTY",
     "MAX_CALLS",
     "ROW_KEY",
+    "AttemptGate",
     "Clock",
     "DenialReason",
     "InMemoryQuotaStore",
@@ -147,6 +152,7 @@ __all__ = [
     "QuotaStats",
     "QuotaStore",
     "QuotaStoreError",
+    "StaleGrant",
     "SystemClock",
     "TableQuotaStore",
     "connection_key",

@@ -6,7 +6,6 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -64,6 +63,15 @@ class QuotaExceeded(QuotaError):
 
 class QuotaStoreError(QuotaError):
     """The quota log could not be read or written; the upstream call must not be made."""
+
+
+class StaleGrant(QuotaError):
+    """An attempt's grant was older than :meth:`QuotaStore.is_fresh` allows when its request
+    was about to leave: nothing was sent with it. Not a failed call: a quota deferral."""
+
+    def __init__(self, age: float) -> None:
+        super().__init__(f"quota grant {age * 1000:.0f} ms old when the request was to leave")
+        self.age = age
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,13 +287,10 @@ class QuotaStore:
                 raise QuotaExceeded(result.retry_after, self.connection)
             self._clock.sleep(min(result.retry_after + random.uniform(0, WAKE_JITTER), remaining))
 
-    def gate(self, timeout: float) -> Callable[[], None]:
-        """A ``before_attempt`` hook: every call of it takes one slot via :meth:`acquire`."""
-
-        def before_attempt() -> None:
-            self.acquire(timeout)
-
-        return before_attempt
+    def gate(self, timeout: float = 0.0, *, renew: bool = False) -> AttemptGate:
+        """A SmartDialog client's quota hooks (:class:`AttemptGate`): every attempt takes a slot
+        via :meth:`acquire` (``timeout``), which must still be fresh when its request leaves."""
+        return AttemptGate(self, timeout, renew=renew, clock=self._clock)
 
     def grant_age(self, grant: QuotaGrant) -> float:
         """Seconds since ``grant`` was decided, on this store's clock (the one that stamped it).
@@ -406,6 +411,69 @@ class QuotaStore:
                 s.fast_grants + fast_grants,
                 s.stale_cache + stale_cache,
             )
+
+
+class AttemptGate:
+    """A SmartDialog client's quota hooks: each attempt holds its own grant, fresh when it leaves.
+
+    ``before_attempt`` (call the gate; the client calls it after the attempt's token is in
+    hand): the attempt's grant is the one the caller took for it (:meth:`hold`: the queue
+    sender takes its own), else one taken now, waiting up to ``wait`` seconds
+    (:meth:`QuotaStore.acquire`: :class:`QuotaExceeded` stops the call). So every attempt, the
+    client's re-try after a token refresh included, holds its own slot.
+
+    ``before_send``: right before the attempt's bytes leave (the client calls it from its httpx
+    request hook, and again from httpcore's trace once the connection is ready, right before
+    the headers are written) the grant must still be fresh (:meth:`QuotaStore.is_fresh`): the
+    LATE rule bounds only the time until the store returns a grant, and the margin must cover
+    everything up to the call reaching upstream; a slow connect or pool wait would otherwise let
+    upstream see ``calls + 1`` in a period. A stale grant is never used: with ``renew`` (the sync
+    actions) one new grant is taken there, within what is left of ``wait`` since the attempt
+    began; a stale grant without ``renew`` (the queue sender, which takes its next grant itself
+    after checking its claim), or a second one in an attempt, raises :class:`StaleGrant`.
+    """
+
+    def __init__(
+        self,
+        quota: QuotaStore,
+        wait: float = 0.0,
+        *,
+        renew: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        self._quota = quota
+        self._wait = wait
+        self._renew = renew
+        self._clock: Clock = clock or SystemClock()  # the store's: it stamps the grants
+        self._local = threading.local()
+
+    def hold(self, grant: QuotaGrant) -> None:
+        """Use ``grant`` for this thread's next attempt."""
+        self._local.held = grant
+
+    def __call__(self) -> None:
+        local = self._local
+        local.ends, local.renewed = self._clock.now() + self._wait, False
+        held, local.held = getattr(local, "held", None), None
+        local.grant = held or self._quota.acquire(self._wait)
+
+    def before_send(self) -> None:
+        local = self._local
+        grant = getattr(local, "grant", None)
+        if grant is None or self._quota.is_fresh(grant):
+            return
+        if self._renew and not local.renewed:
+            local.renewed = True
+            logger.info("quota grant of connection %s went stale before its request left; "
+                        "taking a new one", self._quota.connection)  # fmt: skip
+            local.grant = grant = self._quota.acquire(max(0.0, local.ends - self._clock.now()))
+            if self._quota.is_fresh(grant):
+                return
+        raise StaleGrant(self._quota.grant_age(grant))
+
+    def clear(self) -> None:
+        """Forget this thread's grants (after a call, whatever its outcome)."""
+        self._local.held = self._local.grant = None
 
 
 class _MemoryLog:

@@ -14,6 +14,7 @@ from shared.quota import (
     QuotaDenied,
     QuotaExceeded,
     QuotaGrant,
+    StaleGrant,
 )
 from tests.quota.conftest import T0, ManualClock, SlowClock, StoreFactory
 
@@ -158,6 +159,51 @@ def test_gate_takes_one_slot_per_attempt(make_store: StoreFactory) -> None:
     with pytest.raises(QuotaExceeded):
         before_attempt()
     assert store.used() == 2
+
+
+def test_a_gate_never_lets_a_stale_grant_leave_a_renewing_one_replaces_it_once(
+    make_store: StoreFactory,
+) -> None:
+    """A slow connect ages the attempt's grant past half the margin before its bytes leave: the
+    sync actions' gate (``renew``) takes one new grant; a second stale one, or the sender's gate
+    (it takes its next grant itself), raises StaleGrant. Before, the sync gate had no
+    ``before_send`` and the stale grant's request went out: upstream could see calls + 1."""
+    clock = ManualClock()
+    store = make_store(calls=5, period=10, margin=0.25, clock=clock)
+    sync, sender = store.gate(1.0, renew=True), store.gate()
+
+    sync()
+    sync.before_send()  # fresh: nothing to do
+    clock.sleep(0.2)  # the connect
+    sync.before_send()  # stale: replaced by a fresh grant
+    assert store.used() == 2
+    clock.sleep(0.2)
+    with pytest.raises(StaleGrant):
+        sync.before_send()  # only once per attempt
+    sync()  # the next attempt may renew again
+    clock.sleep(0.2)
+    sync.before_send()
+    assert store.used() == 4
+
+    sender()
+    clock.sleep(0.2)
+    with pytest.raises(StaleGrant):
+        sender.before_send()
+    assert store.used() == 5
+
+
+def test_a_gate_renews_a_stale_grant_only_within_the_attempts_wait(
+    make_store: StoreFactory,
+) -> None:
+    clock = ManualClock()
+    store = make_store(calls=1, period=10, margin=0.25, clock=clock)
+    gate = store.gate(0.5, renew=True)
+
+    gate()
+    clock.sleep(0.2)
+    with pytest.raises(QuotaExceeded):  # the slot frees in 10 s, past what is left of 0.5 s
+        gate.before_send()
+    assert clock.slept == [0.2]
 
 
 def test_grants_are_counted_per_connection(make_store: StoreFactory) -> None:
