@@ -19,7 +19,8 @@ fresh when the request leaves.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -157,17 +158,35 @@ class Upstream:
         self.gate = gate
         self.settings = settings
 
+    @contextmanager
+    def ready(self) -> Iterator[Exception | None]:
+        """The token first, then the grant, then the call, within one deadline (the client's,
+        the send timeout): a valid token is in hand before the caller takes its grant, so a
+        token fetch (a cold start, a renewal other threads wait for) never ages it. Yields None,
+        or why no token could be had: pass that to :meth:`attempt` in place of a grant, and the
+        attempt ends as if its own token fetch had failed, with no slot spent."""
+        from shared.deadline import within
+        from shared.smartdialog import SmartDialogError
+
+        with within(self.client.deadline):
+            failed: Exception | None = None
+            try:
+                self.client.ready()
+            except SmartDialogError as exc:
+                failed = exc
+            yield failed
+
     def attempt(
         self,
-        grant: QuotaGrant,
+        grant: QuotaGrant | Exception,
         command: OutboundMessage,
         *,
         report_id: str | None = None,
         links: Sequence[str | None] = (),
     ) -> AttemptResult:
-        """One upstream call with ``grant``, in a client span (linked to ``links``, the traces
-        of a packed call's members); raises :class:`StaleGrant` (nothing sent) if the grant
-        went stale before the request left.
+        """One upstream call with ``grant`` (or the token failure :meth:`ready` yielded), in a
+        client span (linked to ``links``, the traces of a packed call's members); raises
+        :class:`StaleGrant` (nothing sent) if the grant went stale before the request left.
 
         What is sent carries *our* DLR URL (token-bearing, for ``report_id`` or the message)
         in ``DlrUrl``; it is put in only here, so the stored command, its fingerprint and
@@ -179,11 +198,14 @@ class Upstream:
         from shared.quota import QuotaExceeded
         from shared.smartdialog import SmartDialogError
 
-        self.gate.hold(grant)
+        if not isinstance(grant, Exception):
+            self.gate.hold(grant)
         try:
             request = with_delivery_report_url(command, self.settings, report_id=report_id)
             with _call_span(request, report_id, links) as current:
                 try:
+                    if isinstance(grant, Exception):
+                        raise grant  # no token: nothing sent
                     result: AttemptResult = Sent(self.send(request))
                 except (SmartDialogError, QuotaExceeded) as exc:
                     result = classify(exc)

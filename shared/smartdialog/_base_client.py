@@ -349,7 +349,16 @@ class BaseClient:
                 body=body,
             ) from None
 
-    def _token(self, op: Operation, path: str) -> str:
+    def ready(self) -> None:
+        """Have a valid bearer token in hand (fetched now unless cached), within ``deadline`` (an
+        enclosing :func:`shared.deadline.within` still holds); the next operation's attempt then
+        finds it cached. A caller that takes its quota grant before the call (the queue sender)
+        calls this first, so no token fetch ages the grant. Raises what an attempt's token fetch
+        raises (``CredentialsError``, ``IdentityProviderError`` naming no operation)."""
+        with within(self.deadline):
+            self._token(None, "")
+
+    def _token(self, op: Operation | None, path: str) -> str:
         """The bearer token; an identity provider that fails (unreachable, timed out, an answer
         msal cannot read) raises :class:`IdentityProviderError`: nothing was sent."""
         try:
@@ -359,8 +368,8 @@ class BaseClient:
         except Exception as exc:
             raise IdentityProviderError(
                 f"no token: the identity provider failed ({type(exc).__name__})",
-                operation_id=op.operation_id,
-                method=op.method,
+                operation_id=op.operation_id if op else "token",
+                method=op.method if op else "POST",
                 path=path,
             ) from exc
 

@@ -84,21 +84,22 @@ class SmartDialogClient(BaseClient):
     Each attempt, retries included, first takes a bearer token from ``auth`` (an identity provider
     that fails raises ``IdentityProviderError``: nothing sent), then calls ``before_attempt`` (the
     cluster-wide quota takes a token there; whatever it raises propagates unchanged and is not
-    retried): a slow token fetch never ages the quota's grant. Transient failures are retried up to
-    ``max_retries`` times, with ``sleep`` between attempts; a 401 renews the token once and retries
-    once. ``before_send`` (optional) is called at the end of each attempt, after the token was
-    fetched and the request built: once right before the request is handed to httpx (from an httpx
-    ``request`` event hook when the client makes its own ``httpx.Client``, otherwise right before
-    ``send``), and again, when the transport reports it (httpx's own transport does, through
-    httpcore's ``trace`` extension), once a connection is ready, right before the request headers
-    are written: the last moment before the bytes go out, after any connection set-up or pool wait.
-    The sender checks there that its quota grant is still fresh. Whatever it raises propagates
-    unchanged, and no request (or no byte of it) is sent. Sends reuse one ``RequestId`` on every
-    attempt, so SmartDialog drops a repeat instead of sending twice; other POSTs are retried only
-    after a 429 or a failed connect, when they certainly did not take effect (a deliberate
-    refinement, see :mod:`shared.smartdialog._retry`). ``Retry-After`` advice longer than
-    ``MAX_RETRY_AFTER`` is not slept out: the error is raised at once with the full advice in
-    ``RateLimitError.retry_after``.
+    retried): a slow token fetch never ages a grant taken there. A caller that takes its grant
+    before the call (the queue sender) calls :meth:`ready` first, for the same. Transient failures
+    are retried up to ``max_retries`` times, with ``sleep`` between attempts; a 401 renews the token
+    once and retries once. ``before_send`` (optional) is called at the end of each attempt, after
+    the token was fetched and the request built: once right before the request is handed to httpx
+    (from an httpx ``request`` event hook when the client makes its own ``httpx.Client``, otherwise
+    right before ``send``), and again, when the transport reports it (httpx's own transport does,
+    through httpcore's ``trace`` extension), once a connection is ready, right before the request
+    headers are written: the last moment before the bytes go out, after any connection set-up or
+    pool wait. The quota's gate checks there that the attempt's grant is still fresh
+    (:class:`shared.quota.AttemptGate`). Whatever it raises propagates unchanged, and no request (or
+    no byte of it) is sent. Sends reuse one ``RequestId`` on every attempt, so SmartDialog drops a
+    repeat instead of sending twice; other POSTs are retried only after a 429 or a failed connect,
+    when they certainly did not take effect (a deliberate refinement, see
+    :mod:`shared.smartdialog._retry`). ``Retry-After`` advice longer than ``MAX_RETRY_AFTER`` is not
+    slept out: the error is raised at once with the full advice in ``RateLimitError.retry_after``.
 
     ``http_client`` (optional) is used as is and not closed by :meth:`close`; without one the
     client makes its own with ``timeout``. ``timeout`` bounds each network step on its own;

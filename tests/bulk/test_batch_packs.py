@@ -77,6 +77,24 @@ def test_a_batch_is_one_queue_message_per_pack_and_one_call_per_pack(outbound: O
     assert sorted(e["subject"] for e in events) == sorted(member_ids(batch))
 
 
+def test_a_pack_driver_fetches_its_token_before_its_grant_so_a_slow_fetch_wastes_no_slot(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the driver took its grant, then the client fetched the token (0.4 s, past half
+    the 0.25 s margin): the grant went stale and a second slot was spent on the same call."""
+    from tests.outbound.test_sender import _record_grants_and_sends, slow_first_token
+
+    accepted_batch(*NUMBERS[:4])
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    slow_first_token(monkeypatch, 0.4)
+
+    outbound.drain()
+
+    assert (len(grants), len(sends)) == (1, 1)
+    [call] = outbound.upstream()
+    assert len(call["body"]["Recipients"]) == 4
+
+
 def test_members_are_stored_in_partitions_of_their_batch_and_found_by_id(
     outbound: Outbound,
 ) -> None:

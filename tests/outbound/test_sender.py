@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -628,6 +629,78 @@ def test_a_message_whose_grants_keep_going_stale_is_deferred_then_sent_once(
     assert done.status is MessageStatus.SENT
     assert done.attempts == 1
     assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
+
+
+class SlowFirstToken:
+    """The app's auth provider, its first token taking ``seconds`` (a cold start's msal fetch, or
+    a renewal), fetched under a lock as the msal providers do: other threads wait for it."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.delays, self.lock = inner, [seconds], threading.Lock()
+
+    def token(self) -> str:
+        with self.lock:
+            if self.delays:
+                time.sleep(self.delays.pop())
+            return str(self.inner.token())
+
+    def invalidate(self, token: str | None = None) -> None:
+        self.inner.invalidate(token)
+
+
+def slow_first_token(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Wrap the send ports' auth provider in :class:`SlowFirstToken`."""
+    from shared.outbound import send_ports
+    from shared.settings import get_settings
+
+    client = send_ports(get_settings()).upstream.client
+    monkeypatch.setattr(client, "auth", SlowFirstToken(client.auth, seconds))
+
+
+def test_a_slow_token_fetch_comes_before_the_grant_so_no_grant_goes_stale_waiting_for_it(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cold start: 8 senders at once, the first token taking 0.4 s (past half the 0.25 s
+    margin). Before, each took its grant, then waited for the token: every grant went stale
+    and a second slot was spent per message (16/16 stale in the review's run)."""
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    slow_first_token(monkeypatch, 0.4)
+    texts = [json.dumps(send(f"m-cold-{n}", DELIVERED)) for n in range(8)]
+
+    workers = [threading.Thread(target=outbound.invoke, args=(text,)) for text in texts]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert len(grants) == 8  # one slot per message: none wasted on a stale grant
+    assert len(sends) == 8
+    assert all(record(f"m-cold-{n}").status is MessageStatus.SENT for n in range(8))
+
+
+def test_a_token_fetch_that_fails_before_the_grant_keeps_its_outcome_and_spends_no_slot(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import send_ports
+    from shared.settings import get_settings
+    from shared.smartdialog import CredentialsError
+
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    client = send_ports(get_settings()).upstream.client
+
+    def refused() -> str:
+        raise CredentialsError("the identity provider refused the credentials: invalid_client")
+
+    monkeypatch.setattr(client.auth, "token", refused)
+
+    outbound.invoke(json.dumps(send("m-refused", DELIVERED)))
+
+    assert (grants, sends) == ([], [])
+    waiting = record("m-refused")
+    assert waiting.status is MessageStatus.QUEUED  # waits for the credentials to be fixed
+    assert waiting.last_error is not None
+    assert waiting.last_error.code == "configuration"
+    assert outbound.queued() == 1
 
 
 def test_a_claim_too_close_to_its_end_after_the_quota_wait_is_handed_back_not_called(
