@@ -1,6 +1,6 @@
-"""From a send command to its status record and its upstream request: normalization (phone
-numbers to E.164, the form every comparison of addresses uses), part estimates, recipient slots,
-the pack key, our delivery-report URL."""
+"""From a send command to its status record and its upstream request: normalization, phone
+numbers in E.164 (the form every comparison of addresses and the upstream request use), part
+estimates, recipient slots, the pack key, our delivery-report URL."""
 
 from __future__ import annotations
 
@@ -65,10 +65,12 @@ def normalize(
 ) -> OutboundMessage:
     """``command`` with every id and default filled in, so it is sent the same way every time:
     ``messageId``, ``customerId``/``serviceId`` (from the given defaults when absent), the
-    upstream ``RequestId`` (the caller's, else our message id) and each recipient's address as
-    the send actions write it (:func:`_e164`). Raises ``ValueError`` when a customer or service
-    is neither in the command nor configured."""
-    command = _e164(command)
+    upstream ``RequestId`` (the caller's, else our message id). Each recipient's address stays
+    as written: the record, its fingerprint and every copy put back on the queue keep the form a
+    previous release still draining matches its copies by; it is compared
+    (:func:`command_addresses`), recorded in the slots and sent (:func:`with_delivery_report_url`)
+    in E.164. Raises ``ValueError`` when a customer or service is neither in the command nor
+    configured."""
     update: dict[str, object] = {"messageId": message_id}
     update["traceparent"] = command.traceparent or current_traceparent()
     customer = command.customerId or customer_id
@@ -219,8 +221,8 @@ def unreadable_address(command: OutboundMessage) -> ValueError | None:
 
 def command_addresses(command: OutboundMessage) -> list[str]:
     """The recipient addresses of a command, in order, each as every comparison of addresses
-    takes it (:func:`address_key`: E.164, also for a command recorded before the queue's were
-    normalized); none for a discussion reply."""
+    takes it (:func:`address_key`: E.164, however the command writes it); none for a
+    discussion reply."""
     if isinstance(command, SendDiscussionReplyMessageCommand):
         return []
     return [address_key(r.Address) for r in command.body.Recipients]
@@ -252,16 +254,19 @@ def pack_key(command: OutboundMessage) -> str | None:
 def with_delivery_report_url(
     command: OutboundMessage, settings: Settings, *, report_id: str | None = None
 ) -> OutboundMessage:
-    """``command`` as it must be sent: its body's ``DlrUrl`` replaced by ours. The caller's own
-    ``DlrUrl`` stays in the stored command (the status record), and the DLR function calls it
-    after ours. Discussion replies have no ``DlrUrl`` and are returned unchanged.
+    """``command`` as it must be sent: its numbers in E.164 (:func:`_e164`) and its body's
+    ``DlrUrl`` replaced by ours. The caller's own ``DlrUrl`` stays in the stored command (the
+    status record), and the DLR function calls it after ours. Discussion replies have no
+    ``DlrUrl`` and are returned unchanged.
 
     The sender calls this on the normalized command right before the upstream call, never
-    before storing it (the stored command and its fingerprint keep the caller's URL).
+    before storing it (the stored command and its fingerprint keep the caller's URL and
+    numbers).
 
     ``report_id`` replaces the message id in the URL: a pack's call carries the pack id, and
     its reports are routed to each member by recipient (see :meth:`DeliveryReportService.handle`).
     """
+    command = _e164(command)
     body = command.body
     if command.messageId is None or "DlrUrl" not in type(body).model_fields:
         return command
@@ -333,28 +338,28 @@ class LaneTriggers:
 def is_recorded_as(record: MessageRecord, command: OutboundMessage) -> bool:
     """Whether ``command`` is the message ``record`` holds: its own fingerprint, or, routed by
     the connection that claims its customer, the one it had before (accepted while no
-    connection claimed that customer: it goes through the one that does now). A command that
-    a previous release recorded from the queue as written (addresses not in E.164) is matched
-    as its recorded command normalized (:func:`_e164`) now is."""
+    connection claimed that customer: it goes through the one that does now). One number
+    written two ways is one number: failing that, both are matched with their addresses in
+    E.164 (:func:`_e164`)."""
     from shared.connections import claimed_by
 
     fp = request_fingerprint(command)
     if record.fingerprint == fp:  # the common case: no connection lookup, no second print
         return True
-    prints = {fp}
+    forms = [command]
     if (
         command.Connection is not None
         and claimed_by(command.customerId or "") == command.Connection
     ):
         # (a connection named by the command itself is part of what it is)
-        prints.add(request_fingerprint(command.model_copy(update={"Connection": None})))
-    if record.fingerprint in prints:
+        forms.append(command.model_copy(update={"Connection": None}))
+    if record.fingerprint in {request_fingerprint(c) for c in forms}:
         return True
     try:
         recorded = _e164(parse_outbound_message(record.command))
     except (ValidationError, ValueError):
         return False
-    return request_fingerprint(recorded) in prints
+    return request_fingerprint(recorded) in {request_fingerprint(_e164(c)) for c in forms}
 
 
 def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:

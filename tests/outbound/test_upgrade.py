@@ -16,7 +16,14 @@ import pytest
 from shared.callback_urls import delivery_report_url
 from shared.clock import ManualClock, utcnow
 from shared.messages import MessageStatus, MessageStore, Pack, PackMember, PackStore
-from shared.outbound import PackDriver, parse_outbound_message, parse_queue_message
+from shared.names import OUTBOUND_QUEUE
+from shared.outbound import (
+    PackDriver,
+    parse_outbound_message,
+    parse_queue_message,
+    request_fingerprint,
+)
+from shared.outbound._models import SendMessageCommand
 from shared.outbound._records import command_text, new_record
 from shared.settings import get_settings
 from tests.crash import LEASE, crash_once
@@ -250,3 +257,64 @@ def test_a_report_finds_its_recipient_the_previous_release_recorded_as_written(
     assert answer.body["status"] == "recorded"
     _, slots = MessageStore.from_settings().get_with_slots(first)
     assert [str(s.status) for s in slots] == ["pending", "delivered"]
+
+
+# --- an instance of the previous release draining while the new one runs -----------------------
+
+TEMPORARY_WRITTEN = "040 000 0004"  # the sandbox's TEMPORARY number (503 twice), as written
+
+
+def _previous_release_takes(text: str) -> bool:
+    """Whether an instance of the previous release, still draining during the deploy, takes
+    the queue message ``text`` for its recorded send (its ``Outcomes.someone_elses``): only if
+    the record's fingerprint is that of the copy as it normalized one (ids and defaults filled
+    in, numbers as written). Else it dead-letters the copy ``malformed``, unlinked, and the
+    record stays ``queued`` for good."""
+    command = parse_outbound_message(text)
+    assert isinstance(command, SendMessageCommand)
+    assert command.messageId is not None
+    body = command.body.model_copy(
+        update={"RequestId": command.body.RequestId or command.messageId}
+    )
+    filled = command.model_copy(
+        update={"customerId": command.customerId or CUSTOMER,
+                "serviceId": command.serviceId or SERVICE, "body": body}
+    )  # fmt: skip
+    return bool(_record(command.messageId).fingerprint == request_fingerprint(filled))
+
+
+def test_a_send_the_previous_release_queued_as_written_goes_back_on_the_queue_as_written(
+    outbound: Outbound,
+) -> None:
+    """Retried here after a 503, its copy keeps the numbers as written: an instance of the
+    previous release that takes it finds it is the recorded message (sent in E.164 all the
+    same)."""
+    [message_id] = _ids("retried")
+    outbound.enqueue(_as_written(message_id, TEMPORARY_WRITTEN, status=MessageStatus.QUEUED))
+
+    outbound.run_once()  # 503: back on the queue (no backoff in these tests)
+
+    [copy] = outbound.read(OUTBOUND_QUEUE)
+    assert [r["Address"] for r in copy["body"]["Recipients"]] == [TEMPORARY_WRITTEN]
+    assert _previous_release_takes(json.dumps(copy))
+    outbound.drain()
+    assert _record(message_id).status is MessageStatus.SENT
+    sent = [[r["Address"] for r in c["body"]["Recipients"]] for c in outbound.upstream()]
+    assert sent == [["+358400000004"]] * 3
+
+
+def test_a_queued_command_as_written_recorded_by_a_failed_invocation_is_a_previous_instances(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded here, its invocation failed (the claim handed back): the host may deliver the
+    copy as written to an instance of the previous release, which finds it is the record's."""
+    from shared.outbound._quota_wait import QuotaWait
+
+    [message_id] = _ids("handed-back")
+    text = json.dumps({"operation": "SendMessage", "messageId": message_id, "body": sms(WRITTEN)})
+    crash_once(monkeypatch, QuotaWait, "take", "the quota log could not be read (503)")
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+
+    assert _record(message_id).status is MessageStatus.QUEUED
+    assert _previous_release_takes(text)
