@@ -359,19 +359,22 @@ class AskService:
         asked: list[QuestionRecord],
         now: dt.datetime,
     ) -> tuple[IdempotencyEntry, QuestionRecord | None]:
-        """Claim ``key_hash`` for a new question's send ``message_id`` (the fingerprint has the
-        question's terms: a plain send's is another request). Claimed before: the claim, and the
-        question its first request asked, of those ``asked`` under the key (None when it asked
-        none: it failed first, or is on its way); a 422 when that request was another."""
-        fingerprint = request_fingerprint(command, body.model_dump(include=QUESTION_TERMS))
+        """Claim ``key_hash`` for a new question's send ``message_id``: the send's fingerprint
+        (what an earlier release's replay compares) and, beside it, one with the question's
+        terms (a plain send's claim has none: another request). Claimed before: the claim, and
+        the question its first request asked, of those ``asked`` under the key (None when it
+        asked none: it failed first, or is on its way); a 422 when that request was another."""
+        fingerprint = request_fingerprint(command)
+        asks = request_fingerprint(command, body.model_dump(include=QUESTION_TERMS))
         ttl = dt.timedelta(seconds=self.settings.idempotency_ttl_seconds)
-        claim = self.send.idempotency.claim(key_hash, message_id, fingerprint, now=now, ttl=ttl)
+        claims = self.send.idempotency
+        claim = claims.claim(key_hash, message_id, fingerprint, now=now, ttl=ttl, asks=asks)
         if claim.new:
             return claim, None
         first = [question for question in asked if question.message_id == claim.message_id]
-        # The previous release claimed a question's key with its send's fingerprint.
-        earlier = bool(first) and claim.fingerprint == request_fingerprint(command)
-        if claim.fingerprint != fingerprint and not earlier:
+        # The earlier release claimed a question's key with its send's fingerprint alone.
+        same = claim.asks == asks if claim.asks else bool(first)
+        if claim.fingerprint != fingerprint or not same:
             raise key_reused()
         return claim, next((q for q in first if q.failure_code not in NOT_ASKED), None)
 

@@ -23,14 +23,17 @@ IDEMPOTENCY_ROW_KEY = "key"
 
 @dataclass(frozen=True)
 class IdempotencyEntry:
-    """An idempotency key's claim: the message it created and the request's fingerprint;
-    ``new`` when the call that returned it made it (its request is the key's first)."""
+    """An idempotency key's claim: the message it created and the request's fingerprint (of
+    its send); an ask's also the fingerprint of the question's terms with it (``asks``: kept
+    beside, so the send's is the one an earlier release compares); ``new`` when the call that
+    returned it made it (its request is the key's first)."""
 
     key_hash: str
     message_id: str
     fingerprint: str
     created_at: dt.datetime
     expires_at: dt.datetime
+    asks: str | None = None
     etag: str | None = field(default=None, compare=False)
     new: bool = field(default=False, compare=False)
 
@@ -62,8 +65,10 @@ class IdempotencyStore:
         *,
         now: dt.datetime,
         ttl: dt.timedelta,
+        asks: str | None = None,
     ) -> IdempotencyEntry:
-        """Claim ``key_hash`` for ``message_id``; returns the entry that holds the key now.
+        """Claim ``key_hash`` for ``message_id`` (an ask's with ``asks``); returns the entry
+        that holds the key now.
 
         If it is ours (``new``: this call made it, even when the insert's answer was lost and
         its retry found the row), the caller goes on creating the message; if another
@@ -87,8 +92,9 @@ class IdempotencyStore:
             "Fingerprint": fingerprint,
             "CreatedAt": plain_datetime(now),
             "ExpiresAt": plain_datetime(now + ttl),
+            **({"AskFingerprint": asks} if asks else {}),
         }
-        mine = IdempotencyEntry(key_hash, message_id, fingerprint, now, now + ttl, new=True)
+        mine = IdempotencyEntry(key_hash, message_id, fingerprint, now, now + ttl, asks, new=True)
         for _ in range(5):
             try:
                 self._table.create_entity(entity)
@@ -123,6 +129,7 @@ class IdempotencyStore:
                 str(found.get("Fingerprint", "")),
                 created,
                 expires or now,
+                found.get("AskFingerprint"),
                 etag=found.metadata.get("etag"),
             )
         raise RuntimeError("idempotency key claim kept changing under us")

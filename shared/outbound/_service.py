@@ -151,8 +151,8 @@ class SendService:
 
         ``message_id``: the new message's id when the caller must know it before (the ask action
         records its question first); a replay answers with the first request's id.
-        ``claim``: the key's claim when the caller made it itself (the ask action, whose
-        fingerprint has the question's terms), taken as it is: one not made new is a replay.
+        ``claim``: the key's claim when the caller made it itself (the ask action, whose claim
+        has the question's terms too), taken as it is: one not made new is a replay.
         ``not_before``: the command's queue message stays invisible until then (the first
         question of a service waits until every instance knows the service asks).
 
@@ -191,8 +191,8 @@ class SendService:
                     now=now,
                     ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
                 )
-                if entry.fingerprint != fingerprint:  # another request's: a 422, not its answer
-                    raise key_reused()
+                if entry.fingerprint != fingerprint or entry.asks:  # another request's (an ask's
+                    raise key_reused()  # has its question's terms too): a 422, not its answer
             if not entry.new:
                 message_id, replay, claimed_at = entry.message_id, True, entry.created_at
         try:

@@ -25,7 +25,13 @@ from shared.messages import (
     new_question_id,
 )
 from shared.names import OUTBOUND_QUEUE
-from shared.outbound import OutboundMessageAdapter, SendService, send_service
+from shared.outbound import (
+    OutboundMessage,
+    OutboundMessageAdapter,
+    SendService,
+    request_fingerprint,
+    send_service,
+)
 from shared.outbound._service import outbound_queue
 from shared.settings import get_settings
 from tests.crash import crash_once
@@ -218,15 +224,24 @@ def test_a_key_used_by_a_plain_send_is_422_for_a_question_and_the_other_way_roun
     assert _send(inbound, asked_key).status == 422
 
 
-def test_a_replay_of_a_question_asked_before_the_upgrade_answers_that_question(
-    inbound: Inbound,
-) -> None:
-    """The previous release recorded the question, then accepted its send under the key (the
-    claim has the send's fingerprint): a replay after the deploy answers that question."""
-    key = f"booking-{uuid.uuid4().hex}"
-    settings = get_settings()
+def _question_send() -> OutboundMessage:
+    """The send of QUESTION, as the previous release's ask made it (and fingerprinted it)."""
+    body = {"Sender": "Clinic", "Content": QUESTION["Content"], "Protocol": "SMS"}
+    return OutboundMessageAdapter.validate_python(
+        {
+            "operation": "SendMessage",
+            "customerId": CUSTOMER,
+            "serviceId": TWO_WAY,
+            "body": {**body, "Recipients": [{"Address": NUMBER}]},
+        }
+    )
+
+
+def _asked_by_the_previous_release(key: str) -> QuestionRecord:
+    """QUESTION recorded under ``key`` as the previous release recorded it: before it claimed
+    the key (which it did when it accepted the question's send)."""
     now = dt.datetime.now(dt.UTC)
-    asked = QuestionStore.from_settings(settings).create(
+    return QuestionStore.from_settings(get_settings()).create(
         QuestionRecord(
             question_id=new_question_id(TWO_WAY, NUMBER),
             service_id=TWO_WAY,
@@ -241,17 +256,17 @@ def test_a_replay_of_a_question_asked_before_the_upgrade_answers_that_question(
             request_key=idempotency_key_hash(CUSTOMER, key),
         )
     )
-    body = {"Sender": "Clinic", "Content": QUESTION["Content"], "Protocol": "SMS"}
-    command = {
-        "operation": "SendMessage",
-        "customerId": CUSTOMER,
-        "serviceId": TWO_WAY,
-        "body": {**body, "Recipients": [{"Address": NUMBER}]},
-    }
-    send_service(settings).accept(
-        OutboundMessageAdapter.validate_python(command),
-        idempotency_key=key,
-        message_id=asked.message_id,
+
+
+def test_a_replay_of_a_question_asked_before_the_upgrade_answers_that_question(
+    inbound: Inbound,
+) -> None:
+    """The previous release recorded the question, then accepted its send under the key (the
+    claim has the send's fingerprint): a replay after the deploy answers that question."""
+    key = f"booking-{uuid.uuid4().hex}"
+    asked = _asked_by_the_previous_release(key)
+    send_service(get_settings()).accept(
+        _question_send(), idempotency_key=key, message_id=asked.message_id
     )
     queued = inbound.count(OUTBOUND_QUEUE)
 
@@ -419,3 +434,27 @@ def test_a_key_reused_for_another_number_is_that_number_s_409_first_else_422(
 
     assert _ask(inbound, key, Recipient=busy).status == 409
     assert _ask(inbound, key, Recipient=free).status == 422
+
+
+def test_a_retry_that_reaches_an_instance_of_the_previous_release_is_its_replay(
+    inbound: Inbound,
+) -> None:
+    """During a deploy a flow's retry may reach an instance of the previous release, which
+    finds its question open and accepts its send again under the key: a replay only if the
+    claim's fingerprint is its send's (else a 422). The question's terms are kept beside it,
+    and still tell another question under the key."""
+    key = f"booking-{uuid.uuid4().hex}"
+    first = _ask(inbound, key)
+    assert first.status == 202, first.body
+
+    sends = request_fingerprint(_question_send())
+    now = dt.datetime.now(dt.UTC)
+    claim = IdempotencyStore.from_settings().claim(  # as the previous release's accept claims
+        idempotency_key_hash(CUSTOMER, key), str(uuid.uuid4()), sends,
+        now=now, ttl=dt.timedelta(days=1),
+    )  # fmt: skip
+    assert (claim.new, claim.message_id) == (False, first.body["MessageId"])
+    assert claim.fingerprint == sends
+    assert _ask(inbound, key).status == 202
+    assert _ask(inbound, key, TimeoutSeconds=600).status == 422
+    assert _send(inbound, key).status == 422
