@@ -363,14 +363,24 @@ class AskService:
         (what an earlier release's replay compares) and, beside it, one with the question's
         terms (a plain send's claim has none: another request). Claimed before: the claim, and
         the question its first request asked, of those ``asked`` under the key (None when it
-        asked none: it failed first, or is on its way); a 422 when that request was another."""
+        asked none: it failed first, or is on its way); a 422 when that request was another.
+        Claimed now, the question still open that the key asked without claiming it, if any."""
         fingerprint = request_fingerprint(command)
         asks = request_fingerprint(command, body.model_dump(include=QUESTION_TERMS))
         ttl = dt.timedelta(seconds=self.settings.idempotency_ttl_seconds)
         claims = self.send.idempotency
         claim = claims.claim(key_hash, message_id, fingerprint, now=now, ttl=ttl, asks=asks)
         if claim.new:
-            return claim, None
+            # A question open under the key, yet the key was free: the earlier release claimed
+            # it only when it accepted the question's send, and this request's first died
+            # before. It is this request's question: claimed for its send, and sent.
+            open_under = [q for q in asked if q.status is QuestionStatus.OPEN]
+            if not open_under:
+                return claim, None
+            own = open_under[-1]
+            claims.release(key_hash, message_id)
+            claim = claims.claim(key_hash, own.message_id, fingerprint, now=now, ttl=ttl, asks=asks)
+            return claim, own
         first = [question for question in asked if question.message_id == claim.message_id]
         # The earlier release claimed a question's key with its send's fingerprint alone.
         same = claim.asks == asks if claim.asks else bool(first)

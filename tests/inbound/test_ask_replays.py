@@ -458,3 +458,25 @@ def test_a_retry_that_reaches_an_instance_of_the_previous_release_is_its_replay(
     assert _ask(inbound, key).status == 202
     assert _ask(inbound, key, TimeoutSeconds=600).status == 422
     assert _send(inbound, key).status == 422
+
+
+def test_a_retry_of_a_question_the_previous_release_recorded_but_never_sent_sends_it(
+    inbound: Inbound,
+) -> None:
+    """The previous release's request died between recording its question and accepting its
+    send (which claimed the key): the retry is that question's request, and sends it once."""
+    key = f"booking-{uuid.uuid4().hex}"
+    asked = _asked_by_the_previous_release(key)
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    retried = _ask(inbound, key)
+
+    assert retried.status == 202, retried.body
+    assert (retried.body["QuestionId"], retried.body["MessageId"]) == (
+        asked.question_id,
+        asked.message_id,
+    )
+    assert MessageStore.from_settings().get(asked.message_id) is not None
+    assert inbound.count(OUTBOUND_QUEUE) == queued + 1
+    assert _ask(inbound, key).status == 202  # a replay now: nothing more is queued
+    assert inbound.count(OUTBOUND_QUEUE) == queued + 1
