@@ -54,6 +54,7 @@ from shared.messages import (
     idempotency_key_hash,
 )
 from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY
+from shared.names import DEFAULT_CONNECTION, named_connection
 from shared.outbound._bulk_members import BulkRecipient, Members, bulk_members
 from shared.outbound._models import PackDriver
 from shared.outbound._quota_wait import poll_after
@@ -89,9 +90,11 @@ def _batch_subject(batch_id: str) -> str:
     return f"batch:{batch_id}"
 
 
-def _trace(records: Sequence[MessageRecord]) -> str | None:
-    """The batch's trace: its members', which they got from its request."""
-    return next((r.traceparent for r in records if r.traceparent), None)
+def _connection(records: Sequence[MessageRecord]) -> str:
+    """The batch's connection: its members' (one whose command is kept in a blob has it there;
+    should every one be, a driver stamped ``default`` is re-routed by the sender that reads it,
+    :mod:`shared.outbound._drive`)."""
+    return next((r.connection for r in records if r.command_blob is None), DEFAULT_CONNECTION)
 
 
 class BulkService:
@@ -382,9 +385,18 @@ class BulkService:
         than any lease or backoff lasts (a driver message that ended in the poison queue after
         storage failures, say); at most once per that period per batch. A pack driven twice
         is sent once."""
+        from shared.connections import UnknownConnection, connection_settings
+
+        settings, waiting = self.settings, False
+        try:  # the batch's connection's lease and backoff, not the poller's
+            settings = connection_settings(_connection(records))
+        except UnknownConnection:  # removed: a driver fails the members (connection-removed)
+            pass
+        except Problem:  # misconfigured: its driver waits; only members past validity need one
+            waiting = True
         now = self._clock()
         quiet = dt.timedelta(
-            seconds=self.settings.send_lease_seconds + self.settings.send_retry_max_seconds + 60
+            seconds=settings.send_lease_seconds + settings.send_retry_max_seconds + 60
         )
         last = batch.redriven_at
         if last is not None and now - last < quiet:
@@ -394,25 +406,26 @@ class BulkService:
                 r.pack_id
                 for r in records
                 if r.pack_id is not None and not r.status.is_final and now - r.updated_at >= quiet
+                and (not waiting or now >= r.valid_until)
             }
-        )
+        )  # fmt: skip
         if not stale:
             return
         log.warning("batch %s: %d pack(s) idle for %s; their drivers are enqueued again",
                     batch.batch_id, len(stale), quiet)  # fmt: skip
         self.batches.note_redriven(batch, now)
-        self._enqueue_drivers(batch.batch_id, stale, _trace(records))
+        self._enqueue_drivers(batch.batch_id, stale, records)
 
     def _enqueue_drivers(
-        self, batch_id: str, pack_ids: Sequence[str], trace: str | None = None
+        self, batch_id: str, pack_ids: Sequence[str], members: Sequence[MessageRecord] = ()
     ) -> bool:
         """Put the packs' drivers on the queue: True if every one went, False if some did
         (a status poll puts them out again); raises if none did (the SDK retried already).
-        Their calls continue ``trace``, the batch's (its members', when a status poll puts
-        them out), else the current one (the bulk request's)."""
+        Given the batch's ``members`` (a status poll, whoever polls), they go through the
+        members' connection and continue their trace; else the bulk request's."""
         queue = outbound_queue(self.settings)
-        trace = trace or current_traceparent()
-        connection = self._named_connection
+        connection = named_connection(_connection(members)) if members else self._named_connection
+        trace = next((r.traceparent for r in members if r.traceparent), current_traceparent())
         texts = [
             PackDriver(packId=p, batchId=batch_id, traceparent=trace, Connection=connection).text()
             for p in pack_ids
@@ -498,7 +511,7 @@ class BulkService:
         ):
             # Every member is recorded; the request (or the replay that finished an incomplete
             # batch) stopped before its drivers were all out, or could not mark the batch.
-            if self._enqueue_drivers(batch_id, batch.pack_ids, _trace(records)):
+            if self._enqueue_drivers(batch_id, batch.pack_ids, records):
                 batch = self._queued(batch)
         elif batch.status is BatchStatus.QUEUED:
             self._redrive_stale(batch, records)

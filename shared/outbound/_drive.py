@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.logs import loggable_text, redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, new_pack_id
+from shared.names import named_connection
 from shared.outbound._attempt import (
     Refused,
     Sent,
@@ -109,7 +110,7 @@ def drive_pack(
     run.unlease()
     if run.follow_up is not None:
         delay, kind, reason = run.follow_up
-        outcomes.requeue_driver(driver, delay, kind, reason)
+        outcomes.requeue_driver(run.driver, delay, kind, reason)
     return outcome
 
 
@@ -189,6 +190,13 @@ class _Run:
         now = ports.now()
         found = ports.store.get_many(pack.member_ids)
         members = [found[m] for m in pack.member_ids if m in found]
+        if theirs := {r.connection for r in members} - {ports.policy.connection}:
+            # Another connection's pack (its driver put out by an older release's status poll):
+            # it goes through that connection, never through this one.
+            other = min(theirs)
+            log.warning("pack %s: a driver of connection %s; sent there", pack.pack_id, other)
+            self.driver = self.driver.model_copy(update={"Connection": named_connection(other)})
+            return self.later(0, "connection")
         # Members that moved to another pack (a split) are that pack's. If they sat untouched
         # for a lease (a crash right after the split left its drivers unsent), drive it.
         idle = ports.policy.lease

@@ -19,6 +19,8 @@ from shared.outbound import OutboundSender, OutcomeKind
 from shared.outbound._models import parse_outbound_message, request_message_id
 from shared.outbound._records import pack_key
 from shared.quota import connection_key
+from shared.storage import queue_client
+from tests.bulk.test_bulk_action import batch_status
 from tests.connections.conftest import (
     SECOND_CUSTOMER,
     SECOND_SERVICE,
@@ -39,8 +41,9 @@ def test_a_sync_action_goes_through_the_named_connections_account(two: TwoConnec
     assert two.env.sandbox.state.snapshot("requests") == []
 
 
-def bulk_through_second(first_address: int, count: int) -> None:
-    """SendBulkMessages through connection ``second``, to ``count`` numbers from +358403<first>."""
+def bulk_through_second(first_address: int, count: int) -> str:
+    """SendBulkMessages through connection ``second``, to ``count`` numbers from +358403<first>;
+    the batch's status URL (its Location)."""
     body = {
         "Sender": "Sandbox",
         "Content": "Hi $(name)",
@@ -53,6 +56,7 @@ def bulk_through_second(first_address: int, count: int) -> None:
         "SendBulkMessages", "POST", body=body, headers={CONNECTION_HEADER: "second"}
     )
     assert accepted.status == 202, accepted.body
+    return str(accepted.headers["Location"])
 
 
 def test_a_bulk_send_goes_through_its_connection(two: TwoConnections) -> None:
@@ -331,6 +335,75 @@ def test_a_bulk_pack_waiting_for_its_misconfigured_connection_still_expires_its_
     assert len(events) == 3
     assert {e["type"] for e in events} == {"fi.arena.smartdialog.message.failed"}
     assert {e["data"]["error"]["code"] for e in events} == {"expired"}
+
+
+def test_a_status_poll_redrives_a_lost_pack_through_the_batchs_connection_after_its_idle_time(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    two.set_connection("SECOND", SEND_RETRY_MAX_SECONDS=900)  # longer than the default's
+    location = bulk_through_second(20000, 3)
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # its driver is lost (poisoned, say)
+    default, second = connection_settings(None), connection_settings("second")
+    manual_clock.advance(default.send_lease_seconds + default.send_retry_max_seconds + 61)
+
+    # Polled as a flow follows Location: no connection header, so the default's settings.
+    assert batch_status(location).status == 202
+    assert two.env.queued() == 0  # idle by the default's backoff, not by its own connection's
+
+    manual_clock.advance(second.send_retry_max_seconds - default.send_retry_max_seconds)
+    assert batch_status(location).status == 202
+    assert [m.get("Connection") for m in two.env.read(OUTBOUND_QUEUE)] == ["second"]
+    two.env.drain()
+
+    assert two.env.upstream() == []
+    [call] = two.second_upstream()
+    assert len(call["body"]["Recipients"]) == 3
+    assert batch_status(location).body["Counts"]["sent"] == 3
+
+
+def test_a_status_poll_leaves_a_pack_waiting_for_its_broken_connection_until_its_validity_ends(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    two.set_connection("SECOND", SEND_VALIDITY_SECONDS=3600)
+    location = bulk_through_second(30000, 3)
+    [driver] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    two.drop_connection("SECOND", "ACCESS_TOKEN")
+    waited = OutboundSender.from_settings().process(json.dumps(driver))
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # (its copy waits on: not needed here)
+
+    manual_clock.advance(481)  # past the default's idle time: the driver is waiting, not lost
+    assert batch_status(location).status == 202
+    assert two.env.queued() == 0
+
+    manual_clock.advance(3600)  # the members' validity ended: a driver fails them
+    assert batch_status(location).status == 202
+    assert [m.get("Connection") for m in two.env.read(OUTBOUND_QUEUE)] == ["second"]
+    two.env.drain()
+    assert two.env.upstream() == []
+    assert two.second_upstream() == []
+    assert batch_status(location).body["Counts"]["failed"] == 3
+    assert {e["data"]["error"]["code"] for e in two.env.events()} == {"expired"}
+
+
+def test_a_driver_without_its_packs_connection_is_sent_to_that_connection_not_through_this_one(
+    two: TwoConnections,
+) -> None:
+    # As an older release's status poll put it out: a named connection's pack, no Connection.
+    bulk_through_second(40000, 3)
+    [driver] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    stray = {k: v for k, v in driver.items() if k != "Connection"}
+
+    moved = OutboundSender.from_settings().process(json.dumps(stray))
+
+    assert (moved.kind, moved.detail) == (OutcomeKind.DEFERRED, "connection")
+    assert [m.get("Connection") for m in two.env.read(OUTBOUND_QUEUE)] == ["second"]
+    two.env.drain()
+    assert two.env.upstream() == []
+    assert len(two.second_upstream()) == 1
+    assert {e["type"] for e in two.env.events()} == {"fi.arena.smartdialog.message.sent"}
 
 
 def test_the_operations_overview_shows_each_connections_quota(two: TwoConnections) -> None:
