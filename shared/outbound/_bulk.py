@@ -81,6 +81,7 @@ BATCH_POLL_SECONDS = 5
 #: ``incomplete``: that request is over (an HTTP function times out after 230 s). Not sooner:
 #: a slow request may still be writing them (a replay then would write them beside it).
 INCOMPLETE_AFTER = dt.timedelta(minutes=5)
+_OPTED_OUT = "This recipient opted out of service %s."
 #: Storage threads of one request: the SDK's HTTP connection pool keeps 10 connections per
 #: client, and a thread beyond that opens (and drops) a connection per request.
 _THREADS = 10
@@ -91,9 +92,8 @@ def _batch_subject(batch_id: str) -> str:
 
 
 def _connection(records: Sequence[MessageRecord]) -> str:
-    """The batch's connection: its members' (one whose command is kept in a blob has it there;
-    should every one be, a driver stamped ``default`` is re-routed by the sender that reads it,
-    :mod:`shared.outbound._drive`)."""
+    """The batch's connection: its members' (a command kept in a blob has it there; if all are,
+    a driver stamped ``default`` is sent on by the sender, :mod:`shared.outbound._drive`)."""
     return next((r.connection for r in records if r.command_blob is None), DEFAULT_CONNECTION)
 
 
@@ -132,12 +132,10 @@ class BulkService:
         """
         require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
-        if len(recipients) > MAX_BULK_RECIPIENTS:
-            raise validation_problem(
-                [FieldError("Recipients", f"At most {MAX_BULK_RECIPIENTS} recipients.")]
-            )
-        if not recipients:
-            raise validation_problem([FieldError("Recipients", "Give at least one recipient.")])
+        if not 0 < len(recipients) <= MAX_BULK_RECIPIENTS:  # (a CSV's are checked as it is read)
+            too_many = f"At most {MAX_BULK_RECIPIENTS} recipients."
+            why = too_many if recipients else "Give at least one recipient."
+            raise validation_problem([FieldError("Recipients", why)])
         fingerprint = hashlib.sha256(
             json.dumps(
                 [template, customer_id, service_id, transactional, all_or_nothing,
@@ -172,7 +170,8 @@ class BulkService:
                                        idempotency_key=idempotency_key)  # fmt: skip
                 resumed = self._unfinished(found)
                 if resumed is None:  # done, or on its way (409 while members are missing)
-                    return self.status(entry.message_id, details=False, checked=True, replay=True)
+                    return self.status(entry.message_id, details=False, checked=True,
+                                       replay=recipients)  # fmt: skip
                 # The first request with this key stopped part-way: finish it, as that batch
                 # (same id, same time, so the same members and packs).
                 batch_id = entry.message_id
@@ -213,35 +212,14 @@ class BulkService:
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Validate the rows and record the batch (or finish ``resumed``): the rest of
         :meth:`submit`, with its Idempotency-Key claimed as ``key_hash``."""
-        from shared.phone import InvalidPhoneNumber, parse_phone_number
-
-        errors: list[dict[str, Any]] = []
-        valid: list[tuple[BulkRecipient, str]] = []
-        seen: set[str] = set()
-        for recipient in recipients:
-            try:
-                address = parse_phone_number(recipient.address)
-            except InvalidPhoneNumber as exc:
-                errors.append({"row": recipient.row, "field": "Address", "message": str(exc)})
-                continue
-            if address in seen:
-                errors.append(
-                    {"row": recipient.row, "field": "Address", "message": "Repeated recipient."}
-                )
-                continue
-            seen.add(address)
-            valid.append((recipient, address))
+        errors, valid = _screen(recipients)
         if valid and not transactional:
             from shared.suppressions import SuppressionStore
 
             store = SuppressionStore.from_settings(self.settings)
             # The service's list and the all-services list are read once each, not per recipient.
             hits = dict(store.suppressed_many(service_id, [a for _, a in valid]))
-            for index in sorted(hits):
-                errors.append(
-                    {"row": valid[index][0].row, "field": "Address",
-                     "message": f"This recipient opted out of service {service_id}."}
-                )  # fmt: skip
+            errors += [_refusal(valid[i][0].row, _OPTED_OUT % service_id) for i in sorted(hits)]
             valid = [v for i, v in enumerate(valid) if i not in hits]
         errors.sort(key=lambda e: int(e["row"]))
         if errors and (all_or_nothing or not valid) and resumed is None:  # (its key is freed)
@@ -258,7 +236,7 @@ class BulkService:
             service_id=service_id, transactional=transactional,
         )  # fmt: skip
         if resumed is not None:
-            return self._resume(resumed, records, packs, errors, len(recipients))
+            return self._resume(resumed, records, packs, errors, recipients)
         batch = BatchRecord(
             batch_id=batch_id,
             status=BatchStatus.ACCEPTING,
@@ -304,11 +282,10 @@ class BulkService:
             "StatusUrl": url,
             "Refused": errors,
         }
-        headers = {
-            "Location": url,
-            "Retry-After": str(poll_after(self.settings, BATCH_POLL_SECONDS)),
-        }
-        return 202, body, headers
+        return 202, body, self._poll_headers(url)
+
+    def _poll_headers(self, url: str) -> dict[str, str]:
+        return {"Location": url, "Retry-After": str(poll_after(self.settings, BATCH_POLL_SECONDS))}
 
     # --- a batch whose request stopped part-way --------------------------------------------
 
@@ -334,7 +311,7 @@ class BulkService:
         records: Members,
         packs: list[Pack],
         errors: list[dict[str, Any]],
-        total: int,
+        recipients: Sequence[BulkRecipient],
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Finish recording a batch whose first request stopped part-way (a replay with its
         Idempotency-Key): the packs and members not recorded yet are, then the drivers go out.
@@ -350,16 +327,13 @@ class BulkService:
                 # Every member is recorded: only the drivers were missing. Send them.
                 if self._enqueue_drivers(batch_id, stored):
                     self._queued(batch)
-                return self.status(batch_id, details=False, checked=True)
+                return self.status(batch_id, details=False, checked=True, replay=recipients)
             # The recipients changed since (an opt-out): this request is not that one any more.
-            raise Problem(
-                409,
-                "The first request with this Idempotency-Key did not finish",
-                "It stopped before all its recipients were recorded, and they are no longer "
-                "the same (an opt-out since?); nothing of it was sent. Send the bulk again "
-                "with a new Idempotency-Key.",
-                type=ProblemType.CONFLICT,
-            )
+            raise Problem(409, "The first request with this Idempotency-Key did not finish",
+                          "It stopped before all its recipients were recorded, and they are no "
+                          "longer the same (an opt-out since?); nothing of it was sent. Send "
+                          "the bulk again with a new Idempotency-Key.",
+                          type=ProblemType.CONFLICT)  # fmt: skip
         missing = [(r, sl) for r, sl in records if r.message_id not in recorded]
         with ThreadPoolExecutor(_THREADS) as pool:
             # Only the packs it had not written: drivers may be at the others already (their
@@ -378,7 +352,7 @@ class BulkService:
             missing = [(r, sl) for r, sl in missing if r.message_id not in recorded]
         if queued := self._enqueue_drivers(batch_id, stored):
             self._queued(batch)
-        return self._accepted(batch_id, total, len(records), errors, queued=queued)
+        return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
 
     def _redrive_stale(self, batch: BatchRecord, records: list[MessageRecord]) -> None:
         """Enqueue the drivers of packs whose unfinished members nobody touched for longer
@@ -466,10 +440,10 @@ class BulkService:
 
     def status(
         self, batch_id: str, *, details: bool, token: str | None = None, checked: bool = False,
-        replay: bool = False,
+        replay: Sequence[BulkRecipient] | None = None,
     ) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
-        """Counts per state (and each member with ``details``); 202 while any is pending, or
-        while members are still being recorded (a ``replay`` of the request is told 409)."""
+        """Counts per state (and each member with ``details``); 202 while any is pending, or being
+        recorded (then a ``replay``, the request's rows, is told 409; else its refused rows too)."""
         if not checked:
             self.check_token(batch_id, token)
         batch = self.batches.get(batch_id)
@@ -504,7 +478,7 @@ class BulkService:
             # Idempotency-Key finishes it).
             batch = self.batches.mark(batch, BatchStatus.INCOMPLETE)
         elif recording:  # its request may still be writing them: nothing goes out yet
-            if replay:
+            if replay is not None:
                 raise _in_progress("every recipient")
         elif (batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER) or (
             batch.status is BatchStatus.INCOMPLETE and len(records) >= batch.accepted
@@ -519,9 +493,7 @@ class BulkService:
         # Members are recorded ``accepted`` and the batch, not each member, notes that their
         # packs' drivers are all on the queue: once it does, an ``accepted`` member is queued.
         counts = Counter(
-            str(MessageStatus.QUEUED)
-            if queued and r.status is MessageStatus.ACCEPTED
-            else str(r.status)
+            str(MessageStatus.QUEUED if queued and r.status is MessageStatus.ACCEPTED else r.status)
             for r in records
         )
         incomplete = batch.status is BatchStatus.INCOMPLETE
@@ -553,10 +525,50 @@ class BulkService:
                 _member_view(r, delivery[r.message_id], slots.get(r.message_id)) for r in records
             ]
             body["Refused"] = list(batch.refused)
-        headers = {"Location": url} if pending else {}
-        if pending:
-            headers["Retry-After"] = str(poll_after(self.settings, BATCH_POLL_SECONDS))
-        return (202 if pending else 200), body, headers
+        if replay is not None:
+            body["Refused"] = _refused(batch, records, replay)
+        return (202, body, self._poll_headers(url)) if pending else (200, body, {})
+
+
+def _screen(
+    recipients: Sequence[BulkRecipient],
+) -> tuple[list[dict[str, Any]], list[tuple[BulkRecipient, str]]]:
+    """The rows refused for their address (not a number, repeated), and the others with it."""
+    from shared.phone import InvalidPhoneNumber, parse_phone_number
+
+    errors: list[dict[str, Any]] = []
+    valid: list[tuple[BulkRecipient, str]] = []
+    seen: set[str] = set()
+    for recipient in recipients:
+        try:
+            address = parse_phone_number(recipient.address)
+        except InvalidPhoneNumber as exc:
+            errors.append(_refusal(recipient.row, str(exc)))
+            continue
+        if address in seen:
+            errors.append(_refusal(recipient.row, "Repeated recipient."))
+        else:
+            seen.add(address)
+            valid.append((recipient, address))
+    return errors, valid
+
+
+def _refusal(row: int, message: str) -> dict[str, Any]:
+    return {"row": row, "field": "Address", "message": message}
+
+
+def _refused(
+    batch: BatchRecord, members: Sequence[MessageRecord], recipients: Sequence[BulkRecipient]
+) -> list[dict[str, Any]]:
+    """The refused rows as the batch's request listed them: kept on the batch, or (more than fit)
+    found again in a replay's rows, the same by its fingerprint: the non-members, with why."""
+    if len(batch.refused) >= batch.refused_count:
+        return list(batch.refused)
+    errors, valid = _screen(recipients)
+    rows = {int(r.message_id.rsplit(".", 1)[1]) for r in members}
+    opted_out = _OPTED_OUT % batch.service_id
+    errors += [_refusal(r.row, opted_out) for r, _ in valid if r.row not in rows]
+    return sorted(errors, key=lambda e: int(e["row"]))
 
 
 def _in_progress(what: str) -> Problem:

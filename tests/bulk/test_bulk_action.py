@@ -150,3 +150,42 @@ def test_details_name_the_address_of_a_member_whose_command_is_kept_in_a_blob(
     stored = MessageStore.from_settings().table.get_entity(*record_keys(member["Id"]))
     assert stored.get("CommandBlob")  # the command is in the blob, not the record
     assert member["Address"] == GOOD[0]
+
+
+def test_a_replay_with_the_same_key_lists_the_refused_rows_as_the_first_answer_did(
+    outbound: Outbound,
+) -> None:
+    body = {"Recipients": people(GOOD[0], "not a number", GOOD[1])}
+    first = bulk(body, **{"Idempotency-Key": "partial-1"})
+    assert [r["row"] for r in first.body["Refused"]] == [2]
+
+    again = bulk(body, **{"Idempotency-Key": "partial-1"})
+
+    assert (again.status, again.body["Id"]) == (202, first.body["Id"])
+    assert again.body["Refused"] == first.body["Refused"]
+
+
+def test_a_replay_lists_every_refused_row_even_those_the_batch_row_has_no_room_for(
+    outbound: Outbound,
+) -> None:
+    """More refused rows than the batch row keeps: a replay finds them again in its rows (the
+    same rows: the key's fingerprint), the opted-out ones by their not being members."""
+    import datetime as dt
+
+    from shared.suppressions import SuppressionStore
+    from tests.outbound.conftest import SERVICE
+
+    opted_out = "+358404990001"  # (its own: the opt-out stays in the table)
+    store = SuppressionStore.from_settings()
+    store.add(SERVICE, opted_out, keyword="STOP", source="inbound", now=dt.datetime.now(dt.UTC))
+    rows = people(GOOD[0], "not a number", *[GOOD[1]] * 600, opted_out, GOOD[3])
+    first = bulk({"Recipients": rows}, **{"Idempotency-Key": "many-refused-1"})
+    assert (first.status, first.body["RefusedCount"]) == (202, 601)
+    kept = batch_status(first.headers["Location"], details=True).body["Refused"]
+    assert len(kept) < 601  # the batch row keeps only the first ones
+
+    again = bulk({"Recipients": rows}, **{"Idempotency-Key": "many-refused-1"})
+
+    assert again.body["Refused"] == first.body["Refused"]
+    assert again.body["Refused"][-1]["message"] == f"This recipient opted out of service {SERVICE}."
+    store.remove(SERVICE, opted_out)
