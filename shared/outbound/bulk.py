@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = ["SPECS"]
 
 TAG = "Messages"
+#: Most characters of RecipientsCsv, JSON or a raw text/csv body (whose limit, 5 MiB, is higher).
+MAX_CSV_CHARS = 4_000_000
 
 
 class BulkRecipientIn(StrictBody):
@@ -85,10 +87,11 @@ class BulkBody(StrictBody):
     )
     RecipientsCsv: str | None = Field(
         None,
-        max_length=4_000_000,
+        max_length=MAX_CSV_CHARS,
         description=(
             "The recipients as CSV text (instead of Recipients): a header row with Address and "
-            "one column per placeholder, then one row per recipient."
+            "one column per placeholder, then one row per recipient; at most "
+            f"{MAX_CSV_CHARS:,} characters."
         ),
         json_schema_extra=ui("Recipients (CSV)", visibility="advanced"),
     )
@@ -334,6 +337,8 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
             header[i]: row[i] for i in range(min(len(header), len(row))) if i != at and header[i]
         }
         out.append(BulkRecipient(start, row[at].strip() if at < len(row) else "", values or None))
+    if not out:
+        raise validation_problem([FieldError("RecipientsCsv", "The CSV has no recipient rows.")])
     return out
 
 

@@ -44,3 +44,35 @@ def test_a_two_million_row_upload_is_refused_and_nothing_is_queued(outbound: Out
     assert answer.status == 400, answer.body
     assert [e["field"] for e in answer.body["errors"]] == ["RecipientsCsv"]
     assert outbound.queued() == 0
+
+
+def test_a_csv_with_only_its_header_row_is_refused_naming_recipientscsv(
+    outbound: Outbound,
+) -> None:
+    """It named Recipients, a field the caller never sent."""
+    from tests.bulk.test_bulk_action import bulk
+
+    for answer in (bulk({"RecipientsCsv": "Address,name\n"}), upload("Address;name\r\n\r\n")):
+        assert answer.status == 400, answer.body
+        assert answer.body["errors"] == [
+            {"field": "RecipientsCsv", "message": "The CSV has no recipient rows."}
+        ]
+    assert outbound.queued() == 0
+
+
+def test_the_csv_cap_is_the_one_the_docs_and_the_connector_state(outbound: Outbound) -> None:
+    from pathlib import Path
+
+    from shared.outbound.bulk import MAX_CSV_CHARS, BulkBody
+
+    stated = f"{MAX_CSV_CHARS:,} characters"
+    assert stated in (Path(__file__).parents[2] / "docs" / "sending.md").read_text("utf-8")
+    assert stated in str(BulkBody.model_fields["RecipientsCsv"].description)
+    head = "Address,note\n+358403000001,"
+    answer = upload(head + "x" * (MAX_CSV_CHARS + 1 - len(head)))
+
+    assert answer.status == 400, answer.body
+    [error] = answer.body["errors"]
+    assert error["field"] == "RecipientsCsv"
+    assert str(MAX_CSV_CHARS) in error["message"]
+    assert outbound.queued() == 0
