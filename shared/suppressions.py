@@ -136,7 +136,9 @@ class SuppressionStore:
         to ``now`` (with this keyword and source), so a START received before ``now`` but
         processed after it does not lift it; one made later stays. Both rows are written each
         time, by recipient first (a storage error between them leaves sends refused, and the
-        retry completes the other)."""
+        retry completes the other) and again last: a START or RemoveSuppression running
+        meanwhile lifts by service first, by recipient last, so it may have lifted the first
+        write before this one's by-service row landed; sends check the by-recipient row."""
         phone = recipient_key(address)
         row = {
             "PartitionKey": safe_key(service),
@@ -150,8 +152,7 @@ class SuppressionStore:
         }
         self._advance(_mirrored(row))
         kept = self._advance(row)
-        if kept["Since"] > row["Since"]:  # a later one stands by service: so by recipient
-            self._advance(_mirrored(kept))
+        self._advance(_mirrored(kept))  # (a later one standing by service: that one)
         return _suppression(kept, service, phone)
 
     def _advance(self, row: dict[str, Any]) -> dict[str, Any]:

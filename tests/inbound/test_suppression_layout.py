@@ -201,3 +201,33 @@ def test_a_stop_landing_while_an_earlier_start_runs_keeps_both_rows(
     store.remove_unless_newer("news", PHONE, start)
     assert landed
     _agree(store, True)
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["new", "already-suppressed"])
+def test_a_lift_running_between_a_stops_two_rows_never_leaves_the_by_service_row_alone(
+    table: TableClient, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch, earlier: bool
+) -> None:
+    """RemoveSuppression lifts by service, then by recipient; a STOP writes by recipient, then by
+    service. Run between the STOP's two writes, the lift took the first: the by-service row
+    alone would let single sends through while GetSuppression and bulk said suppressed."""
+    store = _laid_out(table)
+    if earlier:
+        store.add("news", PHONE, keyword="STOP", source="inbound", now=SINCE)
+    lifted: list[bool] = []
+
+    def wrap(name: str) -> Any:
+        real = getattr(table, name)
+
+        def call(entity: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            result = real(entity, *args, **kwargs)
+            if not lifted and str(entity["PartitionKey"]).startswith("to:"):
+                lifted.append(store.remove("news", PHONE))  # lands right after that write
+            return result
+
+        return call
+
+    for name in ("create_entity", "update_entity"):
+        monkeypatch.setattr(table, name, wrap(name))
+    store.add("news", PHONE, keyword="STOP", source="inbound", now=SINCE + dt.timedelta(days=1))
+    assert lifted == [True]
+    _agree(store, True)  # the STOP was processed last: it stands, by both rows
