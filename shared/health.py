@@ -68,4 +68,11 @@ def storage_errors(settings: Settings) -> list[FieldError]:
             service(settings)
         except storage.StorageNotConfigured as problem:
             errors.extend(e for e in problem.errors if e.field not in {f.field for f in errors})
+        except Exception as exc:  # e.g. the identity's AZURE_CLIENT_CERTIFICATE_PATH is no file
+            error = FieldError(
+                "AzureWebJobsStorage",
+                f"its clients cannot be built ({type(exc).__name__}): check it and the "
+                "identity settings (AZURE_*) it uses.",
+            )
+            errors.extend([error] if error.field not in {f.field for f in errors} else [])
     return errors

@@ -4,6 +4,7 @@ setting, never a secret; nothing when the app is configured."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,20 @@ def test_identity_based_storage_needs_each_service_the_app_uses(
     monkeypatch.setenv(f"{STORAGE}__blobServiceUri", "https://a.blob.example")
     reset_settings_cache()
     assert configuration_problem() is None
+
+
+def test_storage_clients_that_cannot_be_built_are_named_not_a_500(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Identity-based storage builds a DefaultAzureCredential, which reads the AZURE_* settings:
+    a certificate path that is no file raised out of health (a 500) instead of its 503."""
+    monkeypatch.delenv(STORAGE)
+    monkeypatch.setenv(f"{STORAGE}__accountName", "healthcertmissing")
+    monkeypatch.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000000")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+    monkeypatch.setenv("AZURE_CLIENT_CERTIFICATE_PATH", f"{tmp_path}/no-such.pem")
+    problem = configuration_problem()
+    assert problem is not None
+    [error] = problem.errors
+    assert error.field == STORAGE
+    assert "AZURE_" in error.message
