@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.actions._spec import (
     ActionContext,
@@ -127,7 +127,7 @@ class ServicesInput(ActionInput):
                 "the certified connector, which also uses TwoWay and Group. SmartDialog does not "
                 "publish the full set, so other values are passed on and SmartDialog decides "
                 "(422 if it refuses). Several, comma-separated (OneWay,TwoWay), list each kind "
-                "in turn."
+                "in turn: at most 3, one SmartDialog call each."
             ),
             json_schema_extra=ui("Service Type", visibility="internal"),
         ),
@@ -140,6 +140,23 @@ class ServicesInput(ActionInput):
             json_schema_extra=ui("Allow Reply Message", visibility="internal"),
         ),
     ] = None
+
+    @field_validator("service_type")
+    @classmethod
+    def _few_kinds(cls, value: str) -> str:
+        if len(_kinds(value)) > MAX_SERVICE_TYPES:  # each is a call of the shared quota
+            raise ValueError(f"At most {MAX_SERVICE_TYPES} service types, comma-separated.")
+        return value
+
+
+#: Most service types one GetCustomerServices lists (a call each).
+MAX_SERVICE_TYPES = 3
+
+
+def _kinds(service_type: str) -> list[str]:
+    """The distinct kinds ``service_type`` names, in order (itself when it names none)."""
+    kinds = [kind.strip() for kind in service_type.split(",") if kind.strip()]
+    return list(dict.fromkeys(kinds or [service_type]))
 
 
 class TemplatesInput(ActionInput):
@@ -183,10 +200,9 @@ def get_user_customers(ctx: ActionContext, _: NoInput) -> ActionResponse:
 
 
 def get_customer_services(ctx: ActionContext, inp: ServicesInput) -> ActionResponse:
-    kinds = [kind.strip() for kind in inp.service_type.split(",") if kind.strip()]
     services = [
         service
-        for kind in dict.fromkeys(kinds or [inp.service_type])
+        for kind in _kinds(inp.service_type)
         for service in ctx.client.get_customer_services(
             customer_id=inp.customer_id,
             service_type=kind,

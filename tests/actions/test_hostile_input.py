@@ -202,6 +202,18 @@ def test_a_non_ascii_service_type_is_400_before_any_quota_token(
     assert app.quota_used() == used_before
 
 
+def test_more_service_types_than_a_few_is_400_before_any_call(app: App) -> None:
+    """Each listed type is a SmartDialog call of the shared quota: a long list is refused."""
+    reply = call("GetCustomerServices", method="GET", params={"ServiceType": "A,B,C,D"})
+
+    assert reply.status == 400, reply.body
+    assert reply.fields == ["ServiceType"]
+    assert app.upstream() == []
+    few = call("GetCustomerServices", method="GET", params={"ServiceType": "OneWay,TwoWay,OneWay"})
+    assert few.status == 200, few.body
+    assert [r["headers"]["ServiceType"] for r in app.upstream()] == ["OneWay", "TwoWay"]
+
+
 # --- the body cap ---------------------------------------------------------------------------
 
 
