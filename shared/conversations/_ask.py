@@ -382,9 +382,12 @@ class AskService:
             claim = claims.claim(key_hash, own.message_id, fingerprint, now=now, ttl=ttl, asks=asks)
             return claim, own
         first = [question for question in asked if question.message_id == claim.message_id]
-        # The earlier release claimed a question's key with its send's fingerprint alone.
-        same = claim.asks == asks if claim.asks else bool(first)
-        if claim.fingerprint != fingerprint or not same:
+        if claim.asks:  # this release's claim
+            same = claim.fingerprint == fingerprint and claim.asks == asks
+        else:  # an earlier release's: the terms in its fingerprint, or (the one before) its
+            # send's alone, for the question it asked (else a plain send's)
+            same = claim.fingerprint == asks or (bool(first) and claim.fingerprint == fingerprint)
+        if not same:
             raise key_reused()
         return claim, next((q for q in first if q.failure_code not in NOT_ASKED), None)
 

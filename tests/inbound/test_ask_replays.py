@@ -237,16 +237,17 @@ def _question_send() -> OutboundMessage:
     )
 
 
-def _asked_by_the_previous_release(key: str) -> QuestionRecord:
+def _asked_by_the_previous_release(key: str, message_id: str | None = None) -> QuestionRecord:
     """QUESTION recorded under ``key`` as the previous release recorded it: before it claimed
-    the key (which it did when it accepted the question's send)."""
+    the key (which it did when it accepted the question's send; ec7daff claimed it before, for
+    ``message_id``)."""
     now = dt.datetime.now(dt.UTC)
     return QuestionStore.from_settings(get_settings()).create(
         QuestionRecord(
             question_id=new_question_id(TWO_WAY, NUMBER),
             service_id=TWO_WAY,
             address=NUMBER,
-            message_id=str(uuid.uuid4()),
+            message_id=message_id or str(uuid.uuid4()),
             created_at=now,
             expires_at=now + dt.timedelta(hours=1),
             options=("Yes", "No"),
@@ -480,3 +481,34 @@ def test_a_retry_of_a_question_the_previous_release_recorded_but_never_sent_send
     assert inbound.count(OUTBOUND_QUEUE) == queued + 1
     assert _ask(inbound, key).status == 202  # a replay now: nothing more is queued
     assert inbound.count(OUTBOUND_QUEUE) == queued + 1
+
+
+def test_a_retry_of_a_question_whose_claim_has_its_terms_in_its_fingerprint_is_its_replay(
+    inbound: Inbound,
+) -> None:
+    """The release deployed before (ec7daff) claimed an ask's key with the question's terms in
+    its Fingerprint and no AskFingerprint, then recorded the question and accepted its send:
+    after the deploy the flow's exact retry is its replay; other terms, or a plain send, 422."""
+    key = f"booking-{uuid.uuid4().hex}"
+    terms = {"Options": ["Yes", "No"], "TimeoutSeconds": 86_400, "RepromptContent": None}
+    claim = IdempotencyStore.from_settings().claim(  # as ec7daff's AskService._claim did
+        idempotency_key_hash(CUSTOMER, key), str(uuid.uuid4()),
+        request_fingerprint(_question_send(), terms),
+        now=dt.datetime.now(dt.UTC), ttl=dt.timedelta(days=7),
+    )  # fmt: skip
+    asked = _asked_by_the_previous_release(key, claim.message_id)
+    send_service(get_settings()).accept(
+        _question_send(), idempotency_key=key, message_id=asked.message_id, claim=claim
+    )
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    retried = _ask(inbound, key)
+
+    assert retried.status == 202, retried.body
+    assert (retried.body["QuestionId"], retried.body["MessageId"]) == (
+        asked.question_id,
+        asked.message_id,
+    )
+    assert inbound.count(OUTBOUND_QUEUE) == queued
+    assert _ask(inbound, key, TimeoutSeconds=600).status == 422
+    assert _send(inbound, key).status == 422
