@@ -89,6 +89,9 @@ QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent"}
 #: How a question ends failed when its request answered the refusal (422) or a 500 before its
 #: send was queued: the caller got no question, so a replay under its key asks it anew.
 REFUSED, NOT_ACCEPTED = "refused", "not-accepted"
+#: The longest wait before a question's timeout starts: until every instance knows its service
+#: asks (TriggerNotifier.mark_asking: the index's lifetime and a margin, under this).
+ASKED_LATER = dt.timedelta(seconds=60)
 NOT_ASKED = (REFUSED, NOT_ACCEPTED)
 
 
@@ -364,23 +367,14 @@ class AskService:
         terms (a plain send's claim has none: another request). Claimed before: the claim, and
         the question its first request asked, of those ``asked`` under the key (None when it
         asked none: it failed first, or is on its way); a 422 when that request was another.
-        Claimed now, the question still open that the key asked without claiming it, if any."""
+        Claimed now: :meth:`_adopt`."""
         fingerprint = request_fingerprint(command)
         asks = request_fingerprint(command, body.model_dump(include=QUESTION_TERMS))
         ttl = dt.timedelta(seconds=self.settings.idempotency_ttl_seconds)
         claims = self.send.idempotency
         claim = claims.claim(key_hash, message_id, fingerprint, now=now, ttl=ttl, asks=asks)
         if claim.new:
-            # A question open under the key, yet the key was free: the earlier release claimed
-            # it only when it accepted the question's send, and this request's first died
-            # before. It is this request's question: claimed for its send, and sent.
-            open_under = [q for q in asked if q.status is QuestionStatus.OPEN]
-            if not open_under:
-                return claim, None
-            own = open_under[-1]
-            claims.release(key_hash, message_id)
-            claim = claims.claim(key_hash, own.message_id, fingerprint, now=now, ttl=ttl, asks=asks)
-            return claim, own
+            return self._adopt(claim, body, asked, now)
         first = [question for question in asked if question.message_id == claim.message_id]
         if claim.asks:  # this release's claim
             same = claim.fingerprint == fingerprint and claim.asks == asks
@@ -390,6 +384,27 @@ class AskService:
         if not same:
             raise key_reused()
         return claim, next((q for q in first if q.failure_code not in NOT_ASKED), None)
+
+    def _adopt(
+        self, claim: IdempotencyEntry, body: AskBody, asked: list[QuestionRecord], now: dt.datetime
+    ) -> tuple[IdempotencyEntry, QuestionRecord | None]:
+        """The new ``claim``, and the question asked under its key that this request sends, if
+        any: b75f77e recorded a question before it claimed the key (when it accepted the send),
+        so a request that died in between left it open, never sent, and the key free. The claim
+        moves to its send. Not one sent (its key is forgotten: 409 as before) or
+        past its timeout (ended, and asked anew); one another request asked is a 422."""
+        own = next((q for q in reversed(asked) if q.status is QuestionStatus.OPEN), None)
+        if own is None or own.expired(now - ANSWER_GRACE) or self.send.store.get(own.message_id):
+            return claim, None
+        if not _asks_as(own, body):
+            self.send.idempotency.release(claim.key_hash, claim.message_id)
+            raise key_reused()
+        claims, ttl = self.send.idempotency, claim.expires_at - now
+        claims.release(claim.key_hash, claim.message_id)
+        claim = claims.claim(
+            claim.key_hash, own.message_id, claim.fingerprint, now=now, ttl=ttl, asks=claim.asks
+        )
+        return claim, own
 
     def _replayed(
         self,
@@ -535,6 +550,19 @@ def _ended_view(record: QuestionRecord) -> StatusView:
         "ReplacedBy": record.replaced_by,
     }
     return StatusView(200, {k: v for k, v in body.items() if v is not None}, {})
+
+
+def _asks_as(question: QuestionRecord, body: AskBody) -> bool:
+    """Whether ``question`` asks what ``body`` does, as far as its row tells (not its text: an
+    unsent question's is nowhere): sender, protocol, answers, re-prompt, and a timeout that
+    starts at most :data:`ASKED_LATER` after it was asked."""
+    late = question.expires_at - question.created_at - dt.timedelta(seconds=body.TimeoutSeconds)
+    return dt.timedelta(0) <= late <= ASKED_LATER and (
+        question.sender,
+        question.protocol,
+        question.options,
+        question.reprompt,
+    ) == (body.Sender, body.Protocol, tuple(body.Options), body.RepromptContent)
 
 
 def _in_ask_terms(problem: Problem) -> Problem:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-from shared.clock import ManualClock
+from shared.clock import ManualClock, utcnow
 from shared.inbound import InboundProcessor
 from shared.messages import (
     IdempotencyStore,
@@ -241,7 +241,7 @@ def _asked_by_the_previous_release(key: str, message_id: str | None = None) -> Q
     """QUESTION recorded under ``key`` as the previous release recorded it: before it claimed
     the key (which it did when it accepted the question's send; ec7daff claimed it before, for
     ``message_id``)."""
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     return QuestionStore.from_settings(get_settings()).create(
         QuestionRecord(
             question_id=new_question_id(TWO_WAY, NUMBER),
@@ -249,7 +249,7 @@ def _asked_by_the_previous_release(key: str, message_id: str | None = None) -> Q
             address=NUMBER,
             message_id=message_id or str(uuid.uuid4()),
             created_at=now,
-            expires_at=now + dt.timedelta(hours=1),
+            expires_at=now + dt.timedelta(days=1),  # _ask's default TimeoutSeconds
             options=("Yes", "No"),
             sender="Clinic",
             protocol="SMS",
@@ -512,3 +512,70 @@ def test_a_retry_of_a_question_whose_claim_has_its_terms_in_its_fingerprint_is_i
     assert inbound.count(OUTBOUND_QUEUE) == queued
     assert _ask(inbound, key, TimeoutSeconds=600).status == 422
     assert _send(inbound, key).status == 422
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"Options": ["A", "B"]},
+        {"TimeoutSeconds": 600},
+        {"RepromptContent": "Please reply YES or NO."},
+        {"Sender": "Dentist"},
+    ],
+    ids=lambda other: next(iter(other)),
+)
+def test_another_request_under_the_key_of_a_question_never_sent_does_not_take_it_over(
+    inbound: Inbound, other: dict[str, Any]
+) -> None:
+    """A question recorded under the key and never sent is the key's request: another request
+    under it (what the question's row records differs: not its text) is a 422, and sends
+    nothing (it used to send its text as that question). The exact retry still sends it."""
+    key = f"booking-{uuid.uuid4().hex}"
+    asked = _asked_by_the_previous_release(key)
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    refused = _ask(inbound, key, **other)
+
+    assert refused.status == 422, refused.body
+    assert MessageStore.from_settings().get(asked.message_id) is None
+    assert inbound.count(OUTBOUND_QUEUE) == queued
+    retried = _ask(inbound, key)  # the key is free again for its own request
+    assert (retried.status, retried.body.get("QuestionId")) == (202, asked.question_id)
+    assert inbound.count(OUTBOUND_QUEUE) == queued + 1
+
+
+def test_a_question_sent_whose_key_is_forgotten_is_the_409_of_a_new_request(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """A question may wait 30 days, its key is remembered 7: a request with the key after that
+    is a new request (docs/flows.md), and the open question it did not ask is its 409 (it used
+    to be taken for that question's, and its send queued again)."""
+    key = f"booking-{uuid.uuid4().hex}"
+    first = _ask(inbound, key, TimeoutSeconds=2_592_000, Content="Reply YES or NO by May")
+    assert first.status == 202, first.body
+    manual_clock.advance(get_settings().idempotency_ttl_seconds + 60)
+    queued = inbound.count(OUTBOUND_QUEUE)
+
+    later = _ask(inbound, key, TimeoutSeconds=2_592_000)
+
+    assert (later.status, later.body.get("openQuestionId")) == (409, first.body["QuestionId"])
+    assert inbound.count(OUTBOUND_QUEUE) == queued
+
+
+def test_a_retry_of_a_question_never_sent_and_past_its_timeout_asks_anew(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Nothing ends a question nobody polls: one past its timeout (and the grace for a reply on
+    its way) is ended timed out by the retry, which asks anew; its text never goes out."""
+    key = f"booking-{uuid.uuid4().hex}"
+    dead = _asked_by_the_previous_release(key)
+    manual_clock.advance((dead.expires_at - dead.created_at).total_seconds() + 120)
+
+    retried = _ask(inbound, key)
+
+    assert retried.status == 202, retried.body
+    assert retried.body["QuestionId"] != dead.question_id
+    ended = QuestionStore.from_settings().get(dead.question_id)
+    assert ended is not None
+    assert ended.status is QuestionStatus.TIMED_OUT
+    assert MessageStore.from_settings().get(dead.message_id) is None
