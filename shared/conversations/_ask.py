@@ -391,7 +391,7 @@ class AskService:
         """The new ``claim``, and the question asked under its key that this request sends, if
         any: b75f77e recorded a question before it claimed the key (when it accepted the send),
         so a request that died in between left it open, never sent, and the key free. The claim
-        moves to its send. Not one sent (its key is forgotten: 409 as before) or
+        moves to its send in one write. Not one sent (its key is forgotten: 409 as before) or
         past its timeout (ended, and asked anew); one another request asked is a 422."""
         own = next((q for q in reversed(asked) if q.status is QuestionStatus.OPEN), None)
         if own is None or own.expired(now - ANSWER_GRACE) or self.send.store.get(own.message_id):
@@ -399,12 +399,8 @@ class AskService:
         if not _asks_as(own, body):
             self.send.idempotency.release(claim.key_hash, claim.message_id)
             raise key_reused()
-        claims, ttl = self.send.idempotency, claim.expires_at - now
-        claims.release(claim.key_hash, claim.message_id)
-        claim = claims.claim(
-            claim.key_hash, own.message_id, claim.fingerprint, now=now, ttl=ttl, asks=claim.asks
-        )
-        return claim, own
+        moved = self.send.idempotency.move(claim, own.message_id)
+        return (claim, None) if moved is None else (moved, own)
 
     def _replayed(
         self,
@@ -415,11 +411,13 @@ class AskService:
     ) -> StatusView:
         """A replay's answer: its question as the status URL answers now. An open one's send is
         accepted again, as a replay (nothing is queued once it is recorded): its first request
-        may have died before it."""
+        may have died before it. Under a new claim (:meth:`_adopt`) this request sends it: a
+        refused send ends it, as a new question's does."""
         if question.status is QuestionStatus.OPEN:
             not_before = self.index.mark_asking(question.service_id)
+            first = claim is not None and claim.new
             self._send(
-                question, command, idempotency_key, claim, not_before=not_before, first=False
+                question, command, idempotency_key, claim, not_before=not_before, first=first
             )
         return self._current(question)
 

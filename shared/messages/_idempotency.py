@@ -45,6 +45,19 @@ def idempotency_key_hash(customer_id: str, key: str, connection: str | None = No
     return hashlib.sha256(scoped.encode()).hexdigest()
 
 
+def _row(entry: IdempotencyEntry) -> dict[str, object]:
+    """The claim row of ``entry``."""
+    return {
+        "PartitionKey": entry.key_hash,
+        "RowKey": IDEMPOTENCY_ROW_KEY,
+        "MessageId": entry.message_id,
+        "Fingerprint": entry.fingerprint,
+        "CreatedAt": plain_datetime(entry.created_at),
+        "ExpiresAt": plain_datetime(entry.expires_at),
+        **({"AskFingerprint": entry.asks} if entry.asks else {}),
+    }
+
+
 class IdempotencyStore:
     """``Idempotency-Key`` claims: the first request with a key wins, later ones find it."""
 
@@ -85,20 +98,12 @@ class IdempotencyStore:
         from azure.data.tables import UpdateMode
 
         ensure_table(self._table)
-        entity = {
-            "PartitionKey": key_hash,
-            "RowKey": IDEMPOTENCY_ROW_KEY,
-            "MessageId": message_id,
-            "Fingerprint": fingerprint,
-            "CreatedAt": plain_datetime(now),
-            "ExpiresAt": plain_datetime(now + ttl),
-            **({"AskFingerprint": asks} if asks else {}),
-        }
         mine = IdempotencyEntry(key_hash, message_id, fingerprint, now, now + ttl, asks, new=True)
+        entity = _row(mine)
         for _ in range(5):
             try:
-                self._table.create_entity(entity)
-                return mine
+                inserted = self._table.create_entity(entity)
+                return replace(mine, etag=inserted.get("etag"))
             except ResourceExistsError:
                 pass
             try:
@@ -113,13 +118,13 @@ class IdempotencyStore:
             expires = utc(found.get("ExpiresAt"))
             if expires is not None and expires <= now:
                 try:
-                    self._table.update_entity(
+                    taken = self._table.update_entity(
                         entity,
                         mode=UpdateMode.REPLACE,
                         etag=found.metadata["etag"],
                         match_condition=MatchConditions.IfNotModified,
                     )
-                    return mine
+                    return replace(mine, etag=taken.get("etag"))
                 except (ResourceModifiedError, ResourceNotFoundError):
                     continue
             created = utc(found.get("CreatedAt")) or now
@@ -133,6 +138,28 @@ class IdempotencyStore:
                 etag=found.metadata.get("etag"),
             )
         raise RuntimeError("idempotency key claim kept changing under us")
+
+    def move(self, entry: IdempotencyEntry, message_id: str) -> IdempotencyEntry | None:
+        """``entry``, a claim this request made (``new``, with its ETag), moved to the message
+        ``message_id`` in one conditional write: the key is never free meanwhile, and no other
+        request's claim is taken. The claim now, or None when its row changed."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        if not entry.new or entry.etag is None:
+            return None
+        moved = replace(entry, message_id=message_id)
+        try:
+            updated = self._table.update_entity(
+                _row(moved),
+                mode=UpdateMode.REPLACE,
+                etag=entry.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return replace(moved, etag=updated.get("etag"))
 
     def release(self, key_hash: str, message_id: str) -> bool:
         """Give up ``message_id``'s claim of ``key_hash`` (its request was refused before

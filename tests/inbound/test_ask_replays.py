@@ -579,3 +579,58 @@ def test_a_retry_of_a_question_never_sent_and_past_its_timeout_asks_anew(
     assert ended is not None
     assert ended.status is QuestionStatus.TIMED_OUT
     assert MessageStore.from_settings().get(dead.message_id) is None
+
+
+def test_a_question_never_sent_whose_retry_is_refused_ends_failed(inbound: Inbound) -> None:
+    """The number opted out (STOP) before the retry sends the question the earlier release
+    recorded: the retry's 422 ends it, as a new question's refused send does, and frees the
+    key; it used to stay open, with no send, until its timeout."""
+    key = f"booking-{uuid.uuid4().hex}"
+    _reply("STOP")
+    asked = _asked_by_the_previous_release(key)  # recorded while the STOP was on its way
+
+    refused = _ask(inbound, key)
+
+    assert refused.status == 422, refused.body
+    assert [e["field"] for e in refused.body["errors"]] == ["Recipient"]
+    ended = QuestionStore.from_settings().get(asked.question_id)
+    assert ended is not None
+    assert (ended.status, ended.failure_code) == (QuestionStatus.FAILED, "refused")
+    assert _open() is None
+    _reply("START")
+    assert _ask(inbound, key).status == 202  # asked anew under its key
+
+
+def test_a_duplicate_during_the_retry_s_handover_does_not_send_the_question_twice(
+    inbound: Inbound,
+) -> None:
+    """The retry that sends a question never sent moves its new claim to that question's send
+    in one write: the key is never free meanwhile, so a duplicate cannot take it over too (it
+    used to be released, then claimed again: both requests queued the send)."""
+    key = f"booking-{uuid.uuid4().hex}"
+    asked = _asked_by_the_previous_release(key)
+    queued = inbound.count(OUTBOUND_QUEUE)
+    duplicate: list[HttpAnswer] = []
+
+    def handing_over(real: Any, *, before: bool) -> Any:
+        def hook(self: IdempotencyStore, *args: Any, **kwargs: Any) -> Any:
+            if duplicate:
+                return real(self, *args, **kwargs)
+            duplicate.append(HttpAnswer(0, {}, {}))  # runs once, not again from within
+            result = None if before else real(self, *args, **kwargs)
+            duplicate[0] = _ask(inbound, key)
+            return real(self, *args, **kwargs) if before else result
+
+        return hook
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(IdempotencyStore, "release", handing_over(IdempotencyStore.release,
+                                                               before=False))  # fmt: skip
+        if hasattr(IdempotencyStore, "move"):
+            patch.setattr(IdempotencyStore, "move", handing_over(IdempotencyStore.move,
+                                                                 before=True))  # fmt: skip
+        retried = _ask(inbound, key)
+
+    assert (retried.status, retried.body.get("QuestionId")) == (202, asked.question_id)
+    assert duplicate[0].status in (202, 409), duplicate[0].body
+    assert inbound.count(OUTBOUND_QUEUE) == queued + 1
