@@ -48,6 +48,8 @@ __all__ = [
     "CustomerNotServed",
     "UnknownConnection",
     "account_defaults",
+    "claimed_by",
+    "claims",
     "connection_errors",
     "connection_name",
     "connection_settings",
@@ -267,6 +269,13 @@ def claimed_by(customer_id: str) -> str | None:
     found = connections()
     name = None if found.errors else found.claims.get(customer_id.strip())
     return None if is_default(name) else name
+
+
+def claims(name: str, customer_id: str) -> bool:
+    """Whether connection ``name``'s own settings claim ``customer_id``, whatever else is wrong
+    with the settings (a command it was routed to stays its own while an error lasts)."""
+    connection = None if is_default(name) else _known(name)
+    return connection is not None and customer_id.strip() in connection.customers
 
 
 def connection_settings(name: str | None = None) -> Settings:

@@ -337,21 +337,19 @@ class LaneTriggers:
 
 def is_recorded_as(record: MessageRecord, command: OutboundMessage) -> bool:
     """Whether ``command`` is the message ``record`` holds: its own fingerprint, or, routed by
-    the connection that claims its customer, the one it had before (accepted while no
+    the connection whose settings claim its customer, the one it had before (accepted while no
     connection claimed that customer: it goes through the one that does now). One number
     written two ways is one number: failing that, both are matched with their addresses in
     E.164 (:func:`_e164`)."""
-    from shared.connections import claimed_by
+    from shared.connections import claims
 
     fp = request_fingerprint(command)
     if record.fingerprint == fp:  # the common case: no connection lookup, no second print
         return True
     forms = [command]
-    if (
-        command.Connection is not None
-        and claimed_by(command.customerId or "") == command.Connection
-    ):
-        # (a connection named by the command itself is part of what it is)
+    if command.Connection is not None and claims(command.Connection, command.customerId or ""):
+        # (a connection named by the command itself is part of what it is; one its claim
+        # gave it stays so while an error of the settings holds the routing)
         forms.append(command.model_copy(update={"Connection": None}))
     if record.fingerprint in {request_fingerprint(c) for c in forms}:
         return True

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,6 +275,60 @@ def test_a_customer_claimed_twice_holds_its_queued_sends_as_the_http_actions_ref
     assert len(two.second_upstream()) == 1
     [event] = two.env.events()
     assert event["data"]["connection"] == "second"
+
+
+def outbound_texts(two: TwoConnections) -> list[str]:
+    """The texts put on the outbound queue from now on (they go on the queue all the same)."""
+    from azure.storage.queue import QueueClient
+
+    texts: list[str] = []
+    real = QueueClient.send_message
+
+    def recorded(queue: QueueClient, content: Any, *args: Any, **kwargs: Any) -> Any:
+        if queue.queue_name == OUTBOUND_QUEUE:
+            texts.append(str(content))
+        return real(queue, content, *args, **kwargs)
+
+    two.env.monkeypatch.setattr(QueueClient, "send_message", recorded)
+    return texts
+
+
+def test_a_copy_routed_before_a_routing_error_stays_its_records_and_waits(
+    two: TwoConnections,
+) -> None:
+    """Accepted through ``default`` before ``second`` claimed its customer (its record names
+    no connection), deferred by ``second``'s quota (its copy names ``second``), then a key is
+    mistyped: the copy is still its record's and waits for the fix. It used to be
+    dead-lettered as another message's, leaving its record queued with no queue message."""
+    two.drop_connection("SECOND", "CUSTOMERS", "CUSTOMER_ID")
+    headers = {"Customer-Id": SECOND_CUSTOMER, "Service-Id": SECOND_SERVICE}
+    accepted = call_http("SendMessage", "POST", body=sms("+358400000027"), headers=headers)
+    assert accepted.status == 202, accepted.body
+    [original] = [json.dumps(m) for m in two.env.read(OUTBOUND_QUEUE)]
+    two.set_connection("SECOND", CUSTOMERS=SECOND_CUSTOMER, CUSTOMER_ID=SECOND_CUSTOMER,
+                       QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=30)  # fmt: skip
+    forget_quota_logs()
+    filler = {"operation": "SendMessage", "messageId": "filler", "Connection": "second",
+              "body": sms("+358400000037")}  # fmt: skip
+    assert OutboundSender.from_settings().process(json.dumps(filler)).kind is OutcomeKind.SENT
+    put_back = outbound_texts(two)
+    deferred = OutboundSender.from_settings().process(original, queue_message_id="q8")
+    assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "quota")
+    [copy] = put_back
+    assert json.loads(copy)["Connection"] == "second"
+
+    key = "SMARTDIALOG_CONNECTIONS__SALES_CLIENT_ID"
+    two.env.monkeypatch.setenv(key, "sales-client")
+    forget_settings()
+    waited = OutboundSender.from_settings().process(copy, queue_message_id="q8")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert two.env.dead_letters() == []
+
+    two.env.monkeypatch.delenv(key)
+    two.set_connection("SECOND", QUOTA_CALLS=2000)
+    sent = OutboundSender.from_settings().process(put_back[-1], queue_message_id="q8")
+    assert (sent.kind, sent.message_id) == (OutcomeKind.SENT, accepted.body["Id"])
+    assert len(two.second_upstream()) == 2
 
 
 def test_two_connections_with_one_identity_hold_their_queued_sends_until_they_expire(
