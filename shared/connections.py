@@ -263,11 +263,14 @@ def route(
 
 
 def claimed_by(customer_id: str) -> str | None:
-    """The named connection claiming ``customer_id``, if any (None: the default serves it, or
-    the claims are not to be trusted while :func:`routing_errors` remain: a customer claimed
-    twice). A queued command that names no connection is routed with it."""
+    """The named connection claiming ``customer_id``, if any (None: the default serves it). A
+    queued command that names no connection is routed with it, so while
+    :func:`routing_errors` remain (a customer claimed twice, a mistyped key that may be a
+    claim) this raises :class:`ConnectionNotConfigured` rather than guess."""
     found = connections()
-    name = None if found.errors else found.claims.get(customer_id.strip())
+    if found.errors:
+        raise ConnectionNotConfigured("Connection routing", found.errors)
+    name = found.claims.get(customer_id.strip())
     return None if is_default(name) else name
 
 

@@ -323,7 +323,8 @@ def with_claimed_connection(
     message: OutboundMessage | PackDriver,
 ) -> OutboundMessage | PackDriver:
     """A send command that names no connection, as the connection claiming its ``customerId``
-    (the queue's routing, as an HTTP action's without the header); anything else unchanged."""
+    (the queue's routing, as an HTTP action's without the header); anything else unchanged.
+    Raises ``ConnectionNotConfigured`` while the claims are uncertain (:func:`claimed_by`)."""
     if isinstance(message, PackDriver) or message.Connection is not None or not message.customerId:
         return message
     from shared.connections import claimed_by

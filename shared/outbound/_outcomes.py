@@ -456,7 +456,7 @@ class Outcomes:
         text = queued_text(command_text(copy), message_id=command.messageId,
                            payloads=self.ports.payloads, attempts=attempts,
                            deferrals=deferrals)  # fmt: skip
-        return self._put_back(text, "message", command.messageId, delay, kind, reason)
+        return self.put_back(text, "message", command.messageId, delay, kind, reason)
 
     def requeue_driver(
         self, driver: PackDriver, delay: float, kind: OutcomeKind, reason: str
@@ -464,11 +464,12 @@ class Outcomes:
         """Put a pack's driver back on the queue after ``delay`` seconds."""
         deferrals = driver.deferrals + (kind is OutcomeKind.DEFERRED)
         text = driver.model_copy(update={"deferrals": deferrals}).model_dump_json()
-        return self._put_back(text, "pack", driver.packId, delay, kind, reason)
+        return self.put_back(text, "pack", driver.packId, delay, kind, reason)
 
-    def _put_back(
+    def put_back(
         self, text: str, what: str, name: str, delay: float, kind: OutcomeKind, reason: str
     ) -> SendOutcome:
+        """Put ``text`` (``what`` ``name``) back on the queue, visible after ``delay`` s."""
         seconds = whole_seconds(delay)
         self.ports.outbound.send_message(text, visibility_timeout=seconds)
         log.debug("%s %s %s (%s); back in %d s", what, name, kind, reason, seconds)

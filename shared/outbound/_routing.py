@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     MessageIdOf = Callable[[OutboundMessage, str | None], str]
 
-__all__ = ["CONNECTION_REMOVED", "through_connection"]
+__all__ = ["CONNECTION_REMOVED", "through_connection", "unrouted"]
 
 log = logging.getLogger("shared.outbound.sender")
 #: The failure code of a send whose connection was removed from the settings.
@@ -65,6 +65,17 @@ def through_connection(
             outcomes, message_id, message, str(name), problem, text, queue_message_id, dequeue_count
         )
     return send_ports(settings)
+
+
+def unrouted(outcomes: Outcomes, text: str, problem: Exception) -> SendOutcome:
+    """A send command routed by its customer's claim while the claims are uncertain (an error
+    of the connections as a whole, :func:`shared.connections.claimed_by`): nothing is decided
+    for it yet (its connection, then its id, defaults and record), so its text goes back on
+    the queue as it came, no attempt or deferral counted, until the settings are fixed."""
+    log.warning("a queued send routed by its customer waits: %s (see /api/health)",
+                getattr(problem, "detail", ""))  # fmt: skip
+    seconds = CONFIGURATION_RECHECK_SECONDS
+    return outcomes.put_back(text, "message", "", seconds, OutcomeKind.DEFERRED, "configuration")
 
 
 def _misconfigured(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from shared import telemetry
+from shared.connections import ConnectionNotConfigured, connection_settings
 from shared.logs import redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lane_time
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
@@ -57,7 +58,8 @@ from shared.outbound._records import (
     recipient_slots,
     unreadable_address,
 )
-from shared.outbound._routing import through_connection
+from shared.outbound._routing import through_connection, unrouted
+from shared.problems import Problem
 
 if TYPE_CHECKING:
     from shared.messages import RecipientSlot
@@ -130,6 +132,8 @@ class OutboundSender:
             message = self._read(text)
         except (ValidationError, ValueError) as exc:
             return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
+        except ConnectionNotConfigured as problem:  # which connection claims its customer?
+            return unrouted(self.outcomes, text, problem)
         if not self._routes(message):
             routed = through_connection(
                 self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count
@@ -143,16 +147,13 @@ class OutboundSender:
         """Settle a send command the host moved to the poison queue, read as :meth:`process`
         reads it (:meth:`Outcomes.settle_poisoned`); False, nothing done, for one not read or
         routed, a pack's driver, or one whose id came from its queue message (lost with it)."""
-        from shared.connections import connection_settings as settings_of
-        from shared.problems import Problem
-
         try:
             message = self._read(text)
             if isinstance(message, PackDriver):
                 return False
             sender = self
             if not self._routes(message):
-                sender = OutboundSender(send_ports(settings_of(command_connection(message))))
+                sender = OutboundSender(send_ports(connection_settings(message.Connection)))
             command = sender._normalized(message, None)
         except (ValidationError, ValueError, Problem):
             return False
@@ -160,7 +161,8 @@ class OutboundSender:
 
     def _read(self, text: str) -> OutboundMessage | PackDriver:
         """A queue message's command (a stored one read from its blob) or pack driver, routed
-        as its customer's connection claims it; raises ``ValueError`` if it cannot be read."""
+        as its customer's connection claims it; raises ``ValueError`` if it cannot be read,
+        ``ConnectionNotConfigured`` while the claims are uncertain."""
         message = parse_queue_message(text)
         if isinstance(message, StoredCommand):
             stored, named = self.ports.payloads.get(message.payload), message.payload

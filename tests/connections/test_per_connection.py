@@ -261,16 +261,15 @@ def test_a_customer_claimed_twice_holds_its_queued_sends_as_the_http_actions_ref
             "body": sms("+358400000015"),
         }
     )
+    put_back = outbound_texts(two)
     waited = OutboundSender.from_settings().process(text, queue_message_id="q5")
     assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
     assert (two.second_upstream(), two.env.upstream(), two.env.events()) == ([], [], [])
-
-    record = MessageStore.from_settings().get("claimed-twice")
-    assert record is not None  # recorded as it came, no connection picked for it
-    assert "Connection" not in json.loads(record.command)
+    assert put_back == [text]  # as it came: no connection picked for it, nothing recorded
+    assert MessageStore.from_settings().get("claimed-twice") is None
 
     two.drop_connection("THIRD", "ACCESS_TOKEN", "BASE_URL", "CUSTOMERS")
-    sent = OutboundSender.from_settings().process(text, queue_message_id="q5")
+    sent = OutboundSender.from_settings().process(put_back[0], queue_message_id="q5")
     assert sent.kind is OutcomeKind.SENT
     assert len(two.second_upstream()) == 1
     [event] = two.env.events()
@@ -291,6 +290,35 @@ def outbound_texts(two: TwoConnections) -> list[str]:
 
     two.env.monkeypatch.setattr(QueueClient, "send_message", recorded)
     return texts
+
+
+def test_a_send_waiting_out_a_routing_error_takes_its_id_and_service_from_its_connection(
+    two: TwoConnections,
+) -> None:
+    """A command of ``second``'s customer naming no service and no messageId waits out a
+    mistyped key (which may be a claim): nothing is decided for it meanwhile (no record, its
+    text back as it came), so once fixed it goes through ``second`` with second's service and
+    its id in second's scope, as a repeat of it would get: not the default's, which made the
+    waiting copy and its redelivered original two messages."""
+    key = "SMARTDIALOG_CONNECTIONS__SALES_CLIENT_ID"
+    two.env.monkeypatch.setenv(key, "sales-client")
+    forget_settings()
+    text = json.dumps({"operation": "SendMessage", "customerId": SECOND_CUSTOMER,
+                       "body": sms("+358400000017", RequestId="rid-wait")})  # fmt: skip
+    put_back = outbound_texts(two)
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q7")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert put_back == [text]
+    store = MessageStore.from_settings()
+    ours, defaults = (request_message_id(SECOND_CUSTOMER, "rid-wait", c) for c in ("second", None))
+    assert (store.get(ours), store.get(defaults)) == (None, None)
+
+    two.env.monkeypatch.delenv(key)
+    forget_settings()
+    sent = OutboundSender.from_settings().process(put_back[0], queue_message_id="q7")
+    assert (sent.kind, sent.message_id) == (OutcomeKind.SENT, ours)
+    assert [m["serviceId"] for m in two.second.state.snapshot("messages")] == [SECOND_SERVICE]
+    assert (store.get(defaults), two.env.upstream()) == (None, [])
 
 
 def test_a_copy_routed_before_a_routing_error_stays_its_records_and_waits(
