@@ -558,11 +558,11 @@ class OutboundSender:
         """Record a message first seen on the queue, already claimed by this worker (one write
         instead of two); None if a record appeared meanwhile."""
         now = self.ports.now()
-        record, slots = self._new_record(command, now, MessageStatus.SENDING)
+        record, slots = self._new_record(command, now, MessageStatus.QUEUED)
         if now >= record.valid_until or self.ports.policy.broken_settings:
-            self.ports.store.create(replace(record, status=MessageStatus.QUEUED), slots)
+            self.ports.store.create(record, slots)
             return None  # expired, or a setting is broken: the normal path fails or defers it
-        claimed = replace(record, attempts=1, lease_until=now + self.ports.policy.lease)
+        claimed = replace(record, **claim_changes(record, now, self.ports.policy))
         return self.ports.store.create(claimed, slots)
 
     def _park(self, command: OutboundMessage) -> None:

@@ -323,3 +323,18 @@ def test_a_connection_no_setting_could_name_is_dead_lettered_malformed_naming_th
     [event] = two.env.events()  # no message.failed of a malformed name
     assert (event["data"]["messageId"], event["data"]["connection"]) == ("padded", "second")
     assert "forged" not in caplog.text
+
+
+def test_a_queue_only_send_claimed_when_first_seen_is_recorded_with_its_connection(
+    two: TwoConnections,
+) -> None:
+    """A command put on the queue directly is recorded already claimed (one write): that claim
+    too records the connection it goes through, as every other claim does."""
+    two.env.enqueue(command("+358400000019", messageId="direct-2", customerId=SECOND_CUSTOMER))
+    two.env.enqueue(command("+358400000029", messageId="direct-d"))
+    two.env.drain()
+
+    store = MessageStore.from_settings()
+    through = {m: getattr(store.get(m), "sent_through", None) for m in ("direct-2", "direct-d")}
+    assert through == {"direct-2": "second", "direct-d": "default"}
+    assert (len(two.second_upstream()), len(two.env.upstream())) == (1, 1)
