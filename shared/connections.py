@@ -464,7 +464,7 @@ def _connection(
     for setting, value in given.items():
         if setting == CUSTOMERS:
             customers.extend(c.strip() for c in value.split(",") if c.strip())
-        elif setting in APP_WIDE:
+        elif setting in APP_WIDE and value.strip():  # empty: not given, as everywhere
             errors.append(
                 FieldError(
                     f"{prefix}__{setting}",

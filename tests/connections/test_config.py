@@ -108,6 +108,18 @@ def test_each_configuration_error_makes_health_503_naming_the_connection(
     assert any("third" in e["message"] for e in errors), errors
 
 
+def test_an_empty_app_wide_setting_of_a_connection_is_not_given(two: TwoConnections) -> None:
+    """Empty means not given, for a connection's app-only settings as for every other: a
+    template that leaves ``OPS_ALLOWED_GROUPS`` blank does not take the connection down."""
+    blank = ("DISPATCH_MAX_ATTEMPTS", "CALLBACK_TIMEOUT_SECONDS", "OPS_ALLOWED_GROUPS")
+    two.set_connection("SECOND", **dict.fromkeys(blank, " "))
+    assert health_errors() == []
+    two.set_connection("SECOND", OPS_ALLOWED_GROUPS="g")
+    assert [e["field"] for e in health_errors()] == [
+        "SMARTDIALOG_CONNECTIONS__SECOND__OPS_ALLOWED_GROUPS"
+    ]
+
+
 def test_same_client_id_and_authority_is_the_same_identity(two: TwoConnections) -> None:
     two.set_connection("A", CLIENT_ID="client-x", CLIENT_SECRET="s1")
     two.set_connection("B", CLIENT_ID="client-x", CLIENT_SECRET="s2")
