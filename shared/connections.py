@@ -42,6 +42,7 @@ __all__ = [
     "CONNECTION_FIELD",
     "CONNECTION_HEADER",
     "DEFAULT_CONNECTION",
+    "FIELD_PATTERN",
     "Connection",
     "ConnectionNotConfigured",
     "Connections",
@@ -82,7 +83,13 @@ OWN_SETTINGS = (
 CUSTOMERS = "CUSTOMERS"
 #: A connection's name: what the header, the queue field and Key Vault secret names can carry.
 NAME_MAX_LENGTH = 64
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+#: A name as written: letters (either case), digits, '-' or '_' (read as '-'), starting with a
+#: letter or digit; surrounding spaces, tabs and line breaks are not part of it.
+_SPACE, _WORD = r"[ \t\n\r]*", r"[A-Za-z0-9][A-Za-z0-9_-]*"
+_NAME = re.compile(_SPACE + _WORD + _SPACE)
+#: The JSON-schema pattern of a queue message's ``Connection``: a name, or only whitespace (the
+#: default, as earlier releases read it); with :data:`NAME_MAX_LENGTH`, exactly what is read.
+FIELD_PATTERN = f"^(?:{_SPACE}{_WORD})?{_SPACE}$"
 #: Settings of the app, not of an account: the URLs and tokens we hand out are checked by
 #: functions that do not route (status, delivery-report and webhook URLs), the URLs we are
 #: given are called by the app's dispatchers (their retries and timeout too), a body's size is
@@ -193,8 +200,7 @@ def connection_name(raw: str) -> str:
 def name_error(raw: str) -> str | None:
     """What is wrong with ``raw`` as a connection's name (None: nothing): the rule of the names
     in settings, for the queue's ``Connection`` field too."""
-    name = connection_name(raw)
-    if len(name) <= NAME_MAX_LENGTH and _NAME.fullmatch(name):
+    if len(raw.strip()) <= NAME_MAX_LENGTH and _NAME.fullmatch(raw):
         return None
     return (
         f"a name is 1-{NAME_MAX_LENGTH} letters, digits, '-' or '_', "

@@ -28,7 +28,7 @@ from pydantic import (
     field_validator,
 )
 
-from shared.connections import NAME_MAX_LENGTH, name_error
+from shared.connections import FIELD_PATTERN, NAME_MAX_LENGTH, name_error
 from shared.deadletters import KeptOriginal
 from shared.messages import MESSAGE_ID_PATTERN, FailureInfo, Operation, text_connection
 from shared.names import DEFAULT_CONNECTION, named_connection
@@ -74,14 +74,16 @@ _TRACEPARENT = (
 
 
 def _connection_name(value: str) -> str:
-    if wrong := name_error(value):
+    if value.strip(" \t\n\r") and (wrong := name_error(value)):
         raise ValueError(wrong)
     return value
 
 
 #: A queue message's ``Connection``: a name as the settings' (messages of older releases, all
-#: written from configured names, still read).
-ConnectionName = Annotated[str, AfterValidator(_connection_name)]
+#: written from configured names, still read), or only whitespace: the default, as ever.
+ConnectionName = Annotated[
+    str, AfterValidator(_connection_name), Field(json_schema_extra={"pattern": FIELD_PATTERN})
+]
 
 
 class _Envelope(BaseModel):
@@ -118,9 +120,11 @@ class _Envelope(BaseModel):
         min_length=1,
         max_length=NAME_MAX_LENGTH,
         description=(
-            "The named connection (SmartDialog account) to send through; absent: the default "
-            "connection. Set by the send actions from the X-SmartDialog-Connection header or "
-            "the customer's connection."
+            "The named connection (SmartDialog account) to send through: 1-64 letters, digits, "
+            "'-' or '_', starting with a letter or digit, in any case (whitespace around it "
+            "ignored); only whitespace: the default connection; absent: the customer's "
+            "connection, else the default. Set by the send actions from the "
+            "X-SmartDialog-Connection header or the customer's connection."
         ),
     )
 

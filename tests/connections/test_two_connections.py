@@ -338,3 +338,20 @@ def test_a_queue_only_send_claimed_when_first_seen_is_recorded_with_its_connecti
     through = {m: getattr(store.get(m), "sent_through", None) for m in ("direct-2", "direct-d")}
     assert through == {"direct-2": "second", "direct-d": "default"}
     assert (len(two.second_upstream()), len(two.env.upstream())) == (1, 1)
+
+
+def test_a_connection_of_only_whitespace_is_the_default_as_earlier_releases_read_it(
+    two: TwoConnections,
+) -> None:
+    """A command written by hand for an earlier release with ``"Connection": " "`` (which took
+    it for the default) is still sent through the default, not dead-lettered malformed."""
+    two.env.enqueue(command("+358400000039", messageId="blank-connection", Connection=" \t"))
+    two.env.drain()
+
+    assert (two.env.dead_letters(), two.second_upstream()) == ([], [])
+    assert len(two.env.upstream()) == 1
+    [event] = two.env.events()
+    assert (event["data"]["messageId"], event["data"]["connection"]) == (
+        "blank-connection",
+        "default",
+    )

@@ -74,3 +74,24 @@ def test_every_schema_file_is_generated_and_every_one_the_docs_name_exists() -> 
     for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
         for name in re.findall(r"schemas/([\w./-]+\.json)", doc.read_text(encoding="utf-8")):
             assert name in on_disk, f"{doc.name} names schemas/{name}, which does not exist"
+
+
+def test_the_connection_fields_pattern_is_the_rule_the_sender_reads_by() -> None:
+    """``Connection`` (a send command's, a pack driver's): the schema's pattern and length
+    accept exactly the values the sender takes, padded names and whitespace alone (the
+    default) included, so a producer validating against the schema is never dead-lettered."""
+    from pydantic import ValidationError
+
+    from shared.outbound._models import PackDriver
+
+    validator = jsonschema.Draft202012Validator(load("pack-driver.json"))
+    names = ["second", " Sec_ond\n", "a" * 64, " ", "\t\r\n", "a" * 65, "", "-x", "_x",
+             "sec ond", "second\u00a0", "\u212a", "s\u00e9cond", "x;y", " " * 65]  # fmt: skip
+    for name in names:
+        driver = {"kind": "pack", "packId": "pack-" + "0" * 32, "Connection": name}
+        try:
+            PackDriver.model_validate(driver)
+            read = True
+        except ValidationError:
+            read = False
+        assert validator.is_valid(driver) is read, repr(name)
