@@ -449,8 +449,9 @@ class MessageStore:
 
     def redrive(self, record: MessageRecord, *, now: dt.datetime) -> MessageRecord | None:
         """The one way back from a final state: a ``failed`` message is ``queued`` again with
-        its attempts, failure, lease, backoff and announcement cleared (a fresh validity is the
-        caller's to set). None when the compare-and-swap lost; IllegalTransition unless failed."""
+        its attempts, failure, lease, backoff, announcement and claiming connection cleared (a
+        fresh validity is the caller's to set). None when the compare-and-swap lost;
+        IllegalTransition unless failed."""
         return self.swap(
             record,
             _redrive=True,
@@ -463,6 +464,7 @@ class MessageStore:
             finished_at=None,
             announced=False,
             pack_id=None,
+            sent_through=None,  # claimed again, by the connection claiming it then
             updated_at=now,
         )
 

@@ -23,7 +23,7 @@ from tests.connections.conftest import (
     forget_quota_logs,
     forget_settings,
 )
-from tests.outbound.conftest import CUSTOMER, SERVICE, call_http, sms, status_of
+from tests.outbound.conftest import CUSTOMER, REJECTED, SERVICE, call_http, sms, status_of
 
 #: host.json's extensions.queues.maxPollingInterval (1 s) plus the issue's 1 s.
 PROMPT_SECONDS = 2.0
@@ -355,3 +355,20 @@ def test_a_connection_of_only_whitespace_is_the_default_as_earlier_releases_read
         "blank-connection",
         "default",
     )
+
+
+def test_a_re_driven_send_is_claimed_afresh(two: TwoConnections) -> None:
+    """Re-driven, a failed send is queued to be claimed again, by the connection claiming it
+    then: the claim of its failed attempt is cleared with its attempts."""
+    two.env.enqueue(command(REJECTED, messageId="redrive-claim", customerId=SECOND_CUSTOMER))
+    two.env.drain()
+    store = MessageStore.from_settings()
+    failed = store.get("redrive-claim")
+    assert failed is not None
+    assert (failed.status, failed.sent_through) == (MessageStatus.FAILED, "second")
+
+    redriven = store.redrive(failed, now=utcnow())
+
+    assert redriven is not None
+    assert (redriven.attempts, redriven.sent_through) == (0, None)
+    assert getattr(store.get("redrive-claim"), "sent_through", "gone") is None
