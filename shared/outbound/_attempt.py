@@ -331,9 +331,10 @@ def classify(exc: Exception) -> AttemptResult:
         not_sent = exc.certainly_not_sent
         title = "SmartDialog could not be reached"
         return Transient("upstream-unavailable", title, said, None, None, not_sent)
-    if isinstance(exc, QuotaExceeded):
+    if isinstance(exc, QuotaExceeded):  # our text: exc's names the quota's partition key
+        said = f"quota full for a repeated attempt; retry in {exc.retry_after:.2f} s"
         return Transient(
-            "rate-limited", "Quota full for a repeat", str(exc), exc.retry_after, None, True
+            "rate-limited", "Quota full for a repeat", said, exc.retry_after, None, True
         )
     if isinstance(exc, CredentialsError):
         return Transient(

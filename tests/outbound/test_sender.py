@@ -703,6 +703,48 @@ def test_a_token_fetch_that_fails_before_the_grant_keeps_its_outcome_and_spends_
     assert outbound.queued() == 1
 
 
+class RefusedFirstToken:
+    """The app's auth provider, its first token one SmartDialog refuses (401: revoked since it
+    was cached); after ``invalidate`` the real one."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.refused = inner, True
+
+    def token(self) -> str:
+        return "revoked-since-cached" if self.refused else str(self.inner.token())
+
+    def invalidate(self, token: str | None = None) -> None:
+        self.refused = False
+        self.inner.invalidate(token)
+
+
+def test_a_401_re_try_denied_its_slot_says_so_without_the_quotas_partition_key(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-try after a renewed token takes its own slot (acquire(0)); with the quota full
+    the attempt ends rate-limited. Its detail went out as str(QuotaExceeded), which names the
+    quota's partition key (host~digest) in status answers, events and dead letters."""
+    from shared.outbound import send_ports
+    from shared.quota import connection_key
+    from shared.settings import get_settings
+
+    outbound.configure(QUOTA_CALLS=1, SEND_MAX_ATTEMPTS=1)
+    client = send_ports(get_settings()).upstream.client
+    monkeypatch.setattr(client, "auth", RefusedFirstToken(client.auth))
+
+    outbound.invoke(json.dumps(send("m-401-full", DELIVERED)))
+
+    assert outbound.upstream() == []  # 401 at the door; the re-try had no slot
+    failure = record("m-401-full").failure
+    assert failure is not None
+    assert failure.code == "rate-limited"
+    assert failure.detail is not None
+    assert failure.detail.startswith("quota full for a repeated attempt; retry in ")
+    key = connection_key(get_settings())
+    texts = [failure.detail, json.dumps(outbound.events()), json.dumps(outbound.dead_letters())]
+    assert not any(key in text or key.split("~")[-1] in text for text in texts)
+
+
 def test_a_claim_too_close_to_its_end_after_the_quota_wait_is_handed_back_not_called(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
