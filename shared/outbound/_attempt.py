@@ -160,21 +160,20 @@ class Upstream:
 
     @contextmanager
     def ready(self) -> Iterator[Exception | None]:
-        """The token first, then the grant, then the call, within one deadline (the client's,
-        the send timeout): a valid token is in hand before the caller takes its grant, so a
-        token fetch (a cold start, a renewal other threads wait for) never ages it. Yields None,
-        or why no token could be had: pass that to :meth:`attempt` in place of a grant, and the
-        attempt ends as if its own token fetch had failed, with no slot spent."""
-        from shared.deadline import within
+        """The token first, then the grant, then the call: a valid token is in hand (fetched now
+        at a cold start or a renewal, bounded by the send timeout on its own) before the caller
+        takes its grant, so no token fetch ages it, and before the call's own deadline starts
+        (:meth:`attempt`), so neither the fetch nor the quota wait eats into the call. Yields
+        None, or why no token could be had: pass that to :meth:`attempt` in place of a grant, and
+        the attempt ends as if its own token fetch had failed, with no slot spent."""
         from shared.smartdialog import SmartDialogError
 
-        with within(self.client.deadline):
-            failed: Exception | None = None
-            try:
-                self.client.ready()
-            except SmartDialogError as exc:
-                failed = exc
-            yield failed
+        failed: Exception | None = None
+        try:
+            self.client.ready()
+        except SmartDialogError as exc:
+            failed = exc
+        yield failed
 
     def attempt(
         self,
@@ -185,8 +184,9 @@ class Upstream:
         links: Sequence[str | None] = (),
     ) -> AttemptResult:
         """One upstream call with ``grant`` (or the token failure :meth:`ready` yielded), in a
-        client span (linked to ``links``, the traces of a packed call's members); raises
-        :class:`StaleGrant` (nothing sent) if the grant went stale before the request left.
+        client span (linked to ``links``, the traces of a packed call's members), within the send
+        timeout from here (the client's deadline); raises :class:`StaleGrant` (nothing sent) if
+        the grant went stale before the request left (also when the deadline passed first).
 
         What is sent carries *our* DLR URL (token-bearing, for ``report_id`` or the message)
         in ``DlrUrl``; it is put in only here, so the stored command, its fingerprint and

@@ -116,6 +116,7 @@ class BaseClient:
     def _request_hook(self, request: httpx.Request) -> None:
         if self._before_send is not None:
             self._before_send()
+        left(None, httpx.ConnectTimeout)  # only now: a stale grant is found first (no attempt)
 
     def _trace(self, event: str, info: Mapping[str, Any]) -> None:
         """httpcore's trace callback: ``before_send`` right before the headers are written."""
@@ -256,7 +257,8 @@ class BaseClient:
                 self._before_send()
             started = time.perf_counter()
             try:
-                left(None, httpx.ConnectTimeout)  # past the deadline (a slow token): not sent
+                if not self._hooked:  # past the deadline (a slow token): not sent; hooked: there
+                    left(None, httpx.ConnectTimeout)  # after ``before_send``, as here
                 response = self._http.send(request)
             except httpx.HTTPError as exc:
                 elapsed_ms = round((time.perf_counter() - started) * 1000)

@@ -94,12 +94,14 @@ class SmartDialogClient(BaseClient):
     through httpcore's ``trace`` extension), once a connection is ready, right before the request
     headers are written: the last moment before the bytes go out, after any connection set-up or
     pool wait. The quota's gate checks there that the attempt's grant is still fresh
-    (:class:`shared.quota.AttemptGate`). Whatever it raises propagates unchanged, and no request (or
-    no byte of it) is sent. Sends reuse one ``RequestId`` on every attempt, so SmartDialog drops a
-    repeat instead of sending twice; other POSTs are retried only after a 429 or a failed connect,
-    when they certainly did not take effect (a deliberate refinement, see
-    :mod:`shared.smartdialog._retry`). ``Retry-After`` advice longer than ``MAX_RETRY_AFTER`` is not
-    slept out: the error is raised at once with the full advice in ``RateLimitError.retry_after``.
+    (:class:`shared.quota.AttemptGate`), before the deadline is: a deadline a slow token used up
+    finds the grant stale first (not an attempt of the sender's). Whatever it raises propagates
+    unchanged, and no request (or no byte of it) is sent. Sends reuse one ``RequestId`` on every
+    attempt, so SmartDialog drops a repeat instead of sending twice; other POSTs are retried only
+    after a 429 or a failed connect, when they certainly did not take effect (a deliberate
+    refinement, see :mod:`shared.smartdialog._retry`). ``Retry-After`` advice longer than
+    ``MAX_RETRY_AFTER`` is not slept out: the error is raised at once with the full advice in
+    ``RateLimitError.retry_after``.
 
     ``http_client`` (optional) is used as is and not closed by :meth:`close`; without one the
     client makes its own with ``timeout``. ``timeout`` bounds each network step on its own;

@@ -745,6 +745,68 @@ def test_a_401_re_try_denied_its_slot_says_so_without_the_quotas_partition_key(
     assert not any(key in text or key.split("~")[-1] in text for text in texts)
 
 
+def test_neither_a_slow_token_nor_the_quota_wait_eats_into_the_calls_deadline(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEND_TIMEOUT 1 s: the token takes 0.7 s, the quota wait 0.4 s. The deadline started
+    before both, so the call found it spent: ConnectTimeout, a counted attempt with nothing
+    sent ("could not be reached"). It starts after the grant now (the token is cached)."""
+    from shared.outbound._quota_wait import QuotaWait
+
+    outbound.configure(SEND_TIMEOUT_SECONDS=1)
+    slow_first_token(monkeypatch, 0.7)
+    real_take = QuotaWait.take
+
+    def slow_take(self: QuotaWait, waited: float = 0.0) -> Any:
+        time.sleep(0.4)  # a slot freeing late, within SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS
+        return real_take(self, waited)
+
+    monkeypatch.setattr(QuotaWait, "take", slow_take)
+
+    outbound.invoke(json.dumps(send("m-late-slot", DELIVERED)))
+
+    done = record("m-late-slot")
+    assert (done.status, done.attempts, done.last_error) == (MessageStatus.SENT, 1, None)
+    assert len(outbound.upstream()) == 1
+
+
+class RenewedInTheAttempt:
+    """The app's auth provider: its token is in hand when the sender checks (``ready``), but
+    another call's 401 invalidated it before this attempt, whose fetch takes ``seconds``."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.calls, self.seconds = inner, 0, seconds
+
+    def token(self) -> str:
+        self.calls += 1
+        if self.calls == 2:
+            time.sleep(self.seconds)
+        return str(self.inner.token())
+
+    def invalidate(self, token: str | None = None) -> None:
+        self.inner.invalidate(token)
+
+
+def test_a_deadline_a_slow_token_used_up_before_the_first_byte_is_not_an_attempt(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt's own token fetch outlasts SEND_TIMEOUT: the deadline check ran before the
+    grant's freshness check, so a ConnectTimeout counted an attempt with nothing sent. The stale
+    grant is found first now: a quota deferral, and the next grant's call goes out."""
+    from shared.outbound import send_ports
+    from shared.settings import get_settings
+
+    outbound.configure(SEND_TIMEOUT_SECONDS=0.5)
+    client = send_ports(get_settings()).upstream.client
+    monkeypatch.setattr(client, "auth", RenewedInTheAttempt(client.auth, 0.6))
+
+    outbound.invoke(json.dumps(send("m-renewed", DELIVERED)))
+
+    done = record("m-renewed")
+    assert (done.status, done.attempts, done.last_error) == (MessageStatus.SENT, 1, None)
+    assert len(outbound.upstream()) == 1
+
+
 def test_a_claim_too_close_to_its_end_after_the_quota_wait_is_handed_back_not_called(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
