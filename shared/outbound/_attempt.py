@@ -19,8 +19,7 @@ fresh when the request leaves.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -158,32 +157,31 @@ class Upstream:
         self.gate = gate
         self.settings = settings
 
-    @contextmanager
-    def ready(self) -> Iterator[Exception | None]:
+    def ready(self) -> Exception | None:
         """The token first, then the grant, then the call: a valid token is in hand (fetched now
         at a cold start or a renewal, bounded by the send timeout on its own) before the caller
         takes its grant, so no token fetch ages it, and before the call's own deadline starts
-        (:meth:`attempt`), so neither the fetch nor the quota wait eats into the call. Yields
-        None, or why no token could be had: pass that to :meth:`attempt` in place of a grant, and
-        the attempt ends as if its own token fetch had failed, with no slot spent."""
+        (:meth:`attempt`), so neither the fetch nor the quota wait eats into the call. None, or
+        why no token could be had (``CredentialsError``, ``IdentityProviderError``): nothing
+        was sent and no slot taken, so the send waits, not an attempt
+        (:func:`shared.outbound._routing.token_wait`)."""
         from shared.smartdialog import SmartDialogError
 
-        failed: Exception | None = None
         try:
             self.client.ready()
         except SmartDialogError as exc:
-            failed = exc
-        yield failed
+            return exc
+        return None
 
     def attempt(
         self,
-        grant: QuotaGrant | Exception,
+        grant: QuotaGrant,
         command: OutboundMessage,
         *,
         report_id: str | None = None,
         links: Sequence[str | None] = (),
     ) -> AttemptResult:
-        """One upstream call with ``grant`` (or the token failure :meth:`ready` yielded), in a
+        """One upstream call with ``grant`` (the token in hand: :meth:`ready`), in a
         client span (linked to ``links``, the traces of a packed call's members), within the send
         timeout from here (the client's deadline); raises :class:`StaleGrant` (nothing sent) if
         the grant went stale before the request left (also when the deadline passed first).
@@ -198,14 +196,11 @@ class Upstream:
         from shared.quota import QuotaExceeded
         from shared.smartdialog import SmartDialogError
 
-        if not isinstance(grant, Exception):
-            self.gate.hold(grant)
+        self.gate.hold(grant)
         try:
             request = with_delivery_report_url(command, self.settings, report_id=report_id)
             with _call_span(request, report_id, links) as current:
                 try:
-                    if isinstance(grant, Exception):
-                        raise grant  # no token: nothing sent
                     result: AttemptResult = Sent(self.send(request))
                 except (SmartDialogError, QuotaExceeded) as exc:
                     result = classify(exc)

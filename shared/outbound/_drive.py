@@ -58,6 +58,7 @@ from shared.outbound._outcomes import (
     whole_seconds,
 )
 from shared.outbound._ports import SendPorts
+from shared.outbound._routing import token_wait
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
@@ -299,28 +300,30 @@ class _Run:
                 calls=self.pack.calls + 1,
                 call_request_id=None if first else new_pack_id(self.pack.key, ids, now),
             )
-        with ports.upstream.ready() as failed:  # the token first, then the grant
-            decision, waited = (failed, 0.0) if failed else ports.quota_wait.take()
-            for retry_stale in (True, False):
-                if isinstance(decision, QuotaDenied):
-                    self.release(claimed)
-                    return self.later(ports.quota_wait.come_back_in(decision.retry_after), "quota")
-                needed = dt.timedelta(seconds=ports.policy.call_seconds)
-                if lease_until - ports.now() < needed:  # a very slow claim or quota wait
-                    self.release(claimed)
-                    return self.later(0, "lease")
-                try:
-                    self.unsent = []  # from here on it may reach upstream
-                    return self.call(claimed, decision)
-                except StaleGrant as exc:
-                    self.unsent = claimed
-                    log.warning("pack %s: %s; not sent with it", self.pack.pack_id, exc)
-                    if retry_stale:
-                        decision, waited = ports.quota_wait.take(waited)
+        if waits := token_wait(self.outcomes, self.driver, claimed):  # the token first;
+            self.release(claimed)  # none: nothing sent, not an attempt
+            return self.later(*waits)
+        decision, waited = ports.quota_wait.take()
+        for retry_stale in (True, False):
+            if isinstance(decision, QuotaDenied):
+                self.release(claimed)
+                return self.later(ports.quota_wait.come_back_in(decision.retry_after), "quota")
+            needed = dt.timedelta(seconds=ports.policy.call_seconds)
+            if lease_until - ports.now() < needed:  # a very slow claim or quota wait
+                self.release(claimed)
+                return self.later(0, "lease")
+            try:
+                self.unsent = []  # from here on it may reach upstream
+                return self.call(claimed, decision)
+            except StaleGrant as exc:
+                self.unsent = claimed
+                log.warning("pack %s: %s; not sent with it", self.pack.pack_id, exc)
+                if retry_stale:
+                    decision, waited = ports.quota_wait.take(waited)
         self.release(claimed)
         return self.later(STALE_GRANT_RETRY_SECONDS, "stale-grant", OutcomeKind.DEFERRED)
 
-    def call(self, claimed: list[MessageRecord], grant: QuotaGrant | Exception) -> SendOutcome:
+    def call(self, claimed: list[MessageRecord], grant: QuotaGrant) -> SendOutcome:
         commands = [parse_outbound_message(c.command) for c in claimed]
         request = packed_command(commands[0], commands, self.pack.request_id)
         result = self.ports.upstream.attempt(

@@ -216,17 +216,18 @@ class Outcomes:
         lease ran out, perhaps mid-call)."""
         return expired(record, last, maybe_sent=record.status is MessageStatus.SENDING)
 
-    def misconfigured(self, what: str, valid_until: dt.datetime) -> float | None:
-        """None when the settings a send needs are fine; else when ``what`` (a message or pack,
-        unclaimed, no slot taken) comes back to check again, until fixed or expired. Logs a
-        warning naming the settings, never their values."""
-        broken = self.ports.policy.broken_settings
-        if not broken:
+    def misconfigured(self, what: str, valid_until: dt.datetime, problem: str = "") -> float | None:
+        """None when the settings a send needs are fine and no ``problem`` (refused credentials)
+        is given; else when ``what`` (a message or pack, unclaimed, no slot taken) comes back to
+        check again, until fixed or expired. Logs a warning naming the settings (or the
+        problem), never their values."""
+        broken = ", ".join(self.ports.policy.broken_settings)
+        if not (problem := problem or (broken and f"setting {broken} is not configured")):
             return None
         left = (valid_until - self.ports.now()).total_seconds()
         delay = max(0.0, min(CONFIGURATION_RECHECK_SECONDS, left))
-        log.warning("%s not sent: setting %s is not configured (see /api/health); checking "
-                    "again in %.0f s", what, ", ".join(broken), delay)  # fmt: skip
+        log.warning("%s not sent: %s (see /api/health); checking again in %.0f s",
+                    what, problem, delay)  # fmt: skip
         return delay
 
     # --- final writes ------------------------------------------------------------------------

@@ -421,7 +421,7 @@ class IndexPacks:
             update["pack_id"] = None
         return self.outcomes.swap_until(record, lambda r: same_claim(record, r), **update)
 
-    def attempt(self, pack: Pack, members: Members, grant: QuotaGrant | Exception) -> SendOutcome:
+    def attempt(self, pack: Pack, members: Members, grant: QuotaGrant) -> SendOutcome:
         """One upstream call for the whole pack; each member's outcome recorded on its own.
         Raises :class:`StaleGrant` (nothing sent, nothing recorded) if ``grant`` went stale."""
         _leader, command = members[0]

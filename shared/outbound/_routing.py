@@ -20,7 +20,7 @@ from shared.outbound._records import new_record, normalize
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from shared.messages import MessageRecord
     from shared.outbound._models import OutboundMessage
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     MessageIdOf = Callable[[OutboundMessage, str | None], str]
 
-__all__ = ["CONNECTION_REMOVED", "through_connection", "unrouted"]
+__all__ = ["CONNECTION_REMOVED", "through_connection", "token_wait", "unrouted"]
 
 log = logging.getLogger("shared.outbound.sender")
 #: The failure code of a send whose connection was removed from the settings.
@@ -76,6 +76,34 @@ def unrouted(outcomes: Outcomes, text: str, problem: Exception) -> SendOutcome:
                 getattr(problem, "detail", ""))  # fmt: skip
     seconds = CONFIGURATION_RECHECK_SECONDS
     return outcomes.put_back(text, "message", "", seconds, OutcomeKind.DEFERRED, "configuration")
+
+
+def token_wait(
+    outcomes: Outcomes, message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]
+) -> tuple[float, str] | None:
+    """Has the token of the call of ``message`` (its claimed ``records``) in hand before the
+    caller takes its grant (:meth:`Upstream.ready <shared.outbound._attempt.Upstream.ready>`):
+    None, or, when none could be had, how long the call waits and why. Nothing was sent and no
+    slot taken: a deferral, not an attempt, never past the records' validity (they then fail
+    ``expired``, with their events). Refused (or missing) credentials are a broken setting,
+    checked again as :meth:`Outcomes.misconfigured <shared.outbound._outcomes.Outcomes.
+    misconfigured>` does; an identity provider that failed (unreachable, timed out) is tried
+    again after the retry policy's backoff over the send's deferrals so far."""
+    from shared.logs import cut_secrets
+    from shared.smartdialog import CredentialsError, backoff_delay
+
+    if (failed := outcomes.ports.upstream.ready()) is None:
+        return None
+    until = min(r.valid_until for r in records)
+    pack = message.packId if isinstance(message, PackDriver) else None
+    what = f"pack {pack}" if pack else f"message {records[0].message_id}"
+    if isinstance(failed, CredentialsError):
+        return outcomes.misconfigured(what, until, cut_secrets(str(failed))) or 0.0, "configuration"
+    policy = outcomes.ports.policy
+    wait = backoff_delay(message.deferrals + 1, base=policy.retry_base, cap=policy.retry_max)
+    wait = max(0.0, min(wait, (until - outcomes.ports.now()).total_seconds()))
+    log.warning("%s not sent: %s; trying again in %.0f s", what, failed, wait)
+    return wait, "identity-provider"
 
 
 def _misconfigured(

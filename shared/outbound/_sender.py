@@ -58,7 +58,7 @@ from shared.outbound._records import (
     recipient_slots,
     unreadable_address,
 )
-from shared.outbound._routing import through_connection, unrouted
+from shared.outbound._routing import through_connection, token_wait, unrouted
 from shared.problems import Problem
 
 if TYPE_CHECKING:
@@ -399,35 +399,35 @@ class OutboundSender:
             claim.record = claimed = claim.members[0][0]
         from shared.quota import QuotaDenied
 
-        with self.ports.upstream.ready() as failed:  # the token first, then the grant
-            decision, waited = (failed, 0.0) if failed else self.ports.quota_wait.take(0.0)
-            for retry_stale in (True, False):  # a grant gone stale gets one more try here
-                if isinstance(decision, QuotaDenied):
-                    delay = self.ports.quota_wait.come_back_in(
-                        decision.retry_after, packable=claimed.pack_key is not None
-                    )
-                    return self._hand_back(claim, delay, "quota")
-                if self._claim_too_short(claimed, claim.members):
-                    # The claim (a lease) must outlast the call, or a re-delivered copy could
-                    # take it over while the call is in flight; the lease is longer than an
-                    # attempt, so only a very slow gather or quota wait gets here.
-                    log.warning("message %s: claim too close to its end to call; deferred",
-                                claimed.message_id)  # fmt: skip
-                    return self._hand_back(claim, 0, "lease")
-                claim.held = False  # from here on it may reach upstream
-                try:
-                    if claim.pack is not None and claim.members:
-                        # Also a retried pack of one (its other members final): sent as that
-                        # pack, so its RequestId stays the one of the ambiguous attempt.
-                        return self.packing.attempt(claim.pack, claim.members, decision)
-                    return self._attempt(claimed, command, decision)
-                except StaleGrant as exc:
-                    # Nothing was sent: the request was stopped before it left. Not an
-                    # attempt; the unused grant stays in the log (a wasted slot: fewer calls).
-                    claim.held = True
-                    log.warning("message %s: %s; not sent with it", claimed.message_id, exc)
-                    if retry_stale:
-                        decision, waited = self.ports.quota_wait.take(waited)
+        if waits := token_wait(self.outcomes, command, [claimed]):  # the token first
+            return self._hand_back(claim, *waits)  # none: nothing sent, not an attempt
+        decision, waited = self.ports.quota_wait.take(0.0)
+        for retry_stale in (True, False):  # a grant gone stale gets one more try here
+            if isinstance(decision, QuotaDenied):
+                delay = self.ports.quota_wait.come_back_in(
+                    decision.retry_after, packable=claimed.pack_key is not None
+                )
+                return self._hand_back(claim, delay, "quota")
+            if self._claim_too_short(claimed, claim.members):
+                # The claim (a lease) must outlast the call, or a re-delivered copy could
+                # take it over while the call is in flight; the lease is longer than an
+                # attempt, so only a very slow gather or quota wait gets here.
+                log.warning("message %s: claim too close to its end to call; deferred",
+                            claimed.message_id)  # fmt: skip
+                return self._hand_back(claim, 0, "lease")
+            claim.held = False  # from here on it may reach upstream
+            try:
+                if claim.pack is not None and claim.members:
+                    # Also a retried pack of one (its other members final): sent as that
+                    # pack, so its RequestId stays the one of the ambiguous attempt.
+                    return self.packing.attempt(claim.pack, claim.members, decision)
+                return self._attempt(claimed, command, decision)
+            except StaleGrant as exc:
+                # Nothing sent (stopped before it left), not an attempt; the grant stays logged.
+                claim.held = True
+                log.warning("message %s: %s; not sent with it", claimed.message_id, exc)
+                if retry_stale:
+                    decision, waited = self.ports.quota_wait.take(waited)
         return self._hand_back(claim, STALE_GRANT_RETRY_SECONDS, "stale-grant")
 
     def _hand_back(self, claim: _Claim, delay: float, reason: str) -> SendOutcome:
@@ -463,7 +463,7 @@ class OutboundSender:
         return any(lease is None or lease - now < needed for lease in leases)
 
     def _attempt(
-        self, record: MessageRecord, command: OutboundMessage, grant: QuotaGrant | Exception
+        self, record: MessageRecord, command: OutboundMessage, grant: QuotaGrant
     ) -> SendOutcome:
         """One upstream call with ``grant``, its outcome recorded. Raises :class:`StaleGrant`
         (nothing sent, nothing recorded) if the grant went stale before the request left."""

@@ -168,3 +168,149 @@ def test_a_bulk_pack_waits_unclaimed_for_its_setting_and_is_sent_once_fixed(
     assert len(calls) == 1
     assert len(calls[0]["body"]["Recipients"]) == 3
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+# --- credentials the identity provider refuses, an identity provider that fails -----------------
+
+
+def refused_secret(outbound: Outbound) -> dict[str, str]:
+    """Client credentials the sandbox's identity provider refuses (invalid_client); the access
+    token to put back."""
+    token = os.environ["SMARTDIALOG_ACCESS_TOKEN"]
+    outbound.configure(
+        ACCESS_TOKEN="",
+        CLIENT_ID="sandbox-client",
+        CLIENT_SECRET="not-the-secret",
+        AUTHORITY=outbound.sandbox.authority,
+    )
+    return {"ACCESS_TOKEN": token, "CLIENT_ID": "", "CLIENT_SECRET": "", "AUTHORITY": ""}
+
+
+def test_refused_credentials_are_a_configuration_wait_not_attempts_until_fixed(
+    outbound: Outbound, slots: list[object]
+) -> None:
+    """Before, each refusal counted an attempt with its backoff: after SEND_MAX_ATTEMPTS the
+    send failed attempts-exhausted and was dead-lettered while the setting was still wrong."""
+    fixed = refused_secret(outbound)
+    outbound.configure(SEND_MAX_ATTEMPTS=2)
+    text = command("m-refused-creds")
+
+    for _ in range(3):  # more often than SEND_MAX_ATTEMPTS allows attempts
+        deferred = OutboundSender.from_settings().process(text)
+        assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "configuration")
+        assert deferred.delay_seconds == CONFIGURATION_RECHECK_SECONDS
+
+    assert slots == []
+    assert outbound.upstream() == []
+    waiting = record("m-refused-creds")
+    assert (waiting.status, waiting.attempts, waiting.lease_until) == (
+        MessageStatus.QUEUED,
+        0,
+        None,
+    )
+    assert outbound.events() == []
+    assert outbound.dead_letters() == []
+
+    outbound.configure(**fixed)
+    assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
+    assert len(outbound.upstream()) == 1
+
+
+def test_a_send_waiting_for_refused_credentials_fails_expired_with_its_event(
+    outbound: Outbound, slots: list[object], manual_clock: ManualClock
+) -> None:
+    refused_secret(outbound)
+    valid_until = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC) + dt.timedelta(seconds=20)
+    text = command("m-refused-late", validUntil=valid_until.isoformat())
+
+    deferred = OutboundSender.from_settings().process(text)
+    assert (deferred.detail, deferred.delay_seconds) == ("configuration", 20)
+    manual_clock.advance(21)
+    failed = OutboundSender.from_settings().process(text)
+
+    assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
+    assert slots == []
+    assert record("m-refused-late").attempts == 0
+    events = outbound.events()
+    assert [e["data"]["error"]["code"] for e in events] == ["expired"]
+    assert [d["messageId"] for d in outbound.dead_letters()] == ["m-refused-late"]
+
+
+def test_a_bulk_pack_waits_for_refused_credentials_its_members_unattempted(
+    outbound: Outbound, slots: list[object]
+) -> None:
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+    fixed = refused_secret(outbound)
+
+    deferred = OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert slots == []
+    assert outbound.upstream() == []
+    assert all(record(i).attempts == 0 for i in ids)
+    assert {record(i).status for i in ids} == {MessageStatus.QUEUED}
+
+    outbound.configure(**fixed)
+    OutboundSender.from_settings().process(json.dumps(driver))
+    [call] = outbound.upstream()
+    assert len(call["body"]["Recipients"]) == 3
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+def test_an_index_pack_waits_for_refused_credentials_its_members_unattempted(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import _outcomes
+    from tests.bulk.test_packing import accept, park, waiting_for_a_slot
+    from tests.waiting import wait_for
+
+    monkeypatch.setattr(_outcomes, "CONFIGURATION_RECHECK_SECONDS", 1.0)  # drain() waits for it
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])
+    park(outbound)  # each met the full quota once: deferred and indexed, a pack forms next
+    fixed = refused_secret(outbound)
+
+    wait_for(outbound.run_once, timeout=10, what="a parked send back, to lead its pack")
+
+    assert outbound.upstream() == []
+    assert all(record(i).attempts == 0 for i in ids)
+    assert {record(i).status for i in ids} == {MessageStatus.QUEUED}
+    assert outbound.dead_letters() == []
+
+    outbound.configure(**fixed)
+    outbound.drain()
+    [call] = outbound.upstream()
+    assert len(call["body"]["Recipients"]) == 3
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+def test_an_identity_provider_that_fails_defers_with_backoff_not_attempts(
+    outbound: Outbound, slots: list[object]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = os.environ["SMARTDIALOG_ACCESS_TOKEN"]
+    outbound.configure(
+        ACCESS_TOKEN="", CLIENT_ID="app-1", CLIENT_SECRET="s3cret-s3cret",
+        AUTHORITY=f"https://127.0.0.1:{port}/tenant", SEND_MAX_ATTEMPTS=1,
+        SEND_RETRY_BASE_SECONDS=4, SEND_RETRY_MAX_SECONDS=8,
+    )  # fmt: skip
+    text = command("m-no-idp")
+
+    first = OutboundSender.from_settings().process(text)
+    again = OutboundSender.from_settings().process(command("m-no-idp", deferrals=1))  # its copy
+
+    assert (first.kind, first.detail) == (OutcomeKind.DEFERRED, "identity-provider")
+    assert first.delay_seconds in (3, 4)  # the base backoff, jittered
+    assert again.delay_seconds in (6, 7, 8)  # twice that after one deferral
+    assert slots == []
+    assert record("m-no-idp").attempts == 0  # SEND_MAX_ATTEMPTS=1 would have failed it
+    assert outbound.dead_letters() == []
+
+    outbound.configure(ACCESS_TOKEN=token, CLIENT_ID="", CLIENT_SECRET="", AUTHORITY="")
+    assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT

@@ -678,7 +678,7 @@ def test_a_slow_token_fetch_comes_before_the_grant_so_no_grant_goes_stale_waitin
     assert all(record(f"m-cold-{n}").status is MessageStatus.SENT for n in range(8))
 
 
-def test_a_token_fetch_that_fails_before_the_grant_keeps_its_outcome_and_spends_no_slot(
+def test_a_token_fetch_that_fails_before_the_grant_waits_spending_no_slot_and_no_attempt(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shared.outbound import send_ports
@@ -698,8 +698,7 @@ def test_a_token_fetch_that_fails_before_the_grant_keeps_its_outcome_and_spends_
     assert (grants, sends) == ([], [])
     waiting = record("m-refused")
     assert waiting.status is MessageStatus.QUEUED  # waits for the credentials to be fixed
-    assert waiting.last_error is not None
-    assert waiting.last_error.code == "configuration"
+    assert waiting.attempts == 0  # a configuration wait, not an attempt
     assert outbound.queued() == 1
 
 
