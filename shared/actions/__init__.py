@@ -16,10 +16,11 @@ The pipeline (:func:`handle` / :func:`run_action`), host-independent::
            quota token is taken, nothing is sent upstream.
         -> spec.handler(ActionContext, input) -> ActionResponse
            (ctx.client: the process-wide SmartDialogClient; each attempt takes a quota token)
-        -> failures mapped: Problem as raised; QuotaExceeded -> 429 + Retry-After; SmartDialog
-           errors via upstream_problem (400->422, 403, 404, 409, 429, 401->503 naming the
-           credentials, 503->503, other 5xx->502, timeout->504); anything else -> 500 problem
-           without details (logged, redacted).
+        -> failures mapped: Problem as raised; QuotaExceeded -> 429 + Retry-After; StaleGrant
+           (no fresh slot when the request was to leave: nothing sent) -> 429 + Retry-After: 1;
+           QuotaStoreError -> 503; SmartDialog errors via upstream_problem (400->422, 403, 404,
+           409, 429, 401->503 naming the credentials, 503->503, other 5xx->502, timeout->504);
+           anything else -> 500 problem without details (logged, redacted).
     -> ActionResponse(status, headers, body) -- never raises.
 
 Adding an action (e.g. the send actions of the outbound pipeline)::
