@@ -47,6 +47,9 @@ class BatchRecord:
     refused_total: int | None = None
     #: When a status poll last put stale packs' drivers back on the queue.
     redriven_at: dt.datetime | None = None
+    #: The connection it was accepted through (None: a row of an earlier release, without it):
+    #: its members' commands may all be kept in blobs, which its status poll does not read.
+    connection: str | None = None
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
@@ -64,6 +67,7 @@ class BatchRecord:
             "FormedAt": self.formed_at,
             "IdempotencyKeyHash": self.idempotency_key_hash,
             "RedrivenAt": plain_datetime(self.redriven_at),
+            "Connection": self.connection,
             **chunked("PackIds", json.dumps(list(self.pack_ids))),
         }
 
@@ -88,6 +92,7 @@ class BatchRecord:
             refused_total=int(entity.get("RefusedCount") or len(refused)),
             idempotency_key_hash=entity.get("IdempotencyKeyHash"),
             redriven_at=utc(entity.get("RedrivenAt")),
+            connection=entity.get("Connection"),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 

@@ -91,10 +91,12 @@ def _batch_subject(batch_id: str) -> str:
     return f"batch:{batch_id}"
 
 
-def _connection(records: Sequence[MessageRecord]) -> str:
-    """The batch's connection: its members' (a command kept in a blob has it there; if all are,
-    a driver stamped ``default`` is sent on by the sender, :mod:`shared.outbound._drive`)."""
-    return next((r.connection for r in records if r.command_blob is None), DEFAULT_CONNECTION)
+def _connection(batch: BatchRecord, records: Sequence[MessageRecord]) -> str:
+    """The batch's connection: on its row, else (a row of ec7daff) its members' (one kept in a
+    blob names it only once claimed; if none does, the sender sends a driver stamped ``default``
+    on, :mod:`shared.outbound._drive`)."""
+    members = (r.connection for r in records if r.command_blob is None or r.sent_through)
+    return batch.connection or next(members, DEFAULT_CONNECTION)
 
 
 class BulkService:
@@ -109,7 +111,7 @@ class BulkService:
         self.packs = PackStore.from_settings(settings)
         self.batches = BatchStore.from_settings(settings)
         # A named connection's sends say so (the default's stay as they were before connections).
-        self._named_connection = settings.named_connection
+        self._named_connection, self._connection = settings.named_connection, settings.connection
         self._clock = utcnow
 
     # --- accept ----------------------------------------------------------------------------
@@ -249,6 +251,7 @@ class BulkService:
             pack_ids=tuple(p.pack_id for p in packs),
             refused=tuple(errors),
             idempotency_key_hash=key_hash,
+            connection=self._connection,
         )
         self.batches.save(batch)
         with ThreadPoolExecutor(_THREADS) as pool:
@@ -257,7 +260,7 @@ class BulkService:
         self.store.create_many(records)
         # From the first driver on the queue, the batch is accepted (a 500 would make a caller
         # without a key send it again, and this one is on its way); marking it is best effort.
-        if queued := self._enqueue_drivers(batch_id, batch.pack_ids):
+        if queued := self._enqueue_drivers(batch, batch.pack_ids):
             self._queued(batch)
         return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
 
@@ -325,7 +328,7 @@ class BulkService:
         if [p.pack_id for p in packs] != stored:
             if len(recorded) >= batch.accepted:
                 # Every member is recorded: only the drivers were missing. Send them.
-                if self._enqueue_drivers(batch_id, stored):
+                if self._enqueue_drivers(batch, stored):
                     self._queued(batch)
                 return self.status(batch_id, details=False, checked=True, replay=recipients)
             # The recipients changed since (an opt-out): this request is not that one any more.
@@ -350,7 +353,7 @@ class BulkService:
                     raise
             recorded = self._members_recorded(batch_id)
             missing = [(r, sl) for r, sl in missing if r.message_id not in recorded]
-        if queued := self._enqueue_drivers(batch_id, stored):
+        if queued := self._enqueue_drivers(batch, stored):
             self._queued(batch)
         return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
 
@@ -360,14 +363,16 @@ class BulkService:
         storage failures, say); at most once per that period per batch. A pack driven twice
         is sent once."""
         from shared.connections import UnknownConnection, connection_settings
+        from shared.outbound._ports import SendPolicy
 
-        settings, waiting = self.settings, False
-        try:  # the batch's connection's lease and backoff, not the poller's
-            settings = connection_settings(_connection(records))
+        settings, waiting = self.settings, True  # its sends wait: only the expired need a driver
+        try:  # the batch's connection's lease and backoff, not the poller's; broken as its sender
+            settings = connection_settings(_connection(batch, records))
+            waiting = bool(SendPolicy.from_settings(settings).broken_settings)
         except UnknownConnection:  # removed: a driver fails the members (connection-removed)
+            waiting = False
+        except Problem:  # misconfigured
             pass
-        except Problem:  # misconfigured: its driver waits; only members past validity need one
-            waiting = True
         now = self._clock()
         quiet = dt.timedelta(
             seconds=settings.send_lease_seconds + settings.send_retry_max_seconds + 60
@@ -375,30 +380,27 @@ class BulkService:
         last = batch.redriven_at
         if last is not None and now - last < quiet:
             return
-        stale = sorted(
-            {
-                r.pack_id
-                for r in records
-                if r.pack_id is not None and not r.status.is_final and now - r.updated_at >= quiet
-                and (not waiting or now >= r.valid_until)
-            }
-        )  # fmt: skip
+        stale = sorted({
+            r.pack_id for r in records
+            if r.pack_id is not None and not r.status.is_final and now - r.updated_at >= quiet
+            and (not waiting or now >= r.valid_until)
+        })  # fmt: skip
         if not stale:
             return
         log.warning("batch %s: %d pack(s) idle for %s; their drivers are enqueued again",
                     batch.batch_id, len(stale), quiet)  # fmt: skip
         self.batches.note_redriven(batch, now)
-        self._enqueue_drivers(batch.batch_id, stale, records)
+        self._enqueue_drivers(batch, stale, records)
 
     def _enqueue_drivers(
-        self, batch_id: str, pack_ids: Sequence[str], members: Sequence[MessageRecord] = ()
+        self, batch: BatchRecord, pack_ids: Sequence[str], members: Sequence[MessageRecord] = ()
     ) -> bool:
         """Put the packs' drivers on the queue: True if every one went, False if some did
         (a status poll puts them out again); raises if none did (the SDK retried already).
         Given the batch's ``members`` (a status poll, whoever polls), they go through the
-        members' connection and continue their trace; else the bulk request's."""
-        queue = outbound_queue(self.settings)
-        connection = named_connection(_connection(members)) if members else self._named_connection
+        batch's connection and continue their trace; else the bulk request's."""
+        queue, batch_id = outbound_queue(self.settings), batch.batch_id
+        connection = named_connection(_connection(batch, members) if members else self._connection)
         trace = next((r.traceparent for r in members if r.traceparent), current_traceparent())
         texts = [
             PackDriver(packId=p, batchId=batch_id, traceparent=trace, Connection=connection).text()
@@ -448,9 +450,8 @@ class BulkService:
             self.check_token(batch_id, token)
         batch = self.batches.get(batch_id)
         if batch is None:
-            raise Problem(
-                404, "No such batch", f"There is no batch {batch_id}.", type=ProblemType.NOT_FOUND
-            )
+            raise Problem(404, "No such batch", f"There is no batch {batch_id}.",
+                          type=ProblemType.NOT_FOUND)  # fmt: skip
         # Every member's record and recipient slot in one range query (the batch's
         # partitions); delivery reports move the slots.
         records_by_id: dict[str, MessageRecord] = {}
@@ -485,7 +486,7 @@ class BulkService:
         ):
             # Every member is recorded; the request (or the replay that finished an incomplete
             # batch) stopped before its drivers were all out, or could not mark the batch.
-            if self._enqueue_drivers(batch_id, batch.pack_ids, records):
+            if self._enqueue_drivers(batch, batch.pack_ids, records):
                 batch = self._queued(batch)
         elif batch.status is BatchStatus.QUEUED:
             self._redrive_stale(batch, records)

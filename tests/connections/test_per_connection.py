@@ -42,20 +42,24 @@ def test_a_sync_action_goes_through_the_named_connections_account(two: TwoConnec
     assert two.env.sandbox.state.snapshot("requests") == []
 
 
-def bulk_through_second(first_address: int, count: int) -> str:
-    """SendBulkMessages through connection ``second``, to ``count`` numbers from +358403<first>;
-    the batch's status URL (its Location)."""
+def bulk_through_second(
+    first_address: int, count: int, connection: str | None = "second", name: str = "P"
+) -> str:
+    """SendBulkMessages through ``connection`` (None: the default), to ``count`` numbers from
+    +358403<first>, each named ``name``<i>; the batch's status URL (its Location)."""
     body = {
         "Sender": "Sandbox",
         "Content": "Hi $(name)",
         "Recipients": [
-            {"Address": f"+358403{first_address + i:06d}", "Personalization": {"name": f"P{i}"}}
+            {
+                "Address": f"+358403{first_address + i:06d}",
+                "Personalization": {"name": f"{name}{i}"},
+            }
             for i in range(count)
         ],
     }
-    accepted = call_http(
-        "SendBulkMessages", "POST", body=body, headers={CONNECTION_HEADER: "second"}
-    )
+    headers = {CONNECTION_HEADER: connection} if connection else {}
+    accepted = call_http("SendBulkMessages", "POST", body=body, headers=headers)
     assert accepted.status == 202, accepted.body
     return str(accepted.headers["Location"])
 
@@ -467,6 +471,84 @@ def test_a_status_poll_leaves_a_pack_waiting_for_its_broken_connection_until_its
     assert two.env.upstream() == []
     assert two.second_upstream() == []
     assert batch_status(location).body["Counts"]["failed"] == 3
+    assert {e["data"]["error"]["code"] for e in two.env.events()} == {"expired"}
+
+
+def test_a_status_poll_redrives_a_batch_row_of_ec7daff_through_its_members_connection(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    """A batch row written by ec7daff has no Connection: its members' commands name it."""
+    from azure.data.tables import UpdateMode
+
+    from shared.messages import BatchStore
+
+    location = bulk_through_second(60000, 2)
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # its driver is lost
+    table = BatchStore.from_settings().table
+    [row] = table.query_entities(f"PartitionKey eq '{location.split('?')[0].rsplit('/', 1)[-1]}'")
+    assert row.pop("Connection") == "second"
+    table.update_entity(row, mode=UpdateMode.REPLACE)
+    manual_clock.advance(481)
+
+    assert batch_status(location).status == 202
+    assert [m.get("Connection") for m in two.env.read(OUTBOUND_QUEUE)] == ["second"]
+
+
+@pytest.mark.parametrize(
+    "broken", ["customer-claimed-twice", "mistyped-key", "no-default-credentials", "blob-kept"]
+)
+def test_a_status_poll_adds_no_driver_while_the_batchs_sends_wait_and_one_once_they_expire(
+    two: TwoConnections, manual_clock: ManualClock, broken: str
+) -> None:
+    """Whatever holds the batch's sends (a routing error, the default's own settings, its
+    connection's settings with every member's command kept in a blob), a status poll leaves its
+    waiting pack alone until the members' validity ends: it used to add a driver every 480 s,
+    each looping a minute at a time until then. A routing error has the HTTP poll answer 503
+    meanwhile, so the poll is also asked of the service itself (as a replay's answer is)."""
+    from shared.messages._records import INLINE_COMMAND_CHARS
+    from shared.outbound._bulk import BulkService
+    from shared.settings import get_settings
+
+    def poll() -> tuple[int, dict[str, Any]]:
+        if broken not in ("customer-claimed-twice", "mistyped-key"):
+            answer = batch_status(location)
+            return answer.status, answer.body
+        assert batch_status(location).status == 503
+        batch_id = location.split("?")[0].rsplit("/", 1)[-1]
+        status, body, _ = BulkService(get_settings()).status(batch_id, details=False, checked=True)
+        return status, body
+
+    named = broken != "no-default-credentials"
+    name = "x" * INLINE_COMMAND_CHARS if broken == "blob-kept" else "P"
+    location = bulk_through_second(50000, 2, "second" if named else None, name)
+    drivers = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    if broken == "customer-claimed-twice":
+        two.set_connection("THIRD", ACCESS_TOKEN="tok-3", BASE_URL=two.second.api_url,
+                           CUSTOMERS=SECOND_CUSTOMER)  # fmt: skip
+    elif broken == "mistyped-key":
+        two.env.monkeypatch.setenv("SMARTDIALOG_CONNECTIONS__SALES_CLIENT_ID", "sales-client")
+        forget_settings()
+    elif broken == "no-default-credentials":
+        two.env.monkeypatch.delenv("SMARTDIALOG_ACCESS_TOKEN")
+        forget_settings()
+    else:
+        two.drop_connection("SECOND", "ACCESS_TOKEN")
+    for driver in drivers:
+        waited = OutboundSender.from_settings().process(json.dumps(driver))
+        assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # (their copies wait on: not needed here)
+
+    manual_clock.advance(481)  # past the idle time: the drivers are waiting, not lost
+    assert poll()[0] == 202
+    assert two.env.queued() == 0
+
+    manual_clock.advance(86_400)  # the members' validity ended: a driver fails them
+    assert poll()[0] == 202
+    assert two.env.queued() == len(drivers)
+    two.env.drain()
+    assert (two.env.upstream(), two.second_upstream()) == ([], [])
+    assert poll()[1]["Counts"]["failed"] == 2
     assert {e["data"]["error"]["code"] for e in two.env.events()} == {"expired"}
 
 
