@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 
 from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageStatus
-from shared.outbound._models import PackDriver, command_connection
+from shared.outbound._models import (
+    PackDriver,
+    StoredCommand,
+    command_connection,
+    parse_queue_message,
+)
 from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind, SendOutcome
 from shared.outbound._ports import send_ports
 from shared.outbound._records import new_record, normalize
@@ -71,10 +76,24 @@ def unrouted(outcomes: Outcomes, text: str, problem: Exception) -> SendOutcome:
     """A send command routed by its customer's claim while the claims are uncertain (an error
     of the connections as a whole, :func:`shared.connections.claimed_by`): nothing is decided
     for it yet (its connection, then its id, defaults and record), so its text goes back on
-    the queue as it came, no attempt or deferral counted, until the settings are fixed."""
+    the queue as it came, no attempt or deferral counted, until the settings are fixed. One
+    already recorded (accepted over HTTP) still fails ``expired``, with its event, once its
+    validity ends, as any waiting send does."""
     log.warning("a queued send routed by its customer waits: %s (see /api/health)",
                 getattr(problem, "detail", ""))  # fmt: skip
-    seconds = CONFIGURATION_RECHECK_SECONDS
+    seconds = float(CONFIGURATION_RECHECK_SECONDS)
+    try:
+        message = parse_queue_message(text)
+    except ValueError:  # (a ValidationError too) not read above either
+        message = None
+    if message is not None and not isinstance(message, PackDriver | StoredCommand):
+        record = outcomes.ports.store.get(message.messageId) if message.messageId else None
+        if record is not None and not record.status.is_final:
+            now = outcomes.ports.now()
+            left = (record.valid_until - now).total_seconds()
+            if left <= 0 and not _held_for(record, now):
+                return outcomes.fail(record, outcomes.expired(record))
+            seconds = min(seconds, max(left, 1.0))
     return outcomes.put_back(text, "message", "", seconds, OutcomeKind.DEFERRED, "configuration")
 
 

@@ -145,8 +145,9 @@ class OutboundSender:
 
     def settle_poisoned(self, text: str) -> bool | None:
         """Settle a send command the host moved to the poison queue, read as :meth:`process`
-        reads it (:meth:`Outcomes.settle_poisoned`); False, nothing done, for one not read or
-        routed, a pack's driver, or one whose id came from its queue message (lost with it)."""
+        reads it (:meth:`Outcomes.settle_poisoned`); None, look again, while the claims routing it
+        are uncertain; False, nothing done, for one not read or routed, a pack's driver, or one
+        whose id came from its queue message (lost with it)."""
         try:
             message = self._read(text)
             if isinstance(message, PackDriver):
@@ -155,6 +156,8 @@ class OutboundSender:
             if not self._routes(message):
                 sender = OutboundSender(send_ports(connection_settings(message.Connection)))
             command = sender._normalized(message, None)
+        except ConnectionNotConfigured:  # its connection is uncertain now: look again next run
+            return None
         except (ValidationError, ValueError, Problem):
             return False
         return sender.outcomes.settle_poisoned(command)
@@ -431,16 +434,14 @@ class OutboundSender:
         return self._hand_back(claim, STALE_GRANT_RETRY_SECONDS, "stale-grant")
 
     def _hand_back(self, claim: _Claim, delay: float, reason: str) -> SendOutcome:
-        """No call was made: hand the claim back (:meth:`_give_back`) and put the message back
-        on the queue after ``delay`` (a deferral)."""
+        """No call made: claim handed back, message requeued after ``delay`` s (a deferral)."""
         self._give_back(claim)
         attempts = claim.record.attempts - 1
         return self.outcomes.requeue(claim.command, attempts, delay, OutcomeKind.DEFERRED, reason)
 
     def _give_back(self, claim: _Claim) -> None:
         """Hand the claim (and a pack's members) back, the attempt not counted: a new pack is
-        dissolved (its members stay packable and wait in the index for the next invocation
-        that gets a slot), a pack that was already attempted keeps its membership. Once."""
+        dissolved (its members wait in the index, packable), an attempted one kept. Once."""
         if not claim.held:
             return
         claim.held, keep = False, not claim.fresh
@@ -453,10 +454,9 @@ class OutboundSender:
     def _claim_too_short(
         self, claimed: MessageRecord, members: list[tuple[MessageRecord, OutboundMessage]]
     ) -> bool:
-        """Whether a claim of this call ends before a whole upstream call (its timeout plus
-        the lease margin for clock skew) could be over. Another worker takes a claim over
-        only once its lease has ended, so a claim that outlasts the call is still ours
-        throughout it: no storage read needed to know."""
+        """Whether a claim of this call ends before a whole upstream call (its timeout plus the
+        lease margin for clock skew) could be over. Another worker takes a claim over only once
+        its lease has ended: one that outlasts the call is ours throughout it, no read needed."""
         now = self.ports.now()
         needed = dt.timedelta(seconds=self.ports.policy.call_seconds)
         leases = [claimed.lease_until, *(m.lease_until for m, _ in members)]

@@ -601,3 +601,31 @@ def test_without_default_credentials_the_named_connections_still_send(
     )
     assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
     assert len(two.second_upstream()) == 1
+
+
+def test_an_accepted_send_waiting_out_a_routing_error_still_expires_and_is_settled_later(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    """A send accepted over HTTP (recorded, routed by its customer) waits out a mistyped key
+    unrouted; its validity still runs out meanwhile (it fails ``expired``, with its event, as
+    any waiting send does), and a poisoned copy of it is looked at again later, not kept as
+    nothing of ours (its record would have stayed ``queued`` for good)."""
+    accepted = call_http("SendMessage", "POST", body=sms("+358400000047"))
+    assert accepted.status == 202, accepted.body
+    [text] = [json.dumps(m) for m in two.env.read(OUTBOUND_QUEUE)]
+    key = "SMARTDIALOG_CONNECTIONS__SALES_CLIENT_ID"
+    two.env.monkeypatch.setenv(key, "sales-client")
+    forget_settings()
+    sender = OutboundSender.from_settings()
+    assert sender.settle_poisoned(text) is None  # uncertain now: the keeper looks again
+    waited = sender.process(text, queue_message_id="q9")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    record = MessageStore.from_settings().get(accepted.body["Id"])
+    assert record is not None
+    left = record.valid_until - dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    manual_clock.advance(left.total_seconds() + 1)
+    failed = sender.process(text, queue_message_id="q9")
+    assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
+    [event] = two.env.events()
+    assert event["data"]["error"]["code"] == "expired"
+    assert (two.env.upstream(), two.second_upstream()) == ([], [])
