@@ -42,7 +42,7 @@ TWO_WAY = "s-1001-twoway"
 GROUP = "s-1001-group"
 IDENTITY = "+358501234567"
 DELIVERED = "+358400000001"
-LIFECYCLE = {"close", "from_settings"}
+LIFECYCLE = {"close", "from_settings", "ready"}  # ready: the token in hand before a quota grant
 
 
 def snake_case(operation_id: str) -> str:

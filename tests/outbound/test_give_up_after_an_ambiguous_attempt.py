@@ -148,11 +148,16 @@ def test_a_message_whose_worker_died_mid_call_and_whose_validity_ended_is_not_fa
     assert len(outbound.upstream()) == 1
 
 
-def test_a_send_whose_token_cannot_be_had_fails_as_certainly_not_sent(outbound: Outbound) -> None:
-    """The identity provider unreachable: every attempt is a transient failure that sent
-    nothing (no bare exception for the host to retry into the poison queue), and giving up says
-    ``attempts-exhausted``, never ``outcome-unknown``."""
+def test_a_send_whose_token_cannot_be_had_ends_expired_as_certainly_not_sent(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """The identity provider unreachable: nothing is sent and no slot or attempt spent (the send
+    waits, deferred; no bare exception for the host to retry into the poison queue), and when it
+    gives up at the end of its validity it says ``expired``, never ``outcome-unknown``."""
+    import datetime as dt
     import socket
+
+    from shared.outbound import OutboundSender, OutcomeKind
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -165,13 +170,20 @@ def test_a_send_whose_token_cannot_be_had_fails_as_certainly_not_sent(outbound: 
         SEND_MAX_ATTEMPTS=2,
     )
     accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+    [text] = [json.dumps(m) for m in outbound.read("smartdialog-outbound")]
 
-    outbound.drain()
+    deferred = OutboundSender.from_settings().process(text)
+    assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "identity-provider")
+    waiting = stored(accepted.body["Id"])
+    assert (waiting.status, waiting.attempts) == (MessageStatus.QUEUED, 0)
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    manual_clock.advance((waiting.valid_until - now).total_seconds() + 1)
+    OutboundSender.from_settings().process(text)
 
     failed = stored(accepted.body["Id"])
     assert failed.status is MessageStatus.FAILED
     assert failed.failure is not None
-    assert failed.failure.code == "attempts-exhausted"
+    assert failed.failure.code == "expired"
     assert not failed.maybe_sent
     assert outbound.upstream() == []
 
