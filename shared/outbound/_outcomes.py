@@ -48,6 +48,7 @@ from shared.outbound._models import (
 )
 from shared.outbound._ports import SendPolicy, SendPorts
 from shared.outbound._records import command_text, is_recorded_as, queued_text, repeats_rule_send
+from shared.outbound._service import emit_cancelled
 from shared.payloads import fits_queue
 from shared.settings import LONGEST_SECONDS
 from shared.triggers import notify_send_failed
@@ -357,9 +358,12 @@ class Outcomes:
 
     def emit(self, record: MessageRecord) -> bool:
         """Send a final record's event (and a failure's dead letter), whatever ``announced``
-        says (a bulk pack records it first); False for a cancelled one (whoever cancelled
-        announces that) or one not final."""
-        if record.status not in (MessageStatus.SENT, MessageStatus.FAILED):
+        says (a bulk pack records it first; a cancelled one's: its cancel failed midway);
+        False for one not final."""
+        if record.status is MessageStatus.CANCELLED:
+            emit_cancelled(self.ports.store, self.ports.events, record)
+            return True
+        if not record.status.is_final:
             return False
         event_type = MESSAGE_SENT if record.status is MessageStatus.SENT else MESSAGE_FAILED
         # In the message's own trace (a pack's members each have theirs), linked to this one.

@@ -63,6 +63,7 @@ __all__ = [
     "NotQueued",
     "SendService",
     "StatusView",
+    "emit_cancelled",
     "key_reused",
     "send_service",
 ]
@@ -450,6 +451,8 @@ class SendService:
             if record is None:
                 raise _not_found(message_id)
             if record.status is MessageStatus.CANCELLED:
+                if not record.announced:  # that cancel failed after its swap: finish it
+                    self._announce_cancelled(record)
                 return StatusView(200, _cancelled_document(record), {})
             if record.status not in (MessageStatus.ACCEPTED, MessageStatus.QUEUED):
                 raise Problem(
@@ -472,25 +475,36 @@ class SendService:
             )
             if done is None:
                 continue  # the sender got there first (or another cancel): look again
-            self.store.advance_recipients(message_id, RecipientStatus.CANCELLED, now=now)
-            data = MessageCancelledData(
-                messageId=message_id,
-                operation=Operation(done.operation),
-                customerId=done.customer_id,
-                serviceId=done.service_id,
-                connection=done.connection,
-            )
-            event = make_event(
-                MESSAGE_CANCELLED,
-                data,
-                event_id=f"{message_id}:cancelled",
-                subject=message_id,
-                time=now,
-            )
-            ensured_queue(EVENTS_QUEUE, self.settings).send_message(event.to_json())
-            self.store.swap(done, announced=True)
+            self._announce_cancelled(done)
             return StatusView(200, _cancelled_document(done), {})
         raise Problem(409, "The message is changing; try again", type=ProblemType.CONFLICT)
+
+    def _announce_cancelled(self, record: MessageRecord) -> None:
+        emit_cancelled(self.store, ensured_queue(EVENTS_QUEUE, self.settings), record)
+        self.store.swap(record, announced=True)  # lost to a race: announced by the other
+
+
+def emit_cancelled(store: MessageStore, events: QueueLike, record: MessageRecord) -> None:
+    """A cancelled record's side effects: its slots cancelled and its ``message.cancelled`` event
+    (id ``<messageId>:cancelled``), by its cancel, or again by whoever finds it unannounced (a
+    cancel that failed after its swap): consumers de-duplicate on the event ``id``."""
+    at = record.finished_at or utcnow()
+    store.advance_recipients(record.message_id, RecipientStatus.CANCELLED, now=at)
+    data = MessageCancelledData(
+        messageId=record.message_id,
+        operation=Operation(record.operation),
+        customerId=record.customer_id,
+        serviceId=record.service_id,
+        connection=record.connection,
+    )
+    event = make_event(
+        MESSAGE_CANCELLED,
+        data,
+        event_id=f"{record.message_id}:{MessageStatus.CANCELLED}",
+        subject=record.message_id,
+        time=at,
+    )
+    events.send_message(event.to_json())
 
 
 def key_reused(
