@@ -491,7 +491,8 @@ def _run_action(
 
             settings = get_settings()
         _check_size(request, settings.max_request_bytes)
-        settings = routed_settings(spec.input, request, settings)
+        if spec.routed:  # a status URL is answered whatever the connections' state
+            settings = routed_settings(spec.input, request, settings)
         parsed = parse_input(spec.input, request, settings)
         context = ActionContext(settings, tracking_id, client_factory or shared_client)
         response = spec.handler(context, parsed)

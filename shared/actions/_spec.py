@@ -262,7 +262,9 @@ class ActionSpec(Generic[InputT]):
     as do ``responses`` (the first is the success answer) and ``connector_extensions`` (extra
     members merged into the Swagger operation, e.g. ``x-ms-trigger``) and
     ``path_extensions`` (merged into the Swagger path item, e.g.
-    ``x-ms-notification-content``).
+    ``x-ms-notification-content``). ``routed`` False: the action needs only the app-wide
+    settings (a status URL, our own records), so it is not routed to a connection and a
+    routing error, or a broken or removed connection its request names, does not stop it.
     """
 
     operation_id: str
@@ -278,6 +280,7 @@ class ActionSpec(Generic[InputT]):
     tags: tuple[str, ...] = ()
     connector_extensions: Mapping[str, Any] = field(default_factory=dict)
     path_extensions: Mapping[str, Any] = field(default_factory=dict)
+    routed: bool = True
 
     @property
     def path_params(self) -> tuple[str, ...]:

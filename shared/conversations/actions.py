@@ -85,6 +85,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             ResponseDoc(202, "Still waiting.", QuestionAcceptedDoc, ACCEPTED_HEADERS),
         ),
         visibility="internal",
+        routed=False,
         tags=(TAG,),
     ),
 )

@@ -414,13 +414,18 @@ class SendService:
     def _retry_after(self, record: MessageRecord) -> int:
         """When a poller should look again: the sender's estimate of when this message is
         done. About a second while the quota has room (a send usually takes well under one);
-        the end of a retry's backoff; or when this process's senders were told a slot frees."""
+        the end of a retry's backoff; or when this process's senders were told a slot of its
+        connection's quota frees (the app's, while that connection is broken or gone)."""
+        from shared.connections import connection_settings
         from shared.outbound._quota_wait import poll_after, quota_wait
 
         if record.next_attempt_at is not None:
             wait = (record.next_attempt_at - self._clock()).total_seconds()
         else:
-            wait = quota_wait(self.settings).hint()
+            try:  # a status poll is not routed: the record says whose quota it waits for
+                wait = quota_wait(connection_settings(record.connection)).hint()
+            except Problem:
+                wait = quota_wait(self.settings).hint()
         return poll_after(self.settings, wait)
 
     def _failed(self, record: MessageRecord) -> StatusView:

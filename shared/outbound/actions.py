@@ -406,6 +406,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             ResponseDoc(202, "Still pending.", AcceptedDoc, ACCEPTED_HEADERS),
         ),
         visibility="internal",
+        routed=False,
         tags=(TAG,),
     ),
     ActionSpec(
@@ -418,6 +419,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         description="Cancels a message that is not being sent yet; 409 once it is.",
         responses=(ResponseDoc(200, "Cancelled.", AcceptedDoc),),
         visibility="advanced",
+        routed=False,
         tags=(TAG,),
     ),
 )

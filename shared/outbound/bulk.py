@@ -422,6 +422,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         ),
         responses=(ResponseDoc(200, "All recipients final.", BulkStatusDoc),),
         visibility="internal",
+        routed=False,
         tags=(TAG,),
     ),
 )
