@@ -514,6 +514,9 @@ class BulkService:
                 for state in map(str, RecipientStatus)
             },
             "StatusUrl": url,
+            # Every answer (a flow step's output is the final one of Location, which has no
+            # details): the first refused rows that fit the batch row; a replay's: all of them.
+            "Refused": list(batch.refused) if replay is None else _refused(batch, records, replay),
         }
         if incomplete:
             body["Detail"] = (
@@ -525,9 +528,6 @@ class BulkService:
             body["Recipients"] = [
                 _member_view(r, delivery[r.message_id], slots.get(r.message_id)) for r in records
             ]
-            body["Refused"] = list(batch.refused)
-        if replay is not None:
-            body["Refused"] = _refused(batch, records, replay)
         return (202, body, self._poll_headers(url)) if pending else (200, body, {})
 
 

@@ -232,10 +232,17 @@ class BulkStatusDoc(BaseModel):
         json_schema_extra=ui("StatusUrl"),
     )
     Refused: list[BulkRefusedDoc] | None = Field(
-        None, description="Refused rows.", json_schema_extra=ui("Refused")
+        None,
+        description="Refused rows (the first 300 or more; RefusedCount counts them all).",
+        json_schema_extra=ui("Refused"),
     )
     Recipients: list[BulkMemberDoc] | None = Field(
-        None, description="With details=true.", json_schema_extra=ui("Recipients")
+        None,
+        description=(
+            "Each recipient's state and ids: only with details=true (StatusUrl with "
+            "&details=true); the Location a flow step follows has none."
+        ),
+        json_schema_extra=ui("Recipients"),
     )
     Detail: str | None = Field(
         None, description="Why a batch is incomplete.", json_schema_extra=ui("Detail")

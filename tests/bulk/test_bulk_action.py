@@ -70,6 +70,22 @@ def test_bad_rows_are_listed_by_row_and_the_rest_are_sent(outbound: Outbound) ->
     assert pending.body["RefusedCount"] == 2
 
 
+def test_the_final_answer_a_flow_step_gets_lists_the_refused_rows(outbound: Outbound) -> None:
+    """Found in review: the step's output is the final answer of its Location, which has no
+    details=true, and only details listed Refused: the rows the 202 refused were lost to the
+    flow, the designer offering an always-empty field. Recipients stays with details."""
+    accepted = bulk({"Recipients": people(GOOD[0], "not a number", GOOD[1])})
+    assert accepted.status == 202, accepted.body
+    outbound.drain()
+
+    final = batch_status(accepted.headers["Location"])
+
+    assert (final.status, final.body["Status"]) == (200, "done")
+    assert final.body["Refused"] == accepted.body["Refused"]
+    assert [(r["row"], r["field"]) for r in final.body["Refused"]] == [(2, "Address")]
+    assert "Recipients" not in final.body
+
+
 def test_all_or_nothing_refuses_the_whole_batch_and_queues_nothing(outbound: Outbound) -> None:
     answer = bulk({"Recipients": people(GOOD[0], "nope"), "AllOrNothing": True})
 
