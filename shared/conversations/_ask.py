@@ -492,10 +492,7 @@ class AskService:
         now = self._clock()
         if record.status is QuestionStatus.OPEN:
             message = self.send.store.get(record.message_id)
-            if message is not None and message.status in (
-                MessageStatus.FAILED,
-                MessageStatus.CANCELLED,
-            ):
+            if message is not None and message.status in _UNSENT:
                 code = message.failure.code if message.failure else str(message.status)
                 record = self._end(record, QuestionStatus.FAILED, now, failure_code=code)
             elif record.expired(now - ANSWER_GRACE):
@@ -504,7 +501,8 @@ class AskService:
             return self._open_view(record, status=202)
         if record.status is QuestionStatus.FAILED:
             message = self.send.store.get(record.message_id)
-            if message is not None:
+            # Its send's problem while it stands; re-driven since: the question's own answer.
+            if message is not None and message.status in _UNSENT:
                 view = self.send.view(message)
                 return type(view)(
                     view.status, {**view.body, "questionId": record.question_id}, {}, view.problem
@@ -533,6 +531,10 @@ class AskService:
         }
         headers = {"Location": url, "Retry-After": str(self.settings.question_poll_seconds)}
         return StatusView(status, body, headers)
+
+
+#: A question's send ended so: the question failed (its status URL answers the send's problem).
+_UNSENT = (MessageStatus.FAILED, MessageStatus.CANCELLED)
 
 
 def _ended_view(record: QuestionRecord) -> StatusView:

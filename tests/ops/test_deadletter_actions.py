@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 
@@ -22,7 +23,7 @@ from shared.names import (
 from shared.ops import keep_poison
 from shared.storage import ensured_queue, queue_client
 from tests.ops.conftest import Outbound, index_written_dead_letters, letter
-from tests.outbound.conftest import DELIVERED, HttpAnswer, call_http, sms, status_of
+from tests.outbound.conftest import DELIVERED, REJECTED, HttpAnswer, call_http, sms, status_of
 
 EXPIRED = "2020-01-01T00:00:00Z"
 
@@ -624,3 +625,37 @@ def test_a_poisoned_command_that_names_no_message_is_re_driven_only_with_force(
     ops.drain()
     assert forced.body["outcome"] == "redriven", forced.body
     assert len(ops.upstream()) == 2  # the operator's call: as a new message
+
+
+def test_a_failed_questions_status_url_keeps_the_question_shape_once_its_send_is_redriven(
+    ops: Outbound,
+) -> None:
+    """Found in review: a question ended ``failed`` answers its send's problem; once an
+    operator re-drove that send, its status URL answered the send's 202 without Location or
+    Retry-After, then its 200 in the SentDoc shape, with no question fields. It stays the
+    question's final answer: 200, Status failed."""
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": REJECTED}
+    asked = call_http(
+        "SendMessageAndWaitForReply", "POST", body=body, headers={"Service-Id": "s-1001-twoway"}
+    )
+    assert asked.status == 202, asked.body
+    ops.drain()
+    location = asked.headers["Location"]
+    parts = urlsplit(location)
+    question_id = unquote(parts.path.rsplit("/", 1)[-1])
+
+    def poll() -> HttpAnswer:
+        return call_http("GetQuestionStatus", "GET", route_params={"QuestionId": question_id},
+                         params=dict(parse_qsl(parts.query)))  # fmt: skip
+
+    failed = poll()
+    assert (failed.status, failed.body["questionId"]) == (422, question_id), failed.body
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+    letter_id = only_letter(ops)["id"]
+    redriven = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    assert redriven.body["outcome"] == "redriven", redriven.body
+
+    answer = poll()
+
+    assert answer.status == 200, answer.body
+    assert (answer.body["QuestionId"], answer.body["Status"]) == (question_id, "failed")
