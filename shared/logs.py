@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import traceback
 
 __all__ = [
     "HTTP_LIBRARY_LEVELS",
     "LOGGABLE_CHARS",
     "URL_LOGGERS",
+    "HeldSends",
     "RedactUrls",
     "configure_logging",
     "cut_secrets",
@@ -140,3 +142,36 @@ def configure_logging() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactUrls) for f in logger.filters):
             logger.addFilter(RedactUrls())
+
+
+class HeldSends:
+    """The warning of sends (``what``) held by something only an operator can fix (a broken
+    setting, refused credentials, an identity provider down, a routing error), said once a
+    minute per ``reason`` however many wait, rather than once per send at every recheck: the first
+    at once, then at most one per ``every`` seconds, counting the waits since the last (each
+    wait's own line is its caller's, at DEBUG, with its message id). Per process; the time is
+    :func:`shared.clock.current`'s. A reason whose waits stop says nothing more."""
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0, level: int = logging.WARNING,
+                 what: str = "send") -> None:  # fmt: skip
+        self._log, self._every, self._level, self._what = logger, every, level, what
+        self._lock = threading.Lock()
+        self._lines: dict[str, tuple[float, int]] = {}  # reason: (last line at, waits since)
+
+    def wait(self, reason: str, detail: str, hint: str) -> None:
+        """Count one send waiting for ``reason`` (``detail``: what is wrong, ``hint``: what to
+        do), and say so if its last line is ``every`` seconds old (or there was none)."""
+        from shared.clock import current
+
+        now = current().now()
+        with self._lock:
+            last, count = self._lines.get(reason, (-1.0, 0))
+            due = last < 0 or now - last >= self._every
+            self._lines[reason] = (now, 0) if due else (last, count + 1)
+        if last < 0:
+            self._log.log(self._level, "a %s is waiting for %s: %s (%s); more such waits "
+                          "are counted, one line a minute", self._what, reason, detail,
+                          hint)  # fmt: skip
+        elif due:
+            self._log.log(self._level, "%d %s(s) waiting for %s in the last %.0f s: %s (%s)",
+                          count + 1, self._what, reason, now - last, detail, hint)  # fmt: skip

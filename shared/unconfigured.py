@@ -5,9 +5,10 @@ role propagates, a mistyped number) makes every function that needs the settings
 problem and ``/api/health`` name it. A queue trigger cannot answer: raising would spend the
 message's dequeue count and, after ``maxDequeueCount``, move it to the poison queue. Instead the
 message is put back on its queue, invisible for :data:`RECHECK_SECONDS`, and the invocation
-returns normally, as often as it takes. Only the storage settings are read for that
-(:class:`~shared.settings.StorageSettings`); without them the host retries as for any storage
-failure.
+returns normally, as often as it takes, with one error line a minute per queue however many
+wait (:class:`~shared.logs.HeldSends`; each message's line is at DEBUG). Only the storage
+settings are read for that (:class:`~shared.settings.StorageSettings`); without them the host
+retries as for any storage failure.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from shared.logs import HeldSends
 from shared.settings import SettingsInvalid
 
 __all__ = ["RECHECK_SECONDS", "kept_while_unconfigured"]
 
 log = logging.getLogger("shared.unconfigured")
+#: The messages put back, said once a minute per queue (each one's line is at DEBUG).
+held = HeldSends(log, level=logging.ERROR, what="queue message")
 
 #: How long a queue message waits before it is tried again while the settings do not validate.
 RECHECK_SECONDS = 60
@@ -39,9 +43,6 @@ def kept_while_unconfigured(queue: str, text: str) -> Iterator[None]:
         queue_client(queue, StorageSettings()).send_message(
             text, visibility_timeout=RECHECK_SECONDS
         )
-        log.error(
-            "%s: the app is not configured (%s); the message is back on the queue for %d s",
-            queue,
-            problem.detail,
-            RECHECK_SECONDS,
-        )
+        log.debug("%s: the app is not configured (%s); the message is back on the queue for %d s",
+                  queue, problem.detail, RECHECK_SECONDS)  # fmt: skip
+        held.wait(f"the app's settings (queue {queue})", problem.detail or "", "see /api/health")

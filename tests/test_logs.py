@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.clock import ManualClock
 from shared.logs import (
     HTTP_LIBRARY_LEVELS,
     configure_logging,
@@ -271,3 +272,32 @@ def test_a_run_without_leaks_passes(tmp_path: Path) -> None:
     )
     assert "none leaked" in clean.stdout, clean.stdout
     assert clean.returncode == 0
+
+
+def test_held_sends_say_so_at_once_then_once_a_minute_with_how_many_waited(
+    manual_clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """10,000 queued sends rechecking a broken setting every minute wrote 10,000 lines a
+    minute; now one per reason: the first at once, then the count since the last line."""
+    from shared.logs import HeldSends
+
+    held = HeldSends(logging.getLogger("held-test"))
+    with caplog.at_level(logging.WARNING, logger="held-test"):
+        for _ in range(1_000):
+            held.wait("the settings of connection default", "setting X is not configured", "hint")
+        held.wait("the identity provider of connection default", "timed out", "later")
+        manual_clock.advance(59)
+        held.wait("the settings of connection default", "setting X is not configured", "hint")
+        manual_clock.advance(1)
+        held.wait("the settings of connection default", "setting X is not configured", "hint")
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "a send is waiting for the settings of connection default: setting X is not "
+        "configured (hint); more such waits are counted, one line a minute",
+        "a send is waiting for the identity provider of connection default: timed out (later); "
+        "more such waits are counted, one line a minute",
+        "1001 send(s) waiting for the settings of connection default in the last 60 s: "
+        "setting X is not configured (hint)",
+    ]
+    assert {r.levelno for r in caplog.records} == {logging.WARNING}

@@ -15,6 +15,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from devhost import DevHost, app_functions, load_app
+from shared.clock import ManualClock
 from shared.settings import reset_settings_cache
 from shared.unconfigured import RECHECK_SECONDS
 
@@ -143,3 +144,37 @@ def test_a_broken_storage_setting_is_the_503_naming_it_where_storage_is_needed(
     assert customers.status_code == 503, customers.text
     assert customers.json()["errors"] == health.json()["errors"]
     assert listed.status_code == 200, listed.text
+
+
+def test_messages_put_back_while_unconfigured_log_one_error_a_minute_per_queue(
+    broken: str,
+    manual_clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each message put back wrote an error at every recheck (10,000 queued sends: 10,000 lines
+    a minute); now each one's line is at DEBUG and one error a minute per queue counts them."""
+    import logging
+
+    from shared import unconfigured
+    from shared.logs import HeldSends
+
+    monkeypatch.setattr(unconfigured, "held", HeldSends(unconfigured.log, level=logging.ERROR,
+                                                        what="queue message"))  # fmt: skip
+    [(function, _)] = [
+        (f, b) for f, b in _bindings("queueTrigger") if b["queueName"] == "smartdialog-outbound"
+    ]
+    _count(broken, "smartdialog-outbound")  # (made if none)
+    with caplog.at_level(logging.DEBUG, logger="shared.unconfigured"):
+        for i in range(5):
+            function.get_user_function()(func.QueueMessage(id=f"m{i}", body=b'{"kind": "x"}'))
+        manual_clock.advance(RECHECK_SECONDS)
+        function.get_user_function()(func.QueueMessage(id="m5", body=b'{"kind": "x"}'))
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2
+    assert errors[0].startswith("a queue message is waiting for the app's settings (queue "
+                                "smartdialog-outbound): ")  # fmt: skip
+    assert "SMARTDIALOG_QUOTA_CALLS" in errors[0]
+    assert errors[1].startswith("5 queue message(s) waiting for the app's settings")
+    assert len([r for r in caplog.records if r.levelno == logging.DEBUG]) == 6

@@ -156,6 +156,8 @@ class Upstream:
         self.client = client
         self.gate = gate
         self.settings = settings
+        #: Why this process last failed to get a token (None: it got one, or never tried).
+        self.unready: Exception | None = None
 
     def ready(self) -> Exception | None:
         """The token first, then the grant, then the call: a valid token is in hand (fetched now
@@ -170,7 +172,9 @@ class Upstream:
         try:
             self.client.ready()
         except SmartDialogError as exc:
+            self.unready = exc
             return exc
+        self.unready = None
         return None
 
     def attempt(

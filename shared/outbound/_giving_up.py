@@ -114,12 +114,19 @@ def give_up(
 
 
 def expired(
-    record: MessageRecord, last: FailureInfo | None = None, *, maybe_sent: bool = False
+    record: MessageRecord,
+    last: FailureInfo | None = None,
+    *,
+    maybe_sent: bool = False,
+    waiting: str | None = None,
 ) -> FailureInfo:
     """The failure of a message not sent within its validity; ``outcome-unknown`` if an
-    attempt (the record's, or ``maybe_sent``: the one just made) may have reached upstream."""
-    detail = f"validUntil {record.valid_until.isoformat()} passed" + (
-        f"; last error: {last.title}" if last else ""
+    attempt (the record's, or ``maybe_sent``: the one just made) may have reached upstream.
+    ``waiting``: what held it meanwhile (a broken setting, the identity provider, routing)."""
+    detail = (
+        f"validUntil {record.valid_until.isoformat()} passed"
+        + (f" while it waited for {waiting}" if waiting else "")
+        + (f"; last error: {last.title}" if last else "")
     )
     status = last.upstreamStatus if last else None
     if maybe_sent or record.maybe_sent:

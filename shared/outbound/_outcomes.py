@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from shared import telemetry
 from shared.deadletters import original_aside, write_dead_letter
 from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_event
+from shared.logs import HeldSends, loggable_text
 from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._attempt import Transient, answer_message_id
@@ -69,6 +70,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("shared.outbound.sender")
+#: The sends waiting for a setting to be fixed, said once a minute per reason.
+held = HeldSends(log)
 
 #: A copy that arrives this little before its record's ``next_attempt_at`` goes on (queue
 #: visibility and our clock need not agree to the millisecond); an earlier one is deferred.
@@ -211,36 +214,47 @@ class Outcomes:
         limit = LONGEST_SECONDS if failed.code == "rate-limited" else policy.retry_max
         return backoff if advised is None else min(max(advised, backoff), limit)
 
-    @staticmethod
-    def expired(record: MessageRecord, last: FailureInfo | None = None) -> FailureInfo:
+    def expired(
+        self, record: MessageRecord, last: FailureInfo | None = None, waiting: str | None = None
+    ) -> FailureInfo:
         """An unclaimed message's expiry (``outcome-unknown`` if still ``sending``: its worker's
-        lease ran out, perhaps mid-call)."""
-        return expired(record, last, maybe_sent=record.status is MessageStatus.SENDING)
+        lease ran out, perhaps mid-call), saying what it was ``waiting`` for (default: what
+        holds its connection's sends now, :meth:`holding`)."""
+        waiting = waiting or self.holding()
+        sending = record.status is MessageStatus.SENDING
+        return expired(record, last, maybe_sent=sending, waiting=waiting)
 
-    def misconfigured(self, what: str, valid_until: dt.datetime, problem: str = "") -> float | None:
-        """None when the settings a send needs are fine and no ``problem`` (refused credentials)
-        is given; else when ``what`` (a message or pack, unclaimed, no slot taken) comes back to
-        check again, until fixed or expired. Logs a warning naming the settings (or the
-        problem), never their values."""
+    def holding(self) -> str | None:
+        """What holds this connection's sends now, naming no value: a setting that is broken,
+        or why this process last failed to get a token (refused credentials, the identity
+        provider failing); None when nothing does."""
+        if broken := ", ".join(self.ports.policy.broken_settings):
+            return f"setting {broken} is not configured"
+        failed = self.ports.upstream.unready
+        return None if failed is None else loggable_text(str(failed))
+
+    def misconfigured(self, what: str, until: dt.datetime, problem: str = "",
+                      reason: str = "settings", advice: str = "see /api/health",
+                      ) -> float | None:  # fmt: skip
+        """None when the settings a send needs are fine and no ``problem`` (refused credentials:
+        the ``reason``, with what to do, ``advice``) is given; else when ``what`` (a message or
+        pack, unclaimed, no slot taken) comes back to check again, until fixed or expired. Logs
+        it at DEBUG, and a warning once a minute (:class:`HeldSends`) naming the settings (or
+        the problem), never their values."""
         broken = ", ".join(self.ports.policy.broken_settings)
         if not (problem := problem or (broken and f"setting {broken} is not configured")):
             return None
-        left = (valid_until - self.ports.now()).total_seconds()
+        left = (until - self.ports.now()).total_seconds()
         delay = max(0.0, min(CONFIGURATION_RECHECK_SECONDS, left))
-        log.warning("%s not sent: %s (see /api/health); checking again in %.0f s",
-                    what, problem, delay)  # fmt: skip
+        log.debug("%s not sent: %s; checking again in %.0f s", what, problem, delay)
+        held.wait(f"the {reason} of connection {self.ports.policy.connection}", problem, advice)
         return delay
 
     # --- final writes ------------------------------------------------------------------------
 
-    def swap_until(
-        self,
-        record: MessageRecord,
-        allowed: Callable[[MessageRecord], bool],
-        *,
-        recipient_ids: Mapping[int, str | None] | None = None,
-        **changes: Any,
-    ) -> MessageRecord | None:
+    def swap_until(self, record: MessageRecord, allowed: Callable[[MessageRecord], bool], *,
+                   recipient_ids: Mapping[int, str | None] | None = None,
+                   **changes: Any) -> MessageRecord | None:  # fmt: skip
         """Compare-and-swap ``changes`` while ``allowed(current)``; None once it is not."""
         store = self.ports.store
         current: MessageRecord | None = record
@@ -384,13 +398,9 @@ class Outcomes:
         if record.status is MessageStatus.SENT:
             result = record.result_json() or {}
             raw = result.get("Recipients") or result.get("recipients") or []
-            recipients = [
-                RecipientOutcome(
-                    address=r.get("Address") or r.get("address"), id=r.get("Id") or r.get("id")
-                )
-                for r in raw
-                if isinstance(r, dict)
-            ]
+            recipients = [RecipientOutcome(address=r.get("Address") or r.get("address"),
+                                           id=r.get("Id") or r.get("id"))
+                          for r in raw if isinstance(r, dict)]  # fmt: skip
             sent = MessageSentData(
                 messageId=record.message_id,
                 operation=record.operation,
@@ -446,12 +456,7 @@ class Outcomes:
                            connection=record.connection)  # fmt: skip
 
     def requeue(
-        self,
-        command: OutboundMessage,
-        attempts: int,
-        delay: float,
-        kind: OutcomeKind,
-        reason: str,
+        self, command: OutboundMessage, attempts: int, delay: float, kind: OutcomeKind, reason: str
     ) -> SendOutcome:
         """Put a copy of the message back with a visibility delay; the host then deletes the
         original when we return (a crash in between leaves a duplicate, which is harmless)."""

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from shared.logs import loggable_text
+from shared.logs import HeldSends, loggable_text
 from shared.messages import FailureInfo, MessageStatus
 from shared.outbound._models import (
     PackDriver,
-    StoredCommand,
     command_connection,
     parse_queue_message,
 )
@@ -37,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["CONNECTION_REMOVED", "through_connection", "token_wait", "unrouted"]
 
 log = logging.getLogger("shared.outbound.sender")
+#: The sends waiting for a fix, said once a minute per reason (each one's line is at DEBUG).
+held = HeldSends(log)
 #: The failure code of a send whose connection was removed from the settings.
 CONNECTION_REMOVED = "connection-removed"
 
@@ -79,20 +80,23 @@ def unrouted(outcomes: Outcomes, text: str, problem: Exception) -> SendOutcome:
     the queue as it came, no attempt or deferral counted, until the settings are fixed. One
     already recorded (accepted over HTTP) still fails ``expired``, with its event, once its
     validity ends, as any waiting send does."""
-    log.warning("a queued send routed by its customer waits: %s (see /api/health)",
-                getattr(problem, "detail", ""))  # fmt: skip
+    detail = getattr(problem, "detail", "") or str(problem)
+    held.wait("the connections' routing", detail, "see /api/health")
     seconds = float(CONFIGURATION_RECHECK_SECONDS)
     try:
         message = parse_queue_message(text)
     except ValueError:  # (a ValidationError too) not read above either
         message = None
-    if message is not None and not isinstance(message, PackDriver | StoredCommand):
-        record = outcomes.ports.store.get(message.messageId) if message.messageId else None
+    mid = None if message is None or isinstance(message, PackDriver) else message.messageId
+    log.debug("message %s waits for the connections' routing: %s", mid or "(no id yet)", detail)
+    if mid is not None:  # recorded (accepted over HTTP), also when stored by reference
+        record = outcomes.ports.store.get(mid)
         if record is not None and not record.status.is_final:
             now = outcomes.ports.now()
             left = (record.valid_until - now).total_seconds()
             if left <= 0 and not _held_for(record, now):
-                return outcomes.fail(record, outcomes.expired(record))
+                why = f"the connections' routing: {detail}"
+                return outcomes.fail(record, outcomes.expired(record, waiting=why))
             seconds = min(seconds, max(left, 1.0))
     return outcomes.put_back(text, "message", "", seconds, OutcomeKind.DEFERRED, "configuration")
 
@@ -108,7 +112,7 @@ def token_wait(
     checked again as :meth:`Outcomes.misconfigured <shared.outbound._outcomes.Outcomes.
     misconfigured>` does; an identity provider that failed (unreachable, timed out) is tried
     again after the retry policy's backoff over the send's deferrals so far."""
-    from shared.logs import cut_secrets
+    from shared.connections import credentials_refused
     from shared.smartdialog import CredentialsError, backoff_delay
 
     if (failed := outcomes.ports.upstream.ready()) is None:
@@ -117,11 +121,17 @@ def token_wait(
     pack = message.packId if isinstance(message, PackDriver) else None
     what = f"pack {pack}" if pack else f"message {records[0].message_id}"
     if isinstance(failed, CredentialsError):
-        return outcomes.misconfigured(what, until, cut_secrets(str(failed))) or 0.0, "configuration"
+        setting = credentials_refused(outcomes.ports.upstream.settings).errors[0].field
+        problem = f"{setting} could not be used: {loggable_text(str(failed))}"
+        advice = "/api/health checks only that they are set"
+        wait = outcomes.misconfigured(what, until, problem, "credentials", advice)
+        return wait or 0.0, "configuration"
     policy = outcomes.ports.policy
     wait = backoff_delay(message.deferrals + 1, base=policy.retry_base, cap=policy.retry_max)
     wait = max(0.0, min(wait, (until - outcomes.ports.now()).total_seconds()))
-    log.warning("%s not sent: %s; trying again in %.0f s", what, failed, wait)
+    log.debug("%s not sent: %s; trying again in %.0f s", what, failed, wait)
+    held.wait(f"the identity provider of connection {policy.connection}",
+              loggable_text(str(failed)), "each send tries again after its backoff")  # fmt: skip
     return wait, "identity-provider"
 
 
@@ -138,24 +148,23 @@ def _misconfigured(
     """Wait, unclaimed and without a quota slot, for the connection to be fixed; a recorded
     message's validity still runs out while it waits (it then fails ``expired``, with its event),
     and one that ended meanwhile (e.g. cancelled) is only announced."""
-    log.warning(
-        "a send of connection %s waits: %s (see /api/health)",
-        loggable_text(name),
-        getattr(problem, "detail", ""),
-    )
-    delay = CONFIGURATION_RECHECK_SECONDS
+    why = f"the settings of connection {loggable_text(name)}"
+    detail = getattr(problem, "detail", "") or str(problem)
+    held.wait(why, detail, "see /api/health")
+    why, delay = f"{why}: {detail}", CONFIGURATION_RECHECK_SECONDS
     if isinstance(message, PackDriver):
-        return _driver_waits(outcomes, message, delay)
+        log.debug("pack %s waits for %s", message.packId, why)
+        return _driver_waits(outcomes, message, delay, why)
     # Recorded on its first wait (a queue-only command has no record yet), so that its
     # validity counts from when it was first seen, as on the sender's own path.
     record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
     if isinstance(record, SendOutcome):
         return record
+    log.debug("message %s waits for %s", record.message_id, why)
     now = outcomes.ports.now()
     left = (record.valid_until - now).total_seconds()
-    held = _held_for(record, now) > 0
-    if left <= 0 and not held:  # (a claim held when the setting broke ends first)
-        return outcomes.fail(record, outcomes.expired(record))
+    if left <= 0 and not _held_for(record, now):  # (a claim held when it broke ends first)
+        return outcomes.fail(record, outcomes.expired(record, waiting=why))
     left = max(left, 1.0)
     copy = message.model_copy(update={"messageId": record.message_id})
     return outcomes.requeue(
@@ -163,7 +172,7 @@ def _misconfigured(
     )
 
 
-def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float) -> SendOutcome:
+def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str) -> SendOutcome:
     """A bulk pack's driver waits for its misconfigured connection as its members would: the
     members whose validity ended fail ``expired`` (with their events; a claim still held ends
     first), and the driver comes back by the next member's validity end, or is acknowledged
@@ -172,7 +181,7 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float) -> SendO
     open_ = _open_members(outcomes.ports, driver.packId)
     held = [r for r in open_ if _held_for(r, now)]
     expired = [r for r in open_ if now >= r.valid_until and r not in held]
-    outcomes.fail_many([(r, outcomes.expired(r)) for r in expired])
+    outcomes.fail_many([(r, outcomes.expired(r, waiting=why)) for r in expired])
     left = [r for r in open_ if r not in expired]
     if not left:
         return SendOutcome(OutcomeKind.ACKNOWLEDGED, driver.packId, detail="configuration")

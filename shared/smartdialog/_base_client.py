@@ -369,7 +369,7 @@ class BaseClient:
             raise
         except Exception as exc:
             raise IdentityProviderError(
-                f"no token: the identity provider failed ({type(exc).__name__})",
+                f"no token: the identity provider {_token_failure(exc)}",
                 operation_id=op.operation_id if op else "token",
                 method=op.method if op else "POST",
                 path=path,
@@ -440,3 +440,18 @@ def _original_result(body: object, model: type[BaseModel] | None) -> BaseModel |
         return model.model_validate(fields)
     except ValidationError:
         return None
+
+
+def _token_failure(exc: Exception) -> str:
+    """How the identity provider failed, without its URL or answer (they may carry a tenant's
+    secrets): timed out, not reached, the HTTP status it answered, or the exception's type."""
+    name = type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({name})"
+    if isinstance(exc, httpx.TransportError):
+        return f"could not be reached ({name})"
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"answered HTTP {exc.response.status_code} ({name})"
+    if isinstance(exc, ValueError):  # msal's own: an answer it could not read
+        return f"gave an answer that could not be read ({name})"
+    return f"failed ({name})"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ import pytest
 
 from shared.clock import ManualClock
 from shared.connections import CONNECTION_HEADER, connection_settings
+from shared.logs import HeldSends
 from shared.messages import MessageStatus, MessageStore, idempotency_key_hash
 from shared.names import OUTBOUND_QUEUE
-from shared.outbound import OutboundSender, OutcomeKind
+from shared.outbound import OutboundSender, OutcomeKind, _routing
 from shared.outbound._models import parse_outbound_message, request_message_id
 from shared.outbound._records import pack_key
 from shared.quota import connection_key
@@ -30,6 +32,7 @@ from tests.connections.conftest import (
     forget_settings,
 )
 from tests.outbound.conftest import call_http, sms
+from tests.outbound.test_sizes import personalised
 
 EVENTS_FIXTURES = Path(__file__).parents[1] / "events" / "fixtures"
 
@@ -243,6 +246,10 @@ def test_a_send_waiting_for_its_misconfigured_connection_still_expires_with_its_
     [event] = two.env.events()
     assert event["type"] == "fi.arena.smartdialog.message.failed"
     assert (event["data"]["error"]["code"], event["data"]["connection"]) == ("expired", "second")
+    # It says what it waited for (it used to say only "validUntil ... passed").
+    detail = event["data"]["error"]["detail"]
+    assert "waited for the settings of connection second: " in detail
+    assert "SMARTDIALOG_CONNECTIONS__SECOND__ACCESS_TOKEN" in detail
 
 
 def test_a_customer_claimed_twice_holds_its_queued_sends_as_the_http_actions_refuse(
@@ -628,4 +635,63 @@ def test_an_accepted_send_waiting_out_a_routing_error_still_expires_and_is_settl
     assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
     [event] = two.env.events()
     assert event["data"]["error"]["code"] == "expired"
+    assert (two.env.upstream(), two.second_upstream()) == ([], [])
+
+
+def test_sends_waiting_for_their_connection_log_each_at_debug_and_one_warning_a_minute(
+    two: TwoConnections, manual_clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each waiting send wrote a warning naming no message at every recheck; now its line is at
+    DEBUG with its id (one message can be followed), and one warning a minute counts them."""
+    two.drop_connection("SECOND", "ACCESS_TOKEN")
+    two.env.monkeypatch.setattr(_routing, "held", HeldSends(_routing.log))
+    texts = [
+        json.dumps({"operation": "SendMessage", "messageId": f"held-{i}", "Connection": "second",
+                    "customerId": SECOND_CUSTOMER, "body": sms("+358400000051")})
+        for i in range(5)
+    ]  # fmt: skip
+    with caplog.at_level(logging.DEBUG, logger="shared.outbound.sender"):
+        for text in texts:
+            assert OutboundSender.from_settings().process(text).detail == "configuration"
+        manual_clock.advance(60)
+        OutboundSender.from_settings().process(texts[0])
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("a send is waiting for the settings of connection second: ")
+    assert warnings[1].startswith(
+        "5 send(s) waiting for the settings of connection second in the last 60 s: "
+    )
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    for i in range(5):
+        assert any(m.startswith(f"message held-{i} waits for the settings of connection second")
+                   for m in debug)  # fmt: skip
+
+
+def test_a_send_stored_by_reference_waiting_out_a_routing_error_still_expires_saying_why(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    """An accepted send too large for a queue message is queued by reference (a
+    ``StoredCommand``, which names its message): while a routing error lasts it used to be put
+    back past its validity for good, never checked; it fails ``expired`` as any other, saying
+    it waited for the connections' routing."""
+    accepted = call_http("SendMessage", "POST", body=personalised(100, note="n" * 700))
+    assert accepted.status == 202, accepted.body
+    [text] = [json.dumps(m) for m in two.env.read(OUTBOUND_QUEUE)]
+    assert json.loads(text)["kind"] == "stored"
+    two.env.monkeypatch.setenv("SMARTDIALOG_CONNECTIONS__SALES_CLIENT_ID", "sales-client")
+    forget_settings()
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q10")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+
+    record = MessageStore.from_settings().get(accepted.body["Id"])
+    assert record is not None
+    left = record.valid_until - dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    manual_clock.advance(left.total_seconds() + 1)
+    failed = OutboundSender.from_settings().process(text, queue_message_id="q10")
+
+    assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
+    [event] = two.env.events()
+    assert event["data"]["error"]["code"] == "expired"
+    assert "waited for the connections' routing: " in event["data"]["error"]["detail"]
     assert (two.env.upstream(), two.second_upstream()) == ([], [])

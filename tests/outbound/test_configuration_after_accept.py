@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from shared.clock import ManualClock
+from shared.logs import HeldSends
 from shared.messages import MessageRecord, MessageStatus, MessageStore
-from shared.outbound import OutboundSender
+from shared.outbound import OutboundSender, _outcomes
 from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind
 from shared.quota import QuotaStore
 from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member_ids
@@ -65,7 +66,7 @@ def test_a_queued_command_with_a_short_secret_waits_unclaimed_and_is_sent_once_f
     outbound.configure(CALLBACK_SECRETS=SHORT_SECRET)
     text = command("m-config")
 
-    with caplog.at_level(logging.WARNING, logger="shared.outbound.sender"):
+    with caplog.at_level(logging.DEBUG, logger="shared.outbound.sender"):
         deferred = OutboundSender.from_settings().process(text)
 
     assert deferred.kind is OutcomeKind.DEFERRED
@@ -80,9 +81,9 @@ def test_a_queued_command_with_a_short_secret_waits_unclaimed_and_is_sent_once_f
     assert waiting.lease_until is None
     assert outbound.events() == []
     assert outbound.dead_letters() == []
-    warnings = " ".join(r.getMessage() for r in caplog.records)
-    assert "SMARTDIALOG_CALLBACK_SECRETS" in warnings
-    assert SHORT_SECRET not in warnings  # the setting is named, never its value
+    lines = " ".join(r.getMessage() for r in caplog.records)
+    assert "message m-config not sent: setting SMARTDIALOG_CALLBACK_SECRETS" in lines
+    assert SHORT_SECRET not in lines  # the setting is named, never its value
 
     outbound.configure(CALLBACK_SECRETS=SECRET)  # fixed: the copy comes back and is sent
     sent = OutboundSender.from_settings().process(text)
@@ -140,6 +141,8 @@ def test_a_message_waiting_for_its_setting_fails_expired_with_its_event_when_val
     events = outbound.events()
     assert [e["type"] for e in events] == ["fi.arena.smartdialog.message.failed"]
     assert events[0]["data"]["error"]["code"] == "expired"
+    # It says what it waited for (it used to say only "validUntil ... passed").
+    assert "waited for setting SMARTDIALOG_PUBLIC_BASE_URL" in done.failure.detail
     assert [d["messageId"] for d in outbound.dead_letters()] == ["m-config-late"]
 
 
@@ -217,13 +220,27 @@ def test_refused_credentials_are_a_configuration_wait_not_attempts_until_fixed(
 
 
 def test_a_send_waiting_for_refused_credentials_fails_expired_with_its_event(
-    outbound: Outbound, slots: list[object], manual_clock: ManualClock
+    outbound: Outbound,
+    slots: list[object],
+    manual_clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     refused_secret(outbound)
+    outbound.monkeypatch.setattr(_outcomes, "held", HeldSends(_outcomes.log))
     valid_until = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC) + dt.timedelta(seconds=20)
     text = command("m-refused-late", validUntil=valid_until.isoformat())
 
-    deferred = OutboundSender.from_settings().process(text)
+    with caplog.at_level(logging.WARNING, logger="shared.outbound.sender"):
+        deferred = OutboundSender.from_settings().process(text)
+    # It says what is true: the setting, refused by the identity provider; /api/health, which
+    # checks only that it is set, answers 200 (it used to say "see /api/health").
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert (
+        "credentials of connection default: SMARTDIALOG_CLIENT_SECRET could not be used: "
+        "the identity provider refused the credentials: invalid_client" in warning
+    )
+    assert "/api/health checks only that they are set" in warning
+    assert "not-the-secret" not in warning
     assert (deferred.detail, deferred.delay_seconds) == ("configuration", 20)
     manual_clock.advance(21)
     failed = OutboundSender.from_settings().process(text)
@@ -231,6 +248,9 @@ def test_a_send_waiting_for_refused_credentials_fails_expired_with_its_event(
     assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
     assert slots == []
     assert record("m-refused-late").attempts == 0
+    failure = record("m-refused-late").failure
+    assert failure is not None
+    assert "the identity provider refused the credentials" in str(failure.detail)
     events = outbound.events()
     assert [e["data"]["error"]["code"] for e in events] == ["expired"]
     assert [d["messageId"] for d in outbound.dead_letters()] == ["m-refused-late"]
@@ -314,3 +334,31 @@ def test_an_identity_provider_that_fails_defers_with_backoff_not_attempts(
 
     outbound.configure(ACCESS_TOKEN=token, CLIENT_ID="", CLIENT_SECRET="", AUTHORITY="")
     assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
+
+
+def test_queued_sends_waiting_for_a_broken_setting_warn_once_a_minute_not_once_each(
+    outbound: Outbound, manual_clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every queued send wrote a warning at every recheck: 10,000 sends, 10,000 lines a
+    minute, the one that matters sampled away. Now each send's line is at DEBUG, with its
+    message id, and one warning a minute counts them."""
+    outbound.configure(CALLBACK_SECRETS=SHORT_SECRET)
+    outbound.monkeypatch.setattr(_outcomes, "held", HeldSends(_outcomes.log))
+    texts = [command(f"m-held-{i}") for i in range(12)]
+
+    with caplog.at_level(logging.DEBUG, logger="shared.outbound.sender"):
+        for text in texts:
+            assert OutboundSender.from_settings().process(text).detail == "configuration"
+        manual_clock.advance(CONFIGURATION_RECHECK_SECONDS)
+        OutboundSender.from_settings().process(texts[0])
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        "a send is waiting for the settings of connection default: setting "
+        "SMARTDIALOG_CALLBACK_SECRETS is not configured (see /api/health); more such waits "
+        "are counted, one line a minute",
+        "12 send(s) waiting for the settings of connection default in the last 60 s: setting "
+        "SMARTDIALOG_CALLBACK_SECRETS is not configured (see /api/health)",
+    ]
+    debug = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+    assert all(f"message m-held-{i} not sent: setting" in debug for i in range(12))

@@ -186,6 +186,10 @@ def test_a_send_whose_token_cannot_be_had_ends_expired_as_certainly_not_sent(
     assert failed.failure.code == "expired"
     assert not failed.maybe_sent
     assert outbound.upstream() == []
+    # It says what it waited for, and how the identity provider failed (more than a type).
+    assert "waited for no token: the identity provider could not be reached (ConnectError)" in (
+        failed.failure.detail or ""
+    )
 
 
 def test_a_refusal_naming_nobody_after_an_ambiguous_attempt_says_it_may_have_been_sent(
