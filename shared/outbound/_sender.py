@@ -75,6 +75,7 @@ log = logging.getLogger("shared.outbound.sender")
 # Outcomes of a queue message counted as sends here; sent and failed are counted per message
 # (pack members too) when their event goes out.
 _COUNTED_HERE = {OutcomeKind.DEFERRED, OutcomeKind.RETRY_SCHEDULED, OutcomeKind.DEAD_LETTERED}
+_Read = OutboundMessage | PackDriver | Exception  # a queue message read, or why it was not
 
 
 class OutboundSender:
@@ -105,19 +106,22 @@ class OutboundSender:
         dequeue_count: int | None = None,
         inserted_at: dt.datetime | None = None,
     ) -> SendOutcome:
-        """Handle one queue message in a span that continues its trace; see the module
-        docstring for what may raise. ``inserted_at`` (when it was queued) feeds the queue-age
-        metric."""
+        """Handle one queue message in a span that continues its command's trace (a stored
+        one's is in its blob: read first); see the module docstring for what may raise.
+        ``inserted_at`` (when it was queued) feeds the queue-age metric."""
         telemetry.record_queue_age(OUTBOUND_QUEUE, inserted_at, self.ports.now())
+        try:
+            read: _Read = self._read(text)
+        except Exception as exc:  # settled (or raised again) in the span
+            read = exc
+        trace = telemetry.traceparent_in(text) if isinstance(read, Exception) else read.traceparent
         with telemetry.span(
             f"process {OUTBOUND_QUEUE}",
-            parent=telemetry.traceparent_in(text),
+            parent=trace,
             kind="consumer",
             attributes={"messaging.message.id": queue_message_id},
         ) as current:
-            outcome = self._process(
-                text, queue_message_id=queue_message_id, dequeue_count=dequeue_count
-            )
+            outcome = self._process(read, text, queue_message_id, dequeue_count)
             if outcome.message_id:  # a pack's driver: the pack id
                 current.set_attribute("smartdialog.message_id", outcome.message_id)
             current.set_attribute("smartdialog.outcome", str(outcome.kind))
@@ -126,12 +130,14 @@ class OutboundSender:
         return outcome
 
     def _process(
-        self, text: str, *, queue_message_id: str | None, dequeue_count: int | None
+        self, read: _Read, text: str, queue_message_id: str | None, dequeue_count: int | None
     ) -> SendOutcome:
+        if isinstance(read, ValueError):  # a ValidationError too
+            return self.outcomes.dead_letter_malformed(text, read, queue_message_id, dequeue_count)
+        if isinstance(read, Exception):  # our storage failed: the host retries
+            raise read
         try:
-            message = self._read(text)
-        except (ValidationError, ValueError) as exc:
-            return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
+            message = with_claimed_connection(read)
         except ConnectionNotConfigured as problem:  # which connection claims its customer?
             return unrouted(self.outcomes, text, problem)
         if not self._routes(message):
@@ -149,7 +155,7 @@ class OutboundSender:
         are uncertain; False, nothing done, for one not read or routed, a pack's driver, or one
         whose id came from its queue message (lost with it)."""
         try:
-            message = self._read(text)
+            message = with_claimed_connection(self._read(text))
             if isinstance(message, PackDriver):
                 return False
             sender = self
@@ -163,9 +169,9 @@ class OutboundSender:
         return sender.outcomes.settle_poisoned(command)
 
     def _read(self, text: str) -> OutboundMessage | PackDriver:
-        """A queue message's command (a stored one read from its blob) or pack driver, routed
-        as its customer's connection claims it; raises ``ValueError`` if it cannot be read,
-        ``ConnectionNotConfigured`` while the claims are uncertain."""
+        """A queue message's command (a stored one read from its blob, with its trace) or pack
+        driver, not yet routed (:func:`with_claimed_connection`); raises ``ValueError`` if it
+        cannot be read."""
         message = parse_queue_message(text)
         if isinstance(message, StoredCommand):
             stored, named = self.ports.payloads.get(message.payload), message.payload
@@ -174,9 +180,9 @@ class OutboundSender:
             command = parse_outbound_message(stored)
             if command.messageId != message.messageId:
                 raise ValueError(f"the stored command {named} is not {message.messageId}'s")
-            message = command.model_copy(update={"attempts": message.attempts,
-                                                 "deferrals": message.deferrals})  # fmt: skip
-        return with_claimed_connection(message)
+            return command.model_copy(update={"attempts": message.attempts,
+                                              "deferrals": message.deferrals})  # fmt: skip
+        return message
 
     def _routes(self, message: OutboundMessage | PackDriver) -> bool:
         """Whether ``message`` goes through this sender's connection."""
@@ -200,14 +206,9 @@ class OutboundSender:
     ) -> SendOutcome:
         """Handle a parsed queue message of this sender's connection."""
         if isinstance(message, PackDriver):  # a bulk send's pack (shared.outbound._drive)
-            return drive_pack(
-                self.ports,
-                self.outcomes,
-                message,
-                text=text,
-                queue_message_id=queue_message_id,
-                dequeue_count=dequeue_count,
-            )
+            return drive_pack(self.ports, self.outcomes, message, text=text,
+                              queue_message_id=queue_message_id,
+                              dequeue_count=dequeue_count)  # fmt: skip
         try:
             command = self._normalized(message, queue_message_id)
         except ValueError as exc:
@@ -264,14 +265,13 @@ class OutboundSender:
         return self._then_sweep(record, self._advance(record, command))
 
     def _then_sweep(self, record: MessageRecord, outcome: SendOutcome) -> SendOutcome:
-        """Lead the next packs of ``record``'s key after it led a pack or, outside a lane, was
-        sent alone (one address twice never shares a call, so the same text to the same number
-        again leads itself, one after another), or after a copy of a lane member came while its
-        lane is young (accepted less than the backstop ago: members
-        accepted meanwhile may rely on this copy, a trigger; docs/sending.md, "Lanes") and its
-        record ended or was sent. A young lane's sweep that stops while members still wait (the
-        quota, its limits) puts the next one's message back on the queue: they must not wait
-        for their backstops."""
+        """Lead the next packs of ``record``'s key after it led a pack or, outside a lane, was sent
+        alone (one address twice never shares a call, so the same text to the same number again
+        leads itself, one after another), or after a copy of a lane member came while its lane is
+        young (accepted less than the backstop ago: members accepted meanwhile may rely on this
+        copy, a trigger; docs/sending.md, "Lanes") and its record ended or was sent. A young lane's
+        sweep that stops while members still wait (the quota, its limits) puts the next one's
+        message back on the queue: they must not wait for their backstops."""
         if record.pack_key is None:
             return outcome
         accepted = lane_time(record.message_id)

@@ -211,6 +211,34 @@ def test_a_bulk_sends_pack_calls_continue_the_bulk_requests_trace(
     assert {trace_of(e["traceparent"]) for e in events} == {trace_id}
 
 
+def test_a_send_queued_by_reference_continues_the_requests_trace_at_every_hop(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    from tests.outbound.conftest import ERROR
+    from tests.outbound.test_sizes import personalised
+
+    flow, trace_id = flow_traceparent()
+    body = personalised(100, note="n" * 700)  # 70,000+ bytes: queued by reference
+    body["Recipients"][0]["Address"] = ERROR  # every call answers 500: retried, by reference
+    accepted = call_http("SendMessage", "POST", headers={"traceparent": flow}, body=body)
+    assert accepted.status == 202, accepted.body
+    [stored] = outbound.read(names.OUTBOUND_QUEUE)
+    assert stored["kind"] == "stored"
+    assert "traceparent" not in stored  # the previous release's readers forbid it: in the blob
+
+    outbound.drain(timeout=60)
+
+    processed = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
+    calls = telemetry.spans("SmartDialog SendMessage")
+    assert len(calls) == 4  # SEND_MAX_ATTEMPTS: each a hop by reference
+    assert len(processed) >= len(calls)
+    for span in [*processed, *calls]:
+        assert span.context is not None
+        assert span.context.trace_id == trace_id, span.name
+    [failed] = outbound.events()
+    assert trace_of(failed["traceparent"]) == trace_id
+
+
 def test_a_queue_message_without_a_traceparent_is_sent_in_a_trace_of_its_own(
     outbound: Outbound, telemetry: Telemetry
 ) -> None:
