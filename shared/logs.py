@@ -28,6 +28,7 @@ import traceback
 __all__ = [
     "HTTP_LIBRARY_LEVELS",
     "LOGGABLE_CHARS",
+    "REDACTED_CHARS",
     "URL_LOGGERS",
     "HeldSends",
     "RedactUrls",
@@ -78,17 +79,21 @@ def cut_secrets(text: str) -> str:
     return _SECRET.sub(r"\1***", text)
 
 
-def redacted(text: str) -> str:
-    """``text`` fit for a log line: :func:`cut_secrets`, phone numbers masked."""
-    return _mask_phone_numbers(cut_secrets(text))
+def redacted(text: str, limit: int | None = None) -> str:
+    """An error's text (it may quote an upstream's refusal, a value a caller sent) fit for a
+    log line: :func:`loggable_text` cut to ``limit`` characters, :data:`REDACTED_CHARS`
+    unless given. Not for what a caller is answered: that keeps upstream's words, secrets cut
+    (:func:`cut_secrets`)."""
+    return loggable_text(text, REDACTED_CHARS if limit is None else limit)
 
 
 def redacted_traceback(exc: BaseException) -> str:
-    """``exc``'s traceback (with its causes) :func:`redacted`: its messages may quote a URL
-    with its token, a header, a phone number. Only its type when that fails (the masking's
-    own import may be what failed)."""
+    """``exc``'s traceback (with its causes) with secrets cut and phone numbers masked: its
+    messages may quote a URL with its token, a header, a phone number. Its lines stay lines.
+    Only its type when that fails (the masking's own import may be what failed)."""
     try:
-        return redacted("".join(traceback.format_exception(exc)).rstrip())
+        text = "".join(traceback.format_exception(exc)).rstrip()
+        return _mask_phone_numbers(cut_secrets(text))
     except Exception:
         return type(exc).__name__
 
@@ -103,12 +108,14 @@ def _mask_phone_numbers(text: str) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 #: The most of a caller's text one log line quotes.
 LOGGABLE_CHARS = 200
+#: The most of an error's text one log line quotes (:func:`redacted`).
+REDACTED_CHARS = 1_000
 
 
 def loggable_text(text: str, limit: int = LOGGABLE_CHARS) -> str:
     """Text we were given (a field name a caller sent, an upstream's refusal) fit for a log
-    line: :func:`redacted`, control characters escaped, cut to ``limit`` characters (the rest
-    counted)."""
+    line: :func:`cut_secrets`, cut to ``limit`` characters (the rest counted), control
+    characters escaped (none can forge a line), phone numbers masked."""
     text = cut_secrets(text)
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters)"

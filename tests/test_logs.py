@@ -20,6 +20,8 @@ from shared.logs import (
     cut_secrets,
     loggable_text,
     loggable_url,
+    redacted,
+    redacted_traceback,
 )
 from tests.fixtures.leaks import LeakDetector, findings_in, watch_content, watch_secret
 from tests.fixtures.sandbox import SandboxServer
@@ -68,6 +70,21 @@ def test_loggable_text_cuts_secrets_before_it_shortens() -> None:
         "bad DlrUrl https://a.test/api/callbacks/dlr/p-1?token=***\\x0afor ***4567"
     )
     assert loggable_text(f"x token={'S' * 300}", limit=20) == "x token=***"
+
+
+def test_redacted_escapes_and_bounds_an_errors_text_but_a_traceback_keeps_its_lines() -> None:
+    """redacted() cut secrets and masked numbers only: an upstream refusal (or an identity
+    provider's error_description, with its \\r\\n) quoted in an error forged log lines, whole."""
+    said = "refused 'UTILITY\r\nERROR forged' for +358401234567 token=SECRET " + "x" * 5_000
+    line = redacted(said)
+    assert line.startswith("refused 'UTILITY\\x0d\\x0aERROR forged' for ***4567 token=*** xx")
+    assert line.endswith("x... (4060 more characters)")  # counted after the cut secret
+    assert redacted(said, limit=10) == "refused 'U... (5050 more characters)"
+    try:
+        raise RuntimeError("first\nsecond +358401234567")
+    except RuntimeError as exc:
+        trace = redacted_traceback(exc)
+    assert "first\nsecond ***4567" in trace
 
 
 def test_every_traceback_we_log_goes_through_redacted_traceback() -> None:

@@ -325,6 +325,26 @@ def test_a_secret_upstream_quotes_is_cut_from_the_detail_and_the_log(
         assert secret not in caplog.text
 
 
+def test_upstreams_refusal_is_verbatim_in_the_detail_but_escaped_and_bounded_in_the_log(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The action's log line quoted SmartDialog's refusal raw: a value it echoes (here the
+    caller's Category) forged a log line with its line break, and its length was unbounded."""
+    forged = "UTILITY\nERROR forged: everything failed +358401234567 " + "x" * 5_000
+    body = {"DisplayName": "Order shipped", "RawContent": "Your order {{1}} is on its way.",
+            "Category": forged, "Language": "EN"}  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="smartdialog.actions"):
+        reply = call("CreateWhatsappTemplate", method="POST",
+                     route={"IdentityNumber": "050 1234567"}, body=body)  # fmt: skip
+    assert reply.status == 422, reply.body
+    assert forged in reply.body["detail"]  # the caller's own: verbatim (docs/actions.md)
+    [line] = [r.getMessage() for r in caplog.records if "answered 422" in r.getMessage()]
+    assert "UTILITY\\x0aERROR forged" in line
+    assert "\n" not in line
+    assert "+358401234567" not in line
+    assert len(line) < 1_500
+
+
 def test_upstream_timeout_is_504(app: App) -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
