@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from shared import telemetry
 from shared.clock import utcnow
 from shared.connections import DEFAULT_CONNECTION, connection_name
+from shared.logs import loggable_text
 from shared.names import OUTBOUND_QUEUE
 from shared.notify._intake import IncomingEvent
 from shared.notify._rules import ExpressionFailed, Rule, evaluate, invalid_fields, render
@@ -159,13 +160,15 @@ class Notifier:
                 for send in result.sends:
                     self.queue.send_message(self._queued(send))
                 current.set_attribute("smartdialog.sends", len(result.sends))
+            # The producer's id and type: escaped, bounded and masked (they may forge a line).
+            kind, said = loggable_text(event.type), loggable_text(event.id)
             if not result.rules:
-                log.info("event matched no rule: type %s, id %s", event.type, event.id)
+                log.info("event matched no rule: type %s, id %s", kind, said)
             else:
                 log.info(
                     "event type %s, id %s: rules %s queued %d send(s), skipped %d",
-                    event.type,
-                    event.id,
+                    kind,
+                    said,
                     ",".join(result.rules),
                     len(result.sends),
                     len(result.skipped),
@@ -174,7 +177,7 @@ class Notifier:
                 reasons = Counter(f"{s.rule_id}: {s.reason}" for s in result.skipped)
                 log.info(
                     "event %s skipped: %s",
-                    event.id,
+                    said,
                     "; ".join(f"{r} (x{n})" if n > 1 else r for r, n in reasons.items()),
                 )
             results.append(result)
@@ -201,13 +204,13 @@ class Notifier:
         book = book or self.rules.book()
         document = event.document()
         result = EventResult(event)
-        now = utcnow()
+        now, said = utcnow(), loggable_text(event.id)  # as logged: escaped, bounded, masked
         for rule in book.rules if rules is None else rules:
             try:
                 if not rule.matches(event, document):
                     continue
             except ExpressionFailed as exc:
-                log.warning("rule %s: its Condition failed on event %s: %s", rule.Id, event.id, exc)
+                log.warning("rule %s: its Condition failed on event %s: %s", rule.Id, said, exc)
                 result.skipped.append(Skipped(rule.Id, "", f"condition failed: {exc}"))
                 continue
             result.rules.append(rule.Id)
@@ -219,7 +222,7 @@ class Notifier:
                     made.append((self._send(rule, event, document, address, now), address in taken))
                 except ValueError as exc:  # pydantic's ValidationError is one too
                     reason = f"message not valid: {invalid_fields(exc)}"
-                    log.warning("rule %s: no message for event %s: %s", rule.Id, event.id, reason)
+                    log.warning("rule %s: no message for event %s: %s", rule.Id, said, reason)
                     result.skipped.append(Skipped(rule.Id, address, reason))
             if dry_run:
                 result.sends.extend(planned for planned, _ in made)
@@ -313,7 +316,12 @@ class Notifier:
         try:
             found = evaluate(spec.FromEvent, document)
         except ExpressionFailed as exc:
-            log.warning("rule %s: its FromEvent failed on event %s: %s", rule.Id, event.id, exc)
+            log.warning(
+                "rule %s: its FromEvent failed on event %s: %s",
+                rule.Id,
+                loggable_text(event.id),
+                exc,
+            )
             result.skipped.append(Skipped(rule.Id, "", f"FromEvent failed: {exc}"))
             return []
         values = found if isinstance(found, list) else ([] if found is None else [found])

@@ -200,6 +200,32 @@ def test_a_condition_or_from_event_that_fails_on_the_event_is_reported_and_logge
     assert "358401234561" not in caplog.text
 
 
+def test_an_events_id_and_type_are_logged_escaped_bounded_and_masked(
+    notify: Notify, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event's id and type may hold control characters: logged raw, they forged log lines
+    (and a number in them went unmasked)."""
+    notify.rule(Id="sized", Match={"EventType": "t", "Condition": "length(data.size) > `1`"},
+                Recipients={"Numbers": [N1]})  # fmt: skip
+    notify.rule(Recipients={"FromEvent": "data.phones", "AllowedCountryCodes": [358]})
+    forged_id = "a\nERROR forged +358401234567 " + "i" * 1_000
+    unmatched = parse_object({"specversion": "1.0", "id": forged_id, "source": "s",
+                              "type": "t\r\nWARNING x +358401234567", "data": {}})  # fmt: skip
+
+    with caplog.at_level(logging.INFO, "shared.notify"):
+        notify.handle(event(forged_id, size=1, phones=["not-a-number", N1]))
+        notify.handle(unmatched)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.notify"]
+    assert len(lines) >= 4  # matched, skipped, its Condition failed, matched no rule
+    for line in lines:
+        assert not {"\n", "\r"} & set(line), line
+        assert "+358401234567" not in line, line
+        assert len(line) < 600, line
+    assert any("id a\\x0aERROR forged ***4567 iii" in line for line in lines)
+    assert any("type t\\x0d\\x0aWARNING x ***4567" in line for line in lines)
+
+
 def test_a_list_that_does_not_exist_is_reported(notify: Notify) -> None:
     notify.rule(Recipients={"List": "on-call", "Numbers": [N1]})
 
