@@ -16,7 +16,7 @@ from shared import telemetry
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.clock import utcnow
 from shared.deadletters import KeptOriginal, original_aside
-from shared.logs import redacted_traceback
+from shared.logs import loggable_text, redacted, redacted_traceback
 from shared.notify._intake import (
     InvalidEvent,
     parse_http,
@@ -127,7 +127,8 @@ def receive_grid_event(value: dict[str, Any], settings: Settings | None = None) 
         try:
             event = parse_object(value)
         except InvalidEvent as exc:
-            log.warning("Event Grid delivered an invalid event (%s): %s", exc.field, exc)
+            log.warning("Event Grid delivered an invalid event (%s): %s",
+                        loggable_text(exc.field), redacted(str(exc)))  # fmt: skip
             return {"Events": 0, "Invalid": str(exc)}
         return _answer(notifier(_settings(settings)).handle([event]))
 
@@ -207,4 +208,4 @@ def dead_letter(
         ),
         queue_name=CLOUD_EVENTS_DEAD_LETTER_QUEUE,
     )
-    log.warning("cloud event message %s dead-lettered: %s", queue_message_id, reason)
+    log.warning("cloud event message %s dead-lettered: %s", queue_message_id, redacted(str(reason)))

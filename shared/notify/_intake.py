@@ -49,12 +49,24 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 VALIDATION_EVENT_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
 
 
+#: The most of a refusal's message and of its ``field`` kept (a 400's detail, a dead letter's):
+#: an SDK's error may quote a value, and quote it again for each layer it passed.
+MAX_DETAIL_CHARS, MAX_FIELD_CHARS = 1000, 200
+
+
 class InvalidEvent(ValueError):
-    """Not a valid CloudEvents 1.0 or Event Grid event; ``field`` names the offending member."""
+    """Not a valid CloudEvents 1.0 or Event Grid event; ``field`` names the offending member.
+    Both are cut (:data:`MAX_DETAIL_CHARS`, :data:`MAX_FIELD_CHARS`; the rest counted)."""
 
     def __init__(self, message: str, field: str = "body") -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(_cut(message, MAX_DETAIL_CHARS))
+        self.field = _cut(field, MAX_FIELD_CHARS)
+
+
+def _cut(text: str, limit: int) -> str:
+    return (
+        text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+    )
 
 
 _P = ParamSpec("_P")

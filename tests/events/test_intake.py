@@ -211,6 +211,20 @@ def test_an_id_or_source_longer_than_its_sends_events_can_carry_is_refused_in_ev
     assert_each_refused(cases)
 
 
+def test_a_refusal_quoting_a_long_value_is_cut_for_its_400_and_its_dead_letter() -> None:
+    """The SDK quotes an eventTime it cannot read once per layer: 20 KB became a 100 KB
+    message, in the 400's detail and the dead letter's (which then fitted no queue message)."""
+    grid = {"id": "1", "subject": "s", "data": {}, "eventType": "t", "dataVersion": "1",
+            "eventTime": "Z" * 20_000}  # fmt: skip
+    with pytest.raises(InvalidEvent) as refused:
+        parse_object(grid)
+    message = str(refused.value)
+    assert message.startswith("Not an Event Grid event: ")
+    assert message.endswith(" more characters)")
+    assert len(message) < 1_100
+    assert len(InvalidEvent("x", field="f" * 5_000).field) < 300
+
+
 def test_a_source_with_a_control_character_is_refused_so_source_and_id_stay_apart() -> None:
     """Message ids and the rules' memory key an event by source and id joined with a newline:
     source "a\\nb" with id "c" was the same event as source "a" with id "b\\nc" (the second's

@@ -226,6 +226,41 @@ def test_an_events_id_and_type_are_logged_escaped_bounded_and_masked(
     assert any("type t\\x0d\\x0aWARNING x ***4567" in line for line in lines)
 
 
+def test_a_refused_events_log_line_is_bounded_and_masked_and_its_dead_letter_fits(
+    storage_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's refusal of a 20 KB eventTime quotes it five times: logged whole (100 KB, the
+    number in it unmasked), and on the queue door its dead letter no longer fitted a queue
+    message: the write failed after its index row was written, once per delivery."""
+    from shared.deadletters import DeadLetterIndex
+    from shared.notify._doors import process_cloud_event_message, receive_grid_event
+
+    event = {"id": "1", "subject": "s", "data": {}, "eventType": "t", "dataVersion": "1",
+             "eventTime": "+358401234567\nERROR forged " + "Z" * 20_000}  # fmt: skip
+    marker = uuid.uuid4().hex
+    with caplog.at_level(logging.WARNING, "shared.notify"):
+        answer = receive_grid_event(event)
+        dead = process_cloud_event_message(json.dumps(event), queue_message_id=marker)
+
+    assert answer["Events"] == 0
+    assert len(answer["Invalid"]) < 1_100
+    assert dead == {"Events": 0, "DeadLettered": True}
+    lines = [r.getMessage() for r in caplog.records if "Z" * 50 in r.getMessage()]
+    assert len(lines) == 2  # the grid door's refusal, the queue door's dead letter
+    for line in lines:
+        assert "+358401234567" not in line
+        assert "\n" not in line
+        assert len(line) < 1_500
+    index = DeadLetterIndex.from_settings()
+    [row] = [e for e in index._table.list_entities() if marker in str(e.get("MessageId", ""))
+             or marker in str(e.get("Text0", ""))]  # fmt: skip
+    assert row.get("QueueMessageId")  # the letter is on its queue, linked to its row
+    letter = json.loads(row["Text0"])
+    assert letter["id"] == f"malformed:{marker}"
+    assert len(letter["detail"]) < 1_100
+    assert letter["original"] == json.dumps(event)  # kept whole
+
+
 def test_a_list_that_does_not_exist_is_reported(notify: Notify) -> None:
     notify.rule(Recipients={"List": "on-call", "Numbers": [N1]})
 
