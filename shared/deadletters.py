@@ -56,7 +56,7 @@ from shared.names import (
     OUTBOUND_DEAD_LETTER_QUEUE,
     OUTBOUND_QUEUE,
 )
-from shared.payloads import fits_queue
+from shared.payloads import QUEUE_MESSAGE_LIMIT, fits_queue, queue_message_bytes
 from shared.storage import QueueLike, ensured_table, plain_datetime, utc
 
 if TYPE_CHECKING:
@@ -516,10 +516,14 @@ def write_dead_letter(
 
     The one way a dead letter is written: the index row first, then the queue message (which
     never expires), then the row learns the message's id and pop receipt. Returns what
-    ``send_message`` returned. Raises what storage raises (the caller's host retries), and
+    ``send_message`` returned. Raises what storage raises (the caller's host retries),
     ``ResourceExistsError`` when a letter with this ``key`` and ``now`` is indexed already
-    (:meth:`DeadLetterIndex.begin`): nothing is written then.
+    (:meth:`DeadLetterIndex.begin`), and ``ValueError`` for a letter larger than a queue message
+    (the queue would refuse it: its writer must keep its parts small, :func:`original_aside`):
+    nothing is written then.
     """
+    if (size := queue_message_bytes(text)) > QUEUE_MESSAGE_LIMIT:
+        raise ValueError(f"a dead letter of {size} bytes does not fit a queue message")
     index = index or DeadLetterIndex.from_settings()
     entry = index.begin(
         queue_name, text, now=now, reason=reason, detail=detail, dequeue_count=dequeue_count,

@@ -79,6 +79,21 @@ def test_a_dead_letter_is_indexed_with_its_reason_and_kept_until_handled(ops: Ou
     assert shown.body["text"] == item
 
 
+def test_a_dead_letter_too_large_for_its_queue_is_refused_before_its_row_is_written(
+    ops: Outbound,
+) -> None:
+    """The row went first, then the queue refused the letter: each retry of the host left one
+    more row naming a letter that is on no queue."""
+    item = letter(detail="Z" * 70_000)
+    with pytest.raises(ValueError, match="does not fit a queue message"):
+        write_dead_letter(
+            queue_client(OUTBOUND_DEAD_LETTER_QUEUE), item, queue_name=OUTBOUND_DEAD_LETTER_QUEUE
+        )
+
+    assert list_letters().body["value"] == []
+    assert queue_client(OUTBOUND_DEAD_LETTER_QUEUE).peek_messages() == []
+
+
 def test_list_filters_by_reason_queue_and_age_and_pages_with_a_continuation_token(
     ops: Outbound,
 ) -> None:
