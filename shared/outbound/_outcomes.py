@@ -355,14 +355,12 @@ class Outcomes:
         emitted = list(map(self.emit, due) if len(due) == 1 else storage_pool().map(self.emit, due))
         done = [r for r, e in zip(due, emitted, strict=True) if e]
         flags = self.ports.store.swap_many([(r, {"announced": True}) for r in done])
-        lost = sum(1 for f in flags if f is None)
-        if lost:
+        if lost := sum(1 for f in flags if f is None):
             log.info("%d announcement flag(s) lost a race", lost)
 
     def dead_letter(self, letter: DeadLetter) -> None:
-        """Put ``letter`` on the dead-letter queue; an original too large to travel in it goes
-        by reference (a blob in ``smartdialog-payloads``, named in ``originalBlob``), and if it
-        is still too large, its list of schema violations is shortened."""
+        """Put ``letter`` on the dead-letter queue; an original too large to travel in it goes by
+        reference (a blob named in ``originalBlob``), then its schema violations are shortened."""
         letter = original_aside(letter, self.ports.payloads)
         text = letter.model_dump_json(exclude_none=True)
         while not fits_queue(text) and letter.errors:
