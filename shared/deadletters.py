@@ -9,8 +9,9 @@ which keeps one row per queue message in ``SmartDialogDeadLetters``:
   partition lists oldest first and an age filter is a RowKey range;
 - ``Reason`` (the letter's ``reason``), ``Code`` (its ``error.code``, when it has one),
   ``MessageId``, ``Detail``, ``SourceQueue`` (where a re-drive puts it back);
-- the dead letter's full text (``Text``, in chunks of 30,000 characters: a queue message is at
-  most 64 KiB), so listing, showing and re-driving never read the queue;
+- the dead letter's full text (``Text``, in pieces of 30,000 UTF-16 units as
+  :func:`shared.storage.chunked` cuts them: a queue message is at most 64 KiB), so listing,
+  showing and re-driving never read the queue;
 - ``QueueMessageId`` and ``PopReceipt`` as ``send_message`` returned them. Nobody receives from a
   dead-letter queue but the operations actions, so that receipt still deletes the message when
   it is handled; when it no longer does (someone received the message), the message is found
@@ -57,7 +58,7 @@ from shared.names import (
     OUTBOUND_QUEUE,
 )
 from shared.payloads import QUEUE_MESSAGE_LIMIT, fits_queue, queue_message_bytes
-from shared.storage import QueueLike, ensured_table, plain_datetime, utc
+from shared.storage import QueueLike, chunked, ensured_table, plain_datetime, utc
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -92,7 +93,6 @@ DEAD_LETTER_QUEUES: dict[str, str] = {
 REFRESH_ROWS = 5000
 #: The longest dead-letter id (queue name, separator, RowKey) there can be.
 ID_MAX_LENGTH = 400
-_CHUNK = 30_000
 # What Table storage refuses in a key (and what a key never holds here).
 _UNSAFE_KEY = re.compile(r"[/\\#?'\x00-\x1f\x7f]")
 _ID_SEPARATOR = "~"
@@ -290,10 +290,7 @@ class DeadLetterIndex:
         }
         overrides = {"Reason": reason, "Detail": detail, "DequeueCount": dequeue_count}
         entity.update({k: v for k, v in overrides.items() if v is not None})
-        chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
-        entity["TextChunks"] = len(chunks)
-        for index, chunk in enumerate(chunks):
-            entity[f"Text{index}"] = chunk
+        entity.update(chunked("Text", text))  # pieces of UTF-16 units, as the Table counts
         self._table.create_entity(entity)
         return _entry(entity)
 

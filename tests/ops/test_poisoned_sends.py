@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from shared.clock import utcnow
-from shared.deadletters import DeadLetterIndex, write_dead_letter
+from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
 from shared.messages import MessageStatus, MessageStore
 from shared.names import OUTBOUND_QUEUE, poison_queue
 from shared.ops import keep_poison
@@ -104,6 +104,21 @@ def test_a_command_that_reused_a_failed_messages_id_is_kept_not_deleted(ops: Out
     assert record is not None
     assert record.failure is not None
     assert record.failure.code == "upstream-rejected"
+
+
+def test_a_poison_message_of_ascii_and_emoji_is_kept_whole(ops: Outbound) -> None:
+    """Its index row holds it in pieces of UTF-16 units: cut at 30,000 characters its first
+    piece was ~35,000 units, the row was refused and the message was never kept (it expired
+    with the poison queue's 7 days)."""
+    text = ("abcde" + "\U0001f600") * 5_000
+
+    given_up_on(text)
+    kept = keep_poison()
+
+    assert kept == 1
+    [entry] = DeadLetterIndex.from_settings().matching(DeadLetterFilter(queue=POISON), limit=2)
+    assert (entry.reason, entry.text) == ("poison", text)
+    assert queue_texts(POISON) == [text]
 
 
 def test_a_command_named_by_its_request_id_alone_fails_poisoned(ops: Outbound) -> None:

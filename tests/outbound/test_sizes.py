@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from shared.deadletters import DeadLetterFilter, DeadLetterIndex
 from shared.messages import MessageStatus, MessageStore
 from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
 from shared.outbound._models import request_message_id
@@ -148,6 +149,30 @@ def test_a_rejected_send_of_50_kb_of_quotes_makes_a_dead_letter_that_fits_and_fa
     [event] = [json.loads(t) for t in all_messages(EVENTS_QUEUE)]
     assert event["type"] == "fi.arena.smartdialog.message.failed"
     assert event["data"]["messageId"] == accepted.body["Id"]
+
+
+def test_a_rejected_send_of_ascii_and_emoji_fails_with_its_dead_letter_and_event(
+    outbound: Outbound,
+) -> None:
+    """The letter (its 45 kB command inline) is indexed in pieces of UTF-16 units: cut at
+    30,000 characters, its first piece was ~35,000 units, the index row was refused
+    (PropertyValueTooLarge), and neither the letter nor the failed event was ever sent."""
+    content = ("abcde" + "\U0001f600") * 5_000
+    accepted = call_http("SendMessage", "POST", body=sms(REJECTED, content=content))
+    assert accepted.status == 202, accepted.body
+
+    outbound.drain(timeout=30)
+
+    failed = record(accepted.body["Id"])
+    assert (failed.status, failed.failure.code) == (MessageStatus.FAILED, "upstream-rejected")
+    assert failed.announced
+    [letter] = [json.loads(t) for t in all_messages(OUTBOUND_DEAD_LETTER_QUEUE)]
+    assert json.loads(letter["original"])["body"]["Content"] == content
+    where = DeadLetterFilter(queue=OUTBOUND_DEAD_LETTER_QUEUE)
+    indexed = DeadLetterIndex.from_settings().matching(where, limit=100)
+    assert [e.letter() for e in indexed if e.message_id == failed.message_id] == [letter]
+    [event] = [json.loads(t) for t in all_messages(EVENTS_QUEUE)]
+    assert event["type"] == "fi.arena.smartdialog.message.failed"
 
 
 def test_a_queued_command_that_turned_malformed_fails_its_record_with_its_event(
