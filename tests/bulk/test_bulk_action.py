@@ -205,3 +205,20 @@ def test_a_replay_lists_every_refused_row_even_those_the_batch_row_has_no_room_f
     assert again.body["Refused"] == first.body["Refused"]
     assert again.body["Refused"][-1]["message"] == f"This recipient opted out of service {SERVICE}."
     store.remove(SERVICE, opted_out)
+
+
+def test_a_bulk_send_of_non_ascii_text_is_stored_in_transactions_that_fit_and_sent(
+    outbound: Outbound,
+) -> None:
+    """Thirty members of 60,000 "ä" (120 kB as UTF-8, 360 kB as the JSON the Tables SDK sends:
+    each "ä" is "\\u00e4"). Sized by UTF-8, ~25 of them went in one ~9 MB transaction: refused
+    (413), the caller answered 500, the batch row and its packs left orphaned."""
+    accepted = bulk({"Content": "ä" * 60_000, "Recipients": people(*GOOD)})
+    assert accepted.status == 202, accepted.body
+    assert accepted.body["Accepted"] == 30
+
+    outbound.drain(timeout=60)
+
+    done = batch_status(accepted.headers["Location"])
+    assert done.body["Counts"]["sent"] == 30
+    assert sum(len(c["body"]["Recipients"]) for c in outbound.upstream()) == 30

@@ -554,3 +554,18 @@ def test_queue_only_sends_waiting_for_the_quota_coalesce_when_a_slot_frees(
     assert sum(len(c["body"]["Recipients"]) for c in calls) == 5
     assert len(calls) <= 3  # the first alone; the others wait for a slot together
     assert all(record(f"q-{i}").status is MessageStatus.SENT for i in range(5))
+
+
+def test_a_lane_of_sends_of_non_ascii_text_is_claimed_in_transactions_that_fit_and_sent(
+    outbound: Outbound,
+) -> None:
+    """Thirty sends of 30,000 "ä" (60 kB as UTF-8, 180 kB as the JSON the Tables SDK sends:
+    each "ä" is "\\u00e4") share a lane. Sized by UTF-8, the leader's claim of them all was
+    one ~5 MB transaction: refused (413), every member led in turn and was refused again,
+    nothing was ever sent."""
+    ids = accept(*NUMBERS[:30], content="ä" * 30_000)
+
+    outbound.drain(timeout=60)
+
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+    assert sum(len(c["body"]["Recipients"]) for c in outbound.upstream()) == 30
