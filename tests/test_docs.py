@@ -63,6 +63,18 @@ def test_the_queue_schema_says_what_a_recipient_address_must_be() -> None:
         assert "malformed" in address["description"], address
 
 
+def test_the_docs_count_a_commands_length_for_its_blob_as_the_code_does() -> None:
+    """A record keeps a command up to INLINE_COMMAND_CHARS UTF-16 units (an emoji is 2): the
+    docs said characters, which is half that for a command of emoji."""
+    from shared.messages._records import INLINE_COMMAND_CHARS
+
+    limit = f"{INLINE_COMMAND_CHARS:,}"
+    for page in ("sending.md", "architecture.md"):
+        text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+        assert f"over {limit} UTF-16 units" in text, page
+        assert f"{limit} characters" not in text, page
+
+
 def test_every_crash_window_row_names_a_test() -> None:
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     section = page.split("## Crash windows", 1)[1]

@@ -152,7 +152,7 @@ def test_a_refused_list_too_long_for_the_batch_row_keeps_its_count_and_whole_row
 def test_details_name_the_address_of_a_member_whose_command_is_kept_in_a_blob(
     outbound: Outbound,
 ) -> None:
-    """A command over 200,000 characters is kept in a blob, its record's command empty: the
+    """A command over 200,000 UTF-16 units is kept in a blob, its record's command empty: the
     member's Address, read from that command, was missing."""
     from shared.messages import MessageStore
     from shared.messages._records import INLINE_COMMAND_CHARS, record_keys
