@@ -35,9 +35,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from shared import telemetry
 from shared.clock import as_utc, utcnow
@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("shared.inbound.dlr")
+_T = TypeVar("_T")
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "upstream_message_id": ("messageid", "msgid", "message_id", "smsid"),
@@ -296,12 +297,7 @@ class DeliveryReportService:
         if report.recipient_id and report.recipient_id in pack.recipient_ids:
             return pack.recipient_ids[report.recipient_id]
         if report.recipient:
-            from shared.suppressions import recipient_key
-
-            wanted = recipient_key(report.recipient)
-            for member in pack.members:
-                if wanted in map(recipient_key, member.addresses):
-                    return member.message_id
+            return _by_number(report.recipient, [(m.message_id, m.addresses) for m in pack.members])
         return None
 
     def _claim(
@@ -400,19 +396,33 @@ class DeliveryReportService:
 
 
 def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot | None:
-    """The recipient a report is about: by upstream recipient id, else by number (E.164 on both
-    sides), else the only recipient of a single-recipient message."""
+    """The recipient a report is about: by upstream recipient id, else by number
+    (:func:`_by_number`), else the only recipient of a single-recipient message."""
     if report.recipient_id:
         for slot in slots:
             if slot.upstream_recipient_id == report.recipient_id:
                 return slot
     if report.recipient:
-        from shared.suppressions import recipient_key
-
-        wanted = recipient_key(report.recipient)
-        for slot in slots:
-            if recipient_key(slot.address) == wanted:
-                return slot
+        found = _by_number(report.recipient, [(slot, [slot.address]) for slot in slots])
+        if found is not None:
+            return found
     if len(slots) == 1:
         return slots[0]
     return None
+
+
+def _by_number(number: str, candidates: Iterable[tuple[_T, Iterable[str]]]) -> _T | None:
+    """The first candidate with an address that is the reported ``number`` (E.164 on both
+    sides). Bare digits are read both in Finland (upstream's default) and as international
+    (``46701234567`` is +46701234567); if the two readings are two of the candidates' numbers,
+    the report is about neither (None): one report never matches two recipients."""
+    from shared.suppressions import recipient_key
+
+    readings = {recipient_key(number)}
+    if number.strip().isdigit():
+        readings.add(recipient_key("+" + number.strip()))
+    hits: dict[str, _T] = {}
+    for item, addresses in candidates:
+        for key in readings.intersection(map(recipient_key, addresses)):
+            hits.setdefault(key, item)
+    return next(iter(hits.values())) if len(hits) == 1 else None

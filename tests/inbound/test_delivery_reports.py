@@ -274,3 +274,24 @@ def test_matching_reports_by_number_parses_each_stored_number_once(
         assert _match(report, slots) is slots[numbers.index("+" + number.lstrip("+"))]
 
     assert len(parsed) <= len(numbers) + len(reports)
+
+
+def test_a_number_reported_without_its_plus_matches_its_recipient_and_never_two(
+    inbound: Inbound,
+) -> None:
+    swedish = "+46701234567"
+    message_id = send(inbound, OTHER, swedish)
+    answer = report(inbound, message_id, recipient="46701234567", status="DELIVRD")
+    assert answer.body == {"status": "recorded", "recipientStatus": "delivered"}
+    national = report(inbound, message_id, recipient="0401112233", status="UNDELIV")  # OTHER
+    assert national.body == {"status": "recorded", "recipientStatus": "undelivered"}
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == [
+        "undelivered", "delivered",
+    ]  # fmt: skip
+
+    # 4540123456 is +3584540123456 read in Finland and +4540123456 (Denmark) as international:
+    # with both among the recipients, the report is about neither.
+    both = send(inbound, "+3584540123456", "+4540123456")
+    ambiguous = report(inbound, both, recipient="4540123456", status="DELIVRD")
+    assert ambiguous.body == {"status": "unmatched"}
+    assert [r["Status"] for r in status(inbound, both)["Recipients"]] == ["sent", "sent"]
