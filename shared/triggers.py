@@ -38,8 +38,8 @@ known to be complete every service counts as asking, and the processor completes
 (:meth:`asks_questions` with ``scan``: two scans :data:`UPGRADE_WINDOW` apart, recorded in the
 ``~layout``/``asks-questions`` row, which every instance reads again every 30 s; docs/deploy.md).
 
-A note carries the trace of what it is about (its deliveries stay in it) once the release before,
-which refuses the field, has stopped (:meth:`TriggerNotifier._traceparent`).
+A note carries the trace of what it is about once the release before, which refuses the field,
+has stopped (:meth:`TriggerNotifier._traceparent`).
 """
 
 from __future__ import annotations
@@ -111,16 +111,15 @@ ASKS_ROW = ASKS_KIND = "~asks-questions"
 #: The property of a replaced subscription's row (the same trigger subscribed again) naming
 #: the one that replaced it: no longer a subscriber (shared.inbound.SubscriptionStore.replace).
 REPLACED_BY = "ReplacedBy"
-#: Added to the index's lifetime before a service's first question is sent, and before the rows
-#: count as complete after the second scan (a slow write, clocks that disagree a little).
+#: Added to the index's lifetime before a service's first question is sent and before the rows
+#: count as complete after the second scan (a slow write, clocks a little apart).
 ASKS_MARGIN = dt.timedelta(seconds=5)
-#: The layout row recording the scans that complete the ``~asks-questions`` rows (the second
-#: comes :data:`~shared.names.UPGRADE_WINDOW` after the first).
+#: The layout row of the two scans completing the ``~asks-questions`` rows (UPGRADE_WINDOW apart).
 ASKS_LAYOUT_ROW = "asks-questions"
 #: The layout row of this release's first note (notes carry a trace from a window after it).
 TRACE_LAYOUT_ROW = "trigger-traces"
 _LAYOUT_ROWS = (ASKS_LAYOUT_ROW, TRACE_LAYOUT_ROW)
-#: Recipient states no later report changes: what "final states only" delivers.
+#: Final recipient states: "final states only" gets a recipient's first one (a later: not final).
 FINAL_STATES = frozenset({"delivered", "undelivered"})
 
 
@@ -151,7 +150,7 @@ class DeliveryReportTriggerData(BaseModel):
     state: Literal["sent", "delivered", "undelivered"] = Field(
         description="The recipient's state after this report: sent, delivered or undelivered."
     )
-    final: bool = Field(description="True when no later report changes this state.")
+    final: bool = Field(description="True for the recipient's first delivered or undelivered.")
     statusCode: str | None = Field(None, description="The report's status code, as sent.")
     reportedAt: dt.datetime = Field(
         description="The report's own time, or when it arrived if it had none (UTC)."
@@ -247,17 +246,16 @@ class SubscriberEntry:
     connection: str = DEFAULT_CONNECTION
     states: str | None = None
 
-    def wants(self, state: str | None) -> bool:
-        """Whether it wants an event of ``state`` (only delivery reports filter on it)."""
+    def wants(self, state: str | None, final: bool | None = None) -> bool:
+        """Whether it wants an event of ``state`` (delivery reports: ``final`` if known)."""
         if self.kind is not TriggerKind.DELIVERY_REPORT:
             return True
-        return self.states == "all" or state in FINAL_STATES
+        return self.states == "all" or (state in FINAL_STATES if final is None else final)
 
 
 @dataclass(frozen=True)
 class _AsksLayout:
-    """The ``~layout``/``asks-questions`` row: when the open questions were first scanned, and
-    from when the ``~asks-questions`` rows count as complete (set by the second scan)."""
+    """The ``~layout``/``asks-questions`` row: the first scan, and when the rows count complete."""
 
     read_at: dt.datetime
     scanned: dt.datetime | None = None
@@ -322,13 +320,14 @@ class TriggerNotifier:
         *,
         connection: str = DEFAULT_CONNECTION,
         state: str | None = None,
+        final: bool | None = None,
     ) -> list[str]:
         """The ids of the subscriptions of ``service`` to ``kind`` on ``connection`` that want
         ``state``. At most one table query per service per :data:`SUBSCRIBERS_TTL_SECONDS`."""
         return [
             entry.subscription_id
             for entry in self._index(service).entries
-            if entry.kind is kind and entry.connection == connection and entry.wants(state)
+            if entry.kind is kind and entry.connection == connection and entry.wants(state, final)
         ]
 
     # --- services that ask questions --------------------------------------------------------
@@ -458,10 +457,11 @@ class TriggerNotifier:
         time: dt.datetime,
         data: BaseModel,
         state: str | None = None,
+        final: bool | None = None,
         connection: str = DEFAULT_CONNECTION,
     ) -> bool:
         """Queue a notification if anyone wants it; True if one was written."""
-        if not self.subscribers(kind, service, connection=connection, state=state):
+        if not self.subscribers(kind, service, connection=connection, state=state, final=final):
             return False
         note = TriggerNotification(
             kind=kind.value,

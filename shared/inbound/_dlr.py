@@ -15,9 +15,12 @@ State machine of one recipient (the slot entities of ``SmartDialogMessages``, ra
     pending(0) -> failed/cancelled(10) -> sent(20) -> undelivered(30) -> delivered(40)
 
 A report moves a slot only forward (ETag compare-and-swap on the slot, so a concurrent writer
-never makes it go back): a late ``sent`` after ``delivered`` changes nothing. Reports are
-de-duplicated on message + recipient + state (``SmartDialogDeliveryReports``), not on the
-message alone: each recipient's ``sent`` and ``delivered`` are distinct reports.
+never makes it go back): a late ``sent`` after ``delivered`` changes nothing, and a recipient is
+``delivered`` once any report for it says so (SmartDialog does not say whether it reports each
+part of a long SMS; docs/inbound.md). The move keeps what the recipient showed before it (the
+status page's :func:`~shared.messages.effective_status`): the event's ``previousStatus``.
+Reports are de-duplicated on message + recipient + state (``SmartDialogDeliveryReports``), not
+on the message alone: each recipient's ``sent`` and ``delivered`` are distinct reports.
 
 Order of one report: token (401) -> record and slot (404 for an unknown message) -> report
 row inserted (a conflict with a processed row: duplicate, 200, nothing else) -> slot advanced
@@ -26,7 +29,7 @@ row inserted (a conflict with a processed row: duplicate, 200, nothing else) -> 
 if the send has its own ``DlrUrl``, a :class:`~shared.inbound._dlr_forward.DlrForward` on
 ``smartdialog-dlr-forward`` (the forwarder calls that URL, never this request) -> row marked
 processed. A crash anywhere before the mark repeats the later steps on SmartDialog's retry,
-with the same event id.
+with the same event id and payload.
 """
 
 from __future__ import annotations
@@ -266,17 +269,16 @@ class DeliveryReportService:
             self._forward(record, report, now)
             self._mark(message_id, row)
             return DeliveryReportResult("unmatched")
-        previous = slot.status
-        current, advanced = (
-            self.messages.advance_slot(slot, report.state, now=now, upstream_id=report.recipient_id)
-            if report.state is not None
-            else (slot.status, False)
-        )
-        if current == report.state:
-            self._announce(record, slot, report, current, previous if advanced else None, now)
+        advanced = False
+        if report.state is not None:
+            slot, advanced = self.messages.advance_slot(
+                slot, report.state, now=now, upstream_id=report.recipient_id, shown=record.status
+            )
+        if slot.status == report.state:
+            self._announce(record, slot, report, now)
         self._forward(record, report, now)
         self._mark(message_id, row)
-        return DeliveryReportResult("recorded", current, advanced)
+        return DeliveryReportResult("recorded", slot.status, advanced)
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -337,12 +339,13 @@ class DeliveryReportService:
         record: MessageRecord,
         slot: RecipientSlot,
         report: DeliveryReport,
-        status: RecipientStatus,
-        previous: RecipientStatus | None,
         now: dt.datetime,
     ) -> None:
+        """The event of a slot now in the reported state; ``previousStatus`` is what the
+        recipient showed before the move, kept with the slot (a retry's payload is the same)."""
         from shared.events import make_event
 
+        status, previous = slot.status, slot.previous
         data = DeliveryReportData(
             messageId=record.message_id,
             connection=record.connection,
@@ -381,6 +384,7 @@ class DeliveryReportService:
                 row_key=slot.row_key,
                 recipient=data.recipient,
                 state=status,
+                previous=previous,
                 status_code=report.status_code,
                 time=report.reported_at or now,
             )

@@ -227,7 +227,9 @@ class DeliveryReportData(BaseModel):
     recipient: str | None = Field(None, description="The recipient's address.")
     recipientId: str | None = Field(None, description="SmartDialog's recipient id.")
     status: RecipientStatus = Field(description="The recipient's state after this report.")
-    previousStatus: str | None = Field(None, description="Its state before.")
+    previousStatus: str | None = Field(
+        None, description="What GetMessageStatus showed for it before this report."
+    )
     statusCode: str | None = Field(None, description="The report's status code, as sent.")
     reportedAt: dt.datetime | None = Field(None, description="The report's own timestamp.")
     receivedAt: dt.datetime = Field(description="When our DLR endpoint received it.")

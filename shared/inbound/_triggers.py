@@ -123,7 +123,11 @@ class TriggerFanout:
             ) from None
         kind = TriggerKind(note.kind)
         wanted = self.subscribers.subscribers(
-            kind, note.service, connection=note.connection, state=note.data.get("state")
+            kind,
+            note.service,
+            connection=note.connection,
+            state=note.data.get("state"),
+            final=note.data.get("final"),
         )
         if not wanted:
             return FanoutResult(note.kind, 0)
@@ -174,12 +178,17 @@ def notify_delivery_report(
     row_key: str,
     recipient: str | None,
     state: str,
+    previous: str | None,
     status_code: str | None,
     time: dt.datetime,
 ) -> bool:
-    """The *When a delivery report arrives* note of a recipient that moved to ``state``."""
+    """The *When a delivery report arrives* note of a recipient that moved to ``state`` from
+    ``previous`` (what it showed before): final only the first time it reaches a final state,
+    so a "final states only" flow runs once per recipient (an undelivered part, then a delivered
+    one, runs it for the undelivered only)."""
     if state not in ("sent", "delivered", "undelivered"):
         return False
+    final = state in FINAL_STATES and previous not in FINAL_STATES
     service = record.service_id or settings.service_id
     if not service:
         return False
@@ -187,7 +196,7 @@ def notify_delivery_report(
         messageId=record.message_id,
         recipient=recipient,
         state=state,
-        final=state in FINAL_STATES,
+        final=final,
         statusCode=status_code,
         reportedAt=time,
         customerData=command_customer_data(record.command),
@@ -201,6 +210,7 @@ def notify_delivery_report(
         time=time,
         data=data,
         state=state,
+        final=final,
         connection=record.connection,
     )
 

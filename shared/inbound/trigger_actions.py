@@ -113,7 +113,8 @@ class DeliveryReportSubscribeInput(ActionInput):
         Field(
             "final",
             description=(
-                "final: only delivered and undelivered; all: also sent (the operator took it)."
+                "final: a recipient's first delivered or undelivered; all: also sent (the "
+                "operator took it) and any later state."
             ),
             json_schema_extra=ui("Report States", visibility="important"),
         ),
@@ -363,8 +364,8 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         subscribe_reports,
         "When a delivery report arrives",
         "Triggers when a recipient of a message sent through the service reaches a new "
-        "delivery state (by default only the final ones: delivered, undelivered). Carries the "
-        "send's CustomerData, so the flow can find its own row.",
+        "delivery state (by default only its first final one: delivered or undelivered). Carries "
+        "the send's CustomerData, so the flow can find its own row.",
         ("The recipient's new delivery state.", DeliveryReportTriggerData),
     ),
     _delete(

@@ -365,6 +365,9 @@ class RecipientSlot:
     upstream_recipient_id: str | None = None
     updated_at: dt.datetime | None = None
     etag: str | None = field(default=None, compare=False)
+    #: What the recipient showed (:func:`effective_status`) before its slot last moved (stored
+    #: as ``Moved`` = ``before>after``); None if not known (moved by an earlier release).
+    previous: RecipientStatus | None = None
 
     @property
     def row_key(self) -> str:
@@ -394,6 +397,9 @@ class RecipientSlot:
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any]) -> RecipientSlot:
         """The slot in ``entity``; :class:`DamagedRecordError` if it cannot be read."""
+        # Only the move to its status now (an earlier release's later move leaves a stale one).
+        before, _, after = str(entity.get("Moved") or "").partition(">")
+        moved = bool(after) and after == entity.get("Status")
         try:
             return cls(
                 message_id=str(entity.get("MessageId") or entity["PartitionKey"]),
@@ -404,6 +410,7 @@ class RecipientSlot:
                 upstream_recipient_id=entity.get("UpstreamRecipientId"),
                 updated_at=utc(entity.get("UpdatedAt")),
                 etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+                previous=RecipientStatus(before) if moved else None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise _damaged(entity, exc) from exc

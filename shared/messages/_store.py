@@ -21,6 +21,7 @@ from shared.messages._records import (
     DamagedRecordError,
     MessageRecord,
     RecipientSlot,
+    effective_status,
     message_filter,
     message_keys,
     odata_quote,
@@ -488,9 +489,12 @@ class MessageStore:
         *,
         now: dt.datetime,
         upstream_id: str | None = None,
-    ) -> tuple[RecipientStatus, bool]:
+        shown: MessageStatus | None = None,
+    ) -> tuple[RecipientSlot, bool]:
         """Move one slot forward to ``status`` (and learn its upstream recipient id if it has
-        none yet); (its status now, whether it moved). Never moves a slot back.
+        none yet); (the slot now, whether it moved). Never moves a slot back. The move records
+        what the recipient showed before it (``Moved``: :attr:`RecipientSlot.previous`, the
+        :func:`effective_status` with its message's status ``shown``, if given).
 
         Written with a compare-and-swap on the ETag the slot was read at: a report that lands
         between our read and our write makes the write fail (412), and the slot is read again
@@ -503,14 +507,16 @@ class MessageStore:
         current = slot
         for _ in range(8):  # each round re-reads after a lost compare-and-swap
             if current.status.rank >= status.rank:
-                return current.status, False
+                return current, False
             assert current.etag is not None, "slots read from the table carry their ETag"
             partition, row = current.keys  # a bulk member's slot lives in its batch's partition
+            before = current.status if shown is None else effective_status(current, shown)
             changes: dict[str, Any] = {
                 "PartitionKey": partition,
                 "RowKey": row,
                 "Status": str(status),
                 "StatusRank": status.rank,
+                "Moved": f"{before}>{status}",
                 "UpdatedAt": plain_datetime(now),
             }
             if upstream_id and not current.upstream_recipient_id:
@@ -522,14 +528,16 @@ class MessageStore:
                     etag=current.etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
-                return status, True
+                known = changes.get("UpstreamRecipientId", current.upstream_recipient_id)
+                moved = replace(current, status=status, previous=before, updated_at=now)
+                return replace(moved, upstream_recipient_id=known, etag=None), True
             except ResourceModifiedError:
                 pass
             except ResourceNotFoundError:
-                return current.status, False  # never written (a huge message): nothing to move
+                return current, False  # never written (a huge message): nothing to move
             try:
                 entity = self.table.get_entity(*current.keys)
             except ResourceNotFoundError:
-                return current.status, False
+                return current, False
             current = RecipientSlot.from_entity(entity)
         raise RuntimeError(f"recipient slot {slot.row_key} of {slot.message_id} kept changing")

@@ -295,3 +295,37 @@ def test_a_number_reported_without_its_plus_matches_its_recipient_and_never_two(
     ambiguous = report(inbound, both, recipient="4540123456", status="DELIVRD")
     assert ambiguous.body == {"status": "unmatched"}
     assert [r["Status"] for r in status(inbound, both)["Recipients"]] == ["sent", "sent"]
+
+
+def test_a_recipient_is_delivered_once_any_report_says_so(inbound: Inbound) -> None:
+    """What docs/inbound.md promises for a message in parts: a first part's UNDELIV, then a
+    DELIVRD, shows delivered (a state never moves back); each report is kept."""
+    message_id = send(inbound, DELIVERED, Content="x" * 400)
+    report(inbound, message_id, recipient=DELIVERED, status="UNDELIV", part="1", err="34")
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["undelivered"]
+    report(inbound, message_id, recipient=DELIVERED, status="DELIVRD", part="2")
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
+    events = [(e["data"]["previousStatus"], e["data"]["status"]) for e in delivery_events(inbound)]
+    assert events == [("sent", "undelivered"), ("undelivered", "delivered")]
+    assert len(inbound.rows(names.DELIVERY_REPORTS_TABLE)) == 2
+
+
+def test_previous_status_is_what_the_status_page_showed_also_after_a_crash(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot of a sent message still says pending (the sender records the outcome on the
+    record only); the event says what GetMessageStatus showed: sent. A worker that died after
+    moving the slot and before the event repeats it with the same id and payload."""
+    from shared.inbound._http import _reports
+    from tests.crash import crash_once
+
+    message_id = send(inbound, DELIVERED)
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["sent"]
+    events = _reports(get_settings())._events
+    crash_once(monkeypatch, events, "send_message", "worker died before the event went out")
+    assert report(inbound, message_id, recipient=DELIVERED, status="DELIVRD").status == 500
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
+    retried = report(inbound, message_id, recipient=DELIVERED, status="DELIVRD")
+    assert retried.body == {"status": "recorded", "recipientStatus": "delivered"}
+    [event] = delivery_events(inbound)
+    assert (event["data"]["previousStatus"], event["data"]["status"]) == ("sent", "delivered")

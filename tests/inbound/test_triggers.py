@@ -618,3 +618,26 @@ def test_the_new_message_delete_route_does_not_end_another_triggers_subscription
 
     kept = SubscriptionStore.from_settings().list(TWO_WAY, TriggerKind.OPT_OUT)
     assert [s.subscription_id for s in kept] == [subscription]
+
+
+def test_a_delivered_after_an_undelivered_is_no_second_final_run(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    """A first part's UNDELIV, then another's DELIVRD: the recipient shows delivered, but a
+    "final states only" flow runs once per recipient (for the undelivered); an "all" flow gets
+    the delivered too, with final false."""
+    base = callback_receiver.url
+    assert subscribe(inbound, TriggerKind.DELIVERY_REPORT, f"{base}/final", ONE_WAY).status == 201
+    every = subscribe(inbound, TriggerKind.DELIVERY_REPORT, f"{base}/all", ONE_WAY, States="all")
+    assert every.status == 201, every.body
+    message_id = send(inbound, DELIVERED, Content="x" * 400)
+    for stat, part in (("UNDELIV", "1"), ("DELIVRD", "2")):
+        assert (
+            report(inbound, message_id, status=stat, part=part, recipient=DELIVERED).status == 200
+        )
+    deliver(inbound)
+
+    final = [(b["state"], b["final"]) for b in bodies(callback_receiver, "/final")]
+    assert final == [("undelivered", True)]
+    every_state = sorted((b["state"], b["final"]) for b in bodies(callback_receiver, "/all"))
+    assert every_state == [("delivered", False), ("undelivered", True)]

@@ -167,8 +167,9 @@ def test_a_retrys_claim_of_a_large_message_leaves_its_delivered_slots_delivered(
     store = MessageStore.from_settings()
     assert store.create(record, slots) is not None
     _, stored = store.get_with_slots("m-large")
-    assert store.advance_slot(stored[120], RecipientStatus.DELIVERED, now=now) == (
-        RecipientStatus.DELIVERED, True,
+    moved, advanced = store.advance_slot(stored[120], RecipientStatus.DELIVERED, now=now)
+    assert (moved.status, moved.previous, advanced) == (
+        RecipientStatus.DELIVERED, RecipientStatus.PENDING, True,
     )  # fmt: skip
 
     store.ensure_slots(slots)
