@@ -19,17 +19,20 @@ never makes it go back): a late ``sent`` after ``delivered`` changes nothing, an
 ``delivered`` once any report for it says so (SmartDialog does not say whether it reports each
 part of a long SMS; docs/inbound.md). The move keeps what the recipient showed before it (the
 status page's :func:`~shared.messages.effective_status`): the event's ``previousStatus``.
-Reports are de-duplicated on message + recipient + state (``SmartDialogDeliveryReports``), not
-on the message alone: each recipient's ``sent`` and ``delivered`` are distinct reports.
+Our handling is de-duplicated on message + recipient + state (``SmartDialogDeliveryReports``
+row ``NNNNN|state``), not on the message alone: each recipient's ``sent`` and ``delivered`` are
+distinct. The caller's own ``DlrUrl`` gets every distinct report (row ``forward|<hash of its
+parameters>``): a second part's ``DELIVRD`` or a ``read`` after ``delivered`` is passed on, a
+retry of the same report is not.
 
 Order of one report: token (401) -> record and slot (404 for an unknown message) -> report
-row inserted (a conflict with a processed row: duplicate, 200, nothing else) -> slot advanced
+rows inserted (a conflict with processed rows: duplicate, 200, nothing else) -> slot advanced
 -> ``fi.arena.smartdialog.message.delivery`` event if the slot is now in the reported state
-(and the delivery-report trigger's note, see :mod:`shared.inbound._triggers`) ->
-if the send has its own ``DlrUrl``, a :class:`~shared.inbound._dlr_forward.DlrForward` on
-``smartdialog-dlr-forward`` (the forwarder calls that URL, never this request) -> row marked
-processed. A crash anywhere before the mark repeats the later steps on SmartDialog's retry,
-with the same event id and payload.
+(and the delivery-report trigger's note, see :mod:`shared.inbound._triggers`) -> state row
+marked processed -> if the send has its own ``DlrUrl``, a
+:class:`~shared.inbound._dlr_forward.DlrForward` on ``smartdialog-dlr-forward`` (the forwarder
+calls that URL, never this request) -> forward row marked processed. A crash anywhere before a
+mark repeats its steps on SmartDialog's retry, with the same event id and payload.
 """
 
 from __future__ import annotations
@@ -254,15 +257,20 @@ class DeliveryReportService:
             )
         now = self._clock()
         slot = _match(report, slots)
+        digest = hashlib.sha256(json.dumps(report.raw, sort_keys=True).encode()).hexdigest()[:32]
         if slot is None:
-            digest = hashlib.sha256(json.dumps(report.raw, sort_keys=True).encode()).hexdigest()
-            row = f"unmatched|{digest[:32]}"
+            row = f"unmatched|{digest}"
         else:
             suffix = report.state if report.state is not None else (
                 "unknown:" + hashlib.sha256((report.status_text or "").encode()).hexdigest()[:16]
             )  # fmt: skip
             row = f"{slot.index:05d}|{suffix}"
-        if self._claim(message_id, row, report, now) == "duplicate":
+        # Our event: once per recipient and state. The caller's DlrUrl: once per distinct report
+        # (a later part, a read after a delivered), under its own row (an unmatched row is one).
+        new = self._claim(message_id, row, report, now) == "new"
+        passed = None if slot is None or own_dlr_url(record) is None else f"forward|{digest}"
+        forward = new if passed is None else self._claim(message_id, passed, report, now) == "new"
+        if not new and not forward:
             return DeliveryReportResult("duplicate", slot.status if slot else None)
         if slot is None:
             log.warning("delivery report for message %s matches no recipient", message_id)
@@ -270,14 +278,21 @@ class DeliveryReportService:
             self._mark(message_id, row)
             return DeliveryReportResult("unmatched")
         advanced = False
-        if report.state is not None:
-            slot, advanced = self.messages.advance_slot(
-                slot, report.state, now=now, upstream_id=report.recipient_id, shown=record.status
-            )
-        if slot.status == report.state:
-            self._announce(record, slot, report, now)
-        self._forward(record, report, now)
-        self._mark(message_id, row)
+        if new:
+            if report.state is not None:
+                slot, advanced = self.messages.advance_slot(
+                    slot,
+                    report.state,
+                    now=now,
+                    upstream_id=report.recipient_id,
+                    shown=record.status,
+                )
+            if slot.status == report.state:
+                self._announce(record, slot, report, now)
+            self._mark(message_id, row)
+        if forward:
+            self._forward(record, report, now)
+            self._mark(message_id, passed or row)
         return DeliveryReportResult("recorded", slot.status, advanced)
 
     # --- steps ---------------------------------------------------------------------------------

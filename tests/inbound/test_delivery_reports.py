@@ -276,6 +276,39 @@ def test_matching_reports_by_number_parses_each_stored_number_once(
     assert len(parsed) <= len(numbers) + len(reports)
 
 
+def test_the_callers_dlr_url_gets_every_distinct_report_once(inbound: Inbound) -> None:
+    """A report per part (or a WhatsApp ``read`` after ``delivered``) repeats a recipient's
+    state: our event comes once, but the caller's DlrUrl gets each report; SmartDialog's retry
+    of one it already got is not passed on again."""
+    message_id = send(inbound, DELIVERED, Content="x" * 400, DlrUrl="https://example.com/dlr")
+    parts = [("1", "DELIVRD", {}), ("2", "UNDELIV", {"err": "34"}), ("3", "DELIVRD", {})]
+    for part, stat, extra in parts:
+        answer = report(inbound, message_id, recipient=DELIVERED, status=stat, part=part, **extra)
+        assert answer.body == {"status": "recorded", "recipientStatus": "delivered"}
+    again = report(inbound, message_id, recipient=DELIVERED, status="DELIVRD", part="3")
+    assert again.body == {"status": "duplicate", "recipientStatus": "delivered"}
+
+    forwarded = [f["params"] for f in inbound.read(names.DLR_FORWARD_QUEUE)]
+    assert sorted((p["part"], p["status"]) for p in forwarded) == [
+        ("1", "DELIVRD"), ("2", "UNDELIV"), ("3", "DELIVRD"),
+    ]  # fmt: skip
+    assert [e["data"]["status"] for e in delivery_events(inbound)] == ["delivered"]
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
+
+
+def test_a_recipient_is_delivered_once_any_report_says_so(inbound: Inbound) -> None:
+    """What docs/inbound.md promises for a message in parts: a first part's UNDELIV, then a
+    DELIVRD, shows delivered (a state never moves back); each report is kept."""
+    message_id = send(inbound, DELIVERED, Content="x" * 400)
+    report(inbound, message_id, recipient=DELIVERED, status="UNDELIV", part="1", err="34")
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["undelivered"]
+    report(inbound, message_id, recipient=DELIVERED, status="DELIVRD", part="2")
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
+    events = [(e["data"]["previousStatus"], e["data"]["status"]) for e in delivery_events(inbound)]
+    assert events == [("sent", "undelivered"), ("undelivered", "delivered")]
+    assert len(inbound.rows(names.DELIVERY_REPORTS_TABLE)) == 2
+
+
 def test_a_number_reported_without_its_plus_matches_its_recipient_and_never_two(
     inbound: Inbound,
 ) -> None:
@@ -295,19 +328,6 @@ def test_a_number_reported_without_its_plus_matches_its_recipient_and_never_two(
     ambiguous = report(inbound, both, recipient="4540123456", status="DELIVRD")
     assert ambiguous.body == {"status": "unmatched"}
     assert [r["Status"] for r in status(inbound, both)["Recipients"]] == ["sent", "sent"]
-
-
-def test_a_recipient_is_delivered_once_any_report_says_so(inbound: Inbound) -> None:
-    """What docs/inbound.md promises for a message in parts: a first part's UNDELIV, then a
-    DELIVRD, shows delivered (a state never moves back); each report is kept."""
-    message_id = send(inbound, DELIVERED, Content="x" * 400)
-    report(inbound, message_id, recipient=DELIVERED, status="UNDELIV", part="1", err="34")
-    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["undelivered"]
-    report(inbound, message_id, recipient=DELIVERED, status="DELIVRD", part="2")
-    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
-    events = [(e["data"]["previousStatus"], e["data"]["status"]) for e in delivery_events(inbound)]
-    assert events == [("sent", "undelivered"), ("undelivered", "delivered")]
-    assert len(inbound.rows(names.DELIVERY_REPORTS_TABLE)) == 2
 
 
 def test_previous_status_is_what_the_status_page_showed_also_after_a_crash(
