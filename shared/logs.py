@@ -157,13 +157,16 @@ class HeldSends:
     minute per ``reason`` however many wait, rather than once per send at every recheck: the first
     at once, then at most one per ``every`` seconds, counting the waits since the last (each
     wait's own line is its caller's, at DEBUG, with its message id). Per process; the time is
-    :func:`shared.clock.current`'s. A reason whose waits stop says nothing more."""
+    :func:`shared.clock.current`'s. A reason whose waits stop says nothing more; one whose
+    waits come again after a pause of two ``every`` is a new episode, said at once as the
+    first (the pause's uncounted waits are not reported as the new one's)."""
 
     def __init__(self, logger: logging.Logger, every: float = 60.0, level: int = logging.WARNING,
                  what: str = "send") -> None:  # fmt: skip
         self._log, self._every, self._level, self._what = logger, every, level, what
         self._lock = threading.Lock()
-        self._lines: dict[str, tuple[float, int]] = {}  # reason: (last line at, waits since)
+        # reason: (last line at, waits since, last wait at)
+        self._lines: dict[str, tuple[float, int, float]] = {}
 
     def wait(self, reason: str, detail: str, hint: str) -> None:
         """Count one send waiting for ``reason`` (``detail``: what is wrong, ``hint``: what to
@@ -172,9 +175,11 @@ class HeldSends:
 
         now = current().now()
         with self._lock:
-            last, count = self._lines.get(reason, (-1.0, 0))
+            last, count, waited = self._lines.get(reason, (-1.0, 0, -1.0))
+            if last >= 0 and now - waited >= 2 * self._every:  # the earlier episode ended
+                last, count = -1.0, 0
             due = last < 0 or now - last >= self._every
-            self._lines[reason] = (now, 0) if due else (last, count + 1)
+            self._lines[reason] = (now, 0, now) if due else (last, count + 1, now)
         if last < 0:
             self._log.log(self._level, "a %s is waiting for %s: %s (%s); more such waits "
                           "are counted, one line a minute", self._what, reason, detail,

@@ -318,3 +318,25 @@ def test_held_sends_say_so_at_once_then_once_a_minute_with_how_many_waited(
         "setting X is not configured (hint)",
     ]
     assert {r.levelno for r in caplog.records} == {logging.WARNING}
+
+
+def test_held_sends_start_a_new_episode_after_a_pause_not_the_old_count(
+    manual_clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five waits in an outage's first minute, fixed, then one wait three hours later: the new
+    one is said as a first, not as '6 sends waiting in the last 10,800 s' under its new text."""
+    from shared.logs import HeldSends
+
+    held = HeldSends(logging.getLogger("held-episodes"))
+    with caplog.at_level(logging.WARNING, logger="held-episodes"):
+        for _ in range(5):
+            held.wait("the settings of connection default", "problem A", "hint")
+        manual_clock.advance(3 * 3600)
+        held.wait("the settings of connection default", "problem B", "hint")
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "a send is waiting for the settings of connection default: problem A (hint); more such "
+        "waits are counted, one line a minute",
+        "a send is waiting for the settings of connection default: problem B (hint); more such "
+        "waits are counted, one line a minute",
+    ]
