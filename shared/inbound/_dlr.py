@@ -26,13 +26,14 @@ parameters>``): a second part's ``DELIVRD`` or a ``read`` after ``delivered`` is
 retry of the same report is not.
 
 Order of one report: token (401) -> record and slot (404 for an unknown message) -> report
-rows inserted (a conflict with processed rows: duplicate, 200, nothing else) -> slot advanced
--> ``fi.arena.smartdialog.message.delivery`` event if the slot is now in the reported state
-(and the delivery-report trigger's note, see :mod:`shared.inbound._triggers`) -> state row
-marked processed -> if the send has its own ``DlrUrl``, a
-:class:`~shared.inbound._dlr_forward.DlrForward` on ``smartdialog-dlr-forward`` (the forwarder
-calls that URL, never this request) -> forward row marked processed. A crash anywhere before a
-mark repeats its steps on SmartDialog's retry, with the same event id and payload.
+row inserted (a conflict with a processed row, nothing to forward: duplicate, 200) -> slot
+advanced -> ``fi.arena.smartdialog.message.delivery`` event if the slot is now in the reported state
+(and the delivery-report trigger's note, see :mod:`shared.inbound._triggers`) -> if the send has
+its own ``DlrUrl``, a :class:`~shared.inbound._dlr_forward.DlrForward` on
+``smartdialog-dlr-forward`` (the forwarder calls that URL, never this request) -> state row
+marked processed and forward row written, in one call. A crash anywhere before it repeats the
+steps on SmartDialog's retry, with the same event id and payload. So a report costs three
+storage writes (row, slot, mark), with or without a ``DlrUrl``; no forward row without one.
 """
 
 from __future__ import annotations
@@ -265,11 +266,12 @@ class DeliveryReportService:
                 "unknown:" + hashlib.sha256((report.status_text or "").encode()).hexdigest()[:16]
             )  # fmt: skip
             row = f"{slot.index:05d}|{suffix}"
-        # Our event: once per recipient and state. The caller's DlrUrl: once per distinct report
-        # (a later part, a read after a delivered), under its own row (an unmatched row is one).
+        # Our event: once per recipient and state. The caller's DlrUrl, if any: once per distinct
+        # report (a later part, a read after a delivered). A report new to its state is new to it
+        # too; a repeat of a state is passed on unless its forward row says it was.
         new = self._claim(message_id, row, report, now) == "new"
         passed = None if slot is None or own_dlr_url(record) is None else f"forward|{digest}"
-        forward = new if passed is None else self._claim(message_id, passed, report, now) == "new"
+        forward = passed is not None and (new or not self._forwarded(message_id, passed))
         if not new and not forward:
             return DeliveryReportResult("duplicate", slot.status if slot else None)
         if slot is None:
@@ -289,10 +291,13 @@ class DeliveryReportService:
                 )
             if slot.status == report.state:
                 self._announce(record, slot, report, now)
-            self._mark(message_id, row)
         if forward:
             self._forward(record, report, now)
-            self._mark(message_id, passed or row)
+        # One write marks both (its raw query kept only where the state row does not keep it).
+        done = {"PartitionKey": message_id, "RowKey": passed, "ReceivedAt": plain_datetime(now)}
+        if passed and not new:
+            done["Raw"] = json.dumps(report.raw, ensure_ascii=False)[:30_000]
+        self._mark(message_id, row if new else None, done if forward else None)
         return DeliveryReportResult("recorded", slot.status, advanced)
 
     # --- steps ---------------------------------------------------------------------------------
@@ -342,12 +347,34 @@ class DeliveryReportService:
             return "new"
         return "duplicate" if found.get("Processed") else "new"
 
-    def _mark(self, message_id: str, row: str) -> None:
+    def _forwarded(self, message_id: str, row: str) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.reports.get_entity(message_id, row, select=["Processed"])
+        except ResourceNotFoundError:
+            return False
+        return True  # written only once the report is passed on
+
+    def _mark(
+        self, message_id: str, row: str | None, forwarded: dict[str, Any] | None = None
+    ) -> None:
+        """Mark ``row`` processed and write the ``forwarded`` row: one storage call, a
+        transaction when both (one partition)."""
         from azure.data.tables import UpdateMode
 
-        self.reports.update_entity(
-            {"PartitionKey": message_id, "RowKey": row, "Processed": True}, mode=UpdateMode.MERGE
-        )
+        ops: list[Any] = []
+        if row is not None:
+            mark = {"PartitionKey": message_id, "RowKey": row, "Processed": True}
+            ops.append(("update", mark, {"mode": UpdateMode.MERGE}))
+        if forwarded is not None:
+            ops.append(("upsert", {**forwarded, "Processed": True}, {"mode": UpdateMode.REPLACE}))
+        if len(ops) == 2:
+            self.reports.submit_transaction(ops)
+        elif ops:
+            kind, entity, options = ops[0]
+            write = self.reports.update_entity if kind == "update" else self.reports.upsert_entity
+            write(entity, **options)
 
     def _announce(
         self,

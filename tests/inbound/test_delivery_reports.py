@@ -19,6 +19,9 @@ from shared.settings import get_settings
 from shared.signing import TokenPurpose, sign
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import CUSTOMER, ONE_WAY, SECRET, Inbound
+from tests.inbound.test_webhook import storage_requests
+
+__all__ = ["storage_requests"]  # a fixture
 
 DELIVERED = "+358400000001"
 UNDELIVERABLE = "+358400000003"
@@ -349,3 +352,42 @@ def test_previous_status_is_what_the_status_page_showed_also_after_a_crash(
     assert retried.body == {"status": "recorded", "recipientStatus": "delivered"}
     [event] = delivery_events(inbound)
     assert (event["data"]["previousStatus"], event["data"]["status"]) == ("sent", "delivered")
+
+
+def test_a_report_costs_three_table_writes_with_or_without_a_dlr_url(
+    inbound: Inbound, storage_requests: list[str]
+) -> None:
+    """Row, slot, mark: a send without a DlrUrl gets no forward row (and no second mark); with
+    one, its forward row is written with the mark, in one call, not claimed on its own."""
+    reports_table = names.DELIVERY_REPORTS_TABLE
+
+    def writes() -> list[str]:
+        tables = (reports_table, names.MESSAGES_TABLE, "$batch")
+        return [
+            r for r in storage_requests if r.split()[0] != "GET" and any(t in r for t in tables)
+        ]
+
+    plain = send(inbound, DELIVERED)
+    storage_requests.clear()
+    assert (
+        report(inbound, plain, recipient=DELIVERED, status="DELIVRD").body["status"] == "recorded"
+    )
+    assert len(writes()) == 3, storage_requests
+    assert len(inbound.rows(reports_table)) == 1  # no forward row
+
+    own = send(inbound, DELIVERED, DlrUrl="https://example.com/dlr")
+    storage_requests.clear()
+    assert report(inbound, own, recipient=DELIVERED, status="DELIVRD").body["status"] == "recorded"
+    assert len(writes()) == 3, storage_requests
+    storage_requests.clear()
+    repeat = report(inbound, own, recipient=DELIVERED, status="DELIVRD", part="2")
+    assert repeat.body["status"] == "recorded"
+    assert len(writes()) == 2, storage_requests  # its row's insert (a conflict), its forward row
+    retried = report(inbound, own, recipient=DELIVERED, status="DELIVRD", part="2")
+    assert retried.body["status"] == "duplicate"
+    assert len(inbound.read(names.DLR_FORWARD_QUEUE)) == 2
+    rows = {r["RowKey"]: r for r in inbound.rows(reports_table) if r["PartitionKey"] == own}
+    assert len(rows) == 3
+    assert all(r["Processed"] for r in rows.values())
+    # The state row keeps the first report; the forward row keeps only the one it alone has.
+    assert sum("Raw" in r for r in rows.values()) == 2
