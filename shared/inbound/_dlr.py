@@ -460,8 +460,9 @@ def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot 
 def _by_number(number: str, candidates: Iterable[tuple[_T, Iterable[str]]]) -> _T | None:
     """The first candidate with an address that is the reported ``number`` (E.164 on both
     sides). Bare digits are read both in Finland (upstream's default) and as international
-    (``46701234567`` is +46701234567); if the two readings are two of the candidates' numbers,
-    the report is about neither (None): one report never matches two recipients."""
+    (``46701234567`` is +46701234567); if the two readings are two candidates' numbers, the
+    report is about neither (None): one report never matches two recipients (a candidate with
+    both numbers, such as a pack member, is one)."""
     from shared.suppressions import recipient_key
 
     readings = {recipient_key(number)}
@@ -471,4 +472,5 @@ def _by_number(number: str, candidates: Iterable[tuple[_T, Iterable[str]]]) -> _
     for item, addresses in candidates:
         for key in readings.intersection(map(recipient_key, addresses)):
             hits.setdefault(key, item)
-    return next(iter(hits.values())) if len(hits) == 1 else None
+    found = {id(item): item for item in hits.values()}  # the candidates, not the readings
+    return next(iter(found.values())) if len(found) == 1 else None

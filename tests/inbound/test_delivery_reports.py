@@ -391,3 +391,14 @@ def test_a_report_costs_three_table_writes_with_or_without_a_dlr_url(
     assert all(r["Processed"] for r in rows.values())
     # The state row keeps the first report; the forward row keeps only the one it alone has.
     assert sum("Raw" in r for r in rows.values()) == 2
+
+
+def test_a_pack_member_with_both_readings_of_a_bare_number_is_one_candidate() -> None:
+    """4540123456 reads as +3584540123456 and +4540123456: a pack member sent to both is the one
+    member the report is about (it was taken for two and answered 404, the report lost); two
+    members, one reading each, are still two."""
+    from shared.inbound._dlr import _by_number
+
+    both = ["+4540123456", "+3584540123456"]
+    assert _by_number("4540123456", [("m-1", [OTHER]), ("m-2", both)]) == "m-2"
+    assert _by_number("4540123456", [("m-1", both[:1]), ("m-2", both[1:])]) is None
