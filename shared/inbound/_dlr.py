@@ -38,6 +38,7 @@ storage writes (row, slot, mark), with or without a ``DlrUrl``; no forward row w
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -288,9 +289,16 @@ class DeliveryReportService:
                     now=now,
                     upstream_id=report.recipient_id,
                     shown=record.status,
+                    replaces=self._unannounced(message_id, slot, report),
                 )
             if slot.status == report.state:
-                self._announce(record, slot, report, now)
+                try:
+                    self._announce(record, slot, report, now)
+                except Exception:  # its retry may find the slot moved on: a later move stands in
+                    with contextlib.suppress(Exception):  # (what is answered is the failure)
+                        failed = {"PartitionKey": message_id, "RowKey": row, "Unannounced": True}
+                        self.reports.update_entity(failed)
+                    raise
         if forward:
             self._forward(record, report, now)
         # One write marks both (its raw query kept only where the state row does not keep it).
@@ -346,6 +354,22 @@ class DeliveryReportService:
         except ResourceNotFoundError:
             return "new"
         return "duplicate" if found.get("Processed") else "new"
+
+    def _unannounced(
+        self, message_id: str, slot: RecipientSlot, report: DeliveryReport
+    ) -> RecipientStatus | None:
+        """What a ``delivered`` replaces in the events when the slot's ``undelivered`` event
+        failed and is not yet retried (its row says so): what that move replaced, so the
+        ``delivered`` is the recipient's first final state. One read, only for such a move."""
+        if report.state != RecipientStatus.DELIVERED or slot.status != RecipientStatus.UNDELIVERED:
+            return None
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            row = self.reports.get_entity(message_id, f"{slot.index:05d}|{slot.status}")
+        except ResourceNotFoundError:  # moved by a report the release before handled
+            return None
+        return slot.previous if row.get("Unannounced") and not row.get("Processed") else None
 
     def _forwarded(self, message_id: str, row: str) -> bool:
         from azure.core.exceptions import ResourceNotFoundError

@@ -490,11 +490,13 @@ class MessageStore:
         now: dt.datetime,
         upstream_id: str | None = None,
         shown: MessageStatus | None = None,
+        replaces: RecipientStatus | None = None,
     ) -> tuple[RecipientSlot, bool]:
         """Move one slot forward to ``status`` (and learn its upstream recipient id if it has
         none yet); (the slot now, whether it moved). Never moves a slot back. The move records
         what the recipient showed before it (``Moved``: :attr:`RecipientSlot.previous`, the
-        :func:`effective_status` with its message's status ``shown``, if given).
+        :func:`effective_status` with its message's status ``shown``, if given; ``replaces``
+        instead, if given: a move whose event never went out is passed over).
 
         Written with a compare-and-swap on the ETag the slot was read at: a report that lands
         between our read and our write makes the write fail (412), and the slot is read again
@@ -510,7 +512,9 @@ class MessageStore:
                 return current, False
             assert current.etag is not None, "slots read from the table carry their ETag"
             partition, row = current.keys  # a bulk member's slot lives in its batch's partition
-            before = current.status if shown is None else effective_status(current, shown)
+            before = replaces or (
+                current.status if shown is None else effective_status(current, shown)
+            )
             changes: dict[str, Any] = {
                 "PartitionKey": partition,
                 "RowKey": row,

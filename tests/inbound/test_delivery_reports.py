@@ -402,3 +402,30 @@ def test_a_pack_member_with_both_readings_of_a_bare_number_is_one_candidate() ->
     both = ["+4540123456", "+3584540123456"]
     assert _by_number("4540123456", [("m-1", [OTHER]), ("m-2", both)]) == "m-2"
     assert _by_number("4540123456", [("m-1", both[:1]), ("m-2", both[1:])]) is None
+
+
+def test_a_delivered_stands_in_for_an_undelivered_whose_event_failed(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part's UNDELIV moves the slot but its event cannot be sent (500); another part's
+    DELIVRD comes before SmartDialog's retry. The delivered is then the recipient's first final
+    state (previousStatus sent, so final: a "final states only" flow runs once), and the
+    UNDELIV's retry, finding the slot delivered, sends nothing: no event points to one never
+    sent."""
+    from shared.inbound._http import _reports
+    from tests.crash import crash_once
+
+    message_id = send(inbound, DELIVERED, Content="x" * 400)
+    events = _reports(get_settings())._events
+    crash_once(monkeypatch, events, "send_message", "events queue unavailable")
+    undeliv = {"recipient": DELIVERED, "status": "UNDELIV", "part": "1", "err": "34"}
+    assert report(inbound, message_id, **undeliv).status == 500
+    delivrd = report(inbound, message_id, recipient=DELIVERED, status="DELIVRD", part="2")
+    assert delivrd.body == {"status": "recorded", "recipientStatus": "delivered"}
+    retried = report(inbound, message_id, **undeliv)
+    assert retried.body == {"status": "recorded", "recipientStatus": "delivered"}
+    events_sent = [
+        (e["data"]["previousStatus"], e["data"]["status"]) for e in delivery_events(inbound)
+    ]
+    assert events_sent == [("sent", "delivered")]
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
