@@ -66,13 +66,6 @@ def storage_errors(settings: Settings) -> list[FieldError]:
     for service in (storage.table_service, storage.queue_service, storage.blob_service):
         try:
             service(settings)
-        except storage.StorageNotConfigured as problem:
+        except storage.StorageNotConfigured as problem:  # whatever kept a client from being built
             errors.extend(e for e in problem.errors if e.field not in {f.field for f in errors})
-        except Exception as exc:  # e.g. the identity's AZURE_CLIENT_CERTIFICATE_PATH is no file
-            error = FieldError(
-                "AzureWebJobsStorage",
-                f"its clients cannot be built ({type(exc).__name__}): check it and the "
-                "identity settings (AZURE_*) it uses.",
-            )
-            errors.extend([error] if error.field not in {f.field for f in errors} else [])
     return errors

@@ -170,5 +170,5 @@ def test_storage_clients_that_cannot_be_built_are_named_not_a_500(
     problem = configuration_problem()
     assert problem is not None
     [error] = problem.errors
-    assert error.field == STORAGE
+    assert error.field == f"{STORAGE}__accountName"  # the setting the clients were built from
     assert "AZURE_" in error.message

@@ -113,19 +113,25 @@ def test_every_queue_trigger_puts_its_message_back_while_the_settings_do_not_val
         ) == 0, f"visible before {RECHECK_SECONDS} s"
 
 
-@pytest.mark.parametrize("storage", ["garbage", "AccountName=acct", None])
+@pytest.mark.parametrize("storage", ["garbage", "AccountName=acct", None, "no-certificate"])
 def test_a_broken_storage_setting_is_the_503_naming_it_where_storage_is_needed(
-    storage: str | None, monkeypatch: pytest.MonkeyPatch
+    storage: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A malformed, incomplete or missing AzureWebJobsStorage made health answer 200 and every
-    storage-backed function a 500; the functions that need no storage keep working."""
+    storage-backed function a 500; the functions that need no storage keep working. So does an
+    identity whose certificate file is missing (the SDK raised FileNotFoundError: a 500)."""
     from shared.settings import StorageSettings
 
     for name, value in {**CONFIGURED, "SMARTDIALOG_ACCESS_TOKEN": "unconfigured-token"}.items():
         monkeypatch.setenv(name, value)
     for info in StorageSettings.model_fields.values():
         monkeypatch.delenv(str(info.alias), raising=False)
-    if storage is not None:
+    if storage == "no-certificate":
+        monkeypatch.setenv("AzureWebJobsStorage__accountName", "unconfiguredcert")
+        monkeypatch.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000000")
+        monkeypatch.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+        monkeypatch.setenv("AZURE_CLIENT_CERTIFICATE_PATH", str(tmp_path / "none.pem"))
+    elif storage is not None:
         monkeypatch.setenv("AzureWebJobsStorage", storage)
     reset_settings_cache()
     app = load_app("function_app:app", REPO)
@@ -140,7 +146,8 @@ def test_a_broken_storage_setting_is_the_503_naming_it_where_storage_is_needed(
         listed = httpx.get(f"{host.url}/api/connections", timeout=10)
     reset_settings_cache()
     assert health.status_code == 503
-    assert [e["field"] for e in health.json()["errors"]] == ["AzureWebJobsStorage"]
+    named = "AzureWebJobsStorage" + ("__accountName" if storage == "no-certificate" else "")
+    assert [e["field"] for e in health.json()["errors"]] == [named]
     assert customers.status_code == 503, customers.text
     assert customers.json()["errors"] == health.json()["errors"]
     assert listed.status_code == 200, listed.text
