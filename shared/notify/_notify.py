@@ -367,7 +367,7 @@ class Notifier:
         message = rule.Message
 
         def text(value: str) -> str:
-            return render(value, document, rule_id=rule.Id, event_id=event.id)
+            return render(value, document, rule_id=rule.Id, event_id=loggable_text(event.id))
 
         body: dict[str, Any] = {
             "RequestId": message_id,

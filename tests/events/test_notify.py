@@ -207,7 +207,8 @@ def test_an_events_id_and_type_are_logged_escaped_bounded_and_masked(
     (and a number in them went unmasked)."""
     notify.rule(Id="sized", Match={"EventType": "t", "Condition": "length(data.size) > `1`"},
                 Recipients={"Numbers": [N1]})  # fmt: skip
-    notify.rule(Recipients={"FromEvent": "data.phones", "AllowedCountryCodes": [358]})
+    notify.rule(Recipients={"FromEvent": "data.phones", "AllowedCountryCodes": [358]},
+                Message={"Sender": "Ops", "Content": "disk $(data.missing)"})  # fmt: skip
     forged_id = "a\nERROR forged +358401234567 " + "i" * 1_000
     unmatched = parse_object({"specversion": "1.0", "id": forged_id, "source": "s",
                               "type": "t\r\nWARNING x +358401234567", "data": {}})  # fmt: skip
@@ -216,8 +217,9 @@ def test_an_events_id_and_type_are_logged_escaped_bounded_and_masked(
         notify.handle(event(forged_id, size=1, phones=["not-a-number", N1]))
         notify.handle(unmatched)
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "shared.notify"]
-    assert len(lines) >= 4  # matched, skipped, its Condition failed, matched no rule
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("shared.notify")]
+    assert len(lines) >= 5  # matched, skipped, its Condition failed, matched no rule, and
+    assert any("placeholder data.missing found nothing" in line for line in lines)  # render
     for line in lines:
         assert not {"\n", "\r"} & set(line), line
         assert "+358401234567" not in line, line
