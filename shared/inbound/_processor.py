@@ -189,7 +189,7 @@ class InboundProcessor:
             self.suppressions.add(
                 service,
                 payload.sender,
-                keyword=" ".join(payload.content.split()).upper(),
+                keyword=" ".join(payload.content.split()).upper()[:64],  # as the trigger's
                 source="inbound",
                 now=received_at,
                 message_id=key,

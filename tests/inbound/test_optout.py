@@ -106,6 +106,18 @@ def test_stop_suppresses_the_sender_for_that_service_and_start_lifts_it(inbound:
     assert _check(inbound)["Suppressed"] is False
 
 
+def test_a_stop_padded_with_invisible_characters_is_stored_cut_as_its_trigger(
+    inbound: Inbound,
+) -> None:
+    """Format characters (Cf) do not count in a keyword, so 'STOP' and 19,996 tag spaces is a
+    STOP; stored whole, its keyword was 39,996 UTF-16 units, over a Table property's 32K: the
+    opt-out failed on every retry and the message went to the poison queue."""
+    _inbound(inbound, "STOP" + "\U000e0020" * 19_996)
+    doc = _check(inbound)
+    assert doc["Suppressed"] is True
+    assert len(str(doc["Keyword"])) <= 64
+
+
 def test_a_start_processed_after_a_later_stop_does_not_lift_it(inbound: Inbound) -> None:
     # Intake messages are processed concurrently, not in arrival order: the STOP received last
     # wins even when its START predecessor is processed after it.
