@@ -43,6 +43,7 @@ __all__ = [
     "SuppressionStore",
     "recipient_key",
     "refuse_suppressed",
+    "reported_key",
 ]
 
 #: The suppression scope that covers every service.
@@ -98,6 +99,19 @@ def recipient_key(address: str) -> str:
         return parse_phone_number(address)
     except InvalidPhoneNumber:
         return address.strip()
+
+
+def reported_key(number: str) -> str:
+    """A number SmartDialog reports (an inbound message's sender) as stored: :func:`recipient_key`,
+    bare digits that are no number in FI read as international (``46701234567`` is
+    +46701234567, which sends to that number are checked under), as delivery reports read it."""
+    from shared.phone import InvalidPhoneNumber, parse_phone_number
+
+    key = recipient_key(number)
+    if key.isdigit():  # no number in FI (a short code stays as it is)
+        with contextlib.suppress(InvalidPhoneNumber):
+            return parse_phone_number("+" + key)
+    return key
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from shared.messages import QuestionRecord, QuestionStore, match_answer
 from shared.names import OUTBOUND_QUEUE
 from shared.storage import QueueLike, ensured_queue
-from shared.suppressions import recipient_key
+from shared.suppressions import reported_key
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class QuestionAnswers:
     ) -> AnswerOutcome:
         """What ``payload`` (inbound message ``key`` on ``service``) did to an open question."""
         # E.164, as the question's address: a sender written without its '+' is the same number
-        question = self.questions.for_reply(service, recipient_key(payload.sender), key)
+        question = self.questions.for_reply(service, reported_key(payload.sender), key)
         if question is None or question.expired(received_at):
             return "none"  # an expired one is ended by its status URL
         if received_at < question.created_at:

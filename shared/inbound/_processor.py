@@ -65,7 +65,7 @@ from shared.inbound._triggers import notify_opt_out
 from shared.names import INBOUND_DELIVERIES_QUEUE, INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
 from shared.payloads import QUEUE_MESSAGE_LIMIT, PayloadStore, fits_queue, queue_message_bytes
 from shared.storage import QueueLike, ensured_queue
-from shared.suppressions import SuppressionStore
+from shared.suppressions import SuppressionStore, reported_key
 from shared.triggers import TriggerKind, TriggerNotifier
 
 if TYPE_CHECKING:
@@ -188,14 +188,16 @@ class InboundProcessor:
         if keyword == "stop":
             self.suppressions.add(
                 service,
-                payload.sender,
+                reported_key(payload.sender),
                 keyword=" ".join(payload.content.split()).upper()[:64],  # as the trigger's
                 source="inbound",
                 now=received_at,
                 message_id=key,
             )
         elif keyword == "start":
-            self.suppressions.remove_unless_newer(service, payload.sender, received_at)
+            self.suppressions.remove_unless_newer(
+                service, reported_key(payload.sender), received_at
+            )
         return keyword
 
     def _publish(self, intake: InboundIntake, event_id: str, payload: NewMessagePayload) -> int:

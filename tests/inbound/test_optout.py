@@ -118,6 +118,17 @@ def test_a_stop_padded_with_invisible_characters_is_stored_cut_as_its_trigger(
     assert len(str(doc["Keyword"])) <= 64
 
 
+def test_a_stop_from_a_foreign_number_written_without_its_plus_suppresses_that_number(
+    inbound: Inbound,
+) -> None:
+    """A sender SmartDialog writes without '+' (as its delivery reports may): 46701234567 is no
+    number in Finland, so it was stored as that text, and sends to +46701234567 went out."""
+    _inbound(inbound, "STOP", sender="46701234567")
+    assert _check(inbound, phone="+46701234567")["Suppressed"] is True
+    _inbound(inbound, "START", sender="46701234567")
+    assert _check(inbound, phone="+46701234567")["Suppressed"] is False
+
+
 def test_a_start_processed_after_a_later_stop_does_not_lift_it(inbound: Inbound) -> None:
     # Intake messages are processed concurrently, not in arrival order: the STOP received last
     # wins even when its START predecessor is processed after it.
