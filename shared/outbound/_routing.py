@@ -8,6 +8,7 @@ client (credentials, msal token cache), the quota and the defaults, all in its p
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,9 @@ from shared.logs import HeldSends, loggable_text
 from shared.messages import FailureInfo, MessageStatus
 from shared.outbound._models import (
     PackDriver,
+    StoredCommand,
     command_connection,
+    derive_message_id,
     parse_queue_message,
 )
 from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind, SendOutcome
@@ -73,13 +76,16 @@ def through_connection(
     return send_ports(settings)
 
 
-def unrouted(outcomes: Outcomes, text: str, problem: Exception) -> SendOutcome:
+def unrouted(
+    outcomes: Outcomes, text: str, problem: Exception, queue_message_id: str | None
+) -> SendOutcome:
     """A send command routed by its customer's claim while the claims are uncertain (an error
     of the connections as a whole, :func:`shared.connections.claimed_by`): nothing is decided
-    for it yet (its connection, then its id, defaults and record), so its text goes back on
-    the queue as it came, no attempt or deferral counted, until the settings are fixed. One
-    already recorded (accepted over HTTP) still fails ``expired``, with its event, once its
-    validity ends, as any waiting send does."""
+    for it yet (its connection, defaults and record), so its text goes back on the queue as it
+    came, no attempt or deferral counted, until the settings are fixed; only one whose id would
+    come from its queue message (no ``messageId``, no ``RequestId``) gets that id written in,
+    or each copy put back (a new queue message) would be a new message. One already recorded
+    (accepted over HTTP) still fails ``expired``, with its event, once its validity ends."""
     detail = getattr(problem, "detail", "") or str(problem)
     held.wait("the connections' routing", detail, "see /api/health")
     seconds = float(CONFIGURATION_RECHECK_SECONDS)
@@ -88,6 +94,11 @@ def unrouted(outcomes: Outcomes, text: str, problem: Exception) -> SendOutcome:
     except ValueError:  # (a ValidationError too) not read above either
         message = None
     mid = None if message is None or isinstance(message, PackDriver) else message.messageId
+    if mid is None and queue_message_id and not isinstance(message, PackDriver | StoredCommand):
+        # Without a RequestId its id is its queue message's, new for each copy put back.
+        named = message is None or getattr(message.body, "RequestId", None)
+        mid = None if named else derive_message_id("queue-message", queue_message_id)
+        text = text if named else json.dumps({**json.loads(text), "messageId": mid})
     log.debug("message %s waits for the connections' routing: %s", mid or "(no id yet)", detail)
     if mid is not None:  # recorded (accepted over HTTP), also when stored by reference
         record = outcomes.ports.store.get(mid)
@@ -129,7 +140,7 @@ def token_wait(
     policy = outcomes.ports.policy
     wait = backoff_delay(message.deferrals + 1, base=policy.retry_base, cap=policy.retry_max)
     wait = max(0.0, min(wait, (until - outcomes.ports.now()).total_seconds()))
-    log.debug("%s not sent: %s; trying again in %.0f s", what, failed, wait)
+    log.debug("%s not sent: %s; trying again in %.0f s", what, loggable_text(str(failed)), wait)
     held.wait(f"the identity provider of connection {policy.connection}",
               loggable_text(str(failed)), "each send tries again after its backoff")  # fmt: skip
     return wait, "identity-provider"

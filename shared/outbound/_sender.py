@@ -139,7 +139,7 @@ class OutboundSender:
         try:
             message = with_claimed_connection(read)
         except ConnectionNotConfigured as problem:  # which connection claims its customer?
-            return unrouted(self.outcomes, text, problem)
+            return unrouted(self.outcomes, text, problem, queue_message_id)
         if not self._routes(message):
             routed = through_connection(
                 self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count

@@ -688,3 +688,29 @@ def test_a_send_stored_by_reference_waiting_out_a_routing_error_still_expires_sa
     assert event["data"]["error"]["code"] == "expired"
     assert "waited for the connections' routing: " in event["data"]["error"]["detail"]
     assert (two.env.upstream(), two.second_upstream()) == ([], [])
+
+
+def test_a_command_without_any_id_waiting_out_a_routing_error_is_one_message_once_fixed(
+    two: TwoConnections,
+) -> None:
+    """No messageId, no RequestId: its id is its queue message's. Put back as it came, the copy
+    (a new queue message) had another, so a host that could not delete the original after the
+    put-back left two messages: both went out once fixed. The copy now carries the original's."""
+    key = "SMARTDIALOG_CONNECTIONS__SALES_CLIENT_ID"
+    two.env.monkeypatch.setenv(key, "sales-client")
+    forget_settings()
+    text = json.dumps({"operation": "SendMessage", "customerId": SECOND_CUSTOMER,
+                       "serviceId": SECOND_SERVICE, "body": sms("+358400000057")})  # fmt: skip
+    put_back = outbound_texts(two)
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q-original")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    [copy] = put_back
+
+    two.env.monkeypatch.delenv(key)
+    forget_settings()
+    sender = OutboundSender.from_settings()
+    first = sender.process(text, queue_message_id="q-original")  # the original, not deleted
+    again = sender.process(copy, queue_message_id="q-copy")
+    assert first.kind is OutcomeKind.SENT
+    assert again.message_id == first.message_id
+    assert len(two.second_upstream()) == 1
