@@ -244,9 +244,9 @@ class PoisonQueues:
         """Whether a send command the host gave up on was settled (instead of kept, or purged):
         ``settle_send`` fails its message unless final (``poisoned``, with its event and dead
         letter, which holds the command from then on): True; None, look again next run (a
-        worker's claim on it is live, or settling failed: it may have failed the message and
-        not announced it yet); False, keep it (nothing of ours to settle: no record, sent or
-        cancelled, another message's, not a send command)."""
+        worker's claim on it is live, the claims routing it are uncertain, or settling failed:
+        it may have failed the message and not announced it yet); False, keep it (nothing of
+        ours to settle: no record, sent or cancelled, another message's, not a send command)."""
         if view.queue != poison_queue(OUTBOUND_QUEUE):
             return False
         try:
