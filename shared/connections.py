@@ -93,7 +93,8 @@ FIELD_PATTERN = f"^(?:{_SPACE}{_WORD})?{_SPACE}$"
 #: Settings of the app, not of an account: the URLs and tokens we hand out are checked by
 #: functions that do not route (status, delivery-report and webhook URLs), the URLs we are
 #: given are called by the app's dispatchers (their retries and timeout too), a body's size is
-#: checked before routing, and the operations page serves every connection.
+#: checked before routing, the operations page serves every connection, and a status poll (not
+#: routed) re-signs its URL and sets its Retry-After from the app's settings.
 APP_WIDE = (
     "CALLBACK_SECRETS",
     "PUBLIC_BASE_URL",
@@ -104,6 +105,9 @@ APP_WIDE = (
     "CALLBACK_TIMEOUT_SECONDS",
     "OPS_ALLOWED_GROUPS",
     "OPS_ALLOWED_ROLES",
+    "STATUS_TOKEN_TTL_SECONDS",
+    "SEND_STATUS_RETRY_AFTER_SECONDS",
+    "QUESTION_POLL_SECONDS",
 )
 
 

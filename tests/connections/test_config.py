@@ -96,6 +96,16 @@ def test_credentials_and_account_defaults_never_fall_back(two: TwoConnections) -
                 ("OPS_ALLOWED_ROLES", "r"),
             )
         ),
+        # Re-read by every status poll, which is not routed (the app's value answers it): a
+        # connection's own shaped at most the first 202.
+        *(
+            ({"ACCESS_TOKEN": "t3", setting: value}, f"__{setting}", "app-wide")
+            for setting, value in (
+                ("STATUS_TOKEN_TTL_SECONDS", "3600"),
+                ("SEND_STATUS_RETRY_AFTER_SECONDS", "5"),
+                ("QUESTION_POLL_SECONDS", "5"),
+            )
+        ),
     ],
 )
 def test_each_configuration_error_makes_health_503_naming_the_connection(
@@ -111,7 +121,13 @@ def test_each_configuration_error_makes_health_503_naming_the_connection(
 def test_an_empty_app_wide_setting_of_a_connection_is_not_given(two: TwoConnections) -> None:
     """Empty means not given, for a connection's app-only settings as for every other: a
     template that leaves ``OPS_ALLOWED_GROUPS`` blank does not take the connection down."""
-    blank = ("DISPATCH_MAX_ATTEMPTS", "CALLBACK_TIMEOUT_SECONDS", "OPS_ALLOWED_GROUPS")
+    blank = (
+        "DISPATCH_MAX_ATTEMPTS",
+        "CALLBACK_TIMEOUT_SECONDS",
+        "OPS_ALLOWED_GROUPS",
+        "STATUS_TOKEN_TTL_SECONDS",
+        "QUESTION_POLL_SECONDS",
+    )
     two.set_connection("SECOND", **dict.fromkeys(blank, " "))
     assert health_errors() == []
     two.set_connection("SECOND", OPS_ALLOWED_GROUPS="g")
