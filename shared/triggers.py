@@ -200,8 +200,8 @@ class SendFailedTriggerData(BaseModel):
     reason: str = Field(description="Why it failed, in a sentence.")
     code: str = Field(
         description=(
-            "upstream-rejected, upstream-unavailable, rate-limited, attempts-exhausted, expired, "
-            "outcome-unknown, configuration, suppressed or malformed."
+            "upstream-rejected, rate-limited, attempts-exhausted, expired, outcome-unknown, "
+            "suppressed, malformed, poisoned or connection-removed."
         )
     )
     detail: str | None = Field(None, description="More about the failure, if known.")

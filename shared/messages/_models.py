@@ -209,8 +209,9 @@ class FailureInfo(BaseModel):
 
     code: str = Field(
         description=(
-            "upstream-rejected | upstream-unavailable | rate-limited | attempts-exhausted | "
-            "expired | outcome-unknown | configuration | suppressed | malformed | poisoned"
+            "upstream-rejected | rate-limited | attempts-exhausted | expired | outcome-unknown | "
+            "suppressed | malformed | poisoned | connection-removed; a pending send's LastError "
+            "may also be upstream-unavailable or configuration (never a failure's code)"
         )
     )
     title: str
