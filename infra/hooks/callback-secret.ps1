@@ -10,7 +10,7 @@ if ($secrets.Count -gt 0 -and $short.Count -eq 0) { exit 0 }
 if ($short.Count -gt 0) {
     [Console]::Error.WriteLine("SMARTDIALOG_CALLBACK_SECRETS: secret $($short -join ', ') of $($secrets.Count) is shorter than 32 bytes, and the app would answer 503 on /api/health and refuse every send (docs/deploy.md, step 1).")
     [Console]::Error.WriteLine('A new environment: replace it with a random one (at least 32 bytes), then provision again.')
-    [Console]::Error.WriteLine('An environment deployed before: put a new random one first and keep the old ones after it, comma-separated, only until the URLs signed with them are gone.')
+    [Console]::Error.WriteLine('An environment deployed before: a short secret cannot stay, not even as an old one after a new one. Set one new random secret (dropping the short one; keep after it, comma-separated, only old ones of 32 bytes or more), provision, then re-register each webhook and turn each New Message flow off and on: URLs signed with the short secret then fail (docs/inbound.md).')
     exit 1
 }
 [Console]::Error.WriteLine('SMARTDIALOG_CALLBACK_SECRETS is not set in this azd environment (docs/deploy.md, step 1).')

@@ -29,8 +29,10 @@ SMARTDIALOG_CALLBACK_SECRETS: secret $short of $count is shorter than 32 bytes, 
 would answer 503 on /api/health and refuse every send (docs/deploy.md, step 1).
 A new environment: replace it with a random one, then provision again:
   azd env set SMARTDIALOG_CALLBACK_SECRETS "\$(head -c 36 /dev/urandom | base64 | tr '+/' '-_')"
-An environment deployed before: put a new random one first and keep the old ones after it,
-comma-separated, only until the URLs signed with them are gone.
+An environment deployed before: a short secret cannot stay, not even as an old one after a
+new one. Set one new random secret (dropping the short one; keep after it, comma-separated,
+only old ones of 32 bytes or more), provision, then re-register each webhook and turn each New
+Message flow off and on: URLs signed with the short secret then fail (docs/inbound.md).
 MESSAGE
   exit 1
 fi
