@@ -486,9 +486,10 @@ class IndexPacks:
             outcomes = list(storage_pool().map(record, members[1:]))
         first = record(members[0])
         done = sum(1 for o in [first, *outcomes] if o.kind is OutcomeKind.SENT)
+        quiet = sum(1 for o in outcomes if o.detail == "no line")  # the others log their own
         log.info(
-            "pack %s sent: %d of %d members%s", pack.pack_id, done, len(members),
-            ", duplicate RequestId" if sent.duplicate else "",
+            "pack %s sent: %d of %d members, %d with no line of their own%s", pack.pack_id, done,
+            len(members), quiet, ", duplicate RequestId" if sent.duplicate else "",
         )  # fmt: skip
         if first.kind is OutcomeKind.DEFERRED:
             _leader, command = members[0]
@@ -515,7 +516,7 @@ class IndexPacks:
                 share = shares[member.message_id]
                 return self.outcomes.sent(member, share, duplicate=duplicate, announced=True)
             self.outcomes.emit(written)
-            return SendOutcome(OutcomeKind.SENT, member.message_id)
+            return SendOutcome(OutcomeKind.SENT, member.message_id, detail="no line")
 
         return list(storage_pool().map(settle, zip(members, done, strict=True)))
 
