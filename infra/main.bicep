@@ -112,7 +112,7 @@ param smartDialogIdempotencyTtlSeconds string = ''
 @description('SMARTDIALOG_MAX_REQUEST_BYTES: largest body an HTTP action takes (default 5242880); larger ones get 413.')
 param smartDialogMaxRequestBytes string = ''
 
-@description('SMARTDIALOG_SEND_TIMEOUT_SECONDS: the longest one upstream send attempt takes, token and re-try after a renewed token included.')
+@description('SMARTDIALOG_SEND_TIMEOUT_SECONDS: the longest one upstream send attempt takes, all of it, from its quota grant on: its request and the re-try after a renewed token, token fetches included (one deadline; the token fetched before the grant has the same bound of its own, and the quota wait is not part of it).')
 param smartDialogSendTimeoutSeconds string = ''
 
 @description('SMARTDIALOG_STOP_KEYWORDS: comma-separated inbound texts that opt the sender out of a service (app default STOP and Finnish/Swedish equivalents).')
