@@ -23,7 +23,7 @@ from shared.outbound._models import (
 )
 from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind, SendOutcome
 from shared.outbound._ports import send_ports
-from shared.outbound._records import new_record, normalize
+from shared.outbound._records import new_record, normalize, queued_text
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -94,11 +94,19 @@ def unrouted(
     except ValueError:  # (a ValidationError too) not read above either
         message = None
     mid = None if message is None or isinstance(message, PackDriver) else message.messageId
-    if mid is None and queue_message_id and not isinstance(message, PackDriver | StoredCommand):
-        # Without a RequestId its id is its queue message's, new for each copy put back.
-        named = message is None or getattr(message.body, "RequestId", None)
-        mid = None if named else derive_message_id("queue-message", queue_message_id)
-        text = text if named else json.dumps({**json.loads(text), "messageId": mid})
+    if (
+        mid is None
+        and queue_message_id
+        and message is not None
+        and not isinstance(message, PackDriver | StoredCommand)
+        and not getattr(message.body, "RequestId", None)
+    ):  # its id is its queue message's, new for each copy put back: written in (a command then
+        # too large for a queue message goes by reference)
+        mid = derive_message_id("queue-message", queue_message_id)
+        written = json.dumps({**json.loads(text), "messageId": mid}, ensure_ascii=False,
+                             separators=(",", ":"))  # fmt: skip
+        text = queued_text(written, message_id=mid, payloads=outcomes.ports.payloads,
+                           attempts=message.attempts, deferrals=message.deferrals)  # fmt: skip
     log.debug("message %s waits for the connections' routing: %s", mid or "(no id yet)", detail)
     if mid is not None:  # recorded (accepted over HTTP), also when stored by reference
         record = outcomes.ports.store.get(mid)

@@ -714,3 +714,37 @@ def test_a_command_without_any_id_waiting_out_a_routing_error_is_one_message_onc
     assert first.kind is OutcomeKind.SENT
     assert again.message_id == first.message_id
     assert len(two.second_upstream()) == 1
+
+
+@pytest.mark.parametrize("size", ["large", "at-the-limit"])
+def test_a_large_command_without_any_id_waiting_out_a_routing_error_goes_back_whole(
+    two: TwoConnections, size: str
+) -> None:
+    """Writing its id into a large non-ASCII command (json.dumps escaping it: an ä became 6 bytes)
+    made a copy over the queue's 64 KiB: the put-back was refused, the host retried it into the
+    poison queue, and an id taken from its queue message is lost with it. Now the copy is
+    written as compactly as it came, and one that the id pushes over goes by reference."""
+    from shared.payloads import QUEUE_MESSAGE_LIMIT, queue_message_bytes
+
+    key = "SMARTDIALOG_CONNECTIONS__SALES_CLIENT_ID"
+    two.env.monkeypatch.setenv(key, "sales-client")
+    forget_settings()
+
+    def command(content: str) -> str:
+        return json.dumps({"operation": "SendMessage", "customerId": SECOND_CUSTOMER,
+                           "serviceId": SECOND_SERVICE, "body": sms("+358400000067",
+                           Content=content)}, ensure_ascii=False)  # fmt: skip
+
+    text = command("ä" * 25_000)
+    if size == "at-the-limit":
+        text = command("ä" * 25_000 + "a" * (QUEUE_MESSAGE_LIMIT - 20 - queue_message_bytes(text)))
+    put_back = outbound_texts(two)
+    waited = OutboundSender.from_settings().process(text, queue_message_id=f"q-{size}")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    [copy] = put_back
+    assert json.loads(copy).get("kind") == ("stored" if size == "at-the-limit" else None)
+
+    two.env.monkeypatch.delenv(key)
+    forget_settings()
+    sent = OutboundSender.from_settings().process(copy, queue_message_id="q2")
+    assert sent.kind is OutcomeKind.SENT
