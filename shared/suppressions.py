@@ -102,16 +102,18 @@ def recipient_key(address: str) -> str:
 
 
 def reported_key(number: str) -> str:
-    """A number SmartDialog reports (an inbound message's sender) as stored: :func:`recipient_key`,
-    bare digits that are no number in FI read as international (``46701234567`` is
-    +46701234567, which sends to that number are checked under), as delivery reports read it."""
+    """A number SmartDialog reports (an inbound message's sender) as stored: bare digits not
+    starting with 0 are read as international first, the form a platform writes a number in
+    without its '+' (``4790012345`` is +4790012345, not a number in FI that happens to be
+    valid; ``46701234567`` +46701234567), else :func:`recipient_key` (``0401234567`` is
+    +358401234567; a short code or a name stays as it is)."""
     from shared.phone import InvalidPhoneNumber, parse_phone_number
 
-    key = recipient_key(number)
-    if key.isdigit():  # no number in FI (a short code stays as it is)
+    digits = number.strip()
+    if digits.isdigit() and not digits.startswith("0"):
         with contextlib.suppress(InvalidPhoneNumber):
-            return parse_phone_number("+" + key)
-    return key
+            return parse_phone_number("+" + digits)
+    return recipient_key(number)
 
 
 @dataclass(frozen=True)

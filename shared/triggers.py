@@ -169,7 +169,7 @@ class OptOutTriggerData(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    phone: str = Field(description="The recipient who sent the keyword (as SmartDialog gave it).")
+    phone: str = Field(description="Who sent the keyword: the number its suppression is under.")
     keyword: str = Field(description="The keyword as sent, trimmed and in upper case.")
     direction: Literal["out", "in"] = Field(
         description="out: now suppressed for the service; in: that lifted (not a * one)."

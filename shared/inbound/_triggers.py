@@ -37,6 +37,7 @@ from shared.events import make_event
 from shared.inbound._models import NewMessagePayload, SubscriberDelivery
 from shared.names import INBOUND_DELIVERIES_QUEUE, TRIGGER_EVENTS_QUEUE
 from shared.storage import QueueLike, ensured_queue
+from shared.suppressions import reported_key
 from shared.triggers import (
     DEFAULT_CONNECTION,
     EVENT_TYPES,
@@ -230,7 +231,7 @@ def notify_opt_out(
     if keyword is None:
         return False
     data = OptOutTriggerData(
-        phone=payload.sender,
+        phone=reported_key(payload.sender),
         keyword=" ".join(payload.content.split()).upper()[:64],
         direction="out" if keyword == "stop" else "in",
         occurredAt=received_at,

@@ -118,15 +118,21 @@ def test_a_stop_padded_with_invisible_characters_is_stored_cut_as_its_trigger(
     assert len(str(doc["Keyword"])) <= 64
 
 
-def test_a_stop_from_a_foreign_number_written_without_its_plus_suppresses_that_number(
-    inbound: Inbound,
+@pytest.mark.parametrize(
+    ("sender", "number"),
+    [("46701234567", "+46701234567"), ("4790012345", "+4790012345"), ("0401234567", PHONE)],
+)
+def test_a_stop_from_a_number_written_without_its_plus_suppresses_that_number(
+    inbound: Inbound, sender: str, number: str
 ) -> None:
     """A sender SmartDialog writes without '+' (as its delivery reports may): 46701234567 is no
-    number in Finland, so it was stored as that text, and sends to +46701234567 went out."""
-    _inbound(inbound, "STOP", sender="46701234567")
-    assert _check(inbound, phone="+46701234567")["Suppressed"] is True
-    _inbound(inbound, "START", sender="46701234567")
-    assert _check(inbound, phone="+46701234567")["Suppressed"] is False
+    number in Finland, so it was stored as that text, and sends to +46701234567 went out; and
+    4790012345 (Norway) is also a valid number in Finland, +3584790012345, under which it was
+    then stored. Bare digits not starting with 0 are international; 0401234567 is Finnish."""
+    _inbound(inbound, "STOP", sender=sender)
+    assert _check(inbound, phone=number)["Suppressed"] is True
+    _inbound(inbound, "START", sender=sender)
+    assert _check(inbound, phone=number)["Suppressed"] is False
 
 
 def test_a_start_processed_after_a_later_stop_does_not_lift_it(inbound: Inbound) -> None:
