@@ -98,11 +98,14 @@ def _built(
             return parse(conn, **_transport_options(_endpoint(conn, kind), kind))
         return new(uri, credential=_credential(settings), **_transport_options(uri, kind))
     except Exception as exc:  # the SDK's message may quote the value: ours names the setting
-        what = "a connection string with an account and its key or SAS" if conn else "a URI"
-        why = f"is not {what} that the storage SDK can use."
-        if not isinstance(exc, ValueError):  # e.g. the identity's certificate file is missing
-            why = f"cannot be used with the identity settings (AZURE_*): {type(exc).__name__}."
-        raise StorageNotConfigured([FieldError(setting, why)]) from None
+        why = (
+            "is not a connection string with an account and its key or SAS"
+            if conn  # (an identity's URI, its certificate file, its AZURE_* tenant or client)
+            else "cannot be used with the app's identity: check it and the AZURE_* settings"
+        )
+        raise StorageNotConfigured(
+            [FieldError(setting, f"{why} ({type(exc).__name__}).")]
+        ) from None
 
 
 def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
