@@ -100,7 +100,7 @@ def _built(
     except Exception as exc:  # the SDK's message may quote the value: ours names the setting
         why = (
             "is not a connection string with an account and its key or SAS"
-            if conn  # (an identity's URI, its certificate file, its AZURE_* tenant or client)
+            if conn  # else its URI, or the identity's certificate file, AZURE_* tenant or client
             else "cannot be used with the app's identity: check it and the AZURE_* settings"
         )
         raise StorageNotConfigured(
