@@ -34,6 +34,7 @@ __all__ = [
     "RedactUrls",
     "configure_logging",
     "cut_secrets",
+    "cut_text",
     "loggable_text",
     "loggable_url",
     "redacted",
@@ -116,10 +117,15 @@ def loggable_text(text: str, limit: int = LOGGABLE_CHARS) -> str:
     """Text we were given (a field name a caller sent, an upstream's refusal) fit for a log
     line: :func:`cut_secrets`, cut to ``limit`` characters (the rest counted), control
     characters escaped (none can forge a line), phone numbers masked."""
-    text = cut_secrets(text)
-    if len(text) > limit:
-        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    text = cut_text(cut_secrets(text), limit)
     return _mask_phone_numbers(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the rest counted (``... (N more characters)``)."""
+    return (
+        text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+    )
 
 
 def loggable_url(url: str) -> str:

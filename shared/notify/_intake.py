@@ -18,6 +18,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from shared.logs import cut_text
+
 __all__ = [
     "BATCH_CONTENT_TYPE",
     "STRUCTURED_CONTENT_TYPE",
@@ -59,14 +61,8 @@ class InvalidEvent(ValueError):
     Both are cut (:data:`MAX_DETAIL_CHARS`, :data:`MAX_FIELD_CHARS`; the rest counted)."""
 
     def __init__(self, message: str, field: str = "body") -> None:
-        super().__init__(_cut(message, MAX_DETAIL_CHARS))
-        self.field = _cut(field, MAX_FIELD_CHARS)
-
-
-def _cut(text: str, limit: int) -> str:
-    return (
-        text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
-    )
+        super().__init__(cut_text(message, MAX_DETAIL_CHARS))
+        self.field = cut_text(field, MAX_FIELD_CHARS)
 
 
 _P = ParamSpec("_P")
