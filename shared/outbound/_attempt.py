@@ -74,10 +74,6 @@ class QuotaPort(Protocol):
 
     def gate(self, timeout: float = 0.0, *, renew: bool = False) -> AttemptGate: ...
 
-    def grant_age(self, grant: QuotaGrant) -> float: ...
-
-    def is_fresh(self, grant: QuotaGrant) -> bool: ...
-
 
 # --- results -------------------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("shared.outbound.sender")
-#: The sends waiting for a setting to be fixed, said once a minute per reason.
+#: Sends waiting for a fix (a setting, credentials, routing): one line a minute per reason.
 held = HeldSends(log)
 
 #: A copy that arrives this little before its record's ``next_attempt_at`` goes on (queue

@@ -12,7 +12,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from shared.logs import HeldSends, loggable_text
+from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageStatus
 from shared.outbound._models import (
     PackDriver,
@@ -21,7 +21,12 @@ from shared.outbound._models import (
     derive_message_id,
     parse_queue_message,
 )
-from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind, SendOutcome
+from shared.outbound._outcomes import (
+    CONFIGURATION_RECHECK_SECONDS,
+    OutcomeKind,
+    SendOutcome,
+    held,
+)
 from shared.outbound._ports import send_ports
 from shared.outbound._records import new_record, normalize, queued_text
 
@@ -39,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["CONNECTION_REMOVED", "through_connection", "token_wait", "unrouted"]
 
 log = logging.getLogger("shared.outbound.sender")
-#: The sends waiting for a fix, said once a minute per reason (each one's line is at DEBUG).
-held = HeldSends(log)
 #: The failure code of a send whose connection was removed from the settings.
 CONNECTION_REMOVED = "connection-removed"
 
@@ -111,12 +114,10 @@ def unrouted(
     if mid is not None:  # recorded (accepted over HTTP), also when stored by reference
         record = outcomes.ports.store.get(mid)
         if record is not None and not record.status.is_final:
-            now = outcomes.ports.now()
-            left = (record.valid_until - now).total_seconds()
-            if left <= 0 and not _held_for(record, now):
-                why = f"the connections' routing: {detail}"
-                return outcomes.fail(record, outcomes.expired(record, waiting=why))
-            seconds = min(seconds, max(left, 1.0))
+            left = _expired_or_left(outcomes, record, f"the connections' routing: {detail}")
+            if isinstance(left, SendOutcome):
+                return left
+            seconds = min(seconds, left)
     return outcomes.put_back(text, "message", "", seconds, OutcomeKind.DEFERRED, "configuration")
 
 
@@ -180,15 +181,23 @@ def _misconfigured(
     if isinstance(record, SendOutcome):
         return record
     log.debug("message %s waits for %s", record.message_id, why)
-    now = outcomes.ports.now()
-    left = (record.valid_until - now).total_seconds()
-    if left <= 0 and not _held_for(record, now):  # (a claim held when it broke ends first)
-        return outcomes.fail(record, outcomes.expired(record, waiting=why))
-    left = max(left, 1.0)
+    left = _expired_or_left(outcomes, record, why)
+    if isinstance(left, SendOutcome):
+        return left
     copy = message.model_copy(update={"messageId": record.message_id})
     return outcomes.requeue(
         copy, message.attempts, min(delay, left), OutcomeKind.DEFERRED, "configuration"
     )
+
+
+def _expired_or_left(outcomes: Outcomes, record: MessageRecord, why: str) -> SendOutcome | float:
+    """A recorded message waiting for ``why``: failed ``expired`` (with its event) once its
+    validity ended (a claim held when it broke ends first), else the seconds left (at least 1)."""
+    now = outcomes.ports.now()
+    left = (record.valid_until - now).total_seconds()
+    if left <= 0 and not _held_for(record, now):
+        return outcomes.fail(record, outcomes.expired(record, waiting=why))
+    return max(left, 1.0)
 
 
 def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str) -> SendOutcome:
