@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field
 
+from shared import telemetry
 from shared.names import (
     CLOUD_EVENTS_DEAD_LETTER_QUEUE,
     CLOUD_EVENTS_QUEUE,
@@ -527,6 +528,7 @@ def write_dead_letter(
         key=key,
     )  # fmt: skip
     sent = send_forever(queue, text)
+    telemetry.count_dead_letter(queue_name, entry.reason)  # the alert's exact count
     try:
         index.link(entry, sent)
     except Exception:  # the row already holds the letter: purge/re-drive find it by text

@@ -42,6 +42,7 @@ __all__ = [
     "SpanKindName",
     "configure",
     "context_from",
+    "count_dead_letter",
     "count_quota",
     "count_send",
     "current_traceparent",
@@ -244,6 +245,12 @@ def _instrument(name: str) -> Any:
                     unit="{message}",
                     description="Outbound queue messages handled, by outcome.",
                 ),
+                dead_letters=meter.create_counter(
+                    "smartdialog.deadletters",
+                    unit="{letter}",
+                    description="Dead letters written, by dead-letter queue and reason "
+                    "(exact: metrics are not sampled).",
+                ),
                 queue_age=meter.create_histogram(
                     "smartdialog.queue.age",
                     unit="s",
@@ -282,6 +289,12 @@ def count_send(outcome: str) -> None:
     """Count one outbound queue message handled with ``outcome`` (sent, failed, deferred...)."""
     counter: Counter = _instrument("sends")
     counter.add(1, {"outcome": outcome})
+
+
+def count_dead_letter(queue: str, reason: str) -> None:
+    """Count one dead letter written on ``queue`` for ``reason``."""
+    counter: Counter = _instrument("dead_letters")
+    counter.add(1, {"queue": queue, "reason": reason})
 
 
 def record_queue_age(queue: str, inserted_at: dt.datetime | None, now: dt.datetime) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -191,27 +189,6 @@ def status_url(message_id: str) -> str:
     from shared.settings import get_settings
 
     return SendService(get_settings()).status_url(message_id)
-
-
-def test_the_failure_rate_query_counts_each_packed_send_once(
-    outbound: Outbound, caplog: pytest.LogCaptureFixture
-) -> None:
-    """docs/operations.md, "Delivery-failure rate": a "message … sent (upstream" line per send
-    that logs one (the leader, any member outside a lane), plus the pack line's members with no
-    line of their own; counting the pack line's N as well counted the leader twice."""
-    waiting_for_a_slot(outbound)
-    accept(*NUMBERS[:5])
-    with caplog.at_level(logging.INFO, logger="shared.outbound.sender"):
-        outbound.drain()
-
-    lines = [r.getMessage() for r in caplog.records]
-    own = sum(1 for line in lines if re.match(r"^message \S+ sent \(upstream", line))
-    packs = [re.match(r"^pack \S+ sent: (\d+) of \d+ members(?:, (\d+) with no line)?", x)
-             for x in lines]  # fmt: skip
-    quiet = [int(m.group(2) or m.group(1)) for m in packs if m]
-    assert len(quiet) == 1, lines
-    assert own >= 1, lines  # the leader's own line
-    assert own + sum(quiet) == 5
 
 
 def test_different_contents_are_never_packed_together(outbound: Outbound) -> None:

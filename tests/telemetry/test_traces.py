@@ -644,3 +644,37 @@ def test_a_re_prompt_is_sent_in_the_trace_of_the_reply_that_asked_for_it(
     [command] = [c for c in inbound.read(names.OUTBOUND_QUEUE) if c.get("messageId")]
     assert command["messageId"] == reprompt_message_id(asked.question_id)
     assert trace_of(command["traceparent"]) == trace_id
+
+
+def test_each_dead_letter_is_counted_by_queue_and_reason(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    """The dead-letter alert reads this counter: a metric, which no sampling drops (a sampled-out
+    log line would never alert)."""
+    letters = names.OUTBOUND_DEAD_LETTER_QUEUE
+    before = total(telemetry, "smartdialog.deadletters", queue=letters, reason="malformed")
+
+    outbound.invoke("{not json")
+
+    [letter] = outbound.dead_letters()
+    assert letter["reason"] == "malformed"
+    assert total(telemetry, "smartdialog.deadletters", queue=letters, reason="malformed") == (
+        before + 1
+    )
+
+
+def test_the_failure_rate_metric_counts_each_packed_send_once(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    """docs/operations.md, "Delivery-failure rate": ``smartdialog.sends`` counts each message
+    of a packed call once, as a send of its own would be."""
+    from tests.bulk.test_packing import accept, waiting_for_a_slot
+
+    before = total(telemetry, "smartdialog.sends", outcome="sent")
+    waiting_for_a_slot(outbound)
+    accept(*NUMBERS)
+
+    outbound.drain()
+
+    assert len(outbound.upstream()) < len(NUMBERS)  # some of them were packed
+    assert total(telemetry, "smartdialog.sends", outcome="sent") == before + len(NUMBERS)
