@@ -590,6 +590,41 @@ def test_modules_are_local_files_given_exactly_the_params_they_declare(src: Bice
         )
 
 
+#: ARM's limit on a deployment's name (each module is a deployment).
+DEPLOYMENT_NAME_MAX = 64
+
+
+def _longest(template: str) -> int:
+    """The most characters a Bicep string's value can have, with any value (a connection's
+    name: up to NAME_MAX_LENGTH) in each interpolation; ``take(x, N)`` and ``uniqueString``
+    bound theirs."""
+    from shared.connections import NAME_MAX_LENGTH
+
+    def bound(match: re.Match[str]) -> str:
+        taken = re.fullmatch(r"take\(.+,\s*(\d+)\)", match.group(1))
+        if taken:
+            return "x" * min(int(taken.group(1)), NAME_MAX_LENGTH)
+        if match.group(1).startswith("uniqueString("):
+            return "x" * 13
+        return "x" * NAME_MAX_LENGTH
+
+    return len(re.sub(r"\$\{([^}]*)\}", bound, template))
+
+
+@pytest.mark.parametrize("src", bicep_sources(), ids=lambda s: s.name)
+def test_every_module_deployment_name_fits_arm_s_64_characters(src: BicepSource) -> None:
+    """A module deployment named after a connection (up to 64 characters itself) failed the
+    provision once the name passed about 32 characters."""
+    for match in re.finditer(
+        r"^module\s+(\w+)\s[^\n]*\{\n\s*name:\s*'([^'\n]*)'", src.no_comments, re.M
+    ):
+        assert _longest(match.group(2)) <= DEPLOYMENT_NAME_MAX, (
+            f"{src.name}: module {match.group(1)}'s deployment name {match.group(2)!r} can be "
+            f"longer than {DEPLOYMENT_NAME_MAX} characters (take() and uniqueString() bound it)"
+        )
+    assert _longest("secret-connection-${name}-client-secret") > DEPLOYMENT_NAME_MAX
+
+
 @pytest.mark.parametrize("src", bicep_sources(), ids=lambda s: s.name)
 def test_module_outputs_that_are_used_exist(src: BicepSource) -> None:
     targets = {m.symbol: (src.path.parent / m.path).resolve() for m in modules(src)}

@@ -80,8 +80,10 @@ module callbackSecretsValue 'secret.bicep' = if (!empty(callbackSecrets)) {
   }
 }
 
+// A deployment's name is at most 64 characters and a connection's name may be 64 itself:
+// its first 24 characters for the reader, and uniqueString (13 characters) keeps names apart.
 module connectionClientSecretValues 'secret.bicep' = [for (name, i) in connectionNames: if (!empty(connectionClientSecrets[i])) {
-  name: 'secret-connection-${name}-client-secret'
+  name: 'secret-${take(name, 24)}-${uniqueString(name)}-client-secret'
   params: {
     vaultName: vault.name
     name: 'smartdialog-connection-${name}-client-secret'
@@ -90,7 +92,7 @@ module connectionClientSecretValues 'secret.bicep' = [for (name, i) in connectio
 }]
 
 module connectionRefreshTokenValues 'secret.bicep' = [for (name, i) in connectionNames: if (!empty(connectionRefreshTokens[i])) {
-  name: 'secret-connection-${name}-refresh-token'
+  name: 'secret-${take(name, 24)}-${uniqueString(name)}-refresh-token'
   params: {
     vaultName: vault.name
     name: 'smartdialog-connection-${name}-refresh-token'
