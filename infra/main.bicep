@@ -150,6 +150,14 @@ param smartDialogOpsAllowedRoles string = ''
 @description('SMARTDIALOG_CONNECTIONS: an array of named connections, each {"name", "customers": [...], "customerId", "serviceId", "clientId"} and optionally "quotaCalls", "quotaPeriodSeconds", "quotaSafetyMarginSeconds", "baseUrl", "authority", "scopes". Empty: only the default connection.')
 param smartDialogConnections array = []
 
+@description('PAUSE_SENDER: \'true\' stops the outbound queue trigger (the app setting AzureWebJobs.OutboundSender.Disabled) while a deploy\'s versions overlap (docs/deploy.md "Upgrading"); queued sends wait. Empty or \'false\': the sender runs. A parameter, not a hand-set setting, so that a provision keeps it.')
+@allowed([
+  ''
+  'true'
+  'false'
+])
+param pauseSender string = ''
+
 @description('Entra ID app (client) id operators sign in with for /api/ops (App Service Authentication); empty: no sign-in, and the page refuses everyone in Azure.')
 param opsAuthClientId string = ''
 
@@ -351,6 +359,7 @@ module api 'app/api.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     smartDialogSettings: smartDialogSettings
+    pauseSender: pauseSender == 'true'
     keyVaultReferences: keyVault.outputs.appSettingReferences
     connectionSettings: concat(connectionSettings, connectionSecretSettings)
   }

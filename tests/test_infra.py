@@ -625,6 +625,27 @@ def test_every_module_deployment_name_fits_arm_s_64_characters(src: BicepSource)
     assert _longest("secret-connection-${name}-client-secret") > DEPLOYMENT_NAME_MAX
 
 
+def test_the_sender_pause_is_a_parameter_so_that_a_provision_keeps_it() -> None:
+    """docs/deploy.md "Upgrading": a hand-set AzureWebJobs.OutboundSender.Disabled was removed
+    by the next provision (`azd up` included) before the new code landed."""
+    assert parameter_values()["pauseSender"] == "${PAUSE_SENDER}"
+    declared = params(source("main.bicep"))["pauseSender"]
+    assert (declared.type, declared.default) == ("string", "''")
+    assert "pauseSender: pauseSender == 'true'" in source("main.bicep").no_comments
+    api = source("app/api.bicep").no_comments
+    assert params(source("app/api.bicep"))["pauseSender"].type == "bool"
+    assert (
+        "var senderSettings = pauseSender ? { 'AzureWebJobs.OutboundSender.Disabled': 'true' } : {}"
+        in api
+    )
+    assert re.search(r"var appSettings = union\([^\n]*\bsenderSettings\b", api)
+    # The setting names the function it stops.
+    assert '@bp.function_name("OutboundSender")' in (ROOT / "functions" / "sender.py").read_text()
+    guide = DEPLOY_DOC.read_text()
+    assert "azd env set PAUSE_SENDER true" in guide
+    assert "azd env set PAUSE_SENDER false" in guide
+
+
 @pytest.mark.parametrize("src", bicep_sources(), ids=lambda s: s.name)
 def test_module_outputs_that_are_used_exist(src: BicepSource) -> None:
     targets = {m.symbol: (src.path.parent / m.path).resolve() for m in modules(src)}

@@ -16,6 +16,9 @@ param instanceMemoryMB int
 @description('SMARTDIALOG_* app settings (plain values; a given SMARTDIALOG_PUBLIC_BASE_URL replaces the default).')
 param smartDialogSettings object
 
+@description('Stop the outbound queue trigger (AzureWebJobs.OutboundSender.Disabled): queued sends wait.')
+param pauseSender bool = false
+
 @description('App settings whose values are @Microsoft.KeyVault(...) references.')
 param keyVaultReferences object = {}
 
@@ -52,8 +55,11 @@ var publicBaseUrl = {
   SMARTDIALOG_PUBLIC_BASE_URL: 'https://${name}.azurewebsites.net'
 }
 
+// The host's switch for one function; left out while the sender runs.
+var senderSettings = pauseSender ? { 'AzureWebJobs.OutboundSender.Disabled': 'true' } : {}
+
 // Later objects win: a given SMARTDIALOG_PUBLIC_BASE_URL replaces the default.
-var appSettings = union(storageSettings, telemetrySettings, publicBaseUrl, smartDialogSettings, keyVaultReferences)
+var appSettings = union(storageSettings, telemetrySettings, publicBaseUrl, smartDialogSettings, senderSettings, keyVaultReferences)
 var appSettingPairs = [for setting in items(appSettings): {
   name: setting.key
   value: setting.value
