@@ -400,7 +400,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
                 "The contact was added.",
                 Annotated[
                     uuid.UUID,
-                    Field(description="ID of the new contact.", json_schema_extra=ui("Contact ID")),
+                    Field(description="ID of the new contact.", json_schema_extra=ui("Contact Id")),
                 ],
             ),
         ),

@@ -94,6 +94,12 @@ class WhatsAppIdentityDoc(_Doc):
     )
 
 
+#: One of GetWhatsappTemplateCategories' names, titled as in the certified connector.
+CategoryName = Annotated[
+    str, Field(description="A template category's name.", json_schema_extra=ui("Category"))
+]
+
+
 class RegionDoc(_Doc):
     value: str | None = Field(
         None,
@@ -285,7 +291,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         handler=get_whatsapp_template_categories,
         summary="GetWhatsappTemplateCategories",
         description="Lists the categories a new WhatsApp template may be filed under.",
-        responses=(ResponseDoc(200, "The category names.", list[str]),),
+        responses=(ResponseDoc(200, "The category names.", list[CategoryName]),),
         visibility="internal",
         tags=(TAG,),
     ),

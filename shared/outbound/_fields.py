@@ -282,6 +282,20 @@ class TemplateButtonIn(StrictBody):
     )
 
 
+#: A template's placeholder values; each item titled as in the certified connector (the label
+#: the flow designer shows for it).
+BodyParameter = Annotated[
+    NonEmptyStr,
+    Field(description="A value for the template body's next placeholder.",
+          json_schema_extra=ui("Template Body Parameters")),
+]  # fmt: skip
+HeaderParameter = Annotated[
+    NonEmptyStr,
+    Field(description="A value for the template header's next placeholder.",
+          json_schema_extra=ui("Template Header Parameters")),
+]  # fmt: skip
+
+
 class TemplateMessageBody(StrictBody):
     """SendWhatsappTemplateMessage."""
 
@@ -297,12 +311,12 @@ class TemplateMessageBody(StrictBody):
         description="Who gets it.",
         json_schema_extra=ui("Recipients", visibility="important"),
     )
-    BodyParameters: list[NonEmptyStr] | None = Field(
+    BodyParameters: list[BodyParameter] | None = Field(
         None,
         description="Values for the template body's placeholders, in order (none blank).",
         json_schema_extra=ui("Body parameters"),
     )
-    HeaderParameters: list[NonEmptyStr] | None = Field(
+    HeaderParameters: list[HeaderParameter] | None = Field(
         None,
         description="Values for the template header's placeholders, in order (none blank).",
         json_schema_extra=ui("Header parameters"),
