@@ -197,7 +197,9 @@ class SentDoc(BaseModel):
         None, description="The RequestId sent to SmartDialog.", json_schema_extra=ui("Request Id")
     )
     SentAt: str | None = Field(
-        None, description="When SmartDialog accepted it.", json_schema_extra=ui("Sent at")
+        None,
+        description="When SmartDialog accepted it (with a SendDateTime: before it goes out).",
+        json_schema_extra=ui("Sent at"),
     )
 
 
@@ -241,7 +243,9 @@ class TemplateSentDoc(BaseModel):
         None, description="The RequestId sent to SmartDialog.", json_schema_extra=ui("Request Id")
     )
     sentAt: str | None = Field(
-        None, description="When SmartDialog accepted it.", json_schema_extra=ui("Sent at")
+        None,
+        description="When SmartDialog accepted it (with a SendDateTime: before it goes out).",
+        json_schema_extra=ui("Sent at"),
     )
 
 
@@ -416,7 +420,11 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         input=CancelMessageInput,
         handler=cancel_message,
         summary="Cancel a queued message",
-        description="Cancels a message that is not being sent yet; 409 once it is.",
+        description=(
+            "Cancels a message that is not being sent yet; 409 once it is. A send with a "
+            "SendDateTime goes to SmartDialog at once, which holds it until then: it is sent "
+            "(409) as soon as SmartDialog accepts it, and SmartDialog offers no cancel."
+        ),
         responses=(ResponseDoc(200, "Cancelled.", AcceptedDoc),),
         visibility="advanced",
         routed=False,

@@ -520,3 +520,11 @@ def dropdown(node: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, dict)
     }
     return values
+
+
+def test_cancel_says_a_scheduled_send_cannot_be_cancelled(committed: dict[str, Any]) -> None:
+    """A send with a SendDateTime is sent (SmartDialog holds it) before its time: CancelMessage
+    answers 409, and the designer's text must say so, as docs/sending.md "Cancel" does."""
+    cancel = operations(committed)["CancelMessage"]["description"]
+    assert "SendDateTime" in cancel
+    assert "no cancel" in cancel
