@@ -201,7 +201,7 @@ class SendFailedTriggerData(BaseModel):
     code: str = Field(
         description=(
             "upstream-rejected, rate-limited, attempts-exhausted, expired, outcome-unknown, "
-            "suppressed, malformed, poisoned or connection-removed."
+            "suppressed, malformed, poisoned, duplicate-request-id or connection-removed."
         )
     )
     detail: str | None = Field(None, description="More about the failure, if known.")

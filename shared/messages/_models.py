@@ -209,9 +209,10 @@ class FailureInfo(BaseModel):
 
     code: str = Field(
         description=(
-            "upstream-rejected | rate-limited | attempts-exhausted | expired | outcome-unknown | "
-            "suppressed | malformed | poisoned | connection-removed; a pending send's LastError "
-            "may also be upstream-unavailable or configuration (never a failure's code)"
+            "upstream-rejected | duplicate-request-id | rate-limited | attempts-exhausted | "
+            "expired | outcome-unknown | suppressed | malformed | poisoned | connection-removed; "
+            "a pending send's LastError may also be upstream-unavailable or configuration "
+            "(never a failure's code)"
         )
     )
     title: str

@@ -19,6 +19,7 @@ fresh when the request leaves.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -85,6 +86,15 @@ class Sent:
 
     body: dict[str, Any]
     duplicate: bool = False
+
+    def answers_another(self, addresses: Iterable[str]) -> bool:
+        """Whether this is a 409's original answer for another message than one to
+        ``addresses``: it lists recipients, and not each of these numbers among them.
+        SmartDialog remembers a RequestId per account, while our ids are per customer: another
+        customer of the connection may have used the caller's RequestId first."""
+        listed = Counter(address_key(_address(r)) for r in _recipients(self.body))
+        ours = Counter(address_key(a) for a in addresses)
+        return self.duplicate and bool(listed) and bool(ours - listed)
 
 
 def answer_message_id(body: Mapping[str, Any]) -> str | None:
@@ -371,9 +381,7 @@ def split_answer(
     formed may list one number in two members). An answer without recipients is every
     member's whole answer."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
-    raw = [
-        r for r in (body.get("Recipients") or body.get("recipients") or []) if isinstance(r, dict)
-    ]
+    raw = _recipients(body)
     listings: dict[str, list[tuple[str, int]]] = {}  # number -> (member, position), in order
     for member, addresses in members:
         for position, address in enumerate(addresses):
@@ -381,7 +389,7 @@ def split_answer(
     entries: dict[str, dict[int, dict[str, Any]]] = {}
     out = SplitAnswer()
     for entry in raw:
-        address = str(entry.get("Address") or entry.get("address") or "")
+        address = _address(entry)
         waiting = listings.get(address_key(address)) if address else None
         if not waiting:
             continue
@@ -400,3 +408,13 @@ def split_answer(
         ordered = [mine[p] for p in sorted(mine)]
         out.shares[member] = {**common, name: ordered} if raw else dict(body)
     return out
+
+
+def _recipients(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The recipients an answer lists (``recipients`` in a template send's)."""
+    found = body.get("Recipients") or body.get("recipients") or []
+    return [r for r in found if isinstance(r, dict)]
+
+
+def _address(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("Address") or entry.get("address") or "")

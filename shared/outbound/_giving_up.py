@@ -26,6 +26,7 @@ __all__ = [
     "refusal_failure",
     "remember_interrupted",
     "remember_maybe_sent",
+    "request_id_taken",
 ]
 
 
@@ -66,6 +67,23 @@ def refusal_failure(refused: Refused, record: MessageRecord, *, named: bool) -> 
             "title": f"SmartDialog refused a repeat ({refused.status}); it may have been sent",
             "detail": may_have_been_sent(refused.message),
         }
+    )
+
+
+def request_id_taken(record: MessageRecord) -> FailureInfo:
+    """Why ``record`` failed when upstream answered 409 with another message's original
+    (:meth:`Sent.answers_another`): it was not sent, and a repeat with that RequestId never is."""
+    return FailureInfo(
+        code="duplicate-request-id",
+        title="SmartDialog already has another message with this RequestId in this account",
+        detail=(
+            f"RequestId {record.request_id!r} was used first by a message to other recipients "
+            "(perhaps another customer's of the same connection: SmartDialog remembers a "
+            "RequestId per account, for 7 days), so this one was not sent. Send it again with "
+            "another RequestId."
+        ),
+        upstreamStatus=409,
+        attempts=record.attempts,
     )
 
 

@@ -28,7 +28,7 @@ from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lan
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
-from shared.outbound._giving_up import not_repeated, refusal_failure
+from shared.outbound._giving_up import not_repeated, refusal_failure, request_id_taken
 from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
@@ -52,6 +52,7 @@ from shared.outbound._outcomes import (
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
 from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
 from shared.outbound._records import (
+    command_addresses,
     new_record,
     normalize,
     pack_key,
@@ -469,13 +470,12 @@ class OutboundSender:
         (nothing sent, nothing recorded) if the grant went stale before the request left."""
         result = self.ports.upstream.attempt(grant, command)
         if isinstance(result, Sent):
-            if result.duplicate:
-                log.info("message %s: RequestId already used upstream: sent", record.message_id)
+            if result.answers_another(command_addresses(command)):  # not this message's 409
+                return self.outcomes.fail(record, request_id_taken(record))
             return self.outcomes.sent(record, result.body, duplicate=result.duplicate)
         if isinstance(result, Transient):
             return self._transient(record, command, result)
-        # One message: any recipient upstream names is its own.
-        named = result.culprit is not None
+        named = result.culprit is not None  # one message: any recipient named is its own
         return self.outcomes.fail(record, refusal_failure(result, record, named=named))
 
     def _transient(

@@ -430,7 +430,8 @@ class SendService:
 
     def _failed(self, record: MessageRecord) -> StatusView:
         failure = record.failure
-        rejected = failure is not None and failure.code == "upstream-rejected"
+        refused = ("upstream-rejected", "duplicate-request-id")  # SmartDialog's doing
+        rejected = failure is not None and failure.code in refused
         problem = Problem(
             422,
             failure.title if failure else "The message could not be sent",
