@@ -373,13 +373,19 @@ class SplitAnswer:
 
 
 def split_answer(
-    body: Mapping[str, Any], members: Sequence[tuple[str, Sequence[str]]], *, duplicate: bool
+    body: Mapping[str, Any],
+    members: Sequence[tuple[str, Sequence[str]]],
+    *,
+    duplicate: bool,
+    estimates: Mapping[str, int] | None = None,
 ) -> SplitAnswer:
     """Share ``body`` out among ``members`` ((message id, addresses)) by number
     (:func:`address_key`): each of upstream's recipients goes to the next listing of its number,
     in membership order (a number a member lists twice gets both; a pack a previous release
     formed may list one number in two members). An answer without recipients is every
-    member's whole answer."""
+    member's whole answer. Upstream's ``MessagePartCount`` is the call's, the most of any
+    recipient's: a member of a call with others' recipients too gets at most its own
+    ``estimates`` (the accept-time ``EstimatedPartCount``); a call of one member keeps it."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
     raw = _recipients(body)
     listings: dict[str, list[tuple[str, int]]] = {}  # number -> (member, position), in order
@@ -406,7 +412,12 @@ def split_answer(
             out.missing.append(member)
             continue
         ordered = [mine[p] for p in sorted(mine)]
-        out.shares[member] = {**common, name: ordered} if raw else dict(body)
+        share = out.shares[member] = {**common, name: ordered} if raw else dict(body)
+        own = (estimates or {}).get(member)
+        if own and (len(raw) > len(ordered) if raw else len(members) > 1):
+            for parts in ("MessagePartCount", "messagePartCount"):
+                if isinstance(share.get(parts), int):
+                    share[parts] = min(share[parts], own)
     return out
 
 

@@ -346,11 +346,9 @@ class _Run:
         ports, now = self.ports, self.ports.now()
         body = sent.body
         addresses = {m.message_id: m.addresses for m in self.pack.members}
-        answer = split_answer(
-            body,
-            [(c.message_id, addresses.get(c.message_id, ())) for c in claimed],
-            duplicate=sent.duplicate,
-        )
+        listed = [(c.message_id, addresses.get(c.message_id, ())) for c in claimed]
+        estimates = {c.message_id: c.part_count for c in claimed}
+        answer = split_answer(body, listed, duplicate=sent.duplicate, estimates=estimates)
         recipient_ids = {**self.pack.recipient_ids, **answer.recipient_ids}
         writes: list[tuple[MessageRecord, Mapping[str, Any]]] = []
         missing: list[MessageRecord] = []

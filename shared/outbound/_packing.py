@@ -449,11 +449,9 @@ class IndexPacks:
         (it was not in the first attempt that got through), that member was not sent: it is
         handed back."""
         addresses = {m.message_id: m.addresses for m in pack.members}
-        answer = split_answer(
-            sent.body,
-            [(r.message_id, addresses.get(r.message_id, ())) for r, _ in members],
-            duplicate=sent.duplicate,
-        )
+        listed = [(r.message_id, addresses.get(r.message_id, ())) for r, _ in members]
+        estimates = {r.message_id: r.part_count for r, _ in members}
+        answer = split_answer(sent.body, listed, duplicate=sent.duplicate, estimates=estimates)
         recipient_ids = {**pack.recipient_ids, **answer.recipient_ids}
         # The members but the leader are recorded sent and announced in one write each, then
         # their events go out, and only then the leader is recorded (announced on its own). A

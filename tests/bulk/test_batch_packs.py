@@ -77,6 +77,24 @@ def test_a_batch_is_one_queue_message_per_pack_and_one_call_per_pack(outbound: O
     assert sorted(e["subject"] for e in events) == sorted(member_ids(batch))
 
 
+def test_a_members_part_count_is_its_own_not_that_of_the_calls_longest_personalization(
+    outbound: Outbound,
+) -> None:
+    recipients = people(*NUMBERS[:2])
+    recipients[1]["Personalization"]["name"] = "B" * 300
+    answer = bulk({"Recipients": recipients})
+    assert answer.status == 202, answer.body
+    outbound.drain()
+
+    [call] = outbound.upstream()
+    assert call["response"]["MessagePartCount"] == 3  # "Hi B…B, your code is 1"
+    ids = member_ids({"Location": answer.headers["Location"]})
+    assert [record(i).part_count for i in ids] == [1, 3]
+    parts = {e["subject"]: e["data"]["messagePartCount"] for e in outbound.events()
+             if e["type"].endswith(".sent")}  # fmt: skip
+    assert parts == {ids[0]: 1, ids[1]: 3}
+
+
 def test_a_pack_driver_fetches_its_token_before_its_grant_so_a_slow_fetch_wastes_no_slot(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:

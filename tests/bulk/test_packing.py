@@ -184,6 +184,36 @@ def test_single_sends_queued_together_go_upstream_in_one_call_each_with_its_own_
     assert status.body["RequestId"] == calls[0]["body"]["RequestId"]  # the pack's, as sent
 
 
+def test_a_members_part_count_is_its_own_not_that_of_the_packs_longest_personalization(
+    outbound: Outbound,
+) -> None:
+    """Upstream's MessagePartCount is the call's (the most of any recipient's): a member of a
+    pack records at most its own estimate; the member that needs the most keeps upstream's."""
+    waiting_for_a_slot(outbound)
+    ids = []
+    for address, name in ((NUMBERS[0], "Ada"), (NUMBERS[1], "B" * 300)):
+        body = sms(address, content="Hi $(name)")
+        body["Recipients"][0]["Personalization"] = {"name": name}
+        answer = call_http("SendMessage", "POST", body=body)
+        assert answer.status == 202, answer.body
+        ids.append(answer.body["Id"])
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [len(c["body"]["Recipients"]) for c in calls] == [2]
+    assert calls[0]["response"]["MessagePartCount"] == 2
+    short, long = record(ids[0]), record(ids[1])
+    assert (short.part_count, long.part_count) == (1, 2)
+    assert json.loads(short.result or "{}")["MessagePartCount"] == 1
+    assert json.loads(long.result or "{}")["MessagePartCount"] == 2
+    parts = {e["subject"]: e["data"]["messagePartCount"] for e in outbound.events()}
+    assert parts == {ids[0]: 1, ids[1]: 2}
+    status = call_http("GetMessageStatus", "GET", route_params={"MessageId": ids[0]},
+                       params=dict(parse_qsl(urlsplit(status_url(ids[0])).query)))  # fmt: skip
+    assert status.body["MessagePartCount"] == 1
+
+
 def status_url(message_id: str) -> str:
     from shared.outbound._service import SendService
     from shared.settings import get_settings
