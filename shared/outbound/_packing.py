@@ -566,8 +566,9 @@ class IndexPacks:
     ) -> SendOutcome:
         """Upstream refused the whole call (nothing was sent). The member it names fails alone
         and the others go back to the queue for a new pack (new membership, new RequestId).
-        Naming none, each goes alone from now on (whichever is at fault fails alone), unless
-        an attempt may have gone through: it may refuse its repeat, all fail (outcome-unknown)."""
+        Naming none, each goes alone from now on, its message back on the queue at once (a lane
+        member's own may be a backstop, minutes away), unless an attempt may have gone through:
+        it may refuse its repeat, all fail (outcome-unknown)."""
         leader, command = members[0]
         blamed = {r.message_id for r, c in members if refused.blames(command_addresses(c))}
         offenders = blamed
@@ -584,6 +585,8 @@ class IndexPacks:
             released = self.release_one(member, MessageStatus.QUEUED, keep_pack=False, **changes)
             if released is not None and offenders:
                 self.ports.packs.index([released])
+            elif released is not None and member is not leader:  # alone now: no leader wakes it
+                self.outcomes.requeue(item[1], 0, 0, OutcomeKind.DEFERRED, "pack-rejected")
 
         list(storage_pool().map(settle, members))
 

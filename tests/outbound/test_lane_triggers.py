@@ -20,6 +20,7 @@ from tests.bulk.test_packing import accept as accept_with
 from tests.outbound.conftest import Outbound
 
 T0 = dt.datetime(2026, 12, 4, 12, 0, 0, tzinfo=dt.UTC)
+REFUSED_NAMING_NOBODY = "+358400000008"  # the sandbox refuses a call with it: 400 naming nobody
 
 
 def at(seconds: float) -> dt.datetime:
@@ -197,3 +198,22 @@ def test_a_young_lanes_sweep_that_stops_at_its_limit_puts_the_next_member_back_o
     assert sum(any(w in body for w in waiting) for body in bodies) == 1
     outbound.run_once()
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+def test_after_a_refusal_naming_nobody_each_member_goes_alone_at_once_not_at_its_backstop(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    outbound.configure(LANE_BACKSTOP_SECONDS=120)
+    # A trigger now, one a second later (the refused number), two relying on them.
+    ids = accept(NUMBERS[0], REFUSED_NAMING_NOBODY, NUMBERS[1], NUMBERS[2])
+    assert outbound.run_once(limit=1) == 1  # the first trigger's pack of 4 is refused
+
+    deadline = time.monotonic() + 5  # their backstops are 120 s away
+    while any(not record(i).status.is_final for i in ids):
+        assert time.monotonic() < deadline, "members wait for their backstops"
+        outbound.run_once()
+        time.sleep(0.1)
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [4, 1, 1, 1, 1]
+    statuses = [record(i).status for i in ids]
+    assert statuses == [MessageStatus.SENT, MessageStatus.FAILED, *[MessageStatus.SENT] * 2]
