@@ -440,12 +440,14 @@ def test_members_of_a_pack_whose_leader_died_before_recording_it_pack_again(
     for text in texts[1:]:  # the members' copies: no call was made for them, they wait again
         outbound.invoke(text, dequeue_count=2)
     assert {record(i).status for i in ids[1:]} == {MessageStatus.QUEUED}
-    outbound.invoke(texts[0], dequeue_count=2)  # the leader's claim: perhaps called, alone
+    outbound.invoke(texts[0], dequeue_count=2)  # the leader's claim: it goes alone
+    assert record(ids[0]).maybe_sent  # though it cannot have called: conservatively
     manual_clock.advance(2)
     outbound.drain()  # the members' copies, back a second later: one leads the others
 
     calls = outbound.upstream()
     assert sorted(len(c["body"]["Recipients"]) for c in calls) == [1, 3]  # packed again
+    assert calls[0]["body"]["RequestId"] == ids[0]  # the leader, alone with its own
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
     assert {record(i).attempts for i in ids[1:]} == {1}  # the lost claim was not an attempt
 
