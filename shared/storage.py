@@ -446,31 +446,30 @@ def already_exists(error: BaseException) -> bool:
     return code == "EntityAlreadyExists" or "AlreadyExists" in f"{code} {error}"
 
 
-def create_once(key: str, create: Callable[[], object]) -> None:
+def create_once(key: str, create: Callable[[], object], *, again: bool = False) -> None:
     """``create()`` once per process for ``key`` (one that exists already is fine, and so is a
     403: in Azure the Bicep creates every queue and table and scopes the data roles to each,
-    which may not cover creating one; a name truly missing then fails on first use)."""
-    if key in _ready:
+    which may not cover creating one; a name truly missing then fails on first use).
+    ``again``: even if done before (it was found deleted since)."""
+    if key in _ready and not again:
         return
     from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
     with _ready_lock:
-        if key not in _ready:
+        if again or key not in _ready:
             try:
                 create()
-            except ResourceExistsError:
-                pass
             except HttpResponseError as error:
-                if error.status_code != 403:
+                if not isinstance(error, ResourceExistsError) and error.status_code != 403:
                     raise
             _ready.add(key)
 
 
-def ensure_table(client: TableClient) -> TableClient:
+def ensure_table(client: TableClient, *, again: bool = False) -> TableClient:
     """``client``, its table created once per process if missing (Bicep creates the tables in
-    Azure; Azurite starts empty)."""
+    Azure; Azurite starts empty), or ``again``."""
     # The client's url is the account's, not the table's.
-    create_once(f"table|{client.url}|{client.table_name}", client.create_table)
+    create_once(f"table|{client.url}|{client.table_name}", client.create_table, again=again)
     return client
 
 

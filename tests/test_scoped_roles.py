@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from azure.core.exceptions import HttpResponseError
+from azure.data.tables import TableClient, TableServiceClient
 
+from devhost.azurite import Azurite
+from shared.quota import QuotaGrant, TableQuotaStore
 from shared.storage import ensure_table
 
 _unique = itertools.count()
@@ -50,3 +53,20 @@ def test_any_other_failure_to_create_still_raises(status: int) -> None:
 
     with pytest.raises(HttpResponseError):
         ensure_table(table)  # type: ignore[arg-type]
+
+
+def test_the_quota_table_is_read_when_creating_it_is_refused(
+    azurite: Azurite, unique_name: str
+) -> None:
+    # The quota's table, made by the Bicep; the role covers its entities, not creating it.
+    TableServiceClient.from_connection_string(azurite.connection_string).create_table(unique_name)
+    table = TableClient.from_connection_string(azurite.connection_string, unique_name)
+
+    def refused() -> None:
+        raise refusal(403)
+
+    table.create_table = refused  # type: ignore[method-assign]
+    store = TableQuotaStore(table, connection="scoped", calls=2, period=60)
+
+    assert isinstance(store.try_acquire(), QuotaGrant)
+    assert store.used() == 1

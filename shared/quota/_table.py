@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -22,35 +21,32 @@ ROW_KEY = "sliding-log"
 #: The entity property holding the encoded log (see ``_log``).
 GRANTS_PROPERTY = "Grants"
 
-_tables_ready: set[str] = set()
-_tables_lock = threading.Lock()
-
 
 class TableLog:
     """One connection's log as a Table entity; compare-and-swap through its ETag.
 
-    The table is created on first use, once per process (an existing one is fine).
+    The table is created on first use, once per process (``shared.storage.ensure_table``: an
+    existing one is fine, and so is a 403 from a role scoped to the table).
     """
 
     def __init__(self, table: TableClient, partition_key: str) -> None:
         self._table = table
         self._key = partition_key
-        # ``TableClient.url`` is the account's endpoint; the table name makes it unique.
-        self._table_id = f"{table.url}/{table.table_name}"
 
     def read(self) -> StoredLog | None:
         """The stored log and its ETag, or None when the connection has none yet."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        self._ensure_table()
+        from shared.storage import ensure_table
+
         try:
-            entity = self._table.get_entity(self._key, ROW_KEY)
-        except ResourceNotFoundError as exc:
-            if getattr(exc, "error_code", None) == "TableNotFound":
-                # Deleted behind our back: make it again on the next read.
-                with _tables_lock:
-                    _tables_ready.discard(self._table_id)
-            return None
+            ensure_table(self._table)
+            try:
+                entity = self._table.get_entity(self._key, ROW_KEY)
+            except ResourceNotFoundError as exc:
+                if getattr(exc, "error_code", None) == "TableNotFound":
+                    ensure_table(self._table, again=True)  # deleted behind our back
+                return None
         except AzureError as exc:
             raise self._error("read", exc) from exc
         return StoredLog(str(entity.get(GRANTS_PROPERTY, "")), str(entity.metadata["etag"]))
@@ -87,23 +83,6 @@ class TableLog:
         except AzureError as exc:
             raise self._error("write", exc) from exc
         return str(written.get("etag") or "")
-
-    def _ensure_table(self) -> None:
-        table_id = self._table_id
-        if table_id in _tables_ready:
-            return
-        from azure.core.exceptions import AzureError, ResourceExistsError
-
-        with _tables_lock:
-            if table_id in _tables_ready:
-                return
-            try:
-                self._table.create_table()
-            except ResourceExistsError:
-                pass
-            except AzureError as exc:
-                raise self._error("create the table of", exc) from exc
-            _tables_ready.add(table_id)
 
     def _error(self, action: str, exc: Exception) -> QuotaStoreError:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
