@@ -66,6 +66,8 @@ DEFAULT_UPSTREAM_RETRY_AFTER = 5.0
 SYNC_MAX_RETRIES = 0
 #: Seconds we advise waiting when the quota store cannot be reached.
 QUOTA_STORE_RETRY_AFTER = 5.0
+_CHECK = "Check before repeating a change."
+_MAYBE = f"the request may or may not have taken effect. {_CHECK}"
 
 
 # --- the shared upstream client ------------------------------------------------------------------
@@ -347,8 +349,9 @@ def upstream_problem(
     if any); 404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; credentials refused (a 401
     after the token was renewed) -> the 503 configuration problem naming the setting of
     ``settings`` (default: the app's) that holds them; 503 -> 503, other 5xx, connection errors
-    and unexpected bodies -> 502, with SmartDialog's ``Retry-After`` when it gave one; timeouts
-    and 408 -> 504.
+    and unexpected bodies -> 502, with SmartDialog's ``Retry-After`` when it gave one (a 5xx to
+    a write that may not be repeated, a create, says it may have taken effect); timeouts, 408
+    and 504 -> 504.
     """
     from shared import smartdialog as sd
 
@@ -382,12 +385,12 @@ def upstream_problem(
             errors=[FieldError(customer_field, refused + ".")] if customer_field else (),
         )
     status = exc.status_code if isinstance(exc, sd.APIStatusError) else None
-    if status == 408 or isinstance(exc, sd.APITimeoutError):
-        what = "SmartDialog answered 408" if status else "The call to SmartDialog timed out"
+    if status in (408, 504) or isinstance(exc, sd.APITimeoutError):
+        what = f"SmartDialog answered {status}" if status else "The call to SmartDialog timed out"
         return Problem(
             504,
             "SmartDialog did not answer in time",
-            f"{what}; it may or may not have taken effect. Check before repeating a change.",
+            f"{what}; it may or may not have taken effect. {_CHECK}",
             type=ProblemType.UPSTREAM_TIMEOUT,
         )
     if isinstance(exc, sd.APIStatusError) and 400 <= exc.status_code < 500:
@@ -398,16 +401,16 @@ def upstream_problem(
     if isinstance(exc, sd.IdentityProviderError):
         detail = "No token: the identity provider (SMARTDIALOG_AUTHORITY) failed; try again later."
     elif isinstance(exc, sd.APIConnectionError) and not exc.certainly_not_sent:
-        detail = (  # a create may exist now: repeated blindly, "already exists", or a second one
-            "The connection to SmartDialog broke before its answer; the request may or may not "
-            "have taken effect. Check before repeating a change."
-        )
+        # A create may exist now: repeated blindly, "already exists", or a second one.
+        detail = f"The connection to SmartDialog broke before its answer; {_MAYBE}"
     elif isinstance(exc, sd.APIConnectionError):
         detail = "SmartDialog could not be reached; try again later."
     elif isinstance(exc, sd.APIStatusError):  # 5xx, or a status not 2xx/4xx (3xx)
         advice = None if exc.retry_after is None else retry_after_header(exc.retry_after)
-        later = "after Retry-After seconds" if advice else "later"
-        detail = f"SmartDialog failed with status {status}; try again {later}."
+        later = "try again " + ("after Retry-After seconds" if advice else "later") + "."
+        detail = f"SmartDialog failed with status {status}; " + (
+            _MAYBE if status and status >= 500 and not exc.replayable else later
+        )
     elif isinstance(exc, sd.APIResponseValidationError):
         detail = "SmartDialog answered with a body of an unexpected shape."
     else:

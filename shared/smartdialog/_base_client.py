@@ -3,6 +3,7 @@ retries, logging and error mapping. The client itself adds one method per operat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -338,18 +339,26 @@ class BaseClient:
                 self._sleep(delay)
 
     def _parse(self, op: Operation, response: httpx.Response, parse: Callable[[Any], T]) -> T:
+        """``parse`` of the body, else :class:`APIResponseValidationError`. But a write that
+        may not be repeated (``op.replayable`` False: a create) which SmartDialog says it did
+        (2xx) reads an unexpected answer as an empty one, if that parses (CreateGroupContact's
+        id ``""``): raised, it became a 5xx the caller repeats, making a second one."""
         body = decode_body(response)
         try:
             return parse(body)
         except ValidationError as exc:
-            raise APIResponseValidationError(
+            error = APIResponseValidationError(
                 f"the {response.status_code} body does not fit {op.operation_id}'s response: "
                 f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}",
-                operation_id=op.operation_id,
-                method=op.method,
-                path=response.request.url.path,
                 body=body,
-            ) from None
+                **_where(op, response.request.url.path),
+            )
+        if not op.replayable:
+            with contextlib.suppress(ValidationError):
+                done = parse(None)
+                log.warning("SmartDialog %s: read as done, as empty: %s", op.operation_id, error)
+                return done
+        raise error
 
     def ready(self) -> None:
         """Have a valid bearer token in hand (fetched now unless cached), within ``deadline`` (an
@@ -378,7 +387,7 @@ class BaseClient:
     def _connection_error(
         self, op: Operation, path: str, exc: httpx.HTTPError
     ) -> APIConnectionError:
-        where = {"operation_id": op.operation_id, "method": op.method, "path": path}
+        where = _where(op, path)
         if isinstance(exc, httpx.TimeoutException):
             return APITimeoutError(f"request timed out ({type(exc).__name__})", **where)
         return APIConnectionError(f"connection error: {type(exc).__name__}: {exc}", **where)
@@ -397,9 +406,7 @@ class BaseClient:
             "status_code": status,
             "body": body,
             "headers": response.headers,
-            "operation_id": op.operation_id,
-            "method": op.method,
-            "path": path,
+            **_where(op, path),
             "retry_after": parse_retry_after(response.headers, now=self._clock),
         }
         message = error_message(response, body)
@@ -413,6 +420,16 @@ class BaseClient:
                 **common,
             )
         return status_error_class(status)(message, **common)
+
+
+def _where(op: Operation, path: str) -> dict[str, Any]:
+    """What an :class:`APIError` says of the request."""
+    return {
+        "operation_id": op.operation_id,
+        "method": op.method,
+        "path": path,
+        "replayable": op.replayable,
+    }
 
 
 def _check_values(

@@ -69,6 +69,8 @@ _REGIONS = TypeAdapter(ListAnswer[PhoneNumberRegion])
 # 502 would send the caller into a repeat that fails, the contact being gone or there already).
 _BOOL = TypeAdapter(Annotated[bool, BeforeValidator(lambda v: True if v is None else v)])
 _STR = TypeAdapter(Annotated[str, BeforeValidator(lambda v: "" if v is None else v)])
+# NewMessage's empty answer: the ids are in its Location header, if anywhere.
+_ACTION = TypeAdapter(Annotated[PipelineAction, BeforeValidator(lambda v: {} if v is None else v)])
 
 
 def _bool_header(value: bool) -> str:
@@ -220,7 +222,7 @@ class SmartDialogClient(BaseClient):
             headers={"Customer": customer},
             body=to_wire(action),
         )
-        created = self._parse(op, response, PipelineAction.model_validate)
+        created = self._parse(op, response, _ACTION.validate_python)
         return NewMessageResult(action=created, location=response.headers.get("Location"))
 
     def delete_trigger(self, *, pipeline_id: str, action_id: str) -> None:

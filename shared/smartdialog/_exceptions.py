@@ -99,14 +99,19 @@ class APIError(SmartDialogError):
 
     ``operation_id``, ``method`` and ``path`` name the request (phone numbers in the path are
     masked); the request itself is not kept, so the bearer token never travels with the error.
+    ``replayable``: the operation's (``Operation.replayable``): repeating it is harmless even if
+    this attempt took effect; False for a POST without ``RequestId`` (a create, a registration).
     """
 
-    def __init__(self, message: str, *, operation_id: str, method: str, path: str) -> None:
+    def __init__(
+        self, message: str, *, operation_id: str, method: str, path: str, replayable: bool = True
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.operation_id = operation_id
         self.method = method
         self.path = display_path(path)
+        self.replayable = replayable
 
 
 #: Transport failures that prove the request never reached SmartDialog (it never left us).
@@ -140,9 +145,18 @@ class APIResponseValidationError(APIError):
     """A successful response whose body does not fit the documented shape."""
 
     def __init__(
-        self, message: str, *, operation_id: str, method: str, path: str, body: object
+        self,
+        message: str,
+        *,
+        operation_id: str,
+        method: str,
+        path: str,
+        body: object,
+        replayable: bool = True,
     ) -> None:
-        super().__init__(message, operation_id=operation_id, method=method, path=path)
+        super().__init__(
+            message, operation_id=operation_id, method=method, path=path, replayable=replayable
+        )
         self.body = body
 
 
@@ -169,8 +183,11 @@ class APIStatusError(APIError):
         method: str,
         path: str,
         retry_after: float | None = None,
+        replayable: bool = True,
     ) -> None:
-        super().__init__(message, operation_id=operation_id, method=method, path=path)
+        super().__init__(
+            message, operation_id=operation_id, method=method, path=path, replayable=replayable
+        )
         self.status_code = status_code
         self.body = body
         self.headers = headers

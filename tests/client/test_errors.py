@@ -28,6 +28,8 @@ from shared.smartdialog import (
     SmartDialogClient,
     SmartDialogError,
     StaticTokenAuth,
+    WebhookAction,
+    WebhookOptions,
     mask_phone_number,
     mask_phone_numbers,
 )
@@ -221,6 +223,19 @@ def test_an_answer_of_the_wrong_shape_is_still_a_validation_error(
     client = make_client(transport=answering(httpx.Response(200, json=answer)))
     with pytest.raises(APIResponseValidationError):
         client.delete_all_group_contacts(customer=CUSTOMER, group_service=GROUP)
+
+
+@pytest.mark.parametrize("content", [b"", b"[]", b'"created"'], ids=["empty", "list", "text"])
+def test_a_registration_done_but_answered_in_an_unexpected_shape_reads_the_location(
+    make_client: Callable[..., SmartDialogClient], content: bytes
+) -> None:
+    """The webhook exists (201): a validation error became a 502 that registered a second one."""
+    location = "https://x.test/v1/pipelines/p-1/actions/a-1"
+    answer = httpx.Response(201, content=content, headers={"Location": location})
+    client = make_client(transport=answering(answer))
+    hook = WebhookAction(options=WebhookOptions(endpointUrl="https://x.test/hook"))
+    created = client.new_message(hook, customer=CUSTOMER, service=ONE_WAY)
+    assert (created.pipeline_id, created.action_id) == ("p-1", "a-1")
 
 
 @pytest.mark.parametrize(
