@@ -60,13 +60,15 @@ __all__ = [
 log = logging.getLogger("smartdialog.actions")
 
 ClientFactory = Callable[["Settings"], "SmartDialogClient"]
-#: Seconds we advise waiting when SmartDialog answers 429 without saying how long.
+#: Seconds we advise waiting when SmartDialog answers 429, or its identity provider fails, without
+#: saying how long.
 DEFAULT_UPSTREAM_RETRY_AFTER = 5.0
 #: Retries of a failed upstream call within one action (the caller's retry policy does the rest).
 SYNC_MAX_RETRIES = 0
 #: Seconds we advise waiting when the quota store cannot be reached.
 QUOTA_STORE_RETRY_AFTER = 5.0
 _CHECK = "Check before repeating a change."
+_AFTER = "try again after Retry-After seconds."
 _MAYBE = f"the request may or may not have taken effect. {_CHECK}"
 
 
@@ -398,8 +400,9 @@ def upstream_problem(
         rejected = "SmartDialog rejected the request"
         return Problem(422, rejected, said, type=ProblemType.UPSTREAM_REJECTED)
     advice = None
-    if isinstance(exc, sd.IdentityProviderError):
-        detail = "No token: the identity provider (SMARTDIALOG_AUTHORITY) failed; try again later."
+    if isinstance(exc, sd.IdentityProviderError):  # a throttling 429 too: nothing was sent
+        advice = retry_after_header(DEFAULT_UPSTREAM_RETRY_AFTER)
+        detail = "No token: the identity provider (SMARTDIALOG_AUTHORITY) failed; " + _AFTER
     elif isinstance(exc, sd.APIConnectionError) and not exc.certainly_not_sent:
         # A create may exist now: repeated blindly, "already exists", or a second one.
         detail = f"The connection to SmartDialog broke before its answer; {_MAYBE}"
@@ -407,7 +410,7 @@ def upstream_problem(
         detail = "SmartDialog could not be reached; try again later."
     elif isinstance(exc, sd.APIStatusError):  # 5xx, or a status not 2xx/4xx (3xx)
         advice = None if exc.retry_after is None else retry_after_header(exc.retry_after)
-        later = "try again " + ("after Retry-After seconds" if advice else "later") + "."
+        later = _AFTER if advice else "try again later."
         detail = f"SmartDialog failed with status {status}; " + (
             _MAYBE if status and status >= 500 and not exc.replayable else later
         )

@@ -28,11 +28,13 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "REFUSING_ERRORS",
     "AuthProvider",
     "ClientCredentialsAuth",
     "MsalHttpClient",
     "RefreshTokenAuth",
     "StaticTokenAuth",
+    "TokenUnavailable",
     "auth_from_settings",
 ]
 
@@ -42,6 +44,31 @@ DEFAULT_TOKEN_LIFETIME_SECONDS = 300.0
 """Assumed lifetime when the identity provider does not say (``expires_in`` missing)."""
 TOKEN_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 """Timeouts of the HTTP client msal uses (when this module creates it)."""
+REFUSING_ERRORS = frozenset(
+    {
+        "invalid_client",  # a wrong or expired secret, an unknown client id
+        "invalid_grant",  # a refresh token expired, revoked or already used
+        "unauthorized_client",  # the client may not use this grant
+        "interaction_required",  # the refresh token's user must sign in again
+        "invalid_request",  # our request as the settings make it (the authority's policy)
+        "invalid_scope",  # SMARTDIALOG_SCOPES
+        "unsupported_grant_type",  # the policy has no such flow
+    }
+)
+"""OAuth ``error`` codes that refuse the credentials or the request the settings make: retrying
+will not help until they change (:class:`CredentialsError`). Any other (a throttling 429,
+``temporarily_unavailable``, ``server_error``) is the identity provider failing
+(:class:`TokenUnavailable`, then ``IdentityProviderError``): try again later."""
+
+
+class TokenUnavailable(Exception):
+    """The identity provider answered an OAuth error that is not in :data:`REFUSING_ERRORS`:
+    it failed for now (the client raises ``IdentityProviderError``: nothing sent). ``error`` is
+    its code, cut to letters, digits and ``_`` (its description may quote the tenant)."""
+
+    def __init__(self, error: object) -> None:
+        self.error = "".join(c for c in str(error) if c.isalnum() or c == "_")[:60] or "an error"
+        super().__init__(f"answered {self.error}")
 
 
 @runtime_checkable
@@ -196,6 +223,8 @@ class _MsalAuth:
         with self._lock:
             if self._token is None or self._clock() >= self._expires_at - EXPIRY_MARGIN_SECONDS:
                 result = self._acquire()
+                if "access_token" not in result and result.get("error") not in REFUSING_ERRORS:
+                    raise TokenUnavailable(result.get("error"))
                 if "access_token" not in result:
                     raise CredentialsError(
                         "the identity provider refused the credentials: "

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.deadline import keep_deadline, left, within
 
-from ._auth import AuthProvider
+from ._auth import AuthProvider, TokenUnavailable
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -467,6 +467,8 @@ def _token_failure(exc: Exception) -> str:
         return f"timed out ({name})"
     if isinstance(exc, httpx.TransportError):
         return f"could not be reached ({name})"
+    if isinstance(exc, TokenUnavailable):  # an OAuth error code only, never its description
+        return f"{exc} ({name})"
     if isinstance(exc, httpx.HTTPStatusError):
         return f"answered HTTP {exc.response.status_code} ({name})"
     if isinstance(exc, ValueError):  # msal's own: an answer it could not read

@@ -204,7 +204,26 @@ def test_an_unreachable_identity_provider_is_502_not_500(
     assert reply.status == 502, reply.body
     assert reply.body["type"] == problem_type("upstream-unavailable")
     assert "SMARTDIALOG_AUTHORITY" in reply.body["detail"]
+    assert reply.headers["Retry-After"] == "5"
     assert app.sandbox.state.snapshot("requests") == []
+
+
+def test_a_throttling_identity_provider_is_502_with_retry_after_not_the_settings_503(
+    app: App,
+) -> None:
+    """msal hands back the 429's OAuth error: it was "fix SMARTDIALOG_CLIENT_SECRET", a 503
+    without Retry-After that told an administrator to change a secret that was fine."""
+    from tests.client.test_auth import answering_idp, idp_auth
+
+    def factory(_: object) -> SmartDialogClient:
+        auth = idp_auth(answering_idp(429, "throttled"))
+        return SmartDialogClient(app.sandbox.api_url, auth, max_retries=0)
+
+    code, body, headers = run("GetUserCustomers", factory)
+    assert code == 502
+    assert body["type"] == problem_type("upstream-unavailable")
+    assert "SMARTDIALOG_AUTHORITY" in str(body["detail"])
+    assert headers["Retry-After"] == "5"
 
 
 # Faults the sandbox cannot produce for these operations: a transport that fails on purpose.

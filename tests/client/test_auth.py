@@ -342,3 +342,54 @@ def test_msal_gets_a_client_with_a_timeout_for_an_https_authority() -> None:
     assert authority == "https://login.example/tenant"
     assert isinstance(client, MsalHttpClient)  # msal's own requests session has no timeout
     client.close()
+
+
+def answering_idp(status: int, error: str) -> MsalHttpClient:
+    """An identity provider that answers every token request ``status`` with OAuth ``error`` (the
+    sandbox cannot throttle on demand)."""
+    root = "https://login.example/tenant/B2C_1A_x"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("openid-configuration"):
+            endpoints = {"authorization_endpoint": "/oauth2/v2.0/authorize"}
+            endpoints["token_endpoint"] = "/oauth2/v2.0/token"
+            document = {k: root + v for k, v in endpoints.items()}
+            return httpx.Response(200, json={**document, "issuer": root + "/v2.0/"})
+        answer = {"error": error, "error_description": "AADB2C90229: tenant-7 over its limit"}
+        return httpx.Response(status, headers={"Retry-After": "30"}, json=answer)
+
+    return MsalHttpClient(httpx.Client(transport=httpx.MockTransport(handle)))
+
+
+def idp_auth(http: MsalHttpClient) -> ClientCredentialsAuth:
+    return ClientCredentialsAuth(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        authority="https://login.example/tenant/B2C_1A_x",
+        scopes=SCOPES,
+        http_client=http,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(429, "throttled"), (400, "temporarily_unavailable"), (400, "server_error"), (400, "")],
+)
+def test_an_identity_provider_that_fails_for_now_is_not_refused_credentials(
+    make_client: Callable[..., SmartDialogClient], status: int, error: str
+) -> None:
+    """A throttling 429 became "fix SMARTDIALOG_CLIENT_SECRET; retrying will not help"."""
+    from shared.smartdialog import IdentityProviderError
+
+    client = make_client(auth=idp_auth(answering_idp(status, error)))
+    with pytest.raises(IdentityProviderError) as caught:
+        client.get_user_customers()
+    assert "tenant-7" not in str(caught.value)  # the description may quote the tenant
+
+
+@pytest.mark.parametrize(
+    "error", ["invalid_client", "invalid_grant", "unauthorized_client", "invalid_scope"]
+)
+def test_an_oauth_error_refusing_the_credentials_is_still_a_credentials_error(error: str) -> None:
+    with pytest.raises(CredentialsError, match=error):
+        idp_auth(answering_idp(400 if error != "invalid_client" else 401, error)).token()
