@@ -264,15 +264,44 @@ def decode_body(response: httpx.Response) -> object:
 
 
 def error_message(response: httpx.Response, body: object) -> str:
-    """The upstream ``errorMessage`` (any casing) if present, else a short description."""
+    """What SmartDialog said: its ``errorMessage`` (any casing, or ``message``, ``error``); an
+    RFC 7807 problem's ``detail`` or else ``title``, with its ``errors`` when they are short (an
+    ASP.NET validation problem); a short line of plain text. A page (HTML, or long text) is not
+    quoted: it says nothing to the caller, and only its status is given."""
     if isinstance(body, Mapping):
         for key in ("errorMessage", "ErrorMessage", "message", "Message", "error"):
             value = body.get(key)
             if isinstance(value, str) and value:
                 return value
+        said = next((v for k in ("detail", "title") if isinstance(v := body.get(k), str) and v), "")
+        errors = _problem_errors(body.get("errors"))
+        if said and errors and len(errors) <= _SHORT:
+            return f"{said.rstrip('.')}: {errors}"
+        if said or errors:
+            return said or errors[:_SHORT]
     if isinstance(body, str) and body.strip():
-        return body.strip()[:500]
+        text = body.strip()
+        if len(text) <= _SHORT and "\n" not in text and not text.startswith("<"):
+            return text
+        return f"SmartDialog answered {response.status_code} with a non-JSON page."
     return response.reason_phrase or f"HTTP {response.status_code}"
+
+
+#: The longest plain text (or list of a problem's ``errors``) quoted from an error answer.
+_SHORT = 300
+
+
+def _problem_errors(errors: object) -> str:
+    """A problem's ``errors`` (``{"field": ["message", ...]}``, or a list) as one line."""
+    if isinstance(errors, Mapping):
+        parts = [
+            f"{field}: {' '.join(map(str, said if isinstance(said, list) else [said]))}"
+            for field, said in errors.items()
+        ]
+        return "; ".join(parts)
+    if isinstance(errors, list):
+        return "; ".join(str(e) for e in errors if isinstance(e, str | int | float))
+    return ""
 
 
 def status_error_class(status_code: int) -> type[APIStatusError]:

@@ -152,6 +152,56 @@ def test_server_failures_are_internal_server_errors(
     assert caught.value.status_code in (500, 503)
 
 
+VALIDATION_PROBLEM = {
+    "type": "https://tools.ietf.org/html/rfc7231#section-6.5.1",
+    "title": "One or more validation errors occurred.",
+    "status": 400,
+    "errors": {"phone": ["The phone field is not a valid phone number."]},
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "said"),
+    [
+        (
+            400,
+            VALIDATION_PROBLEM,
+            "One or more validation errors occurred: phone: The phone field is not a valid "
+            "phone number.",
+        ),
+        (409, {"title": "Contact already exists", "status": 409}, "Contact already exists"),
+        (400, {"title": "Bad", "detail": "Contact already exists"}, "Contact already exists"),
+        (
+            400,
+            {**VALIDATION_PROBLEM, "errors": {"phone": ["x" * 400]}},
+            "One or more validation errors occurred.",
+        ),
+    ],
+)
+def test_an_rfc_7807_problem_says_its_detail_or_title_and_short_errors(
+    make_client: Callable[..., SmartDialogClient], status: int, answer: object, said: str
+) -> None:
+    """An ASP.NET problem's 400 reached the caller as just "Bad Request"."""
+    headers = {"Content-Type": "application/problem+json"}
+    client = make_client(transport=answering(httpx.Response(status, json=answer, headers=headers)))
+    with pytest.raises(APIStatusError) as caught:
+        client.get_user_customers()
+    assert caught.value.message == said
+
+
+@pytest.mark.parametrize(
+    "page", ["<html><body>" + "x" * 600 + "</body></html>", "<!DOCTYPE html>", "line\n" * 80]
+)
+def test_an_error_page_is_not_quoted_only_its_status_is_given(
+    make_client: Callable[..., SmartDialogClient], page: str
+) -> None:
+    """An HTML page's first 500 characters were the detail a flow showed."""
+    client = make_client(transport=answering(httpx.Response(404, text=page)))
+    with pytest.raises(APIStatusError) as caught:
+        client.get_user_customers()
+    assert caught.value.message == "SmartDialog answered 404 with a non-JSON page."
+
+
 def test_other_client_errors_are_plain_status_errors(
     make_client: Callable[..., SmartDialogClient],
 ) -> None:
