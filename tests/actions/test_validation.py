@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.actions.conftest import GROUP, IDENTITY, App, call, wire
+from tests.actions.conftest import CUSTOMER, GROUP, IDENTITY, App, call, wire
 
 CONTACT_ROUTE = {"GroupService": GROUP, "Phone": "+358401234567"}
 TEMPLATE = {
@@ -194,3 +196,25 @@ def test_empty_customer_header_uses_the_app_setting_and_padding_is_stripped(app:
     ).status == 200
     paths = [entry["path"] for entry in app.assert_upstream_valid()]
     assert paths == ["/api-integrations/v1/whatsapp/identities/1001"] * 2
+
+
+@pytest.mark.parametrize("tail", ["/", "/?Region=FI", "//"])
+def test_a_delete_with_an_empty_phone_is_a_400_naming_it_never_a_delete_of_all(
+    app: App, tail: str
+) -> None:
+    """The host ignores a trailing slash, so ".../contacts/" (a flow's empty Phone) matched
+    DeleteAllGroupContacts' route: every contact of the group was deleted."""
+    from devhost import DevHost, load_app
+
+    repo = Path(__file__).resolve().parents[2]
+    with DevHost(
+        load_app("function_app:app", repo), repo / "host.json", port=0, queues=False
+    ) as host:
+        response = httpx.delete(
+            f"{host.url}/api/groups/{GROUP}/contacts{tail}",
+            headers={"Customer-Id": CUSTOMER},
+            timeout=10,
+        )
+    assert response.status_code == 400, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["Phone"]
+    assert app.upstream() == []  # nothing reached SmartDialog
