@@ -218,3 +218,18 @@ def test_whatsapp_opt_in_and_out_answer_204(app: App, operation_id: str, method:
     [request] = app.assert_upstream_valid()
     assert request["operationId"] == operation_id
     assert unquote(request["path"]).endswith(f"/sender/{IDENTITY}/recipient/+358401234567")
+
+
+def test_an_update_without_active_does_not_send_it_and_cannot_clear_an_email(app: App) -> None:
+    """What docs/actions.md says of UpdateGroupContact: `active` goes only when given (SmartDialog's
+    definition defaults it to true), and an e-mail address cannot be cleared."""
+    create_contact()
+    route = {"GroupService": GROUP, "Phone": "0401234567"}
+    assert (
+        call("UpdateGroupContact", method="PUT", route=route, body={"city": "Oulu"}).status == 200
+    )
+    cleared = call("UpdateGroupContact", method="PUT", route=route, body={"email": ""})
+    assert cleared.status == 400
+    assert cleared.fields == ["email"]
+    updates = [r for r in app.upstream() if r.get("operationId") == "UpdateGroupContact"]
+    assert [u["body"] for u in updates] == [{"city": "Oulu"}]
