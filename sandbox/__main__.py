@@ -96,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="lifetime in seconds of issued access tokens [SANDBOX_TOKEN_TTL]",
     )
     add(
+        "--refresh-token-ttl",
+        type=int,
+        default=_env("SANDBOX_REFRESH_TOKEN_TTL", 0, int),
+        help="seconds a refresh token is accepted, the seed's from the start, as a B2C one "
+        "expires (0: for ever) [SANDBOX_REFRESH_TOKEN_TTL]",
+    )
+    add(
         "--public-url",
         default=_env("SANDBOX_PUBLIC_URL", None, str),
         help="base URL advertised in the OpenID discovery document "
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_ms=args.latency_ms,
         static_token=args.static_token or None,
         token_ttl=args.token_ttl,
+        refresh_token_ttl=args.refresh_token_ttl,
         public_url=args.public_url,
         seed_path=args.seed,
         log_limit=args.log_limit,

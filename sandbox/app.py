@@ -102,6 +102,8 @@ class SandboxConfig:
     latency_ms: float = 0.0
     static_token: str | None = "sandbox-token"  # noqa: S105 - public test token
     token_ttl: int = 3600
+    #: Seconds a refresh token is accepted, the seed's from the start (0: for ever).
+    refresh_token_ttl: int = 0
     public_url: str | None = None
     seed_path: Path = SEED_PATH
     log_limit: int = 10_000
@@ -255,7 +257,11 @@ class Sandbox:
             for a in self.accounts.values()
         }
         self.tokens = TokenStore(
-            {}, None, self.config.token_ttl, accounts=list(self.accounts.values())
+            {},
+            None,
+            self.config.token_ttl,
+            accounts=list(self.accounts.values()),
+            refresh_ttl=self.config.refresh_token_ttl,
         )
         self.state = SandboxState(self.seed, self.config.log_limit)
         self.faults = FaultInjector(self.config.faults)

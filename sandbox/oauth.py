@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import secrets
 import threading
 import time
@@ -61,9 +62,12 @@ class TokenStore:
         clock: Clock = time.time,
         *,
         accounts: Sequence[Account] | None = None,
+        refresh_ttl: float = 0,
     ) -> None:
         """Credentials from ``accounts``; without them, one account owning ``oauth_seed``'s
-        clients and users and ``static_token``."""
+        clients and users and ``static_token``. ``refresh_ttl`` (seconds, 0: for ever): how long
+        a refresh token is accepted, the seed's counted from now (a B2C token's lifetime, 14 days
+        by default: a configured one stops working), an issued one from its issue."""
         if accounts is None:
             accounts = load_accounts({"customers": [], "oauth": oauth_seed}, static_token)
         self.clients = {cid: (sec, a.id) for a in accounts for cid, sec in a.clients.items()}
@@ -78,8 +82,10 @@ class TokenStore:
         self.static_tokens = {t: a.id for a in accounts for t in a.static_tokens}
         self.ttl = ttl
         self.clock = clock
+        self.refresh_ttl = refresh_ttl
+        self._seed_refresh_until = clock() + refresh_ttl if refresh_ttl else math.inf
         self._access: dict[str, tuple[Principal, float]] = {}
-        self._refresh: dict[str, Principal] = {}
+        self._refresh: dict[str, tuple[Principal, float]] = {}
         self._codes: dict[str, Principal] = {}
         self._disabled: set[str] = set()  # accounts whose static tokens are revoked
         self._lock = threading.Lock()
@@ -157,8 +163,10 @@ class TokenStore:
         if grant == "refresh_token":
             refresh = form.get("refresh_token", "")
             with self._lock:
-                user = self.static_refresh.get(refresh) or self._refresh.pop(refresh, None)
-            if user is None:
+                user, until = self._refresh.pop(refresh, (None, 0.0))
+            if refresh in self.static_refresh:
+                user, until = self.static_refresh[refresh], self._seed_refresh_until
+            if user is None or until <= self.clock():
                 return _error("invalid_grant", "refresh token is invalid, expired or already used")
             return 200, self._tokens(user, with_refresh=True)
         if grant == "authorization_code":
@@ -184,9 +192,11 @@ class TokenStore:
             self._access[access] = (principal, now + self.ttl)
             if with_refresh:
                 refresh = "sbx_rt_" + secrets.token_urlsafe(24)
-                self._refresh[refresh] = principal
+                lifetime = self.refresh_ttl or 14 * 24 * 3600  # what B2C says by default
+                until = now + lifetime if self.refresh_ttl else math.inf
+                self._refresh[refresh] = (principal, until)
                 body["refresh_token"] = refresh
-                body["refresh_token_expires_in"] = 14 * 24 * 3600
+                body["refresh_token_expires_in"] = int(lifetime)
         return body
 
 

@@ -139,6 +139,7 @@ class SandboxServer:
         latency_ms: float = 0.0,
         static_token: str | None = "sandbox-token",  # noqa: S107 - public test token
         token_ttl: int = 3600,
+        refresh_token_ttl: int = 0,
         public_url: str | None = None,
         seed_path: str | Path | None = None,
         log_limit: int = 10_000,
@@ -156,6 +157,7 @@ class SandboxServer:
             latency_ms=latency_ms,
             static_token=static_token,
             token_ttl=token_ttl,
+            refresh_token_ttl=refresh_token_ttl,
             public_url=public_url,
             seed_path=Path(seed_path) if seed_path else SEED_PATH,
             log_limit=log_limit,

@@ -80,6 +80,35 @@ def test_a_secret_the_identity_provider_refuses_is_the_503_naming_it(
     assert [r for r in app.upstream() if r.get("operationId")] == []  # no API call
 
 
+def test_an_expired_refresh_token_is_the_503_naming_it_and_health_does_not_see_it(
+    storage_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What docs/deploy.md says of a configured refresh token past its lifetime (B2C: 14 days by
+    default): the actions answer 503 naming SMARTDIALOG_REFRESH_TOKEN; /api/health, which never
+    calls the identity provider, does not name it."""
+    import time
+
+    from shared.health import configuration_problem
+
+    with SandboxServer(refresh_token_ttl=60) as sandbox:
+        wire(
+            monkeypatch,
+            sandbox,
+            SMARTDIALOG_ACCESS_TOKEN="",
+            SMARTDIALOG_CLIENT_ID="sandbox-client",
+            SMARTDIALOG_REFRESH_TOKEN="sandbox-refresh-token",
+            SMARTDIALOG_AUTHORITY=sandbox.authority,
+        )
+        sandbox.app.tokens.clock = lambda: time.time() + 120  # past the token's 60 s
+        reply = call("GetPhoneNumberRegions", method="GET")
+        assert reply.status == 503, reply.body
+        assert reply.fields == ["SMARTDIALOG_REFRESH_TOKEN"]
+        health = configuration_problem()  # what else it names depends on the test's settings
+        assert "SMARTDIALOG_REFRESH_TOKEN" not in [
+            e.field for e in (health.errors if health else ())
+        ]
+
+
 def test_a_named_connections_refused_token_names_its_own_setting(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:

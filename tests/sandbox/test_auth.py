@@ -152,6 +152,26 @@ def test_issued_tokens_expire() -> None:
     assert store.authenticate(header) is None
 
 
+@pytest.mark.parametrize("ttl", [0, 600])
+def test_refresh_tokens_expire_with_a_refresh_token_ttl_the_seeds_too(ttl: int) -> None:
+    """As a B2C refresh token does: the configured one stops working (0: it never does)."""
+    now = [0.0]
+    seed = {
+        "clients": [{"clientId": "c", "clientSecret": "s"}],
+        "users": [{"userId": "u", "refreshToken": "seed-rt"}],
+    }
+    store = TokenStore(seed, None, 60, clock=lambda: now[0], refresh_ttl=ttl)
+    form = {"grant_type": "refresh_token", "client_id": "c", "client_secret": "s"}
+    status, body = store.token_response({**form, "refresh_token": "seed-rt"}, None)
+    assert status == 200
+    assert body["refresh_token_expires_in"] == (ttl or 14 * 24 * 3600)
+    rotated = body["refresh_token"]
+    now[0] = 600.0
+    for refresh in ("seed-rt", rotated):
+        status, body = store.token_response({**form, "refresh_token": refresh}, None)
+        assert (status, body.get("error")) == ((400, "invalid_grant") if ttl else (200, None))
+
+
 def test_discovery_document_is_b2c_shaped_on_https(sandbox: SandboxServer) -> None:
     response = http.get(f"{sandbox.authority}/v2.0/.well-known/openid-configuration")
     doc = response.json()
