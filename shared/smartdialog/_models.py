@@ -3,8 +3,8 @@
 Field names are the wire names, casing included: PascalCase on ``/messages``, camelCase on the
 WhatsApp template look-ups and group contacts. Request models refuse unknown fields (a typo fails
 here, not upstream) and drop unset fields when serialised; response models keep unknown fields
-and make every field optional, so a new upstream field never breaks a call, and read a ``null``
-list as empty (:data:`ListAnswer`).
+and make every field optional, so a new upstream field never breaks a call, read a ``null``
+list as empty (:data:`ListAnswer`) and a number where text is documented as its text.
 """
 
 from __future__ import annotations
@@ -71,9 +71,11 @@ class RequestBody(BaseModel):
 
 
 class ResponseBody(BaseModel):
-    """Base of response bodies: unknown fields are kept (``model_extra``), every field optional."""
+    """Base of response bodies: unknown fields are kept (``model_extra``), every field optional;
+    a number where text is documented reads as its text (an id sent as ``1001``, not ``"1001"``).
+    Never on request bodies: what we send is exactly what we were given."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, coerce_numbers_to_str=True)
 
 
 def to_wire(body: BaseModel) -> dict[str, Any]:

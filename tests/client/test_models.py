@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
+import httpx
 import pytest
 from pydantic import BaseModel, ValidationError
 
@@ -15,6 +17,7 @@ from shared.smartdialog import (
     NewMessageResult,
     PipelineAction,
     Recipient,
+    SmartDialogClient,
     TemplateMessageResult,
     UserCustomers,
     WebhookAction,
@@ -90,3 +93,20 @@ def test_new_message_result_reads_ids_from_the_location_when_the_body_lacks_them
     )
     assert (result.pipeline_id, result.action_id) == ("p-1", "a-2")
     assert NewMessageResult(action=PipelineAction(id="a-9")).pipeline_id is None
+
+
+def test_an_answer_with_a_number_where_text_is_documented_reads_it_as_text(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    # The sandbox follows the definition (customerId is a string); SmartDialog itself may not.
+    answer = {"customerUsers": [{"customerId": 1001, "customerName": "Shop"}]}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+
+    customers = make_client(transport=transport).get_user_customers()
+
+    assert [(c.customerId, c.customerName) for c in customers.customerUsers] == [("1001", "Shop")]
+
+
+def test_request_models_still_refuse_a_number_for_text() -> None:
+    with pytest.raises(ValidationError, match="Sender"):
+        Message.model_validate({"Sender": 12345, "Content": "c", "Recipients": []})
