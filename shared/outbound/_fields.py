@@ -3,7 +3,6 @@ the single sends and SendBulkMessages's template)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -26,6 +25,7 @@ from shared.actions.fields import (
     CustomerData as CustomerDataText,
 )
 from shared.messages import MESSAGE_ID_PATTERN
+from shared.smartdialog import IsoDateTime
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -113,7 +113,7 @@ RequestIdField = Annotated[
     ),
 ]
 SendDateTimeField = Annotated[
-    dt.datetime | None,
+    IsoDateTime | None,
     Field(
         None,
         description="When SmartDialog should send it; leave empty to send at once.",

@@ -32,7 +32,7 @@ from shared.connections import FIELD_PATTERN, NAME_MAX_LENGTH, name_error
 from shared.deadletters import KeptOriginal
 from shared.messages import MESSAGE_ID_PATTERN, FailureInfo, Operation, text_connection
 from shared.names import DEFAULT_CONNECTION, named_connection
-from shared.smartdialog import DiscussionReply, Message, WhatsAppTemplateMessage
+from shared.smartdialog import DiscussionReply, IsoDateTime, Message, WhatsAppTemplateMessage
 
 __all__ = [
     "DEAD_LETTER_SCHEMA_VERSION",
@@ -101,11 +101,11 @@ class _Envelope(BaseModel):
     customerId: str | None = Field(
         None, min_length=1, description="SmartDialog customer; default SMARTDIALOG_CUSTOMER_ID."
     )
-    validUntil: dt.datetime | None = Field(
+    validUntil: IsoDateTime | None = Field(
         None,
         description=(
             "Give up (status failed, reason expired) if not sent by then. Default: first seen "
-            "+ SMARTDIALOG_SEND_VALIDITY_SECONDS. Needs a time zone."
+            "+ SMARTDIALOG_SEND_VALIDITY_SECONDS. ISO 8601 text with a time zone."
         ),
     )
     attempts: int = Field(

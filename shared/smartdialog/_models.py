@@ -10,6 +10,7 @@ list as empty (:data:`ListAnswer`) and a number where text is documented as its 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -23,6 +24,7 @@ __all__ = [
     "GroupContactUpdate",
     "InboundAttachment",
     "InboundMessage",
+    "IsoDateTime",
     "ListAnswer",
     "Message",
     "MessageResult",
@@ -62,6 +64,25 @@ def _null_as_empty(value: object) -> object:
 
 #: A list in an answer: ``null`` reads as empty (the definition never promises a list is there).
 ListAnswer = Annotated[list[Item], BeforeValidator(_null_as_empty)]
+
+
+#: How an ISO 8601 date-time as text starts: a full date, ``T`` (or a space), hours and minutes.
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_date_time(value: object) -> object:
+    if isinstance(value, dt.datetime) or (isinstance(value, str) and _ISO_DATE_TIME.match(value)):
+        return value
+    raise ValueError(
+        "Must be an ISO 8601 date-time as text, e.g. 2025-06-01T10:00:00Z (a date alone or a "
+        "number is not one)."
+    )
+
+
+#: A date-time a caller gives (``SendDateTime``, ``validUntil``): ISO 8601 text, with or without
+#: a zone (kept as given). Refused, where pydantic alone would read them: digits or a number
+#: (as a Unix time: "20250601" is 1970-08-23) and a date alone (as midnight).
+IsoDateTime = Annotated[dt.datetime, BeforeValidator(_iso_date_time)]
 
 
 class RequestBody(BaseModel):
@@ -150,7 +171,7 @@ class Message(RequestBody):
     Content: str
     Protocol: Literal["SMS", "WhatsApp"] = "SMS"
     Recipients: list[Recipient]
-    SendDateTime: dt.datetime | None = None
+    SendDateTime: IsoDateTime | None = None
     AttachmentUri: str | None = None
     CustomerData: str | None = Field(None, max_length=255)
     AdMessage: bool | None = None
@@ -314,7 +335,7 @@ class WhatsAppTemplateMessage(RequestBody):
     BodyParameters: list[str] | None = None
     HeaderParameters: list[str] | None = None
     Buttons: list[TemplateMessageButton] | None = None
-    SendDateTime: dt.datetime | None = None
+    SendDateTime: IsoDateTime | None = None
     AttachmentUri: str | None = None
     UseSmsFallback: bool | None = None
     DlrUrl: str | None = None

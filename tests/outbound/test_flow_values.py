@@ -1,0 +1,131 @@
+"""Values a flow writes into the send actions (the certified connector's fields), read as the
+flow meant them or refused naming the field: through the real functions, Azurite and the
+sandbox, and on the queue for commands put there directly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from shared.outbound import parse_queue_message
+from shared.outbound._records import command_text
+from tests.outbound.conftest import DELIVERED, HttpAnswer, Outbound, call_http, sms
+
+NOT_A_DATE_TIME = [
+    "20250601",  # pydantic alone: a Unix time, 1970-08-23T09:10:01Z
+    "202506011000",  # 1976
+    "1717236000",
+    1717236000,
+    "2025-06-01",  # a date alone: midnight, without a zone
+    "12/24/2025 10:00",
+]
+BULK_TEMPLATE = {"Sender": "Sandbox", "Content": "Hi $(name)"}
+
+
+def template_send(**extra: Any) -> HttpAnswer:
+    body = {"TemplateName": "welcome", "Recipients": [{"Address": DELIVERED}], **extra}
+    return call_http("SendWhatsappTemplateMessage", "POST", body=body)
+
+
+def bulk_json(**extra: Any) -> HttpAnswer:
+    body = {**BULK_TEMPLATE, "Recipients": [{"Address": DELIVERED}], **extra}
+    return call_http("SendBulkMessages", "POST", body=body)
+
+
+def bulk_csv(**query: str) -> HttpAnswer:
+    return call_http(
+        "SendBulkMessages", "POST", params={**BULK_TEMPLATE, **query},
+        headers={"Content-Type": "text/csv"}, body=f"Address,name\n{DELIVERED},Ada\n".encode(),
+    )  # fmt: skip
+
+
+def refused_fields(answer: HttpAnswer) -> list[str]:
+    assert answer.status == 400, answer.body
+    assert answer.headers["Content-Type"].startswith("application/problem+json")
+    return [e["field"] for e in answer.body["errors"]]
+
+
+@pytest.mark.parametrize("value", NOT_A_DATE_TIME)
+def test_a_send_date_time_that_is_not_an_iso_date_time_is_refused_naming_it(
+    outbound: Outbound, value: Any
+) -> None:
+    single = call_http("SendMessage", "POST", body=sms(DELIVERED, SendDateTime=value))
+    assert refused_fields(single) == ["SendDateTime"]
+    assert refused_fields(template_send(SendDateTime=value)) == ["SendDateTime"]
+    assert refused_fields(bulk_json(SendDateTime=value)) == ["SendDateTime"]
+    assert outbound.queued() == 0
+
+
+def test_a_csv_upload_with_a_digit_send_date_time_is_refused_not_sent_in_1970(
+    outbound: Outbound,
+) -> None:
+    assert refused_fields(bulk_csv(SendDateTime="20250601")) == ["SendDateTime"]
+    assert outbound.queued() == 0
+
+
+@pytest.mark.parametrize(
+    "value", ["2030-06-01T10:00:00+03:00", "2030-06-01T10:00:00Z", "2030-06-01T10:00:00"]
+)
+def test_an_iso_send_date_time_goes_upstream_as_given_zone_or_none(
+    outbound: Outbound, value: str
+) -> None:
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, SendDateTime=value))
+    assert accepted.status == 202, accepted.body
+    outbound.drain()
+    [sent] = outbound.upstream()
+    assert dt.datetime.fromisoformat(sent["body"]["SendDateTime"]) == dt.datetime.fromisoformat(
+        value
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("body.SendDateTime", "20250601"),
+        ("body.SendDateTime", "2025-06-01"),
+        ("body.SendDateTime", 1717236000),
+        ("validUntil", "1717236000"),
+        ("validUntil", "2099-12-31"),
+    ],
+)
+def test_a_queued_command_with_a_time_that_is_not_iso_is_dead_lettered_not_misread(
+    outbound: Outbound, field: str, value: Any
+) -> None:
+    command: dict[str, Any] = {"operation": "SendMessage", "body": sms(DELIVERED)}
+    where = command["body"] if field.startswith("body.") else command
+    where[field.removeprefix("body.")] = value
+    outbound.enqueue(command)
+    outbound.drain()
+
+    [letter] = outbound.dead_letters()
+    assert letter["reason"] == "malformed"
+    assert [e["field"] for e in letter["errors"]] == [f"SendMessage.{field}"]
+    assert outbound.upstream() == []
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        dt.datetime(2030, 6, 1, 10, 0, tzinfo=dt.UTC),
+        dt.datetime(2030, 6, 1, 10, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-9.5))),
+        dt.datetime(2030, 6, 1, 10, 0),  # no zone: kept without one
+        dt.datetime(1601, 1, 1, tzinfo=dt.UTC),
+        dt.datetime.max.replace(tzinfo=dt.UTC),
+    ],
+)
+def test_a_command_our_code_wrote_reads_back_with_the_same_times(when: dt.datetime) -> None:
+    aware = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    command = parse_queue_message(
+        json.dumps(
+            {"operation": "SendMessage", "messageId": "m-1", "customerId": "1001",
+             "serviceId": "s-1001-oneway", "validUntil": aware.isoformat(),
+             "body": {**sms(DELIVERED), "SendDateTime": when.isoformat()}}
+        )
+    )  # fmt: skip
+    again = parse_queue_message(command_text(command))  # type: ignore[arg-type]
+    assert again == command
+    assert again.body.SendDateTime == when  # type: ignore[union-attr]
+    assert again.validUntil == aware  # type: ignore[union-attr]
