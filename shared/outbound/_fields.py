@@ -25,7 +25,7 @@ from shared.actions.fields import (
     CustomerData as CustomerDataText,
 )
 from shared.messages import MESSAGE_ID_PATTERN
-from shared.smartdialog import IsoDateTime
+from shared.smartdialog import BlankIsAbsent, IsoDateTime
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -103,22 +103,26 @@ RequestIdField = Annotated[
     str | None,
     Field(
         None,
-        min_length=1,
         max_length=1000,
         description=(
             "Unique id of this send: a repeat with the same RequestId is not sent again. "
-            "Leave empty and one is generated."
+            "Leave empty (or blank) and one is generated, new for each send."
         ),
         json_schema_extra=ui("Request Id", visibility="advanced"),
     ),
+    BlankIsAbsent,
 ]
 SendDateTimeField = Annotated[
     IsoDateTime | None,
     Field(
         None,
-        description="When SmartDialog should send it; leave empty to send at once.",
+        description=(
+            "When SmartDialog should send it: an ISO 8601 date-time, e.g. "
+            "2025-06-01T10:00:00Z. Leave empty to send at once."
+        ),
         json_schema_extra=ui("Send Datetime", visibility="important"),
     ),
+    BlankIsAbsent,
 ]
 
 
@@ -135,9 +139,13 @@ DlrUrlField = Annotated[
     AfterValidator(_callable_url),
     Field(
         None,
-        description="Your own delivery-report URL (HTTP GET); its query string is kept.",
+        description=(
+            "Your own delivery-report URL (HTTP GET); its query string is kept. Leave empty "
+            "for none."
+        ),
         json_schema_extra=ui("Dlr Url", visibility="advanced"),
     ),
+    BlankIsAbsent,
 ]
 
 # The message fields a send and a bulk send's template share.
@@ -169,9 +177,10 @@ AttachmentUriField = Annotated[
     HttpUrl | None,
     Field(
         None,
-        description="WhatsApp only: the address of an attachment.",
+        description="WhatsApp only: the address of an attachment. Leave empty for none.",
         json_schema_extra=ui("Attachment Uri", visibility="advanced"),
     ),
+    BlankIsAbsent,
 ]
 MessageCustomerDataField = Annotated[
     CustomerDataText | None,
@@ -327,9 +336,11 @@ class TemplateMessageBody(StrictBody):
         json_schema_extra=ui("Buttons"),
     )
     SendDateTime: SendDateTimeField
-    AttachmentUri: HttpUrl | None = Field(
+    AttachmentUri: Annotated[HttpUrl | None, BlankIsAbsent] = Field(
         None,
-        description="The address of a media file for a template with a media header.",
+        description=(
+            "The address of a media file for a template with a media header. Leave empty for none."
+        ),
         json_schema_extra=ui("Attachment Uri"),
     )
     UseSmsFallback: bool | None = Field(

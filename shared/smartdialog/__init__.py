@@ -83,6 +83,7 @@ from ._exceptions import (
     mask_phone_numbers,
 )
 from ._models import (
+    BlankIsAbsent,
     ContactProperty,
     CustomerUser,
     DiscussionReply,
@@ -141,6 +142,7 @@ __all__ = [
     "AuthProvider",
     "AuthenticationError",
     "BadRequestError",
+    "BlankIsAbsent",
     "ClientCredentialsAuth",
     "ConflictError",
     "ContactProperty",

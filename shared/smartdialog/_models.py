@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
+    "BlankIsAbsent",
     "ContactProperty",
     "CustomerUser",
     "DiscussionReply",
@@ -83,6 +84,15 @@ def _iso_date_time(value: object) -> object:
 #: a zone (kept as given). Refused, where pydantic alone would read them: digits or a number
 #: (as a Unix time: "20250601" is 1970-08-23) and a date alone (as midnight).
 IsoDateTime = Annotated[dt.datetime, BeforeValidator(_iso_date_time)]
+
+
+def _blank_as_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+#: On an optional field a flow may leave empty (``SendDateTime``, ``RequestId``, ``DlrUrl``,
+#: ``AttachmentUri``): blank text (the designer's ``""`` for an empty value) reads as absent.
+BlankIsAbsent = BeforeValidator(_blank_as_none)
 
 
 class RequestBody(BaseModel):
@@ -171,12 +181,12 @@ class Message(RequestBody):
     Content: str
     Protocol: Literal["SMS", "WhatsApp"] = "SMS"
     Recipients: list[Recipient]
-    SendDateTime: IsoDateTime | None = None
-    AttachmentUri: str | None = None
+    SendDateTime: Annotated[IsoDateTime | None, BlankIsAbsent] = None
+    AttachmentUri: Annotated[str | None, BlankIsAbsent] = None
     CustomerData: str | None = Field(None, max_length=255)
     AdMessage: bool | None = None
-    DlrUrl: str | None = None
-    RequestId: str | None = Field(None, max_length=1000)
+    DlrUrl: Annotated[str | None, BlankIsAbsent] = None
+    RequestId: Annotated[str | None, BlankIsAbsent] = Field(None, max_length=1000)
 
 
 class RecipientResult(ResponseBody):
@@ -335,12 +345,12 @@ class WhatsAppTemplateMessage(RequestBody):
     BodyParameters: list[str] | None = None
     HeaderParameters: list[str] | None = None
     Buttons: list[TemplateMessageButton] | None = None
-    SendDateTime: IsoDateTime | None = None
-    AttachmentUri: str | None = None
+    SendDateTime: Annotated[IsoDateTime | None, BlankIsAbsent] = None
+    AttachmentUri: Annotated[str | None, BlankIsAbsent] = None
     UseSmsFallback: bool | None = None
-    DlrUrl: str | None = None
+    DlrUrl: Annotated[str | None, BlankIsAbsent] = None
     CustomerData: str | None = Field(None, max_length=255)
-    RequestId: str | None = Field(None, max_length=1000)
+    RequestId: Annotated[str | None, BlankIsAbsent] = Field(None, max_length=1000)
 
 
 class TemplateMessageRecipientResult(ResponseBody):

@@ -129,3 +129,66 @@ def test_a_command_our_code_wrote_reads_back_with_the_same_times(when: dt.dateti
     assert again == command
     assert again.body.SendDateTime == when  # type: ignore[union-attr]
     assert again.validUntil == aware  # type: ignore[union-attr]
+
+
+#: The optional fields the connector says to leave empty, as the classic designer writes an
+#: empty dynamic value.
+LEFT_EMPTY = {"SendDateTime": "", "RequestId": "", "DlrUrl": "", "AttachmentUri": ""}
+
+
+def test_empty_optional_fields_of_a_send_read_as_left_out(outbound: Outbound) -> None:
+    single = call_http("SendMessage", "POST", body=sms(DELIVERED, **LEFT_EMPTY))
+    template = template_send(**{**LEFT_EMPTY, "SendDateTime": " "})
+    assert (single.status, template.status) == (202, 202), (single.body, template.body)
+
+    outbound.drain()
+
+    for operation, answer in (("SendMessage", single), ("SendWhatsappTemplateMessage", template)):
+        [sent] = outbound.upstream(operation)
+        assert "SendDateTime" not in sent["body"]
+        assert "AttachmentUri" not in sent["body"]
+        assert sent["body"]["RequestId"] == answer.body["Id"]  # ours, as when left out
+        assert sent["body"]["DlrUrl"].startswith("http://localhost:7071/api/callbacks/dlr/")
+
+
+def test_an_empty_request_id_is_no_shared_key_each_send_is_its_own(outbound: Outbound) -> None:
+    first = call_http("SendMessage", "POST", body=sms(DELIVERED, RequestId=""))
+    second = call_http("SendMessage", "POST", body=sms(DELIVERED, RequestId=""))
+    blank = call_http("SendMessage", "POST", body=sms(DELIVERED, RequestId="  "))
+
+    assert {first.status, second.status, blank.status} == {202}
+    assert len({first.body["Id"], second.body["Id"], blank.body["Id"]}) == 3
+    outbound.drain()
+    assert len({s["body"]["RequestId"] for s in outbound.upstream()}) == 3
+
+
+def test_empty_optional_fields_of_a_bulk_send_read_as_left_out(outbound: Outbound) -> None:
+    empty = {k: v for k, v in LEFT_EMPTY.items() if k != "RequestId"}  # a bulk send has none
+    as_json = bulk_json(**empty)
+    as_csv = bulk_csv(SendDateTime="  ", DlrUrl=" ", AttachmentUri=" ")
+    assert (as_json.status, as_csv.status) == (202, 202), (as_json.body, as_csv.body)
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert calls
+    assert not [c for c in calls if {"SendDateTime", "AttachmentUri"} & c["body"].keys()]
+
+
+def test_a_queued_command_with_empty_optional_fields_is_sent_as_without_them(
+    outbound: Outbound,
+) -> None:
+    outbound.enqueue({"operation": "SendMessage", "body": sms(DELIVERED, **LEFT_EMPTY)})
+    outbound.enqueue(
+        {"operation": "SendWhatsappTemplateMessage",
+         "body": {"TemplateName": "welcome", "Recipients": [{"Address": DELIVERED}],
+                  **LEFT_EMPTY}}
+    )  # fmt: skip
+    outbound.drain()
+
+    assert outbound.dead_letters() == []
+    for operation in ("SendMessage", "SendWhatsappTemplateMessage"):
+        [sent] = outbound.upstream(operation)
+        assert not {"SendDateTime", "AttachmentUri"} & sent["body"].keys()
+        assert sent["body"]["RequestId"]
+        assert sent["body"]["DlrUrl"].startswith("http://localhost:7071/api/callbacks/dlr/")
