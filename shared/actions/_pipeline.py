@@ -181,18 +181,20 @@ def _regions(value: Any) -> list[str]:
     return [r for r in listed if isinstance(r, str) and is_region(r)]
 
 
-def _error_field(loc: tuple[int | str, ...], names: Mapping[str, str], body: str | None) -> str:
+def _error_field(loc: tuple[int | str, ...], names: Mapping[str, str], body: str | None,
+                 raw: Mapping[str, Any], missing: bool) -> str:  # fmt: skip
+    """The field as the caller wrote it: a segment the given value does not hold (pydantic's tag
+    of a union branch: ``str``, ``function-after[...]``...) is left out, but a missing field."""
     head, rest = str(loc[0]), loc[1:]
-    if head == body:
-        if not rest:
-            return "body"
-        text = str(rest[0])
-        rest = rest[1:]
-    else:
-        text = names.get(head, head)
-    for part in rest:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text
+    value: Any = raw.get(head)
+    text = "" if head == body else names.get(head, head)
+    for at, part in enumerate(rest):
+        index = isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+        held = index or (isinstance(value, dict) and part in value)
+        if held or (missing and at == len(rest) - 1):
+            value = value[part] if held else None
+            text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "body"
 
 
 def _error_message(error: Mapping[str, Any], setting: SettingDefault | None, name: str) -> str:
@@ -280,14 +282,17 @@ def parse_input(
         if not errors:
             return parsed
     except ValidationError as exc:
+        named: set[str] = set()
         for error in exc.errors(include_url=False, include_input=False):
             loc = error["loc"]
             head = loc[0] if loc else None
             if (body_broken and head == body_field) or head in refused_params:
                 continue
-            field = _error_field(loc, names, body_field)
+            field = _error_field(loc, names, body_field, raw, error["type"] == "missing")
             hint = settings_hints.get(str(loc[0])) if len(loc) == 1 else None
-            errors.append(FieldError(field, _error_message(error, hint, field)))
+            if field not in named:  # one error a field: a union's branches name it once each
+                named.add(field)
+                errors.append(FieldError(field, _error_message(error, hint, field)))
     raise validation_problem(errors)
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import pytest
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from shared.actions._pipeline import parse_input
+from shared.actions._spec import ActionInput, ActionRequest, Body
+from shared.problems import Problem
+from shared.settings import get_settings
 from tests.actions.conftest import CUSTOMER, GROUP, IDENTITY, App, call, wire
 
 CONTACT_ROUTE = {"GroupService": GROUP, "Phone": "+358401234567"}
@@ -218,3 +224,41 @@ def test_a_delete_with_an_empty_phone_is_a_400_naming_it_never_a_delete_of_all(
     assert response.status_code == 400, response.text
     assert [e["field"] for e in response.json()["errors"]] == ["Phone"]
     assert app.upstream() == []  # nothing reached SmartDialog
+
+
+class _Either(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    Kind: Literal["either"]
+    Size: int
+
+
+class _Or(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    Kind: Literal["or"]
+    Name: str
+
+
+class _UnionBody(BaseModel):
+    Value: int | bool | Annotated[str, AfterValidator(str.strip)]
+    Shapes: list[_Either | _Or]
+
+
+class _UnionInput(ActionInput):
+    body: Annotated[_UnionBody, Body()]
+
+
+def test_an_error_in_a_union_names_the_callers_field_once_never_a_branch() -> None:
+    # Pydantic puts each union branch's tag in the error's location (Value.int, Value.bool,
+    # Value.function-after[strip(), str], Shapes[0]._Either.Size): the caller wrote no such field.
+    body = {"Value": {"x": 1}, "Shapes": [{"Kind": "either"}, {"Kind": "or", "Name": ["x"]}]}
+    request = ActionRequest("POST", body=json.dumps(body).encode())
+
+    with pytest.raises(Problem) as refused:
+        parse_input(_UnionInput, request, get_settings())
+
+    fields = [e.field for e in refused.value.errors]
+    assert fields == [
+        "Value",  # once, not once a branch
+        "Shapes[0].Size", "Shapes[0].Kind", "Shapes[0].Name",  # missing fields are named
+        "Shapes[1].Kind", "Shapes[1].Size", "Shapes[1].Name",
+    ]  # fmt: skip
