@@ -25,7 +25,7 @@ from shared.actions.fields import (
     CustomerData as CustomerDataText,
 )
 from shared.messages import MESSAGE_ID_PATTERN
-from shared.smartdialog import BlankIsAbsent, IsoDateTime
+from shared.smartdialog import BlankIsAbsent, IsoDateTime, PersonalizationValue
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -219,7 +219,7 @@ class StrictBody(BaseModel):
 
 
 PersonalizationField = Annotated[
-    dict[str, str | int | float | bool] | None,
+    dict[str, PersonalizationValue] | None,
     Field(
         None,
         description='Values for the $(name) placeholders of Content, e.g. {"name": "Ada"}.',

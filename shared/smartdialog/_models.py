@@ -32,6 +32,7 @@ __all__ = [
     "NewGroupContact",
     "NewMessageResult",
     "NewWhatsAppTemplate",
+    "PersonalizationValue",
     "PhoneNumberRegion",
     "PipelineAction",
     "Recipient",
@@ -55,7 +56,18 @@ __all__ = [
 
 Gender = Literal["Male", "Female", "Other"]
 ButtonType = Literal["Call", "QuickReply", "Url"]
-PersonalizationValue = str | int | float | bool
+
+
+def _placeholder_value(value: object) -> object:
+    if value is None:  # a flow's empty column
+        return ""
+    if isinstance(value, dict | list):
+        raise ValueError("A placeholder's value must be text, a number or a boolean.")
+    return value
+
+
+#: A ``$(name)`` placeholder's value: text, a number or a boolean; ``null`` is empty text.
+PersonalizationValue = Annotated[str | int | float | bool, BeforeValidator(_placeholder_value)]
 Item = TypeVar("Item")
 
 

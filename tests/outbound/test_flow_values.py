@@ -192,3 +192,33 @@ def test_a_queued_command_with_empty_optional_fields_is_sent_as_without_them(
         assert not {"SendDateTime", "AttachmentUri"} & sent["body"].keys()
         assert sent["body"]["RequestId"]
         assert sent["body"]["DlrUrl"].startswith("http://localhost:7071/api/callbacks/dlr/")
+
+
+def recipient(personalization: Any) -> dict[str, Any]:
+    return {"Address": DELIVERED, "Personalization": personalization}
+
+
+def test_a_null_placeholder_value_is_sent_as_empty_text(outbound: Outbound) -> None:
+    body = {**sms(), "Recipients": [recipient({"name": None, "code": 7})]}
+    accepted = call_http("SendMessage", "POST", body=body)
+    assert accepted.status == 202, accepted.body
+    outbound.enqueue({"operation": "SendMessage", "body": body})  # likewise on the queue
+
+    outbound.drain()
+
+    assert outbound.dead_letters() == []
+    sent = [s["body"]["Recipients"][0]["Personalization"] for s in outbound.upstream()]
+    assert sent == [{"name": "", "code": 7}] * 2
+
+
+@pytest.mark.parametrize("value", [{"first": "Ada"}, ["Ada"]])
+def test_an_object_or_list_as_a_placeholder_value_is_one_error_on_that_placeholder(
+    outbound: Outbound, value: Any
+) -> None:
+    body = {**sms(), "Recipients": [recipient({"name": value})]}
+    for answer in (call_http("SendMessage", "POST", body=body), bulk_json(**body)):
+        assert answer.status == 400, answer.body
+        [error] = answer.body["errors"]
+        assert error["field"] == "Recipients[0].Personalization.name"
+        assert "text, a number or a boolean" in error["message"]
+    assert outbound.queued() == 0
