@@ -453,15 +453,19 @@ class MessageStore:
             )
         return replace(updated, etag=str(metadata.get("etag")))
 
-    def redrive(self, record: MessageRecord, *, now: dt.datetime) -> MessageRecord | None:
+    def redrive(
+        self, record: MessageRecord, *, now: dt.datetime, valid_until: dt.datetime
+    ) -> MessageRecord | None:
         """The one way back from a final state: a ``failed`` message is ``queued`` again with
-        its attempts, failure, lease, backoff, announcement and claiming connection cleared (a
-        fresh validity is the caller's to set). None when the compare-and-swap lost;
+        its attempts, failure, lease, backoff, announcement and claiming connection cleared and
+        the fresh validity ``valid_until``, in one write (a re-drive that stopped after it finds
+        it queued and sendable, never queued and expired). None when the compare-and-swap lost;
         IllegalTransition unless failed."""
         return self.swap(
             record,
             _redrive=True,
             status=MessageStatus.QUEUED,
+            valid_until=valid_until,
             attempts=0,
             failure=None,
             last_error=None,

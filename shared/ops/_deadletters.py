@@ -514,12 +514,10 @@ class DeadLetterDesk:
             if not force and (doubt := outbound.redrive_doubt(record)) is not None:
                 return HandledKind.KEPT, doubt
             now = self._clock()
-            redriven = self.store.redrive(record, now=now)
-            if redriven is None:
-                continue
             # A fresh validity: an expired message would otherwise fail again at once.
             valid_until = now + self.validity
-            self.store.swap(redriven, valid_until=valid_until)
+            if self.store.redrive(record, now=now, valid_until=valid_until) is None:
+                continue
             self._announce_redrive(record, valid_until, now)
             return None
         raise RuntimeError(f"message {message_id}: record kept changing during the re-drive")

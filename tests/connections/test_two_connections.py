@@ -367,7 +367,8 @@ def test_a_re_driven_send_is_claimed_afresh(two: TwoConnections) -> None:
     assert failed is not None
     assert (failed.status, failed.sent_through) == (MessageStatus.FAILED, "second")
 
-    redriven = store.redrive(failed, now=utcnow())
+    now = utcnow()
+    redriven = store.redrive(failed, now=now, valid_until=now + dt.timedelta(hours=1))
 
     assert redriven is not None
     assert (redriven.attempts, redriven.sent_through) == (0, None)

@@ -192,11 +192,13 @@ def test_a_failed_message_is_re_driven_with_its_attempts_and_failure_cleared(
     with pytest.raises(IllegalTransition):
         store.swap(failed, status=S.QUEUED)  # only through the re-drive
 
-    redriven = store.redrive(failed, now=dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    redriven = store.redrive(failed, now=now, valid_until=now + dt.timedelta(hours=1))
 
     assert redriven is not None
     assert (redriven.status, redriven.attempts, redriven.failure) == (S.QUEUED, 0, None)
+    assert redriven.valid_until == now + dt.timedelta(hours=1)
     assert not redriven.announced
     _, sent = _stored(S.SENT, "m-not-failed")
     with pytest.raises(IllegalTransition):
-        store.redrive(sent, now=dt.datetime.now(dt.UTC))  # type: ignore[arg-type]
+        store.redrive(sent, now=now, valid_until=now)  # type: ignore[arg-type]
