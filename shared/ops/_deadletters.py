@@ -116,6 +116,7 @@ class DeadLetterDesk:
         suppressions: SuppressionStore,
         payloads: PayloadStore,
         settle_send: Callable[[str], bool | None],
+        owns_send: Callable[[str, MessageRecord], bool | None],
     ) -> None:
         self.index = index
         self._suppressions = suppressions
@@ -124,6 +125,7 @@ class DeadLetterDesk:
         self._queue = queue
         self.validity = validity
         self._clock = clock
+        self._owns_send = owns_send  # the sender's check: a command is its message's own
         self.poison = PoisonQueues(queue=queue, index=index, settle_send=settle_send)
 
     @classmethod
@@ -137,6 +139,7 @@ class DeadLetterDesk:
             suppressions=SuppressionStore.from_settings(settings),
             payloads=PayloadStore.from_settings(settings),
             settle_send=lambda text: sender(settings).settle_poisoned(text),
+            owns_send=lambda text, record: sender(settings).settle_poisoned(text, owner=record),
         )
 
     # --- reading -------------------------------------------------------------------------
@@ -452,7 +455,8 @@ class DeadLetterDesk:
             # message's, which its re-drive must leave alone); a poison message, its text.
             command_id = message_id_of(text)
             named = view.message_id if view.entry is not None else command_id
-            not_sent = self._redrive_record(named, force=force)
+            poison = text if view.reason == POISON else None
+            not_sent = self._redrive_record(named, force=force, command=poison)
             if not_sent is not None:
                 return Handled(view.id, *not_sent)
             if command_id is not None:
@@ -470,14 +474,10 @@ class DeadLetterDesk:
         its copy goes on the queue. A crash in between leaves the letter listed: re-driving it
         again queues the copy (the record is already queued then, so no second event)."""
         data = outbound.MessageRedrivenData(
-            messageId=failed.message_id,
-            operation=failed.operation,
-            customerId=failed.customer_id or None,
-            serviceId=failed.service_id,
-            connection=failed.connection,
-            previousError=failed.failure,
-            validUntil=valid_until,
-        )
+            messageId=failed.message_id, operation=failed.operation, serviceId=failed.service_id,
+            customerId=failed.customer_id or None, connection=failed.connection,
+            previousError=failed.failure, validUntil=valid_until,
+        )  # fmt: skip
         stamp = (failed.finished_at or now).strftime("%Y%m%dT%H%M%S%f")
         event = make_event(
             MESSAGE_REDRIVEN,
@@ -489,17 +489,22 @@ class DeadLetterDesk:
         self._queue(EVENTS_QUEUE).send_message(event.to_json())
 
     def _redrive_record(
-        self, message_id: str | None, *, force: bool
+        self, message_id: str | None, *, force: bool, command: str | None = None
     ) -> tuple[HandledKind, str] | None:
         """Make a failed message sendable again; None: enqueue it, else why not (skipped: it
         ended meanwhile; kept: a recipient still opts out, or, unless ``force``, it may have
-        reached SmartDialog already; the letter stays)."""
+        reached SmartDialog already, or poison ``command`` is not its own; the letter stays)."""
         if message_id is None:
             return None
         for _ in range(5):  # each round re-reads after a lost compare-and-swap
             record = self.store.get(message_id)
             if record is None:
                 return None  # never recorded: the sender records it
+            if command is not None and (own := self._owns_send(command, record)) is not True:
+                return HandledKind.KEPT, (
+                    f"its messageId {message_id} is another message's (left alone): purge it"
+                    if own is False else "its connection is unsure now (settings): re-drive later"
+                )  # fmt: skip
             if record.status in (MessageStatus.SENT, MessageStatus.CANCELLED):
                 return HandledKind.SKIPPED, (
                     f"message {message_id} is {record.status} already: nothing sent again"

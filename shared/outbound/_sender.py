@@ -150,10 +150,12 @@ class OutboundSender:
             return OutboundSender(routed).handle(message, text, queue_message_id, dequeue_count)
         return self.handle(message, text, queue_message_id, dequeue_count)
 
-    def settle_poisoned(self, text: str) -> bool | None:
+    def settle_poisoned(self, text: str, *, owner: MessageRecord | None = None) -> bool | None:
         """Settle a send command the host moved to the poison queue, read as :meth:`process`
-        reads it (:meth:`Outcomes.settle_poisoned`); None, look again, while the claims routing it
-        are uncertain; False, nothing done, for one not read or routed, a pack's driver, or one
+        reads it (:meth:`Outcomes.settle_poisoned`), or with ``owner`` settle nothing: whether it
+        is that record's own (:meth:`Outcomes.owns`, the sender's check; True for one not read,
+        which the sender fails as malformed). None, look again, while the claims routing it are
+        uncertain; False, nothing done, for one not read or routed, a pack's driver, or one
         whose id came from its queue message (lost with it)."""
         try:
             message = with_claimed_connection(self._read(text))
@@ -166,7 +168,9 @@ class OutboundSender:
         except ConnectionNotConfigured:  # its connection is uncertain now: look again next run
             return None
         except (ValidationError, ValueError, Problem):
-            return False
+            return owner is not None
+        if owner is not None:
+            return sender.outcomes.owns(owner, command)
         return sender.outcomes.settle_poisoned(command)
 
     def _read(self, text: str) -> OutboundMessage | PackDriver:
@@ -505,17 +509,12 @@ class OutboundSender:
             return None
         if isinstance(command, SendDiscussionReplyMessageCommand):
             return None  # no recipients, no service
-        from shared.problems import Problem
         from shared.suppressions import refuse_suppressed
 
         addresses = [r.Address for r in command.body.Recipients]
         try:
-            refuse_suppressed(
-                self.ports.suppressions,
-                command.serviceId,
-                addresses,
-                field="body.Recipients[{index}].Address",
-            )
+            refuse_suppressed(self.ports.suppressions, command.serviceId, addresses,
+                              field="body.Recipients[{index}].Address")  # fmt: skip
         except Problem as problem:
             offenders = "; ".join(f"{e.field}: {e.message}" for e in problem.errors)
             return FailureInfo(

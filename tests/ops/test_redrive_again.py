@@ -7,14 +7,18 @@ Through the real functions, Azurite and the sandbox, as the rest of tests/ops.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from shared.events import MESSAGE_REDRIVEN
 from shared.messages import MessageStatus, MessageStore
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE
+from shared.ops import keep_poison
 from tests.ops.conftest import Outbound, index_written_dead_letters
-from tests.outbound.conftest import DELIVERED, call_http, sms
+from tests.ops.test_poisoned_sends import given_up_on, recorded_then_storage_failed
+from tests.outbound.conftest import DELIVERED, REJECTED, call_http, sms
 
 
 def _failed_letter(ops: Outbound, message_id: str, **command: Any) -> dict[str, Any]:
@@ -60,3 +64,50 @@ def test_a_redrive_stopped_after_its_record_write_leaves_it_sendable(
     assert (again.status, again.body["outcome"]) == (200, "redriven")
     assert getattr(store.get("rv-valid"), "status", None) is MessageStatus.SENT
     assert len(ops.upstream()) == 1
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["poison", "kept-poison"])
+def test_a_poison_command_reusing_a_failed_message_id_leaves_that_message_alone(
+    ops: Outbound, kept: bool
+) -> None:
+    """A command on the outbound poison queue that reused the id of failed message M (not M's
+    own, by the sender's check) is kept, not re-driven: M stays failed, no re-drive event, and
+    the letter stays listed (before, M went back to queued and stayed so for ever once the
+    sender dead-lettered the command as not M's)."""
+    message_id = f"rv-foreign-{kept}"
+    _failed_letter(ops, message_id, body=sms(REJECTED))
+    foreign = {"operation": "SendMessage", "messageId": message_id}
+    text = json.dumps({**foreign, "body": sms(DELIVERED, content="Something else")})
+    given_up_on(text)
+    if kept:
+        assert keep_poison() == 1
+    [item] = call_http("ListDeadLetters", "GET", params={"reason": "poison"}).body["value"]
+
+    answer = _redrive(item["id"])
+    ops.drain()
+
+    assert (answer.status, answer.body["outcome"]) == (200, "kept")
+    assert "another message's" in answer.body["detail"]
+    assert getattr(MessageStore.from_settings().get(message_id), "status", None) is (
+        MessageStatus.FAILED
+    )
+    assert MESSAGE_REDRIVEN not in {e["type"] for e in ops.events()}
+    assert len(ops.upstream()) == 1  # its own first attempt only
+    listed = call_http("ListDeadLetters", "GET", params={"reason": "poison"}).body["value"]
+    assert [i["messageId"] for i in listed] == [message_id]
+
+
+def test_a_poison_command_of_its_own_message_is_still_redriven(ops: Outbound) -> None:
+    """The check lets a message's own poisoned command through: re-driven, it is sent."""
+    command = {"operation": "SendMessage", "messageId": "rv-own", "body": sms(DELIVERED)}
+    recorded_then_storage_failed(ops, command)
+    given_up_on(json.dumps(command))
+    [item] = call_http("ListDeadLetters", "GET", params={"reason": "poison"}).body["value"]
+
+    answer = _redrive(item["id"])
+    ops.drain()
+
+    assert answer.body["outcome"] == "redriven"
+    assert getattr(MessageStore.from_settings().get("rv-own"), "status", None) is (
+        MessageStatus.SENT
+    )
