@@ -564,22 +564,22 @@ def notify_send_failed(
     failed_at: dt.datetime,
     *,
     connection: str = DEFAULT_CONNECTION,
+    failed_id: str | None = None,
 ) -> bool:
     """The *When a send fails* note of a message that failed for good (``failure``: its
-    ``FailureInfo`` as a dict). No storage call unless the service has such a subscription
-    (and none at all for a send with no service)."""
+    ``FailureInfo`` as a dict), id ``<failed_id>:trigger`` (its first failure's by default).
+    No storage call unless the service has such a subscription (none for one with no service)."""
     from shared.settings import get_settings
 
     if not service:
         return False
-    errors = failure.get("errors")
     data = SendFailedTriggerData(
         messageId=message_id,
         reason=str(failure.get("title") or failure.get("code") or "failed"),
         code=str(failure.get("code") or "unknown"),
         detail=failure.get("detail"),
         upstreamStatus=failure.get("upstreamStatus"),
-        fieldErrors=[FieldErrorData.model_validate(e) for e in errors or []],
+        fieldErrors=[FieldErrorData.model_validate(e) for e in failure.get("errors") or []],
         customerData=command_customer_data(command),
         failedAt=failed_at,
         service=service,
@@ -588,7 +588,7 @@ def notify_send_failed(
     return TriggerNotifier.for_settings(get_settings()).notify(
         TriggerKind.SEND_FAILED,
         service,
-        event_id=f"{message_id}:failed:trigger",
+        event_id=f"{failed_id or f'{message_id}:failed'}:trigger",
         time=failed_at,
         data=data,
         connection=connection,

@@ -227,6 +227,8 @@ class MessageRecord:
     #: The connection whose sender last claimed it (None: not claimed since this field exists):
     #: a command that names none goes through the connection claiming its customer then.
     sent_through: str | None = None
+    #: When an operator last re-drove it (None: never, or before this field existed).
+    redriven_at: dt.datetime | None = None
     etag: str | None = field(default=None, compare=False)
 
     def to_entity(self) -> dict[str, Any]:
@@ -264,6 +266,7 @@ class MessageRecord:
             "Traceparent": self.traceparent,
             "MaybeSent": self.maybe_sent,
             "Connection": self.sent_through,
+            "RedrivenAt": plain_datetime(self.redriven_at),
         }
         entity.update(chunked("Command", "" if self.command_blob else self.command))
         entity.update(chunked("Result", self.result))
@@ -314,10 +317,20 @@ class MessageRecord:
                 traceparent=entity.get("Traceparent"),
                 maybe_sent=bool(entity.get("MaybeSent")),
                 sent_through=entity.get("Connection"),
+                redriven_at=utc(entity.get("RedrivenAt")),
                 etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
             )
         except (KeyError, ValueError, TypeError, AssertionError) as exc:
             raise _damaged(entity, exc) from exc
+
+    @property
+    def failed_id(self) -> str:
+        """The id of its failure's ``message.failed`` event and dead letter (stable: written
+        again after a crash, consumers de-duplicate on it): ``<messageId>:failed``, and for a
+        failure after a re-drive ``<messageId>:failed:<re-drive time>``, a new failure each
+        time (the first keeps the id it always had)."""
+        failed = f"{self.message_id}:{MessageStatus.FAILED}"
+        return f"{failed}:{self.redriven_at:%Y%m%dT%H%M%S%f}" if self.redriven_at else failed
 
     def result_json(self) -> dict[str, Any] | None:
         """Upstream's answer as a dict, or None before it was sent."""

@@ -475,6 +475,7 @@ class MessageStore:
             announced=False,
             pack_id=None,
             sent_through=None,  # claimed again, by the connection claiming it then
+            redriven_at=now,  # a failure after it is a new one (MessageRecord.failed_id)
             updated_at=now,
         )
 

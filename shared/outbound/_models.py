@@ -488,7 +488,8 @@ class DeadLetter(KeptOriginal):
             "Stable id of this dead letter: the same on every copy of it. A crash between "
             "writing it and recording that it was written writes it again; consumers "
             "de-duplicate on this id. `<messageId>:failed` (the id of the message's `failed` "
-            "event too) for a failed message, `malformed:<queueMessageId>` for a malformed one."
+            "event too) for a failed message (`<messageId>:failed:<re-drive time>` for a "
+            "failure after a re-drive), `malformed:<queueMessageId>` for a malformed one."
         ),
     )
     reason: DeadLetterReason

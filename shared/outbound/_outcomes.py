@@ -423,10 +423,9 @@ class Outcomes:
                 self.ports.events.send_message(part.to_json())
             return
         assert record.failure is not None
-        failure = bounded(record.failure)
-        # Stable id and time: written again after a crash, consumers de-duplicate on ``id``.
+        failure, event_id = bounded(record.failure), record.failed_id  # the time stable too
         letter = DeadLetter(
-            id=f"{record.message_id}:{MessageStatus.FAILED}",
+            id=event_id,
             reason=DeadLetterReason.FAILED,
             detail=failure.title,
             error=failure,
@@ -451,7 +450,7 @@ class Outcomes:
         self.ports.events.send_message(event.to_json())
         service = record.service_id or self.ports.policy.service_id
         notify_send_failed(record.message_id, record.command, service, failure.model_dump(), at,
-                           connection=record.connection)  # fmt: skip
+                           connection=record.connection, failed_id=event_id)  # fmt: skip
 
     def requeue(
         self, command: OutboundMessage, attempts: int, delay: float, kind: OutcomeKind, reason: str

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from shared.events import MESSAGE_REDRIVEN
+from shared.events import MESSAGE_FAILED, MESSAGE_REDRIVEN
 from shared.messages import MessageStatus, MessageStore
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE
 from shared.ops import keep_poison
+from shared.triggers import TriggerNotifier
 from tests.ops.conftest import Outbound, index_written_dead_letters
 from tests.ops.test_poisoned_sends import given_up_on, recorded_then_storage_failed
 from tests.outbound.conftest import DELIVERED, REJECTED, call_http, sms
@@ -111,3 +112,34 @@ def test_a_poison_command_of_its_own_message_is_still_redriven(ops: Outbound) ->
     assert getattr(MessageStore.from_settings().get("rv-own"), "status", None) is (
         MessageStatus.SENT
     )
+
+
+def test_a_redriven_send_that_fails_again_is_a_new_failure(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its second ``message.failed``, dead letter and *When a send fails* note have ids of their
+    own (consumers and our dispatcher de-duplicate on ids: before, the second failure reused the
+    first's and was never heard); the first keeps ``<id>:failed``. Its new letter is listed."""
+    notes: list[str] = []
+    notify = TriggerNotifier.notify
+
+    def noted(self: TriggerNotifier, *args: Any, **kwargs: Any) -> Any:
+        notes.append(kwargs["event_id"])
+        return notify(self, *args, **kwargs)
+
+    monkeypatch.setattr(TriggerNotifier, "notify", noted)
+    first = _failed_letter(ops, "rv-refail", body=sms(REJECTED))
+
+    assert _redrive(first["id"]).body["outcome"] == "redriven"
+    ops.drain()
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+
+    [once, again] = [e["id"] for e in ops.events() if e["type"] == MESSAGE_FAILED]
+    assert once == "rv-refail:failed"
+    assert again.startswith("rv-refail:failed:")
+    assert notes == ["rv-refail:failed:trigger", f"{again}:trigger"]
+    [letter] = call_http("ListDeadLetters", "GET").body["value"]
+    assert (letter["messageId"], letter["code"]) == ("rv-refail", "upstream-rejected")
+    assert letter["id"] != first["id"]
+    shown = call_http("GetDeadLetter", "GET", route_params={"DeadLetterId": letter["id"]})
+    assert json.loads(shown.body["text"])["id"] == again
