@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, Field
 
 from shared import telemetry
+from shared.clock import utcnow
 from shared.names import (
     CLOUD_EVENTS_DEAD_LETTER_QUEUE,
     CLOUD_EVENTS_QUEUE,
@@ -279,7 +280,7 @@ class DeadLetterIndex:
         replace the letter's own (a poison message is not a letter). ``key`` (with ``now``)
         makes its row's key, so that indexing it again raises ``ResourceExistsError``;
         without it every call indexes a new letter."""
-        at = now or dt.datetime.now(dt.UTC)
+        at = now or utcnow()
         if key is not None and (not key or _UNSAFE_KEY.search(key)):
             raise ValueError(f"not a key for a dead letter's row: {key!r}")
         entity: dict[str, Any] = {
@@ -471,7 +472,7 @@ def _entry(entity: dict[str, Any]) -> DeadLetterEntry:
         detail=entity.get("Detail") or None,
         message_id=entity.get("MessageId") or None,
         source_queue=str(entity.get("SourceQueue") or ""),
-        dead_lettered_at=at or dt.datetime.now(dt.UTC),
+        dead_lettered_at=at or utcnow(),
         text=text,
         queue_message_id=entity.get("QueueMessageId") or None,
         pop_receipt=entity.get("PopReceipt") or None,

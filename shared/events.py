@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.clock import utcnow
 from shared.telemetry import current_traceparent
 
 __all__ = [
@@ -95,7 +96,7 @@ def make_event(
         id=event_id,
         source=source,
         type=event_type,
-        time=time or dt.datetime.now(dt.UTC),
+        time=time or utcnow(),
         subject=subject,
         traceparent=current_traceparent(),
         data=data,

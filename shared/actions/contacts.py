@@ -6,7 +6,6 @@ FI) and passed to SmartDialog in E.164, so the contact SmartDialog stores is una
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -31,6 +30,7 @@ from shared.actions.fields import (
     service_dropdown,
     ui,
 )
+from shared.clock import utcnow
 
 __all__ = ["SPECS", "GroupContactChanges", "NewGroupContactBody"]
 
@@ -39,10 +39,9 @@ EARLIEST_BIRTH_YEAR = 1900
 
 
 def _plausible_birth_year(year: int | None) -> int | None:
-    if year is not None and not EARLIEST_BIRTH_YEAR <= year <= dt.date.today().year:
-        raise ValueError(
-            f"Must be a year between {EARLIEST_BIRTH_YEAR} and {dt.date.today().year}."
-        )
+    this_year = utcnow().year  # UTC, as every time of ours
+    if year is not None and not EARLIEST_BIRTH_YEAR <= year <= this_year:
+        raise ValueError(f"Must be a year between {EARLIEST_BIRTH_YEAR} and {this_year}.")
     return year
 
 

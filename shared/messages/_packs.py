@@ -47,6 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from shared.clock import utcnow
 from shared.names import PACKS_TABLE
 from shared.storage import TABLE_TRANSACTION_LIMIT, chunked, ensure_table, joined
 
@@ -216,7 +217,7 @@ class Pack:
             pack_id=str(entity["PartitionKey"]),
             key=str(entity.get("PackKey", "")),
             members=tuple(PackMember(str(m[0]), tuple(m[1])) for m in members),
-            created_at=created if isinstance(created, dt.datetime) else dt.datetime.now(dt.UTC),
+            created_at=created if isinstance(created, dt.datetime) else utcnow(),
             recipient_ids=ids,
             batch_id=entity.get("BatchId"),
             call_request_id=entity.get("CallRequestId"),

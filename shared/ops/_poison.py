@@ -93,7 +93,7 @@ def poison_view(queue: str, message: QueueMessage) -> DeadLetterView:
     return unseen_poison(
         queue,
         str(message.id),
-        as_utc(message.inserted_on or dt.datetime.now(dt.UTC)),
+        as_utc(message.inserted_on or utcnow()),
         detail=f"the host gave up after {host_max_dequeue_count()} deliveries",
         message_id=message_id_of(text),
         text=text,
