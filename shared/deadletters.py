@@ -75,6 +75,7 @@ __all__ = [
     "DeadLetterFilter",
     "DeadLetterIndex",
     "KeptOriginal",
+    "letter_keys",
     "original_aside",
     "send_forever",
     "write_dead_letter",
@@ -402,13 +403,10 @@ class DeadLetterIndex:
         """The entry with this :attr:`DeadLetterEntry.id`, or None."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        queue, sep, row_key = entry_id.partition(_ID_SEPARATOR)
-        if not sep or not queue or not row_key or _UNSAFE_KEY.search(entry_id):
-            return None
-        if len(entry_id) > ID_MAX_LENGTH:  # not ours; Table storage refuses keys over 1 KiB
+        if (keys := letter_keys(entry_id)) is None:
             return None
         try:
-            return _entry(self._table.get_entity(queue, row_key))
+            return _entry(self._table.get_entity(*keys))
         except ResourceNotFoundError:
             return None
 
@@ -430,9 +428,20 @@ class DeadLetterIndex:
             return entries, _encode_token(next_token) if next_token else None
         return entries, None
 
-    def matching(self, where: DeadLetterFilter, *, limit: int) -> Iterator[DeadLetterEntry]:
-        """Up to ``limit`` entries passing ``where``, across pages."""
-        entities = self._table.query_entities(_odata_filter(where), results_per_page=100)
+    def matching(
+        self, where: DeadLetterFilter, *, limit: int, after: str | None = None
+    ) -> Iterator[DeadLetterEntry]:
+        """Up to ``limit`` entries passing ``where``, across pages, in the list's order; with
+        ``after`` (an entry's id) only those that come after that entry."""
+        query = _odata_filter(where)
+        if after is not None:
+            keys = letter_keys(after)
+            if keys is None:
+                raise ValueError(f"not a dead letter's id: {after!r}")
+            queue, row_key = map(_odata, keys)
+            query = (f"({query}) and (PartitionKey gt '{queue}' or "
+                     f"(PartitionKey eq '{queue}' and RowKey gt '{row_key}'))")  # fmt: skip
+        entities = self._table.query_entities(query, results_per_page=100)
         for _, entity in zip(range(limit), entities, strict=False):
             yield _entry(entity)
 
@@ -444,6 +453,15 @@ class DeadLetterIndex:
                 f"PartitionKey eq '{_odata(queue)}'", select=["RowKey"]
             )
         )
+
+
+def letter_keys(letter_id: str) -> tuple[str, str] | None:
+    """The (queue, row key) a dead letter's id names, or None for a string that is none."""
+    queue, sep, row_key = letter_id.partition(_ID_SEPARATOR)
+    if not sep or not queue or not row_key or _UNSAFE_KEY.search(letter_id):
+        return None
+    # Not ours past its length; Table storage refuses keys over 1 KiB.
+    return None if len(letter_id) > ID_MAX_LENGTH else (queue, row_key)
 
 
 def _odata_filter(where: DeadLetterFilter) -> str:

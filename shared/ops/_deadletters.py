@@ -86,9 +86,10 @@ log = logging.getLogger("shared.ops")
 #: How long a re-drive's claim on a letter lasts: one whose caller died meanwhile (before its
 #: copy went on its queue, or before the row could say so) may be re-driven again after it.
 REDRIVE_CLAIM = dt.timedelta(minutes=5)
-#: A bulk re-drive looks at up to this many times its limit: the letters it leaves (kept, or
-#: their original gone: they stay first in the index) never hide the ones behind them.
+#: A bulk re-drive looks at up to this many times its limit (the letters it leaves, kept or
+#: their original gone, stay first in the index); the next call goes on after the last it saw.
 KEPT_PASSED_OVER = 5
+Bulk = tuple[list[Handled], bool, str | None]  # handled, more left, the last letter looked at
 #: A queue message's id (``uuid.UUID`` would also take braces, blanks and underscores).
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: What a re-drive or purge does with one letter (or a poison message it holds).
@@ -217,22 +218,24 @@ class DeadLetterDesk:
         return _answer(view, self._purge_one(view, Budget()))
 
     def redrive_matching(
-        self, where: DeadLetterFilter, *, limit: int, force: bool = False
-    ) -> tuple[list[Handled], bool]:
-        """Re-drive up to ``limit`` dead letters passing ``where``; (what happened, more left).
-        ``force`` as for :meth:`redrive`."""
-        return self._each(where, limit, redrive=True, force=force)
+        self, where: DeadLetterFilter, *, limit: int, force: bool = False, after: str | None = None
+    ) -> Bulk:
+        """Re-drive up to ``limit`` dead letters passing ``where`` (:meth:`_each`); ``force`` as
+        for :meth:`redrive`."""
+        return self._each(where, limit, redrive=True, force=force, after=after)
 
-    def purge_matching(self, where: DeadLetterFilter, *, limit: int) -> tuple[list[Handled], bool]:
-        """Purge up to ``limit`` dead letters passing ``where``; (what happened, more left)."""
-        return self._each(where, limit, redrive=False)
+    def purge_matching(
+        self, where: DeadLetterFilter, *, limit: int, after: str | None = None
+    ) -> Bulk:
+        """Purge up to ``limit`` dead letters passing ``where`` (:meth:`_each`)."""
+        return self._each(where, limit, redrive=False, after=after)
 
-    def _each(
-        self, where: DeadLetterFilter, limit: int, *, redrive: bool, force: bool = False
-    ) -> tuple[list[Handled], bool]:
-        """Up to ``limit`` letters handled, receiving at most one :class:`Budget` of messages
-        (poison messages not yet kept, letters whose pop receipt is stale); more left also when
-        a repeat would reach further into a poison queue (:meth:`_each_poison`)."""
+    def _each(self, where: DeadLetterFilter, limit: int, *, redrive: bool, force: bool = False,
+              after: str | None = None) -> Bulk:  # fmt: skip
+        """Up to ``limit`` letters handled (of the index's, those after letter ``after`` only),
+        receiving at most one :class:`Budget` of messages (poison messages not yet kept, letters
+        whose pop receipt is stale); (what happened, more left: also when a repeat would reach
+        further into a poison queue, :meth:`_each_poison`; the last indexed letter looked at)."""
         done: list[Handled] = []
         cap = limit * KEPT_PASSED_OVER  # letters that stay come first: reach those behind them
         budget, more = Budget(), False
@@ -252,14 +255,14 @@ class DeadLetterDesk:
             found, further = self._each_poison(queue, where, limit - len(done), act, share)
             budget.left -= part - share.left
             done, more = done + found, more or further
-        for entry in [] if stopped else self.index.matching(where, limit=cap + 1):
+        for entry in [] if stopped else self.index.matching(where, limit=cap + 1, after=after):
             if stopped := full():
                 break
-            view = view_of_entry(entry)
+            view, after = view_of_entry(entry), entry.id
             done.append(self._redrive_one(view, force=force, budget=budget) if redrive
                         else self._purge_one(view, budget))  # fmt: skip
         _log_counts(done)
-        return done, more or stopped
+        return done, more or stopped, after if stopped else None
 
     def _redrive_one(self, view: DeadLetterView, *, force: bool, budget: Budget) -> Handled:
         if view.entry is None:

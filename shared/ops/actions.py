@@ -24,8 +24,9 @@ from shared.actions._spec import (
 )
 from shared.actions.fields import ui
 from shared.clock import utcnow
-from shared.deadletters import DEAD_LETTER_QUEUES, ID_MAX_LENGTH, DeadLetterFilter
+from shared.deadletters import DEAD_LETTER_QUEUES, ID_MAX_LENGTH, DeadLetterFilter, letter_keys
 from shared.ops._deadletters import (
+    KEPT_PASSED_OVER,
     PEEK_LIMIT,
     POISON_QUEUES,
     DeadLetterDesk,
@@ -54,6 +55,15 @@ def _known_queue(value: str | None) -> str | None:
     if value is not None and value not in KNOWN_QUEUES:
         raise ValueError("not a dead-letter or poison queue: " + ", ".join(KNOWN_QUEUES))
     return value
+
+
+def _resumable(token: str | None) -> str | None:
+    """A bulk call's ``continuationToken``: the id of the letter the previous one looked at last."""
+    if token is not None and letter_keys(token) is None:
+        raise ValueError(
+            "not a continuationToken a RedriveDeadLetters or PurgeDeadLetters answered"
+        )
+    return token
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -278,8 +288,20 @@ class HandledManyDoc(BaseModel):
     purged: int = Field(0, description="Deleted.", json_schema_extra=ui("Purged"))
     more: bool = Field(
         False,
-        description=f"More than {BULK_LIMIT} matched: call again for the rest.",
+        description=(
+            f"More may match: call again, passing continuationToken, for the rest (this call "
+            f"stopped at its {BULK_LIMIT} or after looking at {BULK_LIMIT * KEPT_PASSED_OVER} "
+            "letters, or a poison queue holds more). A loop until more is false ends."
+        ),
         json_schema_extra=ui("More"),
+    )
+    continuationToken: str | None = Field(
+        None,
+        description=(
+            "Pass it as continuationToken to the next call: it goes on after the letters this "
+            "one looked at, so letters that stay (kept, original-gone) are not seen again."
+        ),
+        json_schema_extra=ui("Continuation Token"),
     )
     items: list[HandledDoc] = Field(
         default_factory=list, description="Each letter handled.", json_schema_extra=ui("Items")
@@ -302,8 +324,8 @@ def letter_doc(view: DeadLetterView, now: dt.datetime) -> DeadLetterDoc:
     )
 
 
-def handled_many(done: list[Handled], more: bool) -> HandledManyDoc:
-    """The answer of a bulk re-drive or purge."""
+def handled_many(done: list[Handled], more: bool, after: str | None) -> HandledManyDoc:
+    """The answer of a bulk re-drive or purge (``after``: the last letter it looked at)."""
     counts = {kind: sum(1 for h in done if h.kind is kind) for kind in HandledKind}
     return HandledManyDoc(
         redriven=counts[HandledKind.REDRIVEN],
@@ -313,6 +335,7 @@ def handled_many(done: list[Handled], more: bool) -> HandledManyDoc:
         inProgress=counts[HandledKind.IN_PROGRESS],
         purged=counts[HandledKind.PURGED],
         more=more,
+        continuationToken=after,
         items=[HandledDoc(id=h.id, outcome=h.kind, detail=h.detail) for h in done],
     )
 
@@ -398,25 +421,38 @@ def _require_filter(inp: _Filtered) -> None:
 
 def redrive_dead_letters(ctx: ActionContext, inp: RedriveManyInput) -> ActionResponse:
     _require_filter(inp)
-    done, more = desk(ctx.settings).redrive_matching(
-        inp.dead_letter_filter(utcnow()), limit=BULK_LIMIT, force=inp.force
+    done = desk(ctx.settings).redrive_matching(
+        inp.dead_letter_filter(utcnow()),
+        limit=BULK_LIMIT,
+        force=inp.force,
+        after=inp.continuation_token,
     )
-    return ActionResponse.json(handled_many(done, more))
+    return ActionResponse.json(handled_many(*done))
 
 
-def purge_dead_letters(ctx: ActionContext, inp: _Filtered) -> ActionResponse:
+def purge_dead_letters(ctx: ActionContext, inp: BulkInput) -> ActionResponse:
     _require_filter(inp)
-    done, more = desk(ctx.settings).purge_matching(
-        inp.dead_letter_filter(utcnow()), limit=BULK_LIMIT
+    done = desk(ctx.settings).purge_matching(
+        inp.dead_letter_filter(utcnow()), limit=BULK_LIMIT, after=inp.continuation_token
     )
-    return ActionResponse.json(handled_many(done, more))
+    return ActionResponse.json(handled_many(*done))
 
 
 class BulkInput(_Filtered):
-    pass
+    continuation_token: Annotated[
+        str | None,
+        AfterValidator(_resumable),
+        Param("query", "continuationToken"),
+        Field(
+            None,
+            max_length=ID_MAX_LENGTH,
+            description="The previous call's continuationToken: go on after what it looked at.",
+            json_schema_extra=ui("Continuation Token", visibility="advanced"),
+        ),
+    ] = None
 
 
-class RedriveManyInput(_Filtered):
+class RedriveManyInput(BulkInput):
     force: ForceQuery = False
 
 

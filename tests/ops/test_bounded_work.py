@@ -99,7 +99,7 @@ def test_a_bulk_action_on_a_poison_queue_stops_at_its_limit_and_says_more(
     from shared.ops.actions import desk
 
     poison_messages(100)
-    done, more = desk(get_settings()).purge_matching(DeadLetterFilter(queue=POISON), limit=10)
+    done, more, _ = desk(get_settings()).purge_matching(DeadLetterFilter(queue=POISON), limit=10)
     first = list(received)
     monkeypatch.setattr("shared.ops._poison.REQUEST_RECEIVE_LIMIT", 40)
     calls = []

@@ -560,7 +560,7 @@ def test_a_bulk_re_drive_reaches_the_letters_behind_those_it_keeps(ops: Outbound
     ops.drain()
     index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
 
-    done, _ = desk(get_settings()).redrive_matching(DeadLetterFilter(reason="failed"), limit=2)
+    done, _, _ = desk(get_settings()).redrive_matching(DeadLetterFilter(reason="failed"), limit=2)
 
     assert sorted(h.kind for h in done) == ["kept", "kept", "kept", "redriven"]
     ops.drain()

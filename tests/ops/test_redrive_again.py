@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
+from shared.deadletters import write_dead_letter
 from shared.events import MESSAGE_FAILED, MESSAGE_REDRIVEN
 from shared.messages import MessageStatus, MessageStore
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE
 from shared.ops import keep_poison
+from shared.storage import ensured_queue
 from shared.triggers import TriggerNotifier
-from tests.ops.conftest import Outbound, index_written_dead_letters
+from tests.ops.conftest import Outbound, index_written_dead_letters, letter
 from tests.ops.test_poisoned_sends import given_up_on, recorded_then_storage_failed
 from tests.outbound.conftest import DELIVERED, REJECTED, call_http, sms
 
@@ -143,3 +145,53 @@ def test_a_redriven_send_that_fails_again_is_a_new_failure(
     assert letter["id"] != first["id"]
     shown = call_http("GetDeadLetter", "GET", route_params={"DeadLetterId": letter["id"]})
     assert json.loads(shown.body["text"])["id"] == again
+
+
+def test_a_bulk_redrive_loop_goes_past_letters_that_stay(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls "until more is false", each passing the previous continuationToken, reach a
+    sendable letter behind more letters that stay than one call passes over, and end (before,
+    every call saw the same first ones and answered more for ever)."""
+    monkeypatch.setattr("shared.ops.actions.BULK_LIMIT", 2)  # passes over 10 in one call
+    queue = ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE)
+    for n in range(12):  # they stay: their stored original is gone
+        gone = json.loads(letter(originalBlob=f"original/gone-{n}", messageId=f"gone-{n}"))
+        del gone["original"]
+        write_dead_letter(queue, json.dumps(gone), queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
+    _failed_letter_behind(ops)
+
+    answers, token = [], None
+    for _ in range(5):
+        params = {"reason": "failed", **({"continuationToken": token} if token else {})}
+        answer = call_http("RedriveDeadLetters", "POST", params=params)
+        assert answer.status == 200, answer.body
+        answers.append((answer.body["originalGone"], answer.body["redriven"], answer.body["more"]))
+        token = answer.body.get("continuationToken")
+        if not answer.body["more"]:
+            break
+    ops.drain()
+
+    assert answers == [(10, 0, True), (2, 1, False)]
+    assert [r["body"]["RequestId"] for r in ops.upstream()] == ["rv-behind"]
+
+
+def _failed_letter_behind(ops: Outbound, message_id: str = "rv-behind") -> None:
+    ops.enqueue({"operation": "SendMessage", "messageId": message_id,
+                 "validUntil": "2020-01-01T00:00:00Z", "body": sms(DELIVERED)})  # fmt: skip
+    ops.drain()
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+
+
+@pytest.mark.parametrize("token", ["nonsense", "a~b/c", "eyJmb28iOiAiYmFyIn0"])
+def test_a_bulk_call_with_a_token_no_call_answered_is_a_400_naming_it(
+    ops: Outbound, token: str
+) -> None:
+    _failed_letter_behind(ops, f"rv-token-{token[:3]}")
+    for action in ("RedriveDeadLetters", "PurgeDeadLetters"):
+        params = {"reason": "failed", "continuationToken": token}
+        answer = call_http(action, "POST", params=params)
+        assert answer.status == 400, answer.body
+        assert [e["field"] for e in answer.body["errors"]] == ["continuationToken"]
+    assert len(call_http("ListDeadLetters", "GET").body["value"]) == 1  # nothing changed
+    assert ops.upstream() == []

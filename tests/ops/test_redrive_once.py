@@ -288,7 +288,7 @@ def test_of_two_re_drives_of_one_letter_at_once_one_sends_it(
     assert during.status == 409, during.body
     assert during.body["type"] == "urn:smartdialog-functions:problem:conflict"
     assert "another call is re-driving it" in during.body["detail"]
-    assert late == ([], False)
+    assert late == ([], False, None)
     assert stale.value.status == 409
     assert "another call handled it meanwhile" in stale.value.detail
     assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-1")]
