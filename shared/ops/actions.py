@@ -253,10 +253,13 @@ class HandledDoc(BaseModel):
     id: str = Field(description="The dead letter's id.", json_schema_extra=ui("Id"))
     outcome: HandledKind = Field(
         description=(
-            "redriven, skipped (already sent or cancelled: nothing sent), kept (not sent again "
-            "while a recipient opts out; the letter stays), original-gone (its stored original "
-            "is gone: nothing sent, the letter stays; purge it), in-progress (another call is "
-            "re-driving it: nothing sent by this one) or purged."
+            "redriven, skipped (already sent or cancelled: nothing sent), kept (not sent, the "
+            "letter stays: a recipient still opts out; or, unless force is true, it failed "
+            "outcome-unknown (it may have been sent) or is a poison send command naming no "
+            "message; or it is a poison send command that reused another message's id: purge "
+            "it), original-gone (its stored original is gone: nothing sent, the letter stays; "
+            "purge it), in-progress (another call is re-driving it: nothing sent by this one) or "
+            "purged."
         ),
         json_schema_extra=ui("Outcome"),
     )
@@ -273,7 +276,13 @@ class HandledManyDoc(BaseModel):
         0, description="Nothing to send again; removed.", json_schema_extra=ui("Skipped")
     )
     kept: int = Field(
-        0, description="Not sent again: a recipient opts out (STOP).", json_schema_extra=ui("Kept")
+        0,
+        description=(
+            "Not sent, they stay: a recipient opts out (STOP); without force, outcome-unknown "
+            "or a poison send command naming no message; a poison send command that reused "
+            "another message's id."
+        ),
+        json_schema_extra=ui("Kept"),
     )
     originalGone: int = Field(
         0,

@@ -8,6 +8,7 @@ Through the real functions, Azurite and the sandbox, as the rest of tests/ops.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +196,18 @@ def test_a_bulk_call_with_a_token_no_call_answered_is_a_400_naming_it(
         assert [e["field"] for e in answer.body["errors"]] == ["continuationToken"]
     assert len(call_http("ListDeadLetters", "GET").body["value"]) == 1  # nothing changed
     assert ops.upstream() == []
+
+
+def test_the_connector_says_every_reason_a_redrive_keeps_a_letter() -> None:
+    """Kept is not only a recipient who opts out: an outcome-unknown send without force, a
+    poison command naming no message, one that reused another message's id."""
+    paths = json.loads(
+        (Path(__file__).parents[2] / "connector/apiDefinition.swagger.json").read_text()
+    )["paths"]
+    one = paths["/deadletters/{DeadLetterId}/redrive"]["post"]["responses"]["200"]["schema"]
+    many = paths["/deadletters/redrive"]["post"]["responses"]["200"]["schema"]
+    outcome = one["properties"]["outcome"]["description"]
+    kept = many["properties"]["kept"]["description"]
+    for text in (outcome, kept):
+        for reason in ("opts out", "outcome-unknown", "force", "naming no message", "another"):
+            assert reason in text, (reason, text)
