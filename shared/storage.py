@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from shared.names import OUTBOUND_QUEUE
 from shared.problems import FieldError
 from shared.settings import SettingsInvalid, StorageSettings, get_settings
 
@@ -122,9 +123,9 @@ def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
     ``.netrc`` is no longer consulted: every request is signed by the SDK, and a netrc entry
     would only replace its ``Authorization`` header. The session is
     :class:`shared.storage_session.StorageSession`, which skips what no storage request uses
-    (cookies, hooks, redirects). ``service`` (``"table"`` or ``"queue"``) tells a counting
-    transport (:func:`count_round_trips`) how to read the requests.
-    """
+    (cookies, hooks, redirects). ``service`` tells a counting transport (:func:`count_round_trips`)
+    how to read the requests; a queue service's requests pass :func:`_kept_for_ever` (signed
+    after it)."""
     import os
 
     from azure.core.pipeline.transport import RequestsTransport
@@ -142,10 +143,8 @@ def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
     transport = RequestsTransport(**transport_options)
     if counter is not None and service != "blob":
         transport = _counting_transport(service, counter, transport)
-    options: dict[str, Any] = {"transport": transport}
-    if proxies:
-        options["proxies"] = proxies
-    return options
+    hook = {"raw_request_hook": _kept_for_ever} if service == "queue" else {}
+    return {"transport": transport, **hook, **({"proxies": proxies} if proxies else {})}
 
 
 def _endpoint(conn: str, kind: str) -> str:
@@ -274,8 +273,7 @@ class RoundTrips:
     Every request the transport sends counts once, whatever its answer (a refused
     compare-and-swap, a retry and a 404 are round trips too); those answered with an error
     status are also counted in :meth:`refused`. The name is ``""`` where the request names no
-    table or queue (table admin, listing queues).
-    """
+    table or queue (table admin, listing queues)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -312,8 +310,7 @@ def count_round_trips() -> RoundTrips:
     """Count this process's storage round trips from now on (the same counter on every call).
 
     Only clients built afterwards count: the ones cached here are rebuilt, but a client that
-    something already holds keeps its plain transport, so call this before the app builds any.
-    """
+    something already holds keeps its plain transport, so call this before the app builds any."""
     global _round_trips
     if _round_trips is None:
         _round_trips = RoundTrips()
@@ -352,11 +349,10 @@ def _queue_op(request: Any) -> tuple[StorageOp, str]:
     url = urlsplit(request.url)
     parts = url.path.strip("/").split("/")
     if len(parts) >= 2 and parts[-1] == "messages":
-        queue = parts[-2]
+        queue, peek = parts[-2], "peekonly=true" in url.query.lower()
         if method == "POST":
             return StorageOp.QUEUE_PUT, queue
         if method == "GET":
-            peek = "peekonly=true" in url.query.lower()
             return (StorageOp.QUEUE_PEEK if peek else StorageOp.QUEUE_GET), queue
         return StorageOp.QUEUE_ADMIN, queue  # DELETE: clear the queue
     if len(parts) >= 3 and parts[-2] == "messages":
@@ -365,6 +361,14 @@ def _queue_op(request: Any) -> tuple[StorageOp, str]:
     if "comp=list" in url.query:
         return StorageOp.QUEUE_ADMIN, ""  # list queues
     return StorageOp.QUEUE_ADMIN, parts[-1]  # create, delete, properties, metadata
+
+
+def _kept_for_ever(request: Any) -> None:
+    """A put onto the outbound queue (accept, put-back, re-drive: any client's) that names no
+    time-to-live never expires: the default 7 days would drop a send that waits longer unseen."""
+    op, queue = _queue_op(http := request.http_request)
+    if op is StorageOp.QUEUE_PUT and queue == OUTBOUND_QUEUE and "messagettl=" not in http.url:
+        http.url += ("&" if "?" in http.url else "?") + "messagettl=-1"
 
 
 def _counting_transport(service: _Service, counter: RoundTrips, inner: Any) -> Any:
@@ -435,9 +439,8 @@ def plain_datetime(value: dt.datetime | None) -> dt.datetime | None:
 
 def safe_key(value: str) -> str:
     """``value`` as a Table key: itself when allowed, else ``h-`` + its SHA-256 (stable)."""
-    if value and len(value) <= _MAX_KEY and not _UNSAFE_KEY.search(value):
-        return value
-    return "h-" + hashlib.sha256(value.encode()).hexdigest()
+    plain = value and len(value) <= _MAX_KEY and not _UNSAFE_KEY.search(value)
+    return value if plain else "h-" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def already_exists(error: BaseException) -> bool:
@@ -544,12 +547,12 @@ def put_message(queue: QueueLike, content: str) -> None:
     }
     answer = send(HttpRequest("POST", "/messages", headers=headers, content=body.encode()))
     if answer.status_code != 201:
-        errors = {
-            401: ClientAuthenticationError,
-            403: ClientAuthenticationError,
-            404: ResourceNotFoundError,
-            409: ResourceExistsError,
-        }
+        refused, missing, exists = (
+            ClientAuthenticationError,
+            ResourceNotFoundError,
+            ResourceExistsError,
+        )
+        errors = {401: refused, 403: refused, 404: missing, 409: exists}
         map_error(status_code=answer.status_code, response=answer, error_map=errors)
         raise HttpResponseError(response=answer)
 
@@ -582,8 +585,7 @@ def _pieces(text: str) -> list[str]:
 
 def joined(entity: Mapping[str, Any], name: str) -> str | None:
     """The text :func:`chunked` wrote as ``name`` in ``entity`` (None: it wrote None)."""
-    count = entity.get(f"{name}Chunks")
-    if count is None:
+    if (count := entity.get(f"{name}Chunks")) is None:
         return None
     return "".join(str(entity.get(f"{name}{i}", "")) for i in range(int(count)))
 
@@ -594,6 +596,4 @@ def chunked(name: str, text: str | None) -> dict[str, Any]:
     if text is None:
         return {f"{name}Chunks": None}
     chunks = _pieces(text)
-    out: dict[str, Any] = {f"{name}Chunks": len(chunks)}
-    out.update({f"{name}{i}": chunk for i, chunk in enumerate(chunks)})
-    return out
+    return {f"{name}Chunks": len(chunks), **{f"{name}{i}": c for i, c in enumerate(chunks)}}

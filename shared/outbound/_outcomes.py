@@ -82,8 +82,8 @@ STALE_GRANT_RETRY_SECONDS = 1.0
 #: was fixed (or until its validity ends, whichever is sooner): as while the settings do not
 #: validate at all (shared.unconfigured).
 CONFIGURATION_RECHECK_SECONDS = float(RECHECK_SECONDS)
-#: Queue visibility is capped at 7 days by the service.
-MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
+#: Queue visibility: the service allows up to 7 days; a copy is made visible strictly before.
+MAX_VISIBILITY_SECONDS = 7 * 24 * 3600 - 1
 #: Storage round trips of one pack (claims, records) run on this many threads.
 PACK_STORAGE_THREADS = 16
 _pool_lock = threading.Lock()

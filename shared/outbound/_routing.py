@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     MessageIdOf = Callable[[OutboundMessage, str | None], str]
 
-__all__ = ["CONNECTION_REMOVED", "through_connection", "token_wait", "unrouted"]
+__all__ = ["CONNECTION_REMOVED", "expire_overdue", "through_connection", "token_wait", "unrouted"]
 
 log = logging.getLogger("shared.outbound.sender")
 #: The failure code of a send whose connection was removed from the settings.
@@ -198,6 +198,40 @@ def _expired_or_left(outcomes: Outcomes, record: MessageRecord, why: str) -> Sen
     if left <= 0 and not _held_for(record, now):
         return outcomes.fail(record, outcomes.expired(record, waiting=why))
     return max(left, 1.0)
+
+
+def expire_overdue(record: MessageRecord) -> MessageRecord:
+    """A status poll's backstop for a send no copy of whose queue message comes any more (one
+    written before copies were kept for ever, dropped after 7 days; or lost otherwise): once its
+    validity and a claim's lease after it have passed, a record not final, and not held, fails
+    ``expired`` as its sender fails it (a single send or index pack's member as the sender's
+    own path does, a bulk member as its pack's driver does: with its event and dead letter);
+    any other is returned as it is. A copy still on the queue then only finds it final."""
+    from shared.connections import connection_settings
+    from shared.outbound._outcomes import Outcomes
+    from shared.outbound._packing import IndexPacks
+    from shared.problems import Problem
+    from shared.settings import get_settings
+
+    try:  # its sender's (a broken or removed connection's: the app's; the same tables)
+        ports = send_ports(connection_settings(record.connection))
+    except Problem:
+        ports = send_ports(get_settings())
+    now = ports.now()
+    if (
+        record.status.is_final
+        or record.held_until(now)
+        or now < record.valid_until + ports.policy.lease
+    ):
+        return record
+    outcomes = Outcomes(ports)
+    if record.batch_id is not None:
+        outcomes.fail_many([(record, outcomes.expired(record, record.last_error))])
+    else:
+        if record.pack_id is not None:
+            IndexPacks(ports, outcomes).announce_listed(record.pack_id)
+        outcomes.fail(record, outcomes.expired(record))
+    return ports.store.get(record.message_id) or record
 
 
 def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str) -> SendOutcome:

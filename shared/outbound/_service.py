@@ -55,6 +55,8 @@ from shared.problems import FieldError, Problem, ProblemType, validation_problem
 from shared.storage import QueueLike, ensured_queue
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shared.settings import Settings
     from shared.suppressions import SuppressionStore
 
@@ -364,13 +366,22 @@ class SendService:
             denied="The token does not open this message's status (wrong, expired or revoked).",
         )
 
-    def status(self, message_id: str, token: str | None) -> StatusView:
+    def status(
+        self,
+        message_id: str,
+        token: str | None,
+        overdue: Callable[[MessageRecord], MessageRecord] | None = None,
+    ) -> StatusView:
         """GetMessageStatus: 202 pending, 200 sent (upstream-shaped), problem when failed or
-        cancelled, 404 unknown. The token is checked before anything is looked up."""
+        cancelled, 404 unknown. The token is checked before anything is looked up. ``overdue``:
+        the sender's backstop for a record no copy of its queue message reaches any more
+        (:func:`shared.outbound._routing.expire_overdue`, which imports this module)."""
         self.check_token(message_id, token)
         record, slots = self.store.get_with_slots(message_id)
         if record is None:
             raise _not_found(message_id)
+        if overdue is not None:
+            record = overdue(record)
         if self._lost_its_enqueue(record):
             record = self._enqueue(record)
         return self.view(record, slots)

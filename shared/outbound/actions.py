@@ -331,7 +331,9 @@ def send_template(ctx: ActionContext, inp: SendTemplateInput) -> ActionResponse:
 
 
 def get_message_status(ctx: ActionContext, inp: MessageStatusInput) -> ActionResponse:
-    return answer(send_service(ctx.settings).status(inp.message_id, inp.token))
+    from shared.outbound._routing import expire_overdue
+
+    return answer(send_service(ctx.settings).status(inp.message_id, inp.token, expire_overdue))
 
 
 def cancel_message(ctx: ActionContext, inp: CancelMessageInput) -> ActionResponse:

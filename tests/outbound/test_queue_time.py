@@ -1,0 +1,90 @@
+"""Sends that wait on ``smartdialog-outbound`` longer than the queue's default time-to-live (7
+days: a sender paused for an upgrade, a long put-back) are not dropped unseen: every copy put
+there never expires and becomes visible before the 7 days the service allows; and a send whose
+copies are gone anyway (written by an older release, which kept the default) fails ``expired``
+on its next status poll, with its event and dead letter, once its validity has passed."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from shared.clock import ManualClock, utcnow
+from shared.events import MESSAGE_FAILED
+from shared.messages import MessageStatus, MessageStore
+from shared.names import OUTBOUND_QUEUE
+from shared.outbound._outcomes import whole_seconds
+from shared.storage import queue_client
+from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms, status_of
+
+FOREVER_YEAR = 9999  # how the queue service dates a message whose time-to-live is -1
+WEEK = 7 * 24 * 3600
+
+
+def test_accepted_copy_never_expires(outbound: Outbound) -> None:
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="kept"))
+    assert accepted.status == 202
+    [copy] = queue_client(OUTBOUND_QUEUE).peek_messages()
+    assert copy.expires_on.year == FOREVER_YEAR
+
+
+def test_longest_put_back_is_delivered_before_it_could_expire(outbound: Outbound) -> None:
+    seconds = whole_seconds(8 * 24 * 3600)  # a 7-day Retry-After, long retry settings
+    assert seconds < WEEK
+    put = queue_client(OUTBOUND_QUEUE).send_message("{}", visibility_timeout=seconds)
+    assert put.expires_on.year == FOREVER_YEAR
+    assert put.next_visible_on < put.expires_on
+
+
+def test_a_put_that_names_its_time_to_live_keeps_it(outbound: Outbound) -> None:
+    put = queue_client(OUTBOUND_QUEUE).send_message("{}", time_to_live=3600)
+    assert put.expires_on.year != FOREVER_YEAR
+
+
+def test_queued_send_whose_copy_is_gone_expires_on_its_status_poll(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="copy gone"))
+    location = accepted.headers["Location"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # what the 7-day default did to old copies
+    record = MessageStore.from_settings().get(accepted.body["Id"])
+    assert record is not None
+    manual_clock.advance((record.valid_until - utcnow()).total_seconds() + 1)
+    assert status_of(location).status == 202  # within a claim's lease after validUntil: waits
+
+    manual_clock.advance(dt.timedelta(days=8).total_seconds())
+    polled = status_of(location)
+
+    assert polled.status == 422
+    assert polled.body["code"] == "expired"
+    [letter] = outbound.dead_letters()
+    assert letter["messageId"] == accepted.body["Id"]
+    assert letter["error"]["code"] == "expired"
+    assert [e["type"] for e in outbound.events()] == [MESSAGE_FAILED]
+    assert status_of(location).status == 422
+    assert len(outbound.dead_letters()) == 1
+    final = MessageStore.from_settings().get(accepted.body["Id"])
+    assert final is not None
+    assert final.status is MessageStatus.FAILED
+    assert final.announced
+
+
+def test_bulk_member_whose_driver_is_gone_expires_on_its_status_poll(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    from shared.outbound._service import send_service
+    from shared.settings import get_settings
+    from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, member_ids
+
+    batch = accepted_batch(*NUMBERS[:2])
+    first, second = member_ids(batch)
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # its pack's driver, dropped
+    manual_clock.advance(dt.timedelta(days=8).total_seconds())
+
+    polled = status_of(send_service(get_settings()).status_url(first))
+
+    assert polled.status == 422
+    assert polled.body["code"] == "expired"
+    assert [d["messageId"] for d in outbound.dead_letters()] == [first]
+    other = MessageStore.from_settings().get(second)
+    assert other is not None
+    assert other.status is MessageStatus.ACCEPTED
