@@ -58,7 +58,7 @@ from shared.outbound._outcomes import (
     whole_seconds,
 )
 from shared.outbound._ports import SendPorts
-from shared.outbound._routing import token_wait
+from shared.outbound._routing import note_waiting, token_wait
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
@@ -251,6 +251,7 @@ class _Run:
             until = min(r.valid_until for r in open_)
             recheck = self.outcomes.misconfigured(f"pack {pack.pack_id}", until)
             if recheck is not None:
+                note_waiting(self.outcomes, open_)
                 return self.later(recheck, "configuration")
         waiting = [
             r.next_attempt_at
@@ -301,8 +302,9 @@ class _Run:
                 call_request_id=None if first else new_pack_id(self.pack.key, ids, now),
             )
         if waits := token_wait(self.outcomes, self.driver, claimed):  # the token first;
-            self.release(claimed)  # none: nothing sent, not an attempt
-            return self.later(*waits)
+            wait, reason, error = waits  # none: nothing sent, not an attempt
+            self.release(claimed, **({"last_error": error} if error else {}))
+            return self.later(wait, reason)
         decision, waited = ports.quota_wait.take()
         for retry_stale in (True, False):
             if isinstance(decision, QuotaDenied):

@@ -16,6 +16,7 @@ from shared.messages import FailureInfo, MessageRecord, MessageStatus
 from shared.outbound._attempt import Refused, Transient
 
 __all__ = [
+    "CONFIGURATION",
     "expired",
     "give_up",
     "may_have_been_sent",
@@ -27,7 +28,12 @@ __all__ = [
     "remember_interrupted",
     "remember_maybe_sent",
     "request_id_taken",
+    "waited",
+    "waiting_error",
 ]
+
+#: The ``LastError`` code of a send waiting for a broken setting or refused credentials.
+CONFIGURATION = "configuration"
 
 
 def remember_maybe_sent(failed: Transient) -> dict[str, Any]:
@@ -40,6 +46,20 @@ def remember_interrupted(record: MessageRecord) -> dict[str, Any]:
     """The claim change for ``record``: one still ``sending`` (its worker's lease ran out,
     the worker died or stalled, perhaps mid-call) may have been sent, and is remembered so."""
     return {"maybe_sent": True} if record.status is MessageStatus.SENDING else {}
+
+
+def waiting_error(problem: str) -> FailureInfo:
+    """A pending send's ``LastError`` while ``problem`` (naming a setting, never its value)
+    holds its connection's sends."""
+    title = "Waiting for a setting to be fixed"
+    return FailureInfo(code=CONFIGURATION, title=title, detail=problem)
+
+
+def waited(record: MessageRecord) -> dict[str, Any]:
+    """The claim change for ``record``: the wait for a setting it recorded (its ``LastError``,
+    :func:`waiting_error`) is over."""
+    last = record.last_error
+    return {"last_error": None} if last is not None and last.code == CONFIGURATION else {}
 
 
 def may_have_been_sent(detail: str | None) -> str:

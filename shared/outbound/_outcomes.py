@@ -35,6 +35,7 @@ from shared.outbound._giving_up import (
     poisoned,
     remember_interrupted,
     remember_maybe_sent,
+    waited,
 )
 from shared.outbound._models import (
     DeadLetter,
@@ -100,7 +101,7 @@ def storage_pool() -> ThreadPoolExecutor:
 
 
 def whole_seconds(seconds: float) -> int:
-    """A visibility delay as the queue takes it: whole seconds, 0 to 7 days."""
+    """A visibility delay as the queue takes it: whole seconds, 0 to just under 7 days."""
     return min(MAX_VISIBILITY_SECONDS, max(0, math.ceil(seconds)))
 
 
@@ -148,15 +149,10 @@ def sent_changes(
 def claim_changes(record: MessageRecord, now: dt.datetime, policy: SendPolicy) -> dict[str, Any]:
     """The changes that claim ``record`` for one more attempt through ``policy``'s connection,
     leased for ``policy.lease`` from ``now``."""
-    return {
-        "status": MessageStatus.SENDING,
-        "attempts": record.attempts + 1,
-        "lease_until": now + policy.lease,
-        "next_attempt_at": None,
-        "updated_at": now,
-        "sent_through": policy.connection,
-        **remember_interrupted(record),
-    }
+    return {"status": MessageStatus.SENDING, "attempts": record.attempts + 1,
+            "lease_until": now + policy.lease, "next_attempt_at": None, "updated_at": now,
+            "sent_through": policy.connection, **remember_interrupted(record),
+            **waited(record)}  # fmt: skip
 
 
 def same_claim(claim: MessageRecord, current: MessageRecord) -> bool:

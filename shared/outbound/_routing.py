@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageStatus
+from shared.outbound._giving_up import CONFIGURATION, waiting_error
 from shared.outbound._models import (
     PackDriver,
     StoredCommand,
@@ -32,7 +33,7 @@ from shared.outbound._records import new_record, normalize, queued_text
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from shared.messages import MessageRecord
     from shared.outbound._models import OutboundMessage
@@ -41,11 +42,34 @@ if TYPE_CHECKING:
 
     MessageIdOf = Callable[[OutboundMessage, str | None], str]
 
-__all__ = ["CONNECTION_REMOVED", "expire_overdue", "through_connection", "token_wait", "unrouted"]
+__all__ = [
+    "CONNECTION_REMOVED",
+    "expire_overdue",
+    "note_waiting",
+    "through_connection",
+    "token_wait",
+    "unrouted",
+]
 
 log = logging.getLogger("shared.outbound.sender")
 #: The failure code of a send whose connection was removed from the settings.
 CONNECTION_REMOVED = "connection-removed"
+
+
+def note_waiting(
+    outcomes: Outcomes, records: Sequence[MessageRecord], problem: str | None = None
+) -> None:
+    """Record on unclaimed ``records`` that they wait for ``problem`` (default: what holds the
+    connection, :meth:`Outcomes.holding`) as their ``LastError``, only where it changed: one
+    write when a wait starts (100 records a transaction), none for each recheck. A lost race
+    is left (the next recheck writes it)."""
+    if not (problem := problem or outcomes.holding()):
+        return
+    error, now = waiting_error(problem), outcomes.ports.now()
+    change: Mapping[str, Any] = {"last_error": error, "updated_at": now}
+    changed = [(r, change) for r in records if r.last_error != error and not r.held_until(now)]
+    if changed:
+        outcomes.ports.store.swap_many(changed)
 
 
 def through_connection(
@@ -118,12 +142,13 @@ def unrouted(
             if isinstance(left, SendOutcome):
                 return left
             seconds = min(seconds, left)
+            note_waiting(outcomes, [record], f"the connections' routing: {detail}")
     return outcomes.put_back(text, "message", "", seconds, OutcomeKind.DEFERRED, "configuration")
 
 
 def token_wait(
     outcomes: Outcomes, message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]
-) -> tuple[float, str] | None:
+) -> tuple[float, str, FailureInfo | None] | None:
     """Has the token of the call of ``message`` (its claimed ``records``) in hand before the
     caller takes its grant (:meth:`Upstream.ready <shared.outbound._attempt.Upstream.ready>`):
     None, or, when none could be had, how long the call waits and why. Nothing was sent and no
@@ -131,7 +156,8 @@ def token_wait(
     ``expired``, with their events). Refused (or missing) credentials are a broken setting,
     checked again as :meth:`Outcomes.misconfigured <shared.outbound._outcomes.Outcomes.
     misconfigured>` does; an identity provider that failed (unreachable, timed out) is tried
-    again after the retry policy's backoff over the send's deferrals so far."""
+    again after the retry policy's backoff over the send's deferrals so far. The third item:
+    the records' ``LastError`` while they wait (:func:`waiting_error`), for their hand-back."""
     from shared.connections import credentials_refused
     from shared.smartdialog import CredentialsError, backoff_delay
 
@@ -145,14 +171,14 @@ def token_wait(
         problem = f"{setting} could not be used: {loggable_text(str(failed))}"
         advice = "/api/health checks only that they are set"
         wait = outcomes.misconfigured(what, until, problem, "credentials", advice)
-        return wait or 0.0, "configuration"
+        return wait or 0.0, CONFIGURATION, waiting_error(problem)
     policy = outcomes.ports.policy
     wait = backoff_delay(message.deferrals + 1, base=policy.retry_base, cap=policy.retry_max)
     wait = max(0.0, min(wait, (until - outcomes.ports.now()).total_seconds()))
     log.debug("%s not sent: %s; trying again in %.0f s", what, loggable_text(str(failed)), wait)
     held.wait(f"the identity provider of connection {policy.connection}",
               loggable_text(str(failed)), "each send tries again after its backoff")  # fmt: skip
-    return wait, "identity-provider"
+    return wait, "identity-provider", None
 
 
 def _misconfigured(
@@ -184,6 +210,7 @@ def _misconfigured(
     left = _expired_or_left(outcomes, record, why)
     if isinstance(left, SendOutcome):
         return left
+    note_waiting(outcomes, [record], why)
     copy = message.model_copy(update={"messageId": record.message_id})
     return outcomes.requeue(
         copy, message.attempts, min(delay, left), OutcomeKind.DEFERRED, "configuration"

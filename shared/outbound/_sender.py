@@ -59,7 +59,7 @@ from shared.outbound._records import (
     recipient_slots,
     unreadable_address,
 )
-from shared.outbound._routing import through_connection, token_wait, unrouted
+from shared.outbound._routing import note_waiting, through_connection, token_wait, unrouted
 from shared.problems import Problem
 
 if TYPE_CHECKING:
@@ -346,6 +346,7 @@ class OutboundSender:
             what = f"message {record.message_id}"
             recheck = self.outcomes.misconfigured(what, record.valid_until)
             if recheck is not None:
+                note_waiting(self.outcomes, [record])
                 return self.outcomes.requeue(
                     command, record.attempts, recheck, OutcomeKind.DEFERRED, "configuration"
                 )
@@ -438,13 +439,15 @@ class OutboundSender:
                     decision, waited = self.ports.quota_wait.take(waited)
         return self._hand_back(claim, STALE_GRANT_RETRY_SECONDS, "stale-grant")
 
-    def _hand_back(self, claim: _Claim, delay: float, reason: str) -> SendOutcome:
-        """No call made: claim handed back, message requeued after ``delay`` s (a deferral)."""
-        self._give_back(claim)
+    def _hand_back(
+        self, claim: _Claim, delay: float, reason: str, error: FailureInfo | None = None
+    ) -> SendOutcome:
+        """No call made: claim handed back (LastError ``error``), requeued after ``delay`` s."""
+        self._give_back(claim, error)
         attempts = claim.record.attempts - 1
         return self.outcomes.requeue(claim.command, attempts, delay, OutcomeKind.DEFERRED, reason)
 
-    def _give_back(self, claim: _Claim) -> None:
+    def _give_back(self, claim: _Claim, error: FailureInfo | None = None) -> None:
         """Hand the claim (and a pack's members) back, the attempt not counted: a new pack is
         dissolved (its members wait in the index, packable), an attempted one kept. Once."""
         if not claim.held:
@@ -452,7 +455,8 @@ class OutboundSender:
         claim.held, keep = False, not claim.fresh
         if claim.pack is not None and claim.members:
             self.packing.release([m for m, _ in claim.members[1:]], keep_pack=keep)
-        released = self.packing.release_one(claim.record, claim.before, keep_pack=keep)
+        noted = {"last_error": error} if error else {}
+        released = self.packing.release_one(claim.record, claim.before, keep_pack=keep, **noted)
         if released is not None and released.pack_id is None:
             self.ports.packs.index([released])
 
@@ -530,8 +534,7 @@ class OutboundSender:
         appeared meanwhile (the caller then goes on as for any recorded message)."""
         now = self.ports.now()
         record, slots = self._new_record(command, now, MessageStatus.QUEUED)
-        stored = self.ports.store.create(record, slots)
-        if stored is None:
+        if (stored := self.ports.store.create(record, slots)) is None:
             return None
         log.info("message %s refused: recipient(s) opted out", record.message_id)
         return self.outcomes.fail(stored, failure)
@@ -541,8 +544,7 @@ class OutboundSender:
         if command.messageId:
             return command.messageId
         customer = command.customerId or self.ports.policy.customer_id or ""
-        request_id = getattr(command.body, "RequestId", None)
-        if request_id:
+        if request_id := getattr(command.body, "RequestId", None):
             return request_message_id(customer, request_id, command_connection(command))
         if queue_message_id:
             return derive_message_id("queue-message", queue_message_id)
@@ -576,8 +578,7 @@ class OutboundSender:
         record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if record.pack_key is None:
             return
-        created = self.ports.store.create(record, slots)
-        if created is not None:
+        if (created := self.ports.store.create(record, slots)) is not None:
             self.ports.packs.index([created])
 
 

@@ -425,13 +425,18 @@ class SendService:
     def _retry_after(self, record: MessageRecord) -> int:
         """When a poller should look again: the sender's estimate of when this message is
         done. About a second while the quota has room (a send usually takes well under one);
-        the end of a retry's backoff; or when this process's senders were told a slot of its
-        connection's quota frees (the app's, while that connection is broken or gone)."""
+        the end of a retry's backoff; its sender's next look while it waits for a setting (its
+        ``LastError``); or when this process's senders were told a slot of its connection's
+        quota frees (the app's, while that connection is broken or gone)."""
         from shared.connections import connection_settings
+        from shared.outbound._giving_up import CONFIGURATION
         from shared.outbound._quota_wait import poll_after, quota_wait
+        from shared.unconfigured import RECHECK_SECONDS
 
         if record.next_attempt_at is not None:
             wait = (record.next_attempt_at - self._clock()).total_seconds()
+        elif record.last_error is not None and record.last_error.code == CONFIGURATION:
+            wait = RECHECK_SECONDS
         else:
             try:  # a status poll is not routed: the record says whose quota it waits for
                 wait = quota_wait(connection_settings(record.connection)).hint()

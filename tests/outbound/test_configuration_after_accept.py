@@ -18,11 +18,15 @@ import pytest
 from shared.clock import ManualClock
 from shared.logs import HeldSends
 from shared.messages import MessageRecord, MessageStatus, MessageStore
+from shared.names import OUTBOUND_QUEUE
 from shared.outbound import OutboundSender, _outcomes
 from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind
 from shared.quota import QuotaStore
+from shared.settings import get_settings
+from shared.storage import queue_client
+from shared.unconfigured import RECHECK_SECONDS
 from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member_ids
-from tests.outbound.conftest import DELIVERED, SECRET, Outbound, sms
+from tests.outbound.conftest import DELIVERED, SECRET, Outbound, call_http, sms, status_of
 
 SHORT_SECRET = "too-short-a-secret"
 
@@ -362,3 +366,43 @@ def test_queued_sends_waiting_for_a_broken_setting_warn_once_a_minute_not_once_e
     ]
     debug = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
     assert all(f"message m-held-{i} not sent: setting" in debug for i in range(12))
+
+
+def test_a_send_waiting_for_refused_credentials_says_so_on_its_status(outbound: Outbound) -> None:
+    """Before, its status answered ``queued``, Retry-After 1, no LastError for up to a day."""
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="refused wait"))
+    fixed = refused_secret(outbound)
+    [copy] = queue_client(OUTBOUND_QUEUE).receive_messages()
+    assert OutboundSender.from_settings().process(copy.content).detail == "configuration"
+
+    polled = status_of(accepted.headers["Location"])
+
+    assert polled.status == 202
+    assert polled.body["Attempts"] == 0
+    assert polled.body["LastError"]["code"] == "configuration"
+    assert "SMARTDIALOG_CLIENT_SECRET could not be used" in polled.body["LastError"]["detail"]
+    assert "not-the-secret" not in json.dumps(polled.body)
+    longest = get_settings().send_status_retry_after_seconds
+    assert polled.headers["Retry-After"] == str(min(RECHECK_SECONDS, longest))
+
+    outbound.configure(**fixed)
+    assert OutboundSender.from_settings().process(copy.content).kind is OutcomeKind.SENT
+    assert status_of(accepted.headers["Location"]).status == 200
+
+
+def test_a_setting_s_wait_is_recorded_once_not_for_each_recheck(outbound: Outbound) -> None:
+    outbound.configure(CALLBACK_SECRETS=SHORT_SECRET)
+    text = command("m-noted")
+    OutboundSender.from_settings().process(text)
+    first = record("m-noted")
+    assert first.last_error is not None
+    assert first.last_error.code == "configuration"
+    assert "SMARTDIALOG_CALLBACK_SECRETS" in (first.last_error.detail or "")
+    assert SHORT_SECRET not in (first.last_error.detail or "")
+
+    OutboundSender.from_settings().process(text)  # its recheck: nothing written
+
+    assert record("m-noted").etag == first.etag
+    outbound.configure(CALLBACK_SECRETS=SECRET)
+    assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
+    assert record("m-noted").last_error is None
