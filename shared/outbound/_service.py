@@ -374,8 +374,7 @@ class SendService:
     ) -> StatusView:
         """GetMessageStatus: 202 pending, 200 sent (upstream-shaped), problem when failed or
         cancelled, 404 unknown. The token is checked before anything is looked up. ``overdue``:
-        the sender's backstop for a record no copy of its queue message reaches any more
-        (:func:`shared.outbound._routing.expire_overdue`, which imports this module)."""
+        the sender's backstop for a record no queue copy reaches any more (``expire_overdue``)."""
         self.check_token(message_id, token)
         record, slots = self.store.get_with_slots(message_id)
         if record is None:
