@@ -111,8 +111,8 @@ class AskBody(BaseModel):
         default_factory=list,
         max_length=MAX_OPTIONS,
         description=(
-            "The accepted answers, e.g. YES and NO (compared without case, accents or spaces at "
-            "the ends). Leave empty to accept any reply."
+            "The accepted answers, e.g. YES and NO (compared without case, accents, or spaces "
+            "and punctuation at the ends). Leave empty to accept any reply."
         ),
         json_schema_extra=ui("Accepted answers", visibility="important"),
     )

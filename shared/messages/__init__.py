@@ -43,6 +43,7 @@ from shared.messages._questions import (
     match_answer,
     new_question_id,
     normalize_answer,
+    normalize_reply,
 )
 from shared.messages._records import (
     BATCH_PARTITION_ROWS,
@@ -106,5 +107,6 @@ __all__ = [
     "new_pack_id",
     "new_question_id",
     "normalize_answer",
+    "normalize_reply",
     "text_connection",
 ]

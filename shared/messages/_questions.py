@@ -49,6 +49,7 @@ __all__ = [
     "match_answer",
     "new_question_id",
     "normalize_answer",
+    "normalize_reply",
     "question_partition",
 ]
 
@@ -95,10 +96,29 @@ def check_question_transition(before: QuestionStatus, after: QuestionStatus) -> 
     raise IllegalTransition(f"question status {before} -> {after} is not allowed")
 
 
+def normalize_reply(text: str) -> str:
+    """``text`` as a short reply is compared with words (opt-out keywords, a question's accepted
+    answers): NFKC (fullwidth letters, "…" as "..."), without invisible format characters
+    (zero-width space or joiner, BOM: Unicode category Cf), blanks and punctuation (categories
+    P*: "Stop!", «STOP», "Yes.") trimmed from both ends, inner blanks single, case folded."""
+    nfkc = unicodedata.normalize("NFKC", text)
+    kept = [c for c in nfkc if unicodedata.category(c) != "Cf"]
+    while kept and _edge(kept[-1]):
+        kept.pop()
+    first = next((i for i, c in enumerate(kept) if not _edge(c)), len(kept))
+    return " ".join("".join(kept[first:]).split()).casefold()
+
+
+def _edge(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char).startswith("P")
+
+
 def normalize_answer(text: str) -> str:
-    """``text`` as answers are compared: accents removed (NFKD, combining marks dropped), case
-    folded, inner whitespace collapsed and the ends trimmed ("  Kyllä " == "KYLLA")."""
-    decomposed = unicodedata.normalize("NFKD", text)
+    """``text`` as answers are compared: :func:`normalize_reply` ("Yes." == "yes"; one of
+    punctuation alone, such as "?", as written), then accents removed (NFKD, combining marks
+    dropped), case folded, inner whitespace collapsed and the ends trimmed (" Kyllä! " ==
+    "KYLLA")."""
+    decomposed = unicodedata.normalize("NFKD", normalize_reply(text) or text)
     bare = "".join(c for c in decomposed if not unicodedata.combining(c))
     return " ".join(bare.casefold().split())
 

@@ -61,6 +61,30 @@ def test_answers_match_without_case_accents_or_surrounding_spaces(
     assert matched is (expected is not None)
 
 
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("Yes.", "Yes"),
+        ("Yes!", "Yes"),
+        ('"Yes"', "Yes"),
+        ("«Kyllä»", "Kylla"),
+        ("Yes\u200b", "Yes"),  # a zero-width space (category Cf) at the end
+        ("\ufeffNo", "No"),
+        ("1", "1."),  # an option that ends in punctuation matches without it
+        ("1.", "1."),  # and itself
+        ("?", "?"),  # an option of punctuation alone is compared as written
+        ("!", None),
+        ("Yes, please", None),
+    ],
+)
+def test_answers_match_without_punctuation_or_format_characters_at_the_ends(
+    reply: str, expected: str | None
+) -> None:
+    """As opt-out keywords are compared (shared.inbound's classify_keyword): "Yes." answers."""
+    matched, option = match_answer(["Yes", "No", "Kylla", "1.", "?"], reply)
+    assert (matched, option) == (expected is not None, expected)
+
+
 def test_without_options_any_non_empty_reply_answers() -> None:
     assert match_answer([], " anything ") == (True, None)
     assert match_answer([], "   ") == (False, None)
