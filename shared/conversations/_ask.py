@@ -206,14 +206,19 @@ class QuestionAcceptedDoc(BaseModel):
 
 
 class QuestionAnswerDoc(BaseModel):
-    """200: the question ended: answered, timed out, opted out or replaced."""
+    """200: the question ended: answered, timed out, opted out, replaced, or failed (a send
+    re-driven since it failed)."""
 
     QuestionId: str = Field(description="Our id of the question.", json_schema_extra=ui("Id"))
     MessageId: str | None = Field(
         None, description="Our id of the send.", json_schema_extra=ui("Message Id")
     )
     Status: str = Field(
-        description="answered, timed_out, opted_out or replaced.", json_schema_extra=ui("Status")
+        description=(
+            "answered, timed_out, opted_out, replaced, or failed (its send failed and was "
+            "re-driven since; until then the status URL answers the send's problem)."
+        ),
+        json_schema_extra=ui("Status"),
     )
     Reply: str | None = Field(
         None, description="The recipient's reply, as written.", json_schema_extra=ui("Reply")
@@ -566,21 +571,13 @@ def _asks_as(question: QuestionRecord, body: AskBody) -> bool:
 
 
 def _in_ask_terms(problem: Problem) -> Problem:
-    """``problem`` with the send's field names as the ask body has them (``Recipients[0].Address``
-    is ``Recipient``)."""
-    errors = [
+    """``problem`` (the send's, raised for this request alone) with the send's field names as the
+    ask body has them (``Recipients[0].Address`` is ``Recipient``)."""
+    problem.errors = tuple(
         FieldError("Recipient", e.message) if e.field.startswith("Recipients[") else e
         for e in problem.errors
-    ]
-    return Problem(
-        problem.status,
-        problem.title,
-        problem.detail,
-        type=problem.type,
-        errors=errors,
-        headers=problem.headers,
-        instance=problem.instance,
     )
+    return problem
 
 
 def _conflict(open_one: QuestionRecord) -> StatusView:

@@ -214,3 +214,12 @@ def test_marking_re_prompted_keeps_the_question_open(outbound: Outbound) -> None
     assert after is not None
     assert after.reprompted
     assert after.status is Q.OPEN
+
+
+def test_the_answer_documentation_names_every_way_a_question_ends() -> None:
+    """The 200's Status (connector schema): failed too, which a re-driven send's question has."""
+    from shared.conversations._ask import QuestionAnswerDoc
+
+    described = QuestionAnswerDoc.model_json_schema()["properties"]["Status"]["description"]
+    named = set(described.replace(",", " ").replace(".", " ").split())
+    assert {str(s) for s in QuestionStatus if s.is_final} <= named
