@@ -41,6 +41,18 @@ log = logging.getLogger("shared.inbound.answers")
 
 AnswerOutcome = Literal["none", "answered", "opted_out", "reprompted", "not_matched"]
 _REPROMPT_NAMESPACE = uuid.UUID("5b0f7c1e-3f4a-4d8e-9a51-2f6c1d7e8a90")
+#: How far SmartDialog's clock may be behind ours: a reply it timestamps up to this long before
+#: its question was asked still answers it (one written earlier is a late or repeated copy).
+CLOCK_SKEW = dt.timedelta(seconds=5)
+
+
+def _written_at(payload: NewMessagePayload, received_at: dt.datetime) -> dt.datetime:
+    """When SmartDialog got the message: its ``timestamp`` (the same in every copy it delivers;
+    ``received_at`` is this copy's own), unless it has none or it is ahead of ``received_at``
+    by more than :data:`CLOCK_SKEW` (a local time without its zone, read as UTC): then this
+    copy's receipt time."""
+    written = payload.utc_timestamp
+    return written if written is not None and written <= received_at + CLOCK_SKEW else received_at
 
 
 def reprompt_message_id(question_id: str) -> str:
@@ -106,8 +118,8 @@ class QuestionAnswers:
         question = self.questions.for_reply(service, reported_key(payload.sender), key)
         if question is None or question.expired(received_at):
             return "none"  # an expired one is ended by its status URL
-        if received_at < question.created_at:
-            return "none"  # received before it was asked (a late copy of an earlier reply)
+        if _written_at(payload, received_at) < question.created_at - CLOCK_SKEW:
+            return "none"  # written before it was asked (a late or repeated copy of a message)
         if keyword == "stop":
             self.questions.opt_out(question, at=received_at, reply_key=key)
             return "opted_out"

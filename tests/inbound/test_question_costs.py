@@ -7,11 +7,12 @@ import datetime as dt
 import json
 import uuid
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from shared import storage
-from shared.clock import utcnow
+from shared.clock import ManualClock, utcnow
 from shared.inbound import InboundProcessor
 from shared.inbound._answers import QuestionAnswers, reprompt_command, reprompt_message_id
 from shared.inbound._models import InboundIntake, NewMessagePayload
@@ -20,7 +21,10 @@ from shared.names import OUTBOUND_QUEUE
 from shared.outbound import OutboundMessageAdapter, send_service
 from shared.settings import get_settings
 from shared.storage import StorageOp
+from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import TWO_WAY, Inbound, intake_text
+
+__all__ = ["manual_clock"]
 
 NUMBER = "+358401112233"
 
@@ -32,7 +36,7 @@ def _intake(content: str, sender: str = NUMBER, service: str = TWO_WAY) -> str:
 def _ask(number: str, service: str = TWO_WAY, **extra: object) -> QuestionRecord:
     """An open question to ``number``, stored as the ask action stores one (the service is not
     marked as asking: as the previous release left its questions)."""
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     record = QuestionRecord(
         question_id=new_question_id(service, number),
         service_id=service,
@@ -40,10 +44,9 @@ def _ask(number: str, service: str = TWO_WAY, **extra: object) -> QuestionRecord
         message_id=str(uuid.uuid4()),
         created_at=now,
         expires_at=now + dt.timedelta(hours=1),
-        options=("Yes", "No"),
         sender="Clinic",
         protocol="SMS",
-        **extra,  # type: ignore[arg-type]
+        **{"options": ("Yes", "No"), **extra},  # type: ignore[arg-type]
     )
     return QuestionStore.from_settings().create(record)
 
@@ -164,6 +167,44 @@ def test_a_reply_received_before_its_question_was_asked_does_not_answer_it(
     still = QuestionStore.from_settings().open_question(TWO_WAY, number)
     assert still is not None
     assert (still.question_id, still.status) == (asked.question_id, QuestionStatus.OPEN)
+
+
+def test_a_copy_smartdialog_delivers_again_after_a_question_was_asked_does_not_answer_it(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Each webhook copy has a receivedAt of its own; SmartDialog's timestamp, the message's own,
+    tells a repeat of a message sent before the question (its answer to the first copy lost)."""
+    number = "+358401112211"
+    message = {"sender": number, "recipient": "Clinic", "content": "Book me for Tuesday"}
+    payload = NewMessagePayload.model_validate(
+        {**message, "messageId": str(uuid.uuid4()), "timestamp": utcnow().isoformat()}
+    )
+
+    def copy(of: NewMessagePayload) -> str:
+        return InboundIntake(service=TWO_WAY, messageKey=str(of.messageId), receivedAt=utcnow(),
+                             payload=of).model_dump_json(exclude_none=True)  # fmt: skip
+
+    processor = InboundProcessor.from_settings(get_settings())
+    processor.process(copy(payload))  # no question open yet
+    manual_clock.advance(10)
+    asked = _ask(number, options=())  # e.g. the New Message flow this message started asks
+    manual_clock.advance(50)
+    processor.process(copy(payload))  # SmartDialog's retry of the same message
+    store = QuestionStore.from_settings()
+    assert store.get(asked.question_id) == replace(asked, etag=None)  # still open, unanswered
+
+    # A reply SmartDialog timestamps a moment before our clock (their clocks differ) answers; so
+    # does one stamped in the future (a zone read wrong): its receipt time stands in.
+    ahead = utcnow() + dt.timedelta(hours=2)
+    for stamped, content in ((asked.created_at - dt.timedelta(seconds=2), "Sure"), (ahead, "Ok")):
+        reply = payload.model_copy(
+            update={"messageId": str(uuid.uuid4()), "timestamp": stamped, "content": content}
+        )
+        processor.process(copy(reply))
+        done = store.get(asked.question_id)
+        assert done is not None
+        assert (done.status, done.reply) == (QuestionStatus.ANSWERED, content)
+        asked = _ask(number, options=())
 
 
 def test_a_reply_from_the_number_written_without_its_plus_answers_its_question(
