@@ -31,8 +31,9 @@ from shared.callback_urls import require_callback_settings, require_status_token
 from shared.clock import utcnow
 from shared.logs import redacted
 from shared.messages import (
+    UNSENT,
     IdempotencyEntry,
-    MessageStatus,
+    MessageRecord,
     QuestionConflict,
     QuestionRecord,
     QuestionStatus,
@@ -92,6 +93,9 @@ REFUSED, NOT_ACCEPTED = "refused", "not-accepted"
 #: The longest wait before a question's timeout starts: until every instance knows its service
 #: asks (TriggerNotifier.mark_asking: the index's lifetime and a margin, under this).
 ASKED_LATER = dt.timedelta(seconds=60)
+#: The least time a recipient has to reply (half the timeout, when that is shorter): a question
+#: whose send cannot go out by its ExpiresAt minus this is not sent (failed, expired).
+REPLY_WINDOW = dt.timedelta(minutes=5)
 NOT_ASKED = (REFUSED, NOT_ACCEPTED)
 
 
@@ -309,8 +313,8 @@ class AskService:
             if (
                 open_one is not None
                 and not body.ReplaceOpenQuestion
-                and not open_one.expired(now - ANSWER_GRACE)
                 and all(question.failure_code in NOT_ASKED for question in asked)
+                and self._settled(open_one, now).status is QuestionStatus.OPEN
             ):  # another request's question is open, and this key asked none: 409, unclaimed
                 return _conflict(open_one)
             claim, replayed = self._claim(key_hash, command, body, message_id, asked, now)
@@ -320,9 +324,8 @@ class AskService:
         else:
             open_one = self.questions.open_question(service, address)
         own = open_one is not None and open_one.message_id == message_id
-        if open_one is not None and not own and open_one.expired(now - ANSWER_GRACE):
-            # Another request's, past its timeout: ended. What is open now may be this one's.
-            self.questions.end(open_one.question_id, QuestionStatus.TIMED_OUT, at=now)
+        if open_one is not None and not own and self._settled(open_one, now).status.is_final:
+            # Another request's, ended (timed out, its send failed). Open now may be this one's.
             open_one = self.questions.open_question(service, address)
         if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
             return self._replayed(open_one, command, idempotency_key, claim)
@@ -436,13 +439,16 @@ class AskService:
         not_before: dt.datetime,
         first: bool = True,
     ) -> None:
-        """Accept the send of ``question``. Refused (e.g. 422: the recipient opted out) or our
+        """Accept the send of ``question``, valid until :data:`REPLY_WINDOW` before it expires
+        (never later: it is not sent late). Refused (e.g. 422: the recipient opted out) or our
         storage failed before its command was queued (500, the caller retries), the question
         this request asked must not stay open without it. Any other failure (500) may come after
         the enqueue: the question stays open, as one a replay found does (it may be sent)."""
+        left = max(question.expires_at - not_before, dt.timedelta(0))
+        until = question.expires_at - min(REPLY_WINDOW, left / 2)
         try:
             self.send.accept(
-                command,
+                command.model_copy(update={"validUntil": until}),
                 idempotency_key=idempotency_key,
                 message_id=question.message_id,
                 not_before=not_before,
@@ -483,47 +489,39 @@ class AskService:
         )
         record = self.questions.get(question_id)
         if record is None:
-            raise Problem(
-                404,
-                "No such question",
-                f"There is no question {question_id}.",
-                type=ProblemType.NOT_FOUND,
-            )
+            detail = f"There is no question {question_id}."
+            raise Problem(404, "No such question", detail, type=ProblemType.NOT_FOUND)
         return self._current(record)
 
     def _current(self, record: QuestionRecord) -> StatusView:
-        """What the status URL of ``record`` answers now (ending it if its send failed or it
-        timed out)."""
-        now = self._clock()
+        """What the status URL of ``record`` answers now (ended first if it is :meth:`_settled`)."""
         if record.status is QuestionStatus.OPEN:
-            message = self.send.store.get(record.message_id)
-            if message is not None and message.status in _UNSENT:
-                code = message.failure.code if message.failure else str(message.status)
-                record = self._end(record, QuestionStatus.FAILED, now, failure_code=code)
-            elif record.expired(now - ANSWER_GRACE):
-                record = self._end(record, QuestionStatus.TIMED_OUT, now)
+            record = self._settled(record, self._clock())
         if record.status is QuestionStatus.OPEN:
             return self._open_view(record, status=202)
         if record.status is QuestionStatus.FAILED:
             message = self.send.store.get(record.message_id)
             # Its send's problem while it stands; re-driven since: the question's own answer.
-            if message is not None and message.status in _UNSENT:
+            if message is not None and message.status in UNSENT:
                 view = self.send.view(message)
                 return type(view)(
                     view.status, {**view.body, "questionId": record.question_id}, {}, view.problem
                 )
         return _ended_view(record)
 
-    def _end(
-        self,
-        record: QuestionRecord,
-        status: QuestionStatus,
-        now: dt.datetime,
-        *,
-        failure_code: str | None = None,
-    ) -> QuestionRecord:
-        ended = self.questions.end(record.question_id, status, at=now, failure_code=failure_code)
-        return ended or record
+    def _settled(self, record: QuestionRecord, now: dt.datetime) -> QuestionRecord:
+        """The open ``record``, ended ``failed`` if its send was cancelled or failed for good, or
+        ``timed_out`` :data:`ANSWER_GRACE` past its ExpiresAt unless its send may still go out
+        or expire (:func:`_on_its_way`); as it is otherwise. One read (its send)."""
+        message = self.send.store.get(record.message_id)
+        if message is not None and message.status in UNSENT:
+            code = message.failure.code if message.failure else str(message.status)
+            status = QuestionStatus.FAILED
+        elif record.expired(now - ANSWER_GRACE) and not _on_its_way(record, message):
+            code, status = None, QuestionStatus.TIMED_OUT
+        else:
+            return record
+        return self.questions.end(record.question_id, status, at=now, failure_code=code) or record
 
     def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:
         url = self.status_url(record.question_id)
@@ -538,8 +536,13 @@ class AskService:
         return StatusView(status, body, headers)
 
 
-#: A question's send ended so: the question failed (its status URL answers the send's problem).
-_UNSENT = (MessageStatus.FAILED, MessageStatus.CANCELLED)
+def _on_its_way(record: QuestionRecord, message: MessageRecord | None) -> bool:
+    """Whether the send ``message`` of ``record`` is neither sent nor final yet, and valid no
+    later than its ExpiresAt (as this release sends it): it goes out in time or expires, and
+    its question ends with it. A question asked by an earlier release, whose send may go out a
+    day late, times out at once (as it did); one whose send is not recorded also."""
+    sent_by = message.valid_until if message and not message.status.is_final else None
+    return sent_by is not None and sent_by <= record.expires_at
 
 
 def _ended_view(record: QuestionRecord) -> StatusView:

@@ -4,9 +4,13 @@ The processor hands every inbound message here (one SmartDialog delivers twice c
 One partition query
 (:meth:`QuestionStore.for_reply`) finds the open question of the service + sender (none: the
 message only goes to New Message, as before; none either when this very message already ended a
-question: a redelivery by SmartDialog changes nothing). Then:
+question: a redelivery by SmartDialog changes nothing, nor a copy of a message written before
+the question was asked). One read of the question's send follows: a cancelled or failed send's
+question is answered by nothing (it ends ``failed``). Then:
 
 - STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
+- a message before the question's text may have gone out (:func:`send_may_have_gone_out`)
+  does nothing more;
 - an accepted answer (or any reply, without options) ends it ``answered``;
 - another reply re-prompts once: a SendMessage command goes on ``smartdialog-outbound`` (the one
   send path; built here as JSON because the inbound package may not import the outbound one),
@@ -25,7 +29,14 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Literal
 
-from shared.messages import QuestionRecord, QuestionStore, match_answer
+from shared.messages import (
+    UNSENT,
+    MessageStore,
+    QuestionRecord,
+    QuestionStore,
+    match_answer,
+    send_may_have_gone_out,
+)
 from shared.names import OUTBOUND_QUEUE
 from shared.storage import QueueLike, ensured_queue
 from shared.suppressions import reported_key
@@ -91,10 +102,12 @@ class QuestionAnswers:
         questions: QuestionStore,
         outbound: QueueLike | None = None,
         settings: Settings | None = None,
+        messages: MessageStore | None = None,
     ) -> None:
         self.questions = questions
         self._outbound = outbound
         self._settings = settings
+        self.messages = messages or MessageStore.from_settings(settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> QuestionAnswers:
@@ -120,9 +133,14 @@ class QuestionAnswers:
             return "none"  # an expired one is ended by its status URL
         if _written_at(payload, received_at) < question.created_at - CLOCK_SKEW:
             return "none"  # written before it was asked (a late or repeated copy of a message)
-        if keyword == "stop":
+        send = self.messages.get(question.message_id)  # one read, for a message that may answer
+        if send is not None and send.status in UNSENT:
+            return "none"  # cancelled or failed: the question ends so (its status URL, an ask)
+        if keyword == "stop":  # before its text went out too: it never will (suppressed)
             self.questions.opt_out(question, at=received_at, reply_key=key)
             return "opted_out"
+        if not send_may_have_gone_out(send):
+            return "none"  # its text has not gone out: this is no reply to it
         matched, option = match_answer(question.options, payload.content)
         if matched:
             done = self.questions.answer(

@@ -35,6 +35,7 @@ from shared.messages._packs import (
 )
 from shared.messages._questions import (
     QUESTION_TRANSITIONS,
+    UNSENT,
     QuestionConflict,
     QuestionRecord,
     QuestionStatus,
@@ -44,6 +45,7 @@ from shared.messages._questions import (
     new_question_id,
     normalize_answer,
     normalize_reply,
+    send_may_have_gone_out,
 )
 from shared.messages._records import (
     BATCH_PARTITION_ROWS,
@@ -67,6 +69,7 @@ __all__ = [
     "MESSAGE_ID_PATTERN",
     "MESSAGE_TRANSITIONS",
     "QUESTION_TRANSITIONS",
+    "UNSENT",
     "BatchRecord",
     "BatchStatus",
     "BatchStore",
@@ -108,5 +111,6 @@ __all__ = [
     "new_question_id",
     "normalize_answer",
     "normalize_reply",
+    "send_may_have_gone_out",
     "text_connection",
 ]

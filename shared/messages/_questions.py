@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
-from shared.messages._models import IllegalTransition
-from shared.messages._records import odata_quote
+from shared.messages._models import IllegalTransition, MessageStatus
+from shared.messages._records import MessageRecord, odata_quote
 from shared.names import QUESTIONS_TABLE
 from shared.storage import ensure_table, plain_datetime, utc
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QUESTION_TRANSITIONS",
+    "UNSENT",
     "QuestionConflict",
     "QuestionRecord",
     "QuestionStatus",
@@ -51,6 +52,7 @@ __all__ = [
     "normalize_answer",
     "normalize_reply",
     "question_partition",
+    "send_may_have_gone_out",
 ]
 
 OPEN_ROW = "open"
@@ -133,6 +135,22 @@ def match_answer(options: Sequence[str], reply: str) -> tuple[bool, str | None]:
         if normalize_answer(option) == said:
             return True, option
     return False, None
+
+
+#: A question's send ended so: it did not go out, and the question fails (its status URL answers
+#: the send's problem, 422 or 410); no reply answers it.
+UNSENT: Final = (MessageStatus.FAILED, MessageStatus.CANCELLED)
+
+
+def send_may_have_gone_out(send: MessageRecord | None) -> bool:
+    """Whether a question's ``send`` may have reached its recipient, so a reply may answer the
+    question: sent; being sent (upstream may have it before the sender records its answer, and
+    a reply may overtake that); or queued again after an attempt that may have reached upstream.
+    Not one never tried (queued; the first question of a service is held ~35 s), failed or
+    cancelled, nor one not recorded yet."""
+    if send is None or send.status in UNSENT:
+        return False
+    return send.status in (MessageStatus.SENT, MessageStatus.SENDING) or send.maybe_sent
 
 
 def question_partition(service: str, address: str) -> str:

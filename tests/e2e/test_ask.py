@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from shared.clock import ManualClock
-from shared.messages import MessageStore
+from shared.messages import MessageRecord, MessageStore
 from tests.crash import crash_once
 from tests.e2e.conftest import TWO_WAY_SERVICE, Stack, poll
 from tests.fixtures.clock import manual_clock
@@ -46,9 +46,17 @@ def _ask(stack: Stack, number: str, **extra: Any) -> httpx.Response:
         "Options": ["Yes", "No"],
         **extra,
     }
-    return stack.http.post(
+    response = stack.http.post(
         f"{stack.api}/questions", json=body, headers={"Service-Id": TWO_WAY_SERVICE}
     )
+    if response.status_code == 202:  # a reply answers a question once its text went out
+        store, message_id = MessageStore.from_settings(), response.json()["MessageId"]
+        poll(lambda: _final(store.get(message_id)), what="the question's send")
+    return response
+
+
+def _final(record: MessageRecord | None) -> bool:
+    return record is not None and record.status.is_final
 
 
 def _reply(stack: Stack, number: str, content: str) -> dict[str, Any]:

@@ -57,6 +57,11 @@ def _send(env: Inbound, key: str) -> HttpAnswer:
     return env.call("SendMessage", "POST", headers=headers, body=body)
 
 
+def _went_out(env: Inbound) -> None:
+    """The sender sends what is queued: a reply answers a question only once its text went out."""
+    env.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=90)
+
+
 def _reply(content: str) -> None:
     InboundProcessor.from_settings(get_settings()).process(intake_text(content, NUMBER))
 
@@ -73,6 +78,7 @@ def test_a_replay_after_its_question_ended_answers_that_question_and_asks_nothin
     ask = (lambda: _ask(inbound, key)) if header else (lambda: _ask(inbound, RequestId=key))
     first = ask()
     assert first.status == 202, first.body
+    _went_out(inbound)
     _reply("yes")
     queued = inbound.count(OUTBOUND_QUEUE)
 
@@ -92,6 +98,7 @@ def test_a_replay_answers_its_ended_question_while_another_request_s_is_open(
     a question: its replay still answers that question."""
     key = f"booking-{uuid.uuid4().hex}"
     first = _ask(inbound, key)
+    _went_out(inbound)
     _reply("yes")
     assert _ask(inbound).status == 202  # another flow asks the number meanwhile
 
@@ -280,6 +287,7 @@ def test_a_replay_of_a_question_asked_before_the_upgrade_answers_that_question(
     )
     assert inbound.count(OUTBOUND_QUEUE) == queued
     assert _ask(inbound, key, Content="Something else?").status == 422
+    _went_out(inbound)
     _reply("no")
     assert _ask(inbound, key).body["MatchedOption"] == "No"
 
@@ -380,7 +388,7 @@ def test_a_500_after_its_send_was_queued_leaves_its_question_open_and_sends_it_o
         assert (retried.status, retried.body["openQuestionId"]) == (409, asked.question_id)
     else:
         assert (retried.status, retried.body["QuestionId"]) == (202, asked.question_id)
-    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=90)
+    _went_out(inbound)
     assert _sends(inbound, asked.message_id) == 1
     _reply("yes")
     answered = QuestionStore.from_settings().get(asked.question_id)
@@ -397,6 +405,7 @@ def test_a_replay_that_ends_an_expired_question_answers_the_one_its_first_reques
     claimed the key. The replay ends the expired one too and reads the open one again: its
     own, which it answers (it used to answer 409 naming it, or replace it)."""
     stale = _ask(inbound, TimeoutSeconds=60)
+    _went_out(inbound)  # (a send still on its way would keep it open until it is final)
     manual_clock.advance(600)  # past its timeout and grace, still open: nobody polled it
     key = f"booking-{uuid.uuid4().hex}"
     real = IdempotencyStore.claim

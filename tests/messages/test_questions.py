@@ -13,6 +13,7 @@ import pytest
 from shared.messages import (
     QUESTION_TRANSITIONS,
     IllegalTransition,
+    MessageStatus,
     QuestionConflict,
     QuestionRecord,
     QuestionStatus,
@@ -21,8 +22,10 @@ from shared.messages import (
     match_answer,
     new_question_id,
     normalize_answer,
+    send_may_have_gone_out,
 )
 from tests.outbound.conftest import Outbound
+from tests.test_invariants import _record as message_record
 
 Q = QuestionStatus
 SERVICE = "s-1001-twoway"
@@ -223,3 +226,23 @@ def test_the_answer_documentation_names_every_way_a_question_ends() -> None:
     described = QuestionAnswerDoc.model_json_schema()["properties"]["Status"]["description"]
     named = set(described.replace(",", " ").replace(".", " ").split())
     assert {str(s) for s in QuestionStatus if s.is_final} <= named
+
+
+@pytest.mark.parametrize(
+    ("status", "maybe_sent", "gone_out"),
+    [
+        (MessageStatus.ACCEPTED, False, False),
+        (MessageStatus.QUEUED, False, False),  # never tried (the first question, held)
+        (MessageStatus.QUEUED, True, True),  # an attempt that may have reached upstream
+        (MessageStatus.SENDING, False, True),  # upstream may have it: a reply can overtake
+        (MessageStatus.SENT, False, True),
+        (MessageStatus.FAILED, True, False),  # the question fails: no reply answers it
+        (MessageStatus.CANCELLED, False, False),
+    ],
+)
+def test_a_reply_answers_a_question_only_once_its_send_may_have_gone_out(
+    status: MessageStatus, maybe_sent: bool, gone_out: bool
+) -> None:
+    send = message_record("m-1", status, "+358401234567", maybe_sent=maybe_sent)
+    assert send_may_have_gone_out(send) is gone_out
+    assert send_may_have_gone_out(None) is False  # not recorded yet: the sender records first

@@ -1,0 +1,149 @@
+"""A question and its send (SendMessageAndWaitForReply through the real action, Azurite and the
+sandbox): its text goes out in time or not at all, a reply answers it only once its text may have
+gone out, and a question whose send is cancelled or expired ends failed (410/422), never timed
+out or answered, and blocks no new question."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from shared.clock import ManualClock
+from shared.inbound import InboundProcessor
+from shared.messages import MessageStatus, MessageStore, QuestionStatus, QuestionStore
+from shared.names import OUTBOUND_QUEUE
+from shared.settings import get_settings
+from tests.fixtures.clock import manual_clock
+from tests.inbound.conftest import TWO_WAY, HttpAnswer, Inbound, intake_text
+
+__all__ = ["manual_clock"]
+
+
+def _ask(env: Inbound, number: str, **extra: Any) -> HttpAnswer:
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": number,
+            "Options": ["Yes", "No"], **extra}  # fmt: skip
+    asked = env.call(
+        "SendMessageAndWaitForReply", "POST", headers={"Service-Id": TWO_WAY}, body=body
+    )
+    assert asked.status == 202, asked.body
+    return asked
+
+
+def _poll(env: Inbound, asked: HttpAnswer) -> HttpAnswer:
+    token = asked.headers["Location"].split("token=")[1]
+    route = {"QuestionId": asked.body["QuestionId"]}
+    return env.call("GetQuestionStatus", "GET", route_params=route, params={"token": token})
+
+
+def _sends(env: Inbound) -> int:
+    return sum(r["operationId"] == "SendMessage" for r in env.sandbox.state.snapshot("requests"))
+
+
+def _reply(content: str, number: str) -> None:
+    InboundProcessor.from_settings(get_settings()).process(intake_text(content, number))
+
+
+def test_a_question_whose_send_is_held_past_its_timeout_is_never_sent_and_ends_failed(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Its send was valid for 24 h: the question was reported timed out (the flow took its no
+    answer branch), then the backlog drained and the patient got the question anyway."""
+    number = "+358401234599"
+    asked = _ask(inbound, number, TimeoutSeconds=120)
+    message_id = asked.body["MessageId"]
+    store = MessageStore.from_settings()
+    record = store.get(message_id)
+    assert record is not None
+    expires = dt.datetime.fromisoformat(asked.body["ExpiresAt"])
+    assert record.valid_until == expires - dt.timedelta(seconds=60)  # half its timeout to reply
+    manual_clock.advance(300)  # the send is held up (a quota backlog, an outage)
+
+    waiting = _poll(inbound, asked)
+    assert (waiting.status, waiting.body["Status"]) == (202, "open"), waiting.body  # not timed out
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)  # the backlog drains
+    ended = _poll(inbound, asked)
+
+    assert _sends(inbound) == 0
+    expired = store.get(message_id)
+    assert expired is not None
+    assert expired.failure is not None
+    assert (expired.status, expired.failure.code) == (MessageStatus.FAILED, "expired")
+    assert ended.status == 422, ended.body  # the failed send's answer: the flow's failed branch
+    assert (ended.body["code"], ended.body["questionId"]) == ("expired", asked.body["QuestionId"])
+    question = QuestionStore.from_settings().get(asked.body["QuestionId"])
+    assert question is not None
+    assert (question.status, question.failure_code) == (QuestionStatus.FAILED, "expired")
+    _ask(inbound, number)  # nothing blocks the number
+
+
+def test_a_question_of_the_previous_release_times_out_while_its_send_waits(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Its send (valid 24 h, not bounded by the question) may go out long after: the question
+    times out a minute past its ExpiresAt, as it did."""
+    number = "+358401234598"
+    asked = _ask(inbound, number, TimeoutSeconds=60)
+    store = MessageStore.from_settings()
+    record = store.get(asked.body["MessageId"])
+    assert record is not None
+    assert store.swap(record, valid_until=record.created_at + dt.timedelta(days=1)) is not None
+    manual_clock.advance(200)
+
+    ended = _poll(inbound, asked)
+
+    assert (ended.status, ended.body["Status"], ended.body["TimedOut"]) == (200, "timed_out", True)
+
+
+def test_a_cancelled_question_is_answered_by_nothing_ends_410_and_blocks_no_new_question(
+    inbound: Inbound,
+) -> None:
+    number = "+358401234597"
+    asked = _ask(inbound, number)
+    cancelled = inbound.call(
+        "CancelMessage", "DELETE", route_params={"MessageId": asked.body["MessageId"]}
+    )
+    assert cancelled.status == 200, cancelled.body
+    _reply("Yes", number)  # to something else: the question never reached the number
+
+    ended = _poll(inbound, asked)
+
+    assert ended.status == 410, ended.body
+    assert ended.body["questionId"] == asked.body["QuestionId"]
+    question = QuestionStore.from_settings().get(asked.body["QuestionId"])
+    assert question is not None
+    assert (question.status, question.reply) == (QuestionStatus.FAILED, None)
+
+
+def test_a_new_question_ends_an_open_one_whose_send_was_cancelled_instead_of_a_409(
+    inbound: Inbound,
+) -> None:
+    number = "+358401234596"
+    first = _ask(inbound, number)
+    inbound.call("CancelMessage", "DELETE", route_params={"MessageId": first.body["MessageId"]})
+
+    second = _ask(inbound, number)  # was 409: "waits for a reply"
+
+    assert second.body["QuestionId"] != first.body["QuestionId"]
+    assert _poll(inbound, first).status == 410
+
+
+def test_a_reply_before_the_question_went_out_answers_nothing_and_is_not_re_prompted(
+    inbound: Inbound,
+) -> None:
+    """The first question of a service is held ~35 s; a "Yes" the number sent meanwhile (to
+    something else) is no answer to it. Once its text went out, a reply answers it."""
+    number = "+358401234595"
+    asked = _ask(inbound, number, RepromptContent="Please reply YES or NO")
+    _reply("Yes", number)
+    _reply("maybe", number)
+    store = QuestionStore.from_settings()
+    waiting = store.open_question(TWO_WAY, number)
+    assert waiting is not None
+    assert (waiting.question_id, waiting.reprompted) == (asked.body["QuestionId"], False)
+    assert inbound.count(OUTBOUND_QUEUE) == 1  # the question alone: no re-prompt
+
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=90)
+    _reply("Yes.", number)
+
+    answered = _poll(inbound, asked)
+    assert (answered.status, answered.body["MatchedOption"]) == (200, "Yes"), answered.body
