@@ -71,6 +71,8 @@ class TokenPurpose(enum.StrEnum):
     """The delivery-report callback put in a send's ``DlrUrl``."""
     WEBHOOK = "webhook"
     """The inbound-message webhook registered with SmartDialog."""
+    DEAD_LETTERS = "deadletters"
+    """A bulk re-drive or purge's ``continuationToken``: its loop's filter, start and place."""
 
 
 class SigningNotConfigured(Problem):

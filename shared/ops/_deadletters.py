@@ -235,7 +235,7 @@ class DeadLetterDesk:
         """Up to ``limit`` letters handled (of the index's, those after letter ``after`` only),
         receiving at most one :class:`Budget` of messages (poison messages not yet kept, letters
         whose pop receipt is stale); (what happened, more left: also when a repeat would reach
-        further into a poison queue, :meth:`_each_poison`; the last indexed letter looked at)."""
+        further into a poison queue, :meth:`_each_poison`; the last letter looked at or after)."""
         done: list[Handled] = []
         cap = limit * KEPT_PASSED_OVER  # letters that stay come first: reach those behind them
         budget, more = Budget(), False
@@ -262,7 +262,7 @@ class DeadLetterDesk:
             done.append(self._redrive_one(view, force=force, budget=budget) if redrive
                         else self._purge_one(view, budget))  # fmt: skip
         _log_counts(done)
-        return done, more or stopped, after if stopped else None
+        return done, more or stopped, after
 
     def _redrive_one(self, view: DeadLetterView, *, force: bool, budget: Budget) -> Handled:
         if view.entry is None:

@@ -8,7 +8,10 @@ least one (so that "everything" is never one forgotten parameter away), and hand
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
+from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,7 +27,7 @@ from shared.actions._spec import (
 )
 from shared.actions.fields import ui
 from shared.clock import utcnow
-from shared.deadletters import DEAD_LETTER_QUEUES, ID_MAX_LENGTH, DeadLetterFilter, letter_keys
+from shared.deadletters import DEAD_LETTER_QUEUES, ID_MAX_LENGTH, DeadLetterFilter
 from shared.ops._deadletters import (
     KEPT_PASSED_OVER,
     PEEK_LIMIT,
@@ -35,6 +38,7 @@ from shared.ops._deadletters import (
     HandledKind,
 )
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.signing import TokenPurpose, secrets_problem, sign, verify
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -44,6 +48,7 @@ __all__ = ["BULK_LIMIT", "KNOWN_QUEUES", "SPECS", "desk", "letter_doc"]
 TAG = "Operations"
 #: Dead letters one bulk call handles at most.
 BULK_LIMIT = 200
+_MICROSECOND = dt.timedelta(microseconds=1)  # the finest a dead letter's time is kept to
 #: The queues a dead letter may be on: ours, then the host's poison queues.
 KNOWN_QUEUES: tuple[str, ...] = (
     *DEAD_LETTER_QUEUES,
@@ -55,15 +60,6 @@ def _known_queue(value: str | None) -> str | None:
     if value is not None and value not in KNOWN_QUEUES:
         raise ValueError("not a dead-letter or poison queue: " + ", ".join(KNOWN_QUEUES))
     return value
-
-
-def _resumable(token: str | None) -> str | None:
-    """A bulk call's ``continuationToken``: the id of the letter the previous one looked at last."""
-    if token is not None and letter_keys(token) is None:
-        raise ValueError(
-            "not a continuationToken a RedriveDeadLetters or PurgeDeadLetters answered"
-        )
-    return token
 
 
 # --- parameters -----------------------------------------------------------------------------------
@@ -300,15 +296,18 @@ class HandledManyDoc(BaseModel):
         description=(
             f"More may match: call again, passing continuationToken, for the rest (this call "
             f"stopped at its {BULK_LIMIT} or after looking at {BULK_LIMIT * KEPT_PASSED_OVER} "
-            "letters, or a poison queue holds more). A loop until more is false ends."
+            "letters, or a poison queue holds more). A loop passing it until more is false "
+            "looks once at each letter that matched when the loop began, and ends; one written "
+            "meanwhile (a re-driven send that failed again) waits for the next loop."
         ),
         json_schema_extra=ui("More"),
     )
     continuationToken: str | None = Field(
         None,
         description=(
-            "Pass it as continuationToken to the next call: it goes on after the letters this "
-            "one looked at, so letters that stay (kept, original-gone) are not seen again."
+            "Pass it as continuationToken to the next call, with the same filters: it goes on "
+            "after the letters this one looked at, so letters that stay (kept, original-gone) "
+            "are not seen again. Signed: another call's filters or an altered token are a 400."
         ),
         json_schema_extra=ui("Continuation Token"),
     )
@@ -333,8 +332,8 @@ def letter_doc(view: DeadLetterView, now: dt.datetime) -> DeadLetterDoc:
     )
 
 
-def handled_many(done: list[Handled], more: bool, after: str | None) -> HandledManyDoc:
-    """The answer of a bulk re-drive or purge (``after``: the last letter it looked at)."""
+def handled_many(done: list[Handled], more: bool, token: str | None) -> HandledManyDoc:
+    """The answer of a bulk re-drive or purge (``token``: where the next call goes on)."""
     counts = {kind: sum(1 for h in done if h.kind is kind) for kind in HandledKind}
     return HandledManyDoc(
         redriven=counts[HandledKind.REDRIVEN],
@@ -344,7 +343,7 @@ def handled_many(done: list[Handled], more: bool, after: str | None) -> HandledM
         inProgress=counts[HandledKind.IN_PROGRESS],
         purged=counts[HandledKind.PURGED],
         more=more,
-        continuationToken=after,
+        continuationToken=token,
         items=[HandledDoc(id=h.id, outcome=h.kind, detail=h.detail) for h in done],
     )
 
@@ -428,34 +427,77 @@ def _require_filter(inp: _Filtered) -> None:
         )
 
 
-def redrive_dead_letters(ctx: ActionContext, inp: RedriveManyInput) -> ActionResponse:
+def _token_subject(action: str, inp: BulkInput, start: dt.datetime, after: str | None) -> str:
+    """What a ``continuationToken`` signs: its action and filters, its loop's start and place."""
+    fields = (action, inp.queue, inp.reason, inp.min_age, inp.max_age, start.isoformat(), after)
+    return json.dumps(fields, ensure_ascii=False)
+
+
+def _resumed(settings: Settings, action: str, inp: BulkInput) -> tuple[dt.datetime, str | None]:
+    """The start and place of the loop ``inp``'s token goes on with: ``<place>.<signature>``,
+    place the base64url JSON of [start, the last letter looked at]. A 400 naming it, nothing
+    done, unless a call of ``action`` with the same filters answered it."""
+    place, _, signed = (inp.continuation_token or "").partition(".")
+    try:
+        start_text, after = json.loads(base64.urlsafe_b64decode(place + "=" * (-len(place) % 4)))
+        start = dt.datetime.fromisoformat(start_text)
+        subject: str | None = _token_subject(action, inp, start, after)
+    except (ValueError, TypeError, RecursionError):
+        subject = None
+    secrets = settings.callback_secret_list
+    if subject is None or not verify(signed, TokenPurpose.DEAD_LETTERS, subject, secrets=secrets):
+        why = (f"not a continuationToken a {action} call with these filters (queue, reason, "
+               "minAgeSeconds, maxAgeSeconds) answered: pass the same filters, or start again "
+               "without it")  # fmt: skip
+        raise validation_problem([FieldError("continuationToken", why)])
+    return start, after
+
+
+def _bulk(ctx: ActionContext, inp: BulkInput, force: bool | None = None) -> ActionResponse:
+    """A bulk re-drive (``force`` as for it) or purge (None) of the letters passing ``inp``'s
+    filters as they were when its loop began (the first call) and written before: one written
+    meanwhile (a re-driven send that failed again) waits for the next loop, so a loop ends."""
     _require_filter(inp)
-    done = desk(ctx.settings).redrive_matching(
-        inp.dead_letter_filter(utcnow()),
-        limit=BULK_LIMIT,
-        force=inp.force,
-        after=inp.continuation_token,
+    if (problem := secrets_problem(ctx.settings.callback_secret_list)) is not None:
+        raise problem  # before anything is done: its continuationToken is signed
+    action = "PurgeDeadLetters" if force is None else "RedriveDeadLetters"
+    start, after = (
+        _resumed(ctx.settings, action, inp) if inp.continuation_token else (utcnow(), None)
     )
-    return ActionResponse.json(handled_many(*done))
+    ops, where, ceiling = desk(ctx.settings), inp.dead_letter_filter(start), start - _MICROSECOND
+    where = replace(where, before=min(where.before or ceiling, ceiling))
+    done, more, last = (
+        ops.purge_matching(where, limit=BULK_LIMIT, after=after) if force is None
+        else ops.redrive_matching(where, limit=BULK_LIMIT, force=force, after=after)
+    )  # fmt: skip
+    token = None
+    if more:
+        subject = _token_subject(action, inp, start, last)
+        signed = sign(TokenPurpose.DEAD_LETTERS, subject, secrets=ctx.settings.callback_secret_list)
+        place = json.dumps([start.isoformat(), last], ensure_ascii=False).encode()
+        token = f"{base64.urlsafe_b64encode(place).decode().rstrip('=')}.{signed}"
+    return ActionResponse.json(handled_many(done, more, token))
+
+
+def redrive_dead_letters(ctx: ActionContext, inp: RedriveManyInput) -> ActionResponse:
+    return _bulk(ctx, inp, force=inp.force)
 
 
 def purge_dead_letters(ctx: ActionContext, inp: BulkInput) -> ActionResponse:
-    _require_filter(inp)
-    done = desk(ctx.settings).purge_matching(
-        inp.dead_letter_filter(utcnow()), limit=BULK_LIMIT, after=inp.continuation_token
-    )
-    return ActionResponse.json(handled_many(*done))
+    return _bulk(ctx, inp)
 
 
 class BulkInput(_Filtered):
     continuation_token: Annotated[
         str | None,
-        AfterValidator(_resumable),
         Param("query", "continuationToken"),
         Field(
             None,
-            max_length=ID_MAX_LENGTH,
-            description="The previous call's continuationToken: go on after what it looked at.",
+            max_length=2000,
+            description=(
+                "The previous call's continuationToken (with the same filters): go on after "
+                "what it looked at, among the letters that matched when the loop began."
+            ),
             json_schema_extra=ui("Continuation Token", visibility="advanced"),
         ),
     ] = None

@@ -7,7 +7,9 @@ Through the real functions, Azurite and the sandbox, as the rest of tests/ops.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from shared.events import MESSAGE_FAILED, MESSAGE_REDRIVEN
 from shared.messages import MessageStatus, MessageStore
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE
 from shared.ops import keep_poison
+from shared.settings import reset_settings_cache
 from shared.storage import ensured_queue
 from shared.triggers import TriggerNotifier
 from tests.ops.conftest import Outbound, index_written_dead_letters, letter
@@ -184,7 +187,10 @@ def _failed_letter_behind(ops: Outbound, message_id: str = "rv-behind") -> None:
     index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
 
 
-@pytest.mark.parametrize("token", ["nonsense", "a~b/c", "eyJmb28iOiAiYmFyIn0"])
+@pytest.mark.parametrize(
+    "token",
+    ["nonsense", "a~b/c", "eyJmb28iOiAiYmFyIn0", f"{OUTBOUND_DEAD_LETTER_QUEUE}~99999999"],
+)
 def test_a_bulk_call_with_a_token_no_call_answered_is_a_400_naming_it(
     ops: Outbound, token: str
 ) -> None:
@@ -196,6 +202,89 @@ def test_a_bulk_call_with_a_token_no_call_answered_is_a_400_naming_it(
         assert [e["field"] for e in answer.body["errors"]] == ["continuationToken"]
     assert len(call_http("ListDeadLetters", "GET").body["value"]) == 1  # nothing changed
     assert ops.upstream() == []
+
+
+def test_a_bulk_redrive_loop_over_sends_that_fail_again_ends_after_one_pass(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-driven send that fails again while the loop runs writes a new letter, after the
+    token's place: a loop looks only at letters written before it began, so it re-drives each
+    once and ends; the new ones wait for the next loop (before, it re-drove them for ever, each
+    lap another message.failed and trigger note)."""
+    monkeypatch.setattr("shared.ops.actions.BULK_LIMIT", 2)
+    for n in range(3):
+        ops.enqueue(
+            {"operation": "SendMessage", "messageId": f"rv-loop-{n}", "body": sms(REJECTED)}
+        )
+    ops.drain()
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+
+    answers, token = [], None
+    for _ in range(4):
+        params = {"reason": "failed", **({"continuationToken": token} if token else {})}
+        body = call_http("RedriveDeadLetters", "POST", params=params).body
+        answers.append((body["redriven"], body["more"]))
+        token = body.get("continuationToken")
+        ops.drain()  # the sender fails them again while the loop runs
+        index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+        if not body["more"]:
+            break
+
+    assert answers == [(2, True), (1, False)]
+    assert len(ops.upstream()) == 6  # each sent once more
+    assert len(call_http("ListDeadLetters", "GET").body["value"]) == 3  # for the next loop
+
+
+def test_a_continuation_token_goes_only_with_its_action_and_filters(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed with the action, filters and place it was answered for: with other filters or
+    another action, or its place altered, it is a 400 naming it, nothing done (before, any
+    letter id was a place, and a token given other filters skipped their letters silently)."""
+    monkeypatch.setattr("shared.ops.actions.BULK_LIMIT", 1)
+    for n in range(3):
+        _failed_letter_behind(ops, f"rv-bound-{n}")
+    token = call_http("PurgeDeadLetters", "POST", params={"reason": "failed"}).body[
+        "continuationToken"
+    ]
+    place, _, signature = token.partition(".")
+    start, _ = json.loads(base64.urlsafe_b64decode(place + "=" * (-len(place) % 4)))
+    elsewhere = json.dumps([start, f"{OUTBOUND_DEAD_LETTER_QUEUE}~99999999"]).encode()
+    moved = f"{base64.urlsafe_b64encode(elsewhere).decode().rstrip('=')}.{signature}"
+    for action, params in (
+        ("PurgeDeadLetters", {"reason": "failed", "queue": OUTBOUND_DEAD_LETTER_QUEUE}),
+        ("PurgeDeadLetters", {"queue": OUTBOUND_DEAD_LETTER_QUEUE}),
+        ("RedriveDeadLetters", {"reason": "failed"}),
+        ("PurgeDeadLetters", {"reason": "failed", "continuationToken": moved}),
+    ):
+        answer = call_http(action, "POST", params={"continuationToken": token, **params})
+        assert answer.status == 400, (action, params, answer.body)
+        assert [e["field"] for e in answer.body["errors"]] == ["continuationToken"]
+    assert len(call_http("ListDeadLetters", "GET").body["value"]) == 2  # nothing changed
+
+    again = call_http(
+        "PurgeDeadLetters", "POST", params={"reason": "failed", "continuationToken": token}
+    )
+    assert (again.body["purged"], again.body["more"]) == (1, True), again.body
+
+
+def test_without_callback_secrets_a_bulk_call_is_a_503_and_does_nothing(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its continuationToken is signed: the missing secrets are said before any letter is
+    handled, not after."""
+    _failed_letter_behind(ops, "rv-unsigned")
+    secrets = os.environ["SMARTDIALOG_CALLBACK_SECRETS"]
+    monkeypatch.delenv("SMARTDIALOG_CALLBACK_SECRETS")
+    reset_settings_cache()
+
+    answer = call_http("PurgeDeadLetters", "POST", params={"reason": "failed"})
+
+    assert answer.status == 503, answer.body
+    assert [e["field"] for e in answer.body["errors"]] == ["SMARTDIALOG_CALLBACK_SECRETS"]
+    monkeypatch.setenv("SMARTDIALOG_CALLBACK_SECRETS", secrets)
+    reset_settings_cache()
+    assert len(call_http("ListDeadLetters", "GET").body["value"]) == 1
 
 
 def test_the_connector_says_every_reason_a_redrive_keeps_a_letter() -> None:
