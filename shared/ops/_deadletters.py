@@ -343,15 +343,8 @@ class DeadLetterDesk:
         ))  # fmt: skip
         return self._removed(replace(view, entry=entry), done, now, budget)
 
-    def _removed(
-        self,
-        view: DeadLetterView,
-        handled: Handled,
-        now: dt.datetime,
-        budget: Budget,
-        *,
-        release: bool = True,
-    ) -> Handled:
+    def _removed(self, view: DeadLetterView, handled: Handled, now: dt.datetime, budget: Budget,
+                 *, release: bool = True) -> Handled:  # fmt: skip
         """``handled`` once the letter is removed; if that fails, the letter stays, its claim
         ended, and ``handled`` says so: handling it again removes it (sends nothing again).
         Without ``release`` (its row could not say it was re-driven) the claim stays until it
@@ -505,8 +498,10 @@ class DeadLetterDesk:
                 return None  # never recorded: the sender records it
             if command is not None and (own := self._owns_send(command, record)) is not True:
                 return HandledKind.KEPT, (
-                    f"its messageId {message_id} is another message's (left alone): purge it"
-                    if own is False else "its connection is unsure now (settings): re-drive later"
+                    f"its command is not message {message_id}'s as recorded (left alone): another "
+                    "message's that reused its id, or a rule's send made again after the rule was "
+                    "edited; purge it" if own is False
+                    else "its connection is unsure now (settings): re-drive later"
                 )  # fmt: skip
             if record.status in (MessageStatus.SENT, MessageStatus.CANCELLED):
                 return HandledKind.SKIPPED, (

@@ -251,11 +251,12 @@ class HandledDoc(BaseModel):
         description=(
             "redriven, skipped (already sent or cancelled: nothing sent), kept (not sent, the "
             "letter stays: a recipient still opts out; or, unless force is true, it failed "
-            "outcome-unknown (it may have been sent) or is a poison send command naming no "
-            "message; or it is a poison send command that reused another message's id: purge "
-            "it), original-gone (its stored original is gone: nothing sent, the letter stays; "
-            "purge it), in-progress (another call is re-driving it: nothing sent by this one) or "
-            "purged."
+            "outcome-unknown (it may have been sent) or is a poison send command naming no message;"
+            " or it is a poison send command not its message's own as recorded (another message's "
+            "that reused its id, or a notification rule's send made again after the rule was "
+            "edited): purge it; or its connection is unsure now (settings): re-drive it later), "
+            "original-gone (its stored original is gone: nothing sent, the letter stays; purge it),"
+            " in-progress (another call is re-driving it: nothing sent by this one) or purged."
         ),
         json_schema_extra=ui("Outcome"),
     )
@@ -275,8 +276,9 @@ class HandledManyDoc(BaseModel):
         0,
         description=(
             "Not sent, they stay: a recipient opts out (STOP); without force, outcome-unknown "
-            "or a poison send command naming no message; a poison send command that reused "
-            "another message's id."
+            "or a poison send command naming no message; a poison send command not its "
+            "message's own as recorded (another message's that reused its id, a rule's send "
+            "made again after the rule was edited) or whose connection is unsure now (settings)."
         ),
         json_schema_extra=ui("Kept"),
     )
