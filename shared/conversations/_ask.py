@@ -316,7 +316,7 @@ class AskService:
                 and all(question.failure_code in NOT_ASKED for question in asked)
                 and self._settled(open_one, now).status is QuestionStatus.OPEN
             ):  # another request's question is open, and this key asked none: 409, unclaimed
-                return _conflict(open_one)
+                return _conflict(open_one, self.settings.send_lease_seconds)
             claim, replayed = self._claim(key_hash, command, body, message_id, asked, now)
             if replayed is not None:
                 return self._replayed(replayed, command, idempotency_key, claim)
@@ -473,7 +473,7 @@ class AskService:
                 self.send.idempotency.release(claim.key_hash, claim.message_id)
             except Exception as exc:
                 log.warning("key of a 409 not released: %s", redacted(str(exc)))
-        return _conflict(open_one)
+        return _conflict(open_one, self.settings.send_lease_seconds)
 
     # --- status ----------------------------------------------------------------------------
 
@@ -512,16 +512,28 @@ class AskService:
     def _settled(self, record: QuestionRecord, now: dt.datetime) -> QuestionRecord:
         """The open ``record``, ended ``failed`` if its send was cancelled or failed for good, or
         ``timed_out`` :data:`ANSWER_GRACE` past its ExpiresAt unless its send may still go out
-        or expire (:func:`_on_its_way`); as it is otherwise. One read (its send)."""
+        or expire (:meth:`_on_its_way`); as it is otherwise. One read (its send)."""
         message = self.send.store.get(record.message_id)
         if message is not None and message.status in UNSENT:
             code = message.failure.code if message.failure else str(message.status)
             status = QuestionStatus.FAILED
-        elif record.expired(now - ANSWER_GRACE) and not _on_its_way(record, message):
+        elif record.expired(now - ANSWER_GRACE) and not self._on_its_way(record, message, now):
             code, status = None, QuestionStatus.TIMED_OUT
         else:
             return record
         return self.questions.end(record.question_id, status, at=now, failure_code=code) or record
+
+    def _on_its_way(
+        self, record: QuestionRecord, message: MessageRecord | None, now: dt.datetime
+    ) -> bool:
+        """Whether the send ``message`` of ``record`` is not final, valid no later than its
+        ExpiresAt (as this release sends it), and its validity and the sender's lease (a claim
+        taken as it ends) have not passed: it goes out in time or expires, and its question ends
+        with it; past that, it may never end (its queue message lost): the question times out.
+        So does one an earlier release asked (its send may go out a day late), or not recorded."""
+        sent_by = message.valid_until if message and not message.status.is_final else None
+        lease = dt.timedelta(seconds=self.settings.send_lease_seconds)  # the sender's: ours
+        return sent_by is not None and sent_by <= record.expires_at and now < sent_by + lease
 
     def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:
         url = self.status_url(record.question_id)
@@ -534,15 +546,6 @@ class AskService:
         }
         headers = {"Location": url, "Retry-After": str(self.settings.question_poll_seconds)}
         return StatusView(status, body, headers)
-
-
-def _on_its_way(record: QuestionRecord, message: MessageRecord | None) -> bool:
-    """Whether the send ``message`` of ``record`` is neither sent nor final yet, and valid no
-    later than its ExpiresAt (as this release sends it): it goes out in time or expires, and
-    its question ends with it. A question asked by an earlier release, whose send may go out a
-    day late, times out at once (as it did); one whose send is not recorded also."""
-    sent_by = message.valid_until if message and not message.status.is_final else None
-    return sent_by is not None and sent_by <= record.expires_at
 
 
 def _ended_view(record: QuestionRecord) -> StatusView:
@@ -583,13 +586,14 @@ def _in_ask_terms(problem: Problem) -> Problem:
     return problem
 
 
-def _conflict(open_one: QuestionRecord) -> StatusView:
+def _conflict(open_one: QuestionRecord, lease: float) -> StatusView:
+    more = int(max(ANSWER_GRACE.total_seconds(), lease))  # a reply, or its send, on its way
     problem = Problem(
         409,
         "A question to this recipient is still open",
         f"Question {open_one.question_id} to this recipient on this service waits for a reply "
-        f"until {open_one.expires_at.isoformat()} (and a minute after, for a reply on its way). "
-        "Set ReplaceOpenQuestion to replace it.",
+        f"until {open_one.expires_at.isoformat()} (and up to {more} s after, for a reply or its "
+        "send still on its way). Set ReplaceOpenQuestion to replace it.",
         type=ProblemType.CONFLICT,
         errors=[FieldError("ReplaceOpenQuestion", "Another question is open.")],
     )

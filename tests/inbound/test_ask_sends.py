@@ -8,11 +8,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from shared.clock import ManualClock
+from shared.clock import ManualClock, utcnow
 from shared.inbound import InboundProcessor
 from shared.messages import MessageStatus, MessageStore, QuestionStatus, QuestionStore
 from shared.names import OUTBOUND_QUEUE
 from shared.settings import get_settings
+from shared.storage import queue_client
 from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import TWO_WAY, HttpAnswer, Inbound, intake_text
 
@@ -49,14 +50,17 @@ def test_a_question_whose_send_is_held_past_its_timeout_is_never_sent_and_ends_f
     """Its send was valid for 24 h: the question was reported timed out (the flow took its no
     answer branch), then the backlog drained and the patient got the question anyway."""
     number = "+358401234599"
-    asked = _ask(inbound, number, TimeoutSeconds=120)
+    asked = _ask(inbound, number, TimeoutSeconds=60)
     message_id = asked.body["MessageId"]
     store = MessageStore.from_settings()
     record = store.get(message_id)
     assert record is not None
     expires = dt.datetime.fromisoformat(asked.body["ExpiresAt"])
-    assert record.valid_until == expires - dt.timedelta(seconds=60)  # half its timeout to reply
-    manual_clock.advance(300)  # the send is held up (a quota backlog, an outage)
+    assert record.valid_until == expires - dt.timedelta(seconds=30)  # half its timeout to reply
+    # The send is held up (a quota backlog, an outage) past its validity, and past ExpiresAt
+    # + a minute; the sender's lease after its validity has not passed.
+    manual_clock.advance((expires - utcnow()).total_seconds() + 70)
+    assert utcnow() < record.valid_until + dt.timedelta(seconds=get_settings().send_lease_seconds)
 
     waiting = _poll(inbound, asked)
     assert (waiting.status, waiting.body["Status"]) == (202, "open"), waiting.body  # not timed out
@@ -74,6 +78,37 @@ def test_a_question_whose_send_is_held_past_its_timeout_is_never_sent_and_ends_f
     assert question is not None
     assert (question.status, question.failure_code) == (QuestionStatus.FAILED, "expired")
     _ask(inbound, number)  # nothing blocks the number
+
+
+def test_a_question_whose_send_no_queue_message_reaches_times_out_after_its_validity_and_lease(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Its queue message is gone (purged; a copy an earlier release wrote, dropped after 7 days):
+    nothing sends or expires its send, which stays queued, and the question blocked its number
+    with 409 for ever. It waits for its send only until the send's validity and the sender's
+    lease (a claim taken as the validity ends) have passed."""
+    number = "+358401234594"
+    asked = _ask(inbound, number, TimeoutSeconds=60)
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    send = MessageStore.from_settings().get(asked.body["MessageId"])
+    assert send is not None
+    lease = dt.timedelta(seconds=get_settings().send_lease_seconds)
+    until = send.valid_until + lease  # later than ExpiresAt + a minute: the send may still go
+    assert until > dt.datetime.fromisoformat(asked.body["ExpiresAt"]) + dt.timedelta(seconds=60)
+    manual_clock.advance((until - utcnow()).total_seconds() - 1)
+    assert _poll(inbound, asked).status == 202
+    refused = inbound.call(
+        "SendMessageAndWaitForReply", "POST", headers={"Service-Id": TWO_WAY},
+        body={"Sender": "Clinic", "Content": "Again?", "Recipient": number},
+    )  # fmt: skip
+    assert refused.status == 409, refused.body
+    assert f"up to {lease.seconds} s after" in refused.body["detail"]
+    manual_clock.advance(2)
+
+    ended = _poll(inbound, asked)
+
+    assert (ended.status, ended.body["Status"], ended.body["TimedOut"]) == (200, "timed_out", True)
+    _ask(inbound, number)  # the number is free
 
 
 def test_a_question_of_the_previous_release_times_out_while_its_send_waits(
