@@ -55,15 +55,23 @@ _REPROMPT_NAMESPACE = uuid.UUID("5b0f7c1e-3f4a-4d8e-9a51-2f6c1d7e8a90")
 #: How far SmartDialog's clock may be behind ours: a reply it timestamps up to this long before
 #: its question was asked still answers it (one written earlier is a late or repeated copy).
 CLOCK_SKEW = dt.timedelta(seconds=5)
+#: How long after SmartDialog got a message a copy of it may still reach our webhook: its
+#: retries of a call that failed (an outage of ours, a lost 202; it publishes no schedule) span
+#: hours, so a day covers them. A timestamp further behind our receipt is not when it got the
+#: message (0001-01-01, .NET's unset value; a wrong date) and would make every reply look
+#: written before its question: the receipt time stands in.
+REDELIVERY = dt.timedelta(hours=24)
 
 
 def _written_at(payload: NewMessagePayload, received_at: dt.datetime) -> dt.datetime:
     """When SmartDialog got the message: its ``timestamp`` (the same in every copy it delivers;
-    ``received_at`` is this copy's own), unless it has none or it is ahead of ``received_at``
-    by more than :data:`CLOCK_SKEW` (a local time without its zone, read as UTC): then this
-    copy's receipt time."""
+    ``received_at`` is this copy's own), unless it has none or is no plausible one: ahead of
+    ``received_at`` by more than :data:`CLOCK_SKEW` (a local time without its zone, read as UTC)
+    or behind it by more than :data:`REDELIVERY`; then this copy's receipt time."""
     written = payload.utc_timestamp
-    return written if written is not None and written <= received_at + CLOCK_SKEW else received_at
+    if written is not None and -REDELIVERY <= written - received_at <= CLOCK_SKEW:
+        return written
+    return received_at
 
 
 def reprompt_message_id(question_id: str) -> str:

@@ -239,6 +239,30 @@ def test_a_copy_smartdialog_delivers_again_after_a_question_was_asked_does_not_a
         asked = _ask(number, options=())
 
 
+def test_a_reply_smartdialog_timestamps_far_behind_our_receipt_answers_its_question(
+    inbound: Inbound,
+) -> None:
+    """A timestamp more than a day behind when the webhook got the copy (.NET's unset
+    0001-01-01, a wrong date) is not when SmartDialog got it: every genuine reply looked
+    written before its question, answered nothing, and the question timed out."""
+    number = "+358401112212"
+    processor = InboundProcessor.from_settings(get_settings())
+    for stamp in ("0001-01-01T00:00:00", (utcnow() - dt.timedelta(days=2)).isoformat()):
+        asked = _ask(number, options=())
+        payload = NewMessagePayload.model_validate(
+            {"sender": number, "recipient": "Clinic", "content": stamp,
+             "messageId": str(uuid.uuid4()), "timestamp": stamp}
+        )  # fmt: skip
+        assert payload.utc_timestamp is not None  # read, not dropped as unreadable
+        processor.process(
+            InboundIntake(service=TWO_WAY, messageKey=str(payload.messageId), receivedAt=utcnow(),
+                          payload=payload).model_dump_json(exclude_none=True)
+        )  # fmt: skip
+        done = QuestionStore.from_settings().get(asked.question_id)
+        assert done is not None
+        assert (done.status, done.reply) == (QuestionStatus.ANSWERED, stamp)
+
+
 def test_a_reply_from_the_number_written_without_its_plus_answers_its_question(
     inbound: Inbound,
 ) -> None:
