@@ -5,7 +5,7 @@ goes out as an ordinary SendMessage through :meth:`SendService.accept` (the one 
 Its status URL (``questions/{QuestionId}?token=…``) answers 202 with a long ``Retry-After``
 (``SMARTDIALOG_QUESTION_POLL_SECONDS``) while the question is open, then 200 with how it ended.
 The inbound processor ends it with the reply (or STOP); this module ends it when its timeout
-passes or its send failed for good (the status combines the send record's status).
+passes or its send ended unsent (the status combines the send record's status).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from shared.messages import (
     QuestionStore,
     idempotency_key_hash,
     new_question_id,
+    send_ended_unsent,
 )
 from shared.outbound import (
     IdempotencyKeyHeader,
@@ -510,11 +511,11 @@ class AskService:
         return _ended_view(record)
 
     def _settled(self, record: QuestionRecord, now: dt.datetime) -> QuestionRecord:
-        """The open ``record``, ended ``failed`` if its send was cancelled or failed for good, or
-        ``timed_out`` :data:`ANSWER_GRACE` past its ExpiresAt unless its send may still go out
-        or expire (:meth:`_on_its_way`); as it is otherwise. One read (its send)."""
+        """The open ``record``, ended ``failed`` if its send ended unsent, or ``timed_out``
+        :data:`ANSWER_GRACE` past its ExpiresAt unless its send may still go out or expire
+        (:meth:`_on_its_way`); as it is otherwise. One read (its send)."""
         message = self.send.store.get(record.message_id)
-        if message is not None and message.status in UNSENT:
+        if message is not None and send_ended_unsent(message):
             code = message.failure.code if message.failure else str(message.status)
             status = QuestionStatus.FAILED
         elif record.expired(now - ANSWER_GRACE) and not self._on_its_way(record, message, now):
@@ -529,8 +530,7 @@ class AskService:
         """Whether the send ``message`` of ``record`` is not final, valid no later than its
         ExpiresAt (as this release sends it), and its validity and the sender's lease (a claim
         taken as it ends) have not passed: it goes out in time or expires, and its question ends
-        with it; past that, it may never end (its queue message lost): the question times out.
-        So does one an earlier release asked (its send may go out a day late), or not recorded."""
+        with it (not one whose queue message is lost, from an earlier release, or unrecorded)."""
         sent_by = message.valid_until if message and not message.status.is_final else None
         lease = dt.timedelta(seconds=self.settings.send_lease_seconds)  # the sender's: ours
         return sent_by is not None and sent_by <= record.expires_at and now < sent_by + lease

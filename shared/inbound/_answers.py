@@ -5,8 +5,9 @@ One partition query
 (:meth:`QuestionStore.for_reply`) finds the open question of the service + sender (none: the
 message only goes to New Message, as before; none either when this very message already ended a
 question: a redelivery by SmartDialog changes nothing, nor a copy of a message written before
-the question was asked). One read of the question's send follows: a cancelled or failed send's
-question is answered by nothing (it ends ``failed``). Then:
+the question was asked). One read of the question's send follows: a send that ended unsent
+(:func:`send_ended_unsent`: cancelled, or failed before it may have gone out) leaves its
+question answered by nothing (it ends ``failed``). Then:
 
 - STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
 - a message before the question's text may have gone out (:func:`send_may_have_gone_out`)
@@ -30,11 +31,11 @@ import uuid
 from typing import TYPE_CHECKING, Literal
 
 from shared.messages import (
-    UNSENT,
     MessageStore,
     QuestionRecord,
     QuestionStore,
     match_answer,
+    send_ended_unsent,
     send_may_have_gone_out,
 )
 from shared.names import OUTBOUND_QUEUE
@@ -142,8 +143,8 @@ class QuestionAnswers:
         if _written_at(payload, received_at) < question.created_at - CLOCK_SKEW:
             return "none"  # written before it was asked (a late or repeated copy of a message)
         send = self.messages.get(question.message_id)  # one read, for a message that may answer
-        if send is not None and send.status in UNSENT:
-            return "none"  # cancelled or failed: the question ends so (its status URL, an ask)
+        if send_ended_unsent(send):
+            return "none"  # cancelled or failed unsent: the question ends so (its status URL)
         if keyword == "stop":  # before its text went out too: it never will (suppressed)
             self.questions.opt_out(question, at=received_at, reply_key=key)
             return "opted_out"

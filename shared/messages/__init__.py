@@ -45,6 +45,7 @@ from shared.messages._questions import (
     new_question_id,
     normalize_answer,
     normalize_reply,
+    send_ended_unsent,
     send_may_have_gone_out,
 )
 from shared.messages._records import (
@@ -111,6 +112,7 @@ __all__ = [
     "new_question_id",
     "normalize_answer",
     "normalize_reply",
+    "send_ended_unsent",
     "send_may_have_gone_out",
     "text_connection",
 ]

@@ -52,6 +52,7 @@ __all__ = [
     "normalize_answer",
     "normalize_reply",
     "question_partition",
+    "send_ended_unsent",
     "send_may_have_gone_out",
 ]
 
@@ -137,20 +138,29 @@ def match_answer(options: Sequence[str], reply: str) -> tuple[bool, str | None]:
     return False, None
 
 
-#: A question's send ended so: it did not go out, and the question fails (its status URL answers
-#: the send's problem, 422 or 410); no reply answers it.
+#: A question's send ended so: it did not go out (but see :func:`send_ended_unsent`), and the
+#: question fails (its status URL answers the send's problem, 422 or 410).
 UNSENT: Final = (MessageStatus.FAILED, MessageStatus.CANCELLED)
 
 
 def send_may_have_gone_out(send: MessageRecord | None) -> bool:
     """Whether a question's ``send`` may have reached its recipient, so a reply may answer the
     question: sent; being sent (upstream may have it before the sender records its answer, and
-    a reply may overtake that); or queued again after an attempt that may have reached upstream.
-    Not one never tried (queued; the first question of a service is held ~35 s), failed or
+    a reply may overtake that); or after an attempt that may have reached upstream
+    (``maybe_sent``), queued again or failed all the same (``outcome-unknown``). Not one never
+    tried (queued; the first question of a service is held ~35 s), nor one failed otherwise or
     cancelled, nor one not recorded yet."""
-    if send is None or send.status in UNSENT:
+    if send is None:
         return False
-    return send.status in (MessageStatus.SENT, MessageStatus.SENDING) or send.maybe_sent
+    doubt = send.maybe_sent or (send.failure is not None and send.failure.code == "outcome-unknown")
+    return send.status in (MessageStatus.SENT, MessageStatus.SENDING) or doubt
+
+
+def send_ended_unsent(send: MessageRecord | None) -> bool:
+    """Whether a question's ``send`` ended without its text going out: cancelled, or failed
+    when no attempt may have reached upstream. Its question fails, and no reply answers it; one
+    that failed after such an attempt counts as sent (a reply answers it, or it times out)."""
+    return send is not None and send.status in UNSENT and not send_may_have_gone_out(send)
 
 
 def question_partition(service: str, address: str) -> str:

@@ -182,3 +182,24 @@ def test_a_reply_before_the_question_went_out_answers_nothing_and_is_not_re_prom
 
     answered = _poll(inbound, asked)
     assert (answered.status, answered.body["MatchedOption"]) == (200, "Yes"), answered.body
+
+
+def test_a_question_whose_send_failed_but_may_have_gone_out_is_answered_by_the_reply(
+    inbound: Inbound,
+) -> None:
+    """Every attempt got a 500 (SmartDialog may have sent it all the same): the send fails
+    ``outcome-unknown``. Queued again after such an attempt it counted as possibly sent; failed,
+    it counted as unsent: the patient's genuine reply answered nothing and the flow got 422."""
+    number = "+358400000006"  # the sandbox answers 500 on every attempt
+    asked = _ask(inbound, number)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    send = MessageStore.from_settings().get(asked.body["MessageId"])
+    assert send is not None
+    assert send.failure is not None
+    assert (send.status, send.failure.code) == (MessageStatus.FAILED, "outcome-unknown")
+    assert _poll(inbound, asked).status == 202  # it waits for the reply, as for one sent
+
+    _reply("yes", number)
+
+    answered = _poll(inbound, asked)
+    assert (answered.status, answered.body["MatchedOption"]) == (200, "Yes"), answered.body

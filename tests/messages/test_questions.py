@@ -22,6 +22,7 @@ from shared.messages import (
     match_answer,
     new_question_id,
     normalize_answer,
+    send_ended_unsent,
     send_may_have_gone_out,
 )
 from tests.outbound.conftest import Outbound
@@ -236,7 +237,8 @@ def test_the_answer_documentation_names_every_way_a_question_ends() -> None:
         (MessageStatus.QUEUED, True, True),  # an attempt that may have reached upstream
         (MessageStatus.SENDING, False, True),  # upstream may have it: a reply can overtake
         (MessageStatus.SENT, False, True),
-        (MessageStatus.FAILED, True, False),  # the question fails: no reply answers it
+        (MessageStatus.FAILED, True, True),  # outcome-unknown: counts as sent, as queued
+        (MessageStatus.FAILED, False, False),  # the question fails: no reply answers it
         (MessageStatus.CANCELLED, False, False),
     ],
 )
@@ -245,4 +247,6 @@ def test_a_reply_answers_a_question_only_once_its_send_may_have_gone_out(
 ) -> None:
     send = message_record("m-1", status, "+358401234567", maybe_sent=maybe_sent)
     assert send_may_have_gone_out(send) is gone_out
+    assert send_ended_unsent(send) is (status.is_final and not gone_out)
     assert send_may_have_gone_out(None) is False  # not recorded yet: the sender records first
+    assert send_ended_unsent(None) is False
