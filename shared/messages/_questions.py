@@ -118,24 +118,30 @@ def _edge(char: str) -> bool:
 
 def normalize_answer(text: str) -> str:
     """``text`` as answers are compared: :func:`normalize_reply` ("Yes." == "yes"; one of
-    punctuation alone, such as "?", as written), then accents removed (NFKD, combining marks
-    dropped), case folded, inner whitespace collapsed and the ends trimmed (" Kyllä! " ==
-    "KYLLA")."""
-    decomposed = unicodedata.normalize("NFKD", normalize_reply(text) or text)
+    punctuation alone, such as "?", as written), then as :func:`_as_written`."""
+    return _as_written(normalize_reply(text) or text)
+
+
+def _as_written(text: str) -> str:
+    """``text`` without accents (NFKD, combining marks dropped), case folded, inner whitespace
+    collapsed and the ends trimmed (" Kyllä " == "KYLLA")."""
+    decomposed = unicodedata.normalize("NFKD", text)
     bare = "".join(c for c in decomposed if not unicodedata.combining(c))
     return " ".join(bare.casefold().split())
 
 
 def match_answer(options: Sequence[str], reply: str) -> tuple[bool, str | None]:
     """Whether ``reply`` answers a question with ``options``, and the option it matched (as the
-    caller wrote it). Without options any non-empty reply answers (no option matched)."""
+    caller wrote it). Without options any non-empty reply answers (no option matched). An option
+    the reply is as written (:func:`_as_written`: the first) wins over those it is only once
+    edge punctuation is trimmed (:func:`normalize_answer`: "1" is "1", not "#1" or "-1"); a reply
+    that is several of those, and none as written, matches none ("Yes." of "Yes" and "Yes!")."""
     said = normalize_answer(reply)
     if not options:
         return bool(said), None
-    for option in options:
-        if normalize_answer(option) == said:
-            return True, option
-    return False, None
+    exact = [o for o in options if _as_written(o) == _as_written(reply)][:1]
+    found = exact or [o for o in options if normalize_answer(o) == said]
+    return (True, found[0]) if len(found) == 1 else (False, None)
 
 
 #: A question's send ended so: it did not go out (but see :func:`send_ended_unsent`), and the

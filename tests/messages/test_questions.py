@@ -89,6 +89,24 @@ def test_answers_match_without_punctuation_or_format_characters_at_the_ends(
     assert (matched, option) == (expected is not None, expected)
 
 
+@pytest.mark.parametrize(
+    ("options", "reply", "expected"),
+    [
+        (["#1", "1"], "1", "1"),  # was "#1": the first listed of those alike once trimmed
+        (["-1", "0", "1"], "1", "1"),  # was "-1"
+        (["-1", "0", "1"], "-1", "-1"),
+        (["Yes", "Yes!"], "Yes!", "Yes!"),
+        (["Yes", "Yes!"], " yes ", "Yes"),  # as written but for case and blanks
+        (["Yes", "Yes!"], "Yes.", None),  # both, once trimmed: which one is not known
+        (["#1", "1"], "1.", None),
+    ],
+)
+def test_an_option_the_reply_is_as_written_wins_and_one_alike_with_another_matches_none(
+    options: list[str], reply: str, expected: str | None
+) -> None:
+    assert match_answer(options, reply) == (expected is not None, expected)
+
+
 def test_without_options_any_non_empty_reply_answers() -> None:
     assert match_answer([], " anything ") == (True, None)
     assert match_answer([], "   ") == (False, None)
