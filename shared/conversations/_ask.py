@@ -94,9 +94,6 @@ REFUSED, NOT_ACCEPTED = "refused", "not-accepted"
 #: The longest wait before a question's timeout starts: until every instance knows its service
 #: asks (TriggerNotifier.mark_asking: the index's lifetime and a margin, under this).
 ASKED_LATER = dt.timedelta(seconds=60)
-#: The least time a recipient has to reply (half the timeout, when that is shorter): a question
-#: whose send cannot go out by its ExpiresAt minus this is not sent (failed, expired).
-REPLY_WINDOW = dt.timedelta(minutes=5)
 NOT_ASKED = (REFUSED, NOT_ACCEPTED)
 
 
@@ -440,16 +437,14 @@ class AskService:
         not_before: dt.datetime,
         first: bool = True,
     ) -> None:
-        """Accept the send of ``question``, valid until :data:`REPLY_WINDOW` before it expires
-        (never later: it is not sent late). Refused (e.g. 422: the recipient opted out) or our
+        """Accept the send of ``question``, valid until its :meth:`~QuestionRecord.send_by`
+        ``not_before`` (it is not sent late). Refused (e.g. 422: the recipient opted out) or our
         storage failed before its command was queued (500, the caller retries), the question
         this request asked must not stay open without it. Any other failure (500) may come after
         the enqueue: the question stays open, as one a replay found does (it may be sent)."""
-        left = max(question.expires_at - not_before, dt.timedelta(0))
-        until = question.expires_at - min(REPLY_WINDOW, left / 2)
         try:
             self.send.accept(
-                command.model_copy(update={"validUntil": until}),
+                command.model_copy(update={"validUntil": question.send_by(not_before)}),
                 idempotency_key=idempotency_key,
                 message_id=question.message_id,
                 not_before=not_before,

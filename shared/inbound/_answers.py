@@ -82,7 +82,8 @@ def reprompt_message_id(question_id: str) -> str:
 
 def reprompt_command(question: QuestionRecord) -> str:
     """The SendMessage command (queue JSON) of ``question``'s re-prompt, in the current trace
-    (the reply's)."""
+    (the reply's), valid by its question's rule from when it was asked (no later than its text,
+    so it never reaches the recipient after the flow's timeout; the same command every time)."""
     message_id = reprompt_message_id(question.question_id)
     body: dict[str, object] = {
         "Sender": question.sender,
@@ -97,6 +98,7 @@ def reprompt_command(question: QuestionRecord) -> str:
         "messageId": message_id,
         "customerId": question.customer_id,
         "serviceId": question.service_id,
+        "validUntil": question.send_by(question.created_at).isoformat(),
         "traceparent": current_traceparent(),
         "body": {k: v for k, v in body.items() if v is not None},
     }

@@ -62,6 +62,9 @@ _ATTEMPTS = 5
 #: The most of a reply a question keeps: a Table string holds 32K UTF-16 units, so 16,000
 #: characters fit whatever they are (the whole reply still reaches New Message triggers).
 REPLY_CHARS = 16_000
+#: The least time a recipient has to reply (half the time left, when that is shorter): a message
+#: of a question that cannot go out by its ExpiresAt minus this is not sent (failed, expired).
+REPLY_WINDOW = dt.timedelta(minutes=5)
 
 
 class QuestionStatus(enum.StrEnum):
@@ -228,6 +231,13 @@ class QuestionRecord:
 
     def expired(self, now: dt.datetime) -> bool:
         return self.status is QuestionStatus.OPEN and now >= self.expires_at
+
+    def send_by(self, start: dt.datetime) -> dt.datetime:
+        """The ``validUntil`` of a message of this question sent from ``start`` (its text, its
+        re-prompt): :data:`REPLY_WINDOW` before it expires, or half the time left from ``start``
+        if that is shorter, so the recipient has time to reply; never later (nothing goes late)."""
+        left = max(self.expires_at - start, dt.timedelta(0))
+        return self.expires_at - min(REPLY_WINDOW, left / 2)
 
     def to_entity(self, row_key: str | None = None) -> dict[str, Any]:
         entity: dict[str, Any] = {

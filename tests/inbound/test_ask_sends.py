@@ -203,3 +203,21 @@ def test_a_question_whose_send_failed_but_may_have_gone_out_is_answered_by_the_r
 
     answered = _poll(inbound, asked)
     assert (answered.status, answered.body["MatchedOption"]) == (200, "Yes"), answered.body
+
+
+def test_a_re_prompt_held_up_past_its_questions_validity_is_never_sent(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """The re-prompt was valid for 24 h: in a backlog it reached the patient after the flow had
+    taken its no-answer branch. It is valid as its question's text is."""
+    number = "+358401234593"
+    asked = _ask(inbound, number, TimeoutSeconds=60, RepromptContent="Please reply YES or NO")
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    assert _sends(inbound) == 1
+    _reply("maybe", number)  # re-prompted: its command is queued
+    manual_clock.advance(200)  # a backlog holds it up until the question has timed out
+
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+
+    assert _sends(inbound) == 1  # the question alone
+    assert _poll(inbound, asked).body["Status"] == "timed_out"

@@ -285,6 +285,7 @@ def test_the_re_prompt_is_a_valid_send_command_queued_once_per_question(inbound:
     assert commands[0]["messageId"] == reprompt_message_id(asked.question_id)
     parsed = OutboundMessageAdapter.validate_python(commands[0])
     assert parsed.body.Content == "Please reply YES or NO"  # type: ignore[union-attr]
+    assert parsed.validUntil == asked.expires_at - dt.timedelta(minutes=5)  # as its text's
     # A processor that crashed after queueing and runs again queues the very same command
     # (in its own run's trace).
     queued = {k: v for k, v in commands[0].items() if k != "traceparent"}
