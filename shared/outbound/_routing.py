@@ -248,7 +248,7 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     if (
         record.status.is_final
         or record.held_until(now)
-        or now < record.valid_until + ports.policy.lease
+        or now - ports.policy.lease < record.valid_until  # validUntil + lease: past year 9999
     ):
         return record
     outcomes = Outcomes(ports)

@@ -88,3 +88,23 @@ def test_bulk_member_whose_driver_is_gone_expires_on_its_status_poll(
     other = MessageStore.from_settings().get(second)
     assert other is not None
     assert other.status is MessageStatus.ACCEPTED
+
+
+def test_a_send_valid_until_the_last_storable_time_answers_its_status(outbound: Outbound) -> None:
+    """Its validity plus the lease was past 9999-12-31: every poll answered 500 (OverflowError)."""
+    import json
+
+    from shared.outbound import OutboundSender
+    from shared.outbound._service import send_service
+    from shared.settings import get_settings
+    from tests.bulk.test_packing import waiting_for_a_slot
+
+    waiting_for_a_slot(outbound)  # it waits for a slot, queued
+    text = json.dumps({"operation": "SendMessage", "messageId": "m-far", "body": sms(DELIVERED),
+                       "validUntil": "9999-12-31T23:59:59Z"})  # fmt: skip
+    OutboundSender.from_settings().process(text)
+
+    polled = status_of(send_service(get_settings()).status_url("m-far"))
+
+    assert polled.status == 202
+    assert polled.body["Status"] == "queued"
