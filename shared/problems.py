@@ -56,6 +56,7 @@ class ProblemType(StrEnum):
     UPSTREAM_UNAVAILABLE = "urn:smartdialog-functions:problem:upstream-unavailable"
     UPSTREAM_TIMEOUT = "urn:smartdialog-functions:problem:upstream-timeout"
     QUOTA_UNAVAILABLE = "urn:smartdialog-functions:problem:quota-unavailable"
+    STORAGE_UNAVAILABLE = "urn:smartdialog-functions:problem:storage-unavailable"
     CONFIGURATION = "urn:smartdialog-functions:problem:configuration"
     INTERNAL = "urn:smartdialog-functions:problem:internal"
     UNAUTHORIZED = "urn:smartdialog-functions:problem:unauthorized"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shared.logs import loggable_text
@@ -54,6 +55,8 @@ __all__ = [
 log = logging.getLogger("shared.outbound.sender")
 #: The failure code of a send whose connection was removed from the settings.
 CONNECTION_REMOVED = "connection-removed"
+#: The ``Retry-After`` of a status poll whose backstop met a storage failure.
+RETRY_AFTER_STORAGE = 5
 
 
 def note_waiting(
@@ -231,34 +234,49 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     """A status poll's backstop for a send no copy of whose queue message comes any more (one
     written before copies were kept for ever, dropped after 7 days; or lost otherwise): once its
     validity and a claim's lease after it have passed, a record not final, and not held, fails
-    ``expired`` as its sender fails it (a single send or index pack's member as the sender's
-    own path does, a bulk member as its pack's driver does: with its event and dead letter);
-    any other is returned as it is. A copy still on the queue then only finds it final."""
+    ``expired`` as its sender fails it (an index pack's member's pack announced as the sender's
+    own path does, a bulk member's last error kept as its pack's driver does), its event and
+    dead letter out before the record says failed (no queue copy comes back to put them out
+    after a write that went first); a final record still unannounced a lease after its last
+    write (its writer stopped) is announced. A storage failure meanwhile is a 503 problem with
+    ``Retry-After`` (the next poll does it all again, with the same event id); any other record
+    is returned as it is. A copy still on the queue then only finds it final."""
+    from azure.core.exceptions import AzureError
+
     from shared.connections import connection_settings
-    from shared.outbound._outcomes import Outcomes
+    from shared.outbound._outcomes import Outcomes, failed_changes
     from shared.outbound._packing import IndexPacks
-    from shared.problems import Problem
+    from shared.problems import Problem, ProblemType, retry_after_header
     from shared.settings import get_settings
 
     try:  # its sender's (a broken or removed connection's: the app's; the same tables)
         ports = send_ports(connection_settings(record.connection))
     except Problem:
         ports = send_ports(get_settings())
-    now = ports.now()
-    if (
-        record.status.is_final
-        or record.held_until(now)
-        or now - ports.policy.lease < record.valid_until  # validUntil + lease: past year 9999
-    ):
-        return record
-    outcomes = Outcomes(ports)
-    if record.batch_id is not None:
-        outcomes.fail_many([(record, outcomes.expired(record, record.last_error))])
-    else:
-        if record.pack_id is not None:
+    now, outcomes = ports.now(), Outcomes(ports)
+    overdue = now - ports.policy.lease  # not validUntil + lease: it may be 9999-12-31
+    try:
+        if record.status.is_final:
+            if not record.announced and overdue >= record.updated_at:
+                outcomes.announce([record])
+            return record
+        if record.held_until(now) or overdue < record.valid_until:
+            return record
+        if record.pack_id is not None and record.batch_id is None:
             IndexPacks(ports, outcomes).announce_listed(record.pack_id)
-        outcomes.fail(record, outcomes.expired(record))
-    return ports.store.get(record.message_id) or record
+        last = record.last_error if record.batch_id is not None else None
+        changes = {**failed_changes(outcomes.expired(record, last), now), "announced": True}
+        outcomes.emit(replace(record, **changes))
+        done = ports.store.swap(record, **changes)  # lost: another wrote it (and announces it)
+    except AzureError as exc:
+        detail = "Our storage failed while the send was failed expired; try again later."
+        raise Problem(503, "The message's status cannot be updated", detail,
+                      type=ProblemType.STORAGE_UNAVAILABLE,
+                      headers=retry_after_header(RETRY_AFTER_STORAGE)) from exc  # fmt: skip
+    if done is None:
+        return ports.store.get(record.message_id) or record
+    log.warning("message %s failed for good: expired, no queue copy left", record.message_id)
+    return done
 
 
 def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str) -> SendOutcome:

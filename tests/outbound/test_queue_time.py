@@ -108,3 +108,62 @@ def test_a_send_valid_until_the_last_storable_time_answers_its_status(outbound: 
 
     assert polled.status == 202
     assert polled.body["Status"] == "queued"
+
+
+def test_a_storage_failure_in_a_poll_s_expiry_is_a_503_and_the_next_poll_announces_it(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """Before, the record was written failed first: the event's put failing made the poll a
+    500, and no later poll or queue copy ever put out its event and dead letter."""
+    from shared.names import EVENTS_QUEUE
+
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="copy gone"))
+    location = accepted.headers["Location"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    manual_clock.advance(dt.timedelta(days=8).total_seconds())
+    queue_client(EVENTS_QUEUE).delete_queue()  # the event's put fails (404)
+
+    refused = status_of(location)
+
+    assert refused.status == 503
+    assert refused.body["type"].endswith(":storage-unavailable")
+    assert refused.headers["Retry-After"] == "5"
+    queue_client(EVENTS_QUEUE).create_queue()
+    polled = status_of(location)
+    assert polled.status == 422
+    assert polled.body["code"] == "expired"
+    assert [e["type"] for e in outbound.events()] == [MESSAGE_FAILED]
+    assert {d["messageId"] for d in outbound.dead_letters()} == {accepted.body["Id"]}
+    final = MessageStore.from_settings().get(accepted.body["Id"])
+    assert final is not None
+    assert final.announced
+
+
+def test_a_final_record_left_unannounced_is_announced_by_a_poll_a_lease_later(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """Its writer stopped before its event, and no queue copy of it is left to come back."""
+    from shared.messages import FailureInfo
+    from shared.settings import get_settings
+
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="writer died"))
+    location = accepted.headers["Location"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    store = MessageStore.from_settings()
+    record = store.get(accepted.body["Id"])
+    assert record is not None
+    failure = FailureInfo(code="expired", title="The message expired before it could be sent")
+    now = utcnow()
+    assert store.swap(record, status=MessageStatus.FAILED, failure=failure, finished_at=now,
+                      updated_at=now)  # fmt: skip
+    assert status_of(location).status == 422  # its writer may be announcing it now
+    assert outbound.events() == []
+
+    manual_clock.advance(get_settings().send_lease_seconds)
+    assert status_of(location).status == 422
+
+    assert [e["type"] for e in outbound.events()] == [MESSAGE_FAILED]
+    assert [d["messageId"] for d in outbound.dead_letters()] == [accepted.body["Id"]]
+    final = store.get(accepted.body["Id"])
+    assert final is not None
+    assert final.announced
