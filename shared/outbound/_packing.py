@@ -324,16 +324,15 @@ class IndexPacks:
             addresses.update(member_addresses)
             chosen.append((row_key, record, member_command))
 
-        changes: dict[str, Any] = {
-            "status": MessageStatus.SENDING, "attempts": 1, "lease_until": lease_until,
-            "next_attempt_at": None, "pack_id": pack_id, "updated_at": now,
-            "sent_through": self.ports.policy.connection,
-        }  # fmt: skip
+        claiming: list[tuple[MessageRecord, Mapping[str, Any]]] = [
+            (r, {**claim_changes(r, now, self.ports.policy), "pack_id": pack_id})
+            for _, r, _ in chosen
+        ]
         try:
             if lane:  # 100 claims a transaction, each on its record's ETag
-                claims = self.ports.store.swap_many([(r, changes) for _, r, _ in chosen])
+                claims = self.ports.store.swap_many(claiming)
             else:
-                claims = list(pool.map(lambda i: self.ports.store.swap(i[1], **changes), chosen))
+                claims = list(pool.map(lambda c: self.ports.store.swap(c[0], **c[1]), claiming))
             members: Members = []
             for (row_key, _, member_command), done in zip(chosen, claims, strict=True):
                 if done is not None:

@@ -406,3 +406,33 @@ def test_a_setting_s_wait_is_recorded_once_not_for_each_recheck(outbound: Outbou
     outbound.configure(CALLBACK_SECRETS=SECRET)
     assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
     assert record("m-noted").last_error is None
+
+
+def test_an_index_pack_s_members_claimed_by_its_leader_lose_their_wait_s_last_error(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, only the leader's claim cleared it: the members said "Waiting for a setting to
+    be fixed" (Retry-After 30) during their call, and kept it if handed back."""
+    from shared.outbound._attempt import Upstream
+    from tests.bulk.test_packing import accept, waiting_for_a_slot
+
+    monkeypatch.setattr(_outcomes, "CONFIGURATION_RECHECK_SECONDS", 1.0)  # drain() waits for it
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])
+    outbound.configure(CALLBACK_SECRETS=SHORT_SECRET)
+    outbound.run_once()  # each copy meets the broken setting
+    assert {(e := record(i).last_error) and e.code for i in ids} == {"configuration"}
+    outbound.configure(CALLBACK_SECRETS=SECRET, SEND_QUOTA_WAIT_SECONDS=3)
+    during: list[object] = []
+    real = Upstream.attempt
+
+    def seen(self: Upstream, *args: Any, **kwargs: Any) -> Any:
+        during.extend(record(i).last_error for i in ids)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Upstream, "attempt", seen)
+    outbound.drain()
+
+    [call] = outbound.upstream()
+    assert len(call["body"]["Recipients"]) == 3
+    assert during == [None, None, None]
