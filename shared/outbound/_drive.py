@@ -43,7 +43,7 @@ from shared.outbound._attempt import (
     packed_command,
     split_answer,
 )
-from shared.outbound._giving_up import give_up, refusal_failure
+from shared.outbound._giving_up import give_up, noted, refusal_failure
 from shared.outbound._models import PackDriver, parse_outbound_message
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -303,7 +303,7 @@ class _Run:
             )
         if waits := token_wait(self.outcomes, self.driver, claimed):  # the token first;
             wait, reason, error = waits  # none: nothing sent, not an attempt
-            self.release(claimed, **({"last_error": error} if error else {}))
+            self.release(claimed, error=error)
             return self.later(wait, reason)
         decision, waited = ports.quota_wait.take()
         for retry_stale in (True, False):
@@ -515,8 +515,11 @@ class _Run:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def release(self, records: list[MessageRecord], **extra: Any) -> None:
-        """Hand claims back (no call was made for them): queued, the attempt not counted."""
+    def release(
+        self, records: list[MessageRecord], error: FailureInfo | None = None, **extra: Any
+    ) -> None:
+        """Hand claims back (no call was made for them): queued, the attempt not counted,
+        ``error`` their wait's LastError where no failed attempt's stands (:func:`noted`)."""
         if not records:
             return
         now = self.ports.now()
@@ -529,6 +532,7 @@ class _Run:
                         "attempts": max(0, r.attempts - 1),
                         "lease_until": None,
                         "updated_at": now,
+                        **noted(r, error),
                         **extra,
                     },
                 )

@@ -21,6 +21,7 @@ __all__ = [
     "give_up",
     "may_have_been_sent",
     "not_repeated",
+    "noted",
     "poisoned",
     "poisoned_command_doubt",
     "redrive_doubt",
@@ -53,6 +54,16 @@ def waiting_error(problem: str) -> FailureInfo:
     holds its connection's sends."""
     title = "Waiting for a setting to be fixed"
     return FailureInfo(code=CONFIGURATION, title=title, detail=problem)
+
+
+def noted(record: MessageRecord, error: FailureInfo | None) -> dict[str, Any]:
+    """The change that makes ``error`` (:func:`waiting_error`) ``record``'s ``LastError``: none
+    where it is already, or where a failed attempt's stands (more specific: its status keeps
+    it, and the claim after the wait does too)."""
+    last = record.last_error
+    if error is None or last == error or (last is not None and last.code != CONFIGURATION):
+        return {}
+    return {"last_error": error}
 
 
 def waited(record: MessageRecord) -> dict[str, Any]:

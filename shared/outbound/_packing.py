@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from shared.logs import loggable_text
 from shared.messages import (
+    FailureInfo,
     IndexEntry,
     MessageRecord,
     MessageStatus,
@@ -41,7 +42,7 @@ from shared.outbound._attempt import (
     packed_command,
     split_answer,
 )
-from shared.outbound._giving_up import refusal_failure
+from shared.outbound._giving_up import noted, refusal_failure
 from shared.outbound._models import OutboundMessage, parse_outbound_message
 from shared.outbound._outcomes import (
     OutcomeKind,
@@ -387,17 +388,15 @@ class IndexPacks:
         claimed = [c for c in pool.map(claim, others) if c is not None]
         return pack, [(leader, command), *claimed]
 
-    def release(self, records: Iterable[MessageRecord], *, keep_pack: bool) -> None:
-        """Hand claimed members back (no call was made for them): queued again, the attempt
-        not counted; out of their pack (and packable again) unless ``keep_pack``."""
-        released = [
-            r
-            for r in storage_pool().map(
-                lambda r: self.release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack),
-                list(records),
-            )
-            if r is not None
-        ]
+    def release(self, records: Iterable[MessageRecord], *, keep_pack: bool,
+                error: FailureInfo | None = None) -> None:  # fmt: skip
+        """Hand claimed members back (no call made): queued, the attempt not counted, ``error``
+        their LastError (:func:`noted`); out of their pack (packable again) unless ``keep_pack``."""
+
+        def one(r: MessageRecord) -> MessageRecord | None:
+            return self.release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack, error=error)
+
+        released = [r for r in storage_pool().map(one, list(records)) if r is not None]
         if not keep_pack:
             self.ports.packs.index(released)
 
@@ -407,6 +406,7 @@ class IndexPacks:
         status: MessageStatus,
         *,
         keep_pack: bool,
+        error: FailureInfo | None = None,
         **changes: Any,
     ) -> MessageRecord | None:
         update: dict[str, Any] = {
@@ -414,6 +414,7 @@ class IndexPacks:
             "attempts": max(0, record.attempts - 1),
             "lease_until": None,
             "updated_at": self.ports.now(),
+            **noted(record, error),
             **changes,
         }
         if not keep_pack:

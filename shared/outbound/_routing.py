@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageStatus
-from shared.outbound._giving_up import CONFIGURATION, waiting_error
+from shared.outbound._giving_up import CONFIGURATION, noted, waiting_error
 from shared.outbound._models import (
     PackDriver,
     StoredCommand,
@@ -63,14 +63,17 @@ def note_waiting(
     outcomes: Outcomes, records: Sequence[MessageRecord], problem: str | None = None
 ) -> None:
     """Record on unclaimed ``records`` that they wait for ``problem`` (default: what holds the
-    connection, :meth:`Outcomes.holding`) as their ``LastError``, only where it changed: one
-    write when a wait starts (100 records a transaction), none for each recheck. A lost race
-    is left (the next recheck writes it)."""
+    connection, :meth:`Outcomes.holding`) as their ``LastError``, only where it changed and no
+    failed attempt's stands (:func:`noted`): one write when a wait starts (100 records a
+    transaction), none for each recheck. A lost race is left (the next recheck writes it)."""
     if not (problem := problem or outcomes.holding()):
         return
     error, now = waiting_error(problem), outcomes.ports.now()
-    change: Mapping[str, Any] = {"last_error": error, "updated_at": now}
-    changed = [(r, change) for r in records if r.last_error != error and not r.held_until(now)]
+    changed: list[tuple[MessageRecord, Mapping[str, Any]]] = [
+        (r, {**change, "updated_at": now})
+        for r in records
+        if (change := noted(r, error)) and not r.held_until(now)
+    ]
     if changed:
         outcomes.ports.store.swap_many(changed)
 
@@ -292,6 +295,7 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str
     left = [r for r in open_ if r not in expired]
     if not left:
         return SendOutcome(OutcomeKind.ACKNOWLEDGED, driver.packId, detail="configuration")
+    note_waiting(outcomes, left, why)
     soonest = min((r.valid_until - now).total_seconds() for r in left)
     wait = min(delay, max(soonest, 1.0))
     return outcomes.requeue_driver(driver, wait, OutcomeKind.DEFERRED, "configuration")

@@ -454,9 +454,8 @@ class OutboundSender:
             return
         claim.held, keep = False, not claim.fresh
         if claim.pack is not None and claim.members:
-            self.packing.release([m for m, _ in claim.members[1:]], keep_pack=keep)
-        noted = {"last_error": error} if error else {}
-        released = self.packing.release_one(claim.record, claim.before, keep_pack=keep, **noted)
+            self.packing.release([m for m, _ in claim.members[1:]], keep_pack=keep, error=error)
+        released = self.packing.release_one(claim.record, claim.before, keep_pack=keep, error=error)
         if released is not None and released.pack_id is None:
             self.ports.packs.index([released])
 

@@ -748,3 +748,21 @@ def test_a_large_command_without_any_id_waiting_out_a_routing_error_goes_back_wh
     forget_settings()
     sent = OutboundSender.from_settings().process(copy, queue_message_id="q2")
     assert sent.kind is OutcomeKind.SENT
+
+
+def test_a_bulk_pack_waiting_for_its_misconfigured_connection_says_so_on_its_members(
+    two: TwoConnections,
+) -> None:
+    """Before, its members answered queued, Retry-After 1, no LastError while they waited."""
+    location = bulk_through_second(30000, 2)
+    [driver] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    two.drop_connection("SECOND", "ACCESS_TOKEN")
+
+    waited = OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+    members = batch_status(location, details=True).body["Recipients"]
+    store = MessageStore.from_settings()
+    errors = [store.get(m["Id"]).last_error for m in members]  # type: ignore[union-attr]
+    assert [e and e.code for e in errors] == ["configuration"] * 2
+    assert all("connection second" in ((e and e.detail) or "") for e in errors)

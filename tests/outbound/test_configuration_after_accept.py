@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shared.clock import ManualClock
+from shared.clock import ManualClock, utcnow
 from shared.logs import HeldSends
 from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.names import OUTBOUND_QUEUE
@@ -436,3 +436,51 @@ def test_an_index_pack_s_members_claimed_by_its_leader_lose_their_wait_s_last_er
     [call] = outbound.upstream()
     assert len(call["body"]["Recipients"]) == 3
     assert during == [None, None, None]
+
+
+def test_an_index_pack_handed_back_for_refused_credentials_says_so_on_every_member(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, only the leader's hand-back wrote it: the other members answered queued,
+    Retry-After 1, no LastError."""
+    from tests.bulk.test_packing import accept, park, waiting_for_a_slot
+    from tests.waiting import wait_for
+
+    monkeypatch.setattr(_outcomes, "CONFIGURATION_RECHECK_SECONDS", 1.0)
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])
+    park(outbound)
+    refused_secret(outbound)
+
+    wait_for(outbound.run_once, timeout=10, what="a parked send back, to lead its pack")
+
+    assert outbound.upstream() == []
+    errors = [record(i).last_error for i in ids]
+    assert [e and e.code for e in errors] == ["configuration"] * 3
+    assert all("SMARTDIALOG_CLIENT_SECRET" in ((e and e.detail) or "") for e in errors)
+
+
+def test_a_bulk_member_in_backoff_keeps_its_last_error_while_its_pack_waits_for_a_setting(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """Before, the pack's wait wrote ``configuration`` over it and the next claim cleared it."""
+    from shared.messages import FailureInfo
+
+    ids = member_ids(accepted_batch(*NUMBERS[:3]))
+    [driver] = drivers(outbound)
+    store = MessageStore.from_settings()
+    failed = FailureInfo(code="upstream-unavailable", title="SmartDialog answered 503")
+    later = utcnow() + dt.timedelta(seconds=30)
+    assert store.swap(
+        record(ids[0]), status=MessageStatus.QUEUED, last_error=failed, next_attempt_at=later
+    )  # fmt: skip  (its pack's last call failed)
+    outbound.configure(CALLBACK_SECRETS=SHORT_SECRET)
+
+    OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert record(ids[0]).last_error == failed
+    assert [(e := record(i).last_error) and e.code for i in ids[1:]] == ["configuration"] * 2
+    outbound.configure(CALLBACK_SECRETS=SECRET)
+    manual_clock.advance(31)
+    OutboundSender.from_settings().process(json.dumps(driver))
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
