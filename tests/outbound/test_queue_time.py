@@ -35,9 +35,21 @@ def test_longest_put_back_is_delivered_before_it_could_expire(outbound: Outbound
     assert put.next_visible_on < put.expires_on
 
 
-def test_a_put_that_names_its_time_to_live_keeps_it(outbound: Outbound) -> None:
-    put = queue_client(OUTBOUND_QUEUE).send_message("{}", time_to_live=3600)
-    assert put.expires_on.year != FOREVER_YEAR
+def test_only_an_outbound_put_that_names_no_time_to_live_is_kept_for_ever(
+    outbound: Outbound,
+) -> None:
+    """The hook's reach: a put naming its own time-to-live keeps it, another queue its 7 days."""
+    from shared.names import EVENTS_QUEUE
+    from shared.storage import ensured_queue
+
+    outbound_queue = queue_client(OUTBOUND_QUEUE)
+    kept = outbound_queue.send_message("{}")
+    named = outbound_queue.send_message("{}", time_to_live=3600)
+    other = ensured_queue(EVENTS_QUEUE).send_message("{}")
+
+    assert kept.expires_on.year == FOREVER_YEAR
+    assert named.expires_on - named.inserted_on == dt.timedelta(hours=1)
+    assert other.expires_on - other.inserted_on == dt.timedelta(seconds=WEEK)
 
 
 def test_queued_send_whose_copy_is_gone_expires_on_its_status_poll(
