@@ -76,6 +76,8 @@ log = logging.getLogger("shared.outbound.service")
 #: after its last change lost its enqueue to a crash; the next status poll or re-POST enqueues
 #: it again. (A bulk member: its pack's driver.)
 STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
+#: An older release's copies expired this long after their put (the queue's default TTL).
+COPY_DROPPED_AFTER = dt.timedelta(days=7)
 #: A POST whose Idempotency-Key another request claimed less than STUCK_ACCEPTED_AFTER ago, and
 #: whose message has no record yet, waits this long for that request's record (looking every
 #: CLAIM_POLL_SECONDS); then it records and enqueues the message itself, with the same id.
@@ -308,13 +310,14 @@ class SendService:
         return queued_text(text, message_id=message_id, payloads=self._payloads)
 
     def _lost_its_enqueue(self, record: MessageRecord) -> bool:
-        """Whether ``record`` may have lost its queue message: still ``accepted`` (a bulk member,
-        whose pack may lack a driver, or a record of the previous release, which wrote records
-        before their commands) ``STUCK_ACCEPTED_AFTER`` after its last change. A single send is
-        recorded ``queued``, after its command went on the queue."""
-        if record.status is not MessageStatus.ACCEPTED:
-            return False
-        return self._clock() - record.updated_at >= STUCK_ACCEPTED_AFTER
+        """Whether ``record`` may have lost its queue message: ``accepted`` (a bulk member, whose
+        pack may lack a driver, or an earlier release's record, written before its command)
+        ``STUCK_ACCEPTED_AFTER`` after its last change, or a single send ``queued`` untouched for
+        ``COPY_DROPPED_AFTER`` (an older release's copy expired; one left is the same message)."""
+        idle = self._clock() - record.updated_at
+        if record.status is MessageStatus.QUEUED and record.batch_id is None:
+            return idle >= COPY_DROPPED_AFTER
+        return record.status is MessageStatus.ACCEPTED and idle >= STUCK_ACCEPTED_AFTER
 
     def _refuse_suppressed(self, command: OutboundMessage) -> None:
         """422 if a recipient of a normalized, non-transactional command opted out."""
@@ -346,9 +349,8 @@ class SendService:
             outbound_queue(self.settings).send_message(driver.text())
             return record
         outbound_queue(self.settings).send_message(self._queued(record.command, record.message_id))
-        return self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock()) or (
-            self.store.get(record.message_id) or record
-        )
+        done = self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock())
+        return done or self.store.get(record.message_id) or record
 
     # --- status --------------------------------------------------------------------------------
 
@@ -453,9 +455,7 @@ class SendService:
             failure.detail if failure else None,
             type=ProblemType.UPSTREAM_REJECTED if rejected else ProblemType.UPSTREAM_UNAVAILABLE,
         )
-        doc = problem.to_dict()
-        doc["id"] = record.message_id
-        doc["connection"] = record.connection
+        doc = {**problem.to_dict(), "id": record.message_id, "connection": record.connection}
         if failure is not None:
             doc.update(code=failure.code, attempts=failure.attempts)
             if failure.upstreamStatus is not None:

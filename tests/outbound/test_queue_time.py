@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from shared.clock import ManualClock, utcnow
 from shared.events import MESSAGE_FAILED
 from shared.messages import MessageStatus, MessageStore
@@ -179,3 +181,30 @@ def test_a_final_record_left_unannounced_is_announced_by_a_poll_a_lease_later(
     final = store.get(accepted.body["Id"])
     assert final is not None
     assert final.announced
+
+
+@pytest.mark.parametrize("copy_left", [False, True])
+def test_a_queued_send_untouched_for_a_week_is_put_out_again_by_its_status_poll(
+    outbound: Outbound, manual_clock: ManualClock, copy_left: bool
+) -> None:
+    """Valid longer than the 7 days an older release's copy lived: it stayed 202 queued, unsent,
+    until its validity ended. A copy that survived too is the same message: sent once."""
+    outbound.configure(SEND_VALIDITY_SECONDS=30 * 24 * 3600)
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="a month valid"))
+    location = accepted.headers["Location"]
+    if not copy_left:
+        queue_client(OUTBOUND_QUEUE).clear_messages()  # what the 7-day default did to it
+    manual_clock.advance(WEEK - 1)
+    assert status_of(location).status == 202
+    assert outbound.queued() == int(copy_left)
+
+    manual_clock.advance(1)
+    assert status_of(location).status == 202
+    assert outbound.queued() == 1 + copy_left
+    assert status_of(location).status == 202
+    assert outbound.queued() == 1 + copy_left  # put out once, not on every poll
+    outbound.drain()
+
+    assert status_of(location).status == 200
+    assert len(outbound.upstream()) == 1
+    assert outbound.dead_letters() == []
