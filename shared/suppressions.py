@@ -44,6 +44,7 @@ __all__ = [
     "recipient_key",
     "refuse_suppressed",
     "reported_key",
+    "reported_keys",
 ]
 
 #: The suppression scope that covers every service.
@@ -114,6 +115,19 @@ def reported_key(number: str) -> str:
         with contextlib.suppress(InvalidPhoneNumber):
             return parse_phone_number("+" + digits)
     return recipient_key(number)
+
+
+def reported_keys(number: str) -> tuple[str, ...]:
+    """The stored forms (:func:`recipient_key`) a number SmartDialog writes back (a report's,
+    an answer's recipient) may be, likeliest first: bare digits are read both as international
+    and in FI (``46701234567`` is +46701234567, ``0401234567`` +358401234567;
+    :func:`reported_key`'s reading first), anything else as itself. A caller that finds two of
+    them among its numbers decides which, if either, is meant."""
+    digits = number.strip()
+    if not digits.isdigit():
+        return (recipient_key(number),)
+    readings = (reported_key(number), recipient_key(number), recipient_key("+" + digits))
+    return tuple(dict.fromkeys(readings))
 
 
 @dataclass(frozen=True)

@@ -484,14 +484,12 @@ def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot 
 def _by_number(number: str, candidates: Iterable[tuple[_T, Iterable[str]]]) -> _T | None:
     """The first candidate with an address that is the reported ``number`` (E.164 on both
     sides). Bare digits are read both in Finland (upstream's default) and as international
-    (``46701234567`` is +46701234567); if the two readings are two candidates' numbers, the
-    report is about neither (None): one report never matches two recipients (a candidate with
-    both numbers, such as a pack member, is one)."""
-    from shared.suppressions import recipient_key
+    (``46701234567`` is +46701234567: :func:`~shared.suppressions.reported_keys`); if the two
+    readings are two candidates' numbers, the report is about neither (None): one report never
+    matches two recipients (a candidate with both numbers, such as a pack member, is one)."""
+    from shared.suppressions import recipient_key, reported_keys
 
-    readings = {recipient_key(number)}
-    if number.strip().isdigit():
-        readings.add(recipient_key("+" + number.strip()))
+    readings = set(reported_keys(number))
     hits: dict[str, _T] = {}
     for item, addresses in candidates:
         for key in readings.intersection(map(recipient_key, addresses)):

@@ -19,7 +19,6 @@ fresh when the request leaves.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,6 +36,7 @@ from shared.outbound._models import (
 )
 from shared.outbound._records import address_key
 from shared.quota import AttemptGate, StaleGrant
+from shared.suppressions import reported_keys
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -89,12 +89,13 @@ class Sent:
 
     def answers_another(self, addresses: Iterable[str]) -> bool:
         """Whether this is a 409's original answer for another message than one to
-        ``addresses``: it lists recipients, and not each of these numbers among them.
-        SmartDialog remembers a RequestId per account, while our ids are per customer: another
-        customer of the connection may have used the caller's RequestId first."""
-        listed = Counter(address_key(_address(r)) for r in _recipients(self.body))
-        ours = Counter(address_key(a) for a in addresses)
-        return self.duplicate and bool(listed) and bool(ours - listed)
+        ``addresses``: it lists recipients, none of them one of these numbers (as upstream may
+        write one: :func:`_listed`). SmartDialog remembers a RequestId per account, while our
+        ids are per customer: another customer of the connection may have used the caller's
+        RequestId first. One of ours missing proves nothing: upstream may list a repeated
+        number once, or leave out a recipient it would not send to (our own retry's 409)."""
+        listed = {k for r in _recipients(self.body) for k in _listed(r)}
+        return self.duplicate and bool(listed) and not listed & {address_key(a) for a in addresses}
 
 
 def answer_message_id(body: Mapping[str, Any]) -> str | None:
@@ -429,3 +430,10 @@ def _recipients(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _address(entry: Mapping[str, Any]) -> str:
     return str(entry.get("Address") or entry.get("address") or "")
+
+
+def _listed(entry: Mapping[str, Any]) -> tuple[str, ...]:
+    """The numbers an answer's recipient may be (:func:`address_key`'s forms): upstream may
+    write one without its '+' (bare digits read both ways, as a report's: ``reported_keys``)."""
+    address = _address(entry)
+    return reported_keys(address) if address else ()

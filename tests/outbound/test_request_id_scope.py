@@ -5,11 +5,17 @@ answer, which is not its own: it fails ``duplicate-request-id``, never recorded 
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from shared.clock import ManualClock
 from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.outbound._attempt import Sent
+from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import CUSTOMER, SERVICE, Outbound, call_http, sms
 
 OTHER_CUSTOMER, OTHER_SERVICE = "1002", "s-1002-oneway"
@@ -80,12 +86,76 @@ def test_a_queue_only_send_reusing_another_customers_request_id_fails_too(
     assert_second_failed_not_sent(outbound, *(c["messageId"] for c in commands))
 
 
-def test_only_an_original_that_lacks_one_of_its_numbers_is_another_messages() -> None:
-    mine = {"MessageId": "u", "Recipients": [{"Address": FIRST, "Id": "r1"}]}
-    camel = {"messageId": "u", "recipients": [{"address": "0401000101", "id": "r1"}]}
-    assert not Sent(mine, duplicate=True).answers_another([FIRST])
-    assert not Sent(camel, duplicate=True).answers_another([FIRST])  # E.164 on both sides
-    assert Sent(mine, duplicate=True).answers_another([SECOND])
-    assert Sent(mine, duplicate=True).answers_another([FIRST, FIRST])  # one listing short
+def test_only_an_original_that_lists_none_of_its_numbers_is_another_messages() -> None:
+    def original(*addresses: str, camel: bool = False) -> Sent:
+        if camel:
+            listed = [{"address": a, "id": f"r{i}"} for i, a in enumerate(addresses)]
+            return Sent({"messageId": "u", "recipients": listed}, duplicate=True)
+        listed = [{"Address": a, "Id": f"r{i}"} for i, a in enumerate(addresses)]
+        return Sent({"MessageId": "u", "Recipients": listed}, duplicate=True)
+
+    assert not original(FIRST).answers_another([FIRST])
+    assert not original("0401000101", camel=True).answers_another([FIRST])  # E.164 both sides
+    assert original(FIRST).answers_another([SECOND])
+    assert original(FIRST, "+4915112345678").answers_another([SECOND])
+    # Our own earlier attempt's answer, as upstream may write it: not another message's.
+    assert not original("358401000101").answers_another([FIRST])  # bare digits
+    assert not original("4915112345678").answers_another(["+4915112345678"])
+    assert not original(FIRST).answers_another([FIRST, FIRST])  # a repeat listed once
+    assert not original(FIRST).answers_another([FIRST, SECOND])  # one left out (opted out)
     assert not Sent({"MessageId": "u"}, duplicate=True).answers_another([SECOND])  # unknown
-    assert not Sent(mine).answers_another([SECOND])  # a 2xx is this call's own answer
+    assert not Sent(original(FIRST).body).answers_another([SECOND])  # a 2xx: this call's own
+
+
+def _without_plus(answer: dict[str, Any]) -> None:
+    for recipient in answer["Recipients"]:
+        recipient["Address"] = recipient["Address"].lstrip("+")
+
+
+def _listed_once(answer: dict[str, Any]) -> None:
+    answer["Recipients"] = answer["Recipients"][:1]
+
+
+GERMAN = "+4915112345678"
+OWN_RETRIES = [
+    ("numbers without their plus", [GERMAN, FIRST], _without_plus),
+    ("a repeated number listed once", [GERMAN, GERMAN], _listed_once),
+    ("a recipient left out", [FIRST, GERMAN], _listed_once),
+]
+
+
+@pytest.mark.parametrize(
+    ("addresses", "rewrite"), [c[1:] for c in OWN_RETRIES], ids=[c[0] for c in OWN_RETRIES]
+)
+def test_the_409_of_our_own_attempt_whose_answer_was_lost_records_it_sent_not_failed(
+    outbound: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+    addresses: list[str],
+    rewrite: Callable[[dict[str, Any]], None],
+) -> None:
+    """A worker died after upstream took the message; the retry's 409 carries upstream's
+    remembered answer, written as SmartDialog may write it. It is this message's own: sent."""
+    crash_once(
+        monkeypatch, MessageStore, "swap", "worker died after upstream accepted the message",
+        when=lambda record, **changes: changes.get("status") is MessageStatus.SENT,
+    )  # fmt: skip
+    message_id = f"own-{uuid.uuid4().hex[:6]}"
+    command = {"operation": "SendMessage", "messageId": message_id, "body": sms(*addresses)}
+    text = json.dumps(command)
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    state = outbound.sandbox.state
+    with state.lock:
+        for _, answer in state.request_ids.values():
+            rewrite(answer)
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
+
+    outbound.invoke(text, dequeue_count=2)
+
+    assert [c["status"] for c in outbound.upstream()] == [200, 409]
+    done = record(message_id)
+    assert done.status is MessageStatus.SENT, done.failure
+    assert done.duplicate
+    assert [e["type"].rsplit(".", 1)[-1] for e in outbound.events()] == ["sent"]
+    assert len(state.snapshot("messages")) == 1
