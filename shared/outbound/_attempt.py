@@ -381,12 +381,13 @@ def split_answer(
     estimates: Mapping[str, int] | None = None,
 ) -> SplitAnswer:
     """Share ``body`` out among ``members`` ((message id, addresses)) by number
-    (:func:`address_key`): each of upstream's recipients goes to the next listing of its number,
-    in membership order (a number a member lists twice gets both; a pack a previous release
-    formed may list one number in two members). An answer without recipients is every
-    member's whole answer. Upstream's ``MessagePartCount`` is the call's, the most of any
-    recipient's: a member of a call with others' recipients too gets at most its own
-    ``estimates`` (the accept-time ``EstimatedPartCount``); a call of one member keeps it."""
+    (:func:`address_key`; upstream's as it may write one, :func:`_listed`): each of upstream's
+    recipients goes to the next listing of its number, in membership order (a number a member
+    lists twice gets both; a pack a previous release formed may list one number in two
+    members). An answer without recipients is every member's whole answer. Upstream's
+    ``MessagePartCount`` is the call's, the most of any recipient's: a member of a call with
+    others' recipients too gets at most its own ``estimates`` (the accept-time
+    ``EstimatedPartCount``); a call of one member keeps it."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
     raw = _recipients(body)
     listings: dict[str, list[tuple[str, int]]] = {}  # number -> (member, position), in order
@@ -396,8 +397,7 @@ def split_answer(
     entries: dict[str, dict[int, dict[str, Any]]] = {}
     out = SplitAnswer()
     for entry in raw:
-        address = _address(entry)
-        waiting = listings.get(address_key(address)) if address else None
+        waiting = next((w for key in _listed(entry) if (w := listings.get(key))), None)
         if not waiting:
             continue
         owner, position = waiting.pop(0)
@@ -428,12 +428,8 @@ def _recipients(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [r for r in found if isinstance(r, dict)]
 
 
-def _address(entry: Mapping[str, Any]) -> str:
-    return str(entry.get("Address") or entry.get("address") or "")
-
-
 def _listed(entry: Mapping[str, Any]) -> tuple[str, ...]:
     """The numbers an answer's recipient may be (:func:`address_key`'s forms): upstream may
     write one without its '+' (bare digits read both ways, as a report's: ``reported_keys``)."""
-    address = _address(entry)
+    address = str(entry.get("Address") or entry.get("address") or "")
     return reported_keys(address) if address else ()

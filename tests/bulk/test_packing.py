@@ -427,6 +427,42 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
         assert done.upstream_message_id == calls[0]["response"]["MessageId"]
 
 
+def test_a_409_whose_original_lists_the_numbers_as_bare_digits_sends_no_member_again(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """SmartDialog may write a number without its '+' (as in its reports): each member still
+    finds its recipient in the 409's original, and none is handed back to go again."""
+    numbers = [f"+491511234567{i}" for i in range(3)]  # bare, not read in FI (358... would be)
+    waiting_for_a_slot(outbound)
+    ids = accept(*numbers)
+    texts = [record(i).command for i in ids]
+    park(outbound)
+    crash_once(
+        monkeypatch, PackStore, "save", "worker died after upstream accepted the pack",
+        when=lambda pack: bool(pack.recipient_ids),
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        outbound.invoke(texts[0])
+    state = outbound.sandbox.state
+    with state.lock:
+        for _, answer in state.request_ids.values():
+            for recipient in answer["Recipients"]:
+                recipient["Address"] = recipient["Address"].lstrip("+")
+    manual_clock.advance(LEASE + 1)  # the crashed worker's claim runs out
+    for text in texts:
+        outbound.invoke(text, dequeue_count=2)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200, 409]
+    assert len(state.snapshot("messages")) == 1
+    for message_id, address in zip(ids, numbers, strict=True):
+        done = record(message_id)
+        assert (done.status, done.duplicate) == (MessageStatus.SENT, True)
+        assert [r["Address"] for r in json.loads(done.result or "{}")["Recipients"]] == [
+            address.lstrip("+")
+        ]
+
+
 def test_members_of_a_pack_whose_leader_died_before_recording_it_pack_again(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
