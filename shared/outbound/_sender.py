@@ -257,7 +257,7 @@ class OutboundSender:
                 claimed = self._create_claimed(command)
                 if claimed is not None:
                     sent = self._take_slot_and_send(claimed, command, before=MessageStatus.QUEUED)
-                    return self._then_sweep(claimed, sent)
+                    return self._then_sweep(claimed, command, sent)
             # A record appeared meanwhile (another copy, or another message with this id).
             record = self.ports.store.get(command.messageId)
             if record is None:
@@ -267,19 +267,22 @@ class OutboundSender:
         )
         if elsewhere is not None:
             return elsewhere
-        return self._then_sweep(record, self._advance(record, command))
+        return self._then_sweep(record, command, self._advance(record, command))
 
-    def _then_sweep(self, record: MessageRecord, outcome: SendOutcome) -> SendOutcome:
+    def _then_sweep(
+        self, record: MessageRecord, command: OutboundMessage, outcome: SendOutcome
+    ) -> SendOutcome:
         """Lead the next packs of ``record``'s key after it led a pack or, outside a lane, was sent
         alone (one address twice never shares a call, so the same text to the same number again
-        leads itself, one after another), or after a copy of a lane member came while its lane is
-        young (accepted less than the backstop ago: members accepted meanwhile may rely on this
-        copy, a trigger; docs/sending.md, "Lanes") and its record ended or was sent. A young lane's
-        sweep that stops while members still wait (the quota, its limits) puts the next one's
-        message back on the queue: they must not wait for their backstops."""
-        if record.pack_key is None:
-            return outcome
+        leads itself), or after a copy of a lane member came while its lane is young (accepted
+        less than the backstop ago: members accepted meanwhile may rely on this copy, a trigger,
+        even one a refusal naming nobody left keyless; docs/sending.md, "Lanes") and its record
+        ended or was sent. A young lane's sweep that stops while members still wait (the quota,
+        its limits) puts the next one's message back on the queue: no backstop is waited for."""
         accepted = lane_time(record.message_id)
+        key = record.pack_key or (pack_key(command) if accepted else None)
+        if key is None:
+            return outcome
         young = (
             accepted is not None and self.ports.now() - accepted < self.ports.policy.lane_backstop
         )
@@ -289,7 +292,7 @@ class OutboundSender:
         )
         if not led and not (young and final):
             return outcome
-        waiting = self.packing.sweep(record, self._advance, report=young)
+        waiting = self.packing.sweep(replace(record, pack_key=key), self._advance, report=young)
         if waiting is not None:
             member, command = waiting
             delay = self.ports.quota_wait.come_back_in(self.ports.quota_wait.hint(), packable=True)
@@ -520,11 +523,8 @@ class OutboundSender:
                               field="body.Recipients[{index}].Address")  # fmt: skip
         except Problem as problem:
             offenders = "; ".join(f"{e.field}: {e.message}" for e in problem.errors)
-            return FailureInfo(
-                code="suppressed",
-                title=problem.title,
-                detail=f"{problem.detail} {offenders}".strip(),
-            )
+            detail = f"{problem.detail} {offenders}".strip()
+            return FailureInfo(code="suppressed", title=problem.title, detail=detail)
         return None
 
     def _refuse(self, command: OutboundMessage, failure: FailureInfo) -> SendOutcome | None:

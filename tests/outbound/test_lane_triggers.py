@@ -217,3 +217,26 @@ def test_after_a_refusal_naming_nobody_each_member_goes_alone_at_once_not_at_its
     assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [4, 1, 1, 1, 1]
     statuses = [record(i).status for i in ids]
     assert statuses == [MessageStatus.SENT, MessageStatus.FAILED, *[MessageStatus.SENT] * 2]
+
+
+def test_a_member_accepted_after_a_refused_pack_relies_on_a_released_members_trigger(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """The released members go alone (no pack key), but a copy of one is still a trigger that
+    later members rely on: it sweeps the young lane, so they do not wait for their backstops."""
+    outbound.configure(LANE_BACKSTOP_SECONDS=120)
+    first = accept(NUMBERS[0], REFUSED_NAMING_NOBODY, NUMBERS[1])  # triggers now and in 1 s
+    assert outbound.run_once(limit=1) == 1  # the first trigger's pack of 3 is refused
+    late = accept(NUMBERS[2])  # relies on the second trigger: the refused number's copy
+    bodies = [m.content for m in queue_client(OUTBOUND_QUEUE).peek_messages(max_messages=32)]
+    assert not any(late[0] in body for body in bodies)  # its own message waits as a backstop
+
+    deadline = time.monotonic() + 5  # its backstop is 120 s away
+    while record(late[0]).status is not MessageStatus.SENT:
+        assert time.monotonic() < deadline, "the late member waits for its backstop"
+        outbound.run_once()
+        time.sleep(0.1)
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [3, 1, 1, 1, 1]
+    statuses = [record(i).status for i in first]
+    assert statuses == [MessageStatus.SENT, MessageStatus.FAILED, MessageStatus.SENT]
