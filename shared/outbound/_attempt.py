@@ -385,9 +385,10 @@ def split_answer(
     recipients goes to the next listing of its number, in membership order (a number a member
     lists twice gets both; a pack a previous release formed may list one number in two
     members). An answer without recipients is every member's whole answer. Upstream's
-    ``MessagePartCount`` is the call's, the most of any recipient's: a member of a call with
-    others' recipients too gets at most its own ``estimates`` (the accept-time
-    ``EstimatedPartCount``); a call of one member keeps it."""
+    ``MessagePartCount`` is the call's, the most of any recipient's: a member gets its own
+    ``estimates`` (the accept-time ``EstimatedPartCount``) when it is less and another member
+    of the call's reaches upstream's (which that one explains); else upstream's (an estimate
+    is approximate: upstream may fill a placeholder itself)."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
     raw = _recipients(body)
     listings: dict[str, list[tuple[str, int]]] = {}  # number -> (member, position), in order
@@ -407,6 +408,7 @@ def split_answer(
             out.recipient_ids[str(rid)] = owner
     common = {k: v for k, v in body.items() if k not in ("Recipients", "recipients")}
     name = "recipients" if camel else "Recipients"
+    need = {m: n for m, n in (estimates or {}).items() if m in entries or not raw}  # in the call
     for member, _ in members:
         mine = entries.get(member, {})
         if raw and not mine and duplicate:
@@ -414,11 +416,13 @@ def split_answer(
             continue
         ordered = [mine[p] for p in sorted(mine)]
         share = out.shares[member] = {**common, name: ordered} if raw else dict(body)
-        own = (estimates or {}).get(member)
-        if own and (len(raw) > len(ordered) if raw else len(members) > 1):
-            for parts in ("MessagePartCount", "messagePartCount"):
-                if isinstance(share.get(parts), int):
-                    share[parts] = min(share[parts], own)
+        own = (estimates or {}).get(member, 0)
+        for parts in ("MessagePartCount", "messagePartCount"):
+            count = share.get(parts)
+            if not isinstance(count, int) or not 0 < own < count:
+                continue
+            if any(n >= count for m, n in need.items() if m != member):  # another's explains it
+                share[parts] = own
     return out
 
 

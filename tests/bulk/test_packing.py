@@ -188,15 +188,9 @@ def test_a_members_part_count_is_its_own_not_that_of_the_packs_longest_personali
     outbound: Outbound,
 ) -> None:
     """Upstream's MessagePartCount is the call's (the most of any recipient's): a member of a
-    pack records at most its own estimate; the member that needs the most keeps upstream's."""
-    waiting_for_a_slot(outbound)
-    ids = []
-    for address, name in ((NUMBERS[0], "Ada"), (NUMBERS[1], "B" * 300)):
-        body = sms(address, content="Hi $(name)")
-        body["Recipients"][0]["Personalization"] = {"name": name}
-        answer = call_http("SendMessage", "POST", body=body)
-        assert answer.status == 202, answer.body
-        ids.append(answer.body["Id"])
+    pack records its own estimate when another member's explains upstream's count; the member
+    that needs the most keeps upstream's."""
+    ids = accept_personalized(outbound, "Ada", "B" * 300)
 
     outbound.drain()
 
@@ -212,6 +206,45 @@ def test_a_members_part_count_is_its_own_not_that_of_the_packs_longest_personali
     status = call_http("GetMessageStatus", "GET", route_params={"MessageId": ids[0]},
                        params=dict(parse_qsl(urlsplit(status_url(ids[0])).query)))  # fmt: skip
     assert status.body["MessagePartCount"] == 1
+
+
+def accept_personalized(outbound: Outbound, *names: str) -> list[str]:
+    """One SendMessage "Hi $(name)" per name, to NUMBERS in order, waiting to pack."""
+    waiting_for_a_slot(outbound)
+    ids = []
+    for address, name in zip(NUMBERS, names, strict=False):
+        body = sms(address, content="Hi $(name)")
+        body["Recipients"][0]["Personalization"] = {"name": name}
+        answer = call_http("SendMessage", "POST", body=body)
+        assert answer.status == 202, answer.body
+        ids.append(answer.body["Id"])
+    return ids
+
+
+def test_a_part_count_no_members_estimate_explains_is_every_members(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream counts more parts than any member's estimate (it fills a placeholder itself,
+    which an estimate cannot know): nobody's estimate explains it, so every member keeps it."""
+    from shared.outbound._attempt import Upstream
+
+    real = Upstream.send
+
+    def counting_more(self: Upstream, command: Any) -> dict[str, Any]:
+        answer = real(self, command)
+        answer["MessagePartCount"] += 1  # one more than the longest text's
+        return answer
+
+    monkeypatch.setattr(Upstream, "send", counting_more)
+    ids = accept_personalized(outbound, "Ada", "B" * 300)  # estimates 1 and 2
+
+    outbound.drain()
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [2]
+    assert [record(i).part_count for i in ids] == [3, 3]
+    assert [json.loads(record(i).result or "{}")["MessagePartCount"] for i in ids] == [3, 3]
+    parts = {e["subject"]: e["data"]["messagePartCount"] for e in outbound.events()}
+    assert parts == {ids[0]: 3, ids[1]: 3}
 
 
 def status_url(message_id: str) -> str:
