@@ -356,9 +356,9 @@ def upstream_problem(
     if any); 404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; credentials refused (a 401
     after the token was renewed) -> the 503 configuration problem naming the setting of
     ``settings`` (default: the app's) that holds them; 503 -> 503, other 5xx, connection errors
-    and unexpected bodies -> 502, with SmartDialog's ``Retry-After`` when it gave one (a 5xx to
-    a write that may not be repeated, a create, says it may have taken effect); timeouts, 408
-    and 504 -> 504.
+    and unexpected bodies -> 502, with SmartDialog's ``Retry-After`` when it gave one (a 5xx or
+    odd 2xx body to a create, which may not be repeated, says it may have taken effect);
+    timeouts, 408 and 504 -> 504.
     """
     from shared import smartdialog as sd
 
@@ -419,8 +419,10 @@ def upstream_problem(
         detail = f"SmartDialog failed with status {status}; " + (
             _MAYBE if status and status >= 500 and not exc.replayable else later
         )
-    elif isinstance(exc, sd.APIResponseValidationError):
-        detail = "SmartDialog answered with a body of an unexpected shape."
+    elif isinstance(exc, sd.APIResponseValidationError):  # a create's: done, or the id is lost
+        detail = "SmartDialog reported success (2xx) in an unexpected shape" + (
+            "." if exc.replayable else f", so the change probably took effect. {_CHECK}"
+        )
     else:
         detail = "The call to SmartDialog failed."
     return Problem(  # 503: SmartDialog is unavailable for a while, as it says
@@ -439,15 +441,13 @@ def _quota_problem(exc: Exception, settings: Settings) -> Problem | None:
         return rate_limited(
             exc.retry_after if isinstance(exc, QuotaExceeded) else None,
             f"The SmartDialog call quota ({settings.quota_calls} calls per "
-            f"{settings.quota_period_seconds:g} s) is used up; try again after Retry-After "
-            "seconds.",
+            f"{settings.quota_period_seconds:g} s) is used up; {_AFTER}",
         )
     if isinstance(exc, QuotaStoreError):
         return Problem(
             503,
             "The call quota cannot be checked",
-            "The shared quota store is unavailable, so SmartDialog was not called; try again "
-            "later.",
+            "The quota store is unavailable, so SmartDialog was not called; try again later.",
             type=ProblemType.QUOTA_UNAVAILABLE,
             headers=retry_after_header(QUOTA_STORE_RETRY_AFTER),
         )

@@ -3,7 +3,6 @@ retries, logging and error mapping. The client itself adds one method per operat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -339,26 +338,21 @@ class BaseClient:
                 self._sleep(delay)
 
     def _parse(self, op: Operation, response: httpx.Response, parse: Callable[[Any], T]) -> T:
-        """``parse`` of the body, else :class:`APIResponseValidationError`. But a write that
-        may not be repeated (``op.replayable`` False: a create) which SmartDialog says it did
-        (2xx) reads an unexpected answer as an empty one, if that parses (CreateGroupContact's
-        id ``""``): raised, it became a 5xx the caller repeats, making a second one."""
+        """``parse`` of the body, else :class:`APIResponseValidationError` (``replayable`` False
+        for a create: SmartDialog said it did it). What an empty answer means is ``parse``'s to
+        say (CreateGroupContact's id ``""``, NewMessage's ids from ``Location``): a body of
+        another shape is never read as an empty one, which told the caller of a success with no
+        id."""
         body = decode_body(response)
         try:
             return parse(body)
         except ValidationError as exc:
-            error = APIResponseValidationError(
+            raise APIResponseValidationError(
                 f"the {response.status_code} body does not fit {op.operation_id}'s response: "
                 f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}",
                 body=body,
                 **_where(op, response.request.url.path),
-            )
-        if not op.replayable:
-            with contextlib.suppress(ValidationError):
-                done = parse(None)
-                log.warning("SmartDialog %s: read as done, as empty: %s", op.operation_id, error)
-                return done
-        raise error
+            ) from None
 
     def ready(self) -> None:
         """Have a valid bearer token in hand (fetched now unless cached), within ``deadline`` (an

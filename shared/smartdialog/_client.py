@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated
 
 import httpx
@@ -68,9 +69,30 @@ _REGIONS = TypeAdapter(ListAnswer[PhoneNumberRegion])
 # A 2xx with an empty body (or null) where a boolean or an id is documented: it succeeded (a
 # 502 would send the caller into a repeat that fails, the contact being gone or there already).
 _BOOL = TypeAdapter(Annotated[bool, BeforeValidator(lambda v: True if v is None else v)])
-_STR = TypeAdapter(Annotated[str, BeforeValidator(lambda v: "" if v is None else v)])
-# NewMessage's empty answer: the ids are in its Location header, if anywhere.
-_ACTION = TypeAdapter(Annotated[PipelineAction, BeforeValidator(lambda v: {} if v is None else v)])
+# NewMessage's answer other than an object: the ids are in its Location header, if anywhere.
+_ACTION = TypeAdapter(
+    Annotated[PipelineAction, BeforeValidator(lambda v: v if isinstance(v, Mapping) else {})]
+)
+_ID = re.compile(r"[\w.:{}-]+")
+
+
+def _contact_id(value: object) -> str:
+    """CreateGroupContact's id in what SmartDialog answered: its text, a number's text, an
+    object's ``id``/``Id``/``contactId``; no answer at all (``null``, ``""``) is ``""``. Any
+    other answer (an error object, a page, a sentence) is no id: raised, it is a 502 saying the
+    create probably took effect, never a success with no id."""
+    if isinstance(value, Mapping):
+        value = next((value[k] for k in ("id", "Id", "contactId") if value.get(k)), {})
+    elif value is None or value == "":
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and _ID.fullmatch(value):
+        return value
+    raise ValueError(f"not a contact id: {type(value).__name__}")
+
+
+_CONTACT_ID = TypeAdapter(Annotated[str, BeforeValidator(_contact_id)])
 
 
 def _bool_header(value: bool) -> str:
@@ -291,8 +313,8 @@ class SmartDialogClient(BaseClient):
     def create_group_contact(
         self, contact: NewGroupContact, *, customer: str, group_service: str
     ) -> str:
-        """CreateGroupContact: add a contact; returns its id (a UUID string; ``""`` when the
-        answer is empty).
+        """CreateGroupContact: add a contact; returns its id (a UUID string; a number's text; an
+        object's ``id``; ``""`` when the answer is empty).
 
         Not retried after a failure that may have reached SmartDialog (no ``RequestId``).
         """
@@ -302,7 +324,7 @@ class SmartDialogClient(BaseClient):
             path_params={"Customer": customer, "Group Service": group_service},
             body=to_wire(contact),
         )
-        return self._parse(op, response, _STR.validate_python)
+        return self._parse(op, response, _CONTACT_ID.validate_python)
 
     def update_group_contact(
         self, contact: GroupContactUpdate, *, customer: str, group_service: str, phone: str

@@ -388,19 +388,58 @@ def test_a_gateways_504_is_our_504_did_not_answer_in_time(
     assert "may or may not have taken effect" in str(answer["detail"])
 
 
-@pytest.mark.parametrize("answer", [{"id": "3fa85f64-5717-4562-b3fc-2c963f66afa6"}, [1], True])
-def test_a_create_done_but_answered_in_an_unexpected_shape_is_its_success(
-    app: App, answer: object
+UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+@pytest.mark.parametrize(
+    ("content", "contact_id"),
+    [
+        (json.dumps({"id": UUID}).encode(), UUID),
+        (json.dumps({"contactId": UUID}).encode(), UUID),
+        (b"12345", "12345"),
+        (json.dumps(UUID).encode(), UUID),
+        (b"null", ""),
+        (b'""', ""),
+        (b"", ""),
+    ],
+    ids=["object", "contactId", "number", "text", "null", "empty-text", "no-content"],
+)
+def test_a_done_creates_id_is_read_from_what_smartdialog_answered(
+    app: App, content: bytes, contact_id: str
 ) -> None:
-    """SmartDialog said 200, so the contact exists: a 502 made the caller create it again."""
+    """An id in an object or as a number was answered 200 "": a success with the id lost."""
     code, body, _ = run(
         "CreateGroupContact",
-        mock_client(lambda r: httpx.Response(200, json=answer)),
+        mock_client(lambda r: httpx.Response(200, content=content)),
         method="POST",
         route={"GroupService": GROUP},
         body=NEW_CONTACT,
     )
-    assert (code, body) == (200, "")
+    assert (code, body) == (200, contact_id)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"errorMessage": "Contact exists"}', b"[1]", b"true", b"<html>Sign in</html>"],
+    ids=["error-object", "list", "boolean", "page"],
+)
+def test_a_done_creates_answer_without_an_id_is_a_502_saying_it_probably_happened(
+    app: App, content: bytes
+) -> None:
+    """Not a success with no id (the flow went on with ""), nor "try again" (a second one)."""
+    code, body, _ = run(
+        "CreateGroupContact",
+        mock_client(lambda r: httpx.Response(200, content=content)),
+        method="POST",
+        route={"GroupService": GROUP},
+        body=NEW_CONTACT,
+    )
+    assert code == 502
+    assert body["type"] == problem_type("upstream-unavailable")
+    detail = str(body["detail"])
+    assert "reported success (2xx) in an unexpected shape" in detail
+    assert "probably took effect" in detail
+    assert "Check before repeating" in detail
 
 
 @pytest.mark.parametrize("status", [502, 503])
@@ -476,6 +515,7 @@ def test_unexpected_upstream_body_is_502(app: App) -> None:
     )
     assert code == 502
     assert body["type"] == problem_type("upstream-unavailable")
+    assert "probably took effect" not in str(body["detail"])  # a read: nothing happened
 
 
 def test_a_bug_is_a_500_problem_without_trace_or_secret(
