@@ -12,6 +12,7 @@ the certified connector asks for; set ``SMARTDIALOG_SCOPES`` accordingly.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,19 +53,37 @@ REFUSING_ERRORS = frozenset(
         "interaction_required",  # the refresh token's user must sign in again
         "invalid_request",  # our request as the settings make it (the authority's policy)
         "invalid_scope",  # SMARTDIALOG_SCOPES
+        "invalid_resource",  # SMARTDIALOG_SCOPES' app id URI unknown (Entra's AADSTS500011)
+        "invalid_target",  # SMARTDIALOG_SCOPES not granted to the client
+        "access_denied",  # the tenant or the API's owner refuses the client
         "unsupported_grant_type",  # the policy has no such flow
     }
 )
 """OAuth ``error`` codes that refuse the credentials or the request the settings make: retrying
-will not help until they change (:class:`CredentialsError`). Any other (a throttling 429,
-``temporarily_unavailable``, ``server_error``) is the identity provider failing
-(:class:`TokenUnavailable`, then ``IdentityProviderError``): try again later."""
+will not help until they change (:class:`CredentialsError`), whatever else the answer says."""
+TEMPORARY_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+"""OAuth ``error`` codes of an identity provider failing for now (:class:`TokenUnavailable`)."""
+_THROTTLED = re.compile(r"\b(?:AADB2C90229|(?:AADSTS)?50196)\b")
+"""Codes in an error's description or ``error_codes`` that say the client is throttled."""
+
+
+def _fails_for_now(result: Mapping[str, Any], status: int | None) -> bool:
+    """Whether msal's ``result`` without a token (answered HTTP ``status``, if known) is the
+    identity provider failing for now: a throttling 429 (or a 5xx), a code of
+    :data:`TEMPORARY_ERRORS`, a throttling code (B2C's ``AADB2C90229``). Any other error answer,
+    one with no ``error`` at all too, refuses: only a change of the settings helps."""
+    error = result.get("error")
+    if error in REFUSING_ERRORS:
+        return False
+    said = f"{result.get('error_description', '')} {result.get('error_codes', '')}"
+    throttled = status is not None and (status == 429 or status >= 500)
+    return throttled or error in TEMPORARY_ERRORS or _THROTTLED.search(said) is not None
 
 
 class TokenUnavailable(Exception):
-    """The identity provider answered an OAuth error that is not in :data:`REFUSING_ERRORS`:
-    it failed for now (the client raises ``IdentityProviderError``: nothing sent). ``error`` is
-    its code, cut to letters, digits and ``_`` (its description may quote the tenant)."""
+    """The identity provider answered an OAuth error that says it fails for now
+    (:func:`_fails_for_now`; the client raises ``IdentityProviderError``: nothing sent). ``error``
+    is its code, cut to letters, digits and ``_`` (its description may quote the tenant)."""
 
     def __init__(self, error: object) -> None:
         self.error = "".join(c for c in str(error) if c.isalnum() or c == "_")[:60] or "an error"
@@ -140,6 +159,7 @@ class MsalHttpClient:
             client if client is not None else keep_deadline(httpx.Client(timeout=timeout))
         )
         self._rewrite = {k.rstrip("/"): v.rstrip("/") for k, v in (rewrite or {}).items()}
+        self.last_status: int | None = None
 
     def _outbound(self, url: str) -> str:
         for seen, real in self._rewrite.items():
@@ -167,6 +187,7 @@ class MsalHttpClient:
             content=data if isinstance(data, str | bytes) else None,
             timeout=kwargs.get("timeout") or self._client.timeout,
         )
+        self.last_status = response.status_code  # the token request's, read with its result
         return _MsalResponse(response, self._inbound(response.text))
 
     def get(self, url: str, **kwargs: Any) -> _MsalResponse:
@@ -223,7 +244,8 @@ class _MsalAuth:
         with self._lock:
             if self._token is None or self._clock() >= self._expires_at - EXPIRY_MARGIN_SECONDS:
                 result = self._acquire()
-                if "access_token" not in result and result.get("error") not in REFUSING_ERRORS:
+                status = getattr(self._http_client, "last_status", None)
+                if "access_token" not in result and _fails_for_now(result, status):
                     raise TokenUnavailable(result.get("error"))
                 if "access_token" not in result:
                     raise CredentialsError(

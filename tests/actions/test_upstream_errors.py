@@ -255,6 +255,24 @@ def test_a_throttling_identity_provider_is_502_with_retry_after_not_the_settings
     assert headers["Retry-After"] == "5"
 
 
+@pytest.mark.parametrize("error", ["invalid_resource", "access_denied", None])
+def test_an_identity_provider_refusing_the_settings_is_the_503_not_a_502_try_again(
+    app: App, error: str | None
+) -> None:
+    """A wrong SMARTDIALOG_SCOPES (Entra's invalid_resource, AADSTS500011) was a 502 "try
+    again after 5 s" for ever: nothing told an administrator to fix a setting."""
+    from tests.client.test_auth import answering_idp, idp_auth
+
+    def factory(_: object) -> SmartDialogClient:
+        auth = idp_auth(answering_idp(400, error, "AADSTS500011: resource principal not found"))
+        return SmartDialogClient(app.sandbox.api_url, auth, max_retries=0)
+
+    code, body, headers = run("GetUserCustomers", factory)
+    assert code == 503
+    assert body["type"] == problem_type("configuration")
+    assert "Retry-After" not in headers
+
+
 # Faults the sandbox cannot produce for these operations: a transport that fails on purpose.
 
 

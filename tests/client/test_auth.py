@@ -344,9 +344,12 @@ def test_msal_gets_a_client_with_a_timeout_for_an_https_authority() -> None:
     client.close()
 
 
-def answering_idp(status: int, error: str) -> MsalHttpClient:
-    """An identity provider that answers every token request ``status`` with OAuth ``error`` (the
-    sandbox cannot throttle on demand)."""
+def answering_idp(
+    status: int, error: str | None, said: str = "AADB2C90229: tenant-7 over its limit"
+) -> MsalHttpClient:
+    """An identity provider that answers every token request ``status`` with OAuth ``error`` (None:
+    no ``error`` field) described as ``said`` (the sandbox cannot throttle on demand, nor answer
+    these codes)."""
     root = "https://login.example/tenant/B2C_1A_x"
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -355,7 +358,7 @@ def answering_idp(status: int, error: str) -> MsalHttpClient:
             endpoints["token_endpoint"] = "/oauth2/v2.0/token"
             document = {k: root + v for k, v in endpoints.items()}
             return httpx.Response(200, json={**document, "issuer": root + "/v2.0/"})
-        answer = {"error": error, "error_description": "AADB2C90229: tenant-7 over its limit"}
+        answer = {"error_description": said} | ({} if error is None else {"error": error})
         return httpx.Response(status, headers={"Retry-After": "30"}, json=answer)
 
     return MsalHttpClient(httpx.Client(transport=httpx.MockTransport(handle)))
@@ -373,10 +376,16 @@ def idp_auth(http: MsalHttpClient) -> ClientCredentialsAuth:
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(429, "throttled"), (400, "temporarily_unavailable"), (400, "server_error"), (400, "")],
+    [
+        (429, "throttled"),
+        (429, None),
+        (400, "temporarily_unavailable"),
+        (400, "server_error"),
+        (400, ""),  # said AADB2C90229: B2C's "too many requests"
+    ],
 )
 def test_an_identity_provider_that_fails_for_now_is_not_refused_credentials(
-    make_client: Callable[..., SmartDialogClient], status: int, error: str
+    make_client: Callable[..., SmartDialogClient], status: int, error: str | None
 ) -> None:
     """A throttling 429 became "fix SMARTDIALOG_CLIENT_SECRET; retrying will not help"."""
     from shared.smartdialog import IdentityProviderError
@@ -393,3 +402,34 @@ def test_an_identity_provider_that_fails_for_now_is_not_refused_credentials(
 def test_an_oauth_error_refusing_the_credentials_is_still_a_credentials_error(error: str) -> None:
     with pytest.raises(CredentialsError, match=error):
         idp_auth(answering_idp(400 if error != "invalid_client" else 401, error)).token()
+
+
+ENTRA_500011 = "AADSTS500011: The resource principal named api://x was not found in the tenant."
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        ("invalid_resource", ENTRA_500011),
+        ("access_denied", "AADSTS7000112: Application is disabled."),
+        ("invalid_target", "The scope is not granted."),
+        (None, "AADSTS90002: Tenant not found."),
+        ("an_unknown_code", "Not throttled."),
+    ],
+    ids=["invalid_resource", "access_denied", "invalid_target", "no-error-field", "unknown"],
+)
+def test_an_oauth_refusal_of_the_settings_is_a_credentials_error_not_a_failure_for_now(
+    error: str | None, said: str
+) -> None:
+    """Wrong SMARTDIALOG_SCOPES (Entra's invalid_resource) looked temporary: sends backed off
+    until they expired and the actions answered 502 "try again" instead of naming the setting."""
+    with pytest.raises(CredentialsError, match=error or "unknown error"):
+        idp_auth(answering_idp(400, error, said)).token()
+
+
+def test_entras_throttling_code_is_a_failure_for_now() -> None:
+    from shared.smartdialog._auth import TokenUnavailable
+
+    said = "AADSTS50196: The server terminated an operation because of a client request loop."
+    with pytest.raises(TokenUnavailable):
+        idp_auth(answering_idp(400, "invalid_request_loop", said)).token()
