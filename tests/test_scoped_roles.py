@@ -70,3 +70,25 @@ def test_the_quota_table_is_read_when_creating_it_is_refused(
 
     assert isinstance(store.try_acquire(), QuotaGrant)
     assert store.used() == 1
+
+
+def test_a_missing_quota_table_its_role_may_not_create_is_a_store_error_not_contention(
+    azurite: Azurite, unique_name: str
+) -> None:
+    """Never made (or deleted) and not creatable: each create_entity's TableNotFound read as a
+    lost race, so every call was denied CONTENDED (a 429 for ever, sends deferred until they
+    expired) instead of the 503 quota-unavailable naming the table."""
+    from shared.quota import QuotaStoreError
+
+    table = TableClient.from_connection_string(azurite.connection_string, unique_name)
+
+    def refused() -> None:
+        raise refusal(403)
+
+    table.create_table = refused  # type: ignore[method-assign]
+    store = TableQuotaStore(table, connection="scoped", calls=2, period=60)
+
+    with pytest.raises(QuotaStoreError, match=f"quota table {unique_name} does not exist"):
+        store.try_acquire()
+    with pytest.raises(QuotaStoreError, match="create it"):
+        store.try_acquire()  # and again: no cached 'exists' turns it into contention

@@ -26,7 +26,8 @@ class TableLog:
     """One connection's log as a Table entity; compare-and-swap through its ETag.
 
     The table is created on first use, once per process (``shared.storage.ensure_table``: an
-    existing one is fine, and so is a 403 from a role scoped to the table).
+    existing one is fine, and so is a 403 from a role scoped to the table; if it is missing
+    after all, a write says so as :class:`QuotaStoreError`).
     """
 
     def __init__(self, table: TableClient, partition_key: str) -> None:
@@ -44,7 +45,7 @@ class TableLog:
             try:
                 entity = self._table.get_entity(self._key, ROW_KEY)
             except ResourceNotFoundError as exc:
-                if getattr(exc, "error_code", None) == "TableNotFound":
+                if _table_missing(exc):
                     ensure_table(self._table, again=True)  # deleted behind our back
                 return None
         except AzureError as exc:
@@ -56,7 +57,8 @@ class TableLog:
 
         Returns the entity's new ETag (from the write's own response, so the caller can
         compare-and-swap again without reading first); None when another writer got in
-        first (409 on create; 412, or 404 after a delete, on replace).
+        first (409 on create; 412, or 404 after a delete, on replace). A table missing on
+        create (:meth:`read` could not re-create it) is :class:`QuotaStoreError`, no race.
         """
         from azure.core import MatchConditions
         from azure.core.exceptions import (
@@ -78,11 +80,25 @@ class TableLog:
                     etag=etag,
                     match_condition=MatchConditions.IfNotModified,
                 )
-        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+        except ResourceNotFoundError as exc:
+            if etag is None and _table_missing(exc):  # read() re-created it, or could not
+                raise self._missing() from exc
+            return None  # a replace's: read() re-creates a table deleted since
+        except (ResourceExistsError, ResourceModifiedError):
             return None
         except AzureError as exc:
             raise self._error("write", exc) from exc
         return str(written.get("etag") or "")
+
+    def _missing(self) -> QuotaStoreError:
+        """The table is missing and could not be made (a role that may not create tables):
+        every round would fail, so an error, not a lost race (a 429 with no end)."""
+        name = self._table.table_name
+        return QuotaStoreError(
+            f"the quota table {name} does not exist and could not be created (the app's role "
+            f"may not create tables): create it (the Bicep does; az storage table create "
+            f"--name {name}) or grant the role table creation"
+        )
 
     def _error(self, action: str, exc: Exception) -> QuotaStoreError:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -90,6 +106,12 @@ class TableLog:
             f"could not {action} the quota log of connection {self._key} "
             f"in table {self._table.table_name}: {type(exc).__name__}: {reason}"
         )
+
+
+def _table_missing(error: BaseException) -> bool:
+    """Whether a 404 is the table's, not the entity's (a create's has no ``error_code``: the
+    code is only in its text)."""
+    return getattr(error, "error_code", None) == "TableNotFound" or "TableNotFound" in str(error)
 
 
 class TableQuotaStore(QuotaStore):
