@@ -266,8 +266,9 @@ def decode_body(response: httpx.Response) -> object:
 def error_message(response: httpx.Response, body: object) -> str:
     """What SmartDialog said: its ``errorMessage`` (any casing, or ``message``, ``error``); an
     RFC 7807 problem's ``detail`` or else ``title``, with its ``errors`` when they are short (an
-    ASP.NET validation problem); a short line of plain text. A page (HTML, or long text) is not
-    quoted: it says nothing to the caller, and only its status is given."""
+    ASP.NET validation problem); plain text, up to its first :data:`_QUOTED` characters (then
+    ``...``). An HTML page (``text/html``, or text opening with ``<``) is not quoted: it says
+    nothing to the caller, and only its status is given."""
     if isinstance(body, Mapping):
         for key in ("errorMessage", "ErrorMessage", "message", "Message", "error"):
             value = body.get(key)
@@ -281,14 +282,17 @@ def error_message(response: httpx.Response, body: object) -> str:
             return said or errors[:_SHORT]
     if isinstance(body, str) and body.strip():
         text = body.strip()
-        if len(text) <= _SHORT and "\n" not in text and not text.startswith("<"):
-            return text
+        if "html" not in response.headers.get("Content-Type", "") and not text.startswith("<"):
+            return text if len(text) <= _QUOTED else text[:_QUOTED] + "..."
         return f"SmartDialog answered {response.status_code} with a non-JSON page."
     return response.reason_phrase or f"HTTP {response.status_code}"
 
 
-#: The longest plain text (or list of a problem's ``errors``) quoted from an error answer.
+#: The longest list of a problem's ``errors`` quoted from an error answer.
 _SHORT = 300
+#: The most of an error answer's plain text quoted, then "..." (not shared.logs.cut_text:
+#: shared.logs imports this package).
+_QUOTED = 1000
 
 
 def _problem_errors(errors: object) -> str:

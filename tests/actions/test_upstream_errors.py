@@ -589,6 +589,15 @@ def test_another_upstream_refusal_is_422_with_upstreams_message_not_a_retryable_
     assert body["detail"] == "bad thing"
 
 
+def test_a_plain_text_refusal_on_several_lines_is_the_422_detail(app: App) -> None:
+    """It was "SmartDialog answered 400 with a non-JSON page": the caller lost the reason."""
+    said = "Sender ACME is not allowed for this service.\nContact support with id 7f3a."
+    plain = {"Content-Type": "text/plain"}
+    answer = mock_client(lambda r: httpx.Response(400, text=said, headers=plain))
+    code, body, _ = run("GetUserCustomers", answer)
+    assert (code, body["detail"]) == (422, said)
+
+
 def test_upstream_408_is_504(app: App) -> None:
     code, body, _ = run("GetUserCustomers", mock_client(lambda r: httpx.Response(408)))
     assert code == 504

@@ -190,16 +190,52 @@ def test_an_rfc_7807_problem_says_its_detail_or_title_and_short_errors(
 
 
 @pytest.mark.parametrize(
-    "page", ["<html><body>" + "x" * 600 + "</body></html>", "<!DOCTYPE html>", "line\n" * 80]
+    ("page", "content_type"),
+    [
+        ("<html><body>" + "x" * 600 + "</body></html>", "text/plain"),
+        ("<!DOCTYPE html>", "text/plain"),
+        ("Service Unavailable\n\nThe gateway is down.", "text/html; charset=utf-8"),
+    ],
 )
 def test_an_error_page_is_not_quoted_only_its_status_is_given(
-    make_client: Callable[..., SmartDialogClient], page: str
+    make_client: Callable[..., SmartDialogClient], page: str, content_type: str
 ) -> None:
     """An HTML page's first 500 characters were the detail a flow showed."""
-    client = make_client(transport=answering(httpx.Response(404, text=page)))
+    answer = httpx.Response(404, text=page, headers={"Content-Type": content_type})
+    client = make_client(transport=answering(answer))
     with pytest.raises(APIStatusError) as caught:
         client.get_user_customers()
     assert caught.value.message == "SmartDialog answered 404 with a non-JSON page."
+
+
+def test_plain_text_on_several_lines_is_smartdialogs_message_not_a_page(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    """A text refusal over 300 characters or with a newline was "a non-JSON page": the 422
+    lost SmartDialog's words, and a pack lost the recipient a refusal blamed."""
+    said = "recipient rejected: +358400000002\n" + "at Gateway.Validate()\n" * 30
+    answer = httpx.Response(400, text=said, headers={"Content-Type": "text/plain"})
+    client = make_client(transport=answering(answer))
+    with pytest.raises(APIStatusError) as caught:
+        client.get_user_customers()
+    assert caught.value.message == said.strip()
+
+    from shared.outbound._attempt import Refused, classify
+
+    refused = classify(caught.value)  # how a pack finds the member to blame
+    assert isinstance(refused, Refused)
+    assert refused.blames(["+358400000002"])
+
+
+def test_long_plain_text_is_quoted_cut_to_a_bound(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    said = "Rejected: " + "word " * 400
+    client = make_client(transport=answering(httpx.Response(400, text=said)))
+    with pytest.raises(APIStatusError) as caught:
+        client.get_user_customers()
+    assert caught.value.message.startswith("Rejected: word word")
+    assert caught.value.message == said.strip()[:1000] + "..."
 
 
 def test_other_client_errors_are_plain_status_errors(
