@@ -340,7 +340,9 @@ def is_recorded_as(record: MessageRecord, command: OutboundMessage) -> bool:
     the connection whose settings claim its customer, the one it had before (accepted while no
     connection claimed that customer: it goes through the one that does now). One number
     written two ways is one number: failing that, both are matched with their addresses in
-    E.164 (:func:`_e164`)."""
+    E.164 (:func:`_e164`), the recorded command read and filled by :func:`normalize` as
+    ``command`` was (ec7daff kept a blank ``RequestId`` that is now filled with the message
+    id)."""
     from shared.connections import claims
 
     fp = request_fingerprint(command)
@@ -353,8 +355,10 @@ def is_recorded_as(record: MessageRecord, command: OutboundMessage) -> bool:
         forms.append(command.model_copy(update={"Connection": None}))
     if record.fingerprint in {request_fingerprint(c) for c in forms}:
         return True
-    try:
-        recorded = _e164(parse_outbound_message(record.command))
+    try:  # read as the command was: a blank RequestId an older release kept is filled
+        stored = parse_outbound_message(record.command)
+        key = stored.messageId or ""  # the record's, so the command's
+        recorded = _e164(normalize(stored, message_id=key, customer_id=None, service_id=None))
     except (ValidationError, ValueError):
         return False
     return request_fingerprint(recorded) in {request_fingerprint(_e164(c)) for c in forms}

@@ -27,7 +27,15 @@ from shared.outbound._models import SendMessageCommand
 from shared.outbound._records import command_text, new_record
 from shared.settings import get_settings
 from tests.crash import LEASE, crash_once
-from tests.outbound.conftest import CUSTOMER, SERVICE, Outbound, call_http, sms, status_of
+from tests.outbound.conftest import (
+    CUSTOMER,
+    DELIVERED,
+    SERVICE,
+    Outbound,
+    call_http,
+    sms,
+    status_of,
+)
 
 PREVIOUS = Path(__file__).resolve().parent.parent / "fixtures" / "previous_release.json"
 
@@ -318,3 +326,63 @@ def test_a_queued_command_as_written_recorded_by_a_failed_invocation_is_a_previo
 
     assert _record(message_id).status is MessageStatus.QUEUED
     assert _previous_release_takes(text)
+
+
+# --- a blank RequestId ec7daff recorded as written ----------------------------------------------
+
+#: Written by ec7daff's normalize/request_fingerprint/command_text: a queue command whose
+#: RequestId is "  ", recorded and put back with "  " kept; now read as left out (BlankIsAbsent).
+EC7DAFF_BLANK_REQUEST_ID = {
+    "fingerprint": "716aa370b18e61e12c4fa52b629f0ac1e0b8a8cdb81eef9526335b00c14d46a7",
+    "command": '{"messageId":"m-1","customerId":"1001","attempts":0,"deferrals":0,'
+    '"serviceId":"2002","transactional":false,"operation":"SendMessage","body":{"Sender":'
+    '"ACME","Content":"hi","Protocol":"SMS","Recipients":[{"Address":"+358401234567"}],'
+    '"RequestId":"  "}}',
+}
+
+
+def _blank_request_id_as_ec7daff_recorded(message_id: str) -> str:
+    """Record a queued send whose RequestId is "  " as ec7daff did (kept, not filled); the
+    text of its copy on the queue."""
+    body = sms(DELIVERED)
+    command = parse_outbound_message(
+        json.dumps({"operation": "SendMessage", "messageId": message_id,
+                    "customerId": CUSTOMER, "serviceId": SERVICE, "body": body})
+    )  # fmt: skip
+    assert isinstance(command, SendMessageCommand)
+    blank = command.model_copy(update={"body": command.body.model_copy(update={"RequestId": "  "})})
+    record, slots = new_record(blank, now=utcnow(), validity=dt.timedelta(days=1))
+    queued = replace(record, status=MessageStatus.QUEUED)
+    stored = MessageStore.from_settings().create(queued, slots)
+    assert stored is not None
+    PackStore.from_settings().index([stored])
+    return command_text(blank)
+
+
+def test_a_blank_request_id_ec7daff_recorded_is_still_the_records_own() -> None:
+    """Read now, its RequestId is filled with the message id while the record's command was
+    compared without that fill: not the record's, so the copy was dead-lettered "messageId
+    already used by a different message"."""
+    from types import SimpleNamespace
+
+    from shared.outbound._records import is_recorded_as, normalize
+
+    old = EC7DAFF_BLANK_REQUEST_ID
+    command = normalize(
+        parse_outbound_message(old["command"]), message_id="m-1", customer_id=None, service_id=None
+    )
+    assert command.body.RequestId == "m-1"  # type: ignore[union-attr]
+    assert is_recorded_as(SimpleNamespace(**old), command)  # type: ignore[arg-type]
+
+
+def test_a_queued_send_with_a_blank_request_id_ec7daff_recorded_is_sent_once(
+    outbound: Outbound,
+) -> None:
+    [message_id] = _ids("blank-request-id")
+    outbound.enqueue(_blank_request_id_as_ec7daff_recorded(message_id))
+
+    outbound.drain()
+
+    assert outbound.dead_letters() == []
+    assert _record(message_id).status is MessageStatus.SENT
+    assert len(outbound.upstream()) == 1
