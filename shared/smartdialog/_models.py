@@ -10,6 +10,7 @@ list as empty (:data:`ListAnswer`) and a number where text is documented as its 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -61,8 +62,8 @@ ButtonType = Literal["Call", "QuickReply", "Url"]
 def _placeholder_value(value: object) -> object:
     if value is None:  # a flow's empty column
         return ""
-    if isinstance(value, dict | list):
-        raise ValueError("A placeholder's value must be text, a number or a boolean.")
+    if isinstance(value, dict | list) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError("A placeholder's value must be text, a finite number or a boolean.")
     return value
 
 

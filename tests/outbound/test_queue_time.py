@@ -114,11 +114,11 @@ def test_a_send_valid_until_the_last_storable_time_answers_its_status(outbound: 
     from tests.bulk.test_packing import waiting_for_a_slot
 
     waiting_for_a_slot(outbound)  # it waits for a slot, queued
-    text = json.dumps({"operation": "SendMessage", "messageId": "m-far", "body": sms(DELIVERED),
+    text = json.dumps({"operation": "SendMessage", "messageId": "m-far2", "body": sms(DELIVERED),
                        "validUntil": "9999-12-31T23:59:59Z"})  # fmt: skip
     OutboundSender.from_settings().process(text)
 
-    polled = status_of(send_service(get_settings()).status_url("m-far"))
+    polled = status_of(send_service(get_settings()).status_url("m-far2"))
 
     assert polled.status == 202
     assert polled.body["Status"] == "queued"
