@@ -6,6 +6,11 @@ answers, not throttling: a quota wait would only slow it down) and a :class:`Rec
 127.0.0.1 that answers 200 to anything, so delivery-report forwarding and New Message
 subscribers never reach beyond this machine. ``FuzzBudget`` spreads a time budget over the
 fuzz tests, so the whole fuzz stays bounded however slow the machine is.
+
+Knobs (environment): ``FUZZ_EXAMPLES`` (default 8) scales every fuzz test's example count (the
+deep fuzzers, ``test_send_fuzz``, ``test_queue_fuzz`` and ``test_webhook_fuzz``, run a multiple of
+it: ``FUZZ_EXAMPLES=500`` for a long local hunt); ``FUZZ_BUDGET_SECONDS`` (default 75) bounds the
+schemathesis and callback fuzz. Every run is derandomized: the same examples each time.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, Phase, settings
 
 from devhost import DevHost, load_app, load_host_json
 from devhost.azurite import Azurite
@@ -121,6 +128,9 @@ def fuzz_stack(azurite: Azurite) -> Iterator[FuzzStack]:
         env.setenv("SMARTDIALOG_SERVICE_ID", ONE_WAY_SERVICE)
         env.setenv("SMARTDIALOG_CALLBACK_SECRETS", CALLBACK_SECRET)
         env.setenv("SMARTDIALOG_SEND_RETRY_BASE_SECONDS", "0.5")
+        # Retries (the sandbox's 429 and 500 recipients) end within seconds, not minutes.
+        env.setenv("SMARTDIALOG_SEND_RETRY_MAX_SECONDS", "1")
+        env.setenv("SMARTDIALOG_SEND_MAX_ATTEMPTS", "5")
         env.setenv("SMARTDIALOG_QUOTA_CALLS", "2000")
         env.setenv("SMARTDIALOG_QUOTA_WAIT_SECONDS", "0")
         env.setenv("SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS", "0.5")
@@ -182,3 +192,33 @@ def settle(storage: str, queue: str, seconds: float = 20.0) -> None:
         except ResourceNotFoundError:
             return
         time.sleep(0.2)
+
+
+def deep_settings(examples: int) -> settings:
+    """Hypothesis settings of a deep fuzzer: ``examples`` examples, derandomized (a fixed seed:
+    the same examples every run), no database, no shrinking (each example costs real calls)."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def field_errors(answer: httpx.Response) -> list[str]:
+    """The ``field`` of each error of a problem answer (none if it is no problem document)."""
+    try:
+        errors = answer.json().get("errors") or []
+    except (ValueError, AttributeError):
+        return []
+    return [str(e.get("field")) for e in errors if isinstance(e, dict) and e.get("field")]
+
+
+def final_event_subjects(events: list[dict[str, Any]]) -> set[str]:
+    """The messages that have a final lifecycle event (sent, failed or cancelled) in ``events``."""
+    from shared.events import MESSAGE_CANCELLED, MESSAGE_FAILED, MESSAGE_SENT
+
+    final = {MESSAGE_SENT, MESSAGE_FAILED, MESSAGE_CANCELLED}
+    return {str(e.get("subject")) for e in events if e.get("type") in final}
