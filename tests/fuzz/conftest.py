@@ -131,6 +131,9 @@ def fuzz_stack(azurite: Azurite) -> Iterator[FuzzStack]:
         # Retries (the sandbox's 429 and 500 recipients) end within seconds, not minutes.
         env.setenv("SMARTDIALOG_SEND_RETRY_MAX_SECONDS", "1")
         env.setenv("SMARTDIALOG_SEND_MAX_ATTEMPTS", "5")
+        # A copy deferred behind another worker's claim comes back in seconds, not 2 minutes.
+        env.setenv("SMARTDIALOG_SEND_TIMEOUT_SECONDS", "3")
+        env.setenv("SMARTDIALOG_SEND_LEASE_SECONDS", "6")
         env.setenv("SMARTDIALOG_QUOTA_CALLS", "2000")
         env.setenv("SMARTDIALOG_QUOTA_WAIT_SECONDS", "0")
         env.setenv("SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS", "0.5")
