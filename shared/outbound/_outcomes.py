@@ -512,6 +512,8 @@ class Outcomes:
         ``messageId`` can still be read and names a record not yet final, that message fails
         (code ``malformed``) with its event, unless ``fails_record`` is False (the message is
         someone else's: its id is taken by a different message)."""
+        from shared.outbound._records import FieldValueError
+
         errors: list[dict[str, Any]] = []
         if isinstance(exc, ValidationError):
             for item in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]:
@@ -520,6 +522,8 @@ class Outcomes:
             detail = f"not a valid outbound message: {exc.error_count()} problem(s)"
         else:
             detail = f"not a valid outbound message: {str(exc)[:2000]}"
+            if isinstance(exc, FieldValueError):  # a bad address: named as the actions' 400 does
+                errors.append({"field": exc.field, "message": exc.message})
         message_id = readable_message_id(text, customer_id=self.ports.policy.customer_id)
         letter = DeadLetter(
             id=f"malformed:{queue_message_id}" if queue_message_id else None,

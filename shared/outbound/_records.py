@@ -212,11 +212,19 @@ def unreadable_address(command: OutboundMessage) -> ValueError | None:
         try:
             parse_phone_number(address)
         except InvalidPhoneNumber:  # (its text quotes an example number: not for a log)
-            return ValueError(
-                f"body.Recipients[{index}].Address is not a valid phone number: write it in "
-                "E.164, or as a number of region FI"
+            return FieldValueError(
+                f"body.Recipients.{index}.Address",
+                "not a valid phone number: write it in E.164, or as a number of region FI",
             )
     return None
+
+
+class FieldValueError(ValueError):
+    """A command's ``field`` (dotted, as a validation error's) holds a value it may not."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field} is {message}")
+        self.field, self.message = field, message
 
 
 def command_addresses(command: OutboundMessage) -> list[str]:
