@@ -130,11 +130,14 @@ def test_a_storage_failure_in_a_poll_s_expiry_is_a_503_and_the_next_poll_announc
     """Before, the record was written failed first: the event's put failing made the poll a
     500, and no later poll or queue copy ever put out its event and dead letter."""
     from shared.names import EVENTS_QUEUE
+    from shared.outbound._ports import send_ports
+    from shared.settings import get_settings
 
     accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="copy gone"))
     location = accepted.headers["Location"]
     queue_client(OUTBOUND_QUEUE).clear_messages()
     manual_clock.advance(dt.timedelta(days=8).total_seconds())
+    send_ports(get_settings())  # built (its queues made once) before the events queue goes
     queue_client(EVENTS_QUEUE).delete_queue()  # the event's put fails (404)
 
     refused = status_of(location)
