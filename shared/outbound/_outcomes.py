@@ -4,7 +4,8 @@ One home for every path (single sends, index packs, bulk pack drivers): the retr
 backoff function, :func:`shared.smartdialog.backoff_delay`, with the send settings), when to give
 up, the records' final writes, and their side effects. A final record's event (and a failure's
 dead letter) is emitted before the record is marked ``announced``, so a crash in between emits
-them again, identical: consumers de-duplicate on the event ``id`` (``<messageId>:<status>``).
+the event again, identical (consumers de-duplicate on its ``id``, ``<messageId>:<status>``); the
+dead letter, indexed under that id and the record's ``finished_at``, is not written again.
 """
 
 from __future__ import annotations
@@ -354,15 +355,22 @@ class Outcomes:
         if lost := sum(1 for f in flags if f is None):
             log.info("%d announcement flag(s) lost a race", lost)
 
-    def dead_letter(self, letter: DeadLetter) -> None:
+    def dead_letter(self, letter: DeadLetter, key: str | None = None) -> None:
         """Put ``letter`` on the dead-letter queue; an original too large to travel in it goes by
-        reference (a blob named in ``originalBlob``), then its schema violations are shortened."""
+        reference (a blob named in ``originalBlob``), then its schema violations are shortened.
+        With a ``key``, once (its time the letter's): one indexed already is not written again."""
+        from azure.core.exceptions import ResourceExistsError
+
         letter = original_aside(letter, self.ports.payloads)
         text = letter.model_dump_json(exclude_none=True)
         while not fits_queue(text) and letter.errors:
             letter = letter.model_copy(update={"errors": letter.errors[: len(letter.errors) // 2]})
             text = letter.model_dump_json(exclude_none=True)
-        write_dead_letter(self.ports.dead_letters, text, queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
+        try:
+            write_dead_letter(self.ports.dead_letters, text, queue_name=OUTBOUND_DEAD_LETTER_QUEUE,
+                              now=letter.deadLetteredAt if key else None, key=key)  # fmt: skip
+        except ResourceExistsError:  # only with a key: written before
+            log.info("dead letter %s written already", key)
 
     def emit(self, record: MessageRecord) -> bool:
         """Send a final record's event (and a failure's dead letter), whatever ``announced``
@@ -420,6 +428,8 @@ class Outcomes:
             return
         assert record.failure is not None
         failure, event_id = bounded(record.failure), record.failed_id  # the time stable too
+        # Announced again (a crash before the flag, a poll's 503): its dead letter not again.
+        key = event_id.replace(":", ".") if record.finished_at else None
         letter = DeadLetter(
             id=event_id,
             reason=DeadLetterReason.FAILED,
@@ -431,7 +441,7 @@ class Outcomes:
             deadLetteredAt=at,
             original=record.command,
         )
-        self.dead_letter(letter)
+        self.dead_letter(letter, key)
         data = MessageFailedData(
             messageId=record.message_id,
             operation=record.operation,
@@ -478,14 +488,9 @@ class Outcomes:
         log.debug("%s %s %s (%s); back in %d s", what, name, kind, reason, seconds)
         return SendOutcome(kind, name, delay_seconds=seconds, detail=reason)
 
-    def someone_elses(
-        self,
-        record: MessageRecord,
-        command: OutboundMessage,
-        text: str,
-        queue_message_id: str | None,
-        dequeue_count: int | None,
-    ) -> SendOutcome | None:
+    def someone_elses(self, record: MessageRecord, command: OutboundMessage, text: str,
+                      queue_message_id: str | None, dequeue_count: int | None,
+                      ) -> SendOutcome | None:  # fmt: skip
         """None when ``record`` is ``command``'s; a rule's send made again (its rule edited
         since) is acknowledged; else ``command``'s ``messageId`` is taken by a different
         message: dead-lettered, the record left alone."""
@@ -499,15 +504,9 @@ class Outcomes:
             text, taken, queue_message_id, dequeue_count, fails_record=False
         )
 
-    def dead_letter_malformed(
-        self,
-        text: str,
-        exc: Exception,
-        queue_message_id: str | None,
-        dequeue_count: int | None,
-        *,
-        fails_record: bool = True,
-    ) -> SendOutcome:
+    def dead_letter_malformed(self, text: str, exc: Exception, queue_message_id: str | None,
+                              dequeue_count: int | None, *, fails_record: bool = True,
+                              ) -> SendOutcome:  # fmt: skip
         """A queue message that is not one of ours, with its reason (never processed). If its
         ``messageId`` can still be read and names a record not yet final, that message fails
         (code ``malformed``) with its event, unless ``fails_record`` is False (the message is

@@ -242,8 +242,9 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     dead letter out before the record says failed (no queue copy comes back to put them out
     after a write that went first); a final record still unannounced a lease after its last
     write (its writer stopped) is announced. A storage failure meanwhile is a 503 problem with
-    ``Retry-After`` (the next poll does it all again, with the same event id); any other record
-    is returned as it is. A copy still on the queue then only finds it final."""
+    ``Retry-After`` (the next poll does it all again, with the same event); any other record
+    is returned as it is. A copy still on the queue then only finds it final. It finished at its
+    ``validUntil``: each poll's event and dead letter alike, the letter written once."""
     from azure.core.exceptions import AzureError
 
     from shared.connections import connection_settings
@@ -268,7 +269,11 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
         if record.pack_id is not None and record.batch_id is None:
             IndexPacks(ports, outcomes).announce_listed(record.pack_id)
         last = record.last_error if record.batch_id is not None else None
-        changes = {**failed_changes(outcomes.expired(record, last), now), "announced": True}
+        changes = {
+            **failed_changes(outcomes.expired(record, last), now),
+            "announced": True,
+            "finished_at": record.valid_until,
+        }  # each poll's letter the same: one written
         outcomes.emit(replace(record, **changes))
         done = ports.store.swap(record, **changes)  # lost: another wrote it (and announces it)
     except AzureError as exc:
