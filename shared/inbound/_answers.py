@@ -163,7 +163,12 @@ class QuestionAnswers:
             )
             log.info("question %s answered: %s", question.question_id, done is not None)
             return "answered"
-        if question.reprompt and not question.reprompted:
+        # one that could only go out expired is not queued (the question just stays open)
+        if (
+            question.reprompt
+            and not question.reprompted
+            and received_at < question.send_by(question.created_at)
+        ):
             self._queue().send_message(reprompt_command(question))
             self.questions.mark_reprompted(question)
             return "reprompted"

@@ -221,3 +221,24 @@ def test_a_re_prompt_held_up_past_its_questions_validity_is_never_sent(
 
     assert _sends(inbound) == 1  # the question alone
     assert _poll(inbound, asked).body["Status"] == "timed_out"
+
+
+def test_a_wrong_reply_too_late_for_a_re_prompt_queues_none_and_the_question_stays_open(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """From 30 s on in a 60 s question its re-prompt could only go out expired: it was queued
+    all the same and failed ``expired`` (a dead letter, message.failed, the alert)."""
+    number = "+358401234592"
+    asked = _ask(inbound, number, TimeoutSeconds=60, RepromptContent="Please reply YES or NO")
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    manual_clock.advance(30)  # the re-prompt's validUntil: half the timeout
+
+    _reply("maybe", number)
+
+    assert inbound.count(OUTBOUND_QUEUE) == 0  # no re-prompt to fail
+    waiting = QuestionStore.from_settings().open_question(TWO_WAY, number)
+    assert waiting is not None
+    assert (waiting.question_id, waiting.reprompted) == (asked.body["QuestionId"], False)
+    _reply("no", number)
+    answered = _poll(inbound, asked)
+    assert (answered.status, answered.body["MatchedOption"]) == (200, "No"), answered.body
