@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
-    "REFUSING_ERRORS",
     "AuthProvider",
     "ClientCredentialsAuth",
     "MsalHttpClient",
@@ -45,22 +44,6 @@ DEFAULT_TOKEN_LIFETIME_SECONDS = 300.0
 """Assumed lifetime when the identity provider does not say (``expires_in`` missing)."""
 TOKEN_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 """Timeouts of the HTTP client msal uses (when this module creates it)."""
-REFUSING_ERRORS = frozenset(
-    {
-        "invalid_client",  # a wrong or expired secret, an unknown client id
-        "invalid_grant",  # a refresh token expired, revoked or already used
-        "unauthorized_client",  # the client may not use this grant
-        "interaction_required",  # the refresh token's user must sign in again
-        "invalid_request",  # our request as the settings make it (the authority's policy)
-        "invalid_scope",  # SMARTDIALOG_SCOPES
-        "invalid_resource",  # SMARTDIALOG_SCOPES' app id URI unknown (Entra's AADSTS500011)
-        "invalid_target",  # SMARTDIALOG_SCOPES not granted to the client
-        "access_denied",  # the tenant or the API's owner refuses the client
-        "unsupported_grant_type",  # the policy has no such flow
-    }
-)
-"""OAuth ``error`` codes that refuse the credentials or the request the settings make: retrying
-will not help until they change (:class:`CredentialsError`), whatever else the answer says."""
 TEMPORARY_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 """OAuth ``error`` codes of an identity provider failing for now (:class:`TokenUnavailable`)."""
 _THROTTLED = re.compile(r"\b(?:AADB2C90229|(?:AADSTS)?50196)\b")
@@ -69,15 +52,14 @@ _THROTTLED = re.compile(r"\b(?:AADB2C90229|(?:AADSTS)?50196)\b")
 
 def _fails_for_now(result: Mapping[str, Any], status: int | None) -> bool:
     """Whether msal's ``result`` without a token (answered HTTP ``status``, if known) is the
-    identity provider failing for now: a throttling 429 (or a 5xx), a code of
-    :data:`TEMPORARY_ERRORS`, a throttling code (B2C's ``AADB2C90229``). Any other error answer,
-    one with no ``error`` at all too, refuses: only a change of the settings helps."""
-    error = result.get("error")
-    if error in REFUSING_ERRORS:
-        return False
+    identity provider failing for now: a 429 or a 5xx, a code of :data:`TEMPORARY_ERRORS`, a
+    throttling code (B2C's ``AADB2C90229``), whatever ``error`` it names (B2C throttles with
+    ``invalid_request``). Any other error answer, one with no ``error`` at all too, refuses the
+    credentials or the request the settings make (``invalid_client``, ``invalid_grant``,
+    ``invalid_scope``, ...): only a change of the settings helps."""
     said = f"{result.get('error_description', '')} {result.get('error_codes', '')}"
     throttled = status is not None and (status == 429 or status >= 500)
-    return throttled or error in TEMPORARY_ERRORS or _THROTTLED.search(said) is not None
+    return throttled or result.get("error") in TEMPORARY_ERRORS or bool(_THROTTLED.search(said))
 
 
 class TokenUnavailable(Exception):
@@ -85,8 +67,9 @@ class TokenUnavailable(Exception):
     (:func:`_fails_for_now`; the client raises ``IdentityProviderError``: nothing sent). ``error``
     is its code, cut to letters, digits and ``_`` (its description may quote the tenant)."""
 
-    def __init__(self, error: object) -> None:
-        self.error = "".join(c for c in str(error) if c.isalnum() or c == "_")[:60] or "an error"
+    def __init__(self, error: object, status: int | None = None) -> None:
+        code = "".join(c for c in str(error or "") if c.isalnum() or c == "_")[:60]
+        self.error = code or (f"HTTP {status}" if status else "an error")
         super().__init__(f"answered {self.error}")
 
 
@@ -178,6 +161,7 @@ class MsalHttpClient:
 
     def _send(self, method: str, url: str, **kwargs: Any) -> _MsalResponse:
         data = kwargs.get("data")
+        self.last_status = None  # this request's alone, never an earlier one's
         response = self._client.request(
             method,
             self._outbound(url),
@@ -246,7 +230,7 @@ class _MsalAuth:
                 result = self._acquire()
                 status = getattr(self._http_client, "last_status", None)
                 if "access_token" not in result and _fails_for_now(result, status):
-                    raise TokenUnavailable(result.get("error"))
+                    raise TokenUnavailable(result.get("error"), status)
                 if "access_token" not in result:
                     raise CredentialsError(
                         "the identity provider refused the credentials: "

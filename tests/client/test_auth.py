@@ -400,8 +400,53 @@ def test_an_identity_provider_that_fails_for_now_is_not_refused_credentials(
     "error", ["invalid_client", "invalid_grant", "unauthorized_client", "invalid_scope"]
 )
 def test_an_oauth_error_refusing_the_credentials_is_still_a_credentials_error(error: str) -> None:
+    status = 400 if error != "invalid_client" else 401
     with pytest.raises(CredentialsError, match=error):
-        idp_auth(answering_idp(400 if error != "invalid_client" else 401, error)).token()
+        idp_auth(answering_idp(status, error, "Not throttled.")).token()
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "said"),
+    [
+        (400, "invalid_request", "AADB2C90229: tenant-7 over its limit"),
+        (400, "invalid_grant", "AADSTS50196: The server terminated a client request loop."),
+        (429, "invalid_client", "Not throttled."),
+    ],
+)
+def test_a_throttling_signal_fails_for_now_whatever_refusing_error_it_names(
+    status: int, error: str, said: str
+) -> None:
+    """A refusing code was read first: a throttled identity provider read as refused credentials
+    (a 503 naming the secret, sends waiting as configuration), unlike the docs."""
+    from shared.smartdialog._auth import TokenUnavailable
+
+    with pytest.raises(TokenUnavailable, match=error):
+        idp_auth(answering_idp(status, error, said)).token()
+
+
+def test_a_429_naming_no_error_is_reported_by_its_status() -> None:
+    """It read "the identity provider answered None"."""
+    from shared.smartdialog._auth import TokenUnavailable
+
+    with pytest.raises(TokenUnavailable, match=r"^answered HTTP 429$"):
+        idp_auth(answering_idp(429, None, "Not throttled.")).token()
+
+
+def test_the_msal_http_client_keeps_no_status_of_an_earlier_request() -> None:
+    """A request that got no answer left the previous one's status to be read as its own."""
+    answers = iter([httpx.Response(429), httpx.ConnectError("refused")])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    http = MsalHttpClient(httpx.Client(transport=httpx.MockTransport(handle)))
+    assert http.post("https://login.example/token").status_code == 429
+    with pytest.raises(httpx.ConnectError):
+        http.post("https://login.example/token")
+    assert http.last_status is None
 
 
 ENTRA_500011 = "AADSTS500011: The resource principal named api://x was not found in the tenant."
