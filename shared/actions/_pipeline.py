@@ -443,15 +443,15 @@ def _quota_problem(exc: Exception, settings: Settings) -> Problem | None:
             f"The SmartDialog call quota ({settings.quota_calls} calls per "
             f"{settings.quota_period_seconds:g} s) is used up; {_AFTER}",
         )
-    if isinstance(exc, QuotaStoreError):
-        return Problem(
-            503,
-            "The call quota cannot be checked",
-            "The quota store is unavailable, so SmartDialog was not called; try again later.",
-            type=ProblemType.QUOTA_UNAVAILABLE,
-            headers=retry_after_header(QUOTA_STORE_RETRY_AFTER),
-        )
-    return None
+    if not isinstance(exc, QuotaStoreError):
+        return None
+    if exc.lasting:  # its text names the table and the fix, no secret; retrying will not help
+        detail, advice = f"SmartDialog was not called: {exc}. An administrator must act.", {}
+    else:
+        detail = "The quota store is unavailable, so SmartDialog was not called; try again later."
+        advice = retry_after_header(QUOTA_STORE_RETRY_AFTER)
+    title = "The call quota cannot be checked"
+    return Problem(503, title, detail, type=ProblemType.QUOTA_UNAVAILABLE, headers=advice)
 
 
 # --- running an action ---------------------------------------------------------------------------
@@ -551,7 +551,7 @@ def _map_failure(
     if settings is not None:
         quota_problem = _quota_problem(exc, settings)
         if quota_problem is not None:
-            return quota_problem, f"quota: {type(exc).__name__}"
+            return quota_problem, f"quota: {type(exc).__name__}: {redacted(str(exc))}"
         missing = missing_credentials(settings) if isinstance(exc, CredentialsError) else None
         if missing is not None:  # none set: /api/health's 503, not "refused" (502)
             return SettingsInvalid([missing]), "not configured: no SmartDialog credentials"

@@ -62,7 +62,13 @@ class QuotaExceeded(QuotaError):
 
 
 class QuotaStoreError(QuotaError):
-    """The quota log could not be read or written; the upstream call must not be made."""
+    """The quota log could not be read or written; the upstream call must not be made.
+    ``lasting``: it fails so until an administrator acts as the message says (a missing table
+    the app may not create, a damaged log), not for now."""
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
 
 
 class StaleGrant(QuotaError):
@@ -384,7 +390,8 @@ class QuotaStore:
             # Never guess: resetting a damaged log could admit twice the limit.
             raise QuotaStoreError(
                 f"quota log of connection {self.connection} is not a valid log ({exc}); "
-                "delete the entity to start afresh"
+                "delete the entity to start afresh",
+                lasting=True,
             ) from exc
 
     def _count(

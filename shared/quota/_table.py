@@ -97,7 +97,8 @@ class TableLog:
         return QuotaStoreError(
             f"the quota table {name} does not exist and could not be created (the app's role "
             f"may not create tables): create it (the Bicep does; az storage table create "
-            f"--name {name}) or grant the role table creation"
+            f"--name {name}) or grant the role table creation",
+            lasting=True,
         )
 
     def _error(self, action: str, exc: Exception) -> QuotaStoreError:

@@ -200,6 +200,42 @@ def test_exhausted_quota_is_429_with_retry_after_and_nothing_sent(
     assert len(server.state.snapshot("requests")) == 2
 
 
+def test_a_missing_quota_table_the_app_may_not_create_is_a_503_saying_so_and_logged(
+    app: App,
+    storage_env: str,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its explanation reached nobody: the log said "quota: QuotaStoreError", the 503 "try again
+    later" (and Retry-After) although only creating the table helps."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.data.tables import TableClient
+
+    from shared.actions import shared_client
+    from shared.quota import _table
+
+    table = TableClient.from_connection_string(storage_env, unique_name)  # never made
+
+    def refused() -> None:  # Azure's answer to a role scoped to the tables' entities
+        error = HttpResponseError(message="This request is not authorized to perform this.")
+        error.status_code = 403
+        raise error
+
+    table.create_table = refused  # type: ignore[method-assign]
+    monkeypatch.setattr(_table, "_quota_table", lambda settings, name: table)
+    shared_client.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="smartdialog.actions"):
+        reply = call("GetPhoneNumberRegions", method="GET")
+
+    assert (reply.status, reply.body["type"]) == (503, problem_type("quota-unavailable"))
+    assert f"quota table {unique_name} does not exist" in reply.body["detail"]
+    assert "administrator" in reply.body["detail"]
+    assert "Retry-After" not in reply.headers
+    assert f"quota table {unique_name} does not exist" in caplog.text
+    assert app.upstream() == []
+
+
 def test_unreachable_smartdialog_is_502(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
