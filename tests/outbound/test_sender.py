@@ -882,7 +882,7 @@ def test_a_crash_after_the_retry_was_requeued_leaves_the_original_to_wait_out_th
     assert outbound.run_once() == 0  # both invisible until then
 
 
-def test_a_crash_before_the_announcement_is_recorded_re_emits_a_dead_letter_with_a_stable_id(
+def test_a_crash_before_the_announcement_is_recorded_re_emits_its_event_and_keeps_one_dead_letter(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crash_once(
