@@ -220,5 +220,5 @@ def test_an_object_or_list_as_a_placeholder_value_is_one_error_on_that_placehold
         assert answer.status == 400, answer.body
         [error] = answer.body["errors"]
         assert error["field"] == "Recipients[0].Personalization.name"
-        assert "text, a number or a boolean" in error["message"]
+        assert "text, a finite number or a boolean" in error["message"]
     assert outbound.queued() == 0
