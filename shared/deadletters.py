@@ -294,25 +294,35 @@ class DeadLetterIndex:
         overrides = {"Reason": reason, "Detail": detail, "DequeueCount": dequeue_count}
         entity.update({k: v for k, v in overrides.items() if v is not None})
         entity.update(chunked("Text", text))  # pieces of UTF-16 units, as the Table counts
-        self._table.create_entity(entity)
-        return _entry(entity)
+        written = self._table.create_entity(entity)
+        return replace(_entry(entity), etag=(written or {}).get("etag"))
 
-    def link(self, entry: DeadLetterEntry, sent: Any) -> None:
-        """Record which queue message holds ``entry`` (``sent``: what ``send_message`` gave)."""
+    def link(self, entry: DeadLetterEntry, sent: Any) -> bool:
+        """Record which queue message holds ``entry`` (``sent``: what ``send_message`` gave).
+        With ``entry.etag``, only into the row as read: False when another writer linked it to
+        another message first (a keyed row finished twice at once, :func:`write_dead_letter`)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
         from azure.data.tables import UpdateMode
 
-        message_id = getattr(sent, "id", None)
-        if not message_id:
-            return
-        self._table.update_entity(
-            {
-                "PartitionKey": entry.queue,
-                "RowKey": entry.row_key,
-                "QueueMessageId": str(message_id),
-                "PopReceipt": str(getattr(sent, "pop_receipt", "") or ""),
-            },
-            mode=UpdateMode.MERGE,
-        )
+        if not (message_id := str(getattr(sent, "id", None) or "")):
+            return True
+        receipt = str(getattr(sent, "pop_receipt", "") or "")
+        current: DeadLetterEntry | None = entry
+        for _ in range(5):  # each round re-reads after a write lost to another
+            if current is None or current.queue_message_id not in (None, message_id):
+                return current is None  # a row purged meanwhile is no other writer's
+            try:
+                self._table.update_entity(
+                    {"PartitionKey": entry.queue, "RowKey": entry.row_key,
+                     "QueueMessageId": message_id, "PopReceipt": receipt},
+                    mode=UpdateMode.MERGE, etag=current.etag,
+                    match_condition=MatchConditions.IfNotModified if current.etag else None,
+                )  # fmt: skip
+                return True
+            except ResourceModifiedError:
+                current = self.get(entry.id)
+        raise RuntimeError(f"dead letter {entry.id}: its row kept changing during the link")
 
     def refresh_receipts(self, queue: str, receipts: dict[str, str]) -> None:
         """Store new pop receipts (queue message id -> receipt) of ``queue``'s messages. Their
@@ -532,24 +542,40 @@ def write_dead_letter(
     """Put the dead letter ``text`` on ``queue`` (named ``queue_name``) for good, indexed.
 
     The one way a dead letter is written: the index row first, then the queue message (which
-    never expires), then the row learns the message's id and pop receipt. Returns what
-    ``send_message`` returned. Raises what storage raises (the caller's host retries),
-    ``ResourceExistsError`` when a letter with this ``key`` and ``now`` is indexed already
-    (:meth:`DeadLetterIndex.begin`), and ``ValueError`` for a letter larger than a queue message
-    (the queue would refuse it: its writer must keep its parts small, :func:`original_aside`):
-    nothing is written then.
+    never expires), then the row learns the message's id and pop receipt, then it is counted.
+    Returns what ``send_message`` returned. Raises what storage raises (the caller's host
+    retries), ``ResourceExistsError`` when a letter with this ``key`` and ``now`` is written
+    already, and ``ValueError`` for a letter larger than a queue message (the queue would refuse
+    it: its writer must keep its parts small, :func:`original_aside`): nothing is written then.
+    A keyed row whose queue message was never linked (its put failed, or its writer died) is
+    finished: put, linked and counted. Two writers finishing one row at once both put, but the
+    link is written only into the row as read (its ETag): the loser deletes its message and
+    raises ``ResourceExistsError``, so one message stays and is counted once.
     """
+    from azure.core.exceptions import ResourceExistsError
+
     if (size := queue_message_bytes(text)) > QUEUE_MESSAGE_LIMIT:
         raise ValueError(f"a dead letter of {size} bytes does not fit a queue message")
-    index = index or DeadLetterIndex.from_settings()
-    entry = index.begin(
-        queue_name, text, now=now, reason=reason, detail=detail, dequeue_count=dequeue_count,
-        key=key,
-    )  # fmt: skip
-    sent = send_forever(queue, text)
-    telemetry.count_dead_letter(queue_name, entry.reason)  # the alert's exact count
+    index, at = index or DeadLetterIndex.from_settings(), now or utcnow()
     try:
-        index.link(entry, sent)
+        entry = index.begin(
+            queue_name, text, now=at, reason=reason, detail=detail, dequeue_count=dequeue_count,
+            key=key,
+        )  # fmt: skip
+    except ResourceExistsError:
+        found = index.get(f"{queue_name}{_ID_SEPARATOR}{_row_time(at)}-{key}")
+        if found is None or found.queue_message_id or found.redriving(utcnow()):
+            raise
+        entry = found
+    sent = send_forever(queue, text)
+    try:
+        linked = index.link(entry, sent)
     except Exception:  # the row already holds the letter: purge/re-drive find it by text
         log.warning("dead letter %s on %s written but not linked", entry.row_key, queue_name)
+        linked = True
+    if not linked:  # another writer finished this row first: its message stands
+        with contextlib.suppress(Exception):
+            queue.delete_message(sent.id, sent.pop_receipt)
+        raise ResourceExistsError(f"dead letter {entry.id} written already")
+    telemetry.count_dead_letter(queue_name, entry.reason)  # the alert's exact count
     return sent

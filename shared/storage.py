@@ -409,6 +409,7 @@ class QueueLike(Protocol):
     """What we need of a queue client (``azure.storage.queue.QueueClient``)."""
 
     def send_message(self, content: Any, **kwargs: Any) -> Any: ...
+    def delete_message(self, message: Any, pop_receipt: Any = None, **kwargs: Any) -> Any: ...
 
 
 _ready: set[str] = set()
