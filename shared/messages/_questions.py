@@ -138,13 +138,15 @@ def match_answer(options: Sequence[str], reply: str) -> tuple[bool, str | None]:
     caller wrote it). Without options any non-empty reply answers (no option matched). An option
     the reply is as written (:func:`_as_written`: the first) wins over those it is only once
     edge punctuation is trimmed (:func:`normalize_answer`: "1" is "1", not "#1" or "-1"); a reply
-    that is several of those, and none as written, matches none ("Yes." of "Yes" and "Yes!")."""
+    that is several of those, and none as written, matches none ("Yes." of "Yes" and "Yes!").
+    Options the same as written are one answer in several spellings ("Yes", "YES"; "Kyllä",
+    "Kylla"): the first listed is the one matched."""
     said = normalize_answer(reply)
     if not options:
         return bool(said), None
     exact = [o for o in options if _as_written(o) == _as_written(reply)][:1]
     found = exact or [o for o in options if normalize_answer(o) == said]
-    return (True, found[0]) if len(found) == 1 else (False, None)
+    return (True, found[0]) if len({_as_written(o) for o in found}) == 1 else (False, None)
 
 
 #: A question's send ended so: it did not go out (but see :func:`send_ended_unsent`), and the

@@ -107,6 +107,24 @@ def test_an_option_the_reply_is_as_written_wins_and_one_alike_with_another_match
     assert match_answer(options, reply) == (expected is not None, expected)
 
 
+@pytest.mark.parametrize(
+    ("options", "reply", "expected"),
+    [
+        (["Yes", "yes", "YES"], "Yes!", "Yes"),
+        (["Yes", "yes", "YES"], "yes.", "Yes"),
+        (["YES", "Yes"], "yes!", "YES"),
+        (["Kyllä", "Kylla"], "Kyllä!", "Kyllä"),
+        (["Kylla", "Kyllä", "Kylla!"], "kyllä.", None),  # "Kylla!" is another answer
+    ],
+)
+def test_one_answer_listed_in_several_spellings_matches_its_first_once_trimmed(
+    options: list[str], reply: str, expected: str | None
+) -> None:
+    """Options the same as written (but for case and accents) are one answer, not several the
+    reply could be: they re-prompted ("Yes." of "Yes", "yes" and "YES" matched none)."""
+    assert match_answer(options, reply) == (expected is not None, expected)
+
+
 def test_without_options_any_non_empty_reply_answers() -> None:
     assert match_answer([], " anything ") == (True, None)
     assert match_answer([], "   ") == (False, None)
