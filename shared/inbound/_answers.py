@@ -7,7 +7,8 @@ message only goes to New Message, as before; none either when this very message 
 question: a redelivery by SmartDialog changes nothing, nor a copy of a message written before
 the question was asked). One read of the question's send follows: a send that ended unsent
 (:func:`send_ended_unsent`: cancelled, or failed before it may have gone out) leaves its
-question answered by nothing (it ends ``failed``). Then:
+question answered by nothing (it ends ``failed``); one unreadable (``DamagedRecordError``) is not
+known to have gone out (a warning, never an error that would hold up the event). Then:
 
 - STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
 - a message before the question's text may have gone out (:func:`send_may_have_gone_out`)
@@ -31,6 +32,7 @@ import uuid
 from typing import TYPE_CHECKING, Literal
 
 from shared.messages import (
+    DamagedRecordError,
     MessageStore,
     QuestionRecord,
     QuestionStore,
@@ -144,7 +146,12 @@ class QuestionAnswers:
             return "none"  # an expired one is ended by its status URL
         if _written_at(payload, received_at) < question.created_at - CLOCK_SKEW:
             return "none"  # written before it was asked (a late or repeated copy of a message)
-        send = self.messages.get(question.message_id)  # one read, for a message that may answer
+        try:  # one read, for a message that may answer
+            send = self.messages.get(question.message_id)
+        except DamagedRecordError as exc:  # not known to have gone out; New Message still gets it
+            log.warning("message %s: the send %s of question %s is unreadable: %s", key,
+                        question.message_id, question.question_id, exc)  # fmt: skip
+            send = None
         if send_ended_unsent(send):
             return "none"  # cancelled or failed unsent: the question ends so (its status URL)
         if keyword == "stop":  # before its text went out too: it never will (suppressed)

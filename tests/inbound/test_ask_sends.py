@@ -6,14 +6,18 @@ out or answered, and blocks no new question."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
+
+import pytest
+from azure.data.tables import UpdateMode
 
 from shared.clock import ManualClock, utcnow
 from shared.inbound import InboundProcessor
 from shared.messages import MessageStatus, MessageStore, QuestionStatus, QuestionStore
-from shared.names import OUTBOUND_QUEUE
+from shared.names import INBOUND_QUEUE, MESSAGES_TABLE, OUTBOUND_QUEUE
 from shared.settings import get_settings
-from shared.storage import queue_client
+from shared.storage import queue_client, table_client
 from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import TWO_WAY, HttpAnswer, Inbound, intake_text
 
@@ -242,3 +246,29 @@ def test_a_wrong_reply_too_late_for_a_re_prompt_queues_none_and_the_question_sta
     _reply("no", number)
     answered = _poll(inbound, asked)
     assert (answered.status, answered.body["MatchedOption"]) == (200, "No"), answered.body
+
+
+def test_a_reply_whose_questions_send_record_is_damaged_still_reaches_its_event(
+    inbound: Inbound, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The send's row holds a status this release cannot read (written by another one during a
+    rollback): the reply's processing raised before the event was put, so every message from the
+    number went to intake-poison, New Message deliveries and the smartdialog-inbound event too."""
+    number = "+358401234595"
+    asked = _ask(inbound, number)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    message_id = asked.body["MessageId"]
+    table_client(MESSAGES_TABLE).update_entity(
+        {"PartitionKey": message_id, "RowKey": "message", "Status": "scheduled"},
+        mode=UpdateMode.MERGE,
+    )
+
+    with caplog.at_level(logging.WARNING, logger="shared.inbound.answers"):
+        _reply("yes", number)
+
+    [event] = inbound.read(INBOUND_QUEUE)
+    assert event["data"]["content"] == "yes"
+    assert message_id in caplog.text
+    waiting = QuestionStore.from_settings().open_question(TWO_WAY, number)
+    assert waiting is not None  # not known to have gone out: no answer to it
+    assert waiting.question_id == asked.body["QuestionId"]
