@@ -14,7 +14,8 @@ known to have gone out (a warning, never an error that would hold up the event).
 - a message before the question's text may have gone out (:func:`send_may_have_gone_out`)
   does nothing more;
 - an accepted answer (or any reply, without options) ends it ``answered``;
-- another reply re-prompts once: a SendMessage command goes on ``smartdialog-outbound`` (the one
+- another reply re-prompts once, while the re-prompt's ``validUntil`` is ahead of both its
+  receipt and the processor's clock: a SendMessage command goes on ``smartdialog-outbound`` (the one
   send path; built here as JSON because the inbound package may not import the outbound one),
   then the question is marked re-prompted. Its ``messageId`` and ``RequestId`` derive from the
   question id, so a processor that crashes in between and runs again queues the same command,
@@ -31,6 +32,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Literal
 
+from shared.clock import utcnow
 from shared.messages import (
     DamagedRecordError,
     MessageStore,
@@ -138,8 +140,11 @@ class QuestionAnswers:
         payload: NewMessagePayload,
         keyword: Literal["stop", "start"] | None,
         received_at: dt.datetime,
+        *,
+        now: dt.datetime | None = None,
     ) -> AnswerOutcome:
-        """What ``payload`` (inbound message ``key`` on ``service``) did to an open question."""
+        """What ``payload`` (inbound message ``key`` on ``service``), received at
+        ``received_at`` and handled at ``now`` (the processor's clock), did to an open question."""
         # E.164, as the question's address: a sender written without its '+' is the same number
         question = self.questions.for_reply(service, reported_key(payload.sender), key)
         if question is None or question.expired(received_at):
@@ -170,11 +175,13 @@ class QuestionAnswers:
             )
             log.info("question %s answered: %s", question.question_id, done is not None)
             return "answered"
-        # one that could only go out expired is not queued (the question just stays open)
+        # one that could only go out expired is not queued (the question just stays open): one
+        # received in time may be processed late (a backlog, the host's retries, a poison replay)
+        send_by = question.send_by(question.created_at)
         if (
             question.reprompt
             and not question.reprompted
-            and received_at < question.send_by(question.created_at)
+            and max(received_at, now or utcnow()) < send_by
         ):
             self._queue().send_message(reprompt_command(question))
             self.questions.mark_reprompted(question)

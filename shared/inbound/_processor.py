@@ -210,7 +210,7 @@ class InboundProcessor:
         if self.answers is not None and self.subscribers.asks_questions(
             service, scan=self.answers.questions.open_services
         ):  # one partition query when no question is open
-            self.answers.handle(service, key, payload, keyword, received_at)
+            self.answers.handle(service, key, payload, keyword, received_at, now=self._clock())
         data, texts = message_event(intake, payload, keyword)
         for text in texts:
             self._inbound.send_message(text)

@@ -248,6 +248,28 @@ def test_a_wrong_reply_too_late_for_a_re_prompt_queues_none_and_the_question_sta
     assert (answered.status, answered.body["MatchedOption"]) == (200, "No"), answered.body
 
 
+def test_a_wrong_reply_received_in_time_but_handled_after_the_re_prompts_validity_queues_none(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """The reply came in 20 s into a 60 s question; its intake message was handled at 40 s (a
+    backlog, the host's retries, a poison replay), past the re-prompt's validUntil (30 s): the
+    re-prompt was queued all the same and could only fail ``expired`` (a dead letter,
+    message.failed, a send-failed trigger under an id the flow never saw)."""
+    number = "+358401234594"
+    asked = _ask(inbound, number, TimeoutSeconds=60, RepromptContent="Please reply YES or NO")
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    manual_clock.advance(20)
+    received = intake_text("maybe", number)  # received now, in time for a re-prompt
+    manual_clock.advance(20)  # handled past the re-prompt's validUntil
+
+    InboundProcessor.from_settings(get_settings()).process(received)
+
+    assert inbound.count(OUTBOUND_QUEUE) == 0  # no re-prompt to fail
+    waiting = QuestionStore.from_settings().open_question(TWO_WAY, number)
+    assert waiting is not None
+    assert (waiting.question_id, waiting.reprompted) == (asked.body["QuestionId"], False)
+
+
 def test_a_reply_whose_questions_send_record_is_damaged_still_reaches_its_event(
     inbound: Inbound, caplog: pytest.LogCaptureFixture
 ) -> None:
