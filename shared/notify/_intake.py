@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
+from urllib.parse import unquote
 
 from shared.logs import cut_text
 
@@ -198,8 +199,8 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
     _unicode(value)
     try:
         event = EventGridEvent.from_dict(dict(value))
-    except (ValueError, TypeError) as exc:  # e.g. an eventTime that is not a date
-        raise InvalidEvent(f"Not an Event Grid event: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # the one member it reads as more than text or JSON
+        raise InvalidEvent(f"Not an Event Grid event: {exc}", field="eventTime") from exc
     time = event.event_time
     incoming = IncomingEvent(
         id=str(event.id),
@@ -213,14 +214,30 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
     return _checked_ids(incoming, source_field="topic")
 
 
-def _invalid(exc: Exception, *, prefix: str = "") -> InvalidEvent:
-    """The SDK's error as an :class:`InvalidEvent` naming the first offending attribute."""
+def _invalid(exc: Exception, given: Mapping[str, Any], *, prefix: str = "") -> InvalidEvent:
+    """The SDK's error as an :class:`InvalidEvent` naming the first offending attribute (of
+    those ``given``): a ``time`` it cannot read fails before its validation names any."""
     from cloudevents.core.exceptions import CloudEventValidationError
 
     field = "body"
     if isinstance(exc, CloudEventValidationError) and exc.errors:
         field = prefix + next(iter(exc.errors))
+    elif "time" in given and not _readable_time(given["time"]):
+        field = prefix + "time"
     return InvalidEvent(f"Not a CloudEvents 1.0 event: {exc}", field=field)
+
+
+def _readable_time(time: Any) -> bool:
+    """Whether the SDK reads ``time`` (JSON) as a time: an event of it alone, read as it reads
+    any (its errors name no attribute: ``12345`` has no len(), ``""`` is too short)."""
+    from cloudevents.core.formats.json import JSONFormat
+
+    alone = {"specversion": "1.0", "id": "t", "source": "t", "type": "t", "time": time}
+    try:
+        JSONFormat().read(None, json.dumps(alone).encode("utf-8"))
+    except Exception:
+        return False
+    return True
 
 
 def _cloud_event_from_json(value: dict[str, Any]) -> IncomingEvent:
@@ -233,7 +250,7 @@ def _cloud_event_from_json(value: dict[str, Any]) -> IncomingEvent:
     except InvalidEvent:
         raise
     except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
-        raise _invalid(exc) from exc
+        raise _invalid(exc, value) from exc
 
 
 @_readable
@@ -285,7 +302,8 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
             field = exc.field if re.match(r"data\b", exc.field) else f"ce-{exc.field}"
             raise InvalidEvent(str(exc), field=field) from exc
         except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:
-            raise _invalid(exc, prefix="ce-") from exc
+            values = {n[3:]: unquote(v) for n, v in headers.items() if n.startswith("ce-")}
+            raise _invalid(exc, values, prefix="ce-") from exc
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     value = _json(body)
     if content_type == STRUCTURED_CONTENT_TYPE and not isinstance(value, dict):

@@ -274,3 +274,29 @@ def test_text_that_is_not_valid_unicode_is_refused_naming_it_in_every_mode() -> 
     ]  # fmt: skip
     assert_each_refused(cases)
     assert parse_object({**cloud, "data": {"x": "\U0001f600"}}).data == {"x": "\U0001f600"}
+
+
+def test_a_time_that_is_no_time_is_refused_naming_it_in_every_mode() -> None:
+    """docs/events.md promises a 400 naming the field: a time the SDK could not even start to
+    read (12345, null, {}, "") and an Event Grid eventTime that is no date were refused naming
+    ``body``."""
+    cloud = fixture("blob-created.cloudevent.json")
+    grid = fixture("blob-created.eventgrid.json")[0]
+    batch = {"content-type": "application/cloudevents-batch+json"}
+    binary = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t",
+              "content-type": "application/json"}  # fmt: skip
+    cases: list[tuple[Any, str]] = [
+        *((lambda t=t: parse_object({**cloud, "time": t}), "time")
+          for t in (12345, None, {}, "", True, "2025-06-01")),
+        (lambda: parse_http(batch, json.dumps([cloud, {**cloud, "time": 5}]).encode()),
+         "[1].time"),
+        (lambda: parse_queue_text(json.dumps([cloud, {**cloud, "time": None}])), "[1].time"),
+        (lambda: parse_http({**binary, "ce-time": "garbage"}, b"{}"), "ce-time"),
+        *((lambda t=t: parse_object({**grid, "eventTime": t}), "eventTime")
+          for t in ("garbage", 12345, "20250601", "9999-12-31T23:59:59-05:00")),
+        (lambda: parse_http({"content-type": "application/json"},
+                            json.dumps([grid, {**grid, "eventTime": "x"}]).encode()),
+         "[1].eventTime"),
+    ]  # fmt: skip
+    assert_each_refused(cases)
+    assert parse_object({**cloud, "time": "2025-06-01T10:00:00Z"}).time is not None
