@@ -523,6 +523,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             ResponseDoc(200, "Unsubscribed (also when it was already gone).", SubscriptionDoc),
         ),
         visibility="internal",
+        routed=False,  # as the trigger DELETEs: it ends our row only, nothing upstream
         tags=(TAG,),
     ),
     ActionSpec(

@@ -352,6 +352,7 @@ def _delete(operation_id: str, kind: TriggerKind, handler: Any, name: str) -> Ac
             ),
         ),
         visibility="internal",
+        routed=False,  # the callback secrets and our table: a connection's state cannot stop it
         tags=(TAG,),
     )
 
