@@ -34,8 +34,11 @@ with its reason. Only our own storage failing raises (the host retries, then ``-
 Every POST goes through :class:`shared.guarded_http.GuardedClient` (https, no internal address,
 one deadline, a few KB of answer read). A callback the guard refuses (plain http, a name that
 resolves to an internal address) is dead-lettered at once as ``refused``: it will not pass
-later. :func:`judge_call` and :func:`retry_delay_seconds` are the one policy for every call to a
-URL we are given; the delivery-report forwarder (``_dlr_forward``) uses them too.
+later. A 404 or 410 says the subscriber's flow is gone (deleted without its ``DELETE``): the
+delivery is dead-lettered ``rejected`` and the subscription removed as its ``DELETE`` would (a
+flow saved or turned on again subscribes again). :func:`judge_call` and
+:func:`retry_delay_seconds` are the one policy for every call to a URL we are given; the
+delivery-report forwarder (``_dlr_forward``) uses them too.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from shared.storage import (
     plain_datetime,
     safe_key,
 )
+from shared.triggers import TriggerNotifier
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -99,6 +103,8 @@ log = logging.getLogger("shared.inbound.dispatch")
 #: Longest wait between two calls to one URL we are given.
 MAX_RETRY_DELAY_SECONDS = 900
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
+#: A subscriber answering one of these is gone: its subscription is removed.
+_GONE_STATUSES = frozenset({404, 410})
 
 
 class DispatchOutcome(enum.StrEnum):
@@ -282,8 +288,10 @@ class SubscriberDispatcher:
         payloads: PayloadStore | None = None,
         seen: DeliveriesSeen | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        forget: Callable[[str], None] = lambda service: None,
     ) -> None:
         self.subscriptions = subscriptions
+        self._forget = forget  # a removed subscription's service: the subscriber index's
         self.seen = seen
         self._payloads = payloads
         self._deliveries = deliveries
@@ -388,6 +396,8 @@ class SubscriberDispatcher:
             detail = step.detail
             if step.reason == "rejected":
                 detail += ": the subscriber refuses this delivery"
+                if verdict.status in _GONE_STATUSES:
+                    detail += self._remove_gone(subscription)
             return self._dead_letter(
                 step.reason,
                 detail,
@@ -406,6 +416,15 @@ class SubscriberDispatcher:
             step,
         )
         return DispatchResult(DispatchOutcome.RETRY_SCHEDULED, verdict.status, step, verdict.detail)
+
+    def _remove_gone(self, subscription: Subscription) -> str:
+        """Remove a subscription whose callback answered 404 or 410 as its ``DELETE`` would;
+        what its delivery's dead letter (and WARNING line) adds, naming it (not its URL)."""
+        if self.subscriptions.remove(
+            subscription.service, subscription.subscription_id, subscription.kind
+        ):
+            self._forget(subscription.service)
+        return f"; its flow is gone: subscription {subscription.subscription_id} removed"
 
     def _event(self, delivery: SubscriberDelivery) -> dict[str, Any] | None:
         """The delivery's event: carried, or read whole from its blob (None if the blob is gone
@@ -462,6 +481,7 @@ def _dispatcher_for(settings: Settings) -> SubscriberDispatcher:
         retry_base_seconds=settings.dispatch_retry_base_seconds,
         payloads=PayloadStore.from_settings(settings),
         seen=DeliveriesSeen.from_settings(settings),
+        forget=TriggerNotifier.for_settings(settings).forget,
     )
 
 

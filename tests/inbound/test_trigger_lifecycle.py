@@ -7,18 +7,19 @@ from "final" to "all" lost the final report still being delivered for the replac
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from shared import names
+from shared.clock import utcnow
 from shared.connections import CONNECTION_HEADER, reset_connections_cache
-from shared.triggers import (
-    TriggerKind,
-)
-from tests.inbound.conftest import CUSTOMER, TWO_WAY, Inbound
-from tests.inbound.test_triggers import TRIGGERS, subscribe
+from shared.triggers import TriggerKind, notify_send_failed
+from tests.fixtures.sandbox import CallbackReceiver
+from tests.inbound.conftest import CUSTOMER, ONE_WAY, TWO_WAY, Inbound
+from tests.inbound.test_triggers import TRIGGERS, deliver, subscribe
 
 DELETES = {**{k: v[1] for k, v in TRIGGERS.items()}, "new-message": "DeleteNewMessageTrigger"}
 
@@ -74,3 +75,52 @@ def test_a_triggers_delete_ends_it_during_a_routing_error_or_naming_a_removed_co
     answer = _delete(inbound, kind, broken)
     assert answer.status == 200, answer.body
     assert _live(inbound) == []
+
+
+def _fail(env: Inbound, message_id: str) -> bool:
+    failure = {"code": "suppressed", "title": "The recipient is suppressed."}
+    noted = notify_send_failed(message_id, "{}", ONE_WAY, failure, utcnow())
+    deliver(env)
+    return noted
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_subscription_whose_callback_answers_gone_is_removed(
+    inbound: Inbound,
+    callback_receiver: CallbackReceiver,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    answer = subscribe(inbound, TriggerKind.SEND_FAILED, f"{callback_receiver.url}/g", ONE_WAY)
+    assert answer.status == 201, answer.body
+    gone = urlsplit(answer.headers["Location"]).path.rsplit("/", 1)[1]
+    callback_receiver.status = status
+
+    with caplog.at_level(logging.WARNING, logger="shared.inbound.dispatch"):
+        assert _fail(inbound, "m-1")
+    assert len(callback_receiver.calls) == 1
+    [letter] = inbound.read(names.INBOUND_DEAD_LETTER_QUEUE)
+    assert (letter["reason"], letter["lastStatus"]) == ("rejected", status)
+    assert f"subscription {gone} removed" in letter["detail"]
+    assert _live(inbound) == []
+    [line] = [r.getMessage() for r in caplog.records if "removed" in r.getMessage()]
+    assert gone in line
+    assert callback_receiver.url not in line
+
+    # Later failures reach nobody: no note, no POST, no second dead letter.
+    assert not _fail(inbound, "m-2")
+    assert len(callback_receiver.calls) == 1
+    assert inbound.count(names.INBOUND_DEAD_LETTER_QUEUE) == 1
+
+
+def test_a_callback_refusing_with_another_4xx_keeps_its_subscription(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    answer = subscribe(inbound, TriggerKind.SEND_FAILED, f"{callback_receiver.url}/b", ONE_WAY)
+    assert answer.status == 201, answer.body
+    callback_receiver.status = 400
+    assert _fail(inbound, "m-1")
+    [letter] = inbound.read(names.INBOUND_DEAD_LETTER_QUEUE)
+    assert letter["reason"] == "rejected"
+    assert "removed" not in letter["detail"]
+    assert len(_live(inbound)) == 1
