@@ -320,7 +320,9 @@ class SubscriberDispatcher:
         event: dict[str, Any] | None = None
         if delivery is not None:
             # A replaced one's successor: another instance's index may not have seen the change.
-            subscription = self.subscriptions.live(delivery.service, delivery.subscriptionId)
+            subscription = self.subscriptions.live(
+                delivery.service, delivery.subscriptionId, delivery.event
+            )
             event = self._event(delivery) if subscription is not None else delivery.event
         with telemetry.span(
             f"process {INBOUND_DELIVERIES_QUEUE}",

@@ -36,7 +36,7 @@ from shared.signing import (
     verified,
 )
 from shared.storage import ensure_table, ensured_table, plain_datetime, safe_key, table_client, utc
-from shared.triggers import DEFAULT_CONNECTION, REPLACED_BY, TriggerKind
+from shared.triggers import DEFAULT_CONNECTION, REPLACED_BY, SubscriberEntry, TriggerKind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -407,22 +407,24 @@ class SubscriptionStore:
                 {**_row(earlier), REPLACED_BY: successor}, mode=UpdateMode.REPLACE
             )
 
-    def live(self, service: str, subscription_id: str) -> Subscription | None:
+    def live(
+        self, service: str, subscription_id: str, event: Mapping[str, object] | None = None
+    ) -> Subscription | None:
         """The subscription a delivery made for ``subscription_id`` goes to: that one, or the
-        one that replaced it (and so on, a few times) if it takes the same events (states and
-        connection: a delivery was made by the replaced one's); None when it is gone."""
+        one that replaced it (and so on, a few times) if it takes the delivery's ``event``
+        (:func:`_takes`); None when it is gone."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        wanted: tuple[object, object] | None = None
+        data = event.get("data") if event is not None else None
+        first: Mapping[str, object] | None = None
         for _ in range(5):
             try:
                 entity = self._table.get_entity(safe_key(service), safe_key(subscription_id))
             except ResourceNotFoundError:
                 return None
-            takes = (entity.get("States") or None, entity.get("Connection") or DEFAULT_CONNECTION)
-            if wanted is not None and takes != wanted:
+            if first is not None and not _takes(entity, first, data):
                 return None  # the edited trigger takes other events: not this one
-            wanted = takes
+            first = first or entity
             if _is_subscription(entity):
                 return _subscription(entity)
             successor = entity.get(REPLACED_BY)
@@ -430,6 +432,26 @@ class SubscriptionStore:
                 return None
             subscription_id = successor
         return None
+
+
+def _takes(entity: Mapping[str, object], first: Mapping[str, object], data: object) -> bool:
+    """Whether a successor's row takes a delivery made for ``first`` (its event's ``data``):
+    the same connection, and the same States or, of a delivery report, ones that want the event
+    (an "all" successor of a "final" one takes its final reports)."""
+    if (entity.get("Connection") or DEFAULT_CONNECTION) != (
+        first.get("Connection") or DEFAULT_CONNECTION
+    ):
+        return False
+    states = entity.get("States") or None
+    if states == (first.get("States") or None):
+        return True
+    if _kind_of(entity) != TriggerKind.DELIVERY_REPORT or not isinstance(data, dict):
+        return False
+    state, final = data.get("state"), data.get("final")
+    entry = SubscriberEntry("", TriggerKind.DELIVERY_REPORT, states=str(states or "final"))
+    return entry.wants(
+        state if isinstance(state, str) else None, final if isinstance(final, bool) else None
+    )
 
 
 #: The subscription kinds this release knows.

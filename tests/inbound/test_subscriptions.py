@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -173,7 +174,9 @@ class PreviousReleaseSubscriptions(SubscriptionStore):
     calls ``get``, which knows no ``ReplacedBy`` and takes every row with a ``CallbackUrl`` of a
     kind it knows for a subscription (and its index lists every such row)."""
 
-    def live(self, service: str, subscription_id: str) -> Subscription | None:
+    def live(
+        self, service: str, subscription_id: str, event: Mapping[str, object] | None = None
+    ) -> Subscription | None:
         try:
             entity = table_client(names.SUBSCRIPTIONS_TABLE).get_entity(
                 safe_key(service), safe_key(subscription_id)

@@ -7,6 +7,7 @@ from "final" to "all" lost the final report still being delivered for the replac
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -16,7 +17,9 @@ import pytest
 from shared import names
 from shared.clock import utcnow
 from shared.connections import CONNECTION_HEADER, reset_connections_cache
-from shared.triggers import TriggerKind, notify_send_failed
+from shared.events import make_event
+from shared.inbound import DispatchOutcome, SubscriberDelivery, SubscriberDispatcher
+from shared.triggers import EVENT_TYPES, DeliveryReportTriggerData, TriggerKind, notify_send_failed
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import CUSTOMER, ONE_WAY, TWO_WAY, Inbound
 from tests.inbound.test_triggers import TRIGGERS, deliver, subscribe
@@ -124,3 +127,66 @@ def test_a_callback_refusing_with_another_4xx_keeps_its_subscription(
     assert letter["reason"] == "rejected"
     assert "removed" not in letter["detail"]
     assert len(_live(inbound)) == 1
+
+
+def _report_for(subscription_id: str, state: str, final: bool) -> str:
+    """A delivery made for ``subscription_id`` still on its way (a retry in its backoff, or
+    fanned out by an instance whose index still lists it)."""
+    data = DeliveryReportTriggerData(
+        messageId="m-1",
+        recipient="+358401234567",
+        state=state,
+        final=final,
+        reportedAt=utcnow(),
+        service=ONE_WAY,
+    )
+    event = make_event(
+        EVENT_TYPES[TriggerKind.DELIVERY_REPORT],
+        data,
+        event_id=f"m-1:r:{state}:trigger",
+        subject="m-1",
+        time=utcnow(),
+    )
+    delivery = SubscriberDelivery(
+        service=ONE_WAY,
+        subscriptionId=subscription_id,
+        event=json.loads(event.to_json()),
+        firstQueuedAt=utcnow(),
+        attempts=2,
+    )
+    return delivery.to_json()
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "final", "outcome"),
+    [
+        ("final", "all", True, DispatchOutcome.DELIVERED),  # "all" wants every final one
+        ("all", "final", True, DispatchOutcome.DELIVERED),
+        ("all", "final", False, DispatchOutcome.UNSUBSCRIBED),  # "final" does not want it
+        ("final", "final", True, DispatchOutcome.DELIVERED),
+    ],
+)
+def test_a_delivery_for_an_edited_report_trigger_goes_to_its_successor_if_it_wants_it(
+    inbound: Inbound,
+    callback_receiver: CallbackReceiver,
+    before: str,
+    after: str,
+    final: bool,
+    outcome: DispatchOutcome,
+) -> None:
+    flow = f"{callback_receiver.url}/dr"
+    replaced = subscribe(inbound, TriggerKind.DELIVERY_REPORT, flow, ONE_WAY, States=before)
+    assert replaced.status == 201, replaced.body
+    pending = _report_for(
+        urlsplit(replaced.headers["Location"]).path.rsplit("/", 1)[1], "delivered", final
+    )
+    # The maker edits the trigger: Power Automate subscribes the same callback URL again.
+    successor = subscribe(inbound, TriggerKind.DELIVERY_REPORT, flow, ONE_WAY, States=after)
+    assert successor.status == 201, successor.body
+
+    assert SubscriberDispatcher.from_settings().process(pending).outcome == outcome
+    posted = [json.loads(c.body) for c in callback_receiver.calls]
+    delivered = outcome is DispatchOutcome.DELIVERED
+    assert [(b["state"], b["final"]) for b in posted] == (
+        [("delivered", final)] if delivered else []
+    )
