@@ -4,6 +4,7 @@ the app with that method."""
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import re
@@ -61,6 +62,24 @@ def test_the_queue_schema_says_what_a_recipient_address_must_be() -> None:
         assert "E.164" in address["description"], address
         assert "region FI" in address["description"], address
         assert "malformed" in address["description"], address
+
+
+def test_flows_md_says_which_send_failures_carry_field_errors_as_the_code_fills_them() -> None:
+    """flows.md said a *When a send fails* flow's Field Errors is always empty, yet a queued
+    send whose command cannot be read fails ``malformed`` with them (and only that one does)."""
+    codes = [
+        next(k.value.value for k in call.keywords if k.arg == "code")  # type: ignore[attr-defined]
+        for path in (ROOT / "shared").rglob("*.py")
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(call, ast.Call)
+        and getattr(call.func, "id", None) == "FailureInfo"
+        and any(k.arg == "errors" for k in call.keywords)
+    ]
+    assert codes == ["malformed"]  # the one failure recorded with its fields
+    page = (ROOT / "docs" / "flows.md").read_text(encoding="utf-8")
+    section = page.split("## When a send fails", 1)[1].split("\n## ", 1)[0]
+    assert "empty today" not in section
+    assert re.search(r"\*\*Field Errors\*\* lists .*?Failure Code `malformed`", section, re.S)
 
 
 def test_the_docs_count_a_commands_length_for_its_blob_as_the_code_does() -> None:
