@@ -454,9 +454,9 @@ class Outcomes:
         )
         event = make_event(MESSAGE_FAILED, data, event_id=event_id, subject=data.messageId, time=at)
         self.ports.events.send_message(event.to_json())
-        service = record.service_id or self.ports.policy.service_id
-        notify_send_failed(record.message_id, record.command, service, failure.model_dump(), at,
-                           connection=record.connection, failed_id=event_id)  # fmt: skip
+        notify_send_failed(record.message_id, record.command, record.service_id,  # reply: none
+                           failure.model_dump(), at, connection=record.connection,
+                           failed_id=event_id)  # fmt: skip
 
     def requeue(
         self, command: OutboundMessage, attempts: int, delay: float, kind: OutcomeKind, reason: str

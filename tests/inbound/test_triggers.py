@@ -398,6 +398,33 @@ def test_a_send_refused_for_its_fields_carries_them_to_the_send_failed_flow(
     assert (body["code"], body["customerData"]) == ("malformed", "row-3")
 
 
+def test_a_failed_discussion_reply_reaches_no_send_failed_flow(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    """A discussion reply has no service (SmartDialog takes none: its thread has one we do not
+    know); its failure went to the flows of the connection's default service (SERVICE_ID, here
+    ONE_WAY), which know nothing of that thread."""
+    answer = subscribe(inbound, TriggerKind.SEND_FAILED, f"{callback_receiver.url}/failed", ONE_WAY)
+    assert answer.status == 201, answer.body
+    command = {
+        "operation": "SendDiscussionReplyMessage",
+        "messageId": "m-reply",
+        "validUntil": "2000-01-01T00:00:00Z",  # fails expired, without a call
+        "body": {"ThreadId": "t-1", "Content": "Thanks!", "CustomerData": "row-1"},
+    }
+    queue_client(names.OUTBOUND_QUEUE).send_message(json.dumps(command))
+    inbound.run_queue(names.OUTBOUND_QUEUE, "OutboundSender")
+
+    [event] = inbound.read(names.EVENTS_QUEUE)  # still announced, to smartdialog-events
+    assert (event["type"], event["data"]["messageId"]) == (
+        "fi.arena.smartdialog.message.failed",
+        "m-reply",
+    )
+    assert inbound.count(names.TRIGGER_EVENTS_QUEUE) == 0
+    deliver(inbound)
+    assert callback_receiver.calls == []
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 
