@@ -387,3 +387,14 @@ class PackStore:
         except ResourceNotFoundError:
             return None
         return Pack.from_entity(entity)
+
+    def announcing(self, pack_id: str) -> bool:
+        """Whether the pack lists members whose events may not be out yet (its ``announcing``),
+        in a read of that column alone."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self.table.get_entity(pack_id, PACK_ROW_KEY, select=["Announcing0"])
+        except ResourceNotFoundError:
+            return False
+        return entity.get("Announcing0") not in (None, "[]")

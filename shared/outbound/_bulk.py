@@ -33,6 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
@@ -47,6 +48,7 @@ from shared.messages import (
     MessageStatus,
     MessageStore,
     Pack,
+    PackStore,
     RecipientSlot,
     RecipientStatus,
     batch_filter,
@@ -103,8 +105,6 @@ class BulkService:
     """Accepts bulk sends and reports their batches (one per settings object)."""
 
     def __init__(self, settings: Settings) -> None:
-        from shared.messages import PackStore
-
         self.settings = settings
         self.store = MessageStore.from_settings(settings)
         self.idempotency = IdempotencyStore.from_settings(settings)
@@ -275,16 +275,11 @@ class BulkService:
         counts = {str(s): 0 for s in MessageStatus}
         counts[str(MessageStatus.QUEUED if queued else MessageStatus.ACCEPTED)] = accepted
         body: dict[str, Any] = {
-            "Id": batch_id,
-            "Status": "pending",
-            "Total": total,
-            "Accepted": accepted,
-            "RefusedCount": len(errors),
-            "Counts": counts,
+            "Id": batch_id, "Status": "pending", "Total": total, "Accepted": accepted,
+            "RefusedCount": len(errors), "Counts": counts,
             "DeliveryCounts": dict.fromkeys(map(str, RecipientStatus), 0) | {"pending": accepted},
-            "StatusUrl": url,
-            "Refused": errors,
-        }
+            "StatusUrl": url, "Refused": errors,
+        }  # fmt: skip
         return 202, body, self._poll_headers(url)
 
     def _poll_headers(self, url: str) -> dict[str, str]:
@@ -358,10 +353,10 @@ class BulkService:
         return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
 
     def _redrive_stale(self, batch: BatchRecord, records: list[MessageRecord]) -> None:
-        """Enqueue the drivers of packs whose unfinished members nobody touched for longer
-        than any lease or backoff lasts (a driver message that ended in the poison queue after
-        storage failures, say); at most once per that period per batch. A pack driven twice
-        is sent once."""
+        """Enqueue the drivers of packs idle longer than any lease or backoff lasts (a driver gone
+        to the poison queue): with unfinished members, or with all final whose row still lists
+        some ``announcing`` (lost between their records and events: the re-run sends those). At
+        most once per that period per batch; a pack driven twice is sent once."""
         from shared.connections import UnknownConnection, connection_settings
         from shared.outbound._ports import SendPolicy
 
@@ -377,14 +372,18 @@ class BulkService:
         quiet = dt.timedelta(
             seconds=settings.send_lease_seconds + settings.send_retry_max_seconds + 60
         )
-        last = batch.redriven_at
-        if last is not None and now - last < quiet:
+        if batch.redriven_at is not None and now - batch.redriven_at < quiet:
             return
         stale = sorted({
             r.pack_id for r in records
             if r.pack_id is not None and not r.status.is_final and now - r.updated_at >= quiet
             and (not waiting or now >= r.valid_until)
         })  # fmt: skip
+        busy = {r.pack_id for r in records if not r.status.is_final or now - r.updated_at < quiet}
+        sent = {p for r in records if (p := r.pack_id) and r.status is MessageStatus.SENT}
+        if done := sorted(sent - busy):  # events of theirs may never have gone out
+            with ThreadPoolExecutor(min(_THREADS, len(done))) as pool:
+                stale += compress(done, pool.map(self.packs.announcing, done))
         if not stale:
             return
         log.warning("batch %s: %d pack(s) idle for %s; their drivers are enqueued again",

@@ -345,6 +345,62 @@ def test_a_crash_between_the_records_and_the_events_sends_the_events_on_the_next
     assert pack.attempt == ()
 
 
+def test_a_pack_whose_driver_was_lost_before_its_events_sends_them_on_a_status_poll(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """An events-queue outage through all 5 deliveries of a driver (about 50 s at host.json's
+    10 s visibility) sends the driver to the poison queue with its members recorded sent and
+    announced, listed in the pack's ``announcing``: once the pack is idle, a status poll drives
+    it again, and that run only sends those events (the one that went out, again with its id)."""
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+    events = send_ports(get_settings()).events
+    real, puts = events.send_message, [0]
+
+    def outage(*args: Any, **kwargs: Any) -> Any:  # the first event goes out, then none
+        puts[0] += 1
+        if puts[0] > 1:
+            raise RuntimeError("events queue unavailable")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(events, "send_message", outage)
+    for delivery in range(1, 6):  # host.json: maxDequeueCount 5, visibilityTimeout 10 s
+        with pytest.raises(RuntimeError):
+            outbound.invoke(json.dumps(driver), dequeue_count=delivery)
+        manual_clock.advance(10)
+    monkeypatch.setattr(events, "send_message", real)
+    from shared.names import OUTBOUND_QUEUE
+    from shared.storage import queue_client
+
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # the driver is in the poison queue now
+    assert all(record(i).status is MessageStatus.SENT and record(i).announced for i in ids)
+    packs = PackStore.from_settings()
+    pack = packs.get(driver["packId"])
+    assert pack is not None
+    assert sorted(pack.announcing) == sorted(ids)
+    [first] = outbound.events()
+
+    assert batch_status(batch["Location"]).status == 200  # every member is final
+    assert drivers(outbound) == []  # not idle yet
+    settings = get_settings()
+    manual_clock.advance(settings.send_lease_seconds + settings.send_retry_max_seconds + 60)
+    assert batch_status(batch["Location"]).status == 200
+    assert len(drivers(outbound)) == 1
+    outbound.drain()
+
+    assert len(outbound.upstream()) == 1  # the re-run only announced
+    sent = [e for e in outbound.events() if e["type"].endswith(".sent")]
+    assert sorted(e["subject"] for e in sent) == sorted([*ids, first["subject"]])
+    assert [e["id"] for e in sent if e["subject"] == first["subject"]] == [first["id"]] * 2
+    pack = packs.get(driver["packId"])
+    assert pack is not None
+    assert pack.announcing == ()
+    manual_clock.advance(settings.send_lease_seconds + settings.send_retry_max_seconds + 60)
+    assert batch_status(batch["Location"]).status == 200
+    assert drivers(outbound) == []  # announced: never driven again
+
+
 def test_a_second_driver_of_a_pack_in_flight_waits_and_sends_nothing(outbound: Outbound) -> None:
     batch = accepted_batch(*NUMBERS[:3])
     [driver] = drivers(outbound)
