@@ -94,6 +94,37 @@ def test_the_docs_count_a_commands_length_for_its_blob_as_the_code_does() -> Non
         assert f"{limit} characters" not in text, page
 
 
+def test_the_docs_say_how_many_refused_rows_the_batch_row_keeps_as_the_code_does() -> None:
+    """The batch row keeps the first refused rows that fit its 30,000 characters: how many depends
+    on their reason's length. The docs said "300 rows or more"; a batch of numbers with letters
+    keeps about 150."""
+    from shared.messages._batches import _fitting
+    from shared.phone import InvalidPhoneNumber, parse_phone_number
+
+    def kept(address: str | None) -> int:
+        reason = "Repeated recipient."
+        if address is not None:
+            with pytest.raises(InvalidPhoneNumber) as refused:
+                parse_phone_number(address)
+            reason = str(refused.value)
+        rows = [{"row": r, "field": "Address", "message": reason} for r in range(2, 1002)]
+        return len(json.loads(_fitting(tuple(rows))))
+
+    text = " ".join((ROOT / "docs" / "sending.md").read_text(encoding="utf-8").split())
+    said = re.search(
+        r"about (\d+) rows refused for letters or an extension, (\d+) of `Not a valid phone "
+        r"number`, (\d+) of `Empty`, (\d+) repeats",
+        text,
+    )
+    assert said is not None, "sending.md no longer says how many refused rows are kept"
+    real = [kept("+358 40 FLOWERS"), kept("12"), kept(""), kept(None)]
+    for documented, count in zip(map(int, said.groups()), real, strict=True):
+        assert abs(count - documented) <= documented * 0.05, (documented, count)
+    swagger = (ROOT / "connector" / "apiDefinition.swagger.json").read_text(encoding="utf-8")
+    assert f"about {said[1]} to {said[4]} rows, e.g. {said[2]} invalid numbers" in swagger
+    assert "300 or more" not in swagger
+
+
 def test_every_crash_window_row_names_a_test() -> None:
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     section = page.split("## Crash windows", 1)[1]

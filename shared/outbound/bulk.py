@@ -233,7 +233,10 @@ class BulkStatusDoc(BaseModel):
     )
     Refused: list[BulkRefusedDoc] | None = Field(
         None,
-        description="Refused rows (the first 300 or more; RefusedCount counts them all).",
+        description=(
+            "Refused rows: the first that fit 30,000 characters (by reason about 150 to 440 "
+            "rows, e.g. 200 invalid numbers); RefusedCount counts them all."
+        ),
         json_schema_extra=ui("Refused"),
     )
     Recipients: list[BulkMemberDoc] | None = Field(
