@@ -125,6 +125,19 @@ def test_the_docs_say_how_many_refused_rows_the_batch_row_keeps_as_the_code_does
     assert "300 or more" not in swagger
 
 
+def test_the_docs_date_an_expired_sends_dead_letter_from_a_status_poll_by_its_validity() -> None:
+    """A status poll that fails a send whose queue copy is gone writes its dead letter dated the
+    send's validUntil (``expire_overdue``: finished_at = valid_until, so repeats write one), which
+    the age filters judge: the docs must not let an operator read it as when it was written."""
+    sending, operations = (
+        " ".join((ROOT / "docs" / page).read_text(encoding="utf-8").split())
+        for page in ("sending.md", "operations.md")
+    )
+    assert "the letter's `deadLetteredAt`, which the dead-letter list shows and its age" in sending
+    assert "(`minAgeSeconds`, `maxAgeSeconds`) judge a letter's `deadLetteredAt`" in operations
+    assert "has there the send's `validUntil`, when it expired" in operations
+
+
 def test_every_crash_window_row_names_a_test() -> None:
     page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     section = page.split("## Crash windows", 1)[1]
