@@ -466,19 +466,20 @@ class DeliveryReportService:
 
 
 def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot | None:
-    """The recipient a report is about: by upstream recipient id, else by number
-    (:func:`_by_number`), else the only recipient of a single-recipient message."""
-    if report.recipient_id:
-        for slot in slots:
-            if slot.upstream_recipient_id == report.recipient_id:
-                return slot
-    if report.recipient:
-        found = _by_number(report.recipient, [(slot, [slot.address]) for slot in slots])
-        if found is not None:
-            return found
-    if len(slots) == 1:
-        return slots[0]
-    return None
+    """The recipient a report is about: by upstream recipient id (one number twice in a message:
+    which of the two), unless the report's number is another recipient's (releases up to ec7daff
+    gave the ids by position, so an answer listing them in another order put them on the wrong
+    recipients); else by number (:func:`_by_number`); else the only recipient of a
+    single-recipient message."""
+    rid = report.recipient_id
+    by_id = next((s for s in slots if rid and s.upstream_recipient_id == rid), None)
+    number = report.recipient
+    found = _by_number(number, [(slot, [slot.address]) for slot in slots]) if number else None
+    if by_id is not None and (found is None or found.address == by_id.address):
+        return by_id
+    if found is not None:
+        return found
+    return slots[0] if len(slots) == 1 else None
 
 
 def _by_number(number: str, candidates: Iterable[tuple[_T, Iterable[str]]]) -> _T | None:

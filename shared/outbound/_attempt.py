@@ -60,6 +60,8 @@ __all__ = [
     "answer_message_id",
     "classify",
     "packed_command",
+    "placed",
+    "recipient_ids",
     "split_answer",
 ]
 
@@ -391,20 +393,15 @@ def split_answer(
     is approximate: upstream may fill a placeholder itself)."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
     raw = _recipients(body)
-    listings: dict[str, list[tuple[str, int]]] = {}  # number -> (member, position), in order
-    for member, addresses in members:
-        for position, address in enumerate(addresses):
-            listings.setdefault(address_key(address), []).append((member, position))
+    flat = [
+        (member, position) for member, addresses in members for position in range(len(addresses))
+    ]
     entries: dict[str, dict[int, dict[str, Any]]] = {}
     out = SplitAnswer()
-    for entry in raw:
-        waiting = next((w for key in _listed(entry) if (w := listings.get(key))), None)
-        if not waiting:
-            continue
-        owner, position = waiting.pop(0)
+    for index, entry in placed(body, [a for _, addresses in members for a in addresses]).items():
+        owner, position = flat[index]
         entries.setdefault(owner, {})[position] = entry
-        rid = entry.get("Id") or entry.get("id")
-        if rid:
+        if rid := entry.get("Id") or entry.get("id"):
             out.recipient_ids[str(rid)] = owner
     common = {k: v for k, v in body.items() if k not in ("Recipients", "recipients")}
     name = "recipients" if camel else "Recipients"
@@ -424,6 +421,29 @@ def split_answer(
             if any(n >= count for m, n in need.items() if m != member):  # another's explains it
                 share[parts] = own
     return out
+
+
+def placed(body: Mapping[str, Any], addresses: Sequence[str]) -> dict[int, dict[str, Any]]:
+    """Upstream's recipients in its answer ``body`` put on ours, ``addresses`` (in order), by
+    number (:func:`address_key`; upstream's as it may write one, likeliest reading first:
+    :func:`_listed`), never by position (upstream may list them in another order, or leave one
+    out): each goes to the next listing of its number (our position -> upstream's recipient).
+    One of ours upstream left out gets none; one of upstream's matching none of ours is left."""
+    listings: dict[str, list[int]] = {}
+    for position, address in enumerate(addresses):
+        listings.setdefault(address_key(address), []).append(position)
+    found: dict[int, dict[str, Any]] = {}
+    for entry in _recipients(body):
+        if waiting := next((w for key in _listed(entry) if (w := listings.get(key))), None):
+            found[waiting.pop(0)] = entry
+    return found
+
+
+def recipient_ids(body: Mapping[str, Any], addresses: Sequence[str]) -> dict[int, str]:
+    """Upstream's recipient ids in its answer ``body`` by the position of the recipient of ours,
+    ``addresses``, each is for (:func:`placed`): what a message's slots learn."""
+    return {i: str(rid) for i, e in placed(body, addresses).items()
+            if (rid := e.get("Id") or e.get("id"))}  # fmt: skip
 
 
 def _recipients(body: Mapping[str, Any]) -> list[dict[str, Any]]:

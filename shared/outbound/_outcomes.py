@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +29,7 @@ from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_ev
 from shared.logs import HeldSends, loggable_text
 from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
-from shared.outbound._attempt import Transient, answer_message_id
+from shared.outbound._attempt import Transient, answer_message_id, recipient_ids
 from shared.outbound._giving_up import (
     expired,
     give_up,
@@ -187,13 +187,6 @@ def backoff_changes(
     }
 
 
-def recipient_ids(body: Mapping[str, Any]) -> dict[int, str]:
-    """Upstream's recipient ids in its answer ``body``, by position (the slots' indexes)."""
-    raw = body.get("Recipients") or body.get("recipients") or []
-    return {i: str(r.get("Id") or r.get("id")) for i, r in enumerate(raw)
-            if isinstance(r, dict) and (r.get("Id") or r.get("id"))}  # fmt: skip
-
-
 class Outcomes:
     """Records, announces and requeues through the send ports."""
 
@@ -268,15 +261,15 @@ class Outcomes:
             current = store.get(record.message_id)
         raise RuntimeError(f"message {record.message_id}: record kept changing under the sender")
 
-    def sent(
-        self, record: MessageRecord, body: Mapping[str, Any], *, duplicate: bool, **flag: bool
-    ) -> SendOutcome:
-        """Record a claimed message as sent (slots get upstream's ids by position), then announce
-        it; another's final state stands (over a newer claim too, from a call that outlived
-        its own: sent is true and final). ``announced=True`` (a pack member): flagged in the same
-        write, then its event sent, also when another run recorded it (it may have stopped)."""
+    def sent(self, record: MessageRecord, body: Mapping[str, Any], addresses: Sequence[str], *,
+             duplicate: bool, **flag: bool) -> SendOutcome:  # fmt: skip
+        """Record a claimed message to ``addresses`` as sent (slots get upstream's ids by number:
+        :func:`recipient_ids`), then announce it; another's final state stands (over a newer
+        claim too, from a call that outlived its own: sent is true and final).
+        ``announced=True`` (a pack member): flagged in the same write, then its event sent, also
+        when another run recorded it (it may have stopped)."""
         changes = sent_changes(record, body, duplicate=duplicate, now=self.ports.now())
-        sending, ids = MessageStatus.SENDING, recipient_ids(body)
+        sending, ids = MessageStatus.SENDING, recipient_ids(body, addresses)
         done = self.swap_until(record, lambda r: r.status is sending, recipient_ids=ids,
                                **changes, **flag)  # fmt: skip
         announce = self.emit if flag.get("announced") else lambda r: self.announce([r])

@@ -40,6 +40,7 @@ from shared.outbound._attempt import (
     Sent,
     Transient,
     packed_command,
+    recipient_ids,
     split_answer,
 )
 from shared.outbound._giving_up import noted, refusal_failure
@@ -49,7 +50,6 @@ from shared.outbound._outcomes import (
     Outcomes,
     SendOutcome,
     claim_changes,
-    recipient_ids,
     same_claim,
     sent_changes,
     storage_pool,
@@ -466,15 +466,15 @@ class IndexPacks:
             self._announce_again([i for i in pack.announcing if i not in going])
 
         def record(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
-            member, _ = item
+            member, command = item
             if member.message_id in answer.missing:
                 released = self.release_one(member, MessageStatus.QUEUED, keep_pack=False)
                 if released is not None:
                     self.ports.packs.index([released])
                 return SendOutcome(OutcomeKind.DEFERRED, member.message_id, detail="not-in-pack")
-            own = answer.shares[member.message_id]
-            leads = member is members[0][0]
-            return self.outcomes.sent(member, own, duplicate=sent.duplicate, announced=not leads)
+            own, leads = answer.shares[member.message_id], member is members[0][0]
+            return self.outcomes.sent(member, own, command_addresses(command),
+                                      duplicate=sent.duplicate, announced=not leads)  # fmt: skip
 
         together = [m for m in members[1:] if m[0].message_id not in answer.missing]
         if together and in_lane(together[0][0].message_id):
@@ -499,11 +499,11 @@ class IndexPacks:
     ) -> list[SendOutcome]:
         """Members of one lane recorded sent and announced 100 a transaction, then their
         events; one whose record changed meanwhile goes the way of a single member."""
-        now = self.ports.now()
+        now, to = self.ports.now(), {r.message_id: command_addresses(c) for r, c in members}
         items: list[tuple[MessageRecord, Mapping[str, Any]]]
         items = [(r, {**sent_changes(r, shares[r.message_id], duplicate=duplicate, now=now),
                       "announced": True}) for r, _ in members]  # fmt: skip
-        ids = {r.message_id: recipient_ids(shares[r.message_id]) for r, _ in members}
+        ids = {i: recipient_ids(shares[i], addresses) for i, addresses in to.items()}
         done = self.ports.store.swap_many(items, recipient_ids=ids)
 
         def settle(
@@ -511,8 +511,9 @@ class IndexPacks:
         ) -> SendOutcome:
             (member, _), written = item
             if written is None:
-                share = shares[member.message_id]
-                return self.outcomes.sent(member, share, duplicate=duplicate, announced=True)
+                own, addresses = shares[member.message_id], to[member.message_id]
+                return self.outcomes.sent(member, own, addresses, duplicate=duplicate,
+                                          announced=True)  # fmt: skip
             self.outcomes.emit(written)
             return SendOutcome(OutcomeKind.SENT, member.message_id, detail="no line")
 

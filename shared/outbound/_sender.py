@@ -480,9 +480,9 @@ class OutboundSender:
         (nothing sent, nothing recorded) if the grant went stale before the request left."""
         result = self.ports.upstream.attempt(grant, command)
         if isinstance(result, Sent):
-            if result.answers_another(command_addresses(command)):  # not this message's 409
+            if result.answers_another(addresses := command_addresses(command)):  # another's 409
                 return self.outcomes.fail(record, request_id_taken(record))
-            return self.outcomes.sent(record, result.body, duplicate=result.duplicate)
+            return self.outcomes.sent(record, result.body, addresses, duplicate=result.duplicate)
         if isinstance(result, Transient):
             return self._transient(record, command, result)
         named = result.culprit is not None  # one message: any recipient named is its own

@@ -35,6 +35,7 @@ from shared.messages import (
     message_keys,
 )
 from shared.names import EVENTS_QUEUE, OUTBOUND_QUEUE, named_connection
+from shared.outbound._attempt import placed
 from shared.outbound._models import (
     MessageCancelledData,
     OutboundMessage,
@@ -555,7 +556,8 @@ def _cancelled_document(record: MessageRecord) -> dict[str, Any]:
 
 def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str, Any]:
     """Upstream's answer as upstream shaped it (PascalCase; camelCase for WhatsApp templates),
-    with our fields added in the same casing and each recipient's status from its slot."""
+    with our fields added in the same casing and each recipient's status from its slot (found
+    by number, as its id was: :func:`~shared.outbound._attempt.placed`)."""
     result = record.result_json() or {}
     camel = record.operation is Operation.SEND_WHATSAPP_TEMPLATE_MESSAGE
 
@@ -563,17 +565,12 @@ def sent_document(record: MessageRecord, slots: list[RecipientSlot]) -> dict[str
         return pascal[:1].lower() + pascal[1:] if camel else pascal
 
     doc = dict(result)
-    recipients = doc.get(name("Recipients"))
-    by_index = {slot.index: slot for slot in slots}
-    if isinstance(recipients, list):
-        shaped = []
-        for index, entry in enumerate(recipients):
-            item = dict(entry) if isinstance(entry, dict) else {}
-            slot = by_index.get(index)
-            if slot is not None:
-                item[name("Status")] = effective_status(slot, record.status)
-            shaped.append(item)
-        doc[name("Recipients")] = shaped
+    if isinstance(recipients := doc.get(name("Recipients")), list):  # slots found by number
+        slot_of = {id(e): slots[i] for i, e in placed(result, [s.address for s in slots]).items()}
+        doc[name("Recipients")] = [
+            {**e, name("Status"): effective_status(slot_of[id(e)], record.status)}
+            if id(e) in slot_of else dict(e) if isinstance(e, dict) else {} for e in recipients
+        ]  # fmt: skip
     if not doc.get(name("MessagePartCount")):
         doc[name("MessagePartCount")] = record.part_count
     doc[name("Id")] = record.message_id
