@@ -238,8 +238,13 @@ def command_addresses(command: OutboundMessage) -> list[str]:
 
 def pack_key(command: OutboundMessage) -> str | None:
     """The key shared by every command that may go upstream in the same call as this one, or
-    None if it must always be sent alone (see :mod:`shared.messages._packs`)."""
+    None if it must always be sent alone (see :mod:`shared.messages._packs`): a discussion
+    reply, one naming a number twice, and one whose body carries the caller's ``RequestId``
+    (any but its message id, which :func:`normalize` fills in): a pack's call carries the
+    pack's, so SmartDialog would never see the caller's and could not refuse its repeat."""
     if isinstance(command, SendDiscussionReplyMessageCommand):
+        return None
+    if (request_id := command.body.RequestId) and request_id != command.messageId:
         return None
     addresses = command_addresses(command)
     if not addresses or len(set(addresses)) != len(addresses):

@@ -134,7 +134,8 @@ class AcceptedDoc(BaseModel):
     )
     RequestId: str | None = Field(
         None,
-        description="The RequestId sent to SmartDialog (yours, or one made for you).",
+        description="The RequestId sent to SmartDialog: yours (such a send is never packed), "
+        "or one made for you (a packed send goes with its pack's: see its status).",
         json_schema_extra=ui("Request Id"),
     )
     EstimatedPartCount: int | None = Field(

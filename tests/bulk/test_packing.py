@@ -65,11 +65,19 @@ def test_sends_that_differ_in_anything_but_recipients_never_share_a_pack_key(
 def test_recipients_personalization_request_id_and_validity_do_not_split_packs() -> None:
     other = command(
         Recipients=[{"Address": NUMBERS[5], "Personalization": {"name": "Bob"}}],
-        RequestId="r-9",
+        RequestId="m-2",  # ours: its message id, as normalize fills it in
         messageId="m-2",
         validUntil="2031-01-01T00:00:00Z",
     )
     assert pack_key(other) == BASE
+
+
+def test_a_send_carrying_the_callers_request_id_never_packs() -> None:
+    """A pack's call carries the pack's RequestId: the caller's would never reach SmartDialog,
+    which could then not refuse its repeat (docs/sending.md, "Idempotency")."""
+    assert pack_key(command(RequestId="order-7", messageId="m-2")) is None
+    assert pack_key(command(RequestId="order-7", messageId=None)) is None  # as accepted
+    assert pack_key(command(messageId=None)) == BASE  # none: ours is filled in
 
 
 def test_a_reply_packs_only_with_replies_to_the_same_parent() -> None:

@@ -159,3 +159,38 @@ def test_the_409_of_our_own_attempt_whose_answer_was_lost_records_it_sent_not_fa
     assert done.duplicate
     assert [e["type"].rsplit(".", 1)[-1] for e in outbound.events()] == ["sent"]
     assert len(state.snapshot("messages")) == 1
+
+
+@pytest.mark.parametrize("operation", ["SendMessage", "SendWhatsappTemplateMessage"])
+def test_a_send_with_a_request_id_is_never_packed_so_its_resubmission_is_refused_upstream(
+    outbound: Outbound, operation: str
+) -> None:
+    """A flow run again (a new Idempotency-Key, its run id) with the same body RequestId: the
+    first went alone with that RequestId, though another send of the same text waited with it,
+    so SmartDialog answers the repeat 409 and the recipient gets it once."""
+    request_id = f"order-{uuid.uuid4().hex}"
+    template = {"TemplateName": "welcome", "BodyParameters": ["Ada"]}
+
+    def body(address: str, **extra: Any) -> dict[str, Any]:
+        if operation == "SendMessage":
+            return sms(address, **extra)
+        return {**template, "Recipients": [{"Address": address}], **extra}
+
+    def resubmitted() -> str:
+        answer = call_http(operation, "POST", body=body(FIRST, RequestId=request_id),
+                           headers={"Idempotency-Key": f"run-{uuid.uuid4().hex}"})  # fmt: skip
+        assert answer.status == 202, answer.body
+        assert answer.body["RequestId"] == request_id
+        return str(answer.body["Id"])
+
+    first = resubmitted()
+    assert call_http(operation, "POST", body=body(SECOND)).status == 202  # could share a call
+    outbound.drain()
+    resubmitted()
+    outbound.drain()
+
+    calls = [(c["body"]["RequestId"], [r["Address"] for r in c["body"]["Recipients"]],
+              c["status"]) for c in outbound.upstream(operation)]  # fmt: skip
+    assert [c for c in calls if FIRST in c[1] and c[2] == 200] == [(request_id, [FIRST], 200)]
+    assert (request_id, [FIRST], 409) in calls
+    assert record(first).upstream_request_id == request_id
