@@ -132,16 +132,24 @@ class Transient:
 
 @dataclass(frozen=True)
 class Refused:
-    """Upstream refused the whole call; ``culprit`` is the recipient it names (its
-    :func:`address_key`), if any."""
+    """Upstream refused the whole call; ``culprit`` is the recipient it names (as it wrote it),
+    if any."""
 
     status: int
     message: str | None
     culprit: str | None = None
 
-    def blames(self, addresses: Iterable[str]) -> bool:
-        """Whether the recipient upstream named is one of ``addresses``."""
-        return self.culprit is not None and self.culprit in {address_key(a) for a in addresses}
+    def blamed(self, members: Mapping[str, Iterable[str]]) -> set[str]:
+        """The members (id -> addresses) with the number upstream named, read as it may write
+        one (bare digits both ways, :func:`reported_keys`): those of its likeliest reading that
+        is any member's number."""
+        keys = {
+            member: {address_key(a) for a in addresses} for member, addresses in members.items()
+        }
+        for reading in reported_keys(self.culprit) if self.culprit else ():
+            if found := {member for member, mine in keys.items() if reading in mine}:
+                return found
+        return set()
 
     def failure(self, attempts: int) -> FailureInfo:
         """Why a member of the refused call failed for good."""
@@ -333,8 +341,7 @@ def classify(exc: Exception) -> AttemptResult:
         if exc.status_code == 408:
             return Transient("upstream-unavailable", "SmartDialog timed out", said, None, 408)
         match = _REJECTED_RECIPIENT.search(said)
-        culprit = address_key(match.group(1)) if match else None
-        return Refused(exc.status_code, said, culprit)
+        return Refused(exc.status_code, said, match.group(1) if match else None)
     if isinstance(exc, APIConnectionError):
         not_sent = exc.certainly_not_sent
         title = "SmartDialog could not be reached"

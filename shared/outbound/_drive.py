@@ -438,7 +438,7 @@ class _Run:
         fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a recipient:
         every member fails."""
         addresses = {m.message_id: m.addresses for m in self.pack.members}
-        blamed = {c.message_id for c in claimed if refused.blames(addresses.get(c.message_id, ()))}
+        blamed = refused.blamed({c.message_id: addresses.get(c.message_id, ()) for c in claimed})
 
         def failure(member: MessageRecord) -> FailureInfo:
             return refusal_failure(refused, member, named=member.message_id in blamed)

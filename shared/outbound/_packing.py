@@ -571,7 +571,7 @@ class IndexPacks:
         member's own may be a backstop, minutes away), unless an attempt may have gone through:
         it may refuse its repeat, all fail (outcome-unknown)."""
         leader, command = members[0]
-        blamed = {r.message_id for r, c in members if refused.blames(command_addresses(c))}
+        blamed = refused.blamed({r.message_id: command_addresses(c) for r, c in members})
         offenders = blamed
         if not offenders and (len(members) == 1 or any(r.maybe_sent for r, _ in members)):
             offenders = {r.message_id for r, _ in members}

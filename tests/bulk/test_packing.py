@@ -632,6 +632,33 @@ def test_a_member_upstream_rejects_fails_alone_and_the_rest_go_in_a_new_pack(
     assert [d["messageId"] for d in outbound.dead_letters()] == [ids[1]]
 
 
+def test_a_refusal_naming_a_member_in_bare_digits_blames_that_member(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream may write the number it refuses without its '+': 4790012345 is +4790012345
+    (bare digits read both ways, as in its answers and reports), not a number read in Finland."""
+    import sandbox.app as sandbox_app
+
+    norway, original = "+4790012345", sandbox_app.Sandbox._send
+
+    def send(self: Any, call: Any, parts: int, pascal_case: bool) -> Any:
+        if norway in [r["Address"] for r in call.body["Recipients"]]:
+            raise sandbox_app.ApiError(400, f"recipient rejected: {norway[1:]}")
+        return original(self, call, parts, pascal_case)
+
+    monkeypatch.setattr(sandbox_app.Sandbox, "_send", send)
+    waiting_for_a_slot(outbound)
+    ids = accept(NUMBERS[0], norway, NUMBERS[1])
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [400, 200]  # the others in a new pack, not alone
+    assert sorted(r["Address"] for r in calls[1]["body"]["Recipients"]) == NUMBERS[:2]
+    assert record(ids[1]).failure.code == "upstream-rejected"  # type: ignore[union-attr]
+    assert [record(i).status for i in (ids[0], ids[2])] == [MessageStatus.SENT] * 2
+
+
 def test_a_cancelled_member_stays_out_and_the_others_are_sent(outbound: Outbound) -> None:
     waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
