@@ -272,6 +272,27 @@ def test_reply_discussion_and_whatsapp_template_sends_reach_upstream(outbound: O
     assert camel.body["recipients"][0]["status"] == "sent"
 
 
+def test_a_template_sends_button_data_goes_upstream_as_given_blank_or_missing(
+    outbound: Outbound,
+) -> None:
+    """docs/actions.md, "Stricter input": the one blank value a send passes on (SmartDialog's
+    definition of the send does not require a button's Data; a new template's is required)."""
+    buttons = [{"Type": "QuickReply", "Data": ""}, {"Type": "QuickReply"}, {"Type": "Url"}]
+    template = call_http(
+        "SendWhatsappTemplateMessage",
+        "POST",
+        body={
+            "TemplateName": "welcome",
+            "Recipients": [{"Address": DELIVERED}],
+            "Buttons": buttons,
+        },
+    )
+    assert template.status == 202, template.body
+    outbound.drain()
+    [call] = outbound.upstream("SendWhatsappTemplateMessage")
+    assert call["body"]["Buttons"] == buttons
+
+
 def test_a_send_whose_enqueue_died_is_enqueued_once_by_the_callers_retry(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
 ) -> None:
