@@ -548,9 +548,11 @@ def write_dead_letter(
     already, and ``ValueError`` for a letter larger than a queue message (the queue would refuse
     it: its writer must keep its parts small, :func:`original_aside`): nothing is written then.
     A keyed row whose queue message was never linked (its put failed, or its writer died) is
-    finished: put, linked and counted. Two writers finishing one row at once both put, but the
-    link is written only into the row as read (its ETag): the loser deletes its message and
-    raises ``ResourceExistsError``, so one message stays and is counted once.
+    finished: put, linked and counted; a keyed letter whose link fails takes its message back
+    and raises, so its retry puts it once (a writer that died between its put and its link
+    leaves a second, unindexed copy: the one window left). Two writers finishing one row at
+    once both put, but the link is written only into the row as read (its ETag): the loser
+    deletes its message and raises ``ResourceExistsError``, so one message stays, counted once.
     """
     from azure.core.exceptions import ResourceExistsError
 
@@ -570,9 +572,13 @@ def write_dead_letter(
     sent = send_forever(queue, text)
     try:
         linked = index.link(entry, sent)
-    except Exception:  # the row already holds the letter: purge/re-drive find it by text
+    except Exception:
+        if key is not None:  # its retry finds the row unlinked and puts it again: not twice
+            with contextlib.suppress(Exception):
+                queue.delete_message(sent.id, sent.pop_receipt)
+            raise
         log.warning("dead letter %s on %s written but not linked", entry.row_key, queue_name)
-        linked = True
+        linked = True  # the row already holds the letter: purge/re-drive find it by text
     if not linked:  # another writer finished this row first: its message stands
         with contextlib.suppress(Exception):
             queue.delete_message(sent.id, sent.pop_receipt)

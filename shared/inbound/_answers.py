@@ -7,8 +7,9 @@ message only goes to New Message, as before; none either when this very message 
 question: a redelivery by SmartDialog changes nothing, nor a copy of a message written before
 the question was asked). One read of the question's send follows: a send that ended unsent
 (:func:`send_ended_unsent`: cancelled, or failed before it may have gone out) leaves its
-question answered by nothing (it ends ``failed``); one unreadable (``DamagedRecordError``) is not
-known to have gone out (a warning, never an error that would hold up the event). Then:
+question answered by nothing (it ends ``failed``); one unreadable (``DamagedRecordError``, a status
+another release wrote) is taken as gone out, with a warning, never an error that would hold up
+the event. Then:
 
 - STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
 - a message before the question's text may have gone out (:func:`send_may_have_gone_out`)
@@ -33,6 +34,7 @@ import uuid
 from typing import TYPE_CHECKING, Literal
 
 from shared.clock import utcnow
+from shared.logs import redacted
 from shared.messages import (
     DamagedRecordError,
     MessageStore,
@@ -151,18 +153,19 @@ class QuestionAnswers:
             return "none"  # an expired one is ended by its status URL
         if _written_at(payload, received_at) < question.created_at - CLOCK_SKEW:
             return "none"  # written before it was asked (a late or repeated copy of a message)
+        unreadable = False
         try:  # one read, for a message that may answer
             send = self.messages.get(question.message_id)
-        except DamagedRecordError as exc:  # not known to have gone out; New Message still gets it
+        except DamagedRecordError as exc:  # read as gone out (the question was asked): answered
             log.warning("message %s: the send %s of question %s is unreadable: %s", key,
-                        question.message_id, question.question_id, exc)  # fmt: skip
-            send = None
+                        question.message_id, question.question_id, redacted(str(exc)))  # fmt: skip
+            send, unreadable = None, True
         if send_ended_unsent(send):
             return "none"  # cancelled or failed unsent: the question ends so (its status URL)
         if keyword == "stop":  # before its text went out too: it never will (suppressed)
             self.questions.opt_out(question, at=received_at, reply_key=key)
             return "opted_out"
-        if not send_may_have_gone_out(send):
+        if not (unreadable or send_may_have_gone_out(send)):
             return "none"  # its text has not gone out: this is no reply to it
         matched, option = match_answer(question.options, payload.content)
         if matched:

@@ -435,12 +435,16 @@ def placed(body: Mapping[str, Any], addresses: Sequence[str]) -> dict[int, dict[
     number (:func:`address_key`; upstream's as it may write one, likeliest reading first:
     :func:`_listed`), never by position (upstream may list them in another order, or leave one
     out): each goes to the next listing of its number (our position -> upstream's recipient).
-    One of ours upstream left out gets none; one of upstream's matching none of ours is left."""
+    One of ours upstream left out gets none; one of upstream's matching none of ours is left.
+    An answer that names no number at all, listing as many as ours, is put on them in order."""
     listings: dict[str, list[int]] = {}
     for position, address in enumerate(addresses):
         listings.setdefault(address_key(address), []).append(position)
     found: dict[int, dict[str, Any]] = {}
-    for entry in _recipients(body):
+    entries = _recipients(body)
+    if len(entries) == len(addresses) and not any(_listed(e) for e in entries):
+        return dict(enumerate(entries))  # no numbers to go by (the model allows): by position
+    for entry in entries:
         if waiting := next((w for key in _listed(entry) if (w := listings.get(key))), None):
             found[waiting.pop(0)] = entry
     return found

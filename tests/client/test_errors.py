@@ -224,7 +224,7 @@ def test_plain_text_on_several_lines_is_smartdialogs_message_not_a_page(
 
     refused = classify(caught.value)  # how a pack finds the member to blame
     assert isinstance(refused, Refused)
-    assert refused.blames(["+358400000002"])
+    assert refused.blamed({"m": ["+358400000002"]}) == {"m"}
 
 
 def test_long_plain_text_is_quoted_cut_to_a_bound(

@@ -134,3 +134,31 @@ def test_a_pack_member_whose_first_recipient_upstream_left_out_gets_no_id_for_it
     assert statuses(gap.headers["Location"]) == {B: "delivered"}
     result = json.loads(store.get(gap.body["Id"]).result or "{}")  # type: ignore[union-attr]
     assert [r["Address"] for r in result["Recipients"]] == [B]
+
+
+def test_an_answer_naming_no_numbers_gives_its_ids_in_order(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model lets an answer's recipients carry no Address: matched by number only, no
+    recipient got its id, and its status lost its recipients' states."""
+    original = sandbox_app.Sandbox._send
+
+    def without_addresses(self: Any, call: Any, parts: Any, pascal_case: bool) -> Any:
+        response = original(self, call, parts, pascal_case)
+        key = "Recipients" if pascal_case else "recipients"
+        response.body[key] = [
+            {k: v for k, v in r.items() if k.lower() != "address"} for r in response.body[key]
+        ]
+        return response
+
+    monkeypatch.setattr(sandbox_app.Sandbox, "_send", without_addresses)
+    a, b = "+358401234567", "+358401234568"
+    accepted = call_http("SendMessage", "POST", body=sms(a, b))
+    assert accepted.status == 202, accepted.body
+    outbound.drain()
+
+    [call] = outbound.upstream("SendMessage")
+    ids = [r["Id"] for r in call["response"]["Recipients"]]
+    _, slots = MessageStore.from_settings().get_with_slots(accepted.body["Id"])
+    assert [s.upstream_recipient_id for s in slots] == ids
+    assert all(r.get("Status") for r in status_of(accepted.headers["Location"]).body["Recipients"])

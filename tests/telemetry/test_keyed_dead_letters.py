@@ -104,3 +104,30 @@ def test_two_writers_finishing_one_unlinked_letter_at_once_leave_one_message_cou
     assert [m["id"] for m in outbound.dead_letters()] == [key]
     assert counted(telemetry) == before + 1
     assert the_row(key).queue_message_id == other.id
+
+
+def test_a_keyed_letter_whose_link_failed_is_put_once_by_its_retry(
+    outbound: Outbound, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The put worked and the link write failed (a storage blip): the letter was counted as
+    linked, and the host's retry found the row unlinked and put a second, unindexed copy."""
+    queue = ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE)
+    key = f"m-{uuid.uuid4().hex}:failed"
+    link = DeadLetterIndex.link
+    faults = ["connection reset"]
+
+    def failing_once(self: DeadLetterIndex, *args: Any, **kwargs: Any) -> Any:
+        if faults:
+            raise ServiceRequestError(faults.pop())
+        return link(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeadLetterIndex, "link", failing_once)
+    before = counted(telemetry)
+    with pytest.raises(ServiceRequestError):
+        write(queue, key)
+
+    sent = write(queue, key)  # the host's retry
+
+    assert [m["id"] for m in outbound.dead_letters()] == [key]
+    assert counted(telemetry) == before + 1
+    assert the_row(key).queue_message_id == sent.id
