@@ -573,15 +573,26 @@ def write_dead_letter(
     try:
         linked = index.link(entry, sent)
     except Exception:
-        if key is not None:  # its retry finds the row unlinked and puts it again: not twice
-            with contextlib.suppress(Exception):
+        if key is None:  # the row already holds the letter: purge/re-drive find it by text
+            log.warning("dead letter %s on %s written but not linked", entry.row_key, queue_name)
+            linked = True
+        elif not (linked := _linked_to(index, entry, sent)):  # else the link landed after all
+            with contextlib.suppress(Exception):  # its retry puts it again: not twice
                 queue.delete_message(sent.id, sent.pop_receipt)
             raise
-        log.warning("dead letter %s on %s written but not linked", entry.row_key, queue_name)
-        linked = True  # the row already holds the letter: purge/re-drive find it by text
     if not linked:  # another writer finished this row first: its message stands
         with contextlib.suppress(Exception):
             queue.delete_message(sent.id, sent.pop_receipt)
         raise ResourceExistsError(f"dead letter {entry.id} written already")
     telemetry.count_dead_letter(queue_name, entry.reason)  # the alert's exact count
     return sent
+
+
+def _linked_to(index: DeadLetterIndex, entry: DeadLetterEntry, sent: Any) -> bool:
+    """Whether ``entry``'s row holds ``sent``'s id after a link whose call raised (it may have
+    landed: a time-out after the write); unknown (the read fails too) is False."""
+    try:
+        found = index.get(entry.id)
+    except Exception:
+        return False
+    return found is not None and found.queue_message_id == sent.id

@@ -405,7 +405,8 @@ def split_answer(
     ]
     entries: dict[str, dict[int, dict[str, Any]]] = {}
     out = SplitAnswer()
-    for index, entry in placed(body, [a for _, addresses in members for a in addresses]).items():
+    listed = [a for _, addresses in members for a in addresses]
+    for index, entry in placed(body, listed, in_order=not duplicate).items():
         owner, position = flat[index]
         entries.setdefault(owner, {})[position] = entry
         if rid := entry.get("Id") or entry.get("id"):
@@ -430,19 +431,22 @@ def split_answer(
     return out
 
 
-def placed(body: Mapping[str, Any], addresses: Sequence[str]) -> dict[int, dict[str, Any]]:
+def placed(
+    body: Mapping[str, Any], addresses: Sequence[str], *, in_order: bool = True
+) -> dict[int, dict[str, Any]]:
     """Upstream's recipients in its answer ``body`` put on ours, ``addresses`` (in order), by
     number (:func:`address_key`; upstream's as it may write one, likeliest reading first:
     :func:`_listed`), never by position (upstream may list them in another order, or leave one
     out): each goes to the next listing of its number (our position -> upstream's recipient).
     One of ours upstream left out gets none; one of upstream's matching none of ours is left.
-    An answer that names no number at all, listing as many as ours, is put on them in order."""
+    An answer that names no number at all, listing as many as ours, is put on them in order
+    (``in_order``: not a pack's 409, whose original call may have had other members)."""
     listings: dict[str, list[int]] = {}
     for position, address in enumerate(addresses):
         listings.setdefault(address_key(address), []).append(position)
     found: dict[int, dict[str, Any]] = {}
     entries = _recipients(body)
-    if len(entries) == len(addresses) and not any(_listed(e) for e in entries):
+    if in_order and len(entries) == len(addresses) and not any(_listed(e) for e in entries):
         return dict(enumerate(entries))  # no numbers to go by (the model allows): by position
     for entry in entries:
         if waiting := next((w for key in _listed(entry) if (w := listings.get(key))), None):

@@ -162,3 +162,20 @@ def test_an_answer_naming_no_numbers_gives_its_ids_in_order(
     _, slots = MessageStore.from_settings().get_with_slots(accepted.body["Id"])
     assert [s.upstream_recipient_id for s in slots] == ids
     assert all(r.get("Status") for r in status_of(accepted.headers["Location"]).body["Recipients"])
+
+
+def test_a_packs_409_naming_no_numbers_is_not_put_on_its_members_in_order() -> None:
+    """A 409's original answer is of the call that got through, whose members may have been
+    others: with no numbers to go by, each member is missing (handed back), never given
+    another member's recipient because the counts happen to match."""
+    from shared.outbound._attempt import split_answer
+
+    body = {"MessageId": "orig", "Recipients": [{"Id": "r1"}, {"Id": "r2"}]}
+    members = [("m1", ["+358401234567"]), ("m2", ["+358401234568"])]
+
+    fresh = split_answer(body, members, duplicate=False)
+    again = split_answer(body, members, duplicate=True)
+
+    assert fresh.recipient_ids == {"r1": "m1", "r2": "m2"}  # this call's own answer: in order
+    assert again.recipient_ids == {}
+    assert sorted(again.missing) == ["m1", "m2"]

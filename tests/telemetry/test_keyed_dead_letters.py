@@ -131,3 +131,30 @@ def test_a_keyed_letter_whose_link_failed_is_put_once_by_its_retry(
     assert [m["id"] for m in outbound.dead_letters()] == [key]
     assert counted(telemetry) == before + 1
     assert the_row(key).queue_message_id == sent.id
+
+
+def test_a_keyed_letter_whose_link_landed_though_its_call_raised_stands_counted(
+    outbound: Outbound, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link was written, then its call raised (a time-out after the write): taking the
+    message back left the row linked to a message that was gone, never counted."""
+    queue = ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE)
+    key = f"m-{uuid.uuid4().hex}:failed"
+    link = DeadLetterIndex.link
+    faults = ["timed out after the write"]
+
+    def landing_then_failing(self: DeadLetterIndex, *args: Any, **kwargs: Any) -> Any:
+        done = link(self, *args, **kwargs)
+        if faults:
+            raise ServiceRequestError(faults.pop())
+        return done
+
+    monkeypatch.setattr(DeadLetterIndex, "link", landing_then_failing)
+    before = counted(telemetry)
+    sent = write(queue, key)
+    with pytest.raises(ResourceExistsError):
+        write(queue, key)  # the host's retry: written already
+
+    assert [m["id"] for m in outbound.dead_letters()] == [key]
+    assert counted(telemetry) == before + 1
+    assert the_row(key).queue_message_id == sent.id
