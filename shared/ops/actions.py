@@ -299,9 +299,9 @@ class HandledManyDoc(BaseModel):
             f"More may match: call again, passing continuationToken, for the rest (this call "
             f"stopped at its {BULK_LIMIT} or after looking at {BULK_LIMIT * KEPT_PASSED_OVER} "
             "letters, or a poison queue holds more). A loop passing it until more is false "
-            "looks once at each letter that matched when the loop began (but a poison message "
-            "PoisonKeeper keeps meanwhile, filed under its earlier time, may be passed), and "
-            "ends; one written meanwhile (a re-driven send failed again) waits for the next loop."
+            "looks once at each letter that matched when the loop began (one filed under an "
+            "earlier time meanwhile, a kept poison message or a poll-expired send, may be "
+            "passed) and ends; one written meanwhile waits for the next loop."
         ),
         json_schema_extra=ui("More"),
     )
