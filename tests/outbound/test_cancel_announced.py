@@ -15,6 +15,7 @@ import shared.outbound._service as service_mod
 from shared.messages import MessageStatus, MessageStore, RecipientStatus
 from shared.names import EVENTS_QUEUE
 from shared.settings import get_settings
+from tests.crash import crash_once
 from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms
 
 CANCELLED = "fi.arena.smartdialog.message.cancelled"
@@ -75,15 +76,9 @@ def test_the_sender_announces_a_cancel_that_failed_midway(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     message_id = _accepted()
-    real = MessageStore.advance_recipients
-    faults = [RuntimeError("table unavailable (simulated storage 503)")]
-
-    def advance(self: MessageStore, *args: Any, **kwargs: Any) -> None:
-        if faults:
-            raise faults.pop()
-        real(self, *args, **kwargs)
-
-    monkeypatch.setattr(MessageStore, "advance_recipients", advance)
+    crash_once(
+        monkeypatch, MessageStore, "advance_recipients", "table unavailable (simulated storage 503)"
+    )
     assert _cancel(message_id).status == 500  # the caller gives up: no retry
 
     outbound.drain()

@@ -16,6 +16,7 @@ from azure.storage.queue import QueueClient
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE
 from shared.storage import ensured_queue
+from tests.crash import crash_once
 from tests.outbound.conftest import Outbound
 from tests.telemetry.conftest import Telemetry
 from tests.telemetry.test_traces import total
@@ -49,15 +50,9 @@ def test_a_keyed_letter_whose_queue_put_failed_is_put_and_counted_by_its_retry(
     deleted the host's poison copy)."""
     queue = ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE)
     key = f"m-{uuid.uuid4().hex}:failed"
-    send_message = QueueClient.send_message
-    faults = ["connection reset"]
-
-    def failing_once(self: QueueClient, *args: Any, **kwargs: Any) -> Any:
-        if faults:
-            raise ServiceRequestError(faults.pop())
-        return send_message(self, *args, **kwargs)
-
-    monkeypatch.setattr(QueueClient, "send_message", failing_once)
+    crash_once(
+        monkeypatch, QueueClient, "send_message", "connection reset", error=ServiceRequestError
+    )
     before = counted(telemetry)
     with pytest.raises(ServiceRequestError):
         write(queue, key)
@@ -113,15 +108,7 @@ def test_a_keyed_letter_whose_link_failed_is_put_once_by_its_retry(
     linked, and the host's retry found the row unlinked and put a second, unindexed copy."""
     queue = ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE)
     key = f"m-{uuid.uuid4().hex}:failed"
-    link = DeadLetterIndex.link
-    faults = ["connection reset"]
-
-    def failing_once(self: DeadLetterIndex, *args: Any, **kwargs: Any) -> Any:
-        if faults:
-            raise ServiceRequestError(faults.pop())
-        return link(self, *args, **kwargs)
-
-    monkeypatch.setattr(DeadLetterIndex, "link", failing_once)
+    crash_once(monkeypatch, DeadLetterIndex, "link", "connection reset", error=ServiceRequestError)
     before = counted(telemetry)
     with pytest.raises(ServiceRequestError):
         write(queue, key)
@@ -140,16 +127,10 @@ def test_a_keyed_letter_whose_link_landed_though_its_call_raised_stands_counted(
     message back left the row linked to a message that was gone, never counted."""
     queue = ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE)
     key = f"m-{uuid.uuid4().hex}:failed"
-    link = DeadLetterIndex.link
-    faults = ["timed out after the write"]
-
-    def landing_then_failing(self: DeadLetterIndex, *args: Any, **kwargs: Any) -> Any:
-        done = link(self, *args, **kwargs)
-        if faults:
-            raise ServiceRequestError(faults.pop())
-        return done
-
-    monkeypatch.setattr(DeadLetterIndex, "link", landing_then_failing)
+    crash_once(
+        monkeypatch, DeadLetterIndex, "link", "timed out after the write",
+        first=lambda real, self, *a, **k: real(self, *a, **k), error=ServiceRequestError,
+    )  # fmt: skip
     before = counted(telemetry)
     sent = write(queue, key)
     with pytest.raises(ResourceExistsError):
