@@ -11,7 +11,7 @@ from shared.messages import normalize_reply
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["OptOutKeyword", "classify_keyword", "connection_keyword"]
+__all__ = ["OptOutKeyword", "classify_keyword", "connection_keyword", "keyword_text"]
 
 OptOutKeyword = Literal["stop", "start"]
 
@@ -39,3 +39,9 @@ def connection_keyword(
     """:func:`classify_keyword` with the keywords of the message's connection (``connection``;
     None: the default), as :func:`shared.connections.opt_out_keywords` gives them."""
     return classify_keyword(content, *opt_out_keywords(connection, settings))
+
+
+def keyword_text(content: str) -> str:
+    """The keyword as stored with a suppression and given to the opt-out trigger: the message's
+    words upper-cased, blanks folded, cut to 64 characters."""
+    return " ".join(content.split()).upper()[:64]

@@ -53,7 +53,7 @@ from shared import telemetry
 from shared.clock import utcnow
 from shared.events import CloudEvent, make_event
 from shared.inbound._answers import QuestionAnswers
-from shared.inbound._keywords import connection_keyword
+from shared.inbound._keywords import connection_keyword, keyword_text
 from shared.inbound._models import (
     MESSAGE_RECEIVED,
     InboundIntake,
@@ -189,7 +189,7 @@ class InboundProcessor:
             self.suppressions.add(
                 service,
                 reported_key(payload.sender),
-                keyword=" ".join(payload.content.split()).upper()[:64],  # as the trigger's
+                keyword=keyword_text(payload.content),
                 source="inbound",
                 now=received_at,
                 message_id=key,

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from shared import telemetry
 from shared.clock import utcnow
 from shared.events import make_event
+from shared.inbound._keywords import keyword_text
 from shared.inbound._models import NewMessagePayload, SubscriberDelivery
 from shared.names import INBOUND_DELIVERIES_QUEUE, TRIGGER_EVENTS_QUEUE
 from shared.storage import QueueLike, ensured_queue
@@ -232,7 +233,7 @@ def notify_opt_out(
         return False
     data = OptOutTriggerData(
         phone=reported_key(payload.sender),
-        keyword=" ".join(payload.content.split()).upper()[:64],
+        keyword=keyword_text(payload.content),
         direction="out" if keyword == "stop" else "in",
         occurredAt=received_at,
         messageId=message_key,
