@@ -60,7 +60,7 @@ from shared.names import (
     OUTBOUND_QUEUE,
 )
 from shared.payloads import QUEUE_MESSAGE_LIMIT, fits_queue, queue_message_bytes
-from shared.storage import QueueLike, chunked, ensured_table, plain_datetime, utc
+from shared.storage import QueueLike, chunked, ensured_table, joined, plain_datetime, utc
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -489,8 +489,7 @@ def _odata_filter(where: DeadLetterFilter) -> str:
 
 
 def _entry(entity: dict[str, Any]) -> DeadLetterEntry:
-    chunks = int(entity.get("TextChunks") or 0)
-    text = "".join(str(entity.get(f"Text{i}") or "") for i in range(chunks))
+    text = joined(entity, "Text") or ""
     at = utc(entity.get("DeadLetteredAt"))
     return DeadLetterEntry(
         queue=str(entity["PartitionKey"]),

@@ -312,9 +312,10 @@ class AskService:
                 open_one is not None
                 and not body.ReplaceOpenQuestion
                 and all(question.failure_code in NOT_ASKED for question in asked)
-                and self._settled(open_one, now).status is QuestionStatus.OPEN
             ):  # another request's question is open, and this key asked none: 409, unclaimed
-                return _conflict(open_one, self.settings.send_lease_seconds)
+                open_one = self._settled(open_one, now)  # read once: ended, it is final below
+                if open_one.status is QuestionStatus.OPEN:
+                    return _conflict(open_one, self.settings.send_lease_seconds)
             claim, replayed = self._claim(key_hash, command, body, message_id, asked, now)
             if replayed is not None:
                 return self._replayed(replayed, command, idempotency_key, claim)
@@ -322,7 +323,7 @@ class AskService:
         else:
             open_one = self.questions.open_question(service, address)
         own = open_one is not None and open_one.message_id == message_id
-        if open_one is not None and not own and self._settled(open_one, now).status.is_final:
+        if open_one is not None and not own and self._settled_final(open_one, now):
             # Another request's, ended (timed out, its send failed). Open now may be this one's.
             open_one = self.questions.open_question(service, address)
         if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
@@ -518,6 +519,10 @@ class AskService:
         else:
             return record
         return self.questions.end(record.question_id, status, at=now, failure_code=code) or record
+
+    def _settled_final(self, record: QuestionRecord, now: dt.datetime) -> bool:
+        """Whether ``record`` is final, or ends now (:meth:`_settled`; not read twice)."""
+        return record.status.is_final or self._settled(record, now).status.is_final
 
     def _on_its_way(
         self, record: QuestionRecord, message: MessageRecord | None, now: dt.datetime

@@ -144,7 +144,8 @@ def match_answer(options: Sequence[str], reply: str) -> tuple[bool, str | None]:
     said = normalize_answer(reply)
     if not options:
         return bool(said), None
-    exact = [o for o in options if _as_written(o) == _as_written(reply)][:1]
+    written = _as_written(reply)
+    exact = [o for o in options if _as_written(o) == written][:1]
     found = exact or [o for o in options if normalize_answer(o) == said]
     return (True, found[0]) if len({_as_written(o) for o in found}) == 1 else (False, None)
 

@@ -58,6 +58,7 @@ __all__ = [
     "Transient",
     "Upstream",
     "answer_message_id",
+    "answer_recipients",
     "classify",
     "packed_command",
     "placed",
@@ -96,7 +97,7 @@ class Sent:
         ids are per customer: another customer of the connection may have used the caller's
         RequestId first. One of ours missing proves nothing: upstream may list a repeated
         number once, or leave out a recipient it would not send to (our own retry's 409)."""
-        listed = {k for r in _recipients(self.body) for k in _listed(r)}
+        listed = {k for r in answer_recipients(self.body) for k in _listed(r)}
         return self.duplicate and bool(listed) and not listed & {address_key(a) for a in addresses}
 
 
@@ -399,7 +400,7 @@ def split_answer(
     of the call's reaches upstream's (which that one explains); else upstream's (an estimate
     is approximate: upstream may fill a placeholder itself)."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
-    raw = _recipients(body)
+    raw = answer_recipients(body)
     flat = [
         (member, position) for member, addresses in members for position in range(len(addresses))
     ]
@@ -445,7 +446,7 @@ def placed(
     for position, address in enumerate(addresses):
         listings.setdefault(address_key(address), []).append(position)
     found: dict[int, dict[str, Any]] = {}
-    entries = _recipients(body)
+    entries = answer_recipients(body)
     if in_order and len(entries) == len(addresses) and not any(_listed(e) for e in entries):
         return dict(enumerate(entries))  # no numbers to go by (the model allows): by position
     for entry in entries:
@@ -461,7 +462,7 @@ def recipient_ids(body: Mapping[str, Any], addresses: Sequence[str]) -> dict[int
             if (rid := e.get("Id") or e.get("id"))}  # fmt: skip
 
 
-def _recipients(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+def answer_recipients(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The recipients an answer lists (``recipients`` in a template send's)."""
     found = body.get("Recipients") or body.get("recipients") or []
     return [r for r in found if isinstance(r, dict)]

@@ -29,7 +29,12 @@ from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_ev
 from shared.logs import HeldSends, loggable_text
 from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
-from shared.outbound._attempt import Transient, answer_message_id, recipient_ids
+from shared.outbound._attempt import (
+    Transient,
+    answer_message_id,
+    answer_recipients,
+    recipient_ids,
+)
 from shared.outbound._giving_up import (
     expired,
     give_up,
@@ -50,7 +55,13 @@ from shared.outbound._models import (
     readable_message_id,
 )
 from shared.outbound._ports import SendPolicy, SendPorts
-from shared.outbound._records import command_text, is_recorded_as, queued_text, repeats_rule_send
+from shared.outbound._records import (
+    FieldValueError,
+    command_text,
+    is_recorded_as,
+    queued_text,
+    repeats_rule_send,
+)
 from shared.outbound._service import emit_cancelled
 from shared.payloads import fits_queue
 from shared.settings import LONGEST_SECONDS
@@ -392,10 +403,9 @@ class Outcomes:
         event_id = f"{record.message_id}:{record.status}"
         if record.status is MessageStatus.SENT:
             result = record.result_json() or {}
-            raw = result.get("Recipients") or result.get("recipients") or []
             recipients = [RecipientOutcome(address=r.get("Address") or r.get("address"),
                                            id=r.get("Id") or r.get("id"))
-                          for r in raw if isinstance(r, dict)]  # fmt: skip
+                          for r in answer_recipients(result)]  # fmt: skip
             sent = MessageSentData(
                 messageId=record.message_id,
                 operation=record.operation,
@@ -504,8 +514,6 @@ class Outcomes:
         ``messageId`` can still be read and names a record not yet final, that message fails
         (code ``malformed``) with its event, unless ``fails_record`` is False (the message is
         someone else's: its id is taken by a different message)."""
-        from shared.outbound._records import FieldValueError
-
         errors: list[dict[str, Any]] = []
         if isinstance(exc, ValidationError):
             for item in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]:
