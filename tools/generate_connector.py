@@ -427,7 +427,8 @@ def build_properties() -> dict[str, Any]:
                         "displayName": "Connection name",
                         "description": "The SmartDialog account this connection uses: a "
                         "connection name of your function app. Empty: chosen by Customer-Id.",
-                        "tooltip": "For example sales; ListConnections lists them",
+                        "tooltip": "For example sales. Your function app's operator has the "
+                        "names (README, Connections)",
                         "constraints": {"tabIndex": 3, "clearText": True, "required": "false"},
                     },
                 },
