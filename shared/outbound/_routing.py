@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shared.logs import loggable_text
@@ -238,13 +237,14 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     written before copies were kept for ever, dropped after 7 days; or lost otherwise): once its
     validity and a claim's lease after it have passed, a record not final, and not held, fails
     ``expired`` as its sender fails it (an index pack's member's pack announced as the sender's
-    own path does, a bulk member's last error kept as its pack's driver does), its event and
-    dead letter out before the record says failed (no queue copy comes back to put them out
-    after a write that went first); a final record still unannounced a lease after its last
-    write (its writer stopped) is announced. A storage failure meanwhile is a 503 problem with
-    ``Retry-After`` (the next poll does it all again, with the same event); any other record
-    is returned as it is. A copy still on the queue then only finds it final. It finished at its
-    ``validUntil``: each poll's event and dead letter alike, the letter written once."""
+    own path does, a bulk member's last error kept as its pack's driver does): written failed
+    and unannounced first, so a cancel or sender that wrote it meanwhile stands alone (this poll
+    then puts nothing out), then announced. A final record still unannounced a lease after its
+    last write (its writer stopped), or one a poll expired (finished at its ``validUntil``, the
+    same event and dead letter whoever puts them out), is announced. A storage failure meanwhile
+    is a 503 problem with ``Retry-After`` (the next poll announces it, with the same event, the
+    letter written once); any other record is returned as it is. A copy still on the queue then
+    only finds it final."""
     from azure.core.exceptions import AzureError
 
     from shared.connections import connection_settings
@@ -261,7 +261,8 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     overdue = now - ports.policy.lease  # not validUntil + lease: it may be 9999-12-31
     try:
         if record.status.is_final:
-            if not record.announced and overdue >= record.updated_at:
+            polls = record.finished_at == record.valid_until  # a poll's expiry: no writer left
+            if not record.announced and (polls or overdue >= record.updated_at):
                 outcomes.announce([record])
             return record
         if record.held_until(now) or overdue < record.valid_until:
@@ -269,13 +270,10 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
         if record.pack_id is not None and record.batch_id is None:
             IndexPacks(ports, outcomes).announce_listed(record.pack_id)
         last = record.last_error if record.batch_id is not None else None
-        changes = {
-            **failed_changes(outcomes.expired(record, last), now),
-            "announced": True,
-            "finished_at": record.valid_until,
-        }  # each poll's letter the same: one written
-        outcomes.emit(replace(record, **changes))
-        done = ports.store.swap(record, **changes)  # lost: another wrote it (and announces it)
+        changes = {**failed_changes(outcomes.expired(record, last), now),
+                   "finished_at": record.valid_until}  # fmt: skip
+        if (done := ports.store.swap(record, **changes)) is not None:
+            outcomes.announce([done])  # lost: another wrote it (and announces it)
     except AzureError as exc:
         detail = "Our storage failed while the send was failed expired; try again later."
         raise Problem(503, "The message's status cannot be updated", detail,

@@ -7,6 +7,9 @@ on its next status poll, with its event and dead letter, once its validity has p
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import pytest
 
@@ -212,3 +215,60 @@ def test_a_queued_send_untouched_for_a_week_is_put_out_again_by_its_status_poll(
     assert status_of(location).status == 200
     assert len(outbound.upstream()) == 1
     assert outbound.dead_letters() == []
+
+
+def _poll_reads_then(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], object]) -> None:
+    """The next status poll reads its record, then ``meanwhile`` runs (another part of the app
+    writes the record) before the poll's expiry writes it."""
+    real, pending = MessageStore.get_with_slots, [meanwhile]
+
+    def read_then(self: MessageStore, message_id: str) -> Any:
+        got = real(self, message_id)
+        if pending:
+            pending.pop()()
+        return got
+
+    monkeypatch.setattr(MessageStore, "get_with_slots", read_then)
+
+
+def test_a_send_cancelled_while_its_poll_expires_it_is_only_cancelled(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll put out its message.failed and dead letter before its write, which the cancel
+    had won: the flow heard cancelled and failed, a cancelled send had a dead letter."""
+    from shared.events import MESSAGE_CANCELLED
+
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="cancel me"))
+    location, mid = accepted.headers["Location"], accepted.body["Id"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    manual_clock.advance(dt.timedelta(days=8).total_seconds())
+    cancel = partial(call_http, "CancelMessage", "DELETE", route_params={"MessageId": mid})
+    _poll_reads_then(monkeypatch, cancel)
+
+    assert status_of(location).status == 410
+
+    assert outbound.dead_letters() == []
+    assert [e["type"] for e in outbound.events()] == [MESSAGE_CANCELLED]
+    final = MessageStore.from_settings().get(mid)
+    assert final is not None
+    assert final.status is MessageStatus.CANCELLED
+
+
+def test_a_send_its_poll_and_its_sender_both_expire_has_one_dead_letter_and_one_event(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll's letter (dated validUntil) and the sender's (dated when it failed it) were
+    two letters, filed apart, for one failure; the poll's event a second one too."""
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="backlog"))
+    location, mid = accepted.headers["Location"], accepted.body["Id"]
+    manual_clock.advance(dt.timedelta(days=8).total_seconds())
+    _poll_reads_then(monkeypatch, outbound.run_once)  # its copy comes meanwhile: expired
+
+    polled = status_of(location)
+
+    assert polled.status == 422
+    assert polled.body["code"] == "expired"
+    assert [d["messageId"] for d in outbound.dead_letters()] == [mid]
+    assert [e["type"] for e in outbound.events()] == [MESSAGE_FAILED]
+    assert status_of(location).status == 422
+    assert len(outbound.dead_letters()) == 1
