@@ -58,7 +58,7 @@ from shared.outbound._outcomes import (
     whole_seconds,
 )
 from shared.outbound._ports import SendPorts
-from shared.outbound._routing import note_waiting, token_wait
+from shared.outbound._routing import note_waiting, quota_store_wait, token_wait
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
@@ -305,7 +305,13 @@ class _Run:
             wait, reason, error = waits  # none: nothing sent, not an attempt
             self.release(claimed, error=error)
             return self.later(wait, reason)
-        decision, waited = ports.quota_wait.take()
+        try:
+            decision, waited = ports.quota_wait.take()
+        except Exception as exc:  # a lasting quota-store error waits as a broken setting does
+            if not (waits := quota_store_wait(self.outcomes, self.driver, claimed, exc)):
+                raise
+            self.release(claimed, error=waits[2])
+            return self.later(waits[0], waits[1])
         for retry_stale in (True, False):
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)

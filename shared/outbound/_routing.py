@@ -46,6 +46,7 @@ __all__ = [
     "CONNECTION_REMOVED",
     "expire_overdue",
     "note_waiting",
+    "quota_store_wait",
     "through_connection",
     "token_wait",
     "unrouted",
@@ -168,15 +169,12 @@ def token_wait(
 
     if (failed := outcomes.ports.upstream.ready()) is None:
         return None
-    until = min(r.valid_until for r in records)
-    pack = message.packId if isinstance(message, PackDriver) else None
-    what = f"pack {pack}" if pack else f"message {records[0].message_id}"
+    until, what = min(r.valid_until for r in records), _what(message, records)
     if isinstance(failed, CredentialsError):
         setting = credentials_refused(outcomes.ports.upstream.settings).errors[0].field
         problem = f"{setting} could not be used: {loggable_text(str(failed))}"
         advice = "/api/health checks only that they are set"
-        wait = outcomes.misconfigured(what, until, problem, "credentials", advice)
-        return wait or 0.0, CONFIGURATION, waiting_error(problem)
+        return _broken(outcomes, what, until, problem, "credentials", advice)
     policy = outcomes.ports.policy
     wait = backoff_delay(message.deferrals + 1, base=policy.retry_base, cap=policy.retry_max)
     wait = max(0.0, min(wait, (until - outcomes.ports.now()).total_seconds()))
@@ -184,6 +182,42 @@ def token_wait(
     held.wait(f"the identity provider of connection {policy.connection}",
               loggable_text(str(failed)), "each send tries again after its backoff")  # fmt: skip
     return wait, "identity-provider", None
+
+
+def quota_store_wait(
+    outcomes: Outcomes,
+    message: OutboundMessage | PackDriver,
+    records: Sequence[MessageRecord],
+    failed: BaseException,
+) -> tuple[float, str, FailureInfo] | None:
+    """A lasting quota-store error (``QuotaStoreError.lasting``: a quota table missing that the
+    app may not create, a damaged quota log) met taking the slot of the call of ``message``
+    (its claimed ``records``): waited out as refused credentials are (:func:`token_wait`), until
+    an administrator acts or the records' validity ends, nothing sent and no attempt counted,
+    the records' ``LastError`` saying why (``configuration``). None for any other error (our
+    storage failing for now: the host retries the queue message)."""
+    from shared.quota import QuotaStoreError
+
+    if not isinstance(failed, QuotaStoreError) or not failed.lasting:
+        return None
+    problem = f"the quota store failed: {loggable_text(str(failed))}"
+    advice = "the operations page's Quota shows it; /api/health does not read the quota store"
+    until = min(r.valid_until for r in records)
+    return _broken(outcomes, _what(message, records), until, problem, "quota store", advice)
+
+
+def _broken(outcomes: Outcomes, what: str, until: dt.datetime, problem: str, reason: str,
+            advice: str) -> tuple[float, str, FailureInfo]:  # fmt: skip
+    """How long ``what`` waits for ``problem`` to be fixed (:meth:`Outcomes.misconfigured`),
+    why, and its records' ``LastError`` meanwhile."""
+    wait = outcomes.misconfigured(what, until, problem, reason, advice)
+    return wait or 0.0, CONFIGURATION, waiting_error(problem)
+
+
+def _what(message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]) -> str:
+    """A call's name in the logs: its pack's, else its message's."""
+    pack = message.packId if isinstance(message, PackDriver) else None
+    return f"pack {pack}" if pack else f"message {records[0].message_id}"
 
 
 def _misconfigured(

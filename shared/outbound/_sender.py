@@ -59,7 +59,13 @@ from shared.outbound._records import (
     recipient_slots,
     unreadable_address,
 )
-from shared.outbound._routing import note_waiting, through_connection, token_wait, unrouted
+from shared.outbound._routing import (
+    note_waiting,
+    quota_store_wait,
+    through_connection,
+    token_wait,
+    unrouted,
+)
 from shared.problems import Problem
 
 if TYPE_CHECKING:
@@ -67,10 +73,7 @@ if TYPE_CHECKING:
     from shared.quota import QuotaGrant
     from shared.settings import Settings
 
-__all__ = [
-    "OutboundSender",
-    "reset_sender_cache",
-]
+__all__ = ["OutboundSender", "reset_sender_cache"]
 
 log = logging.getLogger("shared.outbound.sender")
 # Outcomes of a queue message counted as sends here; sent and failed are counted per message
@@ -228,12 +231,9 @@ class OutboundSender:
             # that gets a slot packs it with the others waiting (the quota is the window).
             if command.deferrals == 0:
                 self._park(command)
+            delay = self.ports.quota_wait.come_back_in(wait, packable=packable)
             return self.outcomes.requeue(
-                command,
-                command.attempts,
-                self.ports.quota_wait.come_back_in(wait, packable=packable),
-                OutcomeKind.DEFERRED,
-                "quota",
+                command, command.attempts, delay, OutcomeKind.DEFERRED, "quota"
             )
         if wait > 0 and packable:
             # Claim only once the slot is near, so that one of the messages waiting for it
@@ -248,10 +248,8 @@ class OutboundSender:
                 return self.outcomes.dead_letter_malformed(
                     text, unreadable, queue_message_id, dequeue_count
                 )
-            refusal = self._suppression(command)
-            if refusal is not None:
-                refused = self._refuse(command, refusal)
-                if refused is not None:
+            if (refusal := self._suppression(command)) is not None:
+                if (refused := self._refuse(command, refusal)) is not None:
                     return refused
             else:
                 claimed = self._create_claimed(command)
@@ -259,8 +257,7 @@ class OutboundSender:
                     sent = self._take_slot_and_send(claimed, command, before=MessageStatus.QUEUED)
                     return self._then_sweep(claimed, command, sent)
             # A record appeared meanwhile (another copy, or another message with this id).
-            record = self.ports.store.get(command.messageId)
-            if record is None:
+            if (record := self.ports.store.get(command.messageId)) is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
         elsewhere = self.outcomes.someone_elses(
             record, command, text, queue_message_id, dequeue_count
@@ -367,8 +364,7 @@ class OutboundSender:
             claimed = self.ports.store.swap(record, **claim_changes(record, now, self.ports.policy))
             if claimed is None:
                 self.packing.unlead(record)
-                reread = self.ports.store.get(record.message_id)
-                if reread is None:
+                if (reread := self.ports.store.get(record.message_id)) is None:
                     raise RuntimeError(f"message {record.message_id} vanished while claiming")
                 record = reread
                 continue
@@ -385,13 +381,16 @@ class OutboundSender:
         to (a retry). The pack is recorded before the slot is taken, and the slot right before
         the call (the time between grant and call must stay within the quota's safety margin).
         Our storage failing before the call (the quota log, a record) hands the claim back too,
-        and the error goes on (the host retries the message): left ``sending``, the claim would
-        pass for a call interrupted mid-way once its lease ran out.
+        and the error goes on (the host retries the message; left ``sending``, the claim would
+        pass for an interrupted call once its lease ran out), but a lasting quota-store error
+        waits as a broken setting does (:func:`quota_store_wait`).
         """
         claim = _Claim(claimed, command, before, fresh=claimed.pack_id is None)
         try:
             return self._slot_and_call(claim)
-        except Exception:
+        except Exception as exc:
+            if waits := quota_store_wait(self.outcomes, command, [claim.record], exc):
+                return self._hand_back(claim, *waits)
             try:
                 self._give_back(claim)
             except Exception as exc:

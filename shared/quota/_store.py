@@ -387,7 +387,9 @@ class QuotaStore:
         try:
             return _log.decode(stored.text)
         except ValueError as exc:
-            # Never guess: resetting a damaged log could admit twice the limit.
+            # Never guess: resetting a damaged log could admit twice the limit. Nor remember
+            # it: the next decision reads the log again (an administrator may have fixed it).
+            self._last = None
             raise QuotaStoreError(
                 f"quota log of connection {self.connection} is not a valid log ({exc}); "
                 "delete the entity to start afresh",

@@ -158,6 +158,26 @@ def test_a_damaged_log_raises_instead_of_starting_afresh(
         store.try_acquire()
 
 
+def test_a_damaged_log_deleted_as_its_error_says_grants_again_without_a_restart(
+    table_store: StoreFactory, azurite: Azurite, unique_name: str
+) -> None:
+    """The damaged log an instance read first was kept for the fast path: every later decision
+    of that instance raised on it, the entity deleted or not, until a restart."""
+    table_store(calls=5, period=60, clock=ManualClock()).try_acquire()  # the table, made
+    client = TableClient.from_connection_string(azurite.connection_string, unique_name)
+    client.upsert_entity(
+        {"PartitionKey": "test-connection", "RowKey": ROW_KEY, GRANTS_PROPERTY: "12,x"}
+    )
+    store = table_store(calls=5, period=60, clock=ManualClock())  # an instance started now
+    for _ in range(2):
+        with pytest.raises(QuotaStoreError, match="not a valid log"):
+            store.try_acquire()
+
+    client.delete_entity("test-connection", ROW_KEY)
+
+    assert isinstance(store.try_acquire(), QuotaGrant)
+
+
 def test_unreachable_storage_raises_a_quota_store_error(azurite: Azurite) -> None:
     port = azurite.endpoints["Table"].rsplit(":", 1)[1]
     unreachable = azurite.connection_string.replace(f":{port}/", ":1/")

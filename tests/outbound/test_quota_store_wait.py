@@ -1,0 +1,112 @@
+"""A lasting quota-store error (``QuotaStoreError.lasting``: a damaged quota log, a quota table
+the app may not create) met by a queued send: it waits, unclaimed and unattempted, as for a
+broken setting (``LastError`` ``configuration``, a recheck), is sent once an administrator
+fixed it, and fails ``expired`` with its event when its validity ends. Before, the sender raised
+at every delivery, so after the host's ``maxDequeueCount`` each queued send went to the poison
+queue and ``PoisonKeeper`` failed it ``poisoned``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+
+import pytest
+
+from shared.clock import ManualClock
+from shared.messages import FailureInfo, MessageRecord, MessageStatus, MessageStore
+from shared.names import OUTBOUND_QUEUE, QUOTA_TABLE
+from shared.outbound import OutboundSender
+from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind
+from shared.quota import GRANTS_PROPERTY, ROW_KEY, connection_key
+from shared.settings import get_settings
+from shared.storage import ensure_table, queue_client, table_client
+from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member_ids
+from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms, status_of
+
+
+@pytest.fixture
+def damaged_log(outbound: Outbound) -> Callable[[], None]:
+    """Damage this connection's quota log in the real table (as a hand edit might); the
+    returned ``fix`` deletes it, as the error tells an administrator to."""
+    table, key = table_client(QUOTA_TABLE), connection_key(get_settings())
+    ensure_table(table)
+    table.upsert_entity({"PartitionKey": key, "RowKey": ROW_KEY, GRANTS_PROPERTY: "12,x"})
+    return lambda: table.delete_entity(key, ROW_KEY)
+
+
+def record(message_id: str) -> MessageRecord:
+    found = MessageStore.from_settings().get(message_id)
+    assert found is not None
+    return found
+
+
+def test_a_damaged_quota_log_holds_a_send_as_a_broken_setting_until_fixed(
+    outbound: Outbound, damaged_log: Callable[[], None]
+) -> None:
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="quota broken"))
+    mid, location = accepted.body["Id"], accepted.headers["Location"]
+    [copy] = queue_client(OUTBOUND_QUEUE).receive_messages()
+
+    for _ in range(3):  # no delivery raises: none counts towards the poison queue
+        deferred = OutboundSender.from_settings().process(copy.content)
+        assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "configuration")
+        assert deferred.delay_seconds == CONFIGURATION_RECHECK_SECONDS
+
+    waiting = record(mid)
+    assert (waiting.status, waiting.attempts, waiting.lease_until) == (
+        MessageStatus.QUEUED, 0, None,
+    )  # fmt: skip
+    polled = status_of(location)
+    assert polled.status == 202
+    assert polled.body["LastError"]["code"] == "configuration"
+    assert "is not a valid log" in polled.body["LastError"]["detail"]
+    assert outbound.upstream() == []
+    assert outbound.events() == []
+    assert outbound.dead_letters() == []
+
+    damaged_log()  # fixed: the entity deleted, as the error says
+    assert OutboundSender.from_settings().process(copy.content).kind is OutcomeKind.SENT
+    assert status_of(location).status == 200
+
+
+def test_a_send_waiting_for_the_quota_store_fails_expired_with_its_event(
+    outbound: Outbound, manual_clock: ManualClock, damaged_log: Callable[[], None]
+) -> None:
+    valid_until = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC) + dt.timedelta(seconds=20)
+    text = json.dumps({"operation": "SendMessage", "messageId": "m-quota-late",
+                       "body": sms(DELIVERED), "validUntil": valid_until.isoformat()})  # fmt: skip
+
+    deferred = OutboundSender.from_settings().process(text)
+    assert (deferred.detail, deferred.delay_seconds) == ("configuration", 20)
+    manual_clock.advance(21)
+    failed = OutboundSender.from_settings().process(text)
+
+    assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
+    assert record("m-quota-late").attempts == 0
+    assert [e["data"]["error"]["code"] for e in outbound.events()] == ["expired"]
+    assert [d["messageId"] for d in outbound.dead_letters()] == ["m-quota-late"]
+    assert outbound.upstream() == []
+
+
+def test_a_bulk_pack_waits_for_a_damaged_quota_log_its_members_unattempted(
+    outbound: Outbound, damaged_log: Callable[[], None]
+) -> None:
+    ids = member_ids(accepted_batch(*NUMBERS[:3]))
+    [driver] = drivers(outbound)
+
+    deferred = OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert {(record(i).status, record(i).attempts) for i in ids} == {(MessageStatus.QUEUED, 0)}
+    assert {(record(i).last_error or FailureInfo(code="none")).code for i in ids} == {
+        "configuration"
+    }
+    assert all("is not a valid log" in str(record(i).last_error) for i in ids)
+    assert outbound.upstream() == []
+
+    damaged_log()
+    OutboundSender.from_settings().process(json.dumps(driver))
+    [call] = outbound.upstream()
+    assert len(call["body"]["Recipients"]) == 3
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
