@@ -27,6 +27,7 @@ from shared.outbound._outcomes import (
     OutcomeKind,
     SendOutcome,
     held,
+    storage_pool,
 )
 from shared.outbound._ports import send_ports
 from shared.outbound._records import new_record, normalize, queued_text
@@ -323,9 +324,9 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str
     """A bulk pack's driver waits for its misconfigured connection as its members would: the
     members whose validity ended fail ``expired`` (with their events; a claim still held ends
     first), and the driver comes back by the next member's validity end, or is acknowledged
-    once no member is left open."""
+    once no member is left open (an all-final pack's events out: :func:`_open_members`)."""
     now = outcomes.ports.now()
-    open_ = _open_members(outcomes.ports, driver.packId)
+    open_ = _open_members(outcomes, driver.packId, now)
     held = [r for r in open_ if _held_for(r, now)]
     expired = [r for r in open_ if now >= r.valid_until and r not in held]
     outcomes.fail_many([(r, outcomes.expired(r, waiting=why)) for r in expired])
@@ -338,11 +339,24 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str
     return outcomes.requeue_driver(driver, wait, OutcomeKind.DEFERRED, "configuration")
 
 
-def _open_members(ports: SendPorts, pack_id: str) -> list[MessageRecord]:
-    """The members of a bulk pack that have not ended (none if the pack is unknown)."""
-    pack = ports.packs.get(pack_id)
-    members = ports.store.get_many(pack.member_ids) if pack is not None else {}
-    return [r for r in members.values() if not r.status.is_final]
+def _open_members(outcomes: Outcomes, pack_id: str, now: dt.datetime) -> list[MessageRecord]:
+    """The members of a bulk pack that have not ended (none if the pack is unknown); when none
+    has, the events the pack lists in ``announcing`` (a run that stopped between its members'
+    records and their events) go out again, same ids, and the list is cleared, as its driver's
+    run does, for they need nothing upstream: not held by a broken or removed connection. Left
+    to a driver that holds the pack's lease; a lost swap leaves the list to the next run."""
+    ports = outcomes.ports
+    if (pack := ports.packs.get(pack_id)) is None:
+        return []
+    members = list(ports.store.get_many(pack.member_ids).values())
+    if open_ := [r for r in members if not r.status.is_final]:
+        return open_
+    if pack.announcing and not (pack.lease_until is not None and pack.lease_until > now):
+        listed = set(pack.announcing)
+        list(storage_pool().map(outcomes.emit, [r for r in members if r.message_id in listed]))
+        ports.packs.swap(pack, announcing=(), attempt=())
+    outcomes.announce(members)
+    return []
 
 
 def _removed(
@@ -369,7 +383,7 @@ def _removed(
     # A claim still held is an instance of the old settings in the middle of a call (a
     # restart's overlap): it ends first, recorded by that instance, or runs out.
     if isinstance(message, PackDriver):
-        open_members = _open_members(ports, message.packId)
+        open_members = _open_members(outcomes, message.packId, now)
         held = [_held_for(r, now) for r in open_members]
         outcomes.fail_many([(r, failure) for r, h in zip(open_members, held, strict=True) if not h])
         log.warning("pack %s: connection %s removed; %d member(s) failed",

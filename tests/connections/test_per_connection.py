@@ -766,3 +766,43 @@ def test_a_bulk_pack_waiting_for_its_misconfigured_connection_says_so_on_its_mem
     errors = [store.get(m["Id"]).last_error for m in members]  # type: ignore[union-attr]
     assert [e and e.code for e in errors] == ["configuration"] * 2
     assert all("connection second" in ((e and e.detail) or "") for e in errors)
+
+
+@pytest.mark.parametrize(
+    ("dropped", "outcome"),
+    [
+        (("ACCESS_TOKEN",), OutcomeKind.ACKNOWLEDGED),  # misconfigured
+        (
+            ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID", "QUOTA_CALLS"),
+            OutcomeKind.FAILED,
+        ),  # removed
+    ],
+)
+def test_an_all_final_packs_events_go_out_though_its_connection_is_misconfigured(
+    two: TwoConnections, dropped: tuple[str, ...], outcome: OutcomeKind
+) -> None:
+    """A driver of a pack whose members are all final, its row still listing them in
+    ``announcing`` (a run stopped before their events; a status poll re-drives such a pack), was
+    acknowledged unsent while its connection's settings were broken (or the connection removed):
+    the events waited for the fix though they need nothing upstream."""
+    from shared.messages import PackStore
+
+    bulk_through_second(70000, 2)
+    [driver] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    two.env.drain()
+    first = sorted(e["id"] for e in two.env.events())
+    packs = PackStore.from_settings()
+    pack = packs.get(driver["packId"])
+    assert pack is not None
+    assert len(first) == 2
+    assert packs.swap(pack, announcing=pack.member_ids) is not None  # their events not out
+    two.drop_connection("SECOND", *dropped)
+
+    done = OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert done.kind is outcome
+    assert sorted(e["id"] for e in two.env.events()) == sorted(first * 2)  # again, same ids
+    assert two.env.queued() == 0
+    pack = packs.get(driver["packId"])
+    assert pack is not None
+    assert pack.announcing == ()
