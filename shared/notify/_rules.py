@@ -189,7 +189,8 @@ class RuleDefinition(_Strict):
     )
     Connection: str = _f(
         "Connection",
-        "The connection (SmartDialog account) to send through (see ListConnections).",
+        "The connection (SmartDialog account) to send through (see ListConnections); default "
+        "the one the request goes through.",
         DEFAULT_CONNECTION,
         min_length=1,
         max_length=100,

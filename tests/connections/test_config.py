@@ -283,6 +283,49 @@ def test_notification_rules_may_name_a_connection_the_app_has(two: TwoConnection
     assert planned.command.Connection == "second"
 
 
+def test_a_rule_saved_through_a_connection_sends_through_it_unless_its_body_disagrees(
+    two: TwoConnections,
+) -> None:
+    """A rule created through connection ``second`` (the connector names it on every call)
+    without a Connection of its own was saved as the default account's."""
+    from shared.connections import CONNECTION_HEADER
+
+    through = {CONNECTION_HEADER: "Second"}
+    rule = {
+        "Id": "routed",
+        "Match": {"EventType": "x.y"},
+        "Message": {"Sender": "Ops", "Content": "fired"},
+        "Recipients": {"Numbers": ["+358400000011"]},
+    }
+    try:
+        made = call_http("CreateNotificationRule", "POST", body=rule, headers=through)
+        assert (made.status, made.body["Connection"]) == (201, "second"), made.body
+        update = {k: v for k, v in rule.items() if k != "Id"}
+        route = {"RuleId": "routed"}
+        refused = [
+            call_http("CreateNotificationRule", "POST", body={**rule, "Id": "other",
+                      "Connection": "x"}, headers=through),
+            call_http("UpdateNotificationRule", "PUT", body={**update, "Connection": "default"},
+                      headers=through, route_params=route),
+        ]  # fmt: skip
+        for answer in refused:
+            assert answer.status == 400, answer.body
+            assert [e["field"] for e in answer.body["errors"]] == ["body.Connection"]
+        kept = call_http(
+            "UpdateNotificationRule", "PUT", body=update, headers=through, route_params=route
+        )
+        assert (kept.status, kept.body["Connection"]) == (200, "second"), kept.body
+        same = {**update, "Connection": "SECOND"}
+        assert call_http("UpdateNotificationRule", "PUT", body=same, headers=through,
+                         route_params=route).status == 200  # fmt: skip
+        plain = call_http("UpdateNotificationRule", "PUT", body=update, route_params=route)
+        assert (plain.status, plain.body["Connection"]) == (200, "default"), plain.body
+        got = call_http("GetNotificationRule", "GET", route_params=route, headers=through)
+        assert got.body["Connection"] == "default"
+    finally:
+        call_http("DeleteNotificationRule", "DELETE", route_params={"RuleId": "routed"})
+
+
 @pytest.mark.parametrize("raw_name", ["X" * 65, "SALES.EU", "-SALES"])
 def test_a_name_the_header_and_key_vault_cannot_carry_is_a_configuration_error(
     two: TwoConnections, raw_name: str
