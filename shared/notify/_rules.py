@@ -16,7 +16,6 @@ import fnmatch
 import functools
 import json
 import logging
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -29,7 +28,6 @@ from shared.storage import utf16_units
 
 __all__ = [
     "DEFAULT_CONNECTION",
-    "PLACEHOLDER",
     "ExpressionFailed",
     "Rule",
     "RuleDefinition",
@@ -42,12 +40,11 @@ __all__ = [
     "render",
     "rule_errors",
     "search",
+    "split_placeholders",
 ]
 
 log = logging.getLogger("shared.notify")
 
-#: ``$(expression)``: the expression runs to the first ``)`` that closes it.
-PLACEHOLDER = re.compile(r"\$\(([^()]*(?:\([^()]*\)[^()]*)*)\)")
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 LIST_NAME_PATTERN = RULE_ID_PATTERN
 #: The largest rule stored (UTF-16 units of its JSON; a Table entity holds 1 MiB).
@@ -293,6 +290,47 @@ def search(expression: str, document: dict[str, Any]) -> Any:
         return None
 
 
+def _closing(text: str, start: int) -> int | None:
+    """Where the ``)`` closing the ``(`` before ``start`` is: parentheses nest, and JMESPath's
+    quoted text (``'raw'``, ```literal```, ``"identifier"``, each with its backslash escapes)
+    holds none; None when no ``)`` closes it."""
+    depth, quote, index = 1, "", start
+    while index < len(text):
+        char = text[index]
+        if quote:
+            if char == "\\":
+                index += 1
+            elif char == quote:
+                quote = ""
+        elif char in "'`\"":
+            quote = char
+        elif char in "()":
+            depth += 1 if char == "(" else -1
+            if not depth:
+                return index
+        index += 1
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def split_placeholders(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``text`` as text, expression, text, ... (each ``$(expression)`` runs to the ``)`` that
+    closes it), and where each ``$(`` is that nothing closes (it stays text)."""
+    pieces: list[str] = []
+    unclosed: list[int] = []
+    start, at = 0, text.find("$(")
+    while at >= 0:
+        end = _closing(text, at + 2)
+        if end is None:
+            unclosed.append(at)
+            at = text.find("$(", at + 2)
+            continue
+        pieces += [text[start:at], text[at + 2 : end]]
+        start = end + 1
+        at = text.find("$(", start)
+    return (*pieces, text[start:]), tuple(unclosed)
+
+
 def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -322,7 +360,7 @@ def render(text: str, document: dict[str, Any], *, rule_id: str, event_id: str) 
         return _as_text(found).replace("$(", "$ (")
 
     rendered = ""
-    for index, piece in enumerate(PLACEHOLDER.split(text)):  # text, expression, text, ...
+    for index, piece in enumerate(split_placeholders(text)[0]):  # text, expression, text, ...
         piece = value(piece) if index % 2 else piece
         if rendered.endswith("$") and piece.startswith("("):  # each seam has a value at it
             piece = " " + piece
@@ -374,8 +412,13 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     expressions = {"Match.Condition": rule.Match.Condition}
     expressions["Recipients.FromEvent"] = rule.Recipients.FromEvent
     for name, text in rule.Message.texts().items():
-        for index, placeholder in enumerate(PLACEHOLDER.findall(text)):
+        pieces, unclosed = split_placeholders(text)
+        for index, placeholder in enumerate(pieces[1::2]):
             expressions[f"{name}$({index})"] = placeholder.strip()
+        errors.extend(
+            (name, f"The $( at character {at + 1} has no ) closing it (text: write $ ( ).")
+            for at in unclosed
+        )
     for name, expression in expressions.items():
         if expression is None:
             continue
@@ -419,7 +462,7 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
             except ExpressionFailed as exc:
                 errors.append((name, f"{expression!r} fails on the SampleEvent: {exc}"))
         for name, text in rule.Message.texts().items():
-            for placeholder in PLACEHOLDER.findall(text):
+            for placeholder in split_placeholders(text)[0][1::2]:
                 if search(placeholder.strip(), document) is None:
                     errors.append(
                         (name, f"$({placeholder.strip()}) finds nothing in the SampleEvent.")

@@ -195,3 +195,35 @@ def test_a_value_never_makes_a_placeholder_smartdialog_would_blank() -> None:
     )
     assert text == "Disk $ (C) full; US$ (net) $ (EUR) $ (x) a$ (b)$ (c)"
     assert personalize(text, None) == text
+
+
+def test_placeholders_nest_parentheses_and_quote_them_to_any_depth() -> None:
+    """One level of parentheses was all a placeholder took: $(to_string(length(data.items)))
+    went upstream as its own text, and the rule saved, its SampleEvent notwithstanding."""
+    doc = {"data": {"items": [1, 2, 3], "tags": ["ab", "b"], "s": "x)y", "q": {"a)b": "k"}}}
+    text = (
+        "$(to_string(length(data.items))) $(join(', ', data.tags[?starts_with(@, 'a')]))"
+        " $(data.s || ')') $(data.q.\"a)b\") $(`\")\"`) $('it\\'s)')"
+    )
+    assert render(text, doc, rule_id="r", event_id="e") == "3 ab x)y k ) it's)"
+    sample = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": doc["data"]}
+    nested = {"Sender": "Ops", "Content": "$(to_string(length(data.nope)))"}
+    assert errors(rule(SampleEvent=sample, Message=nested)) == ["Message.Content"]
+    assert errors(rule(SampleEvent=sample, Message={"Sender": "Ops", "Content": text})) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"Sender": "Ops", "Content": "n=$(length(data.items)"}, "Message.Content"),
+        ({"Sender": "Ops", "Content": "$('x) and $(data.s)"}, "Message.Content"),
+        ({"TemplateName": "t", "BodyParameters": ["ok", "$(("]}, "Message.BodyParameters[1]"),
+    ],
+)
+def test_a_placeholder_nothing_closes_is_refused_when_saved(
+    message: dict[str, Any], field: str
+) -> None:
+    """It would go upstream as text."""
+    found = rule_errors(Rule.model_validate(rule(Message=message)))
+    assert [name for name, _ in found] == [field], found
+    assert "has no ) closing it" in found[0][1]
