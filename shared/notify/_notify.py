@@ -12,9 +12,9 @@ quiet period (three for a number from the event: it is read before the cap is ta
 event with numbers taken from the event (their cap).
 
 Every recipient a matched rule leaves out is in the event's ``Skipped`` with the reason (and in
-its log line): not a phone number, list not found, message not valid, quiet period, over
-MaxPerEvent / MaxPerHour, country code not allowed, premium-rate / shared-cost number; a rule
-whose ``Condition`` or ``FromEvent`` fails on the event is there too.
+its log line): not a phone number, list not found or unreadable, message not valid, quiet
+period, over MaxPerEvent / MaxPerHour, country code not allowed, premium-rate / shared-cost
+number; a rule whose ``Condition`` or ``FromEvent`` fails on the event is there too.
 """
 
 from __future__ import annotations
@@ -284,8 +284,9 @@ class Notifier:
         if spec.List is not None:
             listed = book.lists.get(spec.List)
             if listed is None:
-                log.warning("rule %s: recipient list %s does not exist", rule.Id, spec.List)
-                result.skipped.append(Skipped(rule.Id, "", f"list {spec.List} not found"))
+                why = "unreadable" if spec.List in book.unreadable_lists else "not found"
+                log.warning("rule %s: recipient list %s %s", rule.Id, spec.List, why)
+                result.skipped.append(Skipped(rule.Id, "", f"list {spec.List} {why}"))
             fixed.extend(listed or ())
         chosen: list[str] = []
         for number in fixed:

@@ -2,7 +2,9 @@
 
 ``SmartDialogNotificationRules``: PartitionKey ``rule`` (RowKey the rule id, ``Document`` the
 rule's JSON, in as many properties as it takes: ``shared.storage.chunked``) and ``list``
-(RowKey the list name, ``Numbers`` a JSON array of E.164 numbers).
+(RowKey the list name, ``Numbers`` a JSON array of E.164 numbers). A row that does not read
+(a torn row, one written by hand) is logged and skipped, never failing every event: a rule's
+list that does not read is in the event's ``Skipped``, and reading it answers 409.
 Matching reads the whole table at most once per :data:`RULES_TTL_SECONDS` per process (one
 query); a write in this process is seen at once, one in another instance within that time.
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
     from shared.settings import Settings
 
-__all__ = ["RULES_TTL_SECONDS", "NotifyState", "RuleBook", "RuleStore"]
+__all__ = ["RULES_TTL_SECONDS", "NotifyState", "RuleBook", "RuleStore", "UnreadableRow"]
 
 log = logging.getLogger("shared.notify")
 _R = TypeVar("_R")
@@ -86,10 +88,11 @@ def _cap_events(entity: Any) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class RuleBook:
-    """Every rule and recipient list, as read at one moment."""
+    """Every rule and recipient list, as read at one moment (and the lists that do not read)."""
 
     rules: tuple[Rule, ...]
     lists: dict[str, tuple[str, ...]]
+    unreadable_lists: frozenset[str] = frozenset()
 
 
 class RuleStore:
@@ -116,14 +119,19 @@ class RuleStore:
             return cached[1]
         rules: list[Rule] = []
         lists: dict[str, tuple[str, ...]] = {}
+        unreadable: set[str] = set()
         for entity in self._table.list_entities():
             if entity["PartitionKey"] == _RULE:
                 rule = _readable(entity)
                 if rule is not None:
                     rules.append(rule)
             elif entity["PartitionKey"] == _LIST:
-                lists[entity["RowKey"]] = tuple(json.loads(entity["Numbers"]))
-        book = RuleBook(tuple(sorted(rules, key=lambda r: r.Id)), lists)
+                numbers = _numbers(entity)
+                if numbers is None:
+                    unreadable.add(entity["RowKey"])
+                else:
+                    lists[entity["RowKey"]] = numbers
+        book = RuleBook(tuple(sorted(rules, key=lambda r: r.Id)), lists, frozenset(unreadable))
         with self._lock:
             self._cache[self._key] = (now, book)
         return book
@@ -135,7 +143,7 @@ class RuleStore:
     # --- rules ---
 
     def get(self, rule_id: str) -> Rule | None:
-        """The rule; None if there is none; :class:`UnreadableRule` if its row no longer reads
+        """The rule; None if there is none; :class:`UnreadableRow` if its row no longer reads
         as one."""
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -145,7 +153,7 @@ class RuleStore:
             return None
         rule = _readable(entity)
         if rule is None:
-            raise UnreadableRule(rule_id)
+            raise UnreadableRow("Rule", rule_id)
         return rule
 
     def list_rules(self) -> tuple[list[Rule], list[str]]:
@@ -186,13 +194,16 @@ class RuleStore:
 
     def delete(self, rule_id: str) -> bool:
         """Delete a rule (also one that no longer reads); False if there was none."""
+        return self._delete(_RULE, rule_id)
+
+    def _delete(self, partition: str, name: str) -> bool:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            self._table.get_entity(_RULE, rule_id, select=["RowKey"])
+            self._table.get_entity(partition, name, select=["RowKey"])
         except ResourceNotFoundError:
             return False
-        self._table.delete_entity(_RULE, rule_id)
+        self._table.delete_entity(partition, name)
         self._forget()
         return True
 
@@ -204,13 +215,18 @@ class RuleStore:
     # --- recipient lists ---
 
     def get_list(self, name: str) -> tuple[str, ...] | None:
+        """The list's numbers; None if there is none; :class:`UnreadableRow` if its row does
+        not read as one."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
             entity = self._table.get_entity(_LIST, name)
         except ResourceNotFoundError:
             return None
-        return tuple(json.loads(entity["Numbers"]))
+        numbers = _numbers(entity)
+        if numbers is None:
+            raise UnreadableRow("Recipient list", name)
+        return numbers
 
     def put_list(self, name: str, numbers: list[str]) -> None:
         """Create or replace a recipient list."""
@@ -221,18 +237,32 @@ class RuleStore:
         self._forget()
 
     def delete_list(self, name: str) -> bool:
-        existed = self.get_list(name) is not None
-        self._table.delete_entity(_LIST, name)
-        self._forget()
-        return existed
+        """Delete a list (also one that no longer reads); False if there was none."""
+        return self._delete(_LIST, name)
 
 
-class UnreadableRule(LookupError):
-    """A stored rule row that no longer reads as a rule (see :func:`_readable`)."""
+class UnreadableRow(LookupError):
+    """A stored rule or list row that no longer reads as one (:func:`_readable`,
+    :func:`_numbers`); ``what`` is ``Rule`` or ``Recipient list``."""
 
-    def __init__(self, rule_id: str) -> None:
-        super().__init__(rule_id)
-        self.rule_id = rule_id
+    def __init__(self, what: str, name: str) -> None:
+        super().__init__(f"{what} {name}")
+        self.what, self.name = what, name
+
+
+def _numbers(entity: Any) -> tuple[str, ...] | None:
+    """A stored list row's numbers; None, logged as an error, when they do not read as a JSON
+    array of texts: one such row must not fail every event."""
+    try:
+        numbers = json.loads(entity["Numbers"])
+    except (KeyError, TypeError, ValueError) as exc:
+        numbers = exc
+    if isinstance(numbers, list) and all(isinstance(n, str) for n in numbers):
+        return tuple(numbers)
+    why = type(numbers).__name__ if isinstance(numbers, Exception) else "not an array of texts"
+    log.error("recipient list %s is skipped: its stored row does not read (%s)",
+              entity.get("RowKey"), why)  # fmt: skip
+    return None
 
 
 def _readable(entity: Any) -> Rule | None:

@@ -34,7 +34,7 @@ from shared.notify._rules import (
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
 
 if TYPE_CHECKING:
-    from shared.notify._store import RuleStore
+    from shared.notify._store import RuleStore, UnreadableRow
     from shared.settings import Settings
 
 __all__ = ["SPECS"]
@@ -188,21 +188,30 @@ def _not_found(what: str, name: str) -> Problem:
     )
 
 
+def _unreadable(exc: UnreadableRow) -> Problem:
+    """409 for a stored row that no longer reads, saying what to do."""
+    example, replace = (
+        ("a Sender over 100 characters", "UpdateNotificationRule")
+        if exc.what == "Rule"
+        else ("numbers that are not a JSON array of texts", "PutRecipientList")
+    )
+    return Problem(
+        409,
+        f"{exc.what} unreadable",
+        f"{exc} is stored in a form this release cannot read (the log says why; e.g. a torn "
+        f"row, or {example}): replace it with {replace}, or delete it.",
+        type=ProblemType.CONFLICT,
+    )
+
+
 def _stored_rule(store: RuleStore, rule_id: str) -> Rule:
     """The stored rule; 404 if there is none, 409 if its row no longer reads as a rule."""
-    from shared.notify._store import UnreadableRule
+    from shared.notify._store import UnreadableRow
 
     try:
         rule = store.get(rule_id)
-    except UnreadableRule as exc:
-        raise Problem(
-            409,
-            "Rule unreadable",
-            f"Rule {exc.rule_id} is stored in a form this release cannot read (the log says "
-            "why; e.g. a torn row, or a Sender over 100 characters): replace it with "
-            "UpdateNotificationRule, or delete it.",
-            type=ProblemType.CONFLICT,
-        ) from exc
+    except UnreadableRow as exc:
+        raise _unreadable(exc) from exc
     if rule is None:
         raise _not_found("rule", rule_id)
     return rule
@@ -210,9 +219,16 @@ def _stored_rule(store: RuleStore, rule_id: str) -> Rule:
 
 def _checked(rule: Rule, store: RuleStore) -> Rule:
     errors = rule_errors(rule)
+    from shared.notify._store import UnreadableRow
+
     named = rule.Recipients.List
-    if named is not None and store.get_list(named) is None:
-        errors.append(("Recipients.List", f"No recipient list is named {named!r}: put it first."))
+    try:
+        if named is not None and store.get_list(named) is None:
+            errors.append(
+                ("Recipients.List", f"No recipient list is named {named!r}: put it first.")
+            )
+    except UnreadableRow:
+        errors.append(("Recipients.List", f"Recipient list {named!r} does not read: put it again."))
     if errors:
         raise validation_problem(
             [
@@ -332,7 +348,12 @@ def put_list(ctx: ActionContext, inp: PutListInput) -> ActionResponse:
 
 
 def get_list(ctx: ActionContext, inp: ListNameInput) -> ActionResponse:
-    numbers = _store(ctx.settings).get_list(inp.list_name)
+    from shared.notify._store import UnreadableRow
+
+    try:
+        numbers = _store(ctx.settings).get_list(inp.list_name)
+    except UnreadableRow as exc:
+        raise _unreadable(exc) from exc
     if numbers is None:
         raise _not_found("recipient list", inp.list_name)
     return ActionResponse.json({"Name": inp.list_name, "Numbers": list(numbers)})

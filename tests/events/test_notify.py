@@ -272,6 +272,65 @@ def test_a_list_that_does_not_exist_is_reported(notify: Notify) -> None:
     assert reasons(result) == ["list on-call not found"]
 
 
+BAD_LISTS = [{"Numbers": "[+358401234567]"}, {}, {"Numbers": '"+358401234567"'}]
+
+
+def test_a_list_whose_row_does_not_read_skips_its_rules_only_saying_so(
+    notify: Notify, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One torn list row (not JSON, no Numbers, a JSON string) failed every event at every
+    door: the rules' read raised, or a string's characters became its "numbers"."""
+    notify.rule(Recipients={"List": "good"})
+    notify.rules.put_list("good", [N1])
+    for index, row in enumerate(BAD_LISTS):
+        notify.rule(Id=f"bad{index}", Recipients={"List": f"bad{index}", "Numbers": [N2]})
+        notify.rules._table.create_entity({"PartitionKey": "list", "RowKey": f"bad{index}", **row})
+    notify.rules._forget()
+
+    with caplog.at_level(logging.ERROR, "shared.notify"):
+        result = notify.handle(event("e1"))
+
+    assert sorted(sent_to(result)) == [N1, N2, N2, N2]
+    assert reasons(result) == [f"list bad{index} unreadable" for index in range(3)]
+    assert "recipient list bad2 is skipped" in caplog.text
+    for index in range(3):
+        with pytest.raises(LookupError, match=f"Recipient list bad{index}"):
+            notify.rules.get_list(f"bad{index}")
+    assert notify.rules.delete_list("bad0")
+    assert not notify.rules.delete_list("bad0")
+
+
+def test_a_list_whose_row_does_not_read_answers_409_or_400_naming_it_not_500(
+    storage_env: str, unique_name: str
+) -> None:
+    from shared.actions import ActionRequest, ActionResponse, handle
+    from shared.settings import get_settings
+
+    def call(operation: str, method: str, body: Any = None, **route: str) -> ActionResponse:
+        raw = b"" if body is None else json.dumps(body).encode()
+        request = ActionRequest(method, route_params=route, body=raw,
+                                headers={"Content-Type": "application/json"})  # fmt: skip
+        return handle(operation, request)
+
+    store = RuleStore.from_settings(get_settings())
+    store._table.create_entity({"PartitionKey": "list", "RowKey": unique_name, **BAD_LISTS[0]})
+    try:
+        shown = call("GetRecipientList", "GET", ListName=unique_name)
+        assert shown.status == 409, shown.body
+        assert "PutRecipientList" in shown.body["detail"]
+        rule = {
+            "Id": unique_name,
+            "Match": {"EventType": "t"},
+            "Message": {"Sender": "Ops", "Content": "hi"},
+            "Recipients": {"List": unique_name},
+        }
+        refused = call("CreateNotificationRule", "POST", rule)
+        assert refused.status == 400, refused.body
+        assert [e["field"] for e in refused.body["errors"]] == ["body.Recipients.List"]
+    finally:
+        assert call("DeleteRecipientList", "DELETE", ListName=unique_name).status == 204
+
+
 def test_a_number_in_the_rule_and_the_event_is_sent_once_and_not_counted_against_the_cap(
     notify: Notify, manual_clock: ManualClock
 ) -> None:
