@@ -6,8 +6,9 @@
 - ``OPTIONS`` with ``WebHook-Request-Origin`` (CloudEvents schema): answers 200 with
   ``WebHook-Allowed-Origin``;
 - ``aeg-event-type: Notification`` (or no such header, for CloudEvents): the body is one event or
-  an array; the function runs once per event (the worker decodes each by its schema) and the
-  host answers 202 when all ran, 500 when one failed (Event Grid then retries the delivery);
+  an array; the function runs once per event (the worker decodes each by its schema, or hands
+  over its JSON as text or bytes to a parameter annotated ``str`` or ``bytes``) and the host
+  answers 202 when all ran, 500 when one failed (Event Grid then retries the delivery);
 - ``aeg-event-type: Unsubscribe``: 202, nothing called.
 
 The real host checks the ``eventgrid_extension`` system key in ``code``; locally, like
@@ -91,9 +92,12 @@ def serve_eventgrid(
     def run(event: object) -> str | None:
         invocation_id = str(uuid.uuid4())
         try:
-            decoded = EventGridEventInConverter.decode(
-                meta.Datum(json.dumps(event), "json"), trigger_metadata={}
-            )
+            text = json.dumps(event)
+            decoded: Any = text if spec.trigger_as is str else text.encode()
+            if spec.trigger_as is None:
+                decoded = EventGridEventInConverter.decode(
+                    meta.Datum(text, "json"), trigger_metadata={}
+                )
             assert spec.event_grid is not None
             invoker.invoke(spec, spec.event_grid.param, decoded, invocation_id)
         except Exception:

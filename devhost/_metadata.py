@@ -89,6 +89,12 @@ class FunctionSpec:
     unsupported: tuple[str, ...] = field(default=())
 
     @property
+    def trigger_as(self) -> type | None:
+        """``str`` or ``bytes`` when the trigger's parameter is annotated so (the worker then
+        binds it as generic: the payload as text or bytes, no converter), else None."""
+        return next((t for t in (str, bytes) if self.trigger_annotation in (t, t.__name__)), None)
+
+    @property
     def trigger_kind(self) -> str:
         """``http``, ``queue``, ``eventgrid`` or ``unsupported``."""
         if self.http is not None:
@@ -195,7 +201,8 @@ def _index(app: func.FunctionApp) -> list[FunctionSpec]:
                 )
             else:
                 unsupported.append(f"{kind} ({direction.lower() or '?'})")
-        trigger_param = http.param if http else (queue.param if queue else None)
+        trigger = http or queue or event_grid
+        trigger_param = trigger.param if trigger else None
         annotation = (
             params[trigger_param].annotation if trigger_param and trigger_param in params else None
         )

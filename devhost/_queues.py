@@ -321,11 +321,8 @@ class QueueListener:
                 self._idle.notify_all()
 
     def _trigger_value(self, message: QueueMessage, body: bytes) -> Any:
-        annotation = self.spec.trigger_annotation
-        if annotation is str or annotation == "str":
-            return body.decode("utf-8")
-        if annotation is bytes or annotation == "bytes":
-            return body
+        if self.spec.trigger_as is not None:
+            return body.decode("utf-8") if self.spec.trigger_as is str else body
         return BoundQueueMessage(  # type: ignore[no-untyped-call]
             id=message.id,
             body=body,

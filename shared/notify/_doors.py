@@ -19,8 +19,8 @@ from shared.deadletters import KeptOriginal, original_aside
 from shared.logs import loggable_text, redacted, redacted_traceback
 from shared.notify._intake import (
     InvalidEvent,
+    parse_grid_trigger,
     parse_http,
-    parse_object,
     parse_queue_text,
     validation_code,
 )
@@ -119,13 +119,13 @@ def _answer(results: list[EventResult]) -> dict[str, Any]:
     }
 
 
-def receive_grid_event(value: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """One event of the Event Grid trigger (either schema, as the host hands it over). An
-    invalid one is logged and dropped (Event Grid retrying it would not help); our storage
+def receive_grid_event(text: str | bytes, settings: Settings | None = None) -> dict[str, Any]:
+    """One event of the Event Grid trigger: its JSON (either schema) as the host hands it over.
+    An invalid one is logged and dropped (Event Grid retrying it would not help); our storage
     failing raises, so Event Grid delivers it again."""
     with telemetry.span("CloudEventsGrid", kind="consumer"):
         try:
-            event = parse_object(value)
+            event = parse_grid_trigger(text)
         except InvalidEvent as exc:
             log.warning("Event Grid delivered an invalid event (%s): %s",
                         loggable_text(exc.field), redacted(str(exc)))  # fmt: skip

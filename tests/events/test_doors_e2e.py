@@ -626,6 +626,35 @@ def test_every_sample_through_every_door_reaches_the_sandbox(
     assert f"{type_name} {event['id']}" in json.dumps(calls[0]["body"])
 
 
+@pytest.mark.parametrize("door", ["http", "eventgrid", "queue"])
+@pytest.mark.parametrize("schema", ["cloudevents", "eventgrid"])
+def test_an_event_whose_time_has_a_utc_offset_is_sent_at_every_door(
+    stack: Stack, door: str, schema: str
+) -> None:
+    """The worker's Event Grid converter refused "+03:00" before CloudEventsGrid ran: the
+    batch failed on every retry for 24 hours and the event was never sent."""
+    event_id = str(uuid.uuid4())
+    event: dict[str, Any] = (
+        {"specversion": "1.0", "id": event_id, "source": "/s", "type": "t",
+         "time": "2024-05-01T15:34:56+03:00", "data": {"a": 1}}
+        if schema == "cloudevents"
+        else {"id": event_id, "topic": "/s", "subject": "x", "eventType": "t", "dataVersion": "",
+              "eventTime": "2024-05-01T15:34:56.1234567+03:00", "data": {"a": 1}}
+    )  # fmt: skip
+    create_rule(
+        stack,
+        {
+            "Id": "this-event",
+            "Match": {"Condition": f"id == '{event_id}'"},
+            "Message": {"Sender": "Ops", "Content": "$(id) at $(time)"},
+            "Recipients": {"Numbers": [DELIVERED_NUMBER]},
+        },
+    )
+    deliver(stack, door, event)
+    calls = poll(lambda: upstream_calls(stack, event_id), what=f"{schema} via {door}")
+    assert addresses(calls) == [DELIVERED_NUMBER]
+
+
 def test_a_crash_between_an_events_sends_is_healed_by_the_retry_and_nothing_goes_twice(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -469,7 +469,6 @@ def test_a_message_too_large_for_a_queue_reaches_its_subscriber_in_the_webhooks_
 def test_a_notification_rules_sends_continue_each_events_trace_at_every_door(
     outbound: Outbound, telemetry: Telemetry
 ) -> None:
-    from shared.notify import receive_grid_event
     from shared.notify._rules import Rule
     from shared.notify._store import RuleStore
     from shared.settings import get_settings
@@ -498,7 +497,7 @@ def test_a_notification_rules_sends_continue_each_events_trace_at_every_door(
         app_function("CloudEventsQueue")(
             QueueMessage(id="q-1", body=json.dumps(by_queue).encode(), dequeue_count=1)
         )
-        receive_grid_event(by_grid)
+        app_function("CloudEventsGrid")(json.dumps(by_grid))
     finally:
         rules.delete(rule["Id"])
 
