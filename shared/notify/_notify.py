@@ -34,7 +34,15 @@ from shared.connections import DEFAULT_CONNECTION, connection_name
 from shared.logs import loggable_text
 from shared.names import OUTBOUND_QUEUE
 from shared.notify._intake import IncomingEvent
-from shared.notify._rules import ExpressionFailed, Rule, evaluate, invalid_fields, render
+from shared.notify._rules import (
+    CONTENT_CHARS,
+    PARAMETER_CHARS,
+    ExpressionFailed,
+    Rule,
+    evaluate,
+    invalid_fields,
+    render,
+)
 from shared.notify._store import NotifyState, RuleBook, RuleStore
 from shared.outbound import (
     MessageBody,
@@ -185,7 +193,7 @@ class Notifier:
 
     def _queued(self, send: PlannedSend) -> str:
         """The queue message of ``send``: its command, or, when that is too large for a queue
-        message (a long placeholder value), one naming the blob that holds it, as the send
+        message (many long template parameters), one naming the blob that holds it, as the send
         actions queue one (docs/sending.md, "Sizes")."""
         command = send.command.model_copy(update={"traceparent": telemetry.current_traceparent()})
         text = command.model_dump_json(by_alias=True, exclude_none=True)
@@ -367,8 +375,16 @@ class Notifier:
         message_id = origin.message_id(address)
         message = rule.Message
 
-        def text(value: str) -> str:
-            return render(value, document, rule_id=rule.Id, event_id=loggable_text(event.id))
+        def text(value: str, field: str, limit: int = PARAMETER_CHARS) -> str:
+            rendered = render(value, document, rule_id=rule.Id, event_id=loggable_text(event.id))
+            if len(rendered) > limit:  # what bounds a forged event's long value
+                raise ValueError(f"Message.{field}: {len(rendered):,} characters rendered, "
+                                 f"at most {limit:,}")  # fmt: skip
+            return rendered
+
+        def texts(name: str) -> list[str] | None:
+            given = getattr(message, name) or []
+            return [text(p, f"{name}[{i}]") for i, p in enumerate(given)] or None
 
         body: dict[str, Any] = {
             "RequestId": message_id,
@@ -379,14 +395,14 @@ class Notifier:
             body.update(
                 TemplateName=message.TemplateName,
                 Recipients=[{"Address": address}],
-                BodyParameters=[text(p) for p in message.BodyParameters or []] or None,
-                HeaderParameters=[text(p) for p in message.HeaderParameters or []] or None,
+                BodyParameters=texts("BodyParameters"),
+                HeaderParameters=texts("HeaderParameters"),
             )
         else:
             operation = "SendMessage"
             body.update(
                 Sender=message.Sender,
-                Content=text(message.Content or ""),
+                Content=text(message.Content or "", "Content", CONTENT_CHARS),
                 Protocol=message.Protocol,
                 Recipients=[{"Address": address}],
             )

@@ -27,7 +27,9 @@ from shared.outbound import SenderText
 from shared.storage import utf16_units
 
 __all__ = [
+    "CONTENT_CHARS",
     "DEFAULT_CONNECTION",
+    "PARAMETER_CHARS",
     "ExpressionFailed",
     "Rule",
     "RuleDefinition",
@@ -49,6 +51,9 @@ RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 LIST_NAME_PATTERN = RULE_ID_PATTERN
 #: The largest rule stored (UTF-16 units of its JSON; a Table entity holds 1 MiB).
 RULE_UNITS = 400_000
+#: The longest ``Content`` and template parameter, in characters: of a rule, and as rendered
+#: (a placeholder's value must not make a forged event's message any longer).
+CONTENT_CHARS, PARAMETER_CHARS = 2000, 1000
 
 _Text = Annotated[str, Field(min_length=1, max_length=1000)]
 
@@ -86,7 +91,7 @@ class RuleMatch(_Strict):
         return self
 
 
-_Param = Annotated[str, Field(max_length=1000)]
+_Param = Annotated[str, Field(max_length=PARAMETER_CHARS)]
 
 
 class RuleMessage(_Strict):
@@ -104,7 +109,7 @@ class RuleMessage(_Strict):
         "Content",
         "The text, with $(data.path) placeholders read from the event.",
         min_length=1,
-        max_length=2000,
+        max_length=CONTENT_CHARS,
     )
     TemplateName: str | None = _f(
         "Template Name", "Or a WhatsApp template to send.", min_length=1, max_length=512

@@ -146,6 +146,26 @@ def test_a_message_that_is_not_valid_is_not_queued_and_takes_no_unit_of_the_cap(
     assert sent_to(notify.handle(event("e2", phones=[N1], note="disk full"))) == [N1]
 
 
+def test_a_placeholder_value_longer_than_its_field_takes_is_not_queued_saying_so(
+    notify: Notify,
+) -> None:
+    """A forged event's 60 KB data.disk was rendered whole: about 400 SMS parts per number."""
+    notify.rule(Recipients={"Numbers": [N1]})
+    template = {"TemplateName": "disk_full", "BodyParameters": ["ok", "$(data.disk)"]}
+    notify.rule(Id="tpl", Message=template, Recipients={"Numbers": [N2]})
+
+    long = notify.handle(event("e1", disk="x" * 60_000))
+
+    assert (sent_to(long), notify.queued()) == ([], [])
+    assert reasons(long) == [
+        "message not valid: Message.Content: 60,005 characters rendered, at most 2,000",
+        "message not valid: Message.BodyParameters[1]: 60,000 characters rendered, at most 1,000",
+    ]
+    fits = notify.handle(event("e2", disk="x" * 995))
+    assert sorted(sent_to(fits)) == [N1, N2]
+    assert len(notify.queued()) == 2
+
+
 def test_a_blank_whatsapp_template_parameter_is_not_queued_naming_it(notify: Notify) -> None:
     template = {"TemplateName": "disk_full", "BodyParameters": ["$(data.disk)", " $(data.nope) "]}
     notify.rule(Message=template, Recipients={"Numbers": [N1]})
