@@ -1,13 +1,13 @@
 """Notification rules: what an operator writes (the model, validated when saved), whether an
 event matches, and the message it renders.
 
-A rule matches on the event's ``type`` (exact, or a prefix), ``source`` (exact), ``subject`` (a
-glob: ``*``, ``?``, ``[...]``; a prefix is ``abc*``; letter case ignored, as Azure resource ids
-ignore it) and an optional JMESPath ``Condition`` over the event document
-(:meth:`IncomingEvent.document`), which must be truthy (one that fails on the event raises
-:class:`ExpressionFailed`). Placeholders in the
-message are SmartDialog's ``$(...)`` syntax holding a JMESPath expression over the same document
-(``$(data.alertContext.condition.name)``); a missing value renders empty and is logged.
+A rule matches on the event's ``type`` (exact, or a prefix), ``source`` (exact; an Azure
+resource id, ``/subscriptions/...``, in any letter case), ``subject`` (a glob: ``*``, ``?``,
+``[...]``; a prefix is ``abc*``; letter case ignored, as Azure resource ids ignore it) and an
+optional JMESPath ``Condition`` over the event document (:meth:`IncomingEvent.document`), which
+must be truthy (one that fails on the event raises :class:`ExpressionFailed`). Placeholders in
+the message are SmartDialog's ``$(...)`` syntax holding a JMESPath expression over the same
+document (``$(data.alertContext.condition.name)``); a missing value renders empty and is logged.
 """
 
 from __future__ import annotations
@@ -74,7 +74,11 @@ class RuleMatch(_Strict):
     EventTypePrefix: _Text | None = _f(
         "Event Type Prefix", "Or the start of the event type, e.g. Microsoft.Storage."
     )
-    Source: _Text | None = _f("Source", "The event source (Event Grid: the topic), exactly.")
+    Source: _Text | None = _f(
+        "Source",
+        "The event source (Event Grid: the topic), exactly; an Azure resource id "
+        "(/subscriptions/...) in any letter case.",
+    )
     Subject: _Text | None = _f(
         "Subject",
         "A glob over the subject, letter case ignored: * any text, ? one character (abc* is a "
@@ -234,12 +238,20 @@ class Rule(RuleDefinition):
             return False
         if match.EventTypePrefix is not None and not event.type.startswith(match.EventTypePrefix):
             return False
-        if match.Source is not None and event.source != match.Source:
+        if match.Source is not None and not _same_source(event.source, match.Source):
             return False
         subject = (event.subject or "").lower()
         if match.Subject is not None and not fnmatch.fnmatchcase(subject, match.Subject.lower()):
             return False
         return match.Condition is None or bool(evaluate(match.Condition, document))
+
+
+def _same_source(source: str, wanted: str) -> bool:
+    """Whether ``source`` is ``wanted``: letter case ignored for an Azure resource id (a system
+    topic's source; Azure writes one id in more than one case), exact for any other URI."""
+    if wanted[:15].lower() == "/subscriptions/":
+        return source.lower() == wanted.lower()
+    return source == wanted
 
 
 @functools.lru_cache(maxsize=1024)

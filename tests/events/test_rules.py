@@ -116,6 +116,22 @@ def test_the_subject_glob_ignores_letter_case_as_azure_resource_ids_do() -> None
     assert glob.matches(event, event.document())
 
 
+def test_a_source_that_is_an_azure_resource_id_ignores_letter_case_any_other_does_not() -> None:
+    """Subject ignored letter case, as Azure resource ids do, while Source, the same kind of id
+    for a system topic, was compared exactly."""
+    topic = "/subscriptions/0/resourceGroups/Media-RG/providers/Microsoft.Storage/storageAccounts/m"
+    grid = {"id": "1", "subject": "x", "eventType": "t", "eventTime": "2024-05-01T12:00:00Z",
+            "data": {}, "dataVersion": "", "topic": topic.lower()}  # fmt: skip
+    for source, wanted, matches in [
+        (topic.lower(), topic, True),
+        ("urn:contoso:Orders", "urn:contoso:orders", False),
+        ("urn:contoso:orders", "urn:contoso:orders", True),
+    ]:
+        event = parse_object({**grid, "topic": source})
+        found = Rule.model_validate(rule(Match={"Source": wanted})).matches(event, {})
+        assert found is matches, (source, wanted)
+
+
 def test_matching_uses_type_prefix_source_subject_glob_and_the_condition() -> None:
     event = parse_object(ALERT)
     doc = event.document()
