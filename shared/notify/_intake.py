@@ -40,8 +40,9 @@ BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 #: Most events one request or queue message may carry (Event Grid batches at most 5,000).
 MAX_EVENTS = 5000
 #: Event Grid schema members that must be present (its documented required fields; Azure's own
-#: events send ``dataVersion`` empty, so only presence is required of it).
-_GRID_REQUIRED = ("id", "subject", "eventType", "eventTime", "data", "dataVersion")
+#: events send ``dataVersion`` empty, so only presence is required of it; ``data`` is optional:
+#: an event without it has ``data`` null).
+_GRID_REQUIRED = ("id", "subject", "eventType", "eventTime", "dataVersion")
 _GRID_NON_EMPTY = ("id", "eventType", "eventTime")
 #: The longest event ``id`` and ``source`` taken, in characters: each send a rule makes carries
 #: both (its ``origin``), and so do its ``message.sent`` / ``message.failed`` events, which must

@@ -166,6 +166,18 @@ def test_both_schemas_give_the_same_document_names() -> None:
     assert grid["type"] == "Contoso.Orders.Shipped"
 
 
+def test_an_event_grid_event_without_data_is_taken_its_data_null() -> None:
+    """The schema makes data optional; such an event was refused (a 400, a dead letter)."""
+    bare = {"id": "1", "topic": "/t", "subject": "s", "eventType": "t", "dataVersion": "",
+            "eventTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    [event] = parse_http({"content-type": "application/json"}, json.dumps([bare]).encode())
+    assert (event.id, event.document()["data"]) == ("1", None)
+    assert parse_queue_text(json.dumps(bare))[0].data is None
+    with pytest.raises(InvalidEvent) as refused:
+        parse_object({k: v for k, v in bare.items() if k != "dataVersion"})
+    assert refused.value.field == "dataVersion"
+
+
 def test_only_event_grids_subscription_validation_is_taken_for_its_handshake() -> None:
     handshake = {"aeg-event-type": "SubscriptionValidation", "content-type": "application/json"}
     data = {"validationCode": "c0de", "validationUrl": "https://x.test/validate"}
