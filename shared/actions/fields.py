@@ -9,7 +9,8 @@ Types (use them in :class:`~shared.actions.ActionInput` and body models)::
     CustomerDataText  free text of at most 255 characters (SmartDialog's limit; also CustomerData)
     NonEmptyStr       a string with at least one non-blank character
     HeaderText        a NonEmptyStr of printable ASCII (it goes into an upstream header)
-    UpstreamId        a HeaderText that is not ``.`` or ``..`` (it goes into headers and paths)
+    UpstreamId        a HeaderText of at most 200 characters that is not ``.`` or ``..`` (a
+                      customer or service id: it goes into headers, paths and one column)
     CustomerIdHeader  the optional ``Customer-Id`` header, defaulting to SMARTDIALOG_CUSTOMER_ID
 
 Connector metadata goes into ``Field(json_schema_extra=ui(...))``: :func:`ui` writes
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_URL_LENGTH",
     "PHONE_REGIONS_CONTEXT",
     "REGION_DROPDOWN",
+    "UPSTREAM_ID_MAX_LENGTH",
     "CustomerData",
     "CustomerDataText",
     "CustomerIdHeader",
@@ -56,6 +58,9 @@ __all__ = [
 PHONE_REGIONS_CONTEXT = "phone_regions"
 #: SmartDialog's limit for URL button data (and a sane one for any URL we accept).
 MAX_URL_LENGTH = 2000
+#: The longest customer or service id we take (SmartDialog's are far shorter): a send command's
+#: ``customerId``/``serviceId`` goes into one column of its record, which holds 32K characters.
+UPSTREAM_ID_MAX_LENGTH = 200
 #: SmartDialog's limit for ``CustomerData``.
 MAX_CUSTOMER_DATA_LENGTH = 255
 
@@ -195,7 +200,12 @@ CustomerDataText = Annotated[str, Field(max_length=MAX_CUSTOMER_DATA_LENGTH)]
 CustomerData = CustomerDataText
 NonEmptyStr = Annotated[str, AfterValidator(_not_blank)]
 HeaderText = Annotated[NonEmptyStr, AfterValidator(_ascii_text)]
-UpstreamId = Annotated[NonEmptyStr, AfterValidator(_upstream_id)]
+UpstreamId = Annotated[
+    str,
+    Field(max_length=UPSTREAM_ID_MAX_LENGTH),
+    AfterValidator(_not_blank),
+    AfterValidator(_upstream_id),
+]
 EmailAddress = Annotated[str, Field(max_length=254), AfterValidator(_email)]
 
 CustomerIdHeader = Annotated[

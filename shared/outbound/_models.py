@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -28,6 +29,7 @@ from pydantic import (
     field_validator,
 )
 
+from shared.actions.fields import UPSTREAM_ID_MAX_LENGTH
 from shared.connections import FIELD_PATTERN, NAME_MAX_LENGTH, name_error
 from shared.deadletters import KeptOriginal
 from shared.messages import MESSAGE_ID_PATTERN, FailureInfo, Operation, text_connection
@@ -67,10 +69,28 @@ __all__ = [
 DEAD_LETTER_SCHEMA_VERSION: Literal[1] = 1
 # Namespace of ids derived from a caller's key (uuid5), fixed forever: changing it changes ids.
 _ID_NAMESPACE = uuid.UUID("0b8a3c55-7c0e-4f0e-9a51-6a2f6f1f2d10")
-_TRACEPARENT = (
-    "W3C trace context of the trace this message belongs to (optional; set by us, kept on "
-    "every copy)."
-)
+#: Longer than any W3C ``traceparent`` (55 characters in version 00): a longer one is dropped.
+TRACEPARENT_MAX_LENGTH = 512
+
+
+def _sane_traceparent(value: object) -> object:
+    """None for an absurdly long ``traceparent``: its send starts a new trace, as one with a
+    malformed (short) one does, rather than failing (the record's column could not hold it)."""
+    return None if isinstance(value, str) and len(value) > TRACEPARENT_MAX_LENGTH else value
+
+
+#: A queue message's ``traceparent``.
+Traceparent = Annotated[
+    str | None,
+    BeforeValidator(_sane_traceparent),
+    Field(
+        description=(
+            "W3C trace context of the trace this message belongs to (optional; set by us, kept "
+            f"on every copy). One longer than {TRACEPARENT_MAX_LENGTH} characters is ignored, "
+            "as a malformed one is: the message starts a new trace."
+        )
+    ),
+]
 
 
 def _connection_name(value: str) -> str:
@@ -99,7 +119,10 @@ class _Envelope(BaseModel):
         ),
     )
     customerId: str | None = Field(
-        None, min_length=1, description="SmartDialog customer; default SMARTDIALOG_CUSTOMER_ID."
+        None,
+        min_length=1,
+        max_length=UPSTREAM_ID_MAX_LENGTH,
+        description="SmartDialog customer; default SMARTDIALOG_CUSTOMER_ID.",
     )
     validUntil: IsoDateTime | None = Field(
         None,
@@ -114,7 +137,7 @@ class _Envelope(BaseModel):
     deferrals: int = Field(
         0, ge=0, description="Set by the sender when it re-enqueues: quota deferrals so far."
     )
-    traceparent: str | None = Field(None, description=_TRACEPARENT)
+    traceparent: Traceparent = None
     Connection: ConnectionName | None = Field(
         None,
         min_length=1,
@@ -181,7 +204,10 @@ def command_origin(text: str) -> SendOrigin | None:
 
 class _ServiceEnvelope(_Envelope):
     serviceId: str | None = Field(
-        None, min_length=1, description="SmartDialog service; default SMARTDIALOG_SERVICE_ID."
+        None,
+        min_length=1,
+        max_length=UPSTREAM_ID_MAX_LENGTH,
+        description="SmartDialog service; default SMARTDIALOG_SERVICE_ID.",
     )
     transactional: bool = Field(
         False,
@@ -256,7 +282,7 @@ class PackDriver(BaseModel):
     packId: str = Field(pattern=r"^pack-[0-9a-f]{32}$")
     batchId: str | None = None
     deferrals: int = Field(0, ge=0)
-    traceparent: str | None = Field(None, description=_TRACEPARENT)
+    traceparent: Traceparent = None
     Connection: ConnectionName | None = Field(
         None, min_length=1, max_length=NAME_MAX_LENGTH, description="The pack's connection."
     )

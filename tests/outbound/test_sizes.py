@@ -317,6 +317,38 @@ def test_a_malformed_message_near_64_kib_of_quotes_makes_a_dead_letter_that_fits
     assert PayloadStore.from_settings().get(letter["originalBlob"]) == text
 
 
+@pytest.mark.parametrize("field", ["customerId", "serviceId"])
+def test_a_queued_id_too_long_for_its_column_is_dead_lettered_naming_it(
+    outbound: Outbound, field: str
+) -> None:
+    """It fits a queue message but no table property (32K characters): it once failed every
+    run and went to poison unrecorded; now it is malformed, as the send actions answer it."""
+    command = {"operation": "SendMessage", "customerId": CUSTOMER, "serviceId": "s-1001-oneway",
+               "messageId": f"long-{field}", "body": sms("+358401000006")}  # fmt: skip
+    command[field] = "a" * 40_000
+    outbound.enqueue(command)
+
+    outbound.run_once()
+
+    [letter] = outbound.dead_letters()
+    assert (letter["reason"], letter["messageId"]) == ("malformed", f"long-{field}")
+    assert [e["field"] for e in letter["errors"]] == [f"SendMessage.{field}"]
+    assert outbound.upstream() == []
+    assert outbound.queued() == 0
+    assert MessageStore.from_settings().get(f"long-{field}") is None
+
+
+def test_a_send_action_refuses_a_customer_id_longer_than_a_queued_command_may_carry(
+    outbound: Outbound,
+) -> None:
+    answer = call_http("SendMessage", "POST", body=sms("+358401000006"),
+                       headers={"Customer-Id": "1" * 201})  # fmt: skip
+
+    assert answer.status == 400
+    assert [e["field"] for e in answer.body["errors"]] == ["Customer-Id"]
+    assert outbound.queued() == 0
+
+
 def test_a_malformed_copy_known_by_its_request_id_fails_the_recorded_message(
     outbound: Outbound,
 ) -> None:

@@ -274,6 +274,30 @@ def test_a_queue_message_with_a_broken_traceparent_is_sent_and_traced_on_its_own
     assert trace_of(event["traceparent"]) == processed.context.trace_id
 
 
+def test_a_queue_message_with_an_absurdly_long_traceparent_is_sent_in_a_trace_of_its_own(
+    outbound: Outbound, telemetry: Telemetry
+) -> None:
+    """It fits a queue message but not the record's column: dropped, as a broken one is
+    ignored, rather than failing every run into poison."""
+    outbound.enqueue(
+        {"operation": "SendMessage", "customerId": "1001", "serviceId": "s-1001-oneway",
+         "messageId": "long-tp", "traceparent": "00-" + "a" * 40_000,
+         "body": sms("+358401000007")}
+    )  # fmt: skip
+
+    outbound.drain()
+
+    [event] = outbound.events()
+    assert event["type"].endswith(".sent")
+    [processed] = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
+    assert processed.context is not None
+    assert trace_of(event["traceparent"]) == processed.context.trace_id
+    stored = MessageStore.from_settings().get("long-tp")
+    assert stored is not None
+    assert stored.traceparent is not None
+    assert trace_of(stored.traceparent) == processed.context.trace_id
+
+
 def _in_a_fresh_interpreter(script: str, **environment: str) -> list[str]:
     env = {k: v for k, v in os.environ.items() if k != "APPLICATIONINSIGHTS_CONNECTION_STRING"}
     out = subprocess.run(
