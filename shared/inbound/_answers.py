@@ -95,8 +95,7 @@ def reprompt_command(question: QuestionRecord) -> str:
         "Sender": question.sender,
         "Content": question.reprompt,
         "Protocol": question.protocol,
-        "Recipients": [{"Address": question.address}],
-        "RequestId": message_id,
+        "Recipients": [{"Address": question.address}],  # RequestId: the sender fills ours in
         "CustomerData": f"question={question.question_id}"[:255],
     }
     command = {

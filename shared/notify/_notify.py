@@ -386,8 +386,7 @@ class Notifier:
             given = getattr(message, name) or []
             return [text(p, f"{name}[{i}]") for i, p in enumerate(given)] or None
 
-        body: dict[str, Any] = {
-            "RequestId": message_id,
+        body: dict[str, Any] = {  # no RequestId: the sender fills in its message id, ours
             "CustomerData": f"rule={rule.Id};event={event.id}"[:255],
         }
         if message.TemplateName is not None:

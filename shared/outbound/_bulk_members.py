@@ -64,7 +64,7 @@ def bulk_members(
             "messageId": message_id,
             "customerId": customer_id,
             "serviceId": service_id,
-            "body": {**base, "Recipients": [entry], "RequestId": message_id},
+            "body": {**base, "Recipients": [entry]},  # normalize fills RequestId in: ours
         }
         if transactional:
             raw["transactional"] = True

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     TypeAdapter,
     field_validator,
@@ -108,6 +109,11 @@ ConnectionName = Annotated[
 
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    #: Set by ``normalize`` when it filled ``body.RequestId`` in (the command had none): ours,
+    #: not a caller's, so the send may be packed. Never written: only the lane ids of the send
+    #: actions say so on a copy read back from the queue (``pack_key``).
+    _request_id_filled: bool = PrivateAttr(False)
 
     messageId: str | None = Field(
         None,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from shared.callback_urls import delivery_report_url
-from shared.messages import MessageRecord, MessageStatus, Operation, RecipientSlot
+from shared.messages import MessageRecord, MessageStatus, Operation, RecipientSlot, in_lane
 from shared.outbound._models import (
     OutboundMessage,
     OutboundMessageAdapter,
@@ -84,7 +84,10 @@ def normalize(
         update["serviceId"] = service
         if not command.body.RequestId:
             update["body"] = command.body.model_copy(update={"RequestId": message_id})
-    return command.model_copy(update=update)
+    normalized = command.model_copy(update=update)
+    if "body" in update:  # ours, not the caller's (pack_key)
+        normalized._request_id_filled = True
+    return normalized
 
 
 def command_text(command: OutboundMessage) -> str:
@@ -239,12 +242,16 @@ def command_addresses(command: OutboundMessage) -> list[str]:
 def pack_key(command: OutboundMessage) -> str | None:
     """The key shared by every command that may go upstream in the same call as this one, or
     None if it must always be sent alone (see :mod:`shared.messages._packs`): a discussion
-    reply, one naming a number twice, and one whose body carries the caller's ``RequestId``
-    (any but its message id, which :func:`normalize` fills in): a pack's call carries the
-    pack's, so SmartDialog would never see the caller's and could not refuse its repeat."""
+    reply, one naming a number twice, and one whose body carries the caller's ``RequestId``,
+    even one equal to its ``messageId``: a pack's call carries the pack's, so SmartDialog would
+    never see the caller's and could not refuse its repeat. Ours is the message id that
+    :func:`normalize` filled in, or a lane member's (the send actions give a lane id only to a
+    send without a RequestId), which a copy read back from the queue carries."""
     if isinstance(command, SendDiscussionReplyMessageCommand):
         return None
-    if (request_id := command.body.RequestId) and request_id != command.messageId:
+    if (request_id := command.body.RequestId) and not (
+        command._request_id_filled or (request_id == command.messageId and in_lane(request_id))
+    ):
         return None
     addresses = command_addresses(command)
     if not addresses or len(set(addresses)) != len(addresses):

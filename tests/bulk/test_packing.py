@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -13,7 +14,7 @@ from shared.clock import ManualClock
 from shared.messages import MessageRecord, MessageStatus, MessageStore, PackStore
 from shared.names import DELIVERY_REPORTS_TABLE
 from shared.outbound import parse_outbound_message
-from shared.outbound._records import pack_key
+from shared.outbound._records import normalize, pack_key
 from shared.storage import table_client
 from tests.crash import LEASE, Died, crash_once
 from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
@@ -65,11 +66,12 @@ def test_sends_that_differ_in_anything_but_recipients_never_share_a_pack_key(
 def test_recipients_personalization_request_id_and_validity_do_not_split_packs() -> None:
     other = command(
         Recipients=[{"Address": NUMBERS[5], "Personalization": {"name": "Bob"}}],
-        RequestId="m-2",  # ours: its message id, as normalize fills it in
         messageId="m-2",
         validUntil="2031-01-01T00:00:00Z",
     )
-    assert pack_key(other) == BASE
+    filled = normalize(other, message_id="m-2", customer_id=None, service_id=None)
+    assert filled.body.RequestId == "m-2"  # ours: its message id, as normalize fills it in
+    assert pack_key(filled) == BASE
 
 
 def test_a_send_carrying_the_callers_request_id_never_packs() -> None:
@@ -77,6 +79,7 @@ def test_a_send_carrying_the_callers_request_id_never_packs() -> None:
     which could then not refuse its repeat (docs/sending.md, "Idempotency")."""
     assert pack_key(command(RequestId="order-7", messageId="m-2")) is None
     assert pack_key(command(RequestId="order-7", messageId=None)) is None  # as accepted
+    assert pack_key(command(RequestId="order-7", messageId="order-7")) is None  # a producer's
     assert pack_key(command(messageId=None)) == BASE  # none: ours is filled in
 
 
@@ -353,6 +356,34 @@ def test_after_a_send_alone_its_leader_sends_the_next_waiting_ones_of_its_key_to
     calls = outbound.upstream()
     assert [c["body"]["RequestId"] for c in calls] == ["same-0", "same-1", "same-2"]
     assert {record(f"same-{i}").status for i in range(3)} == {MessageStatus.SENT}
+
+
+def test_a_queued_send_whose_request_id_is_its_message_id_goes_alone_with_it(
+    outbound: Outbound,
+) -> None:
+    """A producer's RequestId equal to its messageId is still the producer's: packed, it would
+    never reach SmartDialog, and the same order put again without a messageId (a derived id,
+    alone, with that RequestId) would be sent twice. It goes alone; the repeat is refused."""
+    order = f"order-{uuid.uuid4().hex[:8]}"
+    waiting_for_a_slot(outbound)
+    outbound.enqueue({"operation": "SendMessage", "messageId": "same-text",
+                      "body": sms(NUMBERS[1])})  # fmt: skip
+    outbound.enqueue({"operation": "SendMessage", "messageId": order,
+                      "body": sms(NUMBERS[0], RequestId=order)})  # fmt: skip
+    park(outbound)  # both met the full quota: only a packable one is recorded and indexed
+    assert MessageStore.from_settings().get(order) is None
+    outbound.configure(QUOTA_CALLS=10)
+
+    outbound.drain()
+    outbound.enqueue({"operation": "SendMessage", "body": sms(NUMBERS[0], RequestId=order)})
+    outbound.drain()
+
+    calls = [(c["body"]["RequestId"], [r["Address"] for r in c["body"]["Recipients"]],
+              c["status"]) for c in outbound.upstream()]  # fmt: skip
+    assert (order, [NUMBERS[0]], 200) in calls
+    assert (order, [NUMBERS[0]], 409) in calls
+    assert not [c for c in calls if NUMBERS[0] in c[1] and c[0] != order]
+    assert record(order).upstream_request_id == order
 
 
 def test_packable_sends_share_their_lane_which_is_their_index(
