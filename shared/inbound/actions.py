@@ -8,6 +8,7 @@ token its URL carries.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from functools import lru_cache
@@ -105,6 +106,7 @@ PhonePath = Annotated[
 # --- inputs and documents -------------------------------------------------------------------------
 
 log = logging.getLogger("shared.inbound.actions")
+_AFTER = dt.timedelta(microseconds=1)  # a stored CreatedAt's resolution
 
 
 class RegisterInput(ActionInput):
@@ -379,29 +381,32 @@ def open_subscription(
     """Store a trigger subscription with its own nonce; it and its ``Location`` (made before
     the row: a URL that cannot be made stores nothing). It replaces the service's subscriptions
     of this kind to the same ``callback_url``: one flow trigger has one URL, and the platform
-    subscribes again (an edited flow, a lost answer, a DELETE that failed) without always
-    unsubscribing first; two subscriptions would deliver every event to it twice. A replaced
-    one keeps the id of its successor, which gets the deliveries still made for it."""
+    subscribes again (an edited flow, a lost answer, a failed DELETE, a slow subscribe retried
+    on another instance) without always unsubscribing first; two subscriptions would deliver
+    every event twice. Listed again once added, all but the newest by (created_at, id) are
+    replaced by it, so two subscribes at once agree on it. A replaced one keeps the id of its
+    successor, which gets the deliveries still made for it; its Location's DELETE ends it."""
+    store, nonce = _subscriptions(ctx.settings), new_nonce()
+    earlier = [s for s in store.list(service, kind) if s.callback_url == callback_url]
     subscription = Subscription(
         service=service,
         subscription_id=str(uuid.uuid4()),
         callback_url=callback_url,
         customer_id=customer_id,
-        created_at=utcnow(),
-        nonce=new_nonce(),
+        # After every row it saw (another instance's clock may be behind): the newest.
+        created_at=max([utcnow(), *(s.created_at + _AFTER for s in earlier)]),
+        nonce=nonce,
         kind=kind,
         states=states,
         connection=ctx.connection,
     )
-    assert subscription.nonce is not None
-    location = subscription_url(
-        ctx.settings, service, subscription.subscription_id, subscription.nonce, kind
-    )
-    store = _subscriptions(ctx.settings)
-    earlier = [s for s in store.list(service, kind) if s.callback_url == callback_url]
+    location = subscription_url(ctx.settings, service, subscription.subscription_id, nonce, kind)
     store.add(subscription)  # first: the trigger is never without one
-    for replaced in earlier:  # a later DELETE of its Location removes what is left of it
-        store.replace(replaced, subscription.subscription_id)
+    same = [s for s in store.list(service, kind) if s.callback_url == callback_url]
+    newest = max(same, key=lambda s: (s.created_at, s.subscription_id), default=subscription)
+    for replaced in same:
+        if replaced.subscription_id != newest.subscription_id:
+            store.replace(replaced, newest.subscription_id)
     TriggerNotifier.for_settings(ctx.settings).forget(service)  # this instance: at once
     return subscription, location
 

@@ -19,7 +19,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared import names
-from shared.clock import utcnow
+from shared.clock import ManualClock, current, use, utcnow
 from shared.guarded_http import CallbackPolicy, GuardedClient
 from shared.inbound import (
     MESSAGE_RECEIVED,
@@ -167,6 +167,54 @@ def test_subscribing_the_same_callback_again_replaces_the_subscription_not_doubl
     assert unsubscribe(served, second) == 200
     assert callbacks() == ["other-flow"]
     assert len(served.rows(names.SUBSCRIPTIONS_TABLE)) == 2  # the index row, and other-flow
+
+
+def _live_ids(env: Inbound) -> list[str]:
+    rows = env.rows(names.SUBSCRIPTIONS_TABLE)  # also the index's ~asks-questions row
+    return [r["RowKey"] for r in rows if "CallbackUrl" in r and not r.get("ReplacedBy")]
+
+
+def test_two_subscribes_of_one_trigger_at_once_leave_one_subscription(
+    served: Inbound, callback_receiver: CallbackReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power Automate retries a slow subscribe and the two land on two instances: each listed
+    the trigger's earlier subscriptions before the other added its own, neither replaced the
+    other, and every message went to the flow twice. Each caller's Location still ends what
+    is left of its own."""
+    callback = f"{callback_receiver.url}/flow"
+    real_add, retry = SubscriptionStore.add, []
+
+    def add_after_the_retry(self: SubscriptionStore, subscription: Subscription) -> None:
+        if not retry:  # the retry lists, adds and answers between this one's list and add
+            retry.append("under way")
+            retry[0] = subscribe(served, callback)
+        real_add(self, subscription)
+
+    monkeypatch.setattr(SubscriptionStore, "add", add_after_the_retry)
+    locations = [subscribe(served, callback), *retry]
+    assert len(_live_ids(served)) == 1
+
+    simulate_inbound(served, "Once")
+    assert served.process_intake() == 1
+    served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
+    assert [c.path for c in callback_receiver.wait_for(1)] == ["/flow"]
+    assert len(callback_receiver.calls) == 1
+
+    assert [unsubscribe(served, location) for location in locations] == [200, 200]
+    assert _live_ids(served) == []
+
+
+def test_a_subscribe_again_on_an_instance_whose_clock_is_behind_still_replaces_the_first(
+    inbound: Inbound, callback_receiver: CallbackReceiver
+) -> None:
+    """The newest of one trigger's subscriptions stays: one subscribed after the first was
+    listed is newer than it whatever the instance's clock says, so the flow's DELETE of the
+    first Location (after an edit) does not end the one it now holds."""
+    first = subscribe(inbound, f"{callback_receiver.url}/flow")
+    with use(ManualClock(current().now() - 60)):
+        second = subscribe(inbound, f"{callback_receiver.url}/flow")
+    assert unsubscribe(inbound, first) == 200
+    assert _live_ids(inbound) == [urlsplit(second).path.rsplit("/", 1)[1]]
 
 
 class PreviousReleaseSubscriptions(SubscriptionStore):
