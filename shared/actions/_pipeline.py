@@ -487,14 +487,14 @@ def _run_action(
     """Run one action for one request; always returns an answer, never raises.
 
     Order: parse and validate (400 problem, no upstream call, no quota token), run the handler
-    (its client takes a quota token per attempt), map failures to problem documents. Logs one
-    structured line per request with ``operationId``, ``status``, ``durationMs`` and
-    ``trackingId``; never a phone number, token or secret.
-    """
+    (its client takes a quota token per attempt), map failures to problem documents (with the
+    settings it acted through). Logs one line per request with ``operationId``, ``status``,
+    ``durationMs`` and ``trackingId``; never a phone number, token or secret."""
     started = time.perf_counter()
     tracking_id = request.tracking_id
     extra: dict[str, Any] = {"operationId": spec.operation_id, "trackingId": tracking_id}
     response: ActionResponse
+    context: ActionContext | None = None
     outcome = "ok"
     try:
         if settings is None:
@@ -514,7 +514,7 @@ def _run_action(
             outcome = "invalid fields: " + loggable_text(fields)
         response = ActionResponse.problem(_with_instance(problem, tracking_id))
     except Exception as exc:
-        mapped, outcome = _map_failure(exc, settings, spec, extra)
+        mapped, outcome = _map_failure(exc, context.settings if context else settings, spec, extra)
         response = ActionResponse.problem(_with_instance(mapped, tracking_id))
     duration_ms = round((time.perf_counter() - started) * 1000)
     extra.update(status=response.status, durationMs=duration_ms)

@@ -243,6 +243,11 @@ class ActionContext:
         self._client_factory = client_factory
         self._client: SmartDialogClient | None = None
 
+    def reroute(self, settings: Settings) -> None:
+        """Act through ``settings``' connection from here on (a record names the connection
+        that made it); the pipeline maps the handler's failures with them too."""
+        self.settings, self.connection, self._client = settings, settings.connection, None
+
     @property
     def client(self) -> SmartDialogClient:
         """The SmartDialog client (quota-gated)."""

@@ -274,8 +274,7 @@ def _registration_doc(registration: WebhookRegistration) -> dict[str, Any]:
 
 def registered_on(ctx: ActionContext, service: str) -> list[WebhookRegistration]:
     """The webhook registrations of ``service`` on the request's connection."""
-    connection = ctx.connection
-    return [r for r in _registry(ctx.settings).list(service) if r.connection == connection]
+    return [r for r in _registry(ctx.settings).list(service) if r.connection == ctx.connection]
 
 
 def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> WebhookRegistration:
@@ -285,8 +284,7 @@ def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> Webh
     from shared.smartdialog import WebhookAction, WebhookOptions
 
     nonce = new_nonce()  # this registration's own URL: unregistering it revokes only it
-    connection = ctx.connection
-    url = webhook_url(ctx.settings, service, nonce, connection=connection)
+    url = webhook_url(ctx.settings, service, nonce, connection=ctx.connection)
     result = ctx.client.new_message(
         WebhookAction(options=WebhookOptions(endpointUrl=url)),
         customer=customer_id,
@@ -307,7 +305,7 @@ def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> Webh
         customer_id=customer_id,
         created_at=utcnow(),
         nonce=nonce,
-        connection=connection,
+        connection=ctx.connection,
     )
     try:
         _registry(ctx.settings).add(registration)
@@ -318,9 +316,8 @@ def register_webhook(ctx: ActionContext, customer_id: str, service: str) -> Webh
 
 
 def _withdraw(ctx: ActionContext, registration: WebhookRegistration) -> None:
-    """Remove upstream an action whose registration could not be recorded: unrecorded, its URL
-    could never be revoked (only rotating the secrets would stop it), and the caller's retry
-    registers another. Best effort: what remains is logged for an operator."""
+    """Remove upstream an action whose registration could not be recorded (its URL could never
+    be revoked; the caller's retry registers another). Best effort: what remains is logged."""
     try:
         if registration.pipeline_id is None:
             raise LookupError("the registration answer had no pipeline id")
@@ -343,12 +340,21 @@ def register(ctx: ActionContext, inp: RegisterInput) -> ActionResponse:
 
 
 def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
+    from shared.connections import UnknownConnection, connection_settings, route
     from shared.smartdialog import NotFoundError
 
     registry = _registry(ctx.settings)
     known = registry.get(inp.service, inp.action_id)
-    if known is not None and known.connection != ctx.connection:
-        known = None  # another connection's: not this request's to remove
+    name = route(inp.Connection, None)  # 503 while the connections' settings are in doubt
+    if known is not None and not (inp.Connection or "").strip():
+        name = known.connection  # no Customer-Id to route by: the connection that registered it
+    elif known is not None and known.connection != name:
+        known = None  # another connection's: not the named connection's to remove
+    try:
+        ctx.reroute(connection_settings(name))
+    except UnknownConnection:  # route() checked a named one: the recorded one is gone
+        detail = f"Connection {name}, which registered it, is gone: configure it again first."
+        raise Problem(409, "Its connection is gone", detail, type=ProblemType.CONFLICT) from None
     pipeline_id = (known.pipeline_id if known else None) or inp.pipeline_id
     if pipeline_id is None:
         raise Problem(
@@ -362,8 +368,7 @@ def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
         ctx.client.delete_trigger(pipeline_id=pipeline_id, action_id=inp.action_id)
     except NotFoundError:
         if known is None:
-            raise
-        # Already gone upstream (removed by hand): forget our record too.
+            raise  # else gone upstream already (removed by hand): forget our record too
     if known is not None:
         registry.remove(inp.service, inp.action_id)
     return ActionResponse.empty(204)
@@ -378,14 +383,13 @@ def open_subscription(
     kind: TriggerKind = TriggerKind.NEW_MESSAGE,
     states: Literal["final", "all"] | None = None,
 ) -> tuple[Subscription, str]:
-    """Store a trigger subscription with its own nonce; it and its ``Location`` (made before
-    the row: a URL that cannot be made stores nothing). It replaces the service's subscriptions
-    of this kind to the same ``callback_url``: one flow trigger has one URL, and the platform
-    subscribes again (an edited flow, a lost answer, a failed DELETE, a slow subscribe retried
-    on another instance) without always unsubscribing first; two subscriptions would deliver
-    every event twice. Listed again once added, all but the newest by (created_at, id) are
-    replaced by it, so two subscribes at once agree on it. A replaced one keeps the id of its
-    successor, which gets the deliveries still made for it; its Location's DELETE ends it."""
+    """Store a trigger subscription with its own nonce, and its ``Location`` (made first: a URL
+    that cannot be made stores nothing). Every earlier one of this kind and service to the same
+    ``callback_url`` (one flow trigger, subscribed again after an edit, a lost answer, a slow
+    subscribe retried on another instance) would deliver each event twice: listed again once
+    stored, all but the newest by (created_at, id; it is after every row it saw) are replaced by
+    it, so subscribes at once agree. A replaced one's deliveries go to its successor; its
+    Location's DELETE ends what is left of it."""
     store, nonce = _subscriptions(ctx.settings), new_nonce()
     earlier = [s for s in store.list(service, kind) if s.callback_url == callback_url]
     subscription = Subscription(
@@ -393,7 +397,6 @@ def open_subscription(
         subscription_id=str(uuid.uuid4()),
         callback_url=callback_url,
         customer_id=customer_id,
-        # After every row it saw (another instance's clock may be behind): the newest.
         created_at=max([utcnow(), *(s.created_at + _AFTER for s in earlier)]),
         nonce=nonce,
         kind=kind,
@@ -414,9 +417,8 @@ def open_subscription(
 def subscription_to_end(
     ctx: ActionContext, service: str, subscription_id: str, token: str | None
 ) -> SubscriptionStore:
-    """The store, once the token of the subscription a trigger's DELETE ends (or of what is
-    left of it once replaced) checks out; 401 without a valid token, 403 for a token made for
-    another subscription of the same id."""
+    """The store, once the token of the subscription (or what is left of it) a trigger's DELETE
+    ends checks out; 401 without a valid token, 403 for one made for another of the same id."""
     verified = verify_subscription_token(ctx.settings, service, subscription_id, token)
     if verified is None:
         raise Problem(
@@ -556,6 +558,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         description="Removes a webhook registration from SmartDialog and from the app's records.",
         responses=(ResponseDoc(204, "Removed."),),
         visibility="advanced",
+        routed=False,  # through the connection that registered it, unless a header names one
         tags=(TAG,),
     ),
     ActionSpec(

@@ -13,7 +13,7 @@ from shared import names
 from shared.connections import CONNECTION_HEADER
 from shared.storage import queue_client
 from shared.suppressions import SuppressionStore
-from tests.connections.conftest import SECOND_TWO_WAY, TwoConnections
+from tests.connections.conftest import SECOND_CUSTOMER, SECOND_TWO_WAY, TwoConnections
 from tests.outbound.conftest import app_function, call_http
 
 
@@ -135,3 +135,48 @@ def test_a_connection_with_a_broken_setting_still_reads_its_keywords(
         two.drop_connection("SECOND", setting)
     assert opt_out_of(two, query, "PERU") is None
     assert opt_out_of(two, query, "START") == "start"
+
+
+def test_a_webhook_registered_by_customer_routing_is_unregistered_through_its_connection(
+    two: TwoConnections,
+) -> None:
+    """Unregistering has no Customer-Id to route by: without the connection header it went to
+    the default connection, which took the record for another connection's and answered a false
+    404. It goes through the connection that registered it; a header naming another one still
+    finds nothing of its own, and a connection removed since is named, its record kept."""
+    from shared.inbound import WebhookRegistry
+
+    def register() -> str:
+        headers = {"Customer-Id": SECOND_CUSTOMER}  # claimed by second: no connection header
+        answer = call_http("RegisterInboundWebhook", "POST", route_params=route, headers=headers)
+        assert answer.status == 201, answer.body
+        return str(answer.body["ActionId"])
+
+    def unregister(action_id: str, **headers: str) -> int:
+        params = {**route, "ActionId": action_id}
+        return call_http("UnregisterInboundWebhook", "DELETE", route_params=params,
+                         headers=headers).status  # fmt: skip
+
+    route = {"Service": SECOND_TWO_WAY}
+    action_id = register()
+    assert unregister(action_id, **{CONNECTION_HEADER: "default"}) == 404
+    assert [a["id"] for a in two.second.state.actions_for(SECOND_TWO_WAY)] == [action_id]
+    assert unregister(action_id) == 204
+    assert two.second.state.actions_for(SECOND_TWO_WAY) == []
+    assert WebhookRegistry.from_settings().get(SECOND_TWO_WAY, action_id) is None
+    assert [r for r in two.env.sandbox.state.snapshot("requests")
+            if r.get("operationId") == "DeleteTrigger"] == []  # fmt: skip
+
+    kept = register()
+    two.set_connection("SECOND", ACCESS_TOKEN="refused-token")  # its failure names its setting
+    params = {**route, "ActionId": kept}
+    refused = call_http("UnregisterInboundWebhook", "DELETE", route_params=params)
+    assert refused.status == 503, refused.body
+    assert [e["field"] for e in refused.body["errors"]] == [
+        "SMARTDIALOG_CONNECTIONS__SECOND__ACCESS_TOKEN"
+    ]
+    for setting in ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
+                    "QUOTA_CALLS"):  # fmt: skip
+        two.drop_connection("SECOND", setting)
+    assert unregister(kept) == 409
+    assert WebhookRegistry.from_settings().get(SECOND_TWO_WAY, kept) is not None
