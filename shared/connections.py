@@ -528,7 +528,9 @@ def _identity(settings: Settings) -> str | None:
     """Who upstream sees (and throttles as one): the static token; a client (its id is a GUID:
     any case is the same client) at its authority; and for delegated sign-in the user too, as
     a hash of the configured refresh token (two users of one app registration are two
-    accounts). Never a secret itself."""
+    accounts). Never a secret itself; none without usable credentials (nothing is called)."""
+    if settings.credentials is None:
+        return None
     if settings.credentials == "access-token":
         assert settings.access_token is not None
         return "token:" + _digest(settings.access_token.get_secret_value())

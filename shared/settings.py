@@ -62,6 +62,15 @@ LOCAL_DEVELOPMENT = "Development"
 LOCAL_PUBLIC_BASE_URL = "http://localhost:7071"
 #: The app's host.json, whose ``extensions.http.routePrefix`` is in every URL of ours.
 HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+#: How an app setting whose Key Vault reference did not resolve reaches the app: its literal text.
+_KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
+_UNRESOLVED = "is an unresolved Key Vault reference: check the app's identity"
+#: An account's secrets (attribute: setting): an unresolved one is its connection's error.
+_ACCOUNT_SECRETS = {
+    "access_token": "ACCESS_TOKEN",
+    "client_secret": "CLIENT_SECRET",
+    "refresh_token": "REFRESH_TOKEN",
+}
 
 
 class PublicUrlNotConfigured(Problem):
@@ -220,7 +229,10 @@ class Settings(StorageSettings):
     def credentials(self) -> Literal["access-token", "refresh-token", "client-credentials"] | None:
         """Which SmartDialog credentials these settings give, by the one rule: a static access
         token wins; else a refresh token (with its client id); else a client id with its
-        secret. None when none of them is complete."""
+        secret. None when none of them is complete, or one is an unresolved Key Vault reference
+        (:func:`missing_credentials` names it)."""
+        if any(_unresolved(getattr(self, attribute)) for attribute in _ACCOUNT_SECRETS):
+            return None
         if _given(self.access_token):
             return "access-token"
         if _given(self.refresh_token):
@@ -229,16 +241,20 @@ class Settings(StorageSettings):
 
     @field_validator("client_secret", "refresh_token", "access_token", "callback_secrets")
     @classmethod
-    def _refuse_unresolved_key_vault_reference(cls, value: SecretStr | None) -> SecretStr | None:
+    def _refuse_unresolved_key_vault_reference(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
         # An unresolvable reference reaches the app as its literal text; using that as a
-        # secret would turn a readable string into a credential. Surrounding whitespace (a
-        # pasted secret's newline) is no part of a token or secret: the same token with or
+        # secret would turn a readable string into a credential. In an account's secret it is
+        # that connection's error (no credentials: missing_credentials), so the other
+        # connections keep working; the callback secrets are the app's. Surrounding whitespace
+        # (a pasted secret's newline) is no part of a token or secret: the same token with or
         # without it is one credential (and one upstream identity, shared.connections).
         if value is None:
             return None
         secret = value.get_secret_value().strip()
-        if secret.startswith("@Microsoft.KeyVault("):
-            raise ValueError("is an unresolved Key Vault reference: check the app's identity")
+        if info.field_name not in _ACCOUNT_SECRETS and _unresolved(secret):
+            raise ValueError(_UNRESOLVED)
         return SecretStr(secret) if secret != value.get_secret_value() else value
 
     @field_validator("callback_allowed_hosts")
@@ -396,7 +412,11 @@ def missing_credentials(
     settings: Settings, prefix: str = "SMARTDIALOG_", who: str = ""
 ) -> FieldError | None:
     """The error of settings that give no usable SmartDialog credentials (``prefix``: how their
-    setting names start; ``who``: whose they are, for a named connection), else None."""
+    setting names start; ``who``: whose they are, for a named connection), else None: one an
+    unresolved Key Vault reference names that setting."""
+    for attribute, setting in _ACCOUNT_SECRETS.items():
+        if _unresolved(getattr(settings, attribute)):
+            return FieldError(f"{prefix}{setting}", f"{who}{setting} {_UNRESOLVED}.")
     if settings.credentials is not None:
         return None
     return FieldError(
@@ -470,3 +490,8 @@ def reset_settings_cache() -> None:
 
 def _given(secret: SecretStr | None) -> bool:
     return secret is not None and bool(secret.get_secret_value())
+
+
+def _unresolved(secret: SecretStr | str | None) -> bool:
+    text = secret.get_secret_value() if isinstance(secret, SecretStr) else secret or ""
+    return text.startswith(_KEY_VAULT_REFERENCE)

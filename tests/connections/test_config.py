@@ -142,6 +142,16 @@ def test_same_client_id_and_authority_is_the_same_identity(two: TwoConnections) 
     assert any("same upstream identity" in e["message"] for e in health_errors())
 
 
+def test_a_connection_without_usable_credentials_shares_no_identity(two: TwoConnections) -> None:
+    """Its secret an unresolved Key Vault reference, it calls nothing upstream: its error alone,
+    not one of the connections as a whole that would stop every connection."""
+    two.set_connection("A", CLIENT_ID="client-x", CLIENT_SECRET="s1")
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/b)"
+    two.set_connection("B", CLIENT_ID="client-x", CLIENT_SECRET=reference)
+    assert [e["field"] for e in health_errors()] == ["SMARTDIALOG_CONNECTIONS__B__CLIENT_SECRET"]
+    assert call_http("ListConnections", "GET").status == 200
+
+
 def test_two_users_of_one_app_registration_are_two_identities(two: TwoConnections) -> None:
     """Delegated sign-in: the refresh token says which user, so two connections with one
     CLIENT_ID and their own REFRESH_TOKENs are two accounts, and the app goes on routing."""

@@ -603,6 +603,45 @@ def test_without_default_credentials_the_named_connections_still_send(
     assert len(two.second_upstream()) == 1
 
 
+@pytest.mark.parametrize(
+    ("setting", "others"),
+    [
+        ("ACCESS_TOKEN", {}),
+        ("CLIENT_SECRET", {"CLIENT_ID": "app-1"}),
+        ("REFRESH_TOKEN", {"CLIENT_ID": "app-1", "CLIENT_SECRET": "secret"}),
+    ],
+)
+def test_an_unresolved_key_vault_reference_of_the_default_account_stops_only_the_default(
+    two: TwoConnections, setting: str, others: dict[str, str]
+) -> None:
+    """It failed the app's settings, so every named connection's actions answered 503 naming
+    it and the sender held every send; a named connection's own is its error alone."""
+    from shared.health import configuration_problem
+
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/sd)"
+    two.env.monkeypatch.delenv("SMARTDIALOG_ACCESS_TOKEN")
+    for name, value in {**others, setting: reference}.items():
+        two.env.monkeypatch.setenv(f"SMARTDIALOG_{name}", value)
+    forget_settings()
+    named = call_http("GetUserCustomers", "GET", headers={CONNECTION_HEADER: "second"})
+    assert named.status == 200, named.body
+
+    def send(message_id: str, **connection: str) -> OutcomeKind:
+        text = json.dumps({"operation": "SendMessage", "messageId": message_id, **connection,
+                           "body": sms("+358400000011")})  # fmt: skip
+        return OutboundSender.from_settings().process(text, queue_message_id=message_id).kind
+
+    assert send(f"kv-named-{setting}", Connection="second") is OutcomeKind.SENT
+    assert len(two.second_upstream()) == 1
+    assert send(f"kv-default-{setting}") is OutcomeKind.DEFERRED
+    default = call_http("GetUserCustomers", "GET")
+    for problem in (default.body, configuration_problem().to_dict()):  # type: ignore[union-attr]
+        assert [e["field"] for e in problem["errors"]] == [f"SMARTDIALOG_{setting}"]
+        assert "Key Vault reference" in problem["errors"][0]["message"]
+        assert "vault.azure.net" not in json.dumps(problem)
+    assert default.status == 503
+
+
 def test_an_accepted_send_waiting_out_a_routing_error_still_expires_and_is_settled_later(
     two: TwoConnections, manual_clock: ManualClock
 ) -> None:
