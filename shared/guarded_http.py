@@ -508,8 +508,9 @@ class GuardedClient:
                 raise CallbackRefused(target.host, f"header {name!r} is not printable ASCII")
         request = httpx.Request(method, target, headers=headers, content=content or None)
         raw_headers = list(request.headers.raw)
-        if target.userinfo:
-            raw_headers.append((b"Authorization", b"Basic " + base64.b64encode(target.userinfo)))
+        if target.userinfo:  # percent-encoded in the URL: the credentials are its decoding
+            basic = f"{target.username}:{target.password}".encode()
+            raw_headers.append((b"Authorization", b"Basic " + base64.b64encode(basic)))
         call = _Call(self.policy, self._resolver, self._backend, deadline, target.scheme == "http")
         host = target.host
         try:

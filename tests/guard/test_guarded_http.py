@@ -5,6 +5,7 @@ ever goes to loopback servers of the test, or to no socket at all (a recording b
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import tracemalloc
@@ -148,6 +149,17 @@ def test_a_real_call_sends_the_name_as_host_while_connecting_to_the_checked_addr
     [request] = server.requests
     assert request.startswith(b"GET /dlr?ref=1 HTTP/1.1\r\n")
     assert f"Host: receiver.localhost:{server.port}".encode() in request
+
+
+def test_a_urls_user_and_password_are_sent_decoded_as_basic_credentials() -> None:
+    """The URL's user info is percent-encoded (an '@' or ':' in a password must be): sent as
+    written, ``dlr:p%40ss%3Aword`` instead of ``dlr:p@ss:word``, the receiver refused it."""
+    with raw_server(answer(204)) as server:
+        url = f"http://dlr:p%40ss%3Aword%C3%A4@127.0.0.1:{server.port}/report"
+        assert client(LOCAL).get(url).status == 204
+    [request] = server.requests
+    credentials = base64.b64encode("dlr:p@ss:wordä".encode()).decode()
+    assert f"Authorization: Basic {credentials}\r\n".encode() in request
 
 
 @pytest.mark.parametrize(
