@@ -234,12 +234,14 @@ class AllowedHosts:
 
 
 def parse_allowed_hosts(raw: str) -> AllowedHosts:
-    """Parse the allow-list setting; ``ValueError`` naming the entry that is neither a host
-    name, a ``*.suffix`` nor an IP address or CIDR range."""
+    """Parse the allow-list setting; ``ValueError`` naming by its place (never its value: the
+    anonymous ``/api/health`` shows it) the entry that is neither a host name, a ``*.suffix``
+    nor an IP address or CIDR range."""
     names: set[str] = set()
     suffixes: list[str] = []
     networks: list[IPNetwork] = []
-    for entry in (e.strip() for e in raw.split(",")):
+    entries = [e.strip() for e in raw.split(",")]
+    for place, entry in enumerate(entries, 1):
         if not entry:
             continue
         try:
@@ -249,7 +251,10 @@ def parse_allowed_hosts(raw: str) -> AllowedHosts:
             pass
         name = _normal_name(entry.removeprefix("*."))
         if not name or not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_-]+)*", name):
-            raise ValueError(f"{entry!r} is neither a host name nor an IP address or CIDR range")
+            raise ValueError(
+                f"entry {place} of {len(entries)} is neither a host name nor an IP address or "
+                "CIDR range"
+            )
         if entry.startswith("*."):
             suffixes.append("." + name)
         else:

@@ -46,6 +46,21 @@ def test_a_setting_that_does_not_validate_is_named(monkeypatch: pytest.MonkeyPat
     assert [e.field for e in problem.errors] == ["SMARTDIALOG_QUOTA_CALLS"]
 
 
+def test_a_bad_allowed_host_is_named_by_its_place_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/api/health is anonymous: the entry's text (an internal host name) stays out of it."""
+    monkeypatch.setenv(
+        "SMARTDIALOG_CALLBACK_ALLOWED_HOSTS", "10.20.0.0/16, , bad..internal.example"
+    )
+    problem = configuration_problem()
+    assert problem is not None
+    [error] = problem.errors
+    assert error.field == "SMARTDIALOG_CALLBACK_ALLOWED_HOSTS"
+    assert "entry 3 of 3" in error.message
+    assert "internal.example" not in str(problem.to_dict())
+
+
 def test_every_callback_problem_is_listed_at_once_without_the_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
