@@ -323,7 +323,7 @@ class AskService:
         else:
             open_one = self.questions.open_question(service, address)
         own = open_one is not None and open_one.message_id == message_id
-        if open_one is not None and not own and self._settled_final(open_one, now):
+        if open_one is not None and not own and self._settled(open_one, now).status.is_final:
             # Another request's, ended (timed out, its send failed). Open now may be this one's.
             open_one = self.questions.open_question(service, address)
         if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
@@ -349,6 +349,7 @@ class AskService:
             sender=body.Sender,
             protocol=body.Protocol,
             customer_id=customer,
+            connection=named,  # its re-prompt goes out as it does
             request_key=claim.key_hash if claim else None,
         )
         try:
@@ -492,8 +493,7 @@ class AskService:
 
     def _current(self, record: QuestionRecord) -> StatusView:
         """What the status URL of ``record`` answers now (ended first if it is :meth:`_settled`)."""
-        if record.status is QuestionStatus.OPEN:
-            record = self._settled(record, self._clock())
+        record = self._settled(record, self._clock())
         if record.status is QuestionStatus.OPEN:
             return self._open_view(record, status=202)
         if record.status is QuestionStatus.FAILED:
@@ -509,7 +509,9 @@ class AskService:
     def _settled(self, record: QuestionRecord, now: dt.datetime) -> QuestionRecord:
         """The open ``record``, ended ``failed`` if its send ended unsent, or ``timed_out``
         :data:`ANSWER_GRACE` past its ExpiresAt unless its send may still go out or expire
-        (:meth:`_on_its_way`); as it is otherwise. One read (its send)."""
+        (:meth:`_on_its_way`); as it is otherwise (no read when it has ended)."""
+        if record.status.is_final:
+            return record
         message = self.send.store.get(record.message_id)
         if message is not None and send_ended_unsent(message):
             code = message.failure.code if message.failure else str(message.status)
@@ -519,10 +521,6 @@ class AskService:
         else:
             return record
         return self.questions.end(record.question_id, status, at=now, failure_code=code) or record
-
-    def _settled_final(self, record: QuestionRecord, now: dt.datetime) -> bool:
-        """Whether ``record`` is final, or ends now (:meth:`_settled`; not read twice)."""
-        return record.status.is_final or self._settled(record, now).status.is_final
 
     def _on_its_way(
         self, record: QuestionRecord, message: MessageRecord | None, now: dt.datetime

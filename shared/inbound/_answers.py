@@ -103,6 +103,7 @@ def reprompt_command(question: QuestionRecord) -> str:
         "messageId": message_id,
         "customerId": question.customer_id,
         "serviceId": question.service_id,
+        "Connection": question.connection,  # as it was asked (None: by its customer's claim)
         "validUntil": question.send_by(question.created_at).isoformat(),
         "traceparent": current_traceparent(),
         "body": {k: v for k, v in body.items() if v is not None},

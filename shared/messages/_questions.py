@@ -215,6 +215,9 @@ class QuestionRecord:
     sender: str | None = None
     protocol: str | None = None
     customer_id: str | None = None
+    #: The named connection it was asked through (its re-prompt goes the same way); None: the
+    #: default, or a row an earlier release wrote (its re-prompt is routed by its customer).
+    connection: str | None = None
     reply: str | None = None
     matched_option: str | None = None
     replied_at: dt.datetime | None = None
@@ -259,6 +262,7 @@ class QuestionRecord:
             "Sender": self.sender,
             "Protocol": self.protocol,
             "CustomerId": self.customer_id,
+            "Connection": self.connection,
             "Reply": self.reply,
             "MatchedOption": self.matched_option,
             "RepliedAt": plain_datetime(self.replied_at),
@@ -288,6 +292,7 @@ class QuestionRecord:
             sender=entity.get("Sender"),
             protocol=entity.get("Protocol"),
             customer_id=entity.get("CustomerId"),
+            connection=entity.get("Connection"),
             reply=entity.get("Reply"),
             matched_option=entity.get("MatchedOption"),
             replied_at=utc(entity.get("RepliedAt")),

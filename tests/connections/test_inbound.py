@@ -4,13 +4,18 @@ URL says which connection (signed into its token), and the events it produces sa
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import uuid
 from urllib.parse import parse_qsl, urlsplit
 
 from azure.functions.queue import QueueMessage
 
 from shared import names
+from shared.clock import utcnow
 from shared.connections import CONNECTION_HEADER
+from shared.inbound._answers import reprompt_command, reprompt_message_id
+from shared.messages import QuestionRecord, QuestionStore, new_question_id
 from shared.storage import queue_client
 from shared.suppressions import SuppressionStore
 from tests.connections.conftest import SECOND_CUSTOMER, SECOND_TWO_WAY, TwoConnections
@@ -180,3 +185,62 @@ def test_a_webhook_registered_by_customer_routing_is_unregistered_through_its_co
         two.drop_connection("SECOND", setting)
     assert unregister(kept) == 409
     assert WebhookRegistry.from_settings().get(SECOND_TWO_WAY, kept) is not None
+
+
+def test_a_questions_re_prompt_goes_through_the_connection_it_was_asked_on(
+    two: TwoConnections,
+) -> None:
+    """Its re-prompt named no connection: the sender routed it by whichever connection claimed
+    the customer when it came off the queue, so once ``second`` was removed (or the customer
+    moved) it went out through the default account. It fails ``connection-removed`` instead."""
+    second_webhook(two)  # its replies come back through second's webhook
+    headers = {CONNECTION_HEADER: "second", "Customer-Id": SECOND_CUSTOMER,
+               "Service-Id": SECOND_TWO_WAY}  # fmt: skip
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358400000011",
+            "Options": ["Yes", "No"], "RepromptContent": "Please reply YES or NO",
+            "ReplaceOpenQuestion": True}  # fmt: skip
+    asked = call_http("SendMessageAndWaitForReply", "POST", headers=headers, body=body)
+    assert asked.status == 202, asked.body
+    question = QuestionStore.from_settings().get(asked.body["QuestionId"])
+    assert question is not None
+    assert question.connection == "second"
+    queue_client(names.OUTBOUND_QUEUE).clear_messages()  # the question's own send: not here
+    two.env.enqueue(reprompt_command(question))  # as the reply's processor queues it
+    for setting in ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
+                    "QUOTA_CALLS"):  # fmt: skip
+        two.drop_connection("SECOND", setting)
+
+    two.env.drain()
+
+    assert two.env.upstream() == []  # never through the default account
+    [event] = [
+        e for e in two.env.events() if e["subject"] == reprompt_message_id(question.question_id)
+    ]
+    assert event["type"] == "fi.arena.smartdialog.message.failed"
+    assert (event["data"]["connection"], event["data"]["error"]["code"]) == (
+        "second",
+        "connection-removed",
+    )
+
+
+def test_a_question_row_an_earlier_release_wrote_re_prompts_by_its_customer(
+    two: TwoConnections,
+) -> None:
+    """A row without ``Connection`` (ec7daff's) re-prompts as that release did: by the
+    connection that claims its customer."""
+    question = QuestionRecord(
+        question_id=new_question_id(SECOND_TWO_WAY, "+358400000012"), service_id=SECOND_TWO_WAY,
+        address="+358400000012", message_id="m-q", created_at=utcnow(),
+        expires_at=utcnow() + dt.timedelta(hours=1), reprompt="Please reply YES or NO",
+        sender="Clinic", protocol="SMS", customer_id=SECOND_CUSTOMER,
+    )  # fmt: skip
+    entity = question.to_entity()
+    assert "Connection" not in entity
+    command = json.loads(reprompt_command(QuestionRecord.from_entity(entity)))
+    assert "Connection" not in command
+    two.env.enqueue(json.dumps(command))
+
+    two.env.drain()
+
+    assert len(two.second_upstream()) == 1
+    assert two.env.upstream() == []
