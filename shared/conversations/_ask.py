@@ -29,6 +29,7 @@ from shared.actions.fields import (
 )
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
+from shared.inbound._answers import reprompt_message_id
 from shared.logs import redacted
 from shared.messages import (
     UNSENT,
@@ -88,6 +89,8 @@ ANSWER_GRACE = dt.timedelta(seconds=60)
 #: (Not ReplaceOpenQuestion: it says how to treat another open question, not what is asked, so a
 #: retry that got 409 may set it.)
 QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent"}
+#: What of the question its send carries, beside its Recipient.
+SEND_TERMS = {"Sender", "Content", "Protocol", "CustomerData", "RequestId"}
 #: How a question ends failed when its request answered the refusal (422) or a 500 before its
 #: send was queued: the caller got no question, so a replay under its key asks it anew.
 REFUSED, NOT_ACCEPTED = "refused", "not-accepted"
@@ -264,9 +267,6 @@ class AskService:
         self.index = index or TriggerNotifier.for_settings(settings)
         self._clock = clock
 
-    def status_url(self, question_id: str) -> str:
-        return status_link(self.settings, "questions", question_id, question_id)
-
     # --- ask -------------------------------------------------------------------------------
 
     def ask(
@@ -282,23 +282,13 @@ class AskService:
         key = idempotency_key or body.RequestId
         address = body.Recipient
         named = self.settings.named_connection
+        sent = body.model_dump(include=SEND_TERMS, exclude_none=True)
         command = OutboundMessageAdapter.validate_python(
             {
                 "operation": "SendMessage",
                 "customerId": customer,
                 "serviceId": service,
-                "body": {
-                    k: v
-                    for k, v in {
-                        "Sender": body.Sender,
-                        "Content": body.Content,
-                        "Protocol": body.Protocol,
-                        "Recipients": [{"Address": address}],
-                        "CustomerData": body.CustomerData,
-                        "RequestId": body.RequestId,
-                    }.items()
-                    if v is not None
-                },
+                "body": {**sent, "Recipients": [{"Address": address}]},
                 **({"Connection": named} if named else {}),  # as it is sent (and fingerprinted)
             }
         )
@@ -508,33 +498,43 @@ class AskService:
 
     def _settled(self, record: QuestionRecord, now: dt.datetime) -> QuestionRecord:
         """The open ``record``, ended ``failed`` if its send ended unsent, or ``timed_out``
-        :data:`ANSWER_GRACE` past its ExpiresAt unless its send may still go out or expire
-        (:meth:`_on_its_way`); as it is otherwise (no read when it has ended)."""
+        :data:`ANSWER_GRACE` past its ExpiresAt unless it waits for a send of its own
+        (:meth:`_waits`); as it is otherwise (no read when it has ended)."""
         if record.status.is_final:
             return record
         message = self.send.store.get(record.message_id)
         if message is not None and send_ended_unsent(message):
             code = message.failure.code if message.failure else str(message.status)
             status = QuestionStatus.FAILED
-        elif record.expired(now - ANSWER_GRACE) and not self._on_its_way(record, message, now):
+        elif record.expired(now - ANSWER_GRACE) and not self._waits(record, message, now):
             code, status = None, QuestionStatus.TIMED_OUT
         else:
             return record
         return self.questions.end(record.question_id, status, at=now, failure_code=code) or record
 
-    def _on_its_way(
+    def _waits(
         self, record: QuestionRecord, message: MessageRecord | None, now: dt.datetime
     ) -> bool:
-        """Whether the send ``message`` of ``record`` is not final, valid no later than its
-        ExpiresAt (as this release sends it), and its validity and the sender's lease (a claim
-        taken as it ends) have not passed: it goes out in time or expires, and its question ends
-        with it (not one whose queue message is lost, from an earlier release, or unrecorded)."""
-        sent_by = message.valid_until if message and not message.status.is_final else None
+        """Whether the timed-out ``record`` waits for its text ``message`` or re-prompt, not
+        final and within its validity and the sender's lease (a claim taken as it ends): valid
+        by its ExpiresAt (as this release sends them), it goes out in time or expires. A later one
+        (an earlier release's: 24 h) is cancelled (CancelMessage), never sent after the timeout;
+        one that lost the cancel (being sent, attempted) may be going out: it is waited for."""
         lease = dt.timedelta(seconds=self.settings.send_lease_seconds)  # the sender's: ours
-        return sent_by is not None and sent_by <= record.expires_at and now < sent_by + lease
+        again = reprompt_message_id(record.question_id) if record.reprompted else None
+        for send in (message, self.send.store.get(again) if again else None):
+            if send is None or send.status.is_final or now >= send.valid_until + lease:
+                continue
+            if send.valid_until <= record.expires_at:
+                return True
+            try:
+                self.send.cancel(send.message_id)
+            except Problem:  # it may be going out now
+                return True
+        return False
 
     def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:
-        url = self.status_url(record.question_id)
+        url = status_link(self.settings, "questions", record.question_id, record.question_id)
         body = {
             "QuestionId": record.question_id,
             "MessageId": record.message_id,
@@ -575,8 +575,7 @@ def _asks_as(question: QuestionRecord, body: AskBody) -> bool:
 
 
 def _in_ask_terms(problem: Problem) -> Problem:
-    """``problem`` (the send's, raised for this request alone) with the send's field names as the
-    ask body has them (``Recipients[0].Address`` is ``Recipient``)."""
+    """The send's ``problem`` with its fields as the ask names them (``Recipient``)."""
     problem.errors = tuple(
         FieldError("Recipient", e.message) if e.field.startswith("Recipients[") else e
         for e in problem.errors

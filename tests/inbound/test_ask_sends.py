@@ -6,6 +6,7 @@ out or answered, and blocks no new question."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -14,8 +15,10 @@ from azure.data.tables import UpdateMode
 
 from shared.clock import ManualClock, utcnow
 from shared.inbound import InboundProcessor
+from shared.inbound._answers import reprompt_command, reprompt_message_id
 from shared.messages import MessageStatus, MessageStore, QuestionStatus, QuestionStore
 from shared.names import INBOUND_QUEUE, MESSAGES_TABLE, OUTBOUND_QUEUE
+from shared.outbound import OutboundMessageAdapter, SendService
 from shared.settings import get_settings
 from shared.storage import queue_client, table_client
 from tests.fixtures.clock import manual_clock
@@ -115,22 +118,100 @@ def test_a_question_whose_send_no_queue_message_reaches_times_out_after_its_vali
     _ask(inbound, number)  # the number is free
 
 
-def test_a_question_of_the_previous_release_times_out_while_its_send_waits(
+def _as_the_previous_release_queued(store: MessageStore, message_id: str) -> None:
+    """Make ``message_id``'s send what the previous release (ec7daff) queued: valid for
+    SMARTDIALOG_SEND_VALIDITY_SECONDS (24 h), not bounded by its question, its command without
+    ``validUntil`` on the queue."""
+    record = store.get(message_id)
+    assert record is not None
+    command = json.loads(record.command)
+    command.pop("validUntil", None)
+    valid = record.created_at + dt.timedelta(seconds=get_settings().send_validity_seconds)
+    assert store.swap(record, valid_until=valid, command=json.dumps(command)) is not None
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    queue_client(OUTBOUND_QUEUE).send_message(json.dumps(command))
+
+
+def test_a_question_of_the_previous_release_times_out_and_its_held_send_is_never_sent(
     inbound: Inbound, manual_clock: ManualClock
 ) -> None:
-    """Its send (valid 24 h, not bounded by the question) may go out long after: the question
-    times out a minute past its ExpiresAt, as it did."""
+    """Its send (valid 24 h) was held past the timeout (a paused sender during the upgrade, a
+    backlog): the question was reported timed out (the flow took its no-answer branch), then
+    the sender sent its text all the same. Now the timeout cancels it."""
     number = "+358401234598"
     asked = _ask(inbound, number, TimeoutSeconds=60)
     store = MessageStore.from_settings()
-    record = store.get(asked.body["MessageId"])
-    assert record is not None
-    assert store.swap(record, valid_until=record.created_at + dt.timedelta(days=1)) is not None
+    _as_the_previous_release_queued(store, asked.body["MessageId"])
     manual_clock.advance(200)
 
     ended = _poll(inbound, asked)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)  # the sender runs again
 
     assert (ended.status, ended.body["Status"], ended.body["TimedOut"]) == (200, "timed_out", True)
+    assert _sends(inbound) == 0
+    send = store.get(asked.body["MessageId"])
+    assert send is not None
+    assert send.status is MessageStatus.CANCELLED
+    assert _poll(inbound, asked).body["Status"] == "timed_out"  # still: not the cancel's 410
+
+
+def test_a_timed_out_question_whose_late_send_is_going_out_waits_for_it(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """The cancel loses to the sender (its text is being sent now): the question is not
+    reported timed out while its text may still reach the recipient, and is once it went."""
+    number = "+358401234593"
+    asked = _ask(inbound, number, TimeoutSeconds=60)
+    store = MessageStore.from_settings()
+    _as_the_previous_release_queued(store, asked.body["MessageId"])
+    record = store.get(asked.body["MessageId"])
+    assert record is not None
+    sending = store.swap(record, status=MessageStatus.SENDING)  # the sender claimed it
+    assert sending is not None
+    manual_clock.advance(200)
+
+    waiting = _poll(inbound, asked)
+    assert (waiting.status, waiting.body["Status"]) == (202, "open"), waiting.body
+    assert store.swap(sending, status=MessageStatus.SENT) is not None
+    ended = _poll(inbound, asked)
+
+    assert (ended.status, ended.body["Status"], ended.body["TimedOut"]) == (200, "timed_out", True)
+
+
+def test_a_timed_out_questions_re_prompt_of_the_previous_release_is_cancelled(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """The previous release queued re-prompts valid 24 h: one held up past the timeout went out
+    after the flow was told the question timed out."""
+    number = "+358401234592"
+    asked = _ask(inbound, number, TimeoutSeconds=60, RepromptContent="Please reply YES or NO")
+    questions, store = QuestionStore.from_settings(), MessageStore.from_settings()
+    question = questions.open_question(TWO_WAY, number)
+    assert question is not None
+    text = store.get(asked.body["MessageId"])
+    assert text is not None
+    assert store.swap(text, status=MessageStatus.SENDING) is not None  # its text went out
+    assert store.swap(store.get(text.message_id), status=MessageStatus.SENT) is not None
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    command = json.loads(reprompt_command(question))
+    del command["validUntil"]  # as the previous release queued it
+    accepted = SendService(get_settings()).accept(  # recorded, queued: held up past the timeout
+        OutboundMessageAdapter.validate_python(command),
+        idempotency_key=None,
+        message_id=reprompt_message_id(question.question_id),
+    )
+    assert accepted.status == 202
+    assert questions.mark_reprompted(question) is not None
+    manual_clock.advance(200)
+
+    ended = _poll(inbound, asked)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+
+    assert (ended.status, ended.body["Status"]) == (200, "timed_out"), ended.body
+    assert _sends(inbound) == 0
+    cancelled = store.get(reprompt_message_id(question.question_id))
+    assert cancelled is not None
+    assert cancelled.status is MessageStatus.CANCELLED
 
 
 def test_a_cancelled_question_is_answered_by_nothing_ends_410_and_blocks_no_new_question(
