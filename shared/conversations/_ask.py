@@ -58,6 +58,7 @@ from shared.outbound import (
     request_fingerprint,
 )
 from shared.problems import FieldError, Problem, ProblemType
+from shared.smartdialog import BlankIsAbsent
 from shared.triggers import TriggerNotifier
 
 if TYPE_CHECKING:
@@ -112,20 +113,21 @@ class AskBody(BaseModel):
         description="The phone number that is asked and whose reply is awaited.",
         json_schema_extra=ui("Recipient", visibility="important"),
     )
-    Options: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+    Options: list[Annotated[NonEmptyStr, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list,
         max_length=MAX_OPTIONS,
         description=(
             "The accepted answers, e.g. YES and NO (compared without case, accents, or spaces "
-            "and punctuation at the ends). Leave empty to accept any reply."
+            "and punctuation at the ends), none blank. Leave empty to accept any reply."
         ),
         json_schema_extra=ui("Accepted answers", visibility="important"),
     )
-    RepromptContent: str | None = Field(
+    RepromptContent: Annotated[str | None, BlankIsAbsent] = Field(
         None,
         min_length=1,
         max_length=1000,
-        description="Sent once when a reply is not an accepted answer (e.g. Reply YES or NO).",
+        description="Sent once when a reply is not an accepted answer (e.g. Reply YES or NO); "
+        "leave empty for none.",
         json_schema_extra=ui("Re-prompt text"),
     )
     TimeoutSeconds: int = Field(

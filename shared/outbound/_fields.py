@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shared.actions._spec import (
     Param,
@@ -169,9 +169,11 @@ ProtocolField = Annotated[
     Literal["SMS", "WhatsApp"],
     Field(
         "SMS",
-        description="SMS, or WhatsApp.",
+        description="SMS, or WhatsApp (empty: SMS).",
         json_schema_extra=ui("Message Protocol", visibility="important"),
     ),
+    BeforeValidator(lambda value: "SMS" if value is None else value),  # absent: the default
+    BlankIsAbsent,  # (runs first)
 ]
 AttachmentUriField = Annotated[
     HttpUrl | None,

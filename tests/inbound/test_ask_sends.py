@@ -379,3 +379,32 @@ def test_a_reply_whose_questions_send_record_is_damaged_still_reaches_its_event(
     answered = QuestionStore.from_settings().get(asked.body["QuestionId"])
     assert answered is not None
     assert answered.reply == "yes"
+
+
+def test_a_questions_blank_optional_fields_are_left_out_and_a_blank_answer_is_refused(
+    inbound: Inbound,
+) -> None:
+    """The designer writes "" for an empty dynamic value: RepromptContent "" and Protocol ""
+    were a 400 though blank optional fields are left out (docs/actions.md). A blank accepted
+    answer is no answer anyone can give: a 400 naming it, nothing asked."""
+    number = "+358401234591"
+    asked = _ask(inbound, number, RepromptContent=" ", Protocol="")
+    question = QuestionStore.from_settings().get(asked.body["QuestionId"])
+    assert question is not None
+    assert (question.reprompt, question.protocol) == (None, "SMS")
+    sent = inbound.call(
+        "SendMessage", "POST", headers={"Service-Id": TWO_WAY},
+        body={"Sender": "Clinic", "Content": "Hi", "Protocol": " ",
+              "Recipients": [{"Address": "+358401234590"}]},
+    )  # fmt: skip
+    assert sent.status == 202, sent.body
+
+    refused = inbound.call(
+        "SendMessageAndWaitForReply", "POST", headers={"Service-Id": TWO_WAY},
+        body={"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358401234589",
+              "Options": ["Yes", " "]},
+    )  # fmt: skip
+
+    assert refused.status == 400, refused.body
+    assert [e["field"] for e in refused.body["errors"]] == ["Options[1]"]
+    assert QuestionStore.from_settings().open_question(TWO_WAY, "+358401234589") is None
