@@ -15,8 +15,10 @@ from shared.conversations._ask import (
     QuestionAnswerDoc,
     QuestionStatusInput,
 )
+from shared.inbound.actions import registered_on
 from shared.outbound import send_service
 from shared.outbound.actions import ACCEPTED_HEADERS, TAG, answer
+from shared.problems import FieldError, Problem, ProblemType
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -36,10 +38,26 @@ def reset_asker_cache() -> None:
 
 
 def send_message_and_wait(ctx: ActionContext, inp: AskInput) -> ActionResponse:
+    if not registered_on(ctx, inp.service_id):  # one table query, as a New Message trigger's
+        raise _no_webhook(inp.service_id)
     view = _asker(ctx.settings).ask(
         inp.customer_id, inp.service_id, inp.body, idempotency_key=inp.idempotency_key
     )
     return answer(view)
+
+
+def _no_webhook(service: str) -> Problem:
+    """400: no reply on ``service`` would reach us (no New Message webhook on this connection:
+    SmartDialog registers one only on a 2-way service), so the question could only time out."""
+    return Problem(
+        400,
+        "No webhook receives this service's replies",
+        f"Service {service} has no New Message webhook registered on this connection, so no "
+        "reply would reach the question. Register it (RegisterInboundWebhook, or a New Message "
+        "trigger on the service) on a 2-way service, then ask.",
+        type=ProblemType.VALIDATION,
+        errors=[FieldError("Service-Id", "No inbound webhook is registered for this service.")],
+    )
 
 
 def get_question_status(ctx: ActionContext, inp: QuestionStatusInput) -> ActionResponse:
@@ -57,7 +75,8 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         description=(
             "Sends a message to one recipient through a 2-way service and waits (up to 30 days) "
             "for the reply: it matches it against the accepted answers, re-prompts once, and "
-            "ends with the reply, a timeout or an opt-out."
+            "ends with the reply, a timeout or an opt-out. The service needs the app's inbound "
+            "webhook (Register the inbound webhook, or a New Message trigger)."
         ),
         responses=(
             ResponseDoc(202, "Sent; waiting for the reply.", QuestionAcceptedDoc, ACCEPTED_HEADERS),

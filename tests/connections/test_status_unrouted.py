@@ -43,6 +43,8 @@ def test_status_urls_and_cancel_answer_during_a_routing_error_and_the_flow_gets_
     to_cancel = accepted("SendMessage", sms(DELIVERED))
     bulk = accepted("SendBulkMessages", {"Sender": "S", "Content": "Hi",
                                          "Recipients": [{"Address": DELIVERED}]})  # fmt: skip
+    route = {"Service": "s-1001-twoway"}  # its replies come through our webhook
+    assert call_http("RegisterInboundWebhook", "POST", route_params=route).status == 201
     question = accepted(
         "SendMessageAndWaitForReply",
         {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": DELIVERED},

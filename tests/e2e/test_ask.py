@@ -39,6 +39,7 @@ def _register(stack: Stack) -> None:
 
 
 def _ask(stack: Stack, number: str, **extra: Any) -> httpx.Response:
+    _register(stack)  # a question needs it: refused without
     body = {
         "Sender": "Clinic",
         "Content": "Your appointment is tomorrow at 10. Reply YES to confirm or NO to cancel.",

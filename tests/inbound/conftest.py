@@ -131,6 +131,12 @@ class Inbound:
             response.status_code, dict(response.headers), json.loads(content) if content else None
         )
 
+    def register_webhook(self, service: str = TWO_WAY) -> None:
+        """Register our New Message webhook of ``service`` (RegisterInboundWebhook, through the
+        sandbox): a question needs it, its reply comes through it."""
+        done = self.call("RegisterInboundWebhook", "POST", route_params={"Service": service})
+        assert done.status == 201, done.body
+
     def queue_function(
         self, name: str, text: str, dequeue_count: int = 1, message_id: str | None = None
     ) -> None:

@@ -44,6 +44,12 @@ NUMBER = "+358401234567"
 QUESTION = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": NUMBER}
 
 
+@pytest.fixture(autouse=True)
+def _webhook(inbound: Inbound) -> None:
+    """Questions are asked on a service whose replies reach us."""
+    inbound.register_webhook()
+
+
 def _ask(env: Inbound, key: str | None = None, **extra: Any) -> HttpAnswer:
     headers = {"Service-Id": TWO_WAY, **({"Idempotency-Key": key} if key else {})}
     body = {**QUESTION, "Options": ["Yes", "No"], **extra}

@@ -22,9 +22,15 @@ from shared.outbound import OutboundMessageAdapter, SendService
 from shared.settings import get_settings
 from shared.storage import queue_client, table_client
 from tests.fixtures.clock import manual_clock
-from tests.inbound.conftest import TWO_WAY, HttpAnswer, Inbound, intake_text
+from tests.inbound.conftest import ONE_WAY, TWO_WAY, HttpAnswer, Inbound, intake_text
 
 __all__ = ["manual_clock"]
+
+
+@pytest.fixture(autouse=True)
+def _webhook(inbound: Inbound) -> None:
+    """Questions are asked on a service whose replies reach us."""
+    inbound.register_webhook()
 
 
 def _ask(env: Inbound, number: str, **extra: Any) -> HttpAnswer:
@@ -408,3 +414,26 @@ def test_a_questions_blank_optional_fields_are_left_out_and_a_blank_answer_is_re
     assert refused.status == 400, refused.body
     assert [e["field"] for e in refused.body["errors"]] == ["Options[1]"]
     assert QuestionStore.from_settings().open_question(TWO_WAY, "+358401234589") is None
+
+
+@pytest.mark.parametrize(
+    ("customer", "service"), [("1002", "s-1002-twoway"), ("1001", ONE_WAY)], ids=["2-way", "1-way"]
+)
+def test_a_question_on_a_service_whose_replies_do_not_reach_us_is_refused(
+    inbound: Inbound, customer: str, service: str
+) -> None:
+    """No New Message webhook on the service (none can be on a 1-way one): the flow got 202,
+    the patient's reply never reached us, and the question timed out. A 400 naming Service-Id
+    instead, nothing asked or queued."""
+    number = "+358401234588"
+    refused = inbound.call(
+        "SendMessageAndWaitForReply", "POST",
+        headers={"Customer-Id": customer, "Service-Id": service},
+        body={"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": number},
+    )  # fmt: skip
+
+    assert refused.status == 400, refused.body
+    assert [e["field"] for e in refused.body["errors"]] == ["Service-Id"]
+    assert "RegisterInboundWebhook" in refused.body["detail"]
+    assert QuestionStore.from_settings().open_question(service, number) is None
+    assert inbound.count(OUTBOUND_QUEUE) == 0

@@ -238,6 +238,7 @@ def test_the_first_question_of_a_service_is_queued_invisible_until_every_index_k
     inbound: Inbound,
 ) -> None:
     _complete_rows()
+    inbound.register_webhook()
     answer = inbound.call(
         "SendMessageAndWaitForReply",
         "POST",

@@ -650,6 +650,8 @@ def test_a_failed_questions_status_url_keeps_the_question_shape_once_its_send_is
     Retry-After, then its 200 in the SentDoc shape, with no question fields. It stays the
     question's final answer: 200, Status failed."""
     body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": REJECTED}
+    route = {"Service": "s-1001-twoway"}  # its replies come through our webhook
+    assert call_http("RegisterInboundWebhook", "POST", route_params=route).status == 201
     asked = call_http(
         "SendMessageAndWaitForReply", "POST", body=body, headers={"Service-Id": "s-1001-twoway"}
     )
