@@ -548,10 +548,12 @@ def write_dead_letter(
     it: its writer must keep its parts small, :func:`original_aside`): nothing is written then.
     A keyed row whose queue message was never linked (its put failed, or its writer died) is
     finished: put, linked and counted; a keyed letter whose link fails takes its message back
-    and raises, so its retry puts it once (a writer that died between its put and its link
-    leaves a second, unindexed copy: the one window left). Two writers finishing one row at
-    once both put, but the link is written only into the row as read (its ETag): the loser
-    deletes its message and raises ``ResourceExistsError``, so one message stays, counted once.
+    and raises, so its retry puts it once; one whose link may have landed (its call and the
+    re-read failed) keeps its message, counted, and raises. Left, each a second unindexed copy
+    (doubled, never lost): a writer dying between put and link, a failed take-back, an unknown
+    link that had not landed. Two writers finishing one row at once both put, but the link is
+    written only into the row as read (its ETag): the loser deletes its message and raises
+    ``ResourceExistsError``, so one message stays, counted once.
     """
     from azure.core.exceptions import ResourceExistsError
 
@@ -559,10 +561,8 @@ def write_dead_letter(
         raise ValueError(f"a dead letter of {size} bytes does not fit a queue message")
     index, at = index or DeadLetterIndex.from_settings(), now or utcnow()
     try:
-        entry = index.begin(
-            queue_name, text, now=at, reason=reason, detail=detail, dequeue_count=dequeue_count,
-            key=key,
-        )  # fmt: skip
+        entry = index.begin(queue_name, text, now=at, reason=reason, detail=detail,
+                            dequeue_count=dequeue_count, key=key)  # fmt: skip
     except ResourceExistsError:
         found = index.get(f"{queue_name}{_ID_SEPARATOR}{_row_time(at)}-{key}")
         if found is None or found.queue_message_id or found.redriving(utcnow()):
@@ -575,7 +575,10 @@ def write_dead_letter(
         if key is None:  # the row already holds the letter: purge/re-drive find it by text
             log.warning("dead letter %s on %s written but not linked", entry.row_key, queue_name)
             linked = True
-        elif not (linked := _linked_to(index, entry, sent)):  # else the link landed after all
+        elif (landed := _linked_to(index, entry, sent)) is None:  # unknown: keep it, counted
+            telemetry.count_dead_letter(queue_name, entry.reason)  # a retry may double it
+            raise
+        elif not (linked := landed):  # else the link landed after all
             with contextlib.suppress(Exception):  # its retry puts it again: not twice
                 queue.delete_message(sent.id, sent.pop_receipt)
             raise
@@ -587,11 +590,11 @@ def write_dead_letter(
     return sent
 
 
-def _linked_to(index: DeadLetterIndex, entry: DeadLetterEntry, sent: Any) -> bool:
-    """Whether ``entry``'s row holds ``sent``'s id after a link whose call raised (it may have
-    landed: a time-out after the write); unknown (the read fails too) is False."""
+def _linked_to(index: DeadLetterIndex, entry: DeadLetterEntry, sent: Any) -> bool | None:
+    """Whether ``entry``'s row holds ``sent``'s id after a link whose call raised (a time-out
+    after the write may have landed it); None when unknown (the read fails too)."""
     try:
         found = index.get(entry.id)
     except Exception:
-        return False
+        return None
     return found is not None and found.queue_message_id == sent.id

@@ -139,3 +139,50 @@ def test_a_keyed_letter_whose_link_landed_though_its_call_raised_stands_counted(
     assert [m["id"] for m in outbound.dead_letters()] == [key]
     assert counted(telemetry) == before + 1
     assert the_row(key).queue_message_id == sent.id
+
+
+def test_a_keyed_letter_whose_link_outcome_is_unknown_keeps_its_message_and_counts_it(
+    outbound: Outbound, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link was written, its call raised and the re-read failed too: the unknown outcome was
+    taken for a failed link, the message taken back, and the host's retry found the row linked:
+    the row pointed at a deleted message, the queue held nothing, the alert never counted it."""
+    queue = ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE)
+    key = f"m-{uuid.uuid4().hex}:failed"
+    crash_once(
+        monkeypatch, DeadLetterIndex, "link", "timed out after the write",
+        first=lambda real, self, *a, **k: real(self, *a, **k), error=ServiceRequestError,
+    )  # fmt: skip
+    crash_once(monkeypatch, DeadLetterIndex, "get", "connection reset", error=ServiceRequestError)
+    before = counted(telemetry)
+    with pytest.raises(ServiceRequestError):
+        write(queue, key)
+    with pytest.raises(ResourceExistsError):
+        write(queue, key)  # the host's retry: written already
+
+    assert [m["id"] for m in outbound.dead_letters()] == [key]
+    assert counted(telemetry) == before + 1
+    [held] = queue.peek_messages(max_messages=32)
+    assert the_row(key).queue_message_id == held.id
+
+
+def test_a_keyed_letter_whose_link_and_take_back_both_failed_is_doubled_never_lost(
+    outbound: Outbound, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link failed and so did taking the message back: the retry puts a second copy and
+    indexes and counts that one; the first stays on the queue unindexed (a window
+    write_dead_letter names): a doubled letter, never a lost one."""
+    queue = ensured_queue(OUTBOUND_DEAD_LETTER_QUEUE)
+    key = f"m-{uuid.uuid4().hex}:failed"
+    crash_once(monkeypatch, DeadLetterIndex, "link", "connection reset", error=ServiceRequestError)
+    crash_once(
+        monkeypatch, QueueClient, "delete_message", "connection reset", error=ServiceRequestError
+    )
+    before = counted(telemetry)
+    with pytest.raises(ServiceRequestError):
+        write(queue, key)
+    sent = write(queue, key)  # the host's retry
+
+    assert [m["id"] for m in outbound.dead_letters()] == [key, key]
+    assert counted(telemetry) == before + 1
+    assert the_row(key).queue_message_id == sent.id
