@@ -89,10 +89,13 @@ def delivery_report_url(
     )
 
 
-def status_link(settings: Settings, route: str, key: str, subject: str) -> str:
-    """``<api base>/<route>/<key>?token=…``: a status URL carrying a status token for
-    ``subject`` (a message id, or a batch's subject)."""
-    token = sign(
+def status_link(
+    settings: Settings, route: str, key: str, subject: str, token: str | None = None
+) -> str:
+    """``<api base>/<route>/<key>?token=…``: a status URL carrying a fresh status token for
+    ``subject`` (a message id, or a batch's subject), or ``token`` (one checked already: a
+    finished status gives back the link it was opened with, never a longer-lived one)."""
+    token = token or sign(
         TokenPurpose.STATUS,
         subject,
         ttl_seconds=settings.status_token_ttl_seconds,

@@ -427,17 +427,16 @@ class BulkService:
 
     # --- status ------------------------------------------------------------------------------
 
-    def status_url(self, batch_id: str) -> str:
-        return status_link(self.settings, "messages/bulk", batch_id, _batch_subject(batch_id))
+    def status_url(self, batch_id: str, token: str | None = None) -> str:
+        subject = _batch_subject(batch_id)
+        return status_link(self.settings, "messages/bulk", batch_id, subject, token)
 
     def check_token(self, batch_id: str, token: str | None) -> None:
         require_status_token(
-            self.settings,
-            _batch_subject(batch_id),
-            token,
+            self.settings, _batch_subject(batch_id), token,
             missing="Use the batch status URL from the bulk send's Location header.",
             denied="The token does not open this batch's status.",
-        )
+        )  # fmt: skip
 
     def status(
         self, batch_id: str, *, details: bool, token: str | None = None, checked: bool = False,
@@ -500,7 +499,7 @@ class BulkService:
         # Still being recorded, it is pending whatever its recorded members' states.
         recording &= batch.status is BatchStatus.ACCEPTING
         pending = recording or (not incomplete and any(not r.status.is_final for r in records))
-        url = self.status_url(batch_id)
+        url = self.status_url(batch_id, None if pending else token)  # only pending renews it
         body: dict[str, Any] = {
             "Id": batch_id,
             "Status": "incomplete" if incomplete else "pending" if pending else "done",

@@ -228,7 +228,10 @@ class BulkStatusDoc(BaseModel):
         json_schema_extra=ui("Delivery counts"),
     )
     StatusUrl: str = Field(
-        description="The batch status URL (carries its own token).",
+        description=(
+            "The batch status URL (carries its own token: renewed while pending; once the "
+            "batch is finished, the URL it was polled with)."
+        ),
         json_schema_extra=ui("StatusUrl"),
     )
     Refused: list[BulkRefusedDoc] | None = Field(

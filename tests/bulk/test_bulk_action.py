@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from shared.clock import ManualClock
 from tests.outbound.conftest import HttpAnswer, Outbound, call_http
 
 GOOD = [f"+35840200{i:04d}" for i in range(30)]
@@ -84,6 +85,23 @@ def test_the_final_answer_a_flow_step_gets_lists_the_refused_rows(outbound: Outb
     assert final.body["Refused"] == accepted.body["Refused"]
     assert [(r["row"], r["field"]) for r in final.body["Refused"]] == [(2, "Address")]
     assert "Recipients" not in final.body
+
+
+def test_a_finished_batchs_answer_echoes_its_link_and_never_extends_it(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """Found in review: every answer signed a fresh StatusUrl, the final 200 too, so a link once
+    seen opened the batch (every recipient's number and state) for ever, 29 days at a time.
+    A pending answer renews it (a flow polls on); a finished one gives back the link it was
+    opened with, so the designer's StatusUrl (plus &details=true) still works until it expires."""
+    accepted = bulk({"Recipients": people(*GOOD[:2])})
+    outbound.drain()
+    first = accepted.headers["Location"]
+    manual_clock.advance(29 * 86400)  # the link is still open, for a day more
+    done = batch_status(first, details=True)
+    assert (done.status, done.body["Status"]) == (200, "done")
+    assert done.body["StatusUrl"] == first
+    assert "Location" not in done.headers
 
 
 def test_all_or_nothing_refuses_the_whole_batch_and_queues_nothing(outbound: Outbound) -> None:
