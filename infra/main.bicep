@@ -109,6 +109,9 @@ param smartDialogDlrReportingWindowSeconds string = ''
 @description('SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: how long an Idempotency-Key answer is remembered.')
 param smartDialogIdempotencyTtlSeconds string = ''
 
+@description('SMARTDIALOG_TRACE_SAMPLING_RATIO: 0 to 1, the share of traces exported, each whole (default 1: all).')
+param smartDialogTraceSamplingRatio string = ''
+
 @description('SMARTDIALOG_MAX_REQUEST_BYTES: largest body an HTTP action takes (default 5242880); larger ones get 413.')
 param smartDialogMaxRequestBytes string = ''
 
@@ -208,6 +211,7 @@ var smartDialogSettings = union(
   empty(smartDialogStatusTokenTtlSeconds) ? {} : { SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS: smartDialogStatusTokenTtlSeconds },
   empty(smartDialogDlrReportingWindowSeconds) ? {} : { SMARTDIALOG_DLR_REPORTING_WINDOW_SECONDS: smartDialogDlrReportingWindowSeconds },
   empty(smartDialogIdempotencyTtlSeconds) ? {} : { SMARTDIALOG_IDEMPOTENCY_TTL_SECONDS: smartDialogIdempotencyTtlSeconds },
+  empty(smartDialogTraceSamplingRatio) ? {} : { SMARTDIALOG_TRACE_SAMPLING_RATIO: smartDialogTraceSamplingRatio },
   empty(smartDialogSendTimeoutSeconds) ? {} : { SMARTDIALOG_SEND_TIMEOUT_SECONDS: smartDialogSendTimeoutSeconds },
   empty(smartDialogMaxRequestBytes) ? {} : { SMARTDIALOG_MAX_REQUEST_BYTES: smartDialogMaxRequestBytes },
   empty(smartDialogStopKeywords) ? {} : { SMARTDIALOG_STOP_KEYWORDS: smartDialogStopKeywords },

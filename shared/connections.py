@@ -94,7 +94,8 @@ FIELD_PATTERN = f"^(?:{_SPACE}{_WORD})?{_SPACE}$"
 #: functions that do not route (status, delivery-report and webhook URLs), the URLs we are
 #: given are called by the app's dispatchers (their retries and timeout too), a body's size is
 #: checked before routing, the operations page serves every connection, and a status poll (not
-#: routed) re-signs its URL and sets its Retry-After from the app's settings.
+#: routed) re-signs its URL and sets its Retry-After from the app's settings; one tracer (its
+#: sampler) serves the process.
 APP_WIDE = (
     "CALLBACK_SECRETS",
     "PUBLIC_BASE_URL",
@@ -108,6 +109,7 @@ APP_WIDE = (
     "STATUS_TOKEN_TTL_SECONDS",
     "SEND_STATUS_RETRY_AFTER_SECONDS",
     "QUESTION_POLL_SECONDS",
+    "TRACE_SAMPLING_RATIO",
 )
 
 

@@ -211,6 +211,8 @@ class Settings(StorageSettings):
     applicationinsights_connection_string: str | None = Field(
         None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING"
     )
+    # The share of traces exported, each whole (every hop decides by the trace id alone).
+    trace_sampling_ratio: float = Field(1.0, alias="SMARTDIALOG_TRACE_SAMPLING_RATIO", ge=0, le=1)
 
     # Not a setting: which connection these settings are (shared.connections sets it).
     _connection: str = PrivateAttr(DEFAULT_CONNECTION)

@@ -85,8 +85,8 @@ def configure() -> bool:
 def _configure() -> bool:
     from shared.settings import get_settings
 
-    connection_string = get_settings().applicationinsights_connection_string
-    if connection_string is None:
+    settings = get_settings()
+    if (connection_string := settings.applicationinsights_connection_string) is None:
         return False
     from azure.monitor.opentelemetry import configure_azure_monitor
 
@@ -95,6 +95,10 @@ def _configure() -> bool:
     configure_azure_monitor(
         connection_string=connection_string,
         disable_logging=True,
+        # A share of whole traces, all by default: the sampler decides by the trace id alone,
+        # so every hop continuing a trace decides as its first did (the distro's default, 5
+        # traces a second decided anew at each hop, lost a message's trace under load).
+        sampling_ratio=settings.trace_sampling_ratio,
         instrumentation_options={name: {"enabled": False} for name in URL_RECORDING},
     )
     log.info("OpenTelemetry: traces and metrics go to Application Insights")
