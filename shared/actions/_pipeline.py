@@ -518,16 +518,13 @@ def _run_action(
         response = ActionResponse.problem(_with_instance(mapped, tracking_id))
     duration_ms = round((time.perf_counter() - started) * 1000)
     extra.update(status=response.status, durationMs=duration_ms)
-    level = logging.INFO if response.status < 500 else logging.WARNING
+    # The tracking id in the text too: the Python worker forwards a record's text, not ``extra``.
     log.log(
-        level,
-        "%s answered %d in %d ms (%s)",
-        spec.operation_id,
-        response.status,
-        duration_ms,
-        outcome,
+        logging.INFO if response.status < 500 else logging.WARNING,
+        "%s answered %d in %d ms (%s), request %s",
+        spec.operation_id, response.status, duration_ms, outcome, loggable_text(tracking_id),
         extra=extra,
-    )
+    )  # fmt: skip
     return response
 
 
@@ -562,11 +559,10 @@ def _map_failure(
         problem = upstream_problem(exc, settings, customer_field=field)
         return problem, f"upstream {type(exc).__name__}: {redacted(str(exc))}"
     log.error(
-        "%s failed unexpectedly: %s",
-        spec.operation_id,
-        redacted_traceback(exc),
+        "%s failed unexpectedly, request %s: %s",
+        spec.operation_id, loggable_text(extra["trackingId"]), redacted_traceback(exc),
         extra=dict(extra),
-    )
+    )  # fmt: skip
     return internal_error(), f"unexpected {type(exc).__name__}"
 
 
@@ -578,10 +574,9 @@ def unknown_action_response(operation_id: str, request: ActionRequest) -> Action
     """404 problem for an operationId no action is registered under (a wiring mistake)."""
     tracking_id = request.tracking_id
     log.warning(
-        "no action is registered as %s",
-        operation_id,
+        "no action is registered as %s, request %s", operation_id, loggable_text(tracking_id),
         extra={"operationId": operation_id, "trackingId": tracking_id, "status": 404},
-    )
+    )  # fmt: skip
     problem = Problem(404, "Not found", "This app has no such action.", type=ProblemType.NOT_FOUND)
     return ActionResponse.problem(_with_instance(problem, tracking_id))
 
@@ -592,9 +587,8 @@ def unexpected_failure_response(
     """500 problem without details for a failure outside an action (logged, redacted)."""
     tracking_id = request.tracking_id
     log.error(
-        "%s failed unexpectedly: %s",
-        operation_id,
-        redacted_traceback(exc),
+        "%s failed unexpectedly, request %s: %s",
+        operation_id, loggable_text(tracking_id), redacted_traceback(exc),
         extra={"operationId": operation_id, "trackingId": tracking_id, "status": 500},
-    )
+    )  # fmt: skip
     return ActionResponse.problem(_with_instance(internal_error(), tracking_id))

@@ -57,6 +57,26 @@ def test_an_action_module_that_fails_to_import_is_a_500_problem_without_details(
     assert "no_such_module" in caplog.text  # the log has the cause
 
 
+def test_a_failures_log_line_names_its_tracking_id_in_its_text(
+    broken_catalog: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: the tracking id (the problem's instance) was only in ``extra``, which
+    the Python worker does not forward: in Azure no log line of a 500 could be found by it,
+    though the docs say the log has its cause under that id."""
+    response = handle("GetUserCustomers", ActionRequest("GET", headers={"x-request-id": "r-500"}))
+    assert response.body["instance"] == "urn:smartdialog-functions:request:r-500"
+    [line] = [r.getMessage() for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert "r-500" in line
+
+
+def test_an_unknown_operations_log_line_names_its_tracking_id_in_its_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handle("NoSuchOperation", ActionRequest("GET", headers={"x-request-id": "r-404"}))
+    [line] = [r.getMessage() for r in caplog.records if "NoSuchOperation" in r.getMessage()]
+    assert "r-404" in line
+
+
 def test_serve_answers_an_unknown_operation_with_a_404_problem() -> None:
     response = blueprint.serve("NoSuchOperation", http_request())
     assert response.status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -172,16 +173,46 @@ def test_missing_customer_names_the_header_and_the_setting(
     assert app.upstream() == []
 
 
-def test_problem_detail_lists_the_fields_and_instance_carries_the_tracking_id(app: App) -> None:
-    reply = call(
-        "CreateGroupContact",
-        method="POST",
-        route={"GroupService": GROUP},
-        headers={"x-ms-client-tracking-id": "run-42"},
-        body={"phone": "1"},
-    )
+def test_problem_detail_lists_the_fields_and_instance_carries_the_tracking_id(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log line's text names the tracking id too: it was only in ``extra``, which the
+    Python worker does not forward, so in Azure ``traces | where message has "run-42"`` found
+    nothing."""
+    with caplog.at_level(logging.INFO, logger="smartdialog.actions"):
+        reply = call(
+            "CreateGroupContact",
+            method="POST",
+            route={"GroupService": GROUP},
+            headers={"x-ms-client-tracking-id": "run-42"},
+            body={"phone": "1"},
+        )
     assert reply.body["instance"] == "urn:smartdialog-functions:request:run-42"
     assert "phone" in reply.body["detail"]
+    [line] = [r.getMessage() for r in caplog.records if "answered 400" in r.getMessage()]
+    assert "run-42" in line
+
+
+def test_a_handlers_unexpected_failure_is_logged_under_its_tracking_id(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its cause (the traceback) and its answered line both name the tracking id in their
+    text, as docs/actions.md promises for a 500."""
+    from dataclasses import replace
+
+    from shared.actions._pipeline import run_action
+    from shared.actions.catalog import get_spec
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    spec = replace(get_spec("GetUserCustomers"), handler=broken)
+    request = ActionRequest("GET", headers={"x-ms-client-tracking-id": "run-500"})
+    with caplog.at_level(logging.INFO, logger="smartdialog.actions"):
+        assert run_action(spec, request).status == 500
+    lines = [r.getMessage() for r in caplog.records if "GetUserCustomers" in r.getMessage()]
+    assert len(lines) == 2  # the cause, then the answered line
+    assert all("run-500" in line for line in lines), lines
 
 
 def test_blank_customer_setting_counts_as_missing(
