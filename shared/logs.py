@@ -62,21 +62,23 @@ _URL_QUERY = re.compile(r"(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)[?#]
 
 # A bearer token, or a value that carries a secret: a query parameter's (plain or URL-encoded)
 # or a quoted key's (JSON, a dict's repr), named *token or *secret (ours in status and DLR URLs,
-# OAuth's, a SAS token), code (a function key) or sig (a SAS signature); an x-functions-key
-# header's. The value ends at a blank, a quote, & (or %26), a comma, ; or }.
+# OAuth's, a SAS token), code (a function key) or sig (a SAS signature, also a quoted key's); an
+# x-functions-key header's; a connection string's AccountKey= or SharedAccessKey=. The value
+# ends at a blank, a quote, & (or %26), a comma, ; or }.
 _SENSITIVE_NAMES = r"(?:\w*_)?(?:token|secret)"
 _SECRET = re.compile(
     r"(?i)(bearer\s+|\bx-functions-key[\"']?\s*[:=]\s*[\"']?"
-    rf"|[\"']{_SENSITIVE_NAMES}[\"']\s*:\s*[\"']?"
-    rf"|(?:(?:\b|(?<=%3f)|(?<=%26))(?:{_SENSITIVE_NAMES}|code)|sig)(?:=|%3d))"
-    r"(?:(?!%26)[^\s&\"',;}])+"
+    rf"|[\"'](?:{_SENSITIVE_NAMES}|sig)[\"']\s*:\s*[\"']?"
+    rf"|(?:(?:\b|(?<=%3f)|(?<=%26))(?:{_SENSITIVE_NAMES}|code|accountkey|sharedaccesskey)|sig)"
+    r"(?:=|%3d))(?:(?!%26)[^\s&\"',;}])+"
 )
 
 
 def cut_secrets(text: str) -> str:
     """``text`` with secrets cut to ``***``: bearer tokens, ``x-functions-key`` values, and the
     values of ``token=``, ``*_token=``, ``*_secret=``, ``code=``, ``sig=`` (also URL-encoded,
-    ``token%3D``) and of quoted keys such as ``"access_token": "..."``."""
+    ``token%3D``), ``AccountKey=``, ``SharedAccessKey=`` and of quoted keys such as
+    ``"access_token": "..."`` or ``"sig": "..."``."""
     return _SECRET.sub(r"\1***", text)
 
 

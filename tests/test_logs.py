@@ -50,6 +50,14 @@ ROOT = Path(__file__).resolve().parent.parent
          "x-functions-key: *** {'x-functions-key': '***'}"),
         ('{"code": "rate-limited", "token_type": "Bearer", "tokens": 3} error_code=5 mytoken=1',
          '{"code": "rate-limited", "token_type": "Bearer", "tokens": 3} error_code=5 mytoken=1'),
+
+        # Left whole before: a storage connection string's key, a SAS signature as a JSON key.
+        ("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=Zm9v+YmFy==;EndpointSuffix=x",
+         "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=***;EndpointSuffix=x"),
+        ("Endpoint=sb://n/;SharedAccessKeyName=k;SharedAccessKey=S3+c/r=",
+         "Endpoint=sb://n/;SharedAccessKeyName=k;SharedAccessKey=***"),
+        ('{"sv": "2024-08-04", "sig": "SAS+/sig=", "design": 1}',
+         '{"sv": "2024-08-04", "sig": "***", "design": 1}'),
     ],
 )  # fmt: skip
 def test_cut_secrets_cuts_tokens_keys_and_signatures_but_not_lookalikes(
