@@ -253,9 +253,9 @@ class UnreadableRow(LookupError):
 def _numbers(entity: Any) -> tuple[str, ...] | None:
     """A stored list row's numbers; None, logged as an error, when they do not read as a JSON
     array of texts: one such row must not fail every event."""
-    try:
+    try:  # ValueError: not JSON, not UTF-8; TypeError: not text; RecursionError: nested deep
         numbers = json.loads(entity["Numbers"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
         numbers = exc
     if isinstance(numbers, list) and all(isinstance(n, str) for n in numbers):
         return tuple(numbers)

@@ -292,14 +292,20 @@ def test_a_list_that_does_not_exist_is_reported(notify: Notify) -> None:
     assert reasons(result) == ["list on-call not found"]
 
 
-BAD_LISTS = [{"Numbers": "[+358401234567]"}, {}, {"Numbers": '"+358401234567"'}]
+BAD_LISTS = [
+    {"Numbers": "[+358401234567]"},
+    {},
+    {"Numbers": '"+358401234567"'},
+    {"Numbers": "[" * 5000 + "]" * 5000},  # json.loads raises RecursionError
+]
 
 
 def test_a_list_whose_row_does_not_read_skips_its_rules_only_saying_so(
     notify: Notify, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One torn list row (not JSON, no Numbers, a JSON string) failed every event at every
-    door: the rules' read raised, or a string's characters became its "numbers"."""
+    """One torn list row (not JSON, no Numbers, a JSON string, arrays nested too deeply to
+    read) failed every event at every door: the rules' read raised, or a string's characters
+    became its "numbers"."""
     notify.rule(Recipients={"List": "good"})
     notify.rules.put_list("good", [N1])
     for index, row in enumerate(BAD_LISTS):
@@ -310,10 +316,13 @@ def test_a_list_whose_row_does_not_read_skips_its_rules_only_saying_so(
     with caplog.at_level(logging.ERROR, "shared.notify"):
         result = notify.handle(event("e1"))
 
-    assert sorted(sent_to(result)) == [N1, N2, N2, N2]
-    assert reasons(result) == [f"list bad{index} unreadable" for index in range(3)]
+    assert sorted(sent_to(result)) == [N1] + [N2] * len(BAD_LISTS)
+    assert reasons(result) == [f"list bad{index} unreadable" for index in range(len(BAD_LISTS))]
     assert "recipient list bad2 is skipped" in caplog.text
-    for index in range(3):
+    assert "recipient list bad3 is skipped: its stored row does not read (RecursionError)" in (
+        caplog.text
+    )
+    for index in range(len(BAD_LISTS)):
         with pytest.raises(LookupError, match=f"Recipient list bad{index}"):
             notify.rules.get_list(f"bad{index}")
     assert notify.rules.delete_list("bad0")
