@@ -7,7 +7,8 @@
   ``WebHook-Allowed-Origin``;
 - ``aeg-event-type: Notification`` (or no such header, for CloudEvents): the body is one event or
   an array; the function runs once per event (the worker decodes each by its schema, or hands
-  over its JSON as text or bytes to a parameter annotated ``str`` or ``bytes``) and the host
+  over its JSON as text, a ``str``, to a parameter annotated ``str`` or ``bytes``: its generic
+  binding passes a JSON payload as text whatever the annotation) and the host
   answers 202 when all ran, 500 when one failed (Event Grid then retries the delivery);
 - ``aeg-event-type: Unsubscribe``: 202, nothing called.
 
@@ -93,7 +94,7 @@ def serve_eventgrid(
         invocation_id = str(uuid.uuid4())
         try:
             text = json.dumps(event)
-            decoded: Any = text if spec.trigger_as is str else text.encode()
+            decoded: Any = text  # str or bytes annotated: the worker's generic binding, str
             if spec.trigger_as is None:
                 decoded = EventGridEventInConverter.decode(
                     meta.Datum(text, "json"), trigger_metadata={}

@@ -36,6 +36,13 @@ def on_event_text(event: str) -> None:
         received.append(event)
 
 
+@app.function_name("OnEventBytes")
+@app.event_grid_trigger(arg_name="event")
+def on_event_bytes(event: bytes) -> None:
+    with lock:
+        received.append(event)
+
+
 @pytest.fixture(scope="module")
 def host() -> Iterator[DevHost]:
     with DevHost(app, host_options(), port=0, queues=False) as running:
@@ -144,4 +151,18 @@ def test_a_parameter_annotated_str_gets_the_events_json_unconverted(
     answer = http.post(url.replace("OnEvent", "OnEventText"), json=[event],
                        headers={"aeg-event-type": "Notification"})  # fmt: skip
     assert answer.status_code == 202
+    assert [json.loads(text) for text in received] == [event]
+
+
+def test_a_parameter_annotated_bytes_gets_the_events_json_as_text_as_the_worker_passes_it(
+    webhook: tuple[httpx.Client, str],
+) -> None:
+    """The worker's generic binding hands over the JSON as str whatever the annotation; the dev
+    host passed bytes, so a function that worked locally would meet str in Azure."""
+    http, url = webhook
+    event = grid_event("b")
+    answer = http.post(url.replace("OnEvent", "OnEventBytes"), json=[event],
+                       headers={"aeg-event-type": "Notification"})  # fmt: skip
+    assert answer.status_code == 202
+    assert [type(text) for text in received] == [str]
     assert [json.loads(text) for text in received] == [event]
