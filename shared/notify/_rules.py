@@ -52,7 +52,7 @@ LIST_NAME_PATTERN = RULE_ID_PATTERN
 #: The largest rule stored (UTF-16 units of its JSON; a Table entity holds 1 MiB).
 RULE_UNITS = 400_000
 #: The longest ``Content`` and template parameter, in characters: of a rule, and as rendered
-#: (a placeholder's value must not make a forged event's message any longer).
+#: (placeholder values are cut to fit: what bounds a forged event's message).
 CONTENT_CHARS, PARAMETER_CHARS = 2000, 1000
 
 _Text = Annotated[str, Field(min_length=1, max_length=1000)]
@@ -358,11 +358,17 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def render(text: str, document: dict[str, Any], *, rule_id: str, event_id: str) -> str:
+def render(
+    text: str, document: dict[str, Any], *, rule_id: str, event_id: str, limit: int | None = None
+) -> str:
     """``text`` with each ``$(expression)`` replaced by its value in ``document``; a value that
     is missing renders as empty and is logged (rule, event id and expression, no data). A value
     never makes a ``$(``, in it or with what is next to it: SmartDialog would take ``$(C)`` for
-    a personalization placeholder and blank it. It becomes ``$ (``."""
+    a personalization placeholder and blank it. It becomes ``$ (``.
+
+    With a ``limit``, values that make the whole longer are cut, the longest first, each cut
+    ending ``…``, so that it is at most ``limit`` characters (logged, no data): what bounds a
+    forged event's long value, and a long alert still goes out."""
 
     def value(expression: str) -> str:
         found = search(expression.strip(), document)
@@ -376,13 +382,39 @@ def render(text: str, document: dict[str, Any], *, rule_id: str, event_id: str) 
             return ""
         return _as_text(found).replace("$(", "$ (")
 
-    rendered = ""
-    for index, piece in enumerate(split_placeholders(text)[0]):  # text, expression, text, ...
-        piece = value(piece) if index % 2 else piece
-        if rendered.endswith("$") and piece.startswith("("):  # each seam has a value at it
-            piece = " " + piece
-        rendered += piece
-    return rendered
+    def joined(values: list[str]) -> str:
+        rendered = ""
+        for index, piece in enumerate(pieces):  # text, expression, text, ...
+            piece = values[index // 2] if index % 2 else piece
+            if rendered.endswith("$") and piece.startswith("("):  # each seam has a value at it
+                piece = " " + piece
+            rendered += piece
+        return rendered
+
+    pieces = split_placeholders(text)[0]
+    values = [value(expression) for expression in pieces[1::2]]
+    rendered = cut = joined(values)
+    if limit is None or len(rendered) <= limit:
+        return rendered
+    budget = limit - len(rendered) + sum(map(len, values))  # what the values may take
+    while len(cut) > limit and budget >= 0:  # a seam's space may take one more: again
+        low, high = 0, max(map(len, values), default=0)  # the longest a value may stay
+        while low < high:
+            mid = (low + high + 1) // 2
+            if sum(min(len(v), mid) for v in values) <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        cut = joined([v if len(v) <= low else v[: low - 1] + "…" if low else "" for v in values])
+        budget -= 1
+    log.warning(
+        "rule %s: placeholder values cut in event %s: %s characters rendered, at most %s",
+        rule_id,
+        event_id,
+        f"{len(rendered):,}",
+        f"{limit:,}",
+    )
+    return cut
 
 
 def invalid_fields(exc: ValueError, within: str = "") -> str:

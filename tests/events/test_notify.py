@@ -146,24 +146,27 @@ def test_a_message_that_is_not_valid_is_not_queued_and_takes_no_unit_of_the_cap(
     assert sent_to(notify.handle(event("e2", phones=[N1], note="disk full"))) == [N1]
 
 
-def test_a_placeholder_value_longer_than_its_field_takes_is_not_queued_saying_so(
-    notify: Notify,
+def test_a_placeholder_value_longer_than_its_field_takes_is_sent_cut_to_it_saying_so(
+    notify: Notify, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A forged event's 60 KB data.disk was rendered whole: about 400 SMS parts per number."""
+    """A value over the field's 2,000 (1,000) characters made no message: a long alert (its
+    description, an alertContext dump) was dropped, only a log line saying so. It goes out cut,
+    the value ending "…", the whole as long as the field may be (what bounds a forged event)."""
     notify.rule(Recipients={"Numbers": [N1]})
     template = {"TemplateName": "disk_full", "BodyParameters": ["ok", "$(data.disk)"]}
     notify.rule(Id="tpl", Message=template, Recipients={"Numbers": [N2]})
 
-    long = notify.handle(event("e1", disk="x" * 60_000))
+    with caplog.at_level(logging.WARNING, "shared.notify"):
+        long = notify.handle(event("e1", disk="x" * 60_000))
 
-    assert (sent_to(long), notify.queued()) == ([], [])
-    assert reasons(long) == [
-        "message not valid: Message.Content: 60,005 characters rendered, at most 2,000",
-        "message not valid: Message.BodyParameters[1]: 60,000 characters rendered, at most 1,000",
-    ]
-    fits = notify.handle(event("e2", disk="x" * 995))
-    assert sorted(sent_to(fits)) == [N1, N2]
-    assert len(notify.queued()) == 2
+    assert (sorted(sent_to(long)), reasons(long)) == ([N1, N2], [])
+    bodies = {q["origin"]["ruleId"]: q["body"] for q in notify.queued()}
+    assert bodies["disk"]["Content"] == "disk " + "x" * 1994 + "…"
+    assert bodies["tpl"]["BodyParameters"] == ["ok", "x" * 999 + "…"]
+    cut = "rule disk: placeholder values cut in event e1: 60,005 characters rendered, at most 2,000"
+    assert cut in caplog.text
+    assert "rule tpl: placeholder values cut" in caplog.text
+    assert "x" * 100 not in caplog.text
 
 
 def test_a_blank_whatsapp_template_parameter_is_not_queued_naming_it(notify: Notify) -> None:

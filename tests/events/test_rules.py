@@ -243,3 +243,15 @@ def test_a_placeholder_nothing_closes_is_refused_when_saved(
     found = rule_errors(Rule.model_validate(rule(Message=message)))
     assert [name for name, _ in found] == [field], found
     assert "has no ) closing it" in found[0][1]
+
+
+def test_values_over_the_limit_are_cut_longest_first_each_ending_with_the_marker() -> None:
+    """The short values stay whole, the long ones share what is left; a seam's "$ (" space
+    counts too, so the whole is never over the limit."""
+    doc = {"data": {"id": "vm-1", "a": "a" * 500, "b": "(" + "b" * 900}}
+    text = "Alert $(data.id): $(data.a) $$(data.b)"
+    fits = render(text, doc, rule_id="r", event_id="e", limit=2000)
+    assert fits == f"Alert vm-1: {'a' * 500} $ ({'b' * 900}"
+    cut = render(text, doc, rule_id="r", event_id="e", limit=100)
+    assert cut == "Alert vm-1: " + "a" * 41 + "… $ (" + "b" * 40 + "…"
+    assert len(cut) == 99  # each cut value 42 long: 43 would be 101
