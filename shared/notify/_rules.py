@@ -193,11 +193,11 @@ class RuleDefinition(_Strict):
     Recipients: RuleRecipients = Field(
         description="Who gets it.", json_schema_extra=ui("Recipients")
     )
-    Connection: str = _f(
-        "Connection",
-        "The connection (SmartDialog account) to send through (see ListConnections); default "
-        "the one the request goes through.",
-        DEFAULT_CONNECTION,
+    Connection: str = Field(  # no schema default: a designer would pre-fill it
+        default_factory=lambda: DEFAULT_CONNECTION,
+        description="The connection (SmartDialog account) to send through (see ListConnections); "
+        "the connection the request was routed to when left out.",
+        json_schema_extra=ui("Connection"),
         min_length=1,
         max_length=100,
     )

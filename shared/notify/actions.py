@@ -239,24 +239,10 @@ def _checked(rule: Rule, store: RuleStore) -> Rule:
     return rule
 
 
-def _routed(body: RuleDefinition, ctx: ActionContext, header: str | None) -> dict[str, Any]:
-    """The rule's ``Connection``: the body's, else the connection the request was routed to (the
-    connector names it on every call); a body naming another than the header is refused."""
-    from shared.connections import connection_name
-
-    if "Connection" not in body.model_fields_set:
-        return {"Connection": ctx.connection}
-    if header and header.strip() and connection_name(body.Connection) != connection_name(header):
-        raise validation_problem(
-            [
-                FieldError(
-                    "body.Connection",
-                    f"The rule names connection {body.Connection!r}, the request "
-                    f"{header.strip()!r}: leave it out, or name the same.",
-                )
-            ]
-        )
-    return {}
+def _routed(body: RuleDefinition, ctx: ActionContext) -> dict[str, Any]:
+    """The rule's ``Connection``: the body's (a rule may send through another account than the
+    request's), else the connection the request was routed to (the connector names it)."""
+    return {} if "Connection" in body.model_fields_set else {"Connection": ctx.connection}
 
 
 def _rule_doc(rule: Rule) -> dict[str, Any]:
@@ -265,7 +251,7 @@ def _rule_doc(rule: Rule) -> dict[str, Any]:
 
 def create_rule(ctx: ActionContext, inp: CreateRuleInput) -> ActionResponse:
     store = _store(ctx.settings)
-    rule = _checked(inp.body.model_copy(update=_routed(inp.body, ctx, inp.Connection)), store)
+    rule = _checked(inp.body.model_copy(update=_routed(inp.body, ctx)), store)
     if not store.create(rule):
         raise Problem(
             409,
@@ -287,7 +273,7 @@ def list_rules(ctx: ActionContext, inp: ListRulesInput) -> ActionResponse:
 
 def update_rule(ctx: ActionContext, inp: UpdateRuleInput) -> ActionResponse:
     store = _store(ctx.settings)
-    routed = _routed(inp.body, ctx, inp.Connection)
+    routed = _routed(inp.body, ctx)
     rule = _checked(Rule(Id=inp.rule_id, **{**dict(inp.body), **routed}), store)
     if not store.replace(rule):
         raise _not_found("rule", inp.rule_id)
