@@ -358,6 +358,11 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _shortened(value: str, length: int) -> str:
+    """``value`` cut to ``length`` characters ending "..." (GSM 7-bit, unlike an ellipsis)."""
+    return value[: length - 3] + "..." if length > 2 else ""
+
+
 def render(
     text: str, document: dict[str, Any], *, rule_id: str, event_id: str, limit: int | None = None
 ) -> str:
@@ -367,7 +372,8 @@ def render(
     a personalization placeholder and blank it. It becomes ``$ (``.
 
     With a ``limit``, values that make the whole longer are cut, the longest first, each cut
-    ending ``…``, so that it is at most ``limit`` characters (logged, no data): what bounds a
+    ending ``...`` (GSM 7-bit, unlike an ellipsis), so that it is at most ``limit`` characters
+    (logged, no data): what bounds a
     forged event's long value, and a long alert still goes out."""
 
     def value(expression: str) -> str:
@@ -405,7 +411,7 @@ def render(
                 low = mid
             else:
                 high = mid - 1
-        cut = joined([v if len(v) <= low else v[: low - 1] + "…" if low else "" for v in values])
+        cut = joined([v if len(v) <= low else _shortened(v, low) for v in values])
         budget -= 1
     log.warning(
         "rule %s: placeholder values cut in event %s: %s characters rendered, at most %s",

@@ -151,7 +151,7 @@ def test_a_placeholder_value_longer_than_its_field_takes_is_sent_cut_to_it_sayin
 ) -> None:
     """A value over the field's 2,000 (1,000) characters made no message: a long alert (its
     description, an alertContext dump) was dropped, only a log line saying so. It goes out cut,
-    the value ending "…", the whole as long as the field may be (what bounds a forged event)."""
+    the value ending "...", the whole as long as the field may be (what bounds a forged event)."""
     notify.rule(Recipients={"Numbers": [N1]})
     template = {"TemplateName": "disk_full", "BodyParameters": ["ok", "$(data.disk)"]}
     notify.rule(Id="tpl", Message=template, Recipients={"Numbers": [N2]})
@@ -161,8 +161,8 @@ def test_a_placeholder_value_longer_than_its_field_takes_is_sent_cut_to_it_sayin
 
     assert (sorted(sent_to(long)), reasons(long)) == ([N1, N2], [])
     bodies = {q["origin"]["ruleId"]: q["body"] for q in notify.queued()}
-    assert bodies["disk"]["Content"] == "disk " + "x" * 1994 + "…"
-    assert bodies["tpl"]["BodyParameters"] == ["ok", "x" * 999 + "…"]
+    assert bodies["disk"]["Content"] == "disk " + "x" * 1992 + "..."
+    assert bodies["tpl"]["BodyParameters"] == ["ok", "x" * 997 + "..."]
     cut = "rule disk: placeholder values cut in event e1: 60,005 characters rendered, at most 2,000"
     assert cut in caplog.text
     assert "rule tpl: placeholder values cut" in caplog.text

@@ -253,5 +253,5 @@ def test_values_over_the_limit_are_cut_longest_first_each_ending_with_the_marker
     fits = render(text, doc, rule_id="r", event_id="e", limit=2000)
     assert fits == f"Alert vm-1: {'a' * 500} $ ({'b' * 900}"
     cut = render(text, doc, rule_id="r", event_id="e", limit=100)
-    assert cut == "Alert vm-1: " + "a" * 41 + "… $ (" + "b" * 40 + "…"
+    assert cut == "Alert vm-1: " + "a" * 39 + "... $ (" + "b" * 38 + "..."
     assert len(cut) == 99  # each cut value 42 long: 43 would be 101
