@@ -407,16 +407,50 @@ class SubscriptionStore:
                 {**_row(earlier), REPLACED_BY: successor}, mode=UpdateMode.REPLACE
             )
 
+    def keep_newest(self, service: str, kind: TriggerKind, callback_url: str) -> None:
+        """Mark every live subscription of ``kind`` to ``callback_url`` but the newest (by
+        created_at, id) replaced by it, so subscribes at once agree. If then none is live (an
+        ec7daff instance marks what it listed replaced by its own, older one, which a newer
+        subscribe had marked replaced: a cycle, and no index lists either), the one
+        :meth:`live` follows the newest to is live again, unless its row changed since read."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        same = [s for s in self.list(service, kind) if s.callback_url == callback_url]
+        if not same:
+            return  # its DELETE came already
+        newest = max(same, key=_age)
+        for replaced in same:
+            if replaced != newest:
+                self.replace(replaced, newest.subscription_id)
+        if any(s.callback_url == callback_url for s in self.list(service, kind)):
+            return
+        kept = self.live(service, newest.subscription_id)
+        if kept is None:
+            return  # what replaced it is gone: its trigger was deleted
+        with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
+            entity = self._table.get_entity(safe_key(service), safe_key(kept.subscription_id))
+            if entity.get(REPLACED_BY):
+                self._table.update_entity(
+                    {k: v for k, v in entity.items() if k != REPLACED_BY},
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+
     def live(
         self, service: str, subscription_id: str, event: Mapping[str, object] | None = None
     ) -> Subscription | None:
         """The subscription a delivery made for ``subscription_id`` goes to: that one, or the
         one that replaced it (and so on, a few times) if it takes the delivery's ``event``
-        (:func:`_takes`); None when it is gone."""
+        (:func:`_takes`), or the newest of a cycle of replaced ones (:meth:`keep_newest`);
+        None when it is gone."""
         from azure.core.exceptions import ResourceNotFoundError
 
         data = event.get("data") if event is not None else None
         first: Mapping[str, object] | None = None
+        seen: dict[str, Subscription] = {}
         for _ in range(5):
             try:
                 entity = self._table.get_entity(safe_key(service), safe_key(subscription_id))
@@ -427,11 +461,19 @@ class SubscriptionStore:
             first = first or entity
             if _is_subscription(entity):
                 return _subscription(entity)
+            seen[subscription_id] = _subscription(entity)
             successor = entity.get(REPLACED_BY)
             if not isinstance(successor, str) or not successor:
                 return None
+            if successor in seen:  # a cycle: from the successor on
+                return max(list(seen.values())[list(seen).index(successor) :], key=_age)
             subscription_id = successor
         return None
+
+
+def _age(subscription: Subscription) -> tuple[dt.datetime, str]:
+    """Which of one trigger's subscriptions is newest: the greatest (created_at, id)."""
+    return subscription.created_at, subscription.subscription_id
 
 
 def _takes(entity: Mapping[str, object], first: Mapping[str, object], data: object) -> bool:

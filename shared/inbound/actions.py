@@ -386,10 +386,10 @@ def open_subscription(
     """Store a trigger subscription with its own nonce, and its ``Location`` (made first: a URL
     that cannot be made stores nothing). Every earlier one of this kind and service to the same
     ``callback_url`` (one flow trigger, subscribed again after an edit, a lost answer, a slow
-    subscribe retried on another instance) would deliver each event twice: listed again once
-    stored, all but the newest by (created_at, id; it is after every row it saw) are replaced by
-    it, so subscribes at once agree. A replaced one's deliveries go to its successor; its
-    Location's DELETE ends what is left of it."""
+    subscribe retried on another instance) would deliver each event twice: once stored, all but
+    the newest (it is after every row it saw) are replaced by it (``SubscriptionStore.
+    keep_newest``), so subscribes at once agree. A replaced one's deliveries go to its
+    successor; its Location's DELETE ends what is left of it."""
     store, nonce = _subscriptions(ctx.settings), new_nonce()
     earlier = [s for s in store.list(service, kind) if s.callback_url == callback_url]
     subscription = Subscription(
@@ -405,11 +405,7 @@ def open_subscription(
     )
     location = subscription_url(ctx.settings, service, subscription.subscription_id, nonce, kind)
     store.add(subscription)  # first: the trigger is never without one
-    same = [s for s in store.list(service, kind) if s.callback_url == callback_url]
-    newest = max(same, key=lambda s: (s.created_at, s.subscription_id), default=subscription)
-    for replaced in same:
-        if replaced.subscription_id != newest.subscription_id:
-            store.replace(replaced, newest.subscription_id)
+    store.keep_newest(service, kind, callback_url)
     TriggerNotifier.for_settings(ctx.settings).forget(service)  # this instance: at once
     return subscription, location
 

@@ -204,6 +204,69 @@ def test_two_subscribes_of_one_trigger_at_once_leave_one_subscription(
     assert _live_ids(served) == []
 
 
+def test_a_subscribe_crossing_one_of_ec7daff_during_a_deploy_leaves_one_live(
+    served: Inbound, callback_receiver: CallbackReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One trigger subscribed at once on this release (N) and on an ec7daff instance (E, which
+    dated its row before listing and replaces what it listed by its own): N adds n; E lists
+    (n), adds e (older); N lists again and marks e replaced by n; E marks n replaced by e. The
+    cycle left nothing live and every event for the flow was dropped until it was saved."""
+    callback = f"{callback_receiver.url}/flow"
+    real_add, real_replace = SubscriptionStore.add, SubscriptionStore.replace
+    e = Subscription(TWO_WAY, "sub-ec7daff", callback, CUSTOMER, utcnow() - dt.timedelta(seconds=1))
+    e_listed: list[Subscription] = []
+
+    def add_then_ec7daff_adds(self: SubscriptionStore, subscription: Subscription) -> None:
+        real_add(self, subscription)
+        if subscription is not e:
+            e_listed.extend(s for s in self.list(TWO_WAY) if s.callback_url == callback)
+            self.add(e)
+
+    def replace_then_ec7daff_replaces(
+        self: SubscriptionStore, earlier: Subscription, by: str
+    ) -> None:
+        real_replace(self, earlier, by)
+        if earlier.subscription_id == e.subscription_id:
+            for listed in e_listed:
+                real_replace(self, listed, e.subscription_id)
+
+    monkeypatch.setattr(SubscriptionStore, "add", add_then_ec7daff_adds)
+    monkeypatch.setattr(SubscriptionStore, "replace", replace_then_ec7daff_replaces)
+    location = subscribe(served, callback)
+    n_id = urlsplit(location).path.rsplit("/", 1)[1]
+    assert [s.subscription_id for s in e_listed] == [n_id]
+    assert _live_ids(served) == [n_id]
+    followed = SubscriptionStore.from_settings().live(TWO_WAY, e.subscription_id)
+    assert followed is not None
+    assert followed.subscription_id == n_id
+
+    simulate_inbound(served, "Once")
+    assert served.process_intake() == 1
+    served.run_queue(names.INBOUND_DELIVERIES_QUEUE, "InboundDispatcher")
+    assert [c.path for c in callback_receiver.wait_for(1)] == ["/flow"]
+
+
+def test_a_delivery_for_a_cycle_of_replaced_subscriptions_goes_to_its_newest(
+    inbound: Inbound,
+) -> None:
+    """Until a subscribe makes one of them live again, a delivery made for either row of such
+    a cycle (n replaced by e, e by n) went nowhere: it goes to the newest of the cycle."""
+    store = SubscriptionStore.from_settings()
+    old = Subscription(TWO_WAY, "sub-old", "https://flow.example/x", CUSTOMER, utcnow())
+    e = Subscription(TWO_WAY, "sub-e", old.callback_url, CUSTOMER, utcnow())
+    n = Subscription(TWO_WAY, "sub-n", old.callback_url, CUSTOMER, e.created_at + dt.timedelta(1))
+    for subscription in (old, e, n):
+        store.add(subscription)
+    store.replace(old, e.subscription_id)
+    store.replace(e, n.subscription_id)
+    store.replace(n, e.subscription_id)
+
+    for start in (old, e, n):
+        followed = store.live(TWO_WAY, start.subscription_id)
+        assert followed is not None
+        assert followed.subscription_id == n.subscription_id
+
+
 def test_a_subscribe_again_on_an_instance_whose_clock_is_behind_still_replaces_the_first(
     inbound: Inbound, callback_receiver: CallbackReceiver
 ) -> None:
