@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 import httpcore
 import httpx
@@ -513,8 +514,9 @@ class GuardedClient:
                 raise CallbackRefused(target.host, f"header {name!r} is not printable ASCII")
         request = httpx.Request(method, target, headers=headers, content=content or None)
         raw_headers = list(request.headers.raw)
-        if target.userinfo:  # percent-encoded in the URL: the credentials are its decoding
-            basic = f"{target.username}:{target.password}".encode()
+        if target.userinfo:  # percent-encoded in the URL: the credentials are the bytes written
+            user, _, password = target.userinfo.partition(b":")
+            basic = b":".join(unquote_to_bytes(part) for part in (user, password))
             raw_headers.append((b"Authorization", b"Basic " + base64.b64encode(basic)))
         call = _Call(self.policy, self._resolver, self._backend, deadline, target.scheme == "http")
         host = target.host

@@ -163,6 +163,22 @@ def test_a_urls_user_and_password_are_sent_decoded_as_basic_credentials() -> Non
 
 
 @pytest.mark.parametrize(
+    ("written", "password"), [("p%E4ss", b"p\xe4ss"), ("p%C3", b"p\xc3"), ("%FF%00", b"\xff\x00")]
+)
+def test_a_password_whose_escapes_are_no_utf8_is_sent_as_the_bytes_written(
+    written: str, password: bytes
+) -> None:
+    """httpx decodes the user info as UTF-8 with replacement: a Latin-1 password (p%E4ss) or a
+    lone byte went out as U+FFFD, and the receiver refused credentials the URL spelled right."""
+    with raw_server(answer(204)) as server:
+        url = f"http://dlr:{written}@127.0.0.1:{server.port}/report"
+        assert client(LOCAL).get(url).status == 204
+    [request] = server.requests
+    credentials = base64.b64encode(b"dlr:" + password).decode()
+    assert f"Authorization: Basic {credentials}\r\n".encode() in request
+
+
+@pytest.mark.parametrize(
     "value", ["m-1\nX-Injected: yes", "m-1\r\n", "nul\x00", "m\u00e9t\u00e9", "\U0001f600"]
 )
 def test_a_header_no_http_request_can_carry_is_refused_and_nothing_connects(value: str) -> None:
