@@ -29,6 +29,7 @@ from shared.actions._spec import (
     Body,
     Param,
     SettingDefault,
+    loggable_id,
 )
 from shared.actions.fields import PHONE_REGIONS_CONTEXT
 from shared.logs import cut_secrets, loggable_text, redacted, redacted_traceback
@@ -492,7 +493,10 @@ def _run_action(
     ``durationMs`` and ``trackingId``; never a phone number, token or secret."""
     started = time.perf_counter()
     tracking_id = request.tracking_id
-    extra: dict[str, Any] = {"operationId": spec.operation_id, "trackingId": tracking_id}
+    extra: dict[str, Any] = {
+        "operationId": spec.operation_id,
+        "trackingId": loggable_id(tracking_id),
+    }
     response: ActionResponse
     context: ActionContext | None = None
     outcome = "ok"
@@ -522,7 +526,7 @@ def _run_action(
     log.log(
         logging.INFO if response.status < 500 else logging.WARNING,
         "%s answered %d in %d ms (%s), request %s",
-        spec.operation_id, response.status, duration_ms, outcome, loggable_text(tracking_id),
+        spec.operation_id, response.status, duration_ms, outcome, extra["trackingId"],
         extra=extra,
     )  # fmt: skip
     return response
@@ -560,7 +564,7 @@ def _map_failure(
         return problem, f"upstream {type(exc).__name__}: {redacted(str(exc))}"
     log.error(
         "%s failed unexpectedly, request %s: %s",
-        spec.operation_id, loggable_text(extra["trackingId"]), redacted_traceback(exc),
+        spec.operation_id, extra["trackingId"], redacted_traceback(exc),
         extra=dict(extra),
     )  # fmt: skip
     return internal_error(), f"unexpected {type(exc).__name__}"
@@ -572,23 +576,23 @@ def _with_instance(problem: Problem, tracking_id: str) -> Problem:
 
 def unknown_action_response(operation_id: str, request: ActionRequest) -> ActionResponse:
     """404 problem for an operationId no action is registered under (a wiring mistake)."""
-    tracking_id = request.tracking_id
+    logged = loggable_id(request.tracking_id)
     log.warning(
-        "no action is registered as %s, request %s", operation_id, loggable_text(tracking_id),
-        extra={"operationId": operation_id, "trackingId": tracking_id, "status": 404},
+        "no action is registered as %s, request %s", operation_id, logged,
+        extra={"operationId": operation_id, "trackingId": logged, "status": 404},
     )  # fmt: skip
     problem = Problem(404, "Not found", "This app has no such action.", type=ProblemType.NOT_FOUND)
-    return ActionResponse.problem(_with_instance(problem, tracking_id))
+    return ActionResponse.problem(_with_instance(problem, request.tracking_id))
 
 
 def unexpected_failure_response(
     operation_id: str, request: ActionRequest, exc: BaseException
 ) -> ActionResponse:
     """500 problem without details for a failure outside an action (logged, redacted)."""
-    tracking_id = request.tracking_id
+    logged = loggable_id(request.tracking_id)
     log.error(
         "%s failed unexpectedly, request %s: %s",
-        operation_id, loggable_text(tracking_id), redacted_traceback(exc),
-        extra={"operationId": operation_id, "trackingId": tracking_id, "status": 500},
+        operation_id, logged, redacted_traceback(exc),
+        extra={"operationId": operation_id, "trackingId": logged, "status": 500},
     )  # fmt: skip
-    return ActionResponse.problem(_with_instance(internal_error(), tracking_id))
+    return ActionResponse.problem(_with_instance(internal_error(), request.tracking_id))

@@ -215,6 +215,45 @@ def test_a_handlers_unexpected_failure_is_logged_under_its_tracking_id(
     assert all("run-500" in line for line in lines), lines
 
 
+@pytest.mark.parametrize(
+    ("headers", "logged"),
+    [
+        ({}, "12345678-9abc-4def-8123-456789abcdef"),  # generated
+        ({"x-ms-client-tracking-id": "12345678-9abc-4def-8123-456789abcdef"}, None),
+        ({"x-request-id": "0401234567"}, "***4567"),  # a caller's number stays masked
+    ],
+)
+def test_a_tracking_id_of_a_uuids_shape_is_logged_whole_even_if_it_starts_with_digits(
+    app: App,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    headers: dict[str, str],
+    logged: str | None,
+) -> None:
+    """A UUID whose first 8 hex digits are all digits (about 2 % of generated ones) read as a
+    phone number and was logged masked, while the problem's instance kept it whole: the
+    operator's ``traces | where message has "<id>"`` found no line of the 500."""
+    import uuid
+    from dataclasses import replace
+
+    from shared.actions._pipeline import run_action
+    from shared.actions.catalog import get_spec
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    generated = uuid.UUID("12345678-9abc-4def-8123-456789abcdef")
+    monkeypatch.setattr("shared.actions._spec.uuid.uuid4", lambda: generated)
+    spec = replace(get_spec("GetUserCustomers"), handler=broken)
+    with caplog.at_level(logging.INFO, logger="smartdialog.actions"):
+        answer = run_action(spec, ActionRequest("GET", headers=headers))
+    tracking_id = answer.body["instance"].rsplit(":", 1)[1]
+    assert tracking_id == (headers or {"": str(generated)}).popitem()[1]
+    lines = [r.getMessage() for r in caplog.records if "GetUserCustomers" in r.getMessage()]
+    assert len(lines) == 2
+    assert all(f"request {logged or tracking_id}" in line for line in lines), lines
+
+
 def test_blank_customer_setting_counts_as_missing(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
