@@ -264,7 +264,7 @@ class Settings(StorageSettings):
     def _allowed_hosts_parse(cls, value: str) -> str:
         from shared.guarded_http import parse_allowed_hosts
 
-        parse_allowed_hosts(value)  # ValueError names the entry
+        parse_allowed_hosts(value)  # ValueError names the entry by its place, not its value
         return value
 
     @field_validator("base_url", "public_base_url_setting", "authority")

@@ -279,8 +279,10 @@ class ActionSpec(Generic[InputT]):
     members merged into the Swagger operation, e.g. ``x-ms-trigger``) and
     ``path_extensions`` (merged into the Swagger path item, e.g.
     ``x-ms-notification-content``). ``routed`` False: the action needs only the app-wide
-    settings (a status URL, our own records), so it is not routed to a connection and a
-    routing error, or a broken or removed connection its request names, does not stop it.
+    settings (a status URL, our own records), so the pipeline does not route it and a routing
+    error, or a broken or removed connection its request names, does not stop it there; one
+    whose handler routes itself (``UnregisterInboundWebhook``) answers as routing does: a
+    routing error or a broken connection named in its header is a 503.
     """
 
     operation_id: str
