@@ -1,11 +1,10 @@
 """Send a message and wait for a reply: the action's input, its answers, and the service behind it.
 
-The question is recorded in the message core (:class:`~shared.messages.QuestionStore`), then it
-goes out as an ordinary SendMessage through :meth:`SendService.accept` (the one send path).
-Its status URL (``questions/{QuestionId}?token=…``) answers 202 with a long ``Retry-After``
-(``SMARTDIALOG_QUESTION_POLL_SECONDS``) while the question is open, then 200 with how it ended.
-The inbound processor ends it with the reply (or STOP); this module ends it when its timeout
-passes or its send ended unsent (the status combines the send record's status).
+The question is recorded in the message core (:class:`~shared.messages.QuestionStore`), then sent
+as an ordinary SendMessage (:meth:`SendService.accept`). Its status URL answers 202 with a long
+``Retry-After`` (``SMARTDIALOG_QUESTION_POLL_SECONDS``) while it is open, then 200 with how it
+ended: the inbound processor ends it with the reply (or STOP), this module when its timeout
+passes or its send ended unsent.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
@@ -29,9 +29,11 @@ from shared.actions.fields import (
 )
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
+from shared.inbound import WebhookRegistry
 from shared.inbound._answers import reprompt_message_id
 from shared.logs import redacted
 from shared.messages import (
+    ANSWER_GRACE,
     UNSENT,
     IdempotencyEntry,
     MessageRecord,
@@ -82,13 +84,8 @@ __all__ = [
 DEFAULT_TIMEOUT_SECONDS = 86_400
 MAX_TIMEOUT_SECONDS = 2_592_000
 MAX_OPTIONS = 20
-#: How long past its timeout a question stays open for a reply received before the timeout
-#: that is still on its way through the intake queue (seconds, usually; more in a backlog):
-#: only then does a poll or a new question end it timed out.
-ANSWER_GRACE = dt.timedelta(seconds=60)
-#: What a question asks beyond its send: in the fingerprint a replay of its key must match.
-#: (Not ReplaceOpenQuestion: it says how to treat another open question, not what is asked, so a
-#: retry that got 409 may set it.)
+#: What a question asks beyond its send: in the fingerprint a replay of its key must match (not
+#: ReplaceOpenQuestion: it is not what is asked, so a retry that got 409 may set it).
 QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent"}
 #: What of the question its send carries, beside its Recipient.
 SEND_TERMS = {"Sender", "Content", "Protocol", "CustomerData", "RequestId"}
@@ -267,6 +264,7 @@ class AskService:
         self.send = send
         self.questions = questions or QuestionStore.from_settings(settings)
         self.index = index or TriggerNotifier.for_settings(settings)
+        self.webhooks = WebhookRegistry.from_settings(settings)
         self._clock = clock
 
     # --- ask -------------------------------------------------------------------------------
@@ -274,11 +272,11 @@ class AskService:
     def ask(
         self, customer: str, service: str, body: AskBody, *, idempotency_key: str | None
     ) -> StatusView:
-        """Check that no question is open (409 naming it, unless replacing), record the question,
-        send it, answer 202 + Location. A replay (the same request under the same
-        Idempotency-Key or RequestId) asks nothing: it answers as its question's status URL
-        does now; another request under the key (another question, a plain send) is a 422,
-        after the 409 for another request's question open to its number."""
+        """Check that no question is open (409 naming it, unless replacing) and that replies reach
+        us (400 without the service's New Message webhook, on any connection), record the
+        question, send it, answer 202 + Location. A replay (the same request under the same key
+        or RequestId) asks nothing: it answers as its status URL does now; another request under
+        the key is a 422, after the 409 for another request's question open to its number."""
         require_callback_settings(self.settings)
         now = self._clock()
         key = idempotency_key or body.RequestId
@@ -300,14 +298,11 @@ class AskService:
             key_hash = idempotency_key_hash(customer, key, named)
             # One query: the open question, and the questions this key asked (a replay's).
             open_one, asked = self.questions.asked_under(service, address, key_hash)
-            if (
-                open_one is not None
-                and not body.ReplaceOpenQuestion
-                and all(question.failure_code in NOT_ASKED for question in asked)
-            ):  # another request's question is open, and this key asked none: 409, unclaimed
+            theirs = all(q.failure_code in NOT_ASKED for q in asked)  # this key asked none
+            if open_one is not None and not body.ReplaceOpenQuestion and theirs:  # 409, unclaimed
                 open_one = self._settled(open_one, now)  # read once: ended, it is final below
                 if open_one.status is QuestionStatus.OPEN:
-                    return _conflict(open_one, self.settings.send_lease_seconds)
+                    return _conflict(open_one, self.settings)
             claim, replayed = self._claim(key_hash, command, body, message_id, asked, now)
             if replayed is not None:
                 return self._replayed(replayed, command, idempotency_key, claim)
@@ -321,10 +316,11 @@ class AskService:
         if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
             return self._replayed(open_one, command, idempotency_key, claim)
         if open_one is not None and not body.ReplaceOpenQuestion:
-            return self._refused(open_one, claim)
-        # The service is marked as asking before its first question is stored, and that
-        # question is sent once every instance knows (an inbound message to a service that
-        # never asked is published without looking for a question: shared.triggers).
+            return self._refused(claim, _conflict(open_one, self.settings))
+        if not self.webhooks.list(service):  # one partition query; a replay needs none
+            return self._refused(claim, _no_webhook(service))
+        # Marked as asking before its first question is stored, sent once every instance knows
+        # (a message to a service that never asked is published without a look: shared.triggers)
         known_everywhere = self.index.mark_asking(service)
         # The question is recorded (the one open question of service + number) before its send
         # is queued: two requests at the same time send one question, the other answers 409.
@@ -349,7 +345,7 @@ class AskService:
         except QuestionConflict as conflict:  # another question was asked meanwhile
             if conflict.open_question.message_id == message_id:  # by this request's first
                 return self._replayed(conflict.open_question, command, idempotency_key, claim)
-            return self._refused(conflict.open_question, claim)
+            return self._refused(claim, _conflict(conflict.open_question, self.settings))
         self._send(created, command, idempotency_key, claim, not_before=known_everywhere)
         return self._open_view(created, status=202)
 
@@ -363,11 +359,9 @@ class AskService:
         now: dt.datetime,
     ) -> tuple[IdempotencyEntry, QuestionRecord | None]:
         """Claim ``key_hash`` for a new question's send ``message_id``: the send's fingerprint
-        (what an earlier release's replay compares) and, beside it, one with the question's
-        terms (a plain send's claim has none: another request). Claimed before: the claim, and
-        the question its first request asked, of those ``asked`` under the key (None when it
-        asked none: it failed first, or is on its way); a 422 when that request was another.
-        Claimed now: :meth:`_adopt`."""
+        (an earlier release's replay compares it) and one with the question's terms. Claimed
+        before: the claim and the question its first request asked, of those ``asked`` under the
+        key (None: none, or on its way); a 422 for another request. Claimed now: :meth:`_adopt`."""
         fingerprint = request_fingerprint(command)
         asks = request_fingerprint(command, body.model_dump(include=QUESTION_TERMS))
         ttl = dt.timedelta(seconds=self.settings.idempotency_ttl_seconds)
@@ -389,10 +383,9 @@ class AskService:
         self, claim: IdempotencyEntry, body: AskBody, asked: list[QuestionRecord], now: dt.datetime
     ) -> tuple[IdempotencyEntry, QuestionRecord | None]:
         """The new ``claim``, and the question asked under its key that this request sends, if
-        any: b75f77e recorded a question before it claimed the key (when it accepted the send),
-        so a request that died in between left it open, never sent, and the key free. The claim
-        moves to its send in one write. Not one sent (its key is forgotten: 409 as before) or
-        past its timeout (ended, and asked anew); one another request asked is a 422."""
+        any: b75f77e recorded a question before it claimed the key, so one whose request died in
+        between is open, unsent, its key free (the claim moves to its send in one write). Not one
+        sent (409) or past its timeout (ended, asked anew); one another request asked is a 422."""
         own = next((q for q in reversed(asked) if q.status is QuestionStatus.OPEN), None)
         if own is None or own.expired(now - ANSWER_GRACE) or self.send.store.get(own.message_id):
             return claim, None
@@ -410,15 +403,12 @@ class AskService:
         claim: IdempotencyEntry | None,
     ) -> StatusView:
         """A replay's answer: its question as the status URL answers now. An open one's send is
-        accepted again, as a replay (nothing is queued once it is recorded): its first request
-        may have died before it. Under a new claim (:meth:`_adopt`) this request sends it: a
-        refused send ends it, as a new question's does."""
+        accepted again (nothing is queued once it is recorded): its first request may have died
+        before it; under a new claim (:meth:`_adopt`) a refused send ends it, as a new one's."""
         if question.status is QuestionStatus.OPEN:
-            not_before = self.index.mark_asking(question.service_id)
+            since = self.index.mark_asking(question.service_id)
             first = claim is not None and claim.new
-            self._send(
-                question, command, idempotency_key, claim, not_before=not_before, first=first
-            )
+            self._send(question, command, idempotency_key, claim, not_before=since, first=first)
         return self._current(question)
 
     def _send(
@@ -431,11 +421,9 @@ class AskService:
         not_before: dt.datetime,
         first: bool = True,
     ) -> None:
-        """Accept the send of ``question``, valid until its :meth:`~QuestionRecord.send_by`
-        ``not_before`` (it is not sent late). Refused (e.g. 422: the recipient opted out) or our
-        storage failed before its command was queued (500, the caller retries), the question
-        this request asked must not stay open without it. Any other failure (500) may come after
-        the enqueue: the question stays open, as one a replay found does (it may be sent)."""
+        """Accept the send of ``question``, valid until its ``send_by(not_before)``. Refused (422)
+        or failed before its command was queued (500), the question this request asked ends
+        failed; any other 500 may follow the enqueue: it stays open, as a replay's (may be sent)."""
         try:
             self.send.accept(
                 command.model_copy(update={"validUntil": question.send_by(not_before)}),
@@ -455,15 +443,15 @@ class AskService:
                 raise _in_ask_terms(refused) from None
             raise
 
-    def _refused(self, open_one: QuestionRecord, claim: IdempotencyEntry | None) -> StatusView:
-        """409 naming ``open_one``; a key this request claimed is free again (nothing asked; a
-        claim left by a failed release is harmless: its replay finds no question and asks)."""
+    def _refused(self, claim: IdempotencyEntry | None, refusal: StatusView) -> StatusView:
+        """``refusal`` (nothing asked), a key this request claimed free again (a claim left by a
+        failed release is harmless: its replay finds no question and asks)."""
         if claim is not None and claim.new:
             try:
                 self.send.idempotency.release(claim.key_hash, claim.message_id)
             except Exception as exc:
-                log.warning("key of a 409 not released: %s", redacted(str(exc)))
-        return _conflict(open_one, self.settings.send_lease_seconds)
+                log.warning("key of a refused ask not released: %s", redacted(str(exc)))
+        return refusal
 
     # --- status ----------------------------------------------------------------------------
 
@@ -493,19 +481,18 @@ class AskService:
             # Its send's problem while it stands; re-driven since: the question's own answer.
             if message is not None and message.status in UNSENT:
                 view = self.send.view(message)
-                return type(view)(
-                    view.status, {**view.body, "questionId": record.question_id}, {}, view.problem
+                return replace(
+                    view, body={**view.body, "questionId": record.question_id}, headers={}
                 )
         return _ended_view(record)
 
     def _settled(self, record: QuestionRecord, now: dt.datetime) -> QuestionRecord:
         """The open ``record``, ended ``failed`` if its send ended unsent, or ``timed_out``
-        :data:`ANSWER_GRACE` past its ExpiresAt unless it waits for a send of its own
-        (:meth:`_waits`); as it is otherwise (no read when it has ended)."""
+        :data:`ANSWER_GRACE` past its ExpiresAt unless it :meth:`_waits`; else as it is."""
         if record.status.is_final:
             return record
         message = self.send.store.get(record.message_id)
-        if message is not None and send_ended_unsent(message):
+        if message is not None and send_ended_unsent(message, record):
             code = message.failure.code if message.failure else str(message.status)
             status = QuestionStatus.FAILED
         elif record.expired(now - ANSWER_GRACE) and not self._waits(record, message, now):
@@ -517,11 +504,10 @@ class AskService:
     def _waits(
         self, record: QuestionRecord, message: MessageRecord | None, now: dt.datetime
     ) -> bool:
-        """Whether the timed-out ``record`` waits for its text ``message`` or re-prompt, not
-        final and within its validity and the sender's lease (a claim taken as it ends): valid
-        by its ExpiresAt (as this release sends them), it goes out in time or expires. A later one
-        (an earlier release's: 24 h) is cancelled (CancelMessage), never sent after the timeout;
-        one that lost the cancel (being sent, attempted) may be going out: it is waited for."""
+        """Whether the timed-out ``record`` waits for its text ``message`` or re-prompt, not final
+        and in its validity and the sender's lease: one valid by its ExpiresAt goes out in time or
+        expires; a later one (an earlier release's: 24 h) is cancelled, or, if that lost, waited
+        for only while a sender's claim holds it, not in a backoff after an attempt (hours)."""
         lease = dt.timedelta(seconds=self.settings.send_lease_seconds)  # the sender's: ours
         again = reprompt_message_id(record.question_id) if record.reprompted else None
         for send in (message, self.send.store.get(again) if again else None):
@@ -531,8 +517,9 @@ class AskService:
                 return True
             try:
                 self.send.cancel(send.message_id)
-            except Problem:  # it may be going out now
-                return True
+            except Problem:  # claimed, or attempted: read again (it may have changed since)
+                if (held := self.send.store.get(send.message_id)) and held.held_until(now):
+                    return True
         return False
 
     def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:
@@ -564,9 +551,8 @@ def _ended_view(record: QuestionRecord) -> StatusView:
 
 
 def _asks_as(question: QuestionRecord, body: AskBody) -> bool:
-    """Whether ``question`` asks what ``body`` does, as far as its row tells (not its text: an
-    unsent question's is nowhere): sender, protocol, answers, re-prompt, and a timeout that
-    starts at most :data:`ASKED_LATER` after it was asked."""
+    """Whether ``question`` asks what ``body`` does, as its row tells (not its text: an unsent
+    one's is nowhere): sender, protocol, answers, re-prompt, a timeout :data:`ASKED_LATER` late."""
     late = question.expires_at - question.created_at - dt.timedelta(seconds=body.TimeoutSeconds)
     return dt.timedelta(0) <= late <= ASKED_LATER and (
         question.sender,
@@ -585,8 +571,22 @@ def _in_ask_terms(problem: Problem) -> Problem:
     return problem
 
 
-def _conflict(open_one: QuestionRecord, lease: float) -> StatusView:
-    more = int(max(ANSWER_GRACE.total_seconds(), lease))  # a reply, or its send, on its way
+def _no_webhook(service: str) -> StatusView:
+    """400: no reply on ``service`` would reach us (none on a 1-way one): it could only time out."""
+    detail = (
+        f"Service {service} has no New Message webhook of this app, so no reply would reach the "
+        "question: register one on a 2-way service (RegisterInboundWebhook, New Message trigger)."
+    )
+    field = FieldError("Service-Id", "No inbound webhook is registered for this service.")
+    title = "No webhook receives this service's replies"
+    problem = Problem(400, title, detail, type=ProblemType.VALIDATION, errors=[field])
+    return StatusView(400, problem.to_dict(), {}, True)
+
+
+def _conflict(open_one: QuestionRecord, settings: Settings) -> StatusView:
+    more = int(
+        max(ANSWER_GRACE.total_seconds(), settings.send_lease_seconds)
+    )  # a reply, or its send, on its way
     problem = Problem(
         409,
         "A question to this recipient is still open",

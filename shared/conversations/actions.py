@@ -15,10 +15,8 @@ from shared.conversations._ask import (
     QuestionAnswerDoc,
     QuestionStatusInput,
 )
-from shared.inbound.actions import registered_on
 from shared.outbound import send_service
 from shared.outbound.actions import ACCEPTED_HEADERS, TAG, answer
-from shared.problems import FieldError, Problem, ProblemType
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -38,26 +36,10 @@ def reset_asker_cache() -> None:
 
 
 def send_message_and_wait(ctx: ActionContext, inp: AskInput) -> ActionResponse:
-    if not registered_on(ctx, inp.service_id):  # one table query, as a New Message trigger's
-        raise _no_webhook(inp.service_id)
     view = _asker(ctx.settings).ask(
         inp.customer_id, inp.service_id, inp.body, idempotency_key=inp.idempotency_key
     )
     return answer(view)
-
-
-def _no_webhook(service: str) -> Problem:
-    """400: no reply on ``service`` would reach us (no New Message webhook on this connection:
-    SmartDialog registers one only on a 2-way service), so the question could only time out."""
-    return Problem(
-        400,
-        "No webhook receives this service's replies",
-        f"Service {service} has no New Message webhook registered on this connection, so no "
-        "reply would reach the question. Register it (RegisterInboundWebhook, or a New Message "
-        "trigger on the service) on a 2-way service, then ask.",
-        type=ProblemType.VALIDATION,
-        errors=[FieldError("Service-Id", "No inbound webhook is registered for this service.")],
-    )
 
 
 def get_question_status(ctx: ActionContext, inp: QuestionStatusInput) -> ActionResponse:

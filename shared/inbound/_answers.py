@@ -7,9 +7,10 @@ message only goes to New Message, as before; none either when this very message 
 question: a redelivery by SmartDialog changes nothing, nor a copy of a message written before
 the question was asked). One read of the question's send follows: a send that ended unsent
 (:func:`send_ended_unsent`: cancelled, or failed before it may have gone out) leaves its
-question answered by nothing (it ends ``failed``); one unreadable (``DamagedRecordError``, a status
-another release wrote) is taken as gone out, with a warning, never an error that would hold up
-the event. Then:
+question answered by nothing (it ends ``failed``), unless the timeout cancelled it (the question
+times out, or ends with a STOP received in time); one unreadable (``DamagedRecordError``, a
+status another release wrote) is taken as gone out, with a warning, never an error that would
+hold up the event. Then:
 
 - STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
 - a message before the question's text may have gone out (:func:`send_may_have_gone_out`)
@@ -160,7 +161,7 @@ class QuestionAnswers:
             log.warning("message %s: the send %s of question %s is unreadable: %s", key,
                         question.message_id, question.question_id, redacted(str(exc)))  # fmt: skip
             send, unreadable = None, True
-        if send_ended_unsent(send):
+        if send_ended_unsent(send, question):
             return "none"  # cancelled or failed unsent: the question ends so (its status URL)
         if keyword == "stop":  # before its text went out too: it never will (suppressed)
             self.questions.opt_out(question, at=received_at, reply_key=key)

@@ -34,6 +34,7 @@ from shared.messages._packs import (
     new_pack_id,
 )
 from shared.messages._questions import (
+    ANSWER_GRACE,
     QUESTION_TRANSITIONS,
     UNSENT,
     QuestionConflict,
@@ -65,6 +66,7 @@ from shared.messages._records import (
 from shared.messages._store import MessageStore
 
 __all__ = [
+    "ANSWER_GRACE",
     "BATCH_PARTITION_ROWS",
     "BATCH_TRANSITIONS",
     "MESSAGE_ID_PATTERN",

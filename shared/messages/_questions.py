@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "ANSWER_GRACE",
     "QUESTION_TRANSITIONS",
     "UNSENT",
     "QuestionConflict",
@@ -65,6 +66,10 @@ REPLY_CHARS = 16_000
 #: The least time a recipient has to reply (half the time left, when that is shorter): a message
 #: of a question that cannot go out by its ExpiresAt minus this is not sent (failed, expired).
 REPLY_WINDOW = dt.timedelta(minutes=5)
+#: How long past its timeout a question stays open for a reply received before the timeout
+#: that is still on its way through the intake queue (seconds, usually; more in a backlog):
+#: only then does a poll or a new question end it timed out.
+ANSWER_GRACE = dt.timedelta(seconds=60)
 
 
 class QuestionStatus(enum.StrEnum):
@@ -168,11 +173,17 @@ def send_may_have_gone_out(send: MessageRecord | None) -> bool:
     return send.status in (MessageStatus.SENT, MessageStatus.SENDING) or doubt
 
 
-def send_ended_unsent(send: MessageRecord | None) -> bool:
-    """Whether a question's ``send`` ended without its text going out: cancelled, or failed
+def send_ended_unsent(send: MessageRecord | None, question: QuestionRecord) -> bool:
+    """Whether ``question``'s ``send`` ended without its text going out: cancelled, or failed
     when no attempt may have reached upstream. Its question fails, and no reply answers it; one
-    that failed after such an attempt counts as sent (a reply answers it, or it times out)."""
-    return send is not None and send.status in UNSENT and not send_may_have_gone_out(send)
+    that failed after such an attempt counts as sent (a reply answers it, or it times out), and
+    one cancelled :data:`ANSWER_GRACE` or more past its ExpiresAt as still waiting (the poll that
+    times the question out cancels it before it ends the question, a second write: a crash or
+    a reader in between must not make a timed-out question fail)."""
+    if send is None or send.status not in UNSENT or send_may_have_gone_out(send):
+        return False
+    late = send.finished_at is not None and send.finished_at >= question.expires_at + ANSWER_GRACE
+    return not (send.status is MessageStatus.CANCELLED and late)
 
 
 def question_partition(service: str, address: str) -> str:

@@ -223,6 +223,35 @@ def test_a_questions_re_prompt_goes_through_the_connection_it_was_asked_on(
     )
 
 
+def test_a_question_on_a_service_whose_webhook_is_on_another_connection_is_asked(
+    two: TwoConnections,
+) -> None:
+    """Its webhook was registered through the default connection (before ``second`` claimed the
+    customer): replies reach the question whatever connection delivers them (a question is
+    found by service and number), yet the ask through ``second`` was refused 400, and
+    registering again through ``second`` added a second SmartDialog action (every reply twice)."""
+    from shared.inbound import WebhookRegistration, WebhookRegistry
+
+    WebhookRegistry.from_settings().add(
+        WebhookRegistration(
+            service=SECOND_TWO_WAY,
+            action_id=f"a-{uuid.uuid4().hex}",
+            pipeline_id="p1",
+            customer_id=SECOND_CUSTOMER,
+            created_at=utcnow(),
+            nonce=uuid.uuid4().hex,
+        )
+    )  # connection: the default one
+    headers = {CONNECTION_HEADER: "second", "Customer-Id": SECOND_CUSTOMER,
+               "Service-Id": SECOND_TWO_WAY}  # fmt: skip
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358400000031"}
+
+    asked = call_http("SendMessageAndWaitForReply", "POST", headers=headers, body=body)
+
+    assert asked.status == 202, asked.body
+    assert two.second.state.actions_for(SECOND_TWO_WAY) == []  # nothing registered again
+
+
 def test_a_question_row_an_earlier_release_wrote_re_prompts_by_its_customer(
     two: TwoConnections,
 ) -> None:

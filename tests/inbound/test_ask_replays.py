@@ -13,7 +13,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
 from shared.clock import ManualClock, utcnow
-from shared.inbound import InboundProcessor
+from shared.inbound import InboundProcessor, WebhookRegistry
 from shared.messages import (
     IdempotencyStore,
     MessageStatus,
@@ -649,3 +649,32 @@ def test_a_duplicate_during_the_retry_s_handover_does_not_send_the_question_twic
     assert (retried.status, retried.body.get("QuestionId")) == (202, asked.question_id)
     assert duplicate[0].status in (202, 409), duplicate[0].body
     assert inbound.count(OUTBOUND_QUEUE) == queued + 1
+
+
+def test_a_replay_after_the_webhook_was_unregistered_answers_its_open_question(
+    inbound: Inbound,
+) -> None:
+    """The 400 for a service without a New Message webhook came before the replay lookup: a
+    retry of an accepted ask (its 202 lost) after the webhook was unregistered got 400 while
+    its question stayed open. Only a new question is refused, and its key is free again."""
+    key = f"k-{uuid.uuid4().hex}"
+    first = _ask(inbound, key)
+    assert first.status == 202, first.body
+    for registration in WebhookRegistry.from_settings().list(TWO_WAY):
+        route = {"Service": TWO_WAY, "ActionId": registration.action_id}
+        gone = inbound.call("UnregisterInboundWebhook", "DELETE", route_params=route)
+        assert gone.status in (200, 204), gone.body
+
+    again = _ask(inbound, key)
+    other = f"k-{uuid.uuid4().hex}"
+    refused = _ask(inbound, other, ReplaceOpenQuestion=True)
+
+    assert (again.status, again.body["QuestionId"]) == (202, first.body["QuestionId"])
+    assert refused.status == 400, refused.body
+    assert [e["field"] for e in refused.body["errors"]] == ["Service-Id"]
+    still = _open()
+    assert still is not None
+    assert still.question_id == first.body["QuestionId"]
+    inbound.register_webhook()
+    asked = _ask(inbound, other, ReplaceOpenQuestion=True, Options=["Yes", "No", "Maybe"])
+    assert asked.status == 202, asked.body  # its key was released: not another request's 422

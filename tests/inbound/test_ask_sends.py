@@ -172,9 +172,12 @@ def test_a_timed_out_question_whose_late_send_is_going_out_waits_for_it(
     _as_the_previous_release_queued(store, asked.body["MessageId"])
     record = store.get(asked.body["MessageId"])
     assert record is not None
-    sending = store.swap(record, status=MessageStatus.SENDING)  # the sender claimed it
-    assert sending is not None
     manual_clock.advance(200)
+    lease = dt.timedelta(seconds=get_settings().send_lease_seconds)
+    sending = store.swap(  # the sender claimed it just now
+        record, status=MessageStatus.SENDING, attempts=1, lease_until=utcnow() + lease
+    )
+    assert sending is not None
 
     waiting = _poll(inbound, asked)
     assert (waiting.status, waiting.body["Status"]) == (202, "open"), waiting.body
@@ -182,6 +185,94 @@ def test_a_timed_out_question_whose_late_send_is_going_out_waits_for_it(
     ended = _poll(inbound, asked)
 
     assert (ended.status, ended.body["Status"], ended.body["TimedOut"]) == (200, "timed_out", True)
+
+
+def test_a_timed_out_question_whose_send_waits_for_a_retry_is_not_held_open_by_it(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Its send (the previous release's, valid 24 h) was attempted once and waits out a 429's
+    long Retry-After: the cancel loses (the attempt may have reached SmartDialog), and every
+    poll answered 202 until it went or its 24 h passed, the number refused new questions (409)
+    and a late reply answered it. Only a send being sent right now holds the question."""
+    number = "+358401234587"
+    asked = _ask(inbound, number, TimeoutSeconds=60)
+    store = MessageStore.from_settings()
+    _as_the_previous_release_queued(store, asked.body["MessageId"])
+    record = store.get(asked.body["MessageId"])
+    assert record is not None
+    retry_at = utcnow() + dt.timedelta(hours=6)
+    backing_off = store.swap(record, attempts=1, next_attempt_at=retry_at)
+    assert backing_off is not None
+    manual_clock.advance(200)
+
+    ended = _poll(inbound, asked)
+
+    assert (ended.status, ended.body["Status"]) == (200, "timed_out"), ended.body
+    left = store.get(record.message_id)
+    assert left is not None
+    assert left.status is MessageStatus.QUEUED  # attempted: not cancellable
+    _ask(inbound, number)  # the number is free
+
+
+def _end_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next QuestionStore.end fails (a storage error, the instance dies) after whatever
+    this request wrote before it."""
+    real_end, calls = QuestionStore.end, []
+
+    def end(self: QuestionStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("storage timed out")
+        return real_end(self, *args, **kwargs)
+
+    monkeypatch.setattr(QuestionStore, "end", end)
+
+
+def test_a_question_whose_timeout_cancelled_its_send_but_did_not_end_it_still_times_out(
+    inbound: Inbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timing-out poll cancels the waiting send, then ends the question: two writes. Lost
+    in between (a crash, or another reader first), the question read a cancelled send and
+    ended failed with the cancel's 410, and Power Automate failed the action instead of taking
+    its timed-out branch."""
+    number = "+358401234586"
+    asked = _ask(inbound, number, TimeoutSeconds=60)
+    store = MessageStore.from_settings()
+    _as_the_previous_release_queued(store, asked.body["MessageId"])
+    manual_clock.advance(200)
+    _end_fails_once(monkeypatch)
+
+    crashed = _poll(inbound, asked)
+    assert crashed.status == 500, crashed.body
+    send = store.get(asked.body["MessageId"])
+    assert send is not None
+    assert send.status is MessageStatus.CANCELLED
+    ended = _poll(inbound, asked)
+
+    assert (ended.status, ended.body["Status"], ended.body["TimedOut"]) == (200, "timed_out", True)
+
+
+def test_a_stop_received_in_time_and_handled_after_the_timeouts_cancel_opts_the_question_out(
+    inbound: Inbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOP received before the timeout, handled (a backlog) after the timeout's cancel and
+    before its question ended: the reply path read the send as cancelled and did nothing, and
+    the question ended failed. The timeout's cancel is no unsent send: STOP ends it opted out,
+    as it did while the send waited."""
+    number = "+358401234585"
+    asked = _ask(inbound, number, TimeoutSeconds=60)
+    store = MessageStore.from_settings()
+    _as_the_previous_release_queued(store, asked.body["MessageId"])
+    manual_clock.advance(30)
+    received = intake_text("STOP", number)  # received in time
+    manual_clock.advance(170)
+    _end_fails_once(monkeypatch)
+    assert _poll(inbound, asked).status == 500  # cancelled, not ended
+
+    InboundProcessor.from_settings(get_settings()).process(received)
+    ended = _poll(inbound, asked)
+
+    assert (ended.status, ended.body["Status"], ended.body["OptedOut"]) == (200, "opted_out", True)
 
 
 def test_a_timed_out_questions_re_prompt_of_the_previous_release_is_cancelled(

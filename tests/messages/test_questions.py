@@ -11,6 +11,7 @@ import random
 import pytest
 
 from shared.messages import (
+    ANSWER_GRACE,
     QUESTION_TRANSITIONS,
     IllegalTransition,
     MessageStatus,
@@ -282,7 +283,22 @@ def test_a_reply_answers_a_question_only_once_its_send_may_have_gone_out(
     status: MessageStatus, maybe_sent: bool, gone_out: bool
 ) -> None:
     send = message_record("m-1", status, "+358401234567", maybe_sent=maybe_sent)
+    question = _question("+358401234567")
     assert send_may_have_gone_out(send) is gone_out
-    assert send_ended_unsent(send) is (status.is_final and not gone_out)
+    assert send_ended_unsent(send, question) is (status.is_final and not gone_out)
     assert send_may_have_gone_out(None) is False  # not recorded yet: the sender records first
-    assert send_ended_unsent(None) is False
+    assert send_ended_unsent(None, question) is False
+
+
+def test_a_send_its_questions_timeout_cancelled_did_not_end_it_unsent() -> None:
+    """The poll that times a question out cancels its waiting send, then ends the question: two
+    writes. A crash, another poll, an ask's 409 check or a reply in between read a cancelled
+    send, and the question failed (code cancelled, the send's 410) instead of timing out. A send
+    cancelled ANSWER_GRACE or more past the question's ExpiresAt was the timeout's own cancel."""
+    question = _question("+358401234567")
+    timed_out = question.expires_at + ANSWER_GRACE
+    for finished, unsent in ((timed_out - dt.timedelta(seconds=1), True), (timed_out, False)):
+        send = message_record(
+            "m-1", MessageStatus.CANCELLED, question.address, finished_at=finished
+        )
+        assert send_ended_unsent(send, question) is unsent, finished
