@@ -340,23 +340,26 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str
 
 
 def _open_members(outcomes: Outcomes, pack_id: str, now: dt.datetime) -> list[MessageRecord]:
-    """The members of a bulk pack that have not ended (none if the pack is unknown); when none
-    has, the events the pack lists in ``announcing`` (a run that stopped between its members'
-    records and their events) go out again, same ids, and the list is cleared, as its driver's
-    run does, for they need nothing upstream: not held by a broken or removed connection. Left
-    to a driver that holds the pack's lease; a lost swap leaves the list to the next run."""
+    """The members of a bulk pack that have not ended (none if the pack is unknown). The final
+    members the pack lists in ``announcing`` (a run that stopped between their records and their
+    events) have their events sent again, same ids, and leave the list, as its driver's run does,
+    whatever is still open (the caller may end the rest without another look): they need
+    nothing upstream, so are not held by a broken or removed connection. Left to a driver that
+    holds the pack's lease; a lost swap leaves the list to the next run."""
     ports = outcomes.ports
     if (pack := ports.packs.get(pack_id)) is None:
         return []
     members = list(ports.store.get_many(pack.member_ids).values())
-    if open_ := [r for r in members if not r.status.is_final]:
-        return open_
+    open_ = [r for r in members if not r.status.is_final]
     if pack.announcing and not (pack.lease_until is not None and pack.lease_until > now):
         listed = set(pack.announcing)
-        list(storage_pool().map(outcomes.emit, [r for r in members if r.message_id in listed]))
-        ports.packs.swap(pack, announcing=(), attempt=())
-    outcomes.announce(members)
-    return []
+        again = [r for r in members if r.message_id in listed and r.status.is_final]
+        list(storage_pool().map(outcomes.emit, again))
+        left = tuple(i for i in pack.announcing if i not in {r.message_id for r in again})
+        in_call = {r.message_id for r in open_}.intersection(pack.attempt)
+        ports.packs.swap(pack, announcing=left, attempt=pack.attempt if in_call else ())
+    outcomes.announce([r for r in members if r.status.is_final])
+    return open_
 
 
 def _removed(

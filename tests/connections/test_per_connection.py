@@ -845,3 +845,60 @@ def test_an_all_final_packs_events_go_out_though_its_connection_is_misconfigured
     pack = packs.get(driver["packId"])
     assert pack is not None
     assert pack.announcing == ()
+
+
+@pytest.mark.parametrize(
+    ("dropped", "outcome"),
+    [
+        (("ACCESS_TOKEN",), OutcomeKind.ACKNOWLEDGED),  # misconfigured: the open member expires
+        (
+            (
+                "BASE_URL",
+                "ACCESS_TOKEN",
+                "CUSTOMERS",
+                "CUSTOMER_ID",
+                "SERVICE_ID",
+                "QUOTA_CALLS",
+                "SEND_VALIDITY_SECONDS",
+            ),
+            OutcomeKind.FAILED,
+        ),  # removed
+    ],
+)
+def test_a_final_members_listed_event_goes_out_though_another_member_was_open(
+    two: TwoConnections, manual_clock: ManualClock, dropped: tuple[str, ...], outcome: OutcomeKind
+) -> None:
+    """A run stopped after recording member A sent (listed in ``announcing``, its event not out)
+    while B was still open; the connection then broke (or went) and B's validity ended. The
+    driver failed B and stopped there: A's message.sent never went out, A stayed listed, and the
+    batch answered done, so nothing would ever send it."""
+    from shared.messages import PackStore
+
+    two.set_connection("SECOND", SEND_VALIDITY_SECONDS=600)
+    location = bulk_through_second(80000, 2)
+    [driver] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    packs, store = PackStore.from_settings(), MessageStore.from_settings()
+    pack = packs.get(driver["packId"])
+    assert pack is not None
+    a, b = pack.member_ids
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    sending = store.swap(store.get(a), status=MessageStatus.SENDING, updated_at=now, attempts=1)  # type: ignore[arg-type]
+    assert sending is not None
+    sent = store.swap(sending, status=MessageStatus.SENT, announced=True, finished_at=now,
+                      updated_at=now)  # fmt: skip
+    assert sent is not None
+    assert packs.swap(pack, announcing=(a,)) is not None
+    manual_clock.advance(601)  # B's validity ends while the connection is broken
+    two.drop_connection("SECOND", *dropped)
+
+    done = OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert done.kind is outcome
+    assert sorted((e["type"], e["data"]["messageId"]) for e in two.env.events()) == [
+        ("fi.arena.smartdialog.message.failed", b),
+        ("fi.arena.smartdialog.message.sent", a),
+    ]
+    assert packs.get(driver["packId"]).announcing == ()  # type: ignore[union-attr]
+    assert batch_status(location).body["Status"] == "done"
+    assert two.env.queued() == 0
