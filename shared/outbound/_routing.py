@@ -276,10 +276,11 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     and unannounced first, so a cancel or sender that wrote it meanwhile stands alone (this poll
     then puts nothing out), then announced. A final record still unannounced a lease after its
     last write (its writer stopped), or one a poll expired (finished at its ``validUntil``, the
-    same event and dead letter whoever puts them out), is announced. A storage failure meanwhile
-    is a 503 problem with ``Retry-After`` (the next poll announces it, with the same event, the
-    letter written once); any other record is returned as it is. A copy still on the queue then
-    only finds it final."""
+    same event and dead letter whoever puts them out), is announced, as is one re-read after
+    losing the write to another poll's expiry (its announce may have failed). A storage failure
+    meanwhile is a 503 problem with ``Retry-After`` (the next poll announces it, with the same
+    event, the letter written once); any other record is returned as it is. A copy still on the
+    queue then only finds it final."""
     from azure.core.exceptions import AzureError
 
     from shared.connections import connection_settings
@@ -295,29 +296,33 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     now, outcomes = ports.now(), Outcomes(ports)
     overdue = now - ports.policy.lease  # not validUntil + lease: it may be 9999-12-31
     try:
-        if record.status.is_final:
-            polls = record.finished_at == record.valid_until  # a poll's expiry: no writer left
-            if not record.announced and (polls or overdue >= record.updated_at):
-                outcomes.announce([record])
-            return record
-        if record.held_until(now) or overdue < record.valid_until:
-            return record
-        if record.pack_id is not None and record.batch_id is None:
-            IndexPacks(ports, outcomes).announce_listed(record.pack_id)
-        last = record.last_error if record.batch_id is not None else None
-        changes = {**failed_changes(outcomes.expired(record, last), now),
-                   "finished_at": record.valid_until}  # fmt: skip
-        if (done := ports.store.swap(record, **changes)) is not None:
-            outcomes.announce([done])  # lost: another wrote it (and announces it)
+        if not record.status.is_final:
+            if record.held_until(now) or overdue < record.valid_until:
+                return record
+            if record.pack_id is not None and record.batch_id is None:
+                IndexPacks(ports, outcomes).announce_listed(record.pack_id)
+            last = record.last_error if record.batch_id is not None else None
+            changes = {**failed_changes(outcomes.expired(record, last), now),
+                       "finished_at": record.valid_until}  # fmt: skip
+            if (done := ports.store.swap(record, **changes)) is not None:
+                log.warning("message %s failed for good: expired, no queue copy left",
+                            record.message_id)  # fmt: skip
+            # Lost: another wrote it. Read again, it is announced as any final record is here
+            # (a concurrent poll's expiry whose announce failed: this poll puts it out).
+            record = done or ports.store.get(record.message_id) or record
+        polls = record.finished_at == record.valid_until  # a poll's expiry: no writer left
+        if (
+            record.status.is_final
+            and not record.announced
+            and (polls or overdue >= record.updated_at)
+        ):
+            outcomes.announce([record])
     except AzureError as exc:
         detail = "Our storage failed while the send was failed expired; try again later."
         raise Problem(503, "The message's status cannot be updated", detail,
                       type=ProblemType.STORAGE_UNAVAILABLE,
                       headers=retry_after_header(RETRY_AFTER_STORAGE)) from exc  # fmt: skip
-    if done is None:
-        return ports.store.get(record.message_id) or record
-    log.warning("message %s failed for good: expired, no queue copy left", record.message_id)
-    return done
+    return record
 
 
 def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str) -> SendOutcome:

@@ -272,3 +272,37 @@ def test_a_send_its_poll_and_its_sender_both_expire_has_one_dead_letter_and_one_
     assert [e["type"] for e in outbound.events()] == [MESSAGE_FAILED]
     assert status_of(location).status == 422
     assert len(outbound.dead_letters()) == 1
+
+
+def test_a_poll_that_loses_its_expiry_to_another_poll_announces_what_that_poll_could_not(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two polls at once: the one that wrote the record failed could not put its event out (a
+    503), the other lost the write and answered 422 without announcing; the flow then stopped
+    polling, and the event and dead letter were never put out."""
+    from shared.names import EVENTS_QUEUE
+    from shared.outbound._ports import send_ports
+    from shared.settings import get_settings
+
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="two polls"))
+    location, mid = accepted.headers["Location"], accepted.body["Id"]
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    manual_clock.advance(dt.timedelta(days=8).total_seconds())
+    send_ports(get_settings())  # built (its queues made once) before the events queue goes
+    answers: list[int] = []
+
+    def other_poll() -> None:  # wins the write, its event's put fails
+        queue_client(EVENTS_QUEUE).delete_queue()
+        answers.append(status_of(location).status)
+        queue_client(EVENTS_QUEUE).create_queue()
+
+    _poll_reads_then(monkeypatch, other_poll)
+    polled = status_of(location)
+
+    assert answers == [503]
+    assert (polled.status, polled.body["code"]) == (422, "expired")
+    assert [e["type"] for e in outbound.events()] == [MESSAGE_FAILED]
+    assert [d["messageId"] for d in outbound.dead_letters()] == [mid]
+    final = MessageStore.from_settings().get(mid)
+    assert final is not None
+    assert final.announced
