@@ -305,14 +305,15 @@ class _Run:
             wait, reason, error = waits  # none: nothing sent, not an attempt
             self.release(claimed, error=error)
             return self.later(wait, reason)
-        try:
-            decision, waited = ports.quota_wait.take()
-        except Exception as exc:  # a lasting quota-store error waits as a broken setting does
-            if not (waits := quota_store_wait(self.outcomes, self.driver, claimed, exc)):
-                raise
-            self.release(claimed, error=waits[2])
-            return self.later(waits[0], waits[1])
-        for retry_stale in (True, False):
+        waited = 0.0
+        for _ in range(2):  # a grant gone stale gets one more try here
+            try:
+                decision, waited = ports.quota_wait.take(waited)
+            except Exception as exc:  # a lasting quota-store error waits as a broken setting does
+                if not (waits := quota_store_wait(self.outcomes, self.driver, claimed, exc)):
+                    raise
+                self.release(claimed, error=waits[2])
+                return self.later(waits[0], waits[1])
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)
                 return self.later(ports.quota_wait.come_back_in(decision.retry_after), "quota")
@@ -326,8 +327,6 @@ class _Run:
             except StaleGrant as exc:
                 self.unsent = claimed
                 log.warning("pack %s: %s; not sent with it", self.pack.pack_id, exc)
-                if retry_stale:
-                    decision, waited = ports.quota_wait.take(waited)
         self.release(claimed)
         return self.later(STALE_GRANT_RETRY_SECONDS, "stale-grant", OutcomeKind.DEFERRED)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -25,14 +27,18 @@ from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member
 from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms, status_of
 
 
-@pytest.fixture
-def damaged_log(outbound: Outbound) -> Callable[[], None]:
+def damage_log() -> Callable[[], None]:
     """Damage this connection's quota log in the real table (as a hand edit might); the
     returned ``fix`` deletes it, as the error tells an administrator to."""
     table, key = table_client(QUOTA_TABLE), connection_key(get_settings())
     ensure_table(table)
     table.upsert_entity({"PartitionKey": key, "RowKey": ROW_KEY, GRANTS_PROPERTY: "12,x"})
     return lambda: table.delete_entity(key, ROW_KEY)
+
+
+@pytest.fixture
+def damaged_log(outbound: Outbound) -> Callable[[], None]:
+    return damage_log()
 
 
 def record(message_id: str) -> MessageRecord:
@@ -85,6 +91,10 @@ def test_a_send_waiting_for_the_quota_store_fails_expired_with_its_event(
     assert (failed.kind, failed.detail) == (OutcomeKind.FAILED, "expired")
     assert record("m-quota-late").attempts == 0
     assert [e["data"]["error"]["code"] for e in outbound.events()] == ["expired"]
+    # what it waited for (it read only "validUntil … passed", as if nothing had held it)
+    [detail] = [e["data"]["error"]["detail"] for e in outbound.events()]
+    assert "passed while it waited for the quota store failed: " in detail
+    assert "is not a valid log" in detail
     assert [d["messageId"] for d in outbound.dead_letters()] == ["m-quota-late"]
     assert outbound.upstream() == []
 
@@ -110,3 +120,32 @@ def test_a_bulk_pack_waits_for_a_damaged_quota_log_its_members_unattempted(
     [call] = outbound.upstream()
     assert len(call["body"]["Recipients"]) == 3
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+def test_a_bulk_driver_whose_grant_went_stale_waits_when_the_next_take_meets_a_damaged_log(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver takes a second grant after a stale one: a lasting quota-store error there
+    raised (claims left ``sending``, the host's retries ending in the poison queue) instead of
+    waiting as the first take's does."""
+    from shared.outbound import _records
+
+    ids = member_ids(accepted_batch(*NUMBERS[:2]))
+    [driver] = drivers(outbound)
+    real, first = _records.with_delivery_report_url, [True]
+
+    def slow_then_damaged(*args: Any, **kwargs: Any) -> Any:
+        if first:  # a starved thread: the grant goes stale (margin 0.25 s); the log is damaged
+            first.pop()
+            time.sleep(0.45)
+            damage_log()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_records, "with_delivery_report_url", slow_then_damaged)
+
+    deferred = OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert {(record(i).status, record(i).attempts) for i in ids} == {(MessageStatus.QUEUED, 0)}
+    assert all("is not a valid log" in str(record(i).last_error) for i in ids)
+    assert outbound.upstream() == []
