@@ -111,8 +111,9 @@ class _Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     #: Set by ``normalize`` when it filled ``body.RequestId`` in (the command had none): ours,
-    #: not a caller's, so the send may be packed. Never written: only the lane ids of the send
-    #: actions say so on a copy read back from the queue (``pack_key``).
+    #: not a caller's, so the send may be packed. Never written: a copy put back leaves that
+    #: RequestId out (``Outcomes.requeue``), to be filled and marked again; only the lane ids
+    #: of the send actions say so on a copy read back from the queue (``pack_key``).
     _request_id_filled: bool = PrivateAttr(False)
 
     messageId: str | None = Field(

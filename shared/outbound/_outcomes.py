@@ -29,12 +29,7 @@ from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_ev
 from shared.logs import HeldSends, loggable_text
 from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
-from shared.outbound._attempt import (
-    Transient,
-    answer_message_id,
-    answer_recipients,
-    recipient_ids,
-)
+from shared.outbound._attempt import Transient, answer_message_id, answer_recipients, recipient_ids
 from shared.outbound._giving_up import (
     expired,
     give_up,
@@ -465,13 +460,17 @@ class Outcomes:
         self, command: OutboundMessage, attempts: int, delay: float, kind: OutcomeKind, reason: str
     ) -> SendOutcome:
         """Put a copy of the message back with a visibility delay; the host then deletes the
-        original when we return (a crash in between leaves a duplicate, which is harmless)."""
+        original when we return (a crash in between leaves a duplicate, which is harmless). A
+        RequestId ``normalize`` filled in is left out: read back, it is filled (and marked ours,
+        so packable) again, as ec7daff fills it too; the fingerprint is the same."""
         assert command.messageId is not None
         deferrals = command.deferrals + (kind is OutcomeKind.DEFERRED)
-        copy = command.model_copy(update={"attempts": attempts, "deferrals": deferrals})
-        text = queued_text(command_text(copy), message_id=command.messageId,
-                           payloads=self.ports.payloads, attempts=attempts,
-                           deferrals=deferrals)  # fmt: skip
+        update: dict[str, Any] = {"attempts": attempts, "deferrals": deferrals}
+        if command._request_id_filled:
+            update["body"] = command.body.model_copy(update={"RequestId": None})
+        copy = command.model_copy(update=update)
+        text = queued_text(command_text(copy), message_id=command.messageId, attempts=attempts,
+                           payloads=self.ports.payloads, deferrals=deferrals)  # fmt: skip
         return self.put_back(text, "message", command.messageId, delay, kind, reason)
 
     def requeue_driver(

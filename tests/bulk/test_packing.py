@@ -736,3 +736,47 @@ def test_a_lane_of_sends_of_non_ascii_text_is_claimed_in_transactions_that_fit_a
 
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
     assert sum(len(c["body"]["Recipients"]) for c in outbound.upstream()) == 30
+
+
+def test_a_queue_only_send_put_back_for_the_quota_is_still_packable_when_read_back(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its copy put back carried the RequestId normalize had filled in, without the mark that
+    made it ours: read back, it counted as a caller's (never packed), came back
+    SEND_QUOTA_WAIT_SECONDS early and led a call of its own before the slot freed. The copy
+    leaves that RequestId out (normalize, and ec7daff's, fill in the same), its fingerprint the
+    record's."""
+    from shared.outbound._models import request_fingerprint
+    from shared.outbound._outcomes import Outcomes
+    from shared.outbound._quota_wait import QuotaWait
+    from shared.settings import get_settings
+
+    outbound.configure(SEND_QUOTA_WAIT_SECONDS=1)
+    seen: list[tuple[bool, float]] = []
+    texts: list[str] = []
+    come_back_in, put_back = QuotaWait.come_back_in, Outcomes.put_back
+
+    def spy(self: QuotaWait, retry_after: float, *, packable: bool = False) -> float:
+        seen.append((packable, delay := come_back_in(self, retry_after, packable=packable)))
+        return delay
+
+    def kept(self: Outcomes, text: str, *args: Any, **kwargs: Any) -> Any:
+        texts.append(text)
+        return put_back(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(QuotaWait, "hint", lambda self: 30.0)  # this process was told: full
+    monkeypatch.setattr(QuotaWait, "come_back_in", spy)
+    monkeypatch.setattr(Outcomes, "put_back", kept)
+    outbound.enqueue({"operation": "SendMessage", "messageId": "rule-like-1",
+                      "body": sms(NUMBERS[0])})  # fmt: skip
+    outbound.run_once()  # recorded and indexed, put back
+    outbound.invoke(texts[-1])  # its copy, read back
+
+    assert seen == [(True, 30.0), (True, 30.0)]  # before: [(True, 30.0), (False, 29.0)]
+    copies = [parse_outbound_message(t) for t in texts]
+    assert [c.body.RequestId for c in copies] == [None, None]
+    settings = get_settings()
+    again = normalize(copies[-1], message_id="rule-like-1", customer_id=settings.customer_id,
+                      service_id=settings.service_id)  # fmt: skip
+    assert again.body.RequestId == "rule-like-1"
+    assert request_fingerprint(again) == record("rule-like-1").fingerprint
