@@ -4,8 +4,7 @@ The question is recorded in the message core (:class:`~shared.messages.QuestionS
 as an ordinary SendMessage (:meth:`SendService.accept`). Its status URL answers 202 with a long
 ``Retry-After`` (``SMARTDIALOG_QUESTION_POLL_SECONDS``) while it is open, then 200 with how it
 ended: the inbound processor ends it with the reply (or STOP), this module when its timeout
-passes or its send ended unsent.
-"""
+passes or its send ended unsent."""
 
 from __future__ import annotations
 
@@ -37,6 +36,7 @@ from shared.messages import (
     UNSENT,
     IdempotencyEntry,
     MessageRecord,
+    MessageStatus,
     QuestionConflict,
     QuestionRecord,
     QuestionStatus,
@@ -504,13 +504,14 @@ class AskService:
     def _waits(
         self, record: QuestionRecord, message: MessageRecord | None, now: dt.datetime
     ) -> bool:
-        """Whether the timed-out ``record`` waits for its text ``message`` or re-prompt, not final
-        and in its validity and the sender's lease: one valid by its ExpiresAt goes out in time or
-        expires; a later one (an earlier release's: 24 h) is cancelled, or, if that lost, waited
-        for only while a sender's claim holds it, not in a backoff after an attempt (hours)."""
+        """Whether the timed-out ``record`` waits for its text ``message`` or re-prompt (not final,
+        in validity and lease): one valid by ExpiresAt goes out in time or expires; a later one (an
+        earlier release's) is cancelled, or waited for only while a sender's claim holds it."""
         lease = dt.timedelta(seconds=self.settings.send_lease_seconds)  # the sender's: ours
         again = reprompt_message_id(record.question_id) if record.reprompted else None
         for send in (message, self.send.store.get(again) if again else None):
+            if send and send.status is MessageStatus.CANCELLED and not send.announced:
+                self.send.cancel(send.message_id)  # a cancel whose event failed: finish it
             if send is None or send.status.is_final or now >= send.valid_until + lease:
                 continue
             if send.valid_until <= record.expires_at:

@@ -17,7 +17,7 @@ from shared.clock import ManualClock, utcnow
 from shared.inbound import InboundProcessor
 from shared.inbound._answers import reprompt_command, reprompt_message_id
 from shared.messages import MessageStatus, MessageStore, QuestionStatus, QuestionStore
-from shared.names import INBOUND_QUEUE, MESSAGES_TABLE, OUTBOUND_QUEUE
+from shared.names import EVENTS_QUEUE, INBOUND_QUEUE, MESSAGES_TABLE, OUTBOUND_QUEUE
 from shared.outbound import OutboundMessageAdapter, SendService
 from shared.settings import get_settings
 from shared.storage import queue_client, table_client
@@ -159,6 +159,37 @@ def test_a_question_of_the_previous_release_times_out_and_its_held_send_is_never
     assert send is not None
     assert send.status is MessageStatus.CANCELLED
     assert _poll(inbound, asked).body["Status"] == "timed_out"  # still: not the cancel's 410
+
+
+def test_a_timeouts_cancel_whose_event_failed_is_announced_by_the_next_poll(
+    inbound: Inbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timeout's cancel wrote the send cancelled, then its message.cancelled event failed
+    (the poll answered 500); the next poll ended the question and skipped the send as final, so
+    nothing announced it (its queue copy gone, nobody polls its own status URL). It does now."""
+    from azure.storage.queue import QueueClient
+
+    from tests.crash import crash_once
+
+    number = "+358401234597"
+    asked = _ask(inbound, number, TimeoutSeconds=60)
+    store = MessageStore.from_settings()
+    _as_the_previous_release_queued(store, asked.body["MessageId"])
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # its copy dropped (the queue's 7 days)
+    manual_clock.advance(200)
+    cancelled = "message.cancelled"
+    crash_once(monkeypatch, QueueClient, "send_message", "events queue down",
+               when=lambda content, **_: cancelled in str(content))  # fmt: skip
+
+    assert _poll(inbound, asked).status == 500
+    ended = _poll(inbound, asked)
+
+    assert (ended.status, ended.body["Status"]) == (200, "timed_out")
+    send = store.get(asked.body["MessageId"])
+    assert send is not None
+    assert (send.status, send.announced) == (MessageStatus.CANCELLED, True)
+    events = [e["type"] for e in inbound.read(EVENTS_QUEUE) if e["type"].endswith(cancelled)]
+    assert len(events) == 1
 
 
 def test_a_timed_out_question_whose_late_send_is_going_out_waits_for_it(
