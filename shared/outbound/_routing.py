@@ -331,11 +331,13 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str
     first), and the driver comes back by the next member's validity end, or is acknowledged
     once no member is left open (an all-final pack's events out: :func:`_open_members`)."""
     now = outcomes.ports.now()
-    open_ = _open_members(outcomes, driver.packId, now)
+    open_, leased = _open_members(outcomes, driver.packId, now)
     held = [r for r in open_ if _held_for(r, now)]
     expired = [r for r in open_ if now >= r.valid_until and r not in held]
     outcomes.fail_many([(r, outcomes.expired(r, waiting=why)) for r in expired])
     left = [r for r in open_ if r not in expired]
+    if not left and leased:  # its listed events wait for the lease: come back then
+        return outcomes.requeue_driver(driver, leased, OutcomeKind.DEFERRED, "claimed")
     if not left:
         return SendOutcome(OutcomeKind.ACKNOWLEDGED, driver.packId, detail="configuration")
     note_waiting(outcomes, left, why)
@@ -344,8 +346,11 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str
     return outcomes.requeue_driver(driver, wait, OutcomeKind.DEFERRED, "configuration")
 
 
-def _open_members(outcomes: Outcomes, pack_id: str, now: dt.datetime) -> list[MessageRecord]:
-    """The members of a bulk pack that have not ended (none if the pack is unknown). The final
+def _open_members(
+    outcomes: Outcomes, pack_id: str, now: dt.datetime
+) -> tuple[list[MessageRecord], float]:
+    """The members of a bulk pack that have not ended (none if the pack is unknown), and the
+    seconds its lease still holds if that left its ``announcing`` list alone (else 0). The final
     members the pack lists in ``announcing`` (a run that stopped between their records and their
     events) have their events sent again, same ids, and leave the list, as its driver's run does,
     whatever is still open (the caller may end the rest without another look): they need
@@ -353,10 +358,11 @@ def _open_members(outcomes: Outcomes, pack_id: str, now: dt.datetime) -> list[Me
     holds the pack's lease; a lost swap leaves the list to the next run."""
     ports = outcomes.ports
     if (pack := ports.packs.get(pack_id)) is None:
-        return []
+        return [], 0.0
     members = list(ports.store.get_many(pack.member_ids).values())
     open_ = [r for r in members if not r.status.is_final]
-    if pack.announcing and not (pack.lease_until is not None and pack.lease_until > now):
+    leased = (pack.lease_until - now).total_seconds() if pack.lease_until else 0.0
+    if pack.announcing and leased <= 0:
         listed = set(pack.announcing)
         again = [r for r in members if r.message_id in listed and r.status.is_final]
         list(storage_pool().map(outcomes.emit, again))
@@ -364,7 +370,7 @@ def _open_members(outcomes: Outcomes, pack_id: str, now: dt.datetime) -> list[Me
         in_call = {r.message_id for r in open_}.intersection(pack.attempt)
         ports.packs.swap(pack, announcing=left, attempt=pack.attempt if in_call else ())
     outcomes.announce([r for r in members if r.status.is_final])
-    return open_
+    return open_, leased if pack.announcing and leased > 0 else 0.0  # a run's, or a dead one's
 
 
 def _removed(
@@ -391,13 +397,14 @@ def _removed(
     # A claim still held is an instance of the old settings in the middle of a call (a
     # restart's overlap): it ends first, recorded by that instance, or runs out.
     if isinstance(message, PackDriver):
-        open_members = _open_members(outcomes, message.packId, now)
+        open_members, leased = _open_members(outcomes, message.packId, now)
         held = [_held_for(r, now) for r in open_members]
         outcomes.fail_many([(r, failure) for r, h in zip(open_members, held, strict=True) if not h])
         log.warning("pack %s: connection %s removed; %d member(s) failed",
                     message.packId, loggable_text(name), held.count(0.0))  # fmt: skip
-        if any(held):
-            return outcomes.requeue_driver(message, max(held), OutcomeKind.DEFERRED, "claimed")
+        if any(held) or leased:  # a claim, or listed events left to the lease: after it
+            wait = max([*held, leased])
+            return outcomes.requeue_driver(message, wait, OutcomeKind.DEFERRED, "claimed")
         return SendOutcome(OutcomeKind.FAILED, message.packId, detail=CONNECTION_REMOVED)
     record = _record_of(
         outcomes, message_id, message, name, text, queue_message_id, dequeue_count, removed=True

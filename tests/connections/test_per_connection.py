@@ -902,3 +902,38 @@ def test_a_final_members_listed_event_goes_out_though_another_member_was_open(
     assert packs.get(driver["packId"]).announcing == ()  # type: ignore[union-attr]
     assert batch_status(location).body["Status"] == "done"
     assert two.env.queued() == 0
+
+
+REMOVED = ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID", "QUOTA_CALLS")
+
+
+@pytest.mark.parametrize("dropped", [("ACCESS_TOKEN",), REMOVED], ids=["misconfigured", "removed"])
+def test_an_all_final_packs_listed_events_under_a_live_lease_come_back_after_it(
+    two: TwoConnections, manual_clock: ManualClock, dropped: tuple[str, ...]
+) -> None:
+    """A run died after recording every member (listed in ``announcing``, events not out) and the
+    host gave its driver back within the pack's lease, the connection broken meanwhile: the
+    driver was acknowledged (or failed) with the list left to the lease, and the batch answered
+    done, so the events waited for a poll after the quiet time that a flow told done never makes.
+    The driver comes back when the lease ends and sends them."""
+    from shared.messages import PackStore
+
+    bulk_through_second(81000, 2)
+    [driver] = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
+    two.env.drain()
+    sent_events = len(two.env.events())
+    packs = PackStore.from_settings()
+    pack = packs.get(driver["packId"])
+    assert pack is not None
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    lease = now + dt.timedelta(seconds=60)
+    assert packs.swap(pack, announcing=pack.member_ids, lease_until=lease) is not None
+    two.drop_connection("SECOND", *dropped)
+
+    first = OutboundSender.from_settings().process(json.dumps(driver))
+    assert (first.kind, two.env.queued()) == (OutcomeKind.DEFERRED, 1)  # back after the lease
+    manual_clock.advance(61)  # the copy it put back (invisible for the lease) is this driver
+    OutboundSender.from_settings().process(json.dumps(driver))
+
+    assert len(two.env.events()) == sent_events + 2  # the two message.sent again, same ids
+    assert packs.get(driver["packId"]).announcing == ()  # type: ignore[union-attr]
