@@ -471,7 +471,7 @@ def run_action(
         spec.operation_id,
         parent=request.header(telemetry.TRACEPARENT),
         kind="server",
-        attributes={"smartdialog.tracking_id": request.tracking_id},
+        attributes={"smartdialog.tracking_id": loggable_id(request.tracking_id)},
     ) as current:
         response = _run_action(spec, request, settings=settings, client_factory=client_factory)
         current.set_attribute("http.response.status_code", response.status)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared import telemetry
-from shared.actions._spec import ActionRequest, ActionResponse
+from shared.actions._spec import ActionRequest, ActionResponse, loggable_id
 from shared.logs import redacted_traceback
 from shared.problems import Problem, internal_error
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
@@ -51,21 +51,22 @@ def _reports(settings: Settings) -> DeliveryReportService:
 
 def _answer(name: str, request: ActionRequest, run: Callable[[], ActionResponse]) -> ActionResponse:
     instance = f"urn:smartdialog-functions:request:{request.tracking_id}"
+    logged = loggable_id(request.tracking_id)  # the text is what Azure keeps of a line
     try:
         response = run()
     except SigningNotConfigured as problem:  # a configuration error: 503, SmartDialog retries
-        log.error("%s: %s", name, problem.detail)
+        log.error("%s, request %s: %s", name, logged, problem.detail)
         response = ActionResponse.problem(problem.with_instance(instance))
     except Problem as problem:
         response = ActionResponse.problem(problem.with_instance(instance))
     except Exception as exc:
-        log.error("%s failed: %s", name, redacted_traceback(exc))
+        log.error("%s failed, request %s: %s", name, logged, redacted_traceback(exc))
         response = ActionResponse.problem(internal_error().with_instance(instance))
     # A callback answered 2xx is in the host's own invocation log ("Executed ..."); SmartDialog
     # may call thousands of times a minute, so only what went wrong is logged at info.
     level = logging.DEBUG if response.status < 300 else logging.INFO
-    log.log(level, "%s answered %d", name, response.status,
-            extra={"trackingId": request.tracking_id})  # fmt: skip
+    log.log(level, "%s answered %d, request %s", name, response.status, logged,
+            extra={"trackingId": logged})  # fmt: skip
     return response
 
 

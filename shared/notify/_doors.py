@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, Field
 
 from shared import telemetry
-from shared.actions._spec import ActionRequest, ActionResponse
+from shared.actions._spec import ActionRequest, ActionResponse, loggable_id
 from shared.clock import utcnow
 from shared.deadletters import KeptOriginal, original_aside
 from shared.logs import loggable_text, redacted, redacted_traceback
@@ -70,7 +70,7 @@ def receive_cloud_events(
         "CloudEvents",
         parent=request.header(telemetry.TRACEPARENT),
         kind="server",
-        attributes={"smartdialog.tracking_id": request.tracking_id},
+        attributes={"smartdialog.tracking_id": loggable_id(request.tracking_id)},
     ) as current:
         response = _receive_cloud_events(request, settings)
         current.set_attribute("http.response.status_code", response.status)
@@ -79,6 +79,7 @@ def receive_cloud_events(
 
 def _receive_cloud_events(request: ActionRequest, settings: Settings | None) -> ActionResponse:
     instance = f"urn:smartdialog-functions:request:{request.tracking_id}"
+    logged = loggable_id(request.tracking_id)  # the text is what Azure keeps of a line
     if request.method == "OPTIONS":
         origin = request.header("WebHook-Request-Origin")
         if not origin:
@@ -103,9 +104,10 @@ def _receive_cloud_events(request: ActionRequest, settings: Settings | None) -> 
     except Problem as problem:
         response = ActionResponse.problem(problem.with_instance(instance))
     except Exception as exc:
-        log.error("CloudEvents failed: %s", redacted_traceback(exc))
+        log.error("CloudEvents failed, request %s: %s", logged, redacted_traceback(exc))
         response = ActionResponse.problem(internal_error().with_instance(instance))
-    log.info("CloudEvents answered %d", response.status, extra={"trackingId": request.tracking_id})
+    log.info("CloudEvents answered %d, request %s", response.status, logged,
+             extra={"trackingId": logged})  # fmt: skip
     return response
 
 

@@ -701,3 +701,33 @@ def test_the_failure_rate_metric_counts_each_packed_send_once(
 
     assert len(outbound.upstream()) < len(NUMBERS)  # some of them were packed
     assert total(telemetry, "smartdialog.sends", outcome="sent") == before + len(NUMBERS)
+
+
+def test_a_tracking_id_that_reads_as_a_number_is_masked_on_spans_and_named_in_the_doors_lines(
+    telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller's tracking id went whole onto the span of an action and of the events door (a
+    span never carries a phone number, README says), and the events door and SmartDialog's
+    callbacks logged it only in ``extra``, which the worker does not ship: a 400 or 500 there
+    could not be found by its problem's ``instance``."""
+    import logging
+
+    from shared.actions._pipeline import run_action
+    from shared.actions._spec import ActionRequest
+    from shared.actions.catalog import get_spec
+    from shared.inbound._http import receive_inbound
+    from shared.notify._doors import receive_cloud_events
+
+    number = {"x-request-id": "0401234567"}
+    events = {**number, "Content-Type": "application/cloudevents+json"}
+    with caplog.at_level(logging.INFO):
+        run_action(get_spec("GetUserCustomers"), ActionRequest("GET", headers=number))
+        assert receive_cloud_events(ActionRequest("POST", headers=events, body=b"{")).status == 400
+        assert receive_inbound(ActionRequest("POST", headers=number)).status >= 400
+
+    tracking = [str((s.attributes or {}).get("smartdialog.tracking_id")) for s in telemetry.spans()]
+    assert "0401234567" not in "".join(tracking)
+    assert {"GetUserCustomers", "CloudEvents"} <= {s.name for s in telemetry.spans()}
+    lines = [r.getMessage() for r in caplog.records if " answered " in r.getMessage()]
+    assert "0401234567" not in caplog.text
+    assert sum("request ***" in line for line in lines) >= 3, lines
