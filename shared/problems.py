@@ -36,6 +36,7 @@ __all__ = [
     "internal_error",
     "rate_limited",
     "retry_after_header",
+    "storage_unavailable",
     "too_large",
     "validation_problem",
 ]
@@ -161,6 +162,14 @@ def rate_limited(retry_after: float | None, detail: str) -> Problem:
         type=ProblemType.RATE_LIMITED,
         headers=retry_after_header(retry_after),
     )
+
+
+def storage_unavailable(title: str, retry_after: float = 5) -> Problem:
+    """503 with ``Retry-After``: our storage failed while the status was brought up to date;
+    nothing is lost, the next poll does it again."""
+    detail = "Our storage failed; try again later."
+    headers = retry_after_header(retry_after)
+    return Problem(503, title, detail, type=ProblemType.STORAGE_UNAVAILABLE, headers=headers)
 
 
 def too_large(size: int, limit: int, *, setting: str | None = None) -> Problem:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any
 
+from azure.core.exceptions import AzureError
 from pydantic import BaseModel, Field
 
 from shared.actions._spec import ActionInput, Body, Param
@@ -59,7 +60,7 @@ from shared.outbound import (
     key_reused,
     request_fingerprint,
 )
-from shared.problems import FieldError, Problem, ProblemType
+from shared.problems import FieldError, Problem, ProblemType, storage_unavailable
 from shared.smartdialog import BlankIsAbsent
 from shared.triggers import TriggerNotifier
 
@@ -113,10 +114,8 @@ class AskBody(BaseModel):
     Options: list[Annotated[NonEmptyStr, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list,
         max_length=MAX_OPTIONS,
-        description=(
-            "The accepted answers, e.g. YES and NO (compared without case, accents, or spaces "
-            "and punctuation at the ends), none blank. Leave empty to accept any reply."
-        ),
+        description="The accepted answers, e.g. YES and NO (compared without case, accents, or "
+        "spaces and punctuation at the ends), none blank. Leave empty to accept any reply.",
         json_schema_extra=ui("Accepted answers", visibility="important"),
     )
     RepromptContent: Annotated[str | None, BlankIsAbsent] = Field(
@@ -136,10 +135,8 @@ class AskBody(BaseModel):
     )
     ReplaceOpenQuestion: bool = Field(
         False,
-        description=(
-            "Replace a question to this recipient on this service that is still open (it ends "
-            "as replaced); otherwise such a question makes this one answer 409."
-        ),
+        description="Replace a question to this recipient on this service that is still open (it "
+        "ends as replaced); otherwise such a question makes this one answer 409.",
         json_schema_extra=ui("Replace open question", visibility="advanced"),
     )
     CustomerData: MessageCustomerDataField
@@ -509,18 +506,21 @@ class AskService:
         earlier release's) is cancelled, or waited for only while a sender's claim holds it."""
         lease = dt.timedelta(seconds=self.settings.send_lease_seconds)  # the sender's: ours
         again = reprompt_message_id(record.question_id) if record.reprompted else None
-        for send in (message, self.send.store.get(again) if again else None):
-            if send and send.status is MessageStatus.CANCELLED and not send.announced:
-                self.send.cancel(send.message_id)  # a cancel whose event failed: finish it
-            if send is None or send.status.is_final or now >= send.valid_until + lease:
-                continue
-            if send.valid_until <= record.expires_at:
-                return True
-            try:
-                self.send.cancel(send.message_id)
-            except Problem:  # claimed, or attempted: read again (it may have changed since)
-                if (held := self.send.store.get(send.message_id)) and held.held_until(now):
+        try:  # our storage failing: 503, and the next poll does it again
+            for send in (message, self.send.store.get(again) if again else None):
+                if send and send.status is MessageStatus.CANCELLED and not send.announced:
+                    self.send.cancel(send.message_id)  # a cancel whose event failed: finish it
+                if send is None or send.status.is_final or now >= send.valid_until + lease:
+                    continue
+                if send.valid_until <= record.expires_at:
                     return True
+                try:
+                    self.send.cancel(send.message_id)
+                except Problem:  # claimed, or attempted: read again (it may have changed since)
+                    if (held := self.send.store.get(send.message_id)) and held.held_until(now):
+                        return True
+        except AzureError as exc:
+            raise storage_unavailable("The question's status cannot be updated") from exc
         return False
 
     def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:

@@ -56,8 +56,6 @@ __all__ = [
 log = logging.getLogger("shared.outbound.sender")
 #: The failure code of a send whose connection was removed from the settings.
 CONNECTION_REMOVED = "connection-removed"
-#: The ``Retry-After`` of a status poll whose backstop met a storage failure.
-RETRY_AFTER_STORAGE = 5
 
 
 def note_waiting(
@@ -286,7 +284,7 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     from shared.connections import connection_settings
     from shared.outbound._outcomes import Outcomes, failed_changes
     from shared.outbound._packing import IndexPacks
-    from shared.problems import Problem, ProblemType, retry_after_header
+    from shared.problems import Problem, storage_unavailable
     from shared.settings import get_settings
 
     try:  # its sender's (a broken or removed connection's: the app's; the same tables)
@@ -318,10 +316,7 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
         ):
             outcomes.announce([record])
     except AzureError as exc:
-        detail = "Our storage failed while the send was failed expired; try again later."
-        raise Problem(503, "The message's status cannot be updated", detail,
-                      type=ProblemType.STORAGE_UNAVAILABLE,
-                      headers=retry_after_header(RETRY_AFTER_STORAGE)) from exc  # fmt: skip
+        raise storage_unavailable("The message's status cannot be updated") from exc
     return record
 
 
