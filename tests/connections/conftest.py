@@ -85,6 +85,22 @@ def forget_quota_logs() -> None:
         table.delete_entity(entity["PartitionKey"], entity["RowKey"])
 
 
+def forget_registrations_and_questions() -> None:
+    """Empty the webhooks and questions tables, as the inbound tests' ``_empty`` does: an
+    earlier test's registration of a service (on either connection) or its open question would
+    otherwise decide a later test's ask (a leftover ``second`` registration made an ask that
+    must find the default connection's pass whatever the check does)."""
+    from shared.names import QUESTIONS_TABLE, WEBHOOKS_TABLE
+    from shared.storage import table_client
+
+    for name in (WEBHOOKS_TABLE, QUESTIONS_TABLE):
+        table = table_client(name)
+        with contextlib.suppress(Exception):
+            table.create_table()
+        for entity in table.list_entities(select=["PartitionKey", "RowKey"]):
+            table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+
+
 @pytest.fixture(scope="session")
 def second_sandbox() -> Iterator[SandboxServer]:
     # A sandbox with accounts knows sandbox-token-2 as its second account's; an older one is
@@ -99,6 +115,7 @@ def second_sandbox() -> Iterator[SandboxServer]:
 def two(outbound: Outbound, second_sandbox: SandboxServer) -> Iterator[TwoConnections]:
     """Default -> the outbound tests' sandbox (customer 1001); ``second`` -> the second one."""
     second_sandbox.reset()
+    forget_registrations_and_questions()
     pair = TwoConnections(outbound, second_sandbox)
     pair.set_connection(
         "SECOND",
