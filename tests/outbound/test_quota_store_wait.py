@@ -128,20 +128,22 @@ def test_a_bulk_driver_whose_grant_went_stale_waits_when_the_next_take_meets_a_d
     """The driver takes a second grant after a stale one: a lasting quota-store error there
     raised (claims left ``sending``, the host's retries ending in the poison queue) instead of
     waiting as the first take's does."""
-    from shared.outbound import _records
+    from shared.outbound._attempt import Upstream
 
     ids = member_ids(accepted_batch(*NUMBERS[:2]))
     [driver] = drivers(outbound)
-    real, first = _records.with_delivery_report_url, [True]
+    real, first = Upstream.attempt, [True]
 
-    def slow_then_damaged(*args: Any, **kwargs: Any) -> Any:
+    def slow_then_damaged(self: Upstream, *args: Any, **kwargs: Any) -> Any:
         if first:  # a starved thread: the grant goes stale (margin 0.25 s); the log is damaged
             first.pop()
+            # A real wait: the quota store's AttemptGate stamps and checks its grants by the
+            # system clock (the store's own), which a manual clock would not move.
             time.sleep(0.45)
             damage_log()
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(_records, "with_delivery_report_url", slow_then_damaged)
+    monkeypatch.setattr(Upstream, "attempt", slow_then_damaged)
 
     deferred = OutboundSender.from_settings().process(json.dumps(driver))
 
