@@ -127,14 +127,14 @@ def test_discussion_replies_and_repeated_addresses_never_pack() -> None:
 # --- the sender against Azurite and the sandbox ------------------------------------------------
 
 
-def waiting_for_a_slot(outbound: Outbound) -> None:
-    """Use up the quota (one call in 2 s, no in-process wait): sends accepted now wait for a
-    slot, and packs form while they wait (the quota is the batching window; with room, each
-    send goes at once, alone)."""
+def waiting_for_a_slot(outbound: Outbound, *, period: int = 2) -> None:
+    """Use up the quota (one call in ``period`` s, no in-process wait): sends accepted now wait
+    for a slot, and packs form while they wait (the quota is the batching window; with room,
+    each send goes at once, alone)."""
     from shared import quota
     from shared.settings import get_settings
 
-    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=2, SEND_QUOTA_WAIT_SECONDS=0)
+    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=period, SEND_QUOTA_WAIT_SECONDS=0)
     quota.from_settings(get_settings()).try_acquire()  # denied too is fine: it is full
 
 
@@ -747,36 +747,32 @@ def test_a_queue_only_send_put_back_for_the_quota_is_still_packable_when_read_ba
     leaves that RequestId out (normalize, and ec7daff's, fill in the same), its fingerprint the
     record's."""
     from shared.outbound._models import request_fingerprint
-    from shared.outbound._outcomes import Outcomes
-    from shared.outbound._quota_wait import QuotaWait
+    from shared.outbound._ports import send_ports
     from shared.settings import get_settings
 
-    outbound.configure(SEND_QUOTA_WAIT_SECONDS=1)
-    seen: list[tuple[bool, float]] = []
-    texts: list[str] = []
-    come_back_in, put_back = QuotaWait.come_back_in, Outcomes.put_back
-
-    def spy(self: QuotaWait, retry_after: float, *, packable: bool = False) -> float:
-        seen.append((packable, delay := come_back_in(self, retry_after, packable=packable)))
-        return delay
-
-    def kept(self: Outcomes, text: str, *args: Any, **kwargs: Any) -> Any:
-        texts.append(text)
-        return put_back(self, text, *args, **kwargs)
-
-    monkeypatch.setattr(QuotaWait, "hint", lambda self: 30.0)  # this process was told: full
-    monkeypatch.setattr(QuotaWait, "come_back_in", spy)
-    monkeypatch.setattr(Outcomes, "put_back", kept)
+    waiting_for_a_slot(outbound, period=60)  # full for the whole test, however slow the host
     outbound.enqueue({"operation": "SendMessage", "messageId": "rule-like-1",
                       "body": sms(NUMBERS[0])})  # fmt: skip
-    outbound.run_once()  # recorded and indexed, put back
-    outbound.invoke(texts[-1])  # its copy, read back
+    queue = send_ports(get_settings()).outbound  # the sender's port to the outbound queue
+    put_back: list[str] = []
+    real = queue.send_message
 
-    assert seen == [(True, 30.0), (True, 30.0)]  # before: [(True, 30.0), (False, 29.0)]
-    copies = [parse_outbound_message(t) for t in texts]
+    def kept(text: str, *args: Any, **kwargs: Any) -> Any:
+        put_back.append(text)
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(queue, "send_message", kept)
+
+    outbound.run_once()  # recorded and indexed, put back for the full quota
+    outbound.invoke(put_back[-1])  # its copy, read back: put back again, the quota still full
+
+    assert outbound.upstream() == []
+    copies = [parse_outbound_message(t) for t in put_back]
+    assert [c.messageId for c in copies] == ["rule-like-1", "rule-like-1"]
     assert [c.body.RequestId for c in copies] == [None, None]
     settings = get_settings()
     again = normalize(copies[-1], message_id="rule-like-1", customer_id=settings.customer_id,
                       service_id=settings.service_id)  # fmt: skip
     assert again.body.RequestId == "rule-like-1"
+    assert pack_key(again) is not None  # read back, ours: packable
     assert request_fingerprint(again) == record("rule-like-1").fingerprint
