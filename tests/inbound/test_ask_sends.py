@@ -21,6 +21,7 @@ from shared.names import EVENTS_QUEUE, INBOUND_QUEUE, MESSAGES_TABLE, OUTBOUND_Q
 from shared.outbound import OutboundMessageAdapter, SendService
 from shared.settings import get_settings
 from shared.storage import queue_client, table_client
+from tests.crash import crash_once
 from tests.fixtures.clock import manual_clock
 from tests.inbound.conftest import ONE_WAY, TWO_WAY, HttpAnswer, Inbound, intake_text
 
@@ -249,20 +250,6 @@ def test_a_timed_out_question_whose_send_waits_for_a_retry_is_not_held_open_by_i
     _ask(inbound, number)  # the number is free
 
 
-def _end_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The next QuestionStore.end fails (a storage error, the instance dies) after whatever
-    this request wrote before it."""
-    real_end, calls = QuestionStore.end, []
-
-    def end(self: QuestionStore, *args: Any, **kwargs: Any) -> Any:
-        calls.append(args)
-        if len(calls) == 1:
-            raise RuntimeError("storage timed out")
-        return real_end(self, *args, **kwargs)
-
-    monkeypatch.setattr(QuestionStore, "end", end)
-
-
 def test_a_question_whose_timeout_cancelled_its_send_but_did_not_end_it_still_times_out(
     inbound: Inbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -275,7 +262,7 @@ def test_a_question_whose_timeout_cancelled_its_send_but_did_not_end_it_still_ti
     store = MessageStore.from_settings()
     _as_the_previous_release_queued(store, asked.body["MessageId"])
     manual_clock.advance(200)
-    _end_fails_once(monkeypatch)
+    crash_once(monkeypatch, QuestionStore, "end", "storage timed out")  # after the cancel
 
     crashed = _poll(inbound, asked)
     assert crashed.status == 500, crashed.body
@@ -301,7 +288,7 @@ def test_a_stop_received_in_time_and_handled_after_the_timeouts_cancel_opts_the_
     manual_clock.advance(30)
     received = intake_text("STOP", number)  # received in time
     manual_clock.advance(170)
-    _end_fails_once(monkeypatch)
+    crash_once(monkeypatch, QuestionStore, "end", "storage timed out")  # after the cancel
     assert _poll(inbound, asked).status == 500  # cancelled, not ended
 
     InboundProcessor.from_settings(get_settings()).process(received)
