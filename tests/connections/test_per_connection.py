@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.storage.queue import QueueClient
 
 from shared.clock import ManualClock
 from shared.connections import CONNECTION_HEADER, connection_settings
@@ -909,7 +910,10 @@ REMOVED = ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
 
 @pytest.mark.parametrize("dropped", [("ACCESS_TOKEN",), REMOVED], ids=["misconfigured", "removed"])
 def test_an_all_final_packs_listed_events_under_a_live_lease_come_back_after_it(
-    two: TwoConnections, manual_clock: ManualClock, dropped: tuple[str, ...]
+    two: TwoConnections,
+    manual_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    dropped: tuple[str, ...],
 ) -> None:
     """A run died after recording every member (listed in ``announcing``, events not out) and the
     host gave its driver back within the pack's lease, the connection broken meanwhile: the
@@ -929,11 +933,25 @@ def test_an_all_final_packs_listed_events_under_a_live_lease_come_back_after_it(
     lease = now + dt.timedelta(seconds=60)
     assert packs.swap(pack, announcing=pack.member_ids, lease_until=lease) is not None
     two.drop_connection("SECOND", *dropped)
+    put_back: list[str] = []
+    real_send = QueueClient.send_message
+
+    def kept(self: QueueClient, text: str, *args: Any, **kwargs: Any) -> Any:
+        if self.queue_name == OUTBOUND_QUEUE:
+            put_back.append(text)
+        return real_send(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(QueueClient, "send_message", kept)  # the queue port, every connection's
 
     first = OutboundSender.from_settings().process(json.dumps(driver))
-    assert (first.kind, two.env.queued()) == (OutcomeKind.DEFERRED, 1)  # back after the lease
-    manual_clock.advance(61)  # the copy it put back (invisible for the lease) is this driver
-    OutboundSender.from_settings().process(json.dumps(driver))
+    assert (first.kind, first.detail) == (OutcomeKind.DEFERRED, "claimed")
+    assert first.delay_seconds == 60  # invisible for what the lease still holds
+    assert two.env.queued() == 1
+    assert two.env.read(OUTBOUND_QUEUE) == []  # put back, not visible yet
+    [copy] = put_back
+    assert json.loads(copy)["packId"] == driver["packId"]
+    manual_clock.advance(61)  # the lease ends: the copy comes back
+    OutboundSender.from_settings().process(copy)
 
     assert len(two.env.events()) == sent_events + 2  # the two message.sent again, same ids
     assert packs.get(driver["packId"]).announcing == ()  # type: ignore[union-attr]
