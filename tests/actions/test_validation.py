@@ -233,9 +233,11 @@ def test_a_tracking_id_of_a_uuids_shape_is_logged_whole_even_if_it_starts_with_d
     """A UUID whose first 8 hex digits are all digits (about 2 % of generated ones) read as a
     phone number and was logged masked, while the problem's instance kept it whole: the
     operator's ``traces | where message has "<id>"`` found no line of the 500."""
+    import types
     import uuid
     from dataclasses import replace
 
+    from shared.actions import _spec
     from shared.actions._pipeline import run_action
     from shared.actions.catalog import get_spec
 
@@ -243,15 +245,21 @@ def test_a_tracking_id_of_a_uuids_shape_is_logged_whole_even_if_it_starts_with_d
         raise RuntimeError("a bug")
 
     generated = uuid.UUID("12345678-9abc-4def-8123-456789abcdef")
-    monkeypatch.setattr("shared.actions._spec.uuid.uuid4", lambda: generated)
     spec = replace(get_spec("GetUserCustomers"), handler=broken)
-    with caplog.at_level(logging.INFO, logger="smartdialog.actions"):
-        answer = run_action(spec, ActionRequest("GET", headers=headers))
+    with monkeypatch.context() as scoped, caplog.at_level(logging.INFO, "smartdialog.actions"):
+        # No port generates the id: only the tracking-id module's own `uuid` name is replaced,
+        # for this one request (the process's uuid.uuid4 is left alone).
+        scoped.setattr(_spec, "uuid", types.SimpleNamespace(uuid4=lambda: generated))
+        answer = run_action(spec, ActionRequest("GET", headers=dict(headers)))
     tracking_id = answer.body["instance"].rsplit(":", 1)[1]
-    assert tracking_id == (headers or {"": str(generated)}).popitem()[1]
-    lines = [r.getMessage() for r in caplog.records if "GetUserCustomers" in r.getMessage()]
+    assert tracking_id == next(iter(headers.values()), str(generated))
+    records = [r for r in caplog.records if "GetUserCustomers" in r.getMessage()]
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 2
     assert all(f"request {logged or tracking_id}" in line for line in lines), lines
+    # The record's trackingId extra (what the worker ships as a custom dimension) is masked as
+    # its text is: a caller's number-like id went out whole there.
+    assert [getattr(r, "trackingId", None) for r in records] == [logged or tracking_id] * 2
 
 
 def test_blank_customer_setting_counts_as_missing(
