@@ -402,7 +402,7 @@ def render(
     rendered = cut = joined(values)
     if limit is None or len(rendered) <= limit:
         return rendered
-    budget = limit - len(joined([""] * len(values)))  # what the values may take
+    budget = limit - len(rendered) + sum(map(len, values))  # what the values may take
     while len(cut) > limit and budget >= 0:  # a seam's space may take one more: again
         low, high = 0, max(map(len, values), default=0)  # the longest a value may stay
         while low < high:
@@ -420,7 +420,7 @@ def render(
         f"{len(rendered):,}",
         f"{limit:,}",
     )
-    return cut[:limit]  # fixed text that seams make longer than the limit: cut at it all the same
+    return cut
 
 
 def invalid_fields(exc: ValueError, within: str = "") -> str:
