@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,11 @@ class TwoConnections:
         for setting in settings:
             self.env.monkeypatch.delenv(f"SMARTDIALOG_CONNECTIONS__{name}__{setting}")
         forget_settings()
+
+    def remove_connection(self, name: str) -> None:
+        """Take connection ``name`` out of the app's settings: every one of its settings."""
+        prefix = f"SMARTDIALOG_CONNECTIONS__{name}__"
+        self.drop_connection(name, *(k[len(prefix) :] for k in os.environ if k.startswith(prefix)))
 
     def second_upstream(self, operation: str = "SendMessage") -> list[dict[str, Any]]:
         """Requests the second account's sandbox received for ``operation``."""

@@ -135,9 +135,7 @@ def test_a_connection_with_a_broken_setting_still_reads_its_keywords(
     query = second_webhook(two)
     two.set_connection("SECOND", QUOTA_CALLS="0")
     assert opt_out_of(two, query, "PERU") == "stop"
-    for setting in ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
-                    "QUOTA_CALLS", "STOP_KEYWORDS"):  # fmt: skip
-        two.drop_connection("SECOND", setting)
+    two.remove_connection("SECOND")
     assert opt_out_of(two, query, "PERU") is None
     assert opt_out_of(two, query, "START") == "start"
 
@@ -180,9 +178,7 @@ def test_a_webhook_registered_by_customer_routing_is_unregistered_through_its_co
     assert [e["field"] for e in refused.body["errors"]] == [
         "SMARTDIALOG_CONNECTIONS__SECOND__ACCESS_TOKEN"
     ]
-    for setting in ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
-                    "QUOTA_CALLS"):  # fmt: skip
-        two.drop_connection("SECOND", setting)
+    two.remove_connection("SECOND")
     assert unregister(kept) == 409
     assert WebhookRegistry.from_settings().get(SECOND_TWO_WAY, kept) is not None
 
@@ -206,9 +202,7 @@ def test_a_questions_re_prompt_goes_through_the_connection_it_was_asked_on(
     assert question.connection == "second"
     queue_client(names.OUTBOUND_QUEUE).clear_messages()  # the question's own send: not here
     two.env.enqueue(reprompt_command(question))  # as the reply's processor queues it
-    for setting in ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID",
-                    "QUOTA_CALLS"):  # fmt: skip
-        two.drop_connection("SECOND", setting)
+    two.remove_connection("SECOND")
 
     two.env.drain()
 

@@ -13,6 +13,7 @@ import pytest
 from azure.data.tables import TableClient, UpdateMode
 from azure.storage.queue import QueueClient
 
+from shared.actions import ActionRequest, ActionResponse, handle
 from shared.clock import ManualClock, utcnow
 from shared.notify._intake import IncomingEvent, parse_object
 from shared.notify._notify import EventResult, Notifier
@@ -332,17 +333,18 @@ def test_a_list_whose_row_does_not_read_skips_its_rules_only_saying_so(
     assert not notify.rules.delete_list("bad0")
 
 
+def call(operation: str, method: str, body: Any = None, **route: str) -> ActionResponse:
+    """One action by its operation id, as the HTTP function would hand it over."""
+    raw = b"" if body is None else json.dumps(body).encode()
+    request = ActionRequest(method, route_params=route, body=raw,
+                            headers={"Content-Type": "application/json"})  # fmt: skip
+    return handle(operation, request)
+
+
 def test_a_list_whose_row_does_not_read_answers_409_or_400_naming_it_not_500(
     storage_env: str, unique_name: str
 ) -> None:
-    from shared.actions import ActionRequest, ActionResponse, handle
     from shared.settings import get_settings
-
-    def call(operation: str, method: str, body: Any = None, **route: str) -> ActionResponse:
-        raw = b"" if body is None else json.dumps(body).encode()
-        request = ActionRequest(method, route_params=route, body=raw,
-                                headers={"Content-Type": "application/json"})  # fmt: skip
-        return handle(operation, request)
 
     store = RuleStore.from_settings(get_settings())
     store._table.create_entity({"PartitionKey": "list", "RowKey": unique_name, **BAD_LISTS[0]})
@@ -429,13 +431,6 @@ def test_a_rule_naming_a_list_that_does_not_exist_or_a_sender_no_send_takes_is_a
 ) -> None:
     """Such a rule was saved and could never send: a list that is not there sent nothing (only
     a log line); a blank or 21-character Sender made every send fail."""
-    from shared.actions import ActionRequest, ActionResponse, handle
-
-    def call(operation: str, method: str, body: Any = None, **route: str) -> ActionResponse:
-        raw = b"" if body is None else json.dumps(body).encode()
-        request = ActionRequest(method, route_params=route, body=raw,
-                                headers={"Content-Type": "application/json"})  # fmt: skip
-        return handle(operation, request)
 
     def fields(answer: ActionResponse) -> list[str]:
         assert answer.status == 400, answer.body
@@ -469,14 +464,7 @@ def test_a_rule_naming_a_list_that_does_not_exist_or_a_sender_no_send_takes_is_a
 def test_an_unreadable_stored_rule_answers_409_saying_what_to_do_not_500(
     storage_env: str, unique_name: str
 ) -> None:
-    from shared.actions import ActionRequest, ActionResponse, handle
     from shared.settings import get_settings
-
-    def call(operation: str, method: str, body: Any = None, **route: str) -> ActionResponse:
-        raw = b"" if body is None else json.dumps(body).encode()
-        request = ActionRequest(method, route_params=route, body=raw,
-                                headers={"Content-Type": "application/json"})  # fmt: skip
-        return handle(operation, request)
 
     store = RuleStore.from_settings(get_settings())
     store._table.create_entity({"PartitionKey": "rule", "RowKey": unique_name, "Document": "{"})
