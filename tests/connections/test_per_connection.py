@@ -806,18 +806,26 @@ def test_a_bulk_pack_waiting_for_its_misconfigured_connection_says_so_on_its_mem
     assert all("connection second" in ((e and e.detail) or "") for e in errors)
 
 
-@pytest.mark.parametrize(
-    ("dropped", "outcome"),
-    [
-        (("ACCESS_TOKEN",), OutcomeKind.ACKNOWLEDGED),  # misconfigured
-        (
-            ("BASE_URL", "ACCESS_TOKEN", "CUSTOMERS", "CUSTOMER_ID", "SERVICE_ID", "QUOTA_CALLS"),
-            OutcomeKind.FAILED,
-        ),  # removed
-    ],
+def break_second(two: TwoConnections, removed: bool) -> None:
+    """Connection second misconfigured (its token gone) or removed (every setting gone)."""
+    if removed:
+        two.remove_connection("SECOND")
+    else:
+        two.drop_connection("SECOND", "ACCESS_TOKEN")
+
+
+#: A misconfigured connection's driver is acknowledged (its open members expire); a removed
+#: one's fails.
+BROKEN = pytest.mark.parametrize(
+    ("removed", "outcome"),
+    [(False, OutcomeKind.ACKNOWLEDGED), (True, OutcomeKind.FAILED)],
+    ids=["misconfigured", "removed"],
 )
+
+
+@BROKEN
 def test_an_all_final_packs_events_go_out_though_its_connection_is_misconfigured(
-    two: TwoConnections, dropped: tuple[str, ...], outcome: OutcomeKind
+    two: TwoConnections, removed: bool, outcome: OutcomeKind
 ) -> None:
     """A driver of a pack whose members are all final, its row still listing them in
     ``announcing`` (a run stopped before their events; a status poll re-drives such a pack), was
@@ -834,7 +842,7 @@ def test_an_all_final_packs_events_go_out_though_its_connection_is_misconfigured
     assert pack is not None
     assert len(first) == 2
     assert packs.swap(pack, announcing=pack.member_ids) is not None  # their events not out
-    two.drop_connection("SECOND", *dropped)
+    break_second(two, removed)
 
     done = OutboundSender.from_settings().process(json.dumps(driver))
 
@@ -846,26 +854,9 @@ def test_an_all_final_packs_events_go_out_though_its_connection_is_misconfigured
     assert pack.announcing == ()
 
 
-@pytest.mark.parametrize(
-    ("dropped", "outcome"),
-    [
-        (("ACCESS_TOKEN",), OutcomeKind.ACKNOWLEDGED),  # misconfigured: the open member expires
-        (
-            (
-                "BASE_URL",
-                "ACCESS_TOKEN",
-                "CUSTOMERS",
-                "CUSTOMER_ID",
-                "SERVICE_ID",
-                "QUOTA_CALLS",
-                "SEND_VALIDITY_SECONDS",
-            ),
-            OutcomeKind.FAILED,
-        ),  # removed
-    ],
-)
+@BROKEN
 def test_a_final_members_listed_event_goes_out_though_another_member_was_open(
-    two: TwoConnections, manual_clock: ManualClock, dropped: tuple[str, ...], outcome: OutcomeKind
+    two: TwoConnections, manual_clock: ManualClock, removed: bool, outcome: OutcomeKind
 ) -> None:
     """A run stopped after recording member A sent (listed in ``announcing``, its event not out)
     while B was still open; the connection then broke (or went) and B's validity ended. The
@@ -889,7 +880,7 @@ def test_a_final_members_listed_event_goes_out_though_another_member_was_open(
     assert sent is not None
     assert packs.swap(pack, announcing=(a,)) is not None
     manual_clock.advance(601)  # B's validity ends while the connection is broken
-    two.drop_connection("SECOND", *dropped)
+    break_second(two, removed)
 
     done = OutboundSender.from_settings().process(json.dumps(driver))
 
@@ -927,10 +918,7 @@ def test_an_all_final_packs_listed_events_under_a_live_lease_come_back_after_it(
     now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
     lease = now + dt.timedelta(seconds=60)
     assert packs.swap(pack, announcing=pack.member_ids, lease_until=lease) is not None
-    if removed:
-        two.remove_connection("SECOND")
-    else:
-        two.drop_connection("SECOND", "ACCESS_TOKEN")
+    break_second(two, removed)
     put_back: list[str] = []
     real_send = QueueClient.send_message
 
