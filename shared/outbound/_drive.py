@@ -58,7 +58,7 @@ from shared.outbound._outcomes import (
     whole_seconds,
 )
 from shared.outbound._ports import SendPorts
-from shared.outbound._routing import note_waiting, quota_store_wait, token_wait
+from shared.outbound._routing import listed_again, note_waiting, quota_store_wait, token_wait
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
@@ -210,20 +210,7 @@ class _Run:
             ports.outbound.send_message(self.driver_for(other))
         mine = [r for r in members if r.pack_id == pack.pack_id]
         if pack.announcing:  # a run stopped between recording a call and its events
-            # Only members recorded final: a run that stopped before step 2 of ``sent`` left
-            # them ``sending``, and its call's membership (``attempt``) must stay for the retry.
-            # Only the ids whose events go out now leave the list: a run whose lease ran out
-            # may still be writing the others (they are final when a later run finds them).
-            pending = set(pack.announcing)
-            again = [r for r in mine if r.message_id in pending and r.status.is_final]
-            list(storage_pool().map(self.outcomes.emit, again))
-            emitted = {r.message_id for r in again}
-            left = tuple(i for i in pack.announcing if i not in emitted)
-            unfinished = {r.message_id for r in mine if not r.status.is_final}
-            if unfinished.intersection(pack.attempt):
-                self.save(announcing=left)
-            else:  # that call is recorded in full: the next one gets a RequestId of its own
-                self.save(announcing=left, attempt=())
+            self.save(**listed_again(self.outcomes, pack, mine))
             pack = self.pack
         self.outcomes.announce([r for r in mine if r.status.is_final])
         open_ = [r for r in mine if not r.status.is_final]

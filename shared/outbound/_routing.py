@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import datetime as dt
     from collections.abc import Callable, Mapping, Sequence
 
-    from shared.messages import MessageRecord
+    from shared.messages import MessageRecord, Pack
     from shared.outbound._models import OutboundMessage
     from shared.outbound._outcomes import Outcomes
     from shared.outbound._ports import SendPorts
@@ -358,14 +358,27 @@ def _open_members(
     open_ = [r for r in members if not r.status.is_final]
     leased = (pack.lease_until - now).total_seconds() if pack.lease_until else 0.0
     if pack.announcing and leased <= 0:
-        listed = set(pack.announcing)
-        again = [r for r in members if r.message_id in listed and r.status.is_final]
-        list(storage_pool().map(outcomes.emit, again))
-        left = tuple(i for i in pack.announcing if i not in {r.message_id for r in again})
-        in_call = {r.message_id for r in open_}.intersection(pack.attempt)
-        ports.packs.swap(pack, announcing=left, attempt=pack.attempt if in_call else ())
+        ports.packs.swap(pack, **listed_again(outcomes, pack, members))
     outcomes.announce([r for r in members if r.status.is_final])
     return open_, leased if pack.announcing and leased > 0 else 0.0  # a run's, or a dead one's
+
+
+def listed_again(outcomes: Outcomes, pack: Pack, members: list[MessageRecord]) -> dict[str, Any]:
+    """Send again (same ids) the events of the ``members`` that ``pack`` lists in
+    ``announcing`` and that are recorded final (a run stopped between recording a call and its
+    events; one that stopped before step 2 of ``sent`` left them ``sending``); the pack row's
+    changes: only the ids whose events went out leave the list (a run whose lease ran out may
+    still be writing the others), and the call's membership (``attempt``) stays only while an
+    open member is in it (else the next call gets a RequestId of its own)."""
+    listed = set(pack.announcing)
+    again = [r for r in members if r.message_id in listed and r.status.is_final]
+    list(storage_pool().map(outcomes.emit, again))
+    emitted = {r.message_id for r in again}
+    unfinished = {r.message_id for r in members if not r.status.is_final}
+    return {
+        "announcing": tuple(i for i in pack.announcing if i not in emitted),
+        "attempt": pack.attempt if unfinished.intersection(pack.attempt) else (),
+    }
 
 
 def _removed(
