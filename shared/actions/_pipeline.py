@@ -29,10 +29,9 @@ from shared.actions._spec import (
     Body,
     Param,
     SettingDefault,
-    loggable_id,
 )
 from shared.actions.fields import PHONE_REGIONS_CONTEXT
-from shared.logs import cut_secrets, loggable_text, redacted, redacted_traceback
+from shared.logs import cut_secrets, loggable_id, loggable_text, redacted, redacted_traceback
 from shared.problems import (
     FieldError,
     Problem,

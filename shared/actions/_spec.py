@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Ty
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.connections import CONNECTION_HEADER, NAME_MAX_LENGTH
-from shared.logs import loggable_text
 from shared.problems import PROBLEM_CONTENT_TYPE, Problem
 
 if TYPE_CHECKING:
@@ -36,8 +35,6 @@ JSON_CONTENT_TYPE = "application/json"
 #: Headers whose value names the caller's own tracking id (Logic Apps, Power Automate, others).
 TRACKING_HEADERS = ("x-ms-client-tracking-id", "x-ms-workflow-run-id", "x-request-id")
 _SAFE_TRACKING_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-#: A UUID's shape (ours, a caller's): 32 hex digits in five groups, no phone number's.
-_UUID = re.compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
 
 
 # --- envelopes ------------------------------------------------------------------------------------
@@ -77,14 +74,6 @@ def _tracking_id(headers: Mapping[str, str]) -> str:
         if _SAFE_TRACKING_ID.match(value):
             return value
     return str(uuid.uuid4())
-
-
-def loggable_id(tracking_id: str) -> str:
-    """A request's tracking id for a log line's text, where it must be found whole by the
-    problem's ``instance``: as it is when it has a UUID's shape (a first group of 8 digits read
-    as a phone number, so about 2 % of generated ids were masked), else :func:`loggable_text`
-    (a caller's id may hold a phone number)."""
-    return tracking_id if _UUID.fullmatch(tracking_id) else loggable_text(tracking_id)
 
 
 @dataclass

@@ -13,8 +13,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared import telemetry
-from shared.actions._spec import ActionRequest, ActionResponse, loggable_id
-from shared.logs import redacted_traceback
+from shared.actions._spec import ActionRequest, ActionResponse
+from shared.logs import loggable_id, redacted_traceback
 from shared.problems import Problem, internal_error
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
 

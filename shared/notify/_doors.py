@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ConfigDict, Field
 
 from shared import telemetry
-from shared.actions._spec import ActionRequest, ActionResponse, loggable_id
+from shared.actions._spec import ActionRequest, ActionResponse
 from shared.clock import utcnow
 from shared.deadletters import KeptOriginal, original_aside
-from shared.logs import loggable_text, redacted, redacted_traceback
+from shared.logs import loggable_id, loggable_text, redacted, redacted_traceback
 from shared.notify._intake import (
     InvalidEvent,
     parse_grid_trigger,
