@@ -65,12 +65,9 @@ HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
 #: How an app setting whose Key Vault reference did not resolve reaches the app: its literal text.
 _KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
 _UNRESOLVED = "is an unresolved Key Vault reference: check the app's identity"
-#: An account's secrets (attribute: setting): an unresolved one is its connection's error.
-_ACCOUNT_SECRETS = {
-    "access_token": "ACCESS_TOKEN",
-    "client_secret": "CLIENT_SECRET",
-    "refresh_token": "REFRESH_TOKEN",
-}
+#: An account's secrets (attributes; the setting is the name in upper case): an unresolved one is
+#: its connection's error.
+_ACCOUNT_SECRETS = ("access_token", "client_secret", "refresh_token")
 
 
 class PublicUrlNotConfigured(Problem):
@@ -416,8 +413,9 @@ def missing_credentials(
     """The error of settings that give no usable SmartDialog credentials (``prefix``: how their
     setting names start; ``who``: whose they are, for a named connection), else None: one an
     unresolved Key Vault reference names that setting."""
-    for attribute, setting in _ACCOUNT_SECRETS.items():
+    for attribute in _ACCOUNT_SECRETS:
         if _unresolved(getattr(settings, attribute)):
+            setting = attribute.upper()
             return FieldError(f"{prefix}{setting}", f"{who}{setting} {_UNRESOLVED}.")
     if settings.credentials is not None:
         return None
