@@ -531,15 +531,16 @@ def _identity(settings: Settings) -> str | None:
     any case is the same client) at its authority; and for delegated sign-in the user too, as
     a hash of the configured refresh token (two users of one app registration are two
     accounts). Never a secret itself; none without usable credentials (nothing is called)."""
-    if settings.credentials is None:
+    kind = settings.credentials  # a property that checks every secret: read once
+    if kind is None:
         return None
-    if settings.credentials == "access-token":
+    if kind == "access-token":
         assert settings.access_token is not None
         return "token:" + _digest(settings.access_token.get_secret_value())
     if not settings.client_id:
         return None
     client = f"client:{settings.authority.lower()}\n{settings.client_id.strip().lower()}"
-    if settings.credentials == "refresh-token":
+    if kind == "refresh-token":
         assert settings.refresh_token is not None
         return f"{client}\nuser:{_digest(settings.refresh_token.get_secret_value())}"
     return client
