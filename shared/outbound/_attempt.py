@@ -4,7 +4,8 @@ Every send path (a single message, a pack formed from the queue index, a bulk pa
 call through :meth:`Upstream.attempt` and gets one typed :data:`AttemptResult` back:
 
 - :class:`Sent`: upstream took it (2xx), or answered 409 because an earlier attempt with the
-  same ``RequestId`` did (``duplicate``, with the original answer);
+  same ``RequestId`` did (``duplicate``, with the original answer; the client's
+  ``DuplicateRequestError`` says when a 409 shows that: any other is a refusal);
 - :class:`Transient`: worth retrying later (429, 408, 5xx, connection errors, a quota refusal
   of the client's token-refresh re-try, missing credentials, no token), with upstream's advice
   (a 429's or a 5xx's ``Retry-After``);

@@ -18,6 +18,7 @@ from shared.deadline import keep_deadline, left, within
 
 from ._auth import AuthProvider, TokenUnavailable
 from ._exceptions import (
+    NOT_SENT_ERRORS,
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
@@ -238,6 +239,7 @@ class BaseClient:
         quota hook, attempt, retry or renewal, error mapping); the successful response."""
         retries_taken = 0
         refreshed = False
+        reached = False  # an earlier try may have reached SmartDialog (its 409 is then ours)
         attempt = 0
         while True:
             attempt += 1
@@ -283,6 +285,7 @@ class BaseClient:
                 )
                 if delay is None:
                     raise self._connection_error(op, path, exc) from exc
+                reached = reached or not isinstance(exc, NOT_SENT_ERRORS)
                 self._sleep(delay)
                 retries_taken += 1
                 continue
@@ -333,7 +336,8 @@ class BaseClient:
                 },
             )
             if delay is None:
-                raise self._status_error(op, path, response, request_id, original)
+                raise self._status_error(op, path, response, request_id, original, reached)
+            reached = reached or status == 408 or status >= 500
             if delay > 0:
                 self._sleep(delay)
 
@@ -393,7 +397,13 @@ class BaseClient:
         response: httpx.Response,
         request_id: str | None,
         original: type[BaseModel] | None,
+        reached: bool = False,
     ) -> APIStatusError:
+        """The error of ``response``. A send's 409 is a :class:`DuplicateRequestError` only
+        with evidence that it answers this RequestId's earlier request: its body carries the
+        original answer or names a duplicate or the RequestId, or an earlier try of this call
+        may have reached SmartDialog (``reached``: a 5xx, a 408, a timeout). The Swagger
+        documents no 409; any other is a plain :class:`ConflictError`, nothing sent."""
         body = decode_body(response)
         status = response.status_code
         common: dict[str, Any] = {
@@ -406,13 +416,12 @@ class BaseClient:
         message = error_message(response, body)
         if status == 429:
             return RateLimitError(message, **common)
-        if status == 409 and request_id is not None:
-            return DuplicateRequestError(
-                message,
-                request_id=request_id,
-                original=_original_result(body, original),
-                **common,
-            )
+        result = _original_result(body, original) if status == 409 else None
+        named = request_id is not None and (
+            "duplicate" in message.lower() or request_id.lower() in message.lower()
+        )
+        if request_id is not None and status == 409 and (result or named or reached):
+            return DuplicateRequestError(message, request_id=request_id, original=result, **common)
         return status_error_class(status)(message, **common)
 
 
@@ -441,11 +450,12 @@ def _check_values(
 
 
 def _original_result(body: object, model: type[BaseModel] | None) -> BaseModel | None:
-    """The first send's result carried by a duplicate-RequestId 409 body, if it parses."""
+    """The first send's result carried by a duplicate-RequestId 409 body, if it parses and
+    names its message or recipients (a problem document's fields would parse too)."""
     if model is None or not isinstance(body, Mapping):
         return None
     fields = {k: v for k, v in body.items() if k not in ("errorMessage", "ErrorMessage")}
-    if not fields:
+    if not fields.keys() & {"MessageId", "messageId", "Recipients", "recipients"}:
         return None
     try:
         return model.model_validate(fields)

@@ -188,7 +188,8 @@ class SmartDialogClient(BaseClient):
         """SendMessage: send an SMS (or WhatsApp) message to one or more recipients.
 
         Without ``message.RequestId`` one is generated for this call and reused on every retry.
-        Raises ``DuplicateRequestError`` when SmartDialog already accepted that ``RequestId``.
+        Raises ``DuplicateRequestError`` when a 409 shows SmartDialog already accepted that
+        ``RequestId`` (any other 409: ``ConflictError``).
         """
         headers = {"Customer-Id": customer_id, "Service-Id": service_id}
         return self._send(SEND_MESSAGE, message, MessageResult, headers=headers)

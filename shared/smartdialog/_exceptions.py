@@ -224,7 +224,9 @@ class DuplicateRequestError(ConflictError):
 
     ``request_id`` is the duplicate id; ``original`` is the first send's result parsed into the
     operation's response model when the body carries it (else None; ``body`` has the raw body).
-    A retried send that ends here means an earlier attempt of the same call went through.
+    Raised only with evidence (the body carries the original or names a duplicate or the
+    RequestId, or an earlier try of the call may have reached SmartDialog); any other 409 to a
+    send is a plain :class:`ConflictError`: the Swagger documents none.
     """
 
     def __init__(

@@ -119,6 +119,59 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
     assert error.original.MessageId == first.MessageId
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"errorMessage": "Service s-1001-oneway is suspended"},
+        {"type": "about:blank", "title": "Conflict", "status": 409},
+        None,
+    ],
+    ids=["another-conflict", "problem", "empty"],
+)
+def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict(
+    make_client: Callable[..., SmartDialogClient], answer: object
+) -> None:
+    """The Swagger documents no 409: one that carries no original answer and names neither a
+    duplicate nor the RequestId, to a send's only try, is not evidence the message went out."""
+    reply = httpx.Response(409) if answer is None else httpx.Response(409, json=answer)
+    client = make_client(transport=answering(reply), max_retries=0)
+    with pytest.raises(ConflictError) as caught:
+        client.send_message(
+            sms("+358400000001", "fresh-1"), customer_id=CUSTOMER, service_id=ONE_WAY
+        )
+    assert type(caught.value) is ConflictError
+    assert caught.value.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"errorMessage": "Duplicate request"}, {"errorMessage": "RequestId dup-1 was used"}],
+)
+def test_a_409_naming_a_duplicate_or_the_request_id_is_a_duplicate(
+    make_client: Callable[..., SmartDialogClient], answer: dict[str, str]
+) -> None:
+    client = make_client(transport=answering(httpx.Response(409, json=answer)), max_retries=0)
+    with pytest.raises(DuplicateRequestError) as caught:
+        client.send_message(sms("+358400000001", "dup-1"), customer_id=CUSTOMER, service_id=ONE_WAY)
+    assert caught.value.original is None
+
+
+def test_a_bare_409_to_the_retry_of_a_try_that_may_have_arrived_is_a_duplicate(
+    make_client: Callable[..., SmartDialogClient],
+) -> None:
+    """A 503 may have come after SmartDialog took the message: the retry's 409, even a bare
+    one, is its duplicate suppression. After a 429 (nothing done) it would not be."""
+    answers = iter([httpx.Response(503), httpx.Response(409)])
+    client = make_client(transport=httpx.MockTransport(lambda _: next(answers)), max_retries=1)
+    with pytest.raises(DuplicateRequestError):
+        client.send_message(sms("+358400000001", "r-1"), customer_id=CUSTOMER, service_id=ONE_WAY)
+    answers = iter([httpx.Response(429), httpx.Response(409)])
+    client = make_client(transport=httpx.MockTransport(lambda _: next(answers)), max_retries=1)
+    with pytest.raises(ConflictError) as caught:
+        client.send_message(sms("+358400000001", "r-2"), customer_id=CUSTOMER, service_id=ONE_WAY)
+    assert type(caught.value) is ConflictError
+
+
 def test_conflict_outside_a_send_is_a_plain_conflict(
     make_client: Callable[..., SmartDialogClient],
 ) -> None:

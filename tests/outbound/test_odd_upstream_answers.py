@@ -1,0 +1,90 @@
+"""Answers the Swagger does not document, from a real HTTP server the sender calls over a socket:
+an odd 409 and a redirect. Neither may record a message `sent` nor fail it for good as refused
+when nothing refused it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from shared.messages import MessageStatus, MessageStore
+from tests.outbound.conftest import DELIVERED, Outbound, sms
+
+
+class Upstream:
+    """An upstream that answers every call with ``status``, ``body`` and ``headers``."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body: Any = None
+        self.headers: dict[str, str] = {}
+        self.calls: list[dict[str, Any]] = []
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                upstream.calls.append(json.loads(self.rfile.read(length) or b"null"))
+                content = b"" if upstream.body is None else json.dumps(upstream.body).encode()
+                self.send_response(upstream.status)
+                for name, value in upstream.headers.items():
+                    self.send_header(name, value)
+                if content:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/api-integrations/v1"
+
+    def answer(self, status: int, body: Any = None, **headers: str) -> None:
+        self.status, self.body, self.headers = status, body, headers
+
+
+@pytest.fixture
+def odd(outbound: Outbound) -> Iterator[Upstream]:
+    upstream = Upstream()
+    thread = threading.Thread(target=upstream.server.serve_forever, daemon=True)
+    thread.start()
+    outbound.configure(BASE_URL=upstream.url)
+    yield upstream
+    upstream.server.shutdown()
+    upstream.server.server_close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"errorMessage": "Service s-1001-oneway is suspended"}, None],
+    ids=["another-conflict", "empty"],
+)
+def test_a_409_that_is_no_duplicate_fails_the_message_with_its_reason(
+    outbound: Outbound, odd: Upstream, answer: Any
+) -> None:
+    """A first attempt with a fresh RequestId answered 409 without the original answer and
+    without naming a duplicate: nothing went out, so the message fails with upstream's reason
+    and its event, never `sent` duplicate."""
+    odd.answer(409, answer)
+    message_id = f"m-409-{uuid.uuid4()}"
+    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
+    outbound.drain()
+
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert not record.duplicate
+    assert record.failure is not None
+    assert (record.failure.code, record.failure.upstreamStatus) == ("upstream-rejected", 409)
+    if answer is not None:
+        assert record.failure.detail == "Service s-1001-oneway is suspended"
+    assert len(odd.calls) == 1
+    assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.failed"]
