@@ -6,9 +6,9 @@ call through :meth:`Upstream.attempt` and gets one typed :data:`AttemptResult` b
 - :class:`Sent`: upstream took it (2xx), or answered 409 because an earlier attempt with the
   same ``RequestId`` did (``duplicate``, with the original answer; the client's
   ``DuplicateRequestError`` says when a 409 shows that: any other is a refusal);
-- :class:`Transient`: worth retrying later (429, 408, 5xx, connection errors, a quota refusal
-  of the client's token-refresh re-try, missing credentials, no token), with upstream's advice
-  (a 429's or a 5xx's ``Retry-After``);
+- :class:`Transient`: worth retrying later (429, 408, 5xx, a redirect (never followed),
+  connection errors, a quota refusal of the client's token-refresh re-try, missing
+  credentials, no token), with upstream's advice (a 429's or a 5xx's ``Retry-After``);
 - :class:`Refused`: upstream refused the whole call (any other 4xx): nothing was sent. It may
   name the recipient at fault.
 
@@ -342,6 +342,11 @@ def classify(exc: Exception) -> AttemptResult:
     if isinstance(exc, APIStatusError):
         if exc.status_code == 408:
             return Transient("upstream-unavailable", "SmartDialog timed out", said, None, 408)
+        if exc.status_code < 400:  # a redirect, not followed: not processed there, no refusal
+            where = cut_secrets(exc.headers.get("Location") or "nowhere")
+            said = f"redirected to {where} (not followed; check SMARTDIALOG_BASE_URL)"
+            title = f"SmartDialog answered {exc.status_code}"
+            return Transient("upstream-unavailable", title, said, None, exc.status_code, True)
         match = _REJECTED_RECIPIENT.search(said)
         return Refused(exc.status_code, said, match.group(1) if match else None)
     if isinstance(exc, APIConnectionError):

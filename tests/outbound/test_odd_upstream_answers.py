@@ -88,3 +88,25 @@ def test_a_409_that_is_no_duplicate_fails_the_message_with_its_reason(
         assert record.failure.detail == "Service s-1001-oneway is suspended"
     assert len(odd.calls) == 1
     assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.failed"]
+
+
+@pytest.mark.parametrize("status", [301, 307])
+def test_a_redirect_is_retried_as_upstream_unavailable_never_a_refusal(
+    outbound: Outbound, odd: Upstream, status: int
+) -> None:
+    """httpx follows no redirect: a 3xx means the request was not processed there (a 301 from
+    an http:// base URL, a 307 from a proxy). It is retried under the sender's one backoff and
+    ends `attempts-exhausted`, never `upstream-rejected` at once."""
+    odd.answer(status, None, Location="https://elsewhere.invalid/api-integrations/v1/messages")
+    message_id = f"m-{status}-{uuid.uuid4()}"
+    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
+    outbound.drain()
+
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert record.failure is not None
+    assert record.failure.code == "attempts-exhausted"
+    assert record.failure.upstreamStatus == status
+    assert "elsewhere.invalid" in (record.failure.detail or "")
+    assert len(odd.calls) == 4  # SEND_MAX_ATTEMPTS of the fixture
