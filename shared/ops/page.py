@@ -89,9 +89,14 @@ def _guarded(run: Callable[[], PageResponse]) -> PageResponse:
 
 
 def handle_page(
-    headers: Mapping[str, str], query: Mapping[str, str], settings: Settings | None = None
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    path: str,
+    settings: Settings | None = None,
 ) -> PageResponse:
-    """``GET /api/ops``: the page, for a principal allowed to see it."""
+    """``GET /api/ops``: the page, for a principal allowed to see it. ``path`` is the request
+    URL's: the buttons post to it plus ``/redrive`` or ``/purge`` (absolute, so the page opened
+    as ``/api/ops/`` posts where ``/api/ops`` does, whatever the host's route prefix)."""
 
     def run() -> PageResponse:
         current = settings or _settings()
@@ -107,6 +112,8 @@ def handle_page(
                 letters=[letter_doc(v, now) for v in letters],
                 more_letters=more,
                 csrf=form_token(current, principal),
+                # No empty segment: "//host/..." would be another site's address.
+                buttons="/" + "/".join(part for part in path.split("/") if part),
                 notice=_notice(current, principal, query),
                 now=now,
             )
