@@ -18,9 +18,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode
 
+from shared.actions._spec import ActionRequest
 from shared.clock import utcnow
 from shared.deadletters import ID_MAX_LENGTH
-from shared.logs import loggable_text, redacted_traceback
+from shared.logs import loggable_id, loggable_text, redacted_traceback
 from shared.ops._access import (
     Principal,
     authorize,
@@ -31,7 +32,14 @@ from shared.ops._access import (
 )
 from shared.ops._overview import overview
 from shared.ops.actions import desk, letter_doc
-from shared.problems import FieldError, Problem, ProblemType, internal_error, validation_problem
+from shared.problems import (
+    FieldError,
+    Problem,
+    ProblemType,
+    internal_error,
+    request_instance,
+    validation_problem,
+)
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -77,14 +85,18 @@ def _templates() -> Environment:
     )
 
 
-def _guarded(run: Callable[[], PageResponse]) -> PageResponse:
+def _guarded(headers: Mapping[str, str], run: Callable[[], PageResponse]) -> PageResponse:
+    """``run``'s answer; a problem names the request (its tracking id, as the actions')."""
+    tracking_id = ActionRequest("GET", headers=headers).tracking_id
     try:
         response = run()
     except Problem as problem:
-        return PageResponse.problem(problem)
+        return PageResponse.problem(problem.with_instance(request_instance(tracking_id)))
     except Exception as exc:
-        log.error("ops page failed: %s", redacted_traceback(exc))
-        return PageResponse.problem(internal_error())
+        logged = loggable_id(tracking_id)  # the text is what Azure keeps of a line
+        log.error("ops page failed, request %s: %s", logged, redacted_traceback(exc),
+                  extra={"trackingId": logged})  # fmt: skip
+        return PageResponse.problem(internal_error().with_instance(request_instance(tracking_id)))
     return response
 
 
@@ -130,7 +142,7 @@ def handle_page(
             },
         )
 
-    return _guarded(run)
+    return _guarded(headers, run)
 
 
 def handle_page_action(
@@ -186,7 +198,7 @@ def handle_page_action(
                 type=ProblemType.NOT_FOUND,
             )
         )
-    return _guarded(run)
+    return _guarded(headers, run)
 
 
 def _notice(settings: Settings, principal: Principal, query: Mapping[str, str]) -> str | None:

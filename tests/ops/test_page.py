@@ -122,6 +122,31 @@ def test_a_500s_traceback_is_logged_with_the_secrets_it_quotes_cut(
     assert "SASsignaturehttps://q.test/intake?sv=1&sig=SASsignatureQUOTED1D1" not in caplog.text
 
 
+@pytest.mark.parametrize("sent", [{"x-request-id": "page-run-7"}, {}])
+def test_a_500_names_its_instance_and_the_log_line_its_request(
+    ops: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    sent: dict[str, str],
+) -> None:
+    """The body said "Quote the instance when you report it." and had none, and the log line
+    named no request to find it by: as the actions, the caller's tracking id or a fresh one."""
+    from shared.ops import page
+    from tests.crash import crash_once
+
+    crash_once(monkeypatch, page, "overview", "table down")
+    with caplog.at_level(logging.ERROR, logger="shared"):
+        answer = get_page(headers=sent)
+
+    assert answer.status_code == 500
+    instance = json.loads(answer.get_body())["instance"]
+    request = instance.removeprefix("urn:smartdialog-functions:request:")
+    assert request != instance
+    assert request == sent.get("x-request-id", request)
+    [line] = [r.getMessage() for r in caplog.records if "ops page failed" in r.getMessage()]
+    assert f"request {request}:" in line
+
+
 @pytest.mark.parametrize("environment", ["Production", None])
 def test_hosted_off_app_service_the_page_and_its_buttons_answer_403_to_everyone(
     ops: Outbound, monkeypatch: pytest.MonkeyPatch, environment: str | None
