@@ -33,9 +33,11 @@ def _html(response: object) -> func.HttpResponse:
 @bp.function_name("OpsPage")
 @bp.route(route="ops", methods=["GET"], auth_level=ANONYMOUS)
 def ops_page(req: func.HttpRequest) -> func.HttpResponse:
+    from urllib.parse import urlsplit
+
     from shared.ops.page import handle_page
 
-    return _html(handle_page(dict(req.headers), dict(req.params)))
+    return _html(handle_page(dict(req.headers), dict(req.params), urlsplit(req.url).path))
 
 
 @bp.function_name("OpsPageAction")

@@ -35,6 +35,7 @@ __all__ = [
     "ProblemType",
     "internal_error",
     "rate_limited",
+    "request_instance",
     "retry_after_header",
     "storage_unavailable",
     "too_large",
@@ -182,6 +183,11 @@ def too_large(size: int, limit: int, *, setting: str | None = None) -> Problem:
         "e.g. split a bulk send into several.",
         type=ProblemType.TOO_LARGE,
     )
+
+
+def request_instance(tracking_id: str) -> str:
+    """A problem's ``instance``: the request it answers, by its tracking id (as logged)."""
+    return f"urn:smartdialog-functions:request:{tracking_id}"
 
 
 def internal_error() -> Problem:

@@ -38,6 +38,7 @@ from shared.problems import (
     ProblemType,
     internal_error,
     rate_limited,
+    request_instance,
     retry_after_header,
     too_large,
     validation_problem,
@@ -570,7 +571,7 @@ def _map_failure(
 
 
 def _with_instance(problem: Problem, tracking_id: str) -> Problem:
-    return problem.with_instance(f"urn:smartdialog-functions:request:{tracking_id}")
+    return problem.with_instance(request_instance(tracking_id))
 
 
 def unknown_action_response(operation_id: str, request: ActionRequest) -> ActionResponse:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from shared import telemetry
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.logs import loggable_id, redacted_traceback
-from shared.problems import Problem, internal_error
+from shared.problems import Problem, internal_error, request_instance
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def _reports(settings: Settings) -> DeliveryReportService:
 
 
 def _answer(name: str, request: ActionRequest, run: Callable[[], ActionResponse]) -> ActionResponse:
-    instance = f"urn:smartdialog-functions:request:{request.tracking_id}"
+    instance = request_instance(request.tracking_id)
     logged = loggable_id(request.tracking_id)  # the text is what Azure keeps of a line
     try:
         response = run()

@@ -34,6 +34,7 @@ from shared.storage import (
     already_exists,
     ensure_table,
     plain_datetime,
+    safe_key,
     utf16_units,
 )
 
@@ -378,9 +379,12 @@ class MessageStore:
         return found
 
     def get(self, message_id: str) -> MessageRecord | None:
-        """The record, or None if there is none."""
+        """The record, or None if there is none (none has an id no table key can be: a poison
+        command's, hand-written, asked for with ``/`` made Azurite answer 500)."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        if safe_key(message_id) != message_id:
+            return None
         try:
             entity = self.table.get_entity(*record_keys(message_id))
         except ResourceNotFoundError:

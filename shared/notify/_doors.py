@@ -24,7 +24,13 @@ from shared.notify._intake import (
     parse_queue_text,
     validation_code,
 )
-from shared.problems import FieldError, Problem, internal_error, validation_problem
+from shared.problems import (
+    FieldError,
+    Problem,
+    internal_error,
+    request_instance,
+    validation_problem,
+)
 
 if TYPE_CHECKING:
     from shared.notify._notify import EventResult, Notifier
@@ -78,7 +84,7 @@ def receive_cloud_events(
 
 
 def _receive_cloud_events(request: ActionRequest, settings: Settings | None) -> ActionResponse:
-    instance = f"urn:smartdialog-functions:request:{request.tracking_id}"
+    instance = request_instance(request.tracking_id)
     logged = loggable_id(request.tracking_id)  # the text is what Azure keeps of a line
     if request.method == "OPTIONS":
         origin = request.header("WebHook-Request-Origin")

@@ -6,7 +6,9 @@ the platform signs the user in with Entra ID and passes the principal to the app
 ``role_typ``), stripping that header from anything a client sends. The function itself is
 anonymous (the other functions keep their keys: unauthenticated requests are let through), so
 this module is the gate: a principal whose ``groups`` claim holds one of
-``SMARTDIALOG_OPS_ALLOWED_GROUPS`` or whose roles hold one of ``SMARTDIALOG_OPS_ALLOWED_ROLES``.
+``SMARTDIALOG_OPS_ALLOWED_GROUPS`` or whose roles hold one of ``SMARTDIALOG_OPS_ALLOWED_ROLES``
+(a user in too many groups gets no ``groups`` claim, only a pointer to Graph, which the page does
+not call: such a user is told to use an app role).
 With authentication off (``WEBSITE_AUTH_ENABLED`` not true) the header could be forged, so
 the page refuses everyone, and so it does off App Service (a container, say). Only in local
 development (``AZURE_FUNCTIONS_ENVIRONMENT=Development``, not on App Service) is it open, like
@@ -70,6 +72,8 @@ class Principal:
     name: str
     groups: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
+    #: The token listed no groups, only that there are too many (Entra ID's groups overage).
+    groups_overage: bool = False
 
 
 LOCAL = Principal("local", "local developer")
@@ -116,7 +120,22 @@ def parse_principal(header: str | None) -> Principal | None:
         roles=frozenset(
             v for t, v in claims if t in _ROLE_CLAIMS or (role_type and t == role_type)
         ),
+        groups_overage=any(_overage(t, v) for t, v in claims),
     )
+
+
+def _overage(typ: str, val: str) -> bool:
+    """Whether claim ``typ`` says the groups were left out: over 200 (150 in SAML) Entra ID
+    sends ``_claim_names`` pointing at Graph instead, an implicit flow's over 6 ``hasgroups``."""
+    if typ == "hasgroups":
+        return val.lower() == "true"
+    if typ != "_claim_names":
+        return False
+    try:
+        names = json.loads(val)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(names, dict) and "groups" in names
 
 
 def authorize(
@@ -148,11 +167,17 @@ def authorize(
         )
     groups, roles = _split(settings.ops_allowed_groups), _split(settings.ops_allowed_roles)
     if not (principal.groups & groups or principal.roles & roles):
-        why = (
-            "Nobody may: set SMARTDIALOG_OPS_ALLOWED_GROUPS or SMARTDIALOG_OPS_ALLOWED_ROLES."
-            if not groups and not roles
-            else "Your account is in none of the allowed groups and holds none of the roles."
-        )
+        if not groups and not roles:
+            why = "Nobody may: set SMARTDIALOG_OPS_ALLOWED_GROUPS or SMARTDIALOG_OPS_ALLOWED_ROLES."
+        elif principal.groups_overage and not principal.groups:
+            why = (
+                "Your sign-in carried no group list: your account is in more groups than Entra "
+                "ID puts in a token (groups overage), and the page does not ask Microsoft Graph. "
+                "Assign yourself an app role listed in SMARTDIALOG_OPS_ALLOWED_ROLES instead "
+                "(docs/operations.md)."
+            )
+        else:
+            why = "Your account is in none of the allowed groups and holds none of the roles."
         raise Problem(
             403, "Not allowed to use the operations page", why, type=ProblemType.FORBIDDEN
         )

@@ -18,9 +18,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode
 
+from shared.actions._spec import ActionRequest
 from shared.clock import utcnow
 from shared.deadletters import ID_MAX_LENGTH
-from shared.logs import loggable_text, redacted_traceback
+from shared.logs import loggable_id, loggable_text, redacted_traceback
 from shared.ops._access import (
     Principal,
     authorize,
@@ -31,7 +32,14 @@ from shared.ops._access import (
 )
 from shared.ops._overview import overview
 from shared.ops.actions import desk, letter_doc
-from shared.problems import FieldError, Problem, ProblemType, internal_error, validation_problem
+from shared.problems import (
+    FieldError,
+    Problem,
+    ProblemType,
+    internal_error,
+    request_instance,
+    validation_problem,
+)
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -77,21 +85,30 @@ def _templates() -> Environment:
     )
 
 
-def _guarded(run: Callable[[], PageResponse]) -> PageResponse:
+def _guarded(headers: Mapping[str, str], run: Callable[[], PageResponse]) -> PageResponse:
+    """``run``'s answer; a problem names the request (its tracking id, as the actions')."""
+    tracking_id = ActionRequest("GET", headers=headers).tracking_id
     try:
         response = run()
     except Problem as problem:
-        return PageResponse.problem(problem)
+        return PageResponse.problem(problem.with_instance(request_instance(tracking_id)))
     except Exception as exc:
-        log.error("ops page failed: %s", redacted_traceback(exc))
-        return PageResponse.problem(internal_error())
+        logged = loggable_id(tracking_id)  # the text is what Azure keeps of a line
+        log.error("ops page failed, request %s: %s", logged, redacted_traceback(exc),
+                  extra={"trackingId": logged})  # fmt: skip
+        return PageResponse.problem(internal_error().with_instance(request_instance(tracking_id)))
     return response
 
 
 def handle_page(
-    headers: Mapping[str, str], query: Mapping[str, str], settings: Settings | None = None
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    path: str,
+    settings: Settings | None = None,
 ) -> PageResponse:
-    """``GET /api/ops``: the page, for a principal allowed to see it."""
+    """``GET /api/ops``: the page, for a principal allowed to see it. ``path`` is the request
+    URL's: the buttons post to it plus ``/redrive`` or ``/purge`` (absolute, so the page opened
+    as ``/api/ops/`` posts where ``/api/ops`` does, whatever the host's route prefix)."""
 
     def run() -> PageResponse:
         current = settings or _settings()
@@ -107,6 +124,8 @@ def handle_page(
                 letters=[letter_doc(v, now) for v in letters],
                 more_letters=more,
                 csrf=form_token(current, principal),
+                # No empty segment: "//host/..." would be another site's address.
+                buttons="/" + "/".join(part for part in path.split("/") if part),
                 notice=_notice(current, principal, query),
                 now=now,
             )
@@ -123,7 +142,7 @@ def handle_page(
             },
         )
 
-    return _guarded(run)
+    return _guarded(headers, run)
 
 
 def handle_page_action(
@@ -179,7 +198,7 @@ def handle_page_action(
                 type=ProblemType.NOT_FOUND,
             )
         )
-    return _guarded(run)
+    return _guarded(headers, run)
 
 
 def _notice(settings: Settings, principal: Principal, query: Mapping[str, str]) -> str | None:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.deadletters import DEAD_LETTER_QUEUES
+from shared.deadletters import DEAD_LETTER_QUEUES, write_dead_letter
 from shared.names import (
     DEAD_LETTERS_TABLE,
+    DLR_FORWARD_DEAD_LETTER_QUEUE,
     OUTBOUND_DEAD_LETTER_QUEUE,
     OUTBOUND_QUEUE,
     poison_queue,
@@ -25,7 +26,7 @@ from shared.ops._deadletters import POISON_SOURCES
 from shared.ops.actions import desk
 from shared.storage import ensured_queue, ensured_table
 from tests.e2e.conftest import DELIVERED_NUMBER, REPO, Stack, poll, stack
-from tests.ops.conftest import index_written_dead_letters
+from tests.ops.conftest import index_written_dead_letters, letter
 
 __all__ = ["stack"]
 
@@ -113,3 +114,30 @@ def test_redriving_a_dead_letter_by_clicking_sends_it(stack: Stack, browser_page
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 0
+
+
+def test_the_buttons_work_on_the_page_opened_with_a_trailing_slash(
+    stack: Stack, browser_page: object
+) -> None:
+    """The host serves ``/api/ops/`` as the page too: its forms posted to ``ops/purge`` relative
+    to it, ``/api/ops/ops/purge``, a 404 for every button."""
+    from playwright.sync_api import Page
+
+    page = browser_page
+    assert isinstance(page, Page)
+    write_dead_letter(
+        ensured_queue(DLR_FORWARD_DEAD_LETTER_QUEUE),
+        letter(queue="smartdialog-dlr-forward", reason="malformed", detail="trailing slash"),
+        queue_name=DLR_FORWARD_DEAD_LETTER_QUEUE,
+    )
+    desk.cache_clear()
+
+    page.goto(f"{stack.api}/ops/")
+    row = page.locator("#deadletters tr", has_text="trailing slash")
+    assert row.count() == 1
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        row.get_by_role("button", name="Purge").click()
+    assert posted.value.url == f"{stack.api}/ops/purge"
+    page.wait_for_url("**/api/ops?done=*")
+    assert "purged" in page.locator("#notice").inner_text()
+    assert page.locator("#deadletters tr", has_text="trailing slash").count() == 0

@@ -25,7 +25,11 @@ GROUP = "6a1f0c6e-0000-4000-8000-000000000001"
 
 
 def principal(
-    oid: str = "user-1", *, groups: tuple[str, ...] = (), roles: tuple[str, ...] = ()
+    oid: str = "user-1",
+    *,
+    groups: tuple[str, ...] = (),
+    roles: tuple[str, ...] = (),
+    more: tuple[tuple[str, str], ...] = (),
 ) -> str:
     claims: list[dict[str, Any]] = [
         {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": oid},
@@ -33,6 +37,7 @@ def principal(
     ]
     claims += [{"typ": "groups", "val": g} for g in groups]
     claims += [{"typ": "roles", "val": r} for r in roles]
+    claims += [{"typ": typ, "val": val} for typ, val in more]
     document = {"auth_typ": "aad", "claims": claims, "role_typ": "roles", "name_typ": "name"}
     return base64.b64encode(json.dumps(document).encode()).decode()
 
@@ -122,6 +127,31 @@ def test_a_500s_traceback_is_logged_with_the_secrets_it_quotes_cut(
     assert "SASsignaturehttps://q.test/intake?sv=1&sig=SASsignatureQUOTED1D1" not in caplog.text
 
 
+@pytest.mark.parametrize("sent", [{"x-request-id": "page-run-7"}, {}])
+def test_a_500_names_its_instance_and_the_log_line_its_request(
+    ops: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    sent: dict[str, str],
+) -> None:
+    """The body said "Quote the instance when you report it." and had none, and the log line
+    named no request to find it by: as the actions, the caller's tracking id or a fresh one."""
+    from shared.ops import page
+    from tests.crash import crash_once
+
+    crash_once(monkeypatch, page, "overview", "table down")
+    with caplog.at_level(logging.ERROR, logger="shared"):
+        answer = get_page(headers=sent)
+
+    assert answer.status_code == 500
+    instance = json.loads(answer.get_body())["instance"]
+    request = instance.removeprefix("urn:smartdialog-functions:request:")
+    assert request != instance
+    assert request == sent.get("x-request-id", request)
+    [line] = [r.getMessage() for r in caplog.records if "ops page failed" in r.getMessage()]
+    assert f"request {request}:" in line
+
+
 @pytest.mark.parametrize("environment", ["Production", None])
 def test_hosted_off_app_service_the_page_and_its_buttons_answer_403_to_everyone(
     ops: Outbound, monkeypatch: pytest.MonkeyPatch, environment: str | None
@@ -155,6 +185,22 @@ def test_in_azure_without_a_principal_the_page_answers_401(in_azure: Outbound) -
 def test_in_azure_a_principal_in_no_allowed_group_or_role_gets_403(in_azure: Outbound) -> None:
     page = get_page({"X-MS-CLIENT-PRINCIPAL": principal(groups=("another-group",))})
     assert page.status_code == 403
+
+
+@pytest.mark.parametrize("overage", [("_claim_names", '{"groups":"src1"}'), ("hasgroups", "true")])
+def test_in_azure_a_token_with_too_many_groups_to_list_is_told_so_and_the_workaround(
+    in_azure: Outbound, overage: tuple[str, str]
+) -> None:
+    """Entra ID sends no groups claim for a user in over 200 groups (150 in a SAML token, 6 in
+    an implicit flow's), only where to ask Graph: the 403 said the user was in none of the
+    allowed groups, which may be false."""
+    page = get_page({"X-MS-CLIENT-PRINCIPAL": principal(more=(overage,))})
+
+    assert page.status_code == 403
+    detail = json.loads(page.get_body())["detail"]
+    assert "none of the allowed groups" not in detail
+    assert "groups overage" in detail
+    assert "SMARTDIALOG_OPS_ALLOWED_ROLES" in detail
 
 
 def test_in_azure_a_member_of_an_allowed_group_sees_the_page(in_azure: Outbound) -> None:

@@ -371,3 +371,20 @@ def test_a_purge_of_a_poisoned_send_a_worker_is_sending_does_nothing(ops: Outbou
 
 def _raise(exc: Exception) -> Any:
     raise exc
+
+
+@pytest.mark.parametrize("message_id", ["a/b", "a\\b", "a#b", "a?b", "a\tb"])
+def test_a_poison_command_whose_id_is_no_table_key_is_re_driven_as_recorded_by_none(
+    ops: Outbound, message_id: str
+) -> None:
+    """A hand-written or old command's id was read as a record's key: Azurite answered 500 and
+    so did the re-drive (and the page's button). No record has such an id: it goes back to the
+    sender as a command nobody recorded, which refuses it."""
+    given_up_on(json.dumps({"operation": "SendMessage", "messageId": message_id, "body": {}}))
+    [item] = listed()
+
+    redriven = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+
+    assert redriven.status == 200, redriven.body
+    assert redriven.body["outcome"] == "redriven"
+    assert queue_texts(POISON) == []
