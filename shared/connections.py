@@ -58,6 +58,7 @@ __all__ = [
     "credentials_refused",
     "is_default",
     "list_connections",
+    "missing_account_default",
     "name_error",
     "opt_out_keywords",
     "reset_connections_cache",
@@ -340,6 +341,28 @@ def account_defaults(name: str | None) -> tuple[str | None, str | None]:
     if connection is None:
         return None, None
     return connection.customer_id, connection.service_id
+
+
+def missing_account_default(name: str | None, *, service: bool = True) -> FieldError | None:
+    """The error of connection ``name`` (None: default) for a queued send that names no customer
+    (and, with ``service``, no service), a notification rule's: the setting its sender would
+    fill it in from is not set, so the sender could only dead-letter it. None when both are
+    there, or the app has no such connection (its sends fail ``connection-removed``)."""
+    connection = _known(name)
+    if connection is None:
+        return None
+    joint = "_" if connection.name == DEFAULT_CONNECTION else "__"  # SMARTDIALOG_CUSTOMER_ID
+    for setting, value, needed in (
+        ("CUSTOMER_ID", connection.customer_id, True),
+        ("SERVICE_ID", connection.service_id, service),
+    ):
+        if needed and not (value or "").strip():
+            return FieldError(
+                f"{connection.setting_prefix}{joint}{setting}",
+                f"Connection {connection.name}: {setting} is not set, and a notification rule's "
+                f"sends name no {setting.replace('_ID', '').lower()} of their own.",
+            )
+    return None
 
 
 def _known(name: str | None) -> Connection | None:

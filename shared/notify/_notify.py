@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.clock import utcnow
-from shared.connections import DEFAULT_CONNECTION, connection_name
+from shared.connections import DEFAULT_CONNECTION, connection_name, missing_account_default
 from shared.logs import loggable_text
 from shared.names import OUTBOUND_QUEUE
 from shared.notify._intake import IncomingEvent
@@ -53,6 +53,8 @@ from shared.outbound import (
     queued_text,
 )
 from shared.payloads import PayloadStore
+from shared.problems import FieldError
+from shared.settings import SettingsInvalid
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -108,6 +110,12 @@ class EventResult:
 
 def _event_key(event: IncomingEvent) -> str:
     return f"{event.source}\n{event.id}"
+
+
+def _unsendable(rule: Rule) -> FieldError | None:
+    """The setting a rule's sends need and its connection lacks: they name no customer (nor a
+    service unless the rule has one), which the connection's sender fills in."""
+    return missing_account_default(rule.Connection, service=rule.ServiceId is None)
 
 
 def _masked(address: str) -> str:
@@ -232,6 +240,12 @@ class Notifier:
                     reason = f"message not valid: {invalid_fields(exc)}"
                     log.warning("rule %s: no message for event %s: %s", rule.Id, said, reason)
                     result.skipped.append(Skipped(rule.Id, address, reason))
+            if made and (unset := _unsendable(rule)) is not None:
+                if not dry_run:  # nothing queued that its sender could only dead-letter
+                    raise SettingsInvalid([unset])
+                reason = f"not sendable: {unset.message} Set {unset.field}."
+                result.skipped.append(Skipped(rule.Id, "", reason))
+                continue
             if dry_run:
                 result.sends.extend(planned for planned, _ in made)
             else:

@@ -439,9 +439,11 @@ def invalid_fields(exc: ValueError, within: str = "") -> str:
 def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     """What is wrong with a rule that parsed: (field, message) pairs, empty when it is fine.
 
-    Checks the connection, every JMESPath expression, the fixed numbers, that each allowed
-    country code is a real one, and (with a ``SampleEvent``) that ``Condition`` and
-    ``FromEvent`` do not fail on it and every placeholder resolves against it. (That a named
+    Checks the connection (that the app has it, with the ``CUSTOMER_ID`` and, unless the rule
+    has a ``ServiceId``, the ``SERVICE_ID`` its sends take), every JMESPath expression, the
+    fixed numbers, that each allowed country code is a real one, and (with a ``SampleEvent``)
+    that ``Condition`` and ``FromEvent`` do not fail on it and every placeholder resolves
+    against it. (That a named
     ``List`` exists is the actions' check: it needs the store.)
     """
     from jmespath.exceptions import JMESPathError
@@ -454,10 +456,15 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
         errors.append(
             ("body", f"The rule is too large to store (at most {RULE_UNITS:,} characters).")
         )
-    from shared.connections import connection_name, connections
+    from shared.connections import connection_name, connections, missing_account_default
 
     if connection_name(rule.Connection) not in connections().by_name:
         errors.append(("Connection", f"No connection is named {rule.Connection!r}."))
+    elif unset := missing_account_default(rule.Connection, service=rule.ServiceId is None):
+        field, other = "ServiceId", "give the rule a ServiceId"
+        if unset.field.endswith("CUSTOMER_ID"):
+            field, other = "Connection", "choose another connection"
+        errors.append((field, f"{unset.message} Set {unset.field}, or {other}."))
     sender = rule.Message.Sender
     if rule.Message.Content is not None and sender is not None:
         try:

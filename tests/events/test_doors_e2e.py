@@ -698,3 +698,45 @@ def test_a_crash_between_an_events_sends_is_healed_by_the_retry_and_nothing_goes
         what="both records sent",
     )
     assert [r.attempts for r in records if r is not None] == [1, 1]
+
+
+def test_a_rules_send_its_connection_has_no_customer_for_is_refused_at_save_and_at_the_door(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rule names no Customer-Id: its connection's CUSTOMER_ID fills it in at the sender. With
+    none, a rule was saved (201), the door answered 202 with MessageIds, and every send was
+    dead-lettered malformed with no record, so no message.failed event and nothing to look up.
+    Now the save is refused naming the setting, and the door answers the 503 configuration
+    problem (the producer retries) with nothing queued; once the setting is back it is sent."""
+    prefix = "SMARTDIALOG_CONNECTIONS__ACCOUNT2__"
+    monkeypatch.setenv(prefix + "ACCESS_TOKEN", "sandbox-token-2")  # the sandbox's account 2
+    monkeypatch.setenv(prefix + "SERVICE_ID", "s-2001-oneway")
+    rule = {
+        "Id": "account2",
+        "Match": {"EventTypePrefix": "Microsoft.Storage."},
+        "Message": {"Sender": "Invoices", "Content": "New invoice $(data.url)"},
+        "Recipients": {"Numbers": [DELIVERED_NUMBER]},
+        "Connection": "account2",
+    }
+    refused = stack.http.post(f"{stack.api}/notification-rules", json=rule)
+    assert refused.status_code == 400, refused.text
+    [error] = refused.json()["errors"]
+    assert error["field"] == "body.Connection"
+    assert prefix + "CUSTOMER_ID" in error["message"]
+
+    monkeypatch.setenv(prefix + "CUSTOMER_ID", "2001")
+    create_rule(stack, rule)
+    monkeypatch.delenv(prefix + "CUSTOMER_ID")  # removed after the rule was saved
+    blob = fresh(fixture("blob-created.cloudevent.json"))
+    answer = post_events(stack, blob, "application/cloudevents+json")
+    assert answer.status_code == 503, answer.text
+    problem = answer.json()
+    assert problem["type"] == "urn:smartdialog-functions:problem:configuration"
+    assert [e["field"] for e in problem["errors"]] == [prefix + "CUSTOMER_ID"]
+    assert not any(blob["id"] in text for text in stack.peek(OUTBOUND_QUEUE))
+
+    monkeypatch.setenv(prefix + "CUSTOMER_ID", "2001")  # fixed: the producer's retry goes
+    retried = post_events(stack, blob, "application/cloudevents+json")
+    assert retried.status_code == 202, retried.text
+    calls = poll(lambda: upstream_calls(stack, blob["data"]["url"]), what="the retried send")
+    assert addresses(calls) == [DELIVERED_NUMBER]

@@ -609,3 +609,35 @@ def test_a_stored_rule_allowing_a_code_that_is_none_allows_no_number_it_prefixes
 
     assert sent_to(result) == [N2]
     assert reasons(result) == ["country code not allowed"] * 2
+
+
+def test_an_event_a_rule_would_send_for_without_its_connections_ids_queues_nothing(
+    notify: Notify, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender fills a rule's send's customer and service in from its connection; with no
+    SMARTDIALOG_CUSTOMER_ID it dead-lettered every send malformed (no record, no event) after
+    the door had answered 202. Now the event is refused as a configuration error (the door's
+    503, the queue's message kept) with nothing queued; a dry run says why in Skipped; a rule
+    with its own ServiceId needs no SMARTDIALOG_SERVICE_ID."""
+    from shared.settings import SettingsInvalid, reset_settings_cache
+
+    rule = notify.rule()
+    monkeypatch.delenv("SMARTDIALOG_CUSTOMER_ID")
+    monkeypatch.delenv("SMARTDIALOG_SERVICE_ID")
+    reset_settings_cache()
+    with pytest.raises(SettingsInvalid) as refused:
+        notify.handle(event("e1", phones=[N1]))
+    assert [e.field for e in refused.value.errors] == ["SMARTDIALOG_CUSTOMER_ID"]
+    assert notify.queued() == []
+    assert sent_to(notify.handle(event("e2", phones=[]))) == []  # nothing to send: no refusal
+    dry = notify.notifier.plan(event("e1", phones=[N1]), dry_run=True)
+    assert (sent_to(dry), reasons(dry)) == ([], [
+        "not sendable: Connection default: CUSTOMER_ID is not set, and a notification rule's "
+        "sends name no customer of their own. Set SMARTDIALOG_CUSTOMER_ID."
+    ])  # fmt: skip
+
+    monkeypatch.setenv("SMARTDIALOG_CUSTOMER_ID", "1001")
+    reset_settings_cache()
+    notify.rules.replace(rule.model_copy(update={"ServiceId": "s-1001-oneway"}))
+    assert sent_to(notify.handle(event("e1", phones=[N1]))) == [N1]
+    assert [m["serviceId"] for m in notify.queued()] == ["s-1001-oneway"]
