@@ -528,3 +528,17 @@ def test_cancel_says_a_scheduled_send_cannot_be_cancelled(committed: dict[str, A
     cancel = operations(committed)["CancelMessage"]["description"]
     assert "SendDateTime" in cancel
     assert "no cancel" in cancel
+
+
+def test_a_group_contacts_custom_properties_require_no_name_in_the_answer(
+    committed: dict[str, Any],
+) -> None:
+    """SmartDialog's answer may leave a property's name out (shared/smartdialog's ContactProperty);
+    the answer's schema was the input's, whose name is required; a request's still is."""
+    ours = operations(committed)
+    answer = ours["GetGroupContact"]["responses"]["200"]["schema"]
+    item = answer["properties"]["customContactProperties"]["items"]
+    assert set(item["properties"]) == {"name", "value"}
+    assert "required" not in item
+    body = next(p for p in ours["CreateGroupContact"]["parameters"] if p["in"] == "body")
+    assert body["schema"]["properties"]["customContactProperties"]["items"]["required"] == ["name"]
