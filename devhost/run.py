@@ -207,9 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     started: list[Child | Azurite] = []
     try:
-        check_port_free(args.host, args.port, "dev host", "use --port N or DEVHOST_PORT=N")
         check_port_free(
-            args.host, args.sandbox_port, "sandbox", "use --sandbox-port N or SANDBOX_PORT=N"
+            args.host,
+            args.port,
+            "dev host",
+            "run DEVHOST_PORT=N make run (or python -m devhost.run --port N)",
+        )
+        check_port_free(
+            args.host,
+            args.sandbox_port,
+            "sandbox",
+            "run SANDBOX_PORT=N make run (or python -m devhost.run --sandbox-port N)",
         )
         _step("Starting Azurite (in memory, on free ports)")
         # Free ports, but not the two the dev host and the sandbox bind after it.
