@@ -6,7 +6,9 @@ and the named connection ``second`` (the sandbox's account 2, customer 2001; REA
 beside the default one (account 1).
 A ``local.settings.json`` of your own is never read or overwritten by ``make run`` (it is what
 ``python -m devhost`` and ``func start`` use); to change a setting for ``make run``, export it:
-environment variables win over the file, except the three wiring values above.
+environment variables win over the file, except the four wiring values, which are always
+``make run``'s: ``AzureWebJobsStorage``, ``SMARTDIALOG_PUBLIC_BASE_URL``,
+``AZURE_FUNCTIONS_ENVIRONMENT`` and (while the sandbox runs) ``SMARTDIALOG_BASE_URL``.
 
 Ports: the dev host on ``--port`` / ``$DEVHOST_PORT`` (7071), the sandbox on ``--sandbox-port`` /
 ``$SANDBOX_PORT`` (7072); Azurite on free ports. Ctrl-C stops the dev host (letting in-flight work
@@ -205,9 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     started: list[Child | Azurite] = []
     try:
-        check_port_free(args.host, args.port, "dev host", "use --port N or DEVHOST_PORT=N")
         check_port_free(
-            args.host, args.sandbox_port, "sandbox", "use --sandbox-port N or SANDBOX_PORT=N"
+            args.host,
+            args.port,
+            "dev host",
+            "run DEVHOST_PORT=N make run (or python -m devhost.run --port N)",
+        )
+        check_port_free(
+            args.host,
+            args.sandbox_port,
+            "sandbox",
+            "run SANDBOX_PORT=N make run (or python -m devhost.run --sandbox-port N)",
         )
         _step("Starting Azurite (in memory, on free ports)")
         # Free ports, but not the two the dev host and the sandbox bind after it.

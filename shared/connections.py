@@ -482,7 +482,13 @@ def _connection(
 ) -> Connection:
     from pydantic import ValidationError
 
-    from shared.settings import Settings, error_setting, keyword_set, missing_credentials
+    from shared.settings import (
+        Settings,
+        error_message,
+        error_setting,
+        keyword_set,
+        missing_credentials,
+    )
 
     values: dict[str, Any] = {
         str(info.alias): getattr(base, attribute)
@@ -525,7 +531,9 @@ def _connection(
             alias = error_setting(error)
             setting_name = alias.removeprefix(_SETTING_PREFIX)
             errors.append(
-                FieldError(f"{prefix}__{setting_name}", f"Connection {name}: {error['msg']}")
+                FieldError(
+                    f"{prefix}__{setting_name}", f"Connection {name}: {error_message(error)}"
+                )
             )
     if settings is not None:
         settings._connection = name

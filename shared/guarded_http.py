@@ -92,6 +92,8 @@ _HEADER_TEXT = re.compile(r"[\t\x20-\x7e]*")
 # octal (leading 0) or hex (0x): 2130706433, 0x7f000001, 0177.0.0.1, 127.1.
 _LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}\.?$", re.I)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Azure's platform address (WireServer, Azure DNS, health probes), inside every VNet yet "global".
+_AZURE_PLATFORM = ipaddress.IPv4Address("168.63.129.16")
 _PROPERTIES = (
     ("is_unspecified", "the unspecified address"),
     ("is_loopback", "a loopback address"),
@@ -207,6 +209,8 @@ def internal_reason(address: IPAddress) -> str | None:
                 return label
         if not candidate.is_global:
             return "not a public address"
+        if candidate == _AZURE_PLATFORM:
+            return "Azure's platform address"
     return None
 
 

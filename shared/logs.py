@@ -12,9 +12,9 @@ app does):
 - Whatever these loggers still emit, and anything logged on them later at a lower level by an
   operator, passes :class:`RedactUrls`: query strings are cut from URLs and phone numbers masked.
 
-Our own log calls that mention a URL log :func:`loggable_url` of it, never the URL itself; text
-that may quote a secret is logged :func:`redacted` (an error), :func:`loggable_text` (what a
-caller or upstream sent) or :func:`redacted_traceback` (a traceback, never ``exc_info``).
+Our own log calls name a caller's URL by its host, never the URL itself; text that may quote a
+secret is logged :func:`redacted` (an error), :func:`loggable_text` (what a caller or upstream
+sent) or :func:`redacted_traceback` (a traceback, never ``exc_info``).
 Importing this module is cheap (standard library only).
 """
 
@@ -37,7 +37,6 @@ __all__ = [
     "cut_text",
     "loggable_id",
     "loggable_text",
-    "loggable_url",
     "redacted",
     "redacted_traceback",
 ]
@@ -63,10 +62,11 @@ _URL_QUERY = re.compile(r"(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]*)[?#]
 
 # A bearer token, or a value that carries a secret: a query parameter's (plain or URL-encoded)
 # or a quoted key's (JSON, a dict's repr), named *token or *secret (ours in status and DLR URLs,
-# OAuth's, a SAS token), code (a function key) or sig (a SAS signature, also a quoted key's); an
-# x-functions-key header's; a connection string's AccountKey= or SharedAccessKey=. The value
-# ends at a blank, a quote, & (or %26), a comma, ; or }.
-_SENSITIVE_NAMES = r"(?:\w*_)?(?:token|secret)"
+# OAuth's, a SAS token), *password, *apikey, *api_key or accesstoken, code (a function key) or
+# sig (a SAS signature, also a quoted key's); an x-functions-key header's; a connection string's
+# AccountKey= or SharedAccessKey=. The value ends at a blank, a quote, & (or %26), a comma, ;
+# or }.
+_SENSITIVE_NAMES = r"(?:\w*_)?(?:token|secret|password|api_?key|accesstoken)"
 _SECRET = re.compile(
     r"(?i)(bearer\s+|\bx-functions-key[\"']?\s*[:=]\s*[\"']?"
     rf"|[\"'](?:{_SENSITIVE_NAMES}|sig)[\"']\s*:\s*[\"']?"
@@ -75,12 +75,17 @@ _SECRET = re.compile(
 )
 
 
+# A URL's userinfo password (scheme://user:password@host), which a DlrUrl may carry.
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/?#@:\"'<>]*:)[^\s/?#@\"'<>]+(?=@)")
+
+
 def cut_secrets(text: str) -> str:
-    """``text`` with secrets cut to ``***``: bearer tokens, ``x-functions-key`` values, and the
-    values of ``token=``, ``*_token=``, ``*_secret=``, ``code=``, ``sig=`` (also URL-encoded,
+    """``text`` with secrets cut to ``***``: bearer tokens, ``x-functions-key`` values, a URL's
+    userinfo password (``https://user:***@host``), and the values of ``token=``, ``*_token=``,
+    ``*_secret=``, ``password=``, ``api_key=``, ``code=``, ``sig=`` (also URL-encoded,
     ``token%3D``), ``AccountKey=``, ``SharedAccessKey=`` and of quoted keys such as
     ``"access_token": "..."`` or ``"sig": "..."``."""
-    return _SECRET.sub(r"\1***", text)
+    return _USERINFO.sub(r"\1***", _SECRET.sub(r"\1***", text))
 
 
 def redacted(text: str, limit: int | None = None) -> str:
@@ -143,20 +148,16 @@ def cut_text(text: str, limit: int) -> str:
     )
 
 
-def loggable_url(url: str) -> str:
-    """``url`` fit for a log line: no query string or fragment, phone numbers masked."""
-    return _mask_phone_numbers(_URL_QUERY.sub(r"\g<url>", url))
-
-
 class RedactUrls(logging.Filter):
-    """Rewrites a record's message with every URL's query string cut and phone numbers masked."""
+    """Rewrites a record's message with every URL's query string cut, other secrets cut
+    (:func:`cut_secrets`: a URL's userinfo password) and phone numbers masked."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             text = record.getMessage()
         except Exception:
             return True
-        redacted = _mask_phone_numbers(_URL_QUERY.sub(r"\g<url>", text))
+        redacted = _mask_phone_numbers(cut_secrets(_URL_QUERY.sub(r"\g<url>", text)))
         if redacted != text:
             record.msg, record.args = redacted, ()
         return True

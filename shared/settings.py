@@ -407,6 +407,12 @@ def error_setting(error: Mapping[str, Any]) -> str:
     return where or (named.group(0) if named else "settings")
 
 
+def error_message(error: Mapping[str, Any]) -> str:
+    """A pydantic error of :class:`Settings` in our validator's words: without the
+    ``Value error, `` pydantic puts before a ``ValueError``'s message."""
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
 def missing_credentials(
     settings: Settings, prefix: str = "SMARTDIALOG_", who: str = ""
 ) -> FieldError | None:
@@ -467,7 +473,7 @@ class SettingsInvalid(Problem):
         """The problem of a pydantic validation error (``loc``: the setting's name)."""
         return cls(
             [
-                FieldError(error_setting(e), e["msg"])
+                FieldError(error_setting(e), error_message(e))
                 for e in exc.errors(include_url=False, include_input=False)
             ]
         )

@@ -16,10 +16,10 @@ import pytest
 from shared.clock import ManualClock
 from shared.logs import (
     HTTP_LIBRARY_LEVELS,
+    RedactUrls,
     configure_logging,
     cut_secrets,
     loggable_text,
-    loggable_url,
     redacted,
     redacted_traceback,
 )
@@ -58,6 +58,15 @@ ROOT = Path(__file__).resolve().parent.parent
          "Endpoint=sb://n/;SharedAccessKeyName=k;SharedAccessKey=***"),
         ('{"sv": "2024-08-04", "sig": "SAS+/sig=", "design": 1}',
          '{"sv": "2024-08-04", "sig": "***", "design": 1}'),
+
+        # Left whole before: a URL's userinfo password (docs/inbound.md invites Basic credentials
+        # in a DlrUrl), password=, api keys, accesstoken=.
+        ("DlrUrl https://flow:S3cr:et@hooks.example.com/x failed; ftp://u:p@h/",
+         "DlrUrl https://flow:***@hooks.example.com/x failed; ftp://u:***@h/"),
+        ("https://user@h.example/a:b@c mailto:a@b.example ratio 1:2@3",
+         "https://user@h.example/a:b@c mailto:a@b.example ratio 1:2@3"),
+        ('password=PW db_password=PW2 api_key=K {"apiKey": "K2"} accesstoken=AT',
+         'password=*** db_password=*** api_key=*** {"apiKey": "***"} accesstoken=***'),
     ],
 )  # fmt: skip
 def test_cut_secrets_cuts_tokens_keys_and_signatures_but_not_lookalikes(
@@ -171,12 +180,13 @@ def test_an_httpx_info_line_carries_no_query_string(
     assert "358401234567" not in line
 
 
-def test_loggable_url_cuts_the_query_and_masks_numbers() -> None:
-    assert (
-        loggable_url("https://flow.example/hook/+358401234567?sig=abc&code=k#frag")
-        == "https://flow.example/hook/***4567"
-    )
-    assert loggable_url("https://flow.example/path") == "https://flow.example/path"
+def test_redact_urls_cuts_the_query_the_userinfo_password_and_masks_numbers() -> None:
+    record = logging.LogRecord(
+        "httpx", logging.INFO, __file__, 1, "HTTP Request: %s %s", ("POST",
+        "https://flow:PASS@hooks.example/+358401234567?sig=abc&code=k#frag"), None,
+    )  # fmt: skip
+    assert RedactUrls().filter(record)
+    assert record.getMessage() == "HTTP Request: POST https://flow:***@hooks.example/***4567"
 
 
 # --- the leak detector (tests/fixtures/leaks.py) ------------------------------------------------

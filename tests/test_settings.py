@@ -188,6 +188,8 @@ def test_a_value_that_cannot_work_is_a_configuration_problem_naming_the_setting(
     assert [e.field for e in caught.value.errors] == [alias]
     assert problem is not None
     assert [e.field for e in problem.errors] == [alias]
+    # Our validators' words, without pydantic's "Value error, " before them.
+    assert not [e.message for e in problem.errors if "Value error" in e.message]
 
 
 @pytest.mark.parametrize(

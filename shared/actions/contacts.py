@@ -194,6 +194,19 @@ class GroupContactChanges(BaseModel):
         return self
 
 
+class ContactPropertyDoc(BaseModel):
+    """A custom property as SmartDialog returns it: its name may be missing (unlike a request's)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = Field(
+        None, description="Name of the custom property.", json_schema_extra=ui("Name")
+    )
+    value: str | None = Field(
+        None, description="Value of the custom property.", json_schema_extra=ui("Value")
+    )
+
+
 class GroupContactDoc(BaseModel):
     """A group contact as SmartDialog returns it (documentation of GetGroupContact's answer)."""
 
@@ -234,7 +247,7 @@ class GroupContactDoc(BaseModel):
         description="How many messages to the contact have failed.",
         json_schema_extra=ui("Failed messages") | {"format": "int32"},
     )
-    customContactProperties: list[ContactProperty] | None = Field(
+    customContactProperties: list[ContactPropertyDoc] | None = Field(
         None,
         description="Custom properties stored with the contact.",
         json_schema_extra=ui("Custom Properties"),

@@ -337,14 +337,14 @@ def _trigger(
     )
 
 
-def _delete(operation_id: str, kind: TriggerKind, handler: Any, name: str) -> ActionSpec[Any]:
+def _delete(operation_id: str, kind: TriggerKind, handler: Any, what: str) -> ActionSpec[Any]:
     return ActionSpec(
         operation_id=operation_id,
         method="DELETE",
         route=f"{SUBSCRIPTION_ROUTES[kind]}/{{Service}}/{{SubscriptionId}}",
         input=TriggerUnsubscribeInput,
         handler=handler,
-        summary=f"Remove a {name} subscription",
+        summary=f"Remove {what} subscription",
         description="Called by Power Automate on the subscription's Location to unsubscribe.",
         responses=(
             ResponseDoc(
@@ -373,7 +373,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         "DeleteDeliveryReportTrigger",
         TriggerKind.DELIVERY_REPORT,
         unsubscribe_reports,
-        "delivery-report",
+        "a delivery-report",
     ),
     _trigger(
         "RecipientOptedOut",
@@ -385,7 +385,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         "start keyword (the service's suppression lifted; a * one stays) to the 2-way service.",
         ("The opt-out or opt-in.", OptOutTriggerData),
     ),
-    _delete("DeleteOptOutTrigger", TriggerKind.OPT_OUT, unsubscribe_opt_outs, "opt-out"),
+    _delete("DeleteOptOutTrigger", TriggerKind.OPT_OUT, unsubscribe_opt_outs, "an opt-out"),
     _trigger(
         "SendFailed",
         TriggerKind.SEND_FAILED,
@@ -396,6 +396,6 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         ("The failed send.", SendFailedTriggerData),
     ),
     _delete(
-        "DeleteSendFailedTrigger", TriggerKind.SEND_FAILED, unsubscribe_failures, "send-failed"
+        "DeleteSendFailedTrigger", TriggerKind.SEND_FAILED, unsubscribe_failures, "a send-failed"
     ),
 )

@@ -4,6 +4,7 @@ of the certified SmartDialog connector."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +529,23 @@ def test_cancel_says_a_scheduled_send_cannot_be_cancelled(committed: dict[str, A
     cancel = operations(committed)["CancelMessage"]["description"]
     assert "SendDateTime" in cancel
     assert "no cancel" in cancel
+
+
+def test_a_group_contacts_custom_properties_require_no_name_in_the_answer(
+    committed: dict[str, Any],
+) -> None:
+    """SmartDialog's answer may leave a property's name out (shared/smartdialog's ContactProperty);
+    the answer's schema was the input's, whose name is required; a request's still is."""
+    ours = operations(committed)
+    answer = ours["GetGroupContact"]["responses"]["200"]["schema"]
+    item = answer["properties"]["customContactProperties"]["items"]
+    assert set(item["properties"]) == {"name", "value"}
+    assert "required" not in item
+    body = next(p for p in ours["CreateGroupContact"]["parameters"] if p["in"] == "body")
+    assert body["schema"]["properties"]["customContactProperties"]["items"]["required"] == ["name"]
+
+
+def test_no_summary_says_a_before_a_vowel(committed: dict[str, Any]) -> None:
+    """DeleteOptOutTrigger's read 'Remove a opt-out subscription'."""
+    summaries = {op_id: op.get("summary", "") for op_id, op in operations(committed).items()}
+    assert {k: s for k, s in summaries.items() if re.search(r"\b[Aa] [aeioAEIO]", s)} == {}

@@ -359,6 +359,15 @@ def test_a_name_the_header_and_key_vault_cannot_carry_is_a_configuration_error(
         route(None, "3001")
 
 
+def test_a_connections_bad_setting_is_told_in_our_words_not_pydantics_prefix(
+    two: TwoConnections,
+) -> None:
+    two.set_connection("THIRD", ACCESS_TOKEN="t3", BASE_URL="ftp://files.example/v1")
+    [error] = [e for e in health_errors() if e["field"].endswith("__BASE_URL")]
+    assert error["message"].startswith("Connection third: "), error
+    assert "Value error" not in error["message"], error
+
+
 def test_a_connection_with_a_bad_setting_keeps_its_customer_and_answers_503(
     two: TwoConnections,
 ) -> None:

@@ -64,6 +64,9 @@ def client(
         "https://10.1.2.3/hook",
         "https://192.168.0.1/",
         "https://100.64.0.1/",
+        "https://168.63.129.16/",  # Azure's platform address (WireServer, DNS, probes)
+        "https://[::ffff:168.63.129.16]/",
+        "https://[64:ff9b::a83f:8110]/",  # NAT64 of 168.63.129.16
         "https://[::ffff:127.0.0.1]/",
         "https://[::ffff:7f00:1]/",
         "https://[::ffff:169.254.169.254]/",
@@ -113,6 +116,7 @@ def test_public_https_names_and_addresses_pass_the_accept_time_check() -> None:
     [
         ["10.0.0.5"],
         ["169.254.169.254"],
+        ["168.63.129.16"],
         ["127.0.0.1"],
         ["::ffff:10.0.0.1"],
         ["fd12:3456::1"],
