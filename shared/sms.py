@@ -23,10 +23,13 @@ from __future__ import annotations
 import enum
 import importlib
 import re
-from collections.abc import Iterable, Mapping
+import unicodedata
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from itertools import accumulate
 
 __all__ = [
     "GSM7_CONCATENATED_PART_SEPTETS",
@@ -40,6 +43,7 @@ __all__ = [
     "estimate_message",
     "message_part_count",
     "personalize",
+    "personalized_lengths",
 ]
 
 #: Septets in a single-part GSM 7-bit message.
@@ -72,44 +76,52 @@ class SmsEstimate:
 
 
 @lru_cache(maxsize=1)
-def _gsm_codec() -> Any:
-    # gsm0338 ships no type information; imported by name so mypy --strict needs no override.
-    return importlib.import_module("gsm0338").Codec()
+def _gsm_alphabet() -> tuple[re.Pattern[str], dict[int, str]]:
+    """A pattern matching a character outside the GSM 7-bit alphabet, and each character of it
+    mapped to its cost in septets (as a one-character string, for ``str.translate``)."""
+    charset = importlib.import_module("gsm0338.charset")  # untyped; as gsm0338's codec reads it
+    chars = {
+        unicodedata.lookup(name)
+        for table in (charset.BASIC_CHARACTER_SET, charset.BASIC_CHARACTER_SET_EXTENSION)
+        for name in table.values()
+    }
+    codec = importlib.import_module("gsm0338").Codec()  # the cost of each, as the codec encodes
+    costs = {ord(char): chr(len(codec.encode(char)[0])) for char in chars}
+    outside = re.compile("[^" + "".join(re.escape(char) for char in sorted(chars)) + "]")
+    return outside, costs
 
 
-def _septets(char: str) -> int | None:
-    """Septets for one character in the GSM 7-bit alphabet, or None if it has none."""
-    try:
-        encoded, _ = _gsm_codec().encode(char)
-    except UnicodeEncodeError:
-        return None
-    return len(encoded)
+#: A character outside the BMP: two UTF-16 code units (a surrogate pair).
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
-def _pack(costs: Iterable[int], single: int, concatenated: int) -> int:
+def _pack(costs: bytes, single: int, concatenated: int) -> int:
     """Parts needed for characters of the given costs; a character never straddles parts."""
-    sizes = list(costs)
-    total = sum(sizes)
-    if total <= single:
+    if costs.count(1) == len(costs):  # one unit each (most texts): nothing to straddle
+        return 1 if len(costs) <= single else -(-len(costs) // concatenated)
+    ends = list(accumulate(costs, initial=0))  # ends[i]: the units before character i
+    if ends[-1] <= single:
         return 1
-    parts, used = 1, 0
-    for size in sizes:
-        if used + size > concatenated:
-            parts, used = parts + 1, 0
-        used += size
+    parts = at = 0
+    while at < len(costs):  # each part ends after the last character that fits it whole
+        at = bisect_right(ends, ends[at] + concatenated) - 1
+        parts += 1
     return parts
 
 
 def estimate(text: str) -> SmsEstimate:
     """The encoding, size and part count of ``text`` as an SMS (an empty text is one part)."""
-    septets = [_septets(char) for char in text]
-    if all(size is not None for size in septets):
-        gsm = [size for size in septets if size is not None]
-        parts = _pack(gsm, GSM7_SINGLE_PART_SEPTETS, GSM7_CONCATENATED_PART_SEPTETS)
-        return SmsEstimate(SmsEncoding.GSM7, sum(gsm), parts)
-    units = [len(char.encode("utf-16-le")) // 2 for char in text]
-    parts = _pack(units, UCS2_SINGLE_PART_UNITS, UCS2_CONCATENATED_PART_UNITS)
-    return SmsEstimate(SmsEncoding.UCS2, sum(units), parts)
+    outside, septets = _gsm_alphabet()
+    if outside.search(text) is None:
+        costs = text.translate(septets).encode("latin-1")
+        parts = _pack(costs, GSM7_SINGLE_PART_SEPTETS, GSM7_CONCATENATED_PART_SEPTETS)
+        return SmsEstimate(SmsEncoding.GSM7, sum(costs), parts)
+    if _ASTRAL.search(text) is None:
+        costs = bytes([1]) * len(text)
+    else:
+        costs = bytes(1 if ord(char) < 0x10000 else 2 for char in text)
+    parts = _pack(costs, UCS2_SINGLE_PART_UNITS, UCS2_CONCATENATED_PART_UNITS)
+    return SmsEstimate(SmsEncoding.UCS2, sum(costs), parts)
 
 
 def personalize(content: str, values: Mapping[str, object] | None) -> str:
@@ -119,12 +131,25 @@ def personalize(content: str, values: Mapping[str, object] | None) -> str:
     is not published, so estimates for incomplete personalization are approximate.
     """
     found = values or {}
+    return PLACEHOLDER.sub(lambda match: _filling(found.get(match.group(1))), content)
 
-    def fill(match: re.Match[str]) -> str:
-        value = found.get(match.group(1))
-        return "" if value is None else str(value)
 
-    return PLACEHOLDER.sub(fill, content)
+def _filling(value: object) -> str:
+    """What a placeholder becomes: its value as text (none: empty)."""
+    return "" if value is None else str(value)
+
+
+def personalized_lengths(
+    content: str, personalizations: Iterable[Mapping[str, object] | None]
+) -> Iterator[int]:
+    """The length of ``content`` filled in by :func:`personalize` with each of
+    ``personalizations``, counted without filling it in (a long value in many placeholders
+    would make a text as long as their product)."""
+    uses = Counter(PLACEHOLDER.findall(content))
+    fixed = len(content) - sum(len(match.group(0)) for match in PLACEHOLDER.finditer(content))
+    for values in personalizations:
+        found = values or {}
+        yield fixed + sum(count * len(_filling(found.get(name))) for name, count in uses.items())
 
 
 def estimate_message(

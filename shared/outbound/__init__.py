@@ -11,6 +11,7 @@ See ``docs/sending.md`` for the crash windows and why each is safe, and
 """
 
 from shared.outbound._fields import (
+    MAX_CONTENT_CHARS,
     IdempotencyKeyHeader,
     MessageBody,
     MessageCustomerDataField,
@@ -60,6 +61,7 @@ from shared.outbound._service import (
 )
 
 __all__ = [
+    "MAX_CONTENT_CHARS",
     "DeadLetter",
     "DeadLetterReason",
     "IdempotencyKeyHeader",

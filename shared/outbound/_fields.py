@@ -3,6 +3,7 @@ the single sends and SendBulkMessages's template)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -26,17 +27,25 @@ from shared.actions.fields import (
 )
 from shared.messages import MESSAGE_ID_PATTERN
 from shared.smartdialog import BlankIsAbsent, IsoDateTime, PersonalizationValue
+from shared.sms import personalized_lengths
 
 __all__ = [
+    "MAX_CONTENT_CHARS",
     "MAX_RECIPIENTS",
     "DiscussionReplyBody",
     "MessageBody",
     "SenderText",
     "TemplateMessageBody",
     "check_attachment",
+    "filled_too_long",
 ]
 
 MAX_RECIPIENTS = 1000
+#: The longest Content, placeholder value, and Content with a recipient's values filled in, in
+#: characters: WhatsApp's limit for a text. As an SMS that is 27 GSM-7 parts or 62 UCS-2 parts,
+#: well within the 255 parts a concatenated SMS can have. Checked when a send is accepted only:
+#: a command an older release queued with a longer text is still sent.
+MAX_CONTENT_CHARS = 4096
 
 # --- parameters -----------------------------------------------------------------------------------
 
@@ -161,7 +170,11 @@ SenderField = Annotated[
 TemplateContentField = Annotated[
     NonEmptyStr,
     Field(
-        description="The text; $(name) placeholders are filled from each recipient.",
+        max_length=MAX_CONTENT_CHARS,
+        description=(
+            f"The text (at most {MAX_CONTENT_CHARS:,} characters, also once a recipient's "
+            "values are filled in); $(name) placeholders are filled from each recipient."
+        ),
         json_schema_extra=ui("Message Content", visibility="important"),
     ),
 ]
@@ -194,6 +207,22 @@ AdMessageField = Annotated[
 ]
 
 
+def filled_too_long(
+    content: str, personalizations: Iterable[Mapping[str, object] | None]
+) -> Iterator[tuple[int, str]]:
+    """The index of each of ``personalizations`` that makes ``content`` longer than
+    :data:`MAX_CONTENT_CHARS` once filled in, with why (counted, never filled in)."""
+    for index, length in enumerate(personalized_lengths(content, personalizations)):
+        if length > MAX_CONTENT_CHARS:
+            yield (
+                index,
+                (
+                    f"Content with these values filled in is {length:,} characters; at most "
+                    f"{MAX_CONTENT_CHARS:,}."
+                ),
+            )
+
+
 def check_attachment(attachment: object, protocol: str) -> None:
     """An attachment goes only with WhatsApp (raises ValueError otherwise)."""
     if attachment is not None and protocol != "WhatsApp":
@@ -220,11 +249,20 @@ class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _value_fits(value: str | float | bool) -> str | float | bool:
+    if isinstance(value, str) and len(value) > MAX_CONTENT_CHARS:
+        raise ValueError(f"At most {MAX_CONTENT_CHARS:,} characters.")
+    return value
+
+
 PersonalizationField = Annotated[
-    dict[str, PersonalizationValue] | None,
+    dict[str, Annotated[PersonalizationValue, AfterValidator(_value_fits)]] | None,
     Field(
         None,
-        description='Values for the $(name) placeholders of Content, e.g. {"name": "Ada"}.',
+        description=(
+            'Values for the $(name) placeholders of Content, e.g. {"name": "Ada"}; each at '
+            f"most {MAX_CONTENT_CHARS:,} characters."
+        ),
         json_schema_extra=ui("Personalization"),
     ),
 ]

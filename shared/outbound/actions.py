@@ -35,10 +35,11 @@ from shared.outbound._fields import (
     ReplyServiceIdHeader,
     ServiceIdHeader,
     TemplateMessageBody,
+    filled_too_long,
 )
 from shared.outbound._models import OutboundMessageAdapter
 from shared.outbound._service import send_service
-from shared.problems import PROBLEM_CONTENT_TYPE
+from shared.problems import PROBLEM_CONTENT_TYPE, FieldError, validation_problem
 
 if TYPE_CHECKING:
     from shared.outbound._service import StatusView
@@ -283,12 +284,23 @@ def _body(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True, exclude={"Transactional"})
 
 
+def _fits_filled_in(body: MessageBody) -> None:
+    """400 naming each recipient whose values make Content too long once filled in."""
+    values = (r.Personalization for r in body.Recipients)
+    if errors := [
+        FieldError(f"Recipients[{index}].Personalization", why)
+        for index, why in filled_too_long(body.Content, values)
+    ]:
+        raise validation_problem(errors)
+
+
 def _transactional(model: MessageBody | TemplateMessageBody) -> dict[str, Any]:
     """Our ``Transactional`` body field, moved to the queue envelope (never sent upstream)."""
     return {"transactional": True} if model.Transactional else {}
 
 
 def send_message(ctx: ActionContext, inp: SendMessageInput) -> ActionResponse:
+    _fits_filled_in(inp.body)
     command = {
         "operation": "SendMessage",
         "customerId": inp.customer_id,
@@ -300,6 +312,7 @@ def send_message(ctx: ActionContext, inp: SendMessageInput) -> ActionResponse:
 
 
 def send_reply_message(ctx: ActionContext, inp: SendReplyMessageInput) -> ActionResponse:
+    _fits_filled_in(inp.body)
     command = {
         "operation": "SendReplyMessage",
         "customerId": inp.customer_id,

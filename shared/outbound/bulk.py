@@ -31,6 +31,7 @@ from shared.actions.fields import CustomerIdHeader, ui
 from shared.outbound._bulk import MAX_BULK_RECIPIENTS, BulkRecipient
 from shared.outbound._bulk_members import MAX_ROW
 from shared.outbound._fields import (
+    MAX_CONTENT_CHARS,
     AdMessageField,
     AttachmentUriField,
     DlrUrlField,
@@ -45,6 +46,7 @@ from shared.outbound._fields import (
     TemplateContentField,
     TransactionalField,
     check_attachment,
+    filled_too_long,
 )
 from shared.problems import FieldError, Problem, validation_problem
 
@@ -355,6 +357,25 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
     return out
 
 
+def _fits_filled_in(content: str, recipients: list[BulkRecipient], *, csv: bool) -> None:
+    """400 naming each recipient whose values (a CSV's: each at most MAX_CONTENT_CHARS too)
+    make Content too long once filled in: the JSON's Recipients[i], or the CSV's line."""
+    errors = [
+        FieldError("RecipientsCsv", f"Line {r.row}, column {name}: at most "
+                   f"{MAX_CONTENT_CHARS:,} characters.")
+        for r in recipients if csv
+        for name, value in (r.personalization or {}).items() if len(value) > MAX_CONTENT_CHARS
+    ]  # fmt: skip
+    for index, why in filled_too_long(content, (r.personalization for r in recipients)):
+        at = recipients[index].row
+        if csv:
+            errors.append(FieldError("RecipientsCsv", f"Line {at}: {why}"))
+        else:
+            errors.append(FieldError(f"Recipients[{at - 1}].Personalization", why))
+    if errors:
+        raise validation_problem(errors)
+
+
 def send_bulk(ctx: ActionContext, inp: SendBulkInput) -> ActionResponse:
     body = inp.body
     if body.Recipients is not None:
@@ -364,6 +385,7 @@ def send_bulk(ctx: ActionContext, inp: SendBulkInput) -> ActionResponse:
         ]
     else:
         recipients = _csv_recipients(body.RecipientsCsv or "")
+    _fits_filled_in(body.Content, recipients, csv=body.Recipients is None)
     template: dict[str, Any] = body.model_dump(
         mode="json",
         exclude_none=True,

@@ -29,7 +29,7 @@ from shared.settings import get_settings
 from shared.smartdialog import BadRequestError
 from tests.bulk.test_bulk_action import batch_status, bulk, people
 from tests.crash import LEASE, crash_once
-from tests.outbound.conftest import REJECTED, TEMPORARY, Outbound, call_http
+from tests.outbound.conftest import REJECTED, TEMPORARY, Outbound, call_http, padding
 
 NUMBERS = [f"+35840300{i:04d}" for i in range(40)]
 
@@ -789,9 +789,10 @@ def test_a_batch_left_half_recorded_is_marked_incomplete_and_nothing_of_it_is_se
 def test_members_too_heavy_for_one_transaction_are_recorded_in_several(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """40 members of 110,000 characters each weigh about 4.4 MB: past what one Table transaction
-    may carry (4 MiB; Azure refuses it, Azurite does not), so they are recorded in several
-    transactions, by weight as well as by count. Every $batch request is measured as sent."""
+    """40 members of 110,000 characters (in values) each weigh about 4.4 MB: past what one
+    Table transaction may carry (4 MiB; Azure refuses it, Azurite does not), so they are
+    recorded in several transactions, by weight as well as by count. Every $batch request is
+    measured as sent."""
     import requests
 
     real = requests.adapters.HTTPAdapter.send
@@ -803,7 +804,10 @@ def test_members_too_heavy_for_one_transaction_are_recorded_in_several(
         return real(self, request, **kwargs)
 
     monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
-    accepted = accepted_batch(*NUMBERS[:40], Content="x" * 110_000 + " $(name)")
+    recipients = people(*NUMBERS[:40])
+    for recipient in recipients:
+        recipient["Personalization"].update(padding("x" * 110_000))
+    accepted = accepted_batch(Recipients=recipients)
 
     assert len(member_ids(accepted)) == 40
     assert len(batches) > 1

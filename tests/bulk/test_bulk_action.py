@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shared.clock import ManualClock
-from tests.outbound.conftest import HttpAnswer, Outbound, call_http
+from tests.outbound.conftest import HttpAnswer, Outbound, call_http, padding
 
 GOOD = [f"+35840200{i:04d}" for i in range(30)]
 TEMPLATE = {"Sender": "Sandbox", "Content": "Hi $(name), your code is $(code)"}
@@ -175,7 +176,7 @@ def test_details_name_the_address_of_a_member_whose_command_is_kept_in_a_blob(
     from shared.messages import MessageStore
     from shared.messages._records import INLINE_COMMAND_CHARS, record_keys
 
-    long = {"code": "x" * INLINE_COMMAND_CHARS}
+    long = padding("x" * INLINE_COMMAND_CHARS)
     accepted = bulk({"Recipients": [{"Address": GOOD[0], "Personalization": long}]})
     assert accepted.status == 202, accepted.body
 
@@ -228,10 +229,15 @@ def test_a_replay_lists_every_refused_row_even_those_the_batch_row_has_no_room_f
 def test_a_bulk_send_of_non_ascii_text_is_stored_in_transactions_that_fit_and_sent(
     outbound: Outbound,
 ) -> None:
-    """Thirty members of 60,000 "ä" (120 kB as UTF-8, 360 kB as the JSON the Tables SDK sends:
-    each "ä" is "\\u00e4"). Sized by UTF-8, ~25 of them went in one ~9 MB transaction: refused
-    (413), the caller answered 500, the batch row and its packs left orphaned."""
-    accepted = bulk({"Content": "ä" * 60_000, "Recipients": people(*GOOD)})
+    """Thirty members of 60,000 "ä" in values (120 kB as UTF-8, 360 kB as the JSON the Tables
+    SDK sends: each "ä" is "\\u00e4"). Sized by UTF-8, ~25 of them went in one ~9 MB
+    transaction: refused (413), the caller answered 500, the batch row and its packs left
+    orphaned."""
+    recipients = people(*GOOD)
+    for recipient in recipients:
+        recipient["Personalization"].update(padding("ä" * 60_000))
+    raw = json.dumps({**TEMPLATE, "Recipients": recipients}, ensure_ascii=False).encode()
+    accepted = call_http("SendBulkMessages", "POST", body=raw)  # 3.6 MB: within the limit
     assert accepted.status == 202, accepted.body
     assert accepted.body["Accepted"] == 30
 
@@ -240,3 +246,23 @@ def test_a_bulk_send_of_non_ascii_text_is_stored_in_transactions_that_fit_and_se
     done = batch_status(accepted.headers["Location"])
     assert done.body["Counts"]["sent"] == 30
     assert sum(len(c["body"]["Recipients"]) for c in outbound.upstream()) == 30
+
+
+def test_a_recipient_too_long_once_filled_in_is_refused_naming_it_and_nothing_is_queued(
+    outbound: Outbound,
+) -> None:
+    from shared.outbound import MAX_CONTENT_CHARS
+
+    recipients = people(*GOOD[:3])
+    recipients[2]["Personalization"]["name"] = "n" * MAX_CONTENT_CHARS  # fits alone, not filled in
+
+    answer = bulk({"Recipients": recipients})
+
+    assert answer.status == 400, answer.body
+    assert [e["field"] for e in answer.body["errors"]] == ["Recipients[2].Personalization"]
+    recipients[2]["Personalization"]["name"] = "Ada"
+    recipients[1]["Personalization"]["code"] = "c" * (MAX_CONTENT_CHARS + 1)
+    answer = bulk({"Recipients": recipients})
+    assert answer.status == 400, answer.body
+    assert [e["field"] for e in answer.body["errors"]] == ["Recipients[1].Personalization.code"]
+    assert outbound.queued() == 0

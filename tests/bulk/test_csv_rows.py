@@ -45,12 +45,16 @@ def test_quoted_line_breaks_and_a_last_row_without_one_are_read_as_before() -> N
     assert bob.personalization == {"name": "Bob Jr"}
 
 
+#: The lines a quoted name spans (its line breaks, filled into "Hi $(name)", within the cap).
+SPAN = 4_000
+
+
 def bob_on_line(target: int) -> str:
-    """A CSV whose recipients' quoted names span lines (at most 100,000 each: the reader's field
-    limit is 131,072 characters) until Bob's row starts on line ``target``."""
+    """A CSV whose recipients' quoted names span lines (at most SPAN each) until Bob's row
+    starts on line ``target``."""
     rows, line = [], 2
     while line < target:
-        span = min(100_000, target - line)
+        span = min(SPAN, target - line)
         rows.append(f'+3584030{len(rows):05d},"' + "\n" * (span - 1) + '"\n')
         line += span
     return "Address,name\n" + "".join(rows) + "+358403099999,Bob\n"
@@ -76,5 +80,30 @@ def test_a_recipient_on_line_999999_is_a_member_of_its_batch(outbound: Outbound)
     assert accepted.status == 202, accepted.body
     outbound.drain()
     done = batch_status(accepted.headers["Location"], details=True)
-    assert done.body["Counts"]["sent"] == accepted.body["Accepted"] == 11
-    assert [m["Row"] for m in done.body["Recipients"]][-2:] == [900_002, 999_999]
+    starts = [*range(2, 999_999, SPAN), 999_999]
+    assert done.body["Counts"]["sent"] == accepted.body["Accepted"] == len(starts)
+    assert [m["Row"] for m in done.body["Recipients"]] == starts
+
+
+def test_a_row_too_long_once_filled_in_or_with_a_value_past_the_cap_is_refused_by_line(
+    outbound: Outbound,
+) -> None:
+    """Content of 500 placeholders filled with 11 characters each is 5,500 characters; a CSV
+    value is text of any length. Both were accepted and estimated row by row before the 202."""
+    from shared.outbound import MAX_CONTENT_CHARS
+
+    long = "x" * (MAX_CONTENT_CHARS + 1)
+    text = (
+        f"Address,name,note\n+358403000001,Ada,\n+358403000002,Bartholomew,\n"
+        f"+358403000003,Cy,{long}\n"
+    )
+
+    answer = upload(text, Content="$(name)" * 500)
+
+    assert answer.status == 400, answer.body
+    assert [(e["field"], e["message"][:8]) for e in answer.body["errors"]] == [
+        ("RecipientsCsv", "Line 4, "),  # the note: never filled in, still past the cap
+        ("RecipientsCsv", "Line 3: "),  # Bartholomew: 5,500 characters
+    ]
+    assert "5,500 characters" in answer.body["errors"][1]["message"]
+    assert outbound.queued() == 0

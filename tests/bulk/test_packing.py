@@ -17,7 +17,7 @@ from shared.outbound import parse_outbound_message
 from shared.outbound._records import normalize, pack_key
 from shared.storage import table_client
 from tests.crash import LEASE, Died, crash_once
-from tests.outbound.conftest import REJECTED, Outbound, call_http, sms, status_of
+from tests.outbound.conftest import REJECTED, Outbound, call_http, padding, sms, status_of
 from tests.waiting import wait_for
 
 NUMBERS = [f"+35840100{i:04d}" for i in range(40)]
@@ -145,11 +145,13 @@ def park(outbound: Outbound) -> None:
     outbound.configure(SEND_QUOTA_WAIT_SECONDS=3)
 
 
-def accept(*addresses: str, content: str = "Hello $(name)") -> list[str]:
-    """POST one SendMessage per address; their message ids."""
+def accept(*addresses: str, content: str = "Hello $(name)", pad: str = "") -> list[str]:
+    """POST one SendMessage per address (``pad`` in values no placeholder uses); their ids."""
     ids = []
     for address in addresses:
-        answer = call_http("SendMessage", "POST", body=sms(address, content=content))
+        body = sms(address, content=content)
+        body["Recipients"][0]["Personalization"].update(padding(pad))
+        answer = call_http("SendMessage", "POST", body=body)
         assert answer.status == 202, answer.body
         ids.append(answer.body["Id"])
     return ids
@@ -726,11 +728,11 @@ def test_queue_only_sends_waiting_for_the_quota_coalesce_when_a_slot_frees(
 def test_a_lane_of_sends_of_non_ascii_text_is_claimed_in_transactions_that_fit_and_sent(
     outbound: Outbound,
 ) -> None:
-    """Thirty sends of 30,000 "ä" (60 kB as UTF-8, 180 kB as the JSON the Tables SDK sends:
-    each "ä" is "\\u00e4") share a lane. Sized by UTF-8, the leader's claim of them all was
+    """Thirty sends of 30,000 "ä" in values (60 kB as UTF-8, 180 kB as the JSON the Tables SDK
+    sends: each "ä" is "\\u00e4") share a lane. Sized by UTF-8, the leader's claim of them all was
     one ~5 MB transaction: refused (413), every member led in turn and was refused again,
     nothing was ever sent."""
-    ids = accept(*NUMBERS[:30], content="ä" * 30_000)
+    ids = accept(*NUMBERS[:30], pad="ä" * 30_000)
 
     outbound.drain(timeout=60)
 

@@ -550,3 +550,23 @@ def test_a_question_on_a_service_whose_replies_do_not_reach_us_is_refused(
     assert "RegisterInboundWebhook" in refused.body["detail"]
     assert QuestionStore.from_settings().open_question(service, number) is None
     assert inbound.count(OUTBOUND_QUEUE) == 0
+
+
+def test_a_question_past_the_content_cap_is_400_naming_content_and_nothing_is_queued(
+    inbound: Inbound,
+) -> None:
+    from shared.outbound import MAX_CONTENT_CHARS
+
+    body = {
+        "Sender": "Clinic",
+        "Content": "?" * (MAX_CONTENT_CHARS + 1),
+        "Recipient": "+358401234567",
+    }
+    asked = inbound.call(
+        "SendMessageAndWaitForReply", "POST", headers={"Service-Id": TWO_WAY}, body=body
+    )
+
+    assert asked.status == 400, asked.body
+    assert [e["field"] for e in asked.body["errors"]] == ["Content"]
+    assert queue_client(OUTBOUND_QUEUE).get_queue_properties().approximate_message_count == 0
+    assert _sends(inbound) == 0

@@ -53,6 +53,15 @@ def sms(*addresses: str, content: str = "Hello $(name)", **extra: Any) -> dict[s
     }
 
 
+def padding(text: str) -> dict[str, str]:
+    """``text`` cut into placeholder values that no Content uses, each within the cap: a send
+    as large as ``text``, whose Content and values the send actions still accept."""
+    from shared.outbound import MAX_CONTENT_CHARS
+
+    cuts = range(0, len(text), MAX_CONTENT_CHARS)
+    return {f"pad{i}": text[at : at + MAX_CONTENT_CHARS] for i, at in enumerate(cuts)}
+
+
 @functools.cache
 def _app_functions() -> dict[str, Callable[..., Any]]:
     from devhost import app_functions

@@ -25,6 +25,7 @@ from tests.outbound.conftest import (
     TEMPORARY,
     Outbound,
     call_http,
+    padding,
     sms,
     status_of,
 )
@@ -127,8 +128,9 @@ def test_a_thousand_personalised_recipients_are_accepted_queued_by_reference_and
 def test_a_rejected_send_of_50_kb_of_quotes_makes_a_dead_letter_that_fits_and_fails_its_record(
     outbound: Outbound,
 ) -> None:
-    content = '"' * 50_000
-    accepted = call_http("SendMessage", "POST", body=sms(REJECTED, content=content))
+    body = sms(REJECTED, content="Hi")
+    body["Recipients"][0]["Personalization"] = padding('"' * 50_000)
+    accepted = call_http("SendMessage", "POST", body=body)
     assert accepted.status == 202, accepted.body
 
     outbound.drain(timeout=30)
@@ -145,7 +147,7 @@ def test_a_rejected_send_of_50_kb_of_quotes_makes_a_dead_letter_that_fits_and_fa
     assert original is not None
     assert original == failed.command
     assert letter["originalBytes"] == len(original.encode())
-    assert json.loads(original)["body"]["Content"] == content
+    assert json.loads(original)["body"]["Recipients"] == body["Recipients"]
     [event] = [json.loads(t) for t in all_messages(EVENTS_QUEUE)]
     assert event["type"] == "fi.arena.smartdialog.message.failed"
     assert event["data"]["messageId"] == accepted.body["Id"]
@@ -157,8 +159,9 @@ def test_a_rejected_send_of_ascii_and_emoji_fails_with_its_dead_letter_and_event
     """The letter (its 45 kB command inline) is indexed in pieces of UTF-16 units: cut at
     30,000 characters, its first piece was ~35,000 units, the index row was refused
     (PropertyValueTooLarge), and neither the letter nor the failed event was ever sent."""
-    content = ("abcde" + "\U0001f600") * 5_000
-    accepted = call_http("SendMessage", "POST", body=sms(REJECTED, content=content))
+    body = sms(REJECTED, content="Hi")
+    body["Recipients"][0]["Personalization"] = padding(("abcde" + "\U0001f600") * 5_000)
+    accepted = call_http("SendMessage", "POST", body=body)
     assert accepted.status == 202, accepted.body
 
     outbound.drain(timeout=30)
@@ -167,7 +170,7 @@ def test_a_rejected_send_of_ascii_and_emoji_fails_with_its_dead_letter_and_event
     assert (failed.status, failed.failure.code) == (MessageStatus.FAILED, "upstream-rejected")
     assert failed.announced
     [letter] = [json.loads(t) for t in all_messages(OUTBOUND_DEAD_LETTER_QUEUE)]
-    assert json.loads(letter["original"])["body"]["Content"] == content
+    assert json.loads(letter["original"])["body"]["Recipients"] == body["Recipients"]
     where = DeadLetterFilter(queue=OUTBOUND_DEAD_LETTER_QUEUE)
     indexed = DeadLetterIndex.from_settings().matching(where, limit=100)
     assert [e.letter() for e in indexed if e.message_id == failed.message_id] == [letter]
@@ -279,12 +282,13 @@ def test_a_command_of_emoji_is_stored_by_the_table_services_count_and_sent(
     """An emoji is two UTF-16 units, which is what a Table string's 32K limit counts: a command
     is cut into properties (and kept in a blob past its record's share) by that count, not by
     Python's characters (17,000 emoji in one 30,000-character piece were refused: a 500 after
-    the command was queued)."""
-    content = "😀" * count
-    accepted = call_http("SendMessage", "POST", body=sms("+358402000002", content=content))
+    the command was queued). The emoji are placeholder values: Content is capped."""
+    body = sms("+358402000002", content="Hi")
+    body["Recipients"][0]["Personalization"] = padding("😀" * count)
+    accepted = call_http("SendMessage", "POST", body=body)
     assert accepted.status == 202, accepted.body
     stored = record(accepted.body["Id"])
-    assert json.loads(stored.command)["body"]["Content"] == content
+    assert json.loads(stored.command)["body"]["Recipients"] == body["Recipients"]
     assert (stored.command_blob is not None) == (count > 100_000)
 
     outbound.drain()

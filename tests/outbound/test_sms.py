@@ -13,6 +13,7 @@ from shared.sms import (
     estimate,
     message_part_count,
     personalize,
+    personalized_lengths,
 )
 
 GSM, UCS = SmsEncoding.GSM7, SmsEncoding.UCS2
@@ -83,6 +84,9 @@ def test_estimate(text: str, encoding: SmsEncoding, units: int, parts: int) -> N
 )  # fmt: skip
 def test_personalize(content: str, values: dict[str, object] | None, expected: str) -> None:
     assert personalize(content, values) == expected
+    # counted without filling in, for each recipient's values
+    empty = personalize(content, None)
+    assert list(personalized_lengths(content, [values, None])) == [len(expected), len(empty)]
 
 
 def test_message_part_count_is_the_largest_after_personalization() -> None:

@@ -386,3 +386,23 @@ def test_a_queued_send_with_a_blank_request_id_ec7daff_recorded_is_sent_once(
     assert outbound.dead_letters() == []
     assert _record(message_id).status is MessageStatus.SENT
     assert len(outbound.upstream()) == 1
+
+
+def test_a_send_an_older_release_queued_past_todays_text_caps_is_sent_not_dead_lettered(
+    outbound: Outbound,
+) -> None:
+    """Content, its values and the text filled in are capped when a send is accepted only: one
+    queued before the caps (50,000 characters, a 5,000-character value filled in twice) goes."""
+    body = sms(DELIVERED, content="y" * 50_000 + "$(a)$(a)")
+    body["Recipients"][0]["Personalization"] = {"a": "x" * 5_000}
+    outbound.enqueue({"operation": "SendMessage", "messageId": "older-long", "body": body})
+
+    outbound.drain()
+
+    sent = MessageStore.from_settings().get("older-long")
+    assert sent is not None
+    assert sent.status is MessageStatus.SENT
+    assert outbound.dead_letters() == []
+    [call] = outbound.upstream()
+    assert call["body"]["Content"] == body["Content"]
+    assert call["body"]["Recipients"][0]["Personalization"] == {"a": "x" * 5_000}
