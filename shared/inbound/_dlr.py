@@ -470,16 +470,17 @@ def _match(report: DeliveryReport, slots: list[RecipientSlot]) -> RecipientSlot 
     which of the two), unless the report's number is another recipient's (releases up to ec7daff
     gave the ids by position, so an answer listing them in another order put them on the wrong
     recipients); else by number (:func:`_by_number`); else the only recipient of a
-    single-recipient message."""
+    single-recipient message, if the report names no one else (no number, and no id or none
+    known for that recipient: a slot learns its id from its first report naming one)."""
     rid = report.recipient_id
     by_id = next((s for s in slots if rid and s.upstream_recipient_id == rid), None)
     number = report.recipient
     found = _by_number(number, [(slot, [slot.address]) for slot in slots]) if number else None
     if by_id is not None and (found is None or found.address == by_id.address):
         return by_id
-    if found is not None:
+    if found is not None or number or len(slots) != 1:
         return found
-    return slots[0] if len(slots) == 1 else None
+    return slots[0] if not (rid and slots[0].upstream_recipient_id) else None
 
 
 def _by_number(number: str, candidates: Iterable[tuple[_T, Iterable[str]]]) -> _T | None:

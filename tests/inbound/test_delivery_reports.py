@@ -429,3 +429,29 @@ def test_a_delivered_stands_in_for_an_undelivered_whose_event_failed(
     ]
     assert events_sent == [("sent", "delivered")]
     assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
+
+
+def test_a_report_naming_someone_else_is_unmatched_even_on_a_one_recipient_message(
+    inbound: Inbound,
+) -> None:
+    """The only recipient of a message is taken for a report that names nobody; a report naming
+    another number, or another recipient id than the one SmartDialog gave ours, is about someone
+    else: stored (unmatched), nothing moved, no event. The same number written another way, or
+    the recipient's own id, still matches."""
+    message_id = send(inbound, DELIVERED)
+    from shared.messages import MessageStore
+
+    [slot] = MessageStore.from_settings(get_settings()).get_with_slots(message_id)[1]
+    assert slot.upstream_recipient_id  # from the send's answer
+    for who in ({"recipient": "+358409999999"}, {"recipientId": "someone-else"}):
+        answer = report(inbound, message_id, status="delivered", **who)
+        assert answer.body == {"status": "unmatched"}, who
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["sent"]
+    assert delivery_events(inbound) == []
+
+    national = report(inbound, message_id, recipient="0400000001", status="sent")
+    assert national.body == {"status": "recorded", "recipientStatus": "sent"}
+    by_id = report(inbound, message_id, recipientId=slot.upstream_recipient_id, status="UNDELIV")
+    assert by_id.body == {"status": "recorded", "recipientStatus": "undelivered"}
+    nobody = report(inbound, message_id, status="DELIVRD")
+    assert nobody.body == {"status": "recorded", "recipientStatus": "delivered"}
