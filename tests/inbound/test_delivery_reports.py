@@ -141,7 +141,10 @@ def test_reports_are_deduplicated_per_recipient_and_status_not_per_message(
     assert report(inbound, message_id, recipient=OTHER, status="sent").body["status"] == "recorded"
     assert report(inbound, message_id, recipient=OTHER, stat="DELIVRD").body["status"] == "recorded"
     assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["sent", "delivered"]
-    assert len(delivery_events(inbound)) == 3
+    # A sent report on a sent message changes nothing shown, but is the operator's acceptance:
+    # its event is sent after sent (docs/inbound.md), once per recipient.
+    moves = [(e["data"]["previousStatus"], e["data"]["status"]) for e in delivery_events(inbound)]
+    assert moves == [("sent", "sent"), ("sent", "sent"), ("sent", "delivered")]
 
 
 def test_an_unknown_status_with_an_error_code_of_1_is_never_read_as_delivered(
@@ -429,3 +432,99 @@ def test_a_delivered_stands_in_for_an_undelivered_whose_event_failed(
     ]
     assert events_sent == [("sent", "delivered")]
     assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["delivered"]
+
+
+def test_a_report_naming_someone_else_is_unmatched_even_on_a_one_recipient_message(
+    inbound: Inbound,
+) -> None:
+    """The only recipient of a message is taken for a report that names nobody; a report naming
+    another number, or another recipient id than the one SmartDialog gave ours, is about someone
+    else: stored (unmatched), nothing moved, no event. The same number written another way, or
+    the recipient's own id, still matches."""
+    message_id = send(inbound, DELIVERED)
+    from shared.messages import MessageStore
+
+    [slot] = MessageStore.from_settings(get_settings()).get_with_slots(message_id)[1]
+    assert slot.upstream_recipient_id  # from the send's answer
+    for who in ({"recipient": "+358409999999"}, {"recipientId": "someone-else"}):
+        answer = report(inbound, message_id, status="delivered", **who)
+        assert answer.body == {"status": "unmatched"}, who
+    assert [r["Status"] for r in status(inbound, message_id)["Recipients"]] == ["sent"]
+    assert delivery_events(inbound) == []
+
+    national = report(inbound, message_id, recipient="0400000001", status="sent")
+    assert national.body == {"status": "recorded", "recipientStatus": "sent"}
+    by_id = report(inbound, message_id, recipientId=slot.upstream_recipient_id, status="UNDELIV")
+    assert by_id.body == {"status": "recorded", "recipientStatus": "undelivered"}
+    nobody = report(inbound, message_id, status="DELIVRD")
+    assert nobody.body == {"status": "recorded", "recipientStatus": "delivered"}
+
+
+def test_a_copy_of_a_report_in_flight_is_answered_503_and_passed_on_once(
+    inbound: Inbound,
+) -> None:
+    """SmartDialog retrying a slow call: its second copy finds the first's claim unprocessed and
+    fresh. It is answered 503 with Retry-After (SmartDialog retries), not handled a second
+    time: one event, one forward to the caller's DlrUrl. Its retry after that is a duplicate."""
+    import threading
+
+    from shared.inbound._http import _reports
+
+    message_id = send(inbound, DELIVERED, DlrUrl="https://example.com/dlr")
+    service = _reports(get_settings())
+    table = service.reports
+    claimed, answered = threading.Event(), threading.Event()
+
+    class FirstCopyWaits:  # the first copy holds its claim until the second has been answered
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+        def create_entity(self, *args: Any, **kwargs: Any) -> Any:
+            created = table.create_entity(*args, **kwargs)
+            claimed.set()
+            assert answered.wait(10)
+            return created
+
+    service.reports = FirstCopyWaits()  # type: ignore[assignment]
+    params = {"recipient": DELIVERED, "status": "DELIVRD", "timestamp": "2030-01-01T00:00:00Z"}
+    first: list[Any] = []
+    worker = threading.Thread(target=lambda: first.append(report(inbound, message_id, **params)))
+    try:
+        worker.start()
+        assert claimed.wait(10)
+        second = report(inbound, message_id, **params)
+        answered.set()
+        worker.join(10)
+    finally:
+        answered.set()
+        service.reports = table
+    assert first[0].body == {"status": "recorded", "recipientStatus": "delivered"}
+    assert second.status == 503, second.body
+    assert int(second.headers["Retry-After"]) >= 1
+    assert len(delivery_events(inbound)) == 1
+    assert inbound.count(names.DLR_FORWARD_QUEUE) == 1
+    assert report(inbound, message_id, **params).body["status"] == "duplicate"
+
+
+def test_a_report_whose_worker_died_is_handled_by_a_retry_once_its_claim_lapses(
+    inbound: Inbound, manual_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that dies after claiming a report leaves its row unprocessed: a retry at once is
+    answered 503 (it may still be running), a retry after the claim's lease takes it over."""
+    from shared.inbound._dlr import CLAIM_SECONDS
+    from shared.inbound._http import _reports
+    from tests.crash import Died, crash_once
+
+    message_id = send(inbound, DELIVERED, DlrUrl="https://example.com/dlr")
+    events = _reports(get_settings())._events
+    crash_once(monkeypatch, events, "send_message", "worker died", error=Died)
+    with pytest.raises(Died):
+        report(inbound, message_id, recipient=DELIVERED, status="DELIVRD")
+    soon = report(inbound, message_id, recipient=DELIVERED, status="DELIVRD")
+    assert soon.status == 503, soon.body
+    manual_clock.advance(CLAIM_SECONDS + 1)
+    later = report(inbound, message_id, recipient=DELIVERED, status="DELIVRD")
+    assert later.body == {"status": "recorded", "recipientStatus": "delivered"}
+    [event] = delivery_events(inbound)
+    assert (event["data"]["previousStatus"], event["data"]["status"]) == ("sent", "delivered")
+    assert inbound.count(names.DLR_FORWARD_QUEUE) == 1
