@@ -352,11 +352,9 @@ def missing_account_default(name: str | None, *, service: bool = True) -> FieldE
     if connection is None:
         return None
     joint = "_" if connection.name == DEFAULT_CONNECTION else "__"  # SMARTDIALOG_CUSTOMER_ID
-    for setting, value, needed in (
-        ("CUSTOMER_ID", connection.customer_id, True),
-        ("SERVICE_ID", connection.service_id, service),
-    ):
-        if needed and not (value or "").strip():
+    needs = (("CUSTOMER_ID", connection.customer_id), ("SERVICE_ID", connection.service_id))
+    for setting, value in needs if service else needs[:1]:
+        if not (value or "").strip():
             return FieldError(
                 f"{connection.setting_prefix}{joint}{setting}",
                 f"Connection {connection.name}: {setting} is not set, and a notification rule's "
@@ -530,11 +528,8 @@ def _connection(
         for error in exc.errors(include_url=False, include_input=False):
             alias = error_setting(error)
             setting_name = alias.removeprefix(_SETTING_PREFIX)
-            errors.append(
-                FieldError(
-                    f"{prefix}__{setting_name}", f"Connection {name}: {error_message(error)}"
-                )
-            )
+            message = f"Connection {name}: {error_message(error)}"
+            errors.append(FieldError(f"{prefix}__{setting_name}", message))
     if settings is not None:
         settings._connection = name
         missing = missing_credentials(settings, f"{prefix}__", f"Connection {name}: ")
