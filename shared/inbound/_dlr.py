@@ -31,12 +31,9 @@ advanced -> ``fi.arena.smartdialog.message.delivery`` event if the slot is now i
 (and the delivery-report trigger's note, see :mod:`shared.inbound._triggers`) -> if the send has
 its own ``DlrUrl``, a :class:`~shared.inbound._dlr_forward.DlrForward` on
 ``smartdialog-dlr-forward`` (the forwarder calls that URL, never this request) -> state row
-marked processed and forward row written, in one call. A copy arriving while the row is
-unprocessed and claimed less than :data:`CLAIM_SECONDS` ago (SmartDialog retrying a slow call)
-is answered 503 with ``Retry-After``; a failure hands the claim back at once, a dead worker's
-claim lapses. Then SmartDialog's retry repeats the steps, with the same event id and payload.
-So a report costs three storage writes (row, slot, mark), with or without a ``DlrUrl``; no
-forward row without one.
+marked processed and forward row written, in one call. A crash anywhere before it repeats the
+steps on SmartDialog's retry, with the same event id and payload. So a report costs three
+storage writes (row, slot, mark), with or without a ``DlrUrl``; no forward row without one.
 """
 
 from __future__ import annotations
@@ -57,7 +54,7 @@ from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData
 from shared.inbound._triggers import notify_delivery_report
 from shared.messages import RecipientStatus
 from shared.names import DELIVERY_REPORTS_TABLE, DLR_FORWARD_QUEUE, EVENTS_QUEUE
-from shared.problems import Problem, ProblemType, retry_after_header
+from shared.problems import Problem, ProblemType
 from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, verify
 from shared.storage import QueueLike, ensured_queue, ensured_table, plain_datetime
 
@@ -76,12 +73,6 @@ __all__ = [
 
 log = logging.getLogger("shared.inbound.dlr")
 _T = TypeVar("_T")
-
-#: How long a call's claim on a report holds: a copy arriving meanwhile (SmartDialog retrying a
-#: slow call) is answered 503, one arriving later takes over (the first call died). Handling
-#: takes a few storage calls; kept short, so a dead worker's report waits little for its retry.
-CLAIM_SECONDS = 30
-_HANDED_BACK = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # a claim a failed call gave up
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "upstream_message_id": ("messageid", "msgid", "message_id", "smsid"),
@@ -284,30 +275,6 @@ class DeliveryReportService:
         forward = passed is not None and (new or not self._forwarded(message_id, passed))
         if not new and not forward:
             return DeliveryReportResult("duplicate", slot.status if slot else None)
-        # A failure hands the claim back (its retry need not wait for the lease) and says if
-        # the event did not go out; a worker that dies leaves the lease to lapse.
-        handback = {"PartitionKey": message_id, "RowKey": row, "ClaimedAt": _HANDED_BACK}
-        try:
-            return self._process(record, slot, report, row, passed, new, forward, now, handback)
-        except Exception:
-            if new:
-                with contextlib.suppress(Exception):  # (what is answered is the failure)
-                    self.reports.update_entity(handback)
-            raise
-
-    def _process(
-        self,
-        record: MessageRecord,
-        slot: RecipientSlot | None,
-        report: DeliveryReport,
-        row: str,
-        passed: str | None,
-        new: bool,
-        forward: bool,
-        now: dt.datetime,
-        handback: dict[str, Any],
-    ) -> DeliveryReportResult:
-        message_id = record.message_id
         if slot is None:
             log.warning("delivery report for message %s matches no recipient", message_id)
             self._forward(record, report, now)
@@ -328,7 +295,9 @@ class DeliveryReportService:
                 try:
                     self._announce(record, slot, report, now)
                 except Exception:  # its retry may find the slot moved on: a later move stands in
-                    handback["Unannounced"] = True
+                    with contextlib.suppress(Exception):  # (what is answered is the failure)
+                        failed = {"PartitionKey": message_id, "RowKey": row, "Unannounced": True}
+                        self.reports.update_entity(failed)
                     raise
         if forward:
             self._forward(record, report, now)
@@ -364,17 +333,7 @@ class DeliveryReportService:
     def _claim(
         self, message_id: str, row: str, report: DeliveryReport, now: dt.datetime
     ) -> Literal["new", "duplicate"]:
-        """``new``: this call handles the report (it inserted the row, or took over one whose
-        claim lapsed); ``duplicate``: handled already. A copy another call is handling (the row
-        unprocessed and claimed less than :data:`CLAIM_SECONDS` ago: SmartDialog retrying a
-        slow call) is answered 503 with ``Retry-After``, so the report is passed on once."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import (
-            ResourceExistsError,
-            ResourceModifiedError,
-            ResourceNotFoundError,
-        )
-        from azure.data.tables import UpdateMode
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
         try:
             self.reports.create_entity(
@@ -394,27 +353,7 @@ class DeliveryReportService:
             found = self.reports.get_entity(message_id, row)
         except ResourceNotFoundError:
             return "new"
-        if found.get("Processed"):
-            return "duplicate"
-        claimed = found.get("ClaimedAt") or found.get("ReceivedAt")  # (ec7daff's: ReceivedAt)
-        left = CLAIM_SECONDS - (now - as_utc(claimed)).total_seconds() if claimed else 0.0
-        if left <= 0:
-            with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
-                self.reports.update_entity(
-                    {"PartitionKey": message_id, "RowKey": row, "ClaimedAt": plain_datetime(now)},
-                    mode=UpdateMode.MERGE,
-                    etag=found.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-                return "new"
-            left = CLAIM_SECONDS  # another retry took it over first
-        raise Problem(
-            503,
-            "Report in progress",
-            "Another call is handling this delivery report; try again later.",
-            type=ProblemType.CONFLICT,
-            headers=retry_after_header(left),
-        )
+        return "duplicate" if found.get("Processed") else "new"
 
     def _unannounced(
         self, message_id: str, slot: RecipientSlot, report: DeliveryReport
