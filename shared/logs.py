@@ -76,7 +76,11 @@ _SECRET = re.compile(
 
 
 # A URL's userinfo password (scheme://user:password@host), which a DlrUrl may carry.
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/?#@:\"'<>]*:)[^\s/?#@\"'<>]+(?=@)")
+# Up to the authority's last "@" (an "@" or a quote may be in the password, as the guard sends it).
+_USERINFO = re.compile(
+    r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/?#@:\"'<>]*:)[^\s/?#\"<>]+"
+    r"(?=@[^\s/?#@\"'<>]*(?:[/?#\s\"'<>]|$))"
+)
 
 
 def cut_secrets(text: str) -> str:

@@ -63,6 +63,10 @@ ROOT = Path(__file__).resolve().parent.parent
         # in a DlrUrl), password=, api keys, accesstoken=.
         ("DlrUrl https://flow:S3cr:et@hooks.example.com/x failed; ftp://u:p@h/",
          "DlrUrl https://flow:***@hooks.example.com/x failed; ftp://u:***@h/"),
+        # Cut to the first "@" before: the rest of a password with "@" or "'" was left.
+        ("https://u:p@ss@host/x 'https://u:it's@h' https://u:p@h\n",
+         "https://u:***@host/x 'https://u:***@h' https://u:***@h\n"),
+        ('{"url":"https://u:p@h","email":"a@b"}', '{"url":"https://u:***@h","email":"a@b"}'),
         ("https://user@h.example/a:b@c mailto:a@b.example ratio 1:2@3",
          "https://user@h.example/a:b@c mailto:a@b.example ratio 1:2@3"),
         ('password=PW db_password=PW2 api_key=K {"apiKey": "K2"} accesstoken=AT',
