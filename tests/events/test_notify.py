@@ -609,3 +609,29 @@ def test_a_stored_rule_allowing_a_code_that_is_none_allows_no_number_it_prefixes
 
     assert sent_to(result) == [N2]
     assert reasons(result) == ["country code not allowed"] * 2
+
+
+def test_an_events_sends_on_the_outbound_queue_never_expire_and_read_back_as_made(
+    notify: Notify,
+) -> None:
+    """The door puts its sends as the webhook puts its messages (``put_message``): through the
+    queue client's pipeline, so a send that waits unseen longer than 7 days is still kept."""
+    from shared.names import OUTBOUND_QUEUE
+    from shared.settings import get_settings
+    from shared.storage import ensured_queue
+
+    outbound = ensured_queue(OUTBOUND_QUEUE)
+    outbound.clear_messages()
+    notifier = Notifier(get_settings(), rules=notify.rules, state=notify.state)
+    notify.rule(Recipients={"Numbers": [N1, N2]})
+    awkward = "C:<&>'\"]]> \ufffe Hyvää 👋"
+    [result] = notifier.handle([event(f"kept-{uuid.uuid4()}", disk=awkward)])
+
+    ids = {send.message_id for send in result.sends}
+    queued = outbound.peek_messages(max_messages=32)
+    assert len(ids) == 2
+    assert {json.loads(m.content)["messageId"] for m in queued} == ids
+    for message in queued:
+        assert message.expires_on is not None
+        assert message.expires_on.year == 9999
+        assert json.loads(message.content)["body"]["Content"] == f"disk {awkward}"
