@@ -125,12 +125,20 @@ def _walk(value: Any, where: str, top: str, depth: float, errors: list[FieldErro
             _walk(item, here, top or here, depth + 1, errors)
 
 
+def _none_unless_unusable(value: Any) -> None:
+    if isinstance(value, _Unusable):
+        raise TypeError("unusable")  # the walk names it
+
+
 def not_unicode(value: Any) -> list[FieldError]:
     """Each text or field name in parsed JSON ``value`` that is not valid Unicode (a lone
     surrogate), on its JSON path, whatever the nesting: what :func:`loads_strict` refuses of
     text, for JSON parsed by others (an SDK, the host)."""
     errors: list[FieldError] = []
-    _walk(value, "", "", -math.inf, errors)
+    try:  # in C, a third of the walk's time: every text and field name the walk reads, as is
+        json.dumps(value, ensure_ascii=False, default=_none_unless_unusable).encode("utf-8")
+    except Exception:  # a lone surrogate, an _Unusable, a key or a cycle it cannot write
+        _walk(value, "", "", -math.inf, errors)
     return errors
 
 

@@ -6,8 +6,9 @@ recipient, whose ``messageId`` and ``RequestId`` are derived from rule + event s
 + recipient. A re-delivered event therefore queues the same commands again and the sender sends
 each once (it finds the record of the first copy; a copy the rule's edit changed meanwhile it
 acknowledges as a repeat). Storage round trips per matched event: the rules (one query per
-instance every few seconds), one enqueue per recipient (and a blob for a command too large for a
-queue message: it goes by reference, as a send action's does), plus two per recipient with a
+instance every few seconds), one enqueue per recipient (``shared.storage.put_message``, as the
+webhook's, and a blob for a command too large for a queue message: it goes by reference, as a
+send action's does), plus two per recipient with a
 quiet period (three for a number from the event: it is read before the cap is taken) and two per
 event with numbers taken from the event (their cap).
 
@@ -55,6 +56,7 @@ from shared.outbound import (
 from shared.payloads import PayloadStore
 from shared.problems import FieldError
 from shared.settings import SettingsInvalid
+from shared.storage import put_message
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -173,8 +175,8 @@ class Notifier:
                 attributes={"cloudevents.event_id": event.id, "cloudevents.event_type": event.type},
             ) as current:
                 result = self.plan(event, book=book)
-                for send in result.sends:
-                    self.queue.send_message(self._queued(send))
+                for send in result.sends:  # raises as send_message would
+                    put_message(self.queue, self._queued(send))
                 current.set_attribute("smartdialog.sends", len(result.sends))
             # The producer's id and type: escaped, bounded and masked (they may forge a line).
             kind, said = loggable_text(event.type), loggable_text(event.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,34 @@ def test_invalid_numbers_are_refused(text: str) -> None:
 def test_unknown_region_is_refused() -> None:
     with pytest.raises(InvalidRegion, match="XX"):
         parse_phone_number("0401234567", ["XX"])
+
+
+def test_a_number_is_read_once_per_process_however_often_it_comes_and_in_any_region_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rule's listed numbers are parsed for each event, and again as its sends are made:
+    ~40 µs each, 35 ms an event for a list of 500. The same text in the same regions is read
+    once (a list of regions counts as its tuple); what is refused is refused every time."""
+    import phonenumbers
+
+    reads: list[str] = []
+    real = phonenumbers.parse
+
+    def parse(text: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(text)
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(phonenumbers, "parse", parse)
+
+    for regions in ([], (), ["FI", "SE"], ("fi", "se"), ["FI", "SE"]):
+        for _ in range(3):
+            assert parse_phone_number(" 040 123 4599 ", regions) == "+358401234599"
+    assert reads == ["040 123 4599"] * 2  # in FI by default, and in FI then SE (valid in FI)
+    for _ in range(2):
+        with pytest.raises(InvalidPhoneNumber, match="region FI"):
+            parse_phone_number("040 123")
+    with pytest.raises(InvalidRegion, match="XX"):
+        parse_phone_number(" 040 123 4599 ", ["XX"])
 
 
 def test_masked_numbers_use_the_clients_one_style() -> None:

@@ -283,9 +283,22 @@ def test_text_that_is_not_valid_unicode_is_refused_naming_it_in_every_mode() -> 
         (lambda: parse_object({**grid, "eventType": "\ud800"}), "eventType"),
         (lambda: parse_object({**grid, "data": {"url": "\ud800"}}), "data.url"),
         (lambda: parse_http(binary, b'{"note": "\\ud800"}'), "data.note"),
+        # In a field name, nested, upper case, as raw UTF-8 bytes of a surrogate, with a time.
+        (lambda: parse_object({**cloud, "data": {"k\udc00": 1}}), "data.k\\udc00"),
+        (lambda: parse_object({**cloud, "data": {"a": [{"b": {"c": ["x", "\udbff"]}}]}}),
+         "data.a[0].b.c[1]"),
+        (lambda: parse_http(batch, b'[{"specversion": "1.0", "id": "1", "source": "s", '
+                            b'"type": "t", "time": "2024-01-01T00:00:00Z", '
+                            b'"data": {"x": "\\uDFFF"}}]'), "[0].data.x"),
+        (lambda: parse_http({}, b'{"specversion": "1.0", "id": "1", "source": "s", '
+                            b'"type": "t", "data": {"x": "\xed\xa0\x80"}}'), "data.x"),
+        (lambda: parse_object({**grid, "data": {"\ud800": {"ok": 1}}}), "data.\\ud800"),
     ]  # fmt: skip
     assert_each_refused(cases)
     assert parse_object({**cloud, "data": {"x": "\U0001f600"}}).data == {"x": "\U0001f600"}
+    paired = b'{"specversion": "1.0", "id": "1", "source": "s", "type": "t", '
+    paired += b'"data": "\\ud83d\\ude00"}'
+    assert parse_http({}, paired)[0].data == "\U0001f600"  # a pair of escapes is one character
 
 
 def test_a_time_that_is_no_time_is_refused_naming_it_in_every_mode() -> None:

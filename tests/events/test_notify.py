@@ -641,3 +641,29 @@ def test_an_event_a_rule_would_send_for_without_its_connections_ids_queues_nothi
     notify.rules.replace(rule.model_copy(update={"ServiceId": "s-1001-oneway"}))
     assert sent_to(notify.handle(event("e1", phones=[N1]))) == [N1]
     assert [m["serviceId"] for m in notify.queued()] == ["s-1001-oneway"]
+
+
+def test_an_events_sends_on_the_outbound_queue_never_expire_and_read_back_as_made(
+    notify: Notify,
+) -> None:
+    """The door puts its sends as the webhook puts its messages (``put_message``): through the
+    queue client's pipeline, so a send that waits unseen longer than 7 days is still kept."""
+    from shared.names import OUTBOUND_QUEUE
+    from shared.settings import get_settings
+    from shared.storage import ensured_queue
+
+    outbound = ensured_queue(OUTBOUND_QUEUE)
+    outbound.clear_messages()
+    notifier = Notifier(get_settings(), rules=notify.rules, state=notify.state)
+    notify.rule(Recipients={"Numbers": [N1, N2]})
+    awkward = "C:<&>'\"]]> \ufffe Hyvää 👋"
+    [result] = notifier.handle([event(f"kept-{uuid.uuid4()}", disk=awkward)])
+
+    ids = {send.message_id for send in result.sends}
+    queued = outbound.peek_messages(max_messages=32)
+    assert len(ids) == 2
+    assert {json.loads(m.content)["messageId"] for m in queued} == ids
+    for message in queued:
+        assert message.expires_on is not None
+        assert message.expires_on.year == 9999
+        assert json.loads(message.content)["body"]["Content"] == f"disk {awkward}"
