@@ -98,6 +98,11 @@ class EventResult:
     rules: list[str] = field(default_factory=list)
     sends: list[PlannedSend] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    # Each matched rule's sends (with whether the number came from the event) not yet through
+    # the quiet period and the hourly cap (Notifier.limit), which write.
+    pending: list[tuple[Rule, list[tuple[PlannedSend, bool]]]] = field(
+        default_factory=list, repr=False
+    )
 
     def summary(self) -> dict[str, Any]:
         """For answers: ids, matched rules, message ids (no phone numbers)."""
@@ -158,14 +163,18 @@ class Notifier:
 
     def handle(self, events: Iterable[IncomingEvent]) -> list[EventResult]:
         """Plan and enqueue the sends of each event; raises only when our storage fails (the
-        caller then answers 5xx or lets the host retry: re-running is harmless). Each event in
+        caller then answers 5xx or lets the host retry: re-running is harmless) or when a rule
+        would send through a connection lacking a setting (``SettingsInvalid``): every event is
+        planned before any takes a quiet period or cap or queues a send, so then nothing has.
+        Each event in
         a span continuing its own ``traceparent`` (the CloudEvents distributed-tracing
         extension) and linked to the door's (one request may bring many traces), else a child
         of the door's; its sends carry that span's."""
         book = self.rules.book()
         results: list[EventResult] = []
         door = telemetry.current_traceparent()
-        for event in events:
+        for result in [self.plan(event, book=book, limit=False) for event in events]:
+            event = result.event
             parent = event.extensions.get(telemetry.TRACEPARENT)
             with telemetry.span(
                 "notification rules",
@@ -174,7 +183,7 @@ class Notifier:
                 kind="consumer",
                 attributes={"cloudevents.event_id": event.id, "cloudevents.event_type": event.type},
             ) as current:
-                result = self.plan(event, book=book)
+                self.limit(result)
                 for send in result.sends:  # raises as send_message would
                     put_message(self.queue, self._queued(send))
                 current.set_attribute("smartdialog.sends", len(result.sends))
@@ -216,9 +225,11 @@ class Notifier:
         book: RuleBook | None = None,
         dry_run: bool = False,
         rules: Iterable[Rule] | None = None,
+        limit: bool = True,
     ) -> EventResult:
         """The sends ``event`` makes. ``dry_run`` reads and writes no quiet period or hourly cap
-        (it shows what the rules make of the event, before those limits)."""
+        (it shows what the rules make of the event, before those limits); without ``limit``
+        they are left to :meth:`limit` (its sends ``pending``)."""
         book = book or self.rules.book()
         document = event.document()
         result = EventResult(event)
@@ -251,8 +262,17 @@ class Notifier:
             if dry_run:
                 result.sends.extend(planned for planned, _ in made)
             else:
-                self._limited(rule, event, made, result, now)
+                result.pending.append((rule, made))
+        if limit:
+            self.limit(result)
         return result
+
+    def limit(self, result: EventResult) -> None:
+        """Plan's second half: its pending sends through their rules' quiet periods and caps."""
+        now = utcnow()
+        for rule, made in result.pending:
+            self._limited(rule, result.event, made, result, now)
+        result.pending.clear()
 
     def _limited(
         self,

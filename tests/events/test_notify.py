@@ -643,6 +643,31 @@ def test_an_event_a_rule_would_send_for_without_its_connections_ids_queues_nothi
     assert [m["serviceId"] for m in notify.queued()] == ["s-1001-oneway"]
 
 
+def test_a_refused_event_leaves_no_quiet_period_cap_or_send_of_another_rule_or_event(
+    notify: Notify, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rule that cannot send (its connection lacks SMARTDIALOG_SERVICE_ID) refuses the
+    request; a good rule matched before it took its quiet period and cap first, and an earlier
+    event of the request was queued, so a producer retrying with new ids (or giving up) found
+    the next event held 'quiet period' with nothing ever sent, or got the earlier one twice."""
+    from shared.settings import SettingsInvalid, reset_settings_cache
+
+    notify.rule(Id="a", ServiceId="s-1001-oneway", QuietMinutes=60, Recipients={"Numbers": [N2]})
+    notify.rule(Id="b")  # no ServiceId of its own: needs the connection's
+    monkeypatch.delenv("SMARTDIALOG_SERVICE_ID")
+    reset_settings_cache()
+    with pytest.raises(SettingsInvalid):  # rule a sends for e1 before rule b refuses it
+        notify.handle(event("e1", "vm-1", phones=[N1]))
+    assert notify.queued() == []
+    with pytest.raises(SettingsInvalid):  # e2 (only rule a sends) comes before e3 is refused
+        notify.notifier.handle([event("e2", "vm-2", phones=[]), event("e3", "vm-3", phones=[N1])])
+    assert notify.queued() == []
+
+    notify.rules.delete("b")  # the operator removes the broken rule; the producer gave up
+    for retry, subject in (("e4", "vm-1"), ("e5", "vm-2")):  # no quiet period was started
+        assert sent_to(notify.handle(event(retry, subject, phones=[]))) == [N2]
+
+
 def test_an_events_sends_on_the_outbound_queue_never_expire_and_read_back_as_made(
     notify: Notify,
 ) -> None:
