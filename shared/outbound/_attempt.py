@@ -203,11 +203,15 @@ class Upstream:
         *,
         report_id: str | None = None,
         links: Sequence[str | None] = (),
+        repeat: bool = False,
     ) -> AttemptResult:
         """One upstream call with ``grant`` (the token in hand: :meth:`ready`), in a
         client span (linked to ``links``, the traces of a packed call's members), within the send
         timeout from here (the client's deadline); raises :class:`StaleGrant` (nothing sent) if
         the grant went stale before the request left (also when the deadline passed first).
+        ``repeat``: an earlier attempt with this RequestId may have reached upstream, so a 409
+        naming no recipient is its duplicate suppression (``Sent``, ``duplicate``); the client
+        can tell that only of its own retries (the sender's make none).
 
         What is sent carries *our* DLR URL (token-bearing, for ``report_id`` or the message)
         in ``DlrUrl``; it is put in only here, so the stored command, its fingerprint and
@@ -227,6 +231,8 @@ class Upstream:
                     result: AttemptResult = Sent(self.send(request))
                 except (SmartDialogError, QuotaExceeded) as exc:
                     result = classify(exc)
+                if repeat and isinstance(result, Refused) and result.status == 409:
+                    result = Sent({}, duplicate=True) if result.culprit is None else result
                 _describe(current, result)
             return result
         finally:

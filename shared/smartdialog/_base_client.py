@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -417,9 +418,7 @@ class BaseClient:
         if status == 429:
             return RateLimitError(message, **common)
         result = _original_result(body, original) if status == 409 else None
-        named = request_id is not None and (
-            "duplicate" in message.lower() or request_id.lower() in message.lower()
-        )
+        named = request_id is not None and _names_duplicate(message, request_id)
         if request_id is not None and status == 409 and (result or named or reached):
             return DuplicateRequestError(message, request_id=request_id, original=result, **common)
         return status_error_class(status)(message, **common)
@@ -447,6 +446,20 @@ def _check_values(
             raise InvalidParameterError(
                 operation_id=op.operation_id, parameter=name, location=location, reason=reason
             )
+
+
+_DUPLICATE_REQUEST = re.compile(
+    r"duplicate\W*request|request\W*id\b.*\b(?:already|duplicate)", re.I
+)
+
+
+def _names_duplicate(message: str, request_id: str) -> bool:
+    """Whether a 409's message says it refuses a repeated request: "duplicate request", a
+    request id said to be already used or duplicate, or ``request_id`` as a whole word (not a
+    bare "duplicate", which may be about a recipient, nor a short id inside another word)."""
+    if _DUPLICATE_REQUEST.search(message):
+        return True
+    return re.search(rf"(?<![\w-]){re.escape(request_id)}(?![\w-])", message, re.I) is not None
 
 
 def _original_result(body: object, model: type[BaseModel] | None) -> BaseModel | None:

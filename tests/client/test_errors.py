@@ -125,8 +125,10 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
         {"errorMessage": "Service s-1001-oneway is suspended"},
         {"type": "about:blank", "title": "Conflict", "status": 409},
         None,
+        {"title": "Conflict", "errors": {"Recipients[1].Address": ["Duplicate recipient address"]}},
+        {"errorMessage": "Service fresh-10 is suspended: ask e.g. support"},
     ],
-    ids=["another-conflict", "problem", "empty"],
+    ids=["another-conflict", "problem", "empty", "duplicate-recipient", "id-inside-a-word"],
 )
 def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict(
     make_client: Callable[..., SmartDialogClient], answer: object
@@ -145,7 +147,11 @@ def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict
 
 @pytest.mark.parametrize(
     "answer",
-    [{"errorMessage": "Duplicate request"}, {"errorMessage": "RequestId dup-1 was used"}],
+    [
+        {"errorMessage": "Duplicate request"},
+        {"errorMessage": "RequestId dup-1 was used"},
+        {"errorMessage": "Request id already used"},
+    ],
 )
 def test_a_409_naming_a_duplicate_or_the_request_id_is_a_duplicate(
     make_client: Callable[..., SmartDialogClient], answer: dict[str, str]

@@ -25,14 +25,16 @@ class Upstream:
         self.body: Any = None
         self.headers: dict[str, str] = {}
         self.calls: list[dict[str, Any]] = []
+        self.first: list[tuple[int, Any]] = []  # answers for the next calls, before the rest
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 upstream.calls.append(json.loads(self.rfile.read(length) or b"null"))
-                content = b"" if upstream.body is None else json.dumps(upstream.body).encode()
-                self.send_response(upstream.status)
+                status, body = upstream.first.pop(0) if upstream.first else (0, upstream.body)
+                content = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status or upstream.status)
                 for name, value in upstream.headers.items():
                     self.send_header(name, value)
                 if content:
@@ -88,6 +90,25 @@ def test_a_409_that_is_no_duplicate_fails_the_message_with_its_reason(
         assert record.failure.detail == "Service s-1001-oneway is suspended"
     assert len(odd.calls) == 1
     assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.failed"]
+
+
+def test_a_bare_409_to_the_repeat_of_an_attempt_that_may_have_gone_through_is_its_duplicate(
+    outbound: Outbound, odd: Upstream
+) -> None:
+    """The sender's client makes no retries of its own: after a 503 (SmartDialog may have taken
+    the message) the queue's next attempt repeats the RequestId, and a bare 409 to it is the
+    duplicate suppression the RequestId asked for: sent, duplicate, not failed."""
+    odd.first.append((503, None))
+    odd.answer(409, None)
+    message_id = f"m-409-repeat-{uuid.uuid4()}"
+    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
+    outbound.drain()
+
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert (record.status, record.duplicate) == (MessageStatus.SENT, True)
+    assert len(odd.calls) == 2
+    assert odd.calls[0]["RequestId"] == odd.calls[1]["RequestId"]
 
 
 @pytest.mark.parametrize("status", [301, 307])
