@@ -32,7 +32,7 @@ from tests.connections.conftest import (
     forget_quota_logs,
     forget_settings,
 )
-from tests.outbound.conftest import call_http, sms
+from tests.outbound.conftest import call_http, padding, sms
 from tests.outbound.test_sizes import personalised
 
 EVENTS_FIXTURES = Path(__file__).parents[1] / "events" / "fixtures"
@@ -47,17 +47,19 @@ def test_a_sync_action_goes_through_the_named_connections_account(two: TwoConnec
 
 
 def bulk_through_second(
-    first_address: int, count: int, connection: str | None = "second", name: str = "P"
+    first_address: int, count: int, connection: str | None = "second", pad: str = ""
 ) -> str:
     """SendBulkMessages through ``connection`` (None: the default), to ``count`` numbers from
-    +358403<first>, each named ``name``<i>; the batch's status URL (its Location)."""
+    +358403<first>, each named P<i> (with ``pad`` in values no Content uses); the batch's
+    status URL (its Location)."""
+
     body = {
         "Sender": "Sandbox",
         "Content": "Hi $(name)",
         "Recipients": [
             {
                 "Address": f"+358403{first_address + i:06d}",
-                "Personalization": {"name": f"{name}{i}"},
+                "Personalization": {"name": f"P{i}", **padding(pad)},
             }
             for i in range(count)
         ],
@@ -518,8 +520,8 @@ def test_a_status_poll_adds_no_driver_while_the_batchs_sends_wait_and_one_once_t
         return answer.status, answer.body
 
     named = broken != "no-default-credentials"
-    name = "x" * INLINE_COMMAND_CHARS if broken == "blob-kept" else "P"
-    location = bulk_through_second(50000, 2, "second" if named else None, name)
+    pad = "x" * INLINE_COMMAND_CHARS if broken == "blob-kept" else ""
+    location = bulk_through_second(50000, 2, "second" if named else None, pad)
     drivers = [m for m in two.env.read(OUTBOUND_QUEUE) if m.get("kind") == "pack"]
     queue_client(OUTBOUND_QUEUE).clear_messages()
     if broken == "customer-claimed-twice":
