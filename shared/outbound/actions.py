@@ -179,7 +179,9 @@ class SentDoc(BaseModel):
         None, description="SmartDialog's MessageId.", json_schema_extra=ui("Message Id")
     )
     MessagePartCount: int | None = Field(
-        None, description="SMS parts per recipient.", json_schema_extra=ui("Message Part Count")
+        None,
+        description="SMS parts per recipient.",
+        json_schema_extra=ui("Message Part Count") | {"format": "int32"},
     )
     Recipients: list[RecipientDoc] = Field(
         default_factory=list,
@@ -230,7 +232,9 @@ class TemplateSentDoc(BaseModel):
         None, description="SmartDialog's MessageId.", json_schema_extra=ui("Message Id")
     )
     messagePartCount: int | None = Field(
-        None, description="Message parts per recipient.", json_schema_extra=ui("Message Part Count")
+        None,
+        description="Message parts per recipient.",
+        json_schema_extra=ui("Message Part Count") | {"format": "int32"},
     )
     recipients: list[TemplateRecipientDoc] = Field(
         default_factory=list,

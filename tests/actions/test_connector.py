@@ -349,6 +349,31 @@ def test_every_certified_answer_and_item_label_is_ours(committed: dict[str, Any]
         assert not differ, (operation_id, differ)
 
 
+def formats(node: Any, where: str) -> Any:
+    """Every (path, format) of a schema's properties and array items, nested."""
+    if not isinstance(node, dict):
+        return
+    if "format" in node:
+        yield where, node["format"]
+    for name, prop in node.get("properties", {}).items():
+        yield from formats(prop, f"{where}.{name}")
+    yield from formats(node.get("items"), f"{where}[]")
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason="the certified definition is not beside us")
+def test_every_certified_answer_fields_format_is_ours(committed: dict[str, Any]) -> None:
+    """The send answers' MessagePartCount / messagePartCount had lost the certified int32."""
+    upstream = operations(json.loads(REFERENCE.read_text("utf-8")))
+    ours = operations(committed)
+    for operation_id in sorted(set(upstream) & set(ours) - {"NewMessage"}):
+        for status, response in upstream[operation_id].get("responses", {}).items():
+            mine = ours[operation_id].get("responses", {}).get(status, {}).get("schema")
+            found = dict(formats(mine, status))
+            theirs = dict(formats(response.get("schema"), status))
+            differ = {w: (f, found.get(w)) for w, f in theirs.items() if found.get(w) != f}
+            assert not differ, (operation_id, differ)
+
+
 def test_renamed_parameters_carry_the_certified_display_names(committed: dict[str, Any]) -> None:
     ours = operations(committed)
 
