@@ -111,15 +111,23 @@ def check_question_transition(before: QuestionStatus, after: QuestionStatus) -> 
 
 def normalize_reply(text: str) -> str:
     """``text`` as a short reply is compared with words (opt-out keywords, a question's accepted
-    answers): NFKC (fullwidth letters, "…" as "..."), without invisible format characters
-    (zero-width space or joiner, BOM: Unicode category Cf), blanks and punctuation (categories
-    P*: "Stop!", «STOP», "Yes.") trimmed from both ends, inner blanks single, case folded."""
-    nfkc = unicodedata.normalize("NFKC", text)
-    kept = [c for c in nfkc if unicodedata.category(c) != "Cf"]
+    answers): NFKC (fullwidth letters, "…" as "..."), without invisible characters (format
+    ones: zero-width space or joiner, BOM, Unicode category Cf; variation selectors: the emoji
+    one U+FE0F, "❤️" == "❤"), blanks and punctuation (categories P*: "Stop!", «STOP», "Yes.")
+    trimmed from both ends, inner blanks single, case folded."""
+    kept = [c for c in unicodedata.normalize("NFKC", text) if not _invisible(c)]
     while kept and _edge(kept[-1]):
         kept.pop()
     first = next((i for i, c in enumerate(kept) if not _edge(c)), len(kept))
     return " ".join("".join(kept[first:]).split()).casefold()
+
+
+def _invisible(char: str) -> bool:
+    """A format character (Cf) or a variation selector (U+FE00-FE0F, U+E0100-E01EF)."""
+    code = ord(char)
+    return (
+        0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF or unicodedata.category(char) == "Cf"
+    )
 
 
 def _edge(char: str) -> bool:
@@ -133,10 +141,10 @@ def normalize_answer(text: str) -> str:
 
 
 def _as_written(text: str) -> str:
-    """``text`` without accents (NFKD, combining marks dropped), case folded, inner whitespace
-    collapsed and the ends trimmed (" Kyllä " == "KYLLA")."""
+    """``text`` without accents (NFKD, combining marks dropped) or variation selectors, case
+    folded, inner whitespace collapsed and the ends trimmed (" Kyllä " == "KYLLA")."""
     decomposed = unicodedata.normalize("NFKD", text)
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    bare = "".join(c for c in decomposed if not (unicodedata.combining(c) or _invisible(c)))
     return " ".join(bare.casefold().split())
 
 
