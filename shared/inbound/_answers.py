@@ -15,7 +15,8 @@ hold up the event. Then:
 - STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
 - a message before the question's text may have gone out (:func:`send_may_have_gone_out`)
   does nothing more;
-- an accepted answer (or any reply, without options) ends it ``answered``;
+- an accepted answer (or any reply, without options: one with only an attachment too, its
+  ``Reply`` empty) ends it ``answered``;
 - another reply re-prompts once, while the re-prompt's ``validUntil`` is ahead of both its
   receipt and the processor's clock: a SendMessage command goes on ``smartdialog-outbound`` (the one
   send path; built here as JSON because the inbound package may not import the outbound one),
@@ -163,7 +164,7 @@ class QuestionAnswers:
         if not (unreadable or send_may_have_gone_out(send)):
             return "none"  # its text has not gone out: this is no reply to it
         matched, option = match_answer(question.options, payload.content)
-        if matched:
+        if matched or (not question.options and payload.attachments):  # a photo is a reply too
             done = self.questions.answer(
                 question,
                 reply=payload.content,
