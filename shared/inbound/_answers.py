@@ -15,13 +15,14 @@ hold up the event. Then:
 - STOP ends it ``opted_out`` (the suppression itself is the processor's, as before);
 - a message before the question's text may have gone out (:func:`send_may_have_gone_out`)
   does nothing more;
-- an accepted answer (or any reply, without options) ends it ``answered``;
+- an accepted answer (or any reply, without options: one with only an attachment too, its
+  ``Reply`` empty) ends it ``answered``;
 - another reply re-prompts once, while the re-prompt's ``validUntil`` is ahead of both its
   receipt and the processor's clock: a SendMessage command goes on ``smartdialog-outbound`` (the one
   send path; built here as JSON because the inbound package may not import the outbound one),
   then the question is marked re-prompted. Its ``messageId`` and ``RequestId`` derive from the
   question id, so a processor that crashes in between and runs again queues the same command,
-  which the sender sends once.
+  which the sender sends once (or cancels: its question ended before it got to it).
 
 The message is published to New Message whatever happened here (nothing accepted is lost).
 """
@@ -31,7 +32,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import uuid
 from typing import TYPE_CHECKING, Literal
 
 from shared.clock import utcnow
@@ -42,6 +42,7 @@ from shared.messages import (
     QuestionRecord,
     QuestionStore,
     match_answer,
+    reprompt_message_id,
     send_ended_unsent,
     send_may_have_gone_out,
 )
@@ -59,7 +60,6 @@ __all__ = ["AnswerOutcome", "QuestionAnswers", "reprompt_command", "reprompt_mes
 log = logging.getLogger("shared.inbound.answers")
 
 AnswerOutcome = Literal["none", "answered", "opted_out", "reprompted", "not_matched"]
-_REPROMPT_NAMESPACE = uuid.UUID("5b0f7c1e-3f4a-4d8e-9a51-2f6c1d7e8a90")
 #: How far SmartDialog's clock may be behind ours: a reply it timestamps up to this long before
 #: its question was asked still answers it (one written earlier is a late or repeated copy).
 CLOCK_SKEW = dt.timedelta(seconds=5)
@@ -80,11 +80,6 @@ def _written_at(payload: NewMessagePayload, received_at: dt.datetime) -> dt.date
     if written is not None and -REDELIVERY <= written - received_at <= CLOCK_SKEW:
         return written
     return received_at
-
-
-def reprompt_message_id(question_id: str) -> str:
-    """The message id (and RequestId) of a question's re-prompt: always the same."""
-    return str(uuid.uuid5(_REPROMPT_NAMESPACE, f"reprompt\n{question_id}"))
 
 
 def reprompt_command(question: QuestionRecord) -> str:
@@ -169,7 +164,7 @@ class QuestionAnswers:
         if not (unreadable or send_may_have_gone_out(send)):
             return "none"  # its text has not gone out: this is no reply to it
         matched, option = match_answer(question.options, payload.content)
-        if matched:
+        if matched or (not question.options and payload.attachments):  # a photo is a reply too
             done = self.questions.answer(
                 question,
                 reply=payload.content,

@@ -46,6 +46,7 @@ from shared.messages._questions import (
     new_question_id,
     normalize_answer,
     normalize_reply,
+    reprompt_message_id,
     send_ended_unsent,
     send_may_have_gone_out,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "new_question_id",
     "normalize_answer",
     "normalize_reply",
+    "reprompt_message_id",
     "send_ended_unsent",
     "send_may_have_gone_out",
     "text_connection",

@@ -53,6 +53,7 @@ __all__ = [
     "normalize_answer",
     "normalize_reply",
     "question_partition",
+    "reprompt_message_id",
     "send_ended_unsent",
     "send_may_have_gone_out",
 ]
@@ -70,6 +71,7 @@ REPLY_WINDOW = dt.timedelta(minutes=5)
 #: that is still on its way through the intake queue (seconds, usually; more in a backlog):
 #: only then does a poll or a new question end it timed out.
 ANSWER_GRACE = dt.timedelta(seconds=60)
+_REPROMPT_NAMESPACE = uuid.UUID("5b0f7c1e-3f4a-4d8e-9a51-2f6c1d7e8a90")
 
 
 class QuestionStatus(enum.StrEnum):
@@ -109,15 +111,23 @@ def check_question_transition(before: QuestionStatus, after: QuestionStatus) -> 
 
 def normalize_reply(text: str) -> str:
     """``text`` as a short reply is compared with words (opt-out keywords, a question's accepted
-    answers): NFKC (fullwidth letters, "…" as "..."), without invisible format characters
-    (zero-width space or joiner, BOM: Unicode category Cf), blanks and punctuation (categories
-    P*: "Stop!", «STOP», "Yes.") trimmed from both ends, inner blanks single, case folded."""
-    nfkc = unicodedata.normalize("NFKC", text)
-    kept = [c for c in nfkc if unicodedata.category(c) != "Cf"]
+    answers): NFKC (fullwidth letters, "…" as "..."), without invisible characters (format
+    ones: zero-width space or joiner, BOM, Unicode category Cf; variation selectors: the emoji
+    one U+FE0F, "❤️" == "❤"), blanks and punctuation (categories P*: "Stop!", «STOP», "Yes.")
+    trimmed from both ends, inner blanks single, case folded."""
+    kept = [c for c in unicodedata.normalize("NFKC", text) if not _invisible(c)]
     while kept and _edge(kept[-1]):
         kept.pop()
     first = next((i for i, c in enumerate(kept) if not _edge(c)), len(kept))
     return " ".join("".join(kept[first:]).split()).casefold()
+
+
+def _invisible(char: str) -> bool:
+    """A format character (Cf) or a variation selector (U+FE00-FE0F, U+E0100-E01EF)."""
+    code = ord(char)
+    return (
+        0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF or unicodedata.category(char) == "Cf"
+    )
 
 
 def _edge(char: str) -> bool:
@@ -131,10 +141,10 @@ def normalize_answer(text: str) -> str:
 
 
 def _as_written(text: str) -> str:
-    """``text`` without accents (NFKD, combining marks dropped), case folded, inner whitespace
-    collapsed and the ends trimmed (" Kyllä " == "KYLLA")."""
+    """``text`` without accents (NFKD, combining marks dropped) or variation selectors, case
+    folded, inner whitespace collapsed and the ends trimmed (" Kyllä " == "KYLLA")."""
     decomposed = unicodedata.normalize("NFKD", text)
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    bare = "".join(c for c in decomposed if not (unicodedata.combining(c) or _invisible(c)))
     return " ".join(bare.casefold().split())
 
 
@@ -195,6 +205,11 @@ def question_partition(service: str, address: str) -> str:
 def new_question_id(service: str, address: str) -> str:
     """A new question id; it carries its partition, so its status URL finds it in one read."""
     return f"{question_partition(service, address)}-{uuid.uuid4().hex}"
+
+
+def reprompt_message_id(question_id: str) -> str:
+    """The message id (and RequestId) of a question's re-prompt: always the same."""
+    return str(uuid.uuid5(_REPROMPT_NAMESPACE, f"reprompt\n{question_id}"))
 
 
 def _partition_of(question_id: str) -> str:
@@ -405,6 +420,18 @@ class QuestionStore:
         except ResourceNotFoundError:
             return None
         return QuestionRecord.from_entity(entity)
+
+    def ended_reprompt(self, message_id: str | None, customer_data: str | None) -> bool:
+        """Whether the send ``message_id`` (with ``customer_data``) is a question's re-prompt
+        (:func:`reprompt_message_id`; ``question=<id>``) whose question is no longer open:
+        answered (also by a reply handled at the same time as the one that queued it), opted
+        out, timed out, replaced, failed (one unknown is not known to have ended). The sender
+        cancels such a one instead of sending it. One read, for re-prompts only."""
+        question_id = (customer_data or "").removeprefix("question=")
+        if question_id == customer_data or message_id != reprompt_message_id(question_id):
+            return False
+        record = self.get(question_id)
+        return record is not None and record.status.is_final
 
     # --- writes ----------------------------------------------------------------------------
 

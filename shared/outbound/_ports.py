@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from shared.clock import Clock, utcnow
-from shared.messages import MessageStore, PackStore
+from shared.messages import MessageStore, PackStore, QuestionStore
 from shared.names import (
     DEFAULT_CONNECTION,
     EVENTS_QUEUE,
@@ -102,6 +102,8 @@ class SendPorts:
     suppressions: SuppressionStore
     #: Large parts by reference (commands too large to queue, dead letters' originals).
     payloads: PayloadStore
+    #: Questions' re-prompts are sent only while their question is open.
+    questions: QuestionStore
 
     def now(self) -> dt.datetime:
         """The ports' clock as an aware UTC datetime."""
@@ -149,6 +151,7 @@ def send_ports(settings: Settings) -> SendPorts:
         policy=SendPolicy.from_settings(settings),
         suppressions=SuppressionStore.from_settings(settings),
         payloads=PayloadStore.from_settings(settings),
+        questions=QuestionStore.from_settings(settings),
     )
 
 

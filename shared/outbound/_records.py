@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from shared.callback_urls import delivery_report_url
-from shared.messages import MessageRecord, MessageStatus, Operation, RecipientSlot, in_lane
+from shared.messages import (
+    FailureInfo,
+    MessageRecord,
+    MessageStatus,
+    Operation,
+    RecipientSlot,
+    in_lane,
+)
 from shared.outbound._models import (
     OutboundMessage,
     OutboundMessageAdapter,
@@ -28,12 +35,14 @@ from shared.outbound._models import (
     request_fingerprint,
 )
 from shared.payloads import fits_queue
+from shared.problems import Problem
 from shared.sms import estimate, personalize
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:
     from shared.payloads import PayloadStore
     from shared.settings import Settings
+    from shared.suppressions import SuppressionStore
 
 __all__ = [
     "LaneTriggers",
@@ -48,6 +57,7 @@ __all__ = [
     "queued_text",
     "recipient_slots",
     "repeats_rule_send",
+    "suppression",
     "unreadable_address",
     "with_delivery_report_url",
 ]
@@ -394,3 +404,22 @@ def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:
         return False
     addresses = command_addresses(command)  # one, whose id it is: not another's send
     return len(addresses) == 1 and command.messageId == origin.message_id(addresses[0])
+
+
+def suppression(command: OutboundMessage, suppressions: SuppressionStore) -> FailureInfo | None:
+    """Why ``command`` may not be sent (recipients who opted out of its service), or None."""
+    if getattr(command, "transactional", True):
+        return None
+    if isinstance(command, SendDiscussionReplyMessageCommand):
+        return None  # no recipients, no service
+    from shared.suppressions import refuse_suppressed
+
+    addresses = [r.Address for r in command.body.Recipients]
+    try:
+        refuse_suppressed(suppressions, command.serviceId, addresses,
+                      field="body.Recipients[{index}].Address")  # fmt: skip
+    except Problem as problem:
+        offenders = "; ".join(f"{e.field}: {e.message}" for e in problem.errors)
+        detail = f"{problem.detail} {offenders}".strip()
+        return FailureInfo(code="suppressed", title=problem.title, detail=detail)
+    return None

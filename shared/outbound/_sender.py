@@ -32,7 +32,6 @@ from shared.outbound._giving_up import not_repeated, refusal_failure, request_id
 from shared.outbound._models import (
     OutboundMessage,
     PackDriver,
-    SendDiscussionReplyMessageCommand,
     StoredCommand,
     command_connection,
     derive_message_id,
@@ -57,6 +56,7 @@ from shared.outbound._records import (
     normalize,
     pack_key,
     recipient_slots,
+    suppression,
     unreadable_address,
 )
 from shared.outbound._routing import (
@@ -248,7 +248,7 @@ class OutboundSender:
                 return self.outcomes.dead_letter_malformed(
                     text, unreadable, queue_message_id, dequeue_count
                 )
-            if (refusal := self._suppression(command)) is not None:
+            if (refusal := suppression(command, self.ports.suppressions)) is not None:
                 if (refused := self._refuse(command, refusal)) is not None:
                     return refused
             else:
@@ -341,6 +341,13 @@ class OutboundSender:
                 if record.pack_id is not None:  # no retry of its pack will announce the others
                     self.packing.announce_listed(record.pack_id)
                 return self.outcomes.fail(record, self.outcomes.expired(record))
+            if not record.attempts and self._unasked(command):  # its question ended: not sent
+                cancelled = MessageStatus.CANCELLED
+                if done := self.ports.store.swap(
+                    record, status=cancelled, finished_at=now, updated_at=now
+                ):
+                    self.outcomes.announce([done])
+                    return SendOutcome(OutcomeKind.ACKNOWLEDGED, done.message_id, detail="ended")
             # A setting the call needs broke after the message was accepted (or the command
             # was enqueued directly): it waits, unclaimed and without a quota slot.
             what = f"message {record.message_id}"
@@ -508,23 +515,11 @@ class OutboundSender:
             command, record.attempts, delay, OutcomeKind.RETRY_SCHEDULED, failed.code
         )
 
-    def _suppression(self, command: OutboundMessage) -> FailureInfo | None:
-        """Why ``command`` may not be sent (recipients who opted out of its service), or None."""
-        if getattr(command, "transactional", True):
-            return None
-        if isinstance(command, SendDiscussionReplyMessageCommand):
-            return None  # no recipients, no service
-        from shared.suppressions import refuse_suppressed
-
-        addresses = [r.Address for r in command.body.Recipients]
-        try:
-            refuse_suppressed(self.ports.suppressions, command.serviceId, addresses,
-                              field="body.Recipients[{index}].Address")  # fmt: skip
-        except Problem as problem:
-            offenders = "; ".join(f"{e.field}: {e.message}" for e in problem.errors)
-            detail = f"{problem.detail} {offenders}".strip()
-            return FailureInfo(code="suppressed", title=problem.title, detail=detail)
-        return None
+    def _unasked(self, command: OutboundMessage) -> bool:
+        """Whether ``command`` is a question's re-prompt whose question has ended (answered, by a
+        reply handled after or along with the one that queued it; timed out, ...): cancelled."""
+        data = getattr(command.body, "CustomerData", None)
+        return self.ports.questions.ended_reprompt(command.messageId, data)
 
     def _refuse(self, command: OutboundMessage, failure: FailureInfo) -> SendOutcome | None:
         """Record a queue-only message that may not be sent, and fail it at once (failed event,
@@ -558,9 +553,9 @@ class OutboundSender:
         instead of two); None if a record appeared meanwhile."""
         now = self.ports.now()
         record, slots = self._new_record(command, now, MessageStatus.QUEUED)
-        if now >= record.valid_until or self.ports.policy.broken_settings:
+        if now >= record.valid_until or self.ports.policy.broken_settings or self._unasked(command):
             self.ports.store.create(record, slots)
-            return None  # expired, or a setting is broken: the normal path fails or defers it
+            return None  # expired, a setting broken, its question ended: the normal path says
         claimed = replace(record, **claim_changes(record, now, self.ports.policy))
         return self.ports.store.create(claimed, slots)
 
@@ -571,7 +566,10 @@ class OutboundSender:
         assert command.messageId is not None
         if self.ports.store.get(command.messageId) is not None:
             return
-        if unreadable_address(command) is not None or self._suppression(command) is not None:
+        if (
+            unreadable_address(command) is not None
+            or suppression(command, self.ports.suppressions) is not None
+        ):
             return
         record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if record.pack_key is None:

@@ -570,3 +570,54 @@ def test_a_question_past_the_content_cap_is_400_naming_content_and_nothing_is_qu
     assert [e["field"] for e in asked.body["errors"]] == ["Content"]
     assert queue_client(OUTBOUND_QUEUE).get_queue_properties().approximate_message_count == 0
     assert _sends(inbound) == 0
+
+
+def _cancelled_reprompt(store: MessageStore, question_id: str) -> None:
+    record = store.get(reprompt_message_id(question_id))
+    assert record is not None
+    assert record.status is MessageStatus.CANCELLED
+    events = [json.loads(m.content) for m in queue_client(EVENTS_QUEUE).peek_messages(32)]
+    assert f"{record.message_id}:cancelled" in {e["id"] for e in events}
+
+
+def test_a_re_prompt_still_queued_when_the_right_reply_answers_is_cancelled_not_sent(
+    inbound: Inbound,
+) -> None:
+    """'maybe' queued the re-prompt; the sender was behind; 'Yes' answered: the flow went on,
+    then the patient got 'please reply YES or NO' (and may have answered the next question)."""
+    number = "+358401234777"
+    asked = _ask(inbound, number, RepromptContent="Sorry, please reply YES or NO.")
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)  # the question goes out
+    _reply("maybe", number)  # re-prompt queued; the sender is behind
+    _reply("Yes", number)
+
+    ended = _poll(inbound, asked)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+
+    assert (ended.status, ended.body["Status"], ended.body["MatchedOption"]) == (
+        200, "answered", "Yes"
+    )  # fmt: skip
+    assert _sends(inbound) == 1  # the question alone
+    _cancelled_reprompt(MessageStore.from_settings(), asked.body["QuestionId"])
+
+
+def test_a_re_prompt_queued_while_another_worker_answers_its_question_is_never_sent(
+    inbound: Inbound,
+) -> None:
+    """'maybe' and 'Yes' handled at once (the intake runs 16 at a time): 'maybe' found the
+    question open and queued its re-prompt; 'Yes' ended it before 'maybe' could mark it."""
+    number = "+358401234778"
+    asked = _ask(inbound, number, RepromptContent="Sorry, please reply YES or NO.")
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    question = QuestionStore.from_settings().open_question(TWO_WAY, number)
+    assert question is not None
+    queue_client(OUTBOUND_QUEUE).send_message(reprompt_command(question))  # 'maybe's
+    _reply("Yes", number)
+    done = QuestionStore.from_settings().get(question.question_id)
+    assert done is not None
+    assert (done.status, done.reprompted) == (QuestionStatus.ANSWERED, False)
+
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+
+    assert _sends(inbound) == 1
+    _cancelled_reprompt(MessageStore.from_settings(), asked.body["QuestionId"])

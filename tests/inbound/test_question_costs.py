@@ -311,3 +311,21 @@ def test_matching_is_skipped_for_an_expired_question(inbound: Inbound) -> None:
     late = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
     assert answers.handle(TWO_WAY, "k", payload, None, late) == "none"
     assert answers.handle(TWO_WAY, "k", payload, None, dt.datetime.now(dt.UTC)) == "answered"
+
+
+def test_a_photo_without_text_answers_a_question_that_accepts_any_reply(inbound: Inbound) -> None:
+    """A WhatsApp photo has no content: it was no reply, so the question was re-prompted and
+    waited for its timeout although 'accept any reply' was asked."""
+    number = "+358401112255"
+    asked = _ask(number, options=(), reprompt="Please send the photo")
+    photo = {"name": "photo.jpg", "mimeType": "image/jpeg", "resourceLocation": "https://x/y"}
+    message = {"sender": number, "recipient": "Clinic", "messageId": str(uuid.uuid4())}
+    payload = NewMessagePayload.model_validate({**message, "attachments": [photo]})
+    intake = InboundIntake(service=TWO_WAY, messageKey=str(payload.messageId),
+                           receivedAt=utcnow(), payload=payload)  # fmt: skip
+    InboundProcessor.from_settings(get_settings()).process(intake.model_dump_json())
+
+    done = QuestionStore.from_settings().get(asked.question_id)
+    assert done is not None
+    assert (done.status, done.reply) == (QuestionStatus.ANSWERED, "")
+    assert not [c for c in inbound.read(OUTBOUND_QUEUE) if c.get("messageId")]  # no re-prompt

@@ -126,6 +126,23 @@ def test_one_answer_listed_in_several_spellings_matches_its_first_once_trimmed(
     assert match_answer(options, reply) == (expected is not None, expected)
 
 
+@pytest.mark.parametrize(
+    ("options", "reply", "expected"),
+    [
+        (["\u2764\ufe0f", "\U0001f44e"], "\u2764", "\u2764\ufe0f"),  # the emoji, text form
+        (["\u2764", "\U0001f44e"], "\u2764\ufe0f", "\u2764"),  # the emoji, emoji form
+        (["Yes", "No"], "Yes\ufe0f", "Yes"),
+        (["Yes", "No"], "Y\U000e0100es", "Yes"),  # a supplement selector
+        (["\u2764\ufe0f", "\u2764"], "\u2764", "\u2764\ufe0f"),  # one answer, two spellings
+    ],
+)
+def test_variation_selectors_are_ignored_when_matching(
+    options: list[str], reply: str, expected: str | None
+) -> None:
+    """A keyboard adds U+FE0F to an emoji or not: option '\u2764\ufe0f' matched no '\u2764'."""
+    assert match_answer(options, reply) == (expected is not None, expected)
+
+
 def test_without_options_any_non_empty_reply_answers() -> None:
     assert match_answer([], " anything ") == (True, None)
     assert match_answer([], "   ") == (False, None)
