@@ -166,8 +166,8 @@ def rate_limited(retry_after: float | None, detail: str) -> Problem:
 
 
 def storage_unavailable(title: str, retry_after: float = 5) -> Problem:
-    """503 with ``Retry-After``: our storage failed while the status was brought up to date;
-    nothing is lost, the next poll does it again."""
+    """503 with ``Retry-After``: our storage (Table, queue, blob) failed; repeating the request
+    does it again (a status poll, what it had not brought up to date)."""
     detail = "Our storage failed; try again later."
     headers = retry_after_header(retry_after)
     return Problem(503, title, detail, type=ProblemType.STORAGE_UNAVAILABLE, headers=headers)

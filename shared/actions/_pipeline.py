@@ -40,6 +40,7 @@ from shared.problems import (
     rate_limited,
     request_instance,
     retry_after_header,
+    storage_unavailable,
     too_large,
     validation_problem,
 )
@@ -206,11 +207,10 @@ def _error_message(error: Mapping[str, Any], setting: SettingDefault | None, nam
         return "Required."
     if kind == "extra_forbidden":
         return "Unknown field: check its name against the action's fields."
-    if kind in ("value_error", "assertion_error"):
-        cause = error.get("ctx", {}).get("error")
-        if cause is not None:
-            message = str(cause)
-            return message[:1].upper() + message[1:]
+    cause = error.get("ctx", {}).get("error")
+    if kind in ("value_error", "assertion_error") and cause is not None:
+        message = str(cause)
+        return message[:1].upper() + message[1:]
     return str(error["msg"]).rstrip(".") + "."
 
 
@@ -516,10 +516,10 @@ def _run_action(
             fields = ", ".join(dict.fromkeys(e.field for e in problem.errors))
             # A field name can be a caller's key (an unknown field), even a phone number.
             outcome = "invalid fields: " + loggable_text(fields)
-        response = ActionResponse.problem(_with_instance(problem, tracking_id))
+        response = ActionResponse.problem(problem.with_instance(request_instance(tracking_id)))
     except Exception as exc:
         mapped, outcome = _map_failure(exc, context.settings if context else settings, spec, extra)
-        response = ActionResponse.problem(_with_instance(mapped, tracking_id))
+        response = ActionResponse.problem(mapped.with_instance(request_instance(tracking_id)))
     duration_ms = round((time.perf_counter() - started) * 1000)
     extra.update(status=response.status, durationMs=duration_ms)
     # The tracking id in the text too: the Python worker forwards a record's text, not ``extra``.
@@ -546,6 +546,8 @@ def _check_size(request: ActionRequest, limit: int) -> None:
 def _map_failure(
     exc: Exception, settings: Settings | None, spec: ActionSpec[Any], extra: dict[str, Any]
 ) -> tuple[Problem, str]:
+    from azure.core.exceptions import AzureError
+
     from shared.settings import SettingsInvalid, missing_credentials
     from shared.smartdialog import APIStatusError, CredentialsError, SmartDialogError
 
@@ -562,16 +564,15 @@ def _map_failure(
         field = customer.name if customer else None
         problem = upstream_problem(exc, settings, customer_field=field)
         return problem, f"upstream {type(exc).__name__}: {redacted(str(exc))}"
+    if isinstance(exc, AzureError) or isinstance(exc.__cause__, AzureError):  # our own storage's
+        problem = storage_unavailable("Our storage is unavailable")
+        return problem, f"storage {type(exc).__name__}: {redacted(str(exc))}"
     log.error(
         "%s failed unexpectedly, request %s: %s",
         spec.operation_id, extra["trackingId"], redacted_traceback(exc),
         extra=dict(extra),
     )  # fmt: skip
     return internal_error(), f"unexpected {type(exc).__name__}"
-
-
-def _with_instance(problem: Problem, tracking_id: str) -> Problem:
-    return problem.with_instance(request_instance(tracking_id))
 
 
 def unknown_action_response(operation_id: str, request: ActionRequest) -> ActionResponse:
@@ -582,7 +583,7 @@ def unknown_action_response(operation_id: str, request: ActionRequest) -> Action
         extra={"operationId": operation_id, "trackingId": logged, "status": 404},
     )  # fmt: skip
     problem = Problem(404, "Not found", "This app has no such action.", type=ProblemType.NOT_FOUND)
-    return ActionResponse.problem(_with_instance(problem, request.tracking_id))
+    return ActionResponse.problem(problem.with_instance(request_instance(request.tracking_id)))
 
 
 def unexpected_failure_response(
@@ -595,4 +596,5 @@ def unexpected_failure_response(
         operation_id, logged, redacted_traceback(exc),
         extra={"operationId": operation_id, "trackingId": logged, "status": 500},
     )  # fmt: skip
-    return ActionResponse.problem(_with_instance(internal_error(), request.tracking_id))
+    problem = internal_error().with_instance(request_instance(request.tracking_id))
+    return ActionResponse.problem(problem)

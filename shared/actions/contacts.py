@@ -27,6 +27,7 @@ from shared.actions.fields import (
     NonEmptyStr,
     PhoneNumber,
     RegionCode,
+    UpstreamId,
     service_dropdown,
     ui,
 )
@@ -257,7 +258,7 @@ class GroupContactDoc(BaseModel):
 # --- inputs ---------------------------------------------------------------------------------------
 
 GroupService = Annotated[
-    NonEmptyStr,
+    UpstreamId,
     Param("path", "GroupService"),
     Field(
         description="The group service whose contacts to use.",

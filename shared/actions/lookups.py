@@ -18,7 +18,13 @@ from shared.actions._spec import (
     Param,
     ResponseDoc,
 )
-from shared.actions.fields import CustomerIdHeader, HeaderText, NonEmptyStr, ui
+from shared.actions.fields import (
+    UPSTREAM_ID_MAX_LENGTH,
+    CustomerIdHeader,
+    HeaderText,
+    NonEmptyStr,
+    ui,
+)
 
 __all__ = ["SPECS"]
 
@@ -128,6 +134,7 @@ class ServicesInput(ActionInput):
         HeaderText,
         Param("query", "ServiceType"),
         Field(
+            max_length=UPSTREAM_ID_MAX_LENGTH,
             description=(
                 "The kind of service to list, as SmartDialog names it; default OneWay, as in "
                 "the certified connector, which also uses TwoWay and Group. SmartDialog does not "
@@ -150,6 +157,8 @@ class ServicesInput(ActionInput):
     @field_validator("service_type")
     @classmethod
     def _few_kinds(cls, value: str) -> str:
+        if not _kinds(value):  # "," or " , ": no kind to pass on
+            raise ValueError("Name a service type, e.g. OneWay.")
         if len(_kinds(value)) > MAX_SERVICE_TYPES:  # each is a call of the shared quota
             raise ValueError(f"At most {MAX_SERVICE_TYPES} service types, comma-separated.")
         return value
@@ -160,9 +169,8 @@ MAX_SERVICE_TYPES = 3
 
 
 def _kinds(service_type: str) -> list[str]:
-    """The distinct kinds ``service_type`` names, in order (itself when it names none)."""
-    kinds = [kind.strip() for kind in service_type.split(",") if kind.strip()]
-    return list(dict.fromkeys(kinds or [service_type]))
+    """The distinct kinds ``service_type`` names, in order."""
+    return list(dict.fromkeys(kind.strip() for kind in service_type.split(",") if kind.strip()))
 
 
 class TemplatesInput(ActionInput):
@@ -171,6 +179,7 @@ class TemplatesInput(ActionInput):
         NonEmptyStr | None,
         Param("query", "TemplateId"),
         Field(
+            max_length=UPSTREAM_ID_MAX_LENGTH,
             description="Return only the template with this name.",
             json_schema_extra=ui("Template name"),
         ),

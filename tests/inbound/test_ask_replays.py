@@ -174,7 +174,8 @@ def test_a_retry_refused_409_after_a_500_may_replace_the_open_question(
     with pytest.MonkeyPatch.context() as patch:
         crash_once(patch, outbound_queue(get_settings()), "send_message", "the queue is down",
                    error=_refused_by_the_service)  # fmt: skip
-        assert _ask(inbound, key).status == 500  # nothing queued: its question ended, key kept
+        # our storage failed (503), nothing queued: its question ended, key kept
+        assert _ask(inbound, key).status == 503
     other = _ask(inbound)
     assert other.status == 202, other.body
     assert _ask(inbound, key).status == 409
@@ -212,7 +213,8 @@ def test_an_enqueue_whose_answer_was_lost_leaves_its_question_open(
         failed = _ask(inbound)
     retry = _ask(inbound)
 
-    assert failed.status == 500, failed.body
+    assert failed.status == 503, failed.body
+    assert failed.body["type"].endswith(":storage-unavailable")
     still = _open()
     assert still is not None
     assert still.status is QuestionStatus.OPEN
