@@ -123,11 +123,13 @@ def normalize_reply(text: str) -> str:
 
 
 def _invisible(char: str) -> bool:
-    """A format character (Cf) or a variation selector (U+FE00-FE0F, U+E0100-E01EF)."""
-    code = ord(char)
-    return (
-        0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF or unicodedata.category(char) == "Cf"
-    )
+    """A format character (Cf) or a variation selector."""
+    return _selector(char) or unicodedata.category(char) == "Cf"
+
+
+def _selector(char: str) -> bool:
+    """A variation selector (U+FE00-FE0F, U+E0100-E01EF): text or emoji style of one character."""
+    return 0xFE00 <= ord(char) <= 0xFE0F or 0xE0100 <= ord(char) <= 0xE01EF
 
 
 def _edge(char: str) -> bool:
@@ -142,9 +144,11 @@ def normalize_answer(text: str) -> str:
 
 def _as_written(text: str) -> str:
     """``text`` without accents (NFKD, combining marks dropped) or variation selectors, case
-    folded, inner whitespace collapsed and the ends trimmed (" Kyllä " == "KYLLA")."""
+    folded, inner whitespace collapsed and the ends trimmed (" Kyllä " == "KYLLA"). Other
+    format characters stay: tags and joiners tell emoji apart (the flags of England and
+    Scotland)."""
     decomposed = unicodedata.normalize("NFKD", text)
-    bare = "".join(c for c in decomposed if not (unicodedata.combining(c) or _invisible(c)))
+    bare = "".join(c for c in decomposed if not (unicodedata.combining(c) or _selector(c)))
     return " ".join(bare.casefold().split())
 
 

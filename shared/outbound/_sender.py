@@ -341,7 +341,9 @@ class OutboundSender:
                 if record.pack_id is not None:  # no retry of its pack will announce the others
                     self.packing.announce_listed(record.pack_id)
                 return self.outcomes.fail(record, self.outcomes.expired(record))
-            if not record.attempts and self._unasked(command):  # its question ended: not sent
+            # A re-prompt whose question ended, never sent (no attempt may have gone): cancelled.
+            unsent = record.status is MessageStatus.QUEUED and not record.maybe_sent
+            if unsent and self._unasked(command):
                 cancelled = MessageStatus.CANCELLED
                 if done := self.ports.store.swap(
                     record, status=cancelled, finished_at=now, updated_at=now

@@ -621,3 +621,34 @@ def test_a_re_prompt_queued_while_another_worker_answers_its_question_is_never_s
 
     assert _sends(inbound) == 1
     _cancelled_reprompt(MessageStore.from_settings(), asked.body["QuestionId"])
+
+
+def test_a_re_prompt_whose_first_attempt_certainly_failed_is_cancelled_once_answered(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Its first attempt was throttled (429: nothing sent) and it waited out the backoff; 'Yes'
+    answered meanwhile: the retry sent 'please reply YES or NO' all the same."""
+    from sandbox.faults import FaultKind, FaultPlan
+
+    number = "+358401234779"
+    asked = _ask(inbound, number, RepromptContent="Sorry, please reply YES or NO.")
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    _reply("maybe", number)
+    inbound.sandbox.app.faults.configure(
+        FaultPlan(rate=1.0, kinds=(FaultKind.THROTTLED,), retry_after=1)
+    )
+    outbound = queue_client(OUTBOUND_QUEUE)
+    [message] = outbound.receive_messages(messages_per_page=1)  # the re-prompt: 429
+    inbound.queue_function("OutboundSender", message.content, message.dequeue_count, message.id)
+    outbound.delete_message(message)
+    inbound.sandbox.app.faults.configure(FaultPlan())
+    record = MessageStore.from_settings().get(reprompt_message_id(asked.body["QuestionId"]))
+    assert record is not None
+    assert (record.status, record.attempts, record.maybe_sent) == (MessageStatus.QUEUED, 1, False)
+    _reply("Yes", number)
+    manual_clock.advance(31)
+
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+
+    assert _sends(inbound) == 1
+    _cancelled_reprompt(MessageStore.from_settings(), asked.body["QuestionId"])

@@ -126,6 +126,10 @@ def test_one_answer_listed_in_several_spellings_matches_its_first_once_trimmed(
     assert match_answer(options, reply) == (expected is not None, expected)
 
 
+ENGLAND = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+SCOTLAND = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+
+
 @pytest.mark.parametrize(
     ("options", "reply", "expected"),
     [
@@ -134,8 +138,12 @@ def test_one_answer_listed_in_several_spellings_matches_its_first_once_trimmed(
         (["Yes", "No"], "Yes\ufe0f", "Yes"),
         (["Yes", "No"], "Y\U000e0100es", "Yes"),  # a supplement selector
         (["\u2764\ufe0f", "\u2764"], "\u2764", "\u2764\ufe0f"),  # one answer, two spellings
+        # Tags and joiners are no variation selectors: the flags of England and Scotland.
+        ([ENGLAND, SCOTLAND], SCOTLAND, SCOTLAND),
+        (["\U0001f468\u200d\U0001f373", "\U0001f468\U0001f373"], "\U0001f468\U0001f373",
+         "\U0001f468\U0001f373"),
     ],
-)
+)  # fmt: skip
 def test_variation_selectors_are_ignored_when_matching(
     options: list[str], reply: str, expected: str | None
 ) -> None:
