@@ -486,7 +486,9 @@ class OutboundSender:
     ) -> SendOutcome:
         """One upstream call with ``grant``, its outcome recorded. Raises :class:`StaleGrant`
         (nothing sent, nothing recorded) if the grant went stale before the request left."""
-        result = self.ports.upstream.attempt(grant, command, repeat=record.maybe_sent)
+        # Its doubt is about its own RequestId only if it never went in a pack (pack_key None).
+        repeat = record.maybe_sent and record.pack_key is None
+        result = self.ports.upstream.attempt(grant, command, repeat=repeat)
         if isinstance(result, Sent):
             if result.answers_another(addresses := command_addresses(command)):  # another's 409
                 return self.outcomes.fail(record, request_id_taken(record))

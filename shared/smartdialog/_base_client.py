@@ -449,7 +449,9 @@ def _check_values(
 
 
 _DUPLICATE_REQUEST = re.compile(
-    r"duplicate\W*request|request\W*id\b.*\b(?:already|duplicate)", re.I
+    r"duplicate\W*request|request\W*id\b[^.;:]*?\b(?:already\s+(?:used|exists|been|taken|sent)"
+    r"|is\s+(?:a\s+)?duplicate)",
+    re.I,
 )
 
 

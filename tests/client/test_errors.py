@@ -127,8 +127,16 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
         None,
         {"title": "Conflict", "errors": {"Recipients[1].Address": ["Duplicate recipient address"]}},
         {"errorMessage": "Service fresh-10 is suspended: ask e.g. support"},
+        {"errorMessage": "Request id r-1 rejected: duplicate recipient +358400000001"},
     ],
-    ids=["another-conflict", "problem", "empty", "duplicate-recipient", "id-inside-a-word"],
+    ids=[
+        "another-conflict",
+        "problem",
+        "empty",
+        "duplicate-recipient",
+        "id-inside-a-word",
+        "request-id-then-a-duplicate-recipient",
+    ],
 )
 def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict(
     make_client: Callable[..., SmartDialogClient], answer: object

@@ -96,19 +96,29 @@ def test_a_bare_409_to_the_repeat_of_an_attempt_that_may_have_gone_through_is_it
     outbound: Outbound, odd: Upstream
 ) -> None:
     """The sender's client makes no retries of its own: after a 503 (SmartDialog may have taken
-    the message) the queue's next attempt repeats the RequestId, and a bare 409 to it is the
-    duplicate suppression the RequestId asked for: sent, duplicate, not failed."""
-    odd.first.append((503, None))
-    odd.answer(409, None)
-    message_id = f"m-409-repeat-{uuid.uuid4()}"
-    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
-    outbound.drain()
+    the message) the queue's next attempt repeats the caller's RequestId, and a bare 409 to it
+    is the duplicate suppression the RequestId asked for: sent, duplicate, not failed. A
+    message that may go in a pack is not judged so: its doubtful attempt may have carried a
+    pack's RequestId (it fails outcome-unknown, may have been sent)."""
+    for packable in (False, True):
+        odd.first.append((503, None))
+        odd.answer(409, None)
+        message_id = f"m-409-repeat-{uuid.uuid4()}"
+        body = sms(DELIVERED) | ({} if packable else {"RequestId": f"caller-{message_id}"})
+        outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": body})
+        outbound.drain()
 
-    record = MessageStore.from_settings().get(message_id)
-    assert record is not None
-    assert (record.status, record.duplicate) == (MessageStatus.SENT, True)
-    assert len(odd.calls) == 2
-    assert odd.calls[0]["RequestId"] == odd.calls[1]["RequestId"]
+        record = MessageStore.from_settings().get(message_id)
+        assert record is not None
+        calls, odd.calls = odd.calls, []
+        assert len(calls) == 2
+        assert calls[0]["RequestId"] == calls[1]["RequestId"]
+        if packable:
+            assert record.status is MessageStatus.FAILED
+            assert record.failure is not None
+            assert record.failure.code == "outcome-unknown"
+        else:
+            assert (record.status, record.duplicate) == (MessageStatus.SENT, True)
 
 
 @pytest.mark.parametrize("status", [301, 307])
