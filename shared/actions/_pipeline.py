@@ -564,9 +564,9 @@ def _map_failure(
         field = customer.name if customer else None
         problem = upstream_problem(exc, settings, customer_field=field)
         return problem, f"upstream {type(exc).__name__}: {redacted(str(exc))}"
-    if isinstance(exc, AzureError) or isinstance(exc.__cause__, AzureError):  # our own storage's
-        problem = storage_unavailable("Our storage is unavailable")
-        return problem, f"storage {type(exc).__name__}: {redacted(str(exc))}"
+    if isinstance(cause := exc if isinstance(exc, AzureError) else exc.__cause__, AzureError):
+        problem = storage_unavailable("Our storage is unavailable", cause=cause)  # our own's
+        return problem, f"storage {type(cause).__name__}: {redacted(str(cause).split(chr(10))[0])}"
     log.error(
         "%s failed unexpectedly, request %s: %s",
         spec.operation_id, extra["trackingId"], redacted_traceback(exc),

@@ -520,7 +520,7 @@ class AskService:
                     if (held := self.send.store.get(send.message_id)) and held.held_until(now):
                         return True
         except AzureError as exc:
-            raise storage_unavailable("The question cannot be settled now") from exc
+            raise storage_unavailable("The question cannot be settled now", cause=exc) from exc
         return False
 
     def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:

@@ -316,7 +316,7 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
         ):
             outcomes.announce([record])
     except AzureError as exc:
-        raise storage_unavailable("The message's status cannot be updated") from exc
+        raise storage_unavailable("The message's status cannot be updated", cause=exc) from exc
     return record
 
 

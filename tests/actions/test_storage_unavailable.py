@@ -114,3 +114,30 @@ def test_every_action_on_unreachable_storage_answers_503_storage_unavailable(
         answered = [r for r in lines if f"{operation} answered 503" in r.getMessage()]
         assert [r.levelno for r in answered] == [logging.WARNING], operation
     assert wrong == {}
+
+
+def test_storage_refusing_the_apps_key_is_a_503_without_retry_after_saying_an_admin_must_act(
+    azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong or rotated account key (403) is not mended by repeating the request: it was
+    answered 'try again later' with Retry-After 5, so flows retried for ever. (The quota
+    store's lasting failures already said so.)"""
+    import re
+
+    wrong = re.sub(r"AccountKey=[^;]+", "AccountKey=" + "A" * 86 + "==", azurite.connection_string)
+    monkeypatch.setenv("AzureWebJobsStorage", wrong)
+    monkeypatch.setenv("SMARTDIALOG_ACCESS_TOKEN", "t")
+    reset_settings_cache()
+    try:
+        for operation, request in [
+            ("GetSuppression", ActionRequest("GET", route_params=PHONE)),
+            ("ListNotificationRules", ActionRequest("GET")),
+        ]:
+            response = handle(operation, request)
+            assert (response.status, response.body["type"].rsplit(":", 1)[-1]) == (
+                503, "storage-unavailable"
+            ), operation  # fmt: skip
+            assert "Retry-After" not in response.all_headers, operation
+            assert response.body["detail"].endswith("an administrator must act."), operation
+    finally:
+        reset_settings_cache()
