@@ -46,7 +46,7 @@ from shared.deadletters import (
 from shared.events import MESSAGE_REDRIVEN, make_event
 from shared.logs import redacted_traceback
 from shared.messages import MessageRecord, MessageStatus, MessageStore
-from shared.names import EVENTS_QUEUE, INBOUND_DELIVERIES_QUEUE, OUTBOUND_QUEUE
+from shared.names import DLR_FORWARD_QUEUE, EVENTS_QUEUE, INBOUND_DELIVERIES_QUEUE, OUTBOUND_QUEUE
 from shared.ops._poison import (
     PEEK_LIMIT,
     POISON_QUEUES,
@@ -429,11 +429,11 @@ class DeadLetterDesk:
     def redrive_text(self, view: DeadLetterView) -> str | None:
         """The message a re-drive of ``view`` puts back on its queue: the letter's original
         (read from its blob when too large for the letter, docs/sending.md "Sizes"; None when
-        that blob is gone) or the poison message, a subscriber delivery's attempt count reset
-        (it gets all its attempts again)."""
+        that blob is gone) or the poison message, a subscriber delivery's or DLR forward's
+        attempt count reset (it gets all its attempts again)."""
         original, blob = view.original()
         text = original if blob is None else self._payloads.get(blob)
-        if text is not None and view.source_queue == INBOUND_DELIVERIES_QUEUE:
+        if text is not None and view.source_queue in _COUNTING_ATTEMPTS:
             text = _with_attempts_reset(text)
         return text
 
@@ -567,8 +567,12 @@ class DeadLetterDesk:
         return True
 
 
+#: The queues whose messages count their own attempts (an outbound send's are on its record).
+_COUNTING_ATTEMPTS = frozenset({INBOUND_DELIVERIES_QUEUE, DLR_FORWARD_QUEUE})
+
+
 def _with_attempts_reset(text: str) -> str:
-    """A subscriber delivery with its POST count back at 0 (it gets all its attempts again)."""
+    """A queued message with its attempt count back at 0 (it gets all its attempts again)."""
     with contextlib.suppress(ValueError, RecursionError):
         value = json.loads(text)
         if isinstance(value, dict) and "attempts" in value:

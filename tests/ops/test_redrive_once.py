@@ -21,7 +21,7 @@ from shared.deadletters import (
     write_dead_letter,
 )
 from shared.events import MESSAGE_REDRIVEN
-from shared.inbound._dlr_forward import DlrForwardDeadLetter
+from shared.inbound._dlr_forward import DlrForward, DlrForwardDeadLetter
 from shared.messages import MessageStatus, MessageStore
 from shared.names import (
     DLR_FORWARD_DEAD_LETTER_QUEUE,
@@ -31,6 +31,7 @@ from shared.names import (
     OUTBOUND_QUEUE,
     poison_queue,
 )
+from shared.ops import keep_poison
 from shared.payloads import PayloadStore, fits_queue
 from shared.problems import Problem, ProblemType
 from shared.settings import get_settings
@@ -45,8 +46,10 @@ def queue_texts(name: str) -> list[str]:
 
 
 def forward(message_id: str, **fields: Any) -> str:
-    """A DLR forward's queue message, as ``smartdialog-dlr-forward`` carries it."""
-    return json.dumps({"messageId": message_id, "status": "delivered", "attempts": 3, **fields})
+    """A DLR forward's queue message, as ``smartdialog-dlr-forward`` carries it (not called
+    yet: its re-drive, which resets the count, sends this very text)."""
+    forward = {"messageId": message_id, "status": "delivered", "attempts": 0, **fields}
+    return json.dumps(forward, separators=(",", ":"))
 
 
 def forward_letter(original: str, message_id: str = "m-1") -> DlrForwardDeadLetter:
@@ -101,9 +104,10 @@ def test_a_letter_shows_the_original_a_re_drive_sends_even_when_it_is_kept_in_a_
     redriven = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
 
     assert shown.status == 200, shown.body
-    assert shown.body["original"] == big  # was the letter's JSON, naming the blob
+    # was the letter's JSON, naming the blob; the attempt count is reset (it gets all again)
+    assert json.loads(shown.body["original"]) == {**json.loads(big), "attempts": 0}
     assert redriven.body["outcome"] == "redriven", redriven.body
-    assert queue_texts(DLR_FORWARD_QUEUE) == [big]
+    assert queue_texts(DLR_FORWARD_QUEUE) == [shown.body["original"]]
     ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
 
 
@@ -123,6 +127,29 @@ def test_a_subscriber_delivery_shows_the_attempt_count_its_re_drive_resets(ops: 
     assert json.loads(shown.body["original"]) == {**delivery, "attempts": 0}
     assert queue_texts(INBOUND_DELIVERIES_QUEUE) == [shown.body["original"]]
     ensured_queue(INBOUND_DELIVERIES_QUEUE).clear_messages()
+
+
+def test_a_dlr_forward_is_re_driven_with_all_its_calls_again(ops: Outbound) -> None:
+    """The forwarder's letter keeps the queue message as it arrived: attempts one short of the
+    limit. Re-driven as it was, the forward's first failure would dead-letter it again at once."""
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    spent = DlrForward(
+        messageId="m-again",
+        params={"status": "delivered"},
+        attempts=get_settings().dispatch_max_attempts - 1,
+        firstQueuedAt=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )
+    put_forward_letter(spent.model_dump_json(), "m-again")
+    queue_client(poison_queue(DLR_FORWARD_QUEUE)).send_message(spent.model_dump_json())
+
+    keep_poison()
+    for item in listed():
+        answer = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": item["id"]})
+        assert answer.body["outcome"] == "redriven", answer.body
+
+    copies = [DlrForward.model_validate_json(t) for t in queue_texts(DLR_FORWARD_QUEUE)]
+    assert copies == [spent.model_copy(update={"attempts": 0})] * 2
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
 
 
 def large_expired_send(ops: Outbound, clock: ManualClock) -> tuple[str, str]:
