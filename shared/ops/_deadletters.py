@@ -466,9 +466,9 @@ class DeadLetterDesk:
     def _announce_redrive(
         self, failed: MessageRecord, valid_until: dt.datetime, now: dt.datetime
     ) -> None:
-        """The re-drive transition's own event, sent once the record is queued again and before
-        its copy goes on the queue. A crash in between leaves the letter listed: re-driving it
-        again queues the copy (the record is already queued then, so no second event)."""
+        """The re-drive transition's own event, sent before the record is queued again (so
+        before any message.sent or message.failed of it): a failure after it leaves the record
+        failed and the letter listed, and re-driving it again sends it again, with its id."""
         data = outbound.MessageRedrivenData(
             messageId=failed.message_id, operation=failed.operation, serviceId=failed.service_id,
             customerId=failed.customer_id or None, connection=failed.connection,
@@ -519,9 +519,9 @@ class DeadLetterDesk:
             now = self._clock()
             # A fresh validity: an expired message would otherwise fail again at once.
             valid_until = now + self.validity
+            self._announce_redrive(record, valid_until, now)
             if self.store.redrive(record, now=now, valid_until=valid_until) is None:
                 continue
-            self._announce_redrive(record, valid_until, now)
             return None
         raise RuntimeError(f"message {message_id}: record kept changing during the re-drive")
 

@@ -20,7 +20,7 @@ from shared.deadletters import (
     original_aside,
     write_dead_letter,
 )
-from shared.events import MESSAGE_REDRIVEN
+from shared.events import MESSAGE_FAILED, MESSAGE_REDRIVEN, MESSAGE_SENT
 from shared.inbound._dlr_forward import DlrForward, DlrForwardDeadLetter
 from shared.messages import MessageStatus, MessageStore
 from shared.names import (
@@ -229,6 +229,41 @@ def test_a_re_drive_whose_enqueue_failed_can_be_re_driven_again_and_sends_once(
     assert status_of(message_id) is MessageStatus.SENT
     [redriven] = [e for e in ops.events() if e["type"] == MESSAGE_REDRIVEN]
     assert redriven["subject"] == message_id
+    assert listed() == []
+
+
+def test_a_re_drive_whose_redriven_event_failed_leaves_the_message_failed_and_loses_no_event(
+    ops: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event goes on smartdialog-events before the record is queued again: one that fails
+    leaves the message failed and the letter, and re-driving it again does both. (The record
+    was queued first: the next re-drive found it queued, sent it, and no event ever went.)"""
+    from azure.storage.queue import QueueClient
+
+    from shared.names import EVENTS_QUEUE
+
+    message_id, letter_id = large_expired_send(ops, manual_clock)
+    send_message = QueueClient.send_message
+
+    def events_down(self: QueueClient, content: Any, **kwargs: Any) -> Any:
+        if self.queue_name == EVENTS_QUEUE:
+            raise ConnectionError("the events queue is unreachable")
+        return send_message(self, content, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(QueueClient, "send_message", events_down)
+        failed = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    assert failed.status == 500
+    assert status_of(message_id) is MessageStatus.FAILED
+    assert queue_texts(OUTBOUND_QUEUE) == []
+
+    again = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+
+    assert again.body["outcome"] == "redriven", again.body
+    ops.drain()
+    assert len(ops.upstream()) == 1
+    types = [e["type"] for e in ops.events()]
+    assert types == [MESSAGE_FAILED, MESSAGE_REDRIVEN, MESSAGE_SENT]
     assert listed() == []
 
 
