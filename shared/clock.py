@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -109,3 +110,15 @@ def as_utc(value: dt.datetime) -> dt.datetime:
     delivery reports and inbound messages, are), one with a zone is converted. Serialized, it
     ends in ``Z`` (RFC 3339)."""
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+#: How an ISO 8601 date-time as text starts: a full date, ``T`` (or a space), hours and minutes.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def is_date_time(text: str) -> bool:
+    """Whether ``text`` starts as an ISO 8601 date-time: a full date, ``T`` (or a space), hours
+    and minutes. Not what ``datetime.fromisoformat`` reads as a midnight: a date alone
+    (``2025-06-01``), digits (``20250601``, even ``25060110``: 2506-01-10), a week date
+    (``2025-W22-1``)."""
+    return _DATE_TIME.match(text) is not None

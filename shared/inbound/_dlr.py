@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from shared import telemetry
-from shared.clock import as_utc, utcnow
+from shared.clock import as_utc, is_date_time, utcnow
 from shared.inbound._dlr_forward import DlrForward, own_dlr_url
 from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData
 from shared.inbound._triggers import notify_delivery_report
@@ -143,11 +143,13 @@ def _state(text: str | None, event_code: str | None) -> RecipientStatus | None:
 
 
 def _timestamp(text: str | None) -> dt.datetime | None:
-    if not text:
+    """The report's time when it is a date-time (a date alone, digits or a week date are none:
+    ``fromisoformat`` reads each as a midnight); without one its arrival is its time."""
+    if not text or not is_date_time(text.strip()):
         return None
     try:
         return as_utc(dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
-    except (ValueError, OverflowError):  # no time, or none UTC can hold (year 1 at +01:00)
+    except (ValueError, OverflowError):  # no valid time, or none UTC can hold (year 1 at +01:00)
         return None
 
 

@@ -123,7 +123,7 @@ class UnregisterInput(ActionInput):
         Field(
             None,
             max_length=200,
-            description="Only for a webhook this app did not record: its PipelineId.",
+            description="For a webhook this app did not record, or recorded without it.",
             json_schema_extra=ui("Pipeline Id", visibility="advanced"),
         ),
     ] = None
@@ -356,14 +356,18 @@ def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
         detail = f"Connection {name}, which registered it, is gone: configure it again first."
         raise Problem(409, "Its connection is gone", detail, type=ProblemType.CONFLICT) from None
     pipeline_id = (known.pipeline_id if known else None) or inp.pipeline_id
-    if pipeline_id is None:
-        raise Problem(
-            404,
-            "No such webhook",
-            f"This app registered no action {inp.action_id} for service {inp.service}; pass "
-            "PipelineId to remove one registered elsewhere.",
-            type=ProblemType.NOT_FOUND,
+    if pipeline_id is None and known is not None:  # SmartDialog's answer named no pipeline
+        detail = (
+            f"This app registered action {inp.action_id} for service {inp.service}, but "
+            "SmartDialog's answer named no pipeline id, which its removal needs: pass PipelineId."
         )
+        raise Problem(409, "Its pipeline id is unknown", detail, type=ProblemType.CONFLICT)
+    if pipeline_id is None:
+        detail = (
+            f"This app registered no action {inp.action_id} for service {inp.service}; pass "
+            "PipelineId to remove one registered elsewhere."
+        )
+        raise Problem(404, "No such webhook", detail, type=ProblemType.NOT_FOUND)
     try:
         ctx.client.delete_trigger(pipeline_id=pipeline_id, action_id=inp.action_id)
     except NotFoundError:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
 from urllib.parse import unquote
 
+from shared.clock import as_utc
 from shared.logs import cut_text
 
 __all__ = [
@@ -159,6 +160,19 @@ def _unicode(value: Mapping[str, Any]) -> None:
         raise InvalidEvent(error.message, field=error.field)
 
 
+def _utc(time: dt.datetime) -> dt.datetime:
+    """A CloudEvents ``time`` in UTC, as an Event Grid ``eventTime`` is read (rules see one form
+    of an instant whatever the schema); one UTC cannot hold (year 1 at +01:00) is refused."""
+    try:
+        return as_utc(time)
+    except OverflowError as exc:
+        raise InvalidEvent(
+            f"Not a CloudEvents 1.0 event: time {time.isoformat()} is outside the years 1 to "
+            "9999 in UTC.",
+            field="time",
+        ) from exc
+
+
 def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
     """An SDK ``CloudEvent`` (``cloudevents.core``) as an :class:`IncomingEvent`; ``given``
     names the attributes the sender gave (the SDK fills in ``time`` when there is none: such
@@ -180,7 +194,7 @@ def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
         source=str(attributes["source"]),
         type=str(attributes["type"]),
         subject=attributes.get("subject"),
-        time=time if isinstance(time, dt.datetime) else None,
+        time=_utc(time) if isinstance(time, dt.datetime) else None,
         data=data,
         schema="cloudevents",
         extensions={k: v for k, v in attributes.items() if k not in known},

@@ -151,6 +151,9 @@ def handle_page_action(
     """``POST /api/ops/redrive`` or ``/api/ops/purge``: one dead letter, from the page's form."""
 
     def run() -> PageResponse:
+        if action not in ("redrive", "purge"):
+            detail = "The operations page has the buttons redrive and purge."
+            raise Problem(404, "No such button", detail, type=ProblemType.NOT_FOUND)
         current = settings or _settings()
         lowered = _lower(headers)
         principal = authorize(current, lowered)
@@ -189,15 +192,6 @@ def handle_page_action(
         signed = {"done": notice, "sig": notice_token(current, principal, notice)}
         return PageResponse(303, b"", {"Location": "../ops?" + urlencode(signed)})
 
-    if action not in ("redrive", "purge"):
-        return PageResponse.problem(
-            Problem(
-                404,
-                "No such button",
-                "The operations page has the buttons redrive and purge.",
-                type=ProblemType.NOT_FOUND,
-            )
-        )
     return _guarded(headers, run)
 
 

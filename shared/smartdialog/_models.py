@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from shared.clock import is_date_time
 
 __all__ = [
     "BlankIsAbsent",
@@ -80,12 +81,8 @@ def _null_as_empty(value: object) -> object:
 ListAnswer = Annotated[list[Item], BeforeValidator(_null_as_empty)]
 
 
-#: How an ISO 8601 date-time as text starts: a full date, ``T`` (or a space), hours and minutes.
-_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
-
-
 def _iso_date_time(value: object) -> object:
-    if isinstance(value, dt.datetime) or (isinstance(value, str) and _ISO_DATE_TIME.match(value)):
+    if isinstance(value, dt.datetime) or (isinstance(value, str) and is_date_time(value)):
         return value
     raise ValueError(
         "Must be an ISO 8601 date-time as text, e.g. 2025-06-01T10:00:00Z (a date alone or a "

@@ -166,6 +166,28 @@ def test_both_schemas_give_the_same_document_names() -> None:
     assert grid["type"] == "Contoso.Orders.Shipped"
 
 
+def test_both_schemas_give_rules_the_same_instant_in_the_same_form_in_utc() -> None:
+    """A rule's ``$(time)`` read a CloudEvents time in its producer's offset and an Event Grid
+    eventTime in UTC: the same instant rendered two ways, by schema."""
+    cloud = fixture("blob-created.cloudevent.json")
+    grid = fixture("blob-created.eventgrid.json")[0]
+    binary = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "s",
+        "ce-type": "t",
+        "ce-time": "2024-05-01T15:34:56%2B03:00",
+        "content-type": "application/json",
+    }
+    times = [
+        parse_object({**cloud, "time": "2024-05-01T15:34:56+03:00"}).document()["time"],
+        parse_object({**grid, "eventTime": "2024-05-01T15:34:56+03:00"}).document()["time"],
+        parse_object({**cloud, "time": "2024-05-01T12:34:56Z"}).document()["time"],
+        parse_http(binary, b"{}")[0].document()["time"],
+    ]  # fmt: skip
+    assert times == ["2024-05-01T12:34:56+00:00"] * 4
+
+
 def test_an_event_grid_event_without_data_is_taken_its_data_null() -> None:
     """The schema makes data optional; such an event was refused (a 400, a dead letter)."""
     bare = {"id": "1", "topic": "/t", "subject": "s", "eventType": "t", "dataVersion": "",
@@ -312,7 +334,9 @@ def test_a_time_that_is_no_time_is_refused_naming_it_in_every_mode() -> None:
               "content-type": "application/json"}  # fmt: skip
     cases: list[tuple[Any, str]] = [
         *((lambda t=t: parse_object({**cloud, "time": t}), "time")
-          for t in (12345, None, {}, "", True, "2025-06-01")),
+          for t in (12345, None, {}, "", True, "2025-06-01", "0001-01-01T00:00:00+01:00",
+                    "9999-12-31T23:59:59-05:00")),
+        (lambda: parse_http({**binary, "ce-time": "0001-01-01T00:00:00+01:00"}, b"{}"), "ce-time"),
         (lambda: parse_http(batch, json.dumps([cloud, {**cloud, "time": 5}]).encode()),
          "[1].time"),
         (lambda: parse_queue_text(json.dumps([cloud, {**cloud, "time": None}])), "[1].time"),

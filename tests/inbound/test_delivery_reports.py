@@ -3,6 +3,7 @@ caller's own DlrUrl called after ours."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -241,6 +242,29 @@ def test_report_parameters_are_read_under_common_names_and_kept_raw() -> None:
     assert parsed.reported_at.tzinfo is not None
     assert "token" not in parsed.raw
     assert parsed.raw["extra"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "reported_at"),
+    [
+        ("2025-06-01 10:00:00", dt.datetime(2025, 6, 1, 10, tzinfo=dt.UTC)),  # no zone: UTC
+        ("2025-06-01T12:00:00+02:00", dt.datetime(2025, 6, 1, 10, tzinfo=dt.UTC)),
+        ("2025-06-01T10:00Z", dt.datetime(2025, 6, 1, 10, tzinfo=dt.UTC)),
+        # fromisoformat reads each of these as a midnight: none is a time of the report
+        ("20250601", None),
+        ("25060110", None),  # would be 2506-01-10
+        ("2025-W22-1", None),  # would be 2025-05-26
+        ("2025-06-01", None),
+        ("2025-06-01T10", None),
+        ("0001-01-01T00:00:00+01:00", None),  # before year 1 in UTC
+    ],
+)
+def test_a_report_time_is_read_only_from_a_full_date_time(
+    timestamp: str, reported_at: dt.datetime | None
+) -> None:
+    """Anything less than a date and a time leaves ``reported_at`` empty, so the report's
+    arrival is its time (its ``reportedAt``, its event's ``time``)."""
+    assert parse_report({"status": "delivered", "timestamp": timestamp}).reported_at == reported_at
 
 
 def test_our_dlr_url_replaces_the_callers_only_in_what_is_sent(inbound: Inbound) -> None:

@@ -575,6 +575,49 @@ def test_unregistering_an_unknown_action_is_404(inbound: Inbound) -> None:
     assert answer.status == 404
 
 
+def test_unregistering_a_webhook_recorded_without_its_pipeline_id_asks_for_it(
+    inbound: Inbound,
+) -> None:
+    """SmartDialog's documented NewMessage answer is ``{"id"}`` alone: the action is ours, on
+    record, but its removal (``DELETE /pipelines/{id}/actions/{id}``) needs the pipeline id.
+    It was a 404 saying this app registered no such action."""
+    from shared.actions import ActionRequest, handle
+    from shared.smartdialog import SmartDialogClient, StaticTokenAuth
+
+    upstream: list[tuple[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        upstream.append((request.method, request.url.path))
+        if request.method == "POST":
+            return httpx.Response(201, json={"id": "a-1"})  # no pipelineId, no Location
+        return httpx.Response(204)
+
+    def client(_: object) -> SmartDialogClient:
+        return SmartDialogClient(
+            "https://smartdialog.invalid/api-integrations/v1",
+            StaticTokenAuth("secret-token-abc"),
+            http_client=httpx.Client(transport=httpx.MockTransport(answer)),
+            max_retries=0,
+        )
+
+    def act(name: str, method: str, params: dict[str, str] | None = None) -> Any:
+        route = {"Service": TWO_WAY, **({"ActionId": "a-1"} if method == "DELETE" else {})}
+        request = ActionRequest(method, route_params=route, query=params or {})
+        return handle(name, request, settings=get_settings(), client_factory=client)
+
+    registered = act("RegisterInboundWebhook", "POST")
+    assert registered.status == 201
+    assert "PipelineId" not in registered.body
+    refused = act("UnregisterInboundWebhook", "DELETE")
+    assert refused.status == 409
+    assert "PipelineId" in refused.body["detail"]
+    assert "pipeline id" in refused.body["detail"]
+    assert len(inbound.rows(names.WEBHOOKS_TABLE)) == 1  # still on record
+    assert act("UnregisterInboundWebhook", "DELETE", {"PipelineId": "p-7"}).status == 204
+    assert upstream[-1] == ("DELETE", "/api-integrations/v1/pipelines/p-7/actions/a-1")
+    assert inbound.rows(names.WEBHOOKS_TABLE) == []
+
+
 def test_unsubscribe_answers_the_subscription_it_ended(
     inbound: Inbound, callback_receiver: CallbackReceiver
 ) -> None:

@@ -260,9 +260,13 @@ def test_a_button_without_an_id_answers_400_naming_it(ops: Outbound) -> None:
 
 def test_an_unknown_button_answers_404_and_changes_nothing(ops: Outbound) -> None:
     one_letter()
-    answer = press("explode", {"csrf": form_token(get_settings(), LOCAL), "id": "x"})
+    form = {"csrf": form_token(get_settings(), LOCAL), "id": "x"}
+    answer = press("explode", form, headers={"x-request-id": "page-run-9"})
     assert answer.status_code == 404
     assert answer.headers["Content-Type"] == "application/problem+json"
+    # It names its request, as the page's other problems do.
+    instance = json.loads(answer.get_body())["instance"]
+    assert instance == "urn:smartdialog-functions:request:page-run-9"
     assert len(queue_client(OUTBOUND_DEAD_LETTER_QUEUE).peek_messages()) == 1
 
 
