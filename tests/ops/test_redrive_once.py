@@ -238,6 +238,7 @@ def test_a_re_drive_whose_redriven_event_failed_leaves_the_message_failed_and_lo
     """The event goes on smartdialog-events before the record is queued again: one that fails
     leaves the message failed and the letter, and re-driving it again does both. (The record
     was queued first: the next re-drive found it queued, sent it, and no event ever went.)"""
+    from azure.core.exceptions import ServiceRequestError
     from azure.storage.queue import QueueClient
 
     from shared.names import EVENTS_QUEUE
@@ -247,13 +248,13 @@ def test_a_re_drive_whose_redriven_event_failed_leaves_the_message_failed_and_lo
 
     def events_down(self: QueueClient, content: Any, **kwargs: Any) -> Any:
         if self.queue_name == EVENTS_QUEUE:
-            raise ConnectionError("the events queue is unreachable")
+            raise ServiceRequestError("the events queue is unreachable")
         return send_message(self, content, **kwargs)
 
     with monkeypatch.context() as patched:
         patched.setattr(QueueClient, "send_message", events_down)
         failed = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
-    assert failed.status == 500
+    assert (failed.status, failed.body["type"].rsplit(":", 1)[-1]) == (503, "storage-unavailable")
     assert status_of(message_id) is MessageStatus.FAILED
     assert queue_texts(OUTBOUND_QUEUE) == []
 
