@@ -171,24 +171,15 @@ def storage_unavailable(
     """503 with ``Retry-After``: our storage (Table, queue, blob) failed; repeating the request
     does it again (a status poll, what it had not brought up to date). Without ``Retry-After``
     when ``cause`` (the storage SDK's error) is one no retry mends: the account refused the app
-    (its key, identity or role) or a table, queue or container is missing."""
-    if (lasting := _lasting(cause)) is not None:
-        detail = f"Our storage refused the app ({lasting}); an administrator must act."
+    (401/403: its key, identity or role). A sign-in that could not be had (no token from the
+    managed identity's endpoint) has no status: it may pass, so it is retried."""
+    if getattr(cause, "status_code", None) in (401, 403):
+        code = getattr(cause, "error_code", None) or getattr(cause, "status_code", "")
+        detail = f"Our storage refused the app ({code}); an administrator must act."
         return Problem(503, title, detail, type=ProblemType.STORAGE_UNAVAILABLE)
     detail = "Our storage failed; try again later."
     headers = retry_after_header(retry_after)
     return Problem(503, title, detail, type=ProblemType.STORAGE_UNAVAILABLE, headers=headers)
-
-
-def _lasting(cause: BaseException | None) -> str | None:
-    from azure.core.exceptions import ClientAuthenticationError
-
-    code = str(getattr(cause, "error_code", None) or "")
-    if isinstance(cause, ClientAuthenticationError) or getattr(cause, "status_code", 0) == 403:
-        return f"authentication or authorization failed{f': {code}' if code else ''}"
-    if code in ("TableNotFound", "QueueNotFound", "ContainerNotFound"):
-        return f"{code}: create it, or let the app's role create it"
-    return None
 
 
 def too_large(size: int, limit: int, *, setting: str | None = None) -> Problem:
