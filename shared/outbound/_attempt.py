@@ -210,8 +210,9 @@ class Upstream:
         timeout from here (the client's deadline); raises :class:`StaleGrant` (nothing sent) if
         the grant went stale before the request left (also when the deadline passed first).
         ``repeat``: an earlier attempt with this RequestId may have reached upstream, so a 409
-        naming no recipient is its duplicate suppression (``Sent``, ``duplicate``); the client
-        can tell that only of its own retries (the sender's make none).
+        naming no recipient is its duplicate suppression (``Sent``, ``duplicate``). The client
+        tells a duplicate by the 409's body or by its own retries (the sender's make none); a
+        pack's caller does not pass it: a member's doubt may be of another pack's RequestId.
 
         What is sent carries *our* DLR URL (token-bearing, for ``report_id`` or the message)
         in ``DlrUrl``; it is put in only here, so the stored command, its fingerprint and

@@ -321,11 +321,7 @@ class _Run:
         commands = [parse_outbound_message(c.command) for c in claimed]
         request = packed_command(commands[0], commands, self.pack.request_id)
         result = self.ports.upstream.attempt(
-            grant,
-            request,
-            report_id=self.pack.pack_id,
-            links=[c.traceparent for c in claimed],
-            repeat=self.repeating and any(c.maybe_sent for c in claimed),
+            grant, request, report_id=self.pack.pack_id, links=[c.traceparent for c in claimed]
         )
         if isinstance(result, Sent):
             if result.duplicate:

@@ -418,7 +418,7 @@ class BaseClient:
         if status == 429:
             return RateLimitError(message, **common)
         result = _original_result(body, original) if status == 409 else None
-        named = request_id is not None and _names_duplicate(message, request_id)
+        named = _DUPLICATE_REQUEST.search(message) is not None
         if request_id is not None and status == 409 and (result or named or reached):
             return DuplicateRequestError(message, request_id=request_id, original=result, **common)
         return status_error_class(status)(message, **common)
@@ -448,20 +448,15 @@ def _check_values(
             )
 
 
+# A 409's words for a repeated request, in one clause: "duplicate request (id)", "the request
+# id ... was / has been / already used" or "... is a duplicate". Not a bare "duplicate" (a
+# recipient's), nor the RequestId merely quoted (refusals may echo it).
 _DUPLICATE_REQUEST = re.compile(
-    r"duplicate\W*request|request\W*id\b[^.;:]*?\b(?:already\s+(?:used|exists|been|taken|sent)"
-    r"|is\s+(?:a\s+)?duplicate)",
+    r"\bduplicate\s+request(?:\s*id)?\b|\brequest\s*id\b[^.;:,]*?\b(?:(?:already\s+|was\s+|"
+    r"has\s+been\s+|(?:already\s+)?been\s+)(?:used|taken|sent|received)|already\s+exists|"
+    r"is\s+a\s+duplicate)\b",
     re.I,
 )
-
-
-def _names_duplicate(message: str, request_id: str) -> bool:
-    """Whether a 409's message says it refuses a repeated request: "duplicate request", a
-    request id said to be already used or duplicate, or ``request_id`` as a whole word (not a
-    bare "duplicate", which may be about a recipient, nor a short id inside another word)."""
-    if _DUPLICATE_REQUEST.search(message):
-        return True
-    return re.search(rf"(?<![\w-]){re.escape(request_id)}(?![\w-])", message, re.I) is not None
 
 
 def _original_result(body: object, model: type[BaseModel] | None) -> BaseModel | None:

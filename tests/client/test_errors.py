@@ -128,6 +128,9 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
         {"title": "Conflict", "errors": {"Recipients[1].Address": ["Duplicate recipient address"]}},
         {"errorMessage": "Service fresh-10 is suspended: ask e.g. support"},
         {"errorMessage": "Request id r-1 rejected: duplicate recipient +358400000001"},
+        {"errorMessage": "Request id r-1 rejected, recipient +358400000001 is a duplicate"},
+        {"errorMessage": "duplicate requests for recipient +358400000001 not allowed"},
+        {"errorMessage": "Request fresh-1 refused: the sender is not allowed"},
     ],
     ids=[
         "another-conflict",
@@ -136,6 +139,9 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
         "duplicate-recipient",
         "id-inside-a-word",
         "request-id-then-a-duplicate-recipient",
+        "request-id-then-a-duplicate-recipient-after-a-comma",
+        "duplicate-requests-for-a-recipient",
+        "the-request-id-echoed",
     ],
 )
 def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict(
@@ -159,6 +165,8 @@ def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict
         {"errorMessage": "Duplicate request"},
         {"errorMessage": "RequestId dup-1 was used"},
         {"errorMessage": "Request id already used"},
+        {"errorMessage": "Duplicate request id dup-1"},
+        {"errorMessage": "The request id dup-1 has been used before"},
     ],
 )
 def test_a_409_naming_a_duplicate_or_the_request_id_is_a_duplicate(
