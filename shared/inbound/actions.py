@@ -370,9 +370,9 @@ def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
         raise Problem(404, "No such webhook", detail, type=ProblemType.NOT_FOUND)
     try:
         ctx.client.delete_trigger(pipeline_id=pipeline_id, action_id=inp.action_id)
-    except NotFoundError:
-        if known is None:
-            raise  # else gone upstream already (removed by hand): forget our record too
+    except NotFoundError:  # gone upstream (removed by hand): forget our record too, unless
+        if known is None or known.pipeline_id is None:  # the caller's PipelineId was wrong
+            raise
     if known is not None:
         registry.remove(inp.service, inp.action_id)
     return ActionResponse.empty(204)

@@ -590,7 +590,7 @@ def test_unregistering_a_webhook_recorded_without_its_pipeline_id_asks_for_it(
         upstream.append((request.method, request.url.path))
         if request.method == "POST":
             return httpx.Response(201, json={"id": "a-1"})  # no pipelineId, no Location
-        return httpx.Response(204)
+        return httpx.Response(404 if "p-wrong" in request.url.path else 204)
 
     def client(_: object) -> SmartDialogClient:
         return SmartDialogClient(
@@ -613,6 +613,9 @@ def test_unregistering_a_webhook_recorded_without_its_pipeline_id_asks_for_it(
     assert "PipelineId" in refused.body["detail"]
     assert "pipeline id" in refused.body["detail"]
     assert len(inbound.rows(names.WEBHOOKS_TABLE)) == 1  # still on record
+    # A wrong PipelineId is SmartDialog's 404, the record kept (its action still live there).
+    assert act("UnregisterInboundWebhook", "DELETE", {"PipelineId": "p-wrong"}).status == 404
+    assert len(inbound.rows(names.WEBHOOKS_TABLE)) == 1
     assert act("UnregisterInboundWebhook", "DELETE", {"PipelineId": "p-7"}).status == 204
     assert upstream[-1] == ("DELETE", "/api-integrations/v1/pipelines/p-7/actions/a-1")
     assert inbound.rows(names.WEBHOOKS_TABLE) == []
