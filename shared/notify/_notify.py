@@ -166,10 +166,10 @@ class Notifier:
         caller then answers 5xx or lets the host retry: re-running is harmless) or when a rule
         would send through a connection lacking a setting (``SettingsInvalid``): every event is
         planned before any takes a quiet period or cap or queues a send, so then nothing has.
-        Each event in
-        a span continuing its own ``traceparent`` (the CloudEvents distributed-tracing
-        extension) and linked to the door's (one request may bring many traces), else a child
-        of the door's; its sends carry that span's."""
+        Each event's limits and sends in a span continuing its own ``traceparent`` (the
+        CloudEvents distributed-tracing extension) and linked to the door's (one request may
+        bring many traces), else a child of the door's; its sends carry that span's (its
+        planning's log lines are the door's)."""
         book = self.rules.book()
         results: list[EventResult] = []
         door = telemetry.current_traceparent()

@@ -24,6 +24,7 @@ from shared.actions.fields import ui
 from shared.names import DEFAULT_CONNECTION
 from shared.notify._intake import IncomingEvent
 from shared.outbound import SenderText
+from shared.settings import error_message
 from shared.storage import utf16_units
 
 __all__ = [
@@ -432,7 +433,7 @@ def invalid_fields(exc: ValueError, within: str = "") -> str:
     problems = []
     for error in exc.errors(include_url=False, include_input=False)[:5]:
         where = within + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
-        problems.append(f"{where.lstrip('.')}: {error['msg'].removeprefix('Value error, ')}")
+        problems.append(f"{where.lstrip('.')}: {error_message(error)}")
     return "; ".join(problems)
 
 

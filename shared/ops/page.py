@@ -125,7 +125,7 @@ def handle_page(
                 more_letters=more,
                 csrf=form_token(current, principal),
                 # No empty segment: "//host/..." would be another site's address.
-                buttons="/" + "/".join(part for part in path.split("/") if part),
+                buttons="".join("/" + part for part in path.split("/") if part),
                 notice=_notice(current, principal, query),
                 now=now,
             )
