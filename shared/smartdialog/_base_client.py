@@ -402,7 +402,7 @@ class BaseClient:
     ) -> APIStatusError:
         """The error of ``response``. A send's 409 is a :class:`DuplicateRequestError` only
         with evidence that it answers this RequestId's earlier request: its body carries the
-        original answer or names a duplicate or the RequestId, or an earlier try of this call
+        original answer or its message says so (:data:`_DUPLICATE_REQUEST`), or an earlier try
         may have reached SmartDialog (``reached``: a 5xx, a 408, a timeout). The Swagger
         documents no 409; any other is a plain :class:`ConflictError`, nothing sent."""
         body = decode_body(response)
@@ -448,13 +448,14 @@ def _check_values(
             )
 
 
-# A 409's words for a repeated request, in one clause: "duplicate request (id)", "the request
-# id ... was / has been / already used" or "... is a duplicate". Not a bare "duplicate" (a
-# recipient's), nor the RequestId merely quoted (refusals may echo it).
+# A 409's words for a repeated RequestId, narrowly: "duplicate request (id)" (nothing after
+# "request" but "id" or the clause's end), or the request id (perhaps quoted) "already used /
+# exists / in use / processed", "has been used". A reading too wide records sent what never
+# went out; one too narrow only fails a repeat (with its reason).
 _DUPLICATE_REQUEST = re.compile(
-    r"\bduplicate\s+request(?:\s*id)?\b|\brequest\s*id\b[^.;:,]*?\b(?:(?:already\s+|was\s+|"
-    r"has\s+been\s+|(?:already\s+)?been\s+)(?:used|taken|sent|received)|already\s+exists|"
-    r"is\s+a\s+duplicate)\b",
+    r"\bduplicated?\s*request(?:\s*id\b|\s*(?:$|[.!;]))"
+    r"|\brequest\s*id(?:\s+\S+)?\s+(?:is\s+|was\s+|has\s+)?"
+    r"(?:already|been)\s+(?:used|exists|in\s+use|processed)\b",
     re.I,
 )
 

@@ -131,6 +131,11 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
         {"errorMessage": "Request id r-1 rejected, recipient +358400000001 is a duplicate"},
         {"errorMessage": "duplicate requests for recipient +358400000001 not allowed"},
         {"errorMessage": "Request fresh-1 refused: the sender is not allowed"},
+        {"errorMessage": "request id fresh-1 for the contact already exists"},
+        {"errorMessage": "Conflict: request id fresh-1 invalid contact already exists"},
+        {"errorMessage": "request id fresh-1 was sent to a blocked number"},
+        {"errorMessage": "Duplicate request body for contact 7"},
+        {"errorMessage": "RequestId dup-1 was used"},
     ],
     ids=[
         "another-conflict",
@@ -142,6 +147,11 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
         "request-id-then-a-duplicate-recipient-after-a-comma",
         "duplicate-requests-for-a-recipient",
         "the-request-id-echoed",
+        "a-contact-that-already-exists",
+        "a-contact-that-already-exists-no-comma",
+        "was-sent-to-a-blocked-number",
+        "a-duplicate-request-body",
+        "was-used-ambiguous",
     ],
 )
 def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict(
@@ -163,10 +173,13 @@ def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict
     "answer",
     [
         {"errorMessage": "Duplicate request"},
-        {"errorMessage": "RequestId dup-1 was used"},
         {"errorMessage": "Request id already used"},
         {"errorMessage": "Duplicate request id dup-1"},
         {"errorMessage": "The request id dup-1 has been used before"},
+        {"errorMessage": "Duplicate RequestId"},
+        {"errorMessage": "RequestId already exists"},
+        {"errorMessage": "A request with the same RequestId was already processed"},
+        {"errorMessage": "The RequestId 'dup-1' is already in use"},
     ],
 )
 def test_a_409_naming_a_duplicate_or_the_request_id_is_a_duplicate(
