@@ -175,6 +175,7 @@ def storage_unavailable(
     managed identity's endpoint) has no status: it may pass, so it is retried."""
     if getattr(cause, "status_code", None) in (401, 403):
         code = getattr(cause, "error_code", None) or getattr(cause, "status_code", "")
+        code = getattr(code, "value", code)  # the SDKs' error codes are enums
         detail = f"Our storage refused the app ({code}); an administrator must act."
         return Problem(503, title, detail, type=ProblemType.STORAGE_UNAVAILABLE)
     detail = "Our storage failed; try again later."

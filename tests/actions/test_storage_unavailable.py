@@ -142,6 +142,8 @@ def test_storage_refusing_the_apps_key_is_a_503_without_retry_after_saying_an_ad
                 503, "storage-unavailable"
             ), operation  # fmt: skip
             assert "Retry-After" not in response.all_headers, operation
-            assert response.body["detail"].endswith("an administrator must act."), operation
+            assert response.body["detail"] == (
+                "Our storage refused the app (AuthorizationFailure); an administrator must act."
+            ), operation
     finally:
         reset_settings_cache()
