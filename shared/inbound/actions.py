@@ -319,11 +319,9 @@ def _withdraw(ctx: ActionContext, registration: WebhookRegistration) -> None:
     """Remove upstream an action whose registration could not be recorded (its URL could never
     be revoked; the caller's retry registers another). Best effort: what remains is logged."""
     try:
-        if registration.pipeline_id is None:
+        if (pipeline := registration.pipeline_id) is None:
             raise LookupError("the registration answer had no pipeline id")
-        ctx.client.delete_trigger(
-            pipeline_id=registration.pipeline_id, action_id=registration.action_id
-        )
+        ctx.client.delete_trigger(pipeline_id=pipeline, action_id=registration.action_id)
     except Exception as exc:
         log.error(
             "webhook action %s of service %s was registered with SmartDialog but could not be "
@@ -356,23 +354,24 @@ def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
         detail = f"Connection {name}, which registered it, is gone: configure it again first."
         raise Problem(409, "Its connection is gone", detail, type=ProblemType.CONFLICT) from None
     pipeline_id = (known.pipeline_id if known else None) or inp.pipeline_id
+    action = f"action {inp.action_id} for service {inp.service}"
     if pipeline_id is None and known is not None:  # SmartDialog's answer named no pipeline
-        detail = (
-            f"This app registered action {inp.action_id} for service {inp.service}, but "
-            "SmartDialog's answer named no pipeline id, which its removal needs: pass PipelineId."
-        )
+        detail = f"This app registered {action}, but SmartDialog's answer named no pipeline id, "
+        detail += "which its removal needs: pass PipelineId."
         raise Problem(409, "Its pipeline id is unknown", detail, type=ProblemType.CONFLICT)
     if pipeline_id is None:
-        detail = (
-            f"This app registered no action {inp.action_id} for service {inp.service}; pass "
-            "PipelineId to remove one registered elsewhere."
-        )
+        detail = f"This app registered no {action}; pass PipelineId to remove one made elsewhere."
         raise Problem(404, "No such webhook", detail, type=ProblemType.NOT_FOUND)
     try:
         ctx.client.delete_trigger(pipeline_id=pipeline_id, action_id=inp.action_id)
-    except NotFoundError:  # gone upstream (removed by hand): forget our record too, unless
-        if known is None or known.pipeline_id is None:  # the caller's PipelineId was wrong
+    except NotFoundError:  # gone upstream (removed by hand), or the caller's PipelineId wrong
+        if known is None:
             raise
+        if not known.pipeline_id:  # forgotten (its URL refused from now on): no dead end
+            registry.remove(inp.service, inp.action_id)
+            detail = f"SmartDialog has no {action} in pipeline {pipeline_id}. This app forgot "
+            detail += "it (its URL is refused now); if SmartDialog still has it, remove it there."
+            raise Problem(404, "Not in that pipeline", detail, type=ProblemType.NOT_FOUND) from None
     if known is not None:
         registry.remove(inp.service, inp.action_id)
     return ActionResponse.empty(204)

@@ -613,11 +613,17 @@ def test_unregistering_a_webhook_recorded_without_its_pipeline_id_asks_for_it(
     assert "PipelineId" in refused.body["detail"]
     assert "pipeline id" in refused.body["detail"]
     assert len(inbound.rows(names.WEBHOOKS_TABLE)) == 1  # still on record
-    # A wrong PipelineId is SmartDialog's 404, the record kept (its action still live there).
-    assert act("UnregisterInboundWebhook", "DELETE", {"PipelineId": "p-wrong"}).status == 404
-    assert len(inbound.rows(names.WEBHOOKS_TABLE)) == 1
     assert act("UnregisterInboundWebhook", "DELETE", {"PipelineId": "p-7"}).status == 204
     assert upstream[-1] == ("DELETE", "/api-integrations/v1/pipelines/p-7/actions/a-1")
+    assert inbound.rows(names.WEBHOOKS_TABLE) == []
+
+    # A PipelineId SmartDialog has no such action in: a wrong one, or the action removed by
+    # hand. It was answered 204 as removed; then the record was kept, a dead end if the action
+    # was gone. Now the record is forgotten (its URL refused) and the 404 says so.
+    assert act("RegisterInboundWebhook", "POST").status == 201
+    wrong = act("UnregisterInboundWebhook", "DELETE", {"PipelineId": "p-wrong"})
+    assert (wrong.status, wrong.body["title"]) == (404, "Not in that pipeline")
+    assert "remove it there" in wrong.body["detail"]
     assert inbound.rows(names.WEBHOOKS_TABLE) == []
 
 
