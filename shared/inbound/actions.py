@@ -367,10 +367,10 @@ def unregister(ctx: ActionContext, inp: UnregisterInput) -> ActionResponse:
     except NotFoundError:  # gone upstream (removed by hand), or the caller's PipelineId wrong
         if known is None:
             raise
-        if not known.pipeline_id:  # forgotten (its URL refused from now on): no dead end
+        if not known.pipeline_id:  # forgotten either way: no dead end
             registry.remove(inp.service, inp.action_id)
-            detail = f"SmartDialog has no {action} in pipeline {pipeline_id}. This app forgot "
-            detail += "it (its URL is refused now); if SmartDialog still has it, remove it there."
+            detail = f"SmartDialog has no {action} in pipeline {pipeline_id} (connection "
+            detail += f"{known.connection}); this app forgot it: if it is still there, remove it."
             raise Problem(404, "Not in that pipeline", detail, type=ProblemType.NOT_FOUND) from None
     if known is not None:
         registry.remove(inp.service, inp.action_id)

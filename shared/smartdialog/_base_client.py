@@ -448,14 +448,15 @@ def _check_values(
             )
 
 
-# A 409's words for a repeated RequestId, narrowly: "duplicate request (id)" (nothing after
-# "request" but "id" or the clause's end), or the request id (perhaps quoted) "already used /
-# exists / in use / processed", "has been used". A reading too wide records sent what never
-# went out; one too narrow only fails a repeat (with its reason).
+# A 409's words for a repeated RequestId, narrowly: "duplicate request (id)" opening a clause
+# (nothing after "request" but "id" or the clause's end), or "request id", perhaps with the id
+# (quoted, or a word with a digit), then "already used / exists / in use / processed" or "has
+# been used / processed". A reading too wide records sent what never went out (a "not", any
+# noun in the id's place); one too narrow only fails a repeat, with its reason.
 _DUPLICATE_REQUEST = re.compile(
-    r"\bduplicated?\s*request(?:\s*id\b|\s*(?:$|[.!;]))"
-    r"|\brequest\s*id(?:\s+\S+)?\s+(?:is\s+|was\s+|has\s+)?"
-    r"(?:already|been)\s+(?:used|exists|in\s+use|processed)\b",
+    r"(?:^|[.!;:]\s*)duplicated?\s*request(?:\s*id\b|\s*(?:$|[.!;]))"
+    r"|\brequest\s*id(?:\s+(?:'[^']*'|\"[^\"]*\"|[\w-]*\d[\w-]*))?\s+(?:is\s+|was\s+|has\s+)?"
+    r"(?:already\s+(?:been\s+)?(?:used|exists|in\s+use|processed)|been\s+(?:used|processed))\b",
     re.I,
 )
 

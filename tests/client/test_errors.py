@@ -136,6 +136,10 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
         {"errorMessage": "request id fresh-1 was sent to a blocked number"},
         {"errorMessage": "Duplicate request body for contact 7"},
         {"errorMessage": "RequestId dup-1 was used"},
+        {"errorMessage": "Not a duplicate request; the sender is suspended"},
+        {"errorMessage": "RequestId hasn't been processed: service suspended"},
+        {"errorMessage": "Request id contact already exists"},
+        {"errorMessage": "The request ID field already in use by the template"},
     ],
     ids=[
         "another-conflict",
@@ -152,6 +156,10 @@ def test_reused_request_id_is_a_duplicate_carrying_the_first_result(
         "was-sent-to-a-blocked-number",
         "a-duplicate-request-body",
         "was-used-ambiguous",
+        "not-a-duplicate-request",
+        "a-negation-in-the-ids-place",
+        "a-noun-in-the-ids-place",
+        "a-field-in-use",
     ],
 )
 def test_a_409_to_a_first_send_saying_nothing_of_a_duplicate_is_a_plain_conflict(

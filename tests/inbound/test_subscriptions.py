@@ -623,7 +623,9 @@ def test_unregistering_a_webhook_recorded_without_its_pipeline_id_asks_for_it(
     assert act("RegisterInboundWebhook", "POST").status == 201
     wrong = act("UnregisterInboundWebhook", "DELETE", {"PipelineId": "p-wrong"})
     assert (wrong.status, wrong.body["title"]) == (404, "Not in that pipeline")
-    assert "remove it there" in wrong.body["detail"]
+    assert wrong.body["detail"].endswith(
+        "(connection default); this app forgot it: if it is still there, remove it."
+    )
     assert inbound.rows(names.WEBHOOKS_TABLE) == []
 
 
