@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.clock import utcnow
-from shared.connections import DEFAULT_CONNECTION, connection_name, missing_account_default
+from shared.connections import DEFAULT_CONNECTION, connection_name
 from shared.logs import loggable_text
 from shared.names import OUTBOUND_QUEUE
 from shared.notify._intake import IncomingEvent
@@ -54,7 +54,6 @@ from shared.outbound import (
     queued_text,
 )
 from shared.payloads import PayloadStore
-from shared.problems import FieldError
 from shared.settings import SettingsInvalid
 from shared.storage import put_message
 
@@ -117,12 +116,6 @@ class EventResult:
 
 def _event_key(event: IncomingEvent) -> str:
     return f"{event.source}\n{event.id}"
-
-
-def _unsendable(rule: Rule) -> FieldError | None:
-    """The setting a rule's sends need and its connection lacks: they name no customer (nor a
-    service unless the rule has one), which the connection's sender fills in."""
-    return missing_account_default(rule.Connection, service=rule.ServiceId is None)
 
 
 def _masked(address: str) -> str:
@@ -253,7 +246,7 @@ class Notifier:
                     reason = f"message not valid: {invalid_fields(exc)}"
                     log.warning("rule %s: no message for event %s: %s", rule.Id, said, reason)
                     result.skipped.append(Skipped(rule.Id, address, reason))
-            if made and (unset := _unsendable(rule)) is not None:
+            if made and (unset := rule.unsendable()) is not None:
                 if not dry_run:  # nothing queued that its sender could only dead-letter
                     raise SettingsInvalid([unset])
                 reason = f"not sendable: {unset.message} Set {unset.field}."

@@ -24,6 +24,7 @@ from shared.actions.fields import ui
 from shared.names import DEFAULT_CONNECTION
 from shared.notify._intake import IncomingEvent
 from shared.outbound import SenderText
+from shared.problems import FieldError
 from shared.settings import error_message
 from shared.storage import utf16_units
 
@@ -228,6 +229,13 @@ class Rule(RuleDefinition):
         description="The rule's id: letters, digits, dot, dash, underscore.",
         json_schema_extra=ui("Rule Id"),
     )
+
+    def unsendable(self) -> FieldError | None:
+        """The setting its sends need and its connection lacks: they name no customer (nor a
+        service unless the rule has one), which the connection's sender fills in."""
+        from shared.connections import missing_account_default
+
+        return missing_account_default(self.Connection, service=self.ServiceId is None)
 
     def matches(self, event: IncomingEvent, document: dict[str, Any]) -> bool:
         """Whether ``event`` is one this rule takes (enabled, every match field holds); raises
@@ -457,11 +465,11 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
         errors.append(
             ("body", f"The rule is too large to store (at most {RULE_UNITS:,} characters).")
         )
-    from shared.connections import connection_name, connections, missing_account_default
+    from shared.connections import connection_name, connections
 
     if connection_name(rule.Connection) not in connections().by_name:
         errors.append(("Connection", f"No connection is named {rule.Connection!r}."))
-    elif unset := missing_account_default(rule.Connection, service=rule.ServiceId is None):
+    elif unset := rule.unsendable():
         field, other = "ServiceId", "give the rule a ServiceId"
         if unset.field.endswith("CUSTOMER_ID"):
             field, other = "Connection", "choose another connection"
