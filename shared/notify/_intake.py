@@ -160,16 +160,18 @@ def _unicode(value: Mapping[str, Any]) -> None:
         raise InvalidEvent(error.message, field=error.field)
 
 
-def _utc(time: dt.datetime) -> dt.datetime:
-    """A CloudEvents ``time`` in UTC, as an Event Grid ``eventTime`` is read (rules see one form
-    of an instant whatever the schema); one UTC cannot hold (year 1 at +01:00) is refused."""
+def _utc(time: dt.datetime, *, field: str = "time") -> dt.datetime:
+    """An event's time in UTC (rules see one form of an instant whatever the schema): one
+    without an offset is UTC (an Event Grid ``eventTime`` is the producer's UTC time; it was
+    read in the host's zone, and near year 1 was a 500); one UTC cannot hold (year 1 at +01:00)
+    is refused naming ``field``."""
     try:
         return as_utc(time)
     except OverflowError as exc:
         raise InvalidEvent(
-            f"Not a CloudEvents 1.0 event: time {time.isoformat()} is outside the years 1 to "
-            "9999 in UTC.",
-            field="time",
+            f"Not a {'CloudEvents 1.0' if field == 'time' else 'Event Grid'} event: {field} "
+            f"{time.isoformat()} is outside the years 1 to 9999 in UTC.",
+            field=field,
         ) from exc
 
 
@@ -223,7 +225,7 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
         source=_text(value.get("topic")),
         type=str(event.event_type),
         subject=event.subject,
-        time=dt.datetime.fromtimestamp(time.timestamp(), dt.UTC) if time else None,
+        time=_utc(time, field="eventTime") if time else None,
         data=event.data,
         schema="eventgrid",
     )
@@ -332,6 +334,15 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
         raise InvalidEvent("Structured mode carries one event, a JSON object.")
     if content_type == BATCH_CONTENT_TYPE and not isinstance(value, list):
         raise InvalidEvent("Batched mode carries a JSON array of events.")
+    if content_type in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE):
+        # said to be CloudEvents: one without specversion is not read as the Event Grid schema
+        for index, item in enumerate(_objects(value)):
+            if isinstance(item, dict) and "specversion" not in item:
+                at = f"[{index}]." if isinstance(value, list) else ""
+                raise InvalidEvent(
+                    f"Not a CloudEvents 1.0 event: specversion missing ({content_type}).",
+                    field=f"{at}specversion",
+                )
     return [
         _at(index, item, len(value) if isinstance(value, list) else 0)
         for index, item in enumerate(_objects(value))

@@ -349,3 +349,42 @@ def test_a_time_that_is_no_time_is_refused_naming_it_in_every_mode() -> None:
     ]  # fmt: skip
     assert_each_refused(cases)
     assert parse_object({**cloud, "time": "2025-06-01T10:00:00Z"}).time is not None
+
+
+def test_an_event_grid_time_without_an_offset_is_utc_whatever_the_host_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An eventTime with no offset was read in the host's zone (WEBSITE_TIME_ZONE sets it):
+    12:00 became 09:00 under Helsinki; near year 1 it was a ValueError, a 500 at the HTTP door
+    and a poison message at the queue door. It is the producer's UTC time (as_utc)."""
+    import time as _time
+
+    grid = fixture("blob-created.eventgrid.json")[0]
+    monkeypatch.setenv("TZ", "Europe/Helsinki")
+    _time.tzset()
+    try:
+        given = ("2024-05-01T12:00:00", "0001-01-01T00:00:00", "9999-12-31T23:59:59")
+        at = [parse_object({**grid, "eventTime": t}).document()["time"] for t in given]
+        assert at == ["2024-05-01T12:00:00+00:00", "0001-01-01T00:00:00+00:00",
+                      "9999-12-31T23:59:59+00:00"]  # fmt: skip
+        queued = base64.b64encode(json.dumps({**grid, "eventTime": "0001-01-01T00:00:00"}).encode())
+        assert parse_queue_text(queued.decode())[0].time is not None
+    finally:
+        monkeypatch.delenv("TZ")
+        _time.tzset()
+
+
+def test_a_cloudevents_content_type_without_specversion_is_refused_naming_it() -> None:
+    """An object sent as application/cloudevents+json (or in a cloudevents batch) with no
+    specversion was read as the Event Grid schema: its 400 named ``subject``, a field of a
+    schema the producer is not using."""
+    cloud = {k: v for k, v in fixture("blob-created.cloudevent.json").items() if k != "specversion"}
+    structured = {"content-type": "application/cloudevents+json; charset=utf-8"}
+    batch = {"content-type": "application/cloudevents-batch+json"}
+    assert_each_refused([
+        (lambda: parse_http(structured, json.dumps(cloud).encode()), "specversion"),
+        (lambda: parse_http(batch, json.dumps([{**cloud, "specversion": "1.0"}, cloud]).encode()),
+         "[1].specversion"),
+    ])  # fmt: skip
+    grid = fixture("blob-created.eventgrid.json")
+    assert parse_http({"content-type": "application/json"}, json.dumps(grid).encode())
