@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from shared.connections import (
@@ -398,3 +400,20 @@ def test_every_connection_shares_the_apps_storage_clients(two: TwoConnections) -
         clients = {id(service(s)) for s in every + every}
         assert len(clients) == 1, service.__name__
     assert storage.queue_client("q", every[5]).url == storage.queue_client("q", every[0]).url
+
+
+def test_the_readme_names_every_app_wide_setting_a_connection_may_not_set() -> None:
+    """README's row for a connection's other settings listed the app-wide ones but left out
+    TRACE_SAMPLING_RATIO: a reader expected it allowed and got a configuration error."""
+    from pathlib import Path
+
+    from shared.connections import APP_WIDE
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [row] = [
+        line
+        for line in readme.splitlines()
+        if line.startswith("| `SMARTDIALOG_CONNECTIONS__<NAME>__<SETTING>`")
+    ]
+    listed = set(re.findall(r"`([A-Z_]+)`", row.split("Not ", 1)[1].split(": they", 1)[0]))
+    assert listed == set(APP_WIDE)
