@@ -30,7 +30,7 @@ from shared.outbound._outcomes import (
     storage_pool,
 )
 from shared.outbound._ports import send_ports
-from shared.outbound._records import new_record, normalize, queued_text
+from shared.outbound._records import FieldValueError, new_record, normalize, queued_text
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -51,6 +51,7 @@ __all__ = [
     "through_connection",
     "token_wait",
     "unrouted",
+    "unserved",
 ]
 
 log = logging.getLogger("shared.outbound.sender")
@@ -106,6 +107,44 @@ def through_connection(
             outcomes, message_id, message, str(name), problem, text, queue_message_id, dequeue_count
         )
     return send_ports(settings)
+
+
+def unserved(
+    outcomes: Outcomes,
+    message_id: MessageIdOf,
+    message: OutboundMessage | PackDriver,
+    text: str,
+    queue_message_id: str | None,
+    dequeue_count: int | None,
+) -> SendOutcome | None:
+    """A command first seen on the queue (no record yet) whose ``Connection`` does not serve
+    its ``customerId`` by the send actions' rule (:func:`shared.connections.route`: a named
+    connection must claim it, ``default`` must not serve one another claims): dead-lettered
+    ``malformed`` naming ``customerId``, nothing sent and no quota slot taken. None for any
+    other: a recorded one was checked when accepted (a customer moved since never fails a send
+    in flight), a pack's driver's members too; an unknown or misconfigured connection, or
+    uncertain claims, are left to the sender's own path."""
+    from shared.connections import CustomerNotServed, route
+    from shared.names import DEFAULT_CONNECTION
+    from shared.problems import Problem
+
+    if isinstance(message, PackDriver) or message.Connection is None or not message.customerId:
+        return None
+    try:
+        name = command_connection(message) or DEFAULT_CONNECTION  # only whitespace: default
+        route(name, message.customerId, customer_field="customerId")
+        return None
+    except CustomerNotServed as problem:
+        refused = FieldValueError("customerId", problem.errors[0].message)
+    except Problem:
+        return None
+    try:
+        recorded = outcomes.ports.store.get(message_id(message, queue_message_id))
+    except ValueError:  # no id: not recorded
+        recorded = None
+    if recorded is not None:
+        return None
+    return outcomes.dead_letter_malformed(text, refused, queue_message_id, dequeue_count)
 
 
 def unrouted(

@@ -65,6 +65,7 @@ from shared.outbound._routing import (
     through_connection,
     token_wait,
     unrouted,
+    unserved,
 )
 from shared.problems import Problem
 
@@ -144,11 +145,11 @@ class OutboundSender:
             message = with_claimed_connection(read)
         except ConnectionNotConfigured as problem:  # which connection claims its customer?
             return unrouted(self.outcomes, text, problem, queue_message_id)
+        given = (self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count)
+        if (refused := unserved(*given)) is not None:  # its Connection does not serve its customer
+            return refused
         if not self._routes(message):
-            routed = through_connection(
-                self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count
-            )
-            if isinstance(routed, SendOutcome):
+            if isinstance(routed := through_connection(*given), SendOutcome):
                 return routed
             return OutboundSender(routed).handle(message, text, queue_message_id, dequeue_count)
         return self.handle(message, text, queue_message_id, dequeue_count)
@@ -529,8 +530,7 @@ class OutboundSender:
         """Record a queue-only message that may not be sent, and fail it at once (failed event,
         dead letter with the reason); nothing goes upstream. None if a record with its id
         appeared meanwhile (the caller then goes on as for any recorded message)."""
-        now = self.ports.now()
-        record, slots = self._new_record(command, now, MessageStatus.QUEUED)
+        record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if (stored := self.ports.store.create(record, slots)) is None:
             return None
         log.info("message %s refused: recipient(s) opted out", record.message_id)

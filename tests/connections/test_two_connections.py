@@ -373,3 +373,49 @@ def test_a_re_driven_send_is_claimed_afresh(two: TwoConnections) -> None:
     assert redriven is not None
     assert (redriven.attempts, redriven.sent_through) == (0, None)
     assert getattr(store.get("redrive-claim"), "sent_through", "gone") is None
+
+
+def test_a_queue_only_send_whose_connection_does_not_serve_its_customer_is_malformed(
+    two: TwoConnections,
+) -> None:
+    """A command put on the queue directly naming a connection and a customer it does not serve
+    (``default`` given a customer ``second`` claims; ``second`` given the default's) is refused
+    as the send actions refuse it (their 400), dead-lettered ``malformed`` naming
+    ``customerId``: it used to go out on the named account's token and quota (or get its 403)."""
+    claimed = command("+358400000041", messageId="served-elsewhere", Connection="default",
+                      customerId=SECOND_CUSTOMER, serviceId=SECOND_SERVICE)  # fmt: skip
+    another = command("+358400000042", messageId="not-its-customer", Connection="second",
+                      customerId=CUSTOMER, serviceId=SERVICE)  # fmt: skip
+    two.env.enqueue(claimed)
+    two.env.enqueue(another)
+    two.env.drain()
+
+    assert (two.env.upstream(), two.second_upstream()) == ([], [])
+    letters = {d["messageId"]: d for d in two.env.dead_letters()}
+    assert sorted(letters) == ["not-its-customer", "served-elsewhere"]
+    for letter, (connection, customer) in (
+        (letters["served-elsewhere"], ("default", SECOND_CUSTOMER)),
+        (letters["not-its-customer"], ("second", CUSTOMER)),
+    ):
+        assert letter["reason"] == "malformed"
+        [error] = letter["errors"]
+        assert error["field"] == "customerId"
+        assert f"Connection {connection} does not serve customer {customer}" in error["message"]
+    assert two.env.events() == []  # never recorded: nothing to fail
+    store = MessageStore.from_settings()
+    assert [store.get(m) for m in letters] == [None, None]
+
+
+def test_a_recorded_send_is_not_refused_when_its_customer_moves_away_from_its_connection(
+    two: TwoConnections,
+) -> None:
+    """Only a command first seen on the queue is checked against the claims: one accepted over
+    HTTP was checked then, so a customer moved off its connection meanwhile does not fail it."""
+    accepted = send(two, "+358400000043", connection="second")
+    two.set_connection("SECOND", CUSTOMERS="2999", CUSTOMER_ID="2999")  # no longer its customer
+
+    two.env.drain()
+
+    assert two.env.dead_letters() == []
+    assert status_of(accepted.headers["Location"]).status == 200
+    assert len(two.second_upstream()) == 1
