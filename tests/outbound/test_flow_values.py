@@ -210,6 +210,28 @@ def test_an_attachment_on_a_whatsapp_send_is_taken_on_every_route(outbound: Outb
     assert bulk_csv(**given).status == 202
 
 
+@pytest.mark.parametrize(
+    "value", ["https://exa mple.com/x", "https://example.com/a\u0001b", "https://example.com:0x/"]
+)
+def test_an_attachment_uri_that_is_no_url_is_refused_naming_it_and_never_sent(
+    outbound: Outbound, value: str
+) -> None:
+    assert refused_fields(template_send(AttachmentUri=value)) == ["AttachmentUri"]
+    whatsapp = sms(DELIVERED, Protocol="WhatsApp", AttachmentUri=value)
+    assert refused_fields(call_http("SendMessage", "POST", body=whatsapp)) == ["AttachmentUri"]
+    assert outbound.queued() == 0
+
+
+def test_an_attachment_uri_with_a_non_ascii_or_encoded_path_goes_upstream_as_given(
+    outbound: Outbound,
+) -> None:
+    value = "https://example.com/kuvä%201.png"
+    assert template_send(AttachmentUri=value).status == 202
+    outbound.drain()
+    [sent] = outbound.upstream("SendWhatsappTemplateMessage")
+    assert sent["body"]["AttachmentUri"] == value
+
+
 def test_a_queued_command_with_empty_optional_fields_is_sent_as_without_them(
     outbound: Outbound,
 ) -> None:
