@@ -20,10 +20,13 @@ and :func:`service_dropdown` / :func:`template_dropdown` wire a field to our loo
 
 from __future__ import annotations
 
+import ipaddress
+import unicodedata
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import idna
 from pydantic import AfterValidator, Field, ValidationInfo
 
 from shared.actions._spec import Param, SettingDefault
@@ -145,12 +148,36 @@ def _region(value: str) -> str:
     return normalize_region(value)
 
 
+#: Blanks and invisible characters: no URL holds them unencoded (percent-encode them).
+_NOT_IN_URL = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
 def require_http_url(value: str) -> str:
-    """``value`` stripped, if it is an absolute http(s) URL; else ``ValueError``."""
-    parts = urlsplit(value.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError("Must be an absolute http or https URL, e.g. https://example.com/page.")
-    return value.strip()
+    """``value`` stripped, if it is an absolute http(s) URL; else ``ValueError``.
+
+    Percent-encoded and non-ASCII characters (an IRI) are taken as given; a blank, control or
+    format character anywhere, a host that is neither a host name (IDNA) nor an IP literal, or
+    a port out of range is refused."""
+    url = value.strip()
+    try:
+        parts = urlsplit(url)  # raises on a broken [IPv6] literal
+        host, _ = parts.hostname, parts.port  # .port raises when out of range or not digits
+        if any(unicodedata.category(c) in _NOT_IN_URL for c in url):
+            raise ValueError("a blank or an invisible character")
+        if parts.scheme.lower() not in ("http", "https") or not host:
+            raise ValueError("no http(s) scheme or no host")
+        _host_name_or_ip(host)
+    except ValueError as exc:  # idna.IDNAError is one too
+        message = "Must be an absolute http or https URL, e.g. https://example.com/page."
+        raise ValueError(message) from exc
+    return url
+
+
+def _host_name_or_ip(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)  # an IP literal (urlsplit has taken off an IPv6's brackets)
+    except ValueError:
+        idna.encode(host, uts46=True)
 
 
 def _email(value: str) -> str:

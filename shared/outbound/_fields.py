@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+)
 
 from shared.actions._spec import (
     Param,
@@ -36,7 +43,6 @@ __all__ = [
     "MessageBody",
     "SenderText",
     "TemplateMessageBody",
-    "check_attachment",
     "filled_too_long",
 ]
 
@@ -188,6 +194,16 @@ ProtocolField = Annotated[
     BeforeValidator(lambda value: "SMS" if value is None else value),  # absent: the default
     BlankIsAbsent,  # (runs first)
 ]
+
+
+def _needs_whatsapp(attachment: str | None, info: ValidationInfo) -> str | None:
+    """An attachment goes only with WhatsApp: read from the model's Protocol, which must come
+    before it (absent when Protocol itself is invalid: reported there)."""
+    if attachment is not None and info.data.get("Protocol", "WhatsApp") != "WhatsApp":
+        raise ValueError("AttachmentUri needs Protocol WhatsApp.")
+    return attachment
+
+
 AttachmentUriField = Annotated[
     HttpUrl | None,
     Field(
@@ -196,6 +212,7 @@ AttachmentUriField = Annotated[
         json_schema_extra=ui("Attachment Uri", visibility="advanced"),
     ),
     BlankIsAbsent,
+    AfterValidator(_needs_whatsapp),
 ]
 MessageCustomerDataField = Annotated[
     CustomerDataText | None,
@@ -221,12 +238,6 @@ def filled_too_long(
                     f"{MAX_CONTENT_CHARS:,}."
                 ),
             )
-
-
-def check_attachment(attachment: object, protocol: str) -> None:
-    """An attachment goes only with WhatsApp (raises ValueError otherwise)."""
-    if attachment is not None and protocol != "WhatsApp":
-        raise ValueError("AttachmentUri needs Protocol WhatsApp.")
 
 
 TransactionalField = Annotated[
@@ -298,11 +309,6 @@ class MessageBody(StrictBody):
     DlrUrl: DlrUrlField
     RequestId: RequestIdField
     Transactional: TransactionalField
-
-    @model_validator(mode="after")
-    def _attachment_needs_whatsapp(self) -> MessageBody:
-        check_attachment(self.AttachmentUri, self.Protocol)
-        return self
 
 
 class DiscussionReplyBody(StrictBody):

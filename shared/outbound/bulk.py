@@ -45,7 +45,6 @@ from shared.outbound._fields import (
     StrictBody,
     TemplateContentField,
     TransactionalField,
-    check_attachment,
     filled_too_long,
 )
 from shared.problems import FieldError, Problem, validation_problem
@@ -107,7 +106,6 @@ class BulkBody(StrictBody):
     def _one_recipient_list(self) -> BulkBody:
         if (self.Recipients is None) == (self.RecipientsCsv is None):
             raise ValueError("Give either Recipients or RecipientsCsv.")
-        check_attachment(self.AttachmentUri, self.Protocol)
         return self
 
 

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from shared.actions._pipeline import parse_input
 from shared.actions._spec import ActionInput, ActionRequest, Body
+from shared.actions.fields import require_http_url
 from shared.problems import Problem
 from shared.settings import get_settings
 from tests.actions.conftest import CUSTOMER, GROUP, IDENTITY, App, call, wire
@@ -99,6 +100,14 @@ CASES: list[Case] = [
       "Buttons[4].Data", "Buttons[5].Data", "Buttons[6].Data", "Buttons[7].Type"]),
     ("relative attachment URL", "CreateWhatsappTemplate", "POST", {"IdentityNumber": IDENTITY},
      {}, {}, template(AttachmentUrl="/img.png"), ["AttachmentUrl"]),
+    ("attachment URL with a control character", "CreateWhatsappTemplate", "POST",
+     {"IdentityNumber": IDENTITY}, {}, {}, template(AttachmentUrl="https://example.com/\u0001"),
+     ["AttachmentUrl"]),
+    ("URLs with a space in the host or path", "CreateWhatsappTemplate", "POST",
+     {"IdentityNumber": IDENTITY}, {}, {},
+     template(AttachmentUrl="https://exa mple.com/x",
+              Buttons=[button("Url", "https://example.com/a b")]),
+     ["AttachmentUrl", "Buttons[0].Data"]),
     ("blank customer header, even with a default customer", "GetCustomerWhatsappIdentities",
      "GET", {}, {}, {"Customer-Id": "   "}, None, ["Customer-Id"]),
     ("blank customer header on a contact", "DeleteGroupContact", "DELETE", CONTACT_ROUTE, {},
@@ -356,3 +365,59 @@ def test_an_error_in_a_union_names_the_callers_field_once_never_a_branch() -> No
         "Shapes[0].Size", "Shapes[0].Kind", "Shapes[0].Name",  # missing fields are named
         "Shapes[1].Kind", "Shapes[1].Size", "Shapes[1].Name",
     ]  # fmt: skip
+
+
+#: Absolute http(s) URLs as real attachments and links have them: percent-encoded characters,
+#: non-ASCII paths and host names (IRIs), ports, IP literals, surrounding blanks (stripped).
+GOOD_URLS = [
+    "https://example.com/x.png",
+    "http://example.com",
+    "HTTPS://EXAMPLE.COM/A.PNG",
+    "https://example.com/a%20b.png?x=%C3%A4#top",
+    "https://example.com/kuvä.png",
+    "https://bücher.example/tiedosto.pdf",
+    "https://xn--bcher-kva.example/",
+    "https://example.com./x",
+    "https://example.com:8443/x",
+    "https://user:secret@example.com/x",
+    "http://192.0.2.1/x",
+    "http://[2001:db8::1]:8080/x",
+    "https://localhost/x",
+    "  https://example.com/x\t",
+]
+#: Not an absolute http(s) URL: the scheme or host missing, a blank or an invisible character
+#: anywhere, a host that is no host name, a port out of range.
+BAD_URLS = [
+    "/img.png",
+    "ftp://example.com/x",
+    "https:///x",
+    "https://exa mple.com/x",
+    "https://example.com/a b",
+    "https://example.com/a\u0001b",
+    "https://example.com/\u0001",
+    "https://example.com/x\u007f",
+    "https://example.com/x\u200by",  # zero-width space (Cf)
+    "https://example.com/x\u00a0y",  # no-break space (Zs)
+    "https://example.com/x\u2028y",  # line separator (Zl)
+    "https://example.com\u200b/x",
+    "https://exa%20mple.com/x",
+    "https://exa!mple.com/x",
+    "https://-example.com/x",
+    "https://a..b/x",
+    "https://" + "a" * 64 + ".com/x",
+    "https://example.com:99999/x",
+    "https://example.com:port/x",
+    "http://[2001:db8::zz]/x",
+    "http://[2001:db8::1/x",
+]
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_an_absolute_http_url_is_taken_stripped_and_otherwise_as_given(url: str) -> None:
+    assert require_http_url(url) == url.strip()
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_what_is_no_absolute_http_url_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="absolute http or https URL"):
+        require_http_url(url)

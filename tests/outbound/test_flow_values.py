@@ -12,7 +12,14 @@ import pytest
 
 from shared.outbound import parse_queue_message
 from shared.outbound._records import command_text
-from tests.outbound.conftest import DELIVERED, HttpAnswer, Outbound, call_http, sms
+from tests.outbound.conftest import (
+    DELIVERED,
+    REPLY_SERVICE,
+    HttpAnswer,
+    Outbound,
+    call_http,
+    sms,
+)
 
 NOT_A_DATE_TIME = [
     "20250601",  # pydantic alone: a Unix time, 1970-08-23T09:10:01Z
@@ -173,6 +180,56 @@ def test_empty_optional_fields_of_a_bulk_send_read_as_left_out(outbound: Outboun
     calls = outbound.upstream()
     assert calls
     assert not [c for c in calls if {"SendDateTime", "AttachmentUri"} & c["body"].keys()]
+
+
+ATTACHMENT = "https://example.com/x.png"
+
+
+@pytest.mark.parametrize("protocol", [None, "", "SMS"])
+def test_an_attachment_on_an_sms_send_is_refused_naming_attachment_uri_on_every_route(
+    outbound: Outbound, protocol: str | None
+) -> None:
+    """docs/actions.md, "Stricter input": the 400 names `AttachmentUri` (it named `body`)."""
+    given = {"AttachmentUri": ATTACHMENT, **({} if protocol is None else {"Protocol": protocol})}
+    single = call_http("SendMessage", "POST", body=sms(DELIVERED, **given))
+    reply = call_http(
+        "SendReplyMessage", "POST", route_params={"ParentMessageId": "parent-1"},
+        headers={"Service-Id": REPLY_SERVICE}, body=sms(DELIVERED, **given),
+    )  # fmt: skip
+    for answer in (single, reply, bulk_json(**given), bulk_csv(**given)):
+        assert refused_fields(answer) == ["AttachmentUri"]
+        assert "WhatsApp" in answer.body["errors"][0]["message"]
+    assert outbound.queued() == 0
+
+
+def test_an_attachment_on_a_whatsapp_send_is_taken_on_every_route(outbound: Outbound) -> None:
+    given = {"AttachmentUri": ATTACHMENT, "Protocol": "WhatsApp"}
+    single = call_http("SendMessage", "POST", body=sms(DELIVERED, **given))
+    assert single.status == 202, single.body
+    assert bulk_json(**given).status == 202
+    assert bulk_csv(**given).status == 202
+
+
+@pytest.mark.parametrize(
+    "value", ["https://exa mple.com/x", "https://example.com/a\u0001b", "https://example.com:0x/"]
+)
+def test_an_attachment_uri_that_is_no_url_is_refused_naming_it_and_never_sent(
+    outbound: Outbound, value: str
+) -> None:
+    assert refused_fields(template_send(AttachmentUri=value)) == ["AttachmentUri"]
+    whatsapp = sms(DELIVERED, Protocol="WhatsApp", AttachmentUri=value)
+    assert refused_fields(call_http("SendMessage", "POST", body=whatsapp)) == ["AttachmentUri"]
+    assert outbound.queued() == 0
+
+
+def test_an_attachment_uri_with_a_non_ascii_or_encoded_path_goes_upstream_as_given(
+    outbound: Outbound,
+) -> None:
+    value = "https://example.com/kuvä%201.png"
+    assert template_send(AttachmentUri=value).status == 202
+    outbound.drain()
+    [sent] = outbound.upstream("SendWhatsappTemplateMessage")
+    assert sent["body"]["AttachmentUri"] == value
 
 
 def test_a_queued_command_with_empty_optional_fields_is_sent_as_without_them(
