@@ -176,8 +176,8 @@ def require_http_url(value: str) -> str:
 def _host_name_or_ip(host: str) -> None:
     try:
         ipaddress.ip_address(host)  # an IP literal (urlsplit has taken off an IPv6's brackets)
-    except ValueError:
-        idna.encode(host, uts46=True)
+    except ValueError:  # "_" is no IDNA character but real hosts have it (browsers take it)
+        idna.encode(host.replace("_", "x"), uts46=True)
 
 
 def _email(value: str) -> str:

@@ -383,6 +383,7 @@ GOOD_URLS = [
     "http://192.0.2.1/x",
     "http://[2001:db8::1]:8080/x",
     "https://localhost/x",
+    "https://my_bucket.example.com/x",  # no IDNA host name, but browsers and DNS take it
     "  https://example.com/x\t",
 ]
 #: Not an absolute http(s) URL: the scheme or host missing, a blank or an invisible character
