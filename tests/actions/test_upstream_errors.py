@@ -705,3 +705,30 @@ def test_an_answer_whose_body_does_not_decode_is_answered_by_its_status(
     assert "may or may not" not in reply.body["detail"]
     if status == 429:
         assert reply.headers["Retry-After"] == "7"
+
+
+def test_an_answer_trickling_in_is_a_504_at_the_actions_deadline(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read had its own 30 s: an answer of a byte every 2 s held GetUserCustomers for
+    minutes, past Azure's 230 s, and the flow got the platform's bare 5xx, not our 504."""
+    import time
+
+    from shared.actions import _pipeline
+    from tests.guard.servers import RawServer, raw_server
+
+    def trickle(conn: socket.socket, server: RawServer) -> None:  # 10 s, each byte in 0.1 s
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):
+            time.sleep(0.1)
+            conn.sendall(b" ")
+
+    monkeypatch.setattr(_pipeline, "SYNC_DEADLINE_SECONDS", 1.0)
+    with raw_server(trickle) as server:
+        wire(monkeypatch, app.sandbox, SMARTDIALOG_BASE_URL=server.url)
+        started = time.monotonic()
+        reply = call("GetUserCustomers", method="GET")
+        took = time.monotonic() - started
+    assert reply.status == 504, reply.body
+    assert reply.body["type"] == problem_type("upstream-timeout")
+    assert took < 6.0  # cut at the deadline (1 s, plus the quota's and the action's own work)
