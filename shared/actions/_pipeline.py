@@ -62,11 +62,13 @@ __all__ = [
 log = logging.getLogger("smartdialog.actions")
 
 ClientFactory = Callable[["Settings"], "SmartDialogClient"]
-#: Seconds we advise waiting when SmartDialog answers 429, or its identity provider fails, without
-#: saying how long.
+#: Seconds we advise waiting after a 429 or an identity provider's failure not saying how long.
 DEFAULT_UPSTREAM_RETRY_AFTER = 5.0
 #: Retries of a failed upstream call within one action (the caller's retry policy does the rest).
 SYNC_MAX_RETRIES = 0
+#: Seconds one upstream call of an action may take in all (token, renewal, however slowly its
+#: answer trickles in), then 504: well before Azure ends an HTTP function at 230 s (a bare 5xx).
+SYNC_DEADLINE_SECONDS = 120.0
 #: Seconds we advise waiting when the quota store cannot be reached.
 QUOTA_STORE_RETRY_AFTER = 5.0
 _CHECK = "Check before repeating a change."
@@ -126,16 +128,13 @@ class _CacheInfo(NamedTuple):
 
 
 def _new_shared_client(settings: Settings) -> SmartDialogClient:
-    """The process-wide client of the sync actions for ``settings``.
-
+    """The process-wide client of the sync actions for ``settings``, cached per settings object.
     Every attempt takes a token from the cluster-wide quota (:func:`shared.quota.from_settings`),
     waiting at most ``SMARTDIALOG_QUOTA_WAIT_SECONDS`` before ``QuotaExceeded``; it must still be
     fresh when its request leaves (a slow connect): a stale one is replaced once within that
-    wait, else ``StaleGrant`` (both 429). :data:`SYNC_MAX_RETRIES` retries: a flow waiting on an
-    action is better served by a prompt 429/502 with ``Retry-After``, which Power Automate's and
-    Logic Apps' retry policies honour, than by a function that sleeps out SmartDialog's advice.
-    (A 401 still renews the token once and retries.) Cached per settings object (see above).
-    """
+    wait, else ``StaleGrant`` (both 429). :data:`SYNC_MAX_RETRIES` retries (a 401 still renews
+    the token once): a prompt 429/502 with ``Retry-After``, which Power Automate's and Logic
+    Apps' retry policies honour, serves a flow better than a function sleeping out the advice."""
     from shared import quota
     from shared.smartdialog import SmartDialogClient, auth_from_settings
 
@@ -146,6 +145,7 @@ def _new_shared_client(settings: Settings) -> SmartDialogClient:
         before_attempt=gate,
         before_send=gate.before_send,
         max_retries=SYNC_MAX_RETRIES,
+        deadline=SYNC_DEADLINE_SECONDS,
     )
 
 

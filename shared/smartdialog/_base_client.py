@@ -262,7 +262,11 @@ class BaseClient:
             try:
                 if not self._hooked:  # past the deadline (a slow token): not sent; hooked: there
                     left(None, httpx.ConnectTimeout)  # after ``before_send``, as here
-                response = self._http.send(request)
+                response = self._http.send(request, stream=True)
+                try:
+                    _read(response)
+                finally:
+                    response.close()  # a body cut short: its connection is not reused
             except httpx.HTTPError as exc:
                 elapsed_ms = round((time.perf_counter() - started) * 1000)
                 retry = retries_taken < self.max_retries and should_retry(
@@ -422,6 +426,20 @@ class BaseClient:
         if request_id is not None and status == 409 and (result or named or reached):
             return DuplicateRequestError(message, request_id=request_id, original=result, **common)
         return status_error_class(status)(message, **common)
+
+
+#: What a 2xx body its Content-Encoding does not decode reads as: text no parser takes.
+_UNDECODABLE = b"(an answer whose Content-Encoding could not be decoded)"
+
+
+def _read(response: httpx.Response) -> None:
+    """Read the body of ``response`` (sent with ``stream=True``). A body its Content-Encoding
+    does not decode is unreadable, not a lost answer, so its status decides: empty for an error
+    (as an empty body is read), :data:`_UNDECODABLE` for a 2xx (as an unparseable one)."""
+    try:
+        response.read()
+    except httpx.DecodingError:
+        response._content = _UNDECODABLE if response.is_success else b""
 
 
 def _where(op: Operation, path: str) -> dict[str, Any]:

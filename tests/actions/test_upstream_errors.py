@@ -672,3 +672,63 @@ def test_a_create_whose_answer_is_lost_says_it_may_have_happened_not_try_again(a
     again = call("CreateWhatsappTemplate", method="POST", route=route, body=body)
     assert again.status == 422  # it had: the template exists
     assert "already exists" in again.body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "status", "answer", "kind"),
+    [
+        ("GetGroupContact", 404, 404, "not-found"),
+        ("GetGroupContact", 429, 429, "rate-limited"),
+        ("CreateGroupContact", 400, 422, "upstream-rejected"),
+        ("CreateGroupContact", 429, 429, "rate-limited"),
+    ],
+)
+def test_an_answer_whose_body_does_not_decode_is_answered_by_its_status(
+    app: App, monkeypatch: pytest.MonkeyPatch, operation: str, status: int, answer: int, kind: str
+) -> None:
+    """A Content-Encoding body that does not decode was a 502 "the connection broke before its
+    answer; the request may or may not have taken effect": the 404, the 429 and its Retry-After
+    were lost, and a certain refusal read as maybe done."""
+    from tests.guard.servers import raw_server, undecodable
+
+    with raw_server(undecodable(status)) as server:
+        wire(monkeypatch, app.sandbox, SMARTDIALOG_BASE_URL=server.url)
+        get = operation.startswith("Get")
+        reply = call(
+            operation,
+            method="GET" if get else "POST",
+            route=CONTACT if get else {"GroupService": GROUP},
+            body=None if get else {"phone": "+358401234567"},
+        )
+    assert reply.status == answer, reply.body
+    assert reply.body["type"] == problem_type(kind)
+    assert "may or may not" not in reply.body["detail"]
+    if status == 429:
+        assert reply.headers["Retry-After"] == "7"
+
+
+def test_an_answer_trickling_in_is_a_504_at_the_actions_deadline(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read had its own 30 s: an answer of a byte every 2 s held GetUserCustomers for
+    minutes, past Azure's 230 s, and the flow got the platform's bare 5xx, not our 504."""
+    import time
+
+    from shared.actions import _pipeline
+    from tests.guard.servers import RawServer, raw_server
+
+    def trickle(conn: socket.socket, server: RawServer) -> None:  # 10 s, each byte in 0.1 s
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):
+            time.sleep(0.1)
+            conn.sendall(b" ")
+
+    monkeypatch.setattr(_pipeline, "SYNC_DEADLINE_SECONDS", 1.0)
+    with raw_server(trickle) as server:
+        wire(monkeypatch, app.sandbox, SMARTDIALOG_BASE_URL=server.url)
+        started = time.monotonic()
+        reply = call("GetUserCustomers", method="GET")
+        took = time.monotonic() - started
+    assert reply.status == 504, reply.body
+    assert reply.body["type"] == problem_type("upstream-timeout")
+    assert took < 6.0  # cut at the deadline (1 s, plus the quota's and the action's own work)

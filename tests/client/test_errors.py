@@ -33,6 +33,7 @@ from shared.smartdialog import (
     mask_phone_number,
     mask_phone_numbers,
 )
+from tests.guard.servers import raw_server, undecodable
 
 CUSTOMER, ONE_WAY, GROUP = "1001", "s-1001-oneway", "s-1001-group"
 
@@ -512,3 +513,85 @@ def test_mask_phone_number_is_the_one_style_also_behind_shared_phone(
 
     assert mask_phone_number(number) == masked
     assert phone_alias(number) == masked
+
+
+# A body its Content-Encoding does not decode, from a real socket (httpx decodes as it reads).
+
+
+def active_connections(client: SmartDialogClient) -> int:
+    """Connections of the client's pool still held by a response nobody closed."""
+    pool = client._http._transport._pool  # type: ignore[attr-defined]
+    return sum(1 for c in pool.connections if not (c.is_idle() or c.is_closed()))
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (404, NotFoundError),
+        (429, RateLimitError),
+        (400, BadRequestError),
+        (503, InternalServerError),
+    ],
+)
+def test_an_error_whose_body_does_not_decode_keeps_its_status_and_retry_after(
+    status: int, expected: type[APIStatusError]
+) -> None:
+    """httpx's DecodingError while reading the body became "the connection broke before its
+    answer": a 404 lost, a 429's Retry-After lost, a refusal reported as maybe sent."""
+    from shared.outbound._attempt import Refused, Transient, classify
+
+    with raw_server(undecodable(status)) as server:
+        client = SmartDialogClient(server.url, StaticTokenAuth("t"), max_retries=0)
+        with pytest.raises(APIStatusError) as read:
+            client.get_group_contact(customer=CUSTOMER, group_service=GROUP, phone="+358401234567")
+        with pytest.raises(APIStatusError) as sent:
+            client.send_message(sms("+358401234567"), customer_id=CUSTOMER, service_id=ONE_WAY)
+        assert active_connections(client) == 0  # each streamed answer was closed
+        client.close()
+
+    for caught in (read, sent):
+        assert type(caught.value) is expected
+        assert caught.value.status_code == status
+        assert caught.value.retry_after == 7.0
+        assert caught.value.body is None  # unreadable, read as an empty body
+    result = classify(sent.value)
+    if status < 429:
+        assert isinstance(result, Refused)  # a certain refusal, not "may have been sent"
+    else:
+        assert isinstance(result, Transient)
+        assert result.upstream_status == status
+        assert result.certainly_not_sent is (status == 429)
+
+
+def test_a_success_whose_body_does_not_decode_is_read_as_an_unparseable_one() -> None:
+    """The same outcome, operation by operation, as a 2xx body that is not JSON."""
+
+    def outcome(client: SmartDialogClient, call: Callable[[SmartDialogClient], object]) -> object:
+        try:
+            return call(client)
+        except SmartDialogError as exc:
+            return type(exc)
+
+    where = {"customer": CUSTOMER, "group_service": GROUP}
+    hook = WebhookAction(options=WebhookOptions(endpointUrl="https://x.test/hook"))
+    calls: list[Callable[[SmartDialogClient], object]] = [
+        lambda c: c.get_group_contact(**where, phone="+358401234567"),
+        lambda c: c.create_group_contact(NewGroupContact(phone="+358401234567"), **where),
+        lambda c: c.delete_group_contact(**where, phone="+358401234567"),
+        lambda c: c.new_message(hook, customer=CUSTOMER, service=ONE_WAY).action_id,
+        lambda c: c.whats_app_opt_in(sender="+358401234567", recipient="+358401234568"),
+    ]
+    with (
+        raw_server(undecodable(201)) as odd,
+        raw_server(undecodable(201, encoding="identity")) as text,  # read as is: not JSON
+    ):
+        seen = []
+        for url in (odd.url, text.url):
+            client = SmartDialogClient(url, StaticTokenAuth("t"), max_retries=0)
+            seen.append([outcome(client, call) for call in calls])
+            assert active_connections(client) == 0
+            client.close()
+
+    assert seen[0][0] is APIResponseValidationError
+    assert seen[0][3] == "a-1"  # the registration read from Location, as for text
+    assert seen[0] == seen[1]

@@ -136,6 +136,23 @@ def answer(status: int, *headers: str) -> Callable[[socket.socket, RawServer], N
     return behaviour
 
 
+def undecodable(status: int, encoding: str = "gzip") -> Callable[[socket.socket, RawServer], None]:
+    """Answers ``status`` with ``Content-Encoding: gzip`` (``encoding``), ``Retry-After: 7``, a
+    webhook's ``Location`` and a body that is not gzip (nor JSON)."""
+    body = b"this is not gzip"
+
+    def behaviour(conn: socket.socket, server: RawServer) -> None:
+        head = (
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+            f"Content-Encoding: {encoding}\r\nRetry-After: 7\r\n"
+            "Location: https://x.test/v1/pipelines/p-1/actions/a-1\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        conn.sendall(head.encode() + body)
+
+    return behaviour
+
+
 class RecordingBackend(httpcore.MockBackend):
     """Answers from ``buffer`` without any socket, and records where it was asked to connect."""
 
