@@ -304,9 +304,8 @@ def _find(
     wanted = model.phone_regions_from
     if wanted is None:
         return None
-    for name, wire in names.items():
-        if wire == wanted:
-            return raw.get(name)
+    if (name := next((n for n, wire in names.items() if wire == wanted), None)) is not None:
+        return raw.get(name)
     if body is not None and isinstance(raw.get(body), dict):
         return raw[body].get(wanted)
     return None
@@ -335,11 +334,7 @@ def _customer_param(model: type[ActionInput]) -> Param | None:
     """The parameter naming the customer (the one defaulting to ``SMARTDIALOG_CUSTOMER_ID``)."""
     for info in model.model_fields.values():
         marker = _marker(info)
-        if (
-            isinstance(marker, Param)
-            and marker.default
-            and marker.default.attribute == "customer_id"
-        ):
+        if isinstance(marker, Param) and (d := marker.default) and d.attribute == "customer_id":
             return marker
     return None
 
@@ -357,9 +352,9 @@ def upstream_problem(
     if any); 404 -> 404; 409 -> 409; 429 -> 429 with ``Retry-After``; credentials refused (a 401
     after the token was renewed) -> the 503 configuration problem naming the setting of
     ``settings`` (default: the app's) that holds them; 503 -> 503, other 5xx, connection errors
-    and unexpected bodies -> 502, with SmartDialog's ``Retry-After`` when it gave one (a 5xx or
-    odd 2xx body to a create, which may not be repeated, says it may have taken effect);
-    timeouts, 408 and 504 -> 504.
+    and unexpected bodies (a 2xx carrying an error: quoted) -> 502, with SmartDialog's
+    ``Retry-After`` when it gave one (a 5xx or odd 2xx body to a create, which may not be
+    repeated, says it may have taken effect); timeouts, 408 and 504 -> 504.
     """
     from shared import smartdialog as sd
 
@@ -420,6 +415,9 @@ def upstream_problem(
         detail = f"SmartDialog failed with status {status}; " + (
             _MAYBE if status and status >= 500 and not exc.replayable else later
         )
+    elif isinstance(exc, sd.APIResponseValidationError) and exc.said is not None:  # not done
+        after = "" if exc.replayable else f"; {_MAYBE}"
+        detail = f"SmartDialog answered 2xx with an error: {cut_secrets(exc.said)}{after}"
     elif isinstance(exc, sd.APIResponseValidationError):  # a create's: done, or the id is lost
         detail = "SmartDialog reported success (2xx) in an unexpected shape" + (
             "." if exc.replayable else f", so the change probably took effect. {_CHECK}"

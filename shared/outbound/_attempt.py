@@ -3,12 +3,13 @@
 Every send path (a single message, a pack formed from the queue index, a bulk pack) makes its
 call through :meth:`Upstream.attempt` and gets one typed :data:`AttemptResult` back:
 
-- :class:`Sent`: upstream took it (2xx), or answered 409 because an earlier attempt with the
-  same ``RequestId`` did (``duplicate``, with the original answer; the client's
-  ``DuplicateRequestError`` says when a 409 shows that: any other is a refusal);
+- :class:`Sent`: upstream took it (a 2xx with a send's answer), or answered 409 because an
+  earlier attempt with the same ``RequestId`` did (``duplicate``, with the original answer;
+  the client's ``DuplicateRequestError`` says when a 409 shows that: any other is a refusal);
 - :class:`Transient`: worth retrying later (429, 408, 5xx, a redirect (never followed),
-  connection errors, a quota refusal of the client's token-refresh re-try, missing
-  credentials, no token), with upstream's advice (a 429's or a 5xx's ``Retry-After``);
+  connection errors, a 2xx that is no send's answer, a quota refusal of the client's
+  token-refresh re-try, missing credentials, no token), with upstream's advice (a 429's or a
+  5xx's ``Retry-After``);
 - :class:`Refused`: upstream refused the whole call (any other 4xx): nothing was sent. It may
   name the recipient at fault.
 
@@ -229,7 +230,7 @@ class Upstream:
             request = with_delivery_report_url(command, self.settings, report_id=report_id)
             with _call_span(request, report_id, links) as current:
                 try:
-                    result: AttemptResult = Sent(self.send(request))
+                    result: AttemptResult = _answered(self.send(request))
                 except (SmartDialogError, QuotaExceeded) as exc:
                     result = classify(exc)
                 if repeat and isinstance(result, Refused) and result.status == 409:
@@ -306,6 +307,24 @@ def _describe(span: Span, result: AttemptResult) -> None:
         span.set_attribute("http.response.status_code", result.status)
 
 
+def _answered(body: dict[str, Any]) -> AttemptResult:
+    """A 2xx answer is evidence the send went out only as a send's answer (the Swagger's: its
+    MessageId or recipients; one carrying an error the client raised on already). Any other
+    (``{}``; an empty, HTML or cut-off body is the client's APIResponseValidationError) may come
+    from a proxy that never passed the call on, or from SmartDialog: :func:`_unproven`."""
+    if answer_message_id(body) or answer_recipients(body):
+        return Sent(body)
+    return _unproven("the 2xx answer names no MessageId and no recipients")
+
+
+def _unproven(said: str) -> Transient:
+    """A 2xx that proves no send: the attempt may have reached SmartDialog (as a connection
+    broken after the request left), so it is repeated under its RequestId, which settles it (a
+    409 duplicate, a proper answer), or ends ``outcome-unknown``; never ``sent``."""
+    title = "SmartDialog's 2xx answer was no send's answer"
+    return Transient("upstream-unavailable", title, said)
+
+
 def classify(exc: Exception) -> AttemptResult:
     """What a failed call means: the one mapping from the client's errors to outcomes. Upstream's
     message enters the outcome here, secrets it may quote (our DLR URL's token) cut: it becomes
@@ -337,8 +356,8 @@ def classify(exc: Exception) -> AttemptResult:
             else {}
         )
         return Sent(body, duplicate=True)
-    if isinstance(exc, APIResponseValidationError):  # 2xx with an odd answer: it was sent
-        return Sent(exc.body if isinstance(exc.body, dict) else {})
+    if isinstance(exc, APIResponseValidationError):  # 2xx, no send's answer: proves nothing
+        return _unproven(said)
     if isinstance(exc, RateLimitError):
         return Transient(
             "rate-limited", "SmartDialog answered 429", said, exc.retry_after, 429, True

@@ -34,7 +34,7 @@ Errors (catch the meaning, not the status number)::
           ├── APIConnectionError  no response: DNS, refused or reset connection
           │    ├── APITimeoutError        connect, read, write or pool timeout
           │    └── IdentityProviderError  no token: the identity provider failed; nothing sent
-          ├── APIResponseValidationError  a 2xx body that does not fit the documented shape
+          ├── APIResponseValidationError  a 2xx body not of the documented shape, or with an error
           └── APIStatusError      4xx/5xx: .status_code, .message, .body, .headers
                ├── BadRequestError          400
                ├── AuthenticationError      401 (after one token renewal)

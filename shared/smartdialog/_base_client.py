@@ -29,6 +29,7 @@ from ._exceptions import (
     InvalidParameterError,
     RateLimitError,
     SmartDialogError,
+    answered_error,
     decode_body,
     display_path,
     error_message,
@@ -351,8 +352,15 @@ class BaseClient:
         for a create: SmartDialog said it did it). What an empty answer means is ``parse``'s to
         say (CreateGroupContact's id ``""``, NewMessage's ids from ``Location``): a body of
         another shape is never read as an empty one, which told the caller of a success with no
-        id."""
+        id. A body carrying an error (:func:`answered_error`) is never a success."""
         body = decode_body(response)
+        if (said := answered_error(response, body)) is not None:
+            raise APIResponseValidationError(
+                f"the {response.status_code} answer to {op.operation_id} carries an error: {said}",
+                body=body,
+                said=said,
+                **_where(op, response.request.url.path),
+            )
         try:
             return parse(body)
         except ValidationError as exc:

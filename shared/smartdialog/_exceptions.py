@@ -142,7 +142,9 @@ class IdentityProviderError(APIConnectionError):
 
 
 class APIResponseValidationError(APIError):
-    """A successful response whose body does not fit the documented shape."""
+    """A successful response whose body does not fit the documented shape. ``said``: the error
+    the body names (an :data:`ERROR_FIELDS` field: a proxy's or gateway's 2xx carrying an
+    error), else None."""
 
     def __init__(
         self,
@@ -153,11 +155,13 @@ class APIResponseValidationError(APIError):
         path: str,
         body: object,
         replayable: bool = True,
+        said: str | None = None,
     ) -> None:
         super().__init__(
             message, operation_id=operation_id, method=method, path=path, replayable=replayable
         )
         self.body = body
+        self.said = said
 
 
 class APIStatusError(APIError):
@@ -263,6 +267,18 @@ def decode_body(response: httpx.Response) -> object:
         return json.loads(response.content)
     except (ValueError, RecursionError):  # nested past the parser's depth: text too
         return response.text
+
+
+#: The fields an answer names an error in (SmartDialog's ``errorMessage``, a gateway's
+#: ``error``): no documented 2xx answer has one, so a 2xx carrying one is not a success.
+ERROR_FIELDS = ("errorMessage", "ErrorMessage", "error", "Error")
+
+
+def answered_error(response: httpx.Response, body: object) -> str | None:
+    """What an answer's :data:`ERROR_FIELDS` say (:func:`error_message`), if it has one."""
+    if isinstance(body, Mapping) and any(body.get(k) for k in ERROR_FIELDS):
+        return error_message(response, body)
+    return None
 
 
 def error_message(response: httpx.Response, body: object) -> str:

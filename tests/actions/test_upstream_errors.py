@@ -474,8 +474,8 @@ def test_a_done_creates_id_is_read_from_what_smartdialog_answered(
 
 @pytest.mark.parametrize(
     "content",
-    [b'{"errorMessage": "Contact exists"}', b"[1]", b"true", b"<html>Sign in</html>"],
-    ids=["error-object", "list", "boolean", "page"],
+    [b"[1]", b"true", b"<html>Sign in</html>"],
+    ids=["list", "boolean", "page"],
 )
 def test_a_done_creates_answer_without_an_id_is_a_502_saying_it_probably_happened(
     app: App, content: bytes
@@ -494,6 +494,41 @@ def test_a_done_creates_answer_without_an_id_is_a_502_saying_it_probably_happene
     assert "reported success (2xx) in an unexpected shape" in detail
     assert "probably took effect" in detail
     assert "Check before repeating" in detail
+
+
+@pytest.mark.parametrize(
+    ("operation_id", "method", "route", "body", "after"),
+    [
+        ("GetGroupContact", "GET", CONTACT, b"", ""),
+        ("GetUserCustomers", "GET", None, b"", ""),
+        ("CreateGroupContact", "POST", {"GroupService": GROUP}, NEW_CONTACT, "may or may not"),
+    ],
+    ids=["contact", "customers", "create"],
+)
+def test_a_2xx_carrying_an_error_is_a_502_quoting_it_never_an_empty_success(
+    app: App,
+    operation_id: str,
+    method: str,
+    route: dict[str, str] | None,
+    body: bytes,
+    after: str,
+) -> None:
+    """A proxy or gateway answering 200 with an error: the action answered 200 with an empty
+    contact (or list of customers). A create so answered may or may not have been done."""
+    said = {"errorMessage": "Contact not found", "phone": "+358401234567"}
+    code, answer, _ = run(
+        operation_id,
+        mock_client(lambda r: httpx.Response(200, json=said)),
+        method=method,
+        route=route,
+        body=body,
+    )
+    assert code == 502
+    assert answer["type"] == problem_type("upstream-unavailable")
+    detail = str(answer["detail"])
+    assert "SmartDialog answered 2xx with an error: Contact not found" in detail
+    assert after in detail
+    assert "probably took effect" not in detail
 
 
 @pytest.mark.parametrize("status", [502, 503])

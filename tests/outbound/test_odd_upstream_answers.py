@@ -1,6 +1,6 @@
 """Answers the Swagger does not document, from a real HTTP server the sender calls over a socket:
-an odd 409 and a redirect. Neither may record a message `sent` nor fail it for good as refused
-when nothing refused it."""
+an odd 409, a redirect, a 2xx that is no send's answer. None may record a message `sent` nor
+fail it for good as refused when nothing refused it."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ class Upstream:
                 length = int(self.headers.get("Content-Length") or 0)
                 upstream.calls.append(json.loads(self.rfile.read(length) or b"null"))
                 status, body = upstream.first.pop(0) if upstream.first else (0, upstream.body)
-                content = b"" if body is None else json.dumps(body).encode()
+                raw = isinstance(body, bytes)  # as is (a page, cut-off JSON), else as JSON
+                content = b"" if body is None else body if raw else json.dumps(body).encode()
                 self.send_response(status or upstream.status)
                 for name, value in upstream.headers.items():
                     self.send_header(name, value)
-                if content:
+                if content and not raw:
                     self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
@@ -141,3 +142,60 @@ def test_a_redirect_is_retried_as_upstream_unavailable_never_a_refusal(
     assert record.failure.upstreamStatus == status
     assert "elsewhere.invalid" in (record.failure.detail or "")
     assert len(odd.calls) == 4  # SEND_MAX_ATTEMPTS of the fixture
+
+
+NO_SEND_ANSWERS = [
+    (200, {"errorMessage": "Invalid sender: not allowed for service s-1001-oneway"}),
+    (200, {"MessageId": "m-up-1", "error": "Gateway: upstream refused"}),
+    (200, {}),
+    (200, None),
+    (202, None),
+    (204, None),
+    (200, b"<html><body>Sign in</body></html>"),
+    (200, b'{"MessageId": "m-up-1", "Recipients": [{"Addr'),
+]
+NO_SEND_IDS = ["error", "id-and-error", "empty-object", "empty", "202", "204", "page", "cut-off"]
+
+
+@pytest.mark.parametrize(("status", "answer"), NO_SEND_ANSWERS, ids=NO_SEND_IDS)
+def test_a_2xx_that_is_no_send_answer_is_never_sent_and_ends_outcome_unknown(
+    outbound: Outbound, odd: Upstream, status: int, answer: Any
+) -> None:
+    """A 2xx proves the send went out only as a send's answer (its MessageId or recipients)
+    with no error field: a proxy or gateway answering 200 with an error, or an answer of no
+    shape, may or may not have passed the call on. It is retried under the same RequestId, as
+    after a connection broken mid-call, and ends `outcome-unknown` with its event, never
+    `sent` with no MessageId."""
+    odd.answer(status, answer)
+    message_id = f"m-2xx-{uuid.uuid4()}"
+    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
+    outbound.drain()
+
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert record.failure is not None
+    assert record.failure.code == "outcome-unknown"
+    assert record.upstream_message_id is None
+    assert len(odd.calls) == 4  # SEND_MAX_ATTEMPTS of the fixture, all with one RequestId
+    assert len({c["RequestId"] for c in odd.calls}) == 1
+    assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.failed"]
+
+
+def test_a_2xx_with_an_error_is_settled_by_the_repeat_under_its_request_id(
+    outbound: Outbound, odd: Upstream
+) -> None:
+    """After a 200 carrying an error the repeat carries the same RequestId: a proper answer to
+    it records the message sent, with SmartDialog's MessageId, once."""
+    odd.first.append((200, {"errorMessage": "Invalid sender: not allowed"}))
+    odd.answer(200, {"MessageId": "m-up-2", "Recipients": [{"Address": DELIVERED, "Id": "r-1"}]})
+    message_id = f"m-2xx-then-ok-{uuid.uuid4()}"
+    body = sms(DELIVERED) | {"RequestId": f"caller-{message_id}"}
+    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": body})
+    outbound.drain()
+
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert (record.status, record.upstream_message_id) == (MessageStatus.SENT, "m-up-2")
+    assert [c["RequestId"] for c in odd.calls] == [f"caller-{message_id}"] * 2
+    assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
