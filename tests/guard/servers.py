@@ -146,7 +146,8 @@ def undecodable(status: int, encoding: str = "gzip") -> Callable[[socket.socket,
             f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
             f"Content-Encoding: {encoding}\r\nRetry-After: 7\r\n"
             "Location: https://x.test/v1/pipelines/p-1/actions/a-1\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            # one answer per connection: said, so the client never reuses one being closed
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         conn.sendall(head.encode() + body)
 
