@@ -775,3 +775,25 @@ def test_a_send_whose_storage_keeps_failing_names_its_message_id_on_each_span_an
     for dequeue_count, line in enumerate(named, start=1):
         assert f"dequeue count {dequeue_count}" in line, line
         assert "storage unreachable" in line
+
+
+def test_an_accepted_sends_202_line_names_its_message_id_and_a_bulks_its_batch_and_count(
+    outbound: Outbound, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 202 line named only the request's tracking id: an operator holding a flow's answer
+    could not go from its message id to the logs (nor a poisoned send's id back to its
+    request). A bulk's line names its batch id and how many it accepted, not every id."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        single = call_http("SendMessage", "POST", body=sms(DELIVERED))
+        people = [{"Address": f"+35840300{i:04d}"} for i in range(3)]
+        template = {"Sender": "Sandbox", "Content": "Hi", "Recipients": people}
+        bulk = call_http("SendBulkMessages", "POST", body=template)
+    assert single.status == 202, single.body
+    assert bulk.status == 202, bulk.body
+    lines = [r.getMessage() for r in caplog.records if " answered 202 " in r.getMessage()]
+    [sent] = [line for line in lines if line.startswith("SendMessage ")]
+    [batch] = [line for line in lines if line.startswith("SendBulkMessages ")]
+    assert f"Id {single.body['Id']}" in sent, sent
+    assert f"Id {bulk.body['Id']}, 3 accepted" in batch, batch
