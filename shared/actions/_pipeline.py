@@ -488,13 +488,11 @@ def _run_action(
     Order: parse and validate (400 problem, no upstream call, no quota token), run the handler
     (its client takes a quota token per attempt), map failures to problem documents (with the
     settings it acted through). Logs one line per request with ``operationId``, ``status``,
-    ``durationMs`` and ``trackingId``; never a phone number, token or secret."""
+    ``durationMs``, ``trackingId`` and a 202's ids; never a phone number, token or secret."""
     started = time.perf_counter()
     tracking_id = request.tracking_id
-    extra: dict[str, Any] = {
-        "operationId": spec.operation_id,
-        "trackingId": loggable_id(tracking_id),
-    }
+    extra: dict[str, Any] = {"operationId": spec.operation_id,
+                             "trackingId": loggable_id(tracking_id)}  # fmt: skip
     response: ActionResponse
     context: ActionContext | None = None
     outcome = "ok"
@@ -509,6 +507,7 @@ def _run_action(
         parsed = parse_input(spec.input, request, settings)
         context = ActionContext(settings, tracking_id, client_factory or shared_client)
         response = spec.handler(context, parsed)
+        outcome = ", ".join(["ok", *response.logged_ids()])  # 202: what it accepted, by id
     except Problem as problem:
         if problem.errors:
             fields = ", ".join(dict.fromkeys(e.field for e in problem.errors))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Ty
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.connections import CONNECTION_HEADER, NAME_MAX_LENGTH
+from shared.logs import loggable_id
 from shared.problems import PROBLEM_CONTENT_TYPE, Problem
 
 if TYPE_CHECKING:
@@ -129,6 +130,17 @@ class ActionResponse:
         if self.has_body:
             headers.setdefault("Content-Type", self.content_type)
         return headers
+
+    def logged_ids(self) -> list[str]:
+        """What a 202 answer's log line names (an accepted send, a pending status), so that an
+        operator can go from a flow's answer to the logs: its ``Id`` (a send's message id, a
+        batch's id), ``QuestionId`` and ``MessageId``, and how many a batch ``Accepted`` (not
+        every member's id)."""
+        body = self.body if self.status == 202 and isinstance(self.body, dict) else {}
+        names = [f"{key} {loggable_id(value)}" for key in ("Id", "QuestionId", "MessageId")
+                 if isinstance(value := body.get(key), str)]  # fmt: skip
+        accepted = body.get("Accepted")
+        return names + ([f"{accepted} accepted"] if isinstance(accepted, int) else [])
 
 
 # --- where input fields come from ---------------------------------------------------------------

@@ -37,6 +37,7 @@ from shared.outbound._models import (
     derive_message_id,
     parse_outbound_message,
     parse_queue_message,
+    readable_message_id,
     request_message_id,
     with_claimed_connection,
 )
@@ -111,23 +112,28 @@ class OutboundSender:
         dequeue_count: int | None = None,
         inserted_at: dt.datetime | None = None,
     ) -> SendOutcome:
-        """Handle one queue message in a span that continues its command's trace (a stored
-        one's is in its blob: read first); see the module docstring for what may raise.
-        ``inserted_at`` (when it was queued) feeds the queue-age metric."""
+        """Handle one queue message in a span continuing its command's trace (a stored one's is
+        in its blob); see the module docstring for raises; ``inserted_at`` feeds queue age."""
         telemetry.record_queue_age(OUTBOUND_QUEUE, inserted_at, self.ports.now())
         try:
             read: _Read = self._read(text)
         except Exception as exc:  # settled (or raised again) in the span
             read = exc
         trace = telemetry.traceparent_in(text) if isinstance(read, Exception) else read.traceparent
-        with telemetry.span(
-            f"process {OUTBOUND_QUEUE}",
-            parent=trace,
-            kind="consumer",
-            attributes={"messaging.message.id": queue_message_id},
-        ) as current:
-            outcome = self._process(read, text, queue_message_id, dequeue_count)
-            if outcome.message_id:  # a pack's driver: the pack id
+        # Named before our storage can fail (then it raises, and may end as poison).
+        known = read.packId if isinstance(read, PackDriver) else readable_message_id(
+            text, customer_id=self.ports.policy.customer_id)  # fmt: skip
+        attributes = {"messaging.message.id": queue_message_id, "smartdialog.message_id": known}
+        with telemetry.span(f"process {OUTBOUND_QUEUE}", parent=trace, kind="consumer",
+                            attributes=attributes) as current:  # fmt: skip
+            try:
+                outcome = self._process(read, text, queue_message_id, dequeue_count)
+            except Exception as exc:  # our storage failed: the host retries, then -poison
+                log.error("message %s (queue message %s, dequeue count %s) not processed: %s",
+                          known, queue_message_id, dequeue_count,
+                          redacted_traceback(exc))  # fmt: skip
+                raise
+            if outcome.message_id:  # one derived only now, or a pack's driver: the pack id
                 current.set_attribute("smartdialog.message_id", outcome.message_id)
             current.set_attribute("smartdialog.outcome", str(outcome.kind))
         if outcome.kind in _COUNTED_HERE:
@@ -260,10 +266,8 @@ class OutboundSender:
             # A record appeared meanwhile (another copy, or another message with this id).
             if (record := self.ports.store.get(command.messageId)) is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
-        elsewhere = self.outcomes.someone_elses(
-            record, command, text, queue_message_id, dequeue_count
-        )
-        if elsewhere is not None:
+        if elsewhere := self.outcomes.someone_elses(record, command, text, queue_message_id,
+                                                     dequeue_count):  # fmt: skip
             return elsewhere
         return self._then_sweep(record, command, self._advance(record, command))
 
@@ -329,9 +333,8 @@ class OutboundSender:
                 # queue message, e.g. after a crash between re-enqueue and acknowledgement):
                 # it waits out the backoff too, or retries would come early.
                 delay = (record.next_attempt_at - now).total_seconds()
-                return self.outcomes.requeue(
-                    command, record.attempts, delay, OutcomeKind.DEFERRED, "backoff"
-                )
+                return self.outcomes.requeue(command, record.attempts, delay,
+                                             OutcomeKind.DEFERRED, "backoff")  # fmt: skip
             if record.status is MessageStatus.SENDING and not record.operation.carries_request_id:
                 # The previous attempt died mid-call; without a RequestId a repeat could send
                 # twice, so we stop here (at most once).
@@ -570,10 +573,7 @@ class OutboundSender:
         assert command.messageId is not None
         if self.ports.store.get(command.messageId) is not None:
             return
-        if (
-            unreadable_address(command) is not None
-            or suppression(command, self.ports.suppressions) is not None
-        ):
+        if unreadable_address(command) or suppression(command, self.ports.suppressions):
             return
         record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if record.pack_key is None:

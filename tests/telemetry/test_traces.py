@@ -731,3 +731,69 @@ def test_a_tracking_id_that_reads_as_a_number_is_masked_on_spans_and_named_in_th
     lines = [r.getMessage() for r in caplog.records if " answered " in r.getMessage()]
     assert "0401234567" not in caplog.text
     assert sum("request ***" in line for line in lines) >= 3, lines
+
+
+def test_a_send_whose_storage_keeps_failing_names_its_message_id_on_each_span_and_log_line(
+    outbound: Outbound,
+    telemetry: Telemetry,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Our storage failing raises to the host, which retries and then moves the message to
+    ``-poison``; the span got ``smartdialog.message_id`` only after the sender returned and no
+    line named the message: the runbook's searches for a poisoned send's id (README's span
+    query, operations.md's ``traces``) found nothing."""
+    import logging
+
+    from azure.core.exceptions import ServiceRequestError
+
+    accepted = call_http("SendMessage", "POST", body=sms(DELIVERED))
+    assert accepted.status == 202, accepted.body
+    message_id = accepted.body["Id"]
+    [queued] = queue_client(names.OUTBOUND_QUEUE).peek_messages(max_messages=32)
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ServiceRequestError("storage unreachable")
+
+    for method in ("get", "get_many", "get_with_slots", "swap", "swap_many"):
+        monkeypatch.setattr(MessageStore, method, unreachable)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for dequeue_count in range(1, 6):  # the host's retries, up to maxDequeueCount
+            with pytest.raises(ServiceRequestError):
+                outbound.invoke(queued.content, message_id=queued.id, dequeue_count=dequeue_count)
+
+    processed = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
+    assert len(processed) == 5
+    for span in processed:
+        assert (span.attributes or {}).get("smartdialog.message_id") == message_id
+    named = [
+        r.getMessage() for r in caplog.records
+        if r.levelno >= logging.WARNING and message_id in r.getMessage()
+    ]  # fmt: skip
+    assert len(named) == 5, named
+    for dequeue_count, line in enumerate(named, start=1):
+        assert f"dequeue count {dequeue_count}" in line, line
+        assert "storage unreachable" in line
+
+
+def test_an_accepted_sends_202_line_names_its_message_id_and_a_bulks_its_batch_and_count(
+    outbound: Outbound, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 202 line named only the request's tracking id: an operator holding a flow's answer
+    could not go from its message id to the logs (nor a poisoned send's id back to its
+    request). A bulk's line names its batch id and how many it accepted, not every id."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        single = call_http("SendMessage", "POST", body=sms(DELIVERED))
+        people = [{"Address": f"+35840300{i:04d}"} for i in range(3)]
+        template = {"Sender": "Sandbox", "Content": "Hi", "Recipients": people}
+        bulk = call_http("SendBulkMessages", "POST", body=template)
+    assert single.status == 202, single.body
+    assert bulk.status == 202, bulk.body
+    lines = [r.getMessage() for r in caplog.records if " answered 202 " in r.getMessage()]
+    [sent] = [line for line in lines if line.startswith("SendMessage ")]
+    [batch] = [line for line in lines if line.startswith("SendBulkMessages ")]
+    assert f"Id {single.body['Id']}" in sent, sent
+    assert f"Id {bulk.body['Id']}, 3 accepted" in batch, batch
