@@ -179,10 +179,10 @@ def _body_defaults(model: Any, body: dict[str, Any], settings: Settings) -> None
 
 
 def _regions(value: Any) -> list[str]:
-    from shared.phone import is_region
+    from shared.phone import MAX_REGIONS, is_region
 
     listed = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    return [r for r in listed if isinstance(r, str) and is_region(r)]
+    return [r for r in listed[:MAX_REGIONS] if isinstance(r, str) and is_region(r)]
 
 
 def _error_field(loc: tuple[int | str, ...], names: Mapping[str, str], body: str | None,
