@@ -24,6 +24,7 @@ from functools import cache, lru_cache
 
 __all__ = [
     "DEFAULT_REGION",
+    "MAX_REGIONS",
     "InvalidPhoneNumber",
     "InvalidRegion",
     "calling_code",
@@ -37,6 +38,8 @@ __all__ = [
 
 #: The region numbers without a country code are read in when the caller names none (upstream's).
 DEFAULT_REGION = "FI"
+#: The most regions a caller's list may hold (``phoneNumberRegions``), and a refusal names.
+MAX_REGIONS = 10
 #: E.164 caps a number at 15 digits; with ``+``, separators and slack no real input is longer.
 MAX_INPUT_LENGTH = 40
 
@@ -80,12 +83,13 @@ _NOT_A_NUMBER = (
 
 
 def parse_phone_number(text: str, regions: Iterable[str] = ()) -> str:
-    """``text`` as an E.164 number, read in ``regions`` in order (default :data:`DEFAULT_REGION`).
+    """``text`` as an E.164 number, read in ``regions`` in order (default :data:`DEFAULT_REGION`),
+    each once (a region given again is not tried again).
 
     Raises :class:`InvalidPhoneNumber` with a message fit for the flow author (it quotes no
     more of the number than they typed), or :class:`InvalidRegion` for an unknown region.
     """
-    candidates = tuple(normalize_region(r) for r in regions) or (DEFAULT_REGION,)
+    candidates = tuple(dict.fromkeys(normalize_region(r) for r in regions)) or (DEFAULT_REGION,)
     raw = text.strip()
     if not raw:
         raise InvalidPhoneNumber("Empty: give a phone number such as +358401234567.")
@@ -113,7 +117,8 @@ def _e164(raw: str, candidates: tuple[str, ...]) -> str:
             raise InvalidPhoneNumber(_NOT_A_NUMBER)
         if phonenumbers.is_valid_number(number):
             return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
-    where = ", ".join(candidates)
+    more = len(candidates) - MAX_REGIONS
+    where = ", ".join(candidates[:MAX_REGIONS]) + (f" and {more} more" if more > 0 else "")
     raise InvalidPhoneNumber(
         f"Not a valid phone number (read in region {where}); "
         "give it in international form, e.g. +358401234567."

@@ -13,12 +13,14 @@ from pydantic.fields import FieldInfo
 
 from shared import telemetry
 from shared.actions._reading import (
+    body_query_names,
     param_problem,
     present,
     raw_body_field,
     read_body,
     read_raw_body,
     stripped,
+    unread_input,
 )
 from shared.actions._spec import (
     ActionContext,
@@ -177,10 +179,10 @@ def _body_defaults(model: Any, body: dict[str, Any], settings: Settings) -> None
 
 
 def _regions(value: Any) -> list[str]:
-    from shared.phone import is_region
+    from shared.phone import MAX_REGIONS, is_region
 
     listed = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    return [r for r in listed if isinstance(r, str) and is_region(r)]
+    return [r for r in listed[:MAX_REGIONS] if isinstance(r, str) and is_region(r)]
 
 
 def _error_field(loc: tuple[int | str, ...], names: Mapping[str, str], body: str | None,
@@ -226,8 +228,8 @@ def parse_input(
     ``..``, or non-ASCII in a header, is refused whatever its field (:mod:`._reading`). The
     :class:`Body` field from the JSON body, read strictly (non-finite numbers, huge integers,
     lone surrogates, deep nesting: 400 naming their path). Phone numbers are read in the
-    regions named by the model's ``phone_regions_from`` field (default FI).
-    """
+    regions named by the model's ``phone_regions_from`` field (default FI). Input the model
+    does not read is refused, never dropped (:func:`._reading.unread_input`)."""
     raw: dict[str, Any] = {}
     names: dict[str, str] = {}
     settings_hints: dict[str, SettingDefault] = {}
@@ -235,6 +237,7 @@ def parse_input(
     body_field: str | None = None
     body_broken = False
     refused_params: set[str] = set()
+    declared: dict[str, str] = {}  # wire name -> location: what the request may give
     for name, info in model.model_fields.items():
         marker = _marker(info)
         if isinstance(marker, Body):
@@ -242,18 +245,19 @@ def parse_input(
             raw_field = raw_body_field(marker, request)
             if raw_field is not None:
                 data, problems = read_raw_body(request, info.annotation, raw_field)
+                declared |= dict.fromkeys(body_query_names(info.annotation, raw_field), "query")
             else:
                 data, problems = read_body(request)
-            if problems:
-                errors.extend(problems)
-                body_broken = True
-            elif data is not None:
+            errors.extend(problems)
+            body_broken = bool(problems)
+            if data is not None:  # None with problems
                 _body_defaults(info.annotation, data, settings)
                 raw[name] = data
             continue
         if marker is None:
             continue
         names[name] = marker.name
+        declared[marker.name] = marker.location
         if marker.location == "path":
             value: Any = request.route_params.get(marker.name)
         elif marker.location == "query":
@@ -276,7 +280,7 @@ def parse_input(
             value = stripped(getattr(settings, marker.default.attribute, None))
             if present(value):
                 raw[name] = value
-
+    errors.extend(unread_input(request, declared, body_field is not None))
     context = {PHONE_REGIONS_CONTEXT: _regions(_find(model, raw, names, body_field))}
     try:
         parsed = model.model_validate(raw, context=context)
@@ -530,8 +534,7 @@ def _run_action(
 
 
 def _check_size(request: ActionRequest, limit: int) -> None:
-    """413 before anything is parsed when the body, or what ``Content-Length`` announces, is
-    over ``limit`` bytes."""
+    """413 before any parsing when the body, or its announced length, is over ``limit`` bytes."""
     announced = (request.header("Content-Length") or "").strip()
     # isascii(): isdigit() takes '²', which int() refuses; a 20-digit length is past any limit.
     readable = announced.isascii() and announced.isdigit()

@@ -1,7 +1,8 @@
 """Reading a request's body and parameters, strictly.
 
 Parameters: a value with control characters, a ``.`` or ``..`` (a path segment that would
-change the upstream path) or, in a header, non-ASCII text is refused whatever its field.
+change the upstream path) or, in a header, non-ASCII text is refused whatever its field. Input
+an action does not read is refused too (:func:`unread_input`), never dropped.
 
 JSON bodies: what ``json.loads`` lets through but nothing downstream can use is refused, each
 as a :class:`~shared.problems.FieldError` on its JSON path (e.g.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,9 +26,11 @@ from shared.actions._spec import ActionRequest, Body, Param
 from shared.problems import FieldError
 
 __all__ = [
+    "HOST_KEY_PARAMETER",
     "MAX_DEPTH",
     "MAX_INTEGER_DIGITS",
     "BodyRefused",
+    "body_query_names",
     "loads_strict",
     "not_unicode",
     "param_problem",
@@ -36,12 +40,15 @@ __all__ = [
     "read_body",
     "read_raw_body",
     "stripped",
+    "unread_input",
 ]
 
 #: Deepest nesting of arrays and objects a body may have (our deepest model needs 4).
 MAX_DEPTH = 32
 #: Longest integer a body may carry, sign excluded (no field of ours needs more than 19).
 MAX_INTEGER_DIGITS = 100
+#: The Functions host's own query parameter, the function key (the host reads it in any case).
+HOST_KEY_PARAMETER = "code"
 
 
 class BodyRefused(Exception):
@@ -221,12 +228,47 @@ def read_raw_body(
     except (LookupError, UnicodeError):
         return None, [FieldError("body", f"The body is not {charset or 'UTF-8'} encoded text.")]
     data: dict[str, Any] = {raw_field: text.removeprefix("\ufeff")}
+    for key in body_query_names(model, raw_field):
+        if present(request.query.get(key)):
+            data[key] = stripped(request.query[key])
+    return data, []
+
+
+def body_query_names(model: Any, raw_field: str) -> Iterator[str]:
+    """The query parameters a raw body's other fields come from: their wire names."""
     if isinstance(model, type) and issubclass(model, BaseModel):
         for name, info in model.model_fields.items():
-            key = info.alias or name
-            if key != raw_field and present(request.query.get(key)):
-                data[key] = stripped(request.query[key])
-    return data, []
+            if (info.alias or name) != raw_field:
+                yield info.alias or name
+
+
+def unread_input(
+    request: ActionRequest, declared: Mapping[str, str], takes_body: bool
+) -> list[FieldError]:
+    """What ``request`` gives that its action would not read: each query parameter not in
+    ``declared`` (the action's parameter names, exactly as they are read, to where they are
+    read from: ``path``, ``query``, ``header``) but the host's :data:`HOST_KEY_PARAMETER`, and
+    a body when it ``takes_body`` not (blank, ``{}`` and ``null`` give nothing: taken, as tools
+    send them with a DELETE). Dropped, it acted on other input: a phone in
+    DeleteAllGroupContacts' query or body emptied the whole group."""
+    errors: list[FieldError] = []
+    for key in request.query:
+        if declared.get(key) != "query" and key.lower() != HOST_KEY_PARAMETER:
+            errors.append(FieldError(printable(key), _unread_parameter(key, declared)))
+    if not takes_body and re.sub(rb"\s", b"", request.body) not in (b"", b"{}", b"null"):
+        errors.append(FieldError("body", "This action takes no body: give its input in the "
+                                 "path, query parameters and headers it declares."))  # fmt: skip
+    return errors
+
+
+def _unread_parameter(key: str, declared: Mapping[str, str]) -> str:
+    near = next((n for n in declared if n.lower() == key.lower()), None)
+    if near is None:
+        return "Unknown query parameter: this action does not read it; check its name."
+    if declared[near] == "query":
+        return f"Unknown query parameter: the action reads {near} (names are case-sensitive)."
+    where = "in the path" if declared[near] == "path" else "as a header"
+    return f"Not a query parameter of this action: give {near} {where}."
 
 
 def param_problem(marker: Param, value: Any) -> str | None:

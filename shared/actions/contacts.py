@@ -32,6 +32,7 @@ from shared.actions.fields import (
     ui,
 )
 from shared.clock import utcnow
+from shared.phone import MAX_REGIONS
 
 __all__ = ["SPECS", "GroupContactChanges", "NewGroupContactBody"]
 
@@ -128,12 +129,24 @@ CustomProperties = Annotated[
     ),
 ]
 _REGION_ITEM = ui("Region", dynamic_values=REGION_DROPDOWN)
+
+
+def _distinct(codes: list[str] | None) -> list[str] | None:
+    """``codes`` without repeats, in order: ``["FI", "fi"]`` is tried and sent as ``["FI"]``."""
+    return list(dict.fromkeys(codes)) if codes else codes
+
+
 PhoneRegions = Annotated[
-    list[Annotated[RegionCode, Field(json_schema_extra=_REGION_ITEM)]] | None,
+    Annotated[
+        list[Annotated[RegionCode, Field(json_schema_extra=_REGION_ITEM)]],
+        Field(max_length=MAX_REGIONS),
+    ]
+    | None,
+    AfterValidator(_distinct),
     Field(
         description=(
-            "Regions to read phone numbers without a country code in, tried in order. "
-            "Finland (FI) when empty."
+            f"Regions to read phone numbers without a country code in, tried in order; at most "
+            f"{MAX_REGIONS}. Finland (FI) when empty."
         ),
         json_schema_extra=ui("Phonenumber Regions"),
     ),

@@ -160,6 +160,11 @@ def test_contact_numbers_are_read_in_the_callers_regions(app: App) -> None:
     assert requests[1]["query"] == {"Region": "SE"}
 
 
+def test_a_region_given_twice_is_tried_and_passed_on_once(app: App) -> None:
+    create_contact({"phone": "070 123 45 67", "phoneNumberRegions": ["SE", "se", "FI", "SE"]})
+    assert app.assert_upstream_valid()[0]["body"]["phoneNumberRegions"] == ["SE", "FI"]
+
+
 def test_delete_all_group_contacts_empties_the_group(app: App) -> None:
     create_contact()
     reply = call("DeleteAllGroupContacts", method="DELETE", route={"GroupService": GROUP})

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from shared.actions._pipeline import parse_input
 from shared.actions._spec import ActionInput, ActionRequest, Body
 from shared.actions.fields import require_http_url
+from shared.phone import MAX_REGIONS
 from shared.problems import Problem
 from shared.settings import get_settings
 from tests.actions.conftest import CUSTOMER, GROUP, IDENTITY, App, call, wire
@@ -327,6 +328,81 @@ def test_a_delete_with_an_empty_phone_is_a_400_naming_it_never_a_delete_of_all(
     assert response.status_code == 400, response.text
     assert [e["field"] for e in response.json()["errors"]] == ["Phone"]
     assert app.upstream() == []  # nothing reached SmartDialog
+
+
+def _dev_host_call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One request through the dev host (real HTTP, the host's routing and query parsing)."""
+    from devhost import DevHost, load_app
+
+    repo = Path(__file__).resolve().parents[2]
+    with DevHost(
+        load_app("function_app:app", repo), repo / "host.json", port=0, queues=False
+    ) as host:
+        return httpx.request(
+            method, f"{host.url}/api/{path}", headers={"Customer-Id": CUSTOMER}, timeout=10,
+            **kwargs,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "extra", "field"),
+    [
+        ("DELETE", f"groups/{GROUP}/contacts?Phone=%2B358401234567", {}, "Phone"),
+        ("DELETE", f"groups/{GROUP}/contacts", {"json": {"phone": "+358401234567"}}, "body"),
+        ("PUT", f"groups/{GROUP}/contacts/0401234567?Region=SE",
+         {"json": {"firstName": "Changed"}}, "Region"),
+        ("GET", f"groups/{GROUP}/contacts/0701234567?region=SE", {}, "region"),
+        ("GET", "services?serviceType=OneWay", {}, "serviceType"),
+    ],
+)  # fmt: skip
+def test_input_an_action_does_not_read_is_a_400_naming_it_never_dropped(
+    app: App, method: str, path: str, extra: dict[str, Any], field: str
+) -> None:
+    """A phone in the query or the body of DeleteAllGroupContacts was dropped and the whole
+    group emptied; a Region on UpdateGroupContact (regions come from its body) was dropped and
+    the number read in FI changed another contact. Query names are read as declared: a
+    ``region`` was dropped as well."""
+    response = _dev_host_call(method, path, **extra)
+    assert response.status_code == 400, response.text
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert app.upstream() == []  # nothing reached SmartDialog
+
+
+def test_the_function_key_in_the_query_is_the_hosts_never_refused(app: App) -> None:
+    for code in ("code", "Code"):
+        params = {code: "function-key", "ServiceType": "OneWay"}
+        reply = call("GetCustomerServices", method="GET", params=params)
+        assert reply.status == 200, reply.body
+    typo = call("GetCustomerServices", method="GET", params={"code": "k", "servicetype": "OneWay"})
+    assert typo.status == 400
+    assert typo.fields == ["servicetype"]
+    assert "ServiceType" in typo.body["errors"][0]["message"]
+
+
+def test_an_empty_body_on_an_action_without_one_is_taken(app: App) -> None:
+    """Tools send ``{}`` or ``null`` with a DELETE: nothing in them is dropped."""
+    route = {"GroupService": GROUP, "Phone": "+358401234567"}
+    for body in (b" { } ", b"null", b"\n"):
+        reply = call("DeleteGroupContact", method="DELETE", route=route, body=body)
+        assert reply.status != 400, reply.body
+    refused = call("DeleteGroupContact", method="DELETE", route=route, body=b'{"x": 1}')
+    assert (refused.status, refused.fields) == (400, ["body"])
+
+
+def test_a_long_region_list_is_a_400_naming_it_with_a_short_answer(app: App) -> None:
+    """["FI"] * 860000 took 23 s to refuse, with a 3.4 MB answer naming every entry."""
+    route = {"GroupService": GROUP}
+    body = {"phone": "0401234567", "phoneNumberRegions": ["FI"] * (MAX_REGIONS + 1)}
+    over = call("CreateGroupContact", method="POST", route=route, body=body)
+    assert (over.status, over.fields) == (400, ["phoneNumberRegions"])
+    assert str(MAX_REGIONS) in over.body["errors"][0]["message"]
+    body = {"phone": "0401", "phoneNumberRegions": ["FI"] * 100_000}
+    huge = call("CreateGroupContact", method="POST", route=route, body=body)
+    assert huge.status == 400
+    assert "phoneNumberRegions" in huge.fields
+    assert len(huge.raw) < 2000
+    assert app.upstream() == []
 
 
 class _Either(BaseModel):
