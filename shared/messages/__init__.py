@@ -47,6 +47,7 @@ from shared.messages._questions import (
     normalize_answer,
     normalize_reply,
     reprompt_message_id,
+    reprompted_question,
     send_ended_unsent,
     send_may_have_gone_out,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "normalize_answer",
     "normalize_reply",
     "reprompt_message_id",
+    "reprompted_question",
     "send_ended_unsent",
     "send_may_have_gone_out",
     "text_connection",

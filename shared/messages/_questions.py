@@ -54,6 +54,7 @@ __all__ = [
     "normalize_reply",
     "question_partition",
     "reprompt_message_id",
+    "reprompted_question",
     "send_ended_unsent",
     "send_may_have_gone_out",
 ]
@@ -214,6 +215,15 @@ def new_question_id(service: str, address: str) -> str:
 def reprompt_message_id(question_id: str) -> str:
     """The message id (and RequestId) of a question's re-prompt: always the same."""
     return str(uuid.uuid5(_REPROMPT_NAMESPACE, f"reprompt\n{question_id}"))
+
+
+def reprompted_question(message_id: str | None, customer_data: str | None) -> str | None:
+    """The question whose re-prompt the send ``message_id`` (with ``customer_data``
+    ``question=<id>``) is (:func:`reprompt_message_id`), else None."""
+    question_id = (customer_data or "").removeprefix("question=")
+    if question_id == customer_data or message_id != reprompt_message_id(question_id):
+        return None
+    return question_id
 
 
 def _partition_of(question_id: str) -> str:
@@ -431,8 +441,8 @@ class QuestionStore:
         answered (also by a reply handled at the same time as the one that queued it), opted
         out, timed out, replaced, failed (one unknown is not known to have ended). The sender
         cancels such a one instead of sending it. One read, for re-prompts only."""
-        question_id = (customer_data or "").removeprefix("question=")
-        if question_id == customer_data or message_id != reprompt_message_id(question_id):
+        question_id = reprompted_question(message_id, customer_data)
+        if question_id is None:
             return False
         record = self.get(question_id)
         return record is not None and record.status.is_final

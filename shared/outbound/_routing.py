@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from shared.logs import loggable_text
-from shared.messages import FailureInfo, MessageStatus
+from shared.messages import FailureInfo, MessageStatus, reprompted_question
 from shared.outbound._giving_up import CONFIGURATION, noted, waiting_error
 from shared.outbound._models import (
     PackDriver,
@@ -122,13 +122,16 @@ def unserved(
     connection must claim it, ``default`` must not serve one another claims): dead-lettered
     ``malformed`` naming ``customerId``, nothing sent and no quota slot taken. None for any
     other: a recorded one was checked when accepted (a customer moved since never fails a send
-    in flight), a pack's driver's members too; an unknown or misconfigured connection, or
-    uncertain claims, are left to the sender's own path."""
+    in flight), a pack's driver's members too, and a question's re-prompt (ours, queued without
+    a record, with the connection its question was asked through); an unknown or misconfigured
+    connection, or uncertain claims, are left to the sender's own path."""
     from shared.connections import CustomerNotServed, route
     from shared.names import DEFAULT_CONNECTION
     from shared.problems import Problem
 
     if isinstance(message, PackDriver) or message.Connection is None or not message.customerId:
+        return None
+    if reprompted_question(message.messageId, getattr(message.body, "CustomerData", None)):
         return None
     try:
         name = command_connection(message) or DEFAULT_CONNECTION  # only whitespace: default

@@ -217,6 +217,38 @@ def test_a_questions_re_prompt_goes_through_the_connection_it_was_asked_on(
     )
 
 
+def test_a_questions_re_prompt_still_goes_out_after_its_customer_moves_off_its_connection(
+    two: TwoConnections,
+) -> None:
+    """A re-prompt is queued without a record, naming its question's connection and customer:
+    the check of queue-only commands (a named connection must serve the customer) took it for
+    a producer's mistake once the customer moved, and it was dead-lettered ``malformed`` with
+    no event: part of a question accepted over HTTP, lost. It goes out as it was asked."""
+    second_webhook(two)
+    headers = {CONNECTION_HEADER: "second", "Customer-Id": SECOND_CUSTOMER,
+               "Service-Id": SECOND_TWO_WAY}  # fmt: skip
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358400000012",
+            "Options": ["Yes", "No"], "RepromptContent": "Please reply YES or NO",
+            "ReplaceOpenQuestion": True}  # fmt: skip
+    asked = call_http("SendMessageAndWaitForReply", "POST", headers=headers, body=body)
+    assert asked.status == 202, asked.body
+    question = QuestionStore.from_settings().get(asked.body["QuestionId"])
+    assert question is not None
+    queue_client(names.OUTBOUND_QUEUE).clear_messages()  # the question's own send: not here
+    two.set_connection("SECOND", CUSTOMERS="2999", CUSTOMER_ID="2999")  # the customer moves
+    two.env.enqueue(reprompt_command(question))  # as the reply's processor queues it
+
+    two.env.drain()
+
+    assert two.env.dead_letters() == []
+    [call] = two.second_upstream()
+    assert call["status"] == 200
+    [event] = [
+        e for e in two.env.events() if e["subject"] == reprompt_message_id(question.question_id)
+    ]
+    assert event["type"] == "fi.arena.smartdialog.message.sent"
+
+
 def test_a_question_on_a_service_whose_webhook_is_on_another_connection_is_asked(
     two: TwoConnections,
 ) -> None:
