@@ -237,7 +237,7 @@ def parse_input(
     body_field: str | None = None
     body_broken = False
     refused_params: set[str] = set()
-    declared: dict[str, str] = {}  # wire name -> location: what the request may give
+    declared = dict.fromkeys(model.ignored_query, "query")  # wire name -> where: may be given
     for name, info in model.model_fields.items():
         marker = _marker(info)
         if isinstance(marker, Body):

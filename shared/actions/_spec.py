@@ -195,6 +195,9 @@ class ActionInput(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     phone_regions_from: ClassVar[str | None] = None
+    #: Query parameters the action takes and does not read (not in the connector): a URL we
+    #: hand out may carry them (a send's Location, its ``token``, is also where it is cancelled).
+    ignored_query: ClassVar[tuple[str, ...]] = ()
 
     #: Every action's connection (SmartDialog account): the connector's policy sets it from
     #: the Power Automate connection; the pipeline routes by it before parsing the rest.

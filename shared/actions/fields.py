@@ -21,6 +21,7 @@ and :func:`service_dropdown` / :func:`template_dropdown` wire a field to our loo
 from __future__ import annotations
 
 import ipaddress
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -173,11 +174,24 @@ def require_http_url(value: str) -> str:
     return url
 
 
+#: An ASCII label of a host name as DNS and browsers take it: letters, digits, "-" and "_", in
+#: any order (S3's "ab--cd", a CDN's "r3---sn-x", "my_host"; IDNA's hyphen rules are its own).
+_ASCII_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+
+
 def _host_name_or_ip(host: str) -> None:
+    """Raises ``ValueError`` unless ``host`` is an IP literal (urlsplit has taken off an IPv6's
+    brackets) or a host name: its ASCII labels as DNS takes them, any other by IDNA."""
     try:
-        ipaddress.ip_address(host)  # an IP literal (urlsplit has taken off an IPv6's brackets)
-    except ValueError:  # "_" is no IDNA character but real hosts have it (browsers take it)
-        idna.encode(host.replace("_", "x"), uts46=True)
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    for label in host.removesuffix(".").split("."):
+        if label.isascii() and not _ASCII_LABEL.fullmatch(label):
+            raise ValueError(f"not a host name: {host}")
+        if not label.isascii():
+            idna.encode(label, uts46=True)  # IDNAError is a ValueError
 
 
 def _email(value: str) -> str:

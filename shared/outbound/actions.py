@@ -119,6 +119,7 @@ class MessageStatusInput(ActionInput):
 
 
 class CancelMessageInput(ActionInput):
+    ignored_query = ("token",)  # a DELETE on the send's Location as given (the status token)
     message_id: MessageIdPath
 
 

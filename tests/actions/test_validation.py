@@ -460,6 +460,10 @@ GOOD_URLS = [
     "http://[2001:db8::1]:8080/x",
     "https://localhost/x",
     "https://my_bucket.example.com/x",  # no IDNA host name, but browsers and DNS take it
+    "https://ab--cd.s3.eu-north-1.amazonaws.com/img.png",  # a valid S3 bucket
+    "https://r3---sn-4g5e6nz7.googlevideo.com/x",  # a real CDN host
+    "https://my-bucket-.s3.amazonaws.com/x",
+    "https://xn--i-7iq.ws/x",  # i\u2764.ws as DNS knows it
     "  https://example.com/x\t",
 ]
 #: Not an absolute http(s) URL: the scheme or host missing, a blank or an invisible character
@@ -479,7 +483,6 @@ BAD_URLS = [
     "https://example.com\u200b/x",
     "https://exa%20mple.com/x",
     "https://exa!mple.com/x",
-    "https://-example.com/x",
     "https://a..b/x",
     "https://" + "a" * 64 + ".com/x",
     "https://example.com:99999/x",

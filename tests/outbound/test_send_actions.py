@@ -181,6 +181,23 @@ def test_cancel_before_sending_means_it_is_never_sent(outbound: Outbound) -> Non
     assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.cancelled"]
 
 
+def test_a_cancel_at_the_sends_location_as_given_is_taken(outbound: Outbound) -> None:
+    """DELETE on the 202's Location (its ?token=... included), the obvious cancel in a Logic
+    App, was refused 400 naming ``token`` once undeclared query parameters were refused."""
+    from urllib.parse import parse_qs, urlsplit
+
+    accepted = post(sms(DELIVERED))
+    query = {k: v[0] for k, v in parse_qs(urlsplit(accepted.headers["Location"]).query).items()}
+    assert set(query) == {"token"}
+    route = {"MessageId": accepted.body["Id"]}
+
+    cancelled = call_http("CancelMessage", "DELETE", route_params=route, params=query)
+
+    assert (cancelled.status, cancelled.body["Status"]) == (200, "cancelled")
+    outbound.drain()
+    assert outbound.upstream() == []
+
+
 def test_cancel_after_sending_is_409(outbound: Outbound) -> None:
     accepted = post(sms(DELIVERED))
     outbound.drain()
