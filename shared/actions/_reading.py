@@ -254,7 +254,8 @@ def unread_input(
     errors: list[FieldError] = []
     for key in request.query:
         if declared.get(key) != "query" and key.lower() != HOST_KEY_PARAMETER:
-            errors.append(FieldError(printable(key), _unread_parameter(key, declared)))
+            name = key if len(key) <= 100 else key[:100] + "..."  # a 5,000-character key
+            errors.append(FieldError(printable(name), _unread_parameter(key, declared)))
     if not takes_body and re.sub(rb"\s", b"", request.body) not in (b"", b"{}", b"null"):
         errors.append(FieldError("body", "This action takes no body: give its input in the "
                                  "path, query parameters and headers it declares."))  # fmt: skip

@@ -374,6 +374,8 @@ def test_the_function_key_in_the_query_is_the_hosts_never_refused(app: App) -> N
         params = {code: "function-key", "ServiceType": "OneWay"}
         reply = call("GetCustomerServices", method="GET", params=params)
         assert reply.status == 200, reply.body
+    long = call("GetCustomerServices", method="GET", params={"x" * 5000: "1"})
+    assert (long.status, long.fields) == (400, ["x" * 100 + "..."])  # not echoed whole
     typo = call("GetCustomerServices", method="GET", params={"code": "k", "servicetype": "OneWay"})
     assert typo.status == 400
     assert typo.fields == ["servicetype"]
