@@ -120,9 +120,9 @@ class OutboundSender:
         except Exception as exc:  # settled (or raised again) in the span
             read = exc
         trace = telemetry.traceparent_in(text) if isinstance(read, Exception) else read.traceparent
-        # Named before our storage can fail (then it raises, and may end as poison).
-        known = read.packId if isinstance(read, PackDriver) else readable_message_id(
-            text, customer_id=self.ports.policy.customer_id)  # fmt: skip
+        # Named before storage can fail (one derived from a RequestId needs its route: later).
+        known = (readable_message_id(text, customer_id=None) if isinstance(read, Exception)
+                 else read.packId if isinstance(read, PackDriver) else read.messageId)  # fmt: skip
         attributes = {"messaging.message.id": queue_message_id, "smartdialog.message_id": known}
         with telemetry.span(f"process {OUTBOUND_QUEUE}", parent=trace, kind="consumer",
                             attributes=attributes) as current:  # fmt: skip

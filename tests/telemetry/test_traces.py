@@ -777,6 +777,33 @@ def test_a_send_whose_storage_keeps_failing_names_its_message_id_on_each_span_an
         assert "storage unreachable" in line
 
 
+def test_a_queued_command_whose_id_comes_from_its_request_id_is_not_named_by_a_guess(
+    outbound: Outbound, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id of a command with a RequestId and no messageId takes the customer and connection
+    it is routed by (a claim, a named connection's own customer), known only once routed: the
+    span named one worked out from the raw text with the default customer, an id no record,
+    status URL or event has, where storage failed. It is named once the run has routed it."""
+    from azure.core.exceptions import ServiceRequestError
+
+    command = {"operation": "SendMessage", "body": sms(DELIVERED, RequestId="req-guess-1")}
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ServiceRequestError("storage unreachable")
+
+    with monkeypatch.context() as failing:
+        for method in ("get", "get_many", "get_with_slots", "swap", "swap_many", "create"):
+            failing.setattr(MessageStore, method, unreachable)
+        with pytest.raises(ServiceRequestError):
+            outbound.invoke(json.dumps(command), message_id="q-1", dequeue_count=1)
+    outbound.invoke(json.dumps(command), message_id="q-1", dequeue_count=2)
+
+    failed, done = telemetry.spans(f"process {names.OUTBOUND_QUEUE}")
+    assert "smartdialog.message_id" not in (failed.attributes or {})
+    [sent] = [e for e in outbound.events() if e["type"].endswith("message.sent")]
+    assert (done.attributes or {}).get("smartdialog.message_id") == sent["subject"]
+
+
 def test_an_accepted_sends_202_line_names_its_message_id_and_a_bulks_its_batch_and_count(
     outbound: Outbound, caplog: pytest.LogCaptureFixture
 ) -> None:
