@@ -275,9 +275,18 @@ ERROR_FIELDS = ("errorMessage", "ErrorMessage", "error", "Error")
 
 
 def answered_error(response: httpx.Response, body: object) -> str | None:
-    """What an answer's :data:`ERROR_FIELDS` say (:func:`error_message`), if it has one."""
-    if isinstance(body, Mapping) and any(body.get(k) for k in ERROR_FIELDS):
-        return error_message(response, body)
+    """What an answer's :data:`ERROR_FIELDS` say, if it has one: its text, a gateway's
+    ``{"error": {"message": ...}}``, else the field as JSON (``{"error": true}``) cut short;
+    never the status's reason phrase ("OK") in place of the error."""
+    if not isinstance(body, Mapping):
+        return None
+    for key in ERROR_FIELDS:
+        if not (value := body.get(key)):
+            continue
+        if isinstance(value, Mapping):
+            value = value.get("message") or value.get("Message") or value
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= _QUOTED else text[:_QUOTED] + "..."
     return None
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -529,6 +530,31 @@ def test_a_2xx_carrying_an_error_is_a_502_quoting_it_never_an_empty_success(
     assert "SmartDialog answered 2xx with an error: Contact not found" in detail
     assert after in detail
     assert "probably took effect" not in detail
+
+
+@pytest.mark.parametrize(
+    ("said", "quoted"),
+    [
+        ({"Error": "Contact not found"}, "Contact not found"),
+        ({"error": {"code": "NotFound", "message": "Contact not found"}}, "Contact not found"),
+        ({"error": True}, "true"),
+        ({"error": {"code": "NotFound"}}, '{"code": "NotFound"}'),
+    ],
+    ids=["Error", "gateway-object", "flag", "object-without-message"],
+)
+def test_a_2xx_error_of_any_shape_is_quoted_not_its_reason_phrase(
+    app: App, said: dict[str, Any], quoted: str
+) -> None:
+    """Only text in errorMessage/message/error was quoted: ``Error``, a gateway's
+    ``{"error": {"message": ...}}`` and ``{"error": true}`` were quoted as "OK"."""
+    code, answer, _ = run(
+        "GetGroupContact",
+        mock_client(lambda r: httpx.Response(200, json=said)),
+        method="GET",
+        route={"GroupService": GROUP, "Phone": "+358401234567"},
+    )
+    assert code == 502
+    assert f"SmartDialog answered 2xx with an error: {quoted}" in str(answer["detail"])
 
 
 @pytest.mark.parametrize("status", [502, 503])
