@@ -338,10 +338,12 @@ class DeadLetterDesk:
             ))  # fmt: skip
         assert entry.redriven_at is not None  # the claim ended after its copy was sent
         done = Handled(view.id, HandledKind.REDRIVEN, (
-            f"re-driven already at {entry.redriven_at:%Y-%m-%d %H:%M:%S} UTC: not sent again, "
-            "its letter removed now"
+            f"re-driven already at {entry.redriven_at:%Y-%m-%d %H:%M:%S} UTC: not sent again"
         ))  # fmt: skip
-        return self._removed(replace(view, entry=entry), done, now, budget)
+        handled = self._removed(replace(view, entry=entry), done, now, budget)
+        if handled is done:  # removed (else its detail says why not)
+            return replace(done, detail=f"{done.detail}, its letter removed now")
+        return handled
 
     def _removed(self, view: DeadLetterView, handled: Handled, now: dt.datetime, budget: Budget,
                  *, release: bool = True) -> Handled:  # fmt: skip

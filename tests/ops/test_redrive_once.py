@@ -391,6 +391,32 @@ def test_a_re_drive_whose_letter_could_not_be_removed_is_not_sent_again_by_the_n
     ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
 
 
+def test_a_second_re_drive_whose_letter_stays_held_does_not_also_say_it_was_removed(
+    ops: Outbound,
+) -> None:
+    """Its letter's queue message held by another call's scan: the first re-drive sends it and
+    keeps the letter; the second said both "its letter removed now" and "its letter was not
+    removed": an operator could not tell whether it was gone."""
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    put_forward_letter(forward("m-held"), message_id="m-held")
+    letter_id = letter_of("m-held")["id"]
+    held = list(
+        queue_client(DLR_FORWARD_DEAD_LETTER_QUEUE).receive_messages(visibility_timeout=120)
+    )
+    assert len(held) == 1  # as another call's scan holds it
+
+    first = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+    second = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter_id})
+
+    assert (first.body["outcome"], second.body["outcome"]) == ("redriven", "redriven")
+    assert "re-driven already" in second.body["detail"]
+    assert "was not removed" in second.body["detail"]
+    assert "removed now" not in second.body["detail"]
+    assert queue_texts(DLR_FORWARD_QUEUE) == [forward("m-held")]  # sent once
+    ensured_queue(DLR_FORWARD_QUEUE).clear_messages()
+    ensured_queue(DLR_FORWARD_DEAD_LETTER_QUEUE).clear_messages()
+
+
 def test_a_claim_whose_re_drive_died_before_sending_ends_and_the_letter_is_re_driven(
     ops: Outbound, manual_clock: ManualClock
 ) -> None:
