@@ -269,8 +269,9 @@ CSV_DELIMITERS = ",;\t"
 
 def csv_delimiter(text: str) -> str:
     """The delimiter of ``text``: the one of :data:`CSV_DELIMITERS` found most often in its
-    header row outside quotes (',' if none is)."""
-    header = text.split("\n", 1)[0]
+    header row (its first line as the reader sees it: ended by \\r\\n, \\r or \\n) outside
+    quotes (',' if none is)."""
+    header = next(io.StringIO(text, newline=""), "")
     outside, quoted = [], False
     for char in header:
         if char == '"':

@@ -165,3 +165,17 @@ def test_an_action_without_a_raw_body_still_takes_json_only(outbound: Outbound) 
     assert answer.status == 400
     assert "not valid JSON" in answer.body["errors"][0]["message"]
     assert outbound.queued() == 0
+
+
+def test_a_file_with_cr_line_ends_has_its_header_rows_delimiter(outbound: Outbound) -> None:
+    """The delimiter was counted over the whole file (its first \\n-ended line), so the commas
+    of the data outvoted the header's ';' and the upload was told it had no Address column."""
+    text = f"Address;name\r{GOOD[0]};Virtanen, Matti, Jr\r{GOOD[1]};Korhonen, Liisa, Sr\r"
+
+    assert csv_delimiter(text) == ";"
+    accepted = upload(text)
+
+    assert accepted.status == 202, accepted.body
+    assert sent_personalization(outbound) == {
+        GOOD[0]: "Virtanen, Matti, Jr", GOOD[1]: "Korhonen, Liisa, Sr",
+    }  # fmt: skip
