@@ -285,7 +285,9 @@ def csv_delimiter(text: str) -> str:
 
 def _csv_recipients(text: str) -> list[BulkRecipient]:
     """The recipients of CSV ``text``, each with its CSV line (a quoted field may span lines).
-    A quote never closed is refused: the reader would take the rest of the file as its field."""
+    A quote never closed is refused: the reader would take the rest of the file as its field.
+    A row with more cells than the header (empty ones past it aside) is refused as read: its
+    cells would fill the wrong columns."""
     text = text.lstrip("\ufeff")
     ended: list[bool] = []  # the reader asked for a line past the last one
 
@@ -316,6 +318,7 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
             [FieldError("RecipientsCsv", "The header row needs an Address column.")]
         )
     at = lowered.index("address")
+    width = max((i + 1 for i, h in enumerate(header) if h), default=0)  # (Excel's ;; aside)
     out: list[BulkRecipient] = []
     line = reader.line_num + 1
     blank = 0
@@ -350,7 +353,13 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
         values = {
             header[i]: row[i] for i in range(min(len(header), len(row))) if i != at and header[i]
         }
-        out.append(BulkRecipient(start, row[at].strip() if at < len(row) else "", values or None))
+        cells = max(i + 1 for i, cell in enumerate(row) if cell.strip())
+        refusal: tuple[str, ...] = ()
+        if cells > width:  # a delimiter in an unquoted value shifts every later cell
+            refusal = ("RecipientsCsv", f"{cells} cells, the header has {width} (a delimiter "
+                       "in an unquoted value?).")  # fmt: skip
+        address = row[at].strip() if at < len(row) else ""
+        out.append(BulkRecipient(start, address, values or None, refusal))
     if not out:
         raise validation_problem([FieldError("RecipientsCsv", "The CSV has no recipient rows.")])
     return out
