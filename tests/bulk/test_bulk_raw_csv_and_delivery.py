@@ -179,3 +179,28 @@ def test_a_file_with_cr_line_ends_has_its_header_rows_delimiter(outbound: Outbou
     assert sent_personalization(outbound) == {
         GOOD[0]: "Virtanen, Matti, Jr", GOOD[1]: "Korhonen, Liisa, Sr",
     }  # fmt: skip
+
+
+def test_a_placeholder_without_a_column_refuses_the_upload(outbound: Outbound) -> None:
+    """Placeholders match their column exactly: $(nimi) has no value from a column Nimi, and
+    every recipient got "Hei , koodisi on "."""
+    text = f"Address;Nimi;Koodi\n{GOOD[0]};Ada;1\n"
+
+    refused = upload(text, Content="Hei $(nimi), koodisi on $(koodi), $(Nimi)")
+
+    assert refused.status == 400, refused.body
+    assert refused.body["errors"] == [{
+        "field": "RecipientsCsv",
+        "message": "No column for $(nimi) (Nimi?), $(koodi) (Koodi?) of Content: a placeholder "
+        "is filled from the column of exactly its name, other than Address.",
+    }]  # fmt: skip
+    assert outbound.queued() == 0
+
+
+def test_a_placeholder_with_a_column_is_filled_even_where_a_row_has_no_cell(
+    outbound: Outbound,
+) -> None:
+    accepted = upload(f"Address,name,code\n{GOOD[0]},Ada\n", Content="Hi $(name) $(code)")
+
+    assert accepted.status == 202, accepted.body
+    assert sent_personalization(outbound) == {GOOD[0]: "Ada"}
