@@ -129,8 +129,9 @@ class BulkService:
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Validate, record the batch and its members, enqueue them; (status, body, headers).
 
-        Refused rows (bad number, opted out) are listed by row; the rest are accepted unless
-        ``all_or_nothing``. Raises :class:`Problem` (422) when nothing can be accepted.
+        Refused rows (bad number, opted out, a CSV row's cells) are listed by row; the rest are
+        accepted unless ``all_or_nothing``. Raises :class:`Problem` (422) when nothing can be
+        accepted.
         """
         require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
@@ -141,7 +142,8 @@ class BulkService:
         fingerprint = hashlib.sha256(
             json.dumps(
                 [template, customer_id, service_id, transactional, all_or_nothing,
-                 [[r.row, r.address, dict(r.personalization or {})] for r in recipients]],
+                 [[r.row, r.address, dict(r.personalization or {}), *r.refusal]
+                  for r in recipients]],
                 sort_keys=True, default=str,
             ).encode()
         ).hexdigest()  # fmt: skip
@@ -304,13 +306,9 @@ class BulkService:
         }
 
     def _resume(
-        self,
-        batch: BatchRecord,
-        records: Members,
-        packs: list[Pack],
-        errors: list[dict[str, Any]],
-        recipients: Sequence[BulkRecipient],
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        self, batch: BatchRecord, records: Members, packs: list[Pack],
+        errors: list[dict[str, Any]], recipients: Sequence[BulkRecipient],
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
         """Finish recording a batch whose first request stopped part-way (a replay with its
         Idempotency-Key): the packs and members not recorded yet are, then the drivers go out.
         Packs and members already recorded are never written again (a driver may have moved
@@ -532,13 +530,17 @@ class BulkService:
 def _screen(
     recipients: Sequence[BulkRecipient],
 ) -> tuple[list[dict[str, Any]], list[tuple[BulkRecipient, str]]]:
-    """The rows refused for their address (not a number, repeated), and the others with it."""
+    """Rows refused as read or for their address (not a number, repeated); the rest with it."""
     from shared.phone import InvalidPhoneNumber, parse_phone_number
 
     errors: list[dict[str, Any]] = []
     valid: list[tuple[BulkRecipient, str]] = []
     seen: set[str] = set()
     for recipient in recipients:
+        if recipient.refusal:
+            field, why = recipient.refusal
+            errors.append(_refusal(recipient.row, why, field))
+            continue
         try:
             address = parse_phone_number(recipient.address)
         except InvalidPhoneNumber as exc:
@@ -552,8 +554,8 @@ def _screen(
     return errors, valid
 
 
-def _refusal(row: int, message: str) -> dict[str, Any]:
-    return {"row": row, "field": "Address", "message": message}
+def _refusal(row: int, message: str, field: str = "Address") -> dict[str, Any]:
+    return {"row": row, "field": field, "message": message}
 
 
 def _refused(

@@ -31,11 +31,13 @@ Members = list[tuple[MessageRecord, list[RecipientSlot]]]
 
 @dataclass(frozen=True)
 class BulkRecipient:
-    """One recipient as given: its row (1-based JSON index, or CSV line), address, values."""
+    """One recipient as given: its row (1-based JSON index, or CSV line), address, values, and
+    (field, why) if it is refused as read (a CSV row with more cells than its header)."""
 
     row: int
     address: str
     personalization: Mapping[str, Any] | None = None
+    refusal: tuple[str, ...] = ()
 
 
 def bulk_members(

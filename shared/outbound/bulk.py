@@ -48,6 +48,7 @@ from shared.outbound._fields import (
     filled_too_long,
 )
 from shared.problems import FieldError, Problem, validation_problem
+from shared.sms import PLACEHOLDER
 
 if TYPE_CHECKING:
     from shared.outbound._bulk import BulkService
@@ -269,8 +270,9 @@ CSV_DELIMITERS = ",;\t"
 
 def csv_delimiter(text: str) -> str:
     """The delimiter of ``text``: the one of :data:`CSV_DELIMITERS` found most often in its
-    header row outside quotes (',' if none is)."""
-    header = text.split("\n", 1)[0]
+    header row (its first line as the reader sees it: ended by \\r\\n, \\r or \\n) outside
+    quotes (',' if none is)."""
+    header = next(io.StringIO(text, newline=""), "")
     outside, quoted = [], False
     for char in header:
         if char == '"':
@@ -282,9 +284,28 @@ def csv_delimiter(text: str) -> str:
     return best if counts[best] else ","
 
 
-def _csv_recipients(text: str) -> list[BulkRecipient]:
+def _placeholders_have_columns(content: str, columns: list[str]) -> None:
+    """400 listing the placeholders of ``content`` that none of the value ``columns`` fills
+    (their names must match exactly), each with the column that differs only in case."""
+    missing = [name for name in dict.fromkeys(PLACEHOLDER.findall(content)) if name not in columns]
+    if not missing:
+        return
+    like = {column.casefold(): column for column in columns}
+    named = ", ".join(
+        f"$({name})" + (f" ({like[name.casefold()]}?)" if name.casefold() in like else "")
+        for name in missing
+    )
+    raise validation_problem(
+        [FieldError("RecipientsCsv", f"No column for {named} of Content: a placeholder is "
+                    "filled from the column of exactly its name, other than Address.")]
+    )  # fmt: skip
+
+
+def _csv_recipients(text: str, content: str = "") -> list[BulkRecipient]:
     """The recipients of CSV ``text``, each with its CSV line (a quoted field may span lines).
-    A quote never closed is refused: the reader would take the rest of the file as its field."""
+    A quote never closed is refused: the reader would take the rest of the file as its field;
+    so is a placeholder of ``content`` no column fills. A row with more cells than the header
+    (empty ones past it aside) is refused as read: its cells would fill the wrong columns."""
     text = text.lstrip("\ufeff")
     ended: list[bool] = []  # the reader asked for a line past the last one
 
@@ -315,6 +336,7 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
             [FieldError("RecipientsCsv", "The header row needs an Address column.")]
         )
     at = lowered.index("address")
+    width = max((i + 1 for i, h in enumerate(header) if h), default=0)  # (Excel's ;; aside)
     out: list[BulkRecipient] = []
     line = reader.line_num + 1
     blank = 0
@@ -349,9 +371,16 @@ def _csv_recipients(text: str) -> list[BulkRecipient]:
         values = {
             header[i]: row[i] for i in range(min(len(header), len(row))) if i != at and header[i]
         }
-        out.append(BulkRecipient(start, row[at].strip() if at < len(row) else "", values or None))
+        cells = max(i + 1 for i, cell in enumerate(row) if cell.strip())
+        refusal: tuple[str, ...] = ()
+        if cells > width:  # a delimiter in an unquoted value shifts every later cell
+            refusal = ("RecipientsCsv", f"{cells} cells, the header has {width} (a delimiter "
+                       "in an unquoted value?).")  # fmt: skip
+        address = row[at].strip() if at < len(row) else ""
+        out.append(BulkRecipient(start, address, values or None, refusal))
     if not out:
         raise validation_problem([FieldError("RecipientsCsv", "The CSV has no recipient rows.")])
+    _placeholders_have_columns(content, [h for i, h in enumerate(header) if i != at and h])
     return out
 
 
@@ -382,7 +411,7 @@ def send_bulk(ctx: ActionContext, inp: SendBulkInput) -> ActionResponse:
             for i, r in enumerate(body.Recipients, start=1)
         ]
     else:
-        recipients = _csv_recipients(body.RecipientsCsv or "")
+        recipients = _csv_recipients(body.RecipientsCsv or "", body.Content)
     _fits_filled_in(body.Content, recipients, csv=body.Recipients is None)
     template: dict[str, Any] = body.model_dump(
         mode="json",

@@ -165,3 +165,42 @@ def test_an_action_without_a_raw_body_still_takes_json_only(outbound: Outbound) 
     assert answer.status == 400
     assert "not valid JSON" in answer.body["errors"][0]["message"]
     assert outbound.queued() == 0
+
+
+def test_a_file_with_cr_line_ends_has_its_header_rows_delimiter(outbound: Outbound) -> None:
+    """The delimiter was counted over the whole file (its first \\n-ended line), so the commas
+    of the data outvoted the header's ';' and the upload was told it had no Address column."""
+    text = f"Address;name\r{GOOD[0]};Virtanen, Matti, Jr\r{GOOD[1]};Korhonen, Liisa, Sr\r"
+
+    assert csv_delimiter(text) == ";"
+    accepted = upload(text)
+
+    assert accepted.status == 202, accepted.body
+    assert sent_personalization(outbound) == {
+        GOOD[0]: "Virtanen, Matti, Jr", GOOD[1]: "Korhonen, Liisa, Sr",
+    }  # fmt: skip
+
+
+def test_a_placeholder_without_a_column_refuses_the_upload(outbound: Outbound) -> None:
+    """Placeholders match their column exactly: $(nimi) has no value from a column Nimi, and
+    every recipient got "Hei , koodisi on "."""
+    text = f"Address;Nimi;Koodi\n{GOOD[0]};Ada;1\n"
+
+    refused = upload(text, Content="Hei $(nimi), koodisi on $(koodi), $(Nimi)")
+
+    assert refused.status == 400, refused.body
+    assert refused.body["errors"] == [{
+        "field": "RecipientsCsv",
+        "message": "No column for $(nimi) (Nimi?), $(koodi) (Koodi?) of Content: a placeholder "
+        "is filled from the column of exactly its name, other than Address.",
+    }]  # fmt: skip
+    assert outbound.queued() == 0
+
+
+def test_a_placeholder_with_a_column_is_filled_even_where_a_row_has_no_cell(
+    outbound: Outbound,
+) -> None:
+    accepted = upload(f"Address,name,code\n{GOOD[0]},Ada\n", Content="Hi $(name) $(code)")
+
+    assert accepted.status == 202, accepted.body
+    assert sent_personalization(outbound) == {GOOD[0]: "Ada"}

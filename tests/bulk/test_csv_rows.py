@@ -107,3 +107,38 @@ def test_a_row_too_long_once_filled_in_or_with_a_value_past_the_cap_is_refused_b
     ]
     assert "5,500 characters" in answer.body["errors"][1]["message"]
     assert outbound.queued() == 0
+
+
+def test_a_row_with_more_cells_than_the_header_is_refused_by_line(outbound: Outbound) -> None:
+    """An unquoted comma in a comma-delimited file shifts every later cell: the cells past the
+    header were dropped, and this recipient got "code  Matti", never their code 1234."""
+    text = "Address,name,code\n+358403000001,Virtanen, Matti,1234\n+358403000002,Ada,42\n"
+
+    answer = upload(text, Content="Hi $(name), code $(code)")
+
+    assert answer.status == 202, answer.body
+    assert answer.body["RefusedCount"] == 1
+    assert answer.body["Refused"] == [{
+        "row": 2, "field": "RecipientsCsv",
+        "message": "4 cells, the header has 3 (a delimiter in an unquoted value?).",
+    }]  # fmt: skip
+    outbound.drain()
+    sent = [r for call in outbound.upstream() for r in call["body"]["Recipients"]]
+    assert sent == [{"Address": "+358403000002", "Personalization": {"name": "Ada", "code": "42"}}]
+
+
+def test_a_row_with_too_many_cells_refuses_an_all_or_nothing_upload(outbound: Outbound) -> None:
+    text = "Address,name\n+358403000001,Ada\n+358403000002,Virtanen, Matti\n"
+
+    answer = upload(text, AllOrNothing="true")
+
+    assert answer.status == 422, answer.body
+    assert [e["field"] for e in answer.body["errors"]] == ["row 3.RecipientsCsv"]
+    assert outbound.queued() == 0
+
+
+def test_empty_cells_past_the_header_are_no_cells() -> None:
+    """Excel writes them (;;) when formatting reaches past the data."""
+    [ada] = _csv_recipients("Address;name;code\n+358403000001;Ada;1;; \n")
+
+    assert (ada.refusal, ada.personalization) == ((), {"name": "Ada", "code": "1"})
