@@ -190,7 +190,8 @@ def handle_page_action(
             log.info("ops page: %s by %s", loggable_text(notice), loggable_text(principal.id))
         # Relative: the page is one segment up, whatever the host's route prefix.
         signed = {"done": notice, "sig": notice_token(current, principal, notice)}
-        return PageResponse(303, b"", {"Location": "../ops?" + urlencode(signed)})
+        # At #notice (focusable, role=status): keyboard and screen-reader users land on it.
+        return PageResponse(303, b"", {"Location": "../ops?" + urlencode(signed) + "#notice"})
 
     return _guarded(headers, run)
 

@@ -100,6 +100,7 @@ def test_redriving_a_dead_letter_by_clicking_sends_it(stack: Stack, browser_page
     page.wait_for_url("**/api/ops?done=*")
 
     assert "redriven" in page.locator("#notice").inner_text()
+    assert page.evaluate("document.activeElement.id") == "notice"  # a keyboard user is there
     assert page.locator("#deadletters tr", has_text=message_id).count() == 0
     sent = poll(
         lambda: [

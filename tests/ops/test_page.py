@@ -323,6 +323,29 @@ def test_the_page_shows_the_oldest_dead_letters_of_all_queues(ops: Outbound) -> 
     assert "More dead letters than shown" in html
 
 
+def test_the_page_names_each_button_its_letter_and_lands_on_the_outcome(ops: Outbound) -> None:
+    """On a phone the page showed at 40% (no viewport), every button was announced as the same
+    "Purge", two headers were empty, and an action's outcome was neither announced nor focused:
+    a screen-reader user could not tell which letter a button purges, nor what it did."""
+    one_letter()
+    page = get_page()
+    html = page.get_body().decode()
+    [row_id] = re.findall(r'name="id" value="([^"]+)"', html)[:1]
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
+    assert "<main>" in html
+    assert "<th></th>" not in html
+    assert len(re.findall(r'aria-label="Purge dead letter [^"]+"', html)) == 1
+    assert 'aria-labelledby="deadletters-heading"' in html
+    done = press("purge", {"id": row_id, "csrf": csrf_of(page)})
+    assert done.headers["Location"].endswith("#notice")
+    back = done.headers["Location"].removeprefix("../ops").removesuffix("#notice")
+    shown = get_page(query=back).get_body().decode()
+    assert re.search(
+        r'<p class="notice" id="notice" role="status" tabindex="-1">[^<]*purged', shown
+    )
+    assert re.search(r"<title>[^<]*purged[^<]*</title>", shown)
+
+
 def test_only_a_buttons_own_outcome_is_shown_not_a_links_text(ops: Outbound) -> None:
     """A crafted ?done= would put any text on the trusted page (say, where to sign in)."""
     one_letter()
@@ -331,7 +354,9 @@ def test_only_a_buttons_own_outcome_is_shown_not_a_links_text(ops: Outbound) -> 
     done = press("purge", {"id": row_id, "csrf": csrf_of(page)})
     location = done.headers["Location"]
 
-    shown = get_page(query=location.removeprefix("../ops")).get_body().decode()
+    shown = (
+        get_page(query=location.removeprefix("../ops").removesuffix("#notice")).get_body().decode()
+    )
     crafted = get_page(query="?done=Session+expired:+sign+in+at+evil.example").get_body().decode()
 
     assert f"{row_id}: purged" in shown
@@ -359,7 +384,8 @@ def test_a_button_on_a_letter_another_call_is_redriving_says_so_on_the_page(
     done = press("redrive", {"id": row_id, "csrf": csrf_of(page)})
 
     assert done.status_code == 303
-    shown = get_page(query=done.headers["Location"].removeprefix("../ops")).get_body().decode()
+    back = done.headers["Location"].removeprefix("../ops").removesuffix("#notice")
+    shown = get_page(query=back).get_body().decode()
     assert f"{row_id}: not done:" in shown
     assert index.get(row_id) is not None  # the letter stays
     assert len(queue_client("smartdialog-outbound").peek_messages()) == 0  # nothing sent
