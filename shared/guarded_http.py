@@ -298,9 +298,9 @@ class CallbackPolicy:
         (scheme, a literal internal address, ``localhost``)."""
         try:
             parsed = httpx.URL(url.strip())
+            host = parsed.host  # decodes an xn-- label: IDNAError (a ValueError) when it is none
         except (httpx.InvalidURL, TypeError, ValueError) as exc:
             raise CallbackRefused("?", f"not a valid URL ({exc})") from None
-        host = parsed.host
         if parsed.scheme not in ("http", "https") or not host:
             raise CallbackRefused(host or "?", "must be an absolute https URL")
         plain = parsed.scheme == "http"

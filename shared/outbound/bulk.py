@@ -287,7 +287,8 @@ def csv_delimiter(text: str) -> str:
 def _placeholders_have_columns(content: str, columns: list[str]) -> None:
     """400 listing the placeholders of ``content`` that none of the value ``columns`` fills
     (their names must match exactly), each with the column that differs only in case."""
-    missing = [name for name in dict.fromkeys(PLACEHOLDER.findall(content)) if name not in columns]
+    have = set(columns)  # a header may hold millions of columns: a list scan was quadratic
+    missing = [name for name in dict.fromkeys(PLACEHOLDER.findall(content)) if name not in have]
     if not missing:
         return
     like = {column.casefold(): column for column in columns}

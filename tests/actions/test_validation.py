@@ -488,6 +488,8 @@ BAD_URLS = [
     "https://a..b/x",
     "https://" + "a" * 64 + ".com/x",
     "https://example.com:99999/x",
+    "https://xn--/x",  # an A-label with no Punycode
+    "https://xn--a.com/x",
     "https://example.com:port/x",
     "http://[2001:db8::zz]/x",
     "http://[2001:db8::1/x",
