@@ -37,6 +37,7 @@ from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
 from shared.storage import queue_client, table_client
 from tests.fixtures.sandbox import callback_receiver  # noqa: F401 - a fixture
+from tests.waiting import PATIENCE
 
 REPO = Path(__file__).resolve().parents[2]
 CUSTOMER = "1001"
@@ -146,7 +147,7 @@ class Inbound:
         )
         _app_functions()[name](message)
 
-    def run_queue(self, queue: str, function: str, timeout: float = 15.0) -> int:
+    def run_queue(self, queue: str, function: str, timeout: float = PATIENCE) -> int:
         """Play the host on ``queue`` until it is empty (visible or not); returns invocations."""
         client = queue_client(queue)
         deadline = time.monotonic() + timeout

@@ -28,6 +28,7 @@ from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEU
 from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
 from shared.storage import queue_client
+from tests.waiting import PATIENCE
 
 CUSTOMER = "1001"
 SERVICE = "s-1001-oneway"
@@ -173,8 +174,9 @@ class Outbound:
             queue.delete_message(message)
         return len(taken)
 
-    def drain(self, timeout: float = 15.0) -> None:
-        """Run the sender until the outbound queue is empty, visible or not."""
+    def drain(self, timeout: float = PATIENCE) -> None:
+        """Run the sender until the outbound queue is empty, visible or not (the deadline only
+        bounds a failing run)."""
         deadline = time.monotonic() + timeout
         queue = queue_client(OUTBOUND_QUEUE)
         while time.monotonic() < deadline:

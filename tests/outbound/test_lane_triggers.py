@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from shared.storage import queue_client
 from tests.bulk.test_packing import NUMBERS, record
 from tests.bulk.test_packing import accept as accept_with
 from tests.outbound.conftest import Outbound
+from tests.waiting import PATIENCE
 
 T0 = dt.datetime(2026, 12, 4, 12, 0, 0, tzinfo=dt.UTC)
 REFUSED_NAMING_NOBODY = "+358400000008"  # the sandbox refuses a call with it: 400 naming nobody
@@ -67,12 +69,35 @@ def accept(*addresses: str) -> list[str]:
     return accept_with(*addresses, content=_content[0])
 
 
+@pytest.fixture
+def planned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every message put on the outbound queue from now on, with the delay after which the queue
+    (Azurite) answered it becomes visible: ``next_visible_on - inserted_on``, whole seconds, as
+    it answers them. That is what the code planned, however much real time went by since (a
+    count of the visible messages is not: a trigger planned a second ahead is visible a second
+    later whatever the manual clock says, and accepting a burst may take that long)."""
+    from azure.storage.queue import QueueClient
+
+    sent: list[tuple[str, int]] = []
+    send_message = QueueClient.send_message
+
+    def spy(self: QueueClient, content: object, **options: Any) -> Any:
+        message = send_message(self, content, **options)
+        if self.queue_name == OUTBOUND_QUEUE:
+            due = message.next_visible_on - message.inserted_on
+            sent.append((str(content), round(due.total_seconds())))
+        return message
+
+    monkeypatch.setattr(QueueClient, "send_message", spy)
+    return sent
+
+
 def visible() -> int:
     """Messages of the outbound queue visible now (they stay on the queue)."""
     return len(queue_client(OUTBOUND_QUEUE).peek_messages(max_messages=32))
 
 
-def run_until(outbound: Outbound, done: int, timeout: float = 5.0) -> None:
+def run_until(outbound: Outbound, done: int, timeout: float = PATIENCE) -> None:
     """Run the sender on visible messages until ``done`` were taken (a trigger planned a second
     ahead is visible a second later: the queue's own delay, not a lease)."""
     deadline = time.monotonic() + timeout
@@ -84,13 +109,15 @@ def run_until(outbound: Outbound, done: int, timeout: float = 5.0) -> None:
 
 
 def test_a_burst_is_sent_by_its_triggers_while_the_other_messages_wait_as_backstops(
-    outbound: Outbound, manual_clock: ManualClock
+    outbound: Outbound, manual_clock: ManualClock, planned: list[tuple[str, int]]
 ) -> None:
     outbound.configure(LANE_BACKSTOP_SECONDS=120)
     ids = accept(*NUMBERS[:8])  # the clock stands still: the first two are triggers
 
     assert outbound.queued() == 8
-    assert visible() == 1
+    # A trigger at once, one a second later, the other six backstops due in 120 s.
+    assert [due for _, due in planned] == [0, 1, *[120] * 6]
+    assert all(ids[n] in body for n, (body, _) in enumerate(planned))
     run_until(outbound, 2)  # the first leads a pack of all 8; the second finds it sent
 
     assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [8]
@@ -180,22 +207,27 @@ def test_a_send_whose_record_was_written_after_its_trigger_came_gets_a_message_o
 
 
 def test_a_young_lanes_sweep_that_stops_at_its_limit_puts_the_next_member_back_on_the_queue(
-    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound,
+    manual_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    planned: list[tuple[str, int]],
 ) -> None:
     from shared.outbound import _packing
 
     outbound.configure(LANE_BACKSTOP_SECONDS=120, PACK_MAX_RECIPIENTS=2)
     monkeypatch.setattr(_packing, "SWEEP_PACKS", 1)  # a sweep of one pack
     ids = accept(*NUMBERS[:6])
+    planned.clear()  # the accepts' messages: a trigger now, one in a second, four backstops
 
     assert outbound.run_once(limit=1) == 1  # the first trigger: its pack, then one more
 
     assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [2, 2]
     waiting = [i for i in ids if record(i).status is MessageStatus.QUEUED]
     assert len(waiting) == 2
-    bodies = [m.content for m in queue_client(OUTBOUND_QUEUE).peek_messages(max_messages=32)]
-    # One of them is visible now (not its backstop: that comes in 120 s).
-    assert sum(any(w in body for w in waiting) for body in bodies) == 1
+    # One of them is put back visible now (not left to its backstop: that comes in 120 s).
+    [(body, due)] = planned
+    assert sum(w in body for w in waiting) == 1
+    assert due == 0
     outbound.run_once()
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
 
