@@ -58,6 +58,7 @@ from shared.outbound._outcomes import (
     whole_seconds,
 )
 from shared.outbound._ports import SendPorts
+from shared.outbound._records import opted_out
 from shared.outbound._routing import listed_again, note_waiting, quota_store_wait, token_wait
 from shared.telemetry import current_traceparent
 
@@ -260,6 +261,12 @@ class _Run:
                 self.save(attempt=())
                 again = due
             due = again
+        # A STOP since they were accepted: those members fail, never sent (not one an earlier
+        # attempt may have sent: its retry settles it); one batched read of the suppressions.
+        commands = [(r, parse_outbound_message(r.command)) for r in due]
+        failing = opted_out(commands, ports.suppressions)
+        self.outcomes.fail_many(failing)
+        due = [r for r in due if r.message_id not in {f.message_id for f, _ in failing}]
         if not due:
             if waiting:
                 return self.later((min(waiting) - now).total_seconds(), "backoff")
