@@ -462,7 +462,7 @@ class _Run:
                 return self.later(0, "pack-rejected")
             return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail="upstream-rejected")
         sibling = self.packs.get(self.pack.sibling) if self.pack.sibling else None
-        whole = refused.status not in (400, 413) or (
+        whole = refused.about_the_request or (
             refused.status == 400 and sibling is not None and sibling.refused
         )
         if whole:

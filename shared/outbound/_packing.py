@@ -567,13 +567,13 @@ class IndexPacks:
     def _rejected(self, pack: Pack, members: Members, refused: Refused) -> SendOutcome:
         """Upstream refused the whole call (nothing was sent). The member it names fails alone
         and the others go back to the queue for a new pack (new membership, new RequestId).
-        Naming none, each goes alone from now on, its message back on the queue at once (a lane
-        member's own may be a backstop, minutes away), unless an attempt may have gone through:
-        it may refuse its repeat, all fail (outcome-unknown)."""
+        Naming none: one about the request (not a 400 or 413) fails every member at once, as a
+        bulk pack's does; a 400 or 413 sends each alone from now on, at once (a lane member's own
+        message may be a backstop), unless an attempt may have gone through (all fail)."""
         leader, command = members[0]
         blamed = refused.blamed({r.message_id: command_addresses(c) for r, c in members})
-        offenders = blamed
-        if not offenders and (len(members) == 1 or any(r.maybe_sent for r, _ in members)):
+        offenders, doubt = blamed, any(r.maybe_sent for r, _ in members)
+        if not offenders and (len(members) == 1 or doubt or refused.about_the_request):
             offenders = {r.message_id for r, _ in members}
         outcomes: dict[str, SendOutcome] = {}
 

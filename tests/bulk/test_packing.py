@@ -748,6 +748,39 @@ def test_a_queue_only_member_whose_recipient_opted_out_while_indexed_leaves_its_
     assert [d["messageId"] for d in outbound.dead_letters()] == ["ix-1"]
 
 
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [(403, "Service is not allowed to send"), (422, "Sender is not allowed")],
+)
+def test_a_refusal_of_a_packs_request_fails_every_member_in_one_call(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, status: int, said: str
+) -> None:
+    """A 403 or 422 naming no recipient is about the request (the service, its sender): every
+    member fails at once, as a bulk pack's do; each went upstream again alone, refused the
+    same way (N+1 calls)."""
+    import sandbox.app as sandbox_app
+
+    def refuse(self: Any, call: Any, parts: int, pascal_case: bool) -> Any:
+        raise sandbox_app.ApiError(status, said)
+
+    monkeypatch.setattr(sandbox_app.Sandbox, "_send", refuse)
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:6])
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [(c["status"], len(c["body"]["Recipients"])) for c in calls] == [(status, 6)]
+    for message_id in ids:
+        failed = record(message_id)
+        assert failed.status is MessageStatus.FAILED
+        assert failed.failure is not None
+        assert failed.failure.code == "upstream-rejected"
+    events = [e for e in outbound.events() if e["type"].endswith(".failed")]
+    assert sorted(e["subject"] for e in events) == sorted(ids)
+    assert sorted(d["messageId"] for d in outbound.dead_letters()) == sorted(ids)
+
+
 def test_a_cancelled_member_stays_out_and_the_others_are_sent(outbound: Outbound) -> None:
     waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
