@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "ALL_SERVICES",
     "Suppression",
     "SuppressionStore",
+    "opted_out_problem",
     "recipient_key",
     "refuse_suppressed",
     "reported_key",
@@ -428,9 +429,15 @@ def refuse_suppressed(
     field name. Nothing to check without a service (discussion replies)."""
     if transactional or not service or not addresses:
         return
-    hits = store.suppressed_many(service, addresses)
+    if problem := opted_out_problem(service, store.suppressed_many(service, addresses), field):
+        raise problem
+
+
+def opted_out_problem(service: str, hits: Mapping[int, Suppression], field: str) -> Problem | None:
+    """The 422 problem :func:`refuse_suppressed` raises for ``hits`` (by recipient index), each
+    offender's field formatted from ``field``; None without hits."""
     if not hits:
-        return
+        return None
     errors = [
         FieldError(
             field.format(index=index),
@@ -440,7 +447,7 @@ def refuse_suppressed(
         )
         for index, hit in sorted(hits.items())
     ]
-    raise Problem(
+    return Problem(
         422,
         "Recipient opted out",
         f"{len(hits)} recipient(s) opted out of this service. Remove them, or mark the message "

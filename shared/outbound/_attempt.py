@@ -154,6 +154,13 @@ class Refused:
                 return found
         return set()
 
+    @property
+    def about_the_request(self) -> bool:
+        """Whether the refusal naming no recipient is about the request itself (401, 403, 404,
+        422, ...: every member of a pack would be refused alone too), not one recipient's (a 400
+        or a 413, which a smaller call may get past)."""
+        return self.status not in (400, 413)
+
     def failure(self, attempts: int) -> FailureInfo:
         """Why a member of the refused call failed for good."""
         return FailureInfo(

@@ -58,6 +58,7 @@ from shared.outbound._outcomes import (
     whole_seconds,
 )
 from shared.outbound._ports import SendPorts
+from shared.outbound._records import opted_out
 from shared.outbound._routing import listed_again, note_waiting, quota_store_wait, token_wait
 from shared.telemetry import current_traceparent
 
@@ -260,6 +261,12 @@ class _Run:
                 self.save(attempt=())
                 again = due
             due = again
+        # A STOP since they were accepted: those members fail, never sent (not one an earlier
+        # attempt may have sent: its retry settles it); one batched read of the suppressions.
+        commands = [(r, parse_outbound_message(r.command)) for r in due]
+        failing = opted_out(commands, ports.suppressions)
+        self.outcomes.fail_many(failing)
+        due = [r for r in due if r.message_id not in {f.message_id for f, _ in failing}]
         if not due:
             if waiting:
                 return self.later((min(waiting) - now).total_seconds(), "backoff")
@@ -455,7 +462,7 @@ class _Run:
                 return self.later(0, "pack-rejected")
             return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail="upstream-rejected")
         sibling = self.packs.get(self.pack.sibling) if self.pack.sibling else None
-        whole = refused.status not in (400, 413) or (
+        whole = refused.about_the_request or (
             refused.status == 400 and sibling is not None and sibling.refused
         )
         if whole:

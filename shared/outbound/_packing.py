@@ -55,7 +55,7 @@ from shared.outbound._outcomes import (
     storage_pool,
 )
 from shared.outbound._ports import SendPorts
-from shared.outbound._records import command_addresses
+from shared.outbound._records import command_addresses, opted_out
 
 if TYPE_CHECKING:
     from shared.quota import QuotaGrant
@@ -238,12 +238,9 @@ class IndexPacks:
                 return None, record
             other = self.ports.store.get(member.message_id)
             if other is not None and not other.status.is_final and other.pack_id == pack.pack_id:
+                again = PACK_MEMBER_RECHECK_SECONDS
                 return self.outcomes.requeue(
-                    command,
-                    record.attempts,
-                    PACK_MEMBER_RECHECK_SECONDS,
-                    OutcomeKind.DEFERRED,
-                    "pack-member",
+                    command, record.attempts, again, OutcomeKind.DEFERRED, "pack-member"
                 ), record
         return None, record
 
@@ -324,6 +321,9 @@ class IndexPacks:
                 continue  # one address twice in a call: it waits for the next pack
             addresses.update(member_addresses)
             chosen.append((row_key, record, member_command))
+        out = self._opted_out([(r, c) for _, r, c in chosen])
+        stale += [row for row, r, _ in chosen if r.message_id in out]
+        chosen = [c for c in chosen if c[1].message_id not in out]
 
         claiming: list[tuple[MessageRecord, Mapping[str, Any]]] = [
             (r, {**claim_changes(r, now, self.ports.policy), "pack_id": pack_id})
@@ -370,10 +370,14 @@ class IndexPacks:
         now = self.ports.now()
         others = [m.message_id for m in pack.members if m.message_id != leader.message_id]
         pool = storage_pool()
+        read = [
+            r for r in pool.map(self.ports.store.get, others) if r and r.pack_id == pack.pack_id
+        ]
+        out = self._opted_out([(r, parse_outbound_message(r.command)) for r in read
+                               if now < r.valid_until and r.held_until(now) is None])  # fmt: skip
 
-        def claim(message_id: str) -> tuple[MessageRecord, OutboundMessage] | None:
-            record = self.ports.store.get(message_id)
-            if record is None or record.pack_id != pack.pack_id or record.status.is_final:
+        def claim(record: MessageRecord) -> tuple[MessageRecord, OutboundMessage] | None:
+            if record.status.is_final or record.message_id in out:
                 return None
             if record.held_until(now) is not None:
                 return None  # held by someone else (a stale worker): not ours to send
@@ -385,8 +389,15 @@ class IndexPacks:
                 return None
             return done, parse_outbound_message(done.command)
 
-        claimed = [c for c in pool.map(claim, others) if c is not None]
+        claimed = [c for c in pool.map(claim, read) if c is not None]
         return pack, [(leader, command), *claimed]
+
+    def _opted_out(self, members: Members) -> set[str]:
+        """Fail the ``members`` whose recipients opted out since they were accepted (a STOP:
+        :func:`opted_out`): they leave the pack, never sent. Their ids."""
+        failing = opted_out(members, self.ports.suppressions)
+        self.outcomes.fail_many(failing)
+        return {r.message_id for r, _ in failing}
 
     def release(self, records: Iterable[MessageRecord], *, keep_pack: bool,
                 error: FailureInfo | None = None) -> None:  # fmt: skip
@@ -532,12 +543,7 @@ class IndexPacks:
         found = storage_pool().map(self.ports.store.get, message_ids)
         list(storage_pool().map(self.outcomes.emit, [r for r in found if r is not None]))
 
-    def _transient(
-        self,
-        pack: Pack,
-        members: Members,
-        failed: Transient,
-    ) -> SendOutcome:
+    def _transient(self, pack: Pack, members: Members, failed: Transient) -> SendOutcome:
         """A pack's call failed transiently: every member keeps the pack and backs off
         together; the leader's copy comes back to retry it (same RequestId)."""
         leader, command = members[0]
@@ -550,30 +556,24 @@ class IndexPacks:
 
         list(storage_pool().map(back_off, members[1:]))
         first = back_off(members[0])
-        log.warning(
-            "pack %s attempt failed (%s); retry in %.1f s", pack.pack_id, failed.title, delay
-        )
+        log.warning("pack %s attempt failed (%s); retry in %.1f s", pack.pack_id, failed.title,
+                    delay)  # fmt: skip
         if first.kind is not OutcomeKind.RETRY_SCHEDULED:
             return first
         return self.outcomes.requeue(
             command, leader.attempts, delay, OutcomeKind.RETRY_SCHEDULED, failed.code
         )
 
-    def _rejected(
-        self,
-        pack: Pack,
-        members: Members,
-        refused: Refused,
-    ) -> SendOutcome:
+    def _rejected(self, pack: Pack, members: Members, refused: Refused) -> SendOutcome:
         """Upstream refused the whole call (nothing was sent). The member it names fails alone
         and the others go back to the queue for a new pack (new membership, new RequestId).
-        Naming none, each goes alone from now on, its message back on the queue at once (a lane
-        member's own may be a backstop, minutes away), unless an attempt may have gone through:
-        it may refuse its repeat, all fail (outcome-unknown)."""
+        Naming none: one about the request (not a 400 or 413) fails every member at once, as a
+        bulk pack's does; a 400 or 413 sends each alone from now on, at once (a lane member's own
+        message may be a backstop), unless an attempt may have gone through (all fail)."""
         leader, command = members[0]
         blamed = refused.blamed({r.message_id: command_addresses(c) for r, c in members})
-        offenders = blamed
-        if not offenders and (len(members) == 1 or any(r.maybe_sent for r, _ in members)):
+        offenders, doubt = blamed, any(r.maybe_sent for r, _ in members)
+        if not offenders and (len(members) == 1 or doubt or refused.about_the_request):
             offenders = {r.message_id for r, _ in members}
         outcomes: dict[str, SendOutcome] = {}
 

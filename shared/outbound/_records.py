@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -35,7 +36,6 @@ from shared.outbound._models import (
     request_fingerprint,
 )
 from shared.payloads import fits_queue
-from shared.problems import Problem
 from shared.sms import estimate, personalize
 from shared.telemetry import current_traceparent
 
@@ -53,11 +53,13 @@ __all__ = [
     "is_recorded_as",
     "new_record",
     "normalize",
+    "opted_out",
     "pack_key",
     "queued_text",
     "recipient_slots",
     "repeats_rule_send",
     "suppression",
+    "suppressions_of",
     "unreadable_address",
     "with_delivery_report_url",
 ]
@@ -408,18 +410,51 @@ def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:
 
 def suppression(command: OutboundMessage, suppressions: SuppressionStore) -> FailureInfo | None:
     """Why ``command`` may not be sent (recipients who opted out of its service), or None."""
-    if getattr(command, "transactional", True):
-        return None
-    if isinstance(command, SendDiscussionReplyMessageCommand):
-        return None  # no recipients, no service
-    from shared.suppressions import refuse_suppressed
+    return suppressions_of([command], suppressions)[0]
 
-    addresses = [r.Address for r in command.body.Recipients]
-    try:
-        refuse_suppressed(suppressions, command.serviceId, addresses,
-                      field="body.Recipients[{index}].Address")  # fmt: skip
-    except Problem as problem:
-        offenders = "; ".join(f"{e.field}: {e.message}" for e in problem.errors)
-        detail = f"{problem.detail} {offenders}".strip()
-        return FailureInfo(code="suppressed", title=problem.title, detail=detail)
-    return None
+
+def suppressions_of(
+    commands: Sequence[OutboundMessage], suppressions: SuppressionStore
+) -> list[FailureInfo | None]:
+    """:func:`suppression` of each of ``commands``: the recipients of those of one service read
+    together (:meth:`~shared.suppressions.SuppressionStore.suppressed_many`). Transactional
+    sends and discussion replies are not checked."""
+    from shared.suppressions import opted_out_problem
+
+    checked: dict[str, list[tuple[int, list[str]]]] = {}
+    for index, command in enumerate(commands):
+        if getattr(command, "transactional", True):
+            continue
+        if isinstance(command, SendDiscussionReplyMessageCommand) or not command.serviceId:
+            continue  # no recipients, no service
+        addresses = [r.Address for r in command.body.Recipients]
+        checked.setdefault(command.serviceId, []).append((index, addresses))
+    found: list[FailureInfo | None] = [None] * len(commands)
+    for service, items in checked.items():
+        hits = suppressions.suppressed_many(service, [a for _, own in items for a in own])
+        start = 0
+        for index, own in items:
+            mine = {i - start: hits[i] for i in range(start, start + len(own)) if i in hits}
+            start += len(own)
+            field = "body.Recipients[{index}].Address"
+            if (problem := opted_out_problem(service, mine, field)) is not None:
+                offenders = "; ".join(f"{e.field}: {e.message}" for e in problem.errors)
+                detail = f"{problem.detail} {offenders}".strip()
+                found[index] = FailureInfo(code="suppressed", title=problem.title, detail=detail)
+    return found
+
+
+def opted_out(
+    members: Sequence[tuple[MessageRecord, OutboundMessage]], suppressions: SuppressionStore
+) -> list[tuple[MessageRecord, FailureInfo]]:
+    """The recorded ``members`` (with their commands) that may not go upstream now, and why:
+    recipients who opted out since they were accepted (:func:`suppressions_of`). Never one an
+    earlier attempt may have sent (``maybe_sent``, or ``sending``: a call cut off): its retry
+    under the same RequestId settles it."""
+    due = [
+        (r, c)
+        for r, c in members
+        if not (r.maybe_sent or r.status is MessageStatus.SENDING or r.status.is_final)
+    ]
+    refusals = suppressions_of([c for _, c in due], suppressions)
+    return [(r, why) for (r, _), why in zip(due, refusals, strict=True) if why is not None]

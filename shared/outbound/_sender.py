@@ -55,6 +55,7 @@ from shared.outbound._records import (
     command_addresses,
     new_record,
     normalize,
+    opted_out,
     pack_key,
     recipient_slots,
     suppression,
@@ -322,9 +323,8 @@ class OutboundSender:
                 delay = (lease - now).total_seconds() + 1
                 if record.pack_id is not None:
                     delay = min(delay, PACK_MEMBER_RECHECK_SECONDS)
-                return self.outcomes.requeue(
-                    command, record.attempts, delay, OutcomeKind.DEFERRED, "claimed"
-                )
+                return self.outcomes.requeue(command, record.attempts, delay,
+                                             OutcomeKind.DEFERRED, "claimed")  # fmt: skip
             if (
                 record.next_attempt_at is not None
                 and (record.next_attempt_at - now).total_seconds() > BACKOFF_TOLERANCE_SECONDS
@@ -374,6 +374,9 @@ class OutboundSender:
                 if now >= record.valid_until:  # and expired meanwhile: not sent
                     self.packing.unlead(record)
                     continue
+            if refused := opted_out([(record, command)], self.ports.suppressions):
+                self.packing.unlead(record)  # a STOP since it was accepted: it never goes
+                return self.outcomes.fail(*refused[0])
             claimed = self.ports.store.swap(record, **claim_changes(record, now, self.ports.policy))
             if claimed is None:
                 self.packing.unlead(record)
@@ -515,10 +518,8 @@ class OutboundSender:
         outcome = self.outcomes.back_off(record, failed, next_at)
         if outcome.kind is not OutcomeKind.RETRY_SCHEDULED:
             return outcome
-        log.warning(
-            "message %s attempt %d failed (%s); retry in %.1f s",
-            record.message_id, record.attempts, failed.title, delay,
-        )  # fmt: skip
+        log.warning("message %s attempt %d failed (%s); retry in %.1f s", record.message_id,
+                    record.attempts, failed.title, delay)  # fmt: skip
         return self.outcomes.requeue(
             command, record.attempts, delay, OutcomeKind.RETRY_SCHEDULED, failed.code
         )
@@ -530,9 +531,8 @@ class OutboundSender:
         return self.ports.questions.ended_reprompt(command.messageId, data)
 
     def _refuse(self, command: OutboundMessage, failure: FailureInfo) -> SendOutcome | None:
-        """Record a queue-only message that may not be sent, and fail it at once (failed event,
-        dead letter with the reason); nothing goes upstream. None if a record with its id
-        appeared meanwhile (the caller then goes on as for any recorded message)."""
+        """Record a queue-only message that may not be sent and fail it at once (failed event, dead
+        letter); nothing goes upstream. None if a record with its id appeared meanwhile."""
         record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if (stored := self.ports.store.create(record, slots)) is None:
             return None

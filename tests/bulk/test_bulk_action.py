@@ -7,7 +7,14 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shared.clock import ManualClock
-from tests.outbound.conftest import HttpAnswer, Outbound, call_http, padding
+from tests.outbound.conftest import (
+    HttpAnswer,
+    Outbound,
+    call_http,
+    fresh_number,
+    opt_out,
+    padding,
+)
 
 GOOD = [f"+35840200{i:04d}" for i in range(30)]
 TEMPLATE = {"Sender": "Sandbox", "Content": "Hi $(name), your code is $(code)"}
@@ -58,6 +65,33 @@ def test_bulk_send_is_one_upstream_call_and_every_recipient_keeps_its_personaliz
     ids = {r["Address"]: r["Id"] for r in calls[0]["response"]["Recipients"]}
     assert {m["Address"]: m["RecipientId"] for m in done.body["Recipients"]} == ids
     assert {m["MessageId"] for m in done.body["Recipients"]} == {calls[0]["response"]["MessageId"]}
+
+
+def test_a_member_whose_recipient_opted_out_after_the_batch_was_accepted_is_not_sent(
+    outbound: Outbound,
+) -> None:
+    from shared.messages import MessageStatus, MessageStore
+
+    phone = fresh_number()
+    accepted = bulk({"Recipients": people(GOOD[0], phone, GOOD[1])})
+    assert (accepted.status, accepted.body["Accepted"]) == (202, 3), accepted.body
+    opt_out(phone)  # a STOP while the batch waits on the queue
+
+    outbound.drain()
+
+    [call] = outbound.upstream()
+    assert sorted(r["Address"] for r in call["body"]["Recipients"]) == GOOD[:2]
+    done = batch_status(accepted.headers["Location"], details=True)
+    assert (done.body["Counts"]["sent"], done.body["Counts"]["failed"]) == (2, 1)
+    [member] = [m for m in done.body["Recipients"] if m["Address"] == phone]
+    refused = MessageStore.from_settings().get(member["Id"])
+    assert refused is not None
+    assert refused.status is MessageStatus.FAILED
+    assert refused.failure is not None
+    assert refused.failure.code == "suppressed"
+    [event] = [e for e in outbound.events() if e["type"].endswith(".failed")]
+    assert (event["subject"], event["data"]["error"]["code"]) == (member["Id"], "suppressed")
+    assert [d["messageId"] for d in outbound.dead_letters()] == [member["Id"]]
 
 
 def test_bad_rows_are_listed_by_row_and_the_rest_are_sent(outbound: Outbound) -> None:

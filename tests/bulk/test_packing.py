@@ -17,7 +17,16 @@ from shared.outbound import parse_outbound_message
 from shared.outbound._records import normalize, pack_key
 from shared.storage import table_client
 from tests.crash import LEASE, Died, crash_once
-from tests.outbound.conftest import REJECTED, Outbound, call_http, padding, sms, status_of
+from tests.outbound.conftest import (
+    REJECTED,
+    Outbound,
+    call_http,
+    fresh_number,
+    opt_out,
+    padding,
+    sms,
+    status_of,
+)
 from tests.waiting import wait_for
 
 NUMBERS = [f"+35840100{i:04d}" for i in range(40)]
@@ -690,6 +699,86 @@ def test_a_refusal_naming_a_member_in_bare_digits_blames_that_member(
     assert sorted(r["Address"] for r in calls[1]["body"]["Recipients"]) == NUMBERS[:2]
     assert record(ids[1]).failure.code == "upstream-rejected"  # type: ignore[union-attr]
     assert [record(i).status for i in (ids[0], ids[2])] == [MessageStatus.SENT] * 2
+
+
+def test_a_member_whose_recipient_opted_out_after_it_was_accepted_leaves_its_pack(
+    outbound: Outbound,
+) -> None:
+    """The STOP came while the sends waited for the quota: that member fails ``suppressed``
+    (its event, its dead letter) and never goes upstream; the others go in one call."""
+    waiting_for_a_slot(outbound)
+    phone = fresh_number()
+    ids = accept(NUMBERS[0], phone, NUMBERS[1])
+    opt_out(phone)
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [200]
+    assert sorted(r["Address"] for r in calls[0]["body"]["Recipients"]) == NUMBERS[:2]
+    refused = record(ids[1])
+    assert (refused.status, refused.attempts) == (MessageStatus.FAILED, 0)
+    assert refused.failure is not None
+    assert refused.failure.code == "suppressed"
+    assert [record(i).status for i in (ids[0], ids[2])] == [MessageStatus.SENT] * 2
+    failed = [e for e in outbound.events() if e["type"].endswith(".failed")]
+    assert [(e["subject"], e["data"]["error"]["code"]) for e in failed] == [(ids[1], "suppressed")]
+    assert [d["messageId"] for d in outbound.dead_letters()] == [ids[1]]
+
+
+def test_a_queue_only_member_whose_recipient_opted_out_while_indexed_leaves_its_pack(
+    outbound: Outbound,
+) -> None:
+    """Queue-only sends parked for the quota (recorded, indexed: checked then), then a STOP."""
+    waiting_for_a_slot(outbound, period=3)
+    phone = fresh_number()
+    for index, address in enumerate((NUMBERS[0], phone, NUMBERS[1])):
+        outbound.enqueue({"operation": "SendMessage", "messageId": f"ix-{index}",
+                          "body": sms(address)})  # fmt: skip
+    park(outbound)
+    opt_out(phone)
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert sorted(a["Address"] for c in calls for a in c["body"]["Recipients"]) == NUMBERS[:2]
+    assert record("ix-1").status is MessageStatus.FAILED
+    assert record("ix-1").failure.code == "suppressed"  # type: ignore[union-attr]
+    assert [record(f"ix-{i}").status for i in (0, 2)] == [MessageStatus.SENT] * 2
+    assert [d["messageId"] for d in outbound.dead_letters()] == ["ix-1"]
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [(403, "Service is not allowed to send"), (422, "Sender is not allowed")],
+)
+def test_a_refusal_of_a_packs_request_fails_every_member_in_one_call(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, status: int, said: str
+) -> None:
+    """A 403 or 422 naming no recipient is about the request (the service, its sender): every
+    member fails at once, as a bulk pack's do; each went upstream again alone, refused the
+    same way (N+1 calls)."""
+    import sandbox.app as sandbox_app
+
+    def refuse(self: Any, call: Any, parts: int, pascal_case: bool) -> Any:
+        raise sandbox_app.ApiError(status, said)
+
+    monkeypatch.setattr(sandbox_app.Sandbox, "_send", refuse)
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:6])
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [(c["status"], len(c["body"]["Recipients"])) for c in calls] == [(status, 6)]
+    for message_id in ids:
+        failed = record(message_id)
+        assert failed.status is MessageStatus.FAILED
+        assert failed.failure is not None
+        assert failed.failure.code == "upstream-rejected"
+    events = [e for e in outbound.events() if e["type"].endswith(".failed")]
+    assert sorted(e["subject"] for e in events) == sorted(ids)
+    assert sorted(d["messageId"] for d in outbound.dead_letters()) == sorted(ids)
 
 
 def test_a_cancelled_member_stays_out_and_the_others_are_sent(outbound: Outbound) -> None:

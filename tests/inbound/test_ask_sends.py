@@ -297,6 +297,28 @@ def test_a_stop_received_in_time_and_handled_after_the_timeouts_cancel_opts_the_
     assert (ended.status, ended.body["Status"], ended.body["OptedOut"]) == (200, "opted_out", True)
 
 
+def test_a_question_opted_out_before_its_text_went_out_never_sends_its_text(
+    inbound: Inbound,
+) -> None:
+    """STOP while the question's text waited on the queue ends the question opted out, and its
+    text then fails ``suppressed`` when the sender comes to it: it used to go out all the same."""
+    number = "+358401234584"
+    asked = _ask(inbound, number)
+    _reply("Stop!", number)  # before the sender drained the queue
+    ended = _poll(inbound, asked)
+    assert (ended.status, ended.body["Status"], ended.body["OptedOut"]) == (200, "opted_out", True)
+
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+
+    assert _sends(inbound) == 0
+    send = MessageStore.from_settings().get(asked.body["MessageId"])
+    assert send is not None
+    assert send.status is MessageStatus.FAILED
+    assert send.failure is not None
+    assert send.failure.code == "suppressed"
+    assert _poll(inbound, asked).body["Status"] == "opted_out"
+
+
 def test_a_timed_out_questions_re_prompt_of_the_previous_release_is_cancelled(
     inbound: Inbound, manual_clock: ManualClock
 ) -> None:

@@ -9,8 +9,10 @@ message from ``smartdialog-outbound``, invoke the real ``OutboundSender`` functi
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import json
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -52,6 +54,20 @@ def sms(*addresses: str, content: str = "Hello $(name)", **extra: Any) -> dict[s
         "Recipients": [{"Address": a, "Personalization": {"name": "Ada"}} for a in addresses],
         **extra,
     }
+
+
+def fresh_number() -> str:
+    """A number no other test uses (not a sandbox magic one)."""
+    return f"+35841{random.randrange(10**6, 10**7)}"
+
+
+def opt_out(phone: str, service: str = SERVICE) -> None:
+    """``phone`` texts STOP to ``service`` (as the inbound processor records it)."""
+    from shared.suppressions import SuppressionStore
+
+    SuppressionStore.from_settings().add(
+        service, phone, keyword="STOP", source="inbound", now=dt.datetime.now(dt.UTC)
+    )
 
 
 def padding(text: str) -> dict[str, str]:

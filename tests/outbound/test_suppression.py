@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import random
 import uuid
 from typing import Any
 
@@ -13,24 +11,23 @@ import pytest
 
 from sandbox.contract import validate_request
 from shared.messages import MessageStatus, MessageStore
-from shared.suppressions import SuppressionStore
 from tests.outbound.conftest import (
     DELIVERED,
     REPLY_SERVICE,
     SERVICE,
     Outbound,
     call_http,
+    fresh_number,
+    opt_out,
     sms,
     status_of,
 )
 
 
 def opted_out(service: str = SERVICE) -> str:
-    """A fresh number (not a sandbox magic one) that opted out of ``service`` by STOP."""
-    phone = f"+35841{random.randrange(10**6, 10**7)}"
-    SuppressionStore.from_settings().add(
-        service, phone, keyword="STOP", source="inbound", now=dt.datetime.now(dt.UTC)
-    )
+    """A fresh number that opted out of ``service`` by STOP."""
+    phone = fresh_number()
+    opt_out(phone, service)
     return phone
 
 
@@ -179,3 +176,95 @@ def test_queued_transactional_send_to_an_opted_out_recipient_is_sent(outbound: O
     assert record.status is MessageStatus.SENT
     [request] = outbound.upstream()
     assert_valid_upstream(request)
+
+
+# --- a STOP that comes after the send was accepted ----------------------------------------------
+
+
+def accept_send(phone: str) -> str:
+    accepted = call_http("SendMessage", "POST", body=sms(phone))
+    assert accepted.status == 202, accepted.body
+    return str(accepted.body["Id"])
+
+
+def assert_failed_suppressed(outbound: Outbound, message_id: str, attempts: int = 0) -> None:
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert record.failure is not None
+    assert record.failure.code == "suppressed"
+    assert record.attempts == attempts
+    assert "body.Recipients[0].Address" in (record.failure.detail or "")
+    [event] = [e for e in outbound.events() if e["subject"] == message_id]
+    assert event["type"] == "fi.arena.smartdialog.message.failed"
+    assert event["data"]["error"]["code"] == "suppressed"
+    [letter] = [d for d in outbound.dead_letters() if d["messageId"] == message_id]
+    assert letter["error"]["code"] == "suppressed"
+
+
+def answer_first_call(monkeypatch: pytest.MonkeyPatch, phone: str, error: Any) -> None:
+    """The sandbox answers the first call to ``phone`` with ``error`` (an ``ApiError``)."""
+    import sandbox.app as sandbox_app
+
+    original, answered = sandbox_app.Sandbox._send, []
+
+    def send(self: Any, call: Any, parts: int, pascal_case: bool) -> Any:
+        if not answered and phone in [r["Address"] for r in call.body["Recipients"]]:
+            answered.append(error)
+            raise error
+        return original(self, call, parts, pascal_case)
+
+    monkeypatch.setattr(sandbox_app.Sandbox, "_send", send)
+
+
+def test_a_stop_after_the_send_was_accepted_fails_it_at_send_time_and_nothing_goes_upstream(
+    outbound: Outbound,
+) -> None:
+    phone = fresh_number()
+    message_id = accept_send(phone)
+    opt_out(phone)  # the recipient texts STOP while the send waits on the queue
+
+    outbound.drain()
+
+    assert outbound.upstream() == []
+    assert_failed_suppressed(outbound, message_id)
+
+
+def test_a_stop_between_attempts_fails_the_retry_when_the_first_surely_did_not_go(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox.app import ApiError
+
+    phone = fresh_number()
+    answer_first_call(monkeypatch, phone, ApiError(429, "Slow down", {"Retry-After": "1"}))
+    message_id = accept_send(phone)
+    outbound.run_once()  # 429: nothing was sent, a retry is scheduled
+    opt_out(phone)
+
+    outbound.drain()
+
+    assert [c["status"] for c in outbound.upstream()] == [429]
+    assert_failed_suppressed(outbound, message_id, attempts=1)
+
+
+def test_a_stop_after_an_attempt_that_may_have_gone_leaves_its_retry_to_settle_it(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 may have sent it: the retry (same RequestId) says whether it did; failing it
+    ``suppressed`` would report unsent a text the recipient may have got."""
+    from sandbox.app import ApiError
+
+    phone = fresh_number()
+    answer_first_call(monkeypatch, phone, ApiError(503, "Try again"))
+    message_id = accept_send(phone)
+    outbound.run_once()
+    opt_out(phone)
+
+    outbound.drain()
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [503, 200]
+    assert len({c["body"]["RequestId"] for c in calls}) == 1
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.status is MessageStatus.SENT
