@@ -70,7 +70,7 @@ param smartDialogQuotaPeriodSeconds string = ''
 @description('SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS: seconds added to the quota window against clock skew.')
 param smartDialogQuotaSafetyMarginSeconds string = ''
 
-@description('SMARTDIALOG_QUOTA_WAIT_SECONDS: how long a synchronous action waits for a quota token before answering 429 (at most 60).')
+@description('SMARTDIALOG_QUOTA_WAIT_SECONDS: how long a synchronous action waits for a quota token before answering 429 (over 60 is taken as 60).')
 param smartDialogQuotaWaitSeconds string = ''
 
 @description('SMARTDIALOG_SEND_MAX_ATTEMPTS: upstream attempts per queued send before it fails for good.')

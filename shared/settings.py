@@ -132,9 +132,9 @@ class Settings(StorageSettings):
     quota_safety_margin_seconds: float = Field(
         0.25, alias="SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", ge=0, le=LONGEST_SECONDS
     )
-    # At most 60: an action's upstream call has 120 s in all (actions' SYNC_DEADLINE_SECONDS),
-    # and a slot taken after that is wasted on a 504 no call was made for.
-    quota_wait_seconds: float = Field(5.0, alias="SMARTDIALOG_QUOTA_WAIT_SECONDS", ge=0, le=60)
+    quota_wait_seconds: float = Field(
+        5.0, alias="SMARTDIALOG_QUOTA_WAIT_SECONDS", ge=0, le=LONGEST_SECONDS
+    )
     # The origin of the URLs we hand out; see public_base_url for the fallbacks.
     public_base_url_setting: str | None = Field(None, alias="SMARTDIALOG_PUBLIC_BASE_URL")
     # Set by the platform: App Service's host name, and "Development" under Core Tools/dev host.

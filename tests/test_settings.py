@@ -156,7 +156,6 @@ def test_default_send_lease_outlasts_an_attempt_by_a_second(
     ("alias", "value"),
     [
         ("SMARTDIALOG_QUOTA_CALLS", "2001"),  # past what one quota log holds
-        ("SMARTDIALOG_QUOTA_WAIT_SECONDS", "61"),  # past the actions' deadline: a wasted slot
         ("SMARTDIALOG_SEND_VALIDITY_SECONDS", "inf"),  # a time plus it overflows
         ("SMARTDIALOG_SEND_VALIDITY_SECONDS", "1e12"),
         ("SMARTDIALOG_SEND_LEASE_SECONDS", "1e20"),

@@ -66,10 +66,9 @@ log = logging.getLogger("smartdialog.actions")
 ClientFactory = Callable[["Settings"], "SmartDialogClient"]
 #: Seconds we advise waiting after a 429 or an identity provider's failure not saying how long.
 DEFAULT_UPSTREAM_RETRY_AFTER = 5.0
-#: Retries of a failed upstream call within one action (the caller's retry policy does the rest).
-SYNC_MAX_RETRIES = 0
-#: Seconds one upstream call of an action may take in all (token, renewal, however slowly its
-#: answer trickles in), then 504: well before Azure ends an HTTP function at 230 s (a bare 5xx).
+SYNC_MAX_RETRIES = 0  #: retries of a failed upstream call in an action (the caller's do the rest)
+#: Seconds an action's upstream call may take in all (token, quota wait, trickling answer), then
+#: 504, well before Azure ends an HTTP function at 230 s (a bare 5xx); quota waits take half.
 SYNC_DEADLINE_SECONDS = 120.0
 #: Seconds we advise waiting when the quota store cannot be reached.
 QUOTA_STORE_RETRY_AFTER = 5.0
@@ -140,7 +139,8 @@ def _new_shared_client(settings: Settings) -> SmartDialogClient:
     from shared import quota
     from shared.smartdialog import SmartDialogClient, auth_from_settings
 
-    gate = quota.from_settings(settings).gate(settings.quota_wait_seconds, renew=True)
+    gate = quota.from_settings(settings).gate(
+        min(settings.quota_wait_seconds, SYNC_DEADLINE_SECONDS / 2), renew=True)  # fmt: skip
     return SmartDialogClient(
         settings.base_url,
         auth_from_settings(settings),

@@ -32,3 +32,15 @@ def test_many_settings_objects_evict_nothing(app: App, monkeypatch: pytest.Monke
     assert (info.currsize, info.hits, info.misses) == (4, 1, 4)
     shared_client.cache_clear()
     assert all(client._http.is_closed for client in made)
+
+
+def test_an_actions_quota_wait_is_at_most_half_its_deadline(app: App) -> None:
+    """A longer SMARTDIALOG_QUOTA_WAIT_SECONDS took its slot after the 120 s the call has in
+    all, only to answer 504; it is taken as 60, and a shorter one as it is."""
+    from shared.actions._pipeline import SYNC_DEADLINE_SECONDS
+
+    waits = {}
+    for given in (600.0, 7.0):
+        client = shared_client(Settings(SMARTDIALOG_QUOTA_WAIT_SECONDS=given))  # type: ignore[call-arg]
+        waits[given] = client._before_attempt._wait  # type: ignore[union-attr]
+    assert waits == {600.0: SYNC_DEADLINE_SECONDS / 2, 7.0: 7.0}
