@@ -192,9 +192,9 @@ def _host_name_or_ip(host: str) -> None:
             raise ValueError(f"not a host name: {host}")
         if not label.isascii():
             idna.encode(label, uts46=True)  # IDNAError is a ValueError
-        elif label[:4].lower() == "xn--":  # an A-label: Punycode of something printable
+        elif label[:4].lower() == "xn--":  # an A-label: Punycode of printable non-ASCII
             decoded = label[4:].encode("ascii").decode("punycode")  # UnicodeError: ValueError
-            if not decoded or any(unicodedata.category(c) in _NOT_IN_URL for c in decoded):
+            if decoded.isascii() or any(unicodedata.category(c) in _NOT_IN_URL for c in decoded):
                 raise ValueError(f"not a host name: {host}")
 
 

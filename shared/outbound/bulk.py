@@ -337,7 +337,7 @@ def _csv_recipients(text: str, content: str = "") -> list[BulkRecipient]:
             [FieldError("RecipientsCsv", "The header row needs an Address column.")]
         )
     at = lowered.index("address")
-    width = max((i + 1 for i, h in enumerate(header) if h), default=0)  # (Excel's ;; aside)
+    width = len(header)  # an unnamed column (Excel's "Address;Name;") is a column too
     out: list[BulkRecipient] = []
     line = reader.line_num + 1
     blank = 0

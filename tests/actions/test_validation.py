@@ -490,6 +490,8 @@ BAD_URLS = [
     "https://example.com:99999/x",
     "https://xn--/x",  # an A-label with no Punycode
     "https://xn--a.com/x",
+    "https://xn--a-/x",  # Punycode of plain "a": no A-label
+    "https://xn--ss-/x",
     "https://example.com:port/x",
     "http://[2001:db8::zz]/x",
     "http://[2001:db8::1/x",

@@ -142,3 +142,12 @@ def test_empty_cells_past_the_header_are_no_cells() -> None:
     [ada] = _csv_recipients("Address;name;code\n+358403000001;Ada;1;; \n")
 
     assert (ada.refusal, ada.personalization) == ((), {"name": "Ada", "code": "1"})
+
+
+def test_a_column_with_no_header_cell_is_a_column_of_the_header() -> None:
+    """Excel writes a notes column without a heading as "Address;Name;": the header has three
+    cells, one empty, and every row filling it was refused as having more cells than the
+    header (a whole upload of such rows a 422)."""
+    [matti] = _csv_recipients('Address,Name,""\n+358401234567,Matti,note\n')
+
+    assert (matti.refusal, matti.personalization) == ((), {"Name": "Matti"})
