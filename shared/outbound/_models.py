@@ -154,7 +154,10 @@ class _Envelope(BaseModel):
             "'-' or '_', starting with a letter or digit, in any case (whitespace around it "
             "ignored); only whitespace: the default connection; absent: the customer's "
             "connection, else the default. Set by the send actions from the "
-            "X-SmartDialog-Connection header or the customer's connection."
+            "X-SmartDialog-Connection header or the customer's connection. Given with "
+            "customerId on a command first seen on the queue, it must serve that customer (a "
+            "named connection claims it; default serves one no other claims), else the command "
+            "is dead-lettered malformed."
         ),
     )
 
