@@ -332,6 +332,12 @@ class MessageRecord:
         failed = f"{self.message_id}:{MessageStatus.FAILED}"
         return f"{failed}:{self.redriven_at:%Y%m%dT%H%M%S%f}" if self.redriven_at else failed
 
+    @property
+    def may_have_reached(self) -> bool:
+        """Whether an attempt may have reached SmartDialog: one recorded so (``maybe_sent``), or
+        one cut off mid-call (still ``sending``: its worker stopped or its lease ran out)."""
+        return self.maybe_sent or self.status is MessageStatus.SENDING
+
     def result_json(self) -> dict[str, Any] | None:
         """Upstream's answer as a dict, or None before it was sent."""
         if not self.result:

@@ -207,7 +207,7 @@ def poisoned(record: MessageRecord) -> FailureInfo:
     reached upstream (one recorded so, or one still ``sending``: its worker stopped mid-call)."""
     title = "The Functions host gave up on its queued command (moved to the poison queue)"
     detail = "Every delivery failed on our side (storage, or a damaged record); see the logs."
-    if record.maybe_sent or record.status is MessageStatus.SENDING:
+    if record.may_have_reached:
         return FailureInfo(code="outcome-unknown", title=f"{title}; it may have been sent",
                            detail=may_have_been_sent(detail), attempts=record.attempts)  # fmt: skip
     return FailureInfo(code="poisoned", title=title, detail=detail, attempts=record.attempts)

@@ -217,8 +217,7 @@ class Outcomes:
         lease ran out, perhaps mid-call), saying what it was ``waiting`` for (default: what
         holds its connection's sends now, :meth:`holding`)."""
         waiting = waiting or self.holding()
-        sending = record.status is MessageStatus.SENDING
-        return expired(record, last, maybe_sent=sending, waiting=waiting)
+        return expired(record, last, maybe_sent=record.may_have_reached, waiting=waiting)
 
     def holding(self) -> str | None:
         """What holds this connection's sends now, naming no value: a setting that is broken,

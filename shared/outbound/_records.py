@@ -449,12 +449,8 @@ def opted_out(
 ) -> list[tuple[MessageRecord, FailureInfo]]:
     """The recorded ``members`` (with their commands) that may not go upstream now, and why:
     recipients who opted out since they were accepted (:func:`suppressions_of`). Never one an
-    earlier attempt may have sent (``maybe_sent``, or ``sending``: a call cut off): its retry
-    under the same RequestId settles it."""
-    due = [
-        (r, c)
-        for r, c in members
-        if not (r.maybe_sent or r.status is MessageStatus.SENDING or r.status.is_final)
-    ]
+    earlier attempt may have sent (``may_have_reached``): its retry under the same RequestId
+    settles it (a member taken out of a doubtful pack keeps its doubt: not checked either)."""
+    due = [(r, c) for r, c in members if not (r.may_have_reached or r.status.is_final)]
     refusals = suppressions_of([c for _, c in due], suppressions)
     return [(r, why) for (r, _), why in zip(due, refusals, strict=True) if why is not None]
