@@ -273,7 +273,7 @@ class _Run:
             if waiting:
                 return self.later((min(waiting) - now).total_seconds(), "backoff")
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, pack.pack_id)
-        self.leftovers = len(open_) - len(due)
+        self.leftovers = len(open_) - len(due) - len(failing)  # the failed are final
         return self.send(due, now)
 
     def send(self, due: list[MessageRecord], now: dt.datetime) -> SendOutcome:
