@@ -268,10 +268,12 @@ class _Run:
         self.outcomes.fail_many(failing)
         due = [r for r in due if r.message_id not in {f.message_id for f, _ in failing}]
         if not due:
+            if failing and len(open_) > len(failing):  # that call's last ones: the rest now
+                return self.later(0, "pack-rest")
             if waiting:
                 return self.later((min(waiting) - now).total_seconds(), "backoff")
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, pack.pack_id)
-        self.leftovers = len(open_) - len(due)
+        self.leftovers = len(open_) - len(due) - len(failing)  # the failed are final
         return self.send(due, now)
 
     def send(self, due: list[MessageRecord], now: dt.datetime) -> SendOutcome:

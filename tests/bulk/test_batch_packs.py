@@ -29,7 +29,17 @@ from shared.settings import get_settings
 from shared.smartdialog import BadRequestError
 from tests.bulk.test_bulk_action import batch_status, bulk, people
 from tests.crash import LEASE, crash_once
-from tests.outbound.conftest import REJECTED, TEMPORARY, Outbound, call_http, padding
+from tests.outbound.conftest import (
+    REJECTED,
+    SERVICE,
+    TEMPORARY,
+    THROTTLED,
+    Outbound,
+    call_http,
+    fresh_number,
+    opt_out,
+    padding,
+)
 
 NUMBERS = [f"+35840300{i:04d}" for i in range(40)]
 
@@ -183,6 +193,71 @@ def test_a_rejected_member_fails_alone_and_the_rest_go_again(outbound: Outbound)
     assert [d["messageId"] for d in outbound.dead_letters()] == [ids[1]]
     failed = [e for e in outbound.events() if e["type"].endswith(".failed")]
     assert [e["subject"] for e in failed] == [ids[1]]
+
+
+def test_when_every_member_of_a_partial_call_opted_out_the_packs_other_members_still_go(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """Found in review: the pack's first call took only some of its members (another's claim
+    was lost), was answered 429 (nothing sent), and then every member of that call opted out.
+    The driver failed them 'suppressed', found no one of that call left to send and
+    acknowledged the pack: the member outside the call stayed queued, with no driver."""
+    from shared.storage import queue_client
+    from shared.suppressions import SuppressionStore
+
+    late = fresh_number()
+    batch = accepted_batch(THROTTLED, late, NUMBERS[1])
+    ids = {m["Address"]: m["Id"] for m in
+           batch_status(batch["Location"], details=True).body["Recipients"]}  # fmt: skip
+    [driver] = drivers(outbound)
+    text = json.dumps(driver)
+    queue = queue_client("smartdialog-outbound")
+    queue.clear_messages()  # the host holds it: invoked here
+    real = MessageStore.swap_many
+    touched: list[Any] = []
+
+    def one_claim_lost(self: MessageStore, items: Any, **kwargs: Any) -> Any:
+        if not touched and any(r.message_id == ids[NUMBERS[1]] for r, _ in items):
+            # Its record changed between the driver's read and its claim: that claim loses.
+            now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+            touched.append(self.swap(record(ids[NUMBERS[1]]), updated_at=now))
+        return real(self, items, **kwargs)
+
+    monkeypatch.setattr(MessageStore, "swap_many", one_claim_lost)
+    try:
+        outbound.invoke(text)  # the call of the two it claimed: 429, nothing sent
+        [throttled] = outbound.upstream()
+        assert throttled["status"] == 429
+        assert sorted(r["Address"] for r in throttled["body"]["Recipients"]) == sorted(
+            [THROTTLED, late]
+        )
+        assert touched
+        queue.clear_messages()
+        opt_out(THROTTLED)  # every member of that call texts STOP
+        opt_out(late)
+        manual_clock.advance(60)  # past their backoff
+
+        outbound.invoke(text)
+        outbound.drain()
+    finally:
+        suppressions = SuppressionStore.from_settings()
+        for phone in (THROTTLED, late):
+            suppressions.remove(SERVICE, phone)
+
+    calls = outbound.upstream()
+    assert [c["status"] for c in calls] == [429, 200]
+    assert [r["Address"] for r in calls[1]["body"]["Recipients"]] == [NUMBERS[1]]
+    assert calls[1]["body"]["RequestId"] != calls[0]["body"]["RequestId"]
+    assert record(ids[NUMBERS[1]]).status is MessageStatus.SENT
+    for phone in (THROTTLED, late):
+        refused = record(ids[phone])
+        assert (refused.status, refused.failure.code) == (MessageStatus.FAILED, "suppressed")
+    failed = {e["subject"]: e["data"]["error"]["code"] for e in outbound.events()
+              if e["type"].endswith(".failed")}  # fmt: skip
+    assert failed == {ids[THROTTLED]: "suppressed", ids[late]: "suppressed"}
+    assert sorted(d["messageId"] for d in outbound.dead_letters()) == sorted(
+        [ids[THROTTLED], ids[late]]
+    )
 
 
 def refuse_calls_naming_nobody_with(monkeypatch: pytest.MonkeyPatch, culprit: str) -> None:

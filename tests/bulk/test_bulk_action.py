@@ -94,6 +94,25 @@ def test_a_member_whose_recipient_opted_out_after_the_batch_was_accepted_is_not_
     assert [d["messageId"] for d in outbound.dead_letters()] == [member["Id"]]
 
 
+def test_a_pass_that_fails_an_opted_out_member_does_not_come_back_for_it(
+    outbound: Outbound,
+) -> None:
+    """Found in review: the driver counted the member it had just failed 'suppressed' as one
+    left open, so after sending the rest it queued itself once more, for nothing."""
+    phone = fresh_number()
+    accepted = bulk({"Recipients": people(GOOD[0], phone, GOOD[1])})
+    assert (accepted.status, accepted.body["Accepted"]) == (202, 3), accepted.body
+    opt_out(phone)
+
+    assert outbound.run_once() == 1
+
+    [call] = outbound.upstream()
+    assert sorted(r["Address"] for r in call["body"]["Recipients"]) == GOOD[:2]
+    assert outbound.queued() == 0  # no driver back: nobody of the pack is left open
+    done = batch_status(accepted.headers["Location"])
+    assert (done.body["Counts"]["sent"], done.body["Counts"]["failed"]) == (2, 1)
+
+
 def test_bad_rows_are_listed_by_row_and_the_rest_are_sent(outbound: Outbound) -> None:
     rows = people(GOOD[0], "not a number", GOOD[1], "123")
     accepted = bulk({"Recipients": rows})
