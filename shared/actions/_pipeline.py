@@ -33,6 +33,7 @@ from shared.actions._spec import (
     SettingDefault,
 )
 from shared.actions.fields import PHONE_REGIONS_CONTEXT
+from shared.deadline import within
 from shared.logs import cut_secrets, loggable_id, loggable_text, redacted, redacted_traceback
 from shared.problems import (
     FieldError,
@@ -67,8 +68,8 @@ ClientFactory = Callable[["Settings"], "SmartDialogClient"]
 #: Seconds we advise waiting after a 429 or an identity provider's failure not saying how long.
 DEFAULT_UPSTREAM_RETRY_AFTER = 5.0
 SYNC_MAX_RETRIES = 0  #: retries of a failed upstream call in an action (the caller's do the rest)
-#: Seconds an action's upstream call may take in all (token, quota wait, trickling answer), then
-#: 504, well before Azure ends an HTTP function at 230 s (a bare 5xx); quota waits take half.
+#: Seconds an action's upstream calls take in all (tokens, quota waits, answers), then 504: well
+#: before Azure ends an HTTP function at 230 s (a bare 5xx); a quota wait takes half at most.
 SYNC_DEADLINE_SECONDS = 120.0
 #: Seconds we advise waiting when the quota store cannot be reached.
 QUOTA_STORE_RETRY_AFTER = 5.0
@@ -86,8 +87,7 @@ class _ClientCache:
     A process sees one settings object in practice (``get_settings`` is cached), so nothing is
     bounded: an evicted client would leak its connection pool (and a bounded cache could close a
     client another thread is still using). :meth:`cache_clear` closes every client it drops.
-    Settings objects are frozen, hence hashable. Thread-safe: one client per key, ever.
-    """
+    Settings objects are frozen, hence hashable. Thread-safe: one client per key, ever."""
 
     def __init__(self, factory: Callable[[Settings], SmartDialogClient]) -> None:
         self._factory = factory
@@ -358,8 +358,7 @@ def upstream_problem(
     ``settings`` (default: the app's) that holds them; 503 -> 503, other 5xx, connection errors
     and unexpected bodies (a 2xx carrying an error: quoted) -> 502, with SmartDialog's
     ``Retry-After`` when it gave one (a 5xx or odd 2xx body to a create, which may not be
-    repeated, says it may have taken effect); timeouts, 408 and 504 -> 504.
-    """
+    repeated, says it may have taken effect); timeouts, 408 and 504 -> 504."""
     from shared import smartdialog as sd
 
     if isinstance(exc, sd.InvalidParameterError):  # a value no field type caught: never sent
@@ -510,7 +509,8 @@ def _run_action(
             settings = routed_settings(spec.input, request, settings)
         parsed = parse_input(spec.input, request, settings)
         context = ActionContext(settings, tracking_id, client_factory or shared_client)
-        response = spec.handler(context, parsed)
+        with within(SYNC_DEADLINE_SECONDS):  # for the action: each call gets what is left
+            response = spec.handler(context, parsed)
         outcome = ", ".join(["ok", *response.logged_ids()])  # 202: what it accepted, by id
     except Problem as problem:
         if problem.errors:

@@ -793,3 +793,29 @@ def test_an_answer_trickling_in_is_a_504_at_the_actions_deadline(
     assert reply.status == 504, reply.body
     assert reply.body["type"] == problem_type("upstream-timeout")
     assert took < 6.0  # cut at the deadline (1 s, plus the quota's and the action's own work)
+
+
+def test_the_actions_deadline_covers_all_its_calls_not_each(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GetCustomerServices for three service types makes three calls, and each had its own
+    deadline: three answers of 0.6 s each against a 1 s deadline answered 200 after ~2 s (at
+    120 s, 360 s: past Azure's 230 s and its bare 5xx)."""
+    import time
+
+    from shared.actions import _pipeline
+    from tests.guard.servers import RawServer, raw_server
+
+    def slow(conn: socket.socket, server: RawServer) -> None:  # a whole answer, after 0.6 s
+        time.sleep(0.6)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: 2\r\n\r\n[]")  # fmt: skip
+
+    monkeypatch.setattr(_pipeline, "SYNC_DEADLINE_SECONDS", 1.0)
+    with raw_server(slow) as server:
+        wire(monkeypatch, app.sandbox, SMARTDIALOG_BASE_URL=server.url)
+        reply = call("GetCustomerServices", method="GET",
+                     params={"ServiceType": "OneWay,TwoWay,Group"})  # fmt: skip
+        asked = len(server.requests)
+    assert reply.status == 504, reply.body
+    assert asked < 3  # the third call had no time left: never made
