@@ -159,18 +159,22 @@ def require_http_url(value: str) -> str:
     Percent-encoded and non-ASCII characters (an IRI) are taken as given; a blank, control or
     format character anywhere, a host that is neither a host name (IDNA) nor an IP literal, or
     a port out of range is refused."""
-    url = value.strip()
+    url, why = value.strip(), ""
     try:
+        why = "a port out of range or not digits, or a broken [IPv6] address"
         parts = urlsplit(url)  # raises on a broken [IPv6] literal
         host, _ = parts.hostname, parts.port  # .port raises when out of range or not digits
+        why = "it holds a blank or an invisible character (percent-encode a space as %20)"
         if any(unicodedata.category(c) in _NOT_IN_URL for c in url):
-            raise ValueError("a blank or an invisible character")
+            raise ValueError(why)
+        why = ""
         if parts.scheme.lower() not in ("http", "https") or not host:
             raise ValueError("no http(s) scheme or no host")
+        why = f"{host[:100]} is not a host name"
         _host_name_or_ip(host)
     except ValueError as exc:  # idna.IDNAError is one too
-        message = "Must be an absolute http or https URL, e.g. https://example.com/page."
-        raise ValueError(message) from exc
+        message = "Must be an absolute http or https URL, e.g. https://example.com/page"
+        raise ValueError(f"{message}: {why}." if why else f"{message}.") from exc
     return url
 
 

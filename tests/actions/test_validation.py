@@ -384,12 +384,18 @@ def test_the_function_key_in_the_query_is_the_hosts_never_refused(app: App) -> N
 
 def test_an_empty_body_on_an_action_without_one_is_taken(app: App) -> None:
     """Tools send ``{}`` or ``null`` with a DELETE: nothing in them is dropped."""
-    route = {"GroupService": GROUP, "Phone": "+358401234567"}
+    from tests.actions.test_actions_against_sandbox import CONTACT, create_contact
+
+    route = {"GroupService": GROUP, "Phone": str(CONTACT["phone"])}
     for body in (b" { } ", b"null", b"\n"):
+        create_contact()
         reply = call("DeleteGroupContact", method="DELETE", route=route, body=body)
-        assert reply.status != 400, reply.body
+        assert reply.status == 200, reply.body  # deleted: the body carried nothing
+    deletes = [r for r in app.upstream() if r["operationId"] == "DeleteGroupContact"]
+    assert len(deletes) == 3
     refused = call("DeleteGroupContact", method="DELETE", route=route, body=b'{"x": 1}')
     assert (refused.status, refused.fields) == (400, ["body"])
+    assert len(app.upstream()) == 6  # three creates, three deletes: the refused one made none
 
 
 def test_a_long_region_list_is_a_400_naming_it_with_a_short_answer(app: App) -> None:
@@ -501,6 +507,19 @@ BAD_URLS = [
 @pytest.mark.parametrize("url", GOOD_URLS)
 def test_an_absolute_http_url_is_taken_stripped_and_otherwise_as_given(url: str) -> None:
     assert require_http_url(url) == url.strip()
+
+
+def test_a_refused_url_says_what_is_wrong_with_it() -> None:
+    """Every refusal said only "Must be an absolute http or https URL": a SharePoint path with a
+    space (an absolute https URL) left the flow's author nothing to act on."""
+    for url, why in (
+        ("https://contoso.sharepoint.com/Shared Documents/x.pdf", "percent-encode a space"),
+        ("https://exa!mple.com/x", "exa!mple.com is not a host name"),
+        ("https://example.com:99999/x", "port out of range"),
+    ):
+        with pytest.raises(ValueError, match="absolute http or https URL") as refused:
+            require_http_url(url)
+        assert why in str(refused.value)
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
