@@ -170,7 +170,7 @@ def require_http_url(value: str) -> str:
         why = ""
         if parts.scheme.lower() not in ("http", "https") or not host:
             raise ValueError("no http(s) scheme or no host")
-        why = f"{host[:100]} is not a host name"
+        why = "its host is not a host name"  # not quoted: it may be a phone number
         _host_name_or_ip(host)
     except ValueError as exc:  # idna.IDNAError is one too
         message = "Must be an absolute http or https URL, e.g. https://example.com/page"

@@ -12,6 +12,7 @@ from typing import NamedTuple, Protocol
 
 from shared import telemetry
 from shared.clock import Clock, SystemClock
+from shared.deadline import left
 from shared.names import DEFAULT_CONNECTION, QUOTA_MAX_CALLS
 from shared.quota import _log
 
@@ -462,9 +463,13 @@ class AttemptGate:
 
     def __call__(self) -> None:
         local = self._local
-        local.ends, local.renewed = self._clock.now() + self._wait, False
+        try:  # no longer than the caller's deadline (an action's 120 s for all its calls) lasts
+            wait = left(self._wait, TimeoutError) or 0.0
+        except TimeoutError:
+            wait = 0.0
+        local.ends, local.renewed = self._clock.now() + wait, False
         held, local.held = getattr(local, "held", None), None
-        local.grant = held or self._quota.acquire(self._wait)
+        local.grant = held or self._quota.acquire(wait)
 
     def before_send(self) -> None:
         local = self._local

@@ -514,7 +514,7 @@ def test_a_refused_url_says_what_is_wrong_with_it() -> None:
     space (an absolute https URL) left the flow's author nothing to act on."""
     for url, why in (
         ("https://contoso.sharepoint.com/Shared Documents/x.pdf", "percent-encode a space"),
-        ("https://exa!mple.com/x", "exa!mple.com is not a host name"),
+        ("https://exa!mple.com/x", "its host is not a host name"),
         ("https://example.com:99999/x", "port out of range"),
     ):
         with pytest.raises(ValueError, match="absolute http or https URL") as refused:

@@ -206,6 +206,23 @@ def test_a_gate_renews_a_stale_grant_only_within_the_attempts_wait(
     assert clock.slept == [0.2]
 
 
+def test_a_gate_waits_no_longer_than_its_callers_deadline(make_store: StoreFactory) -> None:
+    """An action's calls share one deadline (120 s): its gate waited its own wait in full (up
+    to 60 s) whatever was left, and a slot taken after the deadline went to a 504 (no call)."""
+    from shared.deadline import within
+
+    clock = ManualClock()
+    store = make_store(calls=1, period=1, clock=clock)
+    gate = store.gate(5.0)
+    gate()  # the one slot: the next frees in about 1 s, within the gate's 5 s
+
+    with within(0.3), pytest.raises(QuotaExceeded):  # not within what is left of the deadline
+        gate()
+    assert clock.slept == []
+    gate()  # no deadline: it waits for the slot
+    assert 1 <= sum(clock.slept) <= 5
+
+
 def test_grants_are_counted_per_connection(make_store: StoreFactory) -> None:
     clock = ManualClock()
     first = make_store(calls=1, period=10, clock=clock, connection="first")
