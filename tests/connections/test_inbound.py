@@ -183,24 +183,31 @@ def test_a_webhook_registered_by_customer_routing_is_unregistered_through_its_co
     assert WebhookRegistry.from_settings().get(SECOND_TWO_WAY, kept) is not None
 
 
-def test_a_questions_re_prompt_goes_through_the_connection_it_was_asked_on(
-    two: TwoConnections,
-) -> None:
-    """Its re-prompt named no connection: the sender routed it by whichever connection claimed
-    the customer when it came off the queue, so once ``second`` was removed (or the customer
-    moved) it went out through the default account. It fails ``connection-removed`` instead."""
-    second_webhook(two)  # its replies come back through second's webhook
+def ask_through_second(two: TwoConnections, recipient: str) -> QuestionRecord:
+    """Asks ``recipient`` a question with a re-prompt through ``second`` (its replies come back
+    through second's webhook) and clears the question's own send off the queue."""
+    second_webhook(two)
     headers = {CONNECTION_HEADER: "second", "Customer-Id": SECOND_CUSTOMER,
                "Service-Id": SECOND_TWO_WAY}  # fmt: skip
-    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358400000011",
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": recipient,
             "Options": ["Yes", "No"], "RepromptContent": "Please reply YES or NO",
             "ReplaceOpenQuestion": True}  # fmt: skip
     asked = call_http("SendMessageAndWaitForReply", "POST", headers=headers, body=body)
     assert asked.status == 202, asked.body
     question = QuestionStore.from_settings().get(asked.body["QuestionId"])
     assert question is not None
-    assert question.connection == "second"
     queue_client(names.OUTBOUND_QUEUE).clear_messages()  # the question's own send: not here
+    return question
+
+
+def test_a_questions_re_prompt_goes_through_the_connection_it_was_asked_on(
+    two: TwoConnections,
+) -> None:
+    """Its re-prompt named no connection: the sender routed it by whichever connection claimed
+    the customer when it came off the queue, so once ``second`` was removed (or the customer
+    moved) it went out through the default account. It fails ``connection-removed`` instead."""
+    question = ask_through_second(two, "+358400000011")
+    assert question.connection == "second"
     two.env.enqueue(reprompt_command(question))  # as the reply's processor queues it
     two.remove_connection("SECOND")
 
@@ -224,17 +231,7 @@ def test_a_questions_re_prompt_still_goes_out_after_its_customer_moves_off_its_c
     the check of queue-only commands (a named connection must serve the customer) took it for
     a producer's mistake once the customer moved, and it was dead-lettered ``malformed`` with
     no event: part of a question accepted over HTTP, lost. It goes out as it was asked."""
-    second_webhook(two)
-    headers = {CONNECTION_HEADER: "second", "Customer-Id": SECOND_CUSTOMER,
-               "Service-Id": SECOND_TWO_WAY}  # fmt: skip
-    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358400000012",
-            "Options": ["Yes", "No"], "RepromptContent": "Please reply YES or NO",
-            "ReplaceOpenQuestion": True}  # fmt: skip
-    asked = call_http("SendMessageAndWaitForReply", "POST", headers=headers, body=body)
-    assert asked.status == 202, asked.body
-    question = QuestionStore.from_settings().get(asked.body["QuestionId"])
-    assert question is not None
-    queue_client(names.OUTBOUND_QUEUE).clear_messages()  # the question's own send: not here
+    question = ask_through_second(two, "+358400000012")
     two.set_connection("SECOND", CUSTOMERS="2999", CUSTOMER_ID="2999")  # the customer moves
     two.env.enqueue(reprompt_command(question))  # as the reply's processor queues it
 
