@@ -264,7 +264,7 @@ class _Run:
         # A STOP since they were accepted: those members fail, never sent (not one an earlier
         # attempt may have sent: its retry settles it); one batched read of the suppressions.
         commands = [(r, parse_outbound_message(r.command)) for r in due]
-        failing = opted_out(commands, ports.suppressions)
+        failing = opted_out(commands, ports.suppressions, checked=True)
         self.outcomes.fail_many(failing)
         due = [r for r in due if r.message_id not in {f.message_id for f, _ in failing}]
         if not due:

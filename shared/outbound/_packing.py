@@ -395,7 +395,7 @@ class IndexPacks:
     def _opted_out(self, members: Members) -> set[str]:
         """Fail the ``members`` whose recipients opted out since they were accepted (a STOP:
         :func:`opted_out`): they leave the pack, never sent. Their ids."""
-        failing = opted_out(members, self.ports.suppressions)
+        failing = opted_out(members, self.ports.suppressions, checked=True)
         self.outcomes.fail_many(failing)
         return {r.message_id for r, _ in failing}
 

@@ -408,17 +408,25 @@ def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:
     return len(addresses) == 1 and command.messageId == origin.message_id(addresses[0])
 
 
+#: How long before its record was made a send's recipients may have been checked against the
+#: opt-outs (a send action's checks, a bulk upload's rows), plus any skew between our clock and
+#: the storage's ``Timestamp``: :func:`opted_out` reads the suppressions written since.
+CHECKED_MARGIN = dt.timedelta(minutes=10)
+
+
 def suppression(command: OutboundMessage, suppressions: SuppressionStore) -> FailureInfo | None:
     """Why ``command`` may not be sent (recipients who opted out of its service), or None."""
     return suppressions_of([command], suppressions)[0]
 
 
 def suppressions_of(
-    commands: Sequence[OutboundMessage], suppressions: SuppressionStore
+    commands: Sequence[OutboundMessage],
+    suppressions: SuppressionStore,
+    since: dt.datetime | None = None,
 ) -> list[FailureInfo | None]:
     """:func:`suppression` of each of ``commands``: the recipients of those of one service read
-    together (:meth:`~shared.suppressions.SuppressionStore.suppressed_many`). Transactional
-    sends and discussion replies are not checked."""
+    together (:meth:`~shared.suppressions.SuppressionStore.suppressed_many`; ``since``: they
+    were all checked then). Transactional sends and discussion replies are not checked."""
     from shared.suppressions import opted_out_problem
 
     checked: dict[str, list[tuple[int, list[str]]]] = {}
@@ -431,7 +439,9 @@ def suppressions_of(
         checked.setdefault(command.serviceId, []).append((index, addresses))
     found: list[FailureInfo | None] = [None] * len(commands)
     for service, items in checked.items():
-        hits = suppressions.suppressed_many(service, [a for _, own in items for a in own])
+        hits = suppressions.suppressed_many(
+            service, [a for _, own in items for a in own], since=since
+        )
         start = 0
         for index, own in items:
             mine = {i - start: hits[i] for i in range(start, start + len(own)) if i in hits}
@@ -445,12 +455,22 @@ def suppressions_of(
 
 
 def opted_out(
-    members: Sequence[tuple[MessageRecord, OutboundMessage]], suppressions: SuppressionStore
+    members: Sequence[tuple[MessageRecord, OutboundMessage]],
+    suppressions: SuppressionStore,
+    *,
+    checked: bool = False,
 ) -> list[tuple[MessageRecord, FailureInfo]]:
     """The recorded ``members`` (with their commands) that may not go upstream now, and why:
     recipients who opted out since they were accepted (:func:`suppressions_of`). Never one an
     earlier attempt may have sent (``may_have_reached``): its retry under the same RequestId
-    settles it (a member taken out of a doubtful pack keeps its doubt: not checked either)."""
+    settles it (a member taken out of a doubtful pack keeps its doubt: not checked either).
+    ``checked``: each was checked when recorded (a pack's members: from the pack index or a
+    bulk upload), so only suppressions written since the earliest was (less
+    :data:`CHECKED_MARGIN`) are read, two queries however long the lists; else every one is
+    (a queue-only command recorded while its connection was broken was never checked)."""
     due = [(r, c) for r, c in members if not (r.may_have_reached or r.status.is_final)]
-    refusals = suppressions_of([c for _, c in due], suppressions)
+    since = min((r.created_at for r, _ in due), default=None) if checked else None
+    refusals = suppressions_of(
+        [c for _, c in due], suppressions, None if since is None else since - CHECKED_MARGIN
+    )
     return [(r, why) for (r, _), why in zip(due, refusals, strict=True) if why is not None]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from azure.storage.queue import QueueClient
 
-from shared.clock import ManualClock
+from shared.clock import ManualClock, utcnow
 from shared.connections import CONNECTION_HEADER, connection_settings
 from shared.logs import HeldSends
 from shared.messages import MessageStatus, MessageStore, idempotency_key_hash
@@ -195,6 +195,40 @@ def test_a_rule_send_of_a_misconfigured_connection_waits_with_its_customer(
     [upstream] = two.second.state.snapshot("messages")
     assert (upstream["customerId"], upstream["serviceId"]) == (SECOND_CUSTOMER, SECOND_SERVICE)
     assert two.env.upstream() == []
+
+
+def test_a_send_recorded_while_its_connection_was_broken_is_checked_against_every_opt_out(
+    two: TwoConnections, manual_clock: ManualClock
+) -> None:
+    """A queue-only send (to two numbers) its connection could not take is recorded without
+    checking its recipients. When it goes, every opt-out counts: not only those written since
+    it was recorded, the window a pack's members (checked when recorded) are read with."""
+    from shared.suppressions import SuppressionStore
+
+    address = "+358400000017"
+    SuppressionStore.from_settings().add(
+        SECOND_SERVICE, address, keyword="STOP", source="inbound", now=utcnow()
+    )
+    manual_clock.advance(3600)  # recorded an hour after the STOP
+    message_id = f"m-{utcnow().timestamp():.0f}-broken"
+    body = {"Sender": "Clinic", "Content": "Hi",
+            "Recipients": [{"Address": address}, {"Address": "+358400000018"}]}  # fmt: skip
+    text = json.dumps({"operation": "SendMessage", "messageId": message_id, "body": body,
+                       "Connection": "second", "customerId": SECOND_CUSTOMER,
+                       "serviceId": SECOND_SERVICE})  # fmt: skip
+    two.drop_connection("SECOND", "ACCESS_TOKEN")
+    waited = OutboundSender.from_settings().process(text, queue_message_id="q6")
+    assert (waited.kind, waited.detail) == (OutcomeKind.DEFERRED, "configuration")
+
+    two.set_connection("SECOND", ACCESS_TOKEN="sandbox-token-2", QUOTA_CALLS=2000)
+    OutboundSender.from_settings().process(text, queue_message_id="q6")
+
+    assert two.second.state.snapshot("messages") == []
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert record.status is MessageStatus.FAILED
+    assert record.failure is not None
+    assert record.failure.code == "suppressed"
 
 
 def test_a_rule_send_of_a_removed_connection_fails_connection_removed_with_its_event(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from typing import Any
@@ -268,3 +269,43 @@ def test_a_stop_after_an_attempt_that_may_have_gone_leaves_its_retry_to_settle_i
     record = MessageStore.from_settings().get(message_id)
     assert record is not None
     assert record.status is MessageStatus.SENT
+
+
+def test_a_check_of_recipients_checked_before_reads_only_what_was_written_since(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack's members were checked when they were recorded: at send time only suppressions
+    written since can stop them, read with two queries (the service's, every service's)
+    whatever the pack's size. It read each member's recipient, a query each (200 for a pack
+    of 200), or every row of both lists for larger packs."""
+    from shared import storage
+    from shared.names import SUPPRESSIONS_TABLE
+    from shared.storage import StorageOp
+    from shared.suppressions import ALL_SERVICES, SuppressionStore, recipient_key
+
+    store = SuppressionStore.from_settings()
+    addresses = [fresh_number() for _ in range(40)]
+    opt_out(addresses[1])  # before they were checked: found then, not again
+    table = store._table  # the row's own Timestamp, as storage wrote it
+    key = storage.safe_key(recipient_key(addresses[1]))
+    since = table.get_entity(storage.safe_key(SERVICE), key).metadata["timestamp"]
+    since += dt.timedelta(milliseconds=1)  # (Azurite compares whole milliseconds)
+    opt_out(addresses[7])
+    opt_out(addresses[30], ALL_SERVICES)
+    opt_out(addresses[31], "some-other-service")
+    monkeypatch.setattr(storage, "_round_trips", None)
+    counter = storage.count_round_trips()
+    counted = SuppressionStore.from_settings()
+    before = counter.snapshot()
+
+    hits = counted.suppressed_many(SERVICE, addresses, since=since)
+
+    assert sorted(hits) == [7, 30]
+    assert (hits[7].service, hits[30].service) == (SERVICE, ALL_SERVICES)
+    used = counter.snapshot() - before
+    assert sum(used.values()) == used[StorageOp.TABLE_QUERY, SUPPRESSIONS_TABLE] == 2
+    # Without it, or past the limit of rows to read, every suppression counts.
+    assert sorted(counted.suppressed_many(SERVICE, addresses)) == [1, 7, 30]
+    assert sorted(counted.suppressed_many(SERVICE, addresses, since=since, scan_limit=1)) == [
+        1, 7, 30,
+    ]  # fmt: skip
