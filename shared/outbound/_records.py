@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from shared.callback_urls import delivery_report_url
+from shared.clock import SystemClock, utcnow
 from shared.messages import (
     FailureInfo,
     MessageRecord,
@@ -467,10 +468,12 @@ def opted_out(
     ``checked``: each was checked when recorded (a pack's members: from the pack index or a
     bulk upload), so only suppressions written since the earliest was (less
     :data:`CHECKED_MARGIN`) are read, two queries however long the lists; else every one is
-    (a queue-only command recorded while its connection was broken was never checked)."""
+    (a queue-only command recorded while its connection was broken was never checked). The
+    read is of the by-service rows: a STOP whose by-recipient row is written but not yet its
+    by-service row (the inbound processor's retry writes it) stops a lone send, not a member."""
     due = [(r, c) for r, c in members if not (r.may_have_reached or r.status.is_final)]
-    since = min((r.created_at for r, _ in due), default=None) if checked else None
-    refusals = suppressions_of(
-        [c for _, c in due], suppressions, None if since is None else since - CHECKED_MARGIN
-    )
+    since = None
+    if checked and due:  # the storage's Timestamps are real time: never past it (a test clock)
+        since = min(*(r.created_at for r, _ in due), utcnow(SystemClock())) - CHECKED_MARGIN
+    refusals = suppressions_of([c for _, c in due], suppressions, since)
     return [(r, why) for (r, _), why in zip(due, refusals, strict=True) if why is not None]

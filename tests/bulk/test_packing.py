@@ -726,6 +726,24 @@ def test_a_member_whose_recipient_opted_out_after_it_was_accepted_leaves_its_pac
     assert [d["messageId"] for d in outbound.dead_letters()] == [ids[1]]
 
 
+def test_a_member_leaves_its_pack_for_a_stop_after_acceptance_with_a_clock_an_hour_ahead(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """A pack's check reads the opt-outs the storage stamped since its members were recorded:
+    a clock an hour ahead of the storage's (a test's, a host's) read none and sent the member."""
+    manual_clock.advance(3600)
+    waiting_for_a_slot(outbound)
+    phone = fresh_number()
+    ids = accept(NUMBERS[0], phone, NUMBERS[1])
+    opt_out(phone)
+
+    outbound.drain()
+
+    sent = sorted(a["Address"] for c in outbound.upstream() for a in c["body"]["Recipients"])
+    assert sent == NUMBERS[:2]
+    assert record(ids[1]).failure.code == "suppressed"  # type: ignore[union-attr]
+
+
 def test_a_queue_only_member_whose_recipient_opted_out_while_indexed_leaves_its_pack(
     outbound: Outbound,
 ) -> None:
