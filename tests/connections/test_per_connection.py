@@ -32,7 +32,7 @@ from tests.connections.conftest import (
     forget_quota_logs,
     forget_settings,
 )
-from tests.outbound.conftest import call_http, padding, sms
+from tests.outbound.conftest import call_http, fresh_number, padding, sms
 from tests.outbound.test_sizes import personalised
 
 EVENTS_FIXTURES = Path(__file__).parents[1] / "events" / "fixtures"
@@ -205,14 +205,14 @@ def test_a_send_recorded_while_its_connection_was_broken_is_checked_against_ever
     it was recorded, the window a pack's members (checked when recorded) are read with."""
     from shared.suppressions import SuppressionStore
 
-    address = "+358400000017"
+    address = fresh_number()  # (the opt-out stays: a number no other test sends to)
     SuppressionStore.from_settings().add(
         SECOND_SERVICE, address, keyword="STOP", source="inbound", now=utcnow()
     )
     manual_clock.advance(3600)  # recorded an hour after the STOP
     message_id = f"m-{utcnow().timestamp():.0f}-broken"
     body = {"Sender": "Clinic", "Content": "Hi",
-            "Recipients": [{"Address": address}, {"Address": "+358400000018"}]}  # fmt: skip
+            "Recipients": [{"Address": address}, {"Address": fresh_number()}]}  # fmt: skip
     text = json.dumps({"operation": "SendMessage", "messageId": message_id, "body": body,
                        "Connection": "second", "customerId": SECOND_CUSTOMER,
                        "serviceId": SECOND_SERVICE})  # fmt: skip
