@@ -83,6 +83,11 @@ def lane_partition(key: str, at: dt.datetime) -> str:
     return str(uuid.uuid5(_LANE_NAMESPACE, f"{key}|{minute}")) + LANE_SUFFIX
 
 
+def lane_opens(at: dt.datetime) -> dt.datetime:
+    """When the lane of ``at``'s minute opens: no send accepted before then is in it."""
+    return dt.datetime.fromtimestamp(int(at.timestamp()) // 60 * 60, dt.UTC)
+
+
 def lane_message_id(key: str, at: dt.datetime) -> str:
     """A new message id in ``key``'s lane of ``at``'s minute (oldest first by row)."""
     micros = int(at.timestamp() * 1_000_000)

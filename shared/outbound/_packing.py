@@ -30,6 +30,7 @@ from shared.messages import (
     PackMember,
     in_lane,
     index_row_key,
+    lane_opens,
     lane_partition,
     lane_time,
     message_keys,
@@ -160,7 +161,7 @@ class IndexPacks:
 
     def _next_leader(self, led: MessageRecord) -> tuple[MessageRecord, OutboundMessage] | None:
         """The oldest message of ``led``'s key that was never attempted, with its command: in
-        the lanes from ``led``'s minute on (at most :data:`SWEEP_LANES`), or in the index
+        the lanes open from ``led``'s minute on (at most :data:`SWEEP_LANES`), or in the index
         (stale rows before it are dropped); None when there is none."""
         key = led.pack_key
         assert key is not None
@@ -168,12 +169,12 @@ class IndexPacks:
         if (accepted := lane_time(led.message_id)) is not None:
             minute = dt.timedelta(minutes=1)
             at, now = accepted, self.ports.now()
-            for _ in range(SWEEP_LANES):
+            for _ in range(SWEEP_LANES):  # up to the lane open now (a later one: its trigger)
                 waiting = self.ports.store.lane_queued(lane_partition(key, at), 1)
-                if waiting or at > now:
+                at += minute
+                if waiting or lane_opens(at) > now:
                     found = waiting[0] if waiting else None
                     break
-                at += minute
         else:
             found = self._oldest_indexed(key)
         if found is None or found.status is not MessageStatus.QUEUED or found.attempts:
@@ -266,11 +267,10 @@ class IndexPacks:
         lane = message_keys(leader.message_id)[0] if in_lane(leader.message_id) else None
         own_row = "" if lane else index_row_key(leader)
         if lane:  # lanes are their own index: the queued records of the leader's minute's
-            waiting: list[MessageRecord] = []  # lane and its neighbours', oldest first
+            waiting: list[MessageRecord] = []  # lane and its neighbours' (open), oldest first
             accepted = lane_time(leader.message_id) or leader.created_at
-            for shift in (-1, 0, 1):
-                at = accepted + dt.timedelta(minutes=shift)
-                if room := limit + 64 - len(waiting):
+            for at in (accepted + dt.timedelta(minutes=shift) for shift in (-1, 0, 1)):
+                if (room := limit + 64 - len(waiting)) and lane_opens(at) <= self.ports.now():
                     waiting += self.ports.store.lane_queued(lane_partition(key, at), room)
             rows = [IndexEntry(key, "", r.message_id, r.recipient_count) for r in waiting]
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
@@ -435,6 +436,40 @@ def test_sends_accepted_either_side_of_a_minute_still_go_in_one_pack(
 
     assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [4]
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+@pytest.mark.parametrize("seconds_to_next_minute", [30.0, -0.05])
+def test_a_lone_send_reads_the_lanes_that_have_opened_not_the_next_minutes_before_it_opens(
+    outbound: Outbound,
+    manual_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    seconds_to_next_minute: float,
+) -> None:
+    """Its leader looks for partners in the lanes of the minute before and its own, and in the
+    next minute's only once that lane has opened (30 s before it: not read; 0.05 s after: read);
+    a lane not open yet holds no send accepted here, and it has its own trigger."""
+    from shared.messages import lane_partition
+
+    manual_clock.advance((30 - manual_clock.now() % 60) % 60)  # half a minute into a minute
+    [sent] = accept(NUMBERS[0], content=f"Alone {uuid.uuid4().hex} $(name)")
+    manual_clock.advance(30 - seconds_to_next_minute)
+    real = MessageStore.lane_queued
+    read: list[str] = []
+
+    def counted(self: MessageStore, partition: str, limit: int) -> Any:
+        read.append(partition)
+        return real(self, partition, limit)
+
+    monkeypatch.setattr(MessageStore, "lane_queued", counted)
+    outbound.drain()
+
+    assert record(sent).status is MessageStatus.SENT
+    key, accepted = record(sent).pack_key, record(sent).created_at
+    assert key is not None
+    lane = [lane_partition(key, accepted + dt.timedelta(minutes=m)) for m in (-1, 0, 1)]
+    opened = seconds_to_next_minute < 0
+    assert (lane[2] in read) is opened
+    assert set(read) == set(lane if opened else lane[:2])
 
 
 def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
