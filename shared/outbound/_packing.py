@@ -167,11 +167,10 @@ class IndexPacks:
         assert key is not None
         found: MessageRecord | None = None
         if (accepted := lane_time(led.message_id)) is not None:
-            minute = dt.timedelta(minutes=1)
             at, now = accepted, self.ports.now()
             for _ in range(SWEEP_LANES):  # up to the lane open now (a later one: its trigger)
                 waiting = self.ports.store.lane_queued(lane_partition(key, at), 1)
-                at += minute
+                at += dt.timedelta(minutes=1)
                 if waiting or lane_opens(at) > now:
                     found = waiting[0] if waiting else None
                     break
@@ -266,11 +265,12 @@ class IndexPacks:
 
         lane = message_keys(leader.message_id)[0] if in_lane(leader.message_id) else None
         own_row = "" if lane else index_row_key(leader)
-        if lane:  # lanes are their own index: the queued records of the leader's minute's
-            waiting: list[MessageRecord] = []  # lane and its neighbours' (open), oldest first
-            accepted = lane_time(leader.message_id) or leader.created_at
+        if lane:  # lanes are their own index: the queued records of the leader's minute's lane,
+            waiting: list[MessageRecord] = []  # the one before, and the next once it opened (by
+            accepted = lane_time(leader.message_id) or leader.created_at  # this clock, or the
+            opened = max(accepted, self.ports.now())  # leader's if ahead), oldest first
             for at in (accepted + dt.timedelta(minutes=shift) for shift in (-1, 0, 1)):
-                if (room := limit + 64 - len(waiting)) and lane_opens(at) <= self.ports.now():
+                if (room := limit + 64 - len(waiting)) and lane_opens(at) <= opened:
                     waiting += self.ports.store.lane_queued(lane_partition(key, at), room)
             rows = [IndexEntry(key, "", r.message_id, r.recipient_count) for r in waiting]
         else:

@@ -472,6 +472,20 @@ def test_a_lone_send_reads_the_lanes_that_have_opened_not_the_next_minutes_befor
     assert set(read) == set(lane if opened else lane[:2])
 
 
+def test_a_lanes_leader_accepted_by_a_clock_ahead_of_its_senders_still_packs_its_lane(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """The sender's clock two minutes behind the one that accepted the lane (another host's):
+    its leader still reads its own lane, which has not opened by this clock: one pack."""
+    ids = accept(*NUMBERS[:3], content=f"Ahead {uuid.uuid4().hex} $(name)")
+    manual_clock.advance(-120)
+
+    outbound.drain()
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [3]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
 def test_each_member_gets_its_own_delivery_reports_through_the_packs_dlr_url(
     outbound: Outbound,
 ) -> None:
