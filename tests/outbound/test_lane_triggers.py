@@ -206,6 +206,39 @@ def test_a_send_whose_record_was_written_after_its_trigger_came_gets_a_message_o
     assert sum(late in body for body in bodies) == 1
 
 
+@pytest.mark.parametrize("seconds_to_next_minute", [30.0, -0.05])
+def test_a_lone_sends_sweep_reads_the_next_minutes_lane_only_once_it_has_opened(
+    outbound: Outbound,
+    manual_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    seconds_to_next_minute: float,
+) -> None:
+    """After its call, a young lane's trigger looks for the next member in its own lane, then in
+    the next minute's only once that has opened (30 s before: not read; 0.05 s after: read)."""
+    from shared.messages import lane_partition
+
+    outbound.configure(LANE_BACKSTOP_SECONDS=120)
+    manual_clock.advance((30 - manual_clock.now() % 60) % 60)  # half a minute into a minute
+    [sent] = accept(NUMBERS[0])
+    manual_clock.advance(30 - seconds_to_next_minute)
+    real = MessageStore.lane_queued
+    looked: list[str] = []
+
+    def counted(self: MessageStore, partition: str, limit: int) -> Any:
+        if limit == 1:  # the sweep's look for the next leader
+            looked.append(partition)
+        return real(self, partition, limit)
+
+    monkeypatch.setattr(MessageStore, "lane_queued", counted)
+    run_until(outbound, 1)
+
+    assert record(sent).status is MessageStatus.SENT
+    key, accepted = record(sent).pack_key, record(sent).created_at
+    assert key is not None
+    lanes = [lane_partition(key, accepted + dt.timedelta(minutes=m)) for m in (0, 1)]
+    assert looked == (lanes if seconds_to_next_minute < 0 else lanes[:1])
+
+
 def test_a_young_lanes_sweep_that_stops_at_its_limit_puts_the_next_member_back_on_the_queue(
     outbound: Outbound,
     manual_clock: ManualClock,
