@@ -312,7 +312,7 @@ class _Run:
                 return self.later(waits[0], waits[1])
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)
-                return self.later(ports.quota_wait.come_back_in(decision.retry_after), "quota")
+                return self.later(ports.quota_wait.come_back_in(decision), "quota")
             needed = dt.timedelta(seconds=ports.policy.call_seconds)
             if lease_until - ports.now() < needed:  # a very slow claim or quota wait
                 self.release(claimed)

@@ -9,6 +9,7 @@ can only defer a call, never admit one).
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import threading
@@ -38,6 +39,11 @@ class QuotaWait:
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._full_until = 0.0
+        self._frees: tuple[float, ...] = ()  # when each slot frees, as last told (clock times)
+        # A heap: when each message sent away for a slot comes for it (and its pack key, if any:
+        # ``_keys``, the slot each key's messages come back for).
+        self._coming: list[tuple[float, str]] = []
+        self._keys: dict[str, float] = {}
 
     def hint(self) -> float:
         """Seconds until this process was last told a slot frees (<= 0: ask the quota)."""
@@ -50,17 +56,42 @@ class QuotaWait:
         with self._lock:
             return self._full_until > self._clock.now() - within
 
-    def come_back_in(self, retry_after: float, *, packable: bool = False) -> float:
-        """The queue delay of a message deferred for a slot that frees in ``retry_after``.
+    def come_back_in(self, wait: float | QuotaDenied, *, key: str | None = None) -> float:
+        """The queue delay of a message deferred for the quota: ``wait`` the denial it got, or
+        the seconds until a slot frees as this process was told (a hint, the window full).
 
-        A message sent alone (or a bulk pack's driver) comes back up to the longest in-process
-        wait *early*: queue visibility has whole-second steps, a late return wastes the slot,
-        and an early one waits for it in the invocation. A message that may share a call
-        comes back when the slot frees: those deferred together then return together after
-        it, and the first to claim a slot packs the others (come back early, every one of them
-        would lead a small pack while it waits, and only one would get the slot).
+        Each comes back for a slot of its own: while this process has sent k others away for
+        slots still to free, it comes for the (k+1)-th to free as the last denial told (the
+        last one told if more wait). So they return one by one as the slots free, at the pace
+        of the window before, rather than all for the first: all at once, they held the
+        workers in turn while a connection's slots freed one by one, and another connection's
+        messages behind them found theirs late. Messages that may share a call (one pack
+        ``key``) share a slot: they come back together, and the first to claim it packs the
+        others (a slot each, each would lead a small pack). Every one comes back up to the
+        longest in-process wait *early*: queue visibility has whole-second steps, a late
+        return wastes the slot, and an early one waits for it in the invocation.
         """
-        return retry_after if packable else max(0.0, retry_after - self.longest)
+        from shared.quota import DenialReason, QuotaDenied
+
+        retry_after = wait.retry_after if isinstance(wait, QuotaDenied) else wait
+        if retry_after <= 0 or (isinstance(wait, QuotaDenied) and wait.reason != DenialReason.FULL):
+            return max(0.0, retry_after - self.longest)  # a short-lived denial: no slot held
+        with self._lock:
+            now = self._clock.now()
+            while self._coming and self._coming[0][0] <= now:
+                at, held = heapq.heappop(self._coming)
+                if self._keys.get(held) == at:
+                    del self._keys[held]
+            if key is not None and key in self._keys:  # never before it was told, though
+                at = max(self._keys[key], now + retry_after)
+            else:
+                frees = [at for at in self._frees if at > now]
+                slot = frees[min(len(self._coming), len(frees) - 1)] if frees else now
+                at = max(now + retry_after, slot)
+                heapq.heappush(self._coming, (at, key or ""))
+                if key is not None:
+                    self._keys[key] = at
+        return max(0.0, at - now - self.longest)
 
     def sleep(self, seconds: float) -> None:
         """Wait out a short hint in the invocation."""
@@ -69,7 +100,7 @@ class QuotaWait:
     def take(self, waited: float = 0.0) -> tuple[QuotaGrant | QuotaDenied, float]:
         """A quota decision, after waiting here for a slot that frees within the longest wait
         in all (``waited`` so far); (decision, waited)."""
-        from shared.quota import QuotaDenied
+        from shared.quota import DenialReason, QuotaDenied
 
         decision = self.quota.try_acquire()
         while isinstance(decision, QuotaDenied) and waited + decision.retry_after <= self.longest:
@@ -77,10 +108,11 @@ class QuotaWait:
             self._clock.sleep(pause)
             waited += pause
             decision = self.quota.try_acquire()
-        if isinstance(decision, QuotaDenied) and str(getattr(decision, "reason", "full")) == "full":
+        if isinstance(decision, QuotaDenied) and decision.reason == DenialReason.FULL:
             with self._lock:
-                until = self._clock.now() + decision.retry_after
-                self._full_until = max(self._full_until, until)
+                now = self._clock.now()
+                self._full_until = max(self._full_until, now + decision.retry_after)
+                self._frees = tuple(now + s for s in decision.frees)
         return decision, waited
 
 

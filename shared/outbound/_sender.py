@@ -230,7 +230,7 @@ class OutboundSender:
         except ValueError as exc:
             return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
         assert command.messageId is not None
-        packable = pack_key(command) is not None
+        key = pack_key(command)
         wait = self.ports.quota_wait.hint()
         if wait > self.ports.policy.quota_wait:
             # This process was just told the quota is full until then: defer without touching
@@ -239,11 +239,11 @@ class OutboundSender:
             # that gets a slot packs it with the others waiting (the quota is the window).
             if command.deferrals == 0:
                 self._park(command)
-            delay = self.ports.quota_wait.come_back_in(wait, packable=packable)
+            delay = self.ports.quota_wait.come_back_in(wait, key=key)
             return self.outcomes.requeue(
                 command, command.attempts, delay, OutcomeKind.DEFERRED, "quota"
             )
-        if wait > 0 and packable:
+        if wait > 0 and key is not None:
             # Claim only once the slot is near, so that one of the messages waiting for it
             # leads a pack of the others (see QuotaWait.come_back_in).
             self.ports.quota_wait.sleep(wait)
@@ -298,7 +298,7 @@ class OutboundSender:
         waiting = self.packing.sweep(replace(record, pack_key=key), self._advance, report=young)
         if waiting is not None:
             member, command = waiting
-            delay = self.ports.quota_wait.come_back_in(self.ports.quota_wait.hint(), packable=True)
+            delay = self.ports.quota_wait.come_back_in(self.ports.quota_wait.hint(), key=key)
             self.outcomes.requeue(command, member.attempts, delay, OutcomeKind.DEFERRED, "lane")
         return outcome
 
@@ -431,9 +431,7 @@ class OutboundSender:
         decision, waited = self.ports.quota_wait.take(0.0)
         for retry_stale in (True, False):  # a grant gone stale gets one more try here
             if isinstance(decision, QuotaDenied):
-                delay = self.ports.quota_wait.come_back_in(
-                    decision.retry_after, packable=claimed.pack_key is not None
-                )
+                delay = self.ports.quota_wait.come_back_in(decision, key=claimed.pack_key)
                 return self._hand_back(claim, delay, "quota")
             if self._claim_too_short(claimed, claim.members):
                 # The claim (a lease) must outlast the call, or a re-delivered copy could

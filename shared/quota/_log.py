@@ -24,7 +24,7 @@ __all__ = [
     "decode",
     "encode",
     "in_window",
-    "seconds_until_slot",
+    "seconds_until_slots",
     "stamp",
     "window_ms",
     "with_grant",
@@ -59,14 +59,14 @@ def with_grant(grants: Sequence[int], granted_ms: int) -> list[int]:
     return result
 
 
-def seconds_until_slot(live: Sequence[int], calls: int, now: float, window: int) -> float:
-    """How long until fewer than ``calls`` of the ``live`` grants are in the window.
-
-    ``live`` is sorted and holds at least ``calls`` grants; the answer is when the
-    grant that would leave ``calls - 1`` behind it drops out of the window.
-    """
-    oldest_blocking = live[len(live) - calls]
-    return max((oldest_blocking + window) / 1000 - now, 0.001)
+def seconds_until_slots(
+    live: Sequence[int], calls: int, now: float, window: int
+) -> tuple[float, ...]:
+    """How long until each of the next ``calls`` slots frees, soonest first, if no grant is
+    made meanwhile. ``live`` is sorted and holds at least ``calls`` grants: the first slot frees
+    when the grant that would leave ``calls - 1`` behind it drops out of the window, the next
+    ones as the grants after it do."""
+    return tuple(max((grant + window) / 1000 - now, 0.001) for grant in live[len(live) - calls :])
 
 
 def encode(grants: Sequence[int]) -> str:

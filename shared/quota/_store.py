@@ -122,6 +122,9 @@ class QuotaDenied:
     in_window: int
     #: FULL, or a short-lived reason (CONTENDED, LATE) with a short ``retry_after``.
     reason: DenialReason = DenialReason.FULL
+    #: FULL: seconds until each slot of the window frees, soonest first (the first is
+    #: ``retry_after``), if nobody takes one meanwhile; empty when not known.
+    frees: tuple[float, ...] = ()
 
     @property
     def retry_after_whole_seconds(self) -> int:
@@ -243,11 +246,8 @@ class QuotaStore:
                 continue
             if len(live) >= self.calls:
                 self._count(denials=1)
-                return QuotaDenied(
-                    connection=self.connection,
-                    retry_after=_log.seconds_until_slot(live, self.calls, now, self._window),
-                    in_window=len(live),
-                )
+                frees = _log.seconds_until_slots(live, self.calls, now, self._window)
+                return QuotaDenied(self.connection, frees[0], len(live), frees=frees)
             granted_ms = _log.stamp(now)
             updated = _log.with_grant(live, granted_ms)
             writes += 1

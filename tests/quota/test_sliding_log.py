@@ -8,7 +8,7 @@ from shared.quota._log import (
     decode,
     encode,
     in_window,
-    seconds_until_slot,
+    seconds_until_slots,
     stamp,
     window_ms,
     with_grant,
@@ -61,11 +61,11 @@ def test_a_grant_counts_until_exactly_its_time_plus_the_window() -> None:
     assert in_window(grants, 0.5, 10_000) == grants  # grants "from the future" still count
 
 
-def test_a_slot_frees_when_enough_grants_have_left() -> None:
+def test_a_slot_frees_when_enough_grants_have_left_and_the_next_as_the_later_ones_leave() -> None:
     live = [1000, 2000, 3000, 4000]  # four in the window, limit three: two must leave
-    assert seconds_until_slot(live, 3, 5.0, 10_000) == pytest.approx(7.0)
-    assert seconds_until_slot(live, 4, 5.0, 10_000) == pytest.approx(6.0)
-    assert seconds_until_slot([1000], 1, 11.0, 10_000) == pytest.approx(0.001)  # never zero
+    assert seconds_until_slots(live, 3, 5.0, 10_000) == pytest.approx((7.0, 8.0, 9.0))
+    assert seconds_until_slots(live, 4, 5.0, 10_000) == pytest.approx((6.0, 7.0, 8.0, 9.0))
+    assert seconds_until_slots([1000], 1, 11.0, 10_000) == pytest.approx((0.001,))  # never zero
 
 
 def test_a_new_grant_keeps_the_log_sorted() -> None:
