@@ -58,6 +58,7 @@ from shared.outbound._outcomes import (
     whole_seconds,
 )
 from shared.outbound._ports import SendPorts
+from shared.outbound._quota_wait import slot_holder
 from shared.outbound._records import opted_out
 from shared.outbound._routing import listed_again, note_waiting, quota_store_wait, token_wait
 from shared.telemetry import current_traceparent
@@ -82,7 +83,7 @@ def drive_pack(
     """Handle one pack driver (see the module docstring). Raises only for storage failures."""
     wait = ports.quota_wait.hint()
     if wait > ports.policy.quota_wait:
-        delay = ports.quota_wait.come_back_in(wait)
+        delay = ports.quota_wait.come_back_in(wait, slot_holder(None, driver.packId))
         return outcomes.requeue_driver(driver, delay, OutcomeKind.DEFERRED, "quota")
     pack = ports.packs.get(driver.packId)
     if pack is None or pack.batch_id is None:
@@ -301,10 +302,10 @@ class _Run:
             wait, reason, error = waits  # none: nothing sent, not an attempt
             self.release(claimed, error=error)
             return self.later(wait, reason)
-        waited = 0.0
+        waited, holder = 0.0, slot_holder(None, self.driver.packId)
         for _ in range(2):  # a grant gone stale gets one more try here
             try:
-                decision, waited = ports.quota_wait.take(waited)
+                decision, waited = ports.quota_wait.take(waited, holder)
             except Exception as exc:  # a lasting quota-store error waits as a broken setting does
                 if not (waits := quota_store_wait(self.outcomes, self.driver, claimed, exc)):
                     raise
@@ -312,7 +313,7 @@ class _Run:
                 return self.later(waits[0], waits[1])
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)
-                return self.later(ports.quota_wait.come_back_in(decision), "quota")
+                return self.later(ports.quota_wait.come_back_in(decision, holder), "quota")
             needed = dt.timedelta(seconds=ports.policy.call_seconds)
             if lease_until - ports.now() < needed:  # a very slow claim or quota wait
                 self.release(claimed)

@@ -13,6 +13,7 @@ import heapq
 import math
 import random
 import threading
+from collections import Counter
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from shared.quota import QuotaDenied, QuotaGrant
     from shared.settings import Settings
 
-__all__ = ["QUOTA_WAIT_JITTER", "QuotaWait", "poll_after", "quota_wait"]
+__all__ = ["QUOTA_WAIT_JITTER", "QuotaWait", "poll_after", "quota_wait", "slot_holder"]
 
 #: Random extra of an in-process quota wait, so waiting workers do not all retry at once.
 QUOTA_WAIT_JITTER = 0.02
@@ -39,11 +40,9 @@ class QuotaWait:
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._full_until = 0.0
-        self._frees: tuple[float, ...] = ()  # when each slot frees, as last told (clock times)
-        # A heap: when each message sent away for a slot comes for it (and its pack key, if any:
-        # ``_keys``, the slot each key's messages come back for).
-        self._coming: list[tuple[float, str]] = []
-        self._keys: dict[str, float] = {}
+        self._frees: tuple[float, ...] = ()  # when each slot of the window frees, as last told
+        self._held: dict[str, float] = {}  # a slot's holder (slot_holder) -> when it frees
+        self._passing: list[tuple[float, str]] = []  # the same as a heap, to forget them
 
     def hint(self) -> float:
         """Seconds until this process was last told a slot frees (<= 0: ask the quota)."""
@@ -56,50 +55,58 @@ class QuotaWait:
         with self._lock:
             return self._full_until > self._clock.now() - within
 
-    def come_back_in(self, wait: float | QuotaDenied, *, key: str | None = None) -> float:
-        """The queue delay of a message deferred for the quota: ``wait`` the denial it got, or
-        the seconds until a slot frees as this process was told (a hint, the window full).
+    def come_back_in(self, wait: float | QuotaDenied | None, holder: str) -> float:
+        """The queue delay of a message (or a bulk pack's driver) deferred for the quota:
+        ``wait`` the denial it got, or the seconds until a slot frees as this process was told
+        (a hint: the window full; None: the hint now); ``holder`` its :func:`slot_holder`.
 
-        Each comes back for a slot of its own: while this process has sent k others away for
-        slots still to free, it comes for the (k+1)-th to free as the last denial told (the
-        last one told if more wait). So they return one by one as the slots free, at the pace
-        of the window before, rather than all for the first: all at once, they held the
-        workers in turn while a connection's slots freed one by one, and another connection's
-        messages behind them found theirs late. Messages that may share a call (one pack
-        ``key``) share a slot: they come back together, and the first to claim it packs the
-        others (a slot each, each would lead a small pack). Every one comes back up to the
-        longest in-process wait *early*: queue visibility has whole-second steps, a late
-        return wastes the slot, and an early one waits for it in the invocation.
+        Each comes back for a slot of its own: the first slot to free (as the last denial
+        told) that no other message this process sent away holds (the last one told if all
+        are held). So they return one by one as the slots free, at the pace of the window
+        before, rather than all for the first: all at once, they held the workers in turn
+        while a connection's slots freed one by one, and another connection's messages behind
+        them found theirs late. The messages of one pack key hold one slot: they come back
+        together, and the first to claim it packs the others (a slot each, each would lead a
+        small pack). A message keeps its slot until it takes one (:meth:`take`) or the slot's
+        time has passed. Every one comes back up to the longest in-process wait *early*: queue
+        visibility has whole-second steps, a late return wastes the slot, and an early one
+        waits for it in the invocation.
         """
         from shared.quota import DenialReason, QuotaDenied
 
-        retry_after = wait.retry_after if isinstance(wait, QuotaDenied) else wait
-        if retry_after <= 0 or (isinstance(wait, QuotaDenied) and wait.reason != DenialReason.FULL):
-            return max(0.0, retry_after - self.longest)  # a short-lived denial: no slot held
+        if isinstance(wait, QuotaDenied):
+            if wait.reason != DenialReason.FULL:  # a short-lived denial: no slot held
+                return max(0.0, wait.retry_after - self.longest)
+            wait = wait.retry_after
+        retry_after = self.hint() if wait is None else wait
+        if retry_after <= 0:
+            return 0.0  # nothing to wait for
         with self._lock:
             now = self._clock.now()
-            while self._coming and self._coming[0][0] <= now:
-                at, held = heapq.heappop(self._coming)
-                if self._keys.get(held) == at:
-                    del self._keys[held]
-            if key is not None and key in self._keys:  # never before it was told, though
-                at = max(self._keys[key], now + retry_after)
-            else:
-                frees = [at for at in self._frees if at > now]
-                slot = frees[min(len(self._coming), len(frees) - 1)] if frees else now
-                at = max(now + retry_after, slot)
-                heapq.heappush(self._coming, (at, key or ""))
-                if key is not None:
-                    self._keys[key] = at
+            while self._passing and self._passing[0][0] <= now:
+                at, who = heapq.heappop(self._passing)
+                if self._held.get(who) == at:
+                    del self._held[who]
+            if (at := self._held.get(holder, 0.0)) <= now:
+                held = Counter(self._held.values())
+                for at in (free for free in self._frees if free > now):
+                    if not held[at]:
+                        break  # the first slot nobody holds (else the last one told)
+                    held[at] -= 1
+            at = max(at, now + retry_after)
+            if self._held.get(holder) != at:
+                self._held[holder] = at
+                heapq.heappush(self._passing, (at, holder))
         return max(0.0, at - now - self.longest)
 
     def sleep(self, seconds: float) -> None:
         """Wait out a short hint in the invocation."""
         self._clock.sleep(seconds)
 
-    def take(self, waited: float = 0.0) -> tuple[QuotaGrant | QuotaDenied, float]:
-        """A quota decision, after waiting here for a slot that frees within the longest wait
-        in all (``waited`` so far); (decision, waited)."""
+    def take(self, waited: float, holder: str) -> tuple[QuotaGrant | QuotaDenied, float]:
+        """A quota decision for ``holder`` (:func:`slot_holder`), after waiting here for a slot
+        that frees within the longest wait in all (``waited`` so far); (decision, waited). A
+        grant ends the holder's hold on a slot (:meth:`come_back_in`), whichever it took."""
         from shared.quota import DenialReason, QuotaDenied
 
         decision = self.quota.try_acquire()
@@ -110,10 +117,18 @@ class QuotaWait:
             decision = self.quota.try_acquire()
         if isinstance(decision, QuotaDenied) and decision.reason == DenialReason.FULL:
             with self._lock:
-                now = self._clock.now()
-                self._full_until = max(self._full_until, now + decision.retry_after)
-                self._frees = tuple(now + s for s in decision.frees)
+                self._full_until = max(self._full_until, self._clock.now() + decision.retry_after)
+                self._frees = decision.frees
+        elif not isinstance(decision, QuotaDenied):
+            with self._lock:
+                self._held.pop(holder, None)
         return decision, waited
+
+
+def slot_holder(key: str | None, name: str) -> str:
+    """Whom a deferred send's slot is held for (:meth:`QuotaWait.come_back_in`): its pack
+    ``key`` (the messages of one key share a slot), else itself, message or pack ``name``."""
+    return f"key {key}" if key is not None else f"one {name}"
 
 
 @lru_cache(maxsize=32)

@@ -51,6 +51,7 @@ from shared.outbound._outcomes import (
 )
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
 from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
+from shared.outbound._quota_wait import slot_holder
 from shared.outbound._records import (
     command_addresses,
     new_record,
@@ -239,13 +240,13 @@ class OutboundSender:
             # that gets a slot packs it with the others waiting (the quota is the window).
             if command.deferrals == 0:
                 self._park(command)
-            delay = self.ports.quota_wait.come_back_in(wait, key=key)
+            delay = self.ports.quota_wait.come_back_in(wait, slot_holder(key, command.messageId))
             return self.outcomes.requeue(
                 command, command.attempts, delay, OutcomeKind.DEFERRED, "quota"
             )
         if wait > 0 and key is not None:
-            # Claim only once the slot is near, so that one of the messages waiting for it
-            # leads a pack of the others (see QuotaWait.come_back_in).
+            # Claim only once the slot is near, so that one of the messages back for it (one
+            # pack key's share a slot: QuotaWait.come_back_in) leads a pack of the others.
             self.ports.quota_wait.sleep(wait)
         record = self.ports.store.get(command.messageId)
         if record is None:
@@ -298,7 +299,7 @@ class OutboundSender:
         waiting = self.packing.sweep(replace(record, pack_key=key), self._advance, report=young)
         if waiting is not None:
             member, command = waiting
-            delay = self.ports.quota_wait.come_back_in(self.ports.quota_wait.hint(), key=key)
+            delay = self.ports.quota_wait.come_back_in(None, slot_holder(key, member.message_id))
             self.outcomes.requeue(command, member.attempts, delay, OutcomeKind.DEFERRED, "lane")
         return outcome
 
@@ -428,10 +429,11 @@ class OutboundSender:
 
         if waits := token_wait(self.outcomes, command, [claimed]):  # the token first
             return self._hand_back(claim, *waits)  # none: nothing sent, not an attempt
-        decision, waited = self.ports.quota_wait.take(0.0)
+        holder = slot_holder(claimed.pack_key, claimed.message_id)
+        decision, waited = self.ports.quota_wait.take(0.0, holder)
         for retry_stale in (True, False):  # a grant gone stale gets one more try here
             if isinstance(decision, QuotaDenied):
-                delay = self.ports.quota_wait.come_back_in(decision, key=claimed.pack_key)
+                delay = self.ports.quota_wait.come_back_in(decision, holder)
                 return self._hand_back(claim, delay, "quota")
             if self._claim_too_short(claimed, claim.members):
                 # The claim (a lease) must outlast the call, or a re-delivered copy could
@@ -452,7 +454,7 @@ class OutboundSender:
                 claim.held = True
                 log.warning("message %s: %s; not sent with it", claimed.message_id, exc)
                 if retry_stale:
-                    decision, waited = self.ports.quota_wait.take(waited)
+                    decision, waited = self.ports.quota_wait.take(waited, holder)
         return self._hand_back(claim, STALE_GRANT_RETRY_SECONDS, "stale-grant")
 
     def _hand_back(

@@ -24,7 +24,7 @@ __all__ = [
     "decode",
     "encode",
     "in_window",
-    "seconds_until_slots",
+    "slot_times",
     "stamp",
     "window_ms",
     "with_grant",
@@ -59,14 +59,12 @@ def with_grant(grants: Sequence[int], granted_ms: int) -> list[int]:
     return result
 
 
-def seconds_until_slots(
-    live: Sequence[int], calls: int, now: float, window: int
-) -> tuple[float, ...]:
-    """How long until each of the next ``calls`` slots frees, soonest first, if no grant is
-    made meanwhile. ``live`` is sorted and holds at least ``calls`` grants: the first slot frees
-    when the grant that would leave ``calls - 1`` behind it drops out of the window, the next
-    ones as the grants after it do."""
-    return tuple(max((grant + window) / 1000 - now, 0.001) for grant in live[len(live) - calls :])
+def slot_times(live: Sequence[int], calls: int, window: int) -> tuple[float, ...]:
+    """When each of the next ``calls`` slots frees (seconds, the grants' clock), soonest first,
+    if no grant is made meanwhile. ``live`` is sorted and holds at least ``calls`` grants: the
+    first slot frees when the grant that would leave ``calls - 1`` behind it drops out of the
+    window, the next ones as the grants after it do."""
+    return tuple((grant + window) / 1000 for grant in live[len(live) - calls :])
 
 
 def encode(grants: Sequence[int]) -> str:

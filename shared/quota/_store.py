@@ -122,8 +122,8 @@ class QuotaDenied:
     in_window: int
     #: FULL, or a short-lived reason (CONTENDED, LATE) with a short ``retry_after``.
     reason: DenialReason = DenialReason.FULL
-    #: FULL: seconds until each slot of the window frees, soonest first (the first is
-    #: ``retry_after``), if nobody takes one meanwhile; empty when not known.
+    #: FULL: when each slot of the window frees (the quota's clock, seconds), soonest first (the
+    #: first ``retry_after`` from now), if nobody takes one meanwhile; empty when not known.
     frees: tuple[float, ...] = ()
 
     @property
@@ -246,8 +246,9 @@ class QuotaStore:
                 continue
             if len(live) >= self.calls:
                 self._count(denials=1)
-                frees = _log.seconds_until_slots(live, self.calls, now, self._window)
-                return QuotaDenied(self.connection, frees[0], len(live), frees=frees)
+                frees = _log.slot_times(live, self.calls, self._window)
+                retry_after = max(frees[0] - now, 0.001)
+                return QuotaDenied(self.connection, retry_after, len(live), frees=frees)
             granted_ms = _log.stamp(now)
             updated = _log.with_grant(live, granted_ms)
             writes += 1

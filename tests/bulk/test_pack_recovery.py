@@ -202,8 +202,8 @@ def _told_full(clock: ManualClock, name: str, longest_wait: float) -> QuotaWait:
         quota.from_settings(get_settings(), clock=clock, connection=name), longest_wait,
         clock=clock,
     )  # fmt: skip
-    waits.take()
-    assert isinstance(waits.take()[0], QuotaDenied)
+    waits.take(0.0, "test")
+    assert isinstance(waits.take(0.0, "test")[0], QuotaDenied)
     return waits
 
 

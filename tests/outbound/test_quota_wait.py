@@ -8,85 +8,98 @@ from __future__ import annotations
 import pytest
 
 from shared.clock import ManualClock
-from shared.outbound._quota_wait import QuotaWait
-from shared.quota import DenialReason, InMemoryQuotaStore, QuotaDenied
+from shared.outbound._quota_wait import QuotaWait, slot_holder
+from shared.quota import DenialReason, InMemoryQuotaStore, QuotaDenied, QuotaGrant
 
 START = 1_000.0
 
 
+def one(name: str) -> str:
+    return slot_holder(None, name)
+
+
 def _full(calls: int = 3, period: float = 10.0) -> tuple[QuotaWait, ManualClock, QuotaDenied]:
-    """A quota of ``calls`` a ``period``, one call taken each second from START, then a denial:
-    the slots free at START + period, + 1 s, + 2 s, ... (the clock at the last call)."""
+    """A quota of ``calls`` a ``period``, one call taken each second from START, then a denial
+    at the last call's time: the slots free at START + period, + 1 s, + 2 s, ..."""
     clock = ManualClock(START)
     waits = QuotaWait(InMemoryQuotaStore(calls=calls, period=period, clock=clock), 1.0, clock)
-    for _ in range(calls):
-        decision, _ = waits.take()
-        assert not isinstance(decision, QuotaDenied)
-        clock.advance(1.0)
-    clock.advance(-1.0)
-    denied, waited = waits.take()
+    for k in range(calls):
+        if k:
+            clock.advance(1.0)
+        decision, _ = waits.take(0.0, one(f"early-{k}"))
+        assert isinstance(decision, QuotaGrant)
+    denied, waited = waits.take(0.0, one("denied"))
     assert isinstance(denied, QuotaDenied)
     assert waited == 0  # the first slot frees later than the longest wait in the invocation
-    assert denied.frees == pytest.approx(tuple(period - k for k in range(calls - 1, -1, -1)))
+    assert denied.frees == pytest.approx(tuple(START + period + k for k in range(calls)))
     return waits, clock, denied
 
 
 def test_messages_sent_alone_come_back_one_by_one_as_their_slots_free_a_second_early() -> None:
-    """All three denied at once: each comes back for the next slot to free, not all three for
-    the first (the last slot told takes any more), a second (the longest wait) early."""
+    """Denied at once, each comes back for the next slot to free, not all for the first (the
+    last slot told takes any more), a second (the longest wait here) before it frees."""
     waits, _, denied = _full()
     assert denied.retry_after == pytest.approx(8.0)  # START + 10 s, and the clock is START + 2 s
 
-    delays = [waits.come_back_in(denied) for _ in range(4)]
+    delays = [waits.come_back_in(denied, one(f"m{k}")) for k in range(4)]
 
     assert delays == pytest.approx([7.0, 8.0, 9.0, 9.0])
 
 
-def test_a_short_lived_denial_comes_back_at_once_and_holds_no_slot() -> None:
-    """Denied for contention on the quota's log (or a grant that came back late): a retry in a
-    moment, not a slot of the window: back at once, and the next sent away for the window's
-    slots still comes for the first."""
-    waits, _, denied = _full()
-    contended = QuotaDenied(denied.connection, 0.2, -1, reason=DenialReason.CONTENDED)
-
-    assert waits.come_back_in(contended, key="a") == 0.0
-    assert waits.come_back_in(denied, key="a") == pytest.approx(7.0)
-
-
-def test_a_slot_whose_time_came_is_free_for_the_next_message_sent_away() -> None:
-    """A message's claim on a slot ends when the slot frees: the next one sent away after that
-    comes for the next slot to free that no other waits for."""
+def test_a_message_denied_after_its_slot_was_taken_comes_for_the_next_slot_nobody_holds() -> None:
+    """The helper's case in the sender's terms: m2 took m1's slot, and m1, denied, is sent
+    away again: it comes for m2's slot, which m2 no longer holds, not the last one told."""
     waits, clock, denied = _full()
-    assert [waits.come_back_in(denied.retry_after) for _ in range(2)] == pytest.approx([7.0, 8.0])
-    clock.advance(8.5)  # the first slot freed (START + 10 s), the second not yet
+    for n in ("m1", "m2", "m3"):
+        waits.come_back_in(denied, one(n))
+    clock.advance(8.0)
+    assert isinstance(waits.take(0.0, one("m2"))[0], QuotaGrant)
+    clock.advance(0.01)
 
-    assert waits.come_back_in(0.5) == pytest.approx(1.5 - 1.0)  # the third slot: START + 12 s
+    # Denied for the next slot (in 0.99 s) after a wait here used up: sent away again.
+    again = waits.come_back_in(0.99, one("m1"))
+
+    assert again == pytest.approx(0.0)  # for START + 11 s, m2's: back at once, and it waits
 
 
-def test_messages_of_one_pack_key_share_a_slot_and_come_back_together() -> None:
+def test_messages_of_one_pack_key_hold_one_slot_and_come_back_together() -> None:
     """Messages that may share a call come back together for the one slot their key holds (the
     first to claim it packs the others), a second early like any other; another key comes for
     the next slot, and a message sent alone for the one after."""
     waits, _, denied = _full()
+    a, b = slot_holder("a", "m1"), slot_holder("b", "m3")
 
     delays = [
-        waits.come_back_in(denied.retry_after, key="a"),
-        waits.come_back_in(denied.retry_after, key="a"),
-        waits.come_back_in(denied.retry_after, key="b"),
-        waits.come_back_in(denied.retry_after),
-        waits.come_back_in(denied.retry_after, key="a"),
+        waits.come_back_in(denied, a),
+        waits.come_back_in(denied, slot_holder("a", "m2")),
+        waits.come_back_in(denied, b),
+        waits.come_back_in(denied, one("m4")),
+        waits.come_back_in(denied, a),
     ]
 
     assert delays == pytest.approx([7.0, 7.0, 8.0, 9.0, 7.0])
 
 
-def test_no_message_comes_back_for_a_slot_sooner_than_the_one_it_was_told_of() -> None:
-    """A key's slot is kept for its next message only if it is not sooner than the slot that
-    message was told of; nothing to wait for (a sweep's hint that ran out): back at once, no
-    slot held."""
+def test_a_short_lived_denial_comes_back_at_once_and_holds_no_slot() -> None:
+    """Denied for contention on the quota's log (or a grant that came back late): a retry in a
+    moment, not a slot of the window: back at once, and the next message sent away for the
+    window's slots still comes for the first."""
     waits, _, denied = _full()
-    assert waits.come_back_in(denied.retry_after, key="a") == pytest.approx(7.0)
+    contended = QuotaDenied(denied.connection, 0.2, -1, reason=DenialReason.CONTENDED)
 
-    assert waits.come_back_in(9.5, key="a") == pytest.approx(9.5 - 1.0)
-    assert waits.come_back_in(0.0, key="c") == 0.0
-    assert waits.come_back_in(denied.retry_after) == pytest.approx(9.0 - 1.0)  # c holds none
+    assert waits.come_back_in(contended, one("m1")) == 0.0
+    assert waits.come_back_in(denied, one("m2")) == pytest.approx(7.0)
+
+
+def test_no_message_comes_back_for_a_slot_sooner_than_it_was_told_and_none_holds_none() -> None:
+    """A key keeps its slot for its next message only if it is not sooner than that message
+    was told; with nothing to wait for (a sweep's hint that ran out) it is back at once and
+    holds nothing; without a wait given, the hint this process was told."""
+    waits, _, denied = _full()
+    assert waits.come_back_in(denied, slot_holder("a", "m1")) == pytest.approx(7.0)
+
+    assert waits.come_back_in(9.5, slot_holder("a", "m2")) == pytest.approx(9.5 - 1.0)
+    assert waits.come_back_in(0.0, slot_holder("c", "m3")) == 0.0
+    # a's hold moved past the first slot, and c holds none: the first slot is m4's.
+    assert waits.come_back_in(None, one("m4")) == pytest.approx(8.0 - 1.0)
+    assert waits.come_back_in(None, one("m5")) == pytest.approx(9.0 - 1.0)

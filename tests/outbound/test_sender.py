@@ -756,9 +756,9 @@ def test_neither_a_slow_token_nor_the_quota_wait_eats_into_the_calls_deadline(
     slow_first_token(monkeypatch, 0.7)
     real_take = QuotaWait.take
 
-    def slow_take(self: QuotaWait, waited: float = 0.0) -> Any:
+    def slow_take(self: QuotaWait, waited: float, holder: str) -> Any:
         time.sleep(0.4)  # a slot freeing late, within SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS
-        return real_take(self, waited)
+        return real_take(self, waited, holder)
 
     monkeypatch.setattr(QuotaWait, "take", slow_take)
 

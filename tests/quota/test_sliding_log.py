@@ -8,7 +8,7 @@ from shared.quota._log import (
     decode,
     encode,
     in_window,
-    seconds_until_slots,
+    slot_times,
     stamp,
     window_ms,
     with_grant,
@@ -63,9 +63,24 @@ def test_a_grant_counts_until_exactly_its_time_plus_the_window() -> None:
 
 def test_a_slot_frees_when_enough_grants_have_left_and_the_next_as_the_later_ones_leave() -> None:
     live = [1000, 2000, 3000, 4000]  # four in the window, limit three: two must leave
-    assert seconds_until_slots(live, 3, 5.0, 10_000) == pytest.approx((7.0, 8.0, 9.0))
-    assert seconds_until_slots(live, 4, 5.0, 10_000) == pytest.approx((6.0, 7.0, 8.0, 9.0))
-    assert seconds_until_slots([1000], 1, 11.0, 10_000) == pytest.approx((0.001,))  # never zero
+    assert slot_times(live, 3, 10_000) == pytest.approx((12.0, 13.0, 14.0))
+    assert slot_times(live, 4, 10_000) == pytest.approx((11.0, 12.0, 13.0, 14.0))
+
+
+def test_a_denial_says_in_how_long_the_first_slot_frees_and_when_each_does() -> None:
+    from shared.clock import ManualClock
+    from shared.quota import InMemoryQuotaStore, QuotaDenied
+
+    clock = ManualClock(100.0)
+    store = InMemoryQuotaStore(calls=2, period=10, clock=clock)
+    store.try_acquire()
+    clock.advance(1)
+    store.try_acquire()
+    clock.advance(2)
+    denied = store.try_acquire()
+    assert isinstance(denied, QuotaDenied)
+    assert denied.retry_after == pytest.approx(7.0)
+    assert denied.frees == pytest.approx((110.0, 111.0))  # on the quota's clock
 
 
 def test_a_new_grant_keeps_the_log_sorted() -> None:
