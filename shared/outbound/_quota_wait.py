@@ -28,6 +28,9 @@ __all__ = ["QUOTA_WAIT_JITTER", "QuotaWait", "poll_after", "quota_wait", "slot_h
 
 #: Random extra of an in-process quota wait, so waiting workers do not all retry at once.
 QUOTA_WAIT_JITTER = 0.02
+#: How far apart two readings of the quota's time for one slot may be: a denial's slot times
+#: and the time until the first, told from a clock read a moment before this process's.
+SLOT_TIME_SKEW = 0.05
 
 
 class QuotaWait:
@@ -87,15 +90,15 @@ class QuotaWait:
                 at, who = heapq.heappop(self._passing)
                 if self._held.get(who) == at:
                     del self._held[who]
-            if (at := self._held.get(holder, 0.0)) <= now:
-                held = Counter(self._held.values())
-                for at in (free for free in self._frees if free > now):
+            told = now + retry_after - SLOT_TIME_SKEW  # no slot sooner than it was told
+            if (at := self._held.get(holder, 0.0)) < told:  # its slot, or its key's
+                at, held = now + retry_after, Counter(self._held.values())
+                for at in (free for free in self._frees if free >= told):
                     if not held[at]:
                         break  # the first slot nobody holds (else the last one told)
                     held[at] -= 1
-            at = max(at, now + retry_after)
             if self._held.get(holder) != at:
-                self._held[holder] = at
+                self._held[holder] = at  # a slot's time as told, so others' holds match it
                 heapq.heappush(self._passing, (at, holder))
         return max(0.0, at - now - self.longest)
 

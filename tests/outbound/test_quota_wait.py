@@ -46,6 +46,20 @@ def test_messages_sent_alone_come_back_one_by_one_as_their_slots_free_a_second_e
     assert delays == pytest.approx([7.0, 8.0, 9.0, 9.0])
 
 
+def test_the_slots_are_told_apart_though_the_clock_moves_between_the_denial_and_each_return() -> (
+    None
+):
+    """A real clock moves between the quota's answer and each deferral (and the hint is the
+    first slot's time read from this process's clock): each still comes for the next slot."""
+    waits, clock, denied = _full()
+    delays = []
+    for k in range(3):
+        clock.advance(0.001)
+        delays.append(waits.come_back_in(denied if k == 0 else None, one(f"m{k}")))
+
+    assert delays == pytest.approx([7.0 - 0.001, 8.0 - 0.002, 9.0 - 0.003])
+
+
 def test_a_message_denied_after_its_slot_was_taken_comes_for_the_next_slot_nobody_holds() -> None:
     """The helper's case in the sender's terms: m2 took m1's slot, and m1, denied, is sent
     away again: it comes for m2's slot, which m2 no longer holds, not the last one told."""
@@ -93,12 +107,14 @@ def test_a_short_lived_denial_comes_back_at_once_and_holds_no_slot() -> None:
 
 def test_no_message_comes_back_for_a_slot_sooner_than_it_was_told_and_none_holds_none() -> None:
     """A key keeps its slot for its next message only if it is not sooner than that message
-    was told; with nothing to wait for (a sweep's hint that ran out) it is back at once and
-    holds nothing; without a wait given, the hint this process was told."""
+    was told (else the first slot from then on); with nothing to wait for (a sweep's hint
+    that ran out) it is back at once and holds nothing; without a wait given, the hint this
+    process was told."""
     waits, _, denied = _full()
     assert waits.come_back_in(denied, slot_holder("a", "m1")) == pytest.approx(7.0)
 
-    assert waits.come_back_in(9.5, slot_holder("a", "m2")) == pytest.approx(9.5 - 1.0)
+    # Told the slot is 9.5 s off, a's next message comes for the first slot then (10 s).
+    assert waits.come_back_in(9.5, slot_holder("a", "m2")) == pytest.approx(10.0 - 1.0)
     assert waits.come_back_in(0.0, slot_holder("c", "m3")) == 0.0
     # a's hold moved past the first slot, and c holds none: the first slot is m4's.
     assert waits.come_back_in(None, one("m4")) == pytest.approx(8.0 - 1.0)
