@@ -9,7 +9,6 @@ can only defer a call, never admit one).
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 import threading
@@ -45,7 +44,6 @@ class QuotaWait:
         self._full_until = 0.0
         self._frees: tuple[float, ...] = ()  # when each slot of the window frees, as last told
         self._held: dict[str, float] = {}  # a slot's holder (slot_holder) -> when it frees
-        self._passing: list[tuple[float, str]] = []  # the same as a heap, to forget them
 
     def hint(self) -> float:
         """Seconds until this process was last told a slot frees (<= 0: ask the quota)."""
@@ -86,10 +84,7 @@ class QuotaWait:
             return 0.0  # nothing to wait for
         with self._lock:
             now = self._clock.now()
-            while self._passing and self._passing[0][0] <= now:
-                at, who = heapq.heappop(self._passing)
-                if self._held.get(who) == at:
-                    del self._held[who]
+            self._held = {who: at for who, at in self._held.items() if at > now}  # not passed
             told = now + retry_after - SLOT_TIME_SKEW  # no slot sooner than it was told
             if (at := self._held.get(holder, 0.0)) < told:  # its slot, or its key's
                 at, held = now + retry_after, Counter(self._held.values())
@@ -97,9 +92,7 @@ class QuotaWait:
                     if not held[at]:
                         break  # the first slot nobody holds (else the last one told)
                     held[at] -= 1
-            if self._held.get(holder) != at:
-                self._held[holder] = at  # a slot's time as told, so others' holds match it
-                heapq.heappush(self._passing, (at, holder))
+            self._held[holder] = at  # a slot's time as told, so others' holds match it
         return max(0.0, at - now - self.longest)
 
     def sleep(self, seconds: float) -> None:
