@@ -50,6 +50,12 @@ class QuotaWait:
         with self._lock:
             return self._full_until - self._clock.now()
 
+    def held(self, holder: str) -> float:
+        """Seconds until the slot ``holder`` (:func:`slot_holder`) was sent away for frees
+        (:meth:`come_back_in`; <= 0: it holds none)."""
+        with self._lock:
+            return self._held.get(holder, 0.0) - self._clock.now()
+
     def full_lately(self, within: float) -> bool:
         """Whether this process was told the quota is full for a slot that frees later or freed
         less than ``within`` seconds ago: then the quota, not packing, is what holds sends back."""

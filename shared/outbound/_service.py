@@ -429,10 +429,11 @@ class SendService:
         done. About a second while the quota has room (a send usually takes well under one);
         the end of a retry's backoff; its sender's next look while it waits for a setting (its
         ``LastError``); or when this process's senders were told a slot of its connection's
-        quota frees (the app's, while that connection is broken or gone)."""
+        quota frees (the app's, while that connection is broken or gone): the slot it was sent
+        away for (:meth:`QuotaWait.held`), else the first to free."""
         from shared.connections import connection_settings
         from shared.outbound._giving_up import CONFIGURATION
-        from shared.outbound._quota_wait import poll_after, quota_wait
+        from shared.outbound._quota_wait import poll_after, quota_wait, slot_holder
         from shared.unconfigured import RECHECK_SECONDS
 
         if record.next_attempt_at is not None:
@@ -441,9 +442,11 @@ class SendService:
             wait = RECHECK_SECONDS
         else:
             try:  # a status poll is not routed: the record says whose quota it waits for
-                wait = quota_wait(connection_settings(record.connection)).hint()
+                waits = quota_wait(connection_settings(record.connection))
             except Problem:
-                wait = quota_wait(self.settings).hint()
+                waits = quota_wait(self.settings)
+            held = waits.held(slot_holder(record.pack_key, record.message_id))
+            wait = max(waits.hint(), held)
         return poll_after(self.settings, wait)
 
     def _failed(self, record: MessageRecord) -> StatusView:

@@ -119,3 +119,22 @@ def test_no_message_comes_back_for_a_slot_sooner_than_it_was_told_and_none_holds
     # a's hold moved past the first slot, and c holds none: the first slot is m4's.
     assert waits.come_back_in(None, one("m4")) == pytest.approx(8.0 - 1.0)
     assert waits.come_back_in(None, one("m5")) == pytest.approx(9.0 - 1.0)
+
+
+def test_a_message_sent_away_is_told_when_its_own_slot_frees_until_it_takes_one() -> None:
+    """What a status poll is told (:meth:`QuotaWait.held`): each message the seconds until the
+    slot it was sent away for frees, a key's messages their key's; none once it took a slot,
+    whichever, and none for a message never sent away."""
+    waits, clock, denied = _full()
+    for holder in (one("m1"), slot_holder("a", "m2"), one("m3")):
+        waits.come_back_in(denied, holder)
+
+    assert [waits.held(one("m1")), waits.held(slot_holder("a", "m9")), waits.held(one("m3"))] == (
+        pytest.approx([8.0, 9.0, 10.0])
+    )
+    assert waits.held(one("never")) <= 0
+
+    clock.advance(8.0)
+    assert isinstance(waits.take(0.0, one("m3"))[0], QuotaGrant)  # m1's slot, taken early
+    assert waits.held(one("m3")) <= 0
+    assert waits.held(one("m1")) == pytest.approx(0.0)

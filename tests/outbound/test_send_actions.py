@@ -434,3 +434,35 @@ def test_a_claim_whose_insert_was_committed_but_answered_5xx_is_the_requests_own
     assert reads == []  # no record awaited: the claim is new
     again = post(sms(DELIVERED), **{"Idempotency-Key": "k-lost-answer"})
     assert again.status == 202, again.body  # the refusal freed the key
+
+
+def test_a_send_sent_away_for_the_quota_is_polled_when_its_own_slot_frees(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each send the sender sent away for the quota holds a slot of its own: its status tells a
+    poller when that slot frees, not when the first does (before, every send far back in the
+    queue said the first slot, and its flow polled again at each slot before its own). This
+    process's way to the quota: 2 calls a 10 s, taken 4 s apart, on a manual clock."""
+    from shared.outbound import _quota_wait
+    from shared.outbound._quota_wait import QuotaWait, slot_holder
+    from shared.quota import InMemoryQuotaStore, QuotaDenied
+
+    clock = ManualClock(1_000.0)
+    waits = QuotaWait(InMemoryQuotaStore(calls=2, period=10.0, clock=clock), 1.0, clock)
+    monkeypatch.setattr(_quota_wait, "quota_wait", lambda settings: waits)
+    first, second, third = (
+        post(sms(DELIVERED, content="own slot", RequestId=f"own-slot-{k}")) for k in range(3)
+    )
+    waits.take(0.0, slot_holder(None, "earlier-1"))
+    clock.advance(4.0)
+    waits.take(0.0, slot_holder(None, "earlier-2"))
+    full, _ = waits.take(0.0, slot_holder(None, first.body["Id"]))
+    assert isinstance(full, QuotaDenied)  # the slots free at 1,010 and 1,014; it is 1,004
+    for accepted in (first, second):  # RequestIds: sent alone, each holds a slot of its own
+        waits.come_back_in(full, slot_holder(None, accepted.body["Id"]))
+
+    polls = [status_of(accepted.headers["Location"]) for accepted in (first, second, third)]
+
+    assert [poll.status for poll in polls] == [202, 202, 202]
+    # The first slot, the second, and (never sent away) the first slot the senders were told.
+    assert [poll.headers["Retry-After"] for poll in polls] == ["6", "10", "6"]
