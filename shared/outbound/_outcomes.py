@@ -344,6 +344,7 @@ class Outcomes:
     def announce(self, records: list[MessageRecord]) -> None:
         """Emit each final, unannounced record's event (and dead letter), then mark them
         announced (100 rows a transaction where they share a partition). Repeatable."""
+        self.ports.quota_wait.ended(records)  # a slot held by one that ended is free to hold
         due = [r for r in records if not r.announced and r.status.is_final]
         if not due:
             return

@@ -19,11 +19,21 @@ from typing import TYPE_CHECKING
 from shared.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from shared.messages import MessageRecord
     from shared.outbound._attempt import QuotaPort
     from shared.quota import QuotaDenied, QuotaGrant
     from shared.settings import Settings
 
-__all__ = ["QUOTA_WAIT_JITTER", "QuotaWait", "poll_after", "quota_wait", "slot_holder"]
+__all__ = [
+    "QUOTA_WAIT_JITTER",
+    "QuotaWait",
+    "poll_after",
+    "quota_wait",
+    "slot_holder",
+    "waits_for",
+]
 
 #: Random extra of an in-process quota wait, so waiting workers do not all retry at once.
 QUOTA_WAIT_JITTER = 0.02
@@ -52,9 +62,18 @@ class QuotaWait:
 
     def held(self, holder: str) -> float:
         """Seconds until the slot ``holder`` (:func:`slot_holder`) was sent away for frees
-        (:meth:`come_back_in`; <= 0: it holds none)."""
+        (:meth:`come_back_in`; <= 0: it holds none, or its message ended: :meth:`ended`)."""
         with self._lock:
             return self._held.get(holder, 0.0) - self._clock.now()
+
+    def ended(self, records: Iterable[MessageRecord]) -> None:
+        """Forget the holds of those of ``records`` sent alone that ended (cancelled, expired,
+        failed) without taking a slot, so the next message sent away may come for theirs. A
+        pack key's hold stays: the key's other messages may still come back for it."""
+        with self._lock:
+            for record in records:
+                if record.status.is_final and record.pack_key is None:
+                    self._held.pop(slot_holder(None, record.message_id), None)
 
     def full_lately(self, within: float) -> bool:
         """Whether this process was told the quota is full for a slot that frees later or freed
@@ -74,10 +93,10 @@ class QuotaWait:
         while a connection's slots freed one by one, and another connection's messages behind
         them found theirs late. The messages of one pack key hold one slot: they come back
         together, and the first to claim it packs the others (a slot each, each would lead a
-        small pack). A message keeps its slot until it takes one (:meth:`take`) or the slot's
-        time has passed. Every one comes back up to the longest in-process wait *early*: queue
-        visibility has whole-second steps, a late return wastes the slot, and an early one
-        waits for it in the invocation.
+        small pack). A message keeps its slot until it takes one (:meth:`take`), ends without
+        one (:meth:`ended`), or the slot's time has passed. Every one comes back up to the
+        longest in-process wait *early*: queue visibility has whole-second steps, a late return
+        wastes the slot, and an early one waits for it in the invocation.
         """
         from shared.quota import DenialReason, QuotaDenied
 
@@ -131,6 +150,18 @@ def slot_holder(key: str | None, name: str) -> str:
     """Whom a deferred send's slot is held for (:meth:`QuotaWait.come_back_in`): its pack
     ``key`` (the messages of one key share a slot), else itself, message or pack ``name``."""
     return f"key {key}" if key is not None else f"one {name}"
+
+
+def waits_for(connection: str | None, settings: Settings) -> QuotaWait:
+    """This process's way to connection ``connection``'s quota, for a status poll or a cancel
+    (not routed: the record says whose); ``settings``' (the app's) while it is broken or gone."""
+    from shared.connections import connection_settings
+    from shared.problems import Problem
+
+    try:
+        return quota_wait(connection_settings(connection))
+    except Problem:
+        return quota_wait(settings)
 
 
 @lru_cache(maxsize=32)

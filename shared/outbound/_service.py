@@ -42,6 +42,7 @@ from shared.outbound._models import (
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
 )
+from shared.outbound._quota_wait import poll_after, slot_holder, waits_for
 from shared.outbound._records import (
     LaneTriggers,
     backstop_seconds,
@@ -431,9 +432,7 @@ class SendService:
         ``LastError``); or when this process's senders were told a slot of its connection's
         quota frees (the app's, while that connection is broken or gone): the slot it was sent
         away for (:meth:`QuotaWait.held`), else the first to free."""
-        from shared.connections import connection_settings
         from shared.outbound._giving_up import CONFIGURATION
-        from shared.outbound._quota_wait import poll_after, quota_wait, slot_holder
         from shared.unconfigured import RECHECK_SECONDS
 
         if record.next_attempt_at is not None:
@@ -441,10 +440,7 @@ class SendService:
         elif record.last_error is not None and record.last_error.code == CONFIGURATION:
             wait = RECHECK_SECONDS
         else:
-            try:  # a status poll is not routed: the record says whose quota it waits for
-                waits = quota_wait(connection_settings(record.connection))
-            except Problem:
-                waits = quota_wait(self.settings)
+            waits = waits_for(record.connection, self.settings)
             held = waits.held(slot_holder(record.pack_key, record.message_id))
             wait = max(waits.hint(), held)
         return poll_after(self.settings, wait)
@@ -507,6 +503,7 @@ class SendService:
     def _announce_cancelled(self, record: MessageRecord) -> None:
         emit_cancelled(self.store, ensured_queue(EVENTS_QUEUE, self.settings), record)
         self.store.swap(record, announced=True)  # lost to a race: announced by the other
+        waits_for(record.connection, self.settings).ended([record])  # its slot, if it held one
 
 
 def emit_cancelled(store: MessageStore, events: QueueLike, record: MessageRecord) -> None:

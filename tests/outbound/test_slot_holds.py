@@ -1,0 +1,119 @@
+"""A send sent away for the quota holds a slot of its own (``QuotaWait.come_back_in``); one that
+ends without taking a slot gives it up: cancelled through CancelMessage, or found ended
+(cancelled, expired, ...) when it comes back. Found in review of stop 39's holds: such a hold
+stayed until its slot's time, so the sends sent away meanwhile skipped that slot, and with a
+backlog nobody took it.
+
+The sender's own way to the quota here: 3 calls a 10 s on the test's manual clock, taken a second
+apart, so the slots free 8, 9 and 10 s after the denial that told so.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared.clock import ManualClock, utcnow
+from shared.messages import MessageStatus, MessageStore
+from shared.outbound import OutcomeKind
+from shared.outbound._quota_wait import QuotaWait, slot_holder
+from shared.quota import InMemoryQuotaStore, QuotaDenied
+from tests.bulk.test_pack_recovery import _sender_waiting_with
+from tests.bulk.test_packing import record
+from tests.outbound.conftest import DELIVERED, Outbound, call_http, fresh_number, sms
+
+
+def one(message_id: str) -> str:
+    return slot_holder(None, message_id)
+
+
+def accept(address: str = DELIVERED, *, alone: bool = True, content: str = "held") -> str:
+    """A SendMessage; ``alone``: with a RequestId of its own, so it never shares a call."""
+    extra = {"RequestId": f"held-{uuid.uuid4().hex[:12]}"} if alone else {}
+    answer = call_http("SendMessage", "POST", body=sms(address, content=content, **extra))
+    assert answer.status == 202, answer.body
+    return str(answer.body["Id"])
+
+
+def told_full(clock: ManualClock) -> QuotaWait:
+    waits = QuotaWait(InMemoryQuotaStore(calls=3, period=10.0, clock=clock), 1.0, clock)
+    for k in range(3):
+        if k:
+            clock.advance(1.0)
+        waits.take(0.0, one(f"earlier-{k}"))
+    assert isinstance(waits.take(0.0, one("denied"))[0], QuotaDenied)
+    assert waits.hint() == pytest.approx(8.0, abs=0.01)
+    return waits
+
+
+def sent_away(waits: QuotaWait, *message_ids: str) -> None:
+    """Each message's queue copy, read while the quota is full: deferred without a claim."""
+    sender = _sender_waiting_with(waits)
+    for message_id in message_ids:
+        deferred = sender.process(record(message_id).command)
+        assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "quota")
+
+
+def test_a_send_found_ended_when_it_comes_back_gives_up_its_slot(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    lone = accept()
+    waits = told_full(manual_clock)
+    sent_away(waits, lone)
+    assert waits.held(one(lone)) == pytest.approx(8.0, abs=0.01)
+    store, now = MessageStore.from_settings(), utcnow()
+    assert store.swap(record(lone), status=MessageStatus.CANCELLED, finished_at=now, updated_at=now)
+    manual_clock.advance(7.5)  # back within a second of its slot
+
+    back = _sender_waiting_with(waits).process(record(lone).command)
+
+    assert back.kind is OutcomeKind.ACKNOWLEDGED
+    assert waits.held(one(lone)) <= 0
+    # The next message sent away comes for that slot (due in half a second: back at once), not
+    # the one after it (back in half a second).
+    assert waits.come_back_in(None, one("next")) == pytest.approx(0.0, abs=0.01)
+    assert outbound.upstream() == []
+
+
+def test_cancelling_a_send_sent_away_for_the_quota_gives_up_its_slot(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.outbound import _quota_wait
+
+    first, second = accept(), accept()
+    waits = told_full(manual_clock)
+    monkeypatch.setattr(_quota_wait, "quota_wait", lambda settings: waits)  # this process's
+    sent_away(waits, first, second)
+    assert [waits.held(one(first)), waits.held(one(second))] == pytest.approx([8.0, 9.0], abs=0.01)
+
+    cancelled = call_http("CancelMessage", "DELETE", route_params={"MessageId": first})
+
+    assert cancelled.status == 200
+    assert waits.held(one(first)) <= 0
+    assert waits.held(one(second)) == pytest.approx(9.0, abs=0.01)
+    # The next message sent away comes for the first's slot, a second early, not the third.
+    assert waits.come_back_in(None, one("next")) == pytest.approx(8.0 - 1.0, abs=0.01)
+
+
+def test_a_pack_keys_slot_stays_held_when_one_of_its_sends_ends(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sends of one pack key share a slot: one of them cancelled, the others still come
+    back for it, so the next message sent away comes for the slot after."""
+    from shared.outbound import _quota_wait
+
+    content = f"keyed {uuid.uuid4().hex[:8]}"
+    ids = [accept(fresh_number(), alone=False, content=content) for _ in range(2)]
+    key = record(ids[0]).pack_key
+    assert key is not None
+    assert record(ids[1]).pack_key == key
+    waits = told_full(manual_clock)
+    monkeypatch.setattr(_quota_wait, "quota_wait", lambda settings: waits)
+    sent_away(waits, *ids)
+    assert waits.held(slot_holder(key, ids[0])) == pytest.approx(8.0, abs=0.01)
+
+    assert call_http("CancelMessage", "DELETE", route_params={"MessageId": ids[0]}).status == 200
+
+    assert waits.held(slot_holder(key, ids[1])) == pytest.approx(8.0, abs=0.01)
+    assert waits.come_back_in(None, one("next")) == pytest.approx(9.0 - 1.0, abs=0.01)
