@@ -431,7 +431,9 @@ class SendService:
         the end of a retry's backoff; its sender's next look while it waits for a setting (its
         ``LastError``); or when this process's senders were told a slot of its connection's
         quota frees (the app's, while that connection is broken or gone): the slot it was sent
-        away for (:meth:`QuotaWait.held`), else the first to free."""
+        away for (:meth:`QuotaWait.held`), else the first to free. A send that may share a call
+        counts on its key's slot only while the sender would send the key's next message away
+        for it too: with room, a new one of the key may take a slot at once and pack it."""
         from shared.outbound._giving_up import CONFIGURATION
         from shared.unconfigured import RECHECK_SECONDS
 
@@ -441,8 +443,9 @@ class SendService:
             wait = RECHECK_SECONDS
         else:
             waits = waits_for(record.connection, self.settings)
-            held = waits.held(slot_holder(record.pack_key, record.message_id))
-            wait = max(waits.hint(), held)
+            wait = waits.hint()  # a key's slot: only while a new send of the key would wait too
+            if record.pack_key is None or wait > waits.longest:
+                wait = max(wait, waits.held(slot_holder(record.pack_key, record.message_id)))
         return poll_after(self.settings, wait)
 
     def _failed(self, record: MessageRecord) -> StatusView:

@@ -21,7 +21,17 @@ from shared.outbound._quota_wait import QuotaWait, slot_holder
 from shared.quota import InMemoryQuotaStore, QuotaDenied
 from tests.bulk.test_pack_recovery import _sender_waiting_with
 from tests.bulk.test_packing import record
-from tests.outbound.conftest import DELIVERED, Outbound, call_http, fresh_number, sms
+from tests.outbound.conftest import (
+    DELIVERED,
+    Outbound,
+    call_http,
+    fresh_number,
+    sms,
+    status_of,
+)
+
+#: Each accepted send's status URL (its Location), by id.
+LOCATIONS: dict[str, str] = {}
 
 
 def one(message_id: str) -> str:
@@ -33,6 +43,7 @@ def accept(address: str = DELIVERED, *, alone: bool = True, content: str = "held
     extra = {"RequestId": f"held-{uuid.uuid4().hex[:12]}"} if alone else {}
     answer = call_http("SendMessage", "POST", body=sms(address, content=content, **extra))
     assert answer.status == 202, answer.body
+    LOCATIONS[answer.body["Id"]] = answer.headers["Location"]
     return str(answer.body["Id"])
 
 
@@ -117,3 +128,34 @@ def test_a_pack_keys_slot_stays_held_when_one_of_its_sends_ends(
 
     assert waits.held(slot_holder(key, ids[1])) == pytest.approx(8.0, abs=0.01)
     assert waits.come_back_in(None, one("next")) == pytest.approx(9.0 - 1.0, abs=0.01)
+
+
+def test_a_status_poll_counts_on_a_pack_keys_slot_only_while_the_key_would_wait_for_it(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send sent alone is done no sooner than the slot it was sent away for; a send that may
+    share a call is done sooner if a new send of its key takes a slot and packs it, which the
+    sender does once the first slot is within its in-process wait. Found in review: a new send
+    of a key whose slot was a window off answered Retry-After 30 and was sent at once."""
+    from shared.outbound import _quota_wait
+
+    content = f"keyed {uuid.uuid4().hex[:8]}"
+    first, keyed, last = accept(), accept(fresh_number(), alone=False, content=content), accept()
+    key = record(keyed).pack_key
+    assert key is not None
+    waits = told_full(manual_clock)
+    monkeypatch.setattr(_quota_wait, "quota_wait", lambda settings: waits)
+    sent_away(waits, first, keyed, last)
+    assert waits.held(slot_holder(key, keyed)) == pytest.approx(9.0, abs=0.01)
+
+    def polled() -> list[str]:
+        return [status_of(LOCATIONS[m]).headers["Retry-After"] for m in ids]
+
+    ids = (first, keyed, last)
+    manual_clock.advance(0.01)  # past the quota's whole milliseconds
+    full = polled()
+    manual_clock.advance(7.5)  # the first slot frees in half a second: a new send would take it
+    near = polled()
+
+    assert full == ["8", "9", "10"]
+    assert near == ["1", "1", "3"]  # the key's: the hint (0.5 s); the last: its own slot's 2.5 s
