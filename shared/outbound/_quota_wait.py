@@ -66,6 +66,20 @@ class QuotaWait:
         with self._lock:
             return self._held.get(holder, 0.0) - self._clock.now()
 
+    def until_due(self, record: MessageRecord) -> float:
+        """Seconds until ``record``'s send is due as this process knows (a status poll's
+        estimate; <= 0: no wait known). The slot it was sent away for, or a bulk member's pack
+        driver's: nothing sends either before it comes back. A send that may share a call:
+        its key's slot only while a new send of the key would be sent away for it too (the
+        first slot more than the longest wait here off): nearer, a new one may take a slot at
+        once and pack it. Else the first slot this process was told of (the hint)."""
+        if record.batch_id is not None and record.pack_id is not None:
+            holder, own = slot_holder(None, record.pack_id), True
+        else:
+            holder, own = slot_holder(record.pack_key, record.message_id), record.pack_key is None
+        hint = self.hint()
+        return max(hint, self.held(holder)) if own or hint > self.longest else hint
+
     def ended(self, records: Iterable[MessageRecord]) -> None:
         """Forget the holds of those of ``records`` sent alone that ended (cancelled, expired,
         failed) without taking a slot, so the next message sent away may come for theirs. A

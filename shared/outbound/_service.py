@@ -42,7 +42,7 @@ from shared.outbound._models import (
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
 )
-from shared.outbound._quota_wait import poll_after, slot_holder, waits_for
+from shared.outbound._quota_wait import poll_after, waits_for
 from shared.outbound._records import (
     LaneTriggers,
     backstop_seconds,
@@ -430,10 +430,8 @@ class SendService:
         done. About a second while the quota has room (a send usually takes well under one);
         the end of a retry's backoff; its sender's next look while it waits for a setting (its
         ``LastError``); or when this process's senders were told a slot of its connection's
-        quota frees (the app's, while that connection is broken or gone): the slot it was sent
-        away for (:meth:`QuotaWait.held`), else the first to free. A send that may share a call
-        counts on its key's slot only while the sender would send the key's next message away
-        for it too: with room, a new one of the key may take a slot at once and pack it."""
+        quota frees (the app's, while that connection is broken or gone): the slot it waits
+        for (:meth:`QuotaWait.until_due`)."""
         from shared.outbound._giving_up import CONFIGURATION
         from shared.unconfigured import RECHECK_SECONDS
 
@@ -442,10 +440,7 @@ class SendService:
         elif record.last_error is not None and record.last_error.code == CONFIGURATION:
             wait = RECHECK_SECONDS
         else:
-            waits = waits_for(record.connection, self.settings)
-            wait = waits.hint()  # a key's slot: only while a new send of the key would wait too
-            if record.pack_key is None or wait > waits.longest:
-                wait = max(wait, waits.held(slot_holder(record.pack_key, record.message_id)))
+            wait = waits_for(record.connection, self.settings).until_due(record)
         return poll_after(self.settings, wait)
 
     def _failed(self, record: MessageRecord) -> StatusView:

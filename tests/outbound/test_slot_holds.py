@@ -10,12 +10,14 @@ apart, so the slots free 8, 9 and 10 s after the denial that told so.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 
 from shared.clock import ManualClock, utcnow
 from shared.messages import MessageStatus, MessageStore
+from shared.names import OUTBOUND_QUEUE
 from shared.outbound import OutcomeKind
 from shared.outbound._quota_wait import QuotaWait, slot_holder
 from shared.quota import InMemoryQuotaStore, QuotaDenied
@@ -159,3 +161,45 @@ def test_a_status_poll_counts_on_a_pack_keys_slot_only_while_the_key_would_wait_
 
     assert full == ["8", "9", "10"]
     assert near == ["1", "1", "3"]  # the key's: the hint (0.5 s); the last: its own slot's 2.5 s
+
+
+def test_a_bulk_members_status_poll_waits_for_its_pack_drivers_slot(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only its pack's driver sends a bulk member, and nothing sends the driver before it comes
+    back: the member's poll is told the driver's slot, not its pack key's (a single send of the
+    same text holds that one) nor, with the first slot near, the first. Found in review."""
+    from shared.outbound import _quota_wait
+    from shared.outbound._service import SendService
+    from shared.settings import get_settings
+    from tests.bulk.test_bulk_action import batch_status
+
+    content = f"bulk held {uuid.uuid4().hex[:8]}"
+    people = [{"Address": fresh_number()} for _ in range(2)]
+    bulk = call_http(
+        "SendBulkMessages", "POST", body={**sms(content=content), "Recipients": people}
+    )
+    assert bulk.status == 202, bulk.body
+    member = batch_status(bulk.headers["Location"], details=True).body["Recipients"][0]["Id"]
+    pack = record(member).pack_id
+    assert pack is not None
+    [driver] = [json.dumps(m) for m in outbound.read(OUTBOUND_QUEUE) if m.get("packId") == pack]
+    lone, single = accept(), accept(fresh_number(), alone=False, content=content)
+    assert record(single).pack_key == record(member).pack_key
+    waits = told_full(manual_clock)
+    monkeypatch.setattr(_quota_wait, "quota_wait", lambda settings: waits)
+    sent_away(waits, lone)
+    deferred = _sender_waiting_with(waits).process(driver)
+    assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "quota")
+    sent_away(waits, single)  # the key's slot: after the driver's
+    location = SendService(get_settings()).status_url(member)
+
+    def polled() -> str:
+        return status_of(location).headers["Retry-After"]
+
+    manual_clock.advance(0.01)  # past the quota's whole milliseconds
+    full = polled()
+    manual_clock.advance(7.5)  # the first slot frees in half a second, the driver's in 1.5 s
+    near = polled()
+
+    assert (full, near) == ("9", "2")
