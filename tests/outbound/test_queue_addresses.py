@@ -38,11 +38,9 @@ def _body(operation: str, *addresses: str) -> dict[str, Any]:
 
 def _quota_full(outbound: Outbound) -> None:
     """One call a minute, and this one's taken: every new send waits in the index."""
-    from shared import quota
-    from shared.settings import get_settings
+    from tests.bulk.test_packing import waiting_for_a_slot
 
-    outbound.configure(QUOTA_CALLS=1, SEND_QUOTA_WAIT_SECONDS=0)
-    quota.from_settings(get_settings()).try_acquire()
+    waiting_for_a_slot(outbound, period=60)
 
 
 def _quota_free(outbound: Outbound) -> None:

@@ -2,7 +2,8 @@
 ends without taking a slot gives it up: cancelled through CancelMessage, or found ended
 (cancelled, expired, ...) when it comes back. Found in review of stop 39's holds: such a hold
 stayed until its slot's time, so the sends sent away meanwhile skipped that slot, and with a
-backlog nobody took it.
+backlog nobody took it. And what a pending send's status poll is told of those slots
+(``QuotaWait.until_due``): its own, its pack driver's, or its pack key's while the key would wait.
 
 The sender's own way to the quota here: 3 calls a 10 s on the test's manual clock, taken a second
 apart, so the slots free 8, 9 and 10 s after the denial that told so.

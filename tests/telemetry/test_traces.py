@@ -158,13 +158,11 @@ def test_one_trace_runs_from_send_message_to_the_delivery_reports_events(
 def test_a_packed_call_is_one_span_linked_to_each_members_trace(
     outbound: Outbound, telemetry: Telemetry
 ) -> None:
-    from shared import quota
-    from shared.settings import get_settings
+    from tests.bulk.test_packing import waiting_for_a_slot
 
-    refused = total(telemetry, "smartdialog.quota.slots", result="refused", connection="default")
     # One call in 2 s and no wait in the invocation: the sends queue up and form one pack.
-    outbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=2, SEND_QUOTA_WAIT_SECONDS=0)
-    quota.from_settings(get_settings()).try_acquire()
+    waiting_for_a_slot(outbound, period=2)  # (its own refusal, which says so, before the count)
+    refused = total(telemetry, "smartdialog.quota.slots", result="refused", connection="default")
     flows = {}
     for address in ("+358401000001", "+358401000002", "+358401000003"):
         flow, trace_id = flow_traceparent()
