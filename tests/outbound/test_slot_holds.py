@@ -11,13 +11,14 @@ apart, so the slots free 8, 9 and 10 s after the denial that told so.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 
 import pytest
 
 from shared.clock import ManualClock, utcnow
-from shared.messages import MessageStatus, MessageStore
+from shared.messages import FailureInfo, MessageStatus, MessageStore
 from shared.names import OUTBOUND_QUEUE
 from shared.outbound import OutcomeKind
 from shared.outbound._quota_wait import QuotaWait, slot_holder
@@ -204,3 +205,31 @@ def test_a_bulk_members_status_poll_waits_for_its_pack_drivers_slot(
     near = polled()
 
     assert (full, near) == ("9", "2")
+
+
+def test_a_retried_sends_status_poll_waits_for_its_slot_once_its_backoff_is_over(
+    outbound: Outbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send whose attempt failed keeps that attempt's backoff end (``NextAttemptAt``) until it
+    is claimed again. Its poll is told the backoff while it runs; once it is over and the send
+    was sent away for the quota, the send's own slot. Found in review: the backoff's past end
+    answered ``Retry-After: 1``, so its flow polled every second until the slot freed."""
+    from shared.outbound import _quota_wait
+
+    backing_off, retried = accept(), accept()
+    store, now = MessageStore.from_settings(), utcnow()
+    error = FailureInfo(code="upstream-unavailable", title="SmartDialog answered 503")
+    for message_id, seconds in ((backing_off, 20.0), (retried, -1.0)):
+        due = now + dt.timedelta(seconds=seconds)
+        assert store.swap(record(message_id), next_attempt_at=due, last_error=error, updated_at=now)
+    waits = told_full(manual_clock)
+    monkeypatch.setattr(_quota_wait, "quota_wait", lambda settings: waits)
+    sent_away(waits, retried)  # its copy is back after the backoff, and the quota is full
+    manual_clock.advance(0.01)  # past the quota's whole milliseconds
+
+    polled = {
+        m: int(status_of(LOCATIONS[m]).headers["Retry-After"]) for m in (backing_off, retried)
+    }
+
+    assert 15 <= polled[backing_off] <= 20  # the backoff's end (the record's clock is real time)
+    assert polled[retried] == 8  # its own slot's, not a second
