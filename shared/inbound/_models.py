@@ -12,13 +12,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    TypeAdapter,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
 
-from shared.clock import as_utc
+from shared.clock import as_utc, is_date_time
 from shared.deadletters import KeptOriginal
 from shared.messages import RecipientStatus
 from shared.names import DEFAULT_CONNECTION
@@ -52,6 +53,21 @@ class InboundAttachmentData(BaseModel):
     resourceLocation: str | None = Field(None, description="Where SmartDialog keeps the file.")
 
 
+_LOOSE_TIME: TypeAdapter[dt.datetime] = TypeAdapter(dt.datetime)
+
+
+def _hashed_as(raw: Any) -> str:
+    """How the message's id hashes an unread ``timestamp``: as the releases before the date-time
+    check read it where they could (a date alone as a midnight, digits as a Unix time), so a
+    retry that spans the deploy keeps its id; else as its text (a number or object as JSON)."""
+    try:
+        loose = _LOOSE_TIME.validate_python(raw)
+        as_utc(loose)
+    except (ValidationError, OverflowError):
+        return raw if isinstance(raw, str) else json.dumps(raw)
+    return str(_LOOSE_TIME.dump_python(loose, mode="json"))
+
+
 class NewMessagePayload(BaseModel):
     """What SmartDialog POSTs to our webhook (the definition's New Message notification content).
 
@@ -77,8 +93,8 @@ class NewMessagePayload(BaseModel):
     def _empty_is_absent(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    #: A ``timestamp`` we could not read, as it came (it still tells this message's retries,
-    #: which carry the same text, from another message: :func:`inbound_message_key`).
+    #: A ``timestamp`` we could not read, as the message's id hashes it (:func:`_hashed_as`: it
+    #: still tells this message's retries, which carry the same, from another message).
     _unread_timestamp: str | None = PrivateAttr(None)
 
     @field_validator("timestamp", mode="wrap")
@@ -87,8 +103,14 @@ class NewMessagePayload(BaseModel):
         cls, value: Any, handler: ValidatorFunctionWrapHandler
     ) -> dt.datetime | None:
         """As written (its zone, or none: the message's id hashes it as the previous release
-        did); absent if it is no time we can read ("", "15.01.2024 10:30:00") or none UTC can
-        hold. :attr:`utc_timestamp` is the one events carry."""
+        did); absent if it is no date-time we can read ("", "15.01.2024 10:30:00"; a date
+        alone, digits or a number, which pydantic reads as a midnight or a Unix time: as in
+        delivery reports, :func:`~shared.clock.is_date_time`) or none UTC can hold.
+        :attr:`utc_timestamp` is the one events carry."""
+        if not isinstance(value, dt.datetime | str) or (
+            isinstance(value, str) and not is_date_time(value)
+        ):
+            return None
         try:
             parsed = handler(value)
             if parsed is not None:
@@ -105,7 +127,7 @@ class NewMessagePayload(BaseModel):
         payload: NewMessagePayload = handler(data)
         raw = data.get("timestamp") if isinstance(data, dict) else None
         if payload.timestamp is None and raw is not None and raw != "":  # a number, an object
-            payload._unread_timestamp = raw if isinstance(raw, str) else json.dumps(raw)
+            payload._unread_timestamp = _hashed_as(raw)
         return payload
 
     @property
