@@ -106,3 +106,40 @@ def test_a_token_made_before_nonces_still_verifies_without_one() -> None:
     assert verified(token, TokenPurpose.WEBHOOK, "service/s", secrets=[NEW]) == VerifiedToken(
         0, None
     )
+
+
+#: Tokens the release before this test made (``sign`` at 9e8a817) with secret ``NEW``: a status
+#: URL, a delivery-report URL with an expiry, a webhook URL with its registration's nonce.
+RECORDED = [
+    (TokenPurpose.STATUS, "m-1", "v1.0.7s9On8zXKUpi0dd-5vVngkOoyyW3UNX2MWfl2Tv9kbw"),
+    (TokenPurpose.DLR, "m-1", "v1.1700003601.OOsWeHcUYeVQ3jQlcbTMuk1Pg0OpFxlRm9IgerYC3cA"),
+    (
+        TokenPurpose.WEBHOOK,
+        "svc-1",
+        "v2.0.AAAAAAAAAAAAAAAAAAAAAA.tK5uD4_bVpUz4KROBzVDi9133igBqqyHnt6VTE7Xn9A",
+    ),
+]
+
+
+@pytest.mark.parametrize(("purpose", "subject", "token"), RECORDED, ids=["v1", "v1-ttl", "v2"])
+def test_tokens_of_the_previous_release_still_open_their_urls(
+    purpose: TokenPurpose, subject: str, token: str
+) -> None:
+    """URLs outlive a deploy: a flow polls its status URL, SmartDialog calls the delivery-report
+    and webhook URLs it was given. A change to what a token signs must keep reading these."""
+    at = 1_700_000_000.0
+    assert verify(token, purpose, subject, secrets=[NEW], now=lambda: at)
+    assert not verify(token, purpose, subject + "x", secrets=[NEW], now=lambda: at)
+    nonce = token.split(".")[2] if token.startswith("v2.") else None
+    expiry = int(token.split(".")[1])
+    ttl = expiry - 1 - at if expiry else None
+    assert (
+        sign(purpose, subject, nonce=nonce, ttl_seconds=ttl, secrets=[NEW], now=lambda: at) == token
+    )
+
+
+def test_a_nonce_that_is_no_registration_nonce_is_refused_when_signing() -> None:
+    with pytest.raises(ValueError, match="nonce"):
+        sign(TokenPurpose.WEBHOOK, "svc-1", nonce="short", secrets=[NEW])
+    with pytest.raises(ValueError, match="nonce"):
+        sign(TokenPurpose.WEBHOOK, "svc-1", nonce="A" * 16 + ".", secrets=[NEW])
