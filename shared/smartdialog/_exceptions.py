@@ -281,24 +281,30 @@ def answered_error(response: httpx.Response, body: object) -> str | None:
     if not isinstance(body, Mapping):
         return None
     for key in ERROR_FIELDS:
-        if not (value := body.get(key)):
+        if not (value := _message_of(body.get(key))):
             continue
-        if isinstance(value, Mapping):
-            value = value.get("message") or value.get("Message") or value
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         return text if len(text) <= _QUOTED else text[:_QUOTED] + "..."
     return None
 
 
+def _message_of(value: object) -> object:
+    """An error field's value: a gateway's ``{"error": {"message": ...}}`` as its message."""
+    if isinstance(value, Mapping):
+        return value.get("message") or value.get("Message") or value
+    return value
+
+
 def error_message(response: httpx.Response, body: object) -> str:
-    """What SmartDialog said: its ``errorMessage`` (any casing, or ``message``, ``error``); an
-    RFC 7807 problem's ``detail`` or else ``title``, with its ``errors`` when they are short (an
-    ASP.NET validation problem); plain text, up to its first :data:`_QUOTED` characters (then
-    ``...``). An HTML page (``text/html``, or text opening with ``<``) is not quoted: it says
-    nothing to the caller, and only its status is given."""
+    """What SmartDialog said: the text of its ``errorMessage`` (or ``message``, ``error``, any
+    casing; a gateway's ``{"error": {"message": ...}}`` too, as :func:`answered_error` reads a
+    2xx's); an RFC 7807 problem's ``detail`` or else ``title``, with its ``errors`` when they
+    are short (an ASP.NET validation problem); plain text, up to its first :data:`_QUOTED`
+    characters (then ``...``). An HTML page (``text/html``, or text opening with ``<``) is not
+    quoted: it says nothing to the caller, and only its status is given."""
     if isinstance(body, Mapping):
-        for key in ("errorMessage", "ErrorMessage", "message", "Message", "error"):
-            value = body.get(key)
+        for key in ("errorMessage", "ErrorMessage", "message", "Message", "error", "Error"):
+            value = _message_of(body.get(key))
             if isinstance(value, str) and value:
                 return value
         said = next((v for k in ("detail", "title") if isinstance(v := body.get(k), str) and v), "")

@@ -557,6 +557,30 @@ def test_a_2xx_error_of_any_shape_is_quoted_not_its_reason_phrase(
     assert f"SmartDialog answered 2xx with an error: {quoted}" in str(answer["detail"])
 
 
+@pytest.mark.parametrize(
+    ("status", "said", "expected"),
+    [
+        (400, {"Error": "Contact not found"}, 422),
+        (404, {"error": {"code": "NotFound", "message": "Contact not found"}}, 404),
+        (409, {"error": {"Message": "Contact not found"}}, 409),
+    ],
+    ids=["Error", "gateway-object", "gateway-Message"],
+)
+def test_a_4xx_error_of_any_shape_is_quoted_not_its_reason_phrase(
+    app: App, status: int, said: dict[str, Any], expected: int
+) -> None:
+    """The shapes a 2xx's error is read in: a 4xx in them was quoted as its reason phrase
+    ("Bad Request"), the reason lost (found in review: the 2xx reading was fixed alone)."""
+    code, answer, _ = run(
+        "GetGroupContact",
+        mock_client(lambda r: httpx.Response(status, json=said)),
+        method="GET",
+        route={"GroupService": GROUP, "Phone": "+358401234567"},
+    )
+    assert code == expected
+    assert "Contact not found" in str(answer["detail"])
+
+
 @pytest.mark.parametrize("status", [502, 503])
 def test_upstream_retry_after_on_a_5xx_is_passed_on(app: App, status: int) -> None:
     """SmartDialog said when to come back: the caller waits as told, not at its own pace."""

@@ -199,3 +199,44 @@ def test_a_2xx_with_an_error_is_settled_by_the_repeat_under_its_request_id(
     assert (record.status, record.upstream_message_id) == (MessageStatus.SENT, "m-up-2")
     assert [c["RequestId"] for c in odd.calls] == [f"caller-{message_id}"] * 2
     assert [e["type"] for e in outbound.events()] == ["fi.arena.smartdialog.message.sent"]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        {"Error": "recipient rejected: +358400000002"},
+        {"error": {"code": "BadRequest", "message": "recipient rejected: +358400000002"}},
+    ],
+    ids=["Error", "gateway-object"],
+)
+def test_a_refusal_in_a_gateways_shape_still_names_its_recipient(said: dict[str, Any]) -> None:
+    """Only the text of errorMessage, message or error was read on a 4xx (a 2xx's error was read
+    in every shape): a refusal naming its recipient in these shapes named nobody, so a pack was
+    split and its members sent again one by one. A mock transport: the sandbox answers only
+    SmartDialog's own shape."""
+    import httpx
+
+    from shared.outbound._attempt import Refused, classify
+    from shared.smartdialog import APIStatusError, SmartDialogClient, StaticTokenAuth
+    from shared.smartdialog._models import Message
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, json=said))
+    client = SmartDialogClient(
+        "https://smartdialog.invalid/api-integrations/v1",
+        StaticTokenAuth("t"),
+        http_client=httpx.Client(transport=transport),
+        max_retries=0,
+    )
+    message = Message.model_validate(
+        {"Sender": "X", "Content": "hi", "Recipients": [{"Address": "+358400000002"}]}
+    )
+    with pytest.raises(APIStatusError) as raised:
+        client.send_message(message, customer_id="1001", service_id="s-1001-oneway")
+
+    refused = classify(raised.value)
+
+    assert isinstance(refused, Refused)
+    assert (refused.message, refused.culprit) == (
+        "recipient rejected: +358400000002",
+        "+358400000002",
+    )
