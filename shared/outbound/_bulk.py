@@ -355,17 +355,11 @@ class BulkService:
         to the poison queue): with unfinished members, or with all final whose row still lists
         some ``announcing`` (lost between their records and events: the re-run sends those). At
         most once per that period per batch; a pack driven twice is sent once."""
-        from shared.connections import UnknownConnection, connection_settings
-        from shared.outbound._ports import SendPolicy
+        from shared.outbound._ports import held_settings
 
-        settings, waiting = self.settings, True  # its sends wait: only the expired need a driver
-        try:  # the batch's connection's lease and backoff, not the poller's; broken as its sender
-            settings = connection_settings(_connection(batch, records))
-            waiting = bool(SendPolicy.from_settings(settings).broken_settings)
-        except UnknownConnection:  # removed: a driver fails the members (connection-removed)
-            waiting = False
-        except Problem:  # misconfigured
-            pass
+        # The batch's connection's lease and backoff, not the poller's. While a broken setting
+        # holds its sends, only the expired need a driver; once removed, a driver fails them.
+        settings, waiting = held_settings(_connection(batch, records), self.settings)
         now = self._clock()
         quiet = dt.timedelta(
             seconds=settings.send_lease_seconds + settings.send_retry_max_seconds + 60

@@ -299,9 +299,8 @@ class _Run:
                 call_request_id=None if first else new_pack_id(self.pack.key, ids, now),
             )
         if waits := token_wait(self.outcomes, self.driver, claimed):  # the token first;
-            wait, reason, error = waits  # none: nothing sent, not an attempt
-            self.release(claimed, error=error)
-            return self.later(wait, reason)
+            self.release(claimed, error=waits.error, next_attempt_at=waits.due)  # none: not sent
+            return self.later(waits.delay, waits.reason)
         waited, holder = 0.0, slot_holder(None, self.driver.packId)
         for _ in range(2):  # a grant gone stale gets one more try here
             try:
@@ -309,8 +308,8 @@ class _Run:
             except Exception as exc:  # a lasting quota-store error waits as a broken setting does
                 if not (waits := quota_store_wait(self.outcomes, self.driver, claimed, exc)):
                     raise
-                self.release(claimed, error=waits[2])
-                return self.later(waits[0], waits[1])
+                self.release(claimed, error=waits.error, next_attempt_at=waits.due)
+                return self.later(waits.delay, waits.reason)
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)
                 return self.later(ports.quota_wait.come_back_in(decision, holder), "quota")

@@ -352,7 +352,7 @@ class IndexPacks:
         except Exception:  # no call was made: every claim this gather took goes back
             reread = pool.map(lambda i: self.ports.store.get(i[1].message_id), chosen)
             ours = [r for r in reread if r and r.pack_id == pack_id and r.claim == (1, lease_until)]
-            self.release(ours, keep_pack=False)
+            self.release(ours, False)
             raise
         log.info("message %s leads pack %s of %d messages", leader.message_id, pack_id,
                  len(members) + 1)  # fmt: skip
@@ -399,13 +399,13 @@ class IndexPacks:
         self.outcomes.fail_many(failing)
         return {r.message_id for r, _ in failing}
 
-    def release(self, records: Iterable[MessageRecord], *, keep_pack: bool,
-                error: FailureInfo | None = None) -> None:  # fmt: skip
-        """Hand claimed members back (no call made): queued, the attempt not counted, ``error``
-        their LastError (:func:`noted`); out of their pack (packable again) unless ``keep_pack``."""
+    def release(self, records: Iterable[MessageRecord], keep_pack: bool, **changes: Any) -> None:
+        """Hand claimed members back (no call made): queued, the attempt not counted, with
+        :meth:`release_one`'s ``changes``; out of their pack (packable again) unless
+        ``keep_pack``."""
 
         def one(r: MessageRecord) -> MessageRecord | None:
-            return self.release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack, error=error)
+            return self.release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack, **changes)
 
         released = [r for r in storage_pool().map(one, list(records)) if r is not None]
         if not keep_pack:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from shared.storage import QueueLike
     from shared.suppressions import SuppressionStore
 
-__all__ = ["SendPolicy", "SendPorts", "reset_send_ports", "send_ports"]
+__all__ = ["SendPolicy", "SendPorts", "held_settings", "reset_send_ports", "send_ports"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,23 @@ class SendPolicy:
             broken_settings=tuple(dict.fromkeys(e.field for e in broken)),
             connection=settings.connection,
         )
+
+
+def held_settings(connection: str | None, settings: Settings) -> tuple[Settings, bool]:
+    """The settings connection ``connection``'s sends go by (``settings``, the app's, while it
+    is misconfigured or removed), and whether a broken setting holds them now: the sender then
+    defers them (:meth:`~shared.outbound._outcomes.Outcomes.misconfigured`); a removed
+    connection's it fails (``connection-removed``)."""
+    from shared.connections import UnknownConnection, connection_settings
+    from shared.problems import Problem
+
+    try:
+        mine = connection_settings(connection)
+    except UnknownConnection:
+        return settings, False
+    except Problem:  # misconfigured
+        return settings, True
+    return mine, bool(SendPolicy.from_settings(mine).broken_settings)
 
 
 @dataclass(frozen=True)

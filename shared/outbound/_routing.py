@@ -8,9 +8,10 @@ client (credentials, msal token cache), the quota and the defaults, all in its p
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageStatus, reprompted_question
@@ -33,7 +34,6 @@ from shared.outbound._ports import send_ports
 from shared.outbound._records import FieldValueError, new_record, normalize, queued_text
 
 if TYPE_CHECKING:
-    import datetime as dt
     from collections.abc import Callable, Mapping, Sequence
 
     from shared.messages import MessageRecord, Pack
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECTION_REMOVED",
+    "Wait",
     "expire_overdue",
     "note_waiting",
     "quota_store_wait",
@@ -57,6 +58,18 @@ __all__ = [
 log = logging.getLogger("shared.outbound.sender")
 #: The failure code of a send whose connection was removed from the settings.
 CONNECTION_REMOVED = "connection-removed"
+
+
+class Wait(NamedTuple):
+    """A claim handed back to wait (:func:`token_wait`, :func:`quota_store_wait`): nothing sent,
+    no attempt counted. Its copy comes back in ``delay`` s, at ``due``, which the hand-back
+    records as its ``next_attempt_at`` so its status tells a poller when; ``reason`` the
+    deferral's; ``error`` the records' ``LastError`` meanwhile (none: unchanged)."""
+
+    delay: float
+    reason: str
+    error: FailureInfo | None
+    due: dt.datetime
 
 
 def note_waiting(
@@ -195,7 +208,7 @@ def unrouted(
 
 def token_wait(
     outcomes: Outcomes, message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]
-) -> tuple[float, str, FailureInfo | None] | None:
+) -> Wait | None:
     """Has the token of the call of ``message`` (its claimed ``records``) in hand before the
     caller takes its grant (:meth:`Upstream.ready <shared.outbound._attempt.Upstream.ready>`):
     None, or, when none could be had, how long the call waits and why. Nothing was sent and no
@@ -203,8 +216,7 @@ def token_wait(
     ``expired``, with their events). Refused (or missing) credentials are a broken setting,
     checked again as :meth:`Outcomes.misconfigured <shared.outbound._outcomes.Outcomes.
     misconfigured>` does; an identity provider that failed (unreachable, timed out) is tried
-    again after the retry policy's backoff over the send's deferrals so far. The third item:
-    the records' ``LastError`` while they wait (:func:`waiting_error`), for their hand-back."""
+    again after the retry policy's backoff over the send's deferrals so far."""
     from shared.connections import credentials_refused
     from shared.smartdialog import CredentialsError, backoff_delay
 
@@ -222,7 +234,7 @@ def token_wait(
     log.debug("%s not sent: %s; trying again in %.0f s", what, loggable_text(str(failed)), wait)
     held.wait(f"the identity provider of connection {policy.connection}",
               loggable_text(str(failed)), "each send tries again after its backoff")  # fmt: skip
-    return wait, "identity-provider", None
+    return Wait(wait, "identity-provider", None, _due(outcomes, wait))
 
 
 def quota_store_wait(
@@ -230,7 +242,7 @@ def quota_store_wait(
     message: OutboundMessage | PackDriver,
     records: Sequence[MessageRecord],
     failed: BaseException,
-) -> tuple[float, str, FailureInfo] | None:
+) -> Wait | None:
     """A lasting quota-store error (``QuotaStoreError.lasting``: a quota table missing that the
     app may not create, a damaged quota log) met taking the slot of the call of ``message``
     (its claimed ``records``): waited out as refused credentials are (:func:`token_wait`), until
@@ -248,11 +260,15 @@ def quota_store_wait(
 
 
 def _broken(outcomes: Outcomes, what: str, until: dt.datetime, problem: str, reason: str,
-            advice: str) -> tuple[float, str, FailureInfo]:  # fmt: skip
+            advice: str) -> Wait:  # fmt: skip
     """How long ``what`` waits for ``problem`` to be fixed (:meth:`Outcomes.misconfigured`),
-    why, and its records' ``LastError`` meanwhile."""
-    wait = outcomes.misconfigured(what, until, problem, reason, advice)
-    return wait or 0.0, CONFIGURATION, waiting_error(problem)
+    why, and its records' ``LastError`` meanwhile (:func:`waiting_error`)."""
+    wait = outcomes.misconfigured(what, until, problem, reason, advice) or 0.0
+    return Wait(wait, CONFIGURATION, waiting_error(problem), _due(outcomes, wait))
+
+
+def _due(outcomes: Outcomes, wait: float) -> dt.datetime:
+    return outcomes.ports.now() + dt.timedelta(seconds=wait)
 
 
 def _what(message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]) -> str:

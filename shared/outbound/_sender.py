@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -457,23 +457,23 @@ class OutboundSender:
                     decision, waited = self.ports.quota_wait.take(waited, holder)
         return self._hand_back(claim, STALE_GRANT_RETRY_SECONDS, "stale-grant")
 
-    def _hand_back(
-        self, claim: _Claim, delay: float, reason: str, error: FailureInfo | None = None
-    ) -> SendOutcome:
-        """No call made: claim handed back (LastError ``error``), requeued after ``delay`` s."""
-        self._give_back(claim, error)
+    def _hand_back(self, claim: _Claim, delay: float, reason: str, error: FailureInfo | None = None,
+                   due: dt.datetime | None = None) -> SendOutcome:  # fmt: skip
+        """No call made: claim handed back (LastError ``error``, due again at ``due``: a
+        :class:`~shared.outbound._routing.Wait`), requeued after ``delay`` s."""
+        self._give_back(claim, error=error, next_attempt_at=due)
         attempts = claim.record.attempts - 1
         return self.outcomes.requeue(claim.command, attempts, delay, OutcomeKind.DEFERRED, reason)
 
-    def _give_back(self, claim: _Claim, error: FailureInfo | None = None) -> None:
-        """Hand the claim (and a pack's members) back, the attempt not counted: a new pack is
-        dissolved (its members wait in the index, packable), an attempted one kept. Once."""
+    def _give_back(self, claim: _Claim, **changes: Any) -> None:
+        """Hand the claim (and a pack's members) back, the attempt not counted, with ``changes``
+        (``release_one``'s): a new pack dissolved (members wait in the index), a tried one kept."""
         if not claim.held:
             return
         claim.held, keep = False, not claim.fresh
         if claim.pack is not None and claim.members:
-            self.packing.release([m for m, _ in claim.members[1:]], keep_pack=keep, error=error)
-        released = self.packing.release_one(claim.record, claim.before, keep_pack=keep, error=error)
+            self.packing.release([m for m, _ in claim.members[1:]], keep, **changes)
+        released = self.packing.release_one(claim.record, claim.before, keep_pack=keep, **changes)
         if released is not None and released.pack_id is None:
             self.ports.packs.index([released])
 

@@ -428,18 +428,20 @@ class SendService:
     def _retry_after(self, record: MessageRecord) -> int:
         """When a poller should look again: the sender's estimate of when this message is
         done. About a second while the quota has room (a send usually takes well under one);
-        the end of a retry's backoff while it runs; its sender's next look while it waits for a
-        setting (its ``LastError``); or when this process's senders were told a slot of its
-        connection's quota frees (the app's, while that connection is broken or gone): the
-        slot it waits for (:meth:`QuotaWait.until_due`), also once a backoff is over (its copy
-        back may be sent away for the quota without a write)."""
-        from shared.outbound._giving_up import CONFIGURATION
+        the end of a retry's backoff or of a handed-back claim's wait (for a token, credentials
+        or the quota store) while it runs; the sender's next look while a broken setting holds
+        its connection's sends (:func:`held_settings`, whatever its ``LastError`` says); or when
+        this process's senders were told a slot of its connection's quota frees (the app's,
+        while that connection is broken or gone): the slot it waits for
+        (:meth:`QuotaWait.until_due`), also once a backoff is over (its copy back may be sent
+        away for the quota without a write)."""
+        from shared.outbound._ports import held_settings
         from shared.unconfigured import RECHECK_SECONDS
 
         now = self._clock()
         if record.next_attempt_at is not None and record.next_attempt_at > now:
             wait = (record.next_attempt_at - now).total_seconds()
-        elif record.last_error is not None and record.last_error.code == CONFIGURATION:
+        elif held_settings(record.connection, self.settings)[1]:
             wait = RECHECK_SECONDS
         else:
             wait = waits_for(record.connection, self.settings).until_due(record)

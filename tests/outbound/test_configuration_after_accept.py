@@ -194,7 +194,7 @@ def refused_secret(outbound: Outbound) -> dict[str, str]:
 
 
 def test_refused_credentials_are_a_configuration_wait_not_attempts_until_fixed(
-    outbound: Outbound, slots: list[object]
+    outbound: Outbound, slots: list[object], manual_clock: ManualClock
 ) -> None:
     """Before, each refusal counted an attempt with its backoff: after SEND_MAX_ATTEMPTS the
     send failed attempts-exhausted and was dead-lettered while the setting was still wrong."""
@@ -206,6 +206,7 @@ def test_refused_credentials_are_a_configuration_wait_not_attempts_until_fixed(
         deferred = OutboundSender.from_settings().process(text)
         assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "configuration")
         assert deferred.delay_seconds == CONFIGURATION_RECHECK_SECONDS
+        manual_clock.advance(deferred.delay_seconds)  # its copy is back
 
     assert slots == []
     assert outbound.upstream() == []
@@ -261,7 +262,7 @@ def test_a_send_waiting_for_refused_credentials_fails_expired_with_its_event(
 
 
 def test_a_bulk_pack_waits_for_refused_credentials_its_members_unattempted(
-    outbound: Outbound, slots: list[object]
+    outbound: Outbound, slots: list[object], manual_clock: ManualClock
 ) -> None:
     batch = accepted_batch(*NUMBERS[:3])
     ids = member_ids(batch)
@@ -275,8 +276,13 @@ def test_a_bulk_pack_waits_for_refused_credentials_its_members_unattempted(
     assert outbound.upstream() == []
     assert all(record(i).attempts == 0 for i in ids)
     assert {record(i).status for i in ids} == {MessageStatus.QUEUED}
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    # Each member is due when its driver is back, so its status tells a poller so.
+    due = {(record(i).next_attempt_at or now) - now for i in ids}
+    assert due == {dt.timedelta(seconds=CONFIGURATION_RECHECK_SECONDS)}
 
     outbound.configure(**fixed)
+    manual_clock.advance(deferred.delay_seconds)  # the driver is back
     OutboundSender.from_settings().process(json.dumps(driver))
     [call] = outbound.upstream()
     assert len(call["body"]["Recipients"]) == 3
@@ -311,7 +317,7 @@ def test_an_index_pack_waits_for_refused_credentials_its_members_unattempted(
 
 
 def test_an_identity_provider_that_fails_defers_with_backoff_not_attempts(
-    outbound: Outbound, slots: list[object]
+    outbound: Outbound, slots: list[object], manual_clock: ManualClock
 ) -> None:
     import socket
 
@@ -327,6 +333,7 @@ def test_an_identity_provider_that_fails_defers_with_backoff_not_attempts(
     text = command("m-no-idp")
 
     first = OutboundSender.from_settings().process(text)
+    manual_clock.advance(first.delay_seconds)
     again = OutboundSender.from_settings().process(command("m-no-idp", deferrals=1))  # its copy
 
     assert (first.kind, first.detail) == (OutcomeKind.DEFERRED, "identity-provider")
@@ -337,6 +344,7 @@ def test_an_identity_provider_that_fails_defers_with_backoff_not_attempts(
     assert outbound.dead_letters() == []
 
     outbound.configure(ACCESS_TOKEN=token, CLIENT_ID="", CLIENT_SECRET="", AUTHORITY="")
+    manual_clock.advance(again.delay_seconds)
     assert OutboundSender.from_settings().process(text).kind is OutcomeKind.SENT
 
 
@@ -368,12 +376,15 @@ def test_queued_sends_waiting_for_a_broken_setting_warn_once_a_minute_not_once_e
     assert all(f"message m-held-{i} not sent: setting" in debug for i in range(12))
 
 
-def test_a_send_waiting_for_refused_credentials_says_so_on_its_status(outbound: Outbound) -> None:
+def test_a_send_waiting_for_refused_credentials_says_so_on_its_status(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
     """Before, its status answered ``queued``, Retry-After 1, no LastError for up to a day."""
     accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="refused wait"))
     fixed = refused_secret(outbound)
     [copy] = queue_client(OUTBOUND_QUEUE).receive_messages()
-    assert OutboundSender.from_settings().process(copy.content).detail == "configuration"
+    waits = OutboundSender.from_settings().process(copy.content)
+    assert waits.detail == "configuration"
 
     polled = status_of(accepted.headers["Location"])
 
@@ -386,6 +397,7 @@ def test_a_send_waiting_for_refused_credentials_says_so_on_its_status(outbound: 
     assert polled.headers["Retry-After"] == str(min(RECHECK_SECONDS, longest))
 
     outbound.configure(**fixed)
+    manual_clock.advance(waits.delay_seconds)  # its copy is back
     assert OutboundSender.from_settings().process(copy.content).kind is OutcomeKind.SENT
     assert status_of(accepted.headers["Location"]).status == 200
 

@@ -48,7 +48,7 @@ def record(message_id: str) -> MessageRecord:
 
 
 def test_a_damaged_quota_log_holds_a_send_as_a_broken_setting_until_fixed(
-    outbound: Outbound, damaged_log: Callable[[], None]
+    outbound: Outbound, damaged_log: Callable[[], None], manual_clock: ManualClock
 ) -> None:
     accepted = call_http("SendMessage", "POST", body=sms(DELIVERED, content="quota broken"))
     mid, location = accepted.body["Id"], accepted.headers["Location"]
@@ -58,6 +58,7 @@ def test_a_damaged_quota_log_holds_a_send_as_a_broken_setting_until_fixed(
         deferred = OutboundSender.from_settings().process(copy.content)
         assert (deferred.kind, deferred.detail) == (OutcomeKind.DEFERRED, "configuration")
         assert deferred.delay_seconds == CONFIGURATION_RECHECK_SECONDS
+        manual_clock.advance(deferred.delay_seconds)  # its copy is back
 
     waiting = record(mid)
     assert (waiting.status, waiting.attempts, waiting.lease_until) == (
@@ -100,7 +101,7 @@ def test_a_send_waiting_for_the_quota_store_fails_expired_with_its_event(
 
 
 def test_a_bulk_pack_waits_for_a_damaged_quota_log_its_members_unattempted(
-    outbound: Outbound, damaged_log: Callable[[], None]
+    outbound: Outbound, damaged_log: Callable[[], None], manual_clock: ManualClock
 ) -> None:
     ids = member_ids(accepted_batch(*NUMBERS[:3]))
     [driver] = drivers(outbound)
@@ -116,6 +117,7 @@ def test_a_bulk_pack_waits_for_a_damaged_quota_log_its_members_unattempted(
     assert outbound.upstream() == []
 
     damaged_log()
+    manual_clock.advance(deferred.delay_seconds)  # the driver is back
     OutboundSender.from_settings().process(json.dumps(driver))
     [call] = outbound.upstream()
     assert len(call["body"]["Recipients"]) == 3
