@@ -206,6 +206,9 @@ class MessageRecord:
     attempts: int = 0
     lease_until: dt.datetime | None = None
     next_attempt_at: dt.datetime | None = None
+    #: When a claim handed back to wait (for a token, credentials, the quota store) comes back:
+    #: for its status only; its sends may go sooner once the wait is over (None: none since).
+    waits_until: dt.datetime | None = None
     last_error: FailureInfo | None = None
     failure: FailureInfo | None = None
     result: str | None = None
@@ -257,6 +260,7 @@ class MessageRecord:
             "Attempts": self.attempts,
             "LeaseUntil": plain_datetime(self.lease_until),
             "NextAttemptAt": plain_datetime(self.next_attempt_at),
+            "WaitsUntil": plain_datetime(self.waits_until),
             "LastError": self.last_error.model_dump_json() if self.last_error else None,
             "Failure": self.failure.model_dump_json() if self.failure else None,
             "UpstreamMessageId": self.upstream_message_id,
@@ -307,6 +311,7 @@ class MessageRecord:
                 attempts=int(entity.get("Attempts") or 0),
                 lease_until=utc(entity.get("LeaseUntil")),
                 next_attempt_at=utc(entity.get("NextAttemptAt")),
+                waits_until=utc(entity.get("WaitsUntil")),
                 last_error=failure("LastError"),
                 failure=failure("Failure"),
                 result=joined(entity, "Result"),

@@ -299,7 +299,7 @@ class _Run:
                 call_request_id=None if first else new_pack_id(self.pack.key, ids, now),
             )
         if waits := token_wait(self.outcomes, self.driver, claimed):  # the token first;
-            self.release(claimed, error=waits.error, next_attempt_at=waits.due)  # none: not sent
+            self.release(claimed, error=waits.error, waits_until=waits.due)  # none: not sent
             return self.later(waits.delay, waits.reason)
         waited, holder = 0.0, slot_holder(None, self.driver.packId)
         for _ in range(2):  # a grant gone stale gets one more try here
@@ -308,7 +308,7 @@ class _Run:
             except Exception as exc:  # a lasting quota-store error waits as a broken setting does
                 if not (waits := quota_store_wait(self.outcomes, self.driver, claimed, exc)):
                     raise
-                self.release(claimed, error=waits.error, next_attempt_at=waits.due)
+                self.release(claimed, error=waits.error, waits_until=waits.due)
                 return self.later(waits.delay, waits.reason)
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)

@@ -157,7 +157,8 @@ def claim_changes(record: MessageRecord, now: dt.datetime, policy: SendPolicy) -
     """The changes that claim ``record`` for one more attempt through ``policy``'s connection,
     leased for ``policy.lease`` from ``now``."""
     return {"status": MessageStatus.SENDING, "attempts": record.attempts + 1,
-            "lease_until": now + policy.lease, "next_attempt_at": None, "updated_at": now,
+            "lease_until": now + policy.lease, "next_attempt_at": None, "waits_until": None,
+            "updated_at": now,
             "sent_through": policy.connection, **remember_interrupted(record),
             **waited(record)}  # fmt: skip
 

@@ -63,8 +63,9 @@ CONNECTION_REMOVED = "connection-removed"
 class Wait(NamedTuple):
     """A claim handed back to wait (:func:`token_wait`, :func:`quota_store_wait`): nothing sent,
     no attempt counted. Its copy comes back in ``delay`` s, at ``due``, which the hand-back
-    records as its ``next_attempt_at`` so its status tells a poller when; ``reason`` the
-    deferral's; ``error`` the records' ``LastError`` meanwhile (none: unchanged)."""
+    records as its ``waits_until`` so its status tells a poller when (only that: once the wait
+    is over, a copy or a pack may send it sooner); ``reason`` the deferral's; ``error`` the
+    records' ``LastError`` meanwhile (none: unchanged)."""
 
     delay: float
     reason: str

@@ -461,7 +461,7 @@ class OutboundSender:
                    due: dt.datetime | None = None) -> SendOutcome:  # fmt: skip
         """No call made: claim handed back (LastError ``error``, due again at ``due``: a
         :class:`~shared.outbound._routing.Wait`), requeued after ``delay`` s."""
-        self._give_back(claim, error=error, next_attempt_at=due)
+        self._give_back(claim, error=error, waits_until=due)
         attempts = claim.record.attempts - 1
         return self.outcomes.requeue(claim.command, attempts, delay, OutcomeKind.DEFERRED, reason)
 

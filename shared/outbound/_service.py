@@ -439,8 +439,8 @@ class SendService:
         from shared.unconfigured import RECHECK_SECONDS
 
         now = self._clock()
-        if record.next_attempt_at is not None and record.next_attempt_at > now:
-            wait = (record.next_attempt_at - now).total_seconds()
+        if (due := max(record.next_attempt_at or now, record.waits_until or now)) > now:
+            wait = (due - now).total_seconds()
         elif held_settings(record.connection, self.settings)[1]:
             wait = RECHECK_SECONDS
         else:

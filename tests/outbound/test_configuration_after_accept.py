@@ -278,7 +278,7 @@ def test_a_bulk_pack_waits_for_refused_credentials_its_members_unattempted(
     assert {record(i).status for i in ids} == {MessageStatus.QUEUED}
     now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
     # Each member is due when its driver is back, so its status tells a poller so.
-    due = {(record(i).next_attempt_at or now) - now for i in ids}
+    due = {(record(i).waits_until or now) - now for i in ids}
     assert due == {dt.timedelta(seconds=CONFIGURATION_RECHECK_SECONDS)}
 
     outbound.configure(**fixed)

@@ -139,3 +139,30 @@ def test_a_send_whose_setting_was_fixed_is_polled_at_its_quota_slot(
     # Its LastError still names the setting (the next claim clears it); the poll is its slot's.
     assert polled(location) == (202, math.ceil(8.0), "configuration")
     assert record(message_id).attempts == 0
+
+
+def test_a_waits_time_is_for_the_status_only_its_pack_goes_once_the_wait_is_over(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """Found in the second read: the handed-back wait was first recorded as the members'
+    ``next_attempt_at``, which the sender and the gather read as a backoff: once the
+    credentials were fixed, the pack's other copies were put back until the leader's wait was
+    over (a minute here, up to 300 s for an identity provider), and new sends of the key went
+    alone."""
+    from tests.bulk.test_packing import NUMBERS
+    from tests.bulk.test_packing import accept as accept_lane
+    from tests.bulk.test_packing import record as lane_record
+
+    outbound.configure(LANE_BACKSTOP_SECONDS=120)
+    ids = accept_lane(*NUMBERS[:3], content=f"Lane {uuid.uuid4().hex[:8]} for $(name)")
+    fixed = refused_secret(outbound)
+    held = OutboundSender.from_settings().process(lane_record(ids[0]).command)
+    assert (held.kind, held.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert all(lane_record(i).waits_until is not None for i in ids)  # its status's wait
+    outbound.configure(**fixed)
+    manual_clock.advance(2)  # fixed well before the leader's copy is back
+
+    sent = OutboundSender.from_settings().process(lane_record(ids[1]).command)
+
+    assert sent.kind is OutcomeKind.SENT
+    assert [len(call["body"]["Recipients"]) for call in outbound.upstream()] == [3]
