@@ -148,7 +148,8 @@ def _timestamp(text: str | None) -> dt.datetime | None:
     if not text or not is_date_time(text.strip()):
         return None
     try:
-        return as_utc(dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
+        text = text.strip()  # RFC 3339 allows "z", which fromisoformat does not read
+        return as_utc(dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "zZ" else text))
     except (ValueError, OverflowError):  # no valid time, or none UTC can hold (year 1 at +01:00)
         return None
 

@@ -3,6 +3,7 @@ the single sends and SendBulkMessages's template)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
@@ -32,6 +33,7 @@ from shared.actions.fields import (
 from shared.actions.fields import (
     CustomerData as CustomerDataText,
 )
+from shared.clock import as_utc
 from shared.messages import MESSAGE_ID_PATTERN
 from shared.smartdialog import BlankIsAbsent, IsoDateTime, PersonalizationValue
 from shared.sms import personalized_lengths
@@ -127,6 +129,18 @@ RequestIdField = Annotated[
     ),
     BlankIsAbsent,
 ]
+
+
+def _in_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A time that exists in UTC (year 1 at +01:00 and year 9999 at -01:00 are none)."""
+    if value is not None:
+        try:
+            as_utc(value)
+        except OverflowError:
+            raise ValueError("Must be a time that exists in UTC (years 1 to 9999 there).") from None
+    return value
+
+
 SendDateTimeField = Annotated[
     IsoDateTime | None,
     Field(
@@ -138,6 +152,7 @@ SendDateTimeField = Annotated[
         json_schema_extra=ui("Send Datetime", visibility="important"),
     ),
     BlankIsAbsent,
+    AfterValidator(_in_utc),
 ]
 
 

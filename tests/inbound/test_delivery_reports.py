@@ -250,6 +250,7 @@ def test_report_parameters_are_read_under_common_names_and_kept_raw() -> None:
         ("2025-06-01 10:00:00", dt.datetime(2025, 6, 1, 10, tzinfo=dt.UTC)),  # no zone: UTC
         ("2025-06-01T12:00:00+02:00", dt.datetime(2025, 6, 1, 10, tzinfo=dt.UTC)),
         ("2025-06-01T10:00Z", dt.datetime(2025, 6, 1, 10, tzinfo=dt.UTC)),
+        ("2025-06-01t10:00:00z", dt.datetime(2025, 6, 1, 10, tzinfo=dt.UTC)),  # RFC 3339 allows
         # fromisoformat reads each of these as a midnight: none is a time of the report
         ("20250601", None),
         ("25060110", None),  # would be 2506-01-10

@@ -27,6 +27,8 @@ NOT_A_DATE_TIME = [
     "1717236000",
     1717236000,
     "2025-06-01",  # a date alone: midnight, without a zone
+    "0001-01-01T00:00:00+01:00",  # before year 1 in UTC (found in review: sent upstream)
+    "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
     "12/24/2025 10:00",
 ]
 BULK_TEMPLATE = {"Sender": "Sandbox", "Content": "Hi $(name)"}
