@@ -27,13 +27,21 @@ from shared.outbound._quota_wait import QuotaWait, quota_wait
 from shared.outbound._records import backstop_seconds
 
 if TYPE_CHECKING:
+    from shared.messages import MessageRecord
     from shared.payloads import PayloadStore
     from shared.settings import Settings
     from shared.smartdialog import AuthProvider
     from shared.storage import QueueLike
     from shared.suppressions import SuppressionStore
 
-__all__ = ["SendPolicy", "SendPorts", "held_settings", "reset_send_ports", "send_ports"]
+__all__ = [
+    "SendPolicy",
+    "SendPorts",
+    "held_settings",
+    "record_held",
+    "reset_send_ports",
+    "send_ports",
+]
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,23 @@ def held_settings(connection: str | None, settings: Settings) -> tuple[Settings,
     except Problem:  # misconfigured
         return settings, True
     return mine, bool(SendPolicy.from_settings(mine).broken_settings)
+
+
+def record_held(record: MessageRecord, settings: Settings) -> bool:
+    """Whether a broken setting holds ``record``'s sends now (:func:`held_settings`) on the
+    connection its sender routes its command through: the one it names, else the one claiming
+    its customer now (not the record's, which a claim moved since); while those claims are
+    uncertain, every send is held (the sender defers them)."""
+    from shared.connections import ConnectionNotConfigured
+    from shared.outbound._models import parse_outbound_message, with_claimed_connection
+
+    try:
+        connection = with_claimed_connection(parse_outbound_message(record.command)).Connection
+    except ConnectionNotConfigured:
+        return True
+    except ValueError:  # unreadable (the sender dead-letters it): as recorded
+        connection = record.connection
+    return held_settings(connection, settings)[1]
 
 
 @dataclass(frozen=True)

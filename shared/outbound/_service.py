@@ -430,18 +430,18 @@ class SendService:
         done. About a second while the quota has room (a send usually takes well under one);
         the end of a retry's backoff or of a handed-back claim's wait (for a token, credentials
         or the quota store) while it runs; the sender's next look while a broken setting holds
-        its connection's sends (:func:`held_settings`, whatever its ``LastError`` says); or when
+        its connection's sends (:func:`record_held`, whatever its ``LastError`` says); or when
         this process's senders were told a slot of its connection's quota frees (the app's,
         while that connection is broken or gone): the slot it waits for
         (:meth:`QuotaWait.until_due`), also once a backoff is over (its copy back may be sent
         away for the quota without a write)."""
-        from shared.outbound._ports import held_settings
+        from shared.outbound._ports import record_held
         from shared.unconfigured import RECHECK_SECONDS
 
         now = self._clock()
         if (due := max(record.next_attempt_at or now, record.waits_until or now)) > now:
             wait = (due - now).total_seconds()
-        elif held_settings(record.connection, self.settings)[1]:
+        elif record_held(record, self.settings):
             wait = RECHECK_SECONDS
         else:
             wait = waits_for(record.connection, self.settings).until_due(record)

@@ -87,3 +87,35 @@ def test_a_poll_naming_a_removed_connection_still_gets_its_answer(two: TwoConnec
     two.env.drain()  # its sender fails it: connection-removed
     final = poll("GetMessageStatus", location, {CONNECTION_HEADER: "second"})
     assert (final.status, final.body["code"]) == (422, "connection-removed"), final.body
+
+
+def test_a_send_its_customers_new_connection_holds_is_polled_at_the_recheck(
+    two: TwoConnections,
+) -> None:
+    """The sender routes a command that names no connection through the one claiming its
+    customer now; its status read the record's (``default``, never claimed yet). Found in
+    review of the status waits: with the customer now claimed by a misconfigured connection,
+    the send waited for that connection's settings while its status answered Retry-After 1."""
+    import json
+
+    from shared.names import OUTBOUND_QUEUE
+    from shared.outbound import OutboundSender, OutcomeKind
+    from shared.settings import get_settings
+    from shared.unconfigured import RECHECK_SECONDS
+    from tests.connections.conftest import SECOND_CUSTOMER, SECOND_SERVICE
+    from tests.outbound.conftest import status_of
+
+    two.drop_connection("SECOND", "CUSTOMERS", "CUSTOMER_ID")  # the default serves it now
+    headers = {"Customer-Id": SECOND_CUSTOMER, "Service-Id": SECOND_SERVICE}
+    sent = accepted("SendMessage", sms("+358400000027"), **headers)
+    [copy] = [json.dumps(m) for m in two.env.read(OUTBOUND_QUEUE)]
+    two.set_connection("SECOND", CUSTOMERS=SECOND_CUSTOMER, CUSTOMER_ID=SECOND_CUSTOMER)
+    two.drop_connection("SECOND", "ACCESS_TOKEN")  # its customer's connection now, broken
+
+    waits = OutboundSender.from_settings().process(copy)
+    polled = status_of(sent.headers["Location"])
+
+    assert (waits.kind, waits.detail) == (OutcomeKind.DEFERRED, "configuration")
+    assert polled.body["LastError"]["code"] == "configuration"
+    longest = get_settings().send_status_retry_after_seconds
+    assert polled.headers["Retry-After"] == str(min(RECHECK_SECONDS, longest))

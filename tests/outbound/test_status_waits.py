@@ -5,8 +5,9 @@ once the setting is fixed. Found in review: each of the first four answered ``Re
 failed attempt's ``LastError`` hid the setting's wait), and the last answered 30 for a send done
 in 8 s (the setting's ``LastError`` stays until the next claim).
 
-A handed-back claim now records when its copy comes back (``next_attempt_at``, in the write it
-made anyway), and a broken setting is read from the settings, not from the ``LastError``.
+A handed-back claim now records when its copy comes back (``waits_until``, in the write it made
+anyway; for the status only), and a broken setting is read from the settings of the connection
+the sender routes the send through, not from the ``LastError``.
 """
 
 from __future__ import annotations
