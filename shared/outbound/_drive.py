@@ -234,7 +234,7 @@ class _Run:
             return self.later((max(held) - now).total_seconds() + 1, "claimed")
         expired = [r for r in open_ if now >= r.valid_until]
         if expired:
-            self.outcomes.fail_many([(r, self.outcomes.expired(r, r.last_error)) for r in expired])
+            self.outcomes.fail_many([(r, self.outcomes.expired(r)) for r in expired])
         open_ = [r for r in open_ if now < r.valid_until]
         if open_:  # a setting the call needs broke: the pack waits, unclaimed, no slot taken
             until = min(r.valid_until for r in open_)

@@ -216,8 +216,9 @@ class Outcomes:
     ) -> FailureInfo:
         """An unclaimed message's expiry (``outcome-unknown`` if still ``sending``: its worker's
         lease ran out, perhaps mid-call), saying what it was ``waiting`` for (default: what
-        holds its connection's sends now, :meth:`holding`)."""
-        waiting = waiting or self.holding()
+        holds its connection's sends now, :meth:`holding`) and quoting its ``last`` error
+        (default: its ``LastError``), on every path alike."""
+        waiting, last = waiting or self.holding(), last or record.last_error
         return expired(record, last, maybe_sent=record.may_have_reached, waiting=waiting)
 
     def holding(self) -> str | None:

@@ -358,8 +358,7 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
                 return record
             if record.pack_id is not None and record.batch_id is None:
                 IndexPacks(ports, outcomes).announce_listed(record.pack_id)
-            last = record.last_error if record.batch_id is not None else None
-            changes = {**failed_changes(outcomes.expired(record, last), now),
+            changes = {**failed_changes(outcomes.expired(record), now),
                        "finished_at": record.valid_until}  # fmt: skip
             if (done := ports.store.swap(record, **changes)) is not None:
                 log.warning("message %s failed for good: expired, no queue copy left",

@@ -943,3 +943,31 @@ def test_a_rule_send_made_again_after_its_rule_was_edited_is_acknowledged_not_de
     outbound.drain()
     assert [d["reason"] for d in outbound.dead_letters()] == ["malformed", "malformed"]
     assert len(outbound.upstream()) == 1
+
+
+def test_a_single_send_that_expires_after_a_failed_attempt_quotes_its_last_error(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """Its failure, event and dead letter say what the last attempt got, as a bulk member's
+    do (operations.md: an ``outcome-unknown`` quotes the last error, so an operator can judge
+    whether SmartDialog has it). Found in review: the single path dropped it."""
+    outbound.configure(SEND_RETRY_BASE_SECONDS=5, SEND_RETRY_MAX_SECONDS=5)
+    now = dt.datetime.fromtimestamp(manual_clock.now(), dt.UTC)
+    text = json.dumps(
+        send("m-expires-after-500", ERROR, validUntil=(now + dt.timedelta(seconds=120)).isoformat())
+    )
+    from shared.outbound import OutboundSender, OutcomeKind
+
+    first = OutboundSender.from_settings().process(text)
+    assert first.kind is OutcomeKind.RETRY_SCHEDULED  # a 500: it may have gone through
+    manual_clock.advance(200)  # its copy is back after its validity
+
+    assert OutboundSender.from_settings().process(text).kind is OutcomeKind.FAILED
+
+    failure = record("m-expires-after-500").failure
+    assert failure is not None
+    assert (failure.code, failure.upstreamStatus) == ("outcome-unknown", 500)
+    assert "validUntil" in (failure.detail or "")
+    assert "last error: SmartDialog answered 500" in (failure.detail or "")
+    [event] = [e for e in outbound.events() if e["type"].endswith("failed")]
+    assert event["data"]["error"]["upstreamStatus"] == 500
