@@ -126,6 +126,30 @@ class CancelMessageInput(ActionInput):
 # --- response documents (for the connector) -------------------------------------------------------
 
 
+class LastErrorDoc(BaseModel):
+    code: str | None = Field(
+        None,
+        description="upstream-unavailable, rate-limited, configuration, ...",
+        json_schema_extra=ui("Last error code"),
+    )
+    title: str | None = Field(
+        None, description="What happened.", json_schema_extra=ui("Last error title")
+    )
+    detail: str | None = Field(
+        None, description="More about it (never a secret).", json_schema_extra=ui("Last error")
+    )
+    upstreamStatus: int | None = Field(
+        None,
+        description="SmartDialog's HTTP status, if it answered.",
+        json_schema_extra=ui("Last upstream status") | {"format": "int32"},
+    )
+    attempts: int | None = Field(
+        None,
+        description="Attempts made when it happened.",
+        json_schema_extra=ui("Attempts at last error") | {"format": "int32"},
+    )
+
+
 class AcceptedDoc(BaseModel):
     """202: accepted and queued; poll ``Location`` (= StatusUrl)."""
 
@@ -147,6 +171,22 @@ class AcceptedDoc(BaseModel):
     )
     Attempts: int | None = Field(
         None, description="Sending attempts so far.", json_schema_extra=ui("Attempts")
+    )
+    LastError: LastErrorDoc | None = Field(
+        None,
+        description="Why the last attempt failed, or what the send waits for (code configuration).",
+        json_schema_extra=ui("Last error"),
+    )
+    CreatedAt: str | None = Field(
+        None, description="When it was accepted.", json_schema_extra=ui("Created at")
+    )
+    ValidUntil: str | None = Field(
+        None,
+        description="It fails expired if not sent by then.",
+        json_schema_extra=ui("Valid until"),
+    )
+    Connection: str | None = Field(
+        None, description="The connection it is sent through.", json_schema_extra=ui("Connection")
     )
     StatusUrl: str | None = Field(
         None,
@@ -206,6 +246,12 @@ class SentDoc(BaseModel):
         description="When SmartDialog accepted it (with a SendDateTime: before it goes out).",
         json_schema_extra=ui("Sent at"),
     )
+    Attempts: int | None = Field(
+        None, description="Sending attempts it took.", json_schema_extra=ui("Attempts")
+    )
+    Connection: str | None = Field(
+        None, description="The connection it was sent through.", json_schema_extra=ui("Connection")
+    )
 
 
 class TemplateRecipientDoc(BaseModel):
@@ -253,6 +299,12 @@ class TemplateSentDoc(BaseModel):
         None,
         description="When SmartDialog accepted it (with a SendDateTime: before it goes out).",
         json_schema_extra=ui("Sent at"),
+    )
+    attempts: int | None = Field(
+        None, description="Sending attempts it took.", json_schema_extra=ui("Attempts")
+    )
+    connection: str | None = Field(
+        None, description="The connection it was sent through.", json_schema_extra=ui("Connection")
     )
 
 

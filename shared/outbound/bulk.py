@@ -438,6 +438,12 @@ def get_bulk_status(ctx: ActionContext, inp: BulkStatusInput) -> ActionResponse:
     return ActionResponse.json(doc, status=status, headers=headers)
 
 
+#: The headers of a pending batch's answer.
+_POLL_HEADERS = {
+    "Location": "The batch status URL (carries its own token).",
+    "Retry-After": "Seconds to wait before polling.",
+}
+
 SPECS: tuple[ActionSpec[Any], ...] = (
     ActionSpec(
         operation_id="SendBulkMessages",
@@ -458,15 +464,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             ResponseDoc(
                 200, "Every recipient final (the final answer of Location).", BulkStatusDoc
             ),
-            ResponseDoc(
-                202,
-                "Accepted and queued; poll Location.",
-                BulkStatusDoc,
-                {
-                    "Location": "The batch status URL (carries its own token).",
-                    "Retry-After": "Seconds to wait before polling.",
-                },
-            ),
+            ResponseDoc(202, "Accepted and queued; poll Location.", BulkStatusDoc, _POLL_HEADERS),
         ),
         visibility="important",
         tags=(TAG,),
@@ -483,7 +481,10 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             "are final); with details=true each recipient's state and SmartDialog's ids. Needs "
             "the token of the batch status URL, not a function key."
         ),
-        responses=(ResponseDoc(200, "All recipients final.", BulkStatusDoc),),
+        responses=(
+            ResponseDoc(200, "All recipients final.", BulkStatusDoc),
+            ResponseDoc(202, "Some still pending.", BulkStatusDoc, _POLL_HEADERS),
+        ),
         visibility="internal",
         routed=False,
         tags=(TAG,),

@@ -574,3 +574,16 @@ def test_no_summary_says_a_before_a_vowel(committed: dict[str, Any]) -> None:
     """DeleteOptOutTrigger's read 'Remove a opt-out subscription'."""
     summaries = {op_id: op.get("summary", "") for op_id, op in operations(committed).items()}
     assert {k: s for k, s in summaries.items() if re.search(r"\b[Aa] [aeioAEIO]", s)} == {}
+
+
+@pytest.mark.parametrize("operation_id", ["GetMessageStatus", "GetBulkStatus", "GetQuestionStatus"])
+def test_a_status_operation_declares_its_pending_answer(
+    committed: dict[str, Any], operation_id: str
+) -> None:
+    """Each answers 202 with Location and Retry-After while anything is pending. GetBulkStatus
+    declared only its 200 (found in review: its pending answers matched no declared status, so
+    a flow calling it had no schema for them)."""
+    pending = operations(committed)[operation_id]["responses"].get("202")
+    assert pending is not None, operation_id
+    assert {"Location", "Retry-After"} <= set(pending.get("headers", {})), operation_id
+    assert pending.get("schema"), operation_id

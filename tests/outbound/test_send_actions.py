@@ -466,3 +466,42 @@ def test_a_send_sent_away_for_the_quota_is_polled_when_its_own_slot_frees(
     assert [poll.status for poll in polls] == [202, 202, 202]
     # The first slot, the second, and (never sent away) the first slot the senders were told.
     assert [poll.headers["Retry-After"] for poll in polls] == ["6", "10", "6"]
+
+
+def test_every_field_of_a_sends_answers_is_declared_in_the_connector(
+    outbound: Outbound, manual_clock: ManualClock
+) -> None:
+    """A flow's dynamic content comes from the connector's schemas. Found in review: the
+    pending answer's LastError, CreatedAt, ValidUntil and Connection and the final answer's
+    Attempts and Connection, which docs/sending.md promises, were declared nowhere."""
+    from shared.names import OUTBOUND_QUEUE
+    from shared.outbound import OutboundSender
+    from tests.outbound.conftest import TEMPORARY
+    from tools.generate_connector import DEFINITION_PATH
+
+    definition = json.loads(DEFINITION_PATH.read_text("utf-8"))
+    [send] = [
+        op
+        for path in definition["paths"].values()
+        for op in path.values()
+        if isinstance(op, dict) and op.get("operationId") == "SendMessage"
+    ]
+
+    def declared(status: str) -> set[str]:
+        return set(send["responses"][status]["schema"]["properties"])
+
+    retried = post(sms(TEMPORARY, content="declared"))  # a 503: its status shows LastError
+    [copy] = outbound.read(OUTBOUND_QUEUE)
+    OutboundSender.from_settings().process(json.dumps(copy))
+    pending = status_of(retried.headers["Location"])
+    done = post(sms(DELIVERED, content="declared"))
+    outbound.drain()
+    final = status_of(done.headers["Location"])
+
+    assert (pending.status, final.status) == (202, 200)
+    assert "LastError" in pending.body
+    assert set(pending.body["LastError"]) <= set(
+        send["responses"]["202"]["schema"]["properties"]["LastError"]["properties"]
+    )
+    assert set(pending.body) <= declared("202")
+    assert set(final.body) <= declared("200")
