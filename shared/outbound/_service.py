@@ -406,8 +406,8 @@ class SendService:
         return self._pending(record, status=202)
 
     def _pending(self, record: MessageRecord, *, status: int) -> StatusView:
-        if record.status.is_final:
-            return self.view(record)
+        if record.status.is_final:  # a repeat's answer: as its status URL's (recipients' too)
+            return self.view(record, self.store.get_with_slots(record.message_id)[1])
         body: dict[str, Any] = {
             "Id": record.message_id,
             "Status": str(record.status),

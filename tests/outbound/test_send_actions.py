@@ -79,6 +79,10 @@ def test_second_post_with_same_idempotency_key_returns_first_answer_and_enqueues
     after = call_http("SendMessage", "POST", body=sms(DELIVERED), headers={"Idempotency-Key": "k1"})
     assert after.status == 200  # the first answer, now final: the message was sent
     assert after.body["Id"] == first.body["Id"]
+    # As its status URL answers it, each recipient's state too (found in review: a repeat's
+    # Recipients had no Status, so a flow's retry read another shape than its first run).
+    assert after.body == status_of(first.headers["Location"]).body
+    assert after.body["Recipients"][0]["Status"] in ("sent", "delivered")
     assert outbound.queued() == 0
     assert len(outbound.upstream()) == 1
 
