@@ -461,9 +461,11 @@ class MessageStore:
         self, record: MessageRecord, *, now: dt.datetime, valid_until: dt.datetime
     ) -> MessageRecord | None:
         """The one way back from a final state: a ``failed`` message is ``queued`` again with
-        its attempts, failure, lease, backoff, announcement and claiming connection cleared and
-        the fresh validity ``valid_until``, in one write (a re-drive that stopped after it finds
-        it queued and sendable, never queued and expired). None when the compare-and-swap lost;
+        its attempts, failure, lease, backoff, wait, announcement, pack and claiming connection
+        cleared and the fresh validity ``valid_until``, in one write (a re-drive that stopped
+        after it finds it queued and sendable, never queued and expired). A bulk member loses its
+        pack key too: it goes alone with its own RequestId (only its pack's driver sent it in
+        a pack; beside single sends it would lead theirs). None when the compare-and-swap lost;
         IllegalTransition unless failed."""
         return self.swap(
             record,
@@ -475,9 +477,11 @@ class MessageStore:
             last_error=None,
             lease_until=None,
             next_attempt_at=None,
+            waits_until=None,
             finished_at=None,
             announced=False,
             pack_id=None,
+            pack_key=None if record.batch_id is not None else record.pack_key,
             sent_through=None,  # claimed again, by the connection claiming it then
             redriven_at=now,  # a failure after it is a new one (MessageRecord.failed_id)
             updated_at=now,
