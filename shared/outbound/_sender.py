@@ -459,7 +459,7 @@ class OutboundSender:
 
     def _hand_back(self, claim: _Claim, delay: float, reason: str, error: FailureInfo | None = None,
                    due: dt.datetime | None = None) -> SendOutcome:  # fmt: skip
-        """No call made: claim handed back (LastError ``error``, due again at ``due``: a
+        """No call made: claim handed back (LastError ``error``; a wait's ``due``, for its status:
         :class:`~shared.outbound._routing.Wait`), requeued after ``delay`` s."""
         self._give_back(claim, error=error, waits_until=due)
         attempts = claim.record.attempts - 1
