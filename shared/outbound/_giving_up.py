@@ -171,9 +171,11 @@ def expired(
 ) -> FailureInfo:
     """The failure of a message not sent within its validity; ``outcome-unknown`` if an
     attempt (the record's, or ``maybe_sent``: the one just made) may have reached upstream.
-    ``waiting``: what held it meanwhile (a broken setting, the identity provider, routing);
-    without it, the wait its ``LastError`` notes (:func:`waiting_error`: the quota store's too),
-    which is then no last error."""
+    It quotes ``last`` (default: its ``LastError``, on every send path alike). ``waiting``: what
+    held it meanwhile (a broken setting, the identity provider, routing); without it, the wait
+    its ``LastError`` notes (:func:`waiting_error`: the quota store's too), which is then no
+    last error."""
+    last = last or record.last_error
     if noted := [e for e in (last, record.last_error) if e and e.code == CONFIGURATION]:
         waiting = waiting or noted[0].detail
         last = None if last is noted[0] else last

@@ -217,8 +217,8 @@ class Outcomes:
         """An unclaimed message's expiry (``outcome-unknown`` if still ``sending``: its worker's
         lease ran out, perhaps mid-call), saying what it was ``waiting`` for (default: what
         holds its connection's sends now, :meth:`holding`) and quoting its ``last`` error
-        (default: its ``LastError``), on every path alike."""
-        waiting, last = waiting or self.holding(), last or record.last_error
+        (:func:`~shared.outbound._giving_up.expired`)."""
+        waiting = waiting or self.holding()
         return expired(record, last, maybe_sent=record.may_have_reached, waiting=waiting)
 
     def holding(self) -> str | None:
