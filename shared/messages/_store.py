@@ -465,8 +465,14 @@ class MessageStore:
         cleared and the fresh validity ``valid_until``, in one write (a re-drive that stopped
         after it finds it queued and sendable, never queued and expired). A bulk member loses its
         pack key too: it goes alone with its own RequestId (only its pack's driver sent it in
-        a pack; beside single sends it would lead theirs). None when the compare-and-swap lost;
+        a pack; beside single sends it would lead theirs). So does one an attempt may have sent
+        (``outcome-unknown``), which keeps that doubt (``maybe_sent``): its repeat goes under its
+        own RequestId, which SmartDialog may know, it cannot be cancelled, and a refusal or a
+        give-up of it is ``outcome-unknown`` again. None when the compare-and-swap lost;
         IllegalTransition unless failed."""
+        failure = record.failure
+        doubt = record.maybe_sent or (failure is not None and failure.code == "outcome-unknown")
+        alone = doubt or record.batch_id is not None
         return self.swap(
             record,
             _redrive=True,
@@ -481,7 +487,8 @@ class MessageStore:
             finished_at=None,
             announced=False,
             pack_id=None,
-            pack_key=None if record.batch_id is not None else record.pack_key,
+            pack_key=None if alone else record.pack_key,
+            maybe_sent=doubt,
             sent_through=None,  # claimed again, by the connection claiming it then
             redriven_at=now,  # a failure after it is a new one (MessageRecord.failed_id)
             updated_at=now,

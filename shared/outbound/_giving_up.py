@@ -19,6 +19,7 @@ __all__ = [
     "CONFIGURATION",
     "expired",
     "give_up",
+    "in_doubt",
     "may_have_been_sent",
     "not_repeated",
     "noted",
@@ -209,10 +210,18 @@ def poisoned(record: MessageRecord) -> FailureInfo:
     reached upstream (one recorded so, or one still ``sending``: its worker stopped mid-call)."""
     title = "The Functions host gave up on its queued command (moved to the poison queue)"
     detail = "Every delivery failed on our side (storage, or a damaged record); see the logs."
-    if record.may_have_reached:
-        return FailureInfo(code="outcome-unknown", title=f"{title}; it may have been sent",
-                           detail=may_have_been_sent(detail), attempts=record.attempts)  # fmt: skip
-    return FailureInfo(code="poisoned", title=title, detail=detail, attempts=record.attempts)
+    failure = FailureInfo(code="poisoned", title=title, detail=detail, attempts=record.attempts)
+    return in_doubt(record, failure)
+
+
+def in_doubt(record: MessageRecord, failure: FailureInfo) -> FailureInfo:
+    """``failure``, which ends ``record`` before a repeat could settle an attempt that may have
+    reached upstream (``may_have_reached``), as ``outcome-unknown``: never told as not sent,
+    and re-driven only with ``force`` (:func:`redrive_doubt`)."""
+    if not record.may_have_reached:
+        return failure
+    title, detail = f"{failure.title}; it may have been sent", may_have_been_sent(failure.detail)
+    return failure.model_copy(update={"code": "outcome-unknown", "title": title, "detail": detail})
 
 
 def redrive_doubt(failed: MessageRecord) -> str | None:

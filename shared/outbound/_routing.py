@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageStatus, reprompted_question
-from shared.outbound._giving_up import CONFIGURATION, noted, waiting_error
+from shared.outbound._giving_up import CONFIGURATION, in_doubt, noted, waiting_error
 from shared.outbound._models import (
     PackDriver,
     StoredCommand,
@@ -465,7 +465,10 @@ def _removed(
     if isinstance(message, PackDriver):
         open_members, leased = _open_members(outcomes, message.packId, now)
         held = [_held_for(r, now) for r in open_members]
-        outcomes.fail_many([(r, failure) for r, h in zip(open_members, held, strict=True) if not h])
+        failed = [
+            (r, in_doubt(r, failure)) for r, h in zip(open_members, held, strict=True) if not h
+        ]
+        outcomes.fail_many(failed)
         log.warning("pack %s: connection %s removed; %d member(s) failed",
                     message.packId, loggable_text(name), held.count(0.0))  # fmt: skip
         if any(held) or leased:  # a claim, or listed events left to the lease: after it
@@ -481,7 +484,9 @@ def _removed(
         copy = message.model_copy(update={"messageId": record.message_id})
         return outcomes.requeue(copy, message.attempts, wait, OutcomeKind.DEFERRED, "claimed")
     log.warning("message %s: connection %s removed; failed", record.message_id, loggable_text(name))
-    return outcomes.fail(record, failure.model_copy(update={"attempts": record.attempts}))
+    return outcomes.fail(
+        record, in_doubt(record, failure.model_copy(update={"attempts": record.attempts}))
+    )
 
 
 def _held_for(record: MessageRecord, now: dt.datetime) -> float:

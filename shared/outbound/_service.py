@@ -484,12 +484,12 @@ class SendService:
                     f"Message {message_id} is {record.status}.",
                     type=ProblemType.CONFLICT,
                 )
-            if record.attempts > 0:  # queued for a retry: its attempt may have been accepted
+            if record.attempts > 0 or record.maybe_sent:  # its attempt may have been accepted
                 raise Problem(
                     409,
                     "The message can no longer be cancelled",
-                    f"Message {message_id} was attempted and may have reached SmartDialog; it is "
-                    "retried with the same RequestId, so it is sent at most once.",
+                    f"Message {message_id} was attempted and may have reached SmartDialog, so "
+                    "it is retried, not cancelled.",
                     type=ProblemType.CONFLICT,
                 )
             now = self._clock()

@@ -179,7 +179,10 @@ def test_a_removed_connections_send_still_claimed_by_an_instance_of_the_old_sett
     assert failed is not None
     assert failed.status is MessageStatus.FAILED
     assert failed.failure is not None
-    assert failed.failure.code == "connection-removed"
+    # it died in the middle of the call, so the message may have been sent: it fails as such
+    # (re-driven only with force), not as certainly unsent
+    assert failed.failure.code == "outcome-unknown"
+    assert failed.failure.title.startswith("The message's connection no longer exists")
 
 
 def test_a_send_accepted_before_a_connection_claimed_its_customer_is_not_stranded(
