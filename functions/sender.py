@@ -18,11 +18,11 @@ bp = func.Blueprint()
 @bp.queue_trigger(arg_name="msg", queue_name=OUTBOUND_QUEUE, connection="AzureWebJobsStorage")
 def outbound_sender(msg: func.QueueMessage) -> None:
     """Send one queued message (see ``shared.outbound``)."""
-    from shared.outbound import OutboundSender
+    from shared.outbound import OutboundSender, held_copy
     from shared.unconfigured import kept_while_unconfigured
 
     text = msg.get_body().decode("utf-8", errors="replace")
-    with kept_while_unconfigured(OUTBOUND_QUEUE, text):
+    with kept_while_unconfigured(OUTBOUND_QUEUE, text, lambda: held_copy(text, msg.id)):
         OutboundSender.from_settings().process(
             text,
             queue_message_id=msg.id,

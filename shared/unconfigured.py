@@ -14,7 +14,7 @@ retries as for any storage failure.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from shared.logs import HeldSends
@@ -31,9 +31,13 @@ RECHECK_SECONDS = 60
 
 
 @contextmanager
-def kept_while_unconfigured(queue: str, text: str) -> Iterator[None]:
+def kept_while_unconfigured(
+    queue: str, text: str, copy: Callable[[], str] | None = None
+) -> Iterator[None]:
     """Run a queue trigger's work on ``text`` (a message of ``queue``); if the settings do not
-    validate, put ``text`` back on ``queue`` for :data:`RECHECK_SECONDS` instead of failing."""
+    validate, put ``text`` back on ``queue`` for :data:`RECHECK_SECONDS` instead of failing
+    (``copy()`` instead when given: the outbound queue's, which names the message a send
+    command's queue message gave its id, as the copy is a new queue message)."""
     try:
         yield
     except SettingsInvalid as problem:
@@ -41,7 +45,7 @@ def kept_while_unconfigured(queue: str, text: str) -> Iterator[None]:
         from shared.storage import queue_client
 
         queue_client(queue, StorageSettings()).send_message(
-            text, visibility_timeout=RECHECK_SECONDS
+            copy() if copy else text, visibility_timeout=RECHECK_SECONDS
         )
         log.debug("%s: the app is not configured (%s); the message is back on the queue for %d s",
                   queue, problem.detail, RECHECK_SECONDS)  # fmt: skip

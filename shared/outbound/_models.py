@@ -378,6 +378,35 @@ def derive_message_id(scope: str, key: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{scope}\n{key}"))
 
 
+def named_command(text: str, queue_message_id: str | None) -> tuple[str, str] | None:
+    """A queued send command that names no message (no ``messageId``, no ``RequestId``: the
+    sender takes its id from its queue message) as that id and the command with it written in,
+    so that a copy put back on the queue (a new queue message) stays the same message, never
+    sent again as a new one. None for any other (one naming its message, a pack driver, a
+    stored command, one that cannot be read) or without ``queue_message_id``."""
+    try:
+        message = parse_queue_message(text)
+    except ValueError:  # a ValidationError too: the sender dead-letters it
+        return None
+    if not queue_message_id or isinstance(message, PackDriver | StoredCommand):
+        return None
+    if message.messageId or getattr(message.body, "RequestId", None):
+        return None
+    mid = derive_message_id("queue-message", queue_message_id)
+    written = {**json.loads(text), "messageId": mid}
+    return mid, json.dumps(written, ensure_ascii=False, separators=(",", ":"))
+
+
+def held_copy(text: str, queue_message_id: str | None) -> str:
+    """What goes back on the queue for queue message ``text`` while the app's settings do not
+    validate (:mod:`shared.unconfigured`): :func:`named_command`'s copy when it fits a queue
+    message, else ``text``."""
+    from shared.payloads import fits_queue
+
+    named = named_command(text, queue_message_id)
+    return named[1] if named is not None and fits_queue(named[1]) else text
+
+
 def request_message_id(customer: str, request_id: str, connection: str | None = None) -> str:
     """The message id of a queued command without ``messageId``: the same RequestId of the
     same customer (and named connection: the default's ids predate connections) is the same

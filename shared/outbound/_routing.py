@@ -9,7 +9,6 @@ client (credentials, msal token cache), the quota and the defaults, all in its p
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -20,7 +19,7 @@ from shared.outbound._models import (
     PackDriver,
     StoredCommand,
     command_connection,
-    derive_message_id,
+    named_command,
     parse_queue_message,
 )
 from shared.outbound._outcomes import (
@@ -182,17 +181,11 @@ def unrouted(
     except ValueError:  # (a ValidationError too) not read above either
         message = None
     mid = None if message is None or isinstance(message, PackDriver) else message.messageId
-    if (
-        mid is None
-        and queue_message_id
-        and message is not None
-        and not isinstance(message, PackDriver | StoredCommand)
-        and not getattr(message.body, "RequestId", None)
-    ):  # its id is its queue message's, new for each copy put back: written in (a command then
-        # too large for a queue message goes by reference)
-        mid = derive_message_id("queue-message", queue_message_id)
-        written = json.dumps({**json.loads(text), "messageId": mid}, ensure_ascii=False,
-                             separators=(",", ":"))  # fmt: skip
+    named = named_command(text, queue_message_id)
+    if named is not None and not isinstance(message, PackDriver | StoredCommand | None):
+        # its id is its queue message's, new for each copy put back: written in (a command
+        # then too large for a queue message goes by reference)
+        mid, written = named
         text = queued_text(written, message_id=mid, payloads=outcomes.ports.payloads,
                            attempts=message.attempts, deferrals=message.deferrals)  # fmt: skip
     log.debug("message %s waits for the connections' routing: %s", mid or "(no id yet)", detail)

@@ -19,7 +19,7 @@ from shared.clock import ManualClock, utcnow
 from shared.logs import HeldSends
 from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.names import OUTBOUND_QUEUE
-from shared.outbound import OutboundSender, _outcomes
+from shared.outbound import OutboundSender, _outcomes, derive_message_id
 from shared.outbound._outcomes import CONFIGURATION_RECHECK_SECONDS, OutcomeKind
 from shared.quota import QuotaStore
 from shared.settings import get_settings
@@ -496,3 +496,26 @@ def test_a_bulk_member_in_backoff_keeps_its_last_error_while_its_pack_waits_for_
     manual_clock.advance(31)
     OutboundSender.from_settings().process(json.dumps(driver))
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+def test_a_command_naming_no_message_put_back_while_unconfigured_is_not_sent_again(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a command with neither ``messageId`` nor ``RequestId`` takes its id
+    from its queue message. Delivered again after it was sent (a crash before its delete) while
+    a setting did not validate, it was put back unchanged as a new queue message, so once the
+    setting was fixed it was a new message with a new RequestId, sent a second time."""
+    import shared.unconfigured
+
+    monkeypatch.setattr(shared.unconfigured, "RECHECK_SECONDS", 0)  # the copy visible at once
+    text = json.dumps({"operation": "SendMessage", "body": sms(DELIVERED, content="Put back")})
+    outbound.invoke(text, message_id="q-first")  # sent
+    outbound.invoke(text, message_id="q-first", dequeue_count=2)  # delivered again: recognised
+    assert len(outbound.upstream()) == 1
+    outbound.configure(QUOTA_CALLS=0)  # a setting that does not validate
+    outbound.invoke(text, message_id="q-first", dequeue_count=3)  # put back as a new message
+    outbound.configure(QUOTA_CALLS=2000)  # fixed
+    [copy] = outbound.read(OUTBOUND_QUEUE)
+    assert copy["messageId"] == derive_message_id("queue-message", "q-first")  # its id, kept
+    outbound.drain()
+    assert len(outbound.upstream()) == 1
