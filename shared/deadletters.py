@@ -97,7 +97,7 @@ REFRESH_ROWS = 5000
 #: The longest dead-letter id (queue name, separator, RowKey) there can be.
 ID_MAX_LENGTH = 400
 # What Table storage refuses in a key (and what a key never holds here).
-_UNSAFE_KEY = re.compile(r"[/\\#?'\x00-\x1f\x7f]")
+_UNSAFE_KEY = re.compile(r"[/\\#?'\x00-\x1f\x7f-\x9f]")
 _ID_SEPARATOR = "~"
 
 
@@ -139,14 +139,8 @@ def original_aside(letter: _Letter, payloads: PayloadStore | None) -> _Letter:
         from shared.payloads import PayloadStore
 
         payloads = PayloadStore.from_settings()
-    original = letter.original
-    return letter.model_copy(
-        update={
-            "original": None,
-            "originalBlob": payloads.put(original, kind="original"),
-            "originalBytes": len(original.encode("utf-8")),
-        }
-    )
+    blob, size = payloads.put(letter.original, kind="original"), len(letter.original.encode())
+    return letter.model_copy(update={"original": None, "originalBlob": blob, "originalBytes": size})
 
 
 def send_forever(queue: QueueLike, text: str) -> Any:
@@ -425,18 +419,20 @@ class DeadLetterIndex:
     ) -> tuple[list[DeadLetterEntry], str | None]:
         """Up to ``top`` entries passing ``where``, oldest first per queue, and the token of the
         next page (None on the last). Raises ``ValueError`` for a token this did not make."""
+        from azure.core.exceptions import HttpResponseError
+
         token = _decode_token(continuation) if continuation else None
         pages = self._table.query_entities(_odata_filter(where), results_per_page=top).by_page(
             continuation_token=token
         )
-        entries: list[DeadLetterEntry] = []
-        for page in pages:
-            entries.extend(_entry(e) for e in page)
-            # One service page per call: it may hold fewer than top (the service stops a page
-            # early on a partition boundary), never more.
-            next_token = getattr(pages, "continuation_token", None)
-            return entries, _encode_token(next_token) if next_token else None
-        return entries, None
+        try:  # one service page per call: fewer than top at a partition boundary, never more
+            entries = [_entry(e) for e in next(pages, [])]
+        except HttpResponseError as exc:  # Azure refuses keys it never handed out (InvalidInput)
+            if token is None or exc.status_code != 400:
+                raise
+            raise ValueError("not a continuation token of this list") from exc
+        next_token = getattr(pages, "continuation_token", None)
+        return entries, _encode_token(next_token) if next_token else None
 
     def matching(
         self, where: DeadLetterFilter, *, limit: int, after: str | None = None
@@ -470,8 +466,7 @@ def letter_keys(letter_id: str) -> tuple[str, str] | None:
     queue, sep, row_key = letter_id.partition(_ID_SEPARATOR)
     if not sep or not queue or not row_key or _UNSAFE_KEY.search(letter_id):
         return None
-    # Not ours past its length; Table storage refuses keys over 1 KiB.
-    return None if len(letter_id) > ID_MAX_LENGTH else (queue, row_key)
+    return None if len(letter_id) > ID_MAX_LENGTH else (queue, row_key)  # longer: not ours
 
 
 def _odata_filter(where: DeadLetterFilter) -> str:
@@ -511,16 +506,16 @@ def _entry(entity: dict[str, Any]) -> DeadLetterEntry:
 
 
 def _encode_token(token: Any) -> str:
+    token = {k: v for k, v in token.items() if v is not None}  # Azure's at a queue's end
     raw = json.dumps(token, sort_keys=True, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_token(text: str) -> Any:
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("not a continuation token of this list") from exc
+        value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError):
+        value = None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError("not a continuation token of this list")
     return value
