@@ -187,7 +187,7 @@ def handle_page_action(
                 if busy.status != 409:
                     raise
                 notice = f"{letter_id}: not done: {busy.detail or busy.title}"
-            log.info("ops page: %s by %s", loggable_text(notice), loggable_text(principal.id))
+            log.info("ops page: %s by %s", loggable_text(notice), loggable_id(principal.id))
         # Relative: the page is one segment up, whatever the host's route prefix.
         signed = {"done": notice, "sig": notice_token(current, principal, notice)}
         # At #notice (focusable, role=status): keyboard and screen-reader users land on it.
