@@ -277,6 +277,12 @@ class Settings(StorageSettings):
             raise ValueError("must be an absolute http:// or https:// URL, e.g. https://host")
         if "?" in value or "#" in value or any(c.isspace() for c in value):
             raise ValueError("must not have a query, a fragment or spaces")
+        if not value.isascii():  # it goes into headers: a host in its xn-- form
+            raise ValueError("must be ASCII (an internationalised host in its xn-- form)")
+        if "@" in parts.netloc:  # httpx would send it as Basic auth, in place of our token
+            raise ValueError("must not carry a user name or password (user:password@)")
+        if info.field_name == "authority" and not parts.path.strip("/"):
+            raise ValueError("must name the tenant (or B2C tenant and policy) in its path")
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
         prefix = http_route_prefix()
         public = info.field_name == "public_base_url_setting"
@@ -302,6 +308,20 @@ class Settings(StorageSettings):
                 f"SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS ({self.send_quota_wait_seconds:g}) + "
                 f"{self.send_lease_margin_seconds:g} s margin = {needed:g} s: otherwise another "
                 "worker could take over a claim whose upstream call is still in flight"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _status_token_outlasts_a_poll(self) -> Settings:
+        # A pending status hands out a fresh status URL that the flow polls after Retry-After
+        # (or later): a token ending sooner fails every wait with a 403.
+        longest = max(self.question_poll_seconds, self.send_status_retry_after_seconds)
+        if 0 < self.status_token_ttl_seconds < 2 * longest:
+            raise ValueError(
+                f"SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS ({self.status_token_ttl_seconds:g}) must "
+                f"be 0 or at least twice the longest Retry-After of a status ({longest} s, "
+                "SMARTDIALOG_QUESTION_POLL_SECONDS or SMARTDIALOG_SEND_STATUS_RETRY_AFTER_SECONDS)"
+                ": a flow polls its status URL that long after it was handed out"
             )
         return self
 

@@ -168,6 +168,12 @@ def test_default_send_lease_outlasts_an_attempt_by_a_second(
         ("SMARTDIALOG_AUTHORITY", "https://"),
         ("SMARTDIALOG_BASE_URL", "https://api.example:notaport/v1"),
         ("SMARTDIALOG_PUBLIC_BASE_URL", "https://app.example/?"),
+        # Found in review: each passed, then failed on every use.
+        ("SMARTDIALOG_AUTHORITY", "https://login.example"),  # msal needs a tenant or policy
+        ("SMARTDIALOG_BASE_URL", "https://someone:pa55word@api.example/v1"),  # Basic auth
+        ("SMARTDIALOG_PUBLIC_BASE_URL", "https://user@app.example"),
+        ("SMARTDIALOG_PUBLIC_BASE_URL", "https://例え.jp"),  # a Location header of "??.jp"
+        ("SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS", "30"),  # a question's poll comes after 60 s
     ],
 )
 def test_a_value_that_cannot_work_is_a_configuration_problem_naming_the_setting(
