@@ -71,7 +71,8 @@ CONNECTION_HEADER = "X-SmartDialog-Connection"
 #: The field naming a queued command's connection (absent: routed as ``default``).
 CONNECTION_FIELD = "Connection"
 PREFIX = "SMARTDIALOG_CONNECTIONS__"
-_SETTING_PREFIX = "SMARTDIALOG_"
+#: Keys read as connection settings: a misspelt one (azd's JSON too) is an error, not ignored.
+_NEAR_PREFIX, _SETTING_PREFIX = "SMARTDIALOG_CONNECTION", "SMARTDIALOG_"
 #: The account's own settings: never taken from the app-wide values.
 OWN_SETTINGS = (
     "CLIENT_ID",
@@ -226,7 +227,8 @@ def connections() -> Connections:
     only when the app-wide settings do not validate)."""
     from shared.settings import get_settings
 
-    given = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(PREFIX)))
+    near = _NEAR_PREFIX
+    given = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(near)))
     return _parsed(get_settings(), given)
 
 
@@ -404,11 +406,10 @@ def _parse(environ: Mapping[str, str], base: Settings) -> Connections:
     given: dict[str, dict[str, str]] = {}  # name -> SETTING -> value
     spelled: dict[str, str] = {}  # name -> NAME as written
     for key in sorted(environ):
-        if not key.upper().startswith(PREFIX):
+        if not key.upper().startswith(_NEAR_PREFIX):
             continue
-        rest = key[len(PREFIX) :]
-        raw_name, sep, setting = rest.partition("__")
-        if not sep or not raw_name or not setting or "__" in setting:
+        raw_name, sep, setting = key[len(PREFIX) :].partition("__")
+        if not (key.upper().startswith(PREFIX) and sep and raw_name and setting) or "__" in setting:
             errors.append(
                 FieldError(key, f"Not a connection setting: write {PREFIX}<NAME>__<SETTING>.")
             )

@@ -245,6 +245,27 @@ def test_a_key_naming_no_connection_holds_every_connection_as_the_readme_says(
     assert two.env.upstream() == []
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "SMARTDIALOG_CONNECTIONS",  # azd's JSON variable (docs/deploy.md), set as an app setting
+        "SMARTDIALOG_CONNECTION__SALES__CUSTOMERS",  # singular
+        "SMARTDIALOG_CONNECTIONS_SALES__CUSTOMERS",  # one underscore
+    ],
+)
+def test_a_misspelt_connection_key_is_an_error_not_a_customer_sent_through_default(
+    two: TwoConnections, key: str
+) -> None:
+    """Found in review: such keys were ignored (health 200), so the customer they meant to
+    claim for its own account was sent through ``default``'s."""
+    two.env.monkeypatch.setenv(key, "2001" if key.endswith("CUSTOMERS") else '[{"name": "s"}]')
+    forget_settings()
+    answer = call_http("SendMessage", "POST", body=sms("+358400000017"))
+    assert answer.status == 503
+    assert [e["field"] for e in answer.body["errors"]] == [key]
+    assert two.env.queued() == 0
+
+
 def test_list_connections_names_customers_and_never_secrets(two: TwoConnections) -> None:
     answer = call_http("ListConnections", "GET")
     assert answer.status == 200
