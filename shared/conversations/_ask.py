@@ -8,6 +8,7 @@ passes or its send ended unsent."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -215,10 +216,8 @@ class QuestionAnswerDoc(BaseModel):
         None, description="Our id of the send.", json_schema_extra=ui("Message Id")
     )
     Status: str = Field(
-        description=(
-            "answered, timed_out, opted_out, replaced, or failed (its send failed and was "
-            "re-driven since; until then the status URL answers the send's problem)."
-        ),
+        description="answered, timed_out, opted_out, replaced, or failed (its send failed and was "
+        "re-driven since; until then the status URL answers the send's problem).",
         json_schema_extra=ui("Status"),
     )
     Reply: str | None = Field(
@@ -344,6 +343,9 @@ class AskService:
                 return self._replayed(conflict.open_question, command, idempotency_key, claim)
             return self._refused(claim, _conflict(conflict.open_question, self.settings))
         self._send(created, command, idempotency_key, claim, not_before=known_everywhere)
+        if open_one is not None:  # replaced: its text, unless on its way, never goes (a reply
+            with contextlib.suppress(Problem, AzureError):  # to it would answer this one)
+                self.send.cancel(open_one.message_id)
         return self._open_view(created, status=202)
 
     def _claim(
@@ -432,10 +434,8 @@ class AskService:
         except (Problem, NotQueued) as refused:
             code = REFUSED if isinstance(refused, Problem) else NOT_ACCEPTED
             if first:
-                at = self._clock()
-                self.questions.end(
-                    question.question_id, QuestionStatus.FAILED, at=at, failure_code=code
-                )
+                failed, at = QuestionStatus.FAILED, self._clock()
+                self.questions.end(question.question_id, failed, at=at, failure_code=code)
             if isinstance(refused, Problem):
                 raise _in_ask_terms(refused) from None
             raise

@@ -388,6 +388,29 @@ def test_a_new_question_ends_an_open_one_whose_send_was_cancelled_instead_of_a_4
     assert _poll(inbound, first).status == 410
 
 
+def test_a_replaced_questions_text_not_yet_sent_is_cancelled_and_never_reaches_the_number(
+    inbound: Inbound,
+) -> None:
+    """Found in review: the replaced question's queued text still went out after it ended
+    ``replaced``, so a "No" to the Monday booking's text answered the Tuesday one."""
+    number = "+358401234597"
+    monday = _ask(inbound, number, Content="Monday at 9: reply YES or NO")
+    tuesday = _ask(inbound, number, Content="Tuesday at 9: reply YES or NO",
+                   ReplaceOpenQuestion=True)  # fmt: skip
+    store = MessageStore.from_settings()
+    withdrawn = store.get(monday.body["MessageId"])
+    assert withdrawn is not None
+    assert withdrawn.status is MessageStatus.CANCELLED
+
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=90)
+
+    sent = [r["body"]["Content"] for r in inbound.sandbox.state.snapshot("requests")
+            if r["operationId"] == "SendMessage"]  # fmt: skip
+    assert sent == ["Tuesday at 9: reply YES or NO"]
+    assert _poll(inbound, monday).body["Status"] == "replaced"
+    assert _poll(inbound, tuesday).body["Status"] == "open"
+
+
 def test_a_reply_before_the_question_went_out_answers_nothing_and_is_not_re_prompted(
     inbound: Inbound,
 ) -> None:
