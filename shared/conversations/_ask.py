@@ -35,6 +35,7 @@ from shared.inbound._answers import reprompt_message_id
 from shared.logs import redacted
 from shared.messages import (
     ANSWER_GRACE,
+    QUESTION_ID_PATTERN,
     UNSENT,
     IdempotencyEntry,
     MessageRecord,
@@ -176,7 +177,7 @@ class QuestionStatusInput(ActionInput):
         Param("path", "QuestionId"),
         Field(
             max_length=100,
-            pattern=r"^q[0-9a-f]{32}-[0-9a-f]{32}$",
+            pattern=QUESTION_ID_PATTERN,
             description="Our id of the question.",
             json_schema_extra=ui("Question Id", visibility="important"),
         ),
@@ -333,6 +334,7 @@ class AskService:
             sender=body.Sender,
             protocol=body.Protocol,
             customer_id=customer,
+            customer_data=body.CustomerData,
             connection=named,  # its re-prompt goes out as it does
             request_key=claim.key_hash if claim else None,
         )
@@ -555,12 +557,9 @@ def _asks_as(question: QuestionRecord, body: AskBody) -> bool:
     """Whether ``question`` asks what ``body`` does, as its row tells (not its text: an unsent
     one's is nowhere): sender, protocol, answers, re-prompt, a timeout :data:`ASKED_LATER` late."""
     late = question.expires_at - question.created_at - dt.timedelta(seconds=body.TimeoutSeconds)
-    return dt.timedelta(0) <= late <= ASKED_LATER and (
-        question.sender,
-        question.protocol,
-        question.options,
-        question.reprompt,
-    ) == (body.Sender, body.Protocol, tuple(body.Options), body.RepromptContent)
+    asked = (question.sender, question.protocol, question.options, question.reprompt)
+    wanted = (body.Sender, body.Protocol, tuple(body.Options), body.RepromptContent)
+    return dt.timedelta(0) <= late <= ASKED_LATER and asked == wanted
 
 
 def _in_ask_terms(problem: Problem) -> Problem:
@@ -585,9 +584,7 @@ def _no_webhook(service: str) -> StatusView:
 
 
 def _conflict(open_one: QuestionRecord, settings: Settings) -> StatusView:
-    more = int(
-        max(ANSWER_GRACE.total_seconds(), settings.send_lease_seconds)
-    )  # a reply, or its send, on its way
+    more = int(max(ANSWER_GRACE.total_seconds(), settings.send_lease_seconds))  # on their way
     problem = Problem(
         409,
         "A question to this recipient is still open",

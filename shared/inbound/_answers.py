@@ -92,11 +92,12 @@ def reprompt_command(question: QuestionRecord) -> str:
         "Content": question.reprompt,
         "Protocol": question.protocol,
         "Recipients": [{"Address": question.address}],  # RequestId: the sender fills ours in
-        "CustomerData": f"question={question.question_id}"[:255],
+        "CustomerData": question.customer_data,  # as its text's (None from an earlier release)
     }
     command = {
         "operation": "SendMessage",
         "messageId": message_id,
+        "questionId": question.question_id,
         "customerId": question.customer_id,
         "serviceId": question.service_id,
         "Connection": question.connection,  # as it was asked (None: by its customer's claim)
@@ -163,6 +164,8 @@ class QuestionAnswers:
             return "opted_out"
         if not (unreadable or send_may_have_gone_out(send)):
             return "none"  # its text has not gone out: this is no reply to it
+        if send and send.claimed_at and received_at < send.claimed_at - CLOCK_SKEW:
+            return "none"  # received before its text could go out, handled after (held up)
         matched, option = match_answer(question.options, payload.content)
         if matched or (not question.options and payload.attachments):  # a photo is a reply too
             done = self.questions.answer(

@@ -24,6 +24,7 @@ __all__ = [
     "BATCH_TRANSITIONS",
     "MESSAGE_ID_PATTERN",
     "MESSAGE_TRANSITIONS",
+    "QUESTION_ID_PATTERN",
     "REDRIVE",
     "BatchStatus",
     "FailureFieldError",
@@ -40,6 +41,8 @@ __all__ = [
 #: Our message ids (and a caller's own ``messageId`` on the queue): what a Table key and a URL
 #: path segment take as they are.
 MESSAGE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: Our question ids: their partition (``q`` and 32 hex digits), ``-``, a UUID's 32 hex digits.
+QUESTION_ID_PATTERN = r"^q[0-9a-f]{32}-[0-9a-f]{32}$"
 
 
 class Operation(enum.StrEnum):

@@ -217,13 +217,15 @@ def reprompt_message_id(question_id: str) -> str:
     return str(uuid.uuid5(_REPROMPT_NAMESPACE, f"reprompt\n{question_id}"))
 
 
-def reprompted_question(message_id: str | None, customer_data: str | None) -> str | None:
-    """The question whose re-prompt the send ``message_id`` (with ``customer_data``
-    ``question=<id>``) is (:func:`reprompt_message_id`), else None."""
-    question_id = (customer_data or "").removeprefix("question=")
-    if question_id == customer_data or message_id != reprompt_message_id(question_id):
-        return None
-    return question_id
+def reprompted_question(
+    message_id: str | None, question_id: str | None, customer_data: str | None
+) -> str | None:
+    """The question whose re-prompt the send ``message_id`` is (:func:`reprompt_message_id`):
+    its command's ``questionId``, or for one the release before queued, its ``customer_data``
+    ``question=<id>``; else None."""
+    if question_id is None and (customer_data or "").startswith("question="):
+        question_id = (customer_data or "").removeprefix("question=")
+    return question_id if question_id and message_id == reprompt_message_id(question_id) else None
 
 
 def _partition_of(question_id: str) -> str:
@@ -255,6 +257,7 @@ class QuestionRecord:
     sender: str | None = None
     protocol: str | None = None
     customer_id: str | None = None
+    customer_data: str | None = None  # its text's CustomerData, which its re-prompt carries too
     #: The named connection it was asked through (its re-prompt goes the same way); None: the
     #: default, or a row an earlier release wrote (its re-prompt is routed by its customer).
     connection: str | None = None
@@ -302,6 +305,7 @@ class QuestionRecord:
             "Sender": self.sender,
             "Protocol": self.protocol,
             "CustomerId": self.customer_id,
+            "CustomerData": self.customer_data,
             "Connection": self.connection,
             "Reply": self.reply,
             "MatchedOption": self.matched_option,
@@ -332,6 +336,7 @@ class QuestionRecord:
             sender=entity.get("Sender"),
             protocol=entity.get("Protocol"),
             customer_id=entity.get("CustomerId"),
+            customer_data=entity.get("CustomerData"),
             connection=entity.get("Connection"),
             reply=entity.get("Reply"),
             matched_option=entity.get("MatchedOption"),
@@ -435,13 +440,11 @@ class QuestionStore:
             return None
         return QuestionRecord.from_entity(entity)
 
-    def ended_reprompt(self, message_id: str | None, customer_data: str | None) -> bool:
-        """Whether the send ``message_id`` (with ``customer_data``) is a question's re-prompt
-        (:func:`reprompt_message_id`; ``question=<id>``) whose question is no longer open:
-        answered (also by a reply handled at the same time as the one that queued it), opted
-        out, timed out, replaced, failed (one unknown is not known to have ended). The sender
-        cancels such a one instead of sending it. One read, for re-prompts only."""
-        question_id = reprompted_question(message_id, customer_data)
+    def ended_reprompt(self, question_id: str | None) -> bool:
+        """Whether question ``question_id``, whose re-prompt a send is (:func:`reprompted_question`;
+        None: it is none), is no longer open: answered (also by a reply handled at the same time
+        as the one that queued it), opted out, timed out, replaced, failed (one unknown is not
+        known to have ended). The sender cancels such a re-prompt instead of sending it."""
         if question_id is None:
             return False
         record = self.get(question_id)

@@ -209,6 +209,9 @@ class MessageRecord:
     #: When a claim handed back to wait (for a token, credentials, the quota store) comes back:
     #: for its status only; its sends may go sooner once the wait is over (None: none since).
     waits_until: dt.datetime | None = None
+    #: When it was first claimed for an attempt: its text may have gone out from then on, never
+    #: before (None: never claimed, or by a release before this field).
+    claimed_at: dt.datetime | None = None
     last_error: FailureInfo | None = None
     failure: FailureInfo | None = None
     result: str | None = None
@@ -261,6 +264,7 @@ class MessageRecord:
             "LeaseUntil": plain_datetime(self.lease_until),
             "NextAttemptAt": plain_datetime(self.next_attempt_at),
             "WaitsUntil": plain_datetime(self.waits_until),
+            "ClaimedAt": plain_datetime(self.claimed_at),
             "LastError": self.last_error.model_dump_json() if self.last_error else None,
             "Failure": self.failure.model_dump_json() if self.failure else None,
             "UpstreamMessageId": self.upstream_message_id,
@@ -312,6 +316,7 @@ class MessageRecord:
                 lease_until=utc(entity.get("LeaseUntil")),
                 next_attempt_at=utc(entity.get("NextAttemptAt")),
                 waits_until=utc(entity.get("WaitsUntil")),
+                claimed_at=utc(entity.get("ClaimedAt")),
                 last_error=failure("LastError"),
                 failure=failure("Failure"),
                 result=joined(entity, "Result"),

@@ -33,7 +33,13 @@ from pydantic import (
 from shared.actions.fields import UPSTREAM_ID_MAX_LENGTH
 from shared.connections import FIELD_PATTERN, NAME_MAX_LENGTH, name_error
 from shared.deadletters import KeptOriginal
-from shared.messages import MESSAGE_ID_PATTERN, FailureInfo, Operation, text_connection
+from shared.messages import (
+    MESSAGE_ID_PATTERN,
+    QUESTION_ID_PATTERN,
+    FailureInfo,
+    Operation,
+    text_connection,
+)
 from shared.names import DEFAULT_CONNECTION, named_connection
 from shared.smartdialog import DiscussionReply, IsoDateTime, Message, WhatsAppTemplateMessage
 
@@ -237,6 +243,11 @@ class SendMessageCommand(_ServiceEnvelope):
     """SendMessage: an SMS (or a WhatsApp message, ``Protocol`` WhatsApp)."""
 
     operation: Literal["SendMessage"]
+    questionId: str | None = Field(
+        None,
+        pattern=QUESTION_ID_PATTERN,
+        description="Ours, on a question's re-prompt: its question (never sent upstream).",
+    )
     body: Message
 
 
@@ -395,6 +406,14 @@ def named_command(text: str, queue_message_id: str | None) -> tuple[str, str] | 
     mid = derive_message_id("queue-message", queue_message_id)
     written = {**json.loads(text), "messageId": mid}
     return mid, json.dumps(written, ensure_ascii=False, separators=(",", ":"))
+
+
+def reprompt_of(command: OutboundMessage) -> str | None:
+    """The question whose re-prompt ``command`` is (:func:`reprompted_question`), else None."""
+    from shared.messages import reprompted_question
+
+    asked, data = getattr(command, "questionId", None), getattr(command.body, "CustomerData", None)
+    return reprompted_question(command.messageId, asked, data)
 
 
 def held_copy(text: str, queue_message_id: str | None) -> str:

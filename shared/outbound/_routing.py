@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.logs import loggable_text
-from shared.messages import FailureInfo, MessageStatus, reprompted_question
+from shared.messages import FailureInfo, MessageStatus
 from shared.outbound._giving_up import CONFIGURATION, in_doubt, noted, waiting_error
 from shared.outbound._models import (
     PackDriver,
@@ -21,6 +21,7 @@ from shared.outbound._models import (
     command_connection,
     named_command,
     parse_queue_message,
+    reprompt_of,
 )
 from shared.outbound._outcomes import (
     CONFIGURATION_RECHECK_SECONDS,
@@ -144,7 +145,7 @@ def unserved(
 
     if isinstance(message, PackDriver) or message.Connection is None or not message.customerId:
         return None
-    if reprompted_question(message.messageId, getattr(message.body, "CustomerData", None)):
+    if reprompt_of(message):
         return None
     try:
         name = command_connection(message) or DEFAULT_CONNECTION  # only whitespace: default

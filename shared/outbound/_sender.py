@@ -38,6 +38,7 @@ from shared.outbound._models import (
     parse_outbound_message,
     parse_queue_message,
     readable_message_id,
+    reprompt_of,
     request_message_id,
     with_claimed_connection,
 )
@@ -527,8 +528,7 @@ class OutboundSender:
     def _unasked(self, command: OutboundMessage) -> bool:
         """Whether ``command`` is a question's re-prompt whose question has ended (answered, by a
         reply handled after or along with the one that queued it; timed out, ...): cancelled."""
-        data = getattr(command.body, "CustomerData", None)
-        return self.ports.questions.ended_reprompt(command.messageId, data)
+        return self.ports.questions.ended_reprompt(reprompt_of(command))
 
     def _refuse(self, command: OutboundMessage, failure: FailureInfo) -> SendOutcome | None:
         """Record a queue-only message that may not be sent and fail it at once (failed event, dead

@@ -433,6 +433,32 @@ def test_a_reply_before_the_question_went_out_answers_nothing_and_is_not_re_prom
     assert (answered.status, answered.body["MatchedOption"]) == (200, "Yes"), answered.body
 
 
+@pytest.mark.parametrize("options", [[], ["Yes", "No"]], ids=["any-reply", "re-prompted"])
+def test_a_message_received_before_the_text_went_out_but_handled_after_it_answers_nothing(
+    inbound: Inbound, manual_clock: ManualClock, options: list[str]
+) -> None:
+    """Found in review: whether the text may have gone out was read when the message was
+    handled, not when it was received. A message the webhook took while the send was still
+    queued, handled after it went out (a backlog of the intake queue, the host's retries),
+    answered the question (any reply accepted) or had it re-prompted."""
+    number = "+358401234594"
+    asked = _ask(inbound, number, Options=options, RepromptContent="Please reply YES or NO")
+    unrelated = intake_text("Running 10 min late, sorry", number)  # received now, held up
+    manual_clock.advance(40)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=90)  # the text goes out
+    assert _sends(inbound) == 1
+
+    InboundProcessor.from_settings(get_settings()).process(unrelated)
+
+    assert _poll(inbound, asked).body["Status"] == "open"
+    question = QuestionStore.from_settings().get(asked.body["QuestionId"])
+    assert question is not None
+    assert not question.reprompted
+    assert inbound.count(OUTBOUND_QUEUE) == 0
+    _reply("Yes", number)  # a reply received after it went out answers
+    assert _poll(inbound, asked).body["Status"] == "answered"
+
+
 def test_a_question_whose_send_failed_but_may_have_gone_out_is_answered_by_the_reply(
     inbound: Inbound,
 ) -> None:
@@ -625,6 +651,22 @@ def _cancelled_reprompt(store: MessageStore, question_id: str) -> None:
     assert f"{record.message_id}:cancelled" in {e["id"] for e in events}
 
 
+def test_a_re_prompt_carries_its_questions_customer_data(inbound: Inbound) -> None:
+    """Found in review: the re-prompt carried ``question=<id>`` as its CustomerData (our marker),
+    which SmartDialog keeps and the delivery-report and send-failed triggers hand a flow, in
+    place of the question's own (a flow reading ``reminders:17`` got the marker)."""
+    number = "+358401234776"
+    _ask(inbound, number, CustomerData="reminders:17", RepromptContent="Sorry, reply YES or NO")
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    _reply("maybe", number)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+
+    sent = [(r["body"]["Content"], r["body"].get("CustomerData"))
+            for r in inbound.sandbox.state.snapshot("requests")
+            if r["operationId"] == "SendMessage"]  # fmt: skip
+    assert sent == [("Reply YES or NO", "reminders:17"), ("Sorry, reply YES or NO", "reminders:17")]
+
+
 def test_a_re_prompt_still_queued_when_the_right_reply_answers_is_cancelled_not_sent(
     inbound: Inbound,
 ) -> None:
@@ -646,8 +688,17 @@ def test_a_re_prompt_still_queued_when_the_right_reply_answers_is_cancelled_not_
     _cancelled_reprompt(MessageStore.from_settings(), asked.body["QuestionId"])
 
 
+def _as_queued_by_the_release_before(command: str) -> str:
+    """A re-prompt's command as the release before queued it: no ``questionId``, its
+    CustomerData ``question=<id>`` in place of the question's."""
+    value = json.loads(command)
+    value["body"]["CustomerData"] = f"question={value.pop('questionId')}"
+    return json.dumps(value)
+
+
+@pytest.mark.parametrize("release", ["this", "before"])
 def test_a_re_prompt_queued_while_another_worker_answers_its_question_is_never_sent(
-    inbound: Inbound,
+    inbound: Inbound, release: str
 ) -> None:
     """'maybe' and 'Yes' handled at once (the intake runs 16 at a time): 'maybe' found the
     question open and queued its re-prompt; 'Yes' ended it before 'maybe' could mark it."""
@@ -656,7 +707,10 @@ def test_a_re_prompt_queued_while_another_worker_answers_its_question_is_never_s
     inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
     question = QuestionStore.from_settings().open_question(TWO_WAY, number)
     assert question is not None
-    queue_client(OUTBOUND_QUEUE).send_message(reprompt_command(question))  # 'maybe's
+    command = reprompt_command(question)
+    if release == "before":
+        command = _as_queued_by_the_release_before(command)
+    queue_client(OUTBOUND_QUEUE).send_message(command)  # 'maybe's
     _reply("Yes", number)
     done = QuestionStore.from_settings().get(question.question_id)
     assert done is not None
