@@ -319,6 +319,11 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
             raise InvalidEvent("Only CloudEvents 1.0 is accepted.", field="ce-specversion")
         _required_id(headers, "ce-id")
         given = {name[3:] for name in headers if name.startswith("ce-")}
+        for name in sorted(given):  # the SDK reads a bad escape as U+FFFD: two ids would be one
+            try:
+                unquote(headers[f"ce-{name}"], errors="strict")
+            except UnicodeDecodeError:
+                raise InvalidEvent("Not UTF-8 once percent-decoded.", field=f"ce-{name}") from None
         try:
             event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
             return [from_cloud_event(event, given)]

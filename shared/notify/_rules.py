@@ -305,6 +305,8 @@ def evaluate(expression: str, document: dict[str, Any]) -> Any:
         raise ExpressionFailed(" ".join(str(exc).split())[:300]) from exc
     except (OverflowError, ValueError, ArithmeticError) as exc:  # floor(1e999), floor(NaN)
         raise ExpressionFailed(f"a number it cannot use ({type(exc).__name__})") from exc
+    except TypeError as exc:  # "97" > `90`, 'a' in {...}: its message quotes no value
+        raise ExpressionFailed(f"values it cannot compare or combine ({exc})") from exc
 
 
 def search(expression: str, document: dict[str, Any]) -> Any:

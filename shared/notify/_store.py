@@ -275,7 +275,7 @@ def _readable(entity: Any) -> Rule | None:
         return Rule.model_validate_json(_document(entity))
     except ValidationError as exc:
         why = invalid_fields(exc)
-    except (KeyError, TypeError) as exc:  # no Document at all
+    except (KeyError, TypeError, ValueError) as exc:  # no Document at all, or a torn count
         why = f"no rule document ({type(exc).__name__})"
     log.error(
         "notification rule %s is skipped: its stored row does not read as a rule (%s)",

@@ -100,6 +100,17 @@ def test_event_grid_schema_blob_created_with_its_empty_data_version_is_read() ->
             "[0].id",
         ),
         ({"ce-specversion": "1.0", "ce-source": "s", "ce-type": "t"}, b"{}", "ce-id"),
+        # A bad escape was read as U+FFFD, so "order-%FF" and "order-%FE" were one event
+        (
+            {"ce-specversion": "1.0", "ce-id": "order-%FF", "ce-source": "s", "ce-type": "t"},
+            b"{}",
+            "ce-id",
+        ),
+        (
+            {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s%C3", "ce-type": "t"},
+            b"{}",
+            "ce-source",
+        ),
         ({"content-type": "application/json"}, b"[]", "body"),
         # JSON nested deeper than the parser follows: refused (400), not a RecursionError (500)
         ({"content-type": "application/json"}, b"[" * 5000, "body"),

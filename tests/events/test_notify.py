@@ -388,6 +388,9 @@ def test_a_stored_rule_that_no_longer_reads_is_skipped_listed_and_deletable(
         mode=UpdateMode.REPLACE,
     )
     notify.rules._table.create_entity({"PartitionKey": "rule", "RowKey": "torn", "Document": "{"})
+    # a chunk count that is no number (found in review: a ValueError every event failed on)
+    torn = {"PartitionKey": "rule", "RowKey": "uncounted", "DocumentChunks": "x", "Document0": "{"}
+    notify.rules._table.create_entity(torn)
     notify.rules._forget()
 
     with caplog.at_level(logging.ERROR, "shared.notify"):
@@ -397,9 +400,9 @@ def test_a_stored_rule_that_no_longer_reads_is_skipped_listed_and_deletable(
     assert "notification rule old is skipped" in caplog.text
     assert "notification rule torn is skipped" in caplog.text
     rules, unreadable = notify.rules.list_rules()
-    assert ([r.Id for r in rules], unreadable) == (["disk"], ["old", "torn"])
+    assert ([r.Id for r in rules], unreadable) == (["disk"], ["old", "torn", "uncounted"])
     assert notify.rules.delete("old")
-    assert notify.rules.list_rules()[1] == ["torn"]
+    assert notify.rules.list_rules()[1] == ["torn", "uncounted"]
 
 
 def test_a_500s_traceback_is_logged_with_the_secrets_it_quotes_cut(
@@ -538,6 +541,30 @@ def test_a_condition_on_a_number_no_float_holds_is_reported_not_a_500(notify: No
 
     assert result.summary()["Skipped"] == [
         {"RuleId": "big", "Reason": "condition failed: a number it cannot use (OverflowError)"}
+    ]
+
+
+def test_a_string_compared_with_a_number_is_reported_and_the_other_rules_still_send(
+    notify: Notify,
+) -> None:
+    """Found in review: jmespath compares a string with a number in Python, which raises a
+    plain TypeError that nothing caught: every door answered 500 for the event ("97" where
+    the rule's sample had 95), Event Grid retried it for a day, the queue door's went to
+    poison, and the other rules matching it sent nothing."""
+    notify.rule(Id="hot", Match={"EventType": "t", "Condition": "data.value > `90`"},
+                Recipients={"Numbers": [N1]})  # fmt: skip
+    notify.rule(Id="who", Recipients={"FromEvent": "data.people[?level > `1`].phone",
+                                      "AllowedCountryCodes": [358]})  # fmt: skip
+    notify.rule(Id="any", Message={"Sender": "Ops", "Content": "Disk $(data.value > `9` && 'HOT')"},
+                Recipients={"Numbers": [N2]})  # fmt: skip
+
+    result = notify.handle(event("e1", value="97", people=[{"level": "2", "phone": N1}]))
+
+    assert sent_to(result) == [N2]  # its placeholder rendered empty
+    why = "values it cannot compare or combine ('>' not supported between instances of 'str' "
+    assert sorted(result.summary()["Skipped"], key=lambda s: s["RuleId"]) == [
+        {"RuleId": "hot", "Reason": f"condition failed: {why}and 'int')"},
+        {"RuleId": "who", "Reason": f"FromEvent failed: {why}and 'int')"},
     ]
 
 
