@@ -17,7 +17,7 @@ from shared.problems import FieldError, Problem
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["configuration_problem", "settings_errors", "storage_errors"]
+__all__ = ["configuration_problem", "settings_errors", "storage_errors", "telemetry_errors"]
 
 
 def settings_errors(settings: Settings) -> list[FieldError]:
@@ -54,7 +54,31 @@ def configuration_problem() -> Problem | None:
     from shared.connections import connection_errors
 
     errors = settings_errors(settings) + storage_errors(settings) + connection_errors()
+    errors += telemetry_errors(settings)
     return SettingsInvalid(errors) if errors else None
+
+
+def telemetry_errors(settings: Settings) -> list[FieldError]:
+    """What keeps traces and metrics from Application Insights (health only: no function needs
+    them, and with a connection string the exporter refuses they are off, one error logged):
+    ``APPLICATIONINSIGHTS_CONNECTION_STRING`` without an ``InstrumentationKey`` that is a UUID,
+    or with an ``IngestionEndpoint`` that is no https:// URL."""
+    import uuid
+    from urllib.parse import urlsplit
+
+    if (text := settings.applicationinsights_connection_string) is None:
+        return []
+    parts = dict(p.split("=", 1) for p in text.split(";") if "=" in p)
+    lowered = {name.strip().lower(): value.strip() for name, value in parts.items()}
+    try:
+        uuid.UUID(lowered.get("instrumentationkey", ""))
+        endpoint = urlsplit(lowered.get("ingestionendpoint", "https://ingestion"))
+    except ValueError:
+        endpoint = None
+    if endpoint is not None and endpoint.scheme == "https" and endpoint.hostname:
+        return []
+    why = "needs an InstrumentationKey (a GUID) and an https:// IngestionEndpoint, if any"
+    return [FieldError("APPLICATIONINSIGHTS_CONNECTION_STRING", f"{why}: telemetry is off.")]
 
 
 def storage_errors(settings: Settings) -> list[FieldError]:

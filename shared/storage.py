@@ -73,14 +73,19 @@ def _credential(settings: StorageTarget) -> Any:
 
 def _service_uri(settings: StorageTarget, kind: _Service) -> tuple[str, str]:
     """The ``kind`` service's URI for identity-based access, and the setting that gives it."""
-    explicit = getattr(settings, f"storage_{kind}_uri")
-    if explicit:
-        return f"{_STORAGE}__{kind}ServiceUri", explicit
-    if settings.storage_account_name:
-        account = f"{_STORAGE}__accountName"
-        return account, f"https://{settings.storage_account_name}.{kind}.core.windows.net"
-    unset = f"is not set: give a connection string, or {_STORAGE}__accountName or __{kind}"
-    raise StorageNotConfigured([FieldError(_STORAGE, f"{unset}ServiceUri (identity-based).")])
+    explicit, name = getattr(settings, f"storage_{kind}_uri"), settings.storage_account_name
+    if not (explicit or name):
+        unset = f"is not set: give a connection string, or {_STORAGE}__accountName or __{kind}"
+        raise StorageNotConfigured([FieldError(_STORAGE, f"{unset}ServiceUri (identity-based).")])
+    setting = f"{_STORAGE}__{kind}ServiceUri" if explicit else f"{_STORAGE}__accountName"
+    uri = explicit or f"https://{name}.{kind}.core.windows.net"
+    parts = urlsplit(uri)  # checked here: the SDK would only fail at the first request
+    if explicit and not (parts.scheme in ("http", "https") and parts.hostname and not parts.query):
+        raise StorageNotConfigured([FieldError(setting, "is not an absolute https:// URL.")])
+    if name and not explicit and not re.fullmatch(r"[A-Za-z0-9]{3,24}", name):
+        why = "is not a storage account name (3 to 24 letters and digits)."
+        raise StorageNotConfigured([FieldError(setting, why)])
+    return setting, uri
 
 
 def _built(
@@ -110,22 +115,15 @@ def _built(
 
 
 def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
-    """Client options that spare every storage request the ``requests`` environment lookups.
-
-    By default azure-core's ``requests`` session trusts the environment on *every* request:
-    ``merge_environment_settings`` walks ``os.environ`` for proxies and ``NO_PROXY``, and
-    ``prepare_request`` looks for a ``~/.netrc`` -- about a fifth of a local Table round
-    trip, paid twice per quota token. Here the environment is read once, when the client is
-    built: the proxy for ``endpoint`` (``HTTP(S)_PROXY``/``ALL_PROXY``, honouring
-    ``NO_PROXY``) goes to the SDK's proxy policy and ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
-    to the transport (for HTTPS or through a proxy), so proxy and CA settings still work, but a
-    change to them after start-up needs a restart (the clients are cached per process).
-    ``.netrc`` is no longer consulted: every request is signed by the SDK, and a netrc entry
-    would only replace its ``Authorization`` header. The session is
-    :class:`shared.storage_session.StorageSession`, which skips what no storage request uses
-    (cookies, hooks, redirects). ``service`` tells a counting transport (:func:`count_round_trips`)
-    how to read the requests; a queue service's requests pass :func:`_kept_for_ever` (signed
-    after it)."""
+    """Client options that spare every storage request the ``requests`` environment lookups
+    (azure-core's session reads ``os.environ`` for proxies and ``~/.netrc`` on *every* request:
+    about a fifth of a local Table round trip, twice per quota token). The environment is read
+    once, when the client is built: ``endpoint``'s proxy (``HTTP(S)_PROXY``/``ALL_PROXY``,
+    ``NO_PROXY``) goes to the SDK's proxy policy, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` to
+    the transport (HTTPS or a proxy): a change needs a restart. ``.netrc`` is not read (it would
+    only replace the SDK's signature). :class:`~shared.storage_session.StorageSession` skips
+    what no storage request uses. ``service`` tells a counting transport
+    (:func:`count_round_trips`) how to read requests; a queue's pass :func:`_kept_for_ever`."""
     import os
 
     from azure.core.pipeline.transport import RequestsTransport

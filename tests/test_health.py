@@ -131,6 +131,57 @@ def test_any_complete_credentials_are_enough(
 @pytest.mark.parametrize(
     "value",
     [
+        "InstrumentationKey=not-a-guid;IngestionEndpoint=https://x.in.applicationinsights.azure.com/",
+        "IngestionEndpoint=https://x.in.applicationinsights.azure.com/",
+        "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=ftp://x",
+    ],
+)
+def test_a_connection_string_the_exporter_refuses_is_named_and_sends_still_work(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Found in review: health answered 200 while tracing turned itself off with one error."""
+    from shared.health import settings_errors
+    from shared.settings import get_settings
+
+    monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", value)
+    problem = configuration_problem()
+    assert problem is not None
+    assert [e.field for e in problem.errors] == ["APPLICATIONINSIGHTS_CONNECTION_STRING"]
+    assert value not in problem.to_json().decode()
+    assert settings_errors(get_settings()) == []  # what the senders check: they go on
+
+
+def test_a_connection_string_with_a_guid_key_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "InstrumentationKey=00000000-0000-0000-0000-000000000000"
+    monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", f"{key};LiveEndpoint=https://l/")
+    assert configuration_problem() is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("__accountName", "a b"),
+        ("__accountName", "https://acct.blob.core.windows.net"),
+        ("__queueServiceUri", "acct"),
+        ("__queueServiceUri", "ftp://acct.queue.core.windows.net"),
+    ],
+)
+def test_an_identity_based_storage_setting_that_is_no_name_or_url_is_named(
+    monkeypatch: pytest.MonkeyPatch, setting: str, value: str
+) -> None:
+    """Found in review: health answered 200 and storage-backed actions a 503 'our storage
+    failed, try again' (after their retries) without naming the setting."""
+    monkeypatch.delenv(STORAGE)
+    monkeypatch.setenv(f"{STORAGE}__accountName", "healthacct")
+    monkeypatch.setenv(f"{STORAGE}{setting}", value)
+    problem = configuration_problem()
+    assert problem is not None
+    assert [e.field for e in problem.errors] == [f"{STORAGE}{setting}"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
         "garbage",
         "AccountName=acct",  # no key nor SAS: the queue and table SDKs refuse it
         f"AccountName=acct;AccountKey={STORAGE_KEY};broken",  # a part without '='
