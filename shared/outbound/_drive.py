@@ -282,7 +282,13 @@ class _Run:
 
         ports = self.ports
         lease_until = now + ports.policy.lease
-        claims = ports.store.swap_many([(r, claim_changes(r, now, ports.policy)) for r in due])
+        try:
+            claims = ports.store.swap_many([(r, claim_changes(r, now, ports.policy)) for r in due])
+        except Exception:  # those claimed before it failed go back uncounted (give_back)
+            read = ports.store.get_many([r.message_id for r in due])
+            mine = [read.get(r.message_id) for r in due]
+            self.unsent = [m for m in mine if m and m.claim and m.claim[1] == lease_until]
+            raise
         claimed = self.unsent = [c for c in claims if c is not None]
         self.leftovers += len(due) - len(claimed)
         if not claimed:
@@ -379,10 +385,12 @@ class _Run:
         list(storage_pool().map(self.outcomes.emit, recorded))
         if lost:  # finished by someone else meanwhile (a lease that ran out): theirs stands
             self.outcomes.announce(list(ports.store.get_many(lost).values()))
-        # 4. Done: the call that got through is recorded, so a later call (members it lacked,
-        #    or left out) gets a RequestId of its own.
-        out = {r.message_id for r in recorded}
-        self.save(attempt=(), announcing=tuple(i for i in self.pack.announcing if i not in out))
+        # 4. Done: this run's members of the call are recorded, so a later call (members it
+        #    lacked, or left out) gets a RequestId of its own; members of the call this run did
+        #    not have (their back-off written while the others' was not) repeat it later.
+        out, ran = {r.message_id for r in recorded}, {c.message_id for c in claimed}
+        self.save(attempt=tuple(i for i in self.pack.attempt if i not in ran),
+                  announcing=tuple(i for i in self.pack.announcing if i not in out))  # fmt: skip
         if missing:
             self.release(missing)
         log.info(
@@ -450,12 +458,15 @@ class _Run:
         if not offenders and (len(claimed) == 1 or repeat):
             offenders = claimed
 
-        self.save(attempt=())
+        if not repeat:  # nothing went: whoever is left goes in a new call
+            self.save(attempt=())
         said = loggable_text(refused.message or "")
         if offenders:
             self.outcomes.fail_many([(m, failure(m)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
+            if repeat:  # only now: a retry before they failed repeats the call, not a new one
+                self.save(attempt=())
             log.warning(
                 "pack %s refused (%d): %s; %d member(s) failed, %d go again",
                 self.pack.pack_id, refused.status, said, len(offenders), len(rest),
