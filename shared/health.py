@@ -61,21 +61,23 @@ def configuration_problem() -> Problem | None:
 def telemetry_errors(settings: Settings) -> list[FieldError]:
     """What keeps traces and metrics from Application Insights (health only: no function needs
     them, and with a connection string the exporter refuses they are off, one error logged):
-    ``APPLICATIONINSIGHTS_CONNECTION_STRING`` without an ``InstrumentationKey`` that is a UUID,
-    or with an ``IngestionEndpoint`` that is no https:// URL."""
-    import uuid
+    ``APPLICATIONINSIGHTS_CONNECTION_STRING`` without an ``InstrumentationKey`` that is a GUID
+    as the exporter reads one (lower case, with dashes), or with an ``IngestionEndpoint`` that
+    is no https:// URL."""
+    import re
     from urllib.parse import urlsplit
 
     if (text := settings.applicationinsights_connection_string) is None:
         return []
     parts = dict(p.split("=", 1) for p in text.split(";") if "=" in p)
     lowered = {name.strip().lower(): value.strip() for name, value in parts.items()}
+    guid = r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}"  # the exporter's: lower case, dashes
     try:
-        uuid.UUID(lowered.get("instrumentationkey", ""))
         endpoint = urlsplit(lowered.get("ingestionendpoint", "https://ingestion"))
     except ValueError:
         endpoint = None
-    if endpoint is not None and endpoint.scheme == "https" and endpoint.hostname:
+    good = endpoint is not None and endpoint.scheme == "https" and endpoint.hostname
+    if good and re.fullmatch(guid, lowered.get("instrumentationkey", "")):
         return []
     why = "needs an InstrumentationKey (a GUID) and an https:// IngestionEndpoint, if any"
     return [FieldError("APPLICATIONINSIGHTS_CONNECTION_STRING", f"{why}: telemetry is off.")]

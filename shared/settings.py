@@ -281,7 +281,8 @@ class Settings(StorageSettings):
             raise ValueError("must be ASCII (an internationalised host in its xn-- form)")
         if "@" in parts.netloc:  # httpx would send it as Basic auth, in place of our token
             raise ValueError("must not carry a user name or password (user:password@)")
-        if info.field_name == "authority" and not parts.path.strip("/"):
+        ciam = parts.hostname.endswith(".ciamlogin.com")  # msal finds its tenant without a path
+        if info.field_name == "authority" and not (parts.path.strip("/") or ciam):
             raise ValueError("must name the tenant (or B2C tenant and policy) in its path")
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
         prefix = http_route_prefix()

@@ -134,6 +134,10 @@ def test_any_complete_credentials_are_enough(
         "InstrumentationKey=not-a-guid;IngestionEndpoint=https://x.in.applicationinsights.azure.com/",
         "IngestionEndpoint=https://x.in.applicationinsights.azure.com/",
         "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=ftp://x",
+        # forms uuid.UUID reads and the exporter refuses (found in a second read)
+        "InstrumentationKey=0000000A-0000-0000-0000-000000000000",
+        "InstrumentationKey=00000000000000000000000000000000",
+        "InstrumentationKey={00000000-0000-0000-0000-000000000000}",
     ],
 )
 def test_a_connection_string_the_exporter_refuses_is_named_and_sends_still_work(

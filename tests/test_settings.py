@@ -211,6 +211,13 @@ def test_a_value_that_cannot_work_is_a_configuration_problem_naming_the_setting(
             "http://127.0.0.1:9/api-integrations/v1",
             "http://127.0.0.1:9/api-integrations/v1",
         ),
+        # Entra External ID: msal reads its tenant from the host (found in a second read)
+        ("SMARTDIALOG_AUTHORITY", "https://contoso.ciamlogin.com", "https://contoso.ciamlogin.com"),
+        (
+            "SMARTDIALOG_AUTHORITY",
+            "https://login.microsoftonline.com/t/v2.0",
+            "https://login.microsoftonline.com/t/v2.0",
+        ),
     ],
 )
 def test_a_url_behind_a_path_prefix_or_plain_http_locally_is_accepted(
@@ -218,7 +225,7 @@ def test_a_url_behind_a_path_prefix_or_plain_http_locally_is_accepted(
 ) -> None:
     monkeypatch.setenv(alias, value)
     settings = Settings()
-    assert read in (settings.public_base_url_setting, settings.base_url)
+    assert read in (settings.public_base_url_setting, settings.base_url, settings.authority)
 
 
 def test_a_rule_across_settings_names_the_setting_not_settings(

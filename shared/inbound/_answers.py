@@ -164,7 +164,8 @@ class QuestionAnswers:
             return "opted_out"
         if not (unreadable or send_may_have_gone_out(send)):
             return "none"  # its text has not gone out: this is no reply to it
-        if send and send.claimed_at and received_at < send.claimed_at - CLOCK_SKEW:
+        got = min(received_at, _written_at(payload, received_at))  # this copy, or SmartDialog
+        if send and send.claimed_at and got < send.claimed_at - CLOCK_SKEW:
             return "none"  # received before its text could go out, handled after (held up)
         matched, option = match_answer(question.options, payload.content)
         if matched or (not question.options and payload.attachments):  # a photo is a reply too

@@ -37,7 +37,6 @@ from shared.outbound._models import (
     SendOrigin,
     StoredCommand,
     derive_message_id,
-    held_copy,
     parse_outbound_message,
     parse_queue_message,
     request_fingerprint,
@@ -46,6 +45,7 @@ from shared.outbound._outcomes import OutcomeKind, SendOutcome
 from shared.outbound._ports import send_ports
 from shared.outbound._records import (
     command_addresses,
+    held_copy,
     new_record,
     normalize,
     pack_key,

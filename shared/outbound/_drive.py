@@ -43,7 +43,7 @@ from shared.outbound._attempt import (
     packed_command,
     split_answer,
 )
-from shared.outbound._giving_up import give_up, noted, refusal_failure
+from shared.outbound._giving_up import give_up, handed_back, noted, refusal_failure
 from shared.outbound._models import PackDriver, parse_outbound_message
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -541,8 +541,7 @@ class _Run:
                     r,
                     {
                         "status": MessageStatus.QUEUED,
-                        "attempts": max(0, r.attempts - 1),
-                        "lease_until": None,
+                        **handed_back(r),
                         "updated_at": now,
                         **noted(r, error),
                         **extra,

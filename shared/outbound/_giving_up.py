@@ -19,6 +19,7 @@ __all__ = [
     "CONFIGURATION",
     "expired",
     "give_up",
+    "handed_back",
     "in_doubt",
     "may_have_been_sent",
     "not_repeated",
@@ -48,6 +49,13 @@ def remember_interrupted(record: MessageRecord) -> dict[str, Any]:
     """The claim change for ``record``: one still ``sending`` (its worker's lease ran out,
     the worker died or stalled, perhaps mid-call) may have been sent, and is remembered so."""
     return {"maybe_sent": True} if record.status is MessageStatus.SENDING else {}
+
+
+def handed_back(record: MessageRecord) -> dict[str, Any]:
+    """The changes that hand ``record``'s claim back, no call made: the attempt not counted,
+    no lease, and, when it was its first, no time of a first claim (``claimed_at``: none went)."""
+    attempts = max(0, record.attempts - 1)
+    return {"attempts": attempts, "lease_until": None, **({} if attempts else {"claimed_at": None})}
 
 
 def waiting_error(problem: str) -> FailureInfo:

@@ -416,16 +416,6 @@ def reprompt_of(command: OutboundMessage) -> str | None:
     return reprompted_question(command.messageId, asked, data)
 
 
-def held_copy(text: str, queue_message_id: str | None) -> str:
-    """What goes back on the queue for queue message ``text`` while the app's settings do not
-    validate (:mod:`shared.unconfigured`): :func:`named_command`'s copy when it fits a queue
-    message, else ``text``."""
-    from shared.payloads import fits_queue
-
-    named = named_command(text, queue_message_id)
-    return named[1] if named is not None and fits_queue(named[1]) else text
-
-
 def request_message_id(customer: str, request_id: str, connection: str | None = None) -> str:
     """The message id of a queued command without ``messageId``: the same RequestId of the
     same customer (and named connection: the default's ids predate connections) is the same

@@ -44,7 +44,7 @@ from shared.outbound._attempt import (
     recipient_ids,
     split_answer,
 )
-from shared.outbound._giving_up import noted, refusal_failure
+from shared.outbound._giving_up import handed_back, noted, refusal_failure
 from shared.outbound._models import OutboundMessage, parse_outbound_message
 from shared.outbound._outcomes import (
     OutcomeKind,
@@ -219,10 +219,8 @@ class IndexPacks:
             if record.status is not MessageStatus.SENDING:
                 left = self.ports.store.swap(record, pack_id=None, updated_at=now)
                 return None, left or (self.ports.store.get(record.message_id) or record)
-            back = self.ports.store.swap(
-                record, status=MessageStatus.QUEUED, pack_id=None, lease_until=None,
-                attempts=max(0, record.attempts - 1), updated_at=now,
-            )  # fmt: skip
+            back = self.ports.store.swap(record, status=MessageStatus.QUEUED, pack_id=None,
+                                         updated_at=now, **handed_back(record))  # fmt: skip
             # Back in a moment, when the other members' copies have handed theirs back too:
             # then one of them leads a pack of them all.
             return self.outcomes.requeue(
@@ -422,8 +420,7 @@ class IndexPacks:
     ) -> MessageRecord | None:
         update: dict[str, Any] = {
             "status": status,
-            "attempts": max(0, record.attempts - 1),
-            "lease_until": None,
+            **handed_back(record),
             "updated_at": self.ports.now(),
             **noted(record, error),
             **changes,

@@ -33,6 +33,7 @@ from shared.outbound._models import (
     SendWhatsappTemplateMessageCommand,
     StoredCommand,
     command_origin,
+    named_command,
     parse_outbound_message,
     request_fingerprint,
 )
@@ -127,6 +128,27 @@ def queued_text(
         messageId=message_id, payload=name, attempts=attempts, deferrals=deferrals
     )
     return stored.model_dump_json()
+
+
+def held_copy(text: str, queue_message_id: str | None) -> str:
+    """What goes back on the queue for queue message ``text`` while the app's settings do not
+    validate (:mod:`shared.unconfigured`): :func:`named_command`'s copy (by reference when it no
+    longer fits a queue message: only the storage settings are read), else ``text``."""
+    from shared.names import PAYLOADS_CONTAINER
+    from shared.payloads import PayloadStore
+    from shared.settings import StorageSettings
+    from shared.storage import blob_service
+
+    if (named := named_command(text, queue_message_id)) is None:
+        return text
+    mid, written = named
+    if fits_queue(written):
+        return written
+    payloads = PayloadStore(
+        blob_service(StorageSettings()).get_container_client(PAYLOADS_CONTAINER)
+    )
+    counts = {k: v for k, v in json.loads(written).items() if k in ("attempts", "deferrals")}
+    return queued_text(written, message_id=mid, payloads=payloads, **counts)
 
 
 def _part_counts(command: OutboundMessage) -> list[int]:
@@ -255,12 +277,16 @@ def command_addresses(command: OutboundMessage) -> list[str]:
 def pack_key(command: OutboundMessage) -> str | None:
     """The key shared by every command that may go upstream in the same call as this one, or
     None if it must always be sent alone (see :mod:`shared.messages._packs`): a discussion
-    reply, one naming a number twice, and one whose body carries the caller's ``RequestId``,
-    even one equal to its ``messageId``: a pack's call carries the pack's, so SmartDialog would
-    never see the caller's and could not refuse its repeat. Ours is the message id that
-    :func:`normalize` filled in, or a lane member's (the send actions give a lane id only to a
-    send without a RequestId), which a copy read back from the queue carries."""
+    reply, a question's re-prompt (the sender checks that its own question is open, not the
+    others' of a pack), one naming a number twice, and one whose body carries the caller's
+    ``RequestId``, even one equal to its ``messageId``: a pack's call carries the pack's, so
+    SmartDialog would never see the caller's and could not refuse its repeat. Ours is the
+    message id that :func:`normalize` filled in, or a lane member's (the send actions give a
+    lane id only to a send without a RequestId), which a copy read back from the queue
+    carries."""
     if isinstance(command, SendDiscussionReplyMessageCommand):
+        return None
+    if getattr(command, "questionId", None):  # a re-prompt
         return None
     if (request_id := command.body.RequestId) and not (
         command._request_id_filled or (request_id == command.messageId and in_lane(request_id))

@@ -751,3 +751,105 @@ def test_a_re_prompt_whose_first_attempt_certainly_failed_is_cancelled_once_answ
 
     assert _sends(inbound) == 1
     _cancelled_reprompt(MessageStore.from_settings(), asked.body["QuestionId"])
+
+
+def test_a_re_prompt_is_never_packed_with_another_questions() -> None:
+    """Found in a second read: once re-prompts carried their question's CustomerData in place
+    of a marker unique to each, two questions' re-prompts of the same text shared a pack key.
+    A leader then took another's re-prompt into its pack after that question had ended (the
+    sender checks only its own), and "please reply YES or NO" went out after the answer."""
+    from shared.messages._questions import QuestionRecord, new_question_id
+    from shared.outbound import normalize, pack_key, parse_outbound_message
+
+    now = utcnow()
+
+    def reprompt_of(number: str) -> str:
+        question = QuestionRecord(
+            question_id=new_question_id(TWO_WAY, number), service_id=TWO_WAY, address=number,
+            message_id=f"m{number[-3:]}", created_at=now, expires_at=now + dt.timedelta(hours=1),
+            options=("Yes", "No"), reprompt="Please reply YES or NO", sender="Clinic",
+            protocol="SMS", customer_id="1001",
+        )  # fmt: skip
+        return reprompt_command(question)
+
+    def key(text: str) -> str | None:
+        command = parse_outbound_message(text)
+        return pack_key(normalize(command, message_id=command.messageId, customer_id=None,
+                                  service_id=None))  # fmt: skip
+
+    numbers = ("+358401239101", "+358401239102")
+    assert [key(reprompt_of(n)) for n in numbers] == [None, None]  # each goes alone
+    # the release before's (its marker in CustomerData): a key of its own each, as before
+    before = {key(_as_queued_by_the_release_before(reprompt_of(n))) for n in numbers}
+    assert len(before) == 2
+
+
+def _take_outbound(inbound: Inbound) -> str:
+    """Run the sender once on the visible outbound queue message (deleted); its text."""
+    client = queue_client(OUTBOUND_QUEUE)
+    [message] = client.receive_messages(messages_per_page=1, visibility_timeout=30)
+    inbound.queue_function("OutboundSender", message.content, message.dequeue_count, message.id)
+    client.delete_message(message)
+    return str(message.content)
+
+
+def test_a_claim_handed_back_unsent_is_no_time_its_text_could_have_gone_out(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Found in a second read: the first claim recorded ClaimedAt also when it was handed back
+    without a call (the quota full), so a message received after that and before the text went
+    out (pushing the quota is when it happens) still answered the question."""
+    from shared import quota
+    from shared.quota import QuotaDenied
+    from tests.outbound.conftest import clear_quota
+
+    number = "+358401234593"
+    asked = _ask(inbound, number, Options=[])  # any reply answers
+    manual_clock.advance(40)  # past the first question's hold
+    inbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=60, SEND_QUOTA_WAIT_SECONDS=0)
+    while not isinstance(quota.from_settings(get_settings()).try_acquire(), QuotaDenied):
+        pass  # the quota is full
+    command = _take_outbound(inbound)  # claimed, no slot: handed back, nothing sent
+    send = MessageStore.from_settings().get(asked.body["MessageId"])
+    assert send is not None
+    assert (send.status, send.attempts, send.claimed_at) == (MessageStatus.QUEUED, 0, None)
+
+    manual_clock.advance(10)
+    unrelated = intake_text("Running 10 min late, sorry", number)  # the text has not gone out
+    manual_clock.advance(30)
+    clear_quota()  # slots free
+    inbound.configure(QUOTA_CALLS=2000)
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # its copy, run here at once
+    inbound.queue_function("OutboundSender", command)
+    assert _sends(inbound) == 1
+    InboundProcessor.from_settings(get_settings()).process(unrelated)  # handled after
+
+    assert _poll(inbound, asked).body["Status"] == "open"
+
+
+def test_a_message_smartdialog_got_before_the_text_went_out_redelivered_after_answers_nothing(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Found in a second read: the rule compared this copy's receipt time, so a message that
+    SmartDialog got before the text went out, its webhook call retried (our outage, a lost
+    answer) and delivered after, answered. SmartDialog's timestamp counts too."""
+    import uuid
+
+    from shared.inbound._models import InboundIntake, NewMessagePayload
+
+    number = "+358401234592"
+    asked = _ask(inbound, number, Options=[])
+    manual_clock.advance(20)
+    written = utcnow()  # SmartDialog gets it now; our webhook does not answer
+    manual_clock.advance(20)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=90)  # the text goes out
+    manual_clock.advance(60)  # SmartDialog's retry reaches us
+    payload = NewMessagePayload.model_validate({
+        "sender": number, "recipient": "Clinic", "content": "Running 10 min late, sorry",
+        "timestamp": written.isoformat(), "messageId": str(uuid.uuid4()),
+    })  # fmt: skip
+    intake = InboundIntake(service=TWO_WAY, messageKey=str(payload.messageId),
+                           receivedAt=utcnow(), payload=payload)  # fmt: skip
+    InboundProcessor.from_settings(get_settings()).process(intake.model_dump_json())
+
+    assert _poll(inbound, asked).body["Status"] == "open"

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import os
+import uuid
 from typing import Any
 
 import pytest
@@ -498,24 +499,34 @@ def test_a_bulk_member_in_backoff_keeps_its_last_error_while_its_pack_waits_for_
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
 
 
+@pytest.mark.parametrize("size", ["small", "at-the-limit"])
 def test_a_command_naming_no_message_put_back_while_unconfigured_is_not_sent_again(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, size: str
 ) -> None:
     """Found in review: a command with neither ``messageId`` nor ``RequestId`` takes its id
     from its queue message. Delivered again after it was sent (a crash before its delete) while
     a setting did not validate, it was put back unchanged as a new queue message, so once the
-    setting was fixed it was a new message with a new RequestId, sent a second time."""
+    setting was fixed it was a new message with a new RequestId, sent a second time. (A second
+    read: one whose copy with its id no longer fit a queue message still went back unnamed; it
+    goes by reference.)"""
     import shared.unconfigured
+    from shared.payloads import QUEUE_MESSAGE_BUDGET, queue_message_bytes
 
     monkeypatch.setattr(shared.unconfigured, "RECHECK_SECONDS", 0)  # the copy visible at once
-    text = json.dumps({"operation": "SendMessage", "body": sms(DELIVERED, content="Put back")})
-    outbound.invoke(text, message_id="q-first")  # sent
-    outbound.invoke(text, message_id="q-first", dequeue_count=2)  # delivered again: recognised
+    content = "Put back"
+    if size == "at-the-limit":  # 20 bytes to spare: the copy's messageId needs about 50
+        empty = {"operation": "SendMessage", "body": sms(DELIVERED, content="")}
+        content = "x" * (QUEUE_MESSAGE_BUDGET - queue_message_bytes(json.dumps(empty)) - 20)
+    text = json.dumps({"operation": "SendMessage", "body": sms(DELIVERED, content=content)})
+    queue_id = f"q-{uuid.uuid4()}"  # its message id derives from it: new to the shared tables
+    outbound.invoke(text, message_id=queue_id)  # sent
+    outbound.invoke(text, message_id=queue_id, dequeue_count=2)  # delivered again: recognised
     assert len(outbound.upstream()) == 1
     outbound.configure(QUOTA_CALLS=0)  # a setting that does not validate
-    outbound.invoke(text, message_id="q-first", dequeue_count=3)  # put back as a new message
+    outbound.invoke(text, message_id=queue_id, dequeue_count=3)  # put back as a new message
     outbound.configure(QUOTA_CALLS=2000)  # fixed
     [copy] = outbound.read(OUTBOUND_QUEUE)
-    assert copy["messageId"] == derive_message_id("queue-message", "q-first")  # its id, kept
+    assert copy["messageId"] == derive_message_id("queue-message", queue_id)  # its id, kept
+    assert copy.get("kind") == ("stored" if size == "at-the-limit" else None)
     outbound.drain()
     assert len(outbound.upstream()) == 1
