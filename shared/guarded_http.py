@@ -77,8 +77,10 @@ MAX_ANSWER_BYTES = 4096
 READ_CHUNK_BYTES = 4096
 #: Bytes of one answer (status line, headers, body) after which the call fails.
 MAX_RECEIVED_BYTES = 64 * 1024
-#: Name resolutions in flight at once (a hung resolver holds a thread, never a caller).
-RESOLVER_THREADS = 4
+#: Name resolutions in flight at once (a hung resolver holds a thread, never a caller): more
+#: than the calls an instance makes at once (two queue triggers of up to 24 invocations), so
+#: names that hang past their calls' deadlines leave threads for the names that answer.
+RESOLVER_THREADS = 64
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -410,6 +412,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
                 )
                 addresses = [ipaddress.ip_address(a) for a in found]
             except concurrent.futures.TimeoutError:
+                question.cancel()  # still queued: dropped, not left to hold a thread later
                 raise httpcore.ConnectTimeout(f"{host} did not resolve in time") from None
             except (OSError, ValueError) as exc:
                 raise _NotResolved(f"{host} did not resolve ({exc})") from None

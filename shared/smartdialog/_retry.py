@@ -102,13 +102,13 @@ def parse_retry_after(
     try:
         seconds = float(raw)
     except ValueError:
-        try:
+        try:  # a year or zone too large for a datetime is OverflowError: no advice either
             when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:  # "-0000" (or no zone): RFC 9110 dates are GMT, not local
+                when = when.replace(tzinfo=dt.UTC)
+            seconds = max(0.0, when.timestamp() - now())
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        if when.tzinfo is None:  # "-0000" (or no zone): RFC 9110 dates are in GMT, not local
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = max(0.0, when.timestamp() - now())
     return seconds if 0 <= seconds < math.inf else None
 
 

@@ -73,6 +73,10 @@ def test_should_retry(
         ({"Retry-After": "1e400"}, None),
         ({"Retry-After": "nan"}, None),
         ({"retry-after-ms": "Infinity", "Retry-After": "9"}, 9.0),
+        # a year or zone too large for a datetime raised OverflowError (found in review: the
+        # dispatcher, the DLR forwarder and the client raised it instead of backing off)
+        ({"Retry-After": "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"}, None),
+        ({"Retry-After": "Mon, 01 Jan 2030 00:00:00 +9999999999999"}, None),
     ],
 )
 def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:

@@ -6,6 +6,7 @@ ever goes to loopback servers of the test, or to no socket at all (a recording b
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 import time
 import tracemalloc
@@ -348,3 +349,38 @@ def test_redirects_are_answers_and_are_not_followed() -> None:
     assert answered.status == 302
     assert answered.headers["location"] == "http://127.0.0.1:9/elsewhere"
     assert len(server.requests) == 1
+
+
+def test_names_whose_resolver_hangs_do_not_hold_up_the_names_that_answer(
+    tmp_path: Path,
+) -> None:
+    """Found in review: lookups ran on a pool of 4 threads and one that timed out was left
+    queued, so a dozen subscribers whose names hang made every other subscriber's call fail
+    "did not resolve in time" for as long as the backlog lasted."""
+    release = threading.Event()
+
+    def resolver(host: str, port: int) -> list[str]:
+        if host.startswith("slow"):
+            release.wait(10)  # a name server that never answers (until the test ends)
+        return ["127.0.0.1"]
+
+    server_tls, client_tls = self_signed("good.example", tmp_path)
+    client = GuardedClient(
+        CallbackPolicy(local=True), deadline_seconds=0.5, resolver=resolver, ssl_context=client_tls
+    )
+    try:
+        with raw_server(answer(200), tls=server_tls) as server:
+
+            def slow_call(i: int) -> None:
+                with contextlib.suppress(CallbackFailed):
+                    client.get(f"https://slow{i}.example:{server.port}/flow")
+
+            threads = [threading.Thread(target=slow_call, args=(i,)) for i in range(12)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()  # each ended at its deadline; their lookups still hang
+            good = f"https://good.example:{server.port}/flow"
+            assert [client.get(good).status for _ in range(3)] == [200, 200, 200]
+    finally:
+        release.set()

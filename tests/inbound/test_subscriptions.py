@@ -473,10 +473,16 @@ def http_date(after: dt.timedelta) -> str:
             MAX_RETRY_DELAY_SECONDS,
             id="http-date-beyond-the-cap",
         ),
+        # no datetime holds it (OverflowError): no advice, the backoff (the dispatcher raised)
+        pytest.param(
+            {"Retry-After": "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"},
+            None,
+            id="http-date-overflowing",
+        ),
     ],
 )
 def test_a_subscribers_retry_after_outlasts_the_backoff_up_to_the_cap(
-    inbound: Inbound, advice: dict[str, str], expected_seconds: int
+    inbound: Inbound, advice: dict[str, str], expected_seconds: int | None
 ) -> None:
     SubscriptionStore.from_settings().add(
         Subscription(TWO_WAY, "sub-busy", "https://flow.example/cb?sig=s", CUSTOMER, NOW)
@@ -507,6 +513,10 @@ def test_a_subscribers_retry_after_outlasts_the_backoff_up_to_the_cap(
     result = dispatcher.process(delivery.model_dump_json())
 
     assert result.outcome is DispatchOutcome.RETRY_SCHEDULED
+    if expected_seconds is None:  # the first backoff: at most retry_base_seconds
+        assert result.delay_seconds is not None
+        assert 0 <= result.delay_seconds <= 5
+        expected_seconds = result.delay_seconds
     assert (result.status, result.delay_seconds) == (503, expected_seconds)
     [(again, options)] = deliveries.sent
     assert options == {"visibility_timeout": expected_seconds}
