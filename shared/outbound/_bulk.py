@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import json
 import logging
 import uuid
 from collections import Counter
@@ -57,7 +55,7 @@ from shared.messages import (
 )
 from shared.messages._records import RECIPIENT_ROW_PREFIX, RECORD_ROW_KEY
 from shared.names import DEFAULT_CONNECTION, named_connection
-from shared.outbound._bulk_members import BulkRecipient, Members, bulk_members
+from shared.outbound._bulk_members import BulkRecipient, Members, bulk_fingerprint, bulk_members
 from shared.outbound._models import PackDriver
 from shared.outbound._quota_wait import poll_after
 from shared.outbound._service import key_reused, outbound_queue
@@ -139,14 +137,9 @@ class BulkService:
             too_many = f"At most {MAX_BULK_RECIPIENTS} recipients."
             why = too_many if recipients else "Give at least one recipient."
             raise validation_problem([FieldError("Recipients", why)])
-        fingerprint = hashlib.sha256(
-            json.dumps(
-                [template, customer_id, service_id, transactional, all_or_nothing,
-                 [[r.row, r.address, dict(r.personalization or {}), *r.refusal]
-                  for r in recipients]],
-                sort_keys=True, default=str,
-            ).encode()
-        ).hexdigest()  # fmt: skip
+        request = [template, customer_id, service_id, transactional, all_or_nothing]
+        # as_typed: how a release before this one fingerprinted it
+        fingerprint, as_typed = bulk_fingerprint(request, recipients)
         batch_id = str(uuid.uuid4())
         key_hash = None
         resumed = None
@@ -159,7 +152,7 @@ class BulkService:
                 ttl=dt.timedelta(seconds=self.settings.idempotency_ttl_seconds),
             )  # fmt: skip
             if entry.message_id != batch_id:
-                if entry.fingerprint != fingerprint:
+                if entry.fingerprint not in (fingerprint, as_typed):
                     raise key_reused("This Idempotency-Key was already used for another bulk send.")
                 found = self.batches.get(entry.message_id)
                 if found is None:

@@ -6,7 +6,10 @@ replay that finishes a batch relies on it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -18,7 +21,7 @@ from shared.outbound._records import new_record, normalize
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["MAX_ROW", "BulkRecipient", "Members", "bulk_members"]
+__all__ = ["MAX_ROW", "BulkRecipient", "Members", "bulk_fingerprint", "bulk_members"]
 
 #: The last row a member may have: its id carries the row on 5 or 6 digits, the shape
 #: :func:`shared.messages.message_keys` stores in the batch's partitions (a CSV line number
@@ -38,6 +41,25 @@ class BulkRecipient:
     address: str
     personalization: Mapping[str, Any] | None = None
     refusal: tuple[str, ...] = ()
+
+
+def bulk_fingerprint(request: list[Any], recipients: Sequence[BulkRecipient]) -> tuple[str, str]:
+    """A bulk request's fingerprints under its key (``request``: its fields but the rows): with
+    its numbers as sent, in E.164 (a retry may write them another way), and as typed (an
+    earlier release's claim has that one)."""
+    from shared.phone import InvalidPhoneNumber, parse_phone_number
+
+    def of(sent: bool) -> str:
+        rows = []
+        for r in recipients:
+            address = r.address
+            with contextlib.suppress(InvalidPhoneNumber):  # one that is no number is refused
+                address = parse_phone_number(address) if sent else address
+            rows.append([r.row, address, dict(r.personalization or {}), *r.refusal])
+        text = json.dumps([*request, rows], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    return of(True), of(False)
 
 
 def bulk_members(

@@ -116,6 +116,16 @@ MessageIdPath = Annotated[
         json_schema_extra=ui("Message Id", visibility="important"),
     ),
 ]
+
+
+def _no_control(value: str | None) -> str | None:
+    """A RequestId without control characters: one stood for a separator where keys are told
+    apart (found in review: a RequestId ``bulk\nK`` took a bulk send's Idempotency-Key K)."""
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain a control character (a line break, a tab)")
+    return value
+
+
 RequestIdField = Annotated[
     str | None,
     Field(
@@ -128,6 +138,7 @@ RequestIdField = Annotated[
         json_schema_extra=ui("Request Id", visibility="advanced"),
     ),
     BlankIsAbsent,
+    AfterValidator(_no_control),
 ]
 
 

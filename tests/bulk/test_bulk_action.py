@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -191,6 +193,36 @@ def test_same_idempotency_key_answers_the_same_batch_and_queues_nothing_more(
 
     assert again.body["Id"] == first.body["Id"]
     assert outbound.queued() == queued
+
+
+def test_a_replay_writing_its_numbers_another_way_is_the_same_batch(outbound: Outbound) -> None:
+    """Found in review: the key's fingerprint took the numbers as typed, so a retry whose
+    flow wrote them another way (national, spaced, 00) was refused 422 with no status URL
+    while its batch went out. They count as sent, in E.164, as a single send's do."""
+    key = {"Idempotency-Key": f"bulk-{uuid.uuid4()}"}
+    first = bulk({"Recipients": people(*GOOD[3:6])}, **key)
+    queued = outbound.queued()
+    written = ["040 200 0003", "00358402000004", "+358 40 2000005"]
+    again = bulk({"Recipients": people(*written)}, **key)
+
+    assert (again.status, again.body["Id"]) == (first.status, first.body["Id"])
+    assert outbound.queued() == queued
+
+
+def test_a_bulk_keys_fingerprint_as_typed_is_the_previous_releases() -> None:
+    """A retry spanning the upgrade finds the claim the release before wrote (numbers as typed,
+    in the formula it used)."""
+    from shared.outbound._bulk_members import BulkRecipient, bulk_fingerprint
+
+    rows = [
+        BulkRecipient(1, "040 200 0003", {"name": "P0"}),
+        BulkRecipient(2, "x", None, ("A", "b")),
+    ]
+    request = [TEMPLATE, "1001", "s-1", False, True]
+    old = [*request, [[r.row, r.address, dict(r.personalization or {}), *r.refusal] for r in rows]]
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()
+    sent, as_typed = bulk_fingerprint(request, rows)
+    assert (as_typed, sent != as_typed) == (expected, True)
 
 
 def test_batch_status_needs_its_token(outbound: Outbound) -> None:

@@ -3,6 +3,8 @@ other way, failed for good with their reason (never left ``sending``)."""
 
 from __future__ import annotations
 
+import pytest
+
 from shared.messages import MessageStatus, MessageStore
 from tests.outbound.conftest import DELIVERED, SERVICE, Outbound, call_http, sms
 
@@ -29,6 +31,22 @@ def test_a_lone_surrogate_in_content_is_400_naming_content(outbound: Outbound) -
 
     assert answer.status == 400, answer.body
     assert [e["field"] for e in answer.body["errors"]] == ["Content"]
+    assert outbound.queued() == 0
+
+
+@pytest.mark.parametrize("request_id", ["bulk\norder-1", "a\tb", "a\x7fb", "\x00"])
+def test_a_request_id_with_a_control_character_is_400_naming_it(
+    outbound: Outbound, request_id: str
+) -> None:
+    """Found in review: a newline stands for a separator where keys are told apart, so a
+    SendMessage with RequestId "bulk\nK" took (422 for ever after) the bulk send's
+    Idempotency-Key K, never used."""
+    for action, body in (("SendMessage", sms(DELIVERED, RequestId=request_id)),
+                         ("SendMessageAndWaitForReply", {"Sender": "S", "Content": "?",
+                          "Recipient": DELIVERED, "RequestId": request_id})):  # fmt: skip
+        answer = call_http(action, "POST", headers={"Service-Id": SERVICE}, body=body)
+        assert answer.status == 400, answer.body
+        assert [e["field"] for e in answer.body["errors"]] == ["RequestId"]
     assert outbound.queued() == 0
 
 
