@@ -51,6 +51,19 @@ def fail_in_doubt(ops: Outbound, send: Callable[[], str]) -> str:
     return message_id
 
 
+def queued_in_doubt(ops: Outbound) -> tuple[str, str]:
+    """A command put on the queue with its messageId that failed in doubt: its number and id."""
+    number = fresh_number()
+    message_id = f"doubt-{number[-7:]}"
+
+    def send() -> str:
+        ops.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(number)})
+        return message_id
+
+    fail_in_doubt(ops, send)
+    return number, message_id
+
+
 def force_redrive(message_id: str) -> None:
     index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
     letters = call_http("ListDeadLetters", "GET").body["value"]
@@ -94,14 +107,7 @@ def test_a_forced_redrive_of_a_lone_send_in_doubt_goes_alone_beside_sends_of_its
 def test_a_forced_redrive_of_a_queued_command_in_doubt_is_not_packed_from_the_index(
     ops: Outbound, manual_clock: ManualClock
 ) -> None:
-    number = fresh_number()
-    message_id = f"doubt-{number[-7:]}"
-
-    def send() -> str:
-        ops.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(number)})
-        return message_id
-
-    fail_in_doubt(ops, send)
+    number, message_id = queued_in_doubt(ops)
     waiting_for_a_slot(ops)
     for other in (fresh_number(), fresh_number()):
         ops.enqueue({"operation": "SendMessage", "messageId": f"doubt-{other[-7:]}",
@@ -115,14 +121,7 @@ def test_a_forced_redrive_of_a_queued_command_in_doubt_is_not_packed_from_the_in
 
 
 def test_a_message_redriven_in_doubt_cannot_be_cancelled(ops: Outbound) -> None:
-    number = fresh_number()
-    message_id = f"doubt-{number[-7:]}"
-
-    def send() -> str:
-        ops.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(number)})
-        return message_id
-
-    fail_in_doubt(ops, send)
+    number, message_id = queued_in_doubt(ops)
     force_redrive(message_id)
     cancel = call_http("CancelMessage", "DELETE", route_params={"MessageId": message_id})
     assert cancel.status == 409, cancel.body  # SmartDialog may have it: its repeat settles it
@@ -138,14 +137,7 @@ def test_a_refused_repeat_after_a_forced_redrive_is_still_in_doubt(
     re-drive too (it was ``upstream-rejected``: not sent, of a message SmartDialog had)."""
     refuse = staticmethod(lambda request_id, earlier: sandbox_app.ApiError(400, "Cancelled"))
     monkeypatch.setattr(sandbox_app.Sandbox, "_duplicate", refuse)
-    number = fresh_number()
-    message_id = f"doubt-{number[-7:]}"
-
-    def send() -> str:
-        ops.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(number)})
-        return message_id
-
-    fail_in_doubt(ops, send)
+    _, message_id = queued_in_doubt(ops)
     force_redrive(message_id)
     ops.drain()
     failed = record(message_id)
