@@ -465,8 +465,9 @@ class _Run:
             self.outcomes.fail_many([(m, failure(m)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
-            if repeat:  # only now: a retry before they failed repeats the call, not a new one
-                self.save(attempt=())
+            if repeat:  # only now: a retry before they failed repeats the call, not a new one;
+                ran = {c.message_id for c in claimed}  # its members not in this run repeat it
+                self.save(attempt=tuple(i for i in self.pack.attempt if i not in ran))
             log.warning(
                 "pack %s refused (%d): %s; %d member(s) failed, %d go again",
                 self.pack.pack_id, refused.status, said, len(offenders), len(rest),

@@ -45,17 +45,24 @@ def remember_maybe_sent(failed: Transient) -> dict[str, Any]:
     return {} if failed.certainly_not_sent else {"maybe_sent": True}
 
 
-def remember_interrupted(record: MessageRecord) -> dict[str, Any]:
-    """The claim change for ``record``: one still ``sending`` (its worker's lease ran out,
-    the worker died or stalled, perhaps mid-call) may have been sent, and is remembered so."""
-    return {"maybe_sent": True} if record.status is MessageStatus.SENDING else {}
+def remember_interrupted(record: MessageRecord, now: dt.datetime) -> dict[str, Any]:
+    """What a claim of ``record`` at ``now`` remembers of the claims before: one still
+    ``sending`` (its worker's lease ran out, the worker died or stalled, perhaps mid-call) may
+    have been sent; and when it was first claimed (``claimed_at``: for a row of a release
+    before that field that was tried already, its creation, the earliest it could have gone)."""
+    tried = record.attempts or record.may_have_reached
+    first = record.claimed_at or (record.created_at if tried else now)
+    interrupted = {"maybe_sent": True} if record.status is MessageStatus.SENDING else {}
+    return {**interrupted, "claimed_at": first}
 
 
 def handed_back(record: MessageRecord) -> dict[str, Any]:
     """The changes that hand ``record``'s claim back, no call made: the attempt not counted,
-    no lease, and, when it was its first, no time of a first claim (``claimed_at``: none went)."""
-    attempts = max(0, record.attempts - 1)
-    return {"attempts": attempts, "lease_until": None, **({} if attempts else {"claimed_at": None})}
+    no lease, and, when it was its first and none before may have gone, no time of a first
+    claim (``claimed_at``)."""
+    attempts = max(0, record.attempts - 1)  # a re-driven one in doubt (attempts 0) keeps its time
+    gone = attempts or record.maybe_sent
+    return {"attempts": attempts, "lease_until": None, **({} if gone else {"claimed_at": None})}
 
 
 def waiting_error(problem: str) -> FailureInfo:

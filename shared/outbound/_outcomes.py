@@ -158,8 +158,8 @@ def claim_changes(record: MessageRecord, now: dt.datetime, policy: SendPolicy) -
     leased for ``policy.lease`` from ``now``."""
     return {"status": MessageStatus.SENDING, "attempts": record.attempts + 1,
             "lease_until": now + policy.lease, "next_attempt_at": None, "waits_until": None,
-            "updated_at": now, "claimed_at": record.claimed_at or now,
-            "sent_through": policy.connection, **remember_interrupted(record),
+            "updated_at": now,
+            "sent_through": policy.connection, **remember_interrupted(record, now),
             **waited(record)}  # fmt: skip
 
 

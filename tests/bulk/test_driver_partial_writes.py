@@ -154,3 +154,45 @@ def test_claims_that_landed_in_part_go_back_uncounted(
     assert {(r.attempts, r.maybe_sent) for r in after} == {(0, False)}
     outbound.invoke(text, dequeue_count=2)  # the host's retry goes at once, nothing held
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+def test_a_refused_repeat_of_a_call_written_in_part_leaves_its_other_members_on_the_call(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """Found in a second read of the fixes above: after a back-off written in part, the
+    members still ``sending`` repeated the call and SmartDialog refused the repeat; rejected()
+    failed them ``outcome-unknown`` and cleared the whole call, so the members whose back-off
+    had landed (in the call too, maybe sent) went in a new call under a new RequestId."""
+    ids = member_ids(accepted_batch(*(f"+35840558{i:04d}" for i in range(150))))
+    [driver] = drivers(outbound)
+    text = json.dumps(driver)
+    real_send, calls = Upstream.send, []
+
+    def send(self: Upstream, command: Any) -> Any:
+        calls.append(command.body.RequestId)
+        if len(calls) == 1:
+            real_send(self, command)  # upstream accepted it; a gateway answered 503
+            raise _answer(InternalServerError, 503, "Service Unavailable", **{"Retry-After": "300"})
+        raise _answer(BadRequestError, 400, "The request was not valid")  # every repeat
+
+    monkeypatch.setattr(Upstream, "send", send)
+    crash_once(
+        monkeypatch,
+        MessageStore,
+        "swap_many",
+        "table storage failed on the 2nd transaction",
+        when=lambda items, **_: any(c.get("next_attempt_at") for _, c in items),  # the back-off
+        first=_first_transaction_only,
+    )
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    manual_clock.advance(LEASE + 1)
+    outbound.invoke(text, dequeue_count=2)  # the 50 repeat the call: refused, failed
+    manual_clock.advance(300)
+    for count in range(3, 6):
+        outbound.invoke(text, dequeue_count=count)
+
+    assert len(set(calls)) == 1  # never a new RequestId for members of that call
+    assert _sent_twice(outbound) == []
+    assert Counter((record(i).status, record(i).failure.code if record(i).failure else None)
+                   for i in ids) == {(MessageStatus.FAILED, "outcome-unknown"): 150}  # fmt: skip

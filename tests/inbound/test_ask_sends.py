@@ -853,3 +853,88 @@ def test_a_message_smartdialog_got_before_the_text_went_out_redelivered_after_an
     InboundProcessor.from_settings(get_settings()).process(intake.model_dump_json())
 
     assert _poll(inbound, asked).body["Status"] == "open"
+
+
+def _lost_answer(monkeypatch: pytest.MonkeyPatch, times: int = 1) -> None:
+    """SmartDialog takes the next ``times`` sends; a gateway's 502 comes back for each."""
+    from shared.outbound._attempt import Upstream
+    from shared.smartdialog import InternalServerError
+    from tests.bulk.test_driver_partial_writes import _answer
+
+    real_send, left = Upstream.send, [times]
+
+    def send(self: Upstream, command: Any) -> Any:
+        answer = real_send(self, command)  # the text goes out...
+        if left[0] > 0:
+            left[0] -= 1
+            raise _answer(InternalServerError, 502, "Bad Gateway")  # ...its answer is lost
+        return answer
+
+    monkeypatch.setattr(Upstream, "send", send)
+
+
+@pytest.mark.parametrize("handed_back", [False, True], ids=["sent", "handed-back-first"])
+def test_a_reply_to_a_text_that_went_out_before_a_forced_redrive_answers(
+    inbound: Inbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch, handed_back: bool
+) -> None:
+    """Found in a second read: a re-drive sets attempts to 0, so a hand-back of its first claim
+    after it read as a first claim's and forgot ClaimedAt; the repeat then set a later one, and
+    a reply to the text that had gone out before the re-drive, handled after, answered nothing."""
+    from shared import quota
+    from shared.quota import QuotaDenied
+    from tests.outbound.conftest import clear_quota
+
+    number = "+358401234581"
+    asked = _ask(inbound, number, Options=[])
+    manual_clock.advance(40)
+    inbound.configure(SEND_MAX_ATTEMPTS=1)
+    _lost_answer(monkeypatch)
+    command = _take_outbound(inbound)  # it went out; failed outcome-unknown
+    store = MessageStore.from_settings()
+    failed = store.get(asked.body["MessageId"])
+    assert failed is not None
+    manual_clock.advance(10)
+    reply = intake_text("Yes, see you then", number)  # the answer, held up in our queue
+    manual_clock.advance(60)
+    later = utcnow() + dt.timedelta(hours=1)
+    assert store.redrive(failed, now=utcnow(), valid_until=later) is not None  # forced
+    inbound.configure(QUOTA_CALLS=1, QUOTA_PERIOD_SECONDS=60, SEND_QUOTA_WAIT_SECONDS=0)
+    if handed_back:
+        while not isinstance(quota.from_settings(get_settings()).try_acquire(), QuotaDenied):
+            pass  # the quota is full
+        inbound.queue_function("OutboundSender", command)  # claimed, no slot: handed back
+    manual_clock.advance(30)
+    clear_quota()
+    inbound.configure(QUOTA_CALLS=2000)
+    queue_client(OUTBOUND_QUEUE).clear_messages()
+    inbound.queue_function("OutboundSender", command)  # the repeat: 409, sent
+    again = store.get(asked.body["MessageId"])
+    assert again is not None
+    assert (again.status, again.claimed_at) == (MessageStatus.SENT, failed.claimed_at)
+    InboundProcessor.from_settings(get_settings()).process(reply)
+
+    assert _poll(inbound, asked).body["Status"] == "answered"
+
+
+def test_a_reply_to_a_text_the_previous_release_tried_answers_after_the_retry(
+    inbound: Inbound, manual_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in a second read: a row the release before wrote has no ClaimedAt; its first claim
+    after the upgrade stamped its own time although the text may have gone out at the earlier
+    attempt, so a reply received between the two, handled after, answered nothing."""
+    number = "+358401234582"
+    asked = _ask(inbound, number, Options=[])
+    manual_clock.advance(40)
+    _lost_answer(monkeypatch)
+    command = _take_outbound(inbound)  # it went out; backs off, maybe sent
+    store = MessageStore.from_settings()
+    tried = store.get(asked.body["MessageId"])
+    assert tried is not None
+    assert store.swap(tried, claimed_at=None) is not None  # as the release before wrote it
+    manual_clock.advance(5)
+    reply = intake_text("Yes, see you then", number)  # held up across the deployment
+    manual_clock.advance(120)  # past the back-off
+    inbound.queue_function("OutboundSender", command)
+    InboundProcessor.from_settings(get_settings()).process(reply)
+
+    assert _poll(inbound, asked).body["Status"] == "answered"
