@@ -264,6 +264,11 @@ class _Run:
             due = again
         # A STOP since they were accepted: those members fail, never sent (not one an earlier
         # attempt may have sent: its retry settles it); one batched read of the suppressions.
+        # One ``sending`` off the call never went (a claim not handed back): read as queued.
+        off_call = [r.status is MessageStatus.SENDING and r.message_id not in pack.attempt
+                    for r in due]  # fmt: skip
+        due = [replace(r, status=MessageStatus.QUEUED) if off else r
+               for r, off in zip(due, off_call, strict=True)]  # fmt: skip
         commands = [(r, parse_outbound_message(r.command)) for r in due]
         failing = opted_out(commands, ports.suppressions, checked=True)
         self.outcomes.fail_many(failing)
@@ -458,15 +463,17 @@ class _Run:
         if not offenders and (len(claimed) == 1 or repeat):
             offenders = claimed
 
-        if not repeat:  # nothing went: whoever is left goes in a new call
-            self.save(attempt=())
+        # This run's members leave the call (its members not in this run repeat it later); for
+        # a repeat only once they failed: a retry before that repeats the call, not a new one.
+        ran = {c.message_id for c in claimed}
+        if not repeat:
+            self.save(attempt=tuple(i for i in self.pack.attempt if i not in ran))
         said = loggable_text(refused.message or "")
         if offenders:
             self.outcomes.fail_many([(m, failure(m)) for m in offenders])
             rest = [c for c in claimed if c not in offenders]
             self.release(rest)
-            if repeat:  # only now: a retry before they failed repeats the call, not a new one;
-                ran = {c.message_id for c in claimed}  # its members not in this run repeat it
+            if repeat:
                 self.save(attempt=tuple(i for i in self.pack.attempt if i not in ran))
             log.warning(
                 "pack %s refused (%d): %s; %d member(s) failed, %d go again",

@@ -24,7 +24,7 @@ import pytest
 from shared.clock import ManualClock
 from shared.messages import MessageStatus, MessageStore, PackStore
 from shared.outbound._attempt import Upstream
-from shared.smartdialog import BadRequestError, InternalServerError
+from shared.smartdialog import BadRequestError, InternalServerError, RateLimitError
 from tests.bulk.test_batch_packs import accepted_batch, drivers, member_ids, record
 from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import Outbound
@@ -196,3 +196,95 @@ def test_a_refused_repeat_of_a_call_written_in_part_leaves_its_other_members_on_
     assert _sent_twice(outbound) == []
     assert Counter((record(i).status, record(i).failure.code if record(i).failure else None)
                    for i in ids) == {(MessageStatus.FAILED, "outcome-unknown"): 150}  # fmt: skip
+
+
+def test_a_refused_run_that_is_no_repeat_leaves_the_calls_other_members_on_it(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """Found in a third read: the call got a 429 (nothing sent) and its back-off was written in
+    part; its members still ``sending`` (B) repeated it (taken, answer lost: maybe sent), then
+    the others (A, never maybe sent) repeated it and were refused naming nobody. That counted
+    as no repeat, and rejected() cleared the whole call, B included: B went again under a new
+    RequestId."""
+    ids = member_ids(accepted_batch(*(f"+35840559{i:04d}" for i in range(150))))
+    [driver] = drivers(outbound)
+    text = json.dumps(driver)
+    real_send, calls = Upstream.send, []
+
+    def send(self: Upstream, command: Any) -> Any:
+        calls.append((command.body.RequestId, len(command.body.Recipients)))
+        if len(calls) == 1:  # the whole call: 429, nothing sent
+            raise _answer(RateLimitError, 429, "Too many requests", **{"Retry-After": "300"})
+        if len(calls) == 2:  # B's repeat: taken upstream, the answer lost
+            real_send(self, command)
+            raise _answer(InternalServerError, 503, "Service Unavailable", **{"Retry-After": "600"})
+        if len(calls) == 3:  # A's repeat: refused naming nobody
+            raise _answer(BadRequestError, 400, "The request was refused")
+        return real_send(self, command)
+
+    monkeypatch.setattr(Upstream, "send", send)
+    crash_once(
+        monkeypatch,
+        MessageStore,
+        "swap_many",
+        "table storage failed on the 2nd transaction",
+        when=lambda items, **_: any(c.get("next_attempt_at") for _, c in items),  # the back-off
+        first=_first_transaction_only,
+    )
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    b = ids[100:]
+    manual_clock.advance(LEASE + 1)
+    outbound.invoke(text, dequeue_count=2)  # B repeats the call
+    manual_clock.advance(300 - LEASE)
+    outbound.invoke(text, dequeue_count=3)  # A repeats it: refused (split)
+    manual_clock.advance(400)  # B's back-off is over
+    for count in range(4, 7):
+        outbound.invoke(text, dequeue_count=count)
+
+    assert _sent_twice(outbound) == []
+    assert len({rid for rid, n in calls if n == 50}) == 1  # B never under a new RequestId
+    assert {(record(i).status, record(i).duplicate) for i in b} == {(MessageStatus.SENT, True)}
+
+
+@pytest.mark.parametrize("reread", ["works", "fails"])
+def test_a_stop_is_kept_for_members_whose_claim_landed_and_was_not_handed_back(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock, reread: str
+) -> None:
+    """Found in a third read: when the claims landed in part and the re-read meant to hand
+    them back failed too, they passed for an interrupted call once their lease ran out
+    (maybe sent), and a STOP that came meanwhile was not honoured. A member ``sending`` that
+    is not on the pack's call never went: its claim keeps what it knew."""
+    import datetime as dt
+
+    from shared.suppressions import SuppressionStore
+    from tests.outbound.conftest import SERVICE
+
+    numbers = [f"+3584056{'01'[reread == 'fails']}{i:04d}" for i in range(150)]
+    ids = member_ids(accepted_batch(*numbers))
+    [driver] = drivers(outbound)
+    text = json.dumps(driver)
+    armed: list[int] = []
+
+    def first(real: Any, store: MessageStore, items: Any, **kw: Any) -> None:
+        real(store, items[:100], **kw)  # the first transaction landed
+        armed.append(1)
+
+    crash_once(monkeypatch, MessageStore, "swap_many", "storage failed on the 2nd claim write",
+               when=lambda items, **_: any(c.get("status") is MessageStatus.SENDING
+                                           for _, c in items), first=first)  # fmt: skip
+    if reread == "fails":
+        crash_once(monkeypatch, MessageStore, "get_many", "storage still failing",
+                   when=lambda *a, **k: bool(armed))  # fmt: skip
+    with pytest.raises(RuntimeError):
+        outbound.invoke(text)
+    SuppressionStore.from_settings().add(SERVICE, numbers[5], keyword="STOP", source="inbound",
+                                         now=dt.datetime.now(dt.UTC))  # fmt: skip
+    manual_clock.advance(LEASE + 1)
+    for count in range(2, 5):
+        outbound.invoke(text, dequeue_count=count)
+
+    sent_to = {r["Address"] for c in outbound.upstream() if c["status"] == 200
+               for r in c["body"]["Recipients"]}  # fmt: skip
+    assert numbers[5] not in sent_to
+    assert {record(i).maybe_sent for i in ids} == {False}
