@@ -61,26 +61,21 @@ def configuration_problem() -> Problem | None:
 def telemetry_errors(settings: Settings) -> list[FieldError]:
     """What keeps traces and metrics from Application Insights (health only: no function needs
     them, and with a connection string the exporter refuses they are off, one error logged):
-    ``APPLICATIONINSIGHTS_CONNECTION_STRING`` without an ``InstrumentationKey`` that is a GUID
-    as the exporter reads one (lower case, with dashes), or with an ``IngestionEndpoint`` that
-    is no https:// URL."""
-    import re
-    from urllib.parse import urlsplit
-
+    ``APPLICATIONINSIGHTS_CONNECTION_STRING`` as the exporter's own parser reads it."""
     if (text := settings.applicationinsights_connection_string) is None:
         return []
-    parts = dict(p.split("=", 1) for p in text.split(";") if "=" in p)
-    lowered = {name.strip().lower(): value.strip() for name, value in parts.items()}
-    guid = r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}"  # the exporter's: lower case, dashes
-    try:
-        endpoint = urlsplit(lowered.get("ingestionendpoint", "https://ingestion"))
-    except ValueError:
-        endpoint = None
-    good = endpoint is not None and endpoint.scheme == "https" and endpoint.hostname
-    if good and re.fullmatch(guid, lowered.get("instrumentationkey", "")):
+    try:  # the exporter's own reading (not public API: without it, nothing is checked)
+        from azure.monitor.opentelemetry.exporter._connection_string_parser import (
+            ConnectionStringParser,
+        )
+    except ImportError:
         return []
-    why = "needs an InstrumentationKey (a GUID) and an https:// IngestionEndpoint, if any"
-    return [FieldError("APPLICATIONINSIGHTS_CONNECTION_STRING", f"{why}: telemetry is off.")]
+    try:
+        ConnectionStringParser(text)
+    except ValueError as exc:  # its words name no part of the value
+        why = f"the exporter refuses it ({exc}): telemetry is off."
+        return [FieldError("APPLICATIONINSIGHTS_CONNECTION_STRING", why)]
+    return []
 
 
 def storage_errors(settings: Settings) -> list[FieldError]:

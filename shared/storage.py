@@ -79,12 +79,15 @@ def _service_uri(settings: StorageTarget, kind: _Service) -> tuple[str, str]:
         raise StorageNotConfigured([FieldError(_STORAGE, f"{unset}ServiceUri (identity-based).")])
     setting = f"{_STORAGE}__{kind}ServiceUri" if explicit else f"{_STORAGE}__accountName"
     uri = explicit or f"https://{name}.{kind}.core.windows.net"
-    parts = urlsplit(uri)  # checked here: the SDK would only fail at the first request
-    if explicit and not (parts.scheme in ("http", "https") and parts.hostname and not parts.query):
-        raise StorageNotConfigured([FieldError(setting, "is not an absolute https:// URL.")])
+    try:  # checked here: the SDK would only fail at the first request ("https://[bad": here)
+        parts = urlsplit(uri)
+        url = parts.scheme in ("http", "https") and parts.hostname and not parts.query
+    except ValueError:
+        url = False
+    if explicit and not url:
+        raise StorageNotConfigured([FieldError(setting, "is not an absolute http(s):// URL.")])
     if name and not explicit and not re.fullmatch(r"[A-Za-z0-9]{3,24}", name):
-        why = "is not a storage account name (3 to 24 letters and digits)."
-        raise StorageNotConfigured([FieldError(setting, why)])
+        raise StorageNotConfigured([FieldError(setting, "must be 3 to 24 letters and digits.")])
     return setting, uri
 
 
@@ -149,8 +152,7 @@ def _endpoint(conn: str, kind: str) -> str:
     """The ``Queue``/``TableEndpoint`` of a connection string (or the account's default)."""
     parts = dict(part.split("=", 1) for part in conn.split(";") if "=" in part and part.strip())
     lowered = {name.strip().lower(): value.strip() for name, value in parts.items()}
-    explicit = lowered.get(f"{kind}endpoint")
-    if explicit:
+    if explicit := lowered.get(f"{kind}endpoint"):
         return explicit
     protocol = lowered.get("defaultendpointsprotocol", "https")
     suffix = lowered.get("endpointsuffix", "core.windows.net")

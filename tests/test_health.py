@@ -133,7 +133,7 @@ def test_any_complete_credentials_are_enough(
     [
         "InstrumentationKey=not-a-guid;IngestionEndpoint=https://x.in.applicationinsights.azure.com/",
         "IngestionEndpoint=https://x.in.applicationinsights.azure.com/",
-        "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=ftp://x",
+        "InstrumentationKey=00000000-0000-0000-0000-000000000000;",  # a trailing ';' (docs)
         # forms uuid.UUID reads and the exporter refuses (found in a second read)
         "InstrumentationKey=0000000A-0000-0000-0000-000000000000",
         "InstrumentationKey=00000000000000000000000000000000",
@@ -168,6 +168,7 @@ def test_a_connection_string_with_a_guid_key_is_fine(monkeypatch: pytest.MonkeyP
         ("__accountName", "https://acct.blob.core.windows.net"),
         ("__queueServiceUri", "acct"),
         ("__queueServiceUri", "ftp://acct.queue.core.windows.net"),
+        ("__queueServiceUri", "https://[bad"),  # urlsplit raised: health answered 500 (docs read)
     ],
 )
 def test_an_identity_based_storage_setting_that_is_no_name_or_url_is_named(
