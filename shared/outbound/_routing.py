@@ -449,8 +449,8 @@ def _removed(
         code=CONNECTION_REMOVED,
         title="The message's connection no longer exists",
         detail=(
-            f"Connection {name} is not in the app's settings any more, so the message is not "
-            "sent (it is never sent through another connection's account)."
+            f"Connection {name} is not in the app's settings any more; the message is never sent "
+            "through another connection's account."
         ),
     )
     now = ports.now()
