@@ -148,7 +148,8 @@ class QuestionAnswers:
         question = self.questions.for_reply(service, reported_key(payload.sender), key)
         if question is None or question.expired(received_at):
             return "none"  # an expired one is ended by its status URL
-        if _written_at(payload, received_at) < question.created_at - CLOCK_SKEW:
+        written = _written_at(payload, received_at)
+        if written < question.created_at - CLOCK_SKEW:
             return "none"  # written before it was asked (a late or repeated copy of a message)
         unreadable = False
         try:  # one read, for a message that may answer
@@ -164,7 +165,7 @@ class QuestionAnswers:
             return "opted_out"
         if not (unreadable or send_may_have_gone_out(send)):
             return "none"  # its text has not gone out: this is no reply to it
-        got = min(received_at, _written_at(payload, received_at))  # this copy, or SmartDialog
+        got = min(received_at, written)  # this copy's receipt, or SmartDialog's
         if send and send.claimed_at and got < send.claimed_at - CLOCK_SKEW:
             return "none"  # received before its text could go out, handled after (held up)
         matched, option = match_answer(question.options, payload.content)

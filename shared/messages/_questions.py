@@ -184,8 +184,7 @@ def send_may_have_gone_out(send: MessageRecord | None) -> bool:
     cancelled, nor one not recorded yet."""
     if send is None:
         return False
-    doubt = send.maybe_sent or (send.failure is not None and send.failure.code == "outcome-unknown")
-    return send.status in (MessageStatus.SENT, MessageStatus.SENDING) or doubt
+    return send.status in (MessageStatus.SENT, MessageStatus.SENDING) or send.in_doubt
 
 
 def send_ended_unsent(send: MessageRecord | None, question: QuestionRecord) -> bool:

@@ -353,6 +353,14 @@ class MessageRecord:
         one cut off mid-call (still ``sending``: its worker stopped or its lease ran out)."""
         return self.maybe_sent or self.status is MessageStatus.SENDING
 
+    @property
+    def in_doubt(self) -> bool:
+        """Whether an attempt may have sent it: recorded so (``maybe_sent``), or its failure
+        says so (``outcome-unknown``: a give-up writes the failure, not the flag)."""
+        return self.maybe_sent or (
+            self.failure is not None and self.failure.code == "outcome-unknown"
+        )
+
     def result_json(self) -> dict[str, Any] | None:
         """Upstream's answer as a dict, or None before it was sent."""
         if not self.result:

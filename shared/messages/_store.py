@@ -470,8 +470,7 @@ class MessageStore:
         own RequestId, which SmartDialog may know, it cannot be cancelled, and a refusal or a
         give-up of it is ``outcome-unknown`` again. None when the compare-and-swap lost;
         IllegalTransition unless failed."""
-        failure = record.failure
-        doubt = record.maybe_sent or (failure is not None and failure.code == "outcome-unknown")
+        doubt = record.in_doubt
         alone = doubt or record.batch_id is not None
         return self.swap(
             record,

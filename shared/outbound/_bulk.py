@@ -137,13 +137,12 @@ class BulkService:
             too_many = f"At most {MAX_BULK_RECIPIENTS} recipients."
             why = too_many if recipients else "Give at least one recipient."
             raise validation_problem([FieldError("Recipients", why)])
-        request = [template, customer_id, service_id, transactional, all_or_nothing]
-        # as_typed: how a release before this one fingerprinted it
-        fingerprint, as_typed = bulk_fingerprint(request, recipients)
         batch_id = str(uuid.uuid4())
         key_hash = None
         resumed = None
-        if idempotency_key:
+        if idempotency_key:  # its fingerprints: numbers as sent, as typed (a release before's)
+            request = [template, customer_id, service_id, transactional, all_or_nothing]
+            fingerprint, as_typed = bulk_fingerprint(request, recipients)
             key_hash = idempotency_key_hash(
                 customer_id, "bulk\n" + idempotency_key, self._named_connection
             )

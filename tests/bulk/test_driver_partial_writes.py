@@ -42,6 +42,34 @@ def _first_transaction_only(real: Any, store: MessageStore, items: Any, **kw: An
     real(store, items[:100], **kw)  # the first 100 rows landed; the next transaction failed
 
 
+def _back_off_lands_in_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next back-off write lands for the first 100 members; its next transaction fails."""
+    crash_once(
+        monkeypatch,
+        MessageStore,
+        "swap_many",
+        "table storage failed on the 2nd transaction",
+        when=lambda items, **_: any(c.get("next_attempt_at") for _, c in items),  # the back-off
+        first=_first_transaction_only,
+    )
+
+
+def _taken_then_refused(monkeypatch: pytest.MonkeyPatch, error: Exception) -> list[str]:
+    """Upstream takes the first call and a gateway answers ``error``; every repeat is refused
+    naming nobody. The RequestIds called, in order."""
+    real_send, calls = Upstream.send, []
+
+    def send(self: Upstream, command: Any) -> Any:
+        calls.append(command.body.RequestId)
+        if len(calls) == 1:
+            real_send(self, command)  # upstream accepted it...
+            raise error  # ...and a gateway answered
+        raise _answer(BadRequestError, 400, "The request was not valid")  # every repeat
+
+    monkeypatch.setattr(Upstream, "send", send)
+    return calls
+
+
 def _sent_twice(outbound: Outbound) -> list[str]:
     accepted = Counter(r["Address"] for c in outbound.upstream() if c["status"] == 200
                        for r in c["body"]["Recipients"])  # fmt: skip
@@ -65,14 +93,7 @@ def test_a_back_off_written_in_part_repeats_the_whole_call_under_its_request_id(
         return answer
 
     monkeypatch.setattr(Upstream, "send", send)
-    crash_once(
-        monkeypatch,
-        MessageStore,
-        "swap_many",
-        "table storage failed on the 2nd transaction",
-        when=lambda items, **_: any(c.get("next_attempt_at") for _, c in items),  # the back-off
-        first=_first_transaction_only,
-    )
+    _back_off_lands_in_part(monkeypatch)
     with pytest.raises(RuntimeError):
         outbound.invoke(text)  # the host retries the driver
     assert Counter(record(i).status for i in ids) == {
@@ -96,16 +117,7 @@ def test_a_refused_repeat_whose_failures_did_not_land_is_never_sent_under_a_new_
     ids = member_ids(accepted_batch(*(f"+35840556{i:04d}" for i in range(5))))
     [driver] = drivers(outbound)
     text = json.dumps(driver)
-    real_send, calls = Upstream.send, []
-
-    def send(self: Upstream, command: Any) -> Any:
-        calls.append(command.body.RequestId)
-        if len(calls) == 1:
-            real_send(self, command)  # upstream accepted it; a gateway answered 502
-            raise _answer(InternalServerError, 502, "Bad Gateway")
-        raise _answer(BadRequestError, 400, "The request was not valid")  # every repeat
-
-    monkeypatch.setattr(Upstream, "send", send)
+    calls = _taken_then_refused(monkeypatch, _answer(InternalServerError, 502, "Bad Gateway"))
     outbound.invoke(text)  # 502: every member backs off, maybe sent
     crash_once(
         monkeypatch,
@@ -166,24 +178,9 @@ def test_a_refused_repeat_of_a_call_written_in_part_leaves_its_other_members_on_
     ids = member_ids(accepted_batch(*(f"+35840558{i:04d}" for i in range(150))))
     [driver] = drivers(outbound)
     text = json.dumps(driver)
-    real_send, calls = Upstream.send, []
-
-    def send(self: Upstream, command: Any) -> Any:
-        calls.append(command.body.RequestId)
-        if len(calls) == 1:
-            real_send(self, command)  # upstream accepted it; a gateway answered 503
-            raise _answer(InternalServerError, 503, "Service Unavailable", **{"Retry-After": "300"})
-        raise _answer(BadRequestError, 400, "The request was not valid")  # every repeat
-
-    monkeypatch.setattr(Upstream, "send", send)
-    crash_once(
-        monkeypatch,
-        MessageStore,
-        "swap_many",
-        "table storage failed on the 2nd transaction",
-        when=lambda items, **_: any(c.get("next_attempt_at") for _, c in items),  # the back-off
-        first=_first_transaction_only,
-    )
+    unavailable = _answer(InternalServerError, 503, "Service Unavailable", **{"Retry-After": "300"})
+    calls = _taken_then_refused(monkeypatch, unavailable)
+    _back_off_lands_in_part(monkeypatch)
     with pytest.raises(RuntimeError):
         outbound.invoke(text)
     manual_clock.advance(LEASE + 1)
@@ -223,14 +220,7 @@ def test_a_refused_run_that_is_no_repeat_leaves_the_calls_other_members_on_it(
         return real_send(self, command)
 
     monkeypatch.setattr(Upstream, "send", send)
-    crash_once(
-        monkeypatch,
-        MessageStore,
-        "swap_many",
-        "table storage failed on the 2nd transaction",
-        when=lambda items, **_: any(c.get("next_attempt_at") for _, c in items),  # the back-off
-        first=_first_transaction_only,
-    )
+    _back_off_lands_in_part(monkeypatch)
     with pytest.raises(RuntimeError):
         outbound.invoke(text)
     b = ids[100:]
