@@ -479,7 +479,8 @@ class BulkService:
             str(MessageStatus.QUEUED if queued and r.status is MessageStatus.ACCEPTED else r.status)
             for r in records
         )
-        incomplete = batch.status is BatchStatus.INCOMPLETE
+        # Final only while members are missing: with all recorded, drivers may be out.
+        incomplete = batch.status is BatchStatus.INCOMPLETE and len(records) < batch.accepted
         # Still being recorded, it is pending whatever its recorded members' states.
         recording &= batch.status is BatchStatus.ACCEPTING
         pending = recording or (not incomplete and any(not r.status.is_final for r in records))

@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ServiceRequestError
 
 from shared.clock import ManualClock
-from shared.messages import BatchStore, MessageStore
+from shared.messages import BatchStore, MessageStore, idempotency_key_hash
+from shared.outbound._bulk import BulkService
 from shared.outbound._service import outbound_queue
 from shared.settings import get_settings
 from tests.bulk.test_batch_packs import NUMBERS, backdate_accepting_batches, drivers
@@ -207,3 +209,34 @@ def test_a_finished_incomplete_batch_whose_mark_failed_is_not_reported_incomplet
 
     assert status_of(batch["PartitionKey"]) != "incomplete"
     assert sent(outbound) == sorted(NUMBERS[:10])
+
+
+def test_an_incomplete_batch_is_pending_while_a_poll_puts_its_drivers_out_in_part(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """No driver of the request got onto the queue (503: the batch is incomplete, every member
+    recorded); a poll put one of its two drivers out. That poll answered a final 200
+    "incomplete: none of it is sent, send it again" while that pack went out, and its flow
+    stopped polling (found in review)."""
+    outbound.configure(PACK_MAX_RECIPIENTS=2)
+    queue = outbound_queue(get_settings())
+    for _ in range(2):
+        crash_once(monkeypatch, queue, "send_message", "queue failed", error=ServiceRequestError)
+    answer = bulk({"Recipients": people(*NUMBERS[:4])}, **{"Idempotency-Key": "part-1"})
+    assert answer.status == 503, answer.body
+    service = BulkService(get_settings())
+    hashed = idempotency_key_hash(get_settings().customer_id or "", "bulk\npart-1")
+    [batch] = service.batches.table.query_entities(f"IdempotencyKeyHash eq '{hashed}'")
+    assert batch["Status"] == "incomplete"
+    crash_once(monkeypatch, queue, "send_message", "queue failed", error=ServiceRequestError)
+
+    status, view, headers = service.status(batch["PartitionKey"], details=False, checked=True)
+
+    assert (status, view["Status"]) == (202, "pending")
+    assert "Retry-After" in headers
+    assert len(sent(outbound)) == 2  # the pack whose driver went out
+    manual_clock.advance(31)
+    service.status(batch["PartitionKey"], details=False, checked=True)  # the other driver
+    assert sent(outbound) == sorted(NUMBERS[:4])
+    status, view, _ = service.status(batch["PartitionKey"], details=False, checked=True)
+    assert (status, view["Status"], view["Counts"]["sent"]) == (200, "done", 4)
