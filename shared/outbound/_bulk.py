@@ -475,10 +475,13 @@ class BulkService:
         queued = batch.status is BatchStatus.QUEUED
         # Members are recorded ``accepted`` and the batch, not each member, notes that their
         # packs' drivers are all on the queue: once it does, an ``accepted`` member is queued.
-        counts = Counter(
-            str(MessageStatus.QUEUED if queued and r.status is MessageStatus.ACCEPTED else r.status)
+        shown = {
+            r.message_id: MessageStatus.QUEUED
+            if queued and r.status is MessageStatus.ACCEPTED
+            else r.status
             for r in records
-        )
+        }
+        counts = Counter(map(str, shown.values()))
         # Final only while members are missing: with all recorded, drivers may be out.
         incomplete = batch.status is BatchStatus.INCOMPLETE and len(records) < batch.accepted
         # Still being recorded, it is pending whatever its recorded members' states.
@@ -509,7 +512,10 @@ class BulkService:
             )
         if details:
             body["Recipients"] = [
-                _member_view(r, delivery[r.message_id], slots.get(r.message_id)) for r in records
+                _member_view(
+                    r, shown[r.message_id], delivery[r.message_id], slots.get(r.message_id)
+                )
+                for r in records
             ]
         return (202, body, self._poll_headers(url)) if pending else (200, body, {})
 
@@ -566,10 +572,10 @@ def _in_progress(what: str) -> Problem:
 
 
 def _member_view(
-    record: MessageRecord, delivery: str, slot: RecipientSlot | None
+    record: MessageRecord, status: MessageStatus, delivery: str, slot: RecipientSlot | None
 ) -> dict[str, Any]:
-    """A member's line in the details: its address from its recipient slot (its record's
-    command may be kept in a blob)."""
+    """A member's line in the details, in its state as the counts tell it; its address from
+    its recipient slot (its record's command may be kept in a blob)."""
     row = int(record.message_id.rsplit(".", 1)[-1])
     result = record.result_json() or {}
     sent = result.get("Recipients") or []
@@ -578,7 +584,7 @@ def _member_view(
         "Row": row,
         "Id": record.message_id,
         "Address": slot.address if slot else None,
-        "Status": str(record.status),
+        "Status": str(status),
         "Delivery": delivery,
         "MessageId": record.upstream_message_id,
         "RecipientId": first.get("Id"),

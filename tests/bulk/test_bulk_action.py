@@ -69,6 +69,24 @@ def test_bulk_send_is_one_upstream_call_and_every_recipient_keeps_its_personaliz
     assert {m["MessageId"] for m in done.body["Recipients"]} == {calls[0]["response"]["MessageId"]}
 
 
+def test_a_waiting_batch_details_tell_each_member_in_the_state_its_counts_do(
+    outbound: Outbound,
+) -> None:
+    """Once a batch's drivers are on the queue its counts said ``queued`` for its members while
+    the details said ``accepted`` ("recorded, not yet queued") for each (found in review)."""
+    accepted = bulk({"Recipients": people(*GOOD[:3])})
+    assert accepted.status == 202, accepted.body
+
+    waiting = batch_status(accepted.headers["Location"], details=True)
+
+    assert waiting.status == 202
+    assert waiting.body["Counts"]["queued"] == 3
+    assert [m["Status"] for m in waiting.body["Recipients"]] == ["queued"] * 3
+    outbound.drain()
+    done = batch_status(accepted.headers["Location"], details=True)
+    assert [m["Status"] for m in done.body["Recipients"]] == ["sent"] * 3
+
+
 def test_a_member_whose_recipient_opted_out_after_the_batch_was_accepted_is_not_sent(
     outbound: Outbound,
 ) -> None:
