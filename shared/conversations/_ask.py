@@ -31,12 +31,13 @@ from shared.actions.fields import (
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
 from shared.inbound import WebhookRegistry
-from shared.inbound._answers import reprompt_message_id
+from shared.inbound._answers import read_send, reprompt_message_id
 from shared.logs import redacted
 from shared.messages import (
     ANSWER_GRACE,
     QUESTION_ID_PATTERN,
     UNSENT,
+    DamagedRecordError,
     IdempotencyEntry,
     MessageRecord,
     MessageStatus,
@@ -345,8 +346,9 @@ class AskService:
                 return self._replayed(conflict.open_question, command, idempotency_key, claim)
             return self._refused(claim, _conflict(conflict.open_question, self.settings))
         self._send(created, command, idempotency_key, claim, not_before=known_everywhere)
-        if open_one is not None:  # replaced: its text, unless on its way, never goes (a reply
-            with contextlib.suppress(Problem, AzureError):  # to it would answer this one)
+        if open_one is not None:  # replaced: its text, unless on its way (or unreadable),
+            # never goes (a reply to it would answer this one)
+            with contextlib.suppress(Problem, AzureError, DamagedRecordError):
                 self.send.cancel(open_one.message_id)
         return self._open_view(created, status=202)
 
@@ -476,7 +478,7 @@ class AskService:
         if record.status is QuestionStatus.OPEN:
             return self._open_view(record, status=202)
         if record.status is QuestionStatus.FAILED:
-            message = self.send.store.get(record.message_id)
+            message, _ = read_send(self.send.store, record.message_id, record.question_id)
             # Its send's problem while it stands; re-driven since: the question's own answer.
             if message is not None and message.status in UNSENT:
                 view = self.send.view(message)
@@ -490,7 +492,7 @@ class AskService:
         :data:`ANSWER_GRACE` past its ExpiresAt unless it :meth:`_waits`; else as it is."""
         if record.status.is_final:
             return record
-        message = self.send.store.get(record.message_id)
+        message, _ = read_send(self.send.store, record.message_id, record.question_id)
         if message is not None and send_ended_unsent(message, record):
             code = message.failure.code if message.failure else str(message.status)
             status = QuestionStatus.FAILED
@@ -509,7 +511,7 @@ class AskService:
         lease = dt.timedelta(seconds=self.settings.send_lease_seconds)  # the sender's: ours
         again = reprompt_message_id(record.question_id) if record.reprompted else None
         try:  # our storage failing: 503, and the next poll does it again
-            for send in (message, self.send.store.get(again) if again else None):
+            for send in (message, read_send(self.send.store, again, again)[0] if again else None):
                 if send and send.status is MessageStatus.CANCELLED and not send.announced:
                     self.send.cancel(send.message_id)  # a cancel whose event failed: finish it
                 if send is None or send.status.is_final or now >= send.valid_until + lease:

@@ -38,6 +38,7 @@ from shared.clock import utcnow
 from shared.logs import redacted
 from shared.messages import (
     DamagedRecordError,
+    MessageRecord,
     MessageStore,
     QuestionRecord,
     QuestionStore,
@@ -55,7 +56,13 @@ if TYPE_CHECKING:
     from shared.inbound._models import NewMessagePayload
     from shared.settings import Settings
 
-__all__ = ["AnswerOutcome", "QuestionAnswers", "reprompt_command", "reprompt_message_id"]
+__all__ = [
+    "AnswerOutcome",
+    "QuestionAnswers",
+    "read_send",
+    "reprompt_command",
+    "reprompt_message_id",
+]
 
 log = logging.getLogger("shared.inbound.answers")
 
@@ -80,6 +87,20 @@ def _written_at(payload: NewMessagePayload, received_at: dt.datetime) -> dt.date
     if written is not None and -REDELIVERY <= written - received_at <= CLOCK_SKEW:
         return written
     return received_at
+
+
+def read_send(
+    messages: MessageStore, message_id: str, question_id: str
+) -> tuple[MessageRecord | None, bool]:
+    """The record of a send of question ``question_id``, and whether it was unreadable
+    (``DamagedRecordError``: a status another release wrote); that one is None, with a warning,
+    never an error that holds the question up."""
+    try:
+        return messages.get(message_id), False
+    except DamagedRecordError as exc:
+        log.warning("the send %s of question %s is unreadable: %s", message_id, question_id,
+                    redacted(str(exc)))  # fmt: skip
+        return None, True
 
 
 def reprompt_command(question: QuestionRecord) -> str:
@@ -151,13 +172,8 @@ class QuestionAnswers:
         written = _written_at(payload, received_at)
         if written < question.created_at - CLOCK_SKEW:
             return "none"  # written before it was asked (a late or repeated copy of a message)
-        unreadable = False
-        try:  # one read, for a message that may answer
-            send = self.messages.get(question.message_id)
-        except DamagedRecordError as exc:  # read as gone out (the question was asked): answered
-            log.warning("message %s: the send %s of question %s is unreadable: %s", key,
-                        question.message_id, question.question_id, redacted(str(exc)))  # fmt: skip
-            send, unreadable = None, True
+        # One read, for a message that may answer; unreadable, it has gone out (was asked).
+        send, unreadable = read_send(self.messages, question.message_id, question.question_id)
         if send_ended_unsent(send, question):
             return "none"  # cancelled or failed unsent: the question ends so (its status URL)
         if keyword == "stop":  # before its text went out too: it never will (suppressed)

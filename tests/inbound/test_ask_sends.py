@@ -571,6 +571,33 @@ def test_a_reply_whose_questions_send_record_is_damaged_still_reaches_its_event(
     assert answered.reply == "yes"
 
 
+def test_a_question_whose_send_record_is_damaged_is_polled_and_replaced_without_a_5xx(
+    inbound: Inbound,
+) -> None:
+    """The same unreadable send row: the question's status URL, and every new question to the
+    number (ReplaceOpenQuestion too, the documented way out), answered 500 (found in review)."""
+    number = "+358401239683"
+    asked = _ask(inbound, number)
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    messages = table_client(MESSAGES_TABLE)
+    row = {"PartitionKey": asked.body["MessageId"], "RowKey": "message"}
+    messages.update_entity({**row, "Status": "scheduled"}, mode=UpdateMode.MERGE)
+    try:
+        polled = _poll(inbound, asked)
+        replaced = inbound.call(
+            "SendMessageAndWaitForReply", "POST", headers={"Service-Id": TWO_WAY},
+            body={"Sender": "Clinic", "Content": "Another question", "Recipient": number,
+                  "ReplaceOpenQuestion": True},
+        )  # fmt: skip
+        after = _poll(inbound, asked)
+    finally:
+        messages.update_entity({**row, "Status": "sent"}, mode=UpdateMode.MERGE)
+
+    assert (polled.status, polled.body["Status"]) == (202, "open")  # read as gone out
+    assert replaced.status == 202, replaced.body
+    assert (after.status, after.body["Status"]) == (200, "replaced"), after.body
+
+
 def test_a_questions_blank_optional_fields_are_left_out_and_a_blank_answer_is_refused(
     inbound: Inbound,
 ) -> None:
