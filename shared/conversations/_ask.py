@@ -511,7 +511,8 @@ class AskService:
         lease = dt.timedelta(seconds=self.settings.send_lease_seconds)  # the sender's: ours
         again = reprompt_message_id(record.question_id) if record.reprompted else None
         try:  # our storage failing: 503, and the next poll does it again
-            for send in (message, read_send(self.send.store, again, again)[0] if again else None):
+            reprompt = read_send(self.send.store, again, record.question_id)[0] if again else None
+            for send in (message, reprompt):
                 if send and send.status is MessageStatus.CANCELLED and not send.announced:
                     self.send.cancel(send.message_id)  # a cancel whose event failed: finish it
                 if send is None or send.status.is_final or now >= send.valid_until + lease:
