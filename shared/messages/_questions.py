@@ -112,10 +112,10 @@ def check_question_transition(before: QuestionStatus, after: QuestionStatus) -> 
 
 def normalize_reply(text: str) -> str:
     """``text`` as a short reply is compared with words (opt-out keywords, a question's accepted
-    answers): NFKC (fullwidth letters, "…" as "..."), without invisible characters (format
-    ones: zero-width space or joiner, BOM, Unicode category Cf; variation selectors: the emoji
-    one U+FE0F, "❤️" == "❤"), blanks and punctuation (categories P*: "Stop!", «STOP», "Yes.")
-    trimmed from both ends, inner blanks single, case folded."""
+    answers): NFKC (fullwidth letters, "…" as "..."), without invisible characters (``_invisible``:
+    zero-width space, BOM, NUL; the emoji selector U+FE0F: "❤️" == "❤"), blanks and punctuation
+    (categories P*: "Stop!", «STOP», "Yes.") trimmed from both ends, inner blanks single, case
+    folded."""
     kept = [c for c in unicodedata.normalize("NFKC", text) if not _invisible(c)]
     while kept and _edge(kept[-1]):
         kept.pop()
@@ -124,8 +124,10 @@ def normalize_reply(text: str) -> str:
 
 
 def _invisible(char: str) -> bool:
-    """A format character (Cf) or a variation selector."""
-    return _selector(char) or unicodedata.category(char) == "Cf"
+    """A format character (Cf: zero-width space or joiner, BOM), a control character but a blank
+    (Cc: NUL, ESC; a gateway's padding) or a variation selector (text or emoji style)."""
+    kind = unicodedata.category(char)
+    return _selector(char) or kind == "Cf" or (kind == "Cc" and not char.isspace())
 
 
 def _selector(char: str) -> bool:

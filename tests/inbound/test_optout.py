@@ -48,6 +48,13 @@ DEFAULTS = Settings()
         ("\u00bfSTOP?", "stop"),
         ("STOP \u2014 now", None),
         ("ST OP", None),
+        # Control characters a gateway pads or mis-decodes (GSM "@" is 0x00): were not
+        # honoured (found in review); tab, line breaks are blanks, kept between words.
+        ("STOP\x00", "stop"),
+        ("\x00\x00STOP\x1b", "stop"),
+        ("\x07Stop", "stop"),
+        ("STOP\nNOW", None),
+        ("\tstart\r\n", "start"),
     ],
 )
 def test_default_keywords(content: str, expected: str | None) -> None:
