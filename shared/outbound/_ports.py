@@ -99,13 +99,13 @@ def held_settings(connection: str | None, settings: Settings) -> tuple[Settings,
     is misconfigured or removed), and whether a broken setting holds them now: the sender then
     defers them (:meth:`~shared.outbound._outcomes.Outcomes.misconfigured`); a removed
     connection's it fails (``connection-removed``)."""
-    from shared.connections import UnknownConnection, connection_settings
+    from shared.connections import UnknownConnection, connection_settings, routing_errors
     from shared.problems import Problem
 
     try:
         mine = connection_settings(connection)
-    except UnknownConnection:
-        return settings, False
+    except UnknownConnection:  # removed; while the routing errs, a mistyped key may be its
+        return settings, bool(routing_errors())
     except Problem:  # misconfigured
         return settings, True
     return mine, bool(SendPolicy.from_settings(mine).broken_settings)

@@ -107,12 +107,17 @@ def through_connection(
         ConnectionNotConfigured,
         UnknownConnection,
         connection_settings,
+        routing_errors,
     )
 
     name = command_connection(message)
     try:
         settings = connection_settings(name)
     except UnknownConnection:
+        if errors := routing_errors():  # a mistyped key may be its: it waits, never fails
+            problem = ConnectionNotConfigured("Connection routing", errors)
+            return _misconfigured(outcomes, message_id, message, str(name), problem, text,
+                                  queue_message_id, dequeue_count)  # fmt: skip
         return _removed(
             outcomes, message_id, message, str(name), text, queue_message_id, dequeue_count
         )
@@ -139,7 +144,7 @@ def unserved(
     in flight), a pack's driver's members too, and a question's re-prompt (ours, queued without
     a record, with the connection its question was asked through); an unknown or misconfigured
     connection, or uncertain claims, are left to the sender's own path."""
-    from shared.connections import CustomerNotServed, route
+    from shared.connections import ConnectionNotConfigured, CustomerNotServed, route
     from shared.names import DEFAULT_CONNECTION
     from shared.problems import Problem
 
@@ -153,6 +158,8 @@ def unserved(
         return None
     except CustomerNotServed as problem:
         refused = FieldValueError("customerId", problem.errors[0].message)
+    except ConnectionNotConfigured as problem:  # the routing is uncertain: it waits, unrecorded
+        return unrouted(outcomes, text, problem, queue_message_id)
     except Problem:
         return None
     try:
