@@ -128,6 +128,30 @@ def through_connection(
     return send_ports(settings)
 
 
+def sent_elsewhere(
+    outcomes: Outcomes,
+    message_id: MessageIdOf,
+    record: MessageRecord,
+    message: OutboundMessage,
+    text: str,
+    queue_message_id: str | None,
+    dequeue_count: int | None,
+) -> tuple[SendPorts, OutboundMessage] | SendOutcome | None:
+    """Where ``record``'s send goes on when an attempt through another connection than this
+    sender's (``outcomes``') may have reached SmartDialog (its customer moved since): through
+    that one, whose account alone knows its RequestId (its ports and ``message`` as routed
+    there), or what was done instead (:func:`through_connection`: it waits, or fails
+    ``outcome-unknown`` once that connection is removed). None: it goes on here."""
+    from shared.connections import is_default
+
+    through = record.sent_through
+    if not record.maybe_sent or through is None or through == outcomes.ports.policy.connection:
+        return None
+    there = message.model_copy(update={"Connection": None if is_default(through) else through})
+    routed = through_connection(outcomes, message_id, there, text, queue_message_id, dequeue_count)
+    return routed if isinstance(routed, SendOutcome) else (routed, there)
+
+
 def unserved(
     outcomes: Outcomes,
     message_id: MessageIdOf,

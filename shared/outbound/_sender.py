@@ -1,15 +1,11 @@
 """The queue sender: one outbound queue message in, at most one upstream send out.
 
-:meth:`OutboundSender.process` never raises for anything a message or upstream can cause; it
-raises only when our own storage fails (then the host retries the message and, after
-``maxDequeueCount``, moves it to ``smartdialog-outbound-poison``). Waiting is always done by the
-queue, never in the invocation: the upstream client runs with ``max_retries=0`` and every retry
-is a re-enqueued copy of the message with a visibility delay.
-
-A queue message is a send command (this module: the single path, which packs through the queue
-index, :mod:`shared.outbound._packing`) or a bulk pack's driver (:mod:`shared.outbound._drive`).
-Every path makes its call through the same port (:meth:`Upstream.attempt`) and settles its
-outcome through :class:`~shared.outbound._outcomes.Outcomes`.
+:meth:`OutboundSender.process` raises only when our own storage fails (the host retries the
+message, then moves it to ``smartdialog-outbound-poison``). Every retry is a re-enqueued copy
+with a visibility delay (the client runs with ``max_retries=0``). A queue message is a send
+command (this module: the single path, packing through the queue index,
+:mod:`shared.outbound._packing`) or a bulk pack's driver (:mod:`shared.outbound._drive`); every
+path calls through :meth:`Upstream.attempt` and settles through ``Outcomes``.
 """
 
 from __future__ import annotations
@@ -66,6 +62,7 @@ from shared.outbound._records import (
 from shared.outbound._routing import (
     note_waiting,
     quota_store_wait,
+    sent_elsewhere,
     through_connection,
     token_wait,
     unrouted,
@@ -88,11 +85,8 @@ _Read = OutboundMessage | PackDriver | Exception  # a queue message read, or why
 
 
 class OutboundSender:
-    """Processes outbound queue messages: quota, claim, upstream call, record, events.
-
-    Build it with :meth:`from_settings` (its ports come from the composition root,
-    :func:`shared.outbound._ports.send_ports`, cached per settings object).
-    """
+    """Processes outbound queue messages: quota, claim, upstream call, record, events. Its
+    ports come from the composition root (:func:`send_ports`, cached per settings object)."""
 
     def __init__(self, ports: SendPorts) -> None:
         self.ports = ports
@@ -166,10 +160,9 @@ class OutboundSender:
     def settle_poisoned(self, text: str, *, owner: MessageRecord | None = None) -> bool | None:
         """Settle a send command the host moved to the poison queue, read as :meth:`process`
         reads it (:meth:`Outcomes.settle_poisoned`), or with ``owner`` settle nothing: whether it
-        is that record's own (:meth:`Outcomes.owns`, the sender's check; True for one not read,
-        which the sender fails as malformed). None, look again, while the claims routing it are
-        uncertain; False, nothing done, for one not read or routed, a pack's driver, or one
-        whose id came from its queue message (lost with it)."""
+        is that record's own (:meth:`Outcomes.owns`; True for one not read: failed as malformed).
+        None, look again, while the claims routing it are uncertain; False, nothing done, for one
+        not read or routed, a pack's driver, or one whose id was its queue message's."""
         try:
             message = with_claimed_connection(self._read(text))
             if isinstance(message, PackDriver):
@@ -272,6 +265,12 @@ class OutboundSender:
         if elsewhere := self.outcomes.someone_elses(record, command, text, queue_message_id,
                                                      dequeue_count):  # fmt: skip
             return elsewhere
+        there = sent_elsewhere(self.outcomes, self.message_id, record, message, text,
+                               queue_message_id, dequeue_count)  # fmt: skip
+        if isinstance(there, tuple):  # attempted through another connection: goes on there
+            return OutboundSender(there[0]).handle(there[1], text, queue_message_id, dequeue_count)
+        if there is not None:
+            return there
         return self._then_sweep(record, command, self._advance(record, command))
 
     def _then_sweep(
