@@ -56,6 +56,9 @@ LEASE_MARGIN_SHARE = 0.25
 #: The longest duration any ``*_SECONDS`` setting may give (ten years): a time plus it must
 #: stay a valid time.
 LONGEST_SECONDS = 10 * 365 * 86400
+#: The smallest SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS but 0 (a grant must be recorded within
+#: half of it, quota.LATE_GRANT_SHARE, to be used).
+MIN_QUOTA_SAFETY_MARGIN = 0.05
 #: ``AZURE_FUNCTIONS_ENVIRONMENT`` of local development: Core Tools and the dev host set it.
 LOCAL_DEVELOPMENT = "Development"
 #: Where ``func start`` and the dev host serve, the public base URL of local development.
@@ -262,6 +265,19 @@ class Settings(StorageSettings):
         from shared.guarded_http import parse_allowed_hosts
 
         parse_allowed_hosts(value)  # ValueError names the entry by its place, not its value
+        return value
+
+    @field_validator("quota_safety_margin_seconds")
+    @classmethod
+    def _margin_outlasts_a_write(cls, value: float) -> float:
+        """A grant recorded later than half the margin is withdrawn (late: it may be stale when
+        its call leaves); a margin below a table write's time withdraws them all, so nothing
+        is sent. 0 checks no lateness."""
+        if 0 < value < MIN_QUOTA_SAFETY_MARGIN:
+            raise ValueError(
+                f"must be 0 or at least {MIN_QUOTA_SAFETY_MARGIN} s (a quota grant recorded "
+                "later than half of it is not used; a table write takes tens of milliseconds)"
+            )
         return value
 
     @field_validator("base_url", "public_base_url_setting", "authority")

@@ -140,6 +140,14 @@ def test_a_send_lease_outlasting_an_attempt_is_accepted(
     assert Settings().send_lease_seconds == float(lease)
 
 
+@pytest.mark.parametrize("margin", ["0", "0.05", "0.25", "2"])
+def test_a_quota_margin_of_0_or_at_least_50_ms_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, margin: str
+) -> None:
+    monkeypatch.setenv("SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", margin)
+    assert Settings().quota_safety_margin_seconds == float(margin)
+
+
 def test_default_send_lease_outlasts_an_attempt_by_a_second(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -174,6 +182,8 @@ def test_default_send_lease_outlasts_an_attempt_by_a_second(
         ("SMARTDIALOG_PUBLIC_BASE_URL", "https://user@app.example"),
         ("SMARTDIALOG_PUBLIC_BASE_URL", "https://例え.jp"),  # a Location header of "??.jp"
         ("SMARTDIALOG_STATUS_TOKEN_TTL_SECONDS", "30"),  # a question's poll comes after 60 s
+        # Every grant late (recorded after half the margin), withdrawn: nothing was ever sent.
+        ("SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", "0.01"),
     ],
 )
 def test_a_value_that_cannot_work_is_a_configuration_problem_naming_the_setting(
