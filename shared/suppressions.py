@@ -25,7 +25,7 @@ import functools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.clock import utcnow
 from shared.names import LAYOUT_PARTITION, SUPPRESSIONS_TABLE, UPGRADE_WINDOW
@@ -221,16 +221,26 @@ class SuppressionStore:
         return self.remove_unless_newer(service, address, None)
 
     def remove_unless_newer(self, service: str, address: str, at: dt.datetime | None) -> bool:
+        """Lift a suppression unless it was made after ``at``; True if one was lifted
+        (:meth:`lift_unless_newer`)."""
+        return self.lift_unless_newer(service, address, at) == "lifted"
+
+    def lift_unless_newer(
+        self, service: str, address: str, at: dt.datetime | None
+    ) -> Literal["lifted", "none", "newer"]:
         """Lift a suppression unless it was made after ``at`` (a START received at ``at`` does
         not lift a STOP received after it, nor a suppression added later by the action; None:
-        whenever made). Each row's delete is conditional on that row as read (ETag), so a STOP
+        whenever made): ``lifted``, ``none`` there (lifted before: a retry's), or a ``newer``
+        one stands. Each row's delete is conditional on that row as read (ETag), so a STOP
         that lands meanwhile stays; both are tried each time, by recipient last (a storage error
-        between them leaves sends refused, and the retry completes it). True if one was lifted."""
+        between them leaves sends refused, and the retry completes it)."""
         phone = recipient_key(address)
         by_service = self._lift(safe_key(service), safe_key(phone), at)
-        return self._lift(_by_recipient(phone), safe_key(service), at) or by_service
+        lifted = (by_service, self._lift(_by_recipient(phone), safe_key(service), at))
+        return "lifted" if True in lifted else "newer" if None in lifted else "none"
 
-    def _lift(self, pk: str, rk: str, at: dt.datetime | None) -> bool:
+    def _lift(self, pk: str, rk: str, at: dt.datetime | None) -> bool | None:
+        """True once lifted, False if there is none, None if one newer than ``at`` stands."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
@@ -241,7 +251,7 @@ class SuppressionStore:
                 return False
             since = utc(entity.get("Since"))
             if at is not None and since is not None and since > at:
-                return False
+                return None
             with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
                 self._table.delete_entity(
                     pk,

@@ -222,7 +222,8 @@ class InboundMessageData(BaseModel):
         None,
         description=(
             "stop: the content was a stop keyword and the sender is now suppressed for the "
-            "service; start: a start keyword lifted that. Absent otherwise."
+            "service; start: a start keyword lifted that (or it was lifted already). Absent "
+            "otherwise: a start keyword received before a stop that stands lifts nothing."
         ),
     )
     part: int = Field(

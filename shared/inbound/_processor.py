@@ -195,9 +195,11 @@ class InboundProcessor:
                 message_id=key,
             )
         elif keyword == "start":
-            self.suppressions.remove_unless_newer(
+            lifted = self.suppressions.lift_unless_newer(
                 service, reported_key(payload.sender), received_at
             )
+            if lifted == "newer":  # a STOP received after it stands: it lifted nothing
+                return None
         return keyword
 
     def _publish(self, intake: InboundIntake, event_id: str, payload: NewMessagePayload) -> int:

@@ -149,10 +149,16 @@ def test_a_start_processed_after_a_later_stop_does_not_lift_it(inbound: Inbound)
     _post(inbound, "STOP")
     _process_in_order(inbound, "STOP", "START")  # the reverse of their arrival
     assert _check(inbound)["Suppressed"] is True
-    assert len(inbound.read(names.INBOUND_QUEUE)) == 2  # both still published
+    published = {e["data"]["content"]: e["data"] for e in inbound.read(names.INBOUND_QUEUE)}
+    assert set(published) == {"STOP", "START"}  # both still published
+    # The START lifted nothing: it said optOut "start" (found in review), and its opt-out
+    # subscribers heard "in" last while the number stayed suppressed.
+    assert (published["STOP"].get("optOut"), published["START"].get("optOut")) == ("stop", None)
     # A START received after the STOP lifts it.
     _inbound(inbound, "START")
     assert _check(inbound)["Suppressed"] is False
+    last = inbound.read(names.INBOUND_QUEUE)[-1]["data"]
+    assert (last["content"], last.get("optOut")) == ("START", "start")
 
 
 def test_a_later_stop_from_a_number_already_opted_out_stands_when_processed_first(
