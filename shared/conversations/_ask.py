@@ -1,10 +1,8 @@
 """Send a message and wait for a reply: the action's input, its answers, and the service behind it.
 
-The question is recorded in the message core (:class:`~shared.messages.QuestionStore`), then sent
-as an ordinary SendMessage (:meth:`SendService.accept`). Its status URL answers 202 with a long
-``Retry-After`` (``SMARTDIALOG_QUESTION_POLL_SECONDS``) while it is open, then 200 with how it
-ended: the inbound processor ends it with the reply (or STOP), this module when its timeout
-passes or its send ended unsent."""
+The question is recorded (``QuestionStore``), then sent as a SendMessage. Its status URL answers
+202 while it is open, then 200 with how it ended: by the reply or STOP (the inbound processor),
+or here when it times out or its send ended unsent."""
 
 from __future__ import annotations
 
@@ -96,8 +94,7 @@ SEND_TERMS = {"Sender", "Content", "Protocol", "CustomerData", "RequestId"}
 #: How a question ends failed when its request answered the refusal (422) or a 500 before its
 #: send was queued: the caller got no question, so a replay under its key asks it anew.
 REFUSED, NOT_ACCEPTED = "refused", "not-accepted"
-#: The longest wait before a question's timeout starts: until every instance knows its service
-#: asks (TriggerNotifier.mark_asking: the index's lifetime and a margin, under this).
+#: The longest wait before a question's timeout starts (TriggerNotifier.mark_asking's, under it).
 ASKED_LATER = dt.timedelta(seconds=60)
 NOT_ASKED = (REFUSED, NOT_ACCEPTED)
 
@@ -390,7 +387,9 @@ class AskService:
         between is open, unsent, its key free (the claim moves to its send in one write). Not one
         sent (409) or past its timeout (ended, asked anew); one another request asked is a 422."""
         own = next((q for q in reversed(asked) if q.status is QuestionStatus.OPEN), None)
-        if own is None or own.expired(now - ANSWER_GRACE) or self.send.store.get(own.message_id):
+        if own is None or own.expired(now - ANSWER_GRACE):
+            return claim, None
+        if any(read_send(self.send.store, own.message_id, own.question_id)):  # (unreadable: sent)
             return claim, None
         if not _asks_as(own, body):
             self.send.idempotency.release(claim.key_hash, claim.message_id)
@@ -411,7 +410,8 @@ class AskService:
         if question.status is QuestionStatus.OPEN:
             since = self.index.mark_asking(question.service_id)
             first = claim is not None and claim.new
-            self._send(question, command, idempotency_key, claim, not_before=since, first=first)
+            with contextlib.suppress(DamagedRecordError):  # recorded (unreadable): not again
+                self._send(question, command, idempotency_key, claim, not_before=since, first=first)
         return self._current(question)
 
     def _send(

@@ -598,6 +598,35 @@ def test_a_question_whose_send_record_is_damaged_is_polled_and_replaced_without_
     assert (after.status, after.body["Status"]) == (200, "replaced"), after.body
 
 
+@pytest.mark.parametrize("later", [0, 8 * 86400], ids=["replay", "after-its-claim-expired"])
+def test_a_keyed_question_whose_send_record_is_damaged_is_asked_again_without_a_5xx(
+    inbound: Inbound, manual_clock: ManualClock, later: int
+) -> None:
+    """Its request again under its key: a replay re-accepted its send (reading the row), and a
+    30-day question's request after its key's 7-day claim expired looked for an unsent send to
+    adopt (reading it too): both answered 500 (found in a second read of the fix above)."""
+    number = "+358401239684" if later else "+358401239685"
+    key = f"damaged-{later}"
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": number,
+            "Options": ["Yes", "No"], "TimeoutSeconds": 30 * 86400}  # fmt: skip
+    headers = {"Service-Id": TWO_WAY, "Idempotency-Key": key}
+    asked = inbound.call("SendMessageAndWaitForReply", "POST", headers=headers, body=body)
+    assert asked.status == 202, asked.body
+    inbound.run_queue(OUTBOUND_QUEUE, "OutboundSender", timeout=60)
+    manual_clock.advance(later)
+    messages = table_client(MESSAGES_TABLE)
+    row = {"PartitionKey": asked.body["MessageId"], "RowKey": "message"}
+    messages.update_entity({**row, "Status": "scheduled"}, mode=UpdateMode.MERGE)
+    try:
+        again = inbound.call("SendMessageAndWaitForReply", "POST", headers=headers, body=body)
+    finally:
+        messages.update_entity({**row, "Status": "sent"}, mode=UpdateMode.MERGE)
+
+    # A replay answers its question; past its key's claim, the open question is a 409.
+    assert again.status == (409 if later else 202), again.body
+    assert inbound.count(OUTBOUND_QUEUE) == 0  # nothing sent again
+
+
 def test_a_questions_blank_optional_fields_are_left_out_and_a_blank_answer_is_refused(
     inbound: Inbound,
 ) -> None:
