@@ -183,7 +183,11 @@ class BulkMemberDoc(BaseModel):
     Address: str | None = Field(
         None, description="The phone number.", json_schema_extra=ui("Address")
     )
-    Status: str = Field(description="Its message's state.", json_schema_extra=ui("Status"))
+    Status: str = Field(
+        description="Its message's state, as Counts tells it (queued once its batch's packs "
+        "are all on the queue, where the member's own status says accepted).",
+        json_schema_extra=ui("Status"),
+    )
     Delivery: str = Field(
         description=(
             "Its delivery state: pending, sent, delivered, undelivered (delivery reports), "
