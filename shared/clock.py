@@ -112,10 +112,8 @@ def as_utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
-#: How an ISO 8601 date-time as text starts: a full date, ``T`` (or a space), hours and minutes
-#: (also the published schemas' ``pattern`` of such a field).
-DATE_TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}"
-_DATE_TIME = re.compile(DATE_TIME_PATTERN)
+#: How an ISO 8601 date-time as text starts: a full date, ``T`` (or a space), hours and minutes.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
 def is_date_time(text: str) -> bool:

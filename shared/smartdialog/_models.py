@@ -13,9 +13,9 @@ import datetime as dt
 import math
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from shared.clock import DATE_TIME_PATTERN, is_date_time
+from shared.clock import is_date_time
 
 __all__ = [
     "BlankIsAbsent",
@@ -93,11 +93,7 @@ def _iso_date_time(value: object) -> object:
 #: A date-time a caller gives (``SendDateTime``, ``validUntil``): ISO 8601 text, with or without
 #: a zone (kept as given). Refused, where pydantic alone would read them: digits or a number
 #: (as a Unix time: "20250601" is 1970-08-23) and a date alone (as midnight).
-IsoDateTime = Annotated[
-    dt.datetime,
-    BeforeValidator(_iso_date_time),
-    WithJsonSchema({"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN}),
-]
+IsoDateTime = Annotated[dt.datetime, BeforeValidator(_iso_date_time)]
 
 
 def _blank_as_none(value: object) -> object:

@@ -32,20 +32,6 @@ def test_documented_example_message_is_valid_and_a_broken_one_is_not() -> None:
     assert not validator.is_valid(bad)
 
 
-def test_a_send_time_the_sender_refuses_is_refused_by_the_schema_too() -> None:
-    """A date alone or digits passed the schema (its ``date-time`` format is only an annotation
-    by default), then the sender dead-lettered the message ``malformed`` (found in review)."""
-    validator = jsonschema.Draft202012Validator(load("outbound-message.json"))
-
-    def at(when: str) -> dict[str, object]:
-        return {"operation": "SendMessage", "body": {**sms(DELIVERED), "SendDateTime": when}}
-
-    assert validator.is_valid(at("2099-06-01T10:00:00Z"))
-    assert validator.is_valid(at("2099-06-01 10:00"))  # no zone: read as UTC, as documented
-    assert not validator.is_valid(at("2099-06-01"))
-    assert not validator.is_valid(at("20990601"))
-
-
 def test_queued_messages_events_and_dead_letters_match_their_schemas(outbound: Outbound) -> None:
     call_http("SendMessage", "POST", body=sms(DELIVERED))
     [queued] = outbound.read("smartdialog-outbound")
