@@ -488,7 +488,9 @@ class MessageStore:
             pack_id=None,
             pack_key=None if alone else record.pack_key,
             maybe_sent=doubt,
-            sent_through=None,  # claimed again, by the connection claiming it then
+            # Claimed again by the connection claiming it then; in doubt, by the one that may
+            # have sent it (shared.outbound sends it on through that one).
+            sent_through=record.sent_through if doubt else None,
             redriven_at=now,  # a failure after it is a new one (MessageRecord.failed_id)
             updated_at=now,
         )

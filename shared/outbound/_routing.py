@@ -116,6 +116,8 @@ def through_connection(
     except UnknownConnection:
         if errors := routing_errors():  # a mistyped key may be its: it waits, never fails
             problem = ConnectionNotConfigured("Connection routing", errors)
+            if not isinstance(message, PackDriver):  # nothing decided yet: not recorded
+                return unrouted(outcomes, text, problem, queue_message_id)
             return _misconfigured(outcomes, message_id, message, str(name), problem, text,
                                   queue_message_id, dequeue_count)  # fmt: skip
         return _removed(
@@ -145,11 +147,23 @@ def sent_elsewhere(
     from shared.connections import is_default
 
     through = record.sent_through
-    if not record.maybe_sent or through is None or through == outcomes.ports.policy.connection:
+    if not record.may_have_reached or through in (None, outcomes.ports.policy.connection):
         return None
     there = message.model_copy(update={"Connection": None if is_default(through) else through})
     routed = through_connection(outcomes, message_id, there, text, queue_message_id, dequeue_count)
     return routed if isinstance(routed, SendOutcome) else (routed, there)
+
+
+def serves(connection: str, customer_id: str | None) -> bool:
+    """Whether ``connection`` is the one claiming ``customer_id`` now (False while the claims
+    are uncertain): a sweep leads only its own customers' lanes (one moved since follows it)."""
+    from shared.connections import ConnectionNotConfigured, claimed_by
+    from shared.names import DEFAULT_CONNECTION
+
+    try:
+        return (claimed_by(customer_id or "") or DEFAULT_CONNECTION) == connection
+    except ConnectionNotConfigured:
+        return False
 
 
 def unserved(

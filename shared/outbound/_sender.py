@@ -63,6 +63,7 @@ from shared.outbound._routing import (
     note_waiting,
     quota_store_wait,
     sent_elsewhere,
+    serves,
     through_connection,
     token_wait,
     unrouted,
@@ -262,31 +263,31 @@ class OutboundSender:
             # A record appeared meanwhile (another copy, or another message with this id).
             if (record := self.ports.store.get(command.messageId)) is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
-        if elsewhere := self.outcomes.someone_elses(record, command, text, queue_message_id,
-                                                     dequeue_count):  # fmt: skip
-            return elsewhere
+        # Attempted through another connection (this one's defaults may differ): it goes on there.
         there = sent_elsewhere(self.outcomes, self.message_id, record, message, text,
                                queue_message_id, dequeue_count)  # fmt: skip
-        if isinstance(there, tuple):  # attempted through another connection: goes on there
+        if isinstance(there, tuple):
             return OutboundSender(there[0]).handle(there[1], text, queue_message_id, dequeue_count)
         if there is not None:
             return there
+        if elsewhere := self.outcomes.someone_elses(record, command, text, queue_message_id,
+                                                     dequeue_count):  # fmt: skip
+            return elsewhere
         return self._then_sweep(record, command, self._advance(record, command))
 
     def _then_sweep(
         self, record: MessageRecord, command: OutboundMessage, outcome: SendOutcome
     ) -> SendOutcome:
         """Lead the next packs of ``record``'s key after it led a pack or, outside a lane, was sent
-        alone (one address twice never shares a call, so the same text to the same number again
+        alone (one address twice never shares a call: the same text to the same number again
         leads itself), or after a copy of a lane member came while its lane is young (accepted
-        less than the backstop ago: members accepted meanwhile may rely on this copy, a trigger,
-        even one a refusal naming nobody left keyless; docs/sending.md, "Lanes") and its record
-        ended or was sent. A young lane's sweep that stops while members still wait (the quota,
-        its limits) puts the next one's message back on the queue: no backstop is waited for."""
+        less than the backstop ago: members accepted meanwhile may rely on this copy; sending.md,
+        "Lanes") and its record ended or was sent. A young lane's sweep that stops while members
+        wait (the quota, its limits) puts the next one's message back: no backstop is waited."""
         accepted = lane_time(record.message_id)
         key = record.pack_key or (pack_key(command) if accepted else None)
-        if key is None:
-            return outcome
+        if key is None or not serves(self.ports.policy.connection, command.customerId):
+            return outcome  # (a customer moved since: its lanes' members follow it)
         young = (
             accepted is not None and self.ports.now() - accepted < self.ports.policy.lane_backstop
         )

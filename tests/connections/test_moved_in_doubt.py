@@ -10,15 +10,24 @@ RequestId: the recipient got it twice. A send never attempted still follows its 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
 from sandbox.faults import FaultKind, FaultPlan
 from sandbox.server import SandboxServer
-from shared.messages import MessageStore
+from shared.clock import ManualClock
+from shared.messages import MessageStatus, MessageStore
+from tests.bulk.test_packing import waiting_for_a_slot
 from tests.connections.conftest import TwoConnections
-from tests.outbound.conftest import call_http, fresh_number, sms
+from tests.crash import LEASE, crash_once
+from tests.fixtures.clock import manual_clock
+from tests.ops.conftest import ops
+from tests.ops.test_redrive_in_doubt import force_redrive
+from tests.outbound.conftest import Outbound, call_http, clear_quota, fresh_number, sms
+
+__all__ = ["manual_clock", "ops"]
 
 #: Another endpoint and token of the default's account: a send routed there would go out.
 MOVED_TOKEN = "moved-account-one-token"
@@ -35,6 +44,16 @@ def moved() -> Iterator[SandboxServer]:
 
 def _sends(server: SandboxServer) -> list[dict[str, object]]:
     return [r for r in server.state.snapshot("requests") if r.get("operationId") == "SendMessage"]
+
+
+def _addresses(server: SandboxServer) -> list[str]:
+    return [r["Address"] for c in _sends(server) for r in c["body"]["Recipients"]]  # type: ignore[index]
+
+
+def _move(two: TwoConnections, moved: SandboxServer, **more: object) -> None:
+    """Customer 1002 to connection MOVED (another endpoint and token of its account)."""
+    two.set_connection("MOVED", BASE_URL=moved.api_url, ACCESS_TOKEN=MOVED_TOKEN,
+                       CUSTOMERS="1002", QUOTA_CALLS=2000, **more)  # fmt: skip
 
 
 def test_a_send_in_doubt_stays_with_its_connection_when_its_customer_moves(
@@ -80,3 +99,100 @@ def test_a_send_never_attempted_follows_its_customer_to_its_new_connection(
     done = MessageStore.from_settings().get(accepted.body["Id"])
     assert done is not None
     assert (str(done.status), done.sent_through) == ("sent", "moved")
+
+
+def test_a_forced_re_drive_of_a_send_in_doubt_goes_through_the_connection_that_tried_it(
+    ops: Outbound, two: TwoConnections, moved: SandboxServer
+) -> None:
+    """The re-drive cleared the connection it went through, so its repeat followed the moved
+    customer into the other account (found in a second read of the fix above)."""
+    ops.configure(SEND_MAX_ATTEMPTS=1)
+    accepted = call_http("SendMessage", "POST", body=sms(fresh_number(), content="Re-driven"),
+                         headers=CUSTOMER)  # fmt: skip
+    assert accepted.status == 202, accepted.body
+    ops.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    ops.drain()
+    ops.sandbox.app.faults.configure(FaultPlan())
+    store = MessageStore.from_settings()
+    failed = store.get(accepted.body["Id"])
+    assert failed is not None
+    assert failed.failure is not None
+    assert failed.failure.code == "outcome-unknown"
+    _move(two, moved)
+    ops.configure(SEND_MAX_ATTEMPTS=3)
+
+    force_redrive(accepted.body["Id"])
+    ops.drain()
+
+    assert _sends(moved) == []
+    done = store.get(accepted.body["Id"])
+    assert done is not None
+    assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
+
+
+@pytest.mark.parametrize("service", [True, False], ids=["with-service", "app-default-service"])
+def test_a_send_cut_off_mid_call_goes_on_through_its_connection_when_its_customer_moves(
+    two: TwoConnections,
+    moved: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+    service: bool,
+) -> None:
+    """A worker died after SmartDialog accepted its call: the record stays ``sending``, its
+    doubt not written yet. It went out again through the moved customer's new account; and a
+    command without ``serviceId`` was taken for another message's (the new connection's own
+    default service) and dead-lettered, its record left ``sending`` (second read)."""
+    if not service:
+        two.env.configure(SERVICE_ID="s-1002-oneway")  # the app's default: customer 1002's
+    crash_once(
+        monkeypatch, MessageStore, "swap", "the worker died after its call",
+        when=lambda record, **changes: changes.get("status") is MessageStatus.SENT,
+    )  # fmt: skip
+    message_id = f"mid-call-{fresh_number()[-7:]}-{service}"
+    command = {"operation": "SendMessage", "messageId": message_id, "customerId": "1002",
+               "body": sms(fresh_number())}  # fmt: skip
+    if service:
+        command["serviceId"] = "s-1002-oneway"
+    with pytest.raises(RuntimeError):
+        two.env.invoke(json.dumps(command))
+    _move(two, moved, SERVICE_ID="s-1002-twoway")
+    manual_clock.advance(LEASE + 1)  # the dead worker's claim runs out
+
+    two.env.invoke(json.dumps(command), dequeue_count=2)  # the host delivers it again
+
+    assert _sends(moved) == []
+    done = MessageStore.from_settings().get(message_id)
+    assert done is not None
+    assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
+
+
+def test_a_send_gone_on_through_its_old_connection_leaves_its_lane_to_the_new_one(
+    two: TwoConnections, moved: SandboxServer
+) -> None:
+    """The repeat of a lane member in doubt, forwarded to its old connection, swept its lane
+    there: the members never attempted went out through the old account, though they follow
+    their customer (second read)."""
+    first, *others = (fresh_number() for _ in range(3))
+    leader = call_http("SendMessage", "POST", body=sms(first, content="Lane moved"),
+                       headers=CUSTOMER)  # fmt: skip
+    assert leader.status == 202, leader.body
+    two.env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    two.env.run_once(limit=1)
+    two.env.sandbox.app.faults.configure(FaultPlan())
+    waiting_for_a_slot(two.env)
+    for number in others:
+        member = call_http("SendMessage", "POST", body=sms(number, content="Lane moved"),
+                           headers=CUSTOMER)  # fmt: skip
+        assert member.status == 202, member.body
+    two.env.run_once()  # the quota is full: both wait in the lane, never attempted
+    before = len(_addresses(two.env.sandbox))
+    _move(two, moved)
+    two.env.configure(QUOTA_CALLS=2000, SEND_QUOTA_WAIT_SECONDS=3, LANE_BACKSTOP_SECONDS=60)
+    clear_quota()
+    record = MessageStore.from_settings().get(leader.body["Id"])
+    assert record is not None
+
+    two.env.invoke(record.command)  # the leader's retry comes first
+
+    assert _addresses(two.env.sandbox)[before:] == [first]
+    assert not set(others) & set(_addresses(two.env.sandbox))

@@ -17,6 +17,7 @@ import uuid
 
 from shared.connections import CONNECTION_HEADER
 from shared.messages import MessageStore
+from shared.names import OUTBOUND_DEAD_LETTER_QUEUE
 from shared.outbound import OutboundSender
 from tests.connections.conftest import TwoConnections, forget_settings
 from tests.outbound.conftest import CUSTOMER, SERVICE, call_http, fresh_number, sms
@@ -66,3 +67,24 @@ def test_a_send_naming_a_connection_the_mistyped_keys_define_waits_instead_of_fa
     assert record is None or not record.status.is_final
     assert two.env.queued() == 1  # put back to wait
     assert not [e for e in two.env.events() if e["type"].endswith("message.failed")]
+
+
+def test_a_send_naming_a_mistyped_connection_and_no_customer_waits_too(
+    two: TwoConnections,
+) -> None:
+    """As a notification rule queues it (its connection, no ``customerId``): it was recorded
+    with defaults the mistyped keys hide, found malformed and dead-lettered, lost for good
+    (found in a second read of the fix above)."""
+    keys = {"ACCESS_TOKEN": "sales-token", "CUSTOMERS": "1002", "CUSTOMER_ID": "1002",
+            "SERVICE_ID": "s-1002-oneway"}  # fmt: skip
+    for setting, value in keys.items():
+        _mistype(two, f"SMARTDIALOG_CONNECTION__SALES__{setting}", value)
+    message_id = f"rule-{uuid.uuid4()}"
+    two.env.enqueue({"operation": "SendMessage", "messageId": message_id, "Connection": "sales",
+                     "body": sms(fresh_number())})  # fmt: skip
+
+    two.env.run_once()
+
+    assert two.env.queued(OUTBOUND_DEAD_LETTER_QUEUE) == 0
+    assert two.env.queued() == 1  # put back to wait
+    assert MessageStore.from_settings().get(message_id) is None
