@@ -1,10 +1,7 @@
 """A queue message of another connection: sent through that connection's ports, deferred while
 the connection is misconfigured, failed (``connection-removed``) once it no longer exists.
-
-Every connection's sends share the one queue and the same tables; what differs is the upstream
-client (credentials, msal token cache), the quota and the defaults, all in its ports
-(:func:`shared.outbound._ports.send_ports` of the connection's settings).
-"""
+Every connection's sends share the one queue and the tables; the upstream client, the quota and
+the defaults differ, all in its ports (:func:`send_ports` of the connection's settings)."""
 
 from __future__ import annotations
 
@@ -140,10 +137,9 @@ def sent_elsewhere(
     dequeue_count: int | None,
 ) -> tuple[SendPorts, OutboundMessage] | SendOutcome | None:
     """Where ``record``'s send goes on when an attempt through another connection than this
-    sender's (``outcomes``') may have reached SmartDialog (its customer moved since): through
-    that one, whose account alone knows its RequestId (its ports and ``message`` as routed
-    there), or what was done instead (:func:`through_connection`: it waits, or fails
-    ``outcome-unknown`` once that connection is removed). None: it goes on here."""
+    sender's may have reached SmartDialog (its customer moved since): that one's ports and
+    ``message`` as routed there (its account alone knows the RequestId), or what was done
+    instead (:func:`through_connection`). None: it goes on here."""
     from shared.connections import is_default
 
     through = record.sent_through
@@ -180,8 +176,8 @@ def unserved(
     ``malformed`` naming ``customerId``, nothing sent and no quota slot taken. None for any
     other: a recorded one was checked when accepted (a customer moved since never fails a send
     in flight), a pack's driver's members too, and a question's re-prompt (ours, queued without
-    a record, with the connection its question was asked through); an unknown or misconfigured
-    connection, or uncertain claims, are left to the sender's own path."""
+    a record); an unknown or misconfigured connection is left to the sender's own path, and
+    uncertain claims hold it (:func:`unrouted`)."""
     from shared.connections import ConnectionNotConfigured, CustomerNotServed, route
     from shared.names import DEFAULT_CONNECTION
     from shared.problems import Problem
