@@ -384,6 +384,18 @@ def with_claimed_connection(
     return message if name is None else message.model_copy(update={"Connection": name})
 
 
+def serves(connection: str, customer_id: str | None) -> bool:
+    """Whether ``connection`` is the one claiming ``customer_id`` now (False while the claims
+    are uncertain): a sweep leads only its own customers' lanes (one moved since follows it)."""
+    from shared.connections import ConnectionNotConfigured, claimed_by
+    from shared.names import DEFAULT_CONNECTION
+
+    try:
+        return (claimed_by(customer_id or "") or DEFAULT_CONNECTION) == connection
+    except ConnectionNotConfigured:
+        return False
+
+
 def derive_message_id(scope: str, key: str) -> str:
     """A message id that is the same whenever the same ``key`` is used in the same ``scope``."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{scope}\n{key}"))

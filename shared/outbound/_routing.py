@@ -17,6 +17,7 @@ from shared.outbound._models import (
     StoredCommand,
     command_connection,
     named_command,
+    parse_outbound_message,
     parse_queue_message,
     reprompt_of,
 )
@@ -145,21 +146,19 @@ def sent_elsewhere(
     through = record.sent_through
     if not record.may_have_reached or through in (None, outcomes.ports.policy.connection):
         return None
-    there = message.model_copy(update={"Connection": None if is_default(through) else through})
+    try:  # as recorded: a copy put back by this connection carries its defaults
+        held = parse_outbound_message(record.command)
+    except ValueError:
+        held = message
+    there = held.model_copy(
+        update={
+            "Connection": None if is_default(through) else through,
+            "attempts": message.attempts,
+            "deferrals": message.deferrals,
+        }
+    )
     routed = through_connection(outcomes, message_id, there, text, queue_message_id, dequeue_count)
     return routed if isinstance(routed, SendOutcome) else (routed, there)
-
-
-def serves(connection: str, customer_id: str | None) -> bool:
-    """Whether ``connection`` is the one claiming ``customer_id`` now (False while the claims
-    are uncertain): a sweep leads only its own customers' lanes (one moved since follows it)."""
-    from shared.connections import ConnectionNotConfigured, claimed_by
-    from shared.names import DEFAULT_CONNECTION
-
-    try:
-        return (claimed_by(customer_id or "") or DEFAULT_CONNECTION) == connection
-    except ConnectionNotConfigured:
-        return False
 
 
 def unserved(
@@ -182,13 +181,11 @@ def unserved(
     from shared.names import DEFAULT_CONNECTION
     from shared.problems import Problem
 
-    if isinstance(message, PackDriver) or message.Connection is None or not message.customerId:
-        return None
-    if reprompt_of(message):
+    if isinstance(message, PackDriver) or message.Connection is None or reprompt_of(message):
         return None
     try:
         name = command_connection(message) or DEFAULT_CONNECTION  # only whitespace: default
-        route(name, message.customerId, customer_field="customerId")
+        route(name, message.customerId, customer_field="customerId")  # (no customer: none)
         return None
     except CustomerNotServed as problem:
         refused = FieldValueError("customerId", problem.errors[0].message)

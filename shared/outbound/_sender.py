@@ -36,6 +36,7 @@ from shared.outbound._models import (
     readable_message_id,
     reprompt_of,
     request_message_id,
+    serves,
     with_claimed_connection,
 )
 from shared.outbound._outcomes import (
@@ -63,7 +64,6 @@ from shared.outbound._routing import (
     note_waiting,
     quota_store_wait,
     sent_elsewhere,
-    serves,
     through_connection,
     token_wait,
     unrouted,

@@ -196,3 +196,66 @@ def test_a_send_gone_on_through_its_old_connection_leaves_its_lane_to_the_new_on
 
     assert _addresses(two.env.sandbox)[before:] == [first]
     assert not set(others) & set(_addresses(two.env.sandbox))
+
+
+def _cut_off(two: TwoConnections, monkeypatch: pytest.MonkeyPatch, name: str) -> dict[str, object]:
+    """A command of customer 1002 naming no service (the connection's default), its worker dead
+    after SmartDialog accepted its call: the record stays ``sending``."""
+    crash_once(
+        monkeypatch, MessageStore, "swap", "the worker died after its call",
+        when=lambda record, **changes: changes.get("status") is MessageStatus.SENT,
+    )  # fmt: skip
+    command = {"operation": "SendMessage", "messageId": f"{name}-{fresh_number()[-7:]}",
+               "customerId": "1002", "body": sms(fresh_number())}  # fmt: skip
+    with pytest.raises(RuntimeError):
+        two.env.invoke(json.dumps(command))
+    return command
+
+
+def test_a_copy_put_back_by_the_new_connection_still_goes_on_through_the_old_one(
+    two: TwoConnections,
+    moved: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+) -> None:
+    """The new connection's quota hint defers a message before reading its record, and puts back
+    the command as it would send it: its name and its default service. Forwarded to the old
+    connection, that copy was taken for another message's and dead-lettered; the send was lost,
+    its record left ``sending`` (found in a third read)."""
+    two.env.configure(SERVICE_ID="s-1002-oneway")
+    command = _cut_off(two, monkeypatch, "hinted")
+    _move(two, moved, SERVICE_ID="s-1002-twoway")
+    manual_clock.advance(LEASE + 1)
+    put_back = {**command, "Connection": "moved", "serviceId": "s-1002-twoway", "deferrals": 1}
+
+    two.env.invoke(json.dumps(put_back))
+
+    assert two.env.dead_letters() == []
+    done = MessageStore.from_settings().get(str(command["messageId"]))
+    assert done is not None
+    assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
+
+
+def test_a_send_cut_off_whose_connection_was_removed_since_fails_outcome_unknown(
+    two: TwoConnections,
+    moved: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+) -> None:
+    """Cut off on connection MOVED, which was removed since (its customer back on the default):
+    the repeat was read with no defaults of MOVED, taken for another message's and
+    dead-lettered, its record left ``sending`` (third read)."""
+    _move(two, moved, SERVICE_ID="s-1002-oneway")
+    command = _cut_off(two, monkeypatch, "removed")
+    two.remove_connection("MOVED")
+    manual_clock.advance(LEASE + 1)
+
+    two.env.invoke(json.dumps(command), dequeue_count=2)
+
+    assert _sends(moved)  # the one call, cut off
+    assert [d for d in two.env.dead_letters() if d["reason"] == "malformed"] == []
+    done = MessageStore.from_settings().get(str(command["messageId"]))
+    assert done is not None
+    assert done.status is MessageStatus.FAILED
+    assert done.failure is not None
+    assert done.failure.code == "outcome-unknown"

@@ -88,3 +88,23 @@ def test_a_send_naming_a_mistyped_connection_and_no_customer_waits_too(
     assert two.env.queued(OUTBOUND_DEAD_LETTER_QUEUE) == 0
     assert two.env.queued() == 1  # put back to wait
     assert MessageStore.from_settings().get(message_id) is None
+
+
+def test_a_rule_send_naming_a_sound_connection_waits_while_another_key_is_mistyped(
+    two: TwoConnections,
+) -> None:
+    """SECOND's service key mistyped (one underscore): an error of the whole. A rule's send (its
+    connection, no customer, no service) was not held, read with the service the mistyped key
+    hides, and dead-lettered ``malformed``: lost (third read)."""
+    from tests.connections.conftest import SECOND_SERVICE
+
+    two.drop_connection("SECOND", "SERVICE_ID")
+    _mistype(two, "SMARTDIALOG_CONNECTIONS__SECOND_SERVICE_ID", SECOND_SERVICE)
+    message_id = f"rule-second-{uuid.uuid4()}"
+    two.env.enqueue({"operation": "SendMessage", "messageId": message_id, "Connection": "second",
+                     "body": sms(fresh_number())})  # fmt: skip
+
+    two.env.run_once()
+
+    assert two.env.queued(OUTBOUND_DEAD_LETTER_QUEUE) == 0
+    assert two.env.queued() == 1  # put back to wait
