@@ -56,29 +56,43 @@ def _move(two: TwoConnections, moved: SandboxServer, **more: object) -> None:
                        CUSTOMERS="1002", QUOTA_CALLS=2000, **more)  # fmt: skip
 
 
+def _accept(content: str, number: str | None = None) -> str:
+    """A SendMessage of customer 1002 (the default connection's); its message id."""
+    body = sms(number or fresh_number(), content=content)
+    accepted = call_http("SendMessage", "POST", body=body, headers=CUSTOMER)
+    assert accepted.status == 202, accepted.body
+    return str(accepted.body["Id"])
+
+
+def _answer_lost(env: Outbound, *, limit: int | None = 1) -> None:
+    """The sender's next call is accepted upstream and its answer lost: it may have gone out."""
+    env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
+    try:
+        if limit is None:
+            env.drain()
+        else:
+            env.run_once(limit=limit)
+    finally:
+        env.sandbox.app.faults.configure(FaultPlan())
+
+
 def test_a_send_in_doubt_stays_with_its_connection_when_its_customer_moves(
     two: TwoConnections, moved: SandboxServer
 ) -> None:
-    accepted = call_http(
-        "SendMessage", "POST", body=sms(fresh_number(), content="Moved once"), headers=CUSTOMER
-    )
-    assert accepted.status == 202, accepted.body
-    two.env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
-    two.env.run_once(limit=1)  # accepted upstream, its answer lost: it may have gone out
-    two.env.sandbox.app.faults.configure(FaultPlan())
+    message_id = _accept("Moved once")
+    _answer_lost(two.env)
     store = MessageStore.from_settings()
-    record = store.get(accepted.body["Id"])
+    record = store.get(message_id)
     assert record is not None
     assert (record.maybe_sent, record.sent_through) == (True, "default")
     before = len(_sends(two.env.sandbox))
 
-    two.set_connection("MOVED", BASE_URL=moved.api_url, ACCESS_TOKEN=MOVED_TOKEN,
-                       CUSTOMERS="1002", QUOTA_CALLS=2000)  # fmt: skip
+    _move(two, moved)
     two.env.drain()
 
     assert _sends(moved) == []
     assert len(_sends(two.env.sandbox)) == before + 1  # its repeat, under its RequestId
-    done = store.get(accepted.body["Id"])
+    done = store.get(message_id)
     assert done is not None
     assert (str(done.status), done.sent_through) == ("sent", "default")
 
@@ -86,17 +100,13 @@ def test_a_send_in_doubt_stays_with_its_connection_when_its_customer_moves(
 def test_a_send_never_attempted_follows_its_customer_to_its_new_connection(
     two: TwoConnections, moved: SandboxServer
 ) -> None:
-    accepted = call_http(
-        "SendMessage", "POST", body=sms(fresh_number(), content="Moved before"), headers=CUSTOMER
-    )
-    assert accepted.status == 202, accepted.body
+    message_id = _accept("Moved before")
 
-    two.set_connection("MOVED", BASE_URL=moved.api_url, ACCESS_TOKEN=MOVED_TOKEN,
-                       CUSTOMERS="1002", QUOTA_CALLS=2000)  # fmt: skip
+    _move(two, moved)
     two.env.drain()
 
     assert len(_sends(moved)) == 1
-    done = MessageStore.from_settings().get(accepted.body["Id"])
+    done = MessageStore.from_settings().get(message_id)
     assert done is not None
     assert (str(done.status), done.sent_through) == ("sent", "moved")
 
@@ -107,25 +117,21 @@ def test_a_forced_re_drive_of_a_send_in_doubt_goes_through_the_connection_that_t
     """The re-drive cleared the connection it went through, so its repeat followed the moved
     customer into the other account (found in a second read of the fix above)."""
     ops.configure(SEND_MAX_ATTEMPTS=1)
-    accepted = call_http("SendMessage", "POST", body=sms(fresh_number(), content="Re-driven"),
-                         headers=CUSTOMER)  # fmt: skip
-    assert accepted.status == 202, accepted.body
-    ops.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
-    ops.drain()
-    ops.sandbox.app.faults.configure(FaultPlan())
+    message_id = _accept("Re-driven")
+    _answer_lost(ops, limit=None)
     store = MessageStore.from_settings()
-    failed = store.get(accepted.body["Id"])
+    failed = store.get(message_id)
     assert failed is not None
     assert failed.failure is not None
     assert failed.failure.code == "outcome-unknown"
     _move(two, moved)
     ops.configure(SEND_MAX_ATTEMPTS=3)
 
-    force_redrive(accepted.body["Id"])
+    force_redrive(message_id)
     ops.drain()
 
     assert _sends(moved) == []
-    done = store.get(accepted.body["Id"])
+    done = store.get(message_id)
     assert done is not None
     assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
 
@@ -173,23 +179,17 @@ def test_a_send_gone_on_through_its_old_connection_leaves_its_lane_to_the_new_on
     there: the members never attempted went out through the old account, though they follow
     their customer (second read)."""
     first, *others = (fresh_number() for _ in range(3))
-    leader = call_http("SendMessage", "POST", body=sms(first, content="Lane moved"),
-                       headers=CUSTOMER)  # fmt: skip
-    assert leader.status == 202, leader.body
-    two.env.sandbox.app.faults.configure(FaultPlan(rate=1.0, kinds=(FaultKind.LOST_ANSWER,)))
-    two.env.run_once(limit=1)
-    two.env.sandbox.app.faults.configure(FaultPlan())
+    leader = _accept("Lane moved", first)
+    _answer_lost(two.env)
     waiting_for_a_slot(two.env)
     for number in others:
-        member = call_http("SendMessage", "POST", body=sms(number, content="Lane moved"),
-                           headers=CUSTOMER)  # fmt: skip
-        assert member.status == 202, member.body
+        _accept("Lane moved", number)
     two.env.run_once()  # the quota is full: both wait in the lane, never attempted
     before = len(_addresses(two.env.sandbox))
     _move(two, moved)
     two.env.configure(QUOTA_CALLS=2000, SEND_QUOTA_WAIT_SECONDS=3, LANE_BACKSTOP_SECONDS=60)
     clear_quota()
-    record = MessageStore.from_settings().get(leader.body["Id"])
+    record = MessageStore.from_settings().get(leader)
     assert record is not None
 
     two.env.invoke(record.command)  # the leader's retry comes first
