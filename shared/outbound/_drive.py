@@ -60,7 +60,8 @@ from shared.outbound._outcomes import (
 from shared.outbound._ports import SendPorts
 from shared.outbound._quota_wait import slot_holder
 from shared.outbound._records import opted_out
-from shared.outbound._routing import listed_again, note_waiting, quota_store_wait, token_wait
+from shared.outbound._routing import listed_again, note_waiting
+from shared.outbound._setting_waits import quota_store_wait, token_wait
 from shared.telemetry import current_traceparent
 
 if TYPE_CHECKING:

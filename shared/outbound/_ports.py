@@ -28,6 +28,7 @@ from shared.outbound._records import backstop_seconds
 
 if TYPE_CHECKING:
     from shared.messages import MessageRecord
+    from shared.outbound._models import OutboundMessage, PackDriver
     from shared.payloads import PayloadStore
     from shared.settings import Settings
     from shared.smartdialog import AuthProvider
@@ -111,14 +112,36 @@ def held_settings(connection: str | None, settings: Settings) -> tuple[Settings,
     return mine, bool(SendPolicy.from_settings(mine).broken_settings)
 
 
+def routed_by_claim(
+    message: OutboundMessage | PackDriver, store: MessageStore
+) -> OutboundMessage | PackDriver:
+    """``message`` routed as the connection claiming its customer sends it (a claim, as in
+    :func:`with_claimed_connection`) unless the claim moves a recorded send that an attempt
+    through another connection may have sent: that goes on through that one, whose account
+    alone knows its RequestId (one record read, only when a claim re-routes a command)."""
+    from shared.connections import is_default
+    from shared.outbound._models import PackDriver, with_claimed_connection
+
+    routed = with_claimed_connection(message)
+    if routed is message or isinstance(routed, PackDriver) or not routed.messageId:
+        return routed
+    record = store.get(routed.messageId)
+    through = record.sent_through if record is not None and record.may_have_reached else None
+    if through is None or through == routed.Connection:
+        return routed
+    return message.model_copy(update={"Connection": None if is_default(through) else through})
+
+
 def record_held(record: MessageRecord, settings: Settings) -> bool:
     """Whether a broken setting holds ``record``'s sends now (:func:`held_settings`) on the
-    connection its sender routes its command through: the one it names, else the one claiming
-    its customer now (not the record's, which a claim moved since); while those claims are
-    uncertain, every send is held (the sender defers them)."""
+    connection its sender routes its command through: the one an attempt may have sent it
+    through, else the one it names, else the one claiming its customer now (not the record's,
+    which a claim moved since); while those claims are uncertain, every send is held."""
     from shared.connections import ConnectionNotConfigured
     from shared.outbound._models import parse_outbound_message, with_claimed_connection
 
+    if record.may_have_reached and record.sent_through:  # it goes on through that one
+        return held_settings(record.sent_through, settings)[1]
     try:
         connection = with_claimed_connection(parse_outbound_message(record.command)).Connection
     except ConnectionNotConfigured:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from shared.logs import loggable_text
 from shared.messages import FailureInfo, MessageStatus
-from shared.outbound._giving_up import CONFIGURATION, in_doubt, noted, waiting_error
+from shared.outbound._giving_up import in_doubt, noted, waiting_error
 from shared.outbound._models import (
     PackDriver,
     StoredCommand,
@@ -43,12 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECTION_REMOVED",
-    "Wait",
     "expire_overdue",
     "note_waiting",
-    "quota_store_wait",
+    "sent_elsewhere",
     "through_connection",
-    "token_wait",
+    "unreadable_command",
     "unrouted",
     "unserved",
 ]
@@ -56,19 +55,6 @@ __all__ = [
 log = logging.getLogger("shared.outbound.sender")
 #: The failure code of a send whose connection was removed from the settings.
 CONNECTION_REMOVED = "connection-removed"
-
-
-class Wait(NamedTuple):
-    """A claim handed back to wait (:func:`token_wait`, :func:`quota_store_wait`): nothing sent,
-    no attempt counted. Its copy comes back in ``delay`` s, at ``due``, which the hand-back
-    records as its ``waits_until`` so its status tells a poller when (only that: once the wait
-    is over, a copy or a pack may send it sooner); ``reason`` the deferral's; ``error`` the
-    records' ``LastError`` meanwhile (none: unchanged)."""
-
-    delay: float
-    reason: str
-    error: FailureInfo | None
-    due: dt.datetime
 
 
 def note_waiting(
@@ -181,11 +167,13 @@ def unserved(
     from shared.names import DEFAULT_CONNECTION
     from shared.problems import Problem
 
-    if isinstance(message, PackDriver) or message.Connection is None or reprompt_of(message):
+    if isinstance(message, PackDriver) or message.Connection is None or not message.customerId:
+        return None  # (one without a customer waits if its defaults are hidden: unreadable)
+    if reprompt_of(message):
         return None
     try:
         name = command_connection(message) or DEFAULT_CONNECTION  # only whitespace: default
-        route(name, message.customerId, customer_field="customerId")  # (no customer: none)
+        route(name, message.customerId, customer_field="customerId")
         return None
     except CustomerNotServed as problem:
         refused = FieldValueError("customerId", problem.errors[0].message)
@@ -200,6 +188,24 @@ def unserved(
     if recorded is not None:
         return None
     return outcomes.dead_letter_malformed(text, refused, queue_message_id, dequeue_count)
+
+
+def unreadable_command(
+    outcomes: Outcomes,
+    text: str,
+    error: ValueError,
+    queue_message_id: str | None,
+    dequeue_count: int | None,
+) -> SendOutcome:
+    """A command its connection cannot send as it is (no customer or service to fill in):
+    dead-lettered ``malformed``, but while the connections' routing errs it waits
+    (:func:`unrouted`): a mistyped key may hide the default it needs."""
+    from shared.connections import ConnectionNotConfigured, routing_errors
+
+    if errors := routing_errors():
+        problem = ConnectionNotConfigured("Connection routing", errors)
+        return unrouted(outcomes, text, problem, queue_message_id)
+    return outcomes.dead_letter_malformed(text, error, queue_message_id, dequeue_count)
 
 
 def unrouted(
@@ -237,77 +243,6 @@ def unrouted(
             seconds = min(seconds, left)
             note_waiting(outcomes, [record], f"the connections' routing: {detail}")
     return outcomes.put_back(text, "message", "", seconds, OutcomeKind.DEFERRED, "configuration")
-
-
-def token_wait(
-    outcomes: Outcomes, message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]
-) -> Wait | None:
-    """Has the token of the call of ``message`` (its claimed ``records``) in hand before the
-    caller takes its grant (:meth:`Upstream.ready <shared.outbound._attempt.Upstream.ready>`):
-    None, or, when none could be had, how long the call waits and why. Nothing was sent and no
-    slot taken: a deferral, not an attempt, never past the records' validity (they then fail
-    ``expired``, with their events). Refused (or missing) credentials are a broken setting,
-    checked again as :meth:`Outcomes.misconfigured <shared.outbound._outcomes.Outcomes.
-    misconfigured>` does; an identity provider that failed (unreachable, timed out) is tried
-    again after the retry policy's backoff over the send's deferrals so far."""
-    from shared.connections import credentials_refused
-    from shared.smartdialog import CredentialsError, backoff_delay
-
-    if (failed := outcomes.ports.upstream.ready()) is None:
-        return None
-    until, what = min(r.valid_until for r in records), _what(message, records)
-    if isinstance(failed, CredentialsError):
-        setting = credentials_refused(outcomes.ports.upstream.settings).errors[0].field
-        problem = f"{setting} could not be used: {loggable_text(str(failed))}"
-        advice = "/api/health checks only that they are set"
-        return _broken(outcomes, what, until, problem, "credentials", advice)
-    policy = outcomes.ports.policy
-    wait = backoff_delay(message.deferrals + 1, base=policy.retry_base, cap=policy.retry_max)
-    wait = max(0.0, min(wait, (until - outcomes.ports.now()).total_seconds()))
-    log.debug("%s not sent: %s; trying again in %.0f s", what, loggable_text(str(failed)), wait)
-    held.wait(f"the identity provider of connection {policy.connection}",
-              loggable_text(str(failed)), "each send tries again after its backoff")  # fmt: skip
-    return Wait(wait, "identity-provider", None, _due(outcomes, wait))
-
-
-def quota_store_wait(
-    outcomes: Outcomes,
-    message: OutboundMessage | PackDriver,
-    records: Sequence[MessageRecord],
-    failed: BaseException,
-) -> Wait | None:
-    """A lasting quota-store error (``QuotaStoreError.lasting``: a quota table missing that the
-    app may not create, a damaged quota log) met taking the slot of the call of ``message``
-    (its claimed ``records``): waited out as refused credentials are (:func:`token_wait`), until
-    an administrator acts or the records' validity ends, nothing sent and no attempt counted,
-    the records' ``LastError`` saying why (``configuration``). None for any other error (our
-    storage failing for now: the host retries the queue message)."""
-    from shared.quota import QuotaStoreError
-
-    if not isinstance(failed, QuotaStoreError) or not failed.lasting:
-        return None
-    problem = f"the quota store failed: {loggable_text(str(failed))}"
-    advice = "the operations page's Quota shows it; /api/health does not read the quota store"
-    until = min(r.valid_until for r in records)
-    return _broken(outcomes, _what(message, records), until, problem, "quota store", advice)
-
-
-def _broken(outcomes: Outcomes, what: str, until: dt.datetime, problem: str, reason: str,
-            advice: str) -> Wait:  # fmt: skip
-    """How long ``what`` waits for ``problem`` to be fixed (:meth:`Outcomes.misconfigured`),
-    why, and its records' ``LastError`` meanwhile (:func:`waiting_error`)."""
-    wait = outcomes.misconfigured(what, until, problem, reason, advice) or 0.0
-    return Wait(wait, CONFIGURATION, waiting_error(problem), _due(outcomes, wait))
-
-
-def _due(outcomes: Outcomes, wait: float) -> dt.datetime:
-    return outcomes.ports.now() + dt.timedelta(seconds=wait)
-
-
-def _what(message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]) -> str:
-    """A call's name in the logs: its pack's, else its message's."""
-    pack = message.packId if isinstance(message, PackDriver) else None
-    return f"pack {pack}" if pack else f"message {records[0].message_id}"
 
 
 def _misconfigured(

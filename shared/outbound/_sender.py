@@ -37,7 +37,6 @@ from shared.outbound._models import (
     reprompt_of,
     request_message_id,
     serves,
-    with_claimed_connection,
 )
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -48,7 +47,7 @@ from shared.outbound._outcomes import (
     claim_changes,
 )
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
-from shared.outbound._ports import SendPorts, reset_send_ports, send_ports
+from shared.outbound._ports import SendPorts, reset_send_ports, routed_by_claim, send_ports
 from shared.outbound._quota_wait import slot_holder
 from shared.outbound._records import (
     command_addresses,
@@ -62,13 +61,13 @@ from shared.outbound._records import (
 )
 from shared.outbound._routing import (
     note_waiting,
-    quota_store_wait,
     sent_elsewhere,
     through_connection,
-    token_wait,
+    unreadable_command,
     unrouted,
     unserved,
 )
+from shared.outbound._setting_waits import quota_store_wait, token_wait
 from shared.problems import Problem
 
 if TYPE_CHECKING:
@@ -146,7 +145,7 @@ class OutboundSender:
         if isinstance(read, Exception):  # our storage failed: the host retries
             raise read
         try:
-            message = with_claimed_connection(read)
+            message = routed_by_claim(read, self.ports.store)
         except ConnectionNotConfigured as problem:  # which connection claims its customer?
             return unrouted(self.outcomes, text, problem, queue_message_id)
         given = (self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count)
@@ -165,7 +164,7 @@ class OutboundSender:
         None, look again, while the claims routing it are uncertain; False, nothing done, for one
         not read or routed, a pack's driver, or one whose id was its queue message's."""
         try:
-            message = with_claimed_connection(self._read(text))
+            message = routed_by_claim(self._read(text), self.ports.store)
             if isinstance(message, PackDriver):
                 return False
             sender = self
@@ -182,7 +181,7 @@ class OutboundSender:
 
     def _read(self, text: str) -> OutboundMessage | PackDriver:
         """A queue message's command (a stored one read from its blob, with its trace) or pack
-        driver, not yet routed (:func:`with_claimed_connection`); raises ``ValueError`` if it
+        driver, not yet routed (:func:`routed_by_claim`); raises ``ValueError`` if it
         cannot be read."""
         message = parse_queue_message(text)
         if isinstance(message, StoredCommand):
@@ -224,7 +223,7 @@ class OutboundSender:
         try:
             command = self._normalized(message, queue_message_id)
         except ValueError as exc:
-            return self.outcomes.dead_letter_malformed(text, exc, queue_message_id, dequeue_count)
+            return unreadable_command(self.outcomes, text, exc, queue_message_id, dequeue_count)
         assert command.messageId is not None
         key = pack_key(command)
         wait = self.ports.quota_wait.hint()
@@ -461,7 +460,7 @@ class OutboundSender:
     def _hand_back(self, claim: _Claim, delay: float, reason: str, error: FailureInfo | None = None,
                    due: dt.datetime | None = None) -> SendOutcome:  # fmt: skip
         """No call made: claim handed back (LastError ``error``; a wait's ``due``, for its status:
-        :class:`~shared.outbound._routing.Wait`), requeued after ``delay`` s."""
+        :class:`~shared.outbound._setting_waits.Wait`), requeued after ``delay`` s."""
         self._give_back(claim, error=error, waits_until=due)
         attempts = claim.record.attempts - 1
         return self.outcomes.requeue(claim.command, attempts, delay, OutcomeKind.DEFERRED, reason)

@@ -19,6 +19,7 @@ from sandbox.faults import FaultKind, FaultPlan
 from sandbox.server import SandboxServer
 from shared.clock import ManualClock
 from shared.messages import MessageStatus, MessageStore
+from shared.outbound import OutboundSender
 from tests.bulk.test_packing import waiting_for_a_slot
 from tests.connections.conftest import TwoConnections
 from tests.crash import LEASE, crash_once
@@ -259,3 +260,57 @@ def test_a_send_cut_off_whose_connection_was_removed_since_fails_outcome_unknown
     assert done.status is MessageStatus.FAILED
     assert done.failure is not None
     assert done.failure.code == "outcome-unknown"
+
+
+@pytest.mark.parametrize("new", ["no-service", "no-credentials"])
+def test_a_send_cut_off_goes_on_through_its_connection_whatever_the_new_one_lacks(
+    two: TwoConnections,
+    moved: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+    new: str,
+) -> None:
+    """The claim routed the repeat to the new connection before its record was read: without a
+    SERVICE_ID of its own there (never taken from the plain settings), it was failed
+    ``malformed``; without credentials there (that connection's error alone), it waited for
+    them until it expired, though the connection that sent it was sound (fourth read)."""
+    two.env.configure(SERVICE_ID="s-1002-oneway")
+    command = _cut_off(two, monkeypatch, new)
+    if new == "no-service":
+        _move(two, moved)
+    else:
+        two.set_connection("MOVED", BASE_URL=moved.api_url, CUSTOMERS="1002",
+                           SERVICE_ID="s-1002-twoway")  # fmt: skip
+    manual_clock.advance(LEASE + 1)
+
+    two.env.invoke(json.dumps(command), dequeue_count=2)
+
+    assert _sends(moved) == []
+    done = MessageStore.from_settings().get(str(command["messageId"]))
+    assert done is not None
+    assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
+
+
+def test_a_poisoned_copy_of_a_send_cut_off_before_its_customer_moved_is_settled(
+    two: TwoConnections,
+    moved: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+) -> None:
+    """Read with the new connection's default service, the poison copy was taken for another
+    message's: kept for ever, its record left ``sending``, and its re-drive said to purge it
+    (fourth read)."""
+    two.env.configure(SERVICE_ID="s-1002-oneway")
+    command = _cut_off(two, monkeypatch, "poisoned")
+    _move(two, moved, SERVICE_ID="s-1002-twoway")
+    manual_clock.advance(LEASE + 1)
+    store = MessageStore.from_settings()
+    record = store.get(str(command["messageId"]))
+    assert record is not None
+    sender = OutboundSender.from_settings()
+
+    assert sender.settle_poisoned(json.dumps(command), owner=record) is True
+    assert sender.settle_poisoned(json.dumps(command)) is True
+    done = store.get(str(command["messageId"]))
+    assert done is not None
+    assert done.status is MessageStatus.FAILED
