@@ -144,14 +144,12 @@ class QuotaWait:
         grant ends the holder's hold on a slot (:meth:`come_back_in`), whichever it took."""
         from shared.quota import DenialReason, QuotaDenied
 
-        start = self._clock.now() - waited  # on the clock: slow storage waits count too
         decision = self.quota.try_acquire()
-        while isinstance(decision, QuotaDenied) and (
-            self._clock.now() - start + decision.retry_after <= self.longest
-        ):
-            self._clock.sleep(decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER))
+        while isinstance(decision, QuotaDenied) and waited + decision.retry_after <= self.longest:
+            pause = decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER)
+            self._clock.sleep(pause)
+            waited += pause
             decision = self.quota.try_acquire()
-        waited = self._clock.now() - start
         if isinstance(decision, QuotaDenied) and decision.reason == DenialReason.FULL:
             with self._lock:
                 self._full_until = max(self._full_until, self._clock.now() + decision.retry_after)

@@ -138,32 +138,3 @@ def test_a_message_sent_away_is_told_when_its_own_slot_frees_until_it_takes_one(
     assert isinstance(waits.take(0.0, one("m3"))[0], QuotaGrant)  # m1's slot, taken early
     assert waits.held(one("m3")) <= 0
     assert waits.held(one("m1")) == pytest.approx(0.0)
-
-
-class _SlowLateQuota:
-    """A quota whose every decision takes ``seconds`` on the clock (slow storage) and comes
-    back LATE (the grant recorded too late to use)."""
-
-    def __init__(self, clock: ManualClock, seconds: float) -> None:
-        self.clock, self.seconds, self.asked = clock, seconds, 0
-
-    def try_acquire(self) -> QuotaDenied:
-        self.asked += 1
-        self.clock.advance(self.seconds)
-        return QuotaDenied("c", 0.01, 0, reason=DenialReason.LATE)
-
-
-def test_the_wait_in_the_invocation_counts_the_time_slow_decisions_take() -> None:
-    """Only the sleeps counted: with each decision taking 0.2 s and a LATE denial telling 0.01 s,
-    a 1 s wait made 50 decisions over 10.5 s (found in review: storage already slow got three
-    round trips a decision, and an invocation outlived the claim's lease)."""
-    clock = ManualClock(START)
-    quota = _SlowLateQuota(clock, 0.2)
-    waits = QuotaWait(quota, 1.0, clock)  # type: ignore[arg-type]
-
-    decision, waited = waits.take(0.0, one("slow"))
-
-    assert isinstance(decision, QuotaDenied)
-    assert quota.asked <= 5
-    assert clock.now() - START <= 1.0 + 0.2 + 0.05  # the last decision, its jitter
-    assert waited == pytest.approx(clock.now() - START)
