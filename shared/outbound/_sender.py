@@ -285,8 +285,6 @@ class OutboundSender:
         wait (the quota, its limits) puts the next one's message back: no backstop is waited."""
         accepted = lane_time(record.message_id)
         key = record.pack_key or (pack_key(command) if accepted else None)
-        if key is None or not serves(self.ports.policy.connection, command.customerId):
-            return outcome  # (a customer moved since: its lanes' members follow it)
         young = (
             accepted is not None and self.ports.now() - accepted < self.ports.policy.lane_backstop
         )
@@ -294,8 +292,10 @@ class OutboundSender:
         led = (outcome.detail or "").startswith("pack ") or (
             outcome.kind is OutcomeKind.SENT and accepted is None
         )
-        if not led and not (young and final):
+        if key is None or (not led and not (young and final)):
             return outcome
+        if not serves(self.ports.policy.connection, command.customerId):
+            return outcome  # (a customer moved since: its lanes' members follow it)
         waiting = self.packing.sweep(replace(record, pack_key=key), self._advance, report=young)
         if waiting is not None:
             member, command = waiting
