@@ -18,7 +18,7 @@ import pytest
 from sandbox.faults import FaultKind, FaultPlan
 from sandbox.server import SandboxServer
 from shared.clock import ManualClock
-from shared.messages import MessageStatus, MessageStore
+from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.outbound import OutboundSender
 from tests.bulk.test_packing import waiting_for_a_slot
 from tests.connections.conftest import TwoConnections
@@ -49,6 +49,22 @@ def _sends(server: SandboxServer) -> list[dict[str, object]]:
 
 def _addresses(server: SandboxServer) -> list[str]:
     return [r["Address"] for c in _sends(server) for r in c["body"]["Recipients"]]  # type: ignore[index]
+
+
+def _record(message_id: str) -> MessageRecord:
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    return record
+
+
+def _outcome(message_id: str) -> tuple[MessageStatus, str | None, bool]:
+    """How ``message_id`` ended: its status, the connection it went through, a repeat."""
+    done = _record(message_id)
+    return done.status, done.sent_through, done.duplicate
+
+
+#: A send in doubt gone on through the connection that tried it: SmartDialog knew its RequestId.
+REPEATED_THROUGH_DEFAULT = (MessageStatus.SENT, "default", True)
 
 
 def _move(two: TwoConnections, moved: SandboxServer, **more: object) -> None:
@@ -82,9 +98,7 @@ def test_a_send_in_doubt_stays_with_its_connection_when_its_customer_moves(
 ) -> None:
     message_id = _accept("Moved once")
     _answer_lost(two.env)
-    store = MessageStore.from_settings()
-    record = store.get(message_id)
-    assert record is not None
+    record = _record(message_id)
     assert (record.maybe_sent, record.sent_through) == (True, "default")
     before = len(_sends(two.env.sandbox))
 
@@ -93,9 +107,7 @@ def test_a_send_in_doubt_stays_with_its_connection_when_its_customer_moves(
 
     assert _sends(moved) == []
     assert len(_sends(two.env.sandbox)) == before + 1  # its repeat, under its RequestId
-    done = store.get(message_id)
-    assert done is not None
-    assert (str(done.status), done.sent_through) == ("sent", "default")
+    assert _outcome(message_id) == REPEATED_THROUGH_DEFAULT
 
 
 def test_a_send_never_attempted_follows_its_customer_to_its_new_connection(
@@ -107,8 +119,7 @@ def test_a_send_never_attempted_follows_its_customer_to_its_new_connection(
     two.env.drain()
 
     assert len(_sends(moved)) == 1
-    done = MessageStore.from_settings().get(message_id)
-    assert done is not None
+    done = _record(message_id)
     assert (str(done.status), done.sent_through) == ("sent", "moved")
 
 
@@ -132,9 +143,7 @@ def test_a_forced_re_drive_of_a_send_in_doubt_goes_through_the_connection_that_t
     ops.drain()
 
     assert _sends(moved) == []
-    done = store.get(message_id)
-    assert done is not None
-    assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
+    assert _outcome(message_id) == REPEATED_THROUGH_DEFAULT
 
 
 @pytest.mark.parametrize("service", [True, False], ids=["with-service", "app-default-service"])
@@ -168,9 +177,7 @@ def test_a_send_cut_off_mid_call_goes_on_through_its_connection_when_its_custome
     two.env.invoke(json.dumps(command), dequeue_count=2)  # the host delivers it again
 
     assert _sends(moved) == []
-    done = MessageStore.from_settings().get(message_id)
-    assert done is not None
-    assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
+    assert _outcome(message_id) == REPEATED_THROUGH_DEFAULT
 
 
 def test_a_send_gone_on_through_its_old_connection_leaves_its_lane_to_the_new_one(
@@ -232,9 +239,7 @@ def test_a_copy_put_back_by_the_new_connection_still_goes_on_through_the_old_one
     two.env.invoke(json.dumps(put_back))
 
     assert two.env.dead_letters() == []
-    done = MessageStore.from_settings().get(str(command["messageId"]))
-    assert done is not None
-    assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
+    assert _outcome(str(command["messageId"])) == REPEATED_THROUGH_DEFAULT
 
 
 def test_a_send_cut_off_whose_connection_was_removed_since_fails_outcome_unknown(
@@ -255,8 +260,7 @@ def test_a_send_cut_off_whose_connection_was_removed_since_fails_outcome_unknown
 
     assert _sends(moved)  # the one call, cut off
     assert [d for d in two.env.dead_letters() if d["reason"] == "malformed"] == []
-    done = MessageStore.from_settings().get(str(command["messageId"]))
-    assert done is not None
+    done = _record(str(command["messageId"]))
     assert done.status is MessageStatus.FAILED
     assert done.failure is not None
     assert done.failure.code == "outcome-unknown"
@@ -286,9 +290,7 @@ def test_a_send_cut_off_goes_on_through_its_connection_whatever_the_new_one_lack
     two.env.invoke(json.dumps(command), dequeue_count=2)
 
     assert _sends(moved) == []
-    done = MessageStore.from_settings().get(str(command["messageId"]))
-    assert done is not None
-    assert (done.status, done.sent_through, done.duplicate) == (MessageStatus.SENT, "default", True)
+    assert _outcome(str(command["messageId"])) == REPEATED_THROUGH_DEFAULT
 
 
 def test_a_poisoned_copy_of_a_send_cut_off_before_its_customer_moved_is_settled(

@@ -28,6 +28,20 @@ def _mistype(two: TwoConnections, key: str, value: str) -> None:
     forget_settings()
 
 
+def _rule_send(two: TwoConnections, connection: str) -> str:
+    """Queue a send as a notification rule does (its connection, no customer, no service)."""
+    message_id = f"rule-{connection}-{uuid.uuid4()}"
+    two.env.enqueue({"operation": "SendMessage", "messageId": message_id,
+                     "Connection": connection, "body": sms(fresh_number())})  # fmt: skip
+    return message_id
+
+
+def _assert_held_unrecorded(two: TwoConnections, message_id: str) -> None:
+    assert two.env.queued(OUTBOUND_DEAD_LETTER_QUEUE) == 0
+    assert two.env.queued() == 1  # put back to wait
+    assert MessageStore.from_settings().get(message_id) is None  # nothing decided yet
+
+
 def test_a_command_first_seen_during_a_routing_error_is_still_refused_for_an_unserved_customer(
     two: TwoConnections,
 ) -> None:
@@ -79,15 +93,11 @@ def test_a_send_naming_a_mistyped_connection_and_no_customer_waits_too(
             "SERVICE_ID": "s-1002-oneway"}  # fmt: skip
     for setting, value in keys.items():
         _mistype(two, f"SMARTDIALOG_CONNECTION__SALES__{setting}", value)
-    message_id = f"rule-{uuid.uuid4()}"
-    two.env.enqueue({"operation": "SendMessage", "messageId": message_id, "Connection": "sales",
-                     "body": sms(fresh_number())})  # fmt: skip
+    message_id = _rule_send(two, "sales")
 
     two.env.run_once()
 
-    assert two.env.queued(OUTBOUND_DEAD_LETTER_QUEUE) == 0
-    assert two.env.queued() == 1  # put back to wait
-    assert MessageStore.from_settings().get(message_id) is None
+    _assert_held_unrecorded(two, message_id)
 
 
 def test_a_rule_send_naming_a_sound_connection_waits_while_another_key_is_mistyped(
@@ -100,11 +110,8 @@ def test_a_rule_send_naming_a_sound_connection_waits_while_another_key_is_mistyp
 
     two.drop_connection("SECOND", "SERVICE_ID")
     _mistype(two, "SMARTDIALOG_CONNECTIONS__SECOND_SERVICE_ID", SECOND_SERVICE)
-    message_id = f"rule-second-{uuid.uuid4()}"
-    two.env.enqueue({"operation": "SendMessage", "messageId": message_id, "Connection": "second",
-                     "body": sms(fresh_number())})  # fmt: skip
+    message_id = _rule_send(two, "second")
 
     two.env.run_once()
 
-    assert two.env.queued(OUTBOUND_DEAD_LETTER_QUEUE) == 0
-    assert two.env.queued() == 1  # put back to wait
+    _assert_held_unrecorded(two, message_id)
