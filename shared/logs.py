@@ -133,20 +133,15 @@ def loggable_text(text: str, limit: int = LOGGABLE_CHARS) -> str:
     return _mask_phone_numbers(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
-#: A UUID's shape (ours, a caller's): 32 hex digits in five groups, no phone number's; or a lane
-#: member's message id, ``<uuid>.l<17 digits of its time><8 hex digits>``.
-_UUID = re.compile(
-    r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}(?:\.l[0-9]{17}[0-9a-f]{8})?"
-)
-
-
 def loggable_id(tracking_id: str) -> str:
     """A request's tracking id (or one of our ids) for a log line's text, where it must be found
-    whole by the problem's ``instance`` (or by a search for the id): as it is when it has a
-    UUID's shape (a first group of 8 digits read as a phone number, so about 2 % of generated
-    ids were masked; a lane member's digits of time too), else :func:`loggable_text` (a
+    whole by the problem's ``instance`` (or by a search for the id): as it is when it has an
+    id's shape (``shared.smartdialog.has_id_shape``: a UUID's first group of 8 digits read as a
+    phone number, so about 2 % of generated ids were masked), else :func:`loggable_text` (a
     caller's id may hold a phone number)."""
-    return tracking_id if _UUID.fullmatch(tracking_id) else loggable_text(tracking_id)
+    from shared.smartdialog import has_id_shape
+
+    return tracking_id if has_id_shape(tracking_id) else loggable_text(tracking_id)
 
 
 def cut_text(text: str, limit: int) -> str:

@@ -202,9 +202,12 @@ def span(
     """A span around the block, current inside it. ``parent`` continues that ``traceparent``
     (a queue message's, a record's); without one (or with an invalid one) the span is a
     child of the current span, or starts a trace. ``links`` are the traces it serves (a
-    packed call: each member's). ``None`` attributes are left out. An exception is recorded
-    on the span and raised."""
+    packed call: each member's). ``None`` attributes are left out; text ones are made fit for
+    a log (:func:`~shared.logs.loggable_id`: ids as they are, a caller's text bounded and its
+    phone numbers masked). An exception is recorded on the span and raised."""
     from opentelemetry import trace
+
+    from shared.logs import loggable_id
 
     _configured_once()
     seen: set[tuple[int, int]] = set()
@@ -219,7 +222,11 @@ def span(
         context=context_from(parent),
         kind=trace.SpanKind[kind.upper()],
         links=span_links,
-        attributes={k: v for k, v in (attributes or {}).items() if v is not None},
+        attributes={
+            k: loggable_id(v) if isinstance(v, str) else v
+            for k, v in (attributes or {}).items()
+            if v is not None
+        },
     ) as current:
         yield current
 

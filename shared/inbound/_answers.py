@@ -35,7 +35,7 @@ import logging
 from typing import TYPE_CHECKING, Literal
 
 from shared.clock import utcnow
-from shared.logs import redacted
+from shared.logs import loggable_id, redacted
 from shared.messages import (
     DamagedRecordError,
     MessageRecord,
@@ -98,8 +98,8 @@ def read_send(
     try:
         return messages.get(message_id), False
     except DamagedRecordError as exc:
-        log.warning("the send %s of question %s is unreadable: %s", message_id, question_id,
-                    redacted(str(exc)))  # fmt: skip
+        log.warning("the send %s of question %s is unreadable: %s", loggable_id(message_id),
+                    question_id, redacted(str(exc)))  # fmt: skip
         return None, True
 
 

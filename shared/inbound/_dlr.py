@@ -52,6 +52,7 @@ from shared.clock import as_utc, is_date_time, utcnow
 from shared.inbound._dlr_forward import DlrForward, own_dlr_url
 from shared.inbound._models import DELIVERY_REPORTED, DeliveryReportData
 from shared.inbound._triggers import notify_delivery_report
+from shared.logs import loggable_id
 from shared.messages import RecipientStatus
 from shared.names import DELIVERY_REPORTS_TABLE, DLR_FORWARD_QUEUE, EVENTS_QUEUE
 from shared.problems import Problem, ProblemType
@@ -279,7 +280,9 @@ class DeliveryReportService:
         if not new and not forward:
             return DeliveryReportResult("duplicate", slot.status if slot else None)
         if slot is None:
-            log.warning("delivery report for message %s matches no recipient", message_id)
+            log.warning(
+                "delivery report for message %s matches no recipient", loggable_id(message_id)
+            )
             self._forward(record, report, now)
             self._mark(message_id, row)
             return DeliveryReportResult("unmatched")

@@ -38,6 +38,7 @@ from shared.inbound._dispatch import (
     after_failure,
     judge_call,
 )
+from shared.logs import loggable_id
 from shared.messages import MESSAGE_ID_PATTERN
 from shared.names import DLR_FORWARD_DEAD_LETTER_QUEUE, DLR_FORWARD_QUEUE
 from shared.payloads import PayloadStore
@@ -157,7 +158,10 @@ class DlrForwarder:
     ) -> DispatchResult:
         url = own_dlr_url(record) if record is not None else None
         if url is None:
-            log.info("message %s has no DlrUrl (any more); forward dropped", forward.messageId)
+            log.info(
+                "message %s has no DlrUrl (any more); forward dropped",
+                loggable_id(forward.messageId),
+            )
             return DispatchResult(DispatchOutcome.UNSUBSCRIBED)
         # The report's parameters join the URL's own query (a fragment is never sent anyway).
         parts = urlsplit(url)

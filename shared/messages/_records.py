@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from shared.logs import loggable_id
 from shared.messages._models import FailureInfo, MessageStatus, Operation, RecipientStatus
 from shared.storage import chunked, joined, plain_datetime, utc
 
@@ -337,6 +338,11 @@ class MessageRecord:
             )
         except (KeyError, ValueError, TypeError, AssertionError) as exc:
             raise _damaged(entity, exc) from exc
+
+    @property
+    def logged_id(self) -> str:
+        """Its id for a log line (a queued command's may be a caller's, holding a number)."""
+        return loggable_id(self.message_id)
 
     @property
     def failed_id(self) -> str:

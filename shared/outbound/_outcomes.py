@@ -288,7 +288,7 @@ class Outcomes:
         announce(done)
         log.info(
             "message %s sent (upstream %s, attempt %d%s)",
-            done.message_id,
+            done.logged_id,
             done.upstream_message_id,
             done.attempts,
             ", duplicate RequestId" if duplicate else "",
@@ -322,7 +322,7 @@ class Outcomes:
                 self.announce([current])
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
         self.announce([done])
-        log.warning("message %s failed for good: %s", done.message_id, failure.title)
+        log.warning("message %s failed for good: %s", done.logged_id, failure.title)
         return SendOutcome(OutcomeKind.FAILED, done.message_id, detail=failure.code)
 
     def fail_many(self, items: list[tuple[MessageRecord, FailureInfo]]) -> None:
@@ -339,7 +339,7 @@ class Outcomes:
         self.announce(recorded)
         for r in recorded:
             if r.status is MessageStatus.FAILED and r.failure is not None:
-                log.warning("message %s failed for good: %s", r.message_id, r.failure.title)
+                log.warning("message %s failed for good: %s", r.logged_id, r.failure.title)
 
     # --- side effects ------------------------------------------------------------------------
 
@@ -501,7 +501,7 @@ class Outcomes:
         if self.owns(record, command):
             return None
         if repeats_rule_send(record.command, command):
-            log.info("message %s: a rule's send again, edited: acknowledged", record.message_id)
+            log.info("message %s: a rule's send again, edited: acknowledged", record.logged_id)
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, command.messageId, detail="repeat")
         taken = ValueError(f"messageId {command.messageId} is already used by a different message")
         return self.dead_letter_malformed(

@@ -352,7 +352,7 @@ class IndexPacks:
             ours = [r for r in reread if r and r.pack_id == pack_id and r.claim == (1, lease_until)]
             self.release(ours, False)
             raise
-        log.info("message %s leads pack %s of %d messages", leader.message_id, pack_id,
+        log.info("message %s leads pack %s of %d messages", leader.logged_id, pack_id,
                  len(members) + 1)  # fmt: skip
         return pack, [(led, command), *members]
 

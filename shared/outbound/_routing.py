@@ -270,7 +270,7 @@ def _misconfigured(
     record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
     if isinstance(record, SendOutcome):
         return record
-    log.debug("message %s waits for %s", record.message_id, why)
+    log.debug("message %s waits for %s", record.logged_id, why)
     left = _expired_or_left(outcomes, record, why)
     if isinstance(left, SendOutcome):
         return left
@@ -450,7 +450,7 @@ def _removed(
     if wait := _held_for(record, now):
         copy = message.model_copy(update={"messageId": record.message_id})
         return outcomes.requeue(copy, message.attempts, wait, OutcomeKind.DEFERRED, "claimed")
-    log.warning("message %s: connection %s removed; failed", record.message_id, loggable_text(name))
+    log.warning("message %s: connection %s removed; failed", record.logged_id, loggable_text(name))
     return outcomes.fail(
         record, in_doubt(record, failure.model_copy(update={"attempts": record.attempts}))
     )

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.connections import ConnectionNotConfigured, connection_settings
-from shared.logs import redacted_traceback
+from shared.logs import loggable_id, redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lane_time
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
 from shared.outbound._attempt import Sent, StaleGrant, Transient
@@ -127,11 +127,11 @@ class OutboundSender:
                 outcome = self._process(read, text, queue_message_id, dequeue_count)
             except Exception as exc:  # our storage failed: the host retries, then -poison
                 log.error("message %s (queue message %s, dequeue count %s) not processed: %s",
-                          known, queue_message_id, dequeue_count,
+                          known and loggable_id(known), queue_message_id, dequeue_count,
                           redacted_traceback(exc))  # fmt: skip
                 raise
             if outcome.message_id:  # one derived only now, or a pack's driver: the pack id
-                current.set_attribute("smartdialog.message_id", outcome.message_id)
+                current.set_attribute("smartdialog.message_id", loggable_id(outcome.message_id))
             current.set_attribute("smartdialog.outcome", str(outcome.kind))
         if outcome.kind in _COUNTED_HERE:
             telemetry.count_send(outcome.kind)
@@ -411,7 +411,7 @@ class OutboundSender:
             try:
                 self._give_back(claim)
             except Exception as exc:
-                log.error("message %s: claim not handed back: %s", claimed.message_id,
+                log.error("message %s: claim not handed back: %s", claimed.logged_id,
                           redacted_traceback(exc))  # fmt: skip
             raise
 
@@ -452,7 +452,7 @@ class OutboundSender:
             except StaleGrant as exc:
                 # Nothing sent (stopped before it left), not an attempt; the grant stays logged.
                 claim.held = True
-                log.warning("message %s: %s; not sent with it", claimed.message_id, exc)
+                log.warning("message %s: %s; not sent with it", claimed.logged_id, exc)
                 if retry_stale:
                     decision, waited = self.ports.quota_wait.take(waited, holder)
         return self._hand_back(claim, STALE_GRANT_RETRY_SECONDS, "stale-grant")
@@ -518,7 +518,7 @@ class OutboundSender:
         outcome = self.outcomes.back_off(record, failed, next_at)
         if outcome.kind is not OutcomeKind.RETRY_SCHEDULED:
             return outcome
-        log.warning("message %s attempt %d failed (%s); retry in %.1f s", record.message_id,
+        log.warning("message %s attempt %d failed (%s); retry in %.1f s", record.logged_id,
                     record.attempts, failed.title, delay)  # fmt: skip
         return self.outcomes.requeue(
             command, record.attempts, delay, OutcomeKind.RETRY_SCHEDULED, failed.code
@@ -535,7 +535,7 @@ class OutboundSender:
         record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if (stored := self.ports.store.create(record, slots)) is None:
             return None
-        log.info("message %s refused: recipient(s) opted out", record.message_id)
+        log.info("message %s refused: recipient(s) opted out", record.logged_id)
         return self.outcomes.fail(stored, failure)
 
     def message_id(self, command: OutboundMessage, queue_message_id: str | None) -> str:

@@ -79,8 +79,10 @@ from ._exceptions import (
     PermissionDeniedError,
     RateLimitError,
     SmartDialogError,
+    has_id_shape,
     mask_phone_number,
     mask_phone_numbers,
+    mask_phone_numbers_in_id,
 )
 from ._models import (
     BlankIsAbsent,
@@ -194,8 +196,10 @@ __all__ = [
     "WhatsAppTemplateMessage",
     "auth_from_settings",
     "backoff_delay",
+    "has_id_shape",
     "mask_phone_number",
     "mask_phone_numbers",
+    "mask_phone_numbers_in_id",
     "parse_retry_after",
     "retry_delay",
     "should_retry",

@@ -34,6 +34,7 @@ from ._exceptions import (
     display_path,
     error_message,
     mask_phone_numbers,
+    mask_phone_numbers_in_id,
     status_error_class,
 )
 from ._models import Message, WhatsAppTemplateMessage, to_wire
@@ -209,7 +210,7 @@ class BaseClient:
             "operation_id": op.operation_id,
             "method": op.method,
             "path": display_path(path),
-            "request_id": request_id,
+            "request_id": request_id and mask_phone_numbers_in_id(request_id),
         }
         with within(self.deadline):  # one deadline for every request of the operation
             return self._attempts(

@@ -26,8 +26,10 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "SmartDialogError",
+    "has_id_shape",
     "mask_phone_number",
     "mask_phone_numbers",
+    "mask_phone_numbers_in_id",
 ]
 
 #: Fewest digits a run must have to be treated as a phone number (short national numbers).
@@ -61,6 +63,25 @@ def mask_phone_numbers(text: str) -> str:
     single spaces or dashes allowed between digits (``040-123 4567``).
     """
     return _PHONE_LIKE.sub(lambda m: mask_phone_number(m.group(0)), text)
+
+
+#: An id of ours (or a caller's UUID): 32 hex digits in five groups, whose digit groups would read
+#: as a phone number (about 2 % of generated ids), no phone number's; perhaps a lane member's
+#: (``.l``, 17 digits of its time, 8 hex digits) or a bulk member's (``.``, 5 digits of its row).
+_ID_SHAPE = re.compile(
+    r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}(?:\.l[0-9]{17}[0-9a-f]{8}|\.[0-9]{5})?"
+)
+
+
+def has_id_shape(value: str) -> bool:
+    """Whether ``value`` has the shape of one of our ids (:data:`_ID_SHAPE`): no phone number."""
+    return _ID_SHAPE.fullmatch(value) is not None
+
+
+def mask_phone_numbers_in_id(value: str) -> str:
+    """An id for logs and spans (a RequestId, a message id: a caller's may hold a phone number),
+    found whole by a search when it has an id's shape (:func:`has_id_shape`), else masked."""
+    return value if has_id_shape(value) else mask_phone_numbers(value)
 
 
 def display_path(path: str) -> str:
