@@ -281,13 +281,33 @@ _BY_STATUS: Mapping[int, type[APIStatusError]] = {
 
 
 def decode_body(response: httpx.Response) -> object:
-    """The response body as JSON when it parses, else the text, else None."""
+    """The response body as JSON when it parses, else the text, else None. A lone UTF-16
+    surrogate's escape (``"\\ud800"``: valid JSON, as an upstream writes text cut between
+    the halves of an emoji) reads as U+FFFD: no such text can be stored, logged or answered."""
     if not response.content:
         return None
     try:
-        return json.loads(response.content)
+        body = json.loads(response.content)
+        return _no_lone_surrogates(body) if _SURROGATE_ESCAPE.search(response.content) else body
     except (ValueError, RecursionError):  # nested past the parser's depth: text too
         return response.text
+
+
+#: The JSON escape of a UTF-16 surrogate (a pair's halves are joined by the parser: a lone one
+#: is what stays a surrogate).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_lone_surrogates(value: object) -> object:
+    """``value`` (parsed JSON) with every lone surrogate in its texts and keys as U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_no_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_no_lone_surrogates(k): _no_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 #: The fields an answer names an error in (SmartDialog's ``errorMessage``, a gateway's

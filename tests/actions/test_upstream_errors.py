@@ -843,3 +843,49 @@ def test_the_actions_deadline_covers_all_its_calls_not_each(
         asked = len(server.requests)
     assert reply.status == 504, reply.body
     assert asked < 3  # the third call had no time left: never made
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"customerUsers": [{"\\udc00x": "y"}]}',  # a key
+        b'{"x": {"\\udc00": 1}}',  # in a field not read
+        b'{"customerUsers": [{"customerId": "1001", "name": "Caf\\ud83d"}]}',  # a value
+    ],
+    ids=["key", "extra-field", "value"],
+)
+def test_a_lone_surrogate_in_an_answer_reads_as_a_replacement_character_not_a_500(
+    app: App, monkeypatch: pytest.MonkeyPatch, answer: bytes
+) -> None:
+    """Valid JSON (an upstream cutting a text between an emoji's halves writes it), but no text
+    holding one can be encoded: the answer's serialization raised (a bare 500), or its check
+    did (a 502 for an answer that was fine but for one character)."""
+    import shared.actions._pipeline as pipeline
+
+    odd = mock_client(lambda r: httpx.Response(200, content=answer))
+    monkeypatch.setattr(pipeline, "shared_client", odd)
+
+    reply = call("GetUserCustomers", method="GET")
+
+    assert reply.status == 200, reply.body
+    if b"Caf" in answer:
+        assert reply.body["customerUsers"][0]["name"] == "Caf\ufffd"
+
+
+def test_an_answer_longer_than_the_most_read_is_not_read_on_and_is_502(app: App) -> None:
+    """It was read whole: a 100 MB answer took 3 GB of the worker's memory (a compressed one
+    of 400 KiB on the wire, 840 MB), enough to kill every invocation in flight."""
+    pulled: list[int] = []
+
+    def endless() -> Any:
+        for _ in range(64):  # 64 MiB in all, were it read
+            pulled.append(1)
+            yield b" " * 1024 * 1024
+
+    code, body, _ = run(
+        "GetUserCustomers", mock_client(lambda r: httpx.Response(200, content=endless()))
+    )
+
+    assert code == 502
+    assert body["type"] == problem_type("upstream-unavailable")
+    assert len(pulled) <= 9  # stopped past the most read, 8 MiB

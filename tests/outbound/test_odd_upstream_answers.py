@@ -240,3 +240,39 @@ def test_a_refusal_in_a_gateways_shape_still_names_its_recipient(said: dict[str,
         "recipient rejected: +358400000002",
         "+358400000002",
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [
+        (400, b'{"errorMessage": "Content rejected: \\ud83d"}'),
+        (
+            200,
+            b'{"MessageId": "up-s1", "Recipients": [{"Address": "'
+            + DELIVERED.encode()
+            + b'", "Id": "r-1"}], "Extra": {"\\udc00": 1}}',
+        ),
+    ],
+    ids=["refusal", "sent"],
+)
+def test_a_lone_surrogate_in_an_answer_still_ends_the_send_after_one_call(
+    outbound: Outbound, odd: Upstream, status: int, answer: bytes
+) -> None:
+    """Valid JSON, but no text holding it can be encoded: recording the refusal (its reason) or
+    the sent answer raised as if our storage failed; the record stayed ``sending`` and every
+    redelivery called SmartDialog again, until the poison queue (found in review)."""
+    odd.answer(status, answer)
+    message_id = f"m-surrogate-{uuid.uuid4()}"
+    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
+
+    outbound.drain()
+
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    assert len(odd.calls) == 1
+    if status == 200:
+        assert (record.status, record.upstream_message_id) == (MessageStatus.SENT, "up-s1")
+    else:
+        assert record.status is MessageStatus.FAILED
+        assert record.failure is not None
+        assert record.failure.detail == "Content rejected: \ufffd"
