@@ -344,9 +344,11 @@ class BulkService:
 
     def _redrive_stale(self, batch: BatchRecord, records: list[MessageRecord]) -> None:
         """Enqueue the drivers of packs idle longer than any lease or backoff lasts (a driver gone
-        to the poison queue): with unfinished members, or with all final whose row still lists
-        some ``announcing`` (lost between their records and events: the re-run sends those). At
-        most once per that period per batch; a pack driven twice is sent once."""
+        to the poison queue): with unfinished members, or with all final and some events maybe
+        lost: a member final but not ``announced`` (a failure's event and dead letter go before
+        that flag), or a row still listing some ``announcing`` (sent members, flagged in their
+        sent write; the re-run sends those). At most once per that period per batch; a pack
+        driven twice is sent once."""
         from shared.outbound._ports import held_settings
 
         # The batch's connection's lease and backoff, not the poller's. While a broken setting
@@ -365,7 +367,9 @@ class BulkService:
         })  # fmt: skip
         busy = {r.pack_id for r in records if not r.status.is_final or now - r.updated_at < quiet}
         sent = {p for r in records if (p := r.pack_id) and r.status is MessageStatus.SENT}
-        if done := sorted(sent - busy):  # events of theirs may never have gone out
+        unheard = {p for r in records if (p := r.pack_id) and r.status.is_final and not r.announced}
+        stale += sorted(unheard - busy)
+        if done := sorted(sent - busy - unheard):  # events of theirs may never have gone out
             with ThreadPoolExecutor(min(_THREADS, len(done))) as pool:
                 stale += compress(done, pool.map(self.packs.announcing, done))
         if not stale:

@@ -420,22 +420,22 @@ def test_a_crash_between_the_records_and_the_events_sends_the_events_on_the_next
     assert pack.attempt == ()
 
 
-def test_a_pack_whose_driver_was_lost_before_its_events_sends_them_on_a_status_poll(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+def _poisoned_by_an_events_outage(
+    outbound: Outbound,
+    monkeypatch: pytest.MonkeyPatch,
+    manual_clock: ManualClock,
+    driver: dict[str, Any],
+    *,
+    first_goes: bool,
 ) -> None:
-    """An events-queue outage through all 5 deliveries of a driver (about 50 s at host.json's
-    10 s visibility) sends the driver to the poison queue with its members recorded sent and
-    announced, listed in the pack's ``announcing``: once the pack is idle, a status poll drives
-    it again, and that run only sends those events (the one that went out, again with its id)."""
-    batch = accepted_batch(*NUMBERS[:3])
-    ids = member_ids(batch)
-    [driver] = drivers(outbound)
+    """An events-queue outage through all 5 deliveries of ``driver`` (about 50 s at host.json's
+    10 s visibility; the first event goes out when ``first_goes``): it ends in the poison queue."""
     events = send_ports(get_settings()).events
     real, puts = events.send_message, [0]
 
-    def outage(*args: Any, **kwargs: Any) -> Any:  # the first event goes out, then none
+    def outage(*args: Any, **kwargs: Any) -> Any:
         puts[0] += 1
-        if puts[0] > 1:
+        if puts[0] > 1 or not first_goes:
             raise RuntimeError("events queue unavailable")
         return real(*args, **kwargs)
 
@@ -449,6 +449,19 @@ def test_a_pack_whose_driver_was_lost_before_its_events_sends_them_on_a_status_p
     from shared.storage import queue_client
 
     queue_client(OUTBOUND_QUEUE).clear_messages()  # the driver is in the poison queue now
+
+
+def test_a_pack_whose_driver_was_lost_before_its_events_sends_them_on_a_status_poll(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock
+) -> None:
+    """An events-queue outage through all 5 deliveries of a driver (about 50 s at host.json's
+    10 s visibility) sends the driver to the poison queue with its members recorded sent and
+    announced, listed in the pack's ``announcing``: once the pack is idle, a status poll drives
+    it again, and that run only sends those events (the one that went out, again with its id)."""
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    [driver] = drivers(outbound)
+    _poisoned_by_an_events_outage(outbound, monkeypatch, manual_clock, driver, first_goes=True)
     assert all(record(i).status is MessageStatus.SENT and record(i).announced for i in ids)
     packs = PackStore.from_settings()
     pack = packs.get(driver["packId"])
@@ -471,6 +484,39 @@ def test_a_pack_whose_driver_was_lost_before_its_events_sends_them_on_a_status_p
     pack = packs.get(driver["packId"])
     assert pack is not None
     assert pack.announcing == ()
+    manual_clock.advance(settings.send_lease_seconds + settings.send_retry_max_seconds + 60)
+    assert batch_status(batch["Location"]).status == 200
+    assert drivers(outbound) == []  # announced: never driven again
+
+
+@pytest.mark.parametrize("why", ["refused", "opted-out"])
+def test_a_pack_whose_members_all_failed_and_whose_driver_was_lost_sends_their_events_on_a_poll(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, manual_clock: ManualClock, why: str
+) -> None:
+    """Found in review: only a pack with sent members listed in ``announcing`` was driven again;
+    members that failed (refused upstream, or all opted out after the batch was accepted) stay
+    ``announced`` False until their events go out, and their ``message.failed`` never did
+    (only a poll of each member's own status found them)."""
+    numbers = [REJECTED] if why == "refused" else [fresh_number(), fresh_number()]
+    batch = accepted_batch(*numbers)
+    ids = member_ids(batch)
+    if why == "opted-out":
+        for number in numbers:
+            opt_out(number)
+    [driver] = drivers(outbound)
+    _poisoned_by_an_events_outage(outbound, monkeypatch, manual_clock, driver, first_goes=False)
+    assert all(record(i).status is MessageStatus.FAILED and not record(i).announced for i in ids)
+    assert outbound.events() == []
+    settings = get_settings()
+
+    manual_clock.advance(settings.send_lease_seconds + settings.send_retry_max_seconds + 60)
+    assert batch_status(batch["Location"]).status == 200
+    assert len(drivers(outbound)) == 1
+    outbound.drain()
+
+    failed = [e for e in outbound.events() if e["type"].endswith(".failed")]
+    assert sorted(e["subject"] for e in failed) == sorted(ids)
+    assert all(record(i).announced for i in ids)
     manual_clock.advance(settings.send_lease_seconds + settings.send_retry_max_seconds + 60)
     assert batch_status(batch["Location"]).status == 200
     assert drivers(outbound) == []  # announced: never driven again
