@@ -496,7 +496,7 @@ class _Run:
             if self.leftovers:
                 return self.later(0, "pack-rejected")
             return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail="upstream-rejected")
-        self.save(refused=True)
+        self.save(refused=refused.status == 400)  # a 413 says nothing of its sibling's 400
         self.split(claimed)
         log.warning(
             "pack %s refused (%d) naming no recipient: split in two to find the one at fault",

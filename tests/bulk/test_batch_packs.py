@@ -682,6 +682,26 @@ def test_a_refusal_of_every_call_naming_nobody_fails_the_pack_in_a_few_calls(
     assert outbound.queued("smartdialog-outbound-deadletter") == 64
 
 
+def test_a_half_refused_400_whose_sibling_was_refused_413_is_split_not_failed_whole(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 413 (the call too large, say with one member's long text) marked its half refused,
+    and the other half's 400 naming nobody read it as refused the same way: that half failed
+    whole, an innocent member with the one at fault (found in review)."""
+    big, innocent, culprit = NUMBERS[0], NUMBERS[2], NUMBERS[3]
+    monkeypatch.setattr(Upstream, "send", refusing(400, lambda a: culprit in a))
+    monkeypatch.setattr(Upstream, "send", refusing(413, lambda a: big in a, "Payload Too Large"))
+    batch = accepted_batch(*NUMBERS[:4])
+    ids = dict(zip(NUMBERS[:4], member_ids(batch), strict=True))
+
+    outbound.drain()
+
+    assert record(ids[innocent]).status is MessageStatus.SENT
+    assert record(ids[NUMBERS[1]]).status is MessageStatus.SENT
+    assert record(ids[culprit]).status is MessageStatus.FAILED
+    assert record(ids[big]).status is MessageStatus.FAILED
+
+
 def test_a_refusal_about_the_request_itself_fails_every_member_at_once(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
