@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from shared import telemetry
 from shared.actions._spec import ActionRequest, ActionResponse
-from shared.logs import loggable_id, redacted_traceback
+from shared.logs import HeldSends, loggable_id, redacted_traceback
 from shared.problems import Problem, internal_error, request_instance
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["process_intake", "receive_delivery_report", "receive_inbound"]
 
 log = logging.getLogger("shared.inbound")
+#: SmartDialog may call thousands of times a minute: its callbacks refused while the secrets
+#: are unset say so once a minute, counted, not once each.
+_UNSIGNED = HeldSends(log, level=logging.ERROR, what="SmartDialog callback")
 
 
 @lru_cache(maxsize=4)
@@ -55,7 +58,7 @@ def _answer(name: str, request: ActionRequest, run: Callable[[], ActionResponse]
     try:
         response = run()
     except SigningNotConfigured as problem:  # a configuration error: 503, SmartDialog retries
-        log.error("%s, request %s: %s", name, logged, problem.detail)
+        _UNSIGNED.wait("the callback secrets", problem.detail or "", "answered 503: it retries")
         response = ActionResponse.problem(problem.with_instance(instance))
     except Problem as problem:
         response = ActionResponse.problem(problem.with_instance(instance))

@@ -5,6 +5,7 @@ URLs expire, and a short callback secret is a configuration error (503), not an 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -237,7 +238,7 @@ def test_a_send_scheduled_far_ahead_keeps_its_delivery_report_url_past_its_send_
 
 
 def test_a_short_callback_secret_makes_health_and_sends_answer_503_and_leaves_the_rest_working(
-    inbound: Inbound,
+    inbound: Inbound, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inbound.configure(CALLBACK_SECRETS="too-short-a-secret")
     records = len(inbound.rows(names.MESSAGES_TABLE))
@@ -265,6 +266,20 @@ def test_a_short_callback_secret_makes_health_and_sends_answer_503_and_leaves_th
 
     # The webhook cannot check its token: 503, so SmartDialog retries once it is fixed.
     assert deliver(inbound, "v1.0.whatever") == 503
+
+    # Said once a minute, however often SmartDialog calls (it may call thousands of times).
+    from shared.inbound import _http
+    from shared.logs import HeldSends
+
+    fresh = HeldSends(_http.log, level=logging.ERROR, what="SmartDialog callback")
+    monkeypatch.setattr(_http, "_UNSIGNED", fresh, raising=False)  # none said yet here
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="shared.inbound"):
+        for _ in range(5):
+            assert deliver(inbound, "v1.0.whatever") == 503
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(said) == 1, said
+    assert "SMARTDIALOG_CALLBACK_SECRETS" in said[0]
 
     # A function that needs no callback secret still works.
     unrelated = inbound.call(
