@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
-from shared.logs import redacted_traceback
+from shared.logs import redacted, redacted_traceback
 from shared.messages import (
     BatchRecord,
     BatchStatus,
@@ -400,7 +400,7 @@ class BulkService:
             raise failed[0]
         if failed:
             log.warning("batch %s: %d of %d driver(s) not enqueued (%s); a status poll will",
-                        batch_id, len(failed), len(texts), failed[0])  # fmt: skip
+                        batch_id, len(failed), len(texts), redacted(str(failed[0])))  # fmt: skip
         return not failed
 
     def _queued(self, batch: BatchRecord) -> BatchRecord:

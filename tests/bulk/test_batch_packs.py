@@ -702,6 +702,30 @@ def test_a_half_refused_400_whose_sibling_was_refused_413_is_split_not_failed_wh
     assert record(ids[big]).status is MessageStatus.FAILED
 
 
+def test_a_driver_the_queue_refused_is_logged_on_one_line_and_the_rest_go(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's error text (several lines: its status, code, request id) went into the warning
+    as it was, a log line split in many."""
+    import logging
+
+    from shared.outbound._service import outbound_queue
+
+    outbound.configure(PACK_MAX_RECIPIENTS=1)  # two packs, two drivers
+    crash_once(
+        monkeypatch, outbound_queue(get_settings()), "send_message",
+        "The queue refused it.\nRequestId:1234\nTime:now",
+    )  # fmt: skip
+
+    with caplog.at_level(logging.WARNING):
+        accepted_batch(*NUMBERS[:2])
+
+    assert len(drivers(outbound)) == 1  # the other one: a status poll puts it out again
+    [said] = [r.getMessage() for r in caplog.records if "not enqueued" in r.getMessage()]
+    assert "\n" not in said
+    assert "The queue refused it.\\x0aRequestId:1234" in said
+
+
 def test_a_refusal_about_the_request_itself_fails_every_member_at_once(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
