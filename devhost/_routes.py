@@ -5,8 +5,10 @@ Supported: literal segments (matched case-insensitively), ``{name}``, ``{name?}`
 ``double``, ``float``, ``decimal``, ``datetime``, ``min(n)``, ``max(n)``, ``range(a,b)``,
 ``minlength(n)``, ``maxlength(n)``, ``length(n)``, ``length(a,b)``, ``regex(expr)``), catch-all
 ``{*name}`` / ``{**name}``, and segments that mix literals and parameters (``{file}.{ext}``). More
-specific templates win, as in the host: literals before constrained parameters before plain
-parameters before catch-alls.
+specific templates win here: literals before constrained parameters before plain parameters
+before catch-alls. The Functions host does not promise that order (azure-functions-host#9876: it
+may go by function name), so the app keeps its routes apart: no two of one method match one path
+(``tests/actions/test_function_metadata.py``).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ route and method, behind a function key."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -101,3 +102,43 @@ def test_importing_the_app_loads_no_heavy_module_and_registers_every_function() 
     assert len(set(seen["names"])) == seen["count"]
     assert set(seen["names"]) >= {spec.operation_id for spec in all_specs()}
     assert set(seen["names"]) >= set(EXPECTED_ROUTES)
+
+
+def _segments(route: str) -> list[str | None]:
+    """A route template's segments: a literal (lower case), or None for a parameter."""
+    segments: list[str | None] = []
+    for segment in route.split("/"):
+        plain = segment.startswith("{") and segment.endswith("}") and segment.count("{") == 1
+        assert plain or "{" not in segment, f"{route}: only literals and plain {{name}} here"
+        assert not plain or segment[1:-1].isidentifier(), f"{route}: {segment} (extend this check)"
+        segments.append(None if plain else segment.lower())
+    return segments
+
+
+def _overlap(a: list[str | None], b: list[str | None]) -> bool:
+    """Whether one request path can match both templates."""
+    if len(a) != len(b):
+        return False
+    return all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
+
+
+def test_no_two_routes_of_one_method_match_the_same_path() -> None:
+    """The Functions host does not pick the more specific of two matching templates (it may go by
+    function name; azure-functions-host#9876): a route such as ``GET messages/summary`` beside
+    ``GET messages/{MessageId}`` would pass every dev host test and be shadowed on Azure."""
+    routes = []
+    for function in registered_functions():
+        for binding in function.get_bindings():
+            if binding.type == "httpTrigger":
+                methods = {str(m).upper() for m in binding.methods}
+                routes.append((function.get_function_name(), methods, binding.route))
+    assert len(routes) > 50
+
+    clashes = [
+        (first, second)
+        for (first, methods, route), (second, others, other) in itertools.combinations(routes, 2)
+        if methods & others and _overlap(_segments(route), _segments(other))
+    ]
+
+    assert clashes == []
+    assert _overlap(_segments("messages/summary"), _segments("messages/{MessageId}"))
