@@ -248,12 +248,11 @@ class DeliveryReportService:
         """Verify, record, advance, announce, forward (see the module docstring)."""
         self.authenticate(message_id, query.get(TOKEN_QUERY_PARAMETER))
         report = parse_report(query)
+        # A pack's report belongs to one member's record: the pack first (a queue producer may
+        # name its own message like a pack; that message's reports match no member, and read on).
+        if (member := self._pack_member(message_id, report)) is not None:
+            message_id = member
         record, slots = self.messages.get_with_slots(message_id)
-        if record is None:
-            member = self._pack_member(message_id, report)
-            if member is not None:  # a pack's report: it belongs to one member's record
-                message_id = member
-                record, slots = self.messages.get_with_slots(message_id)
         if record is None:
             raise Problem(
                 404,

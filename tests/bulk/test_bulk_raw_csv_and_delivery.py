@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pytest
 
 from shared.outbound.bulk import csv_delimiter
-from tests.bulk.test_bulk_action import GOOD, batch_status
-from tests.outbound.conftest import UNDELIVERABLE, HttpAnswer, Outbound, call_http
+from tests.bulk.test_bulk_action import GOOD, batch_status, bulk, people
+from tests.outbound.conftest import UNDELIVERABLE, HttpAnswer, Outbound, call_http, sms
 from tests.waiting import wait_for
 
 
@@ -155,6 +155,37 @@ def test_batch_details_carry_each_recipients_delivery_state(outbound: Outbound) 
     summary = batch_status(accepted.headers["Location"])
     assert summary.body["DeliveryCounts"] == counts
     assert "Recipients" not in summary.body
+
+
+def test_a_packs_reports_reach_its_members_though_a_queued_message_took_the_packs_id(
+    outbound: Outbound,
+) -> None:
+    """A queue producer may name its message as it likes, a pack's id too (it is logged, and is
+    the pack's RequestId): its DLR URL is then the pack's, and the message record was read
+    first, so the pack's reports were answered ``unmatched`` and its members stayed ``sent``
+    (found in review)."""
+    accepted = bulk({"Recipients": people(*GOOD[2:4])})
+    assert accepted.status == 202, accepted.body
+    outbound.drain()
+    [call] = outbound.upstream()
+    dlr = urlsplit(call["body"]["DlrUrl"])
+    pack_id, token = unquote(dlr.path.rsplit("/", 1)[-1]), dict(parse_qsl(dlr.query))["token"]
+    assert pack_id.startswith("pack-")
+    outbound.enqueue({"operation": "SendMessage", "messageId": pack_id, "body": sms(GOOD[4])})
+    outbound.drain()
+
+    answer = call_http(
+        "DeliveryReport", "GET", route_params={"MessageId": pack_id},
+        params={"token": token, "recipient": GOOD[2], "status": "delivered",
+                "messageId": call["response"]["MessageId"]},
+    )  # fmt: skip
+
+    assert answer.status == 200, answer.body
+    assert answer.body["status"] != "unmatched"
+    done = batch_status(accepted.headers["Location"], details=True)
+    assert {m["Address"]: m["Delivery"] for m in done.body["Recipients"]} == {
+        GOOD[2]: "delivered", GOOD[3]: "sent",
+    }  # fmt: skip
 
 
 def test_an_action_without_a_raw_body_still_takes_json_only(outbound: Outbound) -> None:
