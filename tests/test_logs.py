@@ -128,6 +128,44 @@ def test_every_traceback_we_log_goes_through_redacted_traceback() -> None:
     assert offenders == []
 
 
+#: What makes an id fit for a log line (a queued command's own messageId may be a number).
+_FIT = {"loggable_id", "loggable_text", "redacted"}
+
+
+def _names_an_id_raw(node: ast.AST) -> bool:
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FIT:
+        return False
+    if isinstance(node, ast.Attribute | ast.Name) and getattr(
+        node, "attr", getattr(node, "id", None)
+    ) in ("message_id", "messageId"):
+        return True
+    return any(_names_an_id_raw(child) for child in ast.iter_child_nodes(node))
+
+
+def test_every_log_line_naming_a_message_id_makes_it_fit_first() -> None:
+    """A queued command's own messageId (say 0401234567) went into lines raw: a review found
+    six such lines after a fix of the others (MessageRecord.logged_id, loggable_id)."""
+    levels = {"debug", "info", "warning", "error", "critical", "log"}
+    offenders = []
+    for path in sorted((ROOT / "shared").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value
+            if (
+                node.func.attr in levels
+                and isinstance(owner, ast.Name)
+                and owner.id in ("log", "logger")
+            ):
+                offenders += [
+                    f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(arg)}"
+                    for arg in node.args[1:]
+                    if _names_an_id_raw(arg)
+                ]
+    assert offenders == []
+    assert _names_an_id_raw(ast.parse("f(record.message_id)"))  # the check checks
+
+
 def test_a_failure_outside_the_action_pipeline_is_logged_redacted(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -196,7 +196,7 @@ class DlrForwarder:
         self._forwards.send_message(copy.model_dump_json(), visibility_timeout=step)
         log.warning(
             "message %s: the caller's DlrUrl failed (%s); attempt %d, retry in %d s",
-            forward.messageId, verdict.detail, attempts, step,
+            loggable_id(forward.messageId), verdict.detail, attempts, step,
         )  # fmt: skip
         return DispatchResult(DispatchOutcome.RETRY_SCHEDULED, verdict.status, step, verdict.detail)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.clock import as_utc, utcnow
 from shared.deadletters import DeadLetterFilter, DeadLetterIndex, write_dead_letter
-from shared.logs import redacted, redacted_traceback
+from shared.logs import loggable_id, redacted, redacted_traceback
 from shared.names import (
     CLOUD_EVENTS_QUEUE,
     DLR_FORWARD_QUEUE,
@@ -253,7 +253,7 @@ class PoisonQueues:
             return self._settle_send(view.text)
         except Exception as exc:
             log.error("poisoned send %s: not settled; the next run tries again: %s",
-                      view.message_id, redacted_traceback(exc))  # fmt: skip
+                      loggable_id(str(view.message_id)), redacted_traceback(exc))  # fmt: skip
             return None
 
     def scan(

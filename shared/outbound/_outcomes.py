@@ -259,7 +259,7 @@ class Outcomes:
             if current is None or not allowed(current):
                 if current is not None and not current.status.is_final:  # claimed since
                     log.warning("message %s: an outcome of attempt %d dropped: another claim "
-                                "holds it now (%s, attempt %d)", record.message_id,
+                                "holds it now (%s, attempt %d)", record.logged_id,
                                 record.attempts, current.status, current.attempts)  # fmt: skip
                 return None
             done = store.swap(current, recipient_ids=recipient_ids, **changes)

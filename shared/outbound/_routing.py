@@ -329,7 +329,7 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
                        "finished_at": record.valid_until}  # fmt: skip
             if (done := ports.store.swap(record, **changes)) is not None:
                 log.warning("message %s failed for good: expired, no queue copy left",
-                            record.message_id)  # fmt: skip
+                            record.logged_id)  # fmt: skip
             # Lost: another wrote it. Read again, it is announced as any final record is here
             # (a concurrent poll's expiry whose announce failed: this poll puts it out).
             record = done or ports.store.get(record.message_id) or record

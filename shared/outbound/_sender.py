@@ -440,7 +440,7 @@ class OutboundSender:
                 # take it over while the call is in flight; the lease is longer than an
                 # attempt, so only a very slow gather or quota wait gets here.
                 log.warning("message %s: claim too close to its end to call; deferred",
-                            claimed.message_id)  # fmt: skip
+                            claimed.logged_id)  # fmt: skip
                 return self._hand_back(claim, 0, "lease")
             claim.held = False  # from here on it may reach upstream
             try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import current, utcnow
 from shared.events import MESSAGE_CANCELLED, make_event
-from shared.logs import redacted_traceback
+from shared.logs import loggable_id, redacted_traceback
 from shared.messages import (
     IdempotencyEntry,
     IdempotencyStore,
@@ -302,8 +302,8 @@ class SendService:
             outbound_queue(self.settings).send_message(queued)
         except Exception as exc:  # the send is accepted: its backstop leads it later
             log.warning("message %s: its lane's trigger may have missed it, and a message "
-                        "to lead it now could not be queued; its backstop will: %s", message_id,
-                        redacted_traceback(exc))  # fmt: skip
+                        "to lead it now could not be queued; its backstop will: %s",
+                        loggable_id(message_id), redacted_traceback(exc))  # fmt: skip
 
     def _queued(self, text: str, message_id: str) -> str:
         """The queue message of the command ``text``: itself, or by reference when large."""

@@ -67,9 +67,9 @@ def mask_phone_numbers(text: str) -> str:
 
 #: An id of ours (or a caller's UUID): 32 hex digits in five groups, whose digit groups would read
 #: as a phone number (about 2 % of generated ids), no phone number's; perhaps a lane member's
-#: (``.l``, 17 digits of its time, 8 hex digits) or a bulk member's (``.``, 5 digits of its row).
+#: (``.l``, 17 digits of its time, 8 hex digits) or a bulk member's (``.``, 5 or 6 digits: its row).
 _ID_SHAPE = re.compile(
-    r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}(?:\.l[0-9]{17}[0-9a-f]{8}|\.[0-9]{5})?"
+    r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}(?:\.l[0-9]{17}[0-9a-f]{8}|\.[0-9]{5,6})?"
 )
 
 

@@ -89,6 +89,7 @@ def test_a_cloud_events_id_and_type_are_masked_bounded_and_escaped_on_the_rules_
     [
         "12345678-1234-5678-9012-123456789012",  # a UUID of digits (a number's look)
         "12345678-1234-5678-9012-123456789012.00017",  # a bulk member's
+        "12345678-1234-5678-9012-123456789012.999999",  # a CSV's line past 99,999
         "12345678-1234-5678-9012-123456789012.l17649840000000001a2b3c4d5",  # a lane member's
     ],
 )
