@@ -23,7 +23,7 @@ import httpx
 
 from shared.deadline import keep_deadline
 
-from ._exceptions import CredentialsError
+from ._exceptions import CredentialsError, answer_text, read_answer
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -71,6 +71,10 @@ class TokenUnavailable(Exception):
         code = "".join(c for c in str(error or "") if c.isalnum() or c == "_")[:60]
         self.error = code or (f"HTTP {status}" if status else "an error")
         super().__init__(f"answered {self.error}")
+
+
+#: What an ``Authorization: Bearer`` header carries (RFC 6750's b64token).
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 @runtime_checkable
@@ -162,7 +166,7 @@ class MsalHttpClient:
     def _send(self, method: str, url: str, **kwargs: Any) -> _MsalResponse:
         data = kwargs.get("data")
         self.last_status = None  # this request's alone, never an earlier one's
-        response = self._client.request(
+        request = self._client.build_request(
             method,
             self._outbound(url),
             params=kwargs.get("params"),
@@ -171,8 +175,13 @@ class MsalHttpClient:
             content=data if isinstance(data, str | bytes) else None,
             timeout=kwargs.get("timeout") or self._client.timeout,
         )
+        response = self._client.send(request, stream=True)
+        try:  # read as SmartDialog's answers are: at most 8 MiB, no lone surrogate
+            read_answer(response)
+        finally:
+            response.close()
         self.last_status = response.status_code  # the token request's, read with its result
-        return _MsalResponse(response, self._inbound(response.text))
+        return _MsalResponse(response, self._inbound(answer_text(response)))
 
     def get(self, url: str, **kwargs: Any) -> _MsalResponse:
         return self._send("GET", url, **kwargs)
@@ -237,8 +246,12 @@ class _MsalAuth:
                         f"{result.get('error', 'unknown error')}: "
                         f"{str(result.get('error_description', ''))[:300]}"
                     )
+                token = result["access_token"]
+                if not isinstance(token, str) or not _BEARER_TOKEN.fullmatch(token):
+                    # No header can carry it (a non-ASCII one raised a bare 500): unreadable.
+                    raise TokenUnavailable("unreadable_token", status)
                 lifetime = float(result.get("expires_in") or DEFAULT_TOKEN_LIFETIME_SECONDS)
-                self._token = str(result["access_token"])
+                self._token = token
                 self._expires_at = self._clock() + lifetime
             return self._token
 

@@ -35,6 +35,7 @@ from ._exceptions import (
     error_message,
     mask_phone_numbers,
     mask_phone_numbers_in_id,
+    read_answer,
     status_error_class,
 )
 from ._models import Message, WhatsAppTemplateMessage, to_wire
@@ -266,7 +267,7 @@ class BaseClient:
                     left(None, httpx.ConnectTimeout)  # after ``before_send``, as here
                 response = self._http.send(request, stream=True)
                 try:
-                    _read(response)
+                    read_answer(response)
                 finally:
                     response.close()  # a body cut short: its connection is not reused
             except httpx.HTTPError as exc:
@@ -435,35 +436,6 @@ class BaseClient:
         if request_id is not None and status == 409 and (result or named or reached):
             return DuplicateRequestError(message, request_id=request_id, original=result, **common)
         return status_error_class(status)(message, **common)
-
-
-#: What a 2xx body its Content-Encoding does not decode reads as: text no parser takes.
-_UNDECODABLE = b"(an answer whose Content-Encoding could not be decoded)"
-#: The most of an answer read, decoded: SmartDialog's longest (its regions, a customer's
-#: templates) are kilobytes. A longer one is not read on (a proxy's page, a body without end,
-#: a compressed bomb would hold the worker's memory); it reads as :data:`_TOO_LONG`.
-MAX_ANSWER_BYTES = 8 * 1024 * 1024
-_TOO_LONG = b"(an answer longer than 8 MiB: not read)"
-
-
-def _read(response: httpx.Response) -> None:
-    """Read the body of ``response`` (sent with ``stream=True``), up to
-    :data:`MAX_ANSWER_BYTES`. A body its Content-Encoding does not decode is unreadable, not a
-    lost answer, so its status decides: empty for an error (as an empty body is read),
-    :data:`_UNDECODABLE` for a 2xx (as an unparseable one)."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                response._content = _TOO_LONG
-                return
-            chunks.append(chunk)
-    except httpx.DecodingError:
-        response._content = _UNDECODABLE if response.is_success else b""
-        return
-    response._content = b"".join(chunks)
 
 
 def _where(op: Operation, path: str) -> dict[str, Any]:

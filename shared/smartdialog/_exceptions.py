@@ -26,10 +26,12 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "SmartDialogError",
+    "answer_text",
     "has_id_shape",
     "mask_phone_number",
     "mask_phone_numbers",
     "mask_phone_numbers_in_id",
+    "read_answer",
 ]
 
 #: Fewest digits a run must have to be treated as a phone number (short national numbers).
@@ -308,6 +310,45 @@ def _no_lone_surrogates(value: object) -> object:
     if isinstance(value, dict):
         return {_no_lone_surrogates(k): _no_lone_surrogates(v) for k, v in value.items()}
     return value
+
+
+#: What a 2xx body its Content-Encoding does not decode reads as: text no parser takes.
+_UNDECODABLE = b"(an answer whose Content-Encoding could not be decoded)"
+#: The most of an answer read, decoded: SmartDialog's longest (its regions, a customer's
+#: templates) and an identity provider's are kilobytes. A longer one is not read on (a proxy's
+#: page, a body without end, a compressed bomb would hold the worker's memory); it reads as
+#: :data:`_TOO_LONG`.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+_TOO_LONG = b"(an answer longer than 8 MiB: not read)"
+
+
+def read_answer(response: httpx.Response) -> None:
+    """Read the body of ``response`` (sent with ``stream=True``), up to
+    :data:`MAX_ANSWER_BYTES`. A body its Content-Encoding does not decode is unreadable, not a
+    lost answer, so its status decides: empty for an error (as an empty body is read),
+    :data:`_UNDECODABLE` for a 2xx (as an unparseable one)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                response._content = _TOO_LONG
+                return
+            chunks.append(chunk)
+    except httpx.DecodingError:
+        response._content = _UNDECODABLE if response.is_success else b""
+        return
+    response._content = b"".join(chunks)
+
+
+def answer_text(response: httpx.Response) -> str:
+    """``response``'s text for a parser of its own (msal's): a JSON answer holding a lone
+    surrogate's escape written again as :func:`decode_body` reads it (U+FFFD)."""
+    if not _SURROGATE_ESCAPE.search(response.content):
+        return response.text
+    body = decode_body(response)
+    return body if isinstance(body, str) else json.dumps(body)
 
 
 #: The fields an answer names an error in (SmartDialog's ``errorMessage``, a gateway's

@@ -478,3 +478,68 @@ def test_entras_throttling_code_is_a_failure_for_now() -> None:
     said = "AADSTS50196: The server terminated an operation because of a client request loop."
     with pytest.raises(TokenUnavailable):
         idp_auth(answering_idp(400, "invalid_request_loop", said)).token()
+
+
+def token_idp(answer: Callable[[], httpx.Response]) -> MsalHttpClient:
+    """An identity provider whose token endpoint gives ``answer()``."""
+    root = "https://login.example/tenant/B2C_1A_x"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("openid-configuration"):
+            endpoints = {"authorization_endpoint": "/oauth2/v2.0/authorize"}
+            endpoints["token_endpoint"] = "/oauth2/v2.0/token"
+            document = {k: root + v for k, v in endpoints.items()}
+            return httpx.Response(200, json={**document, "issuer": root + "/v2.0/"})
+        return answer()
+
+    return MsalHttpClient(httpx.Client(transport=httpx.MockTransport(handle)))
+
+
+def test_an_identity_providers_answer_is_read_up_to_8_mib_like_smartdialogs() -> None:
+    """It was read whole (a second read of 16ac1c0): 64 MiB took 384 MiB of memory."""
+    pulled: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        for _ in range(64):
+            pulled.append(1)
+            yield b" " * 1024 * 1024
+
+    with pytest.raises((CredentialsError, ValueError)):  # msal: no JSON in what was read
+        idp_auth(token_idp(lambda: httpx.Response(200, content=endless()))).token()
+    assert len(pulled) <= 9
+
+
+def test_a_lone_surrogate_in_an_identity_providers_refusal_reads_as_a_replacement() -> None:
+    """Its description went into the 503's log line, which a UTF-8 handler cannot write: the
+    one line telling an operator to fix the secret was lost (a second read of 16ac1c0)."""
+    said = b'{"error": "invalid_client", "error_description": "AADSTS7000215 Caf\\ud83d"}'
+    http = token_idp(lambda: httpx.Response(401, content=said))
+
+    with pytest.raises(CredentialsError) as caught:
+        idp_auth(http).token()
+
+    assert "Caf\ufffd" in str(caught.value)
+    str(caught.value).encode("utf-8")  # no surrogate left
+
+
+@pytest.mark.parametrize("token", ["tok\u00e9n", "two words", "", 42])
+def test_an_access_token_no_header_can_carry_is_an_unreadable_answer_not_a_500(
+    token: object,
+) -> None:
+    """A non-ASCII token raised UnicodeEncodeError building the Authorization header: a bare
+    500 to the action, a storage-like failure to the sender (a second read, stop 44)."""
+    from shared.smartdialog._auth import TokenUnavailable
+
+    answer = {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
+    http = token_idp(lambda: httpx.Response(200, json=answer))
+
+    with pytest.raises(TokenUnavailable, match="unreadable_token"):
+        idp_auth(http).token()
+
+
+def test_a_token_of_the_bearer_alphabet_is_taken() -> None:
+    answer = {"access_token": "abc.def-ghi_~+/=", "token_type": "Bearer", "expires_in": 3600}
+    assert (
+        idp_auth(token_idp(lambda: httpx.Response(200, json=answer))).token()
+        == answer["access_token"]
+    )
