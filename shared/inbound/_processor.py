@@ -182,8 +182,12 @@ class InboundProcessor:
     def _apply_opt_out(
         self, intake: InboundIntake, payload: NewMessagePayload
     ) -> Literal["stop", "start"] | None:
-        """The message's opt-out keyword (its connection's keywords), applied."""
+        """The message's opt-out keyword (its connection's keywords), applied at the message's
+        own time: SmartDialog's ``timestamp`` (a resend keeps it, where our receipt's time is
+        new each time: a resent START lifted a STOP sent after it), never later than its
+        receipt (a clock ahead, a local time without its zone), else its receipt's."""
         service, key, received_at = intake.service, intake.messageKey, intake.receivedAt
+        at = min(payload.utc_timestamp or received_at, received_at)
         keyword = connection_keyword(payload.content, intake.connection, self.settings)
         if keyword == "stop":
             self.suppressions.add(
@@ -191,13 +195,11 @@ class InboundProcessor:
                 reported_key(payload.sender),
                 keyword=keyword_text(payload.content),
                 source="inbound",
-                now=received_at,
+                now=at,
                 message_id=key,
             )
         elif keyword == "start":
-            lifted = self.suppressions.lift_unless_newer(
-                service, reported_key(payload.sender), received_at
-            )
+            lifted = self.suppressions.lift_unless_newer(service, reported_key(payload.sender), at)
             if lifted == "newer":  # a STOP received after it stands: it lifted nothing
                 return None
         return keyword

@@ -182,6 +182,41 @@ def test_a_later_stop_from_a_number_already_opted_out_stands_when_processed_firs
     assert refused.status == 422, refused.body
 
 
+def test_a_resent_start_does_not_lift_a_stop_sent_after_it(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """SmartDialog resends a message whose 202 it did not get, with its messageId and its
+    timestamp; the opt-outs were ordered by our receipt's time, new on each call, so a START
+    resent after a later STOP lifted it and sends went out again (found in review)."""
+    from shared.clock import utcnow
+
+    def said(content: str, message_id: str, at: dt.datetime) -> None:
+        url = webhook_url(get_settings(), TWO_WAY, new_nonce())
+        answer = inbound.call(
+            "InboundWebhook", "POST", route_params={"Service": TWO_WAY},
+            params=dict(parse_qsl(urlsplit(url).query)),
+            body={"sender": "0401234567", "recipient": "+358501234567", "content": content,
+                  "messageId": message_id, "timestamp": at.isoformat()},
+        )  # fmt: skip
+        assert answer.status == 202
+        assert inbound.process_intake() == 1
+
+    start, started = str(uuid.uuid4()), utcnow()
+    said("START", start, started)  # its 202 lost
+    manual_clock.advance(60)
+    said("STOP", str(uuid.uuid4()), utcnow())
+    manual_clock.advance(60)
+
+    said("START", start, started)  # SmartDialog's resend
+
+    assert _check(inbound)["Suppressed"] is True
+    last = inbound.read(names.INBOUND_QUEUE)[-1]["data"]
+    assert (last["content"], last.get("optOut")) == ("START", None)  # it lifted nothing
+    # A START sent after the STOP lifts it.
+    said("START", str(uuid.uuid4()), utcnow())
+    assert _check(inbound)["Suppressed"] is False
+
+
 def test_custom_keywords_replace_the_defaults(inbound: Inbound) -> None:
     inbound.configure(STOP_KEYWORDS="UNSUBSCRIBE,QUIT")
     _inbound(inbound, "stop")
