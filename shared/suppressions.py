@@ -488,7 +488,8 @@ def opted_out_problem(service: str, hits: Mapping[int, Suppression], field: str)
     errors = [
         FieldError(
             field.format(index=index),
-            f"This recipient opted out of service {service}"
+            "This recipient opted out of "
+            + ("every service (*)" if hit.service == ALL_SERVICES else f"service {service}")
             + (f" (sent {hit.keyword})" if hit.keyword else "")
             + f" on {hit.since.date().isoformat()}.",
         )

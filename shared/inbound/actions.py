@@ -462,7 +462,7 @@ def unsubscribe(ctx: ActionContext, inp: UnsubscribeInput) -> ActionResponse:
 
 def _suppression_doc(service: str, phone: str, hit: Suppression | None) -> dict[str, Any]:
     return SuppressionDoc(
-        Service=service,
+        Service=hit.service if hit else service,
         Phone=phone,
         Suppressed=hit is not None,
         Keyword=hit.keyword if hit else None,
@@ -480,11 +480,12 @@ def add_suppression(ctx: ActionContext, inp: SuppressionInput) -> ActionResponse
 
 def remove_suppression(ctx: ActionContext, inp: SuppressionInput) -> ActionResponse:
     _suppressions(ctx.settings).remove(inp.service, inp.phone)
-    return ActionResponse.json(_suppression_doc(inp.service, inp.phone, None))
+    return get_suppression(ctx, inp)  # a * one may still refuse its sends
 
 
 def get_suppression(ctx: ActionContext, inp: SuppressionInput) -> ActionResponse:
-    hit = _suppressions(ctx.settings).get(inp.service, inp.phone)
+    # As a send's check finds it: the service's own, else a * one.
+    hit = _suppressions(ctx.settings).for_recipient(inp.service, inp.phone)
     return ActionResponse.json(_suppression_doc(inp.service, inp.phone, hit))
 
 
@@ -592,7 +593,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
         input=SuppressionInput,
         handler=get_suppression,
         summary="Check a suppression",
-        description="Whether sends to the recipient through the service are refused.",
+        description="Whether sends to the recipient through the service (or all: *) are refused.",
         responses=(ResponseDoc(200, "The recipient's state.", SuppressionDoc),),
         tags=(TAG,),
     ),

@@ -238,6 +238,33 @@ def test_suppression_actions_add_check_and_remove(inbound: Inbound) -> None:
     assert _check(inbound, ONE_WAY)["Suppressed"] is False
 
 
+def test_checking_or_lifting_a_services_suppression_answers_a_star_one_that_still_refuses(
+    inbound: Inbound,
+) -> None:
+    """GetSuppression read the service's own row only: with a * suppression it said not
+    suppressed while sends were refused, and RemoveSuppression said lifted though they still
+    were; the 422 named the send's service, sending the operator to a lift that changed
+    nothing (found in review)."""
+    route = {"Service": TWO_WAY, "Phone": PHONE}
+    assert (
+        inbound.call("AddSuppression", "PUT", route_params={**route, "Service": "*"}).status == 200
+    )
+
+    checked = _check(inbound)
+    lifted = inbound.call("RemoveSuppression", "DELETE", route_params=route)
+    refused = inbound.call(
+        "SendMessage", "POST", headers={"Customer-Id": "1001", "Service-Id": TWO_WAY},
+        body={"Sender": "Sandbox", "Content": "Offer", "Recipients": [{"Address": PHONE}]},
+    )  # fmt: skip
+
+    assert (checked["Suppressed"], checked["Service"], checked["Source"]) == (True, "*", "action")
+    assert (lifted.body["Suppressed"], lifted.body["Service"]) == (True, "*")
+    assert refused.status == 422
+    assert "opted out of every service (*)" in refused.body["errors"][0]["message"]
+    inbound.call("RemoveSuppression", "DELETE", route_params={**route, "Service": "*"})
+    assert _check(inbound) == {"Service": TWO_WAY, "Phone": PHONE, "Suppressed": False}
+
+
 def test_suppression_action_rejects_a_bad_phone_number(inbound: Inbound) -> None:
     answer = inbound.call(
         "AddSuppression", "PUT", route_params={"Service": ONE_WAY, "Phone": "not a number"}
