@@ -528,17 +528,18 @@ class DeadLetterDesk:
         raise RuntimeError(f"message {message_id}: record kept changing during the re-drive")
 
     def _still_opted_out(self, failed: MessageRecord) -> str | None:
-        """Why ``failed``, if it failed ``suppressed``, may not go again (a recipient of it
-        still opts out of its service), or None: it may (they opted back in, or it failed
-        otherwise)."""
-        if failed.failure is None or failed.failure.code != "suppressed" or not failed.service_id:
+        """Why ``failed`` may not go again (a recipient opts out of its service now, whatever it
+        failed for: a forced re-drive of one in doubt sends again), or None: it may."""
+        if failed.failure is None or not failed.service_id:
             return None
         try:
-            addresses = outbound.command_addresses(outbound.parse_outbound_message(failed.command))
+            command = outbound.parse_outbound_message(failed.command)
         except ValueError:  # a command not as we write it (pydantic's errors are ValueErrors)
             return None
+        addresses = outbound.command_addresses(command)
         try:  # the check the send action and the sender make
-            refuse_suppressed(self._suppressions, failed.service_id, addresses)
+            refuse_suppressed(self._suppressions, failed.service_id, addresses,
+                              transactional=getattr(command, "transactional", False))  # fmt: skip
         except Problem as problem:
             why = "; ".join(e.message for e in problem.errors)
             return (

@@ -143,3 +143,32 @@ def test_a_refused_repeat_after_a_forced_redrive_is_still_in_doubt(
     failed = record(message_id)
     assert failed.failure is not None
     assert (failed.failure.code, failed.failure.upstreamStatus) == ("outcome-unknown", 400)
+
+
+def test_a_forced_redrive_of_a_send_in_doubt_is_kept_while_its_recipient_opts_out(
+    ops: Outbound,
+) -> None:
+    """Only a message that failed ``suppressed`` was checked: a send in doubt whose recipient
+    texted STOP after it failed was re-driven by force (the operator found no delivery report),
+    and the sender skips the opt-out check of a send that may have reached SmartDialog, so it
+    went out again days after the STOP (found in review)."""
+    from shared.clock import utcnow
+    from shared.suppressions import SuppressionStore
+
+    number, message_id = queued_in_doubt(ops)
+    stops = SuppressionStore.from_settings()
+    stops.add("s-1001-oneway", number, keyword="STOP", source="inbound", now=utcnow())
+    index_written_dead_letters(OUTBOUND_DEAD_LETTER_QUEUE)
+    [letter] = [d for d in call_http("ListDeadLetters", "GET").body["value"]
+                if d["messageId"] == message_id]  # fmt: skip
+
+    forced = call_http("RedriveDeadLetter", "POST", route_params={"DeadLetterId": letter["id"]},
+                       params={"force": "true"})  # fmt: skip
+    ops.drain()
+
+    assert forced.body["outcome"] == "kept", forced.body
+    assert "still opts out" in forced.body["detail"]
+    assert len(ops.upstream()) == 1  # the attempt in doubt only
+    assert record(message_id).status is MessageStatus.FAILED
+    stops.remove("s-1001-oneway", number)
+    force_redrive(message_id)  # once they opt back in, it may
