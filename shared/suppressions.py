@@ -226,20 +226,24 @@ class SuppressionStore:
         return self.lift_unless_newer(service, address, at) == "lifted"
 
     def lift_unless_newer(
-        self, service: str, address: str, at: dt.datetime | None
+        self, service: str, address: str, at: dt.datetime | None, ours: dt.datetime | None = None
     ) -> Literal["lifted", "none", "newer"]:
-        """Lift a suppression unless it was made after ``at`` (a START received at ``at`` does
-        not lift a STOP received after it, nor a suppression added later by the action; None:
-        whenever made): ``lifted``, ``none`` there (lifted before: a retry's), or a ``newer``
-        one stands. Each row's delete is conditional on that row as read (ETag), so a STOP
-        that lands meanwhile stays; both are tried each time, by recipient last (a storage error
-        between them leaves sends refused, and the retry completes it)."""
+        """Lift a suppression unless it was made after ``at`` (a START sent at ``at`` does not
+        lift a STOP sent after it, nor a suppression added later by the action; None: whenever
+        made): ``lifted``, ``none`` there (lifted before: a retry's), or a ``newer`` one stands.
+        ``ours``: the START's time on our clock (its receipt), for a suppression the action
+        added (timed by our clock, where ``at`` may be SmartDialog's). Each row's delete is
+        conditional on that row as read (ETag), so a STOP that lands meanwhile stays; both are
+        tried each time, by recipient last (a storage error between them leaves sends refused,
+        and the retry completes it)."""
         phone = recipient_key(address)
-        by_service = self._lift(safe_key(service), safe_key(phone), at)
-        lifted = (by_service, self._lift(_by_recipient(phone), safe_key(service), at))
+        by_service = self._lift(safe_key(service), safe_key(phone), at, ours)
+        lifted = (by_service, self._lift(_by_recipient(phone), safe_key(service), at, ours))
         return "lifted" if True in lifted else "newer" if None in lifted else "none"
 
-    def _lift(self, pk: str, rk: str, at: dt.datetime | None) -> bool | None:
+    def _lift(
+        self, pk: str, rk: str, at: dt.datetime | None, ours: dt.datetime | None
+    ) -> bool | None:
         """True once lifted, False if there is none, None if one newer than ``at`` stands."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
@@ -250,7 +254,8 @@ class SuppressionStore:
             except ResourceNotFoundError:
                 return False
             since = utc(entity.get("Since"))
-            if at is not None and since is not None and since > at:
+            then = ours if ours is not None and entity.get("Source") == "action" else at
+            if then is not None and since is not None and since > then:
                 return None
             with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
                 self._table.delete_entity(

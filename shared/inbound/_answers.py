@@ -62,6 +62,7 @@ __all__ = [
     "read_send",
     "reprompt_command",
     "reprompt_message_id",
+    "written_at",
 ]
 
 log = logging.getLogger("shared.inbound.answers")
@@ -78,7 +79,7 @@ CLOCK_SKEW = dt.timedelta(seconds=5)
 REDELIVERY = dt.timedelta(hours=24)
 
 
-def _written_at(payload: NewMessagePayload, received_at: dt.datetime) -> dt.datetime:
+def written_at(payload: NewMessagePayload, received_at: dt.datetime) -> dt.datetime:
     """When SmartDialog got the message: its ``timestamp`` (the same in every copy it delivers;
     ``received_at`` is this copy's own), unless it has none or is no plausible one: ahead of
     ``received_at`` by more than :data:`CLOCK_SKEW` (a local time without its zone, read as UTC)
@@ -169,7 +170,7 @@ class QuestionAnswers:
         question = self.questions.for_reply(service, reported_key(payload.sender), key)
         if question is None or question.expired(received_at):
             return "none"  # an expired one is ended by its status URL
-        written = _written_at(payload, received_at)
+        written = written_at(payload, received_at)
         if written < question.created_at - CLOCK_SKEW:
             return "none"  # written before it was asked (a late or repeated copy of a message)
         # One read, for a message that may answer; unreadable, it has gone out (was asked).

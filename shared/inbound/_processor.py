@@ -52,7 +52,7 @@ from pydantic import ValidationError
 from shared import telemetry
 from shared.clock import utcnow
 from shared.events import CloudEvent, make_event
-from shared.inbound._answers import QuestionAnswers
+from shared.inbound._answers import QuestionAnswers, written_at
 from shared.inbound._keywords import connection_keyword, keyword_text
 from shared.inbound._models import (
     MESSAGE_RECEIVED,
@@ -183,11 +183,12 @@ class InboundProcessor:
         self, intake: InboundIntake, payload: NewMessagePayload
     ) -> Literal["stop", "start"] | None:
         """The message's opt-out keyword (its connection's keywords), applied at the message's
-        own time: SmartDialog's ``timestamp`` (a resend keeps it, where our receipt's time is
-        new each time: a resent START lifted a STOP sent after it), never later than its
-        receipt (a clock ahead, a local time without its zone), else its receipt's."""
+        own time: SmartDialog's ``timestamp`` if plausible (a resend keeps it, where our
+        receipt's time is new each time: a resent START lifted a STOP sent after it), never
+        later than its receipt; else its receipt's (:func:`written_at`: none, .NET's unset
+        ``0001-01-01``, a day old, a local time without its zone)."""
         service, key, received_at = intake.service, intake.messageKey, intake.receivedAt
-        at = min(payload.utc_timestamp or received_at, received_at)
+        at = min(written_at(payload, received_at), received_at)
         keyword = connection_keyword(payload.content, intake.connection, self.settings)
         if keyword == "stop":
             self.suppressions.add(
@@ -199,7 +200,9 @@ class InboundProcessor:
                 message_id=key,
             )
         elif keyword == "start":
-            lifted = self.suppressions.lift_unless_newer(service, reported_key(payload.sender), at)
+            lifted = self.suppressions.lift_unless_newer(
+                service, reported_key(payload.sender), at, ours=received_at
+            )
             if lifted == "newer":  # a STOP received after it stands: it lifted nothing
                 return None
         return keyword

@@ -182,6 +182,22 @@ def test_a_later_stop_from_a_number_already_opted_out_stands_when_processed_firs
     assert refused.status == 422, refused.body
 
 
+def _said(inbound: Inbound, content: str, at: dt.datetime | str | None, key: str = "") -> None:
+    """``content`` through the webhook with SmartDialog's ``timestamp`` ``at`` (None: none) and
+    messageId ``key`` (a new one if empty), and through the intake processor."""
+    url = webhook_url(get_settings(), TWO_WAY, new_nonce())
+    body = {"sender": "0401234567", "recipient": "+358501234567", "content": content,
+            "messageId": key or str(uuid.uuid4())}  # fmt: skip
+    if at is not None:
+        body["timestamp"] = at if isinstance(at, str) else at.isoformat()
+    answer = inbound.call(
+        "InboundWebhook", "POST", route_params={"Service": TWO_WAY},
+        params=dict(parse_qsl(urlsplit(url).query)), body=body,
+    )  # fmt: skip
+    assert answer.status == 202
+    assert inbound.process_intake() == 1
+
+
 def test_a_resent_start_does_not_lift_a_stop_sent_after_it(
     inbound: Inbound, manual_clock: ManualClock
 ) -> None:
@@ -190,30 +206,53 @@ def test_a_resent_start_does_not_lift_a_stop_sent_after_it(
     resent after a later STOP lifted it and sends went out again (found in review)."""
     from shared.clock import utcnow
 
-    def said(content: str, message_id: str, at: dt.datetime) -> None:
-        url = webhook_url(get_settings(), TWO_WAY, new_nonce())
-        answer = inbound.call(
-            "InboundWebhook", "POST", route_params={"Service": TWO_WAY},
-            params=dict(parse_qsl(urlsplit(url).query)),
-            body={"sender": "0401234567", "recipient": "+358501234567", "content": content,
-                  "messageId": message_id, "timestamp": at.isoformat()},
-        )  # fmt: skip
-        assert answer.status == 202
-        assert inbound.process_intake() == 1
-
     start, started = str(uuid.uuid4()), utcnow()
-    said("START", start, started)  # its 202 lost
+    _said(inbound, "START", started, start)  # its 202 lost
     manual_clock.advance(60)
-    said("STOP", str(uuid.uuid4()), utcnow())
+    _said(inbound, "STOP", utcnow())
     manual_clock.advance(60)
 
-    said("START", start, started)  # SmartDialog's resend
+    _said(inbound, "START", started, start)  # SmartDialog's resend
 
     assert _check(inbound)["Suppressed"] is True
     last = inbound.read(names.INBOUND_QUEUE)[-1]["data"]
     assert (last["content"], last.get("optOut")) == ("START", None)  # it lifted nothing
     # A START sent after the STOP lifts it.
-    said("START", str(uuid.uuid4()), utcnow())
+    _said(inbound, "START", utcnow())
+    assert _check(inbound)["Suppressed"] is False
+
+
+@pytest.mark.parametrize(
+    ("stop", "start"),
+    [("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"), (None, "2025-01-01T00:00:00Z")],
+    ids=["dotnet-unset", "a-year-old"],
+)
+def test_an_implausible_timestamp_counts_as_the_receipt(
+    inbound: Inbound, stop: str | None, start: str
+) -> None:
+    """Taken as it was (a second read of the fix above): .NET's unset 0001-01-01 on a STOP could
+    not be stored (the intake went to poison, the STOP never applied), and on a START, or one a
+    year old, it lifted nothing, so the recipient could not opt back in."""
+    _said(inbound, "STOP", stop)
+    assert _check(inbound)["Suppressed"] is True
+    _said(inbound, "START", start)
+    assert _check(inbound)["Suppressed"] is False
+
+
+def test_a_start_stamped_by_smartdialog_a_little_behind_lifts_the_actions_suppression(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """AddSuppression is timed by our clock, a START by SmartDialog's: one sent 10 s after it by
+    a clock 15 s behind ours lifted nothing (a second read). Against the action's suppression a
+    START counts at its receipt."""
+    from shared.clock import utcnow
+
+    added = inbound.call("AddSuppression", "PUT", route_params={"Service": TWO_WAY, "Phone": PHONE})
+    assert added.status == 200
+    manual_clock.advance(10)
+
+    _said(inbound, "START", utcnow() - dt.timedelta(seconds=15))
+
     assert _check(inbound)["Suppressed"] is False
 
 
