@@ -71,6 +71,9 @@ _UNRESOLVED = "is an unresolved Key Vault reference: check the app's identity"
 #: An account's secrets (attributes; the setting is the name in upper case): an unresolved one is
 #: its connection's error.
 _ACCOUNT_SECRETS = ("access_token", "client_secret", "refresh_token")
+#: What an ``Authorization: Bearer`` header carries (RFC 6750's b64token): a static token and
+#: one an identity provider answers must be of it (shared.smartdialog's auth checks the latter).
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class PublicUrlNotConfigured(Problem):
@@ -257,6 +260,9 @@ class Settings(StorageSettings):
         secret = value.get_secret_value().strip()
         if info.field_name not in _ACCOUNT_SECRETS and _unresolved(secret):
             raise ValueError(_UNRESOLVED)
+        bearer = info.field_name != "access_token" or not secret or _unresolved(secret)
+        if not bearer and not BEARER_TOKEN.fullmatch(secret):  # a pasted no-break space
+            raise ValueError("holds a character no Authorization header can carry")
         return SecretStr(secret) if secret != value.get_secret_value() else value
 
     @field_validator("callback_allowed_hosts")

@@ -113,6 +113,23 @@ def test_no_usable_smartdialog_credentials_is_a_configuration_error(
     assert "SMARTDIALOG_CLIENT_ID" in problem.errors[0].message
 
 
+@pytest.mark.parametrize("token", ["sandbox-tok\u00e9n", "abc\u2026def", "two\u00a0words"])
+def test_an_access_token_no_header_can_carry_is_named(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """Taken as it was, it raised building the Authorization header: every SmartDialog action
+    answered a bare 500 and health said ok (a second read, stop 44)."""
+    monkeypatch.setenv("SMARTDIALOG_ACCESS_TOKEN", token)
+    watch_secret(token)
+
+    problem = configuration_problem()
+
+    assert problem is not None
+    assert [e.field for e in problem.errors] == ["SMARTDIALOG_ACCESS_TOKEN"]
+    assert "Authorization header" in problem.errors[0].message
+    assert token not in str(problem.to_dict())
+
+
 @pytest.mark.parametrize(
     "credentials",
     [

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from shared.deadline import keep_deadline
+from shared.settings import BEARER_TOKEN
 
 from ._exceptions import CredentialsError, answer_text, read_answer
 
@@ -71,10 +72,6 @@ class TokenUnavailable(Exception):
         code = "".join(c for c in str(error or "") if c.isalnum() or c == "_")[:60]
         self.error = code or (f"HTTP {status}" if status else "an error")
         super().__init__(f"answered {self.error}")
-
-
-#: What an ``Authorization: Bearer`` header carries (RFC 6750's b64token).
-_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 @runtime_checkable
@@ -247,7 +244,7 @@ class _MsalAuth:
                         f"{str(result.get('error_description', ''))[:300]}"
                     )
                 token = result["access_token"]
-                if not isinstance(token, str) or not _BEARER_TOKEN.fullmatch(token):
+                if not isinstance(token, str) or not BEARER_TOKEN.fullmatch(token):
                     # No header can carry it (a non-ASCII one raised a bare 500): unreadable.
                     raise TokenUnavailable("unreadable_token", status)
                 lifetime = float(result.get("expires_in") or DEFAULT_TOKEN_LIFETIME_SECONDS)
