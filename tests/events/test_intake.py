@@ -399,3 +399,86 @@ def test_a_cloudevents_content_type_without_specversion_is_refused_naming_it() -
     ])  # fmt: skip
     grid = fixture("blob-created.eventgrid.json")
     assert parse_http({"content-type": "application/json"}, json.dumps(grid).encode())
+
+
+CE_HEADERS = {"ce-specversion": "1.0", "ce-id": "h-1", "ce-source": "s", "ce-type": "t"}
+
+
+@pytest.mark.parametrize("mode", ["structured", "batched"])
+def test_a_cloudevents_content_type_is_read_as_its_mode_whatever_ce_headers_come_with_it(
+    mode: str,
+) -> None:
+    """Any ce- header made it binary mode (found in review): a structured event's whole
+    envelope became the data of one event, and a batch of three was one event named by the
+    headers, both answered 202. The HTTP binding tells the mode by the content type."""
+    events = [{"specversion": "1.0", "id": f"e-{i}", "source": "src", "type": "disk.full",
+               "data": {"disk": f"C{i}:"}} for i in range(3)]  # fmt: skip
+    kind = "application/cloudevents+json" if mode == "structured" else BATCH
+    body = json.dumps(events[0] if mode == "structured" else events).encode()
+
+    read = parse_http({**CE_HEADERS, "content-type": f"{kind}; charset=utf-8"}, body)
+
+    expected = events[:1] if mode == "structured" else events
+    assert [(e.id, e.data) for e in read] == [(e["id"], e["data"]) for e in expected]
+
+
+BATCH = "application/cloudevents-batch+json"
+
+
+@pytest.mark.parametrize("value", ["!!!", "aGVsbG8", "not base64 at all", 5])
+def test_data_base64_that_is_no_base64_is_refused_naming_it(value: object) -> None:
+    """The SDK decodes without checking: '!!!' was read as empty data (a 202), others were
+    refused naming the body (found in review)."""
+    event = {"specversion": "1.0", "id": "b", "source": "s", "type": "t", "data_base64": value}
+    cases = [
+        (lambda: parse_object(event), "data_base64"),
+        (lambda: parse_http({"content-type": BATCH}, json.dumps([event]).encode()),
+         "[0].data_base64"),
+    ]  # fmt: skip
+    assert_each_refused(cases)
+    fine = {**event, "data_base64": base64.b64encode(b'{"a": 1}').decode()}
+    assert parse_object(fine).data == {"a": 1}
+
+
+def test_a_subscription_validation_written_with_escapes_is_still_the_handshake() -> None:
+    """Its type looked for as bytes: written with a JSON escape it was no handshake and reached
+    the rules, its validationCode in a message (found in review)."""
+    escaped = (
+        b'{"id": "v", "subject": "", "eventTime": "2026-12-03T21:00:00Z", "dataVersion": "2",'
+        b' "eventType": "Microsoft.EventGrid.SubscriptionValidation\\u0045vent",'
+        b' "data": {"validationCode": "c0de"}}'
+    )
+    assert validation_code({"content-type": "application/json"}, escaped) == "c0de"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_no_json_numbers_at_any_door(constant: str) -> None:
+    """Taken as floats, 'cpu $(data.cpu)' went out as 'cpu nan' (found in review); the send
+    actions refuse them."""
+    attributes = '"specversion": "1.0", "id": "n", "source": "s", "type": "t"'
+    body = f'{{{attributes}, "data": {{"cpu": {constant}}}}}'
+    assert_each_refused(
+        [
+            (lambda: parse_http({"content-type": "application/json"}, body.encode()), "body"),
+            (lambda: parse_queue_text(body), "body"),
+        ]
+    )
+
+
+def test_data_nested_deeper_than_64_levels_is_refused_at_every_door() -> None:
+    """Accepted as deep as the parser went, it failed in rendering (RecursionError) at the Event
+    Grid trigger's door: a 5xx and a retry (found in review)."""
+    from shared.notify._intake import MAX_DEPTH, parse_grid_trigger
+
+    def event(depth: int) -> str:
+        data = "[" * (depth - 1) + "]" * (depth - 1)
+        return f'{{"specversion": "1.0", "id": "d", "source": "s", "type": "t", "data": {data}}}'
+
+    assert parse_grid_trigger(event(MAX_DEPTH)).id == "d"
+    assert_each_refused(
+        [
+            (lambda: parse_grid_trigger(event(MAX_DEPTH + 1)), "body"),
+            (lambda: parse_queue_text(event(MAX_DEPTH + 1)), "body"),
+            (lambda: parse_http({}, event(MAX_DEPTH + 1).encode()), "body"),
+        ]
+    )
