@@ -238,6 +238,8 @@ class Settings(StorageSettings):
         (:func:`missing_credentials` names it)."""
         if any(_unresolved(getattr(self, attribute)) for attribute in _ACCOUNT_SECRETS):
             return None
+        if _unsendable(self.access_token):  # its connection's error, not the app's
+            return None
         if _given(self.access_token):
             return "access-token"
         if _given(self.refresh_token):
@@ -260,9 +262,6 @@ class Settings(StorageSettings):
         secret = value.get_secret_value().strip()
         if info.field_name not in _ACCOUNT_SECRETS and _unresolved(secret):
             raise ValueError(_UNRESOLVED)
-        bearer = info.field_name != "access_token" or not secret or _unresolved(secret)
-        if not bearer and not BEARER_TOKEN.fullmatch(secret):  # a pasted no-break space
-            raise ValueError("holds a character no Authorization header can carry")
         return SecretStr(secret) if secret != value.get_secret_value() else value
 
     @field_validator("callback_allowed_hosts")
@@ -466,6 +465,12 @@ def missing_credentials(
         if _unresolved(getattr(settings, attribute)):
             setting = attribute.upper()
             return FieldError(f"{prefix}{setting}", f"{who}{setting} {_UNRESOLVED}.")
+    if _unsendable(settings.access_token):  # a pasted no-break space, an accent
+        return FieldError(
+            f"{prefix}ACCESS_TOKEN",
+            f"{who}ACCESS_TOKEN holds a character no Authorization header can carry "
+            "(RFC 6750: letters, digits, -._~+/ and trailing =).",
+        )
     if settings.credentials is not None:
         return None
     return FieldError(
@@ -539,6 +544,12 @@ def reset_settings_cache() -> None:
 
 def _given(secret: SecretStr | None) -> bool:
     return secret is not None and bool(secret.get_secret_value())
+
+
+def _unsendable(token: SecretStr | None) -> bool:
+    """Whether a given static token is none a bearer header can carry (:data:`BEARER_TOKEN`)."""
+    text = token.get_secret_value() if token is not None else ""
+    return bool(text) and not _unresolved(text) and not BEARER_TOKEN.fullmatch(text)
 
 
 def _unresolved(secret: SecretStr | str | None) -> bool:

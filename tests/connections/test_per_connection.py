@@ -677,6 +677,28 @@ def test_an_unresolved_key_vault_reference_of_the_default_account_stops_only_the
     assert default.status == 503
 
 
+def test_a_default_access_token_no_header_can_carry_stops_only_the_default(
+    two: TwoConnections,
+) -> None:
+    """Checked as a setting (a second read of 1b18ca5), it failed the app's settings: every
+    connection's actions and sends stopped, the webhook answered 503. It is the default
+    connection's credentials error, as an unresolved Key Vault reference is."""
+    from shared.health import configuration_problem
+
+    two.env.monkeypatch.setenv("SMARTDIALOG_ACCESS_TOKEN", "sandbox-tok\u00e9n")
+    forget_settings()
+
+    named = call_http("GetUserCustomers", "GET", headers={CONNECTION_HEADER: "second"})
+    default = call_http("GetUserCustomers", "GET")
+
+    assert named.status == 200, named.body
+    assert default.status == 503
+    for problem in (default.body, configuration_problem().to_dict()):  # type: ignore[union-attr]
+        assert [e["field"] for e in problem["errors"]] == ["SMARTDIALOG_ACCESS_TOKEN"]
+        assert "Authorization header" in problem["errors"][0]["message"]
+        assert "tok\u00e9n" not in json.dumps(problem, ensure_ascii=False)
+
+
 def test_an_accepted_send_waiting_out_a_routing_error_still_expires_and_is_settled_later(
     two: TwoConnections, manual_clock: ManualClock
 ) -> None:
