@@ -131,6 +131,10 @@ def reported_keys(number: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(readings))
 
 
+#: ``SinceBy`` of a suppression whose ``Since`` is SmartDialog's time of its STOP (else ours).
+SMARTDIALOG_CLOCK = "smartdialog"
+
+
 @dataclass(frozen=True)
 class Suppression:
     """One opted-out recipient of a service."""
@@ -162,6 +166,7 @@ class SuppressionStore:
         source: str,
         now: dt.datetime,
         message_id: str | None = None,
+        stamped: bool = False,
     ) -> Suppression:
         """Suppress ``address`` for ``service`` as of ``now``: a suppression made earlier moves
         to ``now`` (with this keyword and source), so a START received before ``now`` but
@@ -169,7 +174,8 @@ class SuppressionStore:
         time, by recipient first (a storage error between them leaves sends refused, and the
         retry completes the other) and again last: a START or RemoveSuppression running
         meanwhile lifts by service first, by recipient last, so it may have lifted the first
-        write before this one's by-service row landed; sends check the by-recipient row."""
+        write before this one's by-service row landed; sends check the by-recipient row.
+        ``stamped``: ``now`` is SmartDialog's time of a STOP, not our clock's (``SinceBy``)."""
         phone = recipient_key(address)
         row = {
             "PartitionKey": safe_key(service),
@@ -180,6 +186,7 @@ class SuppressionStore:
             "Source": source,
             "Since": plain_datetime(now),
             "MessageId": message_id,
+            "SinceBy": SMARTDIALOG_CLOCK if stamped else None,
         }
         self._advance(_mirrored(row))
         kept = self._advance(row)
@@ -231,11 +238,11 @@ class SuppressionStore:
         """Lift a suppression unless it was made after ``at`` (a START sent at ``at`` does not
         lift a STOP sent after it, nor a suppression added later by the action; None: whenever
         made): ``lifted``, ``none`` there (lifted before: a retry's), or a ``newer`` one stands.
-        ``ours``: the START's time on our clock (its receipt), for a suppression the action
-        added (timed by our clock, where ``at`` may be SmartDialog's). Each row's delete is
-        conditional on that row as read (ETag), so a STOP that lands meanwhile stays; both are
-        tried each time, by recipient last (a storage error between them leaves sends refused,
-        and the retry completes it)."""
+        ``ours``: the START's time on our clock, for a suppression timed by ours (the action's,
+        a STOP without SmartDialog's time, a previous release's), where ``at`` is SmartDialog's.
+        Each row's delete is conditional on that row as read (ETag), so a STOP that lands
+        meanwhile stays; both are tried each time, by recipient last (a storage error between
+        them leaves sends refused, and the retry completes it)."""
         phone = recipient_key(address)
         by_service = self._lift(safe_key(service), safe_key(phone), at, ours)
         lifted = (by_service, self._lift(_by_recipient(phone), safe_key(service), at, ours))
@@ -254,7 +261,8 @@ class SuppressionStore:
             except ResourceNotFoundError:
                 return False
             since = utc(entity.get("Since"))
-            then = ours if ours is not None and entity.get("Source") == "action" else at
+            ours_timed = entity.get("SinceBy") != SMARTDIALOG_CLOCK
+            then = ours if ours is not None and ours_timed else at
             if then is not None and since is not None and since > then:
                 return None
             with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):

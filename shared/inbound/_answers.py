@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "CLOCK_SKEW",
     "AnswerOutcome",
     "QuestionAnswers",
     "read_send",

@@ -52,7 +52,7 @@ from pydantic import ValidationError
 from shared import telemetry
 from shared.clock import utcnow
 from shared.events import CloudEvent, make_event
-from shared.inbound._answers import QuestionAnswers, written_at
+from shared.inbound._answers import CLOCK_SKEW, QuestionAnswers, written_at
 from shared.inbound._keywords import connection_keyword, keyword_text
 from shared.inbound._models import (
     MESSAGE_RECEIVED,
@@ -189,6 +189,9 @@ class InboundProcessor:
         ``0001-01-01``, a day old, a local time without its zone)."""
         service, key, received_at = intake.service, intake.messageKey, intake.receivedAt
         at = min(written_at(payload, received_at), received_at)
+        # Against a suppression timed by our clock, at most CLOCK_SKEW past SmartDialog's time
+        # (a resend is received late; SmartDialog's clock may be a little behind ours).
+        stamped, ours = at != received_at, min(received_at, at + CLOCK_SKEW)
         keyword = connection_keyword(payload.content, intake.connection, self.settings)
         if keyword == "stop":
             self.suppressions.add(
@@ -198,10 +201,11 @@ class InboundProcessor:
                 source="inbound",
                 now=at,
                 message_id=key,
+                stamped=stamped,
             )
         elif keyword == "start":
             lifted = self.suppressions.lift_unless_newer(
-                service, reported_key(payload.sender), at, ours=received_at
+                service, reported_key(payload.sender), at, ours=ours
             )
             if lifted == "newer":  # a STOP received after it stands: it lifted nothing
                 return None

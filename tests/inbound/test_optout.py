@@ -239,21 +239,44 @@ def test_an_implausible_timestamp_counts_as_the_receipt(
     assert _check(inbound)["Suppressed"] is False
 
 
-def test_a_start_stamped_by_smartdialog_a_little_behind_lifts_the_actions_suppression(
-    inbound: Inbound, manual_clock: ManualClock
+@pytest.mark.parametrize("earlier", ["action", "unstamped-stop"])
+def test_a_start_by_a_clock_a_little_behind_lifts_a_suppression_timed_by_ours(
+    inbound: Inbound, manual_clock: ManualClock, earlier: str
 ) -> None:
-    """AddSuppression is timed by our clock, a START by SmartDialog's: one sent 10 s after it by
-    a clock 15 s behind ours lifted nothing (a second read). Against the action's suppression a
-    START counts at its receipt."""
+    """AddSuppression, and a STOP without SmartDialog's time, are timed by our clock, a START by
+    SmartDialog's: one sent 10 s after them by a clock 12 s behind lifted nothing (second
+    reads). Against such a suppression a START counts at most 5 s past its own time."""
     from shared.clock import utcnow
 
-    added = inbound.call("AddSuppression", "PUT", route_params={"Service": TWO_WAY, "Phone": PHONE})
-    assert added.status == 200
+    if earlier == "action":
+        route = {"Service": TWO_WAY, "Phone": PHONE}
+        assert inbound.call("AddSuppression", "PUT", route_params=route).status == 200
+    else:
+        _said(inbound, "STOP", None)
     manual_clock.advance(10)
 
-    _said(inbound, "START", utcnow() - dt.timedelta(seconds=15))
+    _said(inbound, "START", utcnow() - dt.timedelta(seconds=12))
 
     assert _check(inbound)["Suppressed"] is False
+
+
+def test_a_resent_start_does_not_lift_a_suppression_the_action_added_after_it(
+    inbound: Inbound, manual_clock: ManualClock
+) -> None:
+    """Counted at its receipt against the action's suppression (a second read of the fix
+    above), a START resent a minute after AddSuppression lifted it."""
+    from shared.clock import utcnow
+
+    start, started = str(uuid.uuid4()), utcnow()
+    _said(inbound, "START", started, start)  # its 202 lost
+    manual_clock.advance(60)
+    route = {"Service": TWO_WAY, "Phone": PHONE}
+    assert inbound.call("AddSuppression", "PUT", route_params=route).status == 200
+    manual_clock.advance(60)
+
+    _said(inbound, "START", started, start)  # SmartDialog's resend
+
+    assert _check(inbound)["Suppressed"] is True
 
 
 def test_custom_keywords_replace_the_defaults(inbound: Inbound) -> None:
