@@ -13,6 +13,7 @@ import binascii
 import datetime as dt
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -185,10 +186,12 @@ def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
     if "time" not in given:
         attributes.pop("time", None)
     data = event.get_data()
-    if isinstance(data, bytes | bytearray):
+    if isinstance(data, bytes | bytearray):  # binary mode's body, data_base64's bytes
         try:
-            data = json.loads(data)
-        except ValueError:
+            data = _strict_json(bytes(data), field="data")
+        except InvalidEvent:
+            raise
+        except ValueError:  # no JSON: its text as base64
             data = base64.b64encode(bytes(data)).decode("ascii")
     _unicode({**attributes, "data": data})
     known = {"id", "source", "type", "subject", "time", "specversion"}
@@ -265,7 +268,7 @@ def _cloud_event_from_json(value: dict[str, Any]) -> IncomingEvent:
     from cloudevents.core.formats.json import JSONFormat
 
     _required_id(value)
-    if "data_base64" in value:  # the SDK decodes without checking: "!!!" was empty data
+    if value.get("data_base64") is not None:  # the SDK decodes unchecked: "!!!" was no data
         try:
             base64.b64decode(value["data_base64"], validate=True)
         except (TypeError, ValueError) as exc:
@@ -300,27 +303,55 @@ def _objects(value: Any) -> list[Any]:
 
 
 def _json(body: str | bytes) -> Any:
-    """``body`` as JSON: no ``NaN`` or ``Infinity`` (no JSON number: the send actions refuse
-    them too) and nested at most :data:`MAX_DEPTH` deep (a rule's rendering follows it)."""
+    """``body`` as JSON the doors take (:func:`_strict_json`); what is no JSON is refused."""
     try:
-        value = json.loads(body, parse_constant=_no_constant)
+        return _strict_json(body)
+    except InvalidEvent:
+        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"The body is not JSON: {exc}") from exc
-    level, deepest = [(value, 1)], 1
-    while level:
-        item, depth = level.pop()
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH:
-            raise InvalidEvent(f"The body is nested deeper than {MAX_DEPTH} levels.")
-        children = (
-            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        )
-        level.extend((child, depth + 1) for child in children)
+
+
+def _strict_json(raw: str | bytes, field: str = "body") -> Any:
+    """``raw`` as JSON (``ValueError`` if it is none), refused as :class:`InvalidEvent` naming
+    ``field`` when it holds ``NaN``, ``Infinity`` or a number past a float's range (no JSON
+    number: the send actions refuse them too), or an event nests containers deeper than
+    :data:`MAX_DEPTH` (each of a batch on its own; a rule's rendering follows it)."""
+
+    def no_number(text: str) -> Any:
+        raise InvalidEvent(f"{cut_text(text, 40)} is no JSON number.", field=field)
+
+    def finite(text: str) -> float:
+        number = float(text)
+        return number if math.isfinite(number) else no_number(text)
+
+    value = json.loads(raw, parse_constant=no_number, parse_float=finite)
+    for item in value if isinstance(value, list) and field == "body" else [value]:
+        _within_depth(item, 1 if field == "body" else 2, field)
     return value
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is no JSON number")
+def _json_data_held(body: bytes) -> None:
+    """Binary mode's body, when it is JSON (the SDK reads it on its own), held to the rules of
+    :func:`_strict_json` as ``data``; one that is no JSON is text data."""
+    try:
+        _strict_json(body, field="data")
+    except InvalidEvent:
+        raise
+    except ValueError:  # (UnicodeDecodeError too)
+        return
+
+
+def _within_depth(value: Any, depth: int, field: str) -> None:
+    """Refuse containers nested past :data:`MAX_DEPTH`, ``value`` at ``depth`` (as Json.NET,
+    which Azure's host reads with, counts: containers only)."""
+    level = [(value, depth)] if isinstance(value, dict | list) else []
+    while level:
+        item, at = level.pop()
+        if at > MAX_DEPTH:
+            raise InvalidEvent(f"Nested deeper than {MAX_DEPTH} levels.", field=field)
+        children = item.values() if isinstance(item, dict) else item
+        level.extend((child, at + 1) for child in children if isinstance(child, dict | list))
 
 
 @_readable
@@ -349,6 +380,7 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
             except UnicodeDecodeError:
                 raise InvalidEvent("Not UTF-8 once percent-decoded.", field=f"ce-{name}") from None
         try:
+            _json_data_held(body)
             event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
             return [from_cloud_event(event, given)]
         except InvalidEvent as exc:  # an attribute is a ce- header; data is the body

@@ -482,3 +482,45 @@ def test_data_nested_deeper_than_64_levels_is_refused_at_every_door() -> None:
             (lambda: parse_http({}, event(MAX_DEPTH + 1).encode()), "body"),
         ]
     )
+
+
+def test_data_in_binary_mode_or_base64_is_held_to_the_same_json_as_the_body() -> None:
+    """A second read of the doors' fix: binary mode's body and data_base64's bytes were read
+    by plain json.loads, so NaN, Infinity, 1e999 (read as inf) and any depth still went out
+    ('cpu nan'); 1e999 in the body too."""
+    from shared.notify._intake import MAX_DEPTH
+
+    deep = ("[" * MAX_DEPTH + "]" * MAX_DEPTH).encode()  # the body's data, at level 2 and on
+
+    def based(data: bytes) -> bytes:
+        encoded = base64.b64encode(data).decode()
+        event = {"specversion": "1.0", "id": "b", "source": "s", "type": "t"}
+        return json.dumps({**event, "data_base64": encoded}).encode()
+
+    structured = {"content-type": "application/cloudevents+json"}
+    huge = b'{"specversion": "1.0", "id": "h", "source": "s", "type": "t", "data": 1e999}'
+    assert_each_refused(
+        [
+            (lambda: parse_http(CE_HEADERS, b'{"cpu": NaN}'), "data"),
+            (lambda: parse_http(CE_HEADERS, b"Infinity"), "data"),
+            (lambda: parse_http(CE_HEADERS, deep), "data"),
+            (lambda: parse_http(structured, based(b'{"cpu": NaN}')), "data"),
+            (lambda: parse_http(structured, based(deep)), "data"),
+            (lambda: parse_http(structured, huge), "body"),
+        ]
+    )  # fmt: skip
+    [fine] = parse_http(CE_HEADERS, deep[1:-1])  # one level less
+    assert fine.data is not None
+
+
+def test_a_null_data_base64_is_unset_and_a_batch_nests_as_deep_as_one_event() -> None:
+    """A second read: null was refused as no base64 (the JSON format reads null as unset), and
+    a batch's array counted as a level, so an event taken alone was refused in a batch."""
+    from shared.notify._intake import MAX_DEPTH
+
+    event = {"specversion": "1.0", "id": "n", "source": "s", "type": "t", "data_base64": None}
+    assert parse_object(event).data is None
+    deepest = {**event, "data": json.loads("[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1))}
+    del deepest["data_base64"]
+    body = json.dumps([deepest]).encode()
+    assert [e.id for e in parse_http({"content-type": BATCH}, body)] == ["n"]
