@@ -186,9 +186,12 @@ def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
     if "time" not in given:
         attributes.pop("time", None)
     data = event.get_data()
-    if isinstance(data, bytes | bytearray):  # binary mode's body, data_base64's bytes
-        try:
-            data = _strict_json(bytes(data), field="data")
+    if isinstance(data, bytes | bytearray):  # data_base64's bytes (binary mode's: read before)
+        typed = str(attributes.get("datacontenttype") or "application/json")
+        try:  # JSON by its content type is held to the body's rules; other data is as it was
+            data = (
+                _strict_json(bytes(data), field="data") if _json_type(typed) else json.loads(data)
+            )
         except InvalidEvent:
             raise
         except ValueError:  # no JSON: its text as base64
@@ -325,21 +328,34 @@ def _strict_json(raw: str | bytes, field: str = "body") -> Any:
         number = float(text)
         return number if math.isfinite(number) else no_number(text)
 
-    value = json.loads(raw, parse_constant=no_number, parse_float=finite)
+    try:
+        value = json.loads(raw, parse_constant=no_number, parse_float=finite)
+    except RecursionError:
+        raise InvalidEvent("Nested too deeply to read.", field=field) from None
     for item in value if isinstance(value, list) and field == "body" else [value]:
         _within_depth(item, 1 if field == "body" else 2, field)
     return value
 
 
-def _json_data_held(body: bytes) -> None:
-    """Binary mode's body, when it is JSON (the SDK reads it on its own), held to the rules of
-    :func:`_strict_json` as ``data``; one that is no JSON is text data."""
+def _json_data_held(body: bytes, content_type: str | None) -> None:
+    """Binary mode's body, when its content type says JSON (or none: the SDK reads it as JSON
+    on its own then), held to the rules of :func:`_strict_json` as ``data``; text data (a
+    ``text/plain`` ``NaN``) and a body that is no JSON are the SDK's to read as text."""
+    if not _json_type(content_type or "application/json"):
+        return
     try:
         _strict_json(body, field="data")
     except InvalidEvent:
         raise
     except ValueError:  # (UnicodeDecodeError too)
         return
+
+
+def _json_type(content_type: str) -> bool:
+    """Whether ``content_type`` says JSON, as the CloudEvents SDK reads it."""
+    from cloudevents.core.formats.json import JSONFormat
+
+    return re.match(JSONFormat.JSON_CONTENT_TYPE_PATTERN, content_type) is not None
 
 
 def _within_depth(value: Any, depth: int, field: str) -> None:
@@ -380,7 +396,7 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
             except UnicodeDecodeError:
                 raise InvalidEvent("Not UTF-8 once percent-decoded.", field=f"ce-{name}") from None
         try:
-            _json_data_held(body)
+            _json_data_held(body, headers.get("content-type"))
             event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
             return [from_cloud_event(event, given)]
         except InvalidEvent as exc:  # an attribute is a ce- header; data is the body

@@ -125,7 +125,7 @@ def test_event_grid_schema_blob_created_with_its_empty_data_version_is_read() ->
                 "content-type": "application/json",
             },
             b"[" * 5000,
-            "body",
+            "data",  # binary mode's body is the event's data
         ),
     ],
 )
@@ -524,3 +524,23 @@ def test_a_null_data_base64_is_unset_and_a_batch_nests_as_deep_as_one_event() ->
     del deepest["data_base64"]
     body = json.dumps([deepest]).encode()
     assert [e.id for e in parse_http({"content-type": BATCH}, body)] == ["n"]
+
+
+def test_binary_data_of_a_text_type_is_text_however_it_reads_and_depth_names_data() -> None:
+    """A second read of the doors' fix: binary mode's body was held to the JSON rules whatever
+    its content type, so a text/plain 'NaN' (text data, as the SDK reads it) was refused; and
+    data nested past Python's parser was named body (in a batch [1].body)."""
+    text = {**CE_HEADERS, "content-type": "text/plain; charset=utf-8"}
+    for body in (b"NaN", b"Infinity", b'{"reading": NaN}', b"[" * 70 + b"]" * 70):
+        [event] = parse_http(text, body)
+        assert event.data == body.decode()
+    encoded = base64.b64encode(b"[" * 100_000).decode()
+    event = {"specversion": "1.0", "id": "d", "source": "s", "type": "t", "data_base64": encoded}
+    assert_each_refused(
+        [
+            (lambda: parse_http({**CE_HEADERS, "content-type": "application/json"},
+                                b"[" * 100_000), "data"),
+            (lambda: parse_http({"content-type": BATCH}, json.dumps([event, event]).encode()),
+             "[0].data"),
+        ]
+    )  # fmt: skip
