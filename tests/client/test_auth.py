@@ -344,12 +344,8 @@ def test_msal_gets_a_client_with_a_timeout_for_an_https_authority() -> None:
     client.close()
 
 
-def answering_idp(
-    status: int, error: str | None, said: str = "AADB2C90229: tenant-7 over its limit"
-) -> MsalHttpClient:
-    """An identity provider that answers every token request ``status`` with OAuth ``error`` (None:
-    no ``error`` field) described as ``said`` (the sandbox cannot throttle on demand, nor answer
-    these codes)."""
+def token_idp(answer: Callable[[], httpx.Response]) -> MsalHttpClient:
+    """An identity provider whose token endpoint gives ``answer()``."""
     root = "https://login.example/tenant/B2C_1A_x"
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -358,10 +354,19 @@ def answering_idp(
             endpoints["token_endpoint"] = "/oauth2/v2.0/token"
             document = {k: root + v for k, v in endpoints.items()}
             return httpx.Response(200, json={**document, "issuer": root + "/v2.0/"})
-        answer = {"error_description": said} | ({} if error is None else {"error": error})
-        return httpx.Response(status, headers={"Retry-After": "30"}, json=answer)
+        return answer()
 
     return MsalHttpClient(httpx.Client(transport=httpx.MockTransport(handle)))
+
+
+def answering_idp(
+    status: int, error: str | None, said: str = "AADB2C90229: tenant-7 over its limit"
+) -> MsalHttpClient:
+    """An identity provider that answers every token request ``status`` with OAuth ``error`` (None:
+    no ``error`` field) described as ``said`` (the sandbox cannot throttle on demand, nor answer
+    these codes)."""
+    answer = {"error_description": said} | ({} if error is None else {"error": error})
+    return token_idp(lambda: httpx.Response(status, headers={"Retry-After": "30"}, json=answer))
 
 
 def idp_auth(http: MsalHttpClient) -> ClientCredentialsAuth:
@@ -478,21 +483,6 @@ def test_entras_throttling_code_is_a_failure_for_now() -> None:
     said = "AADSTS50196: The server terminated an operation because of a client request loop."
     with pytest.raises(TokenUnavailable):
         idp_auth(answering_idp(400, "invalid_request_loop", said)).token()
-
-
-def token_idp(answer: Callable[[], httpx.Response]) -> MsalHttpClient:
-    """An identity provider whose token endpoint gives ``answer()``."""
-    root = "https://login.example/tenant/B2C_1A_x"
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("openid-configuration"):
-            endpoints = {"authorization_endpoint": "/oauth2/v2.0/authorize"}
-            endpoints["token_endpoint"] = "/oauth2/v2.0/token"
-            document = {k: root + v for k, v in endpoints.items()}
-            return httpx.Response(200, json={**document, "issuer": root + "/v2.0/"})
-        return answer()
-
-    return MsalHttpClient(httpx.Client(transport=httpx.MockTransport(handle)))
 
 
 def test_an_identity_providers_answer_is_read_up_to_8_mib_like_smartdialogs() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from shared.messages import MessageStatus, MessageStore
+from shared.messages import MessageRecord, MessageStatus, MessageStore
 from tests.outbound.conftest import DELIVERED, Outbound, sms
 
 
@@ -52,6 +52,16 @@ class Upstream:
 
     def answer(self, status: int, body: Any = None, **headers: str) -> None:
         self.status, self.body, self.headers = status, body, headers
+
+
+def _queued_and_drained(outbound: Outbound, prefix: str) -> MessageRecord:
+    """A send to DELIVERED put on the queue and drained: its record."""
+    message_id = f"{prefix}-{uuid.uuid4()}"
+    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
+    outbound.drain()
+    record = MessageStore.from_settings().get(message_id)
+    assert record is not None
+    return record
 
 
 @pytest.fixture
@@ -167,12 +177,9 @@ def test_a_2xx_that_is_no_send_answer_is_never_sent_and_ends_outcome_unknown(
     after a connection broken mid-call, and ends `outcome-unknown` with its event, never
     `sent` with no MessageId."""
     odd.answer(status, answer)
-    message_id = f"m-2xx-{uuid.uuid4()}"
-    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
-    outbound.drain()
 
-    record = MessageStore.from_settings().get(message_id)
-    assert record is not None
+    record = _queued_and_drained(outbound, "m-2xx")
+
     assert record.status is MessageStatus.FAILED
     assert record.failure is not None
     assert record.failure.code == "outcome-unknown"
@@ -262,13 +269,9 @@ def test_a_lone_surrogate_in_an_answer_still_ends_the_send_after_one_call(
     the sent answer raised as if our storage failed; the record stayed ``sending`` and every
     redelivery called SmartDialog again, until the poison queue (found in review)."""
     odd.answer(status, answer)
-    message_id = f"m-surrogate-{uuid.uuid4()}"
-    outbound.enqueue({"operation": "SendMessage", "messageId": message_id, "body": sms(DELIVERED)})
 
-    outbound.drain()
+    record = _queued_and_drained(outbound, "m-surrogate")
 
-    record = MessageStore.from_settings().get(message_id)
-    assert record is not None
     assert len(odd.calls) == 1
     if status == 200:
         assert (record.status, record.upstream_message_id) == (MessageStatus.SENT, "up-s1")
