@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = [
     "QUOTA_WAIT_JITTER",
     "QuotaWait",
-    "Waited",
     "poll_after",
     "quota_wait",
     "slot_holder",
@@ -151,7 +150,7 @@ class QuotaWait:
         wait made 50 of them over 10 s."""
         from shared.quota import DenialReason, QuotaDenied
 
-        began = waited.since if isinstance(waited, Waited) else self._clock.now() - waited
+        began = self._clock.now() - waited
         decision = self.quota.try_acquire()
         while (
             isinstance(decision, QuotaDenied)
@@ -169,20 +168,7 @@ class QuotaWait:
         elif not isinstance(decision, QuotaDenied):
             with self._lock:
                 self._held.pop(holder, None)
-        return decision, Waited(waited, began)
-
-
-class Waited(float):
-    """The seconds a wait for a slot paused so far, and when it began on the clock (``since``):
-    a retry with a fresh grant passes it back to :meth:`QuotaWait.take`, whose bound on the
-    clock then counts from the first decision, not from the retry."""
-
-    since: float
-
-    def __new__(cls, paused: float, since: float) -> Waited:
-        waited = super().__new__(cls, paused)
-        waited.since = since
-        return waited
+        return decision, waited
 
 
 def slot_holder(key: str | None, name: str) -> str:

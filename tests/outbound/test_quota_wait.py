@@ -190,20 +190,3 @@ def test_a_full_quotas_quick_decisions_wait_out_the_longest_in_pauses() -> None:
     assert isinstance(decision, QuotaDenied)
     assert quota.asked == 4  # pauses of 0.3 s (+ jitter) until a fourth would pass 1 s
     assert waited < clock.now() - START
-
-
-def test_a_retry_after_a_stale_grant_counts_the_bound_on_the_clock_from_the_first_wait() -> None:
-    """The retry passed back only the pauses, so its bound on the clock began again: with slow
-    decisions the two waits took 4.15 s at a 1 s setting, not 2 s (a second read, stop 44)."""
-    clock = ManualClock(START)
-    quota = _SlowQuota(clock, 0.2, DenialReason.LATE, 0.01)
-    waits = QuotaWait(quota, 1.0, clock)  # type: ignore[arg-type]
-    _, waited = waits.take(0.0, one("stale"))
-    asked = quota.asked
-
-    decision, again = waits.take(waited, one("stale"))  # the grant went stale: one more try
-
-    assert isinstance(decision, QuotaDenied)
-    assert quota.asked - asked == 1  # past twice the longest already: no wait again
-    assert clock.now() - START <= 2 * 1.0 + 0.2 + 0.2
-    assert again == pytest.approx(float(waited))  # it paused no more
