@@ -138,29 +138,18 @@ class QuotaWait:
         """Wait out a short hint in the invocation."""
         self._clock.sleep(seconds)
 
-    def _decide(self, waited: float) -> tuple[QuotaGrant | QuotaDenied, float]:
-        """One quota decision; a short-lived denial (the store slow or contended) adds the
-        time it took to ``waited``, so slow storage cannot stretch the wait (a full quota's
-        denials keep their cost out: it waits for a slot, and the store was quick)."""
-        from shared.quota import DenialReason, QuotaDenied
-
-        started = self._clock.now()
-        decision = self.quota.try_acquire()
-        if isinstance(decision, QuotaDenied) and decision.reason != DenialReason.FULL:
-            waited += max(0.0, self._clock.now() - started)
-        return decision, waited
-
     def take(self, waited: float, holder: str) -> tuple[QuotaGrant | QuotaDenied, float]:
         """A quota decision for ``holder`` (:func:`slot_holder`), after waiting here for a slot
         that frees within the longest wait in all (``waited`` so far); (decision, waited). A
         grant ends the holder's hold on a slot (:meth:`come_back_in`), whichever it took."""
         from shared.quota import DenialReason, QuotaDenied
 
-        decision, waited = self._decide(waited)
+        decision = self.quota.try_acquire()
         while isinstance(decision, QuotaDenied) and waited + decision.retry_after <= self.longest:
             pause = decision.retry_after + random.uniform(0, QUOTA_WAIT_JITTER)
             self._clock.sleep(pause)
-            decision, waited = self._decide(waited + pause)
+            waited += pause
+            decision = self.quota.try_acquire()
         if isinstance(decision, QuotaDenied) and decision.reason == DenialReason.FULL:
             with self._lock:
                 self._full_until = max(self._full_until, self._clock.now() + decision.retry_after)
