@@ -189,13 +189,12 @@ def from_cloud_event(event: Any, given: Collection[str]) -> IncomingEvent:
     if isinstance(data, bytes | bytearray):  # data_base64's bytes (binary mode's: read before)
         typed = str(attributes.get("datacontenttype") or "application/json")
         try:  # JSON by its content type is held to the body's rules; other data is as it was
-            data = (
-                _strict_json(bytes(data), field="data") if _json_type(typed) else json.loads(data)
-            )
+            raw = bytes(data)
+            data = _held(_loads(raw, "data"), 2, "data") if _json_type(typed) else json.loads(raw)
         except InvalidEvent:
             raise
         except ValueError:  # no JSON: its text as base64
-            data = base64.b64encode(bytes(data)).decode("ascii")
+            data = base64.b64encode(raw).decode("ascii")
     _unicode({**attributes, "data": data})
     known = {"id", "source", "type", "subject", "time", "specversion"}
     time = attributes.get("time")
@@ -306,49 +305,26 @@ def _objects(value: Any) -> list[Any]:
 
 
 def _json(body: str | bytes) -> Any:
-    """``body`` as JSON the doors take (:func:`_strict_json`); what is no JSON is refused."""
+    """``body`` as JSON the doors take: each event (of a batch, on its own) :func:`_held` to
+    their rules; what is no JSON is refused."""
     try:
-        return _strict_json(body)
+        value = _loads(body, "body")
     except InvalidEvent:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"The body is not JSON: {exc}") from exc
-
-
-def _strict_json(raw: str | bytes, field: str = "body") -> Any:
-    """``raw`` as JSON (``ValueError`` if it is none), refused as :class:`InvalidEvent` naming
-    ``field`` when it holds ``NaN``, ``Infinity`` or a number past a float's range (no JSON
-    number: the send actions refuse them too), or an event nests containers deeper than
-    :data:`MAX_DEPTH` (each of a batch on its own; a rule's rendering follows it)."""
-
-    def no_number(text: str) -> Any:
-        raise InvalidEvent(f"{cut_text(text, 40)} is no JSON number.", field=field)
-
-    def finite(text: str) -> float:
-        number = float(text)
-        return number if math.isfinite(number) else no_number(text)
-
-    try:
-        value = json.loads(raw, parse_constant=no_number, parse_float=finite)
-    except RecursionError:
-        raise InvalidEvent("Nested too deeply to read.", field=field) from None
-    for item in value if isinstance(value, list) and field == "body" else [value]:
-        _within_depth(item, 1 if field == "body" else 2, field)
+    for item in value if isinstance(value, list) else [value]:
+        _held(item, 1, "body")
     return value
 
 
-def _json_data_held(body: bytes, content_type: str | None) -> None:
-    """Binary mode's body, when its content type says JSON (or none: the SDK reads it as JSON
-    on its own then), held to the rules of :func:`_strict_json` as ``data``; text data (a
-    ``text/plain`` ``NaN``) and a body that is no JSON are the SDK's to read as text."""
-    if not _json_type(content_type or "application/json"):
-        return
+def _loads(raw: str | bytes, field: str) -> Any:
+    """``raw`` as JSON (``ValueError`` if it is none); nested past what Python's parser follows,
+    refused naming ``field``."""
     try:
-        _strict_json(body, field="data")
-    except InvalidEvent:
-        raise
-    except ValueError:  # (UnicodeDecodeError too)
-        return
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidEvent("Nested too deeply to read.", field=field) from None
 
 
 def _json_type(content_type: str) -> bool:
@@ -358,16 +334,24 @@ def _json_type(content_type: str) -> bool:
     return re.match(JSONFormat.JSON_CONTENT_TYPE_PATTERN, content_type) is not None
 
 
-def _within_depth(value: Any, depth: int, field: str) -> None:
-    """Refuse containers nested past :data:`MAX_DEPTH`, ``value`` at ``depth`` (as Json.NET,
-    which Azure's host reads with, counts: containers only)."""
-    level = [(value, depth)] if isinstance(value, dict | list) else []
+def _held(value: Any, depth: int, field: str) -> Any:
+    """``value`` (parsed JSON, at ``depth``), refused as :class:`InvalidEvent` naming ``field``
+    when it holds a number that is no JSON number (``NaN``, ``Infinity``, one past a float's
+    range: the send actions refuse them too) or nests containers deeper than
+    :data:`MAX_DEPTH` (as Json.NET, which Azure's host reads with, counts: containers only; a
+    rule's rendering follows them)."""
+    level = [(value, depth)]
     while level:
         item, at = level.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidEvent(f"{item} is no JSON number.", field=field)
+        if not isinstance(item, dict | list):
+            continue
         if at > MAX_DEPTH:
             raise InvalidEvent(f"Nested deeper than {MAX_DEPTH} levels.", field=field)
         children = item.values() if isinstance(item, dict) else item
-        level.extend((child, at + 1) for child in children if isinstance(child, dict | list))
+        level.extend((child, at + 1) for child in children)
+    return value
 
 
 @_readable
@@ -396,8 +380,13 @@ def parse_http(headers: Mapping[str, str], body: bytes) -> list[IncomingEvent]:
             except UnicodeDecodeError:
                 raise InvalidEvent("Not UTF-8 once percent-decoded.", field=f"ce-{name}") from None
         try:
-            _json_data_held(body, headers.get("content-type"))
-            event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
+            try:
+                event = from_binary(HTTPMessage(headers=dict(headers), body=body), JSONFormat())
+            except RecursionError:
+                raise InvalidEvent("Nested too deeply to read.", field="data") from None
+            # JSON data (the SDK reads it by its content type; text stays text) held to the
+            # body's rules, from level 2 as in structured mode
+            _held(event.get_data(), 2, "data")
             return [from_cloud_event(event, given)]
         except InvalidEvent as exc:  # an attribute is a ce- header; data is the body
             field = exc.field if re.match(r"data\b", exc.field) else f"ce-{exc.field}"
