@@ -54,6 +54,8 @@ from shared.messages._questions import (
 )
 from shared.messages._records import (
     BATCH_PARTITION_ROWS,
+    RESULT_CHARS,
+    UPSTREAM_ID_CHARS,
     DamagedRecordError,
     MessageRecord,
     RecipientSlot,
@@ -77,7 +79,9 @@ __all__ = [
     "MESSAGE_TRANSITIONS",
     "QUESTION_ID_PATTERN",
     "QUESTION_TRANSITIONS",
+    "RESULT_CHARS",
     "UNSENT",
+    "UPSTREAM_ID_CHARS",
     "BatchRecord",
     "BatchStatus",
     "BatchStore",

@@ -38,6 +38,8 @@ from shared.storage import chunked, joined, plain_datetime, utc
 __all__ = [
     "BATCH_PARTITION_ROWS",
     "INLINE_COMMAND_CHARS",
+    "RESULT_CHARS",
+    "UPSTREAM_ID_CHARS",
     "DamagedRecordError",
     "MessageRecord",
     "RecipientSlot",
@@ -55,6 +57,12 @@ RECIPIENT_ROW_PREFIX = "recipient-"
 #: A command longer than this (in UTF-16 units) is kept in a blob, not in its record (an
 #: entity holds 1 MiB, strings counted in UTF-16, and upstream's answer shares it).
 INLINE_COMMAND_CHARS = 200_000
+#: The most of upstream's answer a record keeps, in UTF-16 units (it shares the entity with the
+#: command); an answer longer is kept without its recipient list (their ids are in the slots).
+RESULT_CHARS = 200_000
+#: An upstream id (message, recipient) longer than this is kept as none: SmartDialog's are
+#: GUIDs, and a table property holds 32K units.
+UPSTREAM_ID_CHARS = 1_000
 
 
 #: A bulk member's id: its batch's id (a UUID we make) and its row. No id of another shape is

@@ -20,6 +20,8 @@ fresh when the request leaves.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel
 
 from shared import telemetry
-from shared.messages import FailureInfo
+from shared.messages import RESULT_CHARS, UPSTREAM_ID_CHARS, FailureInfo
 from shared.outbound._models import (
     OutboundMessage,
     SendDiscussionReplyMessageCommand,
@@ -38,6 +40,7 @@ from shared.outbound._models import (
 )
 from shared.outbound._records import address_key
 from shared.quota import AttemptGate, StaleGrant
+from shared.storage import utf16_units
 from shared.suppressions import reported_keys
 
 if TYPE_CHECKING:
@@ -62,6 +65,8 @@ __all__ = [
     "answer_message_id",
     "answer_recipients",
     "classify",
+    "kept",
+    "kept_id",
     "packed_command",
     "placed",
     "recipient_ids",
@@ -71,6 +76,8 @@ __all__ = [
 #: How upstream names the recipient that made it refuse a whole send (the sandbox's wording;
 #: the real service's is unknown, so a refusal naming nobody is handled too).
 _REJECTED_RECIPIENT = re.compile(r"recipient rejected:\s*(\S+)", re.IGNORECASE)
+
+log = logging.getLogger(__name__)
 
 
 class QuotaPort(Protocol):
@@ -108,6 +115,26 @@ def answer_message_id(body: Mapping[str, Any]) -> str | None:
     template send's camelCase answer."""
     found = body.get("MessageId") or body.get("messageId")
     return str(found) if found else None
+
+
+def kept_id(found: object) -> str | None:
+    """An upstream id as a row keeps it: None when there is none, or it is too long to be one
+    (:data:`~shared.messages.UPSTREAM_ID_CHARS`)."""
+    text = str(found) if found else None
+    return text if text and utf16_units(text) <= UPSTREAM_ID_CHARS else None
+
+
+def kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a record keeps of upstream's answer ``body``: its MessageId (:func:`kept_id`) and
+    the answer as JSON, whole, or when longer than :data:`~shared.messages.RESULT_CHARS`
+    without its recipients (their ids are in the slots) and any field as long as an id may be."""
+    text = json.dumps(body, ensure_ascii=False)
+    if utf16_units(text) > RESULT_CHARS:
+        log.warning("an answer of %d characters kept without its recipients", len(text))
+        text = json.dumps({k: v for k, v in body.items() if k not in ("Recipients", "recipients")
+                           and utf16_units(json.dumps(v, ensure_ascii=False)) <= UPSTREAM_ID_CHARS},
+                          ensure_ascii=False)  # fmt: skip
+    return {"result": text, "upstream_message_id": kept_id(answer_message_id(body))}
 
 
 @dataclass(frozen=True)
@@ -449,8 +476,8 @@ def split_answer(
     for index, entry in placed(body, listed, in_order=not duplicate).items():
         owner, position = flat[index]
         entries.setdefault(owner, {})[position] = entry
-        if rid := entry.get("Id") or entry.get("id"):
-            out.recipient_ids[str(rid)] = owner
+        if rid := kept_id(entry.get("Id") or entry.get("id")):
+            out.recipient_ids[rid] = owner
     common = {k: v for k, v in body.items() if k not in ("Recipients", "recipients")}
     name = "recipients" if camel else "Recipients"
     need = {m: n for m, n in (estimates or {}).items() if m in entries or not raw}  # in the call
@@ -497,8 +524,8 @@ def placed(
 def recipient_ids(body: Mapping[str, Any], addresses: Sequence[str]) -> dict[int, str]:
     """Upstream's recipient ids in its answer ``body`` by the position of the recipient of ours,
     ``addresses``, each is for (:func:`placed`): what a message's slots learn."""
-    return {i: str(rid) for i, e in placed(body, addresses).items()
-            if (rid := e.get("Id") or e.get("id"))}  # fmt: skip
+    return {i: rid for i, e in placed(body, addresses).items()
+            if (rid := kept_id(e.get("Id") or e.get("id")))}  # fmt: skip
 
 
 def answer_recipients(body: Mapping[str, Any]) -> list[dict[str, Any]]:

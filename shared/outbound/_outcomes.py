@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import json
 import logging
 import math
 import threading
@@ -29,7 +28,7 @@ from shared.events import MESSAGE_FAILED, MESSAGE_SENT, events_in_parts, make_ev
 from shared.logs import HeldSends, loggable_text
 from shared.messages import FailureFieldError, FailureInfo, MessageRecord, MessageStatus
 from shared.names import OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEUE
-from shared.outbound._attempt import Transient, answer_message_id, answer_recipients, recipient_ids
+from shared.outbound._attempt import Transient, answer_recipients, kept, kept_id, recipient_ids
 from shared.outbound._giving_up import (
     expired,
     give_up,
@@ -141,8 +140,7 @@ def sent_changes(
     parts = body.get("MessagePartCount") or body.get("messagePartCount")
     return {
         "status": MessageStatus.SENT,
-        "result": json.dumps(body, ensure_ascii=False),
-        "upstream_message_id": answer_message_id(body),
+        **kept(body),
         "part_count": parts if isinstance(parts, int) and parts > 0 else record.part_count,
         "duplicate": duplicate,
         "sent_at": now,
@@ -400,8 +398,8 @@ class Outcomes:
         event_id = f"{record.message_id}:{record.status}"
         if record.status is MessageStatus.SENT:
             result = record.result_json() or {}
-            recipients = [RecipientOutcome(address=r.get("Address") or r.get("address"),
-                                           id=r.get("Id") or r.get("id"))
+            recipients = [RecipientOutcome(address=kept_id(r.get("Address") or r.get("address")),
+                                           id=kept_id(r.get("Id") or r.get("id")))
                           for r in answer_recipients(result)]  # fmt: skip
             sent = MessageSentData(
                 messageId=record.message_id,

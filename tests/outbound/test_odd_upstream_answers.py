@@ -279,3 +279,37 @@ def test_a_lone_surrogate_in_an_answer_still_ends_the_send_after_one_call(
         assert record.status is MessageStatus.FAILED
         assert record.failure is not None
         assert record.failure.detail == "Content rejected: \ufffd"
+
+
+def _huge_answers() -> list[Any]:
+    ours = {"Address": DELIVERED, "Id": "r-ours"}
+    others = [{"Address": f"+35840{i:07d}", "Id": str(uuid.uuid4())} for i in range(20_000)]
+    return [
+        {"MessageId": "up-1", "Recipients": [ours, *others]},  # past an entity's 1 MiB
+        {"MessageId": "u" * 70_000, "Recipients": [ours]},  # past a property's 32K units
+        {"MessageId": "up-2", "Recipients": [{**ours, "Id": "r" * 70_000}]},
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer", _huge_answers(), ids=["recipients", "message-id", "recipient-id"]
+)
+def test_an_answer_too_large_to_keep_still_ends_the_send_sent_after_one_call(
+    outbound: Outbound, odd: Upstream, answer: dict[str, Any]
+) -> None:
+    """A 2xx whose answer no row can hold (20,000 recipients; an id of 70,000 characters): the
+    record stayed ``sending``, every redelivery repeated the call, and the poison queue ended it
+    ``outcome-unknown``. What is kept of an answer is bounded: its recipient list goes when the
+    answer is too long, an id too long to be one is not kept (found in review)."""
+    odd.answer(200, answer)
+
+    record = _queued_and_drained(outbound, "m-huge")
+
+    assert len(odd.calls) == 1
+    assert record.status is MessageStatus.SENT
+    short = len(answer["MessageId"]) < 100
+    assert record.upstream_message_id == (answer["MessageId"] if short else None)
+    assert len(record.result or "") <= 200_000
+    _, slots = MessageStore.from_settings().get_with_slots(record.message_id)
+    ours = answer["Recipients"][0]["Id"]
+    assert [s.upstream_recipient_id for s in slots] == [ours if len(ours) < 100 else None]
