@@ -325,10 +325,13 @@ class _Run:
             if isinstance(decision, QuotaDenied):
                 self.release(claimed)
                 return self.later(ports.quota_wait.come_back_in(decision, holder), "quota")
-            needed = dt.timedelta(seconds=ports.policy.call_seconds)
-            if lease_until - ports.now() < needed:  # a very slow claim or quota wait
+            needed, now = dt.timedelta(seconds=ports.policy.call_seconds), ports.now()
+            if lease_until - now < needed:  # a very slow claim or quota wait
                 self.release(claimed)
                 return self.later(0, "lease")
+            if any(now >= c.valid_until for c in claimed):  # the waits took one past it:
+                self.release(claimed)  # the next run fails it expired
+                return self.later(0, "expired")
             try:
                 self.unsent = []  # from here on it may reach upstream
                 return self.call(claimed, decision)

@@ -82,6 +82,8 @@ log = logging.getLogger("shared.outbound.sender")
 # (pack members too) when their event goes out.
 _COUNTED_HERE = {OutcomeKind.DEFERRED, OutcomeKind.RETRY_SCHEDULED, OutcomeKind.DEAD_LETTERED}
 _Read = OutboundMessage | PackDriver | Exception  # a queue message read, or why it was not
+#: Why a claimed call was not made after its waits (the token's, the quota's), as logged.
+_NO_CALL = {"expired": "past its validUntil", "lease": "claim too close to its end to call"}
 
 
 class OutboundSender:
@@ -435,13 +437,9 @@ class OutboundSender:
             if isinstance(decision, QuotaDenied):
                 delay = self.ports.quota_wait.come_back_in(decision, holder)
                 return self._hand_back(claim, delay, "quota")
-            if self._claim_too_short(claimed, claim.members):
-                # The claim (a lease) must outlast the call, or a re-delivered copy could
-                # take it over while the call is in flight; the lease is longer than an
-                # attempt, so only a very slow gather or quota wait gets here.
-                log.warning("message %s: claim too close to its end to call; deferred",
-                            claimed.logged_id)  # fmt: skip
-                return self._hand_back(claim, 0, "lease")
+            if why := self._cannot_call(claimed, claim.members):  # only after slow waits
+                log.warning("message %s: %s; deferred", claimed.logged_id, _NO_CALL[why])
+                return self._hand_back(claim, 0, why)
             claim.held = False  # from here on it may reach upstream
             try:
                 if claim.pack is not None and claim.members:
@@ -477,16 +475,19 @@ class OutboundSender:
         if released is not None and released.pack_id is None:
             self.ports.packs.index([released])
 
-    def _claim_too_short(
+    def _cannot_call(
         self, claimed: MessageRecord, members: list[tuple[MessageRecord, OutboundMessage]]
-    ) -> bool:
-        """Whether a claim of this call ends before a whole upstream call (its timeout plus the
-        lease margin for clock skew) could be over. Another worker takes a claim over only once
-        its lease has ended: one that outlasts the call is ours throughout it, no read needed."""
-        now = self.ports.now()
+    ) -> str | None:
+        """Why this call is not made after the token and quota waits (:data:`_NO_CALL`): a
+        message past its ``validUntil`` (its next turn fails it), or a claim ending before a whole
+        call (its timeout and the lease margin for skew) could be over: a lease that outlasts the
+        call is ours throughout (no other worker takes it over sooner), no read needed."""
+        now, records = self.ports.now(), [claimed, *(m for m, _ in members)]
         needed = dt.timedelta(seconds=self.ports.policy.call_seconds)
-        leases = [claimed.lease_until, *(m.lease_until for m, _ in members)]
-        return any(lease is None or lease - now < needed for lease in leases)
+        if any(now >= r.valid_until for r in records):
+            return "expired"
+        short = any(r.lease_until is None or r.lease_until - now < needed for r in records)
+        return "lease" if short else None
 
     def _attempt(
         self, record: MessageRecord, command: OutboundMessage, grant: QuotaGrant
