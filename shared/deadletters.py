@@ -194,19 +194,22 @@ class DeadLetterEntry:
 
 @dataclass(frozen=True)
 class DeadLetterFilter:
-    """Which dead letters: all of them, or those of one queue, reason and age range."""
+    """Which dead letters: all, or those of one queue, reason, error code and age range."""
 
     queue: str | None = None
     reason: str | None = None
+    code: str | None = None
     #: Written at or before this time (at least this old).
     before: dt.datetime | None = None
     #: Written at or after this time (at most this old).
     after: dt.datetime | None = None
 
     def matches(self, entry_queue: str, reason: str, at: dt.datetime) -> bool:
-        """Whether a dead letter of ``entry_queue`` with ``reason``, written ``at``, passes."""
+        """Whether a dead letter of ``entry_queue`` with ``reason`` and no code (a poison
+        message: the index's query matches codes), written ``at``, passes."""
         return (
-            (self.queue is None or self.queue == entry_queue)
+            self.code is None
+            and (self.queue is None or self.queue == entry_queue)
             and (self.reason is None or self.reason == reason)
             and (self.before is None or at <= self.before)
             and (self.after is None or at >= self.after)
@@ -475,6 +478,8 @@ def _odata_filter(where: DeadLetterFilter) -> str:
         parts.append(f"PartitionKey eq '{_odata(where.queue)}'")
     if where.reason is not None:
         parts.append(f"Reason eq '{_odata(where.reason)}'")
+    if where.code is not None:
+        parts.append(f"Code eq '{_odata(where.code)}'")
     # The RowKey starts with the time written: an age range is a key range.
     if where.before is not None:
         parts.append(f"RowKey le '{_row_time(where.before)}~'")

@@ -174,8 +174,8 @@ class PoisonQueues:
     @staticmethod
     def covered(where: DeadLetterFilter) -> list[str]:
         """The poison queues ``where`` covers."""
-        if where.reason not in (None, POISON):
-            return []
+        if where.reason not in (None, POISON) or where.code is not None:
+            return []  # a poison message has no error code
         return [q for q in POISON_QUEUES if where.queue in (None, q)]
 
     def peek(self, queue: str) -> list[DeadLetterView]:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from shared.actions._spec import (
     ActionContext,
@@ -27,7 +27,6 @@ from shared.actions._spec import (
 )
 from shared.actions.fields import ui
 from shared.clock import utcnow
-from shared.deadletters import DEAD_LETTER_QUEUES, ID_MAX_LENGTH, DeadLetterFilter
 from shared.ops._deadletters import (
     KEPT_PASSED_OVER,
     PEEK_LIMIT,
@@ -37,6 +36,7 @@ from shared.ops._deadletters import (
     Handled,
     HandledKind,
 )
+from shared.ops._params import KNOWN_QUEUES, DeadLetterIdPath, Filtered
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
 from shared.signing import TokenPurpose, secrets_problem, sign, verify
 
@@ -49,97 +49,9 @@ TAG = "Operations"
 #: Dead letters one bulk call handles at most.
 BULK_LIMIT = 200
 _MICROSECOND = dt.timedelta(microseconds=1)  # the finest a dead letter's time is kept to
-#: The queues a dead letter may be on: ours, then the host's poison queues.
-KNOWN_QUEUES: tuple[str, ...] = (
-    *DEAD_LETTER_QUEUES,
-    *POISON_QUEUES,
-)
 
 
-def _known_queue(value: str | None) -> str | None:
-    if value is not None and value not in KNOWN_QUEUES:
-        raise ValueError("not a dead-letter or poison queue: " + ", ".join(KNOWN_QUEUES))
-    return value
-
-
-# --- parameters -----------------------------------------------------------------------------------
-
-QueueQuery = Annotated[
-    str | None,
-    AfterValidator(_known_queue),
-    Param("query", "queue"),
-    Field(
-        None,
-        description="Only the dead letters of this queue.",
-        json_schema_extra={**ui("Queue", visibility="advanced"), "enum": list(KNOWN_QUEUES)},
-    ),
-]
-ReasonQuery = Annotated[
-    str | None,
-    Param("query", "reason"),
-    Field(
-        None,
-        min_length=1,
-        max_length=64,
-        pattern=r"^[a-z][a-z-]*$",
-        description="Only this reason (failed, malformed, attempts-exhausted, rejected, poison).",
-        json_schema_extra=ui("Reason", visibility="important"),
-    ),
-]
-MinAgeQuery = Annotated[
-    int | None,
-    Param("query", "minAgeSeconds"),
-    Field(
-        None,
-        ge=0,
-        le=10 * 365 * 86400,
-        description="Only dead letters at least this many seconds old.",
-        json_schema_extra=ui("Minimum Age in Seconds", visibility="advanced"),
-    ),
-]
-MaxAgeQuery = Annotated[
-    int | None,
-    Param("query", "maxAgeSeconds"),
-    Field(
-        None,
-        ge=0,
-        le=10 * 365 * 86400,
-        description="Only dead letters at most this many seconds old.",
-        json_schema_extra=ui("Maximum Age in Seconds", visibility="advanced"),
-    ),
-]
-DeadLetterIdPath = Annotated[
-    str,
-    Param("path", "DeadLetterId"),
-    Field(
-        min_length=3,
-        max_length=ID_MAX_LENGTH,
-        description="The dead letter's id, as the list answered it.",
-        json_schema_extra=ui("Dead Letter Id", visibility="important"),
-    ),
-]
-
-
-class _Filtered(ActionInput):
-    queue: QueueQuery = None
-    reason: ReasonQuery = None
-    min_age: MinAgeQuery = None
-    max_age: MaxAgeQuery = None
-
-    def dead_letter_filter(self, now: dt.datetime) -> DeadLetterFilter:
-        return DeadLetterFilter(
-            queue=self.queue,
-            reason=self.reason,
-            before=None if self.min_age is None else now - dt.timedelta(seconds=self.min_age),
-            after=None if self.max_age is None else now - dt.timedelta(seconds=self.max_age),
-        )
-
-    @property
-    def has_filter(self) -> bool:
-        return any(v is not None for v in (self.queue, self.reason, self.min_age, self.max_age))
-
-
-class ListInput(_Filtered):
+class ListInput(Filtered):
     top: Annotated[
         int,
         Param("query", "top"),
@@ -417,13 +329,13 @@ def purge_dead_letter(ctx: ActionContext, inp: OneInput) -> ActionResponse:
     return ActionResponse.json(HandledDoc(id=done.id, outcome=done.kind, detail=done.detail))
 
 
-def _require_filter(inp: _Filtered) -> None:
+def _require_filter(inp: Filtered) -> None:
     if not inp.has_filter:
         raise validation_problem(
             [
                 FieldError(
                     "reason",
-                    "give at least one of reason, queue, minAgeSeconds, maxAgeSeconds "
+                    "give at least one of reason, queue, errorCode, minAgeSeconds, maxAgeSeconds "
                     "(a bulk action never means 'everything' by default)",
                 )
             ]
@@ -432,7 +344,8 @@ def _require_filter(inp: _Filtered) -> None:
 
 def _token_subject(action: str, inp: BulkInput, start: dt.datetime, after: str | None) -> str:
     """What a ``continuationToken`` signs: its action and filters, its loop's start and place."""
-    fields = (action, inp.queue, inp.reason, inp.min_age, inp.max_age, start.isoformat(), after)
+    fields = (action, inp.queue, inp.reason, inp.min_age, inp.max_age, start.isoformat(), after,
+              *([inp.error_code] if inp.error_code else []))  # fmt: skip
     return json.dumps(fields, ensure_ascii=False)
 
 
@@ -490,7 +403,7 @@ def purge_dead_letters(ctx: ActionContext, inp: BulkInput) -> ActionResponse:
     return _bulk(ctx, inp)
 
 
-class BulkInput(_Filtered):
+class BulkInput(Filtered):
     continuation_token: Annotated[
         str | None,
         Param("query", "continuationToken"),

@@ -731,3 +731,32 @@ def test_a_failed_questions_status_url_keeps_the_question_shape_once_its_send_is
 
     assert answer.status == 200, answer.body
     assert (answer.body["QuestionId"], answer.body["Status"]) == (question_id, "failed")
+
+
+def test_the_list_and_bulk_actions_filter_by_error_code(
+    ops: Outbound,
+) -> None:
+    """The runbook says: re-drive `expired` letters, purge `upstream-rejected` ones. The list
+    shows each letter's `code`, but the bulk actions could not filter by it, and `code=` (the
+    Functions host's key parameter, exempt from the unknown-parameter check) was ignored: a
+    purge "of the rejected" purged the expired too (found in review). `errorCode` filters."""
+    queue = queue_client(OUTBOUND_DEAD_LETTER_QUEUE)
+    for code in ("expired", "upstream-rejected", "upstream-rejected"):
+        error = {"code": code, "title": code}
+        write_dead_letter(queue, letter(error=error), queue_name=OUTBOUND_DEAD_LETTER_QUEUE)
+    poison = queue_client(poison_queue(OUTBOUND_QUEUE))
+    poison.send_message(json.dumps({"operation": "SendMessage", "messageId": "p-1"}))
+
+    listed = list_letters(errorCode="upstream-rejected").body["value"]
+    assert [i["code"] for i in listed] == ["upstream-rejected", "upstream-rejected"]
+    answer = call_http("PurgeDeadLetters", "POST", params={"errorCode": "upstream-rejected"})
+
+    assert (answer.body["purged"], answer.body["more"]) == (2, False)
+    left = list_letters().body["value"]
+    assert sorted((i["reason"], i.get("code")) for i in left) == [
+        ("failed", "expired"),
+        ("poison", None),
+    ]
+    refused = call_http("PurgeDeadLetters", "POST", params={"errorCode": "Expired!"})
+    assert refused.status == 400
+    assert [e["field"] for e in refused.body["errors"]] == ["errorCode"]
