@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
@@ -341,6 +342,10 @@ def _csv_recipients(text: str, content: str = "") -> list[BulkRecipient]:
             [FieldError("RecipientsCsv", "The header row needs an Address column.")]
         )
     at = lowered.index("address")
+    named = Counter(["Address" if h.lower() == "address" else h for h in header if h])
+    if twice := [h for h, n in named.items() if n > 1]:  # a later one would hide the first
+        raise validation_problem([FieldError("RecipientsCsv", "The header row names "
+                                             f"{', '.join(twice)} more than once.")])  # fmt: skip
     width = len(header)  # an unnamed column (Excel's "Address;Name;") is a column too
     out: list[BulkRecipient] = []
     line = reader.line_num + 1

@@ -151,3 +151,22 @@ def test_a_column_with_no_header_cell_is_a_column_of_the_header() -> None:
     [matti] = _csv_recipients('Address,Name,""\n+358401234567,Matti,note\n')
 
     assert (matti.refusal, matti.personalization) == ((), {"Name": "Matti"})
+
+
+def test_a_header_naming_a_column_twice_is_refused_and_nothing_is_queued(
+    outbound: Outbound,
+) -> None:
+    """The later column's values hid the earlier one's: Ada's row went out as "Hi Bob", with
+    a 202 (found in review). Names are trimmed, and Address is found in any case."""
+    answer = upload("Address,name,name \n+358403000001,Ada,Bob\n", Content="Hi $(name)")
+
+    assert answer.status == 400, answer.body
+    [error] = answer.body["errors"]
+    assert error == {
+        "field": "RecipientsCsv",
+        "message": "The header row names name more than once.",
+    }
+    assert outbound.queued() == 0
+    assert (
+        refusal("address,name,ADDRESS\n" + ROWS) == "The header row names Address more than once."
+    )
