@@ -81,6 +81,19 @@ def _null_as_empty(value: object) -> object:
 ListAnswer = Annotated[list[Item], BeforeValidator(_null_as_empty)]
 
 
+def _count_or_none(value: object) -> object:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value) if len(value.strip()) < 10 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+#: A count in a send's answer (``MessagePartCount``): an integer, or read as absent (1.5, text, an
+#: object), so an answer with one odd field is still the send's answer, never outcome-unknown.
+AnswerCount = Annotated[int | None, BeforeValidator(_count_or_none)]
+
+
 def _iso_date_time(value: object) -> object:
     if isinstance(value, dt.datetime) or (isinstance(value, str) and is_date_time(value)):
         return value
@@ -210,7 +223,7 @@ class MessageResult(ResponseBody):
     """Result of SendMessage and SendReplyMessage."""
 
     MessageId: str | None = None
-    MessagePartCount: int | None = None
+    MessagePartCount: AnswerCount = None
     Recipients: ListAnswer[RecipientResult] = Field(default_factory=list)
 
 
@@ -372,7 +385,7 @@ class TemplateMessageResult(ResponseBody):
     """Result of SendWhatsappTemplateMessage (camelCase, unlike :class:`MessageResult`)."""
 
     messageId: str | None = None
-    messagePartCount: int | None = None
+    messagePartCount: AnswerCount = None
     recipients: ListAnswer[TemplateMessageRecipientResult] = Field(default_factory=list)
 
 

@@ -313,3 +313,20 @@ def test_an_answer_too_large_to_keep_still_ends_the_send_sent_after_one_call(
     _, slots = MessageStore.from_settings().get_with_slots(record.message_id)
     ours = answer["Recipients"][0]["Id"]
     assert [s.upstream_recipient_id for s in slots] == [ours if len(ours) < 100 else None]
+
+
+@pytest.mark.parametrize(("count", "kept"), [(1.5, 1), ("2", 2), (2.0, 2), ({"n": 1}, 1), ("²", 1)])
+def test_a_send_answer_with_an_odd_part_count_is_still_its_answer(
+    outbound: Outbound, odd: Upstream, count: Any, kept: int
+) -> None:
+    """``MessagePartCount: 1.5`` made the whole answer no send's answer: the send was repeated
+    under its RequestId and ended ``outcome-unknown`` though it went out (found in review). A
+    count that is no integer reads as absent: the record keeps its own estimate (1)."""
+    odd.answer(200, {"MessageId": "up-odd", "MessagePartCount": count,
+                     "Recipients": [{"Address": DELIVERED, "Id": "r-1"}]})  # fmt: skip
+
+    record = _queued_and_drained(outbound, "m-odd-count")
+
+    assert len(odd.calls) == 1
+    assert (record.status, record.upstream_message_id) == (MessageStatus.SENT, "up-odd")
+    assert record.part_count == kept
