@@ -99,13 +99,13 @@ def _receive_cloud_events(request: ActionRequest, settings: Settings | None) -> 
         try:
             code = validation_code(request.headers, request.body)
             events = [] if code is not None else parse_http(request.headers, request.body)
-        except InvalidEvent as exc:
+            results = [] if code is not None else notifier(_settings(settings)).handle(events)
+        except InvalidEvent as exc:  # not an event, or too many sends: nothing queued
             raise validation_problem([FieldError(exc.field, str(exc))]) from exc
         if code is not None:  # Event Grid's handshake: no event, no rule
             log.info("Event Grid subscription validation answered")
             response = ActionResponse.json({"validationResponse": code})
         else:
-            results = notifier(_settings(settings)).handle(events)
             response = ActionResponse.json(_answer(results), status=202)
     except Problem as problem:
         response = ActionResponse.problem(problem.with_instance(instance))
@@ -134,11 +134,11 @@ def receive_grid_event(text: str | bytes, settings: Settings | None = None) -> d
     with telemetry.span("CloudEventsGrid", kind="consumer"):
         try:
             event = parse_grid_trigger(text)
-        except InvalidEvent as exc:
+            return _answer(notifier(_settings(settings)).handle([event]))
+        except InvalidEvent as exc:  # not an event, or too many sends: nothing queued
             log.warning("Event Grid delivered an invalid event (%s): %s",
                         loggable_text(exc.field), redacted(str(exc)))  # fmt: skip
             return {"Events": 0, "Invalid": str(exc)}
-        return _answer(notifier(_settings(settings)).handle([event]))
 
 
 def process_cloud_event_message(
@@ -162,11 +162,10 @@ def process_cloud_event_message(
         attributes={"messaging.message.id": queue_message_id},
     ):
         try:
-            events = parse_queue_text(text)
-        except InvalidEvent as exc:
+            return _answer(notifier(settings).handle(parse_queue_text(text)))
+        except InvalidEvent as exc:  # not an event, or too many sends: nothing queued
             dead_letter(text, exc, queue_message_id, dequeue_count, settings)
             return {"Events": 0, "DeadLettered": True}
-        return _answer(notifier(settings).handle(events))
 
 
 class CloudEventDeadLetter(KeptOriginal):

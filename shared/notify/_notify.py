@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from shared.clock import utcnow
 from shared.connections import DEFAULT_CONNECTION, connection_name
 from shared.logs import loggable_text
 from shared.names import OUTBOUND_QUEUE
-from shared.notify._intake import IncomingEvent
+from shared.notify._intake import IncomingEvent, InvalidEvent
 from shared.notify._rules import (
     CONTENT_CHARS,
     PARAMETER_CHARS,
@@ -61,9 +62,16 @@ if TYPE_CHECKING:
     from shared.settings import Settings
     from shared.storage import QueueLike
 
-__all__ = ["EventResult", "Notifier", "PlannedSend", "Skipped"]
+__all__ = ["MAX_SENDS", "EventResult", "Notifier", "PlannedSend", "Skipped"]
 
 log = logging.getLogger("shared.notify")
+
+#: The most sends one delivery (a request, a queue message, an Event Grid event) may make, all
+#: its events' rules together: more is refused whole, before anything is queued (queued one by
+#: one, a delivery of 5,000 events to a rule of 100 numbers would outlast any HTTP timeout).
+MAX_SENDS = 2_000
+#: Threads putting one event's sends on the queue side by side.
+_PUT_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -157,8 +165,9 @@ class Notifier:
     def handle(self, events: Iterable[IncomingEvent]) -> list[EventResult]:
         """Plan and enqueue the sends of each event; raises only when our storage fails (the
         caller then answers 5xx or lets the host retry: re-running is harmless) or when a rule
-        would send through a connection lacking a setting (``SettingsInvalid``): every event is
-        planned before any takes a quiet period or cap or queues a send, so then nothing has.
+        would send through a connection lacking a setting (``SettingsInvalid``) or the events make
+        more than :data:`MAX_SENDS` sends (:class:`InvalidEvent`): every event is planned before
+        any takes a quiet period or cap or queues a send, so then nothing has.
         Each event's limits and sends in a span continuing its own ``traceparent`` (the
         CloudEvents distributed-tracing extension) and linked to the door's (one request may
         bring many traces), else a child of the door's; its sends carry that span's (its
@@ -166,7 +175,7 @@ class Notifier:
         book = self.rules.book()
         results: list[EventResult] = []
         door = telemetry.current_traceparent()
-        for result in [self.plan(event, book=book, limit=False) for event in events]:
+        for result in self._planned(events, book):
             event = result.event
             parent = event.extensions.get(telemetry.TRACEPARENT)
             with telemetry.span(
@@ -177,8 +186,7 @@ class Notifier:
                 attributes={"cloudevents.event_id": event.id, "cloudevents.event_type": event.type},
             ) as current:
                 self.limit(result)
-                for send in result.sends:  # raises as send_message would
-                    put_message(self.queue, self._queued(send))
+                self._put([self._queued(send) for send in result.sends])
                 current.set_attribute("smartdialog.sends", len(result.sends))
             # The producer's id and type: escaped, bounded and masked (they may forge a line).
             kind, said = loggable_text(event.type), loggable_text(event.id)
@@ -202,6 +210,35 @@ class Notifier:
                 )
             results.append(result)
         return results
+
+    def _planned(self, events: Iterable[IncomingEvent], book: RuleBook) -> list[EventResult]:
+        """Every event planned, nothing limited or queued yet; :class:`InvalidEvent` naming the
+        body once their sends pass :data:`MAX_SENDS` (planning stops there)."""
+        planned: list[EventResult] = []
+        total = 0
+        for event in events:
+            planned.append(result := self.plan(event, book=book, limit=False))
+            total += sum(len(made) for _, made in result.pending)
+            if total > MAX_SENDS:
+                raise InvalidEvent(
+                    f"These events make more than {MAX_SENDS} sends ({total} by event "
+                    f"{len(planned)}): deliver fewer events at a time, or give the rules fewer "
+                    "recipients.",
+                    field="body",
+                )
+        return planned
+
+    def _put(self, texts: list[str]) -> None:
+        """Queue ``texts``, side by side; raises as ``send_message`` would (the first error,
+        once every put has ended: a retry queues them again, which sends nothing twice)."""
+        if len(texts) <= 1:
+            for text in texts:
+                put_message(self.queue, text)
+            return
+        with ThreadPoolExecutor(min(_PUT_THREADS, len(texts))) as pool:
+            puts = [pool.submit(put_message, self.queue, text) for text in texts]
+        for put in puts:
+            put.result()
 
     def _queued(self, send: PlannedSend) -> str:
         """The queue message of ``send``: its command, or, when that is too large for a queue
