@@ -22,7 +22,6 @@ from pathlib import Path
 
 from devhost._host import DevHost
 from devhost._metadata import MetadataError, load_app
-from devhost._queues import StorageNotConfiguredError
 from devhost._settings import apply_local_settings, read_local_settings
 
 DEFAULT_PORT = 7071
@@ -124,12 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         " function or admin answer without a key or ?code=.",
         flush=True,
     )
-    try:
-        host.start()
-    except StorageNotConfiguredError as exc:
-        host.stop(grace=0)
-        print(f"error: queue triggers need storage: {exc} (or use --no-queues)", file=sys.stderr)
-        return 2
+    host.start()
+    for name, why in host.listener_errors.items():  # as the Functions host: the others go on
+        print(f"warning: queue trigger {name} is not listening: {why} (HTTP functions answer;"
+              " /api/health names a broken setting; --no-queues runs without queues)",
+              file=sys.stderr, flush=True)  # fmt: skip
     print(f"Listening on {host.url}. Press Ctrl-C to stop.", flush=True)
     stop.wait()
     print(f"Stopping: finishing in-flight work (up to {args.grace:g} s)...", flush=True)

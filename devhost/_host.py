@@ -115,6 +115,8 @@ class DevHost:
                 self.skipped.append((spec, "no HTTP or queue trigger"))
         self._queues_enabled = queues
         self.listeners: list[QueueListener] = []
+        #: Queue-triggered functions whose listener could not start, and why.
+        self.listener_errors: dict[str, str] = {}
         self._prefix = f"/{self.options.route_prefix}" if self.options.route_prefix else ""
         self._http = HttpServer(host, port, self._dispatch)
         self._started = False
@@ -141,13 +143,22 @@ class DevHost:
         return self
 
     def start_queues(self) -> None:
-        """Start one listener per queue-triggered function (creating the queues if missing)."""
+        """Start one listener per queue-triggered function (creating the queues if missing).
+        One that cannot start (its storage setting missing or unreadable, the service down) is
+        logged and left out, and the others and HTTP go on, as the Functions host does: its
+        reason is in :attr:`listener_errors` (``/api/health`` names a broken setting)."""
         if self.listeners:
             return
         for spec in self.functions:
             if spec.queue is not None and not spec.unsupported:
                 listener = QueueListener(spec, self.options.queues, self.storage, self.invoker)
-                listener.start()
+                try:
+                    listener.start()
+                except Exception as exc:
+                    self.listener_errors[spec.name] = f"{type(exc).__name__}: {exc}"
+                    log.error("the listener for function %s was unable to start: %s",
+                              spec.name, self.listener_errors[spec.name])  # fmt: skip
+                    continue
                 self.listeners.append(listener)
 
     def stop_queues(self, grace: float = 10.0) -> bool:

@@ -53,16 +53,20 @@ def test_product_host_json_is_read_not_hard_coded() -> None:
         host.stop()
 
 
-def _start_cli(*args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "DEVHOST_PORT"}
+def _start_cli(
+    *args: str, queues: bool = False, storage: str | None = None
+) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k != "DEVHOST_PORT" and not k.startswith("AzureWebJobsStorage")}  # fmt: skip
     env["SMARTDIALOG_CALLBACK_SECRETS"] = CONFIGURED["SMARTDIALOG_CALLBACK_SECRETS"]
     env["SMARTDIALOG_ACCESS_TOKEN"] = CONFIGURED["SMARTDIALOG_ACCESS_TOKEN"]
-    env["AzureWebJobsStorage"] = CONFIGURED["AzureWebJobsStorage"]
+    if storage is not None:
+        env["AzureWebJobsStorage"] = storage
     # The dev host says it is local development itself, as Core Tools does (health needs it).
     for name in ("AZURE_FUNCTIONS_ENVIRONMENT", "SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
         env.pop(name, None)
     return subprocess.Popen(
-        [sys.executable, "-m", "devhost", "--no-queues", *args],
+        [sys.executable, "-m", "devhost", *([] if queues else ["--no-queues"]), *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -72,7 +76,7 @@ def _start_cli(*args: str) -> subprocess.Popen[str]:
 
 
 def test_cli_serves_then_exits_zero_on_sigterm() -> None:
-    process = _start_cli("--port", "0")
+    process = _start_cli("--port", "0", storage=CONFIGURED["AzureWebJobsStorage"])
     assert process.stdout is not None
     url = None
     for line in process.stdout:
@@ -90,8 +94,38 @@ def test_cli_reports_a_busy_port_and_exits_non_zero() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        process = _start_cli("--port", str(port))
+        process = _start_cli("--port", str(port), storage=CONFIGURED["AzureWebJobsStorage"])
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 2
     assert f"port {port}" in output
     assert "already in use" in output
+
+
+@pytest.mark.parametrize("storage", ["not a connection string", None], ids=["malformed", "none"])
+def test_cli_with_storage_it_cannot_use_still_serves_health_naming_the_setting(
+    storage: str | None, tmp_path: Path
+) -> None:
+    """As ``make run`` starts it (queue triggers on): a malformed AzureWebJobsStorage crashed it
+    with a traceback and none made it exit 2, so /api/health never answered the 503 naming the
+    setting that the README promises (dev-host review). Now each queue trigger that cannot
+    listen is named, and HTTP goes on, as the Functions host does with a listener."""
+    settings = tmp_path / "local.settings.json"
+    settings.write_text('{"IsEncrypted": false, "Values": {}}')
+    process = _start_cli("--port", "0", "--settings", str(settings), queues=True, storage=storage)
+    assert process.stdout is not None
+    said: list[str] = []
+    url = None
+    for line in process.stdout:
+        said.append(line)
+        if match := re.search(r"Listening on (http://\S+?)\.? ", line):
+            url = match.group(1)
+            break
+    try:
+        assert url, "".join(said)
+        health = httpx.get(f"{url}/api/health", timeout=5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    assert health.status_code == 503
+    assert "AzureWebJobsStorage" in health.text
+    assert any("queue trigger OutboundSender is not listening" in line for line in said)
