@@ -30,13 +30,20 @@ FUNCTION = func.AuthLevel.FUNCTION
 
 
 def to_action_request(req: func.HttpRequest) -> ActionRequest:
-    """The pipeline's view of a Functions HTTP request."""
+    """The pipeline's view of a Functions HTTP request. The Python worker drops a query
+    parameter whose value is empty (``?Phone=``), so those are read from the URL, which it
+    passes whole: a parameter an action does not read is refused even when empty."""
+    from urllib.parse import parse_qsl
+
     from shared.actions import ActionRequest
 
+    query = dict(req.params)
+    for key, value in parse_qsl(urlsplit(req.url).query, keep_blank_values=True):
+        query.setdefault(key, value)
     return ActionRequest(
         method=req.method,
         route_params=dict(req.route_params),
-        query=dict(req.params),
+        query=query,
         headers=dict(req.headers),
         body=req.get_body() or b"",
     )

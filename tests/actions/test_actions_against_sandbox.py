@@ -5,6 +5,7 @@ Each test also checks that what reached SmartDialog fits its published definitio
 
 from __future__ import annotations
 
+import json
 from urllib.parse import unquote
 
 import pytest
@@ -238,3 +239,32 @@ def test_an_update_without_active_does_not_send_it_and_cannot_clear_an_email(app
     assert cleared.fields == ["email"]
     updates = [r for r in app.upstream() if r.get("operationId") == "UpdateGroupContact"]
     assert [u["body"] for u in updates] == [{"city": "Oulu"}]
+
+
+def test_an_empty_query_parameter_the_worker_drops_is_still_refused(app: App) -> None:
+    """The Python worker drops a query parameter whose value is empty from ``params``
+    (azure-functions-python-worker#894), so ``DeleteAllGroupContacts?Phone=`` (a flow's empty
+    expression) reached the action as a bare delete-all and emptied the group in Azure, while
+    the dev host, which keeps it, refused it (dev-host review). It is read from the URL."""
+    import azure.functions as func
+
+    from functions.actions import serve
+
+    create_contact()
+    request = func.HttpRequest(
+        method="DELETE",
+        url=f"http://localhost:7071/api/groups/{GROUP}/contacts?Phone=",
+        headers={"Customer-Id": CUSTOMER},
+        params={},  # as the worker gives it
+        route_params={"GroupService": GROUP},
+        body=b"",
+    )
+
+    reply = serve("DeleteAllGroupContacts", request)
+
+    assert reply.status_code == 400
+    assert [e["field"] for e in json.loads(reply.get_body())["errors"]] == ["Phone"]
+    still = call(
+        "GetGroupContact", method="GET", route={"GroupService": GROUP, "Phone": "+358401234567"}
+    )
+    assert still.status == 200
