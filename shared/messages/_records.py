@@ -60,9 +60,9 @@ INLINE_COMMAND_CHARS = 200_000
 #: The most of upstream's answer a record keeps, in UTF-16 units (it shares the entity with the
 #: command); an answer longer is kept without its recipient list (their ids are in the slots).
 RESULT_CHARS = 200_000
-#: An upstream id (message, recipient) longer than this is kept as none: SmartDialog's are
-#: GUIDs, and a table property holds 32K units.
-UPSTREAM_ID_CHARS = 1_000
+#: An upstream id (message, recipient, thread) longer than this is kept as none: SmartDialog's
+#: are GUIDs, and a pack's row holds the ids of up to 1,000 recipients within its 1 MiB.
+UPSTREAM_ID_CHARS = 100
 
 
 #: A bulk member's id: its batch's id (a UUID we make) and its row. No id of another shape is

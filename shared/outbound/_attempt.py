@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -78,6 +79,8 @@ __all__ = [
 _REJECTED_RECIPIENT = re.compile(r"recipient rejected:\s*(\S+)", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
+#: The most fields kept of an answer too long to keep whole (:func:`kept`).
+KEPT_FIELDS = 50
 
 
 class QuotaPort(Protocol):
@@ -127,13 +130,14 @@ def kept_id(found: object) -> str | None:
 def kept(body: Mapping[str, Any]) -> dict[str, Any]:
     """What a record keeps of upstream's answer ``body``: its MessageId (:func:`kept_id`) and
     the answer as JSON, whole, or when longer than :data:`~shared.messages.RESULT_CHARS`
-    without its recipients (their ids are in the slots) and any field as long as an id may be."""
+    without its recipients (their ids are in the slots), keeping its first :data:`KEPT_FIELDS`
+    fields whose name and value are no longer than an id may be."""
     text = json.dumps(body, ensure_ascii=False)
     if utf16_units(text) > RESULT_CHARS:
         log.warning("an answer of %d characters kept without its recipients", len(text))
-        text = json.dumps({k: v for k, v in body.items() if k not in ("Recipients", "recipients")
-                           and utf16_units(json.dumps(v, ensure_ascii=False)) <= UPSTREAM_ID_CHARS},
-                          ensure_ascii=False)  # fmt: skip
+        short = ((k, v) for k, v in body.items() if k not in ("Recipients", "recipients")
+                 and kept_id(k) and utf16_units(json.dumps(v)) <= UPSTREAM_ID_CHARS)  # fmt: skip
+        text = json.dumps(dict(islice(short, KEPT_FIELDS)), ensure_ascii=False)
     return {"result": text, "upstream_message_id": kept_id(answer_message_id(body))}
 
 

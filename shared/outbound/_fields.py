@@ -341,6 +341,7 @@ class DiscussionReplyBody(StrictBody):
     """SendDiscussionReplyMessage."""
 
     ThreadId: NonEmptyStr = Field(
+        max_length=1000,
         description="The discussion thread to reply to.",
         json_schema_extra=ui("Thread Id", visibility="important"),
     )

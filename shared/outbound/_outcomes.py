@@ -410,7 +410,7 @@ class Outcomes:
                 requestId=record.upstream_request_id,
                 upstreamMessageId=record.upstream_message_id,
                 messagePartCount=record.part_count,
-                threadId=result.get("ThreadId"),
+                threadId=kept_id(result.get("ThreadId")),
                 recipients=recipients,
                 attempts=record.attempts,
                 duplicate=record.duplicate,

@@ -260,6 +260,18 @@ def test_a_secret_upstream_quotes_is_cut_from_the_failure_wherever_it_goes(
     assert "eyJhbGciOi" not in everywhere
 
 
+def test_a_thread_id_no_id_could_be_is_refused_naming_it(outbound: Outbound) -> None:
+    """A ThreadId of 70,000 characters was accepted, sent, and echoed in SmartDialog's answer:
+    its message.sent could not fit a queue message, so it was never sent (second read)."""
+    answer = call_http(
+        "SendDiscussionReplyMessage", "POST", body={"ThreadId": "t" * 1_001, "Content": "Hi"}
+    )
+
+    assert answer.status == 400
+    assert [e["field"] for e in answer.body["errors"]] == ["ThreadId"]
+    assert outbound.queued() == 0
+
+
 def test_reply_discussion_and_whatsapp_template_sends_reach_upstream(outbound: Outbound) -> None:
     reply = call_http(
         "SendReplyMessage", "POST", route_params={"ParentMessageId": "parent-1"},
