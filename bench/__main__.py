@@ -98,6 +98,9 @@ def _run(names: list[tuple[str, str]]) -> list[tuple[str, FigureRow | None, str]
                 results.append((name, None, f"not written yet ({entry})"))
                 continue
             for row in measure():
+                if row["anchor"] <= 0 and row["target"] != INFO:  # a run too small to judge
+                    results.append((name, row, "ERROR: anchor not positive"))
+                    continue
                 ratio = row["value"] / row["anchor"]
                 if row["target"] == INFO:
                     results.append((name, row, "INFO"))
@@ -118,7 +121,7 @@ def _table(results: list[tuple[str, FigureRow | None, str]]) -> str:
             rows.append((name, "-", "-", "-", "-", status))
             continue
         unit = row.get("unit", "")
-        ratio = row["value"] / row["anchor"]
+        ratio = row["value"] / row["anchor"] if row["anchor"] else math.inf
         rows.append(
             (
                 row["figure"],

@@ -29,6 +29,7 @@ from bench.quota_e2e import (
     drain_with_workers,
     fault_rows,
     floor_utilisation,
+    invocation_row,
     max_in_window,
     repeats,
 )
@@ -148,7 +149,8 @@ def run_two_connections(
                 every.extend(times)
                 ok = [r for r in requests if r.get("status") == 200]
                 per_id = Counter(str((r.get("body") or {}).get("RequestId")) for r in ok)
-                utilisation, span = floor_utilisation(times, calls, window)
+                sent = sorted(_time(r["time"]) for r in requests if r.get("status") == 200)
+                utilisation, span = floor_utilisation(sent, calls, window)  # refused: none
                 per[name] = {
                     "calls": len(times),
                     "span": round(span, 3),
@@ -217,7 +219,8 @@ def measure() -> list[FigureRow]:
             "unit": "calls",
         }
     )
-    return rows + fault_rows("connections: ", [c for r in runs for c in r["connections"].values()])
+    every = [c for r in runs for c in r["connections"].values()]
+    return rows + fault_rows("connections: ", every) + [invocation_row("connections: ", runs)]
 
 
 def main() -> None:

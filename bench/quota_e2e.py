@@ -50,6 +50,7 @@ __all__ = [
     "drain_with_workers",
     "fault_rows",
     "floor_utilisation",
+    "invocation_row",
     "max_in_window",
     "measure",
     "run_quota_benchmark",
@@ -89,6 +90,14 @@ def fault_rows(prefix: str, figures: Sequence[Mapping[str, Any]]) -> list[Figure
          "target": "<= 0", "unit": unit}
         for key, label, unit in FAULTS
     ]  # fmt: skip
+
+
+def invocation_row(prefix: str, runs: Sequence[Mapping[str, Any]]) -> FigureRow:
+    """Invocations of the sender that raised, summed over ``runs``, target 0: a run that counts
+    no duplicate may still have one coming (a crashed invocation's message comes back after
+    its lease, past the end of the run)."""
+    return {"figure": f"{prefix}failed invocations", "value": sum(r["worker_errors"] for r in runs),
+            "anchor": 1.0, "target": "<= 0", "unit": "invocations"}  # fmt: skip
 
 
 def drain_with_workers(
@@ -361,6 +370,7 @@ def run_quota_benchmark(
                 "first_errors": errors[:3],
                 "calls_per_period": _histogram(times, quota_period + safety_margin),
                 "call_times": sorted(times),
+                "sent_times": sorted(_parse_time(r["time"]) for r in ok),
             }
     finally:
         sandbox.stop()
@@ -393,6 +403,7 @@ def measure() -> list[FigureRow]:
          "anchor": 1.0, "target": "<= 0", "unit": "messages"},
         {"figure": f"outbound lost ({shape})", "value": result["lost"], "anchor": 1.0,
          "target": "<= 0", "unit": "messages"},
+        invocation_row(f"outbound ({shape}) ", [result]),
     ]  # fmt: skip
 
 

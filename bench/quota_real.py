@@ -32,6 +32,7 @@ from bench._observe import Invocation, Observation, observe_sender
 from bench.quota_e2e import (
     fault_rows,
     floor_utilisation,
+    invocation_row,
     max_in_window,
     run_quota_benchmark,
 )
@@ -159,8 +160,8 @@ def run_real_rate(messages: int = MESSAGES, workers: int = WORKERS) -> dict[str,
         )
     quota_write = (StorageOp.TABLE_WRITE, QUOTA_TABLE)
     times: list[float] = result["call_times"]
-    utilisation, span = floor_utilisation(times, calls, window)
-    floor = (len(times) - 1) // calls * window
+    utilisation, span = floor_utilisation(result["sent_times"], calls, window)  # refused: none
+    floor = (len(result["sent_times"]) - 1) // calls * window
     return {
         "messages": messages,
         "workers": workers,
@@ -216,7 +217,7 @@ def measure() -> list[FigureRow]:
             "unit": "calls",
         },
     ]
-    return rows + fault_rows("real-rate ", runs)
+    return rows + fault_rows("real-rate ", runs) + [invocation_row("real-rate ", runs)]
 
 
 if __name__ == "__main__":
