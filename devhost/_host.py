@@ -20,7 +20,7 @@ from devhost._hostjson import HostOptions, load_host_json
 from devhost._http import HttpReply, HttpServer, IncomingRequest
 from devhost._invoke import Invoker
 from devhost._metadata import FunctionSpec, HttpTriggerSpec, read_functions
-from devhost._queues import QueueListener, StorageQueues
+from devhost._queues import QueueListener, StorageNotConfiguredError, StorageQueues
 from devhost._routes import RouteTable
 from shared.smartdialog import mask_phone_numbers
 
@@ -144,9 +144,10 @@ class DevHost:
 
     def start_queues(self) -> None:
         """Start one listener per queue-triggered function (creating the queues if missing).
-        One that cannot start (its storage setting missing or unreadable, the service down) is
-        logged and left out, and the others and HTTP go on, as the Functions host does: its
-        reason is in :attr:`listener_errors` (``/api/health`` names a broken setting)."""
+        One whose storage setting is missing or unreadable is logged and left out, and the
+        others and HTTP go on (``/api/health`` answers 503 naming the setting, and so do the
+        functions that use storage): its reason is in :attr:`listener_errors`. Any other failure
+        (storage unreachable, refusing the credentials) raises: the host is of no use then."""
         if self.listeners:
             return
         for spec in self.functions:
@@ -154,7 +155,7 @@ class DevHost:
                 listener = QueueListener(spec, self.options.queues, self.storage, self.invoker)
                 try:
                     listener.start()
-                except Exception as exc:
+                except (StorageNotConfiguredError, ValueError) as exc:  # the SDK's for a bad one
                     self.listener_errors[spec.name] = f"{type(exc).__name__}: {exc}"
                     log.error("the listener for function %s was unable to start: %s",
                               spec.name, self.listener_errors[spec.name])  # fmt: skip

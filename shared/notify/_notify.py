@@ -221,7 +221,7 @@ class Notifier:
             total += sum(len(made) for _, made in result.pending)
             if total > MAX_SENDS:
                 raise InvalidEvent(
-                    f"These events make more than {MAX_SENDS} sends ({total} by event "
+                    f"These events make more than {MAX_SENDS:,} sends ({total:,} by event "
                     f"{len(planned)}): deliver fewer events at a time, or give the rules fewer "
                     "recipients.",
                     field="body",

@@ -289,6 +289,7 @@ def delete_rule(ctx: ActionContext, inp: RuleIdInput) -> ActionResponse:
 def dry_run(ctx: ActionContext, inp: DryRunInput) -> ActionResponse:
     from shared.notify._doors import notifier
     from shared.notify._intake import InvalidEvent, parse_object
+    from shared.notify._notify import MAX_SENDS
 
     try:
         event = parse_object(inp.body.Event)
@@ -300,6 +301,10 @@ def dry_run(ctx: ActionContext, inp: DryRunInput) -> ActionResponse:
         rule = _stored_rule(store, inp.body.RuleId)
         rules = [rule.model_copy(update={"Enabled": True})]
     result = notifier(ctx.settings).plan(event, book=store.book(), dry_run=True, rules=rules)
+    if len(result.sends) > MAX_SENDS:  # what every door would refuse
+        why = f"The rules make {len(result.sends):,} sends of it, more than the {MAX_SENDS:,} one "
+        why += "delivery may: every door would refuse it, nothing sent. Give them fewer recipients."
+        raise validation_problem([FieldError("body.Event", why)])
     return ActionResponse.json(
         {
             "Rules": result.rules,

@@ -136,9 +136,15 @@ def kept(body: Mapping[str, Any]) -> dict[str, Any]:
     if utf16_units(text) > RESULT_CHARS:
         log.warning("an answer of %d characters kept without its recipients", len(text))
         short = ((k, v) for k, v in body.items() if k not in ("Recipients", "recipients")
-                 and kept_id(k) and utf16_units(json.dumps(v)) <= UPSTREAM_ID_CHARS)  # fmt: skip
+                 and _fits(k) and _fits(v))  # fmt: skip
         text = json.dumps(dict(islice(short, KEPT_FIELDS)), ensure_ascii=False)
     return {"result": text, "upstream_message_id": kept_id(answer_message_id(body))}
+
+
+def _fits(value: object) -> bool:
+    """Whether a field's name or value is as short as an id may be (text by its characters)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return utf16_units(text) <= UPSTREAM_ID_CHARS
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from shared.actions.fields import (
     CustomerData as CustomerDataText,
 )
 from shared.clock import as_utc
-from shared.messages import MESSAGE_ID_PATTERN
+from shared.messages import MESSAGE_ID_PATTERN, UPSTREAM_ID_CHARS
 from shared.smartdialog import BlankIsAbsent, IsoDateTime, PersonalizationValue
 from shared.sms import personalized_lengths
 
@@ -341,7 +341,7 @@ class DiscussionReplyBody(StrictBody):
     """SendDiscussionReplyMessage."""
 
     ThreadId: NonEmptyStr = Field(
-        max_length=1000,
+        max_length=UPSTREAM_ID_CHARS,
         description="The discussion thread to reply to.",
         json_schema_extra=ui("Thread Id", visibility="important"),
     )

@@ -82,15 +82,17 @@ ListAnswer = Annotated[list[Item], BeforeValidator(_null_as_empty)]
 
 
 def _count_or_none(value: object) -> object:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return int(value) if len(value.strip()) < 10 else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+        value = int(value) if len(value.strip()) < 10 else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    return value if whole and 0 < value < 2**31 else None  # type: ignore[operator]
 
 
-#: A count in a send's answer (``MessagePartCount``): an integer, or read as absent (1.5, text, an
-#: object), so an answer with one odd field is still the send's answer, never outcome-unknown.
+#: A count in a send's answer (``MessagePartCount``): a whole number from 1 to 2**31 - 1 (as a
+#: table stores it), else read as absent (1.5, -3, 10**20, text, an object), so an answer with
+#: one odd field is still the send's answer, never outcome-unknown.
 AnswerCount = Annotated[int | None, BeforeValidator(_count_or_none)]
 
 

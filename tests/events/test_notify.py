@@ -764,3 +764,26 @@ def test_events_making_more_sends_than_one_delivery_may_are_refused_whole_at_eve
                         body=json.dumps(batch[:2]).encode())  # fmt: skip
     assert _doors.receive_cloud_events(two).status == 202  # no quiet period was taken before
     assert len(notify.queued()) == 20
+
+
+def test_a_dry_run_of_an_event_its_rules_make_too_many_sends_of_says_every_door_refuses_it(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dry run listed all the sends of an event that every door refuses whole (second
+    read): it answers 400 naming body.Event now (the cap is 5 here)."""
+    from shared.notify import _notify
+
+    monkeypatch.setattr(_notify, "MAX_SENDS", 5)
+    rule = {"Id": unique_name, "Match": {"EventType": "t"},
+            "Message": {"Sender": "Ops", "Content": "hi"},
+            "Recipients": {"Numbers": [f"+3584012345{n:02d}" for n in range(6)]}}  # fmt: skip
+    assert call("CreateNotificationRule", "POST", rule).status == 201
+    try:
+        event = {"specversion": "1.0", "id": "e1", "source": "s", "type": "t"}
+        tried = call("DryRunNotificationRules", "POST", {"RuleId": unique_name, "Event": event})
+        assert tried.status == 400, tried.body
+        [error] = tried.body["errors"]
+        assert error["field"] == "body.Event"
+        assert "6 sends of it, more than the 5" in error["message"]
+    finally:
+        assert call("DeleteNotificationRule", "DELETE", RuleId=unique_name).status == 204

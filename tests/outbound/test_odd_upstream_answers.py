@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from shared.messages import MessageRecord, MessageStatus, MessageStore
+from shared.outbound._attempt import kept
+from shared.outbound._service import sent_document
 from tests.outbound.conftest import DELIVERED, Outbound, sms
 
 
@@ -323,7 +325,20 @@ def test_an_answer_too_large_to_keep_still_ends_the_send_sent_after_one_call(
     assert sent.get("threadId") is None
 
 
-@pytest.mark.parametrize(("count", "kept"), [(1.5, 1), ("2", 2), (2.0, 2), ({"n": 1}, 1), ("²", 1)])
+@pytest.mark.parametrize(
+    ("count", "kept"),
+    [
+        (1.5, 1),
+        ("2", 2),
+        (2.0, 2),
+        ({"n": 1}, 1),
+        ("²", 1),
+        (2**31, 1),
+        (3e9, 1),
+        (10**20, 1),
+        (-3, 1),
+    ],
+)
 def test_a_send_answer_with_an_odd_part_count_is_still_its_answer(
     outbound: Outbound, odd: Upstream, count: Any, kept: int
 ) -> None:
@@ -338,3 +353,17 @@ def test_a_send_answer_with_an_odd_part_count_is_still_its_answer(
     assert len(odd.calls) == 1
     assert (record.status, record.upstream_message_id) == (MessageStatus.SENT, "up-odd")
     assert record.part_count == kept
+    _, slots = MessageStore.from_settings().get_with_slots(record.message_id)
+    assert sent_document(record, slots)["MessagePartCount"] == kept  # as its status shows it
+
+
+def test_a_field_kept_of_an_answer_too_long_is_measured_in_characters_not_escapes() -> None:
+    """A 20-character Cyrillic note counted as 120 (its JSON escapes) and was dropped, while
+    90 ASCII characters were kept (second read)."""
+    body = {"MessageId": "up-6", "Note": "Сообщение доставлено", "Done": "✅" * 20,
+            **{f"F{i}": "x" * 99 for i in range(3_000)}}  # fmt: skip
+
+    result = json.loads(kept(body)["result"])
+
+    assert (result["Note"], result["Done"]) == (body["Note"], body["Done"])
+    assert len(result) == 50
