@@ -86,8 +86,9 @@ def _count_or_none(value: object) -> object:
         value = int(value) if len(value.strip()) < 10 else None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    return value if whole and 0 < value < 2**31 else None  # type: ignore[operator]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31:
+        return value
+    return None
 
 
 #: A count in a send's answer (``MessagePartCount``): a whole number from 1 to 2**31 - 1 (as a
