@@ -98,13 +98,13 @@ def _run(names: list[tuple[str, str]]) -> list[tuple[str, FigureRow | None, str]
                 results.append((name, None, f"not written yet ({entry})"))
                 continue
             for row in measure():
-                if row["anchor"] <= 0 and row["target"] != INFO:  # a run too small to judge
-                    results.append((name, row, "ERROR: anchor not positive"))
-                    continue
-                ratio = row["value"] / row["anchor"]
                 if row["target"] == INFO:
                     results.append((name, row, "INFO"))
                     continue
+                if row["anchor"] <= 0:  # a run too small to judge
+                    results.append((name, row, "ERROR: anchor not positive"))
+                    continue
+                ratio = row["value"] / row["anchor"]
                 results.append((name, row, "PASS" if _verdict(ratio, row["target"]) else "FAIL"))
         except Exception as exc:
             traceback.print_exc()

@@ -29,12 +29,14 @@ import contextlib
 import logging
 import os
 import random
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import azure.functions as func
 from azure.functions.queue import QueueMessage as BoundQueueMessage
@@ -154,6 +156,11 @@ class StorageQueues:
             return QueueClient.from_connection_string(conn, queue, transport=transport)
         uri = self._environ.get(f"{setting}__queueServiceUri")
         account = self._environ.get(f"{setting}__accountName")
+        parts = urlsplit(uri or "https://x")
+        if uri and not (parts.scheme in ("http", "https") and parts.netloc and not parts.query):
+            raise StorageNotConfiguredError(f"{setting}__queueServiceUri is not an absolute URL")
+        if account and not uri and not re.fullmatch(r"[A-Za-z0-9]{3,24}", account):
+            raise StorageNotConfiguredError(f"{setting}__accountName is no storage account name")
         if uri or account:
             from azure.identity import DefaultAzureCredential
 

@@ -54,7 +54,7 @@ def test_product_host_json_is_read_not_hard_coded() -> None:
 
 
 def _start_cli(
-    *args: str, queues: bool = False, storage: str | None = None
+    *args: str, queues: bool = False, storage: str | None = None, account: str | None = None
 ) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items()
            if k != "DEVHOST_PORT" and not k.startswith("AzureWebJobsStorage")}  # fmt: skip
@@ -62,6 +62,8 @@ def _start_cli(
     env["SMARTDIALOG_ACCESS_TOKEN"] = CONFIGURED["SMARTDIALOG_ACCESS_TOKEN"]
     if storage is not None:
         env["AzureWebJobsStorage"] = storage
+    if account is not None:
+        env["AzureWebJobsStorage__accountName"] = account
     # The dev host says it is local development itself, as Core Tools does (health needs it).
     for name in ("AZURE_FUNCTIONS_ENVIRONMENT", "SMARTDIALOG_PUBLIC_BASE_URL", "WEBSITE_HOSTNAME"):
         env.pop(name, None)
@@ -101,9 +103,14 @@ def test_cli_reports_a_busy_port_and_exits_non_zero() -> None:
     assert "already in use" in output
 
 
-@pytest.mark.parametrize("storage", ["not a connection string", None], ids=["malformed", "none"])
+@pytest.mark.parametrize(
+    ("storage", "named"),
+    [("not a connection string", "AzureWebJobsStorage"), (None, "AzureWebJobsStorage"),
+     ("x!", "AzureWebJobsStorage__accountName")],
+    ids=["malformed", "none", "account-name"],
+)  # fmt: skip
 def test_cli_with_storage_it_cannot_use_still_serves_health_naming_the_setting(
-    storage: str | None, tmp_path: Path
+    storage: str | None, named: str, tmp_path: Path
 ) -> None:
     """As ``make run`` starts it (queue triggers on): a malformed AzureWebJobsStorage crashed it
     with a traceback and none made it exit 2, so /api/health never answered the 503 naming the
@@ -111,7 +118,8 @@ def test_cli_with_storage_it_cannot_use_still_serves_health_naming_the_setting(
     listen is named, and HTTP goes on, as the Functions host does with a listener."""
     settings = tmp_path / "local.settings.json"
     settings.write_text('{"IsEncrypted": false, "Values": {}}')
-    process = _start_cli("--port", "0", "--settings", str(settings), queues=True, storage=storage)
+    given = {"account": storage} if named.endswith("accountName") else {"storage": storage}
+    process = _start_cli("--port", "0", "--settings", str(settings), queues=True, **given)
     assert process.stdout is not None
     said: list[str] = []
     url = None
@@ -127,5 +135,5 @@ def test_cli_with_storage_it_cannot_use_still_serves_health_naming_the_setting(
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
     assert health.status_code == 503
-    assert "AzureWebJobsStorage" in health.text
+    assert named in health.text
     assert any("queue trigger OutboundSender is not listening" in line for line in said)
