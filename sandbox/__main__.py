@@ -201,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C (SIGINT) as well: a parent that ignores it (a script's background job, nohup &)
+    # would otherwise leave the sandbox deaf to `kill -INT`, as the dev host is not.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _terminate)
     print(f"SmartDialog sandbox listening on {server.url} (API {server.api_url})", flush=True)
     for account in server.app.accounts_view():
         print(
