@@ -60,10 +60,11 @@ def _taken_then_refused(monkeypatch: pytest.MonkeyPatch, error: Exception) -> li
     real_send, calls = Upstream.send, []
 
     def send(self: Upstream, command: Any) -> Any:
-        calls.append(command.body.RequestId)
-        if len(calls) == 1:
-            real_send(self, command)  # upstream accepted it...
+        if not calls:
+            real_send(self, command)  # upstream accepted it (a stale grant raises: no call)...
+            calls.append(command.body.RequestId)
             raise error  # ...and a gateway answered
+        calls.append(command.body.RequestId)
         raise _answer(BadRequestError, 400, "The request was not valid")  # every repeat
 
     monkeypatch.setattr(Upstream, "send", send)
@@ -86,8 +87,8 @@ def test_a_back_off_written_in_part_repeats_the_whole_call_under_its_request_id(
     real_send, calls = Upstream.send, []
 
     def send(self: Upstream, command: Any) -> Any:
+        answer = real_send(self, command)  # upstream accepted it (a stale grant raises: no call)...
         calls.append(command.body.RequestId)
-        answer = real_send(self, command)  # upstream accepted it...
         if len(calls) == 1:  # ...and a gateway answered 503 with a Retry-After past the lease
             raise _answer(InternalServerError, 503, "Service Unavailable", **{"Retry-After": "300"})
         return answer
@@ -209,11 +210,12 @@ def test_a_refused_run_that_is_no_repeat_leaves_the_calls_other_members_on_it(
     real_send, calls = Upstream.send, []
 
     def send(self: Upstream, command: Any) -> Any:
+        if len(calls) == 1:  # B's repeat: taken upstream (a stale grant raises: no call)...
+            real_send(self, command)
         calls.append((command.body.RequestId, len(command.body.Recipients)))
         if len(calls) == 1:  # the whole call: 429, nothing sent
             raise _answer(RateLimitError, 429, "Too many requests", **{"Retry-After": "300"})
-        if len(calls) == 2:  # B's repeat: taken upstream, the answer lost
-            real_send(self, command)
+        if len(calls) == 2:  # ...the answer lost
             raise _answer(InternalServerError, 503, "Service Unavailable", **{"Retry-After": "600"})
         if len(calls) == 3:  # A's repeat: refused naming nobody
             raise _answer(BadRequestError, 400, "The request was refused")
