@@ -34,6 +34,7 @@ from tests.outbound.conftest import (
     SERVICE,
     TEMPORARY,
     THROTTLED,
+    TIGHT_MARGIN,
     Outbound,
     call_http,
     fresh_number,
@@ -112,6 +113,7 @@ def test_a_pack_driver_fetches_its_token_before_its_grant_so_a_slow_fetch_wastes
     the 0.25 s margin): the grant went stale and a second slot was spent on the same call."""
     from tests.outbound.test_sender import _record_grants_and_sends, slow_first_token
 
+    outbound.configure(QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
     accepted_batch(*NUMBERS[:4])
     grants, sends = _record_grants_and_sends(monkeypatch)
     slow_first_token(monkeypatch, 0.4)

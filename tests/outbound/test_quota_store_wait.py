@@ -24,7 +24,14 @@ from shared.quota import GRANTS_PROPERTY, ROW_KEY, connection_key
 from shared.settings import get_settings
 from shared.storage import ensure_table, queue_client, table_client
 from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member_ids
-from tests.outbound.conftest import DELIVERED, Outbound, call_http, sms, status_of
+from tests.outbound.conftest import (
+    DELIVERED,
+    TIGHT_MARGIN,
+    Outbound,
+    call_http,
+    sms,
+    status_of,
+)
 
 
 def damage_log() -> Callable[[], None]:
@@ -132,12 +139,13 @@ def test_a_bulk_driver_whose_grant_went_stale_waits_when_the_next_take_meets_a_d
     waiting as the first take's does."""
     from shared.outbound._attempt import Upstream
 
+    outbound.configure(QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
     ids = member_ids(accepted_batch(*NUMBERS[:2]))
     [driver] = drivers(outbound)
     real, first = Upstream.attempt, [True]
 
     def slow_then_damaged(self: Upstream, *args: Any, **kwargs: Any) -> Any:
-        if first:  # a starved thread: the grant goes stale (margin 0.25 s); the log is damaged
+        if first:  # a starved thread: the grant goes stale (TIGHT_MARGIN); the log is damaged
             first.pop()
             # A real wait: the quota store's AttemptGate stamps and checks its grants by the
             # system clock (the store's own), which a manual clock would not move.

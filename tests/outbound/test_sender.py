@@ -25,6 +25,7 @@ from tests.outbound.conftest import (
     SLOW,
     TEMPORARY,
     THROTTLED,
+    TIGHT_MARGIN,
     Outbound,
     sms,
 )
@@ -586,7 +587,8 @@ def _slow_step_before_the_call(monkeypatch: pytest.MonkeyPatch, delays: list[flo
 def test_a_grant_gone_stale_before_the_call_is_not_used_a_fresh_one_is(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    margin = 0.25  # QUOTA_SAFETY_MARGIN_SECONDS of the fixture
+    margin = TIGHT_MARGIN
+    outbound.configure(QUOTA_SAFETY_MARGIN_SECONDS=margin)
     grants, sends = _record_grants_and_sends(monkeypatch)
     _slow_step_before_the_call(monkeypatch, [margin + 0.2])
 
@@ -606,6 +608,7 @@ def test_a_grant_gone_stale_before_the_call_is_not_used_a_fresh_one_is(
 def test_a_message_whose_grants_keep_going_stale_is_deferred_then_sent_once(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    outbound.configure(QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
     grants, sends = _record_grants_and_sends(monkeypatch)
     _slow_step_before_the_call(monkeypatch, [0.45, 0.45])
 
@@ -663,6 +666,7 @@ def test_a_slow_token_fetch_comes_before_the_grant_so_no_grant_goes_stale_waitin
     """Cold start: 8 senders at once, the first token taking 0.4 s (past half the 0.25 s
     margin). Before, each took its grant, then waited for the token: every grant went stale
     and a second slot was spent per message (16/16 stale in the review's run)."""
+    outbound.configure(QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
     grants, sends = _record_grants_and_sends(monkeypatch)
     slow_first_token(monkeypatch, 0.4)
     texts = [json.dumps(send(f"m-cold-{n}", DELIVERED)) for n in range(8)]
