@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
@@ -33,8 +33,6 @@ def to_action_request(req: func.HttpRequest) -> ActionRequest:
     """The pipeline's view of a Functions HTTP request. The Python worker drops a query
     parameter whose value is empty (``?Phone=``), so those are read from the URL, which it
     passes whole: a parameter an action does not read is refused even when empty."""
-    from urllib.parse import parse_qsl
-
     from shared.actions import ActionRequest
 
     query = dict(req.params)
