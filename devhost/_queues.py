@@ -29,14 +29,12 @@ import contextlib
 import logging
 import os
 import random
-import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import azure.functions as func
 from azure.functions.queue import QueueMessage as BoundQueueMessage
@@ -44,6 +42,7 @@ from azure.functions.queue import QueueMessage as BoundQueueMessage
 from devhost._hostjson import QueueOptions
 from devhost._invoke import Invoker
 from devhost._metadata import FunctionSpec, QueueOutputSpec
+from shared.settings import identity_storage_problem
 
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient, QueueMessage
@@ -156,11 +155,9 @@ class StorageQueues:
             return QueueClient.from_connection_string(conn, queue, transport=transport)
         uri = self._environ.get(f"{setting}__queueServiceUri")
         account = self._environ.get(f"{setting}__accountName")
-        parts = urlsplit(uri or "https://x")
-        if uri and not (parts.scheme in ("http", "https") and parts.netloc and not parts.query):
-            raise StorageNotConfiguredError(f"{setting}__queueServiceUri is not an absolute URL")
-        if account and not uri and not re.fullmatch(r"[A-Za-z0-9]{3,24}", account):
-            raise StorageNotConfiguredError(f"{setting}__accountName is no storage account name")
+        if problem := identity_storage_problem(uri, account):
+            name = f"{setting}__queueServiceUri" if uri else f"{setting}__accountName"
+            raise StorageNotConfiguredError(f"{name} {problem}")
         if uri or account:
             from azure.identity import DefaultAzureCredential
 

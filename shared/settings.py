@@ -433,6 +433,23 @@ def host_max_dequeue_count() -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 5
 
 
+def identity_storage_problem(uri: str | None, account: str | None) -> str | None:
+    """What makes an identity-based storage setting unusable, ``None`` if nothing does: the
+    service URI (``<setting>__<kind>ServiceUri``) when given, else the account name
+    (``<setting>__accountName``). One rule for the app (:mod:`shared.storage`) and the dev host,
+    checked before any client is built: the SDK would only fail at its first request."""
+    if uri:
+        try:
+            parts = urlsplit(uri)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query
+        except ValueError:  # "https://[bad"
+            usable = False
+        return None if usable else "is not an absolute http(s):// URL."
+    if account and not re.fullmatch(r"[A-Za-z0-9]{3,24}", account):
+        return "must be 3 to 24 letters and digits."
+    return None
+
+
 def keyword_set(raw: str) -> frozenset[str]:
     """Comma-separated opt-out keywords, upper-cased (``SMARTDIALOG_STOP_KEYWORDS``, ...)."""
     return frozenset(word.strip().upper() for word in raw.split(",") if word.strip())

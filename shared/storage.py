@@ -27,7 +27,12 @@ from urllib.parse import urlsplit
 
 from shared.names import OUTBOUND_QUEUE
 from shared.problems import FieldError
-from shared.settings import SettingsInvalid, StorageSettings, get_settings
+from shared.settings import (
+    SettingsInvalid,
+    StorageSettings,
+    get_settings,
+    identity_storage_problem,
+)
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient, TableServiceClient
@@ -78,17 +83,9 @@ def _service_uri(settings: StorageTarget, kind: _Service) -> tuple[str, str]:
         unset = f"is not set: give a connection string, or {_STORAGE}__accountName or __{kind}"
         raise StorageNotConfigured([FieldError(_STORAGE, f"{unset}ServiceUri (identity-based).")])
     setting = f"{_STORAGE}__{kind}ServiceUri" if explicit else f"{_STORAGE}__accountName"
-    uri = explicit or f"https://{name}.{kind}.core.windows.net"
-    try:  # checked here: the SDK would only fail at the first request ("https://[bad": here)
-        parts = urlsplit(uri)
-        url = parts.scheme in ("http", "https") and parts.hostname and not parts.query
-    except ValueError:
-        url = False
-    if explicit and not url:
-        raise StorageNotConfigured([FieldError(setting, "is not an absolute http(s):// URL.")])
-    if name and not explicit and not re.fullmatch(r"[A-Za-z0-9]{3,24}", name):
-        raise StorageNotConfigured([FieldError(setting, "must be 3 to 24 letters and digits.")])
-    return setting, uri
+    if problem := identity_storage_problem(explicit, name):
+        raise StorageNotConfigured([FieldError(setting, problem)])
+    return setting, explicit or f"https://{name}.{kind}.core.windows.net"
 
 
 def _built(
