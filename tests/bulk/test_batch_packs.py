@@ -773,7 +773,7 @@ def test_a_batch_whose_driver_is_gone_is_driven_again_by_a_status_poll(
 ) -> None:
     from azure.storage.queue import QueueClient
 
-    outbound.configure(SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3,
+    outbound.configure(SEND_LEASE_SECONDS=3.0, SEND_TIMEOUT_SECONDS=1.0,
                        SEND_QUOTA_WAIT_SECONDS=0.1, SEND_RETRY_MAX_SECONDS=0)  # fmt: skip
     batch = accepted_batch(*NUMBERS[:3])
     ids = member_ids(batch)

@@ -321,8 +321,9 @@ def test_a_send_date_time_without_a_zone_goes_upstream_as_written(
 def test_timeout_is_retried_and_a_late_success_is_recognised_by_request_id(
     private_outbound: Callable[..., Outbound],
 ) -> None:
-    outbound = private_outbound(slow_seconds=0.6)
-    outbound.configure(SEND_TIMEOUT_SECONDS=0.3, SEND_RETRY_BASE_SECONDS=1)
+    # A whole second per attempt: a loaded machine's stall must not pass for the slow answer.
+    outbound = private_outbound(slow_seconds=2.0)
+    outbound.configure(SEND_TIMEOUT_SECONDS=1.0, SEND_RETRY_BASE_SECONDS=1)
     outbound.enqueue(send("m-slow", SLOW))
     outbound.drain()
 
@@ -815,11 +816,11 @@ def test_a_claim_too_close_to_its_end_after_the_quota_wait_is_handed_back_not_ca
 ) -> None:
     from shared.quota import QuotaStore
 
-    outbound.configure(
-        SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3, SEND_QUOTA_WAIT_SECONDS=0.1
+    outbound.configure(  # a call may take 1.275 s (the timeout and its lease margin)
+        SEND_LEASE_SECONDS=3.0, SEND_TIMEOUT_SECONDS=1.0, SEND_QUOTA_WAIT_SECONDS=0.1
     )
     real_acquire = QuotaStore.try_acquire
-    delays = [0.8]  # the claim's lease then has 0.2 s left, less than a call may take
+    delays = [2.4]  # the claim's lease then has 0.6 s left, less than a call may take
 
     def slow_acquire(self: QuotaStore) -> Any:
         if delays:

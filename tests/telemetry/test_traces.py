@@ -579,7 +579,7 @@ def test_a_status_polls_redrive_continues_the_bulk_requests_trace_not_the_polls(
     from tests.bulk.test_batch_packs import drivers, member_ids, record
     from tests.bulk.test_bulk_action import batch_status, bulk, people
 
-    outbound.configure(SEND_LEASE_SECONDS=1.0, SEND_TIMEOUT_SECONDS=0.3,
+    outbound.configure(SEND_LEASE_SECONDS=3.0, SEND_TIMEOUT_SECONDS=1.0,
                        SEND_QUOTA_WAIT_SECONDS=0.1, SEND_RETRY_MAX_SECONDS=0)  # fmt: skip
     flow, trace_id = flow_traceparent()
     accepted = bulk({"Recipients": people(*NUMBERS[:2])}, traceparent=flow)
