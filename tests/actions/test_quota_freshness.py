@@ -66,6 +66,7 @@ def test_a_grant_gone_stale_on_a_slow_connect_is_replaced_so_upstream_never_sees
         SMARTDIALOG_QUOTA_CALLS="1",
         SMARTDIALOG_QUOTA_PERIOD_SECONDS="1",
         SMARTDIALOG_QUOTA_WAIT_SECONDS="5",
+        SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS="0.25",
     )
     slow_first_connect(0.4)  # past half the margin
 
@@ -82,7 +83,8 @@ def test_a_stale_grant_with_no_slot_to_replace_it_is_our_429_and_nothing_is_sent
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server = sandbox_factory()  # its own URL: a quota log of its own
-    wire(monkeypatch, server, SMARTDIALOG_QUOTA_CALLS="1", SMARTDIALOG_QUOTA_PERIOD_SECONDS="60")
+    wire(monkeypatch, server, SMARTDIALOG_QUOTA_CALLS="1", SMARTDIALOG_QUOTA_PERIOD_SECONDS="60",
+         SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS="0.25")  # fmt: skip
     slow_first_connect(0.4)
 
     reply = call("GetPhoneNumberRegions", method="GET")
