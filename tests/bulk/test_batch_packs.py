@@ -630,9 +630,9 @@ def test_opted_out_rows_of_a_bulk_are_refused_by_row_from_one_read_of_each_list(
     batch = accepted_batch(*addresses)
     assert batch["Accepted"] == 248
     assert [(r["row"], r["field"]) for r in batch["Refused"]] == [(4, "Address"), (18, "Address")]
-    # A pack of 248 takes a loaded machine longer than half the fixture's 0.25 s margin from
-    # its grant to its request leaving, so the grant went stale and the pack was put back
-    # again and again; this test is about the lists, not the quota, so give the grant time.
+    # A pack of 248 took a loaded machine longer than half a 0.25 s margin (the fixture's
+    # then) from its grant to its request leaving, so the grant went stale and the pack was
+    # put back again and again; this test is about the lists, not the quota: 2 s.
     outbound.configure(QUOTA_SAFETY_MARGIN_SECONDS=2)
     outbound.drain()
     [call] = outbound.upstream()

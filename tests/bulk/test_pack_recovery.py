@@ -126,6 +126,8 @@ def test_a_pack_backs_off_after_503s_and_retries_with_the_same_request_id(
     waiting_for_a_slot(outbound)
     outbound.configure(SEND_RETRY_BASE_SECONDS=1.0, SEND_RETRY_MAX_SECONDS=1.0)
     ids = accept(NUMBERS[0], TEMPORARY, NUMBERS[1])
+    park(outbound)  # they wait, indexed, to be packed
+    outbound.configure(QUOTA_CALLS=2000)  # then the backoff alone spaces the calls
 
     outbound.drain(timeout=20)
 
@@ -149,6 +151,8 @@ def test_a_pack_that_keeps_getting_500_backs_off_and_every_member_fails_after_th
     waiting_for_a_slot(outbound)
     outbound.configure(SEND_RETRY_BASE_SECONDS=0.5, SEND_RETRY_MAX_SECONDS=2.0, SEND_MAX_ATTEMPTS=3)
     ids = accept(NUMBERS[0], ERROR, NUMBERS[1])
+    park(outbound)  # they wait, indexed, to be packed
+    outbound.configure(QUOTA_CALLS=2000)  # then the backoff alone spaces the calls
 
     outbound.drain(timeout=30)
 

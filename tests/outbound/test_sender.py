@@ -322,7 +322,9 @@ def test_timeout_is_retried_and_a_late_success_is_recognised_by_request_id(
     private_outbound: Callable[..., Outbound],
 ) -> None:
     # A whole second per attempt: a loaded machine's stall must not pass for the slow answer.
-    outbound = private_outbound(slow_seconds=2.0)
+    # The sandbox records a RequestId when it answers (1.3 s); the retry comes after the 1 s
+    # timeout, a backoff of 0.75 s at least and a whole-second queue delay: about 0.7 s later.
+    outbound = private_outbound(slow_seconds=1.3)
     outbound.configure(SEND_TIMEOUT_SECONDS=1.0, SEND_RETRY_BASE_SECONDS=1)
     outbound.enqueue(send("m-slow", SLOW))
     outbound.drain()
@@ -800,7 +802,7 @@ def test_a_deadline_a_slow_token_used_up_before_the_first_byte_is_not_an_attempt
     from shared.outbound import send_ports
     from shared.settings import get_settings
 
-    outbound.configure(SEND_TIMEOUT_SECONDS=0.5)
+    outbound.configure(SEND_TIMEOUT_SECONDS=0.5, QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
     client = send_ports(get_settings()).upstream.client
     monkeypatch.setattr(client, "auth", RenewedInTheAttempt(client.auth, 0.6))
 
