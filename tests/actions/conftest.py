@@ -21,6 +21,7 @@ from sandbox.contract import validate_request
 from sandbox.server import SandboxServer
 from shared.actions import shared_client
 from shared.settings import get_settings, reset_settings_cache
+from tests.waiting import MARGIN
 
 CUSTOMER = "1001"
 GROUP = "s-1001-group"
@@ -132,9 +133,8 @@ def wire(monkeypatch: pytest.MonkeyPatch, server: SandboxServer, **env: str) -> 
         "SMARTDIALOG_SERVICE_ID": "",
         "SMARTDIALOG_QUOTA_CALLS": "2000",
         "SMARTDIALOG_QUOTA_WAIT_SECONDS": "0",
-        # A grant stale after 0.5 s, not 0.125 s: a loaded CI machine's stall between grant and
-        # request is no stale grant (answered 429 here, with no quota wait to take another).
-        "SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS": "1.0",
+        # tests.waiting.MARGIN: a stale grant is answered 429 here (no quota wait to take another).
+        "SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS": str(MARGIN),
         **env,
     }
     for name, value in settings.items():

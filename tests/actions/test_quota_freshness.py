@@ -22,6 +22,7 @@ from sandbox.server import SandboxServer
 from shared.actions import shared_client
 from shared.settings import get_settings
 from tests.actions.conftest import call, wire
+from tests.waiting import TIGHT_MARGIN
 
 
 class SlowFirstConnect(httpcore.NetworkBackend):
@@ -66,7 +67,7 @@ def test_a_grant_gone_stale_on_a_slow_connect_is_replaced_so_upstream_never_sees
         SMARTDIALOG_QUOTA_CALLS="1",
         SMARTDIALOG_QUOTA_PERIOD_SECONDS="1",
         SMARTDIALOG_QUOTA_WAIT_SECONDS="5",
-        SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS="0.25",
+        SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS=str(TIGHT_MARGIN),
     )
     slow_first_connect(0.4)  # past half the margin
 
@@ -84,7 +85,7 @@ def test_a_stale_grant_with_no_slot_to_replace_it_is_our_429_and_nothing_is_sent
 ) -> None:
     server = sandbox_factory()  # its own URL: a quota log of its own
     wire(monkeypatch, server, SMARTDIALOG_QUOTA_CALLS="1", SMARTDIALOG_QUOTA_PERIOD_SECONDS="60",
-         SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS="0.25")  # fmt: skip
+         SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS=str(TIGHT_MARGIN))  # fmt: skip
     slow_first_connect(0.4)
 
     reply = call("GetPhoneNumberRegions", method="GET")

@@ -34,13 +34,13 @@ from tests.outbound.conftest import (
     SERVICE,
     TEMPORARY,
     THROTTLED,
-    TIGHT_MARGIN,
     Outbound,
     call_http,
     fresh_number,
     opt_out,
     padding,
 )
+from tests.waiting import TIGHT_MARGIN
 
 NUMBERS = [f"+35840300{i:04d}" for i in range(40)]
 

@@ -27,7 +27,7 @@ from sandbox.server import SandboxServer
 from shared.names import QUEUES, poison_queue
 from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
-from tests.waiting import wait_for
+from tests.waiting import MARGIN, wait_for
 
 T = TypeVar("T")
 
@@ -121,8 +121,7 @@ def stack(azurite: Azurite) -> Iterator[Stack]:
         env.setenv("SMARTDIALOG_SERVICE_ID", ONE_WAY_SERVICE)
         env.setenv("SMARTDIALOG_CALLBACK_SECRETS", CALLBACK_SECRET)
         env.setenv("SMARTDIALOG_SEND_RETRY_BASE_SECONDS", "0.5")
-        # As tests.outbound.conftest.MARGIN: a loaded CI machine's stall is no stale grant.
-        env.setenv("SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", "1.0")
+        env.setenv("SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", str(MARGIN))
         env.setenv("AZURE_FUNCTIONS_ENVIRONMENT", "Development")  # as make run says
         # The host binds in its constructor, so its public URL is known before any request
         # reads the settings (they are read on first use).

@@ -43,6 +43,7 @@ from tests.e2e.conftest import (
     VISIBILITY_TIMEOUT,
     _clear_queues,
 )
+from tests.waiting import MARGIN
 
 #: Examples per operation and generation mode (``FUZZ_EXAMPLES`` overrides).
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
@@ -136,8 +137,7 @@ def fuzz_stack(azurite: Azurite) -> Iterator[FuzzStack]:
         env.setenv("SMARTDIALOG_SEND_LEASE_SECONDS", "6")
         env.setenv("SMARTDIALOG_QUOTA_CALLS", "2000")
         env.setenv("SMARTDIALOG_QUOTA_WAIT_SECONDS", "0")
-        # As tests.outbound.conftest.MARGIN: a loaded CI machine's stall is no stale grant.
-        env.setenv("SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", "1.0")
+        env.setenv("SMARTDIALOG_QUOTA_SAFETY_MARGIN_SECONDS", str(MARGIN))
         env.setenv("SMARTDIALOG_DISPATCH_RETRY_BASE_SECONDS", "0.5")
         host = DevHost(
             app,

@@ -37,7 +37,7 @@ from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
 from shared.storage import queue_client, table_client
 from tests.fixtures.sandbox import callback_receiver  # noqa: F401 - a fixture
-from tests.waiting import PATIENCE
+from tests.waiting import MARGIN, PATIENCE
 
 REPO = Path(__file__).resolve().parents[2]
 CUSTOMER = "1001"
@@ -230,7 +230,7 @@ def inbound(
         CALLBACK_SECRETS=SECRET,
         PUBLIC_BASE_URL="http://localhost:7071",
         QUOTA_CALLS=2000,
-        QUOTA_SAFETY_MARGIN_SECONDS=1.0,  # tests.outbound.conftest.MARGIN: room for a slow CI
+        QUOTA_SAFETY_MARGIN_SECONDS=MARGIN,
         DISPATCH_MAX_ATTEMPTS=3,
         DISPATCH_RETRY_BASE_SECONDS=0,
         SEND_RETRY_BASE_SECONDS=0,

@@ -30,7 +30,7 @@ from shared.names import EVENTS_QUEUE, OUTBOUND_DEAD_LETTER_QUEUE, OUTBOUND_QUEU
 from shared.outbound import reset_sender_cache
 from shared.settings import reset_settings_cache
 from shared.storage import queue_client
-from tests.waiting import PATIENCE
+from tests.waiting import MARGIN, PATIENCE
 
 CUSTOMER = "1001"
 SERVICE = "s-1001-oneway"
@@ -42,13 +42,6 @@ TEMPORARY = "+358400000004"
 THROTTLED = "+358400000005"
 ERROR = "+358400000006"
 SLOW = "+358400000007"
-#: The fixture's QUOTA_SAFETY_MARGIN_SECONDS. A grant goes stale half the margin after it was
-#: taken (the system clock's time, not a manual clock's), and on a loaded 2-core CI machine
-#: 0.125 s passed between grant and request in tests about something else (their fakes then
-#: took the in-run retry for the repeat they staged): 0.5 s leaves room for the load.
-MARGIN = 1.0
-#: The margin of the tests about stale grants: their slow steps (0.4-0.45 s) pass half of it.
-TIGHT_MARGIN = 0.25
 SECRET = "test-callback-secret-of-at-least-32-bytes"
 
 

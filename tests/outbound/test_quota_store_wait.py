@@ -26,12 +26,12 @@ from shared.storage import ensure_table, queue_client, table_client
 from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member_ids
 from tests.outbound.conftest import (
     DELIVERED,
-    TIGHT_MARGIN,
     Outbound,
     call_http,
     sms,
     status_of,
 )
+from tests.waiting import TIGHT_MARGIN
 
 
 def damage_log() -> Callable[[], None]:

@@ -25,10 +25,10 @@ from tests.outbound.conftest import (
     SLOW,
     TEMPORARY,
     THROTTLED,
-    TIGHT_MARGIN,
     Outbound,
     sms,
 )
+from tests.waiting import TIGHT_MARGIN
 
 
 def test_queued_message_is_sent_once_and_recorded_with_the_sandbox_message_id(
