@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -397,27 +397,30 @@ class IndexPacks:
         self.outcomes.fail_many(failing)
         return {r.message_id for r, _ in failing}
 
-    def release(self, records: Iterable[MessageRecord], keep_pack: bool, **changes: Any) -> None:
+    def release(self, records: Sequence[MessageRecord], keep_pack: bool, **changes: Any) -> None:
         """Hand claimed members back (no call made): queued, the attempt not counted, with
         :meth:`release_one`'s ``changes``; out of their pack (packable again) unless
-        ``keep_pack``."""
-
-        def one(r: MessageRecord) -> MessageRecord | None:
-            return self.release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack, **changes)
-
-        released = [r for r in storage_pool().map(one, list(records)) if r is not None]
+        ``keep_pack``. Lane members go 100 a transaction (a pack handed back after a stale grant
+        has hundreds); one changed since then goes back on its own."""
+        laned = [r for r in records if in_lane(r.message_id)]
+        back = [(r, self._back(r, MessageStatus.QUEUED, keep_pack, **changes)) for r in laned]
+        done = self.ports.store.swap_many(back) if back else []
+        alone = [r for r in records if not in_lane(r.message_id)]
+        alone += [r for r, d in zip(laned, done, strict=True) if d is None]
+        released = [r for r in done if r is not None] + [r for r in storage_pool().map(
+            lambda r: self.release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack, **changes),
+            alone) if r is not None]  # fmt: skip
         if not keep_pack:
             self.ports.packs.index(released)
 
-    def release_one(
-        self,
-        record: MessageRecord,
-        status: MessageStatus,
-        *,
-        keep_pack: bool,
-        error: FailureInfo | None = None,
-        **changes: Any,
-    ) -> MessageRecord | None:
+    def release_one(self, record: MessageRecord, status: MessageStatus, *, keep_pack: bool,
+                    **changes: Any) -> MessageRecord | None:  # fmt: skip
+        update = self._back(record, status, keep_pack, **changes)
+        return self.outcomes.swap_until(record, lambda r: same_claim(record, r), **update)
+
+    def _back(self, record: MessageRecord, status: MessageStatus, keep_pack: bool,
+              error: FailureInfo | None = None, **changes: Any) -> Mapping[str, Any]:  # fmt: skip
+        """The changes that hand ``record``'s claim back as ``status`` (LastError ``error``)."""
         update: dict[str, Any] = {
             "status": status,
             **handed_back(record),
@@ -427,7 +430,7 @@ class IndexPacks:
         }
         if not keep_pack:
             update["pack_id"] = None
-        return self.outcomes.swap_until(record, lambda r: same_claim(record, r), **update)
+        return update
 
     def attempt(self, pack: Pack, members: Members, grant: QuotaGrant) -> SendOutcome:
         """One upstream call for the whole pack; each member's outcome recorded on its own.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,6 +16,7 @@ from shared.outbound._quota_wait import QuotaWait
 from tests.bulk.test_packing import NUMBERS, accept, park, record, waiting_for_a_slot
 from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import ERROR, TEMPORARY, Outbound
+from tests.waiting import TIGHT_MARGIN
 
 if TYPE_CHECKING:
     from shared.outbound import OutboundSender
@@ -307,3 +309,88 @@ def test_a_message_whose_validity_ends_while_it_waits_for_its_keys_lease_is_not_
     assert done.failure.code == "expired"
     again, _ = PackStore.from_settings().lead(key, now, now + dt.timedelta(seconds=60))
     assert again is not None  # it gave the lease it took back
+
+
+def test_a_lane_pack_whose_grants_go_stale_is_handed_back_in_one_write_not_one_per_member(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its members are claimed 100 a transaction, and go back the same way: on a loaded
+    machine (grants going stale) hundreds of writes per hand-back fed the load that staled them."""
+    from shared import storage
+    from shared.storage import StorageOp
+    from tests.outbound.test_sender import _record_grants_and_sends, _slow_step_before_the_call
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:6])
+    leader = record(ids[0]).command
+    park(outbound)
+    outbound.configure(QUOTA_CALLS=2000, QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    _slow_step_before_the_call(monkeypatch, [TIGHT_MARGIN + 0.2] * 2)
+    monkeypatch.setattr(storage, "_round_trips", None)  # counting is off again afterwards
+    counter = storage.count_round_trips()
+
+    outbound.invoke(leader)  # its pack formed, then both grants went stale: handed back
+
+    assert len(grants) == 2
+    assert sends == []
+    written = {StorageOp.TABLE_WRITE, StorageOp.TABLE_TRANSACTION}
+    counts = counter.snapshot().items()
+    writes = {op: n for (op, name), n in counts if op in written and name == "SmartDialogMessages"}
+    # The leader's claim, its pack id and its hand-back; the five others' claims and hand-back.
+    assert writes == {StorageOp.TABLE_WRITE: 3, StorageOp.TABLE_TRANSACTION: 2}
+    for handed_back in map(record, ids):
+        assert handed_back.status is MessageStatus.QUEUED
+        assert handed_back.attempts == 0
+        assert handed_back.pack_id is None  # the pack dissolved: they pack again
+        assert handed_back.lease_until is None
+
+    outbound.drain()
+
+    assert [len(c["body"]["Recipients"]) for c in outbound.upstream()] == [6]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
+def test_a_lane_member_written_meanwhile_is_handed_back_on_its_own_a_failed_one_stays_failed(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-back transaction loses its compare-and-swap: a member whose record changed but
+    whose claim is still the pack's goes back alone; one that ended meanwhile keeps its end."""
+    from shared.messages import FailureInfo
+    from shared.outbound import _records
+    from shared.outbound._outcomes import failed_changes
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:4])
+    park(outbound)
+    outbound.configure(QUOTA_CALLS=2000, QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
+    store, real = MessageStore.from_settings(), _records.with_delivery_report_url
+    slow = [TIGHT_MARGIN + 0.2] * 2
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if len(slow) == 2:  # the members are claimed: one is written again, one fails
+            assert store.swap(record(ids[1]), updated_at=dt.datetime.now(dt.UTC)) is not None
+            ended = failed_changes(FailureInfo(code="Test", title="ended"), dt.datetime.now(dt.UTC))
+            assert store.swap(record(ids[2]), **ended) is not None
+        time.sleep(slow.pop(0) if slow else 0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_records, "with_delivery_report_url", meanwhile)
+    outbound.invoke(record(ids[0]).command)  # its pack formed, both grants went stale
+
+    assert outbound.upstream() == []
+    assert record(ids[2]).status is MessageStatus.FAILED
+    for handed_back in map(record, [ids[0], ids[1], ids[3]]):
+        assert handed_back.status is MessageStatus.QUEUED
+        assert (handed_back.attempts, handed_back.pack_id, handed_back.lease_until) == (
+            0,
+            None,
+            None,
+        )
+    outbound.drain()
+    assert sorted(r["Address"] for c in outbound.upstream() for r in c["body"]["Recipients"]) == [
+        NUMBERS[0], NUMBERS[1], NUMBERS[3]
+    ]  # fmt: skip
+    assert [record(i).status for i in ids] == [MessageStatus.SENT] * 2 + [
+        MessageStatus.FAILED, MessageStatus.SENT
+    ]  # fmt: skip
