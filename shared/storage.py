@@ -129,8 +129,10 @@ def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
     from azure.core.pipeline.transport import RequestsTransport
     from requests.utils import get_environ_proxies
 
+    from shared.storage_multipart import install
     from shared.storage_session import StorageSession
 
+    install()  # table transactions without a thread pool each (shared.storage_multipart)
     proxies = get_environ_proxies(endpoint)
     transport_options: dict[str, Any] = {"session": StorageSession(), "use_env_settings": False}
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
