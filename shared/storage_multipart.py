@@ -47,20 +47,26 @@ def install() -> bool:
 
 def _install() -> bool:
     try:
-        from azure.core.pipeline import _base
-        from azure.core.pipeline.transport import _base as transport_base
-        from azure.core.rest import _http_response_impl
-        from azure.core.utils import _pipeline_transport_rest_shared as shared
-    except ImportError as exc:
-        log.info("table transactions keep azure-core's own multipart helpers: %s", exc)
+        return _replace()
+    except Exception as exc:  # never a reason for a storage client not to be built
+        log.info("table transactions keep azure-core's own multipart helpers: %r", exc)
         return False
-    prepare = getattr(_base.Pipeline, "_prepare_multipart_mixed_request", None)
+
+
+def _replace() -> bool:
+    from azure.core.pipeline import _base
+    from azure.core.pipeline.transport import _base as transport_base
+    from azure.core.rest import _http_response_impl
+    from azure.core.utils import _pipeline_transport_rest_shared as shared
+
+    pipeline = getattr(_base, "Pipeline", None)
+    prepare = getattr(pipeline, "_prepare_multipart_mixed_request", None)
     parts = getattr(shared, "_parts_helper", None)
     users = [m for m in (_http_response_impl, transport_base) if hasattr(m, "_parts_helper")]
     if not (_takes(prepare, ["request"]) and _takes(parts, ["response"]) and len(users) == 2):
         log.info("table transactions keep azure-core's own multipart helpers (not as expected)")
         return False
-    _base.Pipeline._prepare_multipart_mixed_request = staticmethod(_prepare)  # type: ignore[method-assign]
+    pipeline._prepare_multipart_mixed_request = staticmethod(_prepare)  # type: ignore[union-attr]
     for module in (shared, *users):
         module._parts_helper = _parts  # type: ignore[attr-defined]
     return True

@@ -103,3 +103,24 @@ def test_every_sub_request_nested_ones_first_gets_every_policy_in_the_calling_th
     here = threading.current_thread().name
     assert seen == [(f"http://t/e{i}", here) for i in range(3)] + [("http://t/changeset", here)]
     assert all(r.headers["x-seen"] == "yes" for r in [*inner, changeset])
+
+
+@pytest.mark.parametrize("change", ["Pipeline moved", "_parts_helper takes more"])
+def test_an_azure_core_that_keeps_them_elsewhere_keeps_its_own_and_storage_still_works(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    from azure.core.pipeline import _base
+    from azure.core.utils import _pipeline_transport_rest_shared as shared
+
+    monkeypatch.setattr(storage_multipart, "_state", {})  # as in a fresh process
+    if change == "Pipeline moved":
+        monkeypatch.delattr(_base, "Pipeline")
+    else:
+        monkeypatch.setattr(shared, "_parts_helper", lambda response, policies=(): None)
+    storage._table_service.cache_clear()
+    try:
+        table = storage.table_client(unique_name)  # built, not a configuration error
+        table.create_table()
+        assert not storage_multipart.installed()
+    finally:
+        storage._table_service.cache_clear()

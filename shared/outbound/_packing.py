@@ -16,6 +16,8 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -145,8 +147,6 @@ class IndexPacks:
         attempted wait in its index or lanes. A message that cannot lead now (claimed, backing
         off, deferred: its copy is back on the queue) ends the sweep. With ``report``, the
         next message that still waits when the sweep stopped for the quota or its limits."""
-        from time import monotonic
-
         ends = monotonic() + SWEEP_SECONDS
         for _ in range(SWEEP_PACKS):
             if monotonic() > ends or self.ports.quota_wait.hint() > 0:
@@ -211,8 +211,7 @@ class IndexPacks:
         are acknowledged once it is sent), and not before the pack's backoff ends. A pack that
         was never recorded never reached upstream (its leader died between the claims and the
         pack's row): the message leaves it, its claim handed back uncounted, so that it packs
-        again (called only once that claim's lease is over).
-        """
+        again (called only once that claim's lease is over)."""
         assert record.pack_id is not None
         pack = self.ports.packs.get(record.pack_id)
         if pack is None:
@@ -404,12 +403,14 @@ class IndexPacks:
         has hundreds); one changed since then goes back on its own."""
         laned = [r for r in records if in_lane(r.message_id)]
         back = [(r, self._back(r, MessageStatus.QUEUED, keep_pack, **changes)) for r in laned]
-        done = self.ports.store.swap_many(back) if back else []
+        try:  # a lost answer (or a storage error): each goes back on its own, read again
+            done = self.ports.store.swap_many(back) if back else []
+        except Exception:
+            done = [None] * len(back)
         alone = [r for r in records if not in_lane(r.message_id)]
         alone += [r for r, d in zip(laned, done, strict=True) if d is None]
-        released = [r for r in done if r is not None] + [r for r in storage_pool().map(
-            lambda r: self.release_one(r, MessageStatus.QUEUED, keep_pack=keep_pack, **changes),
-            alone) if r is not None]  # fmt: skip
+        one = partial(self.release_one, status=MessageStatus.QUEUED, keep_pack=keep_pack, **changes)
+        released = [r for r in [*done, *storage_pool().map(one, alone)] if r is not None]
         if not keep_pack:
             self.ports.packs.index(released)
 
@@ -421,16 +422,9 @@ class IndexPacks:
     def _back(self, record: MessageRecord, status: MessageStatus, keep_pack: bool,
               error: FailureInfo | None = None, **changes: Any) -> Mapping[str, Any]:  # fmt: skip
         """The changes that hand ``record``'s claim back as ``status`` (LastError ``error``)."""
-        update: dict[str, Any] = {
-            "status": status,
-            **handed_back(record),
-            "updated_at": self.ports.now(),
-            **noted(record, error),
-            **changes,
-        }
-        if not keep_pack:
-            update["pack_id"] = None
-        return update
+        pack: dict[str, Any] = {} if keep_pack else {"pack_id": None}  # out of it: packs again
+        return {"status": status, **handed_back(record), "updated_at": self.ports.now(),
+                **noted(record, error), **changes, **pack}  # fmt: skip
 
     def attempt(self, pack: Pack, members: Members, grant: QuotaGrant) -> SendOutcome:
         """One upstream call for the whole pack; each member's outcome recorded on its own.

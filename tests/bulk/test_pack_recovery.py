@@ -351,14 +351,28 @@ def test_a_lane_pack_whose_grants_go_stale_is_handed_back_in_one_write_not_one_p
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
 
 
+@pytest.mark.parametrize("answer", ["read", "lost"])
 def test_a_lane_member_written_meanwhile_is_handed_back_on_its_own_a_failed_one_stays_failed(
-    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch, answer: str
 ) -> None:
-    """The hand-back transaction loses its compare-and-swap: a member whose record changed but
-    whose claim is still the pack's goes back alone; one that ended meanwhile keeps its end."""
+    """The hand-back transaction loses its compare-and-swap (or its answer is lost to a reset
+    connection, which the SDK does not retry, and the first record it names changed): a member
+    whose record changed but whose claim is still the pack's goes back alone; one that ended
+    meanwhile keeps its end; the others go back too."""
+    from azure.core.exceptions import ServiceResponseError
+    from azure.data.tables import TableClient
+
     from shared.messages import FailureInfo
     from shared.outbound import _records
     from shared.outbound._outcomes import failed_changes
+
+    real_submit, lost = TableClient.submit_transaction, []
+
+    def submit(self: TableClient, operations: Any, **kwargs: Any) -> Any:
+        if answer == "lost" and not lost and operations[0][1].get("Status") == "queued":
+            lost.append(operations[0][1]["MessageId"])  # the hand-back: never reaches the table
+            raise ServiceResponseError("Connection reset by peer")
+        return real_submit(self, operations, **kwargs)
 
     waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:4])
@@ -376,9 +390,11 @@ def test_a_lane_member_written_meanwhile_is_handed_back_on_its_own_a_failed_one_
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_records, "with_delivery_report_url", meanwhile)
+    monkeypatch.setattr(TableClient, "submit_transaction", submit)
     outbound.invoke(record(ids[0]).command)  # its pack formed, both grants went stale
 
     assert outbound.upstream() == []
+    assert lost == ([ids[1]] if answer == "lost" else [])
     assert record(ids[2]).status is MessageStatus.FAILED
     for handed_back in map(record, [ids[0], ids[1], ids[3]]):
         assert handed_back.status is MessageStatus.QUEUED
