@@ -104,7 +104,7 @@ def _parts(response: Any) -> Any:
     from azure.core.pipeline._tools import await_result
 
     if not response.content_type or not response.content_type.startswith("multipart/mixed"):
-        raise ValueError("You can't get parts if the response is not multipart/mixed")
+        raise ValueError("only a multipart/mixed answer has parts")
     responses = response._get_raw_parts()
     if response.request.multipart_mixed_info:
         policies = response.request.multipart_mixed_info[1]
