@@ -543,6 +543,7 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
     park(outbound)
+    outbound.configure(QUOTA_CALLS=2000)  # room: a grant gone stale under load is retried
     crash_once(
         monkeypatch, PackStore, "save", "worker died after upstream accepted the pack",
         when=lambda pack: bool(pack.recipient_ids),
@@ -575,6 +576,7 @@ def test_a_409_whose_original_lists_the_numbers_as_bare_digits_sends_no_member_a
     ids = accept(*numbers)
     texts = [record(i).command for i in ids]
     park(outbound)
+    outbound.configure(QUOTA_CALLS=2000)  # room: a grant gone stale under load is retried
     crash_once(
         monkeypatch, PackStore, "save", "worker died after upstream accepted the pack",
         when=lambda pack: bool(pack.recipient_ids),
@@ -638,6 +640,7 @@ def _crash_before_the_members_events(
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
     park(outbound)
+    outbound.configure(QUOTA_CALLS=2000)  # room: a grant gone stale under load is retried
     events = send_ports(get_settings()).events
     crash_once(monkeypatch, events, "send_message", "worker died before the events went out")
     with pytest.raises(RuntimeError):
