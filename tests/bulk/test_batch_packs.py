@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -40,7 +42,7 @@ from tests.outbound.conftest import (
     opt_out,
     padding,
 )
-from tests.waiting import TIGHT_MARGIN
+from tests.waiting import PATIENCE, TIGHT_MARGIN
 
 NUMBERS = [f"+35840300{i:04d}" for i in range(40)]
 
@@ -441,11 +443,29 @@ def _poisoned_by_an_events_outage(
             raise RuntimeError("events queue unavailable")
         return real(*args, **kwargs)
 
+    from shared.outbound._outcomes import Outcomes
+
+    real_emit, running, lock = Outcomes.emit, [0], threading.Lock()
+
+    def emit(self: Outcomes, record: Any) -> bool:  # a delivery that raised may leave the
+        with lock:  # others' emits running in the storage pool: counted until they end
+            running[0] += 1
+        try:
+            return real_emit(self, record)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(Outcomes, "emit", emit)
     monkeypatch.setattr(events, "send_message", outage)
     for delivery in range(1, 6):  # host.json: maxDequeueCount 5, visibilityTimeout 10 s
         with pytest.raises(RuntimeError):
             outbound.invoke(json.dumps(driver), dequeue_count=delivery)
         manual_clock.advance(10)
+    deadline = time.monotonic() + PATIENCE
+    while running[0] and time.monotonic() < deadline:  # none may put once the outage ends
+        time.sleep(0.05)
+    assert running[0] == 0
     monkeypatch.setattr(events, "send_message", real)
     from shared.names import OUTBOUND_QUEUE
     from shared.storage import queue_client
