@@ -23,7 +23,7 @@ import logging
 import threading
 from typing import Any
 
-__all__ = ["install", "installed"]
+__all__ = ["install"]
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,9 @@ _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
 
-def installed() -> bool:
-    """Whether :func:`install` replaced azure-core's multipart helpers in this process."""
-    return _state.get("installed", False)
-
-
 def install() -> bool:
     """Replace azure-core's threaded multipart helpers with serial ones (once per process);
-    whether they are replaced."""
+    whether they are replaced (the first call decides, later ones repeat its answer)."""
     with _lock:
         if "installed" not in _state:
             _state["installed"] = _install()

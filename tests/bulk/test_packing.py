@@ -154,11 +154,12 @@ def waiting_for_a_slot(outbound: Outbound, *, period: int = 2) -> None:
     raise AssertionError("the quota could not be filled")
 
 
-def park(outbound: Outbound) -> None:
+def park(outbound: Outbound, *, room: bool = False) -> None:
     """Let every queued send meet the full quota once (deferred and indexed), then wait in the
-    invocation for a slot from now on."""
+    invocation for a slot from now on. With ``room``, the quota then has room: a grant that went
+    stale on a loaded machine is replaced in the invocation, so the pack's call still goes."""
     outbound.run_once()
-    outbound.configure(SEND_QUOTA_WAIT_SECONDS=3)
+    outbound.configure(SEND_QUOTA_WAIT_SECONDS=3, **({"QUOTA_CALLS": 2000} if room else {}))
 
 
 def accept(*addresses: str, content: str = "Hello $(name)", pad: str = "") -> list[str]:
@@ -542,8 +543,7 @@ def test_retry_after_a_crash_past_the_call_resends_the_same_pack_and_nothing_twi
     waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
-    park(outbound)
-    outbound.configure(QUOTA_CALLS=2000)  # room: a grant gone stale under load is retried
+    park(outbound, room=True)
     crash_once(
         monkeypatch, PackStore, "save", "worker died after upstream accepted the pack",
         when=lambda pack: bool(pack.recipient_ids),
@@ -575,8 +575,7 @@ def test_a_409_whose_original_lists_the_numbers_as_bare_digits_sends_no_member_a
     waiting_for_a_slot(outbound)
     ids = accept(*numbers)
     texts = [record(i).command for i in ids]
-    park(outbound)
-    outbound.configure(QUOTA_CALLS=2000)  # room: a grant gone stale under load is retried
+    park(outbound, room=True)
     crash_once(
         monkeypatch, PackStore, "save", "worker died after upstream accepted the pack",
         when=lambda pack: bool(pack.recipient_ids),
@@ -639,8 +638,7 @@ def _crash_before_the_members_events(
     waiting_for_a_slot(outbound)
     ids = accept(*NUMBERS[:3])
     texts = [record(i).command for i in ids]
-    park(outbound)
-    outbound.configure(QUOTA_CALLS=2000)  # room: a grant gone stale under load is retried
+    park(outbound, room=True)
     events = send_ports(get_settings()).events
     crash_once(monkeypatch, events, "send_message", "worker died before the events went out")
     with pytest.raises(RuntimeError):
