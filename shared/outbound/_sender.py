@@ -1,11 +1,11 @@
 """The queue sender: one outbound queue message in, at most one upstream send out.
 
 :meth:`OutboundSender.process` raises only when our own storage fails (the host retries the
-message, then moves it to ``smartdialog-outbound-poison``). Every retry is a re-enqueued copy
-with a visibility delay (the client runs with ``max_retries=0``). A queue message is a send
-command (this module: the single path, packing through the queue index,
-:mod:`shared.outbound._packing`) or a bulk pack's driver (:mod:`shared.outbound._drive`); every
-path calls through :meth:`Upstream.attempt` and settles through ``Outcomes``.
+message, then moves it to ``smartdialog-outbound-poison``). Every retry is a re-enqueued copy with
+a visibility delay (the client runs with ``max_retries=0``). A queue message is a send command
+(this module: the single path, packing through the queue index, :mod:`shared.outbound._packing`) or
+a bulk pack's driver (:mod:`shared.outbound._drive`); every path calls through
+:meth:`Upstream.attempt` and settles through ``Outcomes``.
 """
 
 from __future__ import annotations
@@ -469,11 +469,12 @@ class OutboundSender:
         if not claim.held:
             return
         claim.held, keep = False, not claim.fresh
-        if claim.pack is not None and claim.members:
-            self.packing.release([m for m, _ in claim.members[1:]], keep, **changes)
-        released = self.packing.release_one(claim.record, claim.before, keep_pack=keep, **changes)
-        if released is not None and released.pack_id is None:
-            self.ports.packs.index([released])
+        try:
+            if claim.pack is not None and claim.members:
+                self.packing.release([m for m, _ in claim.members[1:]], keep, **changes)
+        finally:  # the leader goes back also when a member's hand-back raised (storage failing)
+            back = self.packing.release_one(claim.record, claim.before, keep_pack=keep, **changes)
+            self.ports.packs.index([b for b in [back] if b is not None and b.pack_id is None])
 
     def _cannot_call(
         self, claimed: MessageRecord, members: list[tuple[MessageRecord, OutboundMessage]]
@@ -576,9 +577,7 @@ class OutboundSender:
         if unreadable_address(command) or suppression(command, self.ports.suppressions):
             return
         record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
-        if record.pack_key is None:
-            return
-        if (created := self.ports.store.create(record, slots)) is not None:
+        if record.pack_key is not None and (created := self.ports.store.create(record, slots)):
             self.ports.packs.index([created])
 
 

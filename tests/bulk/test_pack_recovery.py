@@ -410,3 +410,50 @@ def test_a_lane_member_written_meanwhile_is_handed_back_on_its_own_a_failed_one_
     assert [record(i).status for i in ids] == [MessageStatus.SENT] * 2 + [
         MessageStatus.FAILED, MessageStatus.SENT
     ]  # fmt: skip
+
+
+def test_a_leader_is_handed_back_even_when_its_members_hand_back_fails(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both grants went stale and our storage fails for the members' hand-back (their
+    transaction and each one's own write): the function raises for the host's retry, and the
+    leader's claim is handed back regardless; the members' claims run out with their lease."""
+    from azure.core.exceptions import HttpResponseError
+
+    from tests.outbound.test_sender import _slow_step_before_the_call
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:3])
+    park(outbound)
+    outbound.configure(QUOTA_CALLS=2000, QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
+    _slow_step_before_the_call(monkeypatch, [TIGHT_MARGIN + 0.2] * 2)
+    real_many, real_swap, failed = MessageStore.swap_many, MessageStore.swap, []
+
+    def handing_back(changes: dict[str, Any]) -> bool:
+        return changes.get("status") is MessageStatus.QUEUED
+
+    def swap_many(self: MessageStore, items: list[Any], **kwargs: Any) -> Any:
+        if any(handing_back(c) for _, c in items):
+            failed.append("transaction")
+            raise HttpResponseError("storage failing (503)")
+        return real_many(self, items, **kwargs)
+
+    def swap(self: MessageStore, current: Any, **changes: Any) -> Any:
+        if current.message_id != ids[0] and handing_back(changes):
+            failed.append(current.message_id)
+            raise HttpResponseError("storage failing (503)")
+        return real_swap(self, current, **changes)
+
+    monkeypatch.setattr(MessageStore, "swap_many", swap_many)
+    monkeypatch.setattr(MessageStore, "swap", swap)
+    with pytest.raises(HttpResponseError):
+        outbound.invoke(record(ids[0]).command)  # its pack formed, both grants went stale
+
+    assert outbound.upstream() == []
+    assert failed[0] == "transaction"
+    assert failed[1] in ids[1:]  # then each on its own
+    leader = record(ids[0])
+    assert (leader.status, leader.attempts, leader.pack_id, leader.lease_until) == (
+        MessageStatus.QUEUED, 0, None, None
+    )  # fmt: skip
+    assert [record(i).status for i in ids[1:]] == [MessageStatus.SENDING] * 2
