@@ -3,6 +3,7 @@ in its thread pools, and start no thread (shared/storage_multipart.py)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -124,3 +125,140 @@ def test_an_azure_core_that_keeps_them_elsewhere_keeps_its_own_and_storage_still
         assert not storage_multipart.install()  # the client build decided: stood aside
     finally:
         storage._table_service.cache_clear()
+
+
+def _transaction(entities: list[bytes], batch: str, changeset: str) -> HttpRequest:
+    """A table transaction's request as azure-data-tables builds it (its ``_batch_send``)."""
+    parts = [
+        HttpRequest(
+            "PATCH",
+            f"https://account.table.core.windows.net/T(PartitionKey='p',RowKey='{i}')",
+            headers={"Content-Type": "application/json;odata=nometadata", "If-Match": "*"},
+            content=body,
+        )
+        for i, body in enumerate(entities)
+    ]
+    inner = HttpRequest("POST", "")
+    inner.set_multipart_mixed(*parts, policies=[], boundary=changeset)
+    request = HttpRequest("POST", "https://account.table.core.windows.net/$batch")
+    request.set_multipart_mixed(inner, policies=[], enforce_https=False, boundary=batch)
+    return request
+
+
+def _sdk_body(monkeypatch: pytest.MonkeyPatch, request: HttpRequest) -> bytes:
+    """The body azure-core's own helper writes for ``request`` (through the e-mail generator)."""
+    import importlib
+
+    sdk = storage_multipart._sdk["_prepare_multipart_body_helper"]
+    with monkeypatch.context() as m:
+        for name in ("azure.core.rest._helpers", storage_multipart._SHARED):
+            m.setattr(importlib.import_module(name), "_prepare_multipart_body_helper", sdk)
+        request.prepare_multipart_body()
+    return request.content
+
+
+ENTITIES = {
+    "one": [b'{"PartitionKey":"p","RowKey":"0","n":0}'],
+    "a hundred": [b'{"PartitionKey":"p","RowKey":"%d","n":%d}' % (i, i) for i in range(100)],
+    "escaped non-ASCII": [json.dumps({"RowKey": "0", "Name": "Åsa Öberg ✓"}).encode()],
+    "bare line ends": [b'{"RowKey":"0","Note":"one\nline\rand\r\nanother"}'],
+    "none": [],
+}
+
+
+@pytest.mark.parametrize("entities", ENTITIES.values(), ids=ENTITIES.keys())
+@pytest.mark.parametrize("boundaries", [("batch_1f", "changeset_2e"), ('b "q"', "changeset_2e")])
+def test_a_transactions_body_is_byte_for_byte_what_the_sdk_writes(
+    monkeypatch: pytest.MonkeyPatch, entities: list[bytes], boundaries: tuple[str, str]
+) -> None:
+    """Written directly, not by the e-mail generator, and the same bytes (a boundary it might
+    quote goes through the generator itself)."""
+    assert storage_multipart.install()
+    ours, theirs = _transaction(entities, *boundaries), _transaction(entities, *boundaries)
+
+    ours.prepare_multipart_body()
+
+    assert ours.content == _sdk_body(monkeypatch, theirs)
+    assert ours.headers["Content-Type"] == theirs.headers["Content-Type"]
+
+
+def _read_by_email(content_type: str, body: bytes) -> list[Any]:
+    from email import message_from_bytes
+
+    def flat(message: Any) -> list[Any]:
+        return [
+            (p.get_content_type(), flat(p) if p.is_multipart() else p.get_payload(decode=True))
+            for p in message.get_payload()
+        ]
+
+    return flat(message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body))
+
+
+def _read_by_split(parts: list[storage_multipart.Part]) -> list[Any]:
+    return [
+        (p.get_content_type(), _read_by_split(v) if isinstance(v, list) else v)
+        for p in parts
+        for v in [p.get_payload(decode=True)]
+    ]
+
+
+def test_the_answers_of_transactions_are_split_as_the_email_parser_reads_them(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Azurite's answers to a transaction that succeeds, one refused (409) and one whose
+    condition failed (412): the same parts, the same bytes, as the e-mail parser gives."""
+    from azure.core import MatchConditions
+
+    answers: list[tuple[str, bytes]] = []
+    real = storage_multipart.split
+
+    def split(content_type: str, body: bytes) -> Any:
+        answers.append((content_type, body))
+        return real(content_type, body)
+
+    monkeypatch.setattr(storage_multipart, "split", split)
+    table = storage.table_client(unique_name)
+    table.create_table()
+    table.submit_transaction(
+        [("upsert", {"PartitionKey": "p", "RowKey": str(i)}) for i in range(3)]
+    )
+    with pytest.raises((TableTransactionError, ResourceExistsError)):
+        table.submit_transaction([("create", {"PartitionKey": "p", "RowKey": "1"})])
+    stale = {"etag": 'W/"datetime\'2020-01-01T00%3A00%3A00Z\'"',
+             "match_condition": MatchConditions.IfNotModified}  # fmt: skip
+    with pytest.raises(TableTransactionError):
+        table.submit_transaction([("update", {"PartitionKey": "p", "RowKey": "1"}, stale)])
+
+    assert sum(1 for content_type, _ in answers if "batchresponse" in content_type) == 3
+    for content_type, body in answers:  # and their changesets (split reads those too)
+        parts = real(content_type, body)
+        assert parts is not None
+        assert _read_by_split(parts) == _read_by_email(content_type, body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a preamble\r\n--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 204\r\n\r\n--b--",
+        b"--b\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"SFQ=\r\n--b--",
+        b"--b\r\nContent-Type:\r\n application/http\r\n\r\nHTTP/1.1 204\r\n\r\n--b--",
+        b"--b\r\n\r\nHTTP/1.1 204\r\n\r\n--b--",
+        b"--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 204\r\n\r\n",
+    ],
+    ids=["preamble", "base64", "folded header", "no headers", "no closing delimiter"],
+)
+def test_an_answer_of_another_shape_is_left_to_the_email_parser(body: bytes) -> None:
+    assert storage_multipart.split("multipart/mixed; boundary=b", body) is None
+
+
+def test_a_transaction_still_works_when_its_answer_is_left_to_the_sdk(
+    storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_multipart, "split", lambda content_type, body: None)
+    table = storage.table_client(unique_name)
+    table.create_table()
+
+    results = table.submit_transaction([("create", {"PartitionKey": "p", "RowKey": "1"})])
+
+    assert results[0].get("etag")
