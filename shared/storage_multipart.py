@@ -1,4 +1,4 @@
-"""Table transactions without a thread pool of their own (``shared.storage`` installs this).
+"""Table transactions without thread pools or the e-mail package (``shared.storage`` installs it).
 
 A table transaction is a ``multipart/mixed`` request: the batch, its changeset, and one
 sub-request per entity. azure-core applies the sub-requests' policies (for the tables client,
@@ -55,14 +55,14 @@ _HELPERS: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ("azure.core.rest._helpers", "azure.core.pipeline.transport._base"),
     ),
 }
-#: A boundary or ``Content-Type`` that the e-mail generator writes as given (no quoting).
+#: A boundary the e-mail generator writes as given (one it might quote goes to azure-core's).
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,70}")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def install() -> bool:
-    """Replace azure-core's threaded multipart helpers with serial ones (once per process);
-    whether they are replaced (the first call decides, later ones repeat its answer)."""
+    """Replace azure-core's multipart helpers (the module's docstring says which, and why; once
+    per process); whether they are replaced (the first call decides, later ones repeat it)."""
     with _lock:
         if "installed" not in _state:
             _state["installed"] = _install()
