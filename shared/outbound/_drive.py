@@ -35,14 +35,7 @@ from typing import TYPE_CHECKING, Any
 from shared.logs import loggable_text, redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, new_pack_id
 from shared.names import named_connection
-from shared.outbound._attempt import (
-    Refused,
-    Sent,
-    StaleGrant,
-    Transient,
-    packed_command,
-    split_answer,
-)
+from shared.outbound._attempt import Call, Refused, Sent, StaleGrant, Transient, split_answer
 from shared.outbound._giving_up import give_up, handed_back, noted, refusal_failure
 from shared.outbound._models import PackDriver, parse_outbound_message
 from shared.outbound._outcomes import (
@@ -313,6 +306,9 @@ class _Run:
         if waits := token_wait(self.outcomes, self.driver, claimed):  # the token first;
             self.release(claimed, error=waits.error, waits_until=waits.due)  # none: not sent
             return self.later(waits.delay, waits.reason)
+        commands = [parse_outbound_message(c.command) for c in claimed]  # before the grant
+        pack = self.pack
+        call = ports.upstream.prepare(commands, request_id=pack.request_id, report_id=pack.pack_id)
         waited, holder = 0.0, slot_holder(None, self.driver.packId)
         for _ in range(2):  # a grant gone stale gets one more try here
             try:
@@ -334,19 +330,15 @@ class _Run:
                 return self.later(0, "expired")
             try:
                 self.unsent = []  # from here on it may reach upstream
-                return self.call(claimed, decision)
+                return self.call(claimed, decision, call)
             except StaleGrant as exc:
                 self.unsent = claimed
                 log.warning("pack %s: %s; not sent with it", self.pack.pack_id, exc)
         self.release(claimed)
         return self.later(STALE_GRANT_RETRY_SECONDS, "stale-grant", OutcomeKind.DEFERRED)
 
-    def call(self, claimed: list[MessageRecord], grant: QuotaGrant) -> SendOutcome:
-        commands = [parse_outbound_message(c.command) for c in claimed]
-        request = packed_command(commands[0], commands, self.pack.request_id)
-        result = self.ports.upstream.attempt(
-            grant, request, report_id=self.pack.pack_id, links=[c.traceparent for c in claimed]
-        )
+    def call(self, claimed: list[MessageRecord], grant: QuotaGrant, call: Call) -> SendOutcome:
+        result = self.ports.upstream.attempt(grant, call, links=[c.traceparent for c in claimed])
         if isinstance(result, Sent):
             if result.duplicate:
                 log.info("pack %s: RequestId already used upstream: sent", self.pack.pack_id)

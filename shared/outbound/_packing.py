@@ -38,14 +38,7 @@ from shared.messages import (
     message_keys,
     new_pack_id,
 )
-from shared.outbound._attempt import (
-    Refused,
-    Sent,
-    Transient,
-    packed_command,
-    recipient_ids,
-    split_answer,
-)
+from shared.outbound._attempt import Call, Refused, Sent, Transient, recipient_ids, split_answer
 from shared.outbound._giving_up import handed_back, noted, refusal_failure
 from shared.outbound._models import OutboundMessage, parse_outbound_message
 from shared.outbound._outcomes import (
@@ -426,14 +419,17 @@ class IndexPacks:
         return {"status": status, **handed_back(record), "updated_at": self.ports.now(),
                 **noted(record, error), **changes, **pack}  # fmt: skip
 
-    def attempt(self, pack: Pack, members: Members, grant: QuotaGrant) -> SendOutcome:
-        """One upstream call for the whole pack; each member's outcome recorded on its own.
-        Raises :class:`StaleGrant` (nothing sent, nothing recorded) if ``grant`` went stale."""
-        _leader, command = members[0]
-        request = packed_command(command, [c for _, c in members], pack.request_id)
-        result = self.ports.upstream.attempt(
-            grant, request, report_id=pack.pack_id, links=[r.traceparent for r, _ in members]
-        )
+    def prepare(self, pack: Pack, members: Members) -> Call:
+        """The pack's call, built before its grant is taken (:meth:`Upstream.prepare`)."""
+        commands, rid = [c for _, c in members], pack.request_id
+        return self.ports.upstream.prepare(commands, request_id=rid, report_id=pack.pack_id)
+
+    def attempt(self, pack: Pack, members: Members, grant: QuotaGrant, call: Call) -> SendOutcome:
+        """One upstream call (``call``: :meth:`prepare`) for the whole pack; each member's outcome
+        recorded on its own. Raises :class:`StaleGrant` (nothing sent, nothing recorded) if
+        ``grant`` went stale."""
+        links = [r.traceparent for r, _ in members]
+        result = self.ports.upstream.attempt(grant, call, links=links)
         if isinstance(result, Sent):
             if result.duplicate:
                 log.info("pack %s: RequestId already used upstream: sent", pack.pack_id)

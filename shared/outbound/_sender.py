@@ -5,7 +5,7 @@ message, then moves it to ``smartdialog-outbound-poison``). Every retry is a re-
 a visibility delay (the client runs with ``max_retries=0``). A queue message is a send command
 (this module: the single path, packing through the queue index, :mod:`shared.outbound._packing`) or
 a bulk pack's driver (:mod:`shared.outbound._drive`); every path calls through
-:meth:`Upstream.attempt` and settles through ``Outcomes``.
+:meth:`Upstream.attempt` (its call built before its grant) and settles through ``Outcomes``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from shared.connections import ConnectionNotConfigured, connection_settings
 from shared.logs import loggable_id, redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lane_time
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
-from shared.outbound._attempt import Sent, StaleGrant, Transient
+from shared.outbound._attempt import Call, Sent, StaleGrant, Transient
 from shared.outbound._drive import drive_pack
 from shared.outbound._giving_up import not_repeated, refusal_failure, request_id_taken
 from shared.outbound._models import (
@@ -69,10 +69,10 @@ from shared.outbound._routing import (
 )
 from shared.outbound._setting_waits import quota_store_wait, token_wait
 from shared.problems import Problem
+from shared.quota import QuotaDenied, QuotaGrant
 
 if TYPE_CHECKING:
     from shared.messages import RecipientSlot
-    from shared.quota import QuotaGrant
     from shared.settings import Settings
 
 __all__ = ["OutboundSender", "reset_sender_cache"]
@@ -397,8 +397,8 @@ class OutboundSender:
 
         Before the slot is taken, the message gathers the members of its pack: other queued
         messages with its pack key (a new pack), or the members of the pack it already belongs
-        to (a retry). The pack is recorded before the slot is taken, and the slot right before
-        the call (the time between grant and call must stay within the quota's safety margin).
+        to (a retry). The pack is recorded and its call built before the slot is taken, and the
+        slot right before the call (grant to call must stay within the quota's safety margin).
         Our storage failing before the call (the quota log, a record) hands the claim back too,
         and the error goes on (the host retries the message; left ``sending``, the claim would
         pass for an interrupted call once its lease ran out), but a lasting quota-store error
@@ -427,10 +427,11 @@ class OutboundSender:
             claim.pack, claim.members = self.packing.gather(claimed, command)
         if claim.members:
             claim.record = claimed = claim.members[0][0]
-        from shared.quota import QuotaDenied
-
         if waits := token_wait(self.outcomes, command, [claimed]):  # the token first
             return self._hand_back(claim, *waits)  # none: nothing sent, not an attempt
+        # Built before the grant; a retried pack of one goes as its pack (the same RequestId).
+        pack, upstream = claim.pack if claim.members else None, self.ports.upstream
+        call = self.packing.prepare(pack, claim.members) if pack else upstream.prepare([command])
         holder = slot_holder(claimed.pack_key, claimed.message_id)
         decision, waited = self.ports.quota_wait.take(0.0, holder)
         for retry_stale in (True, False):  # a grant gone stale gets one more try here
@@ -442,11 +443,9 @@ class OutboundSender:
                 return self._hand_back(claim, 0, why)
             claim.held = False  # from here on it may reach upstream
             try:
-                if claim.pack is not None and claim.members:
-                    # Also a retried pack of one (its other members final): sent as that
-                    # pack, so its RequestId stays the one of the ambiguous attempt.
-                    return self.packing.attempt(claim.pack, claim.members, decision)
-                return self._attempt(claimed, command, decision)
+                if pack is not None:
+                    return self.packing.attempt(pack, claim.members, decision, call)
+                return self._attempt(claimed, command, decision, call)
             except StaleGrant as exc:
                 # Nothing sent (stopped before it left), not an attempt; the grant stays logged.
                 claim.held = True
@@ -491,13 +490,14 @@ class OutboundSender:
         return "lease" if short else None
 
     def _attempt(
-        self, record: MessageRecord, command: OutboundMessage, grant: QuotaGrant
+        self, record: MessageRecord, command: OutboundMessage, grant: QuotaGrant, call: Call
     ) -> SendOutcome:
-        """One upstream call with ``grant``, its outcome recorded. Raises :class:`StaleGrant`
-        (nothing sent, nothing recorded) if the grant went stale before the request left."""
+        """One upstream call (``call``) with ``grant``, its outcome recorded. Raises
+        :class:`StaleGrant` (nothing sent, nothing recorded) if the grant went stale before the
+        request left."""
         # Its doubt is about its own RequestId only if it never went in a pack (pack_key None).
         repeat = record.maybe_sent and record.pack_key is None
-        result = self.ports.upstream.attempt(grant, command, repeat=repeat)
+        result = self.ports.upstream.attempt(grant, call, repeat=repeat)
         if isinstance(result, Sent):
             if result.answers_another(addresses := command_addresses(command)):  # another's 409
                 return self.outcomes.fail(record, request_id_taken(record))

@@ -127,6 +127,27 @@ def test_a_pack_driver_fetches_its_token_before_its_grant_so_a_slow_fetch_wastes
     assert len(call["body"]["Recipients"]) == 4
 
 
+def test_a_pack_driver_builds_its_call_before_its_grant_so_a_slow_build_ages_none(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the driver took its grant, then read its members' commands and built the call
+    (500 numbers to E.164, the DLR URL signed): a build longer than half the margin made both
+    grants stale, and the pack waited for its next driver."""
+    from tests.outbound.test_sender import _record_grants_and_sends, _slow_preparation
+
+    outbound.configure(QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
+    accepted_batch(*NUMBERS[:4])
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    built = _slow_preparation(monkeypatch, TIGHT_MARGIN + 0.2)
+
+    outbound.drain()
+
+    assert (len(built), len(grants), len(sends)) == (1, 1, 1)
+    assert built[0] <= grants[0].granted_at
+    [call] = outbound.upstream()
+    assert len(call["body"]["Recipients"]) == 4
+
+
 def test_members_are_stored_in_partitions_of_their_batch_and_found_by_id(
     outbound: Outbound,
 ) -> None:

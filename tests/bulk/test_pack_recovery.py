@@ -351,6 +351,30 @@ def test_a_lane_pack_whose_grants_go_stale_is_handed_back_in_one_write_not_one_p
     assert {record(i).status for i in ids} == {MessageStatus.SENT}
 
 
+def test_a_lane_pack_builds_its_call_before_its_grant_so_a_slow_build_ages_none(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a big pack's leader took its grant, then put 500 numbers in E.164 and signed the
+    DLR URL: on a loaded machine that outlasted half the margin, both grants went stale and the
+    pack was handed back (the singles benchmark saw 14 to 19 a run)."""
+    from tests.outbound.test_sender import _record_grants_and_sends, _slow_preparation
+
+    waiting_for_a_slot(outbound)
+    ids = accept(*NUMBERS[:4])
+    park(outbound)
+    outbound.configure(QUOTA_CALLS=2000, QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    built = _slow_preparation(monkeypatch, TIGHT_MARGIN + 0.2)
+
+    outbound.invoke(record(ids[0]).command)
+
+    assert (len(built), len(grants), len(sends)) == (1, 1, 1)
+    assert built[0] <= grants[0].granted_at
+    [call] = outbound.upstream()
+    assert sorted(r["Address"] for r in call["body"]["Recipients"]) == NUMBERS[:4]
+    assert {record(i).status for i in ids} == {MessageStatus.SENT}
+
+
 @pytest.mark.parametrize("answer", ["read", "lost"])
 def test_a_lane_member_written_meanwhile_is_handed_back_on_its_own_a_failed_one_stays_failed(
     outbound: Outbound, monkeypatch: pytest.MonkeyPatch, answer: str
@@ -363,7 +387,7 @@ def test_a_lane_member_written_meanwhile_is_handed_back_on_its_own_a_failed_one_
     from azure.data.tables import TableClient
 
     from shared.messages import FailureInfo
-    from shared.outbound import _records
+    from shared.outbound._attempt import Upstream
     from shared.outbound._outcomes import failed_changes
 
     real_submit, lost = TableClient.submit_transaction, []
@@ -378,10 +402,10 @@ def test_a_lane_member_written_meanwhile_is_handed_back_on_its_own_a_failed_one_
     ids = accept(*NUMBERS[:4])
     park(outbound)
     outbound.configure(QUOTA_CALLS=2000, QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
-    store, real = MessageStore.from_settings(), _records.with_delivery_report_url
+    store, real = MessageStore.from_settings(), Upstream.send
     slow = [TIGHT_MARGIN + 0.2] * 2
 
-    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:  # between grant and call
         if len(slow) == 2:  # the members are claimed: one is written again, one fails
             assert store.swap(record(ids[1]), updated_at=dt.datetime.now(dt.UTC)) is not None
             ended = failed_changes(FailureInfo(code="Test", title="ended"), dt.datetime.now(dt.UTC))
@@ -389,7 +413,7 @@ def test_a_lane_member_written_meanwhile_is_handed_back_on_its_own_a_failed_one_
         time.sleep(slow.pop(0) if slow else 0)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_records, "with_delivery_report_url", meanwhile)
+    monkeypatch.setattr(Upstream, "send", meanwhile)
     monkeypatch.setattr(TableClient, "submit_transaction", submit)
     outbound.invoke(record(ids[0]).command)  # its pack formed, both grants went stale
 

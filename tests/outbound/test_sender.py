@@ -573,18 +573,55 @@ def _record_grants_and_sends(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any]
 
 
 def _slow_step_before_the_call(monkeypatch: pytest.MonkeyPatch, delays: list[float]) -> None:
-    """The sender's work between grant and call (signing the DLR URL) takes ``delays`` (one
-    per call of it): a starved thread on a loaded machine."""
-    from shared.outbound import _records
+    """The sender's work between grant and call (the upstream port's send: the client builds
+    the request) takes ``delays`` (one per call of it): a starved thread on a loaded machine."""
+    from shared.outbound._attempt import Upstream
 
-    real = _records.with_delivery_report_url
+    real = Upstream.send
 
-    def slow(*args: Any, **kwargs: Any) -> Any:
+    def slow(self: Upstream, command: Any) -> Any:
         if delays:
             time.sleep(delays.pop(0))
-        return real(*args, **kwargs)
+        return real(self, command)
+
+    monkeypatch.setattr(Upstream, "send", slow)
+
+
+def _slow_preparation(monkeypatch: pytest.MonkeyPatch, delay: float) -> list[float]:
+    """Building each call (its numbers to E.164, our DLR URL signed) takes ``delay``: a big
+    pack on a loaded machine. When each build ended (the grant must come after it)."""
+    from shared.outbound import _records
+
+    real, built = _records.with_delivery_report_url, []
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(delay)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            built.append(time.time())
 
     monkeypatch.setattr(_records, "with_delivery_report_url", slow)
+    return built
+
+
+def test_a_slow_build_of_the_call_comes_before_the_grant_so_it_ages_none(
+    outbound: Outbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the sender took its grant and then built the call: a build longer than half
+    the margin made the grant stale, and a second slot was spent on the same call."""
+    outbound.configure(QUOTA_SAFETY_MARGIN_SECONDS=TIGHT_MARGIN)
+    grants, sends = _record_grants_and_sends(monkeypatch)
+    built = _slow_preparation(monkeypatch, TIGHT_MARGIN + 0.2)
+
+    outbound.invoke(json.dumps(send("m-slow-build", DELIVERED)))
+
+    assert len(built) == 1
+    assert len(grants) == 1  # one grant, taken once the call was built
+    assert built[0] <= grants[0].granted_at
+    [sent_at] = sends
+    assert sent_at - grants[0].granted_at <= TIGHT_MARGIN
+    assert record("m-slow-build").status is MessageStatus.SENT
 
 
 def test_a_grant_gone_stale_before_the_call_is_not_used_a_fresh_one_is(
