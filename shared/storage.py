@@ -129,10 +129,11 @@ def _transport_options(endpoint: str, service: _Service) -> dict[str, Any]:
     from azure.core.pipeline.transport import RequestsTransport
     from requests.utils import get_environ_proxies
 
-    from shared.storage_multipart import install
+    from shared import http_headers, storage_multipart
     from shared.storage_session import StorageSession
 
-    install()  # table transactions without a thread pool each (shared.storage_multipart)
+    storage_multipart.install()  # table transactions without a thread pool each, or e-mail
+    http_headers.install()  # answers' headers without the e-mail parser
     proxies = get_environ_proxies(endpoint)
     transport_options: dict[str, Any] = {"session": StorageSession(), "use_env_settings": False}
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
