@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import email.message
 import email.parser
 import http.client
 import io
@@ -84,12 +85,27 @@ def shape(msg: Any) -> tuple[Any, ...]:
     )
 
 
+def parsed_by_the_parser(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The texts the e-mail parser is given from here on."""
+    real, given = email.parser.Parser.parsestr, []
+
+    def parsestr(self: email.parser.Parser, text: str, headersonly: bool = False) -> Any:
+        given.append(text)
+        return real(self, text, headersonly)
+
+    monkeypatch.setattr(email.parser.Parser, "parsestr", parsestr)
+    return given
+
+
 @pytest.mark.parametrize("block", PLAIN)
-def test_a_plain_block_is_built_directly_as_the_parser_builds_it(block: bytes) -> None:
-    text = block.decode("iso-8859-1")
-    assert http_headers._built(text, http.client.HTTPMessage) is not None  # the fast way
+def test_a_plain_block_is_built_directly_as_the_parser_builds_it(
+    block: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = shape(stdlib(block))
+    given = parsed_by_the_parser(monkeypatch)
     ours = http_headers.parse_headers(io.BytesIO(block))
-    assert shape(ours) == shape(stdlib(block))
+    assert given == []  # built directly, the empty block too
+    assert shape(ours) == expected
 
 
 @pytest.mark.parametrize("block", LEFT)
@@ -97,6 +113,38 @@ def test_any_other_block_is_left_to_the_parser(block: bytes) -> None:
     text = block.decode("iso-8859-1")
     assert http_headers._built(text, http.client.HTTPMessage) is None
     assert shape(http_headers.parse_headers(io.BytesIO(block))) == shape(stdlib(block))
+
+
+def test_long_lines_it_cannot_take_are_left_in_linear_time() -> None:
+    """A value of 65,000 spaces, then something not plain: the first pattern tried the spaces in
+    every way two of its parts could share them before it gave up (~1 minute a line on an idle
+    core, every other thread of the process waiting; these four then outlast the test timeout);
+    now there is one way."""
+    for end in (b"\x7f\r\n\r\n", b"\r\r\n\r\n", b"\xe9\r\n\r\n", b""):
+        block = b"X:" + b" " * 65_000 + end
+        assert shape(http_headers.parse_headers(io.BytesIO(block))) == shape(stdlib(block))
+
+
+class _PolicyRequired(http.client.HTTPMessage):
+    def __init__(self, policy: Any) -> None:
+        super().__init__(policy)
+
+
+@pytest.mark.parametrize(
+    "cls", [email.message.Message, email.message.EmailMessage, _PolicyRequired]
+)
+def test_another_class_is_left_to_the_parser(
+    cls: type[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's ``MessageClass`` (http.server passes it) gets what the parser makes of it:
+    an ``EmailMessage`` has its own policy, another class may need ``policy``."""
+    block = b'To: _<\r\nContent-Type: multipart/mixed; boundary="a b"; x=(\r\n\r\n'
+    expected = email.parser.Parser(_class=cls).parsestr(block.decode("iso-8859-1"))
+    given = parsed_by_the_parser(monkeypatch)
+    ours = http_headers.parse_headers(io.BytesIO(block), cls)
+    assert len(given) == 1
+    assert type(ours) is cls
+    assert [(k, str(v)) for k, v in ours.items()] == [(k, str(v)) for k, v in expected.items()]
 
 
 def test_urllib3_finds_the_same_defects_acceptable() -> None:
@@ -173,6 +221,14 @@ def test_an_http_client_not_as_expected_keeps_its_own(monkeypatch: pytest.Monkey
     assert not http_headers.install()
     assert http.client.parse_headers is parse_headers
     assert not http_headers.install()  # decided once
+
+    def wrapped(fp: Any, _class: Any = http.client.HTTPMessage) -> Any:  # someone's wrapper
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(http_headers, "_state", {})
+    monkeypatch.setattr(http.client, "parse_headers", wrapped)
+    assert not http_headers.install()
+    assert http.client.parse_headers is wrapped
 
     monkeypatch.setattr(http_headers, "_state", {})
     monkeypatch.delattr(http.client, "_read_headers")
