@@ -99,7 +99,8 @@ def _install() -> bool:
     try:
         reads = reader is not None and list(inspect.signature(reader).parameters) == ["fp"]
         own = current is parse_headers or (
-            getattr(current, "__module__", None) == "http.client"  # not someone's wrapper
+            current is not None
+            and getattr(current, "__module__", None) == "http.client"  # not someone's wrapper
             and list(inspect.signature(current).parameters) == ["fp", "_class"]
         )
     except (TypeError, ValueError):
