@@ -14,6 +14,8 @@ from pydantic.fields import FieldInfo
 from shared import telemetry
 from shared.actions._reading import (
     body_query_names,
+    error_field,
+    error_message,
     param_problem,
     present,
     raw_body_field,
@@ -185,37 +187,6 @@ def _regions(value: Any) -> list[str]:
     return [r for r in listed[:MAX_REGIONS] if isinstance(r, str) and is_region(r)]
 
 
-def _error_field(loc: tuple[int | str, ...], names: Mapping[str, str], body: str | None,
-                 raw: Mapping[str, Any], missing: bool) -> str:  # fmt: skip
-    """The field as the caller wrote it: a segment the given value does not hold (pydantic's tag
-    of a union branch: ``str``, ``function-after[...]``...) is left out, but a missing field."""
-    head, rest = str(loc[0]), loc[1:]
-    value: Any = raw.get(head)
-    text = "" if head == body else names.get(head, head)
-    for at, part in enumerate(rest):
-        index = isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
-        held = index or (isinstance(value, dict) and part in value)
-        if held or (missing and at == len(rest) - 1):
-            value = value[part] if held else None
-            text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text or "body"
-
-
-def _error_message(error: Mapping[str, Any], setting: SettingDefault | None, name: str) -> str:
-    kind = error["type"]
-    if kind == "missing":
-        if setting is not None:
-            return f"Required: send the {name} header or set the app setting {setting.env}."
-        return "Required."
-    if kind == "extra_forbidden":
-        return "Unknown field: check its name against the action's fields."
-    cause = error.get("ctx", {}).get("error")
-    if kind in ("value_error", "assertion_error") and cause is not None:
-        message = str(cause)
-        return message[:1].upper() + message[1:]
-    return str(error["msg"]).rstrip(".") + "."
-
-
 def parse_input(
     model: type[ActionInput], request: ActionRequest, settings: Settings
 ) -> ActionInput:
@@ -288,16 +259,16 @@ def parse_input(
             return parsed
     except ValidationError as exc:
         named: set[str] = set()
-        for error in exc.errors(include_url=False, include_input=False):
+        for error in exc.errors(include_url=False):  # (the input: a text over its length)
             loc = error["loc"]
             head = loc[0] if loc else None
             if (body_broken and head == body_field) or head in refused_params:
                 continue
-            field = _error_field(loc, names, body_field, raw, error["type"] == "missing")
+            field = error_field(loc, names, body_field, raw, error["type"] == "missing")
             hint = settings_hints.get(str(loc[0])) if len(loc) == 1 else None
             if field not in named:  # one error a field: a union's branches name it once each
                 named.add(field)
-                errors.append(FieldError(field, _error_message(error, hint, field)))
+                errors.append(FieldError(field, error_message(error, hint, field)))
     raise validation_problem(errors)
 
 

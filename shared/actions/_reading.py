@@ -10,6 +10,9 @@ as a :class:`~shared.problems.FieldError` on its JSON path (e.g.
 (``1e999``), which would be queued as ``null``; integers of more than :data:`MAX_INTEGER_DIGITS`
 digits; text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which cannot be
 encoded as UTF-8 later); nesting deeper than :data:`MAX_DEPTH`.
+
+A validation error of what was read is named as the caller wrote it (:func:`error_field`) and
+said in its words (:func:`error_message`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.actions._spec import ActionRequest, Body, Param
+from shared.actions._spec import ActionRequest, Body, Param, SettingDefault
 from shared.problems import FieldError
 
 __all__ = [
@@ -31,6 +34,8 @@ __all__ = [
     "MAX_INTEGER_DIGITS",
     "BodyRefused",
     "body_query_names",
+    "error_field",
+    "error_message",
     "loads_strict",
     "not_unicode",
     "param_problem",
@@ -292,3 +297,38 @@ def _json_kind(value: Any) -> str:
     kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number"}
     kinds[float] = "a number"
     return "null" if value is None else kinds.get(type(value), "a value")
+
+
+def error_field(loc: tuple[int | str, ...], names: Mapping[str, str], body: str | None,
+                 raw: Mapping[str, Any], missing: bool) -> str:  # fmt: skip
+    """The field as the caller wrote it: a segment the given value does not hold (pydantic's tag
+    of a union branch: ``str``, ``function-after[...]``...) is left out, but a missing field."""
+    head, rest = str(loc[0]), loc[1:]
+    value: Any = raw.get(head)
+    text = "" if head == body else names.get(head, head)
+    for at, part in enumerate(rest):
+        index = isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+        held = index or (isinstance(value, dict) and part in value)
+        if held or (missing and at == len(rest) - 1):
+            value = value[part] if held else None
+            text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "body"
+
+
+def error_message(error: Mapping[str, Any], setting: SettingDefault | None, name: str) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        if setting is not None:
+            return f"Required: send the {name} header or set the app setting {setting.env}."
+        return "Required."
+    if kind == "extra_forbidden":
+        return "Unknown field: check its name against the action's fields."
+    cause = error.get("ctx", {}).get("error")
+    if kind in ("value_error", "assertion_error") and cause is not None:
+        message = str(cause)
+        return message[:1].upper() + message[1:]
+    if kind in ("too_long", "too_short") and isinstance(text := error.get("input"), str):
+        most = kind == "too_long"  # a text's bound after its validator is told as a list's
+        bound = error["ctx"]["max_length" if most else "min_length"]
+        return f"Should have at {'most' if most else 'least'} {bound} characters, not {len(text)}."
+    return str(error["msg"]).rstrip(".") + "."

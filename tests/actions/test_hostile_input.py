@@ -302,3 +302,26 @@ def test_a_field_name_cannot_forge_or_flood_a_log_line(
     ]
     assert "\n" not in line
     assert len(line) < 400
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("Sender", "S" * 34, "Should have at most 20 characters, not 34."),
+        ("Content", "x" * 5000, "Should have at most 4096 characters, not 5000."),
+    ],
+)
+def test_a_text_over_its_length_is_counted_in_characters_not_items(
+    app: App, field: str, value: str, message: str
+) -> None:
+    """A bound put on a text after its own validator (not blank) was reported as a list's:
+    "at most 20 items after validation"."""
+    body = {"Sender": "Acme", "Content": "Hi", field: value,
+            "Recipients": [{"Address": "+358401234567"}]}  # fmt: skip
+
+    reply = call("SendMessage", method="POST", headers={"Service-Id": "s-1001-oneway"}, body=body)
+
+    assert reply.status == 400, reply.body
+    assert reply.body["errors"] == [{"field": field, "message": message}]
+    assert app.upstream() == []
+
