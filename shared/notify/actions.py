@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.actions._spec import (
     ActionContext,
@@ -89,6 +89,8 @@ class ListRulesInput(ActionInput):
 
 
 class DryRunBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     Event: dict[str, Any] = Field(
         description="A CloudEvents 1.0 or Event Grid event.", json_schema_extra=ui("Event")
     )
@@ -111,6 +113,8 @@ class DryRunInput(ActionInput):
 
 
 class RecipientListBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     Numbers: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
         max_length=MAX_LIST_NUMBERS,
         description="The phone numbers (E.164, or national Finnish).",
@@ -230,12 +234,8 @@ def _checked(rule: Rule, store: RuleStore) -> Rule:
     except UnreadableRow:
         errors.append(("Recipients.List", f"Recipient list {named!r} does not read: put it again."))
     if errors:
-        raise validation_problem(
-            [
-                FieldError(f"body.{field}" if field != "body" else field, msg)
-                for field, msg in errors
-            ]
-        )
+        # Named as the pipeline names a body's fields (no ``body.``), the whole body ``body``.
+        raise validation_problem([FieldError(field, msg) for field, msg in errors])
     return rule
 
 
@@ -294,7 +294,8 @@ def dry_run(ctx: ActionContext, inp: DryRunInput) -> ActionResponse:
     try:
         event = parse_object(inp.body.Event)
     except InvalidEvent as exc:
-        raise validation_problem([FieldError(f"body.Event.{exc.field}", str(exc))]) from exc
+        field = "Event" if exc.field == "body" else f"Event.{exc.field}"
+        raise validation_problem([FieldError(field, str(exc))]) from exc
     store = _store(ctx.settings)
     rules = None
     if inp.body.RuleId is not None:
@@ -304,7 +305,7 @@ def dry_run(ctx: ActionContext, inp: DryRunInput) -> ActionResponse:
     if len(result.sends) > MAX_SENDS:  # what every door would refuse
         why = f"The rules make {len(result.sends):,} sends of it, more than the {MAX_SENDS:,} one "
         why += "delivery may: every door would refuse it, nothing sent. Give them fewer recipients."
-        raise validation_problem([FieldError("body.Event", why)])
+        raise validation_problem([FieldError("Event", why)])
     return ActionResponse.json(
         {
             "Rules": result.rules,
@@ -330,7 +331,7 @@ def put_list(ctx: ActionContext, inp: PutListInput) -> ActionResponse:
         try:
             numbers.append(parse_phone_number(number))
         except InvalidPhoneNumber as exc:
-            errors.append(FieldError(f"body.Numbers[{index}]", str(exc)))
+            errors.append(FieldError(f"Numbers[{index}]", str(exc)))
     if errors:
         raise validation_problem(errors)
     numbers = list(dict.fromkeys(numbers))

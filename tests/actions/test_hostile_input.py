@@ -325,3 +325,17 @@ def test_a_text_over_its_length_is_counted_in_characters_not_items(
     assert reply.body["errors"] == [{"field": field, "message": message}]
     assert app.upstream() == []
 
+
+@pytest.mark.parametrize(
+    ("operation_id", "method", "route"), JSON_ACTIONS, ids=[a[0] for a in JSON_ACTIONS]
+)
+def test_an_unknown_body_field_is_named_on_every_json_action(
+    app: App, operation_id: str, method: str, route: dict[str, str]
+) -> None:
+    """A misspelt field is named, not dropped in silence (PutRecipientList and the rules' dry
+    run took ``{"Recipients": 5}`` and named only the missing ``Numbers``)."""
+    reply = call(operation_id, method=method, route=route, body={"Surely-Not-A-Field": 1})
+
+    assert reply.status == 400, reply.body
+    assert "Surely-Not-A-Field" in reply.fields
+    assert app.upstream() == []

@@ -354,7 +354,7 @@ def test_a_rule_saved_through_a_connection_sends_through_it_unless_its_body_name
         other = call_http("CreateNotificationRule", "POST", body={**rule, "Id": "other",
                           "Connection": "x"}, headers=through)  # fmt: skip
         assert other.status == 400, other.body
-        assert [e["field"] for e in other.body["errors"]] == ["body.Connection"]
+        assert [e["field"] for e in other.body["errors"]] == ["Connection"]
     finally:
         call_http("DeleteNotificationRule", "DELETE", route_params=route)
 

@@ -408,7 +408,7 @@ def test_rules_are_validated_when_saved_and_managed_by_their_actions(stack: Stac
         ),
     )
     assert bad.status_code == 400
-    assert [e["field"] for e in bad.json()["errors"]] == ["body.Match.Condition"]
+    assert [e["field"] for e in bad.json()["errors"]] == ["Match.Condition"]
     unknown = stack.http.post(f"{stack.api}/notification-rules", json=alert_rule(Colour="red"))
     assert unknown.status_code == 400
     create_rule(stack, alert_rule(Recipients={"Numbers": [DELIVERED_NUMBER]}))
@@ -732,7 +732,7 @@ def test_a_rules_send_its_connection_has_no_customer_for_is_refused_at_save_and_
     refused = stack.http.post(f"{stack.api}/notification-rules", json=rule)
     assert refused.status_code == 400, refused.text
     [error] = refused.json()["errors"]
-    assert error["field"] == "body.Connection"
+    assert error["field"] == "Connection"
     assert prefix + "CUSTOMER_ID" in error["message"]
 
     monkeypatch.setenv(prefix + "CUSTOMER_ID", "2001")

@@ -360,7 +360,7 @@ def test_a_list_whose_row_does_not_read_answers_409_or_400_naming_it_not_500(
         }
         refused = call("CreateNotificationRule", "POST", rule)
         assert refused.status == 400, refused.body
-        assert [e["field"] for e in refused.body["errors"]] == ["body.Recipients.List"]
+        assert [e["field"] for e in refused.body["errors"]] == ["Recipients.List"]
     finally:
         assert call("DeleteRecipientList", "DELETE", ListName=unique_name).status == 204
 
@@ -445,11 +445,11 @@ def test_a_rule_naming_a_list_that_does_not_exist_or_a_sender_no_send_takes_is_a
         "Message": {"Sender": "Ops", "Content": "hi"},
         "Recipients": {"List": unique_name},
     }
-    assert fields(call("CreateNotificationRule", "POST", rule)) == ["body.Recipients.List"]
+    assert fields(call("CreateNotificationRule", "POST", rule)) == ["Recipients.List"]
     for sender in ("", "S" * 21):
         long = {**rule, "Message": {"Sender": sender, "Content": "hi"}}
         # (the pipeline names a body field by its own name, as for any action's body)
-        assert "body.Message.Sender" in fields(call("CreateNotificationRule", "POST", long))
+        assert "Message.Sender" in fields(call("CreateNotificationRule", "POST", long))
 
     put = call("PutRecipientList", "PUT", {"Numbers": [N1]}, ListName=unique_name)
     assert put.status == 200, put.body
@@ -458,7 +458,7 @@ def test_a_rule_naming_a_list_that_does_not_exist_or_a_sender_no_send_takes_is_a
         update = {k: v for k, v in rule.items() if k != "Id"}
         update["Recipients"] = {"List": unique_name + "-gone"}
         refused = call("UpdateNotificationRule", "PUT", update, RuleId=unique_name)
-        assert fields(refused) == ["body.Recipients.List"]
+        assert fields(refused) == ["Recipients.List"]
     finally:
         call("DeleteNotificationRule", "DELETE", RuleId=unique_name)
         call("DeleteRecipientList", "DELETE", ListName=unique_name)
@@ -770,7 +770,7 @@ def test_a_dry_run_of_an_event_its_rules_make_too_many_sends_of_says_every_door_
     storage_env: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The dry run listed all the sends of an event that every door refuses whole (second
-    read): it answers 400 naming body.Event now (the cap is 5 here)."""
+    read): it answers 400 naming Event now (the cap is 5 here)."""
     from shared.notify import _notify
 
     monkeypatch.setattr(_notify, "MAX_SENDS", 5)
@@ -783,7 +783,7 @@ def test_a_dry_run_of_an_event_its_rules_make_too_many_sends_of_says_every_door_
         tried = call("DryRunNotificationRules", "POST", {"RuleId": unique_name, "Event": event})
         assert tried.status == 400, tried.body
         [error] = tried.body["errors"]
-        assert error["field"] == "body.Event"
+        assert error["field"] == "Event"
         assert "6 sends of it, more than the 5" in error["message"]
     finally:
         assert call("DeleteNotificationRule", "DELETE", RuleId=unique_name).status == 204
