@@ -261,7 +261,7 @@ class FieldValueError(ValueError):
     """A command's ``field`` (dotted, as a validation error's) holds a value it may not."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field} is {message}")
+        super().__init__(f"{field}: {message}")  # (a message may be a sentence of its own)
         self.field, self.message = field, message
 
 

@@ -404,6 +404,8 @@ def test_a_queue_only_send_whose_connection_does_not_serve_its_customer_is_malfo
         [error] = letter["errors"]
         assert error["field"] == "customerId"
         assert f"Connection {connection} does not serve customer {customer}" in error["message"]
+        served = f"customerId: Connection {connection} does not serve customer {customer}"
+        assert served in letter["detail"]  # the field, then its message (not "customerId is")
     assert two.env.events() == []  # never recorded: nothing to fail
     store = MessageStore.from_settings()
     assert [store.get(m) for m in letters] == [None, None]

@@ -118,5 +118,5 @@ def test_a_queued_command_whose_address_is_no_phone_number_is_dead_lettered_unse
     assert MessageStore.from_settings().get(message_id) is None
     [letter] = outbound.dead_letters()
     assert letter["reason"] == "malformed"
-    assert "body.Recipients.1.Address is not a valid phone number" in letter["detail"]
+    assert "body.Recipients.1.Address: not a valid phone number" in letter["detail"]
     assert [e["field"] for e in letter["errors"]] == ["body.Recipients.1.Address"]
