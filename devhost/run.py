@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nRunning:\n  dev host   {devhost.url}/api/  (log below)\n"
         f"  sandbox    {sandbox.url if sandbox else '(not running)'}\n"
-        f"  Azurite    {azurite.endpoints['Queue']} (queues), {azurite.endpoints['Table']} (tables)"
+        f"  Azurite    {azurite.endpoints['Queue']} (queues), {azurite.endpoints['Table']} "
+        f"(tables), {azurite.endpoints['Blob']} (blobs: large commands)"
     )
     print(try_it_block(f"{devhost.url}/api", sandbox.url if sandbox else None, _peek_url(azurite)))
     print("Press Ctrl-C to stop everything.", flush=True)
