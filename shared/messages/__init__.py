@@ -2,8 +2,9 @@
 
 Every row of ``SmartDialogMessages`` (records and recipient slots), ``SmartDialogPacks`` (packs
 and the pack index), ``SmartDialogIdempotency``, ``SmartDialogBatches`` and
-``SmartDialogQuestions`` is a typed record here, written only by the stores here. A status change goes through its transition table (:mod:`shared.messages._models`);
-an arrow the table does not have raises :class:`IllegalTransition`.
+``SmartDialogQuestions`` is a typed record here, written only by the stores here. A status
+change goes through its transition table (:mod:`shared.messages._models`); an arrow the table
+does not have raises :class:`IllegalTransition`.
 
 It imports no feature package (outbound, inbound, actions): both sides build on it.
 """
