@@ -488,11 +488,9 @@ def _connection(
         keyword_set,
         missing_credentials,
     )
+    from shared.settings_leniency import base_values, refusing_like
 
-    values: dict[str, Any] = {
-        str(info.alias): getattr(base, attribute)
-        for attribute, info in Settings.model_fields.items()
-    }
+    values, given_values = base_values(base), {}  # (one not valid in base: refused again below)
     for own in OWN_SETTINGS:
         values[_SETTING_PREFIX + own] = None
     errors: list[FieldError] = []
@@ -513,7 +511,7 @@ def _connection(
             )
         elif _SETTING_PREFIX + setting in aliases:
             if value.strip():  # empty: not given (as the app-wide settings)
-                values[_SETTING_PREFIX + setting] = value
+                values[_SETTING_PREFIX + setting] = given_values[_SETTING_PREFIX + setting] = value
         else:
             errors.append(
                 FieldError(
@@ -523,7 +521,7 @@ def _connection(
                 )
             )
     try:
-        settings: Settings | None = Settings(**values)
+        settings: Settings | None = refusing_like(base, Settings(**values), set(given_values))
     except ValidationError as exc:
         settings = None
         for error in exc.errors(include_url=False, include_input=False):

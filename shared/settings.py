@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -544,19 +545,31 @@ class SettingsInvalid(Problem):
         )
 
 
-@lru_cache(maxsize=1)
+#: The settings a function that runs leniently gets while some do not validate: those hold their
+#: defaults and raise when read (:mod:`shared.settings_leniency`).
+HELD_SETTINGS: ContextVar[Settings | None] = ContextVar("smartdialog_held_settings", default=None)
+
+
 def get_settings() -> Settings:
     """The validated settings, read from the environment once per process; raises
-    :class:`SettingsInvalid` (not cached: the next call reads again) when they do not validate."""
+    :class:`SettingsInvalid` (not cached: the next call reads again) when they do not validate,
+    but in a function that runs leniently (:data:`HELD_SETTINGS`)."""
     try:
-        return Settings()
+        return _validated()
     except ValidationError as exc:
+        if (held := HELD_SETTINGS.get()) is not None:
+            return held
         raise SettingsInvalid.of(exc) from None
+
+
+@lru_cache(maxsize=1)
+def _validated() -> Settings:
+    return Settings()
 
 
 def reset_settings_cache() -> None:
     """Forget the cached settings (tests change the environment between cases)."""
-    get_settings.cache_clear()
+    _validated.cache_clear()
 
 
 def _given(secret: SecretStr | None) -> bool:

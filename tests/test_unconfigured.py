@@ -1,5 +1,6 @@
 """Settings that do not validate: every HTTP function answers the 503 problem health answers
-(never a 500) and changes nothing; every queue trigger puts its message back instead of
+(never a 500; but those that run leniently, tests/inbound/test_lenient_settings.py) and changes
+nothing; every queue trigger puts its message back instead of
 spending its dequeue count on the way to the poison queue."""
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
@@ -49,6 +50,7 @@ from shared.problems import (
     too_large,
     validation_problem,
 )
+from shared.settings_leniency import leniently
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -439,12 +441,15 @@ def run_action(
 ) -> ActionResponse:
     """Run one action for one request in a server span (continuing the caller's W3C
     ``traceparent`` header, if any); see :func:`_run_action`."""
-    with telemetry.span(
-        spec.operation_id,
-        parent=request.header(telemetry.TRACEPARENT),
-        kind="server",
-        attributes={"smartdialog.tracking_id": loggable_id(request.tracking_id)},
-    ) as current:
+    with (
+        telemetry.span(
+            spec.operation_id,
+            parent=request.header(telemetry.TRACEPARENT),
+            kind="server",
+            attributes={"smartdialog.tracking_id": loggable_id(request.tracking_id)},
+        ) as current,
+        leniently() if spec.lenient else nullcontext(),
+    ):
         response = _run_action(spec, request, settings=settings, client_factory=client_factory)
         current.set_attribute("http.response.status_code", response.status)
     return response

@@ -303,6 +303,9 @@ class ActionSpec(Generic[InputT]):
     connector_extensions: Mapping[str, Any] = field(default_factory=dict)
     path_extensions: Mapping[str, Any] = field(default_factory=dict)
     routed: bool = True
+    #: It needs only the settings it reads: one that does not validate answers 503 only if read
+    #: (:mod:`shared.settings_leniency`; else every such action answers it, before it starts).
+    lenient: bool = False
 
     @property
     def path_params(self) -> tuple[str, ...]:

@@ -330,6 +330,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
     ),
     ActionSpec(
         operation_id="ListConnections",
+        lenient=True,  # only the settings it reads must validate
         method="GET",
         route="connections",
         input=NoInput,

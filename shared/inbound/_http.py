@@ -16,6 +16,7 @@ from shared import telemetry
 from shared.actions._spec import ActionRequest, ActionResponse
 from shared.logs import HeldSends, loggable_id, redacted_traceback
 from shared.problems import Problem, internal_error, request_instance
+from shared.settings_leniency import leniently
 from shared.signing import TOKEN_QUERY_PARAMETER, SigningNotConfigured
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ def _answer(name: str, request: ActionRequest, run: Callable[[], ActionResponse]
     instance = request_instance(request.tracking_id)
     logged = loggable_id(request.tracking_id)  # the text is what Azure keeps of a line
     try:
-        response = run()
+        with leniently():  # a broken setting it does not read does not stop SmartDialog's calls
+            response = run()
     except SigningNotConfigured as problem:  # a configuration error: 503, SmartDialog retries
         _UNSIGNED.wait("the callback secrets", problem.detail or "", "answered 503: it retries")
         response = ActionResponse.problem(problem.with_instance(instance))

@@ -106,8 +106,12 @@ def named_connections() -> list[Settings]:
 def quota_figures(settings: Settings) -> QuotaFigures:
     """The quota use of the connection of ``settings`` in the current window."""
     from shared import quota
+    from shared.settings import SettingsInvalid
 
-    store = quota.from_settings(settings)
+    try:
+        store, calls = quota.from_settings(settings), settings.quota_calls
+    except SettingsInvalid as problem:  # a quota setting that does not validate: named here
+        return QuotaFigures(settings.connection, "", None, 0, 0.0, problem.detail)
     try:
         used: int | None = store.used()
         error = None
@@ -117,7 +121,7 @@ def quota_figures(settings: Settings) -> QuotaFigures:
         settings.connection,
         store.connection,
         used,
-        settings.quota_calls,
+        calls,
         store.window_seconds,
         error,
     )

@@ -433,6 +433,7 @@ SPECS: tuple[
 ] = (
     ActionSpec(
         operation_id="ListDeadLetters",
+        lenient=True,  # only the settings it reads must validate
         method="GET",
         route="deadletters",
         input=ListInput,
@@ -448,6 +449,7 @@ SPECS: tuple[
     ),
     ActionSpec(
         operation_id="GetDeadLetter",
+        lenient=True,  # only the settings it reads must validate
         method="GET",
         route="deadletters/{DeadLetterId}",
         input=OneInput,

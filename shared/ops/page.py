@@ -40,6 +40,7 @@ from shared.problems import (
     request_instance,
     validation_problem,
 )
+from shared.settings_leniency import leniently
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -142,7 +143,8 @@ def handle_page(
             },
         )
 
-    return _guarded(headers, run)
+    with leniently():  # a broken setting it does not read (a quota's: in its row) does not stop it
+        return _guarded(headers, run)
 
 
 def handle_page_action(

@@ -311,12 +311,15 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
     from shared.outbound._outcomes import Outcomes, failed_changes
     from shared.outbound._packing import IndexPacks
     from shared.problems import Problem, storage_unavailable
-    from shared.settings import get_settings
+    from shared.settings import SettingsInvalid, get_settings
 
     try:  # its sender's (a broken or removed connection's: the app's; the same tables)
         ports = send_ports(connection_settings(record.connection))
     except Problem:
-        ports = send_ports(get_settings())
+        try:
+            ports = send_ports(get_settings())
+        except SettingsInvalid:  # a sender's setting that does not validate (a status URL runs
+            return record  # leniently: shared.settings_leniency): nothing expires until fixed
     now, outcomes = ports.now(), Outcomes(ports)
     overdue = now - ports.policy.lease  # not validUntil + lease: it may be 9999-12-31
     try:

@@ -426,16 +426,14 @@ class SendService:
         return StatusView(status, {k: v for k, v in body.items() if v is not None}, headers)
 
     def _retry_after(self, record: MessageRecord) -> int:
-        """When a poller should look again: the sender's estimate of when this message is
-        done. About a second while the quota has room (a send usually takes well under one);
-        the end of a retry's backoff or of a handed-back claim's wait (for a token, credentials
-        or the quota store) while it runs; the sender's next look while a broken setting holds
-        its connection's sends (:func:`record_held`, whatever its ``LastError`` says); or when
-        this process's senders were told a slot of its connection's quota frees (the app's,
-        while that connection is broken or gone): the slot it waits for
-        (:meth:`QuotaWait.until_due`), also once a backoff is over (its copy back may be sent
-        away for the quota without a write)."""
+        """When a poller should look again: the sender's estimate of when it is done. About a
+        second while the quota has room; the end of a backoff or of a handed-back claim's wait
+        (token, credentials, quota store); the sender's next look while a broken setting holds
+        its sends (:func:`record_held`, or a quota setting that does not validate); or the slot
+        of its connection's quota (the app's, that one broken or gone) this process's senders
+        were told it waits for (:meth:`QuotaWait.until_due`, also after a backoff)."""
         from shared.outbound._ports import record_held
+        from shared.settings import SettingsInvalid
         from shared.unconfigured import RECHECK_SECONDS
 
         now = self._clock()
@@ -444,7 +442,10 @@ class SendService:
         elif record_held(record, self.settings):
             wait = RECHECK_SECONDS
         else:
-            wait = waits_for(record.connection, self.settings).until_due(record)
+            try:
+                wait = waits_for(record.connection, self.settings).until_due(record)
+            except SettingsInvalid:  # (a status URL runs leniently: shared.settings_leniency)
+                wait = RECHECK_SECONDS
         return poll_after(self.settings, wait)
 
     def _failed(self, record: MessageRecord) -> StatusView:

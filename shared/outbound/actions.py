@@ -468,6 +468,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
     ),
     ActionSpec(
         operation_id="GetMessageStatus",
+        lenient=True,  # only the settings it reads must validate
         method="GET",
         route="messages/{MessageId}",
         input=MessageStatusInput,

@@ -480,6 +480,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
     ),
     ActionSpec(
         operation_id="GetBulkStatus",
+        lenient=True,  # only the settings it reads must validate
         method="GET",
         route="messages/bulk/{BatchId}",
         input=BulkStatusInput,
