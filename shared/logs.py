@@ -139,9 +139,11 @@ def loggable_id(tracking_id: str) -> str:
     id's shape (``shared.smartdialog.has_id_shape``: a UUID's first group of 8 digits read as a
     phone number, so about 2 % of generated ids were masked), else :func:`loggable_text` (a
     caller's id may hold a phone number)."""
-    from shared.smartdialog import has_id_shape
+    from shared.smartdialog import has_id_shape, mask_phone_numbers_in_id
 
-    return tracking_id if has_id_shape(tracking_id) else loggable_text(tracking_id)
+    if has_id_shape(tracking_id):
+        return tracking_id
+    return loggable_text(mask_phone_numbers_in_id(tracking_id))
 
 
 def cut_text(text: str, limit: int) -> str:

@@ -247,6 +247,9 @@ def test_a_handlers_unexpected_failure_is_logged_under_its_tracking_id(
         ({}, "12345678-9abc-4def-8123-456789abcdef"),  # generated
         ({"x-ms-client-tracking-id": "12345678-9abc-4def-8123-456789abcdef"}, None),
         ({"x-request-id": "0401234567"}, "***4567"),  # a caller's number stays masked
+        # ... also joined to the rest by a dash or an underscore (it was logged whole)
+        ({"x-request-id": "run-358401234567-x"}, "run-***4567-x"),
+        ({"x-ms-client-tracking-id": "flow_0401234567"}, "flow_***4567"),
     ],
 )
 def test_a_tracking_id_of_a_uuids_shape_is_logged_whole_even_if_it_starts_with_digits(
