@@ -15,7 +15,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
 from urllib.parse import unquote
@@ -225,7 +225,8 @@ def from_grid_event(value: Mapping[str, Any]) -> IncomingEvent:
     try:
         event = EventGridEvent.from_dict(dict(value))
     except (ValueError, TypeError) as exc:  # the one member it reads as more than text or JSON
-        raise InvalidEvent(f"Not an Event Grid event: {exc}", field="eventTime") from exc
+        # (the SDK's text is nested exception reprs: ours names the member and what it takes)
+        raise InvalidEvent(f"Not an Event Grid event: eventTime {_TIME_RULE}", "eventTime") from exc
     time = event.event_time
     incoming = IncomingEvent(
         id=str(event.id),
@@ -244,12 +245,31 @@ def _invalid(exc: Exception, given: Mapping[str, Any], *, prefix: str = "") -> I
     those ``given``): a ``time`` it cannot read fails before its validation names any."""
     from cloudevents.core.exceptions import CloudEventValidationError
 
-    field = "body"
+    field, why = "body", str(exc)
     if isinstance(exc, CloudEventValidationError) and exc.errors:
-        field = prefix + next(iter(exc.errors))
+        name, errors = next(iter(exc.errors.items()))
+        field, why = prefix + name, f"{name} {_attribute_rule(str(e) for e in errors)}"
     elif "time" in given and not _readable_time(given["time"]):
-        field = prefix + "time"
-    return InvalidEvent(f"Not a CloudEvents 1.0 event: {exc}", field=field)
+        field, why = prefix + "time", f"time {_TIME_RULE}"
+    return InvalidEvent(f"Not a CloudEvents 1.0 event: {why}", field=field)
+
+
+#: What a time attribute takes (the SDKs' own errors quote a parser: "Expected 4 digits").
+_TIME_RULE = "must be an RFC 3339 date and time, such as 2026-12-07T12:00:00Z."
+_TYPE_WORDS = {"str": "a string", "int": "an integer", "bool": "true or false",
+               "datetime": "an RFC 3339 date and time", "dict": "a JSON object"}  # fmt: skip
+
+
+def _attribute_rule(errors: Iterable[str]) -> str:
+    """What an attribute the SDK refused takes, in words (its errors: "Attribute 'source' must
+    be a <class 'str'>", "Missing required attribute: 'source'")."""
+    texts = list(errors)
+    if any(t.startswith("Missing required") or "None or empty" in t for t in texts):
+        return "is required (a non-empty string)."
+    for text in texts:
+        if (kind := re.search(r"must be a <class '(\w+)'>", text)) is not None:
+            return f"must be {_TYPE_WORDS.get(kind.group(1), kind.group(1))}."
+    return "is not valid: " + "; ".join(texts).replace("<class '", "").replace("'>", "") + "."
 
 
 def _readable_time(time: Any) -> bool:
