@@ -39,6 +39,7 @@ from shared.actions.fields import PHONE_REGIONS_CONTEXT
 from shared.deadline import within
 from shared.logs import cut_secrets, loggable_id, loggable_text, redacted, redacted_traceback
 from shared.problems import (
+    PROBLEM_CONTENT_TYPE,
     FieldError,
     Problem,
     ProblemType,
@@ -187,6 +188,13 @@ def _regions(value: Any) -> list[str]:
 
     listed = [value] if isinstance(value, str) else value if isinstance(value, list) else []
     return [r for r in listed[:MAX_REGIONS] if isinstance(r, str) and is_region(r)]
+
+
+def _refused(fields: list[str], status: int) -> str:
+    """A problem's outcome in the log line: the fields it names, else its status."""
+    named = ", ".join(dict.fromkeys(fields))
+    # A field name can be a caller's key (an unknown field), even a phone number.
+    return "invalid fields: " + loggable_text(named) if named else f"problem {status}"
 
 
 def parse_input(
@@ -487,12 +495,15 @@ def _run_action(
         context = ActionContext(settings, tracking_id, client_factory or shared_client)
         with within(SYNC_DEADLINE_SECONDS):  # for the action: each call gets what is left
             response = spec.handler(context, parsed)
-        outcome = ", ".join(["ok", *response.logged_ids()])  # 202: what it accepted, by id
+        if response.content_type == PROBLEM_CONTENT_TYPE and isinstance(response.body, dict):
+            # A problem answered, not raised (a status URL's failed send, an ask's refusal).
+            response.body.setdefault("instance", request_instance(tracking_id))
+            errors = response.body.get("errors") or []
+            outcome = _refused([str(e.get("field")) for e in errors], response.status)
+        else:
+            outcome = ", ".join(["ok", *response.logged_ids()])  # 202: what it accepted, by id
     except Problem as problem:
-        if problem.errors:
-            fields = ", ".join(dict.fromkeys(e.field for e in problem.errors))
-            # A field name can be a caller's key (an unknown field), even a phone number.
-            outcome = "invalid fields: " + loggable_text(fields)
+        outcome = _refused([e.field for e in problem.errors], problem.status)
         response = ActionResponse.problem(problem.with_instance(request_instance(tracking_id)))
     except Exception as exc:
         mapped, outcome = _map_failure(exc, context.settings if context else settings, spec, extra)

@@ -660,19 +660,25 @@ def test_a_questions_blank_optional_fields_are_left_out_and_a_blank_answer_is_re
     ("customer", "service"), [("1002", "s-1002-twoway"), ("1001", ONE_WAY)], ids=["2-way", "1-way"]
 )
 def test_a_question_on_a_service_whose_replies_do_not_reach_us_is_refused(
-    inbound: Inbound, customer: str, service: str
+    inbound: Inbound, customer: str, service: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No New Message webhook on the service (none can be on a 1-way one): the flow got 202,
     the patient's reply never reached us, and the question timed out. A 400 naming Service-Id
-    instead, nothing asked or queued."""
+    instead, nothing asked or queued; its problem has its request's ``instance`` and the log
+    line names the field (a refusal answered rather than raised was logged "(ok)")."""
     number = "+358401234588"
-    refused = inbound.call(
-        "SendMessageAndWaitForReply", "POST",
-        headers={"Customer-Id": customer, "Service-Id": service},
-        body={"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": number},
-    )  # fmt: skip
+    with caplog.at_level(logging.INFO, "smartdialog.actions"):
+        refused = inbound.call(
+            "SendMessageAndWaitForReply", "POST",
+            headers={"Customer-Id": customer, "Service-Id": service, "x-request-id": "ask-1"},
+            body={"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": number},
+        )  # fmt: skip
 
     assert refused.status == 400, refused.body
+    assert refused.body["instance"] == "urn:smartdialog-functions:request:ask-1"
+    [line] = [r.getMessage() for r in caplog.records if "request ask-1" in r.getMessage()]
+    assert "answered 400" in line
+    assert "(invalid fields: Service-Id)" in line
     assert [e["field"] for e in refused.body["errors"]] == ["Service-Id"]
     assert "RegisterInboundWebhook" in refused.body["detail"]
     assert QuestionStore.from_settings().open_question(service, number) is None
