@@ -102,6 +102,7 @@ def held_settings(connection: str | None, settings: Settings) -> tuple[Settings,
     connection's it fails (``connection-removed``)."""
     from shared.connections import UnknownConnection, connection_settings, routing_errors
     from shared.problems import Problem
+    from shared.settings_leniency import PartlySettings
 
     try:
         mine = connection_settings(connection)
@@ -109,6 +110,8 @@ def held_settings(connection: str | None, settings: Settings) -> tuple[Settings,
         return settings, bool(routing_errors())
     except Problem:  # misconfigured
         return settings, True
+    if isinstance(mine, PartlySettings):  # (read leniently: a setting that does not validate)
+        return mine, True
     return mine, bool(SendPolicy.from_settings(mine).broken_settings)
 
 

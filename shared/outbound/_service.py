@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import math
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from shared.outbound._records import (
 )
 from shared.payloads import PayloadStore, fits_queue
 from shared.problems import FieldError, Problem, ProblemType, validation_problem
+from shared.settings import SettingsInvalid
 from shared.storage import QueueLike, ensured_queue
 
 if TYPE_CHECKING:
@@ -429,11 +431,10 @@ class SendService:
         """When a poller should look again: the sender's estimate of when it is done. About a
         second while the quota has room; the end of a backoff or of a handed-back claim's wait
         (token, credentials, quota store); the sender's next look while a broken setting holds
-        its sends (:func:`record_held`, or a quota setting that does not validate); or the slot
+        its sends (:func:`record_held`, also one that does not validate); or the slot
         of its connection's quota (the app's, that one broken or gone) this process's senders
         were told it waits for (:meth:`QuotaWait.until_due`, also after a backoff)."""
         from shared.outbound._ports import record_held
-        from shared.settings import SettingsInvalid
         from shared.unconfigured import RECHECK_SECONDS
 
         now = self._clock()
@@ -442,10 +443,7 @@ class SendService:
         elif record_held(record, self.settings):
             wait = RECHECK_SECONDS
         else:
-            try:
-                wait = waits_for(record.connection, self.settings).until_due(record)
-            except SettingsInvalid:  # (a status URL runs leniently: shared.settings_leniency)
-                wait = RECHECK_SECONDS
+            wait = waits_for(record.connection, self.settings).until_due(record)
         return poll_after(self.settings, wait)
 
     def _failed(self, record: MessageRecord) -> StatusView:
@@ -506,7 +504,8 @@ class SendService:
     def _announce_cancelled(self, record: MessageRecord) -> None:
         emit_cancelled(self.store, ensured_queue(EVENTS_QUEUE, self.settings), record)
         self.store.swap(record, announced=True)  # lost to a race: announced by the other
-        waits_for(record.connection, self.settings).ended([record])  # its slot, if it held one
+        with suppress(SettingsInvalid):  # (a status poll's, run leniently: no quota to tell)
+            waits_for(record.connection, self.settings).ended([record])  # its slot, if it held one
 
 
 def emit_cancelled(store: MessageStore, events: QueueLike, record: MessageRecord) -> None:

@@ -96,10 +96,15 @@ def test_outside_a_lenient_function_the_settings_still_refuse_as_a_whole(
 
 
 def test_a_broken_setting_a_lenient_function_reads_is_its_503(inbound: Inbound) -> None:
-    """The callback secrets: the webhook checks its token with them, so it answers 503 naming
-    them (SmartDialog retries), as before."""
+    """The callback secrets (a Key Vault reference the platform did not resolve: they do not
+    validate): the webhook checks its token with them, so it answers 503 naming them, and
+    SmartDialog retries."""
     token = token_for()
-    inbound.configure(CALLBACK_SECRETS="short")
+    inbound.configure(
+        CALLBACK_SECRETS="@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/s)"
+    )
+    with pytest.raises(SettingsInvalid):
+        get_settings()  # (not valid as a whole: the webhook reads them leniently)
     answer = post(inbound, payload(), token=token)
     assert answer.status == 503, answer.body
     assert "SMARTDIALOG_CALLBACK_SECRETS" in {e["field"] for e in answer.body["errors"]}
@@ -130,3 +135,17 @@ def test_a_named_connection_refuses_the_broken_setting_it_inherits_not_one_of_it
         assert third.quota_calls == 50  # its own
         assert second.customer_id == "2001"
     reset_connections_cache()
+
+
+def test_a_setting_that_does_not_validate_holds_the_sends_a_status_poll_sees(
+    inbound: Inbound,
+) -> None:
+    """GetBulkStatus re-drove every idle pack of a batch (a pack not held looks stuck) while a
+    quota setting that does not validate held them all: the poll must see them held."""
+    from shared.outbound._ports import held_settings
+
+    with leniently():
+        assert held_settings(None, get_settings())[1] is False
+    inbound.configure(QUOTA_CALLS="lots")
+    with leniently():
+        assert held_settings(None, get_settings())[1] is True
