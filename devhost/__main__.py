@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: queue trigger {name} is not listening: {why} (HTTP functions answer;"
               " /api/health names a broken setting; --no-queues runs without queues)",
               file=sys.stderr, flush=True)  # fmt: skip
-    print(f"Listening on {host.url}. Press Ctrl-C to stop.", flush=True)
+    print(f"Listening on {host.url}. Press Ctrl-C to stop.\n", end="", flush=True)  # one write
     stop.wait()
     print(f"Stopping: finishing in-flight work (up to {args.grace:g} s)...", flush=True)
     finished = host.stop(grace=args.grace)

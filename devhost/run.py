@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(tables), {azurite.endpoints['Blob']} (blobs: large commands)"
     )
     print(try_it_block(f"{devhost.url}/api", sandbox.url if sandbox else None, _peek_url(azurite)))
-    print("Press Ctrl-C to stop everything.", flush=True)
+    print("Press Ctrl-C to stop everything.\n", end="", flush=True)  # one write
     code = 0
     while not stop.wait(0.5):
         dead = [c for c in started if isinstance(c, Child) and c.process.poll() is not None]

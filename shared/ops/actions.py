@@ -363,8 +363,8 @@ def _resumed(settings: Settings, action: str, inp: BulkInput) -> tuple[dt.dateti
     secrets = settings.callback_secret_list
     if subject is None or not verify(signed, TokenPurpose.DEAD_LETTERS, subject, secrets=secrets):
         why = (f"not a continuationToken a {action} call with these filters (queue, reason, "
-               "minAgeSeconds, maxAgeSeconds) answered: pass the same filters, or start again "
-               "without it")  # fmt: skip
+               "errorCode, minAgeSeconds, maxAgeSeconds) answered: pass the same filters, or "
+               "start again without it")  # fmt: skip
         raise validation_problem([FieldError("continuationToken", why)])
     return start, after
 
