@@ -318,9 +318,9 @@ def with_delivery_report_url(
     status record), and the DLR function calls it after ours. Discussion replies have no
     ``DlrUrl`` and are returned unchanged.
 
-    The sender calls this on the normalized command right before the upstream call, never
-    before storing it (the stored command and its fingerprint keep the caller's URL and
-    numbers).
+    The sender calls this on the normalized command when it builds the call, before taking
+    its quota grant (``Upstream.prepare``), never before storing it (the stored command and its
+    fingerprint keep the caller's URL and numbers).
 
     ``report_id`` replaces the message id in the URL: a pack's call carries the pack id, and
     its reports are routed to each member by recipient (see :meth:`DeliveryReportService.handle`).
