@@ -448,14 +448,10 @@ class SendService:
 
     def _failed(self, record: MessageRecord) -> StatusView:
         failure = record.failure
-        refused = ("upstream-rejected", "duplicate-request-id")  # SmartDialog's doing
-        rejected = failure is not None and failure.code in refused
-        problem = Problem(
-            422,
-            failure.title if failure else "The message could not be sent",
-            failure.detail if failure else None,
-            type=ProblemType.UPSTREAM_REJECTED if rejected else ProblemType.UPSTREAM_UNAVAILABLE,
-        )
+        # SmartDialog refused it, or its quota did to the end; else it was not reached.
+        kind = _FAILURE_TYPES.get(failure.code if failure else "", ProblemType.UPSTREAM_UNAVAILABLE)
+        title = failure.title if failure else "The message could not be sent"
+        problem = Problem(422, title, failure.detail if failure else None, type=kind)
         doc = {**problem.to_dict(), "id": record.message_id, "connection": record.connection}
         if failure is not None:
             doc.update(code=failure.code, attempts=failure.attempts)
@@ -529,6 +525,11 @@ def emit_cancelled(store: MessageStore, events: QueueLike, record: MessageRecord
         time=at,
     )
     events.send_message(event.to_json())
+
+
+_REJECTED, _LIMITED = ProblemType.UPSTREAM_REJECTED, ProblemType.RATE_LIMITED
+_FAILURE_TYPES = {"upstream-rejected": _REJECTED, "duplicate-request-id": _REJECTED,
+                  "rate-limited": _LIMITED}  # fmt: skip
 
 
 def key_reused(

@@ -15,6 +15,8 @@ import pytest
 from shared.clock import ManualClock
 from shared.messages import MessageRecord, MessageStatus, MessageStore
 from shared.outbound._attempt import Upstream
+from shared.outbound._service import send_service
+from shared.settings import get_settings
 from tests.crash import LEASE, crash_once
 from tests.outbound.conftest import (
     CUSTOMER,
@@ -208,6 +210,10 @@ def test_429_honours_retry_after_and_is_dead_lettered_when_it_persists(
     assert failed.failure is not None
     assert failed.failure.code == "rate-limited"
     assert len(outbound.dead_letters()) == 1
+    # Its status answers the rate-limited type with that code (it said upstream-unavailable).
+    view = send_service(get_settings()).view(failed)
+    assert (view.status, view.body["type"], view.body["code"]) == (
+        422, "urn:smartdialog-functions:problem:rate-limited", "rate-limited")  # fmt: skip
 
 
 def test_a_5xx_retry_after_is_kept_as_upstreams_advice_for_the_retry() -> None:
