@@ -80,15 +80,18 @@ def has_id_shape(value: str) -> bool:
     return _ID_SHAPE.fullmatch(value) is not None
 
 
-#: In an id not of ours, also a run of digits joined to the rest by ``-`` or ``_`` (``run-
-#: 358401234567-x``), which :func:`mask_phone_numbers` leaves (a dashed token's digits).
-_DIGITS_IN_ID = re.compile(r"(?:\+|%2[Bb])?\d{" + str(MIN_PHONE_DIGITS) + r",}")
+#: In an id not of ours, also a run of digits joined to the rest by ``-``, ``_`` or another
+#: separator (``run-358401234567-x``), which :func:`mask_phone_numbers` leaves (a dashed token's
+#: digits); not one between letters: a hex id's (``...a3fbb044644756d9``, half of them).
+_DIGITS_IN_ID = re.compile(
+    r"(?<![0-9A-Za-z])(?:\+|%2[Bb])?\d{" + str(MIN_PHONE_DIGITS) + r",}(?![0-9A-Za-z])"
+)
 
 
 def mask_phone_numbers_in_id(value: str) -> str:
     """An id for logs and spans (a RequestId, a message id: a caller's may hold a phone number),
     found whole by a search when it has an id's shape (:func:`has_id_shape`), else masked: every
-    run of at least :data:`MIN_PHONE_DIGITS` digits, however it is joined to the rest."""
+    run of at least :data:`MIN_PHONE_DIGITS` digits that no letter or digit adjoins."""
     if has_id_shape(value):
         return value
     masked = mask_phone_numbers(value)

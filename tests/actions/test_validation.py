@@ -250,6 +250,8 @@ def test_a_handlers_unexpected_failure_is_logged_under_its_tracking_id(
         # ... also joined to the rest by a dash or an underscore (it was logged whole)
         ({"x-request-id": "run-358401234567-x"}, "run-***4567-x"),
         ({"x-ms-client-tracking-id": "flow_0401234567"}, "flow_***4567"),
+        # ... but not a hex id's digits between its letters (about half of uuid4().hex ids)
+        ({"x-request-id": "0b358bc966c24334a3fbb044644756d9"}, None),
     ],
 )
 def test_a_tracking_id_of_a_uuids_shape_is_logged_whole_even_if_it_starts_with_digits(
