@@ -498,8 +498,10 @@ def _run_action(
         if response.content_type == PROBLEM_CONTENT_TYPE and isinstance(response.body, dict):
             # A problem answered, not raised (a status URL's failed send, an ask's refusal).
             response.body.setdefault("instance", request_instance(tracking_id))
-            errors = response.body.get("errors") or []
-            outcome = _refused([str(e.get("field")) for e in errors], response.status)
+            errors = response.body.get("errors")
+            listed = errors if isinstance(errors, list) else []
+            fields = [str(e.get("field")) for e in listed if isinstance(e, dict)]
+            outcome = _refused(fields, response.status)
         else:
             outcome = ", ".join(["ok", *response.logged_ids()])  # 202: what it accepted, by id
     except Problem as problem:
