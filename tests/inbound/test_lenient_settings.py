@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from shared.callback_urls import delivery_report_url
 from shared.health import configuration_problem
 from shared.names import OUTBOUND_QUEUE
 from shared.ops.page import handle_page
@@ -18,10 +19,12 @@ from shared.settings_leniency import PartlySettings, leniently
 from shared.storage import queue_client
 from shared.unconfigured import RECHECK_SECONDS
 from tests.inbound.conftest import ONE_WAY, Inbound
+from tests.inbound.test_delivery_reports import report
 from tests.inbound.test_webhook import payload, post, take_intake, token_for
 
 BROKEN = "SMARTDIALOG_QUOTA_CALLS"
-SEND = {"Sender": "Shop", "Content": "Hi", "Recipients": [{"Address": "+358401234567"}]}
+SEND_TO = "+358401234567"
+SEND = {"Sender": "Shop", "Content": "Hi", "Recipients": [{"Address": SEND_TO}]}
 
 
 def _queued() -> int:
@@ -36,7 +39,9 @@ def test_a_broken_quota_setting_holds_the_sends_not_the_callbacks_status_urls_or
     accepted = inbound.call("SendMessage", "POST", headers={"Service-Id": ONE_WAY}, body=SEND)
     assert accepted.status == 202, accepted.body
     location = urlsplit(accepted.headers["Location"])
+    message_id = location.path.rsplit("/", 1)[-1]
     token = token_for()  # (signed while the settings validate; checked after the break)
+    dlr = dict(parse_qsl(urlsplit(delivery_report_url(get_settings(), message_id)).query))
     inbound.configure(QUOTA_CALLS="lots")
     queued = _queued()
 
@@ -54,12 +59,16 @@ def test_a_broken_quota_setting_holds_the_sends_not_the_callbacks_status_urls_or
     with leniently():  # (the test's own read of the queue)
         assert len(take_intake(inbound)) == 1
 
+    # Its delivery report (SmartDialog's other callback) is taken too.
+    reported = report(inbound, message_id, dlr["token"], status="delivered", recipient=SEND_TO)
+    assert reported.status == 200, reported.body
+
     # The status URL of the message accepted before: pending, back in a minute (its sender is
     # held by the broken setting), not a 503.
     status = inbound.call(
         "GetMessageStatus",
         "GET",
-        route_params={"MessageId": location.path.rsplit("/", 1)[-1]},
+        route_params={"MessageId": message_id},
         params=dict(parse_qsl(location.query)),
     )
     assert status.status == 202, status.body
@@ -69,6 +78,9 @@ def test_a_broken_quota_setting_holds_the_sends_not_the_callbacks_status_urls_or
 
     # The operator's tools: the page names the broken quota in its row.
     assert inbound.call("ListDeadLetters", "GET").status == 200
+    missing = inbound.call("GetDeadLetter", "GET", route_params={"DeadLetterId": "none"})
+    assert missing.status == 404, missing.body
+    assert inbound.call("ListConnections", "GET").status == 200
     page = handle_page({}, {}, "/api/ops")
     assert page.status == 200, page.body
     assert f"Fix these settings: {BROKEN}." in page.body.decode()
