@@ -1,0 +1,74 @@
+"""A quota setting that does not validate holds a batch's and a question's sends, and their
+status URLs still answer: pending, and nothing re-driven until the setting is fixed.
+
+(``tests/inbound/test_lenient_settings.py`` covers a single send's status URL, the callbacks
+and the operator's tools.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from shared.messages import MessageStore
+from shared.names import OUTBOUND_QUEUE
+from shared.settings import StorageSettings
+from shared.storage import queue_client
+from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member_ids, record
+from tests.bulk.test_bulk_action import batch_status
+from tests.outbound.conftest import Outbound, call_http
+
+BROKEN = "SMARTDIALOG_QUOTA_CALLS"
+
+
+def test_a_broken_quota_setting_leaves_a_batchs_status_url_answering_and_its_packs_held(
+    outbound: Outbound,
+) -> None:
+    outbound.configure(SEND_LEASE_SECONDS=3.0, SEND_TIMEOUT_SECONDS=1.0,
+                       SEND_QUOTA_WAIT_SECONDS=0.1, SEND_RETRY_MAX_SECONDS=0)  # fmt: skip
+    batch = accepted_batch(*NUMBERS[:3])
+    ids = member_ids(batch)
+    queue_client(OUTBOUND_QUEUE).clear_messages()  # its driver is gone (the poison queue, say)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)  # idle long enough to re-drive
+    MessageStore.from_settings().swap_many([(record(i), {"updated_at": old}) for i in ids])
+    outbound.configure(QUOTA_CALLS="lots")
+
+    held = batch_status(batch["Location"])
+
+    assert held.status == 202, held.body  # pending, not a 503: the poll reads no quota
+    assert held.body["Counts"]["queued"] == 3, held.body
+    # Held by the broken setting, not idle: no driver to hit it (and none on every poll).
+    assert queue_client(OUTBOUND_QUEUE, StorageSettings()).peek_messages() == []
+
+    outbound.configure(QUOTA_CALLS="100")  # fixed: the next poll drives the idle pack again
+    assert batch_status(batch["Location"]).status == 202
+    assert len(drivers(outbound)) == 1
+    outbound.drain()
+    assert batch_status(batch["Location"]).body["Counts"]["sent"] == 3
+
+
+def test_a_broken_quota_setting_leaves_a_questions_status_url_answering(
+    outbound: Outbound,
+) -> None:
+    route = {"Service": "s-1001-twoway"}  # its replies come through our webhook
+    assert call_http("RegisterInboundWebhook", "POST", route_params=route).status == 201
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358401110001"}
+    asked = call_http(
+        "SendMessageAndWaitForReply", "POST", body=body, headers={"Service-Id": "s-1001-twoway"}
+    )
+    assert asked.status == 202, asked.body
+    parts = urlsplit(asked.headers["Location"])
+    outbound.configure(QUOTA_CALLS="lots")
+
+    refused = call_http(
+        "SendMessageAndWaitForReply", "POST", body=body, headers={"Service-Id": "s-1001-twoway"}
+    )
+    assert refused.status == 503, refused.body  # a new send reads the quota
+    assert [e["field"] for e in refused.body["errors"]] == [BROKEN]
+    answer = call_http(
+        "GetQuestionStatus",
+        "GET",
+        route_params={"QuestionId": unquote(parts.path.rsplit("/", 1)[-1])},
+        params=dict(parse_qsl(parts.query)),
+    )
+    assert answer.status == 202, answer.body  # waiting, as before the break
+    assert answer.headers.get("Retry-After"), answer.headers
