@@ -148,8 +148,7 @@ class CustomerNotServed(Problem):
 
 
 class ConnectionNotConfigured(Problem):
-    """503: a connection (or the connections as a whole) is misconfigured; ``/api/health`` names
-    the settings."""
+    """503: a connection (or all) is misconfigured; ``/api/health`` names the settings."""
 
     def __init__(self, what: str, errors: tuple[FieldError, ...]) -> None:
         super().__init__(
@@ -552,19 +551,22 @@ def _connection(
 
 
 def _identity(settings: Settings) -> str | None:
-    """Who upstream sees (and throttles as one): the static token; a client (its id is a GUID:
-    any case is the same client) at its authority; and for delegated sign-in the user too, as
-    a hash of the configured refresh token (two users of one app registration are two
-    accounts). Never a secret itself; none without usable credentials (nothing is called)."""
+    """Who upstream sees (and throttles as one): the static token; a client (a GUID: any case)
+    at its authority ("?" while it does not validate, read leniently); for delegated sign-in the
+    user too, as a hash of the refresh token. Never a secret; None without usable credentials."""
+    from shared.settings import SettingsInvalid
+
     kind = settings.credentials  # a property that checks every secret: read once
-    if kind is None:
-        return None
     if kind == "access-token":
         assert settings.access_token is not None
         return "token:" + _digest(settings.access_token.get_secret_value())
-    if not settings.client_id:
+    if kind is None or not settings.client_id:
         return None
-    client = f"client:{settings.authority.lower()}\n{settings.client_id.strip().lower()}"
+    try:
+        authority = settings.authority.lower()
+    except SettingsInvalid:  # (its sends refuse it)
+        authority = "?"
+    client = f"client:{authority}\n{settings.client_id.strip().lower()}"
     if kind == "refresh-token":
         assert settings.refresh_token is not None
         return f"{client}\nuser:{_digest(settings.refresh_token.get_secret_value())}"

@@ -6,7 +6,8 @@ age, the dead letters with their reasons and a re-drive and a purge button each,
 finished in the last hour by outcome, and the registered webhooks and subscriptions. Who may
 see it: :mod:`shared.ops._access`. A button posts a form with the dead letter's id and the
 page's anti-CSRF token and is answered ``303 See Other`` back to the page, which then says what
-happened. Every refusal is a problem document; nothing here answers a bare 5xx.
+happened. While a setting does not validate, the page names it at the top (as ``/api/health``).
+Every refusal is a problem document; nothing here answers a bare 5xx.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, urlencode
 from shared.actions._spec import ActionRequest
 from shared.clock import utcnow
 from shared.deadletters import ID_MAX_LENGTH
+from shared.health import configuration_problem
 from shared.logs import loggable_id, loggable_text, redacted_traceback
 from shared.ops._access import (
     Principal,
@@ -111,6 +113,8 @@ def handle_page(
     URL's: the buttons post to it plus ``/redrive`` or ``/purge`` (absolute, so the page opened
     as ``/api/ops/`` posts where ``/api/ops`` does, whatever the host's route prefix)."""
 
+    unconfigured = configuration_problem()  # /api/health's list, read before going lenient
+
     def run() -> PageResponse:
         current = settings or _settings()
         principal = authorize(current, _lower(headers))
@@ -128,6 +132,7 @@ def handle_page(
                 # No empty segment: "//host/..." would be another site's address.
                 buttons="".join("/" + part for part in path.split("/") if part),
                 notice=_notice(current, principal, query),
+                unconfigured=unconfigured,
                 now=now,
             )
         )

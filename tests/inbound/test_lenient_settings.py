@@ -161,3 +161,32 @@ def test_a_setting_that_does_not_validate_holds_the_sends_a_status_poll_sees(
     inbound.configure(QUOTA_CALLS="lots")
     with leniently():
         assert held_settings(None, get_settings())[1] is True
+
+
+def test_a_broken_authority_leaves_the_connection_list_and_the_ops_page_answering(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that signs in with a client secret is known by its client id at its
+    authority: with the app's authority broken, listing the connections read it and answered
+    503 (the ops page and ListConnections, though neither calls SmartDialog)."""
+    from shared.connections import reset_connections_cache
+
+    monkeypatch.setenv("AZURE_FUNCTIONS_ENVIRONMENT", "Development")  # (the page opens locally)
+    monkeypatch.setenv("SMARTDIALOG_CONNECTIONS__SECOND__CLIENT_ID", "client-x")
+    monkeypatch.setenv("SMARTDIALOG_CONNECTIONS__SECOND__CLIENT_SECRET", "s-1")
+    monkeypatch.setenv("SMARTDIALOG_CONNECTIONS__SECOND__CUSTOMER_ID", "2001")
+    inbound.configure(AUTHORITY="not a url")
+    reset_connections_cache()
+
+    listed = inbound.call("ListConnections", "GET")
+
+    assert listed.status == 200, listed.body
+    assert "second" in {c["Name"] for c in listed.body["value"]}, listed.body
+    page = handle_page({}, {}, "/api/ops")
+    assert page.status == 200, page.body
+    assert 'id="unconfigured"' in (html := page.body.decode())  # at the top, as health names it
+    assert "Fix these settings: SMARTDIALOG_AUTHORITY." in html
+    refused = inbound.call("SendMessage", "POST", headers={"Connection": "second"}, body=SEND)
+    assert refused.status == 503, refused.body
+    assert "SMARTDIALOG_AUTHORITY" in {e["field"] for e in refused.body["errors"]}
+    reset_connections_cache()

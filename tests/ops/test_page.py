@@ -104,6 +104,7 @@ def test_locally_the_page_is_open_and_shows_queues_quota_and_dead_letters(ops: O
         assert section in html
     assert "smartdialog-outbound-poison" in html
     assert "page-1" in html
+    assert 'id="unconfigured"' not in html  # (named at the top only while one does not validate)
     # Autoescaped: a letter's text never becomes markup.
     assert "&lt;b&gt;in time&lt;/b&gt;" in html
 
