@@ -254,13 +254,19 @@ def unread_input(
     ``declared`` (the action's parameter names, exactly as they are read, to where they are
     read from: ``path``, ``query``, ``header``) but the host's :data:`HOST_KEY_PARAMETER`, and
     a body when it ``takes_body`` not (blank, ``{}`` and ``null`` give nothing: taken, as tools
-    send them with a DELETE). Dropped, it acted on other input: a phone in
-    DeleteAllGroupContacts' query or body emptied the whole group."""
+    send them with a DELETE), and a header named as one of its query parameters. Dropped, it
+    acted on other input: a phone in DeleteAllGroupContacts' query or body emptied the whole
+    group; the certified connector's ``ServiceType`` header listed the one-way services."""
     errors: list[FieldError] = []
     for key in request.query:
         if declared.get(key) != "query" and key.lower() != HOST_KEY_PARAMETER:
             name = key if len(key) <= 100 else key[:100] + "..."  # a 5,000-character key
             errors.append(FieldError(printable(name), _unread_parameter(key, declared)))
+    headers = {name.lower() for name, where in declared.items() if where == "header"}
+    for name, where in declared.items():
+        if where == "query" and name.lower() in request.headers and name.lower() not in headers:
+            why = f"Not a header of this action: give {name} as a query parameter."
+            errors.append(FieldError(name, why))
     if not takes_body and re.sub(rb"\s", b"", request.body) not in (b"", b"{}", b"null"):
         errors.append(FieldError("body", "This action takes no body: give its input in the "
                                  "path, query parameters and headers it declares."))  # fmt: skip

@@ -53,7 +53,7 @@ Active = Annotated[
     bool | None,
     Field(
         description="Whether the contact receives the group's messages.",
-        json_schema_extra=ui("Active"),
+        json_schema_extra={**ui("Active"), "enum": [True, False]},  # a Yes/No list, as certified
     ),
 ]
 Email = Annotated[
@@ -293,7 +293,7 @@ Region = Annotated[
     Param("query", "Region"),
     Field(
         description="Region to read a phone number without a country code in (default FI).",
-        json_schema_extra=ui("Region", visibility="advanced", dynamic_values=REGION_DROPDOWN),
+        json_schema_extra=ui("Region", dynamic_values=REGION_DROPDOWN),
     ),
 ]
 

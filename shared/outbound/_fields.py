@@ -135,7 +135,7 @@ RequestIdField = Annotated[
             "Unique id of this send: a repeat with the same RequestId is not sent again. "
             "Leave empty (or blank) and one is generated, new for each send."
         ),
-        json_schema_extra=ui("Request Id", visibility="advanced"),
+        json_schema_extra=ui("Request Id"),
     ),
     BlankIsAbsent,
     AfterValidator(_no_control),
@@ -184,7 +184,7 @@ DlrUrlField = Annotated[
             "Your own delivery-report URL (HTTP GET); its query string is kept. Leave empty "
             "for none."
         ),
-        json_schema_extra=ui("Dlr Url", visibility="advanced"),
+        json_schema_extra=ui("Dlr Url"),
     ),
     BlankIsAbsent,
 ]
@@ -235,7 +235,7 @@ AttachmentUriField = Annotated[
     Field(
         None,
         description="WhatsApp only: the address of an attachment. Leave empty for none.",
-        json_schema_extra=ui("Attachment Uri", visibility="advanced"),
+        json_schema_extra=ui("Attachment Uri"),
     ),
     BlankIsAbsent,
     AfterValidator(_needs_whatsapp),

@@ -529,6 +529,12 @@ def test_same_named_actions_and_fields_have_the_certified_names(committed: dict[
             match = mine.get(where) or mine_by_label.get(label(node))
             if match is None or match.get("x-ms-visibility") != "important":
                 wrong.append((op_id, where, "not important"))
+        # Shown there, not behind "Show advanced options" here (the sends' RequestId, DlrUrl
+        # and AttachmentUri were).
+        for where in sorted(set(theirs) & set(mine)):
+            hidden = mine[where].get("x-ms-visibility") in ("advanced", "internal")
+            if "x-ms-visibility" not in theirs[where] and hidden:
+                wrong.append((op_id, where, mine[where]["x-ms-visibility"]))
         # A same-named dropdown lists the same things, asked for in the same terms.
         for where in sorted(set(theirs) & set(mine)):
             their_dropdown = theirs[where].get("x-ms-dynamic-values")

@@ -343,10 +343,9 @@ def _dev_host_call(method: str, path: str, **kwargs: Any) -> httpx.Response:
     with DevHost(
         load_app("function_app:app", repo), repo / "host.json", port=0, queues=False
     ) as host:
-        return httpx.request(
-            method, f"{host.url}/api/{path}", headers={"Customer-Id": CUSTOMER}, timeout=10,
-            **kwargs,
-        )  # fmt: skip
+        headers = {"Customer-Id": CUSTOMER, **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{host.url}/api/{path}", headers=headers, timeout=10,
+                             **kwargs)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -358,6 +357,10 @@ def _dev_host_call(method: str, path: str, **kwargs: Any) -> httpx.Response:
          {"json": {"firstName": "Changed"}}, "Region"),
         ("GET", f"groups/{GROUP}/contacts/0701234567?region=SE", {}, "region"),
         ("GET", "services?serviceType=OneWay", {}, "serviceType"),
+        # Where the certified connector puts them: the one-way list answered, the header dropped.
+        ("GET", "services", {"headers": {"ServiceType": "Group"}}, "ServiceType"),
+        ("GET", "services?ServiceType=TwoWay", {"headers": {"allowreplymessage": "true"}},
+         "AllowReplyMessage"),
     ],
 )  # fmt: skip
 def test_input_an_action_does_not_read_is_a_400_naming_it_never_dropped(
@@ -366,7 +369,7 @@ def test_input_an_action_does_not_read_is_a_400_naming_it_never_dropped(
     """A phone in the query or the body of DeleteAllGroupContacts was dropped and the whole
     group emptied; a Region on UpdateGroupContact (regions come from its body) was dropped and
     the number read in FI changed another contact. Query names are read as declared: a
-    ``region`` was dropped as well."""
+    ``region`` was dropped as well, and so was a query parameter given as a header."""
     response = _dev_host_call(method, path, **extra)
     assert response.status_code == 400, response.text
     assert response.headers["Content-Type"].startswith("application/problem+json")
