@@ -277,6 +277,10 @@ def compile_expression(expression: str) -> Any:
         raise ValueError("not a JMESPath expression: nested too deeply") from exc
 
 
+#: Why an expression that asks for more work than its budget (shared.notify._budget) fails.
+TOO_MUCH_WORK = "it asks for more work than a rule may (its values grow with each step)"
+
+
 class ExpressionFailed(ValueError):
     """A rule's JMESPath expression that fails on an event; the message names what failed, never
     a value of the event (it goes into answers and logs)."""
@@ -285,15 +289,19 @@ class ExpressionFailed(ValueError):
 def evaluate(expression: str, document: dict[str, Any]) -> Any:
     """``expression`` applied to ``document`` (None when it finds nothing); raises
     :class:`ExpressionFailed` when it fails: a function given a value of the wrong type, one it
-    does not know, or too deep to apply."""
+    does not know, too deep to apply, or asking for more work than its budget."""
     from jmespath.exceptions import JMESPathError, JMESPathTypeError
+
+    from shared.notify._budget import OverBudget, search_within_budget
 
     try:
         compiled = compile_expression(expression)
     except ValueError as exc:  # a stored rule no release would save
         raise ExpressionFailed("not a JMESPath expression") from exc
     try:
-        return compiled.search(document)
+        return search_within_budget(compiled, document)
+    except OverBudget as exc:
+        raise ExpressionFailed(TOO_MUCH_WORK) from exc
     except JMESPathTypeError as exc:  # its own message quotes the value
         expected = " or ".join(map(str, exc.expected_types))
         raise ExpressionFailed(
@@ -459,6 +467,7 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     """
     from jmespath.exceptions import JMESPathError
 
+    from shared.notify._budget import OverBudget, search_within_budget
     from shared.notify._intake import InvalidEvent, parse_object
     from shared.phone import InvalidPhoneNumber, is_calling_code, parse_phone_number
 
@@ -502,9 +511,11 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
             errors.append((field, f"{expression!r}: {exc}"))
             continue
         try:
-            compiled.search({})  # applying it recurses per nesting level too
+            search_within_budget(compiled, {})  # applying it recurses per nesting level too
         except RecursionError:
             errors.append((field, f"{expression!r}: nested too deeply to apply"))
+        except OverBudget:  # (join('', [@, @]) 45 times over asked for terabytes)
+            errors.append((field, f"{expression!r}: {TOO_MUCH_WORK}"))
         except JMESPathError:  # what it says of an empty document: events will tell
             pass
         except (OverflowError, ValueError, ArithmeticError) as exc:  # floor(`1e999`)

@@ -189,6 +189,48 @@ def test_a_stored_condition_too_deep_to_apply_matches_nothing_rather_than_fail()
     assert search("a" + "|b" * 499, {"a": 1}) is None
 
 
+DOUBLINGS = 45  # 791 characters; each doubles the work
+
+
+@pytest.mark.parametrize(
+    ("field", "expression"),
+    [
+        ("Match.Condition", "'a'" + " | join('', [@, @])" * DOUBLINGS + " | length(@) > `0`"),
+        ("Match.Condition", "@" + " | [@, @]" * DOUBLINGS + " | to_string(@) == ''"),
+        ("Recipients.FromEvent", "@" + " | [@, @]" * DOUBLINGS + " | @" + " | []" * DOUBLINGS),
+    ],
+)
+def test_an_expression_whose_work_doubles_with_each_step_is_refused_when_saved(
+    field: str, expression: str
+) -> None:
+    """Found by an attacker's look: saving the first rule took all of the worker's memory
+    (about 23 GB before the kernel killed it), ending every function of the process."""
+    changes: dict[str, Any] = {"Match": {"EventType": "t"}}
+    if field == "Match.Condition":
+        changes["Match"]["Condition"] = expression
+    else:
+        changes["Recipients"] = {"FromEvent": expression, "AllowedCountryCodes": [358]}
+    found = rule_errors(Rule.model_validate(rule(**changes)))
+    assert [f for f, _ in found] == [field]
+    assert "more work than a rule may" in found[0][1]
+
+
+def test_an_expression_whose_work_grows_with_the_event_fails_on_it_and_stays_bounded() -> None:
+    """One that does nothing on the empty document a rule is checked against when saved, and
+    doubles a string of the event with each step."""
+    from shared.notify._rules import ExpressionFailed, evaluate
+
+    expression = "data.s" + " | join('', [@, @])" * DOUBLINGS
+    assert errors(rule(Match={"EventType": "t", "Condition": expression})) == []
+    with pytest.raises(ExpressionFailed, match="more work than a rule may"):
+        evaluate(expression, {"data": {"s": "x" * 100}})
+    ordinary = "length(data.items[?price > `10`].name | join(',', @))"
+    items = [{"price": i, "name": f"n{i}"} for i in range(5000)]
+    assert evaluate(ordinary, {"data": {"items": items}}) == len(
+        ",".join(f"n{i}" for i in range(11, 5000))
+    )  # an ordinary rule on a large event is well within its budget
+
+
 @pytest.mark.parametrize("condition", ["floor(`1e999`) > `1`", "floor(`NaN`) > `1`"])
 def test_an_expression_on_a_number_no_float_holds_is_a_400_field_not_a_500(
     condition: str,
