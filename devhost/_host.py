@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import azure.functions as func
 from azure.functions import _abc
@@ -22,7 +22,7 @@ from devhost._invoke import Invoker
 from devhost._metadata import FunctionSpec, HttpTriggerSpec, read_functions
 from devhost._queues import QueueListener, StorageNotConfiguredError, StorageQueues
 from devhost._routes import RouteTable
-from shared.smartdialog import mask_phone_numbers
+from shared.logs import loggable_text
 
 __all__ = ["DevHost", "HttpEndpoint"]
 
@@ -195,11 +195,11 @@ class DevHost:
         reply, name = self._route(request)
         if self._access_log:
             # The path only: query strings carry function keys and URL tokens, and paths may
-            # carry phone numbers, which the log must never hold whole.
+            # carry phone numbers (percent-encoded too), which the log must never hold whole.
             access_log.info(
                 "%s %s -> %d (%s, %.1f ms)",
                 request.method,
-                mask_phone_numbers(urlsplit(request.target).path),
+                loggable_text(unquote(urlsplit(request.target).path), 1000),
                 reply.status,
                 name,
                 (time.perf_counter() - started) * 1000,

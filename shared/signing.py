@@ -194,10 +194,13 @@ def verified(
     else:
         return None
     # isascii(): str.isdigit() also accepts digits such as '²' that int() refuses; and int()
-    # refuses more than 4,300 digits (an expiry in Unix seconds has about 10).
+    # refuses more than 4,300 digits (an expiry in Unix seconds has about 10). As signed, or
+    # it is another token: no leading zero (int() ignores them, and so did the signature).
     if not (expiry_text.isascii() and expiry_text.isdigit() and len(expiry_text) <= 20):
         return None
     expiry = int(expiry_text)
+    if str(expiry) != expiry_text:
+        return None
     if expiry and now() >= expiry:
         return None
     given = given_mac.encode("ascii", "replace")

@@ -64,6 +64,7 @@ from shared.events import binary_mode_headers
 from shared.guarded_http import CallbackAnswer, CallbackFailed, CallbackRefused, GuardedClient
 from shared.inbound._models import SubscriberDeadLetter, SubscriberDelivery
 from shared.inbound._registry import Subscription, SubscriptionStore
+from shared.logs import loggable_id
 from shared.names import INBOUND_DEAD_LETTER_QUEUE, INBOUND_DELIVERIES_QUEUE, INBOUND_SEEN_TABLE
 from shared.payloads import PayloadStore
 from shared.smartdialog import backoff_delay, parse_retry_after
@@ -362,7 +363,9 @@ class SubscriberDispatcher:
             and self.seen.given(subscription.subscription_id, event_id)
         ):
             log.info(
-                "event %s was given to subscription %s before", event_id, delivery.subscriptionId
+                "event %s was given to subscription %s before",
+                loggable_id(event_id),
+                delivery.subscriptionId,
             )
             return DispatchResult(DispatchOutcome.DUPLICATE)
         host = urlsplit(subscription.callback_url).hostname  # never the URL: it has a secret

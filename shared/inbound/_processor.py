@@ -62,6 +62,7 @@ from shared.inbound._models import (
     SubscriberDelivery,
 )
 from shared.inbound._triggers import notify_opt_out
+from shared.logs import loggable_id
 from shared.names import INBOUND_DELIVERIES_QUEUE, INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
 from shared.payloads import QUEUE_MESSAGE_LIMIT, PayloadStore, fits_queue, queue_message_bytes
 from shared.storage import QueueLike, ensured_queue
@@ -165,7 +166,8 @@ class InboundProcessor:
         service, key = intake.service, intake.messageKey
         event_id = f"{service}:{key}"
         count = self._publish(intake, event_id, self._payload(intake))
-        log.info("inbound %s for service %s published to %d subscriber(s)", key, service, count)
+        log.info("inbound %s for service %s published to %d subscriber(s)",
+                 loggable_id(key), service, count)  # fmt: skip
         return ProcessResult("published", event_id, count)
 
     def _payload(self, intake: InboundIntake) -> NewMessagePayload:

@@ -47,7 +47,7 @@ from shared.inbound._processor import (
     received_events,
 )
 from shared.inbound._registry import WebhookRegistry, verify_webhook_token
-from shared.logs import redacted_traceback
+from shared.logs import loggable_id, redacted_traceback
 from shared.names import DEFAULT_CONNECTION, INBOUND_INTAKE_QUEUE, INBOUND_QUEUE
 from shared.payloads import PayloadStore, fits_queue
 from shared.problems import FieldError, Problem, ProblemType
@@ -264,5 +264,5 @@ class InboundReceiver:
         send_creating(self._inbound, texts[0])
         # Debug, as the callback's 2xx answer is (shared.inbound._http): the host logs every
         # invocation, and a line at info per message costs a busy instance its log lock.
-        log.debug("inbound %s for service %s published", intake.messageKey, service)
+        log.debug("inbound %s for service %s published", loggable_id(intake.messageKey), service)
         return True

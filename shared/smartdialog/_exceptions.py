@@ -39,10 +39,10 @@ MIN_PHONE_DIGITS = 7
 #: From this many digits on, the last four are kept; shorter numbers keep only their last two.
 _KEEP_FOUR_FROM = 10
 # A run of >= 7 digits, optionally led by "+" (or its percent-encoding, as in httpx's URLs) and
-# separated by single spaces or dashes; not part of a longer word, id or dashed token.
-_PHONE_LIKE = re.compile(
-    r"(?<![\w-])(?:\+|%2[Bb])?\d(?:[ \-]?\d){" + str(MIN_PHONE_DIGITS - 1) + r",}(?!\w)"
-)
+# separated by spaces, a dash or a dot (+358.40.123.4567); not part of a longer word, id or
+# dashed token.
+_SEPARATED_DIGITS = r"\d(?:(?: +|[.\-])?\d){" + str(MIN_PHONE_DIGITS - 1) + r",}"
+_PHONE_LIKE = re.compile(r"(?<![\w-])(?:\+|%2[Bb])?" + _SEPARATED_DIGITS + r"(?!\w)")
 
 
 def mask_phone_number(number: str) -> str:
@@ -62,7 +62,7 @@ def mask_phone_numbers(text: str) -> str:
     """``text`` with every phone-number-like run masked as :func:`mask_phone_number` does.
 
     A run is at least :data:`MIN_PHONE_DIGITS` digits, optionally after ``+`` (or ``%2B``), with
-    single spaces or dashes allowed between digits (``040-123 4567``).
+    spaces, a dash or a dot allowed between digits (``040-123 4567``, ``040.123.4567``).
     """
     return _PHONE_LIKE.sub(lambda m: mask_phone_number(m.group(0)), text)
 
@@ -84,7 +84,7 @@ def has_id_shape(value: str) -> bool:
 #: separator (``run-358401234567-x``), which :func:`mask_phone_numbers` leaves (a dashed token's
 #: digits); not one between letters: a hex id's (``...a3fbb044644756d9``, half of them).
 _DIGITS_IN_ID = re.compile(
-    r"(?<![0-9A-Za-z])(?:\+|%2[Bb])?\d{" + str(MIN_PHONE_DIGITS) + r",}(?![0-9A-Za-z])"
+    r"(?<![0-9A-Za-z])(?:\+|%2[Bb])?" + _SEPARATED_DIGITS + r"(?![0-9A-Za-z])"
 )
 
 

@@ -489,6 +489,11 @@ def test_unreachable_server_reaches_a_caller_catching_smartdialog_error(
         ("to 0401234567, 0501234568", "to ***4567, ***4568"),
         ("id 123e4567-e89b-12d3-a456-426614174000", "id 123e4567-e89b-12d3-a456-426614174000"),
         ("s-1001-group", "s-1001-group"),
+        # Found by an attacker's look: dots and runs of spaces between the digits.
+        ("+358.40.123.4567", "***4567"),
+        ("/contacts/040.123.4567", "/contacts/***4567"),
+        ("+358 40  123   4567", "***4567"),
+        ("version 1.2.3, host 10.0.0.1", "version 1.2.3, host 10.0.0.1"),
     ],
 )
 def test_mask_phone_numbers(text: str, masked: str) -> None:

@@ -235,3 +235,17 @@ def test_access_log_keeps_neither_keys_tokens_nor_whole_phone_numbers(
     logged = "\n".join(lines)
     for secret in ("function-key-value", "url-token-value", "358401234567"):
         assert secret not in logged
+
+
+@pytest.mark.parametrize(
+    "number", ["%2B358%20%2040%20%20123%204567", "%2B358.40.123.4567", "040.123.4567"]
+)
+def test_access_log_masks_a_number_spelled_with_dots_or_encoded_spaces(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture, number: str
+) -> None:
+    """Found by an attacker's look: these were logged whole (or half-masked)."""
+    with caplog.at_level("INFO", logger="devhost.http"):
+        client.get(f"/api/groups/1001/7/contacts/{number}%0Aforged")
+    lines = [r.getMessage() for r in caplog.records if r.name == "devhost.http"]
+    assert any(line.startswith("GET /api/groups/1001/7/contacts/***4567") for line in lines)
+    assert not [line for line in lines if "\n" in line or "123" in line]

@@ -482,3 +482,25 @@ def test_an_unreadable_timestamp_still_tells_retries_from_other_messages() -> No
     assert key("15.01.2024 10:30:00", 31) != key("15.01.2024 11:30:00", 31)  # another message
     assert key(1e20, 31) == key(1e20, 45)  # not even text
     assert key(1e20, 31) != key(2e20, 31)
+
+
+def test_a_message_id_forges_no_log_line_and_shows_no_whole_phone_number(
+    inbound: Inbound, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an attacker's look: the id of an inbound message was logged as given, so one
+    holding a line break wrote a line of its own (``ERROR shared.fake: ...``), with a NUL or a
+    whole phone number in it."""
+    inbound.register_webhook()
+    forged = "abc\n20:09:59 ERROR   shared.fake: forged\x00 line +358401234567"
+    assert post(inbound, payload(messageId=forged), token=token_for()).status == 202
+
+    with caplog.at_level(logging.DEBUG, logger="shared"):
+        assert inbound.process_intake() == 1
+
+    lines = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert lines, caplog.text
+    for line in lines:
+        assert "\n" not in line
+        assert "\x00" not in line
+        assert "+358401234567" not in line
+        assert "***4567" in line

@@ -68,6 +68,21 @@ def test_tampered_expiry_is_refused() -> None:
     assert not verify(f"{version}.0.{mac}", TokenPurpose.STATUS, "m-1", secrets=[NEW])
 
 
+def test_only_the_token_as_signed_opens_not_one_with_zeros_before_its_expiry() -> None:
+    """Found by an attacker's look: ``v1.01799266038.<mac>`` opened what ``v1.1799266038.<mac>``
+    did (int() reads past the zeros, and the signature covers the number)."""
+    for nonce in (None, new_nonce()):
+        token = sign(TokenPurpose.STATUS, "m-1", ttl_seconds=60, secrets=[NEW], nonce=nonce)
+        assert verify(token, TokenPurpose.STATUS, "m-1", secrets=[NEW])
+        parts = token.split(".")
+        parts[1] = "0" + parts[1]
+        assert not verify(".".join(parts), TokenPurpose.STATUS, "m-1", secrets=[NEW])
+    unexpiring = sign(TokenPurpose.STATUS, "m-1", secrets=[NEW])  # "v1.0.<mac>"
+    assert verify(unexpiring, TokenPurpose.STATUS, "m-1", secrets=[NEW])
+    version, _, mac = unexpiring.split(".")
+    assert not verify(f"{version}.00.{mac}", TokenPurpose.STATUS, "m-1", secrets=[NEW])
+
+
 def test_no_secrets_configured_is_an_error_not_an_open_door() -> None:
     with pytest.raises(SigningNotConfigured):
         verify("v1.0.x", TokenPurpose.STATUS, "m-1", secrets=[])
