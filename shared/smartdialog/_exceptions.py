@@ -39,9 +39,10 @@ MIN_PHONE_DIGITS = 7
 #: From this many digits on, the last four are kept; shorter numbers keep only their last two.
 _KEEP_FOUR_FROM = 10
 # A run of >= 7 digits, optionally led by "+" (or its percent-encoding, as in httpx's URLs) and
-# separated by spaces, a dash or a dot (+358.40.123.4567); not part of a longer word, id or
-# dashed token.
-_SEPARATED_DIGITS = r"\d(?:(?: +|[.\-])?\d){" + str(MIN_PHONE_DIGITS - 1) + r",}"
+# separated by spaces or dashes, or in three or more groups by dots (+358.40.123.4567: not a
+# decimal, 1234.5678, nor a time's seconds, 12.345678); not part of a longer word, id or dashed
+# token. (A dotted run of fewer digits is left as it is: :func:`_masked`.)
+_SEPARATED_DIGITS = r"(?:\d(?:(?: +|-)?\d){" + str(MIN_PHONE_DIGITS - 1) + r",}|\d+(?:\.\d+){2,})"
 _PHONE_LIKE = re.compile(r"(?<![\w-])(?:\+|%2[Bb])?" + _SEPARATED_DIGITS + r"(?!\w)")
 
 
@@ -62,9 +63,15 @@ def mask_phone_numbers(text: str) -> str:
     """``text`` with every phone-number-like run masked as :func:`mask_phone_number` does.
 
     A run is at least :data:`MIN_PHONE_DIGITS` digits, optionally after ``+`` (or ``%2B``), with
-    spaces, a dash or a dot allowed between digits (``040-123 4567``, ``040.123.4567``).
+    spaces or a dash between digits (``040-123 4567``), or dots between three or more groups
+    (``040.123.4567``).
     """
-    return _PHONE_LIKE.sub(lambda m: mask_phone_number(m.group(0)), text)
+    return _PHONE_LIKE.sub(_masked, text)
+
+
+def _masked(match: re.Match[str]) -> str:
+    found = match.group(0)
+    return found if sum(c.isdigit() for c in found) < MIN_PHONE_DIGITS else mask_phone_number(found)
 
 
 #: An id of ours (or a caller's UUID): 32 hex digits in five groups, whose digit groups would read
@@ -95,7 +102,7 @@ def mask_phone_numbers_in_id(value: str) -> str:
     if has_id_shape(value):
         return value
     masked = mask_phone_numbers(value)
-    return _DIGITS_IN_ID.sub(lambda m: mask_phone_number(m.group(0)), masked)
+    return _DIGITS_IN_ID.sub(_masked, masked)
 
 
 def display_path(path: str) -> str:

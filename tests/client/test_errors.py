@@ -494,6 +494,7 @@ def test_unreachable_server_reaches_a_caller_catching_smartdialog_error(
         ("/contacts/040.123.4567", "/contacts/***4567"),
         ("+358 40  123   4567", "***4567"),
         ("version 1.2.3, host 10.0.0.1", "version 1.2.3, host 10.0.0.1"),
+        ("took 1234.5678 ms at 20:15:12.345678", "took 1234.5678 ms at 20:15:12.345678"),
     ],
 )
 def test_mask_phone_numbers(text: str, masked: str) -> None:
