@@ -2,34 +2,55 @@
 
 A rule's expression is at most 1,000 characters, yet it can ask for work exponential in its
 length: each ``join('', [@, @])`` doubles a string, and 45 of them asked for terabytes (it
-took the worker's memory when the rule was saved). Comparing, serializing or joining values
-that share parts (``[@, @]`` nested) costs their size written out, which doubles per level.
+took the worker's memory when the rule was saved). Values that share parts (``[@, @]`` nested)
+cost their size written out, which doubles per level, when they are compared, serialized,
+joined or rendered into a message.
 
-So every step of the evaluation is paid for from one budget: each node the interpreter visits,
-and the size written out of every value a function is given or returns and of both sides of a
-comparison. The budget is :data:`BASE_UNITS` plus :data:`PER_DOCUMENT_UNIT` per unit of the
-document (a value counts one unit, a text its length more): ordinary rules on ordinary events
-spend a small part of it; one that asks for more stops with :class:`OverBudget`, having held
-at most about the budget in memory.
+So every step is paid for from one budget: each node the interpreter visits; the size written
+out of every value a function is given or returns, of both sides of a comparison and of what
+the expression finds; and, before it is made, what ``join`` makes (its separator once between
+each two items). One budget serves every expression of a rule for one event (its Condition,
+FromEvent and placeholders: :func:`one_budget`), or of a rule being saved; its size is
+:data:`BASE_UNITS` plus :data:`PER_DOCUMENT_UNIT` per character of the event written as JSON
+(non-ASCII text escaped, as ``to_string`` writes it). A value counts one unit, a text its
+length more. Ordinary rules spend a small part of it; one that asks for more stops with
+:class:`OverBudget`, having held no more than a few times the budget in memory, in well under
+a second on an ordinary event.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode
 
-__all__ = ["BASE_UNITS", "PER_DOCUMENT_UNIT", "OverBudget", "search_within_budget"]
+__all__ = [
+    "BASE_UNITS",
+    "PER_DOCUMENT_UNIT",
+    "OverBudget",
+    "allowance",
+    "one_budget",
+    "search_within_budget",
+]
 
-BASE_UNITS = 200_000
-PER_DOCUMENT_UNIT = 4
+BASE_UNITS = 500_000
+PER_DOCUMENT_UNIT = 8
 
 
 class OverBudget(Exception):
     """The expression asked for more work than its budget."""
+
+
+def allowance(document: Any) -> int:
+    """The budget of the expressions applied to ``document``."""
+    written = json.dumps(document, separators=(",", ":"), default=str)
+    return BASE_UNITS + PER_DOCUMENT_UNIT * len(written)
 
 
 class _Budget:
@@ -41,10 +62,9 @@ class _Budget:
         if self.left < 0:
             raise OverBudget
 
-    def size(self, value: Any, *, limit: int | None = None) -> int:
-        """The size of ``value`` written out, paid for (or, with ``limit``, free, stopping
-        there)."""
-        seen, stack = 0, [value]
+    def size(self, value: Any) -> None:
+        """Pay for ``value`` written out (each shared part as often as it occurs)."""
+        stack = [value]
         while stack:
             item = stack.pop()
             units = 1 + (len(item) if isinstance(item, str) else 0)
@@ -53,20 +73,30 @@ class _Budget:
                 stack.extend(item.values())
             elif isinstance(item, list):
                 stack.extend(item)
-            seen += units
-            if limit is None:
-                self.spend(units)
-            elif seen > limit:
-                break
-        return seen
+            self.spend(units)
+
+
+_SHARED: ContextVar[_Budget | None] = ContextVar("expression_budget", default=None)
+
+
+@contextmanager
+def one_budget(units: int) -> Iterator[None]:
+    """Within: every expression applied shares one budget of ``units`` (:func:`allowance`)."""
+    token = _SHARED.set(_Budget(units))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def search_within_budget(compiled: Any, document: Any) -> Any:
-    """``compiled`` (a :func:`jmespath.compile` result) applied to ``document``; raises
-    :class:`OverBudget` when it asks for more than the budget of ``document``."""
-    budget = _Budget(0)
-    budget.left = BASE_UNITS + PER_DOCUMENT_UNIT * budget.size(document, limit=2**40)
-    return _interpreter()(budget).visit(compiled.parsed, document)
+    """``compiled`` (a :func:`jmespath.compile` result) applied to ``document``, paid for from
+    the budget of :func:`one_budget` (else one of its own); raises :class:`OverBudget` when
+    that runs out."""
+    budget = _SHARED.get() or _Budget(allowance(document))
+    found = _interpreter()(budget).visit(compiled.parsed, document)
+    budget.size(found)  # what the caller reads (a placeholder writes it out)
+    return found
 
 
 @functools.cache
@@ -79,9 +109,14 @@ def _interpreter() -> Callable[[_Budget], Any]:
             self.budget = budget
 
         def call_function(self, function_name: str, resolved_args: Iterable[Any]) -> Any:
-            for argument in resolved_args:
+            arguments = list(resolved_args)
+            for argument in arguments:
                 self.budget.size(argument)
-            result = super().call_function(function_name, resolved_args)
+            if function_name == "join" and len(arguments) == 2:
+                glue, items = arguments
+                if isinstance(glue, str) and isinstance(items, list):  # else jmespath refuses
+                    self.budget.spend(len(glue) * max(0, len(items) - 1))
+            result = super().call_function(function_name, arguments)
             self.budget.size(result)
             return result
 

@@ -35,6 +35,7 @@ from shared.clock import utcnow
 from shared.connections import DEFAULT_CONNECTION, connection_name
 from shared.logs import loggable_text
 from shared.names import OUTBOUND_QUEUE
+from shared.notify._budget import allowance, one_budget
 from shared.notify._intake import IncomingEvent, InvalidEvent
 from shared.notify._rules import (
     CONTENT_CHARS,
@@ -263,39 +264,58 @@ class Notifier:
         book = book or self.rules.book()
         document = event.document()
         result = EventResult(event)
-        now, said = utcnow(), loggable_text(event.id)  # as logged: escaped, bounded, masked
+        now = utcnow()
+        units = allowance(document)  # one budget per rule: shared/notify/_budget.py
         for rule in book.rules if rules is None else rules:
-            try:
-                if not rule.matches(event, document):
-                    continue
-            except ExpressionFailed as exc:
-                log.warning("rule %s: its Condition failed on event %s: %s", rule.Id, said, exc)
-                result.skipped.append(Skipped(rule.Id, "", f"condition failed: {exc}"))
-                continue
-            result.rules.append(rule.Id)
-            fixed = self._fixed(rule, book, result)
-            taken = self._from_event(rule, event, document, result, fixed)
-            made: list[tuple[PlannedSend, bool]] = []
-            for address in fixed + taken:
-                try:  # made first: a message that cannot be made takes no quiet period or cap
-                    made.append((self._send(rule, event, document, address, now), address in taken))
-                except ValueError as exc:  # pydantic's ValidationError is one too
-                    reason = f"message not valid: {invalid_fields(exc)}"
-                    log.warning("rule %s: no message for event %s: %s", rule.Id, said, reason)
-                    result.skipped.append(Skipped(rule.Id, address, reason))
-            if made and (unset := rule.unsendable()) is not None:
-                if not dry_run:  # nothing queued that its sender could only dead-letter
-                    raise SettingsInvalid([unset])
-                reason = f"not sendable: {unset.message} Set {unset.field}."
-                result.skipped.append(Skipped(rule.Id, "", reason))
-                continue
-            if dry_run:
-                result.sends.extend(planned for planned, _ in made)
-            else:
-                result.pending.append((rule, made))
+            with one_budget(units):
+                self._plan_rule(rule, event, document, book, result, now, dry_run=dry_run)
         if limit:
             self.limit(result)
         return result
+
+    def _plan_rule(
+        self,
+        rule: Rule,
+        event: IncomingEvent,
+        document: dict[str, Any],
+        book: RuleBook,
+        result: EventResult,
+        now: dt.datetime,
+        *,
+        dry_run: bool,
+    ) -> None:
+        """What ``rule`` makes of ``event``, added to ``result``."""
+        said = loggable_text(event.id)  # as logged: escaped, bounded, masked
+        rendered: dict[tuple[str, int], str] = {}  # a placeholder's text is every recipient's
+        try:
+            if not rule.matches(event, document):
+                return
+        except ExpressionFailed as exc:
+            log.warning("rule %s: its Condition failed on event %s: %s", rule.Id, said, exc)
+            result.skipped.append(Skipped(rule.Id, "", f"condition failed: {exc}"))
+            return
+        result.rules.append(rule.Id)
+        fixed = self._fixed(rule, book, result)
+        taken = self._from_event(rule, event, document, result, fixed)
+        made: list[tuple[PlannedSend, bool]] = []
+        for address in fixed + taken:
+            try:  # made first: a message that cannot be made takes no quiet period or cap
+                planned = self._send(rule, event, document, address, now, rendered)
+                made.append((planned, address in taken))
+            except ValueError as exc:  # pydantic's ValidationError is one too
+                reason = f"message not valid: {invalid_fields(exc)}"
+                log.warning("rule %s: no message for event %s: %s", rule.Id, said, reason)
+                result.skipped.append(Skipped(rule.Id, address, reason))
+        if made and (unset := rule.unsendable()) is not None:
+            if not dry_run:  # nothing queued that its sender could only dead-letter
+                raise SettingsInvalid([unset])
+            reason = f"not sendable: {unset.message} Set {unset.field}."
+            result.skipped.append(Skipped(rule.Id, "", reason))
+            return
+        if dry_run:
+            result.sends.extend(planned for planned, _ in made)
+        else:
+            result.pending.append((rule, made))
 
     def limit(self, result: EventResult) -> None:
         """Plan's second half: its pending sends through their rules' quiet periods and caps."""
@@ -436,14 +456,20 @@ class Notifier:
         document: dict[str, Any],
         address: str,
         now: dt.datetime,
+        rendered: dict[tuple[str, int], str],
     ) -> PlannedSend:
+        """``rule``'s message to ``address``; ``rendered``: its texts made so far (the same for
+        every recipient: each placeholder is applied once per event)."""
         origin = SendOrigin(ruleId=rule.Id, eventId=event.id, eventSource=event.source)
         message_id = origin.message_id(address)
         message = rule.Message
 
         def text(value: str, limit: int = PARAMETER_CHARS) -> str:  # cut: a forged event's cost
-            event_id = loggable_text(event.id)
-            return render(value, document, rule_id=rule.Id, event_id=event_id, limit=limit)
+            if (value, limit) not in rendered:
+                event_id = loggable_text(event.id)
+                made = render(value, document, rule_id=rule.Id, event_id=event_id, limit=limit)
+                rendered[value, limit] = made
+            return rendered[value, limit]
 
         def texts(name: str) -> list[str] | None:
             return [text(p) for p in getattr(message, name) or []] or None

@@ -465,9 +465,7 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
     against it. (That a named
     ``List`` exists is the actions' check: it needs the store.)
     """
-    from jmespath.exceptions import JMESPathError
-
-    from shared.notify._budget import OverBudget, search_within_budget
+    from shared.notify._budget import allowance, one_budget
     from shared.notify._intake import InvalidEvent, parse_object
     from shared.phone import InvalidPhoneNumber, is_calling_code, parse_phone_number
 
@@ -501,25 +499,8 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
             (name, f"The $( at character {at + 1} has no ) closing it (text: write $ ( ).")
             for at in unclosed
         )
-    for name, expression in expressions.items():
-        if expression is None:
-            continue
-        field = name.split("$(")[0]
-        try:
-            compiled = compile_expression(expression)
-        except ValueError as exc:
-            errors.append((field, f"{expression!r}: {exc}"))
-            continue
-        try:
-            search_within_budget(compiled, {})  # applying it recurses per nesting level too
-        except RecursionError:
-            errors.append((field, f"{expression!r}: nested too deeply to apply"))
-        except OverBudget:  # (join('', [@, @]) 45 times over asked for terabytes)
-            errors.append((field, f"{expression!r}: {TOO_MUCH_WORK}"))
-        except JMESPathError:  # what it says of an empty document: events will tell
-            pass
-        except (OverflowError, ValueError, ArithmeticError) as exc:  # floor(`1e999`)
-            errors.append((field, f"{expression!r}: a number it cannot use ({type(exc).__name__})"))
+    with one_budget(allowance({})):  # one budget for them all, as on an event
+        errors += _errors_on_nothing(expressions)
     for index, number in enumerate(rule.Recipients.Numbers):
         try:
             parse_phone_number(number)
@@ -538,17 +519,67 @@ def rule_errors(rule: Rule) -> list[tuple[str, str]]:
             document = parse_object(rule.SampleEvent).document()
         except InvalidEvent as exc:
             return [("SampleEvent", str(exc))]
-        for name in ("Match.Condition", "Recipients.FromEvent"):
-            expression = expressions[name]
+        with one_budget(allowance(document)):
+            errors += _errors_on_sample(rule, expressions, document)
+    return errors
+
+
+def _errors_on_nothing(expressions: dict[str, str | None]) -> list[tuple[str, str]]:
+    """What is wrong with each expression (named by field, a placeholder's ``field$(i)``) as
+    written, or applied to an empty document."""
+    from jmespath.exceptions import JMESPathError
+
+    from shared.notify._budget import OverBudget, search_within_budget
+
+    errors: list[tuple[str, str]] = []
+    spent = False  # the budget: the rest are not applied (they would fail for another's work)
+    for name, expression in expressions.items():
+        if expression is None:
+            continue
+        field = name.split("$(")[0]
+        try:
+            compiled = compile_expression(expression)
+        except ValueError as exc:
+            errors.append((field, f"{expression!r}: {exc}"))
+            continue
+        if spent:
+            continue
+        try:
+            search_within_budget(compiled, {})  # applying it recurses per nesting level too
+        except RecursionError:
+            errors.append((field, f"{expression!r}: nested too deeply to apply"))
+        except OverBudget:  # (join('', [@, @]) 45 times over asked for terabytes)
+            errors.append((field, f"{expression!r}: {TOO_MUCH_WORK}"))
+            spent = True
+        except JMESPathError:  # what it says of an empty document: events will tell
+            pass
+        except TypeError as exc:  # '97' > `90`: literals, so on every event
+            errors.append((field, f"{expression!r}: values it cannot compare or combine ({exc})"))
+        except (OverflowError, ValueError, ArithmeticError) as exc:  # floor(`1e999`)
+            errors.append((field, f"{expression!r}: a number it cannot use ({type(exc).__name__})"))
+    return errors
+
+
+def _errors_on_sample(
+    rule: Rule, expressions: dict[str, str | None], document: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """What fails on, or finds nothing in, the rule's ``SampleEvent`` (``document``)."""
+    errors: list[tuple[str, str]] = []
+    for name in ("Match.Condition", "Recipients.FromEvent"):
+        expression = expressions[name]
+        try:
+            if expression is not None:
+                evaluate(expression, document)
+        except ExpressionFailed as exc:
+            errors.append((name, f"{expression!r} fails on the SampleEvent: {exc}"))
+    for name, text in rule.Message.texts().items():
+        for placeholder in split_placeholders(text)[0][1::2]:
             try:
-                if expression is not None:
-                    evaluate(expression, document)
+                found = evaluate(placeholder.strip(), document)
             except ExpressionFailed as exc:
-                errors.append((name, f"{expression!r} fails on the SampleEvent: {exc}"))
-        for name, text in rule.Message.texts().items():
-            for placeholder in split_placeholders(text)[0][1::2]:
-                if search(placeholder.strip(), document) is None:
-                    errors.append(
-                        (name, f"$({placeholder.strip()}) finds nothing in the SampleEvent.")
-                    )
+                why = f"fails on the SampleEvent: {exc}"
+            else:
+                why = "" if found is not None else "finds nothing in the SampleEvent."
+            if why:
+                errors.append((name, f"$({placeholder.strip()}) {why}"))
     return errors

@@ -113,7 +113,11 @@ def handle_page(
     URL's: the buttons post to it plus ``/redrive`` or ``/purge`` (absolute, so the page opened
     as ``/api/ops/`` posts where ``/api/ops`` does, whatever the host's route prefix)."""
 
-    unconfigured = configuration_problem()  # /api/health's list, read before going lenient
+    try:  # /api/health's list, read before going lenient
+        unconfigured = configuration_problem()
+    except Exception as exc:  # the page shows what it can without it
+        log.error("ops page: the configuration check failed: %s", redacted_traceback(exc))
+        unconfigured = None
 
     def run() -> PageResponse:
         current = settings or _settings()

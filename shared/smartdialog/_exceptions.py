@@ -41,7 +41,7 @@ _KEEP_FOUR_FROM = 10
 # A run of >= 7 digits, optionally led by "+" (or its percent-encoding, as in httpx's URLs) and
 # separated by spaces or dashes, or in three or more groups by dots (+358.40.123.4567: not a
 # decimal, 1234.5678, nor a time's seconds, 12.345678); not part of a longer word, id or dashed
-# token. (A dotted run of fewer digits is left as it is: :func:`_masked`.)
+# token. Not a dotted IPv4 address or date (:func:`_masked`).
 _SEPARATED_DIGITS = r"(?:\d(?:(?: +|-)?\d){" + str(MIN_PHONE_DIGITS - 1) + r",}|\d+(?:\.\d+){2,})"
 _PHONE_LIKE = re.compile(r"(?<![\w-])(?:\+|%2[Bb])?" + _SEPARATED_DIGITS + r"(?!\w)")
 
@@ -64,14 +64,24 @@ def mask_phone_numbers(text: str) -> str:
 
     A run is at least :data:`MIN_PHONE_DIGITS` digits, optionally after ``+`` (or ``%2B``), with
     spaces or a dash between digits (``040-123 4567``), or dots between three or more groups
-    (``040.123.4567``).
+    (``040.123.4567``; not an IPv4 address or a date, ``05.01.2024``).
     """
     return _PHONE_LIKE.sub(_masked, text)
 
 
 def _masked(match: re.Match[str]) -> str:
     found = match.group(0)
-    return found if sum(c.isdigit() for c in found) < MIN_PHONE_DIGITS else mask_phone_number(found)
+    if sum(c.isdigit() for c in found) < MIN_PHONE_DIGITS:
+        return found
+    if "." in found and _DOTTED_NOT_A_NUMBER.fullmatch(found):
+        return found
+    return mask_phone_number(found)
+
+
+#: Dotted runs that are no phone number: an IPv4 address, a date (15.01.2024, 2024.10.15).
+_DOTTED_NOT_A_NUMBER = re.compile(
+    r"\d{1,3}(?:\.\d{1,3}){3}|\d{1,2}\.\d{1,2}\.\d{2,4}|\d{4}\.\d{1,2}\.\d{1,2}"
+)
 
 
 #: An id of ours (or a caller's UUID): 32 hex digits in five groups, whose digit groups would read
@@ -91,7 +101,7 @@ def has_id_shape(value: str) -> bool:
 #: separator (``run-358401234567-x``), which :func:`mask_phone_numbers` leaves (a dashed token's
 #: digits); not one between letters: a hex id's (``...a3fbb044644756d9``, half of them).
 _DIGITS_IN_ID = re.compile(
-    r"(?<![0-9A-Za-z])(?:\+|%2[Bb])?" + _SEPARATED_DIGITS + r"(?![0-9A-Za-z])"
+    r"(?<![0-9A-Za-z])(?:\+|%2[Bb])?\d{" + str(MIN_PHONE_DIGITS) + r",}(?![0-9A-Za-z])"
 )
 
 

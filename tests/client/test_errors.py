@@ -495,10 +495,23 @@ def test_unreachable_server_reaches_a_caller_catching_smartdialog_error(
         ("+358 40  123   4567", "***4567"),
         ("version 1.2.3, host 10.0.0.1", "version 1.2.3, host 10.0.0.1"),
         ("took 1234.5678 ms at 20:15:12.345678", "took 1234.5678 ms at 20:15:12.345678"),
+        ("15.01.2024 10:30:00 from 192.168.100.200", "15.01.2024 10:30:00 from 192.168.100.200"),
+        ("05.01.2024, release 2024.10.15", "05.01.2024, release 2024.10.15"),
+        ("358.40.123.4567 or 06.12.34.56.78", "***4567 or ***5678"),
     ],
 )
 def test_mask_phone_numbers(text: str, masked: str) -> None:
     assert mask_phone_numbers(text) == masked
+
+
+def test_an_id_with_our_id_in_it_stays_whole_one_with_a_dotted_number_does_not() -> None:
+    """Found in review: a dash between digit groups masked a UUID's inside an event id
+    (``1001:4d5fb481-4a88-***83-5796a7ae3bb5``), which a search for the id then missed."""
+    from shared.smartdialog import mask_phone_numbers_in_id
+
+    event_id = "s-1001-twoway:4d5fb481-4a88-4798-9983-5796a7ae3bb5"
+    assert mask_phone_numbers_in_id(event_id) == event_id
+    assert mask_phone_numbers_in_id("358.40.123.4567") == "***4567"  # an X-Request-Id
 
 
 @pytest.mark.parametrize(

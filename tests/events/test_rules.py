@@ -231,6 +231,70 @@ def test_an_expression_whose_work_grows_with_the_event_fails_on_it_and_stays_bou
     )  # an ordinary rule on a large event is well within its budget
 
 
+def test_a_placeholder_whose_value_doubles_with_each_step_is_refused_when_saved() -> None:
+    """Found in review: a bare [@, @] is no function and no comparison, so 40 of them cost
+    120 steps, and rendering the value wrote out 2**40 leaves. What an expression finds is
+    paid for too."""
+    content = "disk $(@" + " | [@, @]" * 40 + ")"
+    found = rule_errors(Rule.model_validate(rule(Message={"Sender": "Ops", "Content": content})))
+    assert [f for f, _ in found] == ["Message.Content"]
+
+
+def test_join_pays_for_what_it_makes_before_making_it() -> None:
+    """Found in review: a separator of s characters between n items makes s*n characters,
+    where s + n had been paid for: 2 GB held before the budget said no."""
+    import tracemalloc
+
+    from shared.notify._rules import ExpressionFailed, evaluate
+
+    document = {"data": {"s": "x" * 20_000, "l": [""] * 10_000}}  # 200 million characters
+    tracemalloc.start()
+    try:
+        with pytest.raises(ExpressionFailed, match="more work than a rule may"):
+            evaluate("join(data.s, data.l) == ''", document)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000
+
+
+def test_one_budget_serves_every_expression_of_a_rule_for_an_event() -> None:
+    """Found in review: 300 placeholders each just within a budget of its own took 20 s per
+    save and per send."""
+    from shared.notify._budget import BASE_UNITS, OverBudget, allowance, one_budget
+    from shared.notify._budget import search_within_budget as apply
+    from shared.notify._rules import compile_expression
+
+    heavy = compile_expression("join('', [@, @, @, @, @, @, @, @, @, @])")  # 10 x the text
+    text = "x" * (BASE_UNITS // 30)  # each application: about a third of the budget
+    apply(heavy, text)  # alone: within its own budget
+    with one_budget(allowance(text)), pytest.raises(OverBudget):  # noqa: PT012
+        for _ in range(4):
+            apply(heavy, text)
+
+
+@pytest.mark.parametrize("text", ["Ошибка сервера " * 4000, "🔥 burning " * 4000])
+def test_an_ordinary_expression_on_a_large_event_of_any_script_is_within_its_budget(
+    text: str,
+) -> None:
+    """Found in review: to_string escapes each non-ASCII character to six or twelve, which the
+    budget counted against an event measured in characters: Cyrillic from 22,223 characters
+    on, emoji from 9,524, failed."""
+    from shared.notify._rules import evaluate
+
+    document = {"data": {"message": text, "rows": [[text[:40]] * 6] * 2000}}
+    condition = "contains(to_string(data), 'ERROR') || contains(to_string(data), 'FATAL')"
+    assert evaluate(condition, document) is False
+
+
+@pytest.mark.parametrize("condition", ["'97' > `90`", '`"b"` >= `2`'])
+def test_a_comparison_of_literals_python_cannot_make_is_a_400_not_a_500(condition: str) -> None:
+    """Found in review: it raised a plain TypeError out of the save check."""
+    found = rule_errors(Rule.model_validate(rule(Match={"EventType": "t", "Condition": condition})))
+    assert [f for f, _ in found] == ["Match.Condition"]
+    assert "cannot compare or combine" in found[0][1]
+
+
 @pytest.mark.parametrize("condition", ["floor(`1e999`) > `1`", "floor(`NaN`) > `1`"])
 def test_an_expression_on_a_number_no_float_holds_is_a_400_field_not_a_500(
     condition: str,

@@ -109,6 +109,26 @@ def test_locally_the_page_is_open_and_shows_queues_quota_and_dead_letters(ops: O
     assert "&lt;b&gt;in time&lt;/b&gt;" in html
 
 
+def test_a_failing_configuration_check_leaves_the_page_without_its_banner_not_a_500(
+    ops: Outbound, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: the check runs before the page's own guard, so its failure escaped the
+    function (a bare 500, its traceback unredacted)."""
+    from shared.ops import page
+
+    def broken() -> None:
+        raise RuntimeError("table down: https://q.test/t?sv=1&sig=SECRETSIGNATURE")
+
+    monkeypatch.setattr(page, "configuration_problem", broken)
+    with caplog.at_level(logging.ERROR, logger="shared.ops"):
+        answer = get_page()
+
+    assert answer.status_code == 200
+    assert 'id="unconfigured"' not in answer.get_body().decode()
+    assert "the configuration check failed" in caplog.text
+    assert "SECRETSIGNATURE" not in caplog.text
+
+
 def test_a_500s_traceback_is_logged_with_the_secrets_it_quotes_cut(
     ops: Outbound, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
