@@ -788,3 +788,23 @@ def test_a_dry_run_of_an_event_its_rules_make_too_many_sends_of_says_every_door_
         assert "6 sends of it, more than the 5" in error["message"]
     finally:
         assert call("DeleteNotificationRule", "DELETE", RuleId=unique_name).status == 204
+
+
+def test_a_rules_placeholders_are_applied_once_per_event_within_the_rules_one_budget(
+    notify: Notify,
+) -> None:
+    """Each rule's expressions share one budget per event (shared/notify/_budget.py), and a
+    placeholder is applied once per event, not once per recipient: a costly one (about two
+    thirds of the budget here) renders for all five recipients of each of two rules."""
+    costly = "$(join('', [" + ", ".join(["data.s"] * 10) + "]))"
+    phones = [f"+3584012345{i:02d}" for i in range(5)]
+    for rule_id in ("one", "two"):
+        notify.rule(Id=rule_id, Message={"Sender": "Ops", "Content": costly})
+
+    result = notify.handle(event("e1", s="x" * 15_000, phones=phones))
+
+    assert reasons(result) == []
+    assert sorted(sent_to(result)) == sorted(phones * 2)
+    contents = [q["body"]["Content"] for q in notify.queued()]
+    assert contents
+    assert all(c.startswith("x" * 1000) for c in contents), contents[-1][:50]
