@@ -12,10 +12,11 @@ the expression finds; and, before it is made, what ``join`` makes (its separator
 each two items). One budget serves every expression of a rule for one event (its Condition,
 FromEvent and placeholders: :func:`one_budget`), or of a rule being saved; its size is
 :data:`BASE_UNITS` plus :data:`PER_DOCUMENT_UNIT` per character of the event written as JSON
-(non-ASCII text escaped, as ``to_string`` writes it). A value counts one unit, a text its
-length more. Ordinary rules spend a small part of it; one that asks for more stops with
-:class:`OverBudget`, having held no more than a few times the budget in memory, in well under
-a second on an ordinary event.
+(non-ASCII text escaped, as ``to_string`` writes it), at most :data:`MOST_UNITS`, and at most
+:data:`MOST_STEPS` steps. A value costs its length written as JSON (non-ASCII text escaped)
+and a step per item; a flatten or a slice pays for the list it makes before making it.
+Ordinary rules spend a small part of it; one that asks for more stops with :class:`OverBudget`,
+having held no more than a few times the budget in memory, within a few seconds of CPU.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASE_UNITS",
+    "MOST_STEPS",
+    "MOST_UNITS",
     "PER_DOCUMENT_UNIT",
     "OverBudget",
     "allowance",
@@ -41,6 +44,11 @@ __all__ = [
 
 BASE_UNITS = 500_000
 PER_DOCUMENT_UNIT = 8
+#: The most units (64 MB or so of text written out) ...
+MOST_UNITS = 64_000_000
+#: ... and the most steps, whatever the event: each node visited and each value whose size is
+#: paid for is one (about a microsecond each: a few seconds of CPU at most).
+MOST_STEPS = 3_000_000
 
 
 class OverBudget(Exception):
@@ -48,31 +56,39 @@ class OverBudget(Exception):
 
 
 def allowance(document: Any) -> int:
-    """The budget of the expressions applied to ``document``."""
+    """The budget of the expressions applied to ``document`` (at most :data:`MOST_UNITS`)."""
     written = json.dumps(document, separators=(",", ":"), default=str)
-    return BASE_UNITS + PER_DOCUMENT_UNIT * len(written)
+    return min(MOST_UNITS, BASE_UNITS + PER_DOCUMENT_UNIT * len(written))
 
 
 class _Budget:
     def __init__(self, units: int) -> None:
         self.left = units
+        self.steps = MOST_STEPS
 
-    def spend(self, units: int) -> None:
+    def spend(self, units: int, steps: int = 1) -> None:
         self.left -= units
-        if self.left < 0:
+        self.steps -= steps
+        if self.left < 0 or self.steps < 0:
             raise OverBudget
 
     def size(self, value: Any) -> None:
-        """Pay for ``value`` written out (each shared part as often as it occurs)."""
+        """Pay for ``value`` written out as JSON (each shared part as often as it occurs)."""
         stack = [value]
         while stack:
             item = stack.pop()
-            units = 1 + (len(item) if isinstance(item, str) else 0)
-            if isinstance(item, dict):
-                units += sum(len(key) for key in item)
+            if isinstance(item, str):
+                units = 2 + len(item) if item.isascii() else len(json.dumps(item))  # "\u00e4"
+            elif isinstance(item, dict):
+                units = 2 + sum(4 + len(key) for key in item)
                 stack.extend(item.values())
             elif isinstance(item, list):
+                units = 2 + len(item)
                 stack.extend(item)
+            elif isinstance(item, int) and not isinstance(item, bool):
+                units = 2 + item.bit_length() * 3 // 10  # its digits
+            else:
+                units = 25  # a float's digits, true, false, null
             self.spend(units)
 
 
@@ -128,6 +144,27 @@ def _interpreter() -> Callable[[_Budget], Any]:
         def visit(self, node: _TreeNode, *args: Any, **kwargs: Any) -> Any:
             self.budget.spend(1)
             return super().visit(node, *args, **kwargs)
+
+        def visit_flatten(self, node: _TreeNode, value: Any) -> Any:
+            """As jmespath flattens, paying for the list before it is made (100,000 items
+            each a list of the same 100,000 made 10**10)."""
+            base = self.visit(node["children"][0], value)
+            if not isinstance(base, list):
+                return None
+            made = sum(len(item) if isinstance(item, list) else 1 for item in base)
+            self.budget.spend(made, made)
+            merged: list[Any] = []
+            for item in base:
+                if isinstance(item, list):
+                    merged.extend(item)
+                else:
+                    merged.append(item)
+            return merged
+
+        def visit_slice(self, node: _TreeNode, value: Any) -> Any:
+            if isinstance(value, list):
+                self.budget.spend(len(value), len(value))  # (the copy it makes, at most)
+            return super().visit_slice(node, value)
 
         def visit_comparator(self, node: _TreeNode, value: Any) -> Any:
             """Both sides, paid for by their size, then compared as jmespath compares them."""

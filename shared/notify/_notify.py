@@ -65,6 +65,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_SENDS", "EventResult", "Notifier", "PlannedSend", "Skipped"]
 
+#: The most values a rule's FromEvent is read for (each parsed as a phone number): far more than
+#: any MaxPerEvent (at most 100) and the refused numbers beside them.
+FROM_EVENT_READ = 1000
+
 log = logging.getLogger("shared.notify")
 
 #: The most sends one delivery (a request, a queue message, an Event Grid event) may make, all
@@ -420,10 +424,14 @@ class Notifier:
             result.skipped.append(Skipped(rule.Id, "", f"FromEvent failed: {exc}"))
             return []
         values = found if isinstance(found, list) else ([] if found is None else [found])
+        if len(values) > FROM_EVENT_READ:  # each is parsed: a forged event's cost
+            result.skipped.append(Skipped(rule.Id, "", f"values past the first "
+                                          f"{FROM_EVENT_READ:,} not read"))  # fmt: skip
+            values = values[:FROM_EVENT_READ]
         numbers: list[str] = []
         for value in values:
             if isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)
+                value = str(value) if value.bit_length() < 64 else None  # no phone number
             if not isinstance(value, str):
                 log.warning(
                     "rule %s: FromEvent gave a value of type %s, not a phone number",

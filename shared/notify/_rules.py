@@ -16,6 +16,7 @@ import fnmatch
 import functools
 import json
 import logging
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -121,11 +122,12 @@ class RuleMessage(_Strict):
         "Template Name", "Or a WhatsApp template to send.", min_length=1, max_length=512
     )
     BodyParameters: list[_Param] | None = _f(
-        "Body Parameters", "The template's body parameters (placeholders allowed)."
+        "Body Parameters", "The template's body parameters (placeholders allowed).", max_length=100
     )
     HeaderParameters: list[_Param] | None = _f(
-        "Header Parameters", "The template's header parameters (placeholders allowed)."
-    )
+        "Header Parameters", "The template's header parameters (placeholders allowed).",
+        max_length=100,
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _one_kind(self) -> RuleMessage:
@@ -351,7 +353,8 @@ def _closing(text: str, start: int) -> int | None:
 @functools.lru_cache(maxsize=1024)
 def split_placeholders(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """``text`` as text, expression, text, ... (each ``$(expression)`` runs to the ``)`` that
-    closes it), and where each ``$(`` is that nothing closes (it stays text)."""
+    closes it), and where the first ``$(`` is that nothing closes (it and the rest stay text:
+    looking for each one's end was quadratic, and a rule with one is refused anyway)."""
     pieces: list[str] = []
     unclosed: list[int] = []
     start, at = 0, text.find("$(")
@@ -359,12 +362,14 @@ def split_placeholders(text: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
         end = _closing(text, at + 2)
         if end is None:
             unclosed.append(at)
-            at = text.find("$(", at + 2)
-            continue
+            break
         pieces += [text[start:at], text[at + 2 : end]]
         start = end + 1
         at = text.find("$(", start)
     return (*pieces, text[start:]), tuple(unclosed)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _as_text(value: Any) -> str:
@@ -395,17 +400,18 @@ def render(
     (logged, no data): what bounds a
     forged event's long value, and a long alert still goes out."""
 
+    missing: list[str] = []
+
     def value(expression: str) -> str:
         found = search(expression.strip(), document)
-        if found is None:
-            log.warning(
-                "rule %s: placeholder %s found nothing in event %s",
-                rule_id,
-                expression.strip(),
-                event_id,
-            )
+        try:
+            made = None if found is None else _as_text(found)
+        except ValueError:  # an integer of more digits than Python writes out
+            made = None
+        if made is None:
+            missing.append(expression.strip())
             return ""
-        return _as_text(found).replace("$(", "$ (")
+        return _SURROGATE.sub("\ufffd", made).replace("$(", "$ (")  # (from a JSON literal)
 
     def joined(values: list[str]) -> str:
         rendered = ""
@@ -418,6 +424,10 @@ def render(
 
     pieces = split_placeholders(text)[0]
     values = [value(expression) for expression in pieces[1::2]]
+    if missing:  # one line for them all
+        more = f" (and {len(missing) - 1:,} more)" if len(missing) > 1 else ""
+        log.warning("rule %s: placeholder %s found nothing in event %s%s",
+                    rule_id, missing[0], event_id, more)  # fmt: skip
     rendered = cut = joined(values)
     if limit is None or len(rendered) <= limit:
         return rendered

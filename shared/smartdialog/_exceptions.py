@@ -41,9 +41,11 @@ _KEEP_FOUR_FROM = 10
 # A run of >= 7 digits, optionally led by "+" (or its percent-encoding, as in httpx's URLs) and
 # separated by spaces or dashes, or in three or more groups by dots (+358.40.123.4567: not a
 # decimal, 1234.5678, nor a time's seconds, 12.345678); not part of a longer word, id or dashed
-# token. Not a dotted IPv4 address or date (:func:`_masked`).
+# token; not a date (2024-01-15, 15-01-2024). Dotted: see :func:`_masked`.
 _SEPARATED_DIGITS = r"(?:\d(?:(?: +|-)?\d){" + str(MIN_PHONE_DIGITS - 1) + r",}|\d+(?:\.\d+){2,})"
-_PHONE_LIKE = re.compile(r"(?<![\w-])(?:\+|%2[Bb])?" + _SEPARATED_DIGITS + r"(?!\w)")
+_MONTH, _DAY = r"(?:0[1-9]|1[0-2])", r"(?:0[1-9]|[12]\d|3[01])"
+_DATE = rf"(?:\d{{4}}([-.]){_MONTH}\1{_DAY}|{_DAY}([-.]){_MONTH}\2\d{{4}})(?![\d.-])"
+_PHONE_LIKE = re.compile(rf"(?<![\w-])(?!{_DATE})(?:\+|%2[Bb])?" + _SEPARATED_DIGITS + r"(?!\w)")
 
 
 def mask_phone_number(number: str) -> str:
@@ -64,24 +66,36 @@ def mask_phone_numbers(text: str) -> str:
 
     A run is at least :data:`MIN_PHONE_DIGITS` digits, optionally after ``+`` (or ``%2B``), with
     spaces or a dash between digits (``040-123 4567``), or dots between three or more groups
-    (``040.123.4567``; not an IPv4 address or a date, ``05.01.2024``).
+    (``040.123.4567``; not an IPv4 address, a version or a date, ``05.01.2024``). Our ids (a
+    UUID's groups may be all digits) are left whole.
     """
-    return _PHONE_LIKE.sub(_masked, text)
+    return _outside_ids(_PHONE_LIKE, text)
+
+
+def _outside_ids(pattern: re.Pattern[str], text: str) -> str:
+    """``text`` with ``pattern``'s runs masked (:func:`_masked`) outside our ids."""
+    kept, at = [], 0
+    for found in _ID_SHAPE.finditer(text):
+        kept += [pattern.sub(_masked, text[at : found.start()]), found.group(0)]
+        at = found.end()
+    return "".join(kept) + pattern.sub(_masked, text[at:])
 
 
 def _masked(match: re.Match[str]) -> str:
     found = match.group(0)
-    if sum(c.isdigit() for c in found) < MIN_PHONE_DIGITS:
+    digits = sum(c.isdigit() for c in found)
+    if digits < MIN_PHONE_DIGITS:
         return found
-    if "." in found and _DOTTED_NOT_A_NUMBER.fullmatch(found):
-        return found
+    if "." in found:  # a number from + or 0 on, or of 9 digits or more in groups of 2 to 4
+        groups = found.removeprefix("+").split(".")  # (a %2B one starts "%": a number)
+        number = found[0] in "+%0" or (digits >= 9 and all(2 <= len(g) <= 4 for g in groups))
+        if not number or _IPV4.fullmatch(found):  # 1.234.567 bytes, 10.0.19041.1
+            return found
     return mask_phone_number(found)
 
 
-#: Dotted runs that are no phone number: an IPv4 address, a date (15.01.2024, 2024.10.15).
-_DOTTED_NOT_A_NUMBER = re.compile(
-    r"\d{1,3}(?:\.\d{1,3}){3}|\d{1,2}\.\d{1,2}\.\d{2,4}|\d{4}\.\d{1,2}\.\d{1,2}"
-)
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 #: An id of ours (or a caller's UUID): 32 hex digits in five groups, whose digit groups would read
@@ -112,7 +126,7 @@ def mask_phone_numbers_in_id(value: str) -> str:
     if has_id_shape(value):
         return value
     masked = mask_phone_numbers(value)
-    return _DIGITS_IN_ID.sub(_masked, masked)
+    return _outside_ids(_DIGITS_IN_ID, masked)
 
 
 def display_path(path: str) -> str:

@@ -808,3 +808,25 @@ def test_a_rules_placeholders_are_applied_once_per_event_within_the_rules_one_bu
     contents = [q["body"]["Content"] for q in notify.queued()]
     assert contents
     assert all(c.startswith("x" * 1000) for c in contents), contents[-1][:50]
+
+
+def test_a_from_event_of_many_values_reads_the_first_thousand_and_logs_missing_values_once(
+    notify: Notify, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in a second review: 200,000 values were each parsed (4 s, 200,000 Skipped), and a
+    text of 249 missing placeholders logged 249 lines per recipient."""
+    content = "$(data.missing) " * 100
+    notify.rule(Message={"Sender": "Ops", "Content": content + "$(data.disk)"})
+
+    with caplog.at_level(logging.WARNING, "shared.notify"):
+        result = notify.handle(event("e1", phones=["12"] * 5000 + [N1]))
+
+    assert "values past the first 1,000 not read" in reasons(result)
+    assert len(result.skipped) == 1001  # 1,000 read, not phone numbers, and that one
+    missing = [r for r in caplog.records if "found nothing" in r.getMessage()]
+    assert len(missing) == 0  # no recipient: nothing rendered
+    result = notify.handle(event("e2", phones=[N1, N2]))
+    missing = [r.getMessage() for r in caplog.records if "found nothing" in r.getMessage()]
+    assert missing == [
+        "rule disk: placeholder data.missing found nothing in event e2 (and 99 more)"
+    ]
