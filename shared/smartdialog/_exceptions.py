@@ -87,13 +87,15 @@ def _masked(match: re.Match[str]) -> str:
     if digits < MIN_PHONE_DIGITS:
         return found
     if "." in found:  # a number from + or 0 on, or of 9 digits or more in groups of 2 to 4
-        groups = found.removeprefix("+").split(".")  # (a %2B one starts "%": a number)
-        number = found[0] in "+%0" or (digits >= 9 and all(2 <= len(g) <= 4 for g in groups))
-        if not number or _IPV4.fullmatch(found):  # 1.234.567 bytes, 10.0.19041.1
-            return found
+        first, *rest = found.removeprefix("+").split(".")  # (a %2B one starts "%": a number)
+        grouped = len(first) <= 4 and all(2 <= len(g) <= 4 for g in rest)  # 1.555.123.4567
+        if (found[0] not in "+%0" and not (digits >= 9 and grouped)) or _IPV4.fullmatch(found):
+            # 1.234.567 bytes, 10.0.19041.1: but a group that is a number alone is one
+            return _LONG_GROUP.sub(lambda g: mask_phone_number(g.group(0)), found)
     return mask_phone_number(found)
 
 
+_LONG_GROUP = re.compile(r"\d{" + str(MIN_PHONE_DIGITS) + ",}")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
@@ -103,6 +105,7 @@ _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 #: (``.l``, 17 digits of its time, 8 hex digits) or a bulk member's (``.``, 5 or 6 digits: its row).
 _ID_SHAPE = re.compile(
     r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}(?:\.l[0-9]{17}[0-9a-f]{8}|\.[0-9]{5,6})?"
+    r"(?![0-9A-Za-z]|[ -][0-9])"  # (its end: <uuid>.0401234567 is an id and a number)
 )
 
 

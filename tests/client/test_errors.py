@@ -511,6 +511,13 @@ def test_unreachable_server_reaches_a_caller_catching_smartdialog_error(
             "event 12345678-f129-48c6-91ca-4dc4edfde416",
             "event 12345678-f129-48c6-91ca-4dc4edfde416",
         ),
+        # Found in a third review: a number right after one of our ids, or one group of a
+        # dotted run that is no number as a whole, was logged whole.
+        (
+            "550e8400-e29b-41d4-a716-446655440000.0401234567 or .040123 4567",
+            "550e8400-e29b-41d4-a716-446655440000.***4567 or .***4567",
+        ),
+        ("2024.01.15.0401234567, 1.555.123.4567", "2024.01.15.***4567, ***4567"),
     ],
 )
 def test_mask_phone_numbers(text: str, masked: str) -> None:
