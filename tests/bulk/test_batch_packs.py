@@ -809,23 +809,27 @@ def test_a_bulk_members_own_command_on_the_queue_hands_over_to_its_pack(
     assert sorted(r["Address"] for r in call["body"]["Recipients"]) == NUMBERS[:3]
 
 
-def test_a_batch_whose_driver_is_gone_is_driven_again_by_a_status_poll(
-    outbound: Outbound,
-) -> None:
-    from azure.storage.queue import QueueClient
+def idle_batch_without_its_driver(outbound: Outbound) -> dict[str, Any]:
+    """A batch of three accepted, its driver gone (as if it had ended in the poison queue) and
+    its members untouched for two minutes, longer than a lease plus the longest backoff: a
+    status poll may drive it again."""
+    from shared.names import OUTBOUND_QUEUE
+    from shared.storage import queue_client
 
     outbound.configure(SEND_LEASE_SECONDS=3.0, SEND_TIMEOUT_SECONDS=1.0,
                        SEND_QUOTA_WAIT_SECONDS=0.1, SEND_RETRY_MAX_SECONDS=0)  # fmt: skip
     batch = accepted_batch(*NUMBERS[:3])
     ids = member_ids(batch)
-    from shared.names import OUTBOUND_QUEUE
-    from shared.storage import queue_client
-
-    queue: QueueClient = queue_client(OUTBOUND_QUEUE)
-    queue.clear_messages()  # as if the driver had ended in the poison queue
-    store = MessageStore.from_settings()
+    queue_client(OUTBOUND_QUEUE).clear_messages()
     old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)
-    store.swap_many([(record(i), {"updated_at": old}) for i in ids])
+    MessageStore.from_settings().swap_many([(record(i), {"updated_at": old}) for i in ids])
+    return batch
+
+
+def test_a_batch_whose_driver_is_gone_is_driven_again_by_a_status_poll(
+    outbound: Outbound,
+) -> None:
+    batch = idle_batch_without_its_driver(outbound)
 
     assert batch_status(batch["Location"]).status == 202
     assert len(drivers(outbound)) == 1

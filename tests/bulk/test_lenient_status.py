@@ -6,14 +6,12 @@ and the operator's tools.)"""
 
 from __future__ import annotations
 
-import datetime as dt
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from shared.messages import MessageStore
 from shared.names import OUTBOUND_QUEUE
 from shared.settings import StorageSettings
 from shared.storage import queue_client
-from tests.bulk.test_batch_packs import NUMBERS, accepted_batch, drivers, member_ids, record
+from tests.bulk.test_batch_packs import drivers, idle_batch_without_its_driver
 from tests.bulk.test_bulk_action import batch_status
 from tests.outbound.conftest import Outbound, call_http
 
@@ -23,13 +21,7 @@ BROKEN = "SMARTDIALOG_QUOTA_CALLS"
 def test_a_broken_quota_setting_leaves_a_batchs_status_url_answering_and_its_packs_held(
     outbound: Outbound,
 ) -> None:
-    outbound.configure(SEND_LEASE_SECONDS=3.0, SEND_TIMEOUT_SECONDS=1.0,
-                       SEND_QUOTA_WAIT_SECONDS=0.1, SEND_RETRY_MAX_SECONDS=0)  # fmt: skip
-    batch = accepted_batch(*NUMBERS[:3])
-    ids = member_ids(batch)
-    queue_client(OUTBOUND_QUEUE).clear_messages()  # its driver is gone (the poison queue, say)
-    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2)  # idle long enough to re-drive
-    MessageStore.from_settings().swap_many([(record(i), {"updated_at": old}) for i in ids])
+    batch = idle_batch_without_its_driver(outbound)
     outbound.configure(QUOTA_CALLS="lots")
 
     held = batch_status(batch["Location"])
