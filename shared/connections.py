@@ -14,12 +14,8 @@ credentials, two connections with the same upstream identity, ``DEFAULT`` named 
 reported by ``/api/health`` naming the connection; while any error that makes routing ambiguous
 remains (:func:`routing_errors`), routing refuses with a 503 problem and queued sends wait.
 
-Problems::
-
-    Problem
-     +-- UnknownConnection        400, field X-SmartDialog-Connection
-     +-- CustomerNotServed        400, field CustomerId
-     +-- ConnectionNotConfigured  503, a configuration error of the connection (or of all)
+Problems: ``UnknownConnection`` (400, ``X-SmartDialog-Connection``), ``CustomerNotServed`` (400,
+``CustomerId``), ``ConnectionNotConfigured`` (503, a configuration error of it or of all).
 """
 
 from __future__ import annotations
@@ -371,7 +367,8 @@ def _known(name: str | None) -> Connection | None:
 
 
 def list_connections() -> list[dict[str, Any]]:
-    """Names, customers and defaults of every connection (never a secret), default first."""
+    """Names, customers, defaults and broken settings' names of every connection (never a
+    secret), default first."""
     found = connections()
     listed: list[dict[str, Any]] = []
     for connection in found.by_name.values():
@@ -383,8 +380,9 @@ def list_connections() -> list[dict[str, Any]]:
             {
                 "Name": connection.name,
                 "Customers": customers,
-                "CustomerId": settings.customer_id if settings else None,
-                "ServiceId": settings.service_id if settings else None,
+                "CustomerId": settings.customer_id if settings else connection.customer_id,
+                "ServiceId": settings.service_id if settings else connection.service_id,
+                "BrokenSettings": list(dict.fromkeys(e.field for e in connection.errors)) or None,
             }
         )
     return listed

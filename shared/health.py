@@ -23,38 +23,60 @@ __all__ = ["configuration_problem", "settings_errors", "storage_errors", "teleme
 def settings_errors(settings: Settings) -> list[FieldError]:
     """What is wrong with settings that validated (``field``: the setting, never its value):
     no SmartDialog credentials, callback secrets missing or too short, or no public URL that
-    can be told. The senders check this before sending."""
-    from shared.settings import PublicUrlNotConfigured, missing_credentials
+    can be told. The senders check this before sending. A check that reads a setting that
+    does not validate (:mod:`shared.settings_leniency`) is passed over: that one is named."""
+    from shared.settings import PublicUrlNotConfigured, SettingsInvalid, missing_credentials
     from shared.signing import secrets_problem
 
-    errors: list[FieldError] = []
-    if settings.named_connection is None:  # a named connection's are its own errors
+    def credentials() -> list[FieldError]:
+        if settings.named_connection is not None:  # a named connection's are its own errors
+            return []
         missing = missing_credentials(settings)
-        if missing is not None:
-            errors.append(missing)
-    secrets = secrets_problem(settings.callback_secret_list)
-    if secrets is not None:
-        errors.extend(secrets.errors)
-    try:
-        settings.api_base_url  # noqa: B018 - raises when no public URL can be told
-    except PublicUrlNotConfigured as exc:
-        errors.append(FieldError("SMARTDIALOG_PUBLIC_BASE_URL", exc.detail or exc.title))
+        return [] if missing is None else [missing]
+
+    def secrets() -> list[FieldError]:
+        problem = secrets_problem(settings.callback_secret_list)
+        return [] if problem is None else list(problem.errors)
+
+    def public_url() -> list[FieldError]:
+        try:
+            settings.api_base_url  # noqa: B018 - raises when no public URL can be told
+        except PublicUrlNotConfigured as exc:
+            return [FieldError("SMARTDIALOG_PUBLIC_BASE_URL", exc.detail or exc.title)]
+        return []
+
+    errors: list[FieldError] = []
+    for check in (credentials, secrets, public_url):
+        try:
+            errors += check()
+        except SettingsInvalid:
+            continue
     return errors
 
 
 def configuration_problem() -> Problem | None:
     """A 503 problem listing every configuration error (``errors[].field``: the setting), or
-    None when the app is configured."""
-    from shared.settings import SettingsInvalid, get_settings
-
-    try:
-        settings = get_settings()
-    except SettingsInvalid as problem:
-        return problem
+    None when the app is configured. Settings that do not validate come first, then what is
+    wrong with the rest, read as the functions that run leniently read them
+    (:mod:`shared.settings_leniency`): fixing one setting never just reveals the next."""
     from shared.connections import connection_errors
+    from shared.settings import SettingsInvalid, get_settings
+    from shared.settings_leniency import PartlySettings, leniently
 
-    errors = settings_errors(settings) + storage_errors(settings) + connection_errors()
-    errors += telemetry_errors(settings)
+    with leniently():
+        try:
+            settings = get_settings()
+        except SettingsInvalid as problem:  # the rest do not validate either
+            return problem
+        errors: list[FieldError] = []
+        if isinstance(settings, PartlySettings):
+            errors = [e for refused in settings.refused().values() for e in refused]
+        every = (settings_errors, storage_errors, telemetry_errors, lambda _: connection_errors())
+        for check in every:
+            try:
+                errors += check(settings)
+            except SettingsInvalid:  # it read a setting listed above
+                continue
     return SettingsInvalid(errors) if errors else None
 
 

@@ -261,3 +261,25 @@ def test_storage_clients_that_cannot_be_built_are_named_not_a_500(
     [error] = problem.errors
     assert error.field == f"{STORAGE}__accountName"  # the setting the clients were built from
     assert "AZURE_" in error.message
+
+
+def test_a_setting_that_does_not_validate_is_named_with_every_other_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fixing one setting never just reveals the next: the checks of the rest run too."""
+    monkeypatch.setenv("SMARTDIALOG_QUOTA_CALLS", "abc")
+    monkeypatch.setenv("SMARTDIALOG_CALLBACK_SECRETS", "short")
+    monkeypatch.setenv("SMARTDIALOG_ACCESS_TOKEN", "")
+    monkeypatch.setenv(STORAGE, "garbage")
+    monkeypatch.setenv("SMARTDIALOG_CONNECTIONS__SECOND__QUOTA_CALLS", "0")
+    problem = configuration_problem()
+    assert problem is not None
+    fields = [e.field for e in problem.errors]
+    assert fields[0] == "SMARTDIALOG_QUOTA_CALLS"
+    for field in (
+        "SMARTDIALOG_CALLBACK_SECRETS",
+        "SMARTDIALOG_ACCESS_TOKEN",
+        STORAGE,
+        "SMARTDIALOG_CONNECTIONS__SECOND__QUOTA_CALLS",
+    ):
+        assert field in fields

@@ -26,6 +26,7 @@ BROKEN = ("SMARTDIALOG_QUOTA_CALLS", "0")
 CONFIGURED = {
     "SMARTDIALOG_CALLBACK_SECRETS": "unconfigured-test-callback-secret-0123456789",
     "AZURE_FUNCTIONS_ENVIRONMENT": "Development",
+    "SMARTDIALOG_ACCESS_TOKEN": "unconfigured-token",  # health names every error, not just BROKEN
 }
 
 
@@ -123,7 +124,7 @@ def test_a_broken_storage_setting_is_the_503_naming_it_where_storage_is_needed(
     identity whose certificate file is missing (the SDK raised FileNotFoundError: a 500)."""
     from shared.settings import StorageSettings
 
-    for name, value in {**CONFIGURED, "SMARTDIALOG_ACCESS_TOKEN": "unconfigured-token"}.items():
+    for name, value in CONFIGURED.items():
         monkeypatch.setenv(name, value)
     for info in StorageSettings.model_fields.values():
         monkeypatch.delenv(str(info.alias), raising=False)

@@ -199,6 +199,11 @@ class ConnectionDoc(_Doc):
     ServiceId: str | None = Field(
         None, description="Its default service.", json_schema_extra=ui("Default service")
     )
+    BrokenSettings: list[str] | None = Field(
+        None,
+        description="Its settings that are broken (see /api/health): its sends wait meanwhile.",
+        json_schema_extra=ui("Broken settings"),
+    )
 
 
 class ConnectionsDoc(_Doc):

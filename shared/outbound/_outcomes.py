@@ -223,8 +223,8 @@ class Outcomes:
         """What holds this connection's sends now, naming no value: a setting that is broken,
         or why this process last failed to get a token (refused credentials, the identity
         provider failing); None when nothing does."""
-        if broken := ", ".join(self.ports.policy.broken_settings):
-            return f"setting {broken} is not configured"
+        if broken := self.ports.policy.unconfigured:
+            return broken
         failed = self.ports.upstream.unready
         return None if failed is None else loggable_text(str(failed))
 
@@ -236,8 +236,7 @@ class Outcomes:
         pack, unclaimed, no slot taken) comes back to check again, until fixed or expired. Logs
         it at DEBUG, and a warning once a minute (:class:`HeldSends`) naming the settings (or
         the problem), never their values."""
-        broken = ", ".join(self.ports.policy.broken_settings)
-        if not (problem := problem or (broken and f"setting {broken} is not configured")):
+        if not (problem := problem or self.ports.policy.unconfigured):
             return None
         left = (until - self.ports.now()).total_seconds()
         delay = max(0.0, min(CONFIGURATION_RECHECK_SECONDS, left))

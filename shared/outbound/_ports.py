@@ -72,6 +72,14 @@ class SendPolicy:
     #: The connection (SmartDialog account) these ports send through.
     connection: str = DEFAULT_CONNECTION
 
+    @property
+    def unconfigured(self) -> str:
+        """The broken settings as a log's words ('' when none)."""
+        names = ", ".join(self.broken_settings)
+        if len(self.broken_settings) > 1:
+            return f"settings {names} are not configured"
+        return f"setting {names} is not configured" if names else ""
+
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:
         from shared.connections import routing_errors

@@ -286,6 +286,23 @@ def test_list_connections_names_customers_and_never_secrets(two: TwoConnections)
     assert "token" not in str(answer.body).lower()
 
 
+def test_list_connections_names_a_broken_connection_s_settings_and_keeps_its_defaults(
+    two: TwoConnections,
+) -> None:
+    """An operator sees why a connection's sends wait, and its defaults all the same."""
+    two.set_connection("SECOND", QUOTA_CALLS="0")
+    answer = call_http("ListConnections", "GET")
+    assert answer.status == 200
+    [_, second] = answer.body["value"]
+    assert second == {
+        "Name": "second",
+        "Customers": [SECOND_CUSTOMER],
+        "CustomerId": SECOND_CUSTOMER,
+        "ServiceId": SECOND_SERVICE,
+        "BrokenSettings": ["SMARTDIALOG_CONNECTIONS__SECOND__QUOTA_CALLS"],
+    }
+
+
 def test_notification_rules_may_name_a_connection_the_app_has(two: TwoConnections) -> None:
     import json
     from pathlib import Path

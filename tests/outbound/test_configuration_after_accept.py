@@ -377,6 +377,18 @@ def test_queued_sends_waiting_for_a_broken_setting_warn_once_a_minute_not_once_e
     assert all(f"message m-held-{i} not sent: setting" in debug for i in range(12))
 
 
+def test_a_send_waiting_for_two_settings_names_both_in_one_sentence(
+    outbound: Outbound, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbound.configure(ACCESS_TOKEN="", CALLBACK_SECRETS=SHORT_SECRET)
+
+    with caplog.at_level(logging.DEBUG, logger="shared.outbound.sender"):
+        assert OutboundSender.from_settings().process(command("m-two")).detail == "configuration"
+
+    assert "message m-two not sent: settings SMARTDIALOG_ACCESS_TOKEN, " in caplog.text
+    assert "SMARTDIALOG_CALLBACK_SECRETS are not configured;" in caplog.text
+
+
 def test_a_send_waiting_for_refused_credentials_says_so_on_its_status(
     outbound: Outbound, manual_clock: ManualClock
 ) -> None:
