@@ -7,6 +7,7 @@ goes out through the one send path (:class:`~shared.outbound.SendService`); the 
 ends it with the reply or STOP (``shared/inbound/_answers.py``). See ``docs/flows.md``.
 """
 
-from shared.conversations._ask import AskBody, AskInput, AskService
+from shared.conversations._ask import AskService
+from shared.conversations._inputs import AskBody, AskInput
 
 __all__ = ["AskBody", "AskInput", "AskService"]

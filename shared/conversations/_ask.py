@@ -12,28 +12,18 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import AzureError
-from pydantic import BaseModel, Field
 
-from shared.actions._spec import ActionInput, Body, Param
-from shared.actions.fields import (
-    CustomerIdHeader,
-    NonEmptyStr,
-    PhoneNumber,
-    UpstreamId,
-    service_dropdown,
-    ui,
-)
 from shared.callback_urls import require_callback_settings, require_status_token, status_link
 from shared.clock import utcnow
+from shared.conversations._inputs import AskBody
 from shared.inbound import WebhookRegistry
 from shared.inbound._answers import read_send, reprompt_message_id
 from shared.logs import redacted
 from shared.messages import (
     ANSWER_GRACE,
-    QUESTION_ID_PATTERN,
     UNSENT,
     DamagedRecordError,
     IdempotencyEntry,
@@ -48,21 +38,14 @@ from shared.messages import (
     send_ended_unsent,
 )
 from shared.outbound import (
-    IdempotencyKeyHeader,
-    MessageCustomerDataField,
     NotQueued,
     OutboundMessage,
     OutboundMessageAdapter,
-    ProtocolField,
-    RequestIdField,
-    SenderField,
     StatusView,
-    TemplateContentField,
     key_reused,
     request_fingerprint,
 )
 from shared.problems import FieldError, Problem, ProblemType, storage_unavailable
-from shared.smartdialog import BlankIsAbsent
 from shared.triggers import TriggerNotifier
 
 if TYPE_CHECKING:
@@ -71,21 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shared.conversations")
 
-__all__ = [
-    "DEFAULT_TIMEOUT_SECONDS",
-    "MAX_TIMEOUT_SECONDS",
-    "AskBody",
-    "AskInput",
-    "AskService",
-    "QuestionAcceptedDoc",
-    "QuestionAnswerDoc",
-    "QuestionStatusInput",
-]
+__all__ = ["AskService"]
 
-#: The default wait for a reply (24 h) and the longest (the platform's 30-day async limit).
-DEFAULT_TIMEOUT_SECONDS = 86_400
-MAX_TIMEOUT_SECONDS = 2_592_000
-MAX_OPTIONS = 20
 #: What a question asks beyond its send: in the fingerprint a replay of its key must match (not
 #: ReplaceOpenQuestion: it is not what is asked, so a retry that got 409 may set it).
 QUESTION_TERMS = {"Options", "TimeoutSeconds", "RepromptContent"}
@@ -97,150 +67,6 @@ REFUSED, NOT_ACCEPTED = "refused", "not-accepted"
 #: The longest wait before a question's timeout starts (TriggerNotifier.mark_asking's, under it).
 ASKED_LATER = dt.timedelta(seconds=60)
 NOT_ASKED = (REFUSED, NOT_ACCEPTED)
-
-
-class AskBody(BaseModel):
-    """The question: a message to one recipient, the accepted answers and how long to wait."""
-
-    model_config = {"extra": "forbid"}
-
-    Sender: SenderField
-    Content: TemplateContentField
-    Protocol: ProtocolField
-    Recipient: PhoneNumber = Field(
-        description="The phone number that is asked and whose reply is awaited.",
-        json_schema_extra=ui("Recipient", visibility="important"),
-    )
-    Options: list[Annotated[NonEmptyStr, Field(min_length=1, max_length=100)]] = Field(
-        default_factory=list,
-        max_length=MAX_OPTIONS,
-        description="The accepted answers, e.g. YES and NO (compared without case, accents, or "
-        "spaces and punctuation at the ends), none blank. Leave empty to accept any reply.",
-        json_schema_extra=ui("Accepted answers", visibility="important"),
-    )
-    RepromptContent: Annotated[str | None, BlankIsAbsent] = Field(
-        None,
-        min_length=1,
-        max_length=1000,
-        description="Sent once when a reply is not an accepted answer (e.g. Reply YES or NO); "
-        "leave empty for none.",
-        json_schema_extra=ui("Re-prompt text"),
-    )
-    TimeoutSeconds: int = Field(
-        DEFAULT_TIMEOUT_SECONDS,
-        ge=60,
-        le=MAX_TIMEOUT_SECONDS,
-        description="How long to wait for a reply: 60 seconds to 30 days (default 24 hours).",
-        json_schema_extra=ui("Timeout in seconds"),
-    )
-    ReplaceOpenQuestion: bool = Field(
-        False,
-        description="Replace a question to this recipient on this service that is still open (it "
-        "ends as replaced); otherwise such a question makes this one answer 409.",
-        json_schema_extra=ui("Replace open question", visibility="advanced"),
-    )
-    CustomerData: MessageCustomerDataField
-    RequestId: RequestIdField
-
-
-TwoWayServiceHeader = Annotated[
-    UpstreamId,
-    Param("header", "Service-Id"),
-    Field(
-        description="The 2-way SmartDialog service to send with and receive the reply on.",
-        json_schema_extra=ui(
-            "Service", visibility="important", dynamic_values=service_dropdown("TwoWay")
-        ),
-    ),
-]
-
-
-class AskInput(ActionInput):
-    customer_id: CustomerIdHeader
-    service_id: TwoWayServiceHeader
-    idempotency_key: IdempotencyKeyHeader = None
-    body: Annotated[
-        AskBody,
-        Body(),
-        Field(
-            description="The question, its accepted answers and how long to wait.",
-            json_schema_extra=ui("Question", visibility="important"),
-        ),
-    ]
-
-
-class QuestionStatusInput(ActionInput):
-    question_id: Annotated[
-        NonEmptyStr,
-        Param("path", "QuestionId"),
-        Field(
-            max_length=100,
-            pattern=QUESTION_ID_PATTERN,
-            description="Our id of the question.",
-            json_schema_extra=ui("Question Id", visibility="important"),
-        ),
-    ]
-    token: Annotated[
-        str | None,
-        Param("query", "token"),
-        Field(
-            None,
-            max_length=200,
-            description="The token of the status URL (the Location carries it).",
-            json_schema_extra=ui("Token", visibility="internal"),
-        ),
-    ] = None
-
-
-class QuestionAcceptedDoc(BaseModel):
-    """202: sent (or being sent), waiting for the reply; poll ``Location``."""
-
-    QuestionId: str = Field(description="Our id of the question.", json_schema_extra=ui("Id"))
-    MessageId: str = Field(description="Our id of the send.", json_schema_extra=ui("Message Id"))
-    Status: str = Field(description="open while waiting.", json_schema_extra=ui("Status"))
-    ExpiresAt: str | None = Field(
-        None, description="When it times out.", json_schema_extra=ui("Expires at")
-    )
-    StatusUrl: str | None = Field(
-        None, description="Where to poll (carries its own token).", json_schema_extra=ui("URL")
-    )
-
-
-class QuestionAnswerDoc(BaseModel):
-    """200: the question ended: answered, timed out, opted out, replaced, or failed (a send
-    re-driven since it failed)."""
-
-    QuestionId: str = Field(description="Our id of the question.", json_schema_extra=ui("Id"))
-    MessageId: str | None = Field(
-        None, description="Our id of the send.", json_schema_extra=ui("Message Id")
-    )
-    Status: str = Field(
-        description="answered, timed_out, opted_out, replaced, or failed (its send failed and was "
-        "re-driven since; until then the status URL answers the send's problem).",
-        json_schema_extra=ui("Status"),
-    )
-    Reply: str | None = Field(
-        None, description="The recipient's reply, as written.", json_schema_extra=ui("Reply")
-    )
-    MatchedOption: str | None = Field(
-        None,
-        description="The accepted answer it matched, as you wrote it.",
-        json_schema_extra=ui("Matched answer"),
-    )
-    RepliedAt: str | None = Field(
-        None, description="When the reply arrived.", json_schema_extra=ui("Replied at")
-    )
-    TimedOut: bool = Field(
-        False, description="True when no answer came in time.", json_schema_extra=ui("Timed out")
-    )
-    OptedOut: bool = Field(
-        False,
-        description="True when the recipient answered STOP.",
-        json_schema_extra=ui("Opted out"),
-    )
-    ReplacedBy: str | None = Field(
-        None, description="The question that replaced it.", json_schema_extra=ui("Replaced by")
-    )
 
 
 class AskService:
@@ -267,10 +93,11 @@ class AskService:
     def ask(
         self, customer: str, service: str, body: AskBody, *, idempotency_key: str | None
     ) -> StatusView:
-        """Check that no question is open (409 naming it, unless replacing) and that replies reach
-        us (400 without the service's New Message webhook, on any connection), record the
-        question, send it, answer 202 + Location. A replay (the same request under the same key
-        or RequestId) asks nothing: it answers as its status URL does now; another request under
+        """Check that replies reach us (400 without the service's New Message webhook on this
+        customer) and that no question is open (409 naming it, unless replacing; another
+        customer's is neither named nor replaced), record the question,
+        send it, answer 202 + Location. A replay (the same request under the same key or
+        RequestId) asks nothing: it answers as its status URL does now; another request under
         the key is a 422, after the 409 for another request's question open to its number."""
         require_callback_settings(self.settings)
         now = self._clock()
@@ -294,10 +121,15 @@ class AskService:
             # One query: the open question, and the questions this key asked (a replay's).
             open_one, asked = self.questions.asked_under(service, address, key_hash)
             theirs = all(q.failure_code in NOT_ASKED for q in asked)  # this key asked none
-            if open_one is not None and not body.ReplaceOpenQuestion and theirs:  # 409, unclaimed
+            if (
+                open_one
+                and _asked_by(open_one, customer)
+                and not body.ReplaceOpenQuestion
+                and theirs
+            ):  # 409, without a claim
                 open_one = self._settled(open_one, now)  # read once: ended, it is final below
                 if open_one.status is QuestionStatus.OPEN:
-                    return _conflict(open_one, self.settings)
+                    return _conflict(open_one, self.settings, customer)
             claim, replayed = self._claim(key_hash, command, body, message_id, asked, now)
             if replayed is not None:
                 return self._replayed(replayed, command, idempotency_key, claim)
@@ -310,10 +142,15 @@ class AskService:
             open_one = self.questions.open_question(service, address)
         if open_one is not None and open_one.message_id == message_id:  # its first, meanwhile
             return self._replayed(open_one, command, idempotency_key, claim)
-        if open_one is not None and not body.ReplaceOpenQuestion:
-            return self._refused(claim, _conflict(open_one, self.settings))
-        if not self.webhooks.list(service):  # one partition query; a replay needs none
+        mine = open_one is None or _asked_by(open_one, customer)
+        if open_one is not None and mine and not body.ReplaceOpenQuestion:
+            return self._refused(claim, _conflict(open_one, self.settings, customer))
+        # Registered for this customer (through any connection: it may have moved since), in one
+        # partition query; a replay needs none. Another customer's service is not this one's.
+        if not any(w.customer_id in ("", customer) for w in self.webhooks.list(service)):
             return self._refused(claim, _no_webhook(service))
+        if open_one is not None and not mine:  # another customer's: never named nor replaced
+            return self._refused(claim, _conflict(open_one, self.settings, customer))
         # Marked as asking before its first question is stored, sent once every instance knows
         # (a message to a service that never asked is published without a look: shared.triggers)
         known_everywhere = self.index.mark_asking(service)
@@ -341,7 +178,7 @@ class AskService:
         except QuestionConflict as conflict:  # another question was asked meanwhile
             if conflict.open_question.message_id == message_id:  # by this request's first
                 return self._replayed(conflict.open_question, command, idempotency_key, claim)
-            return self._refused(claim, _conflict(conflict.open_question, self.settings))
+            return self._refused(claim, _conflict(conflict.open_question, self.settings, customer))
         self._send(created, command, idempotency_key, claim, not_before=known_everywhere)
         if open_one is not None:  # replaced: its text, unless on its way (or unreadable),
             # never goes (a reply to it would answer this one)
@@ -586,15 +423,27 @@ def _no_webhook(service: str) -> StatusView:
     return StatusView(400, problem.to_dict(), {}, True)
 
 
-def _conflict(open_one: QuestionRecord, settings: Settings) -> StatusView:
+def _asked_by(question: QuestionRecord, customer: str) -> bool:
+    """Whether ``question`` was asked for ``customer`` (None: before that was recorded)."""
+    return question.customer_id in (None, customer)
+
+
+def _conflict(open_one: QuestionRecord, settings: Settings, customer: str) -> StatusView:
+    """409: a question is open to the number on the service; only one asked for the same
+    customer is named (and may be replaced)."""
     more = int(max(ANSWER_GRACE.total_seconds(), settings.send_lease_seconds))  # on their way
+    ours = _asked_by(open_one, customer)
     problem = Problem(
         409,
         "A question to this recipient is still open",
         f"Question {open_one.question_id} to this recipient on this service waits for a reply "
         f"until {open_one.expires_at.isoformat()} (and up to {more} s after, for a reply or its "
-        "send still on its way). Set ReplaceOpenQuestion to replace it.",
+        "send still on its way). Set ReplaceOpenQuestion to replace it."
+        if ours
+        else "A question of another customer to this recipient on this service "
+        "waits for a reply; it cannot be replaced from here.",
         type=ProblemType.CONFLICT,
         errors=[FieldError("ReplaceOpenQuestion", "Another question is open.")],
     )
-    return StatusView(409, {**problem.to_dict(), "openQuestionId": open_one.question_id}, {}, True)
+    named = {"openQuestionId": open_one.question_id} if ours else {}
+    return StatusView(409, {**problem.to_dict(), **named}, {}, True)

@@ -8,9 +8,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from shared.actions._spec import ActionContext, ActionResponse, ActionSpec, ResponseDoc
-from shared.conversations._ask import (
+from shared.conversations._ask import AskService
+from shared.conversations._inputs import (
     AskInput,
-    AskService,
     QuestionAcceptedDoc,
     QuestionAnswerDoc,
     QuestionStatusInput,

@@ -296,3 +296,53 @@ def test_a_question_row_an_earlier_release_wrote_re_prompts_by_its_customer(
 
     assert len(two.second_upstream()) == 1
     assert two.env.upstream() == []
+
+
+def test_another_customer_neither_sees_nor_replaces_a_question_nor_asks_on_its_service(
+    two: TwoConnections,
+) -> None:
+    """Found by an attacker's look: an ask through ``second`` (customer 2001) naming the
+    default customer's two-way service got a 409 naming that customer's open question, and
+    with ReplaceOpenQuestion ended it (replaced) and queued its own send, refused upstream.
+    Now it is a 400 on Service-Id (no webhook of this customer's on it): nothing is stored,
+    queued or sent, and the question stays open. Should that customer have a webhook on it
+    too, the other's question is still neither named nor replaced (409)."""
+    from shared.inbound import WebhookRegistration, WebhookRegistry
+    from shared.messages import QuestionStatus
+
+    service = "s-1001-twoway"
+    registered = call_http("RegisterInboundWebhook", "POST", route_params={"Service": service},
+                           headers={"Customer-Id": "1001"})  # fmt: skip
+    assert registered.status == 201, registered.body
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358400000041"}
+    first = call_http("SendMessageAndWaitForReply", "POST", body=body,
+                      headers={"Customer-Id": "1001", "Service-Id": service})  # fmt: skip
+    assert first.status == 202, first.body
+    question_id = first.body["QuestionId"]
+    queued = two.env.queued()
+    hostile = {CONNECTION_HEADER: "second", "Customer-Id": SECOND_CUSTOMER, "Service-Id": service}
+
+    def ask(replace: bool, key: str | None = None) -> dict[str, object]:
+        keyed = {"Idempotency-Key": key} if key else {}
+        evil = {**body, "Content": "evil", "ReplaceOpenQuestion": replace}
+        answer = call_http("SendMessageAndWaitForReply", "POST", body=evil,
+                           headers={**hostile, **keyed})  # fmt: skip
+        assert question_id not in json.dumps(answer.body)
+        return {"status": answer.status, **answer.body}
+
+    for replace, key in ((False, None), (True, None), (False, "k-1"), (True, "k-2")):
+        refused = ask(replace, key)
+        assert refused["status"] == 400, refused
+        assert [e["field"] for e in refused["errors"]] == ["Service-Id"]  # type: ignore[attr-defined]
+    theirs = WebhookRegistration(service=service, action_id=f"a-{uuid.uuid4().hex}",
+                                 pipeline_id="p1", customer_id=SECOND_CUSTOMER,
+                                 created_at=utcnow(), nonce=uuid.uuid4().hex)  # fmt: skip
+    WebhookRegistry.from_settings().add(theirs)
+    for replace, key in ((False, None), (True, None), (True, "k-3")):
+        assert ask(replace, key)["status"] == 409
+
+    assert two.env.queued() == queued
+    assert two.second_upstream() == []
+    open_one = QuestionStore.from_settings().get(question_id)
+    assert open_one is not None
+    assert open_one.status is QuestionStatus.OPEN

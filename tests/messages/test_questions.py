@@ -284,7 +284,7 @@ def test_marking_re_prompted_keeps_the_question_open(outbound: Outbound) -> None
 
 def test_the_answer_documentation_names_every_way_a_question_ends() -> None:
     """The 200's Status (connector schema): failed too, which a re-driven send's question has."""
-    from shared.conversations._ask import QuestionAnswerDoc
+    from shared.conversations._inputs import QuestionAnswerDoc
 
     described = QuestionAnswerDoc.model_json_schema()["properties"]["Status"]["description"]
     named = set(described.replace(",", " ").replace(".", " ").split())
