@@ -38,7 +38,10 @@ later. A 404 or 410 says the subscriber's flow is gone (deleted without its ``DE
 delivery is dead-lettered ``rejected`` and the subscription removed as its ``DELETE`` would (a
 flow saved or turned on again subscribes again). :func:`judge_call` and
 :func:`retry_delay_seconds` are the one policy for every call to a URL we are given; the
-delivery-report forwarder (``_dlr_forward``) uses them too.
+delivery-report forwarder (``_dlr_forward``) uses them too. A slow callback holds a worker thread
+up to its deadline, and the webhook and the actions run on the same threads, so at most
+:data:`CALL_SLOTS` such calls are under way in one process: a delivery that finds none free is
+put back for :data:`SLOT_RETRY_SECONDS` or so, no attempt spent.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ import enum
 import json
 import logging
 import math
+import os
+import random
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -84,6 +90,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
+    "CALL_SLOTS",
     "MAX_RETRY_DELAY_SECONDS",
     "SEEN_KEPT",
     "CallVerdict",
@@ -104,6 +111,13 @@ log = logging.getLogger("shared.inbound.dispatch")
 #: Longest wait between two calls to one URL we are given.
 MAX_RETRY_DELAY_SECONDS = 900
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
+#: Calls to URLs we are given under way at once in this process, at most: half the Python
+#: worker's threads (its pool is min(32, CPUs + 4)), the rest free for the webhook and actions.
+CALL_SLOTS = max(2, min(32, (os.cpu_count() or 1) + 4) // 2)
+#: How long a delivery waits for a free slot, then how long it is put back for (up to twice that,
+#: spread so that what was put back together does not come back together).
+SLOT_WAIT_SECONDS, SLOT_RETRY_SECONDS = 1.0, 10
+_slots = threading.BoundedSemaphore(CALL_SLOTS)
 #: A subscriber answering one of these is gone: its subscription is removed.
 _GONE_STATUSES = frozenset({404, 410})
 
@@ -120,12 +134,17 @@ class DispatchOutcome(enum.StrEnum):
 class CallVerdict:
     """What one call to a URL we were given means for its delivery."""
 
-    kind: Literal["delivered", "retry", "rejected", "refused"]
+    kind: Literal["delivered", "retry", "rejected", "refused", "busy"]
     status: int | None = None
     #: The server's Retry-After advice in seconds, if it gave one.
     advised: float | None = None
     #: For logs and dead letters: names the host, never the URL (it may carry a secret).
     detail: str = ""
+
+    @property
+    def attempts(self) -> int:
+        """The attempts it spent: none when no slot was free (``busy``: no call made)."""
+        return 0 if self.kind == "busy" else 1
 
 
 def judge_call(
@@ -133,13 +152,18 @@ def judge_call(
 ) -> CallVerdict:
     """Make ``call`` (a :class:`GuardedClient` call) and judge it: refused by the guard, a
     failure that may pass later (no answer, 408, 425, 429, 5xx), a refusal by the server (any
-    other non-2xx, redirects included: they are not followed), or delivered."""
+    other non-2xx, redirects included: they are not followed), or delivered; or not made, all
+    :data:`CALL_SLOTS` busy."""
+    if not _slots.acquire(timeout=SLOT_WAIT_SECONDS):
+        return CallVerdict("busy", detail=f"all {CALL_SLOTS} callback slots of this instance busy")
     try:
         answer = call()
     except CallbackRefused as exc:
         return CallVerdict("refused", detail=f"refused by the callback guard: {exc}")
     except CallbackFailed as exc:
         return CallVerdict("retry", detail=str(exc))
+    finally:
+        _slots.release()
     status = answer.status
     if answer.is_success:
         return CallVerdict("delivered", status)
@@ -172,6 +196,8 @@ def after_failure(
     forwarder."""
     if verdict.kind == "delivered":
         raise ValueError("a delivered call has no next step")
+    if verdict.kind == "busy":
+        return SLOT_RETRY_SECONDS + random.randint(0, SLOT_RETRY_SECONDS)
     if verdict.kind != "retry":
         return GiveUp(verdict.kind, verdict.detail)
     if attempts >= max_attempts:
@@ -393,7 +419,7 @@ class SubscriberDispatcher:
                 self.seen.add(subscription.subscription_id, event_id, self._clock())
             log.info("inbound event delivered to subscription %s", delivery.subscriptionId)
             return DispatchResult(DispatchOutcome.DELIVERED, verdict.status)
-        attempts = delivery.attempts + 1
+        attempts = delivery.attempts + verdict.attempts
         step = after_failure(
             verdict, attempts, max_attempts=self.max_attempts, base=self.retry_base_seconds
         )
@@ -413,7 +439,8 @@ class SubscriberDispatcher:
             )
         copy = delivery.model_copy(update={"attempts": attempts})
         self._deliveries.send_message(copy.to_json(), visibility_timeout=step)
-        log.warning(
+        log.log(
+            logging.WARNING if verdict.attempts else logging.INFO,  # (INFO: not attempted)
             "delivery to subscription %s failed (%s); attempt %d, retry in %d s",
             delivery.subscriptionId,
             verdict.detail,

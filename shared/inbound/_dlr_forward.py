@@ -177,7 +177,7 @@ class DlrForwarder:
             )
             if verdict.status is not None:
                 call.set_attribute("http.response.status_code", verdict.status)
-        attempts = forward.attempts + 1
+        attempts = forward.attempts + verdict.attempts
         if verdict.kind == "delivered":
             return DispatchResult(DispatchOutcome.DELIVERED, verdict.status)
         step = after_failure(
@@ -194,7 +194,8 @@ class DlrForwarder:
             )
         copy = forward.model_copy(update={"attempts": attempts})
         self._forwards.send_message(copy.model_dump_json(), visibility_timeout=step)
-        log.warning(
+        log.log(
+            logging.WARNING if verdict.attempts else logging.INFO,  # (INFO: not attempted)
             "message %s: the caller's DlrUrl failed (%s); attempt %d, retry in %d s",
             loggable_id(forward.messageId), verdict.detail, attempts, step,
         )  # fmt: skip

@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -28,6 +30,7 @@ from shared.inbound import (
     SubscriberDispatcher,
     Subscription,
     SubscriptionStore,
+    _dispatch,
 )
 from shared.inbound._dispatch import MAX_RETRY_DELAY_SECONDS
 from shared.settings import get_settings
@@ -522,6 +525,64 @@ def test_a_subscribers_retry_after_outlasts_the_backoff_up_to_the_cap(
     assert options == {"visibility_timeout": expected_seconds}
     assert json.loads(again)["attempts"] == 1
     assert dead_letters.sent == []
+
+
+class HeldBackend(httpcore.MockBackend):
+    """Answers 200 to every call, each held until ``go`` is set; ``began`` counts the calls."""
+
+    def __init__(self) -> None:
+        super().__init__([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+        self.began = threading.Semaphore(0)
+        self.go = threading.Event()
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        self.began.release()
+        assert self.go.wait(30)
+        return super().connect_tcp(*args, **kwargs)
+
+
+def test_slow_callbacks_hold_at_most_the_call_slots_and_the_next_delivery_waits_unattempted(
+    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an attacker's look: subscriptions whose callbacks answer a byte every half
+    second held every worker thread (each call up to its 10 s deadline, 8 attempts), so the
+    webhook and every action took seconds. Now a process makes at most CALL_SLOTS such calls
+    at once; a delivery that finds none free is put back, no attempt spent, no call made."""
+    monkeypatch.setattr(_dispatch, "SLOT_WAIT_SECONDS", 0.0)  # (waits for none: no sleep)
+    SubscriptionStore.from_settings().add(
+        Subscription(TWO_WAY, "sub-slow", "https://flow.example/cb?sig=s", CUSTOMER, NOW)
+    )
+    deliveries, backend = RecordingQueue(), HeldBackend()
+    public = ["93.184.215.14"]
+    http = GuardedClient(CallbackPolicy(), deadline_seconds=60,
+                         resolver=lambda host, port: public, network_backend=backend)  # fmt: skip
+    dispatcher = SubscriberDispatcher(
+        subscriptions=SubscriptionStore.from_settings(), deliveries=deliveries,
+        dead_letters=RecordingQueue(), http=http, max_attempts=8, retry_base_seconds=5,
+        clock=lambda: NOW,
+    )  # fmt: skip
+    text = SubscriberDelivery(
+        service=TWO_WAY, subscriptionId="sub-slow", event={"data": {}}, firstQueuedAt=NOW
+    ).model_dump_json()
+
+    with ThreadPoolExecutor(_dispatch.CALL_SLOTS) as pool:
+        held = [pool.submit(dispatcher.process, text) for _ in range(_dispatch.CALL_SLOTS)]
+        for _ in held:
+            assert backend.began.acquire(timeout=30)  # every slot holds a call now
+        put_back = dispatcher.process(text)
+        backend.go.set()
+        results = [call.result(timeout=30) for call in held]
+
+    assert [r.outcome for r in results] == [DispatchOutcome.DELIVERED] * _dispatch.CALL_SLOTS
+    assert not backend.began.acquire(blocking=False)  # no call beyond the slots
+    assert (put_back.outcome, put_back.status) == (DispatchOutcome.RETRY_SCHEDULED, None)
+    assert put_back.delay_seconds is not None
+    assert (
+        _dispatch.SLOT_RETRY_SECONDS <= put_back.delay_seconds <= 2 * _dispatch.SLOT_RETRY_SECONDS
+    )
+    [(again, options)] = deliveries.sent
+    assert options == {"visibility_timeout": put_back.delay_seconds}
+    assert json.loads(again)["attempts"] == 0  # no attempt spent
 
 
 def register_webhook(inbound: Inbound, service: str) -> HttpAnswer:
