@@ -52,6 +52,7 @@ __all__ = [
     "PhoneNumber",
     "RegionCode",
     "UpstreamId",
+    "labelled",
     "require_http_url",
     "service_dropdown",
     "template_dropdown",
@@ -84,6 +85,25 @@ def ui(
     if dynamic_values is not None:
         extra["x-ms-dynamic-values"] = dict(dynamic_values)
     return extra
+
+
+def labelled(
+    label: str,
+    description: str,
+    default: Any = None,
+    *,
+    visibility: Visibility | None = None,
+    dynamic_values: Mapping[str, Any] | None = None,
+    schema: Mapping[str, Any] | None = None,
+    **field: Any,
+) -> Any:
+    """A documented field (``default`` ``...``: required): ``label`` its ``x-ms-summary``,
+    ``visibility`` and ``dynamic_values`` as :func:`ui`'s, ``schema`` more schema keys (e.g.
+    ``format``), ``field`` ``Field``'s own arguments (``default_factory``, constraints)."""
+    extra = ui(label, visibility=visibility, dynamic_values=dynamic_values) | dict(schema or {})
+    if "default_factory" in field:
+        return Field(description=description, json_schema_extra=extra, **field)
+    return Field(default, description=description, json_schema_extra=extra, **field)
 
 
 CUSTOMER_DROPDOWN: Mapping[str, Any] = {

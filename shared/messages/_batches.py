@@ -7,16 +7,12 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.messages._models import BATCH_TRANSITIONS, BatchStatus, check_batch_transition
+from shared.messages._table import TableStore
 from shared.names import BATCHES_TABLE
-from shared.storage import chunked, ensure_table, joined, plain_datetime, utc
-
-if TYPE_CHECKING:
-    from azure.data.tables import TableClient
-
-    from shared.settings import Settings
+from shared.storage import chunked, joined, plain_datetime, utc
 
 __all__ = ["BatchRecord", "BatchStore"]
 
@@ -111,33 +107,18 @@ def _fitting(refused: tuple[dict[str, Any], ...]) -> str:
     return json.dumps(list(refused))
 
 
-class BatchStore:
+class BatchStore(TableStore):
     """Reads and writes batch rows; a status change goes through the batch transition table."""
 
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> BatchStore:
-        from shared.storage import table_client
-
-        return cls(table_client(BATCHES_TABLE, settings))
-
-    @property
-    def table(self) -> TableClient:
-        return ensure_table(self._table)
+    TABLE = BATCHES_TABLE
 
     def save(self, batch: BatchRecord) -> None:
         """Write ``batch`` whole (its request records it before anything else of it)."""
         self.table.upsert_entity({k: v for k, v in batch.to_entity().items() if v is not None})
 
     def get(self, batch_id: str) -> BatchRecord | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return BatchRecord.from_entity(self.table.get_entity(batch_id, BATCH_ROW_KEY))
-        except ResourceNotFoundError:
-            return None
+        entity = self.read(batch_id, BATCH_ROW_KEY)
+        return None if entity is None else BatchRecord.from_entity(entity)
 
     def mark(self, batch: BatchRecord, status: BatchStatus) -> BatchRecord:
         """Move ``batch`` to ``status`` (an arrow of the table; repeating one is fine). A copy

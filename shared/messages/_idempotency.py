@@ -6,15 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
+from shared.messages._table import TableStore
 from shared.names import IDEMPOTENCY_TABLE
 from shared.storage import ensure_table, plain_datetime, utc
-
-if TYPE_CHECKING:
-    from azure.data.tables import TableClient
-
-    from shared.settings import Settings
 
 __all__ = ["IdempotencyEntry", "IdempotencyStore", "idempotency_key_hash"]
 
@@ -58,17 +53,10 @@ def _row(entry: IdempotencyEntry) -> dict[str, object]:
     }
 
 
-class IdempotencyStore:
+class IdempotencyStore(TableStore):
     """``Idempotency-Key`` claims: the first request with a key wins, later ones find it."""
 
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> IdempotencyStore:
-        from shared.storage import table_client
-
-        return cls(table_client(IDEMPOTENCY_TABLE, settings))
+    TABLE = IDEMPOTENCY_TABLE
 
     def claim(
         self,

@@ -48,14 +48,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from shared.clock import utcnow
+from shared.messages._table import TableStore
 from shared.names import PACKS_TABLE
-from shared.storage import TABLE_TRANSACTION_LIMIT, chunked, ensure_table, joined
+from shared.storage import TABLE_TRANSACTION_LIMIT, chunked, joined
 
 if TYPE_CHECKING:
-    from azure.data.tables import TableClient
-
     from shared.messages._records import MessageRecord
-    from shared.settings import Settings
 
 __all__ = [
     "PACK_ID_PREFIX",
@@ -231,21 +229,10 @@ class Pack:
         )
 
 
-class PackStore:
+class PackStore(TableStore):
     """The pack index and pack records in ``SmartDialogPacks``."""
 
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> PackStore:
-        from shared.storage import table_client
-
-        return cls(table_client(PACKS_TABLE, settings))
-
-    @property
-    def table(self) -> TableClient:
-        return ensure_table(self._table)
+    TABLE = PACKS_TABLE
 
     # --- the index ---------------------------------------------------------------------------
 
@@ -380,21 +367,11 @@ class PackStore:
         return replace(updated, etag=str(metadata.get("etag")))
 
     def get(self, pack_id: str) -> Pack | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            entity = self.table.get_entity(pack_id, PACK_ROW_KEY)
-        except ResourceNotFoundError:
-            return None
-        return Pack.from_entity(entity)
+        entity = self.read(pack_id, PACK_ROW_KEY)
+        return None if entity is None else Pack.from_entity(entity)
 
     def announcing(self, pack_id: str) -> bool:
         """Whether the pack lists members whose events may not be out yet (its ``announcing``),
         in a read of that column alone."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            entity = self.table.get_entity(pack_id, PACK_ROW_KEY, select=["Announcing0"])
-        except ResourceNotFoundError:
-            return False
-        return entity.get("Announcing0") not in (None, "[]")
+        entity = self.read(pack_id, PACK_ROW_KEY, select=["Announcing0"])
+        return entity is not None and entity.get("Announcing0") not in (None, "[]")

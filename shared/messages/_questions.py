@@ -27,17 +27,13 @@ import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from shared.messages._models import IllegalTransition, MessageStatus
 from shared.messages._records import MessageRecord, odata_quote
+from shared.messages._table import TableStore
 from shared.names import QUESTIONS_TABLE
-from shared.storage import ensure_table, plain_datetime, utc
-
-if TYPE_CHECKING:
-    from azure.data.tables import TableClient
-
-    from shared.settings import Settings
+from shared.storage import plain_datetime, utc
 
 __all__ = [
     "ANSWER_GRACE",
@@ -351,35 +347,19 @@ class QuestionRecord:
         )
 
 
-class QuestionStore:
+class QuestionStore(TableStore):
     """The one writer of ``SmartDialogQuestions``; every status change goes through
     :data:`QUESTION_TRANSITIONS`."""
 
-    def __init__(self, table: TableClient) -> None:
-        self._table = table
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> QuestionStore:
-        from shared.storage import table_client
-
-        return cls(table_client(QUESTIONS_TABLE, settings))
-
-    @property
-    def table(self) -> TableClient:
-        return ensure_table(self._table)
+    TABLE = QUESTIONS_TABLE
 
     # --- reads -----------------------------------------------------------------------------
 
     def open_question(self, service: str, address: str) -> QuestionRecord | None:
         """The open question to ``address`` on ``service`` (one point read), with the ETag of
         its ``open`` row; None when there is none."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            entity = self.table.get_entity(question_partition(service, address), OPEN_ROW)
-        except ResourceNotFoundError:
-            return None
-        return QuestionRecord.from_entity(entity)
+        entity = self.read(question_partition(service, address), OPEN_ROW)
+        return None if entity is None else QuestionRecord.from_entity(entity)
 
     def for_reply(self, service: str, address: str, reply_key: str) -> QuestionRecord | None:
         """The open question that the inbound message ``reply_key`` from ``address`` may answer
@@ -433,13 +413,8 @@ class QuestionStore:
         return open_one, sorted(asked, key=lambda question: question.created_at)
 
     def get(self, question_id: str) -> QuestionRecord | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            entity = self.table.get_entity(_partition_of(question_id), question_id)
-        except ResourceNotFoundError:
-            return None
-        return QuestionRecord.from_entity(entity)
+        entity = self.read(_partition_of(question_id), question_id)
+        return None if entity is None else QuestionRecord.from_entity(entity)
 
     def ended_reprompt(self, question_id: str | None) -> bool:
         """Whether question ``question_id``, whose re-prompt a send is (:func:`reprompted_question`;

@@ -42,6 +42,7 @@ from shared.outbound._models import (
     request_fingerprint,
 )
 from shared.outbound._outcomes import OutcomeKind, SendOutcome
+from shared.outbound._ports import reset_send_ports as reset_sender_cache
 from shared.outbound._ports import send_ports
 from shared.outbound._records import (
     command_addresses,
@@ -52,7 +53,7 @@ from shared.outbound._records import (
     queued_text,
     with_delivery_report_url,
 )
-from shared.outbound._sender import OutboundSender, reset_sender_cache
+from shared.outbound._sender import OutboundSender
 from shared.outbound._service import (
     NotQueued,
     SendService,

@@ -36,7 +36,7 @@ from shared.logs import loggable_text, redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, new_pack_id
 from shared.names import named_connection
 from shared.outbound._attempt import Call, Refused, Sent, StaleGrant, Transient, split_answer
-from shared.outbound._giving_up import give_up, handed_back, noted, refusal_failure
+from shared.outbound._giving_up import give_up, given_back, refusal_failure
 from shared.outbound._models import PackDriver, parse_outbound_message
 from shared.outbound._outcomes import (
     BACKOFF_TOLERANCE_SECONDS,
@@ -536,21 +536,6 @@ class _Run:
     ) -> None:
         """Hand claims back (no call was made for them): queued, the attempt not counted,
         ``error`` their wait's LastError where no failed attempt's stands (:func:`noted`)."""
-        if not records:
-            return
-        now = self.ports.now()
-        self.ports.store.swap_many(
-            [
-                (
-                    r,
-                    {
-                        "status": MessageStatus.QUEUED,
-                        **handed_back(r),
-                        "updated_at": now,
-                        **noted(r, error),
-                        **extra,
-                    },
-                )
-                for r in records
-            ]
-        )
+        if records:
+            now = self.ports.now()
+            self.ports.store.swap_many([(r, given_back(r, now, error, **extra)) for r in records])

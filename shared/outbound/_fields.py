@@ -26,9 +26,9 @@ from shared.actions.fields import (
     NonEmptyStr,
     PhoneNumber,
     UpstreamId,
+    labelled,
     service_dropdown,
     template_dropdown,
-    ui,
 )
 from shared.actions.fields import (
     CustomerData as CustomerDataText,
@@ -55,6 +55,7 @@ MAX_RECIPIENTS = 1000
 #: a command an older release queued with a longer text is still sent.
 MAX_CONTENT_CHARS = 4096
 
+
 # --- parameters -----------------------------------------------------------------------------------
 
 _ServiceIdParam = Annotated[
@@ -66,16 +67,13 @@ _ServiceIdParam = Annotated[
 def _service_field(*, allow_reply: bool) -> Any:
     """The Service header's field: its dropdown asks for services that take replies on
     SendReplyMessage and for the others elsewhere, as the certified connector's do."""
-    return Field(
-        description=(
-            "The SmartDialog service to send with. Leave empty to use the app setting "
-            "SMARTDIALOG_SERVICE_ID."
-        ),
-        json_schema_extra=ui(
-            "Service",
-            visibility="important",
-            dynamic_values=service_dropdown("OneWay", allow_reply=allow_reply),
-        ),
+    return labelled(
+        "Service",
+        "The SmartDialog service to send with. Leave empty to use the app setting "
+        "SMARTDIALOG_SERVICE_ID.",
+        ...,
+        visibility="important",
+        dynamic_values=service_dropdown("OneWay", allow_reply=allow_reply),
     )
 
 
@@ -84,36 +82,37 @@ ReplyServiceIdHeader = Annotated[_ServiceIdParam, _service_field(allow_reply=Tru
 DiscussionCustomerIdHeader = Annotated[
     UpstreamId,
     Param("header", "CustomerId", SettingDefault("customer_id", "SMARTDIALOG_CUSTOMER_ID")),
-    Field(
-        description=(
-            "The SmartDialog customer to act for. Leave empty to use the app setting "
-            "SMARTDIALOG_CUSTOMER_ID."
-        ),
-        json_schema_extra=ui("Customer", visibility="important", dynamic_values=CUSTOMER_DROPDOWN),
+    labelled(
+        "Customer",
+        "The SmartDialog customer to act for. Leave empty to use the app setting "
+        "SMARTDIALOG_CUSTOMER_ID.",
+        ...,
+        visibility="important",
+        dynamic_values=CUSTOMER_DROPDOWN,
     ),
 ]
 IdempotencyKeyHeader = Annotated[
     str | None,
     Param("header", "Idempotency-Key"),
-    Field(
-        None,
+    labelled(
+        "Idempotency key",
+        "Any unique text: a repeated request with the same key returns the first answer and sends "
+        "nothing again. Without it, the body's RequestId plays this role; a request with neither "
+        "(a discussion reply, a bulk send) is sent again when repeated.",
+        visibility="advanced",
         min_length=1,
         max_length=255,
-        description=(
-            "Any unique text: a repeated request with the same key returns the first answer and "
-            "sends nothing again. Without it, the body's RequestId plays this role; a request "
-            "with neither (a discussion reply, a bulk send) is sent again when repeated."
-        ),
-        json_schema_extra=ui("Idempotency key", visibility="advanced"),
     ),
 ]
 MessageIdPath = Annotated[
     str,
     Param("path", "MessageId"),
-    Field(
+    labelled(
+        "Message Id",
+        "The Id from the send's answer (the last segment of its status URL).",
+        ...,
+        visibility="important",
         pattern=MESSAGE_ID_PATTERN,
-        description="The Id from the send's answer (the last segment of its status URL).",
-        json_schema_extra=ui("Message Id", visibility="important"),
     ),
 ]
 
@@ -128,14 +127,11 @@ def _no_control(value: str | None) -> str | None:
 
 RequestIdField = Annotated[
     str | None,
-    Field(
-        None,
+    labelled(
+        "Request Id",
+        "Unique id of this send: a repeat with the same RequestId is not sent again. Leave empty "
+        "(or blank) and one is generated, new for each send.",
         max_length=1000,
-        description=(
-            "Unique id of this send: a repeat with the same RequestId is not sent again. "
-            "Leave empty (or blank) and one is generated, new for each send."
-        ),
-        json_schema_extra=ui("Request Id"),
     ),
     BlankIsAbsent,
     AfterValidator(_no_control),
@@ -154,13 +150,11 @@ def _in_utc(value: dt.datetime | None) -> dt.datetime | None:
 
 SendDateTimeField = Annotated[
     IsoDateTime | None,
-    Field(
-        None,
-        description=(
-            "When SmartDialog should send it: an ISO 8601 date-time, e.g. "
-            "2025-06-01T10:00:00Z. Leave empty to send at once."
-        ),
-        json_schema_extra=ui("Send Datetime", visibility="important"),
+    labelled(
+        "Send Datetime",
+        "When SmartDialog should send it: an ISO 8601 date-time, e.g. 2025-06-01T10:00:00Z. Leave "
+        "empty to send at once.",
+        visibility="important",
     ),
     BlankIsAbsent,
     AfterValidator(_in_utc),
@@ -178,13 +172,9 @@ def _callable_url(value: str | None) -> str | None:
 DlrUrlField = Annotated[
     HttpUrl | None,
     AfterValidator(_callable_url),
-    Field(
-        None,
-        description=(
-            "Your own delivery-report URL (HTTP GET); its query string is kept. Leave empty "
-            "for none."
-        ),
-        json_schema_extra=ui("Dlr Url"),
+    labelled(
+        "Dlr Url",
+        "Your own delivery-report URL (HTTP GET); its query string is kept. Leave empty for none.",
     ),
     BlankIsAbsent,
 ]
@@ -194,29 +184,27 @@ DlrUrlField = Annotated[
 SenderText = Annotated[NonEmptyStr, Field(max_length=20)]
 SenderField = Annotated[
     SenderText,
-    Field(
-        description="Alphanumeric sender (at most 11 characters), long code or short code.",
-        json_schema_extra=ui("Message Sender", visibility="important"),
+    labelled(
+        "Message Sender",
+        "Alphanumeric sender (at most 11 characters), long code or short code.",
+        ...,
+        visibility="important",
     ),
 ]
 TemplateContentField = Annotated[
     NonEmptyStr,
-    Field(
+    labelled(
+        "Message Content",
+        f"The text (at most {MAX_CONTENT_CHARS:,} characters, also once a recipient's values are "
+        "filled in); $(name) placeholders are filled from each recipient.",
+        ...,
+        visibility="important",
         max_length=MAX_CONTENT_CHARS,
-        description=(
-            f"The text (at most {MAX_CONTENT_CHARS:,} characters, also once a recipient's "
-            "values are filled in); $(name) placeholders are filled from each recipient."
-        ),
-        json_schema_extra=ui("Message Content", visibility="important"),
     ),
 ]
 ProtocolField = Annotated[
     Literal["SMS", "WhatsApp"],
-    Field(
-        "SMS",
-        description="SMS, or WhatsApp (empty: SMS).",
-        json_schema_extra=ui("Message Protocol", visibility="important"),
-    ),
+    labelled("Message Protocol", "SMS, or WhatsApp (empty: SMS).", "SMS", visibility="important"),
     BeforeValidator(lambda value: "SMS" if value is None else value),  # absent: the default
     BlankIsAbsent,  # (runs first)
 ]
@@ -232,21 +220,19 @@ def _needs_whatsapp(attachment: str | None, info: ValidationInfo) -> str | None:
 
 AttachmentUriField = Annotated[
     HttpUrl | None,
-    Field(
-        None,
-        description="WhatsApp only: the address of an attachment. Leave empty for none.",
-        json_schema_extra=ui("Attachment Uri"),
+    labelled(
+        "Attachment Uri", "WhatsApp only: the address of an attachment. Leave empty for none."
     ),
     BlankIsAbsent,
     AfterValidator(_needs_whatsapp),
 ]
 MessageCustomerDataField = Annotated[
     CustomerDataText | None,
-    Field(None, description="Billing or grouping data.", json_schema_extra=ui("Customer data")),
+    labelled("Customer data", "Billing or grouping data."),
 ]
 AdMessageField = Annotated[
     bool | None,
-    Field(None, description="Mark it as an advertisement.", json_schema_extra=ui("Ad message")),
+    labelled("Ad message", "Mark it as an advertisement."),
 ]
 
 
@@ -268,14 +254,13 @@ def filled_too_long(
 
 TransactionalField = Annotated[
     bool,
-    Field(
+    labelled(
+        "Transactional",
+        "Yes: send even to recipients who opted out of this service (replied STOP), for messages "
+        "they must get regardless, such as a security code. No (the default): a send to an "
+        "opted-out recipient is refused. Not sent to SmartDialog.",
         False,
-        description=(
-            "Yes: send even to recipients who opted out of this service (replied STOP), for "
-            "messages they must get regardless, such as a security code. No (the default): a "
-            "send to an opted-out recipient is refused. Not sent to SmartDialog."
-        ),
-        json_schema_extra=ui("Transactional", visibility="advanced"),
+        visibility="advanced",
     ),
 ]
 
@@ -294,21 +279,17 @@ def _value_fits(value: str | float | bool) -> str | float | bool:
 
 PersonalizationField = Annotated[
     dict[str, Annotated[PersonalizationValue, AfterValidator(_value_fits)]] | None,
-    Field(
-        None,
-        description=(
-            'Values for the $(name) placeholders of Content, e.g. {"name": "Ada"}; each at '
-            f"most {MAX_CONTENT_CHARS:,} characters."
-        ),
-        json_schema_extra=ui("Personalization"),
+    labelled(
+        "Personalization",
+        f'Values for the $(name) placeholders of Content, e.g. {{"name": "Ada"}}; each at most '
+        f"{MAX_CONTENT_CHARS:,} characters.",
     ),
 ]
 
 
 class TemplateRecipientIn(StrictBody):
-    Address: PhoneNumber = Field(
-        description="The recipient's phone number.",
-        json_schema_extra=ui("Address", visibility="important"),
+    Address: PhoneNumber = labelled(
+        "Address", "The recipient's phone number.", ..., visibility="important"
     )
 
 
@@ -323,11 +304,13 @@ class MessageBody(StrictBody):
     Content: TemplateContentField
     Protocol: ProtocolField
     SendDateTime: SendDateTimeField
-    Recipients: list[RecipientIn] = Field(
+    Recipients: list[RecipientIn] = labelled(
+        "Recipients",
+        "Who gets it.",
+        ...,
+        visibility="important",
         min_length=1,
         max_length=MAX_RECIPIENTS,
-        description="Who gets it.",
-        json_schema_extra=ui("Recipients", visibility="important"),
     )
     AttachmentUri: AttachmentUriField
     CustomerData: MessageCustomerDataField
@@ -340,27 +323,25 @@ class MessageBody(StrictBody):
 class DiscussionReplyBody(StrictBody):
     """SendDiscussionReplyMessage."""
 
-    ThreadId: NonEmptyStr = Field(
+    ThreadId: NonEmptyStr = labelled(
+        "Thread Id",
+        "The discussion thread to reply to.",
+        ...,
+        visibility="important",
         max_length=UPSTREAM_ID_CHARS,
-        description="The discussion thread to reply to.",
-        json_schema_extra=ui("Thread Id", visibility="important"),
     )
-    Content: NonEmptyStr = Field(
-        description="The reply text.",
-        json_schema_extra=ui("Message Content", visibility="important"),
+    Content: NonEmptyStr = labelled(
+        "Message Content", "The reply text.", ..., visibility="important"
     )
     CustomerData: MessageCustomerDataField
 
 
 class TemplateButtonIn(StrictBody):
-    Type: Literal["Call", "QuickReply", "Url"] = Field(
-        description="The kind of the template's button: Call, QuickReply or Url.",
-        json_schema_extra=ui("Type"),
+    Type: Literal["Call", "QuickReply", "Url"] = labelled(
+        "Type", "The kind of the template's button: Call, QuickReply or Url.", ...
     )
-    Data: str | None = Field(
-        None,
-        description="The value for this button: its text, phone number or URL suffix.",
-        json_schema_extra=ui("Text"),
+    Data: str | None = labelled(
+        "Text", "The value for this button: its text, phone number or URL suffix."
     )
 
 
@@ -368,58 +349,50 @@ class TemplateButtonIn(StrictBody):
 #: the flow designer shows for it).
 BodyParameter = Annotated[
     NonEmptyStr,
-    Field(description="A value for the template body's next placeholder.",
-          json_schema_extra=ui("Template Body Parameters")),
-]  # fmt: skip
+    labelled("Template Body Parameters", "A value for the template body's next placeholder.", ...),
+]
 HeaderParameter = Annotated[
     NonEmptyStr,
-    Field(description="A value for the template header's next placeholder.",
-          json_schema_extra=ui("Template Header Parameters")),
-]  # fmt: skip
+    labelled(
+        "Template Header Parameters", "A value for the template header's next placeholder.", ...
+    ),
+]
 
 
 class TemplateMessageBody(StrictBody):
     """SendWhatsappTemplateMessage."""
 
-    TemplateName: NonEmptyStr = Field(
-        description="The WhatsApp template to send.",
-        json_schema_extra=ui(
-            "WhatsApp template", visibility="important", dynamic_values=template_dropdown()
-        ),
+    TemplateName: NonEmptyStr = labelled(
+        "WhatsApp template",
+        "The WhatsApp template to send.",
+        ...,
+        visibility="important",
+        dynamic_values=template_dropdown(),
     )
-    Recipients: list[TemplateRecipientIn] = Field(
+    Recipients: list[TemplateRecipientIn] = labelled(
+        "Recipients",
+        "Who gets it.",
+        ...,
+        visibility="important",
         min_length=1,
         max_length=MAX_RECIPIENTS,
-        description="Who gets it.",
-        json_schema_extra=ui("Recipients", visibility="important"),
     )
-    BodyParameters: list[BodyParameter] | None = Field(
-        None,
-        description="Values for the template body's placeholders, in order (none blank).",
-        json_schema_extra=ui("Body parameters"),
+    BodyParameters: list[BodyParameter] | None = labelled(
+        "Body parameters", "Values for the template body's placeholders, in order (none blank)."
     )
-    HeaderParameters: list[HeaderParameter] | None = Field(
-        None,
-        description="Values for the template header's placeholders, in order (none blank).",
-        json_schema_extra=ui("Header parameters"),
+    HeaderParameters: list[HeaderParameter] | None = labelled(
+        "Header parameters", "Values for the template header's placeholders, in order (none blank)."
     )
-    Buttons: list[TemplateButtonIn] | None = Field(
-        None,
-        description="Values for the template's buttons, in the template's order.",
-        json_schema_extra=ui("Buttons"),
+    Buttons: list[TemplateButtonIn] | None = labelled(
+        "Buttons", "Values for the template's buttons, in the template's order."
     )
     SendDateTime: SendDateTimeField
-    AttachmentUri: Annotated[HttpUrl | None, BlankIsAbsent] = Field(
-        None,
-        description=(
-            "The address of a media file for a template with a media header. Leave empty for none."
-        ),
-        json_schema_extra=ui("Attachment Uri"),
+    AttachmentUri: Annotated[HttpUrl | None, BlankIsAbsent] = labelled(
+        "Attachment Uri",
+        "The address of a media file for a template with a media header. Leave empty for none.",
     )
-    UseSmsFallback: bool | None = Field(
-        None,
-        description="Send it as an SMS to recipients WhatsApp cannot reach.",
-        json_schema_extra=ui("Use SMS fallback"),
+    UseSmsFallback: bool | None = labelled(
+        "Use SMS fallback", "Send it as an SMS to recipients WhatsApp cannot reach."
     )
     DlrUrl: DlrUrlField
     CustomerData: MessageCustomerDataField

@@ -65,6 +65,16 @@ def handed_back(record: MessageRecord) -> dict[str, Any]:
     return {"attempts": attempts, "lease_until": None, **({} if gone else {"claimed_at": None})}
 
 
+def given_back(
+    record: MessageRecord, now: dt.datetime, error: FailureInfo | None = None,
+    status: MessageStatus = MessageStatus.QUEUED, **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The changes that hand ``record``'s claim back as ``status`` at ``now`` (:func:`handed_back`);
+    ``error`` its LastError where no failed attempt's stands (:func:`noted`), then ``extra``."""
+    return {"status": status, **handed_back(record), "updated_at": now, **noted(record, error),
+            **extra}  # fmt: skip
+
+
 def waiting_error(problem: str) -> FailureInfo:
     """A pending send's ``LastError`` while ``problem`` (naming a setting, never its value)
     holds its connection's sends."""
@@ -108,13 +118,8 @@ def refusal_failure(refused: Refused, record: MessageRecord, *, named: bool) -> 
     failure = refused.failure(record.attempts)
     if not record.maybe_sent or named:
         return failure
-    return failure.model_copy(
-        update={
-            "code": "outcome-unknown",
-            "title": f"SmartDialog refused a repeat ({refused.status}); it may have been sent",
-            "detail": may_have_been_sent(refused.message),
-        }
-    )
+    title = f"SmartDialog refused a repeat ({refused.status}); it may have been sent"
+    return _unknown(failure, title, may_have_been_sent(refused.message))
 
 
 def request_id_taken(record: MessageRecord) -> FailureInfo:
@@ -141,8 +146,9 @@ def not_repeated(
     that may have reached upstream (``why``) is not repeated, as upstream could not tell a
     repeat; ``error`` is that attempt's failure, if any."""
     base = error or FailureInfo(code="outcome-unknown", title=title, attempts=record.attempts)
-    detail = f"{record.operation} carries no RequestId, and {why}; it is not repeated."
-    return base.model_copy(update={"code": "outcome-unknown", "title": title, "detail": detail})
+    return _unknown(
+        base, title, f"{record.operation} carries no RequestId, and {why}; it is not repeated."
+    )
 
 
 def give_up(
@@ -161,14 +167,8 @@ def give_up(
     maybe_sent = maybe_sent or record.maybe_sent
     if record.attempts >= max_attempts:
         if maybe_sent:
-            return error.model_copy(
-                update={
-                    "code": "outcome-unknown",
-                    "title": f"Gave up after {record.attempts} attempts; it may have been sent: "
-                    f"{title}",
-                    "detail": may_have_been_sent(error.detail),
-                }
-            )
+            gave_up = f"Gave up after {record.attempts} attempts; it may have been sent: {title}"
+            return _unknown(error, gave_up, may_have_been_sent(error.detail))
         code = "attempts-exhausted" if error.code != "rate-limited" else error.code
         return error.model_copy(
             update={"code": code, "title": f"Gave up after {record.attempts} attempts: {title}"}
@@ -235,7 +235,12 @@ def in_doubt(record: MessageRecord, failure: FailureInfo) -> FailureInfo:
     and re-driven only with ``force`` (:func:`redrive_doubt`)."""
     if not record.may_have_reached:
         return failure
-    title, detail = f"{failure.title}; it may have been sent", may_have_been_sent(failure.detail)
+    title = f"{failure.title}; it may have been sent"
+    return _unknown(failure, title, may_have_been_sent(failure.detail))
+
+
+def _unknown(failure: FailureInfo, title: str, detail: str) -> FailureInfo:
+    """``failure`` as ``outcome-unknown``: it may have been sent."""
     return failure.model_copy(update={"code": "outcome-unknown", "title": title, "detail": detail})
 
 

@@ -39,7 +39,7 @@ from shared.messages import (
     new_pack_id,
 )
 from shared.outbound._attempt import Call, Refused, Sent, Transient, recipient_ids, split_answer
-from shared.outbound._giving_up import handed_back, noted, refusal_failure
+from shared.outbound._giving_up import given_back, handed_back, refusal_failure
 from shared.outbound._models import OutboundMessage, parse_outbound_message
 from shared.outbound._outcomes import (
     OutcomeKind,
@@ -416,8 +416,7 @@ class IndexPacks:
               error: FailureInfo | None = None, **changes: Any) -> Mapping[str, Any]:  # fmt: skip
         """The changes that hand ``record``'s claim back as ``status`` (LastError ``error``)."""
         pack: dict[str, Any] = {} if keep_pack else {"pack_id": None}  # out of it: packs again
-        return {"status": status, **handed_back(record), "updated_at": self.ports.now(),
-                **noted(record, error), **changes, **pack}  # fmt: skip
+        return given_back(record, self.ports.now(), error, status, **changes, **pack)
 
     def prepare(self, pack: Pack, members: Members) -> Call:
         """The pack's call, built before its grant is taken (:meth:`Upstream.prepare`)."""

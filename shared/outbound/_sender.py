@@ -47,7 +47,7 @@ from shared.outbound._outcomes import (
     claim_changes,
 )
 from shared.outbound._packing import PACK_MEMBER_RECHECK_SECONDS, IndexPacks
-from shared.outbound._ports import SendPorts, reset_send_ports, routed_by_claim, send_ports
+from shared.outbound._ports import SendPorts, routed_by_claim, send_ports
 from shared.outbound._quota_wait import slot_holder
 from shared.outbound._records import (
     command_addresses,
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from shared.messages import RecipientSlot
     from shared.settings import Settings
 
-__all__ = ["OutboundSender", "reset_sender_cache"]
+__all__ = ["OutboundSender"]
 
 log = logging.getLogger("shared.outbound.sender")
 # Outcomes of a queue message counted as sends here; sent and failed are counted per message
@@ -592,8 +592,3 @@ class _Claim:
     pack: Pack | None = None
     members: list[tuple[MessageRecord, OutboundMessage]] = field(default_factory=list)
     held: bool = True  # to give back: not handed back yet, no call started
-
-
-def reset_sender_cache() -> None:
-    """Forget the built ports (tests change settings between cases)."""
-    reset_send_ports()

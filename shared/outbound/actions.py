@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from shared.actions._spec import (
     ActionContext,
@@ -24,7 +24,7 @@ from shared.actions._spec import (
 from shared.actions.fields import (
     CustomerIdHeader,
     NonEmptyStr,
-    ui,
+    labelled,
 )
 from shared.outbound._fields import (
     DiscussionCustomerIdHeader,
@@ -58,9 +58,11 @@ class SendMessageInput(ActionInput):
     body: Annotated[
         MessageBody,
         Body(),
-        Field(
-            description="The message: sender, text, recipients and sending options.",
-            json_schema_extra=ui("Message", visibility="important"),
+        labelled(
+            "Message",
+            "The message: sender, text, recipients and sending options.",
+            ...,
+            visibility="important",
         ),
     ]
 
@@ -70,9 +72,11 @@ class SendReplyMessageInput(SendMessageInput):
     parent_message_id: Annotated[
         NonEmptyStr,
         Param("path", "ParentMessageId"),
-        Field(
-            description="SmartDialog's MessageId of the message to reply to.",
-            json_schema_extra=ui("ParentMessage Id", visibility="important"),
+        labelled(
+            "ParentMessage Id",
+            "SmartDialog's MessageId of the message to reply to.",
+            ...,
+            visibility="important",
         ),
     ]
 
@@ -83,9 +87,8 @@ class SendDiscussionReplyInput(ActionInput):
     body: Annotated[
         DiscussionReplyBody,
         Body(),
-        Field(
-            description="The reply: the discussion thread and the text.",
-            json_schema_extra=ui("Reply", visibility="important"),
+        labelled(
+            "Reply", "The reply: the discussion thread and the text.", ..., visibility="important"
         ),
     ]
 
@@ -97,9 +100,11 @@ class SendTemplateInput(ActionInput):
     body: Annotated[
         TemplateMessageBody,
         Body(),
-        Field(
-            description="The template message: template, recipients and its parameters.",
-            json_schema_extra=ui("Template message", visibility="important"),
+        labelled(
+            "Template message",
+            "The template message: template, recipients and its parameters.",
+            ...,
+            visibility="important",
         ),
     ]
 
@@ -109,11 +114,11 @@ class MessageStatusInput(ActionInput):
     token: Annotated[
         str | None,
         Param("query", "token"),
-        Field(
-            None,
+        labelled(
+            "Token",
+            "The token of the status URL (the send's Location carries it).",
+            visibility="internal",
             max_length=200,
-            description="The token of the status URL (the send's Location carries it).",
-            json_schema_extra=ui("Token", visibility="internal"),
         ),
     ] = None
 
@@ -127,185 +132,108 @@ class CancelMessageInput(ActionInput):
 
 
 class LastErrorDoc(BaseModel):
-    code: str | None = Field(
-        None,
-        description="upstream-unavailable, rate-limited, configuration, ...",
-        json_schema_extra=ui("Last error code"),
+    code: str | None = labelled(
+        "Last error code", "upstream-unavailable, rate-limited, configuration, ..."
     )
-    title: str | None = Field(
-        None, description="What happened.", json_schema_extra=ui("Last error title")
+    title: str | None = labelled("Last error title", "What happened.")
+    detail: str | None = labelled("Last error", "More about it (never a secret).")
+    upstreamStatus: int | None = labelled(
+        "Last upstream status",
+        "SmartDialog's HTTP status, if it answered.",
+        schema={"format": "int32"},
     )
-    detail: str | None = Field(
-        None, description="More about it (never a secret).", json_schema_extra=ui("Last error")
-    )
-    upstreamStatus: int | None = Field(
-        None,
-        description="SmartDialog's HTTP status, if it answered.",
-        json_schema_extra=ui("Last upstream status") | {"format": "int32"},
-    )
-    attempts: int | None = Field(
-        None,
-        description="Attempts made when it happened.",
-        json_schema_extra=ui("Attempts at last error") | {"format": "int32"},
+    attempts: int | None = labelled(
+        "Attempts at last error", "Attempts made when it happened.", schema={"format": "int32"}
     )
 
 
 class AcceptedDoc(BaseModel):
     """202: accepted and queued; poll ``Location`` (= StatusUrl)."""
 
-    Id: str = Field(description="Our id of this send.", json_schema_extra=ui("Id"))
-    Status: str = Field(
-        description="accepted, queued or sending (cancelled after CancelMessage).",
-        json_schema_extra=ui("Status"),
+    Id: str = labelled("Id", "Our id of this send.", ...)
+    Status: str = labelled(
+        "Status", "accepted, queued or sending (cancelled after CancelMessage).", ...
     )
-    RequestId: str | None = Field(
-        None,
-        description="The RequestId sent to SmartDialog: yours (such a send is never packed), "
-        "or one made for you (a packed send goes with its pack's: see its status).",
-        json_schema_extra=ui("Request Id"),
+    RequestId: str | None = labelled(
+        "Request Id",
+        "The RequestId sent to SmartDialog: yours (such a send is never packed), or one made for "
+        "you (a packed send goes with its pack's: see its status).",
     )
-    EstimatedPartCount: int | None = Field(
-        None,
-        description="SMS parts per recipient, estimated after personalization.",
-        json_schema_extra=ui("Estimated part count"),
+    EstimatedPartCount: int | None = labelled(
+        "Estimated part count", "SMS parts per recipient, estimated after personalization."
     )
-    Attempts: int | None = Field(
-        None, description="Sending attempts so far.", json_schema_extra=ui("Attempts")
+    Attempts: int | None = labelled("Attempts", "Sending attempts so far.")
+    LastError: LastErrorDoc | None = labelled(
+        "Last error",
+        "Why the last attempt failed, or what the send waits for (code configuration).",
     )
-    LastError: LastErrorDoc | None = Field(
-        None,
-        description="Why the last attempt failed, or what the send waits for (code configuration).",
-        json_schema_extra=ui("Last error"),
-    )
-    CreatedAt: str | None = Field(
-        None, description="When it was accepted.", json_schema_extra=ui("Created at")
-    )
-    ValidUntil: str | None = Field(
-        None,
-        description="It fails expired if not sent by then.",
-        json_schema_extra=ui("Valid until"),
-    )
-    Connection: str | None = Field(
-        None, description="The connection it is sent through.", json_schema_extra=ui("Connection")
-    )
-    StatusUrl: str | None = Field(
-        None,
-        description="Where to poll this send's status (carries its own token).",
-        json_schema_extra=ui("Status URL"),
+    CreatedAt: str | None = labelled("Created at", "When it was accepted.")
+    ValidUntil: str | None = labelled("Valid until", "It fails expired if not sent by then.")
+    Connection: str | None = labelled("Connection", "The connection it is sent through.")
+    StatusUrl: str | None = labelled(
+        "Status URL", "Where to poll this send's status (carries its own token)."
     )
 
 
 class RecipientDoc(BaseModel):
-    Address: str | None = Field(
-        None,
-        description="The recipient's phone number.",
-        json_schema_extra=ui("Recipient Address"),
+    Address: str | None = labelled("Recipient Address", "The recipient's phone number.")
+    Id: str | None = labelled(
+        "Recipient Id", "SmartDialog's id of this recipient (delivery reports use it)."
     )
-    Id: str | None = Field(
-        None,
-        description="SmartDialog's id of this recipient (delivery reports use it).",
-        json_schema_extra=ui("Recipient Id"),
-    )
-    Status: str | None = Field(
-        None,
-        description="pending, sent, delivered, undelivered, failed or cancelled.",
-        json_schema_extra=ui("Recipient status"),
+    Status: str | None = labelled(
+        "Recipient status", "pending, sent, delivered, undelivered, failed or cancelled."
     )
 
 
 class SentDoc(BaseModel):
     """200: sent; SmartDialog's answer plus our status."""
 
-    MessageId: str | None = Field(
-        None, description="SmartDialog's MessageId.", json_schema_extra=ui("Message Id")
+    MessageId: str | None = labelled("Message Id", "SmartDialog's MessageId.")
+    MessagePartCount: int | None = labelled(
+        "Message Part Count", "SMS parts per recipient.", schema={"format": "int32"}
     )
-    MessagePartCount: int | None = Field(
-        None,
-        description="SMS parts per recipient.",
-        json_schema_extra=ui("Message Part Count") | {"format": "int32"},
+    Recipients: list[RecipientDoc] = labelled(
+        "Recipients", "Each recipient, with its delivery state.", default_factory=list
     )
-    Recipients: list[RecipientDoc] = Field(
-        default_factory=list,
-        description="Each recipient, with its delivery state.",
-        json_schema_extra=ui("Recipients"),
+    ThreadId: str | None = labelled("Thread Id", "The discussion thread (discussion replies).")
+    Id: str | None = labelled("Id", "Our id of this send.")
+    Status: str | None = labelled("Status", "sent (our status of the send).")
+    RequestId: str | None = labelled("Request Id", "The RequestId sent to SmartDialog.")
+    SentAt: str | None = labelled(
+        "Sent at", "When SmartDialog accepted it (with a SendDateTime: before it goes out)."
     )
-    ThreadId: str | None = Field(
-        None,
-        description="The discussion thread (discussion replies).",
-        json_schema_extra=ui("Thread Id"),
-    )
-    Id: str | None = Field(None, description="Our id of this send.", json_schema_extra=ui("Id"))
-    Status: str | None = Field(
-        None, description="sent (our status of the send).", json_schema_extra=ui("Status")
-    )
-    RequestId: str | None = Field(
-        None, description="The RequestId sent to SmartDialog.", json_schema_extra=ui("Request Id")
-    )
-    SentAt: str | None = Field(
-        None,
-        description="When SmartDialog accepted it (with a SendDateTime: before it goes out).",
-        json_schema_extra=ui("Sent at"),
-    )
-    Attempts: int | None = Field(
-        None, description="Sending attempts it took.", json_schema_extra=ui("Attempts")
-    )
-    Connection: str | None = Field(
-        None, description="The connection it was sent through.", json_schema_extra=ui("Connection")
-    )
+    Attempts: int | None = labelled("Attempts", "Sending attempts it took.")
+    Connection: str | None = labelled("Connection", "The connection it was sent through.")
 
 
 class TemplateRecipientDoc(BaseModel):
-    address: str | None = Field(
-        None,
-        description="The recipient's phone number.",
-        json_schema_extra=ui("Recipient Address"),
+    address: str | None = labelled("Recipient Address", "The recipient's phone number.")
+    id: str | None = labelled(
+        "Recipient Id", "SmartDialog's id of this recipient (delivery reports use it)."
     )
-    id: str | None = Field(
-        None,
-        description="SmartDialog's id of this recipient (delivery reports use it).",
-        json_schema_extra=ui("Recipient Id"),
-    )
-    status: str | None = Field(
-        None,
-        description="pending, sent, delivered, undelivered, failed or cancelled.",
-        json_schema_extra=ui("Recipient status"),
+    status: str | None = labelled(
+        "Recipient status", "pending, sent, delivered, undelivered, failed or cancelled."
     )
 
 
 class TemplateSentDoc(BaseModel):
     """200: sent (camelCase, as SmartDialog answers WhatsApp template sends)."""
 
-    messageId: str | None = Field(
-        None, description="SmartDialog's MessageId.", json_schema_extra=ui("Message Id")
+    messageId: str | None = labelled("Message Id", "SmartDialog's MessageId.")
+    messagePartCount: int | None = labelled(
+        "Message Part Count", "Message parts per recipient.", schema={"format": "int32"}
     )
-    messagePartCount: int | None = Field(
-        None,
-        description="Message parts per recipient.",
-        json_schema_extra=ui("Message Part Count") | {"format": "int32"},
+    recipients: list[TemplateRecipientDoc] = labelled(
+        "Recipients", "Each recipient, with its delivery state.", default_factory=list
     )
-    recipients: list[TemplateRecipientDoc] = Field(
-        default_factory=list,
-        description="Each recipient, with its delivery state.",
-        json_schema_extra=ui("Recipients"),
+    id: str | None = labelled("Id", "Our id of this send.")
+    status: str | None = labelled("Status", "sent (our status of the send).")
+    requestId: str | None = labelled("Request Id", "The RequestId sent to SmartDialog.")
+    sentAt: str | None = labelled(
+        "Sent at", "When SmartDialog accepted it (with a SendDateTime: before it goes out)."
     )
-    id: str | None = Field(None, description="Our id of this send.", json_schema_extra=ui("Id"))
-    status: str | None = Field(
-        None, description="sent (our status of the send).", json_schema_extra=ui("Status")
-    )
-    requestId: str | None = Field(
-        None, description="The RequestId sent to SmartDialog.", json_schema_extra=ui("Request Id")
-    )
-    sentAt: str | None = Field(
-        None,
-        description="When SmartDialog accepted it (with a SendDateTime: before it goes out).",
-        json_schema_extra=ui("Sent at"),
-    )
-    attempts: int | None = Field(
-        None, description="Sending attempts it took.", json_schema_extra=ui("Attempts")
-    )
-    connection: str | None = Field(
-        None, description="The connection it was sent through.", json_schema_extra=ui("Connection")
-    )
+    attempts: int | None = labelled("Attempts", "Sending attempts it took.")
+    connection: str | None = labelled("Connection", "The connection it was sent through.")
 
 
 ACCEPTED_HEADERS = {

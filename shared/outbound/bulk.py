@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, model_validator
 
 from shared.actions._spec import (
     ActionContext,
@@ -28,7 +28,7 @@ from shared.actions._spec import (
     Param,
     ResponseDoc,
 )
-from shared.actions.fields import CustomerIdHeader, ui
+from shared.actions.fields import CustomerIdHeader, labelled
 from shared.outbound._bulk import MAX_BULK_RECIPIENTS, BulkRecipient
 from shared.outbound._bulk_members import MAX_ROW
 from shared.outbound._fields import (
@@ -64,9 +64,7 @@ MAX_CSV_CHARS = 4_000_000
 
 class BulkRecipientIn(StrictBody):
     # A plain string: numbers are checked row by row, so one bad row does not refuse the rest.
-    Address: str = Field(
-        max_length=64, description="The recipient's phone number.", json_schema_extra=ui("Address")
-    )
+    Address: str = labelled("Address", "The recipient's phone number.", ..., max_length=64)
     Personalization: PersonalizationField
 
 
@@ -82,26 +80,25 @@ class BulkBody(StrictBody):
     AdMessage: AdMessageField
     DlrUrl: DlrUrlField = None
     Transactional: TransactionalField = False
-    Recipients: list[BulkRecipientIn] | None = Field(
-        None,
+    Recipients: list[BulkRecipientIn] | None = labelled(
+        "Recipients",
+        "Who gets it (or give RecipientsCsv).",
+        visibility="important",
         max_length=MAX_BULK_RECIPIENTS,
-        description="Who gets it (or give RecipientsCsv).",
-        json_schema_extra=ui("Recipients", visibility="important"),
     )
-    RecipientsCsv: str | None = Field(
-        None,
+    RecipientsCsv: str | None = labelled(
+        "Recipients (CSV)",
+        "The recipients as CSV text (instead of Recipients): a header row with Address and one "
+        f"column per placeholder, then one row per recipient; at most {MAX_CSV_CHARS:,} "
+        "characters.",
+        visibility="advanced",
         max_length=MAX_CSV_CHARS,
-        description=(
-            "The recipients as CSV text (instead of Recipients): a header row with Address and "
-            "one column per placeholder, then one row per recipient; at most "
-            f"{MAX_CSV_CHARS:,} characters."
-        ),
-        json_schema_extra=ui("Recipients (CSV)", visibility="advanced"),
     )
-    AllOrNothing: bool = Field(
+    AllOrNothing: bool = labelled(
+        "All or nothing",
+        "Yes: send nothing if any recipient is refused. No: send to the valid ones.",
         False,
-        description="Yes: send nothing if any recipient is refused. No: send to the valid ones.",
-        json_schema_extra=ui("All or nothing", visibility="advanced"),
+        visibility="advanced",
     )
 
     @model_validator(mode="after")
@@ -118,9 +115,8 @@ class SendBulkInput(ActionInput):
     body: Annotated[
         BulkBody,
         Body(raw={"text/csv": "RecipientsCsv"}),
-        Field(
-            description="The message template and its recipients.",
-            json_schema_extra=ui("Bulk message", visibility="important"),
+        labelled(
+            "Bulk message", "The message template and its recipients.", ..., visibility="important"
         ),
     ]
 
@@ -129,136 +125,115 @@ class BulkStatusInput(ActionInput):
     batch_id: Annotated[
         str,
         Param("path", "BatchId"),
-        Field(
-            pattern=r"^[0-9a-f-]{36}$",
-            description="The Id from the bulk send's answer.",
-            json_schema_extra=ui("Batch Id", visibility="important"),
+        labelled(
+            "Batch Id",
+            "The Id from the bulk send's answer.",
+            ...,
+            visibility="important",
+            pattern="^[0-9a-f-]{36}$",
         ),
     ]
     token: Annotated[
         str | None,
         Param("query", "token"),
-        Field(
-            None,
+        labelled(
+            "Token",
+            "The token of the batch status URL (the Location carries it).",
+            visibility="internal",
             max_length=200,
-            description="The token of the batch status URL (the Location carries it).",
-            json_schema_extra=ui("Token", visibility="internal"),
         ),
     ] = None
     details: Annotated[
         bool,
         Param("query", "details"),
-        Field(
+        labelled(
+            "Details",
+            "Yes: list every recipient with its state and SmartDialog's ids.",
             False,
-            description="Yes: list every recipient with its state and SmartDialog's ids.",
-            json_schema_extra=ui("Details", visibility="advanced"),
+            visibility="advanced",
         ),
     ] = False
 
 
 class BulkCountsDoc(BaseModel):
-    accepted: int = Field(
-        0, description="Recorded, not yet queued.", json_schema_extra=ui("accepted")
-    )
-    queued: int = Field(0, description="Waiting for the sender.", json_schema_extra=ui("queued"))
-    sending: int = Field(0, description="Being sent.", json_schema_extra=ui("sending"))
-    sent: int = Field(0, description="Accepted by SmartDialog.", json_schema_extra=ui("sent"))
-    failed: int = Field(0, description="Failed for good.", json_schema_extra=ui("failed"))
-    cancelled: int = Field(0, description="Cancelled.", json_schema_extra=ui("cancelled"))
+    accepted: int = labelled("accepted", "Recorded, not yet queued.", 0)
+    queued: int = labelled("queued", "Waiting for the sender.", 0)
+    sending: int = labelled("sending", "Being sent.", 0)
+    sent: int = labelled("sent", "Accepted by SmartDialog.", 0)
+    failed: int = labelled("failed", "Failed for good.", 0)
+    cancelled: int = labelled("cancelled", "Cancelled.", 0)
 
 
 class BulkDeliveryCountsDoc(BaseModel):
-    pending: int = Field(0, description="Not sent yet.", json_schema_extra=ui("pending"))
-    sent: int = Field(0, description="Sent; no delivery report yet.", json_schema_extra=ui("sent"))
-    delivered: int = Field(0, description="Delivered.", json_schema_extra=ui("delivered"))
-    undelivered: int = Field(
-        0, description="Reported undelivered.", json_schema_extra=ui("undelivered")
-    )
-    failed: int = Field(0, description="Failed for good.", json_schema_extra=ui("failed"))
-    cancelled: int = Field(0, description="Cancelled.", json_schema_extra=ui("cancelled"))
+    pending: int = labelled("pending", "Not sent yet.", 0)
+    sent: int = labelled("sent", "Sent; no delivery report yet.", 0)
+    delivered: int = labelled("delivered", "Delivered.", 0)
+    undelivered: int = labelled("undelivered", "Reported undelivered.", 0)
+    failed: int = labelled("failed", "Failed for good.", 0)
+    cancelled: int = labelled("cancelled", "Cancelled.", 0)
 
 
 class BulkMemberDoc(BaseModel):
-    Row: int = Field(description="The recipient's row.", json_schema_extra=ui("Row"))
-    Id: str = Field(description="Our message id of this recipient.", json_schema_extra=ui("Id"))
-    Address: str | None = Field(
-        None, description="The phone number.", json_schema_extra=ui("Address")
+    Row: int = labelled("Row", "The recipient's row.", ...)
+    Id: str = labelled("Id", "Our message id of this recipient.", ...)
+    Address: str | None = labelled("Address", "The phone number.")
+    Status: str = labelled(
+        "Status",
+        "Its message's state, as Counts tells it (queued once its batch's packs are all on the "
+        "queue, where the member's own status says accepted).",
+        ...,
     )
-    Status: str = Field(
-        description="Its message's state, as Counts tells it (queued once its batch's packs "
-        "are all on the queue, where the member's own status says accepted).",
-        json_schema_extra=ui("Status"),
+    Delivery: str = labelled(
+        "Delivery",
+        "Its delivery state: pending, sent, delivered, undelivered (delivery reports), failed or "
+        "cancelled.",
+        ...,
     )
-    Delivery: str = Field(
-        description=(
-            "Its delivery state: pending, sent, delivered, undelivered (delivery reports), "
-            "failed or cancelled."
-        ),
-        json_schema_extra=ui("Delivery"),
-    )
-    MessageId: str | None = Field(
-        None, description="SmartDialog's MessageId.", json_schema_extra=ui("MessageId")
-    )
-    RecipientId: str | None = Field(
-        None, description="SmartDialog's recipient id (DLRs).", json_schema_extra=ui("RecipientId")
-    )
-    Error: str | None = Field(None, description="Why it failed.", json_schema_extra=ui("Error"))
+    MessageId: str | None = labelled("MessageId", "SmartDialog's MessageId.")
+    RecipientId: str | None = labelled("RecipientId", "SmartDialog's recipient id (DLRs).")
+    Error: str | None = labelled("Error", "Why it failed.")
 
 
 class BulkRefusedDoc(BaseModel):
-    row: int = Field(description="The refused row.", json_schema_extra=ui("row"))
-    field: str = Field(description="The offending field.", json_schema_extra=ui("field"))
-    message: str = Field(description="What is wrong.", json_schema_extra=ui("message"))
+    row: int = labelled("row", "The refused row.", ...)
+    field: str = labelled("field", "The offending field.", ...)
+    message: str = labelled("message", "What is wrong.", ...)
 
 
 class BulkStatusDoc(BaseModel):
     """A batch: counts per state, refused rows and (with details) every recipient."""
 
-    Id: str = Field(description="The batch id.", json_schema_extra=ui("Batch Id"))
-    Status: str = Field(
-        description=(
-            "pending, done, or incomplete (its request stopped before every recipient was "
-            "recorded: nothing of it is sent; the same request with the same Idempotency-Key "
-            "finishes it)."
-        ),
-        json_schema_extra=ui("Status"),
+    Id: str = labelled("Batch Id", "The batch id.", ...)
+    Status: str = labelled(
+        "Status",
+        "pending, done, or incomplete (its request stopped before every recipient was recorded: "
+        "nothing of it is sent; the same request with the same Idempotency-Key finishes it).",
+        ...,
     )
-    Total: int = Field(description="Recipients given.", json_schema_extra=ui("Total"))
-    Accepted: int = Field(description="Recipients accepted.", json_schema_extra=ui("Accepted"))
-    RefusedCount: int = Field(description="Rows refused.", json_schema_extra=ui("Refused"))
-    Counts: BulkCountsDoc = Field(
-        description="Accepted recipients per state.", json_schema_extra=ui("Counts")
+    Total: int = labelled("Total", "Recipients given.", ...)
+    Accepted: int = labelled("Accepted", "Recipients accepted.", ...)
+    RefusedCount: int = labelled("Refused", "Rows refused.", ...)
+    Counts: BulkCountsDoc = labelled("Counts", "Accepted recipients per state.", ...)
+    DeliveryCounts: BulkDeliveryCountsDoc = labelled(
+        "Delivery counts", "Accepted recipients per delivery state.", ...
     )
-    DeliveryCounts: BulkDeliveryCountsDoc = Field(
-        description="Accepted recipients per delivery state.",
-        json_schema_extra=ui("Delivery counts"),
+    StatusUrl: str = labelled(
+        "StatusUrl",
+        "The batch status URL (carries its own token: renewed while pending; once the batch is "
+        "finished, the URL it was polled with).",
+        ...,
     )
-    StatusUrl: str = Field(
-        description=(
-            "The batch status URL (carries its own token: renewed while pending; once the "
-            "batch is finished, the URL it was polled with)."
-        ),
-        json_schema_extra=ui("StatusUrl"),
+    Refused: list[BulkRefusedDoc] | None = labelled(
+        "Refused",
+        "Refused rows: the first that fit 30,000 characters (by reason about 150 to 440 rows, "
+        "e.g. 200 invalid numbers); RefusedCount counts them all.",
     )
-    Refused: list[BulkRefusedDoc] | None = Field(
-        None,
-        description=(
-            "Refused rows: the first that fit 30,000 characters (by reason about 150 to 440 "
-            "rows, e.g. 200 invalid numbers); RefusedCount counts them all."
-        ),
-        json_schema_extra=ui("Refused"),
+    Recipients: list[BulkMemberDoc] | None = labelled(
+        "Recipients",
+        "Each recipient's state and ids: only with details=true (StatusUrl with &details=true); "
+        "the Location a flow step follows has none.",
     )
-    Recipients: list[BulkMemberDoc] | None = Field(
-        None,
-        description=(
-            "Each recipient's state and ids: only with details=true (StatusUrl with "
-            "&details=true); the Location a flow step follows has none."
-        ),
-        json_schema_extra=ui("Recipients"),
-    )
-    Detail: str | None = Field(
-        None, description="Why a batch is incomplete.", json_schema_extra=ui("Detail")
-    )
+    Detail: str | None = labelled("Detail", "Why a batch is incomplete.")
 
 
 @lru_cache(maxsize=4)
@@ -301,10 +276,8 @@ def _placeholders_have_columns(content: str, columns: list[str]) -> None:
         f"$({name})" + (f" ({like[name.casefold()]}?)" if name.casefold() in like else "")
         for name in missing
     )
-    raise validation_problem(
-        [FieldError("RecipientsCsv", f"No column for {named} of Content: a placeholder is "
-                    "filled from the column of exactly its name, other than Address.")]
-    )  # fmt: skip
+    raise _csv(f"No column for {named} of Content: a placeholder is filled from the column of "
+               "exactly its name, other than Address.")  # fmt: skip
 
 
 def _csv_recipients(text: str, content: str = "") -> list[BulkRecipient]:
@@ -323,29 +296,24 @@ def _csv_recipients(text: str, content: str = "") -> list[BulkRecipient]:
         ended.append(True)
 
     def unclosed(line: int) -> Problem:
-        return validation_problem(
-            [FieldError("RecipientsCsv", f"Line {line}: a quoted field is never closed.")]
-        )
+        return _csv(f"Line {line}: a quoted field is never closed.")
 
     reader = csv.reader(lines(), delimiter=csv_delimiter(text))
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise validation_problem([FieldError("RecipientsCsv", "The CSV is empty.")]) from None
+        raise _csv("The CSV is empty.") from None
     except csv.Error as exc:
-        raise validation_problem([FieldError("RecipientsCsv", f"Line 1: {exc}.")]) from None
+        raise _csv(f"Line 1: {exc}.") from None
     if ended:
         raise unclosed(1)
     lowered = [h.lower() for h in header]
     if "address" not in lowered:
-        raise validation_problem(
-            [FieldError("RecipientsCsv", "The header row needs an Address column.")]
-        )
+        raise _csv("The header row needs an Address column.")
     at = lowered.index("address")
     named = Counter(["Address" if h.lower() == "address" else h for h in header if h])
     if twice := [h for h, n in named.items() if n > 1]:  # a later one would hide the first
-        raise validation_problem([FieldError("RecipientsCsv", "The header row names "
-                                             f"{', '.join(twice)} more than once.")])  # fmt: skip
+        raise _csv(f"The header row names {', '.join(twice)} more than once.")
     width = len(header)  # an unnamed column (Excel's "Address;Name;") is a column too
     out: list[BulkRecipient] = []
     line = reader.line_num + 1
@@ -356,28 +324,20 @@ def _csv_recipients(text: str, content: str = "") -> list[BulkRecipient]:
         except StopIteration:
             break
         except csv.Error as exc:
-            raise validation_problem(
-                [FieldError("RecipientsCsv", f"Line {line}: {exc}.")]
-            ) from None
+            raise _csv(f"Line {line}: {exc}.") from None
         start, line = line, reader.line_num + 1
         if ended:
             raise unclosed(start)
         if not any(cell.strip() for cell in row):
             blank += 1
             if blank > MAX_BULK_RECIPIENTS:  # reading stops here too: blank rows cost as much
-                raise validation_problem(
-                    [FieldError("RecipientsCsv", f"More than {MAX_BULK_RECIPIENTS} blank rows.")]
-                )
+                raise _csv(f"More than {MAX_BULK_RECIPIENTS} blank rows.")
             continue
         if len(out) == MAX_BULK_RECIPIENTS:  # one row too many: stop reading here
-            raise validation_problem(
-                [FieldError("RecipientsCsv", f"At most {MAX_BULK_RECIPIENTS} recipients.")]
-            )
+            raise _csv(f"At most {MAX_BULK_RECIPIENTS} recipients.")
         if start > MAX_ROW:
-            raise validation_problem(
-                [FieldError("RecipientsCsv", f"Line {start}: a recipient must start on a line "
-                            f"up to {MAX_ROW:,} (line breaks in quotes count).")]
-            )  # fmt: skip
+            raise _csv(f"Line {start}: a recipient must start on a line up to {MAX_ROW:,} (line "
+                       "breaks in quotes count).")  # fmt: skip
         values = {
             header[i]: row[i] for i in range(min(len(header), len(row))) if i != at and header[i]
         }
@@ -389,9 +349,14 @@ def _csv_recipients(text: str, content: str = "") -> list[BulkRecipient]:
         address = row[at].strip() if at < len(row) else ""
         out.append(BulkRecipient(start, address, values or None, refusal))
     if not out:
-        raise validation_problem([FieldError("RecipientsCsv", "The CSV has no recipient rows.")])
+        raise _csv("The CSV has no recipient rows.")
     _placeholders_have_columns(content, [h for i, h in enumerate(header) if i != at and h])
     return out
+
+
+def _csv(message: str) -> Problem:
+    """400: the RecipientsCsv is refused for ``message``."""
+    return validation_problem([FieldError("RecipientsCsv", message)])
 
 
 def _fits_filled_in(content: str, recipients: list[BulkRecipient], *, csv: bool) -> None:

@@ -44,7 +44,7 @@ def test_a_fresh_process_creates_every_table_it_uses(
         "IDEMPOTENCY_TABLE": f"FreshIdempotency{suffix}",
     }
     monkeypatch.setattr(_store, "MESSAGES_TABLE", tables["MESSAGES_TABLE"])
-    monkeypatch.setattr(_idempotency, "IDEMPOTENCY_TABLE", tables["IDEMPOTENCY_TABLE"])
+    monkeypatch.setattr(_idempotency.IdempotencyStore, "TABLE", tables["IDEMPOTENCY_TABLE"])
     monkeypatch.setattr(suppressions, "SUPPRESSIONS_TABLE", f"FreshSuppressions{suffix}")
     monkeypatch.setattr(storage, "_ready", set())
     wanted = {*tables.values(), f"FreshSuppressions{suffix}"}
