@@ -1,13 +1,9 @@
 """The message core: a message's records, their statuses and transitions, and their one writer.
 
-Every row of ``SmartDialogMessages`` (records and recipient slots), ``SmartDialogPacks`` (packs
-and the pack index), ``SmartDialogIdempotency``, ``SmartDialogBatches`` and
-``SmartDialogQuestions`` is a typed record here, written only by the stores here. A status
-change goes through its transition table (:mod:`shared.messages._models`); an arrow the table
-does not have raises :class:`IllegalTransition`.
-
-It imports no feature package (outbound, inbound, actions): both sides build on it.
-"""
+Every row of ``SmartDialogMessages``, ``SmartDialogPacks``, ``SmartDialogIdempotency``,
+``SmartDialogBatches`` and ``SmartDialogQuestions`` is a typed record here, written only by the
+stores here; an arrow the transition table lacks raises :class:`IllegalTransition`. It imports no
+feature package. See docs/architecture.md, "Layers" and "State machines"."""
 
 from shared.messages._batches import BatchRecord, BatchStore
 from shared.messages._idempotency import IdempotencyEntry, IdempotencyStore, idempotency_key_hash

@@ -1,17 +1,8 @@
 """A message's statuses and the transition tables every write goes through.
 
-The message (``SmartDialogMessages``, RowKey ``message``)::
-
-    accepted --enqueued--> queued --claimed (lease, attempts+1)--> sending --> sent
-        |                    ^  |                                    |  |
-        +--> cancelled       |  +--> cancelled                       |  +--> failed
-                             +---- transient failure / handed back --+       |
-                             ^                                               |
-                             +------------- re-drive (explicit) -------------+
-
-A recipient (its slot, RowKey ``recipient-NNNNN``) only moves forward by rank
-(:class:`RecipientStatus`); a batch (``SmartDialogBatches``) by :data:`BATCH_TRANSITIONS`.
-"""
+A message moves along :data:`MESSAGE_TRANSITIONS`, a recipient slot only forward by rank
+(:class:`RecipientStatus`), a batch along :data:`BATCH_TRANSITIONS`. See docs/architecture.md,
+"State machines"."""
 
 from __future__ import annotations
 

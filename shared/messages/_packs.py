@@ -1,41 +1,11 @@
-"""Packs: many queued sends in one upstream call (the pack record and the index).
+"""Packs: many queued sends in one upstream call (``SmartDialogPacks``: pack records, the index).
 
-SmartDialog's send takes many ``Recipients``, each with its own ``Personalization``, and the
-quota counts calls, not recipients. Queued messages that would be sent *identically* apart from
-their recipients share a pack key (:func:`shared.outbound.pack_key`); the sender packs such
-messages into one call.
-
-``SmartDialogPacks`` holds two kinds of partitions:
-
-- ``q-<pack key>``: the *index* of a pack key, one row per message that may still be packed
-  (RowKey ``<created µs>.<message id>``, oldest first). Written when the message is recorded,
-  removed when a pack takes it or it is found final. It is only a hint: a message is packed
-  only after a compare-and-swap on its own status record (``queued -> sending`` with the pack
-  id), so a stale row is harmless.
-- ``pack-<id>`` (RowKey ``pack``): a :class:`Pack`, the membership of one upstream call in
-  request order with each member's addresses, and the ``RequestId`` of that call. It is written
-  *before* the call; every member's record names it (``pack_id``), so a retry after an
-  ambiguous failure re-sends the same pack with the same ``RequestId`` (upstream answers 409
-  with the original, and every member is sent exactly once). After the call the pack also maps
-  upstream recipient ids to members, so delivery reports to the pack's DLR URL reach each
-  member's own record.
-
-Bulk sends form their packs when the batch is accepted (*batch packs*, ``batch_id`` set): the
-members are consecutive rows of the batch and one queue message, a pack driver, drives the whole
-pack (see :mod:`shared.outbound._drive`); the members have no queue messages of their own. Such a
-pack also carries a lease (one driver at a time) and the members of the call that may have reached
-upstream: until there is one, what is sent may still shrink (a member cancelled or expired) and the
-``RequestId`` is derived from what is actually sent; once there is, that ``RequestId`` is only ever
-used again for those members.
-
-What never packs (the pack key is None): discussion replies (no ``RequestId``: they are never
-repeated, so never grouped), messages listing one address twice. Messages of different
-connections (customer), services, senders, contents (before personalization), protocols,
-schedules, options (``AdMessage``, ``CustomerData``, ``AttachmentUri``, the caller's ``DlrUrl``,
-WhatsApp template and parameters), operations, reply parents or transactional flags get
-different keys. Within a pack no address appears twice, so upstream's answer maps back to
-members by address.
-"""
+Two kinds of partitions: ``q-<pack key>``, the index of a pack key (one row per message that may
+still be packed, oldest first; only a hint, since packing compare-and-swaps the message's own
+record), and ``pack-<id>`` (RowKey ``pack``), a :class:`Pack`: one call's membership in request
+order, its ``RequestId`` and, after the call, upstream's recipient ids. Bulk *batch packs*
+(``batch_id`` set) also carry a driver lease and the membership of the call that may have gone.
+See docs/sending.md, "Packing and bulk sends" and "Bulk sends: batch packs"."""
 
 from __future__ import annotations
 

@@ -1,21 +1,10 @@
 """Questions of "Send a message and wait for a reply" (``SmartDialogQuestions``): the typed record,
 its transition table and its one writer.
 
-A question is a sent message waiting for the recipient's reply. Both sides use it: the ask
-action creates it and its status URL ends it when it times out or its send failed; the inbound
-processor ends it with a reply (or STOP) and marks it re-prompted. Layout, one partition per
-service + recipient (so every change of a question is one atomic Table transaction)::
-
-    PartitionKey = "q" + sha256(service, number)[:32]
-    RowKey = <question id>   the record (kept after it ends: its status URL reads it)
-    RowKey = "open"          a copy of the open question, if any (one per service + number)
-
-The inbound processor finds the open question of a reply with one partition query
-(:meth:`QuestionStore.for_reply`: the ``open`` row, and any record this very reply already
-ended, so a reply SmartDialog delivers twice ends one question once and never a newer one).
-Every change of an open question replaces ``open`` on its ETag, so two writers never both win:
-the loser re-reads and finds the question ended (or changed) by the other.
-"""
+One partition per service + recipient (``"q" + sha256(service, number)[:32]``), so every change
+of a question is one atomic transaction: RowKey ``<question id>`` is the record (kept after it
+ends), RowKey ``open`` a copy of the open question. Every change of an open question replaces
+``open`` on its ETag, so of two writers one wins and the other re-reads. See docs/flows.md."""
 
 from __future__ import annotations
 

@@ -1,23 +1,11 @@
 """The rows of the status table: message records and recipient slots, and where they live.
 
-``SmartDialogMessages`` holds one partition per message (PartitionKey = our message id;
-bulk members: see below):
-
-- RowKey ``message``: the :class:`MessageRecord` (status, request, attempts, upstream result).
-  Every status change is a compare-and-swap on its ETag, so two workers never both claim it.
-- RowKey ``recipient-00000`` ...: one :class:`RecipientSlot` per recipient, in request order:
-  address, estimated parts, upstream recipient id and a per-recipient status that only moves
-  forward (:class:`RecipientStatus`). Delivery reports update these slots, not the
-  record, so they never contend with the sender.
-
-Bulk members (ids ``<batch uuid>.<row>``, see :mod:`shared.outbound._bulk`) share a partition
-with their neighbours instead: ``<batch uuid>.<row // 500>`` (500 members, 1,000 rows), their
-rows prefixed by the row (``00042.message``, ``00042.recipient-00000``). A batch's members are
-then written, claimed and recorded 100 rows per Table transaction, and read with one range
-query. :func:`message_keys` maps an id to its partition and row prefix; it depends on the id
-alone, so every reader and writer agrees. (Partitions stay small: Azurite's transactions slow
-down with the size of their partition, and Azure spreads partitions over its servers.)
-"""
+``SmartDialogMessages``: RowKey ``message`` is the :class:`MessageRecord` (every status change a
+compare-and-swap on its ETag); ``recipient-NNNNN`` are its :class:`RecipientSlot` rows, which
+delivery reports update so they never contend with the sender. Bulk members and lane members
+share partitions (rows prefixed ``<row>.``); :func:`message_keys` maps an id to its partition and
+row prefix from the id alone, so every reader and writer agrees. See docs/sending.md, "Bulk sends:
+batch packs" and "Lanes"."""
 
 from __future__ import annotations
 

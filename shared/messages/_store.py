@@ -460,16 +460,12 @@ class MessageStore:
     def redrive(
         self, record: MessageRecord, *, now: dt.datetime, valid_until: dt.datetime
     ) -> MessageRecord | None:
-        """The one way back from a final state: a ``failed`` message is ``queued`` again with
-        its attempts, failure, lease, backoff, wait, announcement, pack and claiming connection
-        cleared and the fresh validity ``valid_until``, in one write (a re-drive that stopped
-        after it finds it queued and sendable, never queued and expired). A bulk member loses its
-        pack key too: it goes alone with its own RequestId (only its pack's driver sent it in
-        a pack; beside single sends it would lead theirs). So does one an attempt may have sent
-        (``outcome-unknown``), which keeps that doubt (``maybe_sent``): its repeat goes under its
-        own RequestId, which SmartDialog may know, it cannot be cancelled, and a refusal or a
-        give-up of it is ``outcome-unknown`` again. None when the compare-and-swap lost;
-        IllegalTransition unless failed."""
+        """The one way back from a final state: a ``failed`` message is ``queued`` again, in one
+        write, with its attempts, failure, lease, backoff, wait, announcement, pack and claiming
+        connection cleared and the fresh validity ``valid_until``. A bulk member, and one that
+        failed ``outcome-unknown`` (which keeps ``maybe_sent``), also lose the pack key: they go
+        alone under their own RequestId. None when the compare-and-swap lost; IllegalTransition
+        unless failed."""
         doubt = record.in_doubt
         alone = doubt or record.batch_id is not None
         return self.swap(
@@ -513,16 +509,11 @@ class MessageStore:
         shown: MessageStatus | None = None,
         replaces: RecipientStatus | None = None,
     ) -> tuple[RecipientSlot, bool]:
-        """Move one slot forward to ``status`` (and learn its upstream recipient id if it has
-        none yet); (the slot now, whether it moved). Never moves a slot back. The move records
-        what the recipient showed before it (``Moved``: :attr:`RecipientSlot.previous`, the
-        :func:`effective_status` with its message's status ``shown``, if given; ``replaces``
-        instead, if given: a move whose event never went out is passed over).
-
-        Written with a compare-and-swap on the ETag the slot was read at: a report that lands
-        between our read and our write makes the write fail (412), and the slot is read again
-        and judged again, so a ``delivered`` is never overwritten by an earlier state.
-        """
+        """Move one slot forward to ``status`` (and learn its upstream recipient id if it has none
+        yet); (the slot now, whether it moved). Never moves a slot back. The move records what the
+        recipient showed before it (:attr:`RecipientSlot.previous`: the :func:`effective_status`
+        with its message's ``shown``, or ``replaces`` if given). A compare-and-swap on the slot's
+        ETag: a report landing in between makes it read and judge the slot again."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode

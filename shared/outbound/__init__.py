@@ -1,14 +1,8 @@
 """Outbound: the path to upstream. The queue contract (send commands and the pack driver),
 accepting sends, packing, the sender and its outcomes (record, announce, requeue, dead-letter).
 
-The records and their state machine live in :mod:`shared.messages`. A bulk member
-(SendBulkMessages) has no queue message of its own: it stays ``accepted`` until its pack's
-driver claims it (``accepted -> sending``), and goes back to ``queued`` only after a call that
-did not get through (see ``shared/outbound/_drive.py``).
-
-See ``docs/sending.md`` for the crash windows and why each is safe, and
-``docs/architecture.md`` for the modules.
-"""
+The records and their state machine live in :mod:`shared.messages`. See docs/sending.md
+("Statuses and the sender", "Crash windows, and why each is safe") and docs/architecture.md."""
 
 from shared.outbound._fields import (
     MAX_CONTENT_CHARS,

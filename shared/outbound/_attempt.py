@@ -1,23 +1,11 @@
 """One upstream attempt for a set of members, and what its outcome means.
 
-Every send path (a single message, a pack formed from the queue index, a bulk pack) builds its
-call with :meth:`Upstream.prepare` before it takes its quota grant, makes it through
-:meth:`Upstream.attempt` and gets one typed :data:`AttemptResult` back:
-
-- :class:`Sent`: upstream took it (a 2xx with a send's answer), or answered 409 because an
-  earlier attempt with the same ``RequestId`` did (``duplicate``, with the original answer;
-  the client's ``DuplicateRequestError`` says when a 409 shows that: any other is a refusal);
-- :class:`Transient`: worth retrying later (429, 408, 5xx, a redirect (never followed),
-  connection errors, a 2xx that is no send's answer, a quota refusal of the client's
-  token-refresh re-try, missing credentials, no token), with upstream's advice (a 429's or a
-  5xx's ``Retry-After``);
-- :class:`Refused`: upstream refused the whole call (any other 4xx): nothing was sent. It may
-  name the recipient at fault.
-
-:func:`split_answer` is the one place where a packed call's answer is shared out per member.
-The quota hooks (:class:`shared.quota.AttemptGate`) make every attempt hold its own slot,
-fresh when the request leaves.
-"""
+Every send path builds its call with :meth:`Upstream.prepare` before its quota grant, makes it
+through :meth:`Upstream.attempt` and gets one :data:`AttemptResult`: :class:`Sent` (a send's
+answer, or a 409 duplicate with evidence), :class:`Transient` (worth retrying, with upstream's
+advice) or :class:`Refused` (nothing sent; may name the recipient at fault).
+:func:`split_answer` is the one place a packed call's answer is shared out per member.
+See docs/sending.md, "Statuses and the sender" (the outcome table)."""
 
 from __future__ import annotations
 
@@ -235,13 +223,11 @@ class Upstream:
         self.unready: Exception | None = None
 
     def ready(self) -> Exception | None:
-        """The token first, then the grant, then the call: a valid token is in hand (fetched now
-        at a cold start or a renewal, bounded by the send timeout on its own) before the caller
-        takes its grant, so no token fetch ages it, and before the call's own deadline starts
-        (:meth:`attempt`), so neither the fetch nor the quota wait eats into the call. None, or
-        why no token could be had (``CredentialsError``, ``IdentityProviderError``): nothing
-        was sent and no slot taken, so the send waits, not an attempt
-        (:func:`shared.outbound._routing.token_wait`)."""
+        """A valid token in hand before the caller takes its grant (fetched now at a cold start or a
+        renewal, bounded by the send timeout on its own), so neither the fetch nor the quota wait
+        ages the grant or eats into the call's deadline. None, or why no token could be had
+        (``CredentialsError``, ``IdentityProviderError``): nothing sent, no slot taken, no attempt
+        counted (:func:`shared.outbound._routing.token_wait`)."""
         from shared.smartdialog import SmartDialogError
 
         try:
@@ -261,15 +247,10 @@ class Upstream:
     ) -> Call:
         """The call of ``commands`` as it is to leave, built *before* its grant is taken
         (:meth:`attempt` then only sends it): one command as it is, or, with ``request_id``, a
-        pack's (:func:`packed_command`, the first its leader). Its numbers in E.164 and *our*
-        DLR URL in ``DlrUrl`` (token-bearing, for ``report_id`` or the message), put in only
-        here, so the stored command, its fingerprint and re-enqueued copies keep the caller's
-        own ``DlrUrl``, which the DLR function calls after ours. The envelope's own fields
-        (``transactional``, ids, counters) never reach upstream.
-
-        That work grows with the recipients (a pack of 500 new numbers to E.164: ~30 ms on an
-        idle core), and done between grant and call it made the grants of big packs stale on a
-        loaded machine, and those packs were handed back and claimed again."""
+        pack's (:func:`packed_command`, the first its leader). Its numbers are in E.164 and
+        ``DlrUrl`` is *our* token-bearing URL (for ``report_id`` or the message), put in only here;
+        the envelope's own fields never reach upstream. See docs/sending.md, "Then: grants no longer
+        age while the call is built"."""
         from shared.outbound._records import with_delivery_report_url
 
         command = commands[0]
@@ -288,15 +269,13 @@ class Upstream:
         repeat: bool = False,
     ) -> AttemptResult:
         """One upstream call with ``grant`` (the token in hand: :meth:`ready`; the call built:
-        :meth:`prepare`), in a client span (linked to ``links``, the traces of a packed call's
-        members), within the send timeout from here (the client's deadline); raises
-        :class:`StaleGrant` (nothing sent) if the grant went stale before the request left (also
-        when the deadline passed first).
+        :meth:`prepare`), in a client span linked to ``links`` (a packed call's members' traces),
+        within the send timeout from here. Raises :class:`StaleGrant` (nothing sent) if the grant
+        went stale before the request left, also when the deadline passed first.
+
         ``repeat``: an earlier attempt with this RequestId may have reached upstream, so a 409
-        naming no recipient is its duplicate suppression (``Sent``, ``duplicate``). The client
-        tells a duplicate by the 409's body or by its own retries (the sender's make none); a
-        pack's caller does not pass it: a member's doubt may be of another pack's RequestId.
-        """
+        naming no recipient is its duplicate (``Sent``, ``duplicate``); a pack's caller does not
+        pass it (a member's doubt may be of another pack's RequestId)."""
         from shared.quota import QuotaExceeded
         from shared.smartdialog import SmartDialogError
 
@@ -497,14 +476,11 @@ def split_answer(
     estimates: Mapping[str, int] | None = None,
 ) -> SplitAnswer:
     """Share ``body`` out among ``members`` ((message id, addresses)) by number
-    (:func:`address_key`; upstream's as it may write one, :func:`_listed`): each of upstream's
-    recipients goes to the next listing of its number, in membership order (a number a member
-    lists twice gets both; a pack a previous release formed may list one number in two
-    members). An answer without recipients is every member's whole answer. Upstream's
-    ``MessagePartCount`` is the call's, the most of any recipient's: a member gets its own
-    ``estimates`` (the accept-time ``EstimatedPartCount``) when it is less and another member
-    of the call's reaches upstream's (which that one explains); else upstream's (an estimate
-    is approximate: upstream may fill a placeholder itself)."""
+    (:func:`address_key`, as upstream may write one: :func:`_listed`): each of upstream's recipients
+    goes to the next listing of its number in membership order; an answer without recipients is
+    every member's whole answer. A member's ``MessagePartCount`` is its own ``estimates`` entry when
+    that is less and another member's reaches upstream's count; else upstream's. See
+    docs/sending.md, "Packing and bulk sends" ("Answer")."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
     raw = answer_recipients(body)
     flat = [
@@ -541,13 +517,11 @@ def split_answer(
 def placed(
     body: Mapping[str, Any], addresses: Sequence[str], *, in_order: bool = True
 ) -> dict[int, dict[str, Any]]:
-    """Upstream's recipients in its answer ``body`` put on ours, ``addresses`` (in order), by
-    number (:func:`address_key`; upstream's as it may write one, likeliest reading first:
-    :func:`_listed`), never by position (upstream may list them in another order, or leave one
-    out): each goes to the next listing of its number (our position -> upstream's recipient).
-    One of ours upstream left out gets none; one of upstream's matching none of ours is left.
-    An answer that names no number at all, listing as many as ours, is put on them in order
-    (``in_order``: not a pack's 409, whose original call may have had other members)."""
+    """Upstream's recipients in its answer ``body`` put on ours, ``addresses`` (in order), by number
+    (:func:`address_key`, :func:`_listed`), never by position: each goes to the next listing of its
+    number (our position -> upstream's recipient); unmatched ones on either side are left. An answer
+    naming no number at all and listing as many as ours is put on them in order when ``in_order``
+    (never a pack's 409, whose original call may have had other members)."""
     listings: dict[str, list[int]] = {}
     for position, address in enumerate(addresses):
         listings.setdefault(address_key(address), []).append(position)

@@ -1,26 +1,9 @@
 """Bulk sends: one template, up to 10,000 recipients, one member message per recipient.
 
-A batch (``SmartDialogBatches``, PartitionKey = batch id, RowKey ``batch``) records what was
-asked, the rows refused and the packs formed. Each valid recipient becomes an ordinary message
-(id ``<batch id>.<row:05d>``, ``RequestId`` the same), so it has its own status, events and
-delivery reports. Members are stored in their batch's partitions (see
-:func:`shared.messages.message_keys`), 100 rows a Table transaction.
-
-The members are packed when the batch is accepted (:mod:`shared.outbound._bulk_members`):
-consecutive members, up to ``SMARTDIALOG_PACK_MAX_RECIPIENTS`` recipients, form a *batch pack*
-(recorded in ``SmartDialogPacks`` before its members), and one queue message per pack, a
-:class:`~shared.outbound.PackDriver`, has the sender make that pack's call (see
-:mod:`shared.outbound._drive`). 5,000 recipients are 10 queue messages, not 5,000.
-
-Crash safety: the batch (with its pack ids), then the packs, then the members are recorded
-before any driver is enqueued, and the batch is marked ``queued`` only after every driver is on
-the queue; a batch still ``accepting`` 30 s later with every member recorded has its drivers
-enqueued again by its next status poll (a pack driven twice is sent once: the pack's lease and
-its members' claims). Once one driver is on the queue the request answers 202, whatever fails
-after: a 500 would make a caller without a key send the batch again. A request that fails
-between its batch row and its first driver marks the batch ``incomplete``, so that a replay
-with its Idempotency-Key finishes it at once; until a batch has every member, it is pending.
-"""
+Owns the batch (``SmartDialogBatches``): accepting it (batch row, packs, members, then one
+:class:`~shared.outbound.PackDriver` per pack), its status, and finishing a request that stopped
+part-way. See docs/sending.md, "Bulk sends" and "Bulk sends: batch packs" (layout, the write
+order and why a request answers 202 once one driver is out)."""
 
 from __future__ import annotations
 
@@ -77,13 +60,11 @@ MAX_BULK_RECIPIENTS = 10_000
 STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
 #: A batch's status is worth polling about this often (a pack goes in about a second).
 BATCH_POLL_SECONDS = 5
-#: A batch still ``accepting`` this long after its request began, with members missing, is
-#: ``incomplete``: that request is over (an HTTP function times out after 230 s). Not sooner:
-#: a slow request may still be writing them (a replay then would write them beside it).
+#: A batch still ``accepting`` this long with members missing is ``incomplete``: its request is
+#: surely over (HTTP functions time out after 230 s), not merely slow.
 INCOMPLETE_AFTER = dt.timedelta(minutes=5)
 _OPTED_OUT = "This recipient opted out of service %s."
-#: Storage threads of one request: the SDK's HTTP connection pool keeps 10 connections per
-#: client, and a thread beyond that opens (and drops) a connection per request.
+#: Storage threads of one request: the SDK's pool keeps 10 connections per client.
 _THREADS = 10
 
 
@@ -155,8 +136,7 @@ class BulkService:
                     raise key_reused("This Idempotency-Key was already used for another bulk send.")
                 found = self.batches.get(entry.message_id)
                 if found is None:
-                    # The request that claimed the key has not recorded its batch: it is on
-                    # its way, or it stopped before (then the key is this request's now).
+                    # The claimant has no batch yet: on its way, or stopped (the key is ours).
                     if now - entry.created_at < INCOMPLETE_AFTER:  # surely over by then
                         raise _in_progress("its batch")
                     self.idempotency.release(key_hash, entry.message_id)
@@ -168,8 +148,7 @@ class BulkService:
                 if resumed is None:  # done, or on its way (409 while members are missing)
                     return self.status(entry.message_id, details=False, checked=True,
                                        replay=recipients)  # fmt: skip
-                # The first request with this key stopped part-way: finish it, as that batch
-                # (same id, same time, so the same members and packs).
+                # Its first request stopped part-way: finish it as that batch (same id and time).
                 batch_id = entry.message_id
                 now = dt.datetime.fromisoformat(resumed.formed_at)
         try:
@@ -179,10 +158,7 @@ class BulkService:
                 transactional=transactional, all_or_nothing=all_or_nothing,
             )  # fmt: skip
         except BaseException:
-            # Failed before its batch row: the key is given up, so a retry with it is a new
-            # request. After it (no driver is out then): the batch is marked incomplete, so a
-            # replay with the key finishes it at once. Best effort: a replay also takes over a
-            # claim without a batch, or a batch left accepting, once its request is surely over.
+            # Before its batch row: give the key up; after it: mark it incomplete for a replay.
             if key_hash is not None and resumed is None:
                 with contextlib.suppress(Exception):
                     found = self.batches.get(batch_id)
@@ -252,8 +228,7 @@ class BulkService:
             # The packs first: a member names its pack, which must exist when it is read.
             list(pool.map(self.packs.save, packs))
         self.store.create_many(records)
-        # From the first driver on the queue, the batch is accepted (a 500 would make a caller
-        # without a key send it again, and this one is on its way); marking it is best effort.
+        # Accepted from its first driver on (a 500 would make a keyless caller send it twice).
         if queued := self._enqueue_drivers(batch, batch.pack_ids):
             self._queued(batch)
         return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
@@ -324,8 +299,7 @@ class BulkService:
                           type=ProblemType.CONFLICT)  # fmt: skip
         missing = [(r, sl) for r, sl in records if r.message_id not in recorded]
         with ThreadPoolExecutor(_THREADS) as pool:
-            # Only the packs it had not written: drivers may be at the others already (their
-            # calls, recorded on the pack, must stay for their retries).
+            # Only the missing packs: drivers may be at the others, whose recorded calls must stay.
             list(pool.map(self.packs.add, packs))
         log.warning("batch %s: finishing the recording of %d member(s) of a request that stopped",
                     batch_id, len(missing))  # fmt: skip
@@ -351,8 +325,7 @@ class BulkService:
         driven twice is sent once."""
         from shared.outbound._ports import held_settings
 
-        # The batch's connection's lease and backoff, not the poller's. While a broken setting
-        # holds its sends, only the expired need a driver; once removed, a driver fails them.
+        # The batch's connection's lease and backoff, not the poller's (sending.md, "A driver...").
         settings, waiting = held_settings(_connection(batch, records), self.settings)
         now = self._clock()
         quiet = dt.timedelta(
@@ -438,8 +411,7 @@ class BulkService:
         if batch is None:
             raise Problem(404, "No such batch", f"There is no batch {batch_id}.",
                           type=ProblemType.NOT_FOUND)  # fmt: skip
-        # Every member's record and recipient slot in one range query (the batch's
-        # partitions); delivery reports move the slots.
+        # Every member's record and slot in one range query (delivery reports move the slots).
         records_by_id: dict[str, MessageRecord] = {}
         slots: dict[str, RecipientSlot] = {}
         for entity in self.store.table.query_entities(batch_filter(batch_id)):
@@ -460,9 +432,7 @@ class BulkService:
         age = self._clock() - batch.created_at
         recording = batch.status is BatchStatus.ACCEPTING and len(records) < batch.accepted
         if recording and age >= INCOMPLETE_AFTER:
-            # Its request is certainly over (HTTP functions time out long before) and it did
-            # not record every member: none of it is sent (a replay with the same
-            # Idempotency-Key finishes it).
+            # Surely over with members missing: none is sent until a replay finishes it.
             batch = self.batches.mark(batch, BatchStatus.INCOMPLETE)
         elif recording:  # its request may still be writing them: nothing goes out yet
             if replay is not None:
@@ -470,15 +440,13 @@ class BulkService:
         elif (batch.status is BatchStatus.ACCEPTING and age >= STUCK_ACCEPTING_AFTER) or (
             batch.status is BatchStatus.INCOMPLETE and len(records) >= batch.accepted
         ):
-            # Every member is recorded; the request (or the replay that finished an incomplete
-            # batch) stopped before its drivers were all out, or could not mark the batch.
+            # Every member recorded, but its drivers not all out (or the batch not marked).
             if self._enqueue_drivers(batch, batch.pack_ids, records):
                 batch = self._queued(batch)
         elif batch.status is BatchStatus.QUEUED:
             self._redrive_stale(batch, records)
         queued = batch.status is BatchStatus.QUEUED
-        # Members are recorded ``accepted`` and the batch, not each member, notes that their
-        # packs' drivers are all on the queue: once it does, an ``accepted`` member is queued.
+        # The batch, not each member, notes the drivers are out: then ``accepted`` is queued.
         shown = {
             r.message_id: MessageStatus.QUEUED
             if queued and r.status is MessageStatus.ACCEPTED
@@ -504,8 +472,7 @@ class BulkService:
                 for state in map(str, RecipientStatus)
             },
             "StatusUrl": url,
-            # Every answer (a flow step's output is the final one of Location, which has no
-            # details): the first refused rows that fit the batch row; a replay's: all of them.
+            # In every answer (a flow sees only Location's final one): those the batch row keeps.
             "Refused": list(batch.refused) if replay is None else _refused(batch, records, replay),
         }
         if incomplete:

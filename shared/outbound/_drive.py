@@ -1,28 +1,8 @@
 """Batch packs: one queue message (a :class:`PackDriver`) sends a whole pack of bulk members.
 
-SendBulkMessages forms its packs when it accepts a batch (see :mod:`shared.outbound._bulk`):
-the members are recorded in their batch's partitions, and each pack has one driver message on
-``smartdialog-outbound``. A driver:
-
-1. takes the pack's lease (ETag compare-and-swap on the pack row: one driver at a time);
-2. reads every member with one range query, announces members already final but not yet
-   announced (a crash after the call), and leaves members that are waiting (backoff), held
-   (a claim from a crashed run, until its lease ends) or expired (they fail);
-3. claims the members it sends (``queued -> sending``, 100 members a Table transaction, each
-   compare-and-swapped on its ETag: a member cancelled meanwhile simply drops out);
-4. records the call's membership on the pack *before* the call. The ``RequestId`` is the pack
-   id when every member goes, else a hash of the members that go; a retry after an ambiguous
-   failure sends exactly that membership again with the same ``RequestId`` (upstream answers
-   409 with the original; nobody is sent twice);
-5. takes a quota slot (or hands the claims back and comes back when one frees), makes the
-   call, and records each member's own result (100 members a transaction), then its event.
-
-Failures: a transient one backs every member off together (the driver comes back when the
-backoff ends; after the last attempt each member fails and is dead-lettered with its reason).
-A refusal that names a recipient fails that member alone and the rest go again with a new
-``RequestId``. A refusal that names nobody splits the pack in two (new packs, new drivers),
-so the member at fault ends up alone and fails alone in a few calls, not one call per member.
-"""
+A driver takes the pack's lease, reads and claims its due members, records the call's membership
+on the pack before the call, takes a quota slot, calls, and records each member's result and
+event. See docs/sending.md, "Bulk sends: batch packs" (steps, failures, splits)."""
 
 from __future__ import annotations
 
@@ -89,8 +69,7 @@ def drive_pack(
         )
     now = ports.now()
     if pack.lease_until is not None and pack.lease_until > now:
-        # Another driver holds it (usually for a few seconds; a crashed one until its lease
-        # ends): look again soon rather than at the lease's end.
+        # Another driver holds it, usually briefly: look again soon, not at the lease's end.
         delay = min((pack.lease_until - now).total_seconds() + 1, PACK_RECHECK_SECONDS)
         return outcomes.requeue_driver(driver, delay, OutcomeKind.DEFERRED, "claimed")
     held = ports.packs.swap(pack, lease_until=now + ports.policy.lease)
@@ -131,8 +110,7 @@ class _Run:
         #: Members it claimed and has not called for yet (handed back if the turn fails).
         self.unsent: list[MessageRecord] = []
         self.repeating = False
-        #: When and why the driver comes back: (delay, kind, reason), sent once the lease
-        #: is released.
+        #: When and why the driver comes back (delay, kind, reason), sent once its lease is freed.
         self.follow_up: tuple[float, OutcomeKind, str] | None = None
 
     # --- the pack row ------------------------------------------------------------------------
@@ -188,14 +166,12 @@ class _Run:
         found = ports.store.get_many(pack.member_ids)
         members = [found[m] for m in pack.member_ids if m in found]
         if theirs := {r.connection for r in members} - {ports.policy.connection}:
-            # Another connection's pack (its driver put out by an older release's status poll):
-            # it goes through that connection, never through this one.
+            # Another connection's pack (an older release's re-drive): never through this one.
             other = min(theirs)
             log.warning("pack %s: a driver of connection %s; sent there", pack.pack_id, other)
             self.driver = self.driver.model_copy(update={"Connection": named_connection(other)})
             return self.later(0, "connection")
-        # Members that moved to another pack (a split) are that pack's. If they sat untouched
-        # for a lease (a crash right after the split left its drivers unsent), drive it.
+        # Members moved by a split are that pack's; drive it if they sat idle for a lease.
         idle = ports.policy.lease
         moved = {
             r.pack_id
@@ -211,9 +187,7 @@ class _Run:
         self.outcomes.announce([r for r in mine if r.status.is_final])
         open_ = [r for r in mine if not r.status.is_final]
         if not open_:
-            # Members that moved to another pack a moment ago: that pack's driver may not have
-            # gone out (a split whose enqueue failed, then this driver came again). Come back
-            # when they count as idle, and drive their pack then if they are still open.
+            # Moved a moment ago (the split's drivers may not be out): come back once they are idle.
             recent = [
                 r.updated_at
                 for r in members
@@ -256,8 +230,7 @@ class _Run:
                 self.save(attempt=())
                 again = due
             due = again
-        # A STOP since they were accepted: those members fail, never sent (not one an earlier
-        # attempt may have sent: its retry settles it); one batched read of the suppressions.
+        # A STOP since accepted fails a member (not one maybe sent: its retry settles it).
         # One ``sending`` off the call never went (a claim not handed back): read as queued.
         off_call = [r.status is MessageStatus.SENDING and r.message_id not in pack.attempt
                     for r in due]  # fmt: skip
@@ -294,8 +267,7 @@ class _Run:
             return self.later(1, "claim-lost")
         self.repeating = bool(self.pack.attempt)  # this call's RequestId was tried before
         if not self.pack.attempt:
-            # A new call: recorded before it is made. Only a pack's first call with every
-            # member uses the pack id as its RequestId; any other call derives its own.
+            # A new call, recorded before it is made (the pack id is only a whole first call's).
             ids = [c.message_id for c in claimed]
             first = self.pack.calls == 0 and ids == self.pack.member_ids
             self.save(
@@ -370,15 +342,10 @@ class _Run:
             changes = sent_changes(member, share, duplicate=sent.duplicate, now=now)
             # what upstream got: the call's RequestId
             writes.append((member, {**changes, "request_id": self.pack.request_id}))
-        # 1. The pack first: the recipient ids (a delivery report may come as soon as the call
-        #    is answered) and the members whose events are about to go out.
+        # 1. The pack first: recipient ids (reports may come at once) and who is ``announcing``.
         adding = [m.message_id for m, _ in writes if m.message_id not in self.pack.announcing]
         self.save(recipient_ids=recipient_ids, announcing=(*self.pack.announcing, *adding))
-        # 2. The records, already marked announced: if this run stops before step 4, the next
-        #    driver of the pack finds ``announcing`` and sends those events (again).
-        #    Only the records: a member's upstream recipient id is in its result and in the
-        #    pack (delivery reports find the member by it); its slot learns it from its first
-        #    delivery report. Half the rows to write.
+        # 2. The records, marked announced (slots learn their ids from the first report).
         done = ports.store.swap_many([(m, {**c, "announced": True}) for m, c in writes])
         recorded = [d for d in done if d is not None]
         lost = [m.message_id for (m, _), d in zip(writes, done, strict=True) if d is None]
@@ -386,9 +353,7 @@ class _Run:
         list(storage_pool().map(self.outcomes.emit, recorded))
         if lost:  # finished by someone else meanwhile (a lease that ran out): theirs stands
             self.outcomes.announce(list(ports.store.get_many(lost).values()))
-        # 4. Done: this run's members of the call are recorded, so a later call (members it
-        #    lacked, or left out) gets a RequestId of its own; members of the call this run did
-        #    not have (their back-off written while the others' was not) repeat it later.
+        # 4. Done: a later call gets its own RequestId; members this run lacked repeat this one.
         out, ran = {r.message_id for r in recorded}, {c.message_id for c in claimed}
         self.save(attempt=tuple(i for i in self.pack.attempt if i not in ran),
                   announcing=tuple(i for i in self.pack.announcing if i not in out))  # fmt: skip
@@ -459,8 +424,7 @@ class _Run:
         if not offenders and (len(claimed) == 1 or repeat):
             offenders = claimed
 
-        # This run's members leave the call (its members not in this run repeat it later); for
-        # a repeat only once they failed: a retry before that repeats the call, not a new one.
+        # This run's members leave the call (a repeat's only once failed: a retry repeats it).
         ran = {c.message_id for c in claimed}
         if not repeat:
             self.save(attempt=tuple(i for i in self.pack.attempt if i not in ran))

@@ -1,10 +1,6 @@
-"""When a message stops retrying, and what its failure says.
-
-A transient failure that does not prove nothing reached upstream (a timeout, a lost answer, a
-5xx: :attr:`~shared.outbound._attempt.Transient.certainly_not_sent` is False) is remembered on
-the record (``maybe_sent``). A message that then gives up, out of attempts or validity, fails
-with ``outcome-unknown`` ("it may have been sent"), never as if it certainly was not.
-"""
+"""When a message stops retrying, and what its failure says: one whose attempt may have reached
+upstream (``maybe_sent``) fails ``outcome-unknown``, never as if it certainly was not sent.
+See docs/architecture.md, "State machines"."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""The outbound queue message (a public contract), message statuses, event data, dead letters.
-
-The queue message is what the send actions enqueue and what any other service may enqueue on
-``smartdialog-outbound`` without going through HTTP (schema: ``schemas/outbound-message.json``).
-Its envelope is camelCase; its ``body`` is exactly the upstream request body of the named
-operation, PascalCase, as the certified connector and our send actions take it.
-"""
+"""The outbound queue message (a public contract, ``schemas/outbound-message.json``), message
+statuses, event data, dead letters. The envelope is camelCase; its ``body`` is exactly the
+upstream request body of the named operation. See docs/sending.md, "Enqueue directly (no HTTP)"."""
 
 from __future__ import annotations
 

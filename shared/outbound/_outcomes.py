@@ -1,12 +1,8 @@
 """What a send path does with an attempt's outcome: record it, announce it, requeue, dead-letter.
 
-One home for every path (single sends, index packs, bulk pack drivers): the retry policy (one
-backoff function, :func:`shared.smartdialog.backoff_delay`, with the send settings), when to give
-up, the records' final writes, and their side effects. A final record's event (and a failure's
-dead letter) is emitted before the record is marked ``announced``, so a crash in between emits
-the event again, identical (consumers de-duplicate on its ``id``, ``<messageId>:<status>``); the
-dead letter, indexed under that id and the record's ``finished_at``, is not written again.
-"""
+One home for every path: the retry policy (:func:`shared.smartdialog.backoff_delay`), when to
+give up, the records' final writes and their side effects. A final record's event and dead letter
+go out before the record is marked ``announced`` (see docs/architecture.md, "Crash windows")."""
 
 from __future__ import annotations
 
@@ -85,9 +81,8 @@ held = HeldSends(log)
 BACKOFF_TOLERANCE_SECONDS = 0.5
 #: A message whose quota grant went stale twice before its call comes back this soon.
 STALE_GRANT_RETRY_SECONDS = 1.0
-#: While a setting a send needs is broken, a message comes back this often to see whether it
-#: was fixed (or until its validity ends, whichever is sooner): as while the settings do not
-#: validate at all (shared.unconfigured).
+#: While a setting a send needs is broken, a message comes back this often (or at its validity's
+#: end, if sooner), as while the settings do not validate at all (shared.unconfigured).
 CONFIGURATION_RECHECK_SECONDS = float(RECHECK_SECONDS)
 #: Queue visibility: the service allows up to 7 days; a copy is made visible strictly before.
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600 - 1

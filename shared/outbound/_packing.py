@@ -1,14 +1,8 @@
 """Packs formed from lanes and the queue index: queued single sends that go upstream in one call.
 
-A worker about to send a never-attempted message whose pack key is set (see
-:func:`shared.outbound.pack_key`) takes the key's leader lease, claims further waiting messages
-of that key (its lane's queued records, 100 a transaction; or the index's rows, one by one:
-``queued -> sending`` with the pack id, never one already claimed or final), records the
-:class:`Pack` (its id is the call's ``RequestId``) and only then takes a quota slot and makes
-one call.
-A retry after an ambiguous failure re-sends the *same* pack, led by its first member that is not
-final. See ``docs/sending.md`` ("Packing and bulk sends") for the rules and guarantees.
-"""
+A worker takes the pack key's leader lease, claims further waiting messages of the key, records
+the :class:`Pack` (its id is the call's ``RequestId``) and only then takes a quota slot and calls.
+See docs/sending.md, "Packing and bulk sends" and "Lanes", for the rules and guarantees."""
 
 from __future__ import annotations
 
@@ -60,26 +54,20 @@ __all__ = ["PACK_MEMBER_RECHECK_SECONDS", "IndexPacks"]
 
 log = logging.getLogger("shared.outbound.sender")
 
-#: A copy of a message that a pack holds comes back this soon (not when the lease ends): the
-#: pack's call is usually over by then, and the copy is acknowledged.
+#: A copy of a packed message comes back this soon: the pack's call is usually over by then.
 PACK_MEMBER_RECHECK_SECONDS = 10.0
-#: One leader per pack key: its lease on the key's index (given up as soon as its pack is
-#: formed), and how soon a message that found another leader comes back (by then usually in
-#: that leader's pack, and acknowledged; else it leads the next one).
+#: One leader per pack key: its lease (given up once its pack is formed), and how soon a
+#: message that found another leader comes back (usually packed by then).
 LEAD_SECONDS = 15.0
 LEAD_RECHECK_SECONDS = 10.0
 #: While the quota is full, a message that found another leader looks again this often in the
 #: invocation, up to the in-process quota wait (``IndexPacks.lead``).
 LEAD_POLL_SECONDS = 0.2
-#: After leading a pack, a worker leads the next ones of its key itself while messages wait in
-#: the index (the oldest first), rather than leave them to their own queue messages, which come
-#: in queue order (behind the copies of every member already packed): at most this many packs
-#: or this long per invocation, and only while the quota has room.
+#: A sweep's limits per invocation (docs/sending.md, "Sweep"): packs, seconds, lanes walked.
 SWEEP_PACKS = 20
 SWEEP_SECONDS = 60.0
 SWEEP_LANES = 5
-#: Outcomes after which a sweep leads the next one: it went, or it ended meanwhile (cancelled,
-#: sent by another leader: nothing of it is back on the queue). A deferral ends the sweep.
+#: Outcomes after which a sweep leads the next one (it went, or ended meanwhile); not a deferral.
 _SWEEP_GOES_ON = frozenset({OutcomeKind.SENT, OutcomeKind.FAILED, OutcomeKind.ACKNOWLEDGED})
 
 Members = list[tuple[MessageRecord, OutboundMessage]]
@@ -200,11 +188,9 @@ class IndexPacks:
     ) -> tuple[SendOutcome | None, MessageRecord]:
         """For a message that belongs to a pack: whether this copy may retry the pack now.
 
-        Only the pack's first member that is not final retries it (the others' copies wait and
-        are acknowledged once it is sent), and not before the pack's backoff ends. A pack that
-        was never recorded never reached upstream (its leader died between the claims and the
-        pack's row): the message leaves it, its claim handed back uncounted, so that it packs
-        again (called only once that claim's lease is over)."""
+        Only the pack's first non-final member retries it, and not before the pack's backoff ends. A
+        pack never recorded never reached upstream: the message leaves it, its claim handed back
+        uncounted, to pack again (called only once that claim's lease is over)."""
         assert record.pack_id is not None
         pack = self.ports.packs.get(record.pack_id)
         if pack is None:
@@ -213,8 +199,7 @@ class IndexPacks:
                 return None, left or (self.ports.store.get(record.message_id) or record)
             back = self.ports.store.swap(record, status=MessageStatus.QUEUED, pack_id=None,
                                          updated_at=now, **handed_back(record))  # fmt: skip
-            # Back in a moment, when the other members' copies have handed theirs back too:
-            # then one of them leads a pack of them all.
+            # Back once the other members' copies handed theirs back too: one leads them all.
             return self.outcomes.requeue(
                 command, (back or record).attempts, 1.0, OutcomeKind.DEFERRED, "pack-lost"
             ), back or record
@@ -453,10 +438,7 @@ class IndexPacks:
         estimates = {r.message_id: r.part_count for r, _ in members}
         answer = split_answer(sent.body, listed, duplicate=sent.duplicate, estimates=estimates)
         recipient_ids = {**pack.recipient_ids, **answer.recipient_ids}
-        # The members but the leader are recorded sent and announced in one write each, then
-        # their events go out, and only then the leader is recorded (announced on its own). A
-        # crash before the leader's record leaves the pack to be retried (409), and that retry
-        # sends again the events of the members the pack lists in ``announcing``.
+        # The leader is recorded last: a crash before that retries the pack and its ``announcing``.
         others = [r.message_id for r, _ in members[1:] if r.message_id not in answer.missing]
         announcing = tuple(dict.fromkeys((*pack.announcing, *others)))
         if recipient_ids != dict(pack.recipient_ids) or announcing != pack.announcing:

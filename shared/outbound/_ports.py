@@ -1,11 +1,6 @@
-"""The send paths' ports and their one composition root.
-
-Every send path (the single path, packs formed from the queue index, bulk pack drivers) talks
-to storage, queues, upstream, the quota and the clock only through a :class:`SendPorts`, built
-once per settings object by :func:`send_ports`. Tests install a manual clock
-(:func:`shared.clock.use`) instead of sleeping, and inject a crash by wrapping a port (the
-store, the upstream, a queue), never by patching a private method.
-"""
+"""The send paths' ports and their one composition root: every send path reaches storage, queues,
+upstream, the quota and the clock only through a :class:`SendPorts` from :func:`send_ports`.
+See docs/architecture.md, "Ports"."""
 
 from __future__ import annotations
 

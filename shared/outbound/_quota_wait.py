@@ -1,11 +1,8 @@
 """Taking a quota slot for a send: wait here for one that frees within a second, else defer.
 
-Queue visibility has whole-second steps, so a slot that frees sooner than the queue could bring
-the message back is better waited for in the invocation (holding the claim), up to
-``SMARTDIALOG_SEND_QUOTA_WAIT_SECONDS`` in all. A denial because the quota is full is noted, so
-this process defers further messages without touching storage until the hint runs out (a hint
-can only defer a call, never admit one).
-"""
+A denial is noted, so this process defers further messages without touching storage until the
+hint runs out (a hint can only defer a call, never admit one). See docs/sending.md, "Statuses and
+the sender" (step 4) and "Packing and bulk sends" (timing)."""
 
 from __future__ import annotations
 
@@ -96,22 +93,15 @@ class QuotaWait:
             return self._full_until > self._clock.now() - within
 
     def come_back_in(self, wait: float | QuotaDenied | None, holder: str) -> float:
-        """The queue delay of a message (or a bulk pack's driver) deferred for the quota:
-        ``wait`` the denial it got, or the seconds until a slot frees as this process was told
-        (a hint: the window full; None: the hint now); ``holder`` its :func:`slot_holder`.
+        """The queue delay of a message (or a bulk pack's driver) deferred for the quota: ``wait``
+        the denial it got, or the seconds until a slot frees as this process was told (None: the
+        hint now); ``holder`` its :func:`slot_holder`.
 
-        Each comes back for a slot of its own: the first slot to free (as the last denial
-        told) that no other message this process sent away holds (the last one told if all
-        are held). So they return one by one as the slots free, at the pace of the window
-        before, rather than all for the first: all at once, they held the workers in turn
-        while a connection's slots freed one by one, and another connection's messages behind
-        them found theirs late. The messages of one pack key hold one slot: they come back
-        together, and the first to claim it packs the others (a slot each, each would lead a
-        small pack). A message keeps its slot until it takes one (:meth:`take`), ends without
-        one (:meth:`ended`), or the slot's time has passed. Every one comes back up to the
-        longest in-process wait *early*: queue visibility has whole-second steps, a late return
-        wastes the slot, and an early one waits for it in the invocation.
-        """
+        Each comes back for a slot of its own, the first to free that no other message this process
+        sent away holds (the last one told if all are held), up to the longest in-process wait
+        early; one pack key's messages share a slot. A message keeps its slot until it takes one
+        (:meth:`take`), ends without one (:meth:`ended`), or the slot's time has passed. See
+        docs/sending.md, "Packing and bulk sends" (timing)."""
         from shared.quota import DenialReason, QuotaDenied
 
         if isinstance(wait, QuotaDenied):

@@ -275,15 +275,11 @@ def command_addresses(command: OutboundMessage) -> list[str]:
 
 
 def pack_key(command: OutboundMessage) -> str | None:
-    """The key shared by every command that may go upstream in the same call as this one, or
-    None if it must always be sent alone (see :mod:`shared.messages._packs`): a discussion
-    reply, a question's re-prompt (the sender checks that its own question is open, not the
-    others' of a pack), one naming a number twice, and one whose body carries the caller's
-    ``RequestId``, even one equal to its ``messageId``: a pack's call carries the pack's, so
-    SmartDialog would never see the caller's and could not refuse its repeat. Ours is the
-    message id that :func:`normalize` filled in, or a lane member's (the send actions give a
-    lane id only to a send without a RequestId), which a copy read back from the queue
-    carries."""
+    """The key shared by every command that may go upstream in the same call as this one, or None if
+    it must always go alone: a discussion reply, a question's re-prompt, one naming a number twice,
+    and one whose body carries the caller's ``RequestId`` (even one equal to its ``messageId``: a
+    pack's call carries the pack's). Ours (the message id :func:`normalize` filled in, or a lane
+    member's) does not count. See docs/sending.md, "Packing and bulk sends"."""
     if isinstance(command, SendDiscussionReplyMessageCommand):
         return None
     if getattr(command, "questionId", None):  # a re-prompt
@@ -314,17 +310,12 @@ def with_delivery_report_url(
     command: OutboundMessage, settings: Settings, *, report_id: str | None = None
 ) -> OutboundMessage:
     """``command`` as it must be sent: its numbers in E.164 (:func:`_e164`) and its body's
-    ``DlrUrl`` replaced by ours. The caller's own ``DlrUrl`` stays in the stored command (the
-    status record), and the DLR function calls it after ours. Discussion replies have no
-    ``DlrUrl`` and are returned unchanged.
+    ``DlrUrl`` replaced by ours (discussion replies, which have none, unchanged). Called when the
+    call is built, never before storing: the stored command and its fingerprint keep the caller's
+    URL and numbers, and the DLR function calls the caller's URL after ours.
 
-    The sender calls this on the normalized command when it builds the call, before taking
-    its quota grant (``Upstream.prepare``), never before storing it (the stored command and its
-    fingerprint keep the caller's URL and numbers).
-
-    ``report_id`` replaces the message id in the URL: a pack's call carries the pack id, and
-    its reports are routed to each member by recipient (see :meth:`DeliveryReportService.handle`).
-    """
+    ``report_id`` replaces the message id in the URL: a pack's call carries the pack id, and its
+    reports are routed to each member by recipient (see :meth:`DeliveryReportService.handle`)."""
     command = _e164(command)
     body = command.body
     if command.messageId is None or "DlrUrl" not in type(body).model_fields:
@@ -353,15 +344,10 @@ def backstop_seconds(settings: Settings) -> int:
 
 
 class LaneTriggers:
-    """Which new lane members' queue messages lead their lane (one process's plan).
-
-    A packable send's message is visible at once, or within about a second, only when it is
-    its lane's next *trigger*: a copy that leads the pack of every queued member of the lane
-    and sweeps the rest (see :meth:`shared.outbound._packing.IndexPacks.sweep`). A send accepted
-    while a trigger of its lane is planned at least :data:`TRIGGER_AHEAD` later relies on that
-    trigger, and its own message becomes visible only after the backstop: if the trigger never
-    comes, that message sends it, as every message did before lanes had triggers.
-    """
+    """Which new lane members' queue messages lead their lane (one process's plan): a send accepted
+    while a trigger of its lane is planned at least :data:`TRIGGER_AHEAD` later relies on it, and
+    its own message (its backstop) becomes visible only after the backstop delay. See
+    docs/sending.md, "Lanes" (triggers and backstops)."""
 
     def __init__(self) -> None:
         self._due: dict[str, dt.datetime] = {}
@@ -489,14 +475,13 @@ def opted_out(
 ) -> list[tuple[MessageRecord, FailureInfo]]:
     """The recorded ``members`` (with their commands) that may not go upstream now, and why:
     recipients who opted out since they were accepted (:func:`suppressions_of`). Never one an
-    earlier attempt may have sent (``may_have_reached``): its retry under the same RequestId
-    settles it (a member taken out of a doubtful pack keeps its doubt: not checked either).
-    ``checked``: each was checked when recorded (a pack's members: from the pack index or a
-    bulk upload), so only suppressions written since the earliest was (less
-    :data:`CHECKED_MARGIN`) are read, two queries however long the lists; else every one is
-    (a queue-only command recorded while its connection was broken was never checked). The
-    read is of the by-service rows: a STOP whose by-recipient row is written but not yet its
-    by-service row (the inbound processor's retry writes it) stops a lone send, not a member."""
+    earlier attempt may have sent (``may_have_reached``): its retry under the same RequestId settles
+    it.
+
+    ``checked``: each was checked when recorded, so only the by-service suppressions written since
+    the earliest was (less :data:`CHECKED_MARGIN`) are read, two queries however long the lists;
+    else every one is. A STOP whose by-service row is not yet written stops a lone send, not such a
+    member."""
     due = [(r, c) for r, c in members if not (r.may_have_reached or r.status.is_final)]
     since = None
     if checked and due:  # the storage's Timestamps are real time: never past it (a test clock)

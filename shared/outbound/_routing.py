@@ -155,14 +155,11 @@ def unserved(
     queue_message_id: str | None,
     dequeue_count: int | None,
 ) -> SendOutcome | None:
-    """A command first seen on the queue (no record yet) whose ``Connection`` does not serve
-    its ``customerId`` by the send actions' rule (:func:`shared.connections.route`: a named
-    connection must claim it, ``default`` must not serve one another claims): dead-lettered
-    ``malformed`` naming ``customerId``, nothing sent and no quota slot taken. None for any
-    other: a recorded one was checked when accepted (a customer moved since never fails a send
-    in flight), a pack's driver's members too, and a question's re-prompt (ours, queued without
-    a record); an unknown or misconfigured connection is left to the sender's own path, and
-    uncertain claims hold it (:func:`unrouted`)."""
+    """A command first seen on the queue (no record yet) whose ``Connection`` does not serve its
+    ``customerId`` by the send actions' rule (:func:`shared.connections.route`): dead-lettered
+    ``malformed`` naming ``customerId``, nothing sent and no quota slot taken. None for any other (a
+    recorded one, a pack driver's members, a question's re-prompt; an unknown or misconfigured
+    connection is the sender's, uncertain claims :func:`unrouted`'s)."""
     from shared.connections import ConnectionNotConfigured, CustomerNotServed, route
     from shared.names import DEFAULT_CONNECTION
     from shared.problems import Problem
@@ -211,13 +208,11 @@ def unreadable_command(
 def unrouted(
     outcomes: Outcomes, text: str, problem: Exception, queue_message_id: str | None
 ) -> SendOutcome:
-    """A send command routed by its customer's claim while the claims are uncertain (an error
-    of the connections as a whole, :func:`shared.connections.claimed_by`): nothing is decided
-    for it yet (its connection, defaults and record), so its text goes back on the queue as it
-    came, no attempt or deferral counted, until the settings are fixed; only one whose id would
-    come from its queue message (no ``messageId``, no ``RequestId``) gets that id written in,
-    or each copy put back (a new queue message) would be a new message. One already recorded
-    (accepted over HTTP) still fails ``expired``, with its event, once its validity ends."""
+    """A send command routed by its customer's claim while the claims are uncertain
+    (:func:`shared.connections.claimed_by`): its text goes back on the queue as it came, no attempt
+    or deferral counted, until the settings are fixed; one whose id would come from its queue
+    message gets that id written in, so each copy stays one message. One already recorded still
+    fails ``expired``, with its event, once its validity ends."""
     detail = getattr(problem, "detail", "") or str(problem)
     held.wait("the connections' routing", detail, "see /api/health")
     seconds = float(CONFIGURATION_RECHECK_SECONDS)
@@ -228,8 +223,7 @@ def unrouted(
     mid = None if message is None or isinstance(message, PackDriver) else message.messageId
     named = named_command(text, queue_message_id)
     if named is not None and not isinstance(message, PackDriver | StoredCommand | None):
-        # its id is its queue message's, new for each copy put back: written in (a command
-        # then too large for a queue message goes by reference)
+        # its id is its queue message's, new for each copy put back: written in
         mid, written = named
         text = queued_text(written, message_id=mid, payloads=outcomes.ports.payloads,
                            attempts=message.attempts, deferrals=message.deferrals)  # fmt: skip
@@ -265,8 +259,7 @@ def _misconfigured(
     if isinstance(message, PackDriver):
         log.debug("pack %s waits for %s", message.packId, why)
         return _driver_waits(outcomes, message, delay, why)
-    # Recorded on its first wait (a queue-only command has no record yet), so that its
-    # validity counts from when it was first seen, as on the sender's own path.
+    # Recorded on its first wait, so its validity counts from when it was first seen.
     record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
     if isinstance(record, SendOutcome):
         return record
@@ -292,19 +285,15 @@ def _expired_or_left(outcomes: Outcomes, record: MessageRecord, why: str) -> Sen
 
 
 def expire_overdue(record: MessageRecord) -> MessageRecord:
-    """A status poll's backstop for a send no copy of whose queue message comes any more (one
-    written before copies were kept for ever, dropped after 7 days; or lost otherwise): once its
-    validity and a claim's lease after it have passed, a record not final, and not held, fails
-    ``expired`` as its sender fails it (an index pack's member's pack announced as the sender's
-    own path does, a bulk member's last error kept as its pack's driver does): written failed
-    and unannounced first, so a cancel or sender that wrote it meanwhile stands alone (this poll
-    then puts nothing out), then announced. A final record still unannounced a lease after its
-    last write (its writer stopped), or one a poll expired (finished at its ``validUntil``, the
-    same event and dead letter whoever puts them out), is announced, as is one re-read after
-    losing the write to another poll's expiry (its announce may have failed). A storage failure
-    meanwhile is a 503 problem with ``Retry-After`` (the next poll announces it, with the same
-    event, the letter written once); any other record is returned as it is. A copy still on the
-    queue then only finds it final."""
+    """A status poll's backstop for a send no queue copy comes for any more: once its validity and a
+    claim's lease after it have passed, a record neither final nor held fails ``expired`` as its
+    sender would fail it, written failed and unannounced first and announced only if that write won.
+    A final record left unannounced for a lease (or expired by a poll, or re-read after losing to
+    another poll's expiry) is announced. Any other record is returned as it is.
+
+    Raises a 503 problem with ``Retry-After`` when storage fails meanwhile (the next poll announces
+    it: the same event, the letter written once). See docs/sending.md, "Crash windows, and why each
+    is safe"."""
     from azure.core.exceptions import AzureError
 
     from shared.connections import connection_settings
@@ -333,8 +322,7 @@ def expire_overdue(record: MessageRecord) -> MessageRecord:
             if (done := ports.store.swap(record, **changes)) is not None:
                 log.warning("message %s failed for good: expired, no queue copy left",
                             record.logged_id)  # fmt: skip
-            # Lost: another wrote it. Read again, it is announced as any final record is here
-            # (a concurrent poll's expiry whose announce failed: this poll puts it out).
+            # Lost to another writer: re-read, it is announced as any final record is here.
             record = done or ports.store.get(record.message_id) or record
         polls = record.finished_at == record.valid_until  # a poll's expiry: no writer left
         if (
@@ -372,13 +360,10 @@ def _driver_waits(outcomes: Outcomes, driver: PackDriver, delay: float, why: str
 def _open_members(
     outcomes: Outcomes, pack_id: str, now: dt.datetime
 ) -> tuple[list[MessageRecord], float]:
-    """The members of a bulk pack that have not ended (none if the pack is unknown), and the
-    seconds its lease still holds if that left its ``announcing`` list alone (else 0). The final
-    members the pack lists in ``announcing`` (a run that stopped between their records and their
-    events) have their events sent again, same ids, and leave the list, as its driver's run does,
-    whatever is still open (the caller may end the rest without another look): they need
-    nothing upstream, so are not held by a broken or removed connection. Left to a driver that
-    holds the pack's lease; a lost swap leaves the list to the next run."""
+    """The members of a bulk pack that have not ended (none if the pack is unknown), and the seconds
+    its lease still holds if that left its ``announcing`` list alone (else 0). The final members
+    listed in ``announcing`` have their events sent again (same ids) and leave the list, whatever is
+    still open and whatever the connection's state; a lost swap leaves the list to the next run."""
     ports = outcomes.ports
     if (pack := ports.packs.get(pack_id)) is None:
         return [], 0.0
@@ -430,8 +415,7 @@ def _removed(
         ),
     )
     now = ports.now()
-    # A claim still held is an instance of the old settings in the middle of a call (a
-    # restart's overlap): it ends first, recorded by that instance, or runs out.
+    # A claim still held is an old-settings instance mid-call (a restart's overlap): it ends first.
     if isinstance(message, PackDriver):
         open_members, leased = _open_members(outcomes, message.packId, now)
         held = [_held_for(r, now) for r in open_members]

@@ -1,12 +1,9 @@
 """The queue sender: one outbound queue message in, at most one upstream send out.
 
-:meth:`OutboundSender.process` raises only when our own storage fails (the host retries the
-message, then moves it to ``smartdialog-outbound-poison``). Every retry is a re-enqueued copy with
-a visibility delay (the client runs with ``max_retries=0``). A queue message is a send command
-(this module: the single path, packing through the queue index, :mod:`shared.outbound._packing`) or
-a bulk pack's driver (:mod:`shared.outbound._drive`); every path calls through
-:meth:`Upstream.attempt` (its call built before its grant) and settles through ``Outcomes``.
-"""
+:meth:`OutboundSender.process` raises only when our own storage fails (the host retries, then
+moves the message to ``smartdialog-outbound-poison``). A queue message is a send command (this
+module, packing through :mod:`shared.outbound._packing`) or a bulk pack's driver
+(:mod:`shared.outbound._drive`). See docs/sending.md, "Statuses and the sender"."""
 
 from __future__ import annotations
 
@@ -230,10 +227,7 @@ class OutboundSender:
         key = pack_key(command)
         wait = self.ports.quota_wait.hint()
         if wait > self.ports.policy.quota_wait:
-            # This process was just told the quota is full until then: defer without touching
-            # storage (a hint can only defer a call, never admit one). A queue-only message
-            # seen for the first time is recorded and indexed first, so the next invocation
-            # that gets a slot packs it with the others waiting (the quota is the window).
+            # Quota full (a hint: it only defers): defer without storage, a first-seen one indexed.
             if command.deferrals == 0:
                 self._park(command)
             delay = self.ports.quota_wait.come_back_in(wait, slot_holder(key, command.messageId))
@@ -241,14 +235,11 @@ class OutboundSender:
                 command, command.attempts, delay, OutcomeKind.DEFERRED, "quota"
             )
         if wait > 0 and key is not None:
-            # Claim only once the slot is near, so that one of the messages back for it (one
-            # pack key's share a slot: QuotaWait.come_back_in) leads a pack of the others.
+            # Claim once the slot is near: one of the key's copies back for it packs the rest.
             self.ports.quota_wait.sleep(wait)
         record = self.ports.store.get(command.messageId)
         if record is None:
-            # First seen here: put on the queue directly, not through a send action (which
-            # records the message after refusing invalid numbers and opted-out recipients), so
-            # check them now (an invalid number: malformed, as a schema violation).
+            # First seen here (queued directly): check numbers and opt-outs as a send action would.
             if (unreadable := unreadable_address(command)) is not None:
                 return self.outcomes.dead_letter_malformed(
                     text, unreadable, queue_message_id, dequeue_count
@@ -279,12 +270,10 @@ class OutboundSender:
     def _then_sweep(
         self, record: MessageRecord, command: OutboundMessage, outcome: SendOutcome
     ) -> SendOutcome:
-        """Lead the next packs of ``record``'s key after it led a pack or, outside a lane, was sent
-        alone (one address twice never shares a call: the same text to the same number again
-        leads itself), or after a copy of a lane member came while its lane is young (accepted
-        less than the backstop ago: members accepted meanwhile may rely on this copy; sending.md,
-        "Lanes") and its record ended or was sent. A young lane's sweep that stops while members
-        wait (the quota, its limits) puts the next one's message back: no backstop is waited."""
+        """Lead the next packs of ``record``'s key after it led a pack, was sent alone outside a
+        lane, or was a young lane member's copy whose record ended; a young lane's sweep that stops
+        while members wait puts the next one's message back. See docs/sending.md, "Sweep" and
+        "Lanes"."""
         accepted = lane_time(record.message_id)
         key = record.pack_key or (pack_key(command) if accepted else None)
         young = (
@@ -307,8 +296,7 @@ class OutboundSender:
 
     def _advance(self, record: MessageRecord, command: OutboundMessage) -> SendOutcome:
         if record.batch_id is not None and record.pack_id is not None:
-            # A bulk member's own command (it has no queue message of its own; someone put it
-            # there by hand): only its pack's driver sends it, so the driver is what goes on.
+            # A bulk member's own command, queued by hand: only its pack's driver sends it.
             if not record.status.is_final:
                 driver = PackDriver(
                     packId=record.pack_id, batchId=record.batch_id, Connection=command.Connection
@@ -321,8 +309,7 @@ class OutboundSender:
                 self.outcomes.announce([record])
                 return SendOutcome(OutcomeKind.ACKNOWLEDGED, record.message_id)
             if (lease := record.held_until(now)) is not None:
-                # Another worker holds the claim (a duplicate queue message): come back when
-                # its lease ends; if it finished by then, this copy is simply acknowledged.
+                # Another worker holds the claim (a duplicate copy): come back when its lease ends.
                 delay = (lease - now).total_seconds() + 1
                 if record.pack_id is not None:
                     delay = min(delay, PACK_MEMBER_RECHECK_SECONDS)
@@ -332,15 +319,12 @@ class OutboundSender:
                 record.next_attempt_at is not None
                 and (record.next_attempt_at - now).total_seconds() > BACKOFF_TOLERANCE_SECONDS
             ):
-                # A copy that arrived before the record's backoff ended (a duplicate of the
-                # queue message, e.g. after a crash between re-enqueue and acknowledgement):
-                # it waits out the backoff too, or retries would come early.
+                # A duplicate copy within the record's backoff waits it out, or retries come early.
                 delay = (record.next_attempt_at - now).total_seconds()
                 return self.outcomes.requeue(command, record.attempts, delay,
                                              OutcomeKind.DEFERRED, "backoff")  # fmt: skip
             if record.status is MessageStatus.SENDING and not record.operation.carries_request_id:
-                # The previous attempt died mid-call; without a RequestId a repeat could send
-                # twice, so we stop here (at most once).
+                # The previous attempt died mid-call; without a RequestId a repeat could send twice.
                 why = "an attempt was interrupted before its outcome was recorded"
                 failure = not_repeated(record, "An earlier attempt may have been sent", why)
                 return self.outcomes.fail(record, failure)
@@ -357,8 +341,7 @@ class OutboundSender:
                 ):
                     self.outcomes.announce([done])
                     return SendOutcome(OutcomeKind.ACKNOWLEDGED, done.message_id, detail="ended")
-            # A setting the call needs broke after the message was accepted (or the command
-            # was enqueued directly): it waits, unclaimed and without a quota slot.
+            # A setting the call needs broke after accept: it waits, unclaimed and without a slot.
             what = f"message {record.message_id}"
             recheck = self.outcomes.misconfigured(what, record.valid_until)
             if recheck is not None:
@@ -393,17 +376,13 @@ class OutboundSender:
     def _take_slot_and_send(
         self, claimed: MessageRecord, command: OutboundMessage, *, before: MessageStatus
     ) -> SendOutcome:
-        """With the message claimed, take a quota slot and call upstream, or hand it back.
+        """With the message claimed, gather its pack (a new one from its key's queued messages, or
+        the pack it belongs to), record it and build the call, then take a quota slot and call
+        upstream, or hand the claim back.
 
-        Before the slot is taken, the message gathers the members of its pack: other queued
-        messages with its pack key (a new pack), or the members of the pack it already belongs
-        to (a retry). The pack is recorded and its call built before the slot is taken, and the
-        slot right before the call (grant to call must stay within the quota's safety margin).
-        Our storage failing before the call (the quota log, a record) hands the claim back too,
-        and the error goes on (the host retries the message; left ``sending``, the claim would
-        pass for an interrupted call once its lease ran out), but a lasting quota-store error
-        waits as a broken setting does (:func:`quota_store_wait`).
-        """
+        Our storage failing before the call hands the claim back and re-raises (the host retries),
+        except a lasting quota-store error, which waits as a broken setting does
+        (:func:`quota_store_wait`)."""
         claim = _Claim(claimed, command, before, fresh=claimed.pack_id is None)
         try:
             return self._slot_and_call(claim)

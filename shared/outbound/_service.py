@@ -76,15 +76,13 @@ __all__ = [
 
 log = logging.getLogger("shared.outbound.service")
 
-#: A record of the previous release (written before its enqueue) still ``accepted`` this long
-#: after its last change lost its enqueue to a crash; the next status poll or re-POST enqueues
-#: it again. (A bulk member: its pack's driver.)
+#: A previous release's record still ``accepted`` this long lost its enqueue to a crash: the
+#: next status poll or re-POST enqueues it (a bulk member: its pack's driver).
 STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
 #: An older release's copies expired this long after their put (the queue's default TTL).
 COPY_DROPPED_AFTER = dt.timedelta(days=7)
-#: A POST whose Idempotency-Key another request claimed less than STUCK_ACCEPTED_AFTER ago, and
-#: whose message has no record yet, waits this long for that request's record (looking every
-#: CLAIM_POLL_SECONDS); then it records and enqueues the message itself, with the same id.
+#: How long a POST whose key another request claimed (under STUCK_ACCEPTED_AFTER ago) waits for
+#: that request's record, looking every CLAIM_POLL_SECONDS, before it records it itself.
 CLAIM_WAIT_SECONDS = 2.0
 CLAIM_POLL_SECONDS = 0.2
 
@@ -143,40 +141,21 @@ class SendService:
         """Record and enqueue ``command``; answer 202 with ``Location`` and ``Retry-After``.
 
         A repeated request with the same ``Idempotency-Key`` (or, without one, the same body
-        ``RequestId``) for the same customer answers as the first did and enqueues nothing,
-        even when the requests arrive at the same time (one that finds the key claimed and no
-        record waits up to :data:`CLAIM_WAIT_SECONDS` for it; none by then: the first request
-        failed before recording it, and this one enqueues and records it, with its id); the
-        same key with a different request is a 422 problem.
+        ``RequestId``) for the same customer answers as the first did and enqueues nothing, even
+        when both arrive at once (a key claimed with no record is waited for up to
+        :data:`CLAIM_WAIT_SECONDS`, then enqueued and recorded here); the same key with a different
+        request is a 422 problem. The command is queued *before* its record is written.
 
-        The command goes on the queue *before* its record is written, so a record always means
-        its command was queued (nothing to recover after a crash in between: a retry finds no
-        record and goes on; the sender records a command it finds unrecorded). Storage round
-        trips of an ordinary send: the opt-out check (one query of the recipient's by-recipient
-        partition), the enqueue, the record with its slots (one transaction; a packable send's
-        lands in its lane, which is also its pack index); one more with an idempotency key (its
-        claim), one more for a command too large for a queue message (its blob, queued by
-        reference), and one more for a packable send whose id the caller chose (its index row).
+        ``message_id``: the new message's id when the caller must know it first (a replay answers
+        with the first request's). ``claim``: the key's claim when the caller made it itself, taken
+        as it is (one not made new is a replay). ``not_before``: the queue message stays invisible
+        until then.
 
-        ``message_id``: the new message's id when the caller must know it before (the ask action
-        records its question first); a replay answers with the first request's id.
-        ``claim``: the key's claim when the caller made it itself (the ask action, whose claim
-        has the question's terms too), taken as it is: one not made new is a replay.
-        ``not_before``: the command's queue message stays invisible until then (the first
-        question of a service waits until every instance knows the service asks).
-
-        Raises :class:`NotQueued` when our storage failed before a new command went on the
-        queue (the opt-out check, a large command's blob, an enqueue the service surely did not
-        store: :func:`surely_not_stored`): nothing goes out. Any other failure but a
-        :class:`~shared.problems.Problem` leaves that open (an enqueue whose answer was lost, or
-        writing the record after it): the sender records and sends a command it finds
-        unrecorded.
-
-        A new message to a recipient who opted out of the service (STOP) is refused with a 422
-        problem naming each ``Recipients[i].Address``, unless the command is ``transactional``:
-        nothing is recorded or queued, and its idempotency key is released. (A replay of a
-        message accepted before the opt-out still answers as the first request did.)
-        """
+        Raises :class:`NotQueued` when our storage failed before a new command went on the queue
+        (:func:`surely_not_stored`): nothing goes out. Any other failure but a
+        :class:`~shared.problems.Problem` may leave it queued, and the sender then records and sends
+        it. A new message to an opted-out recipient is a 422 naming each ``Recipients[i].Address``
+        (unless ``transactional``): nothing recorded or queued, the key released."""
         require_callback_settings(self.settings)  # 503 before anything is stored
         now = self._clock()
         customer = command.customerId or self.settings.customer_id or ""
@@ -218,8 +197,7 @@ class SendService:
         if record is None and claimed_at is not None and now - claimed_at < STUCK_ACCEPTED_AFTER:
             record = self._await_record(message_id)
         if record is None:
-            # New, or its key's first request failed or died before recording it: this one goes
-            # on with its id (its command may be queued already: one record, one send).
+            # New, or its key's first request died before recording it (one record, one send).
             queued: str | None = None
             try:
                 self._refuse_suppressed(command)

@@ -1,10 +1,7 @@
 """The send actions (202 Accepted + Location), GetMessageStatus and CancelMessage.
 
-They run through the shared action pipeline (validation, phone numbers to E.164, settings
-defaults, problem documents) and hand the validated request to :class:`SendService`. Bodies keep
-the certified connector's field names; ``Customer-Id``/``Service-Id`` (``CustomerId`` for the
-discussion reply, as upstream) are optional headers defaulting to the app settings.
-"""
+They run through the shared action pipeline and hand the validated request to
+:class:`SendService`. See docs/sending.md."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""SendBulkMessages and GetBulkStatus: one template to up to 10,000 recipients.
-
-The recipients come as JSON (``Recipients``: Address + Personalization) or as CSV text
-(``RecipientsCsv``: a header row with ``Address`` and one column per placeholder, as exported
-from a spreadsheet). Every recipient is checked; refused rows are listed by row number (the
-1-based position in ``Recipients``, or the CSV line number), the rest are accepted unless
-``AllOrNothing``. The answer is 202 with a batch status URL (its own token) reporting counts per
-state and, with ``details=true``, each recipient's state and upstream recipient id.
-"""
+"""SendBulkMessages and GetBulkStatus: one template to up to 10,000 recipients, as JSON
+(``Recipients``) or CSV text (``RecipientsCsv``). See docs/sending.md, "Bulk sends"."""
 
 from __future__ import annotations
 
