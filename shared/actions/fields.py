@@ -51,6 +51,7 @@ __all__ = [
     "NonEmptyStr",
     "PhoneNumber",
     "RegionCode",
+    "StatusToken",
     "UpstreamId",
     "labelled",
     "require_http_url",
@@ -104,6 +105,19 @@ def labelled(
     if "default_factory" in field:
         return Field(description=description, json_schema_extra=extra, **field)
     return Field(default, description=description, json_schema_extra=extra, **field)
+
+
+#: The ``token`` query parameter of a status URL (its ``Location`` carries it).
+StatusToken = Annotated[
+    str | None,
+    Param("query", "token"),
+    labelled(
+        "Token",
+        "The token of the status URL (the Location carries it).",
+        visibility="internal",
+        max_length=200,
+    ),
+]
 
 
 CUSTOMER_DROPDOWN: Mapping[str, Any] = {

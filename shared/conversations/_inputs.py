@@ -12,6 +12,7 @@ from shared.actions.fields import (
     CustomerIdHeader,
     NonEmptyStr,
     PhoneNumber,
+    StatusToken,
     UpstreamId,
     service_dropdown,
     ui,
@@ -124,16 +125,7 @@ class QuestionStatusInput(ActionInput):
             json_schema_extra=ui("Question Id", visibility="important"),
         ),
     ]
-    token: Annotated[
-        str | None,
-        Param("query", "token"),
-        Field(
-            None,
-            max_length=200,
-            description="The token of the status URL (the Location carries it).",
-            json_schema_extra=ui("Token", visibility="internal"),
-        ),
-    ] = None
+    token: StatusToken = None
 
 
 class QuestionAcceptedDoc(BaseModel):

@@ -87,14 +87,6 @@ class RecipientStatus(enum.StrEnum):
         """What a recipient's state is while its slot says nothing newer than its message."""
         return _FROM_MESSAGE.get(status, cls.PENDING)
 
-    @classmethod
-    def rank_of(cls, value: str) -> int:
-        """The rank of a stored status text (0 for one we do not know)."""
-        try:
-            return cls(value).rank
-        except ValueError:
-            return 0
-
 
 _RECIPIENT_RANK: Final = {
     RecipientStatus.PENDING: 0,

@@ -23,6 +23,7 @@ from shared.outbound._outcomes import (
     STALE_GRANT_RETRY_SECONDS,
     OutcomeKind,
     Outcomes,
+    QueueCopy,
     SendOutcome,
     backoff_changes,
     claim_changes,
@@ -49,10 +50,7 @@ def drive_pack(
     ports: SendPorts,
     outcomes: Outcomes,
     driver: PackDriver,
-    *,
-    text: str,
-    queue_message_id: str | None,
-    dequeue_count: int | None,
+    got: QueueCopy,
 ) -> SendOutcome:
     """Handle one pack driver (see the module docstring). Raises only for storage failures."""
     wait = ports.quota_wait.hint()
@@ -62,10 +60,7 @@ def drive_pack(
     pack = ports.packs.get(driver.packId)
     if pack is None or pack.batch_id is None:
         return outcomes.dead_letter_malformed(
-            text,
-            ValueError(f"{driver.packId} is not a bulk pack of this app"),
-            queue_message_id,
-            dequeue_count,
+            got, ValueError(f"{driver.packId} is not a bulk pack of this app")
         )
     now = ports.now()
     if pack.lease_until is not None and pack.lease_until > now:

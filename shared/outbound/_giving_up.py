@@ -62,13 +62,16 @@ def handed_back(record: MessageRecord) -> dict[str, Any]:
 
 
 def given_back(
-    record: MessageRecord, now: dt.datetime, error: FailureInfo | None = None,
-    status: MessageStatus = MessageStatus.QUEUED, **extra: Any,
-) -> dict[str, Any]:  # fmt: skip
+    record: MessageRecord,
+    now: dt.datetime,
+    error: FailureInfo | None = None,
+    status: MessageStatus = MessageStatus.QUEUED,
+    **extra: Any,
+) -> dict[str, Any]:
     """The changes that hand ``record``'s claim back as ``status`` at ``now`` (:func:`handed_back`);
     ``error`` its LastError where no failed attempt's stands (:func:`noted`), then ``extra``."""
-    return {"status": status, **handed_back(record), "updated_at": now, **noted(record, error),
-            **extra}  # fmt: skip
+    back = {"status": status, **handed_back(record), "updated_at": now}
+    return back | noted(record, error) | extra
 
 
 def waiting_error(problem: str) -> FailureInfo:

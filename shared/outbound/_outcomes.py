@@ -65,6 +65,7 @@ __all__ = [
     "STALE_GRANT_RETRY_SECONDS",
     "OutcomeKind",
     "Outcomes",
+    "QueueCopy",
     "SendOutcome",
     "same_claim",
     "sent_changes",
@@ -115,6 +116,15 @@ class OutcomeKind(enum.StrEnum):
     RETRY_SCHEDULED = "retry-scheduled"  # an attempt failed transiently: re-enqueued
     ACKNOWLEDGED = "acknowledged"  # already final (sent, failed, cancelled): nothing sent
     DEAD_LETTERED = "dead-lettered"  # malformed: never processed
+
+
+@dataclass(frozen=True)
+class QueueCopy:
+    """One queue message as the host gave it: its text, id and dequeue count."""
+
+    text: str
+    queue_id: str | None = None
+    dequeue_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -484,9 +494,9 @@ class Outcomes:
         log.debug("%s %s %s (%s); back in %d s", what, name, kind, reason, seconds)
         return SendOutcome(kind, name, delay_seconds=seconds, detail=reason)
 
-    def someone_elses(self, record: MessageRecord, command: OutboundMessage, text: str,
-                      queue_message_id: str | None, dequeue_count: int | None,
-                      ) -> SendOutcome | None:  # fmt: skip
+    def someone_elses(
+        self, record: MessageRecord, command: OutboundMessage, got: QueueCopy
+    ) -> SendOutcome | None:
         """None when ``record`` is ``command``'s; a rule's send made again (its rule edited
         since) is acknowledged; else ``command``'s ``messageId`` is taken by a different
         message: dead-lettered, the record left alone."""
@@ -496,13 +506,11 @@ class Outcomes:
             log.info("message %s: a rule's send again, edited: acknowledged", record.logged_id)
             return SendOutcome(OutcomeKind.ACKNOWLEDGED, command.messageId, detail="repeat")
         taken = ValueError(f"messageId {command.messageId} is already used by a different message")
-        return self.dead_letter_malformed(
-            text, taken, queue_message_id, dequeue_count, fails_record=False
-        )
+        return self.dead_letter_malformed(got, taken, fails_record=False)
 
-    def dead_letter_malformed(self, text: str, exc: Exception, queue_message_id: str | None,
-                              dequeue_count: int | None, *, fails_record: bool = True,
-                              ) -> SendOutcome:  # fmt: skip
+    def dead_letter_malformed(
+        self, got: QueueCopy, exc: Exception, *, fails_record: bool = True
+    ) -> SendOutcome:
         """A queue message that is not one of ours, with its reason (never processed). If its
         ``messageId`` can still be read and names a record not yet final, that message fails
         (code ``malformed``) with its event, unless ``fails_record`` is False (the message is
@@ -517,22 +525,22 @@ class Outcomes:
             detail = f"not a valid outbound message: {str(exc)[:2000]}"
             if isinstance(exc, FieldValueError):  # a bad address: named as the actions' 400 does
                 errors.append({"field": exc.field, "message": exc.message})
-        message_id = readable_message_id(text, customer_id=self.ports.policy.customer_id)
+        message_id = readable_message_id(got.text, customer_id=self.ports.policy.customer_id)
         letter = DeadLetter(
-            id=f"malformed:{queue_message_id}" if queue_message_id else None,
+            id=f"malformed:{got.queue_id}" if got.queue_id else None,
             reason=DeadLetterReason.MALFORMED,
             detail=detail,
             errors=errors,
             # Not the id of a message taken by another: its re-drive must leave that one alone.
             messageId=message_id if fails_record else None,
             queue=OUTBOUND_QUEUE,
-            queueMessageId=queue_message_id,
-            dequeueCount=dequeue_count,
+            queueMessageId=got.queue_id,
+            dequeueCount=got.dequeue_count,
             deadLetteredAt=self.ports.now(),
-            original=text,
+            original=got.text,
         )
         self.dead_letter(letter)
-        log.warning("outbound queue message %s dead-lettered: %s", queue_message_id, detail)
+        log.warning("outbound queue message %s dead-lettered: %s", got.queue_id, detail)
         if fails_record and message_id is not None:
             self.fail_unreadable(message_id, detail, errors)
         return SendOutcome(OutcomeKind.DEAD_LETTERED, message_id, detail=detail)

@@ -60,7 +60,6 @@ __all__ = [
     "queued_text",
     "recipient_slots",
     "repeats_rule_send",
-    "suppression",
     "suppressions_of",
     "unreadable_address",
     "with_delivery_report_url",
@@ -427,19 +426,15 @@ def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:
 CHECKED_MARGIN = dt.timedelta(minutes=10)
 
 
-def suppression(command: OutboundMessage, suppressions: SuppressionStore) -> FailureInfo | None:
-    """Why ``command`` may not be sent (recipients who opted out of its service), or None."""
-    return suppressions_of([command], suppressions)[0]
-
-
 def suppressions_of(
     commands: Sequence[OutboundMessage],
     suppressions: SuppressionStore,
     since: dt.datetime | None = None,
 ) -> list[FailureInfo | None]:
-    """:func:`suppression` of each of ``commands``: the recipients of those of one service read
-    together (:meth:`~shared.suppressions.SuppressionStore.suppressed_many`; ``since``: they
-    were all checked then). Transactional sends and discussion replies are not checked."""
+    """Why each of ``commands`` may not be sent (recipients who opted out of its service), or
+    None: the recipients of those of one service read together
+    (:meth:`~shared.suppressions.SuppressionStore.suppressed_many`; ``since``: they were all
+    checked then). Transactional sends and discussion replies are not checked."""
     from shared.suppressions import opted_out_problem
 
     checked: dict[str, list[tuple[int, list[str]]]] = {}

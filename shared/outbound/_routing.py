@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from shared.messages import MessageRecord, Pack
     from shared.outbound._models import OutboundMessage
-    from shared.outbound._outcomes import Outcomes
+    from shared.outbound._outcomes import Outcomes, QueueCopy
     from shared.outbound._ports import SendPorts
 
     MessageIdOf = Callable[[OutboundMessage, str | None], str]
@@ -80,9 +80,7 @@ def through_connection(
     outcomes: Outcomes,
     message_id: MessageIdOf,
     message: OutboundMessage | PackDriver,
-    text: str,
-    queue_message_id: str | None,
-    dequeue_count: int | None,
+    got: QueueCopy,
 ) -> SendPorts | SendOutcome:
     """The ports of the connection of ``message`` (parsed by another connection's sender, whose
     ``outcomes`` and ``message_id`` these are), or what was done instead: deferred while the
@@ -101,16 +99,11 @@ def through_connection(
         if errors := routing_errors():  # a mistyped key may be its: it waits, never fails
             problem = ConnectionNotConfigured("Connection routing", errors)
             if not isinstance(message, PackDriver):  # nothing decided yet: not recorded
-                return unrouted(outcomes, text, problem, queue_message_id)
-            return _misconfigured(outcomes, message_id, message, str(name), problem, text,
-                                  queue_message_id, dequeue_count)  # fmt: skip
-        return _removed(
-            outcomes, message_id, message, str(name), text, queue_message_id, dequeue_count
-        )
+                return unrouted(outcomes, got, problem)
+            return _misconfigured(outcomes, message_id, message, str(name), problem, got)
+        return _removed(outcomes, message_id, message, str(name), got)
     except ConnectionNotConfigured as problem:
-        return _misconfigured(
-            outcomes, message_id, message, str(name), problem, text, queue_message_id, dequeue_count
-        )
+        return _misconfigured(outcomes, message_id, message, str(name), problem, got)
     return send_ports(settings)
 
 
@@ -119,9 +112,7 @@ def sent_elsewhere(
     message_id: MessageIdOf,
     record: MessageRecord,
     message: OutboundMessage,
-    text: str,
-    queue_message_id: str | None,
-    dequeue_count: int | None,
+    got: QueueCopy,
 ) -> tuple[SendPorts, OutboundMessage] | SendOutcome | None:
     """Where ``record``'s send goes on when an attempt through another connection than this
     sender's may have reached SmartDialog (its customer moved since): that one's ports and
@@ -143,7 +134,7 @@ def sent_elsewhere(
             "deferrals": message.deferrals,
         }
     )
-    routed = through_connection(outcomes, message_id, there, text, queue_message_id, dequeue_count)
+    routed = through_connection(outcomes, message_id, there, got)
     return routed if isinstance(routed, SendOutcome) else (routed, there)
 
 
@@ -151,9 +142,7 @@ def unserved(
     outcomes: Outcomes,
     message_id: MessageIdOf,
     message: OutboundMessage | PackDriver,
-    text: str,
-    queue_message_id: str | None,
-    dequeue_count: int | None,
+    got: QueueCopy,
 ) -> SendOutcome | None:
     """A command first seen on the queue (no record yet) whose ``Connection`` does not serve its
     ``customerId`` by the send actions' rule (:func:`shared.connections.route`): dead-lettered
@@ -175,25 +164,19 @@ def unserved(
     except CustomerNotServed as problem:
         refused = FieldValueError("customerId", problem.errors[0].message)
     except ConnectionNotConfigured as problem:  # the routing is uncertain: it waits, unrecorded
-        return unrouted(outcomes, text, problem, queue_message_id)
+        return unrouted(outcomes, got, problem)
     except Problem:
         return None
     try:
-        recorded = outcomes.ports.store.get(message_id(message, queue_message_id))
+        recorded = outcomes.ports.store.get(message_id(message, got.queue_id))
     except ValueError:  # no id: not recorded
         recorded = None
     if recorded is not None:
         return None
-    return outcomes.dead_letter_malformed(text, refused, queue_message_id, dequeue_count)
+    return outcomes.dead_letter_malformed(got, refused)
 
 
-def unreadable_command(
-    outcomes: Outcomes,
-    text: str,
-    error: ValueError,
-    queue_message_id: str | None,
-    dequeue_count: int | None,
-) -> SendOutcome:
+def unreadable_command(outcomes: Outcomes, got: QueueCopy, error: ValueError) -> SendOutcome:
     """A command its connection cannot send as it is (no customer or service to fill in):
     dead-lettered ``malformed``, but while the connections' routing errs it waits
     (:func:`unrouted`): a mistyped key may hide the default it needs."""
@@ -201,13 +184,11 @@ def unreadable_command(
 
     if errors := routing_errors():
         problem = ConnectionNotConfigured("Connection routing", errors)
-        return unrouted(outcomes, text, problem, queue_message_id)
-    return outcomes.dead_letter_malformed(text, error, queue_message_id, dequeue_count)
+        return unrouted(outcomes, got, problem)
+    return outcomes.dead_letter_malformed(got, error)
 
 
-def unrouted(
-    outcomes: Outcomes, text: str, problem: Exception, queue_message_id: str | None
-) -> SendOutcome:
+def unrouted(outcomes: Outcomes, got: QueueCopy, problem: Exception) -> SendOutcome:
     """A send command routed by its customer's claim while the claims are uncertain
     (:func:`shared.connections.claimed_by`): its text goes back on the queue as it came, no attempt
     or deferral counted, until the settings are fixed; one whose id would come from its queue
@@ -215,13 +196,13 @@ def unrouted(
     fails ``expired``, with its event, once its validity ends."""
     detail = getattr(problem, "detail", "") or str(problem)
     held.wait("the connections' routing", detail, "see /api/health")
-    seconds = float(CONFIGURATION_RECHECK_SECONDS)
+    seconds, text = float(CONFIGURATION_RECHECK_SECONDS), got.text
     try:
         message = parse_queue_message(text)
     except ValueError:  # (a ValidationError too) not read above either
         message = None
     mid = None if message is None or isinstance(message, PackDriver) else message.messageId
-    named = named_command(text, queue_message_id)
+    named = named_command(text, got.queue_id)
     if named is not None and not isinstance(message, PackDriver | StoredCommand | None):
         # its id is its queue message's, new for each copy put back: written in
         mid, written = named
@@ -245,9 +226,7 @@ def _misconfigured(
     message: OutboundMessage | PackDriver,
     name: str,
     problem: Exception,
-    text: str,
-    queue_message_id: str | None,
-    dequeue_count: int | None,
+    got: QueueCopy,
 ) -> SendOutcome:
     """Wait, unclaimed and without a quota slot, for the connection to be fixed; a recorded
     message's validity still runs out while it waits (it then fails ``expired``, with its event),
@@ -260,7 +239,7 @@ def _misconfigured(
         log.debug("pack %s waits for %s", message.packId, why)
         return _driver_waits(outcomes, message, delay, why)
     # Recorded on its first wait, so its validity counts from when it was first seen.
-    record = _record_of(outcomes, message_id, message, name, text, queue_message_id, dequeue_count)
+    record = _record_of(outcomes, message_id, message, name, got)
     if isinstance(record, SendOutcome):
         return record
     log.debug("message %s waits for %s", record.logged_id, why)
@@ -399,9 +378,7 @@ def _removed(
     message_id: MessageIdOf,
     message: OutboundMessage | PackDriver,
     name: str,
-    text: str,
-    queue_message_id: str | None,
-    dequeue_count: int | None,
+    got: QueueCopy,
 ) -> SendOutcome:
     """Fail a send whose connection no longer exists, with its failed event and dead letter
     (nothing goes upstream through another connection)."""
@@ -429,9 +406,7 @@ def _removed(
             wait = max([*held, leased])
             return outcomes.requeue_driver(message, wait, OutcomeKind.DEFERRED, "claimed")
         return SendOutcome(OutcomeKind.FAILED, message.packId, detail=CONNECTION_REMOVED)
-    record = _record_of(
-        outcomes, message_id, message, name, text, queue_message_id, dequeue_count, removed=True
-    )
+    record = _record_of(outcomes, message_id, message, name, got, removed=True)
     if isinstance(record, SendOutcome):
         return record
     if wait := _held_for(record, now):
@@ -456,9 +431,7 @@ def _record_of(
     message_id: MessageIdOf,
     message: OutboundMessage,
     name: str,
-    text: str,
-    queue_message_id: str | None,
-    dequeue_count: int | None,
+    got: QueueCopy,
     *,
     removed: bool = False,
 ) -> MessageRecord | SendOutcome:
@@ -474,11 +447,11 @@ def _record_of(
     # Its id as the connection's sender derives it (from its customer).
     message = message.model_copy(update={"customerId": message.customerId or customer_id})
     try:
-        mid = message_id(message, queue_message_id)
+        mid = message_id(message, got.queue_id)
         command = _normalized(message, mid, customer_id, service_id, removed=removed)
     except ValueError as exc:
         reason = ValueError(f"connection {name} cannot send it, and {exc}")
-        return outcomes.dead_letter_malformed(text, reason, queue_message_id, dequeue_count)
+        return outcomes.dead_letter_malformed(got, reason)
     assert command.messageId is not None
     record = ports.store.get(command.messageId)
     if record is None:
@@ -488,7 +461,7 @@ def _record_of(
         record = ports.store.create(fresh, slots) or ports.store.get(command.messageId)
         if record is None:
             raise RuntimeError(f"message {command.messageId} could not be recorded")
-    elsewhere = outcomes.someone_elses(record, command, text, queue_message_id, dequeue_count)
+    elsewhere = outcomes.someone_elses(record, command, got)
     if elsewhere is not None:
         return elsewhere
     if record.status.is_final:

@@ -40,6 +40,7 @@ from shared.outbound._outcomes import (
     STALE_GRANT_RETRY_SECONDS,
     OutcomeKind,
     Outcomes,
+    QueueCopy,
     SendOutcome,
     claim_changes,
 )
@@ -53,7 +54,7 @@ from shared.outbound._records import (
     opted_out,
     pack_key,
     recipient_slots,
-    suppression,
+    suppressions_of,
     unreadable_address,
 )
 from shared.outbound._routing import (
@@ -123,7 +124,7 @@ class OutboundSender:
         with telemetry.span(f"process {OUTBOUND_QUEUE}", parent=trace, kind="consumer",
                             attributes=attributes) as current:  # fmt: skip
             try:
-                outcome = self._process(read, text, queue_message_id, dequeue_count)
+                outcome = self._process(read, QueueCopy(text, queue_message_id, dequeue_count))
             except Exception as exc:  # our storage failed: the host retries, then -poison
                 log.error("message %s (queue message %s, dequeue count %s) not processed: %s",
                           known and loggable_id(known), queue_message_id, dequeue_count,
@@ -136,25 +137,23 @@ class OutboundSender:
             telemetry.count_send(outcome.kind)
         return outcome
 
-    def _process(
-        self, read: _Read, text: str, queue_message_id: str | None, dequeue_count: int | None
-    ) -> SendOutcome:
+    def _process(self, read: _Read, got: QueueCopy) -> SendOutcome:
         if isinstance(read, ValueError):  # a ValidationError too
-            return self.outcomes.dead_letter_malformed(text, read, queue_message_id, dequeue_count)
+            return self.outcomes.dead_letter_malformed(got, read)
         if isinstance(read, Exception):  # our storage failed: the host retries
             raise read
         try:
             message = routed_by_claim(read, self.ports.store)
         except ConnectionNotConfigured as problem:  # which connection claims its customer?
-            return unrouted(self.outcomes, text, problem, queue_message_id)
-        given = (self.outcomes, self.message_id, message, text, queue_message_id, dequeue_count)
+            return unrouted(self.outcomes, got, problem)
+        given = (self.outcomes, self.message_id, message, got)
         if (refused := unserved(*given)) is not None:  # its Connection does not serve its customer
             return refused
         if not self._routes(message):
             if isinstance(routed := through_connection(*given), SendOutcome):
                 return routed
-            return OutboundSender(routed).handle(message, text, queue_message_id, dequeue_count)
-        return self.handle(message, text, queue_message_id, dequeue_count)
+            return OutboundSender(routed).handle(message, got)
+        return self.handle(message, got)
 
     def settle_poisoned(self, text: str, *, owner: MessageRecord | None = None) -> bool | None:
         """Settle a send command the host moved to the poison queue, read as :meth:`process`
@@ -207,22 +206,14 @@ class OutboundSender:
         return normalize(message, message_id=message_id, customer_id=policy.customer_id,
                          service_id=policy.service_id)  # fmt: skip
 
-    def handle(
-        self,
-        message: OutboundMessage | PackDriver,
-        text: str,
-        queue_message_id: str | None,
-        dequeue_count: int | None,
-    ) -> SendOutcome:
+    def handle(self, message: OutboundMessage | PackDriver, got: QueueCopy) -> SendOutcome:
         """Handle a parsed queue message of this sender's connection."""
         if isinstance(message, PackDriver):  # a bulk send's pack (shared.outbound._drive)
-            return drive_pack(self.ports, self.outcomes, message, text=text,
-                              queue_message_id=queue_message_id,
-                              dequeue_count=dequeue_count)  # fmt: skip
+            return drive_pack(self.ports, self.outcomes, message, got)
         try:
-            command = self._normalized(message, queue_message_id)
+            command = self._normalized(message, got.queue_id)
         except ValueError as exc:
-            return unreadable_command(self.outcomes, text, exc, queue_message_id, dequeue_count)
+            return unreadable_command(self.outcomes, got, exc)
         assert command.messageId is not None
         key = pack_key(command)
         wait = self.ports.quota_wait.hint()
@@ -241,10 +232,8 @@ class OutboundSender:
         if record is None:
             # First seen here (queued directly): check numbers and opt-outs as a send action would.
             if (unreadable := unreadable_address(command)) is not None:
-                return self.outcomes.dead_letter_malformed(
-                    text, unreadable, queue_message_id, dequeue_count
-                )
-            if (refusal := suppression(command, self.ports.suppressions)) is not None:
+                return self.outcomes.dead_letter_malformed(got, unreadable)
+            if (refusal := suppressions_of([command], self.ports.suppressions)[0]) is not None:
                 if (refused := self._refuse(command, refusal)) is not None:
                     return refused
             else:
@@ -256,14 +245,12 @@ class OutboundSender:
             if (record := self.ports.store.get(command.messageId)) is None:
                 raise RuntimeError(f"message {command.messageId} could not be recorded")
         # Attempted through another connection (this one's defaults may differ): it goes on there.
-        there = sent_elsewhere(self.outcomes, self.message_id, record, message, text,
-                               queue_message_id, dequeue_count)  # fmt: skip
+        there = sent_elsewhere(self.outcomes, self.message_id, record, message, got)
         if isinstance(there, tuple):
-            return OutboundSender(there[0]).handle(there[1], text, queue_message_id, dequeue_count)
+            return OutboundSender(there[0]).handle(there[1], got)
         if there is not None:
             return there
-        if elsewhere := self.outcomes.someone_elses(record, command, text, queue_message_id,
-                                                     dequeue_count):  # fmt: skip
+        if elsewhere := self.outcomes.someone_elses(record, command, got):
             return elsewhere
         return self._then_sweep(record, command, self._advance(record, command))
 
@@ -553,7 +540,7 @@ class OutboundSender:
         assert command.messageId is not None
         if self.ports.store.get(command.messageId) is not None:
             return
-        if unreadable_address(command) or suppression(command, self.ports.suppressions):
+        if unreadable_address(command) or suppressions_of([command], self.ports.suppressions)[0]:
             return
         record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if record.pack_key is not None and (created := self.ports.store.create(record, slots)):

@@ -21,6 +21,7 @@ from shared.actions._spec import (
 from shared.actions.fields import (
     CustomerIdHeader,
     NonEmptyStr,
+    StatusToken,
     labelled,
 )
 from shared.outbound._fields import (
@@ -108,16 +109,7 @@ class SendTemplateInput(ActionInput):
 
 class MessageStatusInput(ActionInput):
     message_id: MessageIdPath
-    token: Annotated[
-        str | None,
-        Param("query", "token"),
-        labelled(
-            "Token",
-            "The token of the status URL (the send's Location carries it).",
-            visibility="internal",
-            max_length=200,
-        ),
-    ] = None
+    token: StatusToken = None
 
 
 class CancelMessageInput(ActionInput):

@@ -21,7 +21,7 @@ from shared.actions._spec import (
     Param,
     ResponseDoc,
 )
-from shared.actions.fields import CustomerIdHeader, labelled
+from shared.actions.fields import CustomerIdHeader, StatusToken, labelled
 from shared.outbound._bulk import MAX_BULK_RECIPIENTS, BulkRecipient
 from shared.outbound._bulk_members import MAX_ROW
 from shared.outbound._fields import (
@@ -126,16 +126,7 @@ class BulkStatusInput(ActionInput):
             pattern="^[0-9a-f-]{36}$",
         ),
     ]
-    token: Annotated[
-        str | None,
-        Param("query", "token"),
-        labelled(
-            "Token",
-            "The token of the batch status URL (the Location carries it).",
-            visibility="internal",
-            max_length=200,
-        ),
-    ] = None
+    token: StatusToken = None
     details: Annotated[
         bool,
         Param("query", "details"),
