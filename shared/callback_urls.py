@@ -22,6 +22,8 @@ from shared.problems import Problem, ProblemType
 from shared.signing import TOKEN_QUERY_PARAMETER, TokenPurpose, secrets_problem, sign, verify
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shared.settings import Settings
 
 __all__ = [
@@ -103,6 +105,17 @@ def status_link(
     )
     base = settings.api_base_url
     return f"{base}/{route}/{quote(key, safe='')}?{TOKEN_QUERY_PARAMETER}={token}"
+
+
+def poll_link(make: Callable[[], str]) -> str | None:
+    """The status URL ``make`` makes, or None while the public URL cannot be told (a setting
+    broken or gone since the send): a poll then answers without one, polled again as it is."""
+    from shared.settings import PublicUrlNotConfigured, SettingsInvalid
+
+    try:
+        return make()
+    except (SettingsInvalid, PublicUrlNotConfigured):
+        return None
 
 
 def require_status_token(

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import AzureError
 
-from shared.callback_urls import require_callback_settings, require_status_token, status_link
+from shared.callback_urls import (
+    poll_link,
+    require_callback_settings,
+    require_status_token,
+    status_link,
+)
 from shared.clock import utcnow
 from shared.conversations._inputs import AskBody
 from shared.inbound import WebhookRegistry
@@ -366,15 +371,17 @@ class AskService:
         return False
 
     def _open_view(self, record: QuestionRecord, *, status: int) -> StatusView:
-        url = status_link(self.settings, "questions", record.question_id, record.question_id)
+        qid = record.question_id
+        url = poll_link(lambda: status_link(self.settings, "questions", qid, qid))
         body = {
-            "QuestionId": record.question_id,
+            "QuestionId": qid,
             "MessageId": record.message_id,
             "Status": str(record.status),
             "ExpiresAt": record.expires_at.isoformat(),
-            "StatusUrl": url,
         }
-        headers = {"Location": url, "Retry-After": str(self.settings.question_poll_seconds)}
+        headers = {"Retry-After": str(self.settings.question_poll_seconds)}
+        if url is not None:
+            body["StatusUrl"] = headers["Location"] = url
         return StatusView(status, body, headers)
 
 

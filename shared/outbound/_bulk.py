@@ -17,7 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import compress
 from typing import TYPE_CHECKING, Any
 
-from shared.callback_urls import require_callback_settings, require_status_token, status_link
+from shared.callback_urls import (
+    poll_link,
+    require_callback_settings,
+    require_status_token,
+    status_link,
+)
 from shared.clock import utcnow
 from shared.logs import redacted, redacted_traceback
 from shared.messages import (
@@ -251,8 +256,9 @@ class BulkService:
         }  # fmt: skip
         return 202, body, self._poll_headers(url)
 
-    def _poll_headers(self, url: str) -> dict[str, str]:
-        return {"Location": url, "Retry-After": str(poll_after(self.settings, BATCH_POLL_SECONDS))}
+    def _poll_headers(self, url: str | None) -> dict[str, str]:
+        after = {"Retry-After": str(poll_after(self.settings, BATCH_POLL_SECONDS))}
+        return after if url is None else {"Location": url, **after}
 
     # --- a batch whose request stopped part-way --------------------------------------------
 
@@ -459,7 +465,8 @@ class BulkService:
         # Still being recorded, it is pending whatever its recorded members' states.
         recording &= batch.status is BatchStatus.ACCEPTING
         pending = recording or (not incomplete and any(not r.status.is_final for r in records))
-        url = self.status_url(batch_id, None if pending else token)  # only pending renews it
+        # Renewed only while pending; none while the public URL cannot be told.
+        url = poll_link(lambda: self.status_url(batch_id, None if pending else token))
         body: dict[str, Any] = {
             "Id": batch_id,
             "Status": "incomplete" if incomplete else "pending" if pending else "done",
@@ -471,7 +478,7 @@ class BulkService:
                 state: sum(1 for d in delivery.values() if d == state)
                 for state in map(str, RecipientStatus)
             },
-            "StatusUrl": url,
+            **({"StatusUrl": url} if url else {}),
             # In every answer (a flow sees only Location's final one): those the batch row keeps.
             "Refused": list(batch.refused) if replay is None else _refused(batch, records, replay),
         }

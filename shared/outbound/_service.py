@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from shared.callback_urls import require_callback_settings, require_status_token, status_link
+from shared.callback_urls import (
+    poll_link,
+    require_callback_settings,
+    require_status_token,
+    status_link,
+)
 from shared.clock import current, utcnow
 from shared.events import MESSAGE_CANCELLED, make_event
 from shared.logs import loggable_id, redacted_traceback
@@ -400,9 +405,9 @@ class SendService:
         }
         if record.last_error is not None:
             body["LastError"] = record.last_error.model_dump(exclude_none=True)
-        url = self.status_url(record.message_id)
-        body["StatusUrl"] = url
-        headers = {"Location": url, "Retry-After": str(self._retry_after(record))}
+        headers = {"Retry-After": str(self._retry_after(record))}
+        if (url := poll_link(lambda: self.status_url(record.message_id))) is not None:
+            body["StatusUrl"] = headers["Location"] = url
         return StatusView(status, {k: v for k, v in body.items() if v is not None}, headers)
 
     def _retry_after(self, record: MessageRecord) -> int:

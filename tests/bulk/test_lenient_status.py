@@ -64,3 +64,36 @@ def test_a_broken_quota_setting_leaves_a_questions_status_url_answering(
     )
     assert answer.status == 202, answer.body  # waiting, as before the break
     assert answer.headers.get("Retry-After"), answer.headers
+
+
+def test_a_broken_public_url_leaves_a_batchs_and_a_questions_status_url_answering(
+    outbound: Outbound,
+) -> None:
+    """Their polls re-sign their Location on the public URL: while that setting was broken,
+    they answered 503. They answer their status without a new Location now."""
+    batch = idle_batch_without_its_driver(outbound)
+    route = {"Service": "s-1001-twoway"}
+    assert call_http("RegisterInboundWebhook", "POST", route_params=route).status == 201
+    body = {"Sender": "Clinic", "Content": "Reply YES or NO", "Recipient": "+358401110002"}
+    asked = call_http(
+        "SendMessageAndWaitForReply", "POST", body=body, headers={"Service-Id": "s-1001-twoway"}
+    )
+    assert asked.status == 202, asked.body
+    parts = urlsplit(asked.headers["Location"])
+    outbound.configure(PUBLIC_BASE_URL="https://app.example/api")  # /api/api/...: refused
+
+    held = batch_status(batch["Location"])
+    question = call_http(
+        "GetQuestionStatus",
+        "GET",
+        route_params={"QuestionId": unquote(parts.path.rsplit("/", 1)[-1])},
+        params=dict(parse_qsl(parts.query)),
+    )
+
+    for answer in (held, question):
+        assert answer.status == 202, answer.body
+        assert "Location" not in answer.headers
+        assert "StatusUrl" not in answer.body
+        assert answer.headers["Retry-After"]
+    assert held.body["Counts"]["queued"] == 3
+    assert question.body["Status"] == "open"

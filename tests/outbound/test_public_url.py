@@ -13,7 +13,7 @@ import pytest
 from shared import settings as settings_module
 from shared.callback_urls import delivery_report_url
 from shared.settings import PublicUrlNotConfigured, Settings, http_route_prefix
-from tests.outbound.conftest import Outbound, call_http, sms
+from tests.outbound.conftest import Outbound, call_http, sms, status_of
 
 AZURE_HOST = "smartdialog-func-abc123.azurewebsites.net"
 
@@ -109,3 +109,29 @@ def test_a_send_in_azure_hands_out_a_status_url_on_the_app_host_name(
     assert send.status == 202, send.body
     assert send.headers["Location"].startswith(f"https://{AZURE_HOST}/api/messages/")
     assert call_http("Health", "GET").status == 200
+
+
+@pytest.mark.parametrize("public_url", ["https://app.example/api", None])
+def test_a_status_poll_while_the_public_url_is_broken_answers_without_a_new_location(
+    outbound: Outbound, no_platform: None, monkeypatch: pytest.MonkeyPatch, public_url: str | None
+) -> None:
+    """A status poll re-signs its Location on the public URL: while that setting was broken
+    (or gone), every poll of a send accepted before answered 503 and the flow step failed. The
+    poll answers its status without a new Location now (a poller polls the URL it has)."""
+    monkeypatch.setenv("SMARTDIALOG_PUBLIC_BASE_URL", "https://app.example")
+    outbound.configure()
+    send = call_http("SendMessage", "POST", body=sms("+358401234567"))
+    assert send.status == 202, send.body
+    if public_url is None:
+        monkeypatch.delenv("SMARTDIALOG_PUBLIC_BASE_URL")
+    else:
+        monkeypatch.setenv("SMARTDIALOG_PUBLIC_BASE_URL", public_url)
+    outbound.configure()
+
+    poll = status_of(send.headers["Location"])
+
+    assert poll.status == 202, poll.body
+    assert "Location" not in poll.headers
+    assert "StatusUrl" not in poll.body
+    assert int(poll.headers["Retry-After"]) >= 1
+    assert poll.body["Status"] == "queued"
