@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -366,12 +366,11 @@ def _known(name: str | None) -> Connection | None:
     return connections().by_name.get(key)
 
 
-def list_connections() -> list[dict[str, Any]]:
-    """Names, customers, defaults and broken settings' names of every connection (never a
-    secret), default first."""
-    found = connections()
+def list_connections(holding: Callable[[Connection], list[str]]) -> list[dict[str, Any]]:
+    """Names, customers, defaults and the settings ``holding`` its sends of every connection
+    (never a secret), default first."""
     listed: list[dict[str, Any]] = []
-    for connection in found.by_name.values():
+    for connection in connections().by_name.values():
         settings = connection.settings
         customers = list(connection.customers)
         if connection.name == DEFAULT_CONNECTION and settings and settings.customer_id:
@@ -382,7 +381,7 @@ def list_connections() -> list[dict[str, Any]]:
                 "Customers": customers,
                 "CustomerId": settings.customer_id if settings else connection.customer_id,
                 "ServiceId": settings.service_id if settings else connection.service_id,
-                "BrokenSettings": list(dict.fromkeys(e.field for e in connection.errors)) or None,
+                "BrokenSettings": holding(connection) or None,
             }
         )
     return listed

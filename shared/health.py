@@ -15,9 +15,16 @@ from typing import TYPE_CHECKING
 from shared.problems import FieldError, Problem
 
 if TYPE_CHECKING:
+    from shared.connections import Connection
     from shared.settings import Settings
 
-__all__ = ["configuration_problem", "settings_errors", "storage_errors", "telemetry_errors"]
+__all__ = [
+    "configuration_problem",
+    "holding",
+    "settings_errors",
+    "storage_errors",
+    "telemetry_errors",
+]
 
 
 def settings_errors(settings: Settings) -> list[FieldError]:
@@ -52,6 +59,26 @@ def settings_errors(settings: Settings) -> list[FieldError]:
         except SettingsInvalid:
             continue
     return errors
+
+
+def holding(connection: Connection) -> list[str]:
+    """The settings that hold ``connection``'s sends, by name: those of the app that do not
+    validate (run leniently: :mod:`shared.settings_leniency`), its own errors, and what
+    :func:`settings_errors` finds in its settings."""
+    from shared.connections import routing_errors
+    from shared.settings import SettingsInvalid, get_settings
+    from shared.settings_leniency import PartlySettings
+
+    try:
+        app = get_settings()
+        refused = app.refused() if isinstance(app, PartlySettings) else {}
+        errors = [e for held in refused.values() for e in held]
+    except SettingsInvalid as problem:  # (not run leniently)
+        errors = list(problem.errors)
+    errors += [*connection.errors, *routing_errors()]
+    if connection.settings is not None:
+        errors += settings_errors(connection.settings)
+    return list(dict.fromkeys(e.field for e in errors))
 
 
 def configuration_problem() -> Problem | None:

@@ -250,8 +250,9 @@ def get_customer_whatsapp_identities(ctx: ActionContext, inp: CustomerInput) -> 
 
 def list_connections(_ctx: ActionContext, _: NoInput) -> ActionResponse:
     from shared.connections import list_connections
+    from shared.health import holding
 
-    listed = [{k: v for k, v in c.items() if v is not None} for c in list_connections()]
+    listed = [{k: v for k, v in c.items() if v is not None} for c in list_connections(holding)]
     return ActionResponse.json({"value": listed})
 
 

@@ -450,7 +450,9 @@ def _conflict(open_one: QuestionRecord, settings: Settings, customer: str) -> St
         else "A question of another customer to this recipient on this service "
         "waits for a reply; it cannot be replaced from here.",
         type=ProblemType.CONFLICT,
-        errors=[FieldError("ReplaceOpenQuestion", "Another question is open.")],
+        errors=[
+            FieldError("ReplaceOpenQuestion" if ours else "Recipient", "Another question is open.")
+        ],
     )
     named = {"openQuestionId": open_one.question_id} if ours else {}
     return StatusView(409, {**problem.to_dict(), **named}, {}, True)

@@ -40,7 +40,7 @@ flow saved or turned on again subscribes again). :func:`judge_call` and
 :func:`retry_delay_seconds` are the one policy for every call to a URL we are given; the
 delivery-report forwarder (``_dlr_forward``) uses them too. A slow callback holds a worker thread
 up to its deadline, and the webhook and the actions run on the same threads, so at most
-:data:`CALL_SLOTS` such calls are under way in one process: a delivery that finds none free is
+:func:`call_slots` such calls are under way in one process: a delivery that finds none free is
 put back for :data:`SLOT_RETRY_SECONDS` or so, no attempt spent.
 """
 
@@ -90,7 +90,6 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 __all__ = [
-    "CALL_SLOTS",
     "MAX_RETRY_DELAY_SECONDS",
     "SEEN_KEPT",
     "CallVerdict",
@@ -100,6 +99,7 @@ __all__ = [
     "GiveUp",
     "SubscriberDispatcher",
     "after_failure",
+    "call_slots",
     "judge_call",
     "reset_dispatcher_cache",
     "retry_delay_seconds",
@@ -111,13 +111,9 @@ log = logging.getLogger("shared.inbound.dispatch")
 #: Longest wait between two calls to one URL we are given.
 MAX_RETRY_DELAY_SECONDS = 900
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
-#: Calls to URLs we are given under way at once in this process, at most: half the Python
-#: worker's threads (its pool is min(32, CPUs + 4)), the rest free for the webhook and actions.
-CALL_SLOTS = max(2, min(32, (os.cpu_count() or 1) + 4) // 2)
-#: How long a delivery waits for a free slot, then how long it is put back for (up to twice that,
-#: spread so that what was put back together does not come back together).
-SLOT_WAIT_SECONDS, SLOT_RETRY_SECONDS = 1.0, 10
-_slots = threading.BoundedSemaphore(CALL_SLOTS)
+#: How long a delivery that finds no free slot is put back for (up to twice that, spread so that
+#: what was put back together does not come back together).
+SLOT_RETRY_SECONDS = 10
 #: A subscriber answering one of these is gone: its subscription is removed.
 _GONE_STATUSES = frozenset({404, 410})
 
@@ -153,9 +149,10 @@ def judge_call(
     """Make ``call`` (a :class:`GuardedClient` call) and judge it: refused by the guard, a
     failure that may pass later (no answer, 408, 425, 429, 5xx), a refusal by the server (any
     other non-2xx, redirects included: they are not followed), or delivered; or not made, all
-    :data:`CALL_SLOTS` busy."""
-    if not _slots.acquire(timeout=SLOT_WAIT_SECONDS):
-        return CallVerdict("busy", detail=f"all {CALL_SLOTS} callback slots of this instance busy")
+    :func:`call_slots` busy (never waited for: a waiting delivery would hold a thread too)."""
+    slots, count = _slots()
+    if not slots.acquire(blocking=False):
+        return CallVerdict("busy", detail=f"all {count} callback slots of this instance busy")
     try:
         answer = call()
     except CallbackRefused as exc:
@@ -163,7 +160,7 @@ def judge_call(
     except CallbackFailed as exc:
         return CallVerdict("retry", detail=str(exc))
     finally:
-        _slots.release()
+        slots.release()
     status = answer.status
     if answer.is_success:
         return CallVerdict("delivered", status)
@@ -171,6 +168,24 @@ def judge_call(
         advised = parse_retry_after(answer.headers, now=now)
         return CallVerdict("retry", status, advised, f"{host} answered {status}")
     return CallVerdict("rejected", status, detail=f"{host} answered {status}")
+
+
+def call_slots() -> int:
+    """Calls to URLs we are given under way at once in this process, at most: half the Python
+    worker's threads (``PYTHON_THREADPOOL_THREAD_COUNT``, else its default min(32, CPUs + 4)),
+    at least one; the rest stay free for the webhook and the actions."""
+    given = os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT", "").strip()
+    threads = (
+        int(given) if given.isdigit() and int(given) > 0 else min(32, (os.cpu_count() or 1) + 4)
+    )
+    return max(1, threads // 2)
+
+
+@lru_cache(maxsize=1)
+def _slots() -> tuple[threading.BoundedSemaphore, int]:
+    """This process's slots (made on first use) and their number."""
+    count = call_slots()
+    return threading.BoundedSemaphore(count), count
 
 
 def retry_delay_seconds(attempts: int, *, base: float, advised: float | None) -> int:

@@ -79,8 +79,11 @@ class SendPolicy:
     def from_settings(cls, settings: Settings) -> SendPolicy:
         from shared.connections import routing_errors
         from shared.health import settings_errors
+        from shared.settings_leniency import PartlySettings
 
         broken = [*settings_errors(settings), *routing_errors()]
+        if isinstance(settings, PartlySettings):  # those held at their defaults are broken too
+            broken += [e for refused in settings.refused().values() for e in refused]
         return cls(
             max_attempts=settings.send_max_attempts,
             validity=dt.timedelta(seconds=settings.send_validity_seconds),

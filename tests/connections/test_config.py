@@ -14,6 +14,7 @@ from shared.connections import (
     list_connections,
     route,
 )
+from shared.health import holding
 from tests.connections.conftest import (
     SECOND_CUSTOMER,
     SECOND_SERVICE,
@@ -50,7 +51,7 @@ def test_name_is_case_insensitive_and_underscores_become_dashes(two: TwoConnecti
     assert connection_settings("sales-eu").connection == "sales-eu"
     assert route("SALES_EU", None) == "sales-eu"
     assert route(None, "3002") == "sales-eu"
-    assert [c["Name"] for c in list_connections()] == ["default", "sales-eu", "second"]
+    assert [c["Name"] for c in list_connections(holding)] == ["default", "sales-eu", "second"]
 
 
 def test_credentials_and_account_defaults_never_fall_back(two: TwoConnections) -> None:
@@ -301,6 +302,19 @@ def test_list_connections_names_a_broken_connection_s_settings_and_keeps_its_def
         "ServiceId": SECOND_SERVICE,
         "BrokenSettings": ["SMARTDIALOG_CONNECTIONS__SECOND__QUOTA_CALLS"],
     }
+
+
+def test_list_connections_names_the_app_s_broken_settings_on_every_connection_they_hold(
+    two: TwoConnections,
+) -> None:
+    """A setting of the app's that does not validate holds every connection's sends, and the
+    default's missing credentials hold the default's: each row names what holds it."""
+    two.env.configure(QUOTA_CALLS="abc", ACCESS_TOKEN="")
+    answer = call_http("ListConnections", "GET")
+    assert answer.status == 200, answer.body
+    default, second = answer.body["value"]
+    assert default["BrokenSettings"] == ["SMARTDIALOG_QUOTA_CALLS", "SMARTDIALOG_ACCESS_TOKEN"]
+    assert second["BrokenSettings"] == ["SMARTDIALOG_QUOTA_CALLS"]
 
 
 def test_notification_rules_may_name_a_connection_the_app_has(two: TwoConnections) -> None:

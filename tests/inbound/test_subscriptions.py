@@ -8,8 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from shared import names
 from shared.clock import ManualClock, current, use, utcnow
-from shared.guarded_http import CallbackPolicy, GuardedClient
+from shared.guarded_http import CallbackAnswer, CallbackPolicy, GuardedClient
 from shared.inbound import (
     MESSAGE_RECEIVED,
     DispatchOutcome,
@@ -541,14 +542,34 @@ class HeldBackend(httpcore.MockBackend):
         return super().connect_tcp(*args, **kwargs)
 
 
+@pytest.fixture
+def four_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A worker pool of four threads: two callback slots (made afresh for the test)."""
+    monkeypatch.setenv("PYTHON_THREADPOOL_THREAD_COUNT", "4")
+    _dispatch._slots.cache_clear()
+    yield _dispatch.call_slots()
+    _dispatch._slots.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("threads", "slots"), [("4", 2), ("1", 1), ("", None), ("lots", None), ("0", None)]
+)
+def test_the_callback_slots_are_half_the_workers_threads(
+    monkeypatch: pytest.MonkeyPatch, threads: str, slots: int | None
+) -> None:
+    monkeypatch.setenv("PYTHON_THREADPOOL_THREAD_COUNT", threads)
+    default = max(1, min(32, (os.cpu_count() or 1) + 4) // 2)  # the worker's own pool, halved
+    assert _dispatch.call_slots() == (default if slots is None else slots)
+
+
 def test_slow_callbacks_hold_at_most_the_call_slots_and_the_next_delivery_waits_unattempted(
-    inbound: Inbound, monkeypatch: pytest.MonkeyPatch
+    inbound: Inbound, four_threads: int
 ) -> None:
     """Found by an attacker's look: subscriptions whose callbacks answer a byte every half
     second held every worker thread (each call up to its 10 s deadline, 8 attempts), so the
-    webhook and every action took seconds. Now a process makes at most CALL_SLOTS such calls
-    at once; a delivery that finds none free is put back, no attempt spent, no call made."""
-    monkeypatch.setattr(_dispatch, "SLOT_WAIT_SECONDS", 0.0)  # (waits for none: no sleep)
+    webhook and every action took seconds. Now a process makes at most half its threads' worth
+    of such calls at once; a delivery that finds no slot free is put back at once, no attempt
+    spent, no call made, no thread held waiting."""
     SubscriptionStore.from_settings().add(
         Subscription(TWO_WAY, "sub-slow", "https://flow.example/cb?sig=s", CUSTOMER, NOW)
     )
@@ -565,24 +586,40 @@ def test_slow_callbacks_hold_at_most_the_call_slots_and_the_next_delivery_waits_
         service=TWO_WAY, subscriptionId="sub-slow", event={"data": {}}, firstQueuedAt=NOW
     ).model_dump_json()
 
-    with ThreadPoolExecutor(_dispatch.CALL_SLOTS) as pool:
-        held = [pool.submit(dispatcher.process, text) for _ in range(_dispatch.CALL_SLOTS)]
+    with ThreadPoolExecutor(four_threads) as pool:
+        held = [pool.submit(dispatcher.process, text) for _ in range(four_threads)]
         for _ in held:
             assert backend.began.acquire(timeout=30)  # every slot holds a call now
         put_back = dispatcher.process(text)
         backend.go.set()
         results = [call.result(timeout=30) for call in held]
 
-    assert [r.outcome for r in results] == [DispatchOutcome.DELIVERED] * _dispatch.CALL_SLOTS
+    assert [r.outcome for r in results] == [DispatchOutcome.DELIVERED] * four_threads
     assert not backend.began.acquire(blocking=False)  # no call beyond the slots
     assert (put_back.outcome, put_back.status) == (DispatchOutcome.RETRY_SCHEDULED, None)
     assert put_back.delay_seconds is not None
-    assert (
-        _dispatch.SLOT_RETRY_SECONDS <= put_back.delay_seconds <= 2 * _dispatch.SLOT_RETRY_SECONDS
-    )
+    spread = _dispatch.SLOT_RETRY_SECONDS
+    assert spread <= put_back.delay_seconds <= 2 * spread
     [(again, options)] = deliveries.sent
     assert options == {"visibility_timeout": put_back.delay_seconds}
     assert json.loads(again)["attempts"] == 0  # no attempt spent
+    # The slots are free again: the copy put back is delivered.
+    assert dispatcher.process(again).outcome is DispatchOutcome.DELIVERED
+
+
+def test_a_callback_that_raises_anything_frees_its_slot(
+    inbound: Inbound, four_threads: int
+) -> None:
+    def broken() -> Any:
+        raise RuntimeError("a bug in a call")
+
+    for _ in range(four_threads + 1):
+        with pytest.raises(RuntimeError):
+            _dispatch.judge_call(broken, "flow.example", now=lambda: 0.0)
+    verdict = _dispatch.judge_call(
+        lambda: CallbackAnswer(200, {}, b"", False, 0), "flow.example", now=lambda: 0.0
+    )
+    assert verdict.kind == "delivered"
 
 
 def register_webhook(inbound: Inbound, service: str) -> HttpAnswer:

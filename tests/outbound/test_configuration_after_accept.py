@@ -389,6 +389,18 @@ def test_a_send_waiting_for_two_settings_names_both_in_one_sentence(
     assert "SMARTDIALOG_CALLBACK_SECRETS are not configured;" in caplog.text
 
 
+def test_a_policy_of_held_settings_names_those_held_at_their_defaults(outbound: Outbound) -> None:
+    """Held settings (a lenient function's) hold a refused setting at its default: a policy made
+    of them names it, so nothing that trusts ``broken_settings`` sends with it."""
+    from shared.outbound._ports import SendPolicy
+    from shared.settings_leniency import leniently
+
+    outbound.configure(PUBLIC_BASE_URL="nourl")
+    with leniently():
+        policy = SendPolicy.from_settings(get_settings())
+    assert "SMARTDIALOG_PUBLIC_BASE_URL" in policy.broken_settings
+
+
 def test_a_send_waiting_for_refused_credentials_says_so_on_its_status(
     outbound: Outbound, manual_clock: ManualClock
 ) -> None:
