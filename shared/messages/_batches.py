@@ -17,8 +17,7 @@ from shared.storage import chunked, joined, plain_datetime, utc
 __all__ = ["BatchRecord", "BatchStore"]
 
 BATCH_ROW_KEY = "batch"
-#: Characters of the refused rows kept on the batch (a Table property holds 32K): the first
-#: whole rows that fit; ``RefusedCount`` counts them all.
+#: Characters of refused rows kept on the batch (whole rows; ``RefusedCount`` counts them all).
 _REFUSED_CHARS = 30_000
 
 
@@ -33,8 +32,7 @@ class BatchRecord:
     total: int
     accepted: int
     created_at: dt.datetime
-    #: The exact formation time, as text: pack ids are made from it, and a replay that
-    #: finishes the batch must make the same ones.
+    #: The exact formation time, as text: a replay makes the same pack ids from it.
     formed_at: str
     pack_ids: tuple[str, ...]
     refused: tuple[dict[str, Any], ...] = ()
@@ -43,8 +41,7 @@ class BatchRecord:
     refused_total: int | None = None
     #: When a status poll last put stale packs' drivers back on the queue.
     redriven_at: dt.datetime | None = None
-    #: The connection it was accepted through (None: a row of an earlier release, without it):
-    #: its members' commands may all be kept in blobs, which its status poll does not read.
+    #: The connection it was accepted through, as its status poll reads it (None: an old row).
     connection: str | None = None
     etag: str | None = field(default=None, compare=False)
 
@@ -121,10 +118,9 @@ class BatchStore(TableStore):
         return None if entity is None else BatchRecord.from_entity(entity)
 
     def mark(self, batch: BatchRecord, status: BatchStatus) -> BatchRecord:
-        """Move ``batch`` to ``status`` (an arrow of the table; repeating one is fine). A copy
-        read from the table moves only the row still at that version (ETag); else the row is
-        read again and moved only if the arrow leaves its status now (a replay's ``queued``
-        after a status poll's ``incomplete``, not the other way round). The row as written."""
+        """Move ``batch`` to ``status`` (an arrow of the table; repeating one is fine) on its
+        ETag; if the row changed, re-read and moved only if the arrow leaves its status now.
+        The row as written."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError
         from azure.data.tables import UpdateMode

@@ -18,10 +18,9 @@ IDEMPOTENCY_ROW_KEY = "key"
 
 @dataclass(frozen=True)
 class IdempotencyEntry:
-    """An idempotency key's claim: the message it created and the request's fingerprint (of
-    its send); an ask's also the fingerprint of the question's terms with it (``asks``: kept
-    beside, so the send's is the one an earlier release compares); ``new`` when the call that
-    returned it made it (its request is the key's first)."""
+    """An idempotency key's claim: the message it created and its request's fingerprint; an
+    ask's also its question's terms' (``asks``, apart, so older releases compare the send's);
+    ``new`` when the call that returned it made it."""
 
     key_hash: str
     message_id: str
@@ -68,15 +67,10 @@ class IdempotencyStore(TableStore):
         ttl: dt.timedelta,
         asks: str | None = None,
     ) -> IdempotencyEntry:
-        """Claim ``key_hash`` for ``message_id`` (an ask's with ``asks``); returns the entry
-        that holds the key now.
-
-        If it is ours (``new``: this call made it, even when the insert's answer was lost and
-        its retry found the row), the caller goes on creating the message; if another
-        message's, the caller answers for that one. An expired claim is taken over
-        (compare-and-swap). ``message_id`` must be new (random): a claim naming it is this
-        call's.
-        """
+        """Claim ``key_hash`` for ``message_id`` (an ask's with ``asks``): the entry holding the
+        key now, ``new`` if this call made it (also when the insert's answer was lost), else
+        another message's. An expired claim is taken over (compare-and-swap). ``message_id``
+        must be new (random): a claim naming it is this call's."""
         from azure.core import MatchConditions
         from azure.core.exceptions import (
             ResourceExistsError,
@@ -99,9 +93,7 @@ class IdempotencyStore(TableStore):
             except ResourceNotFoundError:
                 continue
             if found.get("MessageId") == message_id:
-                # Our own insert: committed, but answered 5xx and retried by the client, which
-                # got 409. Ids are random (a UUID, a lane id's random tail), so no other
-                # request's claim names this one.
+                # Our own insert, committed but answered 5xx: the client's retry got 409.
                 return replace(mine, etag=found.metadata.get("etag"))
             expires = utc(found.get("ExpiresAt"))
             if expires is not None and expires <= now:

@@ -34,8 +34,7 @@ __all__ = [
     "new_pack_id",
 ]
 
-#: Prefix of pack ids (never a message id of ours: those are UUIDs, batch members or the
-#: caller's; a caller's id could start with it, so pack look-ups go by the pack table only).
+#: Prefix of pack ids (a caller's message id may start with it: packs are looked up by table).
 PACK_ID_PREFIX = "pack-"
 INDEX_PREFIX = "q-"
 PACK_ROW_KEY = "pack"
@@ -113,11 +112,9 @@ class Pack:
     recipient_ids: Mapping[str, str] = field(default_factory=dict)  # upstream id -> message id
     #: A batch pack's batch (its members are the batch's; a driver message sends the pack).
     batch_id: str | None = None
-    #: The call's RequestId when it is not the pack id (a batch pack whose membership shrank
-    #: before its first attempt).
+    #: The call's RequestId when not the pack id (a batch pack whose members shrank before a call).
     call_request_id: str | None = None
-    #: The members of the call that may have reached upstream (empty: none did). While not
-    #: empty, that call's RequestId is only ever used again for those members.
+    #: The members of a call that may have reached upstream: its RequestId is reused only for them.
     attempt: tuple[str, ...] = ()
     #: Calls recorded so far (only the first, with every member, uses the pack id).
     calls: int = 0

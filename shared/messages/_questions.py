@@ -1,10 +1,7 @@
 """Questions of "Send a message and wait for a reply" (``SmartDialogQuestions``): the typed record,
-its transition table and its one writer.
-
-One partition per service + recipient (``"q" + sha256(service, number)[:32]``), so every change
-of a question is one atomic transaction: RowKey ``<question id>`` is the record (kept after it
-ends), RowKey ``open`` a copy of the open question. Every change of an open question replaces
-``open`` on its ETag, so of two writers one wins and the other re-reads. See docs/flows.md."""
+its transition table and its one writer. One partition per service + recipient: RowKey
+``<question id>`` is the record (kept after it ends), RowKey ``open`` a copy of the open question,
+replaced on its ETag at every change, so each change is one atomic transaction."""
 
 from __future__ import annotations
 
@@ -47,15 +44,11 @@ __all__ = [
 OPEN_ROW = "open"
 #: How often a write that lost a race re-reads and tries again.
 _ATTEMPTS = 5
-#: The most of a reply a question keeps: a Table string holds 32K UTF-16 units, so 16,000
-#: characters fit whatever they are (the whole reply still reaches New Message triggers).
+#: The most of a reply a question keeps (16,000 characters fit a Table string, whatever they are).
 REPLY_CHARS = 16_000
-#: The least time a recipient has to reply (half the time left, when that is shorter): a message
-#: of a question that cannot go out by its ExpiresAt minus this is not sent (failed, expired).
+#: The least time a recipient has to reply (:meth:`QuestionRecord.send_by`).
 REPLY_WINDOW = dt.timedelta(minutes=5)
-#: How long past its timeout a question stays open for a reply received before the timeout
-#: that is still on its way through the intake queue (seconds, usually; more in a backlog):
-#: only then does a poll or a new question end it timed out.
+#: How long past its timeout a question stays open for a reply still in the intake queue.
 ANSWER_GRACE = dt.timedelta(seconds=60)
 _REPROMPT_NAMESPACE = uuid.UUID("5b0f7c1e-3f4a-4d8e-9a51-2f6c1d7e8a90")
 
@@ -76,8 +69,7 @@ class QuestionStatus(enum.StrEnum):
 
 
 _Q = QuestionStatus
-#: Allowed status changes of a question (a write that keeps the status is always allowed):
-#: an open question ends exactly once, in one of five ways.
+#: Allowed status changes (keeping the status always is): an open question ends exactly once.
 QUESTION_TRANSITIONS: Final[dict[QuestionStatus, frozenset[QuestionStatus]]] = {
     _Q.OPEN: frozenset({_Q.ANSWERED, _Q.TIMED_OUT, _Q.OPTED_OUT, _Q.FAILED, _Q.REPLACED}),
     _Q.ANSWERED: frozenset(),
@@ -96,11 +88,9 @@ def check_question_transition(before: QuestionStatus, after: QuestionStatus) -> 
 
 
 def normalize_reply(text: str) -> str:
-    """``text`` as a short reply is compared with words (opt-out keywords, a question's accepted
-    answers): NFKC (fullwidth letters, "…" as "..."), without invisible characters (``_invisible``:
-    zero-width space, BOM, NUL; the emoji selector U+FE0F: "❤️" == "❤"), blanks and punctuation
-    (categories P*: "Stop!", «STOP», "Yes.") trimmed from both ends, inner blanks single, case
-    folded."""
+    """``text`` as a short reply is compared with words (opt-out keywords, accepted answers):
+    NFKC, without invisible characters (:func:`_invisible`: "❤️" == "❤"), blanks and punctuation
+    trimmed from both ends ("Stop!", «STOP»), inner blanks single, case folded."""
     kept = [c for c in unicodedata.normalize("NFKC", text) if not _invisible(c)]
     while kept and _edge(kept[-1]):
         kept.pop()
@@ -131,10 +121,8 @@ def normalize_answer(text: str) -> str:
 
 
 def _as_written(text: str) -> str:
-    """``text`` without accents (NFKD, combining marks dropped) or variation selectors, case
-    folded, inner whitespace collapsed and the ends trimmed (" Kyllä " == "KYLLA"). Other
-    format characters stay: tags and joiners tell emoji apart (the flags of England and
-    Scotland)."""
+    """``text`` without accents or variation selectors, case folded, inner whitespace single,
+    ends trimmed (" Kyllä " == "KYLLA"); other format characters stay (they tell emoji apart)."""
     decomposed = unicodedata.normalize("NFKD", text)
     bare = "".join(c for c in decomposed if not (unicodedata.combining(c) or _selector(c)))
     return " ".join(bare.casefold().split())
@@ -142,12 +130,10 @@ def _as_written(text: str) -> str:
 
 def match_answer(options: Sequence[str], reply: str) -> tuple[bool, str | None]:
     """Whether ``reply`` answers a question with ``options``, and the option it matched (as the
-    caller wrote it). Without options any non-empty reply answers (no option matched). An option
-    the reply is as written (:func:`_as_written`: the first) wins over those it is only once
-    edge punctuation is trimmed (:func:`normalize_answer`: "1" is "1", not "#1" or "-1"); a reply
-    that is several of those, and none as written, matches none ("Yes." of "Yes" and "Yes!").
-    Options the same as written are one answer in several spellings ("Yes", "YES"; "Kyllä",
-    "Kylla"): the first listed is the one matched."""
+    caller wrote it); without options any non-empty reply answers, matching none. An option the
+    reply is as written (:func:`_as_written`) wins over those it is only once edge punctuation
+    is trimmed (:func:`normalize_answer`: "1" is not "#1"); a reply that is several of those
+    matches none. Options the same as written are one answer: the first listed is matched."""
     said = normalize_answer(reply)
     if not options:
         return bool(said), None
@@ -157,30 +143,25 @@ def match_answer(options: Sequence[str], reply: str) -> tuple[bool, str | None]:
     return (True, found[0]) if len({_as_written(o) for o in found}) == 1 else (False, None)
 
 
-#: A question's send ended so: it did not go out (but see :func:`send_ended_unsent`), and the
-#: question fails (its status URL answers the send's problem, 422 or 410).
+#: A question's send ended so did not go out (but see :func:`send_ended_unsent`): it fails.
 UNSENT: Final = (MessageStatus.FAILED, MessageStatus.CANCELLED)
 
 
 def send_may_have_gone_out(send: MessageRecord | None) -> bool:
     """Whether a question's ``send`` may have reached its recipient, so a reply may answer the
-    question: sent; being sent (upstream may have it before the sender records its answer, and
-    a reply may overtake that); or after an attempt that may have reached upstream
-    (``maybe_sent``), queued again or failed all the same (``outcome-unknown``). Not one never
-    tried (queued; the first question of a service is held ~35 s), nor one failed otherwise or
-    cancelled, nor one not recorded yet."""
+    question: sent, being sent, or after an attempt that may have reached upstream (queued again
+    or failed: :attr:`~shared.messages.MessageRecord.in_doubt`). Not one never tried, failed
+    otherwise, cancelled or not recorded yet."""
     if send is None:
         return False
     return send.status in (MessageStatus.SENT, MessageStatus.SENDING) or send.in_doubt
 
 
 def send_ended_unsent(send: MessageRecord | None, question: QuestionRecord) -> bool:
-    """Whether ``question``'s ``send`` ended without its text going out: cancelled, or failed
-    when no attempt may have reached upstream. Its question fails, and no reply answers it; one
-    that failed after such an attempt counts as sent (a reply answers it, or it times out), and
-    one cancelled :data:`ANSWER_GRACE` or more past its ExpiresAt as still waiting (the poll that
-    times the question out cancels it before it ends the question, a second write: a crash or
-    a reader in between must not make a timed-out question fail)."""
+    """Whether ``question``'s ``send`` ended without its text going out (cancelled, or failed
+    with no attempt that may have reached upstream): its question fails, no reply answers it.
+    One cancelled :data:`ANSWER_GRACE` or more past ExpiresAt is not (the timing-out poll cancels
+    it before ending the question: a crash in between must not make the question fail)."""
     if send is None or send.status not in UNSENT or send_may_have_gone_out(send):
         return False
     late = send.finished_at is not None and send.finished_at >= question.expires_at + ANSWER_GRACE
@@ -207,8 +188,7 @@ def reprompted_question(
     message_id: str | None, question_id: str | None, customer_data: str | None
 ) -> str | None:
     """The question whose re-prompt the send ``message_id`` is (:func:`reprompt_message_id`):
-    its command's ``questionId``, or for one the release before queued, its ``customer_data``
-    ``question=<id>``; else None."""
+    its command's ``questionId``, else (an older release's) ``customer_data`` ``question=<id>``."""
     if question_id is None and (customer_data or "").startswith("question="):
         question_id = (customer_data or "").removeprefix("question=")
     return question_id if question_id and message_id == reprompt_message_id(question_id) else None
@@ -244,8 +224,7 @@ class QuestionRecord:
     protocol: str | None = None
     customer_id: str | None = None
     customer_data: str | None = None  # its text's CustomerData, which its re-prompt carries too
-    #: The named connection it was asked through (its re-prompt goes the same way); None: the
-    #: default, or a row an earlier release wrote (its re-prompt is routed by its customer).
+    #: Its named connection, its re-prompt's too (None: default, or an old row: by its customer).
     connection: str | None = None
     reply: str | None = None
     matched_option: str | None = None
@@ -268,9 +247,8 @@ class QuestionRecord:
         return self.status is QuestionStatus.OPEN and now >= self.expires_at
 
     def send_by(self, start: dt.datetime) -> dt.datetime:
-        """The ``validUntil`` of a message of this question sent from ``start`` (its text, its
-        re-prompt): :data:`REPLY_WINDOW` before it expires, or half the time left from ``start``
-        if that is shorter, so the recipient has time to reply; never later (nothing goes late)."""
+        """The ``validUntil`` of this question's message (text, re-prompt) sent from ``start``:
+        :data:`REPLY_WINDOW` before it expires, or half the time left if that is shorter."""
         left = max(self.expires_at - start, dt.timedelta(0))
         return self.expires_at - min(REPLY_WINDOW, left / 2)
 
@@ -407,9 +385,7 @@ class QuestionStore(TableStore):
 
     def ended_reprompt(self, question_id: str | None) -> bool:
         """Whether question ``question_id``, whose re-prompt a send is (:func:`reprompted_question`;
-        None: it is none), is no longer open: answered (also by a reply handled at the same time
-        as the one that queued it), opted out, timed out, replaced, failed (one unknown is not
-        known to have ended). The sender cancels such a re-prompt instead of sending it."""
+        None: it is none), has ended (an unknown one has not): the sender then cancels the send."""
         if question_id is None:
             return False
         record = self.get(question_id)

@@ -1,11 +1,9 @@
 """The rows of the status table: message records and recipient slots, and where they live.
 
-``SmartDialogMessages``: RowKey ``message`` is the :class:`MessageRecord` (every status change a
-compare-and-swap on its ETag); ``recipient-NNNNN`` are its :class:`RecipientSlot` rows, which
-delivery reports update so they never contend with the sender. Bulk members and lane members
-share partitions (rows prefixed ``<row>.``); :func:`message_keys` maps an id to its partition and
-row prefix from the id alone, so every reader and writer agrees. See docs/sending.md, "Bulk sends:
-batch packs" and "Lanes"."""
+``SmartDialogMessages``: RowKey ``message`` is the :class:`MessageRecord`, ``recipient-NNNNN`` its
+:class:`RecipientSlot` rows (delivery reports update those, never contending with the sender).
+Bulk and lane members share partitions (rows prefixed ``<row>.``); :func:`message_keys` maps an id
+to both from the id alone. See docs/sending.md, "Bulk sends: batch packs" and "Lanes"."""
 
 from __future__ import annotations
 
@@ -42,20 +40,15 @@ __all__ = [
 
 RECORD_ROW_KEY = "message"
 RECIPIENT_ROW_PREFIX = "recipient-"
-#: A command longer than this (in UTF-16 units) is kept in a blob, not in its record (an
-#: entity holds 1 MiB, strings counted in UTF-16, and upstream's answer shares it).
+#: A command longer than this (in UTF-16 units) is kept in a blob, not in its record.
 INLINE_COMMAND_CHARS = 200_000
-#: The most of upstream's answer a record keeps, in UTF-16 units (it shares the entity with the
-#: command); an answer longer is kept without its recipient list (their ids are in the slots).
+#: The most of upstream's answer a record keeps, in UTF-16 units (longer: without recipients).
 RESULT_CHARS = 200_000
-#: An upstream id (message, recipient, thread) longer than this is kept as none: SmartDialog's
-#: are GUIDs, and a pack's row holds the ids of up to 1,000 recipients within its 1 MiB.
+#: An upstream id (message, recipient, thread) longer than this is kept as none.
 UPSTREAM_ID_CHARS = 100
 
 
-#: A bulk member's id: its batch's id (a UUID we make) and its row. No id of another shape is
-#: stored in a batch's partition; a caller's own id of this shape would need to guess a batch's
-#: UUID to share its partition, and even then its rows have their own prefix.
+#: A bulk member's id: its batch's id (a UUID we make) and its row.
 _BATCH_MEMBER_ID = re.compile(
     r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.([0-9]{5,6})$"
 )
@@ -65,8 +58,7 @@ _BATCH_MEMBER_ID = re.compile(
 BATCH_PARTITION_ROWS = 500
 
 
-#: A single send in a *lane*: the partition its pack key and minute share (see docs/sending.md,
-#: "Lanes"), ``<lane>.l<created µs><random>``; the lane is a UUID derived from key and minute.
+#: A lane member's id, ``<lane>.l<created µs><random>`` (docs/sending.md, "Lanes").
 _LANE_MEMBER_ID = re.compile(
     r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.l([0-9]{17}[0-9a-f]{8})$"
 )
@@ -105,9 +97,8 @@ def lane_time(message_id: str) -> dt.datetime | None:
 
 
 def message_keys(message_id: str) -> tuple[str, str]:
-    """(PartitionKey, RowKey prefix) of a message's rows: its own partition and no prefix, or,
-    for a bulk member, its batch's partition of its row and ``<row>.``; for a lane's, the lane
-    and ``<row>.``."""
+    """(PartitionKey, RowKey prefix) of a message's rows: its own partition and no prefix, or
+    its batch's partition (of its row) or lane and ``<row>.``."""
     lane = _LANE_MEMBER_ID.match(message_id)
     if lane is not None:
         return lane.group(1) + LANE_SUFFIX, lane.group(2) + "."
@@ -154,9 +145,7 @@ def message_filter(message_id: str) -> str:
 
 class DamagedRecordError(RuntimeError):
     """A stored message record or recipient slot lacks a property or holds a value we cannot
-    read (hand-edited, or written by an incompatible version). It is our own storage failing,
-    so callers let it propagate: the sender raises, the host retries the queue message and,
-    after ``maxDequeueCount``, moves it to the poison queue."""
+    read: our own storage failing, so callers let it propagate (the host retries, then poisons)."""
 
     def __init__(self, message_id: str, row_key: str, problem: str) -> None:
         super().__init__(f"damaged status record {message_id}/{row_key}: {problem}")
@@ -179,11 +168,10 @@ def _damaged(entity: Mapping[str, Any], exc: Exception) -> DamagedRecordError:
 class MessageRecord:
     """The status record of one outbound message (RowKey ``message``).
 
-    ``command`` is the normalized queue message (JSON) it was created from: ids and defaults
-    filled in, so re-enqueueing it sends exactly the same request. ``result`` is upstream's
-    answer (JSON, upstream casing) once sent; ``failure`` why it failed for good; ``last_error``
-    the most recent transient failure. ``announced`` is set once the final state's side effects
-    (event, dead letter) are out. ``etag`` is the version this copy was read at.
+    ``command`` is the normalized queue message (JSON; re-enqueued, it sends the same request);
+    ``result`` upstream's answer (JSON, upstream casing) once sent; ``failure`` why it failed for
+    good; ``last_error`` the latest transient failure; ``announced`` set once the final state's
+    event and dead letter are out; ``etag`` the version this copy was read at.
     """
 
     message_id: str
@@ -203,11 +191,9 @@ class MessageRecord:
     attempts: int = 0
     lease_until: dt.datetime | None = None
     next_attempt_at: dt.datetime | None = None
-    #: When a claim handed back to wait (for a token, credentials, the quota store) comes back:
-    #: for its status only; its sends may go sooner once the wait is over (None: none since).
+    #: When a claim handed back to wait comes back, for its status only (None: none since).
     waits_until: dt.datetime | None = None
-    #: When it was first claimed for an attempt: its text may have gone out from then on, never
-    #: before (None: never claimed, or by a release before this field).
+    #: When it was first claimed: its text never went out before (None: never, or an old row).
     claimed_at: dt.datetime | None = None
     last_error: FailureInfo | None = None
     failure: FailureInfo | None = None
@@ -219,21 +205,16 @@ class MessageRecord:
     announced: bool = False
     #: The key of the messages it may share an upstream call with; None: always sent alone.
     pack_key: str | None = None
-    #: The pack (one upstream call) it was claimed into; set before that call, so a retry
-    #: re-sends the same pack (see :mod:`shared.messages._packs`).
+    #: The pack (one upstream call) it was claimed into, set before the call: a retry resends it.
     pack_id: str | None = None
     batch_id: str | None = None
-    #: The blob (container ``smartdialog-payloads``) that keeps a command too long for the
-    #: entity; :class:`~shared.messages.MessageStore` writes and reads it.
+    #: The blob that keeps a command too long for the entity (:class:`MessageStore` handles it).
     command_blob: str | None = None
     #: W3C trace context of the request that made it: delivery reports continue its trace.
     traceparent: str | None = None
-    #: An earlier attempt failed in a way that does not prove nothing reached upstream (a
-    #: timeout, an answer lost): if it then gives up, it may have been sent. Rows written
-    #: before this field existed lack it (False).
+    #: An earlier attempt may have reached upstream (a timeout, an answer lost); old rows: False.
     maybe_sent: bool = False
-    #: The connection whose sender last claimed it (None: not claimed since this field exists):
-    #: a command that names none goes through the connection claiming its customer then.
+    #: The connection whose sender last claimed it (None: not claimed since this field exists).
     sent_through: str | None = None
     #: When an operator last re-drove it (None: never, or before this field existed).
     redriven_at: dt.datetime | None = None
@@ -342,10 +323,8 @@ class MessageRecord:
 
     @property
     def failed_id(self) -> str:
-        """The id of its failure's ``message.failed`` event and dead letter (stable: written
-        again after a crash, consumers de-duplicate on it): ``<messageId>:failed``, and for a
-        failure after a re-drive ``<messageId>:failed:<re-drive time>``, a new failure each
-        time (the first keeps the id it always had)."""
+        """The id of its failure's ``message.failed`` event and dead letter, stable across
+        crashes: ``<messageId>:failed``, after a re-drive ``<messageId>:failed:<re-drive time>``."""
         failed = f"{self.message_id}:{MessageStatus.FAILED}"
         return f"{failed}:{self.redriven_at:%Y%m%dT%H%M%S%f}" if self.redriven_at else failed
 
@@ -372,8 +351,7 @@ class MessageRecord:
 
     @property
     def claim(self) -> tuple[int, dt.datetime | None] | None:
-        """The claim that holds it while ``sending``: its attempt and lease (a claim taken over
-        once its lease ran out has others); None while it is not claimed."""
+        """The claim that holds it while ``sending``, (attempt, lease); None while unclaimed."""
         return (self.attempts, self.lease_until) if self.status is MessageStatus.SENDING else None
 
     def held_until(self, now: dt.datetime) -> dt.datetime | None:
@@ -393,7 +371,7 @@ class MessageRecord:
     @cached_property
     def connection(self) -> str:
         """The connection it is sent through: the one that claimed it, else its command's
-        ``Connection`` (``default``); read once per record (a changed record is a new object)."""
+        ``Connection`` (``default``)."""
         return self.sent_through or text_connection(self.command)
 
 
@@ -409,8 +387,7 @@ class RecipientSlot:
     upstream_recipient_id: str | None = None
     updated_at: dt.datetime | None = None
     etag: str | None = field(default=None, compare=False)
-    #: What the recipient showed (:func:`effective_status`) before its slot last moved (stored
-    #: as ``Moved`` = ``before>after``); None if not known (moved by an earlier release).
+    #: What the recipient showed before its slot last moved (``Moved``; None: not known).
     previous: RecipientStatus | None = None
 
     @property

@@ -1,9 +1,6 @@
 """The status table's writer: every write of a message record or recipient slot goes here.
-
-Records are written with an ETag compare-and-swap, and every status change goes through the
-transition table (:func:`~shared.messages.check_transition`): an arrow the table does not have
-raises :class:`~shared.messages.IllegalTransition`. Recipient slots only move forward by rank.
-"""
+Records are written with an ETag compare-and-swap, a status change only along the transition
+table (else :class:`~shared.messages.IllegalTransition`); recipient slots only move forward."""
 
 from __future__ import annotations
 
@@ -76,15 +73,13 @@ def _slot_merges(
     return merges
 
 
-#: What one transaction carries at most (the service refuses one past 4 MiB; room for its
-#: envelope), estimated by :func:`_group_bytes`.
+#: Most bytes per transaction (the service refuses past 4 MiB), as :func:`_group_bytes` counts.
 TRANSACTION_BYTES = 3 * 1024 * 1024
 
 
 def _group_bytes(ops: list[Any]) -> int:
-    """At most what ``ops`` weigh in a transaction's body: each entity as the SDK sends it,
-    ``json.dumps`` escaping all but ASCII (an "ä" is 6 bytes, an emoji 12, a quote in a
-    command 4), a type annotation per property not a string, and its part's headers."""
+    """An upper bound of what ``ops`` weigh in a transaction's body: entities as the SDK sends
+    them (all but ASCII escaped), a type annotation per non-string property, each part's headers."""
     return sum(
         1000
         + len(json.dumps(op[1], default=str))
@@ -94,10 +89,9 @@ def _group_bytes(ops: list[Any]) -> int:
 
 
 def _transaction_plan(groups: list[list[Any]]) -> list[list[int]]:
-    """Indexes of ``groups`` (each the operations of one message) packed into transactions:
-    one partition per transaction, at most 100 operations and :data:`TRANSACTION_BYTES`, a
-    group never split (a group larger than that is a transaction plan of its own, handled by
-    the caller)."""
+    """Indexes of ``groups`` (one message's operations each) packed into transactions of one
+    partition, at most 100 operations and :data:`TRANSACTION_BYTES`; a group is never split (one
+    larger than that stands alone, for the caller to handle)."""
     plan: list[list[int]] = []
     open_by_partition: dict[str, tuple[list[int], int, int]] = {}
     for index, ops in enumerate(groups):
@@ -179,11 +173,8 @@ class MessageStore:
 
     def create(self, record: MessageRecord, slots: list[RecipientSlot]) -> MessageRecord | None:
         """Store a new record with its slots; None if a record with that id already exists.
-
-        The record and the first 99 slots are one atomic transaction; slots beyond that follow
-        in further transactions (the sender re-writes them before sending, see
-        :meth:`ensure_slots`).
-        """
+        The record and its first 99 slots are one transaction; the rest follow
+        (:meth:`ensure_slots`, which the sender repeats before sending)."""
         from azure.data.tables import TableTransactionError
 
         record = self._kept(record)
@@ -200,9 +191,8 @@ class MessageStore:
         return replace(record, etag=str(results[0].get("etag")))
 
     def create_many(self, items: list[tuple[MessageRecord, list[RecipientSlot]]]) -> None:
-        """Store many new records with their slots, 100 rows a Table transaction where they
-        share a partition (bulk members); a member's rows are never split between two
-        transactions. Raises if any already exists (bulk member ids are new by construction)."""
+        """Store many new records with their slots, 100 rows a transaction where they share a
+        partition, a record's rows never split. Raises if any already exists."""
         from concurrent.futures import ThreadPoolExecutor
 
         batches = _transaction_batches(
@@ -250,11 +240,9 @@ class MessageStore:
         *,
         recipient_ids: Mapping[str, Mapping[int, str | None]] | None = None,
     ) -> list[MessageRecord | None]:
-        """:meth:`swap` for many records at once, in order: records that share a partition
-        (bulk members) go 100 rows a transaction, each record compare-and-swapped on its ETag
-        with its slots' upstream ids merged in the same transaction. A transaction that loses
-        a compare-and-swap (one record changed meanwhile, e.g. cancelled) is redone record by
-        record, so only the changed ones come back None."""
+        """:meth:`swap` for many records, in order: those sharing a partition go 100 rows a
+        transaction, with their slots' upstream ids; a transaction that loses a compare-and-swap
+        is redone record by record, so only the records changed meanwhile come back None."""
         from concurrent.futures import ThreadPoolExecutor
 
         from azure.core import MatchConditions
@@ -316,11 +304,9 @@ class MessageStore:
     def _answer_lost(
         self, operations: list[Any], records: list[MessageRecord]
     ) -> list[Mapping[str, Any]]:
-        """The results of a transaction whose answer was lost (a connection reset under it;
-        the SDK does not retry a POST). It landed whole or not at all, which its first record,
-        read again, tells: landed, each record's new ETag is read (a record changed by someone
-        else since is an error, as a lost race would be); not (yet), it is submitted once more,
-        and if that loses a compare-and-swap to the first one landing late, that is found too."""
+        """The results of a transaction whose answer was lost (the SDK does not retry a POST):
+        landed (its first record tells), each record's new ETag is read; not, it is submitted
+        again. Raises if a record was changed by someone else meanwhile."""
         from azure.data.tables import TableTransactionError
 
         first = records[0]
@@ -348,10 +334,8 @@ class MessageStore:
         return results
 
     def ensure_slots(self, slots: list[RecipientSlot]) -> None:
-        """Write the slots past a large message's first transaction (idempotent; the sender
-        again when it claims it, as :meth:`create` may not have finished them): who each is,
-        merged, never its status (delivery reports may have moved slots on by then; a slot
-        written here first reads as pending)."""
+        """Write the slots past a large message's first transaction (idempotent): who each is,
+        merged, never its status (reports may have moved it; one written here first is pending)."""
         from azure.data.tables import UpdateMode
 
         who = ("PartitionKey", "RowKey", "MessageId", "Index", "Address", "PartCount")
@@ -379,8 +363,7 @@ class MessageStore:
         return found
 
     def get(self, message_id: str) -> MessageRecord | None:
-        """The record, or None if there is none (none has an id no table key can be: a poison
-        command's, hand-written, asked for with ``/`` made Azurite answer 500)."""
+        """The record, or None if there is none (also for an id no table key can be)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         if safe_key(message_id) != message_id:
@@ -413,15 +396,11 @@ class MessageStore:
         _redrive: bool = False,
         **changes: Any,
     ) -> MessageRecord | None:
-        """Write ``record`` with ``changes`` if nobody changed it since it was read; a status
-        change must be an arrow of the transition table.
-
-        ``recipient_ids`` (index -> upstream recipient id) are merged into the slots in the same
-        transaction (the first 99; the rest right after). Slot *statuses* are not touched: a
-        slot still ``pending`` shows its message's status (see :func:`effective_status`), so a
-        delivery report that lands first is never overwritten. Returns the updated record (new
-        ETag), or None when the compare-and-swap lost.
-        """
+        """Write ``record`` with ``changes`` if nobody changed it since it was read (a status
+        change must be an arrow of the transition table): the updated record with its new ETag,
+        or None when the compare-and-swap lost. ``recipient_ids`` (index -> upstream id) are
+        merged into the slots in the same transaction (the first 99; the rest right after); slot
+        statuses are never touched, so a delivery report that lands first stands."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import TableTransactionError, UpdateMode
@@ -460,12 +439,11 @@ class MessageStore:
     def redrive(
         self, record: MessageRecord, *, now: dt.datetime, valid_until: dt.datetime
     ) -> MessageRecord | None:
-        """The one way back from a final state: a ``failed`` message is ``queued`` again, in one
-        write, with its attempts, failure, lease, backoff, wait, announcement, pack and claiming
-        connection cleared and the fresh validity ``valid_until``. A bulk member, and one that
-        failed ``outcome-unknown`` (which keeps ``maybe_sent``), also lose the pack key: they go
-        alone under their own RequestId. None when the compare-and-swap lost; IllegalTransition
-        unless failed."""
+        """The one way back from a final state: a ``failed`` message ``queued`` again in one
+        write, valid until ``valid_until``, its attempts, failure, lease, backoff, waits,
+        announcement, pack and connection cleared. A bulk member or one in doubt (keeping
+        ``maybe_sent`` and its connection) also loses its pack key: it goes alone under its own
+        RequestId. None when the compare-and-swap lost; IllegalTransition unless failed."""
         doubt = record.in_doubt
         alone = doubt or record.batch_id is not None
         return self.swap(
@@ -484,8 +462,7 @@ class MessageStore:
             pack_id=None,
             pack_key=None if alone else record.pack_key,
             maybe_sent=doubt,
-            # Claimed again by the connection claiming it then; in doubt, by the one that may
-            # have sent it (shared.outbound sends it on through that one).
+            # In doubt it goes on through the connection that may have sent it.
             sent_through=record.sent_through if doubt else None,
             redriven_at=now,  # a failure after it is a new one (MessageRecord.failed_id)
             updated_at=now,
@@ -509,11 +486,10 @@ class MessageStore:
         shown: MessageStatus | None = None,
         replaces: RecipientStatus | None = None,
     ) -> tuple[RecipientSlot, bool]:
-        """Move one slot forward to ``status`` (and learn its upstream recipient id if it has none
-        yet); (the slot now, whether it moved). Never moves a slot back. The move records what the
-        recipient showed before it (:attr:`RecipientSlot.previous`: the :func:`effective_status`
-        with its message's ``shown``, or ``replaces`` if given). A compare-and-swap on the slot's
-        ETag: a report landing in between makes it read and judge the slot again."""
+        """Move one slot forward to ``status``, never back, learning its upstream id if it has
+        none; (the slot now, whether it moved). Records what the recipient showed before
+        (:attr:`RecipientSlot.previous`: ``replaces``, else :func:`effective_status` with
+        ``shown``). A compare-and-swap on the slot's ETag, judged again after a lost race."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode

@@ -1,10 +1,7 @@
-"""One upstream attempt for a set of members, and what its outcome means.
-
-Every send path builds its call with :meth:`Upstream.prepare` before its quota grant, makes it
-through :meth:`Upstream.attempt` and gets one :data:`AttemptResult`: :class:`Sent` (a send's
-answer, or a 409 duplicate with evidence), :class:`Transient` (worth retrying, with upstream's
-advice) or :class:`Refused` (nothing sent; may name the recipient at fault).
-:func:`split_answer` is the one place a packed call's answer is shared out per member.
+"""One upstream attempt for a set of members, and what its outcome means: every send path builds
+its call with :meth:`Upstream.prepare` before its quota grant, makes it with
+:meth:`Upstream.attempt` and gets one :data:`AttemptResult` (:class:`Sent`, :class:`Transient` or
+:class:`Refused`). :func:`split_answer` is the one place a packed call's answer is shared out.
 See docs/sending.md, "Statuses and the sender" (the outcome table)."""
 
 from __future__ import annotations
@@ -64,8 +61,7 @@ __all__ = [
     "split_answer",
 ]
 
-#: How upstream names the recipient that made it refuse a whole send (the sandbox's wording;
-#: the real service's is unknown, so a refusal naming nobody is handled too).
+#: How the sandbox names the recipient a refusal is for (the real service's wording is unknown).
 _REJECTED_RECIPIENT = re.compile(r"recipient rejected:\s*(\S+)", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
@@ -94,11 +90,8 @@ class Sent:
 
     def answers_another(self, addresses: Iterable[str]) -> bool:
         """Whether this is a 409's original answer for another message than one to
-        ``addresses``: it lists recipients, none of them one of these numbers (as upstream may
-        write one: :func:`_listed`). SmartDialog remembers a RequestId per account, while our
-        ids are per customer: another customer of the connection may have used the caller's
-        RequestId first. One of ours missing proves nothing: upstream may list a repeated
-        number once, or leave out a recipient it would not send to (our own retry's 409)."""
+        ``addresses``: it lists recipients, none of them one of these numbers (:func:`_listed`);
+        one of ours missing proves nothing (a repeated number listed once, one left out)."""
         listed = {k for r in answer_recipients(self.body) for k in _listed(r)}
         return self.duplicate and bool(listed) and not listed & {address_key(a) for a in addresses}
 
@@ -118,10 +111,9 @@ def kept_id(found: object) -> str | None:
 
 
 def kept(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What a record keeps of upstream's answer ``body``: its MessageId (:func:`kept_id`) and
-    the answer as JSON, whole, or when longer than :data:`~shared.messages.RESULT_CHARS`
-    without its recipients (their ids are in the slots), keeping its first :data:`KEPT_FIELDS`
-    fields whose name and value are no longer than an id may be."""
+    """What a record keeps of upstream's answer ``body``: its MessageId (:func:`kept_id`) and the
+    answer as JSON, whole, or past :data:`~shared.messages.RESULT_CHARS` without recipients, only
+    its first :data:`KEPT_FIELDS` fields whose name and value are as short as an id."""
     text = json.dumps(body, ensure_ascii=False)
     if utf16_units(text) > RESULT_CHARS:
         log.warning("an answer of %d characters kept without its recipients", len(text))
@@ -223,11 +215,9 @@ class Upstream:
         self.unready: Exception | None = None
 
     def ready(self) -> Exception | None:
-        """A valid token in hand before the caller takes its grant (fetched now at a cold start or a
-        renewal, bounded by the send timeout on its own), so neither the fetch nor the quota wait
-        ages the grant or eats into the call's deadline. None, or why no token could be had
-        (``CredentialsError``, ``IdentityProviderError``): nothing sent, no slot taken, no attempt
-        counted (:func:`shared.outbound._routing.token_wait`)."""
+        """A valid token in hand before the caller takes its grant (a fetch bounded by the send
+        timeout on its own, so it never ages the grant): None, or why none could be had, nothing
+        sent, no slot taken (:func:`~shared.outbound._setting_waits.token_wait`)."""
         from shared.smartdialog import SmartDialogError
 
         try:
@@ -245,12 +235,10 @@ class Upstream:
         request_id: str | None = None,
         report_id: str | None = None,
     ) -> Call:
-        """The call of ``commands`` as it is to leave, built *before* its grant is taken
-        (:meth:`attempt` then only sends it): one command as it is, or, with ``request_id``, a
-        pack's (:func:`packed_command`, the first its leader). Its numbers are in E.164 and
-        ``DlrUrl`` is *our* token-bearing URL (for ``report_id`` or the message), put in only here;
-        the envelope's own fields never reach upstream. See docs/sending.md, "Then: grants no longer
-        age while the call is built"."""
+        """The call of ``commands`` as it is to leave, built *before* its grant is taken: one
+        command, or with ``request_id`` a pack's (:func:`packed_command`, the first its leader).
+        Its numbers are in E.164 and ``DlrUrl`` is *our* token-bearing URL (for ``report_id`` or
+        the message), put in only here; the envelope's own fields never reach upstream."""
         from shared.outbound._records import with_delivery_report_url
 
         command = commands[0]
@@ -268,14 +256,11 @@ class Upstream:
         links: Sequence[str | None] = (),
         repeat: bool = False,
     ) -> AttemptResult:
-        """One upstream call with ``grant`` (the token in hand: :meth:`ready`; the call built:
-        :meth:`prepare`), in a client span linked to ``links`` (a packed call's members' traces),
-        within the send timeout from here. Raises :class:`StaleGrant` (nothing sent) if the grant
-        went stale before the request left, also when the deadline passed first.
-
-        ``repeat``: an earlier attempt with this RequestId may have reached upstream, so a 409
-        naming no recipient is its duplicate (``Sent``, ``duplicate``); a pack's caller does not
-        pass it (a member's doubt may be of another pack's RequestId)."""
+        """One upstream call with ``grant`` (after :meth:`ready` and :meth:`prepare`), in a client
+        span linked to ``links``, within the send timeout from here. Raises :class:`StaleGrant`
+        (nothing sent) if the grant went stale before the request left. ``repeat``: an earlier
+        attempt with this RequestId may have reached upstream, so a 409 naming no recipient is
+        its duplicate (not for a pack: a member's doubt may be of another pack's RequestId)."""
         from shared.quota import QuotaExceeded
         from shared.smartdialog import SmartDialogError
 
@@ -361,10 +346,8 @@ def _describe(span: Span, result: AttemptResult) -> None:
 
 
 def _answered(body: dict[str, Any]) -> AttemptResult:
-    """A 2xx answer is evidence the send went out only as a send's answer (the Swagger's: its
-    MessageId or recipients; one carrying an error the client raised on already). Any other
-    (``{}``; an empty, HTML or cut-off body is the client's APIResponseValidationError) may come
-    from a proxy that never passed the call on, or from SmartDialog: :func:`_unproven`."""
+    """A 2xx answer proves a send only as a send's answer (its MessageId or recipients); any
+    other may come from a proxy that never passed the call on: :func:`_unproven`."""
     if answer_message_id(body) or answer_recipients(body):
         return Sent(body)
     return _unproven("the 2xx answer names no MessageId and no recipients")
@@ -475,12 +458,10 @@ def split_answer(
     duplicate: bool,
     estimates: Mapping[str, int] | None = None,
 ) -> SplitAnswer:
-    """Share ``body`` out among ``members`` ((message id, addresses)) by number
-    (:func:`address_key`, as upstream may write one: :func:`_listed`): each of upstream's recipients
-    goes to the next listing of its number in membership order; an answer without recipients is
-    every member's whole answer. A member's ``MessagePartCount`` is its own ``estimates`` entry when
-    that is less and another member's reaches upstream's count; else upstream's. See
-    docs/sending.md, "Packing and bulk sends" ("Answer")."""
+    """Share ``body`` out among ``members`` ((message id, addresses)) by number (:func:`placed`);
+    an answer without recipients is every member's whole answer. A member's ``MessagePartCount``
+    is its own ``estimates`` entry when that is less and another member's reaches upstream's.
+    See docs/sending.md, "Packing and bulk sends" ("Answer")."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
     raw = answer_recipients(body)
     flat = [
@@ -517,10 +498,9 @@ def split_answer(
 def placed(
     body: Mapping[str, Any], addresses: Sequence[str], *, in_order: bool = True
 ) -> dict[int, dict[str, Any]]:
-    """Upstream's recipients in its answer ``body`` put on ours, ``addresses`` (in order), by number
-    (:func:`address_key`, :func:`_listed`), never by position: each goes to the next listing of its
-    number (our position -> upstream's recipient); unmatched ones on either side are left. An answer
-    naming no number at all and listing as many as ours is put on them in order when ``in_order``
+    """Upstream's recipients in its answer ``body`` put on ours, ``addresses``, by number
+    (:func:`_listed`): our position -> the next of its recipients with that number; unmatched
+    ones are left. An answer naming no number and as long as ours goes by position if ``in_order``
     (never a pack's 409, whose original call may have had other members)."""
     listings: dict[str, list[int]] = {}
     for position, address in enumerate(addresses):

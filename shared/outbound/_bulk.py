@@ -60,13 +60,11 @@ log = logging.getLogger("shared.outbound.bulk")
 
 #: Most recipients of one bulk request.
 MAX_BULK_RECIPIENTS = 10_000
-#: A batch ``accepting`` this long with every member recorded gets its drivers again from a
-#: status poll (its request died between its members and its drivers, or could not mark it).
+#: A batch ``accepting`` this long with every member recorded gets its drivers from a poll.
 STUCK_ACCEPTING_AFTER = dt.timedelta(seconds=30)
 #: A batch's status is worth polling about this often (a pack goes in about a second).
 BATCH_POLL_SECONDS = 5
-#: A batch still ``accepting`` this long with members missing is ``incomplete``: its request is
-#: surely over (HTTP functions time out after 230 s), not merely slow.
+#: A batch ``accepting`` this long with members missing is ``incomplete`` (HTTP ends at 230 s).
 INCOMPLETE_AFTER = dt.timedelta(minutes=5)
 _OPTED_OUT = "This recipient opted out of service %s."
 #: Storage threads of one request: the SDK's pool keeps 10 connections per client.

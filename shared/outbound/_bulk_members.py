@@ -23,9 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_ROW", "BulkRecipient", "Members", "bulk_fingerprint", "bulk_members"]
 
-#: The last row a member may have: its id carries the row on 5 or 6 digits, the shape
-#: :func:`shared.messages.message_keys` stores in the batch's partitions (a CSV line number
-#: can pass it: a quoted field's line breaks count).
+#: The last row a member id carries (:func:`~shared.messages.message_keys`); CSV lines may pass it.
 MAX_ROW = 999_999
 
 #: Member records with their recipient slots, in row order.

@@ -49,10 +49,7 @@ __all__ = [
 ]
 
 MAX_RECIPIENTS = 1000
-#: The longest Content, placeholder value, and Content with a recipient's values filled in, in
-#: characters: WhatsApp's limit for a text. As an SMS that is 27 GSM-7 parts or 62 UCS-2 parts,
-#: well within the 255 parts a concatenated SMS can have. Checked when a send is accepted only:
-#: a command an older release queued with a longer text is still sent.
+#: The longest Content, placeholder value and filled-in Content (WhatsApp's), checked at accept.
 MAX_CONTENT_CHARS = 4096
 
 
@@ -118,8 +115,7 @@ MessageIdPath = Annotated[
 
 
 def _no_control(value: str | None) -> str | None:
-    """A RequestId without control characters: one stood for a separator where keys are told
-    apart (found in review: a RequestId ``bulk\nK`` took a bulk send's Idempotency-Key K)."""
+    """A RequestId without control characters, which could pose as separators in stored keys."""
     if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError("must not contain a control character (a line break, a tab)")
     return value
@@ -345,8 +341,7 @@ class TemplateButtonIn(StrictBody):
     )
 
 
-#: A template's placeholder values; each item titled as in the certified connector (the label
-#: the flow designer shows for it).
+#: A template's placeholder value, titled as the certified connector's (the designer shows it).
 BodyParameter = Annotated[
     NonEmptyStr,
     labelled("Template Body Parameters", "A value for the template body's next placeholder.", ...),

@@ -1,8 +1,7 @@
 """What a send path does with an attempt's outcome: record it, announce it, requeue, dead-letter.
-
-One home for every path: the retry policy (:func:`shared.smartdialog.backoff_delay`), when to
-give up, the records' final writes and their side effects. A final record's event and dead letter
-go out before the record is marked ``announced`` (see docs/architecture.md, "Crash windows")."""
+One home for every path's retry policy, giving up, final writes and their side effects: a final
+record's event and dead letter go out before it is marked ``announced`` (see docs/architecture.md,
+"Crash windows")."""
 
 from __future__ import annotations
 
@@ -77,13 +76,11 @@ log = logging.getLogger("shared.outbound.sender")
 #: Sends waiting for a fix (a setting, credentials, routing): one line a minute per reason.
 held = HeldSends(log)
 
-#: A copy that arrives this little before its record's ``next_attempt_at`` goes on (queue
-#: visibility and our clock need not agree to the millisecond); an earlier one is deferred.
+#: A copy this little early for its ``next_attempt_at`` goes on (queue and clock may disagree).
 BACKOFF_TOLERANCE_SECONDS = 0.5
 #: A message whose quota grant went stale twice before its call comes back this soon.
 STALE_GRANT_RETRY_SECONDS = 1.0
-#: While a setting a send needs is broken, a message comes back this often (or at its validity's
-#: end, if sooner), as while the settings do not validate at all (shared.unconfigured).
+#: How often a message comes back while a setting it needs is broken (as shared.unconfigured).
 CONFIGURATION_RECHECK_SECONDS = float(RECHECK_SECONDS)
 #: Queue visibility: the service allows up to 7 days; a copy is made visible strictly before.
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600 - 1
@@ -217,10 +214,9 @@ class Outcomes:
     def expired(
         self, record: MessageRecord, last: FailureInfo | None = None, waiting: str | None = None
     ) -> FailureInfo:
-        """An unclaimed message's expiry (``outcome-unknown`` if still ``sending``: its worker's
-        lease ran out, perhaps mid-call), saying what it was ``waiting`` for (default: what
-        holds its connection's sends now, :meth:`holding`) and quoting its ``last`` error
-        (:func:`~shared.outbound._giving_up.expired`)."""
+        """An unclaimed message's expiry (``outcome-unknown`` if it may have reached upstream),
+        saying what it was ``waiting`` for (default: :meth:`holding`) and quoting its ``last``
+        error (:func:`~shared.outbound._giving_up.expired`)."""
         waiting = waiting or self.holding()
         return expired(record, last, maybe_sent=record.may_have_reached, waiting=waiting)
 
@@ -236,11 +232,10 @@ class Outcomes:
     def misconfigured(self, what: str, until: dt.datetime, problem: str = "",
                       reason: str = "settings", advice: str = "see /api/health",
                       ) -> float | None:  # fmt: skip
-        """None when the settings a send needs are fine and no ``problem`` (refused credentials:
-        the ``reason``, with what to do, ``advice``) is given; else when ``what`` (a message or
-        pack, unclaimed, no slot taken) comes back to check again, until fixed or expired. Logs
-        it at DEBUG, and a warning once a minute (:class:`HeldSends`) naming the settings (or
-        the problem), never their values."""
+        """None when the settings a send needs are fine and no ``problem`` (with its ``reason``
+        and ``advice``) is given; else in how many seconds ``what`` (unclaimed, no slot taken)
+        checks again, never past ``until``. Logs it, a warning a minute (:class:`HeldSends`)
+        naming the settings or the problem, never their values."""
         if not (problem := problem or self.ports.policy.unconfigured):
             return None
         left = (until - self.ports.now()).total_seconds()
@@ -272,11 +267,10 @@ class Outcomes:
 
     def sent(self, record: MessageRecord, body: Mapping[str, Any], addresses: Sequence[str], *,
              duplicate: bool, **flag: bool) -> SendOutcome:  # fmt: skip
-        """Record a claimed message to ``addresses`` as sent (slots get upstream's ids by number:
-        :func:`recipient_ids`), then announce it; another's final state stands (over a newer
-        claim too, from a call that outlived its own: sent is true and final).
-        ``announced=True`` (a pack member): flagged in the same write, then its event sent, also
-        when another run recorded it (it may have stopped)."""
+        """Record a claimed message to ``addresses`` sent (slots get upstream's ids:
+        :func:`recipient_ids`), also over a newer claim (sent is true and final), then announce
+        it; another's final state stands. ``announced=True`` (a pack member): flagged in the same
+        write, then its event sent, also when another run recorded it."""
         changes = sent_changes(record, body, duplicate=duplicate, now=self.ports.now())
         sending, ids = MessageStatus.SENDING, recipient_ids(body, addresses)
         done = self.swap_until(record, lambda r: r.status is sending, recipient_ids=ids,
@@ -463,10 +457,9 @@ class Outcomes:
     def requeue(
         self, command: OutboundMessage, attempts: int, delay: float, kind: OutcomeKind, reason: str
     ) -> SendOutcome:
-        """Put a copy of the message back with a visibility delay; the host then deletes the
-        original when we return (a crash in between leaves a duplicate, which is harmless). A
-        RequestId ``normalize`` filled in is left out: read back, it is filled (and marked ours,
-        so packable) again, as ec7daff fills it too; the fingerprint is the same."""
+        """Put a copy of the message back with a visibility delay (the host deletes the original
+        when we return; a crash in between leaves a harmless duplicate). A RequestId
+        ``normalize`` filled in is left out, filled again when read back (same fingerprint)."""
         assert command.messageId is not None
         deferrals = command.deferrals + (kind is OutcomeKind.DEFERRED)
         update: dict[str, Any] = {"attempts": attempts, "deferrals": deferrals}
@@ -569,9 +562,8 @@ class Outcomes:
         return not record.fingerprint or is_recorded_as(record, command)
 
     def settle_poisoned(self, command: OutboundMessage) -> bool | None:
-        """Fail the message of ``command``, a send the host moved to the poison queue, so it does
-        not stay ``queued`` for ever (:func:`poisoned`): True once failed and announced (its
-        letter holds the command); False with no record, one sent or cancelled, or another's
+        """Fail the message of ``command``, which the host moved to the poison queue: True once
+        failed and announced; False with no record, one sent or cancelled, or another's
         (:meth:`owns`); None while a worker's claim is live, or if it ended meanwhile."""
         record = self.ports.store.get(command.messageId or "")
         if record is None or not self.owns(record, command):

@@ -60,8 +60,7 @@ PACK_MEMBER_RECHECK_SECONDS = 10.0
 #: message that found another leader comes back (usually packed by then).
 LEAD_SECONDS = 15.0
 LEAD_RECHECK_SECONDS = 10.0
-#: While the quota is full, a message that found another leader looks again this often in the
-#: invocation, up to the in-process quota wait (``IndexPacks.lead``).
+#: While the quota is full, how often a message that found another leader looks again here.
 LEAD_POLL_SECONDS = 0.2
 #: A sweep's limits per invocation (docs/sending.md, "Sweep"): packs, seconds, lanes walked.
 SWEEP_PACKS = 20
@@ -84,10 +83,9 @@ class IndexPacks:
     def lead(
         self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
     ) -> SendOutcome | None:
-        """Before a never-attempted packable message is claimed: take its key's leader lease,
-        or come back shortly (deferred) while another message leads a pack of that key (while
-        the quota is full, after waiting here for that lease first: :meth:`_await_lead`). Only
-        the leader reads the index and claims candidates, so workers do not race on them."""
+        """Before a never-attempted packable message is claimed: take its key's leader lease
+        (None), or come back shortly (deferred) while another message leads a pack of that key
+        (while the quota is full, after waiting here for the lease: :meth:`_await_lead`)."""
         key = record.pack_key
         if key is None or record.message_id in self._leading:
             return None
@@ -102,11 +100,9 @@ class IndexPacks:
         return self.outcomes.requeue(command, record.attempts, delay, OutcomeKind.DEFERRED, "lead")
 
     def _await_lead(self, key: str, wait: float) -> tuple[str | None, float]:
-        """Wait here, up to the in-process quota wait, for the key's leader to give its lease
-        up (held while it forms its pack). While the quota is full its sweep stops there, so
-        messages it could not pack (one address twice) lead themselves, slot by slot: back in
-        :data:`LEAD_RECHECK_SECONDS`, they would leave the slots that free meanwhile unused.
-        ``wait``: the lease's time left as first found (kept if no look fits the wait)."""
+        """Wait here, up to the in-process quota wait, for the key's leader to give its lease up,
+        so slots that free meanwhile are used; (ETag or None, the lease's time left: ``wait``
+        as first found, if no look fits the wait)."""
         etag: str | None = None
         for _ in range(int(self.ports.policy.quota_wait / LEAD_POLL_SECONDS + 1e-9)):
             self.ports.clock.sleep(LEAD_POLL_SECONDS)
@@ -124,10 +120,9 @@ class IndexPacks:
         report: bool = False,
     ) -> tuple[MessageRecord, OutboundMessage] | None:
         """After ``led`` led a pack (or a lane's trigger came): lead further packs of its key
-        (``lead``: the sender's path for a recorded message) while messages that were never
-        attempted wait in its index or lanes. A message that cannot lead now (claimed, backing
-        off, deferred: its copy is back on the queue) ends the sweep. With ``report``, the
-        next message that still waits when the sweep stopped for the quota or its limits."""
+        (``lead``: the sender's path) while never-attempted messages wait in its index or lanes,
+        until one cannot lead now. With ``report``, the next message still waiting when the
+        sweep stopped for the quota or its limits."""
         ends = monotonic() + SWEEP_SECONDS
         for _ in range(SWEEP_PACKS):
             if monotonic() > ends or self.ports.quota_wait.hint() > 0:
@@ -186,11 +181,9 @@ class IndexPacks:
     def turn(
         self, record: MessageRecord, command: OutboundMessage, now: dt.datetime
     ) -> tuple[SendOutcome | None, MessageRecord]:
-        """For a message that belongs to a pack: whether this copy may retry the pack now.
-
-        Only the pack's first non-final member retries it, and not before the pack's backoff ends. A
-        pack never recorded never reached upstream: the message leaves it, its claim handed back
-        uncounted, to pack again (called only once that claim's lease is over)."""
+        """For a message in a pack: whether this copy may retry it now (only its first non-final
+        member, after its backoff). A pack never recorded never reached upstream: the message
+        leaves it, its claim handed back uncounted (called only once that lease is over)."""
         assert record.pack_id is not None
         pack = self.ports.packs.get(record.pack_id)
         if pack is None:
@@ -240,10 +233,10 @@ class IndexPacks:
 
         lane = message_keys(leader.message_id)[0] if in_lane(leader.message_id) else None
         own_row = "" if lane else index_row_key(leader)
-        if lane:  # lanes are their own index: the queued records of the leader's minute's lane,
-            waiting: list[MessageRecord] = []  # the one before, and the next once it opened (by
-            accepted = lane_time(leader.message_id) or leader.created_at  # this clock, or the
-            opened = max(accepted, self.ports.now())  # leader's if ahead), oldest first
+        if lane:  # lanes are their own index: the leader's minute's, the one before, the next
+            waiting: list[MessageRecord] = []  # once it opened (by this clock, or the leader's)
+            accepted = lane_time(leader.message_id) or leader.created_at
+            opened = max(accepted, self.ports.now())
             for at in (accepted + dt.timedelta(minutes=shift) for shift in (-1, 0, 1)):
                 if (room := limit + 64 - len(waiting)) and lane_opens(at) <= opened:
                     waiting += self.ports.store.lane_queued(lane_partition(key, at), room)
@@ -376,9 +369,8 @@ class IndexPacks:
 
     def release(self, records: Sequence[MessageRecord], keep_pack: bool, **changes: Any) -> None:
         """Hand claimed members back (no call made): queued, the attempt not counted, with
-        :meth:`release_one`'s ``changes``; out of their pack (packable again) unless
-        ``keep_pack``. Lane members go 100 a transaction (a pack handed back after a stale grant
-        has hundreds); one changed since then goes back on its own."""
+        ``changes``, out of their pack (packable again) unless ``keep_pack``. Lane members go
+        100 a transaction; one changed since goes back on its own."""
         laned = [r for r in records if in_lane(r.message_id)]
         back = [(r, self._back(r, MessageStatus.QUEUED, keep_pack, **changes)) for r in laned]
         try:  # a lost answer (or a storage error): each goes back on its own, read again
@@ -429,10 +421,8 @@ class IndexPacks:
         return outcome
 
     def _sent(self, pack: Pack, members: Members, sent: Sent) -> SendOutcome:
-        """Record each member as sent with its own share of upstream's answer; the pack keeps
-        the recipient ids for delivery reports. On a duplicate whose original lacks a member
-        (it was not in the first attempt that got through), that member was not sent: it is
-        handed back."""
+        """Record each member sent with its share of upstream's answer (the pack keeps the
+        recipient ids for delivery reports); one a duplicate's original lacks is handed back."""
         addresses = {m.message_id: m.addresses for m in pack.members}
         listed = [(r.message_id, addresses.get(r.message_id, ())) for r, _ in members]
         estimates = {r.message_id: r.part_count for r, _ in members}
@@ -536,11 +526,10 @@ class IndexPacks:
         )
 
     def _rejected(self, pack: Pack, members: Members, refused: Refused) -> SendOutcome:
-        """Upstream refused the whole call (nothing was sent). The member it names fails alone
-        and the others go back to the queue for a new pack (new membership, new RequestId).
-        Naming none: one about the request (not a 400 or 413) fails every member at once, as a
-        bulk pack's does; a 400 or 413 sends each alone from now on, at once (a lane member's own
-        message may be a backstop), unless an attempt may have gone through (all fail)."""
+        """Upstream refused the whole call (nothing sent). The member it names fails; the others
+        go back for a new pack (new RequestId). Naming none: a refusal of the request fails every
+        member; a 400 or 413 sends each alone from now on, unless an attempt may have gone
+        through (all fail)."""
         leader, command = members[0]
         blamed = refused.blamed({r.message_id: command_addresses(c) for r, c in members})
         offenders, doubt = blamed, any(r.maybe_sent for r, _ in members)

@@ -50,19 +50,14 @@ class SendPolicy:
     retry_max: float
     lease: dt.timedelta
     quota_wait: float
-    #: The longest an upstream call may still take once it starts (the send timeout, which
-    #: the client keeps as one deadline for the whole attempt, plus the lease margin for clock
-    #: skew): a claim must have this much left when the call starts.
+    #: The most a call may take once started (timeout + lease margin): a claim needs this left.
     call_seconds: float
     customer_id: str | None
     service_id: str | None
     pack_max_recipients: int
     #: How long after its accept a lane member's backstop copy comes (0: every copy at once).
     lane_backstop: dt.timedelta
-    #: The settings a send needs that are broken (names only, never values): no credentials (the
-    #: default connection's), callback secrets, the public URL, an error of the connections as
-    #: a whole (:func:`shared.connections.routing_errors`). While any is, messages are
-    #: deferred, not sent (see :func:`shared.health.settings_errors`).
+    #: The broken settings a send needs (names only): while any is, sends are deferred.
     broken_settings: tuple[str, ...] = ()
     #: The connection (SmartDialog account) these ports send through.
     connection: str = DEFAULT_CONNECTION
@@ -124,10 +119,9 @@ def held_settings(connection: str | None, settings: Settings) -> tuple[Settings,
 def routed_by_claim(
     message: OutboundMessage | PackDriver, store: MessageStore
 ) -> OutboundMessage | PackDriver:
-    """``message`` routed as the connection claiming its customer sends it (a claim, as in
-    :func:`with_claimed_connection`) unless the claim moves a recorded send that an attempt
-    through another connection may have sent: that goes on through that one, whose account
-    alone knows its RequestId (one record read, only when a claim re-routes a command)."""
+    """``message`` routed to the connection claiming its customer, unless that moves a recorded
+    send an attempt through another connection may have sent: that goes on through that one,
+    whose account alone knows its RequestId (a record read only when a claim re-routes)."""
     from shared.connections import is_default
     from shared.outbound._models import PackDriver, with_claimed_connection
 
@@ -143,9 +137,8 @@ def routed_by_claim(
 
 def record_held(record: MessageRecord, settings: Settings) -> bool:
     """Whether a broken setting holds ``record``'s sends now (:func:`held_settings`) on the
-    connection its sender routes its command through: the one an attempt may have sent it
-    through, else the one it names, else the one claiming its customer now (not the record's,
-    which a claim moved since); while those claims are uncertain, every send is held."""
+    connection its sender routes it through (:func:`routed_by_claim`); while the claims are
+    uncertain, every send is held."""
     from shared.connections import ConnectionNotConfigured
     from shared.outbound._models import parse_outbound_message, with_claimed_connection
 
@@ -186,10 +179,9 @@ class SendPorts:
 
 @lru_cache(maxsize=32)
 def send_ports(settings: Settings) -> SendPorts:
-    """The composition root: the ports of ``settings``, built once per settings object (so the
-    HTTP connection pool and the quota store are shared by invocations and threads); a named
-    connection's settings are their own object, so each connection has its own client, token
-    cache and quota."""
+    """The composition root: the ports of ``settings``, built once per settings object (shared
+    by invocations and threads); each connection's settings are their own object, so each
+    connection has its own client, token cache and quota."""
     import httpx
 
     from shared import clock

@@ -1,8 +1,7 @@
-"""Taking a quota slot for a send: wait here for one that frees within a second, else defer.
-
-A denial is noted, so this process defers further messages without touching storage until the
-hint runs out (a hint can only defer a call, never admit one). See docs/sending.md, "Statuses and
-the sender" (step 4) and "Packing and bulk sends" (timing)."""
+"""Taking a quota slot for a send: wait here for one that frees within a second, else defer. A
+denial is noted: this process defers further messages without touching storage until the hint
+runs out (a hint only defers a call, never admits one). See docs/sending.md, "Statuses and the
+sender" (step 4) and "Packing and bulk sends" (timing)."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ __all__ = [
 
 #: Random extra of an in-process quota wait, so waiting workers do not all retry at once.
 QUOTA_WAIT_JITTER = 0.02
-#: How far apart two readings of the quota's time for one slot may be: a denial's slot times
-#: and the time until the first, told from a clock read a moment before this process's.
+#: How far two readings of one slot's time may differ (a denial's clock is read before ours).
 SLOT_TIME_SKEW = 0.05
 
 
@@ -65,11 +63,9 @@ class QuotaWait:
 
     def until_due(self, record: MessageRecord) -> float:
         """Seconds until ``record``'s send is due as this process knows (a status poll's
-        estimate; <= 0: no wait known). The slot it was sent away for, or a bulk member's pack
-        driver's: nothing sends either before it comes back. A send that may share a call:
-        its key's slot only while a new send of the key would be sent away for it too (the
-        first slot more than the longest wait here off): nearer, a new one may take a slot at
-        once and pack it. Else the first slot this process was told of (the hint)."""
+        estimate; <= 0: no wait known): the slot it (or its bulk pack's driver) was sent away
+        for; a packable send's key's slot only while the hint is past the longest wait here
+        (nearer, a new send of the key may take a slot and pack it); else the hint."""
         if record.batch_id is not None and record.pack_id is not None:
             holder, own = slot_holder(None, record.pack_id), True
         else:
@@ -94,14 +90,11 @@ class QuotaWait:
 
     def come_back_in(self, wait: float | QuotaDenied | None, holder: str) -> float:
         """The queue delay of a message (or a bulk pack's driver) deferred for the quota: ``wait``
-        the denial it got, or the seconds until a slot frees as this process was told (None: the
-        hint now); ``holder`` its :func:`slot_holder`.
-
-        Each comes back for a slot of its own, the first to free that no other message this process
-        sent away holds (the last one told if all are held), up to the longest in-process wait
-        early; one pack key's messages share a slot. A message keeps its slot until it takes one
-        (:meth:`take`), ends without one (:meth:`ended`), or the slot's time has passed. See
-        docs/sending.md, "Packing and bulk sends" (timing)."""
+        the denial it got, or the seconds until a slot frees (None: the hint now); ``holder`` its
+        :func:`slot_holder`. It comes back up to the longest in-process wait before a slot of its
+        own, the first to free that no other holder here holds, kept until it takes one
+        (:meth:`take`), ends (:meth:`ended`) or the slot's time passes. See docs/sending.md,
+        "Packing and bulk sends" (timing)."""
         from shared.quota import DenialReason, QuotaDenied
 
         if isinstance(wait, QuotaDenied):

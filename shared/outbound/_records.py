@@ -420,9 +420,8 @@ def repeats_rule_send(recorded: str, command: OutboundMessage) -> bool:
     return len(addresses) == 1 and command.messageId == origin.message_id(addresses[0])
 
 
-#: How long before its record was made a send's recipients may have been checked against the
-#: opt-outs (a send action's checks, a bulk upload's rows), plus any skew between our clock and
-#: the storage's ``Timestamp``: :func:`opted_out` reads the suppressions written since.
+#: How long before its record a send's recipients may have been checked against the opt-outs,
+#: plus clock skew with storage: :func:`opted_out` reads the suppressions written since.
 CHECKED_MARGIN = dt.timedelta(minutes=10)
 
 

@@ -81,8 +81,7 @@ __all__ = [
 
 log = logging.getLogger("shared.outbound.service")
 
-#: A previous release's record still ``accepted`` this long lost its enqueue to a crash: the
-#: next status poll or re-POST enqueues it (a bulk member: its pack's driver).
+#: An old release's record ``accepted`` this long lost its enqueue: a poll or re-POST enqueues it.
 STUCK_ACCEPTED_AFTER = dt.timedelta(seconds=30)
 #: An older release's copies expired this long after their put (the queue's default TTL).
 COPY_DROPPED_AFTER = dt.timedelta(days=7)

@@ -27,11 +27,9 @@ log = logging.getLogger("shared.outbound.sender")
 
 
 class Wait(NamedTuple):
-    """A claim handed back to wait (:func:`token_wait`, :func:`quota_store_wait`): nothing sent,
-    no attempt counted. Its copy comes back in ``delay`` s, at ``due``, which the hand-back
-    records as its ``waits_until`` so its status tells a poller when (only that: once the wait
-    is over, a copy or a pack may send it sooner); ``reason`` the deferral's; ``error`` the
-    records' ``LastError`` meanwhile (none: unchanged)."""
+    """A claim handed back to wait: nothing sent, no attempt counted. Its copy comes back in
+    ``delay`` s, at ``due`` (recorded as ``waits_until``, for its status only); ``reason`` the
+    deferral's; ``error`` the records' ``LastError`` meanwhile (None: unchanged)."""
 
     delay: float
     reason: str
@@ -43,13 +41,10 @@ def token_wait(
     outcomes: Outcomes, message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]
 ) -> Wait | None:
     """Has the token of the call of ``message`` (its claimed ``records``) in hand before the
-    caller takes its grant (:meth:`Upstream.ready <shared.outbound._attempt.Upstream.ready>`):
-    None, or, when none could be had, how long the call waits and why. Nothing was sent and no
-    slot taken: a deferral, not an attempt, never past the records' validity (they then fail
-    ``expired``, with their events). Refused (or missing) credentials are a broken setting,
-    checked again as :meth:`Outcomes.misconfigured <shared.outbound._outcomes.Outcomes.
-    misconfigured>` does; an identity provider that failed (unreachable, timed out) is tried
-    again after the retry policy's backoff over the send's deferrals so far."""
+    caller takes its grant (:meth:`~shared.outbound._attempt.Upstream.ready`): None, or how long
+    the call waits and why, a deferral never past the records' validity. Refused or missing
+    credentials wait as a broken setting (:meth:`Outcomes.misconfigured`); a failed identity
+    provider is tried again after the backoff over the send's deferrals so far."""
     from shared.connections import credentials_refused
     from shared.smartdialog import CredentialsError, backoff_delay
 
@@ -76,12 +71,10 @@ def quota_store_wait(
     records: Sequence[MessageRecord],
     failed: BaseException,
 ) -> Wait | None:
-    """A lasting quota-store error (``QuotaStoreError.lasting``: a quota table missing that the
-    app may not create, a damaged quota log) met taking the slot of the call of ``message``
-    (its claimed ``records``): waited out as refused credentials are (:func:`token_wait`), until
-    an administrator acts or the records' validity ends, nothing sent and no attempt counted,
-    the records' ``LastError`` saying why (``configuration``). None for any other error (our
-    storage failing for now: the host retries the queue message)."""
+    """A lasting quota-store error (``QuotaStoreError.lasting``) met taking the slot of the call
+    of ``message`` (its claimed ``records``): waited out as refused credentials are
+    (:func:`token_wait`), the records' ``LastError`` saying why (``configuration``). None for any
+    other error (our storage failing for now: the host retries the queue message)."""
     from shared.quota import QuotaStoreError
 
     if not isinstance(failed, QuotaStoreError) or not failed.lasting:

@@ -227,8 +227,7 @@ def _service(settings: Settings) -> BulkService:
     return BulkService(settings)
 
 
-#: Delimiters a spreadsheet's CSV export uses: ',' (most locales), ';' (Excel where the decimal
-#: separator is a comma, e.g. Finnish), tab.
+#: Delimiters of spreadsheets' CSV exports: ',', ';' (Excel with a decimal comma), tab.
 CSV_DELIMITERS = ",;\t"
 
 
