@@ -12,12 +12,14 @@ import pytest
 
 from shared import names
 from shared.callback_urls import delivery_report_url
-from shared.inbound import DELIVERY_REPORTED, parse_report
+from shared.inbound import DELIVERY_REPORTED, DispatchOutcome, _dispatch, parse_report
+from shared.inbound._dlr_forward import DlrForwarder
 from shared.messages import RecipientStatus
 from shared.outbound import parse_outbound_message
 from shared.outbound._records import with_delivery_report_url
 from shared.settings import get_settings
 from shared.signing import TokenPurpose, sign
+from shared.storage import queue_client
 from tests.fixtures.sandbox import CallbackReceiver
 from tests.inbound.conftest import CUSTOMER, ONE_WAY, SECRET, Inbound
 from tests.inbound.test_webhook import storage_requests
@@ -114,6 +116,35 @@ def test_sandbox_delivery_reports_move_recipients_to_their_final_state(
     assert {c.query["ref"] for c in calls} == {"42"}
     assert sorted(c.query["status"] for c in calls) == ["delivered", "failed"]
     assert all("token" not in c.query for c in calls)
+
+
+def test_a_dlr_forward_finding_no_callback_slot_is_put_back_unattempted(
+    served: Inbound, callback_receiver: CallbackReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forwarder takes a callback slot as the dispatcher does (inbound.md): none free, the
+    forward is put back, no call made and no attempt spent; with one free, it is delivered."""
+    monkeypatch.setenv("PYTHON_THREADPOOL_THREAD_COUNT", "2")  # one slot
+    _dispatch._slots.cache_clear()
+    message_id = send(served, DELIVERED, DlrUrl=f"{callback_receiver.url}/mine")
+    wait_for_status(served, message_id, ["delivered"])
+    deadline = time.monotonic() + 5
+    while served.count(names.DLR_FORWARD_QUEUE) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [taken] = queue_client(names.DLR_FORWARD_QUEUE).receive_messages(visibility_timeout=60)
+    slots, count = _dispatch._slots()
+    assert count == 1
+    assert slots.acquire(blocking=False)  # another call holds the one slot
+    try:
+        busy = DlrForwarder.from_settings().process(taken.content)
+    finally:
+        slots.release()
+
+    assert (busy.outcome, busy.status) == (DispatchOutcome.RETRY_SCHEDULED, None)
+    assert "callback slots" in (busy.detail or "")
+    assert callback_receiver.calls == []
+    assert DlrForwarder.from_settings().process(taken.content).outcome is DispatchOutcome.DELIVERED
+    assert len(callback_receiver.wait_for(1)) == 1
+    _dispatch._slots.cache_clear()
 
 
 def test_late_sent_after_delivered_stays_delivered_and_duplicates_are_ignored(
