@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from shared.actions._spec import (
     ActionContext,
@@ -174,17 +174,11 @@ class RecipientDoc(BaseModel):
     )
 
 
-class SentDoc(BaseModel):
-    """200: sent; SmartDialog's answer plus our status."""
-
+class _SentBase(BaseModel):
     MessageId: str | None = labelled("Message Id", "SmartDialog's MessageId.")
     MessagePartCount: int | None = labelled(
-        "Message Part Count", "SMS parts per recipient.", schema={"format": "int32"}
+        "Message Part Count", "Message parts per recipient.", schema={"format": "int32"}
     )
-    Recipients: list[RecipientDoc] = labelled(
-        "Recipients", "Each recipient, with its delivery state.", default_factory=list
-    )
-    ThreadId: str | None = labelled("Thread Id", "The discussion thread (discussion replies).")
     Id: str | None = labelled("Id", "Our id of this send.")
     Status: str | None = labelled("Status", "sent (our status of the send).")
     RequestId: str | None = labelled("Request Id", "The RequestId sent to SmartDialog.")
@@ -195,34 +189,29 @@ class SentDoc(BaseModel):
     Connection: str | None = labelled("Connection", "The connection it was sent through.")
 
 
-class TemplateRecipientDoc(BaseModel):
-    address: str | None = labelled("Recipient Address", "The recipient's phone number.")
-    id: str | None = labelled(
-        "Recipient Id", "SmartDialog's id of this recipient (delivery reports use it)."
-    )
-    status: str | None = labelled(
-        "Recipient status", "pending, sent, delivered, undelivered, failed or cancelled."
-    )
+class SentDoc(_SentBase):
+    """200: sent; SmartDialog's answer plus our status."""
 
-
-class TemplateSentDoc(BaseModel):
-    """200: sent (camelCase, as SmartDialog answers WhatsApp template sends)."""
-
-    messageId: str | None = labelled("Message Id", "SmartDialog's MessageId.")
-    messagePartCount: int | None = labelled(
-        "Message Part Count", "Message parts per recipient.", schema={"format": "int32"}
-    )
-    recipients: list[TemplateRecipientDoc] = labelled(
+    Recipients: list[RecipientDoc] = labelled(
         "Recipients", "Each recipient, with its delivery state.", default_factory=list
     )
-    id: str | None = labelled("Id", "Our id of this send.")
-    status: str | None = labelled("Status", "sent (our status of the send).")
-    requestId: str | None = labelled("Request Id", "The RequestId sent to SmartDialog.")
-    sentAt: str | None = labelled(
-        "Sent at", "When SmartDialog accepted it (with a SendDateTime: before it goes out)."
+    ThreadId: str | None = labelled("Thread Id", "The discussion thread (discussion replies).")
+
+
+_CAMEL = ConfigDict(alias_generator=lambda name: name[0].lower() + name[1:])
+
+
+class TemplateRecipientDoc(RecipientDoc):
+    model_config = _CAMEL
+
+
+class TemplateSentDoc(_SentBase):
+    """200: sent (camelCase, as SmartDialog answers WhatsApp template sends)."""
+
+    model_config = _CAMEL
+    Recipients: list[TemplateRecipientDoc] = labelled(
+        "Recipients", "Each recipient, with its delivery state.", default_factory=list
     )
-    attempts: int | None = labelled("Attempts", "Sending attempts it took.")
-    connection: str | None = labelled("Connection", "The connection it was sent through.")
 
 
 ACCEPTED_HEADERS = {
