@@ -13,9 +13,20 @@ from shared.settings import StorageSettings
 from shared.storage import queue_client
 from tests.bulk.test_batch_packs import drivers, idle_batch_without_its_driver
 from tests.bulk.test_bulk_action import batch_status
-from tests.outbound.conftest import Outbound, call_http
+from tests.outbound.conftest import HttpAnswer, Outbound, call_http
 
 BROKEN = "SMARTDIALOG_QUOTA_CALLS"
+
+
+def question_status(location: str) -> HttpAnswer:
+    """GET a question's status URL (its Location) through GetQuestionStatus."""
+    parts = urlsplit(location)
+    return call_http(
+        "GetQuestionStatus",
+        "GET",
+        route_params={"QuestionId": unquote(parts.path.rsplit("/", 1)[-1])},
+        params=dict(parse_qsl(parts.query)),
+    )
 
 
 def test_a_broken_quota_setting_leaves_a_batchs_status_url_answering_and_its_packs_held(
@@ -48,7 +59,6 @@ def test_a_broken_quota_setting_leaves_a_questions_status_url_answering(
         "SendMessageAndWaitForReply", "POST", body=body, headers={"Service-Id": "s-1001-twoway"}
     )
     assert asked.status == 202, asked.body
-    parts = urlsplit(asked.headers["Location"])
     outbound.configure(QUOTA_CALLS="lots")
 
     refused = call_http(
@@ -56,12 +66,7 @@ def test_a_broken_quota_setting_leaves_a_questions_status_url_answering(
     )
     assert refused.status == 503, refused.body  # a new send reads the quota
     assert [e["field"] for e in refused.body["errors"]] == [BROKEN]
-    answer = call_http(
-        "GetQuestionStatus",
-        "GET",
-        route_params={"QuestionId": unquote(parts.path.rsplit("/", 1)[-1])},
-        params=dict(parse_qsl(parts.query)),
-    )
+    answer = question_status(asked.headers["Location"])
     assert answer.status == 202, answer.body  # waiting, as before the break
     assert answer.headers.get("Retry-After"), answer.headers
 
@@ -79,16 +84,10 @@ def test_a_broken_public_url_leaves_a_batchs_and_a_questions_status_url_answerin
         "SendMessageAndWaitForReply", "POST", body=body, headers={"Service-Id": "s-1001-twoway"}
     )
     assert asked.status == 202, asked.body
-    parts = urlsplit(asked.headers["Location"])
     outbound.configure(PUBLIC_BASE_URL="https://app.example/api")  # /api/api/...: refused
 
     held = batch_status(batch["Location"])
-    question = call_http(
-        "GetQuestionStatus",
-        "GET",
-        route_params={"QuestionId": unquote(parts.path.rsplit("/", 1)[-1])},
-        params=dict(parse_qsl(parts.query)),
-    )
+    question = question_status(asked.headers["Location"])
 
     for answer in (held, question):
         assert answer.status == 202, answer.body
