@@ -40,8 +40,9 @@ flow saved or turned on again subscribes again). :func:`judge_call` and
 :func:`retry_delay_seconds` are the one policy for every call to a URL we are given; the
 delivery-report forwarder (``_dlr_forward``) uses them too. A slow callback holds a worker thread
 up to its deadline, and the webhook and the actions run on the same threads, so at most
-:func:`call_slots` such calls are under way in one process: a delivery that finds none free is
-put back for :data:`SLOT_RETRY_SECONDS` or so, no attempt spent.
+:func:`call_slots` such calls are under way in one process, one host's at most all but one of
+them (:class:`CallSlots`): a delivery that finds none free is put back for
+:data:`SLOT_RETRY_SECONDS` or so, no attempt spent.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import math
 import os
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_RETRY_DELAY_SECONDS",
     "SEEN_KEPT",
+    "CallSlots",
     "CallVerdict",
     "DeliveriesSeen",
     "DispatchOutcome",
@@ -150,9 +153,9 @@ def judge_call(
     failure that may pass later (no answer, 408, 425, 429, 5xx), a refusal by the server (any
     other non-2xx, redirects included: they are not followed), or delivered; or not made, all
     :func:`call_slots` busy (never waited for: a waiting delivery would hold a thread too)."""
-    slots, count = _slots()
-    if not slots.acquire(blocking=False):
-        return CallVerdict("busy", detail=f"all {count} callback slots of this instance busy")
+    slots, key = _slots(), host or ""
+    if not slots.take(key):
+        return CallVerdict("busy", detail=f"no free callback slot of this instance for {host}")
     try:
         answer = call()
     except CallbackRefused as exc:
@@ -160,7 +163,7 @@ def judge_call(
     except CallbackFailed as exc:
         return CallVerdict("retry", detail=str(exc))
     finally:
-        slots.release()
+        slots.give(key)
     status = answer.status
     if answer.is_success:
         return CallVerdict("delivered", status)
@@ -181,11 +184,36 @@ def call_slots() -> int:
     return max(1, threads // 2)
 
 
+class CallSlots:
+    """``count`` calls at once, one host's at most all but one of them (at least one): a slow
+    subscriber's host never holds up the deliveries to the others."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._lock = threading.Lock()
+        self._held: Counter[str] = Counter()
+
+    def take(self, host: str) -> bool:
+        """Take a slot for a call to ``host``, if one is free to it."""
+        with self._lock:
+            full = self._held.total() >= self.count
+            if full or self._held[host] >= max(1, self.count - 1):
+                return False
+            self._held[host] += 1
+            return True
+
+    def give(self, host: str) -> None:
+        """Give back a slot :meth:`take` gave for ``host``."""
+        with self._lock:
+            self._held[host] -= 1
+            if self._held[host] <= 0:
+                del self._held[host]
+
+
 @lru_cache(maxsize=1)
-def _slots() -> tuple[threading.BoundedSemaphore, int]:
-    """This process's slots (made on first use) and their number."""
-    count = call_slots()
-    return threading.BoundedSemaphore(count), count
+def _slots() -> CallSlots:
+    """This process's slots, made on first use."""
+    return CallSlots(call_slots())
 
 
 def retry_delay_seconds(attempts: int, *, base: float, advised: float | None) -> int:
@@ -455,9 +483,10 @@ class SubscriberDispatcher:
         copy = delivery.model_copy(update={"attempts": attempts})
         self._deliveries.send_message(copy.to_json(), visibility_timeout=step)
         log.log(
-            logging.WARNING if verdict.attempts else logging.INFO,  # (INFO: not attempted)
-            "delivery to subscription %s failed (%s); attempt %d, retry in %d s",
+            logging.WARNING if verdict.attempts else logging.INFO,
+            "delivery to subscription %s %s (%s); attempt %d, retry in %d s",
             delivery.subscriptionId,
+            "failed" if verdict.attempts else "put back, not attempted",
             verdict.detail,
             attempts,
             step,

@@ -195,10 +195,14 @@ class DlrForwarder:
         copy = forward.model_copy(update={"attempts": attempts})
         self._forwards.send_message(copy.model_dump_json(), visibility_timeout=step)
         log.log(
-            logging.WARNING if verdict.attempts else logging.INFO,  # (INFO: not attempted)
-            "message %s: the caller's DlrUrl failed (%s); attempt %d, retry in %d s",
-            loggable_id(forward.messageId), verdict.detail, attempts, step,
-        )  # fmt: skip
+            logging.WARNING if verdict.attempts else logging.INFO,
+            "message %s: the caller's DlrUrl %s (%s); attempt %d, retry in %d s",
+            loggable_id(forward.messageId),
+            "failed" if verdict.attempts else "put back, not attempted",
+            verdict.detail,
+            attempts,
+            step,
+        )
         return DispatchResult(DispatchOutcome.RETRY_SCHEDULED, verdict.status, step, verdict.detail)
 
     def _dead_letter(

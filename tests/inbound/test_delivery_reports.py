@@ -131,16 +131,16 @@ def test_a_dlr_forward_finding_no_callback_slot_is_put_back_unattempted(
     while served.count(names.DLR_FORWARD_QUEUE) < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     [taken] = queue_client(names.DLR_FORWARD_QUEUE).receive_messages(visibility_timeout=60)
-    slots, count = _dispatch._slots()
-    assert count == 1
-    assert slots.acquire(blocking=False)  # another call holds the one slot
+    slots = _dispatch._slots()
+    assert slots.count == 1
+    assert slots.take("elsewhere.example")  # another host's call holds the one slot
     try:
         busy = DlrForwarder.from_settings().process(taken.content)
     finally:
-        slots.release()
+        slots.give("elsewhere.example")
 
     assert (busy.outcome, busy.status) == (DispatchOutcome.RETRY_SCHEDULED, None)
-    assert "callback slots" in (busy.detail or "")
+    assert "no free callback slot" in (busy.detail or "")
     assert callback_receiver.calls == []
     assert DlrForwarder.from_settings().process(taken.content).outcome is DispatchOutcome.DELIVERED
     assert len(callback_receiver.wait_for(1)) == 1
