@@ -67,12 +67,10 @@ def holding(connection: Connection) -> list[str]:
     :func:`settings_errors` finds in its settings."""
     from shared.connections import routing_errors
     from shared.settings import SettingsInvalid, get_settings
-    from shared.settings_leniency import PartlySettings
+    from shared.settings_leniency import refused_errors
 
     try:
-        app = get_settings()
-        refused = app.refused() if isinstance(app, PartlySettings) else {}
-        errors = [e for held in refused.values() for e in held]
+        errors = refused_errors(get_settings())
     except SettingsInvalid as problem:  # (not run leniently)
         errors = list(problem.errors)
     errors += [*connection.errors, *routing_errors()]
@@ -88,16 +86,14 @@ def configuration_problem() -> Problem | None:
     (:mod:`shared.settings_leniency`): fixing one setting never just reveals the next."""
     from shared.connections import connection_errors
     from shared.settings import SettingsInvalid, get_settings
-    from shared.settings_leniency import PartlySettings, leniently
+    from shared.settings_leniency import leniently, refused_errors
 
     with leniently():
         try:
             settings = get_settings()
         except SettingsInvalid as problem:  # the rest do not validate either
             return problem
-        errors: list[FieldError] = []
-        if isinstance(settings, PartlySettings):
-            errors = [e for refused in settings.refused().values() for e in refused]
+        errors = refused_errors(settings)
         every = (settings_errors, storage_errors, telemetry_errors, lambda _: connection_errors())
         for check in every:
             try:

@@ -24,7 +24,14 @@ from shared.settings import HELD_SETTINGS, Settings, SettingsInvalid, get_settin
 if TYPE_CHECKING:
     from shared.problems import FieldError
 
-__all__ = ["PartlySettings", "base_values", "leniently", "partly", "refusing_like"]
+__all__ = [
+    "PartlySettings",
+    "base_values",
+    "leniently",
+    "partly",
+    "refused_errors",
+    "refusing_like",
+]
 
 
 @contextmanager
@@ -73,6 +80,14 @@ class PartlySettings(Settings):
     def refused(self) -> dict[str, tuple[FieldError, ...]]:
         """The broken settings (by attribute) and their errors."""
         return dict(self._refused)
+
+
+def refused_errors(settings: Settings) -> list[FieldError]:
+    """The errors of the settings ``settings`` hold at their defaults (none unless
+    :class:`PartlySettings`)."""
+    if not isinstance(settings, PartlySettings):
+        return []
+    return [e for errors in settings.refused().values() for e in errors]
 
 
 def partly(exc: ValidationError) -> Settings:

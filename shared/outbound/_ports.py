@@ -74,11 +74,10 @@ class SendPolicy:
     def from_settings(cls, settings: Settings) -> SendPolicy:
         from shared.connections import routing_errors
         from shared.health import settings_errors
-        from shared.settings_leniency import PartlySettings
+        from shared.settings_leniency import refused_errors
 
-        broken = [*settings_errors(settings), *routing_errors()]
-        if isinstance(settings, PartlySettings):  # those held at their defaults are broken too
-            broken += [e for refused in settings.refused().values() for e in refused]
+        # Settings held at their defaults (a lenient function's) are broken too.
+        broken = [*settings_errors(settings), *routing_errors(), *refused_errors(settings)]
         return cls(
             max_attempts=settings.send_max_attempts,
             validity=dt.timedelta(seconds=settings.send_validity_seconds),
