@@ -223,7 +223,8 @@ def test_a_malformed_dead_letter_for_a_bad_address_lists_the_field_in_its_errors
     queue = QueueClient.from_connection_string(fuzz_stack.storage, OUTBOUND_QUEUE)
     queue_id = queue.send_message(text).id
     letters = QueueDrain(fuzz_stack.storage, OUTBOUND_DEAD_LETTER_QUEUE)
-    deadline = time.monotonic() + 10
+    # The queue may still hold the fuzz run's backlog ahead of it (10 s was too short once).
+    deadline = time.monotonic() + SETTLE_SECONDS
     while not (mine := [d for d in letters.json() if d.get("queueMessageId") == queue_id]):
         assert time.monotonic() < deadline, "no dead letter"
         time.sleep(0.2)
