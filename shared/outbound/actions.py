@@ -238,73 +238,54 @@ def answer(view: StatusView) -> ActionResponse:
     return response
 
 
-def _accept(ctx: ActionContext, command: dict[str, Any], key: str | None) -> ActionResponse:
+def _accept(
+    ctx: ActionContext,
+    inp: SendMessageInput | SendDiscussionReplyInput | SendTemplateInput,
+    operation: str,
+    **envelope: str,
+) -> ActionResponse:
+    """Queue ``inp``'s body as an ``operation`` command; our ``Transactional`` body field moves to
+    the envelope (never sent upstream). 400 naming each recipient whose values make Content too
+    long once filled in."""
+    if isinstance(inp.body, MessageBody):
+        values = (r.Personalization for r in inp.body.Recipients)
+        if errors := [
+            FieldError(f"Recipients[{index}].Personalization", why)
+            for index, why in filled_too_long(inp.body.Content, values)
+        ]:
+            raise validation_problem(errors)
+    command: dict[str, Any] = {
+        "operation": operation,
+        "customerId": inp.customer_id,
+        **envelope,
+        "body": inp.body.model_dump(mode="json", exclude_none=True, exclude={"Transactional"}),
+    }
+    if getattr(inp.body, "Transactional", False):
+        command["transactional"] = True
     parsed = OutboundMessageAdapter.validate_python(command)
-    return answer(send_service(ctx.settings).accept(parsed, idempotency_key=key))
-
-
-def _body(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_none=True, exclude={"Transactional"})
-
-
-def _fits_filled_in(body: MessageBody) -> None:
-    """400 naming each recipient whose values make Content too long once filled in."""
-    values = (r.Personalization for r in body.Recipients)
-    if errors := [
-        FieldError(f"Recipients[{index}].Personalization", why)
-        for index, why in filled_too_long(body.Content, values)
-    ]:
-        raise validation_problem(errors)
-
-
-def _transactional(model: MessageBody | TemplateMessageBody) -> dict[str, Any]:
-    """Our ``Transactional`` body field, moved to the queue envelope (never sent upstream)."""
-    return {"transactional": True} if model.Transactional else {}
+    return answer(send_service(ctx.settings).accept(parsed, idempotency_key=inp.idempotency_key))
 
 
 def send_message(ctx: ActionContext, inp: SendMessageInput) -> ActionResponse:
-    _fits_filled_in(inp.body)
-    command = {
-        "operation": "SendMessage",
-        "customerId": inp.customer_id,
-        "serviceId": inp.service_id,
-        "body": _body(inp.body),
-        **_transactional(inp.body),
-    }
-    return _accept(ctx, command, inp.idempotency_key)
+    return _accept(ctx, inp, "SendMessage", serviceId=inp.service_id)
 
 
 def send_reply_message(ctx: ActionContext, inp: SendReplyMessageInput) -> ActionResponse:
-    _fits_filled_in(inp.body)
-    command = {
-        "operation": "SendReplyMessage",
-        "customerId": inp.customer_id,
-        "serviceId": inp.service_id,
-        "parentMessageId": inp.parent_message_id,
-        "body": _body(inp.body),
-        **_transactional(inp.body),
-    }
-    return _accept(ctx, command, inp.idempotency_key)
+    return _accept(
+        ctx,
+        inp,
+        "SendReplyMessage",
+        serviceId=inp.service_id,
+        parentMessageId=inp.parent_message_id,
+    )
 
 
 def send_discussion_reply(ctx: ActionContext, inp: SendDiscussionReplyInput) -> ActionResponse:
-    command = {
-        "operation": "SendDiscussionReplyMessage",
-        "customerId": inp.customer_id,
-        "body": _body(inp.body),
-    }
-    return _accept(ctx, command, inp.idempotency_key)
+    return _accept(ctx, inp, "SendDiscussionReplyMessage")
 
 
 def send_template(ctx: ActionContext, inp: SendTemplateInput) -> ActionResponse:
-    command = {
-        "operation": "SendWhatsappTemplateMessage",
-        "customerId": inp.customer_id,
-        "serviceId": inp.service_id,
-        "body": _body(inp.body),
-        **_transactional(inp.body),
-    }
-    return _accept(ctx, command, inp.idempotency_key)
+    return _accept(ctx, inp, "SendWhatsappTemplateMessage", serviceId=inp.service_id)
 
 
 def get_message_status(ctx: ActionContext, inp: MessageStatusInput) -> ActionResponse:
