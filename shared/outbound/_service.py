@@ -45,6 +45,7 @@ from shared.outbound._attempt import placed
 from shared.outbound._models import (
     MessageCancelledData,
     OutboundMessage,
+    PackDriver,
     SendDiscussionReplyMessageCommand,
     request_fingerprint,
 )
@@ -126,7 +127,6 @@ class SendService:
         self.store = MessageStore.from_settings(settings)
         self.idempotency = IdempotencyStore.from_settings(settings)
         self._suppressions: SuppressionStore | None = None
-        self._clock = utcnow
         self.packs = PackStore.from_settings(settings)
         self.triggers = LaneTriggers()
         self._payloads: PayloadStore | None = None
@@ -161,7 +161,7 @@ class SendService:
         it. A new message to an opted-out recipient is a 422 naming each ``Recipients[i].Address``
         (unless ``transactional``): nothing recorded or queued, the key released."""
         require_callback_settings(self.settings)  # 503 before anything is stored
-        now = self._clock()
+        now = utcnow()
         customer = command.customerId or self.settings.customer_id or ""
         named = self.settings.named_connection
         if named is not None:  # the sender takes it through this connection
@@ -199,7 +199,11 @@ class SendService:
         text = command_text(command)
         record = self.store.get(message_id) if replay else None
         if record is None and claimed_at is not None and now - claimed_at < STUCK_ACCEPTED_AFTER:
-            record = self._await_record(message_id)
+            # its key was claimed moments ago by a request that enqueues, then records: wait
+            for _ in range(round(CLAIM_WAIT_SECONDS / CLAIM_POLL_SECONDS)):
+                current().sleep(CLAIM_POLL_SECONDS)
+                if (record := self.store.get(message_id)) is not None:
+                    break
         if record is None:
             # New, or its key's first request died before recording it (one record, one send).
             queued: str | None = None
@@ -226,22 +230,11 @@ class SendService:
             if record is not None and record.pack_key and not in_lane(record.message_id):
                 self.packs.index([record])  # any leader may pack it from now on
             assert record is not None, "a record that exists cannot vanish"
-            if relied is not None and not self.triggers.coming(relied, self._clock()):
+            if relied is not None and not self.triggers.coming(relied, utcnow()):
                 self._lead_at_once(queued, message_id)
         elif self._lost_its_enqueue(record):
             record = self._enqueue(record)
-        return self._pending(record, status=202)
-
-    def _await_record(self, message_id: str) -> MessageRecord | None:
-        """The record of a message whose key another request claimed moments ago, once that
-        request writes it (concurrent POSTs: it enqueues first, then records, within moments),
-        or None after :data:`CLAIM_WAIT_SECONDS` (it failed before its record: this is the
-        caller's retry of its 500, say)."""
-        for _ in range(round(CLAIM_WAIT_SECONDS / CLAIM_POLL_SECONDS)):
-            current().sleep(CLAIM_POLL_SECONDS)
-            if (record := self.store.get(message_id)) is not None:
-                return record
-        return None
+        return self._pending(record)
 
     def _new_id(self, command: OutboundMessage, customer: str, now: dt.datetime) -> str:
         """A new message's id: in its pack key's lane of this minute when it may be packed (its
@@ -253,12 +246,9 @@ class SendService:
     def _enqueue_new(
         self, queued: str, message_id: str, now: dt.datetime, not_before: dt.datetime | None = None
     ) -> str | None:
-        """Put a new send's queue message (:meth:`_queued`) on the queue. A lane member's
-        message is visible at once (or within about a second) when it is its lane's next
-        trigger; else it is its backstop, visible ``SMARTDIALOG_LANE_BACKSTOP_SECONDS`` later,
-        and the lane whose planned trigger it relies on is returned (docs/sending.md, "Lanes").
-        Any other message, and one to send no sooner than ``not_before``, is visible at once or
-        at ``not_before`` (a lane member's then leads its lane when it comes)."""
+        """Put a new send's queue message on the queue, visible at ``not_before`` or at once, or
+        a lane member's as its lane's next trigger or else as its backstop, which returns the lane
+        whose planned trigger it relies on (docs/sending.md, "Lanes")."""
         queue = outbound_queue(self.settings)
         backstop = backstop_seconds(self.settings)
         if backstop <= 0 or not in_lane(message_id) or not_before is not None:
@@ -300,7 +290,7 @@ class SendService:
         pack may lack a driver, or an earlier release's record, written before its command)
         ``STUCK_ACCEPTED_AFTER`` after its last change, or a single send ``queued`` untouched for
         ``COPY_DROPPED_AFTER`` (an older release's copy expired; one left is the same message)."""
-        idle = self._clock() - record.updated_at
+        idle = utcnow() - record.updated_at
         if record.status is MessageStatus.QUEUED and record.batch_id is None:
             return idle >= COPY_DROPPED_AFTER
         return record.status is MessageStatus.ACCEPTED and idle >= STUCK_ACCEPTED_AFTER
@@ -326,8 +316,6 @@ class SendService:
         stays ``accepted`` until its pack's driver claims it and has no queue message of its
         own: its pack's driver goes on the queue instead (a driver twice is harmless)."""
         if record.batch_id is not None and record.pack_id is not None:
-            from shared.outbound._models import PackDriver
-
             connection = named_connection(record.connection)
             driver = PackDriver(
                 packId=record.pack_id, batchId=record.batch_id, Connection=connection
@@ -335,7 +323,7 @@ class SendService:
             outbound_queue(self.settings).send_message(driver.text())
             return record
         outbound_queue(self.settings).send_message(self._queued(record.command, record.message_id))
-        done = self.store.swap(record, status=MessageStatus.QUEUED, updated_at=self._clock())
+        done = self.store.swap(record, status=MessageStatus.QUEUED, updated_at=utcnow())
         return done or self.store.get(record.message_id) or record
 
     # --- status --------------------------------------------------------------------------------
@@ -387,9 +375,9 @@ class SendService:
                 type=ProblemType.CONFLICT,
             )
             return StatusView(410, {**problem.to_dict(), "id": record.message_id}, {}, True)
-        return self._pending(record, status=202)
+        return self._pending(record)
 
-    def _pending(self, record: MessageRecord, *, status: int) -> StatusView:
+    def _pending(self, record: MessageRecord) -> StatusView:
         if record.status.is_final:  # a repeat's answer: as its status URL's (recipients' too)
             return self.view(record, self.store.get_with_slots(record.message_id)[1])
         body: dict[str, Any] = {
@@ -407,19 +395,15 @@ class SendService:
         headers = {"Retry-After": str(self._retry_after(record))}
         if (url := poll_link(lambda: self.status_url(record.message_id))) is not None:
             body["StatusUrl"] = headers["Location"] = url
-        return StatusView(status, {k: v for k, v in body.items() if v is not None}, headers)
+        return StatusView(202, {k: v for k, v in body.items() if v is not None}, headers)
 
     def _retry_after(self, record: MessageRecord) -> int:
-        """When a poller should look again: the sender's estimate of when it is done. About a
-        second while the quota has room; the end of a backoff or of a handed-back claim's wait
-        (token, credentials, quota store); the sender's next look while a broken setting holds
-        its sends (:func:`record_held`, also one that does not validate); or the slot
-        of its connection's quota (the app's, that one broken or gone) this process's senders
-        were told it waits for (:meth:`QuotaWait.until_due`, also after a backoff)."""
+        """When a poller should look again: the sender's estimate of when it is done
+        (docs/sending.md, "Send and poll")."""
         from shared.outbound._ports import record_held
         from shared.unconfigured import RECHECK_SECONDS
 
-        now = self._clock()
+        now = utcnow()
         if (due := max(record.next_attempt_at or now, record.waits_until or now)) > now:
             wait = (due - now).total_seconds()
         elif record_held(record, self.settings):
@@ -469,7 +453,7 @@ class SendService:
                     "it is retried, not cancelled.",
                     type=ProblemType.CONFLICT,
                 )
-            now = self._clock()
+            now = utcnow()
             done = self.store.swap(
                 record, status=MessageStatus.CANCELLED, finished_at=now, updated_at=now
             )
