@@ -27,13 +27,22 @@ from pydantic import (
 )
 
 from shared.actions.fields import UPSTREAM_ID_MAX_LENGTH
-from shared.connections import FIELD_PATTERN, NAME_MAX_LENGTH, name_error
+from shared.connections import (
+    FIELD_PATTERN,
+    NAME_MAX_LENGTH,
+    ConnectionNotConfigured,
+    claimed_by,
+    connection_name,
+    is_default,
+    name_error,
+)
 from shared.deadletters import KeptOriginal
 from shared.messages import (
     MESSAGE_ID_PATTERN,
     QUESTION_ID_PATTERN,
     FailureInfo,
     Operation,
+    reprompted_question,
     text_connection,
 )
 from shared.names import DEFAULT_CONNECTION, named_connection
@@ -48,6 +57,7 @@ __all__ = [
     "MessageRedrivenData",
     "MessageSentData",
     "OutboundMessage",
+    "OutboundMessageAdapter",
     "OutboundQueueMessage",
     "PackDriver",
     "RecipientOutcome",
@@ -112,10 +122,7 @@ ConnectionName = Annotated[
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    #: Set by ``normalize`` when it filled ``body.RequestId`` in (the command had none): ours,
-    #: not a caller's, so the send may be packed. Never written: a copy put back leaves that
-    #: RequestId out (``Outcomes.requeue``), to be filled and marked again; only the lane ids
-    #: of the send actions say so on a copy read back from the queue (``pack_key``).
+    #: Set by ``normalize`` when it filled ``body.RequestId`` in (ours: packable); never written.
     _request_id_filled: bool = PrivateAttr(False)
 
     messageId: str | None = Field(
@@ -175,9 +182,7 @@ class _Envelope(BaseModel):
         return value
 
 
-#: The times Table storage keeps, in UTC: 1601-01-01 to the end of 9999-12-31 (also the last
-#: time Python has). Compared as instants, so 9999-12-31T23:59:59Z is in and
-#: 9999-12-31T23:59:59-01:00 (the year 10000 in UTC, which overflows) is out.
+#: The times Table storage keeps, compared as instants (9999-12-31T23:59:59-01:00 is out).
 _STORABLE = (
     dt.datetime(1601, 1, 1, tzinfo=dt.UTC),
     dt.datetime.max.replace(tzinfo=dt.UTC),
@@ -279,7 +284,6 @@ OutboundMessage = Annotated[
 """One send command on ``smartdialog-outbound``, discriminated by ``operation``."""
 
 OutboundMessageAdapter: TypeAdapter[OutboundMessage] = TypeAdapter(OutboundMessage)
-__all__ += ["OutboundMessageAdapter"]
 
 
 def _queue_message_tag(value: Any) -> str | None:
@@ -360,8 +364,6 @@ def parse_queue_message(text: str | bytes) -> OutboundMessage | PackDriver | Sto
 
 def command_connection(command: OutboundMessage | PackDriver) -> str | None:
     """The named connection of a queue message; None for the default connection."""
-    from shared.connections import connection_name, is_default
-
     name = command.Connection
     return None if name is None or is_default(name) else connection_name(name)
 
@@ -374,8 +376,6 @@ def with_claimed_connection(
     Raises ``ConnectionNotConfigured`` while the claims are uncertain (:func:`claimed_by`)."""
     if isinstance(message, PackDriver) or message.Connection is not None or not message.customerId:
         return message
-    from shared.connections import claimed_by
-
     name = claimed_by(message.customerId)
     return message if name is None else message.model_copy(update={"Connection": name})
 
@@ -383,9 +383,6 @@ def with_claimed_connection(
 def serves(connection: str, customer_id: str | None) -> bool:
     """Whether ``connection`` is the one claiming ``customer_id`` now (False while the claims
     are uncertain): a sweep leads only its own customers' lanes (one moved since follows it)."""
-    from shared.connections import ConnectionNotConfigured, claimed_by
-    from shared.names import DEFAULT_CONNECTION
-
     try:
         return (claimed_by(customer_id or "") or DEFAULT_CONNECTION) == connection
     except ConnectionNotConfigured:
@@ -418,8 +415,6 @@ def named_command(text: str, queue_message_id: str | None) -> tuple[str, str] | 
 
 def reprompt_of(command: OutboundMessage) -> str | None:
     """The question whose re-prompt ``command`` is (:func:`reprompted_question`), else None."""
-    from shared.messages import reprompted_question
-
     asked, data = getattr(command, "questionId", None), getattr(command.body, "CustomerData", None)
     return reprompted_question(command.messageId, asked, data)
 
