@@ -7,19 +7,9 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo
 
-from shared.actions._spec import (
-    Param,
-    SettingDefault,
-)
+from shared.actions._spec import Param, SettingDefault
 from shared.actions.fields import (
     CUSTOMER_DROPDOWN,
     HttpUrl,
@@ -30,9 +20,7 @@ from shared.actions.fields import (
     service_dropdown,
     template_dropdown,
 )
-from shared.actions.fields import (
-    CustomerData as CustomerDataText,
-)
+from shared.actions.fields import CustomerData as CustomerDataText
 from shared.clock import as_utc
 from shared.messages import MESSAGE_ID_PATTERN, UPSTREAM_ID_CHARS
 from shared.smartdialog import BlankIsAbsent, IsoDateTime, PersonalizationValue
@@ -239,13 +227,8 @@ def filled_too_long(
     :data:`MAX_CONTENT_CHARS` once filled in, with why (counted, never filled in)."""
     for index, length in enumerate(personalized_lengths(content, personalizations)):
         if length > MAX_CONTENT_CHARS:
-            yield (
-                index,
-                (
-                    f"Content with these values filled in is {length:,} characters; at most "
-                    f"{MAX_CONTENT_CHARS:,}."
-                ),
-            )
+            why = f"Content with these values filled in is {length:,} characters"
+            yield index, f"{why}; at most {MAX_CONTENT_CHARS:,}."
 
 
 TransactionalField = Annotated[

@@ -18,12 +18,7 @@ from shared.actions._spec import (
     Param,
     ResponseDoc,
 )
-from shared.actions.fields import (
-    CustomerIdHeader,
-    NonEmptyStr,
-    StatusToken,
-    labelled,
-)
+from shared.actions.fields import CustomerIdHeader, NonEmptyStr, StatusToken, labelled
 from shared.outbound._fields import (
     DiscussionCustomerIdHeader,
     DiscussionReplyBody,
