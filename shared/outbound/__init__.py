@@ -45,7 +45,6 @@ from shared.outbound._records import (
     normalize,
     pack_key,
     queued_text,
-    with_delivery_report_url,
 )
 from shared.outbound._sender import OutboundSender
 from shared.outbound._service import (
@@ -101,5 +100,4 @@ __all__ = [
     "reset_sender_cache",
     "send_ports",
     "send_service",
-    "with_delivery_report_url",
 ]

@@ -344,8 +344,7 @@ OutboundQueueMessage = Annotated[
         ),
     ),
 ]
-"""Anything on ``smartdialog-outbound``: a send command (by ``operation``) or a pack driver
-(``kind: "pack"``)."""
+"""Anything on ``smartdialog-outbound``: a send command, a pack driver or a stored command."""
 
 OutboundQueueMessageAdapter: TypeAdapter[OutboundQueueMessage] = TypeAdapter(OutboundQueueMessage)
 

@@ -227,9 +227,9 @@ class SendService:
                 idempotency_key_hash=key_hash,
             )
             record = self.store.create(fresh, slots) or self.store.get(message_id)
-            if record is not None and record.pack_key and not in_lane(record.message_id):
-                self.packs.index([record])  # any leader may pack it from now on
             assert record is not None, "a record that exists cannot vanish"
+            if record.pack_key and not in_lane(record.message_id):
+                self.packs.index([record])  # any leader may pack it from now on
             if relied is not None and not self.triggers.coming(relied, utcnow()):
                 self._lead_at_once(queued, message_id)
         elif self._lost_its_enqueue(record):
