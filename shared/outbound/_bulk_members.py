@@ -99,26 +99,17 @@ def bulk_members(
             service_id=service_id,
         )
         records.append(new_record(command, now=now, validity=validity, batch_id=batch_id))
-    packs = _form_packs(batch_id, records, now, max(1, settings.pack_max_recipients))
-    members = {m.message_id: p.pack_id for p in packs for m in p.members}
-    return [(replace(r, pack_id=members[r.message_id]), sl) for r, sl in records], packs
-
-
-def _form_packs(batch_id: str, records: Members, now: dt.datetime, limit: int) -> list[Pack]:
-    """Consecutive members with one pack key, up to ``limit`` recipients (a member without a
-    key goes alone)."""
-    groups: list[list[PackMember]] = []
-    keys: list[str | None] = []
-    count = 0
+    limit, count = max(1, settings.pack_max_recipients), 0
+    # Consecutive members with one pack key, up to ``limit`` recipients (one without a key: alone).
+    groups: list[tuple[str | None, list[PackMember]]] = []
     for record, slots in records:
         key = record.pack_key
-        if not groups or key is None or keys[-1] != key or count + len(slots) > limit:
-            groups.append([])
-            keys.append(key)
+        if not groups or key is None or groups[-1][0] != key or count + len(slots) > limit:
+            groups.append((key, []))
             count = 0
-        groups[-1].append(PackMember(record.message_id, tuple(s.address for s in slots)))
+        groups[-1][1].append(PackMember(record.message_id, tuple(s.address for s in slots)))
         count += len(slots)
-    return [
+    packs = [
         Pack(
             pack_id=new_pack_id(key or "alone", [m.message_id for m in members], now),
             key=key or "alone",
@@ -126,5 +117,7 @@ def _form_packs(batch_id: str, records: Members, now: dt.datetime, limit: int) -
             created_at=now,
             batch_id=batch_id,
         )
-        for key, members in zip(keys, groups, strict=True)
+        for key, members in groups
     ]
+    members_of = {m.message_id: p.pack_id for p in packs for m in p.members}
+    return [(replace(r, pack_id=members_of[r.message_id]), sl) for r, sl in records], packs
