@@ -75,6 +75,11 @@ def _batch_subject(batch_id: str) -> str:
     return f"batch:{batch_id}"
 
 
+def _row(member: MessageRecord) -> int:
+    """A member's row, from its id (``<batch id>.<row>``)."""
+    return int(member.message_id.rsplit(".", 1)[1])
+
+
 def _connection(batch: BatchRecord, records: Sequence[MessageRecord]) -> str:
     """The batch's connection: on its row, else (a row of ec7daff) its members' (one kept in a
     blob names it only once claimed; if none does, the sender sends a driver stamped ``default``
@@ -232,8 +237,7 @@ class BulkService:
             list(pool.map(self.packs.save, packs))
         self.store.create_many(records)
         # Accepted from its first driver on (a 500 would make a keyless caller send it twice).
-        if queued := self._enqueue_drivers(batch, batch.pack_ids):
-            self._queued(batch)
+        queued = self._drivers_out(batch) is not None
         return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
 
     def _accepted(
@@ -288,12 +292,9 @@ class BulkService:
 
         batch_id = batch.batch_id
         recorded = self._members_recorded(batch_id)
-        stored = list(batch.pack_ids)
-        if [p.pack_id for p in packs] != stored:
+        if tuple(p.pack_id for p in packs) != batch.pack_ids:
             if len(recorded) >= batch.accepted:
-                # Every member is recorded: only the drivers were missing. Send them.
-                if self._enqueue_drivers(batch, stored):
-                    self._queued(batch)
+                self._drivers_out(batch)  # every member is recorded: only the drivers were missing
                 return self.status(batch_id, details=False, checked=True, replay=recipients)
             # The recipients changed since (an opt-out): this request is not that one any more.
             raise Problem(409, "The first request with this Idempotency-Key did not finish",
@@ -316,8 +317,7 @@ class BulkService:
                     raise
             recorded = self._members_recorded(batch_id)
             missing = [(r, sl) for r, sl in missing if r.message_id not in recorded]
-        if queued := self._enqueue_drivers(batch, stored):
-            self._queued(batch)
+        queued = self._drivers_out(batch) is not None
         return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
 
     def _redrive_stale(self, batch: BatchRecord, records: list[MessageRecord]) -> None:
@@ -380,10 +380,14 @@ class BulkService:
                         batch_id, len(failed), len(texts), redacted(str(failed[0])))  # fmt: skip
         return not failed
 
-    def _queued(self, batch: BatchRecord) -> BatchRecord:
-        """Mark ``batch`` queued, its drivers out; best effort: a batch left ``accepting``
-        with every member recorded gets its drivers again from a status poll (a pack driven
-        twice is sent once)."""
+    def _drivers_out(
+        self, batch: BatchRecord, members: Sequence[MessageRecord] = ()
+    ) -> BatchRecord | None:
+        """Every pack's driver on the queue (:meth:`_enqueue_drivers`), then ``batch`` marked
+        queued, best effort (a batch left ``accepting`` with every member recorded gets its
+        drivers again from a status poll); None if some driver did not go."""
+        if not self._enqueue_drivers(batch, batch.pack_ids, members):
+            return None
         try:
             return self.batches.mark(batch, BatchStatus.QUEUED)
         except Exception as exc:  # the batch is accepted: a status poll marks it
@@ -426,7 +430,7 @@ class BulkService:
             elif row.endswith(f".{RECIPIENT_ROW_PREFIX}00000"):
                 slot = RecipientSlot.from_entity(entity)
                 slots[slot.message_id] = slot
-        records = sorted(records_by_id.values(), key=lambda r: int(r.message_id.rsplit(".", 1)[1]))
+        records = sorted(records_by_id.values(), key=_row)
         delivery = {
             r.message_id: effective_status(
                 slots.get(r.message_id) or RecipientSlot(r.message_id, 0, "", 1), r.status
@@ -445,8 +449,7 @@ class BulkService:
             batch.status is BatchStatus.INCOMPLETE and len(records) >= batch.accepted
         ):
             # Every member recorded, but its drivers not all out (or the batch not marked).
-            if self._enqueue_drivers(batch, batch.pack_ids, records):
-                batch = self._queued(batch)
+            batch = self._drivers_out(batch, records) or batch
         elif batch.status is BatchStatus.QUEUED:
             self._redrive_stale(batch, records)
         queued = batch.status is BatchStatus.QUEUED
@@ -535,7 +538,7 @@ def _refused(
     if len(batch.refused) >= batch.refused_count:
         return list(batch.refused)
     errors, valid = _screen(recipients)
-    rows = {int(r.message_id.rsplit(".", 1)[1]) for r in members}
+    rows = {_row(r) for r in members}
     opted_out = _OPTED_OUT % batch.service_id
     errors += [_refusal(r.row, opted_out) for r, _ in valid if r.row not in rows]
     return sorted(errors, key=lambda e: int(e["row"]))
@@ -552,12 +555,11 @@ def _member_view(
 ) -> dict[str, Any]:
     """A member's line in the details, in its state as the counts tell it; its address from
     its recipient slot (its record's command may be kept in a blob)."""
-    row = int(record.message_id.rsplit(".", 1)[-1])
     result = record.result_json() or {}
     sent = result.get("Recipients") or []
     first = sent[0] if sent and isinstance(sent[0], dict) else {}
     view = {
-        "Row": row,
+        "Row": _row(record),
         "Id": record.message_id,
         "Address": slot.address if slot else None,
         "Status": str(status),
