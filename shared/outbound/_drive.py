@@ -205,18 +205,14 @@ class _Run:
             if recheck is not None:
                 note_waiting(self.outcomes, open_)
                 return self.later(recheck, "configuration")
-        waiting = [
-            r.next_attempt_at
-            for r in open_
-            if r.next_attempt_at is not None
-            and (r.next_attempt_at - now).total_seconds() > BACKOFF_TOLERANCE_SECONDS
-        ]
-        due = [
-            r
-            for r in open_
-            if r.next_attempt_at is None
-            or (r.next_attempt_at - now).total_seconds() <= BACKOFF_TOLERANCE_SECONDS
-        ]
+        due: list[MessageRecord] = []
+        waiting: list[dt.datetime] = []  # when those backing off are due
+        for r in open_:
+            at = r.next_attempt_at
+            if at is not None and (at - now).total_seconds() > BACKOFF_TOLERANCE_SECONDS:
+                waiting.append(at)
+            else:
+                due.append(r)
         if pack.attempt:
             in_call = set(pack.attempt)
             again = [r for r in due if r.message_id in in_call]
@@ -225,12 +221,14 @@ class _Run:
                 self.save(attempt=())
                 again = due
             due = again
-        # A STOP since accepted fails a member (not one maybe sent: its retry settles it).
         # One ``sending`` off the call never went (a claim not handed back): read as queued.
-        off_call = [r.status is MessageStatus.SENDING and r.message_id not in pack.attempt
-                    for r in due]  # fmt: skip
-        due = [replace(r, status=MessageStatus.QUEUED) if off else r
-               for r, off in zip(due, off_call, strict=True)]  # fmt: skip
+        due = [
+            replace(r, status=MessageStatus.QUEUED)
+            if r.status is MessageStatus.SENDING and r.message_id not in pack.attempt
+            else r
+            for r in due
+        ]
+        # A STOP since accepted fails a member (not one maybe sent: its retry settles it).
         commands = [(r, parse_outbound_message(r.command)) for r in due]
         failing = opted_out(commands, ports.suppressions, checked=True)
         self.outcomes.fail_many(failing)
@@ -327,21 +325,20 @@ class _Run:
         estimates = {c.message_id: c.part_count for c in claimed}
         answer = split_answer(body, listed, duplicate=sent.duplicate, estimates=estimates)
         recipient_ids = {**self.pack.recipient_ids, **answer.recipient_ids}
-        writes: list[tuple[MessageRecord, Mapping[str, Any]]] = []
-        missing: list[MessageRecord] = []
-        for member in claimed:
-            if member.message_id in answer.missing:
-                missing.append(member)
-                continue
-            share = answer.shares[member.message_id]
-            changes = sent_changes(member, share, duplicate=sent.duplicate, now=now)
-            # what upstream got: the call's RequestId
-            writes.append((member, {**changes, "request_id": self.pack.request_id}))
+        rid = self.pack.request_id  # what upstream got: the call's RequestId
+        missing = [c for c in claimed if c.message_id in answer.missing]
+        writes = [
+            (c, sent_changes(c, answer.shares[c.message_id], duplicate=sent.duplicate, now=now))
+            for c in claimed
+            if c.message_id not in answer.missing
+        ]
         # 1. The pack first: recipient ids (reports may come at once) and who is ``announcing``.
         adding = [m.message_id for m, _ in writes if m.message_id not in self.pack.announcing]
         self.save(recipient_ids=recipient_ids, announcing=(*self.pack.announcing, *adding))
         # 2. The records, marked announced (slots learn their ids from the first report).
-        done = ports.store.swap_many([(m, {**c, "announced": True}) for m, c in writes])
+        done = ports.store.swap_many(
+            [(m, {**c, "request_id": rid, "announced": True}) for m, c in writes]
+        )
         recorded = [d for d in done if d is not None]
         lost = [m.message_id for (m, _), d in zip(writes, done, strict=True) if d is None]
         # 3. The events.
@@ -400,13 +397,9 @@ class _Run:
         return SendOutcome(OutcomeKind.FAILED, self.pack.pack_id, detail=failed.code)
 
     def rejected(self, claimed: list[MessageRecord], refused: Refused) -> SendOutcome:
-        """Upstream refused the whole call: nothing was sent. The member it names fails alone and
-        the rest go again with a new RequestId. A 400 naming nobody (or a 413) splits the pack in
-        two, unless this pack is itself half of a pack whose other half was refused the same way
-        (then it is not one recipient's fault: every member fails) or an earlier attempt may have
-        gone through (it may refuse its repeat: every member fails, outcome-unknown); a pack of one
-        fails. Any other refusal (401, 403, 404, 422, ...) is about the request, not a recipient:
-        every member fails."""
+        """Upstream refused the whole call (nothing sent): the member it names fails alone, the
+        rest go again; naming nobody, the pack splits or fails whole (docs/sending.md, "Bulk
+        sends: batch packs", failures)."""
         addresses = {m.message_id: m.addresses for m in self.pack.members}
         blamed = refused.blamed({c.message_id: addresses.get(c.message_id, ()) for c in claimed})
 
@@ -463,27 +456,25 @@ class _Run:
     def split(self, claimed: list[MessageRecord]) -> None:
         """Two new packs of the claimed members (halves, in order), recorded, their members
         moved to them, and a driver for each."""
-        ports = self.ports
-        now = ports.now()
-        half = len(claimed) // 2
+        ports, now = self.ports, self.ports.now()
+        halves = (claimed[: len(claimed) // 2], claimed[len(claimed) // 2 :])
+        ids = [[c.message_id for c in part] for part in halves]
+        pack_ids = [new_pack_id(self.pack.key, part, now) for part in ids]
         by_id = {m.message_id: m for m in self.pack.members}
-        packs = []
-        for part in (claimed[:half], claimed[half:]):
-            ids = [c.message_id for c in part]
-            packs.append(
-                Pack(
-                    pack_id=new_pack_id(self.pack.key, ids, now),
-                    key=self.pack.key,
-                    members=tuple(by_id[i] for i in ids),
-                    created_at=now,
-                    batch_id=self.pack.batch_id,
-                )
+        packs = [
+            Pack(
+                pack_id=pack_id,
+                key=self.pack.key,
+                members=tuple(by_id[i] for i in part),
+                created_at=now,
+                batch_id=self.pack.batch_id,
+                sibling=sibling,
             )
-        first, second = packs
-        packs = [replace(first, sibling=second.pack_id), replace(second, sibling=first.pack_id)]
+            for pack_id, part, sibling in zip(pack_ids, ids, reversed(pack_ids), strict=True)
+        ]
         for pack in packs:
             self.packs.save(pack)
-        for pack, part in zip(packs, (claimed[:half], claimed[half:]), strict=True):
+        for pack, part in zip(packs, halves, strict=True):
             self.release(part, pack_id=pack.pack_id)
         for pack in packs:
             ports.outbound.send_message(self.driver_for(pack.pack_id))
