@@ -85,32 +85,24 @@ class IndexPacks:
     ) -> SendOutcome | None:
         """Before a never-attempted packable message is claimed: take its key's leader lease
         (None), or come back shortly (deferred) while another message leads a pack of that key
-        (while the quota is full, after waiting here for the lease: :meth:`_await_lead`)."""
+        (while the quota is full, after waiting here, up to the in-process quota wait, for the
+        lease: slots that free meanwhile are used)."""
         key = record.pack_key
         if key is None or record.message_id in self._leading:
             return None
-        until = now + dt.timedelta(seconds=LEAD_SECONDS)
-        etag, wait = self.ports.packs.lead(key, now, until)
+        etag, wait = self.ports.packs.lead(key, now, now + dt.timedelta(seconds=LEAD_SECONDS))
         if etag is None and self.ports.quota_wait.full_lately(LEAD_RECHECK_SECONDS):
-            etag, wait = self._await_lead(key, wait)
+            for _ in range(int(self.ports.policy.quota_wait / LEAD_POLL_SECONDS + 1e-9)):
+                self.ports.clock.sleep(LEAD_POLL_SECONDS)
+                at = self.ports.now()
+                etag, wait = self.ports.packs.lead(key, at, at + dt.timedelta(seconds=LEAD_SECONDS))
+                if etag is not None:
+                    break
         if etag is not None:
             self._leading[record.message_id] = etag
             return None
         delay = min(wait, LEAD_RECHECK_SECONDS)
         return self.outcomes.requeue(command, record.attempts, delay, OutcomeKind.DEFERRED, "lead")
-
-    def _await_lead(self, key: str, wait: float) -> tuple[str | None, float]:
-        """Wait here, up to the in-process quota wait, for the key's leader to give its lease up,
-        so slots that free meanwhile are used; (ETag or None, the lease's time left: ``wait``
-        as first found, if no look fits the wait)."""
-        etag: str | None = None
-        for _ in range(int(self.ports.policy.quota_wait / LEAD_POLL_SECONDS + 1e-9)):
-            self.ports.clock.sleep(LEAD_POLL_SECONDS)
-            now = self.ports.now()
-            etag, wait = self.ports.packs.lead(key, now, now + dt.timedelta(seconds=LEAD_SECONDS))
-            if etag is not None:
-                break
-        return etag, wait
 
     def sweep(
         self,
@@ -416,8 +408,7 @@ class IndexPacks:
             outcome = self._rejected(pack, members, result)
         if pack.announcing and outcome.kind is not OutcomeKind.RETRY_SCHEDULED:
             # It ends here (refused, out of attempts): no retry's 409 sends a crashed run's events
-            going = {r.message_id for r, _ in members}
-            self._announce_again([i for i in pack.announcing if i not in going])
+            self._announce_again(pack, members)
         return outcome
 
     def _sent(self, pack: Pack, members: Members, sent: Sent) -> SendOutcome:
@@ -434,8 +425,7 @@ class IndexPacks:
         if recipient_ids != dict(pack.recipient_ids) or announcing != pack.announcing:
             self.ports.packs.save(replace(pack, recipient_ids=recipient_ids, announcing=announcing))
         if sent.duplicate:
-            going = {r.message_id for r, _ in members}
-            self._announce_again([i for i in pack.announcing if i not in going])
+            self._announce_again(pack, members)
 
         def record(item: tuple[MessageRecord, OutboundMessage]) -> SendOutcome:
             member, command = item
@@ -496,12 +486,17 @@ class IndexPacks:
         (called when its leader's copy ends without retrying the pack, e.g. expired)."""
         pack = self.ports.packs.get(pack_id)
         if pack is not None and pack.announcing:
-            self._announce_again(list(pack.announcing))
+            self._announce_again(pack)
 
-    def _announce_again(self, message_ids: list[str]) -> None:
-        """The events of pack members recorded sent by a run that may have stopped before
-        sending them (same event ids: consumers de-duplicate)."""
-        found = storage_pool().map(self.ports.store.get, message_ids)
+    def _announce_again(
+        self, pack: Pack, members: Sequence[tuple[MessageRecord, OutboundMessage]] = ()
+    ) -> None:
+        """The events of the members ``pack`` lists as recorded sent (by a run that may have
+        stopped before sending them; same event ids: consumers de-duplicate), but ``members``."""
+        going = {r.message_id for r, _ in members}
+        found = storage_pool().map(
+            self.ports.store.get, [i for i in pack.announcing if i not in going]
+        )
         list(storage_pool().map(self.outcomes.emit, [r for r in found if r is not None]))
 
     def _transient(self, pack: Pack, members: Members, failed: Transient) -> SendOutcome:
