@@ -78,12 +78,10 @@ def normalize(
 ) -> OutboundMessage:
     """``command`` with every id and default filled in, so it is sent the same way every time:
     ``messageId``, ``customerId``/``serviceId`` (from the given defaults when absent), the
-    upstream ``RequestId`` (the caller's, else our message id). Each recipient's address stays
-    as written: the record, its fingerprint and every copy put back on the queue keep the form a
-    previous release still draining matches its copies by; it is compared
-    (:func:`command_addresses`), recorded in the slots and sent (:func:`with_delivery_report_url`)
-    in E.164. Raises ``ValueError`` when a customer or service is neither in the command nor
-    configured."""
+    upstream ``RequestId`` (the caller's, else our message id). Addresses stay as written (a
+    previous release still draining matches its copies by them); they are compared, recorded
+    and sent in E.164. Raises ``ValueError`` when a customer or service is neither in the
+    command nor configured."""
     update: dict[str, object] = {"messageId": message_id}
     update["traceparent"] = command.traceparent or current_traceparent()
     customer = command.customerId or customer_id
@@ -308,13 +306,10 @@ def pack_key(command: OutboundMessage) -> str | None:
 def with_delivery_report_url(
     command: OutboundMessage, settings: Settings, *, report_id: str | None = None
 ) -> OutboundMessage:
-    """``command`` as it must be sent: its numbers in E.164 (:func:`_e164`) and its body's
-    ``DlrUrl`` replaced by ours (discussion replies, which have none, unchanged). Called when the
-    call is built, never before storing: the stored command and its fingerprint keep the caller's
-    URL and numbers, and the DLR function calls the caller's URL after ours.
-
-    ``report_id`` replaces the message id in the URL: a pack's call carries the pack id, and its
-    reports are routed to each member by recipient (see :meth:`DeliveryReportService.handle`)."""
+    """``command`` as it must be sent: its numbers in E.164 and its body's ``DlrUrl`` ours, for
+    ``report_id`` (a pack's call: the pack id) or else the message (discussion replies, which
+    have none, unchanged). Only for the call: the stored command keeps the caller's URL and
+    numbers (the DLR function calls the caller's URL after ours)."""
     command = _e164(command)
     body = command.body
     if command.messageId is None or "DlrUrl" not in type(body).model_fields:
@@ -468,14 +463,11 @@ def opted_out(
     checked: bool = False,
 ) -> list[tuple[MessageRecord, FailureInfo]]:
     """The recorded ``members`` (with their commands) that may not go upstream now, and why:
-    recipients who opted out since they were accepted (:func:`suppressions_of`). Never one an
-    earlier attempt may have sent (``may_have_reached``): its retry under the same RequestId settles
-    it.
-
-    ``checked``: each was checked when recorded, so only the by-service suppressions written since
-    the earliest was (less :data:`CHECKED_MARGIN`) are read, two queries however long the lists;
-    else every one is. A STOP whose by-service row is not yet written stops a lone send, not such a
-    member."""
+    recipients who opted out since they were accepted (:func:`suppressions_of`); never one an
+    earlier attempt may have sent (its retry under the same RequestId settles it). ``checked``:
+    each was checked when recorded, so only suppressions written since (less
+    :data:`CHECKED_MARGIN`) are read; a STOP whose by-service row is not yet written stops a lone
+    send, not such a member."""
     due = [(r, c) for r, c in members if not (r.may_have_reached or r.status.is_final)]
     since = None
     if checked and due:  # the storage's Timestamps are real time: never past it (a test clock)
