@@ -195,9 +195,9 @@ class _Run:
         held = [lease for r in open_ if (lease := r.held_until(now)) is not None]
         if held:  # claims of a run that died mid-way: they are released by time only
             return self.later((max(held) - now).total_seconds() + 1, "claimed")
-        expired = [r for r in open_ if now >= r.valid_until]
-        if expired:
-            self.outcomes.fail_many([(r, self.outcomes.expired(r)) for r in expired])
+        self.outcomes.fail_many(
+            [(r, self.outcomes.expired(r)) for r in open_ if now >= r.valid_until]
+        )
         open_ = [r for r in open_ if now < r.valid_until]
         if open_:  # a setting the call needs broke: the pack waits, unclaimed, no slot taken
             until = min(r.valid_until for r in open_)
@@ -349,8 +349,7 @@ class _Run:
         out, ran = {r.message_id for r in recorded}, {c.message_id for c in claimed}
         self.save(attempt=tuple(i for i in self.pack.attempt if i not in ran),
                   announcing=tuple(i for i in self.pack.announcing if i not in out))  # fmt: skip
-        if missing:
-            self.release(missing)
+        self.release(missing)
         log.info(
             "pack %s sent: %d of %d members%s",
             self.pack.pack_id,
