@@ -97,9 +97,6 @@ class BulkService:
         self.idempotency = IdempotencyStore.from_settings(settings)
         self.packs = PackStore.from_settings(settings)
         self.batches = BatchStore.from_settings(settings)
-        # A named connection's sends say so (the default's stay as they were before connections).
-        self._named_connection, self._connection = settings.named_connection, settings.connection
-        self._clock = utcnow
 
     # --- accept ----------------------------------------------------------------------------
 
@@ -121,7 +118,7 @@ class BulkService:
         accepted.
         """
         require_callback_settings(self.settings)  # 503 before anything is stored
-        now = self._clock()
+        now = utcnow()
         if not 0 < len(recipients) <= MAX_BULK_RECIPIENTS:  # (a CSV's are checked as it is read)
             too_many = f"At most {MAX_BULK_RECIPIENTS} recipients."
             why = too_many if recipients else "Give at least one recipient."
@@ -133,7 +130,7 @@ class BulkService:
             request = [template, customer_id, service_id, transactional, all_or_nothing]
             fingerprint, as_typed = bulk_fingerprint(request, recipients)
             key_hash = idempotency_key_hash(
-                customer_id, "bulk\n" + idempotency_key, self._named_connection
+                customer_id, "bulk\n" + idempotency_key, self.settings.named_connection
             )
             entry = self.idempotency.claim(
                 key_hash, batch_id, fingerprint, now=now,
@@ -229,7 +226,7 @@ class BulkService:
             pack_ids=tuple(p.pack_id for p in packs),
             refused=tuple(errors),
             idempotency_key_hash=key_hash,
-            connection=self._connection,
+            connection=self.settings.connection,
         )
         self.batches.save(batch)
         with ThreadPoolExecutor(_THREADS) as pool:
@@ -267,7 +264,7 @@ class BulkService:
     def _unfinished(self, batch: BatchRecord) -> BatchRecord | None:
         """The batch if its request stopped before it finished recording it (``incomplete``,
         or ``accepting`` for longer than a request takes), else None."""
-        over = self._clock() - batch.created_at >= INCOMPLETE_AFTER
+        over = utcnow() - batch.created_at >= INCOMPLETE_AFTER
         accepting = batch.status is BatchStatus.ACCEPTING
         return batch if batch.status is BatchStatus.INCOMPLETE or (accepting and over) else None
 
@@ -331,7 +328,7 @@ class BulkService:
 
         # The batch's connection's lease and backoff, not the poller's (sending.md, "A driver...").
         settings, waiting = held_settings(_connection(batch, records), self.settings)
-        now = self._clock()
+        now = utcnow()
         quiet = dt.timedelta(
             seconds=settings.send_lease_seconds + settings.send_retry_max_seconds + 60
         )
@@ -364,7 +361,9 @@ class BulkService:
         Given the batch's ``members`` (a status poll, whoever polls), they go through the
         batch's connection and continue their trace; else the bulk request's."""
         queue, batch_id = outbound_queue(self.settings), batch.batch_id
-        connection = named_connection(_connection(batch, members) if members else self._connection)
+        connection = named_connection(
+            _connection(batch, members) if members else self.settings.connection
+        )
         trace = next((r.traceparent for r in members if r.traceparent), current_traceparent())
         texts = [
             PackDriver(packId=p, batchId=batch_id, traceparent=trace, Connection=connection).text()
@@ -437,7 +436,7 @@ class BulkService:
             )
             for r in records
         }
-        age = self._clock() - batch.created_at
+        age = utcnow() - batch.created_at
         recording = batch.status is BatchStatus.ACCEPTING and len(records) < batch.accepted
         if recording and age >= INCOMPLETE_AFTER:
             # Surely over with members missing: none is sent until a replay finishes it.
@@ -460,7 +459,6 @@ class BulkService:
             else r.status
             for r in records
         }
-        counts = Counter(map(str, shown.values()))
         # Final only while members are missing: with all recorded, drivers may be out.
         incomplete = batch.status is BatchStatus.INCOMPLETE and len(records) < batch.accepted
         # Still being recorded, it is pending whatever its recorded members' states.
@@ -474,11 +472,10 @@ class BulkService:
             "Total": batch.total,
             "Accepted": batch.accepted,
             "RefusedCount": batch.refused_count,
-            "Counts": {str(s): counts.get(str(s), 0) for s in MessageStatus},
-            "DeliveryCounts": {
-                state: sum(1 for d in delivery.values() if d == state)
-                for state in map(str, RecipientStatus)
-            },
+            "Counts": dict.fromkeys(map(str, MessageStatus), 0) | Counter(map(str, shown.values())),
+            "DeliveryCounts": (
+                dict.fromkeys(map(str, RecipientStatus), 0) | Counter(map(str, delivery.values()))
+            ),
             **({"StatusUrl": url} if url else {}),
             # In every answer (a flow sees only Location's final one): those the batch row keeps.
             "Refused": list(batch.refused) if replay is None else _refused(batch, records, replay),
