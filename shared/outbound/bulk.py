@@ -272,8 +272,7 @@ def _csv_recipients(text: str, content: str = "") -> list[BulkRecipient]:
     ended: list[bool] = []  # the reader asked for a line past the last one
 
     def lines() -> Iterator[str]:
-        # Every line ends in a line break, so a row that ends at the end of the text, not at
-        # a line break, is one inside quotes.
+        # Every line ends in a line break: a row ending with the text, not a break, is in quotes.
         whole = text + "\n" if text and not text.endswith(("\n", "\r")) else text
         yield from io.StringIO(whole, newline="")
         ended.append(True)
@@ -416,8 +415,7 @@ SPECS: tuple[ActionSpec[Any], ...] = (
             "Recipients are packed into as few SmartDialog calls as the quota needs."
         ),
         responses=(
-            # What the flow step outputs: the final answer of Location (the designer's dynamic
-            # content comes from the 200).
+            # What the flow step outputs: Location's final answer (its dynamic content: the 200).
             ResponseDoc(
                 200, "Every recipient final (the final answer of Location).", BulkStatusDoc
             ),
