@@ -29,7 +29,6 @@ from shared.messages import (
     lane_opens,
     lane_partition,
     lane_time,
-    message_keys,
     new_pack_id,
 )
 from shared.outbound._attempt import Call, Refused, Sent, Transient, recipient_ids, split_answer
@@ -223,7 +222,7 @@ class IndexPacks:
         packs = self.ports.packs
         limit = self.ports.policy.pack_max_recipients
 
-        lane = message_keys(leader.message_id)[0] if in_lane(leader.message_id) else None
+        lane = in_lane(leader.message_id)
         own_row = "" if lane else index_row_key(leader)
         if lane:  # lanes are their own index: the leader's minute's, the one before, the next
             waiting: list[MessageRecord] = []  # once it opened (by this clock, or the leader's)
@@ -238,9 +237,7 @@ class IndexPacks:
         taken = leader.recipient_count
         picked: list[tuple[str, str]] = []
         for entry in rows:
-            if entry.message_id == leader.message_id:
-                continue
-            if taken + entry.recipient_count > limit:
+            if entry.message_id == leader.message_id or taken + entry.recipient_count > limit:
                 continue
             picked.append((entry.row_key, entry.message_id))
             taken += entry.recipient_count
@@ -337,17 +334,14 @@ class IndexPacks:
                                if now < r.valid_until and r.held_until(now) is None])  # fmt: skip
 
         def claim(record: MessageRecord) -> tuple[MessageRecord, OutboundMessage] | None:
-            if record.status.is_final or record.message_id in out:
+            held = record.held_until(now) is not None  # by someone else (a stale worker): not ours
+            if record.status.is_final or record.message_id in out or held:
                 return None
-            if record.held_until(now) is not None:
-                return None  # held by someone else (a stale worker): not ours to send
             if now >= record.valid_until:
                 self.outcomes.fail(record, self.outcomes.expired(record))
                 return None
             done = self.ports.store.swap(record, **claim_changes(record, now, self.ports.policy))
-            if done is None:
-                return None
-            return done, parse_outbound_message(done.command)
+            return None if done is None else (done, parse_outbound_message(done.command))
 
         claimed = [c for c in pool.map(claim, read) if c is not None]
         return pack, [(leader, command), *claimed]
@@ -452,8 +446,7 @@ class IndexPacks:
             len(members), quiet, ", duplicate RequestId" if sent.duplicate else "",
         )  # fmt: skip
         if first.kind is OutcomeKind.DEFERRED:
-            _leader, command = members[0]
-            return self.outcomes.requeue(command, 0, 0, OutcomeKind.DEFERRED, "not-in-pack")
+            return self.outcomes.requeue(members[0][1], 0, 0, OutcomeKind.DEFERRED, "not-in-pack")
         return replace(first, detail=f"pack {pack.pack_id}: {len(members)} messages")
 
     def _sent_together(
