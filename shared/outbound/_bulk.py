@@ -318,12 +318,9 @@ class BulkService:
         return self._accepted(batch_id, len(recipients), len(records), errors, queued=queued)
 
     def _redrive_stale(self, batch: BatchRecord, records: list[MessageRecord]) -> None:
-        """Enqueue the drivers of packs idle longer than any lease or backoff lasts (a driver gone
-        to the poison queue): with unfinished members, or with all final and some events maybe
-        lost: a member final but not ``announced`` (a failure's event and dead letter go before
-        that flag), or a row still listing some ``announcing`` (sent members, flagged in their
-        sent write; the re-run sends those). At most once per that period per batch; a pack
-        driven twice is sent once."""
+        """Enqueue again the drivers of packs idle longer than any lease or backoff lasts (a driver
+        gone to the poison queue) with members unfinished or events maybe unsent, at most once
+        per that period per batch (docs/sending.md, "A driver that is gone")."""
         from shared.outbound._ports import held_settings
 
         # The batch's connection's lease and backoff, not the poller's (sending.md, "A driver...").
