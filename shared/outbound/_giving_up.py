@@ -43,9 +43,8 @@ def remember_maybe_sent(failed: Transient) -> dict[str, Any]:
 
 def remember_interrupted(record: MessageRecord, now: dt.datetime) -> dict[str, Any]:
     """What a claim of ``record`` at ``now`` remembers of the claims before: one still
-    ``sending`` (its worker's lease ran out, the worker died or stalled, perhaps mid-call) may
-    have been sent; and when it was first claimed (``claimed_at``: for a row of a release
-    before that field that was tried already, its creation, the earliest it could have gone)."""
+    ``sending`` (its worker stopped, perhaps mid-call) may have been sent; and when it was first
+    claimed (``claimed_at``; an older row already tried: its creation)."""
     tried = record.attempts or record.may_have_reached
     first = record.claimed_at or (record.created_at if tried else now)
     interrupted = {"maybe_sent": True} if record.status is MessageStatus.SENDING else {}
@@ -53,9 +52,8 @@ def remember_interrupted(record: MessageRecord, now: dt.datetime) -> dict[str, A
 
 
 def handed_back(record: MessageRecord) -> dict[str, Any]:
-    """The changes that hand ``record``'s claim back, no call made: the attempt not counted,
-    no lease, and, when it was its first and none before may have gone, no time of a first
-    claim (``claimed_at``)."""
+    """The changes that hand ``record``'s claim back, no call made: the attempt not counted, no
+    lease, and no ``claimed_at`` when none may have gone."""
     attempts = max(0, record.attempts - 1)  # a re-driven one in doubt (attempts 0) keeps its time
     gone = attempts or record.maybe_sent
     return {"attempts": attempts, "lease_until": None, **({} if gone else {"claimed_at": None})}
@@ -83,8 +81,7 @@ def waiting_error(problem: str) -> FailureInfo:
 
 def noted(record: MessageRecord, error: FailureInfo | None) -> dict[str, Any]:
     """The change that makes ``error`` (:func:`waiting_error`) ``record``'s ``LastError``: none
-    where it is already, or where a failed attempt's stands (more specific: its status keeps
-    it, and the claim after the wait does too)."""
+    where it is already, or where a failed attempt's (more specific) stands."""
     last = record.last_error
     if error is None or last == error or (last is not None and last.code != CONFIGURATION):
         return {}
@@ -108,12 +105,9 @@ def may_have_been_sent(detail: str | None) -> str:
 
 
 def refusal_failure(refused: Refused, record: MessageRecord, *, named: bool) -> FailureInfo:
-    """Why ``record`` failed when upstream refused its call. ``outcome-unknown`` when an
-    earlier attempt may have reached upstream and the refusal names no recipient: it may be
-    SmartDialog's answer to a repeat of that attempt's RequestId (its definition does not say
-    how it answers one; the sandbox answers 409 with the original), so the message may have
-    been sent. A refusal that names one of its recipients (``named``, as the caller matched
-    them) was about the content, which the earlier attempt carried too: ``upstream-rejected``."""
+    """Why ``record`` failed when upstream refused its call: ``outcome-unknown`` when an earlier
+    attempt may have reached upstream and the refusal names none of its recipients (``named``),
+    as it may be the answer to a repeat of that RequestId; else ``upstream-rejected``."""
     failure = refused.failure(record.attempts)
     if not record.maybe_sent or named:
         return failure
@@ -141,9 +135,8 @@ def request_id_taken(record: MessageRecord) -> FailureInfo:
 def not_repeated(
     record: MessageRecord, title: str, why: str, error: FailureInfo | None = None
 ) -> FailureInfo:
-    """``outcome-unknown`` for ``record``, whose operation carries no RequestId: an attempt
-    that may have reached upstream (``why``) is not repeated, as upstream could not tell a
-    repeat; ``error`` is that attempt's failure, if any."""
+    """``outcome-unknown`` for ``record``, whose operation carries no RequestId, so an attempt
+    that may have reached upstream (``why``; ``error`` its failure, if any) is not repeated."""
     base = error or FailureInfo(code="outcome-unknown", title=title, attempts=record.attempts)
     return _unknown(
         base, title, f"{record.operation} carries no RequestId, and {why}; it is not repeated."
@@ -160,9 +153,8 @@ def give_up(
     maybe_sent: bool = False,
 ) -> FailureInfo | None:
     """Why a message whose attempt failed transiently (``error``, ``title``) stops now (out of
-    attempts, or a retry at ``next_at`` would be past its validity), or None: it retries.
-    ``maybe_sent``: this attempt may have reached upstream; with it or an earlier such attempt
-    (the record's ``maybe_sent``) the failure is ``outcome-unknown``."""
+    attempts, or ``next_at`` past its validity), or None: it retries. ``outcome-unknown`` if
+    this attempt (``maybe_sent``) or an earlier one may have reached upstream."""
     maybe_sent = maybe_sent or record.maybe_sent
     if record.attempts >= max_attempts:
         if maybe_sent:
@@ -186,10 +178,8 @@ def expired(
 ) -> FailureInfo:
     """The failure of a message not sent within its validity; ``outcome-unknown`` if an
     attempt (the record's, or ``maybe_sent``: the one just made) may have reached upstream.
-    It quotes ``last`` (default: its ``LastError``, on every send path alike). ``waiting``: what
-    held it meanwhile (a broken setting, the identity provider, routing); without it, the wait
-    its ``LastError`` notes (:func:`waiting_error`: the quota store's too), which is then no
-    last error."""
+    It quotes ``last`` (default: its ``LastError``) and what it was ``waiting`` for (default:
+    the wait its ``LastError`` notes, :func:`waiting_error`, then no last error)."""
     last = last or record.last_error
     if noted := [e for e in (last, record.last_error) if e and e.code == CONFIGURATION]:
         waiting = waiting or noted[0].detail
@@ -218,10 +208,8 @@ def expired(
 
 
 def poisoned(record: MessageRecord) -> FailureInfo:
-    """Why ``record`` fails when the Functions host gave up on its send command (every one of
-    ``maxDequeueCount`` deliveries raised: our own storage failing, or a damaged record) and
-    moved it to the poison queue: ``poisoned``, or ``outcome-unknown`` if an attempt may have
-    reached upstream (one recorded so, or one still ``sending``: its worker stopped mid-call)."""
+    """Why ``record`` fails when the Functions host moved its send command to the poison queue:
+    ``poisoned``, or ``outcome-unknown`` if an attempt may have reached upstream."""
     title = "The Functions host gave up on its queued command (moved to the poison queue)"
     detail = "Every delivery failed on our side (storage, or a damaged record); see the logs."
     failure = FailureInfo(code="poisoned", title=title, detail=detail, attempts=record.attempts)
@@ -230,8 +218,7 @@ def poisoned(record: MessageRecord) -> FailureInfo:
 
 def in_doubt(record: MessageRecord, failure: FailureInfo) -> FailureInfo:
     """``failure``, which ends ``record`` before a repeat could settle an attempt that may have
-    reached upstream (``may_have_reached``), as ``outcome-unknown``: never told as not sent,
-    and re-driven only with ``force`` (:func:`redrive_doubt`)."""
+    reached upstream, as ``outcome-unknown`` (re-driven only with ``force``)."""
     if not record.may_have_reached:
         return failure
     title = f"{failure.title}; it may have been sent"
@@ -244,10 +231,7 @@ def _unknown(failure: FailureInfo, title: str, detail: str) -> FailureInfo:
 
 
 def redrive_doubt(failed: MessageRecord) -> str | None:
-    """Why a re-drive of ``failed`` needs ``force``: it failed ``outcome-unknown``, so an
-    attempt may have reached SmartDialog, which de-duplicates a repeat only by its RequestId, at
-    best effort, and not at all for a discussion reply (none) or a pack member (re-driven alone,
-    with its own RequestId, not the pack's)."""
+    """Why a re-drive of ``failed`` needs ``force`` (it failed ``outcome-unknown``), or None."""
     if failed.failure is None or failed.failure.code != "outcome-unknown":
         return None
     if failed.request_id is None:
@@ -264,9 +248,7 @@ def redrive_doubt(failed: MessageRecord) -> str | None:
 
 def poisoned_command_doubt(text: str) -> str | None:
     """Why a re-drive of send command ``text`` from the poison queue needs ``force``: it names
-    no message (no ``messageId``, no ``RequestId``), so the sender gave it an id derived from
-    its queue message, which the host's poison copy does not keep. Re-driven, it would be a new
-    message, sent again if the first copy was sent before the host gave up on it."""
+    no message, so its id was its queue message's, which a re-drive would not keep."""
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
