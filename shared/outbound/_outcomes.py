@@ -1,7 +1,6 @@
 """What a send path does with an attempt's outcome: record it, announce it, requeue, dead-letter.
-One home for every path's retry policy, giving up, final writes and their side effects: a final
-record's event and dead letter go out before it is marked ``announced`` (see docs/architecture.md,
-"Crash windows")."""
+A final record's event and dead letter go out before it is marked ``announced`` (see
+docs/architecture.md, "Crash windows")."""
 
 from __future__ import annotations
 
@@ -137,8 +136,7 @@ class SendOutcome:
 def sent_changes(
     record: MessageRecord, body: Mapping[str, Any], *, duplicate: bool, now: dt.datetime
 ) -> dict[str, Any]:
-    """The changes that record ``record`` sent with upstream's answer ``body`` (a pack
-    member's: its share)."""
+    """The changes that record ``record`` sent with upstream's answer ``body``."""
     parts = body.get("MessagePartCount") or body.get("messagePartCount")
     return {
         "status": MessageStatus.SENT,
@@ -154,8 +152,7 @@ def sent_changes(
 
 
 def claim_changes(record: MessageRecord, now: dt.datetime, policy: SendPolicy) -> dict[str, Any]:
-    """The changes that claim ``record`` for one more attempt through ``policy``'s connection,
-    leased for ``policy.lease`` from ``now``."""
+    """The changes that claim ``record`` for one more attempt through ``policy``'s connection."""
     return {"status": MessageStatus.SENDING, "attempts": record.attempts + 1,
             "lease_until": now + policy.lease, "next_attempt_at": None, "waits_until": None,
             "updated_at": now,
@@ -214,16 +211,14 @@ class Outcomes:
     def expired(
         self, record: MessageRecord, last: FailureInfo | None = None, waiting: str | None = None
     ) -> FailureInfo:
-        """An unclaimed message's expiry (``outcome-unknown`` if it may have reached upstream),
-        saying what it was ``waiting`` for (default: :meth:`holding`) and quoting its ``last``
-        error (:func:`~shared.outbound._giving_up.expired`)."""
+        """An unclaimed message's expiry, saying what it was ``waiting`` for (default:
+        :meth:`holding`) (:func:`~shared.outbound._giving_up.expired`)."""
         waiting = waiting or self.holding()
         return expired(record, last, maybe_sent=record.may_have_reached, waiting=waiting)
 
     def holding(self) -> str | None:
-        """What holds this connection's sends now, naming no value: a setting that is broken,
-        or why this process last failed to get a token (refused credentials, the identity
-        provider failing); None when nothing does."""
+        """What holds this connection's sends now (a broken setting, a failed token), naming no
+        value; None when nothing does."""
         if broken := self.ports.policy.unconfigured:
             return broken
         failed = self.ports.upstream.unready
@@ -232,10 +227,8 @@ class Outcomes:
     def misconfigured(self, what: str, until: dt.datetime, problem: str = "",
                       reason: str = "settings", advice: str = "see /api/health",
                       ) -> float | None:  # fmt: skip
-        """None when the settings a send needs are fine and no ``problem`` (with its ``reason``
-        and ``advice``) is given; else in how many seconds ``what`` (unclaimed, no slot taken)
-        checks again, never past ``until``. Logs it, a warning a minute (:class:`HeldSends`)
-        naming the settings or the problem, never their values."""
+        """None when the settings a send needs are fine and no ``problem`` is given; else in how
+        many seconds ``what`` checks again, never past ``until`` (a warning a minute)."""
         if not (problem := problem or self.ports.policy.unconfigured):
             return None
         left = (until - self.ports.now()).total_seconds()
@@ -267,10 +260,9 @@ class Outcomes:
 
     def sent(self, record: MessageRecord, body: Mapping[str, Any], addresses: Sequence[str], *,
              duplicate: bool, **flag: bool) -> SendOutcome:  # fmt: skip
-        """Record a claimed message to ``addresses`` sent (slots get upstream's ids:
-        :func:`recipient_ids`), also over a newer claim (sent is true and final), then announce
-        it; another's final state stands. ``announced=True`` (a pack member): flagged in the same
-        write, then its event sent, also when another run recorded it."""
+        """Record a claimed message sent, also over a newer claim (sent is true and final), then
+        announce it; another's final state stands. ``announced=True`` (a pack member): flagged in
+        the same write, then its event sent, also when another run recorded it."""
         changes = sent_changes(record, body, duplicate=duplicate, now=self.ports.now())
         sending, ids = MessageStatus.SENDING, recipient_ids(body, addresses)
         done = self.swap_until(record, lambda r: r.status is sending, recipient_ids=ids,
@@ -294,9 +286,8 @@ class Outcomes:
     def back_off(
         self, record: MessageRecord, failed: Transient, next_at: dt.datetime
     ) -> SendOutcome:
-        """A claimed message whose attempt failed transiently: queued again to be retried at
-        ``next_at`` (``RETRY_SCHEDULED``), failed if it gives up now, or left to whoever
-        finished it or took its claim over meanwhile (``ACKNOWLEDGED``)."""
+        """Queue a claimed message whose attempt failed transiently again, due at ``next_at``,
+        or fail it if it gives up now; ``ACKNOWLEDGED`` if another finished or claimed it."""
         error, limit = failed.error(record.attempts), self.ports.policy.max_attempts
         unsure = not failed.certainly_not_sent
         final = give_up(record, error, failed.title, next_at, max_attempts=limit, maybe_sent=unsure)
@@ -353,9 +344,8 @@ class Outcomes:
             log.info("%d announcement flag(s) lost a race", lost)
 
     def dead_letter(self, letter: DeadLetter, key: str | None = None) -> None:
-        """Put ``letter`` on the dead-letter queue; an original too large to travel in it goes by
-        reference (a blob named in ``originalBlob``), then its schema violations are shortened.
-        With a ``key``, once (its time the letter's): one indexed already is not written again."""
+        """Put ``letter`` on the dead-letter queue (a large original by reference, then its
+        errors shortened); with a ``key``, only once."""
         from azure.core.exceptions import ResourceExistsError
 
         letter = original_aside(letter, self.ports.payloads)
@@ -371,8 +361,7 @@ class Outcomes:
 
     def emit(self, record: MessageRecord) -> bool:
         """Send a final record's event (and a failure's dead letter), whatever ``announced``
-        says (a bulk pack records it first; a cancelled one's: its cancel failed midway);
-        False for one not final."""
+        says; False for one not final."""
         if record.status is MessageStatus.CANCELLED:
             emit_cancelled(self.ports.store, self.ports.events, record)
             return True
@@ -457,9 +446,8 @@ class Outcomes:
     def requeue(
         self, command: OutboundMessage, attempts: int, delay: float, kind: OutcomeKind, reason: str
     ) -> SendOutcome:
-        """Put a copy of the message back with a visibility delay (the host deletes the original
-        when we return; a crash in between leaves a harmless duplicate). A RequestId
-        ``normalize`` filled in is left out, filled again when read back (same fingerprint)."""
+        """Put a copy of the message back with a visibility delay (a crash before the host
+        deletes the original leaves a harmless duplicate); a filled-in RequestId is left out."""
         assert command.messageId is not None
         deferrals = command.deferrals + (kind is OutcomeKind.DEFERRED)
         update: dict[str, Any] = {"attempts": attempts, "deferrals": deferrals}
@@ -490,9 +478,8 @@ class Outcomes:
     def someone_elses(
         self, record: MessageRecord, command: OutboundMessage, got: QueueCopy
     ) -> SendOutcome | None:
-        """None when ``record`` is ``command``'s; a rule's send made again (its rule edited
-        since) is acknowledged; else ``command``'s ``messageId`` is taken by a different
-        message: dead-lettered, the record left alone."""
+        """None when ``record`` is ``command``'s; a rule's edited send again is acknowledged;
+        else ``command``'s ``messageId`` is taken: dead-lettered, the record left alone."""
         if self.owns(record, command):
             return None
         if repeats_rule_send(record.command, command):
@@ -504,10 +491,9 @@ class Outcomes:
     def dead_letter_malformed(
         self, got: QueueCopy, exc: Exception, *, fails_record: bool = True
     ) -> SendOutcome:
-        """A queue message that is not one of ours, with its reason (never processed). If its
-        ``messageId`` can still be read and names a record not yet final, that message fails
-        (code ``malformed``) with its event, unless ``fails_record`` is False (the message is
-        someone else's: its id is taken by a different message)."""
+        """Dead-letter a queue message that is not one of ours (never processed); if
+        ``fails_record``, the record its ``messageId`` names fails ``malformed``, unless final or
+        claimed."""
         errors: list[dict[str, Any]] = []
         if isinstance(exc, ValidationError):
             for item in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]:
@@ -534,27 +520,20 @@ class Outcomes:
         )
         self.dead_letter(letter)
         log.warning("outbound queue message %s dead-lettered: %s", got.queue_id, detail)
-        if fails_record and message_id is not None:
-            self.fail_unreadable(message_id, detail, errors)
-        return SendOutcome(OutcomeKind.DEAD_LETTERED, message_id, detail=detail)
-
-    def fail_unreadable(
-        self, message_id: str, detail: str, errors: list[dict[str, Any]]
-    ) -> SendOutcome | None:
-        """Fail the record of a message whose queued command cannot be read (code ``malformed``),
-        with its event; None if there is none, it is final, or a worker's claim on it is live."""
-        record = self.ports.store.get(message_id)
-        if record is None or record.status.is_final or self._claimed(record):
-            return None
-        problems = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        failure = FailureInfo(
-            code="malformed",
-            title="Its queued command could not be read",
-            detail=f"{detail}. {problems}".strip() if problems else detail,
-            attempts=record.attempts,
-            errors=[FailureFieldError.model_validate(e) for e in errors] or None,
+        record = (
+            self.ports.store.get(message_id) if fails_record and message_id is not None else None
         )
-        return self.fail(record, failure)
+        if record is not None and not record.status.is_final and not self._claimed(record):
+            problems = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+            failure = FailureInfo(
+                code="malformed",
+                title="Its queued command could not be read",
+                detail=f"{detail}. {problems}".strip() if problems else detail,
+                attempts=record.attempts,
+                errors=[FailureFieldError.model_validate(e) for e in errors] or None,
+            )
+            self.fail(record, failure)
+        return SendOutcome(OutcomeKind.DEAD_LETTERED, message_id, detail=detail)
 
     def owns(self, record: MessageRecord, command: OutboundMessage) -> bool:
         """Whether ``command`` is ``record``'s own (:func:`is_recorded_as`; a record older than
@@ -562,9 +541,8 @@ class Outcomes:
         return not record.fingerprint or is_recorded_as(record, command)
 
     def settle_poisoned(self, command: OutboundMessage) -> bool | None:
-        """Fail the message of ``command``, which the host moved to the poison queue: True once
-        failed and announced; False with no record, one sent or cancelled, or another's
-        (:meth:`owns`); None while a worker's claim is live, or if it ended meanwhile."""
+        """Fail the message of poisoned ``command``: True once failed and announced; False with
+        no record, one sent or cancelled, or another's; None while a worker's claim is live."""
         record = self.ports.store.get(command.messageId or "")
         if record is None or not self.owns(record, command):
             return False
@@ -583,8 +561,7 @@ class Outcomes:
 
 
 def bounded(failure: FailureInfo) -> FailureInfo:
-    """``failure`` with its title and detail cut to their limits (a copy made with
-    ``model_copy`` skips the model's validation)."""
+    """``failure`` with its title and detail cut to their limits (``model_copy`` skips that)."""
     return FailureInfo.model_validate(failure.model_dump())
 
 
