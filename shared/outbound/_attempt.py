@@ -1,7 +1,5 @@
-"""One upstream attempt for a set of members, and what its outcome means: every send path builds
-its call with :meth:`Upstream.prepare` before its quota grant, makes it with
-:meth:`Upstream.attempt` and gets one :data:`AttemptResult` (:class:`Sent`, :class:`Transient` or
-:class:`Refused`). :func:`split_answer` is the one place a packed call's answer is shared out.
+"""One upstream attempt and what its outcome means: a call built with :meth:`Upstream.prepare`
+before its quota grant, made with :meth:`Upstream.attempt`, one :data:`AttemptResult`.
 See docs/sending.md, "Statuses and the sender" (the outcome table)."""
 
 from __future__ import annotations
@@ -90,30 +88,26 @@ class Sent:
 
     def answers_another(self, addresses: Iterable[str]) -> bool:
         """Whether this is a 409's original answer for another message than one to
-        ``addresses``: it lists recipients, none of them one of these numbers (:func:`_listed`);
-        one of ours missing proves nothing (a repeated number listed once, one left out)."""
+        ``addresses``: it lists recipients, none of them one of these numbers."""
         listed = {k for r in answer_recipients(self.body) for k in _listed(r)}
         return self.duplicate and bool(listed) and not listed & {address_key(a) for a in addresses}
 
 
 def answer_message_id(body: Mapping[str, Any]) -> str | None:
-    """SmartDialog's MessageId in an answer (or a member's share of one): ``messageId`` in a
-    template send's camelCase answer."""
+    """SmartDialog's MessageId in an answer (or a member's share of one), in either casing."""
     found = body.get("MessageId") or body.get("messageId")
     return str(found) if found else None
 
 
 def kept_id(found: object) -> str | None:
-    """An upstream id as a row keeps it: None when there is none, or it is too long to be one
-    (:data:`~shared.messages.UPSTREAM_ID_CHARS`)."""
+    """An upstream id as a row keeps it: None when there is none, or it is too long to be one."""
     text = str(found) if found else None
     return text if text and utf16_units(text) <= UPSTREAM_ID_CHARS else None
 
 
 def kept(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What a record keeps of upstream's answer ``body``: its MessageId (:func:`kept_id`) and the
-    answer as JSON, whole, or past :data:`~shared.messages.RESULT_CHARS` without recipients, only
-    its first :data:`KEPT_FIELDS` fields whose name and value are as short as an id."""
+    """What a record keeps of upstream's answer ``body``: its MessageId and the answer as JSON,
+    whole, or past :data:`~shared.messages.RESULT_CHARS` only its first short fields."""
     text = json.dumps(body, ensure_ascii=False)
     if utf16_units(text) > RESULT_CHARS:
         log.warning("an answer of %d characters kept without its recipients", len(text))
@@ -162,9 +156,8 @@ class Refused:
     culprit: str | None = None
 
     def blamed(self, members: Mapping[str, Iterable[str]]) -> set[str]:
-        """The members (id -> addresses) with the number upstream named, read as it may write
-        one (bare digits both ways, :func:`reported_keys`): those of its likeliest reading that
-        is any member's number."""
+        """The members (id -> addresses) with the number upstream named (its likeliest reading
+        that is any member's)."""
         keys = {
             member: {address_key(a) for a in addresses} for member, addresses in members.items()
         }
@@ -175,9 +168,8 @@ class Refused:
 
     @property
     def about_the_request(self) -> bool:
-        """Whether the refusal naming no recipient is about the request itself (401, 403, 404,
-        422, ...: every member of a pack would be refused alone too), not one recipient's (a 400
-        or a 413, which a smaller call may get past)."""
+        """Whether the refusal naming no recipient is about the request itself, not one
+        recipient's (a 400 or a 413, which a smaller call may get past)."""
         return self.status not in (400, 413)
 
     def failure(self, attempts: int) -> FailureInfo:
@@ -215,9 +207,8 @@ class Upstream:
         self.unready: Exception | None = None
 
     def ready(self) -> Exception | None:
-        """A valid token in hand before the caller takes its grant (a fetch bounded by the send
-        timeout on its own, so it never ages the grant): None, or why none could be had, nothing
-        sent, no slot taken (:func:`~shared.outbound._setting_waits.token_wait`)."""
+        """A valid token in hand before the caller takes its grant (so a fetch never ages it):
+        None, or why none could be had, nothing sent."""
         from shared.smartdialog import SmartDialogError
 
         try:
@@ -236,9 +227,7 @@ class Upstream:
         report_id: str | None = None,
     ) -> Call:
         """The call of ``commands`` as it is to leave, built *before* its grant is taken: one
-        command, or with ``request_id`` a pack's (:func:`packed_command`, the first its leader).
-        Its numbers are in E.164 and ``DlrUrl`` is *our* token-bearing URL (for ``report_id`` or
-        the message), put in only here; the envelope's own fields never reach upstream."""
+        command, or with ``request_id`` a pack's led by the first (our ``DlrUrl`` put in here)."""
         from shared.outbound._records import with_delivery_report_url
 
         command = commands[0]
@@ -256,11 +245,10 @@ class Upstream:
         links: Sequence[str | None] = (),
         repeat: bool = False,
     ) -> AttemptResult:
-        """One upstream call with ``grant`` (after :meth:`ready` and :meth:`prepare`), in a client
-        span linked to ``links``, within the send timeout from here. Raises :class:`StaleGrant`
-        (nothing sent) if the grant went stale before the request left. ``repeat``: an earlier
-        attempt with this RequestId may have reached upstream, so a 409 naming no recipient is
-        its duplicate (not for a pack: a member's doubt may be of another pack's RequestId)."""
+        """One upstream call with ``grant``, in a client span linked to ``links``. Raises
+        :class:`StaleGrant` (nothing sent) if the grant went stale before the request left.
+        ``repeat``: an earlier attempt with this RequestId may have reached upstream, so a 409
+        naming no recipient is its duplicate."""
         from shared.quota import QuotaExceeded
         from shared.smartdialog import SmartDialogError
 
@@ -268,9 +256,13 @@ class Upstream:
         try:
             with _call_span(call.request, call.report_id, links) as current:
                 try:
-                    result: AttemptResult = _answered(self.send(call.request))
+                    body = self.send(call.request)
                 except (SmartDialogError, QuotaExceeded) as exc:
-                    result = classify(exc)
+                    result: AttemptResult = classify(exc)
+                else:  # a 2xx proves a send only as a send's answer (else perhaps a proxy's)
+                    proven = answer_message_id(body) or answer_recipients(body)
+                    said = "the 2xx answer names no MessageId and no recipients"
+                    result = Sent(body) if proven else _unproven(said)
                 if repeat and isinstance(result, Refused) and result.status == 409:
                     result = Sent({}, duplicate=True) if result.culprit is None else result
                 _describe(current, result)
@@ -345,26 +337,15 @@ def _describe(span: Span, result: AttemptResult) -> None:
         span.set_attribute("http.response.status_code", result.status)
 
 
-def _answered(body: dict[str, Any]) -> AttemptResult:
-    """A 2xx answer proves a send only as a send's answer (its MessageId or recipients); any
-    other may come from a proxy that never passed the call on: :func:`_unproven`."""
-    if answer_message_id(body) or answer_recipients(body):
-        return Sent(body)
-    return _unproven("the 2xx answer names no MessageId and no recipients")
-
-
 def _unproven(said: str) -> Transient:
-    """A 2xx that proves no send: the attempt may have reached SmartDialog (as a connection
-    broken after the request left), so it is repeated under its RequestId, which settles it (a
-    409 duplicate, a proper answer), or ends ``outcome-unknown``; never ``sent``."""
+    """A 2xx that proves no send: it may have reached SmartDialog, so never ``sent``."""
     title = "SmartDialog's 2xx answer was no send's answer"
     return Transient("upstream-unavailable", title, said)
 
 
 def classify(exc: Exception) -> AttemptResult:
-    """What a failed call means: the one mapping from the client's errors to outcomes. Upstream's
-    message enters the outcome here, secrets it may quote (our DLR URL's token) cut: it becomes
-    a FailureInfo's detail (status answers, events, dead letters, trigger data, logs)."""
+    """What a failed call means: the one mapping from the client's errors to outcomes, with
+    secrets upstream's message may quote (our DLR URL's token) cut."""
     from shared.logs import cut_secrets
     from shared.quota import QuotaExceeded
     from shared.smartdialog import (
@@ -381,8 +362,7 @@ def classify(exc: Exception) -> AttemptResult:
 
     said = cut_secrets(exc.message) if isinstance(exc, APIError) else ""
     if isinstance(exc, InvalidParameterError):
-        # Nothing was sent and the same value fails the same way: a permanent refusal. In the
-        # body it may be one member's (400 naming nobody splits a pack); else it is everyone's.
+        # Nothing sent, and it fails the same way again; a body's may be one member's (400).
         return Refused(400 if exc.location == "body" else 422, f"Not sent: {exc}")
     if isinstance(exc, DuplicateRequestError):
         original = exc.original
@@ -442,9 +422,8 @@ def packed_command(
 
 @dataclass(frozen=True)
 class SplitAnswer:
-    """A packed call's answer shared out: each member's own answer (upstream's, with only its
-    recipients, in its order), upstream recipient id -> member, and the members the answer
-    does not mention (after a 409: they were not in the call that got through)."""
+    """A packed call's answer shared out: each member's own answer, upstream recipient id ->
+    member, and the members the answer does not mention (after a 409)."""
 
     shares: dict[str, dict[str, Any]] = field(default_factory=dict)
     recipient_ids: dict[str, str] = field(default_factory=dict)
@@ -458,10 +437,8 @@ def split_answer(
     duplicate: bool,
     estimates: Mapping[str, int] | None = None,
 ) -> SplitAnswer:
-    """Share ``body`` out among ``members`` ((message id, addresses)) by number (:func:`placed`);
-    an answer without recipients is every member's whole answer. A member's ``MessagePartCount``
-    is its own ``estimates`` entry when that is less and another member's reaches upstream's.
-    See docs/sending.md, "Packing and bulk sends" ("Answer")."""
+    """Share ``body`` out among ``members`` ((message id, addresses)) by number. See
+    docs/sending.md, "Packing and bulk sends" ("Answer")."""
     camel = "Recipients" not in body and ("recipients" in body or "messageId" in body)
     raw = answer_recipients(body)
     flat = [
@@ -498,10 +475,8 @@ def split_answer(
 def placed(
     body: Mapping[str, Any], addresses: Sequence[str], *, in_order: bool = True
 ) -> dict[int, dict[str, Any]]:
-    """Upstream's recipients in its answer ``body`` put on ours, ``addresses``, by number
-    (:func:`_listed`): our position -> the next of its recipients with that number; unmatched
-    ones are left. An answer naming no number and as long as ours goes by position if ``in_order``
-    (never a pack's 409, whose original call may have had other members)."""
+    """Upstream's recipients in its answer ``body`` put on ours, ``addresses``, by number: our
+    position -> its recipient; one naming no number goes by position if ``in_order``."""
     listings: dict[str, list[int]] = {}
     for position, address in enumerate(addresses):
         listings.setdefault(address_key(address), []).append(position)
@@ -516,8 +491,7 @@ def placed(
 
 
 def recipient_ids(body: Mapping[str, Any], addresses: Sequence[str]) -> dict[int, str]:
-    """Upstream's recipient ids in its answer ``body`` by the position of the recipient of ours,
-    ``addresses``, each is for (:func:`placed`): what a message's slots learn."""
+    """Upstream's recipient ids in its answer ``body`` by our recipient's position."""
     return {i: rid for i, e in placed(body, addresses).items()
             if (rid := kept_id(e.get("Id") or e.get("id")))}  # fmt: skip
 
@@ -529,7 +503,6 @@ def answer_recipients(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _listed(entry: Mapping[str, Any]) -> tuple[str, ...]:
-    """The numbers an answer's recipient may be (:func:`address_key`'s forms): upstream may
-    write one without its '+' (bare digits read both ways, as a report's: ``reported_keys``)."""
+    """The numbers an answer's recipient may be (upstream may write one without its '+')."""
     address = str(entry.get("Address") or entry.get("address") or "")
     return reported_keys(address) if address else ()
