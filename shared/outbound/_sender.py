@@ -1,9 +1,7 @@
-"""The queue sender: one outbound queue message in, at most one upstream send out.
-
-:meth:`OutboundSender.process` raises only when our own storage fails (the host retries, then
-moves the message to ``smartdialog-outbound-poison``). A queue message is a send command (this
-module, packing through :mod:`shared.outbound._packing`) or a bulk pack's driver
-(:mod:`shared.outbound._drive`). See docs/sending.md, "Statuses and the sender"."""
+"""The queue sender: one outbound queue message (a send command, or a bulk pack's driver) in, at
+most one upstream send out. :meth:`OutboundSender.process` raises only when our own storage fails
+(the host retries, then moves it to ``smartdialog-outbound-poison``). See docs/sending.md,
+"Statuses and the sender"."""
 
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ from shared.connections import ConnectionNotConfigured, connection_settings
 from shared.logs import loggable_id, redacted_traceback
 from shared.messages import FailureInfo, MessageRecord, MessageStatus, Pack, lane_time
 from shared.names import DEFAULT_CONNECTION, OUTBOUND_QUEUE
-from shared.outbound._attempt import Call, Sent, StaleGrant, Transient
+from shared.outbound._attempt import Call, Refused, Sent, StaleGrant
 from shared.outbound._drive import drive_pack
 from shared.outbound._giving_up import not_repeated, refusal_failure, request_id_taken
 from shared.outbound._models import (
@@ -76,8 +74,7 @@ if TYPE_CHECKING:
 __all__ = ["OutboundSender"]
 
 log = logging.getLogger("shared.outbound.sender")
-# Outcomes of a queue message counted as sends here; sent and failed are counted per message
-# (pack members too) when their event goes out.
+# Counted here; sent and failed are counted per message when their event goes out.
 _COUNTED_HERE = {OutcomeKind.DEFERRED, OutcomeKind.RETRY_SCHEDULED, OutcomeKind.DEAD_LETTERED}
 _Read = OutboundMessage | PackDriver | Exception  # a queue message read, or why it was not
 #: Why a claimed call was not made after its waits (the token's, the quota's), as logged.
@@ -156,11 +153,10 @@ class OutboundSender:
         return self.handle(message, got)
 
     def settle_poisoned(self, text: str, *, owner: MessageRecord | None = None) -> bool | None:
-        """Settle a send command the host moved to the poison queue, read as :meth:`process`
-        reads it (:meth:`Outcomes.settle_poisoned`), or with ``owner`` settle nothing: whether it
-        is that record's own (:meth:`Outcomes.owns`; True for one not read: failed as malformed).
-        None, look again, while the claims routing it are uncertain; False, nothing done, for one
-        not read or routed, a pack's driver, or one whose id was its queue message's."""
+        """Settle a send command the host moved to the poison queue (as
+        :meth:`Outcomes.settle_poisoned`), or with ``owner`` only say whether it is that record's
+        own (True for one not read). None, look again, while its routing is uncertain; False for
+        one not read or routed, a pack's driver, or one whose id was its queue message's."""
         try:
             message = routed_by_claim(self._read(text), self.ports.store)
             if isinstance(message, PackDriver):
@@ -178,9 +174,8 @@ class OutboundSender:
         return sender.outcomes.settle_poisoned(command)
 
     def _read(self, text: str) -> OutboundMessage | PackDriver:
-        """A queue message's command (a stored one read from its blob, with its trace) or pack
-        driver, not yet routed (:func:`routed_by_claim`); raises ``ValueError`` if it
-        cannot be read."""
+        """A queue message's command (a stored one read from its blob) or pack driver, not yet
+        routed; raises ``ValueError`` if it cannot be read."""
         message = parse_queue_message(text)
         if isinstance(message, StoredCommand):
             stored, named = self.ports.payloads.get(message.payload), message.payload
@@ -258,9 +253,8 @@ class OutboundSender:
         self, record: MessageRecord, command: OutboundMessage, outcome: SendOutcome
     ) -> SendOutcome:
         """Lead the next packs of ``record``'s key after it led a pack, was sent alone outside a
-        lane, or was a young lane member's copy whose record ended; a young lane's sweep that stops
-        while members wait puts the next one's message back. See docs/sending.md, "Sweep" and
-        "Lanes"."""
+        lane, or was a young lane member's copy whose record ended. See docs/sending.md, "Sweep"
+        and "Lanes"."""
         accepted = lane_time(record.message_id)
         key = record.pack_key or (pack_key(command) if accepted else None)
         young = (
@@ -363,13 +357,9 @@ class OutboundSender:
     def _take_slot_and_send(
         self, claimed: MessageRecord, command: OutboundMessage, *, before: MessageStatus
     ) -> SendOutcome:
-        """With the message claimed, gather its pack (a new one from its key's queued messages, or
-        the pack it belongs to), record it and build the call, then take a quota slot and call
-        upstream, or hand the claim back.
-
-        Our storage failing before the call hands the claim back and re-raises (the host retries),
-        except a lasting quota-store error, which waits as a broken setting does
-        (:func:`quota_store_wait`)."""
+        """With the message claimed, gather its pack, build the call, take a quota slot and call
+        upstream, or hand the claim back. Our storage failing before the call hands the claim back
+        and re-raises, except a lasting quota-store error, which waits as a broken setting does."""
         claim = _Claim(claimed, command, before, fresh=claimed.pack_id is None)
         try:
             return self._slot_and_call(claim)
@@ -422,15 +412,15 @@ class OutboundSender:
 
     def _hand_back(self, claim: _Claim, delay: float, reason: str, error: FailureInfo | None = None,
                    due: dt.datetime | None = None) -> SendOutcome:  # fmt: skip
-        """No call made: claim handed back (LastError ``error``; a wait's ``due``, for its status:
-        :class:`~shared.outbound._setting_waits.Wait`), requeued after ``delay`` s."""
+        """No call made: claim handed back (LastError ``error``, ``waits_until`` ``due``),
+        requeued after ``delay`` s."""
         self._give_back(claim, error=error, waits_until=due)
         attempts = claim.record.attempts - 1
         return self.outcomes.requeue(claim.command, attempts, delay, OutcomeKind.DEFERRED, reason)
 
     def _give_back(self, claim: _Claim, **changes: Any) -> None:
-        """Hand the claim (and a pack's members) back, the attempt not counted, with ``changes``
-        (``release_one``'s): a new pack dissolved (members wait in the index), a tried one kept."""
+        """Hand the claim (and a pack's members) back, the attempt not counted, with ``changes``:
+        a new pack dissolved (members wait in the index), a tried one kept."""
         if not claim.held:
             return
         claim.held, keep = False, not claim.fresh
@@ -444,10 +434,9 @@ class OutboundSender:
     def _cannot_call(
         self, claimed: MessageRecord, members: list[tuple[MessageRecord, OutboundMessage]]
     ) -> str | None:
-        """Why this call is not made after the token and quota waits (:data:`_NO_CALL`): a
-        message past its ``validUntil`` (its next turn fails it), or a claim ending before a whole
-        call (its timeout and the lease margin for skew) could be over: a lease that outlasts the
-        call is ours throughout (no other worker takes it over sooner), no read needed."""
+        """Why this call is not made after the token and quota waits (:data:`_NO_CALL`): a message
+        past its ``validUntil``, or a lease that would not outlast a whole call (then no other
+        worker can take it over mid-call)."""
         now, records = self.ports.now(), [claimed, *(m for m, _ in members)]
         needed = dt.timedelta(seconds=self.ports.policy.call_seconds)
         if any(now >= r.valid_until for r in records):
@@ -458,9 +447,8 @@ class OutboundSender:
     def _attempt(
         self, record: MessageRecord, command: OutboundMessage, grant: QuotaGrant, call: Call
     ) -> SendOutcome:
-        """One upstream call (``call``) with ``grant``, its outcome recorded. Raises
-        :class:`StaleGrant` (nothing sent, nothing recorded) if the grant went stale before the
-        request left."""
+        """One upstream call with ``grant``, its outcome recorded; raises :class:`StaleGrant`
+        (nothing sent, nothing recorded) if the grant went stale before the request left."""
         # Its doubt is about its own RequestId only if it never went in a pack (pack_key None).
         repeat = record.maybe_sent and record.pack_key is None
         result = self.ports.upstream.attempt(grant, call, repeat=repeat)
@@ -468,14 +456,10 @@ class OutboundSender:
             if result.answers_another(addresses := command_addresses(command)):  # another's 409
                 return self.outcomes.fail(record, request_id_taken(record))
             return self.outcomes.sent(record, result.body, addresses, duplicate=result.duplicate)
-        if isinstance(result, Transient):
-            return self._transient(record, command, result)
-        named = result.culprit is not None  # one message: any recipient named is its own
-        return self.outcomes.fail(record, refusal_failure(result, record, named=named))
-
-    def _transient(
-        self, record: MessageRecord, command: OutboundMessage, failed: Transient
-    ) -> SendOutcome:
+        if isinstance(result, Refused):
+            named = result.culprit is not None  # one message: any recipient named is its own
+            return self.outcomes.fail(record, refusal_failure(result, record, named=named))
+        failed = result
         if not failed.certainly_not_sent and not record.operation.carries_request_id:
             why = f"an attempt failed ambiguously ({failed.detail})"
             unsure = f"{failed.title}; the reply may or may not have been sent"
@@ -493,13 +477,12 @@ class OutboundSender:
         )
 
     def _unasked(self, command: OutboundMessage) -> bool:
-        """Whether ``command`` is a question's re-prompt whose question has ended (answered, by a
-        reply handled after or along with the one that queued it; timed out, ...): cancelled."""
+        """Whether ``command`` is a question's re-prompt whose question has ended."""
         return self.ports.questions.ended_reprompt(reprompt_of(command))
 
     def _refuse(self, command: OutboundMessage, failure: FailureInfo) -> SendOutcome | None:
-        """Record a queue-only message that may not be sent and fail it at once (failed event, dead
-        letter); nothing goes upstream. None if a record with its id appeared meanwhile."""
+        """Record a queue-only message that may not be sent and fail it at once; None if a record
+        with its id appeared meanwhile."""
         record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
         if (stored := self.ports.store.create(record, slots)) is None:
             return None
@@ -523,8 +506,8 @@ class OutboundSender:
         return new_record(command, now=now, validity=self.ports.policy.validity, status=status)
 
     def _create_claimed(self, command: OutboundMessage) -> MessageRecord | None:
-        """Record a message first seen on the queue, already claimed by this worker (one write
-        instead of two); None if a record appeared meanwhile."""
+        """Record a message first seen on the queue, already claimed by this worker (one write);
+        None if a record appeared meanwhile."""
         now = self.ports.now()
         record, slots = self._new_record(command, now, MessageStatus.QUEUED)
         if now >= record.valid_until or self.ports.policy.broken_settings or self._unasked(command):
@@ -535,8 +518,7 @@ class OutboundSender:
 
     def _park(self, command: OutboundMessage) -> None:
         """Record a packable queue-only message as queued and index it, so the next invocation
-        that gets a slot packs it (nothing if it is recorded already, as a send action's are,
-        indexed when accepted; or if it must be refused: the ordinary path deals with those)."""
+        that gets a slot packs it (nothing if it is recorded already, or must be refused)."""
         assert command.messageId is not None
         if self.ports.store.get(command.messageId) is not None:
             return
