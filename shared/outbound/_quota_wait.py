@@ -1,7 +1,6 @@
-"""Taking a quota slot for a send: wait here for one that frees within a second, else defer. A
-denial is noted: this process defers further messages without touching storage until the hint
-runs out (a hint only defers a call, never admits one). See docs/sending.md, "Statuses and the
-sender" (step 4) and "Packing and bulk sends" (timing)."""
+"""Taking a quota slot for a send: wait here for one that frees soon, else defer. A denial is
+noted as a hint that defers (never admits) further sends without touching storage. See
+docs/sending.md, "Statuses and the sender" (step 4) and "Packing and bulk sends" (timing)."""
 
 from __future__ import annotations
 
@@ -56,16 +55,14 @@ class QuotaWait:
             return self._full_until - self._clock.now()
 
     def held(self, holder: str) -> float:
-        """Seconds until the slot ``holder`` (:func:`slot_holder`) was sent away for frees
-        (:meth:`come_back_in`; <= 0: it holds none, or its message ended: :meth:`ended`)."""
+        """Seconds until the slot ``holder`` was sent away for frees (<= 0: it holds none)."""
         with self._lock:
             return self._held.get(holder, 0.0) - self._clock.now()
 
     def until_due(self, record: MessageRecord) -> float:
         """Seconds until ``record``'s send is due as this process knows (a status poll's
-        estimate; <= 0: no wait known): the slot it (or its bulk pack's driver) was sent away
-        for; a packable send's key's slot only while the hint is past the longest wait here
-        (nearer, a new send of the key may take a slot and pack it); else the hint."""
+        estimate; <= 0: no wait known): its held slot (a packable send's only while the hint is
+        past the longest wait here, as a new send of its key may pack it sooner), else the hint."""
         if record.batch_id is not None and record.pack_id is not None:
             holder, own = slot_holder(None, record.pack_id), True
         else:
@@ -74,9 +71,8 @@ class QuotaWait:
         return max(hint, self.held(holder)) if own or hint > self.longest else hint
 
     def ended(self, records: Iterable[MessageRecord]) -> None:
-        """Forget the holds of those of ``records`` sent alone that ended (cancelled, expired,
-        failed) without taking a slot, so the next message sent away may come for theirs. A
-        pack key's hold stays: the key's other messages may still come back for it."""
+        """Forget the holds of those of ``records`` sent alone that ended, so the next message
+        sent away may come for theirs (a pack key's hold stays, for the key's others)."""
         with self._lock:
             for record in records:
                 if record.status.is_final and record.pack_key is None:
@@ -84,17 +80,15 @@ class QuotaWait:
 
     def full_lately(self, within: float) -> bool:
         """Whether this process was told the quota is full for a slot that frees later or freed
-        less than ``within`` seconds ago: then the quota, not packing, is what holds sends back."""
+        less than ``within`` seconds ago."""
         with self._lock:
             return self._full_until > self._clock.now() - within
 
     def come_back_in(self, wait: float | QuotaDenied | None, holder: str) -> float:
-        """The queue delay of a message (or a bulk pack's driver) deferred for the quota: ``wait``
-        the denial it got, or the seconds until a slot frees (None: the hint now); ``holder`` its
-        :func:`slot_holder`. It comes back up to the longest in-process wait before a slot of its
-        own, the first to free that no other holder here holds, kept until it takes one
-        (:meth:`take`), ends (:meth:`ended`) or the slot's time passes. See docs/sending.md,
-        "Packing and bulk sends" (timing)."""
+        """The queue delay of a send deferred for the quota (``wait``: the denial, or seconds
+        until a slot frees; None: the hint): up to the longest in-process wait before a slot of
+        its own, the first to free that no other ``holder`` here holds, kept until it takes one.
+        See docs/sending.md, "Packing and bulk sends" (timing)."""
         from shared.quota import DenialReason, QuotaDenied
 
         if isinstance(wait, QuotaDenied):
@@ -122,9 +116,8 @@ class QuotaWait:
         self._clock.sleep(seconds)
 
     def take(self, waited: float, holder: str) -> tuple[QuotaGrant | QuotaDenied, float]:
-        """A quota decision for ``holder`` (:func:`slot_holder`), after waiting here for a slot
-        that frees within the longest wait in all (``waited`` so far); (decision, waited). A
-        grant ends the holder's hold on a slot (:meth:`come_back_in`), whichever it took."""
+        """A quota decision for ``holder`` after waiting here for a slot that frees within the
+        longest wait in all (``waited`` so far); (decision, waited). A grant ends its hold."""
         from shared.quota import DenialReason, QuotaDenied
 
         decision = self.quota.try_acquire()
@@ -144,14 +137,13 @@ class QuotaWait:
 
 
 def slot_holder(key: str | None, name: str) -> str:
-    """Whom a deferred send's slot is held for (:meth:`QuotaWait.come_back_in`): its pack
-    ``key`` (the messages of one key share a slot), else itself, message or pack ``name``."""
+    """Whom a deferred send's slot is held for: its pack ``key`` (shared), else itself, ``name``."""
     return f"key {key}" if key is not None else f"one {name}"
 
 
 def waits_for(connection: str | None, settings: Settings) -> QuotaWait:
-    """This process's way to connection ``connection``'s quota, for a status poll or a cancel
-    (not routed: the record says whose); ``settings``' (the app's) while it is broken or gone."""
+    """This process's way to connection ``connection``'s quota, for a status poll or a cancel;
+    ``settings``' (the app's) while it is broken or gone."""
     from shared.connections import connection_settings
     from shared.problems import Problem
 
@@ -163,8 +155,7 @@ def waits_for(connection: str | None, settings: Settings) -> QuotaWait:
 
 @lru_cache(maxsize=32)
 def quota_wait(settings: Settings) -> QuotaWait:
-    """This process's way to the quota of ``settings`` (its senders and its send actions share
-    one, so the actions know what the senders were last told)."""
+    """This process's way to the quota of ``settings``, shared by its senders and send actions."""
     from shared import quota
 
     return QuotaWait(quota.from_settings(settings), settings.send_quota_wait_seconds)

@@ -1,6 +1,5 @@
-"""Waits for a broken setting met at the call: the token (credentials refused, the identity
-provider down) or the quota store. The claim is handed back, nothing sent, no attempt counted;
-the records' validity still runs out while they wait."""
+"""Waits for a broken setting met at the call (the token, the quota store): the claim is handed
+back, nothing sent, no attempt counted, while the records' validity still runs out."""
 
 from __future__ import annotations
 
@@ -41,27 +40,26 @@ def token_wait(
     outcomes: Outcomes, message: OutboundMessage | PackDriver, records: Sequence[MessageRecord]
 ) -> Wait | None:
     """Has the token of the call of ``message`` (its claimed ``records``) in hand before the
-    caller takes its grant (:meth:`~shared.outbound._attempt.Upstream.ready`): None, or how long
-    the call waits and why, a deferral never past the records' validity. Refused or missing
-    credentials wait as a broken setting (:meth:`Outcomes.misconfigured`); a failed identity
-    provider is tried again after the backoff over the send's deferrals so far."""
+    caller takes its grant: None, or how long the call waits (never past the records' validity)
+    and why: refused credentials as a broken setting, a failed identity provider its backoff."""
     from shared.connections import credentials_refused
     from shared.smartdialog import CredentialsError, backoff_delay
 
     if (failed := outcomes.ports.upstream.ready()) is None:
         return None
     until, what = min(r.valid_until for r in records), _what(message, records)
+    said = loggable_text(str(failed))
     if isinstance(failed, CredentialsError):
         setting = credentials_refused(outcomes.ports.upstream.settings).errors[0].field
-        problem = f"{setting} could not be used: {loggable_text(str(failed))}"
+        problem = f"{setting} could not be used: {said}"
         advice = "/api/health checks only that they are set"
         return _broken(outcomes, what, until, problem, "credentials", advice)
     policy = outcomes.ports.policy
     wait = backoff_delay(message.deferrals + 1, base=policy.retry_base, cap=policy.retry_max)
     wait = max(0.0, min(wait, (until - outcomes.ports.now()).total_seconds()))
-    log.debug("%s not sent: %s; trying again in %.0f s", what, loggable_text(str(failed)), wait)
-    held.wait(f"the identity provider of connection {policy.connection}",
-              loggable_text(str(failed)), "each send tries again after its backoff")  # fmt: skip
+    log.debug("%s not sent: %s; trying again in %.0f s", what, said, wait)
+    where = f"the identity provider of connection {policy.connection}"
+    held.wait(where, said, "each send tries again after its backoff")
     return Wait(wait, "identity-provider", None, _due(outcomes, wait))
 
 
@@ -71,10 +69,9 @@ def quota_store_wait(
     records: Sequence[MessageRecord],
     failed: BaseException,
 ) -> Wait | None:
-    """A lasting quota-store error (``QuotaStoreError.lasting``) met taking the slot of the call
-    of ``message`` (its claimed ``records``): waited out as refused credentials are
-    (:func:`token_wait`), the records' ``LastError`` saying why (``configuration``). None for any
-    other error (our storage failing for now: the host retries the queue message)."""
+    """A lasting quota-store error met taking the slot of the call of ``message`` (its claimed
+    ``records``), waited out as refused credentials are (:func:`token_wait`); None for any other
+    error (our storage failing for now: the host retries the queue message)."""
     from shared.quota import QuotaStoreError
 
     if not isinstance(failed, QuotaStoreError) or not failed.lasting:
@@ -87,8 +84,7 @@ def quota_store_wait(
 
 def _broken(outcomes: Outcomes, what: str, until: dt.datetime, problem: str, reason: str,
             advice: str) -> Wait:  # fmt: skip
-    """How long ``what`` waits for ``problem`` to be fixed (:meth:`Outcomes.misconfigured`),
-    why, and its records' ``LastError`` meanwhile (:func:`waiting_error`)."""
+    """How long ``what`` waits for ``problem`` to be fixed, why, and its ``LastError`` meanwhile."""
     wait = outcomes.misconfigured(what, until, problem, reason, advice) or 0.0
     return Wait(wait, CONFIGURATION, waiting_error(problem), _due(outcomes, wait))
 
