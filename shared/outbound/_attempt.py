@@ -21,7 +21,6 @@ from shared.outbound._models import (
     SendDiscussionReplyMessageCommand,
     SendMessageCommand,
     SendReplyMessageCommand,
-    SendWhatsappTemplateMessageCommand,
 )
 from shared.outbound._records import address_key
 from shared.quota import AttemptGate, StaleGrant
@@ -272,36 +271,25 @@ class Upstream:
 
     def send(self, command: OutboundMessage) -> dict[str, Any]:
         """Send ``command``'s body as its operation; upstream's answer in upstream casing."""
-        client = self.client
+        client, customer = self.client, command.customerId
+        assert customer
         result: BaseModel
+        if isinstance(command, SendDiscussionReplyMessageCommand):  # the one without a service
+            result = client.send_discussion_reply_message(command.body, customer_id=customer)
+            return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        service = command.serviceId
+        assert service
         if isinstance(command, SendMessageCommand):
-            assert command.customerId
-            assert command.serviceId
-            result = client.send_message(
-                command.body, customer_id=command.customerId, service_id=command.serviceId
-            )
+            result = client.send_message(command.body, customer_id=customer, service_id=service)
         elif isinstance(command, SendReplyMessageCommand):
-            assert command.customerId
-            assert command.serviceId
+            parent = command.parentMessageId
             result = client.send_reply_message(
-                command.body,
-                parent_message_id=command.parentMessageId,
-                customer_id=command.customerId,
-                service_id=command.serviceId,
+                command.body, parent_message_id=parent, customer_id=customer, service_id=service
             )
-        elif isinstance(command, SendDiscussionReplyMessageCommand):
-            assert command.customerId
-            result = client.send_discussion_reply_message(
-                command.body, customer_id=command.customerId
-            )
-        elif isinstance(command, SendWhatsappTemplateMessageCommand):
-            assert command.customerId
-            assert command.serviceId
+        else:
             result = client.send_whatsapp_template_message(
-                command.body, customer_id=command.customerId, service_id=command.serviceId
+                command.body, customer_id=customer, service_id=service
             )
-        else:  # pragma: no cover - the union is exhaustive
-            raise TypeError(type(command))
         return result.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
