@@ -229,8 +229,11 @@ class OutboundSender:
             if (unreadable := unreadable_address(command)) is not None:
                 return self.outcomes.dead_letter_malformed(got, unreadable)
             if (refusal := suppressions_of([command], self.ports.suppressions)[0]) is not None:
-                if (refused := self._refuse(command, refusal)) is not None:
-                    return refused
+                # Opted out: recorded and failed at once, unless a record appeared meanwhile.
+                new, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
+                if (stored := self.ports.store.create(new, slots)) is not None:
+                    log.info("message %s refused: recipient(s) opted out", new.logged_id)
+                    return self.outcomes.fail(stored, refusal)
             else:
                 claimed = self._create_claimed(command)
                 if claimed is not None:
@@ -479,15 +482,6 @@ class OutboundSender:
     def _unasked(self, command: OutboundMessage) -> bool:
         """Whether ``command`` is a question's re-prompt whose question has ended."""
         return self.ports.questions.ended_reprompt(reprompt_of(command))
-
-    def _refuse(self, command: OutboundMessage, failure: FailureInfo) -> SendOutcome | None:
-        """Record a queue-only message that may not be sent and fail it at once; None if a record
-        with its id appeared meanwhile."""
-        record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
-        if (stored := self.ports.store.create(record, slots)) is None:
-            return None
-        log.info("message %s refused: recipient(s) opted out", record.logged_id)
-        return self.outcomes.fail(stored, failure)
 
     def message_id(self, command: OutboundMessage, queue_message_id: str | None) -> str:
         """The id of ``command``: its own, else derived from its RequestId or queue message."""
