@@ -8,7 +8,6 @@ import datetime as dt
 import enum
 import logging
 import math
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,17 +84,13 @@ CONFIGURATION_RECHECK_SECONDS = float(RECHECK_SECONDS)
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600 - 1
 #: Storage round trips of one pack (claims, records) run on this many threads.
 PACK_STORAGE_THREADS = 16
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+# Its threads start only when work is submitted: made at import, it costs nothing idle.
+_pool = ThreadPoolExecutor(PACK_STORAGE_THREADS, thread_name_prefix="pack-storage")
 
 
 def storage_pool() -> ThreadPoolExecutor:
     """The process's threads for storage round trips made side by side."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(PACK_STORAGE_THREADS, thread_name_prefix="pack-storage")
-        return _pool
+    return _pool
 
 
 def whole_seconds(seconds: float) -> int:
