@@ -453,10 +453,9 @@ def split_answer(
         own = (estimates or {}).get(member, 0)
         for parts in ("MessagePartCount", "messagePartCount"):
             count = share.get(parts)
-            if not isinstance(count, int) or not 0 < own < count:
-                continue
-            if any(n >= count for m, n in need.items() if m != member):  # another's explains it
-                share[parts] = own
+            others = (n for m, n in need.items() if m != member)
+            if isinstance(count, int) and 0 < own < count and any(n >= count for n in others):
+                share[parts] = own  # another member's estimate explains upstream's count
     return out
 
 
