@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from shared.messages import FailureInfo, MessageRecord, MessageStatus
-from shared.outbound._attempt import Refused, Transient
+from shared.outbound._attempt import Refused
 
 __all__ = [
     "CONFIGURATION",
@@ -25,7 +25,6 @@ __all__ = [
     "redrive_doubt",
     "refusal_failure",
     "remember_interrupted",
-    "remember_maybe_sent",
     "request_id_taken",
     "waited",
     "waiting_error",
@@ -33,12 +32,6 @@ __all__ = [
 
 #: The ``LastError`` code of a send waiting for a broken setting or refused credentials.
 CONFIGURATION = "configuration"
-
-
-def remember_maybe_sent(failed: Transient) -> dict[str, Any]:
-    """The record change that remembers an attempt that may have reached upstream (none for
-    one that certainly did not: an earlier attempt's doubt stays)."""
-    return {} if failed.certainly_not_sent else {"maybe_sent": True}
 
 
 def remember_interrupted(record: MessageRecord, now: dt.datetime) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from shared.outbound._giving_up import (
     give_up,
     poisoned,
     remember_interrupted,
-    remember_maybe_sent,
     waited,
 )
 from shared.outbound._models import (
@@ -182,7 +181,7 @@ def backoff_changes(
         "next_attempt_at": next_at,
         "last_error": error,
         "updated_at": now,
-        **remember_maybe_sent(failed),
+        **({} if failed.certainly_not_sent else {"maybe_sent": True}),  # an earlier doubt stays
     }
 
 
