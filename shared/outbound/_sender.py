@@ -230,7 +230,7 @@ class OutboundSender:
                 return self.outcomes.dead_letter_malformed(got, unreadable)
             if (refusal := suppressions_of([command], self.ports.suppressions)[0]) is not None:
                 # Opted out: recorded and failed at once, unless a record appeared meanwhile.
-                new, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
+                new, slots = self._new_record(command, self.ports.now())
                 if (stored := self.ports.store.create(new, slots)) is not None:
                     log.info("message %s refused: recipient(s) opted out", new.logged_id)
                     return self.outcomes.fail(stored, refusal)
@@ -495,15 +495,17 @@ class OutboundSender:
         raise ValueError("messageId is missing and cannot be derived")
 
     def _new_record(
-        self, command: OutboundMessage, now: dt.datetime, status: MessageStatus
+        self, command: OutboundMessage, now: dt.datetime
     ) -> tuple[MessageRecord, list[RecipientSlot]]:
-        return new_record(command, now=now, validity=self.ports.policy.validity, status=status)
+        """A new ``queued`` record of ``command`` (first seen on the queue) and its slots."""
+        validity, queued = self.ports.policy.validity, MessageStatus.QUEUED
+        return new_record(command, now=now, validity=validity, status=queued)
 
     def _create_claimed(self, command: OutboundMessage) -> MessageRecord | None:
         """Record a message first seen on the queue, already claimed by this worker (one write);
         None if a record appeared meanwhile."""
         now = self.ports.now()
-        record, slots = self._new_record(command, now, MessageStatus.QUEUED)
+        record, slots = self._new_record(command, now)
         if now >= record.valid_until or self.ports.policy.broken_settings or self._unasked(command):
             self.ports.store.create(record, slots)
             return None  # expired, a setting broken, its question ended: the normal path says
@@ -518,7 +520,7 @@ class OutboundSender:
             return
         if unreadable_address(command) or suppressions_of([command], self.ports.suppressions)[0]:
             return
-        record, slots = self._new_record(command, self.ports.now(), MessageStatus.QUEUED)
+        record, slots = self._new_record(command, self.ports.now())
         if record.pack_key is not None and (created := self.ports.store.create(record, slots)):
             self.ports.packs.index([created])
 
