@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "configuration_problem",
     "holding",
+    "send_blockers",
     "settings_errors",
     "storage_errors",
     "telemetry_errors",
@@ -61,10 +62,19 @@ def settings_errors(settings: Settings) -> list[FieldError]:
     return errors
 
 
+def send_blockers(settings: Settings) -> list[FieldError]:
+    """What holds the sends made with ``settings``: :func:`settings_errors`, the app's routing
+    errors, and settings held at their defaults (a lenient function's, :func:`refused_errors`)."""
+    from shared.connections import routing_errors
+    from shared.settings_leniency import refused_errors
+
+    return [*settings_errors(settings), *routing_errors(), *refused_errors(settings)]
+
+
 def holding(connection: Connection) -> list[str]:
     """The settings that hold ``connection``'s sends, by name: those of the app that do not
-    validate (run leniently: :mod:`shared.settings_leniency`), its own errors, and what
-    :func:`settings_errors` finds in its settings."""
+    validate (run leniently: :mod:`shared.settings_leniency`), its own errors, and
+    :func:`send_blockers` of its settings."""
     from shared.connections import routing_errors
     from shared.settings import SettingsInvalid, get_settings
     from shared.settings_leniency import refused_errors
@@ -73,9 +83,9 @@ def holding(connection: Connection) -> list[str]:
         errors = refused_errors(get_settings())
     except SettingsInvalid as problem:  # (not run leniently)
         errors = list(problem.errors)
-    errors += [*connection.errors, *routing_errors()]
-    if connection.settings is not None:
-        errors += settings_errors(connection.settings)
+    errors += connection.errors
+    settings = connection.settings
+    errors += routing_errors() if settings is None else send_blockers(settings)
     return list(dict.fromkeys(e.field for e in errors))
 
 

@@ -72,12 +72,9 @@ class SendPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendPolicy:
-        from shared.connections import routing_errors
-        from shared.health import settings_errors
-        from shared.settings_leniency import refused_errors
+        from shared.health import send_blockers
 
-        # Settings held at their defaults (a lenient function's) are broken too.
-        broken = [*settings_errors(settings), *routing_errors(), *refused_errors(settings)]
+        broken = send_blockers(settings)
         return cls(
             max_attempts=settings.send_max_attempts,
             validity=dt.timedelta(seconds=settings.send_validity_seconds),
