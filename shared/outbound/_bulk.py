@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress
 from typing import TYPE_CHECKING, Any
@@ -78,6 +78,12 @@ def _batch_subject(batch_id: str) -> str:
 def _row(member: MessageRecord) -> int:
     """A member's row, from its id (``<batch id>.<row>``)."""
     return int(member.message_id.rsplit(".", 1)[1])
+
+
+def _tally(states: Iterable[object], values: Iterable[object]) -> dict[str, int]:
+    """How many of ``values`` are each of ``states``, every state listed (0 included)."""
+    counted = Counter(map(str, values))
+    return {str(state): counted[str(state)] for state in states}
 
 
 def _connection(batch: BatchRecord, records: Sequence[MessageRecord]) -> str:
@@ -469,10 +475,8 @@ class BulkService:
             "Total": batch.total,
             "Accepted": batch.accepted,
             "RefusedCount": batch.refused_count,
-            "Counts": dict.fromkeys(map(str, MessageStatus), 0) | Counter(map(str, shown.values())),
-            "DeliveryCounts": (
-                dict.fromkeys(map(str, RecipientStatus), 0) | Counter(map(str, delivery.values()))
-            ),
+            "Counts": _tally(MessageStatus, shown.values()),
+            "DeliveryCounts": _tally(RecipientStatus, delivery.values()),
             **({"StatusUrl": url} if url else {}),
             # In every answer (a flow sees only Location's final one): those the batch row keeps.
             "Refused": list(batch.refused) if replay is None else _refused(batch, records, replay),

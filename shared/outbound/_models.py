@@ -122,7 +122,8 @@ ConnectionName = Annotated[
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    #: Set by ``normalize`` when it filled ``body.RequestId`` in (ours: packable); never written.
+    #: Set by ``normalize`` when it filled ``body.RequestId`` in (ours: packable). Never written: a
+    #: copy put back leaves that RequestId out (``Outcomes.requeue``) to be filled and marked again.
     _request_id_filled: bool = PrivateAttr(False)
 
     messageId: str | None = Field(
